@@ -1,0 +1,244 @@
+"""Messages at the edge: input events, record keys, stamps and tombstones.
+
+Rules this module keeps (see ../shared/CONTRACT.md):
+
+* A record key identifies (org, bot, env, category, record_id) injectively: each part is
+  percent-encoded (every byte but unreserved ASCII letters, digits and ``-._~``) and the parts
+  are joined by ``/``. No part can contain a raw ``/``, so two identities never share a key,
+  and a key decodes back to exactly its identity.
+* Parsing never raises on bad input: it returns a :class:`Rejection` whose ``code`` is one of
+  the contract's dead-letter codes, so the caller can route it to ``expiry.dlq`` and go on.
+* Every time is epoch milliseconds (``int``); text appears only in encoded messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+from urllib.parse import quote, unquote
+
+import orjson
+
+from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
+
+__all__ = [
+    "DEFAULT_BOT",
+    "DEFAULT_CATEGORIES",
+    "ENVS",
+    "OPS",
+    "Identity",
+    "InputEvent",
+    "Op",
+    "Reason",
+    "Rejection",
+    "Stamp",
+    "decode_key",
+    "encode_stamp",
+    "encode_tombstone",
+    "parse_event",
+]
+
+Op = Literal["create", "touch", "delete"]
+Reason = Literal["ttl", "explicit"]
+OPS: Final = ("create", "touch", "delete")
+ENVS: Final = ("live", "draft")
+DEFAULT_BOT: Final = "_"
+DEFAULT_CATEGORIES: Final = (
+    "conversation",
+    "session",
+    "error",
+    "contact_profile",
+    "analytics",
+    "step_event",
+    "step",
+    "training_expression",
+)
+MAX_ID_CHARS: Final = 512
+
+# Dead-letter header names and codes (the contract's).
+H_ERROR: Final = "expiry-error"
+H_DETAIL: Final = "expiry-error-detail"
+H_TOPIC: Final = "expiry-source-topic"
+H_PARTITION: Final = "expiry-source-partition"
+H_OFFSET: Final = "expiry-source-offset"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Identity:
+    """Who a record is: the five parts that make its key."""
+
+    org: str
+    bot: str
+    env: str
+    category: str
+    record_id: str
+
+    @property
+    def key(self) -> str:
+        return "/".join(
+            quote(part, safe="")
+            for part in (self.org, self.bot, self.env, self.category, self.record_id)
+        )
+
+
+def decode_key(key: str) -> Identity:
+    """Inverse of :attr:`Identity.key`; raises ``ValueError`` on a key of another shape."""
+    parts = key.split("/")
+    if len(parts) != 5:
+        raise ValueError(f"a record key has 5 parts separated by '/', got {len(parts)}")
+    org, bot, env, category, record_id = (unquote(p, errors="strict") for p in parts)
+    return Identity(org, bot, env, category, record_id)
+
+
+@dataclass(frozen=True, slots=True)
+class InputEvent:
+    """A valid input event, as the engine sees it."""
+
+    identity: Identity
+    op: Op
+    ts: int
+    event_id: str | None = None
+    data: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why an input message cannot be accepted; ``code`` is the contract's dead-letter code."""
+
+    code: str
+    detail: str
+
+
+def _text(obj: dict[str, Any], name: str, *, required: bool, default: str | None = None) -> str | Rejection:
+    if name not in obj or obj[name] is None:
+        if required:
+            return Rejection("missing_field", f"field {name!r} is required")
+        assert default is not None
+        return default
+    value = obj[name]
+    if not isinstance(value, str):
+        return Rejection("invalid_field", f"field {name!r} must be a string, got {type(value).__name__}")
+    if not 1 <= len(value) <= MAX_ID_CHARS:
+        return Rejection("invalid_field", f"field {name!r} must be 1 to {MAX_ID_CHARS} characters long")
+    return value
+
+
+def parse_event(
+    value: bytes | None,
+    *,
+    categories: frozenset[str] | tuple[str, ...],
+    now_ms: int,
+    max_skew_ms: int,
+) -> InputEvent | Rejection:
+    """Validate one input message's value; never raises on bad input."""
+    if value is None:
+        return Rejection("invalid_json", "the message has no value (null)")
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        return Rejection("invalid_json", f"the value is not UTF-8 JSON: {exc}")
+    if not isinstance(obj, dict):
+        return Rejection("not_an_object", f"the value is a JSON {type(obj).__name__}, not an object")
+    fields: list[str | Rejection] = [
+        _text(obj, "category", required=True),
+        _text(obj, "record_id", required=True),
+        _text(obj, "org", required=True),
+        _text(obj, "bot", required=False, default=DEFAULT_BOT),
+        _text(obj, "env", required=False, default="live"),
+        _text(obj, "op", required=False, default="create"),
+    ]
+    if "ts" not in obj or obj["ts"] is None:
+        fields.append(Rejection("missing_field", "field 'ts' is required"))
+    for f in fields:
+        if isinstance(f, Rejection) and f.code == "missing_field":
+            return f
+    for f in fields:
+        if isinstance(f, Rejection):
+            return f
+    category, record_id, org, bot, env, op = (str(f) for f in fields)
+    if env not in ENVS:
+        return Rejection("invalid_field", f"field 'env' must be 'live' or 'draft', got {env!r}")
+    if category not in categories:
+        return Rejection("unknown_category", f"category {category!r} is not configured")
+    if op not in OPS:
+        return Rejection("unknown_op", f"op {op!r} is not one of create, touch, delete")
+    raw_ts = obj["ts"]
+    if not isinstance(raw_ts, (int, str)) or isinstance(raw_ts, bool):
+        return Rejection("invalid_field", f"field 'ts' must be a string or an integer, got {type(raw_ts).__name__}")
+    try:
+        ts = parse_ts(raw_ts)
+    except InvalidTimestamp as exc:
+        return Rejection("bad_timestamp", str(exc))
+    if ts > now_ms + max_skew_ms:
+        return Rejection(
+            "future_timestamp",
+            f"ts {format_ts(ts)} is more than {max_skew_ms // 1000} s ahead of the service clock {format_ts(now_ms)}",
+        )
+    event_id = obj.get("event_id")
+    if event_id is not None and not isinstance(event_id, (str, int)):
+        return Rejection("invalid_field", "field 'event_id' must be a string or an integer")
+    return InputEvent(
+        identity=Identity(org, bot, env, category, record_id),
+        op=op,  # type: ignore[arg-type]  # checked against OPS above
+        ts=ts,
+        event_id=None if event_id is None else str(event_id),
+        data=obj.get("data"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """A record's expiry as fixed at creation (and slid by touches): the engine's record state.
+
+    ``expires_at`` and ``ttl_ms`` are ``None`` when the record never expires.
+    ``created_at`` is ``None`` only for a record deleted before it was ever seen.
+    ``deleted_at`` is set once the record is tombstoned: events with ``ts <= deleted_at``
+    are ignored afterwards, a later ``create`` (or a ``touch`` of a sliding record) starts a
+    new life.
+    """
+
+    identity: Identity
+    created_at: int | None
+    expires_at: int | None
+    ttl_ms: int | None
+    ttl_source: str | None
+    deleted_at: int | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.deleted_at is None
+
+
+def _opt_ts(ms: int | None) -> str | None:
+    return None if ms is None else format_ts(ms)
+
+
+def _identity_fields(i: Identity) -> dict[str, Any]:
+    return {"org": i.org, "bot": i.bot, "env": i.env, "category": i.category, "record_id": i.record_id}
+
+
+def encode_stamp(stamp: Stamp, data: Any = None) -> bytes:
+    """Value on ``expiry.stamped``: the record with its expiry (``expires_at`` null: never)."""
+    body = _identity_fields(stamp.identity)
+    body.update(
+        created_at=_opt_ts(stamp.created_at),
+        expires_at=_opt_ts(stamp.expires_at),
+        ttl_seconds=None if stamp.ttl_ms is None else stamp.ttl_ms // 1000,
+        ttl_source=stamp.ttl_source,
+        data=data,
+    )
+    return orjson.dumps(body)
+
+
+def encode_tombstone(stamp: Stamp, *, reason: Reason, emitted_at: int) -> bytes:
+    """Value on ``expiry.tombstones``: the contract's tombstone event."""
+    body = _identity_fields(stamp.identity)
+    body.update(
+        created_at=_opt_ts(stamp.created_at),
+        expires_at=_opt_ts(stamp.expires_at),
+        emitted_at=format_ts(emitted_at),
+        reason=reason,
+        ttl_seconds=None if stamp.ttl_ms is None else stamp.ttl_ms // 1000,
+        ttl_source=stamp.ttl_source,
+    )
+    return orjson.dumps(body)

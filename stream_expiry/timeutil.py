@@ -1,0 +1,78 @@
+"""Event times as 64-bit epoch milliseconds, and their RFC 3339 text form.
+
+Every time inside stream-expiry is an ``int`` of milliseconds since the Unix epoch (UTC).
+Python ints have no 2038 limit, and milliseconds are the resolution Kafka timestamps and
+the contract's output strings have. Text is only parsed at the edge (input events, policy
+updates) and formatted at the edge (tombstones, stamps).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+__all__ = ["MAX_TS_MS", "MIN_TS_MS", "InvalidTimestamp", "format_ts", "parse_ts"]
+
+# Year 1 to year 9999: what datetime can format; anything outside is an impossible timestamp.
+MIN_TS_MS = -62_135_596_800_000
+MAX_TS_MS = 253_402_300_799_999
+
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))$"
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class InvalidTimestamp(ValueError):
+    """Raised when a value is neither RFC 3339 with an offset nor integer epoch milliseconds."""
+
+
+def parse_ts(value: object) -> int:
+    """Return epoch milliseconds for an RFC 3339 string (offset required) or an integer.
+
+    Fractions below a millisecond are truncated, so parsing never moves a time later.
+    Booleans are rejected although they are ints in Python: ``true`` is not a time.
+    """
+    if isinstance(value, bool):
+        raise InvalidTimestamp("a boolean is not a timestamp")
+    if isinstance(value, int):
+        if not MIN_TS_MS <= value <= MAX_TS_MS:
+            raise InvalidTimestamp(f"epoch milliseconds {value} are out of range")
+        return value
+    if not isinstance(value, str):
+        raise InvalidTimestamp(f"expected an RFC 3339 string or epoch milliseconds, got {type(value).__name__}")
+    m = _RFC3339.match(value)
+    if m is None:
+        raise InvalidTimestamp(f"{value!r} is not RFC 3339 with an offset (e.g. 2026-01-31T12:00:00Z)")
+    year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
+    frac = m.group(7) or ""
+    millis = int((frac + "000")[:3])
+    try:
+        if m.group(8):
+            offset = timedelta(0)
+        else:
+            sign = 1 if m.group(9) == "+" else -1
+            oh, om = int(m.group(10)), int(m.group(11))
+            if oh > 23 or om > 59:
+                raise InvalidTimestamp(f"{value!r} has an impossible UTC offset")
+            offset = sign * timedelta(hours=oh, minutes=om)
+        if second == 60:  # a leap second: clamp to the last representable millisecond
+            second, millis = 59, 999
+        naive = datetime(year, month, day, hour, minute, second)
+    except ValueError as exc:
+        raise InvalidTimestamp(f"{value!r} is not a real date and time: {exc}") from None
+    delta = naive - _EPOCH.replace(tzinfo=None) - offset
+    ms = (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000 + millis
+    if not MIN_TS_MS <= ms <= MAX_TS_MS:
+        raise InvalidTimestamp(f"{value!r} is out of range")
+    return ms
+
+
+def format_ts(ms: int) -> str:
+    """RFC 3339 UTC with milliseconds and ``Z``, the only form stream-expiry writes."""
+    dt = _EPOCH + timedelta(milliseconds=ms)
+    return (
+        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T"
+        f"{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}.{ms % 1000:03d}Z"
+    )
