@@ -1,0 +1,228 @@
+"""``stream-expiry demo``: the whole flow on one machine, with nothing to install by hand.
+
+An in-memory broker, the service, a traffic generator and a SQLite store run in one process.
+The traffic has several orgs and bots, draft and live, the three categories, touches on
+sessions, explicit deletes and a few malformed events (they go to the dead-letter topic).
+TTLs are seconds long, so every record expires while you watch. The summary's "early
+deletions" counts tombstones that arrived before their record's ``expires_at``: it must be 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import anyio
+import orjson
+
+from stream_expiry.broker import EmbeddedBroker
+from stream_expiry.config import parse_config
+from stream_expiry.kafka import consumer, producer
+from stream_expiry.model import Identity
+from stream_expiry.service import Service, wall_clock_ms
+from stream_expiry.sinks import SqliteStore, run_sink
+from stream_expiry.timeutil import parse_ts
+
+__all__ = ["DEMO_CONFIG", "run_demo"]
+
+DEMO_CONFIG = """\
+# The demo's retention: seconds, so that you can watch records expire.
+group_id = "stream-expiry-demo"
+
+[categories]
+sliding = ["session"]
+
+[service]
+tick_ms = 5
+horizon = "10m"
+
+[retention.defaults]
+conversation = "6s"
+session = "4s"
+error = "3s"
+
+[retention.orgs.acme]
+conversation = "5s"
+
+[retention.bots.acme.support.draft]
+conversation = "2s"
+"""
+
+ORGS = ("acme", "globex", "initech")
+BOTS = ("support", "sales")
+CATEGORIES = ("conversation", "session", "error")
+TOPIC_OF = {"conversation": "conversations", "session": "sessions", "error": "errors"}
+MAX_DEMO_TTL_S = 6.0
+
+
+@dataclass
+class Watch:
+    """What the demo's own consumer of ``expiry.tombstones`` saw."""
+
+    lags_ms: list[int] = field(default_factory=list)
+    early: int = 0
+    ttl: int = 0
+    explicit: int = 0
+
+
+def _percentile(values: list[int], q: float) -> int:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+async def _traffic(bootstrap: str, duration_s: float, rate: int, counts: dict[str, int]) -> None:
+    """Create, touch and delete records at ``rate`` events per second for ``duration_s``."""
+    rng = random.Random(7)
+    live: list[dict[str, str]] = []
+    async with producer(bootstrap) as prod:
+        start = time.monotonic()
+        sent = 0
+        while (elapsed := time.monotonic() - start) < duration_s:
+            target = int(elapsed * rate) + 1
+            while sent < target:
+                sent += 1
+                roll = rng.random()
+                key: bytes | None = None
+                if roll < 0.01:
+                    topic, value = "conversations", b'{"category": "conversation", "org": "acme"'  # bad JSON
+                    counts["malformed"] += 1
+                else:
+                    if roll < 0.15 and live:
+                        ident = rng.choice(live)
+                        op = "touch" if ident["category"] == "session" else "delete"
+                        if op == "delete" and rng.random() < 0.8:
+                            op = "touch"
+                    else:
+                        ident = {
+                            "org": rng.choice(ORGS),
+                            "bot": rng.choice(BOTS),
+                            "env": rng.choice(("live", "live", "draft")),
+                            "category": rng.choice(CATEGORIES),
+                            "record_id": f"r{sent}",
+                        }
+                        live.append(ident)
+                        if len(live) > 500:
+                            live.pop(0)
+                        op = "create"
+                    counts[op] += 1
+                    topic = TOPIC_OF[ident["category"]]
+                    value = orjson.dumps({**ident, "op": op, "ts": wall_clock_ms(), "data": {"n": sent}})
+                    key = Identity(**ident).key.encode()  # keyed by record: its events stay in order
+                await prod.send(topic, value=value, key=key)
+            await anyio.sleep(0.01)
+        await prod.flush()
+
+
+async def _watch_tombstones(bootstrap: str, topic: str, watch: Watch, stop: anyio.Event) -> None:
+    async with consumer(bootstrap, topic) as cons:
+        while not stop.is_set():
+            batch = await cons.getmany(timeout_ms=100)
+            arrived = wall_clock_ms()
+            for records in batch.values():
+                for rec in records:
+                    body = orjson.loads(rec.value)
+                    if body["reason"] == "explicit":
+                        watch.explicit += 1
+                        continue
+                    watch.ttl += 1
+                    expires = parse_ts(body["expires_at"])
+                    watch.lags_ms.append(arrived - expires)
+                    if parse_ts(body["emitted_at"]) < expires or arrived < expires:
+                        watch.early += 1
+
+
+def _progress(service: Service, watch: Watch, deleted: int, elapsed: float) -> str:
+    s = service.stats
+    return (
+        f"\r[{elapsed:5.1f}s] events in {s.events:6d} | stamped {s.stamped:6d} | "
+        f"pending {s.pending_in_wheel:5d} | tombstones {watch.ttl:6d} (+{watch.explicit} explicit) | "
+        f"rows deleted {deleted:6d} | dead letters {s.dead_letters:3d}   "
+    )
+
+
+async def run_demo(args: argparse.Namespace) -> int:
+    state_dir = args.state_dir or tempfile.mkdtemp(prefix="stream-expiry-demo-")
+    keep = bool(args.state_dir)
+    config = parse_config(DEMO_CONFIG, path="<demo config>")
+    config = config.__class__(**{**config.__dict__, "state_dir": os.path.join(state_dir, "state")})
+    out = sys.stderr
+    try:
+        with EmbeddedBroker() as broker:
+            bootstrap = broker.bootstrap_servers
+            print(f"stream-expiry demo: broker on {bootstrap}, state in {state_dir}", file=out)
+            print(
+                "  TTLs: conversation 6s (acme 5s, acme/support/draft 2s), session 4s sliding, error 3s",
+                file=out,
+            )
+            service = Service(config, bootstrap_servers=bootstrap, environ={})
+            store = await SqliteStore.open(os.path.join(state_dir, "store.sqlite"))
+            watch = Watch()
+            counts = {"create": 0, "touch": 0, "delete": 0, "malformed": 0}
+            stop_service, stop_sink, stop_watch = anyio.Event(), anyio.Event(), anyio.Event()
+            sink_stats: dict[str, int] = {}
+            started = time.monotonic()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(service.run, stop_service)
+                await service.ready.wait()
+                tg.start_soon(_run_sink, store, bootstrap, config, stop_sink, sink_stats)
+                tg.start_soon(_watch_tombstones, bootstrap, config.topics.tombstones, watch, stop_watch)
+                print(f"  service ready after {time.monotonic() - started:.1f}s; traffic for {args.duration:.0f}s at {args.rate}/s", file=out)
+
+                async def show() -> None:
+                    while not stop_watch.is_set():
+                        out.write(_progress(service, watch, sink_stats.get("deleted", 0), time.monotonic() - started))
+                        out.flush()
+                        await anyio.sleep(0.25)
+
+                tg.start_soon(show)
+                await _traffic(bootstrap, args.duration, args.rate, counts)
+                # Let the last records expire: every finite TTL here is at most 6 s.
+                with anyio.move_on_after(MAX_DEMO_TTL_S + 10):
+                    while service.stats.pending_in_wheel or watch.ttl < service.stats.tombstones:
+                        await anyio.sleep(0.1)
+                with anyio.move_on_after(5):
+                    while sink_stats.get("deleted", 0) < watch.ttl + watch.explicit and sink_stats.get("caught_up") != 1:
+                        await anyio.sleep(0.1)
+                stop_service.set()
+                stop_sink.set()
+                stop_watch.set()
+            out.write(_progress(service, watch, sink_stats.get("deleted", 0), time.monotonic() - started) + "\n")
+            await store.close()
+            _summary(service, watch, counts, sink_stats)
+    finally:
+        if not keep:
+            shutil.rmtree(state_dir, ignore_errors=True)
+    return 0 if watch.early == 0 else 1
+
+
+async def _run_sink(store: SqliteStore, bootstrap: str, config: object, stop: anyio.Event, stats: dict[str, int]) -> None:
+    raise NotImplementedError
+
+
+def _summary(service: Service, watch: Watch, counts: dict[str, int], sink_stats: dict[str, int]) -> None:
+    s = service.stats
+    lags = watch.lags_ms
+    lag = (
+        f"p50 {_percentile(lags, 0.5)} ms, p99 {_percentile(lags, 0.99)} ms, max {max(lags)} ms"
+        if lags
+        else "no ttl tombstones"
+    )
+    lines = [
+        "",
+        "Summary",
+        f"  events produced     {sum(counts.values())} ({counts['create']} create, {counts['touch']} touch, "
+        f"{counts['delete']} delete, {counts['malformed']} malformed)",
+        f"  events in           {s.events}; dead letters {s.dead_letters}",
+        f"  records stamped     {s.stamped}",
+        f"  tombstones          {watch.ttl} ttl, {watch.explicit} explicit",
+        f"  rows written        {sink_stats.get('written', 0)}; rows deleted {sink_stats.get('deleted', 0)}",
+        f"  expiry lag          {lag} (from expires_at to the tombstone's arrival)",
+        f"  early deletions     {watch.early}",
+    ]
+    print("\n".join(lines))

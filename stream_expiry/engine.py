@@ -1,0 +1,231 @@
+"""The expiry engine: a pure state machine from events and clock readings to effects.
+
+It does no IO and reads no clock (h11's discipline): the shell passes each event with the
+record's prior state (from the durable index) and the current time, and gets back the new
+state to store, whether to publish it, and the tombstones to emit. Timers live in a timing
+wheel that holds only expirations due before ``horizon_end``; later ones stay in the index
+and come back through :meth:`Engine.extend_horizon` as time moves, so memory does not grow
+with the number of far-future records.
+
+Rules kept here (../shared/CONTRACT.md, "Semantics"):
+
+* Stamp at creation: ``expires_at = created_at + ttl``, the ttl resolved at ``created_at``.
+* A live record whose ``expires_at`` has passed (in event time and on the clock) is over:
+  an event at or after its expiry first tombstones it (reason ``ttl``).
+* Redelivered ``create`` never extends a life; an earlier one moves ``created_at`` back.
+* ``touch`` slides sliding categories to ``max(expires_at, t + ttl)``; elsewhere it is
+  counted and ignored. A ``touch`` of an unknown or ended record starts a new life at t.
+* ``delete`` at d tombstones at once (reason ``explicit``), even a never-seen record.
+* A tombstoned record ignores events with ``ts <= deleted_at``: for a TTL tombstone
+  ``deleted_at = expires_at - 1`` (so a touch *at* the expiry starts a new life), for an
+  explicit one ``deleted_at = max(d, created_at)``.
+* Never early: a ``ttl`` tombstone's ``emitted_at`` (the clock) is >= ``expires_at``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from stream_expiry.model import Identity, InputEvent, Reason, Stamp
+from stream_expiry.wheel import TimingWheel
+
+if TYPE_CHECKING:
+    from stream_expiry.policy import Resolution
+
+__all__ = ["Engine", "Fired", "Outcome", "Verdict"]
+
+S = TypeVar("S", bound=Hashable)  # the slot a record belongs to: (topic, partition) in the shell
+
+
+class Verdict(str, Enum):
+    """What an event did; the shell counts these as metrics."""
+
+    CREATED = "created"
+    RECREATED = "recreated"  # a new life after a tombstone
+    REDELIVERED = "redelivered"  # a create for a known record: nothing moved
+    BACKDATED = "backdated"  # an earlier create: created_at moved back
+    EXTENDED = "extended"
+    TOUCH_IGNORED = "touch_ignored"  # non-sliding category, or no later expiry
+    STALE = "stale"  # at or before a deletion
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class Fired:
+    """A tombstone to emit. ``before`` goes in the message, ``after`` into the index."""
+
+    before: Stamp
+    after: Stamp
+    reason: Reason
+    emitted_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The effects of one event: store ``state`` (unless None), publish it if ``publish``."""
+
+    verdict: Verdict
+    state: Stamp | None
+    publish: bool
+    fired: tuple[Fired, ...] = ()
+
+
+Resolver = Callable[[Identity, int], "Resolution"]
+
+
+def _min_expiry(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+class Engine(Generic[S]):
+    """Decides each event's effect and keeps the timers due before ``horizon_end``."""
+
+    def __init__(
+        self,
+        resolve: Resolver,
+        sliding: frozenset[str],
+        *,
+        now_ms: int,
+        tick_ms: int = 10,
+        horizon_ms: int = 3_600_000,
+    ) -> None:
+        self._resolve = resolve
+        self._sliding = sliding
+        self._horizon_ms = horizon_ms
+        self._wheel: TimingWheel[str, tuple[Stamp, S]] = TimingWheel(tick_ms=tick_ms, start_ms=now_ms)
+        self.horizon_end = now_ms + horizon_ms
+
+    # -- events -------------------------------------------------------------------------
+
+    def feed(self, event: InputEvent, prior: Stamp | None, now_ms: int, slot: S) -> Outcome:
+        """Apply one valid event to the record's ``prior`` state (None: never seen)."""
+        fired: tuple[Fired, ...] = ()
+        t = event.ts
+        if prior is not None and prior.live and prior.expires_at is not None:
+            if prior.expires_at <= now_ms and t >= prior.expires_at:
+                # The previous life ended before this event; its tombstone goes out first.
+                self._wheel.cancel(prior.identity.key)
+                ended = self._fire(prior, "ttl", now_ms)
+                fired, prior = (ended,), ended.after
+        outcome = self._decide(event, prior, now_ms)
+        if outcome.state is not None:
+            self._track(outcome.state, slot)
+        if fired:
+            return replace(outcome, fired=fired + outcome.fired)
+        return outcome
+
+    def _decide(self, event: InputEvent, prior: Stamp | None, now_ms: int) -> Outcome:
+        t, op = event.ts, event.op
+        if prior is not None and not prior.live:
+            assert prior.deleted_at is not None
+            if t <= prior.deleted_at:
+                return Outcome(Verdict.STALE, None, publish=False)
+            prior = None  # a new life, or a new erasure request
+            new_life = True
+        else:
+            new_life = False
+        if op == "delete":
+            return self._delete(event, prior, now_ms)
+        if prior is None:
+            if op == "touch" and event.identity.category not in self._sliding:
+                return Outcome(Verdict.TOUCH_IGNORED, None, publish=False)
+            stamp = self._stamp(event.identity, t)
+            return Outcome(Verdict.RECREATED if new_life else Verdict.CREATED, stamp, publish=True)
+        if op == "create":
+            if prior.created_at is None or t >= prior.created_at:
+                return Outcome(Verdict.REDELIVERED, None, publish=False)
+            fresh = self._stamp(event.identity, t)
+            touched = (
+                prior.expires_at is not None
+                and prior.ttl_ms is not None
+                and prior.created_at is not None
+                and prior.expires_at > prior.created_at + prior.ttl_ms
+            )
+            expires = prior.expires_at if touched else _min_expiry(prior.expires_at, fresh.expires_at)
+            moved = replace(fresh, expires_at=expires)
+            return Outcome(Verdict.BACKDATED, moved, publish=True)
+        # touch on a live record
+        if event.identity.category not in self._sliding or prior.ttl_ms is None or prior.expires_at is None:
+            return Outcome(Verdict.TOUCH_IGNORED, None, publish=False)
+        slid = t + prior.ttl_ms
+        if slid <= prior.expires_at:
+            return Outcome(Verdict.TOUCH_IGNORED, None, publish=False)
+        return Outcome(Verdict.EXTENDED, replace(prior, expires_at=slid), publish=True)
+
+    def _delete(self, event: InputEvent, prior: Stamp | None, now_ms: int) -> Outcome:
+        if prior is None:
+            prior = Stamp(event.identity, None, None, None, None)
+        self._wheel.cancel(prior.identity.key)
+        deleted_at = event.ts if prior.created_at is None else max(event.ts, prior.created_at)
+        fired = Fired(prior, replace(prior, deleted_at=deleted_at), "explicit", now_ms)
+        return Outcome(Verdict.DELETED, fired.after, publish=False, fired=(fired,))
+
+    def _stamp(self, identity: Identity, created_at: int) -> Stamp:
+        res = self._resolve(identity, created_at)
+        if res.ttl_ms is None:
+            return Stamp(identity, created_at, None, None, None)
+        return Stamp(identity, created_at, created_at + res.ttl_ms, res.ttl_ms, res.source)
+
+    @staticmethod
+    def _fire(stamp: Stamp, reason: Reason, now_ms: int) -> Fired:
+        assert stamp.expires_at is not None
+        return Fired(stamp, replace(stamp, deleted_at=stamp.expires_at - 1), reason, now_ms)
+
+    # -- timers -------------------------------------------------------------------------
+
+    def _track(self, stamp: Stamp, slot: S) -> None:
+        """Keep the wheel in step with a record's new state."""
+        key = stamp.identity.key
+        if stamp.live and stamp.expires_at is not None and stamp.expires_at < self.horizon_end:
+            self._wheel.schedule(key, stamp.expires_at, (stamp, slot))
+        else:
+            self._wheel.cancel(key)
+
+    def advance(self, now_ms: int) -> list[tuple[Fired, S]]:
+        """Tombstones for every timer due at ``now_ms``, in expiry order; never early."""
+        return [(self._fire(stamp, "ttl", now_ms), slot) for _, _, (stamp, slot) in self._wheel.advance(now_ms)]
+
+    def next_due_ms(self) -> int | None:
+        return self._wheel.next_due_ms()
+
+    def horizon_target(self, now_ms: int) -> int | None:
+        """The new horizon end when the shell should load the next slice, else None.
+
+        Loading when a quarter of the horizon is used keeps slices large (few index
+        queries) while the wheel always holds at least three quarters of an horizon ahead.
+        """
+        target = now_ms + self._horizon_ms
+        if target - self.horizon_end >= self._horizon_ms // 4:
+            return target
+        return None
+
+    def extend_horizon(self, new_end: int, stamps: Iterable[tuple[Stamp, S]]) -> None:
+        """Schedule ``stamps`` (live, ``horizon_end <= expires_at < new_end``) and move the end."""
+        self.horizon_end = max(self.horizon_end, new_end)
+        self.load(stamps)
+
+    def load(self, stamps: Iterable[tuple[Stamp, S]]) -> None:
+        """Schedule stored records (on start or partition assignment)."""
+        for stamp, slot in stamps:
+            self._track(stamp, slot)
+
+    def forget(self, slots: Iterable[S]) -> int:
+        """Drop the timers of revoked slots; returns how many were dropped."""
+        gone = frozenset(slots)
+        if not gone:
+            return 0
+        dropped = [key for key in self._wheel.keys() if self._wheel.value_of(key)[1] in gone]
+        for key in dropped:
+            self._wheel.cancel(key)
+        return len(dropped)
+
+    @property
+    def pending_in_wheel(self) -> int:
+        return len(self._wheel)

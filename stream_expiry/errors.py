@@ -1,0 +1,25 @@
+"""One exception root, grouped by cause; each says when it is raised and what to do."""
+
+from __future__ import annotations
+
+__all__ = ["BrokerError", "ConfigurationError", "InputError", "StoreError", "StreamExpiryError"]
+
+
+class StreamExpiryError(Exception):
+    """Root of every error stream-expiry raises on purpose; catch this at the edge."""
+
+
+class ConfigurationError(StreamExpiryError):
+    """A config file, option or environment value is unusable; the message names it and the fix."""
+
+
+class InputError(StreamExpiryError):
+    """An input message cannot be processed. The service routes these to the dead-letter topic."""
+
+
+class StoreError(StreamExpiryError):
+    """The durable index or a downstream store failed; the service stops without committing."""
+
+
+class BrokerError(StreamExpiryError):
+    """Kafka (or the embedded broker) is unreachable or refused a request; check the brokers."""

@@ -1,0 +1,162 @@
+"""Thin adapters over aiokafka: topic creation, producers and consumers with our defaults.
+
+aiokafka's exceptions are translated into :class:`BrokerError` at this edge, so the rest of
+the service speaks one error vocabulary. Defaults follow ../shared/BROKER.md: new groups read
+from ``earliest`` (``latest`` is unreliable on some brokers and loses data on all of them),
+and the idempotent producer stays off because not every Kafka-protocol broker supports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from stream_expiry.errors import BrokerError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterable, Mapping
+
+__all__ = ["consumer", "ensure_topics", "high_watermarks", "producer", "read_to_end"]
+
+DEFAULT_PARTITIONS = 4
+COMPACTED = {"cleanup.policy": "compact"}
+
+
+async def ensure_topics(
+    bootstrap_servers: str,
+    topics: Iterable[str],
+    *,
+    partitions: int = DEFAULT_PARTITIONS,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
+) -> None:
+    """Create the topics that do not exist yet; existing ones are left as they are."""
+    configs = configs or {}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        missing = [t for t in dict.fromkeys(topics) if t not in existing]
+        if missing:
+            new = [
+                NewTopic(t, num_partitions=partitions, replication_factor=1, topic_configs=dict(configs.get(t, {})))
+                for t in missing
+            ]
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new)
+    except KafkaError as exc:
+        raise BrokerError(f"cannot create topics on {bootstrap_servers}: {exc!r}") from exc
+    finally:
+        await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def producer(bootstrap_servers: str, **overrides: Any) -> AsyncIterator[AIOKafkaProducer]:
+    """A started producer with acks=all: a tombstone counts as sent only once it is durable."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": bootstrap_servers,
+        "acks": "all",
+        "linger_ms": 2,
+        "max_batch_size": 256 * 1024,
+        "request_timeout_ms": 30_000,
+    }
+    options.update(overrides)
+    prod = AIOKafkaProducer(**options)
+    try:
+        await prod.start()
+    except KafkaError as exc:
+        await prod.stop()
+        raise BrokerError(f"cannot connect a producer to {bootstrap_servers}: {exc!r}") from exc
+    try:
+        yield prod
+    finally:
+        await prod.stop()
+
+
+@contextlib.asynccontextmanager
+async def consumer(
+    bootstrap_servers: str, *topics: str, **overrides: Any
+) -> AsyncIterator[AIOKafkaConsumer]:
+    """A started consumer; without ``group_id`` it is a plain reader that commits nothing."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": bootstrap_servers,
+        "auto_offset_reset": "earliest",
+        "enable_auto_commit": False,
+        "request_timeout_ms": 40_000,
+    }
+    options.update(overrides)
+    cons = AIOKafkaConsumer(*topics, **options)
+    try:
+        await cons.start()
+    except KafkaError as exc:
+        await cons.stop()
+        raise BrokerError(f"cannot connect a consumer to {bootstrap_servers}: {exc!r}") from exc
+    try:
+        yield cons
+    finally:
+        await cons.stop()
+
+
+async def high_watermarks(cons: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """The end of each assigned partition, learnt from a fetch's high watermark.
+
+    ``end_offsets`` gives wrong answers on some Kafka-protocol brokers (../shared/BROKER.md);
+    the high watermark that every fetch response carries is right on all of them. The
+    consumer's positions are restored afterwards.
+    """
+    positions = {tp: await cons.position(tp) for tp in tps}
+    ends: dict[TopicPartition, int] = {}
+    for tp in tps:
+        hw = cons.highwater(tp)
+        if hw is None:
+            await cons.getmany(tp, timeout_ms=1000, max_records=1)
+            hw = cons.highwater(tp)
+        ends[tp] = hw or 0
+    for tp, pos in positions.items():
+        cons.seek(tp, pos)
+    return ends
+
+
+async def read_to_end(
+    cons: AIOKafkaConsumer,
+    topic: str,
+    *,
+    start: Mapping[int, int] | None = None,
+    max_records: int = 5000,
+) -> AsyncIterator[dict[TopicPartition, list[Any]]]:
+    """Assign every partition of ``topic`` to ``cons`` and yield batches up to its current end.
+
+    ``start`` maps partitions to the offset to start from (default: the beginning). Used for
+    the compacted topics read whole at start (policies, tombstones) and by ``replay``.
+    """
+    parts = cons.partitions_for_topic(topic)
+    if not parts:
+        await cons._client.force_metadata_update()
+        parts = cons.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in sorted(parts)]
+    if not tps:
+        return
+    cons.assign(tps)
+    for tp in tps:
+        offset = (start or {}).get(tp.partition)
+        if offset is None:
+            await cons.seek_to_beginning(tp)
+        else:
+            cons.seek(tp, offset)
+    ends = await high_watermarks(cons, tps)
+    remaining = {tp for tp in tps if await cons.position(tp) < ends[tp]}
+    while remaining:
+        batch = await cons.getmany(*remaining, timeout_ms=500, max_records=max_records)
+        out: dict[TopicPartition, list[Any]] = {}
+        for tp, records in batch.items():
+            kept = [r for r in records if r.offset < ends[tp]]
+            if kept:
+                out[tp] = kept
+        for tp in list(remaining):
+            if await cons.position(tp) >= ends[tp]:
+                remaining.discard(tp)
+        if out:
+            yield out

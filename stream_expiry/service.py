@@ -1,0 +1,405 @@
+"""The IO shell: Kafka in, SQLite and Kafka out, and a clock, around the pure engine.
+
+One task does the work in a fixed order, so the order of writes holds by construction:
+
+1. read a batch of input events (waiting at most until the next timer is due);
+2. apply policy updates that arrived, so they count for records created after them;
+3. feed the batch to the engine, send stamps, dead letters and explicit tombstones, and wait
+   for the broker's acks;
+4. write the batch's states and next offsets to the index in one transaction;
+5. only then commit the offsets to Kafka (informational: the index's offsets are the truth);
+6. fire due timers: send their tombstones, wait for the acks, then mark them deleted.
+
+A crash between any two steps re-does work (at-least-once) but never loses a record or fires
+early. Partitions are assigned by the consumer group; on assignment the consumer is
+positioned at the index's offsets (from the beginning when the index has none: a rebuild),
+and on revocation the partition's timers are forgotten.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from stream_expiry import model
+from stream_expiry.engine import Engine, Fired
+from stream_expiry.errors import BrokerError
+from stream_expiry.kafka import COMPACTED, consumer, ensure_topics, producer, read_to_end
+from stream_expiry.policy import PolicyBook
+from stream_expiry.store import Index, Slot
+from stream_expiry.timeutil import parse_ts
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    from stream_expiry.config import Config
+
+__all__ = ["Service", "ServiceStats", "wall_clock_ms"]
+
+log = logging.getLogger("stream_expiry.service")
+
+MAX_BATCH = 2000
+IDLE_WAIT_MS = 200
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class ServiceStats:
+    """Counters a person (and the demo, and the benchmarks) watch."""
+
+    events: int = 0
+    stamped: int = 0
+    dead_letters: int = 0
+    tombstones: int = 0
+    explicit: int = 0
+    policy_updates: int = 0
+    verdicts: Counter[str] = field(default_factory=Counter)
+    pending_in_wheel: int = 0
+    last_lag_ms: list[int] = field(default_factory=list)  # ttl tombstones' emitted - expires
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "stamped": self.stamped,
+            "dead_letters": self.dead_letters,
+            "tombstones": self.tombstones,
+            "explicit": self.explicit,
+            "policy_updates": self.policy_updates,
+            "pending_in_wheel": self.pending_in_wheel,
+            "verdicts": dict(self.verdicts),
+        }
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, service: Service) -> None:
+        self._service = service
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._service._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._service._on_assigned(assigned)
+
+
+class Service:
+    """Runs until ``stop`` is set; every instance with the same group shares the work."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        bootstrap_servers: str,
+        environ: Mapping[str, str],
+        clock: Callable[[], int] = wall_clock_ms,
+        on_progress: Callable[[ServiceStats], Awaitable[None] | None] | None = None,
+    ) -> None:
+        self.config = config
+        self.bootstrap = bootstrap_servers
+        self.clock = clock
+        self.book = PolicyBook(config, environ)
+        self.engine: Engine[Slot] = Engine(
+            self.book.resolve,
+            config.sliding,
+            now_ms=clock(),
+            tick_ms=config.tick_ms,
+            horizon_ms=config.horizon_ms,
+        )
+        self.stats = ServiceStats()
+        self.ready = anyio.Event()
+        self._on_progress = on_progress
+        self._owned: set[Slot] = set()
+        self._index: Index | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._categories = frozenset(config.categories)
+        for warning in self.book.env_warnings:
+            log.warning("%s", warning)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def run(self, stop: anyio.Event) -> None:
+        t = self.config.topics
+        await ensure_topics(
+            self.bootstrap,
+            [*t.inputs, t.policies, t.stamped, t.tombstones, t.dlq],
+            configs={t.stamped: COMPACTED, t.policies: COMPACTED},
+        )
+        self._index = await Index.open(self.config.state_dir)
+        try:
+            async with producer(self.bootstrap) as prod, consumer(
+                self.bootstrap, enable_auto_commit=False
+            ) as policies:
+                self._producer = prod
+                await self._follow_policies(policies, to_end=True)
+                await self._sync_tombstones()
+                async with consumer(
+                    self.bootstrap,
+                    group_id=self.config.group_id,
+                    session_timeout_ms=10_000,
+                    heartbeat_interval_ms=1_000,
+                    max_poll_records=MAX_BATCH,
+                ) as cons:
+                    self._consumer = cons
+                    cons.subscribe(list(t.inputs), listener=_Rebalance(self))
+                    log.info("joining group %r on %s for %s", self.config.group_id, self.bootstrap, ", ".join(t.inputs))
+                    await self._loop(cons, policies, stop)
+                    log.info("stopping: offsets committed, %s", self.stats.as_dict())
+        finally:
+            await self._index.close()
+
+    async def _loop(self, cons: AIOKafkaConsumer, policies: AIOKafkaConsumer, stop: anyio.Event) -> None:
+        last_progress = 0.0
+        while not stop.is_set():
+            now = self.clock()
+            due = self.engine.next_due_ms()
+            wait = IDLE_WAIT_MS if due is None else max(0, min(IDLE_WAIT_MS, due - now))
+            try:
+                batch = await cons.getmany(timeout_ms=wait, max_records=MAX_BATCH)
+            except KafkaError as exc:
+                raise BrokerError(f"reading input topics failed: {exc!r}") from exc
+            await self._follow_policies(policies, to_end=False)
+            if batch:
+                await self._ingest(cons, batch)
+            await self._fire_due()
+            await self._extend_horizon()
+            self.stats.pending_in_wheel = self.engine.pending_in_wheel
+            if self._on_progress is not None and time.monotonic() - last_progress >= 0.5:
+                last_progress = time.monotonic()
+                result = self._on_progress(self.stats)
+                if result is not None:
+                    await result
+
+    # -- policies ---------------------------------------------------------------------------
+
+    async def _follow_policies(self, cons: AIOKafkaConsumer, *, to_end: bool) -> None:
+        """Apply policy updates; at start read the whole compacted topic first."""
+        if to_end:
+            async for batch in read_to_end(cons, self.config.topics.policies):
+                await self._apply_policy_batch(batch)
+            return
+        await self._apply_policy_batch(await cons.getmany(timeout_ms=0))
+
+    async def _apply_policy_batch(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
+        for records in batch.values():
+            for rec in records:
+                result = self.book.apply_update(rec.key, rec.value, rec.timestamp)
+                if isinstance(result, model.Rejection):
+                    await self._dead_letter(rec, result)
+                else:
+                    self.stats.policy_updates += 1
+                    log.info("policy update applied: %s", result)
+
+    # -- recovery ---------------------------------------------------------------------------
+
+    async def _sync_tombstones(self) -> None:
+        """Fold new entries of ``expiry.tombstones`` into the index, so a rebuilt index (or a
+        partition that comes from another instance) never resurrects a deleted record."""
+        assert self._index is not None
+        topic = self.config.topics.tombstones
+        stored = await self._index.offsets()
+        start = {p: o for (t, p), o in stored.items() if t == topic}
+        folded = 0
+        async with consumer(self.bootstrap) as cons:
+            async for batch in read_to_end(cons, topic, start=start):
+                updates: list[tuple[model.Stamp, Slot]] = []
+                offsets: dict[Slot, int] = {}
+                keys = [r.key.decode() for recs in batch.values() for r in recs if r.key and r.value]
+                priors = await self._index.get_many(keys)
+                for tp, recs in batch.items():
+                    for rec in recs:
+                        offsets[(topic, tp.partition)] = rec.offset + 1
+                        prior = priors.get(rec.key.decode()) if rec.key else None
+                        state = _deleted_state(rec.value, prior)
+                        if state is not None:
+                            updates.append((state, (topic, tp.partition)))
+                            priors[state.identity.key] = state
+                await self._index.write(updates, offsets)
+                folded += len(updates)
+            if folded:
+                log.info("recovery: %d deletions folded in from %s", folded, topic)
+
+    async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+        assert self._index is not None and self._consumer is not None
+        stored = await self._index.offsets()
+        slots = [(tp.topic, tp.partition) for tp in assigned]
+        for tp, slot in zip(assigned, slots, strict=True):
+            position = stored.get(slot)
+            if position is None:
+                await self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, position)
+        self._owned.update(slots)
+        pending = await self._index.pending(slots, before=self.engine.horizon_end)
+        self.engine.load(pending)
+        log.info("assigned %s: %d timers within the horizon", _fmt(slots), len(pending))
+        self.ready.set()  # ready means: partitions owned, positions set, timers loaded
+
+    async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        slots = {(tp.topic, tp.partition) for tp in revoked}
+        self._owned.difference_update(slots)
+        dropped = self.engine.forget(slots)
+        log.info("revoked %s: %d timers handed back", _fmt(sorted(slots)), dropped)
+
+    # -- ingest -----------------------------------------------------------------------------
+
+    async def _ingest(self, cons: AIOKafkaConsumer, batch: Mapping[TopicPartition, list[Any]]) -> None:
+        assert self._index is not None and self._producer is not None
+        now = self.clock()
+        skew = self.config.max_clock_skew_ms
+        parsed: list[tuple[Any, Slot, model.InputEvent | model.Rejection]] = []
+        for tp, records in batch.items():
+            for rec in records:
+                ev = model.parse_event(rec.value, categories=self._categories, now_ms=now, max_skew_ms=skew)
+                parsed.append((rec, (tp.topic, tp.partition), ev))
+        priors = await self._index.get_many(
+            ev.identity.key for _, _, ev in parsed if isinstance(ev, model.InputEvent)
+        )
+        changed: dict[str, tuple[model.Stamp, Slot]] = {}
+        offsets: dict[Slot, int] = {}
+        acks: list[Awaitable[Any]] = []
+        for rec, slot, ev in parsed:
+            offsets[slot] = rec.offset + 1
+            self.stats.events += 1
+            if isinstance(ev, model.Rejection):
+                acks.append(await self._dead_letter(rec, ev, wait=False))
+                continue
+            key = ev.identity.key
+            known = changed.get(key)
+            prior = known[0] if known else priors.get(key)
+            out = self.engine.feed(ev, prior, now, slot)
+            self.stats.verdicts[out.verdict.value] += 1
+            for fired in out.fired:
+                acks.extend(await self._send_tombstone(fired))
+                changed[key] = (fired.after, slot)
+            if out.state is not None:
+                changed[key] = (out.state, slot)
+                if out.publish:
+                    self.stats.stamped += 1
+                    acks.append(
+                        await self._producer.send(
+                            self.config.topics.stamped,
+                            key=key.encode(),
+                            value=model.encode_stamp(out.state, ev.data),
+                            timestamp_ms=now,
+                        )
+                    )
+        await _all_acked(acks)
+        await self._index.write(changed.values(), offsets)
+        try:
+            await cons.commit({TopicPartition(t, p): o for (t, p), o in offsets.items() if (t, p) in self._owned})
+        except KafkaError as exc:  # the index has the truth; a failed commit only delays lag metrics
+            log.warning("offset commit failed (the index keeps the position): %r", exc)
+
+    async def _dead_letter(self, rec: Any, why: model.Rejection, *, wait: bool = True) -> Awaitable[Any]:
+        assert self._producer is not None
+        self.stats.dead_letters += 1
+        headers = [
+            (model.H_ERROR, why.code.encode()),
+            (model.H_DETAIL, why.detail.encode()),
+            (model.H_TOPIC, rec.topic.encode()),
+            (model.H_PARTITION, str(rec.partition).encode()),
+            (model.H_OFFSET, str(rec.offset).encode()),
+        ]
+        log.warning("dead letter %s[%d]@%d: %s (%s)", rec.topic, rec.partition, rec.offset, why.code, why.detail)
+        fut = await self._producer.send(self.config.topics.dlq, key=rec.key, value=rec.value, headers=headers)
+        if wait:
+            await fut
+        return fut  # type: ignore[no-any-return]
+
+    # -- timers -----------------------------------------------------------------------------
+
+    async def _send_tombstone(self, fired: Fired) -> list[Awaitable[Any]]:
+        """The tombstone event, and the Kafka-native tombstone that compacts the stamp away."""
+        assert self._producer is not None
+        key = fired.before.identity.key.encode()
+        if fired.reason == "explicit":
+            self.stats.explicit += 1
+        else:
+            self.stats.tombstones += 1
+            assert fired.before.expires_at is not None
+            self.stats.last_lag_ms.append(fired.emitted_at - fired.before.expires_at)
+        event = model.encode_tombstone(fired.before, reason=fired.reason, emitted_at=fired.emitted_at)
+        t = self.config.topics
+        return [
+            await self._producer.send(t.tombstones, key=key, value=event, timestamp_ms=fired.emitted_at),
+            await self._producer.send(t.stamped, key=key, value=None, timestamp_ms=fired.emitted_at),
+        ]
+
+    async def _fire_due(self) -> None:
+        """Emit due tombstones; the index is checked first, because ``replay`` may have
+        moved an expiry since the timer was set (a later expiry must not fire now)."""
+        assert self._index is not None
+        now = self.clock()
+        due = self.engine.advance(now)
+        if not due:
+            return
+        current = await self._index.get_many(f.before.identity.key for f, _ in due)
+        firing: list[tuple[Fired, Slot]] = []
+        for fired, slot in due:
+            stored = current.get(fired.before.identity.key)
+            if stored is not None and stored != fired.before:
+                if not stored.live or stored.expires_at is None:
+                    continue
+                if stored.expires_at > now:
+                    self.engine.load([(stored, slot)])
+                    continue
+                fired = Fired(stored, replace(stored, deleted_at=stored.expires_at - 1), "ttl", now)
+            firing.append((fired, slot))
+        acks: list[Awaitable[Any]] = []
+        for fired, _slot in firing:
+            acks.extend(await self._send_tombstone(fired))
+        await _all_acked(acks)
+        await self._index.write((fired.after, slot) for fired, slot in firing)
+
+    async def _extend_horizon(self) -> None:
+        assert self._index is not None
+        target = self.engine.horizon_target(self.clock())
+        if target is None:
+            return
+        stamps = await self._index.pending(self._owned, since=self.engine.horizon_end, before=target)
+        self.engine.extend_horizon(target, stamps)
+
+
+def _deleted_state(value: bytes | None, prior: model.Stamp | None) -> model.Stamp | None:
+    """The index state a tombstone event implies, or None when the index already knows better."""
+    if value is None:
+        return None
+    try:
+        body = model.orjson.loads(value)
+        ident = model.Identity(body["org"], body["bot"], body["env"], body["category"], body["record_id"])
+        created = None if body.get("created_at") is None else parse_ts(body["created_at"])
+        expires = None if body.get("expires_at") is None else parse_ts(body["expires_at"])
+        deleted_at = expires - 1 if body["reason"] == "ttl" and expires is not None else parse_ts(body["emitted_at"])
+        ttl_s = body.get("ttl_seconds")
+    except (KeyError, TypeError, ValueError):
+        log.warning("recovery: skipping an unreadable tombstone event")
+        return None
+    if prior is not None:
+        if prior.deleted_at is not None and prior.deleted_at >= deleted_at:
+            return None
+        if prior.live and prior.created_at is not None and prior.created_at > deleted_at:
+            return None  # the index holds a newer life
+    return model.Stamp(ident, created, expires, None if ttl_s is None else ttl_s * 1000, body.get("ttl_source"), deleted_at)
+
+
+async def _all_acked(acks: list[Awaitable[Any]]) -> None:
+    try:
+        for ack in acks:
+            await ack
+    except KafkaError as exc:
+        raise BrokerError(f"the broker did not acknowledge an output message: {exc!r}") from exc
+
+
+def _fmt(slots: Any) -> str:
+    return ", ".join(f"{t}[{p}]" for t, p in slots) or "nothing"

@@ -1,0 +1,113 @@
+"""Shared fixtures: one real Tansu broker per test session, unique topic names per test.
+
+Nothing but names isolates tests on one broker (../shared/BROKER.md), so every test asks for
+``topics`` and gets its own set. Waiting is always a poll with a deadline, never a sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from stream_expiry.broker import EmbeddedBroker
+from stream_expiry.kafka import consumer, ensure_topics
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[str]:
+    """Bootstrap address of a real Kafka-protocol broker (Tansu), shared by the session."""
+    external = os.environ.get("STREAM_EXPIRY_TEST_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    with EmbeddedBroker() as b:
+        yield b.bootstrap_servers
+
+
+@dataclass(frozen=True)
+class TopicSet:
+    """The contract's topic names, made unique for one test."""
+
+    prefix: str
+    conversations: str
+    sessions: str
+    errors: str
+    policies: str
+    stamped: str
+    tombstones: str
+    dlq: str
+    receipts: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def inputs(self) -> tuple[str, str, str]:
+        return (self.conversations, self.sessions, self.errors)
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return (
+            *self.inputs,
+            self.policies,
+            self.stamped,
+            self.tombstones,
+            self.dlq,
+            self.receipts,
+        )
+
+
+def make_topic_set() -> TopicSet:
+    p = f"t{uuid.uuid4().hex[:10]}"
+    return TopicSet(
+        prefix=p,
+        conversations=f"{p}.conversations",
+        sessions=f"{p}.sessions",
+        errors=f"{p}.errors",
+        policies=f"{p}.expiry.policies",
+        stamped=f"{p}.expiry.stamped",
+        tombstones=f"{p}.expiry.tombstones",
+        dlq=f"{p}.expiry.dlq",
+        receipts=f"{p}.expiry.receipts",
+    )
+
+
+@pytest_asyncio.fixture
+async def topics(broker: str) -> AsyncIterator[TopicSet]:
+    """Fresh, explicitly created topics (auto-creation would give 4 partitions silently)."""
+    ts = make_topic_set()
+    await ensure_topics(broker, ts.all, partitions=2)
+    yield ts
+
+
+def deadline(seconds: float) -> Callable[[], bool]:
+    """A predicate that turns True once ``seconds`` have passed: for poll loops."""
+    end = time.monotonic() + seconds
+    return lambda: time.monotonic() >= end
+
+
+async def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    until: Callable[[list[Any]], bool],
+    timeout_s: float = 20.0,
+) -> list[Any]:
+    """Read ``topic`` from the beginning until ``until(records)`` holds or the time runs out.
+
+    Returns the aiokafka ConsumerRecords read so far; the caller asserts on them, so a
+    timeout shows up as a failed assertion with what did arrive.
+    """
+    records: list[Any] = []
+    expired = deadline(timeout_s)
+    async with consumer(bootstrap, topic) as cons:
+        while not until(records) and not expired():
+            batch = await cons.getmany(timeout_ms=200)
+            for recs in batch.values():
+                records.extend(recs)
+    return records

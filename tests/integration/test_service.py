@@ -1,0 +1,93 @@
+"""The service end to end on the real broker: stamps, tombstones on time, dead letters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from stream_expiry.model import Identity
+from stream_expiry.timeutil import parse_ts
+from tests.conftest import TopicSet, read_topic
+from tests.integration.service_helpers import config_for, event, produce, running_service
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+RETENTION = """
+[retention.defaults]
+conversation = "3s"
+session = "2s"
+error = "1s"
+"""
+
+
+async def test_every_category_is_tombstoned_on_time_never_early(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    async with running_service(config, broker):
+        sent = [
+            (topics.conversations, *event("conversation", "c1")),
+            (topics.sessions, *event("session", "s1", bot="b1")),
+            (topics.errors, *event("error", "e1", env="draft")),
+        ]
+        await produce(broker, sent)
+        tombs = await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 3)
+        arrived_after = {}
+        for rec in tombs:
+            body = orjson.loads(rec.value)
+            expires, emitted = parse_ts(body["expires_at"]), parse_ts(body["emitted_at"])
+            assert body["reason"] == "ttl"
+            assert emitted >= expires, body  # never early
+            assert emitted - expires < 1000, body  # and within a second
+            assert rec.timestamp >= expires
+            arrived_after[body["category"]] = body["ttl_seconds"]
+        assert arrived_after == {"conversation": 3, "session": 2, "error": 1}
+        stamped = await read_topic(broker, topics.stamped, until=lambda r: len(r) >= 6)
+        nulls = [r for r in stamped if r.value is None]
+        assert len(nulls) == 3  # Kafka-native tombstones compact the stamps away
+
+
+async def test_bad_inputs_go_to_the_dead_letter_topic_and_the_service_goes_on(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    bad = {
+        b"not json": "invalid_json",
+        b"[1, 2]": "not_an_object",
+        b'{"category": "conversation", "org": "acme", "ts": 1}': "missing_field",
+        b'{"category": "weather", "record_id": "x", "org": "acme", "ts": 1}': "unknown_category",
+        b'{"category": "conversation", "record_id": "x", "org": "acme", "ts": 1, "op": "explode"}': "unknown_op",
+        b'{"category": "conversation", "record_id": "x", "org": "acme", "ts": "yesterday"}': "bad_timestamp",
+        b'{"category": "conversation", "record_id": "x", "org": "acme", "ts": 99999999999999}': "future_timestamp",
+        b'{"category": "conversation", "record_id": 7, "org": "acme", "ts": 1}': "invalid_field",
+    }
+    async with running_service(config, broker) as service:
+        await produce(broker, [(topics.conversations, b"k%d" % i, v) for i, v in enumerate(bad)])
+        await produce(broker, [(topics.errors, *event("error", "after-the-bad-ones"))])
+        dead = await read_topic(broker, topics.dlq, until=lambda r: len(r) >= len(bad))
+        tombs = await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 1)
+        assert service.stats.dead_letters == len(bad)
+    assert len(tombs) == 1 and orjson.loads(tombs[0].value)["record_id"] == "after-the-bad-ones"
+    by_value = {rec.value: rec for rec in dead}
+    for value, code in bad.items():
+        headers = dict(by_value[value].headers)
+        assert headers["expiry-error"].decode() == code
+        assert headers["expiry-error-detail"]
+        assert headers["expiry-source-topic"].decode() == topics.conversations
+        assert int(headers["expiry-source-offset"]) >= 0
+        assert by_value[value].key.startswith(b"k")  # the original key, unchanged
+
+
+async def test_explicit_delete_of_an_unseen_record_reaches_the_stores(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    async with running_service(config, broker):
+        await produce(broker, [(topics.conversations, *event("conversation", "gdpr-1", op="delete"))])
+        tombs = await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 1)
+    body = orjson.loads(tombs[0].value)
+    assert body["reason"] == "explicit"
+    assert body["created_at"] is None and body["expires_at"] is None and body["ttl_source"] is None
+    assert tombs[0].key == Identity("acme", "_", "live", "conversation", "gdpr-1").key.encode()

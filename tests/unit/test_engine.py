@@ -1,0 +1,307 @@
+"""The engine against a simple reference model, and table tests of every contract rule.
+
+The harness below plays the shell: it keeps the record states in a dict (the "index"),
+passes each event's prior state to the engine, stores what comes back, and loads horizon
+slices from the dict, exactly as the service does with SQLite. The reference model is a dict
+and a sorted list, written straight from the contract's prose.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_expiry.engine import Engine, Verdict
+from stream_expiry.model import Identity, InputEvent, Stamp
+from stream_expiry.policy import Resolution
+
+TTL = {"conversation": 1000, "session": 300, "error": 50, "analytics": None}
+SLIDING = frozenset({"session"})
+SLOT = ("in", 0)
+
+
+def resolve(identity: Identity, at_ms: int) -> Resolution:
+    ttl = TTL[identity.category]
+    return Resolution(ttl, None if ttl is None else "default")
+
+
+@dataclass
+class Harness:
+    """The shell's part: a dict for the index, horizon loads from it."""
+
+    horizon_ms: int = 400
+    now: int = 0
+    index: dict[str, Stamp] = field(default_factory=dict)
+    engine: Engine[tuple[str, int]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.engine = Engine(
+            resolve, SLIDING, now_ms=self.now, tick_ms=10, horizon_ms=self.horizon_ms
+        )
+
+    def feed(self, ev: InputEvent) -> list[tuple[str, str, int, int | None]]:
+        out = self.engine.feed(ev, self.index.get(ev.identity.key), self.now, SLOT)
+        tombs = []
+        for f in out.fired:
+            self.index[f.after.identity.key] = f.after
+            tombs.append((f.before.identity.key, f.reason, f.emitted_at, f.before.expires_at))
+        if out.state is not None:
+            self.index[out.state.identity.key] = out.state
+        return tombs
+
+    def advance(self, now: int) -> list[tuple[str, str, int, int | None]]:
+        self.now = max(self.now, now)
+        target = self.engine.horizon_target(self.now)
+        if target is not None:
+            lo = self.engine.horizon_end
+            slice_ = [
+                (s, SLOT)
+                for s in self.index.values()
+                if s.live and s.expires_at is not None and lo <= s.expires_at < target
+            ]
+            self.engine.extend_horizon(target, slice_)
+        tombs = []
+        for f, _slot in self.engine.advance(self.now):
+            self.index[f.after.identity.key] = f.after
+            tombs.append((f.before.identity.key, f.reason, f.emitted_at, f.before.expires_at))
+        return tombs
+
+
+@dataclass
+class RefRecord:
+    created: int | None
+    expires: int | None
+    ttl: int | None
+    deleted: int | None = None
+
+
+class Reference:
+    """The contract's semantics, written as plainly as possible: a dict and a sorted list."""
+
+    def __init__(self) -> None:
+        self.recs: dict[str, RefRecord] = {}
+        self.timers: list[tuple[int, str]] = []
+        self.now = 0
+
+    def _unschedule(self, key: str) -> None:
+        self.timers = [t for t in self.timers if t[1] != key]
+
+    def _schedule(self, key: str, rec: RefRecord) -> None:
+        self._unschedule(key)
+        if rec.deleted is None and rec.expires is not None:
+            bisect.insort(self.timers, (rec.expires, key))
+
+    def event(self, ev: InputEvent) -> list[tuple[str, str, int, int | None]]:
+        key, t, op, cat = ev.identity.key, ev.ts, ev.op, ev.identity.category
+        out: list[tuple[str, str, int, int | None]] = []
+        rec = self.recs.get(key)
+        if (
+            rec
+            and rec.deleted is None
+            and rec.expires is not None
+            and rec.expires <= self.now <= self.now
+            and t >= rec.expires
+        ):
+            out.append((key, "ttl", self.now, rec.expires))
+            rec.deleted = rec.expires - 1
+            self._unschedule(key)
+        if rec and rec.deleted is not None:
+            if t <= rec.deleted:
+                return out
+            rec = None
+        if op == "delete":
+            out.append((key, "explicit", self.now, rec.expires if rec else None))
+            created = rec.created if rec else None
+            self.recs[key] = RefRecord(
+                created,
+                rec.expires if rec else None,
+                rec.ttl if rec else None,
+                t if created is None else max(t, created),
+            )
+            self._unschedule(key)
+            return out
+        if rec is None:
+            if op == "touch" and cat not in SLIDING:
+                return out
+            ttl = TTL[cat]
+            rec = RefRecord(t, None if ttl is None else t + ttl, ttl)
+        elif op == "create":
+            if rec.created is not None and t < rec.created:
+                ttl = TTL[cat]
+                touched = (
+                    rec.expires is not None
+                    and rec.ttl is not None
+                    and rec.expires > rec.created + rec.ttl
+                )
+                fresh = None if ttl is None else t + ttl
+                if not touched:
+                    rec.expires = (
+                        fresh
+                        if rec.expires is None
+                        else (rec.expires if fresh is None else min(rec.expires, fresh))
+                    )
+                rec.created, rec.ttl = t, ttl
+        elif cat in SLIDING and rec.ttl is not None and rec.expires is not None:
+            rec.expires = max(rec.expires, t + rec.ttl)
+        self.recs[key] = rec
+        self._schedule(key, rec)
+        return out
+
+    def advance(self, now: int) -> list[tuple[str, str, int, int | None]]:
+        self.now = max(self.now, now)
+        out = []
+        while self.timers and self.timers[0][0] <= self.now:
+            exp, key = self.timers.pop(0)
+            self.recs[key].deleted = exp - 1
+            out.append((key, "ttl", self.now, exp))
+        return out
+
+
+def ev(cat: str, rid: str, op: str, ts: int, org: str = "o") -> InputEvent:
+    return InputEvent(Identity(org, "_", "live", cat, rid), op, ts)  # type: ignore[arg-type]
+
+
+# -- table tests ------------------------------------------------------------------------
+
+
+def test_create_stamps_from_creation_time_and_fires_on_time_never_early() -> None:
+    h = Harness()
+    assert h.feed(ev("error", "a", "create", 0)) == []
+    assert h.advance(49) == []
+    assert h.advance(50) == [(ev("error", "a", "create", 0).identity.key, "ttl", 50, 50)]
+    assert h.advance(10_000) == []
+
+
+def test_redelivered_create_never_extends() -> None:
+    h = Harness()
+    h.feed(ev("error", "a", "create", 0))
+    out = h.engine.feed(
+        ev("error", "a", "create", 30),
+        h.index[ev("error", "a", "create", 0).identity.key],
+        30,
+        SLOT,
+    )
+    assert out.verdict is Verdict.REDELIVERED
+    assert out.state is None
+
+
+def test_earlier_create_moves_creation_back() -> None:
+    h = Harness()
+    h.now = 100
+    h.feed(ev("error", "a", "create", 100))
+    h.feed(ev("error", "a", "create", 60))
+    assert h.advance(109) == []
+    assert h.advance(110) == [(ev("error", "a", "create", 0).identity.key, "ttl", 110, 110)]
+
+
+def test_touch_slides_sessions_only() -> None:
+    h = Harness()
+    h.feed(ev("session", "s", "create", 0))
+    h.feed(ev("conversation", "c", "create", 0))
+    h.now = 200
+    h.feed(ev("session", "s", "touch", 200))
+    out = h.engine.feed(
+        ev("conversation", "c", "touch", 200),
+        h.index[ev("conversation", "c", "create", 0).identity.key],
+        200,
+        SLOT,
+    )
+    assert out.verdict is Verdict.TOUCH_IGNORED
+    assert h.advance(499) == []
+    assert [t[3] for t in h.advance(500)] == [500]
+
+
+def test_late_touch_changes_nothing_and_touch_after_expiry_starts_new_life() -> None:
+    h = Harness()
+    h.feed(ev("session", "s", "create", 0))
+    assert [t[1] for t in h.advance(300)] == ["ttl"]
+    h.feed(ev("session", "s", "touch", 250))  # before the expiry: stale
+    assert h.advance(10_000) == []
+    h.feed(ev("session", "s", "touch", 10_000))  # at or after: a new life
+    assert [t[3] for t in h.advance(10_300)] == [10_300]
+
+
+def test_delete_tombstones_at_once_even_unknown_and_blocks_older_events() -> None:
+    h = Harness()
+    h.now = 5
+    tombs = h.feed(ev("conversation", "x", "delete", 5))
+    assert tombs == [(ev("conversation", "x", "create", 0).identity.key, "explicit", 5, None)]
+    h.feed(ev("conversation", "x", "create", 5))  # ts <= d: ignored
+    assert h.advance(100_000) == []
+    h.feed(ev("conversation", "x", "create", 100_000))  # ts > d: a new life
+    assert [t[1] for t in h.advance(101_000)] == ["ttl"]
+
+
+def test_already_due_at_ingest_fires_on_next_advance() -> None:
+    h = Harness()
+    h.now = 10_000
+    h.feed(ev("error", "old", "create", 0))
+    assert [(t[2], t[3]) for t in h.advance(10_000)] == [(10_000, 50)]
+
+
+def test_never_expiring_category_has_no_timer() -> None:
+    h = Harness()
+    h.feed(ev("analytics", "a", "create", 0))
+    assert h.advance(10**12) == []
+
+
+def test_far_future_records_wait_in_the_index_not_the_wheel() -> None:
+    h = Harness(horizon_ms=100)
+    h.feed(ev("conversation", "far", "create", 0))  # due at 1000, beyond the horizon
+    assert h.engine.pending_in_wheel == 0
+    fired = []
+    for now in range(0, 1200, 20):
+        fired += h.advance(now)
+    assert [(t[2], t[3]) for t in fired] == [(1000, 1000)]
+
+
+# -- the property ---------------------------------------------------------------------------
+
+CATS = st.sampled_from(["conversation", "session", "error", "analytics"])
+OPS_ = st.sampled_from(["create", "create", "touch", "delete"])
+steps = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("event"), CATS, st.sampled_from(["a", "b", "c"]), OPS_, st.integers(-400, 400)
+        ),
+        st.tuples(st.just("advance"), st.integers(0, 700)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=steps, horizon=st.sampled_from([50, 400, 5000]))
+def test_engine_matches_reference_model(steps: list[tuple[object, ...]], horizon: int) -> None:
+    h, ref = Harness(horizon_ms=horizon), Reference()
+    now = 0
+    for step in steps:
+        if step[0] == "advance":
+            now += int(step[1])  # type: ignore[call-overload]
+            got, want = h.advance(now), ref.advance(now)
+            assert sorted(got) == sorted(want)
+            assert [g[3] for g in got] == sorted(g[3] for g in got)  # in expiry order
+            assert all(
+                g[2] >= g[3] for g in got if g[1] == "ttl" and g[3] is not None
+            )  # never early
+        else:
+            _, cat, rid, op, dt = step
+            event = ev(str(cat), str(rid), str(op), max(0, now + int(dt)))  # type: ignore[call-overload]
+            assert h.feed(event) == ref.event(event)
+    final = now + 10**7
+    assert sorted(h.advance(final)) == sorted(ref.advance(final))
+
+
+@pytest.mark.parametrize("category", ["conversation", "error", "session"])
+def test_every_finite_record_gets_exactly_one_tombstone_per_life(category: str) -> None:
+    h = Harness()
+    for i in range(20):
+        h.feed(ev(category, f"r{i}", "create", i * 7))
+    fired = h.advance(10**6)
+    assert sorted(t[0] for t in fired) == sorted(
+        {ev(category, f"r{i}", "create", 0).identity.key for i in range(20)}
+    )
