@@ -20,7 +20,7 @@ from stream_expiry.errors import BrokerError
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Mapping
 
-__all__ = ["consumer", "ensure_topics", "high_watermarks", "producer", "read_to_end"]
+__all__ = ["consumer", "ensure_topics", "high_watermarks", "partitions_of", "producer", "read_to_end"]
 
 DEFAULT_PARTITIONS = 4
 COMPACTED = {"cleanup.policy": "compact"}
@@ -120,6 +120,16 @@ async def high_watermarks(cons: AIOKafkaConsumer, tps: list[TopicPartition]) -> 
     return ends
 
 
+async def partitions_of(cons: AIOKafkaConsumer, topic: str) -> set[int]:
+    """The partitions of any topic, also one the consumer neither subscribed nor assigned
+    (its own metadata only covers those)."""
+    parts = cons.partitions_for_topic(topic)
+    if not parts:
+        cluster = await cons._client.fetch_all_metadata()
+        parts = cluster.partitions_for_topic(topic)
+    return set(parts or ())
+
+
 async def read_to_end(
     cons: AIOKafkaConsumer,
     topic: str,
@@ -132,11 +142,7 @@ async def read_to_end(
     ``start`` maps partitions to the offset to start from (default: the beginning). Used for
     the compacted topics read whole at start (policies, tombstones) and by ``replay``.
     """
-    parts = cons.partitions_for_topic(topic)
-    if not parts:
-        await cons._client.force_metadata_update()
-        parts = cons.partitions_for_topic(topic) or set()
-    tps = [TopicPartition(topic, p) for p in sorted(parts)]
+    tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(cons, topic))]
     if not tps:
         return
     cons.assign(tps)

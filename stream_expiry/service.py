@@ -146,7 +146,7 @@ class Service:
                 async with consumer(
                     self.bootstrap,
                     group_id=self.config.group_id,
-                    session_timeout_ms=10_000,
+                    session_timeout_ms=6_000,  # fast crash detection; the broker minimum by default
                     heartbeat_interval_ms=1_000,
                     max_poll_records=MAX_BATCH,
                 ) as cons:
@@ -296,8 +296,10 @@ class Service:
                     )
         await _all_acked(acks)
         await self._index.write(changed.values(), offsets)
+        owned = {TopicPartition(t, p): o for (t, p), o in offsets.items() if (t, p) in self._owned}
         try:
-            await cons.commit({TopicPartition(t, p): o for (t, p), o in offsets.items() if (t, p) in self._owned})
+            if owned:
+                await cons.commit(owned)
         except KafkaError as exc:  # the index has the truth; a failed commit only delays lag metrics
             log.warning("offset commit failed (the index keeps the position): %r", exc)
 

@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 
 from stream_expiry.broker import EmbeddedBroker
-from stream_expiry.kafka import consumer, ensure_topics
+from stream_expiry.kafka import consumer, ensure_topics, read_to_end
 
 
 @pytest.fixture(scope="session")
@@ -111,3 +111,22 @@ async def read_topic(
             for recs in batch.values():
                 records.extend(recs)
     return records
+
+
+async def read_all(bootstrap: str, topic: str) -> list[Any]:
+    """Every record of ``topic`` up to its current end (the high watermark when called)."""
+    records: list[Any] = []
+    async with consumer(bootstrap) as cons:
+        async for batch in read_to_end(cons, topic):
+            for recs in batch.values():
+                records.extend(recs)
+    return records
+
+
+async def wait_for(predicate: Callable[[], bool], *, timeout_s: float = 20.0) -> None:
+    """Poll ``predicate`` every 20 ms until it holds; fail the test after ``timeout_s``."""
+    import anyio
+
+    with anyio.fail_after(timeout_s):
+        while not predicate():
+            await anyio.sleep(0.02)

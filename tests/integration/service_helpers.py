@@ -17,7 +17,9 @@ from stream_expiry.service import Service, wall_clock_ms
 from tests.conftest import TopicSet
 
 
-def config_for(topics: TopicSet, state_dir: str, retention_toml: str = "", **overrides: Any) -> Config:
+def config_for(
+    topics: TopicSet, state_dir: str, retention_toml: str = "", **overrides: Any
+) -> Config:
     """A config on the test's own topics and state directory, with a unique group."""
     text = f"""
 group_id = "{topics.prefix}-group"

@@ -85,7 +85,9 @@ async def test_explicit_delete_of_an_unseen_record_reaches_the_stores(
 ) -> None:
     config = config_for(topics, str(tmp_path / "state"), RETENTION)
     async with running_service(config, broker):
-        await produce(broker, [(topics.conversations, *event("conversation", "gdpr-1", op="delete"))])
+        await produce(
+            broker, [(topics.conversations, *event("conversation", "gdpr-1", op="delete"))]
+        )
         tombs = await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 1)
     body = orjson.loads(tombs[0].value)
     assert body["reason"] == "explicit"

@@ -1,0 +1,269 @@
+"""The sinks end to end: the real broker, real SQLite and the running PostgreSQL.
+
+Messages are produced in the service's own encodings (model.encode_stamp, encode_tombstone);
+every wait is a poll with a deadline. Joining a consumer group takes the test broker 3-5 s,
+so each test starts as few sinks as it can and checks several behaviours per run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import orjson
+import pytest
+import pytest_asyncio
+
+from stream_expiry.kafka import ensure_topics
+from stream_expiry.sinks.framework import wall_clock_ms
+from stream_expiry.sinks.sqlite import SQLiteStore
+from tests.conftest import read_topic
+from tests.integration.sink_helpers import (
+    MINUTE,
+    ident,
+    null_msg,
+    open_store,
+    produce,
+    running_sink,
+    sink_config,
+    stamp,
+    stamped_msg,
+    store_params,
+    tombstone_msg,
+    wait_until,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from stream_expiry.model import Identity
+    from stream_expiry.sinks.store import Store
+    from tests.conftest import TopicSet
+
+pytestmark = pytest.mark.integration
+
+HOSTILE = [
+    "it's",
+    'q"uote',
+    "a/b",
+    "50%",
+    "%2F",
+    "ünï ✓ 会话 \U0001f600",
+    "x" * 512,
+    "'; DROP TABLE records;--",
+]
+HOUR = 60 * MINUTE
+
+
+@pytest_asyncio.fixture
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    async with open_store(request.param, tmp_path) as s:
+        yield s
+
+
+async def gone(store: Store, idents: list[Identity]) -> bool:
+    return all([await store.get(i) is None for i in idents])
+
+
+async def present(store: Store, idents: list[Identity]) -> bool:
+    return all([await store.get(i) is not None for i in idents])
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(["sqlite", "postgres"]), indirect=True)
+async def test_sink_applies_tombstones_end_to_end(
+    broker: str, topics: TopicSet, store: Store
+) -> None:
+    history = f"{topics.prefix}.conversation-history"
+    await ensure_topics(
+        broker, [history], partitions=2, configs={history: {"cleanup.policy": "compact"}}
+    )
+    now = wall_clock_ms()
+    mk = {
+        o: [stamp(ident(h, org=o), created_at=now, ttl_ms=HOUR) for h in HOSTILE]
+        for o in ("acme", "globex")
+    }
+    shared = [
+        stamp(ident("shared", org=o), created_at=now, ttl_ms=HOUR) for o in ("acme", "globex")
+    ]
+    dup = stamp(ident("dup", category="session"), created_at=now, ttl_ms=HOUR)
+    nulled = stamp(ident("nulled"), created_at=now, ttl_ms=HOUR)
+    early = stamp(ident("early"), created_at=now, ttl_ms=HOUR)
+    overdue = stamp(ident("overdue", category="error"), created_at=now - 2 * HOUR, ttl_ms=MINUTE)
+    live = [*mk["acme"], *mk["globex"], *shared, dup, nulled]
+    config = sink_config(
+        broker, topics, compacted={"conversation": history}, sweep_interval_s=0.2, sweep_grace_s=0
+    )
+
+    async with running_sink(store, config) as sink:
+        await produce(
+            broker,
+            topics.stamped,
+            [stamped_msg(s, {"secret": "payload"}) for s in [*live, overdue]],
+        )
+        await produce(broker, topics.tombstones, [tombstone_msg(early, emitted_at=now)])
+        await wait_until(
+            lambda: present(store, [s.identity for s in live]), what="every stamp written"
+        )
+        await wait_until(
+            lambda: gone(store, [overdue.identity]), what="the sweep of the overdue row"
+        )
+        await wait_until(
+            lambda: _receipt_for(store, early.identity), what="the receipt of the early tombstone"
+        )
+
+        await produce(
+            broker, topics.stamped, [stamped_msg(early, {"too": "late"}), null_msg(nulled.identity)]
+        )
+        doomed = [*mk["acme"], shared[0], dup]
+        await produce(
+            broker,
+            topics.tombstones,
+            [tombstone_msg(s, emitted_at=now) for s in doomed]
+            + [tombstone_msg(dup, emitted_at=now + 1)],
+        )
+        deleted = [s.identity for s in [*doomed, nulled]]
+        await wait_until(lambda: gone(store, deleted), what="the tombstoned rows deleted")
+        await wait_until(_metric(sink.metrics, "stale_total", 1), what="the late stamp consumed")
+        await wait_until(
+            _caught_up(store, sink.metrics, len(live) + len(doomed) + 5),
+            what="every message applied and every receipt published",
+        )
+        assert sink.metrics["swept_total"] == 1
+        assert sink.metrics["invalid_total"] == 0
+
+    # Survivors: the other org's rows with the same ids, and nothing else was touched.
+    assert await present(store, [s.identity for s in [*mk["globex"], shared[1]]])
+    assert await gone(store, [early.identity, overdue.identity])
+    # One receipt per deletion (the duplicate tombstone left none), none carrying the data.
+    receipts = await store.receipts()
+    by_key = {r.identity: r for r in receipts}
+    assert len(receipts) == len(by_key) == len(deleted) + 2  # + early (0 rows) + overdue (sweep)
+    assert {(by_key[i].reason, by_key[i].rows_deleted) for i in deleted[:-1]} == {("ttl", 1)}
+    assert (by_key[nulled.identity].reason, by_key[early.identity].rows_deleted) == (
+        "stamped_null",
+        0,
+    )
+    assert by_key[overdue.identity].reason == "sweep"
+
+    on_topic = await read_topic(broker, topics.receipts, until=lambda r: len(r) >= len(receipts))
+    values = [orjson.loads(r.value) for r in on_topic]
+    assert sorted(v["receipt_id"] for v in values) == sorted(r.receipt_id for r in receipts)
+    assert all(r.key.decode() == v["key"] for r, v in zip(on_topic, values, strict=True))
+    assert not any("payload" in r.value.decode() for r in on_topic)
+
+    conversation_deleted = {
+        i.key for i in [*deleted, early.identity] if i.category == "conversation"
+    }
+    nulls = await read_topic(broker, history, until=lambda r: len(r) >= len(conversation_deleted))
+    assert {r.key.decode() for r in nulls} == conversation_deleted
+    assert all(r.value is None for r in nulls)
+
+
+async def _receipt_for(store: Store, identity: Identity) -> bool:
+    return any(r.identity == identity for r in await store.receipts())
+
+
+def _metric(metrics: dict[str, int], name: str, at_least: int) -> Any:
+    async def check() -> bool:
+        return metrics[name] >= at_least
+
+    return check
+
+
+def _caught_up(store: Store, metrics: dict[str, int], messages: int) -> Any:
+    async def check() -> bool:
+        return metrics["messages_total"] >= messages and not await store.pending_receipts()
+
+    return check
+
+
+@pytest.mark.asyncio
+async def test_offsets_commit_after_the_store_and_the_outbox_survives_a_restart(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    now = wall_clock_ms()
+    first = [stamp(ident(f"a{n}"), created_at=now, ttl_ms=HOUR) for n in range(5)]
+    later = [stamp(ident(f"b{n}"), created_at=now, ttl_ms=HOUR) for n in range(3)]
+    async with open_store("sqlite", tmp_path) as store:
+        config = sink_config(broker, topics)
+        await produce(broker, topics.stamped, [stamped_msg(s) for s in first])
+        await produce(
+            broker, topics.tombstones, [tombstone_msg(s, emitted_at=now) for s in first[:2]]
+        )
+        async with running_sink(store, config) as sink:
+            await wait_until(_caught_up(store, sink.metrics, 7), what="the first batch")
+        # While no sink runs: new messages, and a deletion whose receipt is not published yet
+        # (as after a crash between the store commit and the publish).
+        await produce(broker, topics.stamped, [stamped_msg(s) for s in later])
+        await store.apply([_decoded_tombstone(first[2], now)], now_ms=now)
+        [orphan] = await store.pending_receipts()
+        async with running_sink(store, config) as again:
+            await wait_until(_caught_up(store, again.metrics, 3), what="the second run")
+            assert again.metrics["messages_total"] == 3  # nothing committed was read again
+        assert await store.count() == len(first) - 3 + len(later)
+    published = await read_topic(broker, topics.receipts, until=lambda r: len(r) >= 3)
+    assert orphan.receipt_id in {orjson.loads(r.value)["receipt_id"] for r in published}
+
+
+def _decoded_tombstone(s: Any, now: int) -> Any:
+    from stream_expiry.sinks._messages import decode_tombstone
+
+    key, value = tombstone_msg(s, emitted_at=now)
+    return decode_tombstone(key, value)
+
+
+SINK_MAIN = """
+import argparse, sys
+from stream_expiry.sinks.command import add_sink_parser
+parser = argparse.ArgumentParser(prog="stream-expiry")
+add_sink_parser(parser.add_subparsers(dest="command", required=True))
+args = parser.parse_args(sys.argv[1:])
+sys.exit(args.func(args))
+"""
+
+
+@pytest.mark.asyncio
+async def test_sink_command_runs_until_sigint_and_exits_zero(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    db = tmp_path / "cli.db"
+    now = wall_clock_ms()
+    s = stamp(ident("via-cli"), created_at=now, ttl_ms=HOUR)
+    await produce(broker, topics.stamped, [stamped_msg(s)])
+    await produce(broker, topics.tombstones, [tombstone_msg(s, emitted_at=now)])
+    argv = [
+        sys.executable, "-c", SINK_MAIN, "sink", "sqlite", "--path", str(db),
+        "--bootstrap-servers", broker, "--group-id", f"{topics.prefix}.cli",
+        "--stamped-topic", topics.stamped, "--tombstones-topic", topics.tombstones,
+        "--receipts-topic", topics.receipts,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)  # noqa: ASYNC220
+    reader = SQLiteStore(db, name="probe")  # the CLI's own file, read alongside it (WAL)
+
+    async def deleted() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"the sink exited early with {proc.returncode}: {proc.stderr}")
+        if not db.exists():
+            return False
+        await reader.open()
+        return bool(await reader.receipts()) and not await reader.pending_receipts()
+
+    try:
+        await wait_until(deleted, what="the CLI sink to delete and publish")
+        await reader.close()
+        proc.send_signal(signal.SIGINT)
+        _, err = await anyio.to_thread.run_sync(lambda: proc.communicate(timeout=15))
+    finally:
+        await reader.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "stopped after 2 messages, 1 deleted" in err

@@ -1,0 +1,298 @@
+"""One suite over every store (memory, SQLite, PostgreSQL), as quix-streams runs its
+SUPPORTED_STORES: the store layer alone, no Kafka. The memory store is the reference the
+SQL stores are compared with; the decisions themselves are unit-tested in
+tests/unit/test_sinks_logic.py.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import pytest_asyncio
+
+from stream_expiry.errors import StoreError
+from stream_expiry.model import Identity
+from stream_expiry.sinks._logic import Plan
+from stream_expiry.sinks._messages import (
+    Change,
+    NullChange,
+    decode_stamped,
+    decode_tombstone,
+)
+from stream_expiry.sinks.store import MemoryStore, Store
+from tests.integration.sink_helpers import (
+    MINUTE,
+    SQL_KINDS,
+    T0,
+    ident,
+    open_store,
+    stamp,
+    stamped_msg,
+    store_params,
+    tombstone_msg,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from stream_expiry.model import Stamp
+
+pytestmark = pytest.mark.integration
+
+HOSTILE = [
+    "it's",
+    'say "hi"',
+    "a/b\\c",
+    "100%",
+    "%2F",
+    "x' OR '1'='1",
+    "ünïcødé ✓ 会话",
+    "emoji \U0001f600",
+    "tab\tnew\nline",
+    "r" * 512,
+    "é" * 512,
+]
+
+
+@pytest_asyncio.fixture
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    async with open_store(request.param, tmp_path) as s:
+        yield s
+
+
+def put(s: Stamp, data: Any = None, offset: int | None = None) -> Change:
+    key, value = stamped_msg(s, data)
+    return decode_stamped(key, value, partition=0, offset=offset)
+
+
+def kill(s: Stamp, reason: str = "ttl", emitted_at: int | None = None) -> Change:
+    key, value = tombstone_msg(s, reason=reason, emitted_at=emitted_at)
+    return decode_tombstone(key, value)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_write_then_tombstone_deletes_with_one_receipt(store: Store) -> None:
+    s = stamp(ident("r1"))
+    out = await store.apply([put(s, {"text": "hello"})], now_ms=T0 + 1)
+    assert out.written == 1
+    row = await store.get(s.identity)
+    assert row is not None
+    assert (row.created_at, row.expires_at, row.data) == (T0, T0 + 10 * MINUTE, '{"text":"hello"}')
+    out = await store.apply([kill(s)], now_ms=T0 + 2)
+    assert out.deleted == 1
+    assert await store.get(s.identity) is None
+    [r] = await store.receipts()
+    assert (r.store, r.identity, r.reason, r.rows_deleted, r.deleted_at) == (
+        store.name, s.identity, "ttl", 1, T0 + 2,
+    )  # fmt: skip
+    assert (r.created_at, r.expires_at, r.ttl_seconds, r.ttl_source) == (
+        T0,
+        T0 + 10 * MINUTE,
+        600,
+        "org",
+    )
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_duplicate_tombstones_leave_one_receipt(store: Store) -> None:
+    s = stamp(ident("dup"))
+    await store.apply([put(s)], now_ms=T0)
+    await store.apply([kill(s), kill(s)], now_ms=T0 + 1)
+    out = await store.apply([kill(s)], now_ms=T0 + 2)
+    assert (out.deleted, out.receipts) == (0, [])
+    assert [r.rows_deleted for r in await store.receipts()] == [1]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_tombstone_before_its_record_wins_and_a_new_life_is_kept(store: Store) -> None:
+    old = stamp(ident("early"))
+    await store.apply([kill(old)], now_ms=T0)
+    out = await store.apply([put(old, {"late": 1})], now_ms=T0 + 1)
+    assert out.stale == 1
+    assert await store.get(old.identity) is None
+    marker = await store.marker(old.identity)
+    assert marker is not None
+    assert marker.deleted_before == T0 + 10 * MINUTE
+    new = stamp(old.identity, created_at=T0 + 10 * MINUTE)
+    await store.apply([put(new, {"life": 2})], now_ms=T0 + 2)
+    row = await store.get(old.identity)
+    assert row is not None
+    assert row.data == '{"life":2}'
+    assert [(r.reason, r.rows_deleted) for r in await store.receipts()] == [("ttl", 0)]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_hostile_ids_round_trip_and_delete_exactly_themselves(store: Store) -> None:
+    ids = [ident(h, org=o) for h in HOSTILE for o in ("acme", HOSTILE[0])]
+    stamps = [stamp(i) for i in ids]
+    await store.apply([put(s, {"id": s.identity.record_id}) for s in stamps], now_ms=T0)
+    for s in stamps:
+        row = await store.get(s.identity)
+        assert row is not None, s.identity
+        assert row.identity == s.identity
+    doomed = stamps[::2]
+    await store.apply([kill(s) for s in doomed], now_ms=T0 + 1)
+    for s in stamps:
+        assert (await store.get(s.identity) is None) == (s in doomed), s.identity
+    assert await store.count() == len(stamps) - len(doomed)
+    assert sorted(r.identity for r in await store.receipts()) == sorted(s.identity for s in doomed)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_same_record_id_in_two_orgs_only_one_is_deleted(store: Store) -> None:
+    mine, theirs = stamp(ident("shared", org="acme")), stamp(ident("shared", org="globex"))
+    await store.apply([put(mine), put(theirs)], now_ms=T0)
+    await store.apply([kill(mine)], now_ms=T0 + 1)
+    assert await store.get(mine.identity) is None
+    assert await store.get(theirs.identity) is not None
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_null_value_deletes_but_not_a_newer_life_when_re_read(store: Store) -> None:
+    i = ident("nul")
+    old, new = stamp(i), stamp(i, created_at=T0 + 10 * MINUTE)
+    topic = [put(old, {"v": 1}, offset=0), NullChange(i, 0, 1), put(new, {"v": 2}, offset=2)]
+    await store.apply(topic, now_ms=T0)
+    await store.apply(topic[1:], now_ms=T0 + 1)  # re-read after a crash before the commit
+    row = await store.get(i)
+    assert row is not None
+    assert row.data == '{"v":2}'
+    assert [(r.reason, r.created_at) for r in await store.receipts()] == [("stamped_null", T0)]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_sweep_deletes_only_expired_rows_with_a_bounded_budget(store: Store) -> None:
+    due = [stamp(ident(f"due{n}"), ttl_ms=MINUTE * (n + 1)) for n in range(5)]
+    keep = [stamp(ident("later"), ttl_ms=60 * MINUTE), stamp(ident("never"), ttl_ms=None)]
+    await store.apply([put(s) for s in due + keep], now_ms=T0)
+    cutoff = T0 + 5 * MINUTE
+    first = await store.sweep(cutoff_ms=cutoff, now_ms=cutoff, limit=3)
+    second = await store.sweep(cutoff_ms=cutoff, now_ms=cutoff, limit=3)
+    assert (first.swept, second.swept) == (3, 2)
+    assert await store.count() == 2
+    receipts = await store.receipts()
+    assert [r.reason for r in receipts] == ["sweep"] * 5
+    assert [r.expires_at for r in receipts] == [s.expires_at for s in due]  # oldest first
+    out = await store.apply([kill(due[0])], now_ms=cutoff + 1)  # the late tombstone
+    assert out.receipts == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_receipts_are_an_outbox_until_published(store: Store) -> None:
+    stamps = [stamp(ident(f"o{n}")) for n in range(3)]
+    await store.apply([put(s) for s in stamps] + [kill(s) for s in stamps], now_ms=T0)
+    pending = await store.pending_receipts()
+    assert len(pending) == 3
+    await store.mark_published([pending[0].receipt_id], now_ms=T0 + 1)
+    assert [r.receipt_id for r in await store.pending_receipts()] == [
+        r.receipt_id for r in pending[1:]
+    ]
+    await store.mark_published([r.receipt_id for r in pending], now_ms=T0 + 2)
+    assert await store.pending_receipts() == []
+    assert len(await store.receipts()) == 3  # published, still kept
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(SQL_KINDS), indirect=True)
+async def test_receipts_are_append_only_in_the_database(store: Store) -> None:
+    s = stamp(ident("evidence"))
+    await store.apply([put(s), kill(s)], now_ms=T0)
+    conn: Any = store._conn  # type: ignore[attr-defined]
+    table = "receipts"
+    if store.__class__.__name__ == "SQLiteStore":
+        name = f"{store.prefix}{table}"  # type: ignore[attr-defined]
+        with pytest.raises(Exception, match="append-only"):
+            await conn.execute(f"UPDATE {name} SET reason = 'sweep'")
+        with pytest.raises(Exception, match="append-only"):
+            await conn.execute(f"DELETE FROM {name}")
+    else:
+        name = store._n.receipts  # type: ignore[attr-defined]
+        with pytest.raises(Exception, match="append-only"):
+            await conn.execute(f"UPDATE {name} SET reason = 'sweep'")
+        with pytest.raises(Exception, match="append-only"):
+            await conn.execute(f"DELETE FROM {name}")
+    assert [r.reason for r in await store.receipts()] == ["ttl"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(SQL_KINDS), indirect=True)
+async def test_a_failed_batch_leaves_nothing_behind(store: Store) -> None:
+    gone, kept = stamp(ident("gone")), stamp(ident("kept"))
+    await store.apply([put(gone), put(kept), kill(gone)], now_ms=T0)
+    [existing] = await store.receipts()
+    clash = replace(existing, identity=kept.identity)  # same receipt_id: UNIQUE fails
+    with pytest.raises(StoreError):  # noqa: PT012  (the transaction is what is tested)
+        async with store.transaction() as tx:
+            await tx.write(Plan(deletes=[kept.identity]))
+            await tx.write(Plan(receipts=[clash]))
+    assert await store.get(kept.identity) is not None  # the delete was rolled back
+    assert len(await store.receipts()) == 1
+    await store.apply([kill(kept)], now_ms=T0 + 1)  # and the store still works
+    assert await store.get(kept.identity) is None
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(SQL_KINDS), indirect=True)
+async def test_random_batches_match_the_memory_reference(store: Store) -> None:
+    """Random stamps, tombstones, nulls and sweeps in random batches: same end state."""
+    rng = random.Random(20260101)
+    ids = [ident(f"k{n}", org=rng.choice(["a", "b", "a'b"])) for n in range(40)]
+    reference = MemoryStore(name=store.name)
+    offset = 0
+    for step in range(30):
+        batch: list[Change] = []
+        for _ in range(rng.randint(1, 60)):
+            i = rng.choice(ids)
+            s = stamp(
+                i, created_at=T0 + rng.randint(0, 20) * MINUTE, ttl_ms=rng.randint(1, 30) * MINUTE
+            )
+            roll = rng.random()
+            if roll < 0.5:
+                batch.append(put(s, rng.choice([None, {"n": step}]), offset=offset))
+                offset += 1
+            elif roll < 0.8:
+                batch.append(kill(s, reason=rng.choice(["ttl", "explicit"])))
+            else:
+                batch.append(NullChange(i, 0, offset))
+                offset += 1
+        now = T0 + step * MINUTE
+        a = await store.apply(batch, now_ms=now)
+        b = await reference.apply(batch, now_ms=now)
+        assert (a.written, a.deleted, a.stale, len(a.receipts)) == (
+            b.written, b.deleted, b.stale, len(b.receipts),
+        ), step  # fmt: skip
+        if step % 7 == 6:
+            x = await store.sweep(cutoff_ms=now, now_ms=now, limit=5)
+            y = await reference.sweep(cutoff_ms=now, now_ms=now, limit=5)
+            assert [r.identity for r in x.receipts] == [r.identity for r in y.receipts]
+    for i in ids:
+        assert await store.get(i) == await reference.get(i), i
+        assert await store.marker(i) == await reference.marker(i), i
+    assert await store.count() == await reference.count()
+
+
+@pytest.mark.asyncio
+@pytest.mark.postgres
+async def test_postgres_cannot_hold_nul_and_says_so(tmp_path: Path) -> None:
+    async with open_store("postgres", tmp_path) as store:
+        assert not store.holds(Identity("o", "_", "live", "conversation", "a\x00b"))
+        assert store.holds(ident("fine"))
+    async with open_store("sqlite", tmp_path) as lite:
+        nul = ident("a\x00b")
+        assert lite.holds(nul)
+        await lite.apply([put(stamp(nul))], now_ms=T0)
+        row = await lite.get(nul)
+        assert row is not None
+        assert row.identity == nul

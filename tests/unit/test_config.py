@@ -1,0 +1,377 @@
+"""The config file: defaults, every table, and errors that point at the line and say the fix."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stream_expiry.config import Config, ConfigError, Topics, load_config, parse_config
+from stream_expiry.errors import ConfigurationError, StreamExpiryError
+from stream_expiry.model import DEFAULT_CATEGORIES
+
+MIN = 60_000
+DAY = 1440 * MIN
+
+FULL = """\
+preset = "avaamo"
+bootstrap_servers = "k1:9092,k2:9092"
+group_id = "expiry-eu"
+state_dir = "/var/lib/expiry"
+max_clock_skew = "10m"
+
+[topics]
+inputs = ["conv", "sess"]
+policies = "p"
+stamped = "s"
+tombstones = "t"
+dlq = "d"
+receipts = "r"
+
+[categories]
+names = ["conversation", "session", "audit"]
+sliding = ["session", "audit"]
+
+[service]
+tick_ms = 50
+horizon = "2h"
+
+[retention.defaults]
+session = "30d"
+
+[retention.cap]
+max = "1y"
+audit = 0
+
+[retention.orgs.acme]
+conversation = "30d"
+
+[retention.orgs."acme corp"]
+conversation = 1440
+
+[retention.bots.acme."bot/1".draft]
+session = "1h"
+
+[retention.bots.acme]
+b2 = { live = { conversation = "2d" } }
+"""
+
+
+def test_no_file_means_defaults() -> None:
+    config = load_config(None)
+    assert config == Config()
+    assert config.topics == Topics()
+    assert config.categories == DEFAULT_CATEGORIES
+    assert config.sliding == frozenset({"session"})
+    assert config.max_clock_skew_ms == 300_000
+    assert config.path is None
+
+
+def test_empty_text_means_defaults_too() -> None:
+    assert parse_config("") == Config(path="<string>")
+
+
+def test_full_file() -> None:
+    c = parse_config(FULL, path="full.toml")
+    assert c.preset == "avaamo"
+    assert c.retention.preset == "avaamo"
+    assert c.bootstrap_servers == "k1:9092,k2:9092"
+    assert c.group_id == "expiry-eu"
+    assert c.state_dir == "/var/lib/expiry"
+    assert c.max_clock_skew_ms == 10 * MIN
+    assert c.tick_ms == 50
+    assert c.horizon_ms == 120 * MIN
+    assert c.topics == Topics(("conv", "sess"), "p", "s", "t", "d", "r")
+    assert c.categories == ("conversation", "session", "audit")
+    assert c.sliding == frozenset({"session", "audit"})
+    r = c.retention
+    assert r.defaults["session"].ttl_ms == 30 * DAY
+    assert r.cap["max"].ttl_ms == 365 * DAY
+    assert r.cap["audit"].ttl_ms is None  # 0: valid, no value
+    assert r.orgs["acme"]["conversation"].name == "retention.orgs.acme.conversation"
+    assert r.orgs["acme corp"]["conversation"].ttl_ms == DAY
+    assert (
+        r.bots[("acme", "bot/1", "draft")]["session"].name
+        == 'retention.bots.acme."bot/1".draft.session'
+    )
+    assert r.bots[("acme", "b2", "live")]["conversation"].ttl_ms == 2 * DAY
+    assert c.path == "full.toml"
+
+
+def test_load_config_reads_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "expiry.toml"
+    path.write_text(FULL, encoding="utf-8")
+    assert load_config(path).path == str(path)
+    assert load_config(str(path)).group_id == "expiry-eu"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"missing\.toml: cannot read the config file .*--config"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin.toml"
+    path.write_bytes(b'group_id = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(path)
+
+
+def test_config_error_is_a_stream_expiry_error() -> None:
+    assert issubclass(ConfigError, ConfigurationError)
+    assert issubclass(ConfigError, StreamExpiryError)
+
+
+def test_sliding_defaults_to_session_only_when_configured() -> None:
+    assert parse_config('[categories]\nnames = ["chat"]\n').sliding == frozenset()
+    assert parse_config("[categories]\nsliding = []\n").sliding == frozenset()
+
+
+ERRORS = [
+    # (id, text, expected fragments: line, key, suggestion or value)
+    (
+        "unknown category key with suggestion",
+        'preset = "none"\n\n[retention.orgs.acme]\nsession = "1d"\nconversaton = "30d"\n',
+        "config.toml line 5: unknown key 'conversaton' in [retention.orgs.acme]; did you mean 'conversation'?",
+    ),
+    (
+        "unknown top-level key",
+        'group_id = "g"\nprest = "cognigy"\n',
+        "line 2: unknown key 'prest' at the top level; did you mean 'preset'?",
+    ),
+    (
+        "unknown table",
+        "[topic]\ndlq = 'x'\n",
+        "line 1: unknown key 'topic' at the top level; did you mean 'topics'?",
+    ),
+    (
+        "unknown key, no close match",
+        "[service]\nzzz = 1\n",
+        "line 2: unknown key 'zzz' in [service]; valid: tick_ms, horizon",
+    ),
+    (
+        "unknown retention table",
+        "[retention.capp]\nmax = 1\n",
+        "line 1: unknown key 'capp' in [retention]; did you mean 'cap'?",
+    ),
+    (
+        "unknown cap key",
+        "[retention.cap]\nmaxx = 1\n",
+        "line 2: unknown key 'maxx' in [retention.cap]; did you mean 'max'?",
+    ),
+    (
+        "quoted org",
+        '[retention.orgs."acme corp"]\n\n\nsesion = 1\n',
+        "line 4: unknown key 'sesion' in [retention.orgs.\"acme corp\"]; did you mean 'session'?",
+    ),
+    (
+        "dotted key",
+        "[retention]\norgs.acme.convrsation = 3\n",
+        "line 2: unknown key 'convrsation' in [retention.orgs.acme]",
+    ),
+    (
+        "inline table",
+        "[retention.orgs]\nacme = { conversation = 1 }\nbeta = { sesion = 2 }\n",
+        "line 3: unknown key 'sesion' in [retention.orgs.beta]",
+    ),
+    (
+        "bad env",
+        "[retention.bots.acme.b1.life]\nconversation = 1\n",
+        "line 1: unknown key 'life' in [retention.bots.acme.b1]; did you mean 'live'?",
+    ),
+    (
+        "invalid duration",
+        '# c\n[retention.orgs.acme]\nconversation = "30 days"\n',
+        "config.toml line 3: invalid duration for key 'conversation' in [retention.orgs.acme]: '30 days'",
+    ),
+    (
+        "invalid unit says what to do",
+        '[retention.defaults]\nsession = "3x"\n',
+        "line 2: invalid duration for key 'session' in [retention.defaults]: '3x' has an unknown unit 'x'; expected minutes as a number, or a number with a unit s, m, h, d, w, mo, y (e.g. \"30d\")",
+    ),
+    (
+        "boolean duration",
+        "[retention.cap]\nmax = true\n",
+        "line 2: invalid duration for key 'max' in [retention.cap]: True is a boolean",
+    ),
+    ("array as duration", "[retention.cap]\nmax = [1]\n", "line 2: invalid duration for key 'max'"),
+    (
+        "skew negative",
+        'max_clock_skew = "-1m"\n',
+        "line 1: key 'max_clock_skew' at the top level must be a duration, 0 or more, got a string '-1m'",
+    ),
+    (
+        "skew invalid",
+        "max_clock_skew = 'soon'\n",
+        "line 1: invalid duration for key 'max_clock_skew' at the top level: 'soon'",
+    ),
+    (
+        "horizon zero",
+        "[service]\nhorizon = 0\n",
+        "line 2: key 'horizon' in [service] must be a duration, positive, got an integer 0",
+    ),
+    (
+        "tick_ms float",
+        "[service]\ntick_ms = 1.5\n",
+        "line 2: key 'tick_ms' in [service] must be a positive integer (milliseconds), got a float 1.5",
+    ),
+    (
+        "tick_ms bool",
+        "[service]\ntick_ms = true\n",
+        "key 'tick_ms' in [service] must be a positive integer",
+    ),
+    (
+        "preset typo",
+        'preset = "chatlyer"\n',
+        "line 1: unknown preset 'chatlyer'; did you mean 'chatlayer'?",
+    ),
+    (
+        "preset far off",
+        'preset = "zzz"\n',
+        "unknown preset 'zzz'; use one of none, cognigy, chatlayer, avaamo",
+    ),
+    (
+        "preset not a string",
+        "preset = 1\n",
+        "key 'preset' at the top level must be one of none, cognigy, chatlayer, avaamo",
+    ),
+    (
+        "group_id empty",
+        'group_id = ""\n',
+        "line 1: key 'group_id' at the top level must be a non-empty string",
+    ),
+    (
+        "servers not a string",
+        "bootstrap_servers = 9092\n",
+        "key 'bootstrap_servers' at the top level must be a non-empty string, got an integer 9092",
+    ),
+    (
+        "topic name",
+        '[topics]\ndlq = "my dlq"\n',
+        "line 2: key 'dlq' in [topics] must be a Kafka topic name",
+    ),
+    (
+        "topic reused",
+        '[topics]\ninputs = ["a"]\n\ndlq = "a"\n',
+        "line 4: topic 'a' of key 'dlq' in [topics] is also used by 'inputs'",
+    ),
+    (
+        "outputs reused",
+        '[topics]\nstamped = "x"\ntombstones = "x"\n',
+        "topic 'x' of key 'tombstones' in [topics] is also used by 'stamped'",
+    ),
+    (
+        "inputs empty",
+        "[topics]\ninputs = []\n",
+        "key 'inputs' in [topics] must be a non-empty array of topic names",
+    ),
+    (
+        "inputs duplicated",
+        '[topics]\ninputs = ["a", "a"]\n',
+        "must be an array without duplicates (repeated: a)",
+    ),
+    (
+        "names not array",
+        '[categories]\nnames = "conversation"\n',
+        "line 2: key 'names' in [categories] must be an array of strings",
+    ),
+    ("names max", '[categories]\nnames = ["max"]\n', "a name other than 'max'"),
+    (
+        "sliding not in names",
+        '[categories]\nnames = ["chat"]\nsliding = ["chta"]\n',
+        "line 3: key 'sliding' in [categories] names category 'chta', which is not in names; did you mean 'chat'?",
+    ),
+    (
+        "category not configured",
+        '[categories]\nnames = ["chat"]\n[retention.defaults]\nsession = 1\n',
+        "line 4: unknown key 'session' in [retention.defaults]; valid: chat (categories are set by [categories] names)",
+    ),
+    (
+        "org table not a table",
+        "[retention.orgs]\nacme = 5\n",
+        "line 2: key 'acme' in [retention.orgs] must be a table, got an integer 5",
+    ),
+    (
+        "retention not a table",
+        "retention = 5\n",
+        "line 1: key 'retention' at the top level must be a table",
+    ),
+    (
+        "empty org id",
+        '[retention.orgs.""]\nconversation = 1\n',
+        "an org id in [retention.orgs] must be 1 to 512 characters long",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "fragment"), [e[1:] for e in ERRORS], ids=[e[0] for e in ERRORS])
+def test_errors(text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, path="config.toml")
+    message = str(info.value)
+    assert message.startswith("config.toml")
+    assert fragment in message
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("a = 1\nb = = 2\n", "config.toml line 2, column 5: invalid TOML: Invalid value"),
+        ("[x]\n[x]\n", "config.toml line 2, column 3: invalid TOML"),
+        ("a = [1,\n", "config.toml: invalid TOML: Invalid value (at end of document)"),
+    ],
+)
+def test_toml_syntax_errors_keep_the_position(text: str, where: str) -> None:
+    with pytest.raises(ConfigError, match=r"see toml\.io") as info:
+        parse_config(text, path="config.toml")
+    assert str(info.value).startswith(where)
+
+
+def test_lines_survive_multiline_strings_and_arrays() -> None:
+    text = '[topics]\ninputs = [\n  "a",\n  "b = c",\n]\ndlq = """\nx = 1\n"""\nstamped = "s"\nzzz = 1\n'
+    with pytest.raises(ConfigError, match=r"config\.toml line 10: unknown key 'zzz'"):
+        parse_config(text, path="config.toml")
+
+
+def test_a_key_that_cannot_be_placed_names_the_table() -> None:
+    # an invalid name inside an array has no line of its own: the error points at its key
+    text = '[categories]\nnames = [\n  "ok",\n  "",\n]\n'
+    with pytest.raises(ConfigError, match=r"config\.toml line 2: key 'names' in \[categories\]"):
+        parse_config(text, path="config.toml")
+
+
+def _schema_validator() -> Any:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema_path = Path(__file__).parents[2] / "schemas" / "config.schema.json"
+    schema = json.loads(schema_path.read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def test_schema_accepts_what_the_loader_accepts() -> None:
+    validator = _schema_validator()
+    for text in (FULL, "", 'preset = "chatlayer"\n[retention.cap]\nmax = ""\n'):
+        parse_config(text)
+        validator.validate(tomllib.loads(text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "zzz = 1\n",
+        'preset = "x"\n',
+        "[service]\ntick_ms = 0\n",
+        '[retention.cap]\nmax = "3x"\n',
+        "[retention.cap]\nmax = true\n",
+        "[retention.bots.a.b.prod]\nconversation = 1\n",
+        '[topics]\ndlq = "a b"\n',
+    ],
+)
+def test_schema_rejects_what_the_loader_rejects(text: str) -> None:
+    validator = _schema_validator()
+    with pytest.raises(ConfigError):
+        parse_config(text)
+    assert not validator.is_valid(tomllib.loads(text))

@@ -1,0 +1,137 @@
+"""Durations: the contract's units, exact arithmetic, and the line between 'not positive' and invalid."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stream_expiry.durations import (
+    MAX_DURATION_MS,
+    UNITS_MS,
+    InvalidDuration,
+    format_duration,
+    parse_duration,
+)
+
+MIN = 60_000
+
+
+@pytest.mark.parametrize(
+    ("value", "ms"),
+    [
+        (1, MIN),
+        (43200, 43200 * MIN),
+        (1.5, 90_000),
+        ("30", 30 * MIN),
+        ("2.5", 150_000),
+        (".5", 30_000),
+        ("5.", 5 * MIN),
+        ("90s", 90_000),
+        ("90S", 90_000),
+        ("5m", 5 * MIN),
+        ("1.5h", 5_400_000),
+        ("1.1h", 3_960_000),
+        ("30d", 30 * 1440 * MIN),
+        ("2w", 2 * 10_080 * MIN),
+        ("6mo", 6 * 43_800 * MIN),
+        ("6MO", 6 * 43_800 * MIN),
+        ("2y", 2 * 525_600 * MIN),
+        ("1Y", 525_600 * MIN),
+        (" 3 d ", 3 * 1440 * MIN),
+        ("+7d", 7 * 1440 * MIN),
+        ("0.5s", 1_000),  # half rounds away from zero
+        ("0.49s", 0),
+        ("1.0000000000000000000000000000000001h", 3_600_000),
+        ("10000y", MAX_DURATION_MS),
+    ],
+)
+def test_valid_durations(value: object, ms: int) -> None:
+    assert parse_duration(value) == ms
+
+
+@pytest.mark.parametrize(
+    ("value", "ms"),
+    [
+        (0, 0),
+        (0.0, 0),
+        ("0", 0),
+        ("0d", 0),
+        ("", 0),
+        ("   ", 0),
+        (-5, -5 * MIN),
+        ("-1h", -3_600_000),
+    ],
+)
+def test_zero_negative_and_empty_are_valid_but_not_positive(value: object, ms: int) -> None:
+    assert parse_duration(value) == ms
+    assert parse_duration(value) <= 0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "abc",
+        "30 days",
+        "1e3",
+        "5x",
+        "d",
+        "1.2.3h",
+        "--5",
+        "5 m s",
+        True,
+        None,
+        [5],
+        {"d": 1},
+        float("nan"),
+        float("inf"),
+        1e300,
+        10**40,
+        "10001y",
+        "9" * 70,
+    ],
+)
+def test_invalid_durations_raise(value: object) -> None:
+    with pytest.raises(InvalidDuration, match="expected minutes"):
+        parse_duration(value)
+
+
+def test_invalid_duration_is_a_value_error_with_a_short_quote() -> None:
+    with pytest.raises(ValueError, match=r"\.\.\.") as info:
+        parse_duration("x" * 50)
+    assert len(str(info.value)) < 200
+
+
+@given(st.integers(min_value=-(10**9), max_value=10**9))
+def test_integers_are_minutes(n: int) -> None:
+    assert parse_duration(n) == n * MIN
+    assert parse_duration(str(n)) == n * MIN
+
+
+@given(
+    st.decimals(min_value=0, max_value=1_000, places=3, allow_nan=False, allow_infinity=False),
+    st.sampled_from(sorted(UNITS_MS)),
+)
+def test_text_is_exact_and_whole_seconds(amount: Decimal, unit: str) -> None:
+    ms = parse_duration(f"{amount}{unit}")
+    assert ms % 1000 == 0
+    exact = amount * UNITS_MS[unit]
+    assert abs(Decimal(ms) - exact) <= 500
+
+
+@given(st.integers(min_value=1, max_value=10**6), st.sampled_from(sorted(UNITS_MS)))
+def test_format_round_trips(n: int, unit: str) -> None:
+    ms = n * UNITS_MS[unit]
+    if ms <= MAX_DURATION_MS:
+        assert parse_duration(format_duration(ms)) == ms
+
+
+def test_format_duration_picks_the_largest_whole_unit() -> None:
+    assert format_duration(0) == "0s"
+    assert format_duration(63_072_000_000) == "2y"
+    assert format_duration(15_768_000_000) == "6mo"
+    assert format_duration(2_592_000_000) == "30d"
+    assert format_duration(90_000) == "90s"
+    assert format_duration(1_500) == "1500ms"

@@ -1,0 +1,137 @@
+"""explain: the contract's JSON exactly, candidates in order with their names, and the table."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from stream_expiry.config import parse_config
+from stream_expiry.errors import StreamExpiryError
+from stream_expiry.policy import PolicyBook, UnknownCategory, render_explain_table
+
+FULL = """
+preset = "cognigy"
+[retention.defaults]
+conversation = "365d"
+[retention.cap]
+max = "2y"
+conversation = "400d"
+[retention.orgs."acme corp"]
+conversation = "30d"
+[retention.bots."acme corp".b1.live]
+conversation = 0
+"""
+
+
+def make_book(toml: str = FULL, env: dict[str, str] | None = None) -> PolicyBook:
+    return PolicyBook(parse_config(toml, path="x.toml"), env or {})
+
+
+def test_explain_is_exactly_the_contract_object() -> None:
+    env = {"MAX_CONVERSATION_TTL_IN_MINUTES": "nope"}
+    e = make_book(env=env).explain(category="conversation", org="acme corp", bot="b1")
+    assert e == {
+        "ttl_seconds": 30 * 86400,
+        "source": "org",
+        "candidates": [
+            {
+                "source": "org",
+                "name": 'retention.orgs."acme corp".conversation',
+                "ttl_seconds": 2592000,
+                "valid": True,
+            },
+            {
+                "source": "bot",
+                "name": 'retention.bots."acme corp".b1.live.conversation',
+                "ttl_seconds": None,
+                "valid": True,
+            },
+            {
+                "source": "env",
+                "name": "MAX_CONVERSATION_TTL_IN_MINUTES",
+                "ttl_seconds": None,
+                "valid": False,
+            },
+            {
+                "source": "env",
+                "name": "preset cognigy: INSIGHTS_MAX_CONVERSATIONS_TTL_IN_MINUTES",
+                "ttl_seconds": None,
+                "valid": True,
+            },
+            {"source": "cap", "name": "retention.cap.max", "ttl_seconds": 63072000, "valid": True},
+            {
+                "source": "cap",
+                "name": "retention.cap.conversation",
+                "ttl_seconds": 34560000,
+                "valid": True,
+            },
+            {
+                "source": "default",
+                "name": "retention.defaults.conversation",
+                "ttl_seconds": 31536000,
+                "valid": True,
+            },
+        ],
+    }
+    orjson.dumps(e)  # JSON-serialisable as is
+
+
+def test_explain_never() -> None:
+    e = make_book("").explain(category="session", org="x")
+    assert e == {"ttl_seconds": None, "source": None, "candidates": []}
+
+
+def test_unknown_category_and_env_are_errors_not_never() -> None:
+    book = make_book()
+    with pytest.raises(UnknownCategory, match="did you mean 'conversation'"):
+        book.explain(category="conversaton", org="a")
+    with pytest.raises(StreamExpiryError):
+        book.explain(category="nope", org="a")
+    with pytest.raises(ValueError, match="env"):
+        book.explain(category="conversation", org="a", env="prod")
+
+
+def test_table_names_every_candidate_and_the_reason() -> None:
+    table = render_explain_table(
+        make_book().explain(category="conversation", org="acme corp", bot="b1")
+    )
+    for needle in [
+        'retention.orgs."acme corp".conversation',
+        "WINS: smallest positive value",
+        "ignored: 0, negative or empty",
+        "larger than the winner",
+        "not used: org, bot or env gives a positive value",
+        "effective TTL: 30d (2592000 s) from org",
+    ]:
+        assert needle in table, table
+
+
+def test_table_default_used() -> None:
+    e = make_book('[retention.defaults]\nsession = "7d"\n').explain(category="session", org="x")
+    table = render_explain_table(e)
+    assert "default used because org, bot and env give no positive value" in table
+
+
+def test_table_default_joined_but_cap_won() -> None:
+    toml = '[retention.defaults]\nsession = "7d"\n[retention.cap]\nmax = "1d"\n'
+    table = render_explain_table(make_book(toml).explain(category="session", org="x"))
+    assert "WINS: smallest positive value (default joined" in table
+    assert "larger than the winner" in table
+
+
+def test_table_never_and_invalid() -> None:
+    e = make_book("", {"INSIGHTS_MAX_SESSIONS_TTL_IN_MINUTES": "x"}).explain(
+        category="session", org="x"
+    )
+    table = render_explain_table(e)
+    assert "ignored: not a valid duration" in table
+    assert "never expires: no positive candidate" in table
+    assert "no value is configured" in render_explain_table(
+        {"ttl_seconds": None, "source": None, "candidates": []}
+    )
+
+
+def test_table_tie_goes_to_the_first() -> None:
+    toml = '[retention.orgs.a]\nerror = "1d"\n[retention.cap]\nmax = "1d"\n'
+    table = render_explain_table(make_book(toml).explain(category="error", org="a"))
+    assert "equal to the winner, which is listed first" in table

@@ -1,0 +1,246 @@
+"""Policy history and the cache: the right version at every creation time, updates at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_expiry.config import parse_config
+from stream_expiry.model import Identity
+from stream_expiry.policy import PolicyBook, PolicyUpdate, Resolution, scope_key
+from stream_expiry.policy.history import AFTER_ALL, BEFORE_ALL, ScopeHistory
+from stream_expiry.policy.sources import Candidate
+
+MIN = 60_000
+DAY = 1440 * MIN
+ACME = Identity("acme", "b1", "live", "conversation", "r")
+CONFIG = '[retention.orgs.acme]\nconversation = "30d"\n[retention.defaults]\nconversation = "90d"\n'
+
+
+def make_book(toml: str = CONFIG, cache_size: int = 1 << 18) -> PolicyBook:
+    return PolicyBook(parse_config(toml), {}, cache_size=cache_size)
+
+
+def send(book: PolicyBook, ts: int, key: str, value: dict[str, Any] | None) -> PolicyUpdate:
+    result = book.apply_update(key.encode(), None if value is None else orjson.dumps(value), ts)
+    assert isinstance(result, PolicyUpdate), result
+    return result
+
+
+def org_update(ttl: dict[str, Any], effective_from: int | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"scope": "org", "org": "acme", "ttl": ttl}
+    if effective_from is not None:
+        body["effective_from"] = effective_from
+    return body
+
+
+def test_scope_history_intervals() -> None:
+    base = {"c": Candidate("org", "base", 1000)}
+    v1 = {"c": Candidate("org", "v1", 2000)}
+    v2 = {"c": Candidate("org", "v2", 3000)}
+    h = ScopeHistory(base)
+    assert h.at(0) == (base, BEFORE_ALL, AFTER_ALL)
+    h.add(100, v1)
+    h.add(200, v2)
+    h.add(300, None)
+    assert h.at(99) == (base, BEFORE_ALL, 100)
+    assert h.at(100) == (v1, 100, 200)
+    assert h.at(250) == (v2, 200, 300)
+    assert h.at(300) == (base, 300, AFTER_ALL)
+    assert h.at(None) == (base, 300, AFTER_ALL)
+    assert len(h) == 3
+    assert h.gen == 3
+
+
+def test_same_effective_from_the_last_applied_wins() -> None:
+    h = ScopeHistory({})
+    first, second = {"c": Candidate("org", "1", 1000)}, {"c": Candidate("org", "2", 2000)}
+    h.add(100, first)
+    h.add(100, second)
+    assert h.at(100)[0] is second
+
+
+def test_update_takes_effect_for_the_very_next_record() -> None:
+    book = make_book()
+    assert book.resolve(ACME, 1_000) == Resolution(30 * DAY, "org")  # now cached
+    send(book, 2_000, "org/acme", org_update({"conversation": "1d"}))
+    assert book.resolve(ACME, 2_000) == Resolution(DAY, "org")
+    # a record created before the update keeps the old policy (history)
+    assert book.resolve(ACME, 1_999) == Resolution(30 * DAY, "org")
+
+
+def test_effective_from_overrides_the_kafka_timestamp() -> None:
+    book = make_book()
+    send(book, 5_000, "org/acme", org_update({"conversation": "1d"}, effective_from=10_000))
+    assert book.resolve(ACME, 9_999).ttl_ms == 30 * DAY
+    assert book.resolve(ACME, 10_000).ttl_ms == DAY
+
+
+def test_backdated_update_governs_only_until_the_next_version() -> None:
+    book = make_book()
+    send(book, 100, "org/acme", org_update({"conversation": "2d"}, effective_from=100))
+    send(book, 200, "org/acme", org_update({"conversation": "1d"}, effective_from=50))
+    assert book.resolve(ACME, 49).ttl_ms == 30 * DAY
+    assert book.resolve(ACME, 75).ttl_ms == DAY
+    assert book.resolve(ACME, 150).ttl_ms == 2 * DAY
+
+
+def test_update_replaces_the_whole_map() -> None:
+    book = make_book('[retention.orgs.acme]\nconversation = "30d"\nsession = "1d"\n')
+    send(book, 100, "org/acme", org_update({"conversation": "10d"}))
+    session = Identity("acme", "_", "live", "session", "s")
+    assert book.resolve(session, 99).ttl_ms == DAY
+    assert book.resolve(session, 100).ttl_ms is None
+
+
+def test_null_value_clears_back_to_the_config_file() -> None:
+    book = make_book()
+    send(book, 100, "org/acme", org_update({"conversation": "1d"}))
+    send(book, 200, "org/acme", None)
+    assert book.resolve(ACME, 150).ttl_ms == DAY
+    assert book.resolve(ACME, 200) == Resolution(30 * DAY, "org")
+
+
+def test_clearing_a_scope_the_file_never_had_removes_it() -> None:
+    book = make_book()
+    send(
+        book,
+        100,
+        "bot/acme/b1/live",
+        {"scope": "bot", "org": "acme", "bot": "b1", "ttl": {"conversation": "1h"}},
+    )
+    assert book.resolve(ACME, 100) == Resolution(60 * MIN, "bot")
+    send(book, 200, "bot/acme/b1/live", None)
+    assert book.resolve(ACME, 200) == Resolution(30 * DAY, "org")
+
+
+def test_cap_and_default_updates_invalidate_every_cached_answer() -> None:
+    book = make_book()
+    other = Identity("globex", "_", "live", "conversation", "r")
+    assert book.resolve(other, 0) == Resolution(90 * DAY, "default")
+    assert book.resolve(ACME, 0) == Resolution(30 * DAY, "org")
+    send(book, 10, "cap", {"scope": "cap", "ttl": {"max": "7d"}})
+    assert book.resolve(other, 10) == Resolution(7 * DAY, "cap")
+    assert book.resolve(ACME, 10) == Resolution(7 * DAY, "cap")
+    send(book, 20, "default", {"scope": "default", "ttl": {"conversation": "1d"}})
+    assert book.resolve(other, 20) == Resolution(DAY, "default")
+    assert book.resolve(ACME, 20) == Resolution(7 * DAY, "cap")
+
+
+def test_new_org_scope_invalidates_a_cached_absence() -> None:
+    book = make_book("")
+    ident = Identity("new-org", "_", "live", "conversation", "r")
+    assert book.resolve(ident, 0).ttl_ms is None
+    send(
+        book,
+        1,
+        scope_key("org", "new-org"),
+        {"scope": "org", "org": "new-org", "ttl": {"conversation": 5}},
+    )
+    assert book.resolve(ident, 1) == Resolution(5 * MIN, "org")
+
+
+def test_explain_at_a_time_and_at_the_newest_version() -> None:
+    book = make_book()
+    send(book, 100, "org/acme", org_update({"conversation": "1d"}, effective_from=10**12))
+    now = book.explain(category="conversation", org="acme", at_ms=100)
+    later = book.explain(category="conversation", org="acme")
+    assert now["ttl_seconds"] == 30 * 86400
+    assert later["ttl_seconds"] == 86400
+    assert later["candidates"][0]["name"] == "policy update org/acme"
+
+
+def test_cache_is_bounded() -> None:
+    book = make_book("", cache_size=10)
+    for i in range(100):
+        book.resolve(Identity(f"o{i}", "_", "live", "conversation", "r"), 0)
+    assert sum(len(per) for per in book._cache.values()) <= 10
+    assert book.resolve(Identity("o1", "_", "live", "conversation", "r"), 0).ttl_ms is None
+
+
+def test_cache_hits_do_not_recompute() -> None:
+    book = make_book()
+    for t in range(100):
+        book.resolve(ACME, t)
+    assert book.cache_misses == 1
+
+
+# -- against a reference model: a list of versions per scope, scanned in full -----------------
+
+_ORGS = ["a", "b"]
+_SCOPES = [("org", "a"), ("org", "b"), ("bot", "a"), ("cap", None), ("default", None)]
+_TIMES = st.integers(min_value=0, max_value=50)
+_TTL = st.dictionaries(
+    st.sampled_from(["conversation", "max"]), st.integers(min_value=-1, max_value=5), max_size=2
+)
+_OP = st.tuples(
+    st.sampled_from(_SCOPES), _TIMES, st.one_of(st.none(), _TIMES), st.one_of(st.none(), _TTL)
+)
+_QUERY = st.tuples(st.sampled_from(_ORGS), st.sampled_from(["b1", "b2"]), _TIMES)
+
+
+def _reference(
+    base: dict[str, dict[str, int]],
+    log: list[tuple[str, int, dict[str, int] | None]],
+    scope: str,
+    t: int,
+) -> dict[str, int]:
+    """Newest by effective_from <= t, ties by arrival; a clear means the base."""
+    current, best = base.get(scope, {}), None
+    for order, (s, eff, ttl) in enumerate(log):
+        if s == scope and eff <= t and (best is None or (eff, order) >= best):
+            best = (eff, order)
+            current = base.get(scope, {}) if ttl is None else ttl
+    return current
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.one_of(_OP.map(lambda o: ("op", o)), _QUERY.map(lambda q: ("q", q))), max_size=40)
+)
+def test_book_matches_reference_model(steps: list[tuple[str, Any]]) -> None:
+    toml = "[retention.orgs.a]\nconversation = 3\n[retention.cap]\nmax = 4\n"
+    book = make_book(toml)
+    base = {"org/a": {"conversation": 3}, "cap": {"max": 4}}
+    log: list[tuple[str, int, dict[str, int] | None]] = []
+    for kind, step in steps:
+        if kind == "op":
+            (scope_kind, org), kafka_ts, eff, ttl = step
+            parts = (
+                {"org": org}
+                if scope_kind == "org"
+                else {"org": "a", "bot": "b1"}
+                if scope_kind == "bot"
+                else {}
+            )
+            key = scope_key(scope_kind, *parts.values(), *(["live"] if scope_kind == "bot" else []))
+            if scope_kind != "cap":
+                ttl = None if ttl is None else {k: v for k, v in ttl.items() if k != "max"}
+            body = (
+                None
+                if ttl is None
+                else {"scope": scope_kind, **parts, "ttl": ttl, "effective_from": eff}
+            )
+            send(book, kafka_ts, key, body)
+            log.append((key, kafka_ts if ttl is None or eff is None else eff, ttl))
+            continue
+        org, bot, t = step
+        values = [
+            _reference(base, log, f"org/{org}", t).get("conversation", 0),
+            _reference(base, log, f"bot/{org}/{bot}/live", t).get("conversation", 0),
+        ]
+        cap = _reference(base, log, "cap", t)
+        default = _reference(base, log, "default", t).get("conversation", 0)
+        positive = [v for v in values if v > 0]
+        pool = positive + [v for v in (cap.get("max", 0), cap.get("conversation", 0)) if v > 0]
+        if not positive and default > 0:
+            pool.append(default)
+        expected = min(pool) * MIN if pool else None
+        got = book.resolve(Identity(org, bot, "live", "conversation", "r"), t)
+        assert got.ttl_ms == expected, (step, log)
+        assert book.explain(category="conversation", org=org, bot=bot, at_ms=t)["ttl_seconds"] == (
+            None if expected is None else expected // 1000
+        )

@@ -1,0 +1,300 @@
+"""Policy updates on expiry.policies: keys, values, and every way a message can be rejected."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stream_expiry.config import parse_config
+from stream_expiry.model import DEFAULT_CATEGORIES, Identity, Rejection
+from stream_expiry.policy import PolicyBook, PolicyUpdate, Scope, parse_scope_key, scope_key
+from stream_expiry.policy.updates import parse_update
+
+DAY = 86_400_000
+T = 1_700_000_000_000
+
+
+def update(value: Any, key: str | None = None, ts: int = T) -> PolicyUpdate | Rejection:
+    raw = None if value is None else (value if isinstance(value, bytes) else orjson.dumps(value))
+    return parse_update(None if key is None else key.encode(), raw, ts, DEFAULT_CATEGORIES)
+
+
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        (("org", "acme"), "org/acme"),
+        (("org", "acme corp/eu"), "org/acme%20corp%2Feu"),
+        (("bot", "acme", "b1", "live"), "bot/acme/b1/live"),
+        (("bot", "a/b", "ü", "draft"), "bot/a%2Fb/%C3%BC/draft"),
+        (("cap",), "cap"),
+        (("default",), "default"),
+    ],
+)
+def test_scope_key(args: tuple[str, ...], key: str) -> None:
+    assert scope_key(*args) == key
+    assert parse_scope_key(key).key == key
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("org",),
+        ("bot", "acme"),
+        ("bot", "acme", "b1", "prod"),
+        ("cap", "acme"),
+        ("tenant", "x"),
+        ("org", ""),
+    ],
+)
+def test_scope_key_rejects_incomplete_scopes(args: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError, match=r"scope|env"):
+        scope_key(*args)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "",
+        "org",
+        "org/a/b",
+        "bot/a/b",
+        "cap/x",
+        "tenant/a",
+        "bot/a/b/prod",
+        "org/%ZZ",
+        "org/a%2fb",
+        "org/%61",
+    ],
+)
+def test_bad_scope_keys(key: str) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011  # each shape has its own message
+        parse_scope_key(key)
+
+
+_ID = st.text(min_size=1, max_size=20)
+
+
+@given(_ID, _ID, st.sampled_from(["live", "draft"]))
+def test_scope_keys_are_injective_and_round_trip(org: str, bot: str, env: str) -> None:
+    for scope in (Scope("org", org), Scope("bot", org, bot, env)):
+        assert parse_scope_key(scope.key) == scope
+        assert scope.key.count("/") == (1 if scope.kind == "org" else 3)
+
+
+def test_valid_update_with_defaults() -> None:
+    u = update(
+        {"scope": "org", "org": "acme", "ttl": {"conversation": "30d", "session": 0}}, "org/acme"
+    )
+    assert isinstance(u, PolicyUpdate)
+    assert u.scope == Scope("org", "acme")
+    assert u.effective_from == T  # defaults to the Kafka timestamp
+    assert u.ttl is not None
+    assert u.ttl["conversation"].ttl_ms == 30 * DAY
+    assert u.ttl["conversation"].name == "policy update org/acme"
+    assert u.ttl["session"].ttl_ms is None  # 0: valid, no value
+
+
+@pytest.mark.parametrize(
+    ("value", "effective_from"),
+    [
+        ({"effective_from": "2024-01-01T00:00:00Z"}, 1_704_067_200_000),
+        ({"effective_from": "2024-01-01T01:00:00+01:00"}, 1_704_067_200_000),
+        ({"effective_from": 1_704_067_200_000}, 1_704_067_200_000),
+        ({"effective_from": None}, T),
+    ],
+)
+def test_effective_from(value: dict[str, Any], effective_from: int) -> None:
+    u = update({"scope": "cap", "ttl": {"max": "1y"}, **value})
+    assert isinstance(u, PolicyUpdate)
+    assert u.effective_from == effective_from
+
+
+def test_bot_scope_env_defaults_to_live_and_key_is_optional() -> None:
+    u = update({"scope": "bot", "org": "acme", "bot": "b1", "ttl": {}})
+    assert isinstance(u, PolicyUpdate)
+    assert u.key == "bot/acme/b1/live"
+    assert u.ttl == {}
+
+
+def test_null_value_clears_the_keyed_scope() -> None:
+    u = update(None, "bot/acme/b1/draft", ts=5)
+    assert u == PolicyUpdate(Scope("bot", "acme", "b1", "draft"), None, 5)
+
+
+def test_null_ttl_entries_are_skipped() -> None:
+    u = update({"scope": "default", "ttl": {"session": None, "error": "1d"}})
+    assert isinstance(u, PolicyUpdate)
+    assert u.ttl is not None
+    assert set(u.ttl) == {"error"}
+
+
+REJECTIONS: list[tuple[str, Any, str | None, str, str]] = [
+    # (id, value, key, code, words in the detail)
+    ("not json", b"{nope", "org/a", "invalid_json", "JSON"),
+    ("not utf-8", b"\xff\xfe", "org/a", "invalid_json", "JSON"),
+    ("array", [1], "org/a", "not_an_object", "array"),
+    ("string", "x", "org/a", "not_an_object", "string"),
+    ("no scope", {"ttl": {}}, None, "missing_field", "scope"),
+    ("bad scope", {"scope": "tenant", "ttl": {}}, None, "invalid_field", "scope"),
+    ("scope not a string", {"scope": 1, "ttl": {}}, None, "invalid_field", "scope"),
+    ("org scope without org", {"scope": "org", "ttl": {}}, None, "missing_field", "org"),
+    (
+        "bot scope without bot",
+        {"scope": "bot", "org": "a", "ttl": {}},
+        None,
+        "missing_field",
+        "bot",
+    ),
+    (
+        "bot scope bad env",
+        {"scope": "bot", "org": "a", "bot": "b", "env": "prod", "ttl": {}},
+        None,
+        "invalid_field",
+        "env",
+    ),
+    ("org not a string", {"scope": "org", "org": 5, "ttl": {}}, None, "invalid_field", "org"),
+    ("org empty", {"scope": "org", "org": "", "ttl": {}}, None, "invalid_field", "org"),
+    ("org too long", {"scope": "org", "org": "x" * 513, "ttl": {}}, None, "invalid_field", "org"),
+    (
+        "stray bot in org scope",
+        {"scope": "org", "org": "a", "bot": "b", "ttl": {}},
+        None,
+        "invalid_field",
+        "bot",
+    ),
+    (
+        "stray org in cap scope",
+        {"scope": "cap", "org": "a", "ttl": {}},
+        None,
+        "invalid_field",
+        "org",
+    ),
+    ("no ttl", {"scope": "cap"}, None, "missing_field", "ttl"),
+    ("ttl not an object", {"scope": "cap", "ttl": "30d"}, None, "invalid_field", "ttl"),
+    (
+        "unknown category",
+        {"scope": "default", "ttl": {"conversaton": 1}},
+        None,
+        "invalid_field",
+        "did you mean 'conversation'",
+    ),
+    ("max outside cap", {"scope": "default", "ttl": {"max": 1}}, None, "invalid_field", "max"),
+    ("bad duration", {"scope": "cap", "ttl": {"max": "forever"}}, None, "invalid_field", "ttl.max"),
+    ("boolean duration", {"scope": "cap", "ttl": {"max": True}}, None, "invalid_field", "ttl.max"),
+    (
+        "bad effective_from",
+        {"scope": "cap", "ttl": {}, "effective_from": "yesterday"},
+        None,
+        "bad_timestamp",
+        "effective_from",
+    ),
+    (
+        "effective_from without offset",
+        {"scope": "cap", "ttl": {}, "effective_from": "2024-01-01T00:00:00"},
+        None,
+        "bad_timestamp",
+        "effective_from",
+    ),
+    (
+        "effective_from boolean",
+        {"scope": "cap", "ttl": {}, "effective_from": True},
+        None,
+        "bad_timestamp",
+        "effective_from",
+    ),
+    (
+        "key does not match",
+        {"scope": "org", "org": "a", "ttl": {}},
+        "org/b",
+        "invalid_field",
+        "key",
+    ),
+    ("key of other kind", {"scope": "cap", "ttl": {}}, "default", "invalid_field", "key"),
+    ("bad key", {"scope": "cap", "ttl": {}}, "caps", "invalid_field", "key"),
+    ("null value, no key", None, None, "missing_field", "key"),
+    ("null value, bad key", None, "org", "invalid_field", "key"),
+]
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "code", "words"), [r[1:] for r in REJECTIONS], ids=[r[0] for r in REJECTIONS]
+)
+def test_rejections(value: Any, key: str | None, code: str, words: str) -> None:
+    result = update(value, key)
+    assert isinstance(result, Rejection)
+    assert result.code == code
+    assert words in result.detail
+
+
+def test_non_utf8_key_is_rejected() -> None:
+    result = parse_update(b"org/\xff", None, T, DEFAULT_CATEGORIES)
+    assert isinstance(result, Rejection)
+    assert result.code == "invalid_field"
+
+
+def test_a_rejected_update_leaves_the_book_unchanged() -> None:
+    book = PolicyBook(parse_config('[retention.orgs.acme]\nconversation = "30d"\n'), {})
+    ident = Identity("acme", "_", "live", "conversation", "r")
+    before = book.resolve(ident, T)
+    bad = orjson.dumps({"scope": "org", "org": "acme", "ttl": {"conversation": "1d", "x": 1}})
+    assert isinstance(book.apply_update(b"org/acme", bad, T), Rejection)
+    assert book.resolve(ident, T) == before
+    assert book.resolve(ident, T + 1) == before
+    assert book.updates_applied == 0
+
+
+def test_unknown_extra_fields_are_ignored() -> None:
+    u = update({"scope": "cap", "ttl": {"max": "1y"}, "author": "ui", "comment": {"x": 1}})
+    assert isinstance(u, PolicyUpdate)
+
+
+def _schema_validator() -> Any:
+    jsonschema = pytest.importorskip("jsonschema")
+    path = Path(__file__).parents[2] / "schemas" / "policy-update.schema.json"
+    schema = json.loads(path.read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"scope": "org", "org": "acme", "ttl": {"conversation": "30d", "session": 0}},
+        {"scope": "bot", "org": "a", "bot": "b", "ttl": {"conversation": None}},
+        {"scope": "cap", "ttl": {"max": "2y"}, "effective_from": 1_704_067_200_000},
+        {"scope": "default", "ttl": {}, "effective_from": "2024-01-01T00:00:00Z", "extra": 1},
+    ],
+)
+def test_schema_accepts_valid_updates(value: dict[str, Any]) -> None:
+    assert isinstance(update(value), PolicyUpdate)
+    _schema_validator().validate(value)
+
+
+SCHEMA_REJECTS = [
+    r
+    for r in REJECTIONS
+    if isinstance(r[1], dict)
+    and r[0]
+    not in {
+        "unknown category",
+        "max outside cap",
+        "key does not match",
+        "key of other kind",
+        "bad key",
+        "effective_from without offset",
+        "bad effective_from",
+    }
+]
+
+
+@pytest.mark.parametrize(
+    "value", [r[1] for r in SCHEMA_REJECTS], ids=[r[0] for r in SCHEMA_REJECTS]
+)
+def test_schema_rejects_invalid_updates(value: dict[str, Any]) -> None:
+    assert not _schema_validator().is_valid(value)

@@ -1,0 +1,195 @@
+"""Sink message decoding, receipt encoding against its JSON Schema, and the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from stream_expiry.errors import ConfigurationError
+from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
+from stream_expiry.sinks import add_sink_parser
+from stream_expiry.sinks._messages import (
+    InvalidMessage,
+    NullChange,
+    Receipt,
+    StampChange,
+    decode_stamped,
+    decode_tombstone,
+    encode_receipt,
+)
+from stream_expiry.sinks.command import build_sink
+from stream_expiry.sinks.postgres import PostgresStore
+from stream_expiry.sinks.sqlite import SQLiteStore
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+T0 = 1_767_225_600_000
+HOSTILE = Identity(
+    "o'r\"g; DROP TABLE x;--", "b/o/t", "draft", "conversation", "%2F\u00e9\U0001f600" * 100
+)
+
+
+def validator(name: str) -> Any:
+    """A checked Draft 2020-12 validator (jsonschema, as the other schema tests use it)."""
+    jsonschema = pytest.importorskip("jsonschema")
+    loaded = json.loads((SCHEMAS / name).read_text())
+    jsonschema.Draft202012Validator.check_schema(loaded)
+    return jsonschema.Draft202012Validator(loaded)
+
+
+def test_stamp_round_trips_hostile_identities_and_data() -> None:
+    s = Stamp(HOSTILE, T0, T0 + 60_000, 60_000, "bot")
+    value = encode_stamp(s, {"text": "hi", "n": [1, None]})
+    validator("stamped.schema.json").validate(orjson.loads(value))
+    change = decode_stamped(HOSTILE.key.encode(), value, partition=1, offset=7)
+    assert change == StampChange(
+        HOSTILE, T0, T0 + 60_000, 60, "bot", '{"text":"hi","n":[1,null]}', 1, 7
+    )
+
+
+def test_null_value_names_the_record_by_its_key() -> None:
+    assert decode_stamped(HOSTILE.key.encode(), None) == NullChange(HOSTILE)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        (None, None, "without a key"),
+        (b"only/three/parts", None, "record key"),
+        (b"k", b"{not json", "not UTF-8 JSON"),
+        (b"k", b"[1]", "not an object"),
+        (b"k", b'{"org": "o", "bot": "_", "env": "live", "category": "c"}', "record_id"),
+        (
+            b"k",
+            b'{"org": "o", "bot": "_", "env": "live", "category": "c", "record_id": 5}',
+            "record_id",
+        ),
+    ],
+)
+def test_malformed_stamped_messages_are_rejected(
+    key: bytes | None, value: bytes | None, message: str
+) -> None:
+    with pytest.raises(InvalidMessage, match=message):
+        decode_stamped(key, value)
+
+
+def test_tombstone_decodes_and_its_bound_follows_the_reason() -> None:
+    s = Stamp(HOSTILE, T0, T0 + 60_000, 60_000, "org")
+    t = decode_tombstone(None, encode_tombstone(s, reason="ttl", emitted_at=T0 + 61_000))
+    assert (t.identity, t.reason, t.emitted_at, t.bound) == (
+        HOSTILE,
+        "ttl",
+        T0 + 61_000,
+        T0 + 60_000,
+    )
+    x = decode_tombstone(None, encode_tombstone(s, reason="explicit", emitted_at=T0 + 5))
+    assert x.bound == T0 + 6  # everything created at or before the delete
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"reason": "whim"}, "reason"),
+        ({"emitted_at": None}, "emitted_at"),
+        ({"created_at": "yesterday"}, "created_at"),
+        ({"ttl_seconds": "60"}, "ttl_seconds"),
+        ({"org": ""}, "org"),
+    ],
+)
+def test_malformed_tombstones_are_rejected(patch: dict[str, Any], message: str) -> None:
+    s = Stamp(HOSTILE, T0, T0 + 60_000, 60_000, "org")
+    body = orjson.loads(encode_tombstone(s, reason="ttl", emitted_at=T0 + 60_000))
+    body.update(patch)
+    with pytest.raises(InvalidMessage, match=message):
+        decode_tombstone(None, orjson.dumps(body))
+    with pytest.raises(InvalidMessage, match="must have a value"):
+        decode_tombstone(b"k", None)
+
+
+@pytest.mark.parametrize("reason", ["ttl", "explicit", "stamped_null", "sweep"])
+def test_receipts_match_their_schema_and_never_carry_data(reason: str) -> None:
+    r = Receipt("abc", "sqlite", HOSTILE, reason, 1, T0, None, None, None, None, T0 + 1)
+    body = orjson.loads(encode_receipt(r))
+    validator("receipt.schema.json").validate(body)
+    assert body["key"] == HOSTILE.key
+    assert body["record_id"] == HOSTILE.record_id
+    assert "data" not in body
+    assert (body["created_at"], body["deleted_at"]) == (
+        "2026-01-01T00:00:00.000Z",
+        "2026-01-01T00:00:00.001Z",
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stream-expiry")
+    add_sink_parser(p.add_subparsers(dest="command", required=True))
+    return p
+
+
+def test_sink_command_parses_every_option(tmp_path: Path) -> None:
+    args = parser().parse_args(
+        [
+            "sink", "sqlite", "--path", str(tmp_path / "s.db"), "--bootstrap-servers", "h:1",
+            "--group-id", "g", "--stamped-topic", "st", "--tombstones-topic", "tb",
+            "--receipts-topic", "", "--compacted", "conversation=conversation-history",
+            "--compacted", "session=sess=ions", "--sweep-interval", "2.5", "--sweep-grace", "0",
+        ]
+    )  # fmt: skip
+    assert args.func is not None
+    sink = build_sink(args)
+    c = sink.config
+    assert isinstance(sink.store, SQLiteStore)
+    assert (c.bootstrap_servers, c.group_id, c.stamped_topic, c.tombstones_topic) == (
+        "h:1",
+        "g",
+        "st",
+        "tb",
+    )
+    assert c.receipts_topic is None
+    assert dict(c.compacted) == {"conversation": "conversation-history", "session": "sess=ions"}
+    assert (c.sweep_interval_s, c.sweep_grace_s) == (2.5, 0.0)
+
+
+def test_postgres_defaults_and_bootstrap_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STREAM_EXPIRY_BOOTSTRAP_SERVERS", "env:9092")
+    sink = build_sink(parser().parse_args(["sink", "postgres"]))
+    assert isinstance(sink.store, PostgresStore)
+    assert sink.store.dsn == "postgresql://127.0.0.1:5432/test"
+    assert sink.config.bootstrap_servers == "env:9092"
+    assert sink.config.group_id == "stream-expiry-sink-postgres"
+    assert sink.config.receipts_topic == "expiry.receipts"
+    assert sink.config.sweep_interval_s is None
+
+
+def test_missing_brokers_and_bad_options_are_reported(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("STREAM_EXPIRY_BOOTSTRAP_SERVERS", raising=False)
+    args = parser().parse_args(["sink", "postgres"])
+    with pytest.raises(ConfigurationError, match="--bootstrap-servers"):
+        build_sink(args)
+    assert args.func(args) == 2
+    assert "STREAM_EXPIRY_BOOTSTRAP_SERVERS" in capsys.readouterr().err
+    for bad in (["--compacted", "nope"], ["--sweep-interval", "-1"]):
+        with pytest.raises(SystemExit):
+            parser().parse_args(["sink", "postgres", *bad])
+    with pytest.raises(ConfigurationError, match="table prefix"):
+        build_sink(
+            parser().parse_args(
+                ["sink", "postgres", "--bootstrap-servers", "h:1", "--table-prefix", "x; DROP"]
+            )
+        )
+
+
+def test_help_explains_the_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parser().parse_args(["sink", "sqlite", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--path", "--compacted", "--sweep-interval", "--receipts-topic", "--group-id"):
+        assert option in out

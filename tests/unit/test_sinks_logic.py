@@ -1,0 +1,278 @@
+"""The sink's pure decisions (stream_expiry/sinks/_logic.py), without Kafka or a database."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
+from stream_expiry.sinks._logic import Plan, Slot, plan
+from stream_expiry.sinks._messages import (
+    Change,
+    NullChange,
+    Receipt,
+    Row,
+    StampChange,
+    SweepChange,
+    TombstoneChange,
+    decode_stamped,
+    decode_tombstone,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+T0 = 1_767_225_600_000
+MIN = 60_000
+A = Identity("acme", "_", "live", "conversation", "r1")
+
+
+class World:
+    """Applies batches to a dict state the way a store does, and collects receipts."""
+
+    def __init__(self) -> None:
+        self.state: dict[Identity, Slot] = {}
+        self.receipts: list[Receipt] = []
+        self.ids = (f"r{n}" for n in itertools.count())
+        self.now = T0
+
+    def apply(self, changes: Sequence[Change]) -> Plan:
+        self.now += 1
+        p = plan(changes, self.state, store="s", now_ms=self.now, new_id=lambda: next(self.ids))
+        for i in p.deletes:
+            self.state[i].row = None
+        for row in p.upserts:
+            self.state.setdefault(row.identity, Slot()).row = row
+        for m in p.markers:
+            self.state.setdefault(m.identity, Slot()).marker = m
+        self.receipts.extend(p.receipts)
+        return p
+
+    def row(self, i: Identity = A) -> Row | None:
+        slot = self.state.get(i)
+        return None if slot is None else slot.row
+
+
+def st_change(s: Stamp, data: object = None, offset: int | None = None) -> StampChange:
+    change = decode_stamped(
+        s.identity.key.encode(), encode_stamp(s, data), partition=0, offset=offset
+    )
+    assert isinstance(change, StampChange)
+    return change
+
+
+def tomb(s: Stamp, reason: str = "ttl", emitted_at: int | None = None) -> TombstoneChange:
+    at = emitted_at if emitted_at is not None else (s.expires_at or T0)
+    return decode_tombstone(None, encode_tombstone(s, reason=reason, emitted_at=at))  # type: ignore[arg-type]
+
+
+def life(created: int = T0, ttl: int = 10 * MIN, i: Identity = A) -> Stamp:
+    return Stamp(i, created, created + ttl, ttl, "org")
+
+
+def test_tombstone_deletes_its_record_and_leaves_one_receipt() -> None:
+    w, s = World(), life()
+    w.apply([st_change(s, {"text": "hi"})])
+    p = w.apply([tomb(s)])
+    assert w.row() is None
+    assert p.deleted == 1
+    [r] = p.receipts
+    assert (r.reason, r.rows_deleted, r.created_at, r.expires_at) == ("ttl", 1, T0, T0 + 10 * MIN)
+    assert (r.ttl_seconds, r.ttl_source, r.emitted_at, r.store) == (600, "org", T0 + 10 * MIN, "s")
+
+
+def test_duplicate_tombstone_changes_nothing_and_leaves_no_second_receipt() -> None:
+    w, s = World(), life()
+    w.apply([st_change(s)])
+    w.apply([tomb(s)])
+    p = w.apply([tomb(s), tomb(s, emitted_at=T0 + 11 * MIN)])
+    assert (p.upserts, p.deletes, p.markers, p.receipts) == ([], [], [], [])
+
+
+def test_tombstone_before_its_record_wins() -> None:
+    w, s = World(), life()
+    p = w.apply([tomb(s)])
+    [r] = p.receipts
+    assert r.rows_deleted == 0  # the store never held it, but the deletion is on record
+    p = w.apply([st_change(s, {"late": True}), st_change(s)])
+    assert w.row() is None
+    assert p.stale == 2
+    assert p.receipts == []
+
+
+def test_a_new_life_after_the_tombstone_is_written_and_survives_the_old_tombstone() -> None:
+    w, old = World(), life()
+    new = life(created=old.expires_at or 0)  # a touch at the expiry starts a new life
+    w.apply([tomb(old), st_change(new, {"v": 2})])
+    row = w.row()
+    assert row is not None
+    assert row.created_at == new.created_at
+    w.apply([tomb(old)])
+    assert w.row() is not None
+
+
+def test_explicit_delete_of_a_never_seen_record_blocks_only_earlier_lives() -> None:
+    w = World()
+    never = Stamp(A, None, None, None, None)
+    p = w.apply([tomb(never, reason="explicit", emitted_at=T0)])
+    assert [(r.reason, r.rows_deleted, r.created_at) for r in p.receipts] == [("explicit", 0, None)]
+    w.apply([st_change(life(created=T0))])
+    assert w.row() is None
+    w.apply([st_change(life(created=T0 + 1))])
+    assert w.row() is not None
+
+
+def test_touch_restamp_keeps_data_but_a_new_life_does_not_inherit_it() -> None:
+    w, s = World(), life()
+    w.apply([st_change(s, {"text": "hi"})])
+    slid = Stamp(A, s.created_at, (s.expires_at or 0) + MIN, s.ttl_ms, s.ttl_source)
+    w.apply([st_change(slid)])
+    row = w.row()
+    assert row is not None
+    assert row.data == '{"text":"hi"}'
+    assert row.expires_at == slid.expires_at
+    w.apply([NullChange(A), st_change(life(created=(slid.expires_at or 0) + 1))])
+    row = w.row()
+    assert row is not None
+    assert row.data is None
+
+
+def test_null_value_deletes_and_the_tombstone_of_that_life_adds_no_receipt() -> None:
+    w, s = World(), life()
+    w.apply([st_change(s)])
+    p = w.apply([NullChange(A)])
+    assert [(r.reason, r.rows_deleted) for r in p.receipts] == [("stamped_null", 1)]
+    assert w.apply([tomb(s)]).receipts == []
+    assert w.apply([NullChange(A)]).receipts == []
+
+
+def test_sweep_deletes_only_expired_rows_and_covers_the_late_tombstone() -> None:
+    w, due, later = World(), life(), life(i=Identity("acme", "_", "live", "session", "s1"))
+    w.apply([st_change(due), st_change(Stamp(later.identity, T0, T0 + 60 * MIN, 3_600_000, "env"))])
+    cutoff = T0 + 10 * MIN
+    p = w.apply([SweepChange(A, cutoff), SweepChange(later.identity, cutoff)])
+    assert p.swept == 1
+    assert [r.reason for r in p.receipts] == ["sweep"]
+    assert w.row(A) is None
+    assert w.row(later.identity) is not None
+    assert w.apply([tomb(due)]).receipts == []
+
+
+def test_restamping_the_same_content_writes_nothing() -> None:
+    w, s = World(), life()
+    w.apply([st_change(s, [1, 2])])
+    p = w.apply([st_change(s, [1, 2]), st_change(s)])
+    assert p.upserts == []
+    assert p.written == 0
+
+
+def test_writes_are_net_within_a_batch() -> None:
+    w, old = World(), life()
+    w.apply([st_change(old)])
+    new = life(created=old.expires_at or 0)
+    p = w.apply([tomb(old), st_change(new)])
+    assert p.deletes == []
+    assert [r.created_at for r in p.upserts] == [new.created_at]
+    assert len(p.receipts) == 1
+
+
+def test_identities_never_touch_each_other() -> None:
+    other_org = Identity("globex", "_", "live", "conversation", "r1")
+    w, s = World(), life()
+    w.apply([st_change(s), st_change(life(i=other_org))])
+    w.apply([tomb(s)])
+    assert w.row(A) is None
+    assert w.row(other_org) is not None
+
+
+# --- property: any interleaving of the two topics gives the same end state -----------------
+
+
+@dataclass(frozen=True)
+class Life:
+    created: int
+    expires: int
+    deleted_by: str | None  # "ttl" | "explicit" | None (still alive)
+    deleted_at: int
+
+
+@st.composite
+def lives(draw: st.DrawFn) -> list[Life]:
+    """Consecutive lives of one record, as the service would produce them."""
+    n = draw(st.integers(1, 4))
+    out: list[Life] = []
+    t = T0
+    for k in range(n):
+        ttl = draw(st.integers(1, 100)) * MIN
+        last = k == n - 1
+        how = draw(st.sampled_from(["ttl", "explicit", None] if last else ["ttl", "explicit"]))
+        d = t + ttl if how != "explicit" else t + draw(st.integers(1, ttl // MIN)) * MIN - 1
+        out.append(Life(t, t + ttl, how, d))
+        # A new life starts at or after the expiry (ttl), or after the delete (explicit).
+        t = (t + ttl if how == "ttl" else d + 1) + draw(st.integers(0, 3)) * MIN
+    return out
+
+
+def topics_for(ls: Sequence[Life], dup_every: int) -> tuple[list[Change], list[Change]]:
+    stamped: list[Change] = []
+    tombs: list[Change] = []
+    for n, lf in enumerate(ls):
+        s = Stamp(A, lf.created, lf.expires, lf.expires - lf.created, "bot")
+        # create, then a touch re-stamp; offsets are positions on expiry.stamped
+        stamped += [st_change(s, {"life": n}, len(stamped)), st_change(s, None, len(stamped) + 1)]
+        if lf.deleted_by is not None:
+            stamped.append(NullChange(A, 0, len(stamped)))
+            t = tomb(s, reason=lf.deleted_by, emitted_at=lf.deleted_at)
+            tombs += [t, t] if dup_every and n % dup_every == 0 else [t]
+    return stamped, tombs
+
+
+def interleave(a: list[Change], b: list[Change], picks: Iterable[bool]) -> list[Change]:
+    """Merge two topics as a consumer may see them: each keeps its own order."""
+    out, rest_a, rest_b = [], list(a), list(b)
+    for pick in picks:
+        src = rest_a if (pick and rest_a) or not rest_b else rest_b
+        if not src:
+            break
+        out.append(src.pop(0))
+    return out + rest_a + rest_b
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ls=lives(),
+    picks=st.lists(st.booleans(), max_size=40),
+    cuts=st.lists(st.integers(1, 5), max_size=20),
+    dup_every=st.integers(0, 2),
+    replay_from=st.integers(0, 20),
+)
+def test_any_interleaving_converges_with_one_receipt_per_deleted_life(
+    ls: list[Life], picks: list[bool], cuts: list[int], dup_every: int, replay_from: int
+) -> None:
+    stamped, tombs = topics_for(ls, dup_every)
+    merged = interleave(stamped, tombs, picks)
+    w = World()
+    pos, sizes = 0, itertools.chain(cuts, itertools.repeat(3))
+    while pos < len(merged):
+        n = next(sizes)
+        w.apply(merged[pos : pos + n])
+        pos += n
+    final = ls[-1]
+    row = w.row()
+    if final.deleted_by is None:
+        assert row is not None
+        assert (row.created_at, row.data) == (final.created, f'{{"life":{len(ls) - 1}}}')
+    else:
+        assert row is None
+    deleted = [lf.created for lf in ls if lf.deleted_by is not None]
+    assert sorted(r.created_at or 0 for r in w.receipts) == deleted
+    # Re-reading a suffix (a crash before the offset commit; or a restart from offset 0)
+    # changes nothing and adds no receipt.
+    before = {i: (s.row, s.marker) for i, s in w.state.items()}
+    replay = w.apply(merged[min(replay_from, len(merged)) :])
+    assert (replay.upserts, replay.deletes, replay.receipts) == ([], [], [])
+    assert {i: (s.row, s.marker) for i, s in w.state.items()} == before

@@ -1,0 +1,430 @@
+"""The timing wheel: edge cases, and a rule-based comparison with a dict-and-sort reference."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from stream_expiry.wheel import TimingWheel
+
+Fired = list[tuple[int, str, int]]
+
+YEAR_MS = 365 * 24 * 3600 * 1000
+
+
+def make(
+    tick_ms: int = 10, *, slots: int = 256, levels: int | None = None, start_ms: int = 0
+) -> TimingWheel[str, int]:
+    return TimingWheel(tick_ms=tick_ms, slots=slots, levels=levels, start_ms=start_ms)
+
+
+@pytest.fixture(params=[1, 10], ids=["tick1", "tick10"])
+def tick(request: pytest.FixtureRequest) -> int:
+    value: int = request.param
+    return value
+
+
+def checked_advance(wheel: TimingWheel[str, int], now_ms: int) -> Fired:
+    fired = wheel.advance(now_ms)
+    wheel._check_invariants()
+    return fired
+
+
+# -- construction and queries ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"tick_ms": 0}, {"slots": 3}, {"slots": 1}, {"slots": 100}, {"levels": 0}],
+)
+def test_rejects_bad_parameters(kwargs: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        TimingWheel(**kwargs)
+
+
+def test_empty_wheel() -> None:
+    wheel = make(start_ms=1234)
+    assert len(wheel) == 0
+    assert wheel.next_due_ms() is None
+    assert wheel.now_ms == 1234
+    assert wheel.advance(10**9) == []
+    assert wheel.now_ms == 10**9
+    assert "x" not in wheel
+    assert wheel.due_of("x") is None
+    assert [] not in wheel  # unhashable: not a key, no TypeError
+
+
+def test_queries_track_schedule_and_cancel() -> None:
+    wheel = make()
+    wheel.schedule("a", 500, 1)
+    wheel.schedule("b", 300, 2)
+    assert len(wheel) == 2
+    assert "a" in wheel
+    assert wheel.due_of("a") == 500
+    assert wheel.next_due_ms() == 300
+    assert wheel.cancel("b") is True
+    assert wheel.cancel("b") is False
+    assert wheel.cancel("never") is False
+    assert wheel.next_due_ms() == 500
+    assert "b" not in wheel
+    assert len(wheel) == 1
+    wheel._check_invariants()
+
+
+# -- firing times ----------------------------------------------------------------------------
+
+
+def test_due_in_the_past_fires_at_next_advance(tick: int) -> None:
+    wheel = make(tick, start_ms=10_000)
+    wheel.schedule("old", 5, 1)
+    wheel.schedule("older", -7_000, 2)
+    assert wheel.next_due_ms() == -7_000
+    # Even an advance to an earlier time returns them: the clock stays at its high-water mark.
+    assert checked_advance(wheel, 0) == [(-7_000, "older", 2), (5, "old", 1)]
+    assert wheel.now_ms == 10_000
+    assert len(wheel) == 0
+
+
+def test_due_equal_to_now_fires_at_next_advance(tick: int) -> None:
+    wheel = make(tick, start_ms=1_000)
+    checked_advance(wheel, 2_005)
+    wheel.schedule("k", 2_005, 7)
+    assert checked_advance(wheel, 2_005) == [(2_005, "k", 7)]
+
+
+def test_never_early_within_a_tick(tick: int) -> None:
+    wheel = make(tick)
+    for due in range(100, 120):
+        wheel.schedule(f"k{due}", due, due)
+    for now in range(95, 125):
+        fired = checked_advance(wheel, now)
+        assert all(due <= now for due, _, _ in fired)
+        if 100 <= now < 120:
+            assert [due for due, _, _ in fired] == [now]
+    assert len(wheel) == 0
+
+
+def test_exact_millisecond_with_coarse_tick() -> None:
+    wheel = make(tick_ms=1_000)
+    wheel.schedule("a", 1_999, 1)
+    wheel.schedule("b", 1_500, 2)
+    assert checked_advance(wheel, 1_499) == []
+    assert checked_advance(wheel, 1_500) == [(1_500, "b", 2)]
+    assert checked_advance(wheel, 1_998) == []
+    assert checked_advance(wheel, 1_999) == [(1_999, "a", 1)]
+
+
+def test_same_due_many_keys_fire_in_insertion_order(tick: int) -> None:
+    wheel = make(tick)
+    keys = [f"k{i}" for i in range(500)]
+    random.Random(1).shuffle(keys)
+    for i, key in enumerate(keys):
+        wheel.schedule(key, 70_000, i)
+    assert checked_advance(wheel, 69_999) == []
+    fired = checked_advance(wheel, 70_000)
+    assert [key for _, key, _ in fired] == keys
+    assert [value for _, _, value in fired] == list(range(500))
+
+
+def test_insertion_order_survives_cascades_from_different_levels() -> None:
+    # Same due time, scheduled from far away (high level) and then from close by (level 0).
+    wheel = make(tick_ms=1, slots=4)
+    wheel.schedule("far", 1_000, 1)
+    checked_advance(wheel, 990)
+    wheel.schedule("near", 1_000, 2)
+    checked_advance(wheel, 999)
+    wheel.schedule("nearer", 1_000, 3)
+    assert checked_advance(wheel, 1_000) == [
+        (1_000, "far", 1),
+        (1_000, "near", 2),
+        (1_000, "nearer", 3),
+    ]
+
+
+def test_batch_is_sorted_by_due_then_insertion(tick: int) -> None:
+    rng = random.Random(7)
+    wheel = make(tick, slots=16)
+    expected = []
+    for i in range(3_000):
+        due = rng.randrange(0, 200_000)
+        wheel.schedule(f"k{i}", due, i)
+        expected.append((due, f"k{i}", i))
+    expected.sort(key=lambda e: e[0])  # stable: insertion order within a due time
+    assert checked_advance(wheel, 200_000) == expected
+
+
+# -- rescheduling and cancelling -------------------------------------------------------------
+
+
+def test_reschedule_earlier_fires_once_at_new_time(tick: int) -> None:
+    wheel = make(tick)
+    wheel.schedule("k", 50_000, 1)
+    wheel.schedule("k", 2_000, 2)
+    assert wheel.next_due_ms() == 2_000
+    assert checked_advance(wheel, 2_000) == [(2_000, "k", 2)]
+    assert checked_advance(wheel, 100_000) == []
+
+
+def test_reschedule_later_old_never_fires(tick: int) -> None:
+    wheel = make(tick)
+    wheel.schedule("k", 2_000, 1)
+    wheel.schedule("k", 50_000, 2)
+    assert wheel.next_due_ms() == 50_000
+    assert checked_advance(wheel, 49_999) == []
+    assert checked_advance(wheel, 50_000) == [(50_000, "k", 2)]
+
+
+def test_reschedule_same_due_moves_to_back_of_the_line() -> None:
+    wheel = make()
+    wheel.schedule("a", 100, 1)
+    wheel.schedule("b", 100, 2)
+    wheel.schedule("a", 100, 3)
+    assert checked_advance(wheel, 100) == [(100, "b", 2), (100, "a", 3)]
+
+
+def test_cancel_then_reschedule(tick: int) -> None:
+    wheel = make(tick)
+    wheel.schedule("k", 1_000, 1)
+    assert wheel.cancel("k")
+    assert checked_advance(wheel, 1_000) == []
+    wheel.schedule("k", 1_500, 2)
+    assert wheel.cancel("k")
+    wheel.schedule("k", 1_500, 3)
+    assert checked_advance(wheel, 2_000) == [(1_500, "k", 3)]
+
+
+def test_cancel_everything_prunes_stale_entries() -> None:
+    wheel = make(tick_ms=1, slots=8)
+    wheel._prune_min = 8
+    for i in range(2_000):
+        wheel.schedule(f"k{i}", 10 + i * 37, i)
+    for i in range(0, 2_000, 2):
+        wheel.cancel(f"k{i}")
+    for i in range(1, 2_000, 2):
+        wheel.schedule(f"k{i}", 10 + i * 41, i)  # replaced: the old entry goes stale
+    wheel._check_invariants()
+    assert wheel._stale <= max(len(wheel), wheel._prune_min)
+    fired = checked_advance(wheel, 10**9)
+    assert fired == [(10 + i * 41, f"k{i}", i) for i in range(1, 2_000, 2)]
+
+
+def test_next_due_is_exact_after_cancelling_the_earliest() -> None:
+    wheel = make(tick_ms=10)
+    wheel.schedule("a", 3_600_000, 1)
+    wheel.schedule("b", 3_600_007, 2)
+    wheel.schedule("c", 3_599_999, 3)
+    assert wheel.next_due_ms() == 3_599_999
+    wheel.cancel("c")
+    assert wheel.next_due_ms() == 3_600_000
+    wheel.cancel("a")
+    assert wheel.next_due_ms() == 3_600_007
+    wheel.cancel("b")
+    assert wheel.next_due_ms() is None
+
+
+# -- time ------------------------------------------------------------------------------------
+
+
+def test_advance_backwards_is_a_no_op(tick: int) -> None:
+    wheel = make(tick)
+    wheel.schedule("a", 5_000, 1)
+    assert checked_advance(wheel, 4_000) == []
+    assert checked_advance(wheel, 1_000) == []
+    assert wheel.now_ms == 4_000
+    assert checked_advance(wheel, 4_999) == []
+    assert checked_advance(wheel, 5_000) == [(5_000, "a", 1)]
+
+
+def test_huge_gaps_jump_over_empty_ticks(tick: int) -> None:
+    wheel = make(tick)
+    dues = [YEAR_MS, 10 * YEAR_MS, 10 * YEAR_MS + 1, 1_000 * YEAR_MS]
+    for i, due in enumerate(dues):
+        wheel.schedule(f"k{i}", due, i)
+    started = time.perf_counter()
+    assert checked_advance(wheel, YEAR_MS - 1) == []
+    assert wheel.next_due_ms() == YEAR_MS
+    assert checked_advance(wheel, YEAR_MS) == [(YEAR_MS, "k0", 0)]
+    assert wheel.next_due_ms() == 10 * YEAR_MS
+    assert checked_advance(wheel, 10 * YEAR_MS) == [(10 * YEAR_MS, "k1", 1)]
+    assert checked_advance(wheel, 10**18) == [
+        (10 * YEAR_MS + 1, "k2", 2),
+        (1_000 * YEAR_MS, "k3", 3),
+    ]
+    assert time.perf_counter() - started < 1.0  # a tick-by-tick walk would take ages
+
+
+def test_huge_gap_with_a_dense_near_future() -> None:
+    wheel = make(tick_ms=1, slots=64)
+    for i in range(1_000):
+        wheel.schedule(f"n{i}", 1_000 + i, i)
+    wheel.schedule("far", 50 * YEAR_MS, -1)
+    fired = checked_advance(wheel, 20 * YEAR_MS)
+    assert [due for due, _, _ in fired] == list(range(1_000, 2_000))
+    assert wheel.next_due_ms() == 50 * YEAR_MS
+
+
+def test_negative_and_epoch_times(tick: int) -> None:
+    start = -3 * YEAR_MS - 3  # before the epoch, not on a tick boundary
+    wheel = make(tick, start_ms=start)
+    wheel.schedule("before", start - 1, 1)
+    wheel.schedule("epoch", 0, 2)
+    wheel.schedule("neg", -5, 3)
+    wheel.schedule("soon", start + 1, 4)
+    assert checked_advance(wheel, start) == [(start - 1, "before", 1)]
+    assert checked_advance(wheel, start + 1) == [(start + 1, "soon", 4)]
+    assert checked_advance(wheel, -6) == []
+    assert checked_advance(wheel, -5) == [(-5, "neg", 3)]
+    assert checked_advance(wheel, -1) == []
+    assert checked_advance(wheel, 0) == [(0, "epoch", 2)]
+
+
+def test_fixed_levels_use_the_overflow() -> None:
+    wheel = make(tick_ms=1, slots=4, levels=2)  # 16 ticks in the wheel
+    dues = [3, 15, 16, 17, 100, 1_000, 1_000, 5]
+    for i, due in enumerate(dues):
+        wheel.schedule(f"k{i}", due, i)
+    assert wheel._overflow
+    wheel._check_invariants()
+    assert wheel.next_due_ms() == 3
+    wheel.cancel("k5")
+    out: Fired = []
+    for now in range(0, 1_100, 7):
+        out += checked_advance(wheel, now)
+    assert out == [
+        (3, "k0", 0),
+        (5, "k7", 7),
+        (15, "k1", 1),
+        (16, "k2", 2),
+        (17, "k3", 3),
+        (100, "k4", 4),
+        (1_000, "k6", 6),
+    ]
+
+
+def test_steady_state_stream(tick: int) -> None:
+    """Schedule as time goes, as the engine does: a ttl after each event."""
+    rng = random.Random(3)
+    wheel = make(tick, slots=32)
+    pending: dict[str, int] = {}
+    now = 0
+    for step in range(2_000):
+        now += rng.randrange(0, 50)
+        key = f"k{rng.randrange(300)}"
+        due = now + rng.choice([0, 1, 9, 10, 11, 999, 1_000, 60_000])
+        wheel.schedule(key, due, step)
+        pending[key] = due
+        for due_ms, fired_key, _ in wheel.advance(now):
+            assert due_ms <= now
+            assert pending.pop(fired_key) == due_ms
+        assert all(d > now for d in pending.values())
+    wheel._check_invariants()
+
+
+# -- against a reference model ---------------------------------------------------------------
+
+keys = st.sampled_from([f"k{i}" for i in range(12)])
+offsets = st.one_of(
+    st.integers(-30, 30),
+    st.integers(-2_000, 5_000),
+    st.integers(0, 10**6),
+    st.integers(0, 10**12),
+    st.integers(-(10**12), 0),
+)
+
+
+class WheelMachine(RuleBasedStateMachine):
+    """The wheel against a dict key -> (due, seq, value) sorted at each advance."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wheel: TimingWheel[str, int] = TimingWheel()
+        self.ref: dict[str, tuple[int, int, int]] = {}
+        self.now = 0
+        self.seq = 0
+
+    @initialize(
+        tick_ms=st.sampled_from([1, 3, 10, 1000]),
+        slots=st.sampled_from([2, 4, 8, 256]),
+        levels=st.sampled_from([None, 1, 2, 3]),
+        start_ms=st.one_of(st.just(0), st.integers(-(10**13), 10**13)),
+        prune_min=st.sampled_from([0, 2, 1024]),
+    )
+    def setup(
+        self, tick_ms: int, slots: int, levels: int | None, start_ms: int, prune_min: int
+    ) -> None:
+        self.wheel = TimingWheel(tick_ms=tick_ms, slots=slots, levels=levels, start_ms=start_ms)
+        self.wheel._prune_min = prune_min
+        self.now = start_ms
+
+    @rule(key=keys, offset=offsets)
+    def schedule(self, key: str, offset: int) -> None:
+        self.seq += 1
+        due = self.now + offset
+        self.wheel.schedule(key, due, self.seq)
+        self.ref[key] = (due, self.seq, self.seq)
+
+    @rule(key=keys, offset=st.integers(0, 20), count=st.integers(2, 6))
+    def schedule_same_due(self, key: str, offset: int, count: int) -> None:
+        due = self.now + offset
+        for i in range(count):
+            self.schedule(f"{key}-{i}", offset)
+            assert self.ref[f"{key}-{i}"][0] == due
+
+    @rule(key=keys)
+    def cancel(self, key: str) -> None:
+        assert self.wheel.cancel(key) is (self.ref.pop(key, None) is not None)
+
+    @rule(offset=offsets)
+    def advance(self, offset: int) -> None:
+        self.do_advance(self.now + offset)
+
+    @rule()
+    def advance_to_next_due(self) -> None:
+        due = self.wheel.next_due_ms()
+        if due is not None:
+            self.do_advance(due)
+
+    @rule(offset=st.integers(-3, 3))
+    def advance_near_next_due(self, offset: int) -> None:
+        due = self.wheel.next_due_ms()
+        if due is not None:
+            self.do_advance(due + offset)
+
+    def do_advance(self, now: int) -> None:
+        self.now = max(self.now, now)
+        expected = sorted(
+            (
+                (due, seq, key, value)
+                for key, (due, seq, value) in self.ref.items()
+                if due <= self.now
+            ),
+        )
+        for _, _, key, _ in expected:
+            del self.ref[key]
+        assert self.wheel.advance(now) == [(d, k, v) for d, _, k, v in expected]
+        assert self.wheel.now_ms == self.now
+
+    @invariant()
+    def agrees(self) -> None:
+        wheel = self.wheel
+        wheel._check_invariants()
+        assert len(wheel) == len(self.ref)
+        assert wheel.next_due_ms() == min((d for d, _, _ in self.ref.values()), default=None)
+        for key in ("k0", "k5", "k11-0"):
+            entry = self.ref.get(key)
+            assert wheel.due_of(key) == (None if entry is None else entry[0])
+            assert (key in wheel) is (entry is not None)
+
+
+WheelMachine.TestCase.settings = settings(
+    max_examples=150,
+    stateful_step_count=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestWheelAgainstReference = WheelMachine.TestCase
