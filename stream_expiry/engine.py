@@ -25,9 +25,8 @@ Rules kept here (../shared/CONTRACT.md, "Semantics"):
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass, replace
 from enum import Enum
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 from stream_expiry.model import Identity, InputEvent, Reason, Stamp
 from stream_expiry.wheel import TimingWheel
@@ -53,8 +52,7 @@ class Verdict(str, Enum):
     DELETED = "deleted"
 
 
-@dataclass(frozen=True, slots=True)
-class Fired:
+class Fired(NamedTuple):
     """A tombstone to emit. ``before`` goes in the message, ``after`` into the index."""
 
     before: Stamp
@@ -63,8 +61,7 @@ class Fired:
     emitted_at: int
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """The effects of one event: store ``state`` (unless None), publish it if ``publish``."""
 
     verdict: Verdict
@@ -118,7 +115,7 @@ class Engine(Generic[S]):
         if outcome.state is not None:
             self._track(outcome.state, slot)
         if fired:
-            return replace(outcome, fired=fired + outcome.fired)
+            return outcome._replace(fired=fired + outcome.fired)
         return outcome
 
     def _decide(self, event: InputEvent, prior: Stamp | None, now_ms: int) -> Outcome:
@@ -149,7 +146,7 @@ class Engine(Generic[S]):
                 and prior.expires_at > prior.created_at + prior.ttl_ms
             )
             expires = prior.expires_at if touched else _min_expiry(prior.expires_at, fresh.expires_at)
-            moved = replace(fresh, expires_at=expires)
+            moved = fresh._replace(expires_at=expires)
             return Outcome(Verdict.BACKDATED, moved, publish=True)
         # touch on a live record
         if event.identity.category not in self._sliding or prior.ttl_ms is None or prior.expires_at is None:
@@ -157,14 +154,14 @@ class Engine(Generic[S]):
         slid = t + prior.ttl_ms
         if slid <= prior.expires_at:
             return Outcome(Verdict.TOUCH_IGNORED, None, publish=False)
-        return Outcome(Verdict.EXTENDED, replace(prior, expires_at=slid), publish=True)
+        return Outcome(Verdict.EXTENDED, prior._replace(expires_at=slid), publish=True)
 
     def _delete(self, event: InputEvent, prior: Stamp | None, now_ms: int) -> Outcome:
         if prior is None:
             prior = Stamp(event.identity, None, None, None, None)
         self._wheel.cancel(prior.identity.key)
         deleted_at = event.ts if prior.created_at is None else max(event.ts, prior.created_at)
-        fired = Fired(prior, replace(prior, deleted_at=deleted_at), "explicit", now_ms)
+        fired = Fired(prior, prior._replace(deleted_at=deleted_at), "explicit", now_ms)
         return Outcome(Verdict.DELETED, fired.after, publish=False, fired=(fired,))
 
     def _stamp(self, identity: Identity, created_at: int) -> Stamp:
@@ -176,7 +173,7 @@ class Engine(Generic[S]):
     @staticmethod
     def _fire(stamp: Stamp, reason: Reason, now_ms: int) -> Fired:
         assert stamp.expires_at is not None
-        return Fired(stamp, replace(stamp, deleted_at=stamp.expires_at - 1), reason, now_ms)
+        return Fired(stamp, stamp._replace(deleted_at=stamp.expires_at - 1), reason, now_ms)
 
     # -- timers -------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ One task does the work in a fixed order, so the order of writes holds by constru
 3. feed the batch to the engine, send stamps, dead letters and explicit tombstones, and wait
    for the broker's acks;
 4. write the batch's states and next offsets to the index in one transaction;
-5. only then commit the offsets to Kafka (informational: the index's offsets are the truth);
+5. only then commit the offsets to Kafka (informational, at most once a second: the index's
+   offsets are the truth);
 6. fire due timers: send their tombstones, wait for the acks, then mark them deleted.
 
 A crash between any two steps re-does work (at-least-once) but never loses a record or fires
@@ -22,7 +23,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -32,7 +33,7 @@ from aiokafka.errors import KafkaError
 from stream_expiry import model
 from stream_expiry.engine import Engine, Fired
 from stream_expiry.errors import BrokerError
-from stream_expiry.kafka import COMPACTED, consumer, ensure_topics, producer, read_to_end
+from stream_expiry.kafka import COMPACTED, OutputBuffer, consumer, ensure_topics, producer, read_to_end
 from stream_expiry.policy import PolicyBook
 from stream_expiry.store import Index, Slot
 from stream_expiry.timeutil import parse_ts
@@ -46,7 +47,8 @@ __all__ = ["Service", "ServiceStats", "wall_clock_ms"]
 
 log = logging.getLogger("stream_expiry.service")
 
-MAX_BATCH = 2000
+MAX_BATCH = 5000
+COMMIT_EVERY_S = 1.0
 IDLE_WAIT_MS = 200
 
 
@@ -66,7 +68,6 @@ class ServiceStats:
     policy_updates: int = 0
     verdicts: Counter[str] = field(default_factory=Counter)
     pending_in_wheel: int = 0
-    last_lag_ms: list[int] = field(default_factory=list)  # ttl tombstones' emitted - expires
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -123,6 +124,8 @@ class Service:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._categories = frozenset(config.categories)
+        self._to_commit: dict[Slot, int] = {}
+        self._committed_at = 0.0
         for warning in self.book.env_warnings:
             log.warning("%s", warning)
 
@@ -154,6 +157,7 @@ class Service:
                     cons.subscribe(list(t.inputs), listener=_Rebalance(self))
                     log.info("joining group %r on %s for %s", self.config.group_id, self.bootstrap, ", ".join(t.inputs))
                     await self._loop(cons, policies, stop)
+                    await self._commit_offsets(cons)
                     log.info("stopping: offsets committed, %s", self.stats.as_dict())
         finally:
             await self._index.close()
@@ -195,7 +199,10 @@ class Service:
             for rec in records:
                 result = self.book.apply_update(rec.key, rec.value, rec.timestamp)
                 if isinstance(result, model.Rejection):
-                    await self._dead_letter(rec, result)
+                    assert self._producer is not None
+                    out = OutputBuffer(self._producer)
+                    await self._dead_letter(out, rec, result)
+                    await _all_acked(await out.flush())
                 else:
                     self.stats.policy_updates += 1
                     log.info("policy update applied: %s", result)
@@ -267,44 +274,52 @@ class Service:
         )
         changed: dict[str, tuple[model.Stamp, Slot]] = {}
         offsets: dict[Slot, int] = {}
-        acks: list[Awaitable[Any]] = []
+        out = OutputBuffer(self._producer)
         for rec, slot, ev in parsed:
             offsets[slot] = rec.offset + 1
             self.stats.events += 1
             if isinstance(ev, model.Rejection):
-                acks.append(await self._dead_letter(rec, ev, wait=False))
+                await self._dead_letter(out, rec, ev)
                 continue
             key = ev.identity.key
             known = changed.get(key)
             prior = known[0] if known else priors.get(key)
-            out = self.engine.feed(ev, prior, now, slot)
-            self.stats.verdicts[out.verdict.value] += 1
-            for fired in out.fired:
-                acks.extend(await self._send_tombstone(fired))
+            outcome = self.engine.feed(ev, prior, now, slot)
+            self.stats.verdicts[outcome.verdict.value] += 1
+            for fired in outcome.fired:
+                await self._send_tombstone(out, fired)
                 changed[key] = (fired.after, slot)
-            if out.state is not None:
-                changed[key] = (out.state, slot)
-                if out.publish:
+            if outcome.state is not None:
+                changed[key] = (outcome.state, slot)
+                if outcome.publish:
                     self.stats.stamped += 1
-                    acks.append(
-                        await self._producer.send(
-                            self.config.topics.stamped,
-                            key=key.encode(),
-                            value=model.encode_stamp(out.state, ev.data),
-                            timestamp_ms=now,
-                        )
+                    await out.add(
+                        self.config.topics.stamped,
+                        key.encode(),
+                        model.encode_stamp(outcome.state, ev.data),
+                        timestamp_ms=now,
                     )
-        await _all_acked(acks)
+        await _all_acked(await out.flush())
         await self._index.write(changed.values(), offsets)
-        owned = {TopicPartition(t, p): o for (t, p), o in offsets.items() if (t, p) in self._owned}
+        self._to_commit.update(offsets)
+        if time.monotonic() - self._committed_at >= COMMIT_EVERY_S:
+            await self._commit_offsets(cons)
+
+    async def _commit_offsets(self, cons: AIOKafkaConsumer) -> None:
+        """Commit to Kafka what the index already holds. The index is the truth for where
+        reading resumes; the group's offsets are for lag monitoring, so once a second is
+        plenty and saves a round trip per batch."""
+        owned = {TopicPartition(t, p): o for (t, p), o in self._to_commit.items() if (t, p) in self._owned}
+        self._to_commit.clear()
+        self._committed_at = time.monotonic()
         try:
             if owned:
                 await cons.commit(owned)
         except KafkaError as exc:  # the index has the truth; a failed commit only delays lag metrics
             log.warning("offset commit failed (the index keeps the position): %r", exc)
 
-    async def _dead_letter(self, rec: Any, why: model.Rejection, *, wait: bool = True) -> Awaitable[Any]:
-        assert self._producer is not None
+    async def _dead_letter(self, out: OutputBuffer, rec: Any, why: model.Rejection) -> None:
+        """The original key and value, unchanged, with the reason in headers."""
         self.stats.dead_letters += 1
         headers = [
             (model.H_ERROR, why.code.encode()),
@@ -314,29 +329,21 @@ class Service:
             (model.H_OFFSET, str(rec.offset).encode()),
         ]
         log.warning("dead letter %s[%d]@%d: %s (%s)", rec.topic, rec.partition, rec.offset, why.code, why.detail)
-        fut = await self._producer.send(self.config.topics.dlq, key=rec.key, value=rec.value, headers=headers)
-        if wait:
-            await fut
-        return fut  # type: ignore[no-any-return]
+        await out.add(self.config.topics.dlq, rec.key, rec.value, headers=headers)
 
     # -- timers -----------------------------------------------------------------------------
 
-    async def _send_tombstone(self, fired: Fired) -> list[Awaitable[Any]]:
+    async def _send_tombstone(self, out: OutputBuffer, fired: Fired) -> None:
         """The tombstone event, and the Kafka-native tombstone that compacts the stamp away."""
-        assert self._producer is not None
         key = fired.before.identity.key.encode()
         if fired.reason == "explicit":
             self.stats.explicit += 1
         else:
             self.stats.tombstones += 1
-            assert fired.before.expires_at is not None
-            self.stats.last_lag_ms.append(fired.emitted_at - fired.before.expires_at)
         event = model.encode_tombstone(fired.before, reason=fired.reason, emitted_at=fired.emitted_at)
         t = self.config.topics
-        return [
-            await self._producer.send(t.tombstones, key=key, value=event, timestamp_ms=fired.emitted_at),
-            await self._producer.send(t.stamped, key=key, value=None, timestamp_ms=fired.emitted_at),
-        ]
+        await out.add(t.tombstones, key, event, timestamp_ms=fired.emitted_at)
+        await out.add(t.stamped, key, None, timestamp_ms=fired.emitted_at)
 
     async def _fire_due(self) -> None:
         """Emit due tombstones; the index is checked first, because ``replay`` may have
@@ -356,12 +363,13 @@ class Service:
                 if stored.expires_at > now:
                     self.engine.load([(stored, slot)])
                     continue
-                fired = Fired(stored, replace(stored, deleted_at=stored.expires_at - 1), "ttl", now)
+                fired = Fired(stored, stored._replace(deleted_at=stored.expires_at - 1), "ttl", now)
             firing.append((fired, slot))
-        acks: list[Awaitable[Any]] = []
+        assert self._producer is not None
+        out = OutputBuffer(self._producer)
         for fired, _slot in firing:
-            acks.extend(await self._send_tombstone(fired))
-        await _all_acked(acks)
+            await self._send_tombstone(out, fired)
+        await _all_acked(await out.flush())
         await self._index.write((fired.after, slot) for fired, slot in firing)
 
     async def _extend_horizon(self) -> None:

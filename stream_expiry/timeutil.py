@@ -9,6 +9,7 @@ updates) and formatted at the edge (tombstones, stamps).
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from datetime import UTC, datetime, timedelta
 
 __all__ = ["MAX_TS_MS", "MIN_TS_MS", "InvalidTimestamp", "format_ts", "parse_ts"]
@@ -69,10 +70,18 @@ def parse_ts(value: object) -> int:
     return ms
 
 
-def format_ts(ms: int) -> str:
-    """RFC 3339 UTC with milliseconds and ``Z``, the only form stream-expiry writes."""
-    dt = _EPOCH + timedelta(milliseconds=ms)
+@lru_cache(maxsize=4096)
+def _second_text(seconds: int) -> str:
+    dt = _EPOCH + timedelta(seconds=seconds)
     return (
-        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T"
-        f"{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}.{ms % 1000:03d}Z"
+        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
     )
+
+
+def format_ts(ms: int) -> str:
+    """RFC 3339 UTC with milliseconds and ``Z``, the only form stream-expiry writes.
+
+    The text of the whole second is cached: a busy stream formats many times per second.
+    """
+    seconds, millis = divmod(ms, 1000)
+    return f"{_second_text(seconds)}.{millis:03d}Z"
