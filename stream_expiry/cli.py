@@ -182,7 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=20.0, metavar="SECONDS", help="traffic time (default 20)")
     demo.add_argument("--rate", type=int, default=200, metavar="N", help="events per second (default 200)")
     demo.add_argument("--state-dir", metavar="DIR", help="keep the state and the store here (default: a temp dir)")
-    demo.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    demo.add_argument(
+        "--log-level",
+        default="ERROR",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="service log level (default ERROR: the demo's malformed events are on purpose)",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     try:

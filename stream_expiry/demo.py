@@ -26,7 +26,7 @@ from stream_expiry.config import parse_config
 from stream_expiry.kafka import consumer, producer
 from stream_expiry.model import Identity
 from stream_expiry.service import Service, wall_clock_ms
-from stream_expiry.sinks import SqliteStore, run_sink
+from stream_expiry.sinks import BatchReport, SQLiteStore, Sink, SinkConfig
 from stream_expiry.timeutil import parse_ts
 
 __all__ = ["DEMO_CONFIG", "run_demo"]
@@ -65,7 +65,8 @@ MAX_DEMO_TTL_S = 6.0
 class Watch:
     """What the demo's own consumer of ``expiry.tombstones`` saw."""
 
-    lags_ms: list[int] = field(default_factory=list)
+    lags_ms: list[int] = field(default_factory=list)  # expires_at -> arrival at a consumer
+    emit_lags_ms: list[int] = field(default_factory=list)  # expires_at -> emitted_at
     early: int = 0
     ttl: int = 0
     explicit: int = 0
@@ -120,7 +121,7 @@ async def _traffic(bootstrap: str, duration_s: float, rate: int, counts: dict[st
 
 
 async def _watch_tombstones(bootstrap: str, topic: str, watch: Watch, stop: anyio.Event) -> None:
-    async with consumer(bootstrap, topic) as cons:
+    async with consumer(bootstrap, topic, fetch_max_wait_ms=10) as cons:
         while not stop.is_set():
             batch = await cons.getmany(timeout_ms=100)
             arrived = wall_clock_ms()
@@ -132,8 +133,10 @@ async def _watch_tombstones(bootstrap: str, topic: str, watch: Watch, stop: anyi
                         continue
                     watch.ttl += 1
                     expires = parse_ts(body["expires_at"])
+                    emitted = parse_ts(body["emitted_at"])
                     watch.lags_ms.append(arrived - expires)
-                    if parse_ts(body["emitted_at"]) < expires or arrived < expires:
+                    watch.emit_lags_ms.append(emitted - expires)
+                    if emitted < expires or arrived < expires:
                         watch.early += 1
 
 
@@ -161,22 +164,40 @@ async def run_demo(args: argparse.Namespace) -> int:
                 file=out,
             )
             service = Service(config, bootstrap_servers=bootstrap, environ={})
-            store = await SqliteStore.open(os.path.join(state_dir, "store.sqlite"))
+            store = SQLiteStore(os.path.join(state_dir, "store.sqlite"), synchronous="NORMAL")
             watch = Watch()
             counts = {"create": 0, "touch": 0, "delete": 0, "malformed": 0}
             stop_service, stop_sink, stop_watch = anyio.Event(), anyio.Event(), anyio.Event()
-            sink_stats: dict[str, int] = {}
+            sink_stats = {"written": 0, "deleted": 0, "receipts": 0}
+
+            def on_batch(report: BatchReport) -> None:
+                sink_stats["written"] += report.written
+                sink_stats["deleted"] += report.deleted
+                sink_stats["receipts"] += len(report.receipts)
+
+            sink = Sink(
+                store,
+                SinkConfig(
+                    bootstrap_servers=bootstrap,
+                    group_id="demo-sqlite-store",
+                    stamped_topic=config.topics.stamped,
+                    tombstones_topic=config.topics.tombstones,
+                    receipts_topic=config.topics.receipts,
+                    consumer_options={"session_timeout_ms": 6000},
+                ),
+                on_batch=on_batch,
+            )
             started = time.monotonic()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(service.run, stop_service)
                 await service.ready.wait()
-                tg.start_soon(_run_sink, store, bootstrap, config, stop_sink, sink_stats)
+                tg.start_soon(sink.run, stop_sink)
                 tg.start_soon(_watch_tombstones, bootstrap, config.topics.tombstones, watch, stop_watch)
                 print(f"  service ready after {time.monotonic() - started:.1f}s; traffic for {args.duration:.0f}s at {args.rate}/s", file=out)
 
                 async def show() -> None:
                     while not stop_watch.is_set():
-                        out.write(_progress(service, watch, sink_stats.get("deleted", 0), time.monotonic() - started))
+                        out.write(_progress(service, watch, sink_stats["deleted"], time.monotonic() - started))
                         out.flush()
                         await anyio.sleep(0.25)
 
@@ -186,13 +207,14 @@ async def run_demo(args: argparse.Namespace) -> int:
                 with anyio.move_on_after(MAX_DEMO_TTL_S + 10):
                     while service.stats.pending_in_wheel or watch.ttl < service.stats.tombstones:
                         await anyio.sleep(0.1)
-                with anyio.move_on_after(5):
-                    while sink_stats.get("deleted", 0) < watch.ttl + watch.explicit and sink_stats.get("caught_up") != 1:
+                with anyio.move_on_after(10):  # the store catches up with the last tombstones
+                    while sink_stats["deleted"] < watch.ttl + watch.explicit - (counts["delete"] - watch.explicit):
                         await anyio.sleep(0.1)
                 stop_service.set()
                 stop_sink.set()
                 stop_watch.set()
-            out.write(_progress(service, watch, sink_stats.get("deleted", 0), time.monotonic() - started) + "\n")
+            out.write(_progress(service, watch, sink_stats["deleted"], time.monotonic() - started) + "\n")
+            sink_stats["left"] = await store.count()
             await store.close()
             _summary(service, watch, counts, sink_stats)
     finally:
@@ -201,18 +223,14 @@ async def run_demo(args: argparse.Namespace) -> int:
     return 0 if watch.early == 0 else 1
 
 
-async def _run_sink(store: SqliteStore, bootstrap: str, config: object, stop: anyio.Event, stats: dict[str, int]) -> None:
-    raise NotImplementedError
-
-
 def _summary(service: Service, watch: Watch, counts: dict[str, int], sink_stats: dict[str, int]) -> None:
     s = service.stats
-    lags = watch.lags_ms
-    lag = (
-        f"p50 {_percentile(lags, 0.5)} ms, p99 {_percentile(lags, 0.99)} ms, max {max(lags)} ms"
-        if lags
-        else "no ttl tombstones"
-    )
+
+    def lag(values: list[int]) -> str:
+        if not values:
+            return "no ttl tombstones"
+        return f"p50 {_percentile(values, 0.5)} ms, p99 {_percentile(values, 0.99)} ms, max {max(values)} ms"
+
     lines = [
         "",
         "Summary",
@@ -221,8 +239,10 @@ def _summary(service: Service, watch: Watch, counts: dict[str, int], sink_stats:
         f"  events in           {s.events}; dead letters {s.dead_letters}",
         f"  records stamped     {s.stamped}",
         f"  tombstones          {watch.ttl} ttl, {watch.explicit} explicit",
-        f"  rows written        {sink_stats.get('written', 0)}; rows deleted {sink_stats.get('deleted', 0)}",
-        f"  expiry lag          {lag} (from expires_at to the tombstone's arrival)",
+        f"  store (SQLite)      {sink_stats['written']} rows written, {sink_stats['deleted']} deleted, "
+        f"{sink_stats['left']} left; {sink_stats['receipts']} deletion receipts",
+        f"  expiry lag          {lag(watch.emit_lags_ms)} (expires_at to emitted_at)",
+        f"                      {lag(watch.lags_ms)} (expires_at to arrival at a consumer)",
         f"  early deletions     {watch.early}",
     ]
     print("\n".join(lines))

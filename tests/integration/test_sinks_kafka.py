@@ -266,4 +266,5 @@ async def test_sink_command_runs_until_sigint_and_exits_zero(
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err
-    assert "stopped after 2 messages, 1 deleted" in err
+    assert "stopped after 2 messages" in err  # tombstone first or stamp first: both right
+    assert "1 receipts" in err

@@ -209,7 +209,7 @@ async def test_receipts_are_an_outbox_until_published(store: Store) -> None:
 async def test_receipts_are_append_only_in_the_database(store: Store) -> None:
     s = stamp(ident("evidence"))
     await store.apply([put(s), kill(s)], now_ms=T0)
-    conn: Any = store._conn  # type: ignore[attr-defined]
+    conn: Any = getattr(store, "_conn", None) or store._pool  # type: ignore[attr-defined]
     table = "receipts"
     if store.__class__.__name__ == "SQLiteStore":
         name = f"{store.prefix}{table}"  # type: ignore[attr-defined]

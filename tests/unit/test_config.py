@@ -8,8 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from stream_expiry.config import Config, ConfigError, Topics, load_config, parse_config
+from stream_expiry.config import (
+    Config,
+    ConfigError,
+    Topics,
+    _key_lines,
+    load_config,
+    parse_config,
+)
 from stream_expiry.errors import ConfigurationError, StreamExpiryError
 from stream_expiry.model import DEFAULT_CATEGORIES
 
@@ -375,3 +384,17 @@ def test_schema_rejects_what_the_loader_rejects(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_config(text)
     assert not validator.is_valid(tomllib.loads(text))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab=\"'#[]{}.,=\n \\3")), max_size=60))
+def test_line_scanner_never_fails_on_any_text(text: str) -> None:
+    lines = _key_lines(text)
+    assert all(isinstance(n, int) and n >= 1 for n in lines.values())
+
+
+def test_config_is_hashable_and_comparable() -> None:
+    a, b = parse_config(FULL), parse_config(FULL)
+    assert a == b
+    assert hash(a) == hash(b)
+    assert a != parse_config(FULL.replace('"30d"', '"31d"'))

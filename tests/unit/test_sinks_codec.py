@@ -88,6 +88,9 @@ def test_tombstone_decodes_and_its_bound_follows_the_reason() -> None:
     )
     x = decode_tombstone(None, encode_tombstone(s, reason="explicit", emitted_at=T0 + 5))
     assert x.bound == T0 + 6  # everything created at or before the delete
+    exact = orjson.loads(encode_tombstone(s, reason="explicit", emitted_at=T0 + 50_000))
+    exact["deleted_at"] = "2026-01-01T00:00:01.000Z"  # a delete event processed late
+    assert decode_tombstone(None, orjson.dumps(exact)).bound == T0 + 1_001
 
 
 @pytest.mark.parametrize(

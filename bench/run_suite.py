@@ -1,0 +1,303 @@
+"""Run every benchmark the suite knows, save each JSON result, then plot and tabulate them.
+
+    python -m bench.run_suite [--quick] [--out results/DATE] [--only redis] [--rates 1000,10000]
+
+Each benchmark is a module run as ``python -m MODULE --rate R --seconds S --pending N
+--grace G [variant args]`` in its own process; it prints one JSON object on stdout (see
+``bench.common.envelope``) and its progress on stderr, which is passed through. The results
+land in ``OUT/<module>[-variant]-<kind>[-rate].json``, with ``OUT/suite.json`` listing every run,
+skip and failure; then ``bench.plot`` writes ``lag.png``, ``throughput.png``, ``memory.png``
+and ``RESULTS.md`` in ``OUT``.
+
+Modules in :data:`REGISTRY` that are not present yet are skipped with a note. Modules named
+``bench.e2e_*`` found in the ``bench`` folder but missing from the registry are run with the
+default plan (``lag`` per rate, then ``memory``).
+
+Plans, i.e. which invocations a module gets:
+- ``lag``: once per rate, ``--rate R --seconds S --pending 0`` (expect ``lag`` in the JSON);
+- ``memory``: once, ``--rate 0 --seconds S --pending N`` (expect ``memory``), first variant only;
+- ``once``: once, ``--rate 0 --seconds S --pending N`` (throughput-style: ingest, replay).
+
+Sizes: the full run (rates 1k, 10k, 50k; 10 s windows; 5 s grace; 1M pending) takes about
+5 minutes for the peers on 2 cores; ``--quick`` (same rates; 1 s windows; 1 s grace; 100k
+pending) under 1 minute for the peers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime as dt
+import importlib.util
+import json
+import os
+import pkgutil
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import human_count, log, machine_info, utc_now_iso
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One benchmark module and how the suite runs it.
+
+    ``args`` are extra arguments for this entry; ``{pending}`` in them is replaced by the
+    suite's pending count. List a module several times to run several variants of it (each
+    variant names its own ``system`` in its JSON, so it gets its own bars in the plots).
+    """
+
+    module: str
+    plans: tuple[str, ...] = ("lag", "memory")
+    args: tuple[str, ...] = ()
+    # Rates for the lag plan; None = the suite's rates.
+    rates: tuple[int, ...] | None = None
+    what: str = ""
+
+
+REGISTRY: list[Entry] = [
+    # stream-expiry end to end on the real broker (written by the lead; skipped until present).
+    Entry("bench.e2e_expiry", ("lag", "memory"), what="stream-expiry tombstone lag and RSS"),
+    Entry("bench.e2e_ingest", ("once",), what="stream-expiry ingest throughput"),
+    Entry("bench.e2e_replay", ("once",), what="stream-expiry replay rate"),
+    # Peers.
+    Entry(
+        "bench.peers.redis_expiry",
+        ("lag", "memory"),
+        ("--hz", "10"),
+        what="Redis PXAT keys + __keyevent@0__:expired, default hz",
+    ),
+    Entry("bench.peers.redis_expiry", ("lag",), ("--hz", "100"), what="Redis with hz 100"),
+    Entry(
+        "bench.peers.redis_expiry",
+        ("lag",),
+        ("--hz", "10", "--stream-lead", "1"),
+        rates=(1000, 10_000),  # at 50k/s the Python writer cannot keep ahead on 2 cores
+        what="Redis with keys written 1 s before due (few keys with a TTL at once)",
+    ),
+    Entry(
+        "bench.peers.redis_expiry",
+        ("lag",),
+        ("--hz", "10", "--background", "{pending}"),
+        rates=(10_000,),
+        what="Redis with far-future keys pending during the lag run",
+    ),
+    Entry("bench.peers.pg_sweep", ("lag", "memory"), what="PostgreSQL DELETE sweep every 100 ms"),
+    Entry(
+        "bench.peers.pg_sweep",
+        ("lag",),
+        ("--background", "{pending}"),
+        rates=(10_000,),
+        what="PostgreSQL sweep with far-future rows pending",
+    ),
+]
+
+FULL = {"rates": [1000, 10_000, 50_000], "seconds": 10.0, "pending": 1_000_000, "grace": 5.0}
+QUICK = {"rates": [1000, 10_000, 50_000], "seconds": 1.0, "pending": 100_000, "grace": 1.0}
+_SHORT_FLAGS = {"background": "bg"}
+
+
+def discover_e2e() -> list[str]:
+    """``bench.e2e_*`` modules present in the bench package folder."""
+    folder = Path(__file__).resolve().parent
+    return sorted(
+        f"bench.{m.name}" for m in pkgutil.iter_modules([str(folder)]) if m.name.startswith("e2e_")
+    )
+
+
+def module_present(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def variant_tag(args: tuple[str, ...]) -> str:
+    """('--hz', '100', '--background', '1000000') -> 'hz100-bg1M'."""
+    parts: list[str] = []
+    for a in args:
+        if a.startswith("--"):
+            parts.append(_SHORT_FLAGS.get(a[2:], a[2:]))
+        elif parts:
+            parts[-1] += human_count(int(a)) if a.isdigit() else a
+        else:
+            parts.append(a)
+    return "-".join(parts).replace("/", "_").replace(" ", "")
+
+
+@dataclass(frozen=True)
+class Invocation:
+    entry: Entry
+    plan: str
+    args: tuple[str, ...]
+    file: str
+    rate: int | None
+
+
+def plan_invocations(entry: Entry, cfg: dict[str, Any]) -> list[Invocation]:
+    out: list[Invocation] = []
+    short = entry.module.rsplit(".", 1)[-1]
+    common = ("--seconds", f"{cfg['seconds']:g}", "--grace", f"{cfg['grace']:g}")
+    extra = tuple(a.replace("{pending}", str(cfg["pending"])) for a in entry.args)
+    tag = f"-{variant_tag(extra)}" if extra else ""
+    for plan in entry.plans:
+        if plan == "lag":
+            for rate in entry.rates or cfg["rates"]:
+                args = ("--rate", str(rate), "--pending", "0", *common, *extra)
+                name = f"{short}{tag}-lag-{human_count(rate)}.json"
+                out.append(Invocation(entry, plan, args, name, rate))
+        elif plan in ("memory", "once"):
+            args = ("--rate", "0", "--pending", str(cfg["pending"]), *common, *extra)
+            out.append(Invocation(entry, plan, args, f"{short}{tag}-{plan}.json", None))
+        else:
+            raise ValueError(f"unknown plan {plan!r} for {entry.module}")
+    return out
+
+
+def _pump(stream: Any, tail: collections.deque[str]) -> None:
+    for line in iter(stream.readline, ""):
+        sys.stderr.write("    " + line)
+        sys.stderr.flush()
+        tail.append(line.rstrip("\n"))
+    stream.close()
+
+
+def run_one(inv: Invocation, out_dir: Path, timeout_s: float) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", inv.entry.module, *inv.args]
+    log(f"run {shlex.join(cmd[1:])}")
+    t0 = time.monotonic()
+    tail: collections.deque[str] = collections.deque(maxlen=30)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+    )
+    pump = threading.Thread(target=_pump, args=(proc.stderr, tail), daemon=True)
+    out_chunks: list[str] = []
+    reader = threading.Thread(
+        target=lambda: out_chunks.append(proc.stdout.read() if proc.stdout else ""), daemon=True
+    )
+    pump.start()
+    reader.start()
+    status = "ok"
+    error: str | None = None
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        status, error = "failed", f"timed out after {timeout_s:g}s"
+    reader.join(10)
+    pump.join(5)
+    stdout = "".join(out_chunks)
+    record: dict[str, Any] = {
+        "module": inv.entry.module,
+        "plan": inv.plan,
+        "rate": inv.rate,
+        "command": shlex.join(["python", *cmd[1:]]),
+        "seconds": round(time.monotonic() - t0, 2),
+    }
+    if status == "ok" and proc.returncode != 0:
+        status, error = "failed", f"exit code {proc.returncode}"
+    result: Any = None
+    if status == "ok":
+        lines = [ln for ln in stdout.splitlines() if ln.strip()]
+        try:
+            result = json.loads(lines[-1]) if lines else None
+        except json.JSONDecodeError as e:
+            status, error = "failed", f"stdout is not JSON: {e}"
+        if status == "ok" and not isinstance(result, dict):
+            status, error = "failed", "no JSON object on stdout"
+    if status == "ok":
+        (out_dir / inv.file).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        record["file"] = inv.file
+    else:
+        record["error"] = error
+        record["stderr_tail"] = list(tail)
+        log(f"FAILED {inv.entry.module} ({error})")
+    record["status"] = status
+    return record
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Run the benchmark suite, then plot and tabulate.")
+    p.add_argument("--quick", action="store_true", help="small sizes: whole suite in < 2 min")
+    p.add_argument("--out", type=Path, help="results folder (default results/<UTC date-time>)")
+    p.add_argument("--rates", help="comma-separated expiration rates, e.g. 1000,10000")
+    p.add_argument("--seconds", type=float, help="expiry window per lag run")
+    p.add_argument("--pending", type=int, help="far-future records for memory runs")
+    p.add_argument("--grace", type=float, help="seconds to wait after the last due time")
+    p.add_argument("--only", action="append", help="run modules whose name contains this")
+    p.add_argument("--timeout", type=float, help="per-run timeout in seconds")
+    p.add_argument("--no-plot", action="store_true", help="write JSON only")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg: dict[str, Any] = dict(QUICK if args.quick else FULL)
+    if args.rates:
+        cfg["rates"] = [int(r) for r in args.rates.split(",") if r.strip()]
+    for k in ("seconds", "pending", "grace"):
+        if getattr(args, k) is not None:
+            cfg[k] = getattr(args, k)
+    timeout_s = args.timeout or (120.0 if args.quick else 600.0)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%M%SZ")
+    out_dir: Path = args.out or Path("results") / (stamp + ("-quick" if args.quick else ""))
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    entries = list(REGISTRY)
+    known = {e.module for e in entries}
+    skipped_modules: set[str] = set()
+    entries += [Entry(m, what="discovered") for m in discover_e2e() if m not in known]
+    if args.only:
+        entries = [e for e in entries if any(o in e.module for o in args.only)]
+
+    suite: dict[str, Any] = {
+        "started_at_utc": utc_now_iso(),
+        "quick": args.quick,
+        "config": cfg,
+        "command": shlex.join(["python", *getattr(sys, "orig_argv", sys.argv)[1:]]),
+        "cwd": os.getcwd(),
+        "machine": machine_info(),
+        "runs": [],
+        "skipped": [],
+    }
+    t0 = time.monotonic()
+    for entry in entries:
+        if not module_present(entry.module):
+            if entry.module not in skipped_modules:
+                skipped_modules.add(entry.module)
+                note = f"{entry.module} is not present yet ({entry.what})"
+                log(f"skip: {note}")
+                suite["skipped"].append({"module": entry.module, "reason": note})
+            continue
+        for inv in plan_invocations(entry, cfg):
+            suite["runs"].append(run_one(inv, out_dir, timeout_s))
+            _write_suite(out_dir, suite)
+    suite["finished_at_utc"] = utc_now_iso()
+    suite["seconds"] = round(time.monotonic() - t0, 1)
+    _write_suite(out_dir, suite)
+
+    if not args.no_plot:
+        from bench import plot
+
+        plot.render(out_dir)
+    failed = [r for r in suite["runs"] if r["status"] != "ok"]
+    log(
+        f"suite done in {suite['seconds']:g}s: {len(suite['runs']) - len(failed)} ok, "
+        f"{len(failed)} failed, {len(suite['skipped'])} skipped; results in {out_dir}"
+    )
+    return 1 if failed else 0
+
+
+def _write_suite(out_dir: Path, suite: dict[str, Any]) -> None:
+    (out_dir / "suite.json").write_text(json.dumps(suite, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

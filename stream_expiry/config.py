@@ -1,0 +1,528 @@
+"""The config file (TOML) of the whole service, validated before anything starts.
+
+Rules this module keeps:
+
+* Every mistake is fatal at load time and reported as a :class:`ConfigError` that names the
+  file, the line, the key and the bad value, and says what to do; an unknown key gets the
+  nearest valid one. A retention service that silently ignores ``conversaton = "30d"`` keeps
+  data it was told to delete.
+* ``tomllib`` gives no positions, so lines are found by a small scanner over the text
+  (:func:`_key_lines`), run only when there is an error to report. It understands table
+  headers, dotted and quoted keys, inline tables and multi-line strings and arrays; where it
+  cannot place a key it names the table instead, and it never makes loading fail.
+* Durations follow :mod:`stream_expiry.durations`: a bare number means minutes. In
+  ``[retention.*]`` a 0 or negative value is valid and means "no value"; an invalid one is fatal.
+* No IO but reading the file; the environment is the policy book's business.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from stream_expiry.durations import InvalidDuration, parse_duration
+from stream_expiry.errors import ConfigurationError
+from stream_expiry.model import DEFAULT_CATEGORIES, ENVS, MAX_ID_CHARS
+from stream_expiry.policy.presets import PRESETS
+from stream_expiry.policy.sources import (
+    CAP_ALL,
+    Candidate,
+    RetentionSettings,
+    Source,
+    config_key,
+    make_candidate,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Collection, Mapping
+
+__all__ = ["Config", "ConfigError", "Topics", "load_config", "parse_config"]
+
+_Path = tuple[str, ...]
+
+
+class ConfigError(ConfigurationError):
+    """Raised when the config file cannot be read, is not TOML, or says something invalid.
+
+    The operator should fix the file at the line named in the message; the service does not
+    start with a config it does not fully understand.
+    """
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names; every one is configurable so several deployments can share a cluster."""
+
+    inputs: tuple[str, ...] = ("conversations", "sessions", "errors")
+    policies: str = "expiry.policies"
+    stamped: str = "expiry.stamped"
+    tombstones: str = "expiry.tombstones"
+    dlq: str = "expiry.dlq"
+    receipts: str = "expiry.receipts"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole service's settings; ``Config()`` is what an absent file means."""
+
+    preset: str = "none"
+    bootstrap_servers: str | None = None
+    group_id: str = "stream-expiry"
+    state_dir: str = "./state"
+    max_clock_skew_ms: int = 300_000
+    tick_ms: int = 10
+    horizon_ms: int = 3_600_000
+    topics: Topics = field(default_factory=Topics)
+    categories: tuple[str, ...] = DEFAULT_CATEGORIES
+    sliding: frozenset[str] = frozenset({"session"})
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
+    path: str | None = None
+
+
+_TOP: Final = (
+    "preset",
+    "bootstrap_servers",
+    "group_id",
+    "state_dir",
+    "max_clock_skew",
+    "topics",
+    "categories",
+    "service",
+    "retention",
+)
+_TOPIC_KEYS: Final = ("inputs", "policies", "stamped", "tombstones", "dlq", "receipts")
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_TOML_ERROR = re.compile(r"^(.*) \(at line (\d+), column (\d+)\)$", re.DOTALL)
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Read and validate a config file; ``None`` gives the defaults (no file at all)."""
+    if path is None:
+        return Config()
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise ConfigError(
+            f"{name}: cannot read the config file ({exc.strerror}); check the --config path"
+        ) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{name}: the config file is not UTF-8 (byte {exc.start}); save it as UTF-8"
+        ) from None
+    return parse_config(text, path=name)
+
+
+def parse_config(text: str, *, path: str = "<string>") -> Config:
+    """Validate config text; ``path`` only names the file in messages and in ``Config.path``."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = _TOML_ERROR.match(str(exc))
+        where = f"{path} line {m.group(2)}, column {m.group(3)}" if m else path
+        what = m.group(1) if m else str(exc)
+        raise ConfigError(f"{where}: invalid TOML: {what}; fix the syntax (see toml.io)") from None
+    return _Reader(text, path).config(data)
+
+
+def _type_name(value: object) -> str:
+    names: list[tuple[type, str]] = [
+        (bool, "a boolean"),
+        (int, "an integer"),
+        (float, "a float"),
+        (str, "a string"),
+        (list, "an array"),
+        (dict, "a table"),
+        (dt.datetime, "a date-time"),
+        (dt.date, "a date"),
+        (dt.time, "a time"),
+    ]
+    return next((n for t, n in names if isinstance(value, t)), type(value).__name__)
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Reader:
+    """Turns parsed TOML into a :class:`Config`, with errors that point into the text."""
+
+    def __init__(self, text: str, path: str) -> None:
+        self._text = text
+        self._path = path
+        self._lines: dict[_Path, int] | None = None
+
+    # -- errors --------------------------------------------------------------------------------
+
+    def error(self, where: _Path, message: str) -> ConfigError:
+        if self._lines is None:
+            self._lines = _key_lines(self._text)
+        for end in range(len(where), 0, -1):
+            line = self._lines.get(where[:end])
+            if line is not None:
+                return ConfigError(f"{self._path} line {line}: {message}")
+        return ConfigError(f"{self._path}: {message}")
+
+    @staticmethod
+    def place(where: _Path) -> str:
+        """How a message names the table a key sits in."""
+        return "at the top level" if not where else f"in [{config_key(*where)}]"
+
+    def unknown(
+        self, where: _Path, key: str, valid: Collection[str], note: str = ""
+    ) -> ConfigError:
+        close = difflib.get_close_matches(key, list(valid), n=1)
+        hint = (
+            f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(valid) or 'none'}{note}"
+        )
+        return self.error((*where, key), f"unknown key {key!r} {self.place(where)}; {hint}")
+
+    def bad(self, where: _Path, value: object, expected: str) -> ConfigError:
+        key, table = where[-1], where[:-1]
+        return self.error(
+            where,
+            f"key {key!r} {self.place(table)} must be {expected}, "
+            f"got {_type_name(value)} {_show(value)}",
+        )
+
+    # -- typed readers -------------------------------------------------------------------------
+
+    def table(self, value: object, where: _Path, allowed: Collection[str] | None) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.bad(where, value, "a table")
+        if allowed is not None:
+            for key in value:
+                if key not in allowed:
+                    raise self.unknown(where, key, allowed)
+        return value
+
+    def text(self, value: object, where: _Path, *, pattern: re.Pattern[str] | None = None) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.bad(where, value, "a non-empty string")
+        if pattern is not None and not pattern.match(value):
+            raise self.bad(where, value, "a Kafka topic name (letters, digits, '.', '_', '-')")
+        return value
+
+    def texts(
+        self, value: object, where: _Path, *, pattern: re.Pattern[str] | None = None
+    ) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise self.bad(where, value, "an array of strings")
+        items = tuple(self.text(v, where, pattern=pattern) for v in value)
+        dupes = sorted({v for v in items if items.count(v) > 1})
+        if dupes:
+            raise self.bad(
+                where, value, f"an array without duplicates (repeated: {', '.join(dupes)})"
+            )
+        return items
+
+    def duration(self, value: object, where: _Path, *, minimum: int) -> int:
+        try:
+            ms = parse_duration(value)
+        except InvalidDuration as exc:
+            raise self.error(
+                where, f"invalid duration for key {where[-1]!r} {self.place(where[:-1])}: {exc}"
+            ) from None
+        if ms < minimum:
+            bound = "positive" if minimum > 0 else "0 or more"
+            raise self.bad(where, value, f"a duration, {bound}")
+        return ms
+
+    def ttl_map(
+        self, value: object, where: _Path, source: Source, keys: Collection[str]
+    ) -> dict[str, Candidate]:
+        values = self.table(value, where, None)
+        result: dict[str, Candidate] = {}
+        for key, raw in values.items():
+            if key not in keys:
+                note = " (categories are set by [categories] names)"
+                raise self.unknown(where, key, keys, note=note)
+            try:
+                result[key] = make_candidate(source, config_key(*where, key), raw)
+            except InvalidDuration as exc:
+                raise self.error(
+                    (*where, key),
+                    f"invalid duration for key {key!r} {self.place(where)}: {exc}",
+                ) from None
+        return result
+
+    # -- the file ------------------------------------------------------------------------------
+
+    def config(self, data: dict[str, Any]) -> Config:
+        self.table(data, (), _TOP)
+        preset = data.get("preset", "none")
+        if preset not in PRESETS:
+            if not isinstance(preset, str):
+                raise self.bad(("preset",), preset, f"one of {', '.join(PRESETS)}")
+            close = difflib.get_close_matches(preset, PRESETS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(PRESETS)}"
+            raise self.error(("preset",), f"unknown preset {preset!r}; {hint}")
+        defaults = Config()
+        categories, sliding = self.categories(data.get("categories", {}))
+        service = self.table(data.get("service", {}), ("service",), ("tick_ms", "horizon"))
+        tick_ms = service.get("tick_ms", defaults.tick_ms)
+        if not isinstance(tick_ms, int) or isinstance(tick_ms, bool) or tick_ms <= 0:
+            raise self.bad(("service", "tick_ms"), tick_ms, "a positive integer (milliseconds)")
+        horizon_ms = defaults.horizon_ms
+        if "horizon" in service:
+            horizon_ms = self.duration(service["horizon"], ("service", "horizon"), minimum=1)
+        skew_ms = defaults.max_clock_skew_ms
+        if "max_clock_skew" in data:
+            skew_ms = self.duration(data["max_clock_skew"], ("max_clock_skew",), minimum=0)
+        servers = data.get("bootstrap_servers")
+        return Config(
+            preset=preset,
+            bootstrap_servers=None
+            if servers is None
+            else self.text(servers, ("bootstrap_servers",)),
+            group_id=self.text(data.get("group_id", defaults.group_id), ("group_id",)),
+            state_dir=self.text(data.get("state_dir", defaults.state_dir), ("state_dir",)),
+            max_clock_skew_ms=skew_ms,
+            tick_ms=tick_ms,
+            horizon_ms=horizon_ms,
+            topics=self.topics(data.get("topics", {})),
+            categories=categories,
+            sliding=sliding,
+            retention=self.retention(data.get("retention", {}), preset, categories),
+            path=self._path,
+        )
+
+    def categories(self, value: object) -> tuple[tuple[str, ...], frozenset[str]]:
+        where: _Path = ("categories",)
+        table = self.table(value, where, ("names", "sliding"))
+        names: tuple[str, ...] = DEFAULT_CATEGORIES
+        if "names" in table:
+            names = self.texts(table["names"], (*where, "names"))
+            if not names:
+                raise self.bad((*where, "names"), table["names"], "a non-empty array of strings")
+            for name in names:
+                if name == CAP_ALL or len(name) > MAX_ID_CHARS:
+                    raise self.bad(
+                        (*where, "names"),
+                        name,
+                        f"a name other than {CAP_ALL!r} (it is the cap of all)",
+                    )
+        if "sliding" not in table:
+            return names, frozenset({"session"}) & frozenset(names)
+        sliding = self.texts(table["sliding"], (*where, "sliding"))
+        for name in sliding:
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else "add it to names first"
+                raise self.error(
+                    (*where, "sliding"),
+                    f"key 'sliding' in [categories] names category {name!r}, which is not in "
+                    f"names; {hint}",
+                )
+        return names, frozenset(sliding)
+
+    def topics(self, value: object) -> Topics:
+        where: _Path = ("topics",)
+        table = self.table(value, where, _TOPIC_KEYS)
+        default = Topics()
+        inputs = default.inputs
+        if "inputs" in table:
+            inputs = self.texts(table["inputs"], (*where, "inputs"), pattern=_TOPIC_NAME)
+            if not inputs:
+                raise self.bad(
+                    (*where, "inputs"), table["inputs"], "a non-empty array of topic names"
+                )
+        outputs = {
+            key: self.text(
+                table.get(key, getattr(default, key)), (*where, key), pattern=_TOPIC_NAME
+            )
+            for key in _TOPIC_KEYS[1:]
+        }
+        seen = {name: "inputs" for name in inputs}
+        for key, name in outputs.items():
+            if name in seen:
+                raise self.error(
+                    (*where, key),
+                    f"topic {name!r} of key {key!r} {self.place(where)} is also used by "
+                    f"{seen[name]!r}; give every topic its own name",
+                )
+            seen[name] = key
+        return Topics(inputs=inputs, **outputs)
+
+    def retention(
+        self, value: object, preset: str, categories: tuple[str, ...]
+    ) -> RetentionSettings:
+        where: _Path = ("retention",)
+        table = self.table(value, where, ("defaults", "cap", "orgs", "bots"))
+        defaults = self.ttl_map(
+            table.get("defaults", {}), (*where, "defaults"), "default", categories
+        )
+        cap = self.ttl_map(table.get("cap", {}), (*where, "cap"), "cap", (CAP_ALL, *categories))
+        orgs: dict[str, Mapping[str, Candidate]] = {}
+        orgs_where = (*where, "orgs")
+        for org, settings in self.table(table.get("orgs", {}), orgs_where, None).items():
+            self.ident(org, orgs_where, "an org")
+            orgs[org] = self.ttl_map(settings, (*orgs_where, org), "org", categories)
+        bots: dict[tuple[str, str, str], Mapping[str, Candidate]] = {}
+        bots_where = (*where, "bots")
+        for org, per_org in self.table(table.get("bots", {}), bots_where, None).items():
+            self.ident(org, bots_where, "an org")
+            for bot, per_bot in self.table(per_org, (*bots_where, org), None).items():
+                self.ident(bot, (*bots_where, org), "a bot")
+                for env, settings in self.table(per_bot, (*bots_where, org, bot), ENVS).items():
+                    bots[(org, bot, env)] = self.ttl_map(
+                        settings, (*bots_where, org, bot, env), "bot", categories
+                    )
+        return RetentionSettings(preset=preset, defaults=defaults, cap=cap, orgs=orgs, bots=bots)
+
+    def ident(self, name: str, where: _Path, what: str) -> None:
+        if not 1 <= len(name) <= MAX_ID_CHARS:
+            raise self.error(
+                (*where, name),
+                f"{what} id {self.place(where)} must be 1 to {MAX_ID_CHARS} characters long",
+            )
+
+
+# -- positions of keys in TOML text ------------------------------------------------------------
+
+_BARE = re.compile(r"[A-Za-z0-9_-]+")
+_SCALAR = re.compile(r"[^,\]}\n#]*")
+
+
+class _Scanner:
+    """Finds the line of every key path. Assumes text that ``tomllib`` already accepted."""
+
+    def __init__(self, text: str) -> None:
+        self.s = text
+        self.i = 0
+        self.line = 1
+        self.found: dict[_Path, int] = {}
+
+    def record(self, path: _Path) -> None:
+        for end in range(1, len(path) + 1):
+            self.found.setdefault(path[:end], self.line)
+
+    def blank(self, *, newlines: bool) -> None:
+        s = self.s
+        while self.i < len(s):
+            c = s[self.i]
+            if c in " \t\r":
+                self.i += 1
+            elif c == "\n" and newlines:
+                self.i += 1
+                self.line += 1
+            elif c == "#":
+                end = s.find("\n", self.i)
+                self.i = len(s) if end < 0 else end
+            else:
+                return
+
+    def key(self) -> _Path:
+        parts: list[str] = []
+        while True:
+            self.blank(newlines=False)
+            start, s = self.i, self.s
+            if s.startswith('"', start):
+                self.i = self._string_end(start, '"')
+            elif s.startswith("'", start):
+                self.i = s.index("'", start + 1) + 1
+            else:
+                m = _BARE.match(s, start)
+                if m is None:
+                    raise ValueError("not a key")
+                self.i = m.end()
+            raw = s[start : self.i]
+            parts.append(raw if raw[0] not in "\"'" else next(iter(tomllib.loads(f"{raw} = 0"))))
+            self.blank(newlines=False)
+            if not s.startswith(".", self.i):
+                return tuple(parts)
+            self.i += 1
+
+    def not_at_end(self) -> None:
+        """Every loop checks this, so the scan ends on any text, even one tomllib would reject."""
+        if self.i >= len(self.s):
+            raise ValueError("unexpected end of the text")
+
+    def _string_end(self, start: int, quote: str) -> int:
+        i = start + len(quote)
+        while True:
+            if self.s[i] == "\\" and quote[0] == '"':
+                i += 2
+            elif self.s.startswith(quote, i):
+                return i + len(quote)
+            else:
+                i += 1
+
+    def value(self, path: _Path | None) -> None:
+        s, i = self.s, self.i
+        for quote in ('"""', "'''", '"', "'"):
+            if s.startswith(quote, i):
+                end = self._string_end(i, quote)
+                while len(quote) == 3 and s.startswith(quote[0], end):
+                    end += 1  # up to two quotes may end the content right before the delimiter
+                self.line += s.count("\n", i, end)
+                self.i = end
+                return
+        if s.startswith("[", i):
+            self.i += 1
+            while True:
+                self.blank(newlines=True)
+                self.not_at_end()
+                if s.startswith("]", self.i):
+                    self.i += 1
+                    return
+                if s.startswith(",", self.i):
+                    self.i += 1
+                    continue
+                self.value(None)
+        elif s.startswith("{", i):
+            self.i += 1
+            while True:
+                self.blank(newlines=True)
+                self.not_at_end()
+                if s.startswith("}", self.i):
+                    self.i += 1
+                    return
+                if s.startswith(",", self.i):
+                    self.i += 1
+                    continue
+                inner = self.key()
+                if path is not None:
+                    self.record((*path, *inner))
+                self.i += 1  # '='
+                self.blank(newlines=False)
+                self.value(None if path is None else (*path, *inner))
+        else:
+            m = _SCALAR.match(s, i)
+            self.i = m.end() if m and m.end() > i else i + 1
+
+    def run(self) -> dict[_Path, int]:
+        table: _Path = ()
+        while True:
+            self.blank(newlines=True)
+            if self.i >= len(self.s):
+                return self.found
+            if self.s.startswith("[", self.i):
+                self.i += 2 if self.s.startswith("[[", self.i) else 1
+                table = self.key()
+                self.record(table)
+                self.i += 2 if self.s.startswith("]]", self.i) else 1
+                continue
+            path = (*table, *self.key())
+            self.record(path)
+            self.i += 1  # '='
+            self.blank(newlines=False)
+            self.value(path)
+
+
+def _key_lines(text: str) -> dict[_Path, int]:
+    """Line of the first mention of every key path; best effort, partial rather than failing."""
+    scanner = _Scanner(text)
+    try:
+        return scanner.run()
+    except (ValueError, IndexError, tomllib.TOMLDecodeError, StopIteration):
+        return scanner.found

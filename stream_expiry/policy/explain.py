@@ -1,0 +1,99 @@
+"""``explain`` for people: every candidate, which one won, and why.
+
+It works from the contract's JSON alone (not from the book), so the table can be printed
+for any explanation, including one produced by another instance or saved earlier, and it
+re-derives the verdict with the same rules rather than trusting extra fields.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final
+
+from stream_expiry.durations import format_duration
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+__all__ = ["render_explain_table"]
+
+_PRIMARY: Final = ("org", "bot", "env")
+_HEADERS: Final = ("source", "name", "ttl", "verdict")
+
+
+def _ttl_text(candidate: Mapping[str, Any]) -> str:
+    seconds = candidate.get("ttl_seconds")
+    if not candidate.get("valid", True):
+        return "invalid"
+    if seconds is None:
+        return "not positive"
+    return f"{format_duration(int(seconds) * 1000)} ({seconds} s)"
+
+
+def _winner_index(
+    candidates: Sequence[Mapping[str, Any]], ttl: Any, source: Any, joined: bool
+) -> int:
+    if ttl is None:
+        return -1
+    for i, c in enumerate(candidates):
+        eligible = joined or c.get("source") != "default"
+        if eligible and c.get("ttl_seconds") == ttl and c.get("source") == source:
+            return i
+    return -1
+
+
+def _verdict(c: Mapping[str, Any], i: int, winner: int, ttl: Any, joined: bool, why: str) -> str:
+    if i == winner:
+        return f"WINS: {why}"
+    if not c.get("valid", True):
+        return "ignored: not a valid duration"
+    if c.get("ttl_seconds") is None:
+        return "ignored: 0, negative or empty"
+    if c.get("source") == "default" and not joined:
+        return "not used: org, bot or env gives a positive value"
+    if ttl is not None and c.get("ttl_seconds") == ttl:
+        return "equal to the winner, which is listed first"
+    return "larger than the winner"
+
+
+def render_explain_table(explanation: Mapping[str, Any]) -> str:
+    """A plain-text table of an ``explain`` result, ending with the verdict in a sentence."""
+    candidates: list[Mapping[str, Any]] = list(explanation.get("candidates") or [])
+    ttl = explanation.get("ttl_seconds")
+    source = explanation.get("source")
+    joined = not any(
+        c.get("source") in _PRIMARY and c.get("ttl_seconds") is not None for c in candidates
+    )
+    if ttl is None:
+        why = "no positive candidate"
+    elif source == "default":
+        why = "default used because org, bot and env give no positive value"
+    elif joined and any(c.get("source") == "default" for c in candidates):
+        why = "smallest positive value (default joined: org, bot and env give no positive value)"
+    else:
+        why = "smallest positive value"
+    winner = _winner_index(candidates, ttl, source, joined)
+    rows = [
+        (
+            str(c.get("source")),
+            str(c.get("name")),
+            _ttl_text(c),
+            _verdict(c, i, winner, ttl, joined, why),
+        )
+        for i, c in enumerate(candidates)
+    ]
+    lines: list[str] = []
+    if rows:
+        widths = [max(len(r[k]) for r in [_HEADERS, *rows]) for k in range(3)]
+        for r in [_HEADERS, *rows]:
+            lines.append("  ".join(r[k].ljust(widths[k]) for k in range(3)) + "  " + r[3])
+    else:
+        lines.append("no value is configured for this record anywhere")
+    lines.append("")
+    if ttl is None:
+        lines.append(f"never expires: {why}")
+    else:
+        name = candidates[winner].get("name") if winner >= 0 else "?"
+        lines.append(
+            f"effective TTL: {format_duration(int(ttl) * 1000)} ({ttl} s) from {source} ({name}): {why}"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,245 @@
+"""Policy updates: messages on ``expiry.policies``, parsed without ever raising.
+
+Rules this module keeps (see the contract, "Policy updates"):
+
+* A message's key names its scope: ``org/ORG``, ``bot/ORG/BOT/ENV``, ``cap`` or ``default``,
+  each part percent-encoded like a record key, so any id is safe and the topic can be compacted
+  (the newest update of a scope is the one compaction keeps).
+* A value is ``{"scope", "org", "bot", "env", "ttl": {CATEGORY: DURATION}, "effective_from"}``.
+  ``scope`` and ``ttl`` are required, ``org`` for ``org`` and ``bot`` scopes, ``bot`` for the
+  ``bot`` scope (whose ``env`` defaults to ``live``, like an input event's). A field that
+  belongs to another scope must be absent or null, because a stray ``bot`` in an ``org`` update
+  is far more likely a mistake than a wish. Unknown extra fields are ignored.
+* ``ttl`` replaces the scope's whole map; its keys must be configured categories (and ``max``
+  for the cap), its values durations (0 or negative: valid, "no value"; null: no key).
+* ``effective_from`` (RFC 3339 or epoch ms) defaults to the Kafka record's timestamp.
+* A null value clears the scope named by the key from the Kafka timestamp on: the scope falls
+  back to the config file's values, exactly what a restart would see once compaction has
+  removed the scope's updates.
+* When both key and value name a scope, they must agree; otherwise compaction and clears
+  would act on a scope other than the one the value changes.
+* Invalid input gives a :class:`~stream_expiry.model.Rejection` with a dead-letter code.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Literal
+from urllib.parse import quote, unquote
+
+import orjson
+
+from stream_expiry.durations import InvalidDuration
+from stream_expiry.model import ENVS, MAX_ID_CHARS, Rejection
+from stream_expiry.policy.sources import CAP_ALL, Candidate, Source, make_candidate
+from stream_expiry.timeutil import InvalidTimestamp, parse_ts
+
+if TYPE_CHECKING:
+    from collections.abc import Collection, Mapping
+
+__all__ = [
+    "SCOPES",
+    "PolicyUpdate",
+    "Scope",
+    "ScopeKind",
+    "parse_scope_key",
+    "parse_update",
+    "scope_key",
+]
+
+ScopeKind = Literal["org", "bot", "cap", "default"]
+SCOPES: Final[tuple[ScopeKind, ...]] = ("org", "bot", "cap", "default")
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Which set of values an update replaces; ``org``/``bot``/``env`` only where they apply."""
+
+    kind: ScopeKind
+    org: str | None = None
+    bot: str | None = None
+    env: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The message key on ``expiry.policies``."""
+        parts: list[str] = [self.kind]
+        if self.kind in ("org", "bot"):
+            parts.append(quote(self.org or "", safe=""))
+        if self.kind == "bot":
+            parts += [quote(self.bot or "", safe=""), quote(self.env or "", safe="")]
+        return "/".join(parts)
+
+
+def scope_key(
+    scope: str, org: str | None = None, bot: str | None = None, env: str | None = None
+) -> str:
+    """The key of a policy update for a scope; raises ``ValueError`` for an incomplete scope."""
+    return _make_scope(scope, org, bot, env).key
+
+
+def _make_scope(kind: str, org: str | None, bot: str | None, env: str | None) -> Scope:
+    if kind in ("cap", "default"):
+        if org is not None or bot is not None or env is not None:
+            raise ValueError(f"scope {kind!r} takes no org, bot or env")
+        return Scope(kind)  # type: ignore[arg-type]  # checked just above
+    if kind not in ("org", "bot"):
+        raise ValueError(f"scope must be one of org, bot, cap, default, got {kind!r}")
+    for name, part in (("org", org), ("bot", bot), ("env", env)):
+        if kind == "org" and name != "org":
+            if part is not None:
+                raise ValueError(f"scope 'org' takes no {name}")
+            continue
+        if part is None or not 1 <= len(part) <= MAX_ID_CHARS:
+            raise ValueError(f"scope {kind!r} needs {name}, 1 to {MAX_ID_CHARS} characters")
+    if env is not None and env not in ENVS:
+        raise ValueError(f"env must be 'live' or 'draft', got {env!r}")
+    return Scope(kind, org, bot, env)  # type: ignore[arg-type]  # checked above
+
+
+def parse_scope_key(key: str) -> Scope:
+    """Inverse of :attr:`Scope.key`; raises ``ValueError`` for a key of another shape."""
+    head, *rest = key.split("/")
+    sizes = {"org": 1, "bot": 3, "cap": 0, "default": 0}
+    if head not in sizes or len(rest) != sizes[head]:
+        raise ValueError(f"{key!r} is not a policy scope (org/ORG, bot/ORG/BOT/ENV, cap, default)")
+    parts = [unquote(p, errors="strict") for p in rest] + [None] * (3 - len(rest))
+    scope = _make_scope(head, parts[0], parts[1], parts[2])
+    if scope.key != key:
+        # Two spellings of one scope would defeat compaction and make clears miss.
+        raise ValueError(f"{key!r} is not percent-encoded canonically; use {scope.key!r}")
+    return scope
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyUpdate:
+    """A valid update: ``ttl`` replaces the scope's values from ``effective_from`` on.
+
+    ``ttl`` is ``None`` for a clear (a null value): the scope reverts to its config values.
+    """
+
+    scope: Scope
+    ttl: Mapping[str, Candidate] | None
+    effective_from: int
+
+    @property
+    def key(self) -> str:
+        return self.scope.key
+
+
+def _json_type(value: object) -> str:
+    kinds = {bool: "boolean", int: "number", float: "number", str: "string", list: "array"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def _reject(code: str, detail: str) -> Rejection:
+    return Rejection(code, detail)
+
+
+def _suggest(word: str, choices: Collection[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _scope_of(obj: dict[str, Any]) -> Scope | Rejection:
+    kind = obj.get("scope")
+    if kind is None:
+        return _reject("missing_field", "field 'scope' is required")
+    if kind not in SCOPES:
+        return _reject(
+            "invalid_field", f"field 'scope' must be one of org, bot, cap, default, got {kind!r}"
+        )
+    allowed = {"org": ("org",), "bot": ("org", "bot", "env"), "cap": (), "default": ()}[kind]
+    parts: dict[str, str | None] = {}
+    for name in ("org", "bot", "env"):
+        value = obj.get(name)
+        if value is None:
+            if name in allowed and name != "env":
+                return _reject("missing_field", f"field {name!r} is required for scope {kind!r}")
+            parts[name] = "live" if name in allowed else None
+            continue
+        if name not in allowed:
+            return _reject("invalid_field", f"field {name!r} does not belong to scope {kind!r}")
+        if not isinstance(value, str) or not 1 <= len(value) <= MAX_ID_CHARS:
+            return _reject(
+                "invalid_field",
+                f"field {name!r} must be a string of 1 to {MAX_ID_CHARS} characters",
+            )
+        if name == "env" and value not in ENVS:
+            return _reject("invalid_field", f"field 'env' must be 'live' or 'draft', got {value!r}")
+        parts[name] = value
+    return Scope(kind, parts["org"], parts["bot"], parts["env"])
+
+
+def _ttl_of(
+    obj: dict[str, Any], scope: Scope, categories: Collection[str]
+) -> dict[str, Candidate] | Rejection:
+    if obj.get("ttl") is None:
+        return _reject("missing_field", "field 'ttl' is required (an object of category: duration)")
+    ttl = obj["ttl"]
+    if not isinstance(ttl, dict):
+        return _reject("invalid_field", f"field 'ttl' must be an object, got {_json_type(ttl)}")
+    allowed = set(categories) | ({CAP_ALL} if scope.kind == "cap" else set())
+    source: Source = scope.kind
+    name = f"policy update {scope.key}"
+    result: dict[str, Candidate] = {}
+    for category, value in ttl.items():
+        if category not in allowed:
+            hint = _suggest(category, allowed)
+            return _reject(
+                "invalid_field", f"ttl key {category!r} is not a configured category{hint}"
+            )
+        if value is None:
+            continue
+        try:
+            result[category] = make_candidate(source, name, value)
+        except InvalidDuration as exc:
+            return _reject("invalid_field", f"ttl.{category}: {exc}")
+    return result
+
+
+def parse_update(
+    key: bytes | None,
+    value: bytes | None,
+    kafka_timestamp_ms: int,
+    categories: Collection[str],
+) -> PolicyUpdate | Rejection:
+    """Validate one message of ``expiry.policies``; never raises on bad input."""
+    key_scope: Scope | None = None
+    if key is not None:
+        try:
+            key_scope = parse_scope_key(key.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            return _reject("invalid_field", f"the message key is not a policy scope: {exc}")
+    if value is None:
+        if key_scope is None:
+            return _reject(
+                "missing_field",
+                "a null value clears the scope named by the key, but there is no key",
+            )
+        return PolicyUpdate(key_scope, None, kafka_timestamp_ms)
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        return _reject("invalid_json", f"the value is not UTF-8 JSON: {exc}")
+    if not isinstance(obj, dict):
+        return _reject("not_an_object", f"the value is a JSON {_json_type(obj)}, not an object")
+    scope = _scope_of(obj)
+    if isinstance(scope, Rejection):
+        return scope
+    if key_scope is not None and key_scope != scope:
+        return _reject(
+            "invalid_field",
+            f"the key names scope {key_scope.key!r} but the value scope {scope.key!r}",
+        )
+    ttl = _ttl_of(obj, scope, categories)
+    if isinstance(ttl, Rejection):
+        return ttl
+    effective_from = kafka_timestamp_ms
+    if obj.get("effective_from") is not None:
+        try:
+            effective_from = parse_ts(obj["effective_from"])
+        except InvalidTimestamp as exc:
+            return _reject("bad_timestamp", f"field 'effective_from': {exc}")
+    return PolicyUpdate(scope, ttl, effective_from)

@@ -1,0 +1,227 @@
+"""``stream-expiry sink sqlite|postgres``: run a downstream store from the command line.
+
+The lead's CLI calls :func:`add_sink_parser` on its sub-parsers; each sub-command sets
+``func`` to :func:`run_command`, which runs the sink until SIGINT or SIGTERM, lets the batch
+in flight commit, and returns the exit code (0 after a clean stop, 1 on a store or broker
+error, 2 on unusable options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from typing import TYPE_CHECKING, Final
+
+import anyio
+
+from stream_expiry.errors import ConfigurationError, StreamExpiryError
+from stream_expiry.sinks.framework import (
+    DEFAULT_RECEIPTS,
+    DEFAULT_STAMPED,
+    DEFAULT_TOMBSTONES,
+    Sink,
+    SinkConfig,
+)
+from stream_expiry.sinks.postgres import DEFAULT_DSN, PostgresStore
+from stream_expiry.sinks.sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from stream_expiry.sinks.store import Store
+
+__all__ = ["add_sink_parser", "build_sink", "run_command"]
+
+ENV_BOOTSTRAP: Final = "STREAM_EXPIRY_BOOTSTRAP_SERVERS"
+
+
+def _category_topic(text: str) -> tuple[str, str]:
+    category, sep, topic = text.partition("=")
+    if not sep or not category or not topic:
+        raise argparse.ArgumentTypeError(f"expected CATEGORY=TOPIC, got {text!r}")
+    return category, topic
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _common_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    kafka = p.add_argument_group("Kafka")
+    kafka.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT[,...]",
+        help=f"Kafka brokers (default: ${ENV_BOOTSTRAP})",
+    )
+    kafka.add_argument(
+        "--group-id",
+        help="consumer group; run every instance of one store with the same group "
+        "(default: stream-expiry-sink-NAME)",
+    )
+    kafka.add_argument("--stamped-topic", default=DEFAULT_STAMPED, help="default: %(default)s")
+    kafka.add_argument(
+        "--tombstones-topic", default=DEFAULT_TOMBSTONES, help="default: %(default)s"
+    )
+    kafka.add_argument(
+        "--receipts-topic",
+        default=DEFAULT_RECEIPTS,
+        help="where deletion receipts are published; an empty value keeps them in the "
+        "store only (default: %(default)s)",
+    )
+    kafka.add_argument(
+        "--compacted",
+        metavar="CATEGORY=TOPIC",
+        type=_category_topic,
+        action="append",
+        default=[],
+        help="also delete records of CATEGORY from the compacted topic TOPIC, by producing "
+        "a null value under the record key (repeatable)",
+    )
+    kafka.add_argument(
+        "--batch-size",
+        type=int,
+        default=1000,
+        help="messages per store transaction (default: %(default)s)",
+    )
+    store = p.add_argument_group("store")
+    store.add_argument(
+        "--name",
+        help="the store's name in its receipts (default: the store type)",
+    )
+    store.add_argument(
+        "--table-prefix",
+        default="expiry_",
+        help="prefix of the tables records, deletions and receipts (default: %(default)s)",
+    )
+    store.add_argument(
+        "--sweep-interval",
+        metavar="SECONDS",
+        type=_seconds,
+        help="turn on the safety-net sweep: every SECONDS, delete rows past their expiry "
+        "whose tombstone never came, with a receipt of reason 'sweep' (default: off)",
+    )
+    store.add_argument(
+        "--sweep-grace",
+        metavar="SECONDS",
+        type=float,
+        default=60.0,
+        help="how long past expires_at the sweep waits for the real tombstone (default: %(default)s)",
+    )
+    return p
+
+
+def add_sink_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``sink`` with the sub-commands ``sqlite`` and ``postgres``."""
+    sink = subparsers.add_parser(
+        "sink",
+        help="run a downstream store that applies stamps and tombstones",
+        description="Consume expiry.stamped and expiry.tombstones into a store, delete what "
+        "the tombstones name (idempotently, in whatever order they arrive), and keep a "
+        "deletion receipt for each deletion. Stops cleanly on SIGINT or SIGTERM.",
+    )
+    stores = sink.add_subparsers(dest="sink_store", metavar="STORE", required=True)
+    common = _common_options()
+    sqlite = stores.add_parser(
+        "sqlite",
+        parents=[common],
+        help="a SQLite file (WAL mode)",
+        description="Run the sink into a SQLite database file, created if missing.",
+    )
+    sqlite.add_argument("--path", required=True, metavar="FILE", help="the SQLite database file")
+    sqlite.set_defaults(func=run_command)
+    pg = stores.add_parser(
+        "postgres",
+        parents=[common],
+        help="a PostgreSQL database",
+        description="Run the sink into PostgreSQL; the schema and tables are created if missing.",
+    )
+    pg.add_argument(
+        "--dsn", default=DEFAULT_DSN, help="libpq connection URI (default: %(default)s)"
+    )
+    pg.add_argument(
+        "--schema", default="public", help="schema of the tables (default: %(default)s)"
+    )
+    pg.set_defaults(func=run_command)
+
+
+def build_sink(args: argparse.Namespace) -> Sink:
+    """The store and sink the parsed options describe; raises ConfigurationError if unusable."""
+    bootstrap = args.bootstrap_servers or os.environ.get(ENV_BOOTSTRAP)
+    if not bootstrap:
+        raise ConfigurationError(
+            f"no Kafka brokers: pass --bootstrap-servers or set ${ENV_BOOTSTRAP}"
+        )
+    if args.batch_size < 1:
+        raise ConfigurationError(f"--batch-size must be at least 1, got {args.batch_size}")
+    store: Store
+    if args.sink_store == "sqlite":
+        store = SQLiteStore(args.path, name=args.name or "sqlite", table_prefix=args.table_prefix)
+    else:
+        store = PostgresStore(
+            args.dsn,
+            name=args.name or "postgres",
+            schema=args.schema,
+            table_prefix=args.table_prefix,
+        )
+    config = SinkConfig(
+        bootstrap_servers=bootstrap,
+        group_id=args.group_id or f"stream-expiry-sink-{store.name}",
+        stamped_topic=args.stamped_topic,
+        tombstones_topic=args.tombstones_topic,
+        receipts_topic=args.receipts_topic or None,
+        compacted=dict(args.compacted),
+        sweep_interval_s=args.sweep_interval,
+        sweep_grace_s=args.sweep_grace,
+        batch_size=args.batch_size,
+    )
+    return Sink(store, config)
+
+
+async def _serve(sink: Sink) -> StreamExpiryError | None:
+    """Run until a signal; a failure is returned, not raised, so no exception group wraps it."""
+    stop = anyio.Event()
+    error: StreamExpiryError | None = None
+
+    async def watch_signals() -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                stop.set()
+                return
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch_signals)
+        try:
+            async with sink.store:
+                await sink.run(stop)
+        except StreamExpiryError as exc:
+            error = exc
+        finally:
+            tg.cancel_scope.cancel()
+    return error
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the sink the options describe until SIGINT/SIGTERM; return the exit code."""
+    try:
+        sink = build_sink(args)
+    except ConfigurationError as exc:
+        print(f"stream-expiry sink: {exc}", file=sys.stderr)
+        return 2
+    error = anyio.run(_serve, sink, backend="asyncio")  # aiokafka, asyncpg: asyncio only
+    if error is not None:
+        print(f"stream-expiry sink: {error}", file=sys.stderr)
+        return 1
+    m = sink.metrics
+    print(
+        f"stream-expiry sink: stopped after {m['messages_total']} messages, "
+        f"{m['deleted_total']} deleted, {m['swept_total']} swept, {m['receipts_total']} receipts",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,345 @@
+"""The sink loop: Kafka in, one store transaction per batch, receipts out, offsets last.
+
+The order of writes, and why (a crash at any point loses no deletion):
+
+1. ``getmany`` a batch from ``expiry.stamped`` and ``expiry.tombstones``.
+2. Apply it to the store in one transaction; deletions and their receipts commit together.
+3. Publish the batch's receipts to ``expiry.receipts`` and the Kafka-native deletions
+   (a null value under the record key) to the compacted topics mapped to the deleted
+   records' categories; wait for the broker's acks; mark the receipts published.
+4. Only then commit the batch's Kafka offsets.
+
+A crash before 2 re-reads the batch; after 2 the store has the deletions, and re-reading
+changes nothing (the store is idempotent); after 2 but before 3, the receipts wait in the
+store's outbox and are published at the next start. Published receipts are at-least-once:
+consumers de-duplicate them by ``receipt_id``.
+
+Every instance of one store joins the same consumer group, with the range assignor so that
+partition n of both topics goes to the same instance: with equal partition counts (the
+service's topics have them), a record's stamp and its tombstone then meet in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import KafkaError
+
+from stream_expiry.errors import BrokerError
+from stream_expiry.kafka import COMPACTED, consumer, ensure_topics, producer
+from stream_expiry.sinks._messages import (
+    Change,
+    InvalidMessage,
+    Receipt,
+    decode_stamped,
+    decode_tombstone,
+    encode_receipt,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    import anyio
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    from stream_expiry.sinks._logic import Plan
+    from stream_expiry.sinks.store import Store
+
+__all__ = ["BatchReport", "Sink", "SinkConfig", "run_sink", "wall_clock_ms"]
+
+log = logging.getLogger("stream_expiry.sinks")
+
+DEFAULT_STAMPED: Final = "expiry.stamped"
+DEFAULT_TOMBSTONES: Final = "expiry.tombstones"
+DEFAULT_RECEIPTS: Final = "expiry.receipts"
+METRICS: Final = (
+    "batches_total",
+    "messages_total",
+    "written_total",
+    "stale_total",
+    "deleted_total",
+    "swept_total",
+    "receipts_total",
+    "published_total",
+    "compacted_nulls_total",
+    "invalid_total",
+    "unrepresentable_total",
+)
+
+
+def wall_clock_ms() -> int:
+    """Processing time in epoch milliseconds: when a deletion happened, for its receipt."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class SinkConfig:
+    """Where a sink reads and writes, and how it batches and sweeps.
+
+    ``compacted`` maps a category to a compacted user topic: every deletion of a record of
+    that category also produces a null value under the record key there, so Kafka's own
+    compaction removes the record from that topic. ``receipts_topic=None`` keeps receipts
+    in the store only. ``sweep_interval_s=None`` turns the safety-net sweep off; when on,
+    it deletes rows whose ``expires_at`` is more than ``sweep_grace_s`` in the past (the
+    grace leaves the service time to deliver the real tombstone, which carries the rule).
+    """
+
+    bootstrap_servers: str
+    group_id: str
+    stamped_topic: str = DEFAULT_STAMPED
+    tombstones_topic: str = DEFAULT_TOMBSTONES
+    receipts_topic: str | None = DEFAULT_RECEIPTS
+    compacted: Mapping[str, str] = field(default_factory=dict)
+    sweep_interval_s: float | None = None
+    sweep_grace_s: float = 60.0
+    sweep_limit: int = 10_000
+    batch_size: int = 1000
+    poll_timeout_ms: int = 200
+    consumer_options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReport:
+    """What one batch (or one sweep) did; given to ``on_batch`` after its offsets commit."""
+
+    kind: Literal["batch", "sweep"]
+    messages: int
+    written: int
+    stale: int
+    deleted: int
+    swept: int
+    invalid: int
+    receipts: tuple[Receipt, ...]
+
+
+class Sink:
+    """Runs one store against the stamped and tombstone topics until told to stop.
+
+    ``metrics`` holds counters (names in ``METRICS``) that only go up; ``swept_total`` above
+    zero means tombstones did not arrive in time, which is worth an alert.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        config: SinkConfig,
+        *,
+        clock: Callable[[], int] = wall_clock_ms,
+        on_batch: Callable[[BatchReport], object] | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.metrics: dict[str, int] = dict.fromkeys(METRICS, 0)
+        self._clock = clock
+        self._on_batch = on_batch
+
+    async def run(self, stop: anyio.Event) -> None:
+        """Consume until ``stop`` is set, then return after the current batch committed.
+
+        Opens the store if it is not open (it is never closed here: the caller owns it).
+        Raises :class:`~stream_expiry.errors.StoreError` or
+        :class:`~stream_expiry.errors.BrokerError` without committing the failed batch.
+        """
+        cfg = self.config
+        await self.store.open()
+        own = [cfg.stamped_topic, cfg.tombstones_topic]
+        if cfg.receipts_topic:
+            own.append(cfg.receipts_topic)
+        await ensure_topics(cfg.bootstrap_servers, own, configs={cfg.stamped_topic: COMPACTED})
+        options: dict[str, Any] = {
+            "group_id": cfg.group_id,
+            "partition_assignment_strategy": (RangePartitionAssignor,),
+        }
+        options.update(cfg.consumer_options)
+        async with (
+            producer(cfg.bootstrap_servers) as prod,
+            consumer(
+                cfg.bootstrap_servers, cfg.stamped_topic, cfg.tombstones_topic, **options
+            ) as cons,
+        ):
+            await self._flush_outbox(prod)
+            next_sweep = time.monotonic()
+            while not stop.is_set():
+                try:
+                    batch = await cons.getmany(
+                        timeout_ms=cfg.poll_timeout_ms, max_records=cfg.batch_size
+                    )
+                except KafkaError as exc:
+                    raise BrokerError(
+                        f"cannot consume from {cfg.bootstrap_servers}: {exc!r}"
+                    ) from exc
+                if batch:
+                    await self._handle(batch, prod, cons)
+                if cfg.sweep_interval_s is not None and time.monotonic() >= next_sweep:
+                    full = await self.sweep_once(prod)
+                    next_sweep = time.monotonic() + (0 if full else cfg.sweep_interval_s)
+
+    def _decode(self, topic: str, rec: Any) -> Change | None:
+        try:
+            if topic == self.config.tombstones_topic:
+                change: Change = decode_tombstone(rec.key, rec.value)
+            else:
+                change = decode_stamped(
+                    rec.key, rec.value, partition=rec.partition, offset=rec.offset
+                )
+        except InvalidMessage as exc:
+            self.metrics["invalid_total"] += 1
+            log.warning(
+                "skipping a malformed message at %s[%d]@%d: %s",
+                topic,
+                rec.partition,
+                rec.offset,
+                exc,
+            )
+            return None
+        if not self.store.holds(change.identity):
+            self.metrics["unrepresentable_total"] += 1
+            log.error(
+                "store %s cannot represent the identity at %s[%d]@%d (%r); skipped",
+                self.store.name, topic, rec.partition, rec.offset, change.identity,
+            )  # fmt: skip
+            return None
+        return change
+
+    async def _handle(
+        self, batch: Mapping[Any, list[Any]], prod: AIOKafkaProducer, cons: AIOKafkaConsumer
+    ) -> None:
+        changes: list[Change] = []
+        offsets: dict[Any, int] = {}
+        messages = 0
+        invalid_before = self.metrics["invalid_total"]
+        for tp, recs in batch.items():
+            if not recs:
+                continue
+            messages += len(recs)
+            for rec in recs:
+                change = self._decode(tp.topic, rec)
+                if change is not None:
+                    changes.append(change)
+            offsets[tp] = recs[-1].offset + 1
+        out = await self.store.apply(changes, now_ms=self._clock())
+        await self._publish(prod, out.receipts)
+        try:
+            await cons.commit(offsets)
+        except KafkaError as exc:
+            # The store already holds the batch: re-reading it after a restart is harmless.
+            raise BrokerError(
+                f"cannot commit offsets for group {self.config.group_id}: {exc!r}"
+            ) from exc
+        m = self.metrics
+        m["batches_total"] += 1
+        m["messages_total"] += messages
+        m["written_total"] += out.written
+        m["stale_total"] += out.stale
+        m["deleted_total"] += out.deleted
+        self._report("batch", out, messages, m["invalid_total"] - invalid_before)
+
+    async def sweep_once(self, prod: AIOKafkaProducer) -> bool:
+        """Run one bounded sweep and publish its receipts; True when it hit its limit."""
+        cfg = self.config
+        now = self._clock()
+        cutoff = now - int(cfg.sweep_grace_s * 1000)
+        out = await self.store.sweep(cutoff_ms=cutoff, now_ms=now, limit=cfg.sweep_limit)
+        if out.swept:
+            self.metrics["swept_total"] += out.swept
+            log.warning(
+                "store %s swept %d rows that expired before %d ms with no tombstone; "
+                "is the stream-expiry service running and keeping up?",
+                self.store.name, out.swept, cutoff,
+            )  # fmt: skip
+            await self._publish(prod, out.receipts)
+            self._report("sweep", out, 0, 0)
+        return out.swept >= cfg.sweep_limit
+
+    def _report(
+        self, kind: Literal["batch", "sweep"], out: Plan, messages: int, invalid: int
+    ) -> None:
+        if self._on_batch is not None:
+            self._on_batch(
+                BatchReport(
+                    kind, messages, out.written, out.stale, out.deleted, out.swept, invalid,
+                    tuple(out.receipts),
+                )
+            )  # fmt: skip
+
+    async def _flush_outbox(self, prod: AIOKafkaProducer) -> None:
+        """Publish receipts a crash left unpublished, before anything new."""
+        if not self._publishes:
+            return
+        while pending := await self.store.pending_receipts(1000):
+            log.info("publishing %d receipts left over from a previous run", len(pending))
+            await self._publish(prod, pending, count=False)
+
+    @property
+    def _publishes(self) -> bool:
+        return bool(self.config.receipts_topic or self.config.compacted)
+
+    async def _publish(
+        self, prod: AIOKafkaProducer, receipts: list[Receipt], *, count: bool = True
+    ) -> None:
+        """Send receipts and compacted-topic nulls, wait for every ack, then mark published."""
+        if count:
+            self.metrics["receipts_total"] += len(receipts)
+        if not receipts or not self._publishes:
+            return
+        cfg = self.config
+        futures = []
+        nulls = 0
+        try:
+            for r in receipts:
+                key = r.identity.key.encode("utf-8")
+                if cfg.receipts_topic:
+                    futures.append(await prod.send(cfg.receipts_topic, encode_receipt(r), key=key))
+                topic = cfg.compacted.get(r.identity.category)
+                if topic is not None:
+                    futures.append(await prod.send(topic, None, key=key))
+                    nulls += 1
+            for f in futures:
+                await f
+        except KafkaError as exc:
+            raise BrokerError(
+                f"cannot publish receipts to {cfg.bootstrap_servers}: {exc!r}"
+            ) from exc
+        await self.store.mark_published([r.receipt_id for r in receipts], now_ms=self._clock())
+        self.metrics["published_total"] += len(receipts)
+        self.metrics["compacted_nulls_total"] += nulls
+
+
+async def run_sink(
+    store: Store,
+    *,
+    bootstrap_servers: str,
+    group_id: str,
+    stop: anyio.Event,
+    stamped_topic: str = DEFAULT_STAMPED,
+    tombstones_topic: str = DEFAULT_TOMBSTONES,
+    receipts_topic: str | None = DEFAULT_RECEIPTS,
+    compacted: Mapping[str, str] | None = None,
+    sweep_interval_s: float | None = None,
+    sweep_grace_s: float = 60.0,
+    batch_size: int = 1000,
+    on_batch: Callable[[BatchReport], object] | None = None,
+    clock: Callable[[], int] = wall_clock_ms,
+) -> Sink:
+    """Run ``store`` as a sink until ``stop`` is set; return the sink (for its metrics).
+
+    The store is opened if needed and left open; the last batch is committed before return.
+    """
+    config = SinkConfig(
+        bootstrap_servers=bootstrap_servers,
+        group_id=group_id,
+        stamped_topic=stamped_topic,
+        tombstones_topic=tombstones_topic,
+        receipts_topic=receipts_topic,
+        compacted=dict(compacted or {}),
+        sweep_interval_s=sweep_interval_s,
+        sweep_grace_s=sweep_grace_s,
+        batch_size=batch_size,
+    )
+    sink = Sink(store, config, clock=clock, on_batch=on_batch)
+    await sink.run(stop)
+    return sink

@@ -1,0 +1,419 @@
+"""A downstream store in PostgreSQL (asyncpg).
+
+Why it is shaped like this:
+
+* Each batch is one transaction of a fixed number of round trips, whatever its size: the
+  identities travel as five ``text[]`` parameters and are joined with ``unnest``, for the
+  lookup (``FOR UPDATE``, so two sink instances never interleave on one row) and for every
+  write. Values are always parameters; the only text put into SQL is the schema name and
+  the table prefix, which :func:`~stream_expiry.sinks.store.check_identifier` limits to
+  letters, digits and ``_``, and which are quoted as identifiers besides.
+* Times are ``bigint`` epoch milliseconds, exactly as in the SQLite store, so one test suite
+  and one set of queries serve both.
+* PostgreSQL ``text`` cannot hold U+0000. :meth:`PostgresStore.holds` says so, and the sink
+  counts such messages (``metrics["unrepresentable_total"]``) instead of failing the batch:
+  a record that cannot be stored here cannot need deleting here either.
+* Receipts are append-only, enforced by a trigger: only ``published_at`` may ever change.
+* asyncpg is imported when the store opens, so the package works without the
+  ``postgres`` extra until a PostgreSQL store is actually used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+
+from stream_expiry.errors import StoreError
+from stream_expiry.model import Identity
+from stream_expiry.sinks._logic import Plan, Slot
+from stream_expiry.sinks._messages import Marker, Receipt, Row
+from stream_expiry.sinks.store import Store, StoreTransaction, _new_receipt_id, check_identifier
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Sequence
+
+    import asyncpg
+
+__all__ = ["DEFAULT_DSN", "PostgresStore"]
+
+DEFAULT_DSN: Final = "postgresql://127.0.0.1:5432/test"
+_KEY: Final = "org, bot, env, category, record_id"
+_KEYS_TYPED: Final = "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[]"
+_ROW_COLS: Final = (
+    f"{_KEY}, created_at, expires_at, ttl_seconds, ttl_source, data, updated_at, "
+    "src_partition, src_offset"
+)
+_MARKER_COLS: Final = f"{_KEY}, deleted_before, last_life, deleted_at"
+_RECEIPT_COLS: Final = (
+    f"receipt_id, store, {_KEY}, reason, rows_deleted, created_at, expires_at, ttl_seconds, "
+    "ttl_source, emitted_at, deleted_at"
+)
+_HOW_TO_START: Final = (
+    "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+)
+
+_SCHEMA: Final = """
+SELECT pg_advisory_xact_lock(hashtext('stream_expiry.sinks.' || {lock_name}));
+CREATE SCHEMA IF NOT EXISTS {s};
+CREATE TABLE IF NOT EXISTS {records} (
+    org text NOT NULL, bot text NOT NULL, env text NOT NULL, category text NOT NULL,
+    record_id text NOT NULL,
+    created_at bigint, expires_at bigint, ttl_seconds bigint, ttl_source text,
+    data text, updated_at bigint NOT NULL, src_partition integer, src_offset bigint,
+    PRIMARY KEY (org, bot, env, category, record_id)
+);
+CREATE INDEX IF NOT EXISTS {idx_expiry} ON {records} (expires_at)
+    WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS {deletions} (
+    org text NOT NULL, bot text NOT NULL, env text NOT NULL, category text NOT NULL,
+    record_id text NOT NULL,
+    deleted_before bigint NOT NULL, last_life bigint, deleted_at bigint NOT NULL,
+    PRIMARY KEY (org, bot, env, category, record_id)
+);
+CREATE TABLE IF NOT EXISTS {receipts} (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    receipt_id text NOT NULL UNIQUE, store text NOT NULL,
+    org text NOT NULL, bot text NOT NULL, env text NOT NULL, category text NOT NULL,
+    record_id text NOT NULL,
+    reason text NOT NULL, rows_deleted integer NOT NULL,
+    created_at bigint, expires_at bigint, ttl_seconds bigint, ttl_source text,
+    emitted_at bigint, deleted_at bigint NOT NULL, published_at bigint
+);
+CREATE INDEX IF NOT EXISTS {idx_unpublished} ON {receipts} (seq)
+    WHERE published_at IS NULL;
+CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF TG_OP = 'DELETE'
+       OR (to_jsonb(NEW) - 'published_at') IS DISTINCT FROM (to_jsonb(OLD) - 'published_at')
+    THEN
+        RAISE EXCEPTION 'receipts are append-only: only published_at may change';
+    END IF;
+    RETURN NEW;
+END
+$fn$;
+CREATE OR REPLACE TRIGGER {trigger} BEFORE UPDATE OR DELETE ON {receipts}
+    FOR EACH ROW EXECUTE FUNCTION {fn}();
+"""
+
+
+def _parts(i: Identity) -> tuple[str, str, str, str, str]:
+    return (i.org, i.bot, i.env, i.category, i.record_id)
+
+
+def _columns(idents: Sequence[Identity]) -> list[list[str]]:
+    return [
+        [i.org for i in idents],
+        [i.bot for i in idents],
+        [i.env for i in idents],
+        [i.category for i in idents],
+        [i.record_id for i in idents],
+    ]
+
+
+def _row(r: Any) -> Row:
+    return Row(Identity(*r[:5]), *r[5:13])
+
+
+def _marker(r: Any) -> Marker:
+    return Marker(Identity(*r[:5]), r[5], r[6], r[7])
+
+
+def _receipt(r: Any) -> Receipt:
+    return Receipt(r[0], r[1], Identity(*r[2:7]), *r[7:])
+
+
+@dataclass(frozen=True, slots=True)
+class _Names:
+    """Quoted, schema-qualified names; built only from checked identifiers."""
+
+    schema: str
+    prefix: str
+
+    def _q(self, name: str) -> str:
+        return f'"{self.schema}"."{self.prefix}{name}"'
+
+    @property
+    def records(self) -> str:
+        return self._q("records")
+
+    @property
+    def deletions(self) -> str:
+        return self._q("deletions")
+
+    @property
+    def receipts(self) -> str:
+        return self._q("receipts")
+
+    def ddl(self) -> dict[str, str]:
+        p = self.prefix
+        return {
+            "lock_name": f"'{self.schema}.{p}'",  # checked identifiers hold no quote
+            "s": f'"{self.schema}"',
+            "records": self.records,
+            "deletions": self.deletions,
+            "receipts": self.receipts,
+            "idx_expiry": f'"{p}records_by_expiry"',
+            "idx_unpublished": f'"{p}receipts_unpublished"',
+            "fn": self._q("receipts_append_only"),
+            "trigger": f'"{p}receipts_append_only"',
+        }
+
+
+class _PostgresTx(StoreTransaction):
+    def __init__(self, conn: asyncpg.Connection, names: _Names) -> None:
+        self._c, self._n = conn, names
+
+    async def load(self, identities: Sequence[Identity]) -> dict[Identity, Slot]:
+        cols = _columns(identities)
+        slots: dict[Identity, Slot] = {}
+        sql = (
+            "SELECT {cols} FROM {table} AS t JOIN unnest({k}) AS k({key}) USING ({key}) "
+            "FOR UPDATE OF t"
+        )
+        q = sql.format(cols=_ROW_COLS, table=self._n.records, k=_KEYS_TYPED, key=_KEY)
+        for r in await self._c.fetch(q, *cols):
+            row = _row(r)
+            slots[row.identity] = Slot(row=row)
+        q = sql.format(cols=_MARKER_COLS, table=self._n.deletions, k=_KEYS_TYPED, key=_KEY)
+        for r in await self._c.fetch(q, *cols):
+            m = _marker(r)
+            slots.setdefault(m.identity, Slot()).marker = m
+        return slots
+
+    async def due(self, cutoff_ms: int, limit: int) -> list[Identity]:
+        rows = await self._c.fetch(
+            f"SELECT {_KEY} FROM {self._n.records} WHERE expires_at IS NOT NULL "
+            "AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
+            cutoff_ms,
+            limit,
+        )
+        return [Identity(*r) for r in rows]
+
+    async def write(self, p: Plan) -> None:
+        c, n = self._c, self._n
+        if p.deletes:
+            await c.execute(
+                f"DELETE FROM {n.records} AS r USING unnest({_KEYS_TYPED}) AS k({_KEY}) "
+                "WHERE (r.org, r.bot, r.env, r.category, r.record_id) "
+                "= (k.org, k.bot, k.env, k.category, k.record_id)",
+                *_columns(p.deletes),
+            )
+        if p.upserts:
+            rows = p.upserts
+            await c.execute(
+                f"INSERT INTO {n.records} ({_ROW_COLS}) SELECT * FROM unnest({_KEYS_TYPED}, "
+                "$6::bigint[], $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::bigint[], "
+                "$12::int[], $13::bigint[]) "
+                f"ON CONFLICT ({_KEY}) DO UPDATE SET created_at = excluded.created_at, "
+                "expires_at = excluded.expires_at, ttl_seconds = excluded.ttl_seconds, "
+                "ttl_source = excluded.ttl_source, data = excluded.data, "
+                "updated_at = excluded.updated_at, src_partition = excluded.src_partition, "
+                "src_offset = excluded.src_offset",
+                *_columns([r.identity for r in rows]),
+                [r.created_at for r in rows],
+                [r.expires_at for r in rows],
+                [r.ttl_seconds for r in rows],
+                [r.ttl_source for r in rows],
+                [r.data for r in rows],
+                [r.updated_at for r in rows],
+                [r.src_partition for r in rows],
+                [r.src_offset for r in rows],
+            )
+        if p.markers:
+            ms = p.markers
+            await c.execute(
+                f"INSERT INTO {n.deletions} ({_MARKER_COLS}) SELECT * FROM unnest({_KEYS_TYPED}, "
+                "$6::bigint[], $7::bigint[], $8::bigint[]) "
+                f"ON CONFLICT ({_KEY}) DO UPDATE SET deleted_before = excluded.deleted_before, "
+                "last_life = excluded.last_life, deleted_at = excluded.deleted_at",
+                *_columns([m.identity for m in ms]),
+                [m.deleted_before for m in ms],
+                [m.last_life for m in ms],
+                [m.deleted_at for m in ms],
+            )
+        if p.receipts:
+            rs = p.receipts
+            await c.execute(
+                f"INSERT INTO {n.receipts} ({_RECEIPT_COLS}) SELECT * FROM unnest("
+                "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
+                "$7::text[], $8::text[], $9::int[], $10::bigint[], $11::bigint[], $12::bigint[], "
+                "$13::text[], $14::bigint[], $15::bigint[])",
+                [r.receipt_id for r in rs],
+                [r.store for r in rs],
+                *_columns([r.identity for r in rs]),
+                [r.reason for r in rs],
+                [r.rows_deleted for r in rs],
+                [r.created_at for r in rs],
+                [r.expires_at for r in rs],
+                [r.ttl_seconds for r in rs],
+                [r.ttl_source for r in rs],
+                [r.emitted_at for r in rs],
+                [r.deleted_at for r in rs],
+            )
+
+
+class PostgresStore(Store):
+    """Records, deletion markers and receipts in PostgreSQL.
+
+    ``dsn``: a libpq connection URI. ``schema``: created if missing. ``table_prefix``:
+    prepended to the table names ``records``, ``deletions`` and ``receipts``.
+    """
+
+    def __init__(
+        self,
+        dsn: str = DEFAULT_DSN,
+        *,
+        name: str = "postgres",
+        schema: str = "public",
+        table_prefix: str = "expiry_",
+        connect_timeout_s: float = 10.0,
+        pool_size: int = 4,
+        new_id: Callable[[], str] = _new_receipt_id,
+    ) -> None:
+        super().__init__(name, new_id=new_id)
+        self.dsn = dsn
+        self.schema = check_identifier(schema, "the schema name")
+        self.prefix = check_identifier(table_prefix, "the table prefix") if table_prefix else ""
+        self._n = _Names(self.schema, self.prefix)
+        self._timeout = connect_timeout_s
+        self._pool_size = max(1, pool_size)
+        self._pool: asyncpg.Pool | None = None
+
+    def holds(self, identity: Identity) -> bool:
+        return not any("\x00" in part for part in _parts(identity))
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        import asyncpg
+
+        return (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+    async def open(self) -> None:
+        """Connect a small pool: the sink's transactions and readers (audits, the demo)
+        each get their own connection, as asyncpg runs one operation per connection."""
+        if self._pool is not None:
+            return
+        try:
+            import asyncpg
+        except ImportError:
+            raise StoreError(
+                "the PostgreSQL store needs asyncpg: pip install 'stream-expiry[postgres]'"
+            ) from None
+        unreachable: tuple[type[BaseException], ...] = (*self._errors(), TimeoutError)
+        try:
+            pool = await asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=self._pool_size, timeout=self._timeout
+            )
+        except unreachable as exc:
+            raise StoreError(
+                f"PostgreSQL is not reachable at {self.dsn}: {exc!r}; {_HOW_TO_START}"
+            ) from exc
+        script = _SCHEMA.format(**self._n.ddl())
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(script)
+        except self._errors() as exc:
+            await pool.close()
+            raise StoreError(f"cannot create the sink schema {self.schema!r}: {exc}") from exc
+        self._pool = pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            with contextlib.suppress(*self._errors()):
+                await pool.close()
+
+    def _the_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreError(f"the PostgreSQL store {self.name!r} is not open; call open() first")
+        return self._pool
+
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> AsyncIterator[StoreTransaction]:
+        errors = self._errors()
+        pool = self._the_pool()
+        try:
+            conn = await pool.acquire()
+        except errors as exc:
+            raise StoreError(f"PostgreSQL store {self.name!r} has no connection: {exc}") from exc
+        try:
+            tx = conn.transaction()
+            try:
+                await tx.start()
+            except errors as exc:
+                raise StoreError(f"PostgreSQL store {self.name!r} cannot begin: {exc}") from exc
+            try:
+                yield _PostgresTx(conn, self._n)
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True), contextlib.suppress(*errors):
+                    await tx.rollback()
+                if isinstance(exc, errors):
+                    raise StoreError(f"PostgreSQL store {self.name!r} failed: {exc}") from exc
+                raise
+            try:
+                await tx.commit()
+            except errors as exc:
+                raise StoreError(f"PostgreSQL store {self.name!r} could not commit: {exc}") from exc
+        finally:
+            with anyio.CancelScope(shield=True):
+                await pool.release(conn)
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[StoreTransaction]:
+        return self._tx()
+
+    async def _fetch(self, sql: str, *params: Any) -> list[Any]:
+        try:
+            return list(await self._the_pool().fetch(sql, *params))
+        except self._errors() as exc:
+            raise StoreError(f"PostgreSQL store {self.name!r} failed: {exc}") from exc
+
+    async def pending_receipts(self, limit: int = 1000) -> list[Receipt]:
+        sql = (
+            f"SELECT {_RECEIPT_COLS} FROM {self._n.receipts} WHERE published_at IS NULL "
+            "ORDER BY seq LIMIT $1"
+        )
+        return [_receipt(r) for r in await self._fetch(sql, limit)]
+
+    async def mark_published(self, receipt_ids: Sequence[str], *, now_ms: int) -> None:
+        if receipt_ids:
+            await self._fetch(
+                f"UPDATE {self._n.receipts} SET published_at = $1 "
+                "WHERE receipt_id = ANY($2::text[]) AND published_at IS NULL",
+                now_ms,
+                list(receipt_ids),
+            )
+
+    async def _one(self, cols: str, table: str, identity: Identity) -> Any:
+        rows = await self._fetch(
+            f"SELECT {cols} FROM {table} WHERE ({_KEY}) = ($1, $2, $3, $4, $5)", *_parts(identity)
+        )
+        return rows[0] if rows else None
+
+    async def get(self, identity: Identity) -> Row | None:
+        if not self.holds(identity):
+            return None
+        r = await self._one(_ROW_COLS, self._n.records, identity)
+        return None if r is None else _row(r)
+
+    async def marker(self, identity: Identity) -> Marker | None:
+        if not self.holds(identity):
+            return None
+        r = await self._one(_MARKER_COLS, self._n.deletions, identity)
+        return None if r is None else _marker(r)
+
+    async def receipts(self) -> list[Receipt]:
+        sql = f"SELECT {_RECEIPT_COLS} FROM {self._n.receipts} ORDER BY seq"
+        return [_receipt(r) for r in await self._fetch(sql)]
+
+    async def count(self) -> int:
+        rows = await self._fetch(f"SELECT count(*) FROM {self._n.records}")
+        return int(rows[0][0])
+
+    async def drop_schema(self) -> None:
+        """Drop the whole schema (tests use one schema each); refuses ``public``."""
+        if self.schema == "public":
+            raise StoreError("refusing to drop the public schema")
+        await self._fetch(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')

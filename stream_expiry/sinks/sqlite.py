@@ -1,0 +1,308 @@
+"""A downstream store in SQLite (aiosqlite), in WAL mode.
+
+Why these settings: WAL lets readers (an audit, the demo) query the tables while the sink
+writes. ``synchronous=FULL`` is the default because the sink commits its Kafka offsets right
+after the SQLite commit: with ``NORMAL`` a power cut could undo a committed deletion whose
+offset Kafka already holds, and the tombstone would never come again. ``NORMAL`` is faster
+and still safe against a crash of the process; choose it knowingly.
+
+Every value is a bound parameter. The only text put into SQL is the table prefix, which
+:func:`~stream_expiry.sinks.store.check_identifier` limits to letters, digits and ``_``.
+SQLite text may hold any character, U+0000 included, so every identity is representable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from typing import TYPE_CHECKING, Any, Final
+
+import aiosqlite
+import anyio
+
+from stream_expiry.errors import StoreError
+from stream_expiry.model import Identity
+from stream_expiry.sinks._logic import Plan, Slot
+from stream_expiry.sinks._messages import Marker, Receipt, Row
+from stream_expiry.sinks.store import Store, StoreTransaction, _new_receipt_id, check_identifier
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Sequence
+
+__all__ = ["SQLiteStore"]
+
+_KEY: Final = "org, bot, env, category, record_id"
+_KEY_MATCH: Final = "org = ? AND bot = ? AND env = ? AND category = ? AND record_id = ?"
+_CHUNK: Final = 400  # identities per lookup: 5 parameters each, far below SQLite's limit
+_ROW_COLS: Final = (
+    f"{_KEY}, created_at, expires_at, ttl_seconds, ttl_source, data, updated_at, "
+    "src_partition, src_offset"
+)
+_MARKER_COLS: Final = f"{_KEY}, deleted_before, last_life, deleted_at"
+_RECEIPT_COLS: Final = (
+    f"receipt_id, store, {_KEY}, reason, rows_deleted, created_at, expires_at, ttl_seconds, "
+    "ttl_source, emitted_at, deleted_at"
+)
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS {p}records (
+    org TEXT NOT NULL, bot TEXT NOT NULL, env TEXT NOT NULL, category TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    created_at INTEGER, expires_at INTEGER, ttl_seconds INTEGER, ttl_source TEXT,
+    data TEXT, updated_at INTEGER NOT NULL, src_partition INTEGER, src_offset INTEGER,
+    PRIMARY KEY (org, bot, env, category, record_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS {p}records_by_expiry ON {p}records (expires_at)
+    WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS {p}deletions (
+    org TEXT NOT NULL, bot TEXT NOT NULL, env TEXT NOT NULL, category TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    deleted_before INTEGER NOT NULL, last_life INTEGER, deleted_at INTEGER NOT NULL,
+    PRIMARY KEY (org, bot, env, category, record_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {p}receipts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    receipt_id TEXT NOT NULL UNIQUE, store TEXT NOT NULL,
+    org TEXT NOT NULL, bot TEXT NOT NULL, env TEXT NOT NULL, category TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    reason TEXT NOT NULL, rows_deleted INTEGER NOT NULL,
+    created_at INTEGER, expires_at INTEGER, ttl_seconds INTEGER, ttl_source TEXT,
+    emitted_at INTEGER, deleted_at INTEGER NOT NULL, published_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS {p}receipts_unpublished ON {p}receipts (seq)
+    WHERE published_at IS NULL;
+CREATE TRIGGER IF NOT EXISTS {p}receipts_no_delete BEFORE DELETE ON {p}receipts
+BEGIN SELECT RAISE(ABORT, 'receipts are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS {p}receipts_no_update BEFORE UPDATE OF
+    seq, receipt_id, store, org, bot, env, category, record_id, reason, rows_deleted,
+    created_at, expires_at, ttl_seconds, ttl_source, emitted_at, deleted_at
+ON {p}receipts
+BEGIN SELECT RAISE(ABORT, 'receipts are append-only'); END;
+"""
+
+
+def _key(i: Identity) -> tuple[str, str, str, str, str]:
+    return (i.org, i.bot, i.env, i.category, i.record_id)
+
+
+def _row(r: Sequence[Any]) -> Row:
+    return Row(Identity(*r[:5]), *r[5:13])
+
+
+def _marker(r: Sequence[Any]) -> Marker:
+    return Marker(Identity(*r[:5]), r[5], r[6], r[7])
+
+
+def _receipt(r: Sequence[Any]) -> Receipt:
+    return Receipt(r[0], r[1], Identity(*r[2:7]), *r[7:])
+
+
+def _receipt_params(r: Receipt) -> tuple[Any, ...]:
+    return (
+        r.receipt_id, r.store, *_key(r.identity), r.reason, r.rows_deleted, r.created_at,
+        r.expires_at, r.ttl_seconds, r.ttl_source, r.emitted_at, r.deleted_at,
+    )  # fmt: skip
+
+
+class _SQLiteTx(StoreTransaction):
+    def __init__(self, conn: aiosqlite.Connection, prefix: str) -> None:
+        self._c, self._p = conn, prefix
+
+    async def _lookup(self, table: str, cols: str, idents: Sequence[Identity]) -> list[Any]:
+        """Rows of ``table`` for these identities: one query per chunk, not one per key."""
+        found: list[Any] = []
+        for start in range(0, len(idents), _CHUNK):
+            chunk = idents[start : start + _CHUNK]
+            values = ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))
+            params = [part for i in chunk for part in _key(i)]
+            sql = (
+                f"WITH k({_KEY}) AS (VALUES {values}) "
+                f"SELECT {cols} FROM {self._p}{table} JOIN k USING ({_KEY})"
+            )
+            async with self._c.execute(sql, params) as cur:
+                found.extend(await cur.fetchall())
+        return found
+
+    async def load(self, identities: Sequence[Identity]) -> dict[Identity, Slot]:
+        slots: dict[Identity, Slot] = {}
+        for r in await self._lookup("records", _ROW_COLS, identities):
+            row = _row(r)
+            slots[row.identity] = Slot(row=row)
+        for r in await self._lookup("deletions", _MARKER_COLS, identities):
+            m = _marker(r)
+            slots.setdefault(m.identity, Slot()).marker = m
+        return slots
+
+    async def due(self, cutoff_ms: int, limit: int) -> list[Identity]:
+        sql = (
+            f"SELECT {_KEY} FROM {self._p}records WHERE expires_at IS NOT NULL "
+            "AND expires_at <= ? ORDER BY expires_at LIMIT ?"
+        )
+        async with self._c.execute(sql, (cutoff_ms, limit)) as cur:
+            return [Identity(*r) for r in await cur.fetchall()]
+
+    async def write(self, p: Plan) -> None:
+        c, t = self._c, self._p
+        if p.deletes:
+            await c.executemany(
+                f"DELETE FROM {t}records WHERE {_KEY_MATCH}", [_key(i) for i in p.deletes]
+            )
+        if p.upserts:
+            await c.executemany(
+                f"INSERT INTO {t}records ({_ROW_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                f"ON CONFLICT ({_KEY}) DO UPDATE SET created_at = excluded.created_at, "
+                "expires_at = excluded.expires_at, ttl_seconds = excluded.ttl_seconds, "
+                "ttl_source = excluded.ttl_source, data = excluded.data, "
+                "updated_at = excluded.updated_at, src_partition = excluded.src_partition, "
+                "src_offset = excluded.src_offset",
+                [
+                    (*_key(r.identity), r.created_at, r.expires_at, r.ttl_seconds, r.ttl_source,
+                     r.data, r.updated_at, r.src_partition, r.src_offset)
+                    for r in p.upserts
+                ],
+            )  # fmt: skip
+        if p.markers:
+            await c.executemany(
+                f"INSERT INTO {t}deletions ({_MARKER_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                f"ON CONFLICT ({_KEY}) DO UPDATE SET deleted_before = excluded.deleted_before, "
+                "last_life = excluded.last_life, deleted_at = excluded.deleted_at",
+                [
+                    (*_key(m.identity), m.deleted_before, m.last_life, m.deleted_at)
+                    for m in p.markers
+                ],
+            )
+        if p.receipts:
+            await c.executemany(
+                f"INSERT INTO {t}receipts ({_RECEIPT_COLS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [_receipt_params(r) for r in p.receipts],
+            )
+
+
+class SQLiteStore(Store):
+    """Records, deletion markers and receipts in one SQLite file.
+
+    ``path``: the database file (created if missing). ``table_prefix``: prepended to the
+    table names ``records``, ``deletions`` and ``receipts``, so several stores can share a
+    file. ``synchronous``: ``FULL`` (default, see the module notes) or ``NORMAL``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        name: str = "sqlite",
+        table_prefix: str = "expiry_",
+        synchronous: str = "FULL",
+        new_id: Callable[[], str] = _new_receipt_id,
+    ) -> None:
+        super().__init__(name, new_id=new_id)
+        self.path = path
+        self.prefix = check_identifier(table_prefix, "the table prefix") if table_prefix else ""
+        if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
+            raise StoreError(f"synchronous must be FULL, NORMAL or EXTRA, got {synchronous!r}")
+        self._sync = synchronous.upper()
+        self._conn: aiosqlite.Connection | None = None
+        # One connection: a reader must not slip its statements into the sink's transaction.
+        self._lock = anyio.Lock()
+
+    async def open(self) -> None:
+        if self._conn is not None:
+            return
+        try:
+            conn = await aiosqlite.connect(os.fspath(self.path), isolation_level=None)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+        try:
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute(f"PRAGMA synchronous={self._sync}")
+            await conn.execute("PRAGMA busy_timeout=10000")
+            await conn.executescript(_SCHEMA.format(p=self.prefix))
+        except sqlite3.Error as exc:
+            await conn.close()
+            raise StoreError(f"cannot create the sink schema in {self.path}: {exc}") from exc
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.close()
+
+    def _connection(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            raise StoreError(f"the SQLite store {self.name!r} is not open; call open() first")
+        return self._conn
+
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> AsyncIterator[StoreTransaction]:
+        async with self._lock, self._tx_unlocked() as tx:
+            yield tx
+
+    @contextlib.asynccontextmanager
+    async def _tx_unlocked(self) -> AsyncIterator[StoreTransaction]:
+        conn = self._connection()
+        try:
+            await conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot begin a transaction on {self.path}: {exc}") from exc
+        try:
+            yield _SQLiteTx(conn, self.prefix)
+        except BaseException as exc:
+            # Shielded: a cancelled sink must still leave the connection outside a transaction.
+            with anyio.CancelScope(shield=True), contextlib.suppress(sqlite3.Error):
+                await conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"SQLite store {self.name!r} failed: {exc}") from exc
+            raise
+        try:
+            await conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                await conn.execute("ROLLBACK")
+            raise StoreError(f"SQLite store {self.name!r} could not commit: {exc}") from exc
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[StoreTransaction]:
+        return self._tx()
+
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            async with self._lock, self._connection().execute(sql, params) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store {self.name!r} failed: {exc}") from exc
+
+    async def pending_receipts(self, limit: int = 1000) -> list[Receipt]:
+        sql = (
+            f"SELECT {_RECEIPT_COLS} FROM {self.prefix}receipts WHERE published_at IS NULL "
+            "ORDER BY seq LIMIT ?"
+        )
+        return [_receipt(r) for r in await self._fetch(sql, (limit,))]
+
+    async def mark_published(self, receipt_ids: Sequence[str], *, now_ms: int) -> None:
+        if not receipt_ids:
+            return
+        async with self._tx():
+            await self._connection().executemany(
+                f"UPDATE {self.prefix}receipts SET published_at = ? "
+                "WHERE receipt_id = ? AND published_at IS NULL",
+                [(now_ms, rid) for rid in receipt_ids],
+            )
+
+    async def get(self, identity: Identity) -> Row | None:
+        sql = f"SELECT {_ROW_COLS} FROM {self.prefix}records WHERE {_KEY_MATCH}"
+        rows = await self._fetch(sql, _key(identity))
+        return _row(rows[0]) if rows else None
+
+    async def marker(self, identity: Identity) -> Marker | None:
+        sql = f"SELECT {_MARKER_COLS} FROM {self.prefix}deletions WHERE {_KEY_MATCH}"
+        rows = await self._fetch(sql, _key(identity))
+        return _marker(rows[0]) if rows else None
+
+    async def receipts(self) -> list[Receipt]:
+        sql = f"SELECT {_RECEIPT_COLS} FROM {self.prefix}receipts ORDER BY seq"
+        return [_receipt(r) for r in await self._fetch(sql)]
+
+    async def count(self) -> int:
+        rows = await self._fetch(f"SELECT count(*) FROM {self.prefix}records")
+        return int(rows[0][0])

@@ -1,0 +1,243 @@
+"""The one store interface every downstream store implements, and an in-memory store.
+
+A store only has to provide a transaction with three primitives (load the slots of some
+identities, list rows due for the sweep, write a :class:`~stream_expiry.sinks._logic.Plan`)
+and a few reads. :meth:`Store.apply` and :meth:`Store.sweep` are written once, here, on top
+of them: load, decide with the pure :func:`~stream_expiry.sinks._logic.plan`, write, in one
+transaction. That is why the memory, SQLite and PostgreSQL stores cannot drift apart, and
+why one test suite runs over all of them.
+
+Receipts are an outbox: a store writes them with ``published_at`` unset in the same
+transaction as the deletion, and the sink marks them published once Kafka has acknowledged
+them. A crash in between publishes them again after restart (at-least-once; consumers
+de-duplicate by ``receipt_id``), so a deletion's evidence is never lost.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import os
+import re
+from typing import TYPE_CHECKING, Final, Self
+
+from stream_expiry.errors import ConfigurationError
+from stream_expiry.sinks._logic import Plan, Slot, plan
+from stream_expiry.sinks._messages import Change, Marker, Receipt, Row, SweepChange
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Sequence
+    from types import TracebackType
+
+    from stream_expiry.model import Identity
+
+__all__ = ["MemoryStore", "Store", "StoreTransaction", "check_identifier"]
+
+_IDENTIFIER: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
+
+
+def check_identifier(value: str, what: str) -> str:
+    """Table names cannot be SQL parameters: accept only plain identifiers, never quote-able text."""
+    if not _IDENTIFIER.match(value):
+        raise ConfigurationError(
+            f"{what} {value!r} must be letters, digits and '_' (not starting with a digit), "
+            "at most 41 characters"
+        )
+    return value
+
+
+def _new_receipt_id() -> str:
+    """128 random bits in hex, like a uuid4 without building a UUID object per receipt."""
+    return os.urandom(16).hex()
+
+
+class StoreTransaction(abc.ABC):
+    """The primitives a store provides inside one database transaction."""
+
+    @abc.abstractmethod
+    async def load(self, identities: Sequence[Identity]) -> dict[Identity, Slot]:
+        """The row and marker of each identity that has either (others are left out)."""
+
+    @abc.abstractmethod
+    async def due(self, cutoff_ms: int, limit: int) -> list[Identity]:
+        """Up to ``limit`` identities whose row expired at or before ``cutoff_ms``, oldest first."""
+
+    @abc.abstractmethod
+    async def write(self, p: Plan) -> None:
+        """Write the plan's upserts, deletes, markers and receipts (receipts unpublished)."""
+
+
+class Store(abc.ABC):
+    """A downstream store that applies stamps and tombstones and keeps deletion receipts.
+
+    Use it as an async context manager (or call :meth:`open` and :meth:`close`); ``open``
+    creates the schema if needed and may be called again. ``name`` is written into every
+    receipt, so give each store of a platform its own.
+    """
+
+    name: str
+
+    def __init__(self, name: str, *, new_id: Callable[[], str] = _new_receipt_id) -> None:
+        self.name = name
+        self._new_id = new_id
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and create the schema; calling it on an open store does nothing."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Disconnect; calling it on a closed store does nothing."""
+
+    @abc.abstractmethod
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[StoreTransaction]:
+        """One database transaction: committed on normal exit, rolled back on an exception.
+
+        Database errors leave it as :class:`~stream_expiry.errors.StoreError`.
+        """
+
+    def holds(self, identity: Identity) -> bool:
+        """Whether this store can represent the identity at all (PostgreSQL: no U+0000)."""
+        del identity
+        return True
+
+    async def apply(self, changes: Sequence[Change], *, now_ms: int) -> Plan:
+        """Apply a batch of changes in one transaction and return what was written."""
+        idents = list(dict.fromkeys(c.identity for c in changes))
+        async with self.transaction() as tx:
+            state = await tx.load(idents) if idents else {}
+            out = plan(changes, state, store=self.name, now_ms=now_ms, new_id=self._new_id)
+            await tx.write(out)
+        return out
+
+    async def sweep(self, *, cutoff_ms: int, now_ms: int, limit: int = 10_000) -> Plan:
+        """Delete up to ``limit`` rows that expired at or before ``cutoff_ms`` (reason sweep).
+
+        These are rows whose tombstone never came; each leaves a receipt, so the gap shows.
+        """
+        async with self.transaction() as tx:
+            idents = await tx.due(cutoff_ms, limit)
+            state = await tx.load(idents) if idents else {}
+            changes = [SweepChange(i, cutoff_ms) for i in idents]
+            out = plan(changes, state, store=self.name, now_ms=now_ms, new_id=self._new_id)
+            await tx.write(out)
+        return out
+
+    @abc.abstractmethod
+    async def pending_receipts(self, limit: int = 1000) -> list[Receipt]:
+        """Receipts not yet marked published, oldest first (the outbox)."""
+
+    @abc.abstractmethod
+    async def mark_published(self, receipt_ids: Sequence[str], *, now_ms: int) -> None:
+        """Record that these receipts reached Kafka; the only change a receipt ever sees."""
+
+    @abc.abstractmethod
+    async def get(self, identity: Identity) -> Row | None:
+        """The row held for an identity, if any."""
+
+    @abc.abstractmethod
+    async def marker(self, identity: Identity) -> Marker | None:
+        """The deletion memory held for an identity, if any."""
+
+    @abc.abstractmethod
+    async def receipts(self) -> list[Receipt]:
+        """Every receipt, oldest first (for audits and tests; not for large stores)."""
+
+    @abc.abstractmethod
+    async def count(self) -> int:
+        """How many rows the store holds."""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class _MemoryTx(StoreTransaction):
+    def __init__(self, store: MemoryStore) -> None:
+        self._s = store
+        # Staged writes: applied to the store only on commit, as a database would.
+        self._plans: list[Plan] = []
+
+    async def load(self, identities: Sequence[Identity]) -> dict[Identity, Slot]:
+        rows, markers = self._s.rows, self._s.markers
+        return {
+            i: Slot(rows.get(i), markers.get(i)) for i in identities if i in rows or i in markers
+        }
+
+    async def due(self, cutoff_ms: int, limit: int) -> list[Identity]:
+        due = [
+            r
+            for r in self._s.rows.values()
+            if r.expires_at is not None and r.expires_at <= cutoff_ms
+        ]
+        due.sort(key=lambda r: (r.expires_at, r.identity))
+        return [r.identity for r in due[:limit]]
+
+    async def write(self, p: Plan) -> None:
+        self._plans.append(p)
+
+    def commit(self) -> None:
+        s = self._s
+        for p in self._plans:
+            for ident in p.deletes:
+                del s.rows[ident]
+            for row in p.upserts:
+                s.rows[row.identity] = row
+            for m in p.markers:
+                s.markers[m.identity] = m
+            s.outbox.extend(p.receipts)
+
+
+class MemoryStore(Store):
+    """A store in a few dicts: for tests and the demo. Receipts live as long as the object."""
+
+    def __init__(
+        self, name: str = "memory", *, new_id: Callable[[], str] = _new_receipt_id
+    ) -> None:
+        super().__init__(name, new_id=new_id)
+        self.rows: dict[Identity, Row] = {}
+        self.markers: dict[Identity, Marker] = {}
+        self.outbox: list[Receipt] = []
+        self.published: dict[str, int] = {}
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[StoreTransaction]:
+        tx = _MemoryTx(self)
+        yield tx
+        tx.commit()
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[StoreTransaction]:
+        return self._transaction()
+
+    async def pending_receipts(self, limit: int = 1000) -> list[Receipt]:
+        return [r for r in self.outbox if r.receipt_id not in self.published][:limit]
+
+    async def mark_published(self, receipt_ids: Sequence[str], *, now_ms: int) -> None:
+        for rid in receipt_ids:
+            self.published.setdefault(rid, now_ms)
+
+    async def get(self, identity: Identity) -> Row | None:
+        return self.rows.get(identity)
+
+    async def marker(self, identity: Identity) -> Marker | None:
+        return self.markers.get(identity)
+
+    async def receipts(self) -> list[Receipt]:
+        return list(self.outbox)
+
+    async def count(self) -> int:
+        return len(self.rows)

@@ -1,0 +1,171 @@
+"""The sink loop's order of writes, with a scripted consumer and producer (no broker):
+store transaction, then receipts and compacted nulls acknowledged, then the offset commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from stream_expiry.errors import StoreError
+from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
+from stream_expiry.sinks.framework import BatchReport, Sink, SinkConfig
+from stream_expiry.sinks.postgres import PostgresStore
+from stream_expiry.sinks.store import MemoryStore
+
+if TYPE_CHECKING:
+    from stream_expiry.sinks._logic import Plan
+
+T0 = 1_767_225_600_000
+A = Identity("acme", "_", "live", "conversation", "r1")
+S = Stamp(A, T0, T0 + 60_000, 60_000, "org")
+
+
+@dataclass(frozen=True)
+class TP:
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True)
+class Rec:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass
+class Journal:
+    events: list[tuple[str, Any]] = field(default_factory=list)
+
+
+class FakeProducer:
+    def __init__(self, journal: Journal) -> None:
+        self.j = journal
+
+    async def send(self, topic: str, value: bytes | None, *, key: bytes) -> asyncio.Future[None]:
+        self.j.events.append(("send", (topic, key, value)))
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+
+class FakeConsumer:
+    def __init__(self, journal: Journal, store: MemoryStore) -> None:
+        self.j, self.store = journal, store
+
+    async def commit(self, offsets: dict[TP, int]) -> None:
+        # What the store holds at the moment of the commit is what a crash would keep.
+        self.j.events.append(
+            ("commit", (dict(offsets), dict(self.store.rows), len(self.store.published)))
+        )
+
+
+def sink_for(store: MemoryStore, reports: list[BatchReport]) -> Sink:
+    config = SinkConfig(
+        bootstrap_servers="unused:1",
+        group_id="g",
+        stamped_topic="st",
+        tombstones_topic="tb",
+        receipts_topic="rc",
+        compacted={"conversation": "history"},
+    )
+    return Sink(store, config, clock=lambda: T0 + 120_000, on_batch=reports.append)
+
+
+def batch() -> dict[Any, list[Any]]:
+    key = A.key.encode()
+    return {
+        TP("st", 0): [
+            Rec("st", 0, 5, key, encode_stamp(S, {"x": 1})),
+            Rec("st", 0, 6, b"not/a/key", None),
+        ],
+        TP("tb", 1): [
+            Rec("tb", 1, 9, key, encode_tombstone(S, reason="ttl", emitted_at=T0 + 60_000))
+        ],
+    }
+
+
+@pytest.mark.asyncio
+async def test_offsets_are_committed_after_the_store_and_the_acks() -> None:
+    store, reports, j = MemoryStore(), list[BatchReport](), Journal()
+    sink = sink_for(store, reports)
+    await sink._handle(batch(), FakeProducer(j), FakeConsumer(j, store))
+    kinds = [e[0] for e in j.events]
+    assert kinds == ["send", "send", "commit"]  # receipt, compacted null, then the commit
+    (_, (topic, key, value)), (_, (null_topic, null_key, null_value)) = j.events[:2]
+    assert (topic, key) == ("rc", A.key.encode())
+    assert b'"reason":"ttl"' in value
+    assert (null_topic, null_key, null_value) == ("history", A.key.encode(), None)
+    offsets, rows_at_commit, published_at_commit = j.events[2][1]
+    assert offsets == {TP("st", 0): 7, TP("tb", 1): 10}  # past the malformed message too
+    assert rows_at_commit == {}  # the deletion was durable before the commit
+    assert published_at_commit == 1  # and its receipt acknowledged
+    m = sink.metrics
+    assert (m["messages_total"], m["invalid_total"], m["deleted_total"], m["receipts_total"]) == (
+        3,
+        1,
+        1,
+        1,
+    )
+    assert (m["compacted_nulls_total"], m["published_total"]) == (1, 1)
+    [report] = reports
+    assert (report.kind, report.messages, report.invalid, report.deleted) == ("batch", 3, 1, 1)
+
+
+class FailingStore(MemoryStore):
+    async def apply(self, changes: Any, *, now_ms: int) -> Plan:
+        raise StoreError("disk full")
+
+
+@pytest.mark.asyncio
+async def test_a_store_failure_commits_nothing() -> None:
+    store, j = FailingStore(), Journal()
+    sink = sink_for(store, [])
+    with pytest.raises(StoreError, match="disk full"):
+        await sink._handle(batch(), FakeProducer(j), FakeConsumer(j, store))
+    assert j.events == []
+
+
+@pytest.mark.asyncio
+async def test_the_sweep_counts_logs_and_publishes(caplog: pytest.LogCaptureFixture) -> None:
+    store, reports, j = MemoryStore(), list[BatchReport](), Journal()
+    sink = sink_for(store, reports)
+    await store.apply(
+        [
+            *(await _changes(Stamp(A, T0 - 600_000, T0 - 60_000, 540_000, "org"))),
+            *(
+                await _changes(
+                    Stamp(Identity("acme", "_", "live", "session", "s"), T0, None, None, None)
+                )
+            ),
+        ],
+        now_ms=T0,
+    )
+    assert not await sink.sweep_once(FakeProducer(j))
+    assert sink.metrics["swept_total"] == 1
+    assert "swept 1 rows" in caplog.text
+    assert [e[1][0] for e in j.events] == ["rc", "history"]
+    assert [r.kind for r in reports] == ["sweep"]
+    assert await store.count() == 1  # the record that never expires stays
+
+
+async def _changes(s: Stamp) -> list[Any]:
+    from stream_expiry.sinks._messages import decode_stamped
+
+    return [decode_stamped(s.identity.key.encode(), encode_stamp(s))]
+
+
+def test_postgres_sink_counts_identities_it_cannot_hold() -> None:
+    sink = Sink(PostgresStore(), SinkConfig(bootstrap_servers="unused:1", group_id="g"))
+    nul = Identity("acme", "_", "live", "conversation", "a\x00b")
+    rec = Rec(
+        "expiry.stamped", 0, 1, nul.key.encode(), encode_stamp(Stamp(nul, T0, None, None, None))
+    )
+    assert sink._decode(rec.topic, rec) is None
+    assert sink.metrics["unrepresentable_total"] == 1
