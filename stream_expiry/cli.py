@@ -13,13 +13,16 @@ import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import anyio
 import orjson
 
 from stream_expiry.config import Config, ConfigError, load_config
 from stream_expiry.errors import ConfigurationError, StreamExpiryError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 __all__ = ["main"]
 
@@ -53,7 +56,11 @@ def _add_common(p: argparse.ArgumentParser, *, kafka: bool = True) -> None:
 
 def bootstrap_from(args: argparse.Namespace, config: Config) -> str:
     """Brokers from the flag, else the config file, else the environment."""
-    servers = getattr(args, "bootstrap_servers", None) or config.bootstrap_servers or os.environ.get(BOOTSTRAP_ENV)
+    servers = (
+        getattr(args, "bootstrap_servers", None)
+        or config.bootstrap_servers
+        or os.environ.get(BOOTSTRAP_ENV)
+    )
     if not servers:
         raise ConfigurationError(
             "no Kafka brokers given: pass --bootstrap-servers HOST:PORT, set bootstrap_servers "
@@ -92,7 +99,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         raise ConfigurationError(
             f"unknown category {args.category!r}; configured: {', '.join(config.categories)}"
         )
-    result = book.explain(category=args.category, org=args.org, bot=args.bot, env=args.env, at_ms=at)
+    result = book.explain(
+        category=args.category, org=args.org, bot=args.bot, env=args.env, at_ms=at
+    )
     if args.json:
         sys.stdout.write(orjson.dumps(result).decode() + "\n")
     else:
@@ -137,8 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
         "out; Ctrl-C or SIGTERM stops within seconds with everything processed committed.",
     )
     _add_common(run)
-    run.add_argument("--embedded-broker", action="store_true", help="start a local in-memory broker (Tansu) and use it")
-    run.add_argument("--state-dir", metavar="DIR", help="where the durable index lives (default: config state_dir)")
+    run.add_argument(
+        "--embedded-broker",
+        action="store_true",
+        help="start a local in-memory broker (Tansu) and use it",
+    )
+    run.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where the durable index lives (default: config state_dir)",
+    )
     run.set_defaults(func=_cmd_run)
 
     explain = sub.add_parser(
@@ -153,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--org", required=True, help="organisation id")
     explain.add_argument("--bot", default="_", help="bot id (default: _)")
     explain.add_argument("--env", default="live", choices=["live", "draft"])
-    explain.add_argument("--at", metavar="TS", help="creation time to resolve at (RFC 3339 or epoch ms; default now)")
+    explain.add_argument(
+        "--at", metavar="TS", help="creation time to resolve at (RFC 3339 or epoch ms; default now)"
+    )
     explain.add_argument("--json", action="store_true", help="print the contract's JSON object")
     explain.set_defaults(func=_cmd_explain)
 
@@ -169,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--since", metavar="TS", help="only records created at or after TS")
     replay.add_argument("--dry-run", action="store_true", help="count and show, change nothing")
     replay.add_argument("--json", action="store_true", help="print the counts as one JSON object")
-    replay.add_argument("--sample", type=int, default=10, metavar="N", help="changed records to show (default 10)")
+    replay.add_argument(
+        "--sample", type=int, default=10, metavar="N", help="changed records to show (default 10)"
+    )
     replay.set_defaults(func=_cmd_replay)
 
     demo = sub.add_parser(
@@ -179,9 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
         "and bots, the three categories, TTLs of a few seconds) and a SQLite store, shows live "
         "progress, and ends with a summary: counts, expiry lag, and early deletions (must be 0).",
     )
-    demo.add_argument("--duration", type=float, default=20.0, metavar="SECONDS", help="traffic time (default 20)")
-    demo.add_argument("--rate", type=int, default=200, metavar="N", help="events per second (default 200)")
-    demo.add_argument("--state-dir", metavar="DIR", help="keep the state and the store here (default: a temp dir)")
+    demo.add_argument(
+        "--duration", type=float, default=20.0, metavar="SECONDS", help="traffic time (default 20)"
+    )
+    demo.add_argument(
+        "--rate", type=int, default=200, metavar="N", help="events per second (default 200)"
+    )
+    demo.add_argument(
+        "--state-dir", metavar="DIR", help="keep the state and the store here (default: a temp dir)"
+    )
     demo.add_argument(
         "--log-level",
         default="ERROR",

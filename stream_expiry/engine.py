@@ -25,7 +25,7 @@ Rules kept here (../shared/CONTRACT.md, "Semantics"):
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 from stream_expiry.model import Identity, InputEvent, Reason, Stamp
@@ -39,7 +39,7 @@ __all__ = ["Engine", "Fired", "Outcome", "Verdict"]
 S = TypeVar("S", bound=Hashable)  # the slot a record belongs to: (topic, partition) in the shell
 
 
-class Verdict(str, Enum):
+class Verdict(StrEnum):
     """What an event did; the shell counts these as metrics."""
 
     CREATED = "created"
@@ -96,7 +96,9 @@ class Engine(Generic[S]):
         self._resolve = resolve
         self._sliding = sliding
         self._horizon_ms = horizon_ms
-        self._wheel: TimingWheel[str, tuple[Stamp, S]] = TimingWheel(tick_ms=tick_ms, start_ms=now_ms)
+        self._wheel: TimingWheel[str, tuple[Stamp, S]] = TimingWheel(
+            tick_ms=tick_ms, start_ms=now_ms
+        )
         self.horizon_end = now_ms + horizon_ms
 
     # -- events -------------------------------------------------------------------------
@@ -105,12 +107,17 @@ class Engine(Generic[S]):
         """Apply one valid event to the record's ``prior`` state (None: never seen)."""
         fired: tuple[Fired, ...] = ()
         t = event.ts
-        if prior is not None and prior.live and prior.expires_at is not None:
-            if prior.expires_at <= now_ms and t >= prior.expires_at:
-                # The previous life ended before this event; its tombstone goes out first.
-                self._wheel.cancel(prior.identity.key)
-                ended = self._fire(prior, "ttl", now_ms)
-                fired, prior = (ended,), ended.after
+        if (
+            prior is not None
+            and prior.live
+            and prior.expires_at is not None
+            and prior.expires_at <= now_ms
+            and t >= prior.expires_at
+        ):
+            # The previous life ended before this event; its tombstone goes out first.
+            self._wheel.cancel(prior.identity.key)
+            ended = self._fire(prior, "ttl", now_ms)
+            fired, prior = (ended,), ended.after
         outcome = self._decide(event, prior, now_ms)
         if outcome.state is not None:
             self._track(outcome.state, slot)
@@ -145,11 +152,17 @@ class Engine(Generic[S]):
                 and prior.created_at is not None
                 and prior.expires_at > prior.created_at + prior.ttl_ms
             )
-            expires = prior.expires_at if touched else _min_expiry(prior.expires_at, fresh.expires_at)
+            expires = (
+                prior.expires_at if touched else _min_expiry(prior.expires_at, fresh.expires_at)
+            )
             moved = fresh._replace(expires_at=expires)
             return Outcome(Verdict.BACKDATED, moved, publish=True)
         # touch on a live record
-        if event.identity.category not in self._sliding or prior.ttl_ms is None or prior.expires_at is None:
+        if (
+            event.identity.category not in self._sliding
+            or prior.ttl_ms is None
+            or prior.expires_at is None
+        ):
             return Outcome(Verdict.TOUCH_IGNORED, None, publish=False)
         slid = t + prior.ttl_ms
         if slid <= prior.expires_at:
@@ -187,7 +200,10 @@ class Engine(Generic[S]):
 
     def advance(self, now_ms: int) -> list[tuple[Fired, S]]:
         """Tombstones for every timer due at ``now_ms``, in expiry order; never early."""
-        return [(self._fire(stamp, "ttl", now_ms), slot) for _, _, (stamp, slot) in self._wheel.advance(now_ms)]
+        return [
+            (self._fire(stamp, "ttl", now_ms), slot)
+            for _, _, (stamp, slot) in self._wheel.advance(now_ms)
+        ]
 
     def next_due_ms(self) -> int | None:
         return self._wheel.next_due_ms()
@@ -218,7 +234,7 @@ class Engine(Generic[S]):
         gone = frozenset(slots)
         if not gone:
             return 0
-        dropped = [key for key in self._wheel.keys() if self._wheel.value_of(key)[1] in gone]
+        dropped = [key for key in self._wheel if self._wheel.value_of(key)[1] in gone]
         for key in dropped:
             self._wheel.cancel(key)
         return len(dropped)

@@ -26,7 +26,13 @@ __all__ = [
     "OutputBuffer",
     "consumer",
     "crc32_partitioner",
-    "key_partition", "ensure_topics", "high_watermarks", "partitions_of", "producer", "read_to_end"]
+    "ensure_topics",
+    "high_watermarks",
+    "key_partition",
+    "partitions_of",
+    "producer",
+    "read_to_end",
+]
 
 DEFAULT_PARTITIONS = 4
 COMPACTED = {"cleanup.policy": "compact"}
@@ -48,7 +54,12 @@ async def ensure_topics(
         missing = [t for t in dict.fromkeys(topics) if t not in existing]
         if missing:
             new = [
-                NewTopic(t, num_partitions=partitions, replication_factor=1, topic_configs=dict(configs.get(t, {})))
+                NewTopic(
+                    t,
+                    num_partitions=partitions,
+                    replication_factor=1,
+                    topic_configs=dict(configs.get(t, {})),
+                )
                 for t in missing
             ]
             with contextlib.suppress(TopicAlreadyExistsError):
@@ -107,7 +118,9 @@ async def consumer(
         await cons.stop()
 
 
-async def high_watermarks(cons: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+async def high_watermarks(
+    cons: AIOKafkaConsumer, tps: list[TopicPartition]
+) -> dict[TopicPartition, int]:
     """The end of each assigned partition, learnt from a fetch's high watermark.
 
     ``end_offsets`` gives wrong answers on some Kafka-protocol brokers (../shared/BROKER.md);
@@ -229,11 +242,19 @@ class OutputBuffer:
         batch = self._open.get(slot)
         if batch is None:
             batch = self._open[slot] = self._prod.create_batch()
-        if batch.append(timestamp=timestamp_ms, key=key, value=value, headers=headers or []) is None:
+        if (
+            batch.append(timestamp=timestamp_ms, key=key, value=value, headers=headers or [])
+            is None
+        ):
             self._sent.append(await self._prod.send_batch(batch, topic, partition=partition))
             batch = self._open[slot] = self._prod.create_batch()
-            if batch.append(timestamp=timestamp_ms, key=key, value=value, headers=headers or []) is None:
-                raise BrokerError(f"a message for {topic} is larger than the producer's max_batch_size")
+            if (
+                batch.append(timestamp=timestamp_ms, key=key, value=value, headers=headers or [])
+                is None
+            ):
+                raise BrokerError(
+                    f"a message for {topic} is larger than the producer's max_batch_size"
+                )
 
     async def flush(self) -> list[Any]:
         """Send every open batch; returns the futures of all batches sent since the last flush."""

@@ -138,7 +138,9 @@ class Rejection:
     detail: str
 
 
-def _text(obj: dict[str, Any], name: str, *, required: bool, default: str | None = None) -> str | Rejection:
+def _text(
+    obj: dict[str, Any], name: str, *, required: bool, default: str | None = None
+) -> str | Rejection:
     if name not in obj or obj[name] is None:
         if required:
             return Rejection("missing_field", f"field {name!r} is required")
@@ -146,9 +148,13 @@ def _text(obj: dict[str, Any], name: str, *, required: bool, default: str | None
         return default
     value = obj[name]
     if not isinstance(value, str):
-        return Rejection("invalid_field", f"field {name!r} must be a string, got {type(value).__name__}")
+        return Rejection(
+            "invalid_field", f"field {name!r} must be a string, got {type(value).__name__}"
+        )
     if not 1 <= len(value) <= MAX_ID_CHARS:
-        return Rejection("invalid_field", f"field {name!r} must be 1 to {MAX_ID_CHARS} characters long")
+        return Rejection(
+            "invalid_field", f"field {name!r} must be 1 to {MAX_ID_CHARS} characters long"
+        )
     return value
 
 
@@ -171,14 +177,19 @@ def parse_event(
     except orjson.JSONDecodeError as exc:
         return Rejection("invalid_json", f"the value is not UTF-8 JSON: {exc}")
     if type(obj) is not dict:
-        return Rejection("not_an_object", f"the value is a JSON {type(obj).__name__}, not an object")
+        return Rejection(
+            "not_an_object", f"the value is a JSON {type(obj).__name__}, not an object"
+        )
     get = obj.get
     category, record_id, org, ts = get("category"), get("record_id"), get("org"), get("ts")
     bot, env, op = get("bot", DEFAULT_BOT), get("env", "live"), get("op", "create")
     if (
         type(ts) is int
         and MIN_TS_MS <= ts <= now_ms + max_skew_ms
+        and type(category) is str
         and category in categories
+        and type(env) is str
+        and type(op) is str
         and env in ENVS
         and op in OPS
         and type(org) is str
@@ -187,12 +198,12 @@ def parse_event(
         and 0 < len(org) <= MAX_ID_CHARS
         and 0 < len(record_id) <= MAX_ID_CHARS
         and 0 < len(bot) <= MAX_ID_CHARS
-        and type(get("event_id", "")) in (str, int)
+        and type(get("event_id")) in (str, int, type(None))
     ):
         event_id = get("event_id")
         return InputEvent(
             Identity(org, bot, env, category, record_id),
-            op,
+            op,  # type: ignore[arg-type]  # checked against OPS above
             ts,
             None if event_id is None else str(event_id),
             get("data"),
@@ -232,7 +243,10 @@ def _validate(
         return Rejection("unknown_op", f"op {op!r} is not one of create, touch, delete")
     raw_ts = obj["ts"]
     if not isinstance(raw_ts, (int, str)) or isinstance(raw_ts, bool):
-        return Rejection("invalid_field", f"field 'ts' must be a string or an integer, got {type(raw_ts).__name__}")
+        return Rejection(
+            "invalid_field",
+            f"field 'ts' must be a string or an integer, got {type(raw_ts).__name__}",
+        )
     try:
         ts = parse_ts(raw_ts)
     except InvalidTimestamp as exc:
@@ -243,7 +257,9 @@ def _validate(
             f"ts {format_ts(ts)} is more than {max_skew_ms // 1000} s ahead of the service clock {format_ts(now_ms)}",
         )
     event_id = obj.get("event_id")
-    if event_id is not None and not isinstance(event_id, (str, int)) or isinstance(event_id, bool):
+    if (event_id is not None and not isinstance(event_id, (str, int))) or isinstance(
+        event_id, bool
+    ):
         return Rejection("invalid_field", "field 'event_id' must be a string or an integer")
     return InputEvent(
         Identity(org, bot, env, category, record_id),
@@ -281,7 +297,13 @@ def _opt_ts(ms: int | None) -> str | None:
 
 
 def _identity_fields(i: Identity) -> dict[str, Any]:
-    return {"org": i.org, "bot": i.bot, "env": i.env, "category": i.category, "record_id": i.record_id}
+    return {
+        "org": i.org,
+        "bot": i.bot,
+        "env": i.env,
+        "category": i.category,
+        "record_id": i.record_id,
+    }
 
 
 def encode_stamp(stamp: Stamp, data: Any = None) -> bytes:

@@ -14,11 +14,9 @@ logic) are neither counted nor resurrected.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -33,11 +31,12 @@ from stream_expiry.store import Index, Slot
 from stream_expiry.timeutil import format_ts, parse_ts
 
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Mapping
+
     from stream_expiry.config import Config
 
 __all__ = ["ReplayReport", "replay", "run_replay"]
-
-_MISSING = object()
 
 
 @dataclass
@@ -54,8 +53,12 @@ class Change:
         return {
             "key": self.key,
             "kind": self.kind,
-            "old_expires_at": None if self.old_expires_at is None else format_ts(self.old_expires_at),
-            "new_expires_at": None if self.new_expires_at is None else format_ts(self.new_expires_at),
+            "old_expires_at": None
+            if self.old_expires_at is None
+            else format_ts(self.old_expires_at),
+            "new_expires_at": None
+            if self.new_expires_at is None
+            else format_ts(self.new_expires_at),
             "ttl_source": self.ttl_source,
         }
 
@@ -177,7 +180,10 @@ async def replay(
                     for rec in records:
                         report.events += 1
                         ev = model.parse_event(
-                            rec.value, categories=categories, now_ms=now, max_skew_ms=config.max_clock_skew_ms
+                            rec.value,
+                            categories=categories,
+                            now_ms=now,
+                            max_skew_ms=config.max_clock_skew_ms,
                         )
                         if isinstance(ev, model.Rejection):
                             continue
@@ -195,27 +201,28 @@ async def replay(
     for key, (state, _slot) in states.items():
         if not state.live or (since_ms is not None and (state.created_at or 0) < since_ms):
             continue
-        raw = current.get(key.encode(), _MISSING)
-        if raw is None:
+        has_stamp = key.encode() in current
+        raw = current.get(key.encode())
+        if has_stamp and raw is None:
             continue  # the latest stamp is a Kafka tombstone: deleted, not resurrected
-        old = _MISSING if raw is _MISSING else _expires_of(raw)  # type: ignore[arg-type]
+        old = _expires_of(raw) if raw is not None else None
         report.records += 1
         new = state.expires_at
-        if old is not _MISSING and new == old:
+        if has_stamp and new == old:
             report.unchanged += 1
             continue
         if new is None:
             kind = "never"
         elif new <= now:
             kind = "due_now"
-        elif old is _MISSING or old is None or new < old:  # type: ignore[operator]
-            kind = "earlier"
+        elif not has_stamp or old is None or new < old:
+            kind = "earlier"  # a finite expiry is earlier than never (or than no stamp at all)
         else:
             kind = "later"
         setattr(report, kind, getattr(report, kind) + 1)
         report.changed.append(key)
         if len(report.sample) < sample_size:
-            report.sample.append(Change(key, None if old is _MISSING else old, new, state.ttl_source, kind))  # type: ignore[arg-type]
+            report.sample.append(Change(key, old, new, state.ttl_source, kind))
 
     if not dry_run and report.changed:
         await _apply(config, bootstrap, report)
@@ -250,7 +257,11 @@ async def _apply(config: Config, bootstrap: str, report: ReplayReport) -> None:
 
 
 async def run_replay(config: Config, bootstrap: str, args: argparse.Namespace) -> int:
-    since = None if args.since is None else parse_ts(int(args.since) if args.since.isdigit() else args.since)
+    since = (
+        None
+        if args.since is None
+        else parse_ts(int(args.since) if args.since.isdigit() else args.since)
+    )
     report = await replay(
         config,
         bootstrap,
@@ -264,12 +275,17 @@ async def run_replay(config: Config, bootstrap: str, args: argparse.Namespace) -
         sys.stdout.write(orjson.dumps(report.counts()).decode() + "\n")
         return 0
     counts = report.counts()
-    print(("dry run: nothing changed" if args.dry_run else "applied") + f" ({counts['events']:,} events)")
+    print(
+        ("dry run: nothing changed" if args.dry_run else "applied")
+        + f" ({counts['events']:,} events)"
+    )
     for name in ("records", "unchanged", "earlier", "later", "due_now", "never"):
         print(f"  {name:<10} {counts[name]:>10,}")
     if report.sample:
         print("sample of changed records:")
         for change in report.sample:
             c = change.as_dict()
-            print(f"  {c['kind']:<8} {c['key']}: {c['old_expires_at']} -> {c['new_expires_at']} ({c['ttl_source']})")
+            print(
+                f"  {c['kind']:<8} {c['key']}: {c['old_expires_at']} -> {c['new_expires_at']} ({c['ttl_source']})"
+            )
     return 0

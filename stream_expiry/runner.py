@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -16,6 +15,8 @@ from stream_expiry.broker import EmbeddedBroker
 from stream_expiry.service import Service, ServiceStats
 
 if TYPE_CHECKING:
+    import argparse
+
     from stream_expiry.config import Config
 
 __all__ = ["run_service", "stop_on_signals"]
@@ -29,7 +30,9 @@ async def stop_on_signals(stop: anyio.Event) -> None:
     """Set ``stop`` on SIGINT or SIGTERM; a second signal is left to the default handler."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
-            log.info("received %s: finishing the current batch and stopping", signal.Signals(signum).name)
+            log.info(
+                "received %s: finishing the current batch and stopping", signal.Signals(signum).name
+            )
             stop.set()
             return
 
@@ -66,10 +69,14 @@ async def run_service(config: Config, args: argparse.Namespace) -> int:
         if getattr(args, "embedded_broker", False):
             broker = stack.enter_context(EmbeddedBroker())
             bootstrap = broker.bootstrap_servers
-            log.info("embedded broker listening on %s (in memory: data is gone when it stops)", bootstrap)
+            log.info(
+                "embedded broker listening on %s (in memory: data is gone when it stops)", bootstrap
+            )
         else:
             bootstrap = bootstrap_from(args, config)
-        service = Service(config, bootstrap_servers=bootstrap, environ=os.environ, on_progress=_ProgressLog())
+        service = Service(
+            config, bootstrap_servers=bootstrap, environ=os.environ, on_progress=_ProgressLog()
+        )
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             tg.start_soon(stop_on_signals, stop)

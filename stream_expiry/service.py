@@ -22,23 +22,32 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import orjson
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from stream_expiry import model
 from stream_expiry.engine import Engine, Fired
 from stream_expiry.errors import BrokerError
-from stream_expiry.kafka import COMPACTED, OutputBuffer, consumer, ensure_topics, producer, read_to_end
+from stream_expiry.kafka import (
+    COMPACTED,
+    OutputBuffer,
+    consumer,
+    ensure_topics,
+    producer,
+    read_to_end,
+)
 from stream_expiry.policy import PolicyBook
 from stream_expiry.store import Index, Slot
 from stream_expiry.timeutil import parse_ts
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping
+
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     from stream_expiry.config import Config
@@ -140,9 +149,10 @@ class Service:
         )
         self._index = await Index.open(self.config.state_dir)
         try:
-            async with producer(self.bootstrap) as prod, consumer(
-                self.bootstrap, enable_auto_commit=False
-            ) as policies:
+            async with (
+                producer(self.bootstrap) as prod,
+                consumer(self.bootstrap, enable_auto_commit=False) as policies,
+            ):
                 self._producer = prod
                 await self._follow_policies(policies, to_end=True)
                 await self._sync_tombstones()
@@ -155,14 +165,21 @@ class Service:
                 ) as cons:
                     self._consumer = cons
                     cons.subscribe(list(t.inputs), listener=_Rebalance(self))
-                    log.info("joining group %r on %s for %s", self.config.group_id, self.bootstrap, ", ".join(t.inputs))
+                    log.info(
+                        "joining group %r on %s for %s",
+                        self.config.group_id,
+                        self.bootstrap,
+                        ", ".join(t.inputs),
+                    )
                     await self._loop(cons, policies, stop)
                     await self._commit_offsets(cons)
                     log.info("stopping: offsets committed, %s", self.stats.as_dict())
         finally:
             await self._index.close()
 
-    async def _loop(self, cons: AIOKafkaConsumer, policies: AIOKafkaConsumer, stop: anyio.Event) -> None:
+    async def _loop(
+        self, cons: AIOKafkaConsumer, policies: AIOKafkaConsumer, stop: anyio.Event
+    ) -> None:
         last_progress = 0.0
         while not stop.is_set():
             now = self.clock()
@@ -221,7 +238,9 @@ class Service:
             async for batch in read_to_end(cons, topic, start=start):
                 updates: list[tuple[model.Stamp, Slot]] = []
                 offsets: dict[Slot, int] = {}
-                keys = [r.key.decode() for recs in batch.values() for r in recs if r.key and r.value]
+                keys = [
+                    r.key.decode() for recs in batch.values() for r in recs if r.key and r.value
+                ]
                 priors = await self._index.get_many(keys)
                 for tp, recs in batch.items():
                     for rec in recs:
@@ -237,7 +256,8 @@ class Service:
                 log.info("recovery: %d deletions folded in from %s", folded, topic)
 
     async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
-        assert self._index is not None and self._consumer is not None
+        assert self._index is not None
+        assert self._consumer is not None
         stored = await self._index.offsets()
         slots = [(tp.topic, tp.partition) for tp in assigned]
         for tp, slot in zip(assigned, slots, strict=True):
@@ -260,14 +280,19 @@ class Service:
 
     # -- ingest -----------------------------------------------------------------------------
 
-    async def _ingest(self, cons: AIOKafkaConsumer, batch: Mapping[TopicPartition, list[Any]]) -> None:
-        assert self._index is not None and self._producer is not None
+    async def _ingest(
+        self, cons: AIOKafkaConsumer, batch: Mapping[TopicPartition, list[Any]]
+    ) -> None:
+        assert self._index is not None
+        assert self._producer is not None
         now = self.clock()
         skew = self.config.max_clock_skew_ms
         parsed: list[tuple[Any, Slot, model.InputEvent | model.Rejection]] = []
         for tp, records in batch.items():
             for rec in records:
-                ev = model.parse_event(rec.value, categories=self._categories, now_ms=now, max_skew_ms=skew)
+                ev = model.parse_event(
+                    rec.value, categories=self._categories, now_ms=now, max_skew_ms=skew
+                )
                 parsed.append((rec, (tp.topic, tp.partition), ev))
         priors = await self._index.get_many(
             ev.identity.key for _, _, ev in parsed if isinstance(ev, model.InputEvent)
@@ -309,13 +334,19 @@ class Service:
         """Commit to Kafka what the index already holds. The index is the truth for where
         reading resumes; the group's offsets are for lag monitoring, so once a second is
         plenty and saves a round trip per batch."""
-        owned = {TopicPartition(t, p): o for (t, p), o in self._to_commit.items() if (t, p) in self._owned}
+        owned = {
+            TopicPartition(t, p): o
+            for (t, p), o in self._to_commit.items()
+            if (t, p) in self._owned
+        }
         self._to_commit.clear()
         self._committed_at = time.monotonic()
         try:
             if owned:
                 await cons.commit(owned)
-        except KafkaError as exc:  # the index has the truth; a failed commit only delays lag metrics
+        except (
+            KafkaError
+        ) as exc:  # the index has the truth; a failed commit only delays lag metrics
             log.warning("offset commit failed (the index keeps the position): %r", exc)
 
     async def _dead_letter(self, out: OutputBuffer, rec: Any, why: model.Rejection) -> None:
@@ -328,7 +359,14 @@ class Service:
             (model.H_PARTITION, str(rec.partition).encode()),
             (model.H_OFFSET, str(rec.offset).encode()),
         ]
-        log.warning("dead letter %s[%d]@%d: %s (%s)", rec.topic, rec.partition, rec.offset, why.code, why.detail)
+        log.warning(
+            "dead letter %s[%d]@%d: %s (%s)",
+            rec.topic,
+            rec.partition,
+            rec.offset,
+            why.code,
+            why.detail,
+        )
         await out.add(self.config.topics.dlq, rec.key, rec.value, headers=headers)
 
     # -- timers -----------------------------------------------------------------------------
@@ -340,7 +378,9 @@ class Service:
             self.stats.explicit += 1
         else:
             self.stats.tombstones += 1
-        event = model.encode_tombstone(fired.before, reason=fired.reason, emitted_at=fired.emitted_at)
+        event = model.encode_tombstone(
+            fired.before, reason=fired.reason, emitted_at=fired.emitted_at
+        )
         t = self.config.topics
         await out.add(t.tombstones, key, event, timestamp_ms=fired.emitted_at)
         await out.add(t.stamped, key, None, timestamp_ms=fired.emitted_at)
@@ -377,7 +417,9 @@ class Service:
         target = self.engine.horizon_target(self.clock())
         if target is None:
             return
-        stamps = await self._index.pending(self._owned, since=self.engine.horizon_end, before=target)
+        stamps = await self._index.pending(
+            self._owned, since=self.engine.horizon_end, before=target
+        )
         self.engine.extend_horizon(target, stamps)
 
 
@@ -386,11 +428,17 @@ def _deleted_state(value: bytes | None, prior: model.Stamp | None) -> model.Stam
     if value is None:
         return None
     try:
-        body = model.orjson.loads(value)
-        ident = model.Identity(body["org"], body["bot"], body["env"], body["category"], body["record_id"])
+        body = orjson.loads(value)
+        ident = model.Identity(
+            body["org"], body["bot"], body["env"], body["category"], body["record_id"]
+        )
         created = None if body.get("created_at") is None else parse_ts(body["created_at"])
         expires = None if body.get("expires_at") is None else parse_ts(body["expires_at"])
-        deleted_at = expires - 1 if body["reason"] == "ttl" and expires is not None else parse_ts(body["emitted_at"])
+        deleted_at = (
+            expires - 1
+            if body["reason"] == "ttl" and expires is not None
+            else parse_ts(body["emitted_at"])
+        )
         ttl_s = body.get("ttl_seconds")
     except (KeyError, TypeError, ValueError):
         log.warning("recovery: skipping an unreadable tombstone event")
@@ -400,7 +448,14 @@ def _deleted_state(value: bytes | None, prior: model.Stamp | None) -> model.Stam
             return None
         if prior.live and prior.created_at is not None and prior.created_at > deleted_at:
             return None  # the index holds a newer life
-    return model.Stamp(ident, created, expires, None if ttl_s is None else ttl_s * 1000, body.get("ttl_source"), deleted_at)
+    return model.Stamp(
+        ident,
+        created,
+        expires,
+        None if ttl_s is None else ttl_s * 1000,
+        body.get("ttl_source"),
+        deleted_at,
+    )
 
 
 async def _all_acked(acks: list[Awaitable[Any]]) -> None:

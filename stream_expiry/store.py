@@ -16,7 +16,6 @@ index and where reading resumes can never disagree. WAL mode lets readers (``rep
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import aiosqlite
@@ -25,6 +24,7 @@ from stream_expiry.errors import StoreError
 from stream_expiry.model import Stamp, decode_key
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
     from types import TracebackType
 
 __all__ = ["Index", "Slot"]
@@ -125,7 +125,9 @@ class Index:
         async with self._db.execute("SELECT topic, partition, next FROM offsets") as cur:
             return {(str(t), int(p)): int(n) for t, p, n in await cur.fetchall()}
 
-    async def pending(self, slots: Iterable[Slot], *, before: int, since: int | None = None) -> list[tuple[Stamp, Slot]]:
+    async def pending(
+        self, slots: Iterable[Slot], *, before: int, since: int | None = None
+    ) -> list[tuple[Stamp, Slot]]:
         """Live records of ``slots`` with ``since <= expires_at < before``, in expiry order."""
         out: list[tuple[Stamp, Slot]] = []
         lower = -(2**62) if since is None else since
@@ -150,7 +152,11 @@ class Index:
         ) as cur:
             row = await cur.fetchone()
         pending, never, deleted = row if row else (0, 0, 0)
-        return {"pending": int(pending or 0), "never": int(never or 0), "deleted": int(deleted or 0)}
+        return {
+            "pending": int(pending or 0),
+            "never": int(never or 0),
+            "deleted": int(deleted or 0),
+        }
 
     # -- writes ---------------------------------------------------------------------------
 

@@ -9,8 +9,8 @@ updates) and formatted at the edge (tombstones, stamps).
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 __all__ = ["MAX_TS_MS", "MIN_TS_MS", "InvalidTimestamp", "format_ts", "parse_ts"]
 
@@ -42,10 +42,14 @@ def parse_ts(value: object) -> int:
             raise InvalidTimestamp(f"epoch milliseconds {value} are out of range")
         return value
     if not isinstance(value, str):
-        raise InvalidTimestamp(f"expected an RFC 3339 string or epoch milliseconds, got {type(value).__name__}")
+        raise InvalidTimestamp(
+            f"expected an RFC 3339 string or epoch milliseconds, got {type(value).__name__}"
+        )
     m = _RFC3339.match(value)
     if m is None:
-        raise InvalidTimestamp(f"{value!r} is not RFC 3339 with an offset (e.g. 2026-01-31T12:00:00Z)")
+        raise InvalidTimestamp(
+            f"{value!r} is not RFC 3339 with an offset (e.g. 2026-01-31T12:00:00Z)"
+        )
     year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
     frac = m.group(7) or ""
     millis = int((frac + "000")[:3])

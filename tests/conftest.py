@@ -9,15 +9,17 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_asyncio
 
 from stream_expiry.broker import EmbeddedBroker
 from stream_expiry.kafka import consumer, ensure_topics, read_to_end
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator
 
 
 @pytest.fixture(scope="session")
@@ -128,5 +130,5 @@ async def wait_for(predicate: Callable[[], bool], *, timeout_s: float = 20.0) ->
     import anyio
 
     with anyio.fail_after(timeout_s):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - the predicate reads another task's state
             await anyio.sleep(0.02)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
@@ -14,7 +13,11 @@ from stream_expiry.config import Config, parse_config
 from stream_expiry.kafka import producer
 from stream_expiry.model import Identity
 from stream_expiry.service import Service, wall_clock_ms
-from tests.conftest import TopicSet
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping, Sequence
+
+    from tests.conftest import TopicSet
 
 
 def config_for(
@@ -81,7 +84,7 @@ def event(
     return Identity(org, bot, env, category, record_id).key.encode(), orjson.dumps(body)
 
 
-async def produce(broker: str, messages: list[tuple[str, bytes | None, bytes | None]]) -> None:
+async def produce(broker: str, messages: Sequence[tuple[str, bytes | None, bytes | None]]) -> None:
     """Send (topic, key, value) messages and wait for every ack."""
     async with producer(broker) as prod:
         futures = [await prod.send(t, key=k, value=v) for t, k, v in messages]

@@ -14,18 +14,22 @@ import random
 import signal
 import subprocess
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import orjson
 import pytest
-from anyio.abc import Process
 
 from stream_expiry.kafka import producer
 from stream_expiry.model import Identity
 from stream_expiry.service import wall_clock_ms
 from stream_expiry.timeutil import parse_ts
 from tests.conftest import TopicSet, read_all
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from anyio.abc import Process
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -46,9 +50,9 @@ dlq = "{topics.dlq}"
 [service]
 tick_ms = 5
 [retention.defaults]
-conversation = "{TTL_S['conversation']}s"
-session = "{TTL_S['session']}s"
-error = "{TTL_S['error']}s"
+conversation = "{TTL_S["conversation"]}s"
+session = "{TTL_S["session"]}s"
+error = "{TTL_S["error"]}s"
 """
 
 
@@ -75,8 +79,18 @@ class ServiceProcess:
 
 async def _start(broker: str, config_path: Path) -> ServiceProcess:
     proc = await anyio.open_process(
-        [sys.executable, "-m", "stream_expiry", "run", "--config", str(config_path),
-         "--bootstrap-servers", broker, "--log-level", "INFO"],
+        [
+            sys.executable,
+            "-m",
+            "stream_expiry",
+            "run",
+            "--config",
+            str(config_path),
+            "--bootstrap-servers",
+            broker,
+            "--log-level",
+            "INFO",
+        ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -100,8 +114,15 @@ async def test_sigkill_at_random_moments_loses_nothing_and_never_fires_early(
                 i += 1
                 category = rng.choice(["conversation", "session", "error", "analytics"])
                 ident = Identity(rng.choice(["acme", "globex"]), "_", "live", category, f"r{i}")
-                body = {"category": category, "org": ident.org, "record_id": ident.record_id, "ts": wall_clock_ms()}
-                topic = {"conversation": topics.conversations, "session": topics.sessions}.get(category, topics.errors)
+                body = {
+                    "category": category,
+                    "org": ident.org,
+                    "record_id": ident.record_id,
+                    "ts": wall_clock_ms(),
+                }
+                topic = {"conversation": topics.conversations, "session": topics.sessions}.get(
+                    category, topics.errors
+                )
                 await prod.send(topic, key=ident.key.encode(), value=orjson.dumps(body))
                 produced[ident.key.encode()] = category
                 await anyio.sleep(0.01)
@@ -132,7 +153,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_never_fires_early(
             return finite <= tombstoned
 
         with anyio.fail_after(90):
-            while not await all_tombstoned():
+            while not await all_tombstoned():  # noqa: ASYNC110 - polls the broker
                 await anyio.sleep(0.5)
         final.process.send_signal(signal.SIGTERM)
         with anyio.fail_after(20):

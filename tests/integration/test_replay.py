@@ -4,9 +4,9 @@ state directory is rebuilt from the topics without resurrecting anything."""
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 import shutil
-from pathlib import Path
+from collections import Counter
+from typing import TYPE_CHECKING
 
 import orjson
 import pytest
@@ -19,6 +19,9 @@ from stream_expiry.store import Index
 from stream_expiry.timeutil import format_ts
 from tests.conftest import TopicSet, read_all, read_topic, wait_for
 from tests.integration.service_helpers import config_for, event, produce, running_service
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -89,7 +92,8 @@ async def test_replay_reproduces_the_live_stamps_field_by_field(
             "data",
         ):
             assert got[name] == want[name], (key, name)
-    assert report.unchanged == n and report.earlier == report.later == report.never == 0
+    assert report.unchanged == n
+    assert report.earlier == report.later == report.never == 0
 
 
 async def test_replay_applies_a_policy_change_and_a_restarted_service_acts_on_it(
@@ -168,7 +172,8 @@ async def test_rebuild_from_an_empty_state_dir_keeps_pending_and_resurrects_noth
     assert {s.identity.key: s.expires_at for s, _ in after} == {
         s.identity.key: s.expires_at for s, _ in before
     }
-    assert len(after) == 4 and counts["pending"] == 4
+    assert len(after) == 4
+    assert counts["pending"] == 4
     # Nothing deleted came back: no tombstoned record was stamped a second time (the pending
     # ones may be, harmlessly: a stamp is idempotent).
     stamps_per_key = Counter(r.key for r in stamped if r.value is not None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 import pytest
@@ -11,6 +11,9 @@ from stream_expiry.model import Identity
 from stream_expiry.timeutil import parse_ts
 from tests.conftest import TopicSet, read_topic
 from tests.integration.service_helpers import config_for, event, produce, running_service
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -69,7 +72,8 @@ async def test_bad_inputs_go_to_the_dead_letter_topic_and_the_service_goes_on(
         dead = await read_topic(broker, topics.dlq, until=lambda r: len(r) >= len(bad))
         tombs = await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 1)
         assert service.stats.dead_letters == len(bad)
-    assert len(tombs) == 1 and orjson.loads(tombs[0].value)["record_id"] == "after-the-bad-ones"
+    assert len(tombs) == 1
+    assert orjson.loads(tombs[0].value)["record_id"] == "after-the-bad-ones"
     by_value = {rec.value: rec for rec in dead}
     for value, code in bad.items():
         headers = dict(by_value[value].headers)
@@ -91,5 +95,7 @@ async def test_explicit_delete_of_an_unseen_record_reaches_the_stores(
         tombs = await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 1)
     body = orjson.loads(tombs[0].value)
     assert body["reason"] == "explicit"
-    assert body["created_at"] is None and body["expires_at"] is None and body["ttl_source"] is None
+    assert body["created_at"] is None
+    assert body["expires_at"] is None
+    assert body["ttl_source"] is None
     assert tombs[0].key == Identity("acme", "_", "live", "conversation", "gdpr-1").key.encode()

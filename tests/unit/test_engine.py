@@ -22,6 +22,7 @@ from stream_expiry.policy import Resolution
 TTL = {"conversation": 1000, "session": 300, "error": 50, "analytics": None}
 SLIDING = frozenset({"session"})
 SLOT = ("in", 0)
+Tomb = tuple[str, str, int, "int | None"]
 
 
 def resolve(identity: Identity, at_ms: int) -> Resolution:
@@ -43,9 +44,9 @@ class Harness:
             resolve, SLIDING, now_ms=self.now, tick_ms=10, horizon_ms=self.horizon_ms
         )
 
-    def feed(self, ev: InputEvent) -> list[tuple[str, str, int, int | None]]:
+    def feed(self, ev: InputEvent) -> list[Tomb]:
         out = self.engine.feed(ev, self.index.get(ev.identity.key), self.now, SLOT)
-        tombs = []
+        tombs: list[Tomb] = []
         for f in out.fired:
             self.index[f.after.identity.key] = f.after
             tombs.append((f.before.identity.key, f.reason, f.emitted_at, f.before.expires_at))
@@ -53,7 +54,7 @@ class Harness:
             self.index[out.state.identity.key] = out.state
         return tombs
 
-    def advance(self, now: int) -> list[tuple[str, str, int, int | None]]:
+    def advance(self, now: int) -> list[Tomb]:
         self.now = max(self.now, now)
         target = self.engine.horizon_target(self.now)
         if target is not None:
@@ -64,7 +65,7 @@ class Harness:
                 if s.live and s.expires_at is not None and lo <= s.expires_at < target
             ]
             self.engine.extend_horizon(target, slice_)
-        tombs = []
+        tombs: list[Tomb] = []
         for f, _slot in self.engine.advance(self.now):
             self.index[f.after.identity.key] = f.after
             tombs.append((f.before.identity.key, f.reason, f.emitted_at, f.before.expires_at))
@@ -95,9 +96,9 @@ class Reference:
         if rec.deleted is None and rec.expires is not None:
             bisect.insort(self.timers, (rec.expires, key))
 
-    def event(self, ev: InputEvent) -> list[tuple[str, str, int, int | None]]:
+    def event(self, ev: InputEvent) -> list[Tomb]:
         key, t, op, cat = ev.identity.key, ev.ts, ev.op, ev.identity.category
-        out: list[tuple[str, str, int, int | None]] = []
+        out: list[Tomb] = []
         rec = self.recs.get(key)
         if (
             rec
@@ -151,9 +152,9 @@ class Reference:
         self._schedule(key, rec)
         return out
 
-    def advance(self, now: int) -> list[tuple[str, str, int, int | None]]:
+    def advance(self, now: int) -> list[Tomb]:
         self.now = max(self.now, now)
-        out = []
+        out: list[Tomb] = []
         while self.timers and self.timers[0][0] <= self.now:
             exp, key = self.timers.pop(0)
             self.recs[key].deleted = exp - 1
@@ -284,7 +285,8 @@ def test_engine_matches_reference_model(steps: list[tuple[object, ...]], horizon
             now += int(step[1])  # type: ignore[call-overload]
             got, want = h.advance(now), ref.advance(now)
             assert sorted(got) == sorted(want)
-            assert [g[3] for g in got] == sorted(g[3] for g in got)  # in expiry order
+            expiries = [g[3] or 0 for g in got]
+            assert expiries == sorted(expiries)  # in expiry order
             assert all(
                 g[2] >= g[3] for g in got if g[1] == "ttl" and g[3] is not None
             )  # never early

@@ -146,6 +146,18 @@ def test_insertion_order_survives_cascades_from_different_levels() -> None:
     ]
 
 
+def test_advance_to_the_first_tick_of_the_next_block() -> None:
+    # Level 0 holds tick 1; level 1 holds ticks 4 and 6; advancing to exactly tick 4 must fire
+    # level 0 and then cascade level 1's bucket that starts at 4.
+    wheel = make(tick_ms=1, slots=4)
+    wheel.schedule("a", 1, 1)
+    wheel.schedule("b", 4, 2)
+    wheel.schedule("c", 6, 3)
+    assert checked_advance(wheel, 4) == [(1, "a", 1), (4, "b", 2)]
+    assert wheel.next_due_ms() == 6
+    assert checked_advance(wheel, 6) == [(6, "c", 3)]
+
+
 def test_batch_is_sorted_by_due_then_insertion(tick: int) -> None:
     rng = random.Random(7)
     wheel = make(tick, slots=16)
