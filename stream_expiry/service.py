@@ -113,6 +113,7 @@ class Service:
         environ: Mapping[str, str],
         clock: Callable[[], int] = wall_clock_ms,
         on_progress: Callable[[ServiceStats], Awaitable[None] | None] | None = None,
+        consumer_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.bootstrap = bootstrap_servers
@@ -128,6 +129,7 @@ class Service:
         self.stats = ServiceStats()
         self.ready = anyio.Event()
         self._on_progress = on_progress
+        self._consumer_options = dict(consumer_options or {})
         self._owned: set[Slot] = set()
         self._index: Index | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -156,13 +158,15 @@ class Service:
                 self._producer = prod
                 await self._follow_policies(policies, to_end=True)
                 await self._sync_tombstones()
-                async with consumer(
-                    self.bootstrap,
-                    group_id=self.config.group_id,
-                    session_timeout_ms=6_000,  # fast crash detection; the broker minimum by default
-                    heartbeat_interval_ms=1_000,
-                    max_poll_records=MAX_BATCH,
-                ) as cons:
+                group_options: dict[str, Any] = {
+                    "group_id": self.config.group_id,
+                    # Fast crash detection: Kafka's default minimum session timeout.
+                    "session_timeout_ms": 6_000,
+                    "heartbeat_interval_ms": 1_000,
+                    "max_poll_records": MAX_BATCH,
+                    **self._consumer_options,
+                }
+                async with consumer(self.bootstrap, **group_options) as cons:
                     self._consumer = cons
                     cons.subscribe(list(t.inputs), listener=_Rebalance(self))
                     log.info(

@@ -49,7 +49,13 @@ async def running_service(
     config: Config, broker: str, environ: Mapping[str, str] | None = None
 ) -> AsyncIterator[Service]:
     """The service in a task; stopped (cleanly) when the block ends."""
-    service = Service(config, bootstrap_servers=broker, environ=environ or {})
+    # A short session: the test broker holds each join until old members time out.
+    service = Service(
+        config,
+        bootstrap_servers=broker,
+        environ=environ or {},
+        consumer_options={"session_timeout_ms": 2000, "heartbeat_interval_ms": 500},
+    )
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(service.run, stop)

@@ -8,8 +8,10 @@ import orjson
 import pytest
 
 from stream_expiry.model import Identity
+from stream_expiry.policy import scope_key
+from stream_expiry.service import wall_clock_ms
 from stream_expiry.timeutil import parse_ts
-from tests.conftest import TopicSet, read_topic
+from tests.conftest import TopicSet, read_topic, wait_for
 from tests.integration.service_helpers import config_for, event, produce, running_service
 
 if TYPE_CHECKING:
@@ -99,3 +101,30 @@ async def test_explicit_delete_of_an_unseen_record_reaches_the_stores(
     assert body["expires_at"] is None
     assert body["ttl_source"] is None
     assert tombs[0].key == Identity("acme", "_", "live", "conversation", "gdpr-1").key.encode()
+
+
+async def test_a_policy_update_applies_to_records_created_after_it_only(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    config = config_for(topics, str(tmp_path / "state"), '[retention.defaults]\nconversation = "1h"\n')
+    now = wall_clock_ms()
+    switch = now + 1_000
+    update = orjson.dumps(
+        {"scope": "org", "org": "acme", "ttl": {"conversation": "10m"}, "effective_from": switch}
+    )
+    async with running_service(config, broker) as service:
+        await produce(broker, [(topics.policies, scope_key("org", "acme").encode(), update)])
+        await wait_for(lambda: service.stats.policy_updates == 1, timeout_s=5)
+        await produce(
+            broker,
+            [
+                (topics.conversations, *event("conversation", "before", ts=now)),
+                (topics.conversations, *event("conversation", "after", ts=switch)),
+                (topics.conversations, *event("conversation", "other-org", org="globex", ts=switch)),
+            ],
+        )
+        stamped = await read_topic(broker, topics.stamped, until=lambda r: len(r) >= 3)
+    ttl = {orjson.loads(r.value)["record_id"]: orjson.loads(r.value)["ttl_seconds"] for r in stamped}
+    source = {orjson.loads(r.value)["record_id"]: orjson.loads(r.value)["ttl_source"] for r in stamped}
+    assert ttl == {"before": 3600, "after": 600, "other-org": 3600}
+    assert source == {"before": "default", "after": "org", "other-org": "default"}
