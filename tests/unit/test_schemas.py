@@ -1,0 +1,95 @@
+"""The JSON Schemas in schemas/ describe what the code really reads and writes."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import orjson
+import pytest
+
+from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone, parse_event
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+ROOT = SCHEMAS.parent
+
+
+def schema(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((SCHEMAS / name).read_text())
+    jsonschema.Draft202012Validator.check_schema(loaded)
+    return loaded
+
+
+IDENT = Identity("acme", "support", "draft", "conversation", "c/1 %é")
+LIVE = Stamp(IDENT, 1_795_000_000_000, 1_795_000_600_000, 600_000, "org")
+NEVER = Stamp(IDENT, 1_795_000_000_000, None, None, None)
+UNSEEN = Stamp(IDENT, None, None, None, None)
+
+
+@pytest.mark.parametrize("stamp", [LIVE, NEVER, UNSEEN])
+@pytest.mark.parametrize("reason", ["ttl", "explicit"])
+def test_tombstones_match_their_schema(stamp: Stamp, reason: str) -> None:
+    body = orjson.loads(encode_tombstone(stamp, reason=reason, emitted_at=1_795_000_600_004))  # type: ignore[arg-type]
+    jsonschema.validate(body, schema("tombstone.schema.json"))
+
+
+@pytest.mark.parametrize("stamp", [LIVE, NEVER])
+def test_stamps_match_their_schema(stamp: Stamp) -> None:
+    body = orjson.loads(encode_stamp(stamp, {"any": ["payload"]}))
+    jsonschema.validate(body, schema("stamped.schema.json"))
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"category": "conversation", "record_id": "1", "org": "a", "ts": 1_795_000_000_000},
+        {
+            "category": "session",
+            "record_id": "1",
+            "org": "a",
+            "ts": "2026-11-18T12:00:00+01:00",
+            "op": "touch",
+            "env": "draft",
+            "bot": "b",
+            "event_id": 7,
+            "data": None,
+            "extra": 1,
+        },
+    ],
+)
+def test_events_the_parser_accepts_match_the_input_schema(event: dict[str, Any]) -> None:
+    parsed = parse_event(
+        orjson.dumps(event),
+        categories=("conversation", "session"),
+        now_ms=1_795_000_000_000,
+        max_skew_ms=300_000,
+    )
+    assert not hasattr(parsed, "code"), parsed
+    jsonschema.validate(event, schema("input-event.schema.json"))
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"record_id": "1", "org": "a", "ts": 1},
+        {"category": "conversation", "record_id": "", "org": "a", "ts": 1},
+        {"category": "conversation", "record_id": "1", "org": "a", "ts": 1, "op": "explode"},
+        {"category": "conversation", "record_id": "1", "org": "a", "ts": 1, "env": "prod"},
+        {"category": "conversation", "record_id": "1", "org": "a", "ts": True},
+    ],
+)
+def test_events_the_schema_rejects_are_dead_lettered(event: dict[str, Any]) -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(event, schema("input-event.schema.json"))
+    parsed = parse_event(
+        orjson.dumps(event), categories=("conversation",), now_ms=10, max_skew_ms=0
+    )
+    assert hasattr(parsed, "code")
+
+
+def test_the_example_config_matches_the_config_schema() -> None:
+    config = tomllib.loads((ROOT / "examples" / "expiry.toml").read_text())
+    jsonschema.validate(config, schema("config.schema.json"))
