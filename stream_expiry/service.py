@@ -6,7 +6,8 @@ One task does the work in a fixed order, so the order of writes holds by constru
 2. apply policy updates that arrived, so they count for records created after them;
 3. feed the batch to the engine, send stamps, dead letters and explicit tombstones, and wait
    for the broker's acks;
-4. write the batch's states and next offsets to the index in one transaction;
+4. write the batch's states and next offsets to the index in one transaction (write-behind:
+   it overlaps the next batch, whose lookups see its states through an overlay);
 5. only then commit the offsets to Kafka (informational, at most once a second: the index's
    offsets are the truth);
 6. fire due timers: send their tombstones, wait for the acks, then mark them deleted.
@@ -19,6 +20,7 @@ and on revocation the partition's timers are forgotten.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -46,7 +48,7 @@ from stream_expiry.store import Index, Slot
 from stream_expiry.timeutil import parse_ts
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable, Iterable, Mapping
 
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -136,6 +138,8 @@ class Service:
         self._producer: AIOKafkaProducer | None = None
         self._categories = frozenset(config.categories)
         self._to_commit: dict[Slot, int] = {}
+        self._overlay: dict[str, tuple[model.Stamp, Slot]] = {}
+        self._inflight: tuple[asyncio.Future[None], dict[Slot, int]] | None = None
         self._committed_at = 0.0
         for warning in self.book.env_warnings:
             log.warning("%s", warning)
@@ -175,7 +179,10 @@ class Service:
                         self.bootstrap,
                         ", ".join(t.inputs),
                     )
-                    await self._loop(cons, policies, stop)
+                    try:
+                        await self._loop(cons, policies, stop)
+                    finally:
+                        await self._settle()
                     await self._commit_offsets(cons)
                     log.info("stopping: offsets committed, %s", self.stats.as_dict())
         finally:
@@ -277,6 +284,7 @@ class Service:
         self.ready.set()  # ready means: partitions owned, positions set, timers loaded
 
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._settle()
         slots = {(tp.topic, tp.partition) for tp in revoked}
         self._owned.difference_update(slots)
         dropped = self.engine.forget(slots)
@@ -298,7 +306,7 @@ class Service:
                     rec.value, categories=self._categories, now_ms=now, max_skew_ms=skew
                 )
                 parsed.append((rec, (tp.topic, tp.partition), ev))
-        priors = await self._index.get_many(
+        priors = await self._lookup(
             ev.identity.key for _, _, ev in parsed if isinstance(ev, model.InputEvent)
         )
         changed: dict[str, tuple[model.Stamp, Slot]] = {}
@@ -329,10 +337,42 @@ class Service:
                         timestamp_ms=now,
                     )
         await _all_acked(await out.flush())
-        await self._index.write(changed.values(), offsets)
-        self._to_commit.update(offsets)
+        # Write-behind: this batch's index write runs while the next batch is read and fed.
+        # Its offsets become committable only once it is done (``_settle``), and until then
+        # its states shadow the index for every lookup (``_overlay``).
+        await self._settle()
+        self._overlay = changed
+        self._inflight = (
+            asyncio.ensure_future(self._index.write(list(changed.values()), offsets)),
+            offsets,
+        )
         if time.monotonic() - self._committed_at >= COMMIT_EVERY_S:
             await self._commit_offsets(cons)
+
+    async def _settle(self) -> None:
+        """Wait for the in-flight index write; then its offsets may be committed to Kafka."""
+        if self._inflight is None:
+            return
+        task, offsets = self._inflight
+        self._inflight = None
+        await task
+        self._overlay = {}
+        self._to_commit.update(offsets)
+
+    async def _lookup(self, keys: Iterable[str]) -> dict[str, model.Stamp]:
+        """States from the in-flight write first, then from the index."""
+        assert self._index is not None
+        found: dict[str, model.Stamp] = {}
+        missing: list[str] = []
+        overlay = self._overlay
+        for key in keys:
+            hit = overlay.get(key)
+            if hit is None:
+                missing.append(key)
+            else:
+                found[key] = hit[0]
+        found.update(await self._index.get_many(missing))
+        return found
 
     async def _commit_offsets(self, cons: AIOKafkaConsumer) -> None:
         """Commit to Kafka what the index already holds. The index is the truth for where
@@ -397,7 +437,7 @@ class Service:
         due = self.engine.advance(now)
         if not due:
             return
-        current = await self._index.get_many(f.before.identity.key for f, _ in due)
+        current = await self._lookup(f.before.identity.key for f, _ in due)
         firing: list[tuple[Fired, Slot]] = []
         for fired, slot in due:
             stored = current.get(fired.before.identity.key)
@@ -414,13 +454,18 @@ class Service:
         for fired, _slot in firing:
             await self._send_tombstone(out, fired)
         await _all_acked(await out.flush())
-        await self._index.write((fired.after, slot) for fired, slot in firing)
+        for fired, slot in firing:  # keep the in-flight batch's shadow in step
+            key = fired.after.identity.key
+            if key in self._overlay:
+                self._overlay[key] = (fired.after, slot)
+        await self._index.write([(fired.after, slot) for fired, slot in firing])
 
     async def _extend_horizon(self) -> None:
         assert self._index is not None
         target = self.engine.horizon_target(self.clock())
         if target is None:
             return
+        await self._settle()  # the slice must see every state written so far
         stamps = await self._index.pending(
             self._owned, since=self.engine.horizon_end, before=target
         )

@@ -19,6 +19,7 @@ import os
 from typing import TYPE_CHECKING
 
 import aiosqlite
+import anyio
 
 from stream_expiry.errors import StoreError
 from stream_expiry.model import Stamp, decode_key
@@ -74,6 +75,7 @@ class Index:
     def __init__(self, db: aiosqlite.Connection, path: str) -> None:
         self._db = db
         self.path = path
+        self._write_lock = anyio.Lock()  # one transaction at a time on the one connection
 
     @classmethod
     async def open(cls, state_dir: str) -> Index:
@@ -179,6 +181,12 @@ class Index:
             )
             for s, slot in states
         ]
+        async with self._write_lock:
+            await self._transaction(rows, offsets)
+
+    async def _transaction(
+        self, rows: Sequence[tuple[object, ...]], offsets: Mapping[Slot, int] | None
+    ) -> None:
         try:
             await self._db.execute("BEGIN")
             if rows:
