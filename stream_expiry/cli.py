@@ -156,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where the durable index lives (default: config state_dir)",
     )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics (counters, lag histogram)",
+    )
     run.set_defaults(func=_cmd_run)
 
     explain = sub.add_parser(

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from stream_expiry.broker import EmbeddedBroker
+from stream_expiry.metrics import render, serve_metrics
 from stream_expiry.service import Service, ServiceStats
 
 if TYPE_CHECKING:
@@ -80,6 +81,13 @@ async def run_service(config: Config, args: argparse.Namespace) -> int:
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             tg.start_soon(stop_on_signals, stop)
+            if getattr(args, "metrics_port", None):
+                warnings = len(service.book.env_warnings)
+                tg.start_soon(
+                    serve_metrics,
+                    args.metrics_port,
+                    lambda: render(service.stats, env_warnings=warnings),
+                )
             await service.run(stop)
             tg.cancel_scope.cancel()
     return 0

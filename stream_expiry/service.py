@@ -21,6 +21,7 @@ and on revocation the partition's timers are forgotten.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from collections import Counter
@@ -43,6 +44,7 @@ from stream_expiry.kafka import (
     producer,
     read_to_end,
 )
+from stream_expiry.metrics import LAG_BUCKETS_MS
 from stream_expiry.policy import PolicyBook
 from stream_expiry.store import Index, Slot
 from stream_expiry.timeutil import parse_ts
@@ -78,7 +80,17 @@ class ServiceStats:
     explicit: int = 0
     policy_updates: int = 0
     verdicts: Counter[str] = field(default_factory=Counter)
+    dead_letter_codes: Counter[str] = field(default_factory=Counter)
     pending_in_wheel: int = 0
+    # ttl tombstones' lag (emitted_at - expires_at), as histogram buckets for /metrics
+    lag_buckets: list[int] = field(default_factory=lambda: [0] * len(LAG_BUCKETS_MS))
+    lag_sum_ms: int = 0
+
+    def observe_lag(self, lag_ms: int) -> None:
+        self.lag_sum_ms += lag_ms
+        index = bisect.bisect_left(LAG_BUCKETS_MS, lag_ms)
+        if index < len(self.lag_buckets):
+            self.lag_buckets[index] += 1
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -396,6 +408,7 @@ class Service:
     async def _dead_letter(self, out: OutputBuffer, rec: Any, why: model.Rejection) -> None:
         """The original key and value, unchanged, with the reason in headers."""
         self.stats.dead_letters += 1
+        self.stats.dead_letter_codes[why.code] += 1
         headers = [
             (model.H_ERROR, why.code.encode()),
             (model.H_DETAIL, why.detail.encode()),
@@ -422,6 +435,8 @@ class Service:
             self.stats.explicit += 1
         else:
             self.stats.tombstones += 1
+            if fired.before.expires_at is not None:
+                self.stats.observe_lag(fired.emitted_at - fired.before.expires_at)
         event = model.encode_tombstone(
             fired.before, reason=fired.reason, emitted_at=fired.emitted_at
         )
