@@ -96,6 +96,7 @@ class Engine(Generic[S]):
         self._resolve = resolve
         self._sliding = sliding
         self._horizon_ms = horizon_ms
+        self._tick_ms = tick_ms
         self._wheel: TimingWheel[str, tuple[Stamp, S]] = TimingWheel(
             tick_ms=tick_ms, start_ms=now_ms
         )
@@ -229,15 +230,13 @@ class Engine(Generic[S]):
         for stamp, slot in stamps:
             self._track(stamp, slot)
 
-    def forget(self, slots: Iterable[S]) -> int:
-        """Drop the timers of revoked slots; returns how many were dropped."""
-        gone = frozenset(slots)
-        if not gone:
-            return 0
-        dropped = [key for key in self._wheel if self._wheel.value_of(key)[1] in gone]
-        for key in dropped:
-            self._wheel.cancel(key)
-        return len(dropped)
+    def reset_timers(self) -> int:
+        """Drop every timer (on a partition revocation: the shell reloads the slots it still
+        owns from the index). Returns how many were dropped. Rebalances are rare, and one
+        index scan of the horizon is cheaper than tracking every timer's slot."""
+        dropped = len(self._wheel)
+        self._wheel = TimingWheel(tick_ms=self._tick_ms, start_ms=self._wheel.now_ms)
+        return dropped
 
     @property
     def pending_in_wheel(self) -> int:

@@ -283,6 +283,11 @@ class Service:
         assert self._consumer is not None
         stored = await self._index.offsets()
         slots = [(tp.topic, tp.partition) for tp in assigned]
+        if any(slot not in stored for slot in slots):
+            # A partition this instance never held (another instance had it) is rebuilt from
+            # its input topic, so first learn what was deleted meanwhile (incremental: only
+            # the tombstones since the last sync are read).
+            await self._sync_tombstones()
         for tp, slot in zip(assigned, slots, strict=True):
             position = stored.get(slot)
             if position is None:
@@ -296,11 +301,16 @@ class Service:
         self.ready.set()  # ready means: partitions owned, positions set, timers loaded
 
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        assert self._index is not None
         await self._settle()
         slots = {(tp.topic, tp.partition) for tp in revoked}
+        if not slots:
+            return
         self._owned.difference_update(slots)
-        dropped = self.engine.forget(slots)
-        log.info("revoked %s: %d timers handed back", _fmt(sorted(slots)), dropped)
+        dropped = self.engine.reset_timers()
+        kept = await self._index.pending(self._owned, before=self.engine.horizon_end)
+        self.engine.load(kept)
+        log.info("revoked %s: %d timers handed back", _fmt(sorted(slots)), dropped - len(kept))
 
     # -- ingest -----------------------------------------------------------------------------
 

@@ -42,8 +42,11 @@ Invariants kept between calls (``_check_invariants`` asserts all of them; the te
 6. ``now_ms`` is a high-water mark: it never moves back; ``advance`` with an earlier time
    acts as ``advance(now_ms)``.
 7. ``next_due_ms()`` is exact: a cached value, kept exact on ``schedule``, dropped when the
-   earliest timer is cancelled or anything fires or cascades, then recomputed from the
-   earliest occupied bucket (its live entries only).
+   earliest timer is cancelled, refreshed by ``advance`` when it fires or cascades anything
+   (or dropped if the walk did not reach it), and recomputed when dropped from the earliest
+   occupied bucket (its live entries only). The minimum of the last level >= 1
+   bucket so scanned is remembered the same way, so a large far bucket is scanned once, not
+   on every call while near timers come and go in front of it.
 
 Levels: with ``levels=None`` levels are added on demand, as far as the furthest timer needs
 (Python ints have no top). With ``levels=n`` the wheel has ``n`` levels covering
@@ -83,6 +86,8 @@ class TimingWheel(Generic[K, V]):
         "_lvl_of",
         "_mask",
         "_max_levels",
+        "_memo_bucket",
+        "_memo_min",
         "_next",
         "_next_ok",
         "_now",
@@ -129,6 +134,10 @@ class TimingWheel(Generic[K, V]):
         # Invariant 7: _next is the exact next due time when _next_ok; None otherwise.
         self._next: int | None = None
         self._next_ok = True
+        # The earliest level >= 1 bucket whose live minimum _compute_next last scanned, so a
+        # big far bucket is not scanned again on every call; None when unknown.
+        self._memo_bucket: list[tuple[int, K, V]] | None = None
+        self._memo_min = 0
         for _ in range(levels or 1):
             self._add_level()
 
@@ -176,6 +185,8 @@ class TimingWheel(Generic[K, V]):
             if old[0] == self._next:
                 self._next = None
                 self._next_ok = False
+            if old[0] == self._memo_min:
+                self._memo_bucket = None
             if self._stale > self._prune_min and self._stale > len(index):
                 self._prune()
         nxt = self._next  # not None only when exact (invariant 7)
@@ -207,6 +218,8 @@ class TimingWheel(Generic[K, V]):
         bucket = self._buckets[lvl][idx]
         if not bucket:
             self._occ[lvl] |= 1 << idx
+        elif bucket is self._memo_bucket and due_ms < self._memo_min:
+            self._memo_min = due_ms
         bucket.append(entry)
 
     def cancel(self, key: K) -> bool:
@@ -219,6 +232,8 @@ class TimingWheel(Generic[K, V]):
         if entry[0] == self._next:
             self._next = None
             self._next_ok = False
+        if entry[0] == self._memo_min:
+            self._memo_bucket = None
         if self._stale > self._prune_min and self._stale > len(index):
             self._prune()
         return True
@@ -336,6 +351,8 @@ class TimingWheel(Generic[K, V]):
             bucket = buckets[lvl][idx]
             buckets[lvl][idx] = []
             occs[lvl] = occ ^ (1 << idx)
+            if bucket is self._memo_bucket:
+                self._memo_bucket = None
             tick = self._tick
             origin = self._origin
             mask = self._mask
@@ -400,6 +417,8 @@ class TimingWheel(Generic[K, V]):
         bucket = self._buckets[lvl][idx]
         if not bucket:
             self._occ[lvl] |= 1 << idx
+        elif bucket is self._memo_bucket and entry[0] < self._memo_min:
+            self._memo_min = entry[0]
         bucket.append(entry)
 
     def _compute_next(self) -> int | None:
@@ -409,14 +428,19 @@ class TimingWheel(Generic[K, V]):
                 occ = self._occ[lvl]
                 idx = (occ & -occ).bit_length() - 1
                 bucket = buckets[idx]
+                if bucket is self._memo_bucket:
+                    return self._memo_min
                 best: int | None = None
                 if not self._stale:
                     best = min(map(_due_of_entry, bucket))
-                    return best
-                for entry in bucket:
-                    if index_get(entry[1]) is entry and (best is None or entry[0] < best):
-                        best = entry[0]
+                else:
+                    for entry in bucket:
+                        if index_get(entry[1]) is entry and (best is None or entry[0] < best):
+                            best = entry[0]
                 if best is not None:
+                    if lvl:
+                        self._memo_bucket = bucket
+                        self._memo_min = best
                     return best
                 # Only cancelled timers here: drop them now.
                 self._stale -= len(bucket)
@@ -434,6 +458,7 @@ class TimingWheel(Generic[K, V]):
     def _prune(self) -> None:
         """Drop every cancelled or replaced entry (they outnumber the live ones)."""
         index_get = self._index.get
+        self._memo_bucket = None
         for lvl, buckets in enumerate(self._buckets):
             occ = self._occ[lvl]
             while occ:
@@ -456,12 +481,12 @@ class TimingWheel(Generic[K, V]):
         seen: set[int] = set()
         stale = 0
         for lvl, buckets in enumerate(self._buckets):
-            for idx, bucket in enumerate(buckets):
-                assert bool(self._occ[lvl] >> idx & 1) == bool(bucket), (lvl, idx)
-                if bucket:
-                    digit = (cur >> (lvl * bits)) & mask
-                    assert idx >= digit if lvl == 0 else idx > digit, (lvl, idx, digit)
-                for entry in bucket:
+            occupied = [idx for idx, bucket in enumerate(buckets) if bucket]
+            assert self._occ[lvl] == sum(1 << idx for idx in occupied), lvl
+            for idx in occupied:
+                digit = (cur >> (lvl * bits)) & mask
+                assert idx >= digit if lvl == 0 else idx > digit, (lvl, idx, digit)
+                for entry in buckets[idx]:
                     if self._index.get(entry[1]) is not entry:
                         stale += 1
                         continue
@@ -483,6 +508,12 @@ class TimingWheel(Generic[K, V]):
         assert len(seen) == len(self._index)
         assert stale == self._stale, (stale, self._stale)
         assert self._next is None or self._next_ok
+        memo = self._memo_bucket
+        if memo is not None:
+            assert any(memo is b for level in self._buckets[1:] for b in level)
+            live = [e[0] for e in memo if self._index.get(e[1]) is e]
+            assert live
+            assert min(live) == self._memo_min
         if self._next_ok:
             dues = [entry[0] for entry in self._index.values()]
             assert self._next == (min(dues) if dues else None)

@@ -239,6 +239,29 @@ def test_next_due_is_exact_after_cancelling_the_earliest() -> None:
     assert wheel.next_due_ms() is None
 
 
+def test_next_due_does_not_rescan_a_far_bucket() -> None:
+    wheel = make(tick_ms=10)
+    for i in range(20_000):  # one level-2 bucket, ~33 minutes away
+        wheel.schedule(f"far{i}", 2_000_000 + i, i)
+    assert wheel.next_due_ms() == 2_000_000
+    memo = None
+    for j in range(100):  # near timers come and go in front of it
+        due = wheel.now_ms + 5
+        wheel.schedule("near", due, j)
+        assert wheel.next_due_ms() == due
+        assert wheel.advance(due) == [(due, "near", j)]
+        assert wheel.next_due_ms() == 2_000_000  # scanned once, then remembered
+        memo = memo or wheel._memo_bucket
+        assert memo is not None
+        assert wheel._memo_bucket is memo
+    wheel.schedule("earlier", 1_999_999, -1)  # lands in the same bucket
+    assert wheel.next_due_ms() == 1_999_999
+    wheel.cancel("earlier")
+    wheel.cancel("far0")
+    assert wheel.next_due_ms() == 2_000_001
+    wheel._check_invariants()
+
+
 # -- time ------------------------------------------------------------------------------------
 
 
@@ -390,6 +413,16 @@ class WheelMachine(RuleBasedStateMachine):
     @rule(key=keys)
     def cancel(self, key: str) -> None:
         assert self.wheel.cancel(key) is (self.ref.pop(key, None) is not None)
+
+    @rule(later=st.booleans(), offset=offsets)
+    def cancel_or_move_earliest(self, later: bool, offset: int) -> None:
+        if not self.ref:
+            return
+        key = min(self.ref, key=lambda k: self.ref[k][:2])
+        if later:
+            self.schedule(key, abs(offset) + (self.ref[key][0] - self.now) + 1)
+        else:
+            self.cancel(key)
 
     @rule(offset=offsets)
     def advance(self, offset: int) -> None:
