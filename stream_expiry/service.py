@@ -156,6 +156,11 @@ class Service:
         for warning in self.book.env_warnings:
             log.warning("%s", warning)
 
+    @property
+    def owned(self) -> frozenset[Slot]:
+        """The input partitions this instance holds now."""
+        return frozenset(self._owned)
+
     # -- lifecycle --------------------------------------------------------------------------
 
     async def run(self, stop: anyio.Event) -> None:

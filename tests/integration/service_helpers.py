@@ -46,15 +46,22 @@ tick_ms = 5
 
 @contextlib.asynccontextmanager
 async def running_service(
-    config: Config, broker: str, environ: Mapping[str, str] | None = None
+    config: Config,
+    broker: str,
+    environ: Mapping[str, str] | None = None,
+    *,
+    fast_join: bool = True,
 ) -> AsyncIterator[Service]:
     """The service in a task; stopped (cleanly) when the block ends."""
-    # A short session: the test broker holds each join until old members time out.
+    # A short session makes a lone member's (re)join fast on the test broker, which holds a
+    # join until the old members time out; with several members it causes rebalance storms,
+    # because the broker holds every JoinGroup ~3 s, longer than that session.
+    fast = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500}
     service = Service(
         config,
         bootstrap_servers=broker,
         environ=environ or {},
-        consumer_options={"session_timeout_ms": 2000, "heartbeat_interval_ms": 500},
+        consumer_options=fast if fast_join else None,
     )
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:

@@ -106,7 +106,9 @@ async def test_explicit_delete_of_an_unseen_record_reaches_the_stores(
 async def test_a_policy_update_applies_to_records_created_after_it_only(
     broker: str, topics: TopicSet, tmp_path: Path
 ) -> None:
-    config = config_for(topics, str(tmp_path / "state"), '[retention.defaults]\nconversation = "1h"\n')
+    config = config_for(
+        topics, str(tmp_path / "state"), '[retention.defaults]\nconversation = "1h"\n'
+    )
     now = wall_clock_ms()
     switch = now + 1_000
     update = orjson.dumps(
@@ -120,11 +122,18 @@ async def test_a_policy_update_applies_to_records_created_after_it_only(
             [
                 (topics.conversations, *event("conversation", "before", ts=now)),
                 (topics.conversations, *event("conversation", "after", ts=switch)),
-                (topics.conversations, *event("conversation", "other-org", org="globex", ts=switch)),
+                (
+                    topics.conversations,
+                    *event("conversation", "other-org", org="globex", ts=switch),
+                ),
             ],
         )
         stamped = await read_topic(broker, topics.stamped, until=lambda r: len(r) >= 3)
-    ttl = {orjson.loads(r.value)["record_id"]: orjson.loads(r.value)["ttl_seconds"] for r in stamped}
-    source = {orjson.loads(r.value)["record_id"]: orjson.loads(r.value)["ttl_source"] for r in stamped}
+    ttl = {
+        orjson.loads(r.value)["record_id"]: orjson.loads(r.value)["ttl_seconds"] for r in stamped
+    }
+    source = {
+        orjson.loads(r.value)["record_id"]: orjson.loads(r.value)["ttl_source"] for r in stamped
+    }
     assert ttl == {"before": 3600, "after": 600, "other-org": 3600}
     assert source == {"before": "default", "after": "org", "other-org": "default"}

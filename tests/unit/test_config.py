@@ -354,6 +354,7 @@ def test_a_key_that_cannot_be_placed_names_the_table() -> None:
 
 def _schema_validator() -> Any:
     import jsonschema
+
     schema_path = Path(__file__).parents[2] / "schemas" / "config.schema.json"
     schema = json.loads(schema_path.read_text(encoding="utf-8"))
     jsonschema.Draft202012Validator.check_schema(schema)

@@ -256,6 +256,7 @@ def test_unknown_extra_fields_are_ignored() -> None:
 
 def _schema_validator() -> Any:
     import jsonschema
+
     path = Path(__file__).parents[2] / "schemas" / "policy-update.schema.json"
     schema = json.loads(path.read_text(encoding="utf-8"))
     jsonschema.Draft202012Validator.check_schema(schema)

@@ -36,6 +36,7 @@ HOSTILE = Identity(
 def validator(name: str) -> Any:
     """A checked Draft 2020-12 validator (jsonschema, as the other schema tests use it)."""
     import jsonschema
+
     loaded = json.loads((SCHEMAS / name).read_text())
     jsonschema.Draft202012Validator.check_schema(loaded)
     return jsonschema.Draft202012Validator(loaded)
