@@ -153,7 +153,7 @@ async def _watch_tombstones(bootstrap: str, topic: str, watch: Watch, stop: anyi
 def _progress(service: Service, watch: Watch, deleted: int, elapsed: float) -> str:
     s = service.stats
     return (
-        f"\r[{elapsed:5.1f}s] events in {s.events:6d} | stamped {s.stamped:6d} | "
+        f"[{elapsed:5.1f}s] events in {s.events:6d} | stamped {s.stamped:6d} | "
         f"pending {s.pending_in_wheel:5d} | tombstones {watch.ttl:6d} (+{watch.explicit} explicit) | "
         f"rows deleted {deleted:6d} | dead letters {s.dead_letters:3d}   "
     )
@@ -211,14 +211,15 @@ async def run_demo(args: argparse.Namespace) -> int:
                 )
 
                 async def show() -> None:
+                    # A live line on a terminal; a plain line every 2 s in a log or a pipe.
+                    tty = out.isatty()
                     while not stop_watch.is_set():
-                        out.write(
-                            _progress(
-                                service, watch, sink_stats["deleted"], time.monotonic() - started
-                            )
+                        line = _progress(
+                            service, watch, sink_stats["deleted"], time.monotonic() - started
                         )
+                        out.write("\r" + line if tty else line + "\n")
                         out.flush()
-                        await anyio.sleep(0.25)
+                        await anyio.sleep(0.25 if tty else 2.0)
 
                 tg.start_soon(show)
                 await _traffic(bootstrap, args.duration, args.rate, counts)
@@ -230,9 +231,8 @@ async def run_demo(args: argparse.Namespace) -> int:
                 stop_service.set()
                 stop_sink.set()
                 stop_watch.set()
-            out.write(
-                _progress(service, watch, sink_stats["deleted"], time.monotonic() - started) + "\n"
-            )
+            final = _progress(service, watch, sink_stats["deleted"], time.monotonic() - started)
+            out.write(("\r" if out.isatty() else "") + final + "\n")
             sink_stats["left"] = await store.count()
             await store.close()
             _summary(service, watch, counts, sink_stats)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +105,7 @@ async def consumer(
         "auto_offset_reset": "earliest",
         "enable_auto_commit": False,
         "request_timeout_ms": 40_000,
+        "fetch_max_wait_ms": 100,  # an idle partition answers (with its high watermark) fast
     }
     options.update(overrides)
     cons = AIOKafkaConsumer(*topics, **options)
@@ -128,13 +130,15 @@ async def high_watermarks(
     consumer's positions are restored afterwards.
     """
     positions = {tp: await cons.position(tp) for tp in tps}
-    ends: dict[TopicPartition, int] = {}
-    for tp in tps:
-        hw = cons.highwater(tp)
-        if hw is None:
-            await cons.getmany(tp, timeout_ms=1000, max_records=1)
-            hw = cons.highwater(tp)
-        ends[tp] = hw or 0
+    unknown = [tp for tp in tps if cons.highwater(tp) is None]
+    deadline = time.monotonic() + 15
+    while unknown and time.monotonic() < deadline:
+        # Any fetch response carries the high watermark, empty partitions' too.
+        await cons.getmany(*unknown, timeout_ms=100, max_records=1)
+        unknown = [tp for tp in unknown if cons.highwater(tp) is None]
+    if unknown:
+        raise BrokerError(f"no fetch response for {unknown} within 15 s: is the broker healthy?")
+    ends = {tp: cons.highwater(tp) or 0 for tp in tps}
     for tp, pos in positions.items():
         cons.seek(tp, pos)
     return ends
