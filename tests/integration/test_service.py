@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import anyio
 import orjson
 import pytest
 
 from stream_expiry.model import Identity
 from stream_expiry.policy import scope_key
 from stream_expiry.service import wall_clock_ms
+from stream_expiry.sinks import BatchReport, Sink, SinkConfig, SQLiteStore
 from stream_expiry.timeutil import parse_ts
 from tests.conftest import TopicSet, read_topic, wait_for
 from tests.integration.service_helpers import config_for, event, produce, running_service
@@ -137,3 +139,59 @@ async def test_a_policy_update_applies_to_records_created_after_it_only(
     }
     assert ttl == {"before": 3600, "after": 600, "other-org": 3600}
     assert source == {"before": "default", "after": "org", "other-org": "default"}
+
+
+async def test_from_events_to_rows_deleted_in_a_sqlite_store(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """The whole path of the contract: events in, stamps into a store, rows deleted on time."""
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    store = SQLiteStore(str(tmp_path / "store.sqlite"))
+    deleted_at: dict[Identity, int] = {}
+
+    def on_batch(report: BatchReport) -> None:
+        for receipt in report.receipts:
+            deleted_at[receipt.identity] = wall_clock_ms()
+
+    sink = Sink(
+        store,
+        SinkConfig(
+            bootstrap_servers=broker,
+            group_id=f"{topics.prefix}-store",
+            stamped_topic=topics.stamped,
+            tombstones_topic=topics.tombstones,
+            receipts_topic=topics.receipts,
+            consumer_options={"session_timeout_ms": 2000, "heartbeat_interval_ms": 500},
+        ),
+        on_batch=on_batch,
+    )
+    stop_sink = anyio.Event()
+    idents = [
+        Identity("acme", "_", "live", "conversation", "c1"),
+        Identity("acme", "b1", "live", "session", "s1"),
+        Identity("acme", "_", "draft", "error", "e1"),
+    ]
+    async with anyio.create_task_group() as tg, running_service(config, broker):
+        tg.start_soon(sink.run, stop_sink)
+        await produce(
+            broker,
+            [
+                (topics.conversations, *event("conversation", "c1")),
+                (topics.sessions, *event("session", "s1", bot="b1")),
+                (topics.errors, *event("error", "e1", env="draft")),
+                (topics.errors, *event("error", "keep", org="other", ts=wall_clock_ms() + 60_000)),
+            ],
+        )
+        await wait_for(lambda: len(deleted_at) >= 3, timeout_s=20)
+        stop_sink.set()
+    tombs = {
+        orjson.loads(r.value)["record_id"]: orjson.loads(r.value)
+        for r in await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 3)
+    }
+    async with store:
+        for ident in idents:
+            assert await store.get(ident) is None  # the row is gone
+            expires = parse_ts(tombs[ident.record_id]["expires_at"])
+            assert expires <= deleted_at[ident] < expires + 2000  # on time, never early
+        kept = await store.get(Identity("other", "_", "live", "error", "keep"))
+        assert kept is not None  # another tenant's row, not yet due, is untouched
