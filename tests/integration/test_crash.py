@@ -27,6 +27,7 @@ from stream_expiry.timeutil import parse_ts
 from tests.conftest import TopicSet, read_all
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from anyio.abc import Process
@@ -77,6 +78,19 @@ class ServiceProcess:
                     self.ready.set()
 
 
+STARTED: list[Process] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_orphans() -> Iterator[None]:
+    """However the test ends, no service process outlives it."""
+    yield
+    for proc in STARTED:
+        if proc.returncode is None:
+            proc.kill()
+    STARTED.clear()
+
+
 async def _start(broker: str, config_path: Path) -> ServiceProcess:
     proc = await anyio.open_process(
         [
@@ -95,6 +109,7 @@ async def _start(broker: str, config_path: Path) -> ServiceProcess:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+    STARTED.append(proc)
     return ServiceProcess(proc)
 
 
