@@ -20,12 +20,12 @@ if TYPE_CHECKING:
     from tests.conftest import TopicSet
 
 
-def config_for(
-    topics: TopicSet, state_dir: str, retention_toml: str = "", **overrides: Any
-) -> Config:
-    """A config on the test's own topics and state directory, with a unique group."""
-    text = f"""
-group_id = "{topics.prefix}-group"
+def config_text(
+    topics: TopicSet, state_dir: str, retention_toml: str = "", *, group_id: str | None = None
+) -> str:
+    """Config file text for the test's own topics, state directory and (unique) group."""
+    return f"""
+group_id = "{group_id or topics.prefix + "-group"}"
 state_dir = "{state_dir}"
 
 [topics]
@@ -41,6 +41,13 @@ tick_ms = 5
 
 {retention_toml}
 """
+
+
+def config_for(
+    topics: TopicSet, state_dir: str, retention_toml: str = "", **overrides: Any
+) -> Config:
+    """The parsed :func:`config_text`, with fields replaced by ``overrides``."""
+    text = config_text(topics, state_dir, retention_toml)
     return dataclasses.replace(parse_config(text, path="<test>"), **overrides)
 
 

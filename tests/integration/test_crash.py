@@ -25,6 +25,7 @@ from stream_expiry.model import Identity
 from stream_expiry.service import wall_clock_ms
 from stream_expiry.timeutil import parse_ts
 from tests.conftest import TopicSet, read_all
+from tests.integration.service_helpers import config_text
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -39,22 +40,8 @@ TTL_S = {"conversation": 2, "session": 1, "error": 1}
 
 
 def _config(topics: TopicSet, state: Path, run: int) -> str:
-    return f"""
-group_id = "{topics.prefix}-run{run}"
-state_dir = "{state}"
-[topics]
-inputs = ["{topics.conversations}", "{topics.sessions}", "{topics.errors}"]
-policies = "{topics.policies}"
-stamped = "{topics.stamped}"
-tombstones = "{topics.tombstones}"
-dlq = "{topics.dlq}"
-[service]
-tick_ms = 5
-[retention.defaults]
-conversation = "{TTL_S["conversation"]}s"
-session = "{TTL_S["session"]}s"
-error = "{TTL_S["error"]}s"
-"""
+    retention = "[retention.defaults]\n" + "".join(f'{c} = "{s}s"\n' for c, s in TTL_S.items())
+    return config_text(topics, str(state), retention, group_id=f"{topics.prefix}-run{run}")
 
 
 class ServiceProcess:
