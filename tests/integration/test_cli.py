@@ -1,0 +1,100 @@
+"""The command line as a user runs it: exit codes, JSON shapes, errors that say what to do."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+import orjson
+import pytest
+
+from stream_expiry.cli import main
+from tests.conftest import make_topic_set
+from tests.integration.service_helpers import config_text, event, produce
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.integration
+
+
+def test_explain_json_is_the_contract_shape(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(
+        '[retention.orgs.acme]\nconversation = "7d"\n[retention.defaults]\nconversation = "30d"\n'
+    )
+    monkeypatch.setenv("MAX_CONVERSATION_TTL_IN_MINUTES", "1440")
+    code = main(
+        ["explain", "--config", str(cfg), "--org", "acme", "--category", "conversation", "--json"]
+    )
+    assert code == 0
+    out = orjson.loads(capsys.readouterr().out)
+    assert out["ttl_seconds"] == 86_400
+    assert out["source"] == "env"
+    assert {
+        "source": "env",
+        "name": "MAX_CONVERSATION_TTL_IN_MINUTES",
+        "ttl_seconds": 86_400,
+        "valid": True,
+    } in out["candidates"]
+    assert set(out) == {"ttl_seconds", "source", "candidates"}
+
+
+def test_a_bad_config_file_stops_with_the_line_and_a_suggestion(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text('preset = "none"\n\n[retention.orgs.acme]\nconversaton = "7d"\n')
+    code = main(["explain", "--config", str(cfg), "--org", "acme", "--category", "conversation"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "line 4" in err
+    assert "conversation" in err
+
+
+def test_run_without_brokers_says_how_to_give_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STREAM_EXPIRY_BOOTSTRAP_SERVERS", raising=False)
+    code = main(["run", "--state-dir", str(tmp_path)])
+    assert code == 2
+    assert "--bootstrap-servers" in capsys.readouterr().err
+
+
+def test_replay_dry_run_json_counts(
+    broker: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topics = make_topic_set()
+
+    async def setup() -> None:
+        from stream_expiry.kafka import ensure_topics
+
+        await ensure_topics(broker, topics.all, partitions=2)
+        await produce(
+            broker,
+            [(topics.conversations, *event("conversation", f"c{i}")) for i in range(5)]
+            + [(topics.conversations, b"k", b"not json")],
+        )
+
+    anyio.run(setup)
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(
+        config_text(topics, str(tmp_path / "state"), '[retention.defaults]\nconversation = "1h"\n')
+    )
+    code = main(
+        ["replay", "--config", str(cfg), "--bootstrap-servers", broker, "--dry-run", "--json"]
+    )
+    assert code == 0
+    counts = orjson.loads(capsys.readouterr().out)
+    # Nothing was stamped yet (no service ran): all five are new, finite, not yet due.
+    assert counts == {
+        "events": 6,
+        "records": 5,
+        "unchanged": 0,
+        "earlier": 5,
+        "later": 0,
+        "due_now": 0,
+        "never": 0,
+    }
