@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
+from stream_expiry.config import load_config
 from stream_expiry.errors import ConfigurationError, StreamExpiryError
 from stream_expiry.sinks.framework import (
     DEFAULT_RECEIPTS,
@@ -56,24 +57,30 @@ def _common_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     kafka = p.add_argument_group("Kafka")
     kafka.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the service's config file: its bootstrap_servers and [topics] are the defaults",
+    )
+    kafka.add_argument(
         "--bootstrap-servers",
         metavar="HOST:PORT[,...]",
-        help=f"Kafka brokers (default: ${ENV_BOOTSTRAP})",
+        help=f"Kafka brokers (default: the config file's, else ${ENV_BOOTSTRAP})",
     )
     kafka.add_argument(
         "--group-id",
         help="consumer group; run every instance of one store with the same group "
         "(default: stream-expiry-sink-NAME)",
     )
-    kafka.add_argument("--stamped-topic", default=DEFAULT_STAMPED, help="default: %(default)s")
     kafka.add_argument(
-        "--tombstones-topic", default=DEFAULT_TOMBSTONES, help="default: %(default)s"
+        "--stamped-topic", help=f"default: the config file's, else {DEFAULT_STAMPED}"
+    )
+    kafka.add_argument(
+        "--tombstones-topic", help=f"default: the config file's, else {DEFAULT_TOMBSTONES}"
     )
     kafka.add_argument(
         "--receipts-topic",
-        default=DEFAULT_RECEIPTS,
         help="where deletion receipts are published; an empty value keeps them in the "
-        "store only (default: %(default)s)",
+        f"store only (default: the config file's, else {DEFAULT_RECEIPTS})",
     )
     kafka.add_argument(
         "--compacted",
@@ -153,10 +160,15 @@ def add_sink_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
 
 def build_sink(args: argparse.Namespace) -> Sink:
     """The store and sink the parsed options describe; raises ConfigurationError if unusable."""
-    bootstrap = args.bootstrap_servers or os.environ.get(ENV_BOOTSTRAP)
+    service_config = load_config(args.config)  # all defaults without --config
+    topics = service_config.topics
+    bootstrap = (
+        args.bootstrap_servers or service_config.bootstrap_servers or os.environ.get(ENV_BOOTSTRAP)
+    )
     if not bootstrap:
         raise ConfigurationError(
-            f"no Kafka brokers: pass --bootstrap-servers or set ${ENV_BOOTSTRAP}"
+            "no Kafka brokers: pass --bootstrap-servers, give a --config file with "
+            f"bootstrap_servers, or set ${ENV_BOOTSTRAP}"
         )
     if args.batch_size < 1:
         raise ConfigurationError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -173,9 +185,11 @@ def build_sink(args: argparse.Namespace) -> Sink:
     config = SinkConfig(
         bootstrap_servers=bootstrap,
         group_id=args.group_id or f"stream-expiry-sink-{store.name}",
-        stamped_topic=args.stamped_topic,
-        tombstones_topic=args.tombstones_topic,
-        receipts_topic=args.receipts_topic or None,
+        stamped_topic=args.stamped_topic or topics.stamped,
+        tombstones_topic=args.tombstones_topic or topics.tombstones,
+        receipts_topic=(
+            topics.receipts if args.receipts_topic is None else args.receipts_topic or None
+        ),
         compacted=dict(args.compacted),
         sweep_interval_s=args.sweep_interval,
         sweep_grace_s=args.sweep_grace,
