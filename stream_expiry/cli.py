@@ -247,8 +247,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, StreamExpiryError) as exc:
         print(f"stream-expiry: {exc}", file=sys.stderr)
         return 2
+    except BaseExceptionGroup as group:  # raised through an anyio task group
+        ours = _our_error(group)
+        if ours is None:
+            raise
+        print(f"stream-expiry: {ours}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _our_error(group: BaseExceptionGroup[BaseException]) -> StreamExpiryError | None:
+    """The first of our errors inside a (nested) exception group (the other leaves are
+    usually the cancellations it caused), or None when it holds none of ours."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    ours = [e for e in leaves if isinstance(e, StreamExpiryError)]
+    return ours[0] if ours else None
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 DEFAULT_PARTITIONS = 4
+STALL_S = 60.0  # a topic read to its end that stops moving for this long is an error
 COMPACTED = {"cleanup.policy": "compact"}
 
 
@@ -66,7 +67,10 @@ async def ensure_topics(
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
     except KafkaError as exc:
-        raise BrokerError(f"cannot create topics on {bootstrap_servers}: {exc!r}") from exc
+        raise BrokerError(
+            f"cannot reach Kafka at {bootstrap_servers} to create topics ({exc}); check that "
+            "the brokers are up and the --bootstrap-servers address"
+        ) from exc
     finally:
         await admin.close()
 
@@ -178,8 +182,16 @@ async def read_to_end(
             cons.seek(tp, offset)
     ends = await high_watermarks(cons, tps)
     remaining = {tp for tp in tps if await cons.position(tp) < ends[tp]}
+    last_progress = time.monotonic()
     while remaining:
         batch = await cons.getmany(*remaining, timeout_ms=500, max_records=max_records)
+        if batch:
+            last_progress = time.monotonic()
+        elif time.monotonic() - last_progress > STALL_S:
+            raise BrokerError(
+                f"reading {topic} made no progress for {STALL_S:.0f} s "
+                f"({len(remaining)} partitions short of their end): is the broker up?"
+            )
         out: dict[TopicPartition, list[Any]] = {}
         for tp, records in batch.items():
             kept = [r for r in records if r.offset < ends[tp]]

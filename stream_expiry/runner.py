@@ -25,17 +25,36 @@ __all__ = ["run_service", "stop_on_signals"]
 log = logging.getLogger("stream_expiry.run")
 
 PROGRESS_EVERY_S = 10.0
+STOP_GRACE_S = 20.0
 
 
-async def stop_on_signals(stop: anyio.Event) -> None:
-    """Set ``stop`` on SIGINT or SIGTERM; a second signal is left to the default handler."""
+async def stop_on_signals(
+    stop: anyio.Event, scope: anyio.CancelScope, started: anyio.Event | None = None
+) -> None:
+    """On SIGINT or SIGTERM, set ``stop``: the service finishes its batch and commits.
+
+    If it has not started its loop yet (still joining or recovering), or does not stop within
+    ``STOP_GRACE_S`` (a broker that stopped answering), or a second signal comes, ``scope`` is
+    cancelled: the index is transactional, so a forced stop loses nothing either.
+    """
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
-            log.info(
-                "received %s: finishing the current batch and stopping", signal.Signals(signum).name
-            )
+            name = signal.Signals(signum).name
+            if stop.is_set():
+                log.warning("received %s again: stopping now", name)
+                scope.cancel()
+                return
             stop.set()
-            return
+            if started is not None and not started.is_set():
+                log.info("received %s while starting: stopping now", name)
+                scope.cancel()
+                return
+            log.info(
+                "received %s: finishing the current batch and stopping (at most %.0f s)",
+                name,
+                STOP_GRACE_S,
+            )
+            scope.deadline = min(scope.deadline, anyio.current_time() + STOP_GRACE_S)
 
 
 class _ProgressLog:
@@ -79,8 +98,9 @@ async def run_service(config: Config, args: argparse.Namespace) -> int:
             config, bootstrap_servers=bootstrap, environ=os.environ, on_progress=_ProgressLog()
         )
         stop = anyio.Event()
+        finished = False
         async with anyio.create_task_group() as tg:
-            tg.start_soon(stop_on_signals, stop)
+            tg.start_soon(stop_on_signals, stop, tg.cancel_scope, service.ready)
             if getattr(args, "metrics_port", None):
                 warnings = len(service.book.env_warnings)
                 tg.start_soon(
@@ -89,5 +109,10 @@ async def run_service(config: Config, args: argparse.Namespace) -> int:
                     lambda: render(service.stats, env_warnings=warnings),
                 )
             await service.run(stop)
+            finished = True
             tg.cancel_scope.cancel()
+        if not finished:
+            log.warning(
+                "forced stop: what was read since the last index write is read again on restart"
+            )
     return 0

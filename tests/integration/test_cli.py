@@ -98,3 +98,16 @@ def test_replay_dry_run_json_counts(
         "due_now": 0,
         "never": 0,
     }
+
+
+def test_run_against_a_broker_that_is_not_there_fails_with_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stream_expiry.broker import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    code = main(["run", "--bootstrap-servers", address, "--state-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"cannot reach Kafka at {address}" in err
+    assert "Traceback" not in err
