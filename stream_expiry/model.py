@@ -34,6 +34,7 @@ __all__ = [
     "Rejection",
     "Stamp",
     "decode_key",
+    "deletion_from_tombstone",
     "encode_stamp",
     "encode_tombstone",
     "parse_event",
@@ -331,3 +332,42 @@ def encode_tombstone(stamp: Stamp, *, reason: Reason, emitted_at: int) -> bytes:
         ttl_source=stamp.ttl_source,
     )
     return orjson.dumps(body)
+
+
+def deletion_from_tombstone(value: bytes | None, prior: Stamp | None) -> Stamp | None:
+    """The record state a tombstone event (from ``expiry.tombstones``) implies, or None when
+    ``prior`` already knows better or the event is unreadable.
+
+    Used to rebuild state from the topics: after it, events at or before the deletion are
+    stale, so a record already deleted is never stamped again. A ``ttl`` tombstone covers
+    its life up to ``expires_at``; an ``explicit`` one carries no delete time, so it covers
+    up to ``emitted_at``.
+    """
+    if value is None:
+        return None
+    try:
+        body = orjson.loads(value)
+        ident = Identity(body["org"], body["bot"], body["env"], body["category"], body["record_id"])
+        created = None if body.get("created_at") is None else parse_ts(body["created_at"])
+        expires = None if body.get("expires_at") is None else parse_ts(body["expires_at"])
+        deleted_at = (
+            expires - 1
+            if body["reason"] == "ttl" and expires is not None
+            else parse_ts(body["emitted_at"])
+        )
+        ttl_s = body.get("ttl_seconds")
+    except (KeyError, TypeError, ValueError, orjson.JSONDecodeError):
+        return None
+    if prior is not None:
+        if prior.deleted_at is not None and prior.deleted_at >= deleted_at:
+            return None
+        if prior.live and prior.created_at is not None and prior.created_at > deleted_at:
+            return None  # the index holds a newer life
+    return Stamp(
+        ident,
+        created,
+        expires,
+        None if ttl_s is None else ttl_s * 1000,
+        body.get("ttl_source"),
+        deleted_at,
+    )

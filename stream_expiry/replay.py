@@ -26,7 +26,7 @@ from stream_expiry import model
 from stream_expiry.engine import Engine
 from stream_expiry.kafka import consumer, high_watermarks, partitions_of, producer, read_to_end
 from stream_expiry.policy import PolicyBook
-from stream_expiry.service import _deleted_state, wall_clock_ms
+from stream_expiry.service import wall_clock_ms
 from stream_expiry.store import Index, Slot
 from stream_expiry.timeutil import format_ts, parse_ts
 
@@ -152,7 +152,9 @@ async def replay(
             for records in batch.values():
                 for rec in records:
                     key = rec.key.decode() if rec.key else None
-                    state = _deleted_state(rec.value, tombstoned.get(key) if key else None)
+                    state = model.deletion_from_tombstone(
+                        rec.value, tombstoned.get(key) if key else None
+                    )
                     if key and state is not None:
                         tombstoned[key] = state
     current = await _latest_per_key(bootstrap, topics.stamped)

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import orjson
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
@@ -47,7 +46,6 @@ from stream_expiry.kafka import (
 from stream_expiry.metrics import LAG_BUCKETS_MS
 from stream_expiry.policy import PolicyBook
 from stream_expiry.store import Index, Slot
-from stream_expiry.timeutil import parse_ts
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -274,7 +272,7 @@ class Service:
                     for rec in recs:
                         offsets[(topic, tp.partition)] = rec.offset + 1
                         prior = priors.get(rec.key.decode()) if rec.key else None
-                        state = _deleted_state(rec.value, prior)
+                        state = model.deletion_from_tombstone(rec.value, prior)
                         if state is not None:
                             updates.append((state, (topic, tp.partition)))
                             priors[state.identity.key] = state
@@ -500,41 +498,6 @@ class Service:
             self._owned, since=self.engine.horizon_end, before=target
         )
         self.engine.extend_horizon(target, stamps)
-
-
-def _deleted_state(value: bytes | None, prior: model.Stamp | None) -> model.Stamp | None:
-    """The index state a tombstone event implies, or None when the index already knows better."""
-    if value is None:
-        return None
-    try:
-        body = orjson.loads(value)
-        ident = model.Identity(
-            body["org"], body["bot"], body["env"], body["category"], body["record_id"]
-        )
-        created = None if body.get("created_at") is None else parse_ts(body["created_at"])
-        expires = None if body.get("expires_at") is None else parse_ts(body["expires_at"])
-        deleted_at = (
-            expires - 1
-            if body["reason"] == "ttl" and expires is not None
-            else parse_ts(body["emitted_at"])
-        )
-        ttl_s = body.get("ttl_seconds")
-    except (KeyError, TypeError, ValueError):
-        log.warning("recovery: skipping an unreadable tombstone event")
-        return None
-    if prior is not None:
-        if prior.deleted_at is not None and prior.deleted_at >= deleted_at:
-            return None
-        if prior.live and prior.created_at is not None and prior.created_at > deleted_at:
-            return None  # the index holds a newer life
-    return model.Stamp(
-        ident,
-        created,
-        expires,
-        None if ttl_s is None else ttl_s * 1000,
-        body.get("ttl_source"),
-        deleted_at,
-    )
 
 
 async def _all_acked(acks: list[Awaitable[Any]]) -> None:

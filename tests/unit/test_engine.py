@@ -307,3 +307,23 @@ def test_every_finite_record_gets_exactly_one_tombstone_per_life(category: str) 
     assert sorted(t[0] for t in fired) == sorted(
         {ev(category, f"r{i}", "create", 0).identity.key for i in range(20)}
     )
+
+
+def test_a_tombstone_event_rebuilds_the_deleted_state_and_never_an_older_one() -> None:
+    from stream_expiry.model import deletion_from_tombstone, encode_tombstone
+
+    ident = Identity("o", "_", "live", "error", "x")
+    live = Stamp(ident, 1_000, 2_000, 1_000, "default")
+    ttl = deletion_from_tombstone(encode_tombstone(live, reason="ttl", emitted_at=2_005), None)
+    assert ttl == live._replace(deleted_at=1_999)  # a touch at the expiry starts a new life
+    explicit = deletion_from_tombstone(
+        encode_tombstone(live, reason="explicit", emitted_at=1_500), None
+    )
+    assert explicit is not None
+    assert explicit.deleted_at == 1_500
+    newer_life = Stamp(ident, 3_000, 4_000, 1_000, "default")
+    assert (
+        deletion_from_tombstone(encode_tombstone(live, reason="ttl", emitted_at=2_005), newer_life)
+        is None
+    )
+    assert deletion_from_tombstone(b"not json", None) is None
