@@ -253,7 +253,7 @@ async def _apply(config: Config, bootstrap: str, report: ReplayReport) -> None:
             await ack
     index = await Index.open(config.state_dir)
     try:
-        await index.write(changed)
+        await index.write(changed, bump_generation=True)
     finally:
         await index.close()
 

@@ -4,13 +4,13 @@ One task does the work in a fixed order, so the order of writes holds by constru
 
 1. read a batch of input events (waiting at most until the next timer is due);
 2. apply policy updates that arrived, so they count for records created after them;
-3. feed the batch to the engine, send stamps, dead letters and explicit tombstones, and wait
-   for the broker's acks;
-4. write the batch's states and next offsets to the index in one transaction (write-behind:
-   it overlaps the next batch, whose lookups see its states through an overlay);
+3. feed the batch to the engine, send stamps, dead letters and explicit tombstones;
+4. once the broker acked them, write the batch's states and next offsets to the index in one
+   transaction (write-behind, in order: :mod:`stream_expiry.writer`; the loop goes on, and
+   the next batch's lookups see the states not yet written);
 5. only then commit the offsets to Kafka (informational, at most once a second: the index's
    offsets are the truth);
-6. fire due timers: send their tombstones, wait for the acks, then mark them deleted.
+6. fire due timers: send their tombstones; once acked, mark them deleted (write-behind too).
 
 A crash between any two steps re-does work (at-least-once) but never loses a record or fires
 early. Partitions are assigned by the consumer group; on assignment the consumer is
@@ -20,7 +20,6 @@ and on revocation the partition's timers are forgotten.
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import logging
 import time
@@ -46,9 +45,10 @@ from stream_expiry.kafka import (
 from stream_expiry.metrics import LAG_BUCKETS_MS
 from stream_expiry.policy import PolicyBook
 from stream_expiry.store import Index, Slot
+from stream_expiry.writer import OrderedWriter, all_acked
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable, Mapping
+    from collections.abc import Awaitable, Callable, Mapping
 
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -147,9 +147,8 @@ class Service:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._categories = frozenset(config.categories)
-        self._to_commit: dict[Slot, int] = {}
-        self._overlay: dict[str, tuple[model.Stamp, Slot]] = {}
-        self._inflight: tuple[asyncio.Future[None], dict[Slot, int]] | None = None
+        self._writer: OrderedWriter  # set when the index opens, in run()
+        self._generation = 0
         self._committed_at = 0.0
         for warning in self.book.env_warnings:
             log.warning("%s", warning)
@@ -169,6 +168,8 @@ class Service:
             configs={t.stamped: COMPACTED, t.policies: COMPACTED},
         )
         self._index = await Index.open(self.config.state_dir)
+        self._writer = OrderedWriter(self._index)
+        self._generation = await self._index.generation()
         try:
             async with (
                 producer(self.bootstrap) as prod,
@@ -197,7 +198,7 @@ class Service:
                     try:
                         await self._loop(cons, policies, stop)
                     finally:
-                        await self._settle()
+                        await self._writer.settle()
                     await self._commit_offsets(cons)
                     log.info("stopping: offsets committed, %s", self.stats.as_dict())
         finally:
@@ -245,7 +246,7 @@ class Service:
                     assert self._producer is not None
                     out = OutputBuffer(self._producer)
                     await self._dead_letter(out, rec, result)
-                    await _all_acked(await out.flush())
+                    await all_acked(await out.flush())
                 else:
                     self.stats.policy_updates += 1
                     log.info("policy update applied: %s", result)
@@ -305,7 +306,7 @@ class Service:
 
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
         assert self._index is not None
-        await self._settle()
+        await self._writer.settle()
         slots = {(tp.topic, tp.partition) for tp in revoked}
         if not slots:
             return
@@ -331,7 +332,7 @@ class Service:
                     rec.value, categories=self._categories, now_ms=now, max_skew_ms=skew
                 )
                 parsed.append((rec, (tp.topic, tp.partition), ev))
-        priors = await self._lookup(
+        priors = await self._writer.lookup(
             ev.identity.key for _, _, ev in parsed if isinstance(ev, model.InputEvent)
         )
         changed: dict[str, tuple[model.Stamp, Slot]] = {}
@@ -361,43 +362,11 @@ class Service:
                         model.encode_stamp(outcome.state, ev.data),
                         timestamp_ms=now,
                     )
-        await _all_acked(await out.flush())
-        # Write-behind: this batch's index write runs while the next batch is read and fed.
-        # Its offsets become committable only once it is done (``_settle``), and until then
-        # its states shadow the index for every lookup (``_overlay``).
-        await self._settle()
-        self._overlay = changed
-        self._inflight = (
-            asyncio.ensure_future(self._index.write(list(changed.values()), offsets)),
-            offsets,
-        )
+        # Write-behind: the index gets this batch once the broker has acked its outputs,
+        # while the loop goes on; the next batch's lookups see its states meanwhile.
+        await self._writer.submit(list(changed.values()), await out.flush(), offsets)
         if time.monotonic() - self._committed_at >= COMMIT_EVERY_S:
             await self._commit_offsets(cons)
-
-    async def _settle(self) -> None:
-        """Wait for the in-flight index write; then its offsets may be committed to Kafka."""
-        if self._inflight is None:
-            return
-        task, offsets = self._inflight
-        self._inflight = None
-        await task
-        self._overlay = {}
-        self._to_commit.update(offsets)
-
-    async def _lookup(self, keys: Iterable[str]) -> dict[str, model.Stamp]:
-        """States from the in-flight write first, then from the index."""
-        assert self._index is not None
-        found: dict[str, model.Stamp] = {}
-        missing: list[str] = []
-        overlay = self._overlay
-        for key in keys:
-            hit = overlay.get(key)
-            if hit is None:
-                missing.append(key)
-            else:
-                found[key] = hit[0]
-        found.update(await self._index.get_many(missing))
-        return found
 
     async def _commit_offsets(self, cons: AIOKafkaConsumer) -> None:
         """Commit to Kafka what the index already holds. The index is the truth for where
@@ -405,10 +374,10 @@ class Service:
         plenty and saves a round trip per batch."""
         owned = {
             TopicPartition(t, p): o
-            for (t, p), o in self._to_commit.items()
+            for (t, p), o in self._writer.committable.items()
             if (t, p) in self._owned
         }
-        self._to_commit.clear()
+        self._writer.committable.clear()
         self._committed_at = time.monotonic()
         try:
             if owned:
@@ -458,54 +427,40 @@ class Service:
         await out.add(t.stamped, key, None, timestamp_ms=fired.emitted_at)
 
     async def _fire_due(self) -> None:
-        """Emit due tombstones; the index is checked first, because ``replay`` may have
-        moved an expiry since the timer was set (a later expiry must not fire now)."""
+        """Emit the tombstones of due timers; their index write follows the acks, behind."""
         assert self._index is not None
-        now = self.clock()
-        due = self.engine.advance(now)
+        assert self._producer is not None
+        generation = await self._index.generation()
+        if generation != self._generation:
+            await self._reload_timers(generation)
+        due = self.engine.advance(self.clock())
         if not due:
             return
-        current = await self._lookup(f.before.identity.key for f, _ in due)
-        firing: list[tuple[Fired, Slot]] = []
-        for fired, slot in due:
-            stored = current.get(fired.before.identity.key)
-            if stored is not None and stored != fired.before:
-                if not stored.live or stored.expires_at is None:
-                    continue
-                if stored.expires_at > now:
-                    self.engine.load([(stored, slot)])
-                    continue
-                fired = Fired(stored, stored._replace(deleted_at=stored.expires_at - 1), "ttl", now)
-            firing.append((fired, slot))
-        assert self._producer is not None
         out = OutputBuffer(self._producer)
-        for fired, _slot in firing:
+        for fired, _slot in due:
             await self._send_tombstone(out, fired)
-        await _all_acked(await out.flush())
-        for fired, slot in firing:  # keep the in-flight batch's shadow in step
-            key = fired.after.identity.key
-            if key in self._overlay:
-                self._overlay[key] = (fired.after, slot)
-        await self._index.write([(fired.after, slot) for fired, slot in firing])
+        await self._writer.submit([(f.after, slot) for f, slot in due], await out.flush())
+
+    async def _reload_timers(self, generation: int) -> None:
+        """``replay`` changed expiries in the index: load the horizon's timers afresh."""
+        assert self._index is not None
+        await self._writer.settle()
+        self._generation = generation
+        self.engine.reset_timers()
+        pending = await self._index.pending(self._owned, before=self.engine.horizon_end)
+        self.engine.load(pending)
+        log.info("the index was changed by a replay: %d timers reloaded", len(pending))
 
     async def _extend_horizon(self) -> None:
         assert self._index is not None
         target = self.engine.horizon_target(self.clock())
         if target is None:
             return
-        await self._settle()  # the slice must see every state written so far
+        await self._writer.settle()  # the slice must see every state written so far
         stamps = await self._index.pending(
             self._owned, since=self.engine.horizon_end, before=target
         )
         self.engine.extend_horizon(target, stamps)
-
-
-async def _all_acked(acks: list[Awaitable[Any]]) -> None:
-    try:
-        for ack in acks:
-            await ack
-    except KafkaError as exc:
-        raise BrokerError(f"the broker did not acknowledge an output message: {exc!r}") from exc
 
 
 def _fmt(slots: Any) -> str:

@@ -45,6 +45,11 @@ CREATE TABLE IF NOT EXISTS records (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS records_due ON records (topic, partition, expires_at)
     WHERE deleted_at IS NULL AND expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS meta (
+    name   TEXT PRIMARY KEY,
+    value  INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta (name, value) VALUES ('generation', 0);
 CREATE TABLE IF NOT EXISTS offsets (
     topic      TEXT NOT NULL,
     partition  INTEGER NOT NULL,
@@ -82,7 +87,7 @@ class Index:
         try:
             os.makedirs(state_dir, exist_ok=True)
             path = os.path.join(state_dir, "index.sqlite")
-            db = await aiosqlite.connect(path)
+            db = await aiosqlite.connect(path, timeout=30.0)  # replay may write beside us
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoint
             await db.execute("PRAGMA cache_size=-16000")  # 16 MB page cache, memory stays flat
@@ -144,6 +149,13 @@ class Index:
                     out.append((_row_to_stamp(row), (topic, partition)))
         return out
 
+    async def generation(self) -> int:
+        """Bumped by every write from outside the service (an applied ``replay``): when it
+        changes, the service reloads its timers from the index."""
+        async with self._db.execute("SELECT value FROM meta WHERE name = 'generation'") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
     async def counts(self) -> dict[str, int]:
         """Records by state, for progress lines and ``status``."""
         async with self._db.execute(
@@ -166,8 +178,14 @@ class Index:
         self,
         states: Iterable[tuple[Stamp, Slot]],
         offsets: Mapping[Slot, int] | None = None,
+        *,
+        bump_generation: bool = False,
     ) -> None:
-        """Upsert ``states`` and advance ``offsets`` in one transaction (all or nothing)."""
+        """Upsert ``states`` and advance ``offsets`` in one transaction (all or nothing).
+
+        ``bump_generation`` tells a running service that the states were changed behind its
+        back (by ``replay``), so that it reloads its timers.
+        """
         rows = [
             (
                 s.identity.key,
@@ -182,10 +200,13 @@ class Index:
             for s, slot in states
         ]
         async with self._write_lock:
-            await self._transaction(rows, offsets)
+            await self._transaction(rows, offsets, bump_generation)
 
     async def _transaction(
-        self, rows: Sequence[tuple[object, ...]], offsets: Mapping[Slot, int] | None
+        self,
+        rows: Sequence[tuple[object, ...]],
+        offsets: Mapping[Slot, int] | None,
+        bump_generation: bool,
     ) -> None:
         try:
             await self._db.execute("BEGIN")
@@ -205,6 +226,10 @@ class Index:
                     "ON CONFLICT(topic, partition) DO UPDATE SET next = "
                     "MAX(offsets.next, excluded.next)",
                     [(t, p, n) for (t, p), n in offsets.items()],
+                )
+            if bump_generation:
+                await self._db.execute(
+                    "UPDATE meta SET value = value + 1 WHERE name = 'generation'"
                 )
             await self._db.commit()
         except aiosqlite.Error as exc:

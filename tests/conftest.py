@@ -12,6 +12,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+# hypothesis is loaded up front: its plugin's lazy import at the end of a session that has
+# not used it hits a CPython 3.11.7 AST bug ("recursion depth mismatch").
+import hypothesis  # noqa: F401
 import pytest
 import pytest_asyncio
 
