@@ -181,3 +181,28 @@ async def test_rebuild_from_an_empty_state_dir_keeps_pending_and_resurrects_noth
     assert len(tombstoned) == 6
     assert all(stamps_per_key[k] == 1 for k in tombstoned if k in stamps_per_key)
     assert len(await read_all(broker, topics.tombstones)) == 6  # and no tombstone twice
+
+
+async def test_an_applied_replay_takes_effect_in_a_running_service(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    base = config_for(topics, str(state), '[retention.defaults]\nconversation = "1h"\n')
+    shorter = dataclasses.replace(
+        base,
+        retention=parse_config(
+            '[retention.defaults]\nconversation = "5s"\n', path="<new>"
+        ).retention,
+    )
+    async with running_service(base, broker) as service:
+        await produce(
+            broker, [(topics.conversations, *event("conversation", f"c{i}")) for i in range(3)]
+        )
+        await wait_for(lambda: service.stats.stamped == 3)
+        report = await replay(shorter, broker, environ={}, dry_run=False)
+        assert report.earlier == 3
+        # No restart: the service sees the index's new generation and reloads its timers.
+        tombs = await read_topic(
+            broker, topics.tombstones, until=lambda r: len(r) >= 3, timeout_s=20
+        )
+    assert sorted(orjson.loads(t.value)["ttl_seconds"] for t in tombs) == [5, 5, 5]
