@@ -187,8 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-derive every expiration from the input topics",
         description="Read the input topics from the beginning (or --since), re-derive each "
         "record's expiry with the given config and the policy history, compare with the current "
-        "stamps on expiry.stamped and apply the changes (unless --dry-run). A service restarted "
-        "afterwards tombstones the records now due at once and the others at their new times.",
+        "stamps on expiry.stamped and apply the changes (unless --dry-run) to expiry.stamped and "
+        "to the index in the config's state_dir. The service using that state_dir, running or "
+        "restarted, then tombstones the records now due at once and the others at their new "
+        "times. Run it where the service's state_dir is.",
     )
     _add_common(replay)
     replay.add_argument("--since", metavar="TS", help="only records created at or after TS")

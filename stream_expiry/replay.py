@@ -5,8 +5,9 @@ read from ``expiry.policies``; that is why a replay with the live run's policy r
 its stamps exactly (same code, same event times, same policy versions). It then compares
 each record's re-derived expiry with its current stamp (the latest value per key on
 ``expiry.stamped``) and, unless ``--dry-run``, applies the differences: the changed stamps
-are published on ``expiry.stamped`` and written to the service's index, where a service
-(re)started on the same topics fires them (at once when they are now due).
+are published on ``expiry.stamped`` and written to the service's index (``state_dir``),
+with a bump of its generation: a running service reloads its timers within a tick, a
+(re)started one reads them at start, and either fires the records now due at once.
 
 Records already tombstoned (on ``expiry.tombstones`` or by the replay's own event-time
 logic) are neither counted nor resurrected.
