@@ -61,6 +61,7 @@ log = logging.getLogger("stream_expiry.service")
 MAX_BATCH = 5000
 COMMIT_EVERY_S = 1.0
 IDLE_WAIT_MS = 200
+GENERATION_CHECK_MS = 100  # how soon a running service sees an applied replay
 
 
 def wall_clock_ms() -> int:
@@ -149,6 +150,7 @@ class Service:
         self._categories = frozenset(config.categories)
         self._writer: OrderedWriter  # set when the index opens, in run()
         self._generation = 0
+        self._generation_checked_at = 0
         self._committed_at = 0.0
         for warning in self.book.env_warnings:
             log.warning("%s", warning)
@@ -430,10 +432,13 @@ class Service:
         """Emit the tombstones of due timers; their index write follows the acks, behind."""
         assert self._index is not None
         assert self._producer is not None
-        generation = await self._index.generation()
-        if generation != self._generation:
-            await self._reload_timers(generation)
-        due = self.engine.advance(self.clock())
+        now = self.clock()
+        if now - self._generation_checked_at >= GENERATION_CHECK_MS:
+            self._generation_checked_at = now
+            generation = await self._index.generation()
+            if generation != self._generation:
+                await self._reload_timers(generation)
+        due = self.engine.advance(now)
         if not due:
             return
         out = OutputBuffer(self._producer)

@@ -77,10 +77,13 @@ def _row_to_stamp(row: Sequence[object]) -> Stamp:
 class Index:
     """One SQLite file in the state directory; open with ``async with Index.open(dir)``."""
 
-    def __init__(self, db: aiosqlite.Connection, path: str) -> None:
+    def __init__(self, db: aiosqlite.Connection, reader: aiosqlite.Connection, path: str) -> None:
         self._db = db
+        # Reads go through a second connection (its own thread): with WAL they see every
+        # committed write and never queue behind a long write transaction of the first.
+        self._reader = reader
         self.path = path
-        self._write_lock = anyio.Lock()  # one transaction at a time on the one connection
+        self._write_lock = anyio.Lock()  # one transaction at a time on the writing connection
 
     @classmethod
     async def open(cls, state_dir: str) -> Index:
@@ -93,11 +96,15 @@ class Index:
             await db.execute("PRAGMA cache_size=-16000")  # 16 MB page cache, memory stays flat
             await db.executescript(_SCHEMA)
             await db.commit()
+            reader = await aiosqlite.connect(path, timeout=30.0)
+            await reader.execute("PRAGMA query_only=1")
+            await reader.execute("PRAGMA cache_size=-16000")
         except (OSError, aiosqlite.Error) as exc:
             raise StoreError(f"cannot open the state index in {state_dir!r}: {exc}") from exc
-        return cls(db, path)
+        return cls(db, reader, path)
 
     async def close(self) -> None:
+        await self._reader.close()
         await self._db.close()
 
     async def __aenter__(self) -> Index:
@@ -120,7 +127,7 @@ class Index:
         for i in range(0, len(wanted), _CHUNK):
             chunk = wanted[i : i + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            async with self._db.execute(
+            async with self._reader.execute(
                 f"SELECT {_COLUMNS} FROM records WHERE key IN ({marks})", chunk
             ) as cur:
                 for row in await cur.fetchall():
@@ -129,7 +136,7 @@ class Index:
 
     async def offsets(self) -> dict[Slot, int]:
         """The next input offset to read, per (topic, partition), as last committed here."""
-        async with self._db.execute("SELECT topic, partition, next FROM offsets") as cur:
+        async with self._reader.execute("SELECT topic, partition, next FROM offsets") as cur:
             return {(str(t), int(p)): int(n) for t, p, n in await cur.fetchall()}
 
     async def pending(
@@ -139,7 +146,7 @@ class Index:
         out: list[tuple[Stamp, Slot]] = []
         lower = -(2**62) if since is None else since
         for topic, partition in slots:
-            async with self._db.execute(
+            async with self._reader.execute(
                 f"SELECT {_COLUMNS} FROM records WHERE topic = ? AND partition = ? "
                 "AND deleted_at IS NULL AND expires_at IS NOT NULL "
                 "AND expires_at >= ? AND expires_at < ? ORDER BY expires_at",
@@ -152,13 +159,13 @@ class Index:
     async def generation(self) -> int:
         """Bumped by every write from outside the service (an applied ``replay``): when it
         changes, the service reloads its timers from the index."""
-        async with self._db.execute("SELECT value FROM meta WHERE name = 'generation'") as cur:
+        async with self._reader.execute("SELECT value FROM meta WHERE name = 'generation'") as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
     async def counts(self) -> dict[str, int]:
         """Records by state, for progress lines and ``status``."""
-        async with self._db.execute(
+        async with self._reader.execute(
             "SELECT "
             "SUM(deleted_at IS NULL AND expires_at IS NOT NULL), "
             "SUM(deleted_at IS NULL AND expires_at IS NULL), "
