@@ -66,6 +66,17 @@ REGISTRY: list[Entry] = [
     Entry("bench.e2e_expiry", ("lag", "memory"), what="stream-expiry tombstone lag and RSS"),
     Entry("bench.e2e_ingest", ("once",), what="stream-expiry ingest throughput"),
     Entry("bench.e2e_replay", ("once",), what="stream-expiry replay rate"),
+    Entry("bench.bench_engine", ("once",), what="stream-expiry pure engine events/s (no IO)"),
+    Entry(
+        "bench.bench_memory",
+        ("once",),
+        what="stream-expiry service RSS with pending records preloaded in its index",
+    ),
+    Entry(
+        "bench.bench_restart",
+        ("once",),
+        what="stream-expiry restart time to the first tombstone with pending records",
+    ),
     # Peers.
     Entry(
         "bench.peers.redis_expiry",
