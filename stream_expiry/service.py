@@ -108,11 +108,20 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, service: Service) -> None:
         self._service = service
 
+    # aiokafka logs a failing listener and carries on; a partition left unpositioned would
+    # then be skipped. So a failure is kept and raised by the service's loop instead.
+
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self._service._on_revoked(revoked)
+        try:
+            await self._service._on_revoked(revoked)
+        except Exception as exc:
+            self._service._rebalance_error = exc
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self._service._on_assigned(assigned)
+        try:
+            await self._service._on_assigned(assigned)
+        except Exception as exc:
+            self._service._rebalance_error = exc
 
 
 class Service:
@@ -151,6 +160,8 @@ class Service:
         self._writer: OrderedWriter  # set when the index opens, in run()
         self._generation = 0
         self._generation_checked_at = 0
+        self._next_offset: dict[Slot, int] = {}  # per owned partition: the next offset to take
+        self._rebalance_error: Exception | None = None
         self._committed_at = 0.0
         for warning in self.book.env_warnings:
             log.warning("%s", warning)
@@ -218,6 +229,8 @@ class Service:
                 batch = await cons.getmany(timeout_ms=wait, max_records=MAX_BATCH)
             except KafkaError as exc:
                 raise BrokerError(f"reading input topics failed: {exc!r}") from exc
+            if self._rebalance_error is not None:
+                raise self._rebalance_error
             await self._follow_policies(policies, to_end=False)
             if batch:
                 await self._ingest(cons, batch)
@@ -294,12 +307,13 @@ class Service:
             # its input topic, so first learn what was deleted meanwhile (incremental: only
             # the tombstones since the last sync are read).
             await self._sync_tombstones()
+        fresh = [tp for tp, slot in zip(assigned, slots, strict=True) if slot not in stored]
+        # A synchronous seek to the first offset: aiokafka's seek_to_beginning is lazy, and
+        # from inside a rebalance callback it let the first fetched batches through twice.
+        starts = await self._consumer.beginning_offsets(fresh) if fresh else {}
         for tp, slot in zip(assigned, slots, strict=True):
-            position = stored.get(slot)
-            if position is None:
-                await self._consumer.seek_to_beginning(tp)
-            else:
-                self._consumer.seek(tp, position)
+            self._next_offset[slot] = stored[slot] if slot in stored else starts[tp]
+            self._consumer.seek(tp, self._next_offset[slot])
         self._owned.update(slots)
         pending = await self._index.pending(slots, before=self.engine.horizon_end)
         self.engine.load(pending)
@@ -313,6 +327,8 @@ class Service:
         if not slots:
             return
         self._owned.difference_update(slots)
+        for slot in slots:
+            self._next_offset.pop(slot, None)
         dropped = self.engine.reset_timers()
         kept = await self._index.pending(self._owned, before=self.engine.horizon_end)
         self.engine.load(kept)
@@ -328,12 +344,22 @@ class Service:
         now = self.clock()
         skew = self.config.max_clock_skew_ms
         parsed: list[tuple[Any, Slot, model.InputEvent | model.Rejection]] = []
+        next_offset = self._next_offset
         for tp, records in batch.items():
+            slot = (tp.topic, tp.partition)
+            expected = next_offset.get(slot)
+            if expected is None:
+                continue  # fetched before our assignment callback positioned the partition
+            # A fetch started before a seek hands back records again after it; they would be
+            # harmless (redelivery changes nothing) but cost a lookup each.
+            records = [rec for rec in records if rec.offset >= expected]
+            if records:
+                next_offset[slot] = records[-1].offset + 1
             for rec in records:
                 ev = model.parse_event(
                     rec.value, categories=self._categories, now_ms=now, max_skew_ms=skew
                 )
-                parsed.append((rec, (tp.topic, tp.partition), ev))
+                parsed.append((rec, slot, ev))
         priors = await self._writer.lookup(
             ev.identity.key for _, _, ev in parsed if isinstance(ev, model.InputEvent)
         )

@@ -93,6 +93,9 @@ class Index:
             db = await aiosqlite.connect(path, timeout=30.0)  # replay may write beside us
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoint
+            # Checkpoint every ~40 MB of WAL instead of 4 MB: marking fired records deleted
+            # (small scattered writes) spent most of its time in checkpoints.
+            await db.execute("PRAGMA wal_autocheckpoint=10000")
             await db.execute("PRAGMA cache_size=-16000")  # 16 MB page cache, memory stays flat
             await db.executescript(_SCHEMA)
             await db.commit()
