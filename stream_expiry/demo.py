@@ -31,6 +31,7 @@ from stream_expiry.timeutil import parse_ts
 
 if TYPE_CHECKING:
     import argparse
+import dataclasses
 
 __all__ = ["DEMO_CONFIG", "run_demo"]
 
@@ -163,7 +164,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     state_dir = args.state_dir or tempfile.mkdtemp(prefix="stream-expiry-demo-")
     keep = bool(args.state_dir)
     config = parse_config(DEMO_CONFIG, path="<demo config>")
-    config = config.__class__(**{**config.__dict__, "state_dir": os.path.join(state_dir, "state")})
+    config = dataclasses.replace(config, state_dir=os.path.join(state_dir, "state"))
     out = sys.stderr
     try:
         with EmbeddedBroker() as broker:

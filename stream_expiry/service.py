@@ -410,9 +410,8 @@ class Service:
         try:
             if owned:
                 await cons.commit(owned)
-        except (
-            KafkaError
-        ) as exc:  # the index has the truth; a failed commit only delays lag metrics
+        except KafkaError as exc:
+            # The index has the truth; a failed commit only delays the group's lag metric.
             log.warning("offset commit failed (the index keeps the position): %r", exc)
 
     async def _dead_letter(self, out: OutputBuffer, rec: Any, why: model.Rejection) -> None:

@@ -61,13 +61,12 @@ class OrderedWriter:
         """States as the index will hold them: submitted ones first, then the index."""
         found: dict[str, Stamp] = {}
         missing: list[str] = []
-        shadow = self._shadow
         for key in keys:
-            hit = shadow.get(key)
+            hit = self.get(key)
             if hit is None:
                 missing.append(key)
             else:
-                found[key] = hit[0]
+                found[key] = hit
         if missing:
             found.update(await self._index.get_many(missing))
         return found

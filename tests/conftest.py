@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 # hypothesis is loaded up front: its plugin's lazy import at the end of a session that has
@@ -49,7 +49,6 @@ class TopicSet:
     tombstones: str
     dlq: str
     receipts: str
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def inputs(self) -> tuple[str, str, str]:
