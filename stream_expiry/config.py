@@ -77,6 +77,9 @@ class Config:
     max_clock_skew_ms: int = 300_000
     tick_ms: int = 10
     horizon_ms: int = 3_600_000
+    # How long a deletion marker outlives its deletion: at least as long as input topics
+    # keep events, so that no re-delivered event brings a deleted record back.
+    marker_grace_ms: int = 7 * 24 * 3_600_000
     topics: Topics = field(default_factory=Topics)
     categories: tuple[str, ...] = DEFAULT_CATEGORIES
     sliding: frozenset[str] = frozenset({"session"})
@@ -268,13 +271,20 @@ class _Reader:
             raise self.error(("preset",), f"unknown preset {preset!r}; {hint}")
         defaults = Config()
         categories, sliding = self.categories(data.get("categories", {}))
-        service = self.table(data.get("service", {}), ("service",), ("tick_ms", "horizon"))
+        service = self.table(
+            data.get("service", {}), ("service",), ("tick_ms", "horizon", "marker_grace")
+        )
         tick_ms = service.get("tick_ms", defaults.tick_ms)
         if not isinstance(tick_ms, int) or isinstance(tick_ms, bool) or tick_ms <= 0:
             raise self.bad(("service", "tick_ms"), tick_ms, "a positive integer (milliseconds)")
         horizon_ms = defaults.horizon_ms
         if "horizon" in service:
             horizon_ms = self.duration(service["horizon"], ("service", "horizon"), minimum=1)
+        grace_ms = defaults.marker_grace_ms
+        if "marker_grace" in service:
+            grace_ms = self.duration(
+                service["marker_grace"], ("service", "marker_grace"), minimum=0
+            )
         skew_ms = defaults.max_clock_skew_ms
         if "max_clock_skew" in data:
             skew_ms = self.duration(data["max_clock_skew"], ("max_clock_skew",), minimum=0)
@@ -289,6 +299,7 @@ class _Reader:
             max_clock_skew_ms=skew_ms,
             tick_ms=tick_ms,
             horizon_ms=horizon_ms,
+            marker_grace_ms=grace_ms,
             topics=self.topics(data.get("topics", {})),
             categories=categories,
             sliding=sliding,

@@ -37,6 +37,7 @@ __all__ = [
     "deletion_from_tombstone",
     "encode_stamp",
     "encode_tombstone",
+    "last_activity",
     "parse_event",
 ]
 
@@ -315,9 +316,21 @@ def encode_stamp(stamp: Stamp, data: Any = None) -> bytes:
         expires_at=_opt_ts(stamp.expires_at),
         ttl_seconds=None if stamp.ttl_ms is None else stamp.ttl_ms // 1000,
         ttl_source=stamp.ttl_source,
+        last_activity_at=_opt_ts(last_activity(stamp)),
         data=data,
     )
     return orjson.dumps(body)
+
+
+def last_activity(stamp: Stamp) -> int | None:
+    """The latest activity that set the expiry: the creation, or the touch that slid it.
+
+    Re-deriving a sliding record's expiry under another ttl needs it (``replay`` from the
+    changelog): ``expires_at = max(created_at, last_activity) + ttl``.
+    """
+    if stamp.expires_at is None or stamp.ttl_ms is None or stamp.created_at is None:
+        return stamp.created_at
+    return max(stamp.created_at, stamp.expires_at - stamp.ttl_ms)
 
 
 def encode_tombstone(stamp: Stamp, *, reason: Reason, emitted_at: int) -> bytes:

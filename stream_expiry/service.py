@@ -1,30 +1,29 @@
-"""The IO shell: Kafka in, SQLite and Kafka out, and a clock, around the pure engine.
+"""The IO shell: Kafka in, the partition processors, Kafka out, and a clock.
 
-One task does the work in a fixed order, so the order of writes holds by construction:
+One loop does the work; the outbox's settler writes behind it (:mod:`stream_expiry.outbox`):
 
 1. read a batch of input events (waiting at most until the next timer is due);
 2. apply policy updates that arrived, so they count for records created after them;
-3. feed the batch to the engine, send stamps, dead letters and explicit tombstones;
-4. once the broker acked them, write the batch's states and next offsets to the index in one
-   transaction (write-behind, in order: :mod:`stream_expiry.writer`; the loop goes on, and
-   the next batch's lookups see the states not yet written);
-5. only then commit the offsets to Kafka (informational, at most once a second: the index's
-   offsets are the truth);
-6. fire due timers: send their tombstones; once acked, mark them deleted (write-behind too).
+3. cut the batch into slices; each slice goes to its partition's processor and its effects
+   to the outbox; due timers are fired between slices, so a timer never waits for the
+   backlog (at most one slice, a few milliseconds);
+4. the settler writes each slice's states to its store once the broker acked its messages;
+5. the consumer group's offsets are committed from what is settled, once a second;
+6. now and then, horizons are extended and old deletion markers pruned.
 
-A crash between any two steps re-does work (at-least-once) but never loses a record or fires
-early. Partitions are assigned by the consumer group; on assignment the consumer is
-positioned at the index's offsets (from the beginning when the index has none: a rebuild),
-and on revocation the partition's timers are forgotten.
+Partitions come and go with the consumer group. An assigned partition gets a store (a
+RocksDB directory under the state directory) brought up to date from the changelog, and a
+processor; it resumes at the group's committed offset (from its beginning when there is
+none, or when that offset lies past the partition's end: the topic was recreated). A
+revoked partition is settled, committed, and dropped alone.
 """
 
 from __future__ import annotations
 
-import bisect
+import enum
 import logging
+import os
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -32,20 +31,21 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from stream_expiry import model
-from stream_expiry.engine import Engine, Fired
+from stream_expiry.codec import dead_letter_headers
 from stream_expiry.errors import BrokerError
 from stream_expiry.kafka import (
     COMPACTED,
-    OutputBuffer,
     consumer,
     ensure_topics,
+    high_watermarks,
     producer,
     read_to_end,
 )
-from stream_expiry.metrics import LAG_BUCKETS_MS
+from stream_expiry.outbox import Outbox, all_acked
 from stream_expiry.policy import PolicyBook
-from stream_expiry.store import Index, Slot
-from stream_expiry.writer import OrderedWriter, all_acked
+from stream_expiry.state import PartitionProcessor, PartitionStore, RocksKV
+from stream_expiry.state.restore import restore_partition
+from stream_expiry.stats import ServiceStats
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -53,75 +53,52 @@ if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     from stream_expiry.config import Config
+    from stream_expiry.engine import Fired
+    from stream_expiry.state import Effects
 
-__all__ = ["Service", "ServiceStats", "wall_clock_ms"]
+__all__ = ["Lifecycle", "Service", "ServiceStats", "wall_clock_ms"]
 
 log = logging.getLogger("stream_expiry.service")
 
 MAX_BATCH = 5000
+SLICE = 500  # events decided between two looks at the timers
 COMMIT_EVERY_S = 1.0
 IDLE_WAIT_MS = 200
-GENERATION_CHECK_MS = 100  # how soon a running service sees an applied replay
+PRUNE_EVERY_S = 60.0
 
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@dataclass
-class ServiceStats:
-    """Counters a person (and the demo, and the benchmarks) watch."""
+class Lifecycle(enum.Enum):
+    """Where the service is; /readyz answers 200 only in ``RUNNING``."""
 
-    events: int = 0
-    stamped: int = 0
-    dead_letters: int = 0
-    tombstones: int = 0
-    explicit: int = 0
-    policy_updates: int = 0
-    verdicts: Counter[str] = field(default_factory=Counter)
-    dead_letter_codes: Counter[str] = field(default_factory=Counter)
-    pending_in_wheel: int = 0
-    # ttl tombstones' lag (emitted_at - expires_at), as histogram buckets for /metrics
-    lag_buckets: list[int] = field(default_factory=lambda: [0] * len(LAG_BUCKETS_MS))
-    lag_sum_ms: int = 0
-
-    def observe_lag(self, lag_ms: int) -> None:
-        self.lag_sum_ms += lag_ms
-        index = bisect.bisect_left(LAG_BUCKETS_MS, lag_ms)
-        if index < len(self.lag_buckets):
-            self.lag_buckets[index] += 1
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "events": self.events,
-            "stamped": self.stamped,
-            "dead_letters": self.dead_letters,
-            "tombstones": self.tombstones,
-            "explicit": self.explicit,
-            "policy_updates": self.policy_updates,
-            "pending_in_wheel": self.pending_in_wheel,
-            "verdicts": dict(self.verdicts),
-        }
+    STARTING = "starting"
+    RESTORING = "restoring"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """aiokafka logs a failing listener and carries on, which would leave a partition
+    unpositioned; so a failure is kept and raised by the service's loop instead."""
+
     def __init__(self, service: Service) -> None:
         self._service = service
 
-    # aiokafka logs a failing listener and carries on; a partition left unpositioned would
-    # then be skipped. So a failure is kept and raised by the service's loop instead.
-
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         try:
-            await self._service._on_revoked(revoked)
+            await self._service.revoke(revoked)
         except Exception as exc:
-            self._service._rebalance_error = exc
+            self._service.rebalance_error = exc
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         try:
-            await self._service._on_assigned(assigned)
+            await self._service.assign(assigned)
         except Exception as exc:
-            self._service._rebalance_error = exc
+            self._service.rebalance_error = exc
 
 
 class Service:
@@ -141,35 +118,26 @@ class Service:
         self.bootstrap = bootstrap_servers
         self.clock = clock
         self.book = PolicyBook(config, environ)
-        self.engine: Engine[Slot] = Engine(
-            self.book.resolve,
-            config.sliding,
-            now_ms=clock(),
-            tick_ms=config.tick_ms,
-            horizon_ms=config.horizon_ms,
-        )
         self.stats = ServiceStats()
         self.ready = anyio.Event()
+        self.state = Lifecycle.STARTING
+        self.rebalance_error: Exception | None = None
+        self.processors: dict[tuple[str, int], PartitionProcessor] = {}
         self._on_progress = on_progress
         self._consumer_options = dict(consumer_options or {})
-        self._owned: set[Slot] = set()
-        self._index: Index | None = None
-        self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
         self._categories = frozenset(config.categories)
-        self._writer: OrderedWriter  # set when the index opens, in run()
-        self._generation = 0
-        self._generation_checked_at = 0
-        self._next_offset: dict[Slot, int] = {}  # per owned partition: the next offset to take
-        self._rebalance_error: Exception | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._outbox: Outbox | None = None
+        self._next_offset: dict[tuple[str, int], int] = {}
         self._committed_at = 0.0
+        self._pruned_at = time.monotonic()
         for warning in self.book.env_warnings:
             log.warning("%s", warning)
 
     @property
-    def owned(self) -> frozenset[Slot]:
+    def owned(self) -> frozenset[tuple[str, int]]:
         """The input partitions this instance holds now."""
-        return frozenset(self._owned)
+        return frozenset(self.processors)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -180,26 +148,19 @@ class Service:
             [*t.inputs, t.policies, t.stamped, t.tombstones, t.dlq],
             configs={t.stamped: COMPACTED, t.policies: COMPACTED},
         )
-        self._index = await Index.open(self.config.state_dir)
-        self._writer = OrderedWriter(self._index)
-        self._generation = await self._index.generation()
+        state_dir = await anyio.Path(self.config.state_dir).absolute()
+        await state_dir.mkdir(parents=True, exist_ok=True)
+        log.info("state directory %s", state_dir)
         try:
             async with (
                 producer(self.bootstrap) as prod,
                 consumer(self.bootstrap, enable_auto_commit=False) as policies,
+                anyio.create_task_group() as tg,
             ):
-                self._producer = prod
-                await self._follow_policies(policies, to_end=True)
-                await self._sync_tombstones()
-                group_options: dict[str, Any] = {
-                    "group_id": self.config.group_id,
-                    # Fast crash detection: Kafka's default minimum session timeout.
-                    "session_timeout_ms": 6_000,
-                    "heartbeat_interval_ms": 1_000,
-                    "max_poll_records": MAX_BATCH,
-                    **self._consumer_options,
-                }
-                async with consumer(self.bootstrap, **group_options) as cons:
+                await self._follow_policies(policies, prod, to_end=True)
+                outbox = self._outbox = Outbox(prod, t, await self._partition_counts(prod))
+                tg.start_soon(outbox.run)
+                async with consumer(self.bootstrap, **self._group_options()) as cons:
                     self._consumer = cons
                     cons.subscribe(list(t.inputs), listener=_Rebalance(self))
                     log.info(
@@ -209,289 +170,329 @@ class Service:
                         ", ".join(t.inputs),
                     )
                     try:
-                        await self._loop(cons, policies, stop)
+                        await self._loop(cons, policies, prod, stop)
                     finally:
-                        await self._writer.settle()
-                    await self._commit_offsets(cons)
-                    log.info("stopping: offsets committed, %s", self.stats.as_dict())
+                        self.state = Lifecycle.STOPPING
+                        await outbox.drain()
+                    await self._commit(cons)
+                    self._close_all()
+                    log.info(
+                        "stopped: offsets committed; %d events, %d stamped, %d tombstones "
+                        "(+%d explicit), %d dead letters",
+                        self.stats.events,
+                        self.stats.stamped,
+                        self.stats.tombstones,
+                        self.stats.explicit,
+                        self.stats.dead_letters,
+                    )
+                outbox.close()
         finally:
-            await self._index.close()
+            self._close_all()
+            self.state = Lifecycle.STOPPED
+
+    def _group_options(self) -> dict[str, Any]:
+        return {
+            "group_id": self.config.group_id,
+            # Fast crash detection: Kafka's default minimum session timeout.
+            "session_timeout_ms": 6_000,
+            "heartbeat_interval_ms": 1_000,
+            "max_poll_records": MAX_BATCH,
+            "enable_auto_commit": False,
+            **self._consumer_options,
+        }
+
+    async def _partition_counts(self, prod: AIOKafkaProducer) -> dict[str, int]:
+        t = self.config.topics
+        return {
+            topic: len(await prod.partitions_for(topic))
+            for topic in (t.stamped, t.tombstones, t.dlq)
+        }
+
+    def _close_all(self) -> None:
+        for proc in self.processors.values():
+            proc.store.close()
+        self.processors.clear()
 
     async def _loop(
-        self, cons: AIOKafkaConsumer, policies: AIOKafkaConsumer, stop: anyio.Event
+        self,
+        cons: AIOKafkaConsumer,
+        policies: AIOKafkaConsumer,
+        prod: AIOKafkaProducer,
+        stop: anyio.Event,
     ) -> None:
         last_progress = 0.0
         while not stop.is_set():
-            now = self.clock()
-            due = self.engine.next_due_ms()
-            wait = IDLE_WAIT_MS if due is None else max(0, min(IDLE_WAIT_MS, due - now))
+            wait = self._wait_ms()
             try:
                 batch = await cons.getmany(timeout_ms=wait, max_records=MAX_BATCH)
             except KafkaError as exc:
                 raise BrokerError(f"reading input topics failed: {exc!r}") from exc
-            if self._rebalance_error is not None:
-                raise self._rebalance_error
-            await self._follow_policies(policies, to_end=False)
+            if self.rebalance_error is not None:
+                raise self.rebalance_error
+            await self._follow_policies(policies, prod, to_end=False)
             if batch:
-                await self._ingest(cons, batch)
+                await self._ingest(batch)
             await self._fire_due()
-            await self._extend_horizon()
-            self.stats.pending_in_wheel = self.engine.pending_in_wheel
+            self._housekeeping()
+            if time.monotonic() - self._committed_at >= COMMIT_EVERY_S:
+                await self._commit(cons)
             if self._on_progress is not None and time.monotonic() - last_progress >= 0.5:
                 last_progress = time.monotonic()
+                self.stats.pending_in_wheel = sum(p.timers for p in self.processors.values())
                 result = self._on_progress(self.stats)
                 if result is not None:
                     await result
 
-    # -- policies ---------------------------------------------------------------------------
-
-    async def _follow_policies(self, cons: AIOKafkaConsumer, *, to_end: bool) -> None:
-        """Apply policy updates; at start read the whole compacted topic first."""
-        if to_end:
-            async for batch in read_to_end(cons, self.config.topics.policies):
-                await self._apply_policy_batch(batch)
-            return
-        await self._apply_policy_batch(await cons.getmany(timeout_ms=0))
-
-    async def _apply_policy_batch(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
-        for records in batch.values():
-            for rec in records:
-                result = self.book.apply_update(rec.key, rec.value, rec.timestamp)
-                if isinstance(result, model.Rejection):
-                    assert self._producer is not None
-                    out = OutputBuffer(self._producer)
-                    await self._dead_letter(out, rec, result)
-                    await all_acked(await out.flush())
-                else:
-                    self.stats.policy_updates += 1
-                    log.info("policy update applied: %s", result)
-
-    # -- recovery ---------------------------------------------------------------------------
-
-    async def _sync_tombstones(self) -> None:
-        """Fold new entries of ``expiry.tombstones`` into the index, so a rebuilt index (or a
-        partition that comes from another instance) never resurrects a deleted record."""
-        assert self._index is not None
-        topic = self.config.topics.tombstones
-        stored = await self._index.offsets()
-        start = {p: o for (t, p), o in stored.items() if t == topic}
-        folded = 0
-        async with consumer(self.bootstrap) as cons:
-            async for batch in read_to_end(cons, topic, start=start):
-                updates: list[tuple[model.Stamp, Slot]] = []
-                offsets: dict[Slot, int] = {}
-                keys = [
-                    r.key.decode() for recs in batch.values() for r in recs if r.key and r.value
-                ]
-                priors = await self._index.get_many(keys)
-                for tp, recs in batch.items():
-                    for rec in recs:
-                        offsets[(topic, tp.partition)] = rec.offset + 1
-                        prior = priors.get(rec.key.decode()) if rec.key else None
-                        state = model.deletion_from_tombstone(rec.value, prior)
-                        if state is not None:
-                            updates.append((state, (topic, tp.partition)))
-                            priors[state.identity.key] = state
-                await self._index.write(updates, offsets)
-                folded += len(updates)
-            if folded:
-                log.info("recovery: %d deletions folded in from %s", folded, topic)
-
-    async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
-        assert self._index is not None
-        assert self._consumer is not None
-        stored = await self._index.offsets()
-        slots = [(tp.topic, tp.partition) for tp in assigned]
-        if any(slot not in stored for slot in slots):
-            # A partition this instance never held (another instance had it) is rebuilt from
-            # its input topic, so first learn what was deleted meanwhile (incremental: only
-            # the tombstones since the last sync are read).
-            await self._sync_tombstones()
-        fresh = [tp for tp, slot in zip(assigned, slots, strict=True) if slot not in stored]
-        # A synchronous seek to the first offset: aiokafka's seek_to_beginning is lazy, and
-        # from inside a rebalance callback it let the first fetched batches through twice.
-        starts = await self._consumer.beginning_offsets(fresh) if fresh else {}
-        for tp, slot in zip(assigned, slots, strict=True):
-            self._next_offset[slot] = stored[slot] if slot in stored else starts[tp]
-            self._consumer.seek(tp, self._next_offset[slot])
-        self._owned.update(slots)
-        pending = await self._index.pending(slots, before=self.engine.horizon_end)
-        self.engine.load(pending)
-        log.info("assigned %s: %d timers within the horizon", _fmt(slots), len(pending))
-        self.ready.set()  # ready means: partitions owned, positions set, timers loaded
-
-    async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
-        assert self._index is not None
-        await self._writer.settle()
-        slots = {(tp.topic, tp.partition) for tp in revoked}
-        if not slots:
-            return
-        self._owned.difference_update(slots)
-        for slot in slots:
-            self._next_offset.pop(slot, None)
-        dropped = self.engine.reset_timers()
-        kept = await self._index.pending(self._owned, before=self.engine.horizon_end)
-        self.engine.load(kept)
-        log.info("revoked %s: %d timers handed back", _fmt(sorted(slots)), dropped - len(kept))
+    def _wait_ms(self) -> int:
+        dues = [d for p in self.processors.values() if (d := p.next_due_ms()) is not None]
+        if not dues:
+            return IDLE_WAIT_MS
+        return max(0, min(IDLE_WAIT_MS, min(dues) - self.clock()))
 
     # -- ingest -----------------------------------------------------------------------------
 
-    async def _ingest(
-        self, cons: AIOKafkaConsumer, batch: Mapping[TopicPartition, list[Any]]
-    ) -> None:
-        assert self._index is not None
-        assert self._producer is not None
-        now = self.clock()
-        skew = self.config.max_clock_skew_ms
-        parsed: list[tuple[Any, Slot, model.InputEvent | model.Rejection]] = []
-        next_offset = self._next_offset
+    async def _ingest(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
+        assert self._outbox is not None
         for tp, records in batch.items():
             slot = (tp.topic, tp.partition)
-            expected = next_offset.get(slot)
-            if expected is None:
+            proc = self.processors.get(slot)
+            expected = self._next_offset.get(slot)
+            if proc is None or expected is None:
                 continue  # fetched before our assignment callback positioned the partition
-            # A fetch started before a seek hands back records again after it; they would be
-            # harmless (redelivery changes nothing) but cost a lookup each.
-            records = [rec for rec in records if rec.offset >= expected]
-            if records:
-                next_offset[slot] = records[-1].offset + 1
-            for rec in records:
-                ev = model.parse_event(
-                    rec.value, categories=self._categories, now_ms=now, max_skew_ms=skew
-                )
-                parsed.append((rec, slot, ev))
-        priors = await self._writer.lookup(
-            ev.identity.key for _, _, ev in parsed if isinstance(ev, model.InputEvent)
-        )
-        changed: dict[str, tuple[model.Stamp, Slot]] = {}
-        offsets: dict[Slot, int] = {}
-        out = OutputBuffer(self._producer)
-        for rec, slot, ev in parsed:
-            offsets[slot] = rec.offset + 1
-            self.stats.events += 1
-            if isinstance(ev, model.Rejection):
-                await self._dead_letter(out, rec, ev)
+            # A fetch started before a seek hands back records again after it.
+            if records[0].offset < expected:
+                records = [rec for rec in records if rec.offset >= expected]
+            if not records:
                 continue
-            key = ev.identity.key
-            known = changed.get(key)
-            prior = known[0] if known else priors.get(key)
-            outcome = self.engine.feed(ev, prior, now, slot)
-            self.stats.verdicts[outcome.verdict.value] += 1
-            for fired in outcome.fired:
-                await self._send_tombstone(out, fired)
-                changed[key] = (fired.after, slot)
-            if outcome.state is not None:
-                changed[key] = (outcome.state, slot)
-                if outcome.publish:
-                    self.stats.stamped += 1
-                    await out.add(
-                        self.config.topics.stamped,
-                        key.encode(),
-                        model.encode_stamp(outcome.state, ev.data),
-                        timestamp_ms=now,
-                    )
-        # Write-behind: the index gets this batch once the broker has acked its outputs,
-        # while the loop goes on; the next batch's lookups see its states meanwhile.
-        await self._writer.submit(list(changed.values()), await out.flush(), offsets)
-        if time.monotonic() - self._committed_at >= COMMIT_EVERY_S:
-            await self._commit_offsets(cons)
+            self._next_offset[slot] = records[-1].offset + 1
+            for i in range(0, len(records), SLICE):
+                effects = proc.process(records[i : i + SLICE], self.clock())
+                self._count(effects)
+                await self._outbox.send([(proc, effects)], self.clock())
+                await self._fire_due()  # timers never wait for the rest of the backlog
 
-    async def _commit_offsets(self, cons: AIOKafkaConsumer) -> None:
-        """Commit to Kafka what the index already holds. The index is the truth for where
-        reading resumes; the group's offsets are for lag monitoring, so once a second is
-        plenty and saves a round trip per batch."""
-        owned = {
-            TopicPartition(t, p): o
-            for (t, p), o in self._writer.committable.items()
-            if (t, p) in self._owned
-        }
-        self._writer.committable.clear()
-        self._committed_at = time.monotonic()
-        try:
-            if owned:
-                await cons.commit(owned)
-        except KafkaError as exc:
-            # The index has the truth; a failed commit only delays the group's lag metric.
-            log.warning("offset commit failed (the index keeps the position): %r", exc)
+    def _count(self, effects: Effects) -> None:
+        stats = self.stats
+        stats.events += effects.events
+        stats.stamped += len(effects.stamps)
+        for rec, why in effects.dead_letters:
+            stats.dead_letters += 1
+            stats.dead_letter_codes[why.code] += 1
+            log.warning(
+                "dead letter %s[%d]@%d: %s (%s)",
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                why.code,
+                why.detail,
+            )
+        for fired in effects.tombstones:
+            self._count_tombstone(fired)
 
-    async def _dead_letter(self, out: OutputBuffer, rec: Any, why: model.Rejection) -> None:
-        """The original key and value, unchanged, with the reason in headers."""
-        self.stats.dead_letters += 1
-        self.stats.dead_letter_codes[why.code] += 1
-        headers = [
-            (model.H_ERROR, why.code.encode()),
-            (model.H_DETAIL, why.detail.encode()),
-            (model.H_TOPIC, rec.topic.encode()),
-            (model.H_PARTITION, str(rec.partition).encode()),
-            (model.H_OFFSET, str(rec.offset).encode()),
-        ]
-        log.warning(
-            "dead letter %s[%d]@%d: %s (%s)",
-            rec.topic,
-            rec.partition,
-            rec.offset,
-            why.code,
-            why.detail,
-        )
-        await out.add(self.config.topics.dlq, rec.key, rec.value, headers=headers)
-
-    # -- timers -----------------------------------------------------------------------------
-
-    async def _send_tombstone(self, out: OutputBuffer, fired: Fired) -> None:
-        """The tombstone event, and the Kafka-native tombstone that compacts the stamp away."""
-        key = fired.before.identity.key.encode()
+    def _count_tombstone(self, fired: Fired) -> None:
         if fired.reason == "explicit":
             self.stats.explicit += 1
         else:
             self.stats.tombstones += 1
             if fired.before.expires_at is not None:
                 self.stats.observe_lag(fired.emitted_at - fired.before.expires_at)
-        event = model.encode_tombstone(
-            fired.before, reason=fired.reason, emitted_at=fired.emitted_at
-        )
-        t = self.config.topics
-        await out.add(t.tombstones, key, event, timestamp_ms=fired.emitted_at)
-        await out.add(t.stamped, key, None, timestamp_ms=fired.emitted_at)
 
     async def _fire_due(self) -> None:
-        """Emit the tombstones of due timers; their index write follows the acks, behind."""
-        assert self._index is not None
-        assert self._producer is not None
+        """Send the tombstones of every due timer now; their states settle behind."""
+        assert self._outbox is not None
         now = self.clock()
-        if now - self._generation_checked_at >= GENERATION_CHECK_MS:
-            self._generation_checked_at = now
-            generation = await self._index.generation()
-            if generation != self._generation:
-                await self._reload_timers(generation)
-        due = self.engine.advance(now)
-        if not due:
+        fired: list[tuple[PartitionProcessor, Effects]] = []
+        for proc in self.processors.values():
+            next_due = proc.next_due_ms()
+            if next_due is not None and next_due <= now:
+                effects = proc.fire_due(now)
+                if effects:
+                    fired.append((proc, effects))
+                    for f in effects.tombstones:
+                        self._count_tombstone(f)
+        if fired:
+            await self._outbox.send(fired, now)
+
+    def _housekeeping(self) -> None:
+        now = self.clock()
+        for proc in self.processors.values():
+            proc.extend_horizon(now)
+        if time.monotonic() - self._pruned_at >= PRUNE_EVERY_S:
+            self._pruned_at = time.monotonic()
+            pruned = sum(proc.store.prune(now) for proc in self.processors.values())
+            if pruned:
+                log.info("pruned %d deletion markers past their grace", pruned)
+
+    async def _commit(self, cons: AIOKafkaConsumer) -> None:
+        """Commit the settled input offsets of the partitions this instance owns."""
+        assert self._outbox is not None
+        committable = self._outbox.committable
+        owned = {
+            TopicPartition(t, p): o
+            for (t, p), o in committable.items()
+            if (t, p) in self.processors
+        }
+        committable.clear()
+        self._committed_at = time.monotonic()
+        if not owned:
             return
-        out = OutputBuffer(self._producer)
-        for fired, _slot in due:
-            await self._send_tombstone(out, fired)
-        await self._writer.submit([(f.after, slot) for f, slot in due], await out.flush())
+        try:
+            await cons.commit(owned)
+        except KafkaError as exc:
+            # Only re-reading is at stake: the offsets come again with the next commit.
+            log.warning("offset commit failed, retried with the next one: %s", exc)
+            for tp, offset in owned.items():
+                slot = (tp.topic, tp.partition)
+                committable[slot] = max(committable.get(slot, 0), offset)
 
-    async def _reload_timers(self, generation: int) -> None:
-        """``replay`` changed expiries in the index: load the horizon's timers afresh."""
-        assert self._index is not None
-        await self._writer.settle()
-        self._generation = generation
-        self.engine.reset_timers()
-        pending = await self._index.pending(self._owned, before=self.engine.horizon_end)
-        self.engine.load(pending)
-        log.info("the index was changed by a replay: %d timers reloaded", len(pending))
+    # -- policies ---------------------------------------------------------------------------
 
-    async def _extend_horizon(self) -> None:
-        assert self._index is not None
-        target = self.engine.horizon_target(self.clock())
-        if target is None:
+    async def _follow_policies(
+        self, cons: AIOKafkaConsumer, prod: AIOKafkaProducer, *, to_end: bool
+    ) -> None:
+        """Apply policy updates; at start read the whole compacted topic first."""
+        if to_end:
+            async for batch in read_to_end(cons, self.config.topics.policies):
+                await self._apply_policy_batch(batch, prod)
             return
-        await self._writer.settle()  # the slice must see every state written so far
-        stamps = await self._index.pending(
-            self._owned, since=self.engine.horizon_end, before=target
-        )
-        self.engine.extend_horizon(target, stamps)
+        await self._apply_policy_batch(await cons.getmany(timeout_ms=0), prod)
 
+    async def _apply_policy_batch(
+        self, batch: Mapping[TopicPartition, list[Any]], prod: AIOKafkaProducer
+    ) -> None:
+        for records in batch.values():
+            for rec in records:
+                result = self.book.apply_update(rec.key, rec.value, rec.timestamp)
+                if isinstance(result, model.Rejection):
+                    self.stats.dead_letters += 1
+                    self.stats.dead_letter_codes[result.code] += 1
+                    log.warning("policy update rejected: %s (%s)", result.code, result.detail)
+                    ack = await prod.send(
+                        self.config.topics.dlq,
+                        key=rec.key,
+                        value=rec.value,
+                        headers=dead_letter_headers(rec, result),
+                    )
+                    await all_acked([ack])
+                else:
+                    self.stats.policy_updates += 1
+                    log.info("policy update applied: %s", result.describe())
 
-def _fmt(slots: Any) -> str:
-    return ", ".join(f"{t}[{p}]" for t, p in slots) or "nothing"
+    # -- partitions -------------------------------------------------------------------------
+
+    async def assign(self, assigned: list[TopicPartition]) -> None:
+        """Restore each new partition from the changelog, then position it."""
+        assert self._consumer is not None
+        fresh = [tp for tp in assigned if (tp.topic, tp.partition) not in self.processors]
+        if fresh:
+            self.state = Lifecycle.RESTORING
+            await self._restore(fresh)
+            await self._position(fresh)
+        self.state = Lifecycle.RUNNING
+        self.ready.set()  # ready: partitions owned, restored, positioned, timers loaded
+
+    async def _restore(self, tps: list[TopicPartition]) -> None:
+        t = self.config.topics
+        now = self.clock()
+        self.stats.restoring = len(tps)
+        async with consumer(self.bootstrap) as reader:
+            for tp in tps:
+                slot = (tp.topic, tp.partition)
+                path = os.path.join(self.config.state_dir, f"{tp.topic}-{tp.partition}")
+                store = PartitionStore(RocksKV(path), grace_ms=self.config.marker_grace_ms)
+                try:
+                    report = await restore_partition(
+                        reader,
+                        store,
+                        source=slot,
+                        stamped=t.stamped,
+                        tombstones=t.tombstones,
+                        now_ms=now,
+                    )
+                except BaseException:
+                    store.close()
+                    raise
+                self.stats.restored += report.read
+                self.stats.restoring -= 1
+                proc = PartitionProcessor(
+                    tp.topic,
+                    tp.partition,
+                    store,
+                    resolve=self.book.resolve,
+                    sliding=self.config.sliding,
+                    categories=self._categories,
+                    max_skew_ms=self.config.max_clock_skew_ms,
+                    now_ms=self.clock(),
+                    tick_ms=self.config.tick_ms,
+                    horizon_ms=self.config.horizon_ms,
+                )
+                self.processors[slot] = proc
+                c = store.counts
+                log.info(
+                    "%s[%d] restored in %.2f s: %d changelog messages read, %d states and "
+                    "%d deletion markers applied; holds %d pending, %d never expiring, "
+                    "%d markers; %d timers within the horizon",
+                    tp.topic,
+                    tp.partition,
+                    report.seconds,
+                    report.read,
+                    report.stamps,
+                    report.markers,
+                    c.pending_total,
+                    c.never,
+                    c.markers,
+                    proc.timers,
+                )
+                if report.unreadable:
+                    log.warning(
+                        "%s[%d]: %d changelog messages could not be read and were skipped",
+                        tp.topic,
+                        tp.partition,
+                        report.unreadable,
+                    )
+
+    async def _position(self, tps: list[TopicPartition]) -> None:
+        """Resume at the group's committed offsets; a position past the end (the topic was
+        recreated) is said and read from the beginning, never waited at silently."""
+        assert self._consumer is not None
+        cons = self._consumer
+        async with consumer(self.bootstrap) as reader:
+            reader.assign(tps)
+            await reader.seek_to_beginning(*tps)
+            ends = await high_watermarks(reader, tps)
+            starts = {tp: await reader.position(tp) for tp in tps}
+        for tp in tps:
+            committed = await cons.committed(tp)
+            slot = (tp.topic, tp.partition)
+            if committed is None:
+                start, why = starts[tp], "no committed offset: from the beginning"
+            elif committed > ends[tp]:
+                log.warning(
+                    "%s[%d]: the committed offset %d is past the partition's end %d (was the "
+                    "topic deleted and recreated?); reading it from the beginning",
+                    tp.topic,
+                    tp.partition,
+                    committed,
+                    ends[tp],
+                )
+                start, why = starts[tp], "from the beginning (committed offset past the end)"
+            else:
+                start, why = committed, "at the committed offset"
+            cons.seek(tp, start)
+            self._next_offset[slot] = start
+            log.info("%s[%d] resumes at offset %d, %s", tp.topic, tp.partition, start, why)
+
+    async def revoke(self, revoked: list[TopicPartition]) -> None:
+        """Settle, commit and drop the revoked partitions; the others keep their timers."""
+        slots = [(tp.topic, tp.partition) for tp in revoked]
+        mine = [slot for slot in slots if slot in self.processors]
+        if not mine:
+            return
+        if self._outbox is not None:
+            await self._outbox.drain()
+        if self._consumer is not None:
+            await self._commit(self._consumer)
+        for slot in mine:
+            self.processors.pop(slot).store.close()
+            self._next_offset.pop(slot, None)
+        log.info("revoked %s", ", ".join(f"{t}[{p}]" for t, p in mine))

@@ -127,6 +127,19 @@ class PolicyUpdate:
     def key(self) -> str:
         return self.scope.key
 
+    def describe(self) -> str:
+        """One line for a person: ``scope org=acme: conversation=30d, session=never from ...``."""
+        from stream_expiry.timeutil import format_ts
+
+        if self.ttl is None:
+            values = "cleared (back to the config file's values)"
+        else:
+            values = ", ".join(
+                f"{cat}={'none' if c.ttl_ms is None else f'{c.ttl_ms // 1000}s'}"
+                for cat, c in sorted(self.ttl.items())
+            )
+        return f"scope {self.scope.key}: {values}, effective from {format_ts(self.effective_from)}"
+
 
 def _json_type(value: object) -> str:
     kinds = {bool: "boolean", int: "number", float: "number", str: "string", list: "array"}

@@ -1,0 +1,142 @@
+"""Kafka-level encodings of the service's own topics: headers, and stamps read back.
+
+Every message the service writes for a record (its stamps and the null that ends them on
+``expiry.stamped``, its tombstone event on ``expiry.tombstones``) carries the input
+partition that owns the record in two headers, and goes to that partition number (modulo
+the topic's partition count). That is what lets an instance restore one input partition
+from the changelog: it reads one partition of each changelog topic and keeps the messages
+whose headers name its partition (../shared/CONTRACT.md, "State, restore ...").
+
+The null on ``expiry.stamped`` also says when the record was deleted (a header, since a
+null has no body), so a restored store keeps the deletion marker that stops a re-delivered
+event from bringing the record back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+from stream_expiry.model import Identity, Stamp, decode_key
+from stream_expiry.timeutil import parse_ts
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from stream_expiry.model import Rejection
+
+__all__ = [
+    "H_DELETED_AT",
+    "H_DETAIL",
+    "H_ERROR",
+    "H_OFFSET",
+    "H_PARTITION",
+    "H_TOPIC",
+    "dead_letter_headers",
+    "decode_stamp",
+    "deleted_at_of",
+    "output_partition",
+    "source_headers",
+    "source_of",
+]
+
+H_ERROR: Final = "expiry-error"
+H_DETAIL: Final = "expiry-error-detail"
+H_TOPIC: Final = "expiry-source-topic"
+H_PARTITION: Final = "expiry-source-partition"
+H_OFFSET: Final = "expiry-source-offset"
+H_DELETED_AT: Final = "expiry-deleted-at"
+
+Headers = list[tuple[str, bytes]]
+
+
+def output_partition(input_partition: int, partitions: int) -> int:
+    """Where a record's stamps and tombstones go: beside its input partition.
+
+    A record always arrives on one input partition (producers key by record), so all its
+    messages meet on one partition of each output topic, as compaction needs.
+    """
+    return input_partition % partitions
+
+
+def source_headers(topic: str, partition: int) -> Headers:
+    return [(H_TOPIC, topic.encode()), (H_PARTITION, str(partition).encode())]
+
+
+def source_of(headers: Sequence[tuple[str, bytes]]) -> tuple[str, int] | None:
+    """The input partition a changelog message belongs to (None: not one of ours)."""
+    topic = partition = None
+    for name, value in headers:
+        if name == H_TOPIC:
+            topic = value.decode(errors="replace")
+        elif name == H_PARTITION:
+            try:
+                partition = int(value)
+            except ValueError:
+                return None
+    if topic is None or partition is None:
+        return None
+    return topic, partition
+
+
+def deleted_at_of(headers: Sequence[tuple[str, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == H_DELETED_AT:
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def dead_letter_headers(rec: Any, why: Rejection) -> Headers:
+    """The contract's dead-letter headers: why, and where the original came from."""
+    return [
+        (H_ERROR, why.code.encode()),
+        (H_DETAIL, why.detail.encode()),
+        (H_TOPIC, rec.topic.encode()),
+        (H_PARTITION, str(rec.partition).encode()),
+        (H_OFFSET, str(rec.offset).encode()),
+    ]
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _ts(text: Any) -> int | None:
+    """Parse the service's own timestamps fast (``2026-12-01T04:00:00.123Z``)."""
+    if text is None:
+        return None
+    if type(text) is str and len(text) == 24 and text[-1] == "Z":
+        try:
+            d = dt.datetime.fromisoformat(text)
+        except ValueError:
+            return parse_ts(text)
+        delta = d - _EPOCH
+        return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+    return parse_ts(text)
+
+
+def decode_stamp(key: bytes | str, value: bytes, identity: Identity | None = None) -> Stamp:
+    """A stamp message read back from ``expiry.stamped``; raises ValueError when unreadable."""
+    try:
+        body = orjson.loads(value)
+        if identity is None:
+            identity = decode_key(key.decode() if isinstance(key, bytes) else key)
+        ttl_s = body.get("ttl_seconds")
+        return Stamp(
+            identity,
+            _ts(body.get("created_at")),
+            _ts(body.get("expires_at")),
+            None if ttl_s is None else int(ttl_s) * 1000,
+            body.get("ttl_source"),
+        )
+    except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
+        raise ValueError(f"not a stamp: {exc}") from exc
+
+
+def last_activity_of(value: bytes) -> int | None:
+    """A stamp's ``last_activity_at`` (absent in stamps written before it existed)."""
+    return _ts(orjson.loads(value).get("last_activity_at"))

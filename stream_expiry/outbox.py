@@ -1,0 +1,172 @@
+"""The outbox: effects become messages, and are settled in order once the broker holds them.
+
+The order of writes (../shared/DESIGN.md) without stalling the loop: ``send`` encodes a
+slice's effects, hands the record batches to the producer and queues them; a settler task
+(``run``, in the service's task group) takes the queue in order, waits for each entry's
+acks, then settles its effects into the partitions' stores and makes their input offsets
+committable. The loop goes on meanwhile (the processors' overlays answer for states not yet
+settled); a bounded queue is the backpressure.
+
+Messages for a record go to its input partition's number on each output topic, with the
+headers that let a restore find them (:mod:`stream_expiry.codec`).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from aiokafka.errors import KafkaError
+
+from stream_expiry import codec, model
+from stream_expiry.errors import BrokerError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Iterable
+
+    from aiokafka import AIOKafkaProducer
+
+    from stream_expiry.config import Topics
+    from stream_expiry.engine import Fired
+    from stream_expiry.state import Effects, PartitionProcessor
+
+__all__ = ["Outbox", "all_acked"]
+
+_Entry = tuple[list[Any], list[tuple["PartitionProcessor", "Effects"]], int]
+
+MAX_IN_FLIGHT = 16
+
+
+async def all_acked(acks: Iterable[Awaitable[Any]]) -> None:
+    """Wait for every ack; a refusal is a :class:`BrokerError`."""
+    try:
+        for ack in acks:
+            await ack
+    except KafkaError as exc:
+        raise BrokerError(f"the broker did not acknowledge an output message: {exc!r}") from exc
+
+
+class _Batches:
+    """Record batches per (topic, partition): one produce request each, not one per message."""
+
+    def __init__(self, prod: AIOKafkaProducer) -> None:
+        self._prod = prod
+        self._open: dict[tuple[str, int], Any] = {}
+        self.sent: list[Any] = []
+
+    async def add(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp_ms: int | None,
+        headers: list[tuple[str, bytes]],
+    ) -> None:
+        slot = (topic, partition)
+        batch = self._open.get(slot)
+        if batch is None:
+            batch = self._open[slot] = self._prod.create_batch()
+        if batch.append(timestamp=timestamp_ms, key=key, value=value, headers=headers) is None:
+            self.sent.append(await self._prod.send_batch(batch, topic, partition=partition))
+            batch = self._open[slot] = self._prod.create_batch()
+            if batch.append(timestamp=timestamp_ms, key=key, value=value, headers=headers) is None:
+                raise BrokerError(f"a message for {topic} is larger than the producer's batch size")
+
+    async def flush(self) -> list[Any]:
+        for (topic, partition), batch in self._open.items():
+            self.sent.append(await self._prod.send_batch(batch, topic, partition=partition))
+        self._open.clear()
+        return self.sent
+
+
+class Outbox:
+    """Sends effects and settles them, in order, after their acks."""
+
+    def __init__(
+        self,
+        prod: AIOKafkaProducer,
+        topics: Topics,
+        partitions: dict[str, int],
+        *,
+        max_in_flight: int = MAX_IN_FLIGHT,
+    ) -> None:
+        self._prod = prod
+        self._topics = topics
+        self._partitions = partitions  # partition counts of the output topics
+        self._send, self._receive = anyio.create_memory_object_stream[_Entry](max_in_flight)
+        self._in_flight = 0
+        self._drained = anyio.Event()
+        self._drained.set()
+        # input offsets whose effects are settled: what the group may commit
+        self.committable: dict[tuple[str, int], int] = {}
+
+    async def send(self, items: list[tuple[PartitionProcessor, Effects]], now_ms: int) -> None:
+        """Encode and send ``items``' messages; they settle later, in order."""
+        out = _Batches(self._prod)
+        for proc, effects in items:
+            await self._encode(out, proc, effects, now_ms)
+        acks = await out.flush()
+        if self._in_flight == 0:
+            self._drained = anyio.Event()
+        self._in_flight += 1
+        await self._send.send((acks, items, now_ms))
+
+    async def _encode(
+        self, out: _Batches, proc: PartitionProcessor, effects: Effects, now_ms: int
+    ) -> None:
+        t = self._topics
+        source = codec.source_headers(proc.topic, proc.partition)
+        stamped_p = codec.output_partition(proc.partition, self._partitions[t.stamped])
+        for state, data in effects.stamps:
+            value = model.encode_stamp(state, data)
+            await out.add(t.stamped, stamped_p, state.identity.key.encode(), value, now_ms, source)
+        if effects.tombstones:
+            tomb_p = codec.output_partition(proc.partition, self._partitions[t.tombstones])
+            for fired in effects.tombstones:
+                await self._tombstone(out, fired, source, stamped_p, tomb_p)
+        for rec, why in effects.dead_letters:
+            partition = random.randrange(self._partitions[t.dlq])
+            headers = codec.dead_letter_headers(rec, why)
+            await out.add(t.dlq, partition, rec.key, rec.value, None, headers)
+
+    async def _tombstone(
+        self,
+        out: _Batches,
+        fired: Fired,
+        source: list[tuple[str, bytes]],
+        stamped_p: int,
+        tomb_p: int,
+    ) -> None:
+        """The tombstone event, and the Kafka-native null that compacts the stamp away."""
+        t = self._topics
+        key = fired.before.identity.key.encode()
+        event = model.encode_tombstone(
+            fired.before, reason=fired.reason, emitted_at=fired.emitted_at
+        )
+        await out.add(t.tombstones, tomb_p, key, event, fired.emitted_at, source)
+        deleted = [*source, (codec.H_DELETED_AT, str(fired.after.deleted_at).encode())]
+        await out.add(t.stamped, stamped_p, key, None, fired.emitted_at, deleted)
+
+    async def run(self) -> None:
+        """The settler: run it in the service's task group for the outbox's lifetime."""
+        async with self._receive:
+            async for acks, items, now_ms in self._receive:
+                await all_acked(acks)
+                committable = self.committable
+                for proc, effects in items:
+                    proc.settle(effects, now_ms)
+                    if effects.next_offset is not None:
+                        slot = (proc.topic, proc.partition)
+                        committable[slot] = max(committable.get(slot, 0), effects.next_offset)
+                self._in_flight -= 1
+                if self._in_flight == 0:
+                    self._drained.set()
+
+    async def drain(self) -> None:
+        """Wait until everything sent is settled (before a revocation or a stop)."""
+        await self._drained.wait()
+
+    def close(self) -> None:
+        self._send.close()

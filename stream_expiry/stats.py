@@ -1,0 +1,50 @@
+"""Counters a person (and the demo, the metrics and the benchmarks) watch."""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from stream_expiry.metrics import LAG_BUCKETS_MS
+
+__all__ = ["ServiceStats"]
+
+
+@dataclass
+class ServiceStats:
+    """What the service did since it started, and what it holds now."""
+
+    events: int = 0
+    stamped: int = 0
+    dead_letters: int = 0
+    tombstones: int = 0
+    explicit: int = 0
+    policy_updates: int = 0
+    verdicts: Counter[str] = field(default_factory=Counter)
+    dead_letter_codes: Counter[str] = field(default_factory=Counter)
+    pending_in_wheel: int = 0
+    restored: int = 0  # changelog messages read by restores
+    restoring: int = 0  # partitions being restored now
+    # ttl tombstones' lag (emitted_at - expires_at), as histogram buckets for /metrics
+    lag_buckets: list[int] = field(default_factory=lambda: [0] * len(LAG_BUCKETS_MS))
+    lag_sum_ms: int = 0
+
+    def observe_lag(self, lag_ms: int) -> None:
+        self.lag_sum_ms += lag_ms
+        index = bisect.bisect_left(LAG_BUCKETS_MS, lag_ms)
+        if index < len(self.lag_buckets):
+            self.lag_buckets[index] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "stamped": self.stamped,
+            "dead_letters": self.dead_letters,
+            "tombstones": self.tombstones,
+            "explicit": self.explicit,
+            "policy_updates": self.policy_updates,
+            "pending_in_wheel": self.pending_in_wheel,
+            "verdicts": dict(self.verdicts),
+        }
