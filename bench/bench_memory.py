@@ -4,11 +4,11 @@
 
 Issue 4's target: under 150 MB for 10 M pending records. For each count N:
 
-1. N records are written straight into a fresh index with ``Index.write`` in batches of
-   100,000 (how they sit after ingest): category ``conversation``, ~45-byte keys (997 orgs,
+1. N records are written straight into fresh partition stores (``PartitionStore.write``)
+   in batches of 100,000 (how they sit after ingest): category ``conversation``, ~45-byte keys (997 orgs,
    13 bots), a 1-year TTL, ``expires_at`` uniform over the next year (fixed seed), spread over
-   the 4 partitions of the input topic by the service's own key partitioner. The index's
-   stored offsets are set to the (empty) topics' ends, so the service re-reads nothing.
+   the 4 partitions of the input topic by the service's own key partitioner. The topics are
+   empty, so the service's restore and its input reading find nothing to do.
 2. The service is started as its own process, ``python -m stream_expiry run --config FILE``,
    against an embedded Tansu broker with matching topics; its log line "assigned ...: K
    timers within the horizon" marks it ready (partitions owned, the first hour's timers
@@ -63,13 +63,13 @@ from bench.e2e_expiry import (
 from stream_expiry.broker import EmbeddedBroker
 from stream_expiry.kafka import ensure_topics, key_partition
 from stream_expiry.model import Stamp
-from stream_expiry.store import Index
+from stream_expiry.state import PartitionStore, RocksKV
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from stream_expiry.store import Slot
 
+Slot = tuple[str, int]
 YEAR_MS = 365 * 86_400_000
 WRITE_BATCH = 100_000
 SEED = 7
@@ -101,9 +101,8 @@ def pending_records(
 async def write_index(
     state_dir: str, topics: BenchTopics, count: int, now_ms: int, *, due_in_past: int = 0
 ) -> dict[str, Any]:
-    """Write ``count`` pending records and the topics' offsets; returns timings and sizes."""
-    offsets = {(t, p): 0 for t in [*topics.inputs, topics.tombstones] for p in range(PARTITIONS)}
-    index = await Index.open(state_dir)
+    """Write ``count`` pending records into the partitions' stores; returns timings, sizes."""
+    stores: dict[Slot, PartitionStore] = {}
     t0 = time.perf_counter()
     gen_s = 0.0
     try:
@@ -114,13 +113,25 @@ async def write_index(
                 pending_records(lo, hi, now_ms, topics.conversations, due_in_past=due_in_past)
             )
             gen_s += time.perf_counter() - g0
-            await index.write(rows)
+            by_slot: dict[Slot, list[tuple[None, Stamp]]] = {}
+            for stamp, slot in rows:
+                by_slot.setdefault(slot, []).append((None, stamp))
+            for slot, changes in by_slot.items():
+                store = stores.get(slot)
+                if store is None:
+                    path = f"{state_dir}/{slot[0]}-{slot[1]}"
+                    store = stores[slot] = PartitionStore(RocksKV(path))
+                store.write(changes, now_ms=now_ms)
             if hi % 1_000_000 == 0 or hi == count:
-                log(f"  index: {hi:,}/{count:,} records written ({time.perf_counter() - t0:.0f}s)")
-        await index.write([], offsets)
-        counts = await index.counts()
+                log(f"  stores: {hi:,}/{count:,} records written ({time.perf_counter() - t0:.0f}s)")
+        counts = {
+            "pending": sum(s.counts.pending_total for s in stores.values()),
+            "never": sum(s.counts.never for s in stores.values()),
+            "deleted": sum(s.counts.markers for s in stores.values()),
+        }
     finally:
-        await index.close()
+        for store in stores.values():
+            store.close()
     seconds = time.perf_counter() - t0
     return {
         "records": count,

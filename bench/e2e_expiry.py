@@ -211,11 +211,12 @@ def temp_state_dir(tag: str) -> Iterator[str]:
 
 
 def index_file_bytes(state_dir: str) -> int:
-    """index.sqlite plus its WAL (what the index takes on disk right now)."""
+    """Every file under the state directory (the partitions' RocksDB stores) right now."""
     total = 0
-    for name in ("index.sqlite", "index.sqlite-wal"):
-        with contextlib.suppress(OSError):
-            total += (Path(state_dir) / name).stat().st_size
+    for root, _dirs, files in os.walk(state_dir):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += (Path(root) / name).stat().st_size
     return total
 
 

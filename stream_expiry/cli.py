@@ -184,17 +184,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = sub.add_parser(
         "replay",
-        help="re-derive every expiration from the input topics",
-        description="Read the input topics from the beginning (or --since), re-derive each "
-        "record's expiry with the given config and the policy history, compare with the current "
-        "stamps on expiry.stamped and apply the changes (unless --dry-run) to expiry.stamped and "
-        "to the index in the config's state_dir. The service using that state_dir, running or "
-        "restarted, then tombstones the records now due at once and the others at their new "
-        "times. Run it where the service's state_dir is.",
+        help="re-derive every expiration under the configured policy",
+        description="Re-derive each record's expiry with the given config and the policy "
+        "history, from the latest stamps on expiry.stamped (or, with --from-inputs, from the "
+        "input topics read from their beginning), compare with the current stamps and, unless "
+        "--dry-run, publish the changed stamps on expiry.stamped. A service picks them up "
+        "when it (re)starts or takes a partition over (roll the instances after a replay): "
+        "it tombstones the records now due at once and the others at their new times. "
+        "Memory stays bounded: the stamps are streamed through a temporary on-disk store.",
     )
     _add_common(replay)
     replay.add_argument("--since", metavar="TS", help="only records created at or after TS")
     replay.add_argument("--dry-run", action="store_true", help="count and show, change nothing")
+    replay.add_argument(
+        "--from-inputs",
+        action="store_true",
+        help="re-derive from the input topics' events instead of expiry.stamped (needs the "
+        "input topics' whole history)",
+    )
     replay.add_argument("--json", action="store_true", help="print the counts as one JSON object")
     replay.add_argument(
         "--sample", type=int, default=10, metavar="N", help="changed records to show (default 10)"

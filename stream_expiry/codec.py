@@ -38,6 +38,7 @@ __all__ = [
     "decode_stamp",
     "deleted_at_of",
     "output_partition",
+    "parse_own_ts",
     "source_headers",
     "source_of",
 ]
@@ -105,7 +106,7 @@ def dead_letter_headers(rec: Any, why: Rejection) -> Headers:
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def _ts(text: Any) -> int | None:
+def parse_own_ts(text: Any) -> int | None:
     """Parse the service's own timestamps fast (``2026-12-01T04:00:00.123Z``)."""
     if text is None:
         return None
@@ -128,8 +129,8 @@ def decode_stamp(key: bytes | str, value: bytes, identity: Identity | None = Non
         ttl_s = body.get("ttl_seconds")
         return Stamp(
             identity,
-            _ts(body.get("created_at")),
-            _ts(body.get("expires_at")),
+            parse_own_ts(body.get("created_at")),
+            parse_own_ts(body.get("expires_at")),
             None if ttl_s is None else int(ttl_s) * 1000,
             body.get("ttl_source"),
         )
@@ -139,4 +140,4 @@ def decode_stamp(key: bytes | str, value: bytes, identity: Identity | None = Non
 
 def last_activity_of(value: bytes) -> int | None:
     """A stamp's ``last_activity_at`` (absent in stamps written before it existed)."""
-    return _ts(orjson.loads(value).get("last_activity_at"))
+    return parse_own_ts(orjson.loads(value).get("last_activity_at"))

@@ -275,6 +275,7 @@ class Service:
         stats = self.stats
         stats.events += effects.events
         stats.stamped += len(effects.stamps)
+        stats.verdicts.update(effects.verdicts)
         for rec, why in effects.dead_letters:
             stats.dead_letters += 1
             stats.dead_letter_codes[why.code] += 1
@@ -388,6 +389,11 @@ class Service:
             self.state = Lifecycle.RESTORING
             await self._restore(fresh)
             await self._position(fresh)
+            log.info(
+                "assigned %s: %d timers within the horizon",
+                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in fresh),
+                sum(p.timers for p in self.processors.values()),
+            )
         self.state = Lifecycle.RUNNING
         self.ready.set()  # ready: partitions owned, restored, positioned, timers loaded
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -13,9 +14,10 @@ from stream_expiry.config import Config, parse_config
 from stream_expiry.kafka import producer
 from stream_expiry.model import Identity
 from stream_expiry.service import Service, wall_clock_ms
+from stream_expiry.state import PartitionStore, RocksKV
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping, Sequence
+    from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 
     from tests.conftest import TopicSet
 
@@ -110,3 +112,29 @@ async def produce(broker: str, messages: Sequence[tuple[str, bytes | None, bytes
         futures = [await prod.send(t, key=k, value=v) for t, k, v in messages]
         for fut in futures:
             await fut
+
+
+@contextlib.contextmanager
+def stores_in(state_dir: str) -> Iterator[dict[str, PartitionStore]]:
+    """Every partition store a stopped service left in ``state_dir``, by directory name."""
+    stores = {
+        entry.name: PartitionStore(RocksKV(entry.path))
+        for entry in os.scandir(state_dir)
+        if entry.is_dir()
+    }
+    try:
+        yield stores
+    finally:
+        for store in stores.values():
+            store.close()
+
+
+def live_expiries(state_dir: str) -> dict[str, int | None]:
+    """Record key -> expires_at of every live record in a stopped service's stores."""
+    with stores_in(state_dir) as stores:
+        return {
+            s.identity.key: s.expires_at
+            for store in stores.values()
+            for s in store.items()
+            if s.live
+        }

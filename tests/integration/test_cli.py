@@ -83,12 +83,14 @@ def test_replay_dry_run_json_counts(
     cfg.write_text(
         config_text(topics, str(tmp_path / "state"), '[retention.defaults]\nconversation = "1h"\n')
     )
-    code = main(
-        ["replay", "--config", str(cfg), "--bootstrap-servers", broker, "--dry-run", "--json"]
-    )
+    argv = ["replay", "--config", str(cfg), "--bootstrap-servers", broker, "--dry-run", "--json"]
+    assert main(argv) == 0
+    # From the changelog (the default): nothing was stamped yet, so nothing to re-derive.
+    assert orjson.loads(capsys.readouterr().out)["records"] == 0
+    code = main([*argv, "--from-inputs"])
     assert code == 0
     counts = orjson.loads(capsys.readouterr().out)
-    # Nothing was stamped yet (no service ran): all five are new, finite, not yet due.
+    # From the input topics: all five are new, finite, not yet due; the bad one is an event.
     assert counts == {
         "events": 6,
         "records": 5,

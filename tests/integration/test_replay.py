@@ -15,10 +15,15 @@ from stream_expiry.config import parse_config
 from stream_expiry.model import encode_stamp
 from stream_expiry.replay import replay
 from stream_expiry.service import wall_clock_ms
-from stream_expiry.store import Index
 from stream_expiry.timeutil import format_ts
-from tests.conftest import TopicSet, read_all, read_topic, wait_for
-from tests.integration.service_helpers import config_for, event, produce, running_service
+from tests.conftest import TopicSet, read_all, read_topic
+from tests.integration.service_helpers import (
+    config_for,
+    event,
+    live_expiries,
+    produce,
+    running_service,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -72,12 +77,14 @@ async def test_replay_reproduces_the_live_stamps_field_by_field(
     live = await _live_run(broker, topics, tmp_path / "state", n)
     assert len(live) == n
     config = config_for(topics, str(tmp_path / "state"), LONG)
-    report = await replay(config, broker, environ={}, dry_run=True)
+    report = await replay(
+        config, broker, environ={}, dry_run=True, from_inputs=True, keep_states=True
+    )
     assert report.counts()["records"] == n
     for key, raw in live.items():
         assert raw is not None
         want = orjson.loads(raw)
-        state, _slot = report.states[key.decode()]
+        state = report.states[key.decode()]
         got = orjson.loads(encode_stamp(state, want["data"]))
         for name in (
             "org",
@@ -94,6 +101,9 @@ async def test_replay_reproduces_the_live_stamps_field_by_field(
             assert got[name] == want[name], (key, name)
     assert report.unchanged == n
     assert report.earlier == report.later == report.never == 0
+    # From the changelog (the default), without the input topics: the same verdict.
+    from_stamps = await replay(config, broker, environ={}, dry_run=True)
+    assert from_stamps.counts()["records"] == from_stamps.unchanged == n
 
 
 async def test_replay_applies_a_policy_change_and_a_restarted_service_acts_on_it(
@@ -145,7 +155,7 @@ async def test_replay_applies_a_policy_change_and_a_restarted_service_acts_on_it
     assert [orjson.loads(t.value)["record_id"] for t in tombs] == ["c"]
 
 
-async def test_rebuild_from_an_empty_state_dir_keeps_pending_and_resurrects_nothing(
+async def test_restore_into_an_empty_state_dir_keeps_pending_and_resurrects_nothing(
     broker: str, topics: TopicSet, tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
@@ -159,50 +169,19 @@ async def test_rebuild_from_an_empty_state_dir_keeps_pending_and_resurrects_noth
             + [(topics.conversations, *event("conversation", "c0", op="delete"))],
         )
         await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 6)
-    async with await Index.open(str(state)) as index:
-        before = await index.pending([(topics.conversations, p) for p in range(2)], before=2**62)
+    before = live_expiries(str(state))
     shutil.rmtree(state)
     async with running_service(config, broker) as service:
-        # The rebuilt service reads every input event again; wait until it has seen all 11.
-        await wait_for(lambda: service.stats.events >= 11, timeout_s=20)
-    stamped = await read_all(broker, topics.stamped)
-    async with await Index.open(str(state)) as index:
-        after = await index.pending([(topics.conversations, p) for p in range(2)], before=2**62)
-        counts = await index.counts()
-    assert {s.identity.key: s.expires_at for s, _ in after} == {
-        s.identity.key: s.expires_at for s, _ in before
-    }
+        # Restored from the changelog; the input topics are not read again.
+        assert service.stats.restored > 0
+        assert service.stats.events == 0
+    after = live_expiries(str(state))
+    assert after == before
     assert len(after) == 4
-    assert counts["pending"] == 4
-    # Nothing deleted came back: no tombstoned record was stamped a second time (the pending
-    # ones may be, harmlessly: a stamp is idempotent).
+    assert all(v is not None for v in after.values())
+    stamped = await read_all(broker, topics.stamped)
     stamps_per_key = Counter(r.key for r in stamped if r.value is not None)
     tombstoned = {t.key for t in await read_all(broker, topics.tombstones)}
     assert len(tombstoned) == 6
-    assert all(stamps_per_key[k] == 1 for k in tombstoned if k in stamps_per_key)
+    assert all(stamps_per_key[k] <= 1 for k in tombstoned)  # no deleted record stamped again
     assert len(await read_all(broker, topics.tombstones)) == 6  # and no tombstone twice
-
-
-async def test_an_applied_replay_takes_effect_in_a_running_service(
-    broker: str, topics: TopicSet, tmp_path: Path
-) -> None:
-    state = tmp_path / "state"
-    base = config_for(topics, str(state), '[retention.defaults]\nconversation = "1h"\n')
-    shorter = dataclasses.replace(
-        base,
-        retention=parse_config(
-            '[retention.defaults]\nconversation = "5s"\n', path="<new>"
-        ).retention,
-    )
-    async with running_service(base, broker) as service:
-        await produce(
-            broker, [(topics.conversations, *event("conversation", f"c{i}")) for i in range(3)]
-        )
-        await wait_for(lambda: service.stats.stamped == 3)
-        report = await replay(shorter, broker, environ={}, dry_run=False)
-        assert report.earlier == 3
-        # No restart: the service sees the index's new generation and reloads its timers.
-        tombs = await read_topic(
-            broker, topics.tombstones, until=lambda r: len(r) >= 3, timeout_s=20
-        )
-    assert sorted(orjson.loads(t.value)["ttl_seconds"] for t in tombs) == [5, 5, 5]

@@ -1,5 +1,5 @@
 """Two instances in one consumer group share the partitions; when one leaves, the other
-takes its partitions over (rebuilding them from the input topic) and nothing is lost or
+takes its partitions over (restoring them from the changelog) and nothing is lost or
 resurrected."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ async def test_two_instances_share_the_work_and_one_takes_over_when_the_other_le
             )
             assert svc_a.stats.events > 0
             assert svc_b.stats.events > 0
-        # A has left: B owns everything now, A's partitions rebuilt from the beginning.
+        # A has left: B owns everything now, A's partitions restored from the changelog.
         await wait_for(lambda: len(svc_b.owned) == 6, timeout_s=30)
         second = [(topics.conversations, *event("conversation", f"late{i}")) for i in range(20)]
         await produce(broker, second)
@@ -58,5 +58,5 @@ async def test_two_instances_share_the_work_and_one_takes_over_when_the_other_le
         body = orjson.loads(t.value)
         assert body["category"] == "conversation"  # the 1 h errors are still pending
         assert parse_ts(body["emitted_at"]) >= parse_ts(body["expires_at"])
-    # The takeover folded A's tombstones in before rebuilding: nothing tombstoned twice.
+    # The takeover restored A's deletions: nothing tombstoned twice.
     assert max(per_key.values()) == 1, per_key.most_common(3)
