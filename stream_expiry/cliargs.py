@@ -53,9 +53,7 @@ def timestamp(text: str) -> str:
     try:
         parse_ts(int(text) if text.isdigit() else text)
     except InvalidTimestamp as exc:
-        raise argparse.ArgumentTypeError(
-            f"{exc}; give RFC 3339 with an offset (2026-01-31T12:00:00Z) or epoch milliseconds"
-        ) from None
+        raise argparse.ArgumentTypeError(f"{exc}, or epoch milliseconds") from None
     return text
 
 

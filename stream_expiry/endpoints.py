@@ -151,7 +151,7 @@ def _why(exc: BaseException) -> str:
         return "timed out"
     if isinstance(exc, socket.gaierror):
         return "unknown host"
-    return getattr(exc, "strerror", None) or type(exc).__name__
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 def _host_port(address: str) -> tuple[str, int]:
