@@ -125,7 +125,8 @@ def _parser_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--metrics-port",
         type=port,
         metavar="PORT",
-        help="serve /metrics (Prometheus), /healthz and /readyz on http://0.0.0.0:PORT",
+        help="serve /metrics (Prometheus), /healthz and /readyz on http://0.0.0.0:PORT "
+        "(default: $STREAM_EXPIRY_METRICS_PORT, else none)",
     )
     run.set_defaults(func=_cmd_run)
 

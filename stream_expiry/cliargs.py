@@ -7,10 +7,26 @@ Each type refuses a bad value with one line (argparse turns the ``ArgumentTypeEr
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
+from stream_expiry.errors import ConfigurationError
 from stream_expiry.logs import FORMATS, LEVELS
 
-__all__ = ["add_log_options", "port", "positive_int", "seconds", "timestamp", "ts_ms"]
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = [
+    "METRICS_PORT_ENV",
+    "add_log_options",
+    "metrics_port",
+    "port",
+    "positive_int",
+    "seconds",
+    "timestamp",
+    "ts_ms",
+]
+
+METRICS_PORT_ENV = "STREAM_EXPIRY_METRICS_PORT"
 
 
 def port(text: str) -> int:
@@ -80,3 +96,16 @@ def add_log_options(p: argparse.ArgumentParser, *, default_level: str = "INFO") 
         "default: $STREAM_EXPIRY_LOG_FORMAT, else text",
     )
     p.set_defaults(default_log_level=default_level)
+
+
+def metrics_port(flag: int | None, environ: Mapping[str, str]) -> int | None:
+    """``--metrics-port``, else ``STREAM_EXPIRY_METRICS_PORT``, else no HTTP port."""
+    if flag is not None:
+        return flag
+    raw = environ.get(METRICS_PORT_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        return port(raw)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigurationError(f"environment variable {METRICS_PORT_ENV}: {exc}") from None

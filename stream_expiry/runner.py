@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from stream_expiry.broker import EmbeddedBroker
+from stream_expiry.cliargs import metrics_port
 from stream_expiry.endpoints import open_listener, serve_http, watch_broker
 from stream_expiry.health import Health
 from stream_expiry.metrics import ServiceMetrics
@@ -110,9 +111,10 @@ async def run_service(config: Config, args: argparse.Namespace) -> int:
     from stream_expiry.cli import bootstrap_from
 
     listener = None
-    if getattr(args, "metrics_port", None) is not None:
+    http_port = metrics_port(getattr(args, "metrics_port", None), os.environ)
+    if http_port is not None:
         # Bound first: a port in use stops the start with one line, before any broker work.
-        listener = await open_listener(args.metrics_port)
+        listener = await open_listener(http_port)
     with contextlib.ExitStack() as stack:
         if getattr(args, "embedded_broker", False):
             broker = stack.enter_context(EmbeddedBroker())

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Final
 import anyio
 
 from stream_expiry import exits
-from stream_expiry.cliargs import add_log_options, port
+from stream_expiry.cliargs import add_log_options, metrics_port, port
 from stream_expiry.config import load_config
 from stream_expiry.endpoints import open_listener, serve_http, watch_broker
 from stream_expiry.errors import BrokerError, ConfigurationError, StreamExpiryError
@@ -140,7 +140,8 @@ def _common_options() -> argparse.ArgumentParser:
         "--metrics-port",
         type=port,
         metavar="PORT",
-        help="serve /metrics (Prometheus), /healthz and /readyz on http://0.0.0.0:PORT",
+        help="serve /metrics (Prometheus), /healthz and /readyz on http://0.0.0.0:PORT "
+        "(default: $STREAM_EXPIRY_METRICS_PORT, else none)",
     )
     add_log_options(p)
     return p
@@ -287,7 +288,8 @@ def run_command(args: argparse.Namespace) -> int:
         sink = build_sink(args, on_batch=progress)
         progress.counters = sink.metrics
         # aiokafka, asyncpg: asyncio only
-        error = anyio.run(_serve, sink, metrics, args.metrics_port, backend="asyncio")
+        http_port = metrics_port(args.metrics_port, os.environ)
+        error = anyio.run(_serve, sink, metrics, http_port, backend="asyncio")
     except ConfigurationError as exc:
         error = exc
     if error is not None:
