@@ -1,10 +1,39 @@
+# stream-expiry: the service (and the sinks) in one image.
+#
+#   docker build -t stream-expiry .
+#   docker run -v state:/var/lib/stream-expiry -p 9400:9400 \
+#     -e STREAM_EXPIRY_BOOTSTRAP_SERVERS=kafka:9092 stream-expiry
+#
+# Dependencies are installed with the versions that were tested (requirements.lock, written
+# by scripts/lock_requirements.py). The user is numeric, so Kubernetes' runAsNonRoot can
+# verify it without a passwd lookup.
 FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    STREAM_EXPIRY_STATE_DIR=/var/lib/stream-expiry \
+    STREAM_EXPIRY_METRICS_PORT=9400
+
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY requirements.lock ./
+RUN pip install --constraint requirements.lock \
+        aiokafka anyio orjson aiosqlite prometheus-client asyncpg
+COPY pyproject.toml README.md LICENSE ./
 COPY stream_expiry ./stream_expiry
-RUN pip install --no-cache-dir ".[postgres]"
-RUN useradd --system --home /var/lib/stream-expiry stream-expiry \
-    && mkdir -p /var/lib/stream-expiry && chown stream-expiry /var/lib/stream-expiry
-USER stream-expiry
-ENTRYPOINT []
-CMD ["stream-expiry", "run", "--config", "/etc/stream-expiry/expiry.toml"]
+RUN pip install --constraint requirements.lock --no-deps ".[postgres]" \
+    && pip check
+
+RUN mkdir -p /var/lib/stream-expiry /etc/stream-expiry \
+    && chown 10001:10001 /var/lib/stream-expiry
+USER 10001:10001
+VOLUME ["/var/lib/stream-expiry"]
+EXPOSE 9400
+
+# Liveness: the loop runs. Readiness (/readyz) is for the orchestrator's routing and rollouts.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('STREAM_EXPIRY_METRICS_PORT', '9400') + '/healthz', timeout=4)"]
+
+ENTRYPOINT ["stream-expiry"]
+CMD ["run"]

@@ -1,32 +1,38 @@
 """The ``stream-expiry`` command line: run, explain, replay, demo, sink.
 
-Every command that talks to Kafka finds its brokers in ``--bootstrap-servers``, else the
-config file, else ``STREAM_EXPIRY_BOOTSTRAP_SERVERS``. Errors of ours (``StreamExpiryError``)
-print one line that says what to do next and exit 2; nothing prints a traceback at a user
-who only mistyped a path.
+Every command that talks to Kafka finds its brokers in ``--bootstrap-servers``, else
+``STREAM_EXPIRY_BOOTSTRAP_SERVERS``, else the config file; every setting follows that order
+(flag > environment > file > default, :mod:`stream_expiry.config`). Errors of ours
+(``StreamExpiryError``) and bad arguments print one line that says what to do next, with
+the same exit status for the same failure in every command (:mod:`stream_expiry.exits`);
+nothing prints a traceback at a user who only mistyped a path.
+
+One function per command (``_cmd_NAME``) and one per parser (``_parser_NAME``): a new command
+is two functions and a line in :func:`build_parser`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn, cast
 
 import anyio
 import orjson
 
-from stream_expiry.config import Config, ConfigError, load_config
+from stream_expiry import exits
+from stream_expiry.cliargs import add_log_options, port, positive_int, seconds, timestamp, ts_ms
+from stream_expiry.config import Config, load_config
 from stream_expiry.errors import ConfigurationError, StreamExpiryError
+from stream_expiry.logs import configure_logging, resolve_log_options
+from stream_expiry.metrics import version
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-__all__ = ["main"]
-
-log = logging.getLogger("stream_expiry")
+__all__ = ["build_parser", "main"]
 
 BOOTSTRAP_ENV = "STREAM_EXPIRY_BOOTSTRAP_SERVERS"
 
@@ -43,34 +49,44 @@ Start here:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (and the usual exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(exits.USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _add_common(p: argparse.ArgumentParser, *, kafka: bool = True) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config file (see README: Configuration)")
     if kafka:
         p.add_argument(
             "--bootstrap-servers",
             metavar="HOST:PORT[,...]",
-            help=f"Kafka brokers; default: the config file's bootstrap_servers, else ${BOOTSTRAP_ENV}",
+            help=f"Kafka brokers; default: ${BOOTSTRAP_ENV}, else the config file's "
+            "bootstrap_servers",
         )
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_log_options(p)
 
 
 def bootstrap_from(args: argparse.Namespace, config: Config) -> str:
-    """Brokers from the flag, else the config file, else the environment."""
+    """Brokers from the flag, else the environment, else the config file."""
     servers = (
         getattr(args, "bootstrap_servers", None)
+        or os.environ.get(BOOTSTRAP_ENV, "").strip()
         or config.bootstrap_servers
-        or os.environ.get(BOOTSTRAP_ENV)
     )
     if not servers:
+        embedded = ", or try --embedded-broker" if hasattr(args, "embedded_broker") else ""
         raise ConfigurationError(
-            "no Kafka brokers given: pass --bootstrap-servers HOST:PORT, set bootstrap_servers "
-            f"in the config file or {BOOTSTRAP_ENV}, or try --embedded-broker"
+            "no Kafka brokers given: pass --bootstrap-servers HOST:PORT, set "
+            f"{BOOTSTRAP_ENV} or bootstrap_servers in the config file{embedded}"
         )
     return str(servers)
 
 
-def _load(args: argparse.Namespace) -> Config:
-    return load_config(args.config)
+def load(args: argparse.Namespace) -> Config:
+    """The config file with the environment laid over it (flags are each command's)."""
+    return load_config(getattr(args, "config", None), environ=os.environ)
 
 
 # -- run ----------------------------------------------------------------------------------
@@ -79,65 +95,13 @@ def _load(args: argparse.Namespace) -> Config:
 def _cmd_run(args: argparse.Namespace) -> int:
     from stream_expiry.runner import run_service
 
-    config = _load(args)
+    config = load(args)
     if args.state_dir:
         config = dataclasses.replace(config, state_dir=args.state_dir)
     return anyio.run(run_service, config, args)
 
 
-# -- explain ------------------------------------------------------------------------------
-
-
-def _cmd_explain(args: argparse.Namespace) -> int:
-    from stream_expiry.policy import PolicyBook, render_explain_table
-    from stream_expiry.timeutil import parse_ts
-
-    config = _load(args)
-    at = None if args.at is None else parse_ts(int(args.at) if args.at.isdigit() else args.at)
-    book = PolicyBook(config, os.environ)
-    if args.category not in config.categories:
-        raise ConfigurationError(
-            f"unknown category {args.category!r}; configured: {', '.join(config.categories)}"
-        )
-    result = book.explain(
-        category=args.category, org=args.org, bot=args.bot, env=args.env, at_ms=at
-    )
-    if args.json:
-        sys.stdout.write(orjson.dumps(result).decode() + "\n")
-    else:
-        for warning in book.env_warnings:
-            print(f"warning: {warning}", file=sys.stderr)
-        print(render_explain_table(result))
-    return 0
-
-
-# -- replay -------------------------------------------------------------------------------
-
-
-def _cmd_replay(args: argparse.Namespace) -> int:
-    from stream_expiry.replay import run_replay
-
-    config = _load(args)
-    return anyio.run(run_replay, config, bootstrap_from(args, config), args)
-
-
-# -- demo ---------------------------------------------------------------------------------
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from stream_expiry.demo import run_demo
-
-    return anyio.run(run_demo, args)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="stream-expiry",
-        description=_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _parser_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser(
         "run",
         help="run the service",
@@ -154,16 +118,44 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--state-dir",
         metavar="DIR",
-        help="where the durable index lives (default: config state_dir)",
+        help="where the durable index lives (default: $STREAM_EXPIRY_STATE_DIR, else the "
+        "config file's state_dir)",
     )
     run.add_argument(
         "--metrics-port",
-        type=int,
+        type=port,
         metavar="PORT",
-        help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics (counters, lag histogram)",
+        help="serve /metrics (Prometheus), /healthz and /readyz on http://0.0.0.0:PORT "
+        "(default: $STREAM_EXPIRY_METRICS_PORT, else none)",
     )
     run.set_defaults(func=_cmd_run)
 
+
+# -- explain ------------------------------------------------------------------------------
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from stream_expiry.policy import PolicyBook, render_explain_table
+
+    config = load(args)
+    book = PolicyBook(config, os.environ)
+    if args.category not in config.categories:
+        raise ConfigurationError(
+            f"unknown category {args.category!r}; configured: {', '.join(config.categories)}"
+        )
+    result = book.explain(
+        category=args.category, org=args.org, bot=args.bot, env=args.env, at_ms=ts_ms(args.at)
+    )
+    if args.json:
+        sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    else:
+        for warning in book.env_warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(render_explain_table(result))
+    return 0
+
+
+def _parser_explain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     explain = sub.add_parser(
         "explain",
         help="show which TTL applies to a record, and why",
@@ -177,11 +169,26 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--bot", default="_", help="bot id (default: _)")
     explain.add_argument("--env", default="live", choices=["live", "draft"])
     explain.add_argument(
-        "--at", metavar="TS", help="creation time to resolve at (RFC 3339 or epoch ms; default now)"
+        "--at",
+        metavar="TS",
+        type=timestamp,
+        help="creation time to resolve at (RFC 3339 or epoch ms; default now)",
     )
     explain.add_argument("--json", action="store_true", help="print the contract's JSON object")
     explain.set_defaults(func=_cmd_explain)
 
+
+# -- replay -------------------------------------------------------------------------------
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from stream_expiry.replay import run_replay
+
+    config = load(args)
+    return anyio.run(run_replay, config, bootstrap_from(args, config), args)
+
+
+def _parser_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     replay = sub.add_parser(
         "replay",
         help="re-derive every expiration under the configured policy",
@@ -194,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Memory stays bounded: the stamps are streamed through a temporary on-disk store.",
     )
     _add_common(replay)
-    replay.add_argument("--since", metavar="TS", help="only records created at or after TS")
+    replay.add_argument(
+        "--since", metavar="TS", type=timestamp, help="only records created at or after TS"
+    )
     replay.add_argument("--dry-run", action="store_true", help="count and show, change nothing")
     replay.add_argument(
         "--from-inputs",
@@ -204,71 +213,110 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--json", action="store_true", help="print the counts as one JSON object")
     replay.add_argument(
-        "--sample", type=int, default=10, metavar="N", help="changed records to show (default 10)"
+        "--sample",
+        type=positive_int,
+        default=10,
+        metavar="N",
+        help="changed records to show (default 10)",
     )
     replay.set_defaults(func=_cmd_replay)
 
+
+# -- demo ---------------------------------------------------------------------------------
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from stream_expiry.demo import run_demo
+
+    return anyio.run(run_demo, args)
+
+
+def _parser_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser(
         "demo",
         help="broker, service, traffic and a store, all local",
         description="Starts an in-memory broker, the service, a traffic generator (several orgs "
         "and bots, the three categories, TTLs of a few seconds) and a SQLite store, shows live "
-        "progress, and ends with a summary: counts, expiry lag, and early deletions (must be 0).",
+        "progress, and ends with a summary: counts, expiry lag, and early deletions (must be 0). "
+        "Ctrl-C ends it early, with the summary of what happened so far.",
     )
     demo.add_argument(
-        "--duration", type=float, default=20.0, metavar="SECONDS", help="traffic time (default 20)"
+        "--duration",
+        type=seconds,
+        default=20.0,
+        metavar="SECONDS",
+        help="traffic time (default 20; 0: start, stop and summarise)",
     )
     demo.add_argument(
-        "--rate", type=int, default=200, metavar="N", help="events per second (default 200)"
+        "--rate",
+        type=positive_int,
+        default=200,
+        metavar="N",
+        help="events per second (default 200)",
     )
     demo.add_argument(
         "--state-dir", metavar="DIR", help="keep the state and the store here (default: a temp dir)"
     )
-    demo.add_argument(
-        "--log-level",
-        default="ERROR",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="service log level (default ERROR: the demo's malformed events are on purpose)",
-    )
+    # ERROR by default: the demo's malformed events are on purpose.
+    add_log_options(demo, default_level="ERROR")
     demo.set_defaults(func=_cmd_demo)
 
-    try:
-        from stream_expiry.sinks.command import add_sink_parser
-    except ImportError:  # pragma: no cover - the sinks package is part of the distribution
-        pass
-    else:
-        add_sink_parser(sub)
+
+# -- the parser and main --------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="stream-expiry",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"stream-expiry {version()}")
+    sub = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",  # of _Parser, whose error() is ours
+        parser.add_subparsers(dest="command", required=True, metavar="COMMAND"),
+    )
+    _parser_run(sub)
+    _parser_explain(sub)
+    _parser_replay(sub)
+    _parser_demo(sub)
+    from stream_expiry.sinks.command import add_sink_parser
+
+    add_sink_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, getattr(args, "log_level", "INFO")),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        level, fmt = resolve_log_options(
+            args.log_level,
+            args.log_format,
+            os.environ,
+            default_level=args.default_log_level,
+        )
+        configure_logging(level, fmt)
         return func(args)
-    except (ConfigError, StreamExpiryError) as exc:
-        print(f"stream-expiry: {exc}", file=sys.stderr)
-        return 2
+    except StreamExpiryError as exc:
+        return _fail(args, exc)
     except BaseExceptionGroup as group:  # raised through an anyio task group
         ours = _our_error(group)
         if ours is None:
+            if _only_interrupts(group):
+                return exits.INTERRUPTED
             raise
-        print(f"stream-expiry: {ours}", file=sys.stderr)
-        return 2
+        return _fail(args, ours)
     except KeyboardInterrupt:
-        return 130
+        return exits.INTERRUPTED
 
 
-def _our_error(group: BaseExceptionGroup[BaseException]) -> StreamExpiryError | None:
-    """The first of our errors inside a (nested) exception group (the other leaves are
-    usually the cancellations it caused), or None when it holds none of ours."""
+def _fail(args: argparse.Namespace, exc: StreamExpiryError) -> int:
+    print(f"stream-expiry {args.command}: {exc}", file=sys.stderr)
+    return exits.status_of(exc)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     leaves: list[BaseException] = []
     stack: list[BaseException] = [group]
     while stack:
@@ -277,8 +325,18 @@ def _our_error(group: BaseExceptionGroup[BaseException]) -> StreamExpiryError | 
             stack.extend(exc.exceptions)
         else:
             leaves.append(exc)
-    ours = [e for e in leaves if isinstance(e, StreamExpiryError)]
+    return leaves
+
+
+def _our_error(group: BaseExceptionGroup[BaseException]) -> StreamExpiryError | None:
+    """The first of our errors inside a (nested) exception group (the other leaves are
+    usually the cancellations it caused), or None when it holds none of ours."""
+    ours = [e for e in _leaves(group) if isinstance(e, StreamExpiryError)]
     return ours[0] if ours else None
+
+
+def _only_interrupts(group: BaseExceptionGroup[BaseException]) -> bool:
+    return all(isinstance(e, KeyboardInterrupt) for e in _leaves(group))
 
 
 if __name__ == "__main__":

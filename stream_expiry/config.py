@@ -17,13 +17,14 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import difflib
 import os
 import re
 import tomllib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from stream_expiry.durations import InvalidDuration, parse_duration
 from stream_expiry.errors import ConfigurationError
@@ -41,7 +42,16 @@ from stream_expiry.policy.sources import (
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
 
-__all__ = ["Config", "ConfigError", "Topics", "load_config", "parse_config"]
+__all__ = [
+    "ENV_PREFIX",
+    "ENV_SETTINGS",
+    "Config",
+    "ConfigError",
+    "Topics",
+    "env_name",
+    "load_config",
+    "parse_config",
+]
 
 _Path = tuple[str, ...]
 
@@ -103,10 +113,20 @@ _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _TOML_ERROR = re.compile(r"^(.*) \(at line (\d+), column (\d+)\)$", re.DOTALL)
 
 
-def load_config(path: str | os.PathLike[str] | None) -> Config:
-    """Read and validate a config file; ``None`` gives the defaults (no file at all)."""
+def load_config(
+    path: str | os.PathLike[str] | None, *, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Read and validate a config file; ``None`` gives the defaults (no file at all).
+
+    With ``environ``, every ``STREAM_EXPIRY_<KEY>`` variable set there beats the file's key
+    (see :data:`ENV_SETTINGS`); without it, the file alone counts.
+    """
     if path is None:
-        return Config()
+        if environ is None:
+            return Config()
+        return dataclasses.replace(
+            parse_config("", path="<environment>", environ=environ), path=None
+        )
     name = os.fspath(path)
     try:
         with open(name, "rb") as f:
@@ -121,11 +141,15 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         raise ConfigError(
             f"{name}: the config file is not UTF-8 (byte {exc.start}); save it as UTF-8"
         ) from None
-    return parse_config(text, path=name)
+    return parse_config(text, path=name, environ=environ)
 
 
-def parse_config(text: str, *, path: str = "<string>") -> Config:
-    """Validate config text; ``path`` only names the file in messages and in ``Config.path``."""
+def parse_config(
+    text: str, *, path: str = "<string>", environ: Mapping[str, str] | None = None
+) -> Config:
+    """Validate config text; ``path`` only names the file in messages and in ``Config.path``.
+
+    ``environ`` adds the environment layer over the file (:func:`_env_layer`)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -133,7 +157,10 @@ def parse_config(text: str, *, path: str = "<string>") -> Config:
         where = f"{path} line {m.group(2)}, column {m.group(3)}" if m else path
         what = m.group(1) if m else str(exc)
         raise ConfigError(f"{where}: invalid TOML: {what}; fix the syntax (see toml.io)") from None
-    return _Reader(text, path).config(data)
+    if environ is None:
+        return _Reader(text, path).config(data)
+    data, from_env = _env_layer(data, environ)
+    return _Reader(text, path, from_env).config(data)
 
 
 def _type_name(value: object) -> str:
@@ -159,14 +186,19 @@ def _show(value: object) -> str:
 class _Reader:
     """Turns parsed TOML into a :class:`Config`, with errors that point into the text."""
 
-    def __init__(self, text: str, path: str) -> None:
+    def __init__(self, text: str, path: str, from_env: Mapping[_Path, str] | None = None) -> None:
         self._text = text
         self._path = path
         self._lines: dict[_Path, int] | None = None
+        self._from_env = from_env or {}
 
     # -- errors --------------------------------------------------------------------------------
 
     def error(self, where: _Path, message: str) -> ConfigError:
+        for end in range(len(where), 0, -1):
+            variable = self._from_env.get(where[:end])
+            if variable is not None:
+                return ConfigError(f"environment variable {variable}: {message}")
         if self._lines is None:
             self._lines = _key_lines(self._text)
         for end in range(len(where), 0, -1):
@@ -537,3 +569,76 @@ def _key_lines(text: str) -> dict[_Path, int]:
         return scanner.run()
     except (ValueError, IndexError, tomllib.TOMLDecodeError, StopIteration):
         return scanner.found
+
+
+# -- the environment layer ---------------------------------------------------------------------
+#
+# Every setting of the file outside [retention] (the TTL sources have their own variables)
+# can also come from STREAM_EXPIRY_<KEY>, the key's dotted path in upper case with "_" for
+# "." ([topics] stamped -> STREAM_EXPIRY_TOPICS_STAMPED). The variables are folded into the
+# parsed TOML before validation, so one validator checks both and an error names the variable.
+# Precedence: a flag (the CLI's business) > the environment > the file > the default.
+
+ENV_PREFIX: Final = "STREAM_EXPIRY_"
+
+_Kind = Literal["text", "int", "list"]
+
+#: The settings with an environment variable, and how its text becomes a TOML value
+#: (``text`` stays a string: durations and names; ``list`` is comma-separated).
+ENV_SETTINGS: Final[Mapping[_Path, _Kind]] = {
+    ("preset",): "text",
+    ("bootstrap_servers",): "text",
+    ("group_id",): "text",
+    ("state_dir",): "text",
+    ("max_clock_skew",): "text",
+    ("service", "tick_ms"): "int",
+    ("service", "horizon"): "text",
+    ("topics", "inputs"): "list",
+    **{("topics", key): "text" for key in _TOPIC_KEYS[1:]},
+    ("categories", "names"): "list",
+    ("categories", "sliding"): "list",
+}
+
+
+def env_name(path: _Path) -> str:
+    """The environment variable of a config key path."""
+    return ENV_PREFIX + "_".join(path).upper()
+
+
+def _env_value(raw: str, kind: _Kind) -> object:
+    text = raw.strip()
+    if kind == "list":
+        return [item.strip() for item in text.split(",") if item.strip()]
+    if kind == "int":
+        try:
+            return int(text)
+        except ValueError:
+            return text  # the validator says what is expected, naming the variable
+    return text
+
+
+def _env_layer(
+    data: dict[str, Any], environ: Mapping[str, str]
+) -> tuple[dict[str, Any], dict[_Path, str]]:
+    """The file's parsed TOML with every set variable laid over it, and which paths came
+    from which variable. An empty variable counts as unset (compose and Kubernetes make
+    those easily); the file's tables are copied, never changed."""
+    merged = dict(data)
+    from_env: dict[_Path, str] = {}
+    for path, kind in ENV_SETTINGS.items():
+        name = env_name(path)
+        raw = environ.get(name)
+        if raw is None or not raw.strip():
+            continue
+        table = merged
+        for part in path[:-1]:
+            inner = table.get(part, {})
+            if not isinstance(inner, dict):
+                break  # the file's own mistake; the validator reports it with its line
+            copy = dict(inner)
+            table[part] = copy
+            table = copy
+        else:
+            table[path[-1]] = _env_value(raw, kind)
+            from_env[path] = name
+    return merged, from_env

@@ -9,9 +9,12 @@ deletions" counts tombstones that arrived before their record's ``expires_at``: 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING
 import anyio
 import orjson
 
+from stream_expiry import exits
 from stream_expiry.broker import EmbeddedBroker
 from stream_expiry.config import parse_config
 from stream_expiry.kafka import consumer, producer
@@ -31,7 +35,7 @@ from stream_expiry.timeutil import parse_ts
 
 if TYPE_CHECKING:
     import argparse
-import dataclasses
+    from collections.abc import Awaitable, Callable
 
 __all__ = ["DEMO_CONFIG", "run_demo"]
 
@@ -160,12 +164,38 @@ def _progress(service: Service, watch: Watch, deleted: int, elapsed: float) -> s
     )
 
 
+async def _interrupt_on_signals(interrupted: anyio.Event, scope: anyio.CancelScope) -> None:
+    """First Ctrl-C (or SIGTERM): stop the traffic and wind everything down cleanly, so the
+    summary still prints and every thread is joined. A second one cancels outright."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            if interrupted.is_set():
+                scope.cancel()
+                return
+            interrupted.set()
+            print("\n  interrupted: stopping (Ctrl-C again to force)", file=sys.stderr)
+
+
+async def _until(event: anyio.Event, work: Callable[[], Awaitable[None]]) -> None:
+    """Run ``work`` until it ends or ``event`` is set, whichever comes first."""
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        await work()
+        tg.cancel_scope.cancel()
+
+
 async def run_demo(args: argparse.Namespace) -> int:
     state_dir = args.state_dir or tempfile.mkdtemp(prefix="stream-expiry-demo-")
     keep = bool(args.state_dir)
     config = parse_config(DEMO_CONFIG, path="<demo config>")
     config = dataclasses.replace(config, state_dir=os.path.join(state_dir, "state"))
     out = sys.stderr
+    interrupted = anyio.Event()
     try:
         with EmbeddedBroker() as broker:
             bootstrap = broker.bootstrap_servers
@@ -199,48 +229,72 @@ async def run_demo(args: argparse.Namespace) -> int:
                 on_batch=on_batch,
             )
             started = time.monotonic()
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(service.run, stop_service)
-                await service.ready.wait()
-                tg.start_soon(sink.run, stop_sink)
-                tg.start_soon(
-                    _watch_tombstones, bootstrap, config.topics.tombstones, watch, stop_watch
-                )
-                print(
-                    f"  service ready after {time.monotonic() - started:.1f}s; traffic for {args.duration:.0f}s at {args.rate}/s",
-                    file=out,
-                )
+            await store.open()  # before anything counts its rows
+            try:
+                signals = anyio.CancelScope()
+                async with anyio.create_task_group() as tg:
 
-                async def show() -> None:
-                    # A live line on a terminal; a plain line every 2 s in a log or a pipe.
-                    tty = out.isatty()
-                    while not stop_watch.is_set():
-                        line = _progress(
-                            service, watch, sink_stats["deleted"], time.monotonic() - started
+                    async def on_signals() -> None:
+                        with signals:
+                            await _interrupt_on_signals(interrupted, tg.cancel_scope)
+
+                    tg.start_soon(on_signals)
+                    tg.start_soon(service.run, stop_service)
+                    await _until(interrupted, service.ready.wait)
+                    tg.start_soon(sink.run, stop_sink)
+                    tg.start_soon(
+                        _watch_tombstones, bootstrap, config.topics.tombstones, watch, stop_watch
+                    )
+                    if not interrupted.is_set():
+                        print(
+                            f"  service ready after {time.monotonic() - started:.1f}s; "
+                            f"traffic for {args.duration:g}s at {args.rate}/s",
+                            file=out,
                         )
-                        out.write("\r" + line if tty else line + "\n")
-                        out.flush()
-                        await anyio.sleep(0.25 if tty else 2.0)
 
-                tg.start_soon(show)
-                await _traffic(bootstrap, args.duration, args.rate, counts)
-                # Let the last records expire (every finite TTL here is at most 6 s) and the
-                # store apply the last tombstones: polled, since both happen in other tasks.
-                with anyio.move_on_after(MAX_DEMO_TTL_S + 10):
-                    while service.stats.pending_in_wheel or await store.count():  # noqa: ASYNC110
-                        await anyio.sleep(0.1)
-                stop_service.set()
-                stop_sink.set()
-                stop_watch.set()
-            final = _progress(service, watch, sink_stats["deleted"], time.monotonic() - started)
-            out.write(("\r" if out.isatty() else "") + final + "\n")
-            sink_stats["left"] = await store.count()
-            await store.close()
+                    async def show() -> None:
+                        # A live line on a terminal; a plain line every 2 s in a log or a pipe.
+                        tty = out.isatty()
+                        while not stop_watch.is_set():
+                            line = _progress(
+                                service, watch, sink_stats["deleted"], time.monotonic() - started
+                            )
+                            out.write("\r" + line if tty else line + "\n")
+                            out.flush()
+                            await anyio.sleep(0.25 if tty else 2.0)
+
+                    tg.start_soon(show)
+
+                    async def drain() -> None:
+                        # Let the last records expire (every finite TTL here is at most 6 s)
+                        # and the store apply the last tombstones: polled, since both happen
+                        # in other tasks.
+                        with anyio.move_on_after(MAX_DEMO_TTL_S + 10):
+                            while service.stats.pending_in_wheel or await store.count():  # noqa: ASYNC110
+                                await anyio.sleep(0.1)
+
+                    await _until(
+                        interrupted,
+                        functools.partial(_traffic, bootstrap, args.duration, args.rate, counts),
+                    )
+                    await _until(interrupted, drain)
+                    stop_service.set()
+                    stop_sink.set()
+                    stop_watch.set()
+                    signals.cancel()  # the others end by themselves once stopped
+                final = _progress(service, watch, sink_stats["deleted"], time.monotonic() - started)
+                out.write(("\r" if out.isatty() else "") + final + "\n")
+                sink_stats["left"] = await store.count()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await store.close()
             _summary(service, watch, counts, sink_stats)
     finally:
         if not keep:
             shutil.rmtree(state_dir, ignore_errors=True)
-    return 0 if watch.early == 0 else 1
+    if interrupted.is_set():
+        return exits.INTERRUPTED
+    return exits.OK if watch.early == 0 else exits.FAILED
 
 
 def _summary(

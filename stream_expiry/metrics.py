@@ -1,121 +1,324 @@
-"""Prometheus metrics for ``stream-expiry run --metrics-port PORT``.
+"""Prometheus metrics of the service and of the sinks, on ``prometheus_client``.
 
-The text exposition format needs no client library: the service's counters are rendered on
-each scrape from :class:`ServiceStats`, so there is no second set of counters to keep in
-step. The HTTP side is the least a scraper needs (``GET /metrics``), on anyio.
+Rules this module keeps:
+
+* Every process (or test) gets its own :class:`~prometheus_client.CollectorRegistry`, never
+  the library's global one, so several services can live in one process.
+* Hot-path counters are not prometheus objects: the service counts in plain integers
+  (:class:`~stream_expiry.service.ServiceStats`, the sink's ``metrics`` dict) and a collector
+  reads them at scrape time. A scrape costs a few microseconds; an event costs nothing more.
+* Low-rate facts (consumer lag, pending records, the oldest overdue record, restore progress)
+  are gauges the loop sets through the methods of :class:`ServiceMetrics` and
+  :class:`SinkMetrics`.
+* Names are stable: the ones below are what dashboards and alerts use (README: Metrics).
 """
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING
+import contextlib
+from importlib import metadata
+from typing import TYPE_CHECKING, Final
 
-import anyio
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import gc_collector as _gc
+from prometheus_client import platform_collector as _platform
+from prometheus_client import process_collector as _process
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Iterable, Mapping
 
-    from anyio.abc import SocketStream
+    from prometheus_client import Metric
 
+    from stream_expiry.health import Health
     from stream_expiry.service import ServiceStats
+    from stream_expiry.sinks.framework import BatchReport
 
-__all__ = ["LAG_BUCKETS_MS", "render", "serve_metrics"]
+__all__ = ["LAG_BUCKETS_MS", "ServiceMetrics", "SinkMetrics", "version"]
 
-log = logging.getLogger("stream_expiry.metrics")
-
-LAG_BUCKETS_MS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000, 60_000)
-
-
-def render(stats: ServiceStats, *, env_warnings: int) -> str:
-    """The metrics in Prometheus' text format (version 0.0.4)."""
-    lines: list[str] = []
-
-    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-        lines.append(f"# HELP stream_expiry_{name} {help_text}")
-        lines.append(f"# TYPE stream_expiry_{name} {kind}")
-        for labels, value in samples:
-            lines.append(f"stream_expiry_{name}{labels} {value:g}")
-
-    metric("events_total", "counter", "Input events read.", [("", stats.events)])
-    metric("stamped_total", "counter", "Stamps published on expiry.stamped.", [("", stats.stamped)])
-    metric(
-        "tombstones_total",
-        "counter",
-        "Tombstones published, by reason.",
-        [('{reason="ttl"}', stats.tombstones), ('{reason="explicit"}', stats.explicit)],
-    )
-    metric(
-        "dead_letters_total",
-        "counter",
-        "Input messages sent to the dead-letter topic, by error code.",
-        [(f'{{code="{code}"}}', n) for code, n in sorted(stats.dead_letter_codes.items())]
-        or [("", 0)],
-    )
-    metric(
-        "verdicts_total",
-        "counter",
-        "What valid events did (created, extended, stale, ...).",
-        [(f'{{verdict="{v}"}}', n) for v, n in sorted(stats.verdicts.items())] or [("", 0)],
-    )
-    metric(
-        "policy_updates_total", "counter", "Policy updates applied.", [("", stats.policy_updates)]
-    )
-    metric(
-        "invalid_env_variables",
-        "gauge",
-        "Retention environment variables that are set but invalid (ignored).",
-        [("", env_warnings)],
-    )
-    metric(
-        "timers_in_wheel",
-        "gauge",
-        "Expirations held in memory (due within the horizon).",
-        [("", stats.pending_in_wheel)],
-    )
-    buckets = stats.lag_buckets
-    cumulative = 0
-    samples: list[tuple[str, float]] = []
-    for bound, count in zip(LAG_BUCKETS_MS, buckets, strict=False):
-        cumulative += count
-        samples.append((f'_bucket{{le="{bound / 1000:g}"}}', cumulative))
-    samples.append(('_bucket{le="+Inf"}', stats.tombstones))
-    samples.append(("_sum", stats.lag_sum_ms / 1000))
-    samples.append(("_count", stats.tombstones))
-    metric(
-        "tombstone_lag_seconds",
-        "histogram",
-        "From expires_at to emitted_at, ttl tombstones.",
-        samples,
-    )
-    return "\n".join(lines) + "\n"
+LAG_BUCKETS_MS: Final = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000, 60_000)
+_PREFIX: Final = "stream_expiry"
 
 
-async def serve_metrics(port: int, get_text: Callable[[], str], *, host: str = "0.0.0.0") -> None:
-    """Serve ``GET /metrics`` until cancelled."""
-    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
-    log.info("metrics on http://%s:%d/metrics", host, port)
+def version() -> str:
+    """The installed distribution's version (``0+unknown`` when run from a bare checkout)."""
+    try:
+        return metadata.version("stream-expiry")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
 
-    async def handle(stream: SocketStream) -> None:
-        async with stream:
-            try:
-                with anyio.fail_after(5):
-                    request = b""
-                    while b"\r\n\r\n" not in request and len(request) < 8192:
-                        request += await stream.receive()
-            except (TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError):
-                return
-            path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
-            if path == b"/metrics":
-                body = get_text().encode()
-                head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-            else:
-                body = b"not found: try /metrics\n"
-                head = b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n"
-            head += b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-            try:
-                await stream.send(head + body)
-            except anyio.BrokenResourceError:
-                return
 
-    async with listener:
-        await listener.serve(handle)
+def _registry() -> CollectorRegistry:
+    """A private registry with the process, platform and GC collectors."""
+    registry = CollectorRegistry()
+    _process.ProcessCollector(registry=registry)
+    _platform.PlatformCollector(registry=registry)
+    _gc.GCCollector(registry=registry)
+    return registry
+
+
+class _StatsCollector(Collector):
+    """Reads :class:`ServiceStats` at scrape time: the service's counters, today's names."""
+
+    def __init__(self, stats: ServiceStats, env_warnings: int) -> None:
+        self._stats = stats
+        self._env_warnings = env_warnings
+
+    def collect(self) -> Iterable[Metric]:
+        s = self._stats
+        p = _PREFIX
+        yield CounterMetricFamily(f"{p}_events", "Input events read.", value=s.events)
+        yield CounterMetricFamily(
+            f"{p}_stamped", "Stamps published on expiry.stamped.", value=s.stamped
+        )
+        tombstones = CounterMetricFamily(
+            f"{p}_tombstones", "Tombstones published, by reason.", labels=["reason"]
+        )
+        tombstones.add_metric(["ttl"], s.tombstones)
+        tombstones.add_metric(["explicit"], s.explicit)
+        yield tombstones
+        dead = CounterMetricFamily(
+            f"{p}_dead_letters",
+            "Input messages sent to the dead-letter topic, by error code.",
+            labels=["code"],
+        )
+        for code, n in sorted(s.dead_letter_codes.items()):
+            dead.add_metric([code], n)
+        yield dead
+        verdicts = CounterMetricFamily(
+            f"{p}_verdicts",
+            "What valid events did (created, extended, stale, ...).",
+            labels=["verdict"],
+        )
+        for verdict, n in sorted(s.verdicts.items()):
+            verdicts.add_metric([verdict], n)
+        yield verdicts
+        yield CounterMetricFamily(
+            f"{p}_policy_updates", "Policy updates applied.", value=s.policy_updates
+        )
+        yield GaugeMetricFamily(
+            f"{p}_invalid_env_variables",
+            "Retention environment variables that are set but invalid (ignored).",
+            value=self._env_warnings,
+        )
+        yield GaugeMetricFamily(
+            f"{p}_timers_in_wheel",
+            "Expirations held in memory (due within the horizon).",
+            value=s.pending_in_wheel,
+        )
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
+        for bound, count in zip(LAG_BUCKETS_MS, s.lag_buckets, strict=False):
+            cumulative += count
+            buckets.append((f"{bound / 1000:g}", cumulative))
+        buckets.append(("+Inf", s.tombstones))
+        yield HistogramMetricFamily(
+            f"{p}_tombstone_lag_seconds",
+            "From expires_at to emitted_at, ttl tombstones.",
+            buckets=buckets,
+            sum_value=s.lag_sum_ms / 1000,
+        )
+
+
+class _HealthCollector(Collector):
+    """``up``-style gauges from :class:`Health`, for alerts that do not probe HTTP."""
+
+    def __init__(self, health: Health, prefix: str) -> None:
+        self._health = health
+        self._prefix = prefix
+
+    def collect(self) -> Iterable[Metric]:
+        h = self._health
+        yield GaugeMetricFamily(
+            f"{self._prefix}_live", "1 while the loop runs (what /healthz says).", value=h.live
+        )
+        yield GaugeMetricFamily(
+            f"{self._prefix}_ready",
+            "1 when assigned, restored and the broker reachable (what /readyz says).",
+            value=h.ready,
+        )
+        yield GaugeMetricFamily(
+            f"{self._prefix}_broker_reachable",
+            "0 while the Kafka brokers cannot be reached.",
+            value=h.broker_error is None,
+        )
+
+
+class _BaseMetrics:
+    def __init__(self, registry: CollectorRegistry | None, prefix: str) -> None:
+        self.registry = registry if registry is not None else _registry()
+        self._prefix = prefix
+        info = Gauge(
+            f"{_PREFIX}_build_info",
+            "Always 1; the version is in the label.",
+            ["version"],
+            registry=self.registry,
+        )
+        info.labels(version()).set(1)
+        self._lag = Gauge(
+            f"{prefix}_consumer_lag",
+            "Records not yet read, per input partition (high watermark minus position).",
+            ["topic", "partition"],
+            registry=self.registry,
+        )
+
+    def watch_health(self, health: Health) -> None:
+        """Expose ``PREFIX_live``, ``PREFIX_ready`` and ``PREFIX_broker_reachable``."""
+        self.registry.register(_HealthCollector(health, self._prefix))
+
+    def set_lag(self, topic: str, partition: int, records: int) -> None:
+        """Lag of one assigned partition; call after each fetch (or once a second)."""
+        self._lag.labels(topic, str(partition)).set(max(0, records))
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        """The partition was revoked: its lag is another instance's to report now."""
+        with contextlib.suppress(KeyError):
+            self._lag.remove(topic, str(partition))
+
+    def exposition(self) -> bytes:
+        """The text a scrape of ``/metrics`` gets."""
+        return generate_latest(self.registry)
+
+
+class ServiceMetrics(_BaseMetrics):
+    """Every metric of ``stream-expiry run``: call the setters from the service loop.
+
+    ``watch_stats`` hooks up the counters (read at scrape time); the setters below are for
+    facts that change at most once per loop turn.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry, _PREFIX)
+        r = self.registry
+        self._pending = Gauge(
+            f"{_PREFIX}_pending_records",
+            "Records with a finite expiry not yet tombstoned, per category (owned partitions).",
+            ["category"],
+            registry=r,
+        )
+        self._oldest_overdue = Gauge(
+            f"{_PREFIX}_oldest_overdue_seconds",
+            "How long past its expiry the oldest not yet tombstoned record is (0: none).",
+            registry=r,
+        )
+        self._restoring = Gauge(
+            f"{_PREFIX}_restoring_partitions",
+            "Partitions whose state is being restored now.",
+            registry=r,
+        )
+        self._restored = Counter(
+            f"{_PREFIX}_restored_records",
+            "Records read from the changelog topics while restoring.",
+            registry=r,
+        )
+        self._restore_remaining = Gauge(
+            f"{_PREFIX}_restore_remaining_records",
+            "Changelog records still to read before the restore ends (0 when none runs).",
+            registry=r,
+        )
+
+    def watch_stats(self, stats: ServiceStats, *, env_warnings: int = 0) -> None:
+        """Expose the counters of ``stats`` (events, stamps, tombstones, lag histogram)."""
+        self.registry.register(_StatsCollector(stats, env_warnings))
+
+    def set_pending(self, category: str, records: int) -> None:
+        self._pending.labels(category).set(records)
+
+    def set_oldest_overdue_seconds(self, seconds: float) -> None:
+        """Now minus the earliest ``expires_at`` not yet tombstoned; 0 when nothing is due."""
+        self._oldest_overdue.set(max(0.0, seconds))
+
+    def restore_progress(
+        self, *, partitions: int, records_read: int = 0, remaining: int = 0
+    ) -> None:
+        """During a restore: ``partitions`` restoring now, ``records_read`` since the last
+        call (added up), ``remaining`` records to go. Call with ``partitions=0`` at the end."""
+        self._restoring.set(partitions)
+        if records_read:
+            self._restored.inc(records_read)
+        self._restore_remaining.set(remaining if partitions else 0)
+
+
+class _SinkCollector(Collector):
+    """Reads the sink's own counters (``Sink.metrics``) at scrape time."""
+
+    _HELP: Final = {
+        "batches_total": "Batches applied to the store.",
+        "messages_total": "Messages read from expiry.stamped and expiry.tombstones.",
+        "written_total": "Stamped records written to the store.",
+        "stale_total": "Messages that changed nothing (older than what the store holds).",
+        "deleted_total": "Records deleted because of a tombstone.",
+        "swept_total": "Records deleted by the safety-net sweep (their tombstone was late).",
+        "receipts_total": "Deletion receipts written.",
+        "published_total": "Deletion receipts published to Kafka.",
+        "compacted_nulls_total": "Null values produced to compacted user topics.",
+    }
+    _ERRORS: Final = {"invalid_total": "invalid", "unrepresentable_total": "unrepresentable"}
+
+    def __init__(self, counters: Mapping[str, int], store: str) -> None:
+        self._counters = counters
+        self._store = store
+
+    def collect(self) -> Iterable[Metric]:
+        for key, help_text in self._HELP.items():
+            family = CounterMetricFamily(
+                f"{_PREFIX}_sink_{key.removesuffix('_total')}", help_text, labels=["store"]
+            )
+            family.add_metric([self._store], self._counters.get(key, 0))
+            yield family
+        errors = CounterMetricFamily(
+            f"{_PREFIX}_sink_errors",
+            "Messages the sink skipped, by kind (invalid: not a valid message; "
+            "unrepresentable: the store cannot hold its identity).",
+            labels=["store", "kind"],
+        )
+        for key, kind in self._ERRORS.items():
+            errors.add_metric([self._store, kind], self._counters.get(key, 0))
+        yield errors
+
+
+class SinkMetrics(_BaseMetrics):
+    """Every metric of ``stream-expiry sink``: its counters, deletion lag, consumer lag."""
+
+    def __init__(self, store: str, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry, f"{_PREFIX}_sink")
+        self._store = store
+        self._deletion_lag = Histogram(
+            f"{_PREFIX}_sink_deletion_lag_seconds",
+            "From a tombstone's emitted_at to the deletion in the store.",
+            ["store"],
+            buckets=tuple(b / 1000 for b in LAG_BUCKETS_MS),
+            registry=self.registry,
+        )
+        self._failures = Counter(
+            f"{_PREFIX}_sink_failures",
+            "Batches that failed (the sink stops; nothing of the batch is committed).",
+            ["store", "cause"],
+            registry=self.registry,
+        )
+
+    def watch_counters(self, counters: Mapping[str, int]) -> None:
+        """Expose ``Sink.metrics`` (read at scrape time)."""
+        self.registry.register(_SinkCollector(counters, self._store))
+
+    def on_batch(self, report: BatchReport) -> None:
+        """Give this to ``Sink(on_batch=...)``: observes each receipt's deletion lag."""
+        for receipt in report.receipts:
+            if receipt.emitted_at is not None:
+                lag_s = max(0, receipt.deleted_at - receipt.emitted_at) / 1000
+                self._deletion_lag.labels(self._store).observe(lag_s)
+
+    def failed(self, cause: str) -> None:
+        """A batch failed with a ``broker`` or ``store`` error."""
+        self._failures.labels(self._store, cause).inc()

@@ -1,4 +1,5 @@
-"""``stream-expiry run``: the service process, its signals, its broker and its log lines."""
+"""``stream-expiry run``: the service process, its signals, its broker, its HTTP port
+(metrics, liveness, readiness) and its log lines."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from typing import TYPE_CHECKING
 import anyio
 
 from stream_expiry.broker import EmbeddedBroker
-from stream_expiry.metrics import render, serve_metrics
+from stream_expiry.cliargs import metrics_port
+from stream_expiry.endpoints import open_listener, serve_http, watch_broker
+from stream_expiry.health import Health
+from stream_expiry.metrics import ServiceMetrics
 from stream_expiry.service import Service, ServiceStats
 
 if TYPE_CHECKING:
@@ -27,6 +31,7 @@ log = logging.getLogger("stream_expiry.run")
 
 PROGRESS_EVERY_S = 10.0
 STOP_GRACE_S = 20.0
+STALL_AFTER_S = 120.0  # a running loop silent this long is not live (/healthz 503)
 
 
 async def stop_on_signals(
@@ -96,9 +101,20 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
+async def _follow_ready(service: Service, health: Health) -> None:
+    """Ready once the service has its partitions positioned and their timers loaded."""
+    await service.ready.wait()
+    health.running()
+
+
 async def run_service(config: Config, args: argparse.Namespace) -> int:
     from stream_expiry.cli import bootstrap_from
 
+    listener = None
+    http_port = metrics_port(getattr(args, "metrics_port", None), os.environ)
+    if http_port is not None:
+        # Bound first: a port in use stops the start with one line, before any broker work.
+        listener = await open_listener(http_port)
     with contextlib.ExitStack() as stack:
         if getattr(args, "embedded_broker", False):
             broker = stack.enter_context(EmbeddedBroker())
@@ -109,23 +125,38 @@ async def run_service(config: Config, args: argparse.Namespace) -> int:
         else:
             bootstrap = bootstrap_from(args, config)
         tune_gc()
+        health = Health(stall_after_s=STALL_AFTER_S)
+        progress = _ProgressLog()
+
+        def on_progress(stats: ServiceStats) -> None:
+            health.beat()
+            progress(stats)
+
         service = Service(
-            config, bootstrap_servers=bootstrap, environ=os.environ, on_progress=_ProgressLog()
+            config, bootstrap_servers=bootstrap, environ=os.environ, on_progress=on_progress
         )
+        metrics = ServiceMetrics()
+        metrics.watch_stats(service.stats, env_warnings=len(service.book.env_warnings))
+        metrics.watch_health(health)
         stop = anyio.Event()
         finished = False
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(stop_on_signals, stop, tg.cancel_scope, service.ready)
-            if getattr(args, "metrics_port", None):
-                warnings = len(service.book.env_warnings)
-                tg.start_soon(
-                    serve_metrics,
-                    args.metrics_port,
-                    lambda: render(service.stats, env_warnings=warnings),
-                )
-            await service.run(stop)
-            finished = True
-            tg.cancel_scope.cancel()
+        health.starting()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stop_on_signals, stop, tg.cancel_scope, service.ready)
+                if listener is not None:
+                    tg.start_soon(serve_http, listener, metrics.exposition, health)
+                    listener = None  # served (and closed) by the task now
+                tg.start_soon(watch_broker, health, bootstrap)
+                tg.start_soon(_follow_ready, service, health)
+                await service.run(stop)
+                health.stopping()
+                finished = True
+                tg.cancel_scope.cancel()
+        finally:
+            health.stopped()
+            if listener is not None:
+                await listener.aclose()
         if not finished:
             log.warning(
                 "forced stop: what was read since the last index write is read again on restart"

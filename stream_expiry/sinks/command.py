@@ -1,27 +1,36 @@
 """``stream-expiry sink sqlite|postgres``: run a downstream store from the command line.
 
-The lead's CLI calls :func:`add_sink_parser` on its sub-parsers; each sub-command sets
-``func`` to :func:`run_command`, which runs the sink until SIGINT or SIGTERM, lets the batch
-in flight commit, and returns the exit code (0 after a clean stop, 1 on a store or broker
-error, 2 on unusable options).
+The CLI calls :func:`add_sink_parser` on its sub-parsers; each sub-command sets ``func`` to
+:func:`run_command`, which runs the sink until SIGINT or SIGTERM, lets the batch in flight
+commit, and returns the exit status every command uses (:mod:`stream_expiry.exits`: 0 after
+a clean stop, 2 on unusable options, 3 when Kafka is unreachable, 4 on a store error).
+With ``--metrics-port`` it serves ``/metrics``, ``/healthz`` and ``/readyz`` like ``run``.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
+import time
 from typing import TYPE_CHECKING, Final
 
 import anyio
 
+from stream_expiry import exits
+from stream_expiry.cliargs import add_log_options, metrics_port, port
 from stream_expiry.config import load_config
-from stream_expiry.errors import ConfigurationError, StreamExpiryError
+from stream_expiry.endpoints import open_listener, serve_http, watch_broker
+from stream_expiry.errors import BrokerError, ConfigurationError, StreamExpiryError
+from stream_expiry.health import Health
+from stream_expiry.metrics import SinkMetrics
 from stream_expiry.sinks.framework import (
     DEFAULT_RECEIPTS,
     DEFAULT_STAMPED,
     DEFAULT_TOMBSTONES,
+    BatchReport,
     Sink,
     SinkConfig,
 )
@@ -29,11 +38,16 @@ from stream_expiry.sinks.postgres import DEFAULT_DSN, PostgresStore
 from stream_expiry.sinks.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from stream_expiry.sinks.store import Store
 
 __all__ = ["add_sink_parser", "build_sink", "run_command"]
 
+log = logging.getLogger("stream_expiry.sinks.command")
+
 ENV_BOOTSTRAP: Final = "STREAM_EXPIRY_BOOTSTRAP_SERVERS"
+PROGRESS_EVERY_S: Final = 10.0
 
 
 def _category_topic(text: str) -> tuple[str, str]:
@@ -64,7 +78,7 @@ def _common_options() -> argparse.ArgumentParser:
     kafka.add_argument(
         "--bootstrap-servers",
         metavar="HOST:PORT[,...]",
-        help=f"Kafka brokers (default: the config file's, else ${ENV_BOOTSTRAP})",
+        help=f"Kafka brokers (default: ${ENV_BOOTSTRAP}, else the config file's)",
     )
     kafka.add_argument(
         "--group-id",
@@ -121,6 +135,15 @@ def _common_options() -> argparse.ArgumentParser:
         default=60.0,
         help="how long past expires_at the sweep waits for the real tombstone (default: %(default)s)",
     )
+    ops = p.add_argument_group("operations")
+    ops.add_argument(
+        "--metrics-port",
+        type=port,
+        metavar="PORT",
+        help="serve /metrics (Prometheus), /healthz and /readyz on http://0.0.0.0:PORT "
+        "(default: $STREAM_EXPIRY_METRICS_PORT, else none)",
+    )
+    add_log_options(p)
     return p
 
 
@@ -158,17 +181,18 @@ def add_sink_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     pg.set_defaults(func=run_command)
 
 
-def build_sink(args: argparse.Namespace) -> Sink:
+def build_sink(
+    args: argparse.Namespace, *, on_batch: Callable[[BatchReport], object] | None = None
+) -> Sink:
     """The store and sink the parsed options describe; raises ConfigurationError if unusable."""
-    service_config = load_config(args.config)  # all defaults without --config
+    # All defaults without --config; the STREAM_EXPIRY_* variables beat the file.
+    service_config = load_config(args.config, environ=os.environ)
     topics = service_config.topics
-    bootstrap = (
-        args.bootstrap_servers or service_config.bootstrap_servers or os.environ.get(ENV_BOOTSTRAP)
-    )
+    bootstrap = args.bootstrap_servers or service_config.bootstrap_servers
     if not bootstrap:
         raise ConfigurationError(
-            "no Kafka brokers: pass --bootstrap-servers, give a --config file with "
-            f"bootstrap_servers, or set ${ENV_BOOTSTRAP}"
+            f"no Kafka brokers: pass --bootstrap-servers, set ${ENV_BOOTSTRAP}, or give a "
+            "--config file with bootstrap_servers"
         )
     if args.batch_size < 1:
         raise ConfigurationError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -195,13 +219,40 @@ def build_sink(args: argparse.Namespace) -> Sink:
         sweep_grace_s=args.sweep_grace,
         batch_size=args.batch_size,
     )
-    return Sink(store, config)
+    return Sink(store, config, on_batch=on_batch)
 
 
-async def _serve(sink: Sink) -> StreamExpiryError | None:
+class _Progress:
+    """An info line at most every ten seconds while batches flow, so a person sees it work."""
+
+    def __init__(self, sink_metrics: SinkMetrics, counters: dict[str, int]) -> None:
+        self._metrics = sink_metrics
+        self.counters = counters
+        self._last = time.monotonic()
+
+    def __call__(self, report: BatchReport) -> None:
+        self._metrics.on_batch(report)
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_EVERY_S:
+            self._last = now
+            c = self.counters
+            log.info(
+                "messages %d, written %d, deleted %d, swept %d, receipts %d (%d published)",
+                c["messages_total"], c["written_total"], c["deleted_total"],
+                c["swept_total"], c["receipts_total"], c["published_total"],
+            )  # fmt: skip
+
+
+async def _serve(
+    sink: Sink, metrics: SinkMetrics, metrics_port: int | None
+) -> StreamExpiryError | None:
     """Run until a signal; a failure is returned, not raised, so no exception group wraps it."""
     stop = anyio.Event()
     error: StreamExpiryError | None = None
+    health = Health()
+    metrics.watch_counters(sink.metrics)
+    metrics.watch_health(health)
+    listener = None if metrics_port is None else await open_listener(metrics_port)
 
     async def watch_signals() -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -209,33 +260,45 @@ async def _serve(sink: Sink) -> StreamExpiryError | None:
                 stop.set()
                 return
 
+    health.starting()
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch_signals)
+        if listener is not None:
+            tg.start_soon(serve_http, listener, metrics.exposition, health)
+        tg.start_soon(watch_broker, health, sink.config.bootstrap_servers)
         try:
             async with sink.store:
+                # Ready once the store is open and the loop starts; the sink has no restore.
+                health.running()
                 await sink.run(stop)
         except StreamExpiryError as exc:
             error = exc
+            metrics.failed("broker" if isinstance(exc, BrokerError) else "store")
         finally:
+            health.stopped()
             tg.cancel_scope.cancel()
     return error
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Run the sink the options describe until SIGINT/SIGTERM; return the exit code."""
+    """Run the sink the options describe until SIGINT/SIGTERM; return the exit status."""
+    metrics = SinkMetrics(args.name or args.sink_store)
+    progress = _Progress(metrics, {})
     try:
-        sink = build_sink(args)
+        sink = build_sink(args, on_batch=progress)
+        progress.counters = sink.metrics
+        # aiokafka, asyncpg: asyncio only
+        http_port = metrics_port(args.metrics_port, os.environ)
+        error = anyio.run(_serve, sink, metrics, http_port, backend="asyncio")
     except ConfigurationError as exc:
-        print(f"stream-expiry sink: {exc}", file=sys.stderr)
-        return 2
-    error = anyio.run(_serve, sink, backend="asyncio")  # aiokafka, asyncpg: asyncio only
+        error = exc
     if error is not None:
         print(f"stream-expiry sink: {error}", file=sys.stderr)
-        return 1
+        return exits.status_of(error)
     m = sink.metrics
     print(
         f"stream-expiry sink: stopped after {m['messages_total']} messages, "
         f"{m['deleted_total']} deleted, {m['swept_total']} swept, {m['receipts_total']} receipts",
         file=sys.stderr,
     )
-    return 0
+    return exits.OK

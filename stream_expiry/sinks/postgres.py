@@ -30,6 +30,7 @@ from stream_expiry.errors import StoreError
 from stream_expiry.model import Identity
 from stream_expiry.sinks._logic import Plan, Slot
 from stream_expiry.sinks._messages import Marker, Receipt, Row
+from stream_expiry.sinks.dsn import is_local, redact
 from stream_expiry.sinks.store import Store, StoreTransaction, _new_receipt_id, check_identifier
 
 if TYPE_CHECKING:
@@ -54,6 +55,12 @@ _RECEIPT_COLS: Final = (
 _HOW_TO_START: Final = (
     "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 )
+
+
+def _unreachable_hint(dsn: str) -> str:
+    """What to do when the server does not answer: start it, if it is on this machine."""
+    return _HOW_TO_START if is_local(dsn) else "check the host, port and that the server is up"
+
 
 _SCHEMA: Final = """
 SELECT pg_advisory_xact_lock(hashtext('stream_expiry.sinks.' || {lock_name}));
@@ -309,7 +316,8 @@ class PostgresStore(Store):
             )
         except unreachable as exc:
             raise StoreError(
-                f"PostgreSQL is not reachable at {self.dsn}: {exc!r}; {_HOW_TO_START}"
+                f"PostgreSQL is not reachable at {redact(self.dsn)}: {exc!r}; "
+                f"{_unreachable_hint(self.dsn)}"
             ) from exc
         script = _SCHEMA.format(**self._n.ddl())
         try:

@@ -110,6 +110,6 @@ def test_run_against_a_broker_that_is_not_there_fails_with_one_clear_line(
     address = f"127.0.0.1:{free_port()}"
     code = main(["run", "--bootstrap-servers", address, "--state-dir", str(tmp_path)])
     err = capsys.readouterr().err
-    assert code == 2
+    assert code == 3  # stream_expiry.exits.BROKER, in every command
     assert f"cannot reach Kafka at {address}" in err
     assert "Traceback" not in err

@@ -1,15 +1,16 @@
-"""The Prometheus exposition: counters from the service's stats, served over HTTP."""
+"""The Prometheus exposition: today's names from the service's stats, the new gauges, the
+process collectors, and a private registry per instance."""
 
 from __future__ import annotations
 
-import functools
+from prometheus_client.parser import text_string_to_metric_families
 
-import anyio
-import pytest
-
-from stream_expiry.broker import free_port
-from stream_expiry.metrics import render, serve_metrics
+from stream_expiry.health import Health
+from stream_expiry.metrics import ServiceMetrics, SinkMetrics
+from stream_expiry.model import Identity
 from stream_expiry.service import ServiceStats
+from stream_expiry.sinks._messages import Receipt
+from stream_expiry.sinks.framework import METRICS, BatchReport
 
 
 def _stats() -> ServiceStats:
@@ -20,43 +21,119 @@ def _stats() -> ServiceStats:
     return stats
 
 
-def test_render_has_counters_labels_and_a_cumulative_histogram() -> None:
-    text = render(_stats(), env_warnings=1)
-    lines = set(text.splitlines())
-    assert "stream_expiry_events_total 10" in lines
-    assert 'stream_expiry_tombstones_total{reason="ttl"} 3' in lines
-    assert 'stream_expiry_tombstones_total{reason="explicit"} 1' in lines
-    assert 'stream_expiry_dead_letters_total{code="invalid_json"} 2' in lines
-    assert "stream_expiry_invalid_env_variables 1" in lines
-    assert 'stream_expiry_tombstone_lag_seconds_bucket{le="0.001"} 1' in lines
-    assert 'stream_expiry_tombstone_lag_seconds_bucket{le="0.01"} 2' in lines
-    assert 'stream_expiry_tombstone_lag_seconds_bucket{le="60"} 2' in lines
-    assert 'stream_expiry_tombstone_lag_seconds_bucket{le="+Inf"} 3' in lines
-    assert "stream_expiry_tombstone_lag_seconds_sum 70.007" in lines
+def _samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text.decode())
+        for s in family.samples
+    }
 
 
-@pytest.mark.asyncio
-async def test_metrics_are_served_over_http() -> None:
-    port = free_port()
-    async with anyio.create_task_group() as tg:
-        serve = functools.partial(serve_metrics, host="127.0.0.1")
-        tg.start_soon(serve, port, lambda: render(_stats(), env_warnings=0))
-        with anyio.fail_after(5):
-            while True:
-                try:
-                    stream = await anyio.connect_tcp("127.0.0.1", port)
-                    break
-                except OSError:
-                    await anyio.sleep(0.01)
-        async with stream:
-            await stream.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            response = b""
-            with anyio.fail_after(5):
-                try:
-                    while True:
-                        response += await stream.receive()
-                except anyio.EndOfStream:
-                    pass
-        tg.cancel_scope.cancel()
-    assert response.startswith(b"HTTP/1.1 200 OK")
-    assert b"stream_expiry_events_total 10" in response
+def test_the_service_counters_keep_their_names_and_the_histogram_is_cumulative() -> None:
+    metrics = ServiceMetrics()
+    metrics.watch_stats(_stats(), env_warnings=1)
+    got = _samples(metrics.exposition())
+    assert got[("stream_expiry_events_total", ())] == 10
+    assert got[("stream_expiry_stamped_total", ())] == 7
+    assert got[("stream_expiry_tombstones_total", (("reason", "ttl"),))] == 3
+    assert got[("stream_expiry_tombstones_total", (("reason", "explicit"),))] == 1
+    assert got[("stream_expiry_dead_letters_total", (("code", "invalid_json"),))] == 2
+    assert got[("stream_expiry_invalid_env_variables", ())] == 1
+    bucket = "stream_expiry_tombstone_lag_seconds_bucket"
+    assert got[(bucket, (("le", "0.001"),))] == 1
+    assert got[(bucket, (("le", "0.01"),))] == 2
+    assert got[(bucket, (("le", "60"),))] == 2
+    assert got[(bucket, (("le", "+Inf"),))] == 3
+    assert got[("stream_expiry_tombstone_lag_seconds_sum", ())] == 70.007
+
+
+def test_counters_are_read_at_scrape_time() -> None:
+    stats = ServiceStats()
+    metrics = ServiceMetrics()
+    metrics.watch_stats(stats)
+    assert _samples(metrics.exposition())[("stream_expiry_events_total", ())] == 0
+    stats.events += 5
+    assert _samples(metrics.exposition())[("stream_expiry_events_total", ())] == 5
+
+
+def test_lag_pending_overdue_and_restore_gauges() -> None:
+    metrics = ServiceMetrics()
+    metrics.set_lag("conversations", 0, 12)
+    metrics.set_lag("conversations", 1, -3)  # a stale high watermark never shows below 0
+    metrics.set_pending("session", 40)
+    metrics.set_oldest_overdue_seconds(2.5)
+    metrics.restore_progress(partitions=2, records_read=100, remaining=50)
+    metrics.restore_progress(partitions=2, records_read=50)
+    got = _samples(metrics.exposition())
+    lag = "stream_expiry_consumer_lag"
+    assert got[(lag, (("partition", "0"), ("topic", "conversations")))] == 12
+    assert got[(lag, (("partition", "1"), ("topic", "conversations")))] == 0
+    assert got[("stream_expiry_pending_records", (("category", "session"),))] == 40
+    assert got[("stream_expiry_oldest_overdue_seconds", ())] == 2.5
+    assert got[("stream_expiry_restoring_partitions", ())] == 2
+    assert got[("stream_expiry_restored_records_total", ())] == 150
+    metrics.forget_partition("conversations", 0)
+    metrics.forget_partition("conversations", 7)  # never set: nothing to forget, no error
+    metrics.restore_progress(partitions=0, remaining=9)
+    got = _samples(metrics.exposition())
+    assert (lag, (("partition", "0"), ("topic", "conversations"))) not in got
+    assert got[("stream_expiry_restore_remaining_records", ())] == 0
+
+
+def test_process_metrics_and_health_gauges_are_exposed() -> None:
+    metrics = ServiceMetrics()
+    health = Health()
+    metrics.watch_health(health)
+    health.starting()
+    got = _samples(metrics.exposition())
+    assert got[("process_resident_memory_bytes", ())] > 1_000_000
+    assert got[("process_open_fds", ())] > 0
+    assert ("process_cpu_seconds_total", ()) in got
+    assert any(name == "python_gc_collections_total" for name, _ in got)
+    assert any(name == "python_info" for name, _ in got)
+    assert any(name == "stream_expiry_build_info" for name, _ in got)
+    assert got[("stream_expiry_live", ())] == 1
+    assert got[("stream_expiry_ready", ())] == 0
+    health.running()
+    assert _samples(metrics.exposition())[("stream_expiry_ready", ())] == 1
+
+
+def test_two_instances_in_one_process_do_not_clash() -> None:
+    first, second = ServiceMetrics(), ServiceMetrics()
+    first.set_pending("error", 1)
+    second.set_pending("error", 2)
+    assert (
+        _samples(first.exposition())[("stream_expiry_pending_records", (("category", "error"),))]
+        == 1
+    )
+    assert (
+        _samples(second.exposition())[("stream_expiry_pending_records", (("category", "error"),))]
+        == 2
+    )
+
+
+def test_sink_metrics_read_the_sink_counters_and_observe_deletion_lag() -> None:
+    counters = dict.fromkeys(METRICS, 0)
+    metrics = SinkMetrics("pg")
+    metrics.watch_counters(counters)
+    counters["deleted_total"] = 4
+    counters["receipts_total"] = 4
+    counters["invalid_total"] = 1
+    receipt = Receipt(
+        "r1", "pg", Identity("acme", "_", "live", "session", "s1"), "ttl", 1,
+        1_000, 2_000, 1, "default", 2_000, 2_250,
+    )  # fmt: skip
+    metrics.on_batch(BatchReport("batch", 1, 0, 0, 1, 0, 0, (receipt,)))
+    metrics.failed("broker")
+    metrics.set_lag("expiry.tombstones", 3, 8)
+    got = _samples(metrics.exposition())
+    assert got[("stream_expiry_sink_deleted_total", (("store", "pg"),))] == 4
+    assert got[("stream_expiry_sink_receipts_total", (("store", "pg"),))] == 4
+    assert got[("stream_expiry_sink_errors_total", (("kind", "invalid"), ("store", "pg")))] == 1
+    assert got[("stream_expiry_sink_failures_total", (("cause", "broker"), ("store", "pg")))] == 1
+    lag = "stream_expiry_sink_deletion_lag_seconds"
+    assert got[(f"{lag}_bucket", (("le", "0.25"), ("store", "pg")))] == 1
+    assert got[(f"{lag}_bucket", (("le", "0.1"), ("store", "pg")))] == 0
+    assert got[(f"{lag}_sum", (("store", "pg"),))] == 0.25
+    consumer = (("partition", "3"), ("topic", "expiry.tombstones"))
+    assert got[("stream_expiry_sink_consumer_lag", consumer)] == 8

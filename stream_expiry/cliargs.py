@@ -1,0 +1,111 @@
+"""Argument types and option groups shared by every command's parser.
+
+Each type refuses a bad value with one line (argparse turns the ``ArgumentTypeError`` into
+``PROG: error: argument --X: MESSAGE`` and exit status 2); none lets a traceback through.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from stream_expiry.errors import ConfigurationError
+from stream_expiry.logs import FORMATS, LEVELS
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = [
+    "METRICS_PORT_ENV",
+    "add_log_options",
+    "metrics_port",
+    "port",
+    "positive_int",
+    "seconds",
+    "timestamp",
+    "ts_ms",
+]
+
+METRICS_PORT_ENV = "STREAM_EXPIRY_METRICS_PORT"
+
+
+def port(text: str) -> int:
+    """A TCP port, 1 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected 0 or more seconds, got {text!r}")
+    return value
+
+
+def timestamp(text: str) -> str:
+    """An RFC 3339 time with an offset, or epoch milliseconds; kept as given (the commands
+    parse it again), checked here so that a typo is one line, not a traceback."""
+    from stream_expiry.timeutil import InvalidTimestamp, parse_ts
+
+    try:
+        parse_ts(int(text) if text.isdigit() else text)
+    except InvalidTimestamp as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, or epoch milliseconds") from None
+    return text
+
+
+def ts_ms(text: str | None) -> int | None:
+    from stream_expiry.timeutil import parse_ts
+
+    return None if text is None else parse_ts(int(text) if text.isdigit() else text)
+
+
+def add_log_options(p: argparse.ArgumentParser, *, default_level: str = "INFO") -> None:
+    """``--log-level`` and ``--log-format``; unset, they come from the environment."""
+    group = p.add_argument_group("logging")
+    group.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LEVELS,
+        help=f"default: $STREAM_EXPIRY_LOG_LEVEL, else {default_level}",
+    )
+    group.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=FORMATS,
+        help="text for people, json for one object per line; "
+        "default: $STREAM_EXPIRY_LOG_FORMAT, else text",
+    )
+    p.set_defaults(default_log_level=default_level)
+
+
+def metrics_port(flag: int | None, environ: Mapping[str, str]) -> int | None:
+    """``--metrics-port``, else ``STREAM_EXPIRY_METRICS_PORT``, else no HTTP port."""
+    if flag is not None:
+        return flag
+    raw = environ.get(METRICS_PORT_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        return port(raw)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigurationError(f"environment variable {METRICS_PORT_ENV}: {exc}") from None

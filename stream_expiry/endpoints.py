@@ -1,0 +1,169 @@
+"""The operator's HTTP port: ``/metrics``, ``/healthz`` and ``/readyz``, on anyio.
+
+The least an orchestrator and a scraper need, in the process's own event loop (no thread):
+``GET`` (or ``HEAD``) of the three paths, one request per connection. The port is bound by
+:func:`open_listener` before the service starts, so a port in use or out of range stops the
+start with one line instead of failing later inside a task group. A broken or slow client
+costs one task for at most five seconds and never disturbs the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import TYPE_CHECKING, Final
+
+import anyio
+import orjson
+from anyio.abc import SocketAttribute
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from stream_expiry.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from anyio.abc import Listener, SocketStream
+
+    from stream_expiry.health import Health
+
+__all__ = ["open_listener", "route", "serve_http", "watch_broker"]
+
+log = logging.getLogger("stream_expiry.http")
+
+MAX_REQUEST: Final = 8192
+READ_TIMEOUT_S: Final = 5.0
+_REASONS: Final = {
+    200: "OK",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
+
+
+async def open_listener(
+    port: int, host: str = "0.0.0.0", *, option: str = "--metrics-port"
+) -> Listener[SocketStream]:
+    """Bind the port now; a clear :class:`ConfigurationError` when it cannot be."""
+    if not 1 <= port <= 65535:
+        raise ConfigurationError(f"{option} {port}: a port is a number from 1 to 65535")
+    try:
+        return await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise ConfigurationError(
+            f"{option} {port}: cannot listen on {host}:{port} ({why}); "
+            "is another process using it? choose a free port"
+        ) from None
+
+
+def _response(status: int, content_type: str, body: bytes, *, head: bool) -> bytes:
+    lines = (
+        f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+        f"Content-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Cache-Control: no-store\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return lines.encode() + (b"" if head else body)
+
+
+def route(
+    method: bytes, path: bytes, exposition: Callable[[], bytes], health: Health | None
+) -> tuple[int, str, bytes]:
+    """Status, content type and body for one request (pure: the server's whole logic)."""
+    path = path.split(b"?", 1)[0]
+    if method not in (b"GET", b"HEAD"):
+        return 405, "text/plain; charset=utf-8", b"only GET and HEAD\n"
+    if path == b"/metrics":
+        return 200, CONTENT_TYPE_LATEST, exposition()
+    if path in (b"/healthz", b"/readyz"):
+        if health is None:
+            return 200, "application/json", b'{"live": true, "ready": true}\n'
+        ok = health.live if path == b"/healthz" else health.ready
+        return 200 if ok else 503, "application/json", orjson.dumps(health.report()) + b"\n"
+    return 404, "text/plain; charset=utf-8", b"not found: try /metrics, /healthz or /readyz\n"
+
+
+async def serve_http(
+    listener: Listener[SocketStream], exposition: Callable[[], bytes], health: Health | None = None
+) -> None:
+    """Serve the three paths on ``listener`` until cancelled."""
+
+    async def handle(stream: SocketStream) -> None:
+        async with stream:
+            request = b""
+            try:
+                with anyio.fail_after(READ_TIMEOUT_S):
+                    while b"\r\n\r\n" not in request and len(request) < MAX_REQUEST:
+                        request += await stream.receive()
+            except (TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError):
+                return
+            parts = request.split(b"\r\n", 1)[0].split(b" ")
+            if len(parts) != 3:
+                return
+            method, path, _version = parts
+            status, content_type, body = route(method, path, exposition, health)
+            try:
+                await stream.send(_response(status, content_type, body, head=method == b"HEAD"))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return
+
+    port = listener.extra(SocketAttribute.local_port)
+    log.info("metrics and health on port %d: /metrics /healthz /readyz", port)
+    async with listener:
+        await listener.serve(handle)
+
+
+async def watch_broker(
+    health: Health, bootstrap_servers: str, *, every_s: float = 5.0, timeout_s: float = 3.0
+) -> None:
+    """Until cancelled, mark the broker unreachable while no bootstrap server accepts a TCP
+    connection. Cheap and independent of the Kafka client's retries, which hide an outage
+    from the loop for as long as their timeouts last."""
+    addresses = [_host_port(a) for a in bootstrap_servers.split(",") if a.strip()]
+    while True:
+        errors: list[str] = []
+        for host, port in addresses:
+            try:
+                with anyio.fail_after(timeout_s):
+                    stream = await anyio.connect_tcp(host, port)
+            except (OSError, TimeoutError) as exc:
+                errors.append(f"{host}:{port} ({_why(exc)})")
+                continue
+            await stream.aclose()
+            break
+        else:
+            reason = "; ".join(errors) or "no bootstrap servers"
+            if health.broker_error is None:
+                log.warning("Kafka unreachable: %s", reason)
+            health.broker_unreachable(reason)
+            await anyio.sleep(every_s)
+            continue
+        if health.broker_error is not None:
+            log.info("Kafka reachable again")
+        health.broker_reachable()
+        await anyio.sleep(every_s)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, socket.gaierror):
+        return "unknown host"
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    address = address.strip()
+    for scheme in ("PLAINTEXT://", "SSL://", "SASL_SSL://", "SASL_PLAINTEXT://"):
+        if address.upper().startswith(scheme):
+            address = address[len(scheme) :]
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        return address, 9092
+    host = host.strip("[]")
+    try:
+        return host, int(port)
+    except ValueError:
+        return address, 9092

@@ -1,0 +1,116 @@
+"""Liveness and readiness of a service or sink process, as ``/healthz`` and ``/readyz`` say.
+
+The process sets a :class:`Health`; the HTTP server (:mod:`stream_expiry.metrics`) only reads
+it. Rules it keeps (the contract's words):
+
+* **Live** (``/healthz`` 200) from :meth:`Health.starting` until :meth:`Health.stopping`:
+  joining the group and restoring are alive, not stuck. With ``stall_after_s`` set, a loop
+  that has reported a :meth:`Health.beat` and then none for that long while
+  :attr:`Phase.RUNNING` is not live: an orchestrator restarts a process whose loop hangs.
+  A restore may block the loop for long, so it never counts as a stall.
+* **Ready** (``/readyz`` 200) only when live, in :attr:`Phase.RUNNING` (partitions assigned and
+  restored) and with the broker reachable. Before that, during a restore (a rebalance puts
+  the process back into :attr:`Phase.RESTORING`) and while the broker is unreachable: 503.
+* No IO, no asyncio: any task may set it; the clock is injected for tests.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["Health", "Phase"]
+
+
+class Phase(enum.Enum):
+    """Where a process is in its life; the order below is the usual one."""
+
+    STARTING = "starting"  # connecting, creating topics, joining the group
+    RESTORING = "restoring"  # partitions assigned, state being restored
+    RUNNING = "running"  # partitions assigned and restored: ready
+    STOPPING = "stopping"  # finishing the last batch
+    STOPPED = "stopped"
+
+
+_LIVE = frozenset({Phase.STARTING, Phase.RESTORING, Phase.RUNNING})
+
+
+class Health:
+    """The flags behind ``/healthz`` and ``/readyz``, set by the loop that owns them."""
+
+    def __init__(
+        self,
+        *,
+        stall_after_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.phase = Phase.STOPPED
+        self.broker_error: str | None = None
+        self._stall_after_s = stall_after_s
+        self._clock = clock
+        self._last_beat: float | None = None
+
+    # -- set by the loop ----------------------------------------------------------------------
+
+    def starting(self) -> None:
+        self.phase = Phase.STARTING
+        self._last_beat = None
+
+    def restoring(self) -> None:
+        """Partitions were assigned and their state is being restored: not ready."""
+        self.phase = Phase.RESTORING
+
+    def running(self) -> None:
+        """Every assigned partition is positioned and restored: ready."""
+        self.phase = Phase.RUNNING
+        self._last_beat = self._clock()  # a stall is counted from here, not from the restore
+
+    def stopping(self) -> None:
+        self.phase = Phase.STOPPING
+
+    def stopped(self) -> None:
+        self.phase = Phase.STOPPED
+
+    def beat(self) -> None:
+        """The loop made a turn; call it at least every ``stall_after_s``."""
+        self._last_beat = self._clock()
+
+    def broker_unreachable(self, reason: str) -> None:
+        self.broker_error = reason
+
+    def broker_reachable(self) -> None:
+        self.broker_error = None
+
+    # -- read by the server -------------------------------------------------------------------
+
+    @property
+    def stalled(self) -> bool:
+        if (
+            self._stall_after_s is None
+            or self._last_beat is None
+            or self.phase is not Phase.RUNNING
+        ):
+            return False
+        return self._clock() - self._last_beat > self._stall_after_s
+
+    @property
+    def live(self) -> bool:
+        return self.phase in _LIVE and not self.stalled
+
+    @property
+    def ready(self) -> bool:
+        return self.live and self.phase is Phase.RUNNING and self.broker_error is None
+
+    def report(self) -> dict[str, Any]:
+        """What the health endpoints print, so a person with curl sees why."""
+        return {
+            "live": self.live,
+            "ready": self.ready,
+            "phase": self.phase.value,
+            "stalled": self.stalled,
+            "broker": "unreachable: " + self.broker_error if self.broker_error else "ok",
+        }

@@ -1,0 +1,149 @@
+"""Log output of every command: plain lines for a person, JSON lines for a log shipper.
+
+Rules this module keeps:
+
+* One record is one line, in both formats: a multi-line message or traceback is escaped in
+  JSON and indented in text, so ``grep`` and line-based shippers never split a record.
+* JSON keys are stable: ``ts`` (RFC 3339 UTC, milliseconds, ``Z``), ``level``, ``logger``,
+  ``msg``, then the call's structured extras (``log.info("...", extra={"partition": 3})``)
+  under their own names, and ``exc`` when there is a traceback. Extras never overwrite the
+  four fixed keys.
+* Text lines show the same extras as ``key=value`` after the message, never a Python repr
+  of a whole object.
+* The format and level come from ``--log-format``/``--log-level``, else
+  ``STREAM_EXPIRY_LOG_FORMAT``/``STREAM_EXPIRY_LOG_LEVEL``, else text and the command's
+  default; an invalid environment value is a :class:`ConfigurationError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TYPE_CHECKING, Any, Final, TextIO
+
+import orjson
+
+from stream_expiry.errors import ConfigurationError
+from stream_expiry.timeutil import format_ts
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = [
+    "FORMATS",
+    "LEVELS",
+    "LOG_FORMAT_ENV",
+    "LOG_LEVEL_ENV",
+    "JsonFormatter",
+    "TextFormatter",
+    "configure_logging",
+    "resolve_log_options",
+]
+
+LOG_FORMAT_ENV: Final = "STREAM_EXPIRY_LOG_FORMAT"
+LOG_LEVEL_ENV: Final = "STREAM_EXPIRY_LOG_LEVEL"
+FORMATS: Final = ("text", "json")
+LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+FIXED_KEYS: Final = ("ts", "level", "logger", "msg")
+_HANDLER_NAME: Final = "stream-expiry"
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_STANDARD: Final = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and k not in FIXED_KEYS}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line with the keys ``ts``, ``level``, ``logger``, ``msg``, extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        body: dict[str, Any] = {
+            "ts": format_ts(int(record.created * 1000)),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        body.update(_extras(record))
+        if record.exc_info:
+            body["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            body["exc"] = record.exc_text
+        return orjson.dumps(body, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """``TIME LEVEL logger: message key=value ...``; continuation lines are indented."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = _extras(record)
+        if extras:
+            tail = " ".join(f"{k}={_text_value(v)}" for k, v in extras.items())
+            head, nl, rest = line.partition("\n")
+            line = f"{head} {tail}{nl}{rest}"
+        return line.replace("\n", "\n    ")
+
+
+def _text_value(value: object) -> str:
+    if isinstance(value, str):
+        return (
+            value
+            if value and not any(c.isspace() or c in '"=' for c in value)
+            else (orjson.dumps(value).decode())
+        )
+    if isinstance(value, int | float | bool) or value is None:
+        return orjson.dumps(value).decode()
+    return orjson.dumps(value, default=str).decode()
+
+
+def resolve_log_options(
+    level: str | None, fmt: str | None, environ: Mapping[str, str], *, default_level: str = "INFO"
+) -> tuple[str, str]:
+    """The level and format in force: flag, else environment, else default."""
+    if level is None:
+        level = _from_env(environ, LOG_LEVEL_ENV, LEVELS, upper=True) or default_level
+    if fmt is None:
+        fmt = _from_env(environ, LOG_FORMAT_ENV, FORMATS, upper=False) or "text"
+    return level, fmt
+
+
+def _from_env(
+    environ: Mapping[str, str], name: str, choices: tuple[str, ...], *, upper: bool
+) -> str | None:
+    raw = environ.get(name)
+    if raw is None or not raw.strip():
+        return None
+    value = raw.strip().upper() if upper else raw.strip().lower()
+    if value not in choices:
+        raise ConfigurationError(
+            f"environment variable {name}={raw!r} is invalid; use one of {', '.join(choices)}"
+        )
+    return value
+
+
+def configure_logging(level: str, fmt: str, *, stream: TextIO | None = None) -> None:
+    """Give the root logger one handler of ours that writes ``fmt`` lines to stderr.
+
+    A handler installed by an earlier call is replaced; others (pytest's capture) are kept.
+    aiokafka is kept at WARNING unless DEBUG is asked for: at INFO it logs every rebalance
+    step, which drowns ours.
+    """
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.set_name(_HANDLER_NAME)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if old.get_name() == _HANDLER_NAME:
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level))
+    logging.getLogger("aiokafka").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)

@@ -1,0 +1,196 @@
+"""What an operator runs: the processes, their HTTP port, their exit statuses and signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import TYPE_CHECKING
+
+import pytest
+
+from stream_expiry import exits
+from stream_expiry.broker import free_port
+from stream_expiry.cli import main
+from tests.integration.service_helpers import config_text
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.conftest import TopicSet
+
+pytestmark = pytest.mark.integration
+
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+def _start(*argv: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "stream_expiry", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+
+
+def _status(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""  # not listening yet
+
+
+def _poll(proc: subprocess.Popen[str], url: str, want: int, timeout_s: float = 30) -> bytes:
+    """Poll ``url`` until it answers ``want``; fail with the process's output if it exits."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            pytest.fail(f"exited with {proc.returncode}: {proc.communicate()[1]}")
+        status, body = _status(url)
+        if status == want:
+            return body
+        time.sleep(0.05)
+    pytest.fail(f"{url} never answered {want}")
+
+
+def _stop(proc: subprocess.Popen[str], signum: int = signal.SIGTERM) -> tuple[int, str]:
+    """Signal, wait (a deadline, then kill), and return the status and the rest of stderr."""
+    code, _out, err = _stop_with_output(proc, signum)
+    return code, err
+
+
+def _stop_with_output(proc: subprocess.Popen[str], signum: int) -> tuple[int, str, str]:
+    proc.send_signal(signum)
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, out, err
+
+
+def test_run_serves_health_readiness_and_metrics(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(config_text(topics, str(tmp_path / "state")))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = _start(
+        "run", "--config", str(cfg), "--bootstrap-servers", broker, "--metrics-port", str(port),
+        "--log-format", "json",
+    )  # fmt: skip
+    try:
+        _poll(proc, base + "/healthz", 200)
+        body = _poll(proc, base + "/readyz", 200)
+        assert b'"phase":"running"' in body
+        metrics = _poll(proc, base + "/metrics", 200)
+        for name in (
+            b"stream_expiry_events_total",
+            b"stream_expiry_ready 1.0",
+            b"process_resident_memory_bytes",
+            b"python_gc_collections_total",
+        ):
+            assert name in metrics
+    finally:
+        code, err = _stop(proc)
+    assert code == 0, err
+    assert '"logger":"stream_expiry.service"' in err  # JSON lines on stderr
+    assert "Traceback" not in err
+
+
+def test_sink_serves_health_and_its_metrics(broker: str, topics: TopicSet, tmp_path: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = _start(
+        "sink", "sqlite", "--path", str(tmp_path / "s.db"), "--bootstrap-servers", broker,
+        "--stamped-topic", topics.stamped, "--tombstones-topic", topics.tombstones,
+        "--receipts-topic", topics.receipts, "--group-id", f"{topics.prefix}.sink",
+        "--metrics-port", str(port), "--log-level", "info",
+    )  # fmt: skip
+    try:
+        _poll(proc, base + "/readyz", 200)
+        metrics = _poll(proc, base + "/metrics", 200)
+        assert b'stream_expiry_sink_deleted_total{store="sqlite"} 0.0' in metrics
+        assert b"stream_expiry_sink_ready 1.0" in metrics
+    finally:
+        code, err = _stop(proc, signal.SIGINT)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--state-dir", "{tmp}"],
+        ["replay", "--dry-run"],
+        ["sink", "sqlite", "--path", "{tmp}/s.db"],
+    ],
+    ids=["run", "replay", "sink"],
+)
+def test_an_unreachable_broker_is_the_same_status_in_every_command(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    code = main([*args, "--bootstrap-servers", address])
+    err = capsys.readouterr().err
+    assert code == exits.BROKER == 3
+    assert address in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("dsn", "hint"),
+    [
+        ("postgresql://127.0.0.1:{port}/x", True),
+        ("postgresql://user:s3cret@db.invalid:5432/x", False),
+    ],
+)
+def test_sink_postgres_suggests_pg_ctlcluster_only_for_a_local_server(
+    dsn: str, hint: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["sink", "postgres", "--dsn", dsn.format(port=free_port()),
+         "--bootstrap-servers", f"127.0.0.1:{free_port()}"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == exits.STORE == 4
+    assert "PostgreSQL is not reachable" in err
+    assert ("pg_ctlcluster" in err) is hint
+    assert "s3cret" not in err
+
+
+def test_demo_with_duration_0_starts_stops_and_summarises(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["demo", "--duration", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "early deletions     0" in out
+
+
+def test_demo_stops_on_ctrl_c_with_a_summary() -> None:
+    proc = _start("demo", "--duration", "120")
+    try:
+        end = time.monotonic() + 60
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the demo says when the traffic starts
+            if "service ready" in line or time.monotonic() > end:
+                break
+        code, out, err = _stop_with_output(proc, signal.SIGINT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == exits.INTERRUPTED, err
+    assert "interrupted: stopping" in err
+    assert "Summary" in out
+    assert "early deletions     0" in out

@@ -1,0 +1,97 @@
+"""Bad arguments: one line, exit status 2, never a traceback; --version; the port checks
+that need no broker."""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING
+
+import pytest
+
+from stream_expiry.cli import main
+from stream_expiry.metrics import version
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def _exit_status(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse's way out
+        return int(exc.code or 0)
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _exit_status(["--version"]) == 0
+    assert capsys.readouterr().out == f"stream-expiry {version()}\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["nope"], "invalid choice: 'nope'"),
+        (["run", "--metrics-port", "99999"], "from 1 to 65535, got 99999"),
+        (["run", "--metrics-port", "http"], "expected a port number"),
+        (["demo", "--rate", "0"], "at least 1, got 0"),
+        (["demo", "--rate", "-5"], "at least 1, got -5"),
+        (["demo", "--duration", "-1"], "0 or more seconds"),
+        (["demo", "--duration", "nan"], "0 or more seconds"),
+        (["explain", "--org", "a", "--category", "session", "--at", "yesterday"], "'yesterday'"),
+        (["replay", "--since", "yesterday"], "'yesterday' is not RFC 3339"),
+        (["replay", "--sample", "-1"], "at least 1"),
+        (["run", "--log-level", "LOUD"], "invalid choice: 'LOUD'"),
+        (["sink", "sqlite", "--path", "x", "--metrics-port", "0"], "from 1 to 65535"),
+    ],
+)
+def test_a_bad_argument_is_one_line_and_status_2(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _exit_status(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert says in err
+    assert "--help" in err
+    assert "Traceback" not in err
+
+
+def test_a_metrics_port_in_use_is_one_line_and_status_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(
+            ["run", "--bootstrap-servers", "127.0.0.1:1", "--metrics-port", str(port),
+             "--state-dir", str(tmp_path)]
+        )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"stream-expiry run: --metrics-port {port}: cannot listen on 0.0.0.0:")
+    assert "choose a free port" in err
+    assert err.count("\n") == 1, err
+
+
+def test_replay_without_brokers_does_not_suggest_an_option_it_rejects(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STREAM_EXPIRY_BOOTSTRAP_SERVERS", raising=False)
+    assert main(["replay", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "--bootstrap-servers" in err
+    assert "--embedded-broker" not in err
+    assert main(["run"]) == 2
+    assert "--embedded-broker" in capsys.readouterr().err
+
+
+def test_an_invalid_environment_value_is_one_line_and_status_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAM_EXPIRY_LOG_FORMAT", "yaml")
+    assert main(["explain", "--org", "a", "--category", "session"]) == 2
+    assert "STREAM_EXPIRY_LOG_FORMAT" in capsys.readouterr().err
+    monkeypatch.delenv("STREAM_EXPIRY_LOG_FORMAT")
+    monkeypatch.setenv("STREAM_EXPIRY_CATEGORIES_NAMES", "conversation")
+    assert main(["explain", "--org", "a", "--category", "session"]) == 2
+    assert "unknown category 'session'" in capsys.readouterr().err

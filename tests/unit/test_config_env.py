@@ -1,0 +1,98 @@
+"""The environment layer of the config: STREAM_EXPIRY_<KEY> beats the file, errors name
+the variable, the file's own errors keep their line."""
+
+from __future__ import annotations
+
+import pytest
+
+from stream_expiry.config import ENV_SETTINGS, ConfigError, env_name, load_config, parse_config
+
+FILE = """\
+group_id = "from-file"
+state_dir = "/file/state"
+max_clock_skew = "1m"
+
+[service]
+tick_ms = 20
+
+[topics]
+inputs = ["a", "b"]
+stamped = "file.stamped"
+
+[categories]
+names = ["conversation", "session"]
+"""
+
+
+def test_the_environment_beats_the_file_key_by_key() -> None:
+    env = {
+        "STREAM_EXPIRY_GROUP_ID": "from-env",
+        "STREAM_EXPIRY_SERVICE_TICK_MS": "5",
+        "STREAM_EXPIRY_SERVICE_HORIZON": "2h",
+        "STREAM_EXPIRY_TOPICS_INPUTS": "x, y,z",
+        "STREAM_EXPIRY_TOPICS_TOMBSTONES": "env.tombstones",
+        "STREAM_EXPIRY_CATEGORIES_SLIDING": "",  # empty: unset
+        "STREAM_EXPIRY_MAX_CLOCK_SKEW": "90s",
+    }
+    config = parse_config(FILE, path="f.toml", environ=env)
+    assert config.group_id == "from-env"
+    assert config.state_dir == "/file/state"  # not in the environment: the file's
+    assert (config.tick_ms, config.horizon_ms, config.max_clock_skew_ms) == (5, 7_200_000, 90_000)
+    assert config.topics.inputs == ("x", "y", "z")
+    assert config.topics.stamped == "file.stamped"
+    assert config.topics.tombstones == "env.tombstones"
+    assert config.sliding == frozenset({"session"})
+    assert config.path == "f.toml"
+
+
+def test_without_environ_only_the_file_counts() -> None:
+    assert parse_config(FILE).group_id == "from-file"
+
+
+def test_without_a_file_the_environment_beats_the_defaults() -> None:
+    config = load_config(None, environ={"STREAM_EXPIRY_STATE_DIR": "/env/state"})
+    assert config.state_dir == "/env/state"
+    assert config.group_id == "stream-expiry"
+    assert config.path is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("STREAM_EXPIRY_SERVICE_TICK_MS", "fast", "must be a positive integer"),
+        ("STREAM_EXPIRY_TOPICS_STAMPED", "has space", "Kafka topic name"),
+        ("STREAM_EXPIRY_PRESET", "cognigi", "did you mean 'cognigy'"),
+        ("STREAM_EXPIRY_MAX_CLOCK_SKEW", "5x", "invalid duration"),
+        ("STREAM_EXPIRY_TOPICS_DLQ", "a", "also used by 'inputs'"),
+        ("STREAM_EXPIRY_CATEGORIES_SLIDING", "error", "not in names"),
+    ],
+)
+def test_an_invalid_value_names_the_variable(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(FILE, path="f.toml", environ={name: value})
+    text = str(caught.value)
+    assert text.startswith(f"environment variable {name}: ")
+    assert message in text
+    assert "line" not in text
+
+
+def test_the_files_own_mistake_keeps_its_line() -> None:
+    with pytest.raises(ConfigError, match=r"f.toml line 6: key 'tick_ms'"):
+        parse_config(
+            FILE.replace("tick_ms = 20", "tick_ms = -1"),
+            path="f.toml",
+            environ={"STREAM_EXPIRY_GROUP_ID": "g"},
+        )
+
+
+def test_every_setting_outside_retention_has_a_variable() -> None:
+    names = {env_name(path) for path in ENV_SETTINGS}
+    assert {
+        "STREAM_EXPIRY_BOOTSTRAP_SERVERS",
+        "STREAM_EXPIRY_GROUP_ID",
+        "STREAM_EXPIRY_STATE_DIR",
+        "STREAM_EXPIRY_PRESET",
+        "STREAM_EXPIRY_TOPICS_STAMPED",
+        "STREAM_EXPIRY_TOPICS_RECEIPTS",
+        "STREAM_EXPIRY_TOPICS_INPUTS",
+    } <= names

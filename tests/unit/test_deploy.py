@@ -1,0 +1,126 @@
+"""The deployment files run as written: Kubernetes manifests valid against the Kubernetes
+schemas (shipped by kubernetes-validate, no network), compose and Dockerfile consistent
+with the CLI, the lock file equal to what is installed and tested, schemas in the package."""
+
+from __future__ import annotations
+
+import re
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from stream_expiry.config import load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "kubernetes"
+
+
+def _docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _resources() -> list[dict[str, Any]]:
+    return [
+        d for p in sorted(K8S.glob("*.yaml")) if p.name != "kustomization.yaml" for d in _docs(p)
+    ]
+
+
+@pytest.mark.parametrize(
+    "resource", _resources(), ids=lambda r: f"{r['kind']}/{r['metadata']['name']}"
+)
+def test_every_manifest_is_valid_kubernetes(resource: dict[str, Any]) -> None:
+    kubernetes_validate.validate(resource, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    listed = set(_docs(K8S / "kustomization.yaml")[0]["resources"])
+    assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+
+
+def _by_kind(kind: str) -> list[dict[str, Any]]:
+    return [r for r in _resources() if r["kind"] == kind]
+
+
+def test_the_statefulset_has_a_volume_per_pod_probes_and_a_numeric_user() -> None:
+    (sts,) = _by_kind("StatefulSet")
+    spec = sts["spec"]
+    assert spec["volumeClaimTemplates"][0]["metadata"]["name"] == "state"
+    headless = [s for s in _by_kind("Service") if s["spec"].get("clusterIP") == "None"]
+    assert [s["metadata"]["name"] for s in headless] == [spec["serviceName"]]
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    port = int(args[args.index("--metrics-port") + 1])
+    assert container["ports"][0]["containerPort"] == port
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    user = re.search(r"^USER (\d+)", (ROOT / "Dockerfile").read_text(), re.M)
+    assert user is not None
+    assert pod["securityContext"]["runAsUser"] == int(user.group(1))
+    assert {m["name"] for m in container["volumeMounts"]} == {"state", "config"}
+    (pdb,) = _by_kind("PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
+
+
+def test_the_configmap_holds_a_valid_config() -> None:
+    (cm,) = _by_kind("ConfigMap")
+    config = parse_config(cm["data"]["expiry.toml"], path="configmap")
+    assert config.state_dir == "/var/lib/stream-expiry"
+
+
+def test_compose_has_postgres_the_sink_healthchecks_and_7_day_inputs() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"kafka", "topics", "stream-expiry", "postgres", "sink-postgres"} <= set(services)
+    script = services["topics"]["command"][0]
+    assert "retention.ms=-1" not in script
+    assert "retention.ms=604800000" in script
+    service = services["stream-expiry"]
+    assert "/readyz" in " ".join(service["healthcheck"]["test"])
+    assert "--metrics-port" in service["command"]
+    assert service["ports"] == ["9400:9400"]
+    sink = services["sink-postgres"]
+    assert sink["command"][:2] == ["sink", "postgres"]
+    assert "/readyz" in " ".join(sink["healthcheck"]["test"])
+    assert sink["ports"] == ["9401:9401"]
+    assert sink["depends_on"]["postgres"]["condition"] == "service_healthy"
+    load_config(ROOT / "examples" / "expiry.toml")  # the mounted config is valid
+
+
+def test_the_dockerfile_pins_declares_state_and_checks_health() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^VOLUME \[\"/var/lib/stream-expiry\"\]", text, re.M)
+    assert re.search(r"^HEALTHCHECK ", text, re.M)
+    assert "--constraint requirements.lock" in text
+    assert re.search(r"^USER \d+:\d+$", text, re.M)
+
+
+def test_the_lock_file_pins_what_is_installed_here() -> None:
+    pins = dict(
+        line.split("==")
+        for line in (ROOT / "requirements.lock").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    for name in ("aiokafka", "anyio", "orjson", "aiosqlite", "prometheus-client", "asyncpg"):
+        assert name in pins
+    for name, pinned in pins.items():
+        assert metadata.version(name) == pinned, name
+
+
+def test_the_schemas_ship_in_the_package_and_the_top_level_is_the_same_directory() -> None:
+    packaged = resources.files("stream_expiry") / "schemas"
+    names = {p.name for p in packaged.iterdir() if p.name.endswith(".schema.json")}
+    assert "tombstone.schema.json" in names
+    assert len(names) == 6
+    assert (ROOT / "schemas").resolve() == (ROOT / "stream_expiry" / "schemas").resolve()
+
+
+def test_there_is_a_license_file_for_the_declared_license() -> None:
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text
+    assert "Version 2.0, January 2004" in text

@@ -1,0 +1,177 @@
+"""/metrics, /healthz and /readyz over a real socket with a real HTTP client, the health
+state machine behind them, and the broker probe."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import urllib.error
+import urllib.request
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+
+from stream_expiry.broker import free_port
+from stream_expiry.endpoints import open_listener, serve_http, watch_broker
+from stream_expiry.errors import ConfigurationError
+from stream_expiry.health import Health, Phase
+from stream_expiry.metrics import ServiceMetrics
+from stream_expiry.service import ServiceStats
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+
+def _get(url: str, method: str = "GET") -> tuple[int, str, bytes]:
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.headers["Content-Type"], response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read()
+
+
+async def get(url: str, method: str = "GET") -> tuple[int, str, bytes]:
+    return await anyio.to_thread.run_sync(_get, url, method)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@contextlib.asynccontextmanager
+async def served() -> AsyncIterator[tuple[str, Health, ServiceStats]]:
+    health = Health()
+    stats = ServiceStats(events=3)
+    metrics = ServiceMetrics()
+    metrics.watch_stats(stats)
+    metrics.watch_health(health)
+    listener = await open_listener(free_port(), "127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(serve_http, listener, metrics.exposition, health)
+        yield f"http://127.0.0.1:{port}", health, stats
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.asyncio
+async def test_metrics_are_served() -> None:
+    async with served() as (base, _health, stats):
+        stats.events = 42
+        status, content_type, body = await get(base + "/metrics")
+    assert status == 200
+    assert content_type.startswith("text/plain")
+    assert b"stream_expiry_events_total 42.0" in body
+    assert b"process_resident_memory_bytes" in body
+
+
+@pytest.mark.asyncio
+async def test_health_and_readiness_follow_the_lifecycle() -> None:
+    async with served() as (base, health, _stats):
+        await _lifecycle(base, health)
+
+
+async def _lifecycle(base: str, health: Health) -> None:
+    assert (await get(base + "/healthz"))[0] == 503  # not started
+    health.starting()
+    assert (await get(base + "/healthz"))[0] == 200
+    status, content_type, body = await get(base + "/readyz")
+    assert (status, content_type) == (503, "application/json")
+    assert b'"phase":"starting"' in body
+    health.restoring()
+    assert (await get(base + "/readyz"))[0] == 503
+    health.running()
+    assert (await get(base + "/readyz"))[0] == 200
+    health.broker_unreachable("127.0.0.1:1 (Connection refused)")
+    status, _, body = await get(base + "/readyz")
+    assert status == 503
+    assert b"Connection refused" in body
+    assert (await get(base + "/healthz"))[0] == 200  # alive, only not ready
+    health.broker_reachable()
+    assert (await get(base + "/readyz"))[0] == 200
+    health.stopping()
+    assert (await get(base + "/healthz"))[0] == 503
+    assert (await get(base + "/readyz"))[0] == 503
+
+
+@pytest.mark.asyncio
+async def test_other_paths_and_methods() -> None:
+    async with served() as (base, _health, _stats):
+        assert (await get(base + "/"))[0] == 404
+        assert (await get(base + "/metrics", "POST"))[0] == 405
+        status, _, body = await get(base + "/metrics", "HEAD")
+        assert (status, body) == (200, b"")
+        assert (await get(base + "/metrics?name[]=x"))[0] == 200
+
+
+@pytest.mark.asyncio
+async def test_a_port_in_use_or_out_of_range_is_one_clear_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigurationError, match=rf"--metrics-port {port}: cannot listen"):
+            await open_listener(port)
+    for bad in (0, 99999):
+        with pytest.raises(ConfigurationError, match="from 1 to 65535"):
+            await open_listener(bad)
+
+
+def test_a_running_loop_that_stops_beating_is_not_live() -> None:
+    clock = Clock()
+    health = Health(stall_after_s=10, clock=clock)
+    health.starting()
+    health.restoring()
+    clock.now += 1000  # a long restore is not a stall
+    assert health.live
+    health.running()
+    clock.now += 9
+    health.beat()
+    clock.now += 9
+    assert health.live
+    assert health.ready
+    clock.now += 2
+    assert health.stalled
+    assert not health.live
+    assert not health.ready
+    health.beat()
+    assert health.ready
+
+
+def test_every_phase_answers_as_the_contract_says() -> None:
+    expected = {
+        Phase.STARTING: (True, False),
+        Phase.RESTORING: (True, False),
+        Phase.RUNNING: (True, True),
+        Phase.STOPPING: (False, False),
+        Phase.STOPPED: (False, False),
+    }
+    for phase, (live, ready) in expected.items():
+        health = Health()
+        health.phase = phase
+        assert (health.live, health.ready) == (live, ready), phase
+        health.broker_unreachable("down")
+        assert (health.live, health.ready) == (live, False), phase
+
+
+@pytest.mark.asyncio
+async def test_the_broker_probe_marks_an_unreachable_broker_and_its_return() -> None:
+    health = Health()
+    port = free_port()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: watch_broker(health, f"127.0.0.1:{port}", every_s=0.02))
+        with anyio.fail_after(5):
+            while health.broker_error is None:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        assert f"127.0.0.1:{port}" in health.broker_error
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=port)
+        async with listener:
+            with anyio.fail_after(5):
+                while health.broker_error is not None:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
