@@ -101,12 +101,6 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
-async def _follow_ready(service: Service, health: Health) -> None:
-    """Ready once the service has its partitions positioned and their timers loaded."""
-    await service.ready.wait()
-    health.running()
-
-
 async def run_service(config: Config, args: argparse.Namespace) -> int:
     from stream_expiry.cli import bootstrap_from
 
@@ -128,19 +122,19 @@ async def run_service(config: Config, args: argparse.Namespace) -> int:
         health = Health(stall_after_s=STALL_AFTER_S)
         progress = _ProgressLog()
 
-        def on_progress(stats: ServiceStats) -> None:
-            health.beat()
-            progress(stats)
-
-        service = Service(
-            config, bootstrap_servers=bootstrap, environ=os.environ, on_progress=on_progress
-        )
         metrics = ServiceMetrics()
+        service = Service(
+            config,
+            bootstrap_servers=bootstrap,
+            environ=os.environ,
+            on_progress=progress,
+            health=health,
+            metrics=metrics,
+        )
         metrics.watch_stats(service.stats, env_warnings=len(service.book.env_warnings))
         metrics.watch_health(health)
         stop = anyio.Event()
         finished = False
-        health.starting()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(stop_on_signals, stop, tg.cancel_scope, service.ready)
@@ -148,7 +142,6 @@ async def run_service(config: Config, args: argparse.Namespace) -> int:
                     tg.start_soon(serve_http, listener, metrics.exposition, health)
                     listener = None  # served (and closed) by the task now
                 tg.start_soon(watch_broker, health, bootstrap)
-                tg.start_soon(_follow_ready, service, health)
                 await service.run(stop)
                 health.stopping()
                 finished = True
@@ -159,6 +152,7 @@ async def run_service(config: Config, args: argparse.Namespace) -> int:
                 await listener.aclose()
         if not finished:
             log.warning(
-                "forced stop: what was read since the last index write is read again on restart"
+                "forced stop: what was read since the last committed offsets is read again on "
+                "restart (nothing is lost)"
             )
     return 0

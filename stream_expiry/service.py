@@ -20,7 +20,6 @@ revoked partition is settled, committed, and dropped alone.
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
 import time
@@ -33,6 +32,7 @@ from aiokafka.errors import KafkaError
 from stream_expiry import model
 from stream_expiry.codec import dead_letter_headers
 from stream_expiry.errors import BrokerError
+from stream_expiry.health import Health
 from stream_expiry.kafka import (
     COMPACTED,
     consumer,
@@ -44,7 +44,7 @@ from stream_expiry.kafka import (
 from stream_expiry.outbox import Outbox, all_acked
 from stream_expiry.policy import PolicyBook
 from stream_expiry.state import PartitionProcessor, PartitionStore, RocksKV
-from stream_expiry.state.restore import restore_partition
+from stream_expiry.state.restore import RestoreReport, restore_partition
 from stream_expiry.stats import ServiceStats
 
 if TYPE_CHECKING:
@@ -54,9 +54,10 @@ if TYPE_CHECKING:
 
     from stream_expiry.config import Config
     from stream_expiry.engine import Fired
+    from stream_expiry.metrics import ServiceMetrics
     from stream_expiry.state import Effects
 
-__all__ = ["Lifecycle", "Service", "ServiceStats", "wall_clock_ms"]
+__all__ = ["Service", "ServiceStats", "wall_clock_ms"]
 
 log = logging.getLogger("stream_expiry.service")
 
@@ -69,16 +70,6 @@ PRUNE_EVERY_S = 60.0
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-class Lifecycle(enum.Enum):
-    """Where the service is; /readyz answers 200 only in ``RUNNING``."""
-
-    STARTING = "starting"
-    RESTORING = "restoring"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -113,6 +104,8 @@ class Service:
         clock: Callable[[], int] = wall_clock_ms,
         on_progress: Callable[[ServiceStats], Awaitable[None] | None] | None = None,
         consumer_options: Mapping[str, Any] | None = None,
+        health: Health | None = None,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self.config = config
         self.bootstrap = bootstrap_servers
@@ -120,7 +113,9 @@ class Service:
         self.book = PolicyBook(config, environ)
         self.stats = ServiceStats()
         self.ready = anyio.Event()
-        self.state = Lifecycle.STARTING
+        self.health = health or Health()
+        self.metrics = metrics
+        self._observed_at = 0.0
         self.rebalance_error: Exception | None = None
         self.processors: dict[tuple[str, int], PartitionProcessor] = {}
         self._on_progress = on_progress
@@ -131,6 +126,7 @@ class Service:
         self._next_offset: dict[tuple[str, int], int] = {}
         self._committed_at = 0.0
         self._pruned_at = time.monotonic()
+        self._restore_seen = 0  # changelog messages of the running restore already counted
         for warning in self.book.env_warnings:
             log.warning("%s", warning)
 
@@ -143,6 +139,7 @@ class Service:
 
     async def run(self, stop: anyio.Event) -> None:
         t = self.config.topics
+        self.health.starting()
         await ensure_topics(
             self.bootstrap,
             [*t.inputs, t.policies, t.stamped, t.tombstones, t.dlq],
@@ -172,7 +169,7 @@ class Service:
                     try:
                         await self._loop(cons, policies, prod, stop)
                     finally:
-                        self.state = Lifecycle.STOPPING
+                        self.health.stopping()
                         await outbox.drain()
                     await self._commit(cons)
                     self._close_all()
@@ -188,7 +185,7 @@ class Service:
                 outbox.close()
         finally:
             self._close_all()
-            self.state = Lifecycle.STOPPED
+            self.health.stopped()
 
     def _group_options(self) -> dict[str, Any]:
         return {
@@ -226,7 +223,9 @@ class Service:
             try:
                 batch = await cons.getmany(timeout_ms=wait, max_records=MAX_BATCH)
             except KafkaError as exc:
-                raise BrokerError(f"reading input topics failed: {exc!r}") from exc
+                self.health.broker_unreachable(str(exc))
+                raise BrokerError(f"reading input topics failed: {exc}") from exc
+            self.health.beat()
             if self.rebalance_error is not None:
                 raise self.rebalance_error
             await self._follow_policies(policies, prod, to_end=False)
@@ -236,12 +235,33 @@ class Service:
             self._housekeeping()
             if time.monotonic() - self._committed_at >= COMMIT_EVERY_S:
                 await self._commit(cons)
+                self._observe(cons)
             if self._on_progress is not None and time.monotonic() - last_progress >= 0.5:
                 last_progress = time.monotonic()
                 self.stats.pending_in_wheel = sum(p.timers for p in self.processors.values())
                 result = self._on_progress(self.stats)
                 if result is not None:
                     await result
+
+    def _observe(self, cons: AIOKafkaConsumer) -> None:
+        """Gauges for operators, once a second: lag, pending records, the oldest overdue."""
+        metrics = self.metrics
+        if metrics is None:
+            return
+        for (topic, partition), position in self._next_offset.items():
+            high = cons.highwater(TopicPartition(topic, partition))
+            if high is not None:
+                metrics.set_lag(topic, partition, max(0, high - position))
+        pending: dict[str, int] = dict.fromkeys(self.config.categories, 0)
+        for proc in self.processors.values():
+            for category, n in proc.store.counts.pending.items():
+                pending[category] = pending.get(category, 0) + n
+        for category, n in pending.items():
+            metrics.set_pending(category, n)
+        dues = [d for p in self.processors.values() if (d := p.next_due_ms()) is not None]
+        now = self.clock()
+        overdue = now - min(dues) if dues and min(dues) <= now else 0
+        metrics.set_oldest_overdue_seconds(overdue / 1000)
 
     def _wait_ms(self) -> int:
         dues = [d for p in self.processors.values() if (d := p.next_due_ms()) is not None]
@@ -386,7 +406,7 @@ class Service:
         assert self._consumer is not None
         fresh = [tp for tp in assigned if (tp.topic, tp.partition) not in self.processors]
         if fresh:
-            self.state = Lifecycle.RESTORING
+            self.health.restoring()
             await self._restore(fresh)
             await self._position(fresh)
             log.info(
@@ -394,13 +414,14 @@ class Service:
                 ", ".join(f"{tp.topic}[{tp.partition}]" for tp in fresh),
                 sum(p.timers for p in self.processors.values()),
             )
-        self.state = Lifecycle.RUNNING
+        self.health.running()
         self.ready.set()  # ready: partitions owned, restored, positioned, timers loaded
 
     async def _restore(self, tps: list[TopicPartition]) -> None:
         t = self.config.topics
         now = self.clock()
         self.stats.restoring = len(tps)
+        self._restore_seen = 0
         async with consumer(self.bootstrap) as reader:
             for tp in tps:
                 slot = (tp.topic, tp.partition)
@@ -414,12 +435,16 @@ class Service:
                         stamped=t.stamped,
                         tombstones=t.tombstones,
                         now_ms=now,
+                        progress=self._restore_progress,
                     )
                 except BaseException:
                     store.close()
                     raise
+                self._restore_seen = 0
                 self.stats.restored += report.read
                 self.stats.restoring -= 1
+                if self.metrics is not None:
+                    self.metrics.restore_progress(partitions=self.stats.restoring)
                 proc = PartitionProcessor(
                     tp.topic,
                     tp.partition,
@@ -456,6 +481,14 @@ class Service:
                         tp.partition,
                         report.unreadable,
                     )
+
+    def _restore_progress(self, report: RestoreReport) -> None:
+        read = report.read - self._restore_seen
+        self._restore_seen = report.read
+        if self.metrics is not None:
+            self.metrics.restore_progress(
+                partitions=self.stats.restoring, records_read=read, remaining=report.remaining
+            )
 
     async def _position(self, tps: list[TopicPartition]) -> None:
         """Resume at the group's committed offsets; a position past the end (the topic was
@@ -501,4 +534,6 @@ class Service:
         for slot in mine:
             self.processors.pop(slot).store.close()
             self._next_offset.pop(slot, None)
+            if self.metrics is not None:
+                self.metrics.forget_partition(*slot)
         log.info("revoked %s", ", ".join(f"{t}[{p}]" for t, p in mine))
