@@ -24,6 +24,8 @@ from stream_expiry.errors import ConfigurationError, StreamExpiryError
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from stream_expiry.kafka_settings import Connection
+
 __all__ = ["main"]
 
 log = logging.getLogger("stream_expiry")
@@ -67,6 +69,14 @@ def bootstrap_from(args: argparse.Namespace, config: Config) -> str:
             f"in the config file or {BOOTSTRAP_ENV}, or try --embedded-broker"
         )
     return str(servers)
+
+
+def connection_from(args: argparse.Namespace, config: Config) -> Connection:
+    """Brokers as :func:`bootstrap_from` finds them, with ``[kafka]`` and the
+    ``STREAM_EXPIRY_KAFKA_*`` variables on top; checked before any client starts."""
+    from stream_expiry.kafka_settings import connection_for
+
+    return connection_for(bootstrap_from(args, config), config.kafka, os.environ)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -118,7 +128,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from stream_expiry.replay import run_replay
 
     config = _load(args)
-    return anyio.run(run_replay, config, bootstrap_from(args, config), args)
+    return anyio.run(run_replay, config, connection_from(args, config), args)
 
 
 # -- demo ---------------------------------------------------------------------------------

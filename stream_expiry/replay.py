@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from stream_expiry.config import Config
+    from stream_expiry.kafka_settings import Brokers
 
 __all__ = ["ReplayReport", "replay", "run_replay"]
 
@@ -116,7 +117,7 @@ class _Progress:
         self.out.flush()
 
 
-async def _latest_per_key(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
+async def _latest_per_key(bootstrap: Brokers, topic: str) -> dict[bytes, bytes | None]:
     latest: dict[bytes, bytes | None] = {}
     async with consumer(bootstrap) as cons:
         async for batch in read_to_end(cons, topic):
@@ -129,7 +130,7 @@ async def _latest_per_key(bootstrap: str, topic: str) -> dict[bytes, bytes | Non
 
 async def replay(
     config: Config,
-    bootstrap: str,
+    bootstrap: Brokers,
     *,
     environ: Mapping[str, str],
     since_ms: int | None = None,
@@ -237,7 +238,7 @@ def _expires_of(raw: bytes) -> int | None:
     return None if value is None else parse_ts(value)
 
 
-async def _apply(config: Config, bootstrap: str, report: ReplayReport) -> None:
+async def _apply(config: Config, bootstrap: Brokers, report: ReplayReport) -> None:
     """Publish the changed stamps and write them to the service's index."""
     changed = [report.states[k] for k in report.changed]
     async with producer(bootstrap) as prod:
@@ -259,7 +260,7 @@ async def _apply(config: Config, bootstrap: str, report: ReplayReport) -> None:
         await index.close()
 
 
-async def run_replay(config: Config, bootstrap: str, args: argparse.Namespace) -> int:
+async def run_replay(config: Config, bootstrap: Brokers, args: argparse.Namespace) -> int:
     since = (
         None
         if args.since is None

@@ -8,11 +8,12 @@ import logging
 import os
 import signal
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import anyio
 
 from stream_expiry.broker import EmbeddedBroker
+from stream_expiry.kafka_settings import Connection
 from stream_expiry.metrics import render, serve_metrics
 from stream_expiry.service import Service, ServiceStats
 
@@ -97,20 +98,25 @@ def tune_gc() -> None:
 
 
 async def run_service(config: Config, args: argparse.Namespace) -> int:
-    from stream_expiry.cli import bootstrap_from
+    from stream_expiry.cli import connection_from
 
     with contextlib.ExitStack() as stack:
         if getattr(args, "embedded_broker", False):
             broker = stack.enter_context(EmbeddedBroker())
-            bootstrap = broker.bootstrap_servers
+            conn = Connection(broker.bootstrap_servers)
             log.info(
-                "embedded broker listening on %s (in memory: data is gone when it stops)", bootstrap
+                "embedded broker listening on %s (in memory: data is gone when it stops)", conn
             )
         else:
-            bootstrap = bootstrap_from(args, config)
+            conn = connection_from(args, config)
         tune_gc()
         service = Service(
-            config, bootstrap_servers=bootstrap, environ=os.environ, on_progress=_ProgressLog()
+            config,
+            # Service hands this to the kafka.py factories only, which take a Connection;
+            # the cast goes when Service's parameter becomes ``kafka: Connection``.
+            bootstrap_servers=cast("str", conn),
+            environ=os.environ,
+            on_progress=_ProgressLog(),
         )
         stop = anyio.Event()
         finished = False

@@ -18,6 +18,7 @@ import anyio
 
 from stream_expiry.config import load_config
 from stream_expiry.errors import ConfigurationError, StreamExpiryError
+from stream_expiry.kafka_settings import security_from_environment
 from stream_expiry.sinks.framework import (
     DEFAULT_RECEIPTS,
     DEFAULT_STAMPED,
@@ -59,7 +60,8 @@ def _common_options() -> argparse.ArgumentParser:
     kafka.add_argument(
         "--config",
         metavar="FILE",
-        help="the service's config file: its bootstrap_servers and [topics] are the defaults",
+        help="the service's config file: its bootstrap_servers, [topics] and [kafka] (TLS, "
+        "SASL; also from STREAM_EXPIRY_KAFKA_* variables) are the defaults",
     )
     kafka.add_argument(
         "--bootstrap-servers",
@@ -194,6 +196,8 @@ def build_sink(args: argparse.Namespace) -> Sink:
         sweep_interval_s=args.sweep_interval,
         sweep_grace_s=args.sweep_grace,
         batch_size=args.batch_size,
+        security=security_from_environment(service_config.kafka, os.environ),
+        topic_settings=service_config.topic_settings,
     )
     return Sink(store, config)
 
