@@ -21,10 +21,19 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    KafkaError,
+    KafkaTimeoutError,
+    RebalanceInProgressError,
+    TopicAlreadyExistsError,
+    UnknownMemberIdError,
+    for_code,
+)
 from aiokafka.helpers import create_ssl_context
 
-from stream_expiry.errors import BrokerError, ConfigurationError
+from stream_expiry.errors import BrokerError, BrokerUnavailableError, ConfigurationError
 from stream_expiry.kafka_settings import Brokers, Connection, as_connection
 
 if TYPE_CHECKING:
@@ -39,8 +48,8 @@ __all__ = [
     "crc32_partitioner",
     "ensure_topics",
     "high_watermarks",
-    "is_broker_error",
     "key_partition",
+    "mapped",
     "partitions_of",
     "producer",
     "read_to_end",
@@ -52,6 +61,14 @@ COMPACTED = {"cleanup.policy": "compact"}
 # A failed SCRAM exchange reaches aiokafka 0.14 as a server-final message without "v", and
 # its client raises KeyError('v') out of start(); anything else it raises there is a KafkaError.
 _START_ERRORS = (KafkaError, KeyError, ssl.SSLError)
+# Not marked retriable by aiokafka, yet only mean "the broker or the group was away for a while".
+_TRANSIENT = (
+    KafkaTimeoutError,
+    CommitFailedError,
+    RebalanceInProgressError,
+    IllegalGenerationError,
+    UnknownMemberIdError,
+)
 
 
 def client_options(brokers: Brokers) -> dict[str, Any]:
@@ -109,12 +126,23 @@ def broker_errors(what: str) -> Iterator[None]:
     try:
         yield
     except KafkaError as exc:
-        raise BrokerError(f"{what} failed: {exc!r}") from exc
+        raise mapped(exc, f"{what} failed") from exc
 
 
-def is_broker_error(exc: BaseException) -> bool:
-    """Whether ``exc`` comes from the broker or the network (for callers that retry)."""
-    return isinstance(exc, KafkaError | BrokerError)
+def mapped(exc: KafkaError, message: str) -> BrokerError:
+    """:class:`BrokerUnavailableError` for what retrying may cure, else :class:`BrokerError`."""
+    transient = exc.retriable or isinstance(exc, _TRANSIENT)
+    return (BrokerUnavailableError if transient else BrokerError)(f"{message}: {exc!r}")
+
+
+async def _stop(client: AIOKafkaProducer | AIOKafkaConsumer, failing: bool) -> None:
+    """Stop a client; a producer's stop flushes, which fails while the broker is away.
+    That failure must not hide the error the block is already leaving with."""
+    try:
+        await client.stop()
+    except KafkaError as exc:
+        if not failing:
+            raise mapped(exc, "stopping a Kafka client") from exc
 
 
 async def ensure_topics(
@@ -202,8 +230,10 @@ async def producer(brokers: Brokers, **overrides: Any) -> AsyncIterator[AIOKafka
         raise _start_failed("connect a producer to", conn, exc) from exc
     try:
         yield prod
-    finally:
-        await prod.stop()
+    except BaseException:
+        await _stop(prod, failing=True)
+        raise
+    await _stop(prod, failing=False)
 
 
 @contextlib.asynccontextmanager
@@ -228,8 +258,10 @@ async def consumer(
         raise _start_failed("connect a consumer to", conn, exc) from exc
     try:
         yield cons
-    finally:
-        await cons.stop()
+    except BaseException:
+        await _stop(cons, failing=True)
+        raise
+    await _stop(cons, failing=False)
 
 
 async def high_watermarks(

@@ -26,8 +26,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+import anyio
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
+from stream_expiry.errors import BrokerUnavailableError
 from stream_expiry.kafka import broker_errors, consumer, ensure_topics, producer
 from stream_expiry.kafka_settings import Connection, KafkaSecurity, TopicSettings, role_configs
 from stream_expiry.sinks._messages import (
@@ -42,7 +44,6 @@ from stream_expiry.sinks._messages import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    import anyio
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     from stream_expiry.sinks._logic import Plan
@@ -67,7 +68,9 @@ METRICS: Final = (
     "compacted_nulls_total",
     "invalid_total",
     "unrepresentable_total",
+    "broker_errors_total",
 )
+BROKER_RETRY_S: Final = 1.0
 
 
 def wall_clock_ms() -> int:
@@ -173,16 +176,35 @@ class Sink:
         ):
             await self._flush_outbox(prod)
             next_sweep = time.monotonic()
+            outage_since: float | None = None
             while not stop.is_set():
-                with broker_errors(f"consuming from {cfg.bootstrap_servers}"):
-                    batch = await cons.getmany(
-                        timeout_ms=cfg.poll_timeout_ms, max_records=cfg.batch_size
+                try:
+                    if outage_since is not None:  # receipts of a batch whose publish failed
+                        await self._flush_outbox(prod)
+                    with broker_errors(f"consuming from {cfg.bootstrap_servers}"):
+                        batch = await cons.getmany(
+                            timeout_ms=cfg.poll_timeout_ms, max_records=cfg.batch_size
+                        )
+                    if batch:
+                        await self._handle(batch, prod, cons)
+                    if cfg.sweep_interval_s is not None and time.monotonic() >= next_sweep:
+                        full = await self.sweep_once(prod)
+                        next_sweep = time.monotonic() + (0 if full else cfg.sweep_interval_s)
+                except BrokerUnavailableError as exc:
+                    # The store holds every applied batch and its receipts wait in the outbox;
+                    # offsets not committed are read again: waiting loses nothing.
+                    self.metrics["broker_errors_total"] += 1
+                    if outage_since is None:
+                        outage_since = time.monotonic()
+                        log.warning("%s; retrying until the broker answers", exc)
+                    with anyio.move_on_after(BROKER_RETRY_S):
+                        await stop.wait()
+                    continue
+                if outage_since is not None:
+                    log.warning(
+                        "the broker answers again after %.0f s", time.monotonic() - outage_since
                     )
-                if batch:
-                    await self._handle(batch, prod, cons)
-                if cfg.sweep_interval_s is not None and time.monotonic() >= next_sweep:
-                    full = await self.sweep_once(prod)
-                    next_sweep = time.monotonic() + (0 if full else cfg.sweep_interval_s)
+                    outage_since = None
 
     def _decode(self, topic: str, rec: Any) -> Change | None:
         try:
