@@ -116,7 +116,9 @@ def _start_failed(what: str, conn: Connection, exc: BaseException) -> BrokerErro
         hint += f", and [kafka] ({sec.security_protocol}: the CA and client certificate)"
     else:
         hint += ", and whether the cluster requires TLS or SASL ([kafka] in the config file)"
-    return BrokerError(f"cannot {what} {conn.bootstrap_servers} ({_describe(exc)}); {hint}")
+    return BrokerError(
+        f"cannot reach Kafka at {conn.bootstrap_servers} ({what}: {_describe(exc)}); {hint}"
+    )
 
 
 @contextlib.contextmanager
@@ -167,7 +169,7 @@ async def ensure_topics(
         try:
             await admin.start()
         except _START_ERRORS as exc:
-            raise _start_failed("connect an admin client to", conn, exc) from exc
+            raise _start_failed("admin client", conn, exc) from exc
         try:
             existing = set(await admin.list_topics())
             missing = [t for t in dict.fromkeys(topics) if t not in existing]
@@ -227,7 +229,7 @@ async def producer(brokers: Brokers, **overrides: Any) -> AsyncIterator[AIOKafka
         await prod.start()
     except _START_ERRORS as exc:
         await prod.stop()
-        raise _start_failed("connect a producer to", conn, exc) from exc
+        raise _start_failed("producer", conn, exc) from exc
     try:
         yield prod
     except BaseException:
@@ -255,7 +257,7 @@ async def consumer(
         await cons.start()
     except _START_ERRORS as exc:
         await cons.stop()
-        raise _start_failed("connect a consumer to", conn, exc) from exc
+        raise _start_failed("consumer", conn, exc) from exc
     try:
         yield cons
     except BaseException:
