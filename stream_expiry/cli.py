@@ -32,6 +32,8 @@ from stream_expiry.metrics import version
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from stream_expiry.kafka_settings import Connection
+
 __all__ = ["build_parser", "main"]
 
 BOOTSTRAP_ENV = "STREAM_EXPIRY_BOOTSTRAP_SERVERS"
@@ -87,6 +89,14 @@ def bootstrap_from(args: argparse.Namespace, config: Config) -> str:
 def load(args: argparse.Namespace) -> Config:
     """The config file with the environment laid over it (flags are each command's)."""
     return load_config(getattr(args, "config", None), environ=os.environ)
+
+
+def connection_from(args: argparse.Namespace, config: Config) -> Connection:
+    """Brokers as :func:`bootstrap_from` finds them, with ``[kafka]`` and the
+    ``STREAM_EXPIRY_KAFKA_*`` variables on top; checked before any client starts."""
+    from stream_expiry.kafka_settings import connection_for
+
+    return connection_for(bootstrap_from(args, config), config.kafka, os.environ)
 
 
 # -- run ----------------------------------------------------------------------------------
@@ -185,7 +195,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from stream_expiry.replay import run_replay
 
     config = load(args)
-    return anyio.run(run_replay, config, bootstrap_from(args, config), args)
+    return anyio.run(run_replay, config, connection_from(args, config), args)
 
 
 def _parser_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -28,6 +28,12 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from stream_expiry.durations import InvalidDuration, parse_duration
 from stream_expiry.errors import ConfigurationError
+from stream_expiry.kafka_settings import (
+    SECURITY_KEYS,
+    KafkaSecurity,
+    TopicSettings,
+    check_security_value,
+)
 from stream_expiry.model import DEFAULT_CATEGORIES, ENVS, MAX_ID_CHARS
 from stream_expiry.policy.presets import PRESETS
 from stream_expiry.policy.sources import (
@@ -74,6 +80,8 @@ class Topics:
     tombstones: str = "expiry.tombstones"
     dlq: str = "expiry.dlq"
     receipts: str = "expiry.receipts"
+    holds: str = "expiry.holds"
+    audit: str = "expiry.audit"
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,8 @@ class Config:
     # keep events, so that no re-delivered event brings a deleted record back.
     marker_grace_ms: int = 7 * 24 * 3_600_000
     topics: Topics = field(default_factory=Topics)
+    topic_settings: TopicSettings = field(default_factory=TopicSettings)
+    kafka: KafkaSecurity = field(default_factory=KafkaSecurity)
     categories: tuple[str, ...] = DEFAULT_CATEGORIES
     sliding: frozenset[str] = frozenset({"session"})
     retention: RetentionSettings = field(default_factory=RetentionSettings)
@@ -107,8 +117,27 @@ _TOP: Final = (
     "categories",
     "service",
     "retention",
+    "kafka",
 )
-_TOPIC_KEYS: Final = ("inputs", "policies", "stamped", "tombstones", "dlq", "receipts")
+_TOPIC_KEYS: Final = (
+    "inputs",
+    "policies",
+    "stamped",
+    "tombstones",
+    "dlq",
+    "receipts",
+    "holds",
+    "audit",
+)
+# [topics] keys that are settings, not names; the durations are TopicSettings' *_ms fields.
+_TOPIC_COUNTS: Final = ("partitions", "replication_factor", "min_insync_replicas")
+_TOPIC_DURATIONS: Final = (
+    "max_compaction_lag",
+    "segment",
+    "delete_retention",
+    "retention",
+    "evidence_retention",
+)
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _TOML_ERROR = re.compile(r"^(.*) \(at line (\d+), column (\d+)\)$", re.DOTALL)
 
@@ -194,18 +223,23 @@ class _Reader:
 
     # -- errors --------------------------------------------------------------------------------
 
-    def error(self, where: _Path, message: str) -> ConfigError:
+    def locate(self, where: _Path) -> str:
+        """``FILE line N`` of the key (or of its nearest table), else ``FILE``; a value
+        that came from the environment is named by its variable."""
         for end in range(len(where), 0, -1):
             variable = self._from_env.get(where[:end])
             if variable is not None:
-                return ConfigError(f"environment variable {variable}: {message}")
+                return f"environment variable {variable}"
         if self._lines is None:
             self._lines = _key_lines(self._text)
         for end in range(len(where), 0, -1):
             line = self._lines.get(where[:end])
             if line is not None:
-                return ConfigError(f"{self._path} line {line}: {message}")
-        return ConfigError(f"{self._path}: {message}")
+                return f"{self._path} line {line}"
+        return self._path
+
+    def error(self, where: _Path, message: str) -> ConfigError:
+        return ConfigError(f"{self.locate(where)}: {message}")
 
     @staticmethod
     def place(where: _Path) -> str:
@@ -333,6 +367,8 @@ class _Reader:
             horizon_ms=horizon_ms,
             marker_grace_ms=grace_ms,
             topics=self.topics(data.get("topics", {})),
+            topic_settings=self.topic_settings(data.get("topics", {})),
+            kafka=self.kafka(data.get("kafka", {})),
             categories=categories,
             sliding=sliding,
             retention=self.retention(data.get("retention", {}), preset, categories),
@@ -370,7 +406,7 @@ class _Reader:
 
     def topics(self, value: object) -> Topics:
         where: _Path = ("topics",)
-        table = self.table(value, where, _TOPIC_KEYS)
+        table = self.table(value, where, (*_TOPIC_KEYS, *_TOPIC_COUNTS, *_TOPIC_DURATIONS))
         default = Topics()
         inputs = default.inputs
         if "inputs" in table:
@@ -395,6 +431,50 @@ class _Reader:
                 )
             seen[name] = key
         return Topics(inputs=inputs, **outputs)
+
+    def topic_settings(self, value: object) -> TopicSettings:
+        """The settings keys of ``[topics]`` (its names are read by :meth:`topics`)."""
+        where: _Path = ("topics",)
+        table = self.table(value, where, None)
+        counts: dict[str, int] = {}
+        for key in _TOPIC_COUNTS:
+            if key in table:
+                n = table[key]
+                if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 10_000:
+                    raise self.bad((*where, key), n, "an integer from 1 to 10000")
+                counts[key] = n
+        times = {
+            f"{key}_ms": self.duration(table[key], (*where, key), minimum=1)
+            for key in _TOPIC_DURATIONS
+            if key in table
+        }
+        settings = TopicSettings(**counts, **times)
+        if settings.min_insync > settings.replication_factor:
+            key = "min_insync_replicas" if "min_insync_replicas" in table else "replication_factor"
+            raise self.error(
+                (*where, key),
+                f"min_insync_replicas ({settings.min_insync}) {self.place(where)} is larger than "
+                f"replication_factor ({settings.replication_factor}): no write with acks=all "
+                "could succeed; lower min_insync_replicas or raise replication_factor",
+            )
+        return settings
+
+    def kafka(self, value: object) -> KafkaSecurity:
+        """``[kafka]``: each value checked here with its line; whether they fit together is
+        checked once the environment is on top (``kafka_settings.security_from_environment``)."""
+        where: _Path = ("kafka",)
+        table = self.table(value, where, SECURITY_KEYS)
+        values: dict[str, str] = {}
+        origins: dict[str, str] = {}
+        for key, raw in table.items():
+            if not isinstance(raw, str):
+                raise self.bad((*where, key), raw, "a string")
+            try:
+                values[key] = check_security_value(key, raw)
+            except ValueError as exc:
+                raise self.error((*where, key), f"key {key!r} {self.place(where)} {exc}") from None
+            origins[key] = f"{self.locate((*where, key))} ([kafka] {key})"
+        return KafkaSecurity(**values, origins=origins)
 
     def retention(
         self, value: object, preset: str, categories: tuple[str, ...]
@@ -593,8 +673,11 @@ ENV_SETTINGS: Final[Mapping[_Path, _Kind]] = {
     ("max_clock_skew",): "text",
     ("service", "tick_ms"): "int",
     ("service", "horizon"): "text",
+    ("service", "marker_grace"): "text",
     ("topics", "inputs"): "list",
     **{("topics", key): "text" for key in _TOPIC_KEYS[1:]},
+    **{("topics", key): "int" for key in _TOPIC_COUNTS},
+    **{("topics", key): "text" for key in _TOPIC_DURATIONS},
     ("categories", "names"): "list",
     ("categories", "sliding"): "list",
 }

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["BrokerError", "ConfigurationError", "InputError", "StoreError", "StreamExpiryError"]
+__all__ = [
+    "BrokerError",
+    "BrokerUnavailableError",
+    "ConfigurationError",
+    "InputError",
+    "StoreError",
+    "StreamExpiryError",
+]
 
 
 class StreamExpiryError(Exception):
@@ -23,3 +30,10 @@ class StoreError(StreamExpiryError):
 
 class BrokerError(StreamExpiryError):
     """Kafka (or the embedded broker) is unreachable or refused a request; check the brokers."""
+
+
+class BrokerUnavailableError(BrokerError):
+    """Kafka did not answer in time, or a connection or the group membership was lost.
+
+    Retrying may succeed: long-running loops (the sink) wait and go on instead of exiting.
+    """

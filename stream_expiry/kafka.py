@@ -1,35 +1,55 @@
 """Thin adapters over aiokafka: topic creation, producers and consumers with our defaults.
 
-aiokafka's exceptions are translated into :class:`BrokerError` at this edge, so the rest of
-the service speaks one error vocabulary. Defaults follow ../shared/BROKER.md: new groups read
-from ``earliest`` (``latest`` is unreliable on some brokers and loses data on all of them),
-and the idempotent producer stays off because not every Kafka-protocol broker supports it.
+aiokafka's exceptions are translated into :class:`BrokerError` at this edge (the factories,
+:func:`ensure_topics` and :func:`broker_errors` for the calls made on a client), so the rest
+of the service speaks one error vocabulary and need not import ``aiokafka.errors``. Every
+client is built from one :class:`~stream_expiry.kafka_settings.Connection` (brokers, TLS,
+SASL); a bare bootstrap string still works and means plaintext. Defaults, measured on
+Kafka-protocol brokers: new groups read from ``earliest`` (``latest`` is unreliable on some
+brokers and loses data on all of them), and the idempotent producer stays off because not
+every Kafka-protocol broker supports it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
+import ssl
 import time
 import zlib
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    KafkaError,
+    KafkaTimeoutError,
+    RebalanceInProgressError,
+    TopicAlreadyExistsError,
+    UnknownMemberIdError,
+    for_code,
+)
+from aiokafka.helpers import create_ssl_context
 
-from stream_expiry.errors import BrokerError
+from stream_expiry.errors import BrokerError, BrokerUnavailableError, ConfigurationError
+from stream_expiry.kafka_settings import Brokers, Connection, as_connection
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable, Mapping
+    from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 
 __all__ = [
     "OutputBuffer",
+    "broker_errors",
+    "check_created",
+    "client_options",
     "consumer",
     "crc32_partitioner",
     "ensure_topics",
     "high_watermarks",
     "key_partition",
+    "mapped",
     "partitions_of",
     "producer",
     "read_to_end",
@@ -38,48 +58,165 @@ __all__ = [
 DEFAULT_PARTITIONS = 4
 STALL_S = 60.0  # a topic read to its end that stops moving for this long is an error
 COMPACTED = {"cleanup.policy": "compact"}
+# A failed SCRAM exchange reaches aiokafka 0.14 as a server-final message without "v", and
+# its client raises KeyError('v') out of start(); anything else it raises there is a KafkaError.
+_START_ERRORS = (KafkaError, KeyError, ssl.SSLError)
+# Not marked retriable by aiokafka, yet only mean "the broker or the group was away for a while".
+_TRANSIENT = (
+    KafkaTimeoutError,
+    CommitFailedError,
+    RebalanceInProgressError,
+    IllegalGenerationError,
+    UnknownMemberIdError,
+)
+
+
+def client_options(brokers: Brokers) -> dict[str, Any]:
+    """aiokafka's connection options (shared by producers, consumers and admin clients)."""
+    conn = as_connection(brokers)
+    sec = conn.security
+    options: dict[str, Any] = {
+        "bootstrap_servers": conn.bootstrap_servers,
+        "security_protocol": sec.security_protocol,
+    }
+    if sec.uses_ssl:
+        try:
+            options["ssl_context"] = create_ssl_context(
+                cafile=sec.ssl_cafile, certfile=sec.ssl_certfile, keyfile=sec.ssl_keyfile
+            )
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            files = ", ".join(
+                f"{key} {getattr(sec, key)!r} ({sec.origin(key)})"
+                for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+                if getattr(sec, key) is not None
+            )
+            raise ConfigurationError(
+                f"cannot load the TLS files {files or '(system CAs)'}: {exc}; they must be "
+                "PEM files (the key unencrypted, matching the certificate)"
+            ) from None
+    if sec.uses_sasl:
+        options["sasl_mechanism"] = sec.sasl_mechanism
+        options["sasl_plain_username"] = sec.sasl_username
+        options["sasl_plain_password"] = sec.sasl_password
+    return options
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return "the broker refused the SASL authentication"
+    return repr(exc)
+
+
+def _start_failed(what: str, conn: Connection, exc: BaseException) -> BrokerError:
+    sec = conn.security
+    hint = "check that the brokers are up and the bootstrap address"
+    if sec.uses_sasl:
+        hint += f", and [kafka] ({sec.security_protocol}, {sec.sasl_mechanism} as {sec.sasl_username!r})"
+    elif sec.uses_ssl:
+        hint += f", and [kafka] ({sec.security_protocol}: the CA and client certificate)"
+    else:
+        hint += ", and whether the cluster requires TLS or SASL ([kafka] in the config file)"
+    return BrokerError(
+        f"cannot reach Kafka at {conn.bootstrap_servers} ({what}: {_describe(exc)}); {hint}"
+    )
+
+
+@contextlib.contextmanager
+def broker_errors(what: str) -> Iterator[None]:
+    """Turn aiokafka's errors inside the block into :class:`BrokerError` saying ``what``
+    failed (e.g. ``with broker_errors("reading input topics"): await cons.getmany()``)."""
+    try:
+        yield
+    except KafkaError as exc:
+        raise mapped(exc, f"{what} failed") from exc
+
+
+def mapped(exc: KafkaError, message: str) -> BrokerError:
+    """:class:`BrokerUnavailableError` for what retrying may cure, else :class:`BrokerError`."""
+    transient = exc.retriable or isinstance(exc, _TRANSIENT)
+    return (BrokerUnavailableError if transient else BrokerError)(f"{message}: {exc!r}")
+
+
+async def _stop(client: AIOKafkaProducer | AIOKafkaConsumer, failing: bool) -> None:
+    """Stop a client; a producer's stop flushes, which fails while the broker is away.
+    That failure must not hide the error the block is already leaving with."""
+    try:
+        await client.stop()
+    except KafkaError as exc:
+        if not failing:
+            raise mapped(exc, "stopping a Kafka client") from exc
 
 
 async def ensure_topics(
-    bootstrap_servers: str,
+    brokers: Brokers,
     topics: Iterable[str],
     *,
     partitions: int = DEFAULT_PARTITIONS,
     configs: Mapping[str, Mapping[str, str]] | None = None,
+    replication: int = 1,
 ) -> None:
-    """Create the topics that do not exist yet; existing ones are left as they are."""
+    """Create the topics that do not exist yet; existing ones are left as they are.
+
+    ``configs`` maps a topic to its Kafka configs (``kafka_settings.topic_configs`` gives
+    the service's). CreateTopics answers per topic and aiokafka does not raise for those
+    answers: every topic the broker refused (other than "already exists", a race with
+    another instance) raises :class:`BrokerError` with the broker's own error.
+    """
+    conn = as_connection(brokers)
     configs = configs or {}
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(**client_options(conn), request_timeout_ms=10_000)
     try:
-        await admin.start()
-        existing = set(await admin.list_topics())
-        missing = [t for t in dict.fromkeys(topics) if t not in existing]
-        if missing:
+        try:
+            await admin.start()
+        except _START_ERRORS as exc:
+            raise _start_failed("admin client", conn, exc) from exc
+        try:
+            existing = set(await admin.list_topics())
+            missing = [t for t in dict.fromkeys(topics) if t not in existing]
+            if not missing:
+                return
             new = [
                 NewTopic(
                     t,
                     num_partitions=partitions,
-                    replication_factor=1,
+                    replication_factor=replication,
                     topic_configs=dict(configs.get(t, {})),
                 )
                 for t in missing
             ]
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(new)
-    except KafkaError as exc:
-        raise BrokerError(
-            f"cannot reach Kafka at {bootstrap_servers} to create topics ({exc}); check that "
-            "the brokers are up and the --bootstrap-servers address"
-        ) from exc
+            check_created(await admin.create_topics(new))
+        except KafkaError as exc:
+            raise BrokerError(
+                f"cannot create topics on Kafka at {conn.bootstrap_servers} ({exc!r}); check "
+                "that the brokers are up and the --bootstrap-servers address"
+            ) from exc
     finally:
         await admin.close()
 
 
+def check_created(response: Any) -> None:
+    """Raise :class:`BrokerError` for every topic a CreateTopics response says failed."""
+    failed: list[str] = []
+    for entry in response.topic_errors:
+        name, code = entry[0], entry[1]
+        if code in (0, TopicAlreadyExistsError.errno):
+            continue
+        error = for_code(code)
+        detail = entry[2] if len(entry) > 2 and entry[2] else error.description
+        failed.append(f"{name!r}: {error.message} ({detail})")
+    if failed:
+        hint = "check the [topics] settings in the config file"
+        if any("REPLICATION_FACTOR" in f for f in failed):
+            hint = "set [topics] replication_factor to at most the number of brokers"
+        raise BrokerError(f"the broker refused to create {'; '.join(failed)}; {hint}")
+
+
 @contextlib.asynccontextmanager
-async def producer(bootstrap_servers: str, **overrides: Any) -> AsyncIterator[AIOKafkaProducer]:
+async def producer(brokers: Brokers, **overrides: Any) -> AsyncIterator[AIOKafkaProducer]:
     """A started producer with acks=all: a tombstone counts as sent only once it is durable."""
+    conn = as_connection(brokers)
     options: dict[str, Any] = {
-        "bootstrap_servers": bootstrap_servers,
+        **client_options(conn),
         "acks": "all",
         "partitioner": crc32_partitioner,
         "linger_ms": 2,
@@ -90,22 +227,25 @@ async def producer(bootstrap_servers: str, **overrides: Any) -> AsyncIterator[AI
     prod = AIOKafkaProducer(**options)
     try:
         await prod.start()
-    except KafkaError as exc:
+    except _START_ERRORS as exc:
         await prod.stop()
-        raise BrokerError(f"cannot connect a producer to {bootstrap_servers}: {exc!r}") from exc
+        raise _start_failed("producer", conn, exc) from exc
     try:
         yield prod
-    finally:
-        await prod.stop()
+    except BaseException:
+        await _stop(prod, failing=True)
+        raise
+    await _stop(prod, failing=False)
 
 
 @contextlib.asynccontextmanager
 async def consumer(
-    bootstrap_servers: str, *topics: str, **overrides: Any
+    brokers: Brokers, *topics: str, **overrides: Any
 ) -> AsyncIterator[AIOKafkaConsumer]:
     """A started consumer; without ``group_id`` it is a plain reader that commits nothing."""
+    conn = as_connection(brokers)
     options: dict[str, Any] = {
-        "bootstrap_servers": bootstrap_servers,
+        **client_options(conn),
         "auto_offset_reset": "earliest",
         "enable_auto_commit": False,
         "request_timeout_ms": 40_000,
@@ -115,13 +255,15 @@ async def consumer(
     cons = AIOKafkaConsumer(*topics, **options)
     try:
         await cons.start()
-    except KafkaError as exc:
+    except _START_ERRORS as exc:
         await cons.stop()
-        raise BrokerError(f"cannot connect a consumer to {bootstrap_servers}: {exc!r}") from exc
+        raise _start_failed("consumer", conn, exc) from exc
     try:
         yield cons
-    finally:
-        await cons.stop()
+    except BaseException:
+        await _stop(cons, failing=True)
+        raise
+    await _stop(cons, failing=False)
 
 
 async def high_watermarks(

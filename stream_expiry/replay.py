@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer
 
     from stream_expiry.config import Config
+    from stream_expiry.kafka_settings import Brokers
 
 __all__ = ["ReplayReport", "replay", "run_replay"]
 
@@ -163,7 +164,7 @@ class _Current:
 
 
 async def _read_current(
-    bootstrap: str, topic: str, kv: RocksKV, progress: TextIO | None
+    bootstrap: Brokers, topic: str, kv: RocksKV, progress: TextIO | None
 ) -> tuple[_Current, int]:
     read = 0
     async with consumer(bootstrap) as cons:
@@ -270,7 +271,7 @@ class _Publisher:
 
 async def replay(
     config: Config,
-    bootstrap: str,
+    bootstrap: Brokers,
     *,
     environ: Mapping[str, str],
     since_ms: int | None = None,
@@ -366,7 +367,7 @@ async def _from_stamps(
 
 async def _from_inputs(
     config: Config,
-    bootstrap: str,
+    bootstrap: Brokers,
     book: PolicyBook,
     current: _Current,
     work: str,
@@ -480,7 +481,7 @@ async def _compare_input_state(
         await publisher.add(partition, source, state, data)
 
 
-async def run_replay(config: Config, bootstrap: str, args: argparse.Namespace) -> int:
+async def run_replay(config: Config, bootstrap: Brokers, args: argparse.Namespace) -> int:
     since = (
         None
         if args.since is None

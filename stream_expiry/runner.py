@@ -17,6 +17,7 @@ from stream_expiry.broker import EmbeddedBroker
 from stream_expiry.cliargs import metrics_port
 from stream_expiry.endpoints import open_listener, serve_http, watch_broker
 from stream_expiry.health import Health
+from stream_expiry.kafka_settings import Connection
 from stream_expiry.metrics import ServiceMetrics
 from stream_expiry.service import Service, ServiceStats
 
@@ -102,7 +103,7 @@ def tune_gc() -> None:
 
 
 async def run_service(config: Config, args: argparse.Namespace) -> int:
-    from stream_expiry.cli import bootstrap_from
+    from stream_expiry.cli import connection_from
 
     listener = None
     http_port = metrics_port(getattr(args, "metrics_port", None), os.environ)
@@ -112,12 +113,12 @@ async def run_service(config: Config, args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         if getattr(args, "embedded_broker", False):
             broker = stack.enter_context(EmbeddedBroker())
-            bootstrap = broker.bootstrap_servers
+            conn = Connection(broker.bootstrap_servers)
             log.info(
-                "embedded broker listening on %s (in memory: data is gone when it stops)", bootstrap
+                "embedded broker listening on %s (in memory: data is gone when it stops)", conn
             )
         else:
-            bootstrap = bootstrap_from(args, config)
+            conn = connection_from(args, config)
         tune_gc()
         health = Health(stall_after_s=STALL_AFTER_S)
         progress = _ProgressLog()
@@ -125,7 +126,7 @@ async def run_service(config: Config, args: argparse.Namespace) -> int:
         metrics = ServiceMetrics()
         service = Service(
             config,
-            bootstrap_servers=bootstrap,
+            bootstrap_servers=conn,
             environ=os.environ,
             on_progress=progress,
             health=health,
@@ -141,7 +142,7 @@ async def run_service(config: Config, args: argparse.Namespace) -> int:
                 if listener is not None:
                     tg.start_soon(serve_http, listener, metrics.exposition, health)
                     listener = None  # served (and closed) by the task now
-                tg.start_soon(watch_broker, health, bootstrap)
+                tg.start_soon(watch_broker, health, conn.bootstrap_servers)
                 await service.run(stop)
                 health.stopping()
                 finished = True

@@ -34,13 +34,13 @@ from stream_expiry.codec import dead_letter_headers
 from stream_expiry.errors import BrokerError
 from stream_expiry.health import Health
 from stream_expiry.kafka import (
-    COMPACTED,
     consumer,
     ensure_topics,
     high_watermarks,
     producer,
     read_to_end,
 )
+from stream_expiry.kafka_settings import topic_configs
 from stream_expiry.outbox import Outbox, all_acked
 from stream_expiry.policy import PolicyBook
 from stream_expiry.state import PartitionProcessor, PartitionStore, RocksKV
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
     from stream_expiry.config import Config
     from stream_expiry.engine import Fired
+    from stream_expiry.kafka_settings import Brokers
     from stream_expiry.metrics import ServiceMetrics
     from stream_expiry.state import Effects
 
@@ -99,7 +100,7 @@ class Service:
         self,
         config: Config,
         *,
-        bootstrap_servers: str,
+        bootstrap_servers: Brokers,
         environ: Mapping[str, str],
         clock: Callable[[], int] = wall_clock_ms,
         on_progress: Callable[[ServiceStats], Awaitable[None] | None] | None = None,
@@ -140,10 +141,14 @@ class Service:
     async def run(self, stop: anyio.Event) -> None:
         t = self.config.topics
         self.health.starting()
+        configs = topic_configs(self.config)
+        settings = self.config.topic_settings
         await ensure_topics(
             self.bootstrap,
-            [*t.inputs, t.policies, t.stamped, t.tombstones, t.dlq],
-            configs={t.stamped: COMPACTED, t.policies: COMPACTED},
+            configs,
+            configs=configs,
+            partitions=settings.partitions,
+            replication=settings.replication_factor,
         )
         state_dir = await anyio.Path(self.config.state_dir).absolute()
         await state_dir.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from stream_expiry.config import load_config
 from stream_expiry.endpoints import open_listener, serve_http, watch_broker
 from stream_expiry.errors import BrokerError, ConfigurationError, StreamExpiryError
 from stream_expiry.health import Health
+from stream_expiry.kafka_settings import security_from_environment
 from stream_expiry.metrics import SinkMetrics
 from stream_expiry.sinks.framework import (
     DEFAULT_RECEIPTS,
@@ -73,7 +74,8 @@ def _common_options() -> argparse.ArgumentParser:
     kafka.add_argument(
         "--config",
         metavar="FILE",
-        help="the service's config file: its bootstrap_servers and [topics] are the defaults",
+        help="the service's config file: its bootstrap_servers, [topics] and [kafka] (TLS, "
+        "SASL; also from STREAM_EXPIRY_KAFKA_* variables) are the defaults",
     )
     kafka.add_argument(
         "--bootstrap-servers",
@@ -218,6 +220,8 @@ def build_sink(
         sweep_interval_s=args.sweep_interval,
         sweep_grace_s=args.sweep_grace,
         batch_size=args.batch_size,
+        security=security_from_environment(service_config.kafka, os.environ),
+        topic_settings=service_config.topic_settings,
     )
     return Sink(store, config, on_batch=on_batch)
 

@@ -26,11 +26,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+import anyio
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import KafkaError
 
-from stream_expiry.errors import BrokerError
-from stream_expiry.kafka import COMPACTED, consumer, ensure_topics, producer
+from stream_expiry.errors import BrokerUnavailableError
+from stream_expiry.kafka import broker_errors, consumer, ensure_topics, producer
+from stream_expiry.kafka_settings import Connection, KafkaSecurity, TopicSettings, role_configs
 from stream_expiry.sinks._messages import (
     Change,
     InvalidMessage,
@@ -43,7 +44,6 @@ from stream_expiry.sinks._messages import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    import anyio
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     from stream_expiry.sinks._logic import Plan
@@ -68,7 +68,9 @@ METRICS: Final = (
     "compacted_nulls_total",
     "invalid_total",
     "unrepresentable_total",
+    "broker_errors_total",
 )
+BROKER_RETRY_S: Final = 1.0
 
 
 def wall_clock_ms() -> int:
@@ -100,6 +102,12 @@ class SinkConfig:
     batch_size: int = 1000
     poll_timeout_ms: int = 200
     consumer_options: Mapping[str, Any] = field(default_factory=dict)
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    topic_settings: TopicSettings = field(default_factory=TopicSettings)
+
+    @property
+    def connection(self) -> Connection:
+        return Connection(self.bootstrap_servers, self.security)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,37 +154,57 @@ class Sink:
         """
         cfg = self.config
         await self.store.open()
-        own = [cfg.stamped_topic, cfg.tombstones_topic]
+        ts = cfg.topic_settings
+        own = {
+            cfg.stamped_topic: role_configs("compacted", ts),
+            cfg.tombstones_topic: role_configs("data", ts),
+        }
         if cfg.receipts_topic:
-            own.append(cfg.receipts_topic)
-        await ensure_topics(cfg.bootstrap_servers, own, configs={cfg.stamped_topic: COMPACTED})
+            own[cfg.receipts_topic] = role_configs("evidence", ts)
+        conn = cfg.connection
+        await ensure_topics(
+            conn, own, configs=own, partitions=ts.partitions, replication=ts.replication_factor
+        )
         options: dict[str, Any] = {
             "group_id": cfg.group_id,
             "partition_assignment_strategy": (RangePartitionAssignor,),
         }
         options.update(cfg.consumer_options)
         async with (
-            producer(cfg.bootstrap_servers) as prod,
-            consumer(
-                cfg.bootstrap_servers, cfg.stamped_topic, cfg.tombstones_topic, **options
-            ) as cons,
+            producer(conn) as prod,
+            consumer(conn, cfg.stamped_topic, cfg.tombstones_topic, **options) as cons,
         ):
             await self._flush_outbox(prod)
             next_sweep = time.monotonic()
+            outage_since: float | None = None
             while not stop.is_set():
                 try:
-                    batch = await cons.getmany(
-                        timeout_ms=cfg.poll_timeout_ms, max_records=cfg.batch_size
+                    if outage_since is not None:  # receipts of a batch whose publish failed
+                        await self._flush_outbox(prod)
+                    with broker_errors(f"consuming from {cfg.bootstrap_servers}"):
+                        batch = await cons.getmany(
+                            timeout_ms=cfg.poll_timeout_ms, max_records=cfg.batch_size
+                        )
+                    if batch:
+                        await self._handle(batch, prod, cons)
+                    if cfg.sweep_interval_s is not None and time.monotonic() >= next_sweep:
+                        full = await self.sweep_once(prod)
+                        next_sweep = time.monotonic() + (0 if full else cfg.sweep_interval_s)
+                except BrokerUnavailableError as exc:
+                    # The store holds every applied batch and its receipts wait in the outbox;
+                    # offsets not committed are read again: waiting loses nothing.
+                    self.metrics["broker_errors_total"] += 1
+                    if outage_since is None:
+                        outage_since = time.monotonic()
+                        log.warning("%s; retrying until the broker answers", exc)
+                    with anyio.move_on_after(BROKER_RETRY_S):
+                        await stop.wait()
+                    continue
+                if outage_since is not None:
+                    log.warning(
+                        "the broker answers again after %.0f s", time.monotonic() - outage_since
                     )
-                except KafkaError as exc:
-                    raise BrokerError(
-                        f"cannot consume from {cfg.bootstrap_servers}: {exc!r}"
-                    ) from exc
-                if batch:
-                    await self._handle(batch, prod, cons)
-                if cfg.sweep_interval_s is not None and time.monotonic() >= next_sweep:
-                    full = await self.sweep_once(prod)
-                    next_sweep = time.monotonic() + (0 if full else cfg.sweep_interval_s)
+                    outage_since = None
 
     def _decode(self, topic: str, rec: Any) -> Change | None:
         try:
@@ -223,13 +251,9 @@ class Sink:
             offsets[tp] = recs[-1].offset + 1
         out = await self.store.apply(changes, now_ms=self._clock())
         await self._publish(prod, out.receipts)
-        try:
+        # The store already holds the batch: re-reading it after a restart is harmless.
+        with broker_errors(f"committing offsets for group {self.config.group_id}"):
             await cons.commit(offsets)
-        except KafkaError as exc:
-            # The store already holds the batch: re-reading it after a restart is harmless.
-            raise BrokerError(
-                f"cannot commit offsets for group {self.config.group_id}: {exc!r}"
-            ) from exc
         m = self.metrics
         m["batches_total"] += 1
         m["messages_total"] += messages
@@ -289,7 +313,7 @@ class Sink:
         cfg = self.config
         futures = []
         nulls = 0
-        try:
+        with broker_errors(f"publishing receipts to {cfg.bootstrap_servers}"):
             for r in receipts:
                 key = r.identity.key.encode("utf-8")
                 if cfg.receipts_topic:
@@ -300,10 +324,6 @@ class Sink:
                     nulls += 1
             for f in futures:
                 await f
-        except KafkaError as exc:
-            raise BrokerError(
-                f"cannot publish receipts to {cfg.bootstrap_servers}: {exc!r}"
-            ) from exc
         await self.store.mark_published([r.receipt_id for r in receipts], now_ms=self._clock())
         self.metrics["published_total"] += len(receipts)
         self.metrics["compacted_nulls_total"] += nulls

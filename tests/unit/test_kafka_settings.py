@@ -1,0 +1,209 @@
+"""[kafka] and the topic settings: parsing with lines, the environment on top, the options
+aiokafka gets, the topic configs, and CreateTopics answers that must stop the start."""
+
+from __future__ import annotations
+
+import ssl
+from typing import TYPE_CHECKING
+
+import pytest
+from aiokafka.protocol.admin import CreateTopicsResponse_v3
+
+from stream_expiry.config import ConfigError, parse_config
+from stream_expiry.errors import BrokerError, ConfigurationError
+from stream_expiry.kafka import check_created, client_options
+from stream_expiry.kafka_settings import (
+    Connection,
+    KafkaSecurity,
+    TopicSettings,
+    connection_for,
+    security_from_environment,
+    topic_configs,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+DAY = 86_400_000
+SASL = """\
+[kafka]
+security_protocol = "sasl_ssl"
+sasl_mechanism = "SCRAM-SHA-512"
+sasl_username = "svc"
+"""
+
+
+def test_defaults_are_plaintext_and_defensible_topics() -> None:
+    config = parse_config("")
+    assert config.kafka == KafkaSecurity()
+    assert config.topic_settings == TopicSettings()
+    ts = config.topic_settings
+    assert (ts.replication_factor, ts.min_insync) == (3, 2)
+    assert (ts.max_compaction_lag_ms, ts.segment_ms, ts.delete_retention_ms) == (DAY, DAY, DAY)
+    assert (ts.retention_ms, ts.evidence_retention_ms) == (7 * DAY, 400 * DAY)
+
+
+def test_environment_beats_the_file_and_supplies_the_secret() -> None:
+    config = parse_config(SASL, path="app.toml")
+    env = {
+        "STREAM_EXPIRY_KAFKA_SASL_PASSWORD": "s3cret",
+        "STREAM_EXPIRY_KAFKA_SASL_USERNAME": "from-env",
+        "STREAM_EXPIRY_KAFKA_SASL_MECHANISM": "",  # empty counts as unset
+    }
+    conn = connection_for("k:9093", config.kafka, env)
+    sec = conn.security
+    assert (sec.security_protocol, sec.sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert (sec.sasl_username, sec.sasl_password) == ("from-env", "s3cret")
+    assert "s3cret" not in repr(conn)
+    assert str(conn) == "k:9093"
+
+
+def test_sasl_without_password_names_the_line_and_the_variable() -> None:
+    config = parse_config(SASL, path="app.toml")
+    with pytest.raises(ConfigurationError) as err:
+        security_from_environment(config.kafka, {})
+    assert str(err.value).startswith("app.toml line 2 ([kafka] security_protocol): ")
+    assert "sasl_password" in str(err.value)
+    assert "$STREAM_EXPIRY_KAFKA_SASL_PASSWORD" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[kafka]\nsasl_mechanism = "GSSAPI"\n',
+            "<string> line 2: key 'sasl_mechanism' in [kafka] must be one of PLAIN, "
+            "SCRAM-SHA-256, SCRAM-SHA-512, got 'GSSAPI'",
+        ),
+        (
+            '[kafka]\nsecurity_protocol = "TLS"\n',
+            "<string> line 2: key 'security_protocol' in [kafka] must be one of PLAINTEXT",
+        ),
+        (
+            '[kafka]\n\nssl_cafile = "/nonexistent/ca.pem"\n',
+            "<string> line 3: key 'ssl_cafile' in [kafka] file '/nonexistent/ca.pem' does not",
+        ),
+        ("[kafka]\nsasl_user = 'x'\n", "<string> line 2: unknown key 'sasl_user' in [kafka]"),
+        ("[kafka]\nsasl_password = 1\n", "<string> line 2: key 'sasl_password' in [kafka] must"),
+        (
+            "[topics]\nreplication_factor = 1\nmin_insync_replicas = 2\n",
+            "<string> line 3: min_insync_replicas (2) in [topics] is larger than",
+        ),
+        ("[topics]\nretention = 'soon'\n", "<string> line 2: invalid duration for key 'retention'"),
+        ("[topics]\npartitions = 0\n", "<string> line 2: key 'partitions' in [topics] must be"),
+    ],
+)
+def test_bad_values_name_the_line(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(text)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("security", "fragment"),
+    [
+        (KafkaSecurity(sasl_username="u"), "sasl_username is set but security_protocol is"),
+        (KafkaSecurity(security_protocol="SASL_SSL", sasl_username="u", sasl_password="p"),
+         "needs sasl_mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)"),
+        (KafkaSecurity(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
+                       sasl_password="p"), "needs sasl_username"),
+    ],
+)  # fmt: skip
+def test_contradictions_are_fatal(security: KafkaSecurity, fragment: str) -> None:
+    with pytest.raises(ConfigurationError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        security.check()
+
+
+def test_files_without_tls_and_a_key_without_cert_are_fatal(tmp_path: Path) -> None:
+    pem = tmp_path / "x.pem"
+    pem.write_text("x")
+    env = {"STREAM_EXPIRY_KAFKA_SSL_CAFILE": str(pem)}
+    with pytest.raises(ConfigurationError, match="does not use TLS"):
+        security_from_environment(KafkaSecurity(), env)
+    env = {
+        "STREAM_EXPIRY_KAFKA_SECURITY_PROTOCOL": "SSL",
+        "STREAM_EXPIRY_KAFKA_SSL_KEYFILE": str(pem),
+    }
+    with pytest.raises(ConfigurationError, match="ssl_keyfile needs ssl_certfile"):
+        security_from_environment(KafkaSecurity(), env)
+    with pytest.raises(ConfigurationError, match=r"\$STREAM_EXPIRY_KAFKA_SSL_CAFILE = '/no"):
+        security_from_environment(KafkaSecurity(), {"STREAM_EXPIRY_KAFKA_SSL_CAFILE": "/no"})
+
+
+def test_sasl_options_reach_aiokafka() -> None:
+    conn = Connection(
+        "k1:9093,k2:9093",
+        KafkaSecurity(
+            security_protocol="SASL_SSL",
+            sasl_mechanism="SCRAM-SHA-256",
+            sasl_username="svc",
+            sasl_password="pw",
+        ),
+    )
+    options = client_options(conn)
+    context = options.pop("ssl_context")
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED  # system CAs, hostname checked
+    assert context.check_hostname
+    assert options == {
+        "bootstrap_servers": "k1:9093,k2:9093",
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-256",
+        "sasl_plain_username": "svc",
+        "sasl_plain_password": "pw",
+    }
+    assert client_options("k:9092") == {
+        "bootstrap_servers": "k:9092",
+        "security_protocol": "PLAINTEXT",
+    }
+
+
+def test_unloadable_tls_files_are_a_configuration_error(tmp_path: Path) -> None:
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    conn = Connection("k:9093", KafkaSecurity(security_protocol="SSL", ssl_cafile=str(bad)))
+    with pytest.raises(ConfigurationError, match="cannot load the TLS files ssl_cafile"):
+        client_options(conn)
+
+
+def test_topic_configs_bound_physical_deletion() -> None:
+    config = parse_config(
+        "[topics]\nreplication_factor = 1\nretention = '2d'\nmax_compaction_lag = '6h'\n"
+    )
+    configs = topic_configs(config)
+    t = config.topics
+    assert set(configs) == {
+        *t.inputs, t.policies, t.stamped, t.tombstones, t.dlq, t.receipts, t.holds, t.audit
+    }  # fmt: skip
+    assert configs[t.stamped] == {
+        "cleanup.policy": "compact",
+        "max.compaction.lag.ms": str(6 * 3_600_000),
+        "segment.ms": str(DAY),
+        "delete.retention.ms": str(DAY),
+        "min.insync.replicas": "1",
+    }
+    assert configs[t.holds]["cleanup.policy"] == "compact"
+    for name in (*t.inputs, t.tombstones, t.dlq):
+        assert configs[name]["retention.ms"] == str(2 * DAY)
+        assert configs[name]["cleanup.policy"] == "delete"
+    for name in (t.receipts, t.audit):
+        assert configs[name]["retention.ms"] == str(400 * DAY)
+
+
+def test_failed_topic_creation_raises_the_brokers_error() -> None:
+    """The answer Kafka gives for replication factor 3 on one broker (Tansu accepts it)."""
+    response = CreateTopicsResponse_v3(
+        throttle_time_ms=0,
+        topic_errors=[
+            ("expiry.stamped", 38, "Replication factor: 3 larger than available brokers: 1."),
+            ("expiry.dlq", 36, "Topic 'expiry.dlq' already exists."),
+            ("conversations", 0, None),
+        ],
+    )
+    with pytest.raises(BrokerError) as err:
+        check_created(response)
+    message = str(err.value)
+    assert "'expiry.stamped': INVALID_REPLICATION_FACTOR (Replication factor: 3 larger" in message
+    assert "expiry.dlq" not in message  # already there: another instance made it
+    assert "replication_factor to at most the number of brokers" in message
+    check_created(CreateTopicsResponse_v3(throttle_time_ms=0, topic_errors=[("a", 36, None)]))
