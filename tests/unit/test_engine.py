@@ -1,27 +1,32 @@
-"""The engine against a simple reference model, and table tests of every contract rule.
+"""The partition processor against a simple reference model, and table tests of every rule.
 
-The harness below plays the shell: it keeps the record states in a dict (the "index"),
-passes each event's prior state to the engine, stores what comes back, and loads horizon
-slices from the dict, exactly as the service does with SQLite. The reference model is a dict
-and a sorted list, written straight from the contract's prose.
+The harness below plays the shell around the one processor the service drives (over an
+in-memory store): events go in as message bytes, effects are settled a few calls late as
+the broker's acks would allow, due timers fire as the clock moves. The reference model is a
+dict and a sorted list, written straight from the contract's prose.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_expiry.engine import Engine, Verdict
 from stream_expiry.model import Identity, InputEvent, Stamp
 from stream_expiry.policy import Resolution
+from stream_expiry.state import Effects, MemoryKV, PartitionProcessor, PartitionStore
+
+if TYPE_CHECKING:
+    from stream_expiry.engine import Fired
 
 TTL = {"conversation": 1000, "session": 300, "error": 50, "analytics": None}
 SLIDING = frozenset({"session"})
-SLOT = ("in", 0)
 Tomb = tuple[str, str, int, "int | None"]
 
 
@@ -30,46 +35,85 @@ def resolve(identity: Identity, at_ms: int) -> Resolution:
     return Resolution(ttl, None if ttl is None else "default")
 
 
+BASE = 1_700_000_000_000  # the harness's time 0, in epoch milliseconds
+
+
+@dataclass
+class _Rec:
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def _tomb(f: Fired) -> Tomb:
+    before = f.before
+    return (
+        before.identity.key,
+        f.reason,
+        f.emitted_at - BASE,
+        None if before.expires_at is None else before.expires_at - BASE,
+    )
+
+
 @dataclass
 class Harness:
-    """The shell's part: a dict for the index, horizon loads from it."""
+    """Plays the shell around the one partition processor the service, replay and the
+    benchmarks drive: events in as message bytes, effects settled ``settle_lag`` calls late
+    (the broker's acks take a while), so the overlay of unsettled states is exercised."""
 
     horizon_ms: int = 400
+    settle_lag: int = 0
     now: int = 0
-    index: dict[str, Stamp] = field(default_factory=dict)
-    engine: Engine[tuple[str, int]] = field(init=False)
+    proc: PartitionProcessor = field(init=False)
+    unsettled: deque[Effects] = field(default_factory=deque)
+    offset: int = 0
 
     def __post_init__(self) -> None:
-        self.engine = Engine(
-            resolve, SLIDING, now_ms=self.now, tick_ms=10, horizon_ms=self.horizon_ms
+        self.proc = PartitionProcessor(
+            "in",
+            0,
+            PartitionStore(MemoryKV()),
+            resolve=resolve,
+            sliding=SLIDING,
+            categories=frozenset(TTL),
+            max_skew_ms=10**12,
+            now_ms=BASE + self.now,
+            tick_ms=10,
+            horizon_ms=self.horizon_ms,
         )
 
+    def _settle(self, effects: Effects) -> None:
+        self.unsettled.append(effects)
+        while len(self.unsettled) > self.settle_lag:
+            self.proc.settle(self.unsettled.popleft(), BASE + self.now)
+
+    def process(self, ev: InputEvent) -> Effects:
+        body = {
+            "category": ev.identity.category,
+            "record_id": ev.identity.record_id,
+            "org": ev.identity.org,
+            "bot": ev.identity.bot,
+            "env": ev.identity.env,
+            "op": ev.op,
+            "ts": BASE + ev.ts,
+        }
+        self.offset += 1
+        effects = self.proc.process([_Rec(self.offset, None, orjson.dumps(body))], BASE + self.now)
+        self._settle(effects)
+        return effects
+
     def feed(self, ev: InputEvent) -> list[Tomb]:
-        out = self.engine.feed(ev, self.index.get(ev.identity.key), self.now, SLOT)
-        tombs: list[Tomb] = []
-        for f in out.fired:
-            self.index[f.after.identity.key] = f.after
-            tombs.append((f.before.identity.key, f.reason, f.emitted_at, f.before.expires_at))
-        if out.state is not None:
-            self.index[out.state.identity.key] = out.state
-        return tombs
+        return [_tomb(f) for f in self.process(ev).tombstones]
 
     def advance(self, now: int) -> list[Tomb]:
         self.now = max(self.now, now)
-        target = self.engine.horizon_target(self.now)
-        if target is not None:
-            lo = self.engine.horizon_end
-            slice_ = [
-                (s, SLOT)
-                for s in self.index.values()
-                if s.live and s.expires_at is not None and lo <= s.expires_at < target
-            ]
-            self.engine.extend_horizon(target, slice_)
-        tombs: list[Tomb] = []
-        for f, _slot in self.engine.advance(self.now):
-            self.index[f.after.identity.key] = f.after
-            tombs.append((f.before.identity.key, f.reason, f.emitted_at, f.before.expires_at))
-        return tombs
+        self.proc.extend_horizon(BASE + self.now)
+        effects = self.proc.fire_due(BASE + self.now)
+        self._settle(effects)
+        return [_tomb(f) for f in effects.tombstones]
+
+    def state(self, ev: InputEvent) -> Stamp | None:
+        return self.proc.state_of(ev.identity.key)
 
 
 @dataclass
@@ -104,7 +148,7 @@ class Reference:
             rec
             and rec.deleted is None
             and rec.expires is not None
-            and rec.expires <= self.now <= self.now
+            and rec.expires <= self.now
             and t >= rec.expires
         ):
             out.append((key, "ttl", self.now, rec.expires))
@@ -180,14 +224,12 @@ def test_create_stamps_from_creation_time_and_fires_on_time_never_early() -> Non
 def test_redelivered_create_never_extends() -> None:
     h = Harness()
     h.feed(ev("error", "a", "create", 0))
-    out = h.engine.feed(
-        ev("error", "a", "create", 30),
-        h.index[ev("error", "a", "create", 0).identity.key],
-        30,
-        SLOT,
-    )
-    assert out.verdict is Verdict.REDELIVERED
-    assert out.state is None
+    h.now = 30
+    effects = h.process(ev("error", "a", "create", 30))
+    assert effects.verdicts == {"redelivered": 1}
+    assert not effects.stamps
+    assert not effects.writes
+    assert [t[3] for t in h.advance(50)] == [50]
 
 
 def test_earlier_create_moves_creation_back() -> None:
@@ -205,15 +247,9 @@ def test_touch_slides_sessions_only() -> None:
     h.feed(ev("conversation", "c", "create", 0))
     h.now = 200
     h.feed(ev("session", "s", "touch", 200))
-    out = h.engine.feed(
-        ev("conversation", "c", "touch", 200),
-        h.index[ev("conversation", "c", "create", 0).identity.key],
-        200,
-        SLOT,
-    )
-    assert out.verdict is Verdict.TOUCH_IGNORED
+    assert h.process(ev("conversation", "c", "touch", 200)).verdicts == {"touch_ignored": 1}
     assert h.advance(499) == []
-    assert [t[3] for t in h.advance(500)] == [500]
+    assert sorted(t[3] or 0 for t in h.advance(1000)) == [500, 1000]
 
 
 def test_late_touch_changes_nothing_and_touch_after_expiry_starts_new_life() -> None:
@@ -253,7 +289,7 @@ def test_never_expiring_category_has_no_timer() -> None:
 def test_far_future_records_wait_in_the_index_not_the_wheel() -> None:
     h = Harness(horizon_ms=100)
     h.feed(ev("conversation", "far", "create", 0))  # due at 1000, beyond the horizon
-    assert h.engine.pending_in_wheel == 0
+    assert h.proc.timers == 0
     fired = []
     for now in range(0, 1200, 20):
         fired += h.advance(now)
@@ -277,9 +313,11 @@ steps = st.lists(
 
 
 @settings(max_examples=500, deadline=None)
-@given(steps=steps, horizon=st.sampled_from([50, 400, 5000]))
-def test_engine_matches_reference_model(steps: list[tuple[object, ...]], horizon: int) -> None:
-    h, ref = Harness(horizon_ms=horizon), Reference()
+@given(steps=steps, horizon=st.sampled_from([50, 400, 5000]), lag=st.sampled_from([0, 1, 3]))
+def test_processor_matches_reference_model(
+    steps: list[tuple[object, ...]], horizon: int, lag: int
+) -> None:
+    h, ref = Harness(horizon_ms=horizon, settle_lag=lag), Reference()
     now = 0
     for step in steps:
         if step[0] == "advance":
@@ -297,6 +335,16 @@ def test_engine_matches_reference_model(steps: list[tuple[object, ...]], horizon
             assert h.feed(event) == ref.event(event)
     final = now + 10**7
     assert sorted(h.advance(final)) == sorted(ref.advance(final))
+    while h.unsettled:
+        h.proc.settle(h.unsettled.popleft(), BASE + final)
+    assert h.proc.unsettled == 0
+    # What the store holds after everything settled is what the reference says.
+    for key, rec in ref.recs.items():
+        stored = h.proc.store.get(key)
+        assert stored is not None
+        assert (stored.deleted_at is None) == (rec.deleted is None), key
+        if rec.deleted is None:
+            assert stored.expires_at == (None if rec.expires is None else BASE + rec.expires)
 
 
 @pytest.mark.parametrize("category", ["conversation", "error", "session"])

@@ -1,0 +1,180 @@
+"""One test suite over every partition-store engine (quix-streams' SUPPORTED_STORES idea):
+RocksDB, which the service runs, and the in-memory engine the unit tests use."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_expiry.model import Identity, Stamp
+from stream_expiry.state import MemoryKV, PartitionStore, RocksKV
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+T0 = 1_800_000_000_000
+GRACE = 60_000
+
+
+@pytest.fixture(params=["rocksdb", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PartitionStore]:
+    kv = RocksKV(str(tmp_path / "db")) if request.param == "rocksdb" else MemoryKV()
+    s = PartitionStore(kv, grace_ms=GRACE)
+    yield s
+    s.close()
+
+
+def ident(rid: str, category: str = "conversation", org: str = "acme") -> Identity:
+    return Identity(org, "_", "live", category, rid)
+
+
+def live(rid: str, expires: int | None, category: str = "conversation") -> Stamp:
+    ttl = None if expires is None else 1000
+    return Stamp(ident(rid, category), T0, expires, ttl, None if ttl is None else "default")
+
+
+def test_states_round_trip_and_absent_keys_are_none(store: PartitionStore) -> None:
+    a, b = live("a", T0 + 5), live("b", None)
+    store.write([(None, a), (None, b)], now_ms=T0)
+    assert store.get_many([a.identity, ident("zzz"), b.identity]) == [a, None, b]
+    assert store.get(a.identity.key) == a
+
+
+def test_due_scans_live_records_in_expiry_order_within_the_range(store: PartitionStore) -> None:
+    stamps = [live(f"r{i}", T0 + (7 * i) % 50) for i in range(50)]
+    store.write([(None, s) for s in stamps], now_ms=T0)
+    got = list(store.due(T0 + 10, T0 + 30))
+    assert [s.expires_at for s in got] == sorted(
+        s.expires_at for s in stamps if T0 + 10 <= (s.expires_at or 0) < T0 + 30
+    )
+    assert len(got) == 20
+
+
+def test_a_moved_expiry_leaves_no_stale_index_entry(store: PartitionStore) -> None:
+    a = live("a", T0 + 10)
+    store.write([(None, a)], now_ms=T0)
+    slid = a._replace(expires_at=T0 + 100)
+    store.write([(a, slid)], now_ms=T0)
+    assert list(store.due(T0, T0 + 50)) == []
+    assert list(store.due(T0, T0 + 200)) == [slid]
+    deleted = slid._replace(deleted_at=T0 + 99)
+    store.write([(slid, deleted)], now_ms=T0)
+    assert list(store.due(T0, T0 + 10**6)) == []
+    assert store.get(a.identity.key) == deleted
+
+
+def test_counts_follow_every_change_and_survive_a_reopen(tmp_path: Path) -> None:
+    store = PartitionStore(RocksKV(str(tmp_path / "db")), grace_ms=GRACE)
+    c1, s1, n1 = live("c", T0 + 5), live("s", T0 + 5, "session"), live("n", None)
+    store.write([(None, c1), (None, s1), (None, n1)], now_ms=T0)
+    store.write([(c1, c1._replace(deleted_at=T0 + 4))], now_ms=T0)
+    expected = ({"conversation": 0, "session": 1}, 1, 1)
+    assert (store.counts.pending, store.counts.never, store.counts.markers) == expected
+    store.close()
+    again = PartitionStore(RocksKV(str(tmp_path / "db")), grace_ms=GRACE)
+    assert (again.counts.pending, again.counts.never, again.counts.markers) == expected
+    again.close()
+
+
+def test_markers_are_pruned_after_their_grace_and_not_before(store: PartitionStore) -> None:
+    a = live("a", T0 + 5)
+    store.write([(None, a)], now_ms=T0)
+    marker = a._replace(deleted_at=T0 + 4)
+    store.write([(a, marker)], now_ms=T0 + 10)  # deleted at T0+10: kept until T0+10+GRACE
+    assert store.prune(T0 + 10 + GRACE - 1) == 0
+    assert store.get(a.identity.key) == marker
+    assert store.prune(T0 + 10 + GRACE) == 1
+    assert store.get(a.identity.key) is None
+    assert store.counts.markers == 0
+
+
+def test_a_new_life_after_a_marker_is_never_pruned(store: PartitionStore) -> None:
+    a = live("a", T0 + 5)
+    marker = a._replace(deleted_at=T0 + 4)
+    store.write([(None, a)], now_ms=T0)
+    store.write([(a, marker)], now_ms=T0)
+    reborn = live("a", T0 + 10 * GRACE)
+    store.write([(marker, reborn)], now_ms=T0 + 1)
+    assert store.prune(T0 + 5 * GRACE) == 0
+    assert store.get(a.identity.key) == reborn
+    assert store.counts.markers == 0
+
+
+def test_near_twins_are_separate_records(store: PartitionStore) -> None:
+    base = Identity("o", "b", "live", "conversation", "r")
+    twins = [
+        Identity("o2", "b", "live", "conversation", "r"),
+        Identity("o", "b2", "live", "conversation", "r"),
+        Identity("o", "b", "draft", "conversation", "r"),
+        Identity("o", "b", "live", "session", "r"),
+        Identity("o", "b", "live", "conversation", "r2"),
+        Identity("o/b", "live", "conversation", "r", "x"),  # a slash cannot shift the parts
+    ]
+    stamps = [Stamp(i, T0, T0 + 9, 9, "default") for i in [base, *twins]]
+    store.write([(None, s) for s in stamps], now_ms=T0)
+    store.write([(stamps[0], stamps[0]._replace(deleted_at=T0 + 8))], now_ms=T0)
+    assert [s.live for s in store.get_many([base, *twins])] == [False] + [True] * len(twins)
+
+
+def test_meta_is_written_with_the_states(store: PartitionStore) -> None:
+    assert store.meta("changelog/x/0") is None
+    store.write([(None, live("a", T0))], now_ms=T0, meta={"changelog/x/0": 42})
+    assert store.meta("changelog/x/0") == 42
+
+
+def test_rocksdb_disk_use_falls_back_to_what_live_records_need(tmp_path: Path) -> None:
+    """Many records through create, expiry and their markers' grace: the store shrinks."""
+    kv = RocksKV(str(tmp_path / "db"))
+    store = PartitionStore(kv, grace_ms=0)
+    keep = [live(f"keep{i}", T0 + 10**9) for i in range(1000)]
+    store.write([(None, s) for s in keep], now_ms=T0)
+    kv.compact()
+    live_only = kv.size_on_disk()
+    for round_ in range(5):
+        churn = [live(f"r{round_}-{i}-{'x' * 40}", T0 + 1) for i in range(20_000)]
+        store.write([(None, s) for s in churn], now_ms=T0)
+        store.write([(s, s._replace(deleted_at=T0)) for s in churn], now_ms=T0)
+    kv.compact()
+    peak = kv.size_on_disk()
+    while store.prune(T0 + 2, budget=10_000):
+        pass
+    kv.compact()
+    after = kv.size_on_disk()
+    assert store.counts.markers == 0
+    assert peak > 5 * live_only
+    assert after < 2 * live_only
+    store.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(st.integers(0, 9), st.one_of(st.none(), st.integers(0, 100)), st.booleans()),
+        max_size=40,
+    )
+)
+def test_the_index_always_lists_exactly_the_live_finite_records(
+    ops: list[tuple[int, int | None, bool]],
+) -> None:
+    store = PartitionStore(MemoryKV(), grace_ms=GRACE)
+    current: dict[str, Stamp] = {}
+    for n, expires, deleted in ops:
+        new = live(f"r{n}", None if expires is None else T0 + expires)
+        if deleted:
+            new = new._replace(deleted_at=T0)
+        key = new.identity.key
+        store.write([(current.get(key), new)], now_ms=T0)
+        current[key] = new
+    want = sorted(
+        (s.expires_at, s.identity.key)
+        for s in current.values()
+        if s.live and s.expires_at is not None
+    )
+    got = [(s.expires_at, s.identity.key) for s in store.due(-(2**62), 2**62)]
+    assert got == want
+    assert store.counts.pending_total == len(want)
+    assert store.counts.markers == sum(not s.live for s in current.values())
