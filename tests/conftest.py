@@ -49,6 +49,8 @@ class TopicSet:
     tombstones: str
     dlq: str
     receipts: str
+    holds: str
+    audit: str
 
     @property
     def inputs(self) -> tuple[str, str, str]:
@@ -63,6 +65,8 @@ class TopicSet:
             self.tombstones,
             self.dlq,
             self.receipts,
+            self.holds,
+            self.audit,
         )
 
 
@@ -78,6 +82,8 @@ def make_topic_set() -> TopicSet:
         tombstones=f"{p}.expiry.tombstones",
         dlq=f"{p}.expiry.dlq",
         receipts=f"{p}.expiry.receipts",
+        holds=f"{p}.expiry.holds",
+        audit=f"{p}.expiry.audit",
     )
 
 

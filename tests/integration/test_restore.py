@@ -1,0 +1,253 @@
+"""Restore from the changelog: a lost state directory, input topics whose old events are
+gone, and a partition taken over from a crashed instance (issue 10, CONTRACT "State,
+restore and the retention of input topics").
+
+The services run as real processes, so a SIGKILL is a real crash. Tombstones are checked
+against the time they reached the test, and against expiries computed here from the events
+the test produced, never against what the service says of itself.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+from collections import Counter, defaultdict
+from typing import TYPE_CHECKING
+
+import anyio
+import orjson
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from stream_expiry.codec import source_of
+from stream_expiry.kafka import ensure_topics
+from stream_expiry.model import Identity
+from stream_expiry.service import wall_clock_ms
+from stream_expiry.timeutil import parse_ts
+from tests.conftest import TopicSet, read_all
+from tests.integration.service_helpers import (
+    ArrivalLog,
+    ServiceProcess,
+    config_text,
+    event,
+    produce,
+    spawn_service,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from anyio.abc import Process
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+TTL_MS = {"conversation": 6_000, "session": 5_000}
+RETENTION = '[retention.defaults]\nconversation = "6s"\nsession = "5s"\n'
+STARTED: list[Process] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_orphans() -> Iterator[None]:
+    """However the test ends, no service process outlives it."""
+    yield
+    for proc in STARTED:
+        if proc.returncode is None:
+            proc.kill()
+    STARTED.clear()
+
+
+async def _recreate(broker: str, topics: list[str]) -> None:
+    """Delete the topics and create them again, empty (how Tansu forgets old events)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker)
+    await admin.start()
+    try:
+        await admin.delete_topics(topics)
+    finally:
+        await admin.close()
+    await ensure_topics(broker, topics, partitions=2)
+
+
+async def _start(
+    tg: anyio.abc.TaskGroup, broker: str, tmp_path: Path, name: str, text: str
+) -> ServiceProcess:
+    cfg = tmp_path / f"{name}.toml"
+    cfg.write_text(text)
+    svc = await spawn_service(broker, cfg, STARTED)
+    tg.start_soon(svc.follow_log)
+    with anyio.fail_after(60):
+        await svc.ready.wait()
+    return svc
+
+
+@pytest.mark.timeout(150)
+async def test_a_lost_state_dir_and_emptied_input_topics_lose_nothing_and_revive_nothing(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    text = config_text(topics, str(state), RETENTION)
+    expires: dict[bytes, int] = {}  # record key -> when it must be tombstoned (ttl)
+    deleted: set[bytes] = set()
+
+    def create(category: str, rid: str, ts: int) -> tuple[str, bytes, bytes]:
+        """A create event; its expiry, as the contract defines it, is noted here."""
+        key, value = event(category, rid, ts=ts)
+        expires[key] = ts + TTL_MS[category]
+        topic = topics.conversations if category == "conversation" else topics.sessions
+        return topic, key, value
+
+    tombstones = ArrivalLog(broker, topics.tombstones)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tombstones.follow)
+        first = await _start(tg, broker, tmp_path, "first", text)
+        t0 = wall_clock_ms()
+        msgs = [create("conversation", f"c{i}", t0 + i) for i in range(30)]
+        msgs += [create("session", f"s{i}", t0 + i) for i in range(10)]
+        await produce(broker, msgs)
+        # Touches slide five sessions; deletes erase five conversations at once.
+        touch_at = t0 + 1_000
+        touches = []
+        for i in range(5):
+            key, value = event("session", f"s{i}", op="touch", ts=touch_at)
+            expires[key] = touch_at + TTL_MS["session"]
+            touches.append((topics.sessions, key, value))
+        erasures = []
+        for i in range(5):
+            key, value = event("conversation", f"c{i}", op="delete", ts=t0 + 500)
+            expires.pop(key)
+            deleted.add(key)
+            erasures.append((topics.conversations, key, value))
+        await produce(broker, touches + erasures)
+        with anyio.fail_after(20):
+            while len(tombstones.keys() & deleted) < len(deleted):  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        # Wait until the touches are stamped (the last stamps), then crash mid-life: every
+        # ttl timer is still pending.
+        with anyio.fail_after(20):
+            while True:
+                stamped = await read_all(broker, topics.stamped)
+                slid = [r for r in stamped if r.value and b'"session"' in r.value]
+                if len(slid) >= 15:
+                    break
+                await anyio.sleep(0.1)
+        assert wall_clock_ms() < min(expires.values()), "too slow: timers fired before the kill"
+        first.process.send_signal(signal.SIGKILL)
+        await first.process.wait()
+
+        # The disk is lost, and so are the input topics' old events.
+        shutil.rmtree(state)
+        await _recreate(broker, list(topics.inputs))
+        second = await _start(tg, broker, tmp_path, "second", text)
+        assert second.log_has("restored")
+        later = wall_clock_ms()
+        news = [create("conversation", f"n{i}", later) for i in range(10)]
+        # A re-delivered create of an erased record (older than its erasure): stays erased.
+        redelivered = event("conversation", "c0", ts=t0)
+        await produce(broker, [*news, (topics.conversations, *redelivered)])
+        with anyio.fail_after(40):
+            while not set(expires) <= tombstones.keys():  # noqa: ASYNC110
+                await anyio.sleep(0.1)
+        second.process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(20):
+            assert await second.process.wait() == 0, "\n".join(second.lines[-20:])
+        tg.cancel_scope.cancel()
+
+    per_key: dict[bytes, list[tuple[int, dict[str, object]]]] = defaultdict(list)
+    for arrived, rec in tombstones.arrivals:
+        per_key[rec.key].append((arrived, orjson.loads(rec.value)))
+    ttl_counts = Counter(
+        k for k, bodies in per_key.items() for _, b in bodies if b["reason"] == "ttl"
+    )
+    for key, due in expires.items():
+        assert ttl_counts[key] == 1, (key, per_key[key])
+        for arrived, body in per_key[key]:
+            assert arrived >= due, f"{key!r} arrived {due - arrived} ms early"
+            assert parse_ts(str(body["expires_at"])) == due
+    for key in deleted:
+        assert [b["reason"] for _, b in per_key[key]] == ["explicit"]
+    # No deleted record got a stamp again: on expiry.stamped, nothing follows its null.
+    stamped = await read_all(broker, topics.stamped)
+    last_null: dict[bytes, int] = {}
+    for i, rec in enumerate(stamped):
+        if rec.value is None:
+            last_null[rec.key] = i
+    for key in deleted:
+        assert key in last_null
+        assert not [r for r in stamped[last_null[key] + 1 :] if r.key == key and r.value]
+    # The new events were processed after the restore.
+    news_keys = {
+        Identity("acme", "_", "live", "conversation", f"n{i}").key.encode() for i in range(10)
+    }
+    assert news_keys <= set(expires)
+
+
+@pytest.mark.timeout(180)
+async def test_a_crashed_instances_pending_timers_fire_on_the_survivor_none_early(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    retention = '[retention.defaults]\nconversation = "20s"\nsession = "20s"\nerror = "20s"\n'
+    group = f"{topics.prefix}-pair"
+    tombstones = ArrivalLog(broker, topics.tombstones)
+    expires: dict[bytes, int] = {}
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tombstones.follow)
+        a_text = config_text(topics, str(tmp_path / "a"), retention, group_id=group)
+        b_text = config_text(topics, str(tmp_path / "b"), retention, group_id=group)
+        a = await _start(tg, broker, tmp_path, "a", a_text)
+        b = await _start(tg, broker, tmp_path, "b", b_text)
+        # Both own partitions once the group has settled around the second member.
+        with anyio.fail_after(30):
+            while not _owned(a) or not _owned(b) or len(_owned(a) | _owned(b)) < 6:  # noqa: ASYNC110
+                await anyio.sleep(0.1)
+        held_by_a = _owned(a)
+        now = wall_clock_ms()
+        msgs = []
+        for i in range(60):
+            category, topic = [
+                ("conversation", topics.conversations),
+                ("session", topics.sessions),
+                ("error", topics.errors),
+            ][i % 3]
+            key, value = event(category, f"r{i}", ts=now)
+            expires[key] = now + 20_000
+            msgs.append((topic, key, value))
+        await produce(broker, msgs)
+        with anyio.fail_after(20):
+            while True:
+                stamped = await read_all(broker, topics.stamped)
+                if len({r.key for r in stamped}) >= len(msgs):
+                    break
+                await anyio.sleep(0.1)
+        from_a = {r.key for r in stamped if source_of(r.headers) in held_by_a}
+        assert from_a, "the crashed instance held no records: the test would prove nothing"
+        a.process.send_signal(signal.SIGKILL)
+        await a.process.wait()
+        with anyio.fail_after(60):
+            while len(_owned(b)) < 6:  # noqa: ASYNC110 - the survivor takes everything over
+                await anyio.sleep(0.2)
+        assert wall_clock_ms() < min(expires.values()), "the handoff came after the expiries"
+        with anyio.fail_after(40):
+            while not set(expires) <= tombstones.keys():  # noqa: ASYNC110
+                await anyio.sleep(0.1)
+        b.process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(20):
+            assert await b.process.wait() == 0, "\n".join(b.lines[-20:])
+        tg.cancel_scope.cancel()
+    counts = Counter(r.key for _, r in tombstones.arrivals)
+    for arrived, rec in tombstones.arrivals:
+        assert arrived >= expires[rec.key], f"{rec.key!r} arrived early"
+    assert all(counts[k] == 1 for k in expires), counts.most_common(3)
+    assert b.log_has("restored")
+
+
+def _owned(svc: ServiceProcess) -> set[tuple[str, int]]:
+    """The partitions an instance holds now, from its log (assigned minus revoked)."""
+    owned: set[tuple[str, int]] = set()
+    for line in svc.lines:
+        parts = {(t, int(p)) for t, p in re.findall(r"([\w.-]+)\[(\d+)\]", line)}
+        if "assigned " in line and "timers within the horizon" in line:
+            owned |= parts
+        elif "revoked " in line:
+            owned -= parts
+    return owned
