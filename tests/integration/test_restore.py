@@ -18,20 +18,23 @@ from typing import TYPE_CHECKING
 import anyio
 import orjson
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from stream_expiry.codec import source_of
-from stream_expiry.kafka import ensure_topics
+from stream_expiry.kafka import consumer, ensure_topics
 from stream_expiry.model import Identity
 from stream_expiry.service import wall_clock_ms
 from stream_expiry.timeutil import parse_ts
-from tests.conftest import TopicSet, read_all
+from tests.conftest import TopicSet, read_all, wait_for
 from tests.integration.service_helpers import (
     ArrivalLog,
     ServiceProcess,
+    config_for,
     config_text,
     event,
     produce,
+    running_service,
     spawn_service,
 )
 
@@ -251,3 +254,36 @@ def _owned(svc: ServiceProcess) -> set[tuple[str, int]]:
         elif "revoked " in line:
             owned -= parts
     return owned
+
+
+async def test_a_committed_offset_past_the_end_is_said_and_read_from_the_beginning(
+    broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    async with running_service(config, broker) as service:
+        await produce(
+            broker,
+            [(topics.conversations, *event("conversation", f"old{i}")) for i in range(20)],
+        )
+        await wait_for(lambda: service.stats.events >= 20)
+    # The topic is deleted and recreated. Kafka keeps the group's committed offsets, which
+    # now lie past the new topic's end; Tansu forgets them, so they are committed again here.
+    await _recreate(broker, [topics.conversations])
+    await produce(broker, [(topics.conversations, *event("conversation", "new"))])
+    async with consumer(broker, topics.conversations, group_id=config.group_id) as cons:
+        with anyio.fail_after(20):
+            while len(cons.assignment()) < 2:  # joining the group takes a few polls
+                await cons.getmany(timeout_ms=200)
+        tps = [TopicPartition(topics.conversations, p) for p in range(2)]
+        await cons.commit(dict.fromkeys(tps, 10))
+    caplog.clear()
+    with caplog.at_level("INFO", logger="stream_expiry"):
+        async with running_service(config, broker) as service:
+            await wait_for(lambda: service.stats.events >= 1)
+    past_end = [
+        r.getMessage() for r in caplog.records if "past the partition's end" in r.getMessage()
+    ]
+    assert past_end, [r.getMessage() for r in caplog.records]
+    assert all(topics.conversations in m for m in past_end)
+    stamped = await read_all(broker, topics.stamped)
+    assert any(b'"new"' in (r.value or b"") for r in stamped)
