@@ -232,6 +232,45 @@ def _parser_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     replay.set_defaults(func=_cmd_replay)
 
 
+# -- hold ---------------------------------------------------------------------------------
+
+
+def _cmd_hold(args: argparse.Namespace) -> int:
+    from stream_expiry.hold_command import run_hold
+
+    config = load(args)
+    return anyio.run(run_hold, config, connection_from(args, config), args)
+
+
+def _parser_hold(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    hold = sub.add_parser(
+        "hold",
+        help="place, release and list legal holds",
+        description="A legal hold keeps every record it matches (every field it gives equals "
+        "the record's) from deletion: at its expiry and on an erasure request alike. Within a "
+        "second of the release of its last matching hold a record is tombstoned, if it is due "
+        "by then. Holds live on the compacted expiry.holds topic; placing and releasing are "
+        "also written to expiry.audit.",
+    )
+    verbs = hold.add_subparsers(dest="hold_command", required=True, metavar="ACTION")
+    place = verbs.add_parser("place", help="place a hold; prints its id")
+    _add_common(place)
+    place.add_argument("--org", required=True, help="the organisation (required)")
+    place.add_argument("--bot", help="only this bot")
+    place.add_argument("--env", choices=["live", "draft"], help="only this environment")
+    place.add_argument("--category", help="only this category")
+    place.add_argument("--record-id", dest="record_id", help="only this record")
+    place.add_argument("--reason", required=True, help="why (a case number, say); audited")
+    place.add_argument("--id", help="the hold's id (default: a new random one)")
+    release = verbs.add_parser("release", help="release a hold by its id")
+    _add_common(release)
+    release.add_argument("hold_id", metavar="ID")
+    listing = verbs.add_parser("list", help="the active holds")
+    _add_common(listing)
+    listing.add_argument("--json", action="store_true", help="one JSON array")
+    hold.set_defaults(func=_cmd_hold)
+
+
 # -- demo ---------------------------------------------------------------------------------
 
 
@@ -289,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     _parser_run(sub)
     _parser_explain(sub)
     _parser_replay(sub)
+    _parser_hold(sub)
     _parser_demo(sub)
     from stream_expiry.sinks.command import add_sink_parser
 

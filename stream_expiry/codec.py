@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from stream_expiry.model import Identity, Stamp, decode_key
-from stream_expiry.timeutil import parse_ts
+from stream_expiry.timeutil import format_ts, parse_ts
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -37,6 +37,8 @@ __all__ = [
     "dead_letter_headers",
     "decode_stamp",
     "deleted_at_of",
+    "encode_deferral",
+    "encode_hold_audit",
     "output_partition",
     "parse_own_ts",
     "source_headers",
@@ -133,9 +135,35 @@ def decode_stamp(key: bytes | str, value: bytes, identity: Identity | None = Non
             parse_own_ts(body.get("expires_at")),
             None if ttl_s is None else int(ttl_s) * 1000,
             body.get("ttl_source"),
+            erase_at=parse_own_ts(body.get("erase_requested_at")),
         )
     except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
         raise ValueError(f"not a stamp: {exc}") from exc
+
+
+def encode_deferral(state: Stamp, reason: str, hold_ids: list[str], at_ms: int) -> bytes:
+    """The ``expiry.audit`` entry of a deletion a legal hold deferred."""
+    i = state.identity
+    return orjson.dumps(
+        {
+            "type": "deletion_deferred",
+            "at": format_ts(at_ms),
+            "org": i.org,
+            "bot": i.bot,
+            "env": i.env,
+            "category": i.category,
+            "record_id": i.record_id,
+            "reason": reason,
+            "hold_ids": hold_ids,
+            "expires_at": None if state.expires_at is None else format_ts(state.expires_at),
+            "erase_requested_at": None if state.erase_at is None else format_ts(state.erase_at),
+        }
+    )
+
+
+def encode_hold_audit(kind: str, hold: dict[str, Any], at_ms: int) -> bytes:
+    """The ``expiry.audit`` entry of a hold placed or released (``kind``)."""
+    return orjson.dumps({"type": kind, "at": format_ts(at_ms), **hold})
 
 
 def last_activity_of(value: bytes) -> int | None:

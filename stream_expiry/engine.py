@@ -186,18 +186,34 @@ class Engine(Generic[S]):
 
     @staticmethod
     def _fire(stamp: Stamp, reason: Reason, now_ms: int) -> Fired:
+        if stamp.erase_at is not None:  # an erasure a legal hold deferred
+            deleted_at = max(stamp.erase_at, stamp.created_at or stamp.erase_at)
+            after = stamp._replace(deleted_at=deleted_at, erase_at=None, held=False)
+            return Fired(stamp._replace(held=False), after, "explicit", now_ms)
         assert stamp.expires_at is not None
-        return Fired(stamp, stamp._replace(deleted_at=stamp.expires_at - 1), reason, now_ms)
+        after = stamp._replace(deleted_at=stamp.expires_at - 1, held=False)
+        return Fired(stamp._replace(held=False), after, reason, now_ms)
 
     # -- timers -------------------------------------------------------------------------
 
     def _track(self, stamp: Stamp, slot: S) -> None:
         """Keep the wheel in step with a record's new state."""
         key = stamp.identity.key
-        if stamp.live and stamp.expires_at is not None and stamp.expires_at < self.horizon_end:
-            self._wheel.schedule(key, stamp.expires_at, (stamp, slot))
+        due = stamp.due_at
+        if stamp.live and not stamp.held and due is not None and due < self.horizon_end:
+            self._wheel.schedule(key, due, (stamp, slot))
         else:
             self._wheel.cancel(key)
+
+    def fire_now(self, stamp: Stamp, now_ms: int) -> Fired:
+        """The tombstone of a record a legal hold kept, once released: it is due already
+        (its expiry passed, or its erasure was requested)."""
+        self._wheel.cancel(stamp.identity.key)
+        return self._fire(stamp, "ttl", now_ms)
+
+    def cancel(self, key: str) -> None:
+        """Forget a record's timer (a legal hold took it over)."""
+        self._wheel.cancel(key)
 
     def advance(self, now_ms: int) -> list[tuple[Fired, S]]:
         """Tombstones for every timer due at ``now_ms``, in expiry order; never early."""

@@ -288,10 +288,21 @@ class Stamp(NamedTuple):
     ttl_ms: int | None
     ttl_source: str | None
     deleted_at: int | None = None
+    # An erasure requested at this time while a legal hold kept the record: carried out
+    # (reason ``explicit``) once no hold matches any more.
+    erase_at: int | None = None
+    # A legal hold keeps the record past its expiry or its erasure request: it is frozen
+    # (events change nothing) until the release of its last matching hold.
+    held: bool = False
 
     @property
     def live(self) -> bool:
         return self.deleted_at is None
+
+    @property
+    def due_at(self) -> int | None:
+        """When the record's tombstone is due: its erasure request, else its expiry."""
+        return self.erase_at if self.erase_at is not None else self.expires_at
 
 
 def _opt_ts(ms: int | None) -> str | None:
@@ -319,6 +330,8 @@ def encode_stamp(stamp: Stamp, data: Any = None) -> bytes:
         last_activity_at=_opt_ts(last_activity(stamp)),
         data=data,
     )
+    if stamp.erase_at is not None:
+        body["erase_requested_at"] = format_ts(stamp.erase_at)
     return orjson.dumps(body)
 
 

@@ -126,6 +126,12 @@ class Outbox:
             tomb_p = codec.output_partition(proc.partition, self._partitions[t.tombstones])
             for fired in effects.tombstones:
                 await self._tombstone(out, fired, source, stamped_p, tomb_p)
+        if effects.deferred:
+            audit_p = codec.output_partition(proc.partition, self._partitions[t.audit])
+            for state, reason, hold_ids in effects.deferred:
+                value = codec.encode_deferral(state, reason, hold_ids, now_ms)
+                key = state.identity.key.encode()
+                await out.add(t.audit, audit_p, key, value, now_ms, source)
         for rec, why in effects.dead_letters:
             partition = random.randrange(self._partitions[t.dlq])
             headers = codec.dead_letter_headers(rec, why)

@@ -207,7 +207,7 @@ def _rederive(
             if last is not None:
                 base = max(created, parse_ts(last))
         new = model.Stamp(current.identity, created, base + res.ttl_ms, res.ttl_ms, res.source)
-    return current, new, body.get("data")
+    return current, new._replace(erase_at=current.erase_at), body.get("data")
 
 
 def _classify(old: int | None, new: int | None, has_stamp: bool, now: int) -> str | None:

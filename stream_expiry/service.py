@@ -33,6 +33,7 @@ from stream_expiry import model
 from stream_expiry.codec import dead_letter_headers
 from stream_expiry.errors import BrokerError
 from stream_expiry.health import Health
+from stream_expiry.holds import HoldBook, parse_hold
 from stream_expiry.kafka import (
     consumer,
     ensure_topics,
@@ -112,6 +113,7 @@ class Service:
         self.bootstrap = bootstrap_servers
         self.clock = clock
         self.book = PolicyBook(config, environ)
+        self.holds = HoldBook()
         self.stats = ServiceStats()
         self.ready = anyio.Event()
         self.health = health or Health()
@@ -157,9 +159,11 @@ class Service:
             async with (
                 producer(self.bootstrap) as prod,
                 consumer(self.bootstrap, enable_auto_commit=False) as policies,
+                consumer(self.bootstrap, enable_auto_commit=False) as holds,
                 anyio.create_task_group() as tg,
             ):
                 await self._follow_policies(policies, prod, to_end=True)
+                await self._follow_holds(holds, prod, to_end=True)
                 outbox = self._outbox = Outbox(prod, t, await self._partition_counts(prod))
                 tg.start_soon(outbox.run)
                 async with consumer(self.bootstrap, **self._group_options()) as cons:
@@ -172,7 +176,7 @@ class Service:
                         ", ".join(t.inputs),
                     )
                     try:
-                        await self._loop(cons, policies, prod, stop)
+                        await self._loop(cons, policies, holds, prod, stop)
                     finally:
                         self.health.stopping()
                         await outbox.drain()
@@ -219,6 +223,7 @@ class Service:
         self,
         cons: AIOKafkaConsumer,
         policies: AIOKafkaConsumer,
+        holds: AIOKafkaConsumer,
         prod: AIOKafkaProducer,
         stop: anyio.Event,
     ) -> None:
@@ -234,9 +239,11 @@ class Service:
             if self.rebalance_error is not None:
                 raise self.rebalance_error
             await self._follow_policies(policies, prod, to_end=False)
+            await self._follow_holds(holds, prod, to_end=False)
             if batch:
                 await self._ingest(batch)
             await self._fire_due()
+            await self._release_held()
             self._housekeeping()
             if time.monotonic() - self._committed_at >= COMMIT_EVERY_S:
                 await self._commit(cons)
@@ -339,6 +346,21 @@ class Service:
         if fired:
             await self._outbox.send(fired, now)
 
+    async def _release_held(self) -> None:
+        """After a hold's release, tombstone what it kept, a slice per loop turn."""
+        assert self._outbox is not None
+        now = self.clock()
+        released: list[tuple[PartitionProcessor, Effects]] = []
+        for proc in self.processors.values():
+            if proc.releasing:
+                effects = proc.release_due(now)
+                if effects:
+                    released.append((proc, effects))
+                    for f in effects.tombstones:
+                        self._count_tombstone(f)
+        if released:
+            await self._outbox.send(released, now)
+
     def _housekeeping(self) -> None:
         now = self.clock()
         for proc in self.processors.values():
@@ -404,6 +426,46 @@ class Service:
                     self.stats.policy_updates += 1
                     log.info("policy update applied: %s", result.describe())
 
+    # -- legal holds ------------------------------------------------------------------------
+
+    async def _follow_holds(
+        self, cons: AIOKafkaConsumer, prod: AIOKafkaProducer, *, to_end: bool
+    ) -> None:
+        """Keep the hold book in step with ``expiry.holds``; at start read it whole first."""
+        if to_end:
+            async for batch in read_to_end(cons, self.config.topics.holds):
+                await self._apply_holds(batch, prod)
+            if len(self.holds):
+                log.info("%d legal holds active", len(self.holds))
+            return
+        await self._apply_holds(await cons.getmany(timeout_ms=0), prod)
+
+    async def _apply_holds(
+        self, batch: Mapping[TopicPartition, list[Any]], prod: AIOKafkaProducer
+    ) -> None:
+        for records in batch.values():
+            for rec in records:
+                if rec.value is None:
+                    hold_id = rec.key.decode(errors="replace") if rec.key else ""
+                    if self.holds.release(hold_id) is not None:
+                        log.info("legal hold %s released", hold_id)
+                    continue
+                hold = parse_hold(rec.key, rec.value)
+                if isinstance(hold, model.Rejection):
+                    self.stats.dead_letters += 1
+                    self.stats.dead_letter_codes[hold.code] += 1
+                    log.warning("legal hold rejected: %s (%s)", hold.code, hold.detail)
+                    ack = await prod.send(
+                        self.config.topics.dlq,
+                        key=rec.key,
+                        value=rec.value,
+                        headers=dead_letter_headers(rec, hold),
+                    )
+                    await all_acked([ack])
+                    continue
+                self.holds.place(hold)
+                log.info("legal hold %s placed on %s: %s", hold.hold_id, hold.scope(), hold.reason)
+
     # -- partitions -------------------------------------------------------------------------
 
     async def assign(self, assigned: list[TopicPartition]) -> None:
@@ -461,6 +523,7 @@ class Service:
                     now_ms=self.clock(),
                     tick_ms=self.config.tick_ms,
                     horizon_ms=self.config.horizon_ms,
+                    holds=self.holds,
                 )
                 self.processors[slot] = proc
                 c = store.counts

@@ -1,0 +1,119 @@
+"""``stream-expiry hold place | release | list``: legal holds on ``expiry.holds``.
+
+Placing and releasing are records on the compacted holds topic, which every instance of
+the service follows; this command also writes each one to ``expiry.audit``, so the evidence
+says who kept what, from when, and why.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from typing import TYPE_CHECKING
+
+import orjson
+
+from stream_expiry.codec import encode_hold_audit
+from stream_expiry.holds import Hold, HoldBook, encode_hold, parse_hold
+from stream_expiry.kafka import consumer, ensure_topics, producer, read_to_end
+from stream_expiry.kafka_settings import topic_configs
+from stream_expiry.outbox import all_acked
+from stream_expiry.service import wall_clock_ms
+
+if TYPE_CHECKING:
+    import argparse
+
+    from stream_expiry.config import Config
+    from stream_expiry.kafka_settings import Brokers
+
+__all__ = ["read_holds", "run_hold"]
+
+
+async def read_holds(config: Config, brokers: Brokers) -> HoldBook:
+    """The active holds, as the compacted topic has them now."""
+    book = HoldBook()
+    async with consumer(brokers) as cons:
+        async for batch in read_to_end(cons, config.topics.holds):
+            for records in batch.values():
+                for rec in records:
+                    if rec.value is None:
+                        if rec.key:
+                            book.release(rec.key.decode(errors="replace"))
+                        continue
+                    hold = parse_hold(rec.key, rec.value)
+                    if isinstance(hold, Hold):
+                        book.place(hold)
+    return book
+
+
+async def _ensure(config: Config, brokers: Brokers) -> None:
+    t = config.topics
+    configs = topic_configs(config)
+    settings = config.topic_settings
+    wanted = {name: configs[name] for name in (t.holds, t.audit)}
+    await ensure_topics(
+        brokers,
+        wanted,
+        configs=wanted,
+        partitions=settings.partitions,
+        replication=settings.replication_factor,
+    )
+
+
+async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -> int:
+    t = config.topics
+    if args.hold_command == "list":
+        book = await read_holds(config, brokers)
+        holds = sorted(book, key=lambda h: h.hold_id)
+        if args.json:
+            sys.stdout.write(orjson.dumps([h.as_dict() for h in holds]).decode() + "\n")
+        elif not holds:
+            print("no active legal holds")
+        else:
+            for h in holds:
+                placed = h.as_dict()["placed_at"] or "-"
+                print(f"{h.hold_id}  {h.scope()}  placed {placed}  reason: {h.reason}")
+        return 0
+    await _ensure(config, brokers)
+    now = wall_clock_ms()
+    async with producer(brokers) as prod:
+        if args.hold_command == "place":
+            hold = Hold(
+                args.id or f"hold-{uuid.uuid4().hex[:12]}",
+                args.org,
+                args.bot,
+                args.env,
+                args.category,
+                args.record_id,
+                args.reason,
+                now,
+            )
+            key = hold.hold_id.encode()
+            acks = [
+                await prod.send(t.holds, key=key, value=encode_hold(hold)),
+                await prod.send(
+                    t.audit, key=key, value=encode_hold_audit("hold_placed", hold.as_dict(), now)
+                ),
+            ]
+            await all_acked(acks)
+            print(hold.hold_id)
+            return 0
+        book = await read_holds(config, brokers)
+        existing = book.get(args.hold_id)
+        if existing is None:
+            print(
+                f"no active hold {args.hold_id!r}; see `stream-expiry hold list`", file=sys.stderr
+            )
+            return 1
+        key = args.hold_id.encode()
+        acks = [
+            await prod.send(t.holds, key=key, value=None),
+            await prod.send(
+                t.audit,
+                key=key,
+                value=encode_hold_audit("hold_released", existing.as_dict(), now),
+            ),
+        ]
+        await all_acked(acks)
+        print(f"released {args.hold_id}")
+        return 0

@@ -1,0 +1,183 @@
+"""Legal holds: what the law says to keep is not deleted, whatever its retention.
+
+A hold (topic ``expiry.holds``, keyed by ``hold_id``, a null value releases it) names an
+org and optionally a bot, env, category and record id; it matches a record when every field
+it gives equals the record's (../shared/CONTRACT.md, "Legal holds"). Pure: parsing and
+matching only; the partition processor decides what a match means for a record.
+
+Rules kept here:
+
+* No cap on the number of holds. Matching costs one dict lookup when the record's org has
+  no hold (the common case), and a scan of that org's holds otherwise.
+* A malformed hold is rejected with a reason (the service dead-letters it); a release of an
+  unknown hold changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from stream_expiry.model import ENVS, MAX_ID_CHARS, Rejection
+from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from stream_expiry.model import Identity
+
+__all__ = ["Hold", "HoldBook", "encode_hold", "parse_hold"]
+
+_FIELDS = ("org", "bot", "env", "category", "record_id")
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """One legal hold; ``None`` fields match anything."""
+
+    hold_id: str
+    org: str
+    bot: str | None
+    env: str | None
+    category: str | None
+    record_id: str | None
+    reason: str
+    placed_at: int | None
+
+    def matches(self, identity: Identity) -> bool:
+        return (
+            self.org == identity.org
+            and (self.bot is None or self.bot == identity.bot)
+            and (self.env is None or self.env == identity.env)
+            and (self.category is None or self.category == identity.category)
+            and (self.record_id is None or self.record_id == identity.record_id)
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "hold_id": self.hold_id,
+            "org": self.org,
+            "bot": self.bot,
+            "env": self.env,
+            "category": self.category,
+            "record_id": self.record_id,
+            "reason": self.reason,
+            "placed_at": None if self.placed_at is None else format_ts(self.placed_at),
+        }
+
+    def scope(self) -> str:
+        """``org=acme bot=b1`` — the fields it gives, for a person."""
+        return " ".join(f"{f}={getattr(self, f)}" for f in _FIELDS if getattr(self, f) is not None)
+
+
+def encode_hold(hold: Hold) -> bytes:
+    return orjson.dumps(hold.as_dict())
+
+
+def _text(body: dict[str, Any], name: str, *, required: bool) -> str | Rejection | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            return Rejection("missing_field", f"field {name!r} is required")
+        return None
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_ID_CHARS:
+        return Rejection(
+            "invalid_field", f"field {name!r} must be a string of 1 to {MAX_ID_CHARS} characters"
+        )
+    return value
+
+
+def parse_hold(key: bytes | None, value: bytes) -> Hold | Rejection:
+    """A hold message's value; never raises on bad input."""
+    try:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        return Rejection("invalid_json", f"the value is not UTF-8 JSON: {exc}")
+    if type(body) is not dict:
+        return Rejection("not_an_object", "a hold is a JSON object")
+    fields: dict[str, str | None] = {}
+    wanted = [("hold_id", False), ("org", True), ("reason", True)]
+    for name, required in [*wanted, *((f, False) for f in _FIELDS[1:])]:
+        got = _text(body, name, required=required)
+        if isinstance(got, Rejection):
+            return got
+        fields[name] = got
+    hold_id = fields["hold_id"] or (key.decode(errors="replace") if key else None)
+    if not hold_id:
+        return Rejection("missing_field", "a hold needs a hold_id (in the value or the key)")
+    if fields["env"] is not None and fields["env"] not in ENVS:
+        return Rejection("invalid_field", "field 'env' must be 'live' or 'draft'")
+    placed_at = None
+    if body.get("placed_at") is not None:
+        try:
+            placed_at = parse_ts(body["placed_at"])
+        except InvalidTimestamp as exc:
+            return Rejection("bad_timestamp", str(exc))
+    org, reason = fields["org"], fields["reason"]
+    assert org is not None
+    assert reason is not None
+    return Hold(
+        hold_id,
+        org,
+        fields["bot"],
+        fields["env"],
+        fields["category"],
+        fields["record_id"],
+        reason,
+        placed_at,
+    )
+
+
+class HoldBook:
+    """The active holds, as the compacted ``expiry.holds`` topic says (latest per id)."""
+
+    def __init__(self) -> None:
+        self._holds: dict[str, Hold] = {}
+        self._by_org: dict[str, dict[str, Hold]] = {}
+        self.generation = 0  # bumped by every release: held records may be free now
+
+    def __len__(self) -> int:
+        return len(self._holds)
+
+    def __iter__(self) -> Iterator[Hold]:
+        return iter(self._holds.values())
+
+    def get(self, hold_id: str) -> Hold | None:
+        return self._holds.get(hold_id)
+
+    def place(self, hold: Hold) -> Hold | None:
+        """Add or replace a hold; returns the one it replaced."""
+        old = self._holds.get(hold.hold_id)
+        if old is not None:
+            self._drop(old)
+            self.generation += 1  # a narrowed hold may free records
+        self._holds[hold.hold_id] = hold
+        self._by_org.setdefault(hold.org, {})[hold.hold_id] = hold
+        return old
+
+    def release(self, hold_id: str) -> Hold | None:
+        old = self._holds.pop(hold_id, None)
+        if old is not None:
+            self._drop(old)
+            self.generation += 1
+        return old
+
+    def _drop(self, hold: Hold) -> None:
+        org = self._by_org.get(hold.org)
+        if org is not None:
+            org.pop(hold.hold_id, None)
+            if not org:
+                del self._by_org[hold.org]
+
+    def holding(self, identity: Identity) -> list[Hold]:
+        """Every active hold that matches the record."""
+        org = self._by_org.get(identity.org)
+        if not org:
+            return []
+        return [h for h in org.values() if h.matches(identity)]
+
+    def is_held(self, identity: Identity) -> bool:
+        org = self._by_org.get(identity.org)
+        return bool(org) and any(h.matches(identity) for h in org.values())  # type: ignore[union-attr]
