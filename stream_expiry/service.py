@@ -211,7 +211,7 @@ class Service:
         t = self.config.topics
         return {
             topic: len(await prod.partitions_for(topic))
-            for topic in (t.stamped, t.tombstones, t.dlq)
+            for topic in (t.stamped, t.tombstones, t.dlq, t.audit)
         }
 
     def _close_all(self) -> None:

@@ -1,0 +1,110 @@
+"""Legal holds end to end: the CLI places and releases them on expiry.holds, a running
+service keeps what they match, lets the rest go on time, and tombstones the kept records
+within a second of the release; holds survive a restart; every step is on expiry.audit."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+import orjson
+import pytest
+
+from stream_expiry.cli import main
+from stream_expiry.service import wall_clock_ms
+from stream_expiry.timeutil import parse_ts
+from tests.conftest import TopicSet, read_all, wait_for
+from tests.integration.service_helpers import (
+    ArrivalLog,
+    config_for,
+    config_text,
+    event,
+    produce,
+    running_service,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+RETENTION = '[retention.defaults]\nconversation = "2s"\n'
+
+
+async def _cli(*argv: str) -> int:
+    return await anyio.to_thread.run_sync(main, list(argv))
+
+
+@pytest.mark.timeout(120)
+async def test_holds_keep_what_they_match_until_released(
+    broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(config_text(topics, str(tmp_path / "state"), RETENTION))
+    common = ("--config", str(cfg), "--bootstrap-servers", broker)
+    # A hold placed before any record arrives, on bot b1.
+    assert await _cli("hold", "place", *common, "--org", "acme", "--bot", "b1",
+                      "--reason", "case 7", "--id", "case-7") == 0  # fmt: skip
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    tombstones = ArrivalLog(broker, topics.tombstones)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tombstones.follow)
+        async with running_service(config, broker) as service:
+            await wait_for(lambda: len(service.holds) == 1)
+            t0 = wall_clock_ms()
+            await produce(
+                broker,
+                [(topics.conversations, *event("conversation", f"b1-{i}", bot="b1", ts=t0))
+                 for i in range(5)]
+                + [(topics.conversations, *event("conversation", f"b2-{i}", bot="b2", ts=t0))
+                   for i in range(5)]
+                + [(topics.conversations, *event("conversation", "late", bot="b3", ts=t0))],
+            )  # fmt: skip
+            # A hold placed while records are pending, on one record of bot b3.
+            assert await _cli("hold", "place", *common, "--org", "acme", "--bot", "b3",
+                              "--record-id", "late", "--reason", "case 8", "--id", "case-8") == 0  # fmt: skip
+            await wait_for(lambda: len(service.holds) == 2)
+            # Bot b2 expires on time; b1's records and b3's "late" are kept.
+            await wait_for(lambda: service.stats.tombstones >= 5, timeout_s=15)
+            await wait_for(
+                lambda: sum(p.store.counts.held for p in service.processors.values()) >= 6,
+                timeout_s=15,
+            )
+            # An erasure request for a kept record waits too.
+            await produce(
+                broker,
+                [(topics.conversations, *event("conversation", "b1-0", bot="b1", op="delete"))],
+            )
+            await wait_for(lambda: service.stats.verdicts["held"] >= 1)
+        # Holds survive a restart (and the restore of the state).
+        async with running_service(config, broker) as service:
+            await wait_for(lambda: len(service.holds) == 2)
+            assert {r.key for _, r in tombstones.arrivals} == {
+                k for k, _ in (event("conversation", f"b2-{i}", bot="b2") for i in range(5))
+            }
+            capsys.readouterr()
+            assert await _cli("hold", "list", *common, "--json") == 0
+            listed = orjson.loads(capsys.readouterr().out)
+            assert sorted(h["hold_id"] for h in listed) == ["case-7", "case-8"]
+            released_at = wall_clock_ms()
+            assert await _cli("hold", "release", *common, "case-7") == 0
+            await wait_for(lambda: len(tombstones.arrivals) >= 10, timeout_s=10)
+            assert await _cli("hold", "release", *common, "case-8") == 0
+            await wait_for(lambda: len(tombstones.arrivals) >= 11, timeout_s=10)
+        tg.cancel_scope.cancel()
+    bodies = {orjson.loads(r.value)["record_id"]: (at, orjson.loads(r.value))
+              for at, r in tombstones.arrivals}  # fmt: skip
+    assert len(bodies) == 11
+    for rid, (arrived, body) in bodies.items():
+        assert arrived >= parse_ts(body["expires_at"]), rid
+        if rid.startswith("b1-") or rid == "late":
+            assert arrived >= released_at, rid  # kept until the release
+            assert arrived - released_at < 10_000
+    assert bodies["b1-0"][1]["reason"] == "explicit"
+    assert {bodies[f"b1-{i}"][1]["reason"] for i in range(1, 5)} == {"ttl"}
+    audit = [orjson.loads(r.value) for r in await read_all(broker, topics.audit)]
+    kinds = [a["type"] for a in audit]
+    assert kinds.count("hold_placed") == 2
+    assert kinds.count("hold_released") == 2
+    deferred = {a["record_id"] for a in audit if a["type"] == "deletion_deferred"}
+    assert deferred >= {f"b1-{i}" for i in range(5)} | {"late"}
