@@ -271,6 +271,33 @@ def _parser_hold(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     hold.set_defaults(func=_cmd_hold)
 
 
+# -- status -------------------------------------------------------------------------------
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from stream_expiry.status import run_status
+
+    config = load(args)
+    return anyio.run(run_status, config, connection_from(args, config), args)
+
+
+def _parser_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = sub.add_parser(
+        "status",
+        help="pending, overdue and held records, legal holds, and lag per input partition",
+        description="Reads expiry.stamped (the latest stamp of every record), expiry.holds and "
+        "the service group's committed offsets, and prints: records pending per category and "
+        "the next due time; records overdue (due, not held, not yet tombstoned: the service "
+        "is down or behind); active legal holds with how many due records each keeps; and the "
+        "lag of every input partition. It answers for the whole deployment, from Kafka alone; "
+        "expiry.stamped is streamed through a temporary on-disk store (a few seconds per "
+        "million records).",
+    )
+    _add_common(status)
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.set_defaults(func=_cmd_status)
+
+
 # -- demo ---------------------------------------------------------------------------------
 
 
@@ -329,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     _parser_explain(sub)
     _parser_replay(sub)
     _parser_hold(sub)
+    _parser_status(sub)
     _parser_demo(sub)
     from stream_expiry.sinks.command import add_sink_parser
 

@@ -18,7 +18,6 @@ tombstoned at once, the others at their new times.
 from __future__ import annotations
 
 import os
-import struct
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ import orjson
 from aiokafka import TopicPartition
 
 from stream_expiry import codec, model
+from stream_expiry.changelog import Current, read_current
 from stream_expiry.kafka import consumer, high_watermarks, partitions_of, producer, read_to_end
 from stream_expiry.outbox import all_acked
 from stream_expiry.policy import PolicyBook
@@ -37,7 +37,7 @@ from stream_expiry.timeutil import format_ts, parse_ts
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+    from collections.abc import AsyncIterator, Callable, Mapping
 
     from aiokafka import AIOKafkaConsumer
 
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 __all__ = ["ReplayReport", "replay", "run_replay"]
 
 H_REPLAY = "expiry-replay"
-_SOURCE = struct.Struct(">iH")  # kafka partition, length of the source topic name
 
 
 def wall_clock_ms() -> int:
@@ -127,63 +126,6 @@ class _Progress:
             f"{self.what} {rate:,.0f}/s ETA {eta:,.0f}s   " + ("\n" if final else "")
         )
         self.out.flush()
-
-
-# -- the current stamps: expiry.stamped, latest value per key, on disk -----------------------
-
-
-class _Current:
-    """The latest value of every key on ``expiry.stamped``, with where it came from."""
-
-    def __init__(self, kv: RocksKV) -> None:
-        self.kv = kv
-
-    @staticmethod
-    def pack(partition: int, headers: list[tuple[str, bytes]], value: bytes | None) -> bytes:
-        source = codec.source_of(headers)
-        topic, src_p = source if source is not None else ("", -1)
-        name = topic.encode()
-        head = _SOURCE.pack(partition, len(name)) + name + struct.pack(">i", src_p)
-        return head + (b"\x00" if value is None else b"\x01" + value)
-
-    @staticmethod
-    def unpack(raw: bytes) -> tuple[int, tuple[str, int] | None, bytes | None]:
-        partition, n = _SOURCE.unpack_from(raw)
-        at = _SOURCE.size
-        topic = raw[at : at + n].decode()
-        (src_p,) = struct.unpack_from(">i", raw, at + n)
-        body = raw[at + n + 4 :]
-        source = (topic, src_p) if src_p >= 0 else None
-        return partition, source, None if body[:1] == b"\x00" else body[1:]
-
-    def get(self, key: bytes) -> bytes | None:
-        return self.kv.multi_get([key])[0]
-
-    def items(self) -> Iterator[tuple[bytes, bytes]]:
-        return self.kv.scan(b"", b"\xff" * 8)
-
-
-async def _read_current(
-    bootstrap: Brokers, topic: str, kv: RocksKV, progress: TextIO | None
-) -> tuple[_Current, int]:
-    read = 0
-    async with consumer(bootstrap) as cons:
-        tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(cons, topic))]
-        cons.assign(tps)
-        await cons.seek_to_beginning(*tps)
-        total = sum((await high_watermarks(cons, tps)).values())
-        bar = _Progress("stamps", total, progress)
-        async for batch in read_to_end(cons, topic, max_records=20_000):
-            puts: dict[bytes, bytes] = {}
-            for tp, records in batch.items():
-                for rec in records:
-                    if rec.key is not None:
-                        puts[rec.key] = _Current.pack(tp.partition, rec.headers, rec.value)
-                read += len(records)
-            kv.apply(puts, ())
-            bar(read)
-        bar(read, final=True)
-    return _Current(kv), read
 
 
 # -- re-derivation ------------------------------------------------------------------------
@@ -295,7 +237,8 @@ async def replay(
     with tempfile.TemporaryDirectory(prefix="stream-expiry-replay-") as work:
         kv = RocksKV(os.path.join(work, "current"))
         try:
-            current, read = await _read_current(bootstrap, topics.stamped, kv, progress)
+            bar = _Progress("stamps", 0, progress) if progress is not None else None
+            current, read = await read_current(bootstrap, topics.stamped, kv, bar)
             async with producer(bootstrap) as prod:
                 publisher = _Publisher(prod, topics.stamped)
                 if from_inputs:
@@ -337,7 +280,7 @@ async def replay(
 async def _from_stamps(
     config: Config,
     book: PolicyBook,
-    current: _Current,
+    current: Current,
     report: ReplayReport,
     publisher: _Publisher,
     *,
@@ -348,7 +291,7 @@ async def _from_stamps(
     keep_states: bool,
 ) -> None:
     for key, raw in current.items():
-        partition, source, value = _Current.unpack(raw)
+        partition, source, value = Current.unpack(raw)
         if value is None:
             continue  # deleted: not counted, not resurrected
         try:
@@ -369,7 +312,7 @@ async def _from_inputs(
     config: Config,
     bootstrap: Brokers,
     book: PolicyBook,
-    current: _Current,
+    current: Current,
     work: str,
     report: ReplayReport,
     publisher: _Publisher,
@@ -448,7 +391,7 @@ async def _read_partition(cons: AIOKafkaConsumer, tp: TopicPartition) -> AsyncIt
 
 async def _compare_input_state(
     state: model.Stamp,
-    current: _Current,
+    current: Current,
     report: ReplayReport,
     publisher: _Publisher,
     source: tuple[str, int],
@@ -467,7 +410,7 @@ async def _compare_input_state(
     old: int | None = None
     data: Any = None
     if raw is not None:
-        _p, _src, value = _Current.unpack(raw)
+        _p, _src, value = Current.unpack(raw)
         if value is None:
             return  # deleted on expiry.stamped: not resurrected
         body = orjson.loads(value)

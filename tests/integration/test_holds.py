@@ -108,3 +108,37 @@ async def test_holds_keep_what_they_match_until_released(
     assert kinds.count("hold_released") == 2
     deferred = {a["record_id"] for a in audit if a["type"] == "deletion_deferred"}
     assert deferred >= {f"b1-{i}" for i in range(5)} | {"late"}
+
+
+async def test_status_counts_pending_never_held_and_lag(
+    broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    retention = '[retention.defaults]\nconversation = "1h"\nsession = "1s"\n'
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(config_text(topics, str(tmp_path / "state"), retention))
+    common = ("--config", str(cfg), "--bootstrap-servers", broker)
+    config = config_for(topics, str(tmp_path / "state"), retention)
+    assert await _cli("hold", "place", *common, "--org", "acme", "--category", "session",
+                      "--reason", "audit 3", "--id", "audit-3") == 0  # fmt: skip
+    async with running_service(config, broker) as service:
+        await produce(
+            broker,
+            [(topics.conversations, *event("conversation", f"c{i}")) for i in range(3)]
+            + [(topics.errors, *event("analytics", f"a{i}")) for i in range(2)]
+            + [(topics.sessions, *event("session", f"s{i}")) for i in range(4)],
+        )
+        await wait_for(
+            lambda: sum(p.store.counts.held for p in service.processors.values()) == 4,
+            timeout_s=15,
+        )
+    # The service has stopped: its last offsets were committed on the way out.
+    capsys.readouterr()
+    assert await _cli("status", *common, "--json") == 0
+    got = orjson.loads(capsys.readouterr().out)
+    assert got["pending"] == {"conversation": 3}
+    assert got["never"] == 2
+    assert got["overdue"] == 0
+    assert [(h["hold_id"], h["records_held"]) for h in got["holds"]] == [("audit-3", 4)]
+    assert set(got["lag"]) == {f"{t}[{p}]" for t in topics.inputs for p in range(2)}
+    assert sum(v["end"] for v in got["lag"].values()) == 9
+    assert all(v["lag"] == 0 for v in got["lag"].values()), got["lag"]

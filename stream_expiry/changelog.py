@@ -1,0 +1,92 @@
+"""``expiry.stamped`` read back whole: the latest value of every record, on disk.
+
+``replay`` and ``status`` need every record's current stamp. The topic is streamed into a
+temporary RocksDB keyed by record key (the last value wins, as compaction would keep it),
+so memory stays bounded whatever the topic's size; each value keeps the partition it was
+on and the input partition its headers name, so a re-derived stamp can go back beside it.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Protocol
+
+from aiokafka import TopicPartition
+
+from stream_expiry import codec
+from stream_expiry.kafka import consumer, high_watermarks, partitions_of, read_to_end
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from stream_expiry.kafka_settings import Brokers
+    from stream_expiry.state import RocksKV
+
+__all__ = ["Current", "Progress", "read_current"]
+
+_SOURCE = struct.Struct(">iH")  # kafka partition, length of the source topic name
+
+
+class Progress(Protocol):
+    """A progress display: told the total, then how many are done."""
+
+    total: int
+
+    def __call__(self, done: int, final: bool = False) -> None: ...
+
+
+class Current:
+    """The latest value of every key on ``expiry.stamped``, with where it came from."""
+
+    def __init__(self, kv: RocksKV) -> None:
+        self.kv = kv
+
+    @staticmethod
+    def pack(partition: int, headers: list[tuple[str, bytes]], value: bytes | None) -> bytes:
+        source = codec.source_of(headers)
+        topic, src_p = source if source is not None else ("", -1)
+        name = topic.encode()
+        head = _SOURCE.pack(partition, len(name)) + name + struct.pack(">i", src_p)
+        return head + (b"\x00" if value is None else b"\x01" + value)
+
+    @staticmethod
+    def unpack(raw: bytes) -> tuple[int, tuple[str, int] | None, bytes | None]:
+        partition, n = _SOURCE.unpack_from(raw)
+        at = _SOURCE.size
+        topic = raw[at : at + n].decode()
+        (src_p,) = struct.unpack_from(">i", raw, at + n)
+        body = raw[at + n + 4 :]
+        source = (topic, src_p) if src_p >= 0 else None
+        return partition, source, None if body[:1] == b"\x00" else body[1:]
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.kv.multi_get([key])[0]
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        return self.kv.scan(b"", b"\xff" * 8)
+
+
+async def read_current(
+    bootstrap: Brokers, topic: str, kv: RocksKV, progress: Progress | None = None
+) -> tuple[Current, int]:
+    """Stream ``topic`` into ``kv``: the latest value per key, as compaction would keep."""
+    read = 0
+    async with consumer(bootstrap) as cons:
+        tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(cons, topic))]
+        cons.assign(tps)
+        await cons.seek_to_beginning(*tps)
+        total = sum((await high_watermarks(cons, tps)).values())
+        bar = progress or (lambda done, final=False: None)
+        if progress is not None:
+            progress.total = total
+        async for batch in read_to_end(cons, topic, max_records=20_000):
+            puts: dict[bytes, bytes] = {}
+            for tp, records in batch.items():
+                for rec in records:
+                    if rec.key is not None:
+                        puts[rec.key] = Current.pack(tp.partition, rec.headers, rec.value)
+                read += len(records)
+            kv.apply(puts, ())
+            bar(read)
+        bar(read, final=True)
+    return Current(kv), read

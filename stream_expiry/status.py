@@ -1,0 +1,162 @@
+"""``stream-expiry status``: what is pending, due, overdue and held, and how far behind.
+
+Computed from Kafka alone, so it answers for the whole deployment whatever the number of
+instances and wherever their disks are: the records from ``expiry.stamped`` (streamed
+through a temporary on-disk store, like ``replay``), the holds from ``expiry.holds``, and the
+lag from the input partitions' ends and the service group's committed offsets.
+
+A record is *pending* until its due time (its expiry, or an erasure request), *held* when
+it is due but a legal hold matches it, and *overdue* when it is due and nothing holds it:
+the service should have tombstoned it (a few are normal for an instant; many mean it is down
+or behind).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiokafka import TopicPartition
+
+from stream_expiry import codec
+from stream_expiry.changelog import Current, read_current
+from stream_expiry.hold_command import read_holds
+from stream_expiry.kafka import consumer, high_watermarks, partitions_of
+from stream_expiry.state import RocksKV
+from stream_expiry.timeutil import format_ts
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+
+    from stream_expiry.config import Config
+    from stream_expiry.holds import HoldBook
+    from stream_expiry.kafka_settings import Brokers
+
+__all__ = ["Status", "run_status", "status"]
+
+
+@dataclass
+class Status:
+    """The figures ``status`` prints (``--json`` gives this as one object)."""
+
+    at: int
+    pending: Counter[str] = field(default_factory=Counter)  # by category
+    never: int = 0
+    next_due: int | None = None
+    overdue: int = 0
+    oldest_overdue: int | None = None  # the earliest due time among the overdue
+    held: Counter[str] = field(default_factory=Counter)  # records held, by hold id
+    holds: list[dict[str, Any]] = field(default_factory=list)
+    lag: dict[str, dict[str, int | None]] = field(default_factory=dict)  # "topic[p]" -> ...
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "at": format_ts(self.at),
+            "pending": dict(sorted(self.pending.items())),
+            "pending_total": sum(self.pending.values()),
+            "never": self.never,
+            "next_due": None if self.next_due is None else format_ts(self.next_due),
+            "overdue": self.overdue,
+            "oldest_overdue": None
+            if self.oldest_overdue is None
+            else format_ts(self.oldest_overdue),
+            "holds": [h | {"records_held": self.held.get(h["hold_id"], 0)} for h in self.holds],
+            "lag": self.lag,
+        }
+
+
+def _count(result: Status, current: Current, holds: HoldBook) -> None:
+    now = result.at
+    for key, raw in current.items():
+        _partition, _source, value = Current.unpack(raw)
+        if value is None:
+            continue  # deleted
+        try:
+            stamp = codec.decode_stamp(key, value)
+        except ValueError:
+            continue
+        due = stamp.due_at
+        if due is None:
+            result.never += 1
+        elif due > now:
+            result.pending[stamp.identity.category] += 1
+            result.next_due = due if result.next_due is None else min(result.next_due, due)
+        else:
+            holding = holds.holding(stamp.identity)
+            if holding:
+                for h in holding:
+                    result.held[h.hold_id] += 1
+            else:
+                result.overdue += 1
+                old = result.oldest_overdue
+                result.oldest_overdue = due if old is None else min(old, due)
+
+
+async def _lag(config: Config, brokers: Brokers) -> dict[str, dict[str, int | None]]:
+    out: dict[str, dict[str, int | None]] = {}
+    async with consumer(brokers, group_id=config.group_id) as cons:
+        tps = [
+            TopicPartition(t, p)
+            for t in config.topics.inputs
+            for p in sorted(await partitions_of(cons, t))
+        ]
+        if not tps:
+            return out
+        cons.assign(tps)
+        ends = await high_watermarks(cons, tps)
+        for tp in tps:
+            committed = await cons.committed(tp)
+            end = ends[tp]
+            out[f"{tp.topic}[{tp.partition}]"] = {
+                "end": end,
+                "committed": committed,
+                "lag": end - (committed or 0),
+            }
+    return out
+
+
+async def status(
+    config: Config, brokers: Brokers, *, now_ms: int | None = None, clock: Callable[[], int]
+) -> Status:
+    result = Status(at=clock() if now_ms is None else now_ms)
+    holds = await read_holds(config, brokers)
+    result.holds = [h.as_dict() for h in sorted(holds, key=lambda h: h.hold_id)]
+    with tempfile.TemporaryDirectory(prefix="stream-expiry-status-") as work:
+        kv = RocksKV(os.path.join(work, "current"))
+        try:
+            current, _ = await read_current(brokers, config.topics.stamped, kv)
+            _count(result, current, holds)
+        finally:
+            kv.close()
+    result.lag = await _lag(config, brokers)
+    return result
+
+
+async def run_status(config: Config, brokers: Brokers, args: argparse.Namespace) -> int:
+    from stream_expiry.service import wall_clock_ms
+
+    result = await status(config, brokers, clock=wall_clock_ms)
+    if args.json:
+        sys.stdout.write(orjson.dumps(result.as_dict()).decode() + "\n")
+        return 0
+    d = result.as_dict()
+    print(f"as of {d['at']}")
+    print(f"  pending      {d['pending_total']:>10,}   next due {d['next_due'] or '-'}")
+    for category, n in d["pending"].items():
+        print(f"    {category:<18} {n:>10,}")
+    print(f"  never expire {d['never']:>10,}")
+    oldest = f"   oldest due {d['oldest_overdue']}" if d["oldest_overdue"] else ""
+    print(f"  overdue      {d['overdue']:>10,}{oldest}")
+    print(f"  legal holds  {len(d['holds']):>10,}")
+    for h in d["holds"]:
+        print(f"    {h['hold_id']}: {h['records_held']:,} records held ({h['reason']})")
+    print("  lag per input partition (end - committed offset)")
+    for name, lag in d["lag"].items():
+        print(f"    {name:<30} {lag['lag']:>10,}")
+    return 0
