@@ -93,3 +93,24 @@ def test_events_the_schema_rejects_are_dead_lettered(event: dict[str, Any]) -> N
 def test_the_example_config_matches_the_config_schema() -> None:
     config = tomllib.loads((ROOT / "examples" / "expiry.toml").read_text())
     jsonschema.validate(config, schema("config.schema.json"))
+
+
+def test_holds_and_audit_entries_match_their_schemas() -> None:
+    from stream_expiry.codec import encode_deferral, encode_hold_audit
+    from stream_expiry.holds import Hold, encode_hold, parse_hold
+
+    hold = Hold("h1", "acme", "b1", None, None, "r1", "case 7", 1_795_000_000_000)
+    body = orjson.loads(encode_hold(hold))
+    jsonschema.validate(body, schema("hold.schema.json"))
+    assert parse_hold(b"h1", encode_hold(hold)) == hold
+    jsonschema.validate(
+        orjson.loads(encode_hold_audit("hold_placed", hold.as_dict(), 1_795_000_000_001)),
+        schema("audit.schema.json"),
+    )
+    ident = Identity("acme", "b1", "live", "conversation", "r1")
+    held = Stamp(ident, 1, 60_001, 60_000, "org", erase_at=3)
+    entry = orjson.loads(encode_deferral(held, "explicit", ["h1"], 1_795_000_000_002))
+    jsonschema.validate(entry, schema("audit.schema.json"))
+    stamp_body = orjson.loads(encode_stamp(held))
+    jsonschema.validate(stamp_body, schema("stamped.schema.json"))
+    assert stamp_body["erase_requested_at"] == "1970-01-01T00:00:00.003Z"
