@@ -1,0 +1,51 @@
+"""How a record state is stored: fixed-width integers, then the ttl source.
+
+Identity is not stored in the value: the key is the record key, which decodes to it (and
+the processor, which has the event's identity at hand, never decodes at all). Absent times
+are a sentinel, so the value is one ``struct`` call each way.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from stream_expiry.model import Identity, Stamp
+
+__all__ = ["decode_state", "encode_state"]
+
+_FIXED = struct.Struct(">qqqqqqB")
+_NONE = -(1 << 63)
+
+
+def _opt(value: int | None) -> int:
+    return _NONE if value is None else value
+
+
+def encode_state(stamp: Stamp, prune_at: int | None) -> bytes:
+    head = _FIXED.pack(
+        _opt(stamp.created_at),
+        _opt(stamp.expires_at),
+        _opt(stamp.ttl_ms),
+        _opt(stamp.deleted_at),
+        _opt(prune_at),
+        _opt(stamp.erase_at),
+        stamp.held,
+    )
+    return head + (stamp.ttl_source or "").encode()
+
+
+def decode_state(identity: Identity, value: bytes) -> tuple[Stamp, int | None]:
+    """The stored state and its marker's prune time (None for a live record)."""
+    created, expires, ttl, deleted, prune, erase, held = _FIXED.unpack_from(value)
+    source = value[_FIXED.size :].decode() or None
+    stamp = Stamp(
+        identity,
+        None if created == _NONE else created,
+        None if expires == _NONE else expires,
+        None if ttl == _NONE else ttl,
+        source,
+        None if deleted == _NONE else deleted,
+        None if erase == _NONE else erase,
+        bool(held),
+    )
+    return stamp, None if prune == _NONE else prune

@@ -1,0 +1,358 @@
+"""The per-partition processor: one input partition's records, from events to effects.
+
+It owns everything about the partition's record states (h11's ``Connection`` owns its
+state): the engine's rules and its timing wheel, the store, and the *overlay* of states
+decided but not yet written. It does no IO but the synchronous local store, and reads no
+clock: the shell passes ``now`` and carries the effects to Kafka.
+
+The order of writes (../shared/DESIGN.md) is the contract between the two:
+
+1. ``process`` (or ``fire_due``) decides; its states go to the overlay, so the next batch
+   sees them at once;
+2. the shell produces the effects' messages and waits for the broker's acks;
+3. ``settle`` writes the effects' states to the store in one atomic batch, in the order
+   the effects were made, and drops them from the overlay;
+4. the shell commits the input offset the effects carry.
+
+A crash anywhere re-does work (at-least-once) and never loses or advances a record: the
+store is never ahead of what the broker holds.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from stream_expiry import model
+from stream_expiry.engine import Engine, Fired
+from stream_expiry.holds import HoldBook
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Sequence
+
+    from stream_expiry.engine import Resolver
+    from stream_expiry.state.store import PartitionStore
+
+__all__ = ["Effects", "InputRecord", "PartitionProcessor"]
+
+
+class InputRecord(Protocol):
+    """What the processor needs of a consumed message (aiokafka's records fit)."""
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+
+@dataclass(slots=True)
+class Effects:
+    """What one ``process`` or ``fire_due`` call decided, for the shell to carry out."""
+
+    seq: int
+    stamps: list[tuple[model.Stamp, Any]] = field(default_factory=list)  # (state, data)
+    tombstones: list[Fired] = field(default_factory=list)
+    dead_letters: list[tuple[Any, model.Rejection]] = field(default_factory=list)
+    next_offset: int | None = None  # the input position these effects settle
+    writes: dict[str, tuple[model.Stamp | None, model.Stamp]] = field(default_factory=dict)
+    events: int = 0
+    verdicts: Counter[str] = field(default_factory=Counter)  # what the events did
+    # deletions a legal hold deferred: (the record's state, its reason, the holds' ids)
+    deferred: list[tuple[model.Stamp, str, list[str]]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.writes or self.stamps or self.tombstones or self.dead_letters or self.deferred
+        ) or (self.next_offset is not None)
+
+
+class PartitionProcessor:
+    """Owns one input partition (``topic``, ``partition``) and its store."""
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        store: PartitionStore,
+        *,
+        resolve: Resolver,
+        sliding: frozenset[str],
+        categories: frozenset[str],
+        max_skew_ms: int,
+        now_ms: int,
+        tick_ms: int = 10,
+        horizon_ms: int = 3_600_000,
+        holds: HoldBook | None = None,
+    ) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.store = store
+        self._categories = categories
+        self._max_skew_ms = max_skew_ms
+        self._engine: Engine[None] = Engine(
+            resolve, sliding, now_ms=now_ms, tick_ms=tick_ms, horizon_ms=horizon_ms
+        )
+        # key -> (seq of the effects that wrote it last, state): decided, not yet stored
+        self._overlay: dict[str, tuple[int, model.Stamp]] = {}
+        self._seq = 0
+        self.holds = holds if holds is not None else HoldBook()
+        # A scan of the held records after a release: where it is, for which release.
+        self._release_cursor: bytes | None = None
+        self._release_generation = self.holds.generation
+        self._release_pending = True  # check once at start: holds may be gone since
+        self.load_timers()
+
+    # -- events -------------------------------------------------------------------------
+
+    def process(self, records: Iterable[InputRecord], now_ms: int) -> Effects:
+        """Decide a slice of consecutive input records; nothing is written yet."""
+        self._seq += 1
+        effects = Effects(self._seq)
+        parsed: list[tuple[InputRecord, model.InputEvent | model.Rejection]] = []
+        categories, skew = self._categories, self._max_skew_ms
+        for rec in records:
+            parsed.append(
+                (
+                    rec,
+                    model.parse_event(
+                        rec.value, categories=categories, now_ms=now_ms, max_skew_ms=skew
+                    ),
+                )
+            )
+        if not parsed:
+            return effects
+        effects.next_offset = parsed[-1][0].offset + 1
+        effects.events = len(parsed)
+        overlay = self._overlay
+        misses: dict[str, model.Identity] = {}
+        for _, ev in parsed:
+            if isinstance(ev, model.InputEvent):
+                key = ev.identity.key
+                if key not in overlay:
+                    misses[key] = ev.identity
+        stored: dict[str, model.Stamp | None] = dict(
+            zip(misses, self.store.get_many(list(misses.values())), strict=True)
+        )
+        writes = effects.writes
+        seq = effects.seq
+        feed = self._engine.feed
+        verdicts = effects.verdicts
+        holds_active = len(self.holds) > 0
+        for rec, ev in parsed:
+            if isinstance(ev, model.Rejection):
+                effects.dead_letters.append((rec, ev))
+                continue
+            key = ev.identity.key
+            known = overlay.get(key)
+            prior = known[1] if known is not None else stored.get(key)
+            if holds_active or (prior is not None and prior.held):
+                kept = self._hold_event(ev, prior, now_ms, effects)
+                if kept is not None:
+                    if kept is not prior:
+                        first = writes.get(key)
+                        writes[key] = (prior if first is None else first[0], kept)
+                        overlay[key] = (seq, kept)
+                    continue
+            outcome = feed(ev, prior, now_ms, None)
+            verdicts[outcome.verdict.value] += 1
+            new = prior
+            for fired in outcome.fired:
+                effects.tombstones.append(fired)
+                new = fired.after
+            if outcome.state is not None:
+                new = outcome.state
+                if outcome.publish:
+                    effects.stamps.append((outcome.state, ev.data))
+            if new is not prior and new is not None:
+                first = writes.get(key)
+                writes[key] = (prior if first is None else first[0], new)
+                overlay[key] = (seq, new)
+        return effects
+
+    # -- timers -------------------------------------------------------------------------
+
+    def fire_due(self, now_ms: int) -> Effects:
+        """Tombstones for every timer due at ``now_ms``; never early."""
+        due = self._engine.advance(now_ms)
+        self._seq += 1
+        effects = Effects(self._seq)
+        if not due:
+            return effects
+        writes, overlay, seq = effects.writes, self._overlay, effects.seq
+        holds = self.holds
+        for fired, _ in due:
+            before = fired.before
+            key = before.identity.key
+            holding = holds.holding(before.identity) if len(holds) else []
+            if holding:
+                kept = before._replace(held=True)
+                effects.deferred.append((kept, fired.reason, [h.hold_id for h in holding]))
+                writes[key] = (before, kept)
+                overlay[key] = (seq, kept)
+                continue
+            effects.tombstones.append(fired)
+            writes[key] = (before, fired.after)
+            overlay[key] = (seq, fired.after)
+        return effects
+
+    # -- legal holds ----------------------------------------------------------------------
+
+    def _hold_event(
+        self, ev: model.InputEvent, prior: model.Stamp | None, now_ms: int, effects: Effects
+    ) -> model.Stamp | None:
+        """What a legal hold makes of an event, or None when no hold is involved.
+
+        A held record is frozen: events change nothing, except that an erasure request is
+        kept and carried out at the release. An erasure request for a record a hold matches
+        is deferred likewise; so is a record that fell due, when an event finds it first.
+        """
+        identity = ev.identity
+        if prior is not None and prior.held:
+            if ev.op == "delete" and prior.erase_at is None:
+                kept = prior._replace(erase_at=ev.ts)
+                effects.stamps.append((kept, None))
+                self._defer(kept, "explicit", effects)
+                return kept
+            effects.verdicts["held"] += 1
+            return prior
+        holding = self.holds.holding(identity)
+        if not holding:
+            return None
+        if ev.op == "delete":
+            if prior is not None and not prior.live:
+                if prior.deleted_at is not None and ev.ts <= prior.deleted_at:
+                    return None  # stale: the engine says so
+                prior = None
+            base = prior or model.Stamp(identity, None, None, None, None)
+            kept = base._replace(erase_at=ev.ts, held=True)
+            self._engine.cancel(identity.key)
+            effects.stamps.append((kept, None))
+            effects.deferred.append((kept, "explicit", [h.hold_id for h in holding]))
+            effects.verdicts["held"] += 1
+            return kept
+        due = None if prior is None or not prior.live else prior.due_at
+        if due is not None and due <= now_ms and ev.ts >= due:
+            kept = prior._replace(held=True)  # type: ignore[union-attr]
+            self._engine.cancel(identity.key)
+            effects.deferred.append((kept, "ttl", [h.hold_id for h in holding]))
+            effects.verdicts["held"] += 1
+            return kept
+        return None
+
+    def _defer(self, kept: model.Stamp, reason: str, effects: Effects) -> None:
+        ids = [h.hold_id for h in self.holds.holding(kept.identity)]
+        effects.deferred.append((kept, reason, ids))
+        effects.verdicts["held"] += 1
+
+    def release_due(self, now_ms: int, *, budget: int = 5000) -> Effects:
+        """Tombstone held records that no hold matches any more, ``budget`` at a time.
+
+        After a release (the hold book's generation moved) the held records are scanned
+        from the store, on disk, in key order; each call goes on where the last stopped,
+        so releasing a hold over millions of records tombstones them at the normal rate
+        without holding them in memory.
+        """
+        self._seq += 1
+        effects = Effects(self._seq)
+        if self.holds.generation != self._release_generation:
+            self._release_generation = self.holds.generation
+            self._release_cursor = None
+            self._release_pending = True
+        if not self._release_pending:
+            return effects
+        candidates: list[model.Stamp] = []
+        if self._release_cursor is None:  # the first step also looks at unsettled states
+            candidates += [s for _, s in self._overlay.values() if s.live and s.held]
+        stored, cursor = self.store.held(self._release_cursor or b"", budget)
+        overlay = self._overlay
+        candidates += [s for s in stored if s.identity.key not in overlay]
+        self._release_cursor = cursor
+        if cursor is None:
+            self._release_pending = False
+        writes, seq = effects.writes, effects.seq
+        for held in candidates:
+            if self.holds.is_held(held.identity):
+                continue
+            fired = self._engine.fire_now(held, now_ms)
+            key = held.identity.key
+            effects.tombstones.append(fired)
+            writes[key] = (held, fired.after)
+            overlay[key] = (seq, fired.after)
+        return effects
+
+    @property
+    def releasing(self) -> bool:
+        """A release scan is under way (or one is owed to a release just seen)."""
+        return self._release_pending or self.holds.generation != self._release_generation
+
+    def next_due_ms(self) -> int | None:
+        return self._engine.next_due_ms()
+
+    def extend_horizon(self, now_ms: int) -> int:
+        """Load the next slice of timers from the store when the horizon runs short."""
+        engine = self._engine
+        target = engine.horizon_target(now_ms)
+        if target is None:
+            return 0
+        stamps = list(self._live_between(engine.horizon_end, target))
+        engine.extend_horizon(target, ((s, None) for s in stamps))
+        return len(stamps)
+
+    def load_timers(self) -> int:
+        """Schedule every stored timer within the horizon (after a restore, say)."""
+        engine = self._engine
+        stamps = list(self._live_between(-(1 << 62), engine.horizon_end))
+        engine.load((s, None) for s in stamps)
+        return len(stamps)
+
+    def _live_between(self, since: int, before: int) -> Iterator[model.Stamp]:
+        """Live stamps due in ``[since, before)``: the store's, unless the overlay knows
+        better, plus the overlay's own."""
+        overlay = self._overlay
+        for stamp in self.store.due(since, before):
+            if stamp.identity.key not in overlay:
+                yield stamp
+        for _, stamp in overlay.values():
+            if stamp.live and stamp.expires_at is not None and since <= stamp.expires_at < before:
+                yield stamp
+
+    @property
+    def timers(self) -> int:
+        """Timers in the wheel now (at most one horizon's worth)."""
+        return self._engine.pending_in_wheel
+
+    # -- the order of writes ------------------------------------------------------------
+
+    def settle(self, effects: Effects, now_ms: int) -> None:
+        """Write ``effects``' states to the store, once the broker holds their messages.
+
+        Effects must be settled in the order they were made (the shell's pipeline does);
+        a settled state leaves the overlay unless a later effect changed it again.
+        """
+        if effects.writes:
+            self.store.write(effects.writes.values(), now_ms=now_ms)
+        overlay, seq = self._overlay, effects.seq
+        for key in effects.writes:
+            known = overlay.get(key)
+            if known is not None and known[0] == seq:
+                del overlay[key]
+
+    def state_of(self, key: str) -> model.Stamp | None:
+        """The record's current state, decided or stored (for tests and ``status``)."""
+        known = self._overlay.get(key)
+        return known[1] if known is not None else self.store.get(key)
+
+    @property
+    def unsettled(self) -> int:
+        return len(self._overlay)
+
+    def states(self) -> Sequence[model.Stamp]:
+        """Every current state (store and overlay merged): for replay and tests."""
+        merged = {s.identity.key: s for s in self.store.items()}
+        merged.update({k: s for k, (_, s) in self._overlay.items()})
+        return list(merged.values())

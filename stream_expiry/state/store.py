@@ -1,0 +1,253 @@
+"""The state store of one input partition: record states, an expiry index, deletion markers.
+
+Layout (byte keys in one ordered key-value engine, quix-streams' ``ttl_codec`` idea):
+
+* ``s`` + record key -> the record's state (:mod:`stream_expiry.state.codec`);
+* ``x`` + due time (8 bytes, big-endian) + record key -> empty: the live records with a
+  finite expiry (or an erasure request), in due order, so the next horizon of timers is one range scan;
+* ``m`` + prune_at + record key -> empty: deletion markers in the order they may go;
+* ``h`` + record key -> empty: records a legal hold keeps (due, or with an erasure
+  request), off the expiry index until a release frees them;
+* ``~`` + name -> an integer: counters and changelog positions, written in the same batch
+  as the states they describe.
+
+Rules kept here:
+
+* Every write names the state it replaces (the processor knows it), so index entries are
+  kept exact without a read; the batch is atomic.
+* A deletion marker lives for ``grace_ms`` after the later of its deletion time and the
+  moment it was written: long enough that no re-delivered input event (input topics keep
+  events for days, not forever) can bring a deleted record back, and no longer: disk use
+  follows live records, not history (Cassandra's ``gc_grace_seconds``).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from stream_expiry.model import Identity, Stamp, decode_key
+from stream_expiry.state.codec import decode_state, encode_state
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+    from stream_expiry.state.kv import KeyValue
+
+__all__ = ["DEFAULT_GRACE_MS", "PartitionStore", "StoreCounts"]
+
+DEFAULT_GRACE_MS = 7 * 24 * 3_600_000  # as long as input topics keep events, by default
+
+_TIME = struct.Struct(">Q")
+_INT = struct.Struct(">q")
+_BIAS = 1 << 63  # signed times sort as unsigned big-endian bytes
+_STATE, _DUE, _MARKER, _HELD, _META = b"s", b"x", b"m", b"h", b"~"
+_PENDING_PREFIX = "pending/"
+
+
+def _time_key(prefix: bytes, ms: int, key: bytes) -> bytes:
+    return prefix + _TIME.pack(ms + _BIAS) + key
+
+
+def _time_of(index_key: bytes) -> int:
+    return int(_TIME.unpack_from(index_key, 1)[0]) - _BIAS
+
+
+@dataclass
+class StoreCounts:
+    """What the store holds, kept exact in every write (``status`` and metrics read it)."""
+
+    pending: dict[str, int] = field(default_factory=dict)  # live, finite expiry, by category
+    never: int = 0  # live records that never expire
+    markers: int = 0  # deletion markers not yet pruned
+    held: int = 0  # records a legal hold keeps past their expiry or erasure request
+
+    @property
+    def pending_total(self) -> int:
+        return sum(self.pending.values())
+
+
+class PartitionStore:
+    """Record states of one input partition, on any :class:`KeyValue` engine."""
+
+    def __init__(self, kv: KeyValue, *, grace_ms: int = DEFAULT_GRACE_MS) -> None:
+        self.kv = kv
+        self.grace_ms = grace_ms
+        self.counts = StoreCounts()
+        for name, value in self._scan_meta():
+            if name.startswith(_PENDING_PREFIX):
+                self.counts.pending[name[len(_PENDING_PREFIX) :]] = value
+            elif name == "never":
+                self.counts.never = value
+            elif name == "markers":
+                self.counts.markers = value
+            elif name == "held":
+                self.counts.held = value
+
+    def _scan_meta(self) -> Iterator[tuple[str, int]]:
+        for key, value in self.kv.scan(_META, _META + b"\xff"):
+            yield key[1:].decode(), _INT.unpack(value)[0]
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get_many(self, identities: Sequence[Identity]) -> list[Stamp | None]:
+        """The stored states of ``identities`` (None where the store has none)."""
+        raw = self.kv.multi_get([_STATE + i.key.encode() for i in identities])
+        return [
+            None if value is None else decode_state(identity, value)[0]
+            for identity, value in zip(identities, raw, strict=True)
+        ]
+
+    def get(self, key: str) -> Stamp | None:
+        value = self.kv.multi_get([_STATE + key.encode()])[0]
+        return None if value is None else decode_state(decode_key(key), value)[0]
+
+    def due(self, since: int, before: int) -> Iterator[Stamp]:
+        """Live records with ``since <= expires_at < before``, in expiry order."""
+        low = _time_key(_DUE, since, b"")
+        high = _time_key(_DUE, before, b"")
+        batch: list[bytes] = []
+        for index_key, _ in self.kv.scan(low, high):
+            batch.append(index_key[9:])
+            if len(batch) >= 1024:
+                yield from self._states(batch)
+                batch = []
+        yield from self._states(batch)
+
+    def _states(self, keys: list[bytes]) -> Iterator[Stamp]:
+        for key, value in zip(keys, self.kv.multi_get([_STATE + k for k in keys]), strict=True):
+            if value is not None:
+                yield decode_state(decode_key(key.decode()), value)[0]
+
+    def held(self, after: bytes = b"", limit: int = 1000) -> tuple[list[Stamp], bytes | None]:
+        """Up to ``limit`` held records with keys after ``after``, and the cursor for the
+        next call (None: the end was reached). Held records are on disk, not in memory."""
+        keys: list[bytes] = []
+        low = _HELD + after + (b"\x00" if after else b"")
+        for index_key, _ in self.kv.scan(low, _HELD + b"\xff"):
+            keys.append(index_key[1:])
+            if len(keys) >= limit:
+                return list(self._states(keys)), keys[-1]
+        return list(self._states(keys)), None
+
+    def meta(self, name: str) -> int | None:
+        value = self.kv.multi_get([_META + name.encode()])[0]
+        return None if value is None else int(_INT.unpack(value)[0])
+
+    def items(self) -> Iterator[Stamp]:
+        """Every state, markers included, in key order (for ``replay`` and tests)."""
+        for key, value in self.kv.scan(_STATE, _STATE + b"\xff"):
+            yield decode_state(decode_key(key[1:].decode()), value)[0]
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def write(
+        self,
+        changes: Iterable[tuple[Stamp | None, Stamp]],
+        *,
+        now_ms: int,
+        meta: Mapping[str, int] | None = None,
+    ) -> None:
+        """Replace each ``(stored, new)`` pair's stored state by the new one, atomically.
+
+        ``stored`` must be the state the store holds now (None: none), which the caller
+        knows from its own lookup; index entries are moved accordingly.
+        """
+        puts: dict[bytes, bytes] = {}
+        deletes: list[bytes] = []
+        counts = self.counts
+        pending = counts.pending
+        for old, new in changes:
+            key = new.identity.key.encode()
+            if old is not None:
+                self._unindex(old, key, deletes, now_ms)
+            prune_at = None
+            if new.deleted_at is None:
+                due = new.due_at
+                if new.held:
+                    counts.held += 1
+                    puts[_HELD + key] = b""
+                elif due is None:
+                    counts.never += 1
+                else:
+                    puts[_time_key(_DUE, due, key)] = b""
+                    cat = new.identity.category
+                    pending[cat] = pending.get(cat, 0) + 1
+            else:
+                counts.markers += 1
+                prune_at = max(new.deleted_at + 1, now_ms) + self.grace_ms
+                puts[_time_key(_MARKER, prune_at, key)] = b""
+            puts[_STATE + key] = encode_state(new, prune_at)
+        for name, value in (meta or {}).items():
+            puts[_META + name.encode()] = _INT.pack(value)
+        self._put_counts(puts)
+        # A key both deleted and put (an index entry that did not move) must stay.
+        self.kv.apply(puts, [d for d in deletes if d not in puts])
+
+    def _unindex(self, old: Stamp, key: bytes, deletes: list[bytes], now_ms: int) -> None:
+        counts = self.counts
+        if old.deleted_at is None:
+            due = old.due_at
+            if old.held:
+                counts.held -= 1
+                deletes.append(_HELD + key)
+            elif due is None:
+                counts.never -= 1
+            else:
+                deletes.append(_time_key(_DUE, due, key))
+                cat = old.identity.category
+                counts.pending[cat] = counts.pending.get(cat, 0) - 1
+        else:
+            counts.markers -= 1
+            deletes.append(_time_key(_MARKER, self._prune_at(old, now_ms), key))
+
+    def _prune_at(self, marker: Stamp, now_ms: int) -> int:
+        value = self.kv.multi_get([_STATE + marker.identity.key.encode()])[0]
+        if value is not None:
+            stored_prune_at = decode_state(marker.identity, value)[1]
+            if stored_prune_at is not None:
+                return stored_prune_at
+        return max((marker.deleted_at or 0) + 1, now_ms) + self.grace_ms
+
+    def _put_counts(self, puts: dict[bytes, bytes]) -> None:
+        c = self.counts
+        for cat, n in c.pending.items():
+            puts[_META + (_PENDING_PREFIX + cat).encode()] = _INT.pack(n)
+        puts[_META + b"never"] = _INT.pack(c.never)
+        puts[_META + b"markers"] = _INT.pack(c.markers)
+        puts[_META + b"held"] = _INT.pack(c.held)
+
+    def set_meta(self, values: Mapping[str, int]) -> None:
+        self.kv.apply({_META + k.encode(): _INT.pack(v) for k, v in values.items()}, ())
+
+    def prune(self, now_ms: int, *, budget: int = 10_000) -> int:
+        """Drop up to ``budget`` markers whose time has come; returns how many went."""
+        high = _time_key(_MARKER, now_ms + 1, b"")
+        gone: list[bytes] = []
+        for index_key, _ in self.kv.scan(_MARKER, high):
+            gone.append(index_key)
+            if len(gone) >= budget:
+                break
+        if not gone:
+            return 0
+        keys = [k[9:] for k in gone]
+        deletes = list(gone)
+        dropped = 0
+        for key, index_key, value in zip(
+            keys, gone, self.kv.multi_get([_STATE + k for k in keys]), strict=True
+        ):
+            if value is None:
+                continue
+            state, prune_at = decode_state(decode_key(key.decode()), value)
+            if state.deleted_at is not None and prune_at == _time_of(index_key):
+                deletes.append(_STATE + key)
+                dropped += 1
+        self.counts.markers -= dropped
+        puts: dict[bytes, bytes] = {}
+        self._put_counts(puts)
+        self.kv.apply(puts, deletes)
+        return dropped
+
+    def close(self) -> None:
+        self.kv.close()
