@@ -29,7 +29,13 @@ import anyio
 from stream_expiry.errors import StoreError
 from stream_expiry.model import Identity
 from stream_expiry.sinks._logic import Plan, Slot
-from stream_expiry.sinks._messages import Marker, Receipt, Row
+from stream_expiry.sinks._messages import (
+    Marker,
+    Receipt,
+    Row,
+    decode_pending,
+    encode_pending,
+)
 from stream_expiry.sinks.store import Store, StoreTransaction, _new_receipt_id, check_identifier
 
 if TYPE_CHECKING:
@@ -41,12 +47,14 @@ __all__ = ["DEFAULT_DSN", "PostgresStore"]
 
 DEFAULT_DSN: Final = "postgresql://127.0.0.1:5432/test"
 _KEY: Final = "org, bot, env, category, record_id"
+# Ties in the sweep's order are broken by the identity, byte-wise, as Python orders strings.
+_BY_KEY: Final = ", ".join(f'{k} COLLATE "C"' for k in _KEY.split(", "))
 _KEYS_TYPED: Final = "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[]"
 _ROW_COLS: Final = (
     f"{_KEY}, created_at, expires_at, ttl_seconds, ttl_source, data, updated_at, "
     "src_partition, src_offset"
 )
-_MARKER_COLS: Final = f"{_KEY}, deleted_before, last_life, deleted_at"
+_MARKER_COLS: Final = f"{_KEY}, deleted_before, last_life, deleted_at, pending, pending_since"
 _RECEIPT_COLS: Final = (
     f"receipt_id, store, {_KEY}, reason, rows_deleted, created_at, expires_at, ttl_seconds, "
     "ttl_source, emitted_at, deleted_at"
@@ -71,8 +79,13 @@ CREATE TABLE IF NOT EXISTS {deletions} (
     org text NOT NULL, bot text NOT NULL, env text NOT NULL, category text NOT NULL,
     record_id text NOT NULL,
     deleted_before bigint NOT NULL, last_life bigint, deleted_at bigint NOT NULL,
+    pending text, pending_since bigint,
     PRIMARY KEY (org, bot, env, category, record_id)
 );
+ALTER TABLE {deletions} ADD COLUMN IF NOT EXISTS pending text,
+    ADD COLUMN IF NOT EXISTS pending_since bigint;
+CREATE INDEX IF NOT EXISTS {idx_pending} ON {deletions} (pending_since)
+    WHERE pending_since IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {receipts} (
     seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     receipt_id text NOT NULL UNIQUE, store text NOT NULL,
@@ -119,7 +132,7 @@ def _row(r: Any) -> Row:
 
 
 def _marker(r: Any) -> Marker:
-    return Marker(Identity(*r[:5]), r[5], r[6], r[7])
+    return Marker(Identity(*r[:5]), r[5], r[6], r[7], decode_pending(r[8]))
 
 
 def _receipt(r: Any) -> Receipt:
@@ -158,6 +171,7 @@ class _Names:
             "receipts": self.receipts,
             "idx_expiry": f'"{p}records_by_expiry"',
             "idx_unpublished": f'"{p}receipts_unpublished"',
+            "idx_pending": f'"{p}deletions_pending"',
             "fn": self._q("receipts_append_only"),
             "trigger": f'"{p}receipts_append_only"',
         }
@@ -187,11 +201,17 @@ class _PostgresTx(StoreTransaction):
     async def due(self, cutoff_ms: int, limit: int) -> list[Identity]:
         rows = await self._c.fetch(
             f"SELECT {_KEY} FROM {self._n.records} WHERE expires_at IS NOT NULL "
-            "AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
+            f"AND expires_at <= $1 ORDER BY expires_at, {_BY_KEY} LIMIT $2",
             cutoff_ms,
             limit,
         )
-        return [Identity(*r) for r in rows]
+        late = await self._c.fetch(
+            f"SELECT {_KEY} FROM {self._n.deletions} WHERE pending_since IS NOT NULL "
+            f"AND pending_since <= $1 ORDER BY pending_since, {_BY_KEY} LIMIT $2",
+            cutoff_ms,
+            limit,
+        )
+        return list(dict.fromkeys(Identity(*r) for r in [*rows, *late]))[:limit]
 
     async def write(self, p: Plan) -> None:
         c, n = self._c, self._n
@@ -227,13 +247,16 @@ class _PostgresTx(StoreTransaction):
             ms = p.markers
             await c.execute(
                 f"INSERT INTO {n.deletions} ({_MARKER_COLS}) SELECT * FROM unnest({_KEYS_TYPED}, "
-                "$6::bigint[], $7::bigint[], $8::bigint[]) "
+                "$6::bigint[], $7::bigint[], $8::bigint[], $9::text[], $10::bigint[]) "
                 f"ON CONFLICT ({_KEY}) DO UPDATE SET deleted_before = excluded.deleted_before, "
-                "last_life = excluded.last_life, deleted_at = excluded.deleted_at",
+                "last_life = excluded.last_life, deleted_at = excluded.deleted_at, "
+                "pending = excluded.pending, pending_since = excluded.pending_since",
                 *_columns([m.identity for m in ms]),
                 [m.deleted_before for m in ms],
                 [m.last_life for m in ms],
                 [m.deleted_at for m in ms],
+                [encode_pending(m.pending) for m in ms],
+                [m.pending_since for m in ms],
             )
         if p.receipts:
             rs = p.receipts

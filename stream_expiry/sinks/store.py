@@ -60,7 +60,9 @@ class StoreTransaction(abc.ABC):
 
     @abc.abstractmethod
     async def due(self, cutoff_ms: int, limit: int) -> list[Identity]:
-        """Up to ``limit`` identities whose row expired at or before ``cutoff_ms``, oldest first."""
+        """Up to ``limit`` identities for the sweep, each once: those whose row expired at or
+        before ``cutoff_ms`` (oldest first), then those with a pending deletion made at or
+        before it (:attr:`Marker.pending_since`)."""
 
     @abc.abstractmethod
     async def write(self, p: Plan) -> None:
@@ -114,6 +116,8 @@ class Store(abc.ABC):
         """Delete up to ``limit`` rows that expired at or before ``cutoff_ms`` (reason sweep).
 
         These are rows whose tombstone never came; each leaves a receipt, so the gap shows.
+        Deletions by a null value still waiting for their tombstone event since ``cutoff_ms``
+        or earlier get their receipt too (reason sweep: the rule is unknown).
         """
         async with self.transaction() as tx:
             idents = await tx.due(cutoff_ms, limit)
@@ -179,7 +183,15 @@ class _MemoryTx(StoreTransaction):
             if r.expires_at is not None and r.expires_at <= cutoff_ms
         ]
         due.sort(key=lambda r: (r.expires_at, r.identity))
-        return [r.identity for r in due[:limit]]
+        found = [r.identity for r in due[:limit]]
+        late = [
+            (since, m.identity)
+            for m in self._s.markers.values()
+            if (since := m.pending_since) is not None and since <= cutoff_ms
+        ]
+        seen = set(found)
+        found += [i for _, i in sorted(late) if i not in seen]
+        return found[:limit]
 
     async def write(self, p: Plan) -> None:
         self._plans.append(p)
