@@ -278,6 +278,14 @@ class _PostgresTx(StoreTransaction):
                 [r.deleted_at for r in rs],
             )
 
+    async def mark_published(self, receipt_ids: Sequence[str], now_ms: int) -> None:
+        await self._c.execute(
+            f"UPDATE {self._n.receipts} SET published_at = $1 "
+            "WHERE receipt_id = ANY($2::text[]) AND published_at IS NULL",
+            now_ms,
+            list(receipt_ids),
+        )
+
 
 class PostgresStore(Store):
     """Records, deletion markers and receipts in PostgreSQL.
@@ -399,15 +407,6 @@ class PostgresStore(Store):
             "ORDER BY seq LIMIT $1"
         )
         return [_receipt(r) for r in await self._fetch(sql, limit)]
-
-    async def mark_published(self, receipt_ids: Sequence[str], *, now_ms: int) -> None:
-        if receipt_ids:
-            await self._fetch(
-                f"UPDATE {self._n.receipts} SET published_at = $1 "
-                "WHERE receipt_id = ANY($2::text[]) AND published_at IS NULL",
-                now_ms,
-                list(receipt_ids),
-            )
 
     async def _one(self, cols: str, table: str, identity: Identity) -> Any:
         rows = await self._fetch(

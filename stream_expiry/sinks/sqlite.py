@@ -209,6 +209,13 @@ class _SQLiteTx(StoreTransaction):
                 [_receipt_params(r) for r in p.receipts],
             )
 
+    async def mark_published(self, receipt_ids: Sequence[str], now_ms: int) -> None:
+        await self._c.executemany(
+            f"UPDATE {self._p}receipts SET published_at = ? "
+            "WHERE receipt_id = ? AND published_at IS NULL",
+            [(now_ms, rid) for rid in receipt_ids],
+        )
+
 
 class SQLiteStore(Store):
     """Records, deletion markers and receipts in one SQLite file.
@@ -325,16 +332,6 @@ class SQLiteStore(Store):
             "ORDER BY seq LIMIT ?"
         )
         return [_receipt(r) for r in await self._fetch(sql, (limit,))]
-
-    async def mark_published(self, receipt_ids: Sequence[str], *, now_ms: int) -> None:
-        if not receipt_ids:
-            return
-        async with self._tx():
-            await self._connection().executemany(
-                f"UPDATE {self.prefix}receipts SET published_at = ? "
-                "WHERE receipt_id = ? AND published_at IS NULL",
-                [(now_ms, rid) for rid in receipt_ids],
-            )
 
     async def get(self, identity: Identity) -> Row | None:
         sql = f"SELECT {_ROW_COLS} FROM {self.prefix}records WHERE {_KEY_MATCH}"

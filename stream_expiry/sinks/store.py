@@ -68,6 +68,10 @@ class StoreTransaction(abc.ABC):
     async def write(self, p: Plan) -> None:
         """Write the plan's upserts, deletes, markers and receipts (receipts unpublished)."""
 
+    @abc.abstractmethod
+    async def mark_published(self, receipt_ids: Sequence[str], now_ms: int) -> None:
+        """Set ``published_at`` of these receipts where it is unset."""
+
 
 class Store(abc.ABC):
     """A downstream store that applies stamps and tombstones and keeps deletion receipts.
@@ -103,13 +107,21 @@ class Store(abc.ABC):
         del identity
         return True
 
-    async def apply(self, changes: Sequence[Change], *, now_ms: int) -> Plan:
-        """Apply a batch of changes in one transaction and return what was written."""
+    async def apply(
+        self, changes: Sequence[Change], *, now_ms: int, published: Sequence[str] = ()
+    ) -> Plan:
+        """Apply a batch of changes in one transaction and return what was written.
+
+        ``published``: receipts Kafka has acknowledged since the last transaction, marked
+        published in this same transaction (the sink's one commit per batch).
+        """
         idents = list(dict.fromkeys(c.identity for c in changes))
         async with self.transaction() as tx:
             state = await tx.load(idents) if idents else {}
             out = plan(changes, state, store=self.name, now_ms=now_ms, new_id=self._new_id)
             await tx.write(out)
+            if published:
+                await tx.mark_published(published, now_ms)
         return out
 
     async def sweep(self, *, cutoff_ms: int, now_ms: int, limit: int = 10_000) -> Plan:
@@ -131,9 +143,11 @@ class Store(abc.ABC):
     async def pending_receipts(self, limit: int = 1000) -> list[Receipt]:
         """Receipts not yet marked published, oldest first (the outbox)."""
 
-    @abc.abstractmethod
     async def mark_published(self, receipt_ids: Sequence[str], *, now_ms: int) -> None:
         """Record that these receipts reached Kafka; the only change a receipt ever sees."""
+        if receipt_ids:
+            async with self.transaction() as tx:
+                await tx.mark_published(receipt_ids, now_ms)
 
     @abc.abstractmethod
     async def get(self, identity: Identity) -> Row | None:
@@ -169,6 +183,7 @@ class _MemoryTx(StoreTransaction):
         self._s = store
         # Staged writes: applied to the store only on commit, as a database would.
         self._plans: list[Plan] = []
+        self._published: list[tuple[str, int]] = []
 
     async def load(self, identities: Sequence[Identity]) -> dict[Identity, Slot]:
         rows, markers = self._s.rows, self._s.markers
@@ -196,8 +211,13 @@ class _MemoryTx(StoreTransaction):
     async def write(self, p: Plan) -> None:
         self._plans.append(p)
 
+    async def mark_published(self, receipt_ids: Sequence[str], now_ms: int) -> None:
+        self._published.extend((rid, now_ms) for rid in receipt_ids)
+
     def commit(self) -> None:
         s = self._s
+        for rid, now_ms in self._published:
+            s.published.setdefault(rid, now_ms)
         for p in self._plans:
             for ident in p.deletes:
                 del s.rows[ident]
@@ -237,10 +257,6 @@ class MemoryStore(Store):
 
     async def pending_receipts(self, limit: int = 1000) -> list[Receipt]:
         return [r for r in self.outbox if r.receipt_id not in self.published][:limit]
-
-    async def mark_published(self, receipt_ids: Sequence[str], *, now_ms: int) -> None:
-        for rid in receipt_ids:
-            self.published.setdefault(rid, now_ms)
 
     async def get(self, identity: Identity) -> Row | None:
         return self.rows.get(identity)
