@@ -10,7 +10,7 @@ from stream_expiry.errors import ConfigurationError
 from stream_expiry.key_template import KeyTemplate
 from stream_expiry.model import Identity
 
-I = Identity("acme", "bot 1", "draft", "conversation", "r/1:ü")
+REC = Identity("acme", "bot 1", "draft", "conversation", "r/1:ü")
 
 
 @pytest.mark.parametrize(
@@ -20,11 +20,11 @@ I = Identity("acme", "bot 1", "draft", "conversation", "r/1:ü")
         ("{org}:{bot}:{record_id}", "acme:bot 1:r/1:ü"),
         ("conv-{env}-{category}-{record_id}", "conv-draft-conversation-r/1:ü"),
         ("{{{record_id}}}", "{r/1:ü}"),
-        ("{key}", I.key),
+        ("{key}", REC.key),
     ],
 )
 def test_render_puts_raw_values_in_utf8(template: str, key: str) -> None:
-    assert KeyTemplate(template).render(I) == key.encode("utf-8")
+    assert KeyTemplate(template).render(REC) == key.encode("utf-8")
 
 
 @pytest.mark.parametrize(
