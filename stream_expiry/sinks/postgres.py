@@ -127,12 +127,12 @@ def _columns(idents: Sequence[Identity]) -> list[list[str]]:
     ]
 
 
-def _row(r: Any) -> Row:
-    return Row(Identity(*r[:5]), *r[5:13])
+def _row(r: Any, ident: Identity | None = None) -> Row:
+    return Row(ident or Identity(*r[:5]), *r[5:13])
 
 
-def _marker(r: Any) -> Marker:
-    return Marker(Identity(*r[:5]), r[5], r[6], r[7], decode_pending(r[8]))
+def _marker(r: Any, ident: Identity | None = None) -> Marker:
+    return Marker(ident or Identity(*r[:5]), r[5], r[6], r[7], decode_pending(r[8]))
 
 
 def _receipt(r: Any) -> Receipt:
@@ -189,12 +189,13 @@ class _PostgresTx(StoreTransaction):
             "FOR UPDATE OF t"
         )
         q = sql.format(cols=_ROW_COLS, table=self._n.records, k=_KEYS_TYPED, key=_KEY)
+        asked = {i.parts(): i for i in identities}  # reuse them: no key to build again
         for r in await self._c.fetch(q, *cols):
-            row = _row(r)
+            row = _row(r, asked.get(tuple(r[:5])))
             slots[row.identity] = Slot(row=row)
         q = sql.format(cols=_MARKER_COLS, table=self._n.deletions, k=_KEYS_TYPED, key=_KEY)
         for r in await self._c.fetch(q, *cols):
-            m = _marker(r)
+            m = _marker(r, asked.get(tuple(r[:5])))
             slots.setdefault(m.identity, Slot()).marker = m
         return slots
 

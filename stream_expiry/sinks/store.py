@@ -19,6 +19,7 @@ import abc
 import contextlib
 import os
 import re
+import time
 from typing import TYPE_CHECKING, Final, Self
 
 from stream_expiry.errors import ConfigurationError
@@ -47,8 +48,14 @@ def check_identifier(value: str, what: str) -> str:
 
 
 def _new_receipt_id() -> str:
-    """128 random bits in hex, like a uuid4 without building a UUID object per receipt."""
-    return os.urandom(16).hex()
+    """48 bits of epoch milliseconds then 80 random bits, in hex (the layout of a UUIDv7).
+
+    Time first: the stores' unique index on ``receipt_id`` then grows at its end, as the
+    receipts do, instead of taking every insert at a random place of a large B-tree (what
+    a uuid4 costs once the table is bigger than the cache). Still unique without
+    coordination: two receipts of one millisecond differ in 80 random bits.
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
 class StoreTransaction(abc.ABC):
