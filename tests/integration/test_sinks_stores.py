@@ -362,3 +362,27 @@ async def test_postgres_cannot_hold_nul_and_says_so(tmp_path: Path) -> None:
         row = await lite.get(nul)
         assert row is not None
         assert row.identity == nul
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(SQL_KINDS), indirect=True)
+async def test_a_store_made_before_pending_deletions_is_brought_up_to_date(store: Store) -> None:
+    """Reopening a store whose deletions table lacks the pending columns adds them."""
+    conn: Any = getattr(store, "_conn", None) or store._pool  # type: ignore[attr-defined]
+    if store.__class__.__name__ == "SQLiteStore":
+        p = store.prefix  # type: ignore[attr-defined]
+        await conn.execute(f"DROP INDEX {p}deletions_pending")
+        await conn.execute(f"ALTER TABLE {p}deletions DROP COLUMN pending")
+        await conn.execute(f"ALTER TABLE {p}deletions DROP COLUMN pending_since")
+    else:
+        await conn.execute(
+            f"ALTER TABLE {store._n.deletions} DROP COLUMN pending, DROP COLUMN pending_since"
+        )  # type: ignore[attr-defined]
+    await store.close()
+    await store.open()
+    s = stamp(ident("old-store"))
+    await store.apply([put(s, offset=0), NullChange(s.identity, 0, 1)], now_ms=T0)
+    await store.apply([kill(s, reason="explicit", emitted_at=T0 + 1)], now_ms=T0 + 2)
+    assert [(r.reason, r.rows_deleted, r.deleted_at) for r in await store.receipts()] == [
+        ("explicit", 1, T0)
+    ]
