@@ -375,9 +375,8 @@ async def test_a_store_made_before_pending_deletions_is_brought_up_to_date(store
         await conn.execute(f"ALTER TABLE {p}deletions DROP COLUMN pending")
         await conn.execute(f"ALTER TABLE {p}deletions DROP COLUMN pending_since")
     else:
-        await conn.execute(
-            f"ALTER TABLE {store._n.deletions} DROP COLUMN pending, DROP COLUMN pending_since"
-        )  # type: ignore[attr-defined]
+        table = store._n.deletions  # type: ignore[attr-defined]
+        await conn.execute(f"ALTER TABLE {table} DROP COLUMN pending, DROP COLUMN pending_since")
     await store.close()
     await store.open()
     s = stamp(ident("old-store"))
