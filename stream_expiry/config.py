@@ -34,6 +34,7 @@ from stream_expiry.kafka_settings import (
     TopicSettings,
     check_security_value,
 )
+from stream_expiry.key_template import KeyTemplate
 from stream_expiry.model import DEFAULT_CATEGORIES, ENVS, MAX_ID_CHARS
 from stream_expiry.policy.presets import PRESETS
 from stream_expiry.policy.sources import (
@@ -51,8 +52,10 @@ if TYPE_CHECKING:
 __all__ = [
     "ENV_PREFIX",
     "ENV_SETTINGS",
+    "CompactedTopic",
     "Config",
     "ConfigError",
+    "SinkSettings",
     "Topics",
     "env_name",
     "load_config",
@@ -85,6 +88,26 @@ class Topics:
 
 
 @dataclass(frozen=True)
+class CompactedTopic:
+    """A user's compacted topic that downstream sinks delete records of ``categories`` from.
+
+    ``key``: how that topic keys a record (``[sink.compacted."TOPIC"] key``); None means our
+    record key. The null goes to the partition Kafka's default partitioner picks for it.
+    """
+
+    topic: str
+    categories: tuple[str, ...]
+    key: KeyTemplate | None = None
+
+
+@dataclass(frozen=True)
+class SinkSettings:
+    """``[sink]``: what every ``stream-expiry sink`` run with this file does besides its store."""
+
+    compacted: tuple[CompactedTopic, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole service's settings; ``Config()`` is what an absent file means."""
 
@@ -104,6 +127,7 @@ class Config:
     categories: tuple[str, ...] = DEFAULT_CATEGORIES
     sliding: frozenset[str] = frozenset({"session"})
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    sink: SinkSettings = field(default_factory=SinkSettings)
     path: str | None = None
 
 
@@ -118,6 +142,7 @@ _TOP: Final = (
     "service",
     "retention",
     "kafka",
+    "sink",
 )
 _TOPIC_KEYS: Final = (
     "inputs",
@@ -372,6 +397,7 @@ class _Reader:
             categories=categories,
             sliding=sliding,
             retention=self.retention(data.get("retention", {}), preset, categories),
+            sink=self.sink(data.get("sink", {}), categories),
             path=self._path,
         )
 
@@ -501,6 +527,52 @@ class _Reader:
                         settings, (*bots_where, org, bot, env), "bot", categories
                     )
         return RetentionSettings(preset=preset, defaults=defaults, cap=cap, orgs=orgs, bots=bots)
+
+    def sink(self, value: object, categories: tuple[str, ...]) -> SinkSettings:
+        where: _Path = ("sink",)
+        table = self.table(value, where, ("compacted",))
+        c_where = (*where, "compacted")
+        out: list[CompactedTopic] = []
+        owner: dict[str, str] = {}
+        for topic, settings in self.table(table.get("compacted", {}), c_where, None).items():
+            t_where = (*c_where, topic)
+            if not _TOPIC_NAME.match(topic):
+                raise self.error(
+                    t_where,
+                    f"{topic!r} {self.place(c_where)} is not a Kafka topic name "
+                    "(letters, digits, '.', '_', '-')",
+                )
+            entry = self.table(settings, t_where, ("categories", "key"))
+            if "categories" not in entry:
+                raise self.error(
+                    t_where, f"[{config_key(*t_where)}] needs categories = [...] to delete from it"
+                )
+            cats = self.texts(entry["categories"], (*t_where, "categories"))
+            if not cats:
+                raise self.bad((*t_where, "categories"), entry["categories"], "a non-empty array")
+            for cat in cats:
+                if cat not in categories:
+                    raise self.error(
+                        (*t_where, "categories"),
+                        f"category {cat!r} in [{config_key(*t_where)}] is not a configured "
+                        f"category ({', '.join(categories)})",
+                    )
+                if cat in owner:
+                    raise self.error(
+                        (*t_where, "categories"),
+                        f"category {cat!r} is already deleted from topic {owner[cat]!r}; "
+                        "a category has one compacted topic",
+                    )
+                owner[cat] = topic
+            key = None
+            if "key" in entry:
+                text = self.text(entry["key"], (*t_where, "key"))
+                try:
+                    key = KeyTemplate(text)
+                except ConfigurationError as exc:
+                    raise self.error((*t_where, "key"), str(exc)) from None
+            out.append(CompactedTopic(topic, cats, key))
+        return SinkSettings(compacted=tuple(out))
 
     def ident(self, name: str, where: _Path, what: str) -> None:
         if not 1 <= len(name) <= MAX_ID_CHARS:

@@ -67,6 +67,7 @@ H_OFFSET: Final = "expiry-source-offset"
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9_.~-]*")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.~/-]*")
 
 
 def _quote(part: str) -> str:
@@ -90,9 +91,15 @@ class Identity:
         self.env = env
         self.category = category
         self.record_id = record_id
-        self.key = "/".join(
-            [_quote(org), _quote(bot), _quote(env), _quote(category), _quote(record_id)]
-        )
+        raw = f"{org}/{bot}/{env}/{category}/{record_id}"
+        # One match over the joined parts instead of five: with exactly four '/', every
+        # part is plain and the key is the parts as they are (the common case).
+        if raw.count("/") == 4 and _PLAIN_KEY.fullmatch(raw):
+            self.key = raw
+        else:
+            self.key = "/".join(
+                [_quote(org), _quote(bot), _quote(env), _quote(category), _quote(record_id)]
+            )
 
     def parts(self) -> tuple[str, str, str, str, str]:
         return (self.org, self.bot, self.env, self.category, self.record_id)

@@ -17,10 +17,15 @@ Rules kept here (why: tombstones are at-least-once, and ``expiry.stamped`` and
    ``data`` (a touch re-stamp) keeps the data already held for the same life. A message of
    ``expiry.stamped`` at or before the position the row was written from is already
    applied and is skipped: a re-read never lets an old null delete a newer life.
-4. **One receipt per deletion.** A deletion that removes a row leaves a receipt with
-   ``rows_deleted=1``. A tombstone for a row the store never held leaves one with
-   ``rows_deleted=0``, unless an earlier deletion already covers that life: an erasure
-   request that reaches a store is always on record, a duplicate never is.
+4. **One receipt per deletion, naming the rule.** A deletion that removes a row leaves a
+   receipt with ``rows_deleted=1`` and the reason of the tombstone event (``ttl`` or
+   ``explicit``), or ``sweep`` for the store's own safety net. A null value on
+   ``expiry.stamped`` deletes the row at once but names no rule: the deletion is kept
+   pending in the marker, and the tombstone event of that life, whenever it comes, writes
+   the receipt (with the time the row was really deleted). A tombstone for a row the store
+   never held leaves a receipt with ``rows_deleted=0``, unless an earlier deletion already
+   covers that life: an erasure request that reaches a store is always on record, a
+   duplicate never is.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from stream_expiry.sinks._messages import (
     Change,
     Marker,
     NullChange,
+    Pending,
     Receipt,
     Row,
     StampChange,
@@ -74,6 +80,8 @@ class Plan:
     deleted: int = 0
     """Rows deleted by tombstones and null values (sweeps: ``swept``)."""
     swept: int = 0
+    """Receipts of the sweep: rows past their expiry, and null deletions whose tombstone
+    event did not come within the grace."""
 
 
 def life(created_at: int | None) -> int:
@@ -86,16 +94,31 @@ def _max_opt(*values: int | None) -> int | None:
     return max(present) if present else None
 
 
+def _matches(p: Pending, t: TombstoneChange, bound: int) -> bool:
+    """Whether tombstone ``t`` is the one a pending deletion waits for.
+
+    It must end that life (``created_at < bound``) and, when it names a life, name exactly
+    that one: the tombstone of a later life must not lend its rule to an earlier one.
+    """
+    if life(p.created_at) >= bound:
+        return False
+    return t.created_at is None or p.created_at is None or p.created_at == t.created_at
+
+
 class _Planner:
     def __init__(self, store: str, now_ms: int, new_id: Callable[[], str]) -> None:
         self.store, self.now, self.new_id = store, now_ms, new_id
         self.out = Plan()
 
     def receipt(
-        self, ident: Identity, reason: str, rows: int, row: Row | None, t: TombstoneChange | None
+        self,
+        ident: Identity,
+        reason: str,
+        rows: int,
+        src: Row | Pending | TombstoneChange | None,
+        emitted_at: int | None,
+        deleted_at: int,
     ) -> None:
-        """Fields from the tombstone (the rule that deleted), else from the deleted row."""
-        src: Row | TombstoneChange | None = t if t is not None else row
         self.out.receipts.append(
             Receipt(
                 receipt_id=self.new_id(),
@@ -107,18 +130,31 @@ class _Planner:
                 expires_at=None if src is None else src.expires_at,
                 ttl_seconds=None if src is None else src.ttl_seconds,
                 ttl_source=None if src is None else src.ttl_source,
-                emitted_at=None if t is None else t.emitted_at,
-                deleted_at=self.now,
+                emitted_at=emitted_at,
+                deleted_at=deleted_at,
             )
         )
 
-    def remember(self, slot: Slot, ident: Identity, before: int, lived: int | None) -> None:
-        """Raise the slot's marker to cover ``before`` and ``lived``; never lower it."""
+    def remember(
+        self,
+        slot: Slot,
+        ident: Identity,
+        before: int,
+        lived: int | None,
+        pending: tuple[Pending, ...] | None = None,
+    ) -> None:
+        """Raise the slot's marker to cover ``before`` and ``lived``; never lower it.
+
+        ``pending`` replaces the marker's pending deletions when given.
+        """
         m = slot.marker
         new_before = before if m is None else max(m.deleted_before, before)
         new_last = lived if m is None else _max_opt(m.last_life, lived)
-        if m is None or (new_before, new_last) != (m.deleted_before, m.last_life):
-            slot.marker = Marker(ident, new_before, new_last, self.now)
+        new_pending = (() if m is None else m.pending) if pending is None else pending
+        if m is None or (new_before, new_last, new_pending) != (
+            m.deleted_before, m.last_life, m.pending,
+        ):  # fmt: skip
+            slot.marker = Marker(ident, new_before, new_last, self.now, new_pending)
 
     def stamp(self, slot: Slot, c: StampChange) -> None:
         m = slot.marker
@@ -140,6 +176,12 @@ class _Planner:
             self.out.written += 1
 
     def tombstone(self, slot: Slot, t: TombstoneChange) -> None:
+        """Delete the life the tombstone ends, and write the receipt of every deletion of it.
+
+        The deletion may have happened already, by a null value that came first: its
+        receipt was waiting for this rule. Fields come from the tombstone (what the service
+        decided), or from the deleted row when the tombstone knows nothing of the life.
+        """
         bound = t.bound
         row = slot.row
         deleted = row is not None and life(row.created_at) < bound
@@ -150,35 +192,56 @@ class _Planner:
                 t.created_at is not None and m.last_life is not None and t.created_at <= m.last_life
             )
         )
+        pending = () if m is None else m.pending
+        claimed = [p for p in pending if _matches(p, t, bound)]
         lived = t.created_at
         if deleted:
             assert row is not None
             slot.row = None
             self.out.deleted += 1
             lived = _max_opt(lived, row.created_at)
-        self.remember(slot, t.identity, bound, lived)
-        if deleted or not covered:
-            self.receipt(t.identity, t.reason, int(deleted), row if deleted else None, t)
-
-    def drop_row(self, slot: Slot, ident: Identity, reason: str) -> None:
-        """Delete the row (null value or sweep): it ends the row's own life only."""
-        row = slot.row
-        assert row is not None
-        slot.row = None
-        self.remember(slot, ident, life(row.created_at) + 1, row.created_at)
-        self.receipt(ident, reason, 1, row, None)
+            src: Row | Pending | TombstoneChange = t if t.created_at is not None else row
+            self.receipt(t.identity, t.reason, 1, src, t.emitted_at, self.now)
+        for p in claimed:
+            src = t if t.created_at is not None else p
+            self.receipt(t.identity, t.reason, 1, src, t.emitted_at, p.deleted_at)
+        rest = tuple(p for p in pending if p not in claimed) if claimed else None
+        self.remember(slot, t.identity, bound, lived, rest)
+        if not deleted and not claimed and not covered:
+            # An erasure request for a row this store never held: still on record.
+            self.receipt(t.identity, t.reason, 0, t, t.emitted_at, self.now)
 
     def null(self, slot: Slot, c: NullChange) -> None:
+        """Delete the row; its receipt waits for the tombstone event, which names the rule."""
         row = slot.row
-        # Nothing held, or held from a later position: a null leaves no evidence of its own.
-        if row is not None and not row.applied(c.partition, c.offset):
-            self.drop_row(slot, c.identity, "stamped_null")
-            self.out.deleted += 1
+        # Nothing held, or held from a later position: a null leaves nothing to do.
+        if row is None or row.applied(c.partition, c.offset):
+            return
+        slot.row = None
+        self.out.deleted += 1
+        waiting = Pending(row.created_at, row.expires_at, row.ttl_seconds, row.ttl_source, self.now)
+        held = () if slot.marker is None else slot.marker.pending
+        self.remember(slot, c.identity, life(row.created_at) + 1, row.created_at, (*held, waiting))
 
     def sweep(self, slot: Slot, c: SweepChange) -> None:
+        """The safety net: rows past their expiry, and null deletions whose tombstone event
+        has not come within the grace, get their receipt with reason ``sweep``."""
+        m = slot.marker
+        late = [p for p in m.pending if p.deleted_at <= c.cutoff] if m is not None else []
+        for p in late:
+            self.receipt(c.identity, "sweep", 1, p, None, p.deleted_at)
+            self.out.swept += 1
+        if late:
+            assert m is not None
+            self.remember(
+                slot, c.identity, m.deleted_before, m.last_life,
+                tuple(p for p in m.pending if p not in late),
+            )  # fmt: skip
         row = slot.row
         if row is not None and row.expires_at is not None and row.expires_at <= c.cutoff:
-            self.drop_row(slot, c.identity, "sweep")
+            slot.row = None
+            self.remember(slot, c.identity, life(row.created_at) + 1, row.created_at)
+            self.receipt(c.identity, "sweep", 1, row, None, self.now)
             self.out.swept += 1
 
 

@@ -32,19 +32,23 @@ __all__ = [
     "InvalidMessage",
     "Marker",
     "NullChange",
+    "Pending",
     "Receipt",
     "Row",
     "StampChange",
     "SweepChange",
     "TombstoneChange",
+    "decode_pending",
     "decode_stamped",
     "decode_tombstone",
+    "encode_pending",
     "encode_receipt",
 ]
 
-#: Why a row was deleted: the tombstone's own reason, a null value on ``expiry.stamped``,
-#: or the store's safety-net sweep.
-REASONS: Final = ("ttl", "explicit", "stamped_null", "sweep")
+#: The rule that deleted a record: the tombstone event's own reason, or the store's
+#: safety-net sweep. A null value on ``expiry.stamped`` deletes a row too, but it names no
+#: rule: its receipt waits for the tombstone event (see :class:`Pending`).
+REASONS: Final = ("ttl", "explicit", "sweep")
 _TOMBSTONE_REASONS: Final = frozenset({"ttl", "explicit"})
 _IDENTITY_FIELDS: Final = ("org", "bot", "env", "category", "record_id")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -175,19 +179,60 @@ class Row:
 
 
 @dataclass(frozen=True, slots=True)
+class Pending:
+    """A row a null value on ``expiry.stamped`` deleted before its tombstone event came.
+
+    The null says *that* the record is gone, not *why*: the receipt waits for the tombstone
+    event, which names the rule (``ttl`` or ``explicit``) and when the service emitted it.
+    The fields are the deleted row's; ``deleted_at`` is when the store deleted it, which is
+    what the receipt will say. If the tombstone event never comes, the sweep (when on)
+    writes the receipt after its grace, with reason ``sweep``.
+    """
+
+    created_at: int | None
+    expires_at: int | None
+    ttl_seconds: int | None
+    ttl_source: str | None
+    deleted_at: int
+
+
+@dataclass(frozen=True, slots=True)
 class Marker:
     """The memory of a deletion, kept after the row is gone.
 
     ``deleted_before``: a stamp whose ``created_at`` is below it belongs to a deleted life and
     is not written (this is how a tombstone that overtakes its record still wins).
     ``last_life``: the newest ``created_at`` deleted so far; a tombstone naming a life at or
-    before it is already done, so it leaves no second receipt.
+    before it is already done, so it leaves no second receipt. ``pending``: deletions by a
+    null value still waiting for their tombstone event (usually none).
     """
 
     identity: Identity
     deleted_before: int
     last_life: int | None
     deleted_at: int
+    pending: tuple[Pending, ...] = ()
+
+    @property
+    def pending_since(self) -> int | None:
+        """When the oldest pending deletion happened (the sweep's index), None if none."""
+        return min((p.deleted_at for p in self.pending), default=None)
+
+
+def encode_pending(pending: tuple[Pending, ...]) -> str | None:
+    """The stores keep pending deletions as JSON text (NULL when none)."""
+    if not pending:
+        return None
+    return orjson.dumps(
+        [[p.created_at, p.expires_at, p.ttl_seconds, p.ttl_source, p.deleted_at] for p in pending]
+    ).decode("utf-8")
+
+
+def decode_pending(text: str | None) -> tuple[Pending, ...]:
+    """Inverse of :func:`encode_pending`; the text was written by a store, so it is trusted."""
+    if not text:
+        return ()
+    return tuple(Pending(*item) for item in orjson.loads(text))
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from stream_expiry.endpoints import open_listener, serve_http, watch_broker
 from stream_expiry.errors import BrokerError, ConfigurationError, StreamExpiryError
 from stream_expiry.health import Health
 from stream_expiry.kafka_settings import security_from_environment
+from stream_expiry.key_template import KeyTemplate
 from stream_expiry.metrics import SinkMetrics
 from stream_expiry.sinks.framework import (
     DEFAULT_RECEIPTS,
@@ -56,6 +57,16 @@ def _category_topic(text: str) -> tuple[str, str]:
     if not sep or not category or not topic:
         raise argparse.ArgumentTypeError(f"expected CATEGORY=TOPIC, got {text!r}")
     return category, topic
+
+
+def _topic_template(text: str) -> tuple[str, KeyTemplate]:
+    topic, sep, template = text.partition("=")
+    if not sep or not topic or not template:
+        raise argparse.ArgumentTypeError(f"expected TOPIC=TEMPLATE, got {text!r}")
+    try:
+        return topic, KeyTemplate(template)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _seconds(text: str) -> float:
@@ -105,7 +116,18 @@ def _common_options() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="also delete records of CATEGORY from the compacted topic TOPIC, by producing "
-        "a null value under the record key (repeatable)",
+        "a null value under the record's key there, to the partition Kafka's default "
+        "partitioner picks (repeatable; adds to the config file's [sink.compacted])",
+    )
+    kafka.add_argument(
+        "--compacted-key",
+        metavar="TOPIC=TEMPLATE",
+        type=_topic_template,
+        action="append",
+        default=[],
+        help="the key TOPIC gives a record, e.g. '{org}:{bot}:{record_id}' (placeholders "
+        "{org} {bot} {env} {category} {record_id} {key}); default: our record key "
+        "(repeatable)",
     )
     kafka.add_argument(
         "--batch-size",
@@ -198,6 +220,20 @@ def build_sink(
         )
     if args.batch_size < 1:
         raise ConfigurationError(f"--batch-size must be at least 1, got {args.batch_size}")
+    compacted: dict[str, str] = {}
+    templates: dict[str, KeyTemplate] = {}
+    for entry in service_config.sink.compacted:
+        compacted.update(dict.fromkeys(entry.categories, entry.topic))
+        if entry.key is not None:
+            templates[entry.topic] = entry.key
+    compacted.update(dict(args.compacted))
+    templates.update(dict(args.compacted_key))
+    unused = sorted(set(templates) - set(compacted.values()))
+    if unused:
+        raise ConfigurationError(
+            f"--compacted-key names topic(s) {', '.join(unused)} that no --compacted "
+            "CATEGORY=TOPIC (or [sink.compacted]) deletes from"
+        )
     store: Store
     if args.sink_store == "sqlite":
         store = SQLiteStore(args.path, name=args.name or "sqlite", table_prefix=args.table_prefix)
@@ -216,7 +252,8 @@ def build_sink(
         receipts_topic=(
             topics.receipts if args.receipts_topic is None else args.receipts_topic or None
         ),
-        compacted=dict(args.compacted),
+        compacted=compacted,
+        key_templates=templates,
         sweep_interval_s=args.sweep_interval,
         sweep_grace_s=args.sweep_grace,
         batch_size=args.batch_size,

@@ -3,16 +3,19 @@
 The order of writes, and why (a crash at any point loses no deletion):
 
 1. ``getmany`` a batch from ``expiry.stamped`` and ``expiry.tombstones``.
-2. Apply it to the store in one transaction; deletions and their receipts commit together.
+2. Apply it to the store in ONE transaction: rows, deletions and their receipts commit
+   together, and so does the "published" mark of the previous batch's receipts (one commit,
+   one fsync, per batch).
 3. Publish the batch's receipts to ``expiry.receipts`` and the Kafka-native deletions
-   (a null value under the record key) to the compacted topics mapped to the deleted
-   records' categories; wait for the broker's acks; mark the receipts published.
+   to the compacted topics mapped to the deleted records' categories (a null value under
+   the key that topic uses, on the partition Kafka's default partitioner picks for it, as
+   a Java producer placed the record); wait for the broker's acks.
 4. Only then commit the batch's Kafka offsets.
 
 A crash before 2 re-reads the batch; after 2 the store has the deletions, and re-reading
-changes nothing (the store is idempotent); after 2 but before 3, the receipts wait in the
-store's outbox and are published at the next start. Published receipts are at-least-once:
-consumers de-duplicate them by ``receipt_id``.
+changes nothing (the store is idempotent); after 2, the receipts not yet marked published
+wait in the store's outbox and are published (again) at the next start. Published receipts
+are at-least-once: consumers de-duplicate them by ``receipt_id``.
 
 Every instance of one store joins the same consumer group, with the range assignor so that
 partition n of both topics goes to the same instance: with equal partition counts (the
@@ -29,9 +32,10 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import anyio
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
-from stream_expiry.errors import BrokerUnavailableError
-from stream_expiry.kafka import broker_errors, consumer, ensure_topics, producer
+from stream_expiry.errors import BrokerError, BrokerUnavailableError, ConfigurationError
+from stream_expiry.kafka import broker_errors, consumer, ensure_topics, key_partition, producer
 from stream_expiry.kafka_settings import Connection, KafkaSecurity, TopicSettings, role_configs
+from stream_expiry.murmur2 import partition_for
 from stream_expiry.sinks._messages import (
     Change,
     InvalidMessage,
@@ -40,12 +44,14 @@ from stream_expiry.sinks._messages import (
     decode_tombstone,
     encode_receipt,
 )
+from stream_expiry.sinks._publish import BatchPublisher
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+    from stream_expiry.key_template import KeyTemplate
     from stream_expiry.sinks._logic import Plan
     from stream_expiry.sinks.store import Store
 
@@ -83,8 +89,10 @@ class SinkConfig:
     """Where a sink reads and writes, and how it batches and sweeps.
 
     ``compacted`` maps a category to a compacted user topic: every deletion of a record of
-    that category also produces a null value under the record key there, so Kafka's own
-    compaction removes the record from that topic. ``receipts_topic=None`` keeps receipts
+    that category also produces a null value there, so Kafka's own compaction removes the
+    record from that topic. ``key_templates`` maps such a topic to the key it gives a
+    record (our record key for a topic not in it); the null goes to the partition Kafka's
+    default partitioner (murmur2) picks for that key, where a Java producer put the record. ``receipts_topic=None`` keeps receipts
     in the store only. ``sweep_interval_s=None`` turns the safety-net sweep off; when on,
     it deletes rows whose ``expires_at`` is more than ``sweep_grace_s`` in the past (the
     grace leaves the service time to deliver the real tombstone, which carries the rule).
@@ -96,6 +104,7 @@ class SinkConfig:
     tombstones_topic: str = DEFAULT_TOMBSTONES
     receipts_topic: str | None = DEFAULT_RECEIPTS
     compacted: Mapping[str, str] = field(default_factory=dict)
+    key_templates: Mapping[str, KeyTemplate] = field(default_factory=dict)
     sweep_interval_s: float | None = None
     sweep_grace_s: float = 60.0
     sweep_limit: int = 10_000
@@ -144,6 +153,8 @@ class Sink:
         self.metrics: dict[str, int] = dict.fromkeys(METRICS, 0)
         self._clock = clock
         self._on_batch = on_batch
+        # Receipts Kafka acknowledged, marked published in the next store transaction.
+        self._acked: list[str] = []
 
     async def run(self, stop: anyio.Event) -> None:
         """Consume until ``stop`` is set, then return after the current batch committed.
@@ -174,6 +185,7 @@ class Sink:
             producer(conn) as prod,
             consumer(conn, cfg.stamped_topic, cfg.tombstones_topic, **options) as cons,
         ):
+            await self._check_compacted(prod)
             await self._flush_outbox(prod)
             next_sweep = time.monotonic()
             outage_since: float | None = None
@@ -187,6 +199,8 @@ class Sink:
                         )
                     if batch:
                         await self._handle(batch, prod, cons)
+                    elif self._acked:
+                        await self._mark_acked()  # idle: no batch to carry the mark
                     if cfg.sweep_interval_s is not None and time.monotonic() >= next_sweep:
                         full = await self.sweep_once(prod)
                         next_sweep = time.monotonic() + (0 if full else cfg.sweep_interval_s)
@@ -205,6 +219,26 @@ class Sink:
                         "the broker answers again after %.0f s", time.monotonic() - outage_since
                     )
                     outage_since = None
+            await self._mark_acked()
+
+    async def _mark_acked(self) -> None:
+        acked, self._acked = self._acked, []
+        await self.store.mark_published(acked, now_ms=self._clock())
+
+    async def _check_compacted(self, prod: AIOKafkaProducer) -> None:
+        """A user's topic must exist: producing to a missing one would create it (with the
+        broker's default partition count) and the null would land where no record is."""
+        wanted = set(self.config.compacted.values())
+        if not wanted:
+            return
+        with broker_errors("reading topic metadata"):
+            metadata = await prod.client.fetch_all_metadata()
+        missing = sorted(wanted - metadata.topics())
+        if missing:
+            raise ConfigurationError(
+                f"compacted topic(s) {', '.join(missing)} do not exist on "
+                f"{self.config.bootstrap_servers}; a sink deletes from a user's existing topic"
+            )
 
     def _decode(self, topic: str, rec: Any) -> Change | None:
         try:
@@ -249,7 +283,12 @@ class Sink:
                 if change is not None:
                     changes.append(change)
             offsets[tp] = recs[-1].offset + 1
-        out = await self.store.apply(changes, now_ms=self._clock())
+        acked, self._acked = self._acked, []
+        try:
+            out = await self.store.apply(changes, now_ms=self._clock(), published=acked)
+        except BaseException:
+            self._acked = acked + self._acked
+            raise
         await self._publish(prod, out.receipts)
         # The store already holds the batch: re-reading it after a restart is harmless.
         with broker_errors(f"committing offsets for group {self.config.group_id}"):
@@ -296,37 +335,71 @@ class Sink:
             return
         while pending := await self.store.pending_receipts(1000):
             log.info("publishing %d receipts left over from a previous run", len(pending))
-            await self._publish(prod, pending, count=False)
+            await self._publish(prod, pending, count=False, mark_now=True)
 
     @property
     def _publishes(self) -> bool:
         return bool(self.config.receipts_topic or self.config.compacted)
 
     async def _publish(
-        self, prod: AIOKafkaProducer, receipts: list[Receipt], *, count: bool = True
+        self,
+        prod: AIOKafkaProducer,
+        receipts: list[Receipt],
+        *,
+        count: bool = True,
+        mark_now: bool = False,
     ) -> None:
-        """Send receipts and compacted-topic nulls, wait for every ack, then mark published."""
+        """Send receipts and compacted-topic nulls and wait for every ack.
+
+        The acknowledged receipts are marked published in the next store transaction, or
+        at once with ``mark_now`` (the outbox replay at start, which loops on the outbox).
+        """
         if count:
             self.metrics["receipts_total"] += len(receipts)
         if not receipts or not self._publishes:
             return
         cfg = self.config
-        futures = []
+        out = BatchPublisher(prod)
         nulls = 0
         with broker_errors(f"publishing receipts to {cfg.bootstrap_servers}"):
+            counts = {t: await self._partitions(prod, t) for t in self._topics(receipts)}
             for r in receipts:
                 key = r.identity.key.encode("utf-8")
                 if cfg.receipts_topic:
-                    futures.append(await prod.send(cfg.receipts_topic, encode_receipt(r), key=key))
+                    partition = key_partition(key, counts[cfg.receipts_topic])
+                    out.add(cfg.receipts_topic, partition, key, encode_receipt(r))
                 topic = cfg.compacted.get(r.identity.category)
                 if topic is not None:
-                    futures.append(await prod.send(topic, None, key=key))
+                    template = cfg.key_templates.get(topic)
+                    user_key = key if template is None else template.render(r.identity)
+                    out.add(topic, partition_for(user_key, counts[topic]), user_key, None)
                     nulls += 1
-            for f in futures:
-                await f
-        await self.store.mark_published([r.receipt_id for r in receipts], now_ms=self._clock())
+            await out.flush()
+        ids = [r.receipt_id for r in receipts]
+        if mark_now:
+            await self.store.mark_published(ids, now_ms=self._clock())
+        else:
+            self._acked.extend(ids)
         self.metrics["published_total"] += len(receipts)
         self.metrics["compacted_nulls_total"] += nulls
+
+    def _topics(self, receipts: list[Receipt]) -> set[str]:
+        cfg = self.config
+        topics = {
+            cfg.compacted[c] for c in {r.identity.category for r in receipts} & cfg.compacted.keys()
+        }
+        if cfg.receipts_topic:
+            topics.add(cfg.receipts_topic)
+        return topics
+
+    @staticmethod
+    async def _partitions(prod: AIOKafkaProducer, topic: str) -> int:
+        """The topic's partition count now (from the producer's cached metadata), as a Java
+        producer would see it when it wrote a record today."""
+        partitions = await prod.partitions_for(topic)
+        if not partitions:
+            raise BrokerError(f"topic {topic} has no partitions in the broker's metadata")
+        return len(partitions)
 
 
 async def run_sink(
@@ -339,6 +412,7 @@ async def run_sink(
     tombstones_topic: str = DEFAULT_TOMBSTONES,
     receipts_topic: str | None = DEFAULT_RECEIPTS,
     compacted: Mapping[str, str] | None = None,
+    key_templates: Mapping[str, KeyTemplate] | None = None,
     sweep_interval_s: float | None = None,
     sweep_grace_s: float = 60.0,
     batch_size: int = 1000,
@@ -356,6 +430,7 @@ async def run_sink(
         tombstones_topic=tombstones_topic,
         receipts_topic=receipts_topic,
         compacted=dict(compacted or {}),
+        key_templates=dict(key_templates or {}),
         sweep_interval_s=sweep_interval_s,
         sweep_grace_s=sweep_grace_s,
         batch_size=batch_size,

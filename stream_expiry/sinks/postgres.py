@@ -13,7 +13,10 @@ Why it is shaped like this:
 * PostgreSQL ``text`` cannot hold U+0000. :meth:`PostgresStore.holds` says so, and the sink
   counts such messages (``metrics["unrepresentable_total"]``) instead of failing the batch:
   a record that cannot be stored here cannot need deleting here either.
-* Receipts are append-only, enforced by a trigger: only ``published_at`` may ever change.
+* Receipts are append-only, enforced by a trigger on ``UPDATE OF`` every other column and
+  on ``DELETE``: only ``published_at`` may ever change, and marking receipts published
+  (every batch) fires no trigger at all. The row trigger it replaces compared whole rows
+  as jsonb: measured, 400 ms against 180 ms to mark 5,000 receipts.
 * asyncpg is imported when the store opens, so the package works without the
   ``postgres`` extra until a PostgreSQL store is actually used.
 """
@@ -29,7 +32,13 @@ import anyio
 from stream_expiry.errors import StoreError
 from stream_expiry.model import Identity
 from stream_expiry.sinks._logic import Plan, Slot
-from stream_expiry.sinks._messages import Marker, Receipt, Row
+from stream_expiry.sinks._messages import (
+    Marker,
+    Receipt,
+    Row,
+    decode_pending,
+    encode_pending,
+)
 from stream_expiry.sinks.dsn import is_local, redact
 from stream_expiry.sinks.store import Store, StoreTransaction, _new_receipt_id, check_identifier
 
@@ -42,12 +51,14 @@ __all__ = ["DEFAULT_DSN", "PostgresStore"]
 
 DEFAULT_DSN: Final = "postgresql://127.0.0.1:5432/test"
 _KEY: Final = "org, bot, env, category, record_id"
+# Ties in the sweep's order are broken by the identity, byte-wise, as Python orders strings.
+_BY_KEY: Final = ", ".join(f'{k} COLLATE "C"' for k in _KEY.split(", "))
 _KEYS_TYPED: Final = "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[]"
 _ROW_COLS: Final = (
     f"{_KEY}, created_at, expires_at, ttl_seconds, ttl_source, data, updated_at, "
     "src_partition, src_offset"
 )
-_MARKER_COLS: Final = f"{_KEY}, deleted_before, last_life, deleted_at"
+_MARKER_COLS: Final = f"{_KEY}, deleted_before, last_life, deleted_at, pending, pending_since"
 _RECEIPT_COLS: Final = (
     f"receipt_id, store, {_KEY}, reason, rows_deleted, created_at, expires_at, ttl_seconds, "
     "ttl_source, emitted_at, deleted_at"
@@ -78,8 +89,13 @@ CREATE TABLE IF NOT EXISTS {deletions} (
     org text NOT NULL, bot text NOT NULL, env text NOT NULL, category text NOT NULL,
     record_id text NOT NULL,
     deleted_before bigint NOT NULL, last_life bigint, deleted_at bigint NOT NULL,
+    pending text, pending_since bigint,
     PRIMARY KEY (org, bot, env, category, record_id)
 );
+ALTER TABLE {deletions} ADD COLUMN IF NOT EXISTS pending text,
+    ADD COLUMN IF NOT EXISTS pending_since bigint;
+CREATE INDEX IF NOT EXISTS {idx_pending} ON {deletions} (pending_since)
+    WHERE pending_since IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {receipts} (
     seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     receipt_id text NOT NULL UNIQUE, store text NOT NULL,
@@ -94,15 +110,13 @@ CREATE INDEX IF NOT EXISTS {idx_unpublished} ON {receipts} (seq)
 CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 BEGIN
-    IF TG_OP = 'DELETE'
-       OR (to_jsonb(NEW) - 'published_at') IS DISTINCT FROM (to_jsonb(OLD) - 'published_at')
-    THEN
-        RAISE EXCEPTION 'receipts are append-only: only published_at may change';
-    END IF;
-    RETURN NEW;
+    RAISE EXCEPTION 'receipts are append-only: only published_at may change';
 END
 $fn$;
-CREATE OR REPLACE TRIGGER {trigger} BEFORE UPDATE OR DELETE ON {receipts}
+CREATE OR REPLACE TRIGGER {trigger}
+    BEFORE UPDATE OF seq, receipt_id, store, org, bot, env, category, record_id, reason,
+        rows_deleted, created_at, expires_at, ttl_seconds, ttl_source, emitted_at, deleted_at
+    OR DELETE ON {receipts}
     FOR EACH ROW EXECUTE FUNCTION {fn}();
 """
 
@@ -121,12 +135,12 @@ def _columns(idents: Sequence[Identity]) -> list[list[str]]:
     ]
 
 
-def _row(r: Any) -> Row:
-    return Row(Identity(*r[:5]), *r[5:13])
+def _row(r: Any, ident: Identity | None = None) -> Row:
+    return Row(ident or Identity(*r[:5]), *r[5:13])
 
 
-def _marker(r: Any) -> Marker:
-    return Marker(Identity(*r[:5]), r[5], r[6], r[7])
+def _marker(r: Any, ident: Identity | None = None) -> Marker:
+    return Marker(ident or Identity(*r[:5]), r[5], r[6], r[7], decode_pending(r[8]))
 
 
 def _receipt(r: Any) -> Receipt:
@@ -165,6 +179,7 @@ class _Names:
             "receipts": self.receipts,
             "idx_expiry": f'"{p}records_by_expiry"',
             "idx_unpublished": f'"{p}receipts_unpublished"',
+            "idx_pending": f'"{p}deletions_pending"',
             "fn": self._q("receipts_append_only"),
             "trigger": f'"{p}receipts_append_only"',
         }
@@ -182,23 +197,30 @@ class _PostgresTx(StoreTransaction):
             "FOR UPDATE OF t"
         )
         q = sql.format(cols=_ROW_COLS, table=self._n.records, k=_KEYS_TYPED, key=_KEY)
+        asked = {i.parts(): i for i in identities}  # reuse them: no key to build again
         for r in await self._c.fetch(q, *cols):
-            row = _row(r)
+            row = _row(r, asked.get(tuple(r[:5])))
             slots[row.identity] = Slot(row=row)
         q = sql.format(cols=_MARKER_COLS, table=self._n.deletions, k=_KEYS_TYPED, key=_KEY)
         for r in await self._c.fetch(q, *cols):
-            m = _marker(r)
+            m = _marker(r, asked.get(tuple(r[:5])))
             slots.setdefault(m.identity, Slot()).marker = m
         return slots
 
     async def due(self, cutoff_ms: int, limit: int) -> list[Identity]:
         rows = await self._c.fetch(
             f"SELECT {_KEY} FROM {self._n.records} WHERE expires_at IS NOT NULL "
-            "AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
+            f"AND expires_at <= $1 ORDER BY expires_at, {_BY_KEY} LIMIT $2",
             cutoff_ms,
             limit,
         )
-        return [Identity(*r) for r in rows]
+        late = await self._c.fetch(
+            f"SELECT {_KEY} FROM {self._n.deletions} WHERE pending_since IS NOT NULL "
+            f"AND pending_since <= $1 ORDER BY pending_since, {_BY_KEY} LIMIT $2",
+            cutoff_ms,
+            limit,
+        )
+        return list(dict.fromkeys(Identity(*r) for r in [*rows, *late]))[:limit]
 
     async def write(self, p: Plan) -> None:
         c, n = self._c, self._n
@@ -234,13 +256,16 @@ class _PostgresTx(StoreTransaction):
             ms = p.markers
             await c.execute(
                 f"INSERT INTO {n.deletions} ({_MARKER_COLS}) SELECT * FROM unnest({_KEYS_TYPED}, "
-                "$6::bigint[], $7::bigint[], $8::bigint[]) "
+                "$6::bigint[], $7::bigint[], $8::bigint[], $9::text[], $10::bigint[]) "
                 f"ON CONFLICT ({_KEY}) DO UPDATE SET deleted_before = excluded.deleted_before, "
-                "last_life = excluded.last_life, deleted_at = excluded.deleted_at",
+                "last_life = excluded.last_life, deleted_at = excluded.deleted_at, "
+                "pending = excluded.pending, pending_since = excluded.pending_since",
                 *_columns([m.identity for m in ms]),
                 [m.deleted_before for m in ms],
                 [m.last_life for m in ms],
                 [m.deleted_at for m in ms],
+                [encode_pending(m.pending) for m in ms],
+                [m.pending_since for m in ms],
             )
         if p.receipts:
             rs = p.receipts
@@ -261,6 +286,14 @@ class _PostgresTx(StoreTransaction):
                 [r.emitted_at for r in rs],
                 [r.deleted_at for r in rs],
             )
+
+    async def mark_published(self, receipt_ids: Sequence[str], now_ms: int) -> None:
+        await self._c.execute(
+            f"UPDATE {self._n.receipts} SET published_at = $1 "
+            "WHERE receipt_id = ANY($2::text[]) AND published_at IS NULL",
+            now_ms,
+            list(receipt_ids),
+        )
 
 
 class PostgresStore(Store):
@@ -384,15 +417,6 @@ class PostgresStore(Store):
             "ORDER BY seq LIMIT $1"
         )
         return [_receipt(r) for r in await self._fetch(sql, limit)]
-
-    async def mark_published(self, receipt_ids: Sequence[str], *, now_ms: int) -> None:
-        if receipt_ids:
-            await self._fetch(
-                f"UPDATE {self._n.receipts} SET published_at = $1 "
-                "WHERE receipt_id = ANY($2::text[]) AND published_at IS NULL",
-                now_ms,
-                list(receipt_ids),
-            )
 
     async def _one(self, cols: str, table: str, identity: Identity) -> Any:
         rows = await self._fetch(

@@ -96,8 +96,14 @@ async def test_sink_applies_tombstones_end_to_end(
     early = stamp(ident("early"), created_at=now, ttl_ms=HOUR)
     overdue = stamp(ident("overdue", category="error"), created_at=now - 2 * HOUR, ttl_ms=MINUTE)
     live = [*mk["acme"], *mk["globex"], *shared, dup, nulled]
+    # The grace (1 h) lets the sweep take the overdue row (expired ~2 h ago) but not the
+    # null deletion below, whose tombstone event comes a moment after it.
     config = sink_config(
-        broker, topics, compacted={"conversation": history}, sweep_interval_s=0.2, sweep_grace_s=0
+        broker,
+        topics,
+        compacted={"conversation": history},
+        sweep_interval_s=0.2,
+        sweep_grace_s=3600,
     )
 
     async with running_sink(store, config) as sink:
@@ -129,9 +135,15 @@ async def test_sink_applies_tombstones_end_to_end(
         )
         deleted = [s.identity for s in [*doomed, nulled]]
         await wait_until(lambda: gone(store, deleted), what="the tombstoned rows deleted")
+        # Null first (above), tombstone event now: the receipt waited for its rule. And the
+        # reverse for a doomed row: its null arrives after the tombstone event deleted it.
+        await produce(
+            broker, topics.tombstones, [tombstone_msg(nulled, reason="explicit", emitted_at=now)]
+        )
+        await produce(broker, topics.stamped, [null_msg(shared[0].identity)])
         await wait_until(_metric(sink.metrics, "stale_total", 1), what="the late stamp consumed")
         await wait_until(
-            _caught_up(store, sink.metrics, len(live) + len(doomed) + 5),
+            _caught_up(store, sink.metrics, len(live) + len(doomed) + 7),
             what="every message applied and every receipt published",
         )
         assert sink.metrics["swept_total"] == 1
@@ -145,11 +157,11 @@ async def test_sink_applies_tombstones_end_to_end(
     by_key = {r.identity: r for r in receipts}
     assert len(receipts) == len(by_key) == len(deleted) + 2  # + early (0 rows) + overdue (sweep)
     assert {(by_key[i].reason, by_key[i].rows_deleted) for i in deleted[:-1]} == {("ttl", 1)}
-    assert (by_key[nulled.identity].reason, by_key[early.identity].rows_deleted) == (
-        "stamped_null",
-        0,
-    )
+    n = by_key[nulled.identity]
+    assert (n.reason, n.rows_deleted, n.emitted_at, n.created_at) == ("explicit", 1, now, now)
+    assert by_key[early.identity].rows_deleted == 0
     assert by_key[overdue.identity].reason == "sweep"
+    assert all(r.emitted_at is not None for r in receipts if r.reason != "sweep")
 
     on_topic = await read_topic(broker, topics.receipts, until=lambda r: len(r) >= len(receipts))
     values = [orjson.loads(r.value) for r in on_topic]
@@ -268,3 +280,57 @@ async def test_sink_command_runs_until_sigint_and_exits_zero(
     assert proc.returncode == 0, err
     assert "stopped after 2 messages" in err  # tombstone first or stamp first: both right
     assert "1 receipts" in err
+
+
+@pytest.mark.asyncio
+async def test_nulls_reach_records_a_java_producer_wrote_under_the_users_key(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A user's compacted topic with 5 partitions, written by a producer that uses Kafka's
+    default partitioner (aiokafka's DefaultPartitioner is the Java client's murmur2) and
+    keys records by "{org}:{bot}:{record_id}": every null lands under the record's own key
+    on the record's own partition, so compaction removes exactly the deleted records."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from stream_expiry.kafka import producer
+    from stream_expiry.key_template import KeyTemplate
+
+    history = f"{topics.prefix}.history"
+    await ensure_topics(
+        broker, [history], partitions=5, configs={history: {"cleanup.policy": "compact"}}
+    )
+    template = KeyTemplate("{org}:{bot}:{record_id}")
+    now = wall_clock_ms()
+    records = [
+        stamp(ident(f"c{n}", org=org, bot=bot), created_at=now, ttl_ms=HOUR)
+        for n in range(12)
+        for org in ("acme", "globex")
+        for bot in ("b1", "b2")
+    ]
+    user_key = {s.identity: template.render(s.identity) for s in records}
+    async with producer(broker, partitioner=DefaultPartitioner()) as java_like:
+        futures = [
+            await java_like.send(history, b'{"transcript": "..."}', key=user_key[s.identity])
+            for s in records
+        ]
+        written = {
+            user_key[s.identity]: (await f).partition for s, f in zip(records, futures, strict=True)
+        }
+    assert len(set(written.values())) > 1  # the records really are spread over partitions
+    doomed = records[::3]
+    config = sink_config(
+        broker, topics, compacted={"conversation": history}, key_templates={history: template}
+    )
+    async with open_store("sqlite", tmp_path) as store, running_sink(store, config) as sink:
+        await produce(broker, topics.stamped, [stamped_msg(s) for s in records])
+        await produce(broker, topics.tombstones, [tombstone_msg(s, emitted_at=now) for s in doomed])
+        await wait_until(
+            _caught_up(store, sink.metrics, len(records) + len(doomed)), what="every deletion"
+        )
+        assert sink.metrics["compacted_nulls_total"] == len(doomed)
+    on_topic = await read_topic(
+        broker, history, until=lambda r: len(r) >= len(records) + len(doomed)
+    )
+    nulls = {(r.key, r.partition) for r in on_topic if r.value is None}
+    assert nulls == {(user_key[s.identity], written[user_key[s.identity]]) for s in doomed}
+    assert len(on_topic) == len(records) + len(doomed)

@@ -167,7 +167,73 @@ async def test_null_value_deletes_but_not_a_newer_life_when_re_read(store: Store
     row = await store.get(i)
     assert row is not None
     assert row.data == '{"v":2}'
-    assert [(r.reason, r.created_at) for r in await store.receipts()] == [("stamped_null", T0)]
+    assert await store.receipts() == []  # the null names no rule: the receipt waits
+    marker = await store.marker(i)
+    assert marker is not None
+    assert [(p.created_at, p.expires_at) for p in marker.pending] == [(T0, T0 + 10 * MINUTE)]
+    await store.apply([kill(old, reason="explicit", emitted_at=T0 + 1)], now_ms=T0 + 5)
+    assert [
+        (r.reason, r.created_at, r.rows_deleted, r.deleted_at) for r in await store.receipts()
+    ] == [("explicit", T0, 1, T0)]
+    assert await store.get(i) is not None  # the newer life survives the old life's tombstone
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+@pytest.mark.parametrize("order", ["null-first", "tombstone-first", "same-batch-null-first",
+                                   "same-batch-tombstone-first"])  # fmt: skip
+@pytest.mark.parametrize("reason", ["ttl", "explicit"])
+async def test_receipt_names_the_rule_whatever_the_arrival_order(
+    store: Store, order: str, reason: str
+) -> None:
+    """The null on expiry.stamped and the tombstone event, in either order, in one batch or
+    two, re-delivered: one receipt, with the tombstone event's rule and times."""
+    i = ident("ordered")
+    s = stamp(i)
+    emitted = T0 + (3 * MINUTE if reason == "explicit" else 10 * MINUTE)
+    t = kill(s, reason=reason, emitted_at=emitted)
+    null = NullChange(i, 0, 1)
+    await store.apply([put(s, {"secret": "payload"}, offset=0)], now_ms=T0)
+    pair = [null, t] if order.endswith("null-first") else [t, null]
+    if order.startswith("same-batch"):
+        await store.apply(pair, now_ms=T0 + 100)
+    else:
+        await store.apply(pair[:1], now_ms=T0 + 100)
+        assert await store.get(i) is None  # whichever came first deleted the row
+        await store.apply(pair[1:], now_ms=T0 + 200)
+    await store.apply(pair, now_ms=T0 + 300)  # re-delivered: nothing new
+    assert await store.get(i) is None
+    [r] = await store.receipts()
+    assert (r.reason, r.rows_deleted, r.identity) == (reason, 1, i)
+    assert (r.created_at, r.expires_at, r.emitted_at) == (T0, T0 + 10 * MINUTE, emitted)
+    assert (r.ttl_seconds, r.ttl_source) == (600, "org")
+    assert r.deleted_at == T0 + 100  # when the row was really deleted
+    marker = await store.marker(i)
+    assert marker is not None
+    assert marker.pending == ()
+    assert [x.receipt_id for x in await store.pending_receipts()] == [r.receipt_id]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_sweep_gives_a_null_deletion_its_receipt_when_the_tombstone_never_comes(
+    store: Store,
+) -> None:
+    waiting, answered = stamp(ident("waiting")), stamp(ident("answered"))
+    far = T0 + 1000 * MINUTE  # neither row is past its expiry at the cutoffs below
+    await store.apply([put(waiting, offset=0), put(answered, offset=1)], now_ms=T0)
+    await store.apply(
+        [NullChange(waiting.identity, 0, 2), NullChange(answered.identity, 0, 3)], now_ms=T0 + 1
+    )
+    assert (await store.sweep(cutoff_ms=T0, now_ms=far, limit=10)).receipts == []
+    await store.apply([kill(answered)], now_ms=T0 + 2)
+    out = await store.sweep(cutoff_ms=T0 + 1, now_ms=far, limit=10)
+    assert [(r.identity, r.reason, r.deleted_at) for r in out.receipts] == [
+        (waiting.identity, "sweep", T0 + 1)
+    ]
+    assert (await store.apply([kill(waiting)], now_ms=far)).receipts == []
+    reasons = sorted((r.identity.record_id, r.reason) for r in await store.receipts())
+    assert reasons == [("answered", "ttl"), ("waiting", "sweep")]
 
 
 @pytest.mark.asyncio
@@ -296,3 +362,26 @@ async def test_postgres_cannot_hold_nul_and_says_so(tmp_path: Path) -> None:
         row = await lite.get(nul)
         assert row is not None
         assert row.identity == nul
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(SQL_KINDS), indirect=True)
+async def test_a_store_made_before_pending_deletions_is_brought_up_to_date(store: Store) -> None:
+    """Reopening a store whose deletions table lacks the pending columns adds them."""
+    conn: Any = getattr(store, "_conn", None) or store._pool  # type: ignore[attr-defined]
+    if store.__class__.__name__ == "SQLiteStore":
+        p = store.prefix  # type: ignore[attr-defined]
+        await conn.execute(f"DROP INDEX {p}deletions_pending")
+        await conn.execute(f"ALTER TABLE {p}deletions DROP COLUMN pending")
+        await conn.execute(f"ALTER TABLE {p}deletions DROP COLUMN pending_since")
+    else:
+        table = store._n.deletions  # type: ignore[attr-defined]
+        await conn.execute(f"ALTER TABLE {table} DROP COLUMN pending, DROP COLUMN pending_since")
+    await store.close()
+    await store.open()
+    s = stamp(ident("old-store"))
+    await store.apply([put(s, offset=0), NullChange(s.identity, 0, 1)], now_ms=T0)
+    await store.apply([kill(s, reason="explicit", emitted_at=T0 + 1)], now_ms=T0 + 2)
+    assert [(r.reason, r.rows_deleted, r.deleted_at) for r in await store.receipts()] == [
+        ("explicit", 1, T0)
+    ]

@@ -14,6 +14,7 @@ from stream_expiry.errors import ConfigurationError
 from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
 from stream_expiry.sinks import add_sink_parser
 from stream_expiry.sinks._messages import (
+    REASONS,
     InvalidMessage,
     NullChange,
     Receipt,
@@ -114,7 +115,7 @@ def test_malformed_tombstones_are_rejected(patch: dict[str, Any], message: str) 
         decode_tombstone(b"k", None)
 
 
-@pytest.mark.parametrize("reason", ["ttl", "explicit", "stamped_null", "sweep"])
+@pytest.mark.parametrize("reason", REASONS)
 def test_receipts_match_their_schema_and_never_carry_data(reason: str) -> None:
     r = Receipt("abc", "sqlite", HOSTILE, reason, 1, T0, None, None, None, None, T0 + 1)
     body = orjson.loads(encode_receipt(r))
@@ -197,3 +198,21 @@ def test_help_explains_the_options(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for option in ("--path", "--compacted", "--sweep-interval", "--receipts-topic", "--group-id"):
         assert option in out
+
+
+def test_stamped_reason_is_gone_from_the_schema() -> None:
+    schema = json.loads((Path(__file__).parents[2] / "schemas/receipt.schema.json").read_text())
+    assert schema["properties"]["reason"]["enum"] == list(REASONS) == ["ttl", "explicit", "sweep"]
+
+
+def test_stamps_with_fields_unknown_to_the_sink_are_accepted() -> None:
+    """The service may add fields (last_activity_at, redacted): a sink ignores them."""
+    s = Stamp(HOSTILE, T0, T0 + 60_000, 60_000, "org")
+    body = orjson.loads(encode_stamp(s, {"x": 1}))
+    body.update(last_activity_at="2026-01-01T00:00:30.000Z", redacted=["user.email"], new=[1])
+    change = decode_stamped(HOSTILE.key.encode(), orjson.dumps(body), partition=3, offset=7)
+    assert isinstance(change, StampChange)
+    assert (change.identity, change.expires_at, change.data) == (HOSTILE, T0 + 60_000, '{"x":1}')
+    tomb = orjson.loads(encode_tombstone(s, reason="ttl", emitted_at=T0 + 60_000))
+    tomb.update(deleted_at=None, extra={"a": 1})
+    assert decode_tombstone(None, orjson.dumps(tomb)).identity == HOSTILE

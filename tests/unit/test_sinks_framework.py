@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from stream_expiry.errors import StoreError
+from stream_expiry.kafka import key_partition
 from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
+from stream_expiry.murmur2 import partition_for
 from stream_expiry.sinks.framework import BatchReport, Sink, SinkConfig
 from stream_expiry.sinks.postgres import PostgresStore
 from stream_expiry.sinks.store import MemoryStore
@@ -44,14 +46,43 @@ class Journal:
     events: list[tuple[str, Any]] = field(default_factory=list)
 
 
+class FakeBatch:
+    def __init__(self) -> None:
+        self.messages: list[tuple[bytes | None, bytes | None]] = []
+
+    def append(self, *, timestamp: None, key: bytes | None, value: bytes | None) -> object:
+        self.messages.append((key, value))
+        return object()
+
+    def record_count(self) -> int:
+        return len(self.messages)
+
+
 class FakeProducer:
+    """Scripts aiokafka's batch API; every topic has 4 partitions."""
+
     def __init__(self, journal: Journal) -> None:
         self.j = journal
 
-    async def send(self, topic: str, value: bytes | None, *, key: bytes) -> asyncio.Future[None]:
-        self.j.events.append(("send", (topic, key, value)))
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2, 3}
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch()
+
+    async def send_batch(
+        self, batch: FakeBatch, topic: str, *, partition: int
+    ) -> asyncio.Future[None]:
+        for key, value in batch.messages:
+            self.j.events.append(("send", (topic, partition, key, value)))
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+
+        def ack() -> None:  # the broker answers later; the sink must wait for it
+            self.j.events.append(("ack", topic))
+            fut.set_result(None)
+
+        loop.call_soon(ack)
         return fut
 
 
@@ -97,29 +128,39 @@ async def test_offsets_are_committed_after_the_store_and_the_acks() -> None:
     sink = sink_for(store, reports)
     await sink._handle(batch(), FakeProducer(j), FakeConsumer(j, store))
     kinds = [e[0] for e in j.events]
-    assert kinds == ["send", "send", "commit"]  # receipt, compacted null, then the commit
-    (_, (topic, key, value)), (_, (null_topic, null_key, null_value)) = j.events[:2]
-    assert (topic, key) == ("rc", A.key.encode())
+    # receipt and compacted null sent, both acknowledged, then the commit
+    assert kinds == ["send", "send", "ack", "ack", "commit"]
+    (_, (topic, part, key, value)), (_, (null_topic, null_part, null_key, null_value)) = j.events[
+        :2
+    ]
+    assert (topic, part, key) == ("rc", key_partition(A.key.encode(), 4), A.key.encode())
     assert b'"reason":"ttl"' in value
-    assert (null_topic, null_key, null_value) == ("history", A.key.encode(), None)
-    offsets, rows_at_commit, published_at_commit = j.events[2][1]
+    # The user's topic: Kafka's default partitioner (murmur2), not our CRC-32.
+    assert (null_topic, null_part, null_key, null_value) == (
+        "history", partition_for(A.key.encode(), 4), A.key.encode(), None,
+    )  # fmt: skip
+    offsets, rows_at_commit, published_at_commit = j.events[4][1]
     assert offsets == {TP("st", 0): 7, TP("tb", 1): 10}  # past the malformed message too
     assert rows_at_commit == {}  # the deletion was durable before the commit
-    assert published_at_commit == 1  # and its receipt acknowledged
+    assert published_at_commit == 0  # acknowledged; marked in the next transaction
+    await sink._handle(
+        {TP("st", 0): [Rec("st", 0, 7, b"x", b"[]")]}, FakeProducer(j), FakeConsumer(j, store)
+    )
+    assert j.events[-1][1][2] == 1  # the next batch's one transaction marked it
     m = sink.metrics
     assert (m["messages_total"], m["invalid_total"], m["deleted_total"], m["receipts_total"]) == (
-        3,
-        1,
+        4,
+        2,
         1,
         1,
     )
     assert (m["compacted_nulls_total"], m["published_total"]) == (1, 1)
-    [report] = reports
+    report = reports[0]
     assert (report.kind, report.messages, report.invalid, report.deleted) == ("batch", 3, 1, 1)
 
 
 class FailingStore(MemoryStore):
-    async def apply(self, changes: Any, *, now_ms: int) -> Plan:
+    async def apply(self, changes: Any, *, now_ms: int, published: Any = ()) -> Plan:
         raise StoreError("disk full")
 
 
@@ -150,7 +191,7 @@ async def test_the_sweep_counts_logs_and_publishes(caplog: pytest.LogCaptureFixt
     assert not await sink.sweep_once(FakeProducer(j))
     assert sink.metrics["swept_total"] == 1
     assert "swept 1 rows" in caplog.text
-    assert [e[1][0] for e in j.events] == ["rc", "history"]
+    assert [e[1][0] for e in j.events if e[0] == "send"] == ["rc", "history"]
     assert [r.kind for r in reports] == ["sweep"]
     assert await store.count() == 1  # the record that never expires stays
 

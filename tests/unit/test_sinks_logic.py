@@ -141,13 +141,61 @@ def test_touch_restamp_keeps_data_but_a_new_life_does_not_inherit_it() -> None:
     assert row.data is None
 
 
-def test_null_value_deletes_and_the_tombstone_of_that_life_adds_no_receipt() -> None:
+def test_null_first_deletes_at_once_and_the_tombstone_event_writes_the_receipt() -> None:
     w, s = World(), life()
     w.apply([st_change(s)])
+    deleted_at = w.now + 1
     p = w.apply([NullChange(A)])
-    assert [(r.reason, r.rows_deleted) for r in p.receipts] == [("stamped_null", 1)]
-    assert w.apply([tomb(s)]).receipts == []
+    assert w.row() is None
+    assert (p.deleted, p.receipts) == (1, [])  # the null names no rule: no receipt yet
     assert w.apply([NullChange(A)]).receipts == []
+    p = w.apply([tomb(s, reason="explicit", emitted_at=T0 + 3 * MIN)])
+    [r] = p.receipts
+    assert (r.reason, r.rows_deleted, r.created_at, r.expires_at) == (
+        "explicit", 1, T0, T0 + 10 * MIN,
+    )  # fmt: skip
+    assert (r.emitted_at, r.ttl_source, r.deleted_at) == (T0 + 3 * MIN, "org", deleted_at)
+    assert w.apply([tomb(s, reason="explicit", emitted_at=T0 + 3 * MIN)]).receipts == []
+    slot = w.state[A]
+    assert slot.marker is not None
+    assert slot.marker.pending == ()
+
+
+def test_tombstone_first_then_null_gives_the_same_single_receipt() -> None:
+    w, s = World(), life()
+    w.apply([st_change(s)])
+    p = w.apply([tomb(s)])
+    assert [(r.reason, r.rows_deleted) for r in p.receipts] == [("ttl", 1)]
+    p = w.apply([NullChange(A)])
+    assert (p.deleted, p.receipts, p.markers) == (0, [], [])
+
+
+def test_tombstone_of_a_later_life_does_not_lend_its_rule_to_an_earlier_pending_one() -> None:
+    w, first = World(), life()
+    second = life(created=(first.expires_at or 0) + MIN)
+    w.apply([st_change(first, None, 0), NullChange(A, 0, 1), st_change(second, None, 2)])
+    w.apply([NullChange(A, 0, 3)])
+    p = w.apply([tomb(second, reason="explicit", emitted_at=(second.created_at or 0) + 1)])
+    assert [(r.reason, r.created_at) for r in p.receipts] == [("explicit", second.created_at)]
+    p = w.apply([tomb(first)])
+    assert [(r.reason, r.created_at) for r in p.receipts] == [("ttl", T0)]
+    assert w.state[A].marker is not None
+    assert w.state[A].marker.pending == ()  # type: ignore[union-attr]
+
+
+def test_sweep_writes_the_receipt_of_a_null_deletion_whose_tombstone_never_came() -> None:
+    w, s = World(), life()
+    w.apply([st_change(s)])
+    deleted_at = w.now + 1
+    w.apply([NullChange(A)])
+    assert w.apply([SweepChange(A, deleted_at - 1)]).receipts == []  # still within the grace
+    p = w.apply([SweepChange(A, deleted_at)])
+    [r] = p.receipts
+    assert (r.reason, r.rows_deleted, r.created_at, r.emitted_at, r.deleted_at) == (
+        "sweep", 1, T0, None, deleted_at,
+    )  # fmt: skip
+    assert p.swept == 1
+    assert w.apply([tomb(s)]).receipts == []  # the late tombstone: already on record
 
 
 def test_sweep_deletes_only_expired_rows_and_covers_the_late_tombstone() -> None:
@@ -268,8 +316,10 @@ def test_any_interleaving_converges_with_one_receipt_per_deleted_life(
         assert (row.created_at, row.data) == (final.created, f'{{"life":{len(ls) - 1}}}')
     else:
         assert row is None
-    deleted = [lf.created for lf in ls if lf.deleted_by is not None]
-    assert sorted(r.created_at or 0 for r in w.receipts) == deleted
+    deleted = [(lf.created, lf.deleted_by) for lf in ls if lf.deleted_by is not None]
+    assert sorted((r.created_at or 0, r.reason) for r in w.receipts) == deleted
+    emitted = {lf.created: lf.deleted_at for lf in ls}
+    assert all(r.emitted_at == emitted[r.created_at or 0] for r in w.receipts)
     # Re-reading a suffix (a crash before the offset commit; or a restart from offset 0)
     # changes nothing and adds no receipt.
     before = {i: (s.row, s.marker) for i, s in w.state.items()}
