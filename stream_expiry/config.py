@@ -108,6 +108,15 @@ class SinkSettings:
 
 
 @dataclass(frozen=True)
+class ArchiveSettings:
+    """``[archive]``: with ``required``, no ``ttl`` tombstone before the archive (the consumer
+    group ``group_id`` on ``expiry.stamped``) holds the record's latest stamp."""
+
+    required: bool = False
+    group_id: str = "stream-expiry-archive"
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole service's settings; ``Config()`` is what an absent file means."""
 
@@ -128,6 +137,7 @@ class Config:
     sliding: frozenset[str] = frozenset({"session"})
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     sink: SinkSettings = field(default_factory=SinkSettings)
+    archive: ArchiveSettings = field(default_factory=lambda: ArchiveSettings())
     path: str | None = None
 
 
@@ -143,6 +153,7 @@ _TOP: Final = (
     "retention",
     "kafka",
     "sink",
+    "archive",
 )
 _TOPIC_KEYS: Final = (
     "inputs",
@@ -398,6 +409,7 @@ class _Reader:
             sliding=sliding,
             retention=self.retention(data.get("retention", {}), preset, categories),
             sink=self.sink(data.get("sink", {}), categories),
+            archive=self.archive(data.get("archive", {})),
             path=self._path,
         )
 
@@ -527,6 +539,15 @@ class _Reader:
                         settings, (*bots_where, org, bot, env), "bot", categories
                     )
         return RetentionSettings(preset=preset, defaults=defaults, cap=cap, orgs=orgs, bots=bots)
+
+    def archive(self, value: object) -> ArchiveSettings:
+        where: _Path = ("archive",)
+        table = self.table(value, where, ("required", "group_id"))
+        required = table.get("required", False)
+        if not isinstance(required, bool):
+            raise self.bad((*where, "required"), required, "true or false")
+        group = self.text(table.get("group_id", ArchiveSettings.group_id), (*where, "group_id"))
+        return ArchiveSettings(required=required, group_id=group)
 
     def sink(self, value: object, categories: tuple[str, ...]) -> SinkSettings:
         where: _Path = ("sink",)

@@ -117,6 +117,11 @@ class _StatsCollector(Collector):
             "Expirations held in memory (due within the horizon).",
             value=s.pending_in_wheel,
         )
+        yield GaugeMetricFamily(
+            f"{p}_archive_waiting_records",
+            "Due records kept until the archive holds their latest stamp ([archive] required).",
+            value=s.archive_waiting,
+        )
         cumulative = 0
         buckets: list[tuple[str, float]] = []
         for bound, count in zip(LAG_BUCKETS_MS, s.lag_buckets, strict=False):

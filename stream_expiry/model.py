@@ -301,6 +301,9 @@ class Stamp(NamedTuple):
     # A legal hold keeps the record past its expiry or its erasure request: it is frozen
     # (events change nothing) until the release of its last matching hold.
     held: bool = False
+    # Where the record's latest stamp sits on its partition of ``expiry.stamped``, once the
+    # broker acknowledged it: ``[archive] required`` purges only what the archive has read.
+    stamp_offset: int | None = None
 
     @property
     def live(self) -> bool:

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Outbox", "all_acked"]
 
-_Entry = tuple[list[Any], list[tuple["PartitionProcessor", "Effects"]], int]
+_Sent = list[tuple[Any, list[tuple["Effects", str, int]]]]
+_Entry = tuple[_Sent, list[tuple["PartitionProcessor", "Effects"]], int]
 
 MAX_IN_FLIGHT = 16
 
@@ -48,12 +49,17 @@ async def all_acked(acks: Iterable[Awaitable[Any]]) -> None:
 
 
 class _Batches:
-    """Record batches per (topic, partition): one produce request each, not one per message."""
+    """Record batches per (topic, partition): one produce request each, not one per message.
+
+    Messages added with ``track`` are remembered with their place in their batch, so that
+    once the batch is acknowledged their offsets are known (:meth:`offsets`).
+    """
 
     def __init__(self, prod: AIOKafkaProducer) -> None:
         self._prod = prod
         self._open: dict[tuple[str, int], Any] = {}
-        self.sent: list[Any] = []
+        self._tracked: dict[tuple[str, int], list[tuple[Effects, str, int]]] = {}
+        self.sent: _Sent = []
 
     async def add(
         self,
@@ -63,21 +69,30 @@ class _Batches:
         value: bytes | None,
         timestamp_ms: int | None,
         headers: list[tuple[str, bytes]],
+        track: Effects | None = None,
     ) -> None:
         slot = (topic, partition)
         batch = self._open.get(slot)
         if batch is None:
             batch = self._open[slot] = self._prod.create_batch()
-        if batch.append(timestamp=timestamp_ms, key=key, value=value, headers=headers) is None:
-            self.sent.append(await self._prod.send_batch(batch, topic, partition=partition))
+        meta = batch.append(timestamp=timestamp_ms, key=key, value=value, headers=headers)
+        if meta is None:
+            await self._send(slot)
             batch = self._open[slot] = self._prod.create_batch()
-            if batch.append(timestamp=timestamp_ms, key=key, value=value, headers=headers) is None:
+            meta = batch.append(timestamp=timestamp_ms, key=key, value=value, headers=headers)
+            if meta is None:
                 raise BrokerError(f"a message for {topic} is larger than the producer's batch size")
+        if track is not None and key is not None:
+            self._tracked.setdefault(slot, []).append((track, key.decode(), meta.offset))
 
-    async def flush(self) -> list[Any]:
-        for (topic, partition), batch in self._open.items():
-            self.sent.append(await self._prod.send_batch(batch, topic, partition=partition))
-        self._open.clear()
+    async def _send(self, slot: tuple[str, int]) -> None:
+        batch = self._open.pop(slot)
+        future = await self._prod.send_batch(batch, slot[0], partition=slot[1])
+        self.sent.append((future, self._tracked.pop(slot, [])))
+
+    async def flush(self) -> _Sent:
+        for slot in list(self._open):
+            await self._send(slot)
         return self.sent
 
 
@@ -121,7 +136,8 @@ class Outbox:
         stamped_p = codec.output_partition(proc.partition, self._partitions[t.stamped])
         for state, data in effects.stamps:
             value = model.encode_stamp(state, data)
-            await out.add(t.stamped, stamped_p, state.identity.key.encode(), value, now_ms, source)
+            key = state.identity.key.encode()
+            await out.add(t.stamped, stamped_p, key, value, now_ms, source, track=effects)
         if effects.tombstones:
             tomb_p = codec.output_partition(proc.partition, self._partitions[t.tombstones])
             for fired in effects.tombstones:
@@ -158,8 +174,12 @@ class Outbox:
     async def run(self) -> None:
         """The settler: run it in the service's task group for the outbox's lifetime."""
         async with self._receive:
-            async for acks, items, now_ms in self._receive:
-                await all_acked(acks)
+            async for sent, items, now_ms in self._receive:
+                await all_acked(future for future, _ in sent)
+                for future, tracked in sent:
+                    base = future.result().offset
+                    for effects, key, relative in tracked:
+                        effects.stamp_offsets[key] = base + relative
                 committable = self.committable
                 for proc, effects in items:
                     proc.settle(effects, now_ms)

@@ -30,6 +30,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from stream_expiry import model
+from stream_expiry.archive_gate import ArchiveGate
 from stream_expiry.codec import dead_letter_headers
 from stream_expiry.errors import BrokerError
 from stream_expiry.health import Health
@@ -68,6 +69,8 @@ SLICE = 500  # events decided between two looks at the timers
 COMMIT_EVERY_S = 1.0
 IDLE_WAIT_MS = 200
 PRUNE_EVERY_S = 60.0
+ARCHIVE_POLL_S = 1.0
+ARCHIVE_STALL_S = 30.0  # an archive silent this long while purges wait: a warning
 
 
 def wall_clock_ms() -> int:
@@ -114,6 +117,9 @@ class Service:
         self.clock = clock
         self.book = PolicyBook(config, environ)
         self.holds = HoldBook()
+        self.archive: ArchiveGate | None = None  # with [archive] required, once started
+        self._archive_moved_at = time.monotonic()
+        self._archive_warned_at = 0.0
         self.stats = ServiceStats()
         self.ready = anyio.Event()
         self.health = health or Health()
@@ -164,8 +170,13 @@ class Service:
             ):
                 await self._follow_policies(policies, prod, to_end=True)
                 await self._follow_holds(holds, prod, to_end=True)
-                outbox = self._outbox = Outbox(prod, t, await self._partition_counts(prod))
+                counts = await self._partition_counts(prod)
+                outbox = self._outbox = Outbox(prod, t, counts)
                 tg.start_soon(outbox.run)
+                if self.config.archive.required:
+                    self.archive = ArchiveGate(partitions=counts[t.stamped])
+                    await self._follow_archive_once()
+                    tg.start_soon(self._follow_archive, stop)
                 async with consumer(self.bootstrap, **self._group_options()) as cons:
                     self._consumer = cons
                     cons.subscribe(list(t.inputs), listener=_Rebalance(self))
@@ -426,6 +437,50 @@ class Service:
                     self.stats.policy_updates += 1
                     log.info("policy update applied: %s", result.describe())
 
+    # -- archive before purge ---------------------------------------------------------------
+
+    async def _follow_archive(self, stop: anyio.Event) -> None:
+        """Follow the archive group's committed offsets on ``expiry.stamped``, once a second."""
+        while not stop.is_set():
+            with anyio.move_on_after(ARCHIVE_POLL_S):
+                await stop.wait()
+            if stop.is_set():
+                return
+            try:
+                await self._follow_archive_once()
+            except BrokerError as exc:
+                log.warning("cannot read the archive's offsets (purges wait): %s", exc)
+
+    async def _follow_archive_once(self) -> None:
+        gate = self.archive
+        assert gate is not None
+        cfg = self.config
+        async with consumer(self.bootstrap, group_id=cfg.archive.group_id) as cons:
+            offsets: dict[int, int] = {}
+            for p in range(gate.partitions):
+                committed = await cons.committed(TopicPartition(cfg.topics.stamped, p))
+                if committed is not None and committed >= 0:
+                    offsets[p] = committed
+        waiting = sum(p.archive_waiting for p in self.processors.values())
+        self.stats.archive_waiting = waiting
+        now = time.monotonic()
+        if gate.update(offsets) or not waiting:
+            self._archive_moved_at = now
+        elif now - self._archive_moved_at > ARCHIVE_STALL_S and (
+            now - self._archive_warned_at > ARCHIVE_STALL_S
+        ):
+            self._archive_warned_at = now
+            log.warning(
+                "the archive (group %r) has not moved for %.0f s: %d due records wait for it "
+                "before they are purged; is `stream-expiry archive` running?",
+                cfg.archive.group_id,
+                now - self._archive_moved_at,
+                waiting,
+            )
+        for proc in self.processors.values():
+            if proc.archive_waiting:
+                proc.recheck_archive()
+
     # -- legal holds ------------------------------------------------------------------------
 
     async def _follow_holds(
@@ -524,6 +579,7 @@ class Service:
                     tick_ms=self.config.tick_ms,
                     horizon_ms=self.config.horizon_ms,
                     holds=self.holds,
+                    archive=self.archive,
                 )
                 self.processors[slot] = proc
                 c = store.counts

@@ -27,6 +27,7 @@ class ServiceStats:
     pending_in_wheel: int = 0
     restored: int = 0  # changelog messages read by restores
     restoring: int = 0  # partitions being restored now
+    archive_waiting: int = 0  # due records kept until the archive has them ([archive] required)
     # ttl tombstones' lag (emitted_at - expires_at), as histogram buckets for /metrics
     lag_buckets: list[int] = field(default_factory=lambda: [0] * len(LAG_BUCKETS_MS))
     lag_sum_ms: int = 0

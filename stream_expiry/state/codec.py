@@ -13,7 +13,7 @@ from stream_expiry.model import Identity, Stamp
 
 __all__ = ["decode_state", "encode_state"]
 
-_FIXED = struct.Struct(">qqqqqqB")
+_FIXED = struct.Struct(">qqqqqqqB")
 _NONE = -(1 << 63)
 
 
@@ -29,6 +29,7 @@ def encode_state(stamp: Stamp, prune_at: int | None) -> bytes:
         _opt(stamp.deleted_at),
         _opt(prune_at),
         _opt(stamp.erase_at),
+        _opt(stamp.stamp_offset),
         stamp.held,
     )
     return head + (stamp.ttl_source or "").encode()
@@ -36,7 +37,7 @@ def encode_state(stamp: Stamp, prune_at: int | None) -> bytes:
 
 def decode_state(identity: Identity, value: bytes) -> tuple[Stamp, int | None]:
     """The stored state and its marker's prune time (None for a live record)."""
-    created, expires, ttl, deleted, prune, erase, held = _FIXED.unpack_from(value)
+    created, expires, ttl, deleted, prune, erase, offset, held = _FIXED.unpack_from(value)
     source = value[_FIXED.size :].decode() or None
     stamp = Stamp(
         identity,
@@ -47,5 +48,6 @@ def decode_state(identity: Identity, value: bytes) -> tuple[Stamp, int | None]:
         None if deleted == _NONE else deleted,
         None if erase == _NONE else erase,
         bool(held),
+        None if offset == _NONE else offset,
     )
     return stamp, None if prune == _NONE else prune

@@ -31,6 +31,7 @@ from stream_expiry.holds import HoldBook
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
 
+    from stream_expiry.archive_gate import ArchiveGate
     from stream_expiry.engine import Resolver
     from stream_expiry.state.store import PartitionStore
 
@@ -62,6 +63,8 @@ class Effects:
     writes: dict[str, tuple[model.Stamp | None, model.Stamp]] = field(default_factory=dict)
     events: int = 0
     verdicts: Counter[str] = field(default_factory=Counter)  # what the events did
+    # offsets of the stamps on expiry.stamped, learnt from the broker's acks
+    stamp_offsets: dict[str, int] = field(default_factory=dict)
     # deletions a legal hold deferred: (the record's state, its reason, the holds' ids)
     deferred: list[tuple[model.Stamp, str, list[str]]] = field(default_factory=list)
 
@@ -88,6 +91,7 @@ class PartitionProcessor:
         tick_ms: int = 10,
         horizon_ms: int = 3_600_000,
         holds: HoldBook | None = None,
+        archive: ArchiveGate | None = None,
     ) -> None:
         self.topic = topic
         self.partition = partition
@@ -105,6 +109,9 @@ class PartitionProcessor:
         self._release_cursor: bytes | None = None
         self._release_generation = self.holds.generation
         self._release_pending = True  # check once at start: holds may be gone since
+        self.archive = archive
+        self._archive_generation = archive.generation if archive else 0
+        self.archive_waiting = 0  # due records kept until the archive has them
         self.load_timers()
 
     # -- events -------------------------------------------------------------------------
@@ -195,6 +202,13 @@ class PartitionProcessor:
                 writes[key] = (before, kept)
                 overlay[key] = (seq, kept)
                 continue
+            if fired.reason == "ttl" and not self._archived(before):
+                kept = before._replace(held=True)
+                self.archive_waiting += 1
+                effects.verdicts["archive_wait"] += 1
+                writes[key] = (before, kept)
+                overlay[key] = (seq, kept)
+                continue
             effects.tombstones.append(fired)
             writes[key] = (before, fired.after)
             overlay[key] = (seq, fired.after)
@@ -244,6 +258,18 @@ class PartitionProcessor:
             return kept
         return None
 
+    def _archived(self, stamp: model.Stamp) -> bool:
+        """With ``[archive] required``: whether the archive holds the record's latest stamp."""
+        if self.archive is None:
+            return True
+        key = stamp.identity.key
+        if key in self._overlay:
+            return False  # a change not yet settled: its stamp's offset is not known yet
+        stored = self.store.get(key)
+        return self.archive.archived(
+            self.partition, None if stored is None else stored.stamp_offset
+        )
+
     def _defer(self, kept: model.Stamp, reason: str, effects: Effects) -> None:
         ids = [h.hold_id for h in self.holds.holding(kept.identity)]
         effects.deferred.append((kept, reason, ids))
@@ -263,6 +289,13 @@ class PartitionProcessor:
             self._release_generation = self.holds.generation
             self._release_cursor = None
             self._release_pending = True
+        archive = self.archive
+        if archive is not None and archive.generation != self._archive_generation:
+            self._archive_generation = archive.generation
+            if self.archive_waiting:
+                self._release_cursor = None
+                self._release_pending = True
+                self.archive_waiting = 0  # counted again by this scan
         if not self._release_pending:
             return effects
         candidates: list[model.Stamp] = []
@@ -278,6 +311,9 @@ class PartitionProcessor:
         for held in candidates:
             if self.holds.is_held(held.identity):
                 continue
+            if held.erase_at is None and not self._archived(held):
+                self.archive_waiting += 1
+                continue
             fired = self._engine.fire_now(held, now_ms)
             key = held.identity.key
             effects.tombstones.append(fired)
@@ -285,10 +321,26 @@ class PartitionProcessor:
             overlay[key] = (seq, fired.after)
         return effects
 
+    def recheck_archive(self) -> None:
+        """Look at the records waiting for the archive again (their stamps may have been
+        settled, or the archive moved, since the last look)."""
+        self._release_cursor = None
+        self._release_pending = True
+        self.archive_waiting = 0  # counted again by the scan
+
     @property
     def releasing(self) -> bool:
-        """A release scan is under way (or one is owed to a release just seen)."""
-        return self._release_pending or self.holds.generation != self._release_generation
+        """A release scan is under way (or one is owed to a release or archive progress)."""
+        archive_moved = (
+            self.archive is not None
+            and self.archive_waiting > 0
+            and self.archive.generation != self._archive_generation
+        )
+        return (
+            self._release_pending
+            or self.holds.generation != self._release_generation
+            or archive_moved
+        )
 
     def next_due_ms(self) -> int | None:
         return self._engine.next_due_ms()
@@ -335,7 +387,16 @@ class PartitionProcessor:
         a settled state leaves the overlay unless a later effect changed it again.
         """
         if effects.writes:
-            self.store.write(effects.writes.values(), now_ms=now_ms)
+            changes: Iterable[tuple[model.Stamp | None, model.Stamp]] = effects.writes.values()
+            if effects.stamp_offsets:
+                offsets = effects.stamp_offsets
+                changes = [
+                    (old, new)
+                    if (o := offsets.get(new.identity.key)) is None
+                    else (old, new._replace(stamp_offset=o))
+                    for old, new in changes
+                ]
+            self.store.write(changes, now_ms=now_ms)
         overlay, seq = self._overlay, effects.seq
         for key in effects.writes:
             known = overlay.get(key)

@@ -147,7 +147,8 @@ def _apply_stamps(
             latest[identity.key] = model.Stamp(identity, None, None, None, None, deleted_at)
             continue
         try:
-            latest[identity.key] = decode_stamp(rec.key, rec.value, identity)
+            stamp = decode_stamp(rec.key, rec.value, identity)
+            latest[identity.key] = stamp._replace(stamp_offset=rec.offset)
         except ValueError:
             report.unreadable += 1
     new = list(latest.values())
