@@ -37,6 +37,7 @@ from stream_expiry.policy.sources import (
     config_key,
     make_candidate,
 )
+from stream_expiry.redact import InvalidRedactPath, parse_path
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
@@ -82,6 +83,9 @@ class Config:
     sliding: frozenset[str] = frozenset({"session"})
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     path: str | None = None
+    # [redact]: category -> dotted paths inside ``data`` removed before anything is written
+    # (hash=False: a mapping is not hashable; see RetentionSettings).
+    redact: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
 
 _TOP: Final = (
@@ -94,6 +98,7 @@ _TOP: Final = (
     "categories",
     "service",
     "retention",
+    "redact",
 )
 _TOPIC_KEYS: Final = ("inputs", "policies", "stamped", "tombstones", "dlq", "receipts")
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -294,6 +299,7 @@ class _Reader:
             sliding=sliding,
             retention=self.retention(data.get("retention", {}), preset, categories),
             path=self._path,
+            redact=_read_redact(self, data.get("redact", {}), categories),
         )
 
     def categories(self, value: object) -> tuple[tuple[str, ...], frozenset[str]]:
@@ -385,6 +391,29 @@ class _Reader:
                 (*where, name),
                 f"{what} id {self.place(where)} must be 1 to {MAX_ID_CHARS} characters long",
             )
+
+
+def _read_redact(
+    reader: _Reader, value: object, categories: tuple[str, ...]
+) -> dict[str, tuple[str, ...]]:
+    """``[redact]``: each key a configured category, each value an array of dotted paths."""
+    where: _Path = ("redact",)
+    table = reader.table(value, where, None)
+    redact: dict[str, tuple[str, ...]] = {}
+    for category, raw in table.items():
+        if category not in categories:
+            note = " (categories are set by [categories] names)"
+            raise reader.unknown(where, category, categories, note=note)
+        paths = reader.texts(raw, (*where, category))
+        for path in paths:
+            try:
+                parse_path(path)
+            except InvalidRedactPath as exc:
+                raise reader.error(
+                    (*where, category), f"key {category!r} {reader.place(where)}: {exc}"
+                ) from None
+        redact[category] = paths
+    return redact
 
 
 # -- positions of keys in TOML text ------------------------------------------------------------
