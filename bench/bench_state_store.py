@@ -232,10 +232,14 @@ _BE = struct.Struct(">Q")
 
 
 def rocksdb_options(
-    cache_mb: int = 64, write_buffer_mb: int = 64, compression: str = "lz4", bloom_bits: int = 10
+    cache_mb: int = 64,
+    write_buffer_mb: int = 64,
+    compression: str = "lz4",
+    bloom_bits: int = 10,
+    filters: str = "partitioned",
 ) -> Any:
     """The options measured best here (see docs/BENCHMARKS.md); raw mode: bytes in, bytes out."""
-    from rocksdict import BlockBasedOptions, Cache, DBCompressionType, Options
+    from rocksdict import BlockBasedIndexType, BlockBasedOptions, Cache, DBCompressionType, Options
 
     opts = Options(raw_mode=True)
     opts.create_if_missing(True)
@@ -250,8 +254,19 @@ def rocksdb_options(
     if bloom_bits:  # 10 bits: ~1 % false positives, a lookup of a new key rarely reads a block
         table.set_bloom_filter(bloom_bits, False)
     table.set_block_cache(Cache(cache_mb * 1024 * 1024))
-    table.set_cache_index_and_filter_blocks(True)  # index and filters count in the cache:
-    table.set_pin_l0_filter_and_index_blocks_in_cache(True)  # RSS stays bounded
+    if filters == "partitioned":
+        # Index and filters in the block cache (RSS bounded by the cache) but cut into 4 KiB
+        # partitions under a pinned top level: a lookup loads one small partition, where a
+        # whole-file filter (MiBs) evicted from a small cache is re-read on every miss.
+        table.set_index_type(BlockBasedIndexType.two_level_index_search())
+        table.set_partition_filters(True)
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_top_level_index_and_filter(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    elif filters == "cached":  # whole-file filters and indexes inside the block cache
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    # "table": RocksDB's default, filters and indexes held by the open files, outside the cache
     opts.set_block_based_table_factory(table)
     return opts
 
@@ -276,7 +291,7 @@ class RocksStore:
 
         self.path = os.path.join(path, "rocks")
         opts = rocksdb_options(
-            args.cache_mb, args.write_buffer_mb, args.compression, args.bloom_bits
+            args.cache_mb, args.write_buffer_mb, args.compression, args.bloom_bits, args.filters
         )
         self.db: Any = Rdict(self.path, opts)  # raw mode: bytes only, which the stubs miss
         self.write_opt = WriteOptions()
@@ -485,6 +500,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--write-buffer-mb", type=int, default=64, help="RocksDB memtable size")
     p.add_argument("--compression", choices=("lz4", "none", "zstd", "snappy"), default="lz4")
     p.add_argument("--bloom-bits", type=int, default=10, help="RocksDB bloom filter (0: none)")
+    p.add_argument(
+        "--filters",
+        choices=("partitioned", "cached", "table"),
+        default="partitioned",
+        help="where RocksDB keeps bloom filters and indexes",
+    )
     p.add_argument("--seed", type=int, default=10)
     p.add_argument("--dir", help="parent directory for the stores (default: a temp dir)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -516,7 +537,7 @@ def main(argv: list[str] | None = None) -> None:
             "--bloom-bits",
             str(args.bloom_bits),
         ]
-        cmd += ["--compression", args.compression]
+        cmd += ["--compression", args.compression, "--filters", args.filters]
         cmd += ["--seed", str(args.seed)] + (["--dir", args.dir] if args.dir else [])
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
         results.append(json.loads(out))
@@ -532,6 +553,7 @@ def main(argv: list[str] | None = None) -> None:
                 "write_buffer_mb": args.write_buffer_mb,
                 "compression": args.compression,
                 "bloom_bits": args.bloom_bits,
+                "filters": args.filters,
                 "seed": args.seed,
                 "touch_share": TOUCH_SHARE,
             },

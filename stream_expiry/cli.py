@@ -130,6 +130,51 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return anyio.run(run_demo, args)
 
 
+# -- archive ------------------------------------------------------------------------------
+
+
+def _add_archive_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    archive = sub.add_parser(
+        "archive",
+        help="keep every stamp in gzip JSON-lines files (archive before purge)",
+        description="Consume expiry.stamped with its own consumer group and append every stamp "
+        "to DIR/<org>/<YYYY-MM-DD of created_at>.jsonl.gz, and every deletion (null) as an "
+        "erasure marker to DIR/<org>/erasures.jsonl.gz; files are fsynced before offsets are "
+        "committed. 'archive purge --dir DIR' removes the erased records from the files. "
+        "See README: Archive.",
+    )
+    archive.add_argument("action", nargs="?", choices=["run", "purge"], default="run")
+    archive.add_argument("--dir", required=True, metavar="DIR", help="the archive directory")
+    _add_common(archive)
+    archive.add_argument(
+        "--group-id",
+        default="stream-expiry-archive",
+        help="consumer group (default stream-expiry-archive)",
+    )
+    archive.set_defaults(func=_cmd_archive)
+
+
+def _cmd_archive(args: argparse.Namespace) -> int:
+    from stream_expiry import archive
+
+    if args.action == "purge":
+        result = archive.purge(args.dir)
+        print(
+            f"purged {result.lines_removed} erased lines from {result.files_rewritten} files; "
+            f"{result.lines_kept} lines kept"
+        )
+        return 0
+    config = _load(args)
+    return anyio.run(
+        lambda: archive.serve_archive(
+            bootstrap_from(args, config),
+            args.dir,
+            topic=config.topics.stamped,
+            group_id=args.group_id,
+        )
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stream-expiry",
@@ -224,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="service log level (default ERROR: the demo's malformed events are on purpose)",
     )
     demo.set_defaults(func=_cmd_demo)
+    _add_archive_parser(sub)
 
     try:
         from stream_expiry.sinks.command import add_sink_parser
