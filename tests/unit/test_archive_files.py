@@ -39,7 +39,8 @@ def test_org_names_are_safe_and_injective(a: str, b: str) -> None:
     for org in (a, b):
         name = org_dirname(org)
         assert name not in ("", ".", "..")
-        assert "/" not in name and "\0" not in name
+        assert "/" not in name
+        assert "\0" not in name
         assert len(name.encode()) <= 200
     if a != b:
         assert org_dirname(a) != org_dirname(b)
@@ -66,7 +67,8 @@ def test_layout_by_org_and_day_and_one_gzip_member_per_batch(tmp_path: Path) -> 
     assert raw.count(b"\x1f\x8b\x08") == 2  # two appends, two gzip members, one valid file
     assert gzip.decompress(raw).count(b"\n") == 2
     (marker,) = read_lines(str(tmp_path / "acme" / ERASURES))
-    assert marker["offset"] == 3 and marker["erased_at"] == "2026-11-19T11:06:40.000Z"
+    assert marker["offset"] == 3
+    assert marker["erased_at"] == "2026-11-19T11:06:40.000Z"
     assert (w.lines, w.erasures, w.batches) == (4, 1, 3)
 
 
@@ -74,7 +76,8 @@ def test_unreadable_values_and_foreign_keys_are_kept(tmp_path: Path) -> None:
     w = ArchiveWriter(str(tmp_path))
     w.write([Entry(b"not-a-record-key", b"\xffnot json", 0, 7, DAY1)])
     (line,) = read_lines(str(tmp_path / "_unknown" / "undated.jsonl.gz"))
-    assert line["key"] == "not-a-record-key" and line["offset"] == 7
+    assert line["key"] == "not-a-record-key"
+    assert line["offset"] == 7
     assert "not json" in line["stamp"]
 
 
@@ -93,7 +96,8 @@ def test_purge_removes_erased_lines_and_keeps_later_lives(tmp_path: Path) -> Non
     assert read_lines(str(tmp_path / "acme" / ERASURES))  # markers stay, for re-deliveries
     assert not [p for p in os.listdir(tmp_path / "acme") if "tmp" in p]
     again = purge(str(tmp_path))
-    assert again.lines_removed == 0 and again.files_rewritten == 0
+    assert again.lines_removed == 0
+    assert again.files_rewritten == 0
 
 
 def test_purge_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
