@@ -27,7 +27,8 @@ then one write of all of them: new records inserted, touched ones get a later ``
 ``--cap-seconds`` of ingest have passed (the result then says where it stopped).
 
 Reported: the ingest rate per tenth of ``--records`` (the target: last tenth >= 0.8 x the
-first), the time of the range scan of the next-hour slice in expiry order at the end (keys
+first), by the wall clock and per CPU second of the process (all its threads, RocksDB's
+flushes and compactions too: on a shared machine the steadier number), the time of the range scan of the next-hour slice in expiry order at the end (keys
 and their states), disk size and RSS. ONE JSON object on stdout (``bench.common.envelope``),
 progress on stderr.
 """
@@ -388,6 +389,7 @@ def run_one(engine: str, args: argparse.Namespace, path: str) -> dict[str, Any]:
     tenths: list[dict[str, Any]] = []
     inserted = touched = 0
     start = mark = time.perf_counter()
+    cpu_start = cpu_mark = time.process_time()  # every thread: RocksDB's flushes too
     mark_count = 0
     stopped_at: float | None = None
     while inserted < n:
@@ -419,18 +421,20 @@ def run_one(engine: str, args: argparse.Namespace, path: str) -> dict[str, Any]:
         inserted += fresh
         touched += len(keys) - fresh
         if inserted - mark_count >= tenth or inserted >= n:
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             tenths.append(
                 {
                     "tenth": len(tenths) + 1,
                     "records_at_end": inserted,
                     "seconds": round(t - mark, 3),
                     "records_per_s": round((inserted - mark_count) / (t - mark)),
+                    "cpu_seconds": round(cpu - cpu_mark, 3),
+                    "records_per_cpu_s": round((inserted - mark_count) / max(cpu - cpu_mark, 1e-9)),
                     "rss_mib": round(_rss()[0] / 2**20, 1),
                 }
             )
             log(f"{engine}: {inserted:,} records, {tenths[-1]['records_per_s']:,}/s this tenth")
-            mark, mark_count = t, inserted
+            mark, mark_count, cpu_mark = t, inserted, cpu
         if time.perf_counter() - start > args.cap_seconds:
             stopped_at = time.perf_counter() - start
             t = time.perf_counter()
@@ -441,6 +445,7 @@ def run_one(engine: str, args: argparse.Namespace, path: str) -> dict[str, Any]:
             log(f"{engine}: capped after {stopped_at:.0f} s at {inserted:,} records")
             break
     ingest_s = time.perf_counter() - start
+    ingest_cpu_s = time.process_time() - cpu_start
     t = time.perf_counter()
     slice_rows = store.scan(SLICE_FROM, SLICE_TO)
     scan_s = time.perf_counter() - t
@@ -455,6 +460,8 @@ def run_one(engine: str, args: argparse.Namespace, path: str) -> dict[str, Any]:
         "completed": stopped_at is None,
         "ingest_seconds": round(ingest_s, 1),
         "records_per_s": round(inserted / ingest_s),
+        "cpu_seconds": round(ingest_cpu_s, 1),
+        "records_per_cpu_s": round(inserted / max(ingest_cpu_s, 1e-9)),
         "get_many_seconds": round(get_s, 1),
         "put_many_seconds": round(put_s, 1),
         "tenths": tenths,
