@@ -28,8 +28,9 @@ then one write of all of them: new records inserted, touched ones get a later ``
 
 Reported: the ingest rate per tenth of ``--records`` (the target: last tenth >= 0.8 x the
 first), by the wall clock and per CPU second of the process (all its threads, RocksDB's
-flushes and compactions too: on a shared machine the steadier number), the time of the range scan of the next-hour slice in expiry order at the end (keys
-and their states), disk size and RSS. ONE JSON object on stdout (``bench.common.envelope``),
+flushes and compactions too: on a shared machine the steadier number), the time of the
+range scan of the next-hour slice in expiry order at the end (keys and their states), disk
+size and RSS. ONE JSON object on stdout (``bench.common.envelope``),
 progress on stderr.
 """
 
