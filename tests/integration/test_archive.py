@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import glob
 import os
+import signal
+import subprocess
+import sys
 import uuid
 from typing import TYPE_CHECKING
 
@@ -159,3 +162,32 @@ async def test_dying_between_write_and_commit_loses_nothing(
     }
     assert len(lines) == 30 + written_before_death[0]
     assert sum((await archived_offsets(broker, group, topics.stamped)).values()) == 30
+
+
+@pytest.mark.asyncio
+async def test_the_archive_command_runs_until_sigterm_and_exits_zero(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    await produce(broker, topics.stamped, list(stamps(3)))
+    config = tmp_path / "expiry.toml"
+    config.write_text(f'[topics]\nstamped = "{topics.stamped}"\n')
+    archive_dir = tmp_path / "archive"
+    argv = [
+        sys.executable, "-m", "stream_expiry", "archive", "--dir", str(archive_dir),
+        "--config", str(config), "--bootstrap-servers", broker,
+        "--group-id", f"{topics.prefix}.archive-cli",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)  # noqa: ASYNC220
+    try:
+        await wait_for(lambda: proc.poll() is not None or _written(archive_dir) >= 3)
+        assert proc.poll() is None, proc.stderr
+        proc.send_signal(signal.SIGTERM)
+        _, err = await anyio.to_thread.run_sync(lambda: proc.communicate(timeout=20))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "archive stopped: 3 stamps and 0 erasure markers" in err
+    assert await archived_offsets(broker, f"{topics.prefix}.archive-cli", topics.stamped)
