@@ -298,6 +298,52 @@ def _parser_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     status.set_defaults(func=_cmd_status)
 
 
+# -- archive ------------------------------------------------------------------------------
+
+
+def _parser_archive(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    archive = sub.add_parser(
+        "archive",
+        help="keep every stamp in gzip JSON-lines files (archive before purge)",
+        description="Consume expiry.stamped with its own consumer group and append every stamp "
+        "to DIR/<org>/<YYYY-MM-DD of created_at>.jsonl.gz, and every deletion (null) as an "
+        "erasure marker to DIR/<org>/erasures.jsonl.gz; files are fsynced before offsets are "
+        "committed. With [archive] required = true in the service's config, nothing is purged "
+        "before this command has archived it. 'archive purge --dir DIR' removes the erased "
+        "records from the files. See README: Archive.",
+    )
+    archive.add_argument("action", nargs="?", choices=["run", "purge"], default="run")
+    archive.add_argument("--dir", required=True, metavar="DIR", help="the archive directory")
+    _add_common(archive)
+    archive.add_argument(
+        "--group-id",
+        default=None,
+        help="consumer group (default: [archive] group_id, else stream-expiry-archive)",
+    )
+    archive.set_defaults(func=_cmd_archive)
+
+
+def _cmd_archive(args: argparse.Namespace) -> int:
+    from stream_expiry import archive
+
+    if args.action == "purge":
+        result = archive.purge(args.dir)
+        print(
+            f"purged {result.lines_removed} erased lines from {result.files_rewritten} files; "
+            f"{result.lines_kept} lines kept"
+        )
+        return 0
+    config = load(args)
+    return anyio.run(
+        lambda: archive.serve_archive(
+            connection_from(args, config),
+            args.dir,
+            topic=config.topics.stamped,
+            group_id=args.group_id or config.archive.group_id,
+        )
+    )
+
+
 # -- demo ---------------------------------------------------------------------------------
 
 
@@ -336,6 +382,7 @@ def _parser_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     # ERROR by default: the demo's malformed events are on purpose.
     add_log_options(demo, default_level="ERROR")
     demo.set_defaults(func=_cmd_demo)
+    _parser_archive(sub)
 
 
 # -- the parser and main --------------------------------------------------------------------

@@ -45,6 +45,7 @@ from stream_expiry.policy.sources import (
     config_key,
     make_candidate,
 )
+from stream_expiry.redact import InvalidRedactPath, parse_path
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
@@ -139,6 +140,9 @@ class Config:
     sink: SinkSettings = field(default_factory=SinkSettings)
     archive: ArchiveSettings = field(default_factory=lambda: ArchiveSettings())
     path: str | None = None
+    # [redact]: category -> dotted paths inside ``data`` removed before anything is written
+    # (hash=False: a mapping is not hashable; see RetentionSettings).
+    redact: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
 
 _TOP: Final = (
@@ -154,6 +158,7 @@ _TOP: Final = (
     "kafka",
     "sink",
     "archive",
+    "redact",
 )
 _TOPIC_KEYS: Final = (
     "inputs",
@@ -411,6 +416,7 @@ class _Reader:
             sink=self.sink(data.get("sink", {}), categories),
             archive=self.archive(data.get("archive", {})),
             path=self._path,
+            redact=_read_redact(self, data.get("redact", {}), categories),
         )
 
     def categories(self, value: object) -> tuple[tuple[str, ...], frozenset[str]]:
@@ -601,6 +607,29 @@ class _Reader:
                 (*where, name),
                 f"{what} id {self.place(where)} must be 1 to {MAX_ID_CHARS} characters long",
             )
+
+
+def _read_redact(
+    reader: _Reader, value: object, categories: tuple[str, ...]
+) -> dict[str, tuple[str, ...]]:
+    """``[redact]``: each key a configured category, each value an array of dotted paths."""
+    where: _Path = ("redact",)
+    table = reader.table(value, where, None)
+    redact: dict[str, tuple[str, ...]] = {}
+    for category, raw in table.items():
+        if category not in categories:
+            note = " (categories are set by [categories] names)"
+            raise reader.unknown(where, category, categories, note=note)
+        paths = reader.texts(raw, (*where, category))
+        for path in paths:
+            try:
+                parse_path(path)
+            except InvalidRedactPath as exc:
+                raise reader.error(
+                    (*where, category), f"key {category!r} {reader.place(where)}: {exc}"
+                ) from None
+        redact[category] = paths
+    return redact
 
 
 # -- positions of keys in TOML text ------------------------------------------------------------

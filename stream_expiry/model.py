@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Final, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 from urllib.parse import quote, unquote
 
 import orjson
 
 from stream_expiry.timeutil import MIN_TS_MS, InvalidTimestamp, format_ts, parse_ts
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = [
     "DEFAULT_BOT",
@@ -329,8 +332,13 @@ def _identity_fields(i: Identity) -> dict[str, Any]:
     }
 
 
-def encode_stamp(stamp: Stamp, data: Any = None) -> bytes:
-    """Value on ``expiry.stamped``: the record with its expiry (``expires_at`` null: never)."""
+def encode_stamp(stamp: Stamp, data: Any = None, redacted: Sequence[str] = ()) -> bytes:
+    """Value on ``expiry.stamped``: the record with its expiry (``expires_at`` null: never).
+
+    ``data`` must already be redacted (:meth:`stream_expiry.redact.Redactor.redact`);
+    ``redacted`` lists the paths that removed something. The field is written only when
+    non-empty, so stamps of users without ``[redact]`` keep their shape.
+    """
     body = _identity_fields(stamp.identity)
     body.update(
         created_at=_opt_ts(stamp.created_at),
@@ -342,6 +350,8 @@ def encode_stamp(stamp: Stamp, data: Any = None) -> bytes:
     )
     if stamp.erase_at is not None:
         body["erase_requested_at"] = format_ts(stamp.erase_at)
+    if redacted:
+        body["redacted"] = list(redacted)
     return orjson.dumps(body)
 
 

@@ -8,7 +8,8 @@ committable. The loop goes on meanwhile (the processors' overlays answer for sta
 settled); a bounded queue is the backpressure.
 
 Messages for a record go to its input partition's number on each output topic, with the
-headers that let a restore find them (:mod:`stream_expiry.codec`).
+headers that let a restore find them (:mod:`stream_expiry.codec`). ``[redact]`` is applied
+here, where data leaves the process: redacted fields never reach a topic.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
     from stream_expiry.config import Topics
     from stream_expiry.engine import Fired
+    from stream_expiry.redact import Redactor
     from stream_expiry.state import Effects, PartitionProcessor
 
 __all__ = ["Outbox", "all_acked"]
@@ -105,9 +107,11 @@ class Outbox:
         topics: Topics,
         partitions: dict[str, int],
         *,
+        redactor: Redactor | None = None,
         max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         self._prod = prod
+        self._redactor = redactor if redactor else None  # an empty one removes nothing
         self._topics = topics
         self._partitions = partitions  # partition counts of the output topics
         self._send, self._receive = anyio.create_memory_object_stream[_Entry](max_in_flight)
@@ -134,8 +138,13 @@ class Outbox:
         t = self._topics
         source = codec.source_headers(proc.topic, proc.partition)
         stamped_p = codec.output_partition(proc.partition, self._partitions[t.stamped])
+        redactor = self._redactor
         for state, data in effects.stamps:
-            value = model.encode_stamp(state, data)
+            if redactor is not None and data is not None:
+                data, removed = redactor.redact(state.identity.category, data)
+                value = model.encode_stamp(state, data, removed)
+            else:
+                value = model.encode_stamp(state, data)
             key = state.identity.key.encode()
             await out.add(t.stamped, stamped_p, key, value, now_ms, source, track=effects)
         if effects.tombstones:

@@ -149,7 +149,7 @@ def _rederive(
             if last is not None:
                 base = max(created, parse_ts(last))
         new = model.Stamp(current.identity, created, base + res.ttl_ms, res.ttl_ms, res.source)
-    return current, new._replace(erase_at=current.erase_at), body.get("data")
+    return current, new._replace(erase_at=current.erase_at), body
 
 
 def _classify(old: int | None, new: int | None, has_stamp: bool, now: int) -> str | None:
@@ -189,8 +189,12 @@ class _Publisher:
         self._acks: list[Any] = []
 
     async def add(
-        self, partition: int, source: tuple[str, int] | None, state: model.Stamp, data: Any
+        self, partition: int, source: tuple[str, int] | None, state: model.Stamp, body: Any
     ) -> None:
+        """``body``: the record's current stamp (its data is already redacted, and says what
+        was removed), or None."""
+        data = None if body is None else body.get("data")
+        redacted = () if body is None else body.get("redacted") or ()
         headers = [(H_REPLAY, b"1")]
         if source is not None:
             headers = [*codec.source_headers(*source), *headers]
@@ -198,7 +202,7 @@ class _Publisher:
             await self._prod.send(
                 self._topic,
                 key=state.identity.key.encode(),
-                value=model.encode_stamp(state, data),
+                value=model.encode_stamp(state, data, redacted),
                 partition=partition,
                 headers=headers,
             )
@@ -295,7 +299,7 @@ async def _from_stamps(
         if value is None:
             continue  # deleted: not counted, not resurrected
         try:
-            old, new, data = _rederive(book, config.sliding, value, key)
+            old, new, body = _rederive(book, config.sliding, value, key)
         except (ValueError, AssertionError):
             continue  # not a stamp of ours
         if since_ms is not None and (old.created_at or 0) < since_ms:
@@ -305,7 +309,7 @@ async def _from_stamps(
         if keep_states:
             report.states[key.decode()] = new
         if kind is not None and not dry_run:
-            await publisher.add(partition, source, new, data)
+            await publisher.add(partition, source, new, body)
 
 
 async def _from_inputs(
@@ -408,20 +412,20 @@ async def _compare_input_state(
     key = state.identity.key
     raw = current.get(key.encode())
     old: int | None = None
-    data: Any = None
+    current_body: Any = None
     if raw is not None:
         _p, _src, value = Current.unpack(raw)
         if value is None:
             return  # deleted on expiry.stamped: not resurrected
         body = orjson.loads(value)
         old = codec.parse_own_ts(body.get("expires_at"))
-        data = body.get("data")
+        current_body = body
     kind = _classify(old, state.expires_at, raw is not None, now)
     _count(report, key, old, state, kind, sample_size)
     if keep_states:
         report.states[key] = state
     if kind is not None and not dry_run:
-        await publisher.add(partition, source, state, data)
+        await publisher.add(partition, source, state, current_body)
 
 
 async def run_replay(config: Config, bootstrap: Brokers, args: argparse.Namespace) -> int:

@@ -45,6 +45,7 @@ from stream_expiry.kafka import (
 from stream_expiry.kafka_settings import topic_configs
 from stream_expiry.outbox import Outbox, all_acked
 from stream_expiry.policy import PolicyBook
+from stream_expiry.redact import Redactor
 from stream_expiry.state import PartitionProcessor, PartitionStore, RocksKV
 from stream_expiry.state.restore import RestoreReport, restore_partition
 from stream_expiry.stats import ServiceStats
@@ -171,7 +172,9 @@ class Service:
                 await self._follow_policies(policies, prod, to_end=True)
                 await self._follow_holds(holds, prod, to_end=True)
                 counts = await self._partition_counts(prod)
-                outbox = self._outbox = Outbox(prod, t, counts)
+                outbox = self._outbox = Outbox(
+                    prod, t, counts, redactor=Redactor.from_config(self.config.redact)
+                )
                 tg.start_soon(outbox.run)
                 if self.config.archive.required:
                     self.archive = ArchiveGate(partitions=counts[t.stamped])

@@ -388,20 +388,41 @@ class PartitionProcessor:
         """
         if effects.writes:
             changes: Iterable[tuple[model.Stamp | None, model.Stamp]] = effects.writes.values()
-            if effects.stamp_offsets:
-                offsets = effects.stamp_offsets
-                changes = [
-                    (old, new)
-                    if (o := offsets.get(new.identity.key)) is None
-                    else (old, new._replace(stamp_offset=o))
-                    for old, new in changes
-                ]
+            if effects.stamp_offsets or self.archive is not None:
+                changes = self._with_offsets(effects)
             self.store.write(changes, now_ms=now_ms)
         overlay, seq = self._overlay, effects.seq
         for key in effects.writes:
             known = overlay.get(key)
             if known is not None and known[0] == seq:
                 del overlay[key]
+
+    def _with_offsets(self, effects: Effects) -> list[tuple[model.Stamp | None, model.Stamp]]:
+        """The writes with their stamps' offsets: new ones from the acks, and for a live
+        state written without a new stamp (a timer's state, say) the offset it had."""
+        offsets = effects.stamp_offsets
+        out: list[tuple[model.Stamp | None, model.Stamp]] = []
+        missing: list[model.Identity] = []
+        for old, new in effects.writes.values():
+            offset = offsets.get(new.identity.key)
+            if offset is not None:
+                new = new._replace(stamp_offset=offset)
+            elif new.live and new.stamp_offset is None and self.archive is not None:
+                missing.append(new.identity)
+            out.append((old, new))
+        if missing:
+            stored = {
+                i.key: s.stamp_offset
+                for i, s in zip(missing, self.store.get_many(missing), strict=True)
+                if s is not None
+            }
+            out = [
+                (old, new._replace(stamp_offset=stored[new.identity.key]))
+                if new.stamp_offset is None and stored.get(new.identity.key) is not None
+                else (old, new)
+                for old, new in out
+            ]
+        return out
 
     def state_of(self, key: str) -> model.Stamp | None:
         """The record's current state, decided or stored (for tests and ``status``)."""

@@ -296,6 +296,24 @@ def test_far_future_records_wait_in_the_index_not_the_wheel() -> None:
     assert [(t[2], t[3]) for t in fired] == [(1000, 1000)]
 
 
+def test_an_event_for_a_record_due_but_not_yet_fired_fires_it_first() -> None:
+    """The boundary the reference's due check guards (``expires <= now``, equality included):
+    the record expired exactly at ``now``, no advance ran yet, and a new event arrives. The
+    engine and the reference must both give the tombstone first, then a new life."""
+    key = ev("error", "d", "create", 0).identity.key
+    h, ref = Harness(), Reference()
+    h.now = ref.now = 100
+    for e, want in [
+        (ev("error", "d", "create", 50), []),  # already due at ingest (expires 100 == now)
+        (ev("error", "d", "create", 100), [(key, "ttl", 100, 100)]),  # at the expiry
+    ]:
+        assert h.feed(e) == want
+        assert ref.event(e) == want
+    for model in (h, ref):
+        assert model.advance(149) == []
+        assert model.advance(150) == [(key, "ttl", 150, 150)]
+
+
 # -- the property ---------------------------------------------------------------------------
 
 CATS = st.sampled_from(["conversation", "session", "error", "analytics"])

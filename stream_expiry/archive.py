@@ -1,0 +1,368 @@
+"""Archive before purge: every stamp on ``expiry.stamped`` kept in gzip JSON-lines files.
+
+``stream-expiry archive --dir DIR`` is a consumer group (default ``stream-expiry-archive``)
+on ``expiry.stamped``. Rules it keeps (CONTRACT "Archive before purge"):
+
+* Layout: ``DIR/<org>/<YYYY-MM-DD>.jsonl.gz`` by the stamp's ``created_at`` (UTC), one JSON
+  line per stamp: ``{"key", "partition", "offset", "stamp"}`` where ``stamp`` is the value as
+  it was on the topic. ``<org>`` is the org percent-encoded so that any org is one safe file
+  name (:func:`org_dirname`). Nulls (deletions) are erasure markers,
+  ``{"key", "partition", "offset", "erased_at"}``, in ``DIR/<org>/erasures.jsonl.gz``.
+* Durable before committed: a batch is appended as one new gzip member per file (concatenated
+  members are a valid gzip file), each file is fsynced, a new file's directory too, and only
+  then are the batch's offsets committed. A crash between the two re-delivers the batch, so a
+  line may appear twice: readers take, per key, the line with the highest offset.
+* Erasure: an explicit delete reaches ``expiry.stamped`` as a null, so it reaches the archive
+  as a marker; ``stream-expiry archive purge --dir DIR`` (:func:`purge`) rewrites the files
+  without the lines that a marker erases (same key, lower offset on the same partition).
+* One writer at a time per directory: the archive and ``purge`` take an exclusive lock on
+  ``DIR/.lock`` (``flock``) around every batch and every rewrite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import hashlib
+import logging
+import os
+import re
+import signal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import orjson
+from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from stream_expiry.errors import BrokerError, ConfigurationError, StoreError
+from stream_expiry.kafka import consumer, partitions_of
+from stream_expiry.model import decode_key
+from stream_expiry.timeutil import format_ts
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+
+    from stream_expiry.kafka_settings import Brokers
+
+__all__ = [
+    "DEFAULT_GROUP",
+    "ERASURES",
+    "ArchiveWriter",
+    "Entry",
+    "PurgeResult",
+    "archived_offsets",
+    "org_dirname",
+    "purge",
+    "read_lines",
+    "run_archive",
+    "serve_archive",
+]
+
+log = logging.getLogger("stream_expiry.archive")
+
+DEFAULT_GROUP: Final = "stream-expiry-archive"
+ERASURES: Final = "erasures.jsonl.gz"
+UNKNOWN_ORG: Final = "_unknown"  # a key that is not a record key of ours
+UNDATED: Final = "undated"  # a stamp without a readable created_at
+STOP_TIMEOUT_S: Final = 10.0  # to leave the consumer group on the way out
+_MAX_NAME: Final = 200  # bytes; file systems allow 255
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def org_dirname(org: str) -> str:
+    """A file name for ``org``: every byte but ASCII letters, digits, ``_`` and ``-`` as
+    ``%XX`` (so ``.``, ``..`` and ``/`` can never name another directory), injective; a name
+    that would exceed 200 bytes is cut and ends with a hash of the whole org."""
+    name = _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), org)
+    if len(name) > _MAX_NAME:
+        digest = hashlib.blake2b(org.encode(), digest_size=16).hexdigest()
+        name = f"{name[: _MAX_NAME - 34]}~{digest}"
+    return name or "%"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One record of ``expiry.stamped`` as the archive sees it."""
+
+    key: bytes | None
+    value: bytes | None
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
+def _place(entry: Entry) -> tuple[str, bytes]:
+    """(file path relative to DIR, JSON line) of one entry."""
+    key = (entry.key or b"").decode("utf-8", "replace")
+    try:
+        org = decode_key(key).org
+    except ValueError:
+        org = UNKNOWN_ORG
+    head: dict[str, Any] = {"key": key, "partition": entry.partition, "offset": entry.offset}
+    if entry.value is None:
+        head["erased_at"] = format_ts(entry.timestamp_ms)
+        return f"{org_dirname(org)}/{ERASURES}", orjson.dumps(head) + b"\n"
+    day = UNDATED
+    try:
+        stamp = orjson.loads(entry.value)
+        created = stamp.get("created_at") if isinstance(stamp, dict) else None
+        if isinstance(created, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", created[:10]):
+            day = created[:10]
+    except orjson.JSONDecodeError:
+        stamp = entry.value.decode("utf-8", "replace")  # kept as text: nothing is dropped
+    head["stamp"] = stamp
+    return f"{org_dirname(org)}/{day}.jsonl.gz", orjson.dumps(head) + b"\n"
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _locked(directory: str) -> Iterator[None]:
+    """Exclusive lock on DIR/.lock: the archive's batches and ``purge`` never interleave."""
+    fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+@dataclass
+class ArchiveWriter:
+    """Appends batches of entries durably under ``directory`` (blocking file IO)."""
+
+    directory: str
+    lines: int = 0
+    erasures: int = 0
+    batches: int = 0
+    files: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+        except OSError as exc:
+            msg = f"cannot create the archive directory {self.directory!r}: {exc}"
+            raise StoreError(msg) from exc
+
+    def write(self, entries: Sequence[Entry]) -> None:
+        """Append every entry and fsync; when this returns, the batch survives a crash."""
+        grouped: dict[str, list[bytes]] = {}
+        for e in entries:
+            rel, line = _place(e)
+            grouped.setdefault(rel, []).append(line)
+            if e.value is None:
+                self.erasures += 1
+            else:
+                self.lines += 1
+        try:
+            with _locked(self.directory):
+                for rel, lines in grouped.items():
+                    self._append(rel, b"".join(lines))
+        except OSError as exc:
+            raise StoreError(f"cannot write the archive in {self.directory!r}: {exc}") from exc
+        self.batches += 1
+
+    def _append(self, rel: str, data: bytes) -> None:
+        path = os.path.join(self.directory, rel)
+        parent = os.path.dirname(path)
+        if not os.path.isdir(parent):
+            os.makedirs(parent, exist_ok=True)
+            _fsync_dir(self.directory)  # the org directory's entry is durable
+        new = not os.path.exists(path)
+        with open(path, "ab") as f:
+            f.write(gzip.compress(data, compresslevel=6, mtime=0))  # one more gzip member
+            f.flush()
+            os.fsync(f.fileno())
+        if new:
+            _fsync_dir(parent)  # the file's entry is durable
+        self.files.add(rel)
+
+
+async def run_archive(
+    bootstrap_servers: Brokers,
+    directory: str,
+    *,
+    topic: str = "expiry.stamped",
+    group_id: str = DEFAULT_GROUP,
+    stop: anyio.Event | None = None,
+    max_records: int = 5000,
+    after_write: Callable[[], Awaitable[None]] | None = None,
+    **consumer_options: Any,
+) -> ArchiveWriter:
+    """Archive ``topic`` until ``stop`` is set (or forever): write a batch, fsync, then commit.
+
+    ``after_write`` runs between the durable write and the commit (tests use it to die there).
+    """
+    writer = ArchiveWriter(directory)
+    stop = stop or anyio.Event()
+    stack = contextlib.AsyncExitStack()
+    cons = await stack.enter_async_context(
+        consumer(bootstrap_servers, topic, group_id=group_id, **consumer_options)
+    )
+    try:
+        log.info("archiving %s into %s (group %s)", topic, directory, group_id)
+        while not stop.is_set():
+            try:
+                batch = await cons.getmany(timeout_ms=200, max_records=max_records)
+            except KafkaError as exc:
+                raise BrokerError(f"cannot read {topic} for the archive: {exc!r}") from exc
+            if not batch:
+                continue
+            entries = [
+                Entry(r.key, r.value, tp.partition, r.offset, r.timestamp)
+                for tp, records in batch.items()
+                for r in records
+            ]
+            await anyio.to_thread.run_sync(writer.write, entries)
+            if after_write is not None:
+                await after_write()
+            offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+            try:
+                await cons.commit(offsets)
+            except CommitFailedError as exc:  # a rebalance took the partitions: re-delivered
+                log.warning("archive commit failed after a rebalance (lines may repeat): %s", exc)
+            except KafkaError as exc:
+                raise BrokerError(f"cannot commit the archive's offsets: {exc!r}") from exc
+    finally:
+        # Even when cancelled, leave the group (shielded, bounded): a member that vanishes
+        # without leaving holds its partitions until the session times out.
+        with anyio.move_on_after(STOP_TIMEOUT_S, shield=True):
+            await stack.aclose()
+    return writer
+
+
+async def serve_archive(
+    bootstrap_servers: Brokers, directory: str, *, topic: str, group_id: str
+) -> int:
+    """``stream-expiry archive``: archive until SIGINT or SIGTERM, then stop after the batch
+    in hand is written and committed (a second signal stops at once: nothing is lost, the
+    uncommitted batch is re-delivered)."""
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+
+        async def on_signals() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    if stop.is_set():
+                        tg.cancel_scope.cancel()
+                    stop.set()
+
+        tg.start_soon(on_signals)
+        writer = await run_archive(
+            bootstrap_servers, directory, topic=topic, group_id=group_id, stop=stop
+        )
+        tg.cancel_scope.cancel()
+    log.info(
+        "archive stopped: %d stamps and %d erasure markers in %d batches",
+        writer.lines,
+        writer.erasures,
+        writer.batches,
+    )
+    return 0
+
+
+async def archived_offsets(
+    bootstrap_servers: Brokers, group_id: str = DEFAULT_GROUP, topic: str = "expiry.stamped"
+) -> dict[int, int]:
+    """The archive group's committed offset per partition of ``topic``: every stamp below it
+    is durably archived. A partition never committed is absent (nothing archived there).
+
+    For the service's ``[archive] required`` gating: a record whose latest stamp sits at
+    offset ``o`` of partition ``p`` is archived once ``archived_offsets(...)[p] > o``.
+    """
+    # A consumer that names the group but never joins it: OffsetFetch only (the admin
+    # client's list_consumer_group_offsets is not understood by every Kafka-protocol broker).
+    result: dict[int, int] = {}
+    try:
+        async with consumer(bootstrap_servers, group_id=group_id) as cons:
+            for partition in sorted(await partitions_of(cons, topic)):
+                offset = await cons.committed(TopicPartition(topic, partition))
+                if offset is not None and offset >= 0:
+                    result[partition] = offset
+    except KafkaError as exc:
+        raise BrokerError(
+            f"cannot read the committed offsets of group {group_id!r} at {bootstrap_servers}: "
+            f"{exc!r}"
+        ) from exc
+    return result
+
+
+# -- reading and purging ---------------------------------------------------------------------
+
+
+def read_lines(path: str) -> list[dict[str, Any]]:
+    """Every line of one archive file (all its gzip members), parsed."""
+    with gzip.open(path, "rb") as f:
+        return [orjson.loads(line) for line in f if line.strip()]
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    files_rewritten: int
+    lines_removed: int
+    lines_kept: int
+
+
+def _erased(line: dict[str, Any], markers: dict[str, tuple[int, int]]) -> bool:
+    mark = markers.get(line.get("key", ""))
+    if mark is None:
+        return False
+    partition, offset = mark
+    # A later life of the record (a create after the delete) sits at a higher offset of the
+    # same partition and is kept; another partition (the topic was repartitioned) can't be
+    # ordered, and the erasure wins.
+    return bool(line.get("partition") != partition or line.get("offset", -1) < offset)
+
+
+def _rewrite(path: str, keep: Iterable[dict[str, Any]]) -> None:
+    tmp = f"{path}.purge-tmp"
+    with open(tmp, "wb") as f:
+        f.write(gzip.compress(b"".join(orjson.dumps(x) + b"\n" for x in keep), mtime=0))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path))
+
+
+def purge(directory: str) -> PurgeResult:
+    """Rewrite every archive file of ``directory`` without the lines its erasure markers
+    erase. Atomic per file (a temporary file, fsync, rename); the markers are kept, so a
+    later run also removes stamps re-delivered after this one."""
+    if not os.path.isdir(directory):
+        raise ConfigurationError(f"no archive directory {directory!r}; check --dir")
+    rewritten = removed = kept = 0
+    try:
+        with _locked(directory):
+            for org in sorted(os.listdir(directory)):
+                org_path = os.path.join(directory, org)
+                erasures = os.path.join(org_path, ERASURES)
+                if not os.path.isfile(erasures):
+                    continue
+                markers: dict[str, tuple[int, int]] = {}
+                for m in read_lines(erasures):
+                    old = markers.get(m["key"])
+                    if old is None or m["offset"] > old[1]:
+                        markers[m["key"]] = (m["partition"], m["offset"])
+                for name in sorted(os.listdir(org_path)):
+                    if name == ERASURES or not name.endswith(".jsonl.gz"):
+                        continue
+                    path = os.path.join(org_path, name)
+                    lines = read_lines(path)
+                    keep = [x for x in lines if not _erased(x, markers)]
+                    kept += len(keep)
+                    if len(keep) < len(lines):
+                        removed += len(lines) - len(keep)
+                        _rewrite(path, keep)
+                        rewritten += 1
+    except (OSError, gzip.BadGzipFile, orjson.JSONDecodeError, KeyError) as exc:
+        raise StoreError(f"cannot purge the archive in {directory!r}: {exc}") from exc
+    return PurgeResult(rewritten, removed, kept)

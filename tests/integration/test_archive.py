@@ -1,0 +1,193 @@
+"""The archive against the real broker: every stamp and erasure lands in the files, offsets
+are committed only after the files are durable, and dying in between loses nothing."""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from typing import TYPE_CHECKING
+
+import anyio
+import orjson
+import pytest
+
+from stream_expiry.archive import ERASURES, archived_offsets, purge, read_lines, run_archive
+from stream_expiry.kafka import producer
+from stream_expiry.model import Identity, Stamp, encode_stamp
+from tests.conftest import wait_for
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from stream_expiry.archive import ArchiveWriter
+    from tests.conftest import TopicSet
+
+pytestmark = pytest.mark.integration
+
+DAY1 = 1_795_000_000_000  # 2026-11-18
+ORGS = ("acme", "../evil org/é")
+
+
+def stamps(n: int) -> list[tuple[bytes, bytes]]:
+    out = []
+    for i in range(n):
+        ident = Identity(ORGS[i % 2], "b", "live", "conversation", f"r{i}")
+        created = DAY1 + (i % 3) * 86_400_000
+        stamp = Stamp(ident, created, created + 3_600_000, 3_600_000, "default")
+        out.append((ident.key.encode(), encode_stamp(stamp, {"i": i})))
+    return out
+
+
+async def produce(broker: str, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
+    async with producer(broker) as prod:
+        for key, value in records:
+            await prod.send(topic, key=key, value=value)
+        await prod.flush()
+
+
+def archived(directory: Path) -> dict[str, list[dict[str, object]]]:
+    """Lines per file name relative to the directory."""
+    return {
+        os.path.relpath(p, directory): read_lines(p)
+        for p in glob.glob(str(directory / "*" / "*.jsonl.gz"))
+    }
+
+
+async def archive_until(
+    broker: str, directory: Path, topic: str, group: str, done: int
+) -> ArchiveWriter:
+    """Run the archive until it has written ``done`` entries, then stop it cleanly."""
+    stop = anyio.Event()
+    result: list[ArchiveWriter] = []
+
+    async def run() -> None:
+        result.append(
+            await run_archive(broker, str(directory), topic=topic, group_id=group, stop=stop)
+        )
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await wait_for(lambda: _written(directory) >= done, timeout_s=30)
+        stop.set()
+    return result[0]
+
+
+def _written(directory: Path) -> int:
+    try:
+        return sum(len(lines) for lines in archived(directory).values())
+    except (OSError, EOFError):  # a file being appended to right now
+        return 0
+
+
+@pytest.mark.asyncio
+async def test_every_stamp_and_erasure_is_archived_then_committed(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    records = stamps(40)
+    erased = [records[0][0], records[1][0]]
+    await produce(broker, topics.stamped, [*records, *((k, None) for k in erased)])
+    group = f"archive-{uuid.uuid4().hex[:8]}"
+    writer = await archive_until(broker, tmp_path, topics.stamped, group, 42)
+    assert (writer.lines, writer.erasures) == (40, 2)
+
+    files = archived(tmp_path)
+    orgs = sorted({f.split("/")[0] for f in files})
+    assert orgs == ["%2E%2E%2Fevil%20org%2F%C3%A9", "acme"]
+    days = sorted({f.split("/")[1] for f in files if not f.endswith(ERASURES)})
+    assert days == ["2026-11-18.jsonl.gz", "2026-11-19.jsonl.gz", "2026-11-20.jsonl.gz"]
+    stored = {
+        line["key"]: line["stamp"]
+        for name, lines in files.items()
+        if not name.endswith(ERASURES)
+        for line in lines
+    }
+    assert stored == {k.decode(): orjson.loads(v) for k, v in records}
+    markers = [str(m["key"]) for name, ms in files.items() if name.endswith(ERASURES) for m in ms]
+    assert sorted(markers) == sorted(k.decode() for k in erased)
+
+    # What the service's gating reads: everything produced is below the committed offsets.
+    offsets = await archived_offsets(broker, group, topics.stamped)
+    per_partition: dict[int, int] = {}
+    for lines in files.values():
+        for line in lines:
+            p, o = int(line["partition"]), int(line["offset"])  # type: ignore[call-overload]
+            per_partition[p] = max(per_partition.get(p, -1), o + 1)
+    assert offsets == per_partition
+    assert await archived_offsets(broker, "never-ran", topics.stamped) == {}
+
+    result = purge(str(tmp_path))
+    assert result.lines_removed == 2
+    left = {
+        line["key"] for lines in archived(tmp_path).values() for line in lines if "stamp" in line
+    }
+    assert left == {k.decode() for k, _ in records[2:]}
+
+
+@pytest.mark.asyncio
+async def test_dying_between_write_and_commit_loses_nothing(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    records = stamps(30)
+    await produce(broker, topics.stamped, list(records))
+    group = f"archive-{uuid.uuid4().hex[:8]}"
+    written_before_death: list[int] = []
+
+    with anyio.CancelScope() as scope:
+
+        async def die() -> None:  # the files are fsynced, the offsets not yet committed
+            written_before_death.append(_written(tmp_path))
+            scope.cancel()
+            await anyio.lowlevel.checkpoint()
+
+        await run_archive(
+            broker, str(tmp_path), topic=topics.stamped, group_id=group, after_write=die
+        )
+    assert scope.cancelled_caught
+    assert written_before_death
+    assert written_before_death[0] > 0
+    assert await archived_offsets(broker, group, topics.stamped) == {}  # nothing committed
+
+    # Restarted, the archive gets the uncommitted batch again: duplicates, never a gap.
+    await archive_until(broker, tmp_path, topics.stamped, group, 30 + written_before_death[0])
+    lines = [line for ls in archived(tmp_path).values() for line in ls]
+    latest: dict[str, dict[str, object]] = {}
+    for line in sorted(lines, key=lambda x: int(str(x["offset"]))):
+        latest[str(line["key"])] = line
+    assert {k: v["stamp"] for k, v in latest.items()} == {
+        k.decode(): orjson.loads(v) for k, v in records
+    }
+    assert len(lines) == 30 + written_before_death[0]
+    assert sum((await archived_offsets(broker, group, topics.stamped)).values()) == 30
+
+
+@pytest.mark.asyncio
+async def test_the_archive_command_runs_until_sigterm_and_exits_zero(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    await produce(broker, topics.stamped, list(stamps(3)))
+    config = tmp_path / "expiry.toml"
+    config.write_text(f'[topics]\nstamped = "{topics.stamped}"\n')
+    archive_dir = tmp_path / "archive"
+    argv = [
+        sys.executable, "-m", "stream_expiry", "archive", "--dir", str(archive_dir),
+        "--config", str(config), "--bootstrap-servers", broker,
+        "--group-id", f"{topics.prefix}.archive-cli",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)  # noqa: ASYNC220
+    try:
+        await wait_for(lambda: proc.poll() is not None or _written(archive_dir) >= 3)
+        assert proc.poll() is None, proc.stderr
+        proc.send_signal(signal.SIGTERM)
+        _, err = await anyio.to_thread.run_sync(lambda: proc.communicate(timeout=20))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "archive stopped: 3 stamps and 0 erasure markers" in err
+    assert await archived_offsets(broker, f"{topics.prefix}.archive-cli", topics.stamped)

@@ -1,0 +1,163 @@
+"""Redaction (CONTRACT "Redaction"): removed values appear nowhere in the output, nothing else
+changes, the input is never mutated, and the stamp lists the paths that removed something."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stream_expiry.config import ConfigError, parse_config
+from stream_expiry.model import Identity, Stamp, encode_stamp
+from stream_expiry.redact import ALL, InvalidRedactPath, Redactor, parse_path
+
+SECRET = "SECRET-VALUE"
+# Keys and leaves drawn from small alphabets so that paths hit often; leaves never contain
+# the secret marker, so any marker in the output comes from a field that should be gone.
+KEYS = st.sampled_from(["a", "b", "c", "user", "email"])
+LEAVES = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**53), 2**53), st.text("xyz", max_size=3)
+)
+JSON = st.recursive(
+    LEAVES,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=4),
+    max_leaves=20,
+)
+PATHS = st.lists(KEYS, min_size=1, max_size=3).map(".".join)
+
+
+def values_at(value: Any, path: tuple[str, ...]) -> list[Any]:
+    """A reference reader: every value the path names (lists are transparent)."""
+    if isinstance(value, list):
+        return [v for item in value for v in values_at(item, path)]
+    if not isinstance(value, dict) or path[0] not in value:
+        return []
+    if len(path) == 1:
+        return [value[path[0]]]
+    return values_at(value[path[0]], path[1:])
+
+
+def plant(value: Any, path: tuple[str, ...]) -> Any:
+    """A copy of ``value`` with the secret marker wherever ``path`` names a field."""
+    if isinstance(value, list):
+        return [plant(item, path) for item in value]
+    if not isinstance(value, dict):
+        return value
+    out = dict(value)
+    if path[0] in out:
+        out[path[0]] = SECRET if len(path) == 1 else plant(out[path[0]], path[1:])
+    return out
+
+
+@given(JSON, st.lists(PATHS, min_size=1, max_size=3, unique=True))
+def test_redacted_values_never_appear_and_the_input_is_untouched(
+    data: Any, paths: list[str]
+) -> None:
+    for p in paths:
+        data = plant(data, parse_path(p))
+    before = copy.deepcopy(data)
+    out, removed = Redactor.from_config({"conversation": paths}).redact("conversation", data)
+    assert data == before  # never mutated
+    assert SECRET.encode() not in orjson.dumps(out)
+    for p in paths:
+        assert values_at(out, parse_path(p)) == []
+        assert (p in removed) == bool(values_at(before, parse_path(p)))
+    assert list(removed) == [p for p in paths if p in removed]  # configuration order
+
+
+@given(JSON, st.lists(PATHS, min_size=1, max_size=3))
+def test_output_is_the_input_when_nothing_matches(data: Any, paths: list[str]) -> None:
+    missing = [p + ".absent" if values_at(data, parse_path(p)) else p for p in paths]
+    missing = [p for p in missing if not values_at(data, parse_path(p))]
+    out, removed = Redactor.from_config({"conversation": missing}).redact("conversation", data)
+    assert out == data
+    assert out is data  # nothing copied either
+    assert removed == ()
+
+
+@given(JSON, st.lists(PATHS, min_size=1, max_size=3))
+def test_redaction_is_idempotent_and_only_removes(data: Any, paths: list[str]) -> None:
+    r = Redactor.from_config({"conversation": paths})
+    once, _ = r.redact("conversation", data)
+    twice, removed = r.redact("conversation", once)
+    assert twice == once
+    assert removed == ()
+    assert len(orjson.dumps(once)) <= len(orjson.dumps(data))
+
+
+def test_nested_fields_and_lists() -> None:
+    data = {
+        "user": {"email": "a@b.c", "name": "Ann"},
+        "transcript": [{"text": "hi", "ts": 1}, {"text": "bye", "ts": 2}, "raw line"],
+        "keep": 1,
+    }
+    r = Redactor.from_config({"conversation": ["user.email", "transcript.text", "nope.x"]})
+    out, removed = r.redact("conversation", data)
+    assert out == {
+        "user": {"name": "Ann"},
+        "transcript": [{"ts": 1}, {"ts": 2}, "raw line"],
+        "keep": 1,
+    }
+    assert removed == ("user.email", "transcript.text")
+    assert out["transcript"][2] is data["transcript"][2]  # type: ignore[index]
+
+
+def test_paths_through_non_objects_are_ignored() -> None:
+    r = Redactor.from_config({"conversation": ["user.email"]})
+    for data in ({"user": "a string"}, {"user": None}, {"user": 3}, "text", 7, [1, "x"]):
+        assert r.redact("conversation", data) == (data, ())
+
+
+def test_star_drops_all_of_data_and_other_categories_pass() -> None:
+    r = Redactor.from_config({"session": ["user", ALL], "error": []})
+    assert r.redact("session", {"user": 1, "x": 2}) == (None, (ALL,))
+    assert r.redact("session", None) == (None, ())  # nothing there, nothing removed
+    assert r.redact("conversation", {"user": 1}) == ({"user": 1}, ())
+    assert r.redact("error", {"user": 1}) == ({"user": 1}, ())
+    assert not Redactor.from_config({})
+    assert Redactor.from_config({"session": ["a"]})
+
+
+@pytest.mark.parametrize("path", ["", ".", "a.", ".a", "a..b"])
+def test_malformed_paths_are_refused(path: str) -> None:
+    with pytest.raises(InvalidRedactPath):
+        parse_path(path)
+
+
+def test_the_stamp_lists_removed_paths_only_when_there_are_some() -> None:
+    stamp = Stamp(Identity("o", "_", "live", "conversation", "1"), 1000, None, None, None)
+    plain = orjson.loads(encode_stamp(stamp, {"a": 1}))
+    assert "redacted" not in plain
+    marked = orjson.loads(encode_stamp(stamp, {"a": 1}, ("user.email", "x")))
+    assert marked["redacted"] == ["user.email", "x"]
+    assert marked["data"] == {"a": 1}
+
+
+def test_config_reads_redact() -> None:
+    config = parse_config(
+        '[categories]\nnames = ["conversation", "session"]\n\n'
+        '[redact]\nconversation = ["user.email", "transcript"]\nsession = ["*"]\n'
+    )
+    assert config.redact == {"conversation": ("user.email", "transcript"), "session": ("*",)}
+    assert parse_config("").redact == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[redact]\nconversaton = ["a"]\n', "line 2: unknown key 'conversaton' in [redact]; did"),
+        ('\n[redact]\nconversation = ["a..b"]\n', "line 3: key 'conversation' in [redact]: 'a..b'"),
+        ('[redact]\nconversation = "a"\n', "line 2: key 'conversation' in [redact] must be an"),
+        ('[redact]\nconversation = ["a", "a"]\n', "line 2: key 'conversation' in [redact] must"),
+        ('[redact]\nconversation = [""]\n', "line 2: key 'conversation' in [redact] must be a"),
+        ("redact = 3\n", "line 1: key 'redact' at the top level must be a table"),
+    ],
+)
+def test_config_errors_name_the_line(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(text)
+    assert message in str(err.value)
