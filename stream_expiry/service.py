@@ -426,16 +426,7 @@ class Service:
             for rec in records:
                 result = self.book.apply_update(rec.key, rec.value, rec.timestamp)
                 if isinstance(result, model.Rejection):
-                    self.stats.dead_letters += 1
-                    self.stats.dead_letter_codes[result.code] += 1
-                    log.warning("policy update rejected: %s (%s)", result.code, result.detail)
-                    ack = await prod.send(
-                        self.config.topics.dlq,
-                        key=rec.key,
-                        value=rec.value,
-                        headers=dead_letter_headers(rec, result),
-                    )
-                    await all_acked([ack])
+                    await self._reject(prod, rec, result, "policy update")
                 else:
                     self.stats.policy_updates += 1
                     log.info("policy update applied: %s", result.describe())
@@ -484,6 +475,22 @@ class Service:
             if proc.archive_waiting:
                 proc.recheck_archive()
 
+    async def _reject(
+        self, prod: AIOKafkaProducer, rec: Any, why: model.Rejection, what: str
+    ) -> None:
+        """A control message (policy update, legal hold) that cannot be applied: to the DLQ
+        with its reason, like an input event, and the service goes on."""
+        self.stats.dead_letters += 1
+        self.stats.dead_letter_codes[why.code] += 1
+        log.warning("%s rejected: %s (%s)", what, why.code, why.detail)
+        ack = await prod.send(
+            self.config.topics.dlq,
+            key=rec.key,
+            value=rec.value,
+            headers=dead_letter_headers(rec, why),
+        )
+        await all_acked([ack])
+
     # -- legal holds ------------------------------------------------------------------------
 
     async def _follow_holds(
@@ -510,16 +517,7 @@ class Service:
                     continue
                 hold = parse_hold(rec.key, rec.value)
                 if isinstance(hold, model.Rejection):
-                    self.stats.dead_letters += 1
-                    self.stats.dead_letter_codes[hold.code] += 1
-                    log.warning("legal hold rejected: %s (%s)", hold.code, hold.detail)
-                    ack = await prod.send(
-                        self.config.topics.dlq,
-                        key=rec.key,
-                        value=rec.value,
-                        headers=dead_letter_headers(rec, hold),
-                    )
-                    await all_acked([ack])
+                    await self._reject(prod, rec, hold, "legal hold")
                     continue
                 self.holds.place(hold)
                 log.info("legal hold %s placed on %s: %s", hold.hold_id, hold.scope(), hold.reason)
