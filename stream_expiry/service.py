@@ -262,9 +262,9 @@ class Service:
             if time.monotonic() - self._committed_at >= COMMIT_EVERY_S:
                 await self._commit(cons)
                 self._observe(cons)
+            self.stats.pending_in_wheel = sum(p.timers for p in self.processors.values())
             if self._on_progress is not None and time.monotonic() - last_progress >= 0.5:
                 last_progress = time.monotonic()
-                self.stats.pending_in_wheel = sum(p.timers for p in self.processors.values())
                 result = self._on_progress(self.stats)
                 if result is not None:
                     await result
