@@ -193,11 +193,12 @@ class Service:
             self.health.stopped()
 
     def _group_options(self) -> dict[str, Any]:
+        session_ms = self.config.session_timeout_ms
         return {
             "group_id": self.config.group_id,
-            # Fast crash detection: Kafka's default minimum session timeout.
-            "session_timeout_ms": 6_000,
-            "heartbeat_interval_ms": 1_000,
+            # Fast crash detection: by default Kafka's minimum session timeout (6 s).
+            "session_timeout_ms": session_ms,
+            "heartbeat_interval_ms": max(100, min(1_000, session_ms // 3)),
             "max_poll_records": MAX_BATCH,
             "enable_auto_commit": False,
             **self._consumer_options,
