@@ -342,7 +342,9 @@ class _Reader:
         defaults = Config()
         categories, sliding = self.categories(data.get("categories", {}))
         service = self.table(
-            data.get("service", {}), ("service",), ("tick_ms", "horizon", "marker_grace", "session_timeout"),
+            data.get("service", {}),
+            ("service",),
+            ("tick_ms", "horizon", "marker_grace", "session_timeout"),
         )
         tick_ms = service.get("tick_ms", defaults.tick_ms)
         if not isinstance(tick_ms, int) or isinstance(tick_ms, bool) or tick_ms <= 0:

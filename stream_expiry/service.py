@@ -125,6 +125,10 @@ class Service:
         self._consumer: AIOKafkaConsumer | None = None
         self._outbox: Outbox | None = None
         self._next_offset: dict[tuple[str, int], int] = {}
+        # Seeks made by the assignment callback, which runs while the loop reads: a batch
+        # fetched before a partition's seek holds records from its old position.
+        self._seeks = 0
+        self._seeked_at: dict[tuple[str, int], int] = {}
         self._committed_at = 0.0
         self._pruned_at = time.monotonic()
         self._restore_seen = 0  # changelog messages of the running restore already counted
@@ -226,6 +230,7 @@ class Service:
         last_progress = 0.0
         while not stop.is_set():
             wait = self._wait_ms()
+            seeks_before = self._seeks
             try:
                 batch = await cons.getmany(timeout_ms=wait, max_records=MAX_BATCH)
             except KafkaError as exc:
@@ -236,7 +241,7 @@ class Service:
                 raise self.rebalance_error
             await self._follow_policies(policies, prod, to_end=False)
             if batch:
-                await self._ingest(batch)
+                await self._ingest(batch, seeks_before)
             await self._fire_due()
             self._housekeeping()
             if time.monotonic() - self._committed_at >= COMMIT_EVERY_S:
@@ -277,14 +282,21 @@ class Service:
 
     # -- ingest -----------------------------------------------------------------------------
 
-    async def _ingest(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
+    async def _ingest(self, batch: Mapping[TopicPartition, list[Any]], seeks_before: int) -> None:
         assert self._outbox is not None
+        assert self._consumer is not None
         for tp, records in batch.items():
             slot = (tp.topic, tp.partition)
             proc = self.processors.get(slot)
             expected = self._next_offset.get(slot)
             if proc is None or expected is None:
                 continue  # fetched before our assignment callback positioned the partition
+            if self._seeked_at.get(slot, 0) > seeks_before:
+                # Positioned since this batch was fetched (the callback may even run while
+                # this loop awaits a send): its records come from the old position, and
+                # taking them would skip what lies between. Read again from the new one.
+                self._consumer.seek(tp, expected)
+                continue
             # A fetch started before a seek hands back records again after it.
             if records[0].offset < expected:
                 records = [rec for rec in records if rec.offset >= expected]
@@ -525,6 +537,8 @@ class Service:
                 start, why = committed, "at the committed offset"
             cons.seek(tp, start)
             self._next_offset[slot] = start
+            self._seeks += 1
+            self._seeked_at[slot] = self._seeks
             log.info("%s[%d] resumes at offset %d, %s", tp.topic, tp.partition, start, why)
 
     async def revoke(self, revoked: list[TopicPartition]) -> None:
