@@ -31,12 +31,13 @@ from aiokafka.errors import KafkaError
 
 from stream_expiry import model
 from stream_expiry.codec import dead_letter_headers
-from stream_expiry.errors import BrokerError
+from stream_expiry.errors import BrokerUnavailableError
 from stream_expiry.health import Health
 from stream_expiry.kafka import (
     consumer,
     ensure_topics,
     high_watermarks,
+    mapped,
     producer,
     read_to_end,
 )
@@ -66,11 +67,35 @@ MAX_BATCH = 5000
 SLICE = 500  # events decided between two looks at the timers
 COMMIT_EVERY_S = 1.0
 IDLE_WAIT_MS = 200
+OUTAGE_RETRY_S = 2.0  # between two sessions while the broker is away
 PRUNE_EVERY_S = 60.0
 
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether every error in ``exc`` (a task group's, perhaps) is one retrying may cure."""
+    for leaf in _leaves(exc):
+        if isinstance(leaf, BrokerUnavailableError):
+            continue
+        cause = leaf if isinstance(leaf, KafkaError) else leaf.__cause__
+        if not isinstance(cause, KafkaError):
+            return False
+        if not isinstance(mapped(cause, "retry"), BrokerUnavailableError):
+            return False
+    return True
+
+
+def _describe(exc: BaseException) -> str:
+    return "; ".join(str(leaf) or type(leaf).__name__ for leaf in _leaves(exc))
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -143,7 +168,6 @@ class Service:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def run(self, stop: anyio.Event) -> None:
-        t = self.config.topics
         self.health.starting()
         configs = topic_configs(self.config)
         settings = self.config.topic_settings
@@ -158,43 +182,81 @@ class Service:
         await state_dir.mkdir(parents=True, exist_ok=True)
         log.info("state directory %s", state_dir)
         try:
-            async with (
-                producer(self.bootstrap) as prod,
-                consumer(self.bootstrap, enable_auto_commit=False) as policies,
-                anyio.create_task_group() as tg,
-            ):
-                await self._follow_policies(policies, prod, to_end=True)
-                outbox = self._outbox = Outbox(prod, t, await self._partition_counts(prod))
-                tg.start_soon(outbox.run)
-                async with consumer(self.bootstrap, **self._group_options()) as cons:
-                    self._consumer = cons
-                    cons.subscribe(list(t.inputs), listener=_Rebalance(self))
-                    log.info(
-                        "joining group %r on %s for %s",
-                        self.config.group_id,
-                        self.bootstrap,
-                        ", ".join(t.inputs),
-                    )
-                    try:
-                        await self._loop(cons, policies, prod, stop)
-                    finally:
-                        self.health.stopping()
-                        await outbox.drain()
-                    await self._commit(cons)
-                    self._close_all()
-                    log.info(
-                        "stopped: offsets committed; %d events, %d stamped, %d tombstones "
-                        "(+%d explicit), %d dead letters",
-                        self.stats.events,
-                        self.stats.stamped,
-                        self.stats.tombstones,
-                        self.stats.explicit,
-                        self.stats.dead_letters,
-                    )
-                outbox.close()
+            while True:
+                try:
+                    await self._session(stop)
+                    return
+                except Exception as exc:
+                    if not await self._outage(exc, stop):
+                        raise
         finally:
             self._close_all()
             self.health.stopped()
+
+    async def _session(self, stop: anyio.Event) -> None:
+        """One connection to the cluster: from joining the group until ``stop``."""
+        t = self.config.topics
+        async with (
+            producer(self.bootstrap) as prod,
+            consumer(self.bootstrap, enable_auto_commit=False) as policies,
+            anyio.create_task_group() as tg,
+        ):
+            await self._follow_policies(policies, prod, to_end=True)
+            outbox = self._outbox = Outbox(prod, t, await self._partition_counts(prod))
+            tg.start_soon(outbox.run)
+            async with consumer(self.bootstrap, **self._group_options()) as cons:
+                self._consumer = cons
+                cons.subscribe(list(t.inputs), listener=_Rebalance(self))
+                log.info(
+                    "joining group %r on %s for %s",
+                    self.config.group_id,
+                    self.bootstrap,
+                    ", ".join(t.inputs),
+                )
+                try:
+                    await self._loop(cons, policies, prod, stop)
+                finally:
+                    self.health.stopping()
+                    await outbox.drain()
+                await self._commit(cons)
+                self._close_all()
+                log.info(
+                    "stopped: offsets committed; %d events, %d stamped, %d tombstones "
+                    "(+%d explicit), %d dead letters",
+                    self.stats.events,
+                    self.stats.stamped,
+                    self.stats.tombstones,
+                    self.stats.explicit,
+                    self.stats.dead_letters,
+                )
+            outbox.close()
+
+    async def _outage(self, exc: Exception, stop: anyio.Event) -> bool:
+        """After the broker failed a running service: forget the session, wait, go on.
+
+        Only for what retrying may cure (connections, timeouts, a lost membership), and only
+        once the service has been ready: a start that fails says so and stops. What was in
+        flight is done again, exactly as after a crash: the stores hold only what the broker
+        acked, and the partitions are restored and resume at the committed offsets when the
+        group is joined again. Returns False when ``exc`` is to be raised.
+        """
+        if stop.is_set() or not self.ready.is_set() or not _transient(exc):
+            return False
+        self.health.broker_unreachable(str(exc))
+        self.health.starting()
+        log.warning(
+            "the broker failed (%s); the session is closed and started again in %.0f s, what "
+            "was not committed is read again",
+            _describe(exc),
+            OUTAGE_RETRY_S,
+        )
+        self._close_all()
+        self._next_offset.clear()
+        self._outbox = self._consumer = None
+        self.rebalance_error = None
+        with anyio.move_on_after(OUTAGE_RETRY_S):
+            await stop.wait()
+        return not stop.is_set()
 
     def _group_options(self) -> dict[str, Any]:
         session_ms = self.config.session_timeout_ms
@@ -235,7 +297,7 @@ class Service:
                 batch = await cons.getmany(timeout_ms=wait, max_records=MAX_BATCH)
             except KafkaError as exc:
                 self.health.broker_unreachable(str(exc))
-                raise BrokerError(f"reading input topics failed: {exc}") from exc
+                raise mapped(exc, "reading input topics failed") from exc
             self.health.beat()
             if self.rebalance_error is not None:
                 raise self.rebalance_error
@@ -433,6 +495,7 @@ class Service:
                 sum(p.timers for p in self.processors.values()),
             )
         self.health.running()
+        self.health.broker_reachable()  # the group answered: whatever failed before works
         self.ready.set()  # ready: partitions owned, restored, positioned, timers loaded
 
     async def _restore(self, tps: list[TopicPartition]) -> None:
