@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +22,7 @@ import anyio
 import orjson
 import pytest
 
+from stream_expiry.broker import free_port
 from stream_expiry.kafka import ensure_topics, producer
 from stream_expiry.service import wall_clock_ms
 from stream_expiry.testing.processes import ArrivalLog, spawn_service
@@ -53,12 +53,6 @@ def _no_orphans() -> Iterator[None]:
     STARTED.clear()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _status(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
@@ -72,7 +66,7 @@ def _status(url: str) -> int:
 @pytest.mark.timeout(OUTAGE_S + 150)
 async def test_the_service_rides_out_a_broker_outage(tmp_path: Path) -> None:
     topics = make_topic_set()
-    port = _free_port()
+    port = free_port()
     readyz = f"http://127.0.0.1:{port}/readyz"
     expires: dict[bytes, int] = {}
     statuses: list[tuple[float, int]] = []  # (monotonic, /readyz status)
