@@ -4,8 +4,8 @@ The service runs with ``[service] horizon = "2s"`` and TTLs of 5 to 10 s, so at 
 timer lies beyond the horizon and each must come from the store when its slice is due; it is
 SIGKILLed midway and restarted on the same state directory and group. Every record fires,
 none before its expiry (arrival times at the test, expiries computed from what the test
-produced), and the wheel (``timers_in_wheel`` on ``/metrics``, and the "timers within the
-horizon" of the restore lines) holds a fraction of the records at every sample.
+produced), and the wheel (``timers_in_wheel`` on ``/metrics``, sampled while the first run
+works) holds a fraction of the records at every sample.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ TTL_S = {"conversation": 5, "session": 7, "error": 10}
 RECORDS = 600
 STARTED: list[Process] = []
 _WHEEL = re.compile(rb"^\w+_timers_in_wheel (\d+)", re.MULTILINE)
-_LOADED = re.compile(r"(\d+) timers within the horizon")
 
 
 @pytest.fixture(autouse=True)
@@ -105,23 +104,20 @@ async def test_a_2s_horizon_fires_every_record_none_early_across_a_crash(
             expires[key] = ts + TTL_S[category] * 1000
             msgs.append((topic_of.get(category, topics.errors), key, value))
         await produce(broker, msgs)
-        stop_first = anyio.Event()
-        tg.start_soon(sample, port, stop_first)
+        stop_sampling = anyio.Event()
+        tg.start_soon(sample, port, stop_sampling)
         # Crash once the first slices have fired, with most records still pending.
         with anyio.fail_after(30):
             while len(tombstones.keys()) < RECORDS // 10:  # noqa: ASYNC110
                 await anyio.sleep(0.05)
-        stop_first.set()
+        stop_sampling.set()
         assert len(tombstones.keys()) < RECORDS // 2, "too slow: most fired before the kill"
         first.process.send_signal(signal.SIGKILL)
         await first.process.wait()
         second, port = await start(tg)
-        stop_second = anyio.Event()
-        tg.start_soon(sample, port, stop_second)
         with anyio.fail_after(40):
             while not set(expires) <= tombstones.keys():  # noqa: ASYNC110
                 await anyio.sleep(0.1)
-        stop_second.set()
         second.process.send_signal(signal.SIGTERM)
         with anyio.fail_after(20):
             assert await second.process.wait() == 0
@@ -136,8 +132,8 @@ async def test_a_2s_horizon_fires_every_record_none_early_across_a_crash(
             f"{rec.key!r} arrived {expires[rec.key] - arrived} ms early"
         )
     # The wheel held a slice, never the backlog: expiries spread over ~6.5 s, a 2 s horizon.
+    # (After the restart the records that fell due while it was down are loaded at once,
+    # as they must be: those samples say nothing of the horizon.)
     assert wheel, "no sample of the wheel"
+    assert max(wheel) > 0, wheel
     assert max(wheel) < RECORDS // 2, wheel
-    loaded = [int(m[1]) for line in second.lines if (m := _LOADED.search(line))]
-    assert loaded, second.tail()
-    assert max(loaded) < RECORDS // 2, loaded
