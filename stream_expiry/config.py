@@ -131,6 +131,10 @@ class Config:
     # How long a deletion marker outlives its deletion: at least as long as input topics
     # keep events, so that no re-delivered event brings a deleted record back.
     marker_grace_ms: int = 7 * 24 * 3_600_000
+    # The consumer group's session: how long a crashed member's partitions wait before the
+    # group hands them on. Kafka's default minimum; a broker refuses values outside its
+    # group.min/max.session.timeout.ms.
+    session_timeout_ms: int = 6_000
     topics: Topics = field(default_factory=Topics)
     topic_settings: TopicSettings = field(default_factory=TopicSettings)
     kafka: KafkaSecurity = field(default_factory=KafkaSecurity)
@@ -379,7 +383,9 @@ class _Reader:
         defaults = Config()
         categories, sliding = self.categories(data.get("categories", {}))
         service = self.table(
-            data.get("service", {}), ("service",), ("tick_ms", "horizon", "marker_grace")
+            data.get("service", {}),
+            ("service",),
+            ("tick_ms", "horizon", "marker_grace", "session_timeout"),
         )
         tick_ms = service.get("tick_ms", defaults.tick_ms)
         if not isinstance(tick_ms, int) or isinstance(tick_ms, bool) or tick_ms <= 0:
@@ -391,6 +397,11 @@ class _Reader:
         if "marker_grace" in service:
             grace_ms = self.duration(
                 service["marker_grace"], ("service", "marker_grace"), minimum=0
+            )
+        session_ms = defaults.session_timeout_ms
+        if "session_timeout" in service:
+            session_ms = self.duration(
+                service["session_timeout"], ("service", "session_timeout"), minimum=1
             )
         skew_ms = defaults.max_clock_skew_ms
         if "max_clock_skew" in data:
@@ -407,6 +418,7 @@ class _Reader:
             tick_ms=tick_ms,
             horizon_ms=horizon_ms,
             marker_grace_ms=grace_ms,
+            session_timeout_ms=session_ms,
             topics=self.topics(data.get("topics", {})),
             topic_settings=self.topic_settings(data.get("topics", {})),
             kafka=self.kafka(data.get("kafka", {})),
@@ -796,6 +808,7 @@ ENV_SETTINGS: Final[Mapping[_Path, _Kind]] = {
     ("service", "tick_ms"): "int",
     ("service", "horizon"): "text",
     ("service", "marker_grace"): "text",
+    ("service", "session_timeout"): "text",
     ("topics", "inputs"): "list",
     **{("topics", key): "text" for key in _TOPIC_KEYS[1:]},
     **{("topics", key): "int" for key in _TOPIC_COUNTS},

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 from typing import TYPE_CHECKING, Final
 
 import anyio
@@ -115,12 +116,28 @@ async def serve_http(
         await listener.serve(handle)
 
 
+# ApiVersions v0, correlation id 0x5E1F: the one request a broker answers before any
+# authentication (clients ask it first), so a plaintext or SASL listener always replies.
+_CLIENT_ID: Final = b"stream-expiry-probe"
+_API_VERSIONS: Final = struct.pack(">hhih", 18, 0, 0x5E1F, len(_CLIENT_ID)) + _CLIENT_ID
+_PROBE: Final = struct.pack(">i", len(_API_VERSIONS)) + _API_VERSIONS
+
+
 async def watch_broker(
-    health: Health, bootstrap_servers: str, *, every_s: float = 5.0, timeout_s: float = 3.0
+    health: Health,
+    bootstrap_servers: str,
+    *,
+    every_s: float = 5.0,
+    timeout_s: float = 3.0,
+    speak_kafka: bool = False,
 ) -> None:
     """Until cancelled, mark the broker unreachable while no bootstrap server accepts a TCP
     connection. Cheap and independent of the Kafka client's retries, which hide an outage
-    from the loop for as long as their timeouts last."""
+    from the loop for as long as their timeouts last.
+
+    With ``speak_kafka`` (a plaintext or SASL listener), a server must also answer an
+    ApiVersions request: a load balancer or proxy in front of a dead broker accepts
+    connections and then drops them, which a bare connect takes for a live broker."""
     addresses = [_host_port(a) for a in bootstrap_servers.split(",") if a.strip()]
     while True:
         errors: list[str] = []
@@ -128,10 +145,13 @@ async def watch_broker(
             try:
                 with anyio.fail_after(timeout_s):
                     stream = await anyio.connect_tcp(host, port)
-            except (OSError, TimeoutError) as exc:
+                    async with stream:
+                        if speak_kafka:
+                            await stream.send(_PROBE)
+                            await stream.receive(4)  # the start of the answer is enough
+            except (OSError, TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
                 errors.append(f"{host}:{port} ({_why(exc)})")
                 continue
-            await stream.aclose()
             break
         else:
             reason = "; ".join(errors) or "no bootstrap servers"
@@ -149,6 +169,8 @@ async def watch_broker(
 def _why(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if isinstance(exc, (anyio.EndOfStream, anyio.BrokenResourceError)):
+        return "connection dropped without an answer"
     if isinstance(exc, socket.gaierror):
         return "unknown host"
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__

@@ -12,6 +12,7 @@ every Kafka-protocol broker supports it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import ssl
@@ -145,6 +146,15 @@ async def _stop(client: AIOKafkaProducer | AIOKafkaConsumer, failing: bool) -> N
     except KafkaError as exc:
         if not failing:
             raise mapped(exc, "stopping a Kafka client") from exc
+    except asyncio.CancelledError:
+        # aiokafka's fetcher cancels its pending tasks on close (retries, while the broker
+        # is away) and awaits them unguarded, so their CancelledError comes out of stop().
+        # Only a cancellation of this task itself is one to pass on.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        if not failing:
+            raise BrokerUnavailableError("stopping a Kafka client was interrupted") from None
 
 
 async def ensure_topics(

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import time
+from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
@@ -142,7 +143,11 @@ async def run_service(config: Config, args: argparse.Namespace) -> int:
                 if listener is not None:
                     tg.start_soon(serve_http, listener, metrics.exposition, health)
                     listener = None  # served (and closed) by the task now
-                tg.start_soon(watch_broker, health, conn.bootstrap_servers)
+                tg.start_soon(
+                    partial(watch_broker, speak_kafka=not conn.security.uses_ssl),
+                    health,
+                    conn.bootstrap_servers,
+                )
                 await service.run(stop)
                 health.stopping()
                 finished = True

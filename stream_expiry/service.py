@@ -32,13 +32,14 @@ from aiokafka.errors import KafkaError
 from stream_expiry import model
 from stream_expiry.archive_gate import ArchiveGate
 from stream_expiry.codec import dead_letter_headers
-from stream_expiry.errors import BrokerError
+from stream_expiry.errors import BrokerError, BrokerUnavailableError
 from stream_expiry.health import Health
 from stream_expiry.holds import HoldBook, parse_hold
 from stream_expiry.kafka import (
     consumer,
     ensure_topics,
     high_watermarks,
+    mapped,
     producer,
     read_to_end,
 )
@@ -69,6 +70,7 @@ MAX_BATCH = 5000
 SLICE = 500  # events decided between two looks at the timers
 COMMIT_EVERY_S = 1.0
 IDLE_WAIT_MS = 200
+OUTAGE_RETRY_S = 2.0  # between two sessions while the broker is away
 PRUNE_EVERY_S = 60.0
 ARCHIVE_POLL_S = 1.0
 ARCHIVE_STALL_S = 30.0  # an archive silent this long while purges wait: a warning
@@ -76,6 +78,29 @@ ARCHIVE_STALL_S = 30.0  # an archive silent this long while purges wait: a warni
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether every error in ``exc`` (a task group's, perhaps) is one retrying may cure."""
+    for leaf in _leaves(exc):
+        if isinstance(leaf, BrokerUnavailableError):
+            continue
+        cause = leaf if isinstance(leaf, KafkaError) else leaf.__cause__
+        if not isinstance(cause, KafkaError):
+            return False
+        if not isinstance(mapped(cause, "retry"), BrokerUnavailableError):
+            return False
+    return True
+
+
+def _describe(exc: BaseException) -> str:
+    return "; ".join(str(leaf) or type(leaf).__name__ for leaf in _leaves(exc))
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -134,6 +159,10 @@ class Service:
         self._consumer: AIOKafkaConsumer | None = None
         self._outbox: Outbox | None = None
         self._next_offset: dict[tuple[str, int], int] = {}
+        # Seeks made by the assignment callback, which runs while the loop reads: a batch
+        # fetched before a partition's seek holds records from its old position.
+        self._seeks = 0
+        self._seeked_at: dict[tuple[str, int], int] = {}
         self._committed_at = 0.0
         self._pruned_at = time.monotonic()
         self._restore_seen = 0  # changelog messages of the running restore already counted
@@ -148,7 +177,6 @@ class Service:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def run(self, stop: anyio.Event) -> None:
-        t = self.config.topics
         self.health.starting()
         configs = topic_configs(self.config)
         settings = self.config.topic_settings
@@ -163,59 +191,100 @@ class Service:
         await state_dir.mkdir(parents=True, exist_ok=True)
         log.info("state directory %s", state_dir)
         try:
-            async with (
-                producer(self.bootstrap) as prod,
-                consumer(self.bootstrap, enable_auto_commit=False) as policies,
-                consumer(self.bootstrap, enable_auto_commit=False) as holds,
-                anyio.create_task_group() as tg,
-            ):
-                await self._follow_policies(policies, prod, to_end=True)
-                await self._follow_holds(holds, prod, to_end=True)
-                counts = await self._partition_counts(prod)
-                outbox = self._outbox = Outbox(
-                    prod, t, counts, redactor=Redactor.from_config(self.config.redact)
-                )
-                tg.start_soon(outbox.run)
-                if self.config.archive.required:
-                    self.archive = ArchiveGate(partitions=counts[t.stamped])
-                    await self._follow_archive_once()
-                    tg.start_soon(self._follow_archive, stop)
-                async with consumer(self.bootstrap, **self._group_options()) as cons:
-                    self._consumer = cons
-                    cons.subscribe(list(t.inputs), listener=_Rebalance(self))
-                    log.info(
-                        "joining group %r on %s for %s",
-                        self.config.group_id,
-                        self.bootstrap,
-                        ", ".join(t.inputs),
-                    )
-                    try:
-                        await self._loop(cons, policies, holds, prod, stop)
-                    finally:
-                        self.health.stopping()
-                        await outbox.drain()
-                    await self._commit(cons)
-                    self._close_all()
-                    log.info(
-                        "stopped: offsets committed; %d events, %d stamped, %d tombstones "
-                        "(+%d explicit), %d dead letters",
-                        self.stats.events,
-                        self.stats.stamped,
-                        self.stats.tombstones,
-                        self.stats.explicit,
-                        self.stats.dead_letters,
-                    )
-                outbox.close()
+            while True:
+                try:
+                    await self._session(stop)
+                    return
+                except Exception as exc:
+                    if not await self._outage(exc, stop):
+                        raise
         finally:
             self._close_all()
             self.health.stopped()
 
+    async def _session(self, stop: anyio.Event) -> None:
+        """One connection to the cluster: from joining the group until ``stop``."""
+        t = self.config.topics
+        async with (
+            producer(self.bootstrap) as prod,
+            consumer(self.bootstrap, enable_auto_commit=False) as policies,
+            consumer(self.bootstrap, enable_auto_commit=False) as holds,
+            anyio.create_task_group() as tg,
+        ):
+            await self._follow_policies(policies, prod, to_end=True)
+            await self._follow_holds(holds, prod, to_end=True)
+            counts = await self._partition_counts(prod)
+            outbox = self._outbox = Outbox(
+                prod, t, counts, redactor=Redactor.from_config(self.config.redact)
+            )
+            tg.start_soon(outbox.run)
+            if self.config.archive.required:
+                if self.archive is None:
+                    self.archive = ArchiveGate(partitions=counts[t.stamped])
+                await self._follow_archive_once()
+                tg.start_soon(self._follow_archive, stop)
+            async with consumer(self.bootstrap, **self._group_options()) as cons:
+                self._consumer = cons
+                cons.subscribe(list(t.inputs), listener=_Rebalance(self))
+                log.info(
+                    "joining group %r on %s for %s",
+                    self.config.group_id,
+                    self.bootstrap,
+                    ", ".join(t.inputs),
+                )
+                try:
+                    await self._loop(cons, policies, holds, prod, stop)
+                finally:
+                    self.health.stopping()
+                    await outbox.drain()
+                await self._commit(cons)
+                self._close_all()
+                log.info(
+                    "stopped: offsets committed; %d events, %d stamped, %d tombstones "
+                    "(+%d explicit), %d dead letters",
+                    self.stats.events,
+                    self.stats.stamped,
+                    self.stats.tombstones,
+                    self.stats.explicit,
+                    self.stats.dead_letters,
+                )
+            outbox.close()
+            tg.cancel_scope.cancel()  # the archive follower, if any
+
+    async def _outage(self, exc: Exception, stop: anyio.Event) -> bool:
+        """After the broker failed a running service: forget the session, wait, go on.
+
+        Only for what retrying may cure (connections, timeouts, a lost membership), and only
+        once the service has been ready: a start that fails says so and stops. What was in
+        flight is done again, exactly as after a crash: the stores hold only what the broker
+        acked, and the partitions are restored and resume at the committed offsets when the
+        group is joined again. Returns False when ``exc`` is to be raised.
+        """
+        if stop.is_set() or not self.ready.is_set() or not _transient(exc):
+            return False
+        self.health.broker_unreachable(str(exc))
+        self.health.starting()
+        log.warning(
+            "the broker failed (%s); the session is closed and started again in %.0f s, what "
+            "was not committed is read again",
+            _describe(exc),
+            OUTAGE_RETRY_S,
+        )
+        self._close_all()
+        self._next_offset.clear()
+        self._outbox = self._consumer = None
+        self.rebalance_error = None
+        with anyio.move_on_after(OUTAGE_RETRY_S):
+            await stop.wait()
+        return not stop.is_set()
+
     def _group_options(self) -> dict[str, Any]:
+        session_ms = self.config.session_timeout_ms
         return {
             "group_id": self.config.group_id,
-            # Fast crash detection: Kafka's default minimum session timeout.
-            "session_timeout_ms": 6_000,
-            "heartbeat_interval_ms": 1_000,
+            # Fast crash detection: by default Kafka's minimum session timeout (6 s).
+            "session_timeout_ms": session_ms,
+            "heartbeat_interval_ms": max(100, min(1_000, session_ms // 3)),
             "max_poll_records": MAX_BATCH,
             "enable_auto_commit": False,
             **self._consumer_options,
@@ -244,18 +313,19 @@ class Service:
         last_progress = 0.0
         while not stop.is_set():
             wait = self._wait_ms()
+            seeks_before = self._seeks
             try:
                 batch = await cons.getmany(timeout_ms=wait, max_records=MAX_BATCH)
             except KafkaError as exc:
                 self.health.broker_unreachable(str(exc))
-                raise BrokerError(f"reading input topics failed: {exc}") from exc
+                raise mapped(exc, "reading input topics failed") from exc
             self.health.beat()
             if self.rebalance_error is not None:
                 raise self.rebalance_error
             await self._follow_policies(policies, prod, to_end=False)
             await self._follow_holds(holds, prod, to_end=False)
             if batch:
-                await self._ingest(batch)
+                await self._ingest(batch, seeks_before)
             await self._fire_due()
             await self._release_held()
             self._housekeeping()
@@ -297,14 +367,21 @@ class Service:
 
     # -- ingest -----------------------------------------------------------------------------
 
-    async def _ingest(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
+    async def _ingest(self, batch: Mapping[TopicPartition, list[Any]], seeks_before: int) -> None:
         assert self._outbox is not None
+        assert self._consumer is not None
         for tp, records in batch.items():
             slot = (tp.topic, tp.partition)
             proc = self.processors.get(slot)
             expected = self._next_offset.get(slot)
             if proc is None or expected is None:
                 continue  # fetched before our assignment callback positioned the partition
+            if self._seeked_at.get(slot, 0) > seeks_before:
+                # Positioned since this batch was fetched (the callback may even run while
+                # this loop awaits a send): its records come from the old position, and
+                # taking them would skip what lies between. Read again from the new one.
+                self._consumer.seek(tp, expected)
+                continue
             # A fetch started before a seek hands back records again after it.
             if records[0].offset < expected:
                 records = [rec for rec in records if rec.offset >= expected]
@@ -538,6 +615,7 @@ class Service:
                 sum(p.timers for p in self.processors.values()),
             )
         self.health.running()
+        self.health.broker_reachable()  # the group answered: whatever failed before works
         self.ready.set()  # ready: partitions owned, restored, positioned, timers loaded
 
     async def _restore(self, tps: list[TopicPartition]) -> None:
@@ -644,6 +722,8 @@ class Service:
                 start, why = committed, "at the committed offset"
             cons.seek(tp, start)
             self._next_offset[slot] = start
+            self._seeks += 1
+            self._seeked_at[slot] = self._seeks
             log.info("%s[%d] resumes at offset %d, %s", tp.topic, tp.partition, start, why)
 
     async def revoke(self, revoked: list[TopicPartition]) -> None:

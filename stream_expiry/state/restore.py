@@ -46,6 +46,7 @@ class RestoreReport:
     markers: int = 0  # deletion markers restored (nulls and tombstone events)
     unreadable: int = 0  # messages of ours that could not be decoded (skipped, logged)
     remaining: int = 0  # changelog messages still to read
+    nulls_owed: int = 0  # tombstone events whose null never reached expiry.stamped
     seconds: float = 0.0
 
 
@@ -182,6 +183,14 @@ def _apply_tombstones(
             continue
         marker = model.deletion_from_tombstone(rec.value, current[key])
         if marker is None:
+            continue
+        prior = current[key]
+        if prior is not None and prior.live:
+            # expiry.stamped still holds this life: the service stopped after the broker
+            # acked the tombstone event and before it acked the null. Left live, the record
+            # is tombstoned again (it is due, or its delete is read again: nothing of it was
+            # committed), and this time its null is written.
+            report.nulls_owed += 1
             continue
         first.setdefault(key, current[key])
         current[key] = marker

@@ -5,25 +5,33 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import subprocess
-import sys
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
-from aiokafka import TopicPartition
 
 from stream_expiry.config import Config, parse_config
-from stream_expiry.kafka import consumer, partitions_of, producer
+from stream_expiry.kafka import producer
 from stream_expiry.model import Identity
 from stream_expiry.service import Service, wall_clock_ms
 from stream_expiry.state import PartitionStore, RocksKV
+from stream_expiry.testing.processes import ArrivalLog, ServiceProcess, spawn_service
+
+__all__ = [
+    "ArrivalLog",
+    "ServiceProcess",
+    "config_for",
+    "config_text",
+    "event",
+    "live_expiries",
+    "produce",
+    "running_service",
+    "spawn_service",
+    "stores_in",
+]
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-    from pathlib import Path
-
-    from anyio.abc import Process
 
     from tests.conftest import TopicSet
 
@@ -148,83 +156,3 @@ def live_expiries(state_dir: str) -> dict[str, int | None]:
             for s in store.items()
             if s.live
         }
-
-
-class ServiceProcess:
-    """One ``stream-expiry run`` process; ``ready`` once it owns and restored its partitions.
-
-    Its stderr is kept line by line (``lines``) for assertions and for failure messages.
-    """
-
-    def __init__(self, process: Process) -> None:
-        self.process = process
-        self.ready = anyio.Event()
-        self.lines: list[str] = []
-
-    async def follow_log(self) -> None:
-        assert self.process.stderr is not None
-        buffer = b""
-        async for chunk in self.process.stderr:
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                text = line.decode(errors="replace")
-                self.lines.append(text)
-                if "timers within the horizon" in text:
-                    self.ready.set()
-
-    def log_has(self, text: str) -> bool:
-        return any(text in line for line in self.lines)
-
-
-async def spawn_service(
-    broker: str, config_path: Path, started: list[Process], *extra: str
-) -> ServiceProcess:
-    """``python -m stream_expiry run`` as a real process (a SIGKILL is a real crash);
-    appended to ``started`` so that the caller's fixture can make sure none outlives it."""
-    proc = await anyio.open_process(
-        [
-            sys.executable,
-            "-m",
-            "stream_expiry",
-            "run",
-            "--config",
-            str(config_path),
-            "--bootstrap-servers",
-            broker,
-            "--log-level",
-            "INFO",
-            *extra,
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    started.append(proc)
-    return ServiceProcess(proc)
-
-
-class ArrivalLog:
-    """Every message of a topic with the wall-clock time it reached the test (ms).
-
-    "Never early" is checked against this arrival time, not against the service's own
-    ``emitted_at``: a service with a wrong clock cannot vouch for itself.
-    """
-
-    def __init__(self, broker: str, topic: str) -> None:
-        self.broker, self.topic = broker, topic
-        self.arrivals: list[tuple[int, Any]] = []
-
-    async def follow(self) -> None:
-        async with consumer(self.broker) as cons:
-            tps = [TopicPartition(self.topic, p) for p in await partitions_of(cons, self.topic)]
-            cons.assign(tps)
-            await cons.seek_to_beginning(*tps)
-            while True:
-                batch = await cons.getmany(timeout_ms=100)
-                now = wall_clock_ms()
-                for records in batch.values():
-                    self.arrivals.extend((now, r) for r in records)
-
-    def keys(self) -> set[bytes]:
-        return {r.key for _, r in self.arrivals}

@@ -47,6 +47,7 @@ sliding = ["session", "audit"]
 [service]
 tick_ms = 50
 horizon = "2h"
+session_timeout = "10s"
 
 [retention.defaults]
 session = "30d"
@@ -93,6 +94,7 @@ def test_full_file() -> None:
     assert c.max_clock_skew_ms == 10 * MIN
     assert c.tick_ms == 50
     assert c.horizon_ms == 120 * MIN
+    assert c.session_timeout_ms == 10_000
     assert c.topics == Topics(("conv", "sess"), "p", "s", "t", "d", "r")
     assert c.categories == ("conversation", "session", "audit")
     assert c.sliding == frozenset({"session", "audit"})
@@ -221,6 +223,11 @@ ERRORS = [
         "horizon zero",
         "[service]\nhorizon = 0\n",
         "line 2: key 'horizon' in [service] must be a duration, positive, got an integer 0",
+    ),
+    (
+        "session timeout zero",
+        "[service]\nsession_timeout = '0s'\n",
+        "line 2: key 'session_timeout' in [service] must be a duration, positive, got a string '0s'",
     ),
     (
         "tick_ms float",

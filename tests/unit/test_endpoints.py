@@ -175,3 +175,39 @@ async def test_the_broker_probe_marks_an_unreachable_broker_and_its_return() -> 
                 while health.broker_error is not None:  # noqa: ASYNC110
                     await anyio.sleep(0.01)
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.asyncio
+async def test_the_kafka_probe_takes_a_server_that_drops_connections_for_a_dead_broker() -> None:
+    """A proxy or load balancer in front of a dead broker accepts, then drops: unreachable.
+    A server that answers the ApiVersions request is a broker: reachable again."""
+    health = Health()
+    answer = anyio.Event()
+    requests: list[bytes] = []
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            if answer.is_set():
+                requests.append(await stream.receive())
+                await stream.send(b"\x00\x00\x00\x08" + b"\x00" * 8)
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, serve)
+        tg.start_soon(
+            lambda: watch_broker(health, f"127.0.0.1:{port}", every_s=0.02, speak_kafka=True)
+        )
+        with anyio.fail_after(5):
+            while health.broker_error is None:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        assert "dropped without an answer" in health.broker_error
+        answer.set()
+        with anyio.fail_after(5):
+            while health.broker_error is not None:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    # The request is a well-formed ApiVersions v0 (api key 18), length-prefixed.
+    size = int.from_bytes(requests[0][:4], "big")
+    assert size == len(requests[0]) - 4
+    assert requests[0][4:6] == b"\x00\x12"

@@ -1,0 +1,159 @@
+"""A broker outage under the service: every connection cut for 30 s mid-traffic, then restored.
+
+The broker is not restarted (Tansu would lose everything); a proxy it advertises is cut
+(:mod:`stream_expiry.testing.proxy`), so the service, the test's producer and its reader all
+lose the broker at once. Records fall due during the outage. Afterwards nothing is lost,
+nothing arrives before its expiry (arrival times at the test), the service never exited,
+and ``/readyz`` said 503 during the cut and 200 after it. ``STREAM_EXPIRY_TEST_OUTAGE_S``
+changes the outage's length (30 s by default).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import anyio
+import orjson
+import pytest
+
+from stream_expiry.broker import free_port
+from stream_expiry.kafka import ensure_topics, producer
+from stream_expiry.service import wall_clock_ms
+from stream_expiry.testing.processes import ArrivalLog, spawn_service
+from stream_expiry.testing.proxy import proxied_broker
+from stream_expiry.timeutil import parse_ts
+from tests.conftest import make_topic_set
+from tests.integration.service_helpers import config_text, event
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from anyio.abc import Process
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+OUTAGE_S = float(os.environ.get("STREAM_EXPIRY_TEST_OUTAGE_S", "30"))
+TTL_MS = 8_000
+STARTED: list[Process] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_orphans() -> Iterator[None]:
+    yield
+    for proc in STARTED:
+        if proc.returncode is None:
+            proc.kill()
+    STARTED.clear()
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0  # not answering at all
+
+
+@pytest.mark.timeout(OUTAGE_S + 150)
+async def test_the_service_rides_out_a_broker_outage(tmp_path: Path) -> None:
+    topics = make_topic_set()
+    port = free_port()
+    readyz = f"http://127.0.0.1:{port}/readyz"
+    expires: dict[bytes, int] = {}
+    statuses: list[tuple[float, int]] = []  # (monotonic, /readyz status)
+
+    async with proxied_broker() as proxy:
+        await ensure_topics(proxy.address, topics.all, partitions=2)
+        cfg = tmp_path / "service.toml"
+        retention = f'[retention.defaults]\nconversation = "{TTL_MS // 1000}s"\n'
+        cfg.write_text(config_text(topics, str(tmp_path / "state"), retention))
+        svc = await spawn_service(proxy.address, cfg, STARTED, "--metrics-port", str(port))
+        tombstones = ArrivalLog(proxy.address, topics.tombstones)
+        stop_traffic = anyio.Event()
+
+        def alive() -> None:
+            (tmp_path / "service.log").write_text("\n".join(svc.lines))
+            if svc.process.returncode is not None:
+                pytest.fail(f"the service exited ({svc.process.returncode}):\n{svc.tail(40)}")
+
+        async def poll_readyz(want: int, timeout_s: float) -> None:
+            end = time.monotonic() + timeout_s
+            while True:
+                alive()
+                status = await anyio.to_thread.run_sync(_status, readyz)
+                statuses.append((time.monotonic(), status))
+                if status == want:
+                    return
+                if time.monotonic() > end:
+                    pytest.fail(f"/readyz never answered {want}: {statuses[-5:]}\n{svc.tail()}")
+                await anyio.sleep(0.25)  # a poll interval: the answer decides
+
+        async def traffic() -> None:
+            """A record every 50 ms, through the outage: a producer whose requests outlast
+            it holds what it sends meanwhile."""
+            timeout_ms = int(OUTAGE_S * 1000) + 60_000
+            async with producer(proxy.address, request_timeout_ms=timeout_ms) as prod:
+                futures = []
+                i = 0
+                while not stop_traffic.is_set():
+                    now = wall_clock_ms()
+                    key, value = event("conversation", f"r{i}", ts=now)
+                    expires[key] = now + TTL_MS
+                    futures.append(await prod.send(topics.conversations, value, key=key))
+                    i += 1
+                    await anyio.sleep(0.05)  # the traffic's pace, not synchronisation
+                for f in futures:
+                    await f
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(svc.follow_log)
+            tg.start_soon(tombstones.follow)
+            await poll_readyz(200, 60)
+            tg.start_soon(traffic)
+            # Mid-traffic: some records are tombstoned already, others fall due in the cut.
+            with anyio.fail_after(30):
+                while len(tombstones.keys()) < 20:  # noqa: ASYNC110 - another task fills it
+                    await anyio.sleep(0.1)
+            proxy.cut()
+            cut_at, cut_ms = time.monotonic(), wall_clock_ms()
+            await poll_readyz(503, OUTAGE_S - 5)
+            while time.monotonic() - cut_at < OUTAGE_S:
+                alive()
+                await anyio.sleep(0.2)  # the outage's length is the point of the test
+            proxy.restore()
+            restored_at, restored_ms = time.monotonic(), wall_clock_ms()
+            await poll_readyz(200, 60)
+            back_after = time.monotonic() - restored_at
+            await anyio.sleep(2)  # more traffic after the restore
+            stop_traffic.set()
+            with anyio.fail_after(TTL_MS / 1000 + 60):
+                while not set(expires) <= tombstones.keys():
+                    alive()
+                    await anyio.sleep(0.2)
+            alive()
+            svc.process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(30):
+                assert await svc.process.wait() == 0, svc.tail()
+            tg.cancel_scope.cancel()
+
+    cut_count = sum(1 for at, s in statuses if cut_at <= at < restored_at and s == 503)
+    assert cut_count >= 1, statuses
+    assert back_after < 60
+    counts = Counter(r.key for _, r in tombstones.arrivals)
+    assert set(counts) == set(expires)
+    for arrived, rec in tombstones.arrivals:
+        body = orjson.loads(rec.value)
+        assert body["reason"] == "ttl"
+        assert parse_ts(body["expires_at"]) == expires[rec.key]
+        assert arrived >= expires[rec.key], f"{rec.key!r} arrived early"
+    due_in_cut = [k for k, due in expires.items() if cut_ms <= due < restored_ms]
+    assert len(due_in_cut) > 20, "no records fell due during the outage"
