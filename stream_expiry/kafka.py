@@ -35,7 +35,7 @@ from aiokafka.errors import (
 from aiokafka.helpers import create_ssl_context
 
 from stream_expiry.errors import BrokerError, BrokerUnavailableError, ConfigurationError
-from stream_expiry.kafka_settings import Brokers, Connection, as_connection
+from stream_expiry.kafka_settings import MAX_MESSAGE_BYTES, Brokers, Connection, as_connection
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
@@ -231,6 +231,9 @@ async def producer(brokers: Brokers, **overrides: Any) -> AsyncIterator[AIOKafka
         "partitioner": crc32_partitioner,
         "linger_ms": 2,
         "max_batch_size": 256 * 1024,
+        # A stamp or a dead letter carries a whole input message: as large as the topics
+        # allow (kafka_settings.MAX_MESSAGE_BYTES), not aiokafka's 1 MiB default.
+        "max_request_size": MAX_MESSAGE_BYTES,
         "request_timeout_ms": 30_000,
     }
     options.update(overrides)
@@ -260,6 +263,10 @@ async def consumer(
         "enable_auto_commit": False,
         "request_timeout_ms": 40_000,
         "fetch_max_wait_ms": 100,  # an idle partition answers (with its high watermark) fast
+        # Room for the largest message the topics take: a broker that does not hand out an
+        # oversized first message anyway (Kafka does, others may not) would stall the
+        # partition behind it for good.
+        "max_partition_fetch_bytes": MAX_MESSAGE_BYTES,
     }
     options.update(overrides)
     cons = AIOKafkaConsumer(*topics, **options)

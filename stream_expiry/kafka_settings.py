@@ -242,6 +242,9 @@ class TopicSettings:
         return max(1, self.replication_factor - 1)
 
 
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
 def role_configs(role: TopicRole, settings: TopicSettings) -> dict[str, str]:
     """The Kafka topic configs of a topic in ``role``, as CreateTopics takes them."""
     configs = {
@@ -257,6 +260,10 @@ def role_configs(role: TopicRole, settings: TopicSettings) -> dict[str, str]:
     else:
         retention = settings.retention_ms if role == "data" else settings.evidence_retention_ms
         configs |= {"cleanup.policy": "delete", "retention.ms": str(retention)}
+    if role != "evidence":
+        # A stamp or a dead letter is an input message plus a few hundred bytes: room for
+        # the largest input a default broker accepts (1 MiB), and then some.
+        configs["max.message.bytes"] = str(MAX_MESSAGE_BYTES)
     return configs
 
 
