@@ -11,7 +11,7 @@ echo "== mypy (strict)"; python3 -m mypy
 # Branch coverage of the whole suite, gated: COVERAGE_MIN is the measured total rounded down.
 # It only goes up: raise it when the suite covers more, never lower it to make a change pass.
 # With arguments (a subset of the tests) the gate would not mean anything: no coverage then.
-COVERAGE_MIN=89
+COVERAGE_MIN=91
 if [ "$#" -eq 0 ]; then
   echo "== pytest (branch coverage >= ${COVERAGE_MIN}%)"
   python3 -m pytest --cov=stream_expiry --cov-branch --cov-report=term \

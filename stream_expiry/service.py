@@ -389,6 +389,8 @@ class Service:
                 continue
             self._next_offset[slot] = records[-1].offset + 1
             for i in range(0, len(records), SLICE):
+                if self.processors.get(slot) is not proc or self._outbox is None:
+                    break  # revoked (or the session ended) meanwhile: its new owner reads on
                 effects = proc.process(records[i : i + SLICE], self.clock())
                 self._count(effects)
                 await self._outbox.send([(proc, effects)], self.clock())

@@ -12,7 +12,7 @@ from aiokafka.protocol.admin import CreateTopicsResponse_v3
 from stream_expiry.config import ConfigError, parse_config
 from stream_expiry.errors import BrokerError, ConfigurationError
 from stream_expiry.kafka import check_created, client_options
-from stream_expiry.kafka_settings import (
+from stream_expiry.kafka_settings import MAX_MESSAGE_BYTES, (
     Connection,
     KafkaSecurity,
     TopicSettings,
@@ -181,8 +181,10 @@ def test_topic_configs_bound_physical_deletion() -> None:
         "segment.ms": str(DAY),
         "delete.retention.ms": str(DAY),
         "min.insync.replicas": "1",
+        "max.message.bytes": str(MAX_MESSAGE_BYTES),
     }
     assert configs[t.holds]["cleanup.policy"] == "compact"
+    assert "max.message.bytes" not in configs[t.receipts]  # evidence carries no payload
     for name in (*t.inputs, t.tombstones, t.dlq):
         assert configs[name]["retention.ms"] == str(2 * DAY)
         assert configs[name]["cleanup.policy"] == "delete"
