@@ -12,7 +12,8 @@ from aiokafka.protocol.admin import CreateTopicsResponse_v3
 from stream_expiry.config import ConfigError, parse_config
 from stream_expiry.errors import BrokerError, ConfigurationError
 from stream_expiry.kafka import check_created, client_options
-from stream_expiry.kafka_settings import MAX_MESSAGE_BYTES, (
+from stream_expiry.kafka_settings import (
+    MAX_MESSAGE_BYTES,
     Connection,
     KafkaSecurity,
     TopicSettings,
