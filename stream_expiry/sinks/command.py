@@ -309,8 +309,8 @@ async def _serve(
         tg.start_soon(watch_broker, health, sink.config.bootstrap_servers)
         try:
             async with sink.store:
-                # Ready once the store is open and the loop starts; the sink has no restore.
-                health.running()
+                # Ready once the store is open and the group gave the sink its partitions.
+                sink.observe(on_ready=health.running, on_lag=metrics.set_lag)
                 await sink.run(stop)
         except StreamExpiryError as exc:
             error = exc

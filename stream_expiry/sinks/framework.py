@@ -147,9 +147,17 @@ class Sink:
         *,
         clock: Callable[[], int] = wall_clock_ms,
         on_batch: Callable[[BatchReport], object] | None = None,
+        on_ready: Callable[[], object] | None = None,
+        on_lag: Callable[[str, int, int], object] | None = None,
     ) -> None:
         self.store = store
         self.config = config
+        # Ready once the group gave this sink its partitions (not merely once the store is
+        # open); the lag of each is reported at most once a second.
+        self._on_ready = on_ready
+        self._on_lag = on_lag
+        self._lag_at = 0.0
+        self._positions: dict[Any, int] = {}  # next offset per partition, from what was read
         self.metrics: dict[str, int] = dict.fromkeys(METRICS, 0)
         self._clock = clock
         self._on_batch = on_batch
@@ -197,6 +205,7 @@ class Sink:
                         batch = await cons.getmany(
                             timeout_ms=cfg.poll_timeout_ms, max_records=cfg.batch_size
                         )
+                    self._observe(cons, batch)
                     if batch:
                         await self._handle(batch, prod, cons)
                     elif self._acked:
@@ -220,6 +229,31 @@ class Sink:
                     )
                     outage_since = None
             await self._mark_acked()
+
+    def observe(
+        self,
+        *,
+        on_ready: Callable[[], object] | None = None,
+        on_lag: Callable[[str, int, int], object] | None = None,
+    ) -> None:
+        """Be told when the group gave this sink its partitions, and each one's lag."""
+        self._on_ready, self._on_lag = on_ready, on_lag
+
+    def _observe(self, cons: AIOKafkaConsumer, batch: Mapping[Any, list[Any]]) -> None:
+        assignment = cons.assignment()
+        if self._on_ready is not None and assignment:
+            self._on_ready()
+            self._on_ready = None
+        for tp, records in batch.items():
+            if records:
+                self._positions[tp] = records[-1].offset + 1
+        if self._on_lag is None or time.monotonic() - self._lag_at < 1.0:
+            return
+        self._lag_at = time.monotonic()
+        for tp in assignment:
+            high = cons.highwater(tp)
+            if high is not None:
+                self._on_lag(tp.topic, tp.partition, high - self._positions.get(tp, high))
 
     async def _mark_acked(self) -> None:
         acked, self._acked = self._acked, []
