@@ -490,6 +490,47 @@ async def tombstone_reader(
         stop_child(proc)
 
 
+# --------------------------------------------------------------------------- shared: offsets
+
+
+class CommittedOffsets:
+    """Reads a consumer group's committed offsets without joining the group.
+
+    A consumer with the group's id that never subscribes only sends OffsetFetch requests:
+    it takes no partition away from the members (the admin client's
+    ``list_consumer_group_offsets`` is not answered by Tansu).
+    """
+
+    def __init__(self, bootstrap: str, group_id: str, tps: list[Any]) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        self._tps = tps
+        self._cons = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False
+        )
+
+    async def __aenter__(self) -> CommittedOffsets:
+        await self._cons.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._cons.stop()
+
+    async def total(self) -> int:
+        """The sum of the committed offsets (a partition without one counts 0)."""
+        total = 0
+        for tp in self._tps:
+            total += await self._cons.committed(tp) or 0
+        return total
+
+
+def input_partitions(topics: tuple[str, ...], partitions: int = PARTITIONS) -> list[Any]:
+    """Every partition of ``topics`` (created by the benchmark with ``partitions`` each)."""
+    from aiokafka import TopicPartition
+
+    return [TopicPartition(t, p) for t in topics for p in range(partitions)]
+
+
 # --------------------------------------------------------------------------- shared: service
 
 
