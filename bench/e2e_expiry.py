@@ -149,10 +149,18 @@ class BenchTopics:
 
 
 def config_toml(
-    topics: BenchTopics, state_dir: str, *, tick_ms: int | None = None, retention: str = ""
+    topics: BenchTopics,
+    state_dir: str,
+    *,
+    tick_ms: int | None = None,
+    retention: str = "",
+    service_extra: str = "",
+    defaults: tuple[str, str, str] = ("30d", "30d", "10m"),
 ) -> str:
-    """A service config on ``topics``: conversations 30 d, errors 10 min, sessions 30 d."""
-    service = f"[service]\ntick_ms = {tick_ms}\n" if tick_ms is not None else ""
+    """A service config on ``topics``: by default conversations 30 d, sessions 30 d (sliding),
+    errors 10 min (``defaults``); ``service_extra``: more ``[service]`` lines."""
+    service = f"tick_ms = {tick_ms}\n" if tick_ms is not None else ""
+    service = f"[service]\n{service}{service_extra}\n" if service or service_extra else ""
     return f"""
 group_id = "{topics.prefix}-group"
 state_dir = "{state_dir}"
@@ -166,19 +174,31 @@ dlq = "{topics.dlq}"
 
 {service}
 [retention.defaults]
-conversation = "30d"
-session = "30d"
-error = "10m"
+conversation = "{defaults[0]}"
+session = "{defaults[1]}"
+error = "{defaults[2]}"
 {retention}
 """
 
 
 def make_config(
-    topics: BenchTopics, state_dir: str, *, tick_ms: int | None = None, retention: str = ""
+    topics: BenchTopics,
+    state_dir: str,
+    *,
+    tick_ms: int | None = None,
+    retention: str = "",
+    service_extra: str = "",
+    defaults: tuple[str, str, str] = ("30d", "30d", "10m"),
 ) -> Config:
-    return parse_config(
-        config_toml(topics, state_dir, tick_ms=tick_ms, retention=retention), path="<bench>"
+    text = config_toml(
+        topics,
+        state_dir,
+        tick_ms=tick_ms,
+        retention=retention,
+        service_extra=service_extra,
+        defaults=defaults,
     )
+    return parse_config(text, path="<bench>")
 
 
 def record_identity(i: int, category: str = FAR_CATEGORY, *, prefix: str = "rec") -> Identity:
