@@ -95,6 +95,7 @@ FAR_CATEGORY = "conversation"
 FAR_TTL_MS = 30 * 86_400_000  # like the peers' far-future keys
 READER_FETCH_WAIT_MS = 5
 LAG_PREFIX = b"/lag-"
+FAR_OFFSET = 2_000_000_000  # record numbers of far-future events produced during a window
 
 
 # --------------------------------------------------------------------------- shared: setup
@@ -368,6 +369,80 @@ async def produce_in_child(
     return result
 
 
+async def produce_paced(
+    bootstrap: str,
+    messages: Iterator[tuple[str, bytes, bytes]],
+    count: int,
+    rate: int,
+    start_ns: int,
+    lead_ns: int,
+) -> int:
+    """Send ``count`` messages, message ``j`` no earlier than ``lead_ns`` before
+    ``start_ns + j / rate`` (:class:`bench.common.RateSchedule`), in batches per 10 ms."""
+    from stream_expiry.kafka import OutputBuffer, producer
+
+    sched = RateSchedule(rate, count, start_ns)
+    sent = 0
+    async with producer(bootstrap, linger_ms=2) as prod:
+        out = OutputBuffer(prod)
+        acks: list[Any] = []
+        while sent < count:
+            ready = sched.count_due_by(time.time_ns() + lead_ns)
+            if ready <= sent:
+                wait_ns = sched.due_ns(sent) - lead_ns - time.time_ns()
+                await asyncio.sleep(max(min(wait_ns, NS_PER_S), NS_PER_MS) / NS_PER_S)
+                continue
+            for _ in range(sent, min(ready, sent + 5_000)):
+                topic, key, value = next(messages)
+                await out.add(topic, key, value)
+                sent += 1
+            acks += await out.flush()
+            while len(acks) > 64:
+                await acks.pop(0)
+        for ack in acks:
+            await ack
+    return sent
+
+
+def _paced_main(
+    bootstrap: str,
+    spec: ProduceSpec,
+    prefix: str,
+    rate: int,
+    start_ns: int,
+    lead_ns: int,
+    conn: Connection,
+) -> None:
+    t0 = time.perf_counter()
+    messages = build_messages(spec, BenchTopics(prefix))
+    n = asyncio.run(produce_paced(bootstrap, messages, spec.hi - spec.lo, rate, start_ns, lead_ns))
+    conn.send({"sent": n, "seconds": time.perf_counter() - t0})
+    conn.close()
+
+
+@contextlib.asynccontextmanager
+async def paced_producer(
+    bootstrap: str,
+    spec: ProduceSpec,
+    topics: BenchTopics,
+    *,
+    rate: int,
+    start_ns: int,
+    lead_ns: int = 0,
+) -> AsyncIterator[Callable[[float], Any]]:
+    """A child producing ``spec``'s messages at ``rate`` from ``start_ns`` on (each up to
+    ``lead_ns`` early) while the block runs; yields ``result(timeout_s)``."""
+    proc, conn = spawn(_paced_main, bootstrap, spec, topics.prefix, rate, start_ns, lead_ns)
+    try:
+
+        async def result(timeout_s: float) -> Any:
+            return await receive(conn, timeout_s, "paced producer")
+
+        yield result
+    finally:
+        stop_child(proc)
+
+
 def _reader_main(
     bootstrap: str,
     topic: str,
@@ -639,6 +714,26 @@ async def memory_phase(
     return points, extra
 
 
+async def background_phase(
+    bootstrap: str, topics: BenchTopics, service: Service, count: int
+) -> dict[str, Any]:
+    """``count`` far-future records produced and ingested: pending during the lag phase."""
+    base = service.stats.events
+    log(f"e2e background: producing {count:,} far-future records")
+    t0 = time.perf_counter()
+    ts = time.time_ns() // NS_PER_MS
+    await produce_in_child(
+        bootstrap, ProduceSpec("far", 0, count, ts_ms=ts), topics, timeout_s=600 + count / 5_000
+    )
+    t1 = await wait_for(
+        _events_reached(service, base + count), 600 + count / 2_000, "ingest of background"
+    )
+    await anyio.sleep(1.0)  # the last slices settle
+    pending = sum(p.store.counts.pending_total for p in service.processors.values())
+    log(f"e2e background: {pending:,} pending after {t1 - t0:.1f}s")
+    return {"records": count, "produce_and_ingest_s": round(t1 - t0, 2), "pending": pending}
+
+
 async def lag_phase(
     bootstrap: str,
     topics: BenchTopics,
@@ -650,6 +745,7 @@ async def lag_phase(
     assume_ingest: float,
     lead: float | None,
     drain: float,
+    ingest_rate: int = 0,
 ) -> dict[str, Any]:
     count = int(rate * seconds)
     # Producer (~150k/s from a child process) and ingest, with a margin; --lead overrides.
@@ -685,7 +781,29 @@ async def lag_phase(
         )
         wait_s = (drain_ns - time.time_ns()) / NS_PER_S + 30
         log(f"e2e lag: waiting for tombstones (up to {wait_s:.0f}s)")
-        res: dict[str, Any] = await result(max(wait_s, 5))
+        far = int(ingest_rate * seconds)
+        window_events: list[int] = []
+        async with contextlib.AsyncExitStack() as stack:
+            if far:
+                far_spec = ProduceSpec(
+                    "far", FAR_OFFSET, FAR_OFFSET + far, ts_ms=time.time_ns() // NS_PER_MS
+                )
+                log(f"e2e lag: {far:,} far-future events at {ingest_rate:,}/s during the window")
+                far_result = await stack.enter_async_context(
+                    paced_producer(bootstrap, far_spec, topics, rate=ingest_rate, start_ns=start_ns)
+                )
+                async with anyio.create_task_group() as tg:
+
+                    async def at_window_edges() -> None:
+                        for edge in (start_ns, sched.end_ns):
+                            await anyio.sleep(max(0.0, (edge - time.time_ns()) / NS_PER_S))
+                            window_events.append(service.stats.events)
+
+                    tg.start_soon(at_window_edges)
+                    res: dict[str, Any] = await result(max(wait_s, 5))
+                far_produced = await far_result(60)
+            else:
+                res = await result(max(wait_s, 5))
     with anyio.move_on_after(5):  # let the service finish its last batch before reading stats
         await wait_for(
             lambda: service.stats.tombstones - base_tombstones >= count, 5, "last tombstones"
@@ -728,6 +846,16 @@ async def lag_phase(
         "reader_fetch_max_wait_ms": READER_FETCH_WAIT_MS,
         "produce_s": round(float(produced["seconds"]), 3),
     }
+    if far:
+        in_window = window_events[1] - window_events[0] if len(window_events) == 2 else None
+        extra["concurrent_ingest"] = {
+            "rate": ingest_rate,
+            "produced": int(far_produced["sent"]),
+            "produce_s": round(float(far_produced["seconds"]), 3),
+            "ingested_in_window": in_window,
+            "ingested_per_s_in_window": None if in_window is None else round(in_window / seconds),
+            "ingested_total": service.stats.events - base_events - count,
+        }
     log(
         f"e2e lag: {delivered:,}/{count:,} tombstones, p50 {fmt_ms(summary.p50)}, "
         f"p99 {fmt_ms(summary.p99)}, max {fmt_ms(summary.max)}"
@@ -759,6 +887,10 @@ async def run(args: Any, bootstrap: str) -> dict[str, Any]:
                 memory, extra["memory"] = await memory_phase(
                     bootstrap, topics, service, state_dir, args.pending
                 )
+            if args.background > 0:
+                extra["background"] = await background_phase(
+                    bootstrap, topics, service, args.background
+                )
             if args.rate > 0:
                 out = await lag_phase(
                     bootstrap,
@@ -770,6 +902,7 @@ async def run(args: Any, bootstrap: str) -> dict[str, Any]:
                     assume_ingest=args.assume_ingest,
                     lead=args.lead,
                     drain=args.drain,
+                    ingest_rate=args.ingest_rate,
                 )
                 lag = out["lag"]
                 extra["lag"] = out["extra"]
@@ -789,6 +922,10 @@ async def run(args: Any, bootstrap: str) -> dict[str, Any]:
                     )
             extra["service_stats"] = service.stats.as_dict()
     system = "stream-expiry" + (f"-tick{args.tick_ms}ms" if args.tick_ms is not None else "")
+    if args.background > 0:
+        system += f"-bg{human_count(args.background)}"
+    if args.ingest_rate > 0:
+        system += f"-ingest{human_count(args.ingest_rate)}"
     return envelope(
         "e2e_expiry",
         system,
@@ -798,6 +935,8 @@ async def run(args: Any, bootstrap: str) -> dict[str, Any]:
             "pending": args.pending,
             "grace": args.grace,
             "tick_ms": args.tick_ms,
+            "background": args.background,
+            "ingest_rate": args.ingest_rate,
             "partitions": PARTITIONS,
         },
         lag=lag,
@@ -827,7 +966,21 @@ def main(argv: list[str] | None = None) -> int:
         default=60.0,
         help="seconds after the last due time to keep counting late tombstones (not delivered)",
     )
+    parser.add_argument(
+        "--background",
+        type=int,
+        default=0,
+        help="far-future records ingested before the lag phase, pending during it",
+    )
+    parser.add_argument(
+        "--ingest-rate",
+        type=int,
+        default=0,
+        help="far-future events per second produced during the expiry window",
+    )
     args = parser.parse_args(argv)
+    if args.background < 0 or args.ingest_rate < 0:
+        parser.error("--background and --ingest-rate must be >= 0")
     quiet_logging()
     with EmbeddedBroker() as broker:
         log(f"e2e: embedded broker on {broker.bootstrap_servers}")
