@@ -108,7 +108,8 @@ def flatness(parts: list[dict[str, Any]]) -> float | None:
     """The last tenth's rate over the first's (None when either is unmeasured)."""
     if len(parts) < 10:
         return None
-    first, last = parts[0]["events_per_s"], parts[-1]["events_per_s"]
+    first: float | None = parts[0]["events_per_s"]
+    last: float | None = parts[-1]["events_per_s"]
     if not first or last is None:
         return None
     return round(last / first, 3)

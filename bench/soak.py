@@ -272,7 +272,7 @@ async def run(args: Any, bootstrap: str) -> dict[str, Any]:
     ]
     return envelope(
         "soak",
-        "stream-expiry",
+        "stream-expiry-soak",
         params={
             "minutes": args.minutes,
             "rate": args.rate,
