@@ -67,6 +67,7 @@ H_OFFSET: Final = "expiry-source-offset"
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9_.~-]*")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.~/-]*")  # a key whose parts are all plain
 
 
 def _quote(part: str) -> str:
@@ -90,9 +91,14 @@ class Identity:
         self.env = env
         self.category = category
         self.record_id = record_id
-        self.key = "/".join(
-            [_quote(org), _quote(bot), _quote(env), _quote(category), _quote(record_id)]
-        )
+        key = f"{org}/{bot}/{env}/{category}/{record_id}"
+        # One regex for the common all-plain key instead of five (four slashes: no part
+        # holds a slash of its own, so each part is plain and quotes to itself).
+        if _PLAIN_KEY.fullmatch(key) is None or key.count("/") != 4:
+            key = "/".join(
+                [_quote(org), _quote(bot), _quote(env), _quote(category), _quote(record_id)]
+            )
+        self.key = key
 
     def parts(self) -> tuple[str, str, str, str, str]:
         return (self.org, self.bot, self.env, self.category, self.record_id)
@@ -111,9 +117,6 @@ class Identity:
             f"Identity(org={self.org!r}, bot={self.bot!r}, env={self.env!r}, "
             f"category={self.category!r}, record_id={self.record_id!r})"
         )
-
-
-_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.~/-]*")
 
 
 def decode_key(key: str) -> Identity:
@@ -321,16 +324,25 @@ def _identity_fields(i: Identity) -> dict[str, Any]:
 
 def encode_stamp(stamp: Stamp, data: Any = None) -> bytes:
     """Value on ``expiry.stamped``: the record with its expiry (``expires_at`` null: never)."""
-    body = _identity_fields(stamp.identity)
-    body.update(
-        created_at=_opt_ts(stamp.created_at),
-        expires_at=_opt_ts(stamp.expires_at),
-        ttl_seconds=None if stamp.ttl_ms is None else stamp.ttl_ms // 1000,
-        ttl_source=stamp.ttl_source,
-        last_activity_at=_opt_ts(last_activity(stamp)),
-        data=data,
+    i = stamp.identity
+    created = _opt_ts(stamp.created_at)
+    active = last_activity(stamp)
+    return orjson.dumps(
+        {
+            "org": i.org,
+            "bot": i.bot,
+            "env": i.env,
+            "category": i.category,
+            "record_id": i.record_id,
+            "created_at": created,
+            "expires_at": _opt_ts(stamp.expires_at),
+            "ttl_seconds": None if stamp.ttl_ms is None else stamp.ttl_ms // 1000,
+            "ttl_source": stamp.ttl_source,
+            # Most stamps are a creation's: its time is formatted once, not twice.
+            "last_activity_at": created if active == stamp.created_at else _opt_ts(active),
+            "data": data,
+        }
     )
-    return orjson.dumps(body)
 
 
 def last_activity(stamp: Stamp) -> int | None:
