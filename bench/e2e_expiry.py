@@ -629,11 +629,53 @@ def input_partitions(topics: tuple[str, ...], partitions: int = PARTITIONS) -> l
 # --------------------------------------------------------------------------- shared: service
 
 
+class GcWatch:
+    """Time spent in the cyclic garbage collector, per generation, and the longest pause."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
+        self.max_pause_s = 0.0
+        self._t0 = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._t0
+        gen = int(info.get("generation", 2))
+        self.seconds[gen] += pause
+        self.count[gen] += 1
+        self.max_pause_s = max(self.max_pause_s, pause)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "collections": self.count,
+            "seconds": [round(x, 3) for x in self.seconds],
+            "max_pause_ms": round(self.max_pause_s * 1000, 1),
+        }
+
+
+GC = GcWatch()
+
+
 @contextlib.asynccontextmanager
 async def running_service(
     config: Config, bootstrap: str, *, ready_timeout_s: float = 60.0
 ) -> AsyncIterator[Service]:
-    """The service in a task of this process, ready (partitions assigned, timers loaded)."""
+    """The service in a task of this process, ready (partitions assigned, timers loaded).
+
+    The garbage collector is tuned as ``stream-expiry run`` tunes it
+    (``stream_expiry.runner.tune_gc``), so the in-process service collects as the real one
+    does; :data:`GC` counts the collections' time from here on.
+    """
+    import gc
+
+    from stream_expiry.runner import tune_gc
+
+    tune_gc()
+    if GC not in gc.callbacks:
+        gc.callbacks.append(GC)
     service = Service(config, bootstrap_servers=bootstrap, environ={})
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
@@ -921,6 +963,7 @@ async def run(args: Any, bootstrap: str) -> dict[str, Any]:
                         f"{out['extra']['lost']} not at all."
                     )
             extra["service_stats"] = service.stats.as_dict()
+    extra["gc"] = GC.as_dict()
     system = "stream-expiry" + (f"-tick{args.tick_ms}ms" if args.tick_ms is not None else "")
     if args.background > 0:
         system += f"-bg{human_count(args.background)}"

@@ -57,6 +57,7 @@ from bench.common import (
     utc_now_iso,
 )
 from bench.e2e_expiry import (
+    GC,
     PARTITIONS,
     BenchTopics,
     CommittedOffsets,
@@ -229,6 +230,7 @@ async def ingest(
         "tenths": parts,
         "last_over_first": flatness(parts),
         "service_stats": stats,
+        "gc": GC.as_dict(),
         "pending_in_stores": sum(stores.values()),
         "rss_after_bytes": rss,
     }

@@ -52,6 +52,7 @@ from bench.common import (
     utc_now_iso,
 )
 from bench.e2e_expiry import (
+    GC,
     LAG_PREFIX,
     PARTITIONS,
     BenchTopics,
@@ -304,6 +305,7 @@ async def run(args: Any, bootstrap: str) -> dict[str, Any]:
             "produce": prod,
             "elapsed_s": round(elapsed, 1),
             "service_stats": stats,
+            "gc": GC.as_dict(),
             "samples": samples,
             "lag_windows": windows,
         },
