@@ -8,7 +8,9 @@ window opens, so what is measured is the service's timers, not its ingest.
 
 Setup: an embedded Tansu broker (``stream_expiry.broker.EmbeddedBroker``), topics with unique
 names, a fresh state directory, and :class:`stream_expiry.service.Service` run in THIS process
-under anyio, with the default tick (10 ms) and horizon (1 h). In-process rather than
+under anyio, with the default tick (10 ms) and horizon (1 h), and the GC tuned as
+``stream-expiry run`` tunes it (``stream_expiry.runner.tune_gc``; ``extra.gc`` reports its
+pauses). In-process rather than
 ``python -m stream_expiry run``: it is the same code path (the CLI only adds signal handling
 and a progress log line), it lets the benchmark see ``service.stats`` (so it knows when ingest
 is done and can check that it finished before the window opened) and read the service's RSS
@@ -31,7 +33,7 @@ due time are missing. It also counts duplicates and any tombstone emitted before
 Memory phase (``--pending N``): far-future records (category ``conversation``, 30-day TTL,
 created now, keys shaped like ``bench.common.record_key``) are produced in steps (N/10, N/4,
 N/2, N) and, after each step is ingested, the service process's RSS is read: delta from the
-RSS once ready with nothing pending. The index file size per record is reported beside it.
+RSS once ready with nothing pending. The stores' size on disk per record is reported beside it.
 With both ``--pending`` and ``--rate``, the far-future records are written first and stay
 pending during the lag phase.
 
@@ -729,7 +731,7 @@ async def memory_phase(
             _events_reached(service, base_events + mark), 600, "ingest of far records"
         )
         ingest_s += t1 - t0
-        await anyio.sleep(0.5)  # the last batch's index write
+        await anyio.sleep(0.5)  # the last slices settle into the stores
         rss = rss_bytes(os.getpid())
         disk = index_file_bytes(state_dir)
         points.append(
@@ -737,7 +739,7 @@ async def memory_phase(
                 mark,
                 rss,
                 baseline_bytes=rss0,
-                what="service process RSS delta (index on disk)",
+                what="service process RSS delta (stores on disk)",
                 index_file_bytes=disk - disk0,
                 index_bytes_per_record=round((disk - disk0) / mark, 1),
                 timers_in_wheel=service.stats.pending_in_wheel,
@@ -745,7 +747,7 @@ async def memory_phase(
         )
         log(
             f"e2e memory: {human_count(mark)} pending: RSS +{(rss - rss0) / 2**20:.1f} MiB, "
-            f"index {disk / 2**20:.0f} MiB, {service.stats.pending_in_wheel} timers in the wheel"
+            f"stores {disk / 2**20:.0f} MiB, {service.stats.pending_in_wheel} timers in the wheel"
         )
         lo = mark
     extra = {
@@ -920,7 +922,7 @@ async def run(args: Any, bootstrap: str) -> dict[str, Any]:
         "expiry.tombstones in its own process received the tombstone (fetch_max_wait_ms 5), "
         "so it includes the broker round trips: the service waits for the broker's ack before "
         "marking a record deleted.",
-        "Every record was produced and ingested (stamped, indexed) before the window opened.",
+        "Every record was produced and ingested (stamped, stored) before the window opened.",
     ]
     with temp_state_dir("expiry") as state_dir:
         config = make_config(topics, state_dir, tick_ms=args.tick_ms)
