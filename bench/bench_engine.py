@@ -23,7 +23,11 @@ Passes (each on fresh state, best wall time of ``--repeat``; CPU seconds recorde
 * ``parse_event``: the JSON fast path alone, on the mixed events' bytes;
 * ``parse + feed mixed``: both, i.e. the engine-side CPU of ingest without IO;
 * ``advance``: after N creates, move the clock in 10 ms steps (the service's tick) until
-  every timer fired; timers per second; ``heapq baseline``: heappop in the same steps.
+  every timer fired; timers per second; ``heapq baseline``: heappop in the same steps;
+* ``processor mixed (memory|rocksdb)``: the service's per-partition core without Kafka,
+  ``PartitionProcessor.process`` on slices of 500 raw messages of the mix, then ``settle``
+  into a memory or RocksDB store; ``processor + encode (rocksdb)``: plus encoding every
+  stamp's message value, as the outbox does before producing.
 
 Prints ONE JSON object (``bench.common.envelope``, results under ``extra.passes``) on stdout;
 progress on stderr. The suite's ``--rate/--seconds/--grace`` are accepted and ignored;
@@ -36,7 +40,7 @@ import gc
 import heapq
 import sys
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from bench.common import base_parser, emit_result, envelope, log, utc_now_iso
 from bench.e2e_expiry import BenchTopics, event_value, mixed_event, record_identity
@@ -171,6 +175,80 @@ def mixed_events(n: int) -> list[InputEvent]:
     return out
 
 
+class Rec(NamedTuple):
+    """What the processor reads of a consumed message (aiokafka's ConsumerRecord has more)."""
+
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def processor_passes(b: Bench, mixed_bytes: list[bytes]) -> None:
+    """The service's per-partition core without Kafka: ``PartitionProcessor.process`` on
+    slices of 500 records (the service's slice), then ``settle`` into the store, over the
+    memory engine and over RocksDB; and the same plus encoding every stamp's message value
+    (what the outbox does before producing)."""
+    import tempfile
+
+    from stream_expiry.model import encode_stamp
+    from stream_expiry.state import MemoryKV, PartitionProcessor, PartitionStore, RocksKV
+
+    records = [Rec(i, None, v) for i, v in enumerate(mixed_bytes)]
+    book = PolicyBook(b.config, {})
+    work = tempfile.TemporaryDirectory(prefix="bench-engine-")
+
+    def make(kind: str) -> Callable[[], PartitionProcessor]:
+        def setup() -> PartitionProcessor:
+            if kind == "rocksdb":
+                kv: Any = RocksKV(tempfile.mkdtemp(dir=work.name))
+            else:
+                kv = MemoryKV()
+            return PartitionProcessor(
+                SLOT[0],
+                SLOT[1],
+                PartitionStore(kv),
+                resolve=book.resolve,
+                sliding=b.config.sliding,
+                categories=frozenset(b.config.categories),
+                max_skew_ms=300_000,
+                now_ms=NOW,
+                tick_ms=TICK_MS,
+            )
+
+        return setup
+
+    def drive(encode: bool) -> Callable[[PartitionProcessor], int]:
+        def body(proc: PartitionProcessor) -> int:
+            for lo in range(0, len(records), 500):
+                effects = proc.process(records[lo : lo + 500], NOW)
+                if encode:
+                    for state, data in effects.stamps:
+                        encode_stamp(state, data)
+                proc.settle(effects, NOW)
+            proc.store.close()
+            return len(records)
+
+        return body
+
+    try:
+        for kind in ("memory", "rocksdb"):
+            b.timed(
+                f"processor mixed ({kind})",
+                make(kind),
+                drive(False),
+                what=f"PartitionProcessor.process + settle, slices of 500, {kind} store",
+            )
+        b.timed(
+            "processor + encode (rocksdb)",
+            make("rocksdb"),
+            drive(True),
+            what="the same on RocksDB, plus model.encode_stamp for every stamp (the outbox's "
+            "encoding, without producing)",
+        )
+    finally:
+        work.cleanup()
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = utc_now_iso()
     n = args.events
@@ -303,6 +381,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         what=f"heappop everything due every {TICK_MS} ms",
         unit="timers/s",
     )
+
+    processor_passes(b, mixed_bytes)
 
     by = {p["name"]: p for p in b.passes}
     return envelope(

@@ -8,7 +8,9 @@ window opens, so what is measured is the service's timers, not its ingest.
 
 Setup: an embedded Tansu broker (``stream_expiry.broker.EmbeddedBroker``), topics with unique
 names, a fresh state directory, and :class:`stream_expiry.service.Service` run in THIS process
-under anyio, with the default tick (10 ms) and horizon (1 h). In-process rather than
+under anyio, with the default tick (10 ms) and horizon (1 h), and the GC tuned as
+``stream-expiry run`` tunes it (``stream_expiry.runner.tune_gc``; ``extra.gc`` reports its
+pauses). In-process rather than
 ``python -m stream_expiry run``: it is the same code path (the CLI only adds signal handling
 and a progress log line), it lets the benchmark see ``service.stats`` (so it knows when ingest
 is done and can check that it finished before the window opened) and read the service's RSS
@@ -31,7 +33,7 @@ due time are missing. It also counts duplicates and any tombstone emitted before
 Memory phase (``--pending N``): far-future records (category ``conversation``, 30-day TTL,
 created now, keys shaped like ``bench.common.record_key``) are produced in steps (N/10, N/4,
 N/2, N) and, after each step is ingested, the service process's RSS is read: delta from the
-RSS once ready with nothing pending. The index file size per record is reported beside it.
+RSS once ready with nothing pending. The stores' size on disk per record is reported beside it.
 With both ``--pending`` and ``--rate``, the far-future records are written first and stay
 pending during the lag phase.
 
@@ -95,6 +97,7 @@ FAR_CATEGORY = "conversation"
 FAR_TTL_MS = 30 * 86_400_000  # like the peers' far-future keys
 READER_FETCH_WAIT_MS = 5
 LAG_PREFIX = b"/lag-"
+FAR_OFFSET = 2_000_000_000  # record numbers of far-future events produced during a window
 
 
 # --------------------------------------------------------------------------- shared: setup
@@ -149,10 +152,18 @@ class BenchTopics:
 
 
 def config_toml(
-    topics: BenchTopics, state_dir: str, *, tick_ms: int | None = None, retention: str = ""
+    topics: BenchTopics,
+    state_dir: str,
+    *,
+    tick_ms: int | None = None,
+    retention: str = "",
+    service_extra: str = "",
+    defaults: tuple[str, str, str] = ("30d", "30d", "10m"),
 ) -> str:
-    """A service config on ``topics``: conversations 30 d, errors 10 min, sessions 30 d."""
-    service = f"[service]\ntick_ms = {tick_ms}\n" if tick_ms is not None else ""
+    """A service config on ``topics``: by default conversations 30 d, sessions 30 d (sliding),
+    errors 10 min (``defaults``); ``service_extra``: more ``[service]`` lines."""
+    service = f"tick_ms = {tick_ms}\n" if tick_ms is not None else ""
+    service = f"[service]\n{service}{service_extra}\n" if service or service_extra else ""
     return f"""
 group_id = "{topics.prefix}-group"
 state_dir = "{state_dir}"
@@ -166,19 +177,31 @@ dlq = "{topics.dlq}"
 
 {service}
 [retention.defaults]
-conversation = "30d"
-session = "30d"
-error = "10m"
+conversation = "{defaults[0]}"
+session = "{defaults[1]}"
+error = "{defaults[2]}"
 {retention}
 """
 
 
 def make_config(
-    topics: BenchTopics, state_dir: str, *, tick_ms: int | None = None, retention: str = ""
+    topics: BenchTopics,
+    state_dir: str,
+    *,
+    tick_ms: int | None = None,
+    retention: str = "",
+    service_extra: str = "",
+    defaults: tuple[str, str, str] = ("30d", "30d", "10m"),
 ) -> Config:
-    return parse_config(
-        config_toml(topics, state_dir, tick_ms=tick_ms, retention=retention), path="<bench>"
+    text = config_toml(
+        topics,
+        state_dir,
+        tick_ms=tick_ms,
+        retention=retention,
+        service_extra=service_extra,
+        defaults=defaults,
     )
+    return parse_config(text, path="<bench>")
 
 
 def record_identity(i: int, category: str = FAR_CATEGORY, *, prefix: str = "rec") -> Identity:
@@ -348,6 +371,80 @@ async def produce_in_child(
     return result
 
 
+async def produce_paced(
+    bootstrap: str,
+    messages: Iterator[tuple[str, bytes, bytes]],
+    count: int,
+    rate: int,
+    start_ns: int,
+    lead_ns: int,
+) -> int:
+    """Send ``count`` messages, message ``j`` no earlier than ``lead_ns`` before
+    ``start_ns + j / rate`` (:class:`bench.common.RateSchedule`), in batches per 10 ms."""
+    from stream_expiry.kafka import OutputBuffer, producer
+
+    sched = RateSchedule(rate, count, start_ns)
+    sent = 0
+    async with producer(bootstrap, linger_ms=2) as prod:
+        out = OutputBuffer(prod)
+        acks: list[Any] = []
+        while sent < count:
+            ready = sched.count_due_by(time.time_ns() + lead_ns)
+            if ready <= sent:
+                wait_ns = sched.due_ns(sent) - lead_ns - time.time_ns()
+                await asyncio.sleep(max(min(wait_ns, NS_PER_S), NS_PER_MS) / NS_PER_S)
+                continue
+            for _ in range(sent, min(ready, sent + 5_000)):
+                topic, key, value = next(messages)
+                await out.add(topic, key, value)
+                sent += 1
+            acks += await out.flush()
+            while len(acks) > 64:
+                await acks.pop(0)
+        for ack in acks:
+            await ack
+    return sent
+
+
+def _paced_main(
+    bootstrap: str,
+    spec: ProduceSpec,
+    prefix: str,
+    rate: int,
+    start_ns: int,
+    lead_ns: int,
+    conn: Connection,
+) -> None:
+    t0 = time.perf_counter()
+    messages = build_messages(spec, BenchTopics(prefix))
+    n = asyncio.run(produce_paced(bootstrap, messages, spec.hi - spec.lo, rate, start_ns, lead_ns))
+    conn.send({"sent": n, "seconds": time.perf_counter() - t0})
+    conn.close()
+
+
+@contextlib.asynccontextmanager
+async def paced_producer(
+    bootstrap: str,
+    spec: ProduceSpec,
+    topics: BenchTopics,
+    *,
+    rate: int,
+    start_ns: int,
+    lead_ns: int = 0,
+) -> AsyncIterator[Callable[[float], Any]]:
+    """A child producing ``spec``'s messages at ``rate`` from ``start_ns`` on (each up to
+    ``lead_ns`` early) while the block runs; yields ``result(timeout_s)``."""
+    proc, conn = spawn(_paced_main, bootstrap, spec, topics.prefix, rate, start_ns, lead_ns)
+    try:
+
+        async def result(timeout_s: float) -> Any:
+            return await receive(conn, timeout_s, "paced producer")
+
+        yield result
+    finally:
+        stop_child(proc)
+
+
 def _reader_main(
     bootstrap: str,
     topic: str,
@@ -490,14 +587,97 @@ async def tombstone_reader(
         stop_child(proc)
 
 
+# --------------------------------------------------------------------------- shared: offsets
+
+
+class CommittedOffsets:
+    """Reads a consumer group's committed offsets without joining the group.
+
+    A consumer with the group's id that never subscribes only sends OffsetFetch requests:
+    it takes no partition away from the members (the admin client's
+    ``list_consumer_group_offsets`` is not answered by Tansu).
+    """
+
+    def __init__(self, bootstrap: str, group_id: str, tps: list[Any]) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        self._tps = tps
+        self._cons = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False
+        )
+
+    async def __aenter__(self) -> CommittedOffsets:
+        await self._cons.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._cons.stop()
+
+    async def total(self) -> int:
+        """The sum of the committed offsets (a partition without one counts 0)."""
+        total = 0
+        for tp in self._tps:
+            total += await self._cons.committed(tp) or 0
+        return total
+
+
+def input_partitions(topics: tuple[str, ...], partitions: int = PARTITIONS) -> list[Any]:
+    """Every partition of ``topics`` (created by the benchmark with ``partitions`` each)."""
+    from aiokafka import TopicPartition
+
+    return [TopicPartition(t, p) for t in topics for p in range(partitions)]
+
+
 # --------------------------------------------------------------------------- shared: service
+
+
+class GcWatch:
+    """Time spent in the cyclic garbage collector, per generation, and the longest pause."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
+        self.max_pause_s = 0.0
+        self._t0 = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._t0
+        gen = int(info.get("generation", 2))
+        self.seconds[gen] += pause
+        self.count[gen] += 1
+        self.max_pause_s = max(self.max_pause_s, pause)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "collections": self.count,
+            "seconds": [round(x, 3) for x in self.seconds],
+            "max_pause_ms": round(self.max_pause_s * 1000, 1),
+        }
+
+
+GC = GcWatch()
 
 
 @contextlib.asynccontextmanager
 async def running_service(
     config: Config, bootstrap: str, *, ready_timeout_s: float = 60.0
 ) -> AsyncIterator[Service]:
-    """The service in a task of this process, ready (partitions assigned, timers loaded)."""
+    """The service in a task of this process, ready (partitions assigned, timers loaded).
+
+    The garbage collector is tuned as ``stream-expiry run`` tunes it
+    (``stream_expiry.runner.tune_gc``), so the in-process service collects as the real one
+    does; :data:`GC` counts the collections' time from here on.
+    """
+    import gc
+
+    from stream_expiry.runner import tune_gc
+
+    tune_gc()
+    if GC not in gc.callbacks:
+        gc.callbacks.append(GC)
     service = Service(config, bootstrap_servers=bootstrap, environ={})
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
@@ -551,7 +731,7 @@ async def memory_phase(
             _events_reached(service, base_events + mark), 600, "ingest of far records"
         )
         ingest_s += t1 - t0
-        await anyio.sleep(0.5)  # the last batch's index write
+        await anyio.sleep(0.5)  # the last slices settle into the stores
         rss = rss_bytes(os.getpid())
         disk = index_file_bytes(state_dir)
         points.append(
@@ -559,7 +739,7 @@ async def memory_phase(
                 mark,
                 rss,
                 baseline_bytes=rss0,
-                what="service process RSS delta (index on disk)",
+                what="service process RSS delta (stores on disk)",
                 index_file_bytes=disk - disk0,
                 index_bytes_per_record=round((disk - disk0) / mark, 1),
                 timers_in_wheel=service.stats.pending_in_wheel,
@@ -567,7 +747,7 @@ async def memory_phase(
         )
         log(
             f"e2e memory: {human_count(mark)} pending: RSS +{(rss - rss0) / 2**20:.1f} MiB, "
-            f"index {disk / 2**20:.0f} MiB, {service.stats.pending_in_wheel} timers in the wheel"
+            f"stores {disk / 2**20:.0f} MiB, {service.stats.pending_in_wheel} timers in the wheel"
         )
         lo = mark
     extra = {
@@ -576,6 +756,26 @@ async def memory_phase(
         "far_ttl_days": FAR_TTL_MS // 86_400_000,
     }
     return points, extra
+
+
+async def background_phase(
+    bootstrap: str, topics: BenchTopics, service: Service, count: int
+) -> dict[str, Any]:
+    """``count`` far-future records produced and ingested: pending during the lag phase."""
+    base = service.stats.events
+    log(f"e2e background: producing {count:,} far-future records")
+    t0 = time.perf_counter()
+    ts = time.time_ns() // NS_PER_MS
+    await produce_in_child(
+        bootstrap, ProduceSpec("far", 0, count, ts_ms=ts), topics, timeout_s=600 + count / 5_000
+    )
+    t1 = await wait_for(
+        _events_reached(service, base + count), 600 + count / 2_000, "ingest of background"
+    )
+    await anyio.sleep(1.0)  # the last slices settle
+    pending = sum(p.store.counts.pending_total for p in service.processors.values())
+    log(f"e2e background: {pending:,} pending after {t1 - t0:.1f}s")
+    return {"records": count, "produce_and_ingest_s": round(t1 - t0, 2), "pending": pending}
 
 
 async def lag_phase(
@@ -589,6 +789,7 @@ async def lag_phase(
     assume_ingest: float,
     lead: float | None,
     drain: float,
+    ingest_rate: int = 0,
 ) -> dict[str, Any]:
     count = int(rate * seconds)
     # Producer (~150k/s from a child process) and ingest, with a margin; --lead overrides.
@@ -624,7 +825,29 @@ async def lag_phase(
         )
         wait_s = (drain_ns - time.time_ns()) / NS_PER_S + 30
         log(f"e2e lag: waiting for tombstones (up to {wait_s:.0f}s)")
-        res: dict[str, Any] = await result(max(wait_s, 5))
+        far = int(ingest_rate * seconds)
+        window_events: list[int] = []
+        async with contextlib.AsyncExitStack() as stack:
+            if far:
+                far_spec = ProduceSpec(
+                    "far", FAR_OFFSET, FAR_OFFSET + far, ts_ms=time.time_ns() // NS_PER_MS
+                )
+                log(f"e2e lag: {far:,} far-future events at {ingest_rate:,}/s during the window")
+                far_result = await stack.enter_async_context(
+                    paced_producer(bootstrap, far_spec, topics, rate=ingest_rate, start_ns=start_ns)
+                )
+                async with anyio.create_task_group() as tg:
+
+                    async def at_window_edges() -> None:
+                        for edge in (start_ns, sched.end_ns):
+                            await anyio.sleep(max(0.0, (edge - time.time_ns()) / NS_PER_S))
+                            window_events.append(service.stats.events)
+
+                    tg.start_soon(at_window_edges)
+                    res: dict[str, Any] = await result(max(wait_s, 5))
+                far_produced = await far_result(60)
+            else:
+                res = await result(max(wait_s, 5))
     with anyio.move_on_after(5):  # let the service finish its last batch before reading stats
         await wait_for(
             lambda: service.stats.tombstones - base_tombstones >= count, 5, "last tombstones"
@@ -667,6 +890,16 @@ async def lag_phase(
         "reader_fetch_max_wait_ms": READER_FETCH_WAIT_MS,
         "produce_s": round(float(produced["seconds"]), 3),
     }
+    if far:
+        in_window = window_events[1] - window_events[0] if len(window_events) == 2 else None
+        extra["concurrent_ingest"] = {
+            "rate": ingest_rate,
+            "produced": int(far_produced["sent"]),
+            "produce_s": round(float(far_produced["seconds"]), 3),
+            "ingested_in_window": in_window,
+            "ingested_per_s_in_window": None if in_window is None else round(in_window / seconds),
+            "ingested_total": service.stats.events - base_events - count,
+        }
     log(
         f"e2e lag: {delivered:,}/{count:,} tombstones, p50 {fmt_ms(summary.p50)}, "
         f"p99 {fmt_ms(summary.p99)}, max {fmt_ms(summary.max)}"
@@ -689,7 +922,7 @@ async def run(args: Any, bootstrap: str) -> dict[str, Any]:
         "expiry.tombstones in its own process received the tombstone (fetch_max_wait_ms 5), "
         "so it includes the broker round trips: the service waits for the broker's ack before "
         "marking a record deleted.",
-        "Every record was produced and ingested (stamped, indexed) before the window opened.",
+        "Every record was produced and ingested (stamped, stored) before the window opened.",
     ]
     with temp_state_dir("expiry") as state_dir:
         config = make_config(topics, state_dir, tick_ms=args.tick_ms)
@@ -697,6 +930,10 @@ async def run(args: Any, bootstrap: str) -> dict[str, Any]:
             if args.pending > 0:
                 memory, extra["memory"] = await memory_phase(
                     bootstrap, topics, service, state_dir, args.pending
+                )
+            if args.background > 0:
+                extra["background"] = await background_phase(
+                    bootstrap, topics, service, args.background
                 )
             if args.rate > 0:
                 out = await lag_phase(
@@ -709,6 +946,7 @@ async def run(args: Any, bootstrap: str) -> dict[str, Any]:
                     assume_ingest=args.assume_ingest,
                     lead=args.lead,
                     drain=args.drain,
+                    ingest_rate=args.ingest_rate,
                 )
                 lag = out["lag"]
                 extra["lag"] = out["extra"]
@@ -727,7 +965,12 @@ async def run(args: Any, bootstrap: str) -> dict[str, Any]:
                         f"{out['extra']['lost']} not at all."
                     )
             extra["service_stats"] = service.stats.as_dict()
+    extra["gc"] = GC.as_dict()
     system = "stream-expiry" + (f"-tick{args.tick_ms}ms" if args.tick_ms is not None else "")
+    if args.background > 0:
+        system += f"-bg{human_count(args.background)}"
+    if args.ingest_rate > 0:
+        system += f"-ingest{human_count(args.ingest_rate)}"
     return envelope(
         "e2e_expiry",
         system,
@@ -737,6 +980,8 @@ async def run(args: Any, bootstrap: str) -> dict[str, Any]:
             "pending": args.pending,
             "grace": args.grace,
             "tick_ms": args.tick_ms,
+            "background": args.background,
+            "ingest_rate": args.ingest_rate,
             "partitions": PARTITIONS,
         },
         lag=lag,
@@ -766,7 +1011,21 @@ def main(argv: list[str] | None = None) -> int:
         default=60.0,
         help="seconds after the last due time to keep counting late tombstones (not delivered)",
     )
+    parser.add_argument(
+        "--background",
+        type=int,
+        default=0,
+        help="far-future records ingested before the lag phase, pending during it",
+    )
+    parser.add_argument(
+        "--ingest-rate",
+        type=int,
+        default=0,
+        help="far-future events per second produced during the expiry window",
+    )
     args = parser.parse_args(argv)
+    if args.background < 0 or args.ingest_rate < 0:
+        parser.error("--background and --ingest-rate must be >= 0")
     quiet_logging()
     with EmbeddedBroker() as broker:
         log(f"e2e: embedded broker on {broker.bootstrap_servers}")

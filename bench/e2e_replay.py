@@ -1,53 +1,50 @@
-"""stream-expiry end to end: replay rate (``replay(..., dry_run=True)``) over N input events.
+"""stream-expiry end to end: ``replay`` from ``expiry.stamped``, its rate and its peak RSS.
 
-    python -m bench.e2e_replay [--events 1000000] [--no-stamps]
+    python -m bench.e2e_replay [--records 1000000]
 
-Setup (not timed): N input events (the ingest mix of ``bench.e2e_expiry.mixed_event``:
-conversations, sessions with touches, errors) are produced on the three input topics (4
-partitions each), and, unless ``--no-stamps``, the stamps a live service would have left on
-``expiry.stamped`` for them: derived by the pure engine with the same config in the producer
-process, one message per stamp as the service publishes them. So replay has what it has in
-production: N events to re-derive, a stamped topic to compare with (one message per
-create or extending touch), and an (empty) tombstones topic.
+Setup (not timed): ``--records`` stamps are produced on ``expiry.stamped`` as a running
+service leaves them (``bench.changelog``: the right partitions, the source headers, values by
+``model.encode_stamp``; records of the three input topics, 1-year TTLs). The config gives
+every category a 365-day TTL, so re-derivation must find every record ``unchanged``: the
+JSON says whether it did.
 
-Timed: ``stream_expiry.replay.replay(config, bootstrap, environ={}, dry_run=True)`` in this
-process: read the policies, the tombstones, the latest stamp per key, then every input event
-through the engine, and compare. Rate = events / wall seconds. With the stamps, every record
-must come out ``unchanged`` (re-derivation is deterministic): the JSON says whether it did.
+Timed: ``stream_expiry.replay.replay(config, bootstrap, environ={}, dry_run=True)`` (the
+default source, ``expiry.stamped``: streamed into a temporary RocksDB, then every latest
+stamp re-derived and compared) in a CHILD process (multiprocessing ``spawn``) that does
+nothing else, so its peak RSS (``getrusage`` ``ru_maxrss``, i.e. VmHWM) is replay's own:
+interpreter, imports, aiokafka's fetch buffers, RocksDB's memtables and block cache. Rate =
+records / wall seconds of the call, in the child.
 
-N is ``--events``; without it, ``--pending`` when the suite passes one, else 1,000,000.
+Issue 10's targets: >= 200,000 records/s with RSS <= 200 MiB at 10 M records.
+
+``--records`` defaults to 1,000,000 (``--pending`` when the suite passes one).
 Prints ONE JSON object (``bench.common.envelope``) on stdout; progress on stderr.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
+import resource
 import sys
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from bench.changelog import prefill_changelog
 from bench.common import (
     NS_PER_MS,
     base_parser,
     emit_result,
     envelope,
     log,
-    rss_bytes,
     throughput_entry,
     utc_now_iso,
 )
 from bench.e2e_expiry import (
     PARTITIONS,
     BenchTopics,
-    ProduceSpec,
     make_config,
-    mixed_event,
-    produce_in_child,
-    produce_messages,
     quiet_logging,
     receive,
     spawn,
@@ -58,48 +55,33 @@ from stream_expiry.broker import EmbeddedBroker
 from stream_expiry.kafka import ensure_topics
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from multiprocessing.connection import Connection
 
-DEFAULT_EVENTS = 1_000_000
+DEFAULT_RECORDS = 1_000_000
+YEAR = ("365d", "365d", "365d")
 
 
-def stamp_messages(
-    events: int, ts_ms: int, now_ms: int, topics: BenchTopics
-) -> Iterator[tuple[str, bytes, bytes]]:
-    """The stamps a live service publishes for the mixed workload, from the pure engine."""
-    from stream_expiry.engine import Engine
-    from stream_expiry.model import InputEvent, Op, Stamp, encode_stamp
-    from stream_expiry.policy import PolicyBook
+def _replay_main(bootstrap: str, prefix: str, state_dir: str, conn: Connection) -> None:
+    """The child: one replay call, then its report, time and peak RSS to the parent."""
+    from stream_expiry.replay import replay
 
-    config = make_config(topics, "/nonexistent")
-    book = PolicyBook(config, {})
-    engine: Engine[int] = Engine(book.resolve, config.sliding, now_ms=now_ms, horizon_ms=0)
-    states: dict[str, Stamp] = {}
-    for i in range(events):
-        ident, op = mixed_event(i, ts_ms)
-        key = ident.key
-        event = InputEvent(ident, cast("Op", op), ts_ms + i // 10)
-        out = engine.feed(event, states.get(key), now_ms, 0)
-        for fired in out.fired:
-            states[key] = fired.after
-        if out.state is not None:
-            states[key] = out.state
-            if out.publish:
-                yield topics.stamped, key.encode(), encode_stamp(out.state)
-
-
-def _stamps_main(
-    bootstrap: str, events: int, ts_ms: int, now_ms: int, prefix: str, conn: Connection
-) -> None:
+    config = make_config(BenchTopics(prefix), state_dir, defaults=YEAR)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t0 = time.perf_counter()
-    topics = BenchTopics(prefix)
-    n = asyncio.run(produce_messages(bootstrap, stamp_messages(events, ts_ms, now_ms, topics)))
-    conn.send({"sent": n, "seconds": time.perf_counter() - t0})
+    report = asyncio.run(replay(config, bootstrap, environ={}, dry_run=True))
+    seconds = time.perf_counter() - t0
+    conn.send(
+        {
+            "counts": report.counts(),
+            "seconds": seconds,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_rss_before_bytes": rss0,
+        }
+    )
     conn.close()
 
 
-async def run(args: Any, bootstrap: str, events: int) -> dict[str, Any]:
+async def run(args: Any, bootstrap: str, records: int) -> dict[str, Any]:
     started = utc_now_iso()
     topics = BenchTopics.fresh()
     await ensure_topics(
@@ -108,59 +90,44 @@ async def run(args: Any, bootstrap: str, events: int) -> dict[str, Any]:
         partitions=PARTITIONS,
     )
     now = time.time_ns() // NS_PER_MS
-    ts = now - events // 10 - 60_000  # all created in the recent past; none due yet
-    log(f"e2e replay: producing {events:,} input events")
-    produced = await produce_in_child(bootstrap, ProduceSpec("mixed", 0, events, ts_ms=ts), topics)
-    log(f"e2e replay: produced in {produced['seconds']:.1f}s")
-    stamps = 0
-    if args.stamps:
-        log("e2e replay: deriving and producing the stamps a live run would have published")
-        proc, conn = spawn(_stamps_main, bootstrap, events, ts, now, topics.prefix)
+    log(f"e2e replay: producing {records:,} stamps on {topics.stamped}")
+    produced = await prefill_changelog(bootstrap, topics, records, now)
+    log(f"e2e replay: produced in {produced['seconds']:.1f}s; replay(dry_run=True) in a child")
+    with temp_state_dir("replay") as state_dir:
+        proc, conn = spawn(_replay_main, bootstrap, topics.prefix, state_dir)
         try:
-            res = await receive(conn, 1200, "stamp producer")
+            res: dict[str, Any] = await receive(conn, 600 + records / 2_000, "replay child")
         finally:
             stop_child(proc)
-        stamps = int(res["sent"])
-        log(f"e2e replay: {stamps:,} stamps in {res['seconds']:.1f}s")
-
-    from stream_expiry.replay import replay
-
-    with temp_state_dir("replay") as state_dir:
-        config = make_config(topics, state_dir)
-        rss0 = rss_bytes(os.getpid())
-        log("e2e replay: replay(dry_run=True)")
-        t0 = time.perf_counter()
-        report = await replay(config, bootstrap, environ={}, dry_run=True)
-        seconds = time.perf_counter() - t0
-        rss1 = rss_bytes(os.getpid())
-    counts = report.counts()
+    counts = res["counts"]
+    seconds = float(res["seconds"])
+    peak = int(res["peak_rss_bytes"])
     tp = throughput_entry(
-        "replay --dry-run",
-        counts["events"],
+        "replay --dry-run (from expiry.stamped)",
+        counts["records"],
         seconds,
-        method="stream_expiry.replay.replay(dry_run=True) in-process: policies, tombstones, "
-        "latest stamp per key, every input event through the engine, compare",
-        unit="events/s",
+        method="stream_expiry.replay.replay(dry_run=True) in a child process: stream "
+        "expiry.stamped into a temporary RocksDB, re-derive and compare every latest stamp",
+        unit="records/s",
     )
-    log(f"e2e replay: {counts} in {seconds:.2f}s: {tp['value']:,.0f} events/s")
-    deterministic = (
-        counts["unchanged"] == counts["records"] and counts["records"] > 0 if stamps else None
+    unchanged = counts["unchanged"] == counts["records"] == records
+    log(
+        f"e2e replay: {counts['records']:,} records in {seconds:.2f}s: "
+        f"{tp['value']:,.0f} records/s, peak RSS {peak / 2**20:.0f} MiB"
     )
     notes = [
-        "Replay runs in the benchmark's process against the embedded Tansu broker on loopback.",
-        "The stamped topic holds what a live run would have published for these events "
-        "(derived by the engine beforehand), so replay compares against real stamps."
-        if stamps
-        else "No stamps were produced (--no-stamps): every record counts as changed.",
+        "Replay ran alone in a child process against the embedded Tansu broker on loopback; "
+        "its peak RSS is that process's high-water mark (ru_maxrss).",
+        "Issue 10's targets: >= 200,000 records/s and peak RSS <= 200 MiB at 10 M records.",
     ]
-    if deterministic is False:
-        notes.append("Replay did NOT reproduce every stamp: see extra.counts.")
+    if not unchanged:
+        notes.append("Replay did NOT find every record unchanged: see extra.counts.")
     return envelope(
         "e2e_replay",
         "stream-expiry",
         params={
-            "events": events,
-            "stamps": stamps,
+            "records": records,
+            "source": "expiry.stamped",
             "rate": args.rate,
             "seconds": args.seconds,
             "pending": args.pending,
@@ -169,10 +136,10 @@ async def run(args: Any, bootstrap: str, events: int) -> dict[str, Any]:
         throughput=[tp],
         extra={
             "counts": counts,
-            "all_unchanged": deterministic,
-            "records_per_s": round(counts["records"] / seconds, 1) if seconds > 0 else None,
-            "rss_before_bytes": rss0,
-            "rss_after_bytes": rss1,
+            "all_unchanged": unchanged,
+            "peak_rss_bytes": peak,
+            "peak_rss_mib": round(peak / 2**20, 1),
+            "child_rss_before_replay_bytes": res["peak_rss_before_bytes"],
             "produce_s": round(float(produced["seconds"]), 3),
         },
         notes=notes,
@@ -183,20 +150,21 @@ async def run(args: Any, bootstrap: str, events: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.split("\n", 1)[0] if __doc__ else "e2e replay")
     parser.add_argument(
-        "--events", type=int, default=None, help=f"input events (default {DEFAULT_EVENTS:,})"
-    )
-    parser.add_argument(
-        "--stamps",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also publish the stamps a live run would have left (default: yes)",
+        "--records",
+        "--events",
+        dest="records",
+        type=int,
+        default=None,
+        help=f"stamps on expiry.stamped (default {DEFAULT_RECORDS:,})",
     )
     args = parser.parse_args(argv)
-    events = args.events or (args.pending if args.pending > 0 else DEFAULT_EVENTS)
+    records = args.records or (args.pending if args.pending > 0 else DEFAULT_RECORDS)
+    if records <= 0:
+        parser.error("--records must be positive")
     quiet_logging()
     with EmbeddedBroker() as broker:
         log(f"e2e replay: embedded broker on {broker.bootstrap_servers}")
-        result = anyio.run(run, args, broker.bootstrap_servers, events)
+        result = anyio.run(run, args, broker.bootstrap_servers, records)
     emit_result(result)
     return 0
 

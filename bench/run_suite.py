@@ -1,6 +1,7 @@
 """Run every benchmark the suite knows, save each JSON result, then plot and tabulate them.
 
-    python -m bench.run_suite [--quick] [--out results/DATE] [--only redis] [--rates 1000,10000]
+    python -m bench.run_suite [--quick | --targets] [--out results/DATE] [--only redis]
+                              [--rates 1000,10000]
 
 Each benchmark is a module run as ``python -m MODULE --rate R --seconds S --pending N
 --grace G [variant args]`` in its own process; it prints one JSON object on stdout (see
@@ -18,9 +19,11 @@ Plans, i.e. which invocations a module gets:
 - ``memory``: once, ``--rate 0 --seconds S --pending N`` (expect ``memory``), first variant only;
 - ``once``: once, ``--rate 0 --seconds S --pending N`` (throughput-style: ingest, replay).
 
-Sizes: the full run (rates 1k, 10k, 50k; 10 s windows; 5 s grace; 1M pending) takes about
-5 minutes for the peers on 2 cores; ``--quick`` (same rates; 1 s windows; 1 s grace; 100k
-pending) under 1 minute for the peers.
+Sizes: the default run (rates 1k, 10k, 50k; 10 s windows; 5 s grace; 1 M pending, 1 M
+events for ingest, replay and memory, a 5-minute soak) takes about an hour on 2 cores;
+``--quick`` (same rates; 1 s windows; 1 s grace; 100k everywhere; a 1-minute soak) about a
+quarter of an hour; ``--targets`` the sizes issues 10 and 11 state their targets at: 10 M
+events for ingest, replay and memory, a 30-minute soak (several hours).
 """
 
 from __future__ import annotations
@@ -62,20 +65,62 @@ class Entry:
 
 
 REGISTRY: list[Entry] = [
-    # stream-expiry end to end on the real broker (written by the lead; skipped until present).
+    # stream-expiry end to end on the real broker. {pending}, {big} and {soak_minutes} are
+    # the suite's sizes (see FULL, QUICK and TARGETS below).
     Entry("bench.e2e_expiry", ("lag", "memory"), what="stream-expiry tombstone lag and RSS"),
-    Entry("bench.e2e_ingest", ("once",), what="stream-expiry ingest throughput"),
-    Entry("bench.e2e_replay", ("once",), what="stream-expiry replay rate"),
+    Entry(
+        "bench.e2e_expiry",
+        ("lag",),
+        ("--background", "{pending}"),
+        rates=(10_000,),
+        what="stream-expiry with far-future records pending during the lag run (as the peers)",
+    ),
+    Entry(
+        "bench.e2e_expiry",
+        ("lag",),
+        ("--ingest-rate", "20000"),
+        rates=(10_000,),
+        what="stream-expiry lag while 20k far-future events/s are ingested",
+    ),
+    Entry(
+        "bench.e2e_ingest",
+        ("once",),
+        ("--events", "{big}"),
+        what="stream-expiry ingest throughput against an aiokafka passthrough",
+    ),
+    Entry(
+        "bench.e2e_replay",
+        ("once",),
+        ("--records", "{big}"),
+        what="stream-expiry replay from expiry.stamped: rate and peak RSS",
+    ),
+    Entry(
+        "bench.bench_restore",
+        ("once",),
+        what="stream-expiry restore rate from expiry.stamped into empty stores",
+    ),
     Entry("bench.bench_engine", ("once",), what="stream-expiry pure engine events/s (no IO)"),
     Entry(
         "bench.bench_memory",
         ("once",),
-        what="stream-expiry service RSS with pending records preloaded in its index",
+        ("--counts", "0,{pending},{big}"),
+        what="stream-expiry service RSS with pending records preloaded in its stores",
     ),
     Entry(
         "bench.bench_restart",
         ("once",),
-        what="stream-expiry restart time to the first tombstone with pending records",
+        what="stream-expiry restart (warm and cold) to the first tombstone with pending records",
+    ),
+    Entry(
+        "bench.bench_disk",
+        ("once",),
+        what="stream-expiry store size on disk through create, expiry and pruning",
+    ),
+    Entry(
+        "bench.soak",
+        ("once",),
+        ("--minutes", "{soak_minutes}"),
+        what="stream-expiry soak: 5k/s in and out, RSS, disk and lag over time",
     ),
     # Peers.
     Entry(
@@ -99,7 +144,11 @@ REGISTRY: list[Entry] = [
         rates=(10_000,),
         what="Redis with far-future keys pending during the lag run",
     ),
-    Entry("bench.peers.pg_sweep", ("lag", "memory"), what="PostgreSQL DELETE sweep every 100 ms"),
+    Entry(
+        "bench.peers.pg_sweep",
+        ("lag", "memory"),
+        what="PostgreSQL DELETE sweep every 100 ms, rows forwarded through Kafka to a consumer",
+    ),
     Entry(
         "bench.peers.pg_sweep",
         ("lag",),
@@ -109,8 +158,26 @@ REGISTRY: list[Entry] = [
     ),
 ]
 
-FULL = {"rates": [1000, 10_000, 50_000], "seconds": 10.0, "pending": 1_000_000, "grace": 5.0}
-QUICK = {"rates": [1000, 10_000, 50_000], "seconds": 1.0, "pending": 100_000, "grace": 1.0}
+# Sizes. {big} is the count of the 10 M targets of issue 10 (ingest, replay, memory) and
+# {soak_minutes} the soak's length; the default run keeps both at a size that fits in an hour.
+FULL = {
+    "rates": [1000, 10_000, 50_000],
+    "seconds": 10.0,
+    "pending": 1_000_000,
+    "grace": 5.0,
+    "big": 1_000_000,
+    "soak_minutes": 5,
+}
+QUICK = {
+    "rates": [1000, 10_000, 50_000],
+    "seconds": 1.0,
+    "pending": 100_000,
+    "grace": 1.0,
+    "big": 100_000,
+    "soak_minutes": 1,
+}
+# --targets: the sizes issues 10 and 11 state their targets at (several hours on 2 cores).
+TARGETS = {**FULL, "big": 10_000_000, "soak_minutes": 30}
 _SHORT_FLAGS = {"background": "bg"}
 
 
@@ -136,7 +203,7 @@ def variant_tag(args: tuple[str, ...]) -> str:
         if a.startswith("--"):
             parts.append(_SHORT_FLAGS.get(a[2:], a[2:]))
         elif parts:
-            parts[-1] += human_count(int(a)) if a.isdigit() else a
+            parts[-1] += human_count(int(a)) if a.isdigit() else a.replace(",", "_")
         else:
             parts.append(a)
     return "-".join(parts).replace("/", "_").replace(" ", "")
@@ -155,7 +222,12 @@ def plan_invocations(entry: Entry, cfg: dict[str, Any]) -> list[Invocation]:
     out: list[Invocation] = []
     short = entry.module.rsplit(".", 1)[-1]
     common = ("--seconds", f"{cfg['seconds']:g}", "--grace", f"{cfg['grace']:g}")
-    extra = tuple(a.replace("{pending}", str(cfg["pending"])) for a in entry.args)
+    extra = tuple(
+        a.replace("{pending}", str(cfg["pending"]))
+        .replace("{big}", str(cfg["big"]))
+        .replace("{soak_minutes}", f"{cfg['soak_minutes']:g}")
+        for a in entry.args
+    )
     tag = f"-{variant_tag(extra)}" if extra else ""
     for plan in entry.plans:
         if plan == "lag":
@@ -236,7 +308,14 @@ def run_one(inv: Invocation, out_dir: Path, timeout_s: float) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Run the benchmark suite, then plot and tabulate.")
-    p.add_argument("--quick", action="store_true", help="small sizes: whole suite in < 2 min")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small sizes (about 15 minutes)")
+    size.add_argument(
+        "--targets",
+        action="store_true",
+        help="the sizes of issues 10 and 11's targets: 10 M events/records for ingest, replay "
+        "and memory, a 30-minute soak (several hours; per-run timeout 3600 s)",
+    )
     p.add_argument("--out", type=Path, help="results folder (default results/<UTC date-time>)")
     p.add_argument("--rates", help="comma-separated expiration rates, e.g. 1000,10000")
     p.add_argument("--seconds", type=float, help="expiry window per lag run")
@@ -250,15 +329,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cfg: dict[str, Any] = dict(QUICK if args.quick else FULL)
+    cfg: dict[str, Any] = dict(QUICK if args.quick else TARGETS if args.targets else FULL)
     if args.rates:
         cfg["rates"] = [int(r) for r in args.rates.split(",") if r.strip()]
     for k in ("seconds", "pending", "grace"):
         if getattr(args, k) is not None:
             cfg[k] = getattr(args, k)
-    timeout_s = args.timeout or (120.0 if args.quick else 600.0)
+    timeout_s = args.timeout or (300.0 if args.quick else 3600.0 if args.targets else 1200.0)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%M%SZ")
-    out_dir: Path = args.out or Path("results") / (stamp + ("-quick" if args.quick else ""))
+    tag = "-quick" if args.quick else "-targets" if args.targets else ""
+    out_dir: Path = args.out or Path("results") / (stamp + tag)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     entries = list(REGISTRY)
@@ -271,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     suite: dict[str, Any] = {
         "started_at_utc": utc_now_iso(),
         "quick": args.quick,
+        "targets": args.targets,
         "config": cfg,
         "command": shlex.join(["python", *getattr(sys, "orig_argv", sys.argv)[1:]]),
         "cwd": os.getcwd(),

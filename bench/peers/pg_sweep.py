@@ -9,6 +9,13 @@ It uses the PostgreSQL server at 127.0.0.1:5432 (trust auth, database ``test``; 
 ``--dsn`` or ``BENCH_PG_DSN``), in a table with a unique name that is dropped at the end. The
 table is an ordinary (logged, durable) one, as a user would have.
 
+Fair to stream-expiry (issue 11): by default (``--forward kafka``) the sweeper forwards each
+sweep's deleted rows to a Kafka topic on an embedded Tansu broker (a record batch per sweep,
+acks=all, awaited before the next sweep) and the lag is measured at a consumer in its own
+process (``bench.e2e_expiry``'s tombstone reader), as stream-expiry's is; the lag at the
+sweeper stays in ``extra.lag.lag_at_sweeper_ms``. ``--forward none`` measures at the sweeper
+only (system ``...-at-sweeper``). LISTEN/NOTIFY is not implemented.
+
 Lag phase (``--rate R --seconds S``): ``R * S`` rows are inserted (batches of 5,000 through
 ``unnest``) with ``expires_at`` spread evenly, R per second, over an S-second window that
 starts once the inserts are expected to be done (a calibration run sizes that lead). The
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import sys
@@ -106,10 +114,48 @@ class SweepStats:
     max_rows: int = 0
 
 
+class KafkaForward:
+    """The sweeper's hop to a consumer: each deleted row as a tombstone-like message on a
+    Kafka topic (one record batch per sweep, acks=all, awaited before the next sweep), in the
+    shape ``bench.e2e_expiry``'s tombstone reader measures stream-expiry's tombstones with."""
+
+    def __init__(self, prod: Any, topic: str) -> None:
+        self._prod = prod
+        self._topic = topic
+
+    async def send(self, rows: list[tuple[int, int]]) -> None:
+        """``rows``: (record number, expires_at ms) of the rows one DELETE returned."""
+        import orjson
+
+        from stream_expiry.timeutil import format_ts
+
+        emitted = format_ts(time.time_ns() // NS_PER_MS)
+        acks = []
+        batch = self._prod.create_batch()
+        for idx, expires_ms in rows:
+            key = f"pg/lag-{idx}".encode()
+            value = orjson.dumps(
+                {"reason": "ttl", "expires_at": format_ts(expires_ms), "emitted_at": emitted}
+            )
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                acks.append(await self._prod.send_batch(batch, self._topic, partition=0))
+                batch = self._prod.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+        acks.append(await self._prod.send_batch(batch, self._topic, partition=0))
+        for ack in acks:
+            await ack
+
+
 async def _sweeper(
-    conn: Any, table: str, expected: int, deadline_ns: int, stats: SweepStats
+    conn: Any,
+    table: str,
+    expected: int,
+    deadline_ns: int,
+    stats: SweepStats,
+    forward: KafkaForward | None = None,
 ) -> None:
-    """Run the DELETE every 100 ms until every row came back or the deadline passed."""
+    """Run the DELETE every 100 ms until every row came back or the deadline passed; with
+    ``forward``, send each sweep's rows on before the next sweep."""
     query = f"DELETE FROM {table} WHERE expires_at <= now() RETURNING key, expires_at"
     seen = bytearray(expected)
     period_ns = int(SWEEP_PERIOD_S * NS_PER_S)
@@ -121,6 +167,7 @@ async def _sweeper(
         stats.sweep_ms.append((time.perf_counter() - t0) * 1000)
         stats.sweeps += 1
         stats.max_rows = max(stats.max_rows, len(rows))
+        out: list[tuple[int, int]] = []
         for key, expires_at in rows:
             due_s, _, idx_s = key.partition(":")
             try:
@@ -138,6 +185,9 @@ async def _sweeper(
             seen[idx] = 1
             stats.delivered += 1
             stats.lags.append(t_ms - expires_at.timestamp() * 1000)
+            out.append((idx, int(due_s)))
+        if forward is not None and out:
+            await forward.send(out)
         next_tick += period_ns
         now = time.monotonic_ns()
         if next_tick <= now:
@@ -148,7 +198,47 @@ async def _sweeper(
 
 
 async def lag_phase(
-    dsn: str, table: str, rate: int, seconds: float, grace: float, background: int
+    dsn: str,
+    table: str,
+    rate: int,
+    seconds: float,
+    grace: float,
+    background: int,
+    bootstrap: str | None = None,
+) -> dict[str, Any]:
+    """The lag run; with ``bootstrap``, deleted rows are forwarded through Kafka and the lag
+    is measured at a consumer in its own process (the lag at the sweeper is kept too)."""
+    async with contextlib.AsyncExitStack() as stack:
+        forward = None
+        reader_for = None
+        if bootstrap is not None:
+            from bench.e2e_expiry import tombstone_reader
+            from stream_expiry.kafka import ensure_topics, producer
+
+            topic = f"{table}.forward"
+            await ensure_topics(bootstrap, [topic], partitions=1)
+            prod = await stack.enter_async_context(producer(bootstrap))
+            forward = KafkaForward(prod, topic)
+
+            async def reader_for(schedule: RateSchedule, deadline_ns: int) -> Any:
+                return await stack.enter_async_context(
+                    tombstone_reader(
+                        bootstrap, topic, schedule.count, rate, schedule.start_ns, deadline_ns
+                    )
+                )
+
+        return await _lag_phase(dsn, table, rate, seconds, grace, background, forward, reader_for)
+
+
+async def _lag_phase(
+    dsn: str,
+    table: str,
+    rate: int,
+    seconds: float,
+    grace: float,
+    background: int,
+    forward: KafkaForward | None,
+    reader_for: Any,
 ) -> dict[str, Any]:
     import asyncpg
 
@@ -170,13 +260,18 @@ async def lag_phase(
             await _copy_far_future(loader, table, background)
 
         count = int(rate * seconds)
-        lead_s = 1.0 + 1.5 * count / insert_rate
+        lead_s = 1.0 + 1.5 * count / insert_rate + (4.0 if forward is not None else 0.0)
         schedule = RateSchedule(
             rate=rate, count=count, start_ns=time.time_ns() + int(lead_s * NS_PER_S)
         )
         deadline_ns = schedule.end_ns + int(grace * NS_PER_S)
         stats = SweepStats()
-        sweep_task = asyncio.create_task(_sweeper(sweeper, table, count, deadline_ns, stats))
+        result = None
+        if reader_for is not None:
+            result = await reader_for(schedule, deadline_ns)  # subscribed before any delete
+        sweep_task = asyncio.create_task(
+            _sweeper(sweeper, table, count, deadline_ns, stats, forward)
+        )
 
         log(
             f"pg lag: inserting {count} rows due at {rate}/s over {seconds:g}s (lead {lead_s:.1f}s)"
@@ -193,24 +288,40 @@ async def lag_phase(
         log("pg lag: waiting for the sweeper")
         await sweep_task
         left_due = await loader.fetchval(f"SELECT count(*) FROM {table} WHERE expires_at <= now()")
+        consumer_res: dict[str, Any] | None = None
+        if result is not None:
+            wait_s = (deadline_ns - time.time_ns()) / NS_PER_S + 30
+            consumer_res = await result(max(wait_s, 5))
     finally:
         await sweeper.close()
         await loader.close()
 
-    summary = summarize(stats.lags)
-    sorted_lags = sorted(stats.lags)
+    at_sweeper = summarize(stats.lags)
+    lags = stats.lags
+    delivered = stats.delivered
+    if consumer_res is not None:
+        lags = array.array("d")
+        lags.frombytes(consumer_res["lags"])
+        delivered = int(consumer_res["delivered"])
+    summary = summarize(lags)
+    sorted_lags = sorted(lags)
     sweep_summary = summarize(stats.sweep_ms)
     lag = {
         "rate": rate,
         "seconds": seconds,
         "scheduled": count,
-        "delivered": stats.delivered,
-        "missing": count - stats.delivered,
-        "delivered_fraction": round(stats.delivered / count, 6) if count else None,
+        "delivered": delivered,
+        "missing": count - delivered,
+        "delivered_fraction": round(delivered / count, 6) if count else None,
         "grace_s": grace,
         "lag_ms": summary.to_json(),
     }
     extra = {
+        "measured_at": "consumer" if consumer_res is not None else "sweeper",
+        "lag_at_sweeper_ms": at_sweeper.to_json(),
+        "consumer": None
+        if consumer_res is None
+        else {k: v for k, v in consumer_res.items() if k != "lags"},
         "lag_percentiles_ms": {
             "p90": round(percentile(sorted_lags, 90), 3) if sorted_lags else None,
             "p99.9": round(percentile(sorted_lags, 99.9), 3) if sorted_lags else None,
@@ -233,7 +344,7 @@ async def lag_phase(
         ),
     }
     log(
-        f"pg lag: {stats.delivered}/{count} rows, p50 {fmt_ms(summary.p50)}, "
+        f"pg lag: {delivered}/{count} rows, p50 {fmt_ms(summary.p50)}, "
         f"p99 {fmt_ms(summary.p99)}, max {fmt_ms(summary.max)}; "
         f"sweep p99 {fmt_ms(sweep_summary.p99)}"
     )
@@ -310,7 +421,7 @@ async def _drop(dsn: str, tables: list[str]) -> None:
         await conn.close()
 
 
-async def run(args: Any) -> dict[str, Any]:
+async def run(args: Any, bootstrap: str | None = None) -> dict[str, Any]:
     started = utc_now_iso()
     table = f"bench_sweep_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     lag: dict[str, Any] | None = None
@@ -319,8 +430,15 @@ async def run(args: Any) -> dict[str, Any]:
     extra: dict[str, Any] = {"table": table}
     notes = [
         "The sweeper runs DELETE ... WHERE expires_at <= now() RETURNING key, expires_at every "
-        "100 ms on its own connection; lag is from expires_at to the wall clock when the "
-        "deleted rows reached the sweeper.",
+        "100 ms on its own connection"
+        + (
+            "; it forwards each sweep's rows to a Kafka topic (embedded Tansu, acks=all) and "
+            "lag is from expires_at to their arrival at a consumer in its own process, as "
+            "for stream-expiry (lag_at_sweeper_ms: at the sweeper)."
+            if bootstrap is not None
+            else "; lag is from expires_at to the wall clock when the deleted rows reached the "
+            "sweeper (--forward none: no hop to a consumer)."
+        ),
         "Ordinary logged table with a text primary key and an index on expires_at.",
     ]
     try:
@@ -331,7 +449,13 @@ async def run(args: Any) -> dict[str, Any]:
             await _drop(args.dsn, [table + "_mem"])
         if args.rate > 0:
             out = await lag_phase(
-                args.dsn, table, args.rate, args.seconds, args.grace, args.background
+                args.dsn,
+                table,
+                args.rate,
+                args.seconds,
+                args.grace,
+                args.background,
+                bootstrap,
             )
             lag = out["lag"]
             lag_extra = out["extra"]
@@ -347,6 +471,8 @@ async def run(args: Any) -> dict[str, Any]:
     system = "postgres-sweep-100ms" + (
         f"-bg{human_count(args.background)}" if args.background else ""
     )
+    if bootstrap is None and args.rate > 0:
+        system += "-at-sweeper"
     return envelope(
         "pg_sweep",
         system,
@@ -357,6 +483,7 @@ async def run(args: Any) -> dict[str, Any]:
             "grace": args.grace,
             "sweep_period_s": SWEEP_PERIOD_S,
             "background": args.background,
+            "forward": args.forward,
         },
         lag=lag,
         throughput=throughput,
@@ -375,8 +502,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--background", type=int, default=0, help="far-future rows present during the lag phase"
     )
+    parser.add_argument(
+        "--forward",
+        choices=("kafka", "none"),
+        default="kafka",
+        help="kafka: deleted rows go through Kafka to a consumer, where lag is measured "
+        "(default); none: lag at the sweeper",
+    )
     args = parser.parse_args(argv)
-    emit_result(asyncio.run(run(args)))
+    if args.forward == "kafka" and args.rate > 0:
+        from stream_expiry.broker import EmbeddedBroker
+
+        with EmbeddedBroker() as broker:
+            emit_result(asyncio.run(run(args, broker.bootstrap_servers)))
+    else:
+        emit_result(asyncio.run(run(args)))
     return 0
 
 

@@ -1,0 +1,212 @@
+"""Restore rate: a partition store rebuilt from ``expiry.stamped`` into an empty directory.
+
+    python -m bench.bench_restore [--stamps 1000000] [--input-topics 3]
+
+Setup (not timed): ``--stamps`` stamps are produced on ``expiry.stamped`` as a running
+service leaves them (``bench.changelog``: the right partition, the source headers, values
+by ``model.encode_stamp``), spread over ``--input-topics`` input topics of 4 partitions.
+
+Timed, in this process: for every input partition, in turn, an empty ``PartitionStore`` on
+RocksDB in a fresh directory and ``stream_expiry.state.restore.restore_partition`` with a
+plain consumer, exactly what the service's ``assign`` does before it positions a partition.
+Then a ``PartitionProcessor`` is built on the restored store (it loads the timers within
+the horizon), timed apart.
+
+Reported: stamps applied per second (issue 10's target: >= 200,000/s) over all partitions,
+and changelog messages read per second. Each changelog partition carries the messages of
+every input partition with its number (one per input topic), and a restore keeps its own by
+their headers: with 3 input topics a full restore reads every message 3 times. Both rates
+are given, and the per-partition times.
+
+``--stamps`` defaults to 1,000,000 (``--pending`` when the suite passes one).
+Prints ONE JSON object (``bench.common.envelope``) on stdout; progress on stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import anyio
+
+from bench.changelog import prefill_changelog
+from bench.common import (
+    NS_PER_MS,
+    base_parser,
+    emit_result,
+    envelope,
+    log,
+    rss_bytes,
+    throughput_entry,
+    utc_now_iso,
+)
+from bench.e2e_expiry import (
+    PARTITIONS,
+    BenchTopics,
+    index_file_bytes,
+    make_config,
+    quiet_logging,
+    temp_state_dir,
+)
+from stream_expiry.broker import EmbeddedBroker
+from stream_expiry.kafka import consumer, ensure_topics
+from stream_expiry.policy import PolicyBook
+from stream_expiry.state import PartitionProcessor, PartitionStore, RocksKV
+from stream_expiry.state.restore import restore_partition
+
+DEFAULT_STAMPS = 1_000_000
+
+
+async def restore_all(
+    bootstrap: str, topics: BenchTopics, inputs: tuple[str, ...], state_dir: str
+) -> dict[str, Any]:
+    config = make_config(topics, state_dir)
+    book = PolicyBook(config, {})
+    now = time.time_ns() // NS_PER_MS
+    parts: list[dict[str, Any]] = []
+    restore_s = load_s = 0.0
+    async with consumer(bootstrap) as reader:
+        for topic in inputs:
+            for p in range(PARTITIONS):
+                store = PartitionStore(RocksKV(os.path.join(state_dir, f"{topic}-{p}")))
+                try:
+                    t0 = time.perf_counter()
+                    report = await restore_partition(
+                        reader,
+                        store,
+                        source=(topic, p),
+                        stamped=topics.stamped,
+                        tombstones=topics.tombstones,
+                        now_ms=now,
+                    )
+                    t1 = time.perf_counter()
+                    proc = PartitionProcessor(
+                        topic,
+                        p,
+                        store,
+                        resolve=book.resolve,
+                        sliding=config.sliding,
+                        categories=frozenset(config.categories),
+                        max_skew_ms=config.max_clock_skew_ms,
+                        now_ms=now,
+                    )
+                    t2 = time.perf_counter()
+                    pending = store.counts.pending_total
+                    timers = proc.timers
+                finally:
+                    store.close()
+                restore_s += t1 - t0
+                load_s += t2 - t1
+                parts.append(
+                    {
+                        "partition": f"{topic}[{p}]",
+                        "read": report.read,
+                        "stamps": report.stamps,
+                        "markers": report.markers,
+                        "unreadable": report.unreadable,
+                        "seconds": round(t1 - t0, 3),
+                        "load_timers_s": round(t2 - t1, 3),
+                        "pending": pending,
+                        "timers": timers,
+                    }
+                )
+                log(
+                    f"bench_restore: {topic}[{p}]: {report.stamps:,} stamps of "
+                    f"{report.read:,} read in {t1 - t0:.2f}s"
+                )
+    return {"partitions": parts, "restore_s": restore_s, "load_timers_s": load_s}
+
+
+async def run(args: Any, bootstrap: str, stamps: int) -> dict[str, Any]:
+    started = utc_now_iso()
+    topics = BenchTopics.fresh()
+    inputs = topics.inputs[: args.input_topics]
+    await ensure_topics(
+        bootstrap,
+        [*topics.inputs, topics.policies, topics.stamped, topics.tombstones, topics.dlq],
+        partitions=PARTITIONS,
+    )
+    now = time.time_ns() // NS_PER_MS
+    log(f"bench_restore: producing {stamps:,} stamps on {topics.stamped}")
+    produced = await prefill_changelog(bootstrap, topics, stamps, now, inputs=inputs)
+    log(f"bench_restore: produced in {produced['seconds']:.1f}s; restoring")
+    with temp_state_dir("restore") as state_dir:
+        rss0 = rss_bytes(os.getpid())
+        res = await restore_all(bootstrap, topics, inputs, state_dir)
+        rss1 = rss_bytes(os.getpid())
+        disk = index_file_bytes(state_dir)
+    applied = sum(p["stamps"] for p in res["partitions"])
+    read = sum(p["read"] for p in res["partitions"])
+    seconds = res["restore_s"]
+    tp = throughput_entry(
+        "restore: stamps applied",
+        applied,
+        seconds,
+        method="restore_partition for every input partition in turn, empty RocksDB stores",
+        unit="stamps/s",
+    )
+    tp_read = throughput_entry(
+        "restore: changelog messages read",
+        read,
+        seconds,
+        method="messages read by the restores (each changelog partition once per input topic)",
+        unit="messages/s",
+    )
+    log(
+        f"bench_restore: {applied:,} stamps applied ({read:,} read) in {seconds:.2f}s: "
+        f"{tp['value']:,.0f} stamps/s; timers loaded in {res['load_timers_s']:.2f}s"
+    )
+    notes = [
+        "Restore runs in the benchmark's process (restore_partition, as the service's assign "
+        "calls it), one input partition after the other; the broker is the embedded Tansu.",
+        "Issue 10's target: >= 200,000 stamps/s.",
+    ]
+    if applied != stamps:
+        notes.append(f"{stamps - applied:,} stamps were NOT applied: see extra.partitions.")
+    return envelope(
+        "bench_restore",
+        "stream-expiry",
+        params={"stamps": stamps, "input_topics": len(inputs), "partitions": PARTITIONS},
+        throughput=[tp, tp_read],
+        extra={
+            "applied": applied,
+            "read": read,
+            "restore_s": round(seconds, 3),
+            "load_timers_s": round(res["load_timers_s"], 3),
+            "partitions": res["partitions"],
+            "store_disk_bytes": disk,
+            "rss_before_bytes": rss0,
+            "rss_after_bytes": rss1,
+            "produce_s": round(float(produced["seconds"]), 3),
+        },
+        notes=notes,
+        started_at=started,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(__doc__.split("\n", 1)[0] if __doc__ else "restore")
+    parser.add_argument("--stamps", type=int, default=None, help="stamps in the changelog")
+    parser.add_argument(
+        "--input-topics",
+        type=int,
+        choices=(1, 2, 3),
+        default=3,
+        help="input topics (of 4 partitions)",
+    )
+    args = parser.parse_args(argv)
+    stamps = args.stamps or (args.pending if args.pending > 0 else DEFAULT_STAMPS)
+    if stamps <= 0:
+        parser.error("--stamps must be positive")
+    quiet_logging()
+    with EmbeddedBroker() as broker:
+        log(f"bench_restore: embedded broker on {broker.bootstrap_servers}")
+        result = anyio.run(run, args, broker.bootstrap_servers, stamps)
+    emit_result(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

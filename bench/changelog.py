@@ -1,0 +1,133 @@
+"""A changelog as a running service leaves it: stamps on ``expiry.stamped``, for restore
+and replay benchmarks.
+
+Record ``i`` (keys shaped like ``bench.common.record_key``) belongs to input topic
+``inputs[i % len(inputs)]``, on the partition the service's producers key it to
+(``stream_expiry.kafka.key_partition``); its stamp goes where the service writes it: the
+partition ``input partition % count`` of ``expiry.stamped`` (``stream_expiry.codec``), with
+the ``expiry-source-topic`` / ``expiry-source-partition`` headers, and a value made by
+``stream_expiry.model.encode_stamp``. Expiry times are uniform over the next year (fixed
+seed), except the first ``due`` records, which fell due during the last hour (record ids
+``lag-<i>``, which ``bench.e2e_expiry``'s tombstone reader counts).
+
+The messages are produced from a separate process with ``create_batch``/``send_batch``
+(one record batch per partition at a time), so the benchmark's own process is not busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+from bench.e2e_expiry import PARTITIONS, BenchTopics, receive, record_identity, spawn, stop_child
+from stream_expiry import codec, model
+from stream_expiry.kafka import key_partition
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from multiprocessing.connection import Connection
+
+YEAR_MS = 365 * 86_400_000
+HOUR_MS = 3_600_000
+SEED = 11
+_CATEGORY = {0: "conversation", 1: "session", 2: "error"}
+
+
+def stamp_for(i: int, now_ms: int, rng: random.Random, *, due: int) -> model.Stamp:
+    """Record ``i``'s stamp: due in the last hour for ``i < due``, else within a year."""
+    if i < due:
+        ident = record_identity(i, "conversation", prefix="lag")
+        expires = now_ms - HOUR_MS + (i * HOUR_MS) // max(due, 1)
+    else:
+        ident = record_identity(i, _CATEGORY[i % 3])
+        expires = now_ms + 60_000 + rng.randrange(YEAR_MS)
+    return model.Stamp(ident, expires - YEAR_MS, expires, YEAR_MS, "default")
+
+
+def changelog_messages(
+    count: int, now_ms: int, inputs: tuple[str, ...], *, due: int = 0, partitions: int = PARTITIONS
+) -> Iterator[tuple[int, bytes, bytes, list[tuple[str, bytes]]]]:
+    """(stamped partition, key, value, headers) of records ``0 .. count-1``."""
+    rng = random.Random(SEED)
+    headers = {(t, p): codec.source_headers(t, p) for t in inputs for p in range(partitions)}
+    for i in range(count):
+        stamp = stamp_for(i, now_ms, rng, due=due)
+        topic = inputs[0] if i < due else inputs[i % len(inputs)]
+        key = stamp.identity.key.encode()
+        p = key_partition(key, partitions)
+        yield (
+            codec.output_partition(p, partitions),
+            key,
+            model.encode_stamp(stamp),
+            headers[(topic, p)],
+        )
+
+
+async def produce_changelog(
+    bootstrap: str, topic: str, messages: Iterator[tuple[int, bytes, bytes, list[Any]]]
+) -> int:
+    """Send the messages with ``send_batch``, a bounded number of batches in flight."""
+    from stream_expiry.kafka import producer
+
+    n = 0
+    async with producer(bootstrap, linger_ms=20) as prod:
+        open_batches: dict[int, Any] = {}
+        acks: list[Any] = []
+        for partition, key, value, headers in messages:
+            batch = open_batches.get(partition)
+            if batch is None:
+                batch = open_batches[partition] = prod.create_batch()
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                acks.append(await prod.send_batch(batch, topic, partition=partition))
+                batch = open_batches[partition] = prod.create_batch()
+                batch.append(key=key, value=value, timestamp=None, headers=headers)
+            n += 1
+            while len(acks) > 32:
+                await acks.pop(0)
+        for partition, batch in open_batches.items():
+            acks.append(await prod.send_batch(batch, topic, partition=partition))
+        for ack in acks:
+            await ack
+    return n
+
+
+def _changelog_main(
+    bootstrap: str,
+    prefix: str,
+    count: int,
+    now_ms: int,
+    due: int,
+    inputs: tuple[str, ...],
+    conn: Connection,
+) -> None:
+    topics = BenchTopics(prefix)
+    t0 = time.perf_counter()
+    n = asyncio.run(
+        produce_changelog(
+            bootstrap, topics.stamped, changelog_messages(count, now_ms, inputs, due=due)
+        )
+    )
+    conn.send({"sent": n, "seconds": time.perf_counter() - t0})
+    conn.close()
+
+
+async def prefill_changelog(
+    bootstrap: str,
+    topics: BenchTopics,
+    count: int,
+    now_ms: int,
+    *,
+    due: int = 0,
+    inputs: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """Produce ``count`` stamps on ``topics.stamped`` from a child process; wait for acks.
+    ``inputs`` (default: all three input topics) are the input topics the records belong to."""
+    chosen = topics.inputs if inputs is None else inputs
+    proc, conn = spawn(_changelog_main, bootstrap, topics.prefix, count, now_ms, due, chosen)
+    try:
+        result: dict[str, Any] = await receive(conn, 600 + count / 5_000, "changelog producer")
+    finally:
+        stop_child(proc)
+    return result

@@ -1,0 +1,106 @@
+"""The pure parts of the round-3 benchmarks that their numbers depend on: the per-tenth rates
+of ingest, the changelog a restore or replay benchmark reads, and the suite's sizes."""
+
+from __future__ import annotations
+
+from bench.changelog import HOUR_MS, YEAR_MS, changelog_messages
+from bench.e2e_ingest import flatness, tenths
+from bench.run_suite import QUICK, REGISTRY, TARGETS, plan_invocations, variant_tag
+from stream_expiry import codec
+from stream_expiry.kafka import key_partition
+
+NOW = 1_767_225_600_000
+
+# --------------------------------------------------------------------------- ingest tenths
+
+
+def test_tenths_of_a_steady_rate_are_equal_and_flat() -> None:
+    # 1,000 events at 100 events/s, sampled every 0.5 s.
+    samples = [(t / 2, min(1000, t * 50)) for t in range(0, 21)]
+    parts = tenths(samples, 1000)
+    assert [p["tenth"] for p in parts] == list(range(1, 11))
+    assert all(p["events"] == 100 for p in parts)
+    assert all(p["events_per_s"] == 100.0 for p in parts)
+    assert flatness(parts) == 1.0
+
+
+def test_tenths_see_a_slowdown_at_the_end() -> None:
+    # The first half at 200 events/s, the second at 50 events/s.
+    samples: list[tuple[float, int]] = []
+    t, n = 0.0, 0
+    while n < 1000:
+        samples.append((t, n))
+        n += 100 if n < 500 else 25
+        t += 0.5
+    samples.append((t, 1000))
+    parts = tenths(samples, 1000)
+    assert parts[0]["events_per_s"] == 200.0
+    assert parts[-1]["events_per_s"] == 50.0
+    assert flatness(parts) == 0.25
+
+
+def test_tenths_of_too_few_samples_say_so() -> None:
+    parts = tenths([(0.0, 0), (1.0, 1000)], 1000)
+    # Every boundary fell in the same two samples: nine tenths without a measurable time.
+    assert len(parts) == 10
+    assert parts[0]["events_per_s"] == 100.0  # 100 events between the two samples
+    assert all(p["events_per_s"] is None for p in parts[1:])
+    assert flatness(parts) is None
+    assert flatness(parts[:3]) is None
+
+
+# --------------------------------------------------------------------------- changelog
+
+
+def test_changelog_messages_sit_where_the_service_writes_them() -> None:
+    inputs = ("t.conversations", "t.sessions", "t.errors")
+    messages = list(changelog_messages(300, NOW, inputs, due=30, partitions=4))
+    assert len(messages) == 300
+    sources: set[str] = set()
+    for i, (partition, key, value, headers) in enumerate(messages):
+        source = codec.source_of(headers)
+        assert source is not None
+        topic, input_partition = source
+        sources.add(topic)
+        assert input_partition == key_partition(key, 4)
+        assert partition == codec.output_partition(input_partition, 4)
+        stamp = codec.decode_stamp(key, value)
+        assert stamp.identity.key.encode() == key
+        assert stamp.expires_at is not None
+        if i < 30:
+            assert NOW - HOUR_MS <= stamp.expires_at < NOW  # fell due while the service was down
+            assert topic == inputs[0]
+            assert b"/lag-" in key
+        else:
+            assert NOW < stamp.expires_at <= NOW + 60_000 + YEAR_MS
+            assert topic == inputs[i % 3]
+    assert sources == set(inputs)
+    assert len({m[1] for m in messages}) == 300  # distinct records
+
+
+def test_changelog_messages_are_the_same_every_time() -> None:
+    a = list(changelog_messages(50, NOW, ("a",), partitions=2))
+    b = list(changelog_messages(50, NOW, ("a",), partitions=2))
+    assert a == b
+
+
+# --------------------------------------------------------------------------- suite sizes
+
+
+def test_targets_run_the_ten_million_sizes_and_a_thirty_minute_soak() -> None:
+    args = {
+        inv.entry.module: inv.args
+        for e in REGISTRY
+        for inv in plan_invocations(e, TARGETS)
+        if inv.entry.module in ("bench.e2e_ingest", "bench.e2e_replay", "bench.soak")
+    }
+    assert args["bench.e2e_ingest"][-2:] == ("--events", "10000000")
+    assert args["bench.e2e_replay"][-2:] == ("--records", "10000000")
+    assert args["bench.soak"][-2:] == ("--minutes", "30")
+    quick = [inv for e in REGISTRY for inv in plan_invocations(e, QUICK)]
+    assert not any("{" in a for inv in quick for a in inv.args)
+
+
+def test_variant_tag_keeps_lists_in_a_file_name() -> None:
+    assert variant_tag(("--counts", "0,100,1000")) == "counts0_100_1000"
+    assert variant_tag(("--background", "1000000")) == "bg1M"
