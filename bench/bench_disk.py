@@ -5,7 +5,7 @@
 
 The service (``stream_expiry.service.Service``, in this process as in ``bench.e2e_expiry``)
 runs with category ``error`` given a short TTL (``--ttl``) and ``[service] marker_grace`` set
-to ``--marker-grace``; the service prunes deletion markers every ``PRUNE_EVERY_S`` (60 s), which
+to ``--marker-grace``; the service prunes deletion markers every ``PRUNE_EVERY_S`` (5 s), which
 this benchmark lowers to ``--prune-every`` by setting the module constant before it starts.
 
 A child process produces ``--records`` creates of distinct ``error`` records at ``--rate``
@@ -228,7 +228,7 @@ async def run(args: Any, bootstrap: str) -> dict[str, Any]:
         f"{forced['disk_bytes'] / 2**20:.2f} MiB"
     )
     notes = [
-        f"PRUNE_EVERY_S was set to {args.prune_every:g} s for this run (60 s in the service); "
+        f"PRUNE_EVERY_S was set to {args.prune_every:g} s for this run (5 s in the service); "
         f"marker_grace {args.marker_grace}, error TTL {args.ttl}.",
         "Disk = every file under the state directory (the partitions' RocksDB directories).",
         "Issue 10's target: the stores' size falls back to what live records need.",

@@ -71,7 +71,8 @@ SLICE = 500  # events decided between two looks at the timers
 COMMIT_EVERY_S = 1.0
 IDLE_WAIT_MS = 200
 OUTAGE_RETRY_S = 2.0  # between two sessions while the broker is away
-PRUNE_EVERY_S = 60.0
+PRUNE_EVERY_S = 5.0  # and more at once while markers are due: pruning keeps up with deletions
+PRUNE_BUDGET = 20_000  # markers per store per loop turn, so a backlog never stalls the loop
 ARCHIVE_POLL_S = 1.0
 ARCHIVE_STALL_S = 30.0  # an archive silent this long while purges wait: a warning
 
@@ -165,6 +166,7 @@ class Service:
         self._seeked_at: dict[tuple[str, int], int] = {}
         self._committed_at = 0.0
         self._pruned_at = time.monotonic()
+        self._pruning = False  # markers were left due by the last prune
         self._restore_seen = 0  # changelog messages of the running restore already counted
         for warning in self.book.env_warnings:
             log.warning("%s", warning)
@@ -458,11 +460,15 @@ class Service:
         now = self.clock()
         for proc in self.processors.values():
             proc.extend_horizon(now)
-        if time.monotonic() - self._pruned_at >= PRUNE_EVERY_S:
+        if self._pruning or time.monotonic() - self._pruned_at >= PRUNE_EVERY_S:
             self._pruned_at = time.monotonic()
-            pruned = sum(proc.store.prune(now) for proc in self.processors.values())
-            if pruned:
-                log.info("pruned %d deletion markers past their grace", pruned)
+            pruned = [
+                proc.store.prune(now, budget=PRUNE_BUDGET) for proc in self.processors.values()
+            ]
+            # A store that used its whole budget has more due: go on next turn.
+            self._pruning = any(n >= PRUNE_BUDGET for n in pruned)
+            if sum(pruned):
+                log.debug("pruned %d deletion markers past their grace", sum(pruned))
 
     async def _commit(self, cons: AIOKafkaConsumer) -> None:
         """Commit the settled input offsets of the partitions this instance owns."""

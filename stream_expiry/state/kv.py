@@ -135,6 +135,11 @@ class RocksKV:
         options.set_bytes_per_sync(1024 * 1024)
         options.set_compression_type(DBCompressionType.lz4())
         options.set_max_background_jobs(2)
+        # Disk follows live records: files dense with deletions (pruned markers, expired
+        # index entries) are compacted on their own, so deleted data does not linger.
+        options.add_compact_on_deletion_collector_factory(10_000, 2_000, 0.3)
+        options.set_keep_log_file_num(3)
+        options.set_max_log_file_size(8 * 1024 * 1024)
         table = BlockBasedOptions()
         table.set_bloom_filter(10, False)  # most lookups are for keys never seen
         table.set_block_cache(cache)
