@@ -1,8 +1,8 @@
-"""The ``stream-expiry`` command line: run, explain, replay, demo, sink.
+"""The ``stream-expiry`` command line: run, explain, replay, hold, status, archive, demo, sink.
 
-Every command that talks to Kafka finds its brokers in ``--bootstrap-servers``, else
-``STREAM_EXPIRY_BOOTSTRAP_SERVERS``, else the config file; every setting follows that order
-(flag > environment > file > default, :mod:`stream_expiry.config`). Errors of ours
+Every command that talks to Kafka finds its brokers in ``--bootstrap-servers``, else the
+config file, else ``STREAM_EXPIRY_BOOTSTRAP_SERVERS`` (the contract's order); every other
+setting goes flag > environment > file > default (:mod:`stream_expiry.config`). Errors of ours
 (``StreamExpiryError``) and bad arguments print one line that says what to do next, with
 the same exit status for the same failure in every command (:mod:`stream_expiry.exits`);
 nothing prints a traceback at a user who only mistyped a path.
@@ -64,18 +64,19 @@ def _add_common(p: argparse.ArgumentParser, *, kafka: bool = True) -> None:
         p.add_argument(
             "--bootstrap-servers",
             metavar="HOST:PORT[,...]",
-            help=f"Kafka brokers; default: ${BOOTSTRAP_ENV}, else the config file's "
-            "bootstrap_servers",
+            help="Kafka brokers; default: the config file's bootstrap_servers, else "
+            f"${BOOTSTRAP_ENV}",
         )
     add_log_options(p)
 
 
 def bootstrap_from(args: argparse.Namespace, config: Config) -> str:
-    """Brokers from the flag, else the environment, else the config file."""
+    """Brokers from the flag, else the config file, else the environment (the contract's
+    order, the one exception to "the environment beats the file")."""
     servers = (
         getattr(args, "bootstrap_servers", None)
-        or os.environ.get(BOOTSTRAP_ENV, "").strip()
         or config.bootstrap_servers
+        or os.environ.get(BOOTSTRAP_ENV, "").strip()
     )
     if not servers:
         embedded = ", or try --embedded-broker" if hasattr(args, "embedded_broker") else ""

@@ -91,7 +91,7 @@ def _common_options() -> argparse.ArgumentParser:
     kafka.add_argument(
         "--bootstrap-servers",
         metavar="HOST:PORT[,...]",
-        help=f"Kafka brokers (default: ${ENV_BOOTSTRAP}, else the config file's)",
+        help=f"Kafka brokers (default: the config file's, else ${ENV_BOOTSTRAP})",
     )
     kafka.add_argument(
         "--group-id",
@@ -212,7 +212,11 @@ def build_sink(
     # All defaults without --config; the STREAM_EXPIRY_* variables beat the file.
     service_config = load_config(args.config, environ=os.environ)
     topics = service_config.topics
-    bootstrap = args.bootstrap_servers or service_config.bootstrap_servers
+    bootstrap = (  # the contract's order: the flag, else the config file, else the variable
+        args.bootstrap_servers
+        or service_config.bootstrap_servers
+        or os.environ.get(ENV_BOOTSTRAP, "").strip()
+    )
     if not bootstrap:
         raise ConfigurationError(
             f"no Kafka brokers: pass --bootstrap-servers, set ${ENV_BOOTSTRAP}, or give a "
