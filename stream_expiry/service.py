@@ -151,7 +151,6 @@ class Service:
         self.ready = anyio.Event()
         self.health = health or Health()
         self.metrics = metrics
-        self._observed_at = 0.0
         self.rebalance_error: Exception | None = None
         self.processors: dict[tuple[str, int], PartitionProcessor] = {}
         self._on_progress = on_progress
