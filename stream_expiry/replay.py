@@ -164,21 +164,46 @@ def _classify(old: int | None, new: int | None, has_stamp: bool, now: int) -> st
     return "later"
 
 
-def _count(
-    report: ReplayReport,
-    key: str,
-    old: int | None,
-    new: model.Stamp,
-    kind: str | None,
-    sample_size: int,
-) -> None:
-    report.records += 1
-    if kind is None:
-        report.unchanged += 1
-        return
-    setattr(report, kind, getattr(report, kind) + 1)
-    if len(report.sample) < sample_size:
-        report.sample.append(Change(key, old, new.expires_at, new.ttl_source, kind))
+@dataclass
+class _Verdicts:
+    """Where each re-derived record goes: the report's counts and sample, the kept states
+    and, unless a dry run, a new stamp. Both sources of replay end here."""
+
+    report: ReplayReport
+    publisher: _Publisher
+    now: int
+    since_ms: int | None
+    dry_run: bool
+    sample_size: int
+    keep_states: bool
+
+    def wanted(self, created_at: int | None) -> bool:
+        return self.since_ms is None or (created_at or 0) >= self.since_ms
+
+    async def record(
+        self,
+        new: model.Stamp,
+        old: int | None,
+        *,
+        has_stamp: bool,
+        partition: int,
+        source: tuple[str, int] | None,
+        body: Any,
+    ) -> None:
+        """``old``: the current expiry; ``body``: the current stamp's message (or None)."""
+        report, key = self.report, new.identity.key
+        kind = _classify(old, new.expires_at, has_stamp, self.now)
+        report.records += 1
+        if kind is None:
+            report.unchanged += 1
+        else:
+            setattr(report, kind, getattr(report, kind) + 1)
+            if len(report.sample) < self.sample_size:
+                report.sample.append(Change(key, old, new.expires_at, new.ttl_source, kind))
+        if self.keep_states:
+            report.states[key] = new
+        if kind is not None and not self.dry_run:
+            await self.publisher.add(partition, source, new, body)
 
 
 class _Publisher:
@@ -245,36 +270,16 @@ async def replay(
             current, read = await read_current(bootstrap, topics.stamped, kv, bar)
             async with producer(bootstrap) as prod:
                 publisher = _Publisher(prod, topics.stamped)
+                verdicts = _Verdicts(
+                    report, publisher, now, since_ms, dry_run, sample_size, keep_states
+                )
                 if from_inputs:
                     await _from_inputs(
-                        config,
-                        bootstrap,
-                        book,
-                        current,
-                        work,
-                        report,
-                        publisher,
-                        now=now,
-                        since_ms=since_ms,
-                        dry_run=dry_run,
-                        sample_size=sample_size,
-                        keep_states=keep_states,
-                        progress=progress,
+                        config, bootstrap, book, current, work, verdicts, progress=progress
                     )
                 else:
                     report.events = read
-                    await _from_stamps(
-                        config,
-                        book,
-                        current,
-                        report,
-                        publisher,
-                        now=now,
-                        since_ms=since_ms,
-                        dry_run=dry_run,
-                        sample_size=sample_size,
-                        keep_states=keep_states,
-                    )
+                    await _from_stamps(config, book, current, verdicts)
                 await publisher.flush()
         finally:
             kv.close()
@@ -282,17 +287,7 @@ async def replay(
 
 
 async def _from_stamps(
-    config: Config,
-    book: PolicyBook,
-    current: Current,
-    report: ReplayReport,
-    publisher: _Publisher,
-    *,
-    now: int,
-    since_ms: int | None,
-    dry_run: bool,
-    sample_size: int,
-    keep_states: bool,
+    config: Config, book: PolicyBook, current: Current, verdicts: _Verdicts
 ) -> None:
     for key, raw in current.items():
         partition, source, value = Current.unpack(raw)
@@ -302,14 +297,15 @@ async def _from_stamps(
             old, new, body = _rederive(book, config.sliding, value, key)
         except (ValueError, AssertionError):
             continue  # not a stamp of ours
-        if since_ms is not None and (old.created_at or 0) < since_ms:
-            continue
-        kind = _classify(old.expires_at, new.expires_at, True, now)
-        _count(report, key.decode(), old.expires_at, new, kind, sample_size)
-        if keep_states:
-            report.states[key.decode()] = new
-        if kind is not None and not dry_run:
-            await publisher.add(partition, source, new, body)
+        if verdicts.wanted(old.created_at):
+            await verdicts.record(
+                new,
+                old.expires_at,
+                has_stamp=True,
+                partition=partition,
+                source=source,
+                body=body,
+            )
 
 
 async def _from_inputs(
@@ -318,19 +314,14 @@ async def _from_inputs(
     book: PolicyBook,
     current: Current,
     work: str,
-    report: ReplayReport,
-    publisher: _Publisher,
+    verdicts: _Verdicts,
     *,
-    now: int,
-    since_ms: int | None,
-    dry_run: bool,
-    sample_size: int,
-    keep_states: bool,
     progress: TextIO | None,
 ) -> None:
     """The service's own processors, fed every input event from the beginning."""
     topics = config.topics
-    stamped_partitions = 0
+    report = verdicts.report
+    now = verdicts.now
     async with consumer(bootstrap) as cons:
         stamped_partitions = len(await partitions_of(cons, topics.stamped))
         tps = [
@@ -364,17 +355,7 @@ async def _from_inputs(
                 partition = codec.output_partition(tp.partition, stamped_partitions)
                 for state in store.items():
                     await _compare_input_state(
-                        state,
-                        current,
-                        report,
-                        publisher,
-                        (tp.topic, tp.partition),
-                        partition,
-                        now=now,
-                        since_ms=since_ms,
-                        dry_run=dry_run,
-                        sample_size=sample_size,
-                        keep_states=keep_states,
+                        state, current, verdicts, (tp.topic, tp.partition), partition
                     )
             finally:
                 store.close()
@@ -396,36 +377,24 @@ async def _read_partition(cons: AIOKafkaConsumer, tp: TopicPartition) -> AsyncIt
 async def _compare_input_state(
     state: model.Stamp,
     current: Current,
-    report: ReplayReport,
-    publisher: _Publisher,
+    verdicts: _Verdicts,
     source: tuple[str, int],
     partition: int,
-    *,
-    now: int,
-    since_ms: int | None,
-    dry_run: bool,
-    sample_size: int,
-    keep_states: bool,
 ) -> None:
-    if not state.live or (since_ms is not None and (state.created_at or 0) < since_ms):
+    if not state.live or not verdicts.wanted(state.created_at):
         return
-    key = state.identity.key
-    raw = current.get(key.encode())
+    raw = current.get(state.identity.key.encode())
     old: int | None = None
-    current_body: Any = None
+    body: Any = None
     if raw is not None:
         _p, _src, value = Current.unpack(raw)
         if value is None:
             return  # deleted on expiry.stamped: not resurrected
         body = orjson.loads(value)
         old = codec.parse_own_ts(body.get("expires_at"))
-        current_body = body
-    kind = _classify(old, state.expires_at, raw is not None, now)
-    _count(report, key, old, state, kind, sample_size)
-    if keep_states:
-        report.states[key] = state
-    if kind is not None and not dry_run:
-        await publisher.add(partition, source, state, current_body)
+    await verdicts.record(
+        state, old, has_stamp=raw is not None, partition=partition, source=source, body=body
+    )
 
 
 async def run_replay(config: Config, bootstrap: Brokers, args: argparse.Namespace) -> int:
