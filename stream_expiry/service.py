@@ -30,6 +30,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from stream_expiry import model
+from stream_expiry.archive import archived_offsets
 from stream_expiry.archive_gate import ArchiveGate
 from stream_expiry.codec import dead_letter_headers
 from stream_expiry.errors import BrokerError, BrokerUnavailableError
@@ -533,12 +534,7 @@ class Service:
         gate = self.archive
         assert gate is not None
         cfg = self.config
-        async with consumer(self.bootstrap, group_id=cfg.archive.group_id) as cons:
-            offsets: dict[int, int] = {}
-            for p in range(gate.partitions):
-                committed = await cons.committed(TopicPartition(cfg.topics.stamped, p))
-                if committed is not None and committed >= 0:
-                    offsets[p] = committed
+        offsets = await archived_offsets(self.bootstrap, cfg.archive.group_id, cfg.topics.stamped)
         waiting = sum(p.archive_waiting for p in self.processors.values())
         self.stats.archive_waiting = waiting
         now = time.monotonic()
