@@ -487,6 +487,10 @@ async def _read_tombstones(
 
     sched = RateSchedule(rate, max(expected, 1), start_ns)
     lags = array.array("d")
+    # The lag split in two at the tombstone's ``emitted_at`` (the service's clock when it
+    # decided): due -> decided is the service's timers, decided -> here is produce, broker
+    # and fetch. Only in-time arrivals, like ``lags``.
+    decided = array.array("d")
     seen = bytearray(expected)
     got = duplicates = foreign = early = explicit = mismatched = late = 0
     late_max_ms = 0.0
@@ -543,11 +547,13 @@ async def _read_tombstones(
                     if in_time:
                         got += 1
                         lags.append(t_ms - due_ms)
+                        decided.append(parse_ts(body["emitted_at"]) - due_ms)
                     else:
                         late += 1
                         late_max_ms = max(late_max_ms, t_ms - due_ms)
     return {
         "lags": lags.tobytes(),
+        "decided": decided.tobytes(),
         "delivered": got,
         "delivered_after_grace": late,
         "after_grace_max_lag_ms": round(late_max_ms, 3),
@@ -861,6 +867,10 @@ async def lag_phase(
     def pct(p: float) -> float | None:
         return round(percentile(sorted_lags, p), 3) if sorted_lags else None
 
+    decided = array.array("d")
+    decided.frombytes(res["decided"])
+    transport = array.array("d", (lag - d for lag, d in zip(lags, decided, strict=True)))
+
     lag = {
         "rate": rate,
         "seconds": seconds,
@@ -873,6 +883,10 @@ async def lag_phase(
     }
     extra = {
         "lag_percentiles_ms": {"p90": pct(90), "p99.9": pct(99.9)},
+        # the lag in two parts: due -> the service decided (emitted_at), and from there to
+        # the reader (produce, acks, broker, fetch)
+        "decided_lag_ms": summarize(decided).to_json() if decided else None,
+        "transport_lag_ms": summarize(transport).to_json() if transport else None,
         "delivered_after_grace": res["delivered_after_grace"],
         "after_grace_max_lag_ms": res["after_grace_max_lag_ms"],
         "drain_s": max(drain, grace),
@@ -904,6 +918,13 @@ async def lag_phase(
         f"e2e lag: {delivered:,}/{count:,} tombstones, p50 {fmt_ms(summary.p50)}, "
         f"p99 {fmt_ms(summary.p99)}, max {fmt_ms(summary.max)}"
     )
+    if decided:
+        split = summarize(decided), summarize(transport)
+        log(
+            "e2e lag: due -> decided p50 {}, p99 {}; decided -> reader p50 {}, p99 {}".format(
+                *(fmt_ms(v) for part in split for v in (part.p50, part.p99))
+            )
+        )
     return {"lag": lag, "extra": extra}
 
 

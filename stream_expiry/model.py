@@ -330,16 +330,6 @@ def _opt_ts(ms: int | None) -> str | None:
     return None if ms is None else format_ts(ms)
 
 
-def _identity_fields(i: Identity) -> dict[str, Any]:
-    return {
-        "org": i.org,
-        "bot": i.bot,
-        "env": i.env,
-        "category": i.category,
-        "record_id": i.record_id,
-    }
-
-
 def encode_stamp(stamp: Stamp, data: Any = None, redacted: Sequence[str] = ()) -> bytes:
     """Value on ``expiry.stamped``: the record with its expiry (``expires_at`` null: never).
 
@@ -384,16 +374,23 @@ def last_activity(stamp: Stamp) -> int | None:
 
 def encode_tombstone(stamp: Stamp, *, reason: Reason, emitted_at: int) -> bytes:
     """Value on ``expiry.tombstones``: the contract's tombstone event."""
-    body = _identity_fields(stamp.identity)
-    body.update(
-        created_at=_opt_ts(stamp.created_at),
-        expires_at=_opt_ts(stamp.expires_at),
-        emitted_at=format_ts(emitted_at),
-        reason=reason,
-        ttl_seconds=None if stamp.ttl_ms is None else stamp.ttl_ms // 1000,
-        ttl_source=stamp.ttl_source,
+    i = stamp.identity
+    created, expires, ttl = stamp.created_at, stamp.expires_at, stamp.ttl_ms
+    return orjson.dumps(
+        {  # one literal: this runs once per tombstone
+            "org": i.org,
+            "bot": i.bot,
+            "env": i.env,
+            "category": i.category,
+            "record_id": i.record_id,
+            "created_at": None if created is None else format_ts(created),
+            "expires_at": None if expires is None else format_ts(expires),
+            "emitted_at": format_ts(emitted_at),
+            "reason": reason,
+            "ttl_seconds": None if ttl is None else ttl // 1000,
+            "ttl_source": stamp.ttl_source,
+        }
     )
-    return orjson.dumps(body)
 
 
 def deletion_from_tombstone(value: bytes | None, prior: Stamp | None) -> Stamp | None:

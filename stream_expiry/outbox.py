@@ -121,8 +121,9 @@ class Outbox:
         # input offsets whose effects are settled: what the group may commit
         self.committable: dict[tuple[str, int], int] = {}
 
-    async def send(self, items: list[tuple[PartitionProcessor, Effects]], now_ms: int) -> None:
-        """Encode and send ``items``' messages; they settle later, in order."""
+    async def send(self, items: list[tuple[PartitionProcessor, Effects]], now_ms: int) -> list[Any]:
+        """Encode and send ``items``' messages; they settle later, in order. Returns the
+        futures of their acks (the timer task waits for them before it fires again)."""
         out = _Batches(self._prod)
         for proc, effects in items:
             await self._encode(out, proc, effects, now_ms)
@@ -131,6 +132,7 @@ class Outbox:
             self._drained = anyio.Event()
         self._in_flight += 1
         await self._send.send((acks, items, now_ms))
+        return [future for future, _ in acks]
 
     async def _encode(
         self, out: _Batches, proc: PartitionProcessor, effects: Effects, now_ms: int
