@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
 
     from stream_expiry.config import Topics
-    from stream_expiry.engine import Fired
     from stream_expiry.redact import Redactor
     from stream_expiry.state import Effects, PartitionProcessor
 
@@ -63,29 +62,43 @@ class _Batches:
         self._tracked: dict[tuple[str, int], list[tuple[Effects, str, int]]] = {}
         self.sent: _Sent = []
 
+    def try_add(
+        self,
+        slot: tuple[str, int],
+        key: bytes | None,
+        value: bytes | None,
+        timestamp_ms: int | None,
+        headers: list[tuple[str, bytes]],
+        track: Effects | None = None,
+    ) -> bool:
+        """Append a message to its open batch; False when the batch is full (then
+        ``add``). Not a coroutine: it runs once per message, and the batch is rarely full."""
+        batch = self._open.get(slot)
+        if batch is None:
+            batch = self._open[slot] = self._prod.create_batch()
+        meta = batch.append(timestamp=timestamp_ms, key=key, value=value, headers=headers)
+        if meta is None:
+            return False
+        if track is not None and key is not None:
+            self._tracked.setdefault(slot, []).append((track, key.decode(), meta.offset))
+        return True
+
     async def add(
         self,
-        topic: str,
-        partition: int,
+        slot: tuple[str, int],
         key: bytes | None,
         value: bytes | None,
         timestamp_ms: int | None,
         headers: list[tuple[str, bytes]],
         track: Effects | None = None,
     ) -> None:
-        slot = (topic, partition)
-        batch = self._open.get(slot)
-        if batch is None:
-            batch = self._open[slot] = self._prod.create_batch()
-        meta = batch.append(timestamp=timestamp_ms, key=key, value=value, headers=headers)
-        if meta is None:
+        """Append a message, sending the open batch first if it is full."""
+        if self.try_add(slot, key, value, timestamp_ms, headers, track):
+            return
+        if slot in self._open:
             await self._send(slot)
-            batch = self._open[slot] = self._prod.create_batch()
-            meta = batch.append(timestamp=timestamp_ms, key=key, value=value, headers=headers)
-            if meta is None:
-                raise BrokerError(f"a message for {topic} is larger than the producer's batch size")
-        if track is not None and key is not None:
-            self._tracked.setdefault(slot, []).append((track, key.decode(), meta.offset))
+        if not self.try_add(slot, key, value, timestamp_ms, headers, track):
+            raise BrokerError(f"a message for {slot[0]} is larger than the producer's batch size")
 
     async def _send(self, slot: tuple[str, int]) -> None:
         batch = self._open.pop(slot)
@@ -139,7 +152,7 @@ class Outbox:
     ) -> None:
         t = self._topics
         source = codec.source_headers(proc.topic, proc.partition)
-        stamped_p = codec.output_partition(proc.partition, self._partitions[t.stamped])
+        stamped = (t.stamped, codec.output_partition(proc.partition, self._partitions[t.stamped]))
         redactor = self._redactor
         for state, data in effects.stamps:
             if redactor is not None and data is not None:
@@ -148,39 +161,31 @@ class Outbox:
             else:
                 value = model.encode_stamp(state, data)
             key = state.identity.key.encode()
-            await out.add(t.stamped, stamped_p, key, value, now_ms, source, track=effects)
+            if not out.try_add(stamped, key, value, now_ms, source, effects):
+                await out.add(stamped, key, value, now_ms, source, effects)
         if effects.tombstones:
-            tomb_p = codec.output_partition(proc.partition, self._partitions[t.tombstones])
+            tombs = (
+                t.tombstones,
+                codec.output_partition(proc.partition, self._partitions[t.tombstones]),
+            )
             for fired in effects.tombstones:
-                await self._tombstone(out, fired, source, stamped_p, tomb_p)
+                # The tombstone event, and the Kafka-native null that compacts the stamp away.
+                key = fired.before.identity.key.encode()
+                at = fired.emitted_at
+                event = model.encode_tombstone(fired.before, reason=fired.reason, emitted_at=at)
+                if not out.try_add(tombs, key, event, at, source):
+                    await out.add(tombs, key, event, at, source)
+                deleted = [*source, (codec.H_DELETED_AT, str(fired.after.deleted_at).encode())]
+                if not out.try_add(stamped, key, None, at, deleted):
+                    await out.add(stamped, key, None, at, deleted)
         if effects.deferred:
-            audit_p = codec.output_partition(proc.partition, self._partitions[t.audit])
+            audit = (t.audit, codec.output_partition(proc.partition, self._partitions[t.audit]))
             for state, reason, hold_ids in effects.deferred:
                 value = codec.encode_deferral(state, reason, hold_ids, now_ms)
-                key = state.identity.key.encode()
-                await out.add(t.audit, audit_p, key, value, now_ms, source)
+                await out.add(audit, state.identity.key.encode(), value, now_ms, source)
         for rec, why in effects.dead_letters:
-            partition = random.randrange(self._partitions[t.dlq])
-            headers = codec.dead_letter_headers(rec, why)
-            await out.add(t.dlq, partition, rec.key, rec.value, None, headers)
-
-    async def _tombstone(
-        self,
-        out: _Batches,
-        fired: Fired,
-        source: list[tuple[str, bytes]],
-        stamped_p: int,
-        tomb_p: int,
-    ) -> None:
-        """The tombstone event, and the Kafka-native null that compacts the stamp away."""
-        t = self._topics
-        key = fired.before.identity.key.encode()
-        event = model.encode_tombstone(
-            fired.before, reason=fired.reason, emitted_at=fired.emitted_at
-        )
-        await out.add(t.tombstones, tomb_p, key, event, fired.emitted_at, source)
-        deleted = [*source, (codec.H_DELETED_AT, str(fired.after.deleted_at).encode())]
-        await out.add(t.stamped, stamped_p, key, None, fired.emitted_at, deleted)
+            dlq = (t.dlq, random.randrange(self._partitions[t.dlq]))
+            await out.add(dlq, rec.key, rec.value, None, codec.dead_letter_headers(rec, why))
 
     async def run(self) -> None:
         """The settler: run it in the service's task group for the outbox's lifetime."""
