@@ -414,6 +414,48 @@ def plot_memory(folder: Path, results: list[dict[str, Any]], subtitle: str) -> P
     return path
 
 
+def plot_soak(folder: Path, results: list[dict[str, Any]], subtitle: str) -> Path | None:
+    """RSS, store size on disk and tombstone lag over a ``bench.soak`` run: all three should
+    be flat once the steady state is reached (issue 11)."""
+    soak = next((r for r in results if r.get("benchmark") == "soak"), None)
+    if soak is None:
+        return None
+    extra = soak.get("extra") or {}
+    samples, windows = extra.get("samples") or [], extra.get("lag_windows") or []
+    if not samples:
+        return None
+    plt = _pyplot()
+    fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    minutes = [s["t_s"] / 60 for s in samples]
+    ax1.plot(minutes, [s["rss_bytes"] / 2**20 for s in samples], color="#4C72B0")
+    ax1.set_ylabel("service RSS, MiB")
+    ax2.plot(minutes, [s["disk_bytes"] / 2**20 for s in samples], color="#55A868")
+    ax2.set_ylabel("stores on disk, MiB")
+    wins = [w for w in windows if w.get("count")]
+    ax3.plot([w["t_s"] / 60 for w in wins], [w["p99"] for w in wins], label="p99", color="#C44E52")
+    ax3.plot([w["t_s"] / 60 for w in wins], [w["p50"] for w in wins], label="p50", color="#8172B2")
+    ax3.set_ylabel("tombstone lag, ms")
+    ax3.set_yscale("log")
+    ax3.legend(fontsize=8)
+    ax3.set_xlabel("minutes since the first due time")
+    for ax in (ax1, ax2, ax3):
+        ax.grid(alpha=0.3)
+        ref = extra.get("reference_t_s")
+        if ref is not None:
+            ax.axvline(ref / 60, color="grey", linestyle=":", linewidth=1)
+    params = soak.get("params") or {}
+    fig.suptitle(
+        f"Soak: {params.get('rate', '?'):,} events/s in and out for {params.get('minutes', '?')} "
+        f"min (dotted: the reference sample)\n{subtitle}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path = folder / "soak.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def render(folder: Path) -> list[Path]:
     """Write the plots (when matplotlib is there) and RESULTS.md; return the files written."""
     folder = Path(folder)
@@ -421,7 +463,7 @@ def render(folder: Path) -> list[Path]:
     subtitle = f"{_machine_line(results, suite)}\n{_date_line(results, suite)}"
     written: list[Path] = []
     try:
-        for fn in (plot_lag, plot_throughput, plot_memory):
+        for fn in (plot_lag, plot_throughput, plot_memory, plot_soak):
             p = fn(folder, results, subtitle)
             if p is not None:
                 written.append(p)
