@@ -38,7 +38,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from stream_expiry.errors import BrokerError, ConfigurationError, StoreError
-from stream_expiry.kafka import consumer, partitions_of
+from stream_expiry.kafka import committed_offsets, consumer, partitions_of
 from stream_expiry.model import decode_key
 from stream_expiry.timeutil import format_ts
 
@@ -279,21 +279,16 @@ async def archived_offsets(
     For the service's ``[archive] required`` gating: a record whose latest stamp sits at
     offset ``o`` of partition ``p`` is archived once ``archived_offsets(...)[p] > o``.
     """
-    # A consumer that names the group but never joins it: OffsetFetch only (the admin
-    # client's list_consumer_group_offsets is not understood by every Kafka-protocol broker).
-    result: dict[int, int] = {}
     try:
         async with consumer(bootstrap_servers, group_id=group_id) as cons:
-            for partition in sorted(await partitions_of(cons, topic)):
-                offset = await cons.committed(TopicPartition(topic, partition))
-                if offset is not None and offset >= 0:
-                    result[partition] = offset
+            parts = sorted(await partitions_of(cons, topic))
+            committed = await committed_offsets(cons, [TopicPartition(topic, p) for p in parts])
     except KafkaError as exc:
         raise BrokerError(
             f"cannot read the committed offsets of group {group_id!r} at {bootstrap_servers}: "
             f"{exc!r}"
         ) from exc
-    return result
+    return {tp.partition: offset for tp, offset in committed.items() if offset is not None}
 
 
 # -- reading and purging ---------------------------------------------------------------------

@@ -307,6 +307,20 @@ async def high_watermarks(
     return ends
 
 
+async def committed_offsets(
+    cons: AIOKafkaConsumer, tps: Iterable[TopicPartition]
+) -> dict[TopicPartition, int | None]:
+    """The committed offset of each partition for the group ``cons`` names (None: never
+    committed). The consumer needs no membership: OffsetFetch only, which every
+    Kafka-protocol broker answers (the admin client's list_consumer_group_offsets is not
+    understood by all of them)."""
+    out: dict[TopicPartition, int | None] = {}
+    for tp in tps:
+        offset = await cons.committed(tp)
+        out[tp] = offset if offset is not None and offset >= 0 else None
+    return out
+
+
 async def partitions_of(cons: AIOKafkaConsumer, topic: str) -> set[int]:
     """The partitions of any topic, also one the consumer neither subscribed nor assigned
     (its own metadata only covers those)."""

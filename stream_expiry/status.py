@@ -26,7 +26,7 @@ from aiokafka import TopicPartition
 from stream_expiry import codec
 from stream_expiry.changelog import Current, read_current
 from stream_expiry.hold_command import read_holds
-from stream_expiry.kafka import consumer, high_watermarks, partitions_of
+from stream_expiry.kafka import committed_offsets, consumer, high_watermarks, partitions_of
 from stream_expiry.state import RocksKV
 from stream_expiry.timeutil import format_ts
 
@@ -110,13 +110,11 @@ async def _lag(config: Config, brokers: Brokers) -> dict[str, dict[str, int | No
             return out
         cons.assign(tps)
         ends = await high_watermarks(cons, tps)
-        for tp in tps:
-            committed = await cons.committed(tp)
-            end = ends[tp]
+        for tp, committed in (await committed_offsets(cons, tps)).items():
             out[f"{tp.topic}[{tp.partition}]"] = {
-                "end": end,
+                "end": ends[tp],
                 "committed": committed,
-                "lag": end - (committed or 0),
+                "lag": ends[tp] - (committed or 0),
             }
     return out
 
