@@ -56,9 +56,9 @@ class Firing:
         self._sleeping_until: int | None = None  # ms; None while awake
 
     def due_at(self, due_ms: int | None) -> None:
-        """A timer due at ``due_ms`` was just set: wake the task if it sleeps past it."""
+        """A timer due at ``due_ms`` was just set: wake the task unless it wakes before."""
         until = self._sleeping_until
-        if due_ms is not None and until is not None and due_ms < until:
+        if due_ms is not None and until is not None and due_ms <= until:
             self._wake.set()
 
     async def run(self) -> None:

@@ -32,24 +32,22 @@ import anyio
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from stream_expiry import model
-from stream_expiry.archive import archived_offsets
+from stream_expiry.archive_follower import ArchiveFollower
 from stream_expiry.archive_gate import ArchiveGate
-from stream_expiry.codec import dead_letter_headers
-from stream_expiry.errors import BrokerError, BrokerUnavailableError
+from stream_expiry.control import ControlTopics
+from stream_expiry.errors import BrokerUnavailableError
 from stream_expiry.firing import Firing
 from stream_expiry.health import Health
-from stream_expiry.holds import HoldBook, parse_hold
+from stream_expiry.holds import HoldBook
 from stream_expiry.kafka import (
     consumer,
     ensure_topics,
     high_watermarks,
     mapped,
     producer,
-    read_to_end,
 )
 from stream_expiry.kafka_settings import topic_configs
-from stream_expiry.outbox import Outbox, all_acked
+from stream_expiry.outbox import Outbox
 from stream_expiry.policy import PolicyBook
 from stream_expiry.redact import Redactor
 from stream_expiry.state import PartitionProcessor, PartitionStore, RocksKV
@@ -78,8 +76,6 @@ IDLE_WAIT_MS = 200
 OUTAGE_RETRY_S = 2.0  # between two sessions while the broker is away
 PRUNE_EVERY_S = 5.0  # and more at once while markers are due: pruning keeps up with deletions
 PRUNE_BUDGET = 20_000  # markers per store per loop turn, so a backlog never stalls the loop
-ARCHIVE_POLL_S = 1.0
-ARCHIVE_STALL_S = 30.0  # an archive silent this long while purges wait: a warning
 
 
 def wall_clock_ms() -> int:
@@ -150,8 +146,6 @@ class Service:
         self.book = PolicyBook(config, environ)
         self.holds = HoldBook()
         self.archive: ArchiveGate | None = None  # with [archive] required, once started
-        self._archive_moved_at = time.monotonic()
-        self._archive_warned_at = 0.0
         self.stats = ServiceStats()
         self.ready = anyio.Event()
         self.health = health or Health()
@@ -223,8 +217,16 @@ class Service:
             consumer(self.bootstrap, enable_auto_commit=False) as holds,
             anyio.create_task_group() as tg,
         ):
-            await self._follow_policies(policies, prod, to_end=True)
-            await self._follow_holds(holds, prod, to_end=True)
+            control = ControlTopics(
+                t,
+                self.book,
+                self.holds,
+                self.stats,
+                policies=policies,
+                holds_reader=holds,
+                prod=prod,
+            )
+            await control.read_all()
             counts = await self._partition_counts(prod)
             outbox = self._outbox = Outbox(
                 prod, t, counts, redactor=Redactor.from_config(self.config.redact)
@@ -233,8 +235,11 @@ class Service:
             if self.config.archive.required:
                 if self.archive is None:
                     self.archive = ArchiveGate(partitions=counts[t.stamped])
-                await self._follow_archive_once()
-                tg.start_soon(self._follow_archive, stop)
+                archive = ArchiveFollower(
+                    self.archive, self.config, self.bootstrap, self.processors, self.stats
+                )
+                await archive.once()
+                tg.start_soon(archive.run, stop)
             async with consumer(self.bootstrap, **self._group_options()) as cons:
                 self._consumer = cons
                 cons.subscribe(list(t.inputs), listener=_Rebalance(self))
@@ -254,7 +259,7 @@ class Service:
                 try:
                     async with anyio.create_task_group() as timers:
                         timers.start_soon(firing.run)
-                        await self._loop(cons, policies, holds, prod, stop)
+                        await self._loop(cons, control, stop)
                         timers.cancel_scope.cancel()
                 finally:
                     self.health.stopping()
@@ -325,12 +330,7 @@ class Service:
         self.processors.clear()
 
     async def _loop(
-        self,
-        cons: AIOKafkaConsumer,
-        policies: AIOKafkaConsumer,
-        holds: AIOKafkaConsumer,
-        prod: AIOKafkaProducer,
-        stop: anyio.Event,
+        self, cons: AIOKafkaConsumer, control: ControlTopics, stop: anyio.Event
     ) -> None:
         last_progress = 0.0
         while not stop.is_set():
@@ -343,8 +343,7 @@ class Service:
             self.health.beat()
             if self.rebalance_error is not None:
                 raise self.rebalance_error
-            await self._follow_policies(policies, prod, to_end=False)
-            await self._follow_holds(holds, prod, to_end=False)
+            await control.poll()
             if batch:
                 await self._ingest(batch, seeks_before)
             await self._release_held()
@@ -494,114 +493,6 @@ class Service:
                 committable[slot] = max(committable.get(slot, 0), offset)
 
     # -- policies ---------------------------------------------------------------------------
-
-    async def _follow_policies(
-        self, cons: AIOKafkaConsumer, prod: AIOKafkaProducer, *, to_end: bool
-    ) -> None:
-        """Apply policy updates; at start read the whole compacted topic first."""
-        if to_end:
-            async for batch in read_to_end(cons, self.config.topics.policies):
-                await self._apply_policy_batch(batch, prod)
-            return
-        await self._apply_policy_batch(await cons.getmany(timeout_ms=0), prod)
-
-    async def _apply_policy_batch(
-        self, batch: Mapping[TopicPartition, list[Any]], prod: AIOKafkaProducer
-    ) -> None:
-        for records in batch.values():
-            for rec in records:
-                result = self.book.apply_update(rec.key, rec.value, rec.timestamp)
-                if isinstance(result, model.Rejection):
-                    await self._reject(prod, rec, result, "policy update")
-                else:
-                    self.stats.policy_updates += 1
-                    log.info("policy update applied: %s", result.describe())
-
-    # -- archive before purge ---------------------------------------------------------------
-
-    async def _follow_archive(self, stop: anyio.Event) -> None:
-        """Follow the archive group's committed offsets on ``expiry.stamped``, once a second."""
-        while not stop.is_set():
-            with anyio.move_on_after(ARCHIVE_POLL_S):
-                await stop.wait()
-            if stop.is_set():
-                return
-            try:
-                await self._follow_archive_once()
-            except BrokerError as exc:
-                log.warning("cannot read the archive's offsets (purges wait): %s", exc)
-
-    async def _follow_archive_once(self) -> None:
-        gate = self.archive
-        assert gate is not None
-        cfg = self.config
-        offsets = await archived_offsets(self.bootstrap, cfg.archive.group_id, cfg.topics.stamped)
-        waiting = sum(p.archive_waiting for p in self.processors.values())
-        self.stats.archive_waiting = waiting
-        now = time.monotonic()
-        if gate.update(offsets) or not waiting:
-            self._archive_moved_at = now
-        elif now - self._archive_moved_at > ARCHIVE_STALL_S and (
-            now - self._archive_warned_at > ARCHIVE_STALL_S
-        ):
-            self._archive_warned_at = now
-            log.warning(
-                "the archive (group %r) has not moved for %.0f s: %d due records wait for it "
-                "before they are purged; is `stream-expiry archive` running?",
-                cfg.archive.group_id,
-                now - self._archive_moved_at,
-                waiting,
-            )
-        for proc in self.processors.values():
-            if proc.archive_waiting:
-                proc.recheck_archive()
-
-    async def _reject(
-        self, prod: AIOKafkaProducer, rec: Any, why: model.Rejection, what: str
-    ) -> None:
-        """A control message (policy update, legal hold) that cannot be applied: to the DLQ
-        with its reason, like an input event, and the service goes on."""
-        self.stats.dead_letters += 1
-        self.stats.dead_letter_codes[why.code] += 1
-        log.warning("%s rejected: %s (%s)", what, why.code, why.detail)
-        ack = await prod.send(
-            self.config.topics.dlq,
-            key=rec.key,
-            value=rec.value,
-            headers=dead_letter_headers(rec, why),
-        )
-        await all_acked([ack])
-
-    # -- legal holds ------------------------------------------------------------------------
-
-    async def _follow_holds(
-        self, cons: AIOKafkaConsumer, prod: AIOKafkaProducer, *, to_end: bool
-    ) -> None:
-        """Keep the hold book in step with ``expiry.holds``; at start read it whole first."""
-        if to_end:
-            async for batch in read_to_end(cons, self.config.topics.holds):
-                await self._apply_holds(batch, prod)
-            if len(self.holds):
-                log.info("%d legal holds active", len(self.holds))
-            return
-        await self._apply_holds(await cons.getmany(timeout_ms=0), prod)
-
-    async def _apply_holds(
-        self, batch: Mapping[TopicPartition, list[Any]], prod: AIOKafkaProducer
-    ) -> None:
-        for records in batch.values():
-            for rec in records:
-                if rec.value is None:
-                    hold_id = rec.key.decode(errors="replace") if rec.key else ""
-                    if self.holds.release(hold_id) is not None:
-                        log.info("legal hold %s released", hold_id)
-                    continue
-                hold = parse_hold(rec.key, rec.value)
-                if isinstance(hold, model.Rejection):
-                    await self._reject(prod, rec, hold, "legal hold")
-                    continue
-                self.holds.place(hold)
-                log.info("legal hold %s placed on %s: %s", hold.hold_id, hold.scope(), hold.reason)
 
     # -- partitions -------------------------------------------------------------------------
 

@@ -1,0 +1,140 @@
+"""The timer task (``stream_expiry.firing``): woken by an earlier timer, and group commit.
+
+Real processors over the memory store; the outbox is a stand-in that records what it was
+given and hands back ack futures the test resolves, which is all the task sees of Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, cast
+
+import anyio
+import orjson
+import pytest
+from anyio import wait_all_tasks_blocked
+
+from stream_expiry import firing
+from stream_expiry.firing import Firing
+from stream_expiry.policy import Resolution
+from stream_expiry.state import MemoryKV, PartitionProcessor, PartitionStore
+
+if TYPE_CHECKING:
+    from stream_expiry.model import Identity
+    from stream_expiry.outbox import Outbox
+
+pytestmark = pytest.mark.asyncio
+
+BASE = 1_700_000_000_000
+TTL_MS = 1_000
+
+
+def _resolve(identity: Identity, at_ms: int) -> Resolution:
+    return Resolution(TTL_MS, "default")
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = BASE
+
+    def __call__(self) -> int:
+        return self.now
+
+
+class _Outbox:
+    """Takes what the timer task sends; each send's ack is a future the test resolves."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[str]] = []  # the keys tombstoned, per send
+        self.acks: list[asyncio.Future[None]] = []
+        self.arrived = anyio.Event()
+
+    async def send(self, items: list[tuple[PartitionProcessor, Any]], now_ms: int) -> list[Any]:
+        self.sent.append([f.before.identity.key for _, e in items for f in e.tombstones])
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.acks.append(ack)
+        self.arrived.set()
+        return [ack]
+
+
+def _processor(clock: _Clock) -> PartitionProcessor:
+    return PartitionProcessor(
+        "in",
+        0,
+        PartitionStore(MemoryKV()),
+        resolve=_resolve,
+        sliding=frozenset(),
+        categories=frozenset({"error"}),
+        max_skew_ms=10**12,
+        now_ms=clock.now,
+    )
+
+
+def _create(proc: PartitionProcessor, record_id: str, created_at: int, clock: _Clock) -> None:
+    """A record due at ``created_at + TTL_MS``, decided and settled."""
+    body = {"category": "error", "record_id": record_id, "org": "o", "ts": created_at}
+    rec = type("Rec", (), {"offset": 0, "key": None, "value": orjson.dumps(body)})()
+    proc.settle(proc.process([rec], clock.now), clock.now)
+
+
+def _firing(proc: PartitionProcessor, outbox: _Outbox, clock: _Clock) -> Firing:
+    return Firing(
+        {("in", 0): proc},
+        cast("Outbox", outbox),
+        anyio.Lock(),
+        clock=clock,
+        on_fired=lambda _f: None,
+    )
+
+
+async def test_an_earlier_timer_wakes_the_sleeping_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Asleep with nothing due it would look again only after IDLE_S: an hour here, so only
+    # the wake-up can make the tombstone go out before the test's deadline.
+    monkeypatch.setattr(firing, "IDLE_S", 3600.0)
+    clock = _Clock()
+    proc = _processor(clock)
+    outbox = _Outbox()
+    task = _firing(proc, outbox, clock)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(task.run)
+        await wait_all_tasks_blocked()
+        assert outbox.sent == []
+        _create(proc, "r1", clock.now - TTL_MS, clock)  # due now
+        task.due_at(proc.next_due_ms())
+        with anyio.fail_after(5):
+            await outbox.arrived.wait()
+        tg.cancel_scope.cancel()
+    assert outbox.sent == [["o/_/live/error/r1"]]
+
+
+async def test_group_commit_waits_for_the_acks_then_sends_all_that_fell_due(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(firing, "IDLE_S", 3600.0)  # asleep means: until the next due time
+    clock = _Clock()
+    proc = _processor(clock)
+    for i, created in enumerate((0, 1000, 1000, 2000)):
+        _create(proc, f"r{i}", clock.now - TTL_MS + created, clock)
+    outbox = _Outbox()
+    task = _firing(proc, outbox, clock)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(task.run)
+        with anyio.fail_after(5):
+            await outbox.arrived.wait()
+        assert outbox.sent == [["o/_/live/error/r0"]]
+        # r1 and r2 fall due while r0's acks are awaited: no second send meanwhile (a task
+        # that did not wait would be asleep until their due time, and woken here)...
+        clock.now += 1000
+        task.due_at(clock.now)
+        await wait_all_tasks_blocked()
+        assert len(outbox.sent) == 1
+        # ...and once acked, both go out together (r3 is not due yet).
+        outbox.arrived = anyio.Event()
+        outbox.acks[0].set_result(None)
+        with anyio.fail_after(5):
+            await outbox.arrived.wait()
+        tg.cancel_scope.cancel()
+    assert outbox.sent == [
+        ["o/_/live/error/r0"],
+        ["o/_/live/error/r1", "o/_/live/error/r2"],
+    ]
