@@ -171,7 +171,7 @@ class Engine(Generic[S]):
         if prior is not None and not prior.live:
             assert prior.deleted_at is not None
             if t <= prior.deleted_at:
-                return Outcome(Verdict.STALE, None, publish=False)
+                return Outcome(Verdict.STALE, None, False)
             prior = None  # a new life, or a new erasure request
             new_life = True
         else:
@@ -180,12 +180,12 @@ class Engine(Generic[S]):
             return self._delete(event, prior, now_ms)
         if prior is None:
             if op == "touch" and event.identity.category not in self._sliding:
-                return Outcome(Verdict.TOUCH_IGNORED, None, publish=False)
+                return Outcome(Verdict.TOUCH_IGNORED, None, False)
             stamp = self._stamp(event.identity, t)
-            return Outcome(Verdict.RECREATED if new_life else Verdict.CREATED, stamp, publish=True)
+            return Outcome(Verdict.RECREATED if new_life else Verdict.CREATED, stamp, True)
         if op == "create":
             if prior.created_at is None or t >= prior.created_at:
-                return Outcome(Verdict.REDELIVERED, None, publish=False)
+                return Outcome(Verdict.REDELIVERED, None, False)
             fresh = self._stamp(event.identity, t)
             touched = (
                 prior.expires_at is not None
@@ -197,18 +197,18 @@ class Engine(Generic[S]):
                 prior.expires_at if touched else _min_expiry(prior.expires_at, fresh.expires_at)
             )
             moved = fresh._replace(expires_at=expires)
-            return Outcome(Verdict.BACKDATED, moved, publish=True)
+            return Outcome(Verdict.BACKDATED, moved, True)
         # touch on a live record
         if (
             event.identity.category not in self._sliding
             or prior.ttl_ms is None
             or prior.expires_at is None
         ):
-            return Outcome(Verdict.TOUCH_IGNORED, None, publish=False)
+            return Outcome(Verdict.TOUCH_IGNORED, None, False)
         slid = t + prior.ttl_ms
         if slid <= prior.expires_at:
-            return Outcome(Verdict.TOUCH_IGNORED, None, publish=False)
-        return Outcome(Verdict.EXTENDED, prior._replace(expires_at=slid), publish=True)
+            return Outcome(Verdict.TOUCH_IGNORED, None, False)
+        return Outcome(Verdict.EXTENDED, prior._replace(expires_at=slid), True)
 
     def _delete(self, event: InputEvent, prior: Stamp | None, now_ms: int) -> Outcome:
         if prior is None:
@@ -216,7 +216,7 @@ class Engine(Generic[S]):
         self._wheel.cancel(prior.identity.key)
         deleted_at = event.ts if prior.created_at is None else max(event.ts, prior.created_at)
         fired = Fired(prior, prior._replace(deleted_at=deleted_at), "explicit", now_ms)
-        return Outcome(Verdict.DELETED, fired.after, publish=False, fired=(fired,))
+        return Outcome(Verdict.DELETED, fired.after, False, (fired,))
 
     def _stamp(self, identity: Identity, created_at: int) -> Stamp:
         res = self._resolve(identity, created_at)
