@@ -31,7 +31,7 @@ import anyio
 
 from stream_expiry.errors import StoreError
 from stream_expiry.model import Identity
-from stream_expiry.sinks._logic import Plan, Slot
+from stream_expiry.sinks._logic import NEVER_CREATED, Plan, Slot
 from stream_expiry.sinks._messages import (
     Marker,
     Receipt,
@@ -43,7 +43,7 @@ from stream_expiry.sinks.dsn import is_local, redact
 from stream_expiry.sinks.store import Store, StoreTransaction, _new_receipt_id, check_identifier
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Sequence
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
     import asyncpg
 
@@ -57,6 +57,12 @@ _KEYS_TYPED: Final = "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[]
 _ROW_COLS: Final = (
     f"{_KEY}, created_at, expires_at, ttl_seconds, ttl_source, data, updated_at, "
     "src_partition, src_offset"
+)
+# The same columns with NULL for data: a batch without stamps does not read payloads.
+_ROW_COLS_NO_DATA: Final = _ROW_COLS.replace(" data,", " NULL::text,")
+# What take() returns of a deleted row: the row's columns but its data.
+_TAKEN_COLS: Final = ", ".join(
+    f"r.{c}" if c != "data" else "NULL::text" for c in _ROW_COLS.split(", ")
 )
 _MARKER_COLS: Final = f"{_KEY}, deleted_before, last_life, deleted_at, pending, pending_since"
 _RECEIPT_COLS: Final = (
@@ -189,22 +195,53 @@ class _PostgresTx(StoreTransaction):
     def __init__(self, conn: asyncpg.Connection, names: _Names) -> None:
         self._c, self._n = conn, names
 
-    async def load(self, identities: Sequence[Identity]) -> dict[Identity, Slot]:
+    async def _markers(
+        self, identities: Sequence[Identity], cols: list[list[str]], slots: dict[Identity, Slot]
+    ) -> None:
+        """Add the markers of these identities to ``slots`` (locked, like the rows)."""
+        q = (
+            f"SELECT {_MARKER_COLS} FROM {self._n.deletions} AS t JOIN unnest({_KEYS_TYPED}) "
+            f"AS k({_KEY}) USING ({_KEY}) FOR UPDATE OF t"
+        )
+        asked = {i.parts(): i for i in identities}  # reuse them: no key to build again
+        for r in await self._c.fetch(q, *cols):
+            m = _marker(r, asked.get(tuple(r[:5])))
+            slots.setdefault(m.identity, Slot()).marker = m
+
+    async def load(
+        self, identities: Sequence[Identity], *, data: bool = True
+    ) -> dict[Identity, Slot]:
         cols = _columns(identities)
         slots: dict[Identity, Slot] = {}
-        sql = (
-            "SELECT {cols} FROM {table} AS t JOIN unnest({k}) AS k({key}) USING ({key}) "
-            "FOR UPDATE OF t"
+        q = (
+            f"SELECT {_ROW_COLS if data else _ROW_COLS_NO_DATA} FROM {self._n.records} AS t "
+            f"JOIN unnest({_KEYS_TYPED}) AS k({_KEY}) USING ({_KEY}) FOR UPDATE OF t"
         )
-        q = sql.format(cols=_ROW_COLS, table=self._n.records, k=_KEYS_TYPED, key=_KEY)
         asked = {i.parts(): i for i in identities}  # reuse them: no key to build again
         for r in await self._c.fetch(q, *cols):
             row = _row(r, asked.get(tuple(r[:5])))
             slots[row.identity] = Slot(row=row)
-        q = sql.format(cols=_MARKER_COLS, table=self._n.deletions, k=_KEYS_TYPED, key=_KEY)
-        for r in await self._c.fetch(q, *cols):
-            m = _marker(r, asked.get(tuple(r[:5])))
-            slots.setdefault(m.identity, Slot()).marker = m
+        await self._markers(identities, cols, slots)
+        return slots
+
+    async def take(self, ends: Mapping[Identity, int]) -> dict[Identity, Slot]:
+        """One ``DELETE ... RETURNING`` instead of a locking read and a delete: the row is
+        locked, read and deleted in one pass. The markers are read after it, so a second
+        sink instance deleting the same row waits for this one and then sees its marker."""
+        identities = list(ends)
+        cols = _columns(identities)
+        q = (
+            f"DELETE FROM {self._n.records} AS r USING unnest({_KEYS_TYPED}, $6::bigint[]) "
+            f"AS k({_KEY}, bound) WHERE (r.org, r.bot, r.env, r.category, r.record_id) "
+            "= (k.org, k.bot, k.env, k.category, k.record_id) "
+            f"AND COALESCE(r.created_at, {NEVER_CREATED}) < k.bound RETURNING {_TAKEN_COLS}"
+        )
+        slots: dict[Identity, Slot] = {}
+        asked = {i.parts(): i for i in identities}
+        for r in await self._c.fetch(q, *cols, list(ends.values())):
+            row = _row(r, asked.get(tuple(r[:5])))
+            slots[row.identity] = Slot(row=row)
+        await self._markers(identities, cols, slots)
         return slots
 
     async def due(self, cutoff_ms: int, limit: int) -> list[Identity]:
