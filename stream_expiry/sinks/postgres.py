@@ -8,6 +8,11 @@ Why it is shaped like this:
   write. Values are always parameters; the only text put into SQL is the schema name and
   the table prefix, which :func:`~stream_expiry.sinks.store.check_identifier` limits to
   letters, digits and ``_``, and which are quoted as identifiers besides.
+* The key columns and ``receipt_id`` are ``COLLATE "C"``: every index probe and insert
+  compares them, and under a database locale (even ``C.UTF-8``, which PostgreSQL 15 does
+  not treat as ``C``) each comparison goes through ``strcoll``; measured, writing stamps
+  ran at half the rate. Equality is unchanged, and the sweep sorts by bytes anyway.
+  Tables created before keep their collation (no rewrite is attempted).
 * Times are ``bigint`` epoch milliseconds, exactly as in the SQLite store, so one test suite
   and one set of queries serve both.
 * PostgreSQL ``text`` cannot hold U+0000. :meth:`PostgresStore.holds` says so, and the sink
@@ -83,8 +88,9 @@ _SCHEMA: Final = """
 SELECT pg_advisory_xact_lock(hashtext('stream_expiry.sinks.' || {lock_name}));
 CREATE SCHEMA IF NOT EXISTS {s};
 CREATE TABLE IF NOT EXISTS {records} (
-    org text NOT NULL, bot text NOT NULL, env text NOT NULL, category text NOT NULL,
-    record_id text NOT NULL,
+    org text COLLATE "C" NOT NULL, bot text COLLATE "C" NOT NULL,
+    env text COLLATE "C" NOT NULL, category text COLLATE "C" NOT NULL,
+    record_id text COLLATE "C" NOT NULL,
     created_at bigint, expires_at bigint, ttl_seconds bigint, ttl_source text,
     data text, updated_at bigint NOT NULL, src_partition integer, src_offset bigint,
     PRIMARY KEY (org, bot, env, category, record_id)
@@ -92,8 +98,9 @@ CREATE TABLE IF NOT EXISTS {records} (
 CREATE INDEX IF NOT EXISTS {idx_expiry} ON {records} (expires_at)
     WHERE expires_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {deletions} (
-    org text NOT NULL, bot text NOT NULL, env text NOT NULL, category text NOT NULL,
-    record_id text NOT NULL,
+    org text COLLATE "C" NOT NULL, bot text COLLATE "C" NOT NULL,
+    env text COLLATE "C" NOT NULL, category text COLLATE "C" NOT NULL,
+    record_id text COLLATE "C" NOT NULL,
     deleted_before bigint NOT NULL, last_life bigint, deleted_at bigint NOT NULL,
     pending text, pending_since bigint,
     PRIMARY KEY (org, bot, env, category, record_id)
@@ -104,7 +111,7 @@ CREATE INDEX IF NOT EXISTS {idx_pending} ON {deletions} (pending_since)
     WHERE pending_since IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {receipts} (
     seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    receipt_id text NOT NULL UNIQUE, store text NOT NULL,
+    receipt_id text COLLATE "C" NOT NULL UNIQUE, store text NOT NULL,
     org text NOT NULL, bot text NOT NULL, env text NOT NULL, category text NOT NULL,
     record_id text NOT NULL,
     reason text NOT NULL, rows_deleted integer NOT NULL,
