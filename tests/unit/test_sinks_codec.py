@@ -253,3 +253,24 @@ def test_stamps_with_fields_unknown_to_the_sink_are_accepted() -> None:
     tomb = orjson.loads(encode_tombstone(s, reason="ttl", emitted_at=T0 + 60_000))
     tomb.update(deleted_at=None, extra={"a": 1})
     assert decode_tombstone(None, orjson.dumps(tomb)).identity == HOSTILE
+
+
+def test_receipt_ids_are_distinct_across_random_chunks_and_forks() -> None:
+    import os
+
+    from stream_expiry.sinks.store import _new_receipt_id
+
+    ids = [_new_receipt_id() for _ in range(10_000)]  # beyond one 4,096-id chunk of bytes
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert [i[:12] for i in ids] == sorted(i[:12] for i in ids)  # time first
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: must not hand out the bytes its parent will use next
+        os.write(write, _new_receipt_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    assert child[12:] != _new_receipt_id()[12:]
