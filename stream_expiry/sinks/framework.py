@@ -211,6 +211,9 @@ class Sink:
         ):
             await self._check_compacted(prod)
             await self._flush_outbox(prod)
+            # A batch decoded by an earlier run belongs to that run's consumer: its
+            # offsets were not committed, so this one reads it again.
+            self._ready = None
             next_sweep = time.monotonic()
             outage_since: float | None = None
             while not stop.is_set():
