@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import tempfile
 import time
 import uuid
@@ -154,34 +155,130 @@ async def committed_everything(bootstrap: str, group: str, topics: list[str]) ->
         await cons.stop()
 
 
-async def kafka_pass(
-    kind: str, n: int, workdir: Path, dsn: str, bootstrap: str, batch_size: int
-) -> list[dict[str, Any]]:
-    """The whole sink through Kafka, in two timed phases on one running sink.
+def _cpu_seconds(pid: int | None) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far, from Linux's
+    /proc; 0 when unknown (no pid, another OS)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    import os
 
-    1. N stamps are produced; the sink writes N rows (timed from its first batch to the
-       commit of the batch that holds the last stamp).
-    2. N tombstones are produced; the sink deletes the N rows, writes N receipts, publishes
-       them, and commits (timed from the first batch holding a tombstone to the commit of
-       the last). Every record thus has its stamp written before its tombstone is read,
-       so every deletion really deletes a row (checked: rows_deleted=1 for all N).
+    # utime and stime are fields 14 and 15 of stat(5), i.e. 12 and 13 after the name.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    ``end_to_end`` is N over the sum of both phases: per record, a stamp written, a
-    tombstone read, a row deleted, a receipt written and published, offsets committed.
+
+def _postgres_cpu_seconds() -> float:
+    """CPU seconds used so far by every process named ``postgres`` on this machine (the
+    server's backends and helpers, from /proc): the database's share of a PostgreSQL
+    pass. Other users of the same server count too; the suite runs alone on it."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    total += _cpu_seconds(int(entry.name))
+            except OSError:
+                continue
+    return total
+
+
+async def sink_phase(
+    store: Store, config: Any, expect: int, broker_pid: int | None
+) -> dict[str, Any]:
+    """Run one sink over a backlog of ``expect`` messages already in Kafka, until it has
+    committed them all; return its metrics and the timing of its batches.
+
+    Timed from the commit of the sink's first batch (its records are left out of the
+    count: joining the group and the first fetch are not the store's speed) to the commit
+    of the batch that holds the last message. The backlog is produced before the sink
+    starts, so the harness's producer never shares the process's CPU with the timed sink.
     """
+    import os
+
     import anyio
 
+    from stream_expiry.sinks.framework import BatchReport, Sink
+
+    marks: dict[str, float] = {}
+    done = anyio.Event()
+    me = os.getpid()
+
+    def on_batch(report: BatchReport) -> None:
+        now = time.perf_counter()
+        if "first" not in marks:
+            marks["first"], marks["skip"] = now, report.messages
+            marks["cpu0"], marks["broker0"] = _cpu_seconds(me), _cpu_seconds(broker_pid)
+            marks["pg0"] = _postgres_cpu_seconds()
+        m = sink.metrics
+        if m["messages_total"] >= expect and m["published_total"] >= m["receipts_total"]:
+            marks["end"] = now
+            marks["cpu1"], marks["broker1"] = _cpu_seconds(me), _cpu_seconds(broker_pid)
+            marks["pg1"] = _postgres_cpu_seconds()
+            done.set()
+
+    sink = Sink(store, config, on_batch=on_batch)
+    stop = anyio.Event()
+    # As the sink's command does (stream_expiry.sinks.command._tune_gc): what is alive
+    # now, the harness's included, is frozen out of the cyclic collector's walks.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sink.run, stop)
+        with anyio.fail_after(900):
+            await done.wait()
+        stop.set()
+    counted = expect - int(marks["skip"])
+    seconds = marks["end"] - marks["first"]
+    return {
+        "metrics": dict(sink.metrics),
+        "records": counted,
+        "seconds": seconds,
+        "sink_cpu_us": round(1e6 * (marks["cpu1"] - marks["cpu0"]) / max(1, counted), 1),
+        "postgres_cpu_us": round(1e6 * (marks["pg1"] - marks["pg0"]) / max(1, counted), 1),
+        "broker_cpu_us": round(1e6 * (marks["broker1"] - marks["broker0"]) / max(1, counted), 1)
+        if broker_pid is not None
+        else None,
+    }
+
+
+async def kafka_pass(
+    kind: str,
+    n: int,
+    workdir: Path,
+    dsn: str,
+    bootstrap: str,
+    batch_size: int,
+    broker_pid: int | None = None,
+) -> list[dict[str, Any]]:
+    """The whole sink through Kafka, in two timed phases, each over a backlog.
+
+    1. N stamps are produced (untimed), then a sink starts and writes N rows.
+    2. That sink stops; N tombstones are produced (untimed), then a sink of the same group
+       starts and deletes the N rows, writes N receipts, publishes them, and commits.
+       Every record thus has its stamp written before its tombstone is read, so every
+       deletion really deletes a row (checked: rows_deleted=1 for all N).
+
+    Each phase is timed from the commit of its first batch to the commit of its last, so
+    the rate is the sink's capacity (what it does with a backlog), not the harness's
+    producer: producing while the sink runs made both share one process and its CPU.
+    ``end_to_end`` is N over the sum of both phases: per record, a stamp written, a
+    tombstone read, a row deleted, a receipt written and published, offsets committed.
+    ``sink_cpu_us`` / ``broker_cpu_us``: CPU microseconds per record of the sink's
+    process and of the broker's during the timed part (from /proc; the sink's includes
+    its database thread); ``postgres_cpu_us`` likewise for the PostgreSQL server's processes.
+    """
     from stream_expiry.kafka import ensure_topics
-    from stream_expiry.sinks.framework import BatchReport, Sink, SinkConfig
+    from stream_expiry.sinks.framework import SinkConfig
 
     p = f"bench{uuid.uuid4().hex[:8]}"
     stamped, tombs, receipts = f"{p}.stamped", f"{p}.tombstones", f"{p}.receipts"
     await ensure_topics(bootstrap, [stamped, tombs, receipts], partitions=4)
-    ss = stamps(n, p)
     store = make_store(kind, workdir, dsn)
     await store.open()
-    marks: dict[str, float] = {}
-    stamps_done, all_done = anyio.Event(), anyio.Event()
     group = f"{p}.sink"
     config = SinkConfig(
         bootstrap_servers=bootstrap, group_id=group, stamped_topic=stamped,
@@ -189,53 +286,24 @@ async def kafka_pass(
         poll_timeout_ms=50,
         consumer_options={"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000},
     )  # fmt: skip
-
-    def on_batch(report: BatchReport) -> None:
-        """Runs after each batch's receipts are acknowledged and its offsets committed.
-
-        Each phase is timed from the commit of its first batch, so the records of that
-        batch are left out of its count (``skipped``): no idle wait is ever timed.
-        """
-        now = time.perf_counter()
-        m = sink.metrics
-        if "first" not in marks:
-            marks["first"], marks["skip_stamps"] = now, report.messages
-        if m["messages_total"] >= n and "stamps_done" not in marks:
-            marks["stamps_done"] = now
-            stamps_done.set()
-        elif "stamps_done" in marks and "tombs_first" not in marks:
-            marks["tombs_first"], marks["skip_tombs"] = now, report.messages
-        if m["messages_total"] >= 2 * n and m["published_total"] >= n:
-            marks["end"] = now
-            all_done.set()
-
-    sink = Sink(store, config, on_batch=on_batch)
-    stop = anyio.Event()
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(sink.run, stop)
-            await produce_all(
-                bootstrap,
-                stamped,
-                [(s.identity.key.encode(), encode_stamp(s, {"text": "x" * 200})) for s in ss],
-            )
-            with anyio.fail_after(600):
-                await stamps_done.wait()
-            log(f"{kind:14s} via Kafka : {n} stamps written; producing the tombstones")
-            await produce_all(
-                bootstrap,
-                tombs,
-                [
-                    (
-                        s.identity.key.encode(),
-                        encode_tombstone(s, reason="ttl", emitted_at=T0 + HOUR),
-                    )
-                    for s in ss
-                ],
-            )
-            with anyio.fail_after(600):
-                await all_done.wait()
-            stop.set()
+        await produce_all(
+            bootstrap,
+            stamped,
+            [(s.identity.key.encode(), encode_stamp(s, {"text": "x" * 200})) for s in stamps(n, p)],
+        )
+        log(f"{kind:14s} via Kafka : {n} stamps produced; the sink writes them")
+        writes = await sink_phase(store, config, n, broker_pid)
+        await produce_all(
+            bootstrap,
+            tombs,
+            [
+                (s.identity.key.encode(), encode_tombstone(s, reason="ttl", emitted_at=T0 + HOUR))
+                for s in stamps(n, p)
+            ],
+        )
+        log(f"{kind:14s} via Kafka : {n} tombstones produced; the sink applies them")
+        deletes = await sink_phase(store, config, n, broker_pid)
         rows_left = await store.count()
         unpublished = len(await store.pending_receipts(10))
     finally:
@@ -246,13 +314,20 @@ async def kafka_pass(
             f"{kind}: {rows_left} rows left, {unpublished} receipts unpublished, "
             f"offsets committed to the end: {committed}"
         )
-    m = sink.metrics
-    if (m["deleted_total"], m["stale_total"], m["published_total"]) != (n, 0, n):
-        raise SystemExit(f"{kind}: not every tombstone deleted a row with one receipt: {m}")
-    writes_s = marks["stamps_done"] - marks["first"]
-    deletes_s = marks["end"] - marks["tombs_first"]
-    n_writes, n_deletes = n - int(marks["skip_stamps"]), n - int(marks["skip_tombs"])
-    common = {"messages": 2 * n, "batches": m["batches_total"], "batch_size": batch_size}
+    mw, md = writes["metrics"], deletes["metrics"]
+    if (mw["written_total"], mw["stale_total"], mw["receipts_total"]) != (n, 0, 0):
+        raise SystemExit(f"{kind}: not every stamp wrote a row: {mw}")
+    if (md["deleted_total"], md["stale_total"], md["published_total"]) != (n, 0, n):
+        raise SystemExit(f"{kind}: not every tombstone deleted a row with one receipt: {md}")
+    writes_s, deletes_s = writes["seconds"], deletes["seconds"]
+    n_writes, n_deletes = writes["records"], deletes["records"]
+    common = {
+        "messages": 2 * n,
+        "batches": mw["batches_total"] + md["batches_total"],
+        "batch_size": batch_size,
+        "deleted": md["deleted_total"],
+        "receipts": md["published_total"],
+    }
     out = [
         throughput_entry(f"{kind}/kafka/stamps", n_writes, writes_s, method="sink via Kafka",
                          unit="rows written/s"),
@@ -261,11 +336,24 @@ async def kafka_pass(
         throughput_entry(f"{kind}/kafka/end_to_end", n, writes_s * n / n_writes
                          + deletes_s * n / n_deletes, method="sink via Kafka", unit="deletes/s"),
     ]  # fmt: skip
-    for e in out:
-        e.update(common, deleted=m["deleted_total"], receipts=m["published_total"])
+    for e, phase in zip(out, (writes, deletes, None), strict=True):
+        e.update(common)
+        if phase is not None:
+            e.update(
+                sink_cpu_us=phase["sink_cpu_us"],
+                broker_cpu_us=phase["broker_cpu_us"],
+                postgres_cpu_us=phase["postgres_cpu_us"] if kind == "postgres" else None,
+            )
     log(
         f"{kind:14s} via Kafka : {out[0]['value']:>10} rows written/s, {out[1]['value']:>10} "
-        f"deletes/s, {out[2]['value']:>10} end to end ({n} records, batch {batch_size})"
+        f"deletes/s, {out[2]['value']:>10} end to end ({n} records, batch {batch_size}); "
+        f"CPU us/record sink {writes['sink_cpu_us']} + {deletes['sink_cpu_us']}, "
+        f"broker {writes['broker_cpu_us']} + {deletes['broker_cpu_us']}"
+        + (
+            f", postgres {writes['postgres_cpu_us']} + {deletes['postgres_cpu_us']}"
+            if kind == "postgres"
+            else ""
+        )
     )
     return out
 
@@ -289,7 +377,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     n = args.kafka_records or max(1000, int(5_000 * args.scale))
                     results.extend(
                         await kafka_pass(
-                            kind, n, workdir, args.dsn, broker.bootstrap_servers, args.kafka_batch
+                            kind,
+                            n,
+                            workdir,
+                            args.dsn,
+                            broker.bootstrap_servers,
+                            args.kafka_batch,
+                            getattr(getattr(broker, "_proc", None), "pid", None),
                         )
                     )
     return envelope(

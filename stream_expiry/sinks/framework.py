@@ -24,6 +24,7 @@ service's topics have them), a record's stamp and its tombstone then meet in one
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -77,6 +78,9 @@ METRICS: Final = (
     "broker_errors_total",
 )
 BROKER_RETRY_S: Final = 1.0
+# Messages decoded between two yields to the event loop while a store transaction runs:
+# small enough that the transaction resumes within a few milliseconds of its database.
+_DECODE_SLICE: Final = 500
 
 
 def wall_clock_ms() -> int:
@@ -133,6 +137,16 @@ class BatchReport:
     receipts: tuple[Receipt, ...]
 
 
+@dataclass(slots=True)
+class _Decoded:
+    """A batch read from Kafka and decoded, not yet applied."""
+
+    changes: list[Change]
+    offsets: dict[Any, int]  # next offset to commit, per partition
+    messages: int
+    invalid: int  # malformed messages among them (already counted in the metrics)
+
+
 class Sink:
     """Runs one store against the stamped and tombstone topics until told to stop.
 
@@ -163,6 +177,8 @@ class Sink:
         self._on_batch = on_batch
         # Receipts Kafka acknowledged, marked published in the next store transaction.
         self._acked: list[str] = []
+        # The next batch, read and decoded while the previous one was being applied.
+        self._ready: _Decoded | None = None
 
     async def run(self, stop: anyio.Event) -> None:
         """Consume until ``stop`` is set, then return after the current batch committed.
@@ -195,19 +211,25 @@ class Sink:
         ):
             await self._check_compacted(prod)
             await self._flush_outbox(prod)
+            # A batch decoded by an earlier run belongs to that run's consumer: its
+            # offsets were not committed, so this one reads it again.
+            self._ready = None
             next_sweep = time.monotonic()
             outage_since: float | None = None
             while not stop.is_set():
                 try:
                     if outage_since is not None:  # receipts of a batch whose publish failed
                         await self._flush_outbox(prod)
-                    with broker_errors(f"consuming from {cfg.bootstrap_servers}"):
-                        batch = await cons.getmany(
-                            timeout_ms=cfg.poll_timeout_ms, max_records=cfg.batch_size
-                        )
-                    self._observe(cons, batch)
-                    if batch:
-                        await self._handle(batch, prod, cons)
+                    if self._ready is None:
+                        with broker_errors(f"consuming from {cfg.bootstrap_servers}"):
+                            batch = await cons.getmany(
+                                timeout_ms=cfg.poll_timeout_ms, max_records=cfg.batch_size
+                            )
+                        self._observe(cons, batch)
+                        if batch:
+                            self._ready = await self._decode_batch(batch)
+                    if self._ready is not None:
+                        await self._step(prod, cons)
                     elif self._acked:
                         await self._mark_acked()  # idle: no batch to carry the mark
                     if cfg.sweep_interval_s is not None and time.monotonic() >= next_sweep:
@@ -301,39 +323,85 @@ class Sink:
             return None
         return change
 
-    async def _handle(
-        self, batch: Mapping[Any, list[Any]], prod: AIOKafkaProducer, cons: AIOKafkaConsumer
-    ) -> None:
+    async def _decode_batch(self, batch: Mapping[Any, list[Any]]) -> _Decoded:
+        """Decode a batch, yielding to the event loop every few hundred messages so that a
+        store transaction running beside it (see :meth:`_step`) resumes as soon as its
+        database answers."""
         changes: list[Change] = []
         offsets: dict[Any, int] = {}
         messages = 0
         invalid_before = self.metrics["invalid_total"]
+        since_yield = 0
         for tp, recs in batch.items():
             if not recs:
                 continue
             messages += len(recs)
+            topic = tp.topic
             for rec in recs:
-                change = self._decode(tp.topic, rec)
+                change = self._decode(topic, rec)
                 if change is not None:
                     changes.append(change)
+                since_yield += 1
+                if since_yield >= _DECODE_SLICE:
+                    since_yield = 0
+                    await asyncio.sleep(0)
             offsets[tp] = recs[-1].offset + 1
+        return _Decoded(changes, offsets, messages, self.metrics["invalid_total"] - invalid_before)
+
+    async def _step(self, prod: AIOKafkaProducer, cons: AIOKafkaConsumer) -> None:
+        """Apply the ready batch; meanwhile, read the next one if the consumer holds it
+        already, and decode it while the store works on this one (its database, in
+        another thread or process, and the decoding, here, then overlap).
+
+        Batches are still applied, published and committed one after another, in order;
+        only the decoding of batch n+1 runs beside the transaction of batch n. The next
+        batch is kept in ``_ready`` before this one's outcome is known, so a broker outage
+        while publishing this one does not lose it (its offsets are not committed yet).
+        """
+        with broker_errors(f"consuming from {self.config.bootstrap_servers}"):
+            following = await cons.getmany(timeout_ms=0, max_records=self.config.batch_size)
+        self._observe(cons, following)
+        current, self._ready = self._ready, None
+        assert current is not None
+        if not following:
+            await self._apply(current, prod, cons)
+            return
+        task = asyncio.ensure_future(self._apply(current, prod, cons))
+        try:
+            self._ready = await self._decode_batch(following)
+        except BaseException:
+            # Cancelled (or a bug): the transaction must not outlive this sink's loop.
+            task.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([task])
+            raise
+        await task
+
+    async def _handle(
+        self, batch: Mapping[Any, list[Any]], prod: AIOKafkaProducer, cons: AIOKafkaConsumer
+    ) -> None:
+        """Decode and apply one batch (no overlap): what :meth:`_step` does, unpipelined."""
+        await self._apply(await self._decode_batch(batch), prod, cons)
+
+    async def _apply(self, batch: _Decoded, prod: AIOKafkaProducer, cons: AIOKafkaConsumer) -> None:
+        """One store transaction for the batch, its receipts published, then its offsets."""
         acked, self._acked = self._acked, []
         try:
-            out = await self.store.apply(changes, now_ms=self._clock(), published=acked)
+            out = await self.store.apply(batch.changes, now_ms=self._clock(), published=acked)
         except BaseException:
             self._acked = acked + self._acked
             raise
         await self._publish(prod, out.receipts)
         # The store already holds the batch: re-reading it after a restart is harmless.
         with broker_errors(f"committing offsets for group {self.config.group_id}"):
-            await cons.commit(offsets)
+            await cons.commit(batch.offsets)
         m = self.metrics
         m["batches_total"] += 1
-        m["messages_total"] += messages
+        m["messages_total"] += batch.messages
         m["written_total"] += out.written
         m["stale_total"] += out.stale
         m["deleted_total"] += out.deleted
-        self._report("batch", out, messages, m["invalid_total"] - invalid_before)
+        self._report("batch", out, batch.messages, batch.invalid)
 
     async def sweep_once(self, prod: AIOKafkaProducer) -> bool:
         """Run one bounded sweep and publish its receipts; True when it hit its limit."""

@@ -8,6 +8,11 @@ Why it is shaped like this:
   write. Values are always parameters; the only text put into SQL is the schema name and
   the table prefix, which :func:`~stream_expiry.sinks.store.check_identifier` limits to
   letters, digits and ``_``, and which are quoted as identifiers besides.
+* The key columns and ``receipt_id`` are ``COLLATE "C"``: every index probe and insert
+  compares them, and under a database locale (even ``C.UTF-8``, which PostgreSQL 15 does
+  not treat as ``C``) each comparison goes through ``strcoll``; measured, writing stamps
+  ran at half the rate. Equality is unchanged, and the sweep sorts by bytes anyway.
+  Tables created before keep their collation (no rewrite is attempted).
 * Times are ``bigint`` epoch milliseconds, exactly as in the SQLite store, so one test suite
   and one set of queries serve both.
 * PostgreSQL ``text`` cannot hold U+0000. :meth:`PostgresStore.holds` says so, and the sink
@@ -31,7 +36,7 @@ import anyio
 
 from stream_expiry.errors import StoreError
 from stream_expiry.model import Identity
-from stream_expiry.sinks._logic import Plan, Slot
+from stream_expiry.sinks._logic import NEVER_CREATED, Plan, Slot
 from stream_expiry.sinks._messages import (
     Marker,
     Receipt,
@@ -43,7 +48,7 @@ from stream_expiry.sinks.dsn import is_local, redact
 from stream_expiry.sinks.store import Store, StoreTransaction, _new_receipt_id, check_identifier
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Sequence
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
     import asyncpg
 
@@ -57,6 +62,12 @@ _KEYS_TYPED: Final = "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[]
 _ROW_COLS: Final = (
     f"{_KEY}, created_at, expires_at, ttl_seconds, ttl_source, data, updated_at, "
     "src_partition, src_offset"
+)
+# The same columns with NULL for data: a batch without stamps does not read payloads.
+_ROW_COLS_NO_DATA: Final = _ROW_COLS.replace(" data,", " NULL::text,")
+# What take() returns of a deleted row: the row's columns but its data.
+_TAKEN_COLS: Final = ", ".join(
+    f"r.{c}" if c != "data" else "NULL::text" for c in _ROW_COLS.split(", ")
 )
 _MARKER_COLS: Final = f"{_KEY}, deleted_before, last_life, deleted_at, pending, pending_since"
 _RECEIPT_COLS: Final = (
@@ -77,8 +88,9 @@ _SCHEMA: Final = """
 SELECT pg_advisory_xact_lock(hashtext('stream_expiry.sinks.' || {lock_name}));
 CREATE SCHEMA IF NOT EXISTS {s};
 CREATE TABLE IF NOT EXISTS {records} (
-    org text NOT NULL, bot text NOT NULL, env text NOT NULL, category text NOT NULL,
-    record_id text NOT NULL,
+    org text COLLATE "C" NOT NULL, bot text COLLATE "C" NOT NULL,
+    env text COLLATE "C" NOT NULL, category text COLLATE "C" NOT NULL,
+    record_id text COLLATE "C" NOT NULL,
     created_at bigint, expires_at bigint, ttl_seconds bigint, ttl_source text,
     data text, updated_at bigint NOT NULL, src_partition integer, src_offset bigint,
     PRIMARY KEY (org, bot, env, category, record_id)
@@ -86,8 +98,9 @@ CREATE TABLE IF NOT EXISTS {records} (
 CREATE INDEX IF NOT EXISTS {idx_expiry} ON {records} (expires_at)
     WHERE expires_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {deletions} (
-    org text NOT NULL, bot text NOT NULL, env text NOT NULL, category text NOT NULL,
-    record_id text NOT NULL,
+    org text COLLATE "C" NOT NULL, bot text COLLATE "C" NOT NULL,
+    env text COLLATE "C" NOT NULL, category text COLLATE "C" NOT NULL,
+    record_id text COLLATE "C" NOT NULL,
     deleted_before bigint NOT NULL, last_life bigint, deleted_at bigint NOT NULL,
     pending text, pending_since bigint,
     PRIMARY KEY (org, bot, env, category, record_id)
@@ -98,7 +111,7 @@ CREATE INDEX IF NOT EXISTS {idx_pending} ON {deletions} (pending_since)
     WHERE pending_since IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {receipts} (
     seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    receipt_id text NOT NULL UNIQUE, store text NOT NULL,
+    receipt_id text COLLATE "C" NOT NULL UNIQUE, store text NOT NULL,
     org text NOT NULL, bot text NOT NULL, env text NOT NULL, category text NOT NULL,
     record_id text NOT NULL,
     reason text NOT NULL, rows_deleted integer NOT NULL,
@@ -189,22 +202,53 @@ class _PostgresTx(StoreTransaction):
     def __init__(self, conn: asyncpg.Connection, names: _Names) -> None:
         self._c, self._n = conn, names
 
-    async def load(self, identities: Sequence[Identity]) -> dict[Identity, Slot]:
+    async def _markers(
+        self, identities: Sequence[Identity], cols: list[list[str]], slots: dict[Identity, Slot]
+    ) -> None:
+        """Add the markers of these identities to ``slots`` (locked, like the rows)."""
+        q = (
+            f"SELECT {_MARKER_COLS} FROM {self._n.deletions} AS t JOIN unnest({_KEYS_TYPED}) "
+            f"AS k({_KEY}) USING ({_KEY}) FOR UPDATE OF t"
+        )
+        asked = {i.parts(): i for i in identities}  # reuse them: no key to build again
+        for r in await self._c.fetch(q, *cols):
+            m = _marker(r, asked.get(tuple(r[:5])))
+            slots.setdefault(m.identity, Slot()).marker = m
+
+    async def load(
+        self, identities: Sequence[Identity], *, data: bool = True
+    ) -> dict[Identity, Slot]:
         cols = _columns(identities)
         slots: dict[Identity, Slot] = {}
-        sql = (
-            "SELECT {cols} FROM {table} AS t JOIN unnest({k}) AS k({key}) USING ({key}) "
-            "FOR UPDATE OF t"
+        q = (
+            f"SELECT {_ROW_COLS if data else _ROW_COLS_NO_DATA} FROM {self._n.records} AS t "
+            f"JOIN unnest({_KEYS_TYPED}) AS k({_KEY}) USING ({_KEY}) FOR UPDATE OF t"
         )
-        q = sql.format(cols=_ROW_COLS, table=self._n.records, k=_KEYS_TYPED, key=_KEY)
         asked = {i.parts(): i for i in identities}  # reuse them: no key to build again
         for r in await self._c.fetch(q, *cols):
             row = _row(r, asked.get(tuple(r[:5])))
             slots[row.identity] = Slot(row=row)
-        q = sql.format(cols=_MARKER_COLS, table=self._n.deletions, k=_KEYS_TYPED, key=_KEY)
-        for r in await self._c.fetch(q, *cols):
-            m = _marker(r, asked.get(tuple(r[:5])))
-            slots.setdefault(m.identity, Slot()).marker = m
+        await self._markers(identities, cols, slots)
+        return slots
+
+    async def take(self, ends: Mapping[Identity, int]) -> dict[Identity, Slot]:
+        """One ``DELETE ... RETURNING`` instead of a locking read and a delete: the row is
+        locked, read and deleted in one pass. The markers are read after it, so a second
+        sink instance deleting the same row waits for this one and then sees its marker."""
+        identities = list(ends)
+        cols = _columns(identities)
+        q = (
+            f"DELETE FROM {self._n.records} AS r USING unnest({_KEYS_TYPED}, $6::bigint[]) "
+            f"AS k({_KEY}, bound) WHERE (r.org, r.bot, r.env, r.category, r.record_id) "
+            "= (k.org, k.bot, k.env, k.category, k.record_id) "
+            f"AND COALESCE(r.created_at, {NEVER_CREATED}) < k.bound RETURNING {_TAKEN_COLS}"
+        )
+        slots: dict[Identity, Slot] = {}
+        asked = {i.parts(): i for i in identities}
+        for r in await self._c.fetch(q, *cols, list(ends.values())):
+            row = _row(r, asked.get(tuple(r[:5])))
+            slots[row.identity] = Slot(row=row)
+        await self._markers(identities, cols, slots)
         return slots
 
     async def due(self, cutoff_ms: int, limit: int) -> list[Identity]:

@@ -47,6 +47,8 @@ _ROW_COLS: Final = (
     f"{_KEY}, created_at, expires_at, ttl_seconds, ttl_source, data, updated_at, "
     "src_partition, src_offset"
 )
+# The same columns with NULL for data: a batch without stamps does not read payloads.
+_ROW_COLS_NO_DATA: Final = _ROW_COLS.replace(" data,", " NULL,")
 _MARKER_COLS: Final = f"{_KEY}, deleted_before, last_life, deleted_at, pending, pending_since"
 _RECEIPT_COLS: Final = (
     f"receipt_id, store, {_KEY}, reason, rows_deleted, created_at, expires_at, ttl_seconds, "
@@ -139,10 +141,13 @@ class _SQLiteTx(StoreTransaction):
                 found.extend(await cur.fetchall())
         return found
 
-    async def load(self, identities: Sequence[Identity]) -> dict[Identity, Slot]:
+    async def load(
+        self, identities: Sequence[Identity], *, data: bool = True
+    ) -> dict[Identity, Slot]:
         slots: dict[Identity, Slot] = {}
         asked = {i.parts(): i for i in identities}  # reuse them: no key to build again
-        for r in await self._lookup("records", _ROW_COLS, identities):
+        cols = _ROW_COLS if data else _ROW_COLS_NO_DATA
+        for r in await self._lookup("records", cols, identities):
             row = _row(r, asked.get(tuple(r[:5])))
             slots[row.identity] = Slot(row=row)
         for r in await self._lookup("deletions", _MARKER_COLS, identities):

@@ -17,17 +17,27 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import os
 import re
+import threading
 import time
 from typing import TYPE_CHECKING, Final, Self
 
 from stream_expiry.errors import ConfigurationError
-from stream_expiry.sinks._logic import Plan, Slot, plan
-from stream_expiry.sinks._messages import Change, Marker, Receipt, Row, SweepChange
+from stream_expiry.sinks._logic import Plan, Slot, life, plan
+from stream_expiry.sinks._messages import (
+    Change,
+    Marker,
+    Receipt,
+    Row,
+    StampChange,
+    SweepChange,
+    TombstoneChange,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Sequence
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
     from types import TracebackType
 
     from stream_expiry.model import Identity
@@ -47,6 +57,30 @@ def check_identifier(value: str, what: str) -> str:
     return value
 
 
+# Random bytes for receipt ids, read from the OS 40 KiB at a time: one os.urandom call per
+# receipt (a system call) was a tenth of a deletion's Python time in the sink. Per thread,
+# so two threads never take the same bytes; dropped in a forked child, which must not hand
+# out its parent's bytes again.
+_RANDOM_CHUNK: Final = 10 * 4096
+_random = threading.local()
+os.register_at_fork(after_in_child=_random.__dict__.clear)
+
+
+def _random_hex80() -> str:
+    """80 random bits from the OS, in hex; each bit handed out once per process."""
+    r = _random
+    try:
+        at = r.at
+        pool: bytes = r.pool
+    except AttributeError:
+        at, pool = _RANDOM_CHUNK, b""
+    if at >= len(pool):
+        pool, at = os.urandom(_RANDOM_CHUNK), 0
+        r.pool = pool
+    r.at = at + 10
+    return pool[at : at + 10].hex()
+
+
 def _new_receipt_id() -> str:
     """48 bits of epoch milliseconds then 80 random bits, in hex (the layout of a UUIDv7).
 
@@ -55,15 +89,40 @@ def _new_receipt_id() -> str:
     a uuid4 costs once the table is bigger than the cache). Still unique without
     coordination: two receipts of one millisecond differ in 80 random bits.
     """
-    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+    return f"{time.time_ns() // 1_000_000:012x}{_random_hex80()}"
 
 
 class StoreTransaction(abc.ABC):
     """The primitives a store provides inside one database transaction."""
 
     @abc.abstractmethod
-    async def load(self, identities: Sequence[Identity]) -> dict[Identity, Slot]:
-        """The row and marker of each identity that has either (others are left out)."""
+    async def load(
+        self, identities: Sequence[Identity], *, data: bool = True
+    ) -> dict[Identity, Slot]:
+        """The row and marker of each identity that has either (others are left out).
+
+        ``data=False``: rows come without their ``data`` (None), which only a stamp needs
+        (to keep the data of a touch re-stamp, and to compare contents); a batch without
+        stamps then does not read the payloads it is about to delete.
+        """
+
+    async def take(self, ends: Mapping[Identity, int]) -> dict[Identity, Slot]:
+        """Delete now the row of each identity whose life ends before its bound
+        (``life(created_at) < bound``), and return each identity's slot as it was before.
+
+        Called for the identities whose batch holds exactly one tombstone and nothing
+        else: :func:`~stream_expiry.sinks._logic.plan` then deletes exactly these rows, so
+        a store may delete them while it reads them (PostgreSQL: ``DELETE ... RETURNING``,
+        one statement where a locking read and a delete were two). Rows come without
+        ``data``. This default reads, then deletes what the bound ends.
+        """
+        slots = await self.load(list(ends), data=False)
+        gone = [
+            i for i, s in slots.items() if s.row is not None and life(s.row.created_at) < ends[i]
+        ]
+        if gone:
+            await self.write(Plan(deletes=gone))
+        return slots
 
     @abc.abstractmethod
     async def due(self, cutoff_ms: int, limit: int) -> list[Identity]:
@@ -122,11 +181,45 @@ class Store(abc.ABC):
         ``published``: receipts Kafka has acknowledged since the last transaction, marked
         published in this same transaction (the sink's one commit per batch).
         """
-        idents = list(dict.fromkeys(c.identity for c in changes))
+        # Identities whose batch holds one tombstone and nothing else (the common case of
+        # a deletion) are read and deleted in one step; the others are read whole.
+        ends: dict[Identity, int] = {}
+        others: dict[Identity, None] = {}
+        stamped = False
+        for c in changes:
+            ident = c.identity
+            if ident in others:
+                pass
+            elif type(c) is TombstoneChange and ident not in ends:
+                ends[ident] = c.bound
+            else:
+                others[ident] = None
+                ends.pop(ident, None)
+            if type(c) is StampChange:
+                stamped = True
         async with self.transaction() as tx:
-            state = await tx.load(idents) if idents else {}
+            state = await tx.take(ends) if ends else {}
+            if others:
+                state.update(await tx.load(list(others), data=stamped))
             out = plan(changes, state, store=self.name, now_ms=now_ms, new_id=self._new_id)
-            await tx.write(out)
+            if ends:
+                # take() deleted these rows already; plan must have decided the same.
+                planned = set(out.deletes)
+                gone = {
+                    i
+                    for i, bound in ends.items()
+                    if (slot := state.get(i)) is not None
+                    and slot.row is not None
+                    and life(slot.row.created_at) < bound
+                }
+                if gone != planned & ends.keys():
+                    raise AssertionError("take() and plan() disagree on a deletion")
+                out_written = dataclasses.replace(
+                    out, deletes=[i for i in out.deletes if i not in gone]
+                )
+                await tx.write(out_written)
+            else:
+                await tx.write(out)
             if published:
                 await tx.mark_published(published, now_ms)
         return out
@@ -140,7 +233,7 @@ class Store(abc.ABC):
         """
         async with self.transaction() as tx:
             idents = await tx.due(cutoff_ms, limit)
-            state = await tx.load(idents) if idents else {}
+            state = await tx.load(idents, data=False) if idents else {}
             changes = [SweepChange(i, cutoff_ms) for i in idents]
             out = plan(changes, state, store=self.name, now_ms=now_ms, new_id=self._new_id)
             await tx.write(out)
@@ -192,7 +285,10 @@ class _MemoryTx(StoreTransaction):
         self._plans: list[Plan] = []
         self._published: list[tuple[str, int]] = []
 
-    async def load(self, identities: Sequence[Identity]) -> dict[Identity, Slot]:
+    async def load(
+        self, identities: Sequence[Identity], *, data: bool = True
+    ) -> dict[Identity, Slot]:
+        del data  # the rows are in memory already: nothing to save
         rows, markers = self._s.rows, self._s.markers
         return {
             i: Slot(rows.get(i), markers.get(i)) for i in identities if i in rows or i in markers

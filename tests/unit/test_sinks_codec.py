@@ -115,6 +115,43 @@ def test_malformed_tombstones_are_rejected(patch: dict[str, Any], message: str) 
         decode_tombstone(b"k", None)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-01-01T00:00:00.000Z", T0),
+        ("2026-01-01T00:00:00.999Z", T0 + 999),  # the same second: from the cache
+        ("1969-12-31T23:59:59.500Z", -500),
+        ("2026-01-01T01:00:00.000+01:00", T0),  # not the service's form: the general parser
+        ("2026-01-01T00:00:00.5Z", T0 + 500),
+    ],
+)
+def test_times_decode_alike_with_or_without_the_cache(text: str, expected: int) -> None:
+    s = Stamp(HOSTILE, T0, T0 + 60_000, 60_000, "org")
+    body = orjson.loads(encode_tombstone(s, reason="ttl", emitted_at=T0 + 60_000))
+    body["emitted_at"] = text
+    assert decode_tombstone(None, orjson.dumps(body)).emitted_at == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-01-01T00:00:00.0x0Z",
+        "2026-01-01T00:00:00.\u00b9\u00b2\u00b3Z",  # digits to isdigit(), not to int()
+        "2026-13-01T00:00:00.000Z",
+        "2026-01-01T00:00+01.000Z",  # an offset hidden in the seconds' place
+        "2026-01-01X00:00:00.000Z",
+    ],
+)
+def test_times_that_only_look_like_the_service_form_are_rejected(text: str) -> None:
+    s = Stamp(HOSTILE, T0, T0 + 60_000, 60_000, "org")
+    body = orjson.loads(encode_tombstone(s, reason="ttl", emitted_at=T0 + 60_000))
+    value = orjson.dumps(body).replace(
+        b'"emitted_at":"', b'"emitted_at":"' + text.encode() + b'","x":"'
+    )
+    with pytest.raises(InvalidMessage, match="emitted_at"):
+        decode_tombstone(None, value)
+
+
 @pytest.mark.parametrize("reason", REASONS)
 def test_receipts_match_their_schema_and_never_carry_data(reason: str) -> None:
     r = Receipt("abc", "sqlite", HOSTILE, reason, 1, T0, None, None, None, None, T0 + 1)
@@ -216,3 +253,24 @@ def test_stamps_with_fields_unknown_to_the_sink_are_accepted() -> None:
     tomb = orjson.loads(encode_tombstone(s, reason="ttl", emitted_at=T0 + 60_000))
     tomb.update(deleted_at=None, extra={"a": 1})
     assert decode_tombstone(None, orjson.dumps(tomb)).identity == HOSTILE
+
+
+def test_receipt_ids_are_distinct_across_random_chunks_and_forks() -> None:
+    import os
+
+    from stream_expiry.sinks.store import _new_receipt_id
+
+    ids = [_new_receipt_id() for _ in range(10_000)]  # beyond one 4,096-id chunk of bytes
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert [i[:12] for i in ids] == sorted(i[:12] for i in ids)  # time first
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: must not hand out the bytes its parent will use next
+        os.write(write, _new_receipt_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    assert child[12:] != _new_receipt_id()[12:]

@@ -210,3 +210,98 @@ def test_postgres_sink_counts_identities_it_cannot_hold() -> None:
     )
     assert sink._decode(rec.topic, rec) is None
     assert sink.metrics["unrepresentable_total"] == 1
+
+
+B = Identity("acme", "_", "live", "conversation", "r2")
+
+
+class QueuedConsumer(FakeConsumer):
+    """A consumer holding scripted batches; ``fail_commit`` makes the next commit fail as
+    a broker outage does."""
+
+    def __init__(self, journal: Journal, store: MemoryStore, batches: list[Any]) -> None:
+        super().__init__(journal, store)
+        self.batches = batches
+        self.fail_commit = False
+
+    async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
+        self.j.events.append(("getmany", timeout_ms))
+        return self.batches.pop(0) if self.batches else {}
+
+    def assignment(self) -> set[TP]:
+        return {TP("st", 0), TP("tb", 0)}
+
+    async def commit(self, offsets: dict[TP, int]) -> None:
+        if self.fail_commit:
+            from aiokafka.errors import KafkaConnectionError
+
+            self.fail_commit = False
+            raise KafkaConnectionError("broker away")
+        await super().commit(offsets)
+
+
+def tombstones_of(offset: int, *idents: Identity) -> dict[Any, list[Any]]:
+    recs = [
+        Rec(
+            "tb", 0, offset + n, i.key.encode(),
+            encode_tombstone(Stamp(i, T0, T0 + 60_000, 60_000, "org"), reason="ttl",
+                             emitted_at=T0 + 60_000),
+        )
+        for n, i in enumerate(idents)
+    ]  # fmt: skip
+    return {TP("tb", 0): recs}
+
+
+@pytest.mark.asyncio
+async def test_the_next_batch_is_decoded_beside_the_store_and_applied_after_it() -> None:
+    store, reports, j = MemoryStore(), list[BatchReport](), Journal()
+    sink = sink_for(store, reports)
+    cons = QueuedConsumer(j, store, [tombstones_of(1, B)])
+    sink._ready = await sink._decode_batch(tombstones_of(0, A))
+    await sink._step(FakeProducer(j), cons)
+    # The first batch is committed; the second was read (without waiting) and decoded,
+    # but neither applied nor committed yet.
+    commits = [e[1][0] for e in j.events if e[0] == "commit"]
+    assert commits == [{TP("tb", 0): 1}]
+    assert ("getmany", 0) in j.events
+    assert sink._ready is not None
+    assert [c.identity for c in sink._ready.changes] == [B]
+    assert [r.identity for r in await store.receipts()] == [A]
+    await sink._step(FakeProducer(j), cons)  # nothing more buffered: applied alone
+    commits = [e[1][0] for e in j.events if e[0] == "commit"]
+    assert commits == [{TP("tb", 0): 1}, {TP("tb", 0): 2}]  # in order, one after the other
+    assert sink._ready is None
+    assert [r.identity for r in await store.receipts()] == [A, B]
+    assert [r.messages for r in reports] == [1, 1]
+
+
+@pytest.mark.asyncio
+async def test_a_broker_outage_while_committing_keeps_the_batch_read_beside_it() -> None:
+    from stream_expiry.errors import BrokerUnavailableError
+
+    store, j = MemoryStore(), Journal()
+    sink = sink_for(store, [])
+    cons = QueuedConsumer(j, store, [tombstones_of(1, B)])
+    cons.fail_commit = True
+    sink._ready = await sink._decode_batch(tombstones_of(0, A))
+    with pytest.raises(BrokerUnavailableError):
+        await sink._step(FakeProducer(j), cons)
+    # The first batch is in the store (its offsets are committed with a later batch's);
+    # the second one, already taken from the consumer, is kept for the next step.
+    assert [r.identity for r in await store.receipts()] == [A]
+    assert sink._ready is not None
+    assert [c.identity for c in sink._ready.changes] == [B]
+    await sink._step(FakeProducer(j), cons)
+    assert [r.identity for r in await store.receipts()] == [A, B]
+    assert [e[1][0] for e in j.events if e[0] == "commit"] == [{TP("tb", 0): 2}]
+
+
+@pytest.mark.asyncio
+async def test_a_store_failure_beside_a_decoded_batch_commits_nothing() -> None:
+    store, j = FailingStore(), Journal()
+    sink = sink_for(store, [])
+    cons = QueuedConsumer(j, store, [tombstones_of(1, B)])
+    sink._ready = await sink._decode_batch(tombstones_of(0, A))
+    with pytest.raises(StoreError, match="disk full"):
+        await sink._step(FakeProducer(j), cons)
+    assert [e for e in j.events if e[0] != "getmany"] == []
