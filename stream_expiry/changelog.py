@@ -9,7 +9,7 @@ on and the input partition its headers name, so a re-derived stamp can go back b
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiokafka import TopicPartition
 
@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 __all__ = ["Current", "Progress", "read_current"]
 
 _SOURCE = struct.Struct(">iH")  # kafka partition, length of the source topic name
+READ_RECORDS = 50_000  # records per getmany: fewer, larger turns of the event loop
+# The whole topic is read: a bounded fetch keeps aiokafka's buffers (raw responses and the
+# records decoded from them) from dominating replay's memory.
+READ_FETCH: dict[str, Any] = {"fetch_max_bytes": 16 * 1024 * 1024}
 
 
 class Progress(Protocol):
@@ -65,13 +69,31 @@ class Current:
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         return self.kv.scan(b"", b"\xff" * 8)
 
+    def records(self) -> Iterator[tuple[bytes, int, tuple[str, int] | None, bytes | None]]:
+        """Every key with its :meth:`unpack`-ed value, in key order. The head (partition and
+        source) repeats for a whole partition: it is decoded once per distinct head."""
+        heads: dict[bytes, tuple[int, tuple[str, int] | None]] = {}
+        size = _SOURCE.size
+        for key, raw in self.kv.scan(b"", b"\xff" * 8):
+            cut = size + raw[4] * 256 + raw[5] + 4  # >iH: the topic name's length at 4..5
+            head = raw[:cut]
+            known = heads.get(head)
+            if known is None:
+                partition, source, _ = Current.unpack(head + b"\x00")
+                known = heads[head] = (partition, source)
+            yield key, known[0], known[1], None if raw[cut] == 0 else raw[cut + 1 :]
+
 
 async def read_current(
     bootstrap: Brokers, topic: str, kv: RocksKV, progress: Progress | None = None
 ) -> tuple[Current, int]:
     """Stream ``topic`` into ``kv``: the latest value per key, as compaction would keep."""
     read = 0
-    async with consumer(bootstrap) as cons:
+    # The packed head of a value depends only on its partition and its source headers,
+    # which repeat for every stamp of an input partition: packed once (nulls carry one
+    # more header, with a time: those are packed each).
+    heads: dict[tuple[int, Any], bytes] = {}
+    async with consumer(bootstrap, **READ_FETCH) as cons:
         tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(cons, topic))]
         cons.assign(tps)
         await cons.seek_to_beginning(*tps)
@@ -79,12 +101,25 @@ async def read_current(
         bar = progress or (lambda done, final=False: None)
         if progress is not None:
             progress.total = total
-        async for batch in read_to_end(cons, topic, max_records=20_000):
+        async for batch in read_to_end(cons, topic, max_records=READ_RECORDS):
             puts: dict[bytes, bytes] = {}
             for tp, records in batch.items():
+                partition = tp.partition
                 for rec in records:
-                    if rec.key is not None:
-                        puts[rec.key] = Current.pack(tp.partition, rec.headers, rec.value)
+                    key = rec.key
+                    if key is None:
+                        continue
+                    value = rec.value
+                    if value is None:
+                        puts[key] = Current.pack(partition, rec.headers, None)
+                        continue
+                    slot = (partition, rec.headers)
+                    head = heads.get(slot)
+                    if head is None:
+                        head = Current.pack(partition, rec.headers, None)[:-1]
+                        if len(heads) < 10_000:
+                            heads[slot] = head
+                    puts[key] = head + b"\x01" + value
                 read += len(records)
             kv.apply(puts, ())
             bar(read)

@@ -40,9 +40,11 @@ __all__ = [
     "encode_deferral",
     "encode_hold_audit",
     "output_partition",
+    "own_ms",
     "parse_own_ts",
     "source_headers",
     "source_of",
+    "stamp_body_fields",
     "stamp_fields",
 ]
 
@@ -126,7 +128,7 @@ def parse_own_ts(text: Any) -> int | None:
 _fromiso = dt.datetime.fromisoformat
 
 
-def _own_ms(text: Any) -> int | None:
+def own_ms(text: Any) -> int | None:
     """``parse_own_ts`` for the hot loops of restore and replay: one C parse and a rounded
     float (exact: our timestamps have whole milliseconds, far inside a double's precision).
 
@@ -148,8 +150,12 @@ def stamp_fields(value: bytes) -> StampFields:
     """What the state store keeps of a stamp message: ``(created_at, expires_at, ttl_ms,
     ttl_source, erase_at)``, without building an identity or a :class:`Stamp` (restore reads
     millions). Raises ValueError when the value is not a stamp."""
+    return stamp_body_fields(orjson.loads(value))  # orjson's decode error is a ValueError
+
+
+def stamp_body_fields(body: Any) -> StampFields:
+    """:func:`stamp_fields` of a stamp already parsed (``replay`` needs the body too)."""
     try:
-        body = orjson.loads(value)
         get = body.get
         ttl_s = get("ttl_seconds")
         source = get("ttl_source")
@@ -157,13 +163,13 @@ def stamp_fields(value: bytes) -> StampFields:
             raise ValueError(f"not a stamp: ttl_source is a {type(source).__name__}")
         erase = get("erase_requested_at")  # absent from nearly every stamp
         return (
-            _own_ms(get("created_at")),
-            _own_ms(get("expires_at")),
+            own_ms(get("created_at")),
+            own_ms(get("expires_at")),
             None if ttl_s is None else int(ttl_s) * 1000,
             source,
-            None if erase is None else _own_ms(erase),
+            None if erase is None else own_ms(erase),
         )
-    except (AttributeError, TypeError) as exc:  # orjson's decode error is a ValueError
+    except (AttributeError, TypeError) as exc:
         raise ValueError(f"not a stamp: {exc}") from exc
 
 

@@ -131,25 +131,50 @@ class _Progress:
 # -- re-derivation ------------------------------------------------------------------------
 
 
-def _rederive(
-    book: PolicyBook, sliding: frozenset[str], value: bytes, key: bytes
-) -> tuple[model.Stamp, model.Stamp, Any]:
-    """(the current stamp, the stamp the policy gives now, its data) from a stamp message."""
-    body = orjson.loads(value)
-    current = codec.decode_stamp(key, value)
-    created = current.created_at
-    assert created is not None
-    res = book.resolve(current.identity, created)
-    if res.ttl_ms is None:
-        new = model.Stamp(current.identity, created, None, None, None)
-    else:
+class _Rederive:
+    """Each stamp's expiry under the policy now, from its message, with no more objects per
+    record than the verdict needs (replay reads the whole changelog).
+
+    The policy depends on a record's scope (org, bot, env, category), not on its id: one
+    identity per scope (the key without its id) is decoded once and serves every record of
+    that scope; a record's own identity is decoded only when its expiry changed.
+    """
+
+    SCOPES = 100_000  # distinct scopes kept (then forgotten all at once: bounded memory)
+
+    def __init__(self, book: PolicyBook, sliding: frozenset[str]) -> None:
+        self.book = book
+        self.sliding = sliding
+        self._scopes: dict[bytes, model.Identity] = {}
+
+    def scope(self, key: bytes) -> model.Identity:
+        """An identity of ``key``'s scope; raises ValueError if ``key`` is not a record key."""
+        cut = key.rfind(b"/")
+        if cut < 0 or b"%" in key[cut:]:
+            return model.decode_key(key.decode())  # the id too is checked, the slow way
+        prefix = key[:cut]
+        found = self._scopes.get(prefix)
+        if found is None:
+            found = model.decode_key((prefix + b"/_").decode())
+            if len(self._scopes) >= self.SCOPES:
+                self._scopes.clear()
+            self._scopes[prefix] = found
+        return found
+
+    def expiry(
+        self, key: bytes, body: Any, created: int
+    ) -> tuple[model.Identity, int | None, int | None, str | None]:
+        """(the scope's identity, the new expires_at, ttl_ms, ttl_source)."""
+        scope = self.scope(key)
+        res = self.book.resolve(scope, created)
+        if res.ttl_ms is None:
+            return scope, None, None, None
         base = created
-        if current.identity.category in sliding:
+        if scope.category in self.sliding:
             last = body.get("last_activity_at")
             if last is not None:
-                base = max(created, parse_ts(last))
-        new = model.Stamp(current.identity, created, base + res.ttl_ms, res.ttl_ms, res.source)
-    return current, new._replace(erase_at=current.erase_at), body
+                base = max(created, codec.own_ms(last) or created)
+        return scope, base + res.ttl_ms, res.ttl_ms, res.source
 
 
 def _classify(old: int | None, new: int | None, has_stamp: bool, now: int) -> str | None:
@@ -289,23 +314,31 @@ async def replay(
 async def _from_stamps(
     config: Config, book: PolicyBook, current: Current, verdicts: _Verdicts
 ) -> None:
-    for key, raw in current.items():
-        partition, source, value = Current.unpack(raw)
+    rederive = _Rederive(book, config.sliding)
+    report, keep = verdicts.report, verdicts.keep_states
+    for key, partition, source, value in current.records():
         if value is None:
             continue  # deleted: not counted, not resurrected
         try:
-            old, new, body = _rederive(book, config.sliding, value, key)
-        except (ValueError, AssertionError):
+            body = orjson.loads(value)
+            created, old, _ttl, _source, erase = codec.stamp_body_fields(body)
+            if created is None or not verdicts.wanted(created):
+                continue  # without a creation time: not a stamp of ours
+            _scope, expires, ttl_ms, ttl_source = rederive.expiry(key, body, created)
+        except ValueError:
             continue  # not a stamp of ours
-        if verdicts.wanted(old.created_at):
-            await verdicts.record(
-                new,
-                old.expires_at,
-                has_stamp=True,
-                partition=partition,
-                source=source,
-                body=body,
-            )
+        if not keep and expires == old:
+            report.records += 1  # the common verdict, without building its stamp
+            report.unchanged += 1
+            continue
+        try:
+            identity = model.decode_key(key.decode())
+        except ValueError:
+            continue
+        new = model.Stamp(identity, created, expires, ttl_ms, ttl_source, erase_at=erase)
+        await verdicts.record(
+            new, old, has_stamp=True, partition=partition, source=source, body=body
+        )
 
 
 async def _from_inputs(
