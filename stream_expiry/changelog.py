@@ -9,6 +9,7 @@ on and the input partition its headers name, so a re-derived stamp can go back b
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiokafka import TopicPartition
@@ -20,9 +21,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from stream_expiry.kafka_settings import Brokers
-    from stream_expiry.state import RocksKV
+    from stream_expiry.state import KeyValue, RocksKV
 
-__all__ = ["Current", "Progress", "read_current"]
+__all__ = ["Current", "Fold", "Progress", "read_current", "read_latest"]
 
 _SOURCE = struct.Struct(">iH")  # kafka partition, length of the source topic name
 READ_RECORDS = 50_000  # records per getmany: fewer, larger turns of the event loop
@@ -88,11 +89,36 @@ async def read_current(
     bootstrap: Brokers, topic: str, kv: RocksKV, progress: Progress | None = None
 ) -> tuple[Current, int]:
     """Stream ``topic`` into ``kv``: the latest value per key, as compaction would keep."""
-    read = 0
     # The packed head of a value depends only on its partition and its source headers,
     # which repeat for every stamp of an input partition: packed once (nulls carry one
     # more header, with a time: those are packed each).
     heads: dict[tuple[int, Any], bytes] = {}
+
+    def pack(partition: int, headers: Any, key: bytes, value: bytes | None) -> bytes:
+        if value is None:
+            return Current.pack(partition, headers, None)
+        slot = (partition, headers)
+        head = heads.get(slot)
+        if head is None:
+            head = Current.pack(partition, headers, None)[:-1]
+            if len(heads) < 10_000:
+                heads[slot] = head
+        return head + b"\x01" + value
+
+    read = await read_latest(bootstrap, topic, kv, pack, progress)
+    return Current(kv), read
+
+
+Fold = Callable[[int, Any, bytes, bytes | None], bytes | None]
+
+
+async def read_latest(
+    bootstrap: Brokers, topic: str, kv: KeyValue, fold: Fold, progress: Progress | None = None
+) -> int:
+    """Stream ``topic`` into ``kv``, keyed by message key, the last message of a key winning:
+    ``fold(partition, headers, key, value)`` says what to keep of each message (None: the
+    key is dropped). Returns how many messages were read."""
+    read = 0
     async with consumer(bootstrap, **READ_FETCH) as cons:
         tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(cons, topic))]
         cons.assign(tps)
@@ -103,25 +129,21 @@ async def read_current(
             progress.total = total
         async for batch in read_to_end(cons, topic, max_records=READ_RECORDS):
             puts: dict[bytes, bytes] = {}
+            drops: set[bytes] = set()
             for tp, records in batch.items():
                 partition = tp.partition
                 for rec in records:
                     key = rec.key
                     if key is None:
                         continue
-                    value = rec.value
-                    if value is None:
-                        puts[key] = Current.pack(partition, rec.headers, None)
-                        continue
-                    slot = (partition, rec.headers)
-                    head = heads.get(slot)
-                    if head is None:
-                        head = Current.pack(partition, rec.headers, None)[:-1]
-                        if len(heads) < 10_000:
-                            heads[slot] = head
-                    puts[key] = head + b"\x01" + value
+                    kept = fold(partition, rec.headers, key, rec.value)
+                    if kept is None:
+                        puts.pop(key, None)
+                        drops.add(key)
+                    else:
+                        puts[key] = kept  # written after the drops: a later put wins
                 read += len(records)
-            kv.apply(puts, ())
+            kv.apply(puts, [k for k in drops if k not in puts])
             bar(read)
         bar(read, final=True)
-    return Current(kv), read
+    return read

@@ -28,7 +28,7 @@ import orjson
 from aiokafka import TopicPartition
 
 from stream_expiry import codec, model
-from stream_expiry.changelog import Current, read_current
+from stream_expiry.changelog import Current, read_current, read_latest
 from stream_expiry.kafka import consumer, high_watermarks, partitions_of, producer, read_to_end
 from stream_expiry.outbox import all_acked
 from stream_expiry.policy import PolicyBook
@@ -289,10 +289,16 @@ async def replay(
                     book.apply_update(rec.key, rec.value, rec.timestamp)
     report = ReplayReport()
     with tempfile.TemporaryDirectory(prefix="stream-expiry-replay-") as work:
-        kv = RocksKV(os.path.join(work, "current"))
+        kv = RocksKV(os.path.join(work, "current"), durable=False)
         try:
             bar = _Progress("stamps", 0, progress) if progress is not None else None
-            current, read = await read_current(bootstrap, topics.stamped, kv, bar)
+            if from_inputs:
+                current, _read = await read_current(bootstrap, topics.stamped, kv, bar)
+            else:
+                verdict = _Verdict(
+                    _Rederive(book, config.sliding), since_ms=since_ms, keep_states=keep_states
+                )
+                report.events = await read_latest(bootstrap, topics.stamped, kv, verdict, bar)
             async with producer(bootstrap) as prod:
                 publisher = _Publisher(prod, topics.stamped)
                 verdicts = _Verdicts(
@@ -303,38 +309,71 @@ async def replay(
                         config, bootstrap, book, current, work, verdicts, progress=progress
                     )
                 else:
-                    report.events = read
-                    await _from_stamps(config, book, current, verdicts)
+                    await _from_stamps(config, book, kv, verdicts)
                 await publisher.flush()
         finally:
             kv.close()
     return report
 
 
-async def _from_stamps(
-    config: Config, book: PolicyBook, current: Current, verdicts: _Verdicts
-) -> None:
-    rederive = _Rederive(book, config.sliding)
-    report, keep = verdicts.report, verdicts.keep_states
-    for key, partition, source, value in current.records():
+class _Verdict:
+    """What replay keeps of each message of ``expiry.stamped`` while it streams the topic:
+    nothing for a null or a record not replayed (the key's latest message decides, so an
+    older stamp of it must not count), one empty value for a stamp the policy leaves
+    unchanged (nearly all), the message itself for a changed one, which is re-derived
+    again at the end to be counted, sampled and published. Re-deriving as the topic
+    streams keeps the temporary store to a byte per record instead of a copy of the topic.
+    """
+
+    def __init__(self, rederive: _Rederive, *, since_ms: int | None, keep_states: bool) -> None:
+        self.rederive = rederive
+        self.since_ms = since_ms
+        self.keep_states = keep_states
+
+    def __call__(
+        self, partition: int, headers: Any, key: bytes, value: bytes | None
+    ) -> bytes | None:
         if value is None:
-            continue  # deleted: not counted, not resurrected
+            return None  # deleted: not counted, not resurrected
+        try:
+            body = orjson.loads(value)
+            created, old, _ttl, _source, _erase = codec.stamp_body_fields(body)
+            if created is None:
+                return None  # without a creation time: not a stamp of ours
+            if self.since_ms is not None and created < self.since_ms:
+                return None
+            expires = self.rederive.expiry(key, body, created)[1]
+        except ValueError:
+            return None  # not a stamp of ours
+        if expires == old and not self.keep_states:
+            return UNCHANGED
+        return Current.pack(partition, headers, value)
+
+
+UNCHANGED = b""  # the value replay keeps for a record whose expiry the policy leaves as is
+
+
+async def _from_stamps(config: Config, book: PolicyBook, kv: RocksKV, verdicts: _Verdicts) -> None:
+    """Count what :class:`_Verdict` kept, in key order; re-derive the changed records."""
+    rederive = _Rederive(book, config.sliding)
+    report = verdicts.report
+    for key, raw in kv.scan(b"", b"\xff" * 8):
+        if raw == UNCHANGED:
+            report.records += 1
+            report.unchanged += 1
+            continue
+        partition, source, value = Current.unpack(raw)
+        if value is None:
+            continue
         try:
             body = orjson.loads(value)
             created, old, _ttl, _source, erase = codec.stamp_body_fields(body)
             if created is None or not verdicts.wanted(created):
-                continue  # without a creation time: not a stamp of ours
+                continue
             _scope, expires, ttl_ms, ttl_source = rederive.expiry(key, body, created)
-        except ValueError:
-            continue  # not a stamp of ours
-        if not keep and expires == old:
-            report.records += 1  # the common verdict, without building its stamp
-            report.unchanged += 1
-            continue
-        try:
             identity = model.decode_key(key.decode())
         except ValueError:
-            continue
+            continue  # not a stamp of ours
         new = model.Stamp(identity, created, expires, ttl_ms, ttl_source, erase_at=erase)
         await verdicts.record(
             new, old, has_stamp=True, partition=partition, source=source, body=body

@@ -112,7 +112,9 @@ class RocksKV:
     BLOCK_CACHE = 64 * 1024 * 1024
     MEMTABLES = 48 * 1024 * 1024
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, durable: bool = True) -> None:
+        """``durable=False``: writes skip the write-ahead log (a scratch database that is
+        thrown away after use, like ``replay``'s, loses nothing that matters on a crash)."""
         from rocksdict import (
             BlockBasedIndexType,
             BlockBasedOptions,
@@ -156,6 +158,8 @@ class RocksKV:
             raise StoreError(f"cannot open the state store in {path!r}: {exc}") from exc
         self._write_options = WriteOptions()
         self._write_options.sync = False
+        # A property at run time, whatever rocksdict's stubs say.
+        self._write_options.disable_wal = not durable  # type: ignore[method-assign,assignment]
         self._write_batch = WriteBatch
 
     def multi_get(self, keys: Sequence[bytes]) -> list[bytes | None]:
