@@ -201,11 +201,11 @@ class _TopicRead:
         progress: Callable[[RestoreReport], None] | None,
     ) -> None:
         total = self.result.total
+        # Messages waiting to be applied, by store: flushed at FLUSH, so memory is bounded.
         pending: dict[Source, list[Any]] = {s: [] for s in self.own}
-        held = 0  # messages waiting in ``pending``: memory stays bounded by FLUSH
         position = dict(self.start)
         left = {tp for tp in self.tps if position[tp] < self.ends[tp]}
-        route = self._route
+        routes, route = self.routes, self._route
         own = self.own
         while left:
             batch = await cons.getmany(*left, timeout_ms=1000, max_records=FETCH_RECORDS)
@@ -219,10 +219,13 @@ class _TopicRead:
                 total.remaining = max(0, total.remaining - (records[-1].offset + 1 - position[tp]))
                 position[tp] = records[-1].offset + 1
                 for rec in records:
-                    source = route(rec.headers)
-                    if source is not None and rec.offset >= own[source]:
+                    source = routes.get(rec.headers)
+                    if source is None:
+                        source = route(rec.headers)  # not a plain stamp's headers
+                        if source is None:
+                            continue  # another partition's, or not ours
+                    if rec.offset >= own[source]:
                         pending[source].append(rec)
-                        held += 1
             done = []
             for tp in left:
                 if position[tp] < self.ends[tp]:
@@ -230,12 +233,11 @@ class _TopicRead:
                     position[tp] = max(position[tp], await cons.position(tp))
                 if position[tp] >= self.ends[tp]:
                     done.append(tp)
+            held = sum(len(mine) for mine in pending.values())
             for tp in self.tps if held >= FLUSH else done:
                 for source in self.members[tp]:
                     self._flush(source, pending[source], position[tp], stamps=stamps)
                     pending[source] = []
-            if held >= FLUSH:
-                held = 0
             left.difference_update(done)
             if progress is not None:
                 progress(total)
