@@ -177,21 +177,22 @@ class _TopicRead:
         self.start = {tp: min(self.own[s] for s in self.members[tp]) for tp in self.tps}
         self.ends: dict[TopicPartition, int] = {}
         # The headers a service writes for each source, as aiokafka hands them over (a
-        # tuple of pairs): one dict lookup routes a stamp; anything else is parsed.
-        self.routes: dict[Any, Source] = {}
-        for source in stores:
-            self.routes[tuple(source_headers(*source))] = source
+        # tuple of pairs): one dict lookup routes a stamp; anything else is parsed. Only
+        # the stores of a partition take its messages (positions are per partition).
+        self.routes = {
+            tp: {tuple(source_headers(*source)): source for source in self.members[tp]}
+            for tp in self.tps
+        }
 
     def seek(self, cons: AIOKafkaConsumer) -> None:
         for tp in self.tps:
             cons.seek(tp, self.start[tp])
 
-    def _route(self, headers: Any) -> Source | None:
-        source = self.routes.get(headers)
-        if source is not None:
-            return source
+    def _route(self, tp: TopicPartition, headers: Any) -> Source | None:
+        """The store of a message whose headers are not a plain stamp's (a null's also
+        carry its deletion time), or None: another partition's message, or not ours."""
         found = source_of(headers)
-        return found if found in self.stores else None
+        return found if found in self.members[tp] else None
 
     async def read(
         self,
@@ -218,12 +219,13 @@ class _TopicRead:
                 total.read += len(records)
                 total.remaining = max(0, total.remaining - (records[-1].offset + 1 - position[tp]))
                 position[tp] = records[-1].offset + 1
+                plain = routes[tp]
                 for rec in records:
-                    source = routes.get(rec.headers)
+                    source = plain.get(rec.headers)
                     if source is None:
-                        source = route(rec.headers)  # not a plain stamp's headers
+                        source = route(tp, rec.headers)
                         if source is None:
-                            continue  # another partition's, or not ours
+                            continue
                     if rec.offset >= own[source]:
                         pending[source].append(rec)
             done = []
