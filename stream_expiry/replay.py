@@ -357,7 +357,7 @@ async def _from_stamps(config: Config, book: PolicyBook, kv: RocksKV, verdicts: 
     """Count what :class:`_Verdict` kept, in key order; re-derive the changed records."""
     rederive = _Rederive(book, config.sliding)
     report = verdicts.report
-    for key, raw in kv.scan(b"", b"\xff" * 8):
+    for key, raw in kv.scan_once(b"", b"\xff" * 8):
         if raw == UNCHANGED:
             report.records += 1
             report.unchanged += 1

@@ -192,6 +192,24 @@ class RocksKV:
             yield key, it.value()
             it.next()
 
+    def scan_once(self, low: bytes, high: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """:meth:`scan` for a pass over a whole store (``replay``): blocks are read ahead
+        and NOT kept in the block cache, where they would only push out what lookups need
+        and raise the process's memory to the cache's limit."""
+        from rocksdict import ReadOptions
+
+        options = ReadOptions()
+        options.fill_cache(False)  # type: ignore[call-arg]  # takes the flag, stubs aside
+        options.set_readahead_size(2 * 1024 * 1024)
+        it = self._db.iter(options)
+        it.seek(low)
+        while it.valid():
+            key: bytes = it.key()
+            if key >= high:
+                return
+            yield key, it.value()
+            it.next()
+
     def size_on_disk(self) -> int:
         total = 0
         for root, _dirs, files in os.walk(self.path):
