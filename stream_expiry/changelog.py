@@ -4,6 +4,8 @@
 temporary RocksDB keyed by record key (the last value wins, as compaction would keep it),
 so memory stays bounded whatever the topic's size; each value keeps the partition it was
 on and the input partition its headers name, so a re-derived stamp can go back beside it.
+:func:`read_latest` is the streaming underneath, with the caller saying what to keep of
+each message (``replay`` keeps a verdict, not the stamp).
 """
 
 from __future__ import annotations

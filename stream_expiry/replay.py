@@ -2,9 +2,10 @@
 
 By default from the changelog, ``expiry.stamped``: each stamp carries what re-derivation
 needs (creation time, last activity, identity), so the input topics need not keep their
-history. The topic is streamed into a temporary RocksDB (the latest value per record, as
-compaction would keep it), then each live record is re-derived and compared; memory stays
-bounded whatever the topic's size. ``--from-inputs`` instead feeds the input topics from
+history. Each stamp is re-derived and compared as the topic streams, and the verdict is
+kept per record in a temporary RocksDB (the latest message of a record wins, as compaction
+would have it; an unchanged record costs one empty value), then counted in key order; memory
+stays bounded whatever the topic's size. ``--from-inputs`` instead feeds the input topics from
 their beginning through the same partition processors the service runs (each over a
 temporary store), which reproduces the live run's stamps exactly.
 
