@@ -9,8 +9,9 @@ every category a 365-day TTL, so re-derivation must find every record ``unchange
 JSON says whether it did.
 
 Timed: ``stream_expiry.replay.replay(config, bootstrap, environ={}, dry_run=True)`` (the
-default source, ``expiry.stamped``: streamed into a temporary RocksDB, then every latest
-stamp re-derived and compared) in a CHILD process (multiprocessing ``spawn``) that does
+default source, ``expiry.stamped``: each stamp re-derived and compared as the topic streams,
+the verdict of each key's latest message kept in a temporary RocksDB and counted at the
+end) in a CHILD process (multiprocessing ``spawn``) that does
 nothing else, so its peak RSS (``getrusage`` ``ru_maxrss``, i.e. VmHWM) is replay's own:
 interpreter, imports, aiokafka's fetch buffers, RocksDB's memtables and block cache. Rate =
 records / wall seconds of the call, in the child.
@@ -107,7 +108,8 @@ async def run(args: Any, bootstrap: str, records: int) -> dict[str, Any]:
         counts["records"],
         seconds,
         method="stream_expiry.replay.replay(dry_run=True) in a child process: stream "
-        "expiry.stamped into a temporary RocksDB, re-derive and compare every latest stamp",
+        "expiry.stamped, re-derive and compare each stamp, keep each key's latest verdict "
+        "in a temporary RocksDB, count them",
         unit="records/s",
     )
     unchanged = counts["unchanged"] == counts["records"] == records

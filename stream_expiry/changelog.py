@@ -4,12 +4,15 @@
 temporary RocksDB keyed by record key (the last value wins, as compaction would keep it),
 so memory stays bounded whatever the topic's size; each value keeps the partition it was
 on and the input partition its headers name, so a re-derived stamp can go back beside it.
+:func:`read_latest` is the streaming underneath, with the caller saying what to keep of
+each message (``replay`` keeps a verdict, not the stamp).
 """
 
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiokafka import TopicPartition
 
@@ -20,11 +23,17 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from stream_expiry.kafka_settings import Brokers
-    from stream_expiry.state import RocksKV
+    from stream_expiry.state import KeyValue, RocksKV
 
-__all__ = ["Current", "Progress", "read_current"]
+__all__ = ["Current", "Fold", "Progress", "read_current", "read_latest"]
 
 _SOURCE = struct.Struct(">iH")  # kafka partition, length of the source topic name
+# The whole topic is read: small fetches and batches keep aiokafka's buffers (responses,
+# and the records decoded from them) from dominating replay's memory. Measured with
+# ``bench.e2e_replay --records 1000000``: 50,000 records a batch and aiokafka's default
+# fetch (50 MiB) peaked at 144 MiB, these at 125 MiB, at the same rate.
+READ_RECORDS = 10_000
+READ_FETCH: dict[str, Any] = {"fetch_max_bytes": 4 * 1024 * 1024}
 
 
 class Progress(Protocol):
@@ -65,13 +74,56 @@ class Current:
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         return self.kv.scan(b"", b"\xff" * 8)
 
+    def records(self) -> Iterator[tuple[bytes, int, tuple[str, int] | None, bytes | None]]:
+        """Every key with its :meth:`unpack`-ed value, in key order. The head (partition and
+        source) repeats for a whole partition: it is decoded once per distinct head."""
+        heads: dict[bytes, tuple[int, tuple[str, int] | None]] = {}
+        size = _SOURCE.size
+        for key, raw in self.kv.scan(b"", b"\xff" * 8):
+            cut = size + raw[4] * 256 + raw[5] + 4  # >iH: the topic name's length at 4..5
+            head = raw[:cut]
+            known = heads.get(head)
+            if known is None:
+                partition, source, _ = Current.unpack(head + b"\x00")
+                known = heads[head] = (partition, source)
+            yield key, known[0], known[1], None if raw[cut] == 0 else raw[cut + 1 :]
+
 
 async def read_current(
     bootstrap: Brokers, topic: str, kv: RocksKV, progress: Progress | None = None
 ) -> tuple[Current, int]:
     """Stream ``topic`` into ``kv``: the latest value per key, as compaction would keep."""
+    # The packed head of a value depends only on its partition and its source headers,
+    # which repeat for every stamp of an input partition: packed once (nulls carry one
+    # more header, with a time: those are packed each).
+    heads: dict[tuple[int, Any], bytes] = {}
+
+    def pack(partition: int, headers: Any, key: bytes, value: bytes | None) -> bytes:
+        if value is None:
+            return Current.pack(partition, headers, None)
+        slot = (partition, headers)
+        head = heads.get(slot)
+        if head is None:
+            head = Current.pack(partition, headers, None)[:-1]
+            if len(heads) < 10_000:
+                heads[slot] = head
+        return head + b"\x01" + value
+
+    read = await read_latest(bootstrap, topic, kv, pack, progress)
+    return Current(kv), read
+
+
+Fold = Callable[[int, Any, bytes, bytes | None], bytes | None]
+
+
+async def read_latest(
+    bootstrap: Brokers, topic: str, kv: KeyValue, fold: Fold, progress: Progress | None = None
+) -> int:
+    """Stream ``topic`` into ``kv``, keyed by message key, the last message of a key winning:
+    ``fold(partition, headers, key, value)`` says what to keep of each message (None: the
+    key is dropped). Returns how many messages were read."""
     read = 0
-    async with consumer(bootstrap) as cons:
+    async with consumer(bootstrap, **READ_FETCH) as cons:
         tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(cons, topic))]
         cons.assign(tps)
         await cons.seek_to_beginning(*tps)
@@ -79,14 +131,23 @@ async def read_current(
         bar = progress or (lambda done, final=False: None)
         if progress is not None:
             progress.total = total
-        async for batch in read_to_end(cons, topic, max_records=20_000):
+        async for batch in read_to_end(cons, topic, max_records=READ_RECORDS):
             puts: dict[bytes, bytes] = {}
+            drops: set[bytes] = set()
             for tp, records in batch.items():
+                partition = tp.partition
                 for rec in records:
-                    if rec.key is not None:
-                        puts[rec.key] = Current.pack(tp.partition, rec.headers, rec.value)
+                    key = rec.key
+                    if key is None:
+                        continue
+                    kept = fold(partition, rec.headers, key, rec.value)
+                    if kept is None:
+                        puts.pop(key, None)
+                        drops.add(key)
+                    else:
+                        puts[key] = kept  # written after the drops: a later put wins
                 read += len(records)
-            kv.apply(puts, ())
+            kv.apply(puts, [k for k in drops if k not in puts])
             bar(read)
         bar(read, final=True)
-    return Current(kv), read
+    return read

@@ -40,9 +40,12 @@ __all__ = [
     "encode_deferral",
     "encode_hold_audit",
     "output_partition",
+    "own_ms",
     "parse_own_ts",
     "source_headers",
     "source_of",
+    "stamp_body_fields",
+    "stamp_fields",
 ]
 
 H_ERROR: Final = "expiry-error"
@@ -120,6 +123,54 @@ def parse_own_ts(text: Any) -> int | None:
         delta = d - _EPOCH
         return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
     return parse_ts(text)
+
+
+_fromiso = dt.datetime.fromisoformat
+
+
+def own_ms(text: Any) -> int | None:
+    """``parse_own_ts`` for the hot loops of restore and replay: one C parse and a rounded
+    float (exact: our timestamps have whole milliseconds, far inside a double's precision).
+
+    Measured on this machine: ~0.37 us against ~0.47 us for ``parse_own_ts``; a pure-Python
+    parse of the digits (slices and ``int``) was slower than either (~1.1-1.6 us).
+    """
+    if type(text) is str and len(text) == 24 and text[23] == "Z":
+        try:
+            return round(_fromiso(text).timestamp() * 1000)
+        except ValueError:
+            pass
+    return None if text is None else parse_ts(text)
+
+
+StampFields = tuple[int | None, int | None, int | None, str | None, int | None]
+
+
+def stamp_fields(value: bytes) -> StampFields:
+    """What the state store keeps of a stamp message: ``(created_at, expires_at, ttl_ms,
+    ttl_source, erase_at)``, without building an identity or a :class:`Stamp` (restore reads
+    millions). Raises ValueError when the value is not a stamp."""
+    return stamp_body_fields(orjson.loads(value))  # orjson's decode error is a ValueError
+
+
+def stamp_body_fields(body: Any) -> StampFields:
+    """:func:`stamp_fields` of a stamp already parsed (``replay`` needs the body too)."""
+    try:
+        get = body.get
+        ttl_s = get("ttl_seconds")
+        source = get("ttl_source")
+        if source is not None and type(source) is not str:
+            raise ValueError(f"not a stamp: ttl_source is a {type(source).__name__}")
+        erase = get("erase_requested_at")  # absent from nearly every stamp
+        return (
+            own_ms(get("created_at")),
+            own_ms(get("expires_at")),
+            None if ttl_s is None else int(ttl_s) * 1000,
+            source,
+            None if erase is None else own_ms(erase),
+        )
+    except (AttributeError, TypeError) as exc:
+        raise ValueError(f"not a stamp: {exc}") from exc
 
 
 def decode_stamp(key: bytes | str, value: bytes, identity: Identity | None = None) -> Stamp:

@@ -2,9 +2,10 @@
 
 By default from the changelog, ``expiry.stamped``: each stamp carries what re-derivation
 needs (creation time, last activity, identity), so the input topics need not keep their
-history. The topic is streamed into a temporary RocksDB (the latest value per record, as
-compaction would keep it), then each live record is re-derived and compared; memory stays
-bounded whatever the topic's size. ``--from-inputs`` instead feeds the input topics from
+history. Each stamp is re-derived and compared as the topic streams, and the verdict is
+kept per record in a temporary RocksDB (the latest message of a record wins, as compaction
+would have it; an unchanged record costs one empty value), then counted in key order; memory
+stays bounded whatever the topic's size. ``--from-inputs`` instead feeds the input topics from
 their beginning through the same partition processors the service runs (each over a
 temporary store), which reproduces the live run's stamps exactly.
 
@@ -28,7 +29,7 @@ import orjson
 from aiokafka import TopicPartition
 
 from stream_expiry import codec, model
-from stream_expiry.changelog import Current, read_current
+from stream_expiry.changelog import Current, read_current, read_latest
 from stream_expiry.kafka import consumer, high_watermarks, partitions_of, producer, read_to_end
 from stream_expiry.outbox import all_acked
 from stream_expiry.policy import PolicyBook
@@ -131,25 +132,50 @@ class _Progress:
 # -- re-derivation ------------------------------------------------------------------------
 
 
-def _rederive(
-    book: PolicyBook, sliding: frozenset[str], value: bytes, key: bytes
-) -> tuple[model.Stamp, model.Stamp, Any]:
-    """(the current stamp, the stamp the policy gives now, its data) from a stamp message."""
-    body = orjson.loads(value)
-    current = codec.decode_stamp(key, value)
-    created = current.created_at
-    assert created is not None
-    res = book.resolve(current.identity, created)
-    if res.ttl_ms is None:
-        new = model.Stamp(current.identity, created, None, None, None)
-    else:
+class _Rederive:
+    """Each stamp's expiry under the policy now, from its message, with no more objects per
+    record than the verdict needs (replay reads the whole changelog).
+
+    The policy depends on a record's scope (org, bot, env, category), not on its id: one
+    identity per scope (the key without its id) is decoded once and serves every record of
+    that scope; a record's own identity is decoded only when its expiry changed.
+    """
+
+    SCOPES = 100_000  # distinct scopes kept (then forgotten all at once: bounded memory)
+
+    def __init__(self, book: PolicyBook, sliding: frozenset[str]) -> None:
+        self.book = book
+        self.sliding = sliding
+        self._scopes: dict[bytes, model.Identity] = {}
+
+    def scope(self, key: bytes) -> model.Identity:
+        """An identity of ``key``'s scope; raises ValueError if ``key`` is not a record key."""
+        cut = key.rfind(b"/")
+        if cut < 0 or b"%" in key[cut:]:
+            return model.decode_key(key.decode())  # the id too is checked, the slow way
+        prefix = key[:cut]
+        found = self._scopes.get(prefix)
+        if found is None:
+            found = model.decode_key((prefix + b"/_").decode())
+            if len(self._scopes) >= self.SCOPES:
+                self._scopes.clear()
+            self._scopes[prefix] = found
+        return found
+
+    def expiry(
+        self, key: bytes, body: Any, created: int
+    ) -> tuple[model.Identity, int | None, int | None, str | None]:
+        """(the scope's identity, the new expires_at, ttl_ms, ttl_source)."""
+        scope = self.scope(key)
+        res = self.book.resolve(scope, created)
+        if res.ttl_ms is None:
+            return scope, None, None, None
         base = created
-        if current.identity.category in sliding:
+        if scope.category in self.sliding:
             last = body.get("last_activity_at")
             if last is not None:
-                base = max(created, parse_ts(last))
-        new = model.Stamp(current.identity, created, base + res.ttl_ms, res.ttl_ms, res.source)
-    return current, new._replace(erase_at=current.erase_at), body
+                base = max(created, codec.own_ms(last) or created)
+        return scope, base + res.ttl_ms, res.ttl_ms, res.source
 
 
 def _classify(old: int | None, new: int | None, has_stamp: bool, now: int) -> str | None:
@@ -264,10 +290,16 @@ async def replay(
                     book.apply_update(rec.key, rec.value, rec.timestamp)
     report = ReplayReport()
     with tempfile.TemporaryDirectory(prefix="stream-expiry-replay-") as work:
-        kv = RocksKV(os.path.join(work, "current"))
+        kv = RocksKV(os.path.join(work, "current"), durable=False)
         try:
             bar = _Progress("stamps", 0, progress) if progress is not None else None
-            current, read = await read_current(bootstrap, topics.stamped, kv, bar)
+            if from_inputs:
+                current, _read = await read_current(bootstrap, topics.stamped, kv, bar)
+            else:
+                verdict = _Verdict(
+                    _Rederive(book, config.sliding), since_ms=since_ms, keep_states=keep_states
+                )
+                report.events = await read_latest(bootstrap, topics.stamped, kv, verdict, bar)
             async with producer(bootstrap) as prod:
                 publisher = _Publisher(prod, topics.stamped)
                 verdicts = _Verdicts(
@@ -278,34 +310,75 @@ async def replay(
                         config, bootstrap, book, current, work, verdicts, progress=progress
                     )
                 else:
-                    report.events = read
-                    await _from_stamps(config, book, current, verdicts)
+                    await _from_stamps(config, book, kv, verdicts)
                 await publisher.flush()
         finally:
             kv.close()
     return report
 
 
-async def _from_stamps(
-    config: Config, book: PolicyBook, current: Current, verdicts: _Verdicts
-) -> None:
-    for key, raw in current.items():
+class _Verdict:
+    """What replay keeps of each message of ``expiry.stamped`` while it streams the topic:
+    nothing for a null or a record not replayed (the key's latest message decides, so an
+    older stamp of it must not count), one empty value for a stamp the policy leaves
+    unchanged (nearly all), the message itself for a changed one, which is re-derived
+    again at the end to be counted, sampled and published. Re-deriving as the topic
+    streams keeps the temporary store to a byte per record instead of a copy of the topic.
+    """
+
+    def __init__(self, rederive: _Rederive, *, since_ms: int | None, keep_states: bool) -> None:
+        self.rederive = rederive
+        self.since_ms = since_ms
+        self.keep_states = keep_states
+
+    def __call__(
+        self, partition: int, headers: Any, key: bytes, value: bytes | None
+    ) -> bytes | None:
+        if value is None:
+            return None  # deleted: not counted, not resurrected
+        try:
+            body = orjson.loads(value)
+            created, old, _ttl, _source, _erase = codec.stamp_body_fields(body)
+            if created is None:
+                return None  # without a creation time: not a stamp of ours
+            if self.since_ms is not None and created < self.since_ms:
+                return None
+            expires = self.rederive.expiry(key, body, created)[1]
+        except ValueError:
+            return None  # not a stamp of ours
+        if expires == old and not self.keep_states:
+            return UNCHANGED
+        return Current.pack(partition, headers, value)
+
+
+UNCHANGED = b""  # the value replay keeps for a record whose expiry the policy leaves as is
+
+
+async def _from_stamps(config: Config, book: PolicyBook, kv: RocksKV, verdicts: _Verdicts) -> None:
+    """Count what :class:`_Verdict` kept, in key order; re-derive the changed records."""
+    rederive = _Rederive(book, config.sliding)
+    report = verdicts.report
+    for key, raw in kv.scan_once(b"", b"\xff" * 8):
+        if raw == UNCHANGED:
+            report.records += 1
+            report.unchanged += 1
+            continue
         partition, source, value = Current.unpack(raw)
         if value is None:
-            continue  # deleted: not counted, not resurrected
+            continue
         try:
-            old, new, body = _rederive(book, config.sliding, value, key)
-        except (ValueError, AssertionError):
+            body = orjson.loads(value)
+            created, old, _ttl, _source, erase = codec.stamp_body_fields(body)
+            if created is None or not verdicts.wanted(created):
+                continue
+            _scope, expires, ttl_ms, ttl_source = rederive.expiry(key, body, created)
+            identity = model.decode_key(key.decode())
+        except ValueError:
             continue  # not a stamp of ours
-        if verdicts.wanted(old.created_at):
-            await verdicts.record(
-                new,
-                old.expires_at,
-                has_stamp=True,
-                partition=partition,
-                source=source,
-                body=body,
-            )
+        new = model.Stamp(identity, created, expires, ttl_ms, ttl_source, erase_at=erase)
+        await verdicts.record(
+            new, old, has_stamp=True, partition=partition, source=source, body=body
+        )
 
 
 async def _from_inputs(

@@ -51,7 +51,7 @@ from stream_expiry.outbox import Outbox
 from stream_expiry.policy import PolicyBook
 from stream_expiry.redact import Redactor
 from stream_expiry.state import PartitionProcessor, PartitionStore, RocksKV
-from stream_expiry.state.restore import RestoreReport, restore_partition
+from stream_expiry.state.restore import RestoreReport, restore_partitions
 from stream_expiry.stats import ServiceStats
 
 if TYPE_CHECKING:
@@ -522,26 +522,32 @@ class Service:
         now = self.clock()
         self.stats.restoring = len(tps)
         self._restore_seen = 0
+        stores: dict[tuple[str, int], PartitionStore] = {}
         async with consumer(self.bootstrap) as reader:
+            try:
+                for tp in tps:
+                    path = os.path.join(self.config.state_dir, f"{tp.topic}-{tp.partition}")
+                    stores[(tp.topic, tp.partition)] = PartitionStore(
+                        RocksKV(path), grace_ms=self.config.marker_grace_ms
+                    )
+                # One read of each changelog partition for all the stores that share it.
+                result = await restore_partitions(
+                    reader,
+                    stores,
+                    stamped=t.stamped,
+                    tombstones=t.tombstones,
+                    now_ms=now,
+                    progress=self._restore_progress,
+                )
+            except BaseException:
+                for opened in stores.values():
+                    opened.close()
+                raise
+            self._restore_seen = 0
+            self.stats.restored += result.total.read
             for tp in tps:
                 slot = (tp.topic, tp.partition)
-                path = os.path.join(self.config.state_dir, f"{tp.topic}-{tp.partition}")
-                store = PartitionStore(RocksKV(path), grace_ms=self.config.marker_grace_ms)
-                try:
-                    report = await restore_partition(
-                        reader,
-                        store,
-                        source=slot,
-                        stamped=t.stamped,
-                        tombstones=t.tombstones,
-                        now_ms=now,
-                        progress=self._restore_progress,
-                    )
-                except BaseException:
-                    store.close()
-                    raise
-                self._restore_seen = 0
-                self.stats.restored += report.read
+                store, report = stores[slot], result.stores[slot]
                 self.stats.restoring -= 1
                 if self.metrics is not None:
                     self.metrics.restore_progress(partitions=self.stats.restoring)

@@ -11,7 +11,7 @@ import struct
 
 from stream_expiry.model import Identity, Stamp
 
-__all__ = ["decode_state", "encode_state"]
+__all__ = ["decode_state", "encode_fields", "encode_state"]
 
 _FIXED = struct.Struct(">qqqqqqqB")
 _NONE = -(1 << 63)
@@ -51,3 +51,31 @@ def decode_state(identity: Identity, value: bytes) -> tuple[Stamp, int | None]:
         None if offset == _NONE else offset,
     )
     return stamp, None if prune == _NONE else prune
+
+
+def encode_fields(
+    created: int | None,
+    expires: int | None,
+    ttl_ms: int | None,
+    deleted: int | None,
+    prune_at: int | None,
+    erase: int | None,
+    offset: int | None,
+    source: str | None,
+) -> bytes:
+    """:func:`encode_state` from the fields of a state that is not held (what a restore
+    has at hand), without building a :class:`Stamp` first. Same bytes."""
+    n = _NONE
+    return (
+        _FIXED.pack(
+            n if created is None else created,
+            n if expires is None else expires,
+            n if ttl_ms is None else ttl_ms,
+            n if deleted is None else deleted,
+            n if prune_at is None else prune_at,
+            n if erase is None else erase,
+            n if offset is None else offset,
+            0,
+        )
+        + (source or "").encode()
+    )

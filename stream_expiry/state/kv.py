@@ -112,7 +112,9 @@ class RocksKV:
     BLOCK_CACHE = 64 * 1024 * 1024
     MEMTABLES = 48 * 1024 * 1024
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, durable: bool = True) -> None:
+        """``durable=False``: writes skip the write-ahead log (a scratch database that is
+        thrown away after use, like ``replay``'s, loses nothing that matters on a crash)."""
         from rocksdict import (
             BlockBasedIndexType,
             BlockBasedOptions,
@@ -156,6 +158,8 @@ class RocksKV:
             raise StoreError(f"cannot open the state store in {path!r}: {exc}") from exc
         self._write_options = WriteOptions()
         self._write_options.sync = False
+        # A property at run time, whatever rocksdict's stubs say.
+        self._write_options.disable_wal = not durable  # type: ignore[method-assign,assignment]
         self._write_batch = WriteBatch
 
     def multi_get(self, keys: Sequence[bytes]) -> list[bytes | None]:
@@ -180,6 +184,24 @@ class RocksKV:
 
     def scan(self, low: bytes, high: bytes) -> Iterator[tuple[bytes, bytes]]:
         it = self._db.iter()
+        it.seek(low)
+        while it.valid():
+            key: bytes = it.key()
+            if key >= high:
+                return
+            yield key, it.value()
+            it.next()
+
+    def scan_once(self, low: bytes, high: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """:meth:`scan` for a pass over a whole store (``replay``): blocks are read ahead
+        and NOT kept in the block cache, where they would only push out what lookups need
+        and raise the process's memory to the cache's limit."""
+        from rocksdict import ReadOptions
+
+        options = ReadOptions()
+        options.fill_cache(False)  # type: ignore[call-arg]  # takes the flag, stubs aside
+        options.set_readahead_size(2 * 1024 * 1024)
+        it = self._db.iter(options)
         it.seek(low)
         while it.valid():
             key: bytes = it.key()

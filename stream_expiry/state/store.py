@@ -28,14 +28,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from stream_expiry.model import Identity, Stamp, decode_key
-from stream_expiry.state.codec import decode_state, encode_state
+from stream_expiry.state.codec import decode_state, encode_fields, encode_state
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping, Sequence
 
     from stream_expiry.state.kv import KeyValue
 
-__all__ = ["DEFAULT_GRACE_MS", "PartitionStore", "StoreCounts"]
+__all__ = ["DEFAULT_GRACE_MS", "PartitionStore", "RestoredRow", "StoreCounts"]
 
 DEFAULT_GRACE_MS = 7 * 24 * 3_600_000  # as long as input topics keep events, by default
 
@@ -44,6 +44,13 @@ _INT = struct.Struct(">q")
 _BIAS = 1 << 63  # signed times sort as unsigned big-endian bytes
 _STATE, _DUE, _MARKER, _HELD, _META = b"s", b"x", b"m", b"h", b"~"
 _PENDING_PREFIX = "pending/"
+
+# A state read back from the changelog, as :meth:`PartitionStore.write_restored` takes it:
+# (record key, category, created_at, expires_at, ttl_ms, ttl_source, deleted_at, erase_at,
+# stamp_offset). A tuple, not a Stamp: a restore writes millions.
+RestoredRow = tuple[
+    bytes, str, int | None, int | None, int | None, str | None, int | None, int | None, int | None
+]
 
 
 def _time_key(prefix: bytes, ms: int, key: bytes) -> bytes:
@@ -184,6 +191,61 @@ class PartitionStore:
         self._put_counts(puts)
         # A key both deleted and put (an index entry that did not move) must stay.
         self.kv.apply(puts, [d for d in deletes if d not in puts])
+
+    def write_restored(
+        self, rows: Sequence[RestoredRow], *, now_ms: int, meta: Mapping[str, int]
+    ) -> tuple[int, int]:
+        """Make each row the stored state of its key, atomically with ``meta``; returns how
+        many live states and deletion markers changed.
+
+        The bulk form of :meth:`write` for a restore, which does not know what the store
+        holds: one multi-get finds the stored states, a row equal to its stored state is
+        skipped, and rows without one (a restore into an empty store: nearly all) are
+        indexed without building a :class:`Stamp`. Keys must be distinct.
+        """
+        if not rows:
+            if meta:
+                self.set_meta(meta)
+            return 0, 0
+        olds = self.kv.multi_get([_STATE + row[0] for row in rows])
+        puts: dict[bytes, bytes] = {}
+        deletes: list[bytes] = []
+        counts = self.counts
+        pending = counts.pending
+        grace = self.grace_ms
+        lives = markers = 0
+        for row, raw in zip(rows, olds, strict=True):
+            key, cat, created, expires, ttl, source, deleted, erase, offset = row
+            prune_at = None if deleted is None else max(deleted + 1, now_ms) + grace
+            value = encode_fields(created, expires, ttl, deleted, prune_at, erase, offset, source)
+            if raw is not None:
+                if raw == value:
+                    continue
+                old = decode_state(decode_key(key.decode()), raw)[0]
+                new = Stamp(
+                    old.identity, created, expires, ttl, source, deleted, erase, False, offset
+                )
+                if old == new:
+                    continue  # a marker: only its prune time differs
+                self._unindex(old, key, deletes, now_ms)
+            if prune_at is None:
+                lives += 1
+                due = expires if erase is None else erase
+                if due is None:
+                    counts.never += 1
+                else:
+                    puts[_DUE + _TIME.pack(due + _BIAS) + key] = b""
+                    pending[cat] = pending.get(cat, 0) + 1
+            else:
+                markers += 1
+                counts.markers += 1
+                puts[_MARKER + _TIME.pack(prune_at + _BIAS) + key] = b""
+            puts[_STATE + key] = value
+        for name, number in meta.items():
+            puts[_META + name.encode()] = _INT.pack(number)
+        self._put_counts(puts)
+        self.kv.apply(puts, [d for d in deletes if d not in puts])
+        return lives, markers
 
     def _unindex(self, old: Stamp, key: bytes, deletes: list[bytes], now_ms: int) -> None:
         counts = self.counts

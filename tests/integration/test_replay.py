@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from stream_expiry.config import parse_config
-from stream_expiry.model import encode_stamp
+from stream_expiry.kafka import producer
+from stream_expiry.model import Identity, Stamp, encode_stamp
 from stream_expiry.replay import replay
 from stream_expiry.service import wall_clock_ms
 from stream_expiry.timeutil import format_ts
@@ -185,3 +186,46 @@ async def test_restore_into_an_empty_state_dir_keeps_pending_and_resurrects_noth
     assert len(tombstoned) == 6
     assert all(stamps_per_key[k] <= 1 for k in tombstoned)  # no deleted record stamped again
     assert len(await read_all(broker, topics.tombstones)) == 6  # and no tombstone twice
+
+
+async def test_replay_from_the_changelog_judges_each_records_latest_message_only(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """Replay judges as the topic streams; the key's last message still decides: a stamp
+    followed by a null is gone, a null followed by a stamp counts, and an older verdict of
+    a record never outlives a newer one."""
+    config = config_for(topics, str(tmp_path / "state"), LONG)
+    created = wall_clock_ms() - 60_000
+    hour = 3_600_000
+
+    def stamp(rid: str, expires: int) -> tuple[bytes, bytes]:
+        identity = Identity("acme", "_", "live", "conversation", rid)
+        value = encode_stamp(Stamp(identity, created, expires, hour, "default"))
+        return identity.key.encode(), value
+
+    unchanged, later = created + hour, created + 2 * hour
+    first: list[tuple[bytes, bytes | None]] = [
+        stamp("gone", unchanged),
+        stamp("back", unchanged),
+        stamp("fixed", later),  # then stamped as the policy says: unchanged
+        stamp("moved", unchanged),  # then stamped two hours out: earlier under the policy
+    ]
+    first.insert(1, (first[1][0], None))  # "back" deleted before its stamp
+    second = [(first[0][0], None), stamp("fixed", unchanged), stamp("moved", later)]
+    async with producer(broker) as prod:
+        for batch in (first, second):
+            for key, value in batch:
+                await (await prod.send(topics.stamped, key=key, value=value, partition=0))
+    report = await replay(config, broker, environ={}, dry_run=True)
+    assert report.counts() == {
+        "events": len(first) + len(second),
+        "records": 3,
+        "unchanged": 2,
+        "earlier": 1,
+        "later": 0,
+        "due_now": 0,
+        "never": 0,
+    }
+    assert [c.key for c in report.sample] == [
+        Identity("acme", "_", "live", "conversation", "moved").key
+    ]

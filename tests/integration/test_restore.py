@@ -13,7 +13,7 @@ import re
 import shutil
 import signal
 from collections import Counter, defaultdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
@@ -21,10 +21,12 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from stream_expiry.codec import source_of
-from stream_expiry.kafka import consumer, ensure_topics
-from stream_expiry.model import Identity
+from stream_expiry.codec import H_DELETED_AT, source_headers, source_of
+from stream_expiry.kafka import consumer, ensure_topics, producer
+from stream_expiry.model import Identity, Stamp, encode_stamp
 from stream_expiry.service import wall_clock_ms
+from stream_expiry.state import PartitionStore, RocksKV
+from stream_expiry.state.restore import RestoreResult, position_name, restore_partitions
 from stream_expiry.timeutil import parse_ts
 from tests.conftest import TopicSet, read_all, wait_for
 from tests.integration.service_helpers import (
@@ -39,9 +41,10 @@ from tests.integration.service_helpers import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
     from pathlib import Path
 
+    from aiokafka import AIOKafkaConsumer
     from anyio.abc import Process
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -287,3 +290,176 @@ async def test_a_committed_offset_past_the_end_is_said_and_read_from_the_beginni
     assert all(topics.conversations in m for m in past_end)
     stamped = await read_all(broker, topics.stamped)
     assert any(b'"new"' in (r.value or b"") for r in stamped)
+
+
+# -- restore_partitions: one read of each changelog partition for every store sharing it ---
+
+T0 = 1_800_000_000_000
+YEAR_MS = 365 * 86_400_000
+
+
+def _stamp(category: str, rid: str, expires: int) -> tuple[bytes, bytes]:
+    identity = Identity("acme", "_", "live", category, rid)
+    stamp = Stamp(identity, T0, expires, YEAR_MS, "default")
+    return identity.key.encode(), encode_stamp(stamp)
+
+
+def _key(category: str, rid: str) -> str:
+    return Identity("acme", "_", "live", category, rid).key
+
+
+class _CountingReader:
+    """A consumer that counts the changelog messages it hands out to be read (the one-record
+    probes of ``high_watermarks``, which seek back, are not reads)."""
+
+    def __init__(self, cons: AIOKafkaConsumer) -> None:
+        self._cons = cons
+        self.fetched = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cons, name)
+
+    async def getmany(self, *tps: TopicPartition, **kwargs: Any) -> dict[TopicPartition, list[Any]]:
+        batch: dict[TopicPartition, list[Any]] = await self._cons.getmany(*tps, **kwargs)
+        if kwargs.get("max_records") != 1:
+            self.fetched += sum(len(records) for records in batch.values())
+        return batch
+
+
+async def _send(
+    broker: str, topic: str, messages: Sequence[tuple[bytes, bytes | None, list[tuple[str, bytes]]]]
+) -> None:
+    """Messages on partition 0 of ``topic``, in this order."""
+    async with producer(broker) as prod:
+        for key, value, headers in messages:
+            await (await prod.send(topic, key=key, value=value, partition=0, headers=headers))
+
+
+async def _restore(
+    broker: str, topics: TopicSet, stores: dict[tuple[str, int], PartitionStore]
+) -> tuple[RestoreResult, int]:
+    async with consumer(broker) as cons:
+        reader = _CountingReader(cons)
+        result = await restore_partitions(
+            reader,
+            stores,
+            stamped=topics.stamped,
+            tombstones=topics.tombstones,
+            now_ms=T0,
+        )
+    return result, reader.fetched
+
+
+async def test_input_partitions_sharing_a_changelog_partition_are_restored_in_one_read(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    conv, sess, errs = (topics.conversations, 0), (topics.sessions, 0), (topics.errors, 0)
+    h_conv, h_sess, h_errs = (source_headers(*s) for s in (conv, sess, errs))
+    c1, c2, c3 = (_stamp("conversation", f"c{i}", T0 + YEAR_MS + i) for i in range(1, 4))
+    c2_later = _stamp("conversation", "c2", T0 + YEAR_MS + 99)
+    s1, s2 = (_stamp("session", f"s{i}", T0 + YEAR_MS + i) for i in range(1, 3))
+    e1 = _stamp("error", "e1", T0 + YEAR_MS)
+    deleted = [*h_conv, (H_DELETED_AT, str(T0 + 5).encode())]
+    stamped = [
+        (*c1, h_conv),
+        (*s1, h_sess),
+        (*c2, h_conv),
+        (*e1, h_errs),  # input partition errors[0]: not restored here
+        (b"foreign", b"{}", []),  # no source headers: nobody's
+        (*c3, h_conv),
+        (*s2, h_sess),
+        (c2_later[0], c2_later[1], h_conv),  # the last stamp of c2 wins
+        (c3[0], None, deleted),  # c3 deleted: a marker
+    ]
+    await _send(broker, topics.stamped, stamped)
+    # s2's tombstone event without its null (nulls_owed: s2 stays live); s3 was tombstoned
+    # and never stamped here: a marker.
+    tomb = {"org": "acme", "bot": "_", "env": "live", "category": "session"}
+    events = [
+        (
+            s2[0],
+            orjson.dumps(
+                {
+                    **tomb,
+                    "record_id": "s2",
+                    "reason": "explicit",
+                    "emitted_at": "2027-01-15T08:00:00Z",
+                    "created_at": None,
+                    "expires_at": None,
+                }
+            ),
+            h_sess,
+        ),
+        (
+            _key("session", "s3").encode(),
+            orjson.dumps(
+                {
+                    **tomb,
+                    "record_id": "s3",
+                    "reason": "explicit",
+                    "emitted_at": "2027-01-15T08:00:00Z",
+                    "created_at": None,
+                    "expires_at": None,
+                }
+            ),
+            h_sess,
+        ),
+    ]
+    await _send(broker, topics.tombstones, events)
+
+    stores = {s: PartitionStore(RocksKV(str(tmp_path / f"{s[0]}-{s[1]}"))) for s in (conv, sess)}
+    try:
+        result, fetched = await _restore(broker, topics, stores)
+        # Each changelog message was read once, not once per input topic sharing it.
+        assert fetched == result.total.read == len(stamped) + len(events)
+        c_store, s_store = stores[conv], stores[sess]
+        states = {s.identity.key: s for s in c_store.items()}
+        assert set(states) == {_key("conversation", f"c{i}") for i in (1, 2, 3)}
+        assert states[_key("conversation", "c2")].expires_at == T0 + YEAR_MS + 99
+        assert states[_key("conversation", "c2")].stamp_offset == 7
+        assert states[_key("conversation", "c3")].deleted_at == T0 + 5
+        assert states[_key("conversation", "c1")].live
+        states = {s.identity.key: s for s in s_store.items()}
+        assert set(states) == {_key("session", f"s{i}") for i in (1, 2, 3)}
+        assert states[_key("session", "s2")].live
+        assert not states[_key("session", "s3")].live
+        assert result.stores[conv].stamps == 2  # c1 and the latest c2; c3 ends deleted
+        assert result.stores[conv].markers == 1
+        assert result.stores[sess].stamps == 2
+        assert result.stores[sess].markers == 1
+        assert result.stores[sess].nulls_owed == 1
+        assert result.stores[conv].read == 5
+        assert result.stores[sess].read == 4
+        for store in (c_store, s_store):
+            assert store.meta(position_name(topics.stamped, 0)) == len(stamped)
+            assert store.meta(position_name(topics.tombstones, 0)) == len(events)
+        assert c_store.counts.pending_total == 2
+        assert c_store.counts.markers == 1
+
+        # Written since: a second restore reads only that, from the stored positions.
+        c4 = _stamp("conversation", "c4", T0 + YEAR_MS + 4)
+        deleted_c1 = [*h_conv, (H_DELETED_AT, str(T0 + 7).encode())]
+        await _send(broker, topics.stamped, [(*c4, h_conv), (c1[0], None, deleted_c1)])
+        result, fetched = await _restore(broker, topics, stores)
+        assert fetched == result.total.read == 2
+        assert c_store.get(_key("conversation", "c4")) is not None
+        c1_state = c_store.get(_key("conversation", "c1"))
+        assert c1_state is not None
+        assert c1_state.deleted_at == T0 + 7
+        assert result.stores[sess].read == 0
+        assert result.stores[sess].stamps == 0
+        assert c_store.meta(position_name(topics.stamped, 0)) == len(stamped) + 2
+
+        # An empty store restored beside an up-to-date one: the shared read starts at the
+        # beginning for the empty one; the other takes nothing twice.
+        stores[errs] = PartitionStore(RocksKV(str(tmp_path / "errors-0")))
+        before = list(c_store.items())
+        result, fetched = await _restore(broker, topics, stores)
+        assert fetched == result.total.read == len(stamped) + 2 + len(events)
+        assert [s.identity.key for s in stores[errs].items()] == [_key("error", "e1")]
+        assert result.stores[conv].read == 0
+        assert list(c_store.items()) == before
+        assert stores[errs].meta(position_name(topics.stamped, 0)) == len(stamped) + 2
+    finally:
+        for store in stores.values():
+            store.close()
