@@ -567,6 +567,19 @@ async def _read_tombstones(
     }
 
 
+def lag_split(res: dict[str, Any], lags: array.array[float]) -> dict[str, Any]:
+    """The reader's lags in two parts, at each tombstone's ``emitted_at`` (the clock of
+    whoever decided it was due: the service, or a peer's sweeper): due -> decided, and
+    decided -> the reader (produce, acks, broker, fetch)."""
+    decided = array.array("d")
+    decided.frombytes(res["decided"])
+    transport = [lag - d for lag, d in zip(lags, decided, strict=True)]
+    return {
+        "decided_lag_ms": summarize(decided).to_json() if decided else None,
+        "transport_lag_ms": summarize(transport).to_json() if transport else None,
+    }
+
+
 @contextlib.asynccontextmanager
 async def tombstone_reader(
     bootstrap: str,
@@ -867,9 +880,7 @@ async def lag_phase(
     def pct(p: float) -> float | None:
         return round(percentile(sorted_lags, p), 3) if sorted_lags else None
 
-    decided = array.array("d")
-    decided.frombytes(res["decided"])
-    transport = array.array("d", (lag - d for lag, d in zip(lags, decided, strict=True)))
+    split = lag_split(res, lags)
 
     lag = {
         "rate": rate,
@@ -883,10 +894,7 @@ async def lag_phase(
     }
     extra = {
         "lag_percentiles_ms": {"p90": pct(90), "p99.9": pct(99.9)},
-        # the lag in two parts: due -> the service decided (emitted_at), and from there to
-        # the reader (produce, acks, broker, fetch)
-        "decided_lag_ms": summarize(decided).to_json() if decided else None,
-        "transport_lag_ms": summarize(transport).to_json() if transport else None,
+        **split,
         "delivered_after_grace": res["delivered_after_grace"],
         "after_grace_max_lag_ms": res["after_grace_max_lag_ms"],
         "drain_s": max(drain, grace),
@@ -918,12 +926,11 @@ async def lag_phase(
         f"e2e lag: {delivered:,}/{count:,} tombstones, p50 {fmt_ms(summary.p50)}, "
         f"p99 {fmt_ms(summary.p99)}, max {fmt_ms(summary.max)}"
     )
-    if decided:
-        split = summarize(decided), summarize(transport)
+    if split["decided_lag_ms"] is not None:
+        decided, transport = split["decided_lag_ms"], split["transport_lag_ms"]
         log(
-            "e2e lag: due -> decided p50 {}, p99 {}; decided -> reader p50 {}, p99 {}".format(
-                *(fmt_ms(v) for part in split for v in (part.p50, part.p99))
-            )
+            f"e2e lag: due -> decided p50 {fmt_ms(decided['p50'])}, p99 {fmt_ms(decided['p99'])}; "
+            f"decided -> reader p50 {fmt_ms(transport['p50'])}, p99 {fmt_ms(transport['p99'])}"
         )
     return {"lag": lag, "extra": extra}
 

@@ -70,7 +70,7 @@ __all__ = ["Service", "ServiceStats", "wall_clock_ms"]
 log = logging.getLogger("stream_expiry.service")
 
 MAX_BATCH = 5000
-SLICE = 500  # events decided at once: the longest a due timer waits for ingest
+SLICE = 200  # events decided at once: the longest a due timer waits for ingest
 COMMIT_EVERY_S = 1.0
 IDLE_WAIT_MS = 200
 OUTAGE_RETRY_S = 2.0  # between two sessions while the broker is away
@@ -255,6 +255,7 @@ class Service:
                     self._deciding,
                     clock=self.clock,
                     on_fired=self._count_tombstone,
+                    tick_ms=self.config.tick_ms,
                 )
                 try:
                     async with anyio.create_task_group() as timers:
