@@ -15,7 +15,6 @@ Prints ONE JSON object (``bench.common.envelope``) on stdout; progress on stderr
 
 from __future__ import annotations
 
-import argparse
 import array
 import asyncio
 import multiprocessing as mp
@@ -24,9 +23,10 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from bench.common import emit_result, envelope, log, summarize, utc_now_iso
+from bench.common import base_parser, emit_result, envelope, log, summarize, utc_now_iso
 
 if TYPE_CHECKING:
+    import argparse
     from multiprocessing.connection import Connection
 
 READER_FETCH_WAIT_MS = 5
@@ -147,9 +147,8 @@ async def _create(bootstrap: str, topic: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rate", type=int, default=10_000, help="messages per second")
-    ap.add_argument("--seconds", type=float, default=10.0)
+    # The suite's shape (--rate --seconds --pending --grace; the last two are ignored here).
+    ap = base_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--tick-ms", type=float, default=1.0, help="a batch per partition this often")
     ap.add_argument("--linger-ms", type=int, default=2, help="the producer's linger_ms")
     args = ap.parse_args(argv)

@@ -122,6 +122,13 @@ REGISTRY: list[Entry] = [
         ("--minutes", "{soak_minutes}"),
         what="stream-expiry soak: 5k/s in and out, RSS, disk and lag over time",
     ),
+    Entry(
+        "bench.bench_transport",
+        ("lag",),
+        ("--tick-ms", "10", "--linger-ms", "0"),
+        rates=(10_000,),
+        what="the floor under every lag: produce -> broker -> a consumer, no stream-expiry code",
+    ),
     # Peers.
     Entry(
         "bench.peers.redis_expiry",
