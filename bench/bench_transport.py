@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     result = asyncio.run(_main(args))
     emit_result(
         envelope(
-            "bench_transport", "aiokafka+tansu", params=vars(args), started_at=started, **result
+            "bench_transport", "broker-floor", params=vars(args), started_at=started, **result
         )
     )
     return 0
