@@ -155,9 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     started = utc_now_iso()
     result = asyncio.run(_main(args))
     emit_result(
-        envelope(
-            "bench_transport", "broker-floor", params=vars(args), started_at=started, **result
-        )
+        envelope("bench_transport", "broker-floor", params=vars(args), started_at=started, **result)
     )
     return 0
 
