@@ -183,14 +183,7 @@ class RocksKV:
             raise StoreError(f"cannot write to the state store {self.path}: {exc}") from exc
 
     def scan(self, low: bytes, high: bytes) -> Iterator[tuple[bytes, bytes]]:
-        it = self._db.iter()
-        it.seek(low)
-        while it.valid():
-            key: bytes = it.key()
-            if key >= high:
-                return
-            yield key, it.value()
-            it.next()
+        return self._scan(self._db.iter(), low, high)
 
     def scan_once(self, low: bytes, high: bytes) -> Iterator[tuple[bytes, bytes]]:
         """:meth:`scan` for a pass over a whole store (``replay``): blocks are read ahead
@@ -201,7 +194,10 @@ class RocksKV:
         options = ReadOptions()
         options.fill_cache(False)  # type: ignore[call-arg]  # takes the flag, stubs aside
         options.set_readahead_size(2 * 1024 * 1024)
-        it = self._db.iter(options)
+        return self._scan(self._db.iter(options), low, high)
+
+    @staticmethod
+    def _scan(it: Any, low: bytes, high: bytes) -> Iterator[tuple[bytes, bytes]]:
         it.seek(low)
         while it.valid():
             key: bytes = it.key()
