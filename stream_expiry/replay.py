@@ -174,7 +174,7 @@ class _Rederive:
         if scope.category in self.sliding:
             last = body.get("last_activity_at")
             if last is not None:
-                base = max(created, codec.own_ms(last) or created)
+                base = max(created, codec.parse_own_ts(last) or created)
         return scope, base + res.ttl_ms, res.ttl_ms, res.source
 
 

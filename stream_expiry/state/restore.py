@@ -47,7 +47,6 @@ __all__ = [
     "RestoreReport",
     "RestoreResult",
     "position_name",
-    "restore_partition",
     "restore_partitions",
 ]
 
@@ -83,32 +82,6 @@ class RestoreResult:
 
 def position_name(topic: str, partition: int) -> str:
     return f"changelog/{topic}/{partition}"
-
-
-async def restore_partition(
-    cons: AIOKafkaConsumer,
-    store: PartitionStore,
-    *,
-    source: Source,
-    stamped: str,
-    tombstones: str,
-    now_ms: int,
-    progress: Callable[[RestoreReport], None] | None = None,
-) -> RestoreReport:
-    """Bring ``store`` up to date with the changelog of input partition ``source`` (one
-    store of :func:`restore_partitions`; its ``read`` counts every message read)."""
-    result = await restore_partitions(
-        cons,
-        {source: store},
-        stamped=stamped,
-        tombstones=tombstones,
-        now_ms=now_ms,
-        progress=progress,
-    )
-    report = result.stores[source]
-    report.read = result.total.read
-    report.remaining = result.total.remaining
-    return report
 
 
 async def restore_partitions(
