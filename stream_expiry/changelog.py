@@ -10,6 +10,7 @@ each message (``replay`` keeps a verdict, not the stamp).
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -17,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiokafka import TopicPartition
 
 from stream_expiry import codec
-from stream_expiry.kafka import consumer, high_watermarks, partitions_of, read_to_end
+from stream_expiry.fetch import read_ranges
+from stream_expiry.kafka import consumer, partitions_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -28,12 +30,11 @@ if TYPE_CHECKING:
 __all__ = ["Current", "Fold", "Progress", "read_current", "read_latest"]
 
 _SOURCE = struct.Struct(">iH")  # kafka partition, length of the source topic name
-# The whole topic is read: small fetches and batches keep aiokafka's buffers (responses,
-# and the records decoded from them) from dominating replay's memory. Measured with
-# ``bench.e2e_replay --records 1000000``: 50,000 records a batch and aiokafka's default
-# fetch (50 MiB) peaked at 144 MiB, these at 125 MiB, at the same rate.
-READ_RECORDS = 10_000
-READ_FETCH: dict[str, Any] = {"fetch_max_bytes": 4 * 1024 * 1024}
+# The whole topic is read: small fetches keep the responses (and the records decoded from
+# them) from dominating replay's memory. Measured with ``bench.e2e_replay --records
+# 1000000``: aiokafka's default fetch (50 MiB) peaked at 144 MiB, 4 MiB at 125 MiB, at the
+# same rate.
+READ_BYTES = 4 * 1024 * 1024
 
 
 class Progress(Protocol):
@@ -101,7 +102,7 @@ async def read_current(
     def pack(partition: int, headers: Any, key: bytes, value: bytes | None) -> bytes:
         if value is None:
             return Current.pack(partition, headers, None)
-        slot = (partition, headers)
+        slot = (partition, tuple(headers))
         head = heads.get(slot)
         if head is None:
             head = Current.pack(partition, headers, None)[:-1]
@@ -123,31 +124,32 @@ async def read_latest(
     ``fold(partition, headers, key, value)`` says what to keep of each message (None: the
     key is dropped). Returns how many messages were read."""
     read = 0
-    async with consumer(bootstrap, **READ_FETCH) as cons:
+    ends: dict[TopicPartition, int] = {}
+    async with consumer(bootstrap) as cons:
         tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(cons, topic))]
-        cons.assign(tps)
-        await cons.seek_to_beginning(*tps)
-        total = sum((await high_watermarks(cons, tps)).values())
         bar = progress or (lambda done, final=False: None)
-        if progress is not None:
-            progress.total = total
-        async for batch in read_to_end(cons, topic, max_records=READ_RECORDS):
-            puts: dict[bytes, bytes] = {}
-            drops: set[bytes] = set()
-            for tp, records in batch.items():
-                partition = tp.partition
-                for rec in records:
-                    key = rec.key
-                    if key is None:
-                        continue
-                    kept = fold(partition, rec.headers, key, rec.value)
-                    if kept is None:
-                        puts.pop(key, None)
-                        drops.add(key)
-                    else:
-                        puts[key] = kept  # written after the drops: a later put wins
-                read += len(records)
-            kv.apply(puts, [k for k in drops if k not in puts])
-            bar(read)
+        reader = read_ranges(cons, dict.fromkeys(tps, 0), fetch_bytes=READ_BYTES)
+        async with contextlib.aclosing(reader):
+            async for fetched in reader:
+                puts: dict[bytes, bytes] = {}
+                drops: set[bytes] = set()
+                for part in fetched:
+                    ends[part.tp] = part.end
+                    partition = part.tp.partition
+                    for rec in part.records:
+                        key = rec.key
+                        if key is None:
+                            continue
+                        kept = fold(partition, rec.headers, key, rec.value)
+                        if kept is None:
+                            puts.pop(key, None)
+                            drops.add(key)
+                        else:
+                            puts[key] = kept  # written after the drops: a later put wins
+                    read += len(part.records)
+                kv.apply(puts, [k for k in drops if k not in puts])
+                if progress is not None:
+                    progress.total = sum(ends.values())  # known after the first answers
+                bar(read)
         bar(read, final=True)
     return read

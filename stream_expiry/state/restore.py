@@ -19,6 +19,7 @@ record deleted and then created again stays alive).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from stream_expiry.codec import (
     source_of,
     stamp_fields,
 )
+from stream_expiry.fetch import read_ranges
 from stream_expiry.kafka import high_watermarks, partitions_of
 
 if TYPE_CHECKING:
@@ -52,10 +54,8 @@ __all__ = [
 
 Source = tuple[str, int]
 
-# Records per getmany, and messages held before they are written (with the positions).
-# Measured on 1 M stamps (bench.bench_restore): 50,000 of each used the same CPU as 20,000
-# and peaked ~35 MiB higher, in the service's process.
-FETCH_RECORDS = 20_000
+# Messages held before they are written (with the positions). Measured on 1 M stamps
+# (bench.bench_restore): 50,000 used the same CPU as 20,000 and peaked ~35 MiB higher.
 FLUSH = 20_000
 
 
@@ -96,8 +96,7 @@ async def restore_partitions(
     """Bring every store of ``stores`` (keyed by its input partition) up to date with the
     changelog, reading each changelog partition they need once.
 
-    ``cons`` is a consumer without a group; it is left assigned to the changelog
-    partitions. ``progress`` is told the whole read's report after every fetch.
+    ``cons`` is a consumer without a group; it is left assigned to the changelog partitions, paused. ``progress`` is told the whole read's report after every fetch.
     """
     result = RestoreResult(stores={source: RestoreReport() for source in stores})
     total = result.total
@@ -114,6 +113,7 @@ async def restore_partitions(
     for reader in readers:
         reader.seek(cons)
     ends = await high_watermarks(cons, tps)
+    cons.pause(*tps)  # the reads below fetch for themselves (stream_expiry.fetch)
     for reader in readers:
         reader.ends = {tp: ends[tp] for tp in reader.tps}
         total.remaining += sum(max(0, ends[tp] - reader.start[tp]) for tp in reader.tps)
@@ -164,7 +164,7 @@ class _TopicRead:
         for tp in self.tps:
             cons.seek(tp, self.start[tp])
 
-    def _route(self, tp: TopicPartition, headers: Any) -> Source | None:
+    def _route(self, tp: TopicPartition, headers: Sequence[Any]) -> Source | None:
         """The store of a message whose headers are not a plain stamp's (a null's also
         carry its deletion time), or None: another partition's message, or not ours."""
         found = source_of(headers)
@@ -181,44 +181,36 @@ class _TopicRead:
         # Messages waiting to be applied, by store: flushed at FLUSH, so memory is bounded.
         pending: dict[Source, list[Any]] = {s: [] for s in self.own}
         position = dict(self.start)
-        left = {tp for tp in self.tps if position[tp] < self.ends[tp]}
         routes, route = self.routes, self._route
         own = self.own
-        while left:
-            batch = await cons.getmany(*left, timeout_ms=1000, max_records=FETCH_RECORDS)
-            for tp, records in batch.items():
-                end = self.ends[tp]
-                if records[-1].offset >= end:
-                    records = [r for r in records if r.offset < end]
-                    if not records:
-                        continue
-                total.read += len(records)
-                total.remaining = max(0, total.remaining - (records[-1].offset + 1 - position[tp]))
-                position[tp] = records[-1].offset + 1
-                plain = routes[tp]
-                for rec in records:
-                    source = plain.get(rec.headers)
-                    if source is None:
-                        source = route(tp, rec.headers)
+        rounds = read_ranges(cons, self.start, ends=self.ends)
+        async with contextlib.aclosing(rounds):
+            async for fetched in rounds:
+                done = []
+                for part in fetched:
+                    tp, records = part.tp, part.records
+                    total.read += len(records)
+                    total.remaining = max(0, total.remaining - (part.position - position[tp]))
+                    position[tp] = part.position
+                    if part.position >= part.end:
+                        done.append(tp)
+                    plain = routes[tp]
+                    for rec in records:
+                        headers: Any = rec.headers
+                        source = plain.get(tuple(headers))
                         if source is None:
-                            continue
-                    if rec.offset >= own[source]:
-                        pending[source].append(rec)
-            done = []
-            for tp in left:
-                if position[tp] < self.ends[tp]:
-                    # A compacted partition may end in offsets without records.
-                    position[tp] = max(position[tp], await cons.position(tp))
-                if position[tp] >= self.ends[tp]:
-                    done.append(tp)
-            held = sum(len(mine) for mine in pending.values())
-            for tp in self.tps if held >= FLUSH else done:
-                for source in self.members[tp]:
-                    self._flush(source, pending[source], position[tp], stamps=stamps)
-                    pending[source] = []
-            left.difference_update(done)
-            if progress is not None:
-                progress(total)
+                            source = route(tp, headers)
+                            if source is None:
+                                continue
+                        if rec.offset >= own[source]:
+                            pending[source].append(rec)
+                held = sum(len(mine) for mine in pending.values())
+                for tp in self.tps if held >= FLUSH else done:
+                    for source in self.members[tp]:
+                        self._flush(source, pending[source], position[tp], stamps=stamps)
+                        pending[source] = []
+                if progress is not None:
+                    progress(total)
 
     def _flush(self, source: Source, records: list[Any], position: int, *, stamps: bool) -> None:
         """Apply a store's messages up to ``position`` and save that position with them."""

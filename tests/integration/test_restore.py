@@ -20,6 +20,8 @@ import orjson
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.record.memory_records import MemoryRecords
 
 from stream_expiry.codec import H_DELETED_AT, source_headers, source_of
 from stream_expiry.kafka import consumer, ensure_topics, producer
@@ -308,22 +310,42 @@ def _key(category: str, rid: str) -> str:
     return Identity("acme", "_", "live", category, rid).key
 
 
-class _CountingReader:
-    """A consumer that counts the changelog messages it hands out to be read (the one-record
-    probes of ``high_watermarks``, which seek back, are not reads)."""
+class _CountingClient:
+    """A Kafka client that counts the records its fetches hand out: what a restore reads
+    (``stream_expiry.fetch`` sends its Fetch requests through the consumer's client; the
+    one-record probes of ``high_watermarks`` go through the consumer's own fetcher)."""
 
-    def __init__(self, cons: AIOKafkaConsumer) -> None:
-        self._cons = cons
+    def __init__(self, client: Any) -> None:
+        self._client = client
         self.fetched = 0
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._cons, name)
+        return getattr(self._client, name)
 
-    async def getmany(self, *tps: TopicPartition, **kwargs: Any) -> dict[TopicPartition, list[Any]]:
-        batch: dict[TopicPartition, list[Any]] = await self._cons.getmany(*tps, **kwargs)
-        if kwargs.get("max_records") != 1:
-            self.fetched += sum(len(records) for records in batch.values())
-        return batch
+    async def send(self, node: int, request: Any, **kwargs: Any) -> Any:
+        response = await self._client.send(node, request, **kwargs)
+        if isinstance(request, FetchRequest):
+            for _topic, partitions in response.topics:
+                for *_head, raw in partitions:
+                    records = MemoryRecords(raw or b"")
+                    while (batch := records.next_batch()) is not None:
+                        self.fetched += sum(1 for _ in batch)
+        return response
+
+
+class _CountingReader:
+    """A consumer whose client counts the changelog messages fetched."""
+
+    def __init__(self, cons: AIOKafkaConsumer) -> None:
+        self._cons = cons
+        self._client = _CountingClient(cons._client)
+
+    @property
+    def fetched(self) -> int:
+        return self._client.fetched
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cons, name)
 
 
 async def _send(

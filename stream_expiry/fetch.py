@@ -1,0 +1,266 @@
+"""Whole partitions read fast: Kafka fetches decoded straight into aiokafka's C records.
+
+Restore and replay read millions of changelog messages and keep a few fields of each. The
+consumer's ``getmany`` builds a Python ``ConsumerRecord`` per message, through a generator,
+and that was a third of the restore's time (2.8-3.1 us of CPU per message, against 0.9 us
+for this loop, measured on 1 M stamps with the embedded broker). This module sends the
+Fetch requests itself, through the consumer's client, and hands over the record objects
+that aiokafka's C extension decodes from the response (``offset``, ``timestamp``, ``key``,
+``value``, and ``headers`` as a list of pairs).
+
+It reads ranges: each partition from a start offset to the high watermark of its first
+answer (what was there when the read began), as restore and replay need. The next fetch is
+sent before the caller works on the last one's records, so the broker prepares it meanwhile.
+
+It uses aiokafka's private client and fetch protocol, hence the upper bound on aiokafka in
+``pyproject.toml``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aiokafka import TopicPartition
+from aiokafka.errors import (
+    KafkaError,
+    NoError,
+    OffsetOutOfRangeError,
+    for_code,
+)
+from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.record.memory_records import MemoryRecords
+
+from stream_expiry.errors import BrokerError
+from stream_expiry.kafka_settings import MAX_MESSAGE_BYTES
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, Mapping
+
+    from aiokafka import AIOKafkaConsumer
+
+__all__ = ["Fetched", "RawRecord", "read_ranges"]
+
+log = logging.getLogger(__name__)
+
+READ_UNCOMMITTED = 0
+FETCH_WAIT_MS = 100  # an idle partition answers (with its high watermark) this fast
+FETCH_BYTES = 4 * 1024 * 1024  # per request; bounds what one round holds in memory
+# Rounds in a row where no partition had records while this one was below its end, before
+# the rest of it is taken as compacted away (a consumer would wait there for good).
+EMPTY_ROUNDS = 20
+RETRIES = 10  # retriable errors (a leader moving) in a row before the read gives up
+RETRY_BACKOFF_S = 0.2
+
+
+class RawRecord(Protocol):
+    """One message as aiokafka's record decoder gives it."""
+
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> list[tuple[str, bytes | None]]: ...
+
+
+@dataclass(slots=True)
+class Fetched:
+    """One partition's share of a fetch: its records in ``[start, end)``, in log order."""
+
+    tp: TopicPartition
+    records: list[RawRecord]
+    position: int  # the next offset to read
+    end: int  # where this read of the partition stops
+    skipped: int  # offsets passed without a record (compacted away, control batches)
+
+
+@dataclass(slots=True)
+class _Partition:
+    position: int
+    end: int | None = None  # known from the first answer
+    empty: int = 0
+
+
+async def read_ranges(
+    cons: AIOKafkaConsumer,
+    starts: Mapping[TopicPartition, int],
+    *,
+    ends: Mapping[TopicPartition, int] | None = None,
+    fetch_bytes: int = FETCH_BYTES,
+) -> AsyncGenerator[list[Fetched], None]:
+    """Read each partition of ``starts`` from its offset to its end (``ends``, or else the
+    high watermark of its first answer), one list of :class:`Fetched` per round of
+    fetches. A partition found at or past its end yields one empty :class:`Fetched`."""
+    client = cons._client
+    parts = {tp: _Partition(start, (ends or {}).get(tp)) for tp, start in starts.items()}
+    if all(_done(part) for part in parts.values()):
+        return
+    leaders = await _leaders(cons, list(parts))
+    failures = 0
+    round_ = asyncio.ensure_future(_round(client, parts, leaders, fetch_bytes))
+    try:
+        while True:
+            try:
+                answers = await round_
+            except _Retry as retry:
+                failures += 1
+                if failures > RETRIES:
+                    msg = f"reading {retry}: still failing after {RETRIES} tries"
+                    raise BrokerError(msg) from retry
+                log.info("reading %s: retrying", retry)
+                await asyncio.sleep(RETRY_BACKOFF_S)
+                leaders = await _leaders(cons, [tp for tp in parts if not _done(parts[tp])])
+                round_ = asyncio.ensure_future(_round(client, parts, leaders, fetch_bytes))
+                continue
+            failures = 0
+            # A partition answered without records while others filled the answer says
+            # nothing about it; only a round where none had any can mean "nothing left".
+            idle = not any(batches for _hw, _start, batches in answers.values())
+            out = [_take(parts[tp], tp, answer, idle) for tp, answer in answers.items()]
+            open_ = [tp for tp in parts if not _done(parts[tp])]
+            if open_:
+                # The next round goes out now: the broker prepares it while the caller works.
+                round_ = asyncio.ensure_future(
+                    _round(client, {tp: parts[tp] for tp in open_}, leaders, fetch_bytes)
+                )
+            if out:
+                yield out
+            if not open_:
+                return
+    finally:
+        round_.cancel()
+
+
+def _done(part: _Partition) -> bool:
+    return part.end is not None and part.position >= part.end
+
+
+class _Retry(Exception):
+    """A retriable error from the broker (a leader moved, a connection dropped)."""
+
+
+_Answer = tuple[int, int, list[Any]]  # high watermark, log start offset, record batches
+
+
+async def _leaders(cons: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """The leader of each partition, from fresh metadata (the consumer's own metadata only
+    covers what it subscribed to)."""
+    try:
+        cluster = await cons._client.fetch_all_metadata()
+    except KafkaError as exc:
+        raise BrokerError(f"no metadata for {sorted({tp.topic for tp in tps})}: {exc}") from exc
+    leaders = {}
+    for tp in tps:
+        leader = cluster.leader_for_partition(tp)
+        if leader is None or leader < 0:
+            raise BrokerError(f"{tp.topic}[{tp.partition}] has no leader: is the topic there?")
+        leaders[tp] = leader
+    return leaders
+
+
+async def _round(
+    client: Any,
+    parts: Mapping[TopicPartition, _Partition],
+    leaders: Mapping[TopicPartition, int],
+    fetch_bytes: int,
+) -> dict[TopicPartition, _Answer]:
+    """One fetch to each leader for its open partitions, sent at once."""
+    by_node: dict[int, dict[str, list[tuple[int, int, int]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for tp, part in parts.items():
+        if not _done(part):
+            by_node[leaders[tp]][tp.topic].append((tp.partition, part.position, MAX_MESSAGE_BYTES))
+    requests = [
+        client.send(
+            node,
+            FetchRequest(FETCH_WAIT_MS, 1, fetch_bytes, READ_UNCOMMITTED, list(topics.items())),
+        )
+        for node, topics in by_node.items()
+    ]
+    try:
+        responses = await asyncio.gather(*requests)
+    except KafkaError as exc:
+        if exc.retriable:
+            raise _Retry(str(exc)) from exc
+        raise BrokerError(f"fetch failed: {exc}") from exc
+    answers: dict[TopicPartition, _Answer] = {}
+    for response in responses:
+        version = response.API_VERSION
+        for topic, partitions in response.topics:
+            for partition, code, highwater, *data in partitions:
+                tp = TopicPartition(topic, partition)
+                error = for_code(code)
+                if error is OffsetOutOfRangeError:
+                    answers[tp] = (highwater, _log_start(version, data), [])
+                    continue
+                if error is not NoError:
+                    if error.retriable:
+                        raise _Retry(f"{tp.topic}[{tp.partition}]: {error.__name__}")
+                    raise BrokerError(f"reading {tp.topic}[{tp.partition}]: {error.__name__}")
+                answers[tp] = (highwater, _log_start(version, data), _batches(tp, data[-1]))
+    return answers
+
+
+def _log_start(version: int, data: list[Any]) -> int:
+    """The log start offset an answer carries (v5 and later), or -1."""
+    return int(data[1]) if version >= 5 else -1
+
+
+def _batches(tp: TopicPartition, raw: bytes | None) -> list[Any]:
+    records = MemoryRecords(raw or b"")
+    out = []
+    while records.has_next():
+        batch = records.next_batch()
+        if batch is None:
+            break  # a partial batch at the end of the answer: fetched again next round
+        if not batch.validate_crc():
+            raise BrokerError(f"{tp.topic}[{tp.partition}]: a record batch failed its CRC")
+        out.append(batch)
+    return out
+
+
+def _take(part: _Partition, tp: TopicPartition, answer: _Answer, idle: bool) -> Fetched:
+    """Apply one answer to a partition's read: its records in range, and its new position."""
+    highwater, log_start, batches = answer
+    if part.end is None:
+        part.end = highwater
+        if part.position > highwater:
+            log.warning(
+                "%s[%d]: read from offset %d, past the end (%d): nothing to read",
+                tp.topic,
+                tp.partition,
+                part.position,
+                highwater,
+            )
+    start, end = part.position, part.end
+    if start >= end:
+        return Fetched(tp, [], start, end, 0)
+    records: list[RawRecord] = []
+    if not batches:
+        if 0 <= start < log_start:
+            # What lay before the log start is gone (retention): read on from there.
+            log.warning("%s[%d]: offsets %d-%d are gone", tp.topic, tp.partition, start, log_start)
+            part.position = min(log_start, end)
+        elif idle:
+            part.empty += 1
+            if part.empty >= EMPTY_ROUNDS:
+                part.position = end  # nothing left before the end: compacted away
+        return Fetched(tp, records, part.position, end, part.position - start)
+    part.empty = 0
+    for batch in batches:
+        if not batch.is_control_batch:
+            for rec in batch:
+                if start <= rec.offset < end:
+                    records.append(rec)
+        part.position = batch.next_offset
+    part.position = min(max(part.position, start), end)
+    return Fetched(tp, records, part.position, end, part.position - start - len(records))
