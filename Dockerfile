@@ -18,8 +18,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY requirements.lock ./
-RUN pip install --constraint requirements.lock \
-        aiokafka anyio orjson aiosqlite prometheus-client asyncpg
+# Every dependency at its tested version (rocksdict, the state store's, included).
+RUN pip install -r requirements.lock
 COPY pyproject.toml README.md LICENSE ./
 COPY stream_expiry ./stream_expiry
 RUN pip install --constraint requirements.lock --no-deps ".[postgres]" \
