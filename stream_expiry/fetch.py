@@ -257,10 +257,12 @@ def _take(part: _Partition, tp: TopicPartition, answer: _Answer, idle: bool) -> 
         return Fetched(tp, records, part.position, end, part.position - start)
     part.empty = 0
     for batch in batches:
-        if not batch.is_control_batch:
-            for rec in batch:
-                if start <= rec.offset < end:
-                    records.append(rec)
+        if batch.is_control_batch:
+            pass
+        elif start <= batch.base_offset and batch.next_offset <= end:
+            records.extend(batch)  # the whole batch is in range: no test per record
+        else:
+            records.extend(rec for rec in batch if start <= rec.offset < end)
         part.position = batch.next_offset
     part.position = min(max(part.position, start), end)
     return Fetched(tp, records, part.position, end, part.position - start - len(records))
