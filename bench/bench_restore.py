@@ -87,16 +87,7 @@ async def restore_all(
             store = stores[(topic, p)]
             report = result.stores[(topic, p)]
             t2 = time.perf_counter()
-            proc = PartitionProcessor(
-                topic,
-                p,
-                store,
-                resolve=book.resolve,
-                sliding=config.sliding,
-                categories=frozenset(config.categories),
-                max_skew_ms=config.max_clock_skew_ms,
-                now_ms=now,
-            )
+            proc = PartitionProcessor.from_config(topic, p, store, config, book, now_ms=now)
             load = time.perf_counter() - t2
             parts.append(
                 {

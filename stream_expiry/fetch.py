@@ -52,8 +52,11 @@ FETCH_BYTES = 4 * 1024 * 1024  # per request; bounds what one round holds in mem
 # Rounds in a row where no partition had records while this one was below its end, before
 # the rest of it is taken as compacted away (a consumer would wait there for good).
 EMPTY_ROUNDS = 20
-RETRIES = 10  # retriable errors (a leader moving) in a row before the read gives up
+# Retriable errors (a leader moving, a connection dropped) in a row before the read gives
+# up, waiting 0.2 s after the first, twice as long after each next, at most 5 s: ~30 s.
+RETRIES = 10
 RETRY_BACKOFF_S = 0.2
+RETRY_MAX_S = 5.0
 
 
 class RawRecord(Protocol):
@@ -99,13 +102,12 @@ async def read_ranges(
     """Read each partition of ``starts`` from its offset to its end (``ends``, or else the
     high watermark of its first answer), one list of :class:`Fetched` per round of
     fetches. A partition found at or past its end yields one empty :class:`Fetched`."""
-    client = cons._client
     parts = {tp: _Partition(start, (ends or {}).get(tp)) for tp, start in starts.items()}
     if all(_done(part) for part in parts.values()):
         return
-    leaders = await _leaders(cons, list(parts))
+    leaders: dict[TopicPartition, int] = {}  # looked up by the first round, and after errors
     failures = 0
-    round_ = asyncio.ensure_future(_round(client, parts, leaders, fetch_bytes))
+    round_ = asyncio.ensure_future(_round(cons, parts, leaders, fetch_bytes))
     try:
         while True:
             try:
@@ -115,25 +117,23 @@ async def read_ranges(
                 if failures > RETRIES:
                     msg = f"reading {retry}: still failing after {RETRIES} tries"
                     raise BrokerError(msg) from retry
-                log.info("reading %s: retrying", retry)
-                await asyncio.sleep(RETRY_BACKOFF_S)
-                leaders = await _leaders(cons, [tp for tp in parts if not _done(parts[tp])])
-                round_ = asyncio.ensure_future(_round(client, parts, leaders, fetch_bytes))
+                backoff = min(RETRY_MAX_S, RETRY_BACKOFF_S * 2 ** (failures - 1))
+                log.warning("reading %s; trying again in %.1f s", retry, backoff)
+                await asyncio.sleep(backoff)
+                leaders.clear()  # a leader may have moved
+                round_ = asyncio.ensure_future(_round(cons, parts, leaders, fetch_bytes))
                 continue
             failures = 0
             # A partition answered without records while others filled the answer says
             # nothing about it; only a round where none had any can mean "nothing left".
             idle = not any(batches for _hw, _start, batches in answers.values())
             out = [_take(parts[tp], tp, answer, idle) for tp, answer in answers.items()]
-            open_ = [tp for tp in parts if not _done(parts[tp])]
-            if open_:
+            more = any(not _done(part) for part in parts.values())
+            if more:
                 # The next round goes out now: the broker prepares it while the caller works.
-                round_ = asyncio.ensure_future(
-                    _round(client, {tp: parts[tp] for tp in open_}, leaders, fetch_bytes)
-                )
-            if out:
-                yield out
-            if not open_:
+                round_ = asyncio.ensure_future(_round(cons, parts, leaders, fetch_bytes))
+            yield out
+            if not more:
                 return
     finally:
         round_.cancel()
@@ -156,23 +156,27 @@ async def _leaders(cons: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[To
     try:
         cluster = await cons._client.fetch_all_metadata()
     except KafkaError as exc:
-        raise BrokerError(f"no metadata for {sorted({tp.topic for tp in tps})}: {exc}") from exc
+        raise _Retry(f"metadata: {exc}") from exc
     leaders = {}
     for tp in tps:
         leader = cluster.leader_for_partition(tp)
         if leader is None or leader < 0:
-            raise BrokerError(f"{tp.topic}[{tp.partition}] has no leader: is the topic there?")
+            raise _Retry(f"{tp.topic}[{tp.partition}]: no leader (is the topic there?)")
         leaders[tp] = leader
     return leaders
 
 
 async def _round(
-    client: Any,
+    cons: AIOKafkaConsumer,
     parts: Mapping[TopicPartition, _Partition],
-    leaders: Mapping[TopicPartition, int],
+    leaders: dict[TopicPartition, int],
     fetch_bytes: int,
 ) -> dict[TopicPartition, _Answer]:
-    """One fetch to each leader for its open partitions, sent at once."""
+    """One fetch to each leader for its open partitions, sent at once (the leaders are
+    looked up first when ``leaders`` is empty)."""
+    client = cons._client
+    if not leaders:
+        leaders.update(await _leaders(cons, list(parts)))
     by_node: dict[int, dict[str, list[tuple[int, int, int]]]] = defaultdict(
         lambda: defaultdict(list)
     )

@@ -408,16 +408,8 @@ async def _from_inputs(
         bar = _Progress("events", total, progress)
         for tp in tps:
             store = PartitionStore(RocksKV(os.path.join(work, f"{tp.topic}-{tp.partition}")))
-            proc = PartitionProcessor(
-                tp.topic,
-                tp.partition,
-                store,
-                resolve=book.resolve,
-                sliding=config.sliding,
-                categories=frozenset(config.categories),
-                max_skew_ms=config.max_clock_skew_ms,
-                now_ms=now,
-                horizon_ms=0,
+            proc = PartitionProcessor.from_config(
+                tp.topic, tp.partition, store, config, book, now_ms=now, horizon_ms=0
             )
             try:
                 async for records in _read_partition(cons, tp):

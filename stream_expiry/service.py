@@ -154,7 +154,6 @@ class Service:
         self.processors: dict[tuple[str, int], PartitionProcessor] = {}
         self._on_progress = on_progress
         self._consumer_options = dict(consumer_options or {})
-        self._categories = frozenset(config.categories)
         self._consumer: AIOKafkaConsumer | None = None
         self._outbox: Outbox | None = None
         self._firing: Firing | None = None
@@ -552,17 +551,13 @@ class Service:
                 self.stats.restoring -= 1
                 if self.metrics is not None:
                     self.metrics.restore_progress(partitions=self.stats.restoring)
-                proc = PartitionProcessor(
+                proc = PartitionProcessor.from_config(
                     tp.topic,
                     tp.partition,
                     store,
-                    resolve=self.book.resolve,
-                    sliding=self.config.sliding,
-                    categories=self._categories,
-                    max_skew_ms=self.config.max_clock_skew_ms,
+                    self.config,
+                    self.book,
                     now_ms=self.clock(),
-                    tick_ms=self.config.tick_ms,
-                    horizon_ms=self.config.horizon_ms,
                     holds=self.holds,
                     archive=self.archive,
                 )

@@ -32,7 +32,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
 
     from stream_expiry.archive_gate import ArchiveGate
+    from stream_expiry.config import Config
     from stream_expiry.engine import Resolver
+    from stream_expiry.policy import PolicyBook
     from stream_expiry.state.store import PartitionStore
 
 __all__ = ["Effects", "InputRecord", "PartitionProcessor"]
@@ -113,6 +115,38 @@ class PartitionProcessor:
         self._archive_generation = archive.generation if archive else 0
         self.archive_waiting = 0  # due records kept until the archive has them
         self.load_timers()
+
+    @classmethod
+    def from_config(
+        cls,
+        topic: str,
+        partition: int,
+        store: PartitionStore,
+        config: Config,
+        book: PolicyBook,
+        *,
+        now_ms: int,
+        horizon_ms: int | None = None,
+        holds: HoldBook | None = None,
+        archive: ArchiveGate | None = None,
+    ) -> PartitionProcessor:
+        """The processor of one input partition as ``config`` sets it up (the service,
+        ``replay --from-inputs`` and the benchmarks all build it so). ``horizon_ms``
+        overrides the config's (replay loads no timers: 0)."""
+        return cls(
+            topic,
+            partition,
+            store,
+            resolve=book.resolve,
+            sliding=config.sliding,
+            categories=frozenset(config.categories),
+            max_skew_ms=config.max_clock_skew_ms,
+            now_ms=now_ms,
+            tick_ms=config.tick_ms,
+            horizon_ms=config.horizon_ms if horizon_ms is None else horizon_ms,
+            holds=holds,
+            archive=archive,
+        )
 
     # -- events -------------------------------------------------------------------------
 

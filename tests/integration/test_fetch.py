@@ -6,13 +6,15 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING
 
+import anyio
 import pytest
 import pytest_asyncio
 from aiokafka import TopicPartition
 
 from stream_expiry.fetch import EMPTY_ROUNDS, read_ranges
 from stream_expiry.kafka import consumer, ensure_topics, producer
-from tests.conftest import make_topic_set
+from stream_expiry.testing.proxy import proxied_broker
+from tests.conftest import make_topic_set, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -104,3 +106,31 @@ async def test_without_ends_a_range_stops_at_the_first_answers_high_watermark(
     assert [offset for offset, _ in got[0]] == list(range(5, 20))
     assert got[1] == []  # past the end of an empty partition: nothing, and no wait
     assert positions == {0: 20, 1: 7}
+
+
+async def test_a_read_cut_off_by_a_broker_outage_goes_on_where_it_was() -> None:
+    """The connection is cut after the first round (as when a broker goes away): the read
+    tries again, with a fresh look at the leaders, and loses nor repeats anything."""
+    async with proxied_broker() as proxy:
+        topic = make_topic_set().stamped
+        await ensure_topics(proxy.address, [topic], partitions=2)
+        await _fill(proxy.address, topic, [600, 600])
+        got: list[tuple[int, int]] = []
+
+        async def heal() -> None:
+            # Back once the read has tried to connect again while the broker was away.
+            await wait_for(lambda: proxy.refused > 0)
+            proxy.restore()
+
+        async with consumer(proxy.address) as cons, anyio.create_task_group() as tg:
+            starts = {TopicPartition(topic, p): 0 for p in range(2)}
+            reader = read_ranges(cons, starts, fetch_bytes=1)
+            async with contextlib.aclosing(reader):
+                async for fetched in reader:
+                    if not got:
+                        proxy.cut()  # the next round is on its way: it fails
+                        tg.start_soon(heal)
+                    got += [(part.tp.partition, r.offset) for part in fetched for r in part.records]
+        assert sorted(got) == [(p, o) for p in range(2) for o in range(600)]
+        assert len(got) == len(set(got))
+        assert proxy.accepted > 1  # it did connect again
