@@ -136,7 +136,8 @@ async def read_latest(
                 for part in fetched:
                     ends[part.tp] = part.end
                     partition = part.tp.partition
-                    for rec in part.records:
+                    for rec in part:
+                        read += 1
                         key = rec.key
                         if key is None:
                             continue
@@ -146,7 +147,6 @@ async def read_latest(
                             drops.add(key)
                         else:
                             puts[key] = kept  # written after the drops: a later put wins
-                    read += len(part.records)
                 kv.apply(puts, [k for k in drops if k not in puts])
                 if progress is not None:
                     progress.total = sum(ends.values())  # known after the first answers

@@ -38,7 +38,7 @@ from stream_expiry.errors import BrokerError
 from stream_expiry.kafka_settings import MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Mapping
+    from collections.abc import AsyncGenerator, Iterator, Mapping
 
     from aiokafka import AIOKafkaConsumer
 
@@ -76,13 +76,25 @@ class RawRecord(Protocol):
 
 @dataclass(slots=True)
 class Fetched:
-    """One partition's share of a fetch: its records in ``[start, end)``, in log order."""
+    """One partition's share of a fetch: iterate it (once) for its records in
+    ``[start, end)``, in log order. They are decoded as they are taken, so a caller that
+    keeps a few fields of each never holds a whole answer's record objects at once."""
 
     tp: TopicPartition
-    records: list[RawRecord]
+    start: int  # the first offset wanted
     position: int  # the next offset to read
     end: int  # where this read of the partition stops
-    skipped: int  # offsets passed without a record (compacted away, control batches)
+    batches: list[Any]  # aiokafka's record batches, control batches left out
+
+    def __iter__(self) -> Iterator[RawRecord]:
+        start, end = self.start, self.end
+        for batch in self.batches:
+            if start <= batch.base_offset and batch.next_offset <= end:
+                yield from batch  # the whole batch is in range: no test per record
+            else:
+                for rec in batch:
+                    if start <= rec.offset < end:
+                        yield rec
 
 
 @dataclass(slots=True)
@@ -233,7 +245,7 @@ def _batches(tp: TopicPartition, raw: bytes | None) -> list[Any]:
 
 
 def _take(part: _Partition, tp: TopicPartition, answer: _Answer, idle: bool) -> Fetched:
-    """Apply one answer to a partition's read: its records in range, and its new position."""
+    """Apply one answer to a partition's read: its batches, and its new position."""
     highwater, log_start, batches = answer
     if part.end is None:
         part.end = highwater
@@ -247,8 +259,7 @@ def _take(part: _Partition, tp: TopicPartition, answer: _Answer, idle: bool) -> 
             )
     start, end = part.position, part.end
     if start >= end:
-        return Fetched(tp, [], start, end, 0)
-    records: list[RawRecord] = []
+        return Fetched(tp, start, start, end, [])
     if not batches:
         if 0 <= start < log_start:
             # What lay before the log start is gone (retention): read on from there.
@@ -258,15 +269,7 @@ def _take(part: _Partition, tp: TopicPartition, answer: _Answer, idle: bool) -> 
             part.empty += 1
             if part.empty >= EMPTY_ROUNDS:
                 part.position = end  # nothing left before the end: compacted away
-        return Fetched(tp, records, part.position, end, part.position - start)
+        return Fetched(tp, start, part.position, end, [])
     part.empty = 0
-    for batch in batches:
-        if batch.is_control_batch:
-            pass
-        elif start <= batch.base_offset and batch.next_offset <= end:
-            records.extend(batch)  # the whole batch is in range: no test per record
-        else:
-            records.extend(rec for rec in batch if start <= rec.offset < end)
-        part.position = batch.next_offset
-    part.position = min(max(part.position, start), end)
-    return Fetched(tp, records, part.position, end, part.position - start - len(records))
+    part.position = min(max(batches[-1].next_offset, start), end)
+    return Fetched(tp, start, part.position, end, [b for b in batches if not b.is_control_batch])

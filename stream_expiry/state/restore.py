@@ -187,15 +187,16 @@ class _TopicRead:
         async with contextlib.aclosing(rounds):
             async for fetched in rounds:
                 done = []
+                read = 0
                 for part in fetched:
-                    tp, records = part.tp, part.records
-                    total.read += len(records)
+                    tp = part.tp
                     total.remaining = max(0, total.remaining - (part.position - position[tp]))
                     position[tp] = part.position
                     if part.position >= part.end:
                         done.append(tp)
                     plain = routes[tp]
-                    for rec in records:
+                    for rec in part:
+                        read += 1
                         headers: Any = rec.headers
                         source = plain.get(tuple(headers))
                         if source is None:
@@ -204,6 +205,7 @@ class _TopicRead:
                                 continue
                         if rec.offset >= own[source]:
                             pending[source].append(rec)
+                total.read += read
                 held = sum(len(mine) for mine in pending.values())
                 for tp in self.tps if held >= FLUSH else done:
                     for source in self.members[tp]:

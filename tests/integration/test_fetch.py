@@ -52,14 +52,15 @@ async def _read(
         reader = read_ranges(cons, starts, ends=ends, fetch_bytes=fetch_bytes)
         async with contextlib.aclosing(reader):
             async for fetched in reader:
-                if any(part.records for part in fetched):
+                taken = {part.tp: [(rec.offset, rec.key) for rec in part] for part in fetched}
+                if any(taken.values()):
                     passed_over += sum(
-                        1 for part in fetched if not part.records and part.position < part.end
+                        1 for part in fetched if not taken[part.tp] and part.position < part.end
                     )
                 for part in fetched:
                     p = part.tp.partition
-                    got[p] += [(rec.offset, rec.key) for rec in part.records]
-                    assert part.position <= part.end or not part.records
+                    got[p] += taken[part.tp]
+                    assert part.position <= part.end or not taken[part.tp]
                     positions[p] = part.position
     return got, positions, passed_over
 
@@ -130,7 +131,7 @@ async def test_a_read_cut_off_by_a_broker_outage_goes_on_where_it_was() -> None:
                     if not got:
                         proxy.cut()  # the next round is on its way: it fails
                         tg.start_soon(heal)
-                    got += [(part.tp.partition, r.offset) for part in fetched for r in part.records]
+                    got += [(part.tp.partition, r.offset) for part in fetched for r in part]
         assert sorted(got) == [(p, o) for p in range(2) for o in range(600)]
         assert len(got) == len(set(got))
         assert proxy.accepted > 1  # it did connect again
