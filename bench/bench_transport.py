@@ -33,30 +33,48 @@ READER_FETCH_WAIT_MS = 5
 PARTITIONS = 4
 
 
-async def _read(bootstrap: str, topic: str, expected: int, conn: Connection) -> dict[str, Any]:
+async def _read(
+    bootstrap: str, topic: str, expected: int, seconds: float, conn: Connection
+) -> dict[str, Any]:
     from aiokafka import TopicPartition
 
     from stream_expiry.kafka import consumer
 
     lags = array.array("d")
+    sent_at = array.array("q")  # each message's CreateTime: its window
     async with consumer(bootstrap, fetch_max_wait_ms=READER_FETCH_WAIT_MS) as cons:
         tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
         cons.assign(tps)
         await cons.seek_to_beginning(*tps)
         await cons.getmany(timeout_ms=200)
         conn.send("ready")
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + seconds + 120
         while len(lags) < expected and time.monotonic() < deadline:
             batch = await cons.getmany(timeout_ms=100, max_records=20_000)
             t_ms = time.time_ns() / 1e6
             for records in batch.values():
                 for rec in records:
                     lags.append(t_ms - rec.timestamp)
-    return {"lags": lags.tobytes()}
+                    sent_at.append(rec.timestamp)
+    return {"lags": lags.tobytes(), "sent_at": sent_at.tobytes()}
 
 
-def _reader(bootstrap: str, topic: str, expected: int, conn: Connection) -> None:
-    conn.send(asyncio.run(_read(bootstrap, topic, expected, conn)))
+def _reader(bootstrap: str, topic: str, expected: int, seconds: float, conn: Connection) -> None:
+    conn.send(asyncio.run(_read(bootstrap, topic, expected, seconds, conn)))
+
+
+def lag_windows(
+    sent_at: array.array[int], lags: array.array[float], window_s: float = 10.0
+) -> list[dict[str, Any]]:
+    """Lag percentiles per window of sending time: whether the floor itself drifts over a
+    long run (the soak's question)."""
+    if not sent_at:
+        return []
+    t0 = min(sent_at)
+    windows: dict[int, list[float]] = {}
+    for t, lag in zip(sent_at, lags, strict=True):
+        windows.setdefault(int((t - t0) / (window_s * 1000)), []).append(lag)
+    return [{"t_s": i * window_s, **summarize(w).to_json()} for i, w in sorted(windows.items())]
 
 
 async def _produce(
@@ -103,7 +121,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         await _create(bootstrap, topic)
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_reader, args=(bootstrap, topic, expected, child))
+        proc = ctx.Process(target=_reader, args=(bootstrap, topic, expected, args.seconds, child))
         proc.start()
         parent.recv()  # ready
         log(f"transport: {expected:,} messages at {args.rate:,}/s, tick {args.tick_ms} ms")
@@ -114,6 +132,8 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         proc.join()
     lags = array.array("d")
     lags.frombytes(res["lags"])
+    sent_at = array.array("q")
+    sent_at.frombytes(res["sent_at"])
     summary = summarize(lags)
     log(
         f"transport: {len(lags):,}/{sent:,} arrived, p50 {summary.p50:.1f} ms, "
@@ -131,6 +151,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
             "tick_ms": args.tick_ms,
             "linger_ms": args.linger_ms,
             "reader_fetch_max_wait_ms": READER_FETCH_WAIT_MS,
+            "lag_windows": lag_windows(sent_at, lags),
         },
     }
 
