@@ -130,8 +130,8 @@ class PartitionProcessor:
         holds: HoldBook | None = None,
         archive: ArchiveGate | None = None,
     ) -> PartitionProcessor:
-        """The processor of one input partition as ``config`` sets it up (the service,
-        ``replay --from-inputs`` and the benchmarks all build it so). ``horizon_ms``
+        """The processor of one input partition as ``config`` sets it up: the service,
+        ``replay --from-inputs`` and ``bench_restore`` build it so. ``horizon_ms``
         overrides the config's (replay loads no timers: 0)."""
         return cls(
             topic,

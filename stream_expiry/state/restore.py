@@ -96,7 +96,9 @@ async def restore_partitions(
     """Bring every store of ``stores`` (keyed by its input partition) up to date with the
     changelog, reading each changelog partition they need once.
 
-    ``cons`` is a consumer without a group; it is left assigned to the changelog partitions, paused. ``progress`` is told the whole read's report after every fetch.
+    ``cons`` is a consumer without a group; it is left assigned to the changelog
+    partitions, paused (its own fetcher learns their ends; :mod:`stream_expiry.fetch`
+    reads them). ``progress`` is told the whole read's report after every fetch.
     """
     result = RestoreResult(stores={source: RestoreReport() for source in stores})
     total = result.total
