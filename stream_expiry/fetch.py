@@ -204,12 +204,16 @@ async def _round(
         )
         for node, topics in by_node.items()
     ]
-    try:
-        responses = await asyncio.gather(*requests)
-    except KafkaError as exc:
-        if exc.retriable:
-            raise _Retry(str(exc)) from exc
-        raise BrokerError(f"fetch failed: {exc}") from exc
+    # Every request is waited for, failed or not: none is left running behind a failure.
+    responses: list[Any] = []
+    for result in await asyncio.gather(*requests, return_exceptions=True):
+        if isinstance(result, KafkaError):
+            if result.retriable:
+                raise _Retry(str(result)) from result
+            raise BrokerError(f"fetch failed: {result}") from result
+        if isinstance(result, BaseException):
+            raise result
+        responses.append(result)
     answers: dict[TopicPartition, _Answer] = {}
     for response in responses:
         version = response.API_VERSION
