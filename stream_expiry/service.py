@@ -40,6 +40,7 @@ from stream_expiry.firing import Firing
 from stream_expiry.health import Health
 from stream_expiry.holds import HoldBook
 from stream_expiry.kafka import (
+    committed_offsets,
     consumer,
     ensure_topics,
     high_watermarks,
@@ -604,8 +605,7 @@ class Service:
             await reader.seek_to_beginning(*tps)
             ends = await high_watermarks(reader, tps)
             starts = {tp: await reader.position(tp) for tp in tps}
-        for tp in tps:
-            committed = await cons.committed(tp)
+        for tp, committed in (await committed_offsets(cons, tps)).items():
             slot = (tp.topic, tp.partition)
             if committed is None:
                 start, why = starts[tp], "no committed offset: from the beginning"
