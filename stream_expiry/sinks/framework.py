@@ -4,7 +4,7 @@ The order of writes, and why (a crash at any point loses no deletion):
 
 1. ``getmany`` a batch from ``expiry.stamped`` and ``expiry.tombstones``.
 2. Apply it to the store in ONE transaction: rows, deletions and their receipts commit
-   together, and so does the "published" mark of the previous batch's receipts (one commit,
+   together, and so does the "published" mark of earlier batches' receipts (one commit,
    one fsync, per batch).
 3. Publish the batch's receipts to ``expiry.receipts`` and the Kafka-native deletions
    to the compacted topics mapped to the deleted records' categories (a null value under
@@ -12,10 +12,15 @@ The order of writes, and why (a crash at any point loses no deletion):
    a Java producer placed the record); wait for the broker's acks.
 4. Only then commit the batch's Kafka offsets.
 
+Steps 3 and 4 of batch n run beside step 2 of batch n+1 (and the decoding of batch n+2),
+so the store, the broker and this process work at the same time; batches still commit
+their transactions in order, and their offsets in order, each after its own publish.
+
 A crash before 2 re-reads the batch; after 2 the store has the deletions, and re-reading
 changes nothing (the store is idempotent); after 2, the receipts not yet marked published
 wait in the store's outbox and are published (again) at the next start. Published receipts
-are at-least-once: consumers de-duplicate them by ``receipt_id``.
+are at-least-once: consumers de-duplicate them by ``receipt_id``. A batch whose publish
+failed leaves its receipts in the outbox and its offsets to a later batch's commit.
 
 Every instance of one store joins the same consumer group, with the range assignor so that
 partition n of both topics goes to the same instance: with equal partition counts (the
@@ -179,6 +184,11 @@ class Sink:
         self._acked: list[str] = []
         # The next batch, read and decoded while the previous one was being applied.
         self._ready: _Decoded | None = None
+        # The applied batch whose receipts are being published and offsets committed,
+        # beside the next batch's transaction (see :meth:`_hand_off`).
+        self._finishing: asyncio.Future[None] | None = None
+        # Next offset per partition of every applied batch, until a commit holds it.
+        self._uncommitted: dict[Any, int] = {}
 
     async def run(self, stop: anyio.Event) -> None:
         """Consume until ``stop`` is set, then return after the current batch committed.
@@ -214,43 +224,55 @@ class Sink:
             # A batch decoded by an earlier run belongs to that run's consumer: its
             # offsets were not committed, so this one reads it again.
             self._ready = None
-            next_sweep = time.monotonic()
-            outage_since: float | None = None
-            while not stop.is_set():
-                try:
-                    if outage_since is not None:  # receipts of a batch whose publish failed
-                        await self._flush_outbox(prod)
-                    if self._ready is None:
-                        with broker_errors(f"consuming from {cfg.bootstrap_servers}"):
-                            batch = await cons.getmany(
-                                timeout_ms=cfg.poll_timeout_ms, max_records=cfg.batch_size
-                            )
-                        self._observe(cons, batch)
-                        if batch:
-                            self._ready = await self._decode_batch(batch)
-                    if self._ready is not None:
-                        await self._step(prod, cons)
-                    elif self._acked:
-                        await self._mark_acked()  # idle: no batch to carry the mark
-                    if cfg.sweep_interval_s is not None and time.monotonic() >= next_sweep:
-                        full = await self.sweep_once(prod)
-                        next_sweep = time.monotonic() + (0 if full else cfg.sweep_interval_s)
-                except BrokerUnavailableError as exc:
-                    # The store holds every applied batch and its receipts wait in the outbox;
-                    # offsets not committed are read again: waiting loses nothing.
-                    self.metrics["broker_errors_total"] += 1
-                    if outage_since is None:
-                        outage_since = time.monotonic()
-                        log.warning("%s; retrying until the broker answers", exc)
-                    with anyio.move_on_after(BROKER_RETRY_S):
-                        await stop.wait()
-                    continue
-                if outage_since is not None:
-                    log.warning(
-                        "the broker answers again after %.0f s", time.monotonic() - outage_since
-                    )
-                    outage_since = None
+            try:
+                await self._loop(stop, prod, cons)
+                await self._settle()
+            finally:
+                await self._abandon()
             await self._mark_acked()
+
+    async def _loop(
+        self, stop: anyio.Event, prod: AIOKafkaProducer, cons: AIOKafkaConsumer
+    ) -> None:
+        cfg = self.config
+        next_sweep = time.monotonic()
+        outage_since: float | None = None
+        while not stop.is_set():
+            try:
+                if outage_since is not None:  # receipts of a batch whose publish failed
+                    await self._flush_outbox(prod)
+                if self._ready is None:
+                    with broker_errors(f"consuming from {cfg.bootstrap_servers}"):
+                        batch = await cons.getmany(
+                            timeout_ms=cfg.poll_timeout_ms, max_records=cfg.batch_size
+                        )
+                    self._observe(cons, batch)
+                    if batch:
+                        self._ready = await self._decode_batch(batch)
+                if self._ready is not None:
+                    await self._step(prod, cons)
+                else:  # idle: finish the last batch, and mark its receipts without waiting
+                    await self._settle()
+                    if self._acked:
+                        await self._mark_acked()
+                if cfg.sweep_interval_s is not None and time.monotonic() >= next_sweep:
+                    full = await self.sweep_once(prod)
+                    next_sweep = time.monotonic() + (0 if full else cfg.sweep_interval_s)
+            except BrokerUnavailableError as exc:
+                # The store holds every applied batch and its receipts wait in the outbox;
+                # offsets not committed are read again: waiting loses nothing.
+                self.metrics["broker_errors_total"] += 1
+                if outage_since is None:
+                    outage_since = time.monotonic()
+                    log.warning("%s; retrying until the broker answers", exc)
+                with anyio.move_on_after(BROKER_RETRY_S):
+                    await stop.wait()
+                continue
+            if outage_since is not None:
+                log.warning(
+                    "the broker answers again after %.0f s", time.monotonic() - outage_since
+                )
+                outage_since = None
 
     def observe(
         self,
@@ -351,12 +373,12 @@ class Sink:
     async def _step(self, prod: AIOKafkaProducer, cons: AIOKafkaConsumer) -> None:
         """Apply the ready batch; meanwhile, read the next one if the consumer holds it
         already, and decode it while the store works on this one (its database, in
-        another thread or process, and the decoding, here, then overlap).
+        another thread or process, and the decoding, here, then overlap). The previous
+        batch's receipts are published and its offsets committed beside both.
 
-        Batches are still applied, published and committed one after another, in order;
-        only the decoding of batch n+1 runs beside the transaction of batch n. The next
+        Transactions run one after another, in order; so do the offset commits. The next
         batch is kept in ``_ready`` before this one's outcome is known, so a broker outage
-        while publishing this one does not lose it (its offsets are not committed yet).
+        while publishing does not lose it (its offsets are not committed yet).
         """
         with broker_errors(f"consuming from {self.config.bootstrap_servers}"):
             following = await cons.getmany(timeout_ms=0, max_records=self.config.batch_size)
@@ -364,37 +386,75 @@ class Sink:
         current, self._ready = self._ready, None
         assert current is not None
         if not following:
-            await self._apply(current, prod, cons)
-            return
-        task = asyncio.ensure_future(self._apply(current, prod, cons))
-        try:
-            self._ready = await self._decode_batch(following)
-        except BaseException:
-            # Cancelled (or a bug): the transaction must not outlive this sink's loop.
-            task.cancel()
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait([task])
-            raise
-        await task
+            out = await self._transact(current)
+        else:
+            task = asyncio.ensure_future(self._transact(current))
+            try:
+                self._ready = await self._decode_batch(following)
+            except BaseException:
+                # Cancelled (or a bug): the transaction must not outlive this sink's loop.
+                task.cancel()
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait([task])
+                raise
+            out = await task
+        await self._hand_off(current, out, prod, cons)
 
     async def _handle(
         self, batch: Mapping[Any, list[Any]], prod: AIOKafkaProducer, cons: AIOKafkaConsumer
     ) -> None:
-        """Decode and apply one batch (no overlap): what :meth:`_step` does, unpipelined."""
-        await self._apply(await self._decode_batch(batch), prod, cons)
+        """Decode, apply, publish and commit one batch, each step awaited in turn: what
+        :meth:`_step` does, unpipelined."""
+        decoded = await self._decode_batch(batch)
+        await self._hand_off(decoded, await self._transact(decoded), prod, cons)
+        await self._settle()
 
-    async def _apply(self, batch: _Decoded, prod: AIOKafkaProducer, cons: AIOKafkaConsumer) -> None:
-        """One store transaction for the batch, its receipts published, then its offsets."""
+    async def _transact(self, batch: _Decoded) -> Plan:
+        """The batch's store transaction, which also marks the receipts acknowledged so far."""
         acked, self._acked = self._acked, []
         try:
             out = await self.store.apply(batch.changes, now_ms=self._clock(), published=acked)
         except BaseException:
             self._acked = acked + self._acked
             raise
+        # The store holds the batch now: re-reading it after a restart is harmless.
+        self._uncommitted.update(batch.offsets)
+        return out
+
+    async def _hand_off(
+        self, batch: _Decoded, out: Plan, prod: AIOKafkaProducer, cons: AIOKafkaConsumer
+    ) -> None:
+        """Start publishing an applied batch and committing its offsets, in the background.
+
+        The previous batch's publish and commit are awaited first, so commits stay in
+        order and at most one batch is in flight beside the next transaction. If that one
+        failed, its error is raised here and this batch is not handed off: its receipts
+        wait in the outbox (flushed once the broker answers) and its offsets stay in
+        ``_uncommitted`` for the next commit.
+        """
+        await self._settle()
+        offsets = dict(self._uncommitted)
+        self._finishing = asyncio.ensure_future(self._finish(batch, out, offsets, prod, cons))
+
+    async def _finish(
+        self,
+        batch: _Decoded,
+        out: Plan,
+        offsets: dict[Any, int],
+        prod: AIOKafkaProducer,
+        cons: AIOKafkaConsumer,
+    ) -> None:
+        """Publish the batch's receipts, then commit the offsets of every batch applied up
+        to it (a partition the group took away meanwhile is left out)."""
         await self._publish(prod, out.receipts)
-        # The store already holds the batch: re-reading it after a restart is harmless.
-        with broker_errors(f"committing offsets for group {self.config.group_id}"):
-            await cons.commit(batch.offsets)
+        assigned = cons.assignment()
+        mine = {tp: o for tp, o in offsets.items() if tp in assigned}
+        if mine:
+            with broker_errors(f"committing offsets for group {self.config.group_id}"):
+                await cons.commit(mine)
+        for tp, offset in offsets.items():
+            if self._uncommitted.get(tp) == offset:
+                del self._uncommitted[tp]
         m = self.metrics
         m["batches_total"] += 1
         m["messages_total"] += batch.messages
@@ -402,6 +462,25 @@ class Sink:
         m["stale_total"] += out.stale
         m["deleted_total"] += out.deleted
         self._report("batch", out, batch.messages, batch.invalid)
+
+    async def _settle(self) -> None:
+        """Wait for the batch in flight (if any) to be published and committed; its
+        failure is raised here."""
+        task, self._finishing = self._finishing, None
+        if task is not None:
+            await task
+
+    async def _abandon(self) -> None:
+        """Leaving the loop on an error or a cancellation: stop the batch in flight. Its
+        receipts are in the outbox and its offsets are read again: nothing is lost."""
+        task, self._finishing = self._finishing, None
+        if task is not None and not task.done():
+            task.cancel()
+        if task is not None:
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([task])
+            if not task.cancelled() and task.exception() is not None:
+                log.debug("the batch in flight failed as the sink stopped: %s", task.exception())
 
     async def sweep_once(self, prod: AIOKafkaProducer) -> bool:
         """Run one bounded sweep and publish its receipts; True when it hit its limit."""

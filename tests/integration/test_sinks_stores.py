@@ -435,10 +435,21 @@ async def test_postgres_cannot_hold_nul_and_says_so(tmp_path: Path) -> None:
     async with open_store("sqlite", tmp_path) as lite:
         nul = ident("a\x00b")
         assert lite.holds(nul)
-        await lite.apply([put(stamp(nul))], now_ms=T0)
+        # Deleted, marked and published like any other, and never confused with "a".
+        await lite.apply([put(stamp(nul)), put(stamp(ident("a")))], now_ms=T0)
         row = await lite.get(nul)
         assert row is not None
         assert row.identity == nul
+        assert await lite.get(ident("a")) is not None  # not the same record as "a\x00b"
+        out = await lite.apply([kill(stamp(nul))], now_ms=T0 + 1)
+        assert (out.deleted, [r.identity for r in out.receipts]) == (1, [nul])
+        assert await lite.get(nul) is None
+        assert await lite.get(ident("a")) is not None
+        marker = await lite.marker(nul)
+        assert marker is not None
+        assert marker.identity == nul
+        await lite.apply([], now_ms=T0 + 2, published=[out.receipts[0].receipt_id])
+        assert await lite.pending_receipts() == []
 
 
 @pytest.mark.asyncio

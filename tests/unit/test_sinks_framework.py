@@ -90,6 +90,9 @@ class FakeConsumer:
     def __init__(self, journal: Journal, store: MemoryStore) -> None:
         self.j, self.store = journal, store
 
+    def assignment(self) -> set[TP]:
+        return {TP("st", 0), TP("tb", 0), TP("tb", 1)}
+
     async def commit(self, offsets: dict[TP, int]) -> None:
         # What the store holds at the moment of the commit is what a crash would keep.
         self.j.events.append(
@@ -228,9 +231,6 @@ class QueuedConsumer(FakeConsumer):
         self.j.events.append(("getmany", timeout_ms))
         return self.batches.pop(0) if self.batches else {}
 
-    def assignment(self) -> set[TP]:
-        return {TP("st", 0), TP("tb", 0)}
-
     async def commit(self, offsets: dict[TP, int]) -> None:
         if self.fail_commit:
             from aiokafka.errors import KafkaConnectionError
@@ -252,6 +252,10 @@ def tombstones_of(offset: int, *idents: Identity) -> dict[Any, list[Any]]:
     return {TP("tb", 0): recs}
 
 
+def commits(j: Journal) -> list[dict[TP, int]]:
+    return [e[1][0] for e in j.events if e[0] == "commit"]
+
+
 @pytest.mark.asyncio
 async def test_the_next_batch_is_decoded_beside_the_store_and_applied_after_it() -> None:
     store, reports, j = MemoryStore(), list[BatchReport](), Journal()
@@ -259,41 +263,118 @@ async def test_the_next_batch_is_decoded_beside_the_store_and_applied_after_it()
     cons = QueuedConsumer(j, store, [tombstones_of(1, B)])
     sink._ready = await sink._decode_batch(tombstones_of(0, A))
     await sink._step(FakeProducer(j), cons)
-    # The first batch is committed; the second was read (without waiting) and decoded,
-    # but neither applied nor committed yet.
-    commits = [e[1][0] for e in j.events if e[0] == "commit"]
-    assert commits == [{TP("tb", 0): 1}]
+    # The first batch is applied and on its way out; the second was read (without
+    # waiting) and decoded, but not applied.
     assert ("getmany", 0) in j.events
     assert sink._ready is not None
     assert [c.identity for c in sink._ready.changes] == [B]
     assert [r.identity for r in await store.receipts()] == [A]
     await sink._step(FakeProducer(j), cons)  # nothing more buffered: applied alone
-    commits = [e[1][0] for e in j.events if e[0] == "commit"]
-    assert commits == [{TP("tb", 0): 1}, {TP("tb", 0): 2}]  # in order, one after the other
+    assert commits(j) == [{TP("tb", 0): 1}]  # the first one's, before the second goes out
+    await sink._settle()
+    assert commits(j) == [{TP("tb", 0): 1}, {TP("tb", 0): 2}]  # in order, one after the other
     assert sink._ready is None
     assert [r.identity for r in await store.receipts()] == [A, B]
     assert [r.messages for r in reports] == [1, 1]
+
+
+class GatedProducer(FakeProducer):
+    """Acknowledges nothing until ``gate`` is set, as a broker that answers late."""
+
+    def __init__(self, journal: Journal) -> None:
+        super().__init__(journal)
+        self.gate = asyncio.Event()
+        self._acks: set[asyncio.Task[None]] = set()
+
+    async def send_batch(
+        self, batch: FakeBatch, topic: str, *, partition: int
+    ) -> asyncio.Future[None]:
+        for key, value in batch.messages:
+            self.j.events.append(("send", (topic, partition, key, value)))
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def ack() -> None:
+            await self.gate.wait()
+            self.j.events.append(("ack", topic))
+            fut.set_result(None)
+
+        task = asyncio.ensure_future(ack())
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
+        return fut
+
+
+class JournalingStore(MemoryStore):
+    """Notes each transaction; the second one lets the broker acknowledge while it runs."""
+
+    def __init__(self, journal: Journal, prod: GatedProducer) -> None:
+        super().__init__()
+        self.j, self.prod = journal, prod
+
+    async def apply(self, changes: Any, *, now_ms: int, published: Any = ()) -> Plan:
+        self.j.events.append(("apply", [c.identity.record_id for c in changes]))
+        if len([e for e in self.j.events if e[0] == "apply"]) == 2:
+            self.prod.gate.set()
+        return await super().apply(changes, now_ms=now_ms, published=published)
+
+
+@pytest.mark.asyncio
+async def test_a_batch_is_published_and_committed_beside_the_next_transaction() -> None:
+    j = Journal()
+    prod = GatedProducer(j)
+    store = JournalingStore(j, prod)
+    sink = sink_for(store, [])
+    cons = QueuedConsumer(j, store, [tombstones_of(1, B)])
+    sink._ready = await sink._decode_batch(tombstones_of(0, A))
+    # The broker acknowledges r1's receipt only once r2's transaction runs: a sink that
+    # waited for those acks before its next transaction would wait forever.
+    async with asyncio.timeout(5):
+        await sink._step(prod, cons)
+        await sink._step(prod, cons)
+        await sink._settle()
+    kinds = [e[0] if e[0] != "apply" else f"apply {e[1][0]}" for e in j.events]
+    kinds = [k for k in kinds if k != "getmany"]
+    first_ack = kinds.index("ack")
+    assert kinds[:first_ack].count("send") == 2  # r1's receipt and compacted null
+    assert kinds.index("apply r2") < first_ack
+    # r1's offsets only after r1's acks; r2's messages only after r1's commit
+    assert kinds[first_ack:] == ["ack", "ack", "commit", "send", "send", "ack", "ack", "commit"]
+    assert commits(j) == [{TP("tb", 0): 1}, {TP("tb", 0): 2}]
 
 
 @pytest.mark.asyncio
 async def test_a_broker_outage_while_committing_keeps_the_batch_read_beside_it() -> None:
     from stream_expiry.errors import BrokerUnavailableError
 
+    C = Identity("acme", "_", "live", "conversation", "r3")
     store, j = MemoryStore(), Journal()
     sink = sink_for(store, [])
-    cons = QueuedConsumer(j, store, [tombstones_of(1, B)])
+    cons = QueuedConsumer(j, store, [tombstones_of(1, B), tombstones_of(2, C)])
     cons.fail_commit = True
     sink._ready = await sink._decode_batch(tombstones_of(0, A))
+    await sink._step(FakeProducer(j), cons)  # A applied; its commit fails out of sight
     with pytest.raises(BrokerUnavailableError):
-        await sink._step(FakeProducer(j), cons)
-    # The first batch is in the store (its offsets are committed with a later batch's);
-    # the second one, already taken from the consumer, is kept for the next step.
-    assert [r.identity for r in await store.receipts()] == [A]
-    assert sink._ready is not None
-    assert [c.identity for c in sink._ready.changes] == [B]
-    await sink._step(FakeProducer(j), cons)
+        await sink._step(FakeProducer(j), cons)  # B applied, then A's failure surfaces
+    # Both are in the store (their offsets are committed with a later batch's); the next
+    # one, already taken from the consumer, is kept for the next step.
     assert [r.identity for r in await store.receipts()] == [A, B]
-    assert [e[1][0] for e in j.events if e[0] == "commit"] == [{TP("tb", 0): 2}]
+    assert sink._ready is not None
+    assert [c.identity for c in sink._ready.changes] == [C]
+    await sink._step(FakeProducer(j), cons)
+    await sink._settle()
+    assert [r.identity for r in await store.receipts()] == [A, B, C]
+    assert commits(j) == [{TP("tb", 0): 3}]
+
+
+@pytest.mark.asyncio
+async def test_offsets_of_a_partition_taken_away_are_not_committed() -> None:
+    store, j = MemoryStore(), Journal()
+    sink = sink_for(store, [])
+    cons = QueuedConsumer(j, store, [])
+    recs = tombstones_of(0, A)
+    recs[TP("tb", 7)] = [Rec("tb", 7, 4, B.key.encode(), None)]  # no longer assigned
+    await sink._handle(recs, FakeProducer(j), cons)
+    assert commits(j) == [{TP("tb", 0): 1}]
 
 
 @pytest.mark.asyncio
