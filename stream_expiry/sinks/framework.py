@@ -14,7 +14,9 @@ The order of writes, and why (a crash at any point loses no deletion):
 
 Steps 3 and 4 of batch n run beside step 2 of batch n+1 (and the decoding of batch n+2),
 so the store, the broker and this process work at the same time; batches still commit
-their transactions in order, and their offsets in order, each after its own publish.
+their transactions in order, and their offsets in order, each after its own publish. A
+store whose driver needs this process's GIL for every row (SQLite) gets the steps one
+after the other instead (``Store.overlaps``).
 
 A crash before 2 re-reads the batch; after 2 the store has the deletions, and re-reading
 changes nothing (the store is idempotent); after 2, the receipts not yet marked published
@@ -373,8 +375,9 @@ class Sink:
     async def _step(self, prod: AIOKafkaProducer, cons: AIOKafkaConsumer) -> None:
         """Apply the ready batch; meanwhile, read the next one if the consumer holds it
         already, and decode it while the store works on this one (its database, in
-        another thread or process, and the decoding, here, then overlap). The previous
-        batch's receipts are published and its offsets committed beside both.
+        another process, and the decoding, here, then overlap). The previous batch's
+        receipts are published and its offsets committed beside both. A store that does
+        not overlap (:attr:`Store.overlaps`) gets the same steps one after the other.
 
         Transactions run one after another, in order; so do the offset commits. The next
         batch is kept in ``_ready`` before this one's outcome is known, so a broker outage
@@ -385,6 +388,12 @@ class Sink:
         self._observe(cons, following)
         current, self._ready = self._ready, None
         assert current is not None
+        if not self.store.overlaps:  # one step after the other: see Store.overlaps
+            await self._hand_off(current, await self._transact(current), prod, cons)
+            await self._settle()
+            if following:
+                self._ready = await self._decode_batch(following)
+            return
         if not following:
             out = await self._transact(current)
         else:

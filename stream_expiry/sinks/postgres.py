@@ -21,10 +21,16 @@ Why it is shaped like this:
 * PostgreSQL ``text`` cannot hold U+0000. :meth:`PostgresStore.holds` says so, and the sink
   counts such messages (``metrics["unrepresentable_total"]``) instead of failing the batch:
   a record that cannot be stored here cannot need deleting here either.
-* Receipts are append-only, enforced by a trigger on ``UPDATE OF`` every other column and
-  on ``DELETE``: only ``published_at`` may ever change, and marking receipts published
-  (every batch) fires no trigger at all. The row trigger it replaces compared whole rows
-  as jsonb: measured, 400 ms against 180 ms to mark 5,000 receipts.
+* Receipts are append-only, enforced by a trigger on ``UPDATE`` and ``DELETE``: a row is
+  written once and never rewritten. Those not yet published are listed (by ``seq``) in
+  the ``receipts_outbox`` table, written in the same statement as the receipts; marking
+  them published deletes their entries there. Earlier versions set a ``published_at``
+  column instead: an update that wrote every receipt twice, with new entries in both of
+  its indexes and a dead row for the vacuum (measured on 100k receipts: 11.5 us of the
+  server's CPU per receipt, written and marked, against 7.6 us with the outbox table).
+  Such a store is brought over when it opens: its unpublished receipts go into the
+  outbox and the partial index that listed them is dropped; ``published_at`` keeps the
+  values it had.
 * asyncpg is imported when the store opens, so the package works without the
   ``postgres`` extra until a PostgreSQL store is actually used.
 """
@@ -148,20 +154,27 @@ CREATE TABLE IF NOT EXISTS {receipts} (
     record_id text NOT NULL,
     reason text NOT NULL, rows_deleted integer NOT NULL,
     created_at bigint, expires_at bigint, ttl_seconds bigint, ttl_source text,
-    emitted_at bigint, deleted_at bigint NOT NULL, published_at bigint
+    emitted_at bigint, deleted_at bigint NOT NULL
 );
-CREATE INDEX IF NOT EXISTS {idx_unpublished} ON {receipts} (seq)
-    WHERE published_at IS NULL;
+CREATE TABLE IF NOT EXISTS {outbox} (seq bigint PRIMARY KEY);
+DO $migrate$
+BEGIN
+    -- A store made before the outbox table: its unpublished receipts move into it.
+    IF to_regclass('{s}.{idx_unpublished}') IS NOT NULL THEN
+        INSERT INTO {outbox} SELECT seq FROM {receipts} WHERE published_at IS NULL
+            ON CONFLICT DO NOTHING;
+        DROP INDEX {s}.{idx_unpublished};
+    END IF;
+END
+$migrate$;
 CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 BEGIN
-    RAISE EXCEPTION 'receipts are append-only: only published_at may change';
+    RAISE EXCEPTION 'receipts are append-only';
 END
 $fn$;
 CREATE OR REPLACE TRIGGER {trigger}
-    BEFORE UPDATE OF seq, receipt_id, store, org, bot, env, category, record_id, reason,
-        rows_deleted, created_at, expires_at, ttl_seconds, ttl_source, emitted_at, deleted_at
-    OR DELETE ON {receipts}
+    BEFORE UPDATE OR DELETE ON {receipts}
     FOR EACH ROW EXECUTE FUNCTION {fn}();
 """
 
@@ -208,6 +221,10 @@ class _Names:
     def receipts(self) -> str:
         return self._q("receipts")
 
+    @property
+    def outbox(self) -> str:
+        return self._q("receipts_outbox")
+
     def ddl(self) -> dict[str, str]:
         p = self.prefix
         return {
@@ -216,6 +233,7 @@ class _Names:
             "records": self.records,
             "deletions": self.deletions,
             "receipts": self.receipts,
+            "outbox": self.outbox,
             "idx_expiry": f'"{p}records_by_expiry"',
             "idx_unpublished": f'"{p}receipts_unpublished"',
             "idx_pending": f'"{p}deletions_pending"',
@@ -329,7 +347,8 @@ class _PostgresTx(StoreTransaction):
             )  # fmt: skip
         if p.receipts:
             await c.execute(
-                f"INSERT INTO {n.receipts} ({_RECEIPT_COLS}) {_RECEIPTS_FROM_JSON}",
+                f"WITH r AS (INSERT INTO {n.receipts} ({_RECEIPT_COLS}) {_RECEIPTS_FROM_JSON} "
+                f"RETURNING seq) INSERT INTO {n.outbox} SELECT seq FROM r",
                 _json(
                     (r.receipt_id, r.store, *r.identity.parts(), r.reason, r.rows_deleted,
                      r.created_at, r.expires_at, r.ttl_seconds, r.ttl_source, r.emitted_at,
@@ -339,11 +358,12 @@ class _PostgresTx(StoreTransaction):
             )  # fmt: skip
 
     async def mark_published(self, receipt_ids: Sequence[str], now_ms: int) -> None:
+        del now_ms  # the receipts are not rewritten: their entries leave the outbox
+        n = self._n
         await self._c.execute(
-            f"UPDATE {self._n.receipts} SET published_at = $2 WHERE receipt_id = "
-            "ANY(ARRAY(SELECT jsonb_array_elements_text($1::jsonb))) AND published_at IS NULL",
+            f"DELETE FROM {n.outbox} AS o USING {n.receipts} AS r WHERE o.seq = r.seq "
+            "AND r.receipt_id = ANY(ARRAY(SELECT jsonb_array_elements_text($1::jsonb)))",
             _json(receipt_ids),
-            now_ms,
         )
 
 
@@ -468,8 +488,8 @@ class PostgresStore(Store):
 
     async def pending_receipts(self, limit: int = 1000) -> list[Receipt]:
         sql = (
-            f"SELECT {_RECEIPT_COLS} FROM {self._n.receipts} WHERE published_at IS NULL "
-            "ORDER BY seq LIMIT $1"
+            f"SELECT {_RECEIPT_COLS} FROM {self._n.outbox} JOIN {self._n.receipts} "
+            "USING (seq) ORDER BY seq LIMIT $1"
         )
         return [_receipt(r) for r in await self._fetch(sql, limit)]
 

@@ -7,9 +7,10 @@ of them: load, decide with the pure :func:`~stream_expiry.sinks._logic.plan`, wr
 transaction. That is why the memory, SQLite and PostgreSQL stores cannot drift apart, and
 why one test suite runs over all of them.
 
-Receipts are an outbox: a store writes them with ``published_at`` unset in the same
-transaction as the deletion, and the sink marks them published once Kafka has acknowledged
-them. A crash in between publishes them again after restart (at-least-once; consumers
+Receipts are an outbox: a store writes each one, and its entry in the store's list of
+receipts not yet published, in the same transaction as the deletion; the sink marks them
+published (the entries go, the receipts stay as they were written) once Kafka has
+acknowledged them. A crash in between publishes them again after restart (at-least-once; consumers
 de-duplicate by ``receipt_id``), so a deletion's evidence is never lost.
 """
 
@@ -136,7 +137,7 @@ class StoreTransaction(abc.ABC):
 
     @abc.abstractmethod
     async def mark_published(self, receipt_ids: Sequence[str], now_ms: int) -> None:
-        """Set ``published_at`` of these receipts where it is unset."""
+        """Take these receipts off the list of those not yet published."""
 
 
 class Store(abc.ABC):
@@ -148,6 +149,13 @@ class Store(abc.ABC):
     """
 
     name: str
+
+    #: Whether the database works outside this process's GIL (PostgreSQL: another process),
+    #: so that the sink decodes the next batch and publishes the last one while a
+    #: transaction runs. A store whose driver takes the GIL back for every row (SQLite
+    #: through aiosqlite: one handover per ``executemany`` row) would only lose to Python
+    #: running beside it, and gets its steps one after the other instead.
+    overlaps: bool = True
 
     def __init__(self, name: str, *, new_id: Callable[[], str] = _new_receipt_id) -> None:
         self.name = name

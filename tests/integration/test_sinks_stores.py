@@ -473,3 +473,60 @@ async def test_a_store_made_before_pending_deletions_is_brought_up_to_date(store
     assert [(r.reason, r.rows_deleted, r.deleted_at) for r in await store.receipts()] == [
         ("explicit", 1, T0)
     ]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(SQL_KINDS), indirect=True)
+async def test_a_store_that_marked_receipts_in_place_moves_them_to_the_outbox(
+    store: Store,
+) -> None:
+    """Earlier versions set ``published_at`` on the receipt itself and listed the
+    unpublished ones in a partial index. Reopened, such a store lists exactly those in its
+    outbox, drops the index, and from then on refuses any update of a receipt."""
+    stamps = [stamp(ident(f"old{n}")) for n in range(3)]
+    await store.apply([put(s) for s in stamps] + [kill(s) for s in stamps], now_ms=T0)
+    first = (await store.pending_receipts())[0]
+    conn: Any = getattr(store, "_conn", None) or store._pool  # type: ignore[attr-defined]
+    if store.__class__.__name__ == "SQLiteStore":
+        p = store.prefix  # type: ignore[attr-defined]
+        receipts, outbox, index = f"{p}receipts", f"{p}receipts_outbox", f"{p}receipts_unpublished"
+        await conn.execute(f"DROP TRIGGER {p}receipts_no_update")
+        await conn.execute(f"DROP TRIGGER {p}receipts_to_outbox")
+        await conn.commit()
+    else:
+        n = store._n  # type: ignore[attr-defined]
+        receipts, outbox = n.receipts, n.outbox
+        index = f'"{n.schema}"."{n.prefix}receipts_unpublished"'
+        await conn.execute(f"ALTER TABLE {receipts} DISABLE TRIGGER USER")
+    # The old layout: the mark on the row, an index of the unmarked, no outbox table.
+    await conn.execute(f"ALTER TABLE {receipts} ADD COLUMN published_at bigint")
+    await conn.execute(
+        f"UPDATE {receipts} SET published_at = 1 WHERE receipt_id = '{first.receipt_id}'"
+    )
+    await conn.execute(f"DROP TABLE {outbox}")
+    await conn.execute(
+        f"CREATE INDEX {index.rpartition('.')[2]} ON {receipts} (seq) WHERE published_at IS NULL"
+    )
+    if store.__class__.__name__ != "SQLiteStore":
+        await conn.execute(f"ALTER TABLE {receipts} ENABLE TRIGGER USER")
+    await store.close()
+    await store.open()
+    conn = getattr(store, "_conn", None) or store._pool  # type: ignore[attr-defined]
+    pending = await store.pending_receipts()
+    assert [r.identity for r in pending] == [s.identity for s in stamps[1:]]
+    await store.mark_published([pending[0].receipt_id], now_ms=T0 + 1)
+    assert [r.receipt_id for r in await store.pending_receipts()] == [pending[1].receipt_id]
+    with pytest.raises(Exception, match="append-only"):
+        await conn.execute(f"UPDATE {receipts} SET published_at = 2")
+    more = stamp(ident("new"))
+    await store.apply([put(more), kill(more)], now_ms=T0 + 2)  # listed by the new way
+    assert [r.identity for r in await store.pending_receipts()] == [
+        stamps[2].identity, more.identity,
+    ]  # fmt: skip
+    assert len(await store.receipts()) == 4
+    await store.mark_published(
+        [r.receipt_id for r in await store.pending_receipts()], now_ms=T0 + 3
+    )
+    await store.close()
+    await store.open()
+    assert await store.pending_receipts() == []  # opening it again brings none back

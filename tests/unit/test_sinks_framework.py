@@ -342,6 +342,38 @@ async def test_a_batch_is_published_and_committed_beside_the_next_transaction() 
     assert commits(j) == [{TP("tb", 0): 1}, {TP("tb", 0): 2}]
 
 
+class SerialStore(MemoryStore):
+    """A store that does not overlap (as SQLite): it notes each transaction."""
+
+    overlaps = False
+
+    def __init__(self, journal: Journal) -> None:
+        super().__init__()
+        self.j = journal
+
+    async def apply(self, changes: Any, *, now_ms: int, published: Any = ()) -> Plan:
+        self.j.events.append(("apply", [c.identity.record_id for c in changes]))
+        return await super().apply(changes, now_ms=now_ms, published=published)
+
+
+@pytest.mark.asyncio
+async def test_a_store_that_does_not_overlap_gets_each_step_in_turn() -> None:
+    j = Journal()
+    store = SerialStore(j)
+    sink = sink_for(store, [])
+    cons = QueuedConsumer(j, store, [tombstones_of(1, B)])
+    sink._ready = await sink._decode_batch(tombstones_of(0, A))
+    await sink._step(FakeProducer(j), cons)
+    assert sink._finishing is None  # published and committed before the step returned
+    assert sink._ready is not None  # the next batch, decoded after them
+    await sink._step(FakeProducer(j), cons)
+    kinds = [e[0] if e[0] != "apply" else f"apply {e[1][0]}" for e in j.events]
+    assert [k for k in kinds if k != "getmany"] == [
+        "apply r1", "send", "send", "ack", "ack", "commit",
+        "apply r2", "send", "send", "ack", "ack", "commit",
+    ]  # fmt: skip
+
+
 @pytest.mark.asyncio
 async def test_a_broker_outage_while_committing_keeps_the_batch_read_beside_it() -> None:
     from stream_expiry.errors import BrokerUnavailableError
