@@ -229,6 +229,13 @@ class Sink:
             try:
                 await self._loop(stop, prod, cons)
                 await self._settle()
+            except BrokerUnavailableError as exc:  # the last batch's publish or commit
+                log.warning(
+                    "stopping with the last batch unconfirmed (%s): its receipts wait in "
+                    "the store's outbox and its messages are read again at the next start",
+                    exc,
+                )
+                return
             finally:
                 await self._abandon()
             await self._mark_acked()
@@ -389,10 +396,10 @@ class Sink:
         current, self._ready = self._ready, None
         assert current is not None
         if not self.store.overlaps:  # one step after the other: see Store.overlaps
+            if following:  # kept before anything can fail, as below
+                self._ready = await self._decode_batch(following)
             await self._hand_off(current, await self._transact(current), prod, cons)
             await self._settle()
-            if following:
-                self._ready = await self._decode_batch(following)
             return
         if not following:
             out = await self._transact(current)

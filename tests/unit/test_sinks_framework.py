@@ -399,6 +399,26 @@ async def test_a_broker_outage_while_committing_keeps_the_batch_read_beside_it()
 
 
 @pytest.mark.asyncio
+async def test_a_broker_outage_keeps_the_next_batch_when_the_steps_run_in_turn() -> None:
+    from stream_expiry.errors import BrokerUnavailableError
+
+    j = Journal()
+    store = SerialStore(j)
+    sink = sink_for(store, [])
+    cons = QueuedConsumer(j, store, [tombstones_of(1, B)])
+    cons.fail_commit = True
+    sink._ready = await sink._decode_batch(tombstones_of(0, A))
+    with pytest.raises(BrokerUnavailableError):
+        await sink._step(FakeProducer(j), cons)
+    # B was taken from the consumer: dropping it now would skip it until a restart.
+    assert sink._ready is not None
+    assert [c.identity for c in sink._ready.changes] == [B]
+    await sink._step(FakeProducer(j), cons)
+    assert commits(j) == [{TP("tb", 0): 2}]
+    assert [r.identity for r in await store.receipts()] == [A, B]
+
+
+@pytest.mark.asyncio
 async def test_offsets_of_a_partition_taken_away_are_not_committed() -> None:
     store, j = MemoryStore(), Journal()
     sink = sink_for(store, [])
