@@ -8,9 +8,10 @@ Why it is shaped like this:
   two sink instances never interleave on one row) and for every write. Measured against a
   ``text[]``/``bigint[]`` parameter per column (``unnest``), the server's work is the same
   and the sink's falls from 2.85 to 0.25 us a receipt: asyncpg encodes an array element by
-  element, with an ``isinstance`` check against an ABC each. Values are always parameters; the only text put into SQL is the schema name and
-  the table prefix, which :func:`~stream_expiry.sinks.store.check_identifier` limits to
-  letters, digits and ``_``, and which are quoted as identifiers besides.
+  element, with an ``isinstance`` check against an ABC each. Values are always
+  parameters; the only text put into SQL is the schema name and the table prefix, which
+  :func:`~stream_expiry.sinks.store.check_identifier` limits to letters, digits and
+  ``_``, and which are quoted as identifiers besides.
 * The key columns and ``receipt_id`` are ``COLLATE "C"``: every index probe and insert
   compares them, and under a database locale (even ``C.UTF-8``, which PostgreSQL 15 does
   not treat as ``C``) each comparison goes through ``strcoll``; measured, writing stamps
