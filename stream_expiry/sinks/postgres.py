@@ -113,6 +113,12 @@ _RECEIPT_COLS: Final = (
     f"receipt_id, store, {_KEY}, reason, rows_deleted, created_at, expires_at, ttl_seconds, "
     "ttl_source, emitted_at, deleted_at"
 )
+# Every statement planned for the tables as they are now. asyncpg prepares each statement,
+# and after five runs PostgreSQL may keep a generic plan for good; made while the tables
+# were empty, that plan joins a batch's keys by hashing a full scan of the table, and kept
+# as the table grows it cost 130 us of the server's CPU per record at 300k rows (batches
+# of 1,000), against 11.5 us for the index lookups a fresh plan chooses.
+_SESSION_SETTINGS: Final = {"plan_cache_mode": "force_custom_plan"}
 _HOW_TO_START: Final = (
     "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 )
@@ -421,7 +427,11 @@ class PostgresStore(Store):
         unreachable: tuple[type[BaseException], ...] = (*self._errors(), TimeoutError)
         try:
             pool = await asyncpg.create_pool(
-                self.dsn, min_size=1, max_size=self._pool_size, timeout=self._timeout
+                self.dsn,
+                min_size=1,
+                max_size=self._pool_size,
+                timeout=self._timeout,
+                server_settings=_SESSION_SETTINGS,
             )
         except unreachable as exc:
             raise StoreError(

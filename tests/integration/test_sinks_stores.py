@@ -530,3 +530,16 @@ async def test_a_store_that_marked_receipts_in_place_moves_them_to_the_outbox(
     await store.close()
     await store.open()
     assert await store.pending_receipts() == []  # opening it again brings none back
+
+
+@pytest.mark.asyncio
+@pytest.mark.postgres
+async def test_postgres_plans_each_statement_for_the_tables_as_they_are(tmp_path: Path) -> None:
+    """A generic plan made while the tables were empty hashes a full scan of them; kept
+    as they grow, it made a batch's lookups cost ten times the index's. Every session of
+    the store's pool re-plans instead."""
+    async with open_store("postgres", tmp_path) as store:
+        pool: Any = store._pool  # type: ignore[attr-defined]
+        async with pool.acquire() as a, pool.acquire() as b:
+            assert await a.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+            assert await b.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
