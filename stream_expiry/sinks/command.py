@@ -133,8 +133,9 @@ def _common_options() -> argparse.ArgumentParser:
     kafka.add_argument(
         "--batch-size",
         type=int,
-        default=1000,
-        help="messages per store transaction (default: %(default)s)",
+        default=5000,
+        help="messages per store transaction at most; fewer when fewer are waiting "
+        "(default: %(default)s)",
     )
     store = p.add_argument_group("store")
     store.add_argument(
