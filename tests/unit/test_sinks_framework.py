@@ -438,3 +438,22 @@ async def test_a_store_failure_beside_a_decoded_batch_commits_nothing() -> None:
     with pytest.raises(StoreError, match="disk full"):
         await sink._step(FakeProducer(j), cons)
     assert [e for e in j.events if e[0] != "getmany"] == []
+
+
+@pytest.mark.asyncio
+async def test_leaving_the_loop_stops_the_batch_in_flight_without_committing_it() -> None:
+    j = Journal()
+    prod = GatedProducer(j)  # the broker never answers
+    store = MemoryStore()
+    sink = sink_for(store, [])
+    cons = QueuedConsumer(j, store, [])
+    sink._ready = await sink._decode_batch(tombstones_of(0, A))
+    await sink._step(prod, cons)
+    task = sink._finishing
+    assert task is not None
+    assert not task.done()  # waiting for the acks
+    await sink._abandon()
+    assert task.cancelled()
+    assert sink._finishing is None
+    assert commits(j) == []  # read again at the next start; its receipt is in the outbox
+    assert [r.identity for r in await store.pending_receipts()] == [A]
