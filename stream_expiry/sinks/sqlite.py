@@ -241,7 +241,8 @@ class SQLiteStore(Store):
 
     ``path``: the database file (created if missing). ``table_prefix``: prepended to the
     table names ``records``, ``deletions``, ``receipts`` and ``receipts_outbox``, so
-    several stores can share a file. ``synchronous``: ``FULL`` (default, see the module notes) or ``NORMAL``.
+    several stores can share a file. ``synchronous``: ``FULL`` (default, see the module
+    notes) or ``NORMAL``.
     """
 
     overlaps = False

@@ -10,8 +10,8 @@ why one test suite runs over all of them.
 Receipts are an outbox: a store writes each one, and its entry in the store's list of
 receipts not yet published, in the same transaction as the deletion; the sink marks them
 published (the entries go, the receipts stay as they were written) once Kafka has
-acknowledged them. A crash in between publishes them again after restart (at-least-once; consumers
-de-duplicate by ``receipt_id``), so a deletion's evidence is never lost.
+acknowledged them. A crash in between publishes them again after restart (at-least-once;
+consumers de-duplicate by ``receipt_id``), so a deletion's evidence is never lost.
 """
 
 from __future__ import annotations
