@@ -120,7 +120,7 @@ class SinkConfig:
     sweep_grace_s: float = 60.0
     sweep_limit: int = 10_000
     # Messages per store transaction at most (fewer when fewer wait): through Kafka, 5,000
-    # measured 30 % faster than 1,000 for SQLite and 13 % for PostgreSQL (bench_sinks).
+    # measured 30 % faster than 1,000 for SQLite and 20 % for PostgreSQL (bench_sinks).
     batch_size: int = 5000
     poll_timeout_ms: int = 200
     consumer_options: Mapping[str, Any] = field(default_factory=dict)
