@@ -186,12 +186,8 @@ CREATE OR REPLACE TRIGGER {trigger}
 """
 
 
-def _parts(i: Identity) -> tuple[str, str, str, str, str]:
-    return (i.org, i.bot, i.env, i.category, i.record_id)
-
-
 def _keys(idents: Iterable[Identity]) -> str:
-    return _json(_parts(i) for i in idents)
+    return _json(i.parts() for i in idents)
 
 
 def _row(r: Any, ident: Identity | None = None) -> Row:
@@ -506,7 +502,7 @@ class PostgresStore(Store):
 
     async def _one(self, cols: str, table: str, identity: Identity) -> Any:
         rows = await self._fetch(
-            f"SELECT {cols} FROM {table} WHERE ({_KEY}) = ($1, $2, $3, $4, $5)", *_parts(identity)
+            f"SELECT {cols} FROM {table} WHERE ({_KEY}) = ($1, $2, $3, $4, $5)", *identity.parts()
         )
         return rows[0] if rows else None
 

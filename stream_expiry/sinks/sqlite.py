@@ -97,10 +97,6 @@ BEGIN SELECT RAISE(ABORT, 'receipts are append-only'); END;
 _ADDED: Final = (("deletions", "pending", "TEXT"), ("deletions", "pending_since", "INTEGER"))
 
 
-def _key(i: Identity) -> tuple[str, str, str, str, str]:
-    return (i.org, i.bot, i.env, i.category, i.record_id)
-
-
 def _row(r: Sequence[Any], ident: Identity | None = None) -> Row:
     return Row(ident or Identity(*r[:5]), *r[5:13])
 
@@ -115,7 +111,7 @@ def _receipt(r: Sequence[Any]) -> Receipt:
 
 def _receipt_params(r: Receipt) -> tuple[Any, ...]:
     return (
-        r.receipt_id, r.store, *_key(r.identity), r.reason, r.rows_deleted, r.created_at,
+        r.receipt_id, r.store, *r.identity.parts(), r.reason, r.rows_deleted, r.created_at,
         r.expires_at, r.ttl_seconds, r.ttl_source, r.emitted_at, r.deleted_at,
     )  # fmt: skip
 
@@ -130,7 +126,7 @@ class _SQLiteTx(StoreTransaction):
         for start in range(0, len(idents), _CHUNK):
             chunk = idents[start : start + _CHUNK]
             values = ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))
-            params = [part for i in chunk for part in _key(i)]
+            params = [part for i in chunk for part in i.parts()]
             sql = (
                 f"WITH k({_KEY}) AS (VALUES {values}) "
                 f"SELECT {cols} FROM {self._p}{table} JOIN k USING ({_KEY})"
@@ -172,7 +168,7 @@ class _SQLiteTx(StoreTransaction):
         c, t = self._c, self._p
         if p.deletes:
             await c.executemany(
-                f"DELETE FROM {t}records WHERE {_KEY_MATCH}", [_key(i) for i in p.deletes]
+                f"DELETE FROM {t}records WHERE {_KEY_MATCH}", [i.parts() for i in p.deletes]
             )
         if p.upserts:
             await c.executemany(
@@ -183,7 +179,7 @@ class _SQLiteTx(StoreTransaction):
                 "updated_at = excluded.updated_at, src_partition = excluded.src_partition, "
                 "src_offset = excluded.src_offset",
                 [
-                    (*_key(r.identity), r.created_at, r.expires_at, r.ttl_seconds, r.ttl_source,
+                    (*r.identity.parts(), r.created_at, r.expires_at, r.ttl_seconds, r.ttl_source,
                      r.data, r.updated_at, r.src_partition, r.src_offset)
                     for r in p.upserts
                 ],
@@ -196,7 +192,7 @@ class _SQLiteTx(StoreTransaction):
                 "pending = excluded.pending, pending_since = excluded.pending_since",
                 [
                     (
-                        *_key(m.identity),
+                        *m.identity.parts(),
                         m.deleted_before,
                         m.last_life,
                         m.deleted_at,
@@ -378,12 +374,12 @@ class SQLiteStore(Store):
 
     async def get(self, identity: Identity) -> Row | None:
         sql = f"SELECT {_ROW_COLS} FROM {self.prefix}records WHERE {_KEY_MATCH}"
-        rows = await self._fetch(sql, _key(identity))
+        rows = await self._fetch(sql, identity.parts())
         return _row(rows[0]) if rows else None
 
     async def marker(self, identity: Identity) -> Marker | None:
         sql = f"SELECT {_MARKER_COLS} FROM {self.prefix}deletions WHERE {_KEY_MATCH}"
-        rows = await self._fetch(sql, _key(identity))
+        rows = await self._fetch(sql, identity.parts())
         return _marker(rows[0]) if rows else None
 
     async def receipts(self) -> list[Receipt]:
