@@ -304,16 +304,27 @@ class GatedProducer(FakeProducer):
         return fut
 
 
-class JournalingStore(MemoryStore):
-    """Notes each transaction; the second one lets the broker acknowledge while it runs."""
+class NotingStore(MemoryStore):
+    """Notes each transaction in the journal."""
 
-    def __init__(self, journal: Journal, prod: GatedProducer) -> None:
+    def __init__(self, journal: Journal) -> None:
         super().__init__()
-        self.j, self.prod = journal, prod
+        self.j = journal
 
     async def apply(self, changes: Any, *, now_ms: int, published: Any = ()) -> Plan:
         self.j.events.append(("apply", [c.identity.record_id for c in changes]))
-        if len([e for e in self.j.events if e[0] == "apply"]) == 2:
+        return await super().apply(changes, now_ms=now_ms, published=published)
+
+
+class JournalingStore(NotingStore):
+    """Notes each transaction; the second one lets the broker acknowledge while it runs."""
+
+    def __init__(self, journal: Journal, prod: GatedProducer) -> None:
+        super().__init__(journal)
+        self.prod = prod
+
+    async def apply(self, changes: Any, *, now_ms: int, published: Any = ()) -> Plan:
+        if len([e for e in self.j.events if e[0] == "apply"]) == 1:  # this is the second
             self.prod.gate.set()
         return await super().apply(changes, now_ms=now_ms, published=published)
 
@@ -342,18 +353,10 @@ async def test_a_batch_is_published_and_committed_beside_the_next_transaction() 
     assert commits(j) == [{TP("tb", 0): 1}, {TP("tb", 0): 2}]
 
 
-class SerialStore(MemoryStore):
+class SerialStore(NotingStore):
     """A store that does not overlap (as SQLite): it notes each transaction."""
 
     overlaps = False
-
-    def __init__(self, journal: Journal) -> None:
-        super().__init__()
-        self.j = journal
-
-    async def apply(self, changes: Any, *, now_ms: int, published: Any = ()) -> Plan:
-        self.j.events.append(("apply", [c.identity.record_id for c in changes]))
-        return await super().apply(changes, now_ms=now_ms, published=published)
 
 
 @pytest.mark.asyncio
