@@ -2,7 +2,7 @@
 
     python -m bench.bench_sinks [--stores sqlite,sqlite-normal,postgres] [--batches 1,10,100,1000]
                                 [--scale 1.0] [--kafka | --no-kafka] [--dsn postgresql://...]
-                                [--kafka-records N] [--kafka-batch N]
+                                [--kafka-records N] [--kafka-batch N] [--parallel 1,2]
 
 Prints one JSON object on stdout (the envelope of bench/common.py), progress on stderr.
 
@@ -17,6 +17,9 @@ store with ``synchronous=NORMAL``: safe against a process crash, not against a p
 two timed phases (see :func:`kafka_pass`): N stamps written, then N tombstones applied,
 each deleting a row, with every receipt published and every offset committed (checked at
 the end). ``--kafka-records 500000`` for the sustained figure of docs/BENCHMARKS.md.
+``--parallel 1,2`` runs the PostgreSQL store's Kafka pass once per value of its
+``parallel`` (transactions a batch is split into), one after the other in the same run;
+without it, the store's default.
 """
 
 from __future__ import annotations
@@ -71,14 +74,16 @@ def tombstone_changes(ss: list[Stamp]) -> list[Change]:
     ]
 
 
-def make_store(kind: str, workdir: Path, dsn: str) -> Store:
+def make_store(kind: str, workdir: Path, dsn: str, parallel: int | None = None) -> Store:
     unique = f"b{uuid.uuid4().hex[:10]}"
     if kind == "sqlite":
         return SQLiteStore(workdir / f"{unique}.db", name=kind)
     if kind == "sqlite-normal":
         return SQLiteStore(workdir / f"{unique}.db", name=kind, synchronous="NORMAL")
     if kind == "postgres":
-        return PostgresStore(dsn, name=kind, schema=unique)
+        if parallel is None:
+            return PostgresStore(dsn, name=kind, schema=unique)
+        return PostgresStore(dsn, name=kind, schema=unique, parallel=parallel)
     raise SystemExit(f"unknown store {kind!r}: use sqlite, sqlite-normal or postgres")
 
 
@@ -253,6 +258,7 @@ async def kafka_pass(
     bootstrap: str,
     batch_size: int,
     broker_pid: int | None = None,
+    parallel: int | None = None,
 ) -> list[dict[str, Any]]:
     """The whole sink through Kafka, in two timed phases, each over a backlog.
 
@@ -277,7 +283,8 @@ async def kafka_pass(
     p = f"bench{uuid.uuid4().hex[:8]}"
     stamped, tombs, receipts = f"{p}.stamped", f"{p}.tombstones", f"{p}.receipts"
     await ensure_topics(bootstrap, [stamped, tombs, receipts], partitions=4)
-    store = make_store(kind, workdir, dsn)
+    store = make_store(kind, workdir, dsn, parallel)
+    label = kind if parallel is None else f"{kind}(parallel={parallel})"
     await store.open()
     group = f"{p}.sink"
     config = SinkConfig(
@@ -327,13 +334,14 @@ async def kafka_pass(
         "batch_size": batch_size,
         "deleted": md["deleted_total"],
         "receipts": md["published_total"],
+        "parallel": getattr(store, "parallel", 1),
     }
     out = [
-        throughput_entry(f"{kind}/kafka/stamps", n_writes, writes_s, method="sink via Kafka",
+        throughput_entry(f"{label}/kafka/stamps", n_writes, writes_s, method="sink via Kafka",
                          unit="rows written/s"),
-        throughput_entry(f"{kind}/kafka/tombstones", n_deletes, deletes_s,
+        throughput_entry(f"{label}/kafka/tombstones", n_deletes, deletes_s,
                          method="sink via Kafka", unit="deletes/s"),
-        throughput_entry(f"{kind}/kafka/end_to_end", n, writes_s * n / n_writes
+        throughput_entry(f"{label}/kafka/end_to_end", n, writes_s * n / n_writes
                          + deletes_s * n / n_deletes, method="sink via Kafka", unit="deletes/s"),
     ]  # fmt: skip
     for e, phase in zip(out, (writes, deletes, None), strict=True):
@@ -345,7 +353,7 @@ async def kafka_pass(
                 postgres_cpu_us=phase["postgres_cpu_us"] if kind == "postgres" else None,
             )
     log(
-        f"{kind:14s} via Kafka : {out[0]['value']:>10} rows written/s, {out[1]['value']:>10} "
+        f"{label:14s} via Kafka : {out[0]['value']:>10} rows written/s, {out[1]['value']:>10} "
         f"deletes/s, {out[2]['value']:>10} end to end ({n} records, batch {batch_size}); "
         f"CPU us/record sink {writes['sink_cpu_us']} + {deletes['sink_cpu_us']}, "
         f"broker {writes['broker_cpu_us']} + {deletes['broker_cpu_us']}"
@@ -362,6 +370,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     started_at = utc_now_iso()
     kinds = [k for k in args.stores.split(",") if k]
     batches = [int(b) for b in args.batches.split(",") if b]
+    parallels: list[int | None] = [int(p) for p in args.parallel.split(",") if p] or [None]
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-sinks-") as tmp:
         workdir = Path(tmp)
@@ -375,17 +384,19 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             with EmbeddedBroker() as broker:
                 for kind in kinds:
                     n = args.kafka_records or max(1000, int(5_000 * args.scale))
-                    results.extend(
-                        await kafka_pass(
-                            kind,
-                            n,
-                            workdir,
-                            args.dsn,
-                            broker.bootstrap_servers,
-                            args.kafka_batch,
-                            getattr(getattr(broker, "_proc", None), "pid", None),
+                    for parallel in parallels if kind == "postgres" else [None]:
+                        results.extend(
+                            await kafka_pass(
+                                kind,
+                                n,
+                                workdir,
+                                args.dsn,
+                                broker.bootstrap_servers,
+                                args.kafka_batch,
+                                getattr(getattr(broker, "_proc", None), "pid", None),
+                                parallel,
+                            )
                         )
-                    )
     return envelope(
         "sinks",
         "stream-expiry-sinks",
@@ -396,6 +407,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "kafka": args.kafka,
             "kafka_records": args.kafka_records,
             "kafka_batch": args.kafka_batch,
+            "parallel": args.parallel,
         },
         throughput=results,
         notes=[
@@ -427,6 +439,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=5000,
         help="the sink's batch size (messages per store transaction) in the Kafka pass",
+    )
+    p.add_argument(
+        "--parallel",
+        default="",
+        help="PostgreSQL's Kafka pass once per value (comma-separated) of the store's "
+        "parallel transactions per batch (default: the store's default)",
     )
     return p.parse_args(argv)
 

@@ -84,6 +84,22 @@ class Plan:
     event did not come within the grace."""
 
 
+def merge_plans(plans: Iterable[Plan]) -> Plan:
+    """One plan of several transactions' (a batch applied in parts): the writes of each,
+    in the given order, and what they amount to."""
+    out = Plan()
+    for p in plans:
+        out.upserts += p.upserts
+        out.deletes += p.deletes
+        out.markers += p.markers
+        out.receipts += p.receipts
+        out.written += p.written
+        out.stale += p.stale
+        out.deleted += p.deleted
+        out.swept += p.swept
+    return out
+
+
 def life(created_at: int | None) -> int:
     """A row's life for comparisons: its ``created_at``, or before every life when unknown."""
     return NEVER_CREATED if created_at is None else created_at

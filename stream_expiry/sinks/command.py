@@ -37,7 +37,7 @@ from stream_expiry.sinks.framework import (
     Sink,
     SinkConfig,
 )
-from stream_expiry.sinks.postgres import DEFAULT_DSN, PostgresStore
+from stream_expiry.sinks.postgres import DEFAULT_DSN, DEFAULT_PARALLEL, PostgresStore
 from stream_expiry.sinks.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
@@ -204,6 +204,15 @@ def add_sink_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     pg.add_argument(
         "--schema", default="public", help="schema of the tables (default: %(default)s)"
     )
+    pg.add_argument(
+        "--parallel",
+        type=int,
+        default=DEFAULT_PARALLEL,
+        metavar="N",
+        help="transactions each batch is split into, by record, run at once on N "
+        "connections: one's statements execute while the sink prepares another's "
+        "(default: %(default)s; 1 for one transaction per batch)",
+    )
     pg.set_defaults(func=run_command)
 
 
@@ -249,6 +258,7 @@ def build_sink(
             name=args.name or "postgres",
             schema=args.schema,
             table_prefix=args.table_prefix,
+            parallel=args.parallel,
         )
     config = SinkConfig(
         bootstrap_servers=bootstrap,

@@ -25,8 +25,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Final, Self
 
+import anyio
+
 from stream_expiry.errors import ConfigurationError
-from stream_expiry.sinks._logic import Plan, Slot, life, plan
+from stream_expiry.sinks._logic import Plan, Slot, life, merge_plans, plan
 from stream_expiry.sinks._messages import (
     Change,
     Marker,
@@ -45,6 +47,9 @@ if TYPE_CHECKING:
 
 __all__ = ["MemoryStore", "Store", "StoreTransaction", "check_identifier"]
 
+# Changes a batch must hold per transaction before it is split: below this, a second
+# transaction's own round trips cost more than the overlap gains.
+_MIN_SHARE: Final = 100
 _IDENTIFIER: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
 
 
@@ -91,6 +96,12 @@ def _new_receipt_id() -> str:
     coordination: two receipts of one millisecond differ in 80 random bits.
     """
     return f"{time.time_ns() // 1_000_000:012x}{_random_hex80()}"
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception of a task group's, nested groups looked into."""
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 class StoreTransaction(abc.ABC):
@@ -157,6 +168,11 @@ class Store(abc.ABC):
     #: running beside it, and gets its steps one after the other instead.
     overlaps: bool = True
 
+    #: Transactions one batch is split into, run at once (see :meth:`apply`). PostgreSQL
+    #: runs each on its own connection and server process, so one's statements execute
+    #: while this process plans another's; SQLite has one writer, and keeps 1.
+    parallel: int = 1
+
     def __init__(self, name: str, *, new_id: Callable[[], str] = _new_receipt_id) -> None:
         self.name = name
         self._new_id = new_id
@@ -184,11 +200,44 @@ class Store(abc.ABC):
     async def apply(
         self, changes: Sequence[Change], *, now_ms: int, published: Sequence[str] = ()
     ) -> Plan:
-        """Apply a batch of changes in one transaction and return what was written.
+        """Apply a batch of changes and return what was written: in one transaction, or in
+        :attr:`parallel` transactions at once, each over its share of the identities.
 
         ``published``: receipts Kafka has acknowledged since the last transaction, marked
-        published in this same transaction (the sink's one commit per batch).
+        published in the (first) transaction of this batch.
+
+        Split, each identity's changes stay together and in order, and no two transactions
+        touch one row, so they never wait for each other. A batch one of whose
+        transactions fails may have others committed: the sink then reads the whole batch
+        again, which changes nothing where it was applied (the store is idempotent), and
+        the committed part's receipts wait in the outbox like any after a crash.
         """
+        lanes = self.parallel
+        if lanes <= 1 or len(changes) < 2 * _MIN_SHARE:
+            return await self._apply_one(changes, now_ms=now_ms, published=published)
+        shares: list[list[Change]] = [[] for _ in range(lanes)]
+        for c in changes:
+            shares[hash(c.identity) % lanes].append(c)
+        plans: dict[int, Plan] = {}
+
+        async def one(n: int, share: list[Change], marks: Sequence[str]) -> None:
+            plans[n] = await self._apply_one(share, now_ms=now_ms, published=marks)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for n, share in enumerate(shares):
+                    if share or (n == 0 and published):
+                        tg.start_soon(one, n, share, published if n == 0 else ())
+        except BaseExceptionGroup as group:
+            # The sink handles a store's errors one at a time: the first part's to fail
+            # stands for the batch (the others were cancelled, or failed alike).
+            raise _first(group) from None
+        return merge_plans(plans[n] for n in sorted(plans))
+
+    async def _apply_one(
+        self, changes: Sequence[Change], *, now_ms: int, published: Sequence[str]
+    ) -> Plan:
+        """:meth:`apply` in one transaction."""
         # Identities whose batch holds one tombstone and nothing else (the common case of
         # a deletion) are read and deleted in one step; the others are read whole.
         ends: dict[Identity, int] = {}

@@ -427,6 +427,43 @@ async def test_random_batches_match_the_memory_reference(store: Store) -> None:
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(["memory", "postgres"]), indirect=True)
+async def test_batches_split_into_parallel_transactions_match_the_reference(
+    store: Store,
+) -> None:
+    """Large random batches, each split into three transactions at once (on PostgreSQL,
+    three connections): the end state of one transaction per batch, and no transaction
+    waits for another's locks (no deadlock)."""
+    store.parallel = 3
+    rng = random.Random(20261201)
+    ids = [ident(f"p{n}", org=rng.choice(["a", "b"])) for n in range(400)]
+    reference = PlainMemoryStore(name=store.name)
+    offset = 0
+    for step in range(6):
+        batch: list[Change] = []
+        for _ in range(rng.randint(300, 900)):
+            s = stamp(rng.choice(ids), created_at=T0 + rng.randint(0, 20) * MINUTE)
+            roll = rng.random()
+            if roll < 0.5:
+                batch.append(put(s, {"n": step}, offset=offset))
+            elif roll < 0.85:
+                batch.append(kill(s))
+            else:
+                batch.append(NullChange(s.identity, 0, offset))
+            offset += 1
+        now = T0 + step * MINUTE
+        a = await store.apply(batch, now_ms=now)
+        b = await reference.apply(batch, now_ms=now)
+        assert (a.written, a.deleted, a.stale, len(a.receipts)) == (
+            b.written, b.deleted, b.stale, len(b.receipts),
+        ), step  # fmt: skip
+    for i in ids:
+        assert await store.get(i) == await reference.get(i), i
+        assert await store.marker(i) == await reference.marker(i), i
+    assert len(await store.receipts()) == len(await reference.receipts())
+
+
+@pytest.mark.asyncio
 @pytest.mark.postgres
 async def test_postgres_cannot_hold_nul_and_says_so(tmp_path: Path) -> None:
     async with open_store("postgres", tmp_path) as store:

@@ -207,6 +207,9 @@ def test_postgres_defaults_and_bootstrap_from_the_environment(
     assert sink.config.group_id == "stream-expiry-sink-postgres"
     assert sink.config.receipts_topic == "expiry.receipts"
     assert sink.config.sweep_interval_s is None
+    assert sink.store.parallel == 2
+    one = build_sink(parser().parse_args(["sink", "postgres", "--parallel", "1"]))
+    assert one.store.parallel == 1
 
 
 def test_missing_brokers_and_bad_options_are_reported(
@@ -221,6 +224,12 @@ def test_missing_brokers_and_bad_options_are_reported(
     for bad in (["--compacted", "nope"], ["--sweep-interval", "-1"]):
         with pytest.raises(SystemExit):
             parser().parse_args(["sink", "postgres", *bad])
+    with pytest.raises(ConfigurationError, match="parallel transactions must be at least 1"):
+        build_sink(
+            parser().parse_args(
+                ["sink", "postgres", "--bootstrap-servers", "h:1", "--parallel", "0"]
+            )
+        )
     with pytest.raises(ConfigurationError, match="table prefix"):
         build_sink(
             parser().parse_args(
