@@ -254,11 +254,14 @@ def quiet_logging() -> None:
 # --------------------------------------------------------------------------- shared: children
 
 
-def spawn(target: Callable[..., None], *args: Any) -> tuple[BaseProcess, Connection]:
-    """Run ``target(*args, conn)`` in a fresh interpreter; return it and our end of a pipe."""
+def spawn(
+    target: Callable[..., None], *args: Any, daemon: bool = True
+) -> tuple[BaseProcess, Connection]:
+    """Run ``target(*args, conn)`` in a fresh interpreter; return it and our end of a pipe.
+    ``daemon=False`` for a child that starts processes of its own (``stop_child`` ends it)."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=target, args=(*args, child), daemon=True)
+    proc = ctx.Process(target=target, args=(*args, child), daemon=daemon)
     proc.start()
     child.close()
     return proc, parent

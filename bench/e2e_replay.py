@@ -1,6 +1,6 @@
 """stream-expiry end to end: ``replay`` from ``expiry.stamped``, its rate and its peak RSS.
 
-    python -m bench.e2e_replay [--records 1000000]
+    python -m bench.e2e_replay [--records 1000000] [--workers N]
 
 Setup (not timed): ``--records`` stamps are produced on ``expiry.stamped`` as a running
 service leaves them (``bench.changelog``: the right partitions, the source headers, values by
@@ -14,7 +14,10 @@ the verdict of each key's latest message kept in a temporary RocksDB and counted
 end) in a CHILD process (multiprocessing ``spawn``) that does
 nothing else, so its peak RSS (``getrusage`` ``ru_maxrss``, i.e. VmHWM) is replay's own:
 interpreter, imports, aiokafka's fetch buffers, RocksDB's memtables and block cache. Rate =
-records / wall seconds of the call, in the child.
+records / wall seconds of the call, in the child. With worker processes (replay's default
+for 500,000 stamps or more on a machine of several CPUs), the peak RSS reported is the
+child's plus every worker's (an upper bound: their peaks need not coincide), and each is
+in the JSON.
 
 Issue 10's targets: >= 200,000 records/s with RSS <= 200 MiB at 10 M records.
 
@@ -62,14 +65,16 @@ DEFAULT_RECORDS = 1_000_000
 YEAR = ("365d", "365d", "365d")
 
 
-def _replay_main(bootstrap: str, prefix: str, state_dir: str, conn: Connection) -> None:
+def _replay_main(
+    bootstrap: str, prefix: str, state_dir: str, workers: int | None, conn: Connection
+) -> None:
     """The child: one replay call, then its report, time and peak RSS to the parent."""
     from stream_expiry.replay import replay
 
     config = make_config(BenchTopics(prefix), state_dir, defaults=YEAR)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t0 = time.perf_counter()
-    report = asyncio.run(replay(config, bootstrap, environ={}, dry_run=True))
+    report = asyncio.run(replay(config, bootstrap, environ={}, dry_run=True, workers=workers))
     seconds = time.perf_counter() - t0
     conn.send(
         {
@@ -77,6 +82,7 @@ def _replay_main(bootstrap: str, prefix: str, state_dir: str, conn: Connection) 
             "seconds": seconds,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "peak_rss_before_bytes": rss0,
+            "worker_peak_rss_bytes": report.worker_rss,
         }
     )
     conn.close()
@@ -95,14 +101,19 @@ async def run(args: Any, bootstrap: str, records: int) -> dict[str, Any]:
     produced = await prefill_changelog(bootstrap, topics, records, now)
     log(f"e2e replay: produced in {produced['seconds']:.1f}s; replay(dry_run=True) in a child")
     with temp_state_dir("replay") as state_dir:
-        proc, conn = spawn(_replay_main, bootstrap, topics.prefix, state_dir)
+        proc, conn = spawn(
+            _replay_main, bootstrap, topics.prefix, state_dir, args.workers, daemon=False
+        )
         try:
             res: dict[str, Any] = await receive(conn, 600 + records / 2_000, "replay child")
         finally:
             stop_child(proc)
     counts = res["counts"]
     seconds = float(res["seconds"])
-    peak = int(res["peak_rss_bytes"])
+    workers = [int(b) for b in res["worker_peak_rss_bytes"]]
+    # With workers, the memory of the replay is theirs plus the parent's: their peaks are
+    # added (whether or not they coincided, so this is an upper bound).
+    peak = int(res["peak_rss_bytes"]) + sum(workers)
     tp = throughput_entry(
         "replay --dry-run (from expiry.stamped)",
         counts["records"],
@@ -116,6 +127,13 @@ async def run(args: Any, bootstrap: str, records: int) -> dict[str, Any]:
     log(
         f"e2e replay: {counts['records']:,} records in {seconds:.2f}s: "
         f"{tp['value']:,.0f} records/s, peak RSS {peak / 2**20:.0f} MiB"
+        + (
+            f" ({len(workers)} workers: "
+            + ", ".join(f"{b / 2**20:.0f}" for b in workers)
+            + f" MiB, parent {int(res['peak_rss_bytes']) / 2**20:.0f} MiB)"
+            if workers
+            else " (one process)"
+        )
     )
     notes = [
         "Replay ran alone in a child process against the embedded Tansu broker on loopback; "
@@ -134,6 +152,7 @@ async def run(args: Any, bootstrap: str, records: int) -> dict[str, Any]:
             "seconds": args.seconds,
             "pending": args.pending,
             "partitions": PARTITIONS,
+            "workers": args.workers,
         },
         throughput=[tp],
         extra={
@@ -142,6 +161,8 @@ async def run(args: Any, bootstrap: str, records: int) -> dict[str, Any]:
             "peak_rss_bytes": peak,
             "peak_rss_mib": round(peak / 2**20, 1),
             "child_rss_before_replay_bytes": res["peak_rss_before_bytes"],
+            "parent_peak_rss_bytes": res["peak_rss_bytes"],
+            "worker_peak_rss_bytes": workers,
             "produce_s": round(float(produced["seconds"]), 3),
         },
         notes=notes,
@@ -158,6 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help=f"stamps on expiry.stamped (default {DEFAULT_RECORDS:,})",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="replay's worker processes (default: replay's own choice, one per CPU for "
+        "500,000 stamps or more)",
     )
     args = parser.parse_args(argv)
     records = args.records or (args.pending if args.pending > 0 else DEFAULT_RECORDS)

@@ -22,7 +22,7 @@ from stream_expiry.fetch import read_ranges
 from stream_expiry.kafka import consumer, partitions_of
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Collection, Iterator
 
     from stream_expiry.kafka_settings import Brokers
     from stream_expiry.state import KeyValue, RocksKV
@@ -118,15 +118,25 @@ Fold = Callable[[int, Any, bytes, bytes | None], bytes | None]
 
 
 async def read_latest(
-    bootstrap: Brokers, topic: str, kv: KeyValue, fold: Fold, progress: Progress | None = None
+    bootstrap: Brokers,
+    topic: str,
+    kv: KeyValue,
+    fold: Fold,
+    progress: Progress | None = None,
+    *,
+    partitions: Collection[int] | None = None,
 ) -> int:
     """Stream ``topic`` into ``kv``, keyed by message key, the last message of a key winning:
     ``fold(partition, headers, key, value)`` says what to keep of each message (None: the
-    key is dropped). Returns how many messages were read."""
+    key is dropped). Only ``partitions`` are read, if given (a key is on one partition
+    only, so each share of the partitions holds whole keys). Returns how many messages
+    were read."""
     read = 0
     ends: dict[TopicPartition, int] = {}
     async with consumer(bootstrap) as cons:
-        tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(cons, topic))]
+        found = await partitions_of(cons, topic)
+        wanted = sorted(found if partitions is None else set(found) & set(partitions))
+        tps = [TopicPartition(topic, p) for p in wanted]
         bar = progress or (lambda done, final=False: None)
         reader = read_ranges(cons, dict.fromkeys(tps, 0), fetch_bytes=READ_BYTES)
         async with contextlib.aclosing(reader):

@@ -222,6 +222,13 @@ def _parser_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="re-derive from the input topics' events instead of expiry.stamped (needs the "
         "input topics' whole history)",
     )
+    replay.add_argument(
+        "--workers",
+        type=positive_int,
+        metavar="N",
+        help="processes that share expiry.stamped's partitions out (default: one per CPU "
+        "when the topic holds 500,000 messages or more, else 1); the counts are the same",
+    )
     replay.add_argument("--json", action="store_true", help="print the counts as one JSON object")
     replay.add_argument(
         "--sample",

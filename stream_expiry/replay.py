@@ -42,10 +42,12 @@ if TYPE_CHECKING:
 
     from aiokafka import AIOKafkaConsumer
 
+    from stream_expiry.changelog import Progress
     from stream_expiry.config import Config
     from stream_expiry.kafka_settings import Brokers
+    from stream_expiry.policy import Resolution
 
-__all__ = ["ReplayReport", "replay", "run_replay"]
+__all__ = ["ReplayReport", "Share", "replay", "replay_share", "run_replay"]
 
 H_REPLAY = "expiry-replay"
 
@@ -91,6 +93,8 @@ class ReplayReport:
     never: int = 0
     sample: list[Change] = field(default_factory=list)
     states: dict[str, model.Stamp] = field(default_factory=dict)  # only with keep_states
+    # Peak RSS in bytes of each worker process that took part (none: this process alone).
+    worker_rss: list[int] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         return {
@@ -104,7 +108,7 @@ class ReplayReport:
         }
 
 
-class _Progress:
+class ProgressBar:
     """A one-line progress bar with rate and ETA on stderr (only on a terminal, or forced)."""
 
     def __init__(self, what: str, total: int, out: TextIO | None) -> None:
@@ -136,9 +140,12 @@ class _Rederive:
     """Each stamp's expiry under the policy now, from its message, with no more objects per
     record than the verdict needs (replay reads the whole changelog).
 
-    The policy depends on a record's scope (org, bot, env, category), not on its id: one
-    identity per scope (the key without its id) is decoded once and serves every record of
-    that scope; a record's own identity is decoded only when its expiry changed.
+    The policy depends on a record's scope (org, bot, env, category), not on its id: the
+    answer for a scope (the key without its id) is kept with the creation times it holds
+    for, and serves every record of that scope created within them; the scope's identity
+    is decoded only to find an answer, and a record's own only when its expiry changed.
+    Kept per scope: the key's prefix and a tuple of four (~200 bytes), no identity, and
+    nothing in the book's own cache (which replay would fill with a second copy).
     """
 
     SCOPES = 100_000  # distinct scopes kept (then forgotten all at once: bounded memory)
@@ -146,36 +153,41 @@ class _Rederive:
     def __init__(self, book: PolicyBook, sliding: frozenset[str]) -> None:
         self.book = book
         self.sliding = sliding
-        self._scopes: dict[bytes, model.Identity] = {}
+        # prefix -> (lo, hi, the answer for creation times in [lo, hi), sliding or not)
+        self._scopes: dict[bytes, tuple[int, int, Resolution, bool]] = {}
 
-    def scope(self, key: bytes) -> model.Identity:
-        """An identity of ``key``'s scope; raises ValueError if ``key`` is not a record key."""
+    def _answer(self, key: bytes, created: int) -> tuple[Resolution, bool]:
+        """The policy's answer for a record of ``key`` created at ``created``, and whether
+        its category slides; raises ValueError if ``key`` is not a record key."""
         cut = key.rfind(b"/")
         if cut < 0 or b"%" in key[cut:]:
-            return model.decode_key(key.decode())  # the id too is checked, the slow way
+            scope = model.decode_key(key.decode())  # the id too is checked, the slow way
+            return self.book.resolve_span(scope, created)[0], scope.category in self.sliding
         prefix = key[:cut]
-        found = self._scopes.get(prefix)
-        if found is None:
-            found = model.decode_key((prefix + b"/_").decode())
-            if len(self._scopes) >= self.SCOPES:
-                self._scopes.clear()
-            self._scopes[prefix] = found
-        return found
+        known = self._scopes.get(prefix)
+        if known is not None and known[0] <= created < known[1]:
+            return known[2], known[3]
+        scope = model.decode_key((prefix + b"/_").decode())
+        res, lo, hi = self.book.resolve_span(scope, created)
+        slides = scope.category in self.sliding
+        if len(self._scopes) >= self.SCOPES:
+            self._scopes.clear()
+        self._scopes[prefix] = (lo, hi, res, slides)
+        return res, slides
 
     def expiry(
         self, key: bytes, body: Any, created: int
-    ) -> tuple[model.Identity, int | None, int | None, str | None]:
-        """(the scope's identity, the new expires_at, ttl_ms, ttl_source)."""
-        scope = self.scope(key)
-        res = self.book.resolve(scope, created)
+    ) -> tuple[int | None, int | None, str | None]:
+        """(the new expires_at, ttl_ms, ttl_source)."""
+        res, slides = self._answer(key, created)
         if res.ttl_ms is None:
-            return scope, None, None, None
+            return None, None, None
         base = created
-        if scope.category in self.sliding:
+        if slides:
             last = body.get("last_activity_at")
             if last is not None:
                 base = max(created, codec.parse_own_ts(last) or created)
-        return scope, base + res.ttl_ms, res.ttl_ms, res.source
+        return base + res.ttl_ms, res.ttl_ms, res.source
 
 
 def _classify(old: int | None, new: int | None, has_stamp: bool, now: int) -> str | None:
@@ -196,7 +208,7 @@ class _Verdicts:
     and, unless a dry run, a new stamp. Both sources of replay end here."""
 
     report: ReplayReport
-    publisher: _Publisher
+    publisher: _Publisher | None  # None: a dry run
     now: int
     since_ms: int | None
     dry_run: bool
@@ -228,7 +240,7 @@ class _Verdicts:
                 report.sample.append(Change(key, old, new.expires_at, new.ttl_source, kind))
         if self.keep_states:
             report.states[key] = new
-        if kind is not None and not self.dry_run:
+        if kind is not None and not self.dry_run and self.publisher is not None:
             await self.publisher.add(partition, source, new, body)
 
 
@@ -278,39 +290,119 @@ async def replay(
     keep_states: bool = False,
     clock: Callable[[], int] = wall_clock_ms,
     progress: TextIO | None = None,
+    workers: int | None = None,
 ) -> ReplayReport:
-    """Re-derive, compare and (unless ``dry_run``) apply; returns the report."""
-    now = clock()
+    """Re-derive, compare and (unless ``dry_run``) apply; returns the report.
+
+    From ``expiry.stamped``, the partitions are shared among ``workers`` processes
+    (:mod:`stream_expiry.replay_workers`; None: one per CPU for a large topic, else this
+    process alone); the report is the same whatever their number.
+    """
     topics = config.topics
-    book = PolicyBook(config, environ)
+    share = Share(
+        config=config,
+        bootstrap=bootstrap,
+        environ=dict(environ),
+        updates=await _policy_updates(bootstrap, topics.policies),
+        now=clock(),
+        since_ms=since_ms,
+        dry_run=dry_run,
+        sample_size=sample_size,
+        keep_states=keep_states,
+    )
+    if not from_inputs:
+        # Imported here: replay_workers builds on this module's Share and replay_share.
+        from stream_expiry.replay_workers import replay_stamps
+
+        return await replay_stamps(share, workers=workers, progress=progress)
+    report = ReplayReport()
+    book = share.book()
+    with tempfile.TemporaryDirectory(prefix="stream-expiry-replay-") as work:
+        kv = RocksKV(os.path.join(work, "current"), durable=False)
+        try:
+            bar = ProgressBar("stamps", 0, progress) if progress is not None else None
+            current, _read = await read_current(bootstrap, topics.stamped, kv, bar)
+            async with producer(bootstrap) as prod:
+                publisher = _Publisher(prod, topics.stamped)
+                verdicts = share.verdicts(report, publisher)
+                await _from_inputs(
+                    config, bootstrap, book, current, work, verdicts, progress=progress
+                )
+                await publisher.flush()
+        finally:
+            kv.close()
+    return report
+
+
+async def _policy_updates(
+    bootstrap: Brokers, topic: str
+) -> tuple[tuple[bytes | None, bytes | None, int], ...]:
+    """Every policy update on ``topic``, in order: what a :class:`PolicyBook` replays."""
+    updates: list[tuple[bytes | None, bytes | None, int]] = []
     async with consumer(bootstrap) as cons:
-        async for batch in read_to_end(cons, topics.policies):
+        async for batch in read_to_end(cons, topic):
             for records in batch.values():
-                for rec in records:
-                    book.apply_update(rec.key, rec.value, rec.timestamp)
+                updates.extend((rec.key, rec.value, rec.timestamp) for rec in records)
+    return tuple(updates)
+
+
+@dataclass(frozen=True)
+class Share:
+    """A replay from ``expiry.stamped`` over some of its partitions (None: all): all a
+    process needs to run it, and nothing that cannot be sent to a worker process."""
+
+    config: Config
+    bootstrap: Brokers
+    environ: dict[str, str]
+    updates: tuple[tuple[bytes | None, bytes | None, int], ...]
+    now: int
+    since_ms: int | None
+    dry_run: bool
+    sample_size: int
+    keep_states: bool
+    partitions: tuple[int, ...] | None = None
+
+    def book(self) -> PolicyBook:
+        """The policy book: the config and every update, applied in their order."""
+        book = PolicyBook(self.config, self.environ)
+        for key, value, timestamp in self.updates:
+            book.apply_update(key, value, timestamp)
+        return book
+
+    def verdicts(self, report: ReplayReport, publisher: _Publisher | None) -> _Verdicts:
+        return _Verdicts(
+            report,
+            publisher,
+            self.now,
+            self.since_ms,
+            self.dry_run,
+            self.sample_size,
+            self.keep_states,
+        )
+
+
+async def replay_share(share: Share, progress: Progress | None = None) -> ReplayReport:
+    """The replay of ``share``'s partitions of ``expiry.stamped``, in this process."""
+    book = share.book()
+    stamped = share.config.topics.stamped
     report = ReplayReport()
     with tempfile.TemporaryDirectory(prefix="stream-expiry-replay-") as work:
         kv = RocksKV(os.path.join(work, "current"), durable=False)
         try:
-            bar = _Progress("stamps", 0, progress) if progress is not None else None
-            if from_inputs:
-                current, _read = await read_current(bootstrap, topics.stamped, kv, bar)
-            else:
-                verdict = _Verdict(
-                    _Rederive(book, config.sliding), since_ms=since_ms, keep_states=keep_states
-                )
-                report.events = await read_latest(bootstrap, topics.stamped, kv, verdict, bar)
-            async with producer(bootstrap) as prod:
-                publisher = _Publisher(prod, topics.stamped)
-                verdicts = _Verdicts(
-                    report, publisher, now, since_ms, dry_run, sample_size, keep_states
-                )
-                if from_inputs:
-                    await _from_inputs(
-                        config, bootstrap, book, current, work, verdicts, progress=progress
-                    )
-                else:
-                    await _from_stamps(config, book, kv, verdicts)
+            verdict = _Verdict(
+                _Rederive(book, share.config.sliding),
+                since_ms=share.since_ms,
+                keep_states=share.keep_states,
+            )
+            report.events = await read_latest(
+                share.bootstrap, stamped, kv, verdict, progress, partitions=share.partitions
+            )
+            if share.dry_run:
+                await _from_stamps(share.config, book, kv, share.verdicts(report, None))
+                return report
+            async with producer(share.bootstrap) as prod:
+                publisher = _Publisher(prod, stamped)
+                await _from_stamps(share.config, book, kv, share.verdicts(report, publisher))
                 await publisher.flush()
         finally:
             kv.close()
@@ -343,7 +435,7 @@ class _Verdict:
                 return None  # without a creation time: not a stamp of ours
             if self.since_ms is not None and created < self.since_ms:
                 return None
-            expires = self.rederive.expiry(key, body, created)[1]
+            expires = self.rederive.expiry(key, body, created)[0]
         except ValueError:
             return None  # not a stamp of ours
         if expires == old and not self.keep_states:
@@ -371,7 +463,7 @@ async def _from_stamps(config: Config, book: PolicyBook, kv: RocksKV, verdicts: 
             created, old, _ttl, _source, erase = codec.stamp_body_fields(body)
             if created is None or not verdicts.wanted(created):
                 continue
-            _scope, expires, ttl_ms, ttl_source = rederive.expiry(key, body, created)
+            expires, ttl_ms, ttl_source = rederive.expiry(key, body, created)
             identity = model.decode_key(key.decode())
         except ValueError:
             continue  # not a stamp of ours
@@ -405,7 +497,7 @@ async def _from_inputs(
         cons.assign(tps)
         await cons.seek_to_beginning(*tps)
         total = sum((await high_watermarks(cons, tps)).values())
-        bar = _Progress("events", total, progress)
+        bar = ProgressBar("events", total, progress)
         for tp in tps:
             store = PartitionStore(RocksKV(os.path.join(work, f"{tp.topic}-{tp.partition}")))
             proc = PartitionProcessor.from_config(
@@ -477,6 +569,7 @@ async def run_replay(config: Config, bootstrap: Brokers, args: argparse.Namespac
         from_inputs=getattr(args, "from_inputs", False),
         sample_size=args.sample,
         progress=sys.stderr if sys.stderr.isatty() else None,
+        workers=getattr(args, "workers", None),
     )
     if args.json:
         sys.stdout.write(orjson.dumps(report.counts()).decode() + "\n")

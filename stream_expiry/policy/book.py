@@ -115,8 +115,7 @@ class PolicyBook:
         self.cache_misses += 1
         oh = self._orgs.get(identity.org)
         bh = self._bots.get((identity.org, identity.bot, identity.env))
-        cands, lo, hi = self._candidates(identity.category, oh, bh, at_ms)
-        answer = self._answer(winner(cands))
+        answer, lo, hi = self._resolved(identity.category, oh, bh, at_ms)
         if self._cache_size > 0:
             if len(self._cache) >= self._cache_size:
                 self._cache.clear()
@@ -124,6 +123,24 @@ class PolicyBook:
             bg = 0 if bh is None else bh.gen
             self._cache[key] = (self._global_gen, lo, hi, oh, og, bh, bg, answer)
         return answer
+
+    def resolve_span(self, identity: Identity, at_ms: int) -> tuple[Resolution, int, int]:
+        """:meth:`resolve`, uncached, with the creation times ``[lo, hi)`` over which its
+        answer holds for ``identity``'s scope while the book does not change (a caller
+        that keeps answers per scope, such as ``replay``, needs no cache here)."""
+        oh = self._orgs.get(identity.org)
+        bh = self._bots.get((identity.org, identity.bot, identity.env))
+        return self._resolved(identity.category, oh, bh, at_ms)
+
+    def _resolved(
+        self,
+        category: str,
+        oh: ScopeHistory | None,
+        bh: ScopeHistory | None,
+        at_ms: int,
+    ) -> tuple[Resolution, int, int]:
+        cands, lo, hi = self._candidates(category, oh, bh, at_ms)
+        return self._answer(winner(cands)), lo, hi
 
     def _candidates(
         self,

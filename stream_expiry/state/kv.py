@@ -112,6 +112,17 @@ class RocksKV:
     BLOCK_CACHE = 64 * 1024 * 1024
     MEMTABLES = 48 * 1024 * 1024
 
+    @classmethod
+    def share_memory(cls, parts: int) -> None:
+        """Give this process ``1/parts`` of the memory budget: for worker processes that
+        together do what one process would (``replay``'s). Call it before any database of
+        the process opens (the budget is fixed then)."""
+        if _Shared.cache is not None:
+            raise RuntimeError("RocksKV.share_memory() after a database opened")
+        cls.WRITE_BUFFER //= parts
+        cls.BLOCK_CACHE //= parts
+        cls.MEMTABLES //= parts
+
     def __init__(self, path: str, *, durable: bool = True) -> None:
         """``durable=False``: writes skip the write-ahead log (a scratch database that is
         thrown away after use, like ``replay``'s, loses nothing that matters on a crash)."""

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 import orjson
 import pytest
 
+from stream_expiry.codec import source_headers
 from stream_expiry.config import parse_config
-from stream_expiry.kafka import producer
+from stream_expiry.kafka import key_partition, producer
 from stream_expiry.model import Identity, Stamp, encode_stamp
 from stream_expiry.replay import replay
 from stream_expiry.service import wall_clock_ms
@@ -229,3 +230,56 @@ async def test_replay_from_the_changelog_judges_each_records_latest_message_only
     assert [c.key for c in report.sample] == [
         Identity("acme", "_", "live", "conversation", "moved").key
     ]
+
+
+async def _stamps_on_the_changelog(broker: str, topics: TopicSet, n: int, now: int) -> None:
+    """``n`` stamps on ``expiry.stamped`` as a service leaves them (partition, headers),
+    of two orgs and three categories, created over the last hours."""
+    async with producer(broker) as prod:
+        acks = []
+        for i in range(n):
+            cat = ("conversation", "session", "error")[i % 3]
+            org = "globex" if i % 4 == 0 else "acme"
+            identity = Identity(org, "_", "live", cat, f"r{i}")
+            created = now - (i % 50) * 600_000
+            stamp = Stamp(identity, created, created + 3_600_000, 3_600, "default")
+            key = identity.key.encode()
+            partition = key_partition(key, 2)
+            acks.append(
+                await prod.send(
+                    topics.stamped,
+                    key=key,
+                    value=encode_stamp(stamp, {"i": i}),
+                    partition=partition,
+                    headers=source_headers(topics.conversations, partition),
+                )
+            )
+        for ack in acks:
+            await ack
+
+
+async def test_replay_in_worker_processes_reports_and_applies_what_one_process_does(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """Each worker replays its own partitions: the counts, the sample (the first changes in
+    key order), the states and the published stamps are those of a replay in one process."""
+    now = wall_clock_ms()
+    await _stamps_on_the_changelog(broker, topics, 300, now)
+    config = config_for(topics, str(tmp_path / "state"), LONG)
+    one = await replay(config, broker, environ={}, dry_run=True, sample_size=40, keep_states=True, workers=1)  # fmt: skip
+    two = await replay(config, broker, environ={}, dry_run=True, sample_size=40, keep_states=True, workers=2)  # fmt: skip
+    assert one.counts()["records"] == 300
+    assert one.unchanged < 300  # the config changes some: the comparison means something
+    assert two.counts() == one.counts()
+    assert [c.as_dict() for c in two.sample] == [c.as_dict() for c in one.sample]
+    assert two.states == one.states
+    assert len(two.worker_rss) == 2
+    assert one.worker_rss == []
+    applied = await replay(config, broker, environ={}, dry_run=False, workers=2)
+    assert applied.counts() == one.counts()
+    after = await replay(config, broker, environ={}, dry_run=True, workers=1)
+    assert after.unchanged == after.records == 300  # every change was published, once
+    stamped = await read_all(broker, topics.stamped)
+    assert len(stamped) == 300 + (300 - one.unchanged)
+    for rec in stamped:  # each new stamp went beside the old one, with its source
+        assert rec.partition == key_partition(rec.key, 2)

@@ -244,3 +244,22 @@ def test_book_matches_reference_model(steps: list[tuple[str, Any]]) -> None:
         assert book.explain(category="conversation", org=org, bot=bot, at_ms=t)["ttl_seconds"] == (
             None if expected is None else expected // 1000
         )
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=40 * DAY), min_size=1, max_size=30))
+def test_an_answer_holds_over_the_span_resolve_span_gives(times: list[int]) -> None:
+    """``replay`` keeps one answer per scope for the creation times of its span: every time
+    inside the span gets the same answer from the book, and the span holds the time."""
+    book = make_book(cache_size=0)
+    send(book, 1, "org/acme", org_update({"conversation": "10d"}, effective_from=10 * DAY))
+    send(book, 2, "org/acme", org_update({"conversation": "5d"}, effective_from=20 * DAY))
+    send(book, 3, "org/acme", org_update({"conversation": "1d"}, effective_from=30 * DAY))
+    for t in times:
+        answer, lo, hi = book.resolve_span(ACME, t)
+        assert lo <= t < hi
+        assert answer == book.resolve(ACME, t)
+        for inside in (lo, (lo + hi) // 2, hi - 1):
+            if 0 <= inside <= 40 * DAY:
+                assert book.resolve(ACME, inside) == answer
+    assert book.resolve_span(ACME, 15 * DAY)[1:] == (10 * DAY, 20 * DAY)

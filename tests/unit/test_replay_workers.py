@@ -1,0 +1,68 @@
+"""How a replay is shared among worker processes, and how their reports add up; the
+replay itself, in one process and in two, runs against the broker in
+tests/integration/test_replay.py."""
+
+from __future__ import annotations
+
+import pickle
+from typing import TYPE_CHECKING
+
+from stream_expiry.errors import BrokerError, StreamExpiryError
+from stream_expiry.replay import Change, ReplayReport
+from stream_expiry.replay_workers import (
+    AUTO_FROM_MESSAGES,
+    _sendable,
+    merge_reports,
+    worker_count,
+)
+
+if TYPE_CHECKING:
+    import pytest
+
+
+def test_workers_are_asked_for_or_follow_the_cpus_for_a_large_topic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("stream_expiry.replay_workers._cpus", lambda: 3)
+    assert worker_count(None, 8, AUTO_FROM_MESSAGES - 1) == 1  # small: not worth a process
+    assert worker_count(None, 8, AUTO_FROM_MESSAGES) == 3
+    assert worker_count(None, 2, 10 * AUTO_FROM_MESSAGES) == 2  # at most one per partition
+    assert worker_count(4, 8, 0) == 4  # asked: whatever the size
+    assert worker_count(4, 0, 0) == 1
+
+
+def change(key: str) -> Change:
+    return Change(key, 1, 2, "default", "earlier")
+
+
+def test_reports_add_up_and_the_sample_is_the_first_changes_in_key_order() -> None:
+    a = ReplayReport(events=5, records=4, unchanged=1, earlier=3, worker_rss=[10])
+    a.sample = [change("a/1"), change("a/3"), change("c/9")]
+    b = ReplayReport(events=7, records=6, unchanged=2, later=1, due_now=2, never=1)
+    b.sample, b.worker_rss = [change("a/2"), change("b/1")], [20]
+    merged = merge_reports([a, b], sample_size=3)
+    assert merged.counts() == {
+        "events": 12,
+        "records": 10,
+        "unchanged": 3,
+        "earlier": 3,
+        "later": 1,
+        "due_now": 2,
+        "never": 1,
+    }
+    assert [c.key for c in merged.sample] == ["a/1", "a/2", "a/3"]
+    assert merged.worker_rss == [10, 20]
+
+
+class Unpicklable(Exception):
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"{a}/{b}")
+
+
+def test_a_worker_error_reaches_the_parent_as_itself_or_as_its_text() -> None:
+    plain = BrokerError("no broker at h:1")
+    assert _sendable(plain) is plain
+    odd = _sendable(Unpicklable(1, 2))  # its class cannot be rebuilt from its args
+    assert isinstance(odd, StreamExpiryError)
+    assert "Unpicklable: 1/2" in str(odd)
+    pickle.loads(pickle.dumps(odd))
