@@ -1,15 +1,15 @@
 """Restore rate: a partition store rebuilt from ``expiry.stamped`` into an empty directory.
 
-    python -m bench.bench_restore [--stamps 1000000] [--input-topics 3]
+    python -m bench.bench_restore [--stamps 1000000] [--input-topics 3] [--workers N]
 
 Setup (not timed): ``--stamps`` stamps are produced on ``expiry.stamped`` as a running
 service leaves them (``bench.changelog``: the right partition, the source headers, values
 by ``model.encode_stamp``), spread over ``--input-topics`` input topics of 4 partitions.
 
-Timed, in this process: an empty ``PartitionStore`` on RocksDB in a fresh directory for
-every input partition and ONE ``stream_expiry.state.restore.restore_partitions`` call over
-all of them with a plain consumer, exactly what the service's ``assign`` does before it
-positions its partitions. Each changelog partition carries the messages of every input
+Timed: an empty ``PartitionStore`` on RocksDB in a fresh directory for every input
+partition and ONE ``stream_expiry.state.restore_workers.restore_stores`` call over all of
+them, exactly what the service's ``assign`` does before it positions its partitions (in
+worker processes for a large read: ``--workers 1`` keeps it in this process). Each changelog partition carries the messages of every input
 partition with its number (one per input topic); it is read once and each message goes to
 the store its headers name. Then a ``PartitionProcessor`` is built on each restored store
 (it loads the timers within the horizon), timed apart.
@@ -24,6 +24,7 @@ Prints ONE JSON object (``bench.common.envelope``) on stdout; progress on stderr
 from __future__ import annotations
 
 import os
+import resource
 import sys
 import time
 from typing import Any
@@ -50,39 +51,49 @@ from bench.e2e_expiry import (
     temp_state_dir,
 )
 from stream_expiry.broker import EmbeddedBroker
-from stream_expiry.kafka import consumer, ensure_topics
+from stream_expiry.kafka import ensure_topics
 from stream_expiry.policy import PolicyBook
-from stream_expiry.state import PartitionProcessor, PartitionStore, RocksKV
-from stream_expiry.state.restore import restore_partitions
+from stream_expiry.state import PartitionProcessor
+from stream_expiry.state.restore_workers import restore_stores
 
 DEFAULT_STAMPS = 1_000_000
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process and of its children that ended (restore's workers)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 async def restore_all(
-    bootstrap: str, topics: BenchTopics, inputs: tuple[str, ...], state_dir: str
+    bootstrap: str,
+    topics: BenchTopics,
+    inputs: tuple[str, ...],
+    state_dir: str,
+    workers: int | None,
 ) -> dict[str, Any]:
     """Every input partition restored as the service's ``assign`` does: one
-    ``restore_partitions`` call over empty stores, then a processor on each store."""
+    ``restore_stores`` call over empty stores (in worker processes for a large read), then
+    a processor on each store."""
     config = make_config(topics, state_dir)
     book = PolicyBook(config, {})
     now = time.time_ns() // NS_PER_MS
     parts: list[dict[str, Any]] = []
     sources = [(topic, p) for topic in inputs for p in range(PARTITIONS)]
-    stores = {
-        (topic, p): PartitionStore(RocksKV(os.path.join(state_dir, f"{topic}-{p}")))
-        for topic, p in sources
-    }
+    paths = {(topic, p): os.path.join(state_dir, f"{topic}-{p}") for topic, p in sources}
+    t0, cpu0 = time.perf_counter(), _cpu_s()
+    stores, result = await restore_stores(
+        paths,
+        bootstrap=bootstrap,
+        stamped=topics.stamped,
+        tombstones=topics.tombstones,
+        now_ms=now,
+        grace_ms=config.marker_grace_ms,
+        workers=workers,
+    )
+    t1, cpu1 = time.perf_counter(), _cpu_s()
     try:
-        async with consumer(bootstrap) as reader:
-            t0, cpu0 = time.perf_counter(), time.process_time()
-            result = await restore_partitions(
-                reader,
-                stores,
-                stamped=topics.stamped,
-                tombstones=topics.tombstones,
-                now_ms=now,
-            )
-            t1, cpu1 = time.perf_counter(), time.process_time()
         for topic, p in sources:
             store = stores[(topic, p)]
             report = result.stores[(topic, p)]
@@ -133,7 +144,7 @@ async def run(args: Any, bootstrap: str, stamps: int) -> dict[str, Any]:
     log(f"bench_restore: produced in {produced['seconds']:.1f}s; restoring")
     with temp_state_dir("restore") as state_dir:
         rss0 = rss_bytes(os.getpid())
-        res = await restore_all(bootstrap, topics, inputs, state_dir)
+        res = await restore_all(bootstrap, topics, inputs, state_dir, args.workers)
         rss1 = rss_bytes(os.getpid())
         disk = index_file_bytes(state_dir)
     applied = sum(p["stamps"] for p in res["partitions"])
@@ -143,7 +154,7 @@ async def run(args: Any, bootstrap: str, stamps: int) -> dict[str, Any]:
         "restore: stamps applied",
         applied,
         seconds,
-        method="restore_partitions over every input partition at once, empty RocksDB stores",
+        method="restore_stores over every input partition at once, empty RocksDB stores",
         unit="stamps/s",
     )
     tp_read = throughput_entry(
@@ -159,8 +170,10 @@ async def run(args: Any, bootstrap: str, stamps: int) -> dict[str, Any]:
         f"in {res['load_timers_s']:.2f}s"
     )
     notes = [
-        "Restore runs in the benchmark's process (restore_partitions over every input "
-        "partition, as the service's assign calls it); the broker is the embedded Tansu.",
+        "Restore runs as the service's assign runs it (restore_stores over every input "
+        "partition: in worker processes, one per CPU, for 500,000 messages or more, else "
+        "in the benchmark's process); the broker is the embedded Tansu. CPU counts the "
+        "workers' too.",
         "Issue 10's target: >= 200,000 stamps/s.",
     ]
     if applied != stamps:
@@ -168,7 +181,12 @@ async def run(args: Any, bootstrap: str, stamps: int) -> dict[str, Any]:
     return envelope(
         "bench_restore",
         "stream-expiry",
-        params={"stamps": stamps, "input_topics": len(inputs), "partitions": PARTITIONS},
+        params={
+            "stamps": stamps,
+            "input_topics": len(inputs),
+            "partitions": PARTITIONS,
+            "workers": args.workers,
+        },
         throughput=[tp, tp_read],
         extra={
             "applied": applied,
@@ -192,6 +210,13 @@ async def run(args: Any, bootstrap: str, stamps: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.split("\n", 1)[0] if __doc__ else "restore")
     parser.add_argument("--stamps", type=int, default=None, help="stamps in the changelog")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="restore's worker processes (default: its own choice, one per CPU for "
+        "500,000 messages or more)",
+    )
     parser.add_argument(
         "--input-topics",
         type=int,

@@ -51,8 +51,8 @@ from stream_expiry.kafka_settings import topic_configs
 from stream_expiry.outbox import Outbox
 from stream_expiry.policy import PolicyBook
 from stream_expiry.redact import Redactor
-from stream_expiry.state import PartitionProcessor, PartitionStore, RocksKV
-from stream_expiry.state.restore import RestoreReport, restore_partitions
+from stream_expiry.state import PartitionProcessor
+from stream_expiry.state.restore_workers import restore_stores
 from stream_expiry.stats import ServiceStats
 
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from stream_expiry.kafka_settings import Brokers
     from stream_expiry.metrics import ServiceMetrics
     from stream_expiry.state import Effects
+    from stream_expiry.state.restore import RestoreReport
 
 __all__ = ["Service", "ServiceStats", "wall_clock_ms"]
 
@@ -523,69 +524,65 @@ class Service:
         now = self.clock()
         self.stats.restoring = len(tps)
         self._restore_seen = 0
-        stores: dict[tuple[str, int], PartitionStore] = {}
-        async with consumer(self.bootstrap) as reader:
-            try:
-                for tp in tps:
-                    path = os.path.join(self.config.state_dir, f"{tp.topic}-{tp.partition}")
-                    stores[(tp.topic, tp.partition)] = PartitionStore(
-                        RocksKV(path), grace_ms=self.config.marker_grace_ms
-                    )
-                # One read of each changelog partition for all the stores that share it.
-                result = await restore_partitions(
-                    reader,
-                    stores,
-                    stamped=t.stamped,
-                    tombstones=t.tombstones,
-                    now_ms=now,
-                    progress=self._restore_progress,
-                )
-            except BaseException:
-                for opened in stores.values():
-                    opened.close()
-                raise
-            self._restore_seen = 0
-            self.stats.restored += result.total.read
-            for tp in tps:
-                slot = (tp.topic, tp.partition)
-                store, report = stores[slot], result.stores[slot]
-                self.stats.restoring -= 1
-                if self.metrics is not None:
-                    self.metrics.restore_progress(partitions=self.stats.restoring)
-                proc = PartitionProcessor.from_config(
+        paths = {
+            (tp.topic, tp.partition): os.path.join(
+                self.config.state_dir, f"{tp.topic}-{tp.partition}"
+            )
+            for tp in tps
+        }
+        # One read of each changelog partition for all the stores that share it; a large
+        # read (a lost disk) is shared among worker processes, one per CPU.
+        stores, result = await restore_stores(
+            paths,
+            bootstrap=self.bootstrap,
+            stamped=t.stamped,
+            tombstones=t.tombstones,
+            now_ms=now,
+            grace_ms=self.config.marker_grace_ms,
+            progress=self._restore_progress,
+        )
+        self._restore_seen = 0
+        self.stats.restored += result.total.read
+        for tp in tps:
+            slot = (tp.topic, tp.partition)
+            store, report = stores[slot], result.stores[slot]
+            self.stats.restoring -= 1
+            if self.metrics is not None:
+                self.metrics.restore_progress(partitions=self.stats.restoring)
+            proc = PartitionProcessor.from_config(
+                tp.topic,
+                tp.partition,
+                store,
+                self.config,
+                self.book,
+                now_ms=self.clock(),
+                holds=self.holds,
+                archive=self.archive,
+            )
+            self.processors[slot] = proc
+            c = store.counts
+            log.info(
+                "%s[%d] restored in %.2f s: %d changelog messages read, %d states and "
+                "%d deletion markers applied; holds %d pending, %d never expiring, "
+                "%d markers; %d timers within the horizon",
+                tp.topic,
+                tp.partition,
+                report.seconds,
+                report.read,
+                report.stamps,
+                report.markers,
+                c.pending_total,
+                c.never,
+                c.markers,
+                proc.timers,
+            )
+            if report.unreadable:
+                log.warning(
+                    "%s[%d]: %d changelog messages could not be read and were skipped",
                     tp.topic,
                     tp.partition,
-                    store,
-                    self.config,
-                    self.book,
-                    now_ms=self.clock(),
-                    holds=self.holds,
-                    archive=self.archive,
+                    report.unreadable,
                 )
-                self.processors[slot] = proc
-                c = store.counts
-                log.info(
-                    "%s[%d] restored in %.2f s: %d changelog messages read, %d states and "
-                    "%d deletion markers applied; holds %d pending, %d never expiring, "
-                    "%d markers; %d timers within the horizon",
-                    tp.topic,
-                    tp.partition,
-                    report.seconds,
-                    report.read,
-                    report.stamps,
-                    report.markers,
-                    c.pending_total,
-                    c.never,
-                    c.markers,
-                    proc.timers,
-                )
-                if report.unreadable:
-                    log.warning(
-                        "%s[%d]: %d changelog messages could not be read and were skipped",
-                        tp.topic,
-                        tp.partition,
-                        report.unreadable,
-                    )
 
     def _restore_progress(self, report: RestoreReport) -> None:
         read = report.read - self._restore_seen

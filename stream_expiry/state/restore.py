@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RestoreReport",
     "RestoreResult",
+    "changelog_backlog",
     "position_name",
     "restore_partitions",
 ]
@@ -100,9 +101,42 @@ async def restore_partitions(
     partitions, paused (its own fetcher learns their ends; :mod:`stream_expiry.fetch`
     reads them). ``progress`` is told the whole read's report after every fetch.
     """
-    result = RestoreResult(stores={source: RestoreReport() for source in stores})
-    total = result.total
     started = time.monotonic()
+    result = RestoreResult(stores={source: RestoreReport() for source in stores})
+    readers = await _prepare(cons, stores, stamped, tombstones, now_ms, result)
+    for reader, stamps in zip(readers, (True, False), strict=True):
+        await reader.read(cons, stamps=stamps, progress=progress)
+    total = result.total
+    total.seconds = time.monotonic() - started
+    for report in result.stores.values():
+        report.seconds = total.seconds
+    return result
+
+
+async def changelog_backlog(
+    cons: AIOKafkaConsumer,
+    stores: Mapping[Source, PartitionStore],
+    *,
+    stamped: str,
+    tombstones: str,
+) -> int:
+    """How many changelog messages :func:`restore_partitions` would read for ``stores``
+    now (what they hold already is not counted)."""
+    result = RestoreResult(stores={source: RestoreReport() for source in stores})
+    await _prepare(cons, stores, stamped, tombstones, 0, result)
+    return result.total.remaining
+
+
+async def _prepare(
+    cons: AIOKafkaConsumer,
+    stores: Mapping[Source, PartitionStore],
+    stamped: str,
+    tombstones: str,
+    now_ms: int,
+    result: RestoreResult,
+) -> list[_TopicRead]:
+    """The reads of both changelog topics, positioned, with their ends known and what is
+    left to read counted in ``result``."""
     readers: list[_TopicRead] = []
     for topic in (stamped, tombstones):
         count = len(await partitions_of(cons, topic))
@@ -115,16 +149,11 @@ async def restore_partitions(
     for reader in readers:
         reader.seek(cons)
     ends = await high_watermarks(cons, tps)
-    cons.pause(*tps)  # the reads below fetch for themselves (stream_expiry.fetch)
+    cons.pause(*tps)  # the reads fetch for themselves (stream_expiry.fetch)
     for reader in readers:
         reader.ends = {tp: ends[tp] for tp in reader.tps}
-        total.remaining += sum(max(0, ends[tp] - reader.start[tp]) for tp in reader.tps)
-    for reader, stamps in zip(readers, (True, False), strict=True):
-        await reader.read(cons, stamps=stamps, progress=progress)
-    total.seconds = time.monotonic() - started
-    for report in result.stores.values():
-        report.seconds = total.seconds
-    return result
+        result.total.remaining += sum(max(0, ends[tp] - reader.start[tp]) for tp in reader.tps)
+    return readers
 
 
 class _TopicRead:

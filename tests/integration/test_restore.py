@@ -29,6 +29,7 @@ from stream_expiry.model import Identity, Stamp, encode_stamp
 from stream_expiry.service import wall_clock_ms
 from stream_expiry.state import PartitionStore, RocksKV
 from stream_expiry.state.restore import RestoreResult, position_name, restore_partitions
+from stream_expiry.state.restore_workers import restore_stores
 from stream_expiry.timeutil import parse_ts
 from tests.conftest import TopicSet, read_all, wait_for
 from tests.integration.service_helpers import (
@@ -485,3 +486,59 @@ async def test_input_partitions_sharing_a_changelog_partition_are_restored_in_on
     finally:
         for store in stores.values():
             store.close()
+
+
+# -- restore in worker processes: the stores end as one process leaves them --------------
+
+
+async def test_stores_restored_by_worker_processes_end_as_one_process_leaves_them(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """Four input partitions on two changelog partitions, restored once in this process
+    and once by two workers (each taking the stores of one changelog partition): the same
+    states, markers, counts and report."""
+    sources = [(t, p) for t in (topics.conversations, topics.sessions) for p in (0, 1)]
+    async with producer(broker) as prod:
+        acks = []
+        for n in range(240):
+            topic, p = sources[n % 4]
+            category = "conversation" if topic == topics.conversations else "session"
+            key, value = _stamp(category, f"r{n}", T0 + YEAR_MS + n)
+            headers = source_headers(topic, p)
+            acks.append(await prod.send(topics.stamped, key=key, value=value, partition=p, headers=headers))  # fmt: skip
+            if n % 10 == 0:  # some records deleted since: markers
+                deleted = [*headers, (H_DELETED_AT, str(T0 + n).encode())]
+                acks.append(await prod.send(topics.stamped, key=key, value=None, partition=p, headers=deleted))  # fmt: skip
+        for ack in acks:
+            await ack
+
+    async def restore(into: str, workers: int) -> dict[tuple[str, int], Any]:
+        paths = {s: str(tmp_path / into / f"{s[0]}-{s[1]}") for s in sources}
+        stores, result = await restore_stores(
+            paths,
+            bootstrap=broker,
+            stamped=topics.stamped,
+            tombstones=topics.tombstones,
+            now_ms=T0,
+            grace_ms=YEAR_MS,
+            workers=workers,
+        )
+        try:
+            assert result.total.read == 264  # each changelog message read once
+            return {
+                s: (
+                    list(store.items()),
+                    store.counts,
+                    (result.stores[s].read, result.stores[s].stamps, result.stores[s].markers),
+                )
+                for s, store in stores.items()
+            }
+        finally:
+            for store in stores.values():
+                store.close()
+
+    alone = await restore("alone", 1)
+    shared = await restore("shared", 2)
+    assert shared == alone
+    assert sum(len(states) for states, _counts, _report in alone.values()) == 240
+    assert sum(counts.markers for _states, counts, _report in alone.values()) == 24

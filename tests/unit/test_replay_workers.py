@@ -1,4 +1,4 @@
-"""How a replay is shared among worker processes, and how their reports add up; the
+"""How work is shared among worker processes, and how replay's reports add up; the
 replay itself, in one process and in two, runs against the broker in
 tests/integration/test_replay.py."""
 
@@ -7,26 +7,24 @@ from __future__ import annotations
 import pickle
 from typing import TYPE_CHECKING
 
+import pytest
+
 from stream_expiry.errors import BrokerError, StreamExpiryError
 from stream_expiry.replay import Change, ReplayReport
-from stream_expiry.replay_workers import (
-    AUTO_FROM_MESSAGES,
-    _sendable,
-    merge_reports,
-    worker_count,
-)
+from stream_expiry.replay_workers import merge_reports
+from stream_expiry.workers import AUTO_FROM_MESSAGES, _sendable, run_in_workers, worker_count
 
 if TYPE_CHECKING:
-    import pytest
+    from stream_expiry.workers import Reporter
 
 
-def test_workers_are_asked_for_or_follow_the_cpus_for_a_large_topic(
+def test_workers_are_asked_for_or_follow_the_cpus_for_a_large_read(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("stream_expiry.replay_workers._cpus", lambda: 3)
+    monkeypatch.setattr("stream_expiry.workers._cpus", lambda: 3)
     assert worker_count(None, 8, AUTO_FROM_MESSAGES - 1) == 1  # small: not worth a process
     assert worker_count(None, 8, AUTO_FROM_MESSAGES) == 3
-    assert worker_count(None, 2, 10 * AUTO_FROM_MESSAGES) == 2  # at most one per partition
+    assert worker_count(None, 2, 10 * AUTO_FROM_MESSAGES) == 2  # at most one per part
     assert worker_count(4, 8, 0) == 4  # asked: whatever the size
     assert worker_count(4, 0, 0) == 1
 
@@ -66,3 +64,27 @@ def test_a_worker_error_reaches_the_parent_as_itself_or_as_its_text() -> None:
     assert isinstance(odd, StreamExpiryError)
     assert "Unpicklable: 1/2" in str(odd)
     pickle.loads(pickle.dumps(odd))
+
+
+def square(job: int, report: Reporter) -> int:
+    """A worker's function: reports once, then answers (or fails, for 13)."""
+    report(job, final=True)
+    if job == 13:
+        raise BrokerError(f"job {job} failed")
+    return job * job
+
+
+@pytest.mark.asyncio
+async def test_workers_return_their_results_in_order_and_their_progress() -> None:
+    seen: list[tuple[int, int]] = []
+    results = await run_in_workers(
+        square, [3, 4], name="test", on_progress=lambda i, p: seen.append((i, p))
+    )
+    assert results == [9, 16]
+    assert sorted(seen) == [(0, 3), (1, 4)]
+
+
+@pytest.mark.asyncio
+async def test_a_failed_worker_raises_its_error_in_the_parent() -> None:
+    with pytest.raises(BrokerError, match="job 13 failed"):
+        await run_in_workers(square, [2, 13], name="test")

@@ -1,0 +1,199 @@
+"""Open partition stores and restore them from the changelog, in worker processes when the
+read is large.
+
+A cold start (a lost disk, a new instance taking partitions over) reads the whole
+changelog, and a restore is Python CPU per stamp: one process uses one core. The stores
+divide by changelog partition (those whose stamps share a partition of
+``expiry.stamped`` are read together, so each changelog partition is still read once), so
+each worker restores some of them with :func:`~stream_expiry.state.restore.restore_partitions`,
+exactly what this process would run (:mod:`stream_expiry.workers`). RocksDB lets one
+process open a database at a time: the stores are closed here while the workers write
+them, and opened again when all are done. A small read is restored here, in this process.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import anyio
+
+from stream_expiry.codec import output_partition
+from stream_expiry.kafka import consumer, partitions_of
+from stream_expiry.state.kv import RocksKV
+from stream_expiry.state.restore import (
+    RestoreReport,
+    RestoreResult,
+    changelog_backlog,
+    restore_partitions,
+)
+from stream_expiry.state.store import PartitionStore
+from stream_expiry.workers import Reporter, run_in_workers, worker_count
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from aiokafka import AIOKafkaConsumer
+
+    from stream_expiry.kafka_settings import Brokers
+
+__all__ = ["merge_results", "restore_stores"]
+
+Source = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One worker's stores and what it needs to restore them (sent to the worker)."""
+
+    bootstrap: Brokers
+    paths: dict[Source, str]
+    grace_ms: int
+    stamped: str
+    tombstones: str
+    now_ms: int
+    workers: int  # how many share the memory budget of one process
+
+
+def _open(paths: Mapping[Source, str], grace_ms: int) -> dict[Source, PartitionStore]:
+    stores: dict[Source, PartitionStore] = {}
+    try:
+        for source, path in paths.items():
+            stores[source] = PartitionStore(RocksKV(path), grace_ms=grace_ms)
+    except BaseException:
+        _close(stores)
+        raise
+    return stores
+
+
+def _close(stores: Mapping[Source, PartitionStore]) -> None:
+    for store in stores.values():
+        store.close()
+
+
+async def restore_stores(
+    paths: Mapping[Source, str],
+    *,
+    bootstrap: Brokers,
+    stamped: str,
+    tombstones: str,
+    now_ms: int,
+    grace_ms: int,
+    progress: Callable[[RestoreReport], None] | None = None,
+    workers: int | None = None,
+) -> tuple[dict[Source, PartitionStore], RestoreResult]:
+    """Open the store of each input partition at its path and bring it up to date with the
+    changelog; return the open stores and what the restore did.
+
+    ``workers``: processes that share the stores out (None: one per CPU when 500,000
+    changelog messages or more are to be read, else this process alone).
+    """
+    started = time.monotonic()
+    stores = _open(paths, grace_ms)
+    try:
+        async with consumer(bootstrap) as reader:
+            groups: list[list[Source]] = [list(paths)]
+            n = 1
+            if workers != 1 and len(paths) > 1:
+                groups = await _by_changelog_partition(reader, list(paths), stamped)
+                backlog = await changelog_backlog(
+                    reader, stores, stamped=stamped, tombstones=tombstones
+                )
+                n = worker_count(workers, len(groups), backlog)
+            if n == 1:
+                result = await restore_partitions(
+                    reader,
+                    stores,
+                    stamped=stamped,
+                    tombstones=tombstones,
+                    now_ms=now_ms,
+                    progress=progress,
+                )
+                return stores, result
+    except BaseException:
+        _close(stores)
+        raise
+    _close(stores)  # the workers open them
+    jobs = [
+        _Job(
+            bootstrap,
+            {s: paths[s] for group in groups[i::n] for s in group},
+            grace_ms,
+            stamped,
+            tombstones,
+            now_ms,
+            n,
+        )
+        for i in range(n)
+    ]
+    reads = [RestoreReport() for _ in jobs]
+
+    def on_progress(i: int, report: RestoreReport) -> None:
+        reads[i] = report
+        if progress is not None:
+            progress(
+                RestoreReport(
+                    read=sum(r.read for r in reads), remaining=sum(r.remaining for r in reads)
+                )
+            )
+
+    results = await run_in_workers(_restore_job, jobs, name="restore", on_progress=on_progress)
+    merged = merge_results(results)
+    merged.total.seconds = time.monotonic() - started
+    for report in merged.stores.values():
+        report.seconds = merged.total.seconds
+    return _open(paths, grace_ms), merged
+
+
+async def _by_changelog_partition(
+    cons: AIOKafkaConsumer, sources: list[Source], stamped: str
+) -> list[list[Source]]:
+    """The stores grouped by the partition of ``expiry.stamped`` their stamps are on."""
+    count = len(await partitions_of(cons, stamped))
+    groups: dict[int, list[Source]] = {}
+    for source in sources:
+        groups.setdefault(output_partition(source[1], max(1, count)), []).append(source)
+    return [groups[q] for q in sorted(groups)]
+
+
+def merge_results(results: list[RestoreResult]) -> RestoreResult:
+    """One restore's result from its workers' (each restored its own stores)."""
+    out = RestoreResult()
+    t = out.total
+    for r in results:
+        t.read += r.total.read
+        t.stamps += r.total.stamps
+        t.markers += r.total.markers
+        t.unreadable += r.total.unreadable
+        t.remaining += r.total.remaining
+        t.nulls_owed += r.total.nulls_owed
+        out.stores.update(r.stores)
+    return out
+
+
+def _restore_job(job: _Job, report: Reporter) -> RestoreResult:
+    """In a worker: its stores opened, restored, closed; its store memory a share of one
+    process's budget."""
+    RocksKV.share_memory(job.workers)
+    stores = _open(job.paths, job.grace_ms)
+    try:
+        return anyio.run(_restore, job, stores, report)
+    finally:
+        _close(stores)
+
+
+async def _restore(
+    job: _Job, stores: dict[Source, PartitionStore], report: Reporter
+) -> RestoreResult:
+    async with consumer(job.bootstrap) as reader:
+        result = await restore_partitions(
+            reader,
+            stores,
+            stamped=job.stamped,
+            tombstones=job.tombstones,
+            now_ms=job.now_ms,
+            progress=report,
+        )
+    report(result.total, final=True)
+    return result

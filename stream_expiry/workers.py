@@ -1,0 +1,160 @@
+"""Work shared out to worker processes: one job each, their progress, their results.
+
+Restore and replay spend Python CPU on every changelog message, and one process uses one
+core. Their work divides by partition, so each worker takes some partitions and the parent
+adds the results up. Workers are started with ``spawn`` (a fresh interpreter: nothing of the
+parent's event loop, Kafka connections or open stores is inherited), which costs about a
+second, so callers use them for large reads only (:func:`worker_count`).
+
+A worker sends its progress as it goes and its result (or its error) at the end; a
+worker's error is raised in the parent and the others are stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import pickle
+import time
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import anyio
+
+from stream_expiry.errors import StreamExpiryError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from multiprocessing.connection import Connection
+    from multiprocessing.process import BaseProcess
+
+__all__ = ["AUTO_FROM_MESSAGES", "Reporter", "run_in_workers", "worker_count"]
+
+log = logging.getLogger("stream_expiry.workers")
+
+# Below this many messages to read, one process: starting workers (a new interpreter each,
+# ~1 s) would cost more than they save.
+AUTO_FROM_MESSAGES: Final = 500_000
+PROGRESS_EVERY_S: Final = 0.2
+
+J = TypeVar("J")
+R = TypeVar("R")
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def worker_count(asked: int | None, parts: int, messages: int) -> int:
+    """How many processes share ``parts`` holding ``messages``: ``asked`` (at most one per
+    part), or, when not asked, one per CPU for a large read and 1 otherwise. A daemonic
+    process (one that multiprocessing started as such) may not start any."""
+    if asked is None:
+        asked = 1 if messages < AUTO_FROM_MESSAGES else _cpus()
+    n = max(1, min(asked, parts))
+    if n > 1 and multiprocessing.current_process().daemon:
+        log.warning("working in this process: a daemonic process cannot start workers")
+        return 1
+    return n
+
+
+class Reporter:
+    """What a worker's function is given to send its progress with (a few times a second)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._at = 0.0
+
+    def __call__(self, progress: object, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if final or now - self._at >= PROGRESS_EVERY_S:
+            self._at = now
+            self._conn.send(("progress", progress))
+
+
+async def run_in_workers(
+    target: Callable[[J, Reporter], R],
+    jobs: list[J],
+    *,
+    name: str,
+    on_progress: Callable[[int, Any], None] | None = None,
+) -> list[R]:
+    """``target(job, reporter)`` for each job, each in a worker process of its own, and
+    their results in the order of ``jobs``. ``target`` must be a module-level function (it
+    is sent by name). ``on_progress(i, progress)`` is called, in a thread of this process,
+    with what worker ``i`` reports."""
+    ctx = multiprocessing.get_context("spawn")
+    procs: list[BaseProcess] = []
+    conns: list[Connection] = []
+    try:
+        for i, job in enumerate(jobs):
+            ours, theirs = ctx.Pipe(duplex=False)
+            proc = ctx.Process(
+                target=_worker, args=(target, job, theirs), name=f"{name}-{i}", daemon=True
+            )
+            proc.start()
+            theirs.close()
+            procs.append(proc)
+            conns.append(ours)
+        return await anyio.to_thread.run_sync(
+            _collect, conns, procs, name, on_progress, abandon_on_cancel=True
+        )
+    finally:
+        for started in procs:
+            if started.is_alive():
+                started.kill()
+            started.join()
+        for c in conns:
+            c.close()
+
+
+def _collect(
+    conns: list[Connection],
+    procs: list[BaseProcess],
+    name: str,
+    on_progress: Callable[[int, Any], None] | None,
+) -> list[Any]:
+    """Wait for every worker's result, passing their progress on; a worker's error is
+    raised here."""
+    from multiprocessing.connection import wait
+
+    results: dict[int, Any] = {}
+    while len(results) < len(conns):
+        for ready in wait([c for i, c in enumerate(conns) if i not in results]):
+            i = conns.index(ready)  # type: ignore[arg-type]
+            try:
+                kind, payload = conns[i].recv()
+            except EOFError:
+                procs[i].join(5)
+                raise StreamExpiryError(
+                    f"{name} worker {i} stopped without a result (exit code {procs[i].exitcode})"
+                ) from None
+            if kind == "failed":
+                raise payload
+            if kind == "done":
+                results[i] = payload
+            elif on_progress is not None:
+                on_progress(i, payload)
+    return [results[i] for i in range(len(conns))]
+
+
+def _worker(target: Callable[[Any, Reporter], Any], job: Any, conn: Connection) -> None:
+    """A worker process: one job, its result (or its error) to the parent."""
+    try:
+        conn.send(("done", target(job, Reporter(conn))))
+    except BaseException as exc:  # every error goes to the parent, to be raised there
+        conn.send(("failed", _sendable(exc)))
+    finally:
+        conn.close()
+
+
+def _sendable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling, else an error that tells what it was."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return StreamExpiryError(f"worker failed: {type(exc).__name__}: {exc}")
+    return exc
