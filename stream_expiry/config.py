@@ -135,6 +135,9 @@ class Config:
     # group hands them on. Kafka's default minimum; a broker refuses values outside its
     # group.min/max.session.timeout.ms.
     session_timeout_ms: int = 6_000
+    # Worker processes a large restore may use (a cold start: a lost disk, a new instance);
+    # None: one per CPU the process may use. 1: the service's own process only.
+    workers: int | None = None
     topics: Topics = field(default_factory=Topics)
     topic_settings: TopicSettings = field(default_factory=TopicSettings)
     kafka: KafkaSecurity = field(default_factory=KafkaSecurity)
@@ -385,8 +388,13 @@ class _Reader:
         service = self.table(
             data.get("service", {}),
             ("service",),
-            ("tick_ms", "horizon", "marker_grace", "session_timeout"),
+            ("tick_ms", "horizon", "marker_grace", "session_timeout", "workers"),
         )
+        workers = service.get("workers", defaults.workers)
+        if workers is not None and (
+            not isinstance(workers, int) or isinstance(workers, bool) or workers <= 0
+        ):
+            raise self.bad(("service", "workers"), workers, "a positive number of processes")
         tick_ms = service.get("tick_ms", defaults.tick_ms)
         if not isinstance(tick_ms, int) or isinstance(tick_ms, bool) or tick_ms <= 0:
             raise self.bad(("service", "tick_ms"), tick_ms, "a positive integer (milliseconds)")
@@ -419,6 +427,7 @@ class _Reader:
             horizon_ms=horizon_ms,
             marker_grace_ms=grace_ms,
             session_timeout_ms=session_ms,
+            workers=workers,
             topics=self.topics(data.get("topics", {})),
             topic_settings=self.topic_settings(data.get("topics", {})),
             kafka=self.kafka(data.get("kafka", {})),
@@ -810,6 +819,7 @@ ENV_SETTINGS: Final[Mapping[_Path, _Kind]] = {
     ("service", "horizon"): "text",
     ("service", "marker_grace"): "text",
     ("service", "session_timeout"): "text",
+    ("service", "workers"): "int",
     ("topics", "inputs"): "list",
     **{("topics", key): "text" for key in _TOPIC_KEYS[1:]},
     **{("topics", key): "int" for key in _TOPIC_COUNTS},

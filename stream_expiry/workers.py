@@ -42,10 +42,33 @@ R = TypeVar("R")
 
 
 def _cpus() -> int:
+    """The CPUs this process may use: those it may run on, fewer under a cgroup CPU quota
+    (a container's ``--cpus``, a Kubernetes CPU limit), where each worker's memory would
+    otherwise be paid for CPUs it cannot use."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_quota()
+    return max(1, min(cpus, quota)) if quota is not None else cpus
+
+
+def _cgroup_quota(root: str = "/sys/fs/cgroup") -> int | None:
+    """The CPU quota of this process's cgroup, rounded up (None: no quota, or unknown)."""
+    try:  # cgroup v2: "max 100000" or "150000 100000"
+        with open(os.path.join(root, "cpu.max")) as f:
+            quota, period = f.read().split()[:2]
+        return None if quota == "max" else -(-int(quota) // int(period))
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as f:
+            quota_us = int(f.read())
+        with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as f:
+            period_us = int(f.read())
+    except (OSError, ValueError):
+        return None
+    return None if quota_us <= 0 or period_us <= 0 else -(-quota_us // period_us)
 
 
 def worker_count(asked: int | None, parts: int, messages: int) -> int:

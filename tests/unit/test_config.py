@@ -48,6 +48,7 @@ sliding = ["session", "audit"]
 tick_ms = 50
 horizon = "2h"
 session_timeout = "10s"
+workers = 3
 
 [retention.defaults]
 session = "30d"
@@ -95,6 +96,7 @@ def test_full_file() -> None:
     assert c.tick_ms == 50
     assert c.horizon_ms == 120 * MIN
     assert c.session_timeout_ms == 10_000
+    assert c.workers == 3
     assert c.topics == Topics(("conv", "sess"), "p", "s", "t", "d", "r")
     assert c.categories == ("conversation", "session", "audit")
     assert c.sliding == frozenset({"session", "audit"})
@@ -228,6 +230,11 @@ ERRORS = [
         "session timeout zero",
         "[service]\nsession_timeout = '0s'\n",
         "line 2: key 'session_timeout' in [service] must be a duration, positive, got a string '0s'",
+    ),
+    (
+        "workers zero",
+        "[service]\nworkers = 0\n",
+        "line 2: key 'workers' in [service] must be a positive number of processes, got an integer 0",
     ),
     (
         "tick_ms float",

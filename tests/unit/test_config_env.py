@@ -34,12 +34,15 @@ def test_the_environment_beats_the_file_key_by_key() -> None:
         "STREAM_EXPIRY_CATEGORIES_SLIDING": "",  # empty: unset
         "STREAM_EXPIRY_MAX_CLOCK_SKEW": "90s",
         "STREAM_EXPIRY_SERVICE_SESSION_TIMEOUT": "2s",
+        "STREAM_EXPIRY_SERVICE_WORKERS": "1",
     }
     config = parse_config(FILE, path="f.toml", environ=env)
     assert config.group_id == "from-env"
     assert config.state_dir == "/file/state"  # not in the environment: the file's
     assert (config.tick_ms, config.horizon_ms, config.max_clock_skew_ms) == (5, 7_200_000, 90_000)
     assert config.session_timeout_ms == 2_000
+    assert config.workers == 1
+    assert parse_config(FILE, path="f.toml").workers is None  # one per CPU
     assert config.topics.inputs == ("x", "y", "z")
     assert config.topics.stamped == "file.stamped"
     assert config.topics.tombstones == "env.tombstones"

@@ -15,6 +15,8 @@ from stream_expiry.replay_workers import merge_reports
 from stream_expiry.workers import AUTO_FROM_MESSAGES, _sendable, run_in_workers, worker_count
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from stream_expiry.workers import Reporter
 
 
@@ -88,3 +90,20 @@ async def test_workers_return_their_results_in_order_and_their_progress() -> Non
 async def test_a_failed_worker_raises_its_error_in_the_parent() -> None:
     with pytest.raises(BrokerError, match="job 13 failed"):
         await run_in_workers(square, [2, 13], name="test")
+
+
+def test_a_cgroup_cpu_quota_caps_the_cpus(tmp_path: Path) -> None:
+    from stream_expiry.workers import _cgroup_quota
+
+    assert _cgroup_quota(str(tmp_path)) is None  # nothing to read: no quota known
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert _cgroup_quota(str(tmp_path)) is None
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs: 2 processes
+    assert _cgroup_quota(str(tmp_path)) == 2
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")  # v1, no quota
+    assert _cgroup_quota(str(tmp_path)) is None
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    assert _cgroup_quota(str(tmp_path)) == 1
