@@ -17,6 +17,7 @@ import anyio
 from aiokafka import TopicPartition
 
 from stream_expiry.kafka import consumer, high_watermarks, partitions_of
+from stream_expiry.parts import add_up
 from stream_expiry.replay import ProgressBar, ReplayReport, Share, replay_share
 from stream_expiry.state import RocksKV
 from stream_expiry.workers import Reporter, run_in_workers, worker_count
@@ -29,19 +30,8 @@ __all__ = ["merge_reports", "replay_stamps"]
 
 def merge_reports(reports: list[ReplayReport], sample_size: int) -> ReplayReport:
     """The report of a whole replay from the reports of its shares (disjoint records)."""
-    out = ReplayReport()
-    for r in reports:
-        out.events += r.events
-        out.records += r.records
-        out.unchanged += r.unchanged
-        out.earlier += r.earlier
-        out.later += r.later
-        out.due_now += r.due_now
-        out.never += r.never
-        out.states.update(r.states)
-        out.worker_rss += r.worker_rss
-    samples = sorted((c for r in reports for c in r.sample), key=lambda c: c.key)
-    out.sample = samples[:sample_size]
+    out = add_up(reports, ReplayReport())
+    out.sample = sorted(out.sample, key=lambda c: c.key)[:sample_size]
     return out
 
 

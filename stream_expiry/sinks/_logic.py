@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from stream_expiry.parts import add_up
 from stream_expiry.sinks._messages import (
     Change,
     Marker,
@@ -87,17 +88,7 @@ class Plan:
 def merge_plans(plans: Iterable[Plan]) -> Plan:
     """One plan of several transactions' (a batch applied in parts): the writes of each,
     in the given order, and what they amount to."""
-    out = Plan()
-    for p in plans:
-        out.upserts += p.upserts
-        out.deletes += p.deletes
-        out.markers += p.markers
-        out.receipts += p.receipts
-        out.written += p.written
-        out.stale += p.stale
-        out.deleted += p.deleted
-        out.swept += p.swept
-    return out
+    return add_up(plans, Plan())
 
 
 def life(created_at: int | None) -> int:

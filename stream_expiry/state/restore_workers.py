@@ -21,6 +21,7 @@ import anyio
 
 from stream_expiry.codec import output_partition
 from stream_expiry.kafka import consumer, partitions_of
+from stream_expiry.parts import add_up
 from stream_expiry.state.kv import RocksKV
 from stream_expiry.state.restore import (
     RestoreReport,
@@ -159,17 +160,7 @@ async def _by_changelog_partition(
 
 def merge_results(results: list[RestoreResult]) -> RestoreResult:
     """One restore's result from its workers' (each restored its own stores)."""
-    out = RestoreResult()
-    t = out.total
-    for r in results:
-        t.read += r.total.read
-        t.stamps += r.total.stamps
-        t.markers += r.total.markers
-        t.unreadable += r.total.unreadable
-        t.remaining += r.total.remaining
-        t.nulls_owed += r.total.nulls_owed
-        out.stores.update(r.stores)
-    return out
+    return add_up(results, RestoreResult())
 
 
 def _restore_job(job: _Job, report: Reporter) -> RestoreResult:

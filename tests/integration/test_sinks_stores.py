@@ -385,18 +385,17 @@ async def test_postgres_keys_compare_bytewise(store: Store) -> None:
     assert collations[("receipts", "receipt_id")] == "C"
 
 
-@pytest.mark.asyncio
-@pytest.mark.parametrize("store", store_params(SQL_KINDS), indirect=True)
-async def test_random_batches_match_the_memory_reference(store: Store) -> None:
-    """Random stamps, tombstones, nulls and sweeps in random batches: same end state as
-    the plain path (no ``take``, every row loaded with its data)."""
-    rng = random.Random(20260101)
-    ids = [ident(f"k{n}", org=rng.choice(["a", "b", "a'b"])) for n in range(40)]
+async def _random_batches_match_the_reference(
+    store: Store, ids: list[Identity], rng: random.Random, *, steps: int, sizes: tuple[int, int]
+) -> None:
+    """Random stamps, tombstones, nulls (and, every 7th batch, sweeps) in random batches of
+    ``sizes``: each batch's counts and the end state as the plain path's (no ``take``,
+    every row loaded with its data)."""
     reference = PlainMemoryStore(name=store.name)
     offset = 0
-    for step in range(30):
+    for step in range(steps):
         batch: list[Change] = []
-        for _ in range(rng.randint(1, 60)):
+        for _ in range(rng.randint(*sizes)):
             i = rng.choice(ids)
             s = stamp(
                 i, created_at=T0 + rng.randint(0, 20) * MINUTE, ttl_ms=rng.randint(1, 30) * MINUTE
@@ -424,6 +423,15 @@ async def test_random_batches_match_the_memory_reference(store: Store) -> None:
         assert await store.get(i) == await reference.get(i), i
         assert await store.marker(i) == await reference.marker(i), i
     assert await store.count() == await reference.count()
+    assert len(await store.receipts()) == len(await reference.receipts())
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(SQL_KINDS), indirect=True)
+async def test_random_batches_match_the_memory_reference(store: Store) -> None:
+    rng = random.Random(20260101)
+    ids = [ident(f"k{n}", org=rng.choice(["a", "b", "a'b"])) for n in range(40)]
+    await _random_batches_match_the_reference(store, ids, rng, steps=30, sizes=(1, 60))
 
 
 @pytest.mark.asyncio
@@ -437,30 +445,7 @@ async def test_batches_split_into_parallel_transactions_match_the_reference(
     store.parallel = 3
     rng = random.Random(20261201)
     ids = [ident(f"p{n}", org=rng.choice(["a", "b"])) for n in range(400)]
-    reference = PlainMemoryStore(name=store.name)
-    offset = 0
-    for step in range(6):
-        batch: list[Change] = []
-        for _ in range(rng.randint(300, 900)):
-            s = stamp(rng.choice(ids), created_at=T0 + rng.randint(0, 20) * MINUTE)
-            roll = rng.random()
-            if roll < 0.5:
-                batch.append(put(s, {"n": step}, offset=offset))
-            elif roll < 0.85:
-                batch.append(kill(s))
-            else:
-                batch.append(NullChange(s.identity, 0, offset))
-            offset += 1
-        now = T0 + step * MINUTE
-        a = await store.apply(batch, now_ms=now)
-        b = await reference.apply(batch, now_ms=now)
-        assert (a.written, a.deleted, a.stale, len(a.receipts)) == (
-            b.written, b.deleted, b.stale, len(b.receipts),
-        ), step  # fmt: skip
-    for i in ids:
-        assert await store.get(i) == await reference.get(i), i
-        assert await store.marker(i) == await reference.marker(i), i
-    assert len(await store.receipts()) == len(await reference.receipts())
+    await _random_batches_match_the_reference(store, ids, rng, steps=8, sizes=(300, 900))
 
 
 @pytest.mark.asyncio
