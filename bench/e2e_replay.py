@@ -137,7 +137,8 @@ async def run(args: Any, bootstrap: str, records: int) -> dict[str, Any]:
     )
     notes = [
         "Replay ran alone in a child process against the embedded Tansu broker on loopback; "
-        "its peak RSS is that process's high-water mark (ru_maxrss).",
+        "its peak RSS is that process's high-water mark (ru_maxrss), plus each worker's "
+        "when replay shared the partitions among worker processes (an upper bound).",
         "Issue 10's targets: >= 200,000 records/s and peak RSS <= 200 MiB at 10 M records.",
     ]
     if not unchanged:
