@@ -208,9 +208,10 @@ class Store(abc.ABC):
 
         Split, each identity's changes stay together and in order, and no two transactions
         touch one row, so they never wait for each other. A batch one of whose
-        transactions fails may have others committed: the sink then reads the whole batch
-        again, which changes nothing where it was applied (the store is idempotent), and
-        the committed part's receipts wait in the outbox like any after a crash.
+        transactions fails may have others committed: the sink stops without committing
+        its offsets and reads the whole batch again when it starts, which changes nothing
+        where it was applied (the store is idempotent), and the committed part's receipts
+        wait in the outbox like any after a crash.
         """
         lanes = self.parallel
         if lanes <= 1 or len(changes) < 2 * _MIN_SHARE:

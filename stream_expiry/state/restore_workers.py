@@ -13,6 +13,7 @@ them, and opened again when all are done. A small read is restored here, in this
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from stream_expiry.kafka_settings import Brokers
 
 __all__ = ["merge_results", "restore_stores"]
+
+log = logging.getLogger("stream_expiry.state.restore")
 
 Source = tuple[str, int]
 
@@ -95,7 +98,7 @@ async def restore_stores(
     try:
         async with consumer(bootstrap) as reader:
             groups: list[list[Source]] = [list(paths)]
-            n = 1
+            n, backlog = 1, 0
             if workers != 1 and len(paths) > 1:
                 groups = await _by_changelog_partition(reader, list(paths), stamped)
                 backlog = await changelog_backlog(
@@ -116,6 +119,12 @@ async def restore_stores(
         _close(stores)
         raise
     _close(stores)  # the workers open them
+    log.info(
+        "restoring %d stores from %d changelog messages in %d worker processes",
+        len(paths),
+        backlog,
+        n,
+    )
     jobs = [
         _Job(
             bootstrap,
