@@ -12,10 +12,12 @@ worker's error is raised in the parent and the others are stopped.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
 import pickle
+import signal
 import time
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -36,6 +38,7 @@ log = logging.getLogger("stream_expiry.workers")
 # ~1 s) would cost more than they save.
 AUTO_FROM_MESSAGES: Final = 500_000
 PROGRESS_EVERY_S: Final = 0.2
+_PR_SET_PDEATHSIG: Final = 1  # linux/prctl.h
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -116,7 +119,10 @@ async def run_in_workers(
         for i, job in enumerate(jobs):
             ours, theirs = ctx.Pipe(duplex=False)
             proc = ctx.Process(
-                target=_worker, args=(target, job, theirs), name=f"{name}-{i}", daemon=True
+                target=_worker,
+                args=(target, job, theirs, os.getpid()),
+                name=f"{name}-{i}",
+                daemon=True,
             )
             proc.start()
             theirs.close()
@@ -164,14 +170,30 @@ def _collect(
     return [results[i] for i in range(len(conns))]
 
 
-def _worker(target: Callable[[Any, Reporter], Any], job: Any, conn: Connection) -> None:
+def _worker(
+    target: Callable[[Any, Reporter], Any], job: Any, conn: Connection, parent: int
+) -> None:
     """A worker process: one job, its result (or its error) to the parent."""
+    _die_with(parent)
     try:
         conn.send(("done", target(job, Reporter(conn))))
     except BaseException as exc:  # every error goes to the parent, to be raised there
         conn.send(("failed", _sendable(exc)))
     finally:
         conn.close()
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this worker when its parent dies (Linux), so that a parent
+    killed outright (SIGKILL, the OOM killer) leaves no worker behind that still holds its
+    stores' locks when the service starts again."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the pipe's end stops the worker later
+        return
+    if os.getppid() != parent:  # the parent died before the request: nothing will come
+        os._exit(1)
 
 
 def _sendable(exc: BaseException) -> BaseException:

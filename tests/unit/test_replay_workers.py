@@ -107,3 +107,58 @@ def test_a_cgroup_cpu_quota_caps_the_cpus(tmp_path: Path) -> None:
     assert _cgroup_quota(str(tmp_path)) is None
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
     assert _cgroup_quota(str(tmp_path)) == 1
+
+
+def sleeper(job: str, report: Reporter) -> None:
+    """A worker's function that writes its pid to ``job`` (a path) and then waits."""
+    import os
+    import time
+
+    with open(job, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(60)
+
+
+PARENT = """
+import anyio, sys
+from stream_expiry.workers import run_in_workers
+from tests.unit.test_replay_workers import sleeper
+anyio.run(lambda: run_in_workers(sleeper, [sys.argv[1]], name="test"))
+"""
+
+
+def test_a_worker_dies_with_its_parent_killed_outright(tmp_path: Path) -> None:
+    """A service killed by SIGKILL (or the OOM killer) mid-restore must not leave a worker
+    holding its stores' locks when it starts again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "worker.pid"
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(pid_file)], cwd=os.getcwd())
+    try:
+        deadline = time.monotonic() + 30
+        while not (pid_file.exists() and pid_file.read_text()):
+            assert parent.poll() is None, "the parent ended before its worker started"
+            assert time.monotonic() < deadline, "no worker started within 30 s"
+            time.sleep(0.05)
+        worker = int(pid_file.read_text())
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        while _alive(worker):
+            assert time.monotonic() < deadline + 10, f"worker {worker} outlived its parent"
+            time.sleep(0.05)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by init, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
