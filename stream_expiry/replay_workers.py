@@ -55,7 +55,13 @@ async def replay_stamps(
             bar.total = sum(totals)
             bar(sum(done))
 
-    reports = await run_in_workers(_replay_job, jobs, name="replay", on_progress=on_progress)
+    reports = await run_in_workers(
+        _replay_job,
+        jobs,
+        name="replay",
+        on_progress=on_progress,
+        hint="; --workers 1 replays in one process, with less memory",
+    )
     if bar is not None:
         bar(sum(r.events for r in reports), final=True)
     return merge_reports(reports, share.sample_size)

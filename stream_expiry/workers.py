@@ -107,11 +107,13 @@ async def run_in_workers(
     *,
     name: str,
     on_progress: Callable[[int, Any], None] | None = None,
+    hint: str = "",
 ) -> list[R]:
     """``target(job, reporter)`` for each job, each in a worker process of its own, and
     their results in the order of ``jobs``. ``target`` must be a module-level function (it
     is sent by name). ``on_progress(i, progress)`` is called, in a thread of this process,
-    with what worker ``i`` reports."""
+    with what worker ``i`` reports. ``hint`` ends the error raised when a worker stops
+    without a result (killed, out of memory): what to do next."""
     ctx = multiprocessing.get_context("spawn")
     procs: list[BaseProcess] = []
     conns: list[Connection] = []
@@ -129,7 +131,7 @@ async def run_in_workers(
             procs.append(proc)
             conns.append(ours)
         return await anyio.to_thread.run_sync(
-            _collect, conns, procs, name, on_progress, abandon_on_cancel=True
+            _collect, conns, procs, name, on_progress, hint, abandon_on_cancel=True
         )
     finally:
         for started in procs:
@@ -145,6 +147,7 @@ def _collect(
     procs: list[BaseProcess],
     name: str,
     on_progress: Callable[[int, Any], None] | None,
+    hint: str,
 ) -> list[Any]:
     """Wait for every worker's result, passing their progress on; a worker's error is
     raised here."""
@@ -159,7 +162,8 @@ def _collect(
             except EOFError:
                 procs[i].join(5)
                 raise StreamExpiryError(
-                    f"{name} worker {i} stopped without a result (exit code {procs[i].exitcode})"
+                    f"{name} worker {i} stopped without a result (exit code "
+                    f"{procs[i].exitcode}; -9 is a kill, often for memory){hint}"
                 ) from None
             if kind == "failed":
                 raise payload

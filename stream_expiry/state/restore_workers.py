@@ -148,7 +148,13 @@ async def restore_stores(
                 )
             )
 
-    results = await run_in_workers(_restore_job, jobs, name="restore", on_progress=on_progress)
+    results = await run_in_workers(
+        _restore_job,
+        jobs,
+        name="restore",
+        on_progress=on_progress,
+        hint="; [service] workers = 1 restores in the service's own process, with less memory",
+    )
     merged = merge_results(results)
     merged.total.seconds = time.monotonic() - started
     for report in merged.stores.values():

@@ -162,3 +162,16 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def vanish(job: int, report: Reporter) -> None:
+    """A worker's function whose process ends without a word (as if killed)."""
+    import os
+
+    os._exit(job)
+
+
+@pytest.mark.asyncio
+async def test_a_worker_that_vanishes_is_reported_with_what_to_do() -> None:
+    with pytest.raises(StreamExpiryError, match=r"test worker 0 stopped .*exit code 3.*; do X"):
+        await run_in_workers(vanish, [3], name="test", hint="; do X")
