@@ -135,8 +135,8 @@ class Config:
     # group hands them on. Kafka's default minimum; a broker refuses values outside its
     # group.min/max.session.timeout.ms.
     session_timeout_ms: int = 6_000
-    # Worker processes a large restore may use (a cold start: a lost disk, a new instance);
-    # None: one per CPU the process may use. 1: the service's own process only.
+    # Worker processes a large restore may use at most (a cold start: a lost disk, a new
+    # instance); None: one per CPU the process may use. 1: the service's own process only.
     workers: int | None = None
     topics: Topics = field(default_factory=Topics)
     topic_settings: TopicSettings = field(default_factory=TopicSettings)

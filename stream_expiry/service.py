@@ -540,7 +540,7 @@ class Service:
             now_ms=now,
             grace_ms=self.config.marker_grace_ms,
             progress=self._restore_progress,
-            workers=self.config.workers,
+            max_workers=self.config.workers,
         )
         self._restore_seen = 0
         self.stats.restored += result.total.read

@@ -3,8 +3,9 @@
 Restore and replay spend Python CPU on every changelog message, and one process uses one
 core. Their work divides by partition, so each worker takes some partitions and the parent
 adds the results up. Workers are started with ``spawn`` (a fresh interpreter: nothing of the
-parent's event loop, Kafka connections or open stores is inherited), which costs about a
-second, so callers use them for large reads only (:func:`worker_count`).
+parent's event loop, Kafka connections or open stores is inherited), which costs a few
+tenths of a second (the interpreter and the imports), so callers use them for large reads
+only (:func:`worker_count`).
 
 A worker sends its progress as it goes and its result (or its error) at the end; a
 worker's error is raised in the parent and the others are stopped.
@@ -34,8 +35,8 @@ __all__ = ["AUTO_FROM_MESSAGES", "Reporter", "run_in_workers", "worker_count"]
 
 log = logging.getLogger("stream_expiry.workers")
 
-# Below this many messages to read, one process: starting workers (a new interpreter each,
-# ~1 s) would cost more than they save.
+# Below this many messages to read, one process: starting workers (a new interpreter each)
+# would cost more than they save.
 AUTO_FROM_MESSAGES: Final = 500_000
 PROGRESS_EVERY_S: Final = 0.2
 _PR_SET_PDEATHSIG: Final = 1  # linux/prctl.h

@@ -86,12 +86,15 @@ async def restore_stores(
     grace_ms: int,
     progress: Callable[[RestoreReport], None] | None = None,
     workers: int | None = None,
+    max_workers: int | None = None,
 ) -> tuple[dict[Source, PartitionStore], RestoreResult]:
     """Open the store of each input partition at its path and bring it up to date with the
     changelog; return the open stores and what the restore did.
 
     ``workers``: processes that share the stores out (None: one per CPU when 500,000
-    changelog messages or more are to be read, else this process alone).
+    changelog messages or more are to be read, else this process alone), at most
+    ``max_workers`` (the service's ``[service] workers``: a small restore, such as a warm
+    restart's, stays in this process whatever it says).
     """
     started = time.monotonic()
     stores = _open(paths, grace_ms)
@@ -99,12 +102,13 @@ async def restore_stores(
         async with consumer(bootstrap) as reader:
             groups: list[list[Source]] = [list(paths)]
             n, backlog = 1, 0
-            if workers != 1 and len(paths) > 1:
+            if workers != 1 and max_workers != 1 and len(paths) > 1:
                 groups = await _by_changelog_partition(reader, list(paths), stamped)
                 backlog = await changelog_backlog(
                     reader, stores, stamped=stamped, tombstones=tombstones
                 )
                 n = worker_count(workers, len(groups), backlog)
+                n = n if max_workers is None else min(n, max_workers)
             if n == 1:
                 result = await restore_partitions(
                     reader,

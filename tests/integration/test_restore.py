@@ -492,11 +492,12 @@ async def test_input_partitions_sharing_a_changelog_partition_are_restored_in_on
 
 
 async def test_stores_restored_by_worker_processes_end_as_one_process_leaves_them(
-    broker: str, topics: TopicSet, tmp_path: Path
+    broker: str, topics: TopicSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Four input partitions on two changelog partitions, restored once in this process
     and once by two workers (each taking the stores of one changelog partition): the same
-    states, markers, counts and report."""
+    states, markers, counts and report. The service's cap on workers starts none for a
+    read this small."""
     sources = [(t, p) for t in (topics.conversations, topics.sessions) for p in (0, 1)]
     async with producer(broker) as prod:
         acks = []
@@ -512,7 +513,7 @@ async def test_stores_restored_by_worker_processes_end_as_one_process_leaves_the
         for ack in acks:
             await ack
 
-    async def restore(into: str, workers: int) -> dict[tuple[str, int], Any]:
+    async def restore(into: str, **workers: int) -> dict[tuple[str, int], Any]:
         paths = {s: str(tmp_path / into / f"{s[0]}-{s[1]}") for s in sources}
         stores, result = await restore_stores(
             paths,
@@ -521,7 +522,7 @@ async def test_stores_restored_by_worker_processes_end_as_one_process_leaves_the
             tombstones=topics.tombstones,
             now_ms=T0,
             grace_ms=YEAR_MS,
-            workers=workers,
+            **workers,
         )
         try:
             assert result.total.read == 264  # each changelog message read once
@@ -537,8 +538,14 @@ async def test_stores_restored_by_worker_processes_end_as_one_process_leaves_the
             for store in stores.values():
                 store.close()
 
-    alone = await restore("alone", 1)
-    shared = await restore("shared", 2)
+    alone = await restore("alone", workers=1)
+    shared = await restore("shared", workers=2)
     assert shared == alone
+
+    async def no_workers(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("workers started for a small restore")
+
+    monkeypatch.setattr("stream_expiry.state.restore_workers.run_in_workers", no_workers)
+    assert await restore("capped", max_workers=2) == alone
     assert sum(len(states) for states, _counts, _report in alone.values()) == 240
     assert sum(counts.markers for _states, counts, _report in alone.values()) == 24
