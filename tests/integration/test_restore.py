@@ -513,7 +513,9 @@ async def test_stores_restored_by_worker_processes_end_as_one_process_leaves_the
         for ack in acks:
             await ack
 
-    async def restore(into: str, **workers: int) -> dict[tuple[str, int], Any]:
+    async def restore(
+        into: str, *, workers: int | None = None, max_workers: int | None = None
+    ) -> dict[tuple[str, int], Any]:
         paths = {s: str(tmp_path / into / f"{s[0]}-{s[1]}") for s in sources}
         stores, result = await restore_stores(
             paths,
@@ -522,7 +524,8 @@ async def test_stores_restored_by_worker_processes_end_as_one_process_leaves_the
             tombstones=topics.tombstones,
             now_ms=T0,
             grace_ms=YEAR_MS,
-            **workers,
+            workers=workers,
+            max_workers=max_workers,
         )
         try:
             assert result.total.read == 264  # each changelog message read once
