@@ -24,7 +24,7 @@ from stream_expiry.sinks._messages import Change, NullChange, decode_stamped, de
 from stream_expiry.sinks.store import MemoryStore, StoreTransaction
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Sequence
 
 T0 = 1_767_225_600_000
 MIN = 60_000
@@ -148,9 +148,29 @@ async def test_a_small_batch_is_one_transaction() -> None:
     assert calls == 1
 
 
+class MarkCountingStore(MemoryStore):
+    """Counts the receipt ids each transaction marks published."""
+
+    def __init__(self) -> None:
+        super().__init__("m")
+        self.marked: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[StoreTransaction]:
+        async with super()._transaction() as tx:
+            mark = tx.mark_published
+
+            async def counting(receipt_ids: Sequence[str], now_ms: int) -> None:
+                self.marked.extend(receipt_ids)
+                await mark(receipt_ids, now_ms)
+
+            tx.mark_published = counting  # type: ignore[method-assign]
+            yield tx
+
+
 @pytest.mark.asyncio
 async def test_published_receipts_are_marked_once_in_a_split_batch() -> None:
-    store = MemoryStore("m")
+    store = MarkCountingStore()
     store.parallel = 2
     ids = [ident(n) for n in range(100)]
     lives = [Stamp(i, T0, T0 + MIN, MIN, "org") for i in ids]
@@ -161,6 +181,7 @@ async def test_published_receipts_are_marked_once_in_a_split_batch() -> None:
     more = [Stamp(ident(n), T0 + 2 * MIN, T0 + 3 * MIN, MIN, "org") for n in range(100, 400)]
     await store.apply([put(s, n) for n, s in enumerate(more)], now_ms=T0, published=ids_published)
     assert sorted(store.published) == sorted(ids_published)
+    assert sorted(store.marked) == sorted(ids_published)  # by one of the parts only
     assert await store.pending_receipts(1000) == []
 
 
