@@ -39,6 +39,8 @@ log = logging.getLogger("stream_expiry.workers")
 # would cost more than they save.
 AUTO_FROM_MESSAGES: Final = 500_000
 PROGRESS_EVERY_S: Final = 0.2
+# How long a worker that sent its result may take to exit before it is killed.
+EXIT_WAIT_S: Final = 5.0
 _PR_SET_PDEATHSIG: Final = 1  # linux/prctl.h
 
 J = TypeVar("J")
@@ -118,6 +120,7 @@ async def run_in_workers(
     ctx = multiprocessing.get_context("spawn")
     procs: list[BaseProcess] = []
     conns: list[Connection] = []
+    finished = False
     try:
         for i, job in enumerate(jobs):
             ours, theirs = ctx.Pipe(duplex=False)
@@ -131,12 +134,17 @@ async def run_in_workers(
             theirs.close()
             procs.append(proc)
             conns.append(ours)
-        return await anyio.to_thread.run_sync(
+        results = await anyio.to_thread.run_sync(
             _collect, conns, procs, name, on_progress, hint, abandon_on_cancel=True
         )
+        finished = True
+        return results
     finally:
         for started in procs:
-            if started.is_alive():
+            if finished:  # each sent its result and is exiting: let it end on its own
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(started.join, EXIT_WAIT_S)
+            if started.is_alive():  # a failure or a cancellation: stop the others now
                 started.kill()
             started.join()
         for c in conns:
