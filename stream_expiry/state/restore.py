@@ -46,10 +46,11 @@ if TYPE_CHECKING:
     from stream_expiry.state.store import PartitionStore, RestoredRow
 
 __all__ = [
+    "PreparedRestore",
     "RestoreReport",
     "RestoreResult",
-    "changelog_backlog",
     "position_name",
+    "prepare_restore",
     "restore_partitions",
 ]
 
@@ -101,42 +102,57 @@ async def restore_partitions(
     partitions, paused (its own fetcher learns their ends; :mod:`stream_expiry.fetch`
     reads them). ``progress`` is told the whole read's report after every fetch.
     """
-    started = time.monotonic()
-    result = RestoreResult(stores={source: RestoreReport() for source in stores})
-    readers = await _prepare(cons, stores, stamped, tombstones, now_ms, result)
-    for reader, stamps in zip(readers, (True, False), strict=True):
-        await reader.read(cons, stamps=stamps, progress=progress)
-    total = result.total
-    total.seconds = time.monotonic() - started
-    for report in result.stores.values():
-        report.seconds = total.seconds
-    return result
+    prepared = await prepare_restore(
+        cons, stores, stamped=stamped, tombstones=tombstones, now_ms=now_ms
+    )
+    return await prepared.run(cons, progress)
 
 
-async def changelog_backlog(
+class PreparedRestore:
+    """A restore with both changelog topics positioned and their ends known: what is left
+    to read, and how the stores group by changelog partition, can be asked before it
+    runs (:mod:`stream_expiry.state.restore_workers` decides on workers from them)."""
+
+    def __init__(self, readers: list[_TopicRead], result: RestoreResult, started: float) -> None:
+        self._readers = readers
+        self._result = result
+        self._started = started
+
+    @property
+    def remaining(self) -> int:
+        """Changelog messages to read (what the stores hold already is not counted)."""
+        return self._result.total.remaining
+
+    def groups(self) -> list[list[Source]]:
+        """The stores grouped by the partition of ``expiry.stamped`` they are read from."""
+        stamps = self._readers[0]
+        return [stamps.members[tp] for tp in stamps.tps]
+
+    async def run(
+        self, cons: AIOKafkaConsumer, progress: Callable[[RestoreReport], None] | None = None
+    ) -> RestoreResult:
+        result = self._result
+        for reader, stamps in zip(self._readers, (True, False), strict=True):
+            await reader.read(cons, stamps=stamps, progress=progress)
+        total = result.total
+        total.seconds = time.monotonic() - self._started
+        for report in result.stores.values():
+            report.seconds = total.seconds
+        return result
+
+
+async def prepare_restore(
     cons: AIOKafkaConsumer,
     stores: Mapping[Source, PartitionStore],
     *,
     stamped: str,
     tombstones: str,
-) -> int:
-    """How many changelog messages :func:`restore_partitions` would read for ``stores``
-    now (what they hold already is not counted)."""
-    result = RestoreResult(stores={source: RestoreReport() for source in stores})
-    await _prepare(cons, stores, stamped, tombstones, 0, result)
-    return result.total.remaining
-
-
-async def _prepare(
-    cons: AIOKafkaConsumer,
-    stores: Mapping[Source, PartitionStore],
-    stamped: str,
-    tombstones: str,
     now_ms: int,
-    result: RestoreResult,
-) -> list[_TopicRead]:
-    """The reads of both changelog topics, positioned, with their ends known and what is
-    left to read counted in ``result``."""
+) -> PreparedRestore:
+    """The reads of both changelog topics for ``stores``, positioned, their ends known and
+    what is left to read counted (one metadata look-up and one fetch of the ends)."""
+    started = time.monotonic()
+    result = RestoreResult(stores={source: RestoreReport() for source in stores})
     readers: list[_TopicRead] = []
     for topic in (stamped, tombstones):
         count = len(await partitions_of(cons, topic))
@@ -153,7 +169,7 @@ async def _prepare(
     for reader in readers:
         reader.ends = {tp: ends[tp] for tp in reader.tps}
         result.total.remaining += sum(max(0, ends[tp] - reader.start[tp]) for tp in reader.tps)
-    return readers
+    return PreparedRestore(readers, result, started)
 
 
 class _TopicRead:

@@ -20,14 +20,13 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from stream_expiry.codec import output_partition
-from stream_expiry.kafka import consumer, partitions_of
+from stream_expiry.kafka import consumer
 from stream_expiry.parts import add_up
 from stream_expiry.state.kv import RocksKV
 from stream_expiry.state.restore import (
     RestoreReport,
     RestoreResult,
-    changelog_backlog,
+    prepare_restore,
     restore_partitions,
 )
 from stream_expiry.state.store import PartitionStore
@@ -35,8 +34,6 @@ from stream_expiry.workers import Reporter, run_in_workers, worker_count
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
-
-    from aiokafka import AIOKafkaConsumer
 
     from stream_expiry.kafka_settings import Brokers
 
@@ -100,25 +97,14 @@ async def restore_stores(
     stores = _open(paths, grace_ms)
     try:
         async with consumer(bootstrap) as reader:
-            groups: list[list[Source]] = [list(paths)]
-            n, backlog = 1, 0
-            if workers != 1 and max_workers != 1 and len(paths) > 1:
-                groups = await _by_changelog_partition(reader, list(paths), stamped)
-                backlog = await changelog_backlog(
-                    reader, stores, stamped=stamped, tombstones=tombstones
-                )
-                n = worker_count(workers, len(groups), backlog)
-                n = n if max_workers is None else min(n, max_workers)
+            prepared = await prepare_restore(
+                reader, stores, stamped=stamped, tombstones=tombstones, now_ms=now_ms
+            )
+            groups, backlog = prepared.groups(), prepared.remaining
+            n = worker_count(workers, len(groups), backlog)
+            n = n if max_workers is None else min(n, max_workers)
             if n == 1:
-                result = await restore_partitions(
-                    reader,
-                    stores,
-                    stamped=stamped,
-                    tombstones=tombstones,
-                    now_ms=now_ms,
-                    progress=progress,
-                )
-                return stores, result
+                return stores, await prepared.run(reader, progress)
     except BaseException:
         _close(stores)
         raise
@@ -164,17 +150,6 @@ async def restore_stores(
     for report in merged.stores.values():
         report.seconds = merged.total.seconds
     return _open(paths, grace_ms), merged
-
-
-async def _by_changelog_partition(
-    cons: AIOKafkaConsumer, sources: list[Source], stamped: str
-) -> list[list[Source]]:
-    """The stores grouped by the partition of ``expiry.stamped`` their stamps are on."""
-    count = len(await partitions_of(cons, stamped))
-    groups: dict[int, list[Source]] = {}
-    for source in sources:
-        groups.setdefault(output_partition(source[1], max(1, count)), []).append(source)
-    return [groups[q] for q in sorted(groups)]
 
 
 def merge_results(results: list[RestoreResult]) -> RestoreResult:
