@@ -342,6 +342,19 @@ class _Reader:
             )
         return items
 
+    def positive_int(
+        self, value: object, where: _Path, expected: str, *, maximum: int | None = None
+    ) -> int:
+        """An integer from 1 (to ``maximum``), not a bool; else ``expected`` is said."""
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or value < 1
+            or (maximum is not None and value > maximum)
+        ):
+            raise self.bad(where, value, expected)
+        return value
+
     def duration(self, value: object, where: _Path, *, minimum: int) -> int:
         try:
             ms = parse_duration(value)
@@ -390,14 +403,16 @@ class _Reader:
             ("service",),
             ("tick_ms", "horizon", "marker_grace", "session_timeout", "workers"),
         )
-        workers = service.get("workers", defaults.workers)
-        if workers is not None and (
-            not isinstance(workers, int) or isinstance(workers, bool) or workers <= 0
-        ):
-            raise self.bad(("service", "workers"), workers, "a positive number of processes")
-        tick_ms = service.get("tick_ms", defaults.tick_ms)
-        if not isinstance(tick_ms, int) or isinstance(tick_ms, bool) or tick_ms <= 0:
-            raise self.bad(("service", "tick_ms"), tick_ms, "a positive integer (milliseconds)")
+        workers = defaults.workers
+        if "workers" in service:
+            workers = self.positive_int(
+                service["workers"], ("service", "workers"), "a positive number of processes"
+            )
+        tick_ms = self.positive_int(
+            service.get("tick_ms", defaults.tick_ms),
+            ("service", "tick_ms"),
+            "a positive integer (milliseconds)",
+        )
         horizon_ms = defaults.horizon_ms
         if "horizon" in service:
             horizon_ms = self.duration(service["horizon"], ("service", "horizon"), minimum=1)
@@ -504,10 +519,9 @@ class _Reader:
         counts: dict[str, int] = {}
         for key in _TOPIC_COUNTS:
             if key in table:
-                n = table[key]
-                if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 10_000:
-                    raise self.bad((*where, key), n, "an integer from 1 to 10000")
-                counts[key] = n
+                counts[key] = self.positive_int(
+                    table[key], (*where, key), "an integer from 1 to 10000", maximum=10_000
+                )
         times = {
             f"{key}_ms": self.duration(table[key], (*where, key), minimum=1)
             for key in _TOPIC_DURATIONS
