@@ -9,7 +9,16 @@ __all__ = [
     "InputError",
     "StoreError",
     "StreamExpiryError",
+    "leaves",
 ]
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside ``exc``, nested exception groups (an anyio task group's)
+    opened, in order; ``[exc]`` for a plain one."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaves(inner)]
+    return [exc]
 
 
 class StreamExpiryError(Exception):

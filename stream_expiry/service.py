@@ -35,7 +35,7 @@ from aiokafka.errors import KafkaError
 from stream_expiry.archive_follower import ArchiveFollower
 from stream_expiry.archive_gate import ArchiveGate
 from stream_expiry.control import ControlTopics
-from stream_expiry.errors import BrokerUnavailableError
+from stream_expiry.errors import BrokerUnavailableError, leaves
 from stream_expiry.firing import Firing
 from stream_expiry.health import Health
 from stream_expiry.holds import HoldBook
@@ -84,15 +84,9 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
 def _transient(exc: BaseException) -> bool:
     """Whether every error in ``exc`` (a task group's, perhaps) is one retrying may cure."""
-    for leaf in _leaves(exc):
+    for leaf in leaves(exc):
         if isinstance(leaf, BrokerUnavailableError):
             continue
         cause = leaf if isinstance(leaf, KafkaError) else leaf.__cause__
@@ -104,7 +98,7 @@ def _transient(exc: BaseException) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
-    return "; ".join(str(leaf) or type(leaf).__name__ for leaf in _leaves(exc))
+    return "; ".join(str(leaf) or type(leaf).__name__ for leaf in leaves(exc))
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

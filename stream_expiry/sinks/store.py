@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Final, Self
 
 import anyio
 
-from stream_expiry.errors import ConfigurationError
+from stream_expiry.errors import ConfigurationError, leaves
 from stream_expiry.sinks._logic import Plan, Slot, life, merge_plans, plan
 from stream_expiry.sinks._messages import (
     Change,
@@ -96,12 +96,6 @@ def _new_receipt_id() -> str:
     coordination: two receipts of one millisecond differ in 80 random bits.
     """
     return f"{time.time_ns() // 1_000_000:012x}{_random_hex80()}"
-
-
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first exception of a task group's, nested groups looked into."""
-    first = group.exceptions[0]
-    return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 class StoreTransaction(abc.ABC):
@@ -232,7 +226,7 @@ class Store(abc.ABC):
         except BaseExceptionGroup as group:
             # The sink handles a store's errors one at a time: the first part's to fail
             # stands for the batch (the others were cancelled, or failed alike).
-            raise _first(group) from None
+            raise leaves(group)[0] from None
         return merge_plans(plans[n] for n in sorted(plans))
 
     async def _apply_one(
