@@ -541,9 +541,21 @@ async def test_stores_restored_by_worker_processes_end_as_one_process_leaves_the
             for store in stores.values():
                 store.close()
 
+    from stream_expiry.state import restore_workers
+    from stream_expiry.workers import run_in_workers
+
+    jobs: list[list[tuple[str, int]]] = []
+
+    async def noting(target: Any, work: list[Any], **kwargs: Any) -> Any:
+        jobs.extend(sorted(job.paths) for job in work)
+        return await run_in_workers(target, work, **kwargs)
+
     alone = await restore("alone", workers=1)
+    monkeypatch.setattr(restore_workers, "run_in_workers", noting)
     shared = await restore("shared", workers=2)
     assert shared == alone
+    # Two workers, each with the stores of one changelog partition (input partition p).
+    assert sorted(jobs) == [sorted(s for s in sources if s[1] == p) for p in (0, 1)]
 
     async def no_workers(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("workers started for a small restore")
