@@ -400,7 +400,10 @@ def violations(out: CrashOutcome) -> list[str]:
             if offset < before.get(slot, 0):
                 found["committed offsets went back"].append(f"{slot}: {before[slot]} -> {offset}")
         moved += sum(after.values()) > sum(before.values())
-    if out.kills and moved * 3 < out.kills:
+    # Kills fall 0.1-2.0 s after the start and offsets are committed once a second, so
+    # about half of the runs live to commit: fewer on a slow machine (6 of 20 seen once).
+    # A fifth still fails a service that never commits between kills.
+    if out.kills and moved * 5 < out.kills:
         found["offsets did not move"].append(f"committed offsets moved in {moved} of {out.kills}")
     if out.final_exit != 0:
         found["final run"].append(f"exit status {out.final_exit}")
