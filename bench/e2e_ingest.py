@@ -31,6 +31,12 @@ create (10 minutes); ~45-byte record keys over 997 orgs and 13 bots, all distinc
 lookups in the store); 3 input topics of 4 partitions. No record is due during the run, so no
 timer fires.
 
+Scale-out (``--instances N``, N > 1): N service instances, each in a process of its own
+with its own state directory, join one consumer group, as N pods would. They start at
+once; the clock runs from the first one ready (it consumes from then on, and any later
+rebalance is inside the measured time) to the committed offsets covering every event. On
+the 2-core machine of docs/BENCHMARKS.md the instances share the cores with the broker.
+
 N is ``--events``; without it, ``--pending`` when the suite passes one, else 200,000. A run of
 10 M events takes about 5 minutes of producing plus the service's time, and the embedded
 broker holds every message in memory (~3 GiB at 10 M).
@@ -39,10 +45,12 @@ Prints ONE JSON object (``bench.common.envelope``) on stdout; progress on stderr
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing as mp
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -66,12 +74,17 @@ from bench.e2e_expiry import (
     make_config,
     produce_in_child,
     quiet_logging,
+    receive,
     running_service,
+    stop_child,
     temp_state_dir,
     wait_for,
 )
 from stream_expiry.broker import EmbeddedBroker
 from stream_expiry.kafka import consumer, ensure_topics, producer
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 DEFAULT_EVENTS = 200_000
 SAMPLE_S = 0.02
@@ -236,6 +249,84 @@ async def ingest(
     }
 
 
+def _instance_main(bootstrap: str, prefix: str, state_dir: str, conn: Connection) -> None:
+    """A child: one instance of the group, until the parent says ``stop``."""
+    quiet_logging()
+    anyio.run(_instance, bootstrap, prefix, state_dir, conn)
+
+
+async def _instance(bootstrap: str, prefix: str, state_dir: str, conn: Connection) -> None:
+    config = make_config(BenchTopics(prefix), state_dir)
+    async with running_service(config, bootstrap, ready_timeout_s=120) as service:
+        conn.send(("ready", time.time()))  # wall clock: the parent compares across processes
+        await anyio.to_thread.run_sync(conn.poll, None)  # until the parent says stop
+        conn.send(
+            (
+                "done",
+                {
+                    "events": service.stats.events,
+                    "partitions_at_end": len(service.processors),
+                    "rss_bytes": rss_bytes(os.getpid()),
+                },
+            )
+        )
+
+
+async def ingest_instances(
+    bootstrap: str, topics: BenchTopics, events: int, instances: int
+) -> dict[str, Any]:
+    """``instances`` services in one group, each in its own process, until the group has
+    committed every event."""
+    ctx = mp.get_context("spawn")
+    tps = input_partitions(topics.inputs)
+    group_id = make_config(topics, "unused").group_id
+    children: list[tuple[Any, Connection]] = []
+    with contextlib.ExitStack() as cleanup:
+        for i in range(instances):
+            state_dir = cleanup.enter_context(temp_state_dir(f"ingest{i}"))
+            ours, theirs = ctx.Pipe()
+            proc = ctx.Process(
+                target=_instance_main,
+                args=(bootstrap, topics.prefix, state_dir, theirs),
+                daemon=True,
+            )
+            proc.start()
+            cleanup.callback(stop_child, proc)
+            theirs.close()
+            children.append((proc, ours))
+        async with CommittedOffsets(bootstrap, group_id, tps) as committed:
+            readies = [
+                float((await receive(conn, 180, f"instance {i}"))[1])
+                for i, (_, conn) in enumerate(children)
+            ]
+            t0 = min(readies)
+            log(
+                f"e2e ingest: {instances} instances ready, {max(readies) - t0:.1f}s apart; "
+                "ingesting"
+            )
+            total = 0
+            while total < events:
+                if time.time() - t0 > 600 + events / 2_000:
+                    raise TimeoutError(f"committed offsets at {total:,} of {events:,}")
+                await anyio.sleep(0.02)  # a poll interval: the committed offsets decide
+                total = await committed.total()
+            t_done = time.time()
+        ends = []
+        for i, (_, conn) in enumerate(children):
+            conn.send("stop")
+            ends.append((await receive(conn, 60, f"instance {i}"))[1])
+    return {
+        "instances": instances,
+        "ready_spread_s": round(max(readies) - t0, 3),
+        "committed_s": round(t_done - t0, 3),
+        "events_per_s": round(events / (t_done - t0), 1),
+        "committed_total": total,
+        "per_instance": ends,
+        "tenths": [],
+        "last_over_first": None,
+    }
+
+
 async def run(args: Any, bootstrap: str, events: int) -> dict[str, Any]:
     started = utc_now_iso()
     topics = BenchTopics.fresh()
@@ -255,10 +346,14 @@ async def run(args: Any, bootstrap: str, events: int) -> dict[str, Any]:
     if runs:
         passes.append(await passthrough(bootstrap, topics.inputs, outs[0], events))
         log(f"e2e ingest: passthrough {passes[-1]['events_per_s']:,.0f} events/s")
-    with temp_state_dir("ingest") as state_dir:
-        svc = await ingest(bootstrap, topics, events, state_dir, args.profile)
+    if args.instances > 1:
+        svc = await ingest_instances(bootstrap, topics, events, args.instances)
+    else:
+        with temp_state_dir("ingest") as state_dir:
+            svc = await ingest(bootstrap, topics, events, state_dir, args.profile)
     log(
-        f"e2e ingest: stream-expiry {svc['events_per_s']:,.0f} events/s (committed after "
+        f"e2e ingest: stream-expiry ({args.instances} instance(s)) "
+        f"{svc['events_per_s']:,.0f} events/s (committed after "
         f"{svc['committed_s']:.1f}s); last/first tenth {svc['last_over_first']}"
     )
     for out in outs[1:]:
@@ -308,6 +403,7 @@ async def run(args: Any, bootstrap: str, events: int) -> dict[str, Any]:
             "seconds": args.seconds,
             "pending": args.pending,
             "partitions": PARTITIONS,
+            "instances": args.instances,
         },
         throughput=throughput,
         extra={
@@ -343,10 +439,21 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FILE",
         help="write a cProfile of the service's ingest (this process) to FILE (pstats)",
     )
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="service instances in one group, each in a process of its own (default 1: "
+        "one, in this process)",
+    )
     args = parser.parse_args(argv)
     events = args.events or (args.pending if args.pending > 0 else DEFAULT_EVENTS)
     if events <= 0:
         parser.error("--events must be positive")
+    if args.instances < 1:
+        parser.error("--instances must be 1 or more")
+    if args.instances > 1 and args.profile:
+        parser.error("--profile profiles the in-process service: use --instances 1")
     quiet_logging()
     with EmbeddedBroker() as broker:
         log(f"e2e ingest: embedded broker on {broker.bootstrap_servers}")
