@@ -325,6 +325,12 @@ class Stamp(NamedTuple):
         """When the record's tombstone is due: its erasure request, else its expiry."""
         return self.erase_at if self.erase_at is not None else self.expires_at
 
+    def with_offset(self, offset: int | None) -> Stamp:
+        """This state with its stamp's offset on ``expiry.stamped``: every state an ingest
+        writes gets one, and ``_replace`` (keywords, ``_make``) took 1.3 us of it, this
+        0.6 us. ``stamp_offset`` is the last field."""
+        return Stamp(*self[:-1], offset)
+
 
 def _opt_ts(ms: int | None) -> str | None:
     return None if ms is None else format_ts(ms)

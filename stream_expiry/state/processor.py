@@ -440,7 +440,7 @@ class PartitionProcessor:
         for old, new in effects.writes.values():
             offset = offsets.get(new.identity.key)
             if offset is not None:
-                new = new._replace(stamp_offset=offset)
+                new = new.with_offset(offset)
             elif new.live and new.stamp_offset is None and self.archive is not None:
                 missing.append(new.identity)
             out.append((old, new))
@@ -451,7 +451,7 @@ class PartitionProcessor:
                 if s is not None
             }
             out = [
-                (old, new._replace(stamp_offset=stored[new.identity.key]))
+                (old, new.with_offset(stored[new.identity.key]))
                 if new.stamp_offset is None and stored.get(new.identity.key) is not None
                 else (old, new)
                 for old, new in out

@@ -179,3 +179,25 @@ def test_the_index_always_lists_exactly_the_live_finite_records(
     assert got == want
     assert store.counts.pending_total == len(want)
     assert store.counts.markers == sum(not s.live for s in current.values())
+
+
+@given(
+    fields=st.tuples(
+        st.one_of(st.none(), st.integers()),
+        st.one_of(st.none(), st.integers()),
+        st.one_of(st.none(), st.integers()),
+        st.one_of(st.none(), st.text(max_size=5)),
+        st.one_of(st.none(), st.integers()),
+        st.one_of(st.none(), st.integers()),
+        st.booleans(),
+        st.one_of(st.none(), st.integers()),
+    ),
+    offset=st.one_of(st.none(), st.integers(0, 2**62)),
+)
+def test_with_offset_changes_the_stamp_offset_and_nothing_else(
+    fields: tuple[int | None, int | None, int | None, str | None, int | None, int | None, bool,
+                  int | None],
+    offset: int | None,
+) -> None:  # fmt: skip
+    stamp = Stamp(Identity("o", "b", "live", "conversation", "r"), *fields)
+    assert stamp.with_offset(offset) == stamp._replace(stamp_offset=offset)
