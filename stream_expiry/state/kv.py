@@ -151,7 +151,7 @@ class RocksKV:
         # Most lookups are of keys never seen (a create): a Bloom filter over each memtable
         # answers them without searching its skip list: 1.2-1.3 us a lookup instead of
         # 2.4-2.8 over 1 M new keys in multi-gets and write batches of 5,000; restore in
-        # one process 63k -> 76-80k stamps/s (`bench.bench_restore --workers 1`).
+        # one process 63.8k -> 67.0-71.5k stamps/s (`bench.bench_restore --workers 1`).
         options.set_memtable_prefix_bloom_ratio(0.1)
         options.set_memtable_whole_key_filtering(True)
         # Disk follows live records: files dense with deletions (pruned markers, expired
