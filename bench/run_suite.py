@@ -89,6 +89,12 @@ REGISTRY: list[Entry] = [
         what="stream-expiry ingest throughput against an aiokafka passthrough",
     ),
     Entry(
+        "bench.e2e_ingest",
+        ("once",),
+        ("--instances", "2", "--events", "{big}"),
+        what="the same with two instances in one group, a process each (scale-out)",
+    ),
+    Entry(
         "bench.e2e_replay",
         ("once",),
         ("--records", "{big}"),
