@@ -382,10 +382,16 @@ async def run(args: Any, bootstrap: str, events: int) -> dict[str, Any]:
                 unit="events/s",
             )
         )
+    where = (
+        "the service runs in the benchmark's process, as does the passthrough (one after the "
+        "other, never at once)"
+        if args.instances == 1
+        else f"{args.instances} service instances run in one group, a process each, after "
+        "the passthrough ran in the benchmark's process"
+    )
     notes = [
-        "Events were produced before anything was timed; the service runs in the benchmark's "
-        "process, as does the passthrough (one after the other, never at once); the broker is "
-        "the embedded Tansu on loopback, sharing the cores.",
+        f"Events were produced before anything was timed; {where}; the broker is the "
+        "embedded Tansu on loopback, sharing the cores.",
         "Issue 10's targets: last tenth >= 0.8 x first tenth; service >= 0.4 x passthrough.",
     ]
     if ratio is not None:
@@ -395,7 +401,7 @@ async def run(args: Any, bootstrap: str, events: int) -> dict[str, Any]:
         )
     return envelope(
         "e2e_ingest",
-        "stream-expiry",
+        "stream-expiry" if args.instances == 1 else f"stream-expiry-{args.instances}-instances",
         params={
             "events": events,
             "passthrough_runs": runs,
