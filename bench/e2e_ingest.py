@@ -386,8 +386,8 @@ async def run(args: Any, bootstrap: str, events: int) -> dict[str, Any]:
         "the service runs in the benchmark's process, as does the passthrough (one after the "
         "other, never at once)"
         if args.instances == 1
-        else f"{args.instances} service instances run in one group, a process each, after "
-        "the passthrough ran in the benchmark's process"
+        else f"{args.instances} service instances run in one group, a process each; the "
+        "passthrough runs in the benchmark's process, never at the same time"
     )
     notes = [
         f"Events were produced before anything was timed; {where}; the broker is the "
