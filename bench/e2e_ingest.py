@@ -215,17 +215,7 @@ async def ingest(
             profiler.disable()
             profiler.dump_stats(str(profile))
             log(f"e2e ingest: profile of the ingest written to {profile}")
-        total = 0
-
-        async def check() -> bool:
-            nonlocal total
-            total = await committed.total()
-            return total >= events
-
-        while not await check():
-            if time.perf_counter() - t_counted > 60:
-                raise TimeoutError(f"committed offsets at {total:,} of {events:,} after 60 s")
-            await anyio.sleep(0.02)
+        total = await committed_all(committed, events, timeout_s=60)
         t_done = time.perf_counter()
         stats = service.stats.as_dict()
         stores = {
@@ -247,6 +237,17 @@ async def ingest(
         "pending_in_stores": sum(stores.values()),
         "rss_after_bytes": rss,
     }
+
+
+async def committed_all(committed: CommittedOffsets, events: int, *, timeout_s: float) -> int:
+    """Poll the group's committed offsets until they cover ``events``; returns their sum."""
+    deadline = time.monotonic() + timeout_s
+    while (total := await committed.total()) < events:
+        if time.monotonic() > deadline:
+            msg = f"committed offsets at {total:,} of {events:,} after {timeout_s:g} s"
+            raise TimeoutError(msg)
+        await anyio.sleep(0.02)  # a poll interval: the committed offsets decide
+    return total
 
 
 def _instance_main(bootstrap: str, prefix: str, state_dir: str, conn: Connection) -> None:
@@ -304,12 +305,7 @@ async def ingest_instances(
                 f"e2e ingest: {instances} instances ready, {max(readies) - t0:.1f}s apart; "
                 "ingesting"
             )
-            total = 0
-            while total < events:
-                if time.time() - t0 > 600 + events / 2_000:
-                    raise TimeoutError(f"committed offsets at {total:,} of {events:,}")
-                await anyio.sleep(0.02)  # a poll interval: the committed offsets decide
-                total = await committed.total()
+            total = await committed_all(committed, events, timeout_s=600 + events / 2_000)
             t_done = time.time()
         ends = []
         for i, (_, conn) in enumerate(children):
