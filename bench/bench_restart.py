@@ -1,17 +1,23 @@
 """Restart time to the first tombstone, with 1 M pending records: warm and cold.
 
-    python -m bench.bench_restart [--pending 1000000] [--due 1000] [--modes warm,cold]
+    python -m bench.bench_restart [--pending 1000000] [--due 1000]
+                                  [--modes warm,cold,warm-unpositioned]
                                   [--no-compare-empty]
 
 The situation after an outage: ``--pending`` records, of which the first ``--due`` fell due
 during the last hour while the service was down, the rest expiring over the next year.
 
-* ``warm``: the state directory survived. The records are written straight into the
-  partitions' RocksDB stores (``bench.bench_memory.write_index``, ``PartitionStore.write``);
-  the changelog is empty, so restore has nothing to read.
-* ``cold``: the state directory is gone (a new machine, or a partition taken over). The
-  records are on ``expiry.stamped`` as the service leaves them (``bench.changelog``: right
-  partitions, source headers); the service restores every partition from there first.
+In every mode the records are on ``expiry.stamped`` as the service leaves them
+(``bench.changelog``: right partitions, source headers).
+
+* ``warm``: the state directory survived too. Its stores are restored from the changelog
+  before the service starts (untimed), so they hold the records and how far they hold the
+  changelog, as a stopped service's checkpoint leaves them: the restart reads nothing again.
+* ``warm-unpositioned`` (not run by default): the same stores without those positions, as
+  the service left them before it checkpointed (positions moved only by a restore): the
+  restart re-reads the whole changelog to apply nothing. The cost the checkpoint removed.
+* ``cold``: the state directory is gone (a new machine, or a partition taken over); the
+  service restores every partition from the changelog first.
 
 A reader of ``expiry.tombstones`` (its own process) is subscribed first; then the clock
 starts and the service is started as a process, ``python -m stream_expiry run --config
@@ -41,6 +47,7 @@ passes its own count). Prints ONE JSON object (``bench.common.envelope``, result
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -48,7 +55,7 @@ from typing import Any
 
 import anyio
 
-from bench.bench_memory import ServiceProcess, all_topics, write_config, write_index
+from bench.bench_memory import ServiceProcess, all_topics, write_config
 from bench.changelog import prefill_changelog
 from bench.common import (
     NS_PER_MS,
@@ -61,14 +68,24 @@ from bench.common import (
     rss_bytes,
     utc_now_iso,
 )
-from bench.e2e_expiry import PARTITIONS, BenchTopics, temp_state_dir, tombstone_reader
+from bench.e2e_expiry import (
+    PARTITIONS,
+    BenchTopics,
+    index_file_bytes,
+    temp_state_dir,
+    tombstone_reader,
+)
 from stream_expiry.broker import EmbeddedBroker
+from stream_expiry.codec import output_partition
 from stream_expiry.kafka import ensure_topics
+from stream_expiry.state.restore_workers import restore_stores
+from stream_expiry.state.store import DEFAULT_GRACE_MS, position_name
 
 _JOIN = re.compile(r"joining group")
 _READY = re.compile(r"assigned .*: (\d+) timers within the horizon")
 _RESTORED = re.compile(r"\] restored in ([0-9.]+) s")
 TIMEOUT_S = 120.0
+MODES = ("warm", "cold", "warm-unpositioned")
 
 
 async def join_hold(bootstrap: str, topics: BenchTopics) -> float:
@@ -96,19 +113,50 @@ async def join_hold(bootstrap: str, topics: BenchTopics) -> float:
         await cons.stop()
 
 
+async def leave_stores(
+    bootstrap: str, topics: BenchTopics, state_dir: str, now_ms: int, *, checkpoint: bool
+) -> None:
+    """The stores of every input partition as a service leaves them when it stops: holding
+    the changelog's records, and (``checkpoint``) how far they hold it, so that a restart
+    reads nothing again. Without the checkpoint, each store is as a service left it before
+    it checkpointed its changelog positions (they never moved after the store's first
+    restore): a restart re-reads the whole changelog, to apply nothing."""
+    paths = {
+        (topic, p): os.path.join(state_dir, f"{topic}-{p}")
+        for topic in topics.inputs
+        for p in range(PARTITIONS)
+    }
+    stores, _ = await restore_stores(
+        paths,
+        bootstrap=bootstrap,
+        stamped=topics.stamped,
+        tombstones=topics.tombstones,
+        now_ms=now_ms,
+        grace_ms=DEFAULT_GRACE_MS,
+    )
+    for (_, p), store in stores.items():
+        if not checkpoint:
+            q = output_partition(p, PARTITIONS)
+            names = (position_name(topics.stamped, q), position_name(topics.tombstones, q))
+            store.set_meta(dict.fromkeys(names, 0))
+        store.close()
+
+
 async def measure(bootstrap: str, pending: int, due: int, mode: str) -> dict[str, Any]:
     topics = BenchTopics.fresh()
     await ensure_topics(bootstrap, all_topics(topics), partitions=PARTITIONS)
     now_ms = time.time_ns() // NS_PER_MS
     total = max(pending, due)
     with temp_state_dir(f"restart{human_count(total)}") as state_dir:
-        if mode == "warm":
-            log(f"bench_restart: writing {total:,} records ({due:,} due) into the stores")
-            written = await write_index(state_dir, topics, total, now_ms, due_in_past=due)
-        else:
-            log(f"bench_restart: producing {total:,} stamps ({due:,} due) on the changelog")
-            produced = await prefill_changelog(bootstrap, topics, total, now_ms, due=due)
-            written = {"seconds": round(float(produced["seconds"]), 2), "file_bytes": 0}
+        log(f"bench_restart: producing {total:,} stamps ({due:,} due) on the changelog")
+        produced = await prefill_changelog(bootstrap, topics, total, now_ms, due=due)
+        written = {"seconds": round(float(produced["seconds"]), 2), "file_bytes": 0}
+        if mode != "cold":
+            log("bench_restart: restoring the stores from it, as a stopped service left them")
+            t0 = time.perf_counter()
+            await leave_stores(bootstrap, topics, state_dir, now_ms, checkpoint=mode == "warm")
+            written["stores_seconds"] = round(time.perf_counter() - t0, 2)
+            written["file_bytes"] = index_file_bytes(state_dir)
         config_path = write_config(topics, state_dir)
         deadline_ns = time.time_ns() + int(TIMEOUT_S * NS_PER_S)
         try:
@@ -221,12 +269,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--modes",
         default="warm,cold",
-        help="comma-separated: warm (stores kept), cold (restored from the changelog)",
+        help="comma-separated: warm (stores kept, checkpointed), cold (restored from the "
+        "changelog), warm-unpositioned (stores kept, without their changelog positions)",
     )
     args = parser.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if not args.modes or any(m not in ("warm", "cold") for m in args.modes):
-        parser.error("--modes takes warm, cold or both (comma-separated)")
+    if not args.modes or any(m not in MODES for m in args.modes):
+        parser.error(f"--modes takes {', '.join(MODES)} (comma-separated)")
     with EmbeddedBroker() as broker:
         log(f"bench_restart: embedded broker on {broker.bootstrap_servers}")
         result = anyio.run(run, args, broker.bootstrap_servers)

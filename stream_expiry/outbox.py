@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError
 
 from stream_expiry import codec, model
 from stream_expiry.errors import BrokerError
+from stream_expiry.state.store import position_name
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Iterable
@@ -34,7 +35,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Outbox", "all_acked"]
 
-_Sent = list[tuple[Any, list[tuple["Effects", str, int]]]]
+# Per record batch sent: its ack, its (topic, partition), its message count, and the
+# tracked messages with their place in it.
+_Sent = list[tuple[Any, tuple[str, int], int, list[tuple["Effects", str, int]]]]
 _Entry = tuple[_Sent, list[tuple["PartitionProcessor", "Effects"]], int]
 
 MAX_IN_FLIGHT = 16
@@ -60,6 +63,7 @@ class _Batches:
         self._prod = prod
         self._open: dict[tuple[str, int], Any] = {}
         self._tracked: dict[tuple[str, int], list[tuple[Effects, str, int]]] = {}
+        self._counts: dict[tuple[str, int], int] = {}
         self.sent: _Sent = []
 
     def try_add(
@@ -81,6 +85,7 @@ class _Batches:
             return False
         if track is not None and key is not None:
             self._tracked.setdefault(slot, []).append((track, key.decode(), meta.offset))
+        self._counts[slot] = meta.offset + 1
         return True
 
     async def add(
@@ -103,7 +108,7 @@ class _Batches:
     async def _send(self, slot: tuple[str, int]) -> None:
         batch = self._open.pop(slot)
         future = await self._prod.send_batch(batch, slot[0], partition=slot[1])
-        self.sent.append((future, self._tracked.pop(slot, [])))
+        self.sent.append((future, slot, self._counts.pop(slot), self._tracked.pop(slot, [])))
 
     async def flush(self) -> _Sent:
         for slot in list(self._open):
@@ -133,6 +138,8 @@ class Outbox:
         self._drained.set()
         # input offsets whose effects are settled: what the group may commit
         self.committable: dict[tuple[str, int], int] = {}
+        # output (topic, partition) -> the end of its last settled batch
+        self._settled_ends: dict[tuple[str, int], int] = {}
 
     async def send(self, items: list[tuple[PartitionProcessor, Effects]], now_ms: int) -> list[Any]:
         """Encode and send ``items``' messages; they settle later, in order. Returns the
@@ -145,7 +152,7 @@ class Outbox:
             self._drained = anyio.Event()
         self._in_flight += 1
         await self._send.send((acks, items, now_ms))
-        return [future for future, _ in acks]
+        return [future for future, *_ in acks]
 
     async def _encode(
         self, out: _Batches, proc: PartitionProcessor, effects: Effects, now_ms: int
@@ -191,20 +198,41 @@ class Outbox:
         """The settler: run it in the service's task group for the outbox's lifetime."""
         async with self._receive:
             async for sent, items, now_ms in self._receive:
-                await all_acked(future for future, _ in sent)
-                for future, tracked in sent:
+                await all_acked(future for future, *_ in sent)
+                ends: dict[tuple[str, int], int] = {}
+                for future, slot, count, tracked in sent:
                     base = future.result().offset
                     for effects, key, relative in tracked:
                         effects.stamp_offsets[key] = base + relative
+                    ends[slot] = base + count
                 committable = self.committable
                 for proc, effects in items:
                     proc.settle(effects, now_ms)
                     if effects.next_offset is not None:
                         slot = (proc.topic, proc.partition)
                         committable[slot] = max(committable.get(slot, 0), effects.next_offset)
+                self._settled_ends.update(ends)
                 self._in_flight -= 1
                 if self._in_flight == 0:
                     self._drained.set()
+
+    def positions(self, proc: PartitionProcessor) -> dict[str, int]:
+        """How far the changelog partitions of ``proc``'s input partition hold its messages
+        settled (:func:`~stream_expiry.state.store.position_name` -> offset).
+
+        The end of the last settled batch on each: entries settle in the order they were
+        sent, and the batches of a partition get their offsets in that order, so every
+        message of ``proc`` before that end is in its store, whether or not that batch held
+        any of its own (the input partitions that share a changelog partition share this
+        end). A restart with the store reads the changelog from there, not from the start.
+        """
+        positions = {}
+        for topic in (self._topics.stamped, self._topics.tombstones):
+            slot = (topic, codec.output_partition(proc.partition, self._partitions[topic]))
+            end = self._settled_ends.get(slot)
+            if end is not None:
+                positions[position_name(*slot)] = end
+        return positions
 
     async def drain(self) -> None:
         """Wait until everything sent is settled (before a revocation or a stop)."""

@@ -467,9 +467,12 @@ class Service:
                 log.debug("pruned %d deletion markers past their grace", sum(pruned))
 
     async def _commit(self, cons: AIOKafkaConsumer) -> None:
-        """Commit the settled input offsets of the partitions this instance owns."""
+        """Commit the settled input offsets of the partitions this instance owns, and
+        checkpoint their stores' changelog positions."""
         assert self._outbox is not None
         committable = self._outbox.committable
+        for proc in self.processors.values():
+            proc.checkpoint(self._outbox.positions(proc))
         owned = {
             TopicPartition(t, p): o
             for (t, p), o in committable.items()

@@ -29,7 +29,7 @@ from stream_expiry.engine import Engine, Fired
 from stream_expiry.holds import HoldBook
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
 
     from stream_expiry.archive_gate import ArchiveGate
     from stream_expiry.config import Config
@@ -114,6 +114,7 @@ class PartitionProcessor:
         self.archive = archive
         self._archive_generation = archive.generation if archive else 0
         self.archive_waiting = 0  # due records kept until the archive has them
+        self._positions: dict[str, int] = {}  # changelog positions saved (checkpoint)
         self.load_timers()
 
     @classmethod
@@ -430,6 +431,22 @@ class PartitionProcessor:
             known = overlay.get(key)
             if known is not None and known[0] == seq:
                 del overlay[key]
+
+    def checkpoint(self, positions: Mapping[str, int]) -> None:
+        """Save how far the changelog holds this store's messages settled (see
+        :meth:`stream_expiry.outbox.Outbox.positions`), where it moved forward: a restart
+        with this store then restores only what was written after (Kafka Streams writes its
+        checkpoint on commit likewise). Without it every restart re-read the whole
+        changelog, a cold restore's read, to apply nothing."""
+        saved = self._positions
+        moved = {
+            name: end
+            for name, end in positions.items()
+            if end > saved.setdefault(name, self.store.meta(name) or 0)
+        }
+        if moved:
+            self.store.set_meta(moved)
+            saved.update(moved)
 
     def _with_offsets(self, effects: Effects) -> list[tuple[model.Stamp | None, model.Stamp]]:
         """The writes with their stamps' offsets: new ones from the acks, and for a live

@@ -37,6 +37,7 @@ from stream_expiry.codec import (
 )
 from stream_expiry.fetch import read_ranges
 from stream_expiry.kafka import high_watermarks, partitions_of
+from stream_expiry.state.store import position_name
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -80,10 +81,6 @@ class RestoreResult:
 
     total: RestoreReport = field(default_factory=RestoreReport)
     stores: dict[Source, RestoreReport] = field(default_factory=dict)
-
-
-def position_name(topic: str, partition: int) -> str:
-    return f"changelog/{topic}/{partition}"
 
 
 async def restore_partitions(

@@ -35,9 +35,16 @@ if TYPE_CHECKING:
 
     from stream_expiry.state.kv import KeyValue
 
-__all__ = ["DEFAULT_GRACE_MS", "PartitionStore", "RestoredRow", "StoreCounts"]
+__all__ = ["DEFAULT_GRACE_MS", "PartitionStore", "RestoredRow", "StoreCounts", "position_name"]
 
 DEFAULT_GRACE_MS = 7 * 24 * 3_600_000  # as long as input topics keep events, by default
+
+
+def position_name(topic: str, partition: int) -> str:
+    """The meta name of how far a store holds its own messages of a changelog partition:
+    everything of its own before that offset is in the store (restore reads from there)."""
+    return f"changelog/{topic}/{partition}"
+
 
 _TIME = struct.Struct(">Q")
 _INT = struct.Struct(">q")

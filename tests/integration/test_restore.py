@@ -38,6 +38,7 @@ from tests.integration.service_helpers import (
     config_for,
     config_text,
     event,
+    live_expiries,
     produce,
     running_service,
     spawn_service,
@@ -564,3 +565,60 @@ async def test_stores_restored_by_worker_processes_end_as_one_process_leaves_the
     assert await restore("capped", max_workers=2) == alone
     assert sum(len(states) for states, _counts, _report in alone.values()) == 240
     assert sum(counts.markers for _states, counts, _report in alone.values()) == 24
+
+
+@pytest.mark.timeout(120)
+async def test_a_kept_state_dir_reads_only_what_another_instance_wrote_since(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """An instance that gets its partitions back with its store (a restart, or a handoff
+    and back) restores exactly the changelog written since it stopped: the messages another
+    instance wrote meanwhile, none of its own again, none skipped."""
+    hour = '[retention.defaults]\nconversation = "1h"\nsession = "1h"\n'
+    first_dir, second_dir = str(tmp_path / "first"), str(tmp_path / "second")
+    first_cfg = config_for(topics, first_dir, hour)
+    second_cfg = config_for(topics, second_dir, hour)
+    t0 = wall_clock_ms()
+
+    def conversation(rid: str, **kw: Any) -> tuple[str, bytes, bytes]:
+        return (topics.conversations, *event("conversation", rid, **kw))
+
+    def session(rid: str, **kw: Any) -> tuple[str, bytes, bytes]:
+        return (topics.sessions, *event("session", rid, **kw))
+
+    async def changelog_size() -> int:
+        return len(await read_all(broker, topics.stamped)) + len(
+            await read_all(broker, topics.tombstones)
+        )
+
+    creates = [conversation(f"c{i}", ts=t0) for i in range(20)]
+    creates += [session(f"s{i}", ts=t0) for i in range(5)]
+    async with running_service(first_cfg, broker) as first:
+        await produce(broker, creates)
+        await wait_for(lambda: first.stats.stamped >= len(creates))
+    mine = await changelog_size()
+
+    # Meanwhile another instance, with a store of its own, deletes, slides and creates.
+    touched_at = t0 + 60_000
+    later = [conversation(f"c{i}", op="delete") for i in range(5)]
+    later += [session(f"s{i}", op="touch", ts=touched_at) for i in range(5)]
+    later += [conversation(f"n{i}", ts=t0) for i in range(5)]
+    async with running_service(second_cfg, broker) as second:
+        assert second.stats.restored == mine  # an empty store reads everything
+        await produce(broker, later)
+        await wait_for(lambda: second.stats.events >= len(later))
+    theirs = await changelog_size() - mine
+    assert theirs >= len(later)
+
+    async with running_service(first_cfg, broker) as again:
+        restored = again.stats.restored
+    assert restored == theirs, f"read {restored} changelog messages, {theirs} were new"
+
+    def key(category: str, rid: str) -> str:
+        return Identity("acme", "_", "live", category, rid).key
+
+    hour_ms = 3_600_000
+    expected = {key("conversation", f"c{i}"): t0 + hour_ms for i in range(5, 20)}
+    expected |= {key("session", f"s{i}"): touched_at + hour_ms for i in range(5)}
+    expected |= {key("conversation", f"n{i}"): t0 + hour_ms for i in range(5)}
+    assert live_expiries(first_dir) == expected
