@@ -24,6 +24,8 @@ Lag phase (``--rate R --seconds S``): each record is a ``create`` of category ``
 ``lead`` seconds after the run starts, the lead sized for the producer and for ingest at a
 conservative ``--assume-ingest`` events/s (``--lead`` overrides it); the benchmark records how
 much slack was left between the end of ingest and the window, and says so when there was none.
+``extra.lag.firing`` gives the service process's CPU per tombstone while the window's
+timers fire (:func:`firing_cpu`), a figure that an overloaded run's lag does not give.
 The reader consumes ``expiry.tombstones`` from the start (``fetch_max_wait_ms`` 5: Tansu does
 not answer a waiting fetch when data arrives, so a consumer with Kafka's default 500 ms would
 add ~150 ms of its own) and measures lag = wall clock when ``getmany`` handed it the record
@@ -800,6 +802,26 @@ async def background_phase(
     return {"records": count, "produce_and_ingest_s": round(t1 - t0, 2), "pending": pending}
 
 
+async def firing_cpu(
+    service: Service, start_ns: int, tombstones: int, out: dict[str, float]
+) -> None:
+    """The service's CPU per tombstone while the window's timers fire: this process's CPU
+    time (every thread: the loop, RocksDB's, the producer's) from the window's opening to
+    the service's count of tombstones reaching ``tombstones``. Nothing else runs in this
+    process meanwhile (ingest ended before the window opened; see ``slack``). A figure
+    that an overloaded run's lag does not give: lag then follows the backlog, and swings
+    with it from run to run, while the CPU a tombstone costs does not."""
+    await anyio.sleep(max(0.0, (start_ns - time.time_ns()) / NS_PER_S))
+    cpu0, wall0, fired0 = time.process_time(), time.perf_counter(), service.stats.tombstones
+    while service.stats.tombstones < tombstones:  # noqa: ASYNC110 - the service's own counter
+        await anyio.sleep(0.01)
+    fired = service.stats.tombstones - fired0
+    out["cpu_s"] = round(time.process_time() - cpu0, 3)
+    out["wall_s"] = round(time.perf_counter() - wall0, 3)
+    out["cpu_us_per_tombstone"] = round(1e6 * out["cpu_s"] / max(fired, 1), 2)
+    out["tombstones_per_s"] = round(fired / max(out["wall_s"], 1e-9), 1)
+
+
 async def lag_phase(
     bootstrap: str,
     topics: BenchTopics,
@@ -849,7 +871,9 @@ async def lag_phase(
         log(f"e2e lag: waiting for tombstones (up to {wait_s:.0f}s)")
         far = int(ingest_rate * seconds)
         window_events: list[int] = []
-        async with contextlib.AsyncExitStack() as stack:
+        firing: dict[str, float] = {}
+        async with anyio.create_task_group() as watch, contextlib.AsyncExitStack() as stack:
+            watch.start_soon(firing_cpu, service, start_ns, base_tombstones + count, firing)
             if far:
                 far_spec = ProduceSpec(
                     "far", FAR_OFFSET, FAR_OFFSET + far, ts_ms=time.time_ns() // NS_PER_MS
@@ -870,6 +894,7 @@ async def lag_phase(
                 far_produced = await far_result(60)
             else:
                 res = await result(max(wait_s, 5))
+            watch.cancel_scope.cancel()  # a run that never fired everything has no figure
     with anyio.move_on_after(5):  # let the service finish its last batch before reading stats
         await wait_for(
             lambda: service.stats.tombstones - base_tombstones >= count, 5, "last tombstones"
@@ -898,6 +923,7 @@ async def lag_phase(
     extra = {
         "lag_percentiles_ms": {"p90": pct(90), "p99.9": pct(99.9)},
         **split,
+        "firing": firing or None,
         "delivered_after_grace": res["delivered_after_grace"],
         "after_grace_max_lag_ms": res["after_grace_max_lag_ms"],
         "drain_s": max(drain, grace),
@@ -934,6 +960,12 @@ async def lag_phase(
         log(
             f"e2e lag: due -> decided p50 {fmt_ms(decided['p50'])}, p99 {fmt_ms(decided['p99'])}; "
             f"decided -> reader p50 {fmt_ms(transport['p50'])}, p99 {fmt_ms(transport['p99'])}"
+        )
+    if firing:
+        log(
+            f"e2e lag: firing used {firing['cpu_s']:.1f}s of CPU in {firing['wall_s']:.1f}s: "
+            f"{firing['cpu_us_per_tombstone']:.1f} us a tombstone, "
+            f"{firing['tombstones_per_s']:,.0f} tombstones/s"
         )
     return {"lag": lag, "extra": extra}
 

@@ -141,6 +141,13 @@ class Engine(Generic[S]):
             tick_ms=tick_ms, start_ms=now_ms
         )
         self.horizon_end = now_ms + horizon_ms
+        # Timers the wheel gave up as due that a limited ``advance`` has not taken yet, in
+        # due order: ``_overdue[_overdue_at:]``. ``_overdue_live`` maps the key of each one
+        # still to fire to its entry: an event that changes or ends the record first
+        # takes it out, as it would take the timer out of the wheel.
+        self._overdue: list[tuple[int, str, tuple[bytes, S]]] = []
+        self._overdue_at = 0
+        self._overdue_live: dict[str, tuple[int, str, tuple[bytes, S]]] = {}
 
     # -- events -------------------------------------------------------------------------
 
@@ -156,7 +163,7 @@ class Engine(Generic[S]):
             and t >= prior.expires_at
         ):
             # The previous life ended before this event; its tombstone goes out first.
-            self._wheel.cancel(prior.identity.key)
+            self.cancel(prior.identity.key)
             ended = self._fire(prior, "ttl", now_ms)
             fired, prior = (ended,), ended.after
         outcome = self._decide(event, prior, now_ms)
@@ -213,7 +220,7 @@ class Engine(Generic[S]):
     def _delete(self, event: InputEvent, prior: Stamp | None, now_ms: int) -> Outcome:
         if prior is None:
             prior = Stamp(event.identity, None, None, None, None)
-        self._wheel.cancel(prior.identity.key)
+        self.cancel(prior.identity.key)
         deleted_at = event.ts if prior.created_at is None else max(event.ts, prior.created_at)
         fired = Fired(prior, prior._replace(deleted_at=deleted_at), "explicit", now_ms)
         return Outcome(Verdict.DELETED, fired.after, False, (fired,))
@@ -246,6 +253,8 @@ class Engine(Generic[S]):
         """Keep the wheel in step with a record's new state."""
         key = stamp.identity.key
         due = stamp.due_at
+        if self._overdue_live:
+            self._overdue_live.pop(key, None)
         if stamp.live and not stamp.held and due is not None and due < self.horizon_end:
             self._wheel.schedule(key, due, (_pack_timer(stamp), slot))
         else:
@@ -254,21 +263,54 @@ class Engine(Generic[S]):
     def fire_now(self, stamp: Stamp, now_ms: int) -> Fired:
         """The tombstone of a record a legal hold kept, once released: it is due already
         (its expiry passed, or its erasure was requested)."""
-        self._wheel.cancel(stamp.identity.key)
+        self.cancel(stamp.identity.key)
         return self._fire(stamp, "ttl", now_ms)
 
     def cancel(self, key: str) -> None:
-        """Forget a record's timer (a legal hold took it over)."""
+        """Forget a record's timer (a legal hold took it over, or it fires now)."""
         self._wheel.cancel(key)
+        if self._overdue_live:
+            self._overdue_live.pop(key, None)
 
-    def advance(self, now_ms: int) -> list[tuple[Fired, S]]:
-        """Tombstones for every timer due at ``now_ms``, in expiry order; never early."""
-        return [
-            (self._fire(_unpack_timer(key, packed), "ttl", now_ms), slot)
-            for _, key, (packed, slot) in self._wheel.advance(now_ms)
-        ]
+    def advance(self, now_ms: int, limit: int | None = None) -> list[tuple[Fired, S]]:
+        """Tombstones for the timers due at ``now_ms``, in expiry order; never early.
+
+        ``limit``: at most that many; the rest stay due (``next_due_ms``) for the next
+        call. A backlog of due timers is thus fired in slices, each turned into tombstones
+        (objects that live until their batch is settled) only when its turn comes.
+        """
+        if not self._overdue_live:
+            due = self._wheel.advance(now_ms)
+            if limit is None or len(due) <= limit:
+                return [
+                    (self._fire(_unpack_timer(key, packed), "ttl", now_ms), slot)
+                    for _, key, (packed, slot) in due
+                ]
+            self._overdue, self._overdue_at = due, 0
+            self._overdue_live = {entry[1]: entry for entry in due}
+        live, entries, i = self._overdue_live, self._overdue, self._overdue_at
+        taken: list[tuple[Fired, S]] = []
+        while i < len(entries) and (limit is None or len(taken) < limit):
+            entry = entries[i]
+            i += 1
+            _, key, (packed, slot) = entry
+            if live.get(key) is entry:
+                del live[key]
+                taken.append((self._fire(_unpack_timer(key, packed), "ttl", now_ms), slot))
+        self._overdue_at = i
+        if not live:
+            self._overdue, self._overdue_at = [], 0
+        return taken
 
     def next_due_ms(self) -> int | None:
+        """The earliest due time of a timer not fired yet (None: none)."""
+        live = self._overdue_live
+        if live:
+            entries, i = self._overdue, self._overdue_at
+            while live.get(entries[i][1]) is not entries[i]:  # taken out by an event
+                i += 1
+            self._overdue_at = i
+            return entries[i][0]
         return self._wheel.next_due_ms()
 
     def horizon_target(self, now_ms: int) -> int | None:
@@ -296,10 +338,12 @@ class Engine(Generic[S]):
         """Drop every timer (on a partition revocation: the shell reloads the slots it still
         owns from the index). Returns how many were dropped. Rebalances are rare, and one
         index scan of the horizon is cheaper than tracking every timer's slot."""
-        dropped = len(self._wheel)
+        dropped = len(self._wheel) + len(self._overdue_live)
         self._wheel = TimingWheel(tick_ms=self._tick_ms, start_ms=self._wheel.now_ms)
+        self._overdue, self._overdue_at, self._overdue_live = [], 0, {}
         return dropped
 
     @property
     def pending_in_wheel(self) -> int:
-        return len(self._wheel)
+        """Timers held: in the wheel, or due and not fired yet."""
+        return len(self._wheel) + len(self._overdue_live)

@@ -15,6 +15,17 @@ as soon as the acks are in gave p50 19 ms, p99 119 ms, almost all of it between 
 decision and the consumer; with the 10 ms tick, p50 12-14 ms, p99 23-30 ms (the decision
 itself p99 10 ms).
 
+A backlog of due timers (the machine was busy, or the service was down) is fired in slices
+of at most ``FIRE_BATCH`` timers, one after the other without waiting for acks. Taking the
+whole backlog at once made one round decide, encode and send tens of thousands of
+tombstones before the first reached the broker, all of their objects alive meanwhile. At
+50k expirations/s on 2 cores (``bench.e2e_expiry --rate 50000``; four runs before, two
+after, 23:00-23:25 UTC on 2026-12-01): garbage collection took 1.15-1.55 s of each run
+(pauses up to 0.40-0.64 s), the hop from decision to consumer p99 1.5-5.1 s, the lag p99
+2.2-7.5 s; in slices, collection 0.31-0.32 s (pauses up to 19-28 ms), the hop p99 0.18-0.20
+s, the lag p99 1.28-1.45 s. What is left of it is the CPU the firing needs. At 10k/s no
+firing is ever behind (929 firings in a run, none), so nothing changes there.
+
 Both tasks decide and send under one lock (``Service.deciding``): effects reach the outbox
 in the order the processors made them, which is the order they settle in.
 """
@@ -37,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["Firing"]
 
 IDLE_S = 0.2  # look again this often when nothing is due (horizons move, holds release)
+FIRE_BATCH = 2_000  # timers a firing takes at most, shared by the partitions due
 
 
 class Firing:
@@ -81,28 +93,42 @@ class Firing:
                 self._wake = anyio.Event()
                 continue
             started = time.monotonic()
-            acks = await self.fire_due()
+            acks, behind = await self.fire_due()
+            if behind:
+                # A backlog: the next slice goes out now, its messages behind these in the
+                # producer's queue (the outbox's bounded queue holds the firing back), and
+                # the loop and the settler get their turn in between.
+                await anyio.lowlevel.checkpoint()
+                continue
             await _settled_or_failed(acks)  # group commit: the next firing takes what fell due
             rest = started + self._tick_s - time.monotonic()
             if rest > 0:
                 await anyio.sleep(rest)  # and so does the one a tick later
 
-    async def fire_due(self) -> list[Any]:
-        """Decide and send the tombstones of every due timer; returns their acks."""
+    async def fire_due(self) -> tuple[list[Any], bool]:
+        """Decide and send the tombstones of the due timers, at most ``FIRE_BATCH`` at
+        once; returns their acks, and whether more is due already."""
         async with self._deciding:
             now = self._clock()
             fired: list[tuple[PartitionProcessor, Effects]] = []
-            for proc in self._processors.values():
-                next_due = proc.next_due_ms()
-                if next_due is not None and next_due <= now:
-                    effects = proc.fire_due(now)
-                    if effects:
-                        fired.append((proc, effects))
-                        for f in effects.tombstones:
-                            self._on_fired(f)
+            due = [p for p in self._processors.values() if _due_by(p, now)]
+            if not due:
+                return [], False
+            share = max(1, FIRE_BATCH // len(due))  # the partitions behind share a slice
+            for proc in due:
+                effects = proc.fire_due(now, share)
+                if effects:
+                    fired.append((proc, effects))
+                    for f in effects.tombstones:
+                        self._on_fired(f)
             if not fired:
-                return []
-            return await self._outbox.send(fired, now)
+                return [], False
+            return await self._outbox.send(fired, now), any(_due_by(p, now) for p in due)
+
+
+def _due_by(proc: PartitionProcessor, now_ms: int) -> bool:
+    due = proc.next_due_ms()
+    return due is not None and due <= now_ms
 
 
 async def _settled_or_failed(acks: list[Any]) -> None:

@@ -218,9 +218,10 @@ class PartitionProcessor:
 
     # -- timers -------------------------------------------------------------------------
 
-    def fire_due(self, now_ms: int) -> Effects:
-        """Tombstones for every timer due at ``now_ms``; never early."""
-        due = self._engine.advance(now_ms)
+    def fire_due(self, now_ms: int, limit: int | None = None) -> Effects:
+        """Tombstones for the timers due at ``now_ms`` (at most ``limit``; the rest stay
+        due for the next call); never early."""
+        due = self._engine.advance(now_ms, limit)
         self._seq += 1
         effects = Effects(self._seq)
         if not due:

@@ -112,6 +112,15 @@ class Harness:
         self._settle(effects)
         return [_tomb(f) for f in effects.tombstones]
 
+    def fire_some(self, now: int, limit: int) -> list[Tomb]:
+        """One firing of at most ``limit`` due timers, as the service's timer task does
+        when it is behind."""
+        self.now = max(self.now, now)
+        self.proc.extend_horizon(BASE + self.now)
+        effects = self.proc.fire_due(BASE + self.now, limit)
+        self._settle(effects)
+        return [_tomb(f) for f in effects.tombstones]
+
     def state(self, ev: InputEvent) -> Stamp | None:
         return self.proc.state_of(ev.identity.key)
 
@@ -363,6 +372,87 @@ def test_processor_matches_reference_model(
         assert (stored.deleted_at is None) == (rec.deleted is None), key
         if rec.deleted is None:
             assert stored.expires_at == (None if rec.expires is None else BASE + rec.expires)
+
+
+sliced_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("event"), CATS, st.sampled_from(["a", "b", "c", "d"]), OPS_, GRID),
+        st.tuples(st.just("fire"), st.integers(0, 8).map(lambda k: k * 50)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(steps=sliced_steps, limit=st.integers(1, 3), lag=st.sampled_from([0, 2]))
+def test_due_timers_fired_in_slices_fire_once_at_their_current_expiry_never_early(
+    steps: list[tuple[object, ...]], limit: int, lag: int
+) -> None:
+    """A backlog fired a few timers at a time: events that come between two slices may
+    slide, end or renew a record whose timer is due and not fired yet; its tombstone must
+    then be the one its current state says, once, and none for a replaced timer."""
+    h = Harness(horizon_ms=5000, settle_lag=lag)
+    now = 0
+    keys: set[str] = set()
+    ttl_tombs: list[tuple[str, int | None]] = []
+
+    def current_expiries() -> dict[str, int]:
+        out = {}
+        for key in keys:
+            state = h.proc.state_of(key)
+            if state is not None and state.live and state.expires_at is not None:
+                out[key] = state.expires_at - BASE
+        return out
+
+    def fire(at: int) -> list[Tomb]:
+        expected = current_expiries()
+        got = h.fire_some(at, limit)
+        assert len(got) <= limit
+        for key, reason, emitted, expires in got:
+            assert reason == "ttl"
+            assert expires is not None
+            assert emitted >= expires
+            assert expected.get(key) == expires, (key, expires, expected.get(key))
+            ttl_tombs.append((key, expires))
+        # What a slice left is still due, and says so (the timer task looks no further).
+        due_left = any(e <= at for e in current_expiries().values())
+        next_due = h.proc.next_due_ms()
+        assert (next_due is not None and next_due - BASE <= at) == due_left
+        return got
+
+    for step in steps:
+        if step[0] == "fire":
+            now += int(step[1])  # type: ignore[call-overload]
+            fire(now)
+        else:
+            _, cat, rid, op, dt = step
+            event = ev(str(cat), str(rid), str(op), max(0, now + int(dt)))  # type: ignore[call-overload]
+            keys.add(event.identity.key)
+            for key, reason, emitted, expires in h.feed(event):
+                if reason == "ttl":
+                    assert expires is not None
+                    assert emitted >= expires
+                    ttl_tombs.append((key, expires))
+    final = now + 10**7
+    while fire(final):
+        pass
+    assert current_expiries() == {}  # every finite life ended with its tombstone
+    assert len(ttl_tombs) == len(set(ttl_tombs))  # once each
+    assert h.proc.timers == 0
+
+
+def test_a_due_timer_left_by_a_slice_follows_the_events_that_come_before_its_turn() -> None:
+    h = Harness(horizon_ms=5000)
+    for rid in ("a", "b", "c"):
+        h.feed(ev("session", rid, "create", 0))  # all three due at 300
+    first = h.fire_some(400, limit=1)
+    assert [t[0] for t in first] == [ev("session", "a", "create", 0).identity.key]
+    # Before their turn: b slides to 250 + 300 (a touch from before its expiry), c ends.
+    assert h.feed(ev("session", "b", "touch", 250)) == []
+    assert [t[1] for t in h.feed(ev("session", "c", "delete", 260))] == ["explicit"]
+    assert h.fire_some(400, limit=1) == []  # nothing of theirs is due at 400 any more
+    assert h.proc.next_due_ms() == BASE + 550
+    assert [(t[0][-1], t[3]) for t in h.fire_some(600, limit=1)] == [("b", 550)]
 
 
 @pytest.mark.parametrize("category", ["conversation", "error", "session"])

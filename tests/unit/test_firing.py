@@ -138,3 +138,25 @@ async def test_group_commit_waits_for_the_acks_then_sends_all_that_fell_due(
         ["o/_/live/error/r0"],
         ["o/_/live/error/r1", "o/_/live/error/r2"],
     ]
+
+
+async def test_a_backlog_goes_out_in_slices_without_waiting_for_acks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(firing, "IDLE_S", 3600.0)
+    monkeypatch.setattr(firing, "FIRE_BATCH", 2)
+    clock = _Clock()
+    proc = _processor(clock)
+    for i in range(5):
+        _create(proc, f"r{i}", clock.now - TTL_MS - 10 + i, clock)  # all due, in this order
+    outbox = _Outbox()
+    task = _firing(proc, outbox, clock)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(task.run)
+        await wait_all_tasks_blocked()  # no ack was given: a task that waited would be here
+        tg.cancel_scope.cancel()
+    assert outbox.sent == [
+        ["o/_/live/error/r0", "o/_/live/error/r1"],
+        ["o/_/live/error/r2", "o/_/live/error/r3"],
+        ["o/_/live/error/r4"],
+    ]
