@@ -29,7 +29,7 @@ from collections.abc import Callable, Hashable, Iterable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
-from stream_expiry.model import Identity, InputEvent, Reason, Stamp, decode_key
+from stream_expiry.model import Identity, InputEvent, Reason, Stamp, identity_of_key
 from stream_expiry.wheel import TimingWheel
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ def _unpack_timer(key: str, packed: bytes) -> Stamp:
     """The live, unheld record ``_pack_timer`` packed (only such records have timers)."""
     created, expires, ttl, erase, offset = _TIMER.unpack_from(packed)
     return Stamp(
-        decode_key(key),
+        identity_of_key(key),
         None if created == _NONE else created,
         None if expires == _NONE else expires,
         None if ttl == _NONE else ttl,

@@ -27,7 +27,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from stream_expiry.model import Identity, Stamp, decode_key
+from stream_expiry.model import Identity, Stamp, identity_of_key
 from stream_expiry.state.codec import decode_state, encode_fields, encode_state
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ class PartitionStore:
 
     def get(self, key: str) -> Stamp | None:
         value = self.kv.multi_get([_STATE + key.encode()])[0]
-        return None if value is None else decode_state(decode_key(key), value)[0]
+        return None if value is None else decode_state(identity_of_key(key), value)[0]
 
     def due(self, since: int, before: int) -> Iterator[Stamp]:
         """Live records with ``since <= expires_at < before``, in expiry order."""
@@ -132,7 +132,7 @@ class PartitionStore:
     def _states(self, keys: list[bytes]) -> Iterator[Stamp]:
         for key, value in zip(keys, self.kv.multi_get([_STATE + k for k in keys]), strict=True):
             if value is not None:
-                yield decode_state(decode_key(key.decode()), value)[0]
+                yield decode_state(identity_of_key(key.decode()), value)[0]
 
     def held(self, after: bytes = b"", limit: int = 1000) -> tuple[list[Stamp], bytes | None]:
         """Up to ``limit`` held records with keys after ``after``, and the cursor for the
@@ -152,7 +152,7 @@ class PartitionStore:
     def items(self) -> Iterator[Stamp]:
         """Every state, markers included, in key order (for ``replay`` and tests)."""
         for key, value in self.kv.scan(_STATE, _STATE + b"\xff"):
-            yield decode_state(decode_key(key[1:].decode()), value)[0]
+            yield decode_state(identity_of_key(key[1:].decode()), value)[0]
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -228,7 +228,7 @@ class PartitionStore:
             if raw is not None:
                 if raw == value:
                     continue
-                old = decode_state(decode_key(key.decode()), raw)[0]
+                old = decode_state(identity_of_key(key.decode()), raw)[0]
                 new = Stamp(
                     old.identity, created, expires, ttl, source, deleted, erase, False, offset
                 )
@@ -308,7 +308,7 @@ class PartitionStore:
         ):
             if value is None:
                 continue
-            state, prune_at = decode_state(decode_key(key.decode()), value)
+            state, prune_at = decode_state(identity_of_key(key.decode()), value)
             if state.deleted_at is not None and prune_at == _time_of(index_key):
                 deletes.append(_STATE + key)
                 dropped += 1
