@@ -279,15 +279,22 @@ class Engine(Generic[S]):
         call. A backlog of due timers is thus fired in slices, each turned into tombstones
         (objects that live until their batch is settled) only when its turn comes.
         """
-        if not self._overdue_live:
-            due = self._wheel.advance(now_ms)
-            if limit is None or len(due) <= limit:
-                return [
-                    (self._fire(_unpack_timer(key, packed), "ttl", now_ms), slot)
-                    for _, key, (packed, slot) in due
-                ]
+        taken = self._take_overdue(now_ms, limit) if self._overdue_live else []
+        room = None if limit is None else limit - len(taken)
+        if self._overdue_live or room == 0:
+            return taken
+        due = self._wheel.advance(now_ms)
+        if room is not None and len(due) > room:
             self._overdue, self._overdue_at = due, 0
             self._overdue_live = {entry[1]: entry for entry in due}
+            return taken + self._take_overdue(now_ms, room)
+        return taken + [
+            (self._fire(_unpack_timer(key, packed), "ttl", now_ms), slot)
+            for _, key, (packed, slot) in due
+        ]
+
+    def _take_overdue(self, now_ms: int, limit: int | None) -> list[tuple[Fired, S]]:
+        """Up to ``limit`` tombstones of the overdue timers no event took out, in order."""
         live, entries, i = self._overdue_live, self._overdue, self._overdue_at
         taken: list[tuple[Fired, S]] = []
         while i < len(entries) and (limit is None or len(taken) < limit):

@@ -455,6 +455,16 @@ def test_a_due_timer_left_by_a_slice_follows_the_events_that_come_before_its_tur
     assert [(t[0][-1], t[3]) for t in h.fire_some(600, limit=1)] == [("b", 550)]
 
 
+def test_firing_without_a_limit_after_a_slice_takes_everything_due() -> None:
+    h = Harness(horizon_ms=5000)
+    for rid in ("a", "b", "c"):
+        h.feed(ev("error", rid, "create", 0))  # due at 50
+    h.feed(ev("error", "d", "create", 100))  # due at 150
+    assert [t[0][-1] for t in h.fire_some(200, limit=1)] == ["a"]
+    assert [t[0][-1] for t in h.advance(200)] == ["b", "c", "d"]
+    assert h.proc.next_due_ms() is None
+
+
 @pytest.mark.parametrize("category", ["conversation", "error", "session"])
 def test_every_finite_record_gets_exactly_one_tombstone_per_life(category: str) -> None:
     h = Harness()
