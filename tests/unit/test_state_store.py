@@ -201,3 +201,29 @@ def test_with_offset_changes_the_stamp_offset_and_nothing_else(
 ) -> None:  # fmt: skip
     stamp = Stamp(Identity("o", "b", "live", "conversation", "r"), *fields)
     assert stamp.with_offset(offset) == stamp._replace(stamp_offset=offset)
+
+
+def test_a_checkpoint_only_moves_positions_forward(store: PartitionStore) -> None:
+    """A restore may have read further than the processor's own settled batches reach (the
+    changelog partition holds other instances' messages): a checkpoint never takes a
+    store's position back, which would only make the next restart read more."""
+    from stream_expiry.policy import Resolution
+    from stream_expiry.state import PartitionProcessor
+    from stream_expiry.state.store import position_name
+
+    stamped, tombs = position_name("stamped", 0), position_name("tombstones", 0)
+    store.set_meta({stamped: 100})
+    proc = PartitionProcessor(
+        "in",
+        0,
+        store,
+        resolve=lambda _i, _t: Resolution(None, None),
+        sliding=frozenset(),
+        categories=frozenset({"conversation"}),
+        max_skew_ms=10**12,
+        now_ms=T0,
+    )
+    proc.checkpoint({stamped: 50, tombs: 7})
+    assert (store.meta(stamped), store.meta(tombs)) == (100, 7)
+    proc.checkpoint({stamped: 150, tombs: 7})
+    assert (store.meta(stamped), store.meta(tombs)) == (150, 7)
