@@ -138,8 +138,9 @@ class Outbox:
         self._drained.set()
         # input offsets whose effects are settled: what the group may commit
         self.committable: dict[tuple[str, int], int] = {}
-        # output (topic, partition) -> the end of its last settled batch
-        self._settled_ends: dict[tuple[str, int], int] = {}
+        # output (topic, partition) -> the latest run [start, end) of offsets filled by
+        # batches of this outbox, settled; another writer's message starts a new run
+        self._runs: dict[tuple[str, int], tuple[int, int]] = {}
 
     async def send(self, items: list[tuple[PartitionProcessor, Effects]], now_ms: int) -> list[Any]:
         """Encode and send ``items``' messages; they settle later, in order. Returns the
@@ -199,40 +200,47 @@ class Outbox:
         async with self._receive:
             async for sent, items, now_ms in self._receive:
                 await all_acked(future for future, *_ in sent)
-                ends: dict[tuple[str, int], int] = {}
+                batches: list[tuple[tuple[str, int], int, int]] = []
                 for future, slot, count, tracked in sent:
                     base = future.result().offset
                     for effects, key, relative in tracked:
                         effects.stamp_offsets[key] = base + relative
-                    ends[slot] = base + count
+                    batches.append((slot, base, base + count))
                 committable = self.committable
                 for proc, effects in items:
                     proc.settle(effects, now_ms)
                     if effects.next_offset is not None:
                         slot = (proc.topic, proc.partition)
                         committable[slot] = max(committable.get(slot, 0), effects.next_offset)
-                self._settled_ends.update(ends)
+                runs = self._runs
+                for slot, base, end in sorted(batches, key=lambda b: b[1]):
+                    run = runs.get(slot)
+                    runs[slot] = (
+                        (run[0], end) if run is not None and run[1] == base else (base, end)
+                    )
                 self._in_flight -= 1
                 if self._in_flight == 0:
                     self._drained.set()
 
-    def positions(self, proc: PartitionProcessor) -> dict[str, int]:
-        """How far the changelog partitions of ``proc``'s input partition hold its messages
-        settled (:func:`~stream_expiry.state.store.position_name` -> offset).
+    def runs(self, proc: PartitionProcessor) -> dict[str, tuple[int, int]]:
+        """The latest run of offsets this outbox filled and settled on each changelog
+        partition of ``proc``'s input partition
+        (:func:`~stream_expiry.state.store.position_name` -> ``(start, end)``).
 
-        The end of the last settled batch on each: entries settle in the order they were
-        sent, and the batches of a partition get their offsets in that order, so every
-        message of ``proc`` before that end is in its store, whether or not that batch held
-        any of its own (the input partitions that share a changelog partition share this
-        end). A restart with the store reads the changelog from there, not from the start.
+        Entries settle in the order they were sent, and the batches of a partition get
+        their offsets in that order, so a run holds only this instance's messages, all in
+        their stores: a store that holds the changelog up to an offset within the run holds
+        it up to the run's end (:meth:`PartitionProcessor.checkpoint`). A message of another
+        writer (another instance's partition, or ``replay``) ends the run: what lies beyond
+        it is read again at the next restore, as it must be.
         """
-        positions = {}
+        runs = {}
         for topic in (self._topics.stamped, self._topics.tombstones):
             slot = (topic, codec.output_partition(proc.partition, self._partitions[topic]))
-            end = self._settled_ends.get(slot)
-            if end is not None:
-                positions[position_name(*slot)] = end
-        return positions
+            run = self._runs.get(slot)
+            if run is not None:
+                runs[position_name(*slot)] = run
+        return runs
 
     async def drain(self) -> None:
         """Wait until everything sent is settled (before a revocation or a stop)."""

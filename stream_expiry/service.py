@@ -472,7 +472,7 @@ class Service:
         assert self._outbox is not None
         committable = self._outbox.committable
         for proc in self.processors.values():
-            proc.checkpoint(self._outbox.positions(proc))
+            proc.checkpoint(self._outbox.runs(proc))
         owned = {
             TopicPartition(t, p): o
             for (t, p), o in committable.items()

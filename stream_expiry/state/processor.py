@@ -433,18 +433,20 @@ class PartitionProcessor:
             if known is not None and known[0] == seq:
                 del overlay[key]
 
-    def checkpoint(self, positions: Mapping[str, int]) -> None:
-        """Save how far the changelog holds this store's messages settled (see
-        :meth:`stream_expiry.outbox.Outbox.positions`), where it moved forward: a restart
-        with this store then restores only what was written after (Kafka Streams writes its
-        checkpoint on commit likewise). Without it every restart re-read the whole
-        changelog, a cold restore's read, to apply nothing."""
+    def checkpoint(self, runs: Mapping[str, tuple[int, int]]) -> None:
+        """Move the store's changelog positions over this instance's own settled messages
+        (see :meth:`stream_expiry.outbox.Outbox.runs`): a position within a run goes to the
+        run's end. A restart with this store then restores only what was written after
+        (Kafka Streams checkpoints its stores on commit likewise); without it every restart
+        re-read the whole changelog, a cold restore's read, to apply nothing. A position
+        before a run stays: another writer's messages lie between, and a restore must read
+        them."""
         saved = self._positions
-        moved = {
-            name: end
-            for name, end in positions.items()
-            if end > saved.setdefault(name, self.store.meta(name) or 0)
-        }
+        moved = {}
+        for name, (start, end) in runs.items():
+            position = saved.setdefault(name, self.store.meta(name) or 0)
+            if start <= position < end:
+                moved[name] = end
         if moved:
             self.store.set_meta(moved)
             saved.update(moved)

@@ -26,6 +26,7 @@ from aiokafka.record.memory_records import MemoryRecords
 from stream_expiry.codec import H_DELETED_AT, source_headers, source_of
 from stream_expiry.kafka import consumer, ensure_topics, producer
 from stream_expiry.model import Identity, Stamp, encode_stamp
+from stream_expiry.replay import H_REPLAY
 from stream_expiry.service import wall_clock_ms
 from stream_expiry.state import PartitionStore, RocksKV
 from stream_expiry.state.restore import RestoreResult, position_name, restore_partitions
@@ -622,3 +623,39 @@ async def test_a_kept_state_dir_reads_only_what_another_instance_wrote_since(
     expected |= {key("session", f"s{i}"): touched_at + hour_ms for i in range(5)}
     expected |= {key("conversation", f"n{i}"): t0 + hour_ms for i in range(5)}
     assert live_expiries(first_dir) == expected
+
+
+@pytest.mark.timeout(120)
+async def test_a_stamp_replay_publishes_while_the_service_runs_is_restored_at_its_restart(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """``replay`` publishes re-derived stamps while the service runs, and the contract says
+    a restarted service fires at the new times. The service went on writing the changelog
+    after that stamp: its checkpoint must not move over it."""
+    state = str(tmp_path / "state")
+    cfg = config_for(topics, state, '[retention.defaults]\nconversation = "1h"\n')
+    t0 = wall_clock_ms()
+    identity = Identity("acme", "_", "live", "conversation", "r0")
+    key, value = event("conversation", "r0", ts=t0)
+    async with running_service(cfg, broker) as svc:
+        await produce(broker, [(topics.conversations, key, value)])
+        await wait_for(lambda: svc.stats.stamped >= 1)
+        stamp = next(r for r in await read_all(broker, topics.stamped) if r.key == key)
+        replayed = Stamp(identity, t0, t0 + 120_000, 120_000, "default")  # a new ttl: 2 min
+        async with producer(broker) as prod:
+            await prod.send_and_wait(
+                topics.stamped,
+                encode_stamp(replayed),
+                key=key,
+                partition=stamp.partition,
+                headers=[*stamp.headers, (H_REPLAY, b"1")],
+            )
+        # The service's own writes go on, on both changelog partitions, after that stamp.
+        more = [(topics.conversations, *event("conversation", f"m{i}", ts=t0)) for i in range(20)]
+        await produce(broker, more)
+        await wait_for(lambda: svc.stats.stamped >= 1 + len(more))
+    later = [r for r in await read_all(broker, topics.stamped) if r.partition == stamp.partition]
+    assert later[-1].key != key  # the service wrote after the replayed stamp
+    async with running_service(cfg, broker):
+        pass
+    assert live_expiries(state)[identity.key] == t0 + 120_000

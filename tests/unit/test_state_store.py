@@ -203,10 +203,13 @@ def test_with_offset_changes_the_stamp_offset_and_nothing_else(
     assert stamp.with_offset(offset) == stamp._replace(stamp_offset=offset)
 
 
-def test_a_checkpoint_only_moves_positions_forward(store: PartitionStore) -> None:
-    """A restore may have read further than the processor's own settled batches reach (the
-    changelog partition holds other instances' messages): a checkpoint never takes a
-    store's position back, which would only make the next restart read more."""
+def test_a_checkpoint_moves_positions_only_over_the_instances_own_run(
+    store: PartitionStore,
+) -> None:
+    """A store's changelog position moves to the end of a run of this instance's settled
+    messages only from within it: never back (a restore may have read further), and never
+    over another writer's messages (``replay``'s stamps, another instance's) lying between
+    the position and the run, which the next restore must read."""
     from stream_expiry.policy import Resolution
     from stream_expiry.state import PartitionProcessor
     from stream_expiry.state.store import position_name
@@ -223,7 +226,9 @@ def test_a_checkpoint_only_moves_positions_forward(store: PartitionStore) -> Non
         max_skew_ms=10**12,
         now_ms=T0,
     )
-    proc.checkpoint({stamped: 50, tombs: 7})
+    proc.checkpoint({stamped: (40, 50), tombs: (0, 7)})
     assert (store.meta(stamped), store.meta(tombs)) == (100, 7)
-    proc.checkpoint({stamped: 150, tombs: 7})
+    proc.checkpoint({stamped: (90, 150), tombs: (0, 7)})
     assert (store.meta(stamped), store.meta(tombs)) == (150, 7)
+    proc.checkpoint({stamped: (151, 200), tombs: (7, 9)})  # offset 150 is someone else's
+    assert (store.meta(stamped), store.meta(tombs)) == (150, 9)
