@@ -444,7 +444,9 @@ class PartitionProcessor:
         saved = self._positions
         moved = {}
         for name, (start, end) in runs.items():
-            position = saved.setdefault(name, self.store.meta(name) or 0)
+            position = saved.get(name)
+            if position is None:  # the store's, read once: later ones are what this wrote
+                position = saved[name] = self.store.meta(name) or 0
             if start <= position < end:
                 moved[name] = end
         if moved:
