@@ -63,7 +63,6 @@ class _Batches:
         self._prod = prod
         self._open: dict[tuple[str, int], Any] = {}
         self._tracked: dict[tuple[str, int], list[tuple[Effects, str, int]]] = {}
-        self._counts: dict[tuple[str, int], int] = {}
         self.sent: _Sent = []
 
     def try_add(
@@ -85,7 +84,6 @@ class _Batches:
             return False
         if track is not None and key is not None:
             self._tracked.setdefault(slot, []).append((track, key.decode(), meta.offset))
-        self._counts[slot] = meta.offset + 1
         return True
 
     async def add(
@@ -107,8 +105,9 @@ class _Batches:
 
     async def _send(self, slot: tuple[str, int]) -> None:
         batch = self._open.pop(slot)
+        count = batch.record_count()
         future = await self._prod.send_batch(batch, slot[0], partition=slot[1])
-        self.sent.append((future, slot, self._counts.pop(slot), self._tracked.pop(slot, [])))
+        self.sent.append((future, slot, count, self._tracked.pop(slot, [])))
 
     async def flush(self) -> _Sent:
         for slot in list(self._open):
@@ -213,7 +212,7 @@ class Outbox:
                         slot = (proc.topic, proc.partition)
                         committable[slot] = max(committable.get(slot, 0), effects.next_offset)
                 runs = self._runs
-                for slot, base, end in sorted(batches, key=lambda b: b[1]):
+                for slot, base, end in batches:  # a partition's batches in offset order
                     run = runs.get(slot)
                     runs[slot] = (
                         (run[0], end) if run is not None and run[1] == base else (base, end)
