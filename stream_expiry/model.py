@@ -145,7 +145,9 @@ def identity_of_key(key: str) -> Identity:
     """:func:`decode_key` for a key this package made (:attr:`Identity.key`: the timing
     wheel's and the state store's), which is canonical: without a ``%`` nothing in it was
     quoted, so its parts are the identity's as they are, with no pattern to check (263 ns
-    a key against 703). Firing a timer and loading the horizon decode a key each."""
+    a key against 703). Firing a timer and loading the horizon decode a key each. It
+    repeats :func:`decode_key`'s plain branch rather than sharing helpers with it: measured,
+    two shared helpers made ``decode_key`` (a call per message in the sinks) 483 -> 601 ns."""
     if "%" in key:
         return decode_key(key)
     parts = key.split("/")
