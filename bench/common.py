@@ -39,6 +39,7 @@ __all__ = [
     "envelope",
     "fmt_ms",
     "human_count",
+    "lag_windows",
     "log",
     "machine_info",
     "memory_point",
@@ -117,6 +118,25 @@ def summarize(values: Iterable[float]) -> LatencySummary:
         mean=math.fsum(data) / len(data),
         min=data[0],
     )
+
+
+def lag_windows(
+    at_ms: Sequence[float], lags: Sequence[float], window_s: float
+) -> list[dict[str, Any]]:
+    """Lag percentiles per window of ``at_ms`` (when each message was due or sent): whether
+    the lag drifts within one run. It does on the embedded broker, whose fetches slow down
+    as its partitions fill (docs/BENCHMARKS.md, round 10), so a run's p99 depends on its
+    length as well as on the code."""
+    if not at_ms:
+        return []
+    t0 = min(at_ms)
+    windows: dict[int, list[float]] = {}
+    for t, lag in zip(at_ms, lags, strict=True):
+        windows.setdefault(int((t - t0) / (window_s * 1000)), []).append(lag)
+    return [
+        {"t_s": round(i * window_s, 3), **summarize(w).to_json()}
+        for i, w in sorted(windows.items())
+    ]
 
 
 # --------------------------------------------------------------------------- rate schedule

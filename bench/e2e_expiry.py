@@ -75,6 +75,7 @@ from bench.common import (
     envelope,
     fmt_ms,
     human_count,
+    lag_windows,
     log,
     memory_point,
     percentile,
@@ -496,6 +497,7 @@ async def _read_tombstones(
     # decided): due -> decided is the service's timers, decided -> here is produce, broker
     # and fetch. Only in-time arrivals, like ``lags``.
     decided = array.array("d")
+    dues = array.array("q")  # each in-time arrival's due time, for the lag per tenth
     seen = bytearray(expected)
     got = duplicates = foreign = early = explicit = mismatched = late = 0
     late_max_ms = 0.0
@@ -553,12 +555,14 @@ async def _read_tombstones(
                         got += 1
                         lags.append(t_ms - due_ms)
                         decided.append(parse_ts(body["emitted_at"]) - due_ms)
+                        dues.append(due_ms)
                     else:
                         late += 1
                         late_max_ms = max(late_max_ms, t_ms - due_ms)
     return {
         "lags": lags.tobytes(),
         "decided": decided.tobytes(),
+        "dues": dues.tobytes(),
         "delivered": got,
         "delivered_after_grace": late,
         "after_grace_max_lag_ms": round(late_max_ms, 3),
@@ -575,13 +579,19 @@ async def _read_tombstones(
 def lag_split(res: dict[str, Any], lags: array.array[float]) -> dict[str, Any]:
     """The reader's lags in two parts, at each tombstone's ``emitted_at`` (the clock of
     whoever decided it was due: the service, or a peer's sweeper): due -> decided, and
-    decided -> the reader (produce, acks, broker, fetch)."""
+    decided -> the reader (produce, acks, broker, fetch); and the lag per tenth of the
+    window, by due time (``lag_windows``): on the embedded broker the transport slows down
+    as the run goes on, whatever decides the tombstones (``bench.bench_transport``)."""
     decided = array.array("d")
     decided.frombytes(res["decided"])
+    dues = array.array("q")
+    dues.frombytes(res["dues"])
     transport = [lag - d for lag, d in zip(lags, decided, strict=True)]
+    span_s = (max(dues) - min(dues)) / 1000 if dues else 0.0
     return {
         "decided_lag_ms": summarize(decided).to_json() if decided else None,
         "transport_lag_ms": summarize(transport).to_json() if transport else None,
+        "lag_windows": lag_windows(dues, lags, span_s / 10) if span_s > 0 else [],
     }
 
 
@@ -960,6 +970,11 @@ async def lag_phase(
         log(
             f"e2e lag: due -> decided p50 {fmt_ms(decided['p50'])}, p99 {fmt_ms(decided['p99'])}; "
             f"decided -> reader p50 {fmt_ms(transport['p50'])}, p99 {fmt_ms(transport['p99'])}"
+        )
+    if split["lag_windows"]:
+        log(
+            "e2e lag: p99 by tenth of the window: "
+            + ", ".join(f"{w['p99']:.0f}" for w in split["lag_windows"])
         )
     if firing:
         log(

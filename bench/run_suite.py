@@ -135,6 +135,14 @@ REGISTRY: list[Entry] = [
         rates=(10_000,),
         what="the floor under every lag: produce -> broker -> a consumer, no stream-expiry code",
     ),
+    Entry(
+        "bench.bench_transport",
+        ("lag",),
+        ("--tick-ms", "10", "--linger-ms", "0", "--shape", "service"),
+        rates=(10_000,),
+        what="the same floor with the service's traffic: a null beside each tombstone, "
+        "the stamps of the run written first",
+    ),
     # Peers.
     Entry(
         "bench.peers.redis_expiry",

@@ -12,6 +12,7 @@ from bench.common import (
     NS_PER_S,
     RateSchedule,
     human_count,
+    lag_windows,
     memory_point,
     percentile,
     run_paced,
@@ -100,6 +101,16 @@ def test_summarize_empty() -> None:
     assert s.count == 0
     assert s.p50 is None
     assert s.to_json()["max"] is None
+
+
+def test_lag_windows_group_by_time_from_the_first_and_keep_empty_windows_out() -> None:
+    at = [1000.0, 1900.0, 2500.0, 5999.0, 1500.0]  # ms; unsorted, as arrivals come
+    lags = [1.0, 2.0, 30.0, 40.0, 3.0]
+    windows = lag_windows(at, lags, 1.0)
+    assert [w["t_s"] for w in windows] == [0.0, 1.0, 4.0]  # 2-4 s held nothing
+    assert [w["count"] for w in windows] == [3, 1, 1]
+    assert [w["max"] for w in windows] == [3.0, 30.0, 40.0]
+    assert lag_windows([], [], 1.0) == []
 
 
 def test_summary_json_rounds_to_microseconds() -> None:
