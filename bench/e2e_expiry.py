@@ -576,6 +576,10 @@ async def _read_tombstones(
     }
 
 
+# The reader's raw arrays (bytes of array.array), which a JSON result leaves out.
+READER_ARRAYS = ("lags", "decided", "dues")
+
+
 def lag_split(res: dict[str, Any], lags: array.array[float]) -> dict[str, Any]:
     """The reader's lags in two parts, at each tombstone's ``emitted_at`` (the clock of
     whoever decided it was due: the service, or a peer's sweeper): due -> decided, and

@@ -9,6 +9,8 @@ Reads every ``*.json`` in the folder that is a benchmark result (``bench.common.
   delivered fractions below 100 % are printed over the bars;
 - ``throughput.png``: every ``throughput`` entry, records per second;
 - ``memory.png``: bytes per pending record at the largest count, and bytes against pending;
+- ``drift.png``: lag p99 per tenth of the window at each rate, for every system that
+  reports it (``extra.lag_windows``): whether a run's lag climbs as it goes on;
 - ``RESULTS.md``: the same numbers as tables, with machine and date, to paste into
   docs/BENCHMARKS.md.
 
@@ -456,6 +458,40 @@ def plot_soak(folder: Path, results: list[dict[str, Any]], subtitle: str) -> Pat
     return path
 
 
+def plot_drift(folder: Path, results: list[dict[str, Any]], subtitle: str) -> Path | None:
+    """Lag p99 per tenth of the window, one line per system, a panel per rate: on the
+    embedded broker even the floor's lag climbs within a run, so this shows how much of a
+    p99 is the run's length (issue 11's fair comparison)."""
+    series: dict[int, list[tuple[str, list[dict[str, Any]]]]] = {}
+    for r in results:
+        lag, extra = r.get("lag") or {}, r.get("extra") or {}
+        windows = extra.get("lag_windows") or []
+        if r.get("benchmark") == "soak" or len(windows) < 2 or not lag.get("rate"):
+            continue
+        series.setdefault(int(lag["rate"]), []).append((str(r.get("system", "?")), windows))
+    if not series:
+        return None
+    plt = _pyplot()
+    rates = sorted(series)
+    fig, axes = plt.subplots(1, len(rates), figsize=(5 * len(rates), 4.2), squeeze=False)
+    for ax, rate in zip(axes[0], rates, strict=True):
+        for system, windows in sorted(series[rate]):
+            wins = [w for w in windows if w.get("count")]
+            ax.plot([w["t_s"] for w in wins], [w["p99"] for w in wins], marker="o", label=system)
+        ax.set_title(f"{rate:,} expirations/s", fontsize=10)
+        ax.set_xlabel("seconds into the window (by due or send time)")
+        ax.set_ylabel("lag p99 in that tenth, ms")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Lag p99 through the window\n{subtitle}", fontsize=10)
+    fig.tight_layout()
+    path = folder / "drift.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def render(folder: Path) -> list[Path]:
     """Write the plots (when matplotlib is there) and RESULTS.md; return the files written."""
     folder = Path(folder)
@@ -463,7 +499,7 @@ def render(folder: Path) -> list[Path]:
     subtitle = f"{_machine_line(results, suite)}\n{_date_line(results, suite)}"
     written: list[Path] = []
     try:
-        for fn in (plot_lag, plot_throughput, plot_memory, plot_soak):
+        for fn in (plot_lag, plot_throughput, plot_memory, plot_soak, plot_drift):
             p = fn(folder, results, subtitle)
             if p is not None:
                 written.append(p)

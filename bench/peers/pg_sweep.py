@@ -296,6 +296,7 @@ async def _lag_phase(
         await sweeper.close()
         await loader.close()
 
+    from bench.e2e_expiry import READER_ARRAYS
     from bench.e2e_expiry import lag_split as _lag_split
 
     at_sweeper = summarize(stats.lags)
@@ -323,7 +324,7 @@ async def _lag_phase(
         "lag_at_sweeper_ms": at_sweeper.to_json(),
         "consumer": None
         if consumer_res is None
-        else {k: v for k, v in consumer_res.items() if k not in ("lags", "decided")},
+        else {k: v for k, v in consumer_res.items() if k not in READER_ARRAYS},
         **(_lag_split(consumer_res, lags) if consumer_res is not None else {}),
         "lag_percentiles_ms": {
             "p90": round(percentile(sorted_lags, 90), 3) if sorted_lags else None,
