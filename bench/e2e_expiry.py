@@ -591,11 +591,12 @@ def lag_split(res: dict[str, Any], lags: array.array[float]) -> dict[str, Any]:
     dues = array.array("q")
     dues.frombytes(res["dues"])
     transport = [lag - d for lag, d in zip(lags, decided, strict=True)]
-    span_s = (max(dues) - min(dues)) / 1000 if dues else 0.0
+    # Tenths of the due times' span, widened by a millisecond so the last one is in the tenth.
+    tenth_s = (max(dues) - min(dues) + 1) / 10_000 if dues else 0.0
     return {
         "decided_lag_ms": summarize(decided).to_json() if decided else None,
         "transport_lag_ms": summarize(transport).to_json() if transport else None,
-        "lag_windows": lag_windows(dues, lags, span_s / 10) if span_s > 0 else [],
+        "lag_windows": lag_windows(dues, lags, tenth_s) if dues else [],
     }
 
 
