@@ -465,7 +465,8 @@ def plot_drift(folder: Path, results: list[dict[str, Any]], subtitle: str) -> Pa
     series: dict[int, list[tuple[str, list[dict[str, Any]]]]] = {}
     for r in results:
         lag, extra = r.get("lag") or {}, r.get("extra") or {}
-        windows = extra.get("lag_windows") or []
+        # e2e_expiry nests its lag details under extra.lag; the others keep them in extra.
+        windows = extra.get("lag_windows") or (extra.get("lag") or {}).get("lag_windows") or []
         if r.get("benchmark") == "soak" or len(windows) < 2 or not lag.get("rate"):
             continue
         series.setdefault(int(lag["rate"]), []).append((str(r.get("system", "?")), windows))
@@ -473,10 +474,10 @@ def plot_drift(folder: Path, results: list[dict[str, Any]], subtitle: str) -> Pa
         return None
     plt = _pyplot()
     rates = sorted(series)
-    fig, axes = plt.subplots(1, len(rates), figsize=(5 * len(rates), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(rates), figsize=(max(7, 5 * len(rates)), 4.6), squeeze=False)
     for ax, rate in zip(axes[0], rates, strict=True):
         for system, windows in sorted(series[rate]):
-            wins = [w for w in windows if w.get("count")]
+            wins = [w for w in windows[:10] if w.get("count")]  # tenths (older runs: + a stub)
             ax.plot([w["t_s"] for w in wins], [w["p99"] for w in wins], marker="o", label=system)
         ax.set_title(f"{rate:,} expirations/s", fontsize=10)
         ax.set_xlabel("seconds into the window (by due or send time)")
