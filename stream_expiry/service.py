@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError
 
 from stream_expiry.archive_follower import ArchiveFollower
@@ -310,6 +312,17 @@ class Service:
             "heartbeat_interval_ms": max(100, min(1_000, session_ms // 3)),
             "max_poll_records": MAX_BATCH,
             "enable_auto_commit": False,
+            # Partition n of every input topic to one instance (the topics have equal
+            # partition counts), so each changelog partition has a single writer and its
+            # stores' checkpoints run to its end; with aiokafka's default, round-robin, two
+            # instances and three partitions a topic share every changelog partition, and a
+            # checkpoint stops at the other's first message, so a restart re-reads from
+            # there. Round-robin stays second: a group still running earlier versions
+            # agrees on it during a rolling upgrade, then moves to range.
+            "partition_assignment_strategy": (
+                RangePartitionAssignor,
+                RoundRobinPartitionAssignor,
+            ),
             **self._consumer_options,
         }
 

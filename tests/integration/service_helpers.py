@@ -78,6 +78,7 @@ async def running_service(
     environ: Mapping[str, str] | None = None,
     *,
     fast_join: bool = True,
+    consumer_options: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[Service]:
     """The service in a task; stopped (cleanly) when the block ends."""
     # A short session makes a lone member's (re)join fast on the test broker, which holds a
@@ -88,7 +89,7 @@ async def running_service(
         config,
         bootstrap_servers=broker,
         environ=environ or {},
-        consumer_options=fast if fast_join else None,
+        consumer_options={**(fast if fast_join else {}), **(consumer_options or {})},
     )
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:

@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING
 import anyio
 import orjson
 import pytest
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
+from stream_expiry.kafka import ensure_topics
 from stream_expiry.timeutil import parse_ts
-from tests.conftest import TopicSet, read_all, wait_for
+from tests.conftest import TopicSet, make_topic_set, read_all, wait_for
 from tests.integration.service_helpers import config_for, event, produce, running_service
 
 if TYPE_CHECKING:
@@ -60,3 +62,59 @@ async def test_two_instances_share_the_work_and_one_takes_over_when_the_other_le
         assert parse_ts(body["emitted_at"]) >= parse_ts(body["expires_at"])
     # The takeover restored A's deletions: nothing tombstoned twice.
     assert max(per_key.values()) == 1, per_key.most_common(3)
+
+
+@pytest.mark.timeout(120)
+async def test_an_instance_owns_the_same_partition_numbers_of_every_input_topic(
+    broker: str, tmp_path: Path
+) -> None:
+    """So a changelog partition (an input partition's number) has one writer, and its
+    stores' checkpoints are not cut short by another instance's messages. Round-robin,
+    aiokafka's default, gives two instances numbers of both with three partitions a topic."""
+    topics = make_topic_set()
+    await ensure_topics(broker, topics.all, partitions=3)
+    a = config_for(topics, str(tmp_path / "a"), RETENTION)
+    b = config_for(topics, str(tmp_path / "b"), RETENTION)
+    async with (
+        running_service(b, broker, fast_join=False) as svc_b,
+        running_service(a, broker, fast_join=False) as svc_a,
+    ):
+
+        def settled() -> bool:  # both own partitions, none twice, all nine owned
+            owned_a, owned_b = svc_a.owned, svc_b.owned
+            both = bool(owned_a) and bool(owned_b)
+            return both and len(owned_a | owned_b) == len(owned_a) + len(owned_b) == 9
+
+        await wait_for(settled, timeout_s=30)
+        numbers = [{p for _, p in svc.owned} for svc in (svc_a, svc_b)]
+        assert not numbers[0] & numbers[1], (svc_a.owned, svc_b.owned)
+        for svc, mine in zip((svc_a, svc_b), numbers, strict=True):
+            assert svc.owned == {(t, p) for t in topics.inputs for p in mine}
+
+
+@pytest.mark.timeout(120)
+async def test_an_instance_of_the_round_robin_version_still_joins_the_group(
+    broker: str, tmp_path: Path
+) -> None:
+    """A rolling upgrade: an instance that offers only round-robin (the earlier versions)
+    and one that prefers range agree on round-robin, and share the partitions."""
+    topics = make_topic_set()
+    await ensure_topics(broker, topics.all, partitions=3)
+    old = {"partition_assignment_strategy": (RoundRobinPartitionAssignor,)}
+    a = config_for(topics, str(tmp_path / "a"), RETENTION)
+    b = config_for(topics, str(tmp_path / "b"), RETENTION)
+    async with (
+        running_service(b, broker, fast_join=False, consumer_options=old) as svc_b,
+        running_service(a, broker, fast_join=False) as svc_a,
+    ):
+
+        def shared() -> bool:
+            owned_a, owned_b = svc_a.owned, svc_b.owned
+            both = bool(owned_a) and bool(owned_b)
+            return both and len(owned_a | owned_b) == len(owned_a) + len(owned_b) == 9
+
+        await wait_for(shared, timeout_s=30)
+        await produce(
+            broker, [(topics.conversations, *event("conversation", f"c{i}")) for i in range(30)]
+        )
+        await wait_for(lambda: svc_a.stats.events + svc_b.stats.events >= 30, timeout_s=30)
