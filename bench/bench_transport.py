@@ -15,12 +15,12 @@ plus the service's own encoding and settling.
 tombstone event (about as large as the service's) and, in the same produce request, a null
 under the same key on a second topic (the null that ends the stamp on ``expiry.stamped``);
 the reader reads the first topic only, as ``e2e_expiry``'s does. ``--prefill N`` (with
-``--shape service``, ``rate x seconds`` unless given) first writes N stamp-sized messages
-on that second topic, in batches of ``PREFILL_BATCH``, as the
-service's ingest leaves ``expiry.stamped`` before the window of an ``e2e_expiry`` run with N
-records. With both, this is the floor of that run's own broker traffic: the embedded broker
-slows down as its partitions fill (its fetches take longer the more batches a partition
-holds), so the plain floor, which writes half the batches into empty topics, flatters it.
+``--shape service``, ``rate x seconds`` unless given) first writes N stamp-sized messages on
+that second topic, in batches of ``PREFILL_BATCH``, as the service's ingest leaves
+``expiry.stamped`` before the window of an ``e2e_expiry`` run with N records. With both,
+this is the floor of that run's own broker traffic. The plain floor flatters it: it writes
+half the batches, into empty topics, and the embedded broker's transport slows down as its
+topics fill (measured, docs/BENCHMARKS.md round 10; why, inside Tansu, not looked into).
 ``extra.lag_windows`` gives the lag per tenth of the run, by sending time.
 
 Prints ONE JSON object (``bench.common.envelope``) on stdout; progress on stderr.

@@ -124,8 +124,8 @@ def lag_windows(
     at_ms: Sequence[float], lags: Sequence[float], window_s: float
 ) -> list[dict[str, Any]]:
     """Lag percentiles per window of ``at_ms`` (when each message was due or sent): whether
-    the lag drifts within one run. It does on the embedded broker, whose fetches slow down
-    as its partitions fill (docs/BENCHMARKS.md, round 10), so a run's p99 depends on its
+    the lag drifts within one run. It does on the embedded broker, whose transport slows
+    down as its topics fill (docs/BENCHMARKS.md, round 10), so a run's p99 depends on its
     length as well as on the code."""
     if not at_ms:
         return []
