@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 from aiokafka import ConsumerRebalanceListener, TopicPartition
@@ -77,6 +77,15 @@ MAX_BATCH = 5000
 SLICE = 200  # events decided at once: the longest a due timer waits for ingest
 COMMIT_EVERY_S = 1.0
 IDLE_WAIT_MS = 200
+# Partition n of every input topic to one instance (the topics have equal partition counts),
+# so each changelog partition has a single writer and its stores' checkpoints run to its
+# end. With aiokafka's default, round-robin, two instances and three partitions a topic
+# share every changelog partition, and a checkpoint stops at the other's first message, so
+# a restart re-reads from there. Round-robin stays second: a group still running earlier
+# versions agrees on it during a rolling upgrade, then moves to range. Anything that joins
+# the service's group must offer these (the test broker refuses a member without the
+# group's current protocol).
+ASSIGNORS: Final = (RangePartitionAssignor, RoundRobinPartitionAssignor)
 OUTAGE_RETRY_S = 2.0  # between two sessions while the broker is away
 PRUNE_EVERY_S = 5.0  # and more at once while markers are due: pruning keeps up with deletions
 PRUNE_BUDGET = 20_000  # markers per store per loop turn, so a backlog never stalls the loop
@@ -312,17 +321,7 @@ class Service:
             "heartbeat_interval_ms": max(100, min(1_000, session_ms // 3)),
             "max_poll_records": MAX_BATCH,
             "enable_auto_commit": False,
-            # Partition n of every input topic to one instance (the topics have equal
-            # partition counts), so each changelog partition has a single writer and its
-            # stores' checkpoints run to its end; with aiokafka's default, round-robin, two
-            # instances and three partitions a topic share every changelog partition, and a
-            # checkpoint stops at the other's first message, so a restart re-reads from
-            # there. Round-robin stays second: a group still running earlier versions
-            # agrees on it during a rolling upgrade, then moves to range.
-            "partition_assignment_strategy": (
-                RangePartitionAssignor,
-                RoundRobinPartitionAssignor,
-            ),
+            "partition_assignment_strategy": ASSIGNORS,
             **self._consumer_options,
         }
 

@@ -27,7 +27,7 @@ from stream_expiry.codec import H_DELETED_AT, source_headers, source_of
 from stream_expiry.kafka import consumer, ensure_topics, producer
 from stream_expiry.model import Identity, Stamp, encode_stamp
 from stream_expiry.replay import H_REPLAY
-from stream_expiry.service import wall_clock_ms
+from stream_expiry.service import ASSIGNORS, wall_clock_ms
 from stream_expiry.state import PartitionStore, RocksKV
 from stream_expiry.state.restore import RestoreResult, position_name, restore_partitions
 from stream_expiry.state.restore_workers import restore_stores
@@ -278,7 +278,13 @@ async def test_a_committed_offset_past_the_end_is_said_and_read_from_the_beginni
     # now lie past the new topic's end; Tansu forgets them, so they are committed again here.
     await _recreate(broker, [topics.conversations])
     await produce(broker, [(topics.conversations, *event("conversation", "new"))])
-    async with consumer(broker, topics.conversations, group_id=config.group_id) as cons:
+    # A member of the service's group offers the service's assignors.
+    async with consumer(
+        broker,
+        topics.conversations,
+        group_id=config.group_id,
+        partition_assignment_strategy=ASSIGNORS,
+    ) as cons:
         with anyio.fail_after(20):
             while len(cons.assignment()) < 2:  # joining the group takes a few polls
                 await cons.getmany(timeout_ms=200)

@@ -18,7 +18,11 @@ from tests.conftest import TopicSet, make_topic_set, read_all, wait_for
 from tests.integration.service_helpers import config_for, event, produce, running_service
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
+
+    from stream_expiry.config import Config
+    from stream_expiry.service import Service
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -64,6 +68,28 @@ async def test_two_instances_share_the_work_and_one_takes_over_when_the_other_le
     assert max(per_key.values()) == 1, per_key.most_common(3)
 
 
+def _shared_once(*services: Service, partitions: int) -> Callable[[], bool]:
+    """Every instance owns partitions, none is owned twice, all ``partitions`` are owned."""
+
+    def check() -> bool:
+        owned = [svc.owned for svc in services]
+        total = sum(len(mine) for mine in owned)
+        return all(owned) and len(frozenset().union(*owned)) == total == partitions
+
+    return check
+
+
+async def _three_partition_topics(broker: str, tmp_path: Path) -> tuple[TopicSet, Config, Config]:
+    """Topics of three partitions each, and the configs of two instances ``a`` and ``b``."""
+    topics = make_topic_set()
+    await ensure_topics(broker, topics.all, partitions=3)
+    return (
+        topics,
+        config_for(topics, str(tmp_path / "a"), RETENTION),
+        config_for(topics, str(tmp_path / "b"), RETENTION),
+    )
+
+
 @pytest.mark.timeout(120)
 async def test_an_instance_owns_the_same_partition_numbers_of_every_input_topic(
     broker: str, tmp_path: Path
@@ -71,21 +97,12 @@ async def test_an_instance_owns_the_same_partition_numbers_of_every_input_topic(
     """So a changelog partition (an input partition's number) has one writer, and its
     stores' checkpoints are not cut short by another instance's messages. Round-robin,
     aiokafka's default, gives two instances numbers of both with three partitions a topic."""
-    topics = make_topic_set()
-    await ensure_topics(broker, topics.all, partitions=3)
-    a = config_for(topics, str(tmp_path / "a"), RETENTION)
-    b = config_for(topics, str(tmp_path / "b"), RETENTION)
+    topics, a, b = await _three_partition_topics(broker, tmp_path)
     async with (
         running_service(b, broker, fast_join=False) as svc_b,
         running_service(a, broker, fast_join=False) as svc_a,
     ):
-
-        def settled() -> bool:  # both own partitions, none twice, all nine owned
-            owned_a, owned_b = svc_a.owned, svc_b.owned
-            both = bool(owned_a) and bool(owned_b)
-            return both and len(owned_a | owned_b) == len(owned_a) + len(owned_b) == 9
-
-        await wait_for(settled, timeout_s=30)
+        await wait_for(_shared_once(svc_a, svc_b, partitions=9), timeout_s=30)
         numbers = [{p for _, p in svc.owned} for svc in (svc_a, svc_b)]
         assert not numbers[0] & numbers[1], (svc_a.owned, svc_b.owned)
         for svc, mine in zip((svc_a, svc_b), numbers, strict=True):
@@ -98,22 +115,13 @@ async def test_an_instance_of_the_round_robin_version_still_joins_the_group(
 ) -> None:
     """A rolling upgrade: an instance that offers only round-robin (the earlier versions)
     and one that prefers range agree on round-robin, and share the partitions."""
-    topics = make_topic_set()
-    await ensure_topics(broker, topics.all, partitions=3)
+    topics, a, b = await _three_partition_topics(broker, tmp_path)
     old = {"partition_assignment_strategy": (RoundRobinPartitionAssignor,)}
-    a = config_for(topics, str(tmp_path / "a"), RETENTION)
-    b = config_for(topics, str(tmp_path / "b"), RETENTION)
     async with (
         running_service(b, broker, fast_join=False, consumer_options=old) as svc_b,
         running_service(a, broker, fast_join=False) as svc_a,
     ):
-
-        def shared() -> bool:
-            owned_a, owned_b = svc_a.owned, svc_b.owned
-            both = bool(owned_a) and bool(owned_b)
-            return both and len(owned_a | owned_b) == len(owned_a) + len(owned_b) == 9
-
-        await wait_for(shared, timeout_s=30)
+        await wait_for(_shared_once(svc_a, svc_b, partitions=9), timeout_s=30)
         await produce(
             broker, [(topics.conversations, *event("conversation", f"c{i}")) for i in range(30)]
         )
