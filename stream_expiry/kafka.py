@@ -18,13 +18,14 @@ import random
 import ssl
 import time
 import zlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     CommitFailedError,
     IllegalGenerationError,
+    InconsistentGroupProtocolError,
     KafkaError,
     KafkaTimeoutError,
     RebalanceInProgressError,
@@ -108,7 +109,18 @@ def _describe(exc: BaseException) -> str:
     return repr(exc)
 
 
+# Kafka answers a member whose partition assignors none of the group's members share with
+# InconsistentGroupProtocolError: the broker is there, the group id is taken by something else.
+_FOREIGN_GROUP: Final = (
+    "another member of the consumer group offers none of this client's partition assignors "
+    "(the service offers range and roundrobin): is something else using the same group id? "
+    "Give the service, each sink and each tool a group of its own"
+)
+
+
 def _start_failed(what: str, conn: Connection, exc: BaseException) -> BrokerError:
+    if isinstance(exc, InconsistentGroupProtocolError):
+        return BrokerError(f"the {what} could not join its consumer group: {_FOREIGN_GROUP}")
     sec = conn.security
     hint = "check that the brokers are up and the bootstrap address"
     if sec.uses_sasl:
@@ -134,6 +146,8 @@ def broker_errors(what: str) -> Iterator[None]:
 
 def mapped(exc: KafkaError, message: str) -> BrokerError:
     """:class:`BrokerUnavailableError` for what retrying may cure, else :class:`BrokerError`."""
+    if isinstance(exc, InconsistentGroupProtocolError):
+        return BrokerError(f"{message}: {_FOREIGN_GROUP}")
     transient = exc.retriable or isinstance(exc, _TRANSIENT)
     return (BrokerUnavailableError if transient else BrokerError)(f"{message}: {exc!r}")
 

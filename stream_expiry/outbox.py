@@ -195,31 +195,37 @@ class Outbox:
             await out.add(dlq, rec.key, rec.value, None, codec.dead_letter_headers(rec, why))
 
     async def run(self) -> None:
-        """The settler: run it in the service's task group for the outbox's lifetime."""
-        async with self._receive:
-            async for sent, items, now_ms in self._receive:
-                await all_acked(future for future, *_ in sent)
-                batches: list[tuple[tuple[str, int], int, int]] = []
-                for future, slot, count, tracked in sent:
-                    base = future.result().offset
-                    for effects, key, relative in tracked:
-                        effects.stamp_offsets[key] = base + relative
-                    batches.append((slot, base, base + count))
-                committable = self.committable
-                for proc, effects in items:
-                    proc.settle(effects, now_ms)
-                    if effects.next_offset is not None:
-                        slot = (proc.topic, proc.partition)
-                        committable[slot] = max(committable.get(slot, 0), effects.next_offset)
-                runs = self._runs
-                for slot, base, end in batches:  # a partition's batches in offset order
-                    run = runs.get(slot)
-                    runs[slot] = (
-                        (run[0], end) if run is not None and run[1] == base else (base, end)
-                    )
-                self._in_flight -= 1
-                if self._in_flight == 0:
-                    self._drained.set()
+        """The settler: run it in the service's task group for the outbox's lifetime.
+
+        Its end closes both ends of the queue, however it ends (a session that fails is
+        cancelled without :meth:`close`): nothing sent after it would ever be settled."""
+        with self._send:
+            async with self._receive:
+                await self._settle_in_order()
+
+    async def _settle_in_order(self) -> None:
+        """Each entry's acks, then its effects into the stores, in the order sent."""
+        async for sent, items, now_ms in self._receive:
+            await all_acked(future for future, *_ in sent)
+            batches: list[tuple[tuple[str, int], int, int]] = []
+            for future, slot, count, tracked in sent:
+                base = future.result().offset
+                for effects, key, relative in tracked:
+                    effects.stamp_offsets[key] = base + relative
+                batches.append((slot, base, base + count))
+            committable = self.committable
+            for proc, effects in items:
+                proc.settle(effects, now_ms)
+                if effects.next_offset is not None:
+                    slot = (proc.topic, proc.partition)
+                    committable[slot] = max(committable.get(slot, 0), effects.next_offset)
+            runs = self._runs
+            for slot, base, end in batches:  # a partition's batches in offset order
+                run = runs.get(slot)
+                runs[slot] = (run[0], end) if run is not None and run[1] == base else (base, end)
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._drained.set()
 
     def runs(self, proc: PartitionProcessor) -> dict[str, tuple[int, int]]:
         """The latest run of offsets this outbox filled and settled on each changelog

@@ -11,8 +11,11 @@ import anyio
 import orjson
 import pytest
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 
-from stream_expiry.kafka import ensure_topics
+from stream_expiry.errors import BrokerError, leaves
+from stream_expiry.kafka import consumer, ensure_topics
+from stream_expiry.service import Service
 from stream_expiry.timeutil import parse_ts
 from tests.conftest import TopicSet, make_topic_set, read_all, wait_for
 from tests.integration.service_helpers import config_for, event, produce, running_service
@@ -22,7 +25,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from stream_expiry.config import Config
-    from stream_expiry.service import Service
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -126,3 +128,24 @@ async def test_an_instance_of_the_round_robin_version_still_joins_the_group(
             broker, [(topics.conversations, *event("conversation", f"c{i}")) for i in range(30)]
         )
         await wait_for(lambda: svc_a.stats.events + svc_b.stats.events >= 30, timeout_s=30)
+
+
+@pytest.mark.timeout(120)
+async def test_a_group_id_taken_by_another_kind_of_consumer_is_said_plainly(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A member of the group that offers none of the service's assignors (here: sticky) is
+    something else using its group id; the service says so instead of "cannot reach Kafka"."""
+    config = config_for(topics, str(tmp_path / "a"), RETENTION)
+    sticky = {"partition_assignment_strategy": (StickyPartitionAssignor,)}
+    async with consumer(broker, topics.conversations, group_id=config.group_id, **sticky) as other:
+        with anyio.fail_after(20):
+            while not other.assignment():
+                await other.getmany(timeout_ms=200)
+        service = Service(config, bootstrap_servers=broker, environ={})
+        with anyio.fail_after(60), pytest.raises((BrokerError, BaseExceptionGroup)) as caught:
+            await service.run(anyio.Event())
+    said = [str(e) for e in leaves(caught.value) if isinstance(e, BrokerError)]
+    assert said, leaves(caught.value)
+    assert "same group id" in said[0], said
+    assert "cannot reach" not in said[0], said
