@@ -113,8 +113,8 @@ def _describe(exc: BaseException) -> str:
 # InconsistentGroupProtocolError: the broker is there, the group id is taken by something else.
 _FOREIGN_GROUP: Final = (
     "another member of the consumer group offers none of this client's partition assignors "
-    "(the service offers range and roundrobin): is something else using the same group id? "
-    "Give the service, each sink and each tool a group of its own"
+    "(the service offers range and roundrobin, a sink range): is something else using the "
+    "same group id? Give the service, each sink and each tool a group of its own"
 )
 
 
