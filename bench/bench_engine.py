@@ -27,7 +27,10 @@ Passes (each on fresh state, best wall time of ``--repeat``; CPU seconds recorde
 * ``processor mixed (memory|rocksdb)``: the service's per-partition core without Kafka,
   ``PartitionProcessor.process`` on slices of 500 raw messages of the mix, then ``settle``
   into a memory or RocksDB store; ``processor + encode (rocksdb)``: plus encoding every
-  stamp's message value, as the outbox does before producing.
+  stamp's message value, as the outbox does before producing; ``processor firing
+  (rocksdb)``: N errors due within 10 s, stored, then fired 12 s later in slices of 170
+  (a partition's share of a firing that is behind), each tombstone's value encoded and
+  the slice settled: the firing's CPU per tombstone without Kafka.
 
 Prints ONE JSON object (``bench.common.envelope``, results under ``extra.passes``) on stdout;
 progress on stderr. The suite's ``--rate/--seconds/--grace`` are accepted and ignored;
@@ -183,6 +186,19 @@ class Rec(NamedTuple):
     value: bytes | None
 
 
+# The firing pass: creates of errors (10 min) whose expiry falls within 10 s of NOW, fired
+# at NOW + 12 s in the slices a partition gets of a firing behind (FIRE_BATCH / 12).
+FIRE_WINDOW_MS = 10_000
+FIRE_AFTER_MS = 12_000
+FIRE_SLICE = 170
+
+
+def _due_soon(n: int) -> list[int]:
+    """Event times of ``n`` error creates due over ``FIRE_WINDOW_MS`` from 1 s after NOW."""
+    ttl = TTL_MS["error"]
+    return [NOW - ttl + 1_000 + i * FIRE_WINDOW_MS // n for i in range(n)]
+
+
 def processor_passes(b: Bench, mixed_bytes: list[bytes]) -> None:
     """The service's per-partition core without Kafka: ``PartitionProcessor.process`` on
     slices of 500 records (the service's slice), then ``settle`` into the store, over the
@@ -190,7 +206,7 @@ def processor_passes(b: Bench, mixed_bytes: list[bytes]) -> None:
     (what the outbox does before producing)."""
     import tempfile
 
-    from stream_expiry.model import encode_stamp
+    from stream_expiry.model import encode_stamp, encode_tombstone
     from stream_expiry.state import MemoryKV, PartitionProcessor, PartitionStore, RocksKV
 
     records = [Rec(i, None, v) for i, v in enumerate(mixed_bytes)]
@@ -230,6 +246,27 @@ def processor_passes(b: Bench, mixed_bytes: list[bytes]) -> None:
 
         return body
 
+    due_records = [
+        Rec(i, None, event_value(record_identity(i, "error"), ts, "create"))
+        for i, ts in enumerate(_due_soon(len(records)))
+    ]
+
+    def primed_for_firing() -> PartitionProcessor:
+        proc = make("rocksdb")()
+        for lo in range(0, len(due_records), 500):
+            proc.settle(proc.process(due_records[lo : lo + 500], NOW), NOW)
+        return proc
+
+    def fire_all(proc: PartitionProcessor) -> int:
+        now, fired = NOW + FIRE_AFTER_MS, 0
+        while effects := proc.fire_due(now, FIRE_SLICE):
+            for f in effects.tombstones:
+                encode_tombstone(f.before, reason=f.reason, emitted_at=now)
+            proc.settle(effects, now)
+            fired += len(effects.tombstones)
+        proc.store.close()
+        return fired
+
     try:
         for kind in ("memory", "rocksdb"):
             b.timed(
@@ -244,6 +281,14 @@ def processor_passes(b: Bench, mixed_bytes: list[bytes]) -> None:
             drive(True),
             what="the same on RocksDB, plus model.encode_stamp for every stamp (the outbox's "
             "encoding, without producing)",
+        )
+        b.timed(
+            "processor firing (rocksdb)",
+            primed_for_firing,
+            fire_all,
+            what=f"PartitionProcessor.fire_due in slices of {FIRE_SLICE}, "
+            "model.encode_tombstone for each, settle: a firing without Kafka",
+            unit="tombstones/s",
         )
     finally:
         work.cleanup()

@@ -113,6 +113,23 @@ def _unpack_timer(key: str, packed: bytes) -> Stamp:
     )
 
 
+def _fire_timer(key: str, packed: bytes, now_ms: int) -> Fired:
+    """The tombstone of a timer ``_pack_timer`` packed, now due: ``_unpack_timer`` then
+    ``Engine._fire`` in one step for the common case (an expiry, no erasure deferred),
+    which builds both states straight from the packed fields. Once per tombstone."""
+    created, expires, ttl, erase, offset = _TIMER.unpack_from(packed)
+    if erase != _NONE:
+        return Engine._fire(_unpack_timer(key, packed), "ttl", now_ms)
+    identity = identity_of_key(key)
+    source = packed[_TIMER.size :].decode() or None
+    c = None if created == _NONE else created
+    t = None if ttl == _NONE else ttl
+    o = None if offset == _NONE else offset
+    before = Stamp(identity, c, expires, t, source, None, None, False, o)
+    after = Stamp(identity, c, expires, t, source, expires - 1, None, False, o)
+    return Fired(before, after, "ttl", now_ms)
+
+
 def _min_expiry(a: int | None, b: int | None) -> int | None:
     if a is None:
         return b
@@ -288,10 +305,7 @@ class Engine(Generic[S]):
             self._overdue, self._overdue_at = due, 0
             self._overdue_live = {entry[1]: entry for entry in due}
             return taken + self._take_overdue(now_ms, room)
-        return taken + [
-            (self._fire(_unpack_timer(key, packed), "ttl", now_ms), slot)
-            for _, key, (packed, slot) in due
-        ]
+        return taken + [(_fire_timer(key, packed, now_ms), slot) for _, key, (packed, slot) in due]
 
     def _take_overdue(self, now_ms: int, limit: int | None) -> list[tuple[Fired, S]]:
         """Up to ``limit`` tombstones of the overdue timers no event took out, in order."""
@@ -303,7 +317,7 @@ class Engine(Generic[S]):
             _, key, (packed, slot) = entry
             if live.get(key) is entry:
                 del live[key]
-                taken.append((self._fire(_unpack_timer(key, packed), "ttl", now_ms), slot))
+                taken.append((_fire_timer(key, packed, now_ms), slot))
         self._overdue_at = i
         if not live:
             self._overdue, self._overdue_at = [], 0

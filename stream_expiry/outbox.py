@@ -79,11 +79,17 @@ class _Batches:
         batch = self._open.get(slot)
         if batch is None:
             batch = self._open[slot] = self._prod.create_batch()
-        meta = batch.append(timestamp=timestamp_ms, key=key, value=value, headers=headers)
+        # Straight to aiokafka's C builder inside the batch: ``BatchBuilder.append`` adds
+        # two Python calls a message (serializers this producer has none of, a closed flag
+        # only its ``close`` sets): 0.7 us a message against 0.3, twice per tombstone.
+        # Private (hence aiokafka's upper bound); tests send through it all the time.
+        offset = batch._relative_offset
+        meta = batch._builder.append(offset, timestamp_ms, key=key, value=value, headers=headers)
         if meta is None:
             return False
+        batch._relative_offset = offset + 1
         if track is not None and key is not None:
-            self._tracked.setdefault(slot, []).append((track, key.decode(), meta.offset))
+            self._tracked.setdefault(slot, []).append((track, key.decode(), offset))
         return True
 
     async def add(

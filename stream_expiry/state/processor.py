@@ -227,27 +227,30 @@ class PartitionProcessor:
         if not due:
             return effects
         writes, overlay, seq = effects.writes, self._overlay, effects.seq
-        holds = self.holds
+        holds = self.holds if len(self.holds) else None
+        archive = self.archive
+        tombstones = effects.tombstones
         for fired, _ in due:
             before = fired.before
             key = before.identity.key
-            holding = holds.holding(before.identity) if len(holds) else []
+            holding = holds.holding(before.identity) if holds is not None else None
             if holding:
                 kept = before._replace(held=True)
                 effects.deferred.append((kept, fired.reason, [h.hold_id for h in holding]))
                 writes[key] = (before, kept)
                 overlay[key] = (seq, kept)
                 continue
-            if fired.reason == "ttl" and not self._archived(before):
+            if archive is not None and fired.reason == "ttl" and not self._archived(before):
                 kept = before._replace(held=True)
                 self.archive_waiting += 1
                 effects.verdicts["archive_wait"] += 1
                 writes[key] = (before, kept)
                 overlay[key] = (seq, kept)
                 continue
-            effects.tombstones.append(fired)
-            writes[key] = (before, fired.after)
-            overlay[key] = (seq, fired.after)
+            tombstones.append(fired)
+            after = fired.after
+            writes[key] = (before, after)
+            overlay[key] = (seq, after)
         return effects
 
     # -- legal holds ----------------------------------------------------------------------

@@ -172,12 +172,27 @@ class PartitionStore:
         deletes: list[bytes] = []
         counts = self.counts
         pending = counts.pending
+        grace = self.grace_ms
         for old, new in changes:
             key = new.identity.key.encode()
             if old is not None:
-                self._unindex(old, key, deletes, now_ms)
+                # Inline, the common case of every firing and touch: a pending record
+                # (live, not held, no erasure waiting) leaves its place in the due index.
+                expires = old.expires_at
+                if (
+                    old.deleted_at is None
+                    and old.erase_at is None
+                    and expires is not None
+                    and not old.held
+                ):
+                    deletes.append(_DUE + _TIME.pack(expires + _BIAS) + key)
+                    cat = old.identity.category
+                    pending[cat] = pending.get(cat, 0) - 1
+                else:
+                    self._unindex(old, key, deletes, now_ms)
             prune_at = None
-            if new.deleted_at is None:
+            deleted = new.deleted_at
+            if deleted is None:
                 due = new.due_at
                 if new.held:
                     counts.held += 1
@@ -185,13 +200,13 @@ class PartitionStore:
                 elif due is None:
                     counts.never += 1
                 else:
-                    puts[_time_key(_DUE, due, key)] = b""
+                    puts[_DUE + _TIME.pack(due + _BIAS) + key] = b""
                     cat = new.identity.category
                     pending[cat] = pending.get(cat, 0) + 1
             else:
                 counts.markers += 1
-                prune_at = max(new.deleted_at + 1, now_ms) + self.grace_ms
-                puts[_time_key(_MARKER, prune_at, key)] = b""
+                prune_at = max(deleted + 1, now_ms) + grace
+                puts[_MARKER + _TIME.pack(prune_at + _BIAS) + key] = b""
             puts[_STATE + key] = encode_state(new, prune_at)
         for name, value in (meta or {}).items():
             puts[_META + name.encode()] = _INT.pack(value)

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stream_expiry.engine import Engine, _fire_timer, _pack_timer, _unpack_timer
 from stream_expiry.model import Identity, InputEvent, Stamp
 from stream_expiry.policy import Resolution
 from stream_expiry.state import Effects, MemoryKV, PartitionProcessor, PartitionStore
@@ -505,3 +506,36 @@ def test_a_delete_older_than_the_record_still_blocks_its_redelivered_create() ->
     assert h.advance(10_000) == []
     h.feed(ev("conversation", "x", "create", 10_000))  # a later create: a new life
     assert [t[3] for t in h.advance(11_000)] == [11_000]
+
+
+# -- the firing's fused path ------------------------------------------------------------
+
+_times = st.one_of(st.none(), st.integers(min_value=0, max_value=2**62))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    created=_times,
+    expires=st.integers(min_value=1, max_value=2**62),
+    ttl=_times,
+    source=st.one_of(st.none(), st.sampled_from(["default", "org", "bot:x"])),
+    erase=_times,
+    offset=_times,
+)
+def test_a_packed_timer_fires_as_the_stamp_it_packed_would(
+    created: int | None,
+    expires: int,
+    ttl: int | None,
+    source: str | None,
+    erase: int | None,
+    offset: int | None,
+) -> None:
+    """``_fire_timer`` builds the tombstone straight from the packed fields; it must give
+    exactly what unpacking the stamp and firing it gives, erasures included."""
+    identity = Identity("o", "b", "live", "error", "r/1")
+    stamp = Stamp(identity, created, expires, ttl, source, None, erase, False, offset)
+    packed = _pack_timer(stamp)
+    fused = _fire_timer(identity.key, packed, 7)
+    assert fused == Engine._fire(_unpack_timer(identity.key, packed), "ttl", 7)
+    assert fused.before == stamp
+    assert fused.reason == ("ttl" if erase is None else "explicit")
