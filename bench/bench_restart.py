@@ -35,9 +35,9 @@ the process is spawned (so Python's start and imports count):
 Tansu holds every JoinGroup ~3 s (../shared/BROKER.md), twice that for a member offering two
 assignors, as the service does. That hold is measured apart, in the same run: a bare aiokafka
 consumer with the service's group settings and assignors joins a fresh group on the same
-topics, and the time from its ``start()`` to its assignment is ``join_hold_s``. ``first_tombstone_without_hold_s`` is
-``to_first_tombstone_s - join_hold_s``: what is left for the service (issue 10's target for
-the first due tombstone: <= 2 s).
+topics, and the time from its ``start()`` to its assignment is ``join_hold_s``.
+``first_tombstone_without_hold_s`` is ``to_first_tombstone_s - join_hold_s``: what is left
+for the service (issue 10's target for the first due tombstone: <= 2 s).
 
 Unless ``--no-compare-empty``, warm is also measured with only the due records, so the cost
 of the pending ones shows. ``--pending`` defaults to 1,000,000 (also under the suite, which
