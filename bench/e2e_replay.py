@@ -1,6 +1,6 @@
 """stream-expiry end to end: ``replay`` from ``expiry.stamped``, its rate and its peak RSS.
 
-    python -m bench.e2e_replay [--records 1000000] [--workers N]
+    python -m bench.e2e_replay [--records 1000000] [--workers N] [--memory-limit MIB]
 
 Setup (not timed): ``--records`` stamps are produced on ``expiry.stamped`` as a running
 service leaves them (``bench.changelog``: the right partitions, the source headers, values by
@@ -19,6 +19,12 @@ for 500,000 stamps or more on a machine of several CPUs), the peak RSS reported 
 child's plus every worker's (an upper bound: their peaks need not coincide), and each is
 in the JSON.
 
+``--memory-limit MIB`` runs the child (and so its workers) in a memory cgroup limited to
+MIB, as a container would (:mod:`bench.cgroup`): the sum of peak RSS counts the
+interpreter's and the libraries' pages once per process, while the cgroup charges each page
+once. The run then either completes under the limit or is killed by the kernel's OOM
+killer; the JSON says which (``extra.cgroup``), and a killed run fails the benchmark.
+
 Issue 10's targets: >= 200,000 records/s with RSS <= 200 MiB at 10 M records.
 
 ``--records`` defaults to 1,000,000 (``--pending`` when the suite passes one).
@@ -35,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from bench.cgroup import MemoryCgroup, open_cgroup
 from bench.changelog import prefill_changelog
 from bench.common import (
     NS_PER_MS,
@@ -66,9 +73,16 @@ YEAR = ("365d", "365d", "365d")
 
 
 def _replay_main(
-    bootstrap: str, prefix: str, state_dir: str, workers: int | None, conn: Connection
+    bootstrap: str,
+    prefix: str,
+    state_dir: str,
+    workers: int | None,
+    cgroup: MemoryCgroup | None,
+    conn: Connection,
 ) -> None:
     """The child: one replay call, then its report, time and peak RSS to the parent."""
+    if cgroup is not None:
+        cgroup.join()  # before the imports: everything the replay allocates is charged
     from stream_expiry.replay import replay
 
     config = make_config(BenchTopics(prefix), state_dir, defaults=YEAR)
@@ -100,14 +114,32 @@ async def run(args: Any, bootstrap: str, records: int) -> dict[str, Any]:
     log(f"e2e replay: producing {records:,} stamps on {topics.stamped}")
     produced = await prefill_changelog(bootstrap, topics, records, now)
     log(f"e2e replay: produced in {produced['seconds']:.1f}s; replay(dry_run=True) in a child")
-    with temp_state_dir("replay") as state_dir:
-        proc, conn = spawn(
-            _replay_main, bootstrap, topics.prefix, state_dir, args.workers, daemon=False
-        )
-        try:
-            res: dict[str, Any] = await receive(conn, 600 + records / 2_000, "replay child")
-        finally:
-            stop_child(proc)
+    cgroup = None if args.memory_limit is None else open_cgroup(args.memory_limit * 2**20)
+    try:
+        with temp_state_dir("replay") as state_dir:
+            proc, conn = spawn(
+                _replay_main,
+                bootstrap,
+                topics.prefix,
+                state_dir,
+                args.workers,
+                cgroup,
+                daemon=False,
+            )
+            try:
+                res: dict[str, Any] = await receive(conn, 600 + records / 2_000, "replay child")
+            except EOFError:
+                kills = 0 if cgroup is None else cgroup.oom_kills()
+                why = f"{kills} process(es) OOM-killed in its cgroup" if kills else "see above"
+                limit = "" if cgroup is None else f" within {args.memory_limit} MiB"
+                msg = f"e2e replay: the replay did not complete{limit} ({why})"
+                raise SystemExit(msg) from None
+            finally:
+                stop_child(proc)
+        cgroup_report = None if cgroup is None else _cgroup_report(cgroup)
+    finally:
+        if cgroup is not None:
+            cgroup.remove()
     counts = res["counts"]
     seconds = float(res["seconds"])
     workers = [int(b) for b in res["worker_peak_rss_bytes"]]
@@ -134,6 +166,13 @@ async def run(args: Any, bootstrap: str, records: int) -> dict[str, Any]:
             if workers
             else " (one process)"
         )
+        + (
+            ""
+            if cgroup_report is None
+            else f"; completed in a {args.memory_limit} MiB memory cgroup "
+            f"(v{cgroup_report['version']}, peak charge "
+            f"{(cgroup_report['peak_bytes'] or 0) / 2**20:.0f} MiB, page cache included)"
+        )
     )
     notes = [
         "Replay ran alone in a child process against the embedded Tansu broker on loopback; "
@@ -141,6 +180,13 @@ async def run(args: Any, bootstrap: str, records: int) -> dict[str, Any]:
         "when replay shared the partitions among worker processes (an upper bound).",
         "Issue 10's targets: >= 200,000 records/s and peak RSS <= 200 MiB at 10 M records.",
     ]
+    if cgroup_report is not None:
+        notes.append(
+            "extra.cgroup: the replay ran in a memory cgroup limited to limit_bytes (what a "
+            "container enforces: each page charged once, page cache included) and completed; "
+            "peak_bytes is the most it was charged, about the limit whenever RocksDB's files "
+            "filled the page cache up to it."
+        )
     if not unchanged:
         notes.append("Replay did NOT find every record unchanged: see extra.counts.")
     return envelope(
@@ -154,6 +200,7 @@ async def run(args: Any, bootstrap: str, records: int) -> dict[str, Any]:
             "pending": args.pending,
             "partitions": PARTITIONS,
             "workers": args.workers,
+            "memory_limit_mib": args.memory_limit,
         },
         throughput=[tp],
         extra={
@@ -165,10 +212,21 @@ async def run(args: Any, bootstrap: str, records: int) -> dict[str, Any]:
             "parent_peak_rss_bytes": res["peak_rss_bytes"],
             "worker_peak_rss_bytes": workers,
             "produce_s": round(float(produced["seconds"]), 3),
+            "cgroup": cgroup_report,
         },
         notes=notes,
         started_at=started,
     )
+
+
+def _cgroup_report(cgroup: MemoryCgroup) -> dict[str, Any]:
+    return {
+        "version": cgroup.version,
+        "limit_bytes": cgroup.limit_bytes,
+        "peak_bytes": cgroup.peak_bytes(),
+        "oom_kills": cgroup.oom_kills(),
+        "completed": True,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,6 +245,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="replay's worker processes (default: replay's own choice, one per CPU for "
         "500,000 stamps or more)",
+    )
+    parser.add_argument(
+        "--memory-limit",
+        type=int,
+        default=None,
+        metavar="MIB",
+        help="run the replay in a memory cgroup limited to MIB, as a container would "
+        "(needs root); the benchmark fails if the replay is OOM-killed",
     )
     args = parser.parse_args(argv)
     records = args.records or (args.pending if args.pending > 0 else DEFAULT_RECORDS)

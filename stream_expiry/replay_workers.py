@@ -20,7 +20,7 @@ from stream_expiry.kafka import consumer, high_watermarks, partitions_of
 from stream_expiry.parts import add_up
 from stream_expiry.replay import ProgressBar, ReplayReport, Share, replay_share
 from stream_expiry.state import RocksKV
-from stream_expiry.workers import Reporter, run_in_workers, worker_count
+from stream_expiry.workers import Reporter, give_back_freed_memory, run_in_workers, worker_count
 
 if TYPE_CHECKING:
     from typing import TextIO
@@ -98,7 +98,8 @@ class _Forward:
 
 def _replay_job(job: _Job, report: Reporter) -> ReplayReport:
     """In a worker: one share replayed, its temporary store taking its part of one
-    process's memory budget."""
+    process's memory budget, and its freed buffers given back as it goes."""
+    give_back_freed_memory()
     RocksKV.share_memory(job.workers)
     result = anyio.run(replay_share, job.share, _Forward(report))
     result.worker_rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)

@@ -31,7 +31,13 @@ if TYPE_CHECKING:
     from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
 
-__all__ = ["AUTO_FROM_MESSAGES", "Reporter", "run_in_workers", "worker_count"]
+__all__ = [
+    "AUTO_FROM_MESSAGES",
+    "Reporter",
+    "give_back_freed_memory",
+    "run_in_workers",
+    "worker_count",
+]
 
 log = logging.getLogger("stream_expiry.workers")
 
@@ -42,6 +48,11 @@ PROGRESS_EVERY_S: Final = 0.2
 # How long a worker that sent its result may take to exit before it is killed.
 EXIT_WAIT_S: Final = 5.0
 _PR_SET_PDEATHSIG: Final = 1  # linux/prctl.h
+# glibc's mallopt parameters (malloc.h) and the size from which a worker's allocations are
+# mapped on their own (see _give_back_freed_memory).
+_M_TRIM_THRESHOLD: Final = -1
+_M_MMAP_THRESHOLD: Final = -3
+MMAP_THRESHOLD_BYTES: Final = 256 * 1024
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -207,6 +218,30 @@ def _die_with(parent: int) -> None:
         return
     if os.getppid() != parent:  # the parent died before the request: nothing will come
         os._exit(1)
+
+
+def give_back_freed_memory() -> None:
+    """Have glibc map large allocations on their own and return freed memory promptly:
+    for a worker whose memory matters more than a few per cent of its speed (replay's).
+
+    A worker reads a changelog in rounds of fetches: megabytes of responses and record
+    batches, freed a round later, beside RocksDB's memtable arenas. glibc raises its mmap
+    threshold each time such a mapped block is freed, so after the first rounds these
+    buffers come from the heap, whose freed space it keeps; a replay worker at 3 M stamps
+    held 37 MiB of free heap. A fixed threshold keeps them mapped and unmapped when freed:
+    a 10 M-stamp replay's workers peaked at 100-104 MiB instead of 121-122 (RSS), at the
+    same rate, and the whole replay completed in a 200 MiB memory cgroup, where it was
+    OOM-killed before (``bench.e2e_replay --memory-limit 200``, docs/BENCHMARKS.md).
+    Restore's workers do without: the page faults of fresh mappings cost its rate 9 %
+    (``bench.bench_restore``, alternating). Elsewhere than glibc (musl, macOS) this does
+    nothing.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    mallopt(_M_TRIM_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
 def _sendable(exc: BaseException) -> BaseException:
