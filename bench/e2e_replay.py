@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from bench.cgroup import MemoryCgroup, open_cgroup
+from bench.cgroup import CgroupUnavailable, MemoryCgroup, open_cgroup
 from bench.changelog import prefill_changelog
 from bench.common import (
     NS_PER_MS,
@@ -104,18 +104,21 @@ def _replay_main(
 
 async def run(args: Any, bootstrap: str, records: int) -> dict[str, Any]:
     started = utc_now_iso()
-    topics = BenchTopics.fresh()
-    await ensure_topics(
-        bootstrap,
-        [*topics.inputs, topics.policies, topics.stamped, topics.tombstones, topics.dlq],
-        partitions=PARTITIONS,
-    )
-    now = time.time_ns() // NS_PER_MS
-    log(f"e2e replay: producing {records:,} stamps on {topics.stamped}")
-    produced = await prefill_changelog(bootstrap, topics, records, now)
-    log(f"e2e replay: produced in {produced['seconds']:.1f}s; replay(dry_run=True) in a child")
-    cgroup = None if args.memory_limit is None else open_cgroup(args.memory_limit * 2**20)
+    try:  # before the stamps are produced: a run that cannot be limited stops at once
+        cgroup = None if args.memory_limit is None else open_cgroup(args.memory_limit * 2**20)
+    except CgroupUnavailable as exc:
+        raise SystemExit(f"e2e replay: --memory-limit: {exc}") from None
     try:
+        topics = BenchTopics.fresh()
+        await ensure_topics(
+            bootstrap,
+            [*topics.inputs, topics.policies, topics.stamped, topics.tombstones, topics.dlq],
+            partitions=PARTITIONS,
+        )
+        now = time.time_ns() // NS_PER_MS
+        log(f"e2e replay: producing {records:,} stamps on {topics.stamped}")
+        produced = await prefill_changelog(bootstrap, topics, records, now)
+        log(f"e2e replay: produced in {produced['seconds']:.1f}s; replay(dry_run=True) in a child")
         with temp_state_dir("replay") as state_dir:
             proc, conn = spawn(
                 _replay_main,

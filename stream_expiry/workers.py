@@ -49,7 +49,7 @@ PROGRESS_EVERY_S: Final = 0.2
 EXIT_WAIT_S: Final = 5.0
 _PR_SET_PDEATHSIG: Final = 1  # linux/prctl.h
 # glibc's mallopt parameters (malloc.h) and the size from which a worker's allocations are
-# mapped on their own (see _give_back_freed_memory).
+# mapped on their own (see give_back_freed_memory).
 _M_TRIM_THRESHOLD: Final = -1
 _M_MMAP_THRESHOLD: Final = -3
 MMAP_THRESHOLD_BYTES: Final = 256 * 1024
