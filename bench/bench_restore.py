@@ -31,7 +31,7 @@ from typing import Any
 
 import anyio
 
-from bench.changelog import prefill_changelog
+from bench.changelog import fresh_changelog
 from bench.common import (
     NS_PER_MS,
     base_parser,
@@ -51,7 +51,6 @@ from bench.e2e_expiry import (
     temp_state_dir,
 )
 from stream_expiry.broker import EmbeddedBroker
-from stream_expiry.kafka import ensure_topics
 from stream_expiry.policy import PolicyBook
 from stream_expiry.state import PartitionProcessor
 from stream_expiry.state.restore_workers import restore_stores
@@ -131,17 +130,11 @@ async def restore_all(
 
 async def run(args: Any, bootstrap: str, stamps: int) -> dict[str, Any]:
     started = utc_now_iso()
-    topics = BenchTopics.fresh()
-    inputs = topics.inputs[: args.input_topics]
-    await ensure_topics(
-        bootstrap,
-        [*topics.inputs, topics.policies, topics.stamped, topics.tombstones, topics.dlq],
-        partitions=PARTITIONS,
+    topics, produced = await fresh_changelog(
+        bootstrap, stamps, what="bench_restore", input_topics=args.input_topics
     )
-    now = time.time_ns() // NS_PER_MS
-    log(f"bench_restore: producing {stamps:,} stamps on {topics.stamped}")
-    produced = await prefill_changelog(bootstrap, topics, stamps, now, inputs=inputs)
-    log(f"bench_restore: produced in {produced['seconds']:.1f}s; restoring")
+    inputs = topics.inputs[: args.input_topics]
+    log("bench_restore: restoring")
     with temp_state_dir("restore") as state_dir:
         rss0 = rss_bytes(os.getpid())
         res = await restore_all(bootstrap, topics, inputs, state_dir, args.workers)

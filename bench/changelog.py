@@ -21,9 +21,10 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
+from bench.common import NS_PER_MS, log
 from bench.e2e_expiry import PARTITIONS, BenchTopics, receive, record_identity, spawn, stop_child
 from stream_expiry import codec, model
-from stream_expiry.kafka import key_partition
+from stream_expiry.kafka import ensure_topics, key_partition
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -131,3 +132,24 @@ async def prefill_changelog(
     finally:
         stop_child(proc)
     return result
+
+
+async def fresh_changelog(
+    bootstrap: str, count: int, *, what: str, input_topics: int | None = None
+) -> tuple[BenchTopics, dict[str, Any]]:
+    """Fresh topics (all of a service's, ``PARTITIONS`` each) and ``count`` stamps on their
+    ``expiry.stamped``, for records of the first ``input_topics`` input topics (all by
+    default); returns the topics and :func:`prefill_changelog`'s report."""
+    topics = BenchTopics.fresh()
+    await ensure_topics(
+        bootstrap,
+        [*topics.inputs, topics.policies, topics.stamped, topics.tombstones, topics.dlq],
+        partitions=PARTITIONS,
+    )
+    inputs = topics.inputs[:input_topics] if input_topics is not None else topics.inputs
+    log(f"{what}: producing {count:,} stamps on {topics.stamped}")
+    produced = await prefill_changelog(
+        bootstrap, topics, count, time.time_ns() // NS_PER_MS, inputs=inputs
+    )
+    log(f"{what}: produced in {produced['seconds']:.1f}s")
+    return topics, produced

@@ -42,9 +42,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from bench.cgroup import CgroupUnavailable, MemoryCgroup, open_cgroup
-from bench.changelog import prefill_changelog
+from bench.changelog import fresh_changelog
 from bench.common import (
-    NS_PER_MS,
     base_parser,
     emit_result,
     envelope,
@@ -63,7 +62,6 @@ from bench.e2e_expiry import (
     temp_state_dir,
 )
 from stream_expiry.broker import EmbeddedBroker
-from stream_expiry.kafka import ensure_topics
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -109,16 +107,8 @@ async def run(args: Any, bootstrap: str, records: int) -> dict[str, Any]:
     except CgroupUnavailable as exc:
         raise SystemExit(f"e2e replay: --memory-limit: {exc}") from None
     try:
-        topics = BenchTopics.fresh()
-        await ensure_topics(
-            bootstrap,
-            [*topics.inputs, topics.policies, topics.stamped, topics.tombstones, topics.dlq],
-            partitions=PARTITIONS,
-        )
-        now = time.time_ns() // NS_PER_MS
-        log(f"e2e replay: producing {records:,} stamps on {topics.stamped}")
-        produced = await prefill_changelog(bootstrap, topics, records, now)
-        log(f"e2e replay: produced in {produced['seconds']:.1f}s; replay(dry_run=True) in a child")
+        topics, produced = await fresh_changelog(bootstrap, records, what="e2e replay")
+        log("e2e replay: replay(dry_run=True) in a child")
         with temp_state_dir("replay") as state_dir:
             proc, conn = spawn(
                 _replay_main,
