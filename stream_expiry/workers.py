@@ -229,7 +229,7 @@ def give_back_freed_memory() -> None:
     threshold each time such a mapped block is freed, so after the first rounds these
     buffers come from the heap, whose freed space it keeps; a replay worker at 3 M stamps
     held 37 MiB of free heap. A fixed threshold keeps them mapped and unmapped when freed:
-    a 10 M-stamp replay's workers peaked at 100-104 MiB instead of 121-122 (RSS), at the
+    a 10 M-stamp replay's workers peaked at 100-104 MiB instead of 120-125 (RSS), at the
     same rate, and the whole replay completed in a 200 MiB memory cgroup, where it was
     OOM-killed before (``bench.e2e_replay --memory-limit 200``, docs/BENCHMARKS.md).
     Restore's workers do without: the page faults of fresh mappings cost its rate 9 %
