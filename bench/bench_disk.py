@@ -146,11 +146,7 @@ def counts(service: Service) -> tuple[int, int]:
 async def run(args: Any, bootstrap: str) -> dict[str, Any]:
     started = utc_now_iso()
     topics = BenchTopics.fresh()
-    await ensure_topics(
-        bootstrap,
-        [*topics.inputs, topics.policies, topics.stamped, topics.tombstones, topics.dlq],
-        partitions=PARTITIONS,
-    )
+    await ensure_topics(bootstrap, topics.all, partitions=PARTITIONS)
     service_module.PRUNE_EVERY_S = args.prune_every
     samples: list[dict[str, Any]] = []
     with temp_state_dir("disk") as state_dir:

@@ -26,9 +26,8 @@ from typing import Any
 import anyio
 from aiokafka import TopicPartition
 
-from bench.changelog import prefill_changelog
+from bench.changelog import fresh_changelog
 from bench.common import (
-    NS_PER_MS,
     base_parser,
     emit_result,
     envelope,
@@ -36,10 +35,10 @@ from bench.common import (
     throughput_entry,
     utc_now_iso,
 )
-from bench.e2e_expiry import PARTITIONS, BenchTopics, quiet_logging
+from bench.e2e_expiry import quiet_logging
 from stream_expiry.broker import EmbeddedBroker
 from stream_expiry.fetch import read_ranges
-from stream_expiry.kafka import consumer, ensure_topics, partitions_of, read_to_end
+from stream_expiry.kafka import consumer, partitions_of, read_to_end
 
 FETCH_BYTES = 4 * 1024 * 1024
 
@@ -71,11 +70,7 @@ async def with_read_ranges(bootstrap: str, topic: str) -> int:
 
 async def run(args: Any, bootstrap: str) -> dict[str, Any]:
     started = utc_now_iso()
-    topics = BenchTopics.fresh()
-    await ensure_topics(bootstrap, [*topics.inputs, topics.stamped], partitions=PARTITIONS)
-    now = time.time_ns() // NS_PER_MS
-    log(f"bench_fetch: producing {args.stamps:,} stamps on {topics.stamped}")
-    await prefill_changelog(bootstrap, topics, args.stamps, now, inputs=topics.inputs)
+    topics, _ = await fresh_changelog(bootstrap, args.stamps, what="bench_fetch")
     ways = {"getmany": with_getmany, "read_ranges": with_read_ranges}
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in ways}
     for _ in range(args.rounds):

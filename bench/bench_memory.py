@@ -76,10 +76,6 @@ SEED = 7
 _TIMERS = re.compile(r"assigned .*: (\d+) timers within the horizon")
 
 
-def all_topics(topics: BenchTopics) -> list[str]:
-    return [*topics.inputs, topics.policies, topics.stamped, topics.tombstones, topics.dlq]
-
-
 def pending_records(
     lo: int, hi: int, now_ms: int, topic: str, *, due_in_past: int = 0
 ) -> Iterator[tuple[Stamp, Slot]]:
@@ -241,7 +237,7 @@ def write_config(topics: BenchTopics, state_dir: str) -> str:
 
 def measure(bootstrap: str, count: int, settle_s: float) -> dict[str, Any]:
     topics = BenchTopics.fresh()
-    asyncio.run(ensure_topics(bootstrap, all_topics(topics), partitions=PARTITIONS))
+    asyncio.run(ensure_topics(bootstrap, topics.all, partitions=PARTITIONS))
     now_ms = time.time_ns() // NS_PER_MS
     with temp_state_dir(f"mem{human_count(count)}") as state_dir:
         log(f"bench_memory: writing {count:,} pending records into the stores")

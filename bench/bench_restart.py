@@ -56,7 +56,7 @@ from typing import Any
 
 import anyio
 
-from bench.bench_memory import ServiceProcess, all_topics, write_config
+from bench.bench_memory import ServiceProcess, write_config
 from bench.changelog import prefill_changelog
 from bench.common import (
     NS_PER_MS,
@@ -149,7 +149,7 @@ async def leave_stores(
 
 async def measure(bootstrap: str, pending: int, due: int, mode: str) -> dict[str, Any]:
     topics = BenchTopics.fresh()
-    await ensure_topics(bootstrap, all_topics(topics), partitions=PARTITIONS)
+    await ensure_topics(bootstrap, topics.all, partitions=PARTITIONS)
     now_ms = time.time_ns() // NS_PER_MS
     total = max(pending, due)
     with temp_state_dir(f"restart{human_count(total)}") as state_dir:

@@ -141,12 +141,8 @@ async def fresh_changelog(
     ``expiry.stamped``, for records of the first ``input_topics`` input topics (all by
     default); returns the topics and :func:`prefill_changelog`'s report."""
     topics = BenchTopics.fresh()
-    await ensure_topics(
-        bootstrap,
-        [*topics.inputs, topics.policies, topics.stamped, topics.tombstones, topics.dlq],
-        partitions=PARTITIONS,
-    )
-    inputs = topics.inputs[:input_topics] if input_topics is not None else topics.inputs
+    await ensure_topics(bootstrap, topics.all, partitions=PARTITIONS)
+    inputs = topics.inputs[:input_topics]  # None: all of them
     log(f"{what}: producing {count:,} stamps on {topics.stamped}")
     produced = await prefill_changelog(
         bootstrap, topics, count, time.time_ns() // NS_PER_MS, inputs=inputs

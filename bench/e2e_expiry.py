@@ -148,6 +148,11 @@ class BenchTopics:
     def dlq(self) -> str:
         return f"{self.prefix}.expiry.dlq"
 
+    @property
+    def all(self) -> list[str]:
+        """Every topic of the contract, as a service's run needs them made."""
+        return [*self.inputs, self.policies, self.stamped, self.tombstones, self.dlq]
+
     def input_for(self, category: str) -> str:
         return {"conversation": self.conversations, "session": self.sessions}.get(
             category, self.errors

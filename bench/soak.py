@@ -176,11 +176,7 @@ def within(end: float, ref: float) -> float | None:
 async def run(args: Any, bootstrap: str) -> dict[str, Any]:
     started = utc_now_iso()
     topics = BenchTopics.fresh()
-    await ensure_topics(
-        bootstrap,
-        [*topics.inputs, topics.policies, topics.stamped, topics.tombstones, topics.dlq],
-        partitions=PARTITIONS,
-    )
+    await ensure_topics(bootstrap, topics.all, partitions=PARTITIONS)
     service_module.PRUNE_EVERY_S = args.prune_every
     duration_s = args.minutes * 60
     count = int(args.rate * duration_s)
