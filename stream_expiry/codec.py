@@ -128,12 +128,12 @@ def parse_own_ts(text: Any) -> int | None:
     return None if text is None else parse_ts(text)
 
 
-StampFields = tuple[int | None, int | None, int | None, str | None, int | None]
+StampFields = tuple[int | None, int | None, int | None, str | None, int | None, int | None]
 
 
 def stamp_fields(value: bytes) -> StampFields:
     """What the state store keeps of a stamp message: ``(created_at, expires_at, ttl_ms,
-    ttl_source, erase_at)``, without building an identity or a :class:`Stamp` (restore reads
+    ttl_source, erase_at, previous_deleted_at)``, without building an identity or a :class:`Stamp` (restore reads
     millions). Raises ValueError when the value is not a stamp."""
     return stamp_body_fields(orjson.loads(value))  # orjson's decode error is a ValueError
 
@@ -147,12 +147,14 @@ def stamp_body_fields(body: Any) -> StampFields:
         if source is not None and type(source) is not str:
             raise ValueError(f"not a stamp: ttl_source is a {type(source).__name__}")
         erase = get("erase_requested_at")  # absent from nearly every stamp
+        floor = get("previous_deleted_at")  # and this one too
         return (
             parse_own_ts(get("created_at")),
             parse_own_ts(get("expires_at")),
             None if ttl_s is None else int(ttl_s) * 1000,
             source,
             None if erase is None else parse_own_ts(erase),
+            None if floor is None else parse_own_ts(floor),
         )
     except (AttributeError, TypeError) as exc:
         raise ValueError(f"not a stamp: {exc}") from exc
@@ -172,6 +174,7 @@ def decode_stamp(key: bytes | str, value: bytes, identity: Identity | None = Non
             None if ttl_s is None else int(ttl_s) * 1000,
             body.get("ttl_source"),
             erase_at=parse_own_ts(body.get("erase_requested_at")),
+            previous_deleted_at=parse_own_ts(body.get("previous_deleted_at")),
         )
     except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
         raise ValueError(f"not a stamp: {exc}") from exc

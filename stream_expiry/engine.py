@@ -18,7 +18,8 @@ Rules kept here (../shared/CONTRACT.md, "Semantics"):
 * ``delete`` at d tombstones at once (reason ``explicit``), even a never-seen record.
 * A tombstoned record ignores events with ``ts <= deleted_at``: for a TTL tombstone
   ``deleted_at = expires_at - 1`` (so a touch *at* the expiry starts a new life), for an
-  explicit one ``deleted_at = max(d, created_at)``.
+  explicit one ``deleted_at = max(d, created_at)``. A new life remembers that deletion
+  (``previous_deleted_at``): a create at or before it is stale, not a backdating create.
 * Never early: a ``ttl`` tombstone's ``emitted_at`` (the clock) is >= ``expires_at``.
 """
 
@@ -78,38 +79,51 @@ Resolver = Callable[[Identity, int], "Resolution"]
 # the ttl source. The wheel holds a timer as ``(due, key, (bytes, slot))``: plain tuples of
 # plain values, which the cyclic GC stops tracking after its first look, so a wheel of a
 # million timers adds nothing to the pauses of later collections (a ``Stamp`` and its
-# ``Identity`` stay tracked for life), and takes about half the memory.
+# ``Identity`` stay tracked for life), and takes about half the memory. A record with a
+# previous life has its ``previous_deleted_at`` between the two, after a 0xFF byte (which
+# UTF-8 text never holds): the rest pay nothing for it.
 _TIMER = struct.Struct(">qqqqq")
+_FLOOR = struct.Struct(">Bq")
 _NONE = -(1 << 63)
 
 
 def _pack_timer(stamp: Stamp) -> bytes:
-    _, created, expires, ttl, source, _, erase, _, offset = stamp
-    return (
-        _TIMER.pack(
-            _NONE if created is None else created,
-            _NONE if expires is None else expires,
-            _NONE if ttl is None else ttl,
-            _NONE if erase is None else erase,
-            _NONE if offset is None else offset,
-        )
-        + (source or "").encode()
+    _, created, expires, ttl, source, _, erase, _, offset, floor = stamp
+    fixed = _TIMER.pack(
+        _NONE if created is None else created,
+        _NONE if expires is None else expires,
+        _NONE if ttl is None else ttl,
+        _NONE if erase is None else erase,
+        _NONE if offset is None else offset,
     )
+    if floor is not None:
+        fixed += _FLOOR.pack(0xFF, floor)
+    return fixed + (source or "").encode()
+
+
+def _tail(packed: bytes) -> tuple[str | None, int | None]:
+    """The ttl source and the previous deletion after a timer's fixed fields."""
+    at = _TIMER.size
+    if len(packed) > at and packed[at] == 0xFF:
+        return packed[at + _FLOOR.size :].decode() or None, _FLOOR.unpack_from(packed, at)[1]
+    return packed[at:].decode() or None, None
 
 
 def _unpack_timer(key: str, packed: bytes) -> Stamp:
     """The live, unheld record ``_pack_timer`` packed (only such records have timers)."""
     created, expires, ttl, erase, offset = _TIMER.unpack_from(packed)
+    source, floor = _tail(packed)
     return Stamp(
         identity_of_key(key),
         None if created == _NONE else created,
         None if expires == _NONE else expires,
         None if ttl == _NONE else ttl,
-        packed[_TIMER.size :].decode() or None,
+        source,
         None,
         None if erase == _NONE else erase,
         False,
         None if offset == _NONE else offset,
+        floor,
     )
 
 
@@ -121,11 +135,11 @@ def _fire_timer(key: str, packed: bytes, now_ms: int) -> Fired:
     if erase != _NONE:
         return Engine._fire(_unpack_timer(key, packed), "ttl", now_ms)
     identity = identity_of_key(key)
-    source = packed[_TIMER.size :].decode() or None
+    source, floor = _tail(packed)
     c = None if created == _NONE else created
     t = None if ttl == _NONE else ttl
     o = None if offset == _NONE else offset
-    before = Stamp(identity, c, expires, t, source, None, None, False, o)
+    before = Stamp(identity, c, expires, t, source, None, None, False, o, floor)
     after = Stamp(identity, c, expires, t, source, expires - 1, None, False, o)
     return Fired(before, after, "ttl", now_ms)
 
@@ -196,21 +210,28 @@ class Engine(Generic[S]):
             assert prior.deleted_at is not None
             if t <= prior.deleted_at:
                 return Outcome(Verdict.STALE, None, False)
+            floor = prior.deleted_at  # the new life remembers it
             prior = None  # a new life, or a new erasure request
             new_life = True
         else:
+            floor = None
             new_life = False
         if op == "delete":
             return self._delete(event, prior, now_ms)
         if prior is None:
             if op == "touch" and event.identity.category not in self._sliding:
                 return Outcome(Verdict.TOUCH_IGNORED, None, False)
-            stamp = self._stamp(event.identity, t)
+            stamp = self._stamp(event.identity, t, floor)
             return Outcome(Verdict.RECREATED if new_life else Verdict.CREATED, stamp, True)
         if op == "create":
             if prior.created_at is None or t >= prior.created_at:
                 return Outcome(Verdict.REDELIVERED, None, False)
-            fresh = self._stamp(event.identity, t)
+            floor = prior.previous_deleted_at
+            if floor is not None and t <= floor:
+                # A create of the life that ended then, redelivered: moving this life back
+                # over that deletion would bring the deleted life back.
+                return Outcome(Verdict.STALE, None, False)
+            fresh = self._stamp(event.identity, t, floor)
             touched = (
                 prior.expires_at is not None
                 and prior.ttl_ms is not None
@@ -242,11 +263,14 @@ class Engine(Generic[S]):
         fired = Fired(prior, prior._replace(deleted_at=deleted_at), "explicit", now_ms)
         return Outcome(Verdict.DELETED, fired.after, False, (fired,))
 
-    def _stamp(self, identity: Identity, created_at: int) -> Stamp:
+    def _stamp(self, identity: Identity, created_at: int, floor: int | None = None) -> Stamp:
         res = self._resolve(identity, created_at)
         if res.ttl_ms is None:
-            return Stamp(identity, created_at, None, None, None)
-        return Stamp(identity, created_at, created_at + res.ttl_ms, res.ttl_ms, res.source)
+            return Stamp(identity, created_at, None, None, None, None, None, False, None, floor)
+        ttl = res.ttl_ms
+        return Stamp(
+            identity, created_at, created_at + ttl, ttl, res.source, None, None, False, None, floor
+        )
 
     @staticmethod
     def _fire(stamp: Stamp, reason: Reason, now_ms: int) -> Fired:
@@ -260,7 +284,7 @@ class Engine(Generic[S]):
             stamp = stamp._replace(held=False)
         # The constructor, not ``_replace``: this runs once per tombstone, and ``_replace``
         # (a keyword call, a dict and ``_make``) costs three times as much.
-        identity, created, _, ttl, source, _, _, _, offset = stamp
+        identity, created, _, ttl, source, _, _, _, offset, _ = stamp
         after = Stamp(identity, created, expires, ttl, source, expires - 1, None, False, offset)
         return Fired(stamp, after, reason, now_ms)
 

@@ -431,7 +431,7 @@ class _Verdict:
             return None  # deleted: not counted, not resurrected
         try:
             body = orjson.loads(value)
-            created, old, _ttl, _source, _erase = codec.stamp_body_fields(body)
+            created, old, _ttl, _source, _erase, _floor = codec.stamp_body_fields(body)
             if created is None:
                 return None  # without a creation time: not a stamp of ours
             if self.since_ms is not None and created < self.since_ms:
@@ -461,14 +461,22 @@ async def _from_stamps(config: Config, book: PolicyBook, kv: RocksKV, verdicts: 
             continue
         try:
             body = orjson.loads(value)
-            created, old, _ttl, _source, erase = codec.stamp_body_fields(body)
+            created, old, _ttl, _source, erase, floor = codec.stamp_body_fields(body)
             if created is None or not verdicts.wanted(created):
                 continue
             expires, ttl_ms, ttl_source = rederive.expiry(key, body, created)
             identity = model.decode_key(key.decode())
         except ValueError:
             continue  # not a stamp of ours
-        new = model.Stamp(identity, created, expires, ttl_ms, ttl_source, erase_at=erase)
+        new = model.Stamp(
+            identity,
+            created,
+            expires,
+            ttl_ms,
+            ttl_source,
+            erase_at=erase,
+            previous_deleted_at=floor,
+        )
         await verdicts.record(
             new, old, has_stamp=True, partition=partition, source=source, body=body
         )

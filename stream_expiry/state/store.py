@@ -54,9 +54,18 @@ _PENDING_PREFIX = "pending/"
 
 # A state read back from the changelog, as :meth:`PartitionStore.write_restored` takes it:
 # (record key, category, created_at, expires_at, ttl_ms, ttl_source, deleted_at, erase_at,
-# stamp_offset). A tuple, not a Stamp: a restore writes millions.
+# stamp_offset, previous_deleted_at). A tuple, not a Stamp: a restore writes millions.
 RestoredRow = tuple[
-    bytes, str, int | None, int | None, int | None, str | None, int | None, int | None, int | None
+    bytes,
+    str,
+    int | None,
+    int | None,
+    int | None,
+    str | None,
+    int | None,
+    int | None,
+    int | None,
+    int | None,
 ]
 
 
@@ -237,15 +246,26 @@ class PartitionStore:
         grace = self.grace_ms
         lives = markers = 0
         for row, raw in zip(rows, olds, strict=True):
-            key, cat, created, expires, ttl, source, deleted, erase, offset = row
+            key, cat, created, expires, ttl, source, deleted, erase, offset, floor = row
             prune_at = None if deleted is None else max(deleted + 1, now_ms) + grace
-            value = encode_fields(created, expires, ttl, deleted, prune_at, erase, offset, source)
+            value = encode_fields(
+                created, expires, ttl, deleted, prune_at, erase, offset, source, False, floor
+            )
             if raw is not None:
                 if raw == value:
                     continue
                 old = decode_state(identity_of_key(key.decode()), raw)[0]
                 new = Stamp(
-                    old.identity, created, expires, ttl, source, deleted, erase, False, offset
+                    old.identity,
+                    created,
+                    expires,
+                    ttl,
+                    source,
+                    deleted,
+                    erase,
+                    False,
+                    offset,
+                    floor,
                 )
                 if old == new:
                     continue  # a marker: only its prune time differs

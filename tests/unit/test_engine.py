@@ -508,6 +508,39 @@ def test_a_delete_older_than_the_record_still_blocks_its_redelivered_create() ->
     assert [t[3] for t in h.advance(11_000)] == [11_000]
 
 
+def test_a_redelivered_create_of_an_ended_life_does_not_move_the_new_life_back() -> None:
+    """Hypothesis found it: the create of a life that expired, redelivered after a new life
+    began, was taken for a backdating create of the new life and tombstoned the old
+    expiry a second time."""
+    h = Harness(horizon_ms=5000)
+    first = ev("session", "a", "create", 0)
+    h.feed(first)
+    assert h.advance(300) == [(first.identity.key, "ttl", 300, 300)]
+    h.feed(ev("session", "a", "create", 300))  # a new life: the first ended at 299
+    h.feed(first)  # the first life's create, redelivered
+    state = h.state(first)
+    assert state is not None
+    assert (state.created_at, state.expires_at) == (BASE + 300, BASE + 600)
+    assert state.previous_deleted_at == BASE + 299
+    assert h.advance(10_000) == [(first.identity.key, "ttl", 10_000, 600)]
+
+
+def test_a_new_life_can_still_be_moved_back_to_just_after_the_deletion() -> None:
+    h = Harness(horizon_ms=5000)
+    first = ev("conversation", "x", "create", 0)
+    h.feed(first)
+    h.now = 500
+    h.feed(ev("conversation", "x", "delete", 500))
+    h.feed(ev("conversation", "x", "create", 800))  # a new life
+    h.feed(ev("conversation", "x", "create", 500))  # at the deletion: stale
+    h.feed(ev("conversation", "x", "create", 501))  # after it: this life's creation
+    h.feed(ev("conversation", "x", "create", 400))  # still at or before the deletion: stale
+    state = h.state(first)
+    assert state is not None
+    assert (state.created_at, state.expires_at) == (BASE + 501, BASE + 1501)
+    assert h.advance(10_000) == [(first.identity.key, "ttl", 10_000, 1501)]
+
+
 # -- the firing's fused path ------------------------------------------------------------
 
 _times = st.one_of(st.none(), st.integers(min_value=0, max_value=2**62))
@@ -518,9 +551,10 @@ _times = st.one_of(st.none(), st.integers(min_value=0, max_value=2**62))
     created=_times,
     expires=st.integers(min_value=1, max_value=2**62),
     ttl=_times,
-    source=st.one_of(st.none(), st.sampled_from(["default", "org", "bot:x"])),
+    source=st.one_of(st.none(), st.sampled_from(["default", "org", "bot:x", "bot:\u00ff\u00e9"])),
     erase=_times,
     offset=_times,
+    floor=_times,
 )
 def test_a_packed_timer_fires_as_the_stamp_it_packed_would(
     created: int | None,
@@ -529,11 +563,12 @@ def test_a_packed_timer_fires_as_the_stamp_it_packed_would(
     source: str | None,
     erase: int | None,
     offset: int | None,
+    floor: int | None,
 ) -> None:
     """``_fire_timer`` builds the tombstone straight from the packed fields; it must give
     exactly what unpacking the stamp and firing it gives, erasures included."""
     identity = Identity("o", "b", "live", "error", "r/1")
-    stamp = Stamp(identity, created, expires, ttl, source, None, erase, False, offset)
+    stamp = Stamp(identity, created, expires, ttl, source, None, erase, False, offset, floor)
     packed = _pack_timer(stamp)
     fused = _fire_timer(identity.key, packed, 7)
     assert fused == Engine._fire(_unpack_timer(identity.key, packed), "ttl", 7)

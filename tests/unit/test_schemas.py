@@ -11,6 +11,7 @@ import jsonschema
 import orjson
 import pytest
 
+from stream_expiry.codec import stamp_fields
 from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone, parse_event
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
@@ -114,3 +115,15 @@ def test_holds_and_audit_entries_match_their_schemas() -> None:
     stamp_body = orjson.loads(encode_stamp(held))
     jsonschema.validate(stamp_body, schema("stamped.schema.json"))
     assert stamp_body["erase_requested_at"] == "1970-01-01T00:00:00.003Z"
+    reborn = orjson.loads(
+        encode_stamp(Stamp(ident, 9, 60_009, 60_000, "org", previous_deleted_at=4))
+    )
+    jsonschema.validate(reborn, schema("stamped.schema.json"))
+    assert reborn["previous_deleted_at"] == "1970-01-01T00:00:00.004Z"
+    assert "previous_deleted_at" not in stamp_body
+    # What restore and replay read back of it (a stamp restored without it would let a
+    # redelivered create of the deleted life move the new one back).
+    assert (
+        stamp_fields(encode_stamp(Stamp(ident, 9, 60_009, 60_000, "org", previous_deleted_at=4)))[5]
+        == 4
+    )

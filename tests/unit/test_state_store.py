@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from stream_expiry.model import Identity, Stamp
 from stream_expiry.state import MemoryKV, PartitionStore, RocksKV
+from stream_expiry.state.codec import decode_state, encode_state
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -191,12 +192,13 @@ def test_the_index_always_lists_exactly_the_live_finite_records(
         st.one_of(st.none(), st.integers()),
         st.booleans(),
         st.one_of(st.none(), st.integers()),
+        st.one_of(st.none(), st.integers()),
     ),
     offset=st.one_of(st.none(), st.integers(0, 2**62)),
 )
 def test_with_offset_changes_the_stamp_offset_and_nothing_else(
     fields: tuple[int | None, int | None, int | None, str | None, int | None, int | None, bool,
-                  int | None],
+                  int | None, int | None],
     offset: int | None,
 ) -> None:  # fmt: skip
     stamp = Stamp(Identity("o", "b", "live", "conversation", "r"), *fields)
@@ -232,3 +234,49 @@ def test_a_checkpoint_moves_positions_only_over_the_instances_own_run(
     assert (store.meta(stamped), store.meta(tombs)) == (150, 7)
     proc.checkpoint({stamped: (151, 200), tombs: (7, 9)})  # offset 150 is someone else's
     assert (store.meta(stamped), store.meta(tombs)) == (150, 9)
+
+
+_time = st.one_of(st.none(), st.integers(-(2**62), 2**62))
+
+
+@settings(max_examples=300)
+@given(
+    created=_time,
+    expires=_time,
+    ttl=_time,
+    source=st.one_of(st.none(), st.text(min_size=1, max_size=8)),
+    deleted=_time,
+    erase=_time,
+    held=st.booleans(),
+    offset=_time,
+    floor=_time,
+)
+def test_every_field_of_a_state_survives_the_store(
+    created: int | None,
+    expires: int | None,
+    ttl: int | None,
+    source: str | None,
+    deleted: int | None,
+    erase: int | None,
+    held: bool,
+    offset: int | None,
+    floor: int | None,
+) -> None:
+    """The previous life's deletion is stored only when there is one, after a byte UTF-8
+    never holds: whatever the ttl source's text, it reads back as written, and so does a
+    value written before the field existed."""
+    stamp = Stamp(ident("r"), created, expires, ttl, source, deleted, erase, held, offset, floor)
+    value = encode_state(stamp, None)
+    assert decode_state(stamp.identity, value) == (stamp, None)
+    if floor is None:
+        # The layout of every state before ``previous_deleted_at``: fixed fields, source.
+        assert value[57:] == (source or "").encode()
+
+
+def test_a_restored_state_keeps_its_previous_lifes_deletion(store: PartitionStore) -> None:
+    key = ident("r").key.encode()
+    row = (key, "conversation", T0, T0 + 1000, 1000, "default", None, None, 7, T0 - 5)
+    assert store.write_restored([row], now_ms=T0, meta={}) == (1, 0)
+    assert store.get(ident("r").key) == Stamp(
+        ident("r"), T0, T0 + 1000, 1000, "default", None, None, False, 7, T0 - 5
+    )
