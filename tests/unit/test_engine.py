@@ -132,6 +132,7 @@ class RefRecord:
     expires: int | None
     ttl: int | None
     deleted: int | None = None
+    floor: int | None = None  # the deletion of the life before: events up to it are stale
 
 
 class Reference:
@@ -164,10 +165,11 @@ class Reference:
             out.append((key, "ttl", self.now, rec.expires))
             rec.deleted = rec.expires - 1
             self._unschedule(key)
+        floor = None
         if rec and rec.deleted is not None:
             if t <= rec.deleted:
                 return out
-            rec = None
+            floor, rec = rec.deleted, None
         if op == "delete":
             out.append((key, "explicit", self.now, rec.expires if rec else None))
             created = rec.created if rec else None
@@ -183,8 +185,10 @@ class Reference:
             if op == "touch" and cat not in SLIDING:
                 return out
             ttl = TTL[cat]
-            rec = RefRecord(t, None if ttl is None else t + ttl, ttl)
+            rec = RefRecord(t, None if ttl is None else t + ttl, ttl, floor=floor)
         elif op == "create":
+            if rec.floor is not None and t <= rec.floor:
+                return out
             if rec.created is not None and t < rec.created:
                 ttl = TTL[cat]
                 touched = (
