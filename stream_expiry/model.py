@@ -431,7 +431,10 @@ def deletion_from_tombstone(value: bytes | None, prior: Stamp | None) -> Stamp |
     Used to rebuild state from the topics: after it, events at or before the deletion are
     stale, so a record already deleted is never stamped again. A ``ttl`` tombstone covers
     its life up to ``expires_at``; an ``explicit`` one carries no delete time, so it covers
-    up to ``emitted_at``.
+    up to ``emitted_at``: a bound, not the time. A marker ``prior`` already holds for the
+    same life (the null on ``expiry.stamped`` carries the exact time) therefore stands:
+    pushed to ``emitted_at``, it would take a create after the delete, and before the
+    tombstone went out, for the deleted life's and ignore a new life.
     """
     if value is None:
         return None
@@ -451,6 +454,12 @@ def deletion_from_tombstone(value: bytes | None, prior: Stamp | None) -> Stamp |
     if prior is not None:
         if prior.deleted_at is not None and prior.deleted_at >= deleted_at:
             return None
+        if (
+            prior.deleted_at is not None
+            and body["reason"] != "ttl"
+            and (created is None or created <= prior.deleted_at)
+        ):
+            return None  # the same life's deletion, whose time the marker has exactly
         if prior.live and prior.created_at is not None and prior.created_at > deleted_at:
             return None  # the index holds a newer life
     return Stamp(

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
 
     from stream_expiry.config import Topics
+    from stream_expiry.engine import Fired
     from stream_expiry.redact import Redactor
     from stream_expiry.state import Effects, PartitionProcessor
 
@@ -166,31 +167,11 @@ class Outbox:
         t = self._topics
         source = codec.source_headers(proc.topic, proc.partition)
         stamped = (t.stamped, codec.output_partition(proc.partition, self._partitions[t.stamped]))
-        redactor = self._redactor
-        for state, data in effects.stamps:
-            if redactor is not None and data is not None:
-                data, removed = redactor.redact(state.identity.category, data)
-                value = model.encode_stamp(state, data, removed)
-            else:
-                value = model.encode_stamp(state, data)
-            key = state.identity.key.encode()
-            if not out.try_add(stamped, key, value, now_ms, source, effects):
-                await out.add(stamped, key, value, now_ms, source, effects)
-        if effects.tombstones:
-            tombs = (
-                t.tombstones,
-                codec.output_partition(proc.partition, self._partitions[t.tombstones]),
-            )
-            for fired in effects.tombstones:
-                # The tombstone event, and the Kafka-native null that compacts the stamp away.
-                key = fired.before.identity.key.encode()
-                at = fired.emitted_at
-                event = model.encode_tombstone(fired.before, reason=fired.reason, emitted_at=at)
-                if not out.try_add(tombs, key, event, at, source):
-                    await out.add(tombs, key, event, at, source)
-                deleted = [*source, (codec.H_DELETED_AT, str(fired.after.deleted_at).encode())]
-                if not out.try_add(stamped, key, None, at, deleted):
-                    await out.add(stamped, key, None, at, deleted)
+        for stamps, tombstones in effects.runs():
+            if stamps:
+                await self._put_stamps(out, stamps, stamped, source, effects, now_ms)
+            if tombstones:
+                await self._put_tombstones(out, proc, tombstones, stamped, source)
         if effects.deferred:
             audit = (t.audit, codec.output_partition(proc.partition, self._partitions[t.audit]))
             for state, reason, hold_ids in effects.deferred:
@@ -199,6 +180,50 @@ class Outbox:
         for rec, why in effects.dead_letters:
             dlq = (t.dlq, random.randrange(self._partitions[t.dlq]))
             await out.add(dlq, rec.key, rec.value, None, codec.dead_letter_headers(rec, why))
+
+    async def _put_stamps(
+        self,
+        out: _Batches,
+        stamps: list[tuple[model.Stamp, Any]],
+        stamped: tuple[str, int],
+        source: codec.Headers,
+        effects: Effects,
+        now_ms: int,
+    ) -> None:
+        redactor = self._redactor
+        for state, data in stamps:
+            if redactor is not None and data is not None:
+                data, removed = redactor.redact(state.identity.category, data)
+                value = model.encode_stamp(state, data, removed)
+            else:
+                value = model.encode_stamp(state, data)
+            key = state.identity.key.encode()
+            if not out.try_add(stamped, key, value, now_ms, source, effects):
+                await out.add(stamped, key, value, now_ms, source, effects)
+
+    async def _put_tombstones(
+        self,
+        out: _Batches,
+        proc: PartitionProcessor,
+        tombstones: list[Fired],
+        stamped: tuple[str, int],
+        source: codec.Headers,
+    ) -> None:
+        t = self._topics
+        tombs = (
+            t.tombstones,
+            codec.output_partition(proc.partition, self._partitions[t.tombstones]),
+        )
+        for fired in tombstones:
+            # The tombstone event, and the Kafka-native null that compacts the stamp away.
+            key = fired.before.identity.key.encode()
+            at = fired.emitted_at
+            event = model.encode_tombstone(fired.before, reason=fired.reason, emitted_at=at)
+            if not out.try_add(tombs, key, event, at, source):
+                await out.add(tombs, key, event, at, source)
+            deleted = [*source, (codec.H_DELETED_AT, str(fired.after.deleted_at).encode())]
+            if not out.try_add(stamped, key, None, at, deleted):
+                await out.add(stamped, key, None, at, deleted)
 
     async def run(self) -> None:
         """The settler: run it in the service's task group for the outbox's lifetime.

@@ -69,11 +69,31 @@ class Effects:
     stamp_offsets: dict[str, int] = field(default_factory=dict)
     # deletions a legal hold deferred: (the record's state, its reason, the holds' ids)
     deferred: list[tuple[model.Stamp, str, list[str]]] = field(default_factory=list)
+    # For each tombstone an event brought (``process``): how many of ``stamps`` came
+    # before it. An event at or after a record's expiry ends that life and starts the
+    # next: on ``expiry.stamped`` the old life's null must come before the new life's
+    # stamp, or compaction keeps the null and the new life is lost. Tombstones past the
+    # end of this list (the timers') come after every stamp.
+    stamps_before: list[int] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
             self.writes or self.stamps or self.tombstones or self.dead_letters or self.deferred
         ) or (self.next_offset is not None)
+
+    def runs(self) -> Iterator[tuple[list[tuple[model.Stamp, Any]], list[Fired]]]:
+        """The stamps and tombstones in the order they were decided, as runs of stamps
+        each followed by tombstones: the order of their messages on ``expiry.stamped``
+        (see ``stamps_before``). Nearly always one run: all of them."""
+        stamps, tombstones, before = self.stamps, self.tombstones, self.stamps_before
+        done = i = 0
+        while i < len(before):
+            upto, j = before[i], i + 1
+            while j < len(before) and before[j] == upto:
+                j += 1
+            yield stamps[done:upto], tombstones[i:j]
+            done, i = upto, j
+        yield (stamps[done:] if done else stamps), (tombstones[i:] if i else tombstones)
 
 
 class PartitionProcessor:
@@ -205,6 +225,7 @@ class PartitionProcessor:
             new = prior
             for fired in outcome.fired:
                 effects.tombstones.append(fired)
+                effects.stamps_before.append(len(effects.stamps))
                 new = fired.after
             if outcome.state is not None:
                 new = outcome.state

@@ -1,0 +1,249 @@
+"""A store restored from the changelog behaves as the store it was written from.
+
+The processor's effects are written out as the contract's changelog (a stamp per
+published state on ``expiry.stamped``, and per tombstone a tombstone event plus a null
+carrying ``expiry-deleted-at``); a new store restored from those messages alone, with a
+new processor over it, must then decide every later event exactly as the original does:
+same stamps, same tombstones, at the same times. No broker: the restore's own decoding
+and writing (``_apply_stamps``, ``_apply_tombstones``), fed the messages in log order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_expiry import codec, model
+from stream_expiry.engine import Fired
+from stream_expiry.policy import Resolution
+from stream_expiry.state import Effects, MemoryKV, PartitionProcessor, PartitionStore
+from stream_expiry.state.restore import RestoreReport, _apply_stamps, _apply_tombstones
+from tests.unit.test_engine import BASE, CATS, OPS_, SLIDING, Harness, ev
+
+SOURCE = codec.source_headers("in", 0)
+# The engine test's ttls and times, 20 times longer: stamps carry whole seconds
+# (``ttl_seconds``), as every configured ttl is.
+TTL = {"conversation": 20_000, "session": 6_000, "error": 1_000, "analytics": None}
+GRID = st.integers(-8, 8).map(lambda k: k * 1_000)
+
+
+def resolve(identity: model.Identity, at_ms: int) -> Resolution:
+    ttl = TTL[identity.category]
+    return Resolution(ttl, None if ttl is None else "default")
+
+
+def harness(store: PartitionStore, now: int) -> Harness:
+    """The engine test's harness over ``store``, with the ttls above."""
+    h = Harness(horizon_ms=100_000)
+    h.now = now
+    h.proc = PartitionProcessor(
+        "in",
+        0,
+        store,
+        resolve=resolve,
+        sliding=SLIDING,
+        categories=frozenset(TTL),
+        max_skew_ms=10**12,
+        now_ms=BASE + now,
+        tick_ms=10,
+        horizon_ms=100_000,
+    )
+    return h
+
+
+@dataclass
+class Message:
+    """What the restore reads of a consumed changelog message."""
+
+    offset: int
+    key: bytes
+    value: bytes | None
+    timestamp: int
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass
+class Changelog:
+    stamped: list[Message] = field(default_factory=list)
+    tombstones: list[Message] = field(default_factory=list)
+
+    def write(self, effects: Effects, now_ms: int) -> None:
+        """The messages the service produces for ``effects`` (``Outbox._encode``)."""
+        for stamps, tombstones in effects.runs():
+            for state, data in stamps:
+                value = model.encode_stamp(state, data)
+                self._add(self.stamped, state.identity.key, value, now_ms, SOURCE)
+            for fired in tombstones:
+                key, at = fired.before.identity.key, fired.emitted_at
+                event = model.encode_tombstone(fired.before, reason=fired.reason, emitted_at=at)
+                self._add(self.tombstones, key, event, at, SOURCE)
+                deleted = [*SOURCE, (codec.H_DELETED_AT, str(fired.after.deleted_at).encode())]
+                self._add(self.stamped, key, None, at, deleted)
+
+    @staticmethod
+    def _add(
+        log: list[Message], key: str, value: bytes | None, at: int, headers: list[tuple[str, bytes]]
+    ) -> None:
+        log.append(Message(len(log), key.encode(), value, at, headers))
+
+    def restore(self, now_ms: int) -> PartitionStore:
+        store = PartitionStore(MemoryKV())
+        report = RestoreReport()
+        _apply_stamps(store, self.stamped, now_ms, {}, report)
+        _apply_tombstones(store, self.tombstones, now_ms, {}, report)
+        assert report.unreadable == 0
+        return store
+
+
+def _stamps(effects: Effects) -> list[tuple[str, int | None, int | None]]:
+    return [(s.identity.key, s.created_at, s.expires_at) for s, _ in effects.stamps]
+
+
+def _tombstones(effects: Effects) -> list[tuple[model.Stamp, str, int]]:
+    """What a tombstone says, and the state it ended; where its stamp sits on the topic
+    aside (the harness's own broker assigns no offsets; the restored store has them).
+    Sorted: records due at the same time may fire in any order."""
+    return sorted(
+        (
+            (f.before._replace(stamp_offset=None), f.reason, f.emitted_at)
+            for f in effects.tombstones
+        ),
+        key=repr,
+    )
+
+
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("event"), CATS, st.sampled_from(["a", "b", "c"]), OPS_, GRID),
+        st.tuples(st.just("advance"), st.integers(0, 14).map(lambda k: k * 1_000)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(before=steps, after=steps)
+def test_a_restored_store_decides_every_later_event_as_the_original(
+    before: list[tuple[object, ...]], after: list[tuple[object, ...]]
+) -> None:
+    original = harness(PartitionStore(MemoryKV()), 0)
+    log = Changelog()
+    settle = original._settle
+
+    def settle_and_log(effects: Effects) -> None:
+        log.write(effects, BASE + original.now)
+        settle(effects)
+
+    original._settle = settle_and_log  # type: ignore[method-assign]
+    now = 0
+
+    def play(step: tuple[object, ...]) -> tuple[Effects, ...]:
+        nonlocal now
+        if step[0] == "advance":
+            now += int(step[1])  # type: ignore[call-overload]
+            return tuple(h.step_advance(now) for h in pair)
+        _, cat, rid, op, dt = step
+        event = ev(str(cat), str(rid), str(op), max(0, now + int(dt)))  # type: ignore[call-overload]
+        return tuple(h.process(event) for h in pair)
+
+    pair: tuple[_Stepper, ...] = (_Stepper(original),)
+    for step in before:
+        play(step)
+    restored = harness(log.restore(BASE + now), original.now)
+    pair = (_Stepper(original), _Stepper(restored))
+    for step in [*after, ("advance", 10**7)]:
+        mine, theirs = play(step)
+        assert _stamps(theirs) == _stamps(mine), step
+        assert _tombstones(theirs) == _tombstones(mine), step
+
+
+@dataclass
+class _Stepper:
+    """One harness, each step's effects returned (the harness keeps only tombstones)."""
+
+    h: Harness
+
+    def process(self, event: model.InputEvent) -> Effects:
+        return self.h.process(event)
+
+    def step_advance(self, now: int) -> Effects:
+        h = self.h
+        h.now = max(h.now, now)
+        h.proc.extend_horizon(BASE + h.now)
+        effects = h.proc.fire_due(BASE + h.now)
+        h._settle(effects)
+        return effects
+
+
+def test_a_new_life_restored_still_ignores_its_previous_lifes_create() -> None:
+    """The example hypothesis found in the engine, across a restore: the new life's stamp
+    carries the deletion before it, so the restored store knows it too."""
+    original = harness(PartitionStore(MemoryKV()), 0)
+    log = Changelog()
+    first = ev("session", "a", "create", 0)
+    for effects in (
+        original.process(first),
+        _Stepper(original).step_advance(6_000),
+        original.process(ev("session", "a", "create", 6_000)),
+    ):
+        log.write(effects, BASE + original.now)
+    store = log.restore(BASE + 6_000)
+    state = store.get(first.identity.key)
+    assert state is not None
+    assert (state.created_at, state.previous_deleted_at) == (BASE + 6_000, BASE + 5_999)
+
+
+def test_a_life_an_event_ended_is_restored_as_the_new_life_it_started() -> None:
+    """An event at or after a record's expiry, before its timer fired, ends that life and
+    starts the next in one batch: on ``expiry.stamped`` the old life's null must come
+    before the new stamp, or the latest message of the key, the one compaction and a
+    restore keep, is the null, and the new life is lost (never tombstoned)."""
+    original = harness(PartitionStore(MemoryKV()), 0)
+    log = Changelog()
+    first = ev("error", "b", "create", 0)
+    log.write(original.process(first), BASE)
+    original.now = 1_000  # due, not fired yet
+    effects = original.process(ev("error", "b", "create", 1_000))
+    assert [f.reason for f in effects.tombstones] == ["ttl"]
+    assert len(effects.stamps) == 1
+    log.write(effects, BASE + 1_000)
+    assert [m.value is None for m in log.stamped] == [False, True, False]
+    state = log.restore(BASE + 1_000).get(first.identity.key)
+    assert state is not None
+    assert (state.live, state.created_at, state.expires_at) == (True, BASE + 1_000, BASE + 2_000)
+
+
+def test_runs_keep_the_order_in_which_stamps_and_tombstones_were_decided() -> None:
+    s = [(model.Stamp(model.Identity("o", "b", "live", "c", str(n)), n, None, None, None), None)
+         for n in range(4)]  # fmt: skip
+    t = [_fired(n) for n in range(3)]
+    effects = Effects(1, stamps=list(s), tombstones=list(t), stamps_before=[1, 1, 3])
+    assert list(effects.runs()) == [(s[:1], t[:2]), (s[1:3], t[2:]), (s[3:], [])]
+    timers = Effects(2, stamps=list(s), tombstones=list(t))  # the timers': after the stamps
+    assert list(timers.runs()) == [(s, t)]
+    assert list(Effects(3, stamps=list(s), tombstones=list(t), stamps_before=[4, 4, 4]).runs()) == [
+        (s, t),
+        ([], []),
+    ]
+
+
+def _fired(n: int) -> Fired:
+    stamp = model.Stamp(model.Identity("o", "b", "live", "c", f"t{n}"), 0, 10, 10, "default")
+    return Fired(stamp, stamp._replace(deleted_at=9), "ttl", 10)
+
+
+def test_a_restored_erasure_keeps_its_own_time_not_the_tombstones() -> None:
+    """An explicit tombstone carries no delete time, only when it went out; the null's
+    ``expiry-deleted-at`` is exact. Restored, a create after the delete and before the
+    tombstone went out must start a new life, as it does in the original."""
+    original = harness(PartitionStore(MemoryKV()), 0)
+    log = Changelog()
+    first = ev("conversation", "a", "create", 0)
+    log.write(original.process(first), BASE)
+    original.now = 5_000
+    log.write(original.process(ev("conversation", "a", "delete", 1_000)), BASE + 5_000)
+    restored = harness(log.restore(BASE + 5_000), 5_000)
+    later = ev("conversation", "a", "create", 3_000)  # after the delete, before its tombstone
+    assert _stamps(restored.process(later)) == _stamps(original.process(later)) != []
