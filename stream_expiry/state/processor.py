@@ -212,6 +212,16 @@ class PartitionProcessor:
             key = ev.identity.key
             known = overlay.get(key)
             prior = known[1] if known is not None else stored.get(key)
+            if prior is not None and prior.held and self._let_go(prior):
+                # Released, its scan not come yet: the event finds it first, and lets it
+                # go as the scan would. Frozen, it would swallow a create of the next life.
+                fired = self._engine.fire_now(prior, now_ms)
+                effects.tombstones.append(fired)
+                effects.stamps_before.append(len(effects.stamps))
+                first = writes.get(key)
+                writes[key] = (prior if first is None else first[0], fired.after)
+                overlay[key] = (seq, fired.after)
+                prior = fired.after
             if holds_active or (prior is not None and prior.held):
                 kept = self._hold_event(ev, prior, now_ms, effects)
                 if kept is not None:
@@ -318,6 +328,14 @@ class PartitionProcessor:
             return kept
         return None
 
+    def _let_go(self, held: model.Stamp) -> bool:
+        """Whether a held record is free to go now: no hold matches it any more, and the
+        archive (with ``[archive] required``) has its latest stamp, unless it is an
+        erasure, which never waits for the archive."""
+        if self.holds.is_held(held.identity):
+            return False
+        return held.erase_at is not None or self._archived(held)
+
     def _archived(self, stamp: model.Stamp) -> bool:
         """With ``[archive] required``: whether the archive holds the record's latest stamp."""
         if self.archive is None:
@@ -369,10 +387,9 @@ class PartitionProcessor:
             self._release_pending = False
         writes, seq = effects.writes, effects.seq
         for held in candidates:
-            if self.holds.is_held(held.identity):
-                continue
-            if held.erase_at is None and not self._archived(held):
-                self.archive_waiting += 1
+            if not self._let_go(held):
+                if not self.holds.is_held(held.identity):
+                    self.archive_waiting += 1
                 continue
             fired = self._engine.fire_now(held, now_ms)
             key = held.identity.key

@@ -248,8 +248,11 @@ class PartitionStore:
         for row, raw in zip(rows, olds, strict=True):
             key, cat, created, expires, ttl, source, deleted, erase, offset, floor = row
             prune_at = None if deleted is None else max(deleted + 1, now_ms) + grace
+            # A stamp with an erasure request is a record a legal hold keeps (only a hold
+            # defers an erasure): held, as it was, until the release scan lets it go.
+            held = erase is not None and deleted is None
             value = encode_fields(
-                created, expires, ttl, deleted, prune_at, erase, offset, source, False, floor
+                created, expires, ttl, deleted, prune_at, erase, offset, source, held, floor
             )
             if raw is not None:
                 if raw == value:
@@ -263,7 +266,7 @@ class PartitionStore:
                     source,
                     deleted,
                     erase,
-                    False,
+                    held,
                     offset,
                     floor,
                 )
@@ -273,7 +276,10 @@ class PartitionStore:
             if prune_at is None:
                 lives += 1
                 due = expires if erase is None else erase
-                if due is None:
+                if held:
+                    counts.held += 1
+                    puts[_HELD + key] = b""
+                elif due is None:
                     counts.never += 1
                 else:
                     puts[_DUE + _TIME.pack(due + _BIAS) + key] = b""

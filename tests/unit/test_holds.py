@@ -154,6 +154,25 @@ def test_a_held_record_is_frozen_until_released() -> None:
     assert not effects.stamps
 
 
+def test_a_released_record_an_event_finds_first_is_let_go_and_the_event_applies() -> None:
+    """After the release and before its scan, an event for the record: frozen, it
+    swallowed a create of the next life, whose data then never expired."""
+    p = Partition()
+    p.holds.place(hold())
+    p.event("a", "create", T0)
+    p.tick(T0 + TTL)
+    assert p.deferred == [("a", "ttl", ["h1"])]
+    p.holds.release("h1")
+    effects = p.event("a", "create", T0 + 2 * TTL)  # a new life, before the release scan
+    assert p.tombstones == [("a", "ttl", T0 + 2 * TTL, T0 + TTL)]
+    assert [(s.created_at, s.expires_at) for s, _ in effects.stamps] == [
+        (T0 + 2 * TTL, T0 + 3 * TTL)
+    ]
+    p.tick(T0 + 3 * TTL)
+    assert p.tombstones[1:] == [("a", "ttl", T0 + 3 * TTL, T0 + 3 * TTL)]
+    assert len(p.tombstones) == 2  # the release scan found nothing left to let go
+
+
 def test_two_holds_keep_a_record_until_both_are_released() -> None:
     p = Partition()
     p.holds.place(hold("h1"))

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from stream_expiry import codec, model
 from stream_expiry.engine import Fired
+from stream_expiry.holds import Hold, HoldBook
 from stream_expiry.policy import Resolution
 from stream_expiry.state import Effects, MemoryKV, PartitionProcessor, PartitionStore
 from stream_expiry.state.restore import RestoreReport, _apply_stamps, _apply_tombstones
@@ -34,7 +35,7 @@ def resolve(identity: model.Identity, at_ms: int) -> Resolution:
     return Resolution(ttl, None if ttl is None else "default")
 
 
-def harness(store: PartitionStore, now: int) -> Harness:
+def harness(store: PartitionStore, now: int, holds: HoldBook | None = None) -> Harness:
     """The engine test's harness over ``store``, with the ttls above."""
     h = Harness(horizon_ms=100_000)
     h.now = now
@@ -49,6 +50,7 @@ def harness(store: PartitionStore, now: int) -> Harness:
         now_ms=BASE + now,
         tick_ms=10,
         horizon_ms=100_000,
+        holds=holds,
     )
     return h
 
@@ -128,7 +130,32 @@ steps = st.lists(
 def test_a_restored_store_decides_every_later_event_as_the_original(
     before: list[tuple[object, ...]], after: list[tuple[object, ...]]
 ) -> None:
-    original = harness(PartitionStore(MemoryKV()), 0)
+    _check_restore(before, after)
+
+
+hold_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("event"), CATS, st.sampled_from(["a", "b"]), OPS_, GRID),
+        st.tuples(st.just("advance"), st.integers(0, 14).map(lambda k: k * 1_000)),
+        st.tuples(st.sampled_from(["hold", "release"]), st.sampled_from(["a", "b"])),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(before=hold_steps, after=hold_steps)
+def test_restored_under_legal_holds_it_still_decides_as_the_original(
+    before: list[tuple[object, ...]], after: list[tuple[object, ...]]
+) -> None:
+    """Holds live on their own topic and survive a restore; what they kept (a held
+    record, an erasure deferred) is restored from the stamps and the holds alone."""
+    _check_restore(before, after)
+
+
+def _check_restore(before: list[tuple[object, ...]], after: list[tuple[object, ...]]) -> None:
+    books = (HoldBook(), HoldBook())
+    original = harness(PartitionStore(MemoryKV()), 0, books[0])
     log = Changelog()
     settle = original._settle
 
@@ -141,6 +168,13 @@ def test_a_restored_store_decides_every_later_event_as_the_original(
 
     def play(step: tuple[object, ...]) -> tuple[Effects, ...]:
         nonlocal now
+        if step[0] in ("hold", "release"):
+            for book in books:
+                if step[0] == "hold":
+                    book.place(Hold(f"h-{step[1]}", "o", None, None, None, str(step[1]), "", 0))
+                else:
+                    book.release(f"h-{step[1]}")
+            return tuple(Effects(0) for _ in pair)
         if step[0] == "advance":
             now += int(step[1])  # type: ignore[call-overload]
             return tuple(h.step_advance(now) for h in pair)
@@ -151,9 +185,12 @@ def test_a_restored_store_decides_every_later_event_as_the_original(
     pair: tuple[_Stepper, ...] = (_Stepper(original),)
     for step in before:
         play(step)
-    restored = harness(log.restore(BASE + now), original.now)
+    restored = harness(log.restore(BASE + now), original.now, books[1])
     pair = (_Stepper(original), _Stepper(restored))
-    for step in [*after, ("advance", 10**7)]:
+    # The first step after the restore is a firing at the same time: what was due and not
+    # fired (overdue timers; records a hold kept at their expiry, which a stamp does not
+    # say) is settled in both before events come, as a restarted service's timers do.
+    for step in [("advance", 0), *after, ("release", "a"), ("release", "b"), ("advance", 10**7)]:
         mine, theirs = play(step)
         assert _stamps(theirs) == _stamps(mine), step
         assert _tombstones(theirs) == _tombstones(mine), step
@@ -169,11 +206,18 @@ class _Stepper:
         return self.h.process(event)
 
     def step_advance(self, now: int) -> Effects:
+        """The timers due, then the records a released hold let go (the service's
+        timer task does both)."""
         h = self.h
         h.now = max(h.now, now)
         h.proc.extend_horizon(BASE + h.now)
         effects = h.proc.fire_due(BASE + h.now)
         h._settle(effects)
+        while h.proc.releasing:
+            released = h.proc.release_due(BASE + h.now)
+            h._settle(released)
+            effects.stamps += released.stamps
+            effects.tombstones += released.tombstones
         return effects
 
 
