@@ -90,13 +90,28 @@ class Changelog:
     ) -> None:
         log.append(Message(len(log), key.encode(), value, at, headers))
 
-    def restore(self, now_ms: int) -> PartitionStore:
-        store = PartitionStore(MemoryKV())
+    def restore(
+        self, now_ms: int, store: PartitionStore | None = None, since: tuple[int, int] = (0, 0)
+    ) -> PartitionStore:
+        """A store restored from the changelog: an empty one from all of it, or ``store``
+        (what an instance kept) from the messages written ``since`` it had them."""
+        store = store if store is not None else PartitionStore(MemoryKV())
         report = RestoreReport()
-        _apply_stamps(store, self.stamped, now_ms, {}, report)
-        _apply_tombstones(store, self.tombstones, now_ms, {}, report)
+        _apply_stamps(store, self.stamped[since[0] :], now_ms, {}, report)
+        _apply_tombstones(store, self.tombstones[since[1] :], now_ms, {}, report)
         assert report.unreadable == 0
         return store
+
+    @property
+    def ends(self) -> tuple[int, int]:
+        return len(self.stamped), len(self.tombstones)
+
+
+def _copy(store: PartitionStore) -> PartitionStore:
+    """The store as it is now, kept by an instance that then lost the partition."""
+    kv = MemoryKV()
+    kv.apply(dict(store.kv.scan(b"", b"\xff" * 8)), ())
+    return PartitionStore(kv)
 
 
 def _stamps(effects: Effects) -> list[tuple[str, int | None, int | None]]:
@@ -133,6 +148,16 @@ def test_a_restored_store_decides_every_later_event_as_the_original(
     _check_restore(before, after)
 
 
+@settings(max_examples=300, deadline=None)
+@given(before=steps, after=steps, kept=st.integers(0, 40))
+def test_a_store_kept_from_before_and_restored_since_decides_as_the_original(
+    before: list[tuple[object, ...]], after: list[tuple[object, ...]], kept: int
+) -> None:
+    """The partition comes back to an instance that kept its store (a warm restart, a
+    handoff and back): only what was written since is restored, over what it kept."""
+    _check_restore(before, after, kept=kept)
+
+
 hold_steps = st.lists(
     st.one_of(
         st.tuples(st.just("event"), CATS, st.sampled_from(["a", "b"]), OPS_, GRID),
@@ -153,7 +178,12 @@ def test_restored_under_legal_holds_it_still_decides_as_the_original(
     _check_restore(before, after)
 
 
-def _check_restore(before: list[tuple[object, ...]], after: list[tuple[object, ...]]) -> None:
+def _check_restore(
+    before: list[tuple[object, ...]], after: list[tuple[object, ...]], kept: int | None = None
+) -> None:
+    """Play ``before`` on the original, restore a second processor (from the whole
+    changelog, or over a copy of the original's store taken after ``kept`` steps), then
+    play ``after`` on both: every step's stamps and tombstones must be the same."""
     books = (HoldBook(), HoldBook())
     original = harness(PartitionStore(MemoryKV()), 0, books[0])
     log = Changelog()
@@ -183,9 +213,12 @@ def _check_restore(before: list[tuple[object, ...]], after: list[tuple[object, .
         return tuple(h.process(event) for h in pair)
 
     pair: tuple[_Stepper, ...] = (_Stepper(original),)
-    for step in before:
+    snapshot, since = None, (0, 0)
+    for n, step in enumerate(before):
+        if n == kept:
+            snapshot, since = _copy(original.proc.store), log.ends
         play(step)
-    restored = harness(log.restore(BASE + now), original.now, books[1])
+    restored = harness(log.restore(BASE + now, snapshot, since), original.now, books[1])
     pair = (_Stepper(original), _Stepper(restored))
     # The first step after the restore is a firing at the same time: what was due and not
     # fired (overdue timers; records a hold kept at their expiry, which a stamp does not
