@@ -135,7 +135,10 @@ def _fire_timer(key: str, packed: bytes, now_ms: int) -> Fired:
     if erase != _NONE:
         return Engine._fire(_unpack_timer(key, packed), "ttl", now_ms)
     identity = identity_of_key(key)
-    source, floor = _tail(packed)
+    if len(packed) > _TIMER.size and packed[_TIMER.size] == 0xFF:
+        source, floor = _tail(packed)
+    else:  # inline, the common case: no previous life
+        source, floor = packed[_TIMER.size :].decode() or None, None
     c = None if created == _NONE else created
     t = None if ttl == _NONE else ttl
     o = None if offset == _NONE else offset
