@@ -131,19 +131,29 @@ def _tombstones(effects: Effects) -> list[tuple[model.Stamp, str, int]]:
     )
 
 
-steps = st.lists(
-    st.one_of(
-        st.tuples(st.just("event"), CATS, st.sampled_from(["a", "b", "c"]), OPS_, GRID),
-        st.tuples(st.just("advance"), st.integers(0, 14).map(lambda k: k * 1_000)),
-    ),
-    max_size=40,
-)
+Step = tuple[object, ...]
+
+
+def _steps(ids: list[str], *more: st.SearchStrategy[Step]) -> st.SearchStrategy[list[Step]]:
+    """Events for records ``ids`` and moves of the clock (the engine test's steps, on the
+    longer grid), and ``more`` kinds of step."""
+    return st.lists(
+        st.one_of(
+            st.tuples(st.just("event"), CATS, st.sampled_from(ids), OPS_, GRID),
+            st.tuples(st.just("advance"), st.integers(0, 14).map(lambda k: k * 1_000)),
+            *more,
+        ),
+        max_size=40,
+    )
+
+
+steps = _steps(["a", "b", "c"])
 
 
 @settings(max_examples=300, deadline=None)
 @given(before=steps, after=steps)
 def test_a_restored_store_decides_every_later_event_as_the_original(
-    before: list[tuple[object, ...]], after: list[tuple[object, ...]]
+    before: list[Step], after: list[Step]
 ) -> None:
     _check_restore(before, after)
 
@@ -151,36 +161,29 @@ def test_a_restored_store_decides_every_later_event_as_the_original(
 @settings(max_examples=300, deadline=None)
 @given(before=steps, after=steps, kept=st.integers(0, 40))
 def test_a_store_kept_from_before_and_restored_since_decides_as_the_original(
-    before: list[tuple[object, ...]], after: list[tuple[object, ...]], kept: int
+    before: list[Step], after: list[Step], kept: int
 ) -> None:
     """The partition comes back to an instance that kept its store (a warm restart, a
     handoff and back): only what was written since is restored, over what it kept."""
     _check_restore(before, after, kept=kept)
 
 
-hold_steps = st.lists(
-    st.one_of(
-        st.tuples(st.just("event"), CATS, st.sampled_from(["a", "b"]), OPS_, GRID),
-        st.tuples(st.just("advance"), st.integers(0, 14).map(lambda k: k * 1_000)),
-        st.tuples(st.sampled_from(["hold", "release"]), st.sampled_from(["a", "b"])),
-    ),
-    max_size=40,
+hold_steps = _steps(
+    ["a", "b"], st.tuples(st.sampled_from(["hold", "release"]), st.sampled_from(["a", "b"]))
 )
 
 
 @settings(max_examples=300, deadline=None)
 @given(before=hold_steps, after=hold_steps)
 def test_restored_under_legal_holds_it_still_decides_as_the_original(
-    before: list[tuple[object, ...]], after: list[tuple[object, ...]]
+    before: list[Step], after: list[Step]
 ) -> None:
     """Holds live on their own topic and survive a restore; what they kept (a held
     record, an erasure deferred) is restored from the stamps and the holds alone."""
     _check_restore(before, after)
 
 
-def _check_restore(
-    before: list[tuple[object, ...]], after: list[tuple[object, ...]], kept: int | None = None
-) -> None:
+def _check_restore(before: list[Step], after: list[Step], kept: int | None = None) -> None:
     """Play ``before`` on the original, restore a second processor (from the whole
     changelog, or over a copy of the original's store taken after ``kept`` steps), then
     play ``after`` on both: every step's stamps and tombstones must be the same."""
@@ -196,7 +199,7 @@ def _check_restore(
     original._settle = settle_and_log  # type: ignore[method-assign]
     now = 0
 
-    def play(step: tuple[object, ...]) -> tuple[Effects, ...]:
+    def play(step: Step) -> tuple[Effects, ...]:
         nonlocal now
         if step[0] in ("hold", "release"):
             for book in books:
