@@ -133,8 +133,9 @@ StampFields = tuple[int | None, int | None, int | None, str | None, int | None, 
 
 def stamp_fields(value: bytes) -> StampFields:
     """What the state store keeps of a stamp message: ``(created_at, expires_at, ttl_ms,
-    ttl_source, erase_at, previous_deleted_at)``, without building an identity or a :class:`Stamp` (restore reads
-    millions). Raises ValueError when the value is not a stamp."""
+    ttl_source, erase_at, previous_deleted_at)``, without building an identity or a
+    :class:`Stamp` (restore reads millions). Raises ValueError when the value is not a
+    stamp."""
     return stamp_body_fields(orjson.loads(value))  # orjson's decode error is a ValueError
 
 
