@@ -174,13 +174,13 @@ hold_steps = _steps(
 
 
 @settings(max_examples=300, deadline=None)
-@given(before=hold_steps, after=hold_steps)
+@given(before=hold_steps, after=hold_steps, kept=st.one_of(st.none(), st.integers(0, 40)))
 def test_restored_under_legal_holds_it_still_decides_as_the_original(
-    before: list[Step], after: list[Step]
+    before: list[Step], after: list[Step], kept: int | None
 ) -> None:
     """Holds live on their own topic and survive a restore; what they kept (a held
     record, an erasure deferred) is restored from the stamps and the holds alone."""
-    _check_restore(before, after)
+    _check_restore(before, after, kept=kept)
 
 
 def _check_restore(before: list[Step], after: list[Step], kept: int | None = None) -> None:
