@@ -31,6 +31,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 from stream_expiry.model import Identity, InputEvent, Reason, Stamp, identity_of_key
+from stream_expiry.packed import pack_tail, unpack_tail
 from stream_expiry.wheel import TimingWheel
 
 if TYPE_CHECKING:
@@ -79,40 +80,27 @@ Resolver = Callable[[Identity, int], "Resolution"]
 # the ttl source. The wheel holds a timer as ``(due, key, (bytes, slot))``: plain tuples of
 # plain values, which the cyclic GC stops tracking after its first look, so a wheel of a
 # million timers adds nothing to the pauses of later collections (a ``Stamp`` and its
-# ``Identity`` stay tracked for life), and takes about half the memory. A record with a
-# previous life has its ``previous_deleted_at`` between the two, after a 0xFF byte (which
-# UTF-8 text never holds): the rest pay nothing for it.
+# ``Identity`` stay tracked for life), and takes about half the memory. The tail (the
+# source, and a previous life's deletion) is :mod:`stream_expiry.packed`'s.
 _TIMER = struct.Struct(">qqqqq")
-_FLOOR = struct.Struct(">Bq")
 _NONE = -(1 << 63)
 
 
 def _pack_timer(stamp: Stamp) -> bytes:
     _, created, expires, ttl, source, _, erase, _, offset, floor = stamp
-    fixed = _TIMER.pack(
+    return _TIMER.pack(
         _NONE if created is None else created,
         _NONE if expires is None else expires,
         _NONE if ttl is None else ttl,
         _NONE if erase is None else erase,
         _NONE if offset is None else offset,
-    )
-    if floor is not None:
-        fixed += _FLOOR.pack(0xFF, floor)
-    return fixed + (source or "").encode()
-
-
-def _tail(packed: bytes) -> tuple[str | None, int | None]:
-    """The ttl source and the previous deletion after a timer's fixed fields."""
-    at = _TIMER.size
-    if len(packed) > at and packed[at] == 0xFF:
-        return packed[at + _FLOOR.size :].decode() or None, _FLOOR.unpack_from(packed, at)[1]
-    return packed[at:].decode() or None, None
+    ) + pack_tail(source, floor)
 
 
 def _unpack_timer(key: str, packed: bytes) -> Stamp:
     """The live, unheld record ``_pack_timer`` packed (only such records have timers)."""
     created, expires, ttl, erase, offset = _TIMER.unpack_from(packed)
-    source, floor = _tail(packed)
+    source, floor = unpack_tail(packed, _TIMER.size)
     return Stamp(
         identity_of_key(key),
         None if created == _NONE else created,
@@ -135,10 +123,7 @@ def _fire_timer(key: str, packed: bytes, now_ms: int) -> Fired:
     if erase != _NONE:
         return Engine._fire(_unpack_timer(key, packed), "ttl", now_ms)
     identity = identity_of_key(key)
-    if len(packed) > _TIMER.size and packed[_TIMER.size] == 0xFF:
-        source, floor = _tail(packed)
-    else:  # inline, the common case: no previous life
-        source, floor = packed[_TIMER.size :].decode() or None, None
+    source, floor = unpack_tail(packed, _TIMER.size)
     c = None if created == _NONE else created
     t = None if ttl == _NONE else ttl
     o = None if offset == _NONE else offset

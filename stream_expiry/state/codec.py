@@ -2,10 +2,8 @@
 
 Identity is not stored in the value: the key is the record key, which decodes to it (and
 the processor, which has the event's identity at hand, never decodes at all). Absent times
-are a sentinel, so the value is one ``struct`` call each way. A record with a previous
-life keeps its ``previous_deleted_at`` between the fixed fields and the source, after a
-0xFF byte (which UTF-8 text never holds): values without one are unchanged, so stores
-written before it existed read as they were.
+are a sentinel, so the value is one ``struct`` call each way. The tail (the source, and a
+previous life's deletion) is :mod:`stream_expiry.packed`'s.
 """
 
 from __future__ import annotations
@@ -13,11 +11,11 @@ from __future__ import annotations
 import struct
 
 from stream_expiry.model import Identity, Stamp
+from stream_expiry.packed import pack_tail, unpack_tail
 
 __all__ = ["decode_state", "encode_fields", "encode_state"]
 
 _FIXED = struct.Struct(">qqqqqqqB")
-_FLOOR = struct.Struct(">Bq")
 _NONE = -(1 << 63)
 
 
@@ -34,13 +32,7 @@ def encode_state(stamp: Stamp, prune_at: int | None) -> bytes:
 def decode_state(identity: Identity, value: bytes) -> tuple[Stamp, int | None]:
     """The stored state and its marker's prune time (None for a live record)."""
     created, expires, ttl, deleted, prune, erase, offset, held = _FIXED.unpack_from(value)
-    at = _FIXED.size
-    if len(value) > at and value[at] == 0xFF:
-        floor: int | None = _FLOOR.unpack_from(value, at)[1]
-        at += _FLOOR.size
-    else:
-        floor = None
-    source = value[at:].decode() or None
+    source, floor = unpack_tail(value, _FIXED.size)
     stamp = Stamp(
         identity,
         None if created == _NONE else created,
@@ -71,7 +63,7 @@ def encode_fields(
     """:func:`encode_state` from a state's fields (what a restore has at hand, without
     building a :class:`Stamp` first). Same bytes."""
     n = _NONE
-    fixed = _FIXED.pack(
+    return _FIXED.pack(
         n if created is None else created,
         n if expires is None else expires,
         n if ttl_ms is None else ttl_ms,
@@ -80,7 +72,4 @@ def encode_fields(
         n if erase is None else erase,
         n if offset is None else offset,
         held,
-    )
-    if previous_deleted_at is not None:
-        fixed += _FLOOR.pack(0xFF, previous_deleted_at)
-    return fixed + (source or "").encode()
+    ) + pack_tail(source, previous_deleted_at)
