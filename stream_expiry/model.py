@@ -452,14 +452,11 @@ def deletion_from_tombstone(value: bytes | None, prior: Stamp | None) -> Stamp |
     except (KeyError, TypeError, ValueError, orjson.JSONDecodeError):
         return None
     if prior is not None:
-        if prior.deleted_at is not None and prior.deleted_at >= deleted_at:
-            return None
-        if (
-            prior.deleted_at is not None
-            and body["reason"] != "ttl"
-            and (created is None or created <= prior.deleted_at)
-        ):
-            return None  # the same life's deletion, whose time the marker has exactly
+        if prior.deleted_at is not None:
+            if prior.deleted_at >= deleted_at:
+                return None
+            if body["reason"] != "ttl" and (created is None or created <= prior.deleted_at):
+                return None  # the same life's deletion, whose time the marker has exactly
         if prior.live and prior.created_at is not None and prior.created_at > deleted_at:
             return None  # the index holds a newer life
     return Stamp(

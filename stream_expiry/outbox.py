@@ -167,11 +167,15 @@ class Outbox:
         t = self._topics
         source = codec.source_headers(proc.topic, proc.partition)
         stamped = (t.stamped, codec.output_partition(proc.partition, self._partitions[t.stamped]))
+        tombs = (
+            t.tombstones,
+            codec.output_partition(proc.partition, self._partitions[t.tombstones]),
+        )
         for stamps, tombstones in effects.runs():
             if stamps:
                 await self._put_stamps(out, stamps, stamped, source, effects, now_ms)
             if tombstones:
-                await self._put_tombstones(out, proc, tombstones, stamped, source)
+                await self._put_tombstones(out, tombstones, tombs, stamped, source)
         if effects.deferred:
             audit = (t.audit, codec.output_partition(proc.partition, self._partitions[t.audit]))
             for state, reason, hold_ids in effects.deferred:
@@ -204,16 +208,11 @@ class Outbox:
     async def _put_tombstones(
         self,
         out: _Batches,
-        proc: PartitionProcessor,
         tombstones: list[Fired],
+        tombs: tuple[str, int],
         stamped: tuple[str, int],
         source: codec.Headers,
     ) -> None:
-        t = self._topics
-        tombs = (
-            t.tombstones,
-            codec.output_partition(proc.partition, self._partitions[t.tombstones]),
-        )
         for fired in tombstones:
             # The tombstone event, and the Kafka-native null that compacts the stamp away.
             key = fired.before.identity.key.encode()

@@ -330,10 +330,12 @@ class PartitionProcessor:
 
     def _let_go(self, held: model.Stamp) -> bool:
         """Whether a held record is free to go now: no hold matches it any more, and the
-        archive (with ``[archive] required``) has its latest stamp, unless it is an
-        erasure, which never waits for the archive."""
-        if self.holds.is_held(held.identity):
-            return False
+        archive lets it go."""
+        return not self.holds.is_held(held.identity) and self._archive_lets_go(held)
+
+    def _archive_lets_go(self, held: model.Stamp) -> bool:
+        """With ``[archive] required``, a record waits until the archive has its latest
+        stamp; an erasure never waits."""
         return held.erase_at is not None or self._archived(held)
 
     def _archived(self, stamp: model.Stamp) -> bool:
@@ -387,9 +389,10 @@ class PartitionProcessor:
             self._release_pending = False
         writes, seq = effects.writes, effects.seq
         for held in candidates:
-            if not self._let_go(held):
-                if not self.holds.is_held(held.identity):
-                    self.archive_waiting += 1
+            if self.holds.is_held(held.identity):
+                continue
+            if not self._archive_lets_go(held):
+                self.archive_waiting += 1
                 continue
             fired = self._engine.fire_now(held, now_ms)
             key = held.identity.key
