@@ -6,11 +6,14 @@ from dataclasses import dataclass
 
 import orjson
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from stream_expiry.holds import Hold, HoldBook, encode_hold, parse_hold
-from stream_expiry.model import Identity, Rejection
+from stream_expiry.model import Identity, InputEvent, Rejection
 from stream_expiry.policy import Resolution
 from stream_expiry.state import Effects, MemoryKV, PartitionProcessor, PartitionStore
+from tests.unit.test_engine import OPS_, Harness, Reference, RefRecord, Tomb, ev
 
 T0 = 1_800_000_000_000
 TTL = 1_000
@@ -134,6 +137,26 @@ def test_an_erasure_of_a_held_record_waits_for_the_release_and_stays_explicit() 
     assert p.tombstones == [("a", "explicit", T0 + 10 * TTL + 1, T0 + TTL)]
 
 
+def test_an_erasure_carried_out_at_the_release_ends_the_life_at_the_request() -> None:
+    """The state the release leaves is the erasure's: deleted at the request's time, so a
+    redelivered create of the erased life stays erased and a later one is a new life."""
+    p = Partition()
+    p.event("a", "create", T0)
+    p.holds.place(hold())
+    p.event("a", "delete", T0 + 10)
+    p.holds.release("h1")
+    p.tick(T0 + 20)
+    assert [t[1] for t in p.tombstones] == ["explicit"]
+    state = p.proc.state_of(Identity("acme", "b1", "live", "conversation", "a").key)
+    assert state is not None
+    assert (state.deleted_at, state.erase_at, state.held) == (T0 + 10, None, False)
+    redelivered = p.event("a", "create", T0, now=T0 + 30)
+    assert (redelivered.verdicts, redelivered.stamps) == ({"stale": 1}, [])
+    later = p.event("a", "create", T0 + 40)
+    assert later.verdicts == {"recreated": 1}
+    assert [s.previous_deleted_at for s, _ in later.stamps] == [T0 + 10]
+
+
 def test_an_erasure_of_an_unseen_record_under_a_hold_is_deferred_too() -> None:
     p = Partition()
     p.holds.place(hold())
@@ -235,3 +258,156 @@ def test_a_hold_matches_when_every_field_it_gives_equals(
     record = Identity("acme", "b1", "live", "conversation", "r")
     assert hold(**fields).matches(record) is matches
     assert hold(**fields).matches(Identity("other", "b1", "live", "conversation", "r")) is False
+
+
+# -- the property: the processor under holds against a reference ---------------------------
+
+
+class HoldingReference:
+    """The contract's legal holds written over the engine's reference model: a record a
+    hold matches is not tombstoned at its expiry nor on a delete; it is kept, frozen, and
+    at the release tombstoned as it would have been (``explicit`` for an erasure asked
+    meanwhile, else ``ttl``). An event for a released record that the release scan has not
+    reached lets it go first, as the scan would."""
+
+    def __init__(self) -> None:
+        self.base = Reference()
+        self.holds: set[str] = set()  # record ids held, "*" for the whole org
+        self.kept: dict[str, int | None] = {}  # key -> the erasure asked while held
+
+    def _matches(self, key: str) -> bool:
+        return "*" in self.holds or key.rsplit("/", 1)[1] in self.holds
+
+    def _let_go(self, key: str) -> Tomb:
+        erase, rec = self.kept.pop(key), self.base.recs[key]
+        if erase is not None:
+            rec.deleted = max(erase, erase if rec.created is None else rec.created)
+            return (key, "explicit", self.base.now, rec.expires)
+        assert rec.expires is not None
+        rec.deleted = rec.expires - 1
+        return (key, "ttl", self.base.now, rec.expires)
+
+    def event(self, e: InputEvent) -> list[Tomb]:
+        key, t, base = e.identity.key, e.ts, self.base
+        out = [self._let_go(key)] if key in self.kept and not self._matches(key) else []
+        if key in self.kept:  # frozen; an erasure asked is kept for the release
+            if e.op == "delete" and self.kept[key] is None:
+                self.kept[key] = t
+            return out
+        if self._matches(key):
+            rec = base.recs.get(key)
+            if e.op == "delete":
+                if rec is not None and rec.deleted is not None:
+                    if t <= rec.deleted:
+                        return out  # stale
+                    rec = None
+                if rec is None:
+                    base.recs[key] = RefRecord(None, None, None)
+                base._unschedule(key)
+                self.kept[key] = t
+                return out
+            if (
+                rec is not None
+                and rec.deleted is None
+                and rec.expires is not None
+                and rec.expires <= base.now
+                and t >= rec.expires
+            ):  # due, not fired yet: the event finds it first and the hold keeps it
+                base._unschedule(key)
+                self.kept[key] = None
+                return out
+        return out + base.event(e)
+
+    def tick(self, now: int) -> list[Tomb]:
+        """Timers due by ``now``, then the release scan."""
+        base = self.base
+        base.now = max(base.now, now)
+        out: list[Tomb] = []
+        while base.timers and base.timers[0][0] <= base.now:
+            expires, key = base.timers.pop(0)
+            if self._matches(key):
+                self.kept[key] = None
+            else:
+                base.recs[key].deleted = expires - 1
+                out.append((key, "ttl", base.now, expires))
+        return out + [self._let_go(k) for k in sorted(self.kept) if not self._matches(k)]
+
+
+def _hold_for(target: str) -> Hold:
+    return Hold(f"h-{target}", "o", None, None, None, None if target == "*" else target, "", 0)
+
+
+# Short TTLs (error 50, session 300 and sliding) and few records, so that holds, expiries,
+# erasures and releases meet within a few steps.
+hold_steps = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("event"),
+            st.sampled_from(["error", "error", "session"]),
+            st.sampled_from(["a", "b"]),
+            OPS_,
+            st.integers(-4, 4),
+        ),
+        st.tuples(st.just("advance"), st.integers(0, 6)),
+        st.tuples(st.sampled_from(["hold", "release"]), st.sampled_from(["a", "*"])),
+    ),
+    min_size=5,
+    max_size=60,
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(steps=hold_steps, lag=st.sampled_from([0, 2]), horizon=st.sampled_from([50, 5000]))
+# The boundaries, each a step or two from where random steps go: a record due exactly now
+# and not fired yet when an event finds it under a hold (kept, not tombstoned); an erasure
+# redelivered under a hold at exactly its first delete's time (stale, not a second one).
+@example(
+    steps=[
+        ("advance", 2),
+        ("hold", "a"),
+        ("event", "error", "a", "create", -1),
+        ("event", "error", "a", "touch", 0),
+    ],
+    lag=0,
+    horizon=5000,
+)
+@example(
+    steps=[
+        ("event", "error", "a", "delete", 2),
+        ("hold", "a"),
+        ("event", "error", "a", "delete", 2),
+    ],
+    lag=0,
+    horizon=5000,
+)
+def test_processor_under_legal_holds_matches_the_reference(
+    steps: list[tuple[object, ...]], lag: int, horizon: int
+) -> None:
+    book = HoldBook()
+    h, ref = Harness(horizon_ms=horizon, settle_lag=lag, holds=book), HoldingReference()
+    now = 0
+    for step in steps:
+        kind = step[0]
+        if kind in ("hold", "release"):
+            target = str(step[1])
+            if kind == "hold":
+                book.place(_hold_for(target))
+                ref.holds.add(target)
+            else:
+                book.release(f"h-{target}")
+                ref.holds.discard(target)
+        elif kind == "advance":
+            now += 50 * int(step[1])  # type: ignore[call-overload]
+            got = h.advance(now) + h.release_scan()
+            assert sorted(got) == sorted(ref.tick(now)), step
+        else:
+            _, cat, rid, op, k = step
+            event = ev(str(cat), str(rid), str(op), max(0, now + 50 * int(k)))  # type: ignore[call-overload]
+            assert h.feed(event) == ref.event(event), step
+        h.check_changelog()
+    for target in ("a", "*"):
+        book.release(f"h-{target}")
+    ref.holds.clear()
+    final = now + 10**7
+    assert sorted(h.advance(final) + h.release_scan()) == sorted(ref.tick(final))
+    assert not ref.kept
