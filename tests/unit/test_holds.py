@@ -210,6 +210,20 @@ def test_two_holds_keep_a_record_until_both_are_released() -> None:
     assert [t[0] for t in p.tombstones] == ["a"]
 
 
+def test_a_hold_replaced_by_a_narrower_one_lets_go_what_it_no_longer_matches() -> None:
+    """A hold placed again under its id replaces it (the compacted topic keeps the latest):
+    records only the old one matched are released as by a release."""
+    p = Partition()
+    p.holds.place(hold())
+    p.event("a", "create", T0)
+    p.event("b", "create", T0)
+    p.tick(T0 + TTL)
+    assert sorted(r for r, _, _ in p.deferred) == ["a", "b"]
+    p.holds.place(hold(record_id="b"))
+    p.tick(T0 + 2 * TTL)
+    assert p.tombstones == [("a", "ttl", T0 + 2 * TTL, T0 + TTL)]
+
+
 def test_releasing_many_held_records_goes_slice_by_slice_none_early() -> None:
     p = Partition()
     p.holds.place(hold())

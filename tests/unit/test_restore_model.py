@@ -309,6 +309,34 @@ def test_runs_keep_the_order_in_which_stamps_and_tombstones_were_decided() -> No
     ]
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    stamps=st.integers(0, 6),
+    before=st.lists(st.integers(0, 6), max_size=6).map(sorted),
+    timers=st.integers(0, 3),
+)
+def test_runs_put_each_tombstone_after_the_stamps_decided_before_it(
+    stamps: int, before: list[int], timers: int
+) -> None:
+    """However the tombstones of events fall between the stamps (``stamps_before``) and
+    the timers' come after: each message once, stamps and tombstones each in their order,
+    tombstone i after exactly ``stamps_before[i]`` stamps, a timer's after all of them."""
+    before = [min(b, stamps) for b in before]
+    s = [(model.Stamp(model.Identity("o", "b", "live", "c", str(n)), n, None, None, None), None)
+         for n in range(stamps)]  # fmt: skip
+    t = [_fired(n) for n in range(len(before) + timers)]
+    effects = Effects(1, stamps=list(s), tombstones=list(t), stamps_before=list(before))
+    order: list[tuple[str, int]] = []
+    for run_stamps, run_tombstones in effects.runs():
+        order += [("s", s.index(x)) for x in run_stamps]
+        order += [("t", t.index(x)) for x in run_tombstones]
+    assert [n for kind, n in order if kind == "s"] == list(range(stamps))
+    assert [n for kind, n in order if kind == "t"] == list(range(len(t)))
+    for i in range(len(t)):
+        seen = sum(1 for kind, _ in order[: order.index(("t", i))] if kind == "s")
+        assert seen == (before[i] if i < len(before) else stamps), (i, order)
+
+
 def _fired(n: int) -> Fired:
     stamp = model.Stamp(model.Identity("o", "b", "live", "c", f"t{n}"), 0, 10, 10, "default")
     return Fired(stamp, stamp._replace(deleted_at=9), "ttl", 10)
