@@ -141,6 +141,89 @@ def test_touch_restamp_keeps_data_but_a_new_life_does_not_inherit_it() -> None:
     assert row.data is None
 
 
+def test_a_new_life_stamped_without_data_never_takes_the_deleted_lifes_data() -> None:
+    """A sink that lags more than ``delete.retention.ms`` can find the null between two
+    lives compacted away: the new life's first stamp (a touch starts it: no data) then
+    meets the old life's row. The old life's data must not live on in the new one."""
+    w, old = World(), life()
+    w.apply([st_change(old, {"text": "old"}, offset=0)])
+    new = life(created=(old.expires_at or 0) + MIN)
+    w.apply([st_change(new, None, offset=2)])  # offset 1, the null, compacted away
+    row = w.row()
+    assert row is not None
+    assert (row.created_at, row.data) == (new.created_at, None)
+    w.apply([tomb(old)])  # the old life's tombstone leaves the new life alone
+    row = w.row()
+    assert row is not None
+    assert row.created_at == new.created_at
+
+
+def test_a_null_deletes_its_life_for_good_and_only_that_life() -> None:
+    """After a null, a re-read stamp of the deleted life (a crash before the offset commit)
+    does not bring it back; a life created the next millisecond is written."""
+    w, first = World(), life(created=T0)
+    w.apply([st_change(first, {"n": 1}, offset=0), NullChange(A, 0, 1)])
+    w.apply([st_change(first, {"n": 1}, offset=0)])
+    assert w.row() is None
+    second = life(created=T0 + 1)
+    w.apply([st_change(second, {"n": 2}, offset=2)])
+    row = w.row()
+    assert row is not None
+    assert (row.created_at, row.data) == (T0 + 1, '{"n":2}')
+
+
+def test_a_tombstone_claims_the_pending_deletions_of_the_lives_it_ends_only() -> None:
+    """Two lives deleted by nulls, their receipts waiting: the first life's ``ttl``
+    tombstone ends lives created before its expiry, so not the second, created exactly
+    then; the second's own tombstone writes the second's receipt."""
+    w, first = World(), life(created=T0, ttl=10 * MIN)
+    second = life(created=T0 + 10 * MIN, ttl=10 * MIN)
+    w.apply([st_change(first, offset=0), NullChange(A, 0, 1)])
+    w.apply([st_change(second, offset=2), NullChange(A, 0, 3)])
+    assert w.receipts == []
+    w.apply([tomb(first)])
+    assert [(r.created_at, r.reason) for r in w.receipts] == [(T0, "ttl")]
+    w.apply([tomb(second, reason="explicit", emitted_at=T0 + 12 * MIN)])
+    assert [(r.created_at, r.reason) for r in w.receipts] == [
+        (T0, "ttl"),
+        (T0 + 10 * MIN, "explicit"),
+    ]
+
+
+def test_an_erasure_naming_no_life_claims_the_deletion_waiting_for_its_rule() -> None:
+    """An explicit tombstone of a record the service never saw (no ``created_at``) ends
+    every life created before it: the row a null deleted gets its receipt from it, with
+    the row's own times, and no second receipt for 'a row never held'."""
+    w, s = World(), life()
+    w.apply([st_change(s, offset=0), NullChange(A, 0, 1)])
+    unseen = Stamp(A, None, None, None, None)
+    w.apply([tomb(unseen, reason="explicit", emitted_at=T0 + MIN)])
+    assert [(r.reason, r.rows_deleted, r.created_at, r.expires_at) for r in w.receipts] == [
+        ("explicit", 1, T0, T0 + 10 * MIN)
+    ]
+
+
+def test_an_erasure_naming_no_life_leaves_a_life_created_after_it_to_its_own_rule() -> None:
+    """The erasure (emitted at d, so it ends lives created at or before d) meets the
+    deletion of a life created at d + 1, waiting for its rule: not its to claim."""
+    w, s = World(), life(created=T0 + MIN + 1)
+    w.apply([st_change(s, offset=0), NullChange(A, 0, 1)])
+    w.apply([tomb(Stamp(A, None, None, None, None), reason="explicit", emitted_at=T0 + MIN)])
+    assert [r.created_at for r in w.receipts if r.rows_deleted] == []
+    w.apply([tomb(s)])
+    assert [(r.reason, r.rows_deleted, r.created_at) for r in w.receipts if r.rows_deleted] == [
+        ("ttl", 1, T0 + MIN + 1)
+    ]
+
+
+def test_a_repeated_erasure_of_a_record_never_held_is_on_record_once() -> None:
+    w, unseen = World(), Stamp(A, None, None, None, None)
+    erase = tomb(unseen, reason="explicit", emitted_at=T0)
+    w.apply([erase])
+    w.apply([erase])
+    assert [(r.reason, r.rows_deleted) for r in w.receipts] == [("explicit", 0)]
+
+
 def test_null_first_deletes_at_once_and_the_tombstone_event_writes_the_receipt() -> None:
     w, s = World(), life()
     w.apply([st_change(s)])
