@@ -246,20 +246,60 @@ def test_book_matches_reference_model(steps: list[tuple[str, Any]]) -> None:
         )
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(min_value=0, max_value=40 * DAY), min_size=1, max_size=30))
-def test_an_answer_holds_over_the_span_resolve_span_gives(times: list[int]) -> None:
-    """``replay`` keeps one answer per scope for the creation times of its span: every time
-    inside the span gets the same answer from the book, and the span holds the time."""
+_SPAN_SCOPES = {
+    "org/acme": {"scope": "org", "org": "acme"},
+    "bot/acme/b1/live": {"scope": "bot", "org": "acme", "bot": "b1"},
+    "cap": {"scope": "cap"},
+    "default": {"scope": "default"},
+}
+_SPAN_UPDATE = st.tuples(
+    st.sampled_from(sorted(_SPAN_SCOPES)),
+    st.integers(0, 40).map(lambda d: d * DAY),
+    st.sampled_from(["1d", "5d", "10d", "60d", None]),
+)
+_SPAN_IDENTITIES = (
+    ACME,  # its org's and its bot's policies
+    Identity("acme", "b2", "live", "conversation", "r"),  # its org's only
+    Identity("globex", "_", "live", "conversation", "r"),  # neither
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    updates=st.lists(_SPAN_UPDATE, max_size=8),
+    times=st.lists(st.integers(min_value=0, max_value=40 * DAY), min_size=1, max_size=20),
+)
+def test_an_answer_holds_over_the_span_resolve_span_gives(
+    updates: list[tuple[str, int, str | None]], times: list[int]
+) -> None:
+    """``replay`` keeps one answer per scope for the creation times of its span, and the
+    service's cache keeps one per scope over the same span: under org, bot, cap and default
+    versions, every time inside a span gets the span's answer from an uncached book, and a
+    cached book answers every question as the uncached one."""
+    book, cached = make_book(cache_size=0), make_book()
+    for n, (key, effective, ttl) in enumerate(updates):
+        scope = _SPAN_SCOPES[key]
+        if ttl is None:
+            body = None
+        else:
+            kind = "max" if scope["scope"] == "cap" else "conversation"
+            body = {**scope, "ttl": {kind: ttl}, "effective_from": effective}
+        for b in (book, cached):
+            send(b, effective + n, key, body)
+    for t in times:
+        for identity in _SPAN_IDENTITIES:
+            answer, lo, hi = book.resolve_span(identity, t)
+            assert lo <= t < hi
+            assert answer == book.resolve(identity, t)
+            assert cached.resolve(identity, t) == answer, (identity, t)
+            for inside in (lo, (lo + hi) // 2, hi - 1):
+                if 0 <= inside <= 40 * DAY:
+                    assert book.resolve(identity, inside) == answer, (identity, inside)
+                    assert cached.resolve(identity, inside) == answer, (identity, inside)
+
+
+def test_a_span_ends_where_a_version_begins() -> None:
     book = make_book(cache_size=0)
     send(book, 1, "org/acme", org_update({"conversation": "10d"}, effective_from=10 * DAY))
     send(book, 2, "org/acme", org_update({"conversation": "5d"}, effective_from=20 * DAY))
-    send(book, 3, "org/acme", org_update({"conversation": "1d"}, effective_from=30 * DAY))
-    for t in times:
-        answer, lo, hi = book.resolve_span(ACME, t)
-        assert lo <= t < hi
-        assert answer == book.resolve(ACME, t)
-        for inside in (lo, (lo + hi) // 2, hi - 1):
-            if 0 <= inside <= 40 * DAY:
-                assert book.resolve(ACME, inside) == answer
     assert book.resolve_span(ACME, 15 * DAY)[1:] == (10 * DAY, 20 * DAY)
