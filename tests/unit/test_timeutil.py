@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from stream_expiry.codec import parse_own_ts
-from stream_expiry.timeutil import MAX_TS_MS, MIN_TS_MS, format_ts, parse_ts
+from stream_expiry.timeutil import MAX_TS_MS, MIN_TS_MS, InvalidTimestamp, format_ts, parse_ts
 
 _MS = st.integers(MIN_TS_MS, MAX_TS_MS)
 
@@ -25,3 +26,48 @@ def test_format_ts_round_trips_through_both_parsers(ms: int) -> None:
     text = format_ts(ms)
     assert parse_ts(text) == ms
     assert parse_own_ts(text) == ms
+
+
+@given(
+    seconds=st.integers(MIN_TS_MS // 1000 + 86_400, MAX_TS_MS // 1000 - 86_400),
+    offset_minutes=st.integers(-(23 * 60 + 59), 23 * 60 + 59),
+    fraction=st.sampled_from(["", ".5", ".05", ".123", ".1239", ".999999999"]),
+)
+def test_parse_ts_reads_any_offset_as_the_standard_library_does(
+    seconds: int, offset_minutes: int, fraction: str
+) -> None:
+    """Events come with the sender's offset: -05:00, +05:30, +14:00 ... The local time in
+    the text minus the offset is the instant; fractions below a millisecond are cut."""
+    zone = timezone(timedelta(minutes=offset_minutes))
+    local = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)).astimezone(zone)
+    sign = "+" if offset_minutes >= 0 else "-"
+    hours, minutes = divmod(abs(offset_minutes), 60)
+    wall = (
+        f"{local.year:04d}-{local.month:02d}-{local.day:02d}"
+        f"T{local.hour:02d}:{local.minute:02d}:{local.second:02d}"
+    )
+    offset = f"{sign}{hours:02d}:{minutes:02d}"
+    millis = int((fraction[1:] + "000")[:3])
+    assert parse_ts(wall + fraction + offset) == seconds * 1000 + millis
+    instant = datetime.fromisoformat(wall + offset) - datetime(1970, 1, 1, tzinfo=UTC)
+    assert parse_ts(wall + offset) == instant // timedelta(milliseconds=1)
+
+
+def test_parse_ts_clamps_a_leap_second_and_refuses_impossible_offsets() -> None:
+    last = parse_ts("2016-12-31T23:59:59.999Z")
+    assert parse_ts("2016-12-31T23:59:60Z") == last
+    assert parse_ts("2016-12-31T23:59:60.5Z") == last
+    assert parse_ts("2017-01-01T00:00:00+23:59") == parse_ts("2016-12-31T00:01:00Z")
+    for bad in ("2017-01-01T00:00:00+24:00", "2017-01-01T00:00:00-05:60"):
+        with pytest.raises(InvalidTimestamp, match="impossible UTC offset"):
+            parse_ts(bad)
+
+
+def test_parse_ts_takes_epoch_milliseconds_within_what_it_can_format() -> None:
+    assert parse_ts(MIN_TS_MS) == MIN_TS_MS
+    assert parse_ts(MAX_TS_MS) == MAX_TS_MS
+    for bad in (MIN_TS_MS - 1, MAX_TS_MS + 1):
+        with pytest.raises(InvalidTimestamp, match="out of range"):
+            parse_ts(bad)
+    with pytest.raises(InvalidTimestamp, match="boolean"):
+        parse_ts(True)
