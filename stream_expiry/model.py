@@ -431,7 +431,8 @@ def deletion_from_tombstone(value: bytes | None, prior: Stamp | None) -> Stamp |
     Used to rebuild state from the topics: after it, events at or before the deletion are
     stale, so a record already deleted is never stamped again. A ``ttl`` tombstone covers
     its life up to ``expires_at``; an ``explicit`` one carries no delete time, so it covers
-    up to ``emitted_at``: a bound, not the time. A marker ``prior`` already holds for the
+    up to ``emitted_at``, a bound, not the time, or up to its ``created_at`` when that is
+    later (a delete older than its record: a create stamped ahead of the service's clock). A marker ``prior`` already holds for the
     same life (the null on ``expiry.stamped`` carries the exact time) therefore stands:
     pushed to ``emitted_at``, it would take a create after the delete, and before the
     tombstone went out, for the deleted life's and ignore a new life.
@@ -443,11 +444,11 @@ def deletion_from_tombstone(value: bytes | None, prior: Stamp | None) -> Stamp |
         ident = Identity(body["org"], body["bot"], body["env"], body["category"], body["record_id"])
         created = None if body.get("created_at") is None else parse_ts(body["created_at"])
         expires = None if body.get("expires_at") is None else parse_ts(body["expires_at"])
-        deleted_at = (
-            expires - 1
-            if body["reason"] == "ttl" and expires is not None
-            else parse_ts(body["emitted_at"])
-        )
+        if body["reason"] == "ttl" and expires is not None:
+            deleted_at = expires - 1
+        else:  # an erasure ends its life at its creation at the earliest (the engine's rule)
+            emitted = parse_ts(body["emitted_at"])
+            deleted_at = emitted if created is None or created <= emitted else created
         ttl_s = body.get("ttl_seconds")
     except (KeyError, TypeError, ValueError, orjson.JSONDecodeError):
         return None

@@ -103,6 +103,14 @@ class Changelog:
         assert report.unreadable == 0
         return store
 
+    def compacted(self) -> Changelog:
+        """``expiry.stamped`` as compaction leaves it once ``delete.retention.ms`` passed:
+        the last message of each key, and no key whose last message is a null. The
+        tombstone events, on their own retention, are all there."""
+        last = {m.key: m for m in self.stamped}
+        kept = [m for m in self.stamped if last[m.key] is m and m.value is not None]
+        return Changelog(kept, list(self.tombstones))
+
     @property
     def ends(self) -> tuple[int, int]:
         return len(self.stamped), len(self.tombstones)
@@ -224,10 +232,13 @@ def _check_restore(before: list[Step], after: list[Step], kept: int | None = Non
         play(step)
     restored = harness(log.restore(BASE + now, snapshot, since), original.now, books[1])
     pair = (_Stepper(original), _Stepper(restored))
-    # No firing first: an event may reach the restored processor before its timers do,
-    # for a record that was due, or that a hold kept at its expiry (which its stamp does
-    # not say): the event must find it as the original would.
-    for step in [*after, ("release", "a"), ("release", "b"), ("advance", 10**7)]:
+    # The first step after the restore fires what is overdue, as a restarted service's
+    # timer task does at once. Without it, the steps would differ where both are right: a
+    # record a hold kept, released before the restore and not let go yet, is tombstoned
+    # by the original when an event or its release scan finds it, by the restored
+    # processor when its overdue timer fires; the same tombstone, at the same time. (Events
+    # that come first for records still held: the table test below.)
+    for step in [("advance", 0), *after, ("release", "a"), ("release", "b"), ("advance", 10**7)]:
         mine, theirs = play(step)
         assert _stamps(theirs) == _stamps(mine), step
         assert _tombstones(theirs) == _tombstones(mine), step
@@ -373,3 +384,22 @@ def test_a_restored_erasure_keeps_its_own_time_not_the_tombstones() -> None:
     restored = harness(log.restore(BASE + 5_000), 5_000)
     later = ev("conversation", "a", "create", 3_000)  # after the delete, before its tombstone
     assert _stamps(restored.process(later)) == _stamps(original.process(later)) != []
+
+
+def test_an_erasure_older_than_its_record_restored_from_its_tombstone_alone_stays_erased() -> None:
+    """A create stamped ahead of the service's clock (within the skew it allows), then a
+    delete from before it: the record is deleted at its creation time. Once compaction
+    took the null and the stamp, the tombstone event alone restores the deletion; its
+    ``emitted_at`` is earlier than that creation, so the redelivered create must still
+    find the record deleted, not start it again."""
+    original = harness(PartitionStore(MemoryKV()), 0)
+    log = Changelog()
+    create = ev("conversation", "a", "create", 1_000)
+    log.write(original.process(create), BASE)
+    log.write(original.process(ev("conversation", "a", "delete", 500)), BASE)
+    restored = harness(log.compacted().restore(BASE), 0)
+    state = restored.proc.state_of(create.identity.key)
+    assert state is not None
+    assert state.deleted_at is not None
+    assert state.deleted_at >= BASE + 1_000
+    assert _stamps(restored.process(create)) == _stamps(original.process(create)) == []
