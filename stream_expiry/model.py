@@ -432,10 +432,11 @@ def deletion_from_tombstone(value: bytes | None, prior: Stamp | None) -> Stamp |
     stale, so a record already deleted is never stamped again. A ``ttl`` tombstone covers
     its life up to ``expires_at``; an ``explicit`` one carries no delete time, so it covers
     up to ``emitted_at``, a bound, not the time, or up to its ``created_at`` when that is
-    later (a delete older than its record: a create stamped ahead of the service's clock). A marker ``prior`` already holds for the
-    same life (the null on ``expiry.stamped`` carries the exact time) therefore stands:
-    pushed to ``emitted_at``, it would take a create after the delete, and before the
-    tombstone went out, for the deleted life's and ignore a new life.
+    later (a delete older than a create stamped ahead of the service's clock). A marker
+    ``prior`` already holds for the same life (the null on ``expiry.stamped`` carries the
+    exact time) therefore stands: pushed to ``emitted_at``, it would take a create after
+    the delete, and before the tombstone went out, for the deleted life's and ignore a
+    new life.
     """
     if value is None:
         return None
