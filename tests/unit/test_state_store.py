@@ -55,6 +55,24 @@ def test_due_scans_live_records_in_expiry_order_within_the_range(store: Partitio
     assert len(got) == 20
 
 
+@pytest.mark.parametrize("limit", [1, 3, 10, 11])
+def test_held_records_are_paged_each_once_in_key_order(store: PartitionStore, limit: int) -> None:
+    """The release scan pages through the held records that stay held (another hold still
+    keeps them): every one exactly once, in key order, and the last page says the end."""
+    held = [live(f"r{i:02d}", T0 + i)._replace(held=True) for i in range(10)]
+    store.write([(None, s) for s in [*held, live("free", T0)]], now_ms=T0)
+    seen: list[str] = []
+    cursor: bytes | None = b""
+    pages = 0
+    while cursor is not None:
+        page, cursor = store.held(cursor, limit)
+        assert len(page) <= limit
+        seen += [s.identity.record_id for s in page]
+        pages += 1
+        assert pages <= 10 // limit + 1
+    assert seen == [f"r{i:02d}" for i in range(10)]
+
+
 def test_a_moved_expiry_leaves_no_stale_index_entry(store: PartitionStore) -> None:
     a = live("a", T0 + 10)
     store.write([(None, a)], now_ms=T0)
