@@ -5,7 +5,8 @@
 #   bash scripts/mutation.sh stream_expiry/state/processor.py stream_expiry/holds.py
 #
 # mutmut changes one operator, constant or argument at a time and runs the unit tests that
-# cover it (tests/unit: the integration tests need a broker and take minutes a run); a mutant the tests pass ("survived") is a change of behaviour nobody checks, or an
+# cover it (tests/unit: the integration tests need a broker and take minutes a run); a
+# mutant the tests pass ("survived") is a change of behaviour nobody checks, or an
 # equivalent program (a cancel the next line does anyway, a metric's name). Not in CI: it
 # runs the tests hundreds of times. It works on a copy of the committed tree (git archive)
 # under a temporary folder, with hypothesis held to 60 examples a test so a run ends; the

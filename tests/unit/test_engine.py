@@ -47,10 +47,6 @@ def changing_policy(category: str, at: int) -> int | None:
     return (TTL_LATER if at >= POLICY_CHANGE else TTL)[category]
 
 
-def resolve(identity: Identity, at_ms: int) -> Resolution:
-    return resolver(constant_policy)(identity, at_ms)
-
-
 def resolver(policy: Callable[[str, int], int | None]) -> Callable[[Identity, int], Resolution]:
     """The engine's resolver for a policy written in harness time."""
 
