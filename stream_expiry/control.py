@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from stream_expiry import model
 from stream_expiry.codec import dead_letter_headers
-from stream_expiry.holds import parse_hold
+from stream_expiry.holds import apply_hold_message
 from stream_expiry.kafka import read_to_end
 from stream_expiry.outbox import all_acked
 
@@ -82,17 +82,17 @@ class ControlTopics:
     async def _apply_holds(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
         for records in batch.values():
             for rec in records:
-                if rec.value is None:
-                    hold_id = rec.key.decode(errors="replace") if rec.key else ""
-                    if self._holds.release(hold_id) is not None:
-                        log.info("legal hold %s released", hold_id)
-                    continue
-                hold = parse_hold(rec.key, rec.value)
+                hold = apply_hold_message(self._holds, rec.key, rec.value)
                 if isinstance(hold, model.Rejection):
                     await self._reject(rec, hold, "legal hold")
-                    continue
-                self._holds.place(hold)
-                log.info("legal hold %s placed on %s: %s", hold.hold_id, hold.scope(), hold.reason)
+                elif hold is None:
+                    pass  # the release of a hold not active: nothing to say
+                elif rec.value is None:
+                    log.info("legal hold %s released", hold.hold_id)
+                else:
+                    log.info(
+                        "legal hold %s placed on %s: %s", hold.hold_id, hold.scope(), hold.reason
+                    )
 
     async def _reject(self, rec: Any, why: model.Rejection, what: str) -> None:
         self._stats.dead_letters += 1

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from stream_expiry.model import Identity
 
-__all__ = ["Hold", "HoldBook", "encode_hold", "parse_hold"]
+__all__ = ["Hold", "HoldBook", "apply_hold_message", "encode_hold", "parse_hold"]
 
 _FIELDS = ("org", "bot", "env", "category", "record_id")
 
@@ -181,3 +181,22 @@ class HoldBook:
     def is_held(self, identity: Identity) -> bool:
         org = self._by_org.get(identity.org)
         return bool(org) and any(h.matches(identity) for h in org.values())  # type: ignore[union-attr]
+
+
+def apply_hold_message(
+    book: HoldBook, key: bytes | None, value: bytes | None
+) -> Hold | Rejection | None:
+    """Apply one message of ``expiry.holds`` to ``book``, as the compacted topic means it.
+
+    A value places (or replaces) the hold it carries, which is returned; a null releases
+    the hold its key names, which is returned (None when no such hold was active). A
+    malformed value changes nothing and comes back as its :class:`Rejection`. The service
+    and the sinks' sweep follow the topic through this one function, so they never
+    disagree on what is held.
+    """
+    if value is None:
+        return book.release(key.decode(errors="replace") if key else "")
+    hold = parse_hold(key, value)
+    if not isinstance(hold, Rejection):
+        book.place(hold)
+    return hold

@@ -30,6 +30,7 @@ from stream_expiry.kafka_settings import security_from_environment
 from stream_expiry.key_template import KeyTemplate
 from stream_expiry.metrics import SinkMetrics
 from stream_expiry.sinks.framework import (
+    DEFAULT_HOLDS,
     DEFAULT_RECEIPTS,
     DEFAULT_STAMPED,
     DEFAULT_TOMBSTONES,
@@ -106,6 +107,11 @@ def _common_options() -> argparse.ArgumentParser:
         "--tombstones-topic", help=f"default: the config file's, else {DEFAULT_TOMBSTONES}"
     )
     kafka.add_argument(
+        "--holds-topic",
+        help="the legal holds the sweep spares (read only when --sweep-interval is set; "
+        f"default: the config file's, else {DEFAULT_HOLDS})",
+    )
+    kafka.add_argument(
         "--receipts-topic",
         help="where deletion receipts are published; an empty value keeps them in the "
         f"store only (default: the config file's, else {DEFAULT_RECEIPTS})",
@@ -152,7 +158,8 @@ def _common_options() -> argparse.ArgumentParser:
         metavar="SECONDS",
         type=_seconds,
         help="turn on the safety-net sweep: every SECONDS, delete rows past their expiry "
-        "whose tombstone never came, with a receipt of reason 'sweep' (default: off)",
+        "whose tombstone never came, with a receipt of reason 'sweep', except rows a legal "
+        "hold keeps (default: off)",
     )
     store.add_argument(
         "--sweep-grace",
@@ -272,6 +279,7 @@ def build_sink(
         key_templates=templates,
         sweep_interval_s=args.sweep_interval,
         sweep_grace_s=args.sweep_grace,
+        holds_topic=args.holds_topic or topics.holds,
         batch_size=args.batch_size,
         security=security_from_environment(service_config.kafka, os.environ),
         topic_settings=service_config.topic_settings,

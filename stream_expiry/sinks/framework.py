@@ -32,6 +32,7 @@ service's topics have them), a record's stamp and its tombstone then meet in one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -41,8 +42,17 @@ import anyio
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from stream_expiry.errors import BrokerError, BrokerUnavailableError, ConfigurationError
-from stream_expiry.kafka import broker_errors, consumer, ensure_topics, key_partition, producer
+from stream_expiry.holds import HoldBook, apply_hold_message
+from stream_expiry.kafka import (
+    broker_errors,
+    consumer,
+    ensure_topics,
+    key_partition,
+    producer,
+    read_to_end,
+)
 from stream_expiry.kafka_settings import Connection, KafkaSecurity, TopicSettings, role_configs
+from stream_expiry.model import Rejection
 from stream_expiry.murmur2 import partition_for
 from stream_expiry.sinks._messages import (
     Change,
@@ -61,7 +71,7 @@ if TYPE_CHECKING:
 
     from stream_expiry.key_template import KeyTemplate
     from stream_expiry.sinks._logic import Plan
-    from stream_expiry.sinks.store import Store
+    from stream_expiry.sinks.store import Store, SweepPosition
 
 __all__ = ["BatchReport", "Sink", "SinkConfig", "run_sink", "wall_clock_ms"]
 
@@ -70,6 +80,7 @@ log = logging.getLogger("stream_expiry.sinks")
 DEFAULT_STAMPED: Final = "expiry.stamped"
 DEFAULT_TOMBSTONES: Final = "expiry.tombstones"
 DEFAULT_RECEIPTS: Final = "expiry.receipts"
+DEFAULT_HOLDS: Final = "expiry.holds"
 METRICS: Final = (
     "batches_total",
     "messages_total",
@@ -106,7 +117,10 @@ class SinkConfig:
     default partitioner (murmur2) picks for that key, where a Java producer put the record. ``receipts_topic=None`` keeps receipts
     in the store only. ``sweep_interval_s=None`` turns the safety-net sweep off; when on,
     it deletes rows whose ``expires_at`` is more than ``sweep_grace_s`` in the past (the
-    grace leaves the service time to deliver the real tombstone, which carries the rule).
+    grace leaves the service time to deliver the real tombstone, which carries the rule),
+    except the rows a legal hold on ``holds_topic`` keeps: the sink follows that topic
+    itself, so a hold is kept even while the service is down (``holds_topic=None``: no
+    holds are followed, for a deployment that has none).
     """
 
     bootstrap_servers: str
@@ -119,6 +133,7 @@ class SinkConfig:
     sweep_interval_s: float | None = None
     sweep_grace_s: float = 60.0
     sweep_limit: int = 10_000
+    holds_topic: str | None = DEFAULT_HOLDS
     # Messages per store transaction at most (fewer when fewer wait): through Kafka, 5,000
     # measured 30 % faster than 1,000 for SQLite and 20 % for PostgreSQL (bench_sinks).
     batch_size: int = 5000
@@ -193,6 +208,10 @@ class Sink:
         self._finishing: asyncio.Future[None] | None = None
         # Next offset per partition of every applied batch, until a commit holds it.
         self._uncommitted: dict[Any, int] = {}
+        # The sweep's view of the legal holds, and where its next page starts.
+        self.holds = HoldBook()
+        self._holds_reader: AIOKafkaConsumer | None = None
+        self._sweep_from: SweepPosition | None = None
 
     async def run(self, stop: anyio.Event) -> None:
         """Consume until ``stop`` is set, then return after the current batch committed.
@@ -210,6 +229,10 @@ class Sink:
         }
         if cfg.receipts_topic:
             own[cfg.receipts_topic] = role_configs("evidence", ts)
+        follow_holds = cfg.sweep_interval_s is not None and cfg.holds_topic is not None
+        if follow_holds:
+            assert cfg.holds_topic is not None
+            own[cfg.holds_topic] = role_configs("compacted", ts)
         conn = cfg.connection
         await ensure_topics(
             conn, own, configs=own, partitions=ts.partitions, replication=ts.replication_factor
@@ -219,10 +242,18 @@ class Sink:
             "partition_assignment_strategy": (RangePartitionAssignor,),
         }
         options.update(cfg.consumer_options)
-        async with (
-            producer(conn) as prod,
-            consumer(conn, cfg.stamped_topic, cfg.tombstones_topic, **options) as cons,
-        ):
+        async with contextlib.AsyncExitStack() as stack:
+            prod = await stack.enter_async_context(producer(conn))
+            cons = await stack.enter_async_context(
+                consumer(conn, cfg.stamped_topic, cfg.tombstones_topic, **options)
+            )
+            if follow_holds:
+                # Every hold is known before the first sweep, as the service knows them
+                # before its first event.
+                self._holds_reader = await stack.enter_async_context(
+                    consumer(conn, enable_auto_commit=False)
+                )
+                await self._read_holds(to_end=True)
             await self._check_compacted(prod)
             await self._flush_outbox(prod)
             # A batch decoded by an earlier run belongs to that run's consumer: its
@@ -500,12 +531,44 @@ class Sink:
             if not task.cancelled() and task.exception() is not None:
                 log.debug("the batch in flight failed as the sink stopped: %s", task.exception())
 
+    async def _read_holds(self, *, to_end: bool = False) -> None:
+        """Apply what ``expiry.holds`` says: all of it (at start), or what came since the
+        last look, without waiting. A malformed hold is skipped here: the service sends it
+        to the dead-letter topic with its reason."""
+        reader, topic = self._holds_reader, self.config.holds_topic
+        if reader is None or topic is None:
+            return
+        if to_end:
+            batches = [b async for b in read_to_end(reader, topic)]
+        else:
+            with broker_errors(f"reading {topic}"):
+                batches = [await reader.getmany(timeout_ms=0)]
+        for batch in batches:
+            for records in batch.values():
+                for rec in records:
+                    hold = apply_hold_message(self.holds, rec.key, rec.value)
+                    if isinstance(hold, Rejection):
+                        log.debug("skipping a malformed hold (%s)", hold.detail)
+                    elif hold is not None and rec.value is not None:
+                        log.info("legal hold %s: the sweep spares %s", hold.hold_id, hold.scope())
+
     async def sweep_once(self, prod: AIOKafkaProducer) -> bool:
-        """Run one bounded sweep and publish its receipts; True when it hit its limit."""
+        """Run one bounded sweep and publish its receipts; True when more is left to look
+        at now. Rows a legal hold keeps are passed over, never deleted."""
         cfg = self.config
+        await self._read_holds()
         now = self._clock()
         cutoff = now - int(cfg.sweep_grace_s * 1000)
-        out = await self.store.sweep(cutoff_ms=cutoff, now_ms=now, limit=cfg.sweep_limit)
+        holds = self.holds
+        page = await self.store.sweep(
+            cutoff_ms=cutoff,
+            now_ms=now,
+            limit=cfg.sweep_limit,
+            spare=holds.is_held if len(holds) else None,
+            after=self._sweep_from,
+        )
+        self._sweep_from = page.next_from
+        out = page.plan
         if out.swept:
             self.metrics["swept_total"] += out.swept
             log.warning(
@@ -515,7 +578,7 @@ class Sink:
             )  # fmt: skip
             await self._publish(prod, out.receipts)
             self._report("sweep", out, 0, 0)
-        return out.swept >= cfg.sweep_limit
+        return page.more
 
     def _report(
         self, kind: Literal["batch", "sweep"], out: Plan, messages: int, invalid: int

@@ -68,6 +68,8 @@ if TYPE_CHECKING:
 
     import asyncpg
 
+    from stream_expiry.sinks.store import SweepPosition
+
 __all__ = ["DEFAULT_DSN", "DEFAULT_PARALLEL", "PostgresStore"]
 
 DEFAULT_DSN: Final = "postgresql://127.0.0.1:5432/test"
@@ -306,12 +308,16 @@ class _PostgresTx(StoreTransaction):
         await self._markers(identities, _keys(identities), slots)
         return slots
 
-    async def due(self, cutoff_ms: int, limit: int) -> list[Identity]:
+    async def due(
+        self, cutoff_ms: int, limit: int, after: SweepPosition | None = None
+    ) -> tuple[list[tuple[int, Identity]], list[Identity]]:
+        resume = "" if after is None else f"AND (expires_at, {_BY_KEY}) > ($3, $4, $5, $6, $7, $8) "
         rows = await self._c.fetch(
-            f"SELECT {_KEY} FROM {self._n.records} WHERE expires_at IS NOT NULL "
-            f"AND expires_at <= $1 ORDER BY expires_at, {_BY_KEY} LIMIT $2",
+            f"SELECT expires_at, {_KEY} FROM {self._n.records} WHERE expires_at IS NOT NULL "
+            f"AND expires_at <= $1 {resume}ORDER BY expires_at, {_BY_KEY} LIMIT $2",
             cutoff_ms,
             limit,
+            *(() if after is None else (after[0], *after[1])),
         )
         late = await self._c.fetch(
             f"SELECT {_KEY} FROM {self._n.deletions} WHERE pending_since IS NOT NULL "
@@ -319,7 +325,7 @@ class _PostgresTx(StoreTransaction):
             cutoff_ms,
             limit,
         )
-        return list(dict.fromkeys(Identity(*r) for r in [*rows, *late]))[:limit]
+        return [(r[0], Identity(*r[1:])) for r in rows], [Identity(*r) for r in late]
 
     async def write(self, p: Plan) -> None:
         c, n = self._c, self._n

@@ -36,6 +36,8 @@ from stream_expiry.sinks.store import Store, StoreTransaction, _new_receipt_id, 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
 
+    from stream_expiry.sinks.store import SweepPosition
+
 __all__ = ["SQLiteStore"]
 
 _KEY: Final = "org, bot, env, category, record_id"
@@ -149,20 +151,25 @@ class _SQLiteTx(StoreTransaction):
             slots.setdefault(m.identity, Slot()).marker = m
         return slots
 
-    async def due(self, cutoff_ms: int, limit: int) -> list[Identity]:
+    async def due(
+        self, cutoff_ms: int, limit: int, after: SweepPosition | None = None
+    ) -> tuple[list[tuple[int, Identity]], list[Identity]]:
+        # Text compares as bytes here (BINARY), and UTF-8's byte order is code point order.
+        resume = "" if after is None else f"AND (expires_at, {_KEY}) > (?, ?, ?, ?, ?, ?) "
         sql = (
-            f"SELECT {_KEY} FROM {self._p}records WHERE expires_at IS NOT NULL "
-            f"AND expires_at <= ? ORDER BY expires_at, {_BY_KEY} LIMIT ?"
+            f"SELECT expires_at, {_KEY} FROM {self._p}records WHERE expires_at IS NOT NULL "
+            f"AND expires_at <= ? {resume}ORDER BY expires_at, {_BY_KEY} LIMIT ?"
         )
-        async with self._c.execute(sql, (cutoff_ms, limit)) as cur:
-            found = [Identity(*r) for r in await cur.fetchall()]
+        params = (cutoff_ms, limit) if after is None else (cutoff_ms, after[0], *after[1], limit)
+        async with self._c.execute(sql, params) as cur:
+            found = [(r[0], Identity(*r[1:])) for r in await cur.fetchall()]
         sql = (
             f"SELECT {_KEY} FROM {self._p}deletions WHERE pending_since IS NOT NULL "
             f"AND pending_since <= ? ORDER BY pending_since, {_BY_KEY} LIMIT ?"
         )
         async with self._c.execute(sql, (cutoff_ms, limit)) as cur:
             late = [Identity(*r) for r in await cur.fetchall()]
-        return list(dict.fromkeys([*found, *late]))[:limit]
+        return found, late
 
     async def write(self, p: Plan) -> None:
         c, t = self._c, self._p

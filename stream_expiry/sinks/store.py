@@ -45,7 +45,31 @@ if TYPE_CHECKING:
 
     from stream_expiry.model import Identity
 
-__all__ = ["MemoryStore", "Store", "StoreTransaction", "check_identifier"]
+__all__ = [
+    "MemoryStore",
+    "Store",
+    "StoreTransaction",
+    "SweepPage",
+    "SweepPosition",
+    "check_identifier",
+]
+
+#: Where a sweep's page ended: the last row it looked at, as the sweep orders rows (its
+#: ``expires_at``, then its identity's five parts).
+SweepPosition = tuple[int, tuple[str, str, str, str, str]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SweepPage:
+    """What one call of :meth:`Store.sweep` did, and where the next should start."""
+
+    plan: Plan
+    #: The position to pass as ``after`` next time; None once the page reached the last
+    #: due row (the next sweep starts from the first again).
+    next_from: SweepPosition | None
+    #: Whether rows or pending deletions were left for a next page at once.
+    more: bool
+
 
 # Changes a batch must hold per transaction before it is split: below this, a second
 # transaction's own round trips cost more than the overlap gains.
@@ -131,10 +155,14 @@ class StoreTransaction(abc.ABC):
         return slots
 
     @abc.abstractmethod
-    async def due(self, cutoff_ms: int, limit: int) -> list[Identity]:
-        """Up to ``limit`` identities for the sweep, each once: those whose row expired at or
-        before ``cutoff_ms`` (oldest first), then those with a pending deletion made at or
-        before it (:attr:`Marker.pending_since`)."""
+    async def due(
+        self, cutoff_ms: int, limit: int, after: SweepPosition | None = None
+    ) -> tuple[list[tuple[int, Identity]], list[Identity]]:
+        """What the sweep looks at: up to ``limit`` rows that expired at or before
+        ``cutoff_ms``, as ``(expires_at, identity)`` in the sweep's order (expiry, then the
+        identity's parts compared by code point), starting after ``after``; and up to
+        ``limit`` identities with a pending deletion made at or before it
+        (:attr:`Marker.pending_since`), oldest first."""
 
     @abc.abstractmethod
     async def write(self, p: Plan) -> None:
@@ -276,20 +304,36 @@ class Store(abc.ABC):
                 await tx.mark_published(published, now_ms)
         return out
 
-    async def sweep(self, *, cutoff_ms: int, now_ms: int, limit: int = 10_000) -> Plan:
-        """Delete up to ``limit`` rows that expired at or before ``cutoff_ms`` (reason sweep).
+    async def sweep(
+        self,
+        *,
+        cutoff_ms: int,
+        now_ms: int,
+        limit: int = 10_000,
+        spare: Callable[[Identity], bool] | None = None,
+        after: SweepPosition | None = None,
+    ) -> SweepPage:
+        """Look at up to ``limit`` rows that expired at or before ``cutoff_ms``, from just
+        after ``after``, and delete those ``spare`` does not keep (reason sweep).
 
         These are rows whose tombstone never came; each leaves a receipt, so the gap shows.
-        Deletions by a null value still waiting for their tombstone event since ``cutoff_ms``
-        or earlier get their receipt too (reason sweep: the rule is unknown).
+        A row under a legal hold has no tombstone coming, on purpose: ``spare`` keeps it
+        (the sink passes its hold book's). Pages go on from where the last stopped
+        (:attr:`SweepPage.next_from`), so rows kept in any number never stop the sweep from
+        reaching the rows behind them. Deletions by a null value still waiting for their
+        tombstone event since ``cutoff_ms`` or earlier get their receipt too (reason sweep:
+        the rule is unknown).
         """
         async with self.transaction() as tx:
-            idents = await tx.due(cutoff_ms, limit)
-            state = await tx.load(idents, data=False) if idents else {}
-            changes = [SweepChange(i, cutoff_ms) for i in idents]
+            rows, late = await tx.due(cutoff_ms, limit, after)
+            looked = [i for _, i in rows if spare is None or not spare(i)]
+            idents = list(dict.fromkeys([*looked, *late]))
+            state = await tx.load(idents[:limit], data=False) if idents else {}
+            changes = [SweepChange(i, cutoff_ms) for i in idents[:limit]]
             out = plan(changes, state, store=self.name, now_ms=now_ms, new_id=self._new_id)
             await tx.write(out)
-        return out
+        next_from = (rows[-1][0], rows[-1][1].parts()) if len(rows) >= limit else None
+        return SweepPage(out, next_from, more=next_from is not None or len(idents) > limit)
 
     @abc.abstractmethod
     async def pending_receipts(self, limit: int = 1000) -> list[Receipt]:
@@ -346,22 +390,21 @@ class _MemoryTx(StoreTransaction):
             i: Slot(rows.get(i), markers.get(i)) for i in identities if i in rows or i in markers
         }
 
-    async def due(self, cutoff_ms: int, limit: int) -> list[Identity]:
-        due = [
-            r
+    async def due(
+        self, cutoff_ms: int, limit: int, after: SweepPosition | None = None
+    ) -> tuple[list[tuple[int, Identity]], list[Identity]]:
+        due = sorted(
+            (r.expires_at, r.identity.parts(), r.identity)
             for r in self._s.rows.values()
             if r.expires_at is not None and r.expires_at <= cutoff_ms
-        ]
-        due.sort(key=lambda r: (r.expires_at, r.identity))
-        found = [r.identity for r in due[:limit]]
-        late = [
+        )
+        found = [(e, i) for e, parts, i in due if after is None or (e, parts) > after]
+        late = sorted(
             (since, m.identity)
             for m in self._s.markers.values()
             if (since := m.pending_since) is not None and since <= cutoff_ms
-        ]
-        seen = set(found)
-        found += [i for _, i in sorted(late) if i not in seen]
-        return found[:limit]
+        )
+        return found[:limit], [i for _, i in late[:limit]]
 
     async def write(self, p: Plan) -> None:
         self._plans.append(p)

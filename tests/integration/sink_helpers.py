@@ -156,6 +156,7 @@ def sink_config(bootstrap: str, topics: Any, **overrides: Any) -> SinkConfig:
         "stamped_topic": topics.stamped,
         "tombstones_topic": topics.tombstones,
         "receipts_topic": topics.receipts,
+        "holds_topic": topics.holds,
         "poll_timeout_ms": 100,
         # The test broker holds each JoinGroup for about a session; a short session makes a
         # group start in ~1 s and a restart with the same group in ~4 s (BROKER.md).

@@ -129,8 +129,8 @@ async def delete_by(store: Store, how: str, victims: list[Stamp], offset: int) -
         await store.apply(nulls, now_ms=T0 + 1)
     else:
         assert how == "sweep"
-        out = await store.sweep(cutoff_ms=T0 + MINUTE, now_ms=T0 + 1, limit=10_000)
-        assert out.swept == len(victims)
+        page = await store.sweep(cutoff_ms=T0 + MINUTE, now_ms=T0 + 1, limit=10_000)
+        assert page.plan.swept == len(victims)
 
 
 def expiring(i: Identity, victim: bool) -> Stamp:

@@ -18,6 +18,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
+from stream_expiry.holds import Hold, encode_hold
 from stream_expiry.kafka import ensure_topics
 from stream_expiry.sinks.framework import wall_clock_ms
 from stream_expiry.sinks.sqlite import SQLiteStore
@@ -41,7 +42,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from stream_expiry.model import Identity
+    from stream_expiry.model import Identity, Stamp
+    from stream_expiry.sinks.framework import Sink
     from stream_expiry.sinks.store import Store
     from tests.conftest import TopicSet
 
@@ -175,6 +177,72 @@ async def test_sink_applies_tombstones_end_to_end(
     nulls = await read_topic(broker, history, until=lambda r: len(r) >= len(conversation_deleted))
     assert {r.key.decode() for r in nulls} == conversation_deleted
     assert all(r.value is None for r in nulls)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(["sqlite", "postgres"]), indirect=True)
+async def test_the_sweep_spares_what_a_legal_hold_keeps(
+    broker: str, topics: TopicSet, store: Store
+) -> None:
+    """A held record has no tombstone coming, on purpose: the sink's own sweep must not
+    delete it either, for a hold placed before the sink started or while it runs, until
+    the hold is released."""
+    now = wall_clock_ms()
+
+    def overdue(name: str, org: str, minutes_ago: int) -> Stamp:
+        return stamp(
+            ident(name, org=org), created_at=now - 2 * HOUR, ttl_ms=HOUR - minutes_ago * MINUTE
+        )
+
+    by_org = overdue("case-file", "lawsuit", 50)  # held rows expire first: the sweep's
+    by_record = overdue("c-7", "acme", 40)  # pages pass them before the free ones
+    late_held = overdue("c-8", "acme", 30)
+    free = [overdue(f"free{n}", "acme", 20 - n) for n in range(3)]
+    holds = [
+        Hold("h-org", "lawsuit", None, None, None, None, "litigation", now),
+        Hold("h-rec", "acme", "_", "live", "conversation", "c-7", "subpoena", now),
+    ]
+    await produce(broker, topics.holds, [(h.hold_id.encode(), encode_hold(h)) for h in holds])
+    config = sink_config(broker, topics, sweep_interval_s=0.1, sweep_grace_s=60)
+    async with running_sink(store, config) as sink:
+        await produce(
+            broker, topics.stamped, [stamped_msg(s) for s in [by_org, by_record, *free[:2]]]
+        )
+        await wait_until(_swept(store, free[:2]), what="the free rows swept")
+        assert await present(store, [by_org.identity, by_record.identity])
+
+        # A hold placed while the sink runs, then a row it keeps behind it in the sweep.
+        more = Hold("h-late", "acme", None, None, None, "c-8", "audit", now)
+        await produce(broker, topics.holds, [(b"h-late", encode_hold(more))])
+        await wait_until(_knows_hold(sink, "h-late"), what="the sink reading the new hold")
+        await produce(broker, topics.stamped, [stamped_msg(s) for s in [late_held, free[2]]])
+        await wait_until(_swept(store, free[2:]), what="the last free row swept")
+        assert await present(store, [by_org.identity, by_record.identity, late_held.identity])
+
+        await produce(broker, topics.holds, [(b"h-rec", None)])  # released
+        await wait_until(_swept(store, [by_record]), what="the released row swept")
+        assert await present(store, [by_org.identity, late_held.identity])
+    reasons = {r.identity.record_id: r.reason for r in await store.receipts()}
+    assert reasons == {"free0": "sweep", "free1": "sweep", "free2": "sweep", "c-7": "sweep"}
+
+
+def _swept(store: Store, stamps: list[Stamp]) -> Any:
+    """Each row of ``stamps`` written and then swept (not merely absent: never written)."""
+
+    async def check() -> bool:
+        receipts = {r.identity: r.reason for r in await store.receipts()}
+        return all(receipts.get(s.identity) == "sweep" for s in stamps) and await gone(
+            store, [s.identity for s in stamps]
+        )
+
+    return check
+
+
+def _knows_hold(sink: Sink, hold_id: str) -> Any:
+    async def check() -> bool:
+        return sink.holds.get(hold_id) is not None
+
+    return check
 
 
 async def _receipt_for(store: Store, identity: Identity) -> bool:

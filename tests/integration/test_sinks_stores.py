@@ -23,7 +23,7 @@ from stream_expiry.sinks._messages import (
     decode_tombstone,
 )
 from stream_expiry.sinks.postgres import PostgresStore
-from stream_expiry.sinks.store import MemoryStore, Store
+from stream_expiry.sinks.store import MemoryStore, Store, SweepPosition
 from tests.integration.sink_helpers import (
     MINUTE,
     SQL_KINDS,
@@ -226,9 +226,9 @@ async def test_sweep_gives_a_null_deletion_its_receipt_when_the_tombstone_never_
     await store.apply(
         [NullChange(waiting.identity, 0, 2), NullChange(answered.identity, 0, 3)], now_ms=T0 + 1
     )
-    assert (await store.sweep(cutoff_ms=T0, now_ms=far, limit=10)).receipts == []
+    assert (await store.sweep(cutoff_ms=T0, now_ms=far, limit=10)).plan.receipts == []
     await store.apply([kill(answered)], now_ms=T0 + 2)
-    out = await store.sweep(cutoff_ms=T0 + 1, now_ms=far, limit=10)
+    out = (await store.sweep(cutoff_ms=T0 + 1, now_ms=far, limit=10)).plan
     assert [(r.identity, r.reason, r.deleted_at) for r in out.receipts] == [
         (waiting.identity, "sweep", T0 + 1)
     ]
@@ -245,14 +245,52 @@ async def test_sweep_deletes_only_expired_rows_with_a_bounded_budget(store: Stor
     await store.apply([put(s) for s in due + keep], now_ms=T0)
     cutoff = T0 + 5 * MINUTE
     first = await store.sweep(cutoff_ms=cutoff, now_ms=cutoff, limit=3)
-    second = await store.sweep(cutoff_ms=cutoff, now_ms=cutoff, limit=3)
-    assert (first.swept, second.swept) == (3, 2)
+    second = await store.sweep(cutoff_ms=cutoff, now_ms=cutoff, limit=3, after=first.next_from)
+    assert (first.plan.swept, second.plan.swept) == (3, 2)
+    assert (first.more, second.more, second.next_from) == (True, False, None)
     assert await store.count() == 2
     receipts = await store.receipts()
     assert [r.reason for r in receipts] == ["sweep"] * 5
     assert [r.expires_at for r in receipts] == [s.expires_at for s in due]  # oldest first
     out = await store.apply([kill(due[0])], now_ms=cutoff + 1)  # the late tombstone
     assert out.receipts == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_the_sweep_spares_rows_and_pages_past_them_in_the_stores_own_order(
+    store: Store,
+) -> None:
+    """Rows a legal hold keeps are never swept, and however many of them come first, page
+    after page reaches every other row once: the position where a page ends is compared
+    in SQL exactly as the rows are ordered (equal expiries, hostile ids in every script)."""
+    ids = [ident(h, org=org) for h in HOSTILE for org in ("a", "b")]
+    rows = [stamp(i, ttl_ms=MINUTE * (1 + n % 2)) for n, i in enumerate(ids)]
+    await store.apply([put(s, offset=n) for n, s in enumerate(rows)], now_ms=T0)
+    held = {i for n, i in enumerate(ids) if n % 3 != 2}
+    cutoff = T0 + 2 * MINUTE
+    swept: list[Identity] = []
+    ends: list[SweepPosition] = []
+    after = None
+    for _ in range(len(ids) + 1):  # a row a page, and the page that finds no more
+        page = await store.sweep(
+            cutoff_ms=cutoff, now_ms=cutoff, limit=1, spare=held.__contains__, after=after
+        )
+        swept += [r.identity for r in page.plan.receipts]
+        after = page.next_from
+        if not page.more:
+            break
+        assert after is not None
+        ends.append(after)
+    assert after is None  # the last page reached the end: the next sweep starts over
+    assert ends == sorted(set(ends))  # each page past the last: each row looked at once
+    assert len(ends) == len(ids)
+    assert sorted(swept) == sorted(set(ids) - held)
+    assert len(swept) == len(set(swept))
+    assert all([await store.get(i) is not None for i in held])
+    assert await store.count() == len(held)
+    again = await store.sweep(cutoff_ms=cutoff, now_ms=cutoff, limit=100, spare=held.__contains__)
+    assert (again.plan.swept, again.more) == (0, False)
 
 
 @pytest.mark.asyncio
@@ -418,7 +456,8 @@ async def _random_batches_match_the_reference(
         if step % 7 == 6:
             x = await store.sweep(cutoff_ms=now, now_ms=now, limit=5)
             y = await reference.sweep(cutoff_ms=now, now_ms=now, limit=5)
-            assert [r.identity for r in x.receipts] == [r.identity for r in y.receipts]
+            assert [r.identity for r in x.plan.receipts] == [r.identity for r in y.plan.receipts]
+            assert x.next_from == y.next_from
     for i in ids:
         assert await store.get(i) == await reference.get(i), i
         assert await store.marker(i) == await reference.marker(i), i
