@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from stream_expiry.model import Identity, Stamp, decode_key
+from stream_expiry.model import HeldLife, Identity, Stamp, decode_key
 from stream_expiry.timeutil import format_ts, parse_ts
 
 if TYPE_CHECKING:
@@ -128,12 +128,14 @@ def parse_own_ts(text: Any) -> int | None:
     return None if text is None else parse_ts(text)
 
 
-StampFields = tuple[int | None, int | None, int | None, str | None, int | None, int | None]
+StampFields = tuple[
+    int | None, int | None, int | None, str | None, int | None, int | None, tuple[HeldLife, ...]
+]
 
 
 def stamp_fields(value: bytes) -> StampFields:
     """What the state store keeps of a stamp message: ``(created_at, expires_at, ttl_ms,
-    ttl_source, erase_at, previous_deleted_at)``, without building an identity or a
+    ttl_source, erase_at, previous_deleted_at, held_lives)``, without building an identity or a
     :class:`Stamp` (restore reads millions). Raises ValueError when the value is not a
     stamp."""
     return stamp_body_fields(orjson.loads(value))  # orjson's decode error is a ValueError
@@ -149,6 +151,7 @@ def stamp_body_fields(body: Any) -> StampFields:
             raise ValueError(f"not a stamp: ttl_source is a {type(source).__name__}")
         erase = get("erase_requested_at")  # absent from nearly every stamp
         floor = get("previous_deleted_at")  # and this one too
+        lives = get("held_lives")  # and this one: only under a legal hold
         return (
             parse_own_ts(get("created_at")),
             parse_own_ts(get("expires_at")),
@@ -156,9 +159,32 @@ def stamp_body_fields(body: Any) -> StampFields:
             source,
             None if erase is None else parse_own_ts(erase),
             None if floor is None else parse_own_ts(floor),
+            () if lives is None else _held_lives(lives),
         )
     except (AttributeError, TypeError) as exc:
         raise ValueError(f"not a stamp: {exc}") from exc
+
+
+def _held_lives(lives: Any) -> tuple[HeldLife, ...]:
+    """A stamp's ``held_lives`` (:func:`stream_expiry.model.encode_stamp`)."""
+    if type(lives) is not list:
+        raise TypeError(f"held_lives is a {type(lives).__name__}, not a list")
+    out: list[HeldLife] = []
+    for life in lives:
+        ttl_s = life.get("ttl_seconds")
+        source = life.get("ttl_source")
+        if source is not None and type(source) is not str:
+            raise TypeError(f"a held life's ttl_source is a {type(source).__name__}")
+        out.append(
+            (
+                parse_own_ts(life.get("created_at")),
+                parse_own_ts(life.get("expires_at")),
+                None if ttl_s is None else int(ttl_s) * 1000,
+                source,
+                parse_own_ts(life.get("erase_requested_at")),
+            )
+        )
+    return tuple(out)
 
 
 def decode_stamp(key: bytes | str, value: bytes, identity: Identity | None = None) -> Stamp:
@@ -176,6 +202,7 @@ def decode_stamp(key: bytes | str, value: bytes, identity: Identity | None = Non
             body.get("ttl_source"),
             erase_at=parse_own_ts(body.get("erase_requested_at")),
             previous_deleted_at=parse_own_ts(body.get("previous_deleted_at")),
+            held_lives=_held_lives(body.get("held_lives") or []),
         )
     except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
         raise ValueError(f"not a stamp: {exc}") from exc

@@ -87,20 +87,20 @@ _NONE = -(1 << 63)
 
 
 def _pack_timer(stamp: Stamp) -> bytes:
-    _, created, expires, ttl, source, _, erase, _, offset, floor = stamp
+    _, created, expires, ttl, source, _, erase, _, offset, floor, lives = stamp
     return _TIMER.pack(
         _NONE if created is None else created,
         _NONE if expires is None else expires,
         _NONE if ttl is None else ttl,
         _NONE if erase is None else erase,
         _NONE if offset is None else offset,
-    ) + pack_tail(source, floor)
+    ) + pack_tail(source, floor, lives)
 
 
 def _unpack_timer(key: str, packed: bytes) -> Stamp:
     """The live, unheld record ``_pack_timer`` packed (only such records have timers)."""
     created, expires, ttl, erase, offset = _TIMER.unpack_from(packed)
-    source, floor = unpack_tail(packed, _TIMER.size)
+    source, floor, lives = unpack_tail(packed, _TIMER.size)
     return Stamp(
         identity_of_key(key),
         None if created == _NONE else created,
@@ -112,6 +112,7 @@ def _unpack_timer(key: str, packed: bytes) -> Stamp:
         False,
         None if offset == _NONE else offset,
         floor,
+        lives,
     )
 
 
@@ -123,11 +124,11 @@ def _fire_timer(key: str, packed: bytes, now_ms: int) -> Fired:
     if erase != _NONE:
         return Engine._fire(_unpack_timer(key, packed), "ttl", now_ms)
     identity = identity_of_key(key)
-    source, floor = unpack_tail(packed, _TIMER.size)
+    source, floor, lives = unpack_tail(packed, _TIMER.size)
     c = None if created == _NONE else created
     t = None if ttl == _NONE else ttl
     o = None if offset == _NONE else offset
-    before = Stamp(identity, c, expires, t, source, None, None, False, o, floor)
+    before = Stamp(identity, c, expires, t, source, None, None, False, o, floor, lives)
     after = Stamp(identity, c, expires, t, source, expires - 1, None, False, o)
     return Fired(before, after, "ttl", now_ms)
 
@@ -229,7 +230,8 @@ class Engine(Generic[S]):
             expires = (
                 prior.expires_at if touched else _min_expiry(prior.expires_at, fresh.expires_at)
             )
-            moved = fresh._replace(expires_at=expires)
+            # Lives a legal hold keeps stay with the record whatever its creation time.
+            moved = fresh._replace(expires_at=expires, held_lives=prior.held_lives)
             return Outcome(Verdict.BACKDATED, moved, True)
         # touch on a live record
         if (
@@ -272,7 +274,7 @@ class Engine(Generic[S]):
             stamp = stamp._replace(held=False)
         # The constructor, not ``_replace``: this runs once per tombstone, and ``_replace``
         # (a keyword call, a dict and ``_make``) costs three times as much.
-        identity, created, _, ttl, source, _, _, _, offset, _ = stamp
+        identity, created, _, ttl, source, _, _, _, offset, _, _ = stamp
         after = Stamp(identity, created, expires, ttl, source, expires - 1, None, False, offset)
         return Fired(stamp, after, reason, now_ms)
 

@@ -220,6 +220,8 @@ class Outbox:
             event = model.encode_tombstone(fired.before, reason=fired.reason, emitted_at=at)
             if not out.try_add(tombs, key, event, at, source):
                 await out.add(tombs, key, event, at, source)
+            if fired.after.live:
+                continue  # an earlier life a hold kept: the record lives on, no null
             deleted = [*source, (codec.H_DELETED_AT, str(fired.after.deleted_at).encode())]
             if not out.try_add(stamped, key, None, at, deleted):
                 await out.add(stamped, key, None, at, deleted)

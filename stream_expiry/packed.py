@@ -1,30 +1,50 @@
 """The variable tail of a packed record (a stored state, a timer in the wheel).
 
-After a record's fixed-width fields come, when the record has a previous life, that life's
-deletion time (``previous_deleted_at``) behind a 0xFF byte, then the ttl source as UTF-8.
-UTF-8 text never holds the byte 0xFF, so the marker cannot be mistaken for a source, and a
-record without a previous life (nearly all) is packed as it was before the field existed:
-stores written then read unchanged.
+After a record's fixed-width fields come, when the record has lives a legal hold keeps
+(nearly never), those lives behind a 0xFE byte and their length; then, when the record has
+a previous life, that life's deletion time (``previous_deleted_at``) behind a 0xFF byte;
+then the ttl source as UTF-8. UTF-8 text never holds the bytes 0xFE or 0xFF, so neither
+marker can be mistaken for a source, and a record with neither (nearly all) is packed as
+it was before the fields existed: stores written then read unchanged.
 """
 
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING
+
+import orjson
+
+if TYPE_CHECKING:
+    from stream_expiry.model import HeldLife
 
 __all__ = ["pack_tail", "unpack_tail"]
 
 _FLOOR = struct.Struct(">Bq")
+_LIVES = struct.Struct(">BI")
 
 
-def pack_tail(source: str | None, previous_deleted_at: int | None) -> bytes:
+def pack_tail(
+    source: str | None, previous_deleted_at: int | None, held_lives: tuple[HeldLife, ...] = ()
+) -> bytes:
     text = (source or "").encode()
-    if previous_deleted_at is None:
-        return text
-    return _FLOOR.pack(0xFF, previous_deleted_at) + text
+    if previous_deleted_at is not None:
+        text = _FLOOR.pack(0xFF, previous_deleted_at) + text
+    if held_lives:
+        blob = orjson.dumps(held_lives)
+        text = _LIVES.pack(0xFE, len(blob)) + blob + text
+    return text
 
 
-def unpack_tail(packed: bytes, at: int) -> tuple[str | None, int | None]:
-    """The ttl source and the previous deletion packed from offset ``at`` on."""
+def unpack_tail(packed: bytes, at: int) -> tuple[str | None, int | None, tuple[HeldLife, ...]]:
+    """The ttl source, the previous deletion and the held lives packed from ``at`` on."""
+    lives: tuple[HeldLife, ...] = ()
+    if len(packed) > at and packed[at] == 0xFE:
+        size = _LIVES.unpack_from(packed, at)[1]
+        at += _LIVES.size
+        lives = tuple(tuple(life) for life in orjson.loads(packed[at : at + size]))
+        at += size
     if len(packed) > at and packed[at] == 0xFF:
-        return packed[at + _FLOOR.size :].decode() or None, _FLOOR.unpack_from(packed, at)[1]
-    return packed[at:].decode() or None, None
+        floor = _FLOOR.unpack_from(packed, at)[1]
+        return packed[at + _FLOOR.size :].decode() or None, floor, lives
+    return packed[at:].decode() or None, None, lives

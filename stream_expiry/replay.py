@@ -431,7 +431,7 @@ class _Verdict:
             return None  # deleted: not counted, not resurrected
         try:
             body = orjson.loads(value)
-            created, old, _ttl, _source, _erase, _floor = codec.stamp_body_fields(body)
+            created, old, *_ = codec.stamp_body_fields(body)
             if created is None:
                 return None  # without a creation time: not a stamp of ours
             if self.since_ms is not None and created < self.since_ms:
@@ -461,7 +461,7 @@ async def _from_stamps(config: Config, book: PolicyBook, kv: RocksKV, verdicts: 
             continue
         try:
             body = orjson.loads(value)
-            created, old, _ttl, _source, erase, floor = codec.stamp_body_fields(body)
+            created, old, _ttl, _source, erase, floor, lives = codec.stamp_body_fields(body)
             if created is None or not verdicts.wanted(created):
                 continue
             expires, ttl_ms, ttl_source = rederive.expiry(key, body, created)
@@ -476,6 +476,7 @@ async def _from_stamps(config: Config, book: PolicyBook, kv: RocksKV, verdicts: 
             ttl_source,
             erase_at=erase,
             previous_deleted_at=floor,
+            held_lives=lives,  # ended: a new policy does not move them
         )
         await verdicts.record(
             new, old, has_stamp=True, partition=partition, source=source, body=body

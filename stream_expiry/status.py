@@ -82,20 +82,21 @@ def _count(result: Status, current: Current, holds: HoldBook) -> None:
         except ValueError:
             continue
         due = stamp.due_at
+        overdue = due is not None and due <= now
         if due is None:
             result.never += 1
-        elif due > now:
+        elif not overdue:
             result.pending[stamp.identity.category] += 1
             result.next_due = due if result.next_due is None else min(result.next_due, due)
-        else:
-            holding = holds.holding(stamp.identity)
-            if holding:
-                for h in holding:
-                    result.held[h.hold_id] += 1
-            else:
-                result.overdue += 1
-                old = result.oldest_overdue
-                result.oldest_overdue = due if old is None else min(old, due)
+        # Held: overdue under a hold, or keeping earlier lives a hold kept.
+        holding = holds.holding(stamp.identity) if overdue or stamp.held_lives else []
+        for h in holding:
+            result.held[h.hold_id] += 1
+        if overdue and not holding:
+            assert due is not None
+            result.overdue += 1
+            old = result.oldest_overdue
+            result.oldest_overdue = due if old is None else min(old, due)
 
 
 async def _lag(config: Config, brokers: Brokers) -> dict[str, dict[str, int | None]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-from stream_expiry.model import Identity, Stamp
+from stream_expiry.model import HeldLife, Identity, Stamp
 from stream_expiry.packed import pack_tail, unpack_tail
 
 __all__ = ["decode_state", "encode_fields", "encode_state"]
@@ -23,16 +23,16 @@ def encode_state(stamp: Stamp, prune_at: int | None) -> bytes:
     # Unpacked once, the fields tested inline (encode_fields): this runs for every state
     # written, each event's and each tombstone's, and a helper call per field was a third
     # of it.
-    _, created, expires, ttl, source, deleted, erase, held, offset, floor = stamp
+    _, created, expires, ttl, source, deleted, erase, held, offset, floor, lives = stamp
     return encode_fields(
-        created, expires, ttl, deleted, prune_at, erase, offset, source, held, floor
+        created, expires, ttl, deleted, prune_at, erase, offset, source, held, floor, lives
     )
 
 
 def decode_state(identity: Identity, value: bytes) -> tuple[Stamp, int | None]:
     """The stored state and its marker's prune time (None for a live record)."""
     created, expires, ttl, deleted, prune, erase, offset, held = _FIXED.unpack_from(value)
-    source, floor = unpack_tail(value, _FIXED.size)
+    source, floor, lives = unpack_tail(value, _FIXED.size)
     stamp = Stamp(
         identity,
         None if created == _NONE else created,
@@ -44,6 +44,7 @@ def decode_state(identity: Identity, value: bytes) -> tuple[Stamp, int | None]:
         bool(held),
         None if offset == _NONE else offset,
         floor,
+        lives,
     )
     return stamp, None if prune == _NONE else prune
 
@@ -59,6 +60,7 @@ def encode_fields(
     source: str | None,
     held: bool = False,
     previous_deleted_at: int | None = None,
+    held_lives: tuple[HeldLife, ...] = (),
 ) -> bytes:
     """:func:`encode_state` from a state's fields (what a restore has at hand, without
     building a :class:`Stamp` first). Same bytes."""
@@ -72,4 +74,4 @@ def encode_fields(
         n if erase is None else erase,
         n if offset is None else offset,
         held,
-    ) + pack_tail(source, previous_deleted_at)
+    ) + pack_tail(source, previous_deleted_at, held_lives)

@@ -212,16 +212,14 @@ class PartitionProcessor:
             key = ev.identity.key
             known = overlay.get(key)
             prior = known[1] if known is not None else stored.get(key)
-            if prior is not None and prior.held and self._let_go(prior):
+            if prior is not None and (prior.held or prior.held_lives) and self._let_go(prior):
                 # Released, its scan not come yet: the event finds it first, and lets it
                 # go as the scan would. Frozen, it would swallow a create of the next life.
-                fired = self._engine.fire_now(prior, now_ms)
-                effects.tombstones.append(fired)
-                effects.stamps_before.append(len(effects.stamps))
+                let_go = self._let_go_now(prior, now_ms, effects, ordered=True)
                 first = writes.get(key)
-                writes[key] = (prior if first is None else first[0], fired.after)
-                overlay[key] = (seq, fired.after)
-                prior = fired.after
+                writes[key] = (prior if first is None else first[0], let_go)
+                overlay[key] = (seq, let_go)
+                prior = let_go
             if holds_active or (prior is not None and prior.held):
                 kept = self._hold_event(ev, prior, now_ms, effects)
                 if kept is not None:
@@ -278,6 +276,8 @@ class PartitionProcessor:
                 writes[key] = (before, kept)
                 overlay[key] = (seq, kept)
                 continue
+            if before.held_lives:  # released, its scan not come yet: its earlier lives first
+                self._tombstone_lives(before, before._replace(held_lives=()), now_ms, effects)
             tombstones.append(fired)
             after = fired.after
             writes[key] = (before, after)
@@ -291,17 +291,22 @@ class PartitionProcessor:
     ) -> model.Stamp | None:
         """What a legal hold makes of an event, or None when no hold is involved.
 
-        A held record is frozen: events change nothing, except that an erasure request is
-        kept and carried out at the release. An erasure request for a record a hold matches
-        is deferred likewise; so is a record that fell due, when an event finds it first.
+        A held record's life is frozen: events change nothing, except that an erasure
+        request is kept and carried out at the release, and that a create or touch after
+        the held life's end starts the record's next life, which keeps the held one for
+        its tombstone at the release. An erasure request for a record a hold matches is
+        deferred likewise; so is a record that fell due, when an event finds it first.
         """
         identity = ev.identity
         if prior is not None and prior.held:
-            if ev.op == "delete" and prior.erase_at is None:
-                kept = prior._replace(erase_at=ev.ts)
-                effects.stamps.append((kept, None))
-                self._defer(kept, "explicit", effects)
-                return kept
+            if ev.op == "delete":
+                if prior.erase_at is None:
+                    kept = prior._replace(erase_at=ev.ts)
+                    effects.stamps.append((kept, None))
+                    self._defer(kept, "explicit", effects)
+                    return kept
+            elif (started := self._next_life(ev, prior, now_ms, effects)) is not None:
+                return started
             effects.verdicts["held"] += 1
             return prior
         holding = self.holds.holding(identity)
@@ -327,6 +332,58 @@ class PartitionProcessor:
             effects.verdicts["held"] += 1
             return kept
         return None
+
+    def _next_life(
+        self, ev: model.InputEvent, held: model.Stamp, now_ms: int, effects: Effects
+    ) -> model.Stamp | None:
+        """The record's next life, when ``ev`` (a create or touch) starts one after the
+        end of the life a hold keeps (the engine decides, as if that life's tombstone had
+        gone out); None when the event belongs to the held life, or starts nothing."""
+        ended = self._engine.fire_now(held, now_ms).after
+        outcome = self._engine.feed(ev, ended, now_ms, None)
+        if outcome.state is None or not outcome.state.live:
+            return None
+        new = outcome.state._replace(held_lives=(*held.held_lives, held.as_held_life()))
+        self._engine.load([(new, None)])  # its timer carries the lives it keeps
+        effects.verdicts[outcome.verdict.value] += 1
+        effects.stamps.append((new, ev.data))
+        return new
+
+    def _let_go_now(
+        self, held: model.Stamp, now_ms: int, effects: Effects, *, ordered: bool
+    ) -> model.Stamp:
+        """Tombstone what the holds kept of a record none of them matches any more: its
+        earlier lives, oldest first, then its life if that is over (it fell due, or an
+        erasure was asked, under the hold). A life still running goes on: stamped again
+        without the lives (the changelog's last stamp must not bring them back), its timer
+        set. Returns the record's new state. ``ordered``: note where each tombstone comes
+        among the stamps (``Effects.stamps_before``), as ``process`` does."""
+        current = held._replace(held_lives=()) if held.held_lives else held
+        first = len(effects.tombstones)
+        self._tombstone_lives(held, current, now_ms, effects)
+        if held.held:
+            fired = self._engine.fire_now(current, now_ms)
+            effects.tombstones.append(fired)
+            new = fired.after
+        else:
+            self._engine.load([(current, None)])
+            new = current
+        if ordered:
+            effects.stamps_before += [len(effects.stamps)] * (len(effects.tombstones) - first)
+        if new.live:
+            effects.stamps.append((new, None))
+        return new
+
+    @staticmethod
+    def _tombstone_lives(
+        held: model.Stamp, current: model.Stamp, now_ms: int, effects: Effects
+    ) -> None:
+        """The tombstones of ``held``'s earlier lives, oldest first. Each names the record's
+        ``current`` state as what follows, a life: no null goes to ``expiry.stamped`` for
+        them (the record is not deleted, only a life of it that ended long ago)."""
+        for life in held.held_lives:
+            reason: model.Reason = "ttl" if life[4] is None else "explicit"
+            effects.tombstones.append(Fired(held.held_life(life), current, reason, now_ms))
 
     def _let_go(self, held: model.Stamp) -> bool:
         """Whether a held record is free to go now: no hold matches it any more, and the
@@ -380,7 +437,9 @@ class PartitionProcessor:
             return effects
         candidates: list[model.Stamp] = []
         if self._release_cursor is None:  # the first step also looks at unsettled states
-            candidates += [s for _, s in self._overlay.values() if s.live and s.held]
+            candidates += [
+                s for _, s in self._overlay.values() if s.live and (s.held or s.held_lives)
+            ]
         stored, cursor = self.store.held(self._release_cursor or b"", budget)
         overlay = self._overlay
         candidates += [s for s in stored if s.identity.key not in overlay]
@@ -394,11 +453,10 @@ class PartitionProcessor:
             if not self._archive_lets_go(held):
                 self.archive_waiting += 1
                 continue
-            fired = self._engine.fire_now(held, now_ms)
+            new = self._let_go_now(held, now_ms, effects, ordered=False)
             key = held.identity.key
-            effects.tombstones.append(fired)
-            writes[key] = (held, fired.after)
-            overlay[key] = (seq, fired.after)
+            writes[key] = (held, new)
+            overlay[key] = (seq, new)
         return effects
 
     def recheck_archive(self) -> None:

@@ -333,14 +333,16 @@ def _apply_stamps(
             deleted_at = deleted_at_of(rec.headers)
             if deleted_at is None:
                 deleted_at = rec.timestamp  # an older null without the header: its time
-            rows[key] = (key, cat, None, None, None, None, deleted_at, None, None, None)
+            rows[key] = (key, cat, None, None, None, None, deleted_at, None, None, None, ())
             continue
         try:
-            created, expires, ttl, source, erase, floor = stamp_fields(value)
+            created, expires, ttl, source, erase, floor, older = stamp_fields(value)
         except ValueError:
             report.unreadable += 1
             continue
-        rows[key] = (key, cat, created, expires, ttl, source, None, erase, rec.offset, floor)
+        rows[key] = (
+            key, cat, created, expires, ttl, source, None, erase, rec.offset, floor, older
+        )  # fmt: skip
     lives, markers = store.write_restored(list(rows.values()), now_ms=now_ms, meta=meta)
     report.stamps += lives
     report.markers += markers

@@ -27,7 +27,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from stream_expiry.model import Identity, Stamp, identity_of_key
+from stream_expiry.model import HeldLife, Identity, Stamp, identity_of_key
 from stream_expiry.state.codec import decode_state, encode_fields, encode_state
 
 if TYPE_CHECKING:
@@ -54,7 +54,8 @@ _PENDING_PREFIX = "pending/"
 
 # A state read back from the changelog, as :meth:`PartitionStore.write_restored` takes it:
 # (record key, category, created_at, expires_at, ttl_ms, ttl_source, deleted_at, erase_at,
-# stamp_offset, previous_deleted_at). A tuple, not a Stamp: a restore writes millions.
+# stamp_offset, previous_deleted_at, held_lives). A tuple, not a Stamp: a restore writes
+# millions.
 RestoredRow = tuple[
     bytes,
     str,
@@ -66,6 +67,7 @@ RestoredRow = tuple[
     int | None,
     int | None,
     int | None,
+    tuple[HeldLife, ...],
 ]
 
 
@@ -84,7 +86,9 @@ class StoreCounts:
     pending: dict[str, int] = field(default_factory=dict)  # live, finite expiry, by category
     never: int = 0  # live records that never expire
     markers: int = 0  # deletion markers not yet pruned
-    held: int = 0  # records a legal hold keeps past their expiry or erasure request
+    # records a legal hold keeps past their expiry or erasure request, or with earlier
+    # lives it keeps (those are in the held index too, and in the due index when pending)
+    held: int = 0
 
     @property
     def pending_total(self) -> int:
@@ -193,6 +197,7 @@ class PartitionStore:
                     and old.erase_at is None
                     and expires is not None
                     and not old.held
+                    and not old.held_lives
                 ):
                     deletes.append(_DUE + _TIME.pack(expires + _BIAS) + key)
                     cat = old.identity.category
@@ -203,9 +208,11 @@ class PartitionStore:
             deleted = new.deleted_at
             if deleted is None:
                 due = new.due_at
-                if new.held:
+                if new.held or new.held_lives:  # the release scan looks at it
                     counts.held += 1
                     puts[_HELD + key] = b""
+                if new.held:  # frozen: no timer
+                    pass
                 elif due is None:
                     counts.never += 1
                 else:
@@ -246,13 +253,13 @@ class PartitionStore:
         grace = self.grace_ms
         lives = markers = 0
         for row, raw in zip(rows, olds, strict=True):
-            key, cat, created, expires, ttl, source, deleted, erase, offset, floor = row
+            key, cat, created, expires, ttl, source, deleted, erase, offset, floor, older = row
             prune_at = None if deleted is None else max(deleted + 1, now_ms) + grace
             # A stamp with an erasure request is a record a legal hold keeps (only a hold
             # defers an erasure): held, as it was, until the release scan lets it go.
             held = erase is not None and deleted is None
             value = encode_fields(
-                created, expires, ttl, deleted, prune_at, erase, offset, source, held, floor
+                created, expires, ttl, deleted, prune_at, erase, offset, source, held, floor, older
             )
             if raw is not None:
                 if raw == value:
@@ -269,6 +276,7 @@ class PartitionStore:
                     held,
                     offset,
                     floor,
+                    older,
                 )
                 if old == new:
                     continue  # a marker: only its prune time differs
@@ -276,9 +284,11 @@ class PartitionStore:
             if prune_at is None:
                 lives += 1
                 due = expires if erase is None else erase
-                if held:
+                if held or older:  # the release scan looks at it
                     counts.held += 1
                     puts[_HELD + key] = b""
+                if held:  # frozen: no timer
+                    pass
                 elif due is None:
                     counts.never += 1
                 else:
@@ -299,9 +309,11 @@ class PartitionStore:
         counts = self.counts
         if old.deleted_at is None:
             due = old.due_at
-            if old.held:
+            if old.held or old.held_lives:
                 counts.held -= 1
                 deletes.append(_HELD + key)
+            if old.held:
+                pass
             elif due is None:
                 counts.never -= 1
             else:

@@ -142,3 +142,58 @@ async def test_status_counts_pending_never_held_and_lag(
     assert set(got["lag"]) == {f"{t}[{p}]" for t in topics.inputs for p in range(2)}
     assert sum(v["end"] for v in got["lag"].values()) == 9
     assert all(v["lag"] == 0 for v in got["lag"].values()), got["lag"]
+
+
+@pytest.mark.timeout(120)
+async def test_a_held_session_that_comes_back_starts_its_next_life_and_both_are_tombstoned(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A returning user's session under a hold: the life the hold keeps past its expiry
+    stays kept, the touch after that expiry starts the next life with an expiry of its
+    own, and at the release the kept life is tombstoned with no null on expiry.stamped
+    (the record lives on), the next life at its own expiry, never early."""
+    retention = '[retention.defaults]\nsession = "3s"\n'
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(config_text(topics, str(tmp_path / "state"), retention))
+    common = ("--config", str(cfg), "--bootstrap-servers", broker)
+    assert await _cli("hold", "place", *common, "--org", "acme", "--record-id", "s-1",
+                      "--reason", "case 9", "--id", "case-9") == 0  # fmt: skip
+    config = config_for(topics, str(tmp_path / "state"), retention)
+    tombstones = ArrivalLog(broker, topics.tombstones)
+    key, _ = event("session", "s-1")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tombstones.follow)
+        async with running_service(config, broker) as service:
+            await wait_for(lambda: len(service.holds) == 1)
+            t0 = wall_clock_ms()
+            await produce(broker, [(topics.sessions, *event("session", "s-1", ts=t0))])
+            held = lambda: sum(p.store.counts.held for p in service.processors.values())  # noqa: E731
+            await wait_for(lambda: held() >= 1 and wall_clock_ms() >= t0 + 3000, timeout_s=15)
+            t1 = wall_clock_ms()
+            await produce(broker, [(topics.sessions, *event("session", "s-1", op="touch", ts=t1))])
+            await wait_for(lambda: service.stats.verdicts["recreated"] >= 1)
+            released_at = wall_clock_ms()
+            assert await _cli("hold", "release", *common, "case-9") == 0
+            await wait_for(lambda: len(tombstones.arrivals) >= 2, timeout_s=15)
+        tg.cancel_scope.cancel()
+    assert tombstones.arrivals[0][0] >= released_at  # nothing before the release
+    lives = [(at, orjson.loads(r.value)) for at, r in tombstones.arrivals]
+    assert [(parse_ts(b["created_at"]), b["reason"]) for _, b in lives] == [
+        (t0, "ttl"),
+        (t1, "ttl"),
+    ]
+    assert lives[1][0] >= t1 + 3000  # the next life at its own expiry, never early
+    on_stamped = [r for r in await read_all(broker, topics.stamped) if r.key == key]
+    bodies = [None if r.value is None else orjson.loads(r.value) for r in on_stamped]
+    # The first life; the next, keeping the first for the hold; the next again, the
+    # first let go; then the null of its own expiry. No null while the record lived.
+    assert [None if b is None else parse_ts(b["created_at"]) for b in bodies] == [
+        t0,
+        t1,
+        t1,
+        None,
+    ]
+    assert bodies[1] is not None
+    assert [parse_ts(life["created_at"]) for life in bodies[1]["held_lives"]] == [t0]
+    assert bodies[2] is not None
+    assert "held_lives" not in bodies[2]

@@ -77,8 +77,8 @@ def _tomb(f: Fired) -> Tomb:
     )
 
 
-def _logged(stamp: Stamp) -> tuple[int | None, ...]:
-    return (stamp.created_at, stamp.expires_at, stamp.erase_at)
+def _logged(stamp: Stamp) -> tuple[object, ...]:
+    return (stamp.created_at, stamp.expires_at, stamp.erase_at, stamp.held_lives)
 
 
 @dataclass
@@ -97,7 +97,7 @@ class Harness:
     offset: int = 0
     # The last message of each record on expiry.stamped: a stamp's times, None for the
     # null that follows a tombstone.
-    changelog: dict[str, tuple[int | None, ...] | None] = field(default_factory=dict)
+    changelog: dict[str, tuple[object, ...] | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.proc = PartitionProcessor(
@@ -119,7 +119,8 @@ class Harness:
             for stamp, _ in stamps:
                 self.changelog[stamp.identity.key] = _logged(stamp)
             for fired in tombstones:
-                self.changelog[fired.before.identity.key] = None
+                if not fired.after.live:  # a held earlier life's tombstone has no null
+                    self.changelog[fired.before.identity.key] = None
         self.unsettled.append(effects)
         while len(self.unsettled) > self.settle_lag:
             self.proc.settle(self.unsettled.popleft(), BASE + self.now)
@@ -161,7 +162,8 @@ class Harness:
     def check_changelog(self) -> None:
         """The changelog rebuilds every state: a live record's last message is a stamp of
         its times now (a touch's extension, a create moved back, an erasure kept under a
-        hold, each published), an ended record's is a null."""
+        hold, the earlier lives a hold keeps, each published), an ended record's is a
+        null."""
         for state in self.proc.states():
             want = _logged(state) if state.live else None
             assert self.changelog.get(state.identity.key, "none") == want, state

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import orjson
@@ -13,7 +14,7 @@ from stream_expiry.holds import Hold, HoldBook, encode_hold, parse_hold
 from stream_expiry.model import Identity, InputEvent, Rejection
 from stream_expiry.policy import Resolution
 from stream_expiry.state import Effects, MemoryKV, PartitionProcessor, PartitionStore
-from tests.unit.test_engine import OPS_, Harness, Reference, RefRecord, Tomb, ev
+from tests.unit.test_engine import OPS_, SLIDING, Harness, Reference, RefRecord, Tomb, ev
 
 T0 = 1_800_000_000_000
 TTL = 1_000
@@ -61,11 +62,18 @@ class Partition:
         return effects
 
     def event(
-        self, rid: str, op: str, ts: int, *, bot: str = "b1", now: int | None = None
+        self,
+        rid: str,
+        op: str,
+        ts: int,
+        *,
+        bot: str = "b1",
+        now: int | None = None,
+        category: str = "conversation",
     ) -> Effects:
         self.offset += 1
         body = {
-            "category": "conversation",
+            "category": category,
             "org": "acme",
             "bot": bot,
             "record_id": rid,
@@ -102,6 +110,75 @@ def test_a_hold_keeps_records_past_expiry_and_the_release_tombstones_them_then()
     assert p.tombstones == [("a", "ttl", T0 + 6 * TTL, T0 + TTL)]
     p.tick(T0 + 100 * TTL)
     assert len(p.tombstones) == 1  # once
+
+
+def test_a_held_record_that_comes_back_starts_its_next_life_and_keeps_the_held_one() -> None:
+    """A returning user's session under a hold: the touch after its held life's end starts
+    the next life, stamped with its own expiry and the held life it keeps; at the release
+    the held life is tombstoned (no null: the record lives on), and the next life expires
+    at its own time, never early."""
+    p = Partition()
+    p.holds.place(hold())
+    p.event("s", "create", T0, category="session")
+    p.tick(T0 + TTL)  # expired, kept
+    back = p.event("s", "touch", T0 + 3 * TTL, category="session")
+    assert back.verdicts == {"recreated": 1}
+    [(state, _)] = back.stamps
+    assert (state.created_at, state.expires_at) == (T0 + 3 * TTL, T0 + 4 * TTL)
+    assert state.held_lives == ((T0, T0 + TTL, TTL, "default", None),)
+    assert state.previous_deleted_at == T0 + TTL - 1
+    p.tick(T0 + 3 * TTL + 500)
+    p.holds.release("h1")
+    p.tick(T0 + 3 * TTL + 600)
+    release = p.proc.state_of(state.identity.key)
+    assert release is not None
+    assert (release.held_lives, release.expires_at) == ((), T0 + 4 * TTL)
+    assert p.tombstones == [("s", "ttl", T0 + 3 * TTL + 600, T0 + TTL)]
+    p.tick(T0 + 4 * TTL - 1)
+    assert len(p.tombstones) == 1
+    p.tick(T0 + 4 * TTL)
+    assert p.tombstones[1:] == [("s", "ttl", T0 + 4 * TTL, T0 + 4 * TTL)]
+
+
+def test_lives_that_all_end_under_the_hold_are_tombstoned_oldest_first_at_the_release() -> None:
+    p = Partition()
+    p.holds.place(hold())
+    p.event("c", "create", T0)
+    p.tick(T0 + TTL)
+    assert p.event("c", "create", T0 + TTL - 1).verdicts == {"held": 1}  # the held life's
+    assert p.event("c", "touch", T0 + 2 * TTL).verdicts == {"held": 1}  # does not slide
+    p.event("c", "create", T0 + 2 * TTL)  # the second life
+    p.event("c", "delete", T0 + 2 * TTL + 10)  # its erasure, deferred
+    p.event("c", "create", T0 + 2 * TTL + 20)  # the third
+    p.tick(T0 + 4 * TTL)  # the third expired too, kept
+    assert p.tombstones == []
+    assert [d[:2] for d in p.deferred] == [("c", "ttl"), ("c", "explicit"), ("c", "ttl")]
+    p.holds.release("h1")
+    p.tick(T0 + 5 * TTL)
+    assert p.tombstones == [
+        ("c", "ttl", T0 + 5 * TTL, T0 + TTL),
+        ("c", "explicit", T0 + 5 * TTL, T0 + 3 * TTL),
+        ("c", "ttl", T0 + 5 * TTL, T0 + 3 * TTL + 20),
+    ]
+    [ended] = p.proc.states()
+    assert (ended.live, ended.held, ended.held_lives) == (False, False, ())
+
+
+def test_a_timer_that_fires_after_the_release_before_its_scan_tombstones_the_lives_first() -> None:
+    p = Partition()
+    p.holds.place(hold())
+    p.event("s", "create", T0, category="session")
+    p.tick(T0 + TTL)
+    p.event("s", "create", T0 + TTL, category="session", now=T0 + TTL)
+    p.holds.release("h1")
+    p.proc.extend_horizon(T0 + 2 * TTL)
+    p._take(p.proc.fire_due(T0 + 2 * TTL), T0 + 2 * TTL)  # the timer, before any scan
+    assert p.tombstones == [
+        ("s", "ttl", T0 + 2 * TTL, T0 + TTL),
+        ("s", "ttl", T0 + 2 * TTL, T0 + 2 * TTL),
+    ]
+    p.tick(T0 + 3 * TTL)
+    assert len(p.tombstones) == 2  # the scan finds nothing left
 
 
 def test_a_hold_on_one_bot_leaves_another_bots_records_on_time() -> None:
@@ -281,33 +358,57 @@ class HoldingReference:
     """The contract's legal holds written over the engine's reference model: a record a
     hold matches is not tombstoned at its expiry nor on a delete; it is kept, frozen, and
     at the release tombstoned as it would have been (``explicit`` for an erasure asked
-    meanwhile, else ``ttl``). An event for a released record that the release scan has not
-    reached lets it go first, as the scan would."""
+    meanwhile, else ``ttl``). A create or touch after a kept life's end starts the next
+    life as it would have without the hold, and the kept life waits for the release all
+    the same, its tombstone first. An event for a released record that the release scan
+    has not reached lets it go first, as the scan would."""
 
     def __init__(self) -> None:
         self.base = Reference()
         self.holds: set[str] = set()  # record ids held, "*" for the whole org
         self.kept: dict[str, int | None] = {}  # key -> the erasure asked while held
+        # key -> earlier lives kept for the release: (reason, expires_at), oldest first
+        self.lives: dict[str, list[tuple[str, int | None]]] = {}
 
     def _matches(self, key: str) -> bool:
         return "*" in self.holds or key.rsplit("/", 1)[1] in self.holds
 
-    def _let_go(self, key: str) -> Tomb:
-        erase, rec = self.kept.pop(key), self.base.recs[key]
+    def _end(self, key: str) -> int:
+        """Where the kept life of ``key`` ends: its erasure, else its expiry."""
+        erase, rec = self.kept[key], self.base.recs[key]
         if erase is not None:
-            rec.deleted = max(erase, erase if rec.created is None else rec.created)
-            return (key, "explicit", self.base.now, rec.expires)
+            return max(erase, erase if rec.created is None else rec.created)
         assert rec.expires is not None
-        rec.deleted = rec.expires - 1
-        return (key, "ttl", self.base.now, rec.expires)
+        return rec.expires - 1
+
+    def _let_go(self, key: str) -> list[Tomb]:
+        now = self.base.now
+        out = [(key, reason, now, expires) for reason, expires in self.lives.pop(key, [])]
+        if key in self.kept:
+            rec = self.base.recs[key]
+            reason = "ttl" if self.kept[key] is None else "explicit"
+            rec.deleted = self._end(key)
+            del self.kept[key]
+            out.append((key, reason, now, rec.expires))
+        return out
 
     def event(self, e: InputEvent) -> list[Tomb]:
         key, t, base = e.identity.key, e.ts, self.base
-        out = [self._let_go(key)] if key in self.kept and not self._matches(key) else []
+        held = key in self.kept or key in self.lives
+        out = self._let_go(key) if held and not self._matches(key) else []
         if key in self.kept:  # frozen; an erasure asked is kept for the release
-            if e.op == "delete" and self.kept[key] is None:
-                self.kept[key] = t
-            return out
+            if e.op == "delete":
+                if self.kept[key] is None:
+                    self.kept[key] = t
+                return out
+            end = self._end(key)
+            if t <= end or (e.op == "touch" and e.identity.category not in SLIDING):
+                return out
+            # The next life: the kept one waits for the release, as before.
+            reason = "ttl" if self.kept[key] is None else "explicit"
+            self.lives.setdefault(key, []).append((reason, base.recs[key].expires))
+            base.recs[key].deleted = end
+            del self.kept[key]
         if self._matches(key):
             rec = base.recs.get(key)
             if e.op == "delete":
@@ -344,7 +445,8 @@ class HoldingReference:
             else:
                 base.recs[key].deleted = expires - 1
                 out.append((key, "ttl", base.now, expires))
-        return out + [self._let_go(k) for k in sorted(self.kept) if not self._matches(k)]
+        released = sorted({*self.kept, *self.lives} - {k for k in base.recs if self._matches(k)})
+        return out + [t for k in released for t in self._let_go(k)]
 
 
 def _hold_for(target: str) -> Hold:
@@ -413,7 +515,7 @@ def test_processor_under_legal_holds_matches_the_reference(
         elif kind == "advance":
             now += 50 * int(step[1])  # type: ignore[call-overload]
             got = h.advance(now) + h.release_scan()
-            assert sorted(got) == sorted(ref.tick(now)), step
+            assert Counter(got) == Counter(ref.tick(now)), step
         else:
             _, cat, rid, op, k = step
             event = ev(str(cat), str(rid), str(op), max(0, now + 50 * int(k)))  # type: ignore[call-overload]
@@ -423,5 +525,6 @@ def test_processor_under_legal_holds_matches_the_reference(
         book.release(f"h-{target}")
     ref.holds.clear()
     final = now + 10**7
-    assert sorted(h.advance(final) + h.release_scan()) == sorted(ref.tick(final))
+    assert Counter(h.advance(final) + h.release_scan()) == Counter(ref.tick(final))
     assert not ref.kept
+    assert not ref.lives

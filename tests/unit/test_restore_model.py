@@ -82,6 +82,8 @@ class Changelog:
                 key, at = fired.before.identity.key, fired.emitted_at
                 event = model.encode_tombstone(fired.before, reason=fired.reason, emitted_at=at)
                 self._add(self.tombstones, key, event, at, SOURCE)
+                if fired.after.live:
+                    continue  # an earlier life a hold kept: the record lives on, no null
                 deleted = [*SOURCE, (codec.H_DELETED_AT, str(fired.after.deleted_at).encode())]
                 self._add(self.stamped, key, None, at, deleted)
 
@@ -284,6 +286,27 @@ def test_a_record_a_hold_kept_at_its_expiry_is_kept_after_a_restore_whatever_com
     """Its stamp does not say it is held: the restored processor learns it again from the
     hold book, whether an event or its overdue timer reaches it first."""
     _check_restore([("hold", "a"), ("event", "error", "a", "create", 0), ("advance", 2_000)], after)
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        [("release", "a")],
+        [("advance", 7_000), ("release", "a")],
+        [("advance", 1_000), ("event", "session", "a", "touch", 0), ("release", "a")],
+        [("event", "session", "a", "delete", 0), ("release", "a")],
+    ],
+)
+def test_a_next_life_restored_keeps_the_life_a_hold_kept_before_it(after: list[Step]) -> None:
+    """The lives a hold keeps are on the new life's stamp: a restored processor keeps
+    them, and tombstones them at the release as the original does."""
+    before: list[Step] = [
+        ("hold", "a"),
+        ("event", "session", "a", "create", 0),
+        ("advance", 7_000),  # sessions live 6 s here
+        ("event", "session", "a", "touch", 0),  # after the expiry: the next life
+    ]
+    _check_restore(before, after)
 
 
 def test_a_new_life_restored_still_ignores_its_previous_lifes_create() -> None:

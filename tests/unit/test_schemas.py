@@ -127,3 +127,23 @@ def test_holds_and_audit_entries_match_their_schemas() -> None:
         stamp_fields(encode_stamp(Stamp(ident, 9, 60_009, 60_000, "org", previous_deleted_at=4)))[5]
         == 4
     )
+
+
+def test_a_stamp_keeping_lives_a_hold_kept_matches_its_schema_and_reads_back() -> None:
+    """The earlier lives a legal hold keeps travel on the new life's stamp: restore,
+    replay and ``status`` read them back exactly, and a schema checks them."""
+    from stream_expiry.codec import decode_stamp
+
+    ident = Identity("acme", "b1", "live", "session", "s1")
+    lives = ((1_000, 61_000, 60_000, "org", None), (70_000, 130_000, 60_000, "bot", 90_000))
+    stamp = Stamp(ident, 200_000, 260_000, 60_000, "org", previous_deleted_at=99_999,
+                  held_lives=lives)  # fmt: skip
+    body = orjson.loads(encode_stamp(stamp))
+    jsonschema.validate(body, schema("stamped.schema.json"))
+    assert [life["erase_requested_at"] for life in body["held_lives"]] == [
+        None,
+        "1970-01-01T00:01:30.000Z",
+    ]
+    assert stamp_fields(encode_stamp(stamp))[6] == lives
+    assert decode_stamp(ident.key, encode_stamp(stamp)) == stamp
+    assert "held_lives" not in orjson.loads(encode_stamp(stamp._replace(held_lives=())))

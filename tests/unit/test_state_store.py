@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_expiry.model import Identity, Stamp
+from stream_expiry.model import HeldLife, Identity, Stamp
 from stream_expiry.state import MemoryKV, PartitionStore, RocksKV
 from stream_expiry.state.codec import decode_state, encode_state
 
@@ -268,6 +268,10 @@ _time = st.one_of(st.none(), st.integers(-(2**62), 2**62))
     held=st.booleans(),
     offset=_time,
     floor=_time,
+    lives=st.lists(
+        st.tuples(_time, _time, _time, st.one_of(st.none(), st.text(max_size=8)), _time),
+        max_size=3,
+    ).map(tuple),
 )
 def test_every_field_of_a_state_survives_the_store(
     created: int | None,
@@ -279,21 +283,24 @@ def test_every_field_of_a_state_survives_the_store(
     held: bool,
     offset: int | None,
     floor: int | None,
+    lives: tuple[HeldLife, ...],
 ) -> None:
-    """The previous life's deletion is stored only when there is one, after a byte UTF-8
-    never holds: whatever the ttl source's text, it reads back as written, and so does a
-    value written before the field existed."""
-    stamp = Stamp(ident("r"), created, expires, ttl, source, deleted, erase, held, offset, floor)
+    """The previous life's deletion and the lives a hold keeps are stored only when there
+    are some, after bytes UTF-8 never holds: whatever the ttl source's text, it reads back
+    as written, and so does a value written before the fields existed."""
+    stamp = Stamp(
+        ident("r"), created, expires, ttl, source, deleted, erase, held, offset, floor, lives
+    )
     value = encode_state(stamp, None)
     assert decode_state(stamp.identity, value) == (stamp, None)
-    if floor is None:
+    if floor is None and not lives:
         # The layout of every state before ``previous_deleted_at``: fixed fields, source.
         assert value[57:] == (source or "").encode()
 
 
 def test_a_restored_state_keeps_its_previous_lifes_deletion(store: PartitionStore) -> None:
     key = ident("r").key.encode()
-    row = (key, "conversation", T0, T0 + 1000, 1000, "default", None, None, 7, T0 - 5)
+    row = (key, "conversation", T0, T0 + 1000, 1000, "default", None, None, 7, T0 - 5, ())
     assert store.write_restored([row], now_ms=T0, meta={}) == (1, 0)
     assert store.get(ident("r").key) == Stamp(
         ident("r"), T0, T0 + 1000, 1000, "default", None, None, False, 7, T0 - 5
