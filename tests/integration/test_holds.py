@@ -167,8 +167,13 @@ async def test_a_held_session_that_comes_back_starts_its_next_life_and_both_are_
             await wait_for(lambda: len(service.holds) == 1)
             t0 = wall_clock_ms()
             await produce(broker, [(topics.sessions, *event("session", "s-1", ts=t0))])
-            held = lambda: sum(p.store.counts.held for p in service.processors.values())  # noqa: E731
-            await wait_for(lambda: held() >= 1 and wall_clock_ms() >= t0 + 3000, timeout_s=15)
+            await wait_for(
+                lambda: (
+                    sum(p.store.counts.held for p in service.processors.values()) >= 1
+                    and wall_clock_ms() >= t0 + 3000
+                ),
+                timeout_s=15,
+            )
             t1 = wall_clock_ms()
             await produce(broker, [(topics.sessions, *event("session", "s-1", op="touch", ts=t1))])
             await wait_for(lambda: service.stats.verdicts["recreated"] >= 1)
