@@ -220,7 +220,7 @@ class PartitionProcessor:
                 writes[key] = (prior if first is None else first[0], let_go)
                 overlay[key] = (seq, let_go)
                 prior = let_go
-            if holds_active or (prior is not None and prior.held):
+            if holds_active or (prior is not None and (prior.held or prior.held_lives)):
                 kept = self._hold_event(ev, prior, now_ms, effects)
                 if kept is not None:
                     if kept is not prior:
@@ -311,6 +311,8 @@ class PartitionProcessor:
             return prior
         holding = self.holds.holding(identity)
         if not holding:
+            if prior is not None and prior.held_lives:
+                return self._wait_for_archive(ev, prior, now_ms, effects)
             return None
         if ev.op == "delete":
             if prior is not None and not prior.live:
@@ -332,6 +334,28 @@ class PartitionProcessor:
             effects.verdicts["held"] += 1
             return kept
         return None
+
+    def _wait_for_archive(
+        self, ev: model.InputEvent, prior: model.Stamp, now_ms: int, effects: Effects
+    ) -> model.Stamp | None:
+        """An event for a record that keeps lives a released hold kept, which the archive
+        holds back (``[archive] required``: it has not read the record's latest stamp).
+        The running life must not end without them: an erasure, which never waits for
+        the archive, lets everything go now; an event at or after the running life's
+        expiry keeps that life for the archive, as its timer would have, and may start
+        the next life over it. Any other event applies to the running life (None)."""
+        if ev.op == "delete":
+            erased = prior._replace(erase_at=ev.ts, held=True)
+            return self._let_go_now(erased, now_ms, effects, ordered=True)
+        due = prior.due_at
+        if due is None or due > now_ms or ev.ts < due:
+            return None
+        self._engine.cancel(prior.identity.key)
+        kept = prior._replace(held=True)
+        self.archive_waiting += 1
+        effects.verdicts["archive_wait"] += 1
+        started = self._next_life(ev, kept, now_ms, effects)
+        return kept if started is None else started
 
     def _next_life(
         self, ev: model.InputEvent, held: model.Stamp, now_ms: int, effects: Effects

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from stream_expiry.archive_gate import ArchiveGate
 from stream_expiry.holds import Hold, HoldBook, encode_hold, parse_hold
 from stream_expiry.model import Identity, InputEvent, Rejection
 from stream_expiry.policy import Resolution
@@ -34,7 +35,12 @@ def resolve(identity: Identity, at_ms: int) -> Resolution:
 class Partition:
     """One processor with its hold book; every effect settles at once."""
 
-    def __init__(self, holds: HoldBook | None = None, horizon_ms: int = 3_600_000) -> None:
+    def __init__(
+        self,
+        holds: HoldBook | None = None,
+        horizon_ms: int = 3_600_000,
+        archive: ArchiveGate | None = None,
+    ) -> None:
         self.holds = holds or HoldBook()
         self.proc = PartitionProcessor(
             "in",
@@ -47,8 +53,10 @@ class Partition:
             now_ms=T0,
             horizon_ms=horizon_ms,
             holds=self.holds,
+            archive=archive,
         )
         self.offset = 0
+        self.stamped = 0  # the next offset on expiry.stamped (the broker's acks give them)
         self.tombstones: list[tuple[str, str, int, int | None]] = []  # (rid, reason, at, exp)
         self.deferred: list[tuple[str, str, list[str]]] = []
 
@@ -58,6 +66,9 @@ class Partition:
                 (f.before.identity.record_id, f.reason, f.emitted_at, f.before.expires_at)
             )
         self.deferred += [(s.identity.record_id, r, ids) for s, r, ids in effects.deferred]
+        for state, _ in effects.stamps:
+            effects.stamp_offsets[state.identity.key] = self.stamped
+            self.stamped += 1
         self.proc.settle(effects, now)
         return effects
 
@@ -179,6 +190,33 @@ def test_a_timer_that_fires_after_the_release_before_its_scan_tombstones_the_liv
     ]
     p.tick(T0 + 3 * TTL)
     assert len(p.tombstones) == 2  # the scan finds nothing left
+
+
+def test_lives_a_released_hold_kept_wait_with_their_record_for_the_archive() -> None:
+    """``[archive] required`` and a record that keeps a held life while its next runs:
+    released before the archive has read the next life's stamp, an event at that life's
+    expiry must not end it without the held life (whose tombstone would then never go):
+    both wait for the archive, and go, oldest first, once it has them."""
+    archive = ArchiveGate(partitions=1)
+    p = Partition(archive=archive)
+    p.holds.place(hold())
+    p.event("s", "create", T0, category="session")
+    p.tick(T0 + TTL)
+    p.event("s", "touch", T0 + 3 * TTL, category="session")  # the next life, keeping one
+    archive.update({0: 1})  # the first life's stamp only
+    p.holds.release("h1")
+    p.tick(T0 + 3 * TTL + 100)
+    assert p.tombstones == []  # the archive holds them back
+    p.event("s", "touch", T0 + 4 * TTL, category="session")  # at the running life's expiry
+    assert p.tombstones == []
+    archive.update({0: 100})
+    p.tick(T0 + 4 * TTL + 100)
+    assert p.tombstones == [
+        ("s", "ttl", T0 + 4 * TTL + 100, T0 + TTL),
+        ("s", "ttl", T0 + 4 * TTL + 100, T0 + 4 * TTL),
+    ]
+    [state] = p.proc.states()
+    assert (state.created_at, state.held_lives, state.live) == (T0 + 4 * TTL, (), True)
 
 
 def test_a_hold_on_one_bot_leaves_another_bots_records_on_time() -> None:

@@ -1,0 +1,147 @@
+"""Instructions per event of the per-partition processor, counted by callgrind.
+
+Why: these machines' speed moves by a third within an hour, so a timed A/B of two commits
+cannot show a change of a few per cent; valgrind's callgrind counts the instructions the
+CPU runs, the same for the same code and input whatever else the machine does. The count
+of one run includes Python's start-up and the building of the events, so each workload
+runs at two sizes and the difference is divided by the difference in events.
+
+Workloads (the service's core without Kafka, on the memory store, as ``bench_engine``'s
+``processor`` passes): ``mixed``, the ingest mix (creates, touches, deletes) in slices of
+500, each settled; ``fire``, error records ingested then every one fired and its tombstone
+encoded.
+
+    python -m bench.count_instructions                  # both workloads, 4,000 and 12,000
+    python -m bench.count_instructions --kinds mixed --sizes 2000,6000
+
+To compare two commits, run it in each (a ``git worktree`` or ``git archive`` copy; it
+imports the ``stream_expiry`` beside it). Needs ``valgrind`` (Debian's package); one
+workload takes about a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.common import emit_result, envelope, log, utc_now_iso
+
+ROOT = Path(__file__).resolve().parent.parent
+_COLLECTED = re.compile(r"Collected : (\d+)")
+
+
+def workload(kind: str, n: int) -> None:
+    """Run ``kind`` over ``n`` events, in this process (what callgrind counts)."""
+    from bench.bench_engine import (
+        FIRE_AFTER_MS,
+        FIRE_SLICE,
+        NOW,
+        SLOT,
+        TICK_MS,
+        Bench,
+        Rec,
+        mixed_events,
+    )
+    from bench.bench_engine import _due_soon as due_soon
+    from bench.e2e_expiry import event_value, record_identity
+    from stream_expiry.model import encode_tombstone
+    from stream_expiry.policy import PolicyBook
+    from stream_expiry.state import MemoryKV, PartitionProcessor, PartitionStore
+
+    bench = Bench(n, 1, 1000)
+    book = PolicyBook(bench.config, {})
+    proc = PartitionProcessor(
+        SLOT[0],
+        SLOT[1],
+        PartitionStore(MemoryKV()),
+        resolve=book.resolve,
+        sliding=bench.config.sliding,
+        categories=frozenset(bench.config.categories),
+        max_skew_ms=300_000,
+        now_ms=NOW,
+        tick_ms=TICK_MS,
+    )
+    if kind == "mixed":
+        values = [event_value(e.identity, e.ts, e.op) for e in mixed_events(n)]
+    else:
+        values = [
+            event_value(record_identity(i, "error"), ts, "create")
+            for i, ts in enumerate(due_soon(n))
+        ]
+    records = [Rec(i, None, v) for i, v in enumerate(values)]
+    for lo in range(0, len(records), 500):
+        proc.settle(proc.process(records[lo : lo + 500], NOW), NOW)
+    if kind == "fire":
+        now = NOW + FIRE_AFTER_MS
+        while effects := proc.fire_due(now, FIRE_SLICE):
+            for f in effects.tombstones:
+                encode_tombstone(f.before, reason=f.reason, emitted_at=now)
+            proc.settle(effects, now)
+
+
+def count(kind: str, n: int) -> int:
+    """Instructions of one run of ``workload(kind, n)`` in a fresh interpreter."""
+    with tempfile.TemporaryDirectory(prefix="callgrind-") as work:
+        argv = [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={work}/out",
+            sys.executable,  # the interpreter itself: a launcher script would be counted
+            "-m",
+            "bench.count_instructions",
+            "--run",
+            kind,
+            str(n),
+        ]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    found = _COLLECTED.search(done.stderr)
+    if found is None:
+        raise RuntimeError(f"callgrind reported no count:\n{done.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kinds", default="mixed,fire", help="workloads (default: %(default)s)")
+    parser.add_argument(
+        "--sizes", default="4000,12000", help="the two sizes, in events (default: %(default)s)"
+    )
+    parser.add_argument("--run", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.run:
+        workload(args.run[0], int(args.run[1]))
+        return 0
+    small, large = (int(s) for s in args.sizes.split(","))
+    started = utc_now_iso()
+    results: dict[str, Any] = {}
+    for kind in args.kinds.split(","):
+        log(f"count_instructions: {kind} at {small:,} and {large:,} events under callgrind")
+        low, high = count(kind, small), count(kind, large)
+        per_event = (high - low) / (large - small)
+        results[kind] = {"instructions": {str(small): low, str(large): high},
+                         "per_event": round(per_event)}  # fmt: skip
+        log(f"count_instructions: {kind}: {per_event:,.0f} instructions an event")
+    params = {"kinds": args.kinds, "sizes": [small, large]}
+    notes = ["Instructions, not seconds: the same for the same code and input, however busy"
+             " the machine; per_event is the difference of the two sizes per event."]  # fmt: skip
+    result = envelope(
+        "count_instructions",
+        "stream-expiry-processor",
+        params=params,
+        extra=results,
+        notes=notes,
+        started_at=started,
+    )
+    emit_result(result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
