@@ -56,6 +56,8 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable
 
+    from stream_expiry.state import PartitionProcessor
+
 NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z: a fixed clock, the engine reads no other
 TICK_MS = 10
 DEFAULT_EVENTS = 300_000
@@ -199,6 +201,24 @@ def _due_soon(n: int) -> list[int]:
     return [NOW - ttl + 1_000 + i * FIRE_WINDOW_MS // n for i in range(n)]
 
 
+def new_processor(b: Bench, book: PolicyBook, kv: Any) -> PartitionProcessor:
+    """A processor for partition ``SLOT`` over ``kv``, as the service would make it for
+    ``b``'s configuration (also what ``bench.count_instructions`` counts)."""
+    from stream_expiry.state import PartitionProcessor, PartitionStore
+
+    return PartitionProcessor(
+        SLOT[0],
+        SLOT[1],
+        PartitionStore(kv),
+        resolve=book.resolve,
+        sliding=b.config.sliding,
+        categories=frozenset(b.config.categories),
+        max_skew_ms=300_000,
+        now_ms=NOW,
+        tick_ms=TICK_MS,
+    )
+
+
 def processor_passes(b: Bench, mixed_bytes: list[bytes]) -> None:
     """The service's per-partition core without Kafka: ``PartitionProcessor.process`` on
     slices of 500 records (the service's slice), then ``settle`` into the store, over the
@@ -207,7 +227,7 @@ def processor_passes(b: Bench, mixed_bytes: list[bytes]) -> None:
     import tempfile
 
     from stream_expiry.model import encode_stamp, encode_tombstone
-    from stream_expiry.state import MemoryKV, PartitionProcessor, PartitionStore, RocksKV
+    from stream_expiry.state import MemoryKV, RocksKV
 
     records = [Rec(i, None, v) for i, v in enumerate(mixed_bytes)]
     book = PolicyBook(b.config, {})
@@ -219,17 +239,7 @@ def processor_passes(b: Bench, mixed_bytes: list[bytes]) -> None:
                 kv: Any = RocksKV(tempfile.mkdtemp(dir=work.name))
             else:
                 kv = MemoryKV()
-            return PartitionProcessor(
-                SLOT[0],
-                SLOT[1],
-                PartitionStore(kv),
-                resolve=book.resolve,
-                sliding=b.config.sliding,
-                categories=frozenset(b.config.categories),
-                max_skew_ms=300_000,
-                now_ms=NOW,
-                tick_ms=TICK_MS,
-            )
+            return new_processor(b, book, kv)
 
         return setup
 

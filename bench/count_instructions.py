@@ -42,31 +42,20 @@ def workload(kind: str, n: int) -> None:
         FIRE_AFTER_MS,
         FIRE_SLICE,
         NOW,
-        SLOT,
-        TICK_MS,
         Bench,
         Rec,
         mixed_events,
+        new_processor,
     )
     from bench.bench_engine import _due_soon as due_soon
     from bench.e2e_expiry import event_value, record_identity
     from stream_expiry.model import encode_tombstone
     from stream_expiry.policy import PolicyBook
-    from stream_expiry.state import MemoryKV, PartitionProcessor, PartitionStore
+    from stream_expiry.state import MemoryKV
 
     bench = Bench(n, 1, 1000)
     book = PolicyBook(bench.config, {})
-    proc = PartitionProcessor(
-        SLOT[0],
-        SLOT[1],
-        PartitionStore(MemoryKV()),
-        resolve=book.resolve,
-        sliding=bench.config.sliding,
-        categories=frozenset(bench.config.categories),
-        max_skew_ms=300_000,
-        now_ms=NOW,
-        tick_ms=TICK_MS,
-    )
+    proc = new_processor(bench, book, MemoryKV())
     if kind == "mixed":
         values = [event_value(e.identity, e.ts, e.op) for e in mixed_events(n)]
     else:
