@@ -26,6 +26,8 @@ from tests.integration.service_helpers import (
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from stream_expiry.config import Config
+
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
 RETENTION = '[retention.defaults]\nconversation = "2s"\n'
@@ -35,17 +37,25 @@ async def _cli(*argv: str) -> int:
     return await anyio.to_thread.run_sync(main, list(argv))
 
 
+def _setup(
+    broker: str, topics: TopicSet, tmp_path: Path, retention: str
+) -> tuple[tuple[str, ...], Config]:
+    """The CLI's common arguments (a config file written for these topics) and the same
+    configuration for a service run in the test."""
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(config_text(topics, str(tmp_path / "state"), retention))
+    common = ("--config", str(cfg), "--bootstrap-servers", broker)
+    return common, config_for(topics, str(tmp_path / "state"), retention)
+
+
 @pytest.mark.timeout(120)
 async def test_holds_keep_what_they_match_until_released(
     broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cfg = tmp_path / "expiry.toml"
-    cfg.write_text(config_text(topics, str(tmp_path / "state"), RETENTION))
-    common = ("--config", str(cfg), "--bootstrap-servers", broker)
+    common, config = _setup(broker, topics, tmp_path, RETENTION)
     # A hold placed before any record arrives, on bot b1.
     assert await _cli("hold", "place", *common, "--org", "acme", "--bot", "b1",
                       "--reason", "case 7", "--id", "case-7") == 0  # fmt: skip
-    config = config_for(topics, str(tmp_path / "state"), RETENTION)
     tombstones = ArrivalLog(broker, topics.tombstones)
     async with anyio.create_task_group() as tg:
         tg.start_soon(tombstones.follow)
@@ -114,10 +124,7 @@ async def test_status_counts_pending_never_held_and_lag(
     broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     retention = '[retention.defaults]\nconversation = "1h"\nsession = "1s"\n'
-    cfg = tmp_path / "expiry.toml"
-    cfg.write_text(config_text(topics, str(tmp_path / "state"), retention))
-    common = ("--config", str(cfg), "--bootstrap-servers", broker)
-    config = config_for(topics, str(tmp_path / "state"), retention)
+    common, config = _setup(broker, topics, tmp_path, retention)
     assert await _cli("hold", "place", *common, "--org", "acme", "--category", "session",
                       "--reason", "audit 3", "--id", "audit-3") == 0  # fmt: skip
     async with running_service(config, broker) as service:
@@ -153,12 +160,9 @@ async def test_a_held_session_that_comes_back_starts_its_next_life_and_both_are_
     own, and at the release the kept life is tombstoned with no null on expiry.stamped
     (the record lives on), the next life at its own expiry, never early."""
     retention = '[retention.defaults]\nsession = "3s"\n'
-    cfg = tmp_path / "expiry.toml"
-    cfg.write_text(config_text(topics, str(tmp_path / "state"), retention))
-    common = ("--config", str(cfg), "--bootstrap-servers", broker)
+    common, config = _setup(broker, topics, tmp_path, retention)
     assert await _cli("hold", "place", *common, "--org", "acme", "--record-id", "s-1",
                       "--reason", "case 9", "--id", "case-9") == 0  # fmt: skip
-    config = config_for(topics, str(tmp_path / "state"), retention)
     tombstones = ArrivalLog(broker, topics.tombstones)
     key, _ = event("session", "s-1")
     async with anyio.create_task_group() as tg:
