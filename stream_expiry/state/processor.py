@@ -277,7 +277,10 @@ class PartitionProcessor:
                 overlay[key] = (seq, kept)
                 continue
             if before.held_lives:  # released, its scan not come yet: its earlier lives first
-                self._tombstone_lives(before, before._replace(held_lives=()), now_ms, effects)
+                current = before._replace(held_lives=())
+                self._tombstone_lives(before, current, now_ms, effects)
+                # The life's own tombstone names it without them, as the release scan's does.
+                fired = fired._replace(before=current)
             tombstones.append(fired)
             after = fired.after
             writes[key] = (before, after)
