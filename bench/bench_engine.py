@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from stream_expiry.state import PartitionProcessor
+    from stream_expiry.state.kv import KeyValue
 
 NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z: a fixed clock, the engine reads no other
 TICK_MS = 10
@@ -201,7 +202,7 @@ def _due_soon(n: int) -> list[int]:
     return [NOW - ttl + 1_000 + i * FIRE_WINDOW_MS // n for i in range(n)]
 
 
-def new_processor(b: Bench, book: PolicyBook, kv: Any) -> PartitionProcessor:
+def new_processor(b: Bench, book: PolicyBook, kv: KeyValue) -> PartitionProcessor:
     """A processor for partition ``SLOT`` over ``kv``, as the service would make it for
     ``b``'s configuration (also what ``bench.count_instructions`` counts)."""
     from stream_expiry.state import PartitionProcessor, PartitionStore
@@ -236,7 +237,7 @@ def processor_passes(b: Bench, mixed_bytes: list[bytes]) -> None:
     def make(kind: str) -> Callable[[], PartitionProcessor]:
         def setup() -> PartitionProcessor:
             if kind == "rocksdb":
-                kv: Any = RocksKV(tempfile.mkdtemp(dir=work.name))
+                kv: KeyValue = RocksKV(tempfile.mkdtemp(dir=work.name))
             else:
                 kv = MemoryKV()
             return new_processor(b, book, kv)
