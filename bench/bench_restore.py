@@ -1,10 +1,14 @@
 """Restore rate: a partition store rebuilt from ``expiry.stamped`` into an empty directory.
 
     python -m bench.bench_restore [--stamps 1000000] [--input-topics 3] [--workers N]
+                                  [--data-bytes B]
 
 Setup (not timed): ``--stamps`` stamps are produced on ``expiry.stamped`` as a running
 service leaves them (``bench.changelog``: the right partition, the source headers, values
 by ``model.encode_stamp``), spread over ``--input-topics`` input topics of 4 partitions.
+``--data-bytes`` gives each stamp a chat transcript of about that many bytes as its
+``data``, as a platform's conversations carry (none by default): a restore parses every
+stamp's body, so its rate falls as the payloads grow.
 
 Timed: an empty ``PartitionStore`` on RocksDB in a fresh directory for every input
 partition and ONE ``stream_expiry.state.restore_workers.restore_stores`` call over all of
@@ -131,7 +135,11 @@ async def restore_all(
 async def run(args: Any, bootstrap: str, stamps: int) -> dict[str, Any]:
     started = utc_now_iso()
     topics, produced = await fresh_changelog(
-        bootstrap, stamps, what="bench_restore", input_topics=args.input_topics
+        bootstrap,
+        stamps,
+        what="bench_restore",
+        input_topics=args.input_topics,
+        data_bytes=args.data_bytes,
     )
     inputs = topics.inputs[: args.input_topics]
     log("bench_restore: restoring")
@@ -179,6 +187,7 @@ async def run(args: Any, bootstrap: str, stamps: int) -> dict[str, Any]:
             "input_topics": len(inputs),
             "partitions": PARTITIONS,
             "workers": args.workers,
+            "data_bytes": args.data_bytes,
         },
         throughput=[tp, tp_read],
         extra={
@@ -216,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=(1, 2, 3),
         default=3,
         help="input topics (of 4 partitions)",
+    )
+    parser.add_argument(
+        "--data-bytes",
+        type=int,
+        default=0,
+        help="about this many bytes of data (a chat transcript) in every stamp (default 0)",
     )
     args = parser.parse_args(argv)
     stamps = args.stamps or (args.pending if args.pending > 0 else DEFAULT_STAMPS)

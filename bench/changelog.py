@@ -8,7 +8,8 @@ partition ``input partition % count`` of ``expiry.stamped`` (``stream_expiry.cod
 the ``expiry-source-topic`` / ``expiry-source-partition`` headers, and a value made by
 ``stream_expiry.model.encode_stamp``. Expiry times are uniform over the next year (fixed
 seed), except the first ``due`` records, which fell due during the last hour (record ids
-``lag-<i>``, which ``bench.e2e_expiry``'s tombstone reader counts).
+``lag-<i>``, which ``bench.e2e_expiry``'s tombstone reader counts). Stamps carry no
+``data`` unless ``data_bytes`` asks for a transcript of about that many bytes.
 
 The messages are produced from a separate process with ``create_batch``/``send_batch``
 (one record batch per partition at a time), so the benchmark's own process is not busy.
@@ -47,12 +48,30 @@ def stamp_for(i: int, now_ms: int, rng: random.Random, *, due: int) -> model.Sta
     return model.Stamp(ident, expires - YEAR_MS, expires, YEAR_MS, "default")
 
 
+def transcript(size: int) -> dict[str, Any] | None:
+    """A conversation's ``data`` of about ``size`` bytes of JSON: turns of a chat, as a
+    platform's records carry them (None for 0)."""
+    if size <= 0:
+        return None
+    turn = {"role": "user", "text": "I would like to change the delivery address of my order",
+            "ts": "2026-12-01T04:00:00.123Z"}  # fmt: skip
+    turns = max(1, round(size / 110))  # one turn is ~110 bytes of JSON
+    return {"channel": "webchat", "transcript": [turn] * turns}
+
+
 def changelog_messages(
-    count: int, now_ms: int, inputs: tuple[str, ...], *, due: int = 0, partitions: int = PARTITIONS
+    count: int,
+    now_ms: int,
+    inputs: tuple[str, ...],
+    *,
+    due: int = 0,
+    partitions: int = PARTITIONS,
+    data_bytes: int = 0,
 ) -> Iterator[tuple[int, bytes, bytes, list[tuple[str, bytes]]]]:
     """(stamped partition, key, value, headers) of records ``0 .. count-1``."""
     rng = random.Random(SEED)
     headers = {(t, p): codec.source_headers(t, p) for t in inputs for p in range(partitions)}
+    data = transcript(data_bytes)
     for i in range(count):
         stamp = stamp_for(i, now_ms, rng, due=due)
         topic = inputs[0] if i < due else inputs[i % len(inputs)]
@@ -61,7 +80,7 @@ def changelog_messages(
         yield (
             codec.output_partition(p, partitions),
             key,
-            model.encode_stamp(stamp),
+            model.encode_stamp(stamp, data),
             headers[(topic, p)],
         )
 
@@ -101,15 +120,13 @@ def _changelog_main(
     now_ms: int,
     due: int,
     inputs: tuple[str, ...],
+    data_bytes: int,
     conn: Connection,
 ) -> None:
     topics = BenchTopics(prefix)
     t0 = time.perf_counter()
-    n = asyncio.run(
-        produce_changelog(
-            bootstrap, topics.stamped, changelog_messages(count, now_ms, inputs, due=due)
-        )
-    )
+    messages = changelog_messages(count, now_ms, inputs, due=due, data_bytes=data_bytes)
+    n = asyncio.run(produce_changelog(bootstrap, topics.stamped, messages))
     conn.send({"sent": n, "seconds": time.perf_counter() - t0})
     conn.close()
 
@@ -122,11 +139,14 @@ async def prefill_changelog(
     *,
     due: int = 0,
     inputs: tuple[str, ...] | None = None,
+    data_bytes: int = 0,
 ) -> dict[str, Any]:
     """Produce ``count`` stamps on ``topics.stamped`` from a child process; wait for acks.
     ``inputs`` (default: all three input topics) are the input topics the records belong to."""
     chosen = topics.inputs if inputs is None else inputs
-    proc, conn = spawn(_changelog_main, bootstrap, topics.prefix, count, now_ms, due, chosen)
+    proc, conn = spawn(
+        _changelog_main, bootstrap, topics.prefix, count, now_ms, due, chosen, data_bytes
+    )
     try:
         result: dict[str, Any] = await receive(conn, 600 + count / 5_000, "changelog producer")
     finally:
@@ -135,7 +155,12 @@ async def prefill_changelog(
 
 
 async def fresh_changelog(
-    bootstrap: str, count: int, *, what: str, input_topics: int | None = None
+    bootstrap: str,
+    count: int,
+    *,
+    what: str,
+    input_topics: int | None = None,
+    data_bytes: int = 0,
 ) -> tuple[BenchTopics, dict[str, Any]]:
     """Fresh topics (all of a service's, ``PARTITIONS`` each) and ``count`` stamps on their
     ``expiry.stamped``, for records of the first ``input_topics`` input topics (all by
@@ -145,7 +170,7 @@ async def fresh_changelog(
     inputs = topics.inputs[:input_topics]  # None: all of them
     log(f"{what}: producing {count:,} stamps on {topics.stamped}")
     produced = await prefill_changelog(
-        bootstrap, topics, count, time.time_ns() // NS_PER_MS, inputs=inputs
+        bootstrap, topics, count, time.time_ns() // NS_PER_MS, inputs=inputs, data_bytes=data_bytes
     )
     log(f"{what}: produced in {produced['seconds']:.1f}s")
     return topics, produced
