@@ -25,7 +25,10 @@ cat >> pyproject.toml <<EOF
 
 [tool.mutmut]
 source_paths = [${quoted%, }]
-pytest_add_cli_args_test_selection = ["tests/unit/"]
+# Left out: test_deploy checks the deployment files (not copied here) against each other,
+# and the malloc test measures a child interpreter, which fails under mutmut's harness.
+pytest_add_cli_args_test_selection = ["tests/unit/", "--ignore=tests/unit/test_deploy.py",
+  "--deselect=tests/unit/test_replay_workers.py::test_freed_buffers_are_given_back_not_kept_in_the_heap"]
 also_copy = ["stream_expiry", "bench", "schemas", "examples", "docs"]
 EOF
 echo "mutating ${paths[*]} in $work" >&2
