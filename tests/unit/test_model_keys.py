@@ -28,3 +28,12 @@ def test_a_key_without_five_parts_is_refused(key: str) -> None:
     for decode in (decode_key, identity_of_key):
         with pytest.raises(ValueError, match="5 parts"):
             decode(key)
+
+
+@pytest.mark.parametrize("key", ["o/b/live/conversation/%FF", "o/%C3/live/conversation/r"])
+def test_a_key_whose_escapes_are_not_utf8_is_refused(key: str) -> None:
+    """Not a key an identity makes: decoding it with replacement characters would name
+    another record (two such keys would even share one)."""
+    for decode in (decode_key, identity_of_key):
+        with pytest.raises(UnicodeDecodeError):  # a ValueError, which callers expect
+            decode(key)

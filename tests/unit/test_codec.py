@@ -1,0 +1,147 @@
+"""The service's own Kafka encodings read back exactly (``stream_expiry.codec``): where a
+record's messages go, the headers that name its input partition, stamps as restore,
+replay and ``status`` read them, and the audit entry of a deferred deletion."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_expiry import codec
+from stream_expiry.model import Identity, Stamp, encode_stamp
+
+IDENT = Identity("acme", "support", "live", "conversation", "c/1 %é")
+
+
+@pytest.mark.parametrize(
+    ("input_partition", "partitions", "expected"), [(0, 4, 0), (3, 4, 3), (5, 4, 1), (11, 6, 5)]
+)
+def test_a_records_messages_go_to_its_input_partitions_number_modulo_the_topics(
+    input_partition: int, partitions: int, expected: int
+) -> None:
+    assert codec.output_partition(input_partition, partitions) == expected
+
+
+def test_the_source_headers_name_the_input_partition_and_nothing_else_does() -> None:
+    topic, partition = codec.H_TOPIC, codec.H_PARTITION
+    assert codec.source_of(codec.source_headers("sessions", 7)) == ("sessions", 7)
+    assert codec.source_of([("other", b"x"), *codec.source_headers("a.b", 0)]) == ("a.b", 0)
+    assert codec.source_of([]) is None
+    assert codec.source_of([(topic, b"sessions")]) is None
+    assert codec.source_of([(partition, b"7")]) is None
+    assert codec.source_of([(topic, b"sessions"), (partition, b"seven")]) is None
+    # A topic name that is not UTF-8 (not ours) still reads, as a name no store has.
+    assert codec.source_of([(topic, b"\xffs"), (partition, b"1")]) == ("\ufffds", 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-12-01T04:00:00.123Z", 1_796_097_600_123),  # the service's own form
+        ("2026-12-01T05:00:00.123+01:00", 1_796_097_600_123),  # any other RFC 3339
+        ("2026-12-01T04:00:00Z", 1_796_097_600_000),
+        (1_796_097_600_123, 1_796_097_600_123),
+        (None, None),
+    ],
+)
+def test_own_timestamps_parse_fast_and_others_still_parse(
+    text: str | int | None, expected: int | None
+) -> None:
+    assert codec.parse_own_ts(text) == expected
+
+
+_TIME = st.integers(-62_135_596_800_000, 253_402_300_799_999)  # years 1 to 9999
+_MAYBE = st.one_of(st.none(), _TIME)
+_SOURCE = st.one_of(st.none(), st.text(max_size=8))
+_TTL = st.one_of(st.none(), st.integers(0, 10**13))
+_LIVES = st.lists(st.tuples(_MAYBE, _MAYBE, _TTL, _SOURCE, _MAYBE), max_size=3).map(tuple)
+
+stamps = st.builds(
+    Stamp,
+    st.just(IDENT),
+    _MAYBE,  # created_at
+    _MAYBE,  # expires_at
+    _TTL,
+    _SOURCE,
+    deleted_at=st.none(),  # a stamp is a live record's
+    erase_at=_MAYBE,
+    held=st.just(False),  # not in a stamp: the hold book says it
+    stamp_offset=st.none(),  # where the stamp sits: not in it either
+    previous_deleted_at=_MAYBE,
+    held_lives=_LIVES,
+)
+
+
+def _whole_seconds(ttl: int | None) -> int | None:
+    """A ttl as a stamp carries it: ``ttl_seconds``."""
+    return None if ttl is None else ttl // 1000 * 1000
+
+
+@settings(max_examples=500)
+@given(stamp=stamps)
+def test_a_stamp_reads_back_as_it_was_written(stamp: Stamp) -> None:
+    """What ``status``, restore and replay read of a stamp is what the service wrote (the
+    ttl in whole seconds, as stamps carry it), held lives included."""
+    value = encode_stamp(stamp, {"text": "hi"})
+    lives = tuple(
+        (created, expires, _whole_seconds(ttl), source, erase)
+        for created, expires, ttl, source, erase in stamp.held_lives
+    )
+    expected = stamp._replace(ttl_ms=_whole_seconds(stamp.ttl_ms), held_lives=lives)
+    assert codec.decode_stamp(IDENT.key.encode(), value) == expected
+    assert codec.decode_stamp(IDENT.key, value, IDENT) == expected
+    assert codec.stamp_fields(value) == (
+        expected.created_at,
+        expected.expires_at,
+        expected.ttl_ms,
+        expected.ttl_source,
+        expected.erase_at,
+        expected.previous_deleted_at,
+        lives,
+    )
+    body = orjson.loads(value)
+    for life, written in zip(stamp.held_lives, body.get("held_lives", []), strict=True):
+        assert written["ttl_seconds"] == (None if life[2] is None else life[2] // 1000)
+        assert type(written["ttl_seconds"]) in (int, type(None))
+
+
+def test_a_value_that_is_not_json_is_a_decode_error() -> None:
+    with pytest.raises(orjson.JSONDecodeError):  # a ValueError, as restore expects
+        codec.stamp_fields(b"not json")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"[1, 2]",
+        b'{"created_at": "2026-12-01T04:00:00.000Z", "ttl_source": 5}',
+        b'{"held_lives": {"created_at": null}}',
+        b'{"held_lives": [{"ttl_source": 5}]}',
+    ],
+)
+def test_a_value_that_is_not_a_stamp_is_a_value_error(value: bytes) -> None:
+    with pytest.raises(ValueError, match="not a stamp"):
+        codec.stamp_fields(value)
+
+
+def test_a_deferred_deletion_is_audited_with_what_deferred_it() -> None:
+    held = Stamp(IDENT, 1_000, 61_000, 60_000, "org", erase_at=3_000, held=True)
+    entry = orjson.loads(codec.encode_deferral(held, "explicit", ["h1", "h2"], 90_000))
+    assert entry == {
+        "type": "deletion_deferred",
+        "at": "1970-01-01T00:01:30.000Z",
+        "org": "acme",
+        "bot": "support",
+        "env": "live",
+        "category": "conversation",
+        "record_id": "c/1 %é",
+        "reason": "explicit",
+        "hold_ids": ["h1", "h2"],
+        "expires_at": "1970-01-01T00:01:01.000Z",
+        "erase_requested_at": "1970-01-01T00:00:03.000Z",
+    }
+    never = Stamp(IDENT, 1_000, None, None, None)
+    entry = orjson.loads(codec.encode_deferral(never, "ttl", [], 0))
+    assert [entry[k] for k in ("expires_at", "erase_requested_at", "reason")] == [None, None, "ttl"]

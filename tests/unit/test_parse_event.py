@@ -1,0 +1,194 @@
+"""``model.parse_event`` answers what the contract says, code for code and field for field.
+
+The fuzz tests (test_parse_fuzz.py) show that no input makes it raise or break the
+contract's invariants; these show that it is right: each dead-letter code for the input
+that deserves it, each default, each boundary, and an accepted event's every field, on the
+fast path and on the slow one (:func:`model._validate`), which must agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_expiry.model import (
+    MAX_ID_CHARS,
+    Identity,
+    InputEvent,
+    Rejection,
+    _validate,
+    parse_event,
+)
+from stream_expiry.timeutil import MIN_TS_MS
+
+CATEGORIES = frozenset({"conversation", "session"})
+NOW = 1_795_000_000_000  # 2026-11-18T11:06:40Z
+SKEW = 300_000
+
+
+def parse(value: bytes | None) -> InputEvent | Rejection:
+    return parse_event(value, categories=CATEGORIES, now_ms=NOW, max_skew_ms=SKEW)
+
+
+def event(**changes: Any) -> bytes:
+    """A valid event with ``changes`` (a value of ``...`` removes the field)."""
+    body: dict[str, Any] = {"category": "conversation", "record_id": "r1", "org": "acme",
+                            "ts": NOW - 1_000}  # fmt: skip
+    body.update(changes)
+    return orjson.dumps({k: v for k, v in body.items() if v is not ...})
+
+
+def code(value: bytes | None) -> str:
+    result = parse(value)
+    assert isinstance(result, Rejection), result
+    assert result.detail  # a sentence for a person
+    return result.code
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, "invalid_json"),
+        (b"", "invalid_json"),
+        (b'{"category": "conversation"', "invalid_json"),
+        (b"[1, 2]", "not_an_object"),
+        (b'"conversation"', "not_an_object"),
+        (event(category=...), "missing_field"),
+        (event(record_id=...), "missing_field"),
+        (event(org=...), "missing_field"),
+        (event(ts=...), "missing_field"),
+        (event(ts=None), "missing_field"),
+        (event(org=None), "missing_field"),
+        # A missing field is named before a malformed one, whatever their order.
+        (event(category=7, org=...), "missing_field"),
+        (event(record_id="", ts=...), "missing_field"),
+        (event(org=7), "invalid_field"),
+        (event(bot=["b"]), "invalid_field"),
+        (event(record_id=""), "invalid_field"),
+        (event(record_id="x" * (MAX_ID_CHARS + 1)), "invalid_field"),
+        (event(env="prod"), "invalid_field"),
+        (event(env="LIVE"), "invalid_field"),
+        (event(env=1), "invalid_field"),
+        (event(category="invoice"), "unknown_category"),
+        (event(op="erase"), "unknown_op"),
+        (event(op="CREATE"), "unknown_op"),
+        (event(op=1), "invalid_field"),
+        (event(ts=1.5), "invalid_field"),
+        (event(ts=True), "invalid_field"),
+        (event(ts=[NOW]), "invalid_field"),
+        (event(ts="yesterday"), "bad_timestamp"),
+        (event(ts="2026-11-18T11:06:40"), "bad_timestamp"),  # no offset
+        (event(ts=MIN_TS_MS - 1), "bad_timestamp"),
+        (event(ts=NOW + SKEW + 1), "future_timestamp"),
+        (event(ts="2026-11-18T11:11:40.001Z"), "future_timestamp"),
+        (event(event_id=[1]), "invalid_field"),
+        (event(event_id={"id": 1}), "invalid_field"),
+        (event(event_id=True), "invalid_field"),
+        (event(event_id=1.5), "invalid_field"),
+    ],
+)
+def test_each_bad_event_gets_the_contracts_dead_letter_code(
+    value: bytes | None, expected: str
+) -> None:
+    assert code(value) == expected
+
+
+def test_the_details_name_what_is_wrong() -> None:
+    details = {
+        parse(v).detail  # type: ignore[union-attr]
+        for v in (event(ts=...), event(env="prod"), event(op="erase"), event(event_id=[1]))
+    }
+    assert details == {
+        "field 'ts' is required",
+        "field 'env' must be 'live' or 'draft', got 'prod'",
+        "op 'erase' is not one of create, touch, delete",
+        "field 'event_id' must be a string or an integer",
+    }
+    future = parse(event(ts=NOW + SKEW + 1))
+    assert isinstance(future, Rejection)
+    assert "more than 300 s ahead" in future.detail
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        # The defaults: bot "_", env "live", op "create"; no event id, no data.
+        (event(), InputEvent(Identity("acme", "_", "live", "conversation", "r1"), "create",
+                             NOW - 1_000)),
+        # Every field given, an integer event id carried as text, any data carried as is.
+        (event(bot="b", env="draft", op="touch", category="session", event_id=42,
+               data={"text": ["hi", None]}),
+         InputEvent(Identity("acme", "b", "draft", "session", "r1"), "touch", NOW - 1_000,
+                    "42", {"text": ["hi", None]})),
+        # RFC 3339 with an offset (the slow path): the same instant in milliseconds.
+        (event(ts="2026-11-18T12:06:39.5+01:00", op="delete", event_id="e-1"),
+         InputEvent(Identity("acme", "_", "live", "conversation", "r1"), "delete", NOW - 500,
+                    "e-1")),
+        # Nulls of optional fields are their defaults.
+        (event(bot=None, env=None, op=None, event_id=None),
+         InputEvent(Identity("acme", "_", "live", "conversation", "r1"), "create",
+                    NOW - 1_000)),
+        # The edges: exactly the allowed skew ahead, the earliest time, the longest id.
+        (event(ts=NOW + SKEW), InputEvent(Identity("acme", "_", "live", "conversation", "r1"),
+                                          "create", NOW + SKEW)),
+        (event(ts="2026-11-18T11:11:40Z"),
+         InputEvent(Identity("acme", "_", "live", "conversation", "r1"), "create", NOW + SKEW)),
+        (event(ts=MIN_TS_MS), InputEvent(Identity("acme", "_", "live", "conversation", "r1"),
+                                         "create", MIN_TS_MS)),
+        (event(record_id="x" * MAX_ID_CHARS),
+         InputEvent(Identity("acme", "_", "live", "conversation", "x" * MAX_ID_CHARS), "create",
+                    NOW - 1_000)),
+    ],
+)  # fmt: skip
+def test_an_accepted_event_is_exactly_what_it_says(value: bytes, expected: InputEvent) -> None:
+    result = parse(value)
+    assert result == expected
+    assert isinstance(result, InputEvent)
+    assert result.identity.parts() == expected.identity.parts()
+    assert slow_path(orjson.loads(value)) == expected
+
+
+def slow_path(obj: dict[str, Any]) -> InputEvent | Rejection:
+    return _validate(obj, categories=CATEGORIES, now_ms=NOW, max_skew_ms=SKEW)
+
+
+_TEXT = st.one_of(
+    st.sampled_from(["", "acme", "conversation", "session", "invoice", "live", "draft",
+                     "create", "touch", "delete", "x" * MAX_ID_CHARS, "x" * (MAX_ID_CHARS + 1)]),
+    st.text(max_size=4),
+)  # fmt: skip
+_VALUE = st.one_of(st.none(), _TEXT, st.integers(-5, 5), st.booleans(), st.floats(0, 1))
+_TS = st.one_of(
+    st.none(),
+    st.integers(MIN_TS_MS - 1, MIN_TS_MS + 1),
+    st.integers(NOW - 10, NOW + SKEW + 10),
+    st.sampled_from(["2026-11-18T11:06:40Z", "2026-11-18T11:11:40.001Z", "soon", True, 1.0]),
+)
+
+
+@settings(max_examples=1000)
+@given(
+    fields=st.fixed_dictionaries(
+        {},
+        optional={
+            "category": _TEXT, "record_id": _TEXT, "org": _TEXT, "bot": _VALUE, "env": _VALUE,
+            "op": _VALUE, "ts": _TS, "event_id": _VALUE, "data": _VALUE,
+        },
+    )
+)  # fmt: skip
+def test_the_fast_path_answers_as_the_slow_one(fields: dict[str, Any]) -> None:
+    """The fast path takes only what the slow path accepts, and makes the same event of it;
+    whatever it is unsure of, the slow path answers (with the precise code)."""
+    fast, slow = parse(orjson.dumps(fields)), slow_path(fields)
+    assert type(fast) is type(slow)
+    if isinstance(fast, InputEvent):
+        assert isinstance(slow, InputEvent)
+        assert fast == slow
+        assert fast.identity.parts() == slow.identity.parts()
+        assert fast.data == slow.data
+    else:
+        assert fast == slow
