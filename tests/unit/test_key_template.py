@@ -101,3 +101,10 @@ def test_the_config_schema_knows_the_sink_section() -> None:
     for bad in (good.replace("categories", "cats"), good.replace("{org}:{record_id}", "fixed")):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(tomllib.loads(bad), schema)
+
+
+def test_templates_are_equal_by_their_text() -> None:
+    assert KeyTemplate("{org}:{record_id}") == KeyTemplate("{org}:{record_id}")
+    assert KeyTemplate("{org}") != KeyTemplate("{bot}")
+    assert hash(KeyTemplate("{org}")) == hash(KeyTemplate("{org}"))
+    assert repr(KeyTemplate("{key}")) == "KeyTemplate('{key}')"

@@ -16,7 +16,9 @@ from stream_expiry.model import (
     deletion_from_tombstone,
     encode_stamp,
     encode_tombstone,
+    last_activity,
 )
+from stream_expiry.timeutil import format_ts
 
 IDENT = Identity("acme", "b", "live", "conversation", "r1")
 LIFE = Stamp(IDENT, 1_000, 61_000, 60_000, "org")
@@ -100,3 +102,22 @@ def test_a_newer_life_in_the_store_is_left_alone_and_its_own_life_is_not() -> No
 @pytest.mark.parametrize("value", [None, b"", b"[]", b'{"org": "acme"}'])
 def test_an_unreadable_tombstone_implies_nothing(value: bytes | None) -> None:
     assert deletion_from_tombstone(value, None) is None
+
+
+@pytest.mark.parametrize(
+    ("stamp", "active"),
+    [
+        (LIFE, 1_000),  # a creation: its own time
+        (LIFE._replace(expires_at=90_000), 30_000),  # a session a touch at 30 s slid
+        (LIFE._replace(expires_at=None, ttl_ms=None), 1_000),  # never expires
+        (LIFE._replace(ttl_ms=None), 1_000),
+        (Stamp(IDENT, None, None, None, None), None),  # deleted before it was seen
+        (LIFE._replace(created_at=None), None),
+        (LIFE._replace(expires_at=30_000), 1_000),  # never earlier than its creation
+    ],
+)
+def test_the_last_activity_is_what_set_the_expiry(stamp: Stamp, active: int | None) -> None:
+    """Replay re-derives a sliding record's expiry from it under another ttl."""
+    assert last_activity(stamp) == active
+    written = orjson.loads(encode_stamp(stamp))["last_activity_at"]
+    assert written == (None if active is None else format_ts(active))

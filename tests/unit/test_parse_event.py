@@ -192,3 +192,26 @@ def test_the_fast_path_answers_as_the_slow_one(fields: dict[str, Any]) -> None:
         assert fast.data == slow.data
     else:
         assert fast == slow
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        event(),
+        event(bot="b", env="draft", op="touch", category="session", event_id=42, data=[1]),
+        event(op="delete", event_id="e-1", ts=MIN_TS_MS),
+        event(ts=NOW + SKEW, record_id="x" * MAX_ID_CHARS),
+    ],
+)
+def test_a_well_formed_event_takes_the_fast_path(
+    value: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ingest parses every event: the common ones, integer times with or without the
+    optional fields, must not pay for the slow path's precise diagnosis."""
+    import stream_expiry.model
+
+    def slow(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the slow path was taken")
+
+    monkeypatch.setattr(stream_expiry.model, "_validate", slow)
+    assert isinstance(parse(value), InputEvent)

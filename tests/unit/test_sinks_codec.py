@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from stream_expiry.sinks._messages import (
     InvalidMessage,
     NullChange,
     Receipt,
+    Row,
     StampChange,
     decode_stamped,
     decode_tombstone,
@@ -55,6 +57,18 @@ def test_stamp_round_trips_hostile_identities_and_data() -> None:
 
 def test_null_value_names_the_record_by_its_key() -> None:
     assert decode_stamped(HOSTILE.key.encode(), None) == NullChange(HOSTILE)
+    # ... and keeps its position, which decides whether it deletes a row (Row.applied).
+    assert decode_stamped(HOSTILE.key.encode(), None, partition=2, offset=7) == NullChange(
+        HOSTILE, 2, 7
+    )
+
+
+def test_a_message_at_or_before_a_rows_position_is_already_applied() -> None:
+    row = Row(HOSTILE, T0, None, None, None, None, T0, src_partition=1, src_offset=7)
+    assert [row.applied(1, offset) for offset in (6, 7, 8)] == [True, True, False]
+    assert not row.applied(2, 7)  # another partition's position says nothing
+    assert not row.applied(1, None)
+    assert not dataclasses.replace(row, src_offset=None).applied(1, 0)  # position unknown
 
 
 @pytest.mark.parametrize(
@@ -129,7 +143,10 @@ def test_times_decode_alike_with_or_without_the_cache(text: str, expected: int) 
     s = Stamp(HOSTILE, T0, T0 + 60_000, 60_000, "org")
     body = orjson.loads(encode_tombstone(s, reason="ttl", emitted_at=T0 + 60_000))
     body["emitted_at"] = text
-    assert decode_tombstone(None, orjson.dumps(body)).emitted_at == expected
+    for _ in range(2):  # parsed, then from the cache
+        emitted = decode_tombstone(None, orjson.dumps(body)).emitted_at
+        assert emitted == expected
+        assert type(emitted) is int  # a store keeps epoch milliseconds as integers
 
 
 @pytest.mark.parametrize(
@@ -164,6 +181,30 @@ def test_receipts_match_their_schema_and_never_carry_data(reason: str) -> None:
         "2026-01-01T00:00:00.000Z",
         "2026-01-01T00:00:00.001Z",
     )
+
+
+def test_a_receipt_says_what_was_deleted_when_and_by_which_rule() -> None:
+    ident = Identity("acme", "b", "live", "session", "s1")
+    r = Receipt("r-1", "postgres", ident, "ttl", 1, T0, T0 + 60_000, 60, "org", T0 + 60_004,
+                T0 + 60_010)  # fmt: skip
+    assert orjson.loads(encode_receipt(r)) == {
+        "receipt_id": "r-1",
+        "store": "postgres",
+        "key": "acme/b/live/session/s1",
+        "org": "acme",
+        "bot": "b",
+        "env": "live",
+        "category": "session",
+        "record_id": "s1",
+        "reason": "ttl",
+        "rows_deleted": 1,
+        "created_at": "2026-01-01T00:00:00.000Z",
+        "expires_at": "2026-01-01T00:01:00.000Z",
+        "ttl_seconds": 60,
+        "ttl_source": "org",
+        "emitted_at": "2026-01-01T00:01:00.004Z",
+        "deleted_at": "2026-01-01T00:01:00.010Z",
+    }
 
 
 def parser() -> argparse.ArgumentParser:
