@@ -231,8 +231,3 @@ def encode_deferral(state: Stamp, reason: str, hold_ids: list[str], at_ms: int) 
 def encode_hold_audit(kind: str, hold: dict[str, Any], at_ms: int) -> bytes:
     """The ``expiry.audit`` entry of a hold placed or released (``kind``)."""
     return orjson.dumps({"type": kind, "at": format_ts(at_ms), **hold})
-
-
-def last_activity_of(value: bytes) -> int | None:
-    """A stamp's ``last_activity_at`` (absent in stamps written before it existed)."""
-    return parse_own_ts(orjson.loads(value).get("last_activity_at"))

@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
@@ -18,11 +20,14 @@ from stream_expiry.sinks._messages import (
     REASONS,
     InvalidMessage,
     NullChange,
+    Pending,
     Receipt,
     Row,
     StampChange,
+    decode_pending,
     decode_stamped,
     decode_tombstone,
+    encode_pending,
     encode_receipt,
 )
 from stream_expiry.sinks.command import build_sink
@@ -61,6 +66,25 @@ def test_null_value_names_the_record_by_its_key() -> None:
     assert decode_stamped(HOSTILE.key.encode(), None, partition=2, offset=7) == NullChange(
         HOSTILE, 2, 7
     )
+
+
+@given(
+    st.lists(
+        st.builds(
+            Pending,
+            st.one_of(st.none(), st.integers(-(2**62), 2**62)),
+            st.one_of(st.none(), st.integers(-(2**62), 2**62)),
+            st.one_of(st.none(), st.integers(0, 2**40)),
+            st.one_of(st.none(), st.text(max_size=8)),
+            st.integers(-(2**62), 2**62),
+        ),
+        max_size=4,
+    ).map(tuple)
+)
+def test_pending_deletions_are_kept_as_text_and_read_back(pending: tuple[Pending, ...]) -> None:
+    text = encode_pending(pending)
+    assert (text is None) == (not pending)  # NULL in the store when there is none
+    assert decode_pending(text) == pending
 
 
 def test_a_message_at_or_before_a_rows_position_is_already_applied() -> None:
