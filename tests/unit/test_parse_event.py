@@ -69,6 +69,9 @@ def code(value: bytes | None) -> str:
         (event(org=7), "invalid_field"),
         (event(bot=["b"]), "invalid_field"),
         (event(record_id=""), "invalid_field"),
+        (event(org=""), "invalid_field"),
+        (event(bot=""), "invalid_field"),
+        (event(bot="b" * (MAX_ID_CHARS + 1)), "invalid_field"),
         (event(record_id="x" * (MAX_ID_CHARS + 1)), "invalid_field"),
         (event(env="prod"), "invalid_field"),
         (event(env="LIVE"), "invalid_field"),
@@ -201,6 +204,8 @@ def test_the_fast_path_answers_as_the_slow_one(fields: dict[str, Any]) -> None:
         event(bot="b", env="draft", op="touch", category="session", event_id=42, data=[1]),
         event(op="delete", event_id="e-1", ts=MIN_TS_MS),
         event(ts=NOW + SKEW, record_id="x" * MAX_ID_CHARS),
+        event(org="o", bot="b", record_id="r"),  # the shortest ids
+        event(org="o" * MAX_ID_CHARS, bot="b" * MAX_ID_CHARS),  # and the longest
     ],
 )
 def test_a_well_formed_event_takes_the_fast_path(
