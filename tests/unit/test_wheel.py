@@ -225,6 +225,23 @@ def test_cancel_everything_prunes_stale_entries() -> None:
     assert fired == [(10 + i * 41, f"k{i}", i) for i in range(1, 2_000, 2)]
 
 
+def test_a_prune_keeps_the_live_timers_waiting_in_the_overflow() -> None:
+    """With fixed levels, timers beyond the wheel's span wait in the overflow heap; a prune
+    (more cancelled entries than live ones) must drop only the cancelled ones there too."""
+    wheel = make(tick_ms=1, slots=4, levels=1)  # 4 ticks in the wheel
+    wheel._prune_min = 0
+    wheel.schedule("far", 1_000, 1)  # overflow
+    wheel.schedule("gone", 2_000, 2)  # overflow, cancelled below
+    for i in range(3):
+        wheel.schedule(f"near{i}", 1 + i, 10 + i)
+    for key in ("gone", "near0", "near1"):  # 3 cancelled > 2 live ("far", "near2"): prune
+        assert wheel.cancel(key)
+    wheel._check_invariants()
+    assert wheel._stale == 0  # pruned
+    assert wheel.next_due_ms() == 3
+    assert checked_advance(wheel, 5_000) == [(3, "near2", 12), (1_000, "far", 1)]
+
+
 def test_next_due_is_exact_after_cancelling_the_earliest() -> None:
     wheel = make(tick_ms=10)
     wheel.schedule("a", 3_600_000, 1)
