@@ -1,0 +1,114 @@
+"""What a restore does with each changelog message, and what it reports.
+
+The restore properties (test_restore_model.py) check that a restored store decides as the
+original does, from a changelog the service wrote; these check the messages it did not
+write that way: unreadable ones, nulls from before ``expiry-deleted-at``, a tombstone event
+whose null never came. And the report, which the restore's log line and metric show.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stream_expiry import codec, model
+from stream_expiry.state import MemoryKV, PartitionStore
+from stream_expiry.state.restore import RestoreReport, _apply_stamps, _apply_tombstones
+
+SOURCE = codec.source_headers("in", 0)
+NOW = 1_795_000_000_000
+
+
+@dataclass
+class Message:
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+    headers: list[tuple[str, bytes]]
+
+
+def identity(record_id: str) -> model.Identity:
+    return model.Identity("acme", "b", "live", "conversation", record_id)
+
+
+def stamp_message(offset: int, record_id: str, created: int = NOW) -> Message:
+    stamp = model.Stamp(identity(record_id), created, created + 60_000, 60_000, "org")
+    return Message(offset, stamp.identity.key.encode(), model.encode_stamp(stamp), NOW, SOURCE)
+
+
+def test_unreadable_messages_are_counted_and_skipped_and_the_rest_restored() -> None:
+    store, report = PartitionStore(MemoryKV()), RestoreReport()
+    messages = [
+        stamp_message(0, "a"),
+        Message(1, b"not a record key", model.encode_stamp(model.Stamp(identity("x"), NOW, None,
+                                                                      None, None)), NOW, SOURCE),
+        Message(2, identity("y").key.encode(), b"{not json", NOW, SOURCE),
+        Message(3, None, b"{}", NOW, SOURCE),
+        stamp_message(4, "b"),
+        stamp_message(5, "c"),
+    ]  # fmt: skip
+    _apply_stamps(store, messages, NOW, {"stamped-0": 6}, report)
+    assert (report.stamps, report.markers, report.unreadable) == (3, 0, 3)
+    for rid in "abc":
+        state = store.get(identity(rid).key)
+        assert state is not None
+        assert (state.live, state.expires_at) == (True, NOW + 60_000)
+    assert store.meta("stamped-0") == 6
+    assert store.counts.pending_total == 3
+    # The next flush of the same read adds to the report.
+    _apply_stamps(store, [stamp_message(6, "d"), Message(7, b"?", b"{}", NOW, SOURCE)], NOW,
+                  {"stamped-0": 8}, report)  # fmt: skip
+    assert (report.stamps, report.markers, report.unreadable) == (4, 0, 4)
+
+
+def test_a_null_from_before_the_deleted_at_header_is_a_marker_at_its_own_time() -> None:
+    store, report = PartitionStore(MemoryKV()), RestoreReport()
+    key = identity("a").key.encode()
+    nulls = [
+        Message(0, key, None, NOW + 5, SOURCE),  # written before the header existed
+        Message(1, identity("b").key.encode(), None, NOW + 5,
+                [*SOURCE, (codec.H_DELETED_AT, str(NOW + 3).encode())]),
+    ]  # fmt: skip
+    _apply_stamps(store, nulls, NOW + 10, {}, report)
+    assert (report.stamps, report.markers) == (0, 2)
+    deleted = [store.get(identity(rid).key) for rid in "ab"]
+    assert [None if s is None else s.deleted_at for s in deleted] == [NOW + 5, NOW + 3]
+    assert store.counts.markers == 2
+
+
+def test_a_tombstone_event_whose_null_never_came_leaves_the_record_live() -> None:
+    """The service stopped between the broker's acks of the tombstone event and of the
+    null: the record is restored live, so that it is tombstoned again (and its null written)."""
+    store, report = PartitionStore(MemoryKV()), RestoreReport()
+    _apply_stamps(store, [stamp_message(0, "a")], NOW, {}, report)
+    live = store.get(identity("a").key)
+    assert live is not None
+    event = model.encode_tombstone(live, reason="ttl", emitted_at=NOW + 60_001)
+    tombstones = [Message(0, identity("a").key.encode(), event, NOW + 60_001, SOURCE)]
+    _apply_tombstones(store, tombstones, NOW + 60_001, {"tombstones-0": 1}, report)
+    assert report.nulls_owed == 1
+    assert store.get(identity("a").key) == live
+    assert store.meta("tombstones-0") == 1
+
+
+def test_a_tombstone_event_moves_a_marker_and_the_store_keeps_one() -> None:
+    """An older life's marker, then the tombstone event of a later life (whose stamp and
+    null compaction took): the marker moves to the later deletion, and the store counts one
+    marker, not two (the old one's index entry goes)."""
+    store, report = PartitionStore(MemoryKV()), RestoreReport()
+    key = identity("a").key.encode()
+    deleted = [*SOURCE, (codec.H_DELETED_AT, str(NOW + 3).encode())]
+    _apply_stamps(store, [Message(0, key, None, NOW + 3, deleted)], NOW + 10, {}, report)
+    later = model.Stamp(identity("a"), NOW + 100, NOW + 60_100, 60_000, "org")
+    events = [
+        Message(0, b"not a record key", b"{}", NOW, SOURCE),  # skipped, not the end
+        Message(1, key, model.encode_tombstone(later, reason="ttl", emitted_at=NOW + 60_101),
+                NOW + 60_101, SOURCE),
+    ]  # fmt: skip
+    _apply_tombstones(store, events, NOW + 60_101, {"tombstones-0": 2}, report)
+    state = store.get(identity("a").key)
+    assert state is not None
+    assert (state.live, state.created_at, state.deleted_at) == (False, NOW + 100, NOW + 60_099)
+    assert report.markers == 2  # the null's and the tombstone's
+    assert store.counts.markers == 1
+    assert store.meta("tombstones-0") == 2
