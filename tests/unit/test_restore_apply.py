@@ -69,7 +69,8 @@ def test_a_null_from_before_the_deleted_at_header_is_a_marker_at_its_own_time() 
         Message(1, identity("b").key.encode(), None, NOW + 5,
                 [*SOURCE, (codec.H_DELETED_AT, str(NOW + 3).encode())]),
     ]  # fmt: skip
-    _apply_stamps(store, nulls, NOW + 10, {}, report)
+    _apply_stamps(store, nulls[:1], NOW + 10, {}, report)
+    _apply_stamps(store, nulls[1:], NOW + 10, {}, report)  # the next flush adds up
     assert (report.stamps, report.markers) == (0, 2)
     deleted = [store.get(identity(rid).key) for rid in "ab"]
     assert [None if s is None else s.deleted_at for s in deleted] == [NOW + 5, NOW + 3]
@@ -80,15 +81,17 @@ def test_a_tombstone_event_whose_null_never_came_leaves_the_record_live() -> Non
     """The service stopped between the broker's acks of the tombstone event and of the
     null: the record is restored live, so that it is tombstoned again (and its null written)."""
     store, report = PartitionStore(MemoryKV()), RestoreReport()
-    _apply_stamps(store, [stamp_message(0, "a")], NOW, {}, report)
-    live = store.get(identity("a").key)
-    assert live is not None
-    event = model.encode_tombstone(live, reason="ttl", emitted_at=NOW + 60_001)
-    tombstones = [Message(0, identity("a").key.encode(), event, NOW + 60_001, SOURCE)]
-    _apply_tombstones(store, tombstones, NOW + 60_001, {"tombstones-0": 1}, report)
-    assert report.nulls_owed == 1
-    assert store.get(identity("a").key) == live
-    assert store.meta("tombstones-0") == 1
+    _apply_stamps(store, [stamp_message(0, "a"), stamp_message(1, "b")], NOW, {}, report)
+    lives = [store.get(identity(rid).key) for rid in "ab"]
+    tombstones = []
+    for offset, live in enumerate(lives):
+        assert live is not None
+        event = model.encode_tombstone(live, reason="ttl", emitted_at=NOW + 60_001)
+        tombstones.append(Message(offset, live.identity.key.encode(), event, NOW + 60_001, SOURCE))
+    _apply_tombstones(store, tombstones, NOW + 60_001, {"tombstones-0": 2}, report)
+    assert report.nulls_owed == 2
+    assert [store.get(identity(rid).key) for rid in "ab"] == lives
+    assert store.meta("tombstones-0") == 2
 
 
 def test_a_tombstone_event_moves_a_marker_and_the_store_keeps_one() -> None:
