@@ -105,13 +105,14 @@ def test_a_tombstone_event_moves_a_marker_and_the_store_keeps_one() -> None:
     later = model.Stamp(identity("a"), NOW + 100, NOW + 60_100, 60_000, "org")
     events = [
         Message(0, b"not a record key", b"{}", NOW, SOURCE),  # skipped, not the end
-        Message(1, key, model.encode_tombstone(later, reason="ttl", emitted_at=NOW + 60_101),
+        Message(1, identity("z").key.encode(), b"{}", NOW, SOURCE),  # implies nothing: same
+        Message(2, key, model.encode_tombstone(later, reason="ttl", emitted_at=NOW + 60_101),
                 NOW + 60_101, SOURCE),
     ]  # fmt: skip
-    _apply_tombstones(store, events, NOW + 60_101, {"tombstones-0": 2}, report)
+    _apply_tombstones(store, events, NOW + 60_101, {"tombstones-0": 3}, report)
     state = store.get(identity("a").key)
     assert state is not None
     assert (state.live, state.created_at, state.deleted_at) == (False, NOW + 100, NOW + 60_099)
     assert report.markers == 2  # the null's and the tombstone's
     assert store.counts.markers == 1
-    assert store.meta("tombstones-0") == 2
+    assert store.meta("tombstones-0") == 3
