@@ -3,6 +3,9 @@ of ingest, the changelog a restore or replay benchmark reads, and the suite's si
 
 from __future__ import annotations
 
+import orjson
+import pytest
+
 from bench.changelog import HOUR_MS, YEAR_MS, changelog_messages
 from bench.e2e_ingest import flatness, tenths
 from bench.run_suite import QUICK, REGISTRY, TARGETS, plan_invocations, variant_tag
@@ -82,6 +85,17 @@ def test_changelog_messages_are_the_same_every_time() -> None:
     a = list(changelog_messages(50, NOW, ("a",), partitions=2))
     b = list(changelog_messages(50, NOW, ("a",), partitions=2))
     assert a == b
+
+
+@pytest.mark.parametrize("size", [1_000, 4_000])
+def test_stamps_carry_about_the_data_asked_for(size: int) -> None:
+    """``bench_restore --data-bytes``: the stamp grows by about that much, and the data
+    reads back as a platform's transcript."""
+    ((_, _, bare, _),) = changelog_messages(1, NOW, ("a",), partitions=2)
+    ((_, _, value, _),) = changelog_messages(1, NOW, ("a",), partitions=2, data_bytes=size)
+    assert 0.85 * size <= len(value) - len(bare) <= 1.15 * size
+    assert orjson.loads(value)["data"]["transcript"][0]["role"] == "user"
+    assert orjson.loads(bare)["data"] is None
 
 
 # --------------------------------------------------------------------------- suite sizes
