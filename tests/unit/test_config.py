@@ -39,6 +39,8 @@ stamped = "s"
 tombstones = "t"
 dlq = "d"
 receipts = "r"
+holds = "h"
+audit = "a"
 
 [categories]
 names = ["conversation", "session", "audit"]
@@ -49,6 +51,11 @@ tick_ms = 50
 horizon = "2h"
 session_timeout = "10s"
 workers = 3
+marker_grace = "3d"
+
+[archive]
+required = true
+group_id = "archive-eu"
 
 [retention.defaults]
 session = "30d"
@@ -97,7 +104,9 @@ def test_full_file() -> None:
     assert c.horizon_ms == 120 * MIN
     assert c.session_timeout_ms == 10_000
     assert c.workers == 3
-    assert c.topics == Topics(("conv", "sess"), "p", "s", "t", "d", "r")
+    assert c.marker_grace_ms == 3 * DAY
+    assert (c.archive.required, c.archive.group_id) == (True, "archive-eu")
+    assert c.topics == Topics(("conv", "sess"), "p", "s", "t", "d", "r", "h", "a")
     assert c.categories == ("conversation", "session", "audit")
     assert c.sliding == frozenset({"session", "audit"})
     r = c.retention
@@ -112,6 +121,25 @@ def test_full_file() -> None:
     )
     assert r.bots[("acme", "b2", "live")]["conversation"].ttl_ms == 2 * DAY
     assert c.path == "full.toml"
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "value"),
+    [
+        ("[service]\nmarker_grace = '0s'\n", "marker_grace_ms", 0),  # markers go at once
+        ("[service]\nhorizon = '1s'\n", "horizon_ms", 1_000),
+        ("[service]\nsession_timeout = '1s'\n", "session_timeout_ms", 1_000),
+        ("max_clock_skew = '0s'\n", "max_clock_skew_ms", 0),
+        ("[service]\nworkers = 1\n", "workers", 1),
+    ],
+)
+def test_the_smallest_values_a_setting_allows_are_taken(text: str, field: str, value: int) -> None:
+    assert getattr(parse_config(text), field) == value
+
+
+def test_the_archive_defaults_to_not_required() -> None:
+    archive = parse_config("[archive]\n").archive
+    assert (archive.required, archive.group_id) == (False, "stream-expiry-archive")
 
 
 def test_load_config_reads_a_file(tmp_path: Path) -> None:
@@ -220,6 +248,21 @@ ERRORS = [
         "skew invalid",
         "max_clock_skew = 'soon'\n",
         "line 1: invalid duration for key 'max_clock_skew' at the top level: 'soon'",
+    ),
+    (
+        "archive required not a boolean",
+        "[archive]\nrequired = 'yes'\n",
+        "line 2: key 'required' in [archive] must be true or false, got a string 'yes'",
+    ),
+    (
+        "archive typo",
+        "[archive]\ngroup = 'x'\n",
+        "line 2: unknown key 'group' in [archive]; did you mean 'group_id'?",
+    ),
+    (
+        "marker grace negative",
+        "[service]\nmarker_grace = '-1d'\n",
+        "line 2: key 'marker_grace' in [service] must be a duration, 0 or more, got a string '-1d'",
     ),
     (
         "horizon zero",
