@@ -456,3 +456,27 @@ def test_config_is_hashable_and_comparable() -> None:
     assert a == b
     assert hash(a) == hash(b)
     assert a != parse_config(FULL.replace('"30d"', '"31d"'))
+
+
+def test_ids_and_counts_are_taken_up_to_their_limits_and_not_beyond() -> None:
+    """The edges of what the file accepts: ids of 1 and 512 characters, a topic count of
+    10,000; one more is refused with the line."""
+    longest = "x" * 512
+    orgs = parse_config(
+        f'[retention.orgs.a]\nconversation = "1d"\n[retention.orgs."{longest}"]\n'
+        'conversation = "1d"\n'
+    ).retention.orgs
+    assert sorted(orgs) == ["a", longest]
+    names = parse_config(f'[categories]\nnames = ["{"c" * 512}"]\nsliding = []\n').categories
+    assert names == ("c" * 512,)
+    assert (
+        parse_config("[topics]\nreplication_factor = 10000\n").topic_settings.replication_factor
+        == 10_000
+    )
+    for text, message in [
+        (f'[retention.orgs."{longest}x"]\nconversation = "1d"\n', "line 1: an org id"),
+        ("[topics]\nreplication_factor = 10001\n", "line 2: key 'replication_factor'"),
+        ("[categories]\nslidng = ['session']\n", "did you mean 'sliding'?"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            parse_config(text)
