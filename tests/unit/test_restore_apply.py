@@ -8,23 +8,12 @@ whose null never came. And the report, which the restore's log line and metric s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from stream_expiry import codec, model
 from stream_expiry.state import MemoryKV, PartitionStore
 from stream_expiry.state.restore import RestoreReport, _apply_stamps, _apply_tombstones
+from tests.unit.test_restore_model import SOURCE, Message
 
-SOURCE = codec.source_headers("in", 0)
 NOW = 1_795_000_000_000
-
-
-@dataclass
-class Message:
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp: int
-    headers: list[tuple[str, bytes]]
 
 
 def identity(record_id: str) -> model.Identity:

@@ -61,7 +61,7 @@ class Message:
     """What the restore reads of a consumed changelog message."""
 
     offset: int
-    key: bytes
+    key: bytes | None  # None: not a record's message (a restore skips it)
     value: bytes | None
     timestamp: int
     headers: list[tuple[str, bytes]]
