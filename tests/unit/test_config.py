@@ -174,6 +174,62 @@ def test_sliding_defaults_to_session_only_when_configured() -> None:
 ERRORS = [
     # (id, text, expected fragments: line, key, suggestion or value)
     (
+        "sink topic name",
+        '[sink.compacted."bad topic"]\ncategories = ["conversation"]\n',
+        "line 1: 'bad topic' in [sink.compacted] is not a Kafka topic name",
+    ),
+    (
+        "sink categories empty",
+        "[sink.compacted.users]\ncategories = []\n",
+        "line 2: key 'categories' in [sink.compacted.users] must be a non-empty array, got an array []",
+    ),
+    (
+        "sink category unknown",
+        '[sink.compacted.users]\ncategories = ["invoice"]\n',
+        "line 2: category 'invoice' in [sink.compacted.users] is not a configured category",
+    ),
+    (
+        "sink categories missing",
+        "[sink.compacted.users]\n",
+        "line 1: [sink.compacted.users] needs categories = [...] to delete from it",
+    ),
+    (
+        "kafka value not a string",
+        "[kafka]\nsecurity_protocol = 5\n",
+        "line 2: key 'security_protocol' in [kafka] must be a string, got an integer 5",
+    ),
+    (
+        "kafka protocol unknown",
+        '[kafka]\nsecurity_protocol = "TLS"\n',
+        "line 2: key 'security_protocol' in [kafka] must be one of PLAINTEXT, SSL, SASL_PLAINTEXT",
+    ),
+    (
+        "empty bot id",
+        '[retention.bots.acme.""]\nlive = {conversation = "1d"}\n',
+        "line 1: a bot id in [retention.bots.acme] must be 1 to 512 characters long",
+    ),
+    (
+        "empty org id under bots",
+        '[retention.bots.""]\n',
+        "line 1: an org id in [retention.bots] must be 1 to 512 characters long",
+    ),
+    (
+        "no category names",
+        "[categories]\nnames = []\n",
+        "line 2: key 'names' in [categories] must be a non-empty array of strings, got an array []",
+    ),
+    (
+        "sliding category not named",
+        '[categories]\nnames = ["conversation"]\nsliding = ["session"]\n',
+        "line 3: key 'sliding' in [categories] names category 'session', which is not in names; "
+        "add it to names first",
+    ),
+    (
+        "input topic name",
+        '[topics]\ninputs = ["bad topic"]\n',
+        "line 2: key 'inputs' in [topics] must be a Kafka topic name",
+    ),
+    (
         "unknown category key with suggestion",
         'preset = "none"\n\n[retention.orgs.acme]\nsession = "1d"\nconversaton = "30d"\n',
         "config.toml line 5: unknown key 'conversaton' in [retention.orgs.acme]; did you mean 'conversation'?",
