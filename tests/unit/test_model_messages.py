@@ -12,6 +12,7 @@ import pytest
 
 from stream_expiry.model import (
     Identity,
+    Reason,
     Stamp,
     deletion_from_tombstone,
     encode_stamp,
@@ -24,8 +25,8 @@ IDENT = Identity("acme", "b", "live", "conversation", "r1")
 LIFE = Stamp(IDENT, 1_000, 61_000, 60_000, "org")
 
 
-def tombstone(stamp: Stamp, reason: str, emitted_at: int) -> bytes:
-    return encode_tombstone(stamp, reason=reason, emitted_at=emitted_at)  # type: ignore[arg-type]
+def tombstone(stamp: Stamp, reason: Reason, emitted_at: int) -> bytes:
+    return encode_tombstone(stamp, reason=reason, emitted_at=emitted_at)
 
 
 def test_a_held_life_becomes_a_state_of_its_own_to_be_tombstoned() -> None:
