@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 import orjson
 import pytest
@@ -121,3 +123,102 @@ def test_lines_are_the_stamps_as_produced(tmp_path: Path) -> None:
     (line,) = read_lines(str(tmp_path / "acme" / "2026-11-18.jsonl.gz"))
     assert orjson.dumps(line["stamp"]) == e.value
     assert line["partition"] == 1
+
+
+def test_org_names_that_fit_are_the_org_percent_encoded(tmp_path: Path) -> None:
+    """A reader finds an org's files by its name: short names decode back to the org, UTF-8
+    byte by byte, up to exactly 200 bytes."""
+    for org in ("acme", "Ünï cødé", "a.b/c", "日本", "x" * 200, "é" * 33 + "ab"):
+        name = org_dirname(org)
+        assert unquote(name, errors="strict") == org
+        assert len(name) <= 200
+    assert org_dirname("é") == "%C3%A9"
+    assert org_dirname("") == "%"
+
+
+def test_long_org_names_are_cut_and_end_with_a_hash_of_the_whole_org() -> None:
+    shared = "tenant-" + "x" * 300
+    a, b = org_dirname(shared + "a"), org_dirname(shared + "b")
+    assert a != b  # both cut in the shared part: the hash tells them apart
+    for org, name in ((shared + "a", a), (shared + "b", b)):
+        head, _, digest = name.rpartition("~")
+        assert digest == hashlib.blake2b(org.encode(), digest_size=16).hexdigest()
+        assert org.startswith(head)
+        assert 190 <= len(name) <= 200
+    assert "~" not in org_dirname("x" * 200)  # cut only beyond 200 bytes
+    assert "~" in org_dirname("x" * 201)
+
+
+def test_stamps_without_a_readable_day_are_undated_and_bad_keys_kept(tmp_path: Path) -> None:
+    ident = Identity("acme", "_", "live", "conversation", "1")
+    w = ArchiveWriter(str(tmp_path))
+    w.write(
+        [
+            Entry(ident.key.encode(), b'["a list"]', 0, 1, DAY1),
+            Entry(ident.key.encode(), b'{"created_at": "soon"}', 0, 2, DAY1),
+            Entry(ident.key.encode(), b'{"created_at": 1795000000000}', 0, 3, DAY1),
+            Entry(b"\xff\xfe", b'{"created_at": "2026-11-18T00:00:00Z"}', 0, 4, DAY1),
+            Entry(None, b"{}", 0, 5, DAY1),
+        ]
+    )
+    undated = read_lines(str(tmp_path / "acme" / "undated.jsonl.gz"))
+    assert [(x["offset"], x["stamp"]) for x in undated] == [
+        (1, ["a list"]),
+        (2, {"created_at": "soon"}),
+        (3, {"created_at": 1795000000000}),
+    ]
+    foreign = read_lines(str(tmp_path / "_unknown" / "2026-11-18.jsonl.gz"))
+    assert [(x["key"], x["offset"]) for x in foreign] == [("\ufffd\ufffd", 4)]
+    (keyless,) = read_lines(str(tmp_path / "_unknown" / "undated.jsonl.gz"))
+    assert keyless["key"] == ""
+
+
+def test_counts_and_identical_batches_give_identical_files(tmp_path: Path) -> None:
+    """A file's bytes depend on its lines only (no time in the gzip header): two archives
+    of the same stamps can be compared byte for byte."""
+    batch = [stamp_entry("o", "1", DAY1, 0), erasure("o", "1", 1), erasure("o", "2", 2)]
+    one, two = ArchiveWriter(str(tmp_path / "one")), ArchiveWriter(str(tmp_path / "two"))
+    one.write(batch)
+    two.write(batch)
+    assert (one.lines, one.erasures, one.batches) == (1, 2, 1)
+    for rel in ("o/2026-11-18.jsonl.gz", f"o/{ERASURES}"):
+        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes()
+    w = ArchiveWriter(str(tmp_path / "one"))
+    w.write([stamp_entry("o", "3", DAY1, 3), erasure("o", "3", 4)])
+    purge(str(tmp_path / "one"))  # rewrites the day's file
+    for rel in ("o/2026-11-18.jsonl.gz", f"o/{ERASURES}"):
+        raw = (tmp_path / "one" / rel).read_bytes()
+        members = raw.split(b"\x1f\x8b\x08")[1:]
+        assert members
+        assert all(m[1:5] == bytes(4) for m in members)  # MTIME 0 in every member's header
+
+
+def test_an_archive_that_cannot_be_made_or_written_says_where(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreError, match=r"cannot create the archive directory '.*file/a'"):
+        ArchiveWriter(str(blocker / "a"))
+    w = ArchiveWriter(str(tmp_path / "arch"))
+    (tmp_path / "arch" / "o").write_text("an org's directory is a file")
+    with pytest.raises(StoreError, match=r"cannot write the archive in '.*arch'"):
+        w.write([stamp_entry("o", "1", DAY1, 0)])
+
+
+def test_purge_takes_each_keys_latest_marker_in_every_file(tmp_path: Path) -> None:
+    """Markers in any order (re-deliveries append old ones after new ones): the highest
+    offset decides; every file of the org is purged, undated ones included, and kept lines
+    read back whole."""
+    w = ArchiveWriter(str(tmp_path))
+    w.write([stamp_entry("o", "1", DAY1, 0), stamp_entry("o", "1", DAY2, 4)])
+    w.write([stamp_entry("o", "k1", DAY1, 1), stamp_entry("o", "k2", DAY1, 2)])
+    ident = Identity("o", "_", "live", "conversation", "1")
+    w.write([Entry(ident.key.encode(), b"{}", 0, 3, DAY1)])  # undated
+    w.write([erasure("o", "1", 5), stamp_entry("o", "1", DAY2, 6), erasure("o", "1", 7)])
+    w.write([erasure("o", "1", 5)])  # the first marker re-delivered after the second
+    w.write([stamp_entry("o", "1", DAY2, 8)])  # the life after the last erasure
+    result = purge(str(tmp_path))
+    assert (result.files_rewritten, result.lines_removed, result.lines_kept) == (3, 4, 3)
+    day1 = read_lines(str(tmp_path / "o" / "2026-11-18.jsonl.gz"))
+    assert [x["stamp"]["record_id"] for x in day1] == ["k1", "k2"]
+    assert [x["offset"] for x in read_lines(str(tmp_path / "o" / "2026-11-19.jsonl.gz"))] == [8]
+    assert read_lines(str(tmp_path / "o" / "undated.jsonl.gz")) == []

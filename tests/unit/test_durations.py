@@ -135,3 +135,31 @@ def test_format_duration_picks_the_largest_whole_unit() -> None:
     assert format_duration(2_592_000_000) == "30d"
     assert format_duration(90_000) == "90s"
     assert format_duration(1_500) == "1500ms"
+
+
+HINT = 'expected minutes as a number, or a number with a unit s, m, h, d, w, mo, y (e.g. "30d")'
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (float("inf"), "inf is not a finite number"),
+        ("soon", "'soon' is not a duration"),
+        (None, "a NoneType is not a duration"),
+        ([30], "a list is not a duration"),
+        ("20000y", "'20000y' is longer than 10,000 years"),
+        ("3 fortnights", "'3 fortnights' has an unknown unit 'fortnights'"),
+        ("x" * 38, f"'{'x' * 38}' is not a duration"),  # a quote of 40 characters, whole
+        ("x" * 39, f"'{'x' * 36}... is not a duration"),  # 41: cut to 37 and an ellipsis
+    ],
+)
+def test_messages_quote_the_value_and_say_what_a_duration_is(value: object, message: str) -> None:
+    with pytest.raises(InvalidDuration) as info:
+        parse_duration(value)
+    assert str(info.value) == f"{message}; {HINT}"
+
+
+def test_text_longer_than_64_characters_is_refused_unread() -> None:
+    assert parse_duration("1" + " " * 63) == 60_000
+    with pytest.raises(InvalidDuration, match="is not a duration"):
+        parse_duration("1" + " " * 64)

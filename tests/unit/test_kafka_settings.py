@@ -3,7 +3,9 @@ aiokafka gets, the topic configs, and CreateTopics answers that must stop the st
 
 from __future__ import annotations
 
+import os
 import ssl
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import pytest
@@ -17,7 +19,9 @@ from stream_expiry.kafka_settings import (
     Connection,
     KafkaSecurity,
     TopicSettings,
+    check_security_value,
     connection_for,
+    role_configs,
     security_from_environment,
     topic_configs,
 )
@@ -210,3 +214,106 @@ def test_failed_topic_creation_raises_the_brokers_error() -> None:
     assert "expiry.dlq" not in message  # already there: another instance made it
     assert "replication_factor to at most the number of brokers" in message
     check_created(CreateTopicsResponse_v3(throttle_time_ms=0, topic_errors=[("a", 36, None)]))
+
+
+def test_every_role_gets_exactly_its_configs() -> None:
+    """The README's topic table, in full: a key lost or added here changes what a broker
+    keeps on disk."""
+    s = TopicSettings(replication_factor=2, segment_ms=7, retention_ms=11)
+    s = replace(s, max_compaction_lag_ms=13, delete_retention_ms=17, evidence_retention_ms=19)
+    both = {"min.insync.replicas": "1", "segment.ms": "7"}
+    big = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
+    assert role_configs("compacted", s) == {
+        **both, **big, "cleanup.policy": "compact", "max.compaction.lag.ms": "13",
+        "delete.retention.ms": "17",
+    }  # fmt: skip
+    assert role_configs("data", s) == {
+        **both, **big, "cleanup.policy": "delete", "retention.ms": "11"
+    }  # fmt: skip
+    assert role_configs("evidence", s) == {**both, "cleanup.policy": "delete", "retention.ms": "19"}
+
+
+def _error(security: KafkaSecurity, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigurationError) as err:
+        security_from_environment(security, env or {})
+    return str(err.value)
+
+
+def test_each_contradiction_names_where_the_value_came_from_and_what_to_do(
+    tmp_path: Path,
+) -> None:
+    pem = tmp_path / "x.pem"
+    pem.write_text("x")
+    from_file = parse_config('[kafka]\n\nsasl_username = "svc"\n', path="app.toml").kafka
+    assert _error(from_file) == (
+        "app.toml line 3 ([kafka] sasl_username): sasl_username is set but security_protocol "
+        "is PLAINTEXT, which sends no credentials; set security_protocol to SASL_SSL (or "
+        "SASL_PLAINTEXT), or remove it"
+    )
+    assert _error(KafkaSecurity(), {"STREAM_EXPIRY_KAFKA_SSL_CERTFILE": str(pem)}) == (
+        "$STREAM_EXPIRY_KAFKA_SSL_CERTFILE: ssl_certfile is set but security_protocol is "
+        "PLAINTEXT, which does not use TLS; set security_protocol to SSL (or SASL_SSL), or "
+        "remove it"
+    )
+    env = {
+        "STREAM_EXPIRY_KAFKA_SECURITY_PROTOCOL": "ssl",
+        "STREAM_EXPIRY_KAFKA_SSL_KEYFILE": str(pem),
+    }
+    assert _error(KafkaSecurity(), env) == (
+        "$STREAM_EXPIRY_KAFKA_SSL_KEYFILE: ssl_keyfile needs ssl_certfile (the client "
+        "certificate the key belongs to)"
+    )
+    env = {"STREAM_EXPIRY_KAFKA_SECURITY_PROTOCOL": "sasl_plaintext"}
+    assert _error(KafkaSecurity(), env) == (
+        "$STREAM_EXPIRY_KAFKA_SECURITY_PROTOCOL: security_protocol SASL_PLAINTEXT needs "
+        "sasl_mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512): set it under [kafka] in the "
+        "config file or in $STREAM_EXPIRY_KAFKA_SASL_MECHANISM"
+    )
+    env = {
+        "STREAM_EXPIRY_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "STREAM_EXPIRY_KAFKA_SASL_MECHANISM": "PLAIN",
+    }
+    assert _error(KafkaSecurity(), env) == (
+        "$STREAM_EXPIRY_KAFKA_SECURITY_PROTOCOL: security_protocol SASL_SSL needs "
+        "sasl_username: set it under [kafka] in the config file or in "
+        "$STREAM_EXPIRY_KAFKA_SASL_USERNAME"
+    )
+    # A setting nobody made is named as the default it is.
+    assert KafkaSecurity().origin("security_protocol") == "[kafka] security_protocol (default)"
+    assert _error(KafkaSecurity(sasl_mechanism="PLAIN")).startswith(
+        "[kafka] sasl_mechanism (default): sasl_mechanism is set"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("SASL_PASSWORD", " \t", "$STREAM_EXPIRY_KAFKA_SASL_PASSWORD = (hidden): must be a "
+         "non-empty string"),
+        ("SASL_USERNAME", "  ", "$STREAM_EXPIRY_KAFKA_SASL_USERNAME = '  ': must be a non-empty "
+         "string"),
+        ("SASL_MECHANISM", "GSSAPI", "$STREAM_EXPIRY_KAFKA_SASL_MECHANISM = 'GSSAPI': must be "
+         "one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, got 'GSSAPI' (GSSAPI and OAUTHBEARER are "
+         "not supported)"),
+    ],
+)  # fmt: skip
+def test_a_bad_variable_is_named_and_a_password_never_shown(
+    name: str, value: str, message: str
+) -> None:
+    assert _error(KafkaSecurity(), {f"STREAM_EXPIRY_KAFKA_{name}": value}) == message
+
+
+def test_an_unreadable_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Root reads any file, so the permission check is answered "no" here.)"""
+    pem = tmp_path / "key.pem"
+    pem.write_text("x")
+    monkeypatch.setattr(os, "access", lambda path, mode: path != str(pem))
+    with pytest.raises(ValueError, match=r"^file '.*key.pem' is not readable by this process$"):
+        check_security_value("ssl_keyfile", str(pem))
+
+
+def test_without_variables_the_files_settings_are_kept_as_they_are() -> None:
+    base = parse_config(SASL + 'sasl_password = "p"\n', path="app.toml").kafka
+    merged = security_from_environment(base, {"STREAM_EXPIRY_KAFKA_SASL_USERNAME": ""})
+    assert merged == base
+    assert merged.origin("sasl_username") == "app.toml line 4 ([kafka] sasl_username)"

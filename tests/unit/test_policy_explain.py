@@ -73,7 +73,11 @@ def test_explain_is_exactly_the_contract_object() -> None:
             },
         ],
     }
-    orjson.dumps(e)  # JSON-serialisable as is
+    text = orjson.dumps(e)  # JSON-serialisable as is, with whole seconds as integers
+    assert b".0" not in text
+    assert all(
+        type(c["ttl_seconds"]) is int for c in e["candidates"] if c["ttl_seconds"] is not None
+    )
 
 
 def test_explain_never() -> None:
@@ -135,3 +139,11 @@ def test_table_tie_goes_to_the_first() -> None:
     toml = '[retention.orgs.a]\nerror = "1d"\n[retention.cap]\nmax = "1d"\n'
     table = render_explain_table(make_book(toml).explain(category="error", org="a"))
     assert "equal to the winner, which is listed first" in table
+
+
+def test_names_quote_keys_as_a_person_types_them() -> None:
+    """A key that TOML must quote is quoted, and its letters are shown as written."""
+    book = make_book('[retention.orgs."Zürich AG"]\nconversation = "30d"\n')
+    e = book.explain(category="conversation", org="Zürich AG", bot="b")
+    names = [c["name"] for c in e["candidates"]]
+    assert 'retention.orgs."Zürich AG".conversation' in names

@@ -299,3 +299,78 @@ SCHEMA_REJECTS = [
 )
 def test_schema_rejects_invalid_updates(value: dict[str, Any]) -> None:
     assert not _schema_validator().is_valid(value)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("org", "acme", None, "live"), "scope 'org' takes no env"),
+        (("org", "acme", "b1"), "scope 'org' takes no bot"),
+        (("cap", None, "b1"), "scope 'cap' takes no org, bot or env"),
+        (("default", None, None, "live"), "scope 'default' takes no org, bot or env"),
+        (("bot", "acme", None, "live"), "scope 'bot' needs bot, 1 to 512 characters"),
+        (("bot", "acme", "b1"), "scope 'bot' needs env, 1 to 512 characters"),
+        (("org", "x" * 513), "scope 'org' needs org, 1 to 512 characters"),
+        (("bot", "a", "b", "x" * 513), "scope 'bot' needs env, 1 to 512 characters"),
+    ],
+)
+def test_scope_key_says_what_a_scope_lacks_or_cannot_take(
+    args: tuple[str | None, ...], message: str
+) -> None:
+    with pytest.raises(ValueError) as err:  # noqa: PT011  # the message is checked whole
+        scope_key(*args)  # type: ignore[arg-type]
+    assert str(err.value) == message
+
+
+def test_ids_of_512_characters_make_scopes_and_updates() -> None:
+    long = "x" * 512
+    assert scope_key("bot", long, long, "live") == f"bot/{long}/{long}/live"
+    ok = update({"scope": "bot", "org": long, "bot": long, "ttl": {"session": "1d"}})
+    assert isinstance(ok, PolicyUpdate)
+    too_long = update({"scope": "bot", "org": long, "bot": long + "x", "ttl": {}})
+    assert isinstance(too_long, Rejection)
+    assert too_long.detail == "field 'bot' must be a string of 1 to 512 characters"
+
+
+def test_a_key_whose_escapes_are_not_utf8_is_refused_as_such() -> None:
+    """Not "use org/%EF%BF%BD": no replacement character is offered as the org's name."""
+    with pytest.raises(ValueError, match="utf-8") as err:
+        parse_scope_key("org/%FF")
+    assert "%EF%BF%BD" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "detail"),
+    [
+        ({"scope": "cap", "ttl": True}, "field 'ttl' must be an object, got boolean"),
+        ({"scope": "cap", "ttl": 30}, "field 'ttl' must be an object, got number"),
+        ({"scope": "cap", "ttl": 1.5}, "field 'ttl' must be an object, got number"),
+        ({"scope": "cap", "ttl": ["30d"]}, "field 'ttl' must be an object, got array"),
+        ({"scope": "cap", "ttl": "30d"}, "field 'ttl' must be an object, got string"),
+        ({"scope": "cap"}, "field 'ttl' is required (an object of category: duration)"),
+        ({"scope": "cap", "ttl": None}, "field 'ttl' is required (an object of category: duration)"),
+        ({"ttl": {}}, "field 'scope' is required"),
+        (None, "a null value clears the scope named by the key, but there is no key"),
+        (b"null", "the value is a JSON null, not an object"),
+        ({"scope": "cap", "ttl": {"sesion": 1}}, "ttl key 'sesion' is not a configured "
+         "category; did you mean 'session'?"),
+        ({"scope": "cap", "ttl": {"zzz": 1}}, "ttl key 'zzz' is not a configured category"),
+    ],
+)  # fmt: skip
+def test_rejections_say_exactly_what_is_wrong(value: Any, detail: str) -> None:
+    result = update(value)
+    assert isinstance(result, Rejection)
+    assert result.detail == detail
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("org/a/b", "'org/a/b' is not a policy scope (org/ORG, bot/ORG/BOT/ENV, cap, default)"),
+        ("org/%61", "'org/%61' is not percent-encoded canonically; use 'org/a'"),
+    ],
+)
+def test_bad_scope_keys_say_what_a_key_looks_like(key: str, message: str) -> None:
+    with pytest.raises(ValueError) as err:  # noqa: PT011  # the message is checked whole
+        parse_scope_key(key)
+    assert str(err.value) == message
