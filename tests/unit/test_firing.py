@@ -7,6 +7,7 @@ given and hands back ack futures the test resolves, which is all the task sees o
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -48,19 +49,21 @@ class _Outbox:
         self.sent: list[list[str]] = []  # the keys tombstoned, per send
         self.acks: list[asyncio.Future[None]] = []
         self.arrived = anyio.Event()
+        self.times: list[int] = []  # the now_ms of each send
 
     async def send(self, items: list[tuple[PartitionProcessor, Any]], now_ms: int) -> list[Any]:
         self.sent.append([f.before.identity.key for _, e in items for f in e.tombstones])
+        self.times.append(now_ms)
         ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.acks.append(ack)
         self.arrived.set()
         return [ack]
 
 
-def _processor(clock: _Clock) -> PartitionProcessor:
+def _processor(clock: _Clock, partition: int = 0) -> PartitionProcessor:
     return PartitionProcessor(
         "in",
-        0,
+        partition,
         PartitionStore(MemoryKV()),
         resolve=_resolve,
         sliding=frozenset(),
@@ -77,13 +80,15 @@ def _create(proc: PartitionProcessor, record_id: str, created_at: int, clock: _C
     proc.settle(proc.process([rec], clock.now), clock.now)
 
 
-def _firing(proc: PartitionProcessor, outbox: _Outbox, clock: _Clock) -> Firing:
+def _firing(proc: PartitionProcessor, outbox: _Outbox, clock: _Clock, tick_ms: int = 0) -> Firing:
+    """No tick unless asked: what a test sees waits for acks or a due time, not a pause."""
     return Firing(
         {("in", 0): proc},
         cast("Outbox", outbox),
         anyio.Lock(),
         clock=clock,
         on_fired=lambda _f: None,
+        tick_ms=tick_ms,
     )
 
 
@@ -103,8 +108,17 @@ async def test_an_earlier_timer_wakes_the_sleeping_task(monkeypatch: pytest.Monk
         task.due_at(proc.next_due_ms())
         with anyio.fail_after(5):
             await outbox.arrived.wait()
+        task.due_at(clock.now)  # ingest may say so while the task is awake: nothing to wake
+        # Acked, it sleeps again; a second timer wakes it the same way.
+        outbox.arrived = anyio.Event()
+        outbox.acks[0].set_result(None)
+        await wait_all_tasks_blocked()
+        _create(proc, "r2", clock.now - TTL_MS, clock)
+        task.due_at(proc.next_due_ms())
+        with anyio.fail_after(5):
+            await outbox.arrived.wait()
         tg.cancel_scope.cancel()
-    assert outbox.sent == [["o/_/live/error/r1"]]
+    assert outbox.sent == [["o/_/live/error/r1"], ["o/_/live/error/r2"]]
 
 
 async def test_group_commit_waits_for_the_acks_then_sends_all_that_fell_due(
@@ -160,3 +174,76 @@ async def test_a_backlog_goes_out_in_slices_without_waiting_for_acks(
         ["o/_/live/error/r2", "o/_/live/error/r3"],
         ["o/_/live/error/r4"],
     ]
+
+
+async def test_a_sleeping_task_wakes_at_the_first_due_time_by_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nobody calls due_at: the task must have slept until the timer's due time, not for
+    IDLE_S (an hour here). The wall clock, since the task sleeps in real time."""
+    monkeypatch.setattr(firing, "IDLE_S", 3600.0)
+    clock = lambda: time.time_ns() // 1_000_000  # noqa: E731
+    at_start = _Clock()
+    at_start.now = clock()
+    proc = _processor(at_start)
+    outbox = _Outbox()
+    _create(proc, "soon", at_start.now - TTL_MS + 30, at_start)  # due in 30 ms
+    task = Firing(
+        {("in", 0): proc}, cast("Outbox", outbox), anyio.Lock(), clock=clock, on_fired=print
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(task.run)
+        with anyio.fail_after(5):
+            await outbox.arrived.wait()
+        tg.cancel_scope.cancel()
+    assert outbox.sent == [["o/_/live/error/soon"]]
+
+
+async def test_partitions_share_a_slice_and_each_tombstone_is_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(firing, "IDLE_S", 3600.0)
+    monkeypatch.setattr(firing, "FIRE_BATCH", 3)  # two partitions due: one timer each a slice
+    clock = _Clock()
+    procs = {("in", p): _processor(clock, p) for p in (0, 1)}
+    for (_, p), proc in procs.items():
+        for i in range(3):
+            _create(proc, f"p{p}r{i}", clock.now - TTL_MS - 10 + i, clock)
+    outbox = _Outbox()
+    counted: list[str] = []
+    task = Firing(
+        procs,
+        cast("Outbox", outbox),
+        anyio.Lock(),
+        clock=clock,
+        on_fired=lambda f: counted.append(f.before.identity.record_id),
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(task.run)
+        await wait_all_tasks_blocked()
+        tg.cancel_scope.cancel()
+    assert outbox.sent == [[f"o/_/live/error/p0r{i}", f"o/_/live/error/p1r{i}"] for i in range(3)]
+    assert counted == [f"p{p}r{i}" for i in range(3) for p in (0, 1)]
+    assert outbox.times == [clock.now] * 3
+
+
+async def test_the_next_firing_waits_a_tick_from_the_start_of_the_last(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(firing, "IDLE_S", 3600.0)
+    clock = _Clock()
+    proc = _processor(clock)
+    _create(proc, "r0", clock.now - TTL_MS, clock)
+    _create(proc, "r1", clock.now - TTL_MS + 1000, clock)
+    outbox = _Outbox()
+    task = _firing(proc, outbox, clock, tick_ms=3_600_000)  # a tick of an hour
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(task.run)
+        with anyio.fail_after(5):
+            await outbox.arrived.wait()
+        outbox.acks[0].set_result(None)
+        clock.now += 1000  # r1 falls due after the acks: it waits for the tick
+        task.due_at(clock.now)
+        await wait_all_tasks_blocked()
+        tg.cancel_scope.cancel()
+    assert outbox.sent == [["o/_/live/error/r0"]]
