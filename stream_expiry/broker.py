@@ -95,6 +95,10 @@ class EmbeddedBroker:
                     stderr=log,
                     stdin=subprocess.DEVNULL,
                     env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+                    # Out of the caller's process group: a terminal's Ctrl-C goes to the
+                    # whole group, and a broker stopped with the service would leave it
+                    # nothing to drain into; the service stops its broker last, itself.
+                    start_new_session=True,
                 )
             finally:
                 if log is not subprocess.DEVNULL:

@@ -503,8 +503,6 @@ class Service:
                 slot = (tp.topic, tp.partition)
                 committable[slot] = max(committable.get(slot, 0), offset)
 
-    # -- policies ---------------------------------------------------------------------------
-
     # -- partitions -------------------------------------------------------------------------
 
     async def assign(self, assigned: list[TopicPartition]) -> None:
