@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
+
 __all__ = [
     "BrokerError",
     "BrokerUnavailableError",
@@ -10,6 +16,7 @@ __all__ = [
     "StoreError",
     "StreamExpiryError",
     "leaves",
+    "suggestion",
 ]
 
 
@@ -46,3 +53,9 @@ class BrokerUnavailableError(BrokerError):
 
     Retrying may succeed: long-running loops (the sink) wait and go on instead of exiting.
     """
+
+
+def suggestion(word: str, choices: Collection[str]) -> str:
+    """``"; did you mean 'x'?"`` for the choice closest to a mistyped ``word``, or ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""

@@ -7,6 +7,7 @@ says who kept what, from when, and why.
 
 from __future__ import annotations
 
+import re
 import sys
 import uuid
 from typing import TYPE_CHECKING
@@ -14,9 +15,11 @@ from typing import TYPE_CHECKING
 import orjson
 
 from stream_expiry.codec import encode_hold_audit
+from stream_expiry.errors import ConfigurationError, suggestion
 from stream_expiry.holds import Hold, HoldBook, encode_hold, parse_hold
 from stream_expiry.kafka import consumer, ensure_topics, producer, read_to_end
 from stream_expiry.kafka_settings import topic_configs
+from stream_expiry.model import Rejection
 from stream_expiry.outbox import all_acked
 from stream_expiry.service import wall_clock_ms
 
@@ -60,6 +63,38 @@ async def _ensure(config: Config, brokers: Brokers) -> None:
     )
 
 
+_FLAGS = {"hold_id": "--id", "record_id": "--record-id"}
+
+
+def _checked_hold(config: Config, args: argparse.Namespace, now_ms: int) -> Hold:
+    """The hold the arguments describe, checked as the service checks the holds it reads: a
+    hold it would refuse (and the audit trail would still call placed) is refused here,
+    before anything is written. So is a category the configuration does not have: such a
+    hold would keep nothing."""
+    hold = Hold(
+        args.id or f"hold-{uuid.uuid4().hex[:12]}",
+        args.org,
+        args.bot,
+        args.env,
+        args.category,
+        args.record_id,
+        args.reason,
+        now_ms,
+    )
+    checked = parse_hold(hold.hold_id.encode(), encode_hold(hold))
+    if isinstance(checked, Rejection):
+        raise ConfigurationError(
+            re.sub(r"field '(\w+)'", lambda m: _FLAGS.get(m[1], f"--{m[1]}"), checked.detail)
+        )
+    if args.category is not None and args.category not in config.categories:
+        raise ConfigurationError(
+            f"--category {args.category!r} is not a configured category "
+            f"({', '.join(config.categories)}): a hold on it would keep nothing"
+            f"{suggestion(args.category, config.categories)}"
+        )
+    return hold
+
+
 async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -> int:
     t = config.topics
     if args.hold_command == "list":
@@ -78,16 +113,15 @@ async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -
     now = wall_clock_ms()
     async with producer(brokers) as prod:
         if args.hold_command == "place":
-            hold = Hold(
-                args.id or f"hold-{uuid.uuid4().hex[:12]}",
-                args.org,
-                args.bot,
-                args.env,
-                args.category,
-                args.record_id,
-                args.reason,
-                now,
-            )
+            hold = _checked_hold(config, args, now)
+            if args.id is not None:
+                existing = (await read_holds(config, brokers)).get(args.id)
+                if existing is not None:
+                    raise ConfigurationError(
+                        f"hold {args.id!r} is active ({existing.scope()}, reason: "
+                        f"{existing.reason}); placing it again would replace it: release it "
+                        f"first (stream-expiry hold release {args.id}) or choose another --id"
+                    )
             key = hold.hold_id.encode()
             acks = [
                 await prod.send(t.holds, key=key, value=encode_hold(hold)),

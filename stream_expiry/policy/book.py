@@ -21,10 +21,9 @@ Rules this module keeps:
 
 from __future__ import annotations
 
-import difflib
 from typing import TYPE_CHECKING, Final
 
-from stream_expiry.errors import ConfigurationError
+from stream_expiry.errors import ConfigurationError, suggestion
 from stream_expiry.model import ENVS, Identity, Rejection
 from stream_expiry.policy.history import AFTER_ALL, BEFORE_ALL, ScopeHistory
 from stream_expiry.policy.presets import base_cap, base_defaults, env_fallbacks, preset_label
@@ -221,8 +220,7 @@ class PolicyBook:
     ) -> list[Candidate]:
         """Every value found for a record, in the contract's order; ``at_ms=None``: newest."""
         if category not in self._category_set:
-            close = difflib.get_close_matches(category, self._categories, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = suggestion(category, self._categories)
             configured = ", ".join(self._categories)
             raise UnknownCategory(
                 f"category {category!r} is not configured (configured: {configured}){hint}"

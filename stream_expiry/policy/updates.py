@@ -23,7 +23,6 @@ Rules this module keeps (see the contract, "Policy updates"):
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import quote, unquote
@@ -31,6 +30,7 @@ from urllib.parse import quote, unquote
 import orjson
 
 from stream_expiry.durations import InvalidDuration
+from stream_expiry.errors import suggestion
 from stream_expiry.model import ENVS, MAX_ID_CHARS, Rejection
 from stream_expiry.policy.sources import CAP_ALL, Candidate, Source, make_candidate
 from stream_expiry.timeutil import InvalidTimestamp, parse_ts
@@ -150,11 +150,6 @@ def _reject(code: str, detail: str) -> Rejection:
     return Rejection(code, detail)
 
 
-def _suggest(word: str, choices: Collection[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def _scope_of(obj: dict[str, Any]) -> Scope | Rejection:
     kind = obj.get("scope")
     if kind is None:
@@ -199,7 +194,7 @@ def _ttl_of(
     result: dict[str, Candidate] = {}
     for category, value in ttl.items():
         if category not in allowed:
-            hint = _suggest(category, allowed)
+            hint = suggestion(category, allowed)
             return _reject(
                 "invalid_field", f"ttl key {category!r} is not a configured category{hint}"
             )

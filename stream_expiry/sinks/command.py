@@ -24,7 +24,7 @@ from stream_expiry import exits
 from stream_expiry.cliargs import add_log_options, metrics_port, port
 from stream_expiry.config import load_config
 from stream_expiry.endpoints import open_listener, serve_http, watch_broker
-from stream_expiry.errors import BrokerError, ConfigurationError, StreamExpiryError
+from stream_expiry.errors import BrokerError, ConfigurationError, StreamExpiryError, suggestion
 from stream_expiry.health import Health
 from stream_expiry.kafka_settings import security_from_environment
 from stream_expiry.key_template import KeyTemplate
@@ -248,7 +248,14 @@ def build_sink(
         compacted.update(dict.fromkeys(entry.categories, entry.topic))
         if entry.key is not None:
             templates[entry.topic] = entry.key
-    compacted.update(dict(args.compacted))
+    for category, topic in args.compacted:
+        if category not in service_config.categories:
+            raise ConfigurationError(
+                f"--compacted {category}={topic}: {category!r} is not a configured category "
+                f"({', '.join(service_config.categories)}), so nothing would ever be deleted "
+                f"from {topic}{suggestion(category, service_config.categories)}"
+            )
+        compacted[category] = topic
     templates.update(dict(args.compacted_key))
     unused = sorted(set(templates) - set(compacted.values()))
     if unused:

@@ -206,3 +206,37 @@ async def test_a_held_session_that_comes_back_starts_its_next_life_and_both_are_
     assert [parse_ts(life["created_at"]) for life in bodies[1]["held_lives"]] == [t0]
     assert bodies[2] is not None
     assert "held_lives" not in bodies[2]
+
+
+async def test_hold_place_refuses_what_the_service_would_and_a_live_id(
+    broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hold the service would dead-letter (while the audit trail called it placed), a
+    category no record has (a hold that keeps nothing), and an id in use (placing it again
+    replaced a live hold, with no release on the audit trail) are refused; nothing is
+    written."""
+    common, _ = _setup(broker, topics, tmp_path, RETENTION)
+    assert await _cli("hold", "place", *common, "--org", "legal", "--reason", "case 43",
+                      "--id", "h-legal") == 0  # fmt: skip
+    capsys.readouterr()
+    refused = [
+        (("--org", "", "--reason", "x"), "--org must be a string of 1 to 512 characters"),
+        (("--org", "acme", "--reason", ""), "--reason must be a string of 1 to 512 characters"),
+        (("--org", "acme", "--reason", "x", "--record-id", "r" * 513),
+         "--record-id must be a string of 1 to 512 characters"),
+        (("--org", "acme", "--reason", "x", "--category", "sesion"),
+         ": a hold on it would keep nothing; did you mean 'session'?"),
+        (("--org", "acme", "--reason", "x", "--id", "h-legal"),
+         "hold 'h-legal' is active (org=legal, reason: case 43); placing it again would "
+         "replace it: release it first (stream-expiry hold release h-legal) or choose another "
+         "--id"),
+    ]  # fmt: skip
+    for argv, message in refused:
+        assert await _cli("hold", "place", *common, *argv) == 2, argv
+        assert message in capsys.readouterr().err
+    held = await read_all(broker, topics.holds)
+    assert [r.key for r in held] == [b"h-legal"]
+    assert len(await read_all(broker, topics.audit)) == 1
+    assert await _cli("hold", "release", *common, "h-legal") == 0
+    assert await _cli("hold", "place", *common, "--org", "acme", "--reason", "case 44",
+                      "--id", "h-legal", "--category", "session") == 0  # fmt: skip

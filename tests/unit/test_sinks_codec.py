@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stream_expiry.errors import ConfigurationError
-from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
+from stream_expiry.model import DEFAULT_CATEGORIES, Identity, Stamp, encode_stamp, encode_tombstone
 from stream_expiry.sinks import add_sink_parser
 from stream_expiry.sinks._messages import (
     _SECONDS,
@@ -297,6 +297,26 @@ def test_missing_brokers_and_bad_options_are_reported(
                 ["sink", "postgres", "--bootstrap-servers", "h:1", "--parallel", "0"]
             )
         )
+    with pytest.raises(ConfigurationError) as typo:  # a file's [sink.compacted] is refused too
+        build_sink(
+            parser().parse_args(
+                [
+                    "sink",
+                    "sqlite",
+                    "--path",
+                    "s.db",
+                    "--bootstrap-servers",
+                    "h:1",
+                    "--compacted",
+                    "conversatoin=h",
+                ]
+            )
+        )
+    assert str(typo.value) == (
+        f"--compacted conversatoin=h: 'conversatoin' is not a configured category "
+        f"({', '.join(DEFAULT_CATEGORIES)}), so nothing would ever be deleted from h; did you "
+        "mean 'conversation'?"
+    )
     with pytest.raises(ConfigurationError, match="table prefix"):
         build_sink(
             parser().parse_args(
