@@ -23,7 +23,16 @@ import anyio
 import orjson
 
 from stream_expiry import exits
-from stream_expiry.cliargs import add_log_options, port, positive_int, seconds, timestamp, ts_ms
+from stream_expiry.cliargs import (
+    BOOTSTRAP_ENV,
+    add_log_options,
+    bootstrap_from,
+    port,
+    positive_int,
+    seconds,
+    timestamp,
+    ts_ms,
+)
 from stream_expiry.config import Config, load_config
 from stream_expiry.errors import ConfigurationError, StreamExpiryError
 from stream_expiry.logs import configure_logging, resolve_log_options
@@ -36,7 +45,6 @@ if TYPE_CHECKING:
 
 __all__ = ["build_parser", "main"]
 
-BOOTSTRAP_ENV = "STREAM_EXPIRY_BOOTSTRAP_SERVERS"
 
 _DESCRIPTION = """\
 Real-time retention enforcement on Kafka: every conversation, session and error event is
@@ -68,23 +76,6 @@ def _add_common(p: argparse.ArgumentParser, *, kafka: bool = True) -> None:
             f"${BOOTSTRAP_ENV}",
         )
     add_log_options(p)
-
-
-def bootstrap_from(args: argparse.Namespace, config: Config) -> str:
-    """Brokers from the flag, else the config file, else the environment (the contract's
-    order, the one exception to "the environment beats the file")."""
-    servers = (
-        getattr(args, "bootstrap_servers", None)
-        or config.bootstrap_servers
-        or os.environ.get(BOOTSTRAP_ENV, "").strip()
-    )
-    if not servers:
-        embedded = ", or try --embedded-broker" if hasattr(args, "embedded_broker") else ""
-        raise ConfigurationError(
-            "no Kafka brokers given: pass --bootstrap-servers HOST:PORT, set "
-            f"{BOOTSTRAP_ENV} or bootstrap_servers in the config file{embedded}"
-        )
-    return str(servers)
 
 
 def load(args: argparse.Namespace) -> Config:

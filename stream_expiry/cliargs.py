@@ -7,17 +7,23 @@ Each type refuses a bad value with one line (argparse turns the ``ArgumentTypeEr
 from __future__ import annotations
 
 import argparse
+import os
 from typing import TYPE_CHECKING
 
 from stream_expiry.errors import ConfigurationError
+from stream_expiry.kafka_settings import check_bootstrap
 from stream_expiry.logs import FORMATS, LEVELS
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from stream_expiry.config import Config
+
 __all__ = [
+    "BOOTSTRAP_ENV",
     "METRICS_PORT_ENV",
     "add_log_options",
+    "bootstrap_from",
     "metrics_port",
     "port",
     "positive_int",
@@ -27,6 +33,7 @@ __all__ = [
 ]
 
 METRICS_PORT_ENV = "STREAM_EXPIRY_METRICS_PORT"
+BOOTSTRAP_ENV = "STREAM_EXPIRY_BOOTSTRAP_SERVERS"
 
 
 def port(text: str) -> int:
@@ -109,3 +116,20 @@ def metrics_port(flag: int | None, environ: Mapping[str, str]) -> int | None:
         return port(raw)
     except argparse.ArgumentTypeError as exc:
         raise ConfigurationError(f"environment variable {METRICS_PORT_ENV}: {exc}") from None
+
+
+def bootstrap_from(args: argparse.Namespace, config: Config) -> str:
+    """Brokers from the flag, else the config file, else the environment (the contract's
+    order, the one exception to "the environment beats the file")."""
+    servers = (
+        getattr(args, "bootstrap_servers", None)
+        or config.bootstrap_servers
+        or os.environ.get(BOOTSTRAP_ENV, "").strip()
+    )
+    if not servers:
+        embedded = ", or try --embedded-broker" if hasattr(args, "embedded_broker") else ""
+        raise ConfigurationError(
+            "no Kafka brokers given: pass --bootstrap-servers HOST:PORT, set "
+            f"{BOOTSTRAP_ENV} or bootstrap_servers in the config file{embedded}"
+        )
+    return check_bootstrap(str(servers))

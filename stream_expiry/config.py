@@ -823,7 +823,7 @@ _Kind = Literal["text", "int", "list"]
 #: The settings with an environment variable, and how its text becomes a TOML value
 #: (``text`` stays a string: durations and names; ``list`` is comma-separated).
 # ``bootstrap_servers`` is not here: the contract fixes its order (the flag, else the config
-# file, else STREAM_EXPIRY_BOOTSTRAP_SERVERS), which each command applies (cli.bootstrap_from).
+# file, else STREAM_EXPIRY_BOOTSTRAP_SERVERS), which each command applies (cliargs.bootstrap_from).
 ENV_SETTINGS: Final[Mapping[_Path, _Kind]] = {
     ("preset",): "text",
     ("group_id",): "text",

@@ -40,6 +40,7 @@ __all__ = [
     "TopicRole",
     "TopicSettings",
     "as_connection",
+    "check_bootstrap",
     "check_security_value",
     "connection_for",
     "role_configs",
@@ -193,6 +194,31 @@ class Connection:
 
 Brokers = str | Connection
 """What the client factories accept: a bare bootstrap string means plaintext."""
+
+
+def check_bootstrap(servers: str) -> str:
+    """``servers`` (``HOST[:PORT],...``) as given, once every entry has a host and a port
+    a socket can have; raises :class:`ConfigurationError` saying which entry is wrong. (The
+    clients would fail later with a traceback of their own: ``int('abc')``, a port out of
+    range.)"""
+    for raw in servers.split(","):
+        entry = raw.strip()
+        host, colon, port = entry.rpartition(":")
+        if not colon or entry.endswith("]"):  # no port (the client's default), or [IPv6]
+            host, port = entry, ""
+        problem = ""
+        if host in ("", "[]"):
+            problem = "has no host"
+        elif port and not (port.isdigit() and 1 <= int(port) <= 65_535):
+            problem = f"has port {port!r}, not a number from 1 to 65535"
+        elif colon and not port and not entry.endswith("]"):
+            problem = "has no port after its ':'"
+        if problem:
+            raise ConfigurationError(
+                f"bootstrap servers {servers!r}: {entry!r} {problem}; give HOST:PORT, "
+                "several separated by commas"
+            )
+    return servers
 
 
 def as_connection(brokers: Brokers) -> Connection:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Final
 import anyio
 
 from stream_expiry import exits
-from stream_expiry.cliargs import add_log_options, metrics_port, port
+from stream_expiry.cliargs import BOOTSTRAP_ENV, add_log_options, bootstrap_from, metrics_port, port
 from stream_expiry.config import load_config
 from stream_expiry.endpoints import open_listener, serve_http, watch_broker
 from stream_expiry.errors import BrokerError, ConfigurationError, StreamExpiryError, suggestion
@@ -50,7 +50,6 @@ __all__ = ["add_sink_parser", "build_sink", "run_command"]
 
 log = logging.getLogger("stream_expiry.sinks.command")
 
-ENV_BOOTSTRAP: Final = "STREAM_EXPIRY_BOOTSTRAP_SERVERS"
 PROGRESS_EVERY_S: Final = 10.0
 
 
@@ -93,7 +92,7 @@ def _common_options() -> argparse.ArgumentParser:
     kafka.add_argument(
         "--bootstrap-servers",
         metavar="HOST:PORT[,...]",
-        help=f"Kafka brokers (default: the config file's, else ${ENV_BOOTSTRAP})",
+        help=f"Kafka brokers (default: the config file's, else ${BOOTSTRAP_ENV})",
     )
     kafka.add_argument(
         "--group-id",
@@ -230,16 +229,7 @@ def build_sink(
     # All defaults without --config; the STREAM_EXPIRY_* variables beat the file.
     service_config = load_config(args.config, environ=os.environ)
     topics = service_config.topics
-    bootstrap = (  # the contract's order: the flag, else the config file, else the variable
-        args.bootstrap_servers
-        or service_config.bootstrap_servers
-        or os.environ.get(ENV_BOOTSTRAP, "").strip()
-    )
-    if not bootstrap:
-        raise ConfigurationError(
-            f"no Kafka brokers: pass --bootstrap-servers, set ${ENV_BOOTSTRAP}, or give a "
-            "--config file with bootstrap_servers"
-        )
+    bootstrap = bootstrap_from(args, service_config)
     if args.batch_size < 1:
         raise ConfigurationError(f"--batch-size must be at least 1, got {args.batch_size}")
     compacted: dict[str, str] = {}

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from stream_expiry.cli import main
+from stream_expiry.kafka_settings import check_bootstrap
 from stream_expiry.metrics import version
 
 if TYPE_CHECKING:
@@ -95,3 +96,42 @@ def test_an_invalid_environment_value_is_one_line_and_status_2(
     monkeypatch.setenv("STREAM_EXPIRY_CATEGORIES_NAMES", "conversation")
     assert main(["explain", "--org", "a", "--category", "session"]) == 2
     assert "unknown category 'session'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status"],
+        ["hold", "list"],
+        ["replay", "--dry-run"],
+        ["archive", "--dir", "{tmp}"],
+        ["run", "--state-dir", "{tmp}"],
+        ["sink", "sqlite", "--path", "{tmp}/s.db"],
+    ],
+    ids=lambda c: c[0],
+)
+@pytest.mark.parametrize(
+    ("servers", "says"),
+    [
+        ("127.0.0.1:abc", "'127.0.0.1:abc' has port 'abc', not a number from 1 to 65535"),
+        ("k1:9092,k2:99999", "'k2:99999' has port '99999', not a number from 1 to 65535"),
+        ("k1:9092,,k2:9092", "'' has no host"),
+        ("k1:", "'k1:' has no port after its ':'"),
+    ],
+)
+def test_bad_bootstrap_servers_are_one_line_and_status_2_in_every_command(
+    command: list[str], servers: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The clients failed on them with a traceback: int('abc'), or a port out of range."""
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in command]
+    assert main([*argv, "--bootstrap-servers", servers]) == 2
+    err = capsys.readouterr().err
+    assert f"bootstrap servers {servers!r}: {says}; give HOST:PORT" in err
+    assert err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    "servers", ["k:9092", "k1:9092, k2:9093", "kafka", "[::1]:9092", "[::1]", "10.0.0.1:1"]
+)
+def test_bootstrap_servers_kafka_clients_take_are_taken(servers: str) -> None:
+    assert check_bootstrap(servers) == servers
