@@ -37,7 +37,7 @@ from aiokafka.errors import KafkaError
 from stream_expiry.archive_follower import ArchiveFollower
 from stream_expiry.archive_gate import ArchiveGate
 from stream_expiry.control import ControlTopics
-from stream_expiry.errors import BrokerUnavailableError, leaves
+from stream_expiry.errors import BrokerUnavailableError, StoreError, leaves
 from stream_expiry.firing import Firing
 from stream_expiry.health import Health
 from stream_expiry.holds import HoldBook
@@ -188,6 +188,7 @@ class Service:
 
     async def run(self, stop: anyio.Event) -> None:
         self.health.starting()
+        state_dir = await self._state_dir()
         configs = topic_configs(self.config)
         settings = self.config.topic_settings
         await ensure_topics(
@@ -197,8 +198,6 @@ class Service:
             partitions=settings.partitions,
             replication=settings.replication_factor,
         )
-        state_dir = await anyio.Path(self.config.state_dir).absolute()
-        await state_dir.mkdir(parents=True, exist_ok=True)
         log.info("state directory %s", state_dir)
         try:
             while True:
@@ -211,6 +210,23 @@ class Service:
         finally:
             self._close_all()
             self.health.stopped()
+
+    async def _state_dir(self) -> anyio.Path:
+        """The state directory, made if missing: checked before anything is created on the
+        cluster, so that a path that cannot be one stops the start with its reason."""
+        state_dir = await anyio.Path(self.config.state_dir).absolute()
+        try:
+            await state_dir.mkdir(parents=True, exist_ok=True)
+            probe = state_dir / ".stream-expiry-write-check"
+            await probe.write_bytes(b"")
+            await probe.unlink()
+        except OSError as exc:
+            why = "it is not a directory" if isinstance(exc, FileExistsError) else exc.strerror
+            raise StoreError(
+                f"the state directory {str(state_dir)!r} cannot be used: {why or exc}; "
+                "give a writable directory (--state-dir, or state_dir in the config file)"
+            ) from exc
+        return state_dir
 
     async def _session(self, stop: anyio.Event) -> None:
         """One connection to the cluster: from joining the group until ``stop``."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -16,6 +18,9 @@ import pytest
 from stream_expiry import exits
 from stream_expiry.broker import free_port
 from stream_expiry.cli import main
+from stream_expiry.config import parse_config
+from stream_expiry.demo import Watch, _summary
+from stream_expiry.service import Service
 from tests.integration.service_helpers import config_text
 
 if TYPE_CHECKING:
@@ -179,11 +184,33 @@ def test_sink_postgres_suggests_pg_ctlcluster_only_for_a_local_server(
 
 
 def test_demo_with_duration_0_starts_stops_and_summarises(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     assert main(["demo", "--duration", "0"]) == 0
     out = capsys.readouterr().out
     assert "early deletions     0" in out
+    assert "earlier run" not in out
+    # A --state-dir that does not exist yet is made (it failed: "cannot open SQLite
+    # database"), and kept for the next run.
+    kept = tmp_path / "new" / "demo"
+    assert main(["demo", "--duration", "0", "--state-dir", str(kept)]) == 0
+    assert (kept / "store.sqlite").is_file()
+    assert main(["demo", "--duration", "0", "--state-dir", str(tmp_path)]) == 0
+    (tmp_path / "a-file").write_text("")
+    assert main(["demo", "--duration", "0", "--state-dir", str(tmp_path / "a-file" / "x")]) == 4
+    assert "cannot be made" in capsys.readouterr().err
+
+
+def test_the_demos_summary_keeps_an_earlier_runs_leftovers_out_of_the_lag() -> None:
+    watch = Watch(lags_ms=[12, 14], emit_lags_ms=[3, 5], ttl=2, started_ms=1, carried=7)
+    service = Service(parse_config(""), bootstrap_servers="k:1", environ={})
+    counts = {"create": 2, "touch": 0, "delete": 0, "malformed": 0}
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        _summary(service, watch, counts, {"written": 2, "deleted": 9, "receipts": 9, "left": 0})
+    text = out.getvalue()
+    assert "2 ttl, 0 explicit\n" in text
+    assert "and 7 of records an earlier run left pending, overdue when this one started" in text
+    assert "p50 12 ms, p99 14 ms, max 14 ms (expires_at to arrival at a consumer)" in text
 
 
 def test_demo_stops_on_ctrl_c_with_a_summary() -> None:

@@ -135,3 +135,19 @@ def test_bad_bootstrap_servers_are_one_line_and_status_2_in_every_command(
 )
 def test_bootstrap_servers_kafka_clients_take_are_taken(servers: str) -> None:
     assert check_bootstrap(servers) == servers
+
+
+def test_a_state_directory_that_cannot_be_one_stops_run_before_kafka(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Checked before any topic is created (none could be: nothing listens there), and
+    said in one line with exit 4, not with a FileExistsError traceback."""
+    a_file = tmp_path / "state"
+    a_file.write_text("")
+    code = main(["run", "--bootstrap-servers", "127.0.0.1:1", "--state-dir", str(a_file)])
+    err = capsys.readouterr().err
+    assert code == 4
+    assert f"the state directory {str(a_file)!r} cannot be used: it is not a directory" in err
+    assert err.splitlines()[-1].startswith("stream-expiry run: the state directory")
+    assert "--state-dir" in err
+    assert "Traceback" not in err
