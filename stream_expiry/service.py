@@ -189,15 +189,6 @@ class Service:
     async def run(self, stop: anyio.Event) -> None:
         self.health.starting()
         state_dir = await self._state_dir()
-        configs = topic_configs(self.config)
-        settings = self.config.topic_settings
-        await ensure_topics(
-            self.bootstrap,
-            configs,
-            configs=configs,
-            partitions=settings.partitions,
-            replication=settings.replication_factor,
-        )
         log.info("state directory %s", state_dir)
         try:
             while True:
@@ -231,6 +222,7 @@ class Service:
     async def _session(self, stop: anyio.Event) -> None:
         """One connection to the cluster: from joining the group until ``stop``."""
         t = self.config.topics
+        await self._ensure_topics()
         async with (
             # No linger: the outbox hands the producer whole batches, and a batch that waits
             # for more is a tombstone late (bench.bench_transport: p50 8.0 ms -> 4.8 ms).
@@ -300,6 +292,21 @@ class Service:
                 )
             outbox.close()
             tg.cancel_scope.cancel()  # the archive follower, if any
+
+    async def _ensure_topics(self) -> None:
+        """Make the topics that are missing. At every session's start and every assignment,
+        not only the first: after an outage the cluster may be another behind the same
+        address (rebuilt, or the test broker restarted empty), the consumer rejoins it on its
+        own, and a restore cannot read a changelog topic that is gone."""
+        configs = topic_configs(self.config)
+        settings = self.config.topic_settings
+        await ensure_topics(
+            self.bootstrap,
+            configs,
+            configs=configs,
+            partitions=settings.partitions,
+            replication=settings.replication_factor,
+        )
 
     async def _outage(self, exc: Exception, stop: anyio.Event) -> bool:
         """After the broker failed a running service: forget the session, wait, go on.
@@ -527,6 +534,8 @@ class Service:
         fresh = [tp for tp in assigned if (tp.topic, tp.partition) not in self.processors]
         if fresh:
             self.health.restoring()
+            if self.ready.is_set():  # a rejoin, perhaps to another cluster
+                await self._ensure_topics()
             await self._restore(fresh)
             await self._position(fresh)
             if self._firing is not None:

@@ -35,6 +35,7 @@ from stream_expiry.codec import (
     source_of,
     stamp_fields,
 )
+from stream_expiry.errors import BrokerError
 from stream_expiry.fetch import read_ranges
 from stream_expiry.kafka import high_watermarks, partitions_of
 from stream_expiry.state.store import position_name
@@ -153,6 +154,11 @@ async def prepare_restore(
     readers: list[_TopicRead] = []
     for topic in (stamped, tombstones):
         count = len(await partitions_of(cons, topic))
+        if count == 0:  # a modulo by zero below, and nothing to restore from
+            raise BrokerError(
+                f"the changelog topic {topic!r} does not exist on the cluster: the service "
+                "makes it when it starts; check the topic names and the cluster"
+            )
         groups: dict[int, list[Source]] = {}
         for source in stores:
             groups.setdefault(output_partition(source[1], count), []).append(source)

@@ -22,14 +22,20 @@ import anyio
 import orjson
 import pytest
 
-from stream_expiry.broker import free_port
-from stream_expiry.kafka import ensure_topics, producer
+from stream_expiry.broker import EmbeddedBroker, free_port
+from stream_expiry.kafka import consumer, ensure_topics, partitions_of, producer
 from stream_expiry.service import wall_clock_ms
 from stream_expiry.testing.processes import ArrivalLog, spawn_service
 from stream_expiry.testing.proxy import proxied_broker
 from stream_expiry.timeutil import parse_ts
-from tests.conftest import make_topic_set
-from tests.integration.service_helpers import config_text, event
+from tests.conftest import make_topic_set, read_all, wait_for
+from tests.integration.service_helpers import (
+    config_for,
+    config_text,
+    event,
+    produce,
+    running_service,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -157,3 +163,34 @@ async def test_the_service_rides_out_a_broker_outage(tmp_path: Path) -> None:
         assert arrived >= expires[rec.key], f"{rec.key!r} arrived early"
     due_in_cut = [k for k, due in expires.items() if cut_ms <= due < restored_ms]
     assert len(due_in_cut) > 20, "no records fell due during the outage"
+
+
+@pytest.mark.timeout(150)
+async def test_a_broker_restarted_empty_gets_the_topics_made_again(tmp_path: Path) -> None:
+    """Another cluster behind the same address after an outage (here the test broker
+    restarted, which keeps nothing): the next session makes the missing topics and goes on.
+    It ended with a ZeroDivisionError traceback: the restore divided by the partition count
+    of a changelog topic that no longer existed."""
+    topics = make_topic_set()
+    port = free_port()
+    first = EmbeddedBroker(port=port)
+    address = first.start()
+    second = EmbeddedBroker(port=port)
+    try:
+        config = config_for(topics, str(tmp_path / "state"), '[retention.defaults]\nerror = "1h"\n')
+        async with running_service(config, address) as service:
+            await produce(address, [(topics.errors, *event("error", "before"))])
+            await wait_for(lambda: service.stats.stamped == 1, timeout_s=30)
+            first.stop()
+            second.start()
+            async with consumer(address) as cons:
+                with anyio.fail_after(60):
+                    while not await partitions_of(cons, topics.stamped):  # noqa: ASYNC110
+                        await anyio.sleep(0.1)  # polling the cluster: the service makes it
+            await produce(address, [(topics.errors, *event("error", "after"))])
+            await wait_for(lambda: service.stats.stamped == 2, timeout_s=60)
+        stamped = await read_all(address, topics.stamped)
+        assert [r.key for r in stamped] == [event("error", "after")[0]]
+    finally:
+        first.stop()
+        second.stop()
