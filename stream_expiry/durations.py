@@ -103,6 +103,12 @@ def parse_duration(value: object) -> int:
     if _EXACT.abs(exact_ms) > MAX_DURATION_MS:
         raise InvalidDuration(f"{_show(value)} is longer than 10,000 years; {_HINT}")
     seconds = _EXACT.divide(exact_ms, 1000).quantize(Decimal(1), context=_EXACT)
+    if seconds == 0 and exact_ms > 0:
+        # Rounded, it would read as 0: "never expire", the opposite of what was written.
+        raise InvalidDuration(
+            f"{_show(value)} is under half a second, which rounds to 0 (never expire); give "
+            "1s or more, or 0 for never"
+        )
     return int(seconds) * 1000
 
 

@@ -43,7 +43,6 @@ MIN = 60_000
         (" 3 d ", 3 * 1440 * MIN),
         ("+7d", 7 * 1440 * MIN),
         ("0.5s", 1_000),  # half rounds away from zero
-        ("0.49s", 0),
         ("1.0000000000000000000000000000000001h", 3_600_000),
         ("10000y", MAX_DURATION_MS),
     ],
@@ -115,9 +114,13 @@ def test_integers_are_minutes(n: int) -> None:
     st.sampled_from(sorted(UNITS_MS)),
 )
 def test_text_is_exact_and_whole_seconds(amount: Decimal, unit: str) -> None:
+    exact = amount * UNITS_MS[unit]
+    if 0 < exact < 500:  # would round to 0, "never": refused (below)
+        with pytest.raises(InvalidDuration, match="rounds to 0"):
+            parse_duration(f"{amount}{unit}")
+        return
     ms = parse_duration(f"{amount}{unit}")
     assert ms % 1000 == 0
-    exact = amount * UNITS_MS[unit]
     assert abs(Decimal(ms) - exact) <= 500
 
 
@@ -163,3 +166,19 @@ def test_text_longer_than_64_characters_is_refused_unread() -> None:
     assert parse_duration("1" + " " * 63) == 60_000
     with pytest.raises(InvalidDuration, match="is not a duration"):
         parse_duration("1" + " " * 64)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"), [("0.49s", "'0.49s'"), (0.001, "0.001"), ("0.008m", "'0.008m'")]
+)
+def test_a_positive_duration_that_would_round_to_never_is_refused(
+    value: object, shown: str
+) -> None:
+    """Rounded to whole seconds it would be 0, which means "never expire"."""
+    with pytest.raises(InvalidDuration) as info:
+        parse_duration(value)
+    assert str(info.value) == (
+        f"{shown} is under half a second, which rounds to 0 (never expire); give 1s or more, "
+        "or 0 for never"
+    )
+    assert parse_duration("-0.001s") == 0  # not positive: valid, and not a TTL (as -5 is)
