@@ -9,7 +9,12 @@ import orjson
 import pytest
 
 from stream_expiry.errors import ConfigurationError
-from stream_expiry.logs import configure_logging, resolve_log_options
+from stream_expiry.logs import (
+    LibraryRepeats,
+    TextFormatter,
+    configure_logging,
+    resolve_log_options,
+)
 
 
 def _emit(fmt: str, emit: object) -> list[str]:
@@ -82,3 +87,38 @@ def test_an_invalid_environment_value_names_the_variable() -> None:
         resolve_log_options(None, None, {"STREAM_EXPIRY_LOG_FORMAT": "yaml"})
     with pytest.raises(ConfigurationError, match="STREAM_EXPIRY_LOG_LEVEL"):
         resolve_log_options(None, None, {"STREAM_EXPIRY_LOG_LEVEL": "loud"})
+
+
+def test_the_kafka_clients_repeats_are_thinned_and_counted() -> None:
+    """An outage: aiokafka says the same thing hundreds of times a second."""
+    now = [0.0]
+    repeats = LibraryRepeats(window_s=10.0, clock=lambda: now[0])
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(TextFormatter())
+    handler.addFilter(repeats)
+    kafka, ours = logging.getLogger("aiokafka.conn"), logging.getLogger("stream_expiry.x")
+    for log in (kafka, ours):
+        log.addHandler(handler)
+        log.propagate = False
+    try:
+        for second in range(25):
+            now[0] = float(second)
+            for node in range(100):
+                kafka.error("Unable connect to node with id %s: %s", node, "refused")
+            kafka.warning("Unable to update metadata")
+            ours.warning("Kafka unreachable")
+    finally:
+        for log in (kafka, ours):
+            log.removeHandler(handler)
+            log.propagate = True
+    lines = out.getvalue().splitlines()
+    connect = [line for line in lines if "Unable connect" in line]
+    assert len(connect) == 3  # at 0 s, 10 s and 20 s
+    assert connect[0].endswith("id 0: refused")
+    assert connect[1].endswith("id 0: refused suppressed=999")  # 0-9 s: 1,000, one shown
+    assert connect[2].endswith("suppressed=999")
+    assert [line.endswith("suppressed=9") for line in lines if "metadata" in line] == [
+        False, True, True
+    ]  # fmt: skip
+    assert sum("Kafka unreachable" in line for line in lines) == 25  # ours: every one
