@@ -134,9 +134,31 @@ _HOW_TO_START: Final = (
 )
 
 
-def _unreachable_hint(dsn: str) -> str:
-    """What to do when the server does not answer: start it, if it is on this machine."""
-    return _HOW_TO_START if is_local(dsn) else "check the host, port and that the server is up"
+def _connect_failure(dsn: str, exc: BaseException) -> StoreError | ConfigurationError:
+    """What to do about a failed connection, by what failed: starting the server is the
+    advice only when nothing answered on this machine; a server that answered and refused
+    said why."""
+    import asyncpg
+
+    shown = redact(dsn)
+    if isinstance(exc, asyncpg.ClientConfigurationError | ValueError):
+        return ConfigurationError(
+            f"the PostgreSQL DSN {shown} cannot be used ({exc}); give a libpq URI, "
+            "postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE"
+        )
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        hint = "create it (createdb), or name another database in the DSN"
+    elif isinstance(
+        exc, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidPasswordError
+    ):
+        hint = "check the user and password in the DSN, and the server's pg_hba.conf"
+    elif isinstance(exc, asyncpg.PostgresError):
+        hint = "the server refused the connection: see its message"
+    elif is_local(dsn):
+        hint = _HOW_TO_START
+    else:
+        hint = "check the host, port and that the server is up"
+    return StoreError(f"PostgreSQL is not reachable at {shown}: {exc!r}; {hint}")
 
 
 _SCHEMA: Final = """
@@ -440,7 +462,7 @@ class PostgresStore(Store):
             raise StoreError(
                 "the PostgreSQL store needs asyncpg: pip install 'stream-expiry[postgres]'"
             ) from None
-        unreachable: tuple[type[BaseException], ...] = (*self._errors(), TimeoutError)
+        unreachable: tuple[type[BaseException], ...] = (*self._errors(), TimeoutError, ValueError)
         try:
             pool = await asyncpg.create_pool(
                 self.dsn,
@@ -450,10 +472,7 @@ class PostgresStore(Store):
                 server_settings=_SESSION_SETTINGS,
             )
         except unreachable as exc:
-            raise StoreError(
-                f"PostgreSQL is not reachable at {redact(self.dsn)}: {exc!r}; "
-                f"{_unreachable_hint(self.dsn)}"
-            ) from exc
+            raise _connect_failure(self.dsn, exc) from exc
         script = _SCHEMA.format(**self._n.ddl())
         try:
             async with pool.acquire() as conn, conn.transaction():
