@@ -74,8 +74,8 @@ def parse_duration(value: object) -> int:
 
     Signed, so that callers can tell "valid but not positive" (``<= 0``) from invalid (raises).
     """
-    if isinstance(value, bool):
-        raise InvalidDuration(f"{_show(value)} is a boolean, not a duration; {_HINT}")
+    if isinstance(value, bool):  # spelled as in TOML and JSON, where it was written
+        raise InvalidDuration(f"{str(value).lower()} is a boolean, not a duration; {_HINT}")
     if isinstance(value, int):
         amount, unit_ms = Decimal(value), _MINUTE_MS
     elif isinstance(value, float):

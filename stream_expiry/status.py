@@ -154,7 +154,8 @@ async def run_status(config: Config, brokers: Brokers, args: argparse.Namespace)
     print(f"  overdue      {d['overdue']:>10,}{oldest}")
     print(f"  legal holds  {len(d['holds']):>10,}")
     for h in d["holds"]:
-        print(f"    {h['hold_id']}: {h['records_held']:,} records held ({h['reason']})")
+        n = h["records_held"]
+        print(f"    {h['hold_id']}: {n:,} record{'' if n == 1 else 's'} held ({h['reason']})")
     print("  lag per input partition (end - committed offset)")
     for name, lag in d["lag"].items():
         print(f"    {name:<30} {lag['lag']:>10,}")

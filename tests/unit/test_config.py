@@ -292,7 +292,7 @@ ERRORS = [
     (
         "boolean duration",
         "[retention.cap]\nmax = true\n",
-        "line 2: invalid duration for key 'max' in [retention.cap]: True is a boolean",
+        "line 2: invalid duration for key 'max' in [retention.cap]: true is a boolean",
     ),
     ("array as duration", "[retention.cap]\nmax = [1]\n", "line 2: invalid duration for key 'max'"),
     (

@@ -147,6 +147,8 @@ HINT = 'expected minutes as a number, or a number with a unit s, m, h, d, w, mo,
     ("value", "message"),
     [
         (float("inf"), "inf is not a finite number"),
+        (True, "true is a boolean, not a duration"),
+        (False, "false is a boolean, not a duration"),
         ("soon", "'soon' is not a duration"),
         (None, "a NoneType is not a duration"),
         ([30], "a list is not a duration"),
