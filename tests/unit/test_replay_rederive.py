@@ -4,11 +4,14 @@ records of one scope on both sides of a policy update get each their own TTL."""
 from __future__ import annotations
 
 import orjson
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stream_expiry.config import parse_config
 from stream_expiry.model import Identity
 from stream_expiry.policy import PolicyBook
 from stream_expiry.replay import _Rederive
+from stream_expiry.timeutil import format_ts
 
 DAY = 86_400_000
 CONFIG = '[retention.defaults]\nconversation = "90d"\nsession = "1d"\n'
@@ -34,3 +37,39 @@ def test_a_sliding_record_counts_from_its_last_activity() -> None:
     body = {"last_activity_at": "1970-01-03T00:00:00.000Z"}
     assert rederive.expiry(key("s", "session"), body, DAY)[0] == 2 * DAY + DAY
     assert rederive.expiry(key("c"), body, DAY)[0] == DAY + 90 * DAY  # not sliding
+
+
+_STEPS = st.lists(
+    st.tuples(
+        st.sampled_from(["acme", "beta"]),
+        st.sampled_from(["conversation", "session"]),
+        st.sampled_from(["r1", "r2", "a/b", "50%", "ü"]),  # the last three are escaped in keys
+        # Either side of the update at 10 days, its edge included (a kept span ends there).
+        st.one_of(
+            st.integers(min_value=0, max_value=20 * DAY),
+            st.sampled_from([10 * DAY - 1, 10 * DAY]),
+        ),
+        st.one_of(st.none(), st.integers(min_value=0, max_value=30 * DAY)),
+    ),
+    max_size=40,
+)
+
+
+@given(_STEPS)
+def test_every_answer_is_the_books_own(steps: list[tuple[str, str, str, int, int | None]]) -> None:
+    """Kept answers (one per scope and span of creation times) and keys decoded the slow way
+    (escaped ids) give what the book says for each record, and its category's sliding."""
+    book = PolicyBook(parse_config(CONFIG), {})
+    update = {"scope": "org", "org": "acme", "ttl": {"conversation": "10d", "session": "2d"}}
+    book.apply_update(b"org/acme", orjson.dumps({**update, "effective_from": 10 * DAY}), 1)
+    rederive = _Rederive(book, frozenset({"session"}))
+    for org, category, record_id, created, last_activity in steps:
+        identity = Identity(org, "b1", "live", category, record_id)
+        body = {} if last_activity is None else {"last_activity_at": format_ts(last_activity)}
+        res = book.resolve(identity, created)
+        base = created
+        if category == "session" and last_activity is not None:
+            base = max(created, last_activity)
+        assert res.ttl_ms is not None
+        want = (base + res.ttl_ms, res.ttl_ms, res.source)
+        assert rederive.expiry(identity.key.encode(), body, created) == want

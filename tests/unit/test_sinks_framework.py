@@ -460,3 +460,27 @@ async def test_leaving_the_loop_stops_the_batch_in_flight_without_committing_it(
     assert sink._finishing is None
     assert commits(j) == []  # read again at the next start; its receipt is in the outbox
     assert [r.identity for r in await store.pending_receipts()] == [A]
+
+
+@pytest.mark.asyncio
+async def test_the_sweep_leaves_rows_within_the_grace_to_their_tombstones() -> None:
+    """A row expired less than ``sweep_grace_s`` ago waits for its tombstone; one expired
+    exactly that long ago or longer is the sweep's."""
+    store, j = MemoryStore(), Journal()
+    now = T0 + 120_000
+    config = SinkConfig(
+        bootstrap_servers="unused:1", group_id="g", stamped_topic="st", tombstones_topic="tb",
+        receipts_topic="rc", sweep_grace_s=60,
+    )  # fmt: skip
+    sink = Sink(store, config, clock=lambda: now)
+
+    def expired_ago(rid: str, ms: int) -> Stamp:
+        at = now - ms
+        return Stamp(Identity("acme", "_", "live", "conversation", rid), at - 1000, at, 1, "org")
+
+    rows = [expired_ago("fresh", 59_999), expired_ago("edge", 60_000), expired_ago("old", 90_000)]
+    await store.apply([c for s in rows for c in await _changes(s)], now_ms=now)
+    await sink.sweep_once(FakeProducer(j))
+    assert {r.identity.record_id for r in await store.receipts()} == {"edge", "old"}
+    assert await store.get(rows[0].identity) is not None
+    assert sink.metrics["swept_total"] == 2
