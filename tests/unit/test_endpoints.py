@@ -10,6 +10,7 @@ import urllib.request
 from typing import TYPE_CHECKING
 
 import anyio
+import orjson
 import pytest
 
 from stream_expiry.broker import free_port
@@ -82,7 +83,9 @@ async def _lifecycle(base: str, health: Health) -> None:
     assert (await get(base + "/healthz"))[0] == 200
     status, content_type, body = await get(base + "/readyz")
     assert (status, content_type) == (503, "application/json")
-    assert b'"phase":"starting"' in body
+    assert orjson.loads(body) == {
+        "live": True, "ready": False, "phase": "starting", "stalled": False, "broker": "ok"
+    }  # fmt: skip
     health.restoring()
     assert (await get(base + "/readyz"))[0] == 503
     health.running()
@@ -90,7 +93,10 @@ async def _lifecycle(base: str, health: Health) -> None:
     health.broker_unreachable("127.0.0.1:1 (Connection refused)")
     status, _, body = await get(base + "/readyz")
     assert status == 503
-    assert b"Connection refused" in body
+    assert orjson.loads(body) == {
+        "live": True, "ready": False, "phase": "running", "stalled": False,
+        "broker": "unreachable: 127.0.0.1:1 (Connection refused)",
+    }  # fmt: skip
     assert (await get(base + "/healthz"))[0] == 200  # alive, only not ready
     health.broker_reachable()
     assert (await get(base + "/readyz"))[0] == 200
@@ -141,6 +147,12 @@ def test_a_running_loop_that_stops_beating_is_not_live() -> None:
     assert not health.ready
     health.beat()
     assert health.ready
+    # A loop that never beats once running stalls too, counted from when it began to run.
+    health.starting()
+    health.running()
+    clock.now += 11
+    assert health.stalled
+    assert health.report()["stalled"] is True
 
 
 def test_every_phase_answers_as_the_contract_says() -> None:
