@@ -35,7 +35,7 @@ from stream_expiry.cliargs import (
 )
 from stream_expiry.config import Config, load_config
 from stream_expiry.errors import ConfigurationError, StreamExpiryError
-from stream_expiry.logs import configure_logging, resolve_log_options
+from stream_expiry.logs import configure_logging, resolve_log_options, say_failure
 from stream_expiry.metrics import version
 
 if TYPE_CHECKING:
@@ -436,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(args: argparse.Namespace, exc: StreamExpiryError) -> int:
-    print(f"stream-expiry {args.command}: {exc}", file=sys.stderr)
+    say_failure(f"stream-expiry {args.command}: {exc}")
     return exits.status_of(exc)
 
 

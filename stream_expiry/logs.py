@@ -40,6 +40,7 @@ __all__ = [
     "TextFormatter",
     "configure_logging",
     "resolve_log_options",
+    "say_failure",
 ]
 
 LOG_FORMAT_ENV: Final = "STREAM_EXPIRY_LOG_FORMAT"
@@ -164,6 +165,18 @@ class LibraryRepeats(logging.Filter):
         return True
 
 
+_format_in_force = "text"
+
+
+def say_failure(text: str) -> None:
+    """A command's last word on a failure: a plain line on stderr, or, where the logs are
+    JSON lines, one more of those (level ERROR), so a log shipper reads it as the rest."""
+    if _format_in_force == "json":
+        logging.getLogger("stream_expiry").error("%s", text)
+    else:
+        print(text, file=sys.stderr)
+
+
 def configure_logging(level: str, fmt: str, *, stream: TextIO | None = None) -> None:
     """Give the root logger one handler of ours that writes ``fmt`` lines to stderr.
 
@@ -171,6 +184,8 @@ def configure_logging(level: str, fmt: str, *, stream: TextIO | None = None) -> 
     aiokafka is kept at WARNING unless DEBUG is asked for: at INFO it logs every rebalance
     step, which drowns ours; and its repeats are thinned (:class:`LibraryRepeats`).
     """
+    global _format_in_force  # the process has one log format
+    _format_in_force = fmt
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.set_name(_HANDLER_NAME)

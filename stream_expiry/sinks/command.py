@@ -28,6 +28,7 @@ from stream_expiry.errors import BrokerError, ConfigurationError, StreamExpiryEr
 from stream_expiry.health import Health
 from stream_expiry.kafka_settings import security_from_environment
 from stream_expiry.key_template import KeyTemplate
+from stream_expiry.logs import say_failure
 from stream_expiry.metrics import SinkMetrics
 from stream_expiry.sinks.framework import (
     DEFAULT_HOLDS,
@@ -367,7 +368,7 @@ def run_command(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         error = exc
     if error is not None:
-        print(f"stream-expiry sink: {error}", file=sys.stderr)
+        say_failure(f"stream-expiry sink: {error}")
         return exits.status_of(error)
     m = sink.metrics
     print(

@@ -6,10 +6,12 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING
 
+import orjson
 import pytest
 
 from stream_expiry.cli import main
 from stream_expiry.kafka_settings import check_bootstrap
+from stream_expiry.logs import configure_logging
 from stream_expiry.metrics import version
 
 if TYPE_CHECKING:
@@ -151,3 +153,17 @@ def test_a_state_directory_that_cannot_be_one_stops_run_before_kafka(
     assert err.splitlines()[-1].startswith("stream-expiry run: the state directory")
     assert "--state-dir" in err
     assert "Traceback" not in err
+
+
+def test_with_json_logs_the_last_word_is_a_json_line_too(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    try:
+        code = main(["status", "--log-format", "json", "--bootstrap-servers", "k:abc"])
+    finally:
+        configure_logging("WARNING", "text")
+    lines = capsys.readouterr().err.splitlines()
+    assert code == 2
+    last = orjson.loads(lines[-1])
+    assert (last["level"], last["logger"]) == ("ERROR", "stream_expiry")
+    assert last["msg"].startswith("stream-expiry status: bootstrap servers 'k:abc'")
