@@ -182,7 +182,10 @@ async def test_a_sleeping_task_wakes_at_the_first_due_time_by_itself(
     """Nobody calls due_at: the task must have slept until the timer's due time, not for
     IDLE_S (an hour here). The wall clock, since the task sleeps in real time."""
     monkeypatch.setattr(firing, "IDLE_S", 3600.0)
-    clock = lambda: time.time_ns() // 1_000_000  # noqa: E731
+
+    def clock() -> int:
+        return time.time_ns() // 1_000_000
+
     at_start = _Clock()
     at_start.now = clock()
     proc = _processor(at_start)
