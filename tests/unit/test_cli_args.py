@@ -3,13 +3,16 @@ that need no broker."""
 
 from __future__ import annotations
 
+import argparse
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
 
-from stream_expiry.cli import main
+from stream_expiry.cli import build_parser, main
+from stream_expiry.cliargs import metrics_port, port, positive_int, seconds, timestamp
+from stream_expiry.errors import ConfigurationError
 from stream_expiry.kafka_settings import check_bootstrap
 from stream_expiry.logs import configure_logging
 from stream_expiry.metrics import version
@@ -167,3 +170,49 @@ def test_with_json_logs_the_last_word_is_a_json_line_too(
     last = orjson.loads(lines[-1])
     assert (last["level"], last["logger"]) == ("ERROR", "stream_expiry")
     assert last["msg"].startswith("stream-expiry status: bootstrap servers 'k:abc'")
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "value"),
+    [
+        (port, "1", 1),
+        (port, "65535", 65535),
+        (positive_int, "1", 1),
+        (seconds, "0", 0.0),
+        (seconds, "0.25", 0.25),
+        (timestamp, "1700000000000", "1700000000000"),  # epoch milliseconds
+        (timestamp, "2026-12-03T10:00:00Z", "2026-12-03T10:00:00Z"),
+    ],
+)
+def test_argument_types_take_their_edges(kind: Any, text: str, value: object) -> None:
+    assert kind(text) == value
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "message"),
+    [
+        (port, "0", "a port is a number from 1 to 65535, got 0"),
+        (port, "65536", "a port is a number from 1 to 65535, got 65536"),
+        (positive_int, "0", "must be at least 1, got 0"),
+        (positive_int, "1.5", "expected a whole number, got '1.5'"),
+        (seconds, "inf", "expected 0 or more seconds, got 'inf'"),
+        (seconds, "soon", "expected a number of seconds, got 'soon'"),
+    ],
+)
+def test_argument_types_refuse_past_their_edges(kind: Any, text: str, message: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError) as err:
+        kind(text)
+    assert str(err.value) == message
+
+
+def test_log_options_take_any_case_and_the_metrics_port_its_variable() -> None:
+    args = build_parser().parse_args(["explain", "--org", "a", "--category", "session",
+                                      "--log-level", "debug", "--log-format", "JSON"])  # fmt: skip
+    assert (args.log_level, args.log_format) == ("DEBUG", "json")
+    assert metrics_port(None, {"STREAM_EXPIRY_METRICS_PORT": " 9400 "}) == 9400
+    assert metrics_port(9500, {"STREAM_EXPIRY_METRICS_PORT": "9400"}) == 9500
+    assert metrics_port(None, {}) is None
+    with pytest.raises(
+        ConfigurationError, match=r"^environment variable STREAM_EXPIRY_METRICS_PORT: "
+    ):
+        metrics_port(None, {"STREAM_EXPIRY_METRICS_PORT": "http"})
