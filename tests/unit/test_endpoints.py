@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 import anyio
 import orjson
 import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from stream_expiry.broker import free_port
-from stream_expiry.endpoints import open_listener, serve_http, watch_broker
+from stream_expiry.endpoints import _host_port, open_listener, route, serve_http, watch_broker
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.health import Health, Phase
 from stream_expiry.metrics import ServiceMetrics
@@ -223,3 +224,72 @@ async def test_the_kafka_probe_takes_a_server_that_drops_connections_for_a_dead_
     size = int.from_bytes(requests[0][:4], "big")
     assert size == len(requests[0]) - 4
     assert requests[0][4:6] == b"\x00\x12"
+
+
+@pytest.mark.parametrize(
+    ("address", "host_port"),
+    [
+        ("k1:9093", ("k1", 9093)),
+        (" k1:9093 ", ("k1", 9093)),
+        ("k1", ("k1", 9092)),  # Kafka's default port
+        ("SASL_SSL://k1:9096", ("k1", 9096)),
+        ("ssl://k1:9094", ("k1", 9094)),
+        ("PLAINTEXT://k1:9092", ("k1", 9092)),
+        ("sasl_plaintext://k1:9095", ("k1", 9095)),
+        ("[::1]:9093", ("::1", 9093)),
+    ],
+)
+def test_the_probe_reads_bootstrap_addresses_as_kafka_clients_do(
+    address: str, host_port: tuple[str, int]
+) -> None:
+    assert _host_port(address) == host_port
+
+
+def test_routes_answer_with_their_bodies() -> None:
+    def metrics() -> bytes:
+        return b"m 1\n"
+
+    assert route(b"GET", b"/metrics?x=1", metrics, None) == (200, CONTENT_TYPE_LATEST, b"m 1\n")
+    assert route(b"GET", b"/healthz", metrics, None) == (
+        200, "application/json", b'{"live": true, "ready": true}\n'
+    )  # fmt: skip
+    assert route(b"DELETE", b"/metrics", metrics, None) == (
+        405, "text/plain; charset=utf-8", b"only GET and HEAD\n"
+    )  # fmt: skip
+    assert route(b"GET", b"/", metrics, None) == (
+        404, "text/plain; charset=utf-8", b"not found: try /metrics, /healthz or /readyz\n"
+    )  # fmt: skip
+
+
+@pytest.mark.asyncio
+async def test_a_head_answer_has_headers_and_no_body() -> None:
+    """(urllib never reads a HEAD answer's body, so this reads the raw bytes.)"""
+    async with served() as (base, _health, _stats):
+        host, port = base.removeprefix("http://").split(":")
+        async with await anyio.connect_tcp(host, int(port)) as stream:
+            await stream.send(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            with contextlib.suppress(anyio.EndOfStream):
+                while True:
+                    answer += await stream.receive()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\nCache-Control: no-store\r\nConnection: close" in head
+    assert int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]) > 0
+    assert body == b""
+
+
+@pytest.mark.asyncio
+async def test_the_probe_takes_any_bootstrap_server_that_answers() -> None:
+    health = Health()
+    dead = free_port()
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    live = listener.extra(anyio.abc.SocketAttribute.local_port)
+    health.broker_unreachable("from before")
+    async with listener, anyio.create_task_group() as tg:
+        servers = f"127.0.0.1:{dead},127.0.0.1:{live}"
+        tg.start_soon(lambda: watch_broker(health, servers, every_s=0.02))
+        with anyio.fail_after(5):
+            while health.broker_error is not None:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
