@@ -3,6 +3,9 @@ process collectors, and a private registry per instance."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_expiry.health import Health
@@ -137,3 +140,52 @@ def test_sink_metrics_read_the_sink_counters_and_observe_deletion_lag() -> None:
     assert got[(f"{lag}_sum", (("store", "pg"),))] == 0.25
     consumer = (("partition", "3"), ("topic", "expiry.tombstones"))
     assert got[("stream_expiry_sink_consumer_lag", consumer)] == 8
+
+
+def test_every_gauge_and_counter_of_the_stats_reads_its_own_value() -> None:
+    stats = ServiceStats(policy_updates=4, pending_in_wheel=11, archive_waiting=6)
+    stats.verdicts.update({"created": 5, "extended": 2})
+    metrics = ServiceMetrics()
+    metrics.watch_stats(stats)
+    got = _samples(metrics.exposition())
+    assert got[("stream_expiry_policy_updates_total", ())] == 4
+    assert got[("stream_expiry_timers_in_wheel", ())] == 11
+    assert got[("stream_expiry_archive_waiting_records", ())] == 6
+    assert got[("stream_expiry_verdicts_total", (("verdict", "created"),))] == 5
+    assert got[("stream_expiry_verdicts_total", (("verdict", "extended"),))] == 2
+
+
+def _documented_names() -> list[str]:
+    """The metric names of the README's table: its first column, braces expanded."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    names = []
+    for row in re.findall(r"^\| (`stream_expiry_[^|]*) \|", readme, re.MULTILINE):
+        for cell in re.findall(r"`([^`]+)`", row):
+            base = re.sub(r"\{[a-z_,]*\}$", "", cell)  # labels: {reason}, {store,kind}
+            head, _, rest = base.partition("{")
+            if rest:  # stream_expiry_sink_{messages,written}_total: one name each
+                alts, _, tail = rest.partition("}")
+                names += [f"{head}{alt}{tail}" for alt in alts.split(",")]
+            else:
+                names.append(base.rstrip(" ."))
+    return names
+
+
+def test_every_metric_the_readme_lists_is_exposed() -> None:
+    """Dashboards and alerts are written against the README's names."""
+    service, sink, health = ServiceMetrics(), SinkMetrics("pg"), Health()
+    service.watch_stats(_stats())
+    service.watch_health(health)
+    service.set_lag("in", 0, 1)
+    service.set_pending("session", 1)
+    service.restore_progress(partitions=1, records_read=1, remaining=1)
+    sink.watch_counters(dict.fromkeys(METRICS, 1))
+    sink.watch_health(health)
+    sink.failed("store")
+    sink.set_lag("t", 0, 1)
+    exposed = {family.name for m in (service, sink)
+               for family in text_string_to_metric_families(m.exposition().decode())}  # fmt: skip
+    documented = _documented_names()
+    assert len(documented) >= 30
+    missing = [n for n in documented if n.removesuffix("_total") not in exposed]
+    assert missing == []
