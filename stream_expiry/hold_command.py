@@ -109,11 +109,12 @@ async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -
                 placed = h.as_dict()["placed_at"] or "-"
                 print(f"{h.hold_id}  {h.scope()}  placed {placed}  reason: {h.reason}")
         return 0
-    await _ensure(config, brokers)
     now = wall_clock_ms()
+    # Checked before the cluster is asked anything: a refused hold changes nothing there.
+    hold = _checked_hold(config, args, now) if args.hold_command == "place" else None
+    await _ensure(config, brokers)
     async with producer(brokers) as prod:
-        if args.hold_command == "place":
-            hold = _checked_hold(config, args, now)
+        if hold is not None:
             if args.id is not None:
                 existing = (await read_holds(config, brokers)).get(args.id)
                 if existing is not None:

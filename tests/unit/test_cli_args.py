@@ -216,3 +216,20 @@ def test_log_options_take_any_case_and_the_metrics_port_its_variable() -> None:
         ConfigurationError, match=r"^environment variable STREAM_EXPIRY_METRICS_PORT: "
     ):
         metrics_port(None, {"STREAM_EXPIRY_METRICS_PORT": "http"})
+
+
+def test_a_hold_the_service_would_refuse_is_refused_before_kafka(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Nothing listens at this address: the answer comes before any connection."""
+    common = ["hold", "place", "--bootstrap-servers", f"127.0.0.1:{_closed_port()}"]
+    assert main([*common, "--org", "", "--reason", "x"]) == 2
+    assert "--org must be a string of 1 to 512 characters" in capsys.readouterr().err
+    assert main([*common, "--org", "a", "--reason", "x", "--category", "conversations"]) == 2
+    assert "did you mean 'conversation'?" in capsys.readouterr().err
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
