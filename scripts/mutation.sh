@@ -29,7 +29,7 @@ source_paths = [${quoted%, }]
 # and the malloc test measures a child interpreter, which fails under mutmut's harness.
 pytest_add_cli_args_test_selection = ["tests/unit/", "--ignore=tests/unit/test_deploy.py",
   "--deselect=tests/unit/test_replay_workers.py::test_freed_buffers_are_given_back_not_kept_in_the_heap"]
-also_copy = ["stream_expiry", "bench", "schemas", "examples", "docs"]
+also_copy = ["stream_expiry", "bench", "schemas", "examples", "docs", "README.md"]
 EOF
 echo "mutating ${paths[*]} in $work" >&2
 mutmut run --max-children 1 >"$work/mutmut.log" 2>&1 || true
