@@ -566,3 +566,25 @@ def test_processor_under_legal_holds_matches_the_reference(
     assert Counter(h.advance(final) + h.release_scan()) == Counter(ref.tick(final))
     assert not ref.kept
     assert not ref.lives
+
+
+def test_the_archive_gate_lets_go_only_what_the_archive_committed() -> None:
+    """``[archive] required``: a stamp is archived once the archive group's committed
+    offset on its partition of expiry.stamped is past it, and never before any commit."""
+    gate = ArchiveGate(partitions=2)  # input partition n -> expiry.stamped partition n % 2
+    assert not gate.archived(0, 0)  # nothing committed yet, not even offset 0
+    assert not gate.archived(0, None)  # a stamp not acknowledged yet
+    assert gate.update({0: 5})
+    assert gate.generation == 1
+    assert gate.archived(0, 4)
+    assert gate.archived(2, 4)  # input partition 2 writes to partition 0 too
+    assert not gate.archived(0, 5)
+    assert not gate.archived(1, 0)  # partition 1: still no commit
+    assert not gate.archived(0, None)
+    assert not gate.update({0: 5})  # the same offsets again: nothing moved
+    assert not gate.update({0: 3})  # an older read never takes an offset back
+    assert gate.generation == 1
+    assert gate.archived(0, 4)
+    assert gate.update({0: 5, 1: 1})
+    assert gate.generation == 2
+    assert gate.archived(1, 0)

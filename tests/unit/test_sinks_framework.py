@@ -14,6 +14,7 @@ from stream_expiry.errors import StoreError
 from stream_expiry.kafka import key_partition
 from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
 from stream_expiry.murmur2 import partition_for
+from stream_expiry.sinks._messages import decode_tombstone
 from stream_expiry.sinks.framework import BatchReport, Sink, SinkConfig
 from stream_expiry.sinks.postgres import PostgresStore
 from stream_expiry.sinks.store import MemoryStore
@@ -484,3 +485,27 @@ async def test_the_sweep_leaves_rows_within_the_grace_to_their_tombstones() -> N
     assert {r.identity.record_id for r in await store.receipts()} == {"edge", "old"}
     assert await store.get(rows[0].identity) is not None
     assert sink.metrics["swept_total"] == 2
+
+
+@pytest.mark.asyncio
+async def test_a_lone_tombstone_of_an_ended_life_leaves_the_life_created_at_its_bound() -> None:
+    """The one-step path (a batch holding just a tombstone: read and delete at once) ends
+    the lives created before the tombstone's bound only; a touch at the expiry started a
+    new life exactly at that bound, which stays."""
+    store = MemoryStore()
+    old = Stamp(A, T0, T0 + 60_000, 60, "org")
+    new = Stamp(A, T0 + 60_000, T0 + 120_000, 60, "org")
+    await store.apply(await _changes(new), now_ms=T0 + 60_000)
+    tombstone = decode_tombstone(
+        A.key.encode(), encode_tombstone(old, reason="ttl", emitted_at=T0 + 60_001)
+    )
+    assert tombstone.bound == new.created_at
+    await store.apply([tombstone], now_ms=T0 + 60_001)
+    row = await store.get(A)
+    assert row is not None
+    assert row.created_at == new.created_at
+    later = decode_tombstone(
+        A.key.encode(), encode_tombstone(new, reason="ttl", emitted_at=T0 + 120_001)
+    )
+    await store.apply([later], now_ms=T0 + 120_001)
+    assert await store.get(A) is None
