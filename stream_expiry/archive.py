@@ -6,8 +6,11 @@ on ``expiry.stamped``. Rules it keeps (CONTRACT "Archive before purge"):
 * Layout: ``DIR/<org>/<YYYY-MM-DD>.jsonl.gz`` by the stamp's ``created_at`` (UTC), one JSON
   line per stamp: ``{"key", "partition", "offset", "stamp"}`` where ``stamp`` is the value as
   it was on the topic. ``<org>`` is the org percent-encoded so that any org is one safe file
-  name (:func:`org_dirname`). Nulls (deletions) are erasure markers,
-  ``{"key", "partition", "offset", "erased_at"}``, in ``DIR/<org>/erasures.jsonl.gz``.
+  name (:func:`org_dirname`). The nulls of explicit deletes (erasure requests) are erasure
+  markers, ``{"key", "partition", "offset", "erased_at"}``, in
+  ``DIR/<org>/erasures.jsonl.gz``. The null of an expiry (header ``expiry-reason: ttl``)
+  erases nothing: keeping what expired is what the archive is for. A null without that
+  header (written before it existed) is taken for an erasure, the side of privacy.
 * Durable before committed: a batch is appended as one new gzip member per file (concatenated
   members are a valid gzip file), each file is fsynced, a new file's directory too, and only
   then are the batch's offsets committed. A crash between the two re-delivers the batch, so a
@@ -37,6 +40,7 @@ import orjson
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
+from stream_expiry.codec import reason_of
 from stream_expiry.errors import BrokerError, ConfigurationError, StoreError
 from stream_expiry.kafka import committed_offsets, consumer, partitions_of
 from stream_expiry.model import decode_key
@@ -92,10 +96,16 @@ class Entry:
     partition: int
     offset: int
     timestamp_ms: int
+    reason: str | None = None  # a null's expiry-reason header
+
+    @property
+    def expired(self) -> bool:
+        """A null that an expiry wrote: no erasure, nothing to write."""
+        return self.value is None and self.reason == "ttl"
 
 
 def _place(entry: Entry) -> tuple[str, bytes]:
-    """(file path relative to DIR, JSON line) of one entry."""
+    """(file path relative to DIR, JSON line) of one entry (not an :attr:`Entry.expired`)."""
     key = (entry.key or b"").decode("utf-8", "replace")
     try:
         org = decode_key(key).org
@@ -143,6 +153,7 @@ class ArchiveWriter:
     directory: str
     lines: int = 0
     erasures: int = 0
+    expiries: int = 0  # nulls of expiries: read, and nothing written
     batches: int = 0
     files: set[str] = field(default_factory=set)
 
@@ -157,6 +168,9 @@ class ArchiveWriter:
         """Append every entry and fsync; when this returns, the batch survives a crash."""
         grouped: dict[str, list[bytes]] = {}
         for e in entries:
+            if e.expired:
+                self.expiries += 1
+                continue
             rel, line = _place(e)
             grouped.setdefault(rel, []).append(line)
             if e.value is None:
@@ -218,7 +232,14 @@ async def run_archive(
             if not batch:
                 continue
             entries = [
-                Entry(r.key, r.value, tp.partition, r.offset, r.timestamp)
+                Entry(
+                    r.key,
+                    r.value,
+                    tp.partition,
+                    r.offset,
+                    r.timestamp,
+                    None if r.value is not None else reason_of(r.headers),
+                )
                 for tp, records in batch.items()
                 for r in records
             ]
@@ -262,10 +283,11 @@ async def serve_archive(
         )
         tg.cancel_scope.cancel()
     log.info(
-        "archive stopped: %d stamps and %d erasure markers in %d batches",
+        "archive stopped: %d stamps and %d erasure markers in %d batches (%d expiries read)",
         writer.lines,
         writer.erasures,
         writer.batches,
+        writer.expiries,
     )
     return 0
 

@@ -33,6 +33,7 @@ __all__ = [
     "H_ERROR",
     "H_OFFSET",
     "H_PARTITION",
+    "H_REASON",
     "H_TOPIC",
     "dead_letter_headers",
     "decode_stamp",
@@ -41,6 +42,7 @@ __all__ = [
     "encode_hold_audit",
     "output_partition",
     "parse_own_ts",
+    "reason_of",
     "source_headers",
     "source_of",
     "stamp_body_fields",
@@ -53,6 +55,9 @@ H_TOPIC: Final = "expiry-source-topic"
 H_PARTITION: Final = "expiry-source-partition"
 H_OFFSET: Final = "expiry-source-offset"
 H_DELETED_AT: Final = "expiry-deleted-at"
+# On a null of expiry.stamped: the reason of the tombstone that deleted the record, "ttl" or
+# "explicit". The archive erases only what an explicit delete (an erasure request) ended.
+H_REASON: Final = "expiry-reason"
 
 Headers = list[tuple[str, bytes]]
 
@@ -84,6 +89,14 @@ def source_of(headers: Sequence[tuple[str, bytes]]) -> tuple[str, int] | None:
     if topic is None or partition is None:
         return None
     return topic, partition
+
+
+def reason_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
+    """The ``expiry-reason`` of a null (None: not given, as by versions before it)."""
+    for name, value in headers:
+        if name == H_REASON:
+            return value.decode(errors="replace")
+    return None
 
 
 def deleted_at_of(headers: Sequence[tuple[str, bytes]]) -> int | None:

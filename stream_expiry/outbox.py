@@ -222,7 +222,11 @@ class Outbox:
                 await out.add(tombs, key, event, at, source)
             if fired.after.live:
                 continue  # an earlier life a hold kept: the record lives on, no null
-            deleted = [*source, (codec.H_DELETED_AT, str(fired.after.deleted_at).encode())]
+            deleted = [
+                *source,
+                (codec.H_DELETED_AT, str(fired.after.deleted_at).encode()),
+                (codec.H_REASON, fired.reason.encode()),
+            ]
             if not out.try_add(stamped, key, None, at, deleted):
                 await out.add(stamped, key, None, at, deleted)
 

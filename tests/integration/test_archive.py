@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from stream_expiry.archive import ERASURES, archived_offsets, purge, read_lines, run_archive
+from stream_expiry.codec import H_REASON
 from stream_expiry.kafka import producer
 from stream_expiry.model import Identity, Stamp, encode_stamp
 from tests.conftest import wait_for
@@ -42,10 +43,15 @@ def stamps(n: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
-async def produce(broker: str, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
+async def produce(
+    broker: str,
+    topic: str,
+    records: list[tuple[bytes, bytes | None]],
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
     async with producer(broker) as prod:
         for key, value in records:
-            await prod.send(topic, key=key, value=value)
+            await prod.send(topic, key=key, value=value, headers=headers)
         await prod.flush()
 
 
@@ -89,10 +95,14 @@ async def test_every_stamp_and_erasure_is_archived_then_committed(
 ) -> None:
     records = stamps(40)
     erased = [records[0][0], records[1][0]]
-    await produce(broker, topics.stamped, [*records, *((k, None) for k in erased)])
+    expired = [records[2][0], records[3][0]]  # their nulls say ttl: the archive keeps them
+    await produce(broker, topics.stamped, records)
+    await produce(broker, topics.stamped, [(k, None) for k in expired], [(H_REASON, b"ttl")])
+    await produce(broker, topics.stamped, [(erased[0], None)], [(H_REASON, b"explicit")])
+    await produce(broker, topics.stamped, [(erased[1], None)])  # no reason (older versions)
     group = f"archive-{uuid.uuid4().hex[:8]}"
     writer = await archive_until(broker, tmp_path, topics.stamped, group, 42)
-    assert (writer.lines, writer.erasures) == (40, 2)
+    assert (writer.lines, writer.erasures, writer.expiries) == (40, 2, 2)
 
     files = archived(tmp_path)
     orgs = sorted({f.split("/")[0] for f in files})
@@ -124,7 +134,7 @@ async def test_every_stamp_and_erasure_is_archived_then_committed(
     left = {
         line["key"] for lines in archived(tmp_path).values() for line in lines if "stamp" in line
     }
-    assert left == {k.decode() for k, _ in records[2:]}
+    assert left == {k.decode() for k, _ in records[2:]}  # the expired ones included
 
 
 @pytest.mark.asyncio

@@ -222,3 +222,25 @@ def test_purge_takes_each_keys_latest_marker_in_every_file(tmp_path: Path) -> No
     assert [x["stamp"]["record_id"] for x in day1] == ["k1", "k2"]
     assert [x["offset"] for x in read_lines(str(tmp_path / "o" / "2026-11-19.jsonl.gz"))] == [8]
     assert read_lines(str(tmp_path / "o" / "undated.jsonl.gz")) == []
+
+
+def test_the_null_of_an_expiry_erases_nothing(tmp_path: Path) -> None:
+    """Only an explicit delete is an erasure request: purging what merely expired would
+    empty the archive of what it is there to keep. A null without its reason (written
+    before the header existed) still counts as an erasure, the side of privacy."""
+    w = ArchiveWriter(str(tmp_path))
+    w.write([stamp_entry("o", f"r{i}", DAY1, i) for i in range(4)])
+    ident = {i: Identity("o", "_", "live", "conversation", f"r{i}").key.encode() for i in range(4)}
+    w.write(
+        [
+            Entry(ident[0], None, 0, 10, DAY2, "ttl"),
+            Entry(ident[1], None, 0, 11, DAY2, "explicit"),
+            Entry(ident[2], None, 0, 12, DAY2),
+        ]
+    )
+    assert (w.lines, w.erasures, w.expiries) == (4, 2, 1)
+    markers = read_lines(str(tmp_path / "o" / ERASURES))
+    assert [m["offset"] for m in markers] == [11, 12]
+    assert purge(str(tmp_path)).lines_removed == 2
+    kept = read_lines(str(tmp_path / "o" / "2026-11-18.jsonl.gz"))
+    assert [x["stamp"]["record_id"] for x in kept] == ["r0", "r3"]
