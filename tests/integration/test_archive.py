@@ -22,6 +22,7 @@ from stream_expiry.model import Identity, Stamp, encode_stamp
 from tests.conftest import wait_for
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
     from stream_expiry.archive import ArchiveWriter
@@ -46,7 +47,7 @@ def stamps(n: int) -> list[tuple[bytes, bytes]]:
 async def produce(
     broker: str,
     topic: str,
-    records: list[tuple[bytes, bytes | None]],
+    records: Sequence[tuple[bytes, bytes | None]],
     headers: list[tuple[str, bytes]] | None = None,
 ) -> None:
     async with producer(broker) as prod:
