@@ -818,10 +818,13 @@ def _key_lines(text: str) -> dict[_Path, int]:
 
 ENV_PREFIX: Final = "STREAM_EXPIRY_"
 
-_Kind = Literal["text", "int", "list"]
+_Kind = Literal["text", "int", "list", "bool"]
 
 #: The settings with an environment variable, and how its text becomes a TOML value
-#: (``text`` stays a string: durations and names; ``list`` is comma-separated).
+#: (``text`` stays a string: durations and names; ``list`` is comma-separated; ``bool`` is
+#: ``true`` or ``false``). Not here: ``[retention]`` (the platform's own variables are its
+#: candidates), ``[kafka]`` (``STREAM_EXPIRY_KAFKA_*``, :mod:`stream_expiry.kafka_settings`),
+#: and the tables keyed by names a variable cannot spell (``[redact]``, ``[sink]``).
 # ``bootstrap_servers`` is not here: the contract fixes its order (the flag, else the config
 # file, else STREAM_EXPIRY_BOOTSTRAP_SERVERS), which each command applies (cliargs.bootstrap_from).
 ENV_SETTINGS: Final[Mapping[_Path, _Kind]] = {
@@ -840,6 +843,8 @@ ENV_SETTINGS: Final[Mapping[_Path, _Kind]] = {
     **{("topics", key): "text" for key in _TOPIC_DURATIONS},
     ("categories", "names"): "list",
     ("categories", "sliding"): "list",
+    ("archive", "required"): "bool",
+    ("archive", "group_id"): "text",
 }
 
 
@@ -857,7 +862,9 @@ def _env_value(raw: str, kind: _Kind) -> object:
             return int(text)
         except ValueError:
             return text  # the validator says what is expected, naming the variable
-    return text
+    if kind == "bool" and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text  # a bool's validator refuses anything else, naming the variable
 
 
 def _env_layer(

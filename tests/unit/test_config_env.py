@@ -101,3 +101,17 @@ def test_every_setting_outside_retention_has_a_variable() -> None:
         "STREAM_EXPIRY_TOPICS_RECEIPTS",
         "STREAM_EXPIRY_TOPICS_INPUTS",
     } <= names
+
+
+def test_the_archive_gate_can_be_set_from_the_environment() -> None:
+    """A compliance switch set in a Deployment's env must not be dropped silently."""
+    env = {"STREAM_EXPIRY_ARCHIVE_REQUIRED": "TRUE", "STREAM_EXPIRY_ARCHIVE_GROUP_ID": "arch-2"}
+    archive = parse_config("", environ=env).archive
+    assert (archive.required, archive.group_id) == (True, "arch-2")
+    off = parse_config(
+        "[archive]\nrequired = true\n", environ={"STREAM_EXPIRY_ARCHIVE_REQUIRED": "false"}
+    )
+    assert off.archive.required is False
+    with pytest.raises(ConfigError, match="STREAM_EXPIRY_ARCHIVE_REQUIRED") as err:
+        parse_config("", environ={"STREAM_EXPIRY_ARCHIVE_REQUIRED": "yes"})
+    assert "true or false" in str(err.value)
