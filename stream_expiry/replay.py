@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
@@ -34,6 +33,7 @@ from stream_expiry.kafka import consumer, high_watermarks, partitions_of, produc
 from stream_expiry.outbox import all_acked
 from stream_expiry.policy import PolicyBook
 from stream_expiry.state import PartitionProcessor, PartitionStore, RocksKV
+from stream_expiry.state.kv import scratch_directory
 from stream_expiry.timeutil import format_ts, parse_ts
 from stream_expiry.workers import give_back_freed_memory
 
@@ -318,7 +318,7 @@ async def replay(
         return await replay_stamps(share, workers=workers, progress=progress)
     report = ReplayReport()
     book = share.book()
-    with tempfile.TemporaryDirectory(prefix="stream-expiry-replay-") as work:
+    with scratch_directory("stream-expiry-replay-") as work:
         kv = RocksKV(os.path.join(work, "current"), durable=False)
         try:
             bar = ProgressBar("stamps", 0, progress) if progress is not None else None
@@ -387,7 +387,7 @@ async def replay_share(share: Share, progress: Progress | None = None) -> Replay
     book = share.book()
     stamped = share.config.topics.stamped
     report = ReplayReport()
-    with tempfile.TemporaryDirectory(prefix="stream-expiry-replay-") as work:
+    with scratch_directory("stream-expiry-replay-") as work:
         kv = RocksKV(os.path.join(work, "current"), durable=False)
         try:
             verdict = _Verdict(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -28,6 +27,7 @@ from stream_expiry.changelog import Current, read_current
 from stream_expiry.hold_command import read_holds
 from stream_expiry.kafka import committed_offsets, consumer, high_watermarks, partitions_of
 from stream_expiry.state import RocksKV
+from stream_expiry.state.kv import scratch_directory
 from stream_expiry.timeutil import format_ts
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ async def status(
     result = Status(at=clock() if now_ms is None else now_ms)
     holds = await read_holds(config, brokers)
     result.holds = [h.as_dict() for h in sorted(holds, key=lambda h: h.hold_id)]
-    with tempfile.TemporaryDirectory(prefix="stream-expiry-status-") as work:
+    with scratch_directory("stream-expiry-status-") as work:
         kv = RocksKV(os.path.join(work, "current"))
         try:
             current, _ = await read_current(brokers, config.topics.stamped, kv)

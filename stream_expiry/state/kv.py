@@ -13,8 +13,10 @@ test suite runs over both.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 import shutil
+import tempfile
 from typing import TYPE_CHECKING, Any, Protocol
 
 from stream_expiry.errors import StoreError
@@ -22,7 +24,24 @@ from stream_expiry.errors import StoreError
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-__all__ = ["KeyValue", "MemoryKV", "RocksKV"]
+__all__ = ["KeyValue", "MemoryKV", "RocksKV", "scratch_directory"]
+
+
+@contextlib.contextmanager
+def scratch_directory(prefix: str) -> Iterator[str]:
+    """A temporary directory for a command's working store (``status``, ``replay``), removed
+    after; a :class:`StoreError` saying what to do where none can be made (a container with
+    a read-only root file system and nothing mounted on /tmp), not a traceback."""
+    try:
+        work = tempfile.TemporaryDirectory(prefix=prefix)
+    except OSError as exc:
+        raise StoreError(
+            f"no writable temporary directory for a working store ({exc}): set TMPDIR to "
+            "a writable directory (in a container with a read-only root file system, mount "
+            "an emptyDir or a tmpfs on /tmp)"
+        ) from exc
+    with work as path:
+        yield path
 
 
 class KeyValue(Protocol):

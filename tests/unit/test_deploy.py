@@ -63,9 +63,28 @@ def test_the_statefulset_has_a_volume_per_pod_probes_and_a_numeric_user() -> Non
     user = re.search(r"^USER (\d+)", (ROOT / "Dockerfile").read_text(), re.M)
     assert user is not None
     assert pod["securityContext"]["runAsUser"] == int(user.group(1))
-    assert {m["name"] for m in container["volumeMounts"]} == {"state", "config"}
+    assert {m["name"] for m in container["volumeMounts"]} == {"state", "config", "tmp"}
+    _writable_tmp(pod, container)
     (pdb,) = _by_kind("PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
+
+
+def _writable_tmp(pod: dict[str, Any], container: dict[str, Any]) -> None:
+    """A read-only root file system needs something writable on /tmp: status and replay
+    keep their working store there (they stopped with a traceback without it)."""
+    if not container.get("securityContext", {}).get("readOnlyRootFilesystem"):
+        return
+    (tmp,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == tmp["name"]]
+    assert "emptyDir" in volume
+
+
+def test_every_pod_with_a_read_only_root_has_a_writable_tmp() -> None:
+    for resource in _resources():
+        if resource["kind"] in ("StatefulSet", "Deployment"):
+            pod = resource["spec"]["template"]["spec"]
+            for container in pod["containers"]:
+                _writable_tmp(pod, container)
 
 
 def test_the_configmap_holds_a_valid_config() -> None:

@@ -3,15 +3,19 @@ RocksDB, which the service runs, and the in-memory engine the unit tests use."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stream_expiry.errors import StoreError
 from stream_expiry.model import HeldLife, Identity, Stamp
 from stream_expiry.state import MemoryKV, PartitionStore, RocksKV
 from stream_expiry.state.codec import decode_state, encode_state
+from stream_expiry.state.kv import scratch_directory
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -305,3 +309,20 @@ def test_a_restored_state_keeps_its_previous_lifes_deletion(store: PartitionStor
     assert store.get(ident("r").key) == Stamp(
         ident("r"), T0, T0 + 1000, 1000, "default", None, None, False, 7, T0 - 5
     )
+
+
+def test_a_working_store_without_a_temporary_directory_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """status and replay in a container whose root file system is read-only, /tmp
+    included: one message naming TMPDIR, not "No usable temporary directory" in a
+    traceback."""
+    with scratch_directory("x-") as work:
+        assert os.path.isdir(work)
+    assert not os.path.exists(work)
+    monkeypatch.setattr(tempfile, "tempdir", "/nonexistent/read-only")
+    with (
+        pytest.raises(StoreError, match="set TMPDIR to a writable directory"),
+        scratch_directory("x-"),
+    ):
+        pass
