@@ -145,6 +145,12 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         raise ConfigurationError(
             f"unknown category {args.category!r}; configured: {', '.join(config.categories)}"
         )
+    if args.bootstrap_servers:  # what the running service uses: the updates on the topic too
+        from stream_expiry.replay import policy_updates
+
+        updates = anyio.run(policy_updates, connection_from(args, config), config.topics.policies)
+        for key, value, timestamp in updates:
+            book.apply_update(key, value, timestamp)
     result = book.explain(
         category=args.category, org=args.org, bot=args.bot, env=args.env, at_ms=ts_ms(args.at)
     )
@@ -163,9 +169,16 @@ def _parser_explain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="show which TTL applies to a record, and why",
         description="Resolve the effective TTL of a record from every configured source: the "
         "smallest positive candidate wins, 0 means never. Reads the config file and this "
-        "process's environment variables.",
+        "process's environment variables; with --bootstrap-servers also the policy updates "
+        "on expiry.policies.",
     )
     _add_common(explain, kafka=False)
+    explain.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT[,...]",
+        help="also apply the policy updates on expiry.policies, as the running service does "
+        "(only with this flag: an explain of a config file asks nothing of Kafka)",
+    )
     explain.add_argument("--category", required=True, help="e.g. conversation, session, error")
     explain.add_argument("--org", required=True, help="organisation id")
     explain.add_argument("--bot", default="_", help="bot id (default: _)")

@@ -304,7 +304,7 @@ async def replay(
         config=config,
         bootstrap=bootstrap,
         environ=dict(environ),
-        updates=await _policy_updates(bootstrap, topics.policies),
+        updates=await policy_updates(bootstrap, topics.policies),
         now=clock(),
         since_ms=since_ms,
         dry_run=dry_run,
@@ -335,7 +335,7 @@ async def replay(
     return report
 
 
-async def _policy_updates(
+async def policy_updates(
     bootstrap: Brokers, topic: str
 ) -> tuple[tuple[bytes | None, bytes | None, int], ...]:
     """Every policy update on ``topic``, in order: what a :class:`PolicyBook` replays."""

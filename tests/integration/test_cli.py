@@ -113,3 +113,22 @@ def test_run_against_a_broker_that_is_not_there_fails_with_one_clear_line(
     assert code == 3  # stream_expiry.exits.BROKER, in every command
     assert f"cannot reach Kafka at {address}" in err
     assert "Traceback" not in err
+
+
+def test_explain_with_brokers_applies_the_live_policy_updates(
+    broker: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the running service uses: without the brokers, explain shows the file alone."""
+    topics = make_topic_set()
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(
+        config_text(topics, str(tmp_path), '[retention.orgs.acme]\nconversation = "10m"\n')
+    )
+    update = {"scope": "org", "org": "acme", "ttl": {"conversation": "2m"}}
+    anyio.run(produce, broker, [(topics.policies, b"org/acme", orjson.dumps(update))])
+    common = ["explain", "--config", str(cfg), "--org", "acme", "--category", "conversation"]
+    assert main([*common, "--json"]) == 0
+    assert orjson.loads(capsys.readouterr().out)["ttl_seconds"] == 600
+    assert main([*common, "--json", "--bootstrap-servers", broker]) == 0
+    live = orjson.loads(capsys.readouterr().out)
+    assert (live["ttl_seconds"], live["source"]) == (120, "org")
