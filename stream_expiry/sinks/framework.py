@@ -42,7 +42,7 @@ import anyio
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from stream_expiry.errors import BrokerError, BrokerUnavailableError, ConfigurationError
-from stream_expiry.holds import HoldBook, apply_hold_message
+from stream_expiry.holds import Hold, HoldBook, apply_hold_message
 from stream_expiry.kafka import (
     broker_errors,
     consumer,
@@ -543,6 +543,7 @@ class Sink:
         else:
             with broker_errors(f"reading {topic}"):
                 batches = [await reader.getmany(timeout_ms=0)]
+        placed: dict[str, Hold] = {}
         for batch in batches:
             for records in batch.values():
                 for rec in records:
@@ -550,7 +551,10 @@ class Sink:
                     if isinstance(hold, Rejection):
                         log.debug("skipping a malformed hold (%s)", hold.detail)
                     elif hold is not None and rec.value is not None:
-                        log.info("legal hold %s: the sweep spares %s", hold.hold_id, hold.scope())
+                        placed[hold.hold_id] = hold
+        for hold in placed.values():  # said once read: not the holds released since
+            if self.holds.get(hold.hold_id) is not None:
+                log.info("legal hold %s: the sweep spares %s", hold.hold_id, hold.scope())
 
     async def sweep_once(self, prod: AIOKafkaProducer) -> bool:
         """Run one bounded sweep and publish its receipts; True when more is left to look

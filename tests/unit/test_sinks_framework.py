@@ -5,12 +5,14 @@ store transaction, then receipts and compacted nulls acknowledged, then the offs
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from stream_expiry.errors import StoreError
+from stream_expiry.holds import Hold, encode_hold
 from stream_expiry.kafka import key_partition
 from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
 from stream_expiry.murmur2 import partition_for
@@ -509,3 +511,31 @@ async def test_a_lone_tombstone_of_an_ended_life_leaves_the_life_created_at_its_
     )
     await store.apply([later], now_ms=T0 + 120_001)
     assert await store.get(A) is None
+
+
+class _HoldsReader:
+    """What the sink's reader of expiry.holds hands back: one batch, then nothing."""
+
+    def __init__(self, records: list[Rec]) -> None:
+        self.batches: list[dict[Any, list[Any]]] = [{TP("holds", 0): records}]
+
+    async def getmany(self, *, timeout_ms: int) -> dict[Any, list[Any]]:
+        return self.batches.pop(0) if self.batches else {}
+
+
+@pytest.mark.asyncio
+async def test_the_sink_names_only_the_holds_still_active_once_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A restarting sink reads the whole holds topic: a hold placed and released since was
+    logged as sparing rows it no longer spares."""
+    placed = [Hold(h, "acme", None, None, None, None, "case", T0) for h in ("h-old", "h-live")]
+    records = [Rec("holds", 0, i, h.hold_id.encode(), encode_hold(h)) for i, h in enumerate(placed)]
+    records.append(Rec("holds", 0, 2, b"h-old", None))  # released
+    sink = sink_for(MemoryStore(), [])
+    sink._holds_reader = _HoldsReader(records)
+    with caplog.at_level(logging.INFO, logger="stream_expiry.sinks"):
+        await sink._read_holds()
+    spared = [r.getMessage() for r in caplog.records if "the sweep spares" in r.getMessage()]
+    assert spared == ["legal hold h-live: the sweep spares org=acme"]
+    assert sink.holds.get("h-old") is None
