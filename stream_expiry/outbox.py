@@ -218,15 +218,18 @@ class Outbox:
             key = fired.before.identity.key.encode()
             at = fired.emitted_at
             event = model.encode_tombstone(fired.before, reason=fired.reason, emitted_at=at)
-            if not out.try_add(tombs, key, event, at, source):
-                await out.add(tombs, key, event, at, source)
-            if fired.after.live:
-                continue  # an earlier life a hold kept: the record lives on, no null
-            deleted = [
-                *source,
-                (codec.H_DELETED_AT, str(fired.after.deleted_at).encode()),
-                (codec.H_REASON, fired.reason.encode()),
-            ]
+            if fired.after.live:  # an earlier life a hold kept: the record lives on, no null
+                if not out.try_add(tombs, key, event, at, source):
+                    await out.add(tombs, key, event, at, source)
+                continue
+            # Both say when the record was deleted: an explicit delete's own time, which the
+            # contract's event body does not carry; a sink bounding the lives it ends by
+            # emitted_at instead took a life created between the two for the old one.
+            deleted_at = (codec.H_DELETED_AT, str(fired.after.deleted_at).encode())
+            event_headers = [*source, deleted_at]
+            if not out.try_add(tombs, key, event, at, event_headers):
+                await out.add(tombs, key, event, at, event_headers)
+            deleted = [*source, deleted_at, (codec.H_REASON, fired.reason.encode())]
             if not out.try_add(stamped, key, None, at, deleted):
                 await out.add(stamped, key, None, at, deleted)
 

@@ -18,13 +18,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+from stream_expiry.codec import deleted_at_of
 from stream_expiry.errors import InputError
 from stream_expiry.model import Identity, decode_key
 from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = [
     "REASONS",
@@ -97,11 +101,11 @@ class TombstoneChange:
         A ``ttl`` tombstone ends the life that expired at ``expires_at``; the contract starts
         a new life only at or after that expiry, so ``created_at < expires_at`` is the old
         life. An ``explicit`` delete at time d ends everything created at or before d. The
-        contract's tombstone does not carry d; ``emitted_at`` (when the service emitted it,
-        d or later) stands in for it, as the service itself does when it restores from
-        tombstones, so a new life created between d and ``emitted_at`` (a late delete
-        event) is taken for the old one. A tombstone that carries ``deleted_at`` (the
-        engine's "events at or before this are ignored") is exact.
+        contract's event body does not carry d; the service's ``expiry-deleted-at`` header
+        does (``deleted_at``: the engine's "events at or before this are ignored"), which
+        makes the bound exact. Without it (events of earlier versions) ``emitted_at`` (d or
+        later) stands in, and a new life created between d and ``emitted_at`` (a delete
+        that waited in a backlog) is taken for the old one.
         """
         created = self.created_at
         if self.deleted_at is not None:
@@ -412,8 +416,11 @@ def decode_stamped(
     )
 
 
-def decode_tombstone(key: bytes | None, value: bytes | None) -> TombstoneChange:
-    """Decode one tombstone event of ``expiry.tombstones``."""
+def decode_tombstone(
+    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()
+) -> TombstoneChange:
+    """Decode one tombstone event of ``expiry.tombstones``; its ``expiry-deleted-at`` header
+    (the service's, since round 19) makes :attr:`TombstoneChange.bound` exact."""
     del key  # the value names the identity; see the module rules
     if value is None:
         raise InvalidMessage("a tombstone event must have a value")
@@ -431,5 +438,5 @@ def decode_tombstone(key: bytes | None, value: bytes | None) -> TombstoneChange:
         reason=str(reason),
         ttl_seconds=_opt_int(obj, "ttl_seconds"),
         ttl_source=_opt_str(obj, "ttl_source"),
-        deleted_at=_time(obj, "deleted_at"),
+        deleted_at=_time(obj, "deleted_at") if "deleted_at" in obj else deleted_at_of(headers),
     )

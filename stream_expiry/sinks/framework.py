@@ -363,7 +363,7 @@ class Sink:
     def _decode(self, topic: str, rec: Any) -> Change | None:
         try:
             if topic == self.config.tombstones_topic:
-                change: Change = decode_tombstone(rec.key, rec.value)
+                change: Change = decode_tombstone(rec.key, rec.value, rec.headers)
             else:
                 change = decode_stamped(
                     rec.key, rec.value, partition=rec.partition, offset=rec.offset

@@ -68,6 +68,8 @@ async def test_a_life_an_event_ended_goes_out_before_the_life_it_started(
         (r.value is None, codec.deleted_at_of(r.headers), codec.reason_of(r.headers))
         for r in stamped
     ] == [(False, None, None), (True, at_expiry - 1, "ttl"), (False, None, None)]
+    (event,) = await read_all(broker, topics.tombstones)  # its deletion time, as the null's
+    assert codec.deleted_at_of(event.headers) == at_expiry - 1
     latest = orjson.loads(stamped[-1].value)
     assert (latest["created_at"], latest["previous_deleted_at"]) == (
         "2027-01-15T08:01:00.000Z",

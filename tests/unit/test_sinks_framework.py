@@ -16,7 +16,7 @@ from stream_expiry.holds import Hold, encode_hold
 from stream_expiry.kafka import key_partition
 from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
 from stream_expiry.murmur2 import partition_for
-from stream_expiry.sinks._messages import decode_tombstone
+from stream_expiry.sinks._messages import decode_stamped, decode_tombstone
 from stream_expiry.sinks.framework import BatchReport, Sink, SinkConfig
 from stream_expiry.sinks.postgres import PostgresStore
 from stream_expiry.sinks.store import MemoryStore
@@ -42,6 +42,7 @@ class Rec:
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass
@@ -539,3 +540,28 @@ async def test_the_sink_names_only_the_holds_still_active_once_read(
     spared = [r.getMessage() for r in caplog.records if "the sweep spares" in r.getMessage()]
     assert spared == ["legal hold h-live: the sweep spares org=acme"]
     assert sink.holds.get("h-old") is None
+
+
+@pytest.mark.asyncio
+async def test_an_explicit_tombstone_ends_no_life_created_after_its_delete() -> None:
+    """A delete at d waited in a backlog; a new life was created after d and stamped before
+    the tombstone event (emitted later) reached the store. The event's expiry-deleted-at
+    header bounds it exactly: bounded by emitted_at instead, it took the new life's row for
+    the old one's (and SQLite wrote a second receipt)."""
+    d = T0 + 1_000
+    old = Stamp(A, T0, T0 + 3_600_000, 3_600, "org")
+    new = Stamp(A, d + 500, d + 500 + 3_600_000, 3_600, "org")
+    event = encode_tombstone(old, reason="explicit", emitted_at=d + 2_000)
+    for headers, row_left in (([("expiry-deleted-at", str(d).encode())], True), ([], False)):
+        store = MemoryStore()
+        await store.apply(await _changes(old), now_ms=T0)
+        await store.apply([decode_stamped(A.key.encode(), None)], now_ms=d + 10)
+        await store.apply(await _changes(new), now_ms=d + 600)
+        tombstone = decode_tombstone(A.key.encode(), event, headers)
+        await store.apply([tombstone], now_ms=d + 2_000)
+        row = await store.get(A)
+        assert (row is not None) is row_left, headers  # without the header: the old bound
+        if row_left:
+            assert row is not None
+            assert row.created_at == new.created_at
+            assert len(await store.receipts()) == 1
