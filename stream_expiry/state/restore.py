@@ -202,9 +202,11 @@ class _TopicRead:
                 self.own[source] = stores[source].meta(name) or 0
         self.start = {tp: min(self.own[s] for s in self.members[tp]) for tp in self.tps}
         self.ends: dict[TopicPartition, int] = {}
-        # The headers a service writes for each source, as aiokafka hands them over (a
-        # tuple of pairs): one dict lookup routes a stamp; anything else is parsed. Only
-        # the stores of a partition take its messages (positions are per partition).
+        # The headers a service writes first on every message for each source, as aiokafka
+        # hands them over (a tuple of pairs): one dict lookup of a message's first two
+        # routes it, whatever follows (a null's deletion time, a tombstone event's);
+        # anything else is parsed. Only the stores of a partition take its messages
+        # (positions are per partition).
         self.routes = {
             tp: {tuple(source_headers(*source)): source for source in self.members[tp]}
             for tp in self.tps
@@ -215,8 +217,8 @@ class _TopicRead:
             cons.seek(tp, self.start[tp])
 
     def _route(self, tp: TopicPartition, headers: Sequence[Any]) -> Source | None:
-        """The store of a message whose headers are not a plain stamp's (a null's also
-        carry its deletion time), or None: another partition's message, or not ours."""
+        """The store of a message whose headers do not begin with a member's source
+        headers, or None: another partition's message, or not ours."""
         found = source_of(headers)
         return found if found in self.members[tp] else None
 
@@ -248,7 +250,7 @@ class _TopicRead:
                     for rec in part:
                         read += 1
                         headers: Any = rec.headers
-                        source = plain.get(tuple(headers))
+                        source = plain.get(tuple(headers[:2]))
                         if source is None:
                             source = route(tp, headers)
                             if source is None:
