@@ -96,7 +96,7 @@ class Entry:
     partition: int
     offset: int
     timestamp_ms: int
-    reason: str | None = None  # a null's expiry-reason header
+    reason: str | None = None  # the expiry-reason header (a null's)
 
     @property
     def expired(self) -> bool:
@@ -232,14 +232,7 @@ async def run_archive(
             if not batch:
                 continue
             entries = [
-                Entry(
-                    r.key,
-                    r.value,
-                    tp.partition,
-                    r.offset,
-                    r.timestamp,
-                    None if r.value is not None else reason_of(r.headers),
-                )
+                Entry(r.key, r.value, tp.partition, r.offset, r.timestamp, reason_of(r.headers))
                 for tp, records in batch.items()
                 for r in records
             ]
