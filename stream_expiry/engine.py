@@ -198,6 +198,8 @@ class Engine(Generic[S]):
         if prior is not None and not prior.live:
             assert prior.deleted_at is not None
             if t <= prior.deleted_at:
+                if op == "delete" and prior.erase_at is None:
+                    return self._erase_ended(prior, t, now_ms)
                 return Outcome(Verdict.STALE, None, False)
             floor = prior.deleted_at  # the new life remembers it
             prior = None  # a new life, or a new erasure request
@@ -250,8 +252,21 @@ class Engine(Generic[S]):
             prior = Stamp(event.identity, None, None, None, None)
         self.cancel(prior.identity.key)
         deleted_at = event.ts if prior.created_at is None else max(event.ts, prior.created_at)
-        fired = Fired(prior, prior._replace(deleted_at=deleted_at), "explicit", now_ms)
+        # ``erase_at`` on a marker: the life ended by an erasure, which reached the stores.
+        after = prior._replace(deleted_at=deleted_at, erase_at=event.ts)
+        fired = Fired(prior, after, "explicit", now_ms)
         return Outcome(Verdict.DELETED, fired.after, False, (fired,))
+
+    @staticmethod
+    def _erase_ended(marker: Stamp, requested_at: int, now_ms: int) -> Outcome:
+        """An erasure request for a life its expiry ended first, read late (a backlog, a
+        takeover): that life's ``ttl`` tombstone told an archive to keep its data, so the
+        erasure still goes out, once. The marker keeps its deletion time (events up to it
+        stay stale) and remembers the erasure in ``erase_at``: a redelivery of the
+        request changes nothing."""
+        after = marker._replace(erase_at=requested_at)
+        fired = Fired(marker._replace(deleted_at=None), after, "explicit", now_ms)
+        return Outcome(Verdict.DELETED, after, False, (fired,))
 
     def _stamp(self, identity: Identity, created_at: int, floor: int | None = None) -> Stamp:
         res = self._resolve(identity, created_at)
@@ -266,7 +281,7 @@ class Engine(Generic[S]):
     def _fire(stamp: Stamp, reason: Reason, now_ms: int) -> Fired:
         if stamp.erase_at is not None:  # an erasure a legal hold deferred
             deleted_at = max(stamp.erase_at, stamp.created_at or stamp.erase_at)
-            after = stamp._replace(deleted_at=deleted_at, erase_at=None, held=False)
+            after = stamp._replace(deleted_at=deleted_at, held=False)
             return Fired(stamp._replace(held=False), after, "explicit", now_ms)
         expires = stamp.expires_at
         assert expires is not None

@@ -334,7 +334,9 @@ class Stamp(NamedTuple):
     ttl_source: str | None
     deleted_at: int | None = None
     # An erasure requested at this time while a legal hold kept the record: carried out
-    # (reason ``explicit``) once no hold matches any more.
+    # (reason ``explicit``) once no hold matches any more. On a deletion marker: the
+    # erasure that reached the stores (None: the life ended by its expiry, and an erasure
+    # request read late still goes out, once).
     erase_at: int | None = None
     # A legal hold keeps the record past its expiry or its erasure request: it is frozen
     # (events change nothing) until the release of its last matching hold.
@@ -502,4 +504,5 @@ def deletion_from_tombstone(value: bytes | None, prior: Stamp | None) -> Stamp |
         None if ttl_s is None else ttl_s * 1000,
         body.get("ttl_source"),
         deleted_at,
+        None if body["reason"] == "ttl" else deleted_at,  # an erasure went out
     )

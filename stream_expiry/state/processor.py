@@ -320,7 +320,10 @@ class PartitionProcessor:
         if ev.op == "delete":
             if prior is not None and not prior.live:
                 if prior.deleted_at is not None and ev.ts <= prior.deleted_at:
-                    return None  # stale: the engine says so
+                    # Of a life already ended: a hold keeps what is left of it, and an
+                    # erasure request for it is not carried out (said in the README).
+                    effects.verdicts["held"] += 1
+                    return prior
                 prior = None
             base = prior or model.Stamp(identity, None, None, None, None)
             kept = base._replace(erase_at=ev.ts, held=True)

@@ -31,6 +31,7 @@ from stream_expiry import model
 from stream_expiry.codec import (
     deleted_at_of,
     output_partition,
+    reason_of,
     source_headers,
     source_of,
     stamp_fields,
@@ -341,7 +342,10 @@ def _apply_stamps(
             deleted_at = deleted_at_of(rec.headers)
             if deleted_at is None:
                 deleted_at = rec.timestamp  # an older null without the header: its time
-            rows[key] = (key, cat, None, None, None, None, deleted_at, None, None, None, ())
+            # An erasure's marker remembers it went out; a ttl marker (or an older null
+            # without the header) lets an erasure request read late go out again.
+            erased = deleted_at if reason_of(rec.headers) == "explicit" else None
+            rows[key] = (key, cat, None, None, None, None, deleted_at, erased, None, None, ())
             continue
         try:
             created, expires, ttl, source, erase, floor, older = stamp_fields(value)

@@ -8,6 +8,7 @@ import anyio
 import orjson
 import pytest
 
+from stream_expiry.codec import H_REASON
 from stream_expiry.model import Identity
 from stream_expiry.policy import scope_key
 from stream_expiry.service import wall_clock_ms
@@ -103,6 +104,34 @@ async def test_explicit_delete_of_an_unseen_record_reaches_the_stores(
     assert body["expires_at"] is None
     assert body["ttl_source"] is None
     assert tombs[0].key == Identity("acme", "_", "live", "conversation", "gdpr-1").key.encode()
+
+
+async def test_an_erasure_read_after_the_ttl_tombstone_still_reaches_stores_and_archive(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A delete older than the record's expiry, read after its ttl tombstone went out (a
+    backlog, a takeover): the ttl null told an archive to keep the data; the erasure must
+    still go out, with a null saying ``explicit``, which makes the archive erase it."""
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    created = wall_clock_ms()
+    async with running_service(config, broker):
+        await produce(broker, [(topics.errors, *event("error", "e1", ts=created))])
+        await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 1)
+        late = event("error", "e1", op="delete", ts=created + 500)
+        await produce(broker, [(topics.errors, *late), (topics.errors, *late)])  # redelivered
+        # A new life after the deletion: in order behind the requests, on their partition.
+        await produce(broker, [(topics.errors, *event("error", "e1"))])
+        tombs = await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 3)
+        stamped = await read_topic(
+            broker, topics.stamped, until=lambda r: sum(m.value is None for m in r) >= 3
+        )
+    bodies = [orjson.loads(t.value) for t in tombs]
+    # The redelivered request changed nothing; the new life expired as any other.
+    assert [b["reason"] for b in bodies] == ["ttl", "explicit", "ttl"]
+    assert bodies[1]["created_at"] == bodies[0]["created_at"]
+    assert bodies[2]["created_at"] > bodies[0]["created_at"]
+    reasons = [dict(m.headers)[H_REASON] for m in stamped if m.value is None]
+    assert reasons == [b"ttl", b"explicit", b"ttl"]
 
 
 async def test_a_policy_update_applies_to_records_created_after_it_only(

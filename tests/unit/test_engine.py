@@ -189,6 +189,7 @@ class RefRecord:
     ttl: int | None
     deleted: int | None = None
     floor: int | None = None  # the deletion of the life before: events up to it are stale
+    erased: bool = False  # its life ended by an erasure request (not by its expiry)
 
 
 class Reference:
@@ -225,6 +226,10 @@ class Reference:
         floor = None
         if rec and rec.deleted is not None:
             if t <= rec.deleted:
+                if op == "delete" and not rec.erased:
+                    # an erasure read after the expiry ended the life: it still goes out
+                    out.append((key, "explicit", self.now, rec.expires))
+                    rec.erased = True
                 return out
             floor, rec = rec.deleted, None
         if op == "delete":
@@ -235,6 +240,7 @@ class Reference:
                 rec.expires if rec else None,
                 rec.ttl if rec else None,
                 t if created is None else max(t, created),
+                erased=True,
             )
             self._unschedule(key)
             return out
@@ -342,6 +348,33 @@ def test_delete_tombstones_at_once_even_unknown_and_blocks_older_events() -> Non
     assert h.advance(100_000) == []
     h.feed(ev("conversation", "x", "create", 100_000))  # ts > d: a new life
     assert [t[1] for t in h.advance(101_000)] == ["ttl"]
+
+
+def test_an_erasure_read_after_the_expiry_ended_the_life_still_goes_out_once() -> None:
+    """A delete older than the expiry but read after the ttl tombstone went out (a backlog,
+    a takeover): the ttl tombstone told the archive to keep the data, so the erasure must
+    still reach the stores and the archive; its redelivery, and older events, change
+    nothing."""
+    h = Harness()
+    key = ev("error", "a", "create", 0).identity.key
+    h.feed(ev("error", "a", "create", 0))
+    assert h.advance(60) == [(key, "ttl", 60, 50)]
+    h.now = 70
+    effects = h.process(ev("error", "a", "delete", 20))
+    assert [_tomb(f) for f in effects.tombstones] == [(key, "explicit", 70, 50)]
+    assert effects.verdicts == {"deleted": 1}
+    assert not effects.stamps  # the record stays deleted: a null, no stamp
+    state = h.state(ev("error", "a", "delete", 20))
+    assert state is not None
+    assert (state.deleted_at, state.erase_at) == (BASE + 49, BASE + 20)  # floor unmoved
+    assert h.changelog[key] is None
+    for again in (ev("error", "a", "delete", 20), ev("error", "a", "delete", 49)):
+        assert h.process(again).verdicts == {"stale": 1}
+    assert h.feed(ev("error", "a", "create", 10)) == []
+    assert h.advance(10_000) == []
+    # An erasure of a life an erasure ended is a redelivery: nothing goes out.
+    h.feed(ev("error", "b", "delete", 100))
+    assert h.process(ev("error", "b", "delete", 90)).verdicts == {"stale": 1}
 
 
 def test_already_due_at_ingest_fires_on_next_advance() -> None:

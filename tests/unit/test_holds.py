@@ -264,7 +264,7 @@ def test_an_erasure_carried_out_at_the_release_ends_the_life_at_the_request() ->
     assert [t[1] for t in p.tombstones] == ["explicit"]
     state = p.proc.state_of(Identity("acme", "b1", "live", "conversation", "a").key)
     assert state is not None
-    assert (state.deleted_at, state.erase_at, state.held) == (T0 + 10, None, False)
+    assert (state.deleted_at, state.erase_at, state.held) == (T0 + 10, T0 + 10, False)
     redelivered = p.event("a", "create", T0, now=T0 + 30)
     assert (redelivered.verdicts, redelivered.stamps) == ({"stale": 1}, [])
     later = p.event("a", "create", T0 + 40)
@@ -280,6 +280,24 @@ def test_an_erasure_of_an_unseen_record_under_a_hold_is_deferred_too() -> None:
     p.holds.release("h1")
     p.tick(T0 + 1)
     assert p.tombstones == [("ghost", "explicit", T0 + 1, None)]
+
+
+def test_an_erasure_read_late_of_a_life_its_expiry_ended_is_not_carried_out_under_a_hold() -> None:
+    """Without a hold such a request still goes out (the engine's rule); a hold placed
+    since keeps what is left of the life: nothing goes out, nor at the release."""
+    p = Partition()
+    p.event("a", "create", T0)
+    p.tick(T0 + TTL)
+    p.holds.place(hold())
+    effects = p.event("a", "delete", T0 + 10, now=T0 + 2 * TTL)
+    assert effects.verdicts == {"held": 1}
+    p.holds.release("h1")
+    p.tick(T0 + 3 * TTL)
+    assert p.tombstones == [("a", "ttl", T0 + TTL, T0 + TTL)]
+    p.event("b", "create", T0)
+    p.tick(T0 + TTL)
+    p.event("b", "delete", T0 + 10, now=T0 + 4 * TTL)  # no hold: the erasure goes out
+    assert p.tombstones[-1] == ("b", "explicit", T0 + 4 * TTL, T0 + TTL)
 
 
 def test_a_held_record_is_frozen_until_released() -> None:
@@ -426,6 +444,7 @@ class HoldingReference:
             rec = self.base.recs[key]
             reason = "ttl" if self.kept[key] is None else "explicit"
             rec.deleted = self._end(key)
+            rec.erased = reason == "explicit"
             del self.kept[key]
             out.append((key, reason, now, rec.expires))
         return out
@@ -452,7 +471,7 @@ class HoldingReference:
             if e.op == "delete":
                 if rec is not None and rec.deleted is not None:
                     if t <= rec.deleted:
-                        return out  # stale
+                        return out  # stale, or an erasure of a life its expiry ended: kept
                     rec = None
                 if rec is None:
                     base.recs[key] = RefRecord(None, None, None)

@@ -64,8 +64,10 @@ def test_a_ttl_tombstone_ends_its_life_just_before_its_expiry() -> None:
 def test_an_erasure_ends_its_life_at_the_latest_time_it_may_have_happened(
     stamp: Stamp, emitted_at: int, deleted_at: int
 ) -> None:
+    # Its marker remembers the erasure went out (an erasure request read late is not
+    # carried out again).
     assert deletion_from_tombstone(tombstone(stamp, "explicit", emitted_at), None) == (
-        stamp._replace(deleted_at=deleted_at)
+        stamp._replace(deleted_at=deleted_at, erase_at=deleted_at)
     )
 
 
@@ -87,7 +89,7 @@ def test_a_later_deletion_moves_an_older_marker() -> None:
     moved = deletion_from_tombstone(
         tombstone(newer, "explicit", 9_000), LIFE._replace(deleted_at=4_000)
     )
-    assert moved == newer._replace(deleted_at=9_000)
+    assert moved == newer._replace(deleted_at=9_000, erase_at=9_000)
 
 
 def test_a_newer_life_in_the_store_is_left_alone_and_its_own_life_is_not() -> None:

@@ -84,7 +84,11 @@ class Changelog:
                 self._add(self.tombstones, key, event, at, SOURCE)
                 if fired.after.live:
                     continue  # an earlier life a hold kept: the record lives on, no null
-                deleted = [*SOURCE, (codec.H_DELETED_AT, str(fired.after.deleted_at).encode())]
+                deleted = [
+                    *SOURCE,
+                    (codec.H_DELETED_AT, str(fired.after.deleted_at).encode()),
+                    (codec.H_REASON, fired.reason.encode()),
+                ]
                 self._add(self.stamped, key, None, at, deleted)
 
     @staticmethod
