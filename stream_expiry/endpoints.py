@@ -20,6 +20,7 @@ from anyio.abc import SocketAttribute
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from stream_expiry.errors import ConfigurationError
+from stream_expiry.kafka_settings import bootstrap_addresses
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -138,7 +139,7 @@ async def watch_broker(
     With ``speak_kafka`` (a plaintext or SASL listener), a server must also answer an
     ApiVersions request: a load balancer or proxy in front of a dead broker accepts
     connections and then drops them, which a bare connect takes for a live broker."""
-    addresses = [_host_port(a) for a in bootstrap_servers.split(",") if a.strip()]
+    addresses = bootstrap_addresses(bootstrap_servers)
     while True:
         errors: list[str] = []
         for host, port in addresses:
@@ -174,18 +175,3 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, socket.gaierror):
         return "unknown host"
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-
-
-def _host_port(address: str) -> tuple[str, int]:
-    address = address.strip()
-    for scheme in ("PLAINTEXT://", "SSL://", "SASL_SSL://", "SASL_PLAINTEXT://"):
-        if address.upper().startswith(scheme):
-            address = address[len(scheme) :]
-    host, sep, port = address.rpartition(":")
-    if not sep:
-        return address, 9092
-    host = host.strip("[]")
-    try:
-        return host, int(port)
-    except ValueError:
-        return address, 9092

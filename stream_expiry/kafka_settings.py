@@ -18,6 +18,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final, Literal
@@ -196,29 +197,59 @@ Brokers = str | Connection
 """What the client factories accept: a bare bootstrap string means plaintext."""
 
 
+DEFAULT_PORT: Final = 9092
+"""Kafka's port, which the clients take for an address without one."""
+
+
 def check_bootstrap(servers: str) -> str:
     """``servers`` (``HOST[:PORT],...``) as given, once every entry has a host and a port
     a socket can have; raises :class:`ConfigurationError` saying which entry is wrong. (The
     clients would fail later with a traceback of their own: ``int('abc')``, a port out of
-    range.)"""
+    range, or a host named ``SASL_SSL://k1`` that no DNS knows.)"""
+    bootstrap_addresses(servers)
+    return servers
+
+
+def bootstrap_addresses(servers: str) -> list[tuple[str, int]]:
+    """Each entry of ``servers`` as (host, port), read as aiokafka reads it
+    (``get_ip_port_afi``: ``[IPv6]`` in brackets, a bare IPv6 address, port 9092 when none
+    is given), for the health probe to connect where the clients would; raises
+    :class:`ConfigurationError` naming the first entry no client could use."""
+    addresses: list[tuple[str, int]] = []
     for raw in servers.split(","):
         entry = raw.strip()
         host, colon, port = entry.rpartition(":")
-        if not colon or entry.endswith("]"):  # no port (the client's default), or [IPv6]
-            host, port = entry, ""
+        if not colon or entry.endswith("]") or _is_ipv6(entry):  # no port: the default
+            host, colon, port = entry, "", ""
         problem = ""
-        if host in ("", "[]"):
+        if "://" in entry:
+            scheme = entry.split("://", 1)[0]
+            problem = (
+                f"starts with {scheme}://, which the clients take for part of the host "
+                "(the protocol is [kafka] security_protocol)"
+            )
+        elif host in ("", "[]"):
             problem = "has no host"
         elif port and not (port.isdigit() and 1 <= int(port) <= 65_535):
             problem = f"has port {port!r}, not a number from 1 to 65535"
-        elif colon and not port and not entry.endswith("]"):
+        elif colon and not port:
             problem = "has no port after its ':'"
         if problem:
             raise ConfigurationError(
                 f"bootstrap servers {servers!r}: {entry!r} {problem}; give HOST:PORT, "
                 "several separated by commas"
             )
-    return servers
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        addresses.append((bare, int(port) if port else DEFAULT_PORT))
+    return addresses
+
+
+def _is_ipv6(entry: str) -> bool:
+    try:
+        ipaddress.IPv6Address(entry)
+    except ValueError:
+        return False
+    return True
 
 
 def as_connection(brokers: Brokers) -> Connection:

@@ -122,6 +122,11 @@ def test_an_invalid_environment_value_is_one_line_and_status_2(
         ("k1:9092,k2:99999", "'k2:99999' has port '99999', not a number from 1 to 65535"),
         ("k1:9092,,k2:9092", "'' has no host"),
         ("k1:", "'k1:' has no port after its ':'"),
+        (
+            "SASL_SSL://k1:9096",
+            "'SASL_SSL://k1:9096' starts with SASL_SSL://, which the clients take for part of"
+            " the host (the protocol is [kafka] security_protocol)",
+        ),
     ],
 )
 def test_bad_bootstrap_servers_are_one_line_and_status_2_in_every_command(
@@ -136,7 +141,7 @@ def test_bad_bootstrap_servers_are_one_line_and_status_2_in_every_command(
 
 
 @pytest.mark.parametrize(
-    "servers", ["k:9092", "k1:9092, k2:9093", "kafka", "[::1]:9092", "[::1]", "10.0.0.1:1"]
+    "servers", ["k:9092", "k1:9092, k2:9093", "kafka", "[::1]:9092", "[::1]", "::1", "10.0.0.1:1"]
 )
 def test_bootstrap_servers_kafka_clients_take_are_taken(servers: str) -> None:
     assert check_bootstrap(servers) == servers

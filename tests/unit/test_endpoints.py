@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING
 import anyio
 import orjson
 import pytest
+from aiokafka.conn import get_ip_port_afi
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from stream_expiry.broker import free_port
-from stream_expiry.endpoints import _host_port, open_listener, route, serve_http, watch_broker
+from stream_expiry.endpoints import open_listener, route, serve_http, watch_broker
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.health import Health, Phase
+from stream_expiry.kafka_settings import bootstrap_addresses
 from stream_expiry.metrics import ServiceMetrics
 from stream_expiry.service import ServiceStats
 
@@ -227,22 +229,24 @@ async def test_the_kafka_probe_takes_a_server_that_drops_connections_for_a_dead_
 
 
 @pytest.mark.parametrize(
-    ("address", "host_port"),
+    ("servers", "addresses"),
     [
-        ("k1:9093", ("k1", 9093)),
-        (" k1:9093 ", ("k1", 9093)),
-        ("k1", ("k1", 9092)),  # Kafka's default port
-        ("SASL_SSL://k1:9096", ("k1", 9096)),
-        ("ssl://k1:9094", ("k1", 9094)),
-        ("PLAINTEXT://k1:9092", ("k1", 9092)),
-        ("sasl_plaintext://k1:9095", ("k1", 9095)),
-        ("[::1]:9093", ("::1", 9093)),
+        ("k1:9093", [("k1", 9093)]),
+        (" k1:9093 , k2:9094", [("k1", 9093), ("k2", 9094)]),
+        ("k1", [("k1", 9092)]),  # Kafka's default port
+        ("[::1]:9093", [("::1", 9093)]),
+        ("[::1]", [("::1", 9092)]),
+        ("::1", [("::1", 9092)]),  # a bare IPv6 address has no port
+        ("fe80::1:2", [("fe80::1:2", 9092)]),
+        ("10.0.0.1:1", [("10.0.0.1", 1)]),
     ],
 )
-def test_the_probe_reads_bootstrap_addresses_as_kafka_clients_do(
-    address: str, host_port: tuple[str, int]
+def test_the_probe_reads_bootstrap_addresses_as_the_kafka_client_does(
+    servers: str, addresses: list[tuple[str, int]]
 ) -> None:
-    assert _host_port(address) == host_port
+    assert bootstrap_addresses(servers) == addresses
+    hosts = [get_ip_port_afi(entry)[:2] for entry in servers.split(",")]
+    assert hosts == addresses  # aiokafka's own reading
 
 
 def test_routes_answer_with_their_bodies() -> None:
