@@ -206,7 +206,10 @@ def add_sink_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         description="Run the sink into PostgreSQL; the schema and tables are created if missing.",
     )
     pg.add_argument(
-        "--dsn", default=DEFAULT_DSN, help="libpq connection URI (default: %(default)s)"
+        "--dsn",
+        default=DEFAULT_DSN,
+        help="libpq connection URI, or key=value pairs as psql takes them "
+        "('host=db dbname=app user=sink'); default: %(default)s",
     )
     pg.add_argument(
         "--schema", default="public", help="schema of the tables (default: %(default)s)"

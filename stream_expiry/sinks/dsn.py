@@ -11,16 +11,26 @@ from __future__ import annotations
 import os
 import re
 from typing import TYPE_CHECKING, Final
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["hosts", "is_local", "redact"]
+__all__ = ["as_uri", "hosts", "is_local", "redact"]
 
 _LOCAL: Final = frozenset({"", "localhost", "127.0.0.1", "::1"})
 _KV: Final = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S*)")
 _PASSWORD_KV: Final = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)")
+# The key/value pairs asyncpg takes in a URI's query (its ``_parse_connect_dsn_and_args``),
+# and ``application_name``, which it passes on to the server as libpq does.
+_URI_KEYS: Final = frozenset(
+    {
+        "host", "port", "dbname", "user", "password", "passfile", "service", "sslmode",
+        "sslcert", "sslkey", "sslrootcert", "sslcrl", "sslpassword", "sslnegotiation",
+        "ssl_min_protocol_version", "ssl_max_protocol_version", "target_session_attrs",
+        "krbsrvname", "gsslib", "application_name",
+    }
+)  # fmt: skip
 
 
 def hosts(dsn: str, environ: Mapping[str, str] | None = None) -> list[str]:
@@ -63,3 +73,25 @@ def redact(dsn: str) -> str:
             return dsn  # nothing to hide (and urlsplit would drop an empty host's "//")
         return parts._replace(netloc=f"{user}{at}{where}", query=query).geturl()
     return _PASSWORD_KV.sub(r"\1***", dsn)
+
+
+def as_uri(dsn: str) -> str:
+    """The DSN as the URI asyncpg needs: libpq's key/value form (``host=db dbname=app``,
+    what psycopg and ``psql`` users have at hand), which asyncpg does not read, becomes
+    ``postgresql://?host=db&dbname=app``; a URI is returned as it is. Raises
+    :class:`ValueError` naming a key asyncpg cannot take, or text that is not key=value."""
+    if dsn.startswith(("postgresql://", "postgres://")):
+        return dsn
+    pairs = _KV.findall(dsn)
+    leftover = _KV.sub("", dsn).strip()
+    if leftover or not pairs:
+        raise ValueError(f"{leftover or dsn!r} is not key=value")
+    query: list[tuple[str, str]] = []
+    for key, raw in pairs:
+        if key not in _URI_KEYS:
+            raise ValueError(f"the key {key!r} is not one the PostgreSQL client takes")
+        value = raw
+        if raw.startswith("'") and raw.endswith("'") and len(raw) > 1:
+            value = re.sub(r"\\(.)", r"\1", raw[1:-1])
+        query.append((key, value))
+    return "postgresql://?" + urlencode(query)

@@ -60,7 +60,7 @@ from stream_expiry.sinks._messages import (
     decode_pending,
     encode_pending,
 )
-from stream_expiry.sinks.dsn import is_local, redact
+from stream_expiry.sinks.dsn import as_uri, is_local, redact
 from stream_expiry.sinks.store import Store, StoreTransaction, _new_receipt_id, check_identifier
 
 if TYPE_CHECKING:
@@ -144,7 +144,8 @@ def _connect_failure(dsn: str, exc: BaseException) -> StoreError | Configuration
     if isinstance(exc, asyncpg.ClientConfigurationError | ValueError):
         return ConfigurationError(
             f"the PostgreSQL DSN {shown} cannot be used ({exc}); give a libpq URI, "
-            "postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE"
+            "postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE, or key=value pairs, "
+            "host=HOST port=PORT dbname=DATABASE user=USER"
         )
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
         hint = "create it (createdb), or name another database in the DSN"
@@ -409,7 +410,7 @@ class _PostgresTx(StoreTransaction):
 class PostgresStore(Store):
     """Records, deletion markers and receipts in PostgreSQL.
 
-    ``dsn``: a libpq connection URI. ``schema``: created if missing. ``table_prefix``:
+    ``dsn``: a libpq connection URI or key/value string. ``schema``: created if missing. ``table_prefix``:
     prepended to the table names ``records``, ``deletions`` and ``receipts``.
     ``parallel``: transactions a batch is split into (:meth:`Store.apply`), each on its
     own connection; the pool holds them and one more, for readers.
@@ -465,7 +466,7 @@ class PostgresStore(Store):
         unreachable: tuple[type[BaseException], ...] = (*self._errors(), TimeoutError, ValueError)
         try:
             pool = await asyncpg.create_pool(
-                self.dsn,
+                as_uri(self.dsn),
                 min_size=1,
                 max_size=self._pool_size,
                 timeout=self._timeout,

@@ -1,0 +1,84 @@
+"""PostgreSQL connection strings: libpq's key/value form turned into the URI asyncpg reads,
+passwords kept out of messages, and whether the server is this machine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from asyncpg.connect_utils import _parse_connect_dsn_and_args
+
+from stream_expiry.sinks.dsn import as_uri, is_local, redact
+
+
+def parsed(dsn: str) -> tuple[Any, Any]:
+    """(addresses, parameters) as asyncpg reads ``dsn`` (its private parser: the test
+    checks our URI against the client that takes it)."""
+    addrs, params = _parse_connect_dsn_and_args(
+        dsn=dsn, host=None, port=None, user=None, password=None, passfile=None,
+        database=None, ssl=None, direct_tls=None, server_settings=None,
+        target_session_attrs=None, krbsrvname=None, gsslib=None, service=None,
+        servicefile=None,
+    )  # fmt: skip
+    return addrs, params
+
+
+def test_key_value_pairs_reach_asyncpg_as_libpq_reads_them() -> None:
+    dsn = r"host=db.example port=6543 dbname='my db' user=sink password='it\'s a \\ y'"
+    addrs, params = parsed(as_uri(dsn))
+    assert addrs == [("db.example", 6543)]
+    assert (params.database, params.user) == ("my db", "sink")
+    assert params.password == "it's a \\ y"
+
+
+def test_a_socket_directory_and_application_name_pass() -> None:
+    addrs, params = parsed(as_uri("host=/var/run/postgresql dbname=test application_name=s1"))
+    assert addrs == ["/var/run/postgresql/.s.PGSQL.5432"]
+    assert params.server_settings == {"application_name": "s1"}
+
+
+@pytest.mark.parametrize("uri", ["postgresql://u@h:1/d", "postgres://h/d?sslmode=require"])
+def test_a_uri_is_taken_as_it_is(uri: str) -> None:
+    assert as_uri(uri) == uri
+
+
+@pytest.mark.parametrize(
+    ("dsn", "says"),
+    [
+        ("host=x connect_timeout=3", "the key 'connect_timeout' is not one"),
+        ("notadsn", "'notadsn' is not key=value"),
+        ("host=x junk", "'junk' is not key=value"),
+        ("", "'' is not key=value"),
+    ],
+)
+def test_what_the_client_cannot_take_is_named(dsn: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        as_uri(dsn)
+
+
+@pytest.mark.parametrize(
+    ("dsn", "shown"),
+    [
+        ("postgresql://u:s3cret@h/d", "postgresql://u:***@h/d"),
+        ("postgresql://h/d?password=s3cret&sslmode=require", "postgresql://h/d?password=***&sslmode=require"),
+        ("host=h password=s3cret dbname=d", "host=h password=*** dbname=d"),
+        ("host=h password='s3 cret' dbname=d", "host=h password=*** dbname=d"),
+        ("postgresql:///d", "postgresql:///d"),
+    ],
+)  # fmt: skip
+def test_passwords_never_show(dsn: str, shown: str) -> None:
+    assert redact(dsn) == shown
+
+
+@pytest.mark.parametrize(
+    ("dsn", "local"),
+    [
+        ("postgresql://127.0.0.1:5432/test", True),
+        ("host=/var/run/postgresql dbname=test", True),
+        ("dbname=test", True),  # libpq's default: the local socket
+        ("host=db.example dbname=test", False),
+        ("postgresql://localhost,db.example/test", False),
+    ],
+)
+def test_local_means_every_host_is_this_machine(dsn: str, local: bool) -> None:
+    assert is_local(dsn, environ={}) is local
