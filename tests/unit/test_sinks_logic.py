@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from hypothesis import given, settings
@@ -91,6 +91,20 @@ def test_duplicate_tombstone_changes_nothing_and_leaves_no_second_receipt() -> N
     w.apply([tomb(s)])
     p = w.apply([tomb(s), tomb(s, emitted_at=T0 + 11 * MIN)])
     assert (p.upserts, p.deletes, p.markers, p.receipts) == ([], [], [], [])
+
+
+def test_an_erasure_of_a_life_its_expiry_ended_leaves_the_expirys_receipt_alone() -> None:
+    """The service sends an erasure read after the ttl tombstone (for the archive); the
+    store deleted the row at the expiry: nothing more to delete, no second receipt. Both
+    events carry the engine's deletion time, the life's last instant."""
+    w, s = World(), life()
+    w.apply([st_change(s, {"text": "hi"})])
+    last = T0 + 10 * MIN - 1
+    w.apply([replace(tomb(s), deleted_at=last)])
+    late = replace(tomb(s, "explicit", emitted_at=T0 + 20 * MIN), deleted_at=last)
+    p = w.apply([late])
+    assert (p.upserts, p.deletes, p.receipts) == ([], [], [])
+    assert [r.reason for r in w.receipts] == ["ttl"]
 
 
 def test_tombstone_before_its_record_wins() -> None:
