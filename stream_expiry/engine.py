@@ -263,9 +263,11 @@ class Engine(Generic[S]):
         takeover): that life's ``ttl`` tombstone told an archive to keep its data, so the
         erasure still goes out, once. The marker keeps its deletion time (events up to it
         stay stale) and remembers the erasure in ``erase_at``: a redelivery of the
-        request changes nothing."""
+        request changes nothing. (Under a legal hold the processor defers it instead.)"""
         after = marker._replace(erase_at=requested_at)
-        fired = Fired(marker._replace(deleted_at=None), after, "explicit", now_ms)
+        # It names no life, as an erasure of a record never seen: a marker restored from
+        # its null knows the deletion's time only (the header bounds the lives it ends).
+        fired = Fired(Stamp(marker.identity, None, None, None, None), after, "explicit", now_ms)
         return Outcome(Verdict.DELETED, after, False, (fired,))
 
     def _stamp(self, identity: Identity, created_at: int, floor: int | None = None) -> Stamp:
@@ -280,7 +282,10 @@ class Engine(Generic[S]):
     @staticmethod
     def _fire(stamp: Stamp, reason: Reason, now_ms: int) -> Fired:
         if stamp.erase_at is not None:  # an erasure a legal hold deferred
-            deleted_at = max(stamp.erase_at, stamp.created_at or stamp.erase_at)
+            # At its request, its life's creation, or the end of the life it erases (a
+            # life its expiry had ended, which a hold kept from the request): the latest.
+            erase = stamp.erase_at
+            deleted_at = max(erase, stamp.created_at or erase, stamp.previous_deleted_at or erase)
             after = stamp._replace(deleted_at=deleted_at, held=False)
             return Fired(stamp._replace(held=False), after, "explicit", now_ms)
         expires = stamp.expires_at

@@ -319,12 +319,17 @@ class PartitionProcessor:
             return None
         if ev.op == "delete":
             if prior is not None and not prior.live:
-                if prior.deleted_at is not None and ev.ts <= prior.deleted_at:
-                    # Of a life already ended: a hold keeps what is left of it, and an
-                    # erasure request for it is not carried out (said in the README).
-                    effects.verdicts["held"] += 1
-                    return prior
-                prior = None
+                assert prior.deleted_at is not None
+                if ev.ts > prior.deleted_at:
+                    prior = None  # a new life's erasure
+                elif prior.erase_at is not None:
+                    return None  # stale: the engine says so
+                else:
+                    # An erasure read after the life's expiry ended it (the engine would
+                    # send it at once, naming no life): deferred like any other. Its state
+                    # keeps that life's end, so the events it made stale stay stale.
+                    ended = prior.deleted_at
+                    prior = model.Stamp(identity, None, None, None, None, previous_deleted_at=ended)
             base = prior or model.Stamp(identity, None, None, None, None)
             kept = base._replace(erase_at=ev.ts, held=True)
             self._engine.cancel(identity.key)

@@ -8,7 +8,7 @@ import anyio
 import orjson
 import pytest
 
-from stream_expiry.codec import H_REASON
+from stream_expiry.codec import H_DELETED_AT, H_REASON
 from stream_expiry.model import Identity
 from stream_expiry.policy import scope_key
 from stream_expiry.service import wall_clock_ms
@@ -128,7 +128,11 @@ async def test_an_erasure_read_after_the_ttl_tombstone_still_reaches_stores_and_
     bodies = [orjson.loads(t.value) for t in tombs]
     # The redelivered request changed nothing; the new life expired as any other.
     assert [b["reason"] for b in bodies] == ["ttl", "explicit", "ttl"]
-    assert bodies[1]["created_at"] == bodies[0]["created_at"]
+    # It names no life (a marker restored from a null knows only the deletion's time);
+    # its deletion time, that of the expired life, bounds the lives it ends.
+    assert (bodies[1]["created_at"], bodies[1]["expires_at"]) == (None, None)
+    ended = parse_ts(bodies[0]["expires_at"]) - 1
+    assert [dict(t.headers)[H_DELETED_AT] for t in tombs[:2]] == [str(ended).encode()] * 2
     assert bodies[2]["created_at"] > bodies[0]["created_at"]
     reasons = [dict(m.headers)[H_REASON] for m in stamped if m.value is None]
     assert reasons == [b"ttl", b"explicit", b"ttl"]

@@ -228,7 +228,7 @@ class Reference:
             if t <= rec.deleted:
                 if op == "delete" and not rec.erased:
                     # an erasure read after the expiry ended the life: it still goes out
-                    out.append((key, "explicit", self.now, rec.expires))
+                    out.append((key, "explicit", self.now, None))  # naming no life
                     rec.erased = True
                 return out
             floor, rec = rec.deleted, None
@@ -361,7 +361,7 @@ def test_an_erasure_read_after_the_expiry_ended_the_life_still_goes_out_once() -
     assert h.advance(60) == [(key, "ttl", 60, 50)]
     h.now = 70
     effects = h.process(ev("error", "a", "delete", 20))
-    assert [_tomb(f) for f in effects.tombstones] == [(key, "explicit", 70, 50)]
+    assert [_tomb(f) for f in effects.tombstones] == [(key, "explicit", 70, None)]
     assert effects.verdicts == {"deleted": 1}
     assert not effects.stamps  # the record stays deleted: a null, no stamp
     state = h.state(ev("error", "a", "delete", 20))

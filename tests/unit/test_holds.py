@@ -282,22 +282,31 @@ def test_an_erasure_of_an_unseen_record_under_a_hold_is_deferred_too() -> None:
     assert p.tombstones == [("ghost", "explicit", T0 + 1, None)]
 
 
-def test_an_erasure_read_late_of_a_life_its_expiry_ended_is_not_carried_out_under_a_hold() -> None:
-    """Without a hold such a request still goes out (the engine's rule); a hold placed
-    since keeps what is left of the life: nothing goes out, nor at the release."""
+def test_an_erasure_read_late_of_a_life_its_expiry_ended_waits_for_the_release() -> None:
+    """Read after the ttl tombstone (a backlog), an erasure request still goes out (the
+    engine's rule, for the archive); under a hold, at the release, like any other. The
+    life's end stands meanwhile: its late events stay stale, and a create after it is the
+    next life."""
     p = Partition()
     p.event("a", "create", T0)
     p.tick(T0 + TTL)
     p.holds.place(hold())
     effects = p.event("a", "delete", T0 + 10, now=T0 + 2 * TTL)
     assert effects.verdicts == {"held": 1}
-    p.holds.release("h1")
+    assert p.deferred == [("a", "explicit", ["h1"])]
+    p.event("a", "create", T0 + TTL - 1, now=T0 + 2 * TTL)  # of the ended life: stale
     p.tick(T0 + 3 * TTL)
     assert p.tombstones == [("a", "ttl", T0 + TTL, T0 + TTL)]
-    p.event("b", "create", T0)
-    p.tick(T0 + TTL)
-    p.event("b", "delete", T0 + 10, now=T0 + 4 * TTL)  # no hold: the erasure goes out
-    assert p.tombstones[-1] == ("b", "explicit", T0 + 4 * TTL, T0 + TTL)
+    p.holds.release("h1")
+    p.tick(T0 + 4 * TTL)
+    assert p.tombstones[1:] == [("a", "explicit", T0 + 4 * TTL, None)]  # naming no life
+    state = p.proc.state_of(Identity("acme", "b1", "live", "conversation", "a").key)
+    assert state is not None
+    assert (state.deleted_at, state.erase_at) == (T0 + TTL - 1, T0 + 10)
+    p.event("a", "delete", T0 + 10, now=T0 + 5 * TTL)  # redelivered: nothing more
+    p.event("a", "create", T0 + TTL, now=T0 + 5 * TTL)  # at the expiry: the next life
+    p.tick(T0 + 6 * TTL)
+    assert p.tombstones[2:] == [("a", "ttl", T0 + 6 * TTL, T0 + 2 * TTL)]
 
 
 def test_a_held_record_is_frozen_until_released() -> None:
@@ -432,8 +441,8 @@ class HoldingReference:
     def _end(self, key: str) -> int:
         """Where the kept life of ``key`` ends: its erasure, else its expiry."""
         erase, rec = self.kept[key], self.base.recs[key]
-        if erase is not None:
-            return max(erase, erase if rec.created is None else rec.created)
+        if erase is not None:  # the end of a life already ended (rec.deleted) stands
+            return max(erase, erase if rec.created is None else rec.created, rec.deleted or erase)
         assert rec.expires is not None
         return rec.expires - 1
 
@@ -470,8 +479,12 @@ class HoldingReference:
             rec = base.recs.get(key)
             if e.op == "delete":
                 if rec is not None and rec.deleted is not None:
-                    if t <= rec.deleted:
-                        return out  # stale, or an erasure of a life its expiry ended: kept
+                    if t <= rec.deleted and rec.erased:
+                        return out  # stale
+                    if t <= rec.deleted:  # a life its expiry ended: its erasure is deferred
+                        base.recs[key] = RefRecord(None, None, None, rec.deleted)  # no life
+                        self.kept[key] = t
+                        return out
                     rec = None
                 if rec is None:
                     base.recs[key] = RefRecord(None, None, None)

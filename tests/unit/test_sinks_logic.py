@@ -101,7 +101,8 @@ def test_an_erasure_of_a_life_its_expiry_ended_leaves_the_expirys_receipt_alone(
     w.apply([st_change(s, {"text": "hi"})])
     last = T0 + 10 * MIN - 1
     w.apply([replace(tomb(s), deleted_at=last)])
-    late = replace(tomb(s, "explicit", emitted_at=T0 + 20 * MIN), deleted_at=last)
+    nameless = Stamp(A, None, None, None, None)  # as the service sends it: no life named
+    late = replace(tomb(nameless, "explicit", emitted_at=T0 + 20 * MIN), deleted_at=last)
     p = w.apply([late])
     assert (p.upserts, p.deletes, p.receipts) == ([], [], [])
     assert [r.reason for r in w.receipts] == ["ttl"]
