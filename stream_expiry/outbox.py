@@ -15,7 +15,7 @@ here, where data leaves the process: redacted fields never reach a topic.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 from aiokafka.errors import KafkaError
@@ -34,11 +34,13 @@ if TYPE_CHECKING:
     from stream_expiry.redact import Redactor
     from stream_expiry.state import Effects, PartitionProcessor
 
-__all__ = ["Outbox", "all_acked"]
+__all__ = ["Outbox", "Run", "all_acked"]
 
-# Per record batch sent: its ack, its (topic, partition), its message count, and the
-# tracked messages with their place in it.
-_Sent = list[tuple[Any, tuple[str, int], int, list[tuple["Effects", str, int]]]]
+# Per record batch sent: its ack, its (topic, partition), its message count, the tracked
+# messages with their place in it, and its last message's key and timestamp.
+_Sent = list[
+    tuple[Any, tuple[str, int], int, list[tuple["Effects", str, int]], tuple[bytes | None, int]]
+]
 _Entry = tuple[_Sent, list[tuple["PartitionProcessor", "Effects"]], int]
 
 MAX_IN_FLIGHT = 16
@@ -53,6 +55,16 @@ async def all_acked(acks: Iterable[Awaitable[Any]]) -> None:
         raise BrokerError(f"the broker did not acknowledge an output message: {exc!r}") from exc
 
 
+class Run(NamedTuple):
+    """Offsets ``[start, end)`` of a changelog partition filled by this outbox's settled
+    batches, and the key and timestamp of the message at ``end - 1`` (which identify it)."""
+
+    start: int
+    end: int
+    last_key: bytes | None
+    last_timestamp: int
+
+
 class _Batches:
     """Record batches per (topic, partition): one produce request each, not one per message.
 
@@ -64,6 +76,7 @@ class _Batches:
         self._prod = prod
         self._open: dict[tuple[str, int], Any] = {}
         self._tracked: dict[tuple[str, int], list[tuple[Effects, str, int]]] = {}
+        self._last: dict[tuple[str, int], tuple[bytes | None, int]] = {}
         self.sent: _Sent = []
 
     def try_add(
@@ -89,6 +102,7 @@ class _Batches:
         if meta is None:
             return False
         batch._relative_offset = offset + 1
+        self._last[slot] = (key, timestamp_ms or 0)
         if track is not None and key is not None:
             self._tracked.setdefault(slot, []).append((track, key.decode(), offset))
         return True
@@ -114,7 +128,7 @@ class _Batches:
         batch = self._open.pop(slot)
         count = batch.record_count()
         future = await self._prod.send_batch(batch, slot[0], partition=slot[1])
-        self.sent.append((future, slot, count, self._tracked.pop(slot, [])))
+        self.sent.append((future, slot, count, self._tracked.pop(slot, []), self._last[slot]))
 
     async def flush(self) -> _Sent:
         for slot in list(self._open):
@@ -145,8 +159,9 @@ class Outbox:
         # input offsets whose effects are settled: what the group may commit
         self.committable: dict[tuple[str, int], int] = {}
         # output (topic, partition) -> the latest run [start, end) of offsets filled by
-        # batches of this outbox, settled; another writer's message starts a new run
-        self._runs: dict[tuple[str, int], tuple[int, int]] = {}
+        # batches of this outbox, settled (another writer's message starts a new run), and
+        # the key and timestamp of its last message
+        self._runs: dict[tuple[str, int], Run] = {}
 
     async def send(self, items: list[tuple[PartitionProcessor, Effects]], now_ms: int) -> list[Any]:
         """Encode and send ``items``' messages; they settle later, in order. Returns the
@@ -246,12 +261,12 @@ class Outbox:
         """Each entry's acks, then its effects into the stores, in the order sent."""
         async for sent, items, now_ms in self._receive:
             await all_acked(future for future, *_ in sent)
-            batches: list[tuple[tuple[str, int], int, int]] = []
-            for future, slot, count, tracked in sent:
+            batches: list[tuple[tuple[str, int], int, int, tuple[bytes | None, int]]] = []
+            for future, slot, count, tracked, last in sent:
                 base = future.result().offset
                 for effects, key, relative in tracked:
                     effects.stamp_offsets[key] = base + relative
-                batches.append((slot, base, base + count))
+                batches.append((slot, base, base + count, last))
             committable = self.committable
             for proc, effects in items:
                 proc.settle(effects, now_ms)
@@ -259,17 +274,18 @@ class Outbox:
                     slot = (proc.topic, proc.partition)
                     committable[slot] = max(committable.get(slot, 0), effects.next_offset)
             runs = self._runs
-            for slot, base, end in batches:  # a partition's batches in offset order
+            for slot, base, end, (last_key, last_ts) in batches:  # in offset order
                 run = runs.get(slot)
-                runs[slot] = (run[0], end) if run is not None and run[1] == base else (base, end)
+                start = run.start if run is not None and run.end == base else base
+                runs[slot] = Run(start, end, last_key, last_ts)
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._drained.set()
 
-    def runs(self, proc: PartitionProcessor) -> dict[str, tuple[int, int]]:
+    def runs(self, proc: PartitionProcessor) -> dict[str, Run]:
         """The latest run of offsets this outbox filled and settled on each changelog
         partition of ``proc``'s input partition
-        (:func:`~stream_expiry.state.store.position_name` -> ``(start, end)``).
+        (:func:`~stream_expiry.state.store.position_name` -> :class:`Run`).
 
         Entries settle in the order they were sent, and the batches of a partition get
         their offsets in that order, so a run holds only this instance's messages, all in

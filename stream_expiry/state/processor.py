@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from stream_expiry import model
 from stream_expiry.engine import Engine, Fired
 from stream_expiry.holds import HoldBook
+from stream_expiry.state.store import position_marks
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from stream_expiry.archive_gate import ArchiveGate
     from stream_expiry.config import Config
     from stream_expiry.engine import Resolver
+    from stream_expiry.outbox import Run
     from stream_expiry.policy import PolicyBook
     from stream_expiry.state.store import PartitionStore
 
@@ -570,25 +572,25 @@ class PartitionProcessor:
             if known is not None and known[0] == seq:
                 del overlay[key]
 
-    def checkpoint(self, runs: Mapping[str, tuple[int, int]]) -> None:
+    def checkpoint(self, runs: Mapping[str, Run]) -> None:
         """Move the store's changelog positions over this instance's own settled messages
         (see :meth:`stream_expiry.outbox.Outbox.runs`): a position within a run goes to the
         run's end. A restart with this store then restores only what was written after
         (Kafka Streams checkpoints its stores on commit likewise); without it every restart
         re-read the whole changelog, a cold restore's read, to apply nothing. A position
         before a run stays: another writer's messages lie between, and a restore must read
-        them."""
+        them. The run's last message marks each new position (``position_marks``)."""
         saved = self._positions
-        moved = {}
-        for name, (start, end) in runs.items():
+        moved: dict[str, int] = {}
+        for name, (start, end, last_key, last_ts) in runs.items():
             position = saved.get(name)
             if position is None:  # the store's, read once: later ones are what this wrote
                 position = saved[name] = self.store.meta(name) or 0
             if start <= position < end:
-                moved[name] = end
+                saved[name] = moved[name] = end
+                moved.update(position_marks(name, last_key, last_ts))
         if moved:
             self.store.set_meta(moved)
-            saved.update(moved)
 
     def _with_offsets(self, effects: Effects) -> list[tuple[model.Stamp | None, model.Stamp]]:
         """The writes with their stamps' offsets: new ones from the acks, and for a live

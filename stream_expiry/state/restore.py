@@ -20,8 +20,10 @@ record deleted and then created again stays alive).
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +41,7 @@ from stream_expiry.codec import (
 from stream_expiry.errors import BrokerError
 from stream_expiry.fetch import read_ranges
 from stream_expiry.kafka import high_watermarks, partitions_of
-from stream_expiry.state.store import position_name
+from stream_expiry.state.store import position_marks, position_name
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -58,6 +60,8 @@ __all__ = [
 ]
 
 Source = tuple[str, int]
+
+log = logging.getLogger(__name__)
 
 # Messages held before they are written (with the positions). Measured on 1 M stamps
 # (bench.bench_restore): 50,000 used the same CPU as 20,000 and peaked ~35 MiB higher.
@@ -172,6 +176,7 @@ async def prepare_restore(
     cons.pause(*tps)  # the reads fetch for themselves (stream_expiry.fetch)
     for reader in readers:
         reader.ends = {tp: ends[tp] for tp in reader.tps}
+        await reader.check_positions(cons)
         result.total.remaining += sum(max(0, ends[tp] - reader.start[tp]) for tp in reader.tps)
     return PreparedRestore(readers, result, started)
 
@@ -213,6 +218,51 @@ class _TopicRead:
             for tp in self.tps
         }
 
+    async def check_positions(self, cons: AIOKafkaConsumer) -> None:
+        """Read each partition from the beginning for a store whose saved position is not
+        on this topic: past its end, or the message before it is not the one the store
+        marked (``position_marks``). The topic was deleted and made again, a cluster
+        rebuilt: its offsets start at 0 again, and the old position would skip the new
+        messages below it for good. The store's states stay; the new messages go over
+        them. (A position saved without marks, by an earlier version, is trusted unless
+        it is past the end.) Needs :attr:`ends`."""
+        marked: dict[TopicPartition, dict[int, list[tuple[Source, tuple[int, int]]]]] = {}
+        for tp in self.tps:
+            for source in self.members[tp]:
+                position = self.own[source]
+                if position == 0:
+                    continue
+                if position > self.ends[tp]:
+                    self._read_again(source, tp, f"past its end, {self.ends[tp]}")
+                    continue
+                mark = self.stores[source].position_mark(self.names[source])
+                if mark is not None:
+                    marked.setdefault(tp, {}).setdefault(position - 1, []).append((source, mark))
+        while marked:  # one message per partition per round (nearly always one round)
+            wanted = {tp: min(at) for tp, at in marked.items()}
+            found = await _messages_at(cons, wanted)
+            for tp, offset in wanted.items():
+                rec = found.get(tp)
+                for source, (key_crc, timestamp) in marked[tp].pop(offset):
+                    if rec is None:
+                        self._read_again(source, tp, f"no message at offset {offset}")
+                    elif zlib.crc32(rec.key or b"") != key_crc or (
+                        rec.timestamp_type == 0 and rec.timestamp != timestamp
+                    ):
+                        self._read_again(source, tp, f"another message at offset {offset}")
+                if not marked[tp]:
+                    del marked[tp]
+        self.start = {tp: min(self.own[s] for s in self.members[tp]) for tp in self.tps}
+
+    def _read_again(self, source: Source, tp: TopicPartition, why: str) -> None:
+        log.warning(
+            "the changelog %s[%d] is not the one the store of %s[%d] read up to offset %d "
+            "(%s): the topic was made again (a rebuilt cluster?); reading it from its "
+            "beginning, over what the store holds",
+            tp.topic, tp.partition, source[0], source[1], self.own[source], why,
+        )  # fmt: skip
+        self.own[source] = 0
+
     def seek(self, cons: AIOKafkaConsumer) -> None:
         for tp in self.tps:
             cons.seek(tp, self.start[tp])
@@ -234,6 +284,7 @@ class _TopicRead:
         # Messages waiting to be applied, by store: flushed at FLUSH, so memory is bounded.
         pending: dict[Source, list[Any]] = {s: [] for s in self.own}
         position = dict(self.start)
+        last: dict[TopicPartition, tuple[bytes | None, int]] = {}  # the latest message read
         routes, route = self.routes, self._route
         own = self.own
         rounds = read_ranges(cons, self.start, ends=self.ends)
@@ -248,6 +299,7 @@ class _TopicRead:
                     if part.position >= part.end:
                         done.append(tp)
                     plain = routes[tp]
+                    rec = None
                     for rec in part:
                         read += 1
                         headers: Any = rec.headers
@@ -258,20 +310,35 @@ class _TopicRead:
                                 continue
                         if rec.offset >= own[source]:
                             pending[source].append(rec)
+                    if rec is not None:
+                        last[tp] = (rec.key, rec.timestamp)
                 total.read += read
                 held = sum(len(mine) for mine in pending.values())
                 for tp in self.tps if held >= FLUSH else done:
                     for source in self.members[tp]:
-                        self._flush(source, pending[source], position[tp], stamps=stamps)
+                        mark = last.get(tp)
+                        self._flush(source, pending[source], position[tp], mark, stamps=stamps)
                         pending[source] = []
                 if progress is not None:
                     progress(total)
 
-    def _flush(self, source: Source, records: list[Any], position: int, *, stamps: bool) -> None:
-        """Apply a store's messages up to ``position`` and save that position with them."""
+    def _flush(
+        self,
+        source: Source,
+        records: list[Any],
+        position: int,
+        mark: tuple[bytes | None, int] | None,
+        *,
+        stamps: bool,
+    ) -> None:
+        """Apply a store's messages up to ``position`` and save that position with them,
+        marked with ``mark``, the key and timestamp of the message before it."""
         if position <= self.own[source]:
             return  # the shared read has not reached this store's own position yet
-        meta = {self.names[source]: position}
+        name = self.names[source]
+        meta = {name: position}
+        if mark is not None:
+            meta.update(position_marks(name, *mark))
         store = self.stores[source]
         report = self.result.stores[source]
         report.read += len(records)
@@ -280,6 +347,22 @@ class _TopicRead:
         else:
             _apply_tombstones(store, records, self.now_ms, meta, report)
         self.own[source] = position
+
+
+async def _messages_at(
+    cons: AIOKafkaConsumer, wanted: Mapping[TopicPartition, int]
+) -> dict[TopicPartition, Any]:
+    """The message at each partition's offset, where there is one."""
+    found: dict[TopicPartition, Any] = {}
+    ends = {tp: offset + 1 for tp, offset in wanted.items()}
+    rounds = read_ranges(cons, wanted, ends=ends, fetch_bytes=1)  # the first batch: enough
+    async with contextlib.aclosing(rounds):
+        async for fetched in rounds:
+            for part in fetched:
+                for rec in part:
+                    if rec.offset == wanted[part.tp]:
+                        found[part.tp] = rec
+    return found
 
 
 # -- decoding ----------------------------------------------------------------------------

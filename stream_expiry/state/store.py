@@ -24,6 +24,7 @@ Rules kept here:
 from __future__ import annotations
 
 import struct
+import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,7 +36,14 @@ if TYPE_CHECKING:
 
     from stream_expiry.state.kv import KeyValue
 
-__all__ = ["DEFAULT_GRACE_MS", "PartitionStore", "RestoredRow", "StoreCounts", "position_name"]
+__all__ = [
+    "DEFAULT_GRACE_MS",
+    "PartitionStore",
+    "RestoredRow",
+    "StoreCounts",
+    "position_marks",
+    "position_name",
+]
 
 DEFAULT_GRACE_MS = 7 * 24 * 3_600_000  # as long as input topics keep events, by default
 
@@ -44,6 +52,15 @@ def position_name(topic: str, partition: int) -> str:
     """The meta name of how far a store holds its own messages of a changelog partition:
     everything of its own before that offset is in the store (restore reads from there)."""
     return f"changelog/{topic}/{partition}"
+
+
+def position_marks(name: str, key: bytes | None, timestamp: int) -> dict[str, int]:
+    """The meta entries that say which message lies just before the saved position
+    ``name``: its key's CRC-32 and its timestamp. A topic deleted and made again (a cluster
+    rebuilt) numbers its messages from 0 again; a position saved on the old one, once the
+    new one has grown past it, would skip the new one's messages for good. The restore
+    reads the message there and compares (:func:`position_mark` gives them back)."""
+    return {f"{name}#key": zlib.crc32(key or b""), f"{name}#ts": timestamp}
 
 
 _TIME = struct.Struct(">Q")
@@ -161,6 +178,14 @@ class PartitionStore:
     def meta(self, name: str) -> int | None:
         value = self.kv.multi_get([_META + name.encode()])[0]
         return None if value is None else int(_INT.unpack(value)[0])
+
+    def position_mark(self, name: str) -> tuple[int, int] | None:
+        """(key CRC-32, timestamp) of the message before the position ``name``, as
+        :func:`position_marks` saved them; None for a position saved without them."""
+        key, ts = self.kv.multi_get([_META + f"{name}#key".encode(), _META + f"{name}#ts".encode()])
+        if key is None or ts is None:
+            return None
+        return int(_INT.unpack(key)[0]), int(_INT.unpack(ts)[0])
 
     def items(self) -> Iterator[Stamp]:
         """Every state, markers included, in key order (for ``replay`` and tests)."""

@@ -472,7 +472,10 @@ async def test_input_partitions_sharing_a_changelog_partition_are_restored_in_on
         deleted_c1 = [*h_conv, (H_DELETED_AT, str(T0 + 7).encode())]
         await _send(broker, topics.stamped, [(*c4, h_conv), (c1[0], None, deleted_c1)])
         result, fetched = await _restore(broker, topics, stores)
-        assert fetched == result.total.read == 2
+        assert result.total.read == 2
+        # Fetched besides: the record batch holding the message before each position, to
+        # check it is the one the store marked (the topic was not made again since).
+        assert 2 < fetched <= 2 + len(stamped) + len(events)
         assert c_store.get(_key("conversation", "c4")) is not None
         c1_state = c_store.get(_key("conversation", "c1"))
         assert c1_state is not None
@@ -486,7 +489,9 @@ async def test_input_partitions_sharing_a_changelog_partition_are_restored_in_on
         stores[errs] = PartitionStore(RocksKV(str(tmp_path / "errors-0")))
         before = list(c_store.items())
         result, fetched = await _restore(broker, topics, stores)
-        assert fetched == result.total.read == len(stamped) + 2 + len(events)
+        assert result.total.read == len(stamped) + 2 + len(events)
+        # and the batches holding the messages before the up-to-date store's positions
+        assert result.total.read < fetched <= 2 * result.total.read
         assert [s.identity.key for s in stores[errs].items()] == [_key("error", "e1")]
         assert result.stores[conv].read == 0
         assert list(c_store.items()) == before
@@ -629,6 +634,52 @@ async def test_a_kept_state_dir_reads_only_what_another_instance_wrote_since(
     expected |= {key("session", f"s{i}"): touched_at + hour_ms for i in range(5)}
     expected |= {key("conversation", f"n{i}"): t0 + hour_ms for i in range(5)}
     assert live_expiries(first_dir) == expected
+
+
+@pytest.mark.timeout(150)
+async def test_a_kept_store_reads_a_changelog_made_again_from_its_beginning(
+    broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cluster rebuilt (here: the changelog topics deleted and made again) numbers its
+    messages from 0 again. A store kept from before held a position on the old topics;
+    once the new ones grew past it, it skipped every new message below it, for good: the
+    records another instance stamped there were never tombstoned. The store must notice
+    (its position's mark is not the message there) and read the new topics whole, keeping
+    what it holds."""
+    hour = '[retention.defaults]\nconversation = "1h"\nsession = "1h"\n'
+    kept_dir, other_dir = str(tmp_path / "kept"), str(tmp_path / "other")
+    t0 = wall_clock_ms()
+
+    def conversations(prefix: str, n: int) -> list[tuple[str, bytes, bytes]]:
+        return [
+            (topics.conversations, *event("conversation", f"{prefix}{i}", ts=t0)) for i in range(n)
+        ]
+
+    before = conversations("old", 10)
+    async with running_service(config_for(topics, kept_dir, hour), broker) as kept:
+        await produce(broker, before)
+        await wait_for(lambda: kept.stats.stamped >= len(before))
+    await _recreate(broker, [topics.stamped, topics.tombstones])
+    after = conversations("new", 40)  # past the kept store's position on every partition
+    async with running_service(config_for(topics, other_dir, hour), broker) as other:
+        await produce(broker, after)
+        await wait_for(lambda: other.stats.stamped >= len(after))
+    new_changelog = len(await read_all(broker, topics.stamped))
+    assert new_changelog == len(after)
+
+    async with running_service(config_for(topics, kept_dir, hour), broker) as again:
+        restored = again.stats.restored
+    assert restored == new_changelog
+    said = [r.getMessage() for r in caplog.records if "is not the one the store" in r.getMessage()]
+    assert said, "no warning named the changelog made again"
+    assert any("another message at offset" in line for line in said), said
+    hour_ms = 3_600_000
+    expected = {
+        Identity("acme", "_", "live", "conversation", f"{prefix}{i}").key: t0 + hour_ms
+        for prefix, n in (("old", 10), ("new", 40))
+        for i in range(n)
+    }
+    assert live_expiries(kept_dir) == expected
 
 
 @pytest.mark.timeout(120)

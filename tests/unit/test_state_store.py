@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zlib
 from typing import TYPE_CHECKING
 
 import pytest
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from stream_expiry.errors import StoreError
 from stream_expiry.model import HeldLife, Identity, Stamp
+from stream_expiry.outbox import Run
 from stream_expiry.state import MemoryKV, PartitionStore, RocksKV
 from stream_expiry.state.codec import decode_state, encode_state
 from stream_expiry.state.kv import scratch_directory
@@ -250,12 +252,17 @@ def test_a_checkpoint_moves_positions_only_over_the_instances_own_run(
         max_skew_ms=10**12,
         now_ms=T0,
     )
-    proc.checkpoint({stamped: (40, 50), tombs: (0, 7)})
+    proc.checkpoint({stamped: Run(40, 50, b"k49", 49), tombs: Run(0, 7, b"t6", 6)})
     assert (store.meta(stamped), store.meta(tombs)) == (100, 7)
-    proc.checkpoint({stamped: (90, 150), tombs: (0, 7)})
+    assert store.position_mark(stamped) is None  # not moved: as it was saved
+    proc.checkpoint({stamped: Run(90, 150, b"k149", 149), tombs: Run(0, 7, b"t6", 6)})
     assert (store.meta(stamped), store.meta(tombs)) == (150, 7)
-    proc.checkpoint({stamped: (151, 200), tombs: (7, 9)})  # offset 150 is someone else's
+    # offset 150 is someone else's: the position stays, and so does its mark
+    proc.checkpoint({stamped: Run(151, 200, b"k199", 199), tombs: Run(7, 9, b"t8", 8)})
     assert (store.meta(stamped), store.meta(tombs)) == (150, 9)
+    # Each moved position is marked with the run's last message: the one before it.
+    assert store.position_mark(stamped) == (zlib.crc32(b"k149"), 149)
+    assert store.position_mark(tombs) == (zlib.crc32(b"t8"), 8)
 
 
 _time = st.one_of(st.none(), st.integers(-(2**62), 2**62))
