@@ -20,6 +20,7 @@ import time
 import zlib
 from typing import TYPE_CHECKING, Any, Final
 
+import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
@@ -154,7 +155,23 @@ def mapped(exc: KafkaError, message: str) -> BrokerError:
 
 async def _stop(client: AIOKafkaProducer | AIOKafkaConsumer, failing: bool) -> None:
     """Stop a client; a producer's stop flushes, which fails while the broker is away.
-    That failure must not hide the error the block is already leaving with."""
+    That failure must not hide the error the block is already leaving with.
+
+    A block left by a cancellation (a task group stopping its reader) stops its client
+    all the same, shielded for at most :data:`STOP_TIMEOUT_S`: anyio cancels every await
+    in a cancelled scope, so ``stop()`` gave up at its first one and left the client's
+    connections open, found later by the garbage collector ("unclosed transport")."""
+    if not failing:
+        await _stop_now(client, failing=False)
+        return
+    with anyio.move_on_after(STOP_TIMEOUT_S, shield=True):
+        await _stop_now(client, failing=True)
+
+
+STOP_TIMEOUT_S = 10.0
+
+
+async def _stop_now(client: AIOKafkaProducer | AIOKafkaConsumer, failing: bool) -> None:
     try:
         await client.stop()
     except KafkaError as exc:

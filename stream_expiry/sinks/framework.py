@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     from stream_expiry.key_template import KeyTemplate
+    from stream_expiry.model import Identity
     from stream_expiry.sinks._logic import Plan
     from stream_expiry.sinks.store import Store, SweepPosition
 
@@ -120,7 +121,9 @@ class SinkConfig:
     grace leaves the service time to deliver the real tombstone, which carries the rule),
     except the rows a legal hold on ``holds_topic`` keeps: the sink follows that topic
     itself, so a hold is kept even while the service is down (``holds_topic=None``: no
-    holds are followed, for a deployment that has none).
+    holds are followed, for a deployment that has none). A hold released (or narrowed)
+    keeps sparing what it matched for ``sweep_grace_s`` more: its records' tombstones
+    are on their way from the service, and they carry the rule, not ``sweep``.
     """
 
     bootstrap_servers: str
@@ -210,6 +213,10 @@ class Sink:
         self._uncommitted: dict[Any, int] = {}
         # The sweep's view of the legal holds, and where its next page starts.
         self.holds = HoldBook()
+        # Holds released or replaced within the sweep's grace, with when this sink read
+        # that: what they kept is due at once, and its tombstones are on their way.
+        self._let_go = HoldBook()
+        self._let_go_at: dict[str, int] = {}
         self._holds_reader: AIOKafkaConsumer | None = None
         self._sweep_from: SweepPosition | None = None
 
@@ -544,10 +551,15 @@ class Sink:
             with broker_errors(f"reading {topic}"):
                 batches = [await reader.getmany(timeout_ms=0)]
         placed: dict[str, Hold] = {}
+        now = self._clock()
         for batch in batches:
             for records in batch.values():
                 for rec in records:
+                    before = self.holds.get(rec.key.decode(errors="replace") if rec.key else "")
                     hold = apply_hold_message(self.holds, rec.key, rec.value)
+                    if before is not None and self.holds.get(before.hold_id) is not before:
+                        self._let_go.place(before)
+                        self._let_go_at[before.hold_id] = now
                     if isinstance(hold, Rejection):
                         log.debug("skipping a malformed hold (%s)", hold.detail)
                     elif hold is not None and rec.value is not None:
@@ -563,12 +575,15 @@ class Sink:
         await self._read_holds()
         now = self._clock()
         cutoff = now - int(cfg.sweep_grace_s * 1000)
-        holds = self.holds
+        for hold_id, at in list(self._let_go_at.items()):
+            if at <= cutoff:  # its records' tombstones had the grace to come
+                self._let_go.release(hold_id)
+                del self._let_go_at[hold_id]
         page = await self.store.sweep(
             cutoff_ms=cutoff,
             now_ms=now,
             limit=cfg.sweep_limit,
-            spare=holds.is_held if len(holds) else None,
+            spare=self._spare() if len(self.holds) or len(self._let_go) else None,
             after=self._sweep_from,
         )
         self._sweep_from = page.next_from
@@ -583,6 +598,12 @@ class Sink:
             await self._publish(prod, out.receipts)
             self._report("sweep", out, 0, 0)
         return page.more
+
+    def _spare(self) -> Callable[[Identity], bool]:
+        """What the sweep keeps: rows a hold keeps, and rows a hold let go of within the
+        grace."""
+        held, let_go = self.holds.is_held, self._let_go.is_held
+        return lambda identity: held(identity) or let_go(identity)
 
     def _report(
         self, kind: Literal["batch", "sweep"], out: Plan, messages: int, invalid: int

@@ -203,7 +203,8 @@ async def test_the_sweep_spares_what_a_legal_hold_keeps(
         Hold("h-rec", "acme", "_", "live", "conversation", "c-7", "subpoena", now),
     ]
     await produce(broker, topics.holds, [(h.hold_id.encode(), encode_hold(h)) for h in holds])
-    config = sink_config(broker, topics, sweep_interval_s=0.1, sweep_grace_s=60)
+    # A short grace: a released hold spares its rows for that long after the release.
+    config = sink_config(broker, topics, sweep_interval_s=0.1, sweep_grace_s=2)
     async with running_sink(store, config) as sink:
         await produce(
             broker, topics.stamped, [stamped_msg(s) for s in [by_org, by_record, *free[:2]]]
@@ -220,7 +221,9 @@ async def test_the_sweep_spares_what_a_legal_hold_keeps(
         assert await present(store, [by_org.identity, by_record.identity, late_held.identity])
 
         await produce(broker, topics.holds, [(b"h-rec", None)])  # released
+        released = wall_clock_ms()
         await wait_until(_swept(store, [by_record]), what="the released row swept")
+        assert wall_clock_ms() - released >= 2_000  # its tombstone had the grace to come
         assert await present(store, [by_org.identity, late_held.identity])
     reasons = {r.identity.record_id: r.reason for r in await store.receipts()}
     assert reasons == {"free0": "sweep", "free1": "sweep", "free2": "sweep", "c-7": "sweep"}

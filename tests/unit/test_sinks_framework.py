@@ -543,6 +543,47 @@ async def test_the_sink_names_only_the_holds_still_active_once_read(
 
 
 @pytest.mark.asyncio
+async def test_rows_a_released_hold_kept_wait_the_grace_for_their_tombstones() -> None:
+    """Held rows are long past their expiry; released, the service tombstones them within a
+    second (reason ttl). The sweep swept them first, with reason sweep and a warning that
+    the service was not keeping up (a trial: 200 rows in one store, ttl in the other). A
+    hold released, or replaced by a narrower one, spares what it kept for the grace."""
+    store, j = MemoryStore(), Journal()
+    now = [T0 + 3_600_000]
+    config = SinkConfig(
+        bootstrap_servers="unused:1", group_id="g", stamped_topic="st", tombstones_topic="tb",
+        receipts_topic="rc", sweep_grace_s=60,
+    )  # fmt: skip
+    sink = Sink(store, config, clock=lambda: now[0])
+
+    def row(org: str, rid: str) -> Stamp:
+        return Stamp(Identity(org, "_", "live", "conversation", rid), T0, T0 + 1000, 1, "org")
+
+    rows = [row("released", "a"), row("narrowed", "b"), row("narrowed", "kept"), row("free", "c")]
+    await store.apply([c for s in rows for c in await _changes(s)], now_ms=now[0])
+    holds = [
+        Hold("h-rel", "released", None, None, None, None, "case", T0),
+        Hold("h-nar", "narrowed", None, None, None, None, "case", T0),
+    ]
+    narrower = Hold("h-nar", "narrowed", None, None, None, "kept", "case", T0)
+    messages = [Rec("holds", 0, i, h.hold_id.encode(), encode_hold(h)) for i, h in enumerate(holds)]
+    messages += [
+        Rec("holds", 0, 2, b"h-rel", None),
+        Rec("holds", 0, 3, b"h-nar", encode_hold(narrower)),
+    ]
+    sink._holds_reader = _HoldsReader(messages)
+    await sink.sweep_once(FakeProducer(j))
+    assert {r.identity.record_id for r in await store.receipts()} == {"c"}
+    now[0] += 59_999  # within the grace of the release: their tombstones are on their way
+    await sink.sweep_once(FakeProducer(j))
+    assert {r.identity.record_id for r in await store.receipts()} == {"c"}
+    now[0] += 1  # the grace passed and no tombstone came: the sweep's
+    await sink.sweep_once(FakeProducer(j))
+    assert {r.identity.record_id for r in await store.receipts()} == {"c", "a", "b"}
+    assert await store.get(rows[2].identity) is not None  # the narrower hold keeps it
+
+
+@pytest.mark.asyncio
 async def test_an_explicit_tombstone_ends_no_life_created_after_its_delete() -> None:
     """A delete at d waited in a backlog; a new life was created after d and stamped before
     the tombstone event (emitted later) reached the store. The event's expiry-deleted-at
