@@ -164,6 +164,12 @@ class _Planner:
             slot.marker = Marker(ident, new_before, new_last, self.now, new_pending)
 
     def stamp(self, slot: Slot, c: StampChange) -> None:
+        if c.created_at is None:
+            # It names no life: the service's record of an erasure a legal hold defers,
+            # of a record it never saw live. Nothing to keep; the release's tombstone
+            # leaves the receipt (rows_deleted 0). Written, it was a row of nulls whose
+            # deletion the receipt counted as one.
+            return
         m = slot.marker
         if m is not None and life(c.created_at) < m.deleted_before:
             self.out.stale += 1

@@ -22,7 +22,7 @@ Why it is shaped like this:
 * PostgreSQL ``text`` cannot hold U+0000. :meth:`PostgresStore.holds` says so, and the sink
   counts such messages (``metrics["unrepresentable_total"]``) instead of failing the batch:
   a record that cannot be stored here cannot need deleting here either.
-* Receipts are append-only, enforced by a trigger on ``UPDATE`` and ``DELETE``: a row is
+* Receipts are append-only, enforced by triggers on ``UPDATE``, ``DELETE`` and ``TRUNCATE``: a row is
   written once and never rewritten. Those not yet published are listed (by ``seq``) in
   the ``receipts_outbox`` table, written in the same statement as the receipts; marking
   them published deletes their entries there. Earlier versions set a ``published_at``
@@ -216,6 +216,9 @@ $fn$;
 CREATE OR REPLACE TRIGGER {trigger}
     BEFORE UPDATE OR DELETE ON {receipts}
     FOR EACH ROW EXECUTE FUNCTION {fn}();
+CREATE OR REPLACE TRIGGER {trigger_truncate}
+    BEFORE TRUNCATE ON {receipts}
+    FOR EACH STATEMENT EXECUTE FUNCTION {fn}();
 """
 
 
@@ -275,6 +278,7 @@ class _Names:
             "idx_pending": f'"{p}deletions_pending"',
             "fn": self._q("receipts_append_only"),
             "trigger": f'"{p}receipts_append_only"',
+            "trigger_truncate": f'"{p}receipts_no_truncate"',
         }
 
 

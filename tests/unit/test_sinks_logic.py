@@ -108,6 +108,17 @@ def test_an_erasure_of_a_life_its_expiry_ended_leaves_the_expirys_receipt_alone(
     assert [r.reason for r in w.receipts] == ["ttl"]
 
 
+def test_an_erasure_a_hold_defers_of_a_record_never_seen_writes_no_row() -> None:
+    """Its stamp names no life (created_at null); the release's tombstone finds no row:
+    receipt rows_deleted 0, as without a hold."""
+    w, ghost = World(), Stamp(A, None, None, None, None, erase_at=T0)
+    p = w.apply([st_change(ghost)])
+    assert (p.upserts, p.markers, p.receipts) == ([], [], [])
+    assert w.row() is None
+    p = w.apply([tomb(Stamp(A, None, None, None, None), "explicit", emitted_at=T0 + MIN)])
+    assert [(r.reason, r.rows_deleted) for r in p.receipts] == [("explicit", 0)]
+
+
 def test_tombstone_before_its_record_wins() -> None:
     w, s = World(), life()
     p = w.apply([tomb(s)])
