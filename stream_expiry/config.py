@@ -26,7 +26,12 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from stream_expiry.durations import InvalidDuration, parse_duration
+from stream_expiry.durations import (
+    InvalidDuration,
+    UnderHalfSecond,
+    format_duration,
+    parse_duration,
+)
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.kafka_settings import (
     SECURITY_KEYS,
@@ -64,6 +69,10 @@ __all__ = [
 ]
 
 _Path = tuple[str, ...]
+
+# Kafka's group.max.session.timeout.ms by default: a longer session is refused by the
+# broker (and one past 24 days does not fit the protocol's field at all).
+MAX_SESSION_TIMEOUT_MS: Final = 30 * 60_000
 
 
 class ConfigError(ConfigurationError):
@@ -355,13 +364,23 @@ class _Reader:
             raise self.bad(where, value, expected)
         return value
 
-    def duration(self, value: object, where: _Path, *, minimum: int) -> int:
+    def duration(
+        self, value: object, where: _Path, *, minimum: int, maximum: int | None = None
+    ) -> int:
         try:
             ms = parse_duration(value)
+        except UnderHalfSecond as exc:
+            why = str(exc) if minimum == 0 else f"{exc.shown} is under half a second"
+            raise self.error(
+                where, f"invalid duration for key {where[-1]!r} {self.place(where[:-1])}: {why}"
+            ) from None
         except InvalidDuration as exc:
             raise self.error(
                 where, f"invalid duration for key {where[-1]!r} {self.place(where[:-1])}: {exc}"
             ) from None
+        if maximum is not None and not minimum <= ms <= maximum:
+            span = f"from {format_duration(minimum)} to {format_duration(maximum)}"
+            raise self.bad(where, value, f"a duration {span}")
         if ms < minimum:
             bound = "positive" if minimum > 0 else "0 or more"
             raise self.bad(where, value, f"a duration, {bound}")
@@ -424,7 +443,10 @@ class _Reader:
         session_ms = defaults.session_timeout_ms
         if "session_timeout" in service:
             session_ms = self.duration(
-                service["session_timeout"], ("service", "session_timeout"), minimum=1
+                service["session_timeout"],
+                ("service", "session_timeout"),
+                minimum=1_000,
+                maximum=MAX_SESSION_TIMEOUT_MS,
             )
         skew_ms = defaults.max_clock_skew_ms
         if "max_clock_skew" in data:

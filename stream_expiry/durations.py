@@ -27,6 +27,7 @@ __all__ = [
     "MAX_DURATION_MS",
     "UNITS_MS",
     "InvalidDuration",
+    "UnderHalfSecond",
     "format_duration",
     "is_duration_like",
     "parse_duration",
@@ -69,6 +70,16 @@ class InvalidDuration(ValueError):
     """
 
 
+class UnderHalfSecond(InvalidDuration):
+    """A positive duration that whole seconds would round to 0. Its message speaks of TTLs
+    (0 is "never"); a setting where 0 means nothing says its own (``shown``: the value
+    as quoted)."""
+
+    def __init__(self, message: str, shown: str) -> None:
+        super().__init__(message)
+        self.shown = shown
+
+
 def parse_duration(value: object) -> int:
     """Return ``value`` as signed integer milliseconds, a multiple of 1000.
 
@@ -105,9 +116,10 @@ def parse_duration(value: object) -> int:
     seconds = _EXACT.divide(exact_ms, 1000).quantize(Decimal(1), context=_EXACT)
     if seconds == 0 and exact_ms > 0:
         # Rounded, it would read as 0: "never expire", the opposite of what was written.
-        raise InvalidDuration(
+        raise UnderHalfSecond(
             f"{_show(value)} is under half a second, which rounds to 0 (never expire); give "
-            "1s or more, or 0 for never"
+            "1s or more, or 0 for never",
+            _show(value),
         )
     return int(seconds) * 1000
 

@@ -328,7 +328,23 @@ ERRORS = [
     (
         "session timeout zero",
         "[service]\nsession_timeout = '0s'\n",
-        "line 2: key 'session_timeout' in [service] must be a duration, positive, got a string '0s'",
+        "line 2: key 'session_timeout' in [service] must be a duration from 1s to 30m, got a string '0s'",
+    ),
+    (  # it crashed the start with aiokafka's struct.error, exit 3 (a user trial)
+        "session timeout past what a broker takes",
+        "[service]\nsession_timeout = '2y'\n",
+        "line 2: key 'session_timeout' in [service] must be a duration from 1s to 30m, got a string '2y'",
+    ),
+    (  # not "(never expire) ... or 0 for never", which is for ttls
+        "session timeout under half a second",
+        "[service]\nsession_timeout = '0.3s'\n",
+        "line 2: invalid duration for key 'session_timeout' in [service]: '0.3s' is under half a second",
+    ),
+    (
+        "a ttl under half a second still says what 0 is",
+        "[retention.defaults]\nconversation = '0.3s'\n",
+        "line 2: invalid duration for key 'conversation' in [retention.defaults]: '0.3s' is under half"
+        " a second, which rounds to 0 (never expire); give 1s or more, or 0 for never",
     ),
     (
         "workers zero",
