@@ -14,6 +14,7 @@ is two functions and a line in :func:`build_parser`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -446,6 +447,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, ours)
     except KeyboardInterrupt:
         return exits.INTERRUPTED
+    except BrokenPipeError:
+        _output_gone()
+        return exits.OUTPUT_CLOSED
+
+
+def _output_gone() -> None:
+    """The reader of stdout went away (``status | head``): nothing more can be said, and
+    Python's own flush of stdout at exit must not print a traceback about it either."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 def _fail(args: argparse.Namespace, exc: StreamExpiryError) -> int:

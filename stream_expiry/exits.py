@@ -8,6 +8,7 @@
 | 3 | Kafka unreachable or refusing a request |
 | 4 | the state directory or a downstream store failed |
 | 130 | interrupted before a clean stop was possible |
+| 141 | the reader of the output went away (``status | head``), as for a program SIGPIPE ends |
 
 An orchestrator restarts on any non-zero status; a person or a script reads the number.
 """
@@ -18,7 +19,16 @@ from typing import Final
 
 from stream_expiry.errors import BrokerError, ConfigurationError, StoreError, StreamExpiryError
 
-__all__ = ["BROKER", "FAILED", "INTERRUPTED", "OK", "STORE", "USAGE", "status_of"]
+__all__ = [
+    "BROKER",
+    "FAILED",
+    "INTERRUPTED",
+    "OK",
+    "OUTPUT_CLOSED",
+    "STORE",
+    "USAGE",
+    "status_of",
+]
 
 OK: Final = 0
 FAILED: Final = 1
@@ -26,6 +36,7 @@ USAGE: Final = 2
 BROKER: Final = 3
 STORE: Final = 4
 INTERRUPTED: Final = 130
+OUTPUT_CLOSED: Final = 141  # 128 + SIGPIPE
 
 
 def status_of(exc: StreamExpiryError) -> int:

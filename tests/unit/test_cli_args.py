@@ -4,12 +4,15 @@ that need no broker."""
 from __future__ import annotations
 
 import argparse
+import io
 import socket
+import sys
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
 
+from stream_expiry import exits
 from stream_expiry.cli import build_parser, main
 from stream_expiry.cliargs import metrics_port, port, positive_int, seconds, timestamp
 from stream_expiry.errors import ConfigurationError
@@ -238,3 +241,20 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class _ClosedPipe(io.StringIO):
+    """stdout whose reader went away (``stream-expiry status | head``)."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_output_whose_reader_went_away_ends_quietly_with_141(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It printed a BrokenPipeError traceback (a user trial: ``status | head``)."""
+    with capsys.disabled():
+        monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+        code = main(["explain", "--org", "acme", "--category", "conversation"])
+    assert code == exits.OUTPUT_CLOSED == 141
