@@ -596,8 +596,8 @@ class Service:
             c = store.counts
             log.info(
                 "%s[%d] restored in %.2f s: %d changelog messages read, %d states and "
-                "%d deletion markers applied; holds %d pending, %d never expiring, "
-                "%d markers; %d timers within the horizon",
+                "%d deletion markers applied; its store has %d records pending, %d never "
+                "expiring, %d markers; %d timers within the horizon",
                 tp.topic,
                 tp.partition,
                 report.seconds,
