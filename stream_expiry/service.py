@@ -87,6 +87,7 @@ IDLE_WAIT_MS = 200
 # group's current protocol).
 ASSIGNORS: Final = (RangePartitionAssignor, RoundRobinPartitionAssignor)
 OUTAGE_RETRY_S = 2.0  # between two sessions while the broker is away
+OUTAGE_REPEAT_S = 30.0  # how often a lasting outage is said again (each retry: debug)
 PRUNE_EVERY_S = 5.0  # and more at once while markers are due: pruning keeps up with deletions
 PRUNE_BUDGET = 20_000  # markers per store per loop turn, so a backlog never stalls the loop
 
@@ -176,6 +177,10 @@ class Service:
         self._pruned_at = time.monotonic()
         self._pruning = False  # markers were left due by the last prune
         self._restore_seen = 0  # changelog messages of the running restore already counted
+        # A broker outage: since when (None: none), sessions tried, last said (monotonic)
+        self._outage_since: float | None = None
+        self._outage_tries = 0
+        self._outage_said = 0.0
         for warning in self.book.env_warnings:
             log.warning("%s", warning)
 
@@ -321,12 +326,28 @@ class Service:
             return False
         self.health.broker_unreachable(str(exc))
         self.health.starting()
-        log.warning(
-            "the broker failed (%s); the session is closed and started again in %.0f s, what "
-            "was not committed is read again",
-            _describe(exc),
-            OUTAGE_RETRY_S,
-        )
+        now = time.monotonic()
+        if self._outage_since is None:
+            self._outage_since = self._outage_said = now
+            self._outage_tries = 1
+            log.warning(
+                "the broker failed (%s); the session is closed and started again every %.0f "
+                "s until it answers, what was not committed is read again",
+                _describe(exc),
+                OUTAGE_RETRY_S,
+            )
+        else:
+            self._outage_tries += 1
+            lasting = now - self._outage_said >= OUTAGE_REPEAT_S
+            if lasting:
+                self._outage_said = now
+            log.log(
+                logging.WARNING if lasting else logging.DEBUG,
+                "the broker still fails (%s), for %.0f s and %d sessions; trying again",
+                _describe(exc),
+                now - self._outage_since,
+                self._outage_tries,
+            )
         self._close_all()
         self._next_offset.clear()
         self._outbox = self._consumer = None
@@ -549,6 +570,13 @@ class Service:
             )
         self.health.running()
         self.health.broker_reachable()  # the group answered: whatever failed before works
+        if self._outage_since is not None:
+            log.info(
+                "the broker answers again, after %.0f s and %d sessions",
+                time.monotonic() - self._outage_since,
+                self._outage_tries,
+            )
+            self._outage_since = None
         self.ready.set()  # ready: partitions owned, restored, positioned, timers loaded
 
     async def _restore(self, tps: list[TopicPartition]) -> None:
