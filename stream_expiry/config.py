@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import difflib
+import logging
 import os
 import re
 import tomllib
@@ -33,6 +34,9 @@ from stream_expiry.durations import (
     parse_duration,
 )
 from stream_expiry.errors import ConfigurationError
+from stream_expiry.kafka_settings import (
+    ENV_PREFIX as KAFKA_ENV_PREFIX,
+)
 from stream_expiry.kafka_settings import (
     SECURITY_KEYS,
     KafkaSecurity,
@@ -67,6 +71,8 @@ __all__ = [
     "load_config",
     "parse_config",
 ]
+
+log = logging.getLogger(__name__)
 
 _Path = tuple[str, ...]
 
@@ -205,8 +211,12 @@ def load_config(
     """Read and validate a config file; ``None`` gives the defaults (no file at all).
 
     With ``environ``, every ``STREAM_EXPIRY_<KEY>`` variable set there beats the file's key
-    (see :data:`ENV_SETTINGS`); without it, the file alone counts.
+    (see :data:`ENV_SETTINGS`), and one that no setting reads is warned about; without it,
+    the file alone counts.
     """
+    if environ is not None:
+        for message in unknown_variables(environ):
+            log.warning("%s", message)
     if path is None:
         if environ is None:
             return Config()
@@ -228,6 +238,33 @@ def load_config(
             f"{name}: the config file is not UTF-8 (byte {exc.start}); save it as UTF-8"
         ) from None
     return parse_config(text, path=name, environ=environ)
+
+
+# Read by the commands themselves (cliargs, logs), or by the test harness.
+_OTHER_VARIABLES: Final = frozenset(
+    {"BOOTSTRAP_SERVERS", "METRICS_PORT", "LOG_LEVEL", "LOG_FORMAT"}
+)
+_TEST_PREFIX: Final = "STREAM_EXPIRY_TEST_"
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``STREAM_EXPIRY_*`` variable that nothing reads: a typo there
+    was ignored without a word (``STREAM_EXPIRY_SERVICE_TICKMS``), while one in the config
+    file stops the start. Not an error: another version's setting is no reason to stop."""
+    known = {env_name(path) for path in ENV_SETTINGS}
+    known |= {ENV_PREFIX + name for name in _OTHER_VARIABLES}
+    known |= {KAFKA_ENV_PREFIX + key.upper() for key in SECURITY_KEYS}
+    out = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in known or name.startswith(_TEST_PREFIX):
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+        hint = f"did you mean ${close[0]}?" if close else "the README's 'Settings from the "
+        out.append(
+            f"${name} is not a setting stream-expiry reads, so it is ignored; "
+            + (hint if close else hint + "environment' lists them")
+        )
+    return out
 
 
 def parse_config(

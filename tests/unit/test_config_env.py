@@ -3,9 +3,20 @@ the variable, the file's own errors keep their line."""
 
 from __future__ import annotations
 
+import logging
+import re
+from pathlib import Path
+
 import pytest
 
-from stream_expiry.config import ENV_SETTINGS, ConfigError, env_name, load_config, parse_config
+from stream_expiry.config import (
+    ENV_SETTINGS,
+    ConfigError,
+    env_name,
+    load_config,
+    parse_config,
+    unknown_variables,
+)
 
 FILE = """\
 group_id = "from-file"
@@ -115,3 +126,42 @@ def test_the_archive_gate_can_be_set_from_the_environment() -> None:
     with pytest.raises(ConfigError, match="STREAM_EXPIRY_ARCHIVE_REQUIRED") as err:
         parse_config("", environ={"STREAM_EXPIRY_ARCHIVE_REQUIRED": "yes"})
     assert "true or false" in str(err.value)
+
+
+def test_a_variable_no_setting_reads_is_warned_about_with_the_closest_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A typo was ignored without a word (a user trial's STREAM_EXPIRY_SERVICE_TICKMS),
+    while the same typo in the file stops the start. Warned, not fatal: the start goes on."""
+    env = {
+        "STREAM_EXPIRY_SERVICE_TICKMS": "5",
+        "STREAM_EXPIRY_KAFKA_SASL_PASWORD": "s3cret",
+        "STREAM_EXPIRY_NOTHING_LIKE_IT": "1",
+        "STREAM_EXPIRY_GROUP_ID": "g",  # read: no warning for these
+        "STREAM_EXPIRY_KAFKA_SASL_USERNAME": "u",
+        "STREAM_EXPIRY_LOG_LEVEL": "INFO",
+        "STREAM_EXPIRY_METRICS_PORT": "9400",
+        "STREAM_EXPIRY_BOOTSTRAP_SERVERS": "k:9092",
+        "STREAM_EXPIRY_TEST_BOOTSTRAP": "k:9092",  # the test harness's
+        "PATH": "/bin",
+    }
+    with caplog.at_level(logging.WARNING, logger="stream_expiry.config"):
+        config = load_config(None, environ=env)
+    assert config.group_id == "g"
+    assert [r.getMessage() for r in caplog.records] == [
+        "$STREAM_EXPIRY_KAFKA_SASL_PASWORD is not a setting stream-expiry reads, so it is "
+        "ignored; did you mean $STREAM_EXPIRY_KAFKA_SASL_PASSWORD?",
+        "$STREAM_EXPIRY_NOTHING_LIKE_IT is not a setting stream-expiry reads, so it is "
+        "ignored; the README's 'Settings from the environment' lists them",
+        "$STREAM_EXPIRY_SERVICE_TICKMS is not a setting stream-expiry reads, so it is "
+        "ignored; did you mean $STREAM_EXPIRY_SERVICE_TICK_MS?",
+    ]
+    assert "s3cret" not in caplog.text
+
+
+def test_every_variable_the_deployment_files_set_is_one_stream_expiry_reads() -> None:
+    root = Path(__file__).parents[2]
+    texts = [root / "docker-compose.yml", root / "Dockerfile", *(root / "deploy").rglob("*.y*ml")]
+    names = {n for p in texts for n in re.findall(r"STREAM_EXPIRY_[A-Z0-9_]+", p.read_text())}
+    assert len(names) >= 5
+    assert unknown_variables(dict.fromkeys(names, "1")) == []
