@@ -110,21 +110,36 @@ class ReplayReport:
 
 
 class ProgressBar:
-    """A one-line progress bar with rate and ETA on stderr (only on a terminal, or forced)."""
+    """Progress with rate and ETA on ``out`` (stderr): a bar redrawn in place on a
+    terminal; elsewhere (a pod's log, CI, a pipe) a plain line every
+    :data:`LINE_EVERY_S`, so a long replay is never silent."""
+
+    LINE_EVERY_S = 10.0
 
     def __init__(self, what: str, total: int, out: TextIO | None) -> None:
         self.what, self.total, self.out = what, total, out
         self.start = self.last = time.monotonic()
+        self.bar = out is not None and out.isatty()
 
     def __call__(self, done: int, final: bool = False) -> None:
         if self.out is None:
             return
         now = time.monotonic()
-        if not final and now - self.last < 0.2:
+        if not final and now - self.last < (0.2 if self.bar else self.LINE_EVERY_S):
             return
+        if final and not self.bar:
+            return  # the summary follows
         self.last = now
         rate = done / max(now - self.start, 1e-9)
         eta = (self.total - done) / rate if rate > 0 else float("inf")
+        if not self.bar:
+            share = f" ({100 * done // self.total} %)" if self.total else ""
+            self.out.write(
+                f"replay: {done:,} of {self.total:,} {self.what}{share}, {rate:,.0f}/s, "
+                f"about {eta:,.0f} s left\n"
+            )
+            self.out.flush()
+            return
         width = 30
         filled = min(width, int(width * done / self.total)) if self.total else width
         self.out.write(
@@ -579,7 +594,7 @@ async def run_replay(config: Config, bootstrap: Brokers, args: argparse.Namespac
         dry_run=args.dry_run,
         from_inputs=getattr(args, "from_inputs", False),
         sample_size=args.sample,
-        progress=sys.stderr if sys.stderr.isatty() else None,
+        progress=sys.stderr,  # a bar on a terminal, else a line every 10 s
         workers=getattr(args, "workers", None),
     )
     if args.json:
