@@ -133,10 +133,16 @@ def parse_hold(key: bytes | None, value: bytes) -> Hold | Rejection:
 class HoldBook:
     """The active holds, as the compacted ``expiry.holds`` topic says (latest per id)."""
 
+    # How many releases (and replacements) are remembered for :meth:`let_go_since`: holds
+    # change a few times a day, and a scan behind by more than this only misses audit
+    # entries, never a tombstone.
+    LET_GO_KEPT = 10_000
+
     def __init__(self) -> None:
         self._holds: dict[str, Hold] = {}
         self._by_org: dict[str, dict[str, Hold]] = {}
         self.generation = 0  # bumped by every release: held records may be free now
+        self._let_go: list[tuple[int, Hold]] = []  # (generation it made, the hold let go)
 
     def __len__(self) -> int:
         return len(self._holds)
@@ -153,6 +159,7 @@ class HoldBook:
         if old is not None:
             self._drop(old)
             self.generation += 1  # a narrowed hold may free records
+            self._remember(old)
         self._holds[hold.hold_id] = hold
         self._by_org.setdefault(hold.org, {})[hold.hold_id] = hold
         return old
@@ -162,7 +169,18 @@ class HoldBook:
         if old is not None:
             self._drop(old)
             self.generation += 1
+            self._remember(old)
         return old
+
+    def _remember(self, hold: Hold) -> None:
+        self._let_go.append((self.generation, hold))
+        if len(self._let_go) > self.LET_GO_KEPT:
+            del self._let_go[: len(self._let_go) - self.LET_GO_KEPT]
+
+    def let_go_since(self, generation: int) -> list[Hold]:
+        """The holds released or replaced after ``generation`` (as they were): a record
+        one of them kept that another hold still keeps has a new deferral to record."""
+        return [hold for made, hold in self._let_go if made > generation]
 
     def _drop(self, hold: Hold) -> None:
         org = self._by_org.get(hold.org)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from stream_expiry import model
 from stream_expiry.engine import Engine, Fired
-from stream_expiry.holds import HoldBook
+from stream_expiry.holds import Hold, HoldBook
 from stream_expiry.state.store import position_marks
 
 if TYPE_CHECKING:
@@ -133,6 +133,7 @@ class PartitionProcessor:
         self._release_cursor: bytes | None = None
         self._release_generation = self.holds.generation
         self._release_pending = True  # check once at start: holds may be gone since
+        self._holds_let_go: list[Hold] = []  # holds let go of since the scan under way began
         self.archive = archive
         self._archive_generation = archive.generation if archive else 0
         self.archive_waiting = 0  # due records kept until the archive has them
@@ -460,6 +461,7 @@ class PartitionProcessor:
         self._seq += 1
         effects = Effects(self._seq)
         if self.holds.generation != self._release_generation:
+            self._holds_let_go += self.holds.let_go_since(self._release_generation)
             self._release_generation = self.holds.generation
             self._release_cursor = None
             self._release_pending = True
@@ -481,11 +483,24 @@ class PartitionProcessor:
         overlay = self._overlay
         candidates += [s for s in stored if s.identity.key not in overlay]
         self._release_cursor = cursor
+        let_go = self._holds_let_go
         if cursor is None:
             self._release_pending = False
+            self._holds_let_go = []
         writes, seq = effects.writes, effects.seq
         for held in candidates:
             if self.holds.is_held(held.identity):
+                if any(hold.matches(held.identity) for hold in let_go):
+                    # Let go by one hold, kept by another: the audit says which now.
+                    erased = (
+                        held.erase_at
+                        if held.held
+                        else next(
+                            (life[4] for life in held.held_lives if life[4] is not None), None
+                        )
+                    )
+                    ids = [h.hold_id for h in self.holds.holding(held.identity)]
+                    effects.deferred.append((held, "ttl" if erased is None else "explicit", ids))
                 continue
             if not self._archive_lets_go(held):
                 self.archive_waiting += 1

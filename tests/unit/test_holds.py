@@ -309,6 +309,31 @@ def test_an_erasure_read_late_of_a_life_its_expiry_ended_waits_for_the_release()
     assert p.tombstones[2:] == [("a", "ttl", T0 + 6 * TTL, T0 + 2 * TTL)]
 
 
+def test_a_deferral_another_hold_takes_over_at_a_release_is_on_the_audit_trail() -> None:
+    """Deferred by h1, kept by h2 once h1 was released: the audit named h1 only, and the
+    deletion then came at h2's release (a compliance trial). A record h1 never kept gets
+    no entry from h1's release."""
+    p = Partition()
+    p.holds.place(hold("h1", record_id="a"))
+    p.holds.place(hold("h-b", record_id="b"))
+    p.event("a", "create", T0)
+    p.event("b", "create", T0)
+    p.tick(T0 + TTL)
+    assert p.deferred == [("a", "ttl", ["h1"]), ("b", "ttl", ["h-b"])]
+    p.holds.place(hold("h2"))  # the whole org
+    p.holds.release("h1")
+    p.tick(T0 + 2 * TTL)
+    assert p.tombstones == []
+    assert p.deferred[2:] == [("a", "ttl", ["h2"])]
+    p.tick(T0 + 3 * TTL)
+    assert len(p.deferred) == 3  # said once
+    p.holds.release("h2")
+    p.holds.release("h-b")
+    p.tick(T0 + 4 * TTL)
+    assert sorted(t[0] for t in p.tombstones) == ["a", "b"]
+    assert len(p.deferred) == 3  # let go: nothing deferred
+
+
 def test_a_held_record_is_frozen_until_released() -> None:
     p = Partition()
     p.holds.place(hold())
