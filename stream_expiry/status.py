@@ -152,6 +152,12 @@ async def run_status(config: Config, brokers: Brokers, args: argparse.Namespace)
     print(f"  never expire {d['never']:>10,}")
     oldest = f"   oldest due {d['oldest_overdue']}" if d["oldest_overdue"] else ""
     print(f"  overdue      {d['overdue']:>10,}{oldest}")
+    if d["overdue"] and config.archive.required:
+        # Not a late service, maybe: the metrics tell the two apart.
+        print(
+            "    ([archive] required: records waiting for the archive count here too; "
+            "stream_expiry_archive_waiting_records says how many)"
+        )
     print(f"  legal holds  {len(d['holds']):>10,}")
     for h in d["holds"]:
         n = h["records_held"]

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from stream_expiry.cli import main
+from stream_expiry.model import Identity, Stamp, encode_stamp
 from stream_expiry.service import wall_clock_ms
 from stream_expiry.timeutil import parse_ts
 from tests.conftest import TopicSet, read_all, wait_for
@@ -149,6 +150,25 @@ async def test_status_counts_pending_never_held_and_lag(
     assert set(got["lag"]) == {f"{t}[{p}]" for t in topics.inputs for p in range(2)}
     assert sum(v["end"] for v in got["lag"].values()) == 9
     assert all(v["lag"] == 0 for v in got["lag"].values()), got["lag"]
+
+
+async def test_status_says_overdue_records_may_wait_for_the_archive(
+    broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With [archive] required, a record the archive has not read is due and not
+    tombstoned: status called it overdue, 'the service is down or behind', while the
+    service's metrics said nothing was overdue (a compliance trial)."""
+    now = wall_clock_ms()
+    due = Stamp(Identity("acme", "_", "live", "conversation", "c"), now - 7_200_000,
+                now - 3_600_000, 3_600_000, "default")  # fmt: skip
+    await produce(broker, [(topics.stamped, due.identity.key.encode(), encode_stamp(due))])
+    for archive, says in (("", False), ("[archive]\nrequired = true\n", True)):
+        common, _ = _setup(broker, topics, tmp_path, archive)
+        capsys.readouterr()
+        assert await _cli("status", *common) == 0
+        out = capsys.readouterr().out
+        assert "  overdue               1" in out
+        assert ("records waiting for the archive count here too" in out) is says
 
 
 @pytest.mark.timeout(120)
