@@ -603,7 +603,7 @@ class PartitionProcessor:
                 position = saved[name] = self.store.meta(name) or 0
             if start <= position < end:
                 saved[name] = moved[name] = end
-                moved.update(position_marks(name, last_key, last_ts))
+                moved.update(position_marks(name, end - 1, last_key, last_ts))
         if moved:
             self.store.set_meta(moved)
 

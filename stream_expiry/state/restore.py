@@ -236,8 +236,8 @@ class _TopicRead:
                     self._read_again(source, tp, f"past its end, {self.ends[tp]}")
                     continue
                 mark = self.stores[source].position_mark(self.names[source])
-                if mark is not None:
-                    marked.setdefault(tp, {}).setdefault(position - 1, []).append((source, mark))
+                if mark is not None and mark[0] < position:
+                    marked.setdefault(tp, {}).setdefault(mark[0], []).append((source, mark[1:]))
         while marked:  # one message per partition per round (nearly always one round)
             wanted = {tp: min(at) for tp, at in marked.items()}
             found = await _messages_at(cons, wanted)
@@ -284,7 +284,7 @@ class _TopicRead:
         # Messages waiting to be applied, by store: flushed at FLUSH, so memory is bounded.
         pending: dict[Source, list[Any]] = {s: [] for s in self.own}
         position = dict(self.start)
-        last: dict[TopicPartition, tuple[bytes | None, int]] = {}  # the latest message read
+        last: dict[TopicPartition, tuple[int, bytes | None, int]] = {}  # the latest one read
         routes, route = self.routes, self._route
         own = self.own
         rounds = read_ranges(cons, self.start, ends=self.ends)
@@ -311,7 +311,7 @@ class _TopicRead:
                         if rec.offset >= own[source]:
                             pending[source].append(rec)
                     if rec is not None:
-                        last[tp] = (rec.key, rec.timestamp)
+                        last[tp] = (rec.offset, rec.key, rec.timestamp)
                 total.read += read
                 held = sum(len(mine) for mine in pending.values())
                 for tp in self.tps if held >= FLUSH else done:
@@ -327,12 +327,12 @@ class _TopicRead:
         source: Source,
         records: list[Any],
         position: int,
-        mark: tuple[bytes | None, int] | None,
+        mark: tuple[int, bytes | None, int] | None,
         *,
         stamps: bool,
     ) -> None:
         """Apply a store's messages up to ``position`` and save that position with them,
-        marked with ``mark``, the key and timestamp of the message before it."""
+        marked with ``mark``, the offset, key and timestamp of the last message read."""
         if position <= self.own[source]:
             return  # the shared read has not reached this store's own position yet
         name = self.names[source]

@@ -54,13 +54,15 @@ def position_name(topic: str, partition: int) -> str:
     return f"changelog/{topic}/{partition}"
 
 
-def position_marks(name: str, key: bytes | None, timestamp: int) -> dict[str, int]:
-    """The meta entries that say which message lies just before the saved position
-    ``name``: its key's CRC-32 and its timestamp. A topic deleted and made again (a cluster
-    rebuilt) numbers its messages from 0 again; a position saved on the old one, once the
-    new one has grown past it, would skip the new one's messages for good. The restore
-    reads the message there and compares (:func:`position_mark` gives them back)."""
-    return {f"{name}#key": zlib.crc32(key or b""), f"{name}#ts": timestamp}
+def position_marks(name: str, offset: int, key: bytes | None, timestamp: int) -> dict[str, int]:
+    """The meta entries that say which message a store read last before its saved
+    position ``name``: its offset, its key's CRC-32 and its timestamp. A topic deleted
+    and made again (a cluster rebuilt) numbers its messages from 0 again; a position saved
+    on the old one, once the new one has grown past it, would skip the new one's messages
+    for good. The restore reads the message there and compares (:meth:`position_mark`).
+    The offset is the message's own, not the position's predecessor: compaction leaves
+    gaps, and a batch may end past its last message."""
+    return {f"{name}#at": offset, f"{name}#key": zlib.crc32(key or b""), f"{name}#ts": timestamp}
 
 
 _TIME = struct.Struct(">Q")
@@ -179,13 +181,16 @@ class PartitionStore:
         value = self.kv.multi_get([_META + name.encode()])[0]
         return None if value is None else int(_INT.unpack(value)[0])
 
-    def position_mark(self, name: str) -> tuple[int, int] | None:
-        """(key CRC-32, timestamp) of the message before the position ``name``, as
-        :func:`position_marks` saved them; None for a position saved without them."""
-        key, ts = self.kv.multi_get([_META + f"{name}#key".encode(), _META + f"{name}#ts".encode()])
-        if key is None or ts is None:
+    def position_mark(self, name: str) -> tuple[int, int, int] | None:
+        """(offset, key CRC-32, timestamp) of the message read last before the position
+        ``name``, as :func:`position_marks` saved them; None for a position saved without
+        them (by an earlier version)."""
+        names = [_META + f"{name}#{part}".encode() for part in ("at", "key", "ts")]
+        values = self.kv.multi_get(names)
+        if any(v is None for v in values):
             return None
-        return int(_INT.unpack(key)[0]), int(_INT.unpack(ts)[0])
+        at, key, ts = (int(_INT.unpack(v)[0]) for v in values if v is not None)
+        return at, key, ts
 
     def items(self) -> Iterator[Stamp]:
         """Every state, markers included, in key order (for ``replay`` and tests)."""

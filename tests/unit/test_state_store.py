@@ -261,8 +261,8 @@ def test_a_checkpoint_moves_positions_only_over_the_instances_own_run(
     proc.checkpoint({stamped: Run(151, 200, b"k199", 199), tombs: Run(7, 9, b"t8", 8)})
     assert (store.meta(stamped), store.meta(tombs)) == (150, 9)
     # Each moved position is marked with the run's last message: the one before it.
-    assert store.position_mark(stamped) == (zlib.crc32(b"k149"), 149)
-    assert store.position_mark(tombs) == (zlib.crc32(b"t8"), 8)
+    assert store.position_mark(stamped) == (149, zlib.crc32(b"k149"), 149)
+    assert store.position_mark(tombs) == (8, zlib.crc32(b"t8"), 8)
 
 
 _time = st.one_of(st.none(), st.integers(-(2**62), 2**62))
