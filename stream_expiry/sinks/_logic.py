@@ -164,9 +164,9 @@ class _Planner:
             slot.marker = Marker(ident, new_before, new_last, self.now, new_pending)
 
     def stamp(self, slot: Slot, c: StampChange) -> None:
-        if c.created_at is None:
-            # It names no life: the service's record of an erasure a legal hold defers,
-            # of a record it never saw live. Nothing to keep; the release's tombstone
+        if c.created_at is None and c.data is None:
+            # It names no life and holds nothing: the service's record of an erasure a
+            # legal hold defers, of a record it never saw live. The release's tombstone
             # leaves the receipt (rows_deleted 0). Written, it was a row of nulls whose
             # deletion the receipt counted as one.
             return

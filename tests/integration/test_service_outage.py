@@ -167,13 +167,14 @@ async def test_the_service_rides_out_a_broker_outage(tmp_path: Path) -> None:
     # second before (stream_expiry.logs.LibraryRepeats).
     client_lines = [line for line in svc.lines if " aiokafka" in line]
     assert len(client_lines) < 10 * (OUTAGE_S / 10 + 2), "\n".join(client_lines[-20:])
-    # The service's own: once when it began, again every 30 s (a session every 2 s said
-    # it each time: 1,800 lines an hour), and once when it ended.
+    # The service's own, when the outage broke its session (the client's retries may ride
+    # a short one out): once when it began, again every 30 s (a session every 2 s said it
+    # each time: 1,800 lines an hour), and once when it ended.
     failed = [line for line in svc.lines if "the broker failed" in line]
     still = [line for line in svc.lines if "the broker still fails" in line]
-    assert len(failed) == 1, failed
+    assert len(failed) <= 1, failed
     assert len(still) <= OUTAGE_S / 30 + 1, still
-    assert sum("the broker answers again" in line for line in svc.lines) == 1
+    assert sum("the broker answers again" in line for line in svc.lines) == len(failed)
 
 
 @pytest.mark.timeout(150)
