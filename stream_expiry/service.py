@@ -32,7 +32,7 @@ import anyio
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CommitFailedError, KafkaError
 
 from stream_expiry.archive_follower import ArchiveFollower
 from stream_expiry.archive_gate import ArchiveGate
@@ -88,6 +88,7 @@ IDLE_WAIT_MS = 200
 ASSIGNORS: Final = (RangePartitionAssignor, RoundRobinPartitionAssignor)
 OUTAGE_RETRY_S = 2.0  # between two sessions while the broker is away
 OUTAGE_REPEAT_S = 30.0  # how often a lasting outage is said again (each retry: debug)
+COMMIT_TIMEOUT_S = 10.0  # an offset commit given up after this (retried with the next)
 PRUNE_EVERY_S = 5.0  # and more at once while markers are due: pruning keeps up with deletions
 PRUNE_BUDGET = 20_000  # markers per store per loop turn, so a backlog never stalls the loop
 
@@ -538,11 +539,24 @@ class Service:
         self._committed_at = time.monotonic()
         if not owned:
             return
+        failed: str | None = None
         try:
-            await cons.commit(owned)
+            # Bounded: aiokafka retries a commit without end while the cluster does not know
+            # the topic (one rebuilt after a loss), and the loop, a revocation and a stop
+            # all waited on it while /readyz said ready.
+            with anyio.fail_after(COMMIT_TIMEOUT_S):
+                await cons.commit(owned)
+        except CommitFailedError:
+            # Its text is several lines of advice about slow processing; here the group
+            # moved on (a rebalance, or the broker was away).
+            failed = "the group rebalanced meanwhile"
         except KafkaError as exc:
+            failed = _describe(exc)
+        except TimeoutError:
+            failed = f"no answer within {COMMIT_TIMEOUT_S:.0f} s"
+        if failed is not None:
             # Only re-reading is at stake: the offsets come again with the next commit.
-            log.warning("offset commit failed, retried with the next one: %s", exc)
+            log.warning("offset commit failed, retried with the next one: %s", failed)
             for tp, offset in owned.items():
                 slot = (tp.topic, tp.partition)
                 committable[slot] = max(committable.get(slot, 0), offset)

@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING
 import anyio
 import orjson
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
+from stream_expiry import service as service_module
 from stream_expiry.codec import H_DELETED_AT, H_REASON
 from stream_expiry.model import Identity
 from stream_expiry.policy import scope_key
@@ -228,3 +230,32 @@ async def test_from_events_to_rows_deleted_in_a_sqlite_store(
             assert expires <= deleted_at[ident] < expires + 2000  # on time, never early
         kept = await store.get(Identity("other", "_", "live", "error", "keep"))
         assert kept is not None  # another tenant's row, not yet due, is untouched
+
+
+async def test_an_offset_commit_the_cluster_cannot_take_is_given_up_not_waited_for(
+    broker: str,
+    topics: TopicSet,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A cluster rebuilt after a loss does not know the topic yet: aiokafka retried the
+    commit without end, and the loop, the revocation and the stop all waited on it while
+    /readyz said ready (an SRE trial: two minutes, until the liveness probe)."""
+    monkeypatch.setattr(service_module, "COMMIT_TIMEOUT_S", 1.0)
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    async with running_service(config, broker) as service:
+        assert service._outbox is not None
+        assert service._consumer is not None
+        gone = next(iter(service.processors))
+        service._outbox.committable[gone] = 7
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker)
+        await admin.start()
+        try:
+            await admin.delete_topics([gone[0]])
+        finally:
+            await admin.close()
+        with anyio.fail_after(20):
+            await service._commit(service._consumer)
+        assert service._outbox.committable[gone] == 7  # kept for the next commit
+    assert "offset commit failed, retried with the next one:" in caplog.text
