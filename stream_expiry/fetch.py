@@ -21,6 +21,7 @@ It uses aiokafka's private client and fetch protocol, hence the upper bound on a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 
     from aiokafka import AIOKafkaConsumer
 
-__all__ = ["Fetched", "RawRecord", "read_ranges"]
+__all__ = ["Fetched", "RawRecord", "messages_at", "read_ranges"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class RawRecord(Protocol):
     def offset(self) -> int: ...
     @property
     def timestamp(self) -> int: ...
+    @property
+    def timestamp_type(self) -> int: ...  # 0: the producer's (CreateTime), 1: the broker's
     @property
     def key(self) -> bytes | None: ...
     @property
@@ -279,3 +282,20 @@ def _take(part: _Partition, tp: TopicPartition, answer: _Answer, idle: bool) -> 
     part.empty = 0
     part.position = min(max(batches[-1].next_offset, start), end)
     return Fetched(tp, start, part.position, end, [b for b in batches if not b.is_control_batch])
+
+
+async def messages_at(
+    cons: AIOKafkaConsumer, wanted: Mapping[TopicPartition, int]
+) -> dict[TopicPartition, RawRecord]:
+    """The message at each partition's offset, where there is one (not: a partition
+    shorter than that, or a gap compaction left): to check a saved position's mark."""
+    found: dict[TopicPartition, RawRecord] = {}
+    ends = {tp: offset + 1 for tp, offset in wanted.items()}
+    rounds = read_ranges(cons, wanted, ends=ends, fetch_bytes=1)  # the first batch: enough
+    async with contextlib.aclosing(rounds):
+        async for fetched in rounds:
+            for part in fetched:
+                for rec in part:
+                    if rec.offset == wanted[part.tp]:
+                        found[part.tp] = rec
+    return found

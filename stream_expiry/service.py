@@ -38,6 +38,7 @@ from stream_expiry.archive_follower import ArchiveFollower
 from stream_expiry.archive_gate import ArchiveGate
 from stream_expiry.control import ControlTopics
 from stream_expiry.errors import BrokerUnavailableError, StoreError, leaves
+from stream_expiry.fetch import messages_at
 from stream_expiry.firing import Firing
 from stream_expiry.health import Health
 from stream_expiry.holds import HoldBook
@@ -55,6 +56,7 @@ from stream_expiry.policy import PolicyBook
 from stream_expiry.redact import Redactor
 from stream_expiry.state import PartitionProcessor
 from stream_expiry.state.restore_workers import restore_stores
+from stream_expiry.state.store import input_position_name, mark_holds, position_marks
 from stream_expiry.stats import ServiceStats
 
 if TYPE_CHECKING:
@@ -89,6 +91,7 @@ ASSIGNORS: Final = (RangePartitionAssignor, RoundRobinPartitionAssignor)
 OUTAGE_RETRY_S = 2.0  # between two sessions while the broker is away
 OUTAGE_REPEAT_S = 30.0  # how often a lasting outage is said again (each retry: debug)
 COMMIT_TIMEOUT_S = 10.0  # an offset commit given up after this (retried with the next)
+INPUT_MARKS = 1024  # slices remembered per partition for the marks of commits
 PRUNE_EVERY_S = 5.0  # and more at once while markers are due: pruning keeps up with deletions
 PRUNE_BUDGET = 20_000  # markers per store per loop turn, so a backlog never stalls the loop
 
@@ -178,6 +181,9 @@ class Service:
         self._pruned_at = time.monotonic()
         self._pruning = False  # markers were left due by the last prune
         self._restore_seen = 0  # changelog messages of the running restore already counted
+        # Per input partition: the next offset after each slice processed -> the key and
+        # timestamp of its last message, for the mark of the offset a commit saves.
+        self._input_marks: dict[tuple[str, int], dict[int, tuple[bytes | None, int]]] = {}
         # A broker outage: since when (None: none), sessions tried, last said (monotonic)
         self._outage_since: float | None = None
         self._outage_tries = 0
@@ -454,11 +460,17 @@ class Service:
             if not records:
                 continue
             self._next_offset[slot] = records[-1].offset + 1
+            marks = self._input_marks.setdefault(slot, {})
             for i in range(0, len(records), SLICE):
                 async with self._deciding:
                     if self.processors.get(slot) is not proc or self._outbox is None:
                         break  # revoked (or the session ended) meanwhile: its owner reads on
-                    effects = proc.process(records[i : i + SLICE], self.clock())
+                    chunk = records[i : i + SLICE]
+                    last = chunk[-1]
+                    marks[last.offset + 1] = (last.key, last.timestamp)
+                    if len(marks) > INPUT_MARKS:
+                        del marks[next(iter(marks))]
+                    effects = proc.process(chunk, self.clock())
                     self._count(effects)
                     await self._outbox.send([(proc, effects)], self.clock())
                 self._firing.due_at(proc.next_due_ms())
@@ -560,6 +572,19 @@ class Service:
             for tp, offset in owned.items():
                 slot = (tp.topic, tp.partition)
                 committable[slot] = max(committable.get(slot, 0), offset)
+            return
+        for tp, offset in owned.items():
+            # Mark the message before the committed offset in the partition's store: a
+            # commit made into a cluster rebuilt meanwhile is found out at the next
+            # assignment (_position), not trusted to skip the new cluster's messages.
+            slot = (tp.topic, tp.partition)
+            marks = self._input_marks.get(slot, {})
+            mark = marks.get(offset)
+            owner = self.processors.get(slot)
+            if mark is not None and owner is not None:
+                owner.store.set_meta(position_marks(input_position_name(*slot), offset - 1, *mark))
+            for seen in [o for o in marks if o <= offset]:
+                del marks[seen]
 
     # -- partitions -------------------------------------------------------------------------
 
@@ -677,7 +702,9 @@ class Service:
             await reader.seek_to_beginning(*tps)
             ends = await high_watermarks(reader, tps)
             starts = {tp: await reader.position(tp) for tp in tps}
-        for tp, committed in (await committed_offsets(cons, tps)).items():
+            committed_at = await committed_offsets(cons, tps)
+            unmarked = await self._unmarked(reader, committed_at, ends)
+        for tp, committed in committed_at.items():
             slot = (tp.topic, tp.partition)
             if committed is None:
                 start, why = starts[tp], "no committed offset: from the beginning"
@@ -691,6 +718,17 @@ class Service:
                     ends[tp],
                 )
                 start, why = starts[tp], "from the beginning (committed offset past the end)"
+            elif tp in unmarked:
+                log.warning(
+                    "%s[%d]: the message before the committed offset %d is not the one this "
+                    "instance read there (%s): the offset was committed for another topic of "
+                    "that name (a cluster rebuilt?); reading it from the beginning",
+                    tp.topic,
+                    tp.partition,
+                    committed,
+                    unmarked[tp],
+                )
+                start, why = starts[tp], "from the beginning (not this topic's committed offset)"
             else:
                 start, why = committed, "at the committed offset"
             cons.seek(tp, start)
@@ -698,6 +736,33 @@ class Service:
             self._seeks += 1
             self._seeked_at[slot] = self._seeks
             log.info("%s[%d] resumes at offset %d, %s", tp.topic, tp.partition, start, why)
+
+    async def _unmarked(
+        self,
+        reader: AIOKafkaConsumer,
+        committed: Mapping[TopicPartition, int | None],
+        ends: Mapping[TopicPartition, int],
+    ) -> dict[TopicPartition, str]:
+        """The partitions whose committed offset follows a message other than the one
+        this instance marked when it committed that offset, each with why. (A commit
+        another instance made since has no mark here, and is trusted.)"""
+        wanted: dict[TopicPartition, int] = {}
+        marks: dict[TopicPartition, tuple[int, int]] = {}
+        for tp, offset in committed.items():
+            proc = self.processors.get((tp.topic, tp.partition))
+            if offset is None or not 0 < offset <= ends[tp] or proc is None:
+                continue  # nothing to look at (past the end: said as such)
+            mark = proc.store.position_mark(input_position_name(tp.topic, tp.partition))
+            if mark is not None and mark[0] == offset - 1:
+                wanted[tp], marks[tp] = mark[0], mark[1:]
+        if not wanted:
+            return {}
+        found = await messages_at(reader, wanted)
+        return {
+            tp: "no message there" if tp not in found else "another message there"
+            for tp in wanted
+            if not mark_holds(found.get(tp), *marks[tp])
+        }
 
     async def revoke(self, revoked: list[TopicPartition]) -> None:
         """Settle, commit and drop the revoked partitions; the others keep their timers."""
@@ -713,6 +778,7 @@ class Service:
             for slot in mine:
                 self.processors.pop(slot).store.close()
                 self._next_offset.pop(slot, None)
+                self._input_marks.pop(slot, None)
                 if self.metrics is not None:
                     self.metrics.forget_partition(*slot)
         log.info("revoked %s", ", ".join(f"{t}[{p}]" for t, p in mine))

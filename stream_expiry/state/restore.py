@@ -23,7 +23,6 @@ import contextlib
 import logging
 import re
 import time
-import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,9 +38,9 @@ from stream_expiry.codec import (
     stamp_fields,
 )
 from stream_expiry.errors import BrokerError
-from stream_expiry.fetch import read_ranges
+from stream_expiry.fetch import messages_at, read_ranges
 from stream_expiry.kafka import high_watermarks, partitions_of
-from stream_expiry.state.store import position_marks, position_name
+from stream_expiry.state.store import mark_holds, position_marks, position_name
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -240,15 +239,13 @@ class _TopicRead:
                     marked.setdefault(tp, {}).setdefault(mark[0], []).append((source, mark[1:]))
         while marked:  # one message per partition per round (nearly always one round)
             wanted = {tp: min(at) for tp, at in marked.items()}
-            found = await _messages_at(cons, wanted)
+            found = await messages_at(cons, wanted)
             for tp, offset in wanted.items():
                 rec = found.get(tp)
                 for source, (key_crc, timestamp) in marked[tp].pop(offset):
                     if rec is None:
                         self._read_again(source, tp, f"no message at offset {offset}")
-                    elif zlib.crc32(rec.key or b"") != key_crc or (
-                        rec.timestamp_type == 0 and rec.timestamp != timestamp
-                    ):
+                    elif not mark_holds(rec, key_crc, timestamp):
                         self._read_again(source, tp, f"another message at offset {offset}")
                 if not marked[tp]:
                     del marked[tp]
@@ -347,22 +344,6 @@ class _TopicRead:
         else:
             _apply_tombstones(store, records, self.now_ms, meta, report)
         self.own[source] = position
-
-
-async def _messages_at(
-    cons: AIOKafkaConsumer, wanted: Mapping[TopicPartition, int]
-) -> dict[TopicPartition, Any]:
-    """The message at each partition's offset, where there is one."""
-    found: dict[TopicPartition, Any] = {}
-    ends = {tp: offset + 1 for tp, offset in wanted.items()}
-    rounds = read_ranges(cons, wanted, ends=ends, fetch_bytes=1)  # the first batch: enough
-    async with contextlib.aclosing(rounds):
-        async for fetched in rounds:
-            for part in fetched:
-                for rec in part:
-                    if rec.offset == wanted[part.tp]:
-                        found[part.tp] = rec
-    return found
 
 
 # -- decoding ----------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from stream_expiry.state.codec import decode_state, encode_fields, encode_state
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping, Sequence
 
+    from stream_expiry.fetch import RawRecord
     from stream_expiry.state.kv import KeyValue
 
 __all__ = [
@@ -41,6 +42,8 @@ __all__ = [
     "PartitionStore",
     "RestoredRow",
     "StoreCounts",
+    "input_position_name",
+    "mark_holds",
     "position_marks",
     "position_name",
 ]
@@ -52,6 +55,22 @@ def position_name(topic: str, partition: int) -> str:
     """The meta name of how far a store holds its own messages of a changelog partition:
     everything of its own before that offset is in the store (restore reads from there)."""
     return f"changelog/{topic}/{partition}"
+
+
+def input_position_name(topic: str, partition: int) -> str:
+    """The meta name of the mark of the input message before the offset this instance
+    last committed for the partition (see :func:`position_marks`)."""
+    return f"input/{topic}/{partition}"
+
+
+def mark_holds(rec: RawRecord | None, key_crc: int, timestamp: int) -> bool:
+    """Whether ``rec``, the message found where a mark points, is the marked one: same key,
+    and the same timestamp unless the broker stamps the messages itself (LogAppendTime)."""
+    if rec is None:
+        return False
+    if zlib.crc32(rec.key or b"") != key_crc:
+        return False
+    return rec.timestamp_type != 0 or rec.timestamp == timestamp
 
 
 def position_marks(name: str, offset: int, key: bytes | None, timestamp: int) -> dict[str, int]:
