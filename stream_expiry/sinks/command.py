@@ -208,8 +208,10 @@ def add_sink_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     pg.add_argument(
         "--dsn",
         default=DEFAULT_DSN,
-        help="libpq connection URI, or key=value pairs as psql takes them "
-        "('host=db dbname=app user=sink'); default: %(default)s",
+        help="libpq connection URI, or key=value pairs ('host=db dbname=app user=sink'; "
+        "the keys asyncpg takes: host, port, dbname, user, password, sslmode and the other "
+        "ssl* keys, passfile, service, target_session_attrs, application_name); "
+        "default: %(default)s",
     )
     pg.add_argument(
         "--schema", default="public", help="schema of the tables (default: %(default)s)"

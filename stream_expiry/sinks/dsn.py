@@ -89,7 +89,10 @@ def as_uri(dsn: str) -> str:
     query: list[tuple[str, str]] = []
     for key, raw in pairs:
         if key not in _URI_KEYS:
-            raise ValueError(f"the key {key!r} is not one the PostgreSQL client takes")
+            raise ValueError(
+                f"the key {key!r} is not one the PostgreSQL client (asyncpg) takes; it takes "
+                + ", ".join(sorted(_URI_KEYS))
+            )
         value = raw
         if raw.startswith("'") and raw.endswith("'") and len(raw) > 1:
             value = re.sub(r"\\(.)", r"\1", raw[1:-1])

@@ -147,15 +147,17 @@ def _connect_failure(dsn: str, exc: BaseException) -> StoreError | Configuration
             "postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE, or key=value pairs, "
             "host=HOST port=PORT dbname=DATABASE user=USER"
         )
-    if isinstance(exc, asyncpg.InvalidCatalogNameError):
-        hint = "create it (createdb), or name another database in the DSN"
-    elif isinstance(
-        exc, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidPasswordError
-    ):
-        hint = "check the user and password in the DSN, and the server's pg_hba.conf"
-    elif isinstance(exc, asyncpg.PostgresError):
-        hint = "the server refused the connection: see its message"
-    elif is_local(dsn):
+    if isinstance(exc, asyncpg.PostgresError):  # the server answered: it refused
+        if isinstance(exc, asyncpg.InvalidCatalogNameError):
+            hint = "create it (createdb), or name another database in the DSN"
+        elif isinstance(
+            exc, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidPasswordError
+        ):
+            hint = "check the user and password in the DSN, and the server's pg_hba.conf"
+        else:
+            hint = "see its message"
+        return StoreError(f"PostgreSQL at {shown} refused the connection: {exc}; {hint}")
+    if is_local(dsn):
         hint = _HOW_TO_START
     else:
         hint = "check the host, port and that the server is up"

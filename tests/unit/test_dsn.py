@@ -45,7 +45,7 @@ def test_a_uri_is_taken_as_it_is(uri: str) -> None:
 @pytest.mark.parametrize(
     ("dsn", "says"),
     [
-        ("host=x connect_timeout=3", "the key 'connect_timeout' is not one"),
+        ("host=x connect_timeout=3", "the key .connect_timeout. is not one"),
         ("notadsn", "'notadsn' is not key=value"),
         ("host=x junk", "'junk' is not key=value"),
         ("", "'' is not key=value"),
