@@ -157,10 +157,7 @@ def _connect_failure(dsn: str, exc: BaseException) -> StoreError | Configuration
         else:
             hint = "see its message"
         return StoreError(f"PostgreSQL at {shown} refused the connection: {exc}; {hint}")
-    if is_local(dsn):
-        hint = _HOW_TO_START
-    else:
-        hint = "check the host, port and that the server is up"
+    hint = _HOW_TO_START if is_local(dsn) else "check the host, port and that the server is up"
     return StoreError(f"PostgreSQL is not reachable at {shown}: {exc!r}; {hint}")
 
 
