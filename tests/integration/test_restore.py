@@ -80,6 +80,19 @@ async def _recreate(broker: str, topics: list[str]) -> None:
     await ensure_topics(broker, topics, partitions=2)
 
 
+async def _commit_in_group(broker: str, group_id: str, offsets: dict[TopicPartition, Any]) -> None:
+    """Commit ``offsets`` (of one topic's two partitions) as a member of the service's
+    group, which offers the service's assignors."""
+    topic = next(iter(offsets)).topic
+    async with consumer(
+        broker, topic, group_id=group_id, partition_assignment_strategy=ASSIGNORS
+    ) as cons:
+        with anyio.fail_after(20):
+            while len(cons.assignment()) < 2:  # joining the group takes a few polls
+                await cons.getmany(timeout_ms=200)
+        await cons.commit(offsets)
+
+
 async def _start(
     tg: anyio.abc.TaskGroup, broker: str, tmp_path: Path, name: str, text: str
 ) -> ServiceProcess:
@@ -278,18 +291,8 @@ async def test_a_committed_offset_past_the_end_is_said_and_read_from_the_beginni
     # now lie past the new topic's end; Tansu forgets them, so they are committed again here.
     await _recreate(broker, [topics.conversations])
     await produce(broker, [(topics.conversations, *event("conversation", "new"))])
-    # A member of the service's group offers the service's assignors.
-    async with consumer(
-        broker,
-        topics.conversations,
-        group_id=config.group_id,
-        partition_assignment_strategy=ASSIGNORS,
-    ) as cons:
-        with anyio.fail_after(20):
-            while len(cons.assignment()) < 2:  # joining the group takes a few polls
-                await cons.getmany(timeout_ms=200)
-        tps = [TopicPartition(topics.conversations, p) for p in range(2)]
-        await cons.commit(dict.fromkeys(tps, 10))
+    tps = [TopicPartition(topics.conversations, p) for p in range(2)]
+    await _commit_in_group(broker, config.group_id, dict.fromkeys(tps, 10))
     caplog.clear()
     with caplog.at_level("INFO", logger="stream_expiry"):
         async with running_service(config, broker) as service:
@@ -660,16 +663,7 @@ async def test_a_committed_offset_of_another_topic_of_that_name_is_said_and_read
     new = [(topics.conversations, *event("conversation", f"new{i}")) for i in range(60)]
     await produce(broker, new)
     # The stale commit lands on the new topic (Tansu forgot the old ones with the topic).
-    async with consumer(
-        broker,
-        topics.conversations,
-        group_id=config.group_id,
-        partition_assignment_strategy=ASSIGNORS,
-    ) as cons:
-        with anyio.fail_after(20):
-            while len(cons.assignment()) < 2:  # joining the group takes a few polls
-                await cons.getmany(timeout_ms=200)
-        await cons.commit(old)
+    await _commit_in_group(broker, config.group_id, old)
     caplog.clear()
     with caplog.at_level("INFO", logger="stream_expiry"):
         async with running_service(config, broker) as service:
