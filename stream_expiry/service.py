@@ -38,7 +38,6 @@ from stream_expiry.archive_follower import ArchiveFollower
 from stream_expiry.archive_gate import ArchiveGate
 from stream_expiry.control import ControlTopics
 from stream_expiry.errors import BrokerUnavailableError, StoreError, leaves
-from stream_expiry.fetch import messages_at
 from stream_expiry.firing import Firing
 from stream_expiry.health import Health
 from stream_expiry.holds import HoldBook
@@ -55,8 +54,9 @@ from stream_expiry.outbox import Outbox
 from stream_expiry.policy import PolicyBook
 from stream_expiry.redact import Redactor
 from stream_expiry.state import PartitionProcessor
+from stream_expiry.state.restore import Mark, broken_marks
 from stream_expiry.state.restore_workers import restore_stores
-from stream_expiry.state.store import input_position_name, mark_holds, position_marks
+from stream_expiry.state.store import input_position_name, position_marks
 from stream_expiry.stats import ServiceStats
 
 if TYPE_CHECKING:
@@ -746,23 +746,15 @@ class Service:
         """The partitions whose committed offset follows a message other than the one
         this instance marked when it committed that offset, each with why. (A commit
         another instance made since has no mark here, and is trusted.)"""
-        wanted: dict[TopicPartition, int] = {}
-        marks: dict[TopicPartition, tuple[int, int]] = {}
+        marked: dict[TopicPartition, Mark] = {}
         for tp, offset in committed.items():
             proc = self.processors.get((tp.topic, tp.partition))
             if offset is None or not 0 < offset <= ends[tp] or proc is None:
                 continue  # nothing to look at (past the end: said as such)
             mark = proc.store.position_mark(input_position_name(tp.topic, tp.partition))
             if mark is not None and mark[0] == offset - 1:
-                wanted[tp], marks[tp] = mark[0], mark[1:]
-        if not wanted:
-            return {}
-        found = await messages_at(reader, wanted)
-        return {
-            tp: "no message there" if tp not in found else "another message there"
-            for tp in wanted
-            if not mark_holds(found.get(tp), *marks[tp])
-        }
+                marked[tp] = (tp, *mark)
+        return await broken_marks(reader, marked)
 
     async def revoke(self, revoked: list[TopicPartition]) -> None:
         """Settle, commit and drop the revoked partitions; the others keep their timers."""

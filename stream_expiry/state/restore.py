@@ -23,8 +23,9 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiokafka import TopicPartition
 
@@ -50,9 +51,11 @@ if TYPE_CHECKING:
     from stream_expiry.state.store import PartitionStore, RestoredRow
 
 __all__ = [
+    "Mark",
     "PreparedRestore",
     "RestoreReport",
     "RestoreResult",
+    "broken_marks",
     "position_name",
     "prepare_restore",
     "restore_partitions",
@@ -225,7 +228,7 @@ class _TopicRead:
         messages below it for good. The store's states stay; the new messages go over
         them. (A position saved without marks, by an earlier version, is trusted unless
         it is past the end.) Needs :attr:`ends`."""
-        marked: dict[TopicPartition, dict[int, list[tuple[Source, tuple[int, int]]]]] = {}
+        marked: dict[Source, Mark] = {}
         for tp in self.tps:
             for source in self.members[tp]:
                 position = self.own[source]
@@ -236,19 +239,9 @@ class _TopicRead:
                     continue
                 mark = self.stores[source].position_mark(self.names[source])
                 if mark is not None and mark[0] < position:
-                    marked.setdefault(tp, {}).setdefault(mark[0], []).append((source, mark[1:]))
-        while marked:  # one message per partition per round (nearly always one round)
-            wanted = {tp: min(at) for tp, at in marked.items()}
-            found = await messages_at(cons, wanted)
-            for tp, offset in wanted.items():
-                rec = found.get(tp)
-                for source, (key_crc, timestamp) in marked[tp].pop(offset):
-                    if rec is None:
-                        self._read_again(source, tp, f"no message at offset {offset}")
-                    elif not mark_holds(rec, key_crc, timestamp):
-                        self._read_again(source, tp, f"another message at offset {offset}")
-                if not marked[tp]:
-                    del marked[tp]
+                    marked[source] = (tp, *mark)
+        for source, why in (await broken_marks(cons, marked)).items():
+            self._read_again(source, marked[source][0], why)
         self.start = {tp: min(self.own[s] for s in self.members[tp]) for tp in self.tps}
 
     def _read_again(self, source: Source, tp: TopicPartition, why: str) -> None:
@@ -344,6 +337,35 @@ class _TopicRead:
         else:
             _apply_tombstones(store, records, self.now_ms, meta, report)
         self.own[source] = position
+
+
+K = TypeVar("K", bound=Hashable)
+Mark = tuple[TopicPartition, int, int, int]
+"""Where a mark points and what it saw there: (partition, offset, key CRC-32, timestamp)."""
+
+
+async def broken_marks(cons: AIOKafkaConsumer, marks: Mapping[K, Mark]) -> dict[K, str]:
+    """The marks (``position_marks``) whose message is not at their offset any more, each
+    with why: the topic was made again, a cluster rebuilt. The changelog's checkpoints and
+    the inputs' committed offsets are both checked so. One fetch per partition and round;
+    marks on one partition at several offsets take several rounds (nearly never)."""
+    todo = dict(marks)
+    broken: dict[K, str] = {}
+    while todo:
+        wanted: dict[TopicPartition, int] = {}
+        for tp, offset, _, _ in todo.values():
+            wanted[tp] = min(offset, wanted.get(tp, offset))
+        found = await messages_at(cons, wanted)
+        for key, (tp, offset, key_crc, timestamp) in list(todo.items()):
+            if wanted[tp] != offset:
+                continue
+            del todo[key]
+            rec = found.get(tp)
+            if rec is None:
+                broken[key] = f"no message at offset {offset}"
+            elif not mark_holds(rec, key_crc, timestamp):
+                broken[key] = f"another message at offset {offset}"
+    return broken
 
 
 # -- decoding ----------------------------------------------------------------------------
