@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 import zlib
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pytest
@@ -18,6 +19,7 @@ from stream_expiry.outbox import Run
 from stream_expiry.state import MemoryKV, PartitionStore, RocksKV
 from stream_expiry.state.codec import decode_state, encode_state
 from stream_expiry.state.kv import scratch_directory
+from stream_expiry.state.store import mark_holds
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -333,3 +335,28 @@ def test_a_working_store_without_a_temporary_directory_says_what_to_do(
         scratch_directory("x-"),
     ):
         pass
+
+
+@dataclass
+class _Message:
+    """A message as a fetch hands it back (the fields a mark is compared with)."""
+
+    key: bytes | None
+    timestamp: int
+    timestamp_type: int = 0
+    offset: int = 0
+    value: bytes | None = None
+    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
+
+
+def test_a_mark_holds_for_its_own_message_only() -> None:
+    """Same key, another time: another message (a record written again on the rebuilt
+    cluster at the same offset); the time counts only where the producer set it."""
+    key_crc = zlib.crc32(b"acme/_/live/conversation/c1")
+    assert mark_holds(_Message(b"acme/_/live/conversation/c1", 1_000), key_crc, 1_000)
+    assert not mark_holds(_Message(b"acme/_/live/conversation/c1", 1_001), key_crc, 1_000)
+    assert not mark_holds(_Message(b"acme/_/live/conversation/c2", 1_000), key_crc, 1_000)
+    assert not mark_holds(None, key_crc, 1_000)
+    log_append = _Message(b"acme/_/live/conversation/c1", 9_999, timestamp_type=1)
+    assert mark_holds(log_append, key_crc, 1_000)  # the broker's time: the key decides
+    assert mark_holds(_Message(None, 5), zlib.crc32(b""), 5)
