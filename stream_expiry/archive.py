@@ -18,6 +18,11 @@ on ``expiry.stamped``. Rules it keeps (CONTRACT "Archive before purge"):
 * Erasure: an explicit delete reaches ``expiry.stamped`` as a null, so it reaches the archive
   as a marker; ``stream-expiry archive purge --dir DIR`` (:func:`purge`) rewrites the files
   without the lines that a marker erases (same key, lower offset on the same partition).
+  An erasure a legal hold deferred, of a life the record has since followed with another,
+  has no null (it would compact the new life away): the archive also reads
+  ``expiry.tombstones`` and keeps every ``explicit`` tombstone that names a life as a *life
+  marker*, ``{"key", "life", "topic", "partition", "offset", "erased_at"}``, which erases
+  the lines of that key whose stamp was created at ``life``, whatever their offset.
 * One writer at a time per directory: the archive and ``purge`` take an exclusive lock on
   ``DIR/.lock`` (``flock``) around every batch and every rewrite.
 """
@@ -44,7 +49,7 @@ from stream_expiry.codec import reason_of
 from stream_expiry.errors import BrokerError, ConfigurationError, StoreError
 from stream_expiry.kafka import committed_offsets, consumer, partitions_of
 from stream_expiry.model import decode_key
-from stream_expiry.timeutil import format_ts
+from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -74,6 +79,7 @@ UNDATED: Final = "undated"  # a stamp without a readable created_at
 STOP_TIMEOUT_S: Final = 10.0  # to leave the consumer group on the way out
 _MAX_NAME: Final = 200  # bytes; file systems allow 255
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_EXPLICIT: Final = b'"reason":"explicit"'
 
 
 def org_dirname(org: str) -> str:
@@ -97,20 +103,56 @@ class Entry:
     offset: int
     timestamp_ms: int
     reason: str | None = None  # the expiry-reason header (a null's)
+    tombstones_topic: str | None = None  # set for a message of expiry.tombstones
 
     @property
     def expired(self) -> bool:
         """A null that an expiry wrote: no erasure, nothing to write."""
         return self.value is None and self.reason == "ttl"
 
+    def erased_life(self) -> str | None:
+        """The ``created_at`` of the life an ``explicit`` tombstone ends, None for any other
+        message (a ``ttl`` tombstone, one that names no life, a stamp, a null)."""
+        value = self.value
+        # orjson writes compact JSON: most tombstones (ttl) are skipped without parsing.
+        if self.tombstones_topic is None or value is None or _EXPLICIT not in value:
+            return None
+        try:
+            body = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(body, dict) or body.get("reason") != "explicit":
+            return None
+        created = body.get("created_at")
+        return created if isinstance(created, str) else None
+
+
+def _org_of(key: str) -> str:
+    try:
+        return decode_key(key).org
+    except ValueError:
+        return UNKNOWN_ORG
+
+
+def _place_life_marker(entry: Entry, life: str) -> tuple[str, bytes]:
+    """(file path relative to DIR, JSON line) of an ``explicit`` tombstone's life marker."""
+    key = (entry.key or b"").decode("utf-8", "replace")
+    marker = {
+        "key": key,
+        "life": life,
+        "topic": entry.tombstones_topic,
+        "partition": entry.partition,
+        "offset": entry.offset,
+        "erased_at": format_ts(entry.timestamp_ms),
+    }
+    return f"{org_dirname(_org_of(key))}/{ERASURES}", orjson.dumps(marker) + b"\n"
+
 
 def _place(entry: Entry) -> tuple[str, bytes]:
-    """(file path relative to DIR, JSON line) of one entry (not an :attr:`Entry.expired`)."""
+    """(file path relative to DIR, JSON line) of one message of ``expiry.stamped`` (not an
+    :attr:`Entry.expired`)."""
     key = (entry.key or b"").decode("utf-8", "replace")
-    try:
-        org = decode_key(key).org
-    except ValueError:
-        org = UNKNOWN_ORG
+    org = _org_of(key)
     head: dict[str, Any] = {"key": key, "partition": entry.partition, "offset": entry.offset}
     if entry.value is None:
         head["erased_at"] = format_ts(entry.timestamp_ms)
@@ -152,8 +194,9 @@ class ArchiveWriter:
 
     directory: str
     lines: int = 0
-    erasures: int = 0
+    erasures: int = 0  # markers: the nulls of explicit deletes and the life markers
     expiries: int = 0  # nulls of expiries: read, and nothing written
+    tombstones: int = 0  # messages of expiry.tombstones read (most of them write nothing)
     batches: int = 0
     files: set[str] = field(default_factory=set)
 
@@ -168,15 +211,23 @@ class ArchiveWriter:
         """Append every entry and fsync; when this returns, the batch survives a crash."""
         grouped: dict[str, list[bytes]] = {}
         for e in entries:
-            if e.expired:
+            if e.tombstones_topic is not None:
+                self.tombstones += 1
+                life = e.erased_life()
+                if life is None:
+                    continue
+                rel, line = _place_life_marker(e, life)
+                self.erasures += 1
+            elif e.expired:
                 self.expiries += 1
                 continue
-            rel, line = _place(e)
-            grouped.setdefault(rel, []).append(line)
-            if e.value is None:
-                self.erasures += 1
             else:
-                self.lines += 1
+                rel, line = _place(e)
+                if e.value is None:
+                    self.erasures += 1
+                else:
+                    self.lines += 1
+            grouped.setdefault(rel, []).append(line)
         try:
             with _locked(self.directory):
                 for rel, lines in grouped.items():
@@ -206,13 +257,15 @@ async def run_archive(
     directory: str,
     *,
     topic: str = "expiry.stamped",
+    tombstones: str = "expiry.tombstones",
     group_id: str = DEFAULT_GROUP,
     stop: anyio.Event | None = None,
     max_records: int = 5000,
     after_write: Callable[[], Awaitable[None]] | None = None,
     **consumer_options: Any,
 ) -> ArchiveWriter:
-    """Archive ``topic`` until ``stop`` is set (or forever): write a batch, fsync, then commit.
+    """Archive ``topic`` (the stamps) and the erasures on ``tombstones`` until ``stop`` is
+    set (or forever): write a batch, fsync, then commit.
 
     ``after_write`` runs between the durable write and the commit (tests use it to die there).
     """
@@ -220,10 +273,16 @@ async def run_archive(
     stop = stop or anyio.Event()
     stack = contextlib.AsyncExitStack()
     cons = await stack.enter_async_context(
-        consumer(bootstrap_servers, topic, group_id=group_id, **consumer_options)
+        consumer(bootstrap_servers, topic, tombstones, group_id=group_id, **consumer_options)
     )
     try:
-        log.info("archiving %s into %s (group %s)", topic, directory, group_id)
+        log.info(
+            "archiving %s, and the erasures on %s, into %s (group %s)",
+            topic,
+            tombstones,
+            directory,
+            group_id,
+        )
         while not stop.is_set():
             try:
                 batch = await cons.getmany(timeout_ms=200, max_records=max_records)
@@ -232,7 +291,15 @@ async def run_archive(
             if not batch:
                 continue
             entries = [
-                Entry(r.key, r.value, tp.partition, r.offset, r.timestamp, reason_of(r.headers))
+                Entry(
+                    r.key,
+                    r.value,
+                    tp.partition,
+                    r.offset,
+                    r.timestamp,
+                    reason_of(r.headers),
+                    tombstones if tp.topic == tombstones else None,
+                )
                 for tp, records in batch.items()
                 for r in records
             ]
@@ -255,7 +322,7 @@ async def run_archive(
 
 
 async def serve_archive(
-    bootstrap_servers: Brokers, directory: str, *, topic: str, group_id: str
+    bootstrap_servers: Brokers, directory: str, *, topic: str, tombstones: str, group_id: str
 ) -> int:
     """``stream-expiry archive``: archive until SIGINT or SIGTERM, then stop after the batch
     in hand is written and committed (a second signal stops at once: nothing is lost, the
@@ -272,15 +339,22 @@ async def serve_archive(
 
         tg.start_soon(on_signals)
         writer = await run_archive(
-            bootstrap_servers, directory, topic=topic, group_id=group_id, stop=stop
+            bootstrap_servers,
+            directory,
+            topic=topic,
+            tombstones=tombstones,
+            group_id=group_id,
+            stop=stop,
         )
         tg.cancel_scope.cancel()
     log.info(
-        "archive stopped: %d stamps and %d erasure markers in %d batches (%d expiries read)",
+        "archive stopped: %d stamps and %d erasure markers in %d batches "
+        "(%d expiries and %d tombstones read)",
         writer.lines,
         writer.erasures,
         writer.batches,
         writer.expiries,
+        writer.tombstones,
     )
     return 0
 
@@ -322,15 +396,46 @@ class PurgeResult:
     lines_kept: int
 
 
-def _erased(line: dict[str, Any], markers: dict[str, tuple[int, int]]) -> bool:
-    mark = markers.get(line.get("key", ""))
-    if mark is None:
-        return False
-    partition, offset = mark
-    # A later life of the record (a create after the delete) sits at a higher offset of the
-    # same partition and is kept; another partition (the topic was repartitioned) can't be
-    # ordered, and the erasure wins.
-    return bool(line.get("partition") != partition or line.get("offset", -1) < offset)
+@dataclass
+class _Markers:
+    """One org's erasure markers: per key, the latest null's place on ``expiry.stamped`` and
+    the creation times (epoch ms) of the lives erased without a null."""
+
+    nulls: dict[str, tuple[int, int]] = field(default_factory=dict)
+    lives: dict[str, set[int]] = field(default_factory=dict)
+
+    def add(self, marker: dict[str, Any]) -> None:
+        key = marker["key"]
+        if "life" in marker:
+            with contextlib.suppress(InvalidTimestamp):
+                self.lives.setdefault(key, set()).add(parse_ts(marker["life"]))
+            return
+        old = self.nulls.get(key)
+        if old is None or marker["offset"] > old[1]:
+            self.nulls[key] = (marker["partition"], marker["offset"])
+
+    def erase(self, line: dict[str, Any]) -> bool:
+        key = line.get("key", "")
+        lives = self.lives.get(key)
+        if lives and _created_at(line) in lives:
+            return True
+        mark = self.nulls.get(key)
+        if mark is None:
+            return False
+        partition, offset = mark
+        # A later life of the record (a create after the delete) sits at a higher offset of
+        # the same partition and is kept; another partition (the topic was repartitioned)
+        # can't be ordered, and the erasure wins.
+        return bool(line.get("partition") != partition or line.get("offset", -1) < offset)
+
+
+def _created_at(line: dict[str, Any]) -> int | None:
+    stamp = line.get("stamp")
+    created = stamp.get("created_at") if isinstance(stamp, dict) else None
+    try:
+        return None if created is None else parse_ts(created)
+    except InvalidTimestamp:
+        return None
 
 
 def _rewrite(path: str, keep: Iterable[dict[str, Any]]) -> None:
@@ -357,17 +462,15 @@ def purge(directory: str) -> PurgeResult:
                 erasures = os.path.join(org_path, ERASURES)
                 if not os.path.isfile(erasures):
                     continue
-                markers: dict[str, tuple[int, int]] = {}
+                markers = _Markers()
                 for m in read_lines(erasures):
-                    old = markers.get(m["key"])
-                    if old is None or m["offset"] > old[1]:
-                        markers[m["key"]] = (m["partition"], m["offset"])
+                    markers.add(m)
                 for name in sorted(os.listdir(org_path)):
                     if name == ERASURES or not name.endswith(".jsonl.gz"):
                         continue
                     path = os.path.join(org_path, name)
                     lines = read_lines(path)
-                    keep = [x for x in lines if not _erased(x, markers)]
+                    keep = [x for x in lines if not markers.erase(x)]
                     kept += len(keep)
                     if len(keep) < len(lines):
                         removed += len(lines) - len(keep)

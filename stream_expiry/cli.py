@@ -318,10 +318,11 @@ def _parser_archive(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     archive = sub.add_parser(
         "archive",
         help="keep every stamp in gzip JSON-lines files (archive before purge)",
-        description="Consume expiry.stamped with its own consumer group and append every stamp "
-        "to DIR/<org>/<YYYY-MM-DD of created_at>.jsonl.gz, and every deletion (null) as an "
-        "erasure marker to DIR/<org>/erasures.jsonl.gz; files are fsynced before offsets are "
-        "committed. With [archive] required = true in the service's config, nothing is purged "
+        description="Consume expiry.stamped and expiry.tombstones with its own consumer group; "
+        "append every stamp to DIR/<org>/<YYYY-MM-DD of created_at>.jsonl.gz, and every "
+        "erasure request (an explicit delete's null, or its tombstone) as an erasure marker "
+        "to DIR/<org>/erasures.jsonl.gz; expiries erase nothing. Files are fsynced before "
+        "offsets are committed. With [archive] required = true in the service's config, nothing is purged "
         "before this command has archived it. 'archive purge --dir DIR' removes the erased "
         "records from the files. See README: Archive.",
     )
@@ -352,6 +353,7 @@ def _cmd_archive(args: argparse.Namespace) -> int:
             connection_from(args, config),
             args.dir,
             topic=config.topics.stamped,
+            tombstones=config.topics.tombstones,
             group_id=args.group_id or config.archive.group_id,
         )
     )

@@ -65,7 +65,7 @@ def archived(directory: Path) -> dict[str, list[dict[str, object]]]:
 
 
 async def archive_until(
-    broker: str, directory: Path, topic: str, group: str, done: int
+    broker: str, directory: Path, topics: TopicSet, group: str, done: int
 ) -> ArchiveWriter:
     """Run the archive until it has written ``done`` entries, then stop it cleanly."""
     stop = anyio.Event()
@@ -73,7 +73,14 @@ async def archive_until(
 
     async def run() -> None:
         result.append(
-            await run_archive(broker, str(directory), topic=topic, group_id=group, stop=stop)
+            await run_archive(
+                broker,
+                str(directory),
+                topic=topics.stamped,
+                tombstones=topics.tombstones,
+                group_id=group,
+                stop=stop,
+            )
         )
 
     async with anyio.create_task_group() as tg:
@@ -102,7 +109,7 @@ async def test_every_stamp_and_erasure_is_archived_then_committed(
     await produce(broker, topics.stamped, [(erased[0], None)], [(H_REASON, b"explicit")])
     await produce(broker, topics.stamped, [(erased[1], None)])  # no reason (older versions)
     group = f"archive-{uuid.uuid4().hex[:8]}"
-    writer = await archive_until(broker, tmp_path, topics.stamped, group, 42)
+    writer = await archive_until(broker, tmp_path, topics, group, 42)
     assert (writer.lines, writer.erasures, writer.expiries) == (40, 2, 2)
 
     files = archived(tmp_path)
@@ -155,7 +162,12 @@ async def test_dying_between_write_and_commit_loses_nothing(
             await anyio.lowlevel.checkpoint()
 
         await run_archive(
-            broker, str(tmp_path), topic=topics.stamped, group_id=group, after_write=die
+            broker,
+            str(tmp_path),
+            topic=topics.stamped,
+            tombstones=topics.tombstones,
+            group_id=group,
+            after_write=die,
         )
     assert scope.cancelled_caught
     assert written_before_death
@@ -163,7 +175,7 @@ async def test_dying_between_write_and_commit_loses_nothing(
     assert await archived_offsets(broker, group, topics.stamped) == {}  # nothing committed
 
     # Restarted, the archive gets the uncommitted batch again: duplicates, never a gap.
-    await archive_until(broker, tmp_path, topics.stamped, group, 30 + written_before_death[0])
+    await archive_until(broker, tmp_path, topics, group, 30 + written_before_death[0])
     lines = [line for ls in archived(tmp_path).values() for line in ls]
     latest: dict[str, dict[str, object]] = {}
     for line in sorted(lines, key=lambda x: int(str(x["offset"]))):
@@ -181,7 +193,9 @@ async def test_the_archive_command_runs_until_sigterm_and_exits_zero(
 ) -> None:
     await produce(broker, topics.stamped, list(stamps(3)))
     config = tmp_path / "expiry.toml"
-    config.write_text(f'[topics]\nstamped = "{topics.stamped}"\n')
+    config.write_text(
+        f'[topics]\nstamped = "{topics.stamped}"\ntombstones = "{topics.tombstones}"\n'
+    )
     archive_dir = tmp_path / "archive"
     argv = [
         sys.executable, "-m", "stream_expiry", "archive", "--dir", str(archive_dir),

@@ -78,6 +78,7 @@ async def test_purges_wait_for_the_archive_and_catch_up_when_it_runs(
                     broker,
                     str(archive_dir),
                     topic=topics.stamped,
+                    tombstones=topics.tombstones,
                     group_id=config.archive.group_id,
                     stop=stop,
                 )

@@ -10,6 +10,7 @@ import anyio
 import orjson
 import pytest
 
+from stream_expiry.archive import ERASURES, purge, read_lines, run_archive
 from stream_expiry.cli import main
 from stream_expiry.model import Identity, Stamp, encode_stamp
 from stream_expiry.service import wall_clock_ms
@@ -226,6 +227,79 @@ async def test_a_held_session_that_comes_back_starts_its_next_life_and_both_are_
     assert [parse_ts(life["created_at"]) for life in bodies[1]["held_lives"]] == [t0]
     assert bodies[2] is not None
     assert "held_lives" not in bodies[2]
+
+
+def _archive_lines(directory: Path) -> list[dict[str, object]]:
+    return [
+        line for path in sorted(directory.glob("*/*.jsonl.gz")) for line in read_lines(str(path))
+    ]
+
+
+@pytest.mark.timeout(120)
+async def test_an_erasure_deferred_past_the_next_life_reaches_the_archive(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A record erased under a hold, then created again (its next life) before the
+    release: at the release the erased life is tombstoned without a null (the next life
+    lives on). The archive reads that tombstone as a life marker, and purge removes the
+    erased life's lines and keeps the next life's."""
+    common, config = _setup(broker, topics, tmp_path, '[retention.defaults]\nconversation = "1h"\n')
+    assert await _cli("hold", "place", *common, "--org", "acme", "--record-id", "c-1",
+                      "--reason", "case 10", "--id", "case-10") == 0  # fmt: skip
+    archive_dir = tmp_path / "archive"
+    stop = anyio.Event()
+
+    def markers() -> list[dict[str, object]]:
+        path = archive_dir / "acme" / ERASURES
+        return read_lines(str(path)) if path.exists() else []
+
+    async def archive() -> None:
+        await run_archive(
+            broker,
+            str(archive_dir),
+            topic=topics.stamped,
+            tombstones=topics.tombstones,
+            group_id=f"{topics.prefix}-archive",
+            stop=stop,
+        )
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(archive)
+        async with running_service(config, broker) as service:
+            await wait_for(lambda: len(service.holds) == 1)
+            t0 = wall_clock_ms()
+            first = event("conversation", "c-1", ts=t0, data={"text": "first life"})
+            await produce(broker, [(topics.conversations, *first)])
+            await produce(
+                broker, [(topics.conversations, *event("conversation", "c-1", op="delete"))]
+            )
+            await wait_for(lambda: service.stats.verdicts["held"] >= 1)
+            t1 = wall_clock_ms() + 1
+            second = event("conversation", "c-1", ts=t1, data={"text": "next life"})
+            await produce(broker, [(topics.conversations, *second)])
+            await wait_for(lambda: service.stats.verdicts["recreated"] >= 1)
+            assert await _cli("hold", "release", *common, "case-10") == 0
+            await wait_for(lambda: bool(markers()), timeout_s=15)
+            await wait_for(
+                lambda: any("next life" in str(x) for x in _archive_lines(archive_dir)),
+                timeout_s=15,
+            )
+        stop.set()
+    tombstones = [orjson.loads(r.value) for r in await read_all(broker, topics.tombstones)]
+    assert [(t["reason"], parse_ts(t["created_at"])) for t in tombstones] == [("explicit", t0)]
+    key = first[0]
+    assert [r.value for r in await read_all(broker, topics.stamped) if r.key == key].count(
+        None
+    ) == 0  # no null: it would compact the next life away
+    (marker,) = markers()
+    assert (marker["key"], marker["life"]) == (key.decode(), tombstones[0]["created_at"])
+    before = _archive_lines(archive_dir)
+    assert any("first life" in str(line) for line in before)
+    purge(str(archive_dir))
+    after = [line for line in _archive_lines(archive_dir) if "stamp" in line]
+    assert after
+    assert not any("first life" in str(line) for line in after)
+    assert {parse_ts(line["stamp"]["created_at"]) for line in after} == {t1}  # type: ignore[index]
 
 
 async def test_hold_place_refuses_what_the_service_would_and_a_live_id(

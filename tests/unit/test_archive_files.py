@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from stream_expiry.archive import ERASURES, ArchiveWriter, Entry, org_dirname, purge, read_lines
 from stream_expiry.cli import main
 from stream_expiry.errors import StoreError
-from stream_expiry.model import Identity, Stamp, encode_stamp
+from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -34,6 +34,16 @@ def stamp_entry(org: str, rid: str, created: int, offset: int, partition: int = 
 def erasure(org: str, rid: str, offset: int, partition: int = 0) -> Entry:
     ident = Identity(org, "_", "live", "conversation", rid)
     return Entry(ident.key.encode(), None, partition, offset, DAY2)
+
+
+def tombstone_entry(
+    org: str, rid: str, created: int | None, reason: str, offset: int, partition: int = 0
+) -> Entry:
+    """A message of expiry.tombstones ending the life created at ``created``."""
+    ident = Identity(org, "_", "live", "conversation", rid)
+    stamp = Stamp(ident, created, None if created is None else created + 60_000, 60_000, "org")
+    value = encode_tombstone(stamp, reason=reason, emitted_at=DAY2 + 5)  # type: ignore[arg-type]
+    return Entry(ident.key.encode(), value, partition, offset, DAY2 + 5, None, "tombs")
 
 
 @given(st.text(max_size=600), st.text(max_size=600))
@@ -244,3 +254,39 @@ def test_the_null_of_an_expiry_erases_nothing(tmp_path: Path) -> None:
     assert purge(str(tmp_path)).lines_removed == 2
     kept = read_lines(str(tmp_path / "o" / "2026-11-18.jsonl.gz"))
     assert [x["stamp"]["record_id"] for x in kept] == ["r0", "r3"]
+
+
+def test_explicit_tombstones_are_life_markers_and_purge_erases_that_life_only(
+    tmp_path: Path,
+) -> None:
+    """An erasure a hold deferred, of a life the record has since followed with another, has
+    no null on expiry.stamped: its explicit tombstone erases the lines of that life, at any
+    offset, and keeps the next life, even at a lower offset of another partition."""
+    w = ArchiveWriter(str(tmp_path))
+    w.write([stamp_entry("acme", "1", DAY1, 0), stamp_entry("acme", "2", DAY1, 1)])
+    w.write([stamp_entry("acme", "1", DAY2, 4)])  # the next life of record 1
+    w.write([stamp_entry("acme", "1", DAY1, 7)])  # the first life again (a touch, re-stamped)
+    w.write(
+        [
+            tombstone_entry("acme", "1", DAY1, "explicit", 3),  # ends the first life only
+            tombstone_entry("acme", "2", DAY1, "ttl", 4),  # an expiry erases nothing
+            tombstone_entry("acme", "3", None, "explicit", 5),  # names no life: its null does
+            Entry(b"k", b"not json", 0, 6, DAY2, None, "tombs"),
+        ]
+    )
+    assert (w.lines, w.erasures, w.tombstones) == (4, 1, 4)
+    (marker,) = read_lines(str(tmp_path / "acme" / ERASURES))
+    assert marker == {
+        "key": Identity("acme", "_", "live", "conversation", "1").key,
+        "life": "2026-11-18T11:06:40.000Z",
+        "topic": "tombs",
+        "partition": 0,
+        "offset": 3,
+        "erased_at": "2026-11-19T11:06:40.005Z",
+    }
+    result = purge(str(tmp_path))
+    assert (result.lines_removed, result.lines_kept) == (2, 2)
+    left = read_lines(str(tmp_path / "acme" / "2026-11-18.jsonl.gz"))
+    assert [x["stamp"]["record_id"] for x in left] == ["2"]
+    (next_life,) = read_lines(str(tmp_path / "acme" / "2026-11-19.jsonl.gz"))
+    assert next_life["offset"] == 4
