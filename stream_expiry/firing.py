@@ -28,6 +28,12 @@ firing is ever behind (929 firings in a run, none), so nothing changes there.
 
 Both tasks decide and send under one lock (``Service.deciding``): effects reach the outbox
 in the order the processors made them, which is the order they settle in.
+
+A partition still reading the backlog it had when it was assigned (``held``) fires
+nothing: an event waiting there may extend a record (a touch of a live session, sent while
+no instance read the partition), and firing first would delete an active session early
+(a trial: every rolling restart deleted the sessions touched meanwhile, up to 15 s early).
+The service lets it go once it has read that far.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Container, Mapping
 
     from stream_expiry.engine import Fired
     from stream_expiry.outbox import Outbox
@@ -63,8 +69,10 @@ class Firing:
         clock: Callable[[], int],
         on_fired: Callable[[Fired], None],
         tick_ms: int = 10,
+        held: Container[tuple[str, int]] = frozenset(),
     ) -> None:
         self._processors = processors
+        self._held = held
         self._outbox = outbox
         self._deciding = deciding
         self._clock = clock
@@ -82,7 +90,7 @@ class Firing:
     async def run(self) -> None:
         while True:
             now = self._clock()
-            dues = [d for p in self._processors.values() if (d := p.next_due_ms()) is not None]
+            dues = [d for p in self._firable() if (d := p.next_due_ms()) is not None]
             first = min(dues, default=None)
             if first is None or first > now:
                 delay_ms = IDLE_S * 1000 if first is None else min(IDLE_S * 1000, first - now)
@@ -111,7 +119,7 @@ class Firing:
         async with self._deciding:
             now = self._clock()
             fired: list[tuple[PartitionProcessor, Effects]] = []
-            due = [p for p in self._processors.values() if _due_by(p, now)]
+            due = [p for p in self._firable() if _due_by(p, now)]
             if not due:
                 return [], False
             share = max(1, FIRE_BATCH // len(due))  # the partitions behind share a slice
@@ -124,6 +132,10 @@ class Firing:
             if not fired:
                 return [], False
             return await self._outbox.send(fired, now), any(_due_by(p, now) for p in due)
+
+    def _firable(self) -> list[PartitionProcessor]:
+        held = self._held
+        return [p for slot, p in self._processors.items() if slot not in held]
 
 
 def _due_by(proc: PartitionProcessor, now_ms: int) -> bool:

@@ -94,6 +94,9 @@ COMMIT_TIMEOUT_S = 10.0  # an offset commit given up after this (retried with th
 INPUT_MARKS = 1024  # slices remembered per partition for the marks of commits
 PRUNE_EVERY_S = 5.0  # and more at once while markers are due: pruning keeps up with deletions
 PRUNE_BUDGET = 20_000  # markers per store per loop turn, so a backlog never stalls the loop
+# The longest a newly assigned partition's due timers wait for it to read the backlog it
+# had then (its events may extend them): past it they fire, and the warning says so.
+CATCH_UP_MAX_S = 300.0
 
 
 def wall_clock_ms() -> int:
@@ -177,6 +180,9 @@ class Service:
         # fetched before a partition's seek holds records from its old position.
         self._seeks = 0
         self._seeked_at: dict[tuple[str, int], int] = {}
+        # Partitions reading the backlog found at their assignment, whose timers wait until
+        # then: the end offset to reach, and the monotonic time it is given up at.
+        self._catching_up: dict[tuple[str, int], tuple[int, float]] = {}
         self._committed_at = 0.0
         self._pruned_at = time.monotonic()
         self._pruning = False  # markers were left due by the last prune
@@ -282,6 +288,7 @@ class Service:
                     clock=self.clock,
                     on_fired=self._count_tombstone,
                     tick_ms=self.config.tick_ms,
+                    held=self._catching_up,
                 )
                 try:
                     async with anyio.create_task_group() as timers:
@@ -357,6 +364,7 @@ class Service:
             )
         self._close_all()
         self._next_offset.clear()
+        self._catching_up.clear()
         self._outbox = self._consumer = None
         self.rebalance_error = None
         with anyio.move_on_after(OUTAGE_RETRY_S):
@@ -405,6 +413,8 @@ class Service:
             await control.poll()
             if batch:
                 await self._ingest(batch, seeks_before)
+            if self._catching_up:
+                await self._caught_up(cons)
             await self._release_held()
             self._housekeeping()
             if time.monotonic() - self._committed_at >= COMMIT_EVERY_S:
@@ -735,7 +745,41 @@ class Service:
             self._next_offset[slot] = start
             self._seeks += 1
             self._seeked_at[slot] = self._seeks
+            backlog = ends[tp] - start
+            if backlog > 0:
+                self._catching_up[slot] = (ends[tp], time.monotonic() + CATCH_UP_MAX_S)
+                why += (
+                    f"; its due timers wait until the {backlog} events before {ends[tp]} are read"
+                )
             log.info("%s[%d] resumes at offset %d, %s", tp.topic, tp.partition, start, why)
+
+    async def _caught_up(self, cons: AIOKafkaConsumer) -> None:
+        """Let the timers of the partitions that have read their backlog fire (see
+        :mod:`stream_expiry.firing`): a touch waiting there had extended its record."""
+        for slot, (end, deadline) in list(self._catching_up.items()):
+            position = self._next_offset.get(slot, 0)
+            if position < end:  # the consumer's own position also passes control records
+                tp = TopicPartition(*slot)
+                if tp in cons.assignment():
+                    with anyio.move_on_after(1.0):
+                        position = max(position, await cons.position(tp))
+            if position >= end:
+                log.info("%s[%d] has read its backlog: its timers fire", *slot)
+            elif time.monotonic() >= deadline:
+                log.warning(
+                    "%s[%d] is still reading its backlog (offset %d of %d) after %.0f s: its "
+                    "due timers fire now, and an event still unread cannot extend them",
+                    *slot,
+                    position,
+                    end,
+                    CATCH_UP_MAX_S,
+                )
+            else:
+                continue
+            del self._catching_up[slot]
+            proc = self.processors.get(slot)
+            if proc is not None and self._firing is not None:
+                self._firing.due_at(proc.next_due_ms())
 
     async def _unmarked(
         self,
@@ -770,6 +814,7 @@ class Service:
             for slot in mine:
                 self.processors.pop(slot).store.close()
                 self._next_offset.pop(slot, None)
+                self._catching_up.pop(slot, None)
                 self._input_marks.pop(slot, None)
                 if self.metrics is not None:
                     self.metrics.forget_partition(*slot)

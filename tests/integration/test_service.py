@@ -17,7 +17,13 @@ from stream_expiry.service import wall_clock_ms
 from stream_expiry.sinks import BatchReport, Sink, SinkConfig, SQLiteStore
 from stream_expiry.timeutil import parse_ts
 from tests.conftest import TopicSet, read_topic, wait_for
-from tests.integration.service_helpers import config_for, event, produce, running_service
+from tests.integration.service_helpers import (
+    ArrivalLog,
+    config_for,
+    event,
+    produce,
+    running_service,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -259,3 +265,34 @@ async def test_an_offset_commit_the_cluster_cannot_take_is_given_up_not_waited_f
             await service._commit(service._consumer)
         assert service._outbox.committable[gone] == 7  # kept for the next commit
     assert "offset commit failed, retried with the next one:" in caplog.text
+
+
+@pytest.mark.timeout(120)
+async def test_a_touch_sent_while_no_instance_ran_extends_the_session_after_the_restart(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A session touched while the service was down (a rolling restart) and due by the
+    time it is back: its partition's timers wait until the backlog found at the assignment
+    is read, so the touch extends the session and it is tombstoned at the touched expiry.
+    Firing at the assignment deleted it with its old expiry, before its user's activity."""
+    config = config_for(topics, str(tmp_path / "state"), '[retention.defaults]\nsession = "8s"\n')
+    key, _ = event("session", "s-1")
+    t0 = wall_clock_ms()
+    async with running_service(config, broker) as service:
+        await produce(broker, [(topics.sessions, *event("session", "s-1", ts=t0))])
+        await wait_for(lambda: service.stats.stamped >= 1)
+    touched = t0 + 7_000  # before the expiry at t0 + 8 s; read after it
+    await produce(broker, [(topics.sessions, *event("session", "s-1", op="touch", ts=touched))])
+    await wait_for(lambda: wall_clock_ms() >= t0 + 8_100, timeout_s=15)
+    tombstones = ArrivalLog(broker, topics.tombstones)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tombstones.follow)
+        async with running_service(config, broker) as service:
+            await wait_for(lambda: bool(tombstones.arrivals), timeout_s=30)
+            assert service.stats.verdicts["extended"] == 1
+        tg.cancel_scope.cancel()
+    ((arrived, record),) = tombstones.arrivals
+    body = orjson.loads(record.value)
+    assert record.key == key
+    assert parse_ts(body["expires_at"]) == touched + 8_000
+    assert arrived >= touched + 8_000
