@@ -20,9 +20,11 @@ on ``expiry.stamped``. Rules it keeps (CONTRACT "Archive before purge"):
   without the lines that a marker erases (same key, lower offset on the same partition).
   An erasure a legal hold deferred, of a life the record has since followed with another,
   has no null (it would compact the new life away): the archive also reads
-  ``expiry.tombstones`` and keeps every ``explicit`` tombstone that names a life as a *life
-  marker*, ``{"key", "life", "topic", "partition", "offset", "erased_at"}``, which erases
-  the lines of that key whose stamp was created at ``life``, whatever their offset.
+  ``expiry.tombstones`` and keeps every ``explicit`` tombstone as a *life marker*,
+  ``{"key", "until", "topic", "partition", "offset", "erased_at"}``, where ``until`` is
+  where the erasure ended the life (its ``expiry-deleted-at`` header); it erases the lines
+  of that key whose stamp was created at or before ``until`` (or has no creation time),
+  whatever their offset: the next life, created after the request, is kept.
 * One writer at a time per directory: the archive and ``purge`` take an exclusive lock on
   ``DIR/.lock`` (``flock``) around every batch and every rewrite.
 """
@@ -45,7 +47,7 @@ import orjson
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from stream_expiry.codec import reason_of
+from stream_expiry.codec import deleted_at_of, reason_of
 from stream_expiry.errors import BrokerError, ConfigurationError, StoreError
 from stream_expiry.kafka import committed_offsets, consumer, partitions_of
 from stream_expiry.model import decode_key
@@ -104,15 +106,18 @@ class Entry:
     timestamp_ms: int
     reason: str | None = None  # the expiry-reason header (a null's)
     tombstones_topic: str | None = None  # set for a message of expiry.tombstones
+    deleted_at: int | None = None  # the expiry-deleted-at header (a tombstone's)
 
     @property
     def expired(self) -> bool:
         """A null that an expiry wrote: no erasure, nothing to write."""
         return self.value is None and self.reason == "ttl"
 
-    def erased_life(self) -> str | None:
-        """The ``created_at`` of the life an ``explicit`` tombstone ends, None for any other
-        message (a ``ttl`` tombstone, one that names no life, a stamp, a null)."""
+    def erased_until(self) -> int | None:
+        """Where an ``explicit`` tombstone ends the record's life (its ``expiry-deleted-at``
+        header; without it, as written before it existed, its life's ``created_at``): what
+        it erases was created at or before. None for any other message (a ``ttl``
+        tombstone, a stamp, a null) or an explicit one that says neither."""
         value = self.value
         # orjson writes compact JSON: most tombstones (ttl) are skipped without parsing.
         if self.tombstones_topic is None or value is None or _EXPLICIT not in value:
@@ -123,8 +128,13 @@ class Entry:
             return None
         if not isinstance(body, dict) or body.get("reason") != "explicit":
             return None
-        created = body.get("created_at")
-        return created if isinstance(created, str) else None
+        if self.deleted_at is not None:
+            return self.deleted_at
+        try:
+            created = body.get("created_at")
+            return None if created is None else parse_ts(created)
+        except InvalidTimestamp:
+            return None
 
 
 def _org_of(key: str) -> str:
@@ -134,12 +144,12 @@ def _org_of(key: str) -> str:
         return UNKNOWN_ORG
 
 
-def _place_life_marker(entry: Entry, life: str) -> tuple[str, bytes]:
+def _place_life_marker(entry: Entry, until: int) -> tuple[str, bytes]:
     """(file path relative to DIR, JSON line) of an ``explicit`` tombstone's life marker."""
     key = (entry.key or b"").decode("utf-8", "replace")
     marker = {
         "key": key,
-        "life": life,
+        "until": format_ts(until),
         "topic": entry.tombstones_topic,
         "partition": entry.partition,
         "offset": entry.offset,
@@ -213,10 +223,10 @@ class ArchiveWriter:
         for e in entries:
             if e.tombstones_topic is not None:
                 self.tombstones += 1
-                life = e.erased_life()
-                if life is None:
+                until = e.erased_until()
+                if until is None:
                     continue
-                rel, line = _place_life_marker(e, life)
+                rel, line = _place_life_marker(e, until)
                 self.erasures += 1
             elif e.expired:
                 self.expiries += 1
@@ -299,6 +309,7 @@ async def run_archive(
                     r.timestamp,
                     reason_of(r.headers),
                     tombstones if tp.topic == tombstones else None,
+                    deleted_at_of(r.headers),
                 )
                 for tp, records in batch.items()
                 for r in records
@@ -399,16 +410,17 @@ class PurgeResult:
 @dataclass
 class _Markers:
     """One org's erasure markers: per key, the latest null's place on ``expiry.stamped`` and
-    the creation times (epoch ms) of the lives erased without a null."""
+    the latest end (epoch ms) of the lives erased by a tombstone (life markers)."""
 
     nulls: dict[str, tuple[int, int]] = field(default_factory=dict)
-    lives: dict[str, set[int]] = field(default_factory=dict)
+    until: dict[str, int] = field(default_factory=dict)
 
     def add(self, marker: dict[str, Any]) -> None:
         key = marker["key"]
-        if "life" in marker:
+        if "until" in marker:
             with contextlib.suppress(InvalidTimestamp):
-                self.lives.setdefault(key, set()).add(parse_ts(marker["life"]))
+                until = parse_ts(marker["until"])
+                self.until[key] = max(until, self.until.get(key, until))
             return
         old = self.nulls.get(key)
         if old is None or marker["offset"] > old[1]:
@@ -416,9 +428,11 @@ class _Markers:
 
     def erase(self, line: dict[str, Any]) -> bool:
         key = line.get("key", "")
-        lives = self.lives.get(key)
-        if lives and _created_at(line) in lives:
-            return True
+        until = self.until.get(key)
+        if until is not None:
+            created = _created_at(line)
+            if created is None or created <= until:
+                return True
         mark = self.nulls.get(key)
         if mark is None:
             return False

@@ -362,6 +362,17 @@ class Stamp(NamedTuple):
         """When the record's tombstone is due: its erasure request, else its expiry."""
         return self.erase_at if self.erase_at is not None else self.expires_at
 
+    @property
+    def erased_until(self) -> int | None:
+        """Where an erasure request ends this life: the request's time, or the life's
+        creation when that is later (a create stamped ahead of the request), as the engine
+        bounds a delete; None when no erasure was requested. What a new life's tombstone of
+        a held erasure says, so that the stores and the archive erase this life only."""
+        erase, created = self.erase_at, self.created_at
+        if erase is None:
+            return None
+        return erase if created is None or created <= erase else created
+
     def with_offset(self, offset: int | None) -> Stamp:
         """This state with its stamp's offset on ``expiry.stamped``. The settle gives every
         state it writes one: ``_replace`` (keywords, ``_make``) took 1.3 us a call, this

@@ -234,8 +234,12 @@ class Outbox:
             at = fired.emitted_at
             event = model.encode_tombstone(fired.before, reason=fired.reason, emitted_at=at)
             if fired.after.live:  # an earlier life a hold kept: the record lives on, no null
-                if not out.try_add(tombs, key, event, at, source):
-                    await out.add(tombs, key, event, at, source)
+                # An erasure's tombstone says where the life ended, as below: the stores and
+                # the archive erase up to there, never the record's next life.
+                ended = fired.before.erased_until if fired.reason == "explicit" else None
+                held = source if ended is None else [*source, (codec.H_DELETED_AT, b"%d" % ended)]
+                if not out.try_add(tombs, key, event, at, held):
+                    await out.add(tombs, key, event, at, held)
                 continue
             # Both say when the record was deleted: an explicit delete's own time, which the
             # contract's event body does not carry; a sink bounding the lives it ends by

@@ -12,9 +12,10 @@ import pytest
 
 from stream_expiry.archive import ERASURES, purge, read_lines, run_archive
 from stream_expiry.cli import main
+from stream_expiry.codec import deleted_at_of
 from stream_expiry.model import Identity, Stamp, encode_stamp
 from stream_expiry.service import wall_clock_ms
-from stream_expiry.timeutil import parse_ts
+from stream_expiry.timeutil import format_ts, parse_ts
 from tests.conftest import TopicSet, read_all, wait_for
 from tests.integration.service_helpers import (
     ArrivalLog,
@@ -285,14 +286,20 @@ async def test_an_erasure_deferred_past_the_next_life_reaches_the_archive(
                 timeout_s=15,
             )
         stop.set()
-    tombstones = [orjson.loads(r.value) for r in await read_all(broker, topics.tombstones)]
+    records = await read_all(broker, topics.tombstones)
+    tombstones = [orjson.loads(r.value) for r in records]
     assert [(t["reason"], parse_ts(t["created_at"])) for t in tombstones] == [("explicit", t0)]
     key = first[0]
     assert [r.value for r in await read_all(broker, topics.stamped) if r.key == key].count(
         None
     ) == 0  # no null: it would compact the next life away
+    # Where the erasure ended the first life: after its creation, before the next life's,
+    # so the stores delete the first life's row only, and the archive its lines only.
+    (ended,) = [deleted_at_of(r.headers) for r in records]
+    assert ended is not None
+    assert t0 <= ended < t1
     (marker,) = markers()
-    assert (marker["key"], marker["life"]) == (key.decode(), tombstones[0]["created_at"])
+    assert (marker["key"], marker["until"]) == (key.decode(), format_ts(ended))
     before = _archive_lines(archive_dir)
     assert any("first life" in str(line) for line in before)
     purge(str(archive_dir))

@@ -37,13 +37,19 @@ def erasure(org: str, rid: str, offset: int, partition: int = 0) -> Entry:
 
 
 def tombstone_entry(
-    org: str, rid: str, created: int | None, reason: str, offset: int, partition: int = 0
+    org: str,
+    rid: str,
+    created: int | None,
+    reason: str,
+    offset: int,
+    deleted_at: int | None = None,
 ) -> Entry:
-    """A message of expiry.tombstones ending the life created at ``created``."""
+    """A message of expiry.tombstones ending the life created at ``created``, with the
+    service's ``expiry-deleted-at`` header when ``deleted_at`` is given."""
     ident = Identity(org, "_", "live", "conversation", rid)
     stamp = Stamp(ident, created, None if created is None else created + 60_000, 60_000, "org")
     value = encode_tombstone(stamp, reason=reason, emitted_at=DAY2 + 5)  # type: ignore[arg-type]
-    return Entry(ident.key.encode(), value, partition, offset, DAY2 + 5, None, "tombs")
+    return Entry(ident.key.encode(), value, 0, offset, DAY2 + 5, None, "tombs", deleted_at)
 
 
 @given(st.text(max_size=600), st.text(max_size=600))
@@ -256,37 +262,51 @@ def test_the_null_of_an_expiry_erases_nothing(tmp_path: Path) -> None:
     assert [x["stamp"]["record_id"] for x in kept] == ["r0", "r3"]
 
 
-def test_explicit_tombstones_are_life_markers_and_purge_erases_that_life_only(
+def test_explicit_tombstones_are_life_markers_and_purge_erases_up_to_the_request(
     tmp_path: Path,
 ) -> None:
     """An erasure a hold deferred, of a life the record has since followed with another, has
-    no null on expiry.stamped: its explicit tombstone erases the lines of that life, at any
-    offset, and keeps the next life, even at a lower offset of another partition."""
+    no null on expiry.stamped: its explicit tombstone erases the lines of that key created
+    at or before where the erasure ended the life, at any offset (a backdated create's
+    line too), and keeps the next life, created after the request."""
     w = ArchiveWriter(str(tmp_path))
-    w.write([stamp_entry("acme", "1", DAY1, 0), stamp_entry("acme", "2", DAY1, 1)])
+    w.write([stamp_entry("acme", "1", DAY1 + 9, 0), stamp_entry("acme", "2", DAY1, 1)])
+    w.write([stamp_entry("acme", "1", DAY1, 2)])  # a backdated create of the same life
     w.write([stamp_entry("acme", "1", DAY2, 4)])  # the next life of record 1
-    w.write([stamp_entry("acme", "1", DAY1, 7)])  # the first life again (a touch, re-stamped)
+    w.write([stamp_entry("acme", "3", DAY1, 5), stamp_entry("acme", "3", DAY2, 6)])
+    w.write([stamp_entry("acme", "4", DAY1, 7), stamp_entry("acme", "4", DAY2, 8)])
     w.write(
         [
-            tombstone_entry("acme", "1", DAY1, "explicit", 3),  # ends the first life only
+            tombstone_entry("acme", "1", DAY1, "explicit", 3, deleted_at=DAY1 + 10),
             tombstone_entry("acme", "2", DAY1, "ttl", 4),  # an expiry erases nothing
-            tombstone_entry("acme", "3", None, "explicit", 5),  # names no life: its null does
-            Entry(b"k", b"not json", 0, 6, DAY2, None, "tombs"),
+            # A request read after the life's expiry: it names no life; its header does.
+            tombstone_entry("acme", "3", None, "explicit", 5, deleted_at=DAY1 + 20),
+            tombstone_entry("acme", "4", DAY1, "explicit", 6),  # no header: its created_at
+            tombstone_entry("acme", "5", None, "explicit", 7),  # says neither: no marker
+            Entry(b"k", b"not json", 0, 8, DAY2, None, "tombs"),
         ]
     )
-    assert (w.lines, w.erasures, w.tombstones) == (4, 1, 4)
-    (marker,) = read_lines(str(tmp_path / "acme" / ERASURES))
-    assert marker == {
+    assert (w.lines, w.erasures, w.tombstones) == (8, 3, 6)
+    markers = read_lines(str(tmp_path / "acme" / ERASURES))
+    assert markers[0] == {
         "key": Identity("acme", "_", "live", "conversation", "1").key,
-        "life": "2026-11-18T11:06:40.000Z",
+        "until": "2026-11-18T11:06:40.010Z",
         "topic": "tombs",
         "partition": 0,
         "offset": 3,
         "erased_at": "2026-11-19T11:06:40.005Z",
     }
+    assert [m["until"] for m in markers[1:]] == [
+        "2026-11-18T11:06:40.020Z",
+        "2026-11-18T11:06:40.000Z",
+    ]
     result = purge(str(tmp_path))
-    assert (result.lines_removed, result.lines_kept) == (2, 2)
+    assert (result.lines_removed, result.lines_kept) == (4, 4)
     left = read_lines(str(tmp_path / "acme" / "2026-11-18.jsonl.gz"))
     assert [x["stamp"]["record_id"] for x in left] == ["2"]
-    (next_life,) = read_lines(str(tmp_path / "acme" / "2026-11-19.jsonl.gz"))
-    assert next_life["offset"] == 4
+    next_lives = read_lines(str(tmp_path / "acme" / "2026-11-19.jsonl.gz"))
+    assert [(x["stamp"]["record_id"], x["offset"]) for x in next_lives] == [
+        ("1", 4),
+        ("3", 6),
+        ("4", 8),
+    ]
