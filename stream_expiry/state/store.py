@@ -15,10 +15,12 @@ Rules kept here:
 
 * Every write names the state it replaces (the processor knows it), so index entries are
   kept exact without a read; the batch is atomic.
-* A deletion marker lives for ``grace_ms`` after the later of its deletion time and the
-  moment it was written: long enough that no re-delivered input event (input topics keep
-  events for days, not forever) can bring a deleted record back, and no longer: disk use
-  follows live records, not history (Cassandra's ``gc_grace_seconds``).
+* A deletion marker lives for ``grace_ms`` after the latest of its deletion time, the
+  expiry the deleted life had (an erasure ends a life early: until that expiry, a create
+  of it re-delivered, or re-sent by a producer, would bring it back to life, and after it
+  would be tombstoned at once) and the moment it was written: long enough that no
+  re-delivered input event can bring a deleted record back, and no longer: disk use follows
+  live records, not history (Cassandra's ``gc_grace_seconds``).
 """
 
 from __future__ import annotations
@@ -107,6 +109,12 @@ RestoredRow = tuple[
     int | None,
     tuple[HeldLife, ...],
 ]
+
+
+def _prune_time(deleted: int, expires: int | None, now_ms: int, grace_ms: int) -> int:
+    """When a deletion marker may go (see the module's rules)."""
+    end = deleted + 1 if expires is None or expires <= deleted else expires
+    return max(end, now_ms) + grace_ms
 
 
 def _time_key(prefix: bytes, ms: int, key: bytes) -> bytes:
@@ -270,7 +278,7 @@ class PartitionStore:
                     pending[cat] = pending.get(cat, 0) + 1
             else:
                 counts.markers += 1
-                prune_at = max(deleted + 1, now_ms) + grace
+                prune_at = _prune_time(deleted, new.expires_at, now_ms, grace)
                 puts[_MARKER + _TIME.pack(prune_at + _BIAS) + key] = b""
             puts[_STATE + key] = encode_state(new, prune_at)
         for name, value in (meta or {}).items():
@@ -303,7 +311,7 @@ class PartitionStore:
         lives = markers = 0
         for row, raw in zip(rows, olds, strict=True):
             key, cat, created, expires, ttl, source, deleted, erase, offset, floor, older = row
-            prune_at = None if deleted is None else max(deleted + 1, now_ms) + grace
+            prune_at = None if deleted is None else _prune_time(deleted, expires, now_ms, grace)
             # A stamp with an erasure request is a record a legal hold keeps (only a hold
             # defers an erasure): held, as it was, until the release scan lets it go.
             held = erase is not None and deleted is None
@@ -379,7 +387,7 @@ class PartitionStore:
             stored_prune_at = decode_state(marker.identity, value)[1]
             if stored_prune_at is not None:
                 return stored_prune_at
-        return max((marker.deleted_at or 0) + 1, now_ms) + self.grace_ms
+        return _prune_time(marker.deleted_at or 0, marker.expires_at, now_ms, self.grace_ms)
 
     def _put_counts(self, puts: dict[bytes, bytes]) -> None:
         c = self.counts

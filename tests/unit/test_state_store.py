@@ -360,3 +360,24 @@ def test_a_mark_holds_for_its_own_message_only() -> None:
     log_append = _Message(b"acme/_/live/conversation/c1", 9_999, timestamp_type=1)
     assert mark_holds(log_append, key_crc, 1_000)  # the broker's time: the key decides
     assert mark_holds(_Message(None, 5), zlib.crc32(b""), 5)
+
+
+def test_an_erased_life_keeps_its_marker_until_its_own_expiry_and_the_grace(
+    store: PartitionStore,
+) -> None:
+    """An erasure ends a life before its expiry: until that expiry a re-sent create of it
+    would bring the record back, so its marker stays that long, plus the grace (it went
+    after the grace from the deletion, and the create brought the erased data back)."""
+    a = live("a", T0 + 10 * GRACE)
+    store.write([(None, a)], now_ms=T0)
+    erased = a._replace(deleted_at=T0 + 4)
+    store.write([(a, erased)], now_ms=T0 + 4)
+    # The same erasure restored from the changelog.
+    b = ident("b").key.encode()
+    row = (b, "conversation", T0, T0 + 10 * GRACE, 1000, "default", T0 + 4, T0 + 4, None, None, ())
+    assert store.write_restored([row], now_ms=T0, meta={}) == (0, 1)
+    assert store.prune(T0 + 4 + 2 * GRACE) == 0
+    assert store.prune(T0 + 10 * GRACE + GRACE - 1) == 0
+    assert store.get(a.identity.key) == erased
+    assert store.prune(T0 + 10 * GRACE + GRACE) == 2
+    assert store.counts.markers == 0
