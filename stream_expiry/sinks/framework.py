@@ -304,6 +304,7 @@ class Sink:
                     await self._settle()
                     if self._acked:
                         await self._mark_acked()
+                    await self.store.idle()
                 if cfg.sweep_interval_s is not None and time.monotonic() >= next_sweep:
                     full = await self.sweep_once(prod)
                     next_sweep = time.monotonic() + (0 if full else cfg.sweep_interval_s)

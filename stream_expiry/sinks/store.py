@@ -214,6 +214,10 @@ class Store(abc.ABC):
         Database errors leave it as :class:`~stream_expiry.errors.StoreError`.
         """
 
+    async def idle(self) -> None:  # noqa: B027 - a hook: most stores have nothing to do
+        """The sink found nothing to read: a moment to clear what deletions left behind
+        (the SQLite store's write-ahead log)."""
+
     def holds(self, identity: Identity) -> bool:
         """Whether this store can represent the identity at all (PostgreSQL: no U+0000)."""
         del identity

@@ -6,6 +6,7 @@ tests/unit/test_sinks_logic.py.
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from stream_expiry.sinks._messages import (
     decode_tombstone,
 )
 from stream_expiry.sinks.postgres import PostgresStore
+from stream_expiry.sinks.sqlite import SQLiteStore
 from stream_expiry.sinks.store import MemoryStore, Store, SweepPosition
 from tests.integration.sink_helpers import (
     MINUTE,
@@ -606,3 +608,28 @@ async def test_postgres_plans_each_statement_for_the_tables_as_they_are(tmp_path
         async with pool.acquire() as a, pool.acquire() as b:
             assert await a.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
             assert await b.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+
+
+@pytest.mark.asyncio
+async def test_sqlite_leaves_no_deleted_payload_in_its_files_once_idle(tmp_path: Path) -> None:
+    """A deleted row's bytes are overwritten in the database file (``secure_delete``), and
+    the write-ahead log, which kept them in the pages the deletion changed, is emptied when
+    the sink goes idle: a trial found every deleted payload still in ``-wal``."""
+    secret = "do-not-keep-" + "x" * 40
+    async with open_store("sqlite", tmp_path) as store:
+        assert isinstance(store, SQLiteStore)
+        records = [stamp(ident(f"r{i}")) for i in range(50)]
+        await store.apply(
+            [put(s, {"secret": f"{secret}{i}"}) for i, s in enumerate(records)], now_ms=T0 + 1
+        )
+        await store.apply([kill(s) for s in records], now_ms=T0 + 2)
+        await store.idle()
+        files = _files_of(tmp_path, os.path.basename(store.path))
+        assert {"", "-wal"} <= set(files)
+        assert not any(secret.encode() in data for data in files.values())
+        assert len(await store.receipts()) == 50
+
+
+def _files_of(directory: Path, db: str) -> dict[str, bytes]:
+    """The bytes of a SQLite database's files, by suffix ("", "-wal", "-shm")."""
+    return {p.name[len(db) :]: p.read_bytes() for p in directory.iterdir() if p.name.startswith(db)}
