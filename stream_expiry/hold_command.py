@@ -19,6 +19,7 @@ from stream_expiry.errors import ConfigurationError, suggestion
 from stream_expiry.holds import Hold, HoldBook, encode_hold, parse_hold
 from stream_expiry.kafka import consumer, ensure_topics, producer, read_to_end
 from stream_expiry.kafka_settings import topic_configs
+from stream_expiry.logs import say_failure
 from stream_expiry.model import Rejection
 from stream_expiry.outbox import all_acked
 from stream_expiry.service import wall_clock_ms
@@ -136,8 +137,9 @@ async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -
         book = await read_holds(config, brokers)
         existing = book.get(args.hold_id)
         if existing is None:
-            print(
-                f"no active hold {args.hold_id!r}; see `stream-expiry hold list`", file=sys.stderr
+            say_failure(
+                f"stream-expiry hold: no active hold {args.hold_id!r}; "
+                "see `stream-expiry hold list`"
             )
             return 1
         key = args.hold_id.encode()

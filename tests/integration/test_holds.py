@@ -339,5 +339,10 @@ async def test_hold_place_refuses_what_the_service_would_and_a_live_id(
     assert [r.key for r in held] == [b"h-legal"]
     assert len(await read_all(broker, topics.audit)) == 1
     assert await _cli("hold", "release", *common, "h-legal") == 0
+    capsys.readouterr()
+    assert await _cli("hold", "release", *common, "h-legal") == 1  # released already
+    assert capsys.readouterr().err.strip() == (
+        "stream-expiry hold: no active hold 'h-legal'; see `stream-expiry hold list`"
+    )
     assert await _cli("hold", "place", *common, "--org", "acme", "--reason", "case 44",
                       "--id", "h-legal", "--category", "session") == 0  # fmt: skip
