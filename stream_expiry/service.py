@@ -97,6 +97,7 @@ PRUNE_BUDGET = 20_000  # markers per store per loop turn, so a backlog never sta
 # The longest a newly assigned partition's due timers wait for it to read the backlog it
 # had then (its events may extend them): past it they fire, and the warning says so.
 CATCH_UP_MAX_S = 300.0
+_END_UNKNOWN: Final = 2**63  # a partition assigned, its backlog's end not read yet
 
 
 def wall_clock_ms() -> int:
@@ -603,6 +604,11 @@ class Service:
         assert self._consumer is not None
         fresh = [tp for tp in assigned if (tp.topic, tp.partition) not in self.processors]
         if fresh:
+            # Held from the start: the firing task runs meanwhile, and would fire the timers
+            # a restore loads before _position knows how far the backlog goes.
+            deadline = time.monotonic() + CATCH_UP_MAX_S
+            for tp in fresh:
+                self._catching_up[(tp.topic, tp.partition)] = (_END_UNKNOWN, deadline)
             self.health.restoring()
             if self.ready.is_set():  # a rejoin, perhaps to another cluster
                 await self._ensure_topics()
@@ -751,6 +757,8 @@ class Service:
                 why += (
                     f"; its due timers wait until the {backlog} events before {ends[tp]} are read"
                 )
+            else:
+                self._catching_up.pop(slot, None)
             log.info("%s[%d] resumes at offset %d, %s", tp.topic, tp.partition, start, why)
 
     async def _caught_up(self, cons: AIOKafkaConsumer) -> None:
