@@ -763,7 +763,7 @@ class Service:
 
     async def _caught_up(self, cons: AIOKafkaConsumer) -> None:
         """Let the timers of the partitions that have read their backlog fire (see
-        :mod:`stream_expiry.firing`): a touch waiting there had extended its record."""
+        :mod:`stream_expiry.firing`): a touch waiting there may extend its record."""
         for slot, (end, deadline) in list(self._catching_up.items()):
             position = self._next_offset.get(slot, 0)
             if position < end:  # the consumer's own position also passes control records
