@@ -5,12 +5,21 @@ Both are compacted and small. At start each is read whole before any input event
 so the first record decided already sees every policy and every hold; afterwards they are
 polled, without waiting, at every turn of the loop. A message that cannot be applied goes to
 the dead-letter topic with its reason, like a bad input event, and the service goes on.
+Since both topics are read whole at every start, the instance remembers (a file in its
+state directory) which messages it dead-lettered: a restart says them again in the log, and
+does not put them on the dead-letter topic again (a trial found each bad policy update there
+once per restart of each instance).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import zlib
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from stream_expiry import model
 from stream_expiry.codec import dead_letter_headers
@@ -28,9 +37,48 @@ if TYPE_CHECKING:
     from stream_expiry.policy import PolicyBook
     from stream_expiry.stats import ServiceStats
 
-__all__ = ["ControlTopics"]
+__all__ = ["ControlTopics", "DeadLettered"]
 
 log = logging.getLogger("stream_expiry.service")
+
+DEAD_LETTERED_FILE = "control-dead-letters.json"
+_REMEMBERED = 1000  # the latest dead-lettered control messages kept in the file
+
+
+class DeadLettered:
+    """The control messages this instance has put on the dead-letter topic, each as
+    ``topic/partition/offset/crc32`` (the checksum of key and value, so a topic made
+    again, whose offsets start over, is not taken for the old one), in a file of the state
+    directory; None keeps them in memory only."""
+
+    def __init__(self, path: str | None) -> None:
+        self._path = path
+        self._seen: dict[str, None] = {}  # insertion-ordered: the oldest go first
+        if path is not None:
+            with (
+                contextlib.suppress(FileNotFoundError, ValueError, TypeError),
+                open(path, "rb") as f,
+            ):
+                self._seen = dict.fromkeys(str(k) for k in orjson.loads(f.read()))
+
+    @staticmethod
+    def _name(rec: Any) -> str:
+        crc = zlib.crc32(rec.value or b"", zlib.crc32(rec.key or b""))
+        return f"{rec.topic}/{rec.partition}/{rec.offset}/{crc}"
+
+    def __contains__(self, rec: Any) -> bool:
+        return self._name(rec) in self._seen
+
+    def add(self, rec: Any) -> None:
+        self._seen[self._name(rec)] = None
+        while len(self._seen) > _REMEMBERED:
+            del self._seen[next(iter(self._seen))]
+        if self._path is None:
+            return
+        tmp = f"{self._path}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps(list(self._seen)))
+        os.replace(tmp, self._path)
 
 
 class ControlTopics:
@@ -46,7 +94,9 @@ class ControlTopics:
         policies: AIOKafkaConsumer,
         holds_reader: AIOKafkaConsumer,
         prod: AIOKafkaProducer,
+        dead_lettered: DeadLettered | None = None,
     ) -> None:
+        self._dead_lettered = dead_lettered or DeadLettered(None)
         self._topics = topics
         self._book = book
         self._holds = holds
@@ -95,6 +145,17 @@ class ControlTopics:
                     )
 
     async def _reject(self, rec: Any, why: model.Rejection, what: str) -> None:
+        if rec in self._dead_lettered:
+            log.warning(
+                "%s rejected: %s (%s); on the dead-letter topic already (%s[%d]@%d)",
+                what,
+                why.code,
+                why.detail,
+                rec.topic,
+                rec.partition,
+                rec.offset,
+            )
+            return
         self._stats.dead_letters += 1
         self._stats.dead_letter_codes[why.code] += 1
         log.warning("%s rejected: %s (%s)", what, why.code, why.detail)
@@ -102,3 +163,4 @@ class ControlTopics:
             self._topics.dlq, key=rec.key, value=rec.value, headers=dead_letter_headers(rec, why)
         )
         await all_acked([ack])
+        self._dead_lettered.add(rec)

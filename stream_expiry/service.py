@@ -36,7 +36,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from stream_expiry.archive_follower import ArchiveFollower
 from stream_expiry.archive_gate import ArchiveGate
-from stream_expiry.control import ControlTopics
+from stream_expiry.control import DEAD_LETTERED_FILE, ControlTopics, DeadLettered
 from stream_expiry.errors import BrokerUnavailableError, StoreError, leaves
 from stream_expiry.firing import Firing
 from stream_expiry.health import Health
@@ -181,6 +181,7 @@ class Service:
         # fetched before a partition's seek holds records from its old position.
         self._seeks = 0
         self._seeked_at: dict[tuple[str, int], int] = {}
+        self._dead_lettered = DeadLettered(None)  # in the state directory once it is known
         # Partitions reading the backlog found at their assignment, whose timers wait until
         # then: the end offset to reach, and the monotonic time it is given up at.
         self._catching_up: dict[tuple[str, int], tuple[int, float]] = {}
@@ -208,6 +209,7 @@ class Service:
     async def run(self, stop: anyio.Event) -> None:
         self.health.starting()
         state_dir = await self._state_dir()
+        self._dead_lettered = DeadLettered(str(state_dir / DEAD_LETTERED_FILE))
         log.info("state directory %s", state_dir)
         try:
             while True:
@@ -258,6 +260,7 @@ class Service:
                 policies=policies,
                 holds_reader=holds,
                 prod=prod,
+                dead_lettered=self._dead_lettered,
             )
             await control.read_all()
             counts = await self._partition_counts(prod)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import anyio
@@ -16,7 +17,7 @@ from stream_expiry.policy import scope_key
 from stream_expiry.service import wall_clock_ms
 from stream_expiry.sinks import BatchReport, Sink, SinkConfig, SQLiteStore
 from stream_expiry.timeutil import parse_ts
-from tests.conftest import TopicSet, read_topic, wait_for
+from tests.conftest import TopicSet, read_all, read_topic, wait_for
 from tests.integration.service_helpers import (
     ArrivalLog,
     config_for,
@@ -296,3 +297,21 @@ async def test_a_touch_sent_while_no_instance_ran_extends_the_session_after_the_
     assert record.key == key
     assert parse_ts(body["expires_at"]) == touched + 8_000
     assert arrived >= touched + 8_000
+
+
+async def test_a_bad_policy_update_is_dead_lettered_once_however_often_the_service_starts(
+    broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The policies topic is read whole at every start: a bad update there went to the
+    dead-letter topic again at each restart. The instance remembers what it dead-lettered
+    in its state directory; a restart says it in the log only."""
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    bad = b'{"scope": "org", "org": "acme", "ttl": {"conversaton": "1h"}}'
+    await produce(broker, [(topics.policies, scope_key("org", "acme").encode(), bad)])
+    async with running_service(config, broker) as service:
+        assert service.stats.dead_letters == 1
+    with caplog.at_level(logging.WARNING, logger="stream_expiry"):
+        async with running_service(config, broker) as service:
+            assert service.stats.dead_letters == 0
+    assert "on the dead-letter topic already" in caplog.text
+    assert [r.value for r in await read_all(broker, topics.dlq)] == [bad]
