@@ -322,8 +322,8 @@ def _parser_archive(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "append every stamp to DIR/<org>/<YYYY-MM-DD of created_at>.jsonl.gz, and every "
         "erasure request (an explicit delete's null, or its tombstone) as an erasure marker "
         "to DIR/<org>/erasures.jsonl.gz; expiries erase nothing. Files are fsynced before "
-        "offsets are committed. With [archive] required = true in the service's config, nothing is purged "
-        "before this command has archived it. 'archive purge --dir DIR' removes the erased "
+        "offsets are committed. With [archive] required = true in the service's config, "
+        "nothing is purged before this command has archived it. 'archive purge --dir DIR' removes the erased "
         "records from the files. See README: Archive.",
     )
     archive.add_argument("action", nargs="?", choices=["run", "purge"], default="run")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import orjson
 
+from stream_expiry.archive import run_archive
 from stream_expiry.config import Config, parse_config
 from stream_expiry.kafka import producer
 from stream_expiry.model import Identity
@@ -20,6 +21,7 @@ from stream_expiry.testing.processes import ArrivalLog, ServiceProcess, spawn_se
 __all__ = [
     "ArrivalLog",
     "ServiceProcess",
+    "archive_topics",
     "config_for",
     "config_text",
     "event",
@@ -32,7 +34,9 @@ __all__ = [
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+    from pathlib import Path
 
+    from stream_expiry.archive import ArchiveWriter
     from tests.conftest import TopicSet
 
 
@@ -157,3 +161,17 @@ def live_expiries(state_dir: str) -> dict[str, int | None]:
             for s in store.items()
             if s.live
         }
+
+
+async def archive_topics(
+    broker: str, directory: Path, topics: TopicSet, group_id: str, **options: Any
+) -> ArchiveWriter:
+    """``run_archive`` on the test's own ``expiry.stamped`` and ``expiry.tombstones``."""
+    return await run_archive(
+        broker,
+        str(directory),
+        topic=topics.stamped,
+        tombstones=topics.tombstones,
+        group_id=group_id,
+        **options,
+    )

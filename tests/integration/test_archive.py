@@ -15,11 +15,12 @@ import anyio
 import orjson
 import pytest
 
-from stream_expiry.archive import ERASURES, archived_offsets, purge, read_lines, run_archive
+from stream_expiry.archive import ERASURES, archived_offsets, purge, read_lines
 from stream_expiry.codec import H_REASON
 from stream_expiry.kafka import producer
 from stream_expiry.model import Identity, Stamp, encode_stamp
 from tests.conftest import wait_for
+from tests.integration.service_helpers import archive_topics
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -72,16 +73,7 @@ async def archive_until(
     result: list[ArchiveWriter] = []
 
     async def run() -> None:
-        result.append(
-            await run_archive(
-                broker,
-                str(directory),
-                topic=topics.stamped,
-                tombstones=topics.tombstones,
-                group_id=group,
-                stop=stop,
-            )
-        )
+        result.append(await archive_topics(broker, directory, topics, group, stop=stop))
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(run)
@@ -161,14 +153,7 @@ async def test_dying_between_write_and_commit_loses_nothing(
             scope.cancel()
             await anyio.lowlevel.checkpoint()
 
-        await run_archive(
-            broker,
-            str(tmp_path),
-            topic=topics.stamped,
-            tombstones=topics.tombstones,
-            group_id=group,
-            after_write=die,
-        )
+        await archive_topics(broker, tmp_path, topics, group, after_write=die)
     assert scope.cancelled_caught
     assert written_before_death
     assert written_before_death[0] > 0

@@ -14,11 +14,12 @@ import anyio
 import orjson
 import pytest
 
-from stream_expiry.archive import read_lines, run_archive
+from stream_expiry.archive import read_lines
 from stream_expiry.service import wall_clock_ms
 from tests.conftest import TopicSet, read_all, wait_for
 from tests.integration.service_helpers import (
     ArrivalLog,
+    archive_topics,
     config_for,
     event,
     produce,
@@ -74,13 +75,8 @@ async def test_purges_wait_for_the_archive_and_catch_up_when_it_runs(
             started = wall_clock_ms()
 
             async def archive() -> None:
-                await run_archive(
-                    broker,
-                    str(archive_dir),
-                    topic=topics.stamped,
-                    tombstones=topics.tombstones,
-                    group_id=config.archive.group_id,
-                    stop=stop,
+                await archive_topics(
+                    broker, archive_dir, topics, config.archive.group_id, stop=stop
                 )
 
             tg.start_soon(archive)

@@ -10,7 +10,7 @@ import anyio
 import orjson
 import pytest
 
-from stream_expiry.archive import ERASURES, purge, read_lines, run_archive
+from stream_expiry.archive import ERASURES, purge, read_lines
 from stream_expiry.cli import main
 from stream_expiry.codec import deleted_at_of
 from stream_expiry.model import Identity, Stamp, encode_stamp
@@ -19,6 +19,7 @@ from stream_expiry.timeutil import format_ts, parse_ts
 from tests.conftest import TopicSet, read_all, wait_for
 from tests.integration.service_helpers import (
     ArrivalLog,
+    archive_topics,
     config_for,
     config_text,
     event,
@@ -255,14 +256,7 @@ async def test_an_erasure_deferred_past_the_next_life_reaches_the_archive(
         return read_lines(str(path)) if path.exists() else []
 
     async def archive() -> None:
-        await run_archive(
-            broker,
-            str(archive_dir),
-            topic=topics.stamped,
-            tombstones=topics.tombstones,
-            group_id=f"{topics.prefix}-archive",
-            stop=stop,
-        )
+        await archive_topics(broker, archive_dir, topics, f"{topics.prefix}-archive", stop=stop)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(archive)
