@@ -1,6 +1,6 @@
 """Restart time to the first tombstone, with 1 M pending records: warm and cold.
 
-    python -m bench.bench_restart [--pending 1000000] [--due 1000]
+    python -m bench.bench_restart [--pending 1000000] [--due 1000] [--backlog 0]
                                   [--modes warm,cold,warm-unpositioned]
                                   [--no-compare-empty]
 
@@ -18,6 +18,12 @@ In every mode the records are on ``expiry.stamped`` as the service leaves them
   restart re-reads the whole changelog to apply nothing. The cost the checkpoint removed.
 * ``cold``: the state directory is gone (a new machine, or a partition taken over); the
   service restores every partition from the changelog first.
+
+``--backlog N`` puts N input events (creates of far-future conversations) on the input
+topics before the restart: the events that came while the service was down. A partition
+assigned with a backlog fires nothing until it has read it (a touch waiting there may
+extend a session due now), so the first tombstone waits for the catch-up; ``caught_up_s``
+is the last partition's "has read its backlog" log line.
 
 A reader of ``expiry.tombstones`` (its own process) is subscribed first; then the clock
 starts and the service is started as a process, ``python -m stream_expiry run --config
@@ -72,7 +78,9 @@ from bench.common import (
 from bench.e2e_expiry import (
     PARTITIONS,
     BenchTopics,
+    ProduceSpec,
     index_file_bytes,
+    produce_in_child,
     temp_state_dir,
     tombstone_reader,
 )
@@ -86,6 +94,7 @@ from stream_expiry.state.store import DEFAULT_GRACE_MS, position_name
 _JOIN = re.compile(r"joining group")
 _READY = re.compile(r"assigned .*: (\d+) timers within the horizon")
 _RESTORED = re.compile(r"\] restored in ([0-9.]+) s")
+_CAUGHT_UP = re.compile(r"has read its backlog")
 TIMEOUT_S = 120.0
 MODES = ("warm", "cold", "warm-unpositioned")
 
@@ -147,7 +156,9 @@ async def leave_stores(
         store.close()
 
 
-async def measure(bootstrap: str, pending: int, due: int, mode: str) -> dict[str, Any]:
+async def measure(
+    bootstrap: str, pending: int, due: int, mode: str, backlog: int = 0
+) -> dict[str, Any]:
     topics = BenchTopics.fresh()
     await ensure_topics(bootstrap, topics.all, partitions=PARTITIONS)
     now_ms = time.time_ns() // NS_PER_MS
@@ -162,6 +173,10 @@ async def measure(bootstrap: str, pending: int, due: int, mode: str) -> dict[str
             await leave_stores(bootstrap, topics, state_dir, now_ms, checkpoint=mode == "warm")
             written["stores_seconds"] = round(time.perf_counter() - t0, 2)
             written["file_bytes"] = index_file_bytes(state_dir)
+        if backlog:
+            log(f"bench_restart: {backlog:,} input events waiting for the service")
+            spec = ProduceSpec("far", total, total + backlog, ts_ms=now_ms)
+            await produce_in_child(bootstrap, spec, topics)
         config_path = write_config(topics, state_dir)
         deadline_ns = time.time_ns() + int(TIMEOUT_S * NS_PER_S)
         try:
@@ -180,6 +195,7 @@ async def measure(bootstrap: str, pending: int, due: int, mode: str) -> dict[str
                         for _, line in svc.lines
                         if (r := _RESTORED.search(line)) is not None
                     ]
+                    caught = [t for t, line in svc.lines if _CAUGHT_UP.search(line)]
                     rss = rss_bytes(svc.pid)
                 finally:
                     code = await anyio.to_thread.run_sync(svc.stop)
@@ -195,6 +211,8 @@ async def measure(bootstrap: str, pending: int, due: int, mode: str) -> dict[str
         "mode": mode,
         "pending": total,
         "due": due,
+        "backlog": backlog,
+        "caught_up_s": round((max(caught) - t0) / NS_PER_S, 3) if caught else None,
         "delivered_due": delivered,
         "to_join_s": round((t_join - t0) / NS_PER_S, 3),
         "to_ready_s": round((t_ready - t0) / NS_PER_S, 3),
@@ -225,9 +243,9 @@ async def run(args: Any, bootstrap: str) -> dict[str, Any]:
     started = utc_now_iso()
     pending = args.pending if args.pending > 0 else 1_000_000
     due = max(1, args.due)
-    runs = [await measure(bootstrap, pending, due, mode) for mode in args.modes]
+    runs = [await measure(bootstrap, pending, due, mode, args.backlog) for mode in args.modes]
     if args.compare_empty and "warm" in args.modes:
-        runs.append(await measure(bootstrap, 0, due, "warm"))
+        runs.append(await measure(bootstrap, 0, due, "warm", args.backlog))
     main_run = runs[0]
     notes = [
         "Times are from spawning `python -m stream_expiry run` (interpreter start and imports "
@@ -251,6 +269,7 @@ async def run(args: Any, bootstrap: str) -> dict[str, Any]:
         params={
             "pending": pending,
             "due": due,
+            "backlog": args.backlog,
             "modes": args.modes,
             "compare_empty": args.compare_empty,
             "partitions": PARTITIONS,
@@ -265,6 +284,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.split("\n", 1)[0] if __doc__ else "restart")
     parser.add_argument(
         "--due", type=int, default=1000, help="records that expired while the service was down"
+    )
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=0,
+        help="input events that came while the service was down (it reads them before any "
+        "partition fires)",
     )
     parser.add_argument(
         "--compare-empty",

@@ -29,11 +29,14 @@ firing is ever behind (929 firings in a run, none), so nothing changes there.
 Both tasks decide and send under one lock (``Service.deciding``): effects reach the outbox
 in the order the processors made them, which is the order they settle in.
 
-A partition still reading the backlog it had when it was assigned (``held``) fires
-nothing: an event waiting there may extend a record (a touch of a live session, sent while
-no instance read the partition), and firing first would delete an active session early
-(a trial: every rolling restart deleted the sessions touched meanwhile, up to 15 s early).
-The service lets it go once it has read that far.
+A partition still reading the backlog it had when it was assigned (``catching_up``) fires
+no record of a sliding category: an event waiting there may extend it (a touch of a live
+session, sent while no instance read the partition), and firing first would delete an
+active session early (a trial: every rolling restart deleted the sessions touched
+meanwhile, up to 15 s early). Its other records fire on time, since no event can postpone
+them (:meth:`PartitionProcessor.fire_due`). Once the service takes the partition out of
+``catching_up`` (it has read that far, or was given up on), this task schedules the
+sessions set aside again, from their states then, whichever way it was taken out.
 """
 
 from __future__ import annotations
@@ -69,10 +72,10 @@ class Firing:
         clock: Callable[[], int],
         on_fired: Callable[[Fired], None],
         tick_ms: int = 10,
-        held: Container[tuple[str, int]] = frozenset(),
+        catching_up: Container[tuple[str, int]] = frozenset(),
     ) -> None:
         self._processors = processors
-        self._held = held
+        self._catching_up = catching_up
         self._outbox = outbox
         self._deciding = deciding
         self._clock = clock
@@ -80,6 +83,10 @@ class Firing:
         self._tick_s = tick_ms / 1000
         self._wake = anyio.Event()
         self._sleeping_until: int | None = None  # ms; None while awake
+
+    def wake(self) -> None:
+        """Look again now (a partition has caught up: its sessions set aside are due)."""
+        self._wake.set()
 
     def due_at(self, due_ms: int | None) -> None:
         """A timer due at ``due_ms`` was just set: wake the task unless it wakes before."""
@@ -89,8 +96,9 @@ class Firing:
 
     async def run(self) -> None:
         while True:
+            self._let_go_caught_up()
             now = self._clock()
-            dues = [d for p in self._firable() if (d := p.next_due_ms()) is not None]
+            dues = [d for p in self._processors.values() if (d := p.next_due_ms()) is not None]
             first = min(dues, default=None)
             if first is None or first > now:
                 delay_ms = IDLE_S * 1000 if first is None else min(IDLE_S * 1000, first - now)
@@ -119,23 +127,26 @@ class Firing:
         async with self._deciding:
             now = self._clock()
             fired: list[tuple[PartitionProcessor, Effects]] = []
-            due = [p for p in self._firable() if _due_by(p, now)]
+            due = [(s, p) for s, p in self._processors.items() if _due_by(p, now)]
             if not due:
                 return [], False
             share = max(1, FIRE_BATCH // len(due))  # the partitions behind share a slice
-            for proc in due:
-                effects = proc.fire_due(now, share)
+            catching_up = self._catching_up
+            for slot, proc in due:
+                effects = proc.fire_due(now, share, catching_up=slot in catching_up)
                 if effects:
                     fired.append((proc, effects))
                     for f in effects.tombstones:
                         self._on_fired(f)
             if not fired:
                 return [], False
-            return await self._outbox.send(fired, now), any(_due_by(p, now) for p in due)
+            return await self._outbox.send(fired, now), any(_due_by(p, now) for _, p in due)
 
-    def _firable(self) -> list[PartitionProcessor]:
-        held = self._held
-        return [p for slot, p in self._processors.items() if slot not in held]
+    def _let_go_caught_up(self) -> None:
+        catching_up = self._catching_up
+        for slot, proc in self._processors.items():
+            if proc.waiting and slot not in catching_up:
+                proc.let_go_waiting()
 
 
 def _due_by(proc: PartitionProcessor, now_ms: int) -> bool:

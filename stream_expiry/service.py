@@ -94,8 +94,8 @@ COMMIT_TIMEOUT_S = 10.0  # an offset commit given up after this (retried with th
 INPUT_MARKS = 1024  # slices remembered per partition for the marks of commits
 PRUNE_EVERY_S = 5.0  # and more at once while markers are due: pruning keeps up with deletions
 PRUNE_BUDGET = 20_000  # markers per store per loop turn, so a backlog never stalls the loop
-# The longest a newly assigned partition's due timers wait for it to read the backlog it
-# had then (its events may extend them): past it they fire, and the warning says so.
+# The longest a newly assigned partition's sliding records wait for it to read the backlog
+# it had then (its touches may extend them): past it they fire, and the warning says so.
 CATCH_UP_MAX_S = 300.0
 _END_UNKNOWN: Final = 2**63  # a partition assigned, its backlog's end not read yet
 
@@ -182,8 +182,9 @@ class Service:
         self._seeks = 0
         self._seeked_at: dict[tuple[str, int], int] = {}
         self._dead_lettered = DeadLettered(None)  # in the state directory once it is known
-        # Partitions reading the backlog found at their assignment, whose timers wait until
-        # then: the end offset to reach, and the monotonic time it is given up at.
+        # Partitions reading the backlog found at their assignment, whose sliding records'
+        # timers wait until then: the end offset to reach, and the monotonic time it is
+        # given up at.
         self._catching_up: dict[tuple[str, int], tuple[int, float]] = {}
         self._committed_at = 0.0
         self._pruned_at = time.monotonic()
@@ -292,7 +293,7 @@ class Service:
                     clock=self.clock,
                     on_fired=self._count_tombstone,
                     tick_ms=self.config.tick_ms,
-                    held=self._catching_up,
+                    catching_up=self._catching_up,
                 )
                 try:
                     async with anyio.create_task_group() as timers:
@@ -758,15 +759,16 @@ class Service:
             if backlog > 0:
                 self._catching_up[slot] = (ends[tp], time.monotonic() + CATCH_UP_MAX_S)
                 why += (
-                    f"; its due timers wait until the {backlog} events before {ends[tp]} are read"
+                    f"; due timers of sliding categories wait until the {backlog} events "
+                    f"before {ends[tp]} are read"
                 )
             else:
-                self._catching_up.pop(slot, None)
+                self._done_catching_up(slot)
             log.info("%s[%d] resumes at offset %d, %s", tp.topic, tp.partition, start, why)
 
     async def _caught_up(self, cons: AIOKafkaConsumer) -> None:
-        """Let the timers of the partitions that have read their backlog fire (see
-        :mod:`stream_expiry.firing`): a touch waiting there may extend its record."""
+        """Let the sliding records' timers of the partitions that have read their backlog
+        fire (see :mod:`stream_expiry.firing`): a touch waiting there may extend them."""
         for slot, (end, deadline) in list(self._catching_up.items()):
             position = self._next_offset.get(slot, 0)
             if position < end:  # the consumer's own position also passes control records
@@ -775,11 +777,12 @@ class Service:
                     with anyio.move_on_after(0.1):
                         position = max(position, await cons.position(tp))
             if position >= end:
-                log.info("%s[%d] has read its backlog: its timers fire", *slot)
+                log.info("%s[%d] has read its backlog: its sliding records' timers fire", *slot)
             elif time.monotonic() >= deadline:
                 log.warning(
                     "%s[%d] is still reading its backlog (offset %d of %d) after %.0f s: its "
-                    "due timers fire now, and an event still unread cannot extend them",
+                    "sliding records' due timers fire now, and a touch still unread cannot "
+                    "extend them",
                     *slot,
                     position,
                     end,
@@ -787,10 +790,14 @@ class Service:
                 )
             else:
                 continue
-            del self._catching_up[slot]
-            proc = self.processors.get(slot)
-            if proc is not None and self._firing is not None:
-                self._firing.due_at(proc.next_due_ms())
+            self._done_catching_up(slot)
+
+    def _done_catching_up(self, slot: tuple[str, int]) -> None:
+        """The firing task schedules the partition's sliding records set aside meanwhile
+        again, and fires those due: it is woken to."""
+        self._catching_up.pop(slot, None)
+        if self._firing is not None:
+            self._firing.wake()
 
     async def _unmarked(
         self,

@@ -122,9 +122,13 @@ class PartitionProcessor:
         self.store = store
         self._categories = categories
         self._max_skew_ms = max_skew_ms
+        self._sliding = sliding
         self._engine: Engine[None] = Engine(
             resolve, sliding, now_ms=now_ms, tick_ms=tick_ms, horizon_ms=horizon_ms
         )
+        # Keys of due timers of sliding categories set aside while the partition catches up
+        # (``fire_due(..., catching_up=True)``), until ``let_go_waiting``.
+        self._waiting: set[str] = set()
         # key -> (seq of the effects that wrote it last, state): decided, not yet stored
         self._overlay: dict[str, tuple[int, model.Stamp]] = {}
         self._seq = 0
@@ -250,10 +254,22 @@ class PartitionProcessor:
 
     # -- timers -------------------------------------------------------------------------
 
-    def fire_due(self, now_ms: int, limit: int | None = None) -> Effects:
+    def fire_due(
+        self, now_ms: int, limit: int | None = None, *, catching_up: bool = False
+    ) -> Effects:
         """Tombstones for the timers due at ``now_ms`` (at most ``limit``; the rest stay
-        due for the next call); never early."""
+        due for the next call); never early.
+
+        ``catching_up``: the partition has not read the input backlog it had when it was
+        assigned (a restart, a takeover). A touch waiting there may extend a record of a
+        sliding category, so those records' expiries are set aside, not fired, until
+        :meth:`let_go_waiting`. The other categories' fire: no input event can postpone
+        them (a touch does not slide them, a re-delivered create never extends a life, an
+        erasure only makes the deletion explicit), so they need not wait for the backlog.
+        """
         due = self._engine.advance(now_ms, limit)
+        if catching_up and due:
+            due = self._set_aside_sliding(due)
         self._seq += 1
         effects = Effects(self._seq)
         if not due:
@@ -289,6 +305,30 @@ class PartitionProcessor:
             writes[key] = (before, after)
             overlay[key] = (seq, after)
         return effects
+
+    def _set_aside_sliding(self, due: list[tuple[Fired, None]]) -> list[tuple[Fired, None]]:
+        sliding, waiting = self._sliding, self._waiting
+        firing: list[tuple[Fired, None]] = []
+        for entry in due:
+            fired = entry[0]
+            if fired.reason == "ttl" and fired.before.identity.category in sliding:
+                waiting.add(fired.before.identity.key)
+            else:
+                firing.append(entry)
+        return firing
+
+    @property
+    def waiting(self) -> int:
+        """Due timers of sliding categories set aside while the partition catches up."""
+        return len(self._waiting)
+
+    def let_go_waiting(self) -> int:
+        """Schedule the timers set aside again, from each record's state now: an event read
+        meanwhile may have extended or ended it. Returns how many are scheduled."""
+        keys, self._waiting = self._waiting, set()
+        states = [s for key in keys if (s := self.state_of(key)) is not None and s.live]
+        self._engine.load((s, None) for s in states)
+        return len(states)
 
     # -- legal holds ----------------------------------------------------------------------
 

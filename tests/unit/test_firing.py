@@ -24,8 +24,6 @@ if TYPE_CHECKING:
     from stream_expiry.model import Identity
     from stream_expiry.outbox import Outbox
 
-pytestmark = pytest.mark.asyncio
-
 BASE = 1_700_000_000_000
 TTL_MS = 1_000
 
@@ -66,16 +64,23 @@ def _processor(clock: _Clock, partition: int = 0) -> PartitionProcessor:
         partition,
         PartitionStore(MemoryKV()),
         resolve=_resolve,
-        sliding=frozenset(),
-        categories=frozenset({"error"}),
+        sliding=frozenset({"session"}),
+        categories=frozenset({"error", "session"}),
         max_skew_ms=10**12,
         now_ms=clock.now,
     )
 
 
-def _create(proc: PartitionProcessor, record_id: str, created_at: int, clock: _Clock) -> None:
-    """A record due at ``created_at + TTL_MS``, decided and settled."""
-    body = {"category": "error", "record_id": record_id, "org": "o", "ts": created_at}
+def _create(
+    proc: PartitionProcessor,
+    record_id: str,
+    created_at: int,
+    clock: _Clock,
+    category: str = "error",
+    op: str = "create",
+) -> None:
+    """A record due at ``created_at + TTL_MS`` (or a touch of it), decided and settled."""
+    body = {"category": category, "record_id": record_id, "org": "o", "ts": created_at, "op": op}
     rec = type("Rec", (), {"offset": 0, "key": None, "value": orjson.dumps(body)})()
     proc.settle(proc.process([rec], clock.now), clock.now)
 
@@ -92,6 +97,7 @@ def _firing(proc: PartitionProcessor, outbox: _Outbox, clock: _Clock, tick_ms: i
     )
 
 
+@pytest.mark.asyncio
 async def test_an_earlier_timer_wakes_the_sleeping_task(monkeypatch: pytest.MonkeyPatch) -> None:
     # Asleep with nothing due it would look again only after IDLE_S: an hour here, so only
     # the wake-up can make the tombstone go out before the test's deadline.
@@ -121,6 +127,7 @@ async def test_an_earlier_timer_wakes_the_sleeping_task(monkeypatch: pytest.Monk
     assert outbox.sent == [["o/_/live/error/r1"], ["o/_/live/error/r2"]]
 
 
+@pytest.mark.asyncio
 async def test_group_commit_waits_for_the_acks_then_sends_all_that_fell_due(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -154,6 +161,7 @@ async def test_group_commit_waits_for_the_acks_then_sends_all_that_fell_due(
     ]
 
 
+@pytest.mark.asyncio
 async def test_a_backlog_goes_out_in_slices_without_waiting_for_acks(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -176,6 +184,7 @@ async def test_a_backlog_goes_out_in_slices_without_waiting_for_acks(
     ]
 
 
+@pytest.mark.asyncio
 async def test_a_sleeping_task_wakes_at_the_first_due_time_by_itself(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -202,6 +211,7 @@ async def test_a_sleeping_task_wakes_at_the_first_due_time_by_itself(
     assert outbox.sent == [["o/_/live/error/soon"]]
 
 
+@pytest.mark.asyncio
 async def test_partitions_share_a_slice_and_each_tombstone_is_counted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -230,6 +240,7 @@ async def test_partitions_share_a_slice_and_each_tombstone_is_counted(
     assert outbox.times == [clock.now] * 3
 
 
+@pytest.mark.asyncio
 async def test_the_next_firing_waits_a_tick_from_the_start_of_the_last(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -250,3 +261,73 @@ async def test_the_next_firing_waits_a_tick_from_the_start_of_the_last(
         await wait_all_tasks_blocked()
         tg.cancel_scope.cancel()
     assert outbox.sent == [["o/_/live/error/r0"]]
+
+
+@pytest.mark.asyncio
+async def test_a_partition_catching_up_fires_its_due_records_but_the_sliding_ones() -> None:
+    """After a restart a partition reads the backlog it had at its assignment; a touch there
+    may extend a session, so due sessions wait for it, while due errors (no event can
+    postpone them) go out on time."""
+    clock = _Clock()
+    proc = _processor(clock)
+    _create(proc, "err", clock.now - TTL_MS - 10, clock)
+    _create(proc, "ses", clock.now - TTL_MS - 5, clock, "session")
+    outbox = _Outbox()
+    catching_up = {("in", 0)}
+    task = Firing(
+        {("in", 0): proc},
+        cast("Outbox", outbox),
+        anyio.Lock(),
+        clock=clock,
+        on_fired=lambda _f: None,
+        catching_up=catching_up,
+    )
+    _, behind = await task.fire_due()
+    assert outbox.sent == [["o/_/live/error/err"]]
+    assert (proc.waiting, behind) == (1, False)
+    assert proc.next_due_ms() is None  # set aside: the task does not spin on it
+
+    # The partition has read its backlog (no touch of the session there): the task
+    # schedules the session again and fires it, however the service took the slot out.
+    catching_up.clear()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(task.run)
+        task.wake()
+        with anyio.fail_after(5):
+            while len(outbox.sent) < 2:
+                await outbox.arrived.wait()
+                outbox.arrived = anyio.Event()
+        tg.cancel_scope.cancel()
+    assert outbox.sent[1] == ["o/_/live/session/ses"]
+    assert proc.waiting == 0
+
+
+def test_a_session_set_aside_while_catching_up_fires_at_the_expiry_its_touches_give() -> None:
+    clock = _Clock()
+    proc = _processor(clock)
+    for rid in ("touched", "untouched"):
+        _create(proc, rid, clock.now - TTL_MS - 20, clock, "session")
+    assert proc.fire_due(clock.now, catching_up=True).tombstones == []
+    assert proc.waiting == 2
+    # The backlog held a touch of one of them, sent before it expired.
+    _create(proc, "touched", clock.now - 30, clock, "session", op="touch")
+
+    assert proc.let_go_waiting() == 2
+    fired = proc.fire_due(clock.now).tombstones
+    assert [f.before.identity.record_id for f in fired] == ["untouched"]
+    assert fired[0].before.expires_at == clock.now - 20
+    assert proc.waiting == 0
+    later = proc.fire_due(clock.now - 30 + TTL_MS).tombstones
+    assert [(f.before.identity.record_id, f.before.expires_at) for f in later] == [
+        ("touched", clock.now - 30 + TTL_MS)
+    ]
+
+
+def test_a_session_set_aside_and_ended_meanwhile_is_not_fired_again() -> None:
+    clock = _Clock()
+    proc = _processor(clock)
+    _create(proc, "gone", clock.now - TTL_MS - 20, clock, "session")
+    proc.fire_due(clock.now, catching_up=True)
+    _create(proc, "gone", clock.now - 40, clock, "session", op="delete")  # erased meanwhile
+    assert proc.let_go_waiting() == 0
+    assert proc.fire_due(clock.now).tombstones == []
