@@ -185,8 +185,23 @@ class _Planner:
             c.partition, c.offset,
         )  # fmt: skip
         if old is None or not old.same_content(new):
+            if old is not None and life(c.created_at) > life(old.created_at):
+                self._superseded(slot, old)
             slot.row = new
             self.out.written += 1
+
+    def _superseded(self, slot: Slot, old: Row) -> None:
+        """The next life's stamp replaces a row no deletion ended: normally that life's null
+        comes first, so this is a life a legal hold kept (its tombstone comes at the release)
+        or one whose null was compacted away. Its tombstone gets the receipt, with the time
+        its row was replaced; nothing else about the marker changes."""
+        gone = Pending(
+            old.created_at, old.expires_at, old.ttl_seconds, old.ttl_source, self.now, True
+        )
+        m = slot.marker
+        before = NEVER_CREATED if m is None else m.deleted_before
+        held = () if m is None else m.pending
+        self.remember(slot, old.identity, before, None, (*held, gone))
 
     def tombstone(self, slot: Slot, t: TombstoneChange) -> None:
         """Delete the life the tombstone ends, and write the receipt of every deletion of it.
@@ -240,7 +255,11 @@ class _Planner:
         """The safety net: rows past their expiry, and null deletions whose tombstone event
         has not come within the grace, get their receipt with reason ``sweep``."""
         m = slot.marker
-        late = [p for p in m.pending if p.deleted_at <= c.cutoff] if m is not None else []
+        late = (
+            [p for p in m.pending if not p.superseded and p.deleted_at <= c.cutoff]
+            if m is not None
+            else []
+        )
         for p in late:
             self.receipt(c.identity, "sweep", 1, p, None, p.deleted_at)
             self.out.swept += 1

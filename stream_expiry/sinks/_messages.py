@@ -191,6 +191,12 @@ class Pending:
     The fields are the deleted row's; ``deleted_at`` is when the store deleted it, which is
     what the receipt will say. If the tombstone event never comes, the sweep (when on)
     writes the receipt after its grace, with reason ``sweep``.
+
+    ``superseded``: not a null but the stamp of the record's next life replaced the row (a
+    life a legal hold kept, whose tombstone comes at the release, however late; or a null
+    compacted away before the sink read it). Its tombstone still gets its receipt, whatever
+    became of the next life meanwhile; the sweep never takes it, since the release may come
+    after any grace.
     """
 
     created_at: int | None
@@ -198,6 +204,7 @@ class Pending:
     ttl_seconds: int | None
     ttl_source: str | None
     deleted_at: int
+    superseded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,8 +214,9 @@ class Marker:
     ``deleted_before``: a stamp whose ``created_at`` is below it belongs to a deleted life and
     is not written (this is how a tombstone that overtakes its record still wins).
     ``last_life``: the newest ``created_at`` deleted so far; a tombstone naming a life at or
-    before it is already done, so it leaves no second receipt. ``pending``: deletions by a
-    null value still waiting for their tombstone event (usually none).
+    before it is already done, so it leaves no second receipt, unless one of ``pending``
+    is its deletion. ``pending``: deletions by a null value, or by the next life's stamp,
+    still waiting for their tombstone event (usually none).
     """
 
     identity: Identity
@@ -219,8 +227,9 @@ class Marker:
 
     @property
     def pending_since(self) -> int | None:
-        """When the oldest pending deletion happened (the sweep's index), None if none."""
-        return min((p.deleted_at for p in self.pending), default=None)
+        """When the oldest pending deletion the sweep may take happened (its index), None
+        if none."""
+        return min((p.deleted_at for p in self.pending if not p.superseded), default=None)
 
 
 def encode_pending(pending: tuple[Pending, ...]) -> str | None:
@@ -228,7 +237,11 @@ def encode_pending(pending: tuple[Pending, ...]) -> str | None:
     if not pending:
         return None
     return orjson.dumps(
-        [[p.created_at, p.expires_at, p.ttl_seconds, p.ttl_source, p.deleted_at] for p in pending]
+        [
+            [p.created_at, p.expires_at, p.ttl_seconds, p.ttl_source, p.deleted_at]
+            + ([True] if p.superseded else [])  # what earlier versions wrote, unless superseded
+            for p in pending
+        ]
     ).decode("utf-8")
 
 

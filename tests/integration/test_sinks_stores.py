@@ -20,6 +20,7 @@ from stream_expiry.sinks._logic import Plan, plan
 from stream_expiry.sinks._messages import (
     Change,
     NullChange,
+    TombstoneChange,
     decode_stamped,
     decode_tombstone,
 )
@@ -179,6 +180,33 @@ async def test_null_value_deletes_but_not_a_newer_life_when_re_read(store: Store
         (r.reason, r.created_at, r.rows_deleted, r.deleted_at) for r in await store.receipts()
     ] == [("explicit", T0, 1, T0)]
     assert await store.get(i) is not None  # the newer life survives the old life's tombstone
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_a_held_life_replaced_by_the_next_is_receipted_at_the_release(store: Store) -> None:
+    """A life erased under a legal hold, then the record's next life (its stamp replaces the
+    row), deleted in turn, its null read first: the held life's tombstone at the release
+    still gets its receipt, and the sweep never writes one for it."""
+    i = ident("held")
+    held, following = stamp(i), stamp(i, created_at=T0 + 2 * MINUTE)
+    await store.apply([put(held, {"v": 1}, offset=0)], now_ms=T0)
+    await store.apply([put(following, {"v": 2}, offset=1)], now_ms=T0 + 200)
+    await store.apply([NullChange(i, 0, 2)], now_ms=T0 + 300)
+    # A sweep whose grace the replacement is past, the null not: nothing for the sweep.
+    page = await store.sweep(cutoff_ms=T0 + 250, now_ms=T0 + 1000 * MINUTE)
+    assert page.plan.receipts == []
+    tombstone = kill(held, "explicit", emitted_at=T0 + 30 * MINUTE)
+    assert isinstance(tombstone, TombstoneChange)
+    release = replace(tombstone, deleted_at=T0 + MINUTE)  # where the erasure ended the life
+    await store.apply([release, release], now_ms=T0 + 31 * MINUTE)
+    await store.apply([kill(following)], now_ms=T0 + 32 * MINUTE)
+    got = [(r.reason, r.created_at, r.rows_deleted, r.deleted_at) for r in await store.receipts()]
+    assert got == [
+        ("explicit", T0, 1, T0 + 200),  # its data went when the next life replaced it
+        ("ttl", T0 + 2 * MINUTE, 1, T0 + 300),
+    ]
+    assert await store.get(i) is None
 
 
 @pytest.mark.asyncio

@@ -435,3 +435,60 @@ def test_any_interleaving_converges_with_one_receipt_per_deleted_life(
     replay = w.apply(merged[min(replay_from, len(merged)) :])
     assert (replay.upserts, replay.deletes, replay.receipts) == ([], [], [])
     assert {i: (s.row, s.marker) for i, s in w.state.items()} == before
+
+
+def _held_life_replaced(w: World) -> tuple[Stamp, Stamp, TombstoneChange, int]:
+    """A life erased under a legal hold (its tombstone waits for the release), then the
+    record's next life, whose stamp replaces the held life's row: the held life's tombstone,
+    as the release sends it (where the erasure ended the life), and when the row went."""
+    held = life()
+    erased_at = T0 + MIN
+    following = life(created=T0 + 2 * MIN, ttl=60 * MIN)
+    w.apply([st_change(held, {"text": "held"}, 0)])
+    replaced_at = w.now + 1
+    p = w.apply([st_change(following, {"text": "next"}, 1)])
+    assert p.receipts == []
+    row = w.row()
+    assert row is not None
+    assert row.created_at == following.created_at
+    release = replace(tomb(held, "explicit", emitted_at=T0 + 30 * MIN), deleted_at=erased_at)
+    return held, following, release, replaced_at
+
+
+def test_a_held_life_replaced_by_the_next_gets_its_receipt_at_the_release() -> None:
+    w = World()
+    held, _, release, replaced_at = _held_life_replaced(w)
+    p = w.apply([release])
+    [r] = p.receipts
+    assert (r.reason, r.rows_deleted, r.created_at) == ("explicit", 1, held.created_at)
+    assert r.deleted_at == replaced_at  # when the store let go of the held life's data
+    assert w.row() is not None  # the next life stays
+    assert w.apply([release]).receipts == []  # a repeat is one
+
+
+def test_a_held_life_gets_its_receipt_when_the_next_lifes_null_came_first() -> None:
+    """The null of the next life reached the store before the held life's tombstone: that
+    tombstone was taken for a repeat, and the held life's erasure had no receipt."""
+    w = World()
+    held, following, release, replaced_at = _held_life_replaced(w)
+    w.apply([NullChange(A, 0, 2)])
+    assert w.row() is None
+    p = w.apply([release])
+    assert [(r.created_at, r.rows_deleted, r.deleted_at) for r in p.receipts] == [
+        (held.created_at, 1, replaced_at)
+    ]
+    p = w.apply([tomb(following)])
+    assert [(r.reason, r.created_at) for r in p.receipts] == [("ttl", following.created_at)]
+    assert w.apply([release, tomb(following)]).receipts == []
+    assert len(w.receipts) == 2  # one per life
+
+
+def test_the_sweep_leaves_a_replaced_held_life_to_its_release() -> None:
+    """A hold may last years, past any grace: the sweep writes no receipt for it."""
+    w = World()
+    _, _, release, _ = _held_life_replaced(w)
+    assert w.apply([SweepChange(A, T0 + 50 * MIN)]).receipts == []
+    slot = w.state[A]
+    assert slot.marker is not None
+    assert slot.marker.pending_since is None  # not in the sweep's index either
+    assert [r.rows_deleted for r in w.apply([release]).receipts] == [1]
