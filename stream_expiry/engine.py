@@ -133,14 +133,6 @@ def _fire_timer(key: str, packed: bytes, now_ms: int) -> Fired:
     return Fired(before, after, "ttl", now_ms)
 
 
-def _min_expiry(a: int | None, b: int | None) -> int | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return min(a, b)
-
-
 class Engine(Generic[S]):
     """Decides each event's effect and keeps the timers due before ``horizon_end``."""
 
@@ -222,19 +214,7 @@ class Engine(Generic[S]):
                 # A create of the life that ended then, redelivered: moving this life back
                 # over that deletion would bring the deleted life back.
                 return Outcome(Verdict.STALE, None, False)
-            fresh = self._stamp(event.identity, t, floor)
-            touched = (
-                prior.expires_at is not None
-                and prior.ttl_ms is not None
-                and prior.created_at is not None
-                and prior.expires_at > prior.created_at + prior.ttl_ms
-            )
-            expires = (
-                prior.expires_at if touched else _min_expiry(prior.expires_at, fresh.expires_at)
-            )
-            # Lives a legal hold keeps stay with the record whatever its creation time.
-            moved = fresh._replace(expires_at=expires, held_lives=prior.held_lives)
-            return Outcome(Verdict.BACKDATED, moved, True)
+            return self._backdate(event, prior, floor)
         # touch on a live record
         if (
             event.identity.category not in self._sliding
@@ -246,6 +226,31 @@ class Engine(Generic[S]):
         if slid <= prior.expires_at:
             return Outcome(Verdict.TOUCH_IGNORED, None, False)
         return Outcome(Verdict.EXTENDED, prior._replace(expires_at=slid), True)
+
+    def _backdate(self, event: InputEvent, prior: Stamp, floor: int | None) -> Outcome:
+        """A create from before the record's creation: the earliest creation time wins, with
+        the TTL of that time and the activity a touch slid the record to, unless that would
+        end the life later (or never): a redelivery never extends a life, so it then changes
+        nothing. A stamp always re-derives to its own expiry (``replay`` under the same
+        policy moves nothing); keeping the old expiry under the new TTL did not (a replay
+        then extended the record, or made it never expire)."""
+        fresh = self._stamp(event.identity, event.ts, floor)
+        expires, ttl = fresh.expires_at, fresh.ttl_ms
+        old_expires, old_ttl, old_created = prior.expires_at, prior.ttl_ms, prior.created_at
+        if (
+            expires is not None
+            and ttl is not None
+            and old_expires is not None
+            and old_ttl is not None
+            and old_created is not None
+            and old_expires > old_created + old_ttl
+        ):  # a touch slid it (only sliding records are): the slide stays, under this TTL
+            expires = max(expires, old_expires - old_ttl + ttl)
+        if old_expires is not None and (expires is None or expires > old_expires):
+            return Outcome(Verdict.REDELIVERED, None, False)
+        # Lives a legal hold keeps stay with the record whatever its creation time.
+        moved = fresh._replace(expires_at=expires, held_lives=prior.held_lives)
+        return Outcome(Verdict.BACKDATED, moved, True)
 
     def _delete(self, event: InputEvent, prior: Stamp | None, now_ms: int) -> Outcome:
         if prior is None:
