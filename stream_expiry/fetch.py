@@ -115,16 +115,19 @@ async def read_ranges(
     *,
     ends: Mapping[TopicPartition, int] | None = None,
     fetch_bytes: int = FETCH_BYTES,
+    wait_ms: int = FETCH_WAIT_MS,
 ) -> AsyncGenerator[list[Fetched], None]:
     """Read each partition of ``starts`` from its offset to its end (``ends``, or else the
     high watermark of its first answer), one list of :class:`Fetched` per round of
-    fetches. A partition found at or past its end yields one empty :class:`Fetched`."""
+    fetches. A partition found at or past its end yields one empty :class:`Fetched`.
+    ``wait_ms``: how long the broker may hold a fetch with nothing to give (small: to learn
+    the ends of partitions that are mostly at their end, at once)."""
     parts = {tp: _Partition(start, (ends or {}).get(tp)) for tp, start in starts.items()}
     if all(_done(part) for part in parts.values()):
         return
     leaders: dict[TopicPartition, int] = {}  # looked up by the first round, and after errors
-    failures = 0
-    round_ = asyncio.ensure_future(_round(cons, parts, leaders, fetch_bytes))
+    failures = unanswered = 0
+    round_ = asyncio.ensure_future(_round(cons, parts, leaders, fetch_bytes, wait_ms))
     try:
         while True:
             try:
@@ -138,9 +141,15 @@ async def read_ranges(
                 log.warning("reading %s; trying again in %.1f s", retry, backoff)
                 await asyncio.sleep(backoff)
                 leaders.clear()  # a leader may have moved
-                round_ = asyncio.ensure_future(_round(cons, parts, leaders, fetch_bytes))
+                round_ = asyncio.ensure_future(_round(cons, parts, leaders, fetch_bytes, wait_ms))
                 continue
             failures = 0
+            if not answers:  # a fetch answered without any partition asked for
+                unanswered += 1
+                if unanswered > EMPTY_ROUNDS:
+                    raise BrokerError(f"fetches of {sorted(parts)} came back without them")
+            else:
+                unanswered = 0
             # A partition answered without records while others filled the answer says
             # nothing about it; only a round where none had any can mean "nothing left".
             idle = not any(batches for _hw, _start, batches in answers.values())
@@ -148,7 +157,7 @@ async def read_ranges(
             more = any(not _done(part) for part in parts.values())
             if more:
                 # The next round goes out now: the broker prepares it while the caller works.
-                round_ = asyncio.ensure_future(_round(cons, parts, leaders, fetch_bytes))
+                round_ = asyncio.ensure_future(_round(cons, parts, leaders, fetch_bytes, wait_ms))
             yield out
             if not more:
                 return
@@ -188,6 +197,7 @@ async def _round(
     parts: Mapping[TopicPartition, _Partition],
     leaders: dict[TopicPartition, int],
     fetch_bytes: int,
+    wait_ms: int,
 ) -> dict[TopicPartition, _Answer]:
     """One fetch to each leader for its open partitions, sent at once (the leaders are
     looked up first when ``leaders`` is empty)."""
@@ -203,7 +213,7 @@ async def _round(
     requests = [
         client.send(
             node,
-            FetchRequest(FETCH_WAIT_MS, 1, fetch_bytes, READ_UNCOMMITTED, list(topics.items())),
+            FetchRequest(wait_ms, 1, fetch_bytes, READ_UNCOMMITTED, list(topics.items())),
         )
         for node, topics in by_node.items()
     ]

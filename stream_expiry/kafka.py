@@ -368,11 +368,15 @@ async def read_to_end(
     *,
     start: Mapping[int, int] | None = None,
     max_records: int = 5000,
+    then_follow: bool = False,
 ) -> AsyncIterator[dict[TopicPartition, list[Any]]]:
     """Assign every partition of ``topic`` to ``cons`` and yield batches up to its current end.
 
     ``start`` maps partitions to the offset to start from (default: the beginning). Used for
     the compacted topics read whole at start (policies, tombstones) and by ``replay``.
+    ``then_follow``: the caller goes on polling ``cons``, so records written meanwhile that
+    came with the last batches are yielded too (dropped, the consumer being past them, they
+    were lost: a policy update sent while a service started, say).
     """
     tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(cons, topic))]
     if not tps:
@@ -398,7 +402,7 @@ async def read_to_end(
             )
         out: dict[TopicPartition, list[Any]] = {}
         for tp, records in batch.items():
-            kept = [r for r in records if r.offset < ends[tp]]
+            kept = records if then_follow else [r for r in records if r.offset < ends[tp]]
             if kept:
                 out[tp] = kept
         for tp in list(remaining):

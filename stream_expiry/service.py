@@ -415,7 +415,8 @@ class Service:
             self.health.beat()
             if self.rebalance_error is not None:
                 raise self.rebalance_error
-            await control.poll()
+            # Policy updates and holds sent before these records apply to them.
+            await control.poll(max(r[-1].timestamp for r in batch.values()) if batch else None)
             if batch:
                 await self._ingest(batch, seeks_before)
             if self._catching_up:

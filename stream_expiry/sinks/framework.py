@@ -547,7 +547,7 @@ class Sink:
         if reader is None or topic is None:
             return
         if to_end:
-            batches = [b async for b in read_to_end(reader, topic)]
+            batches = [b async for b in read_to_end(reader, topic, then_follow=True)]
         else:
             with broker_errors(f"reading {topic}"):
                 batches = [await reader.getmany(timeout_ms=0)]

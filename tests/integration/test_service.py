@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
@@ -12,6 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from stream_expiry import service as service_module
 from stream_expiry.codec import H_DELETED_AT, H_REASON
+from stream_expiry.holds import Hold, encode_hold
 from stream_expiry.model import Identity
 from stream_expiry.policy import scope_key
 from stream_expiry.service import wall_clock_ms
@@ -181,6 +182,48 @@ async def test_a_policy_update_applies_to_records_created_after_it_only(
     }
     assert ttl == {"before": 3600, "after": 600, "other-org": 3600}
     assert source == {"before": "default", "after": "org", "other-org": "default"}
+
+
+@pytest.mark.timeout(120)
+async def test_a_policy_update_or_a_hold_sent_before_an_event_applies_to_it(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """Each round sends a policy update (effective from its send), then at once a create;
+    and a hold on a record, then at once its erasure. Each waits for its ack only, as a
+    platform's own code would. The control topics were polled beside the inputs, so an
+    event read in the same turn as the update was decided without it (a trial: 14 of 30
+    records got the previous TTL, 6 of 15 held records were erased)."""
+    config = config_for(
+        topics, str(tmp_path / "state"), '[retention.defaults]\nconversation = "1h"\n'
+    )
+    rounds = 10
+    async with running_service(config, broker) as service:
+        kept = [(topics.conversations, *event("conversation", f"h{i}")) for i in range(rounds)]
+        await produce(broker, kept)
+        await wait_for(lambda: service.stats.stamped >= rounds)
+        for i in range(rounds):
+            ttl = {"conversation": f"{i + 2}m"}
+            update = orjson.dumps({"scope": "org", "org": "acme", "ttl": ttl})
+            await produce(broker, [(topics.policies, scope_key("org", "acme").encode(), update)])
+            await produce(broker, [(topics.conversations, *event("conversation", f"r{i}"))])
+            hold = Hold(f"case-{i}", "acme", None, None, None, f"h{i}", "litigation", None)
+            await produce(broker, [(topics.holds, hold.hold_id.encode(), encode_hold(hold))])
+            erasure = event("conversation", f"h{i}", op="delete")
+            await produce(broker, [(topics.conversations, *erasure)])
+        stats = service.stats
+        await wait_for(lambda: stats.verdicts["held"] + stats.explicit >= rounds)
+        assert stats.explicit == 0  # not one erasure of a held record
+        assert stats.verdicts["held"] == rounds
+
+        def created(records: list[Any]) -> list[dict[str, Any]]:
+            bodies = [orjson.loads(r.value) for r in records if r.value]
+            return [b for b in bodies if b["record_id"].startswith("r")]
+
+        stamped = await read_topic(
+            broker, topics.stamped, until=lambda r: len(created(r)) >= rounds
+        )
+    ttls = {s["record_id"]: s["ttl_seconds"] for s in created(stamped)}
+    assert ttls == {f"r{i}": (i + 2) * 60 for i in range(rounds)}
 
 
 async def test_from_events_to_rows_deleted_in_a_sqlite_store(
