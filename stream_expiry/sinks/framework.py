@@ -39,7 +39,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
+from aiokafka import TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import IllegalStateError
 
 from stream_expiry.errors import BrokerError, BrokerUnavailableError, ConfigurationError
 from stream_expiry.holds import Hold, HoldBook, apply_hold_message
@@ -54,6 +56,7 @@ from stream_expiry.kafka import (
 from stream_expiry.kafka_settings import Connection, KafkaSecurity, TopicSettings, role_configs
 from stream_expiry.model import Rejection
 from stream_expiry.murmur2 import partition_for
+from stream_expiry.sinks._ends import end_offsets
 from stream_expiry.sinks._messages import (
     Change,
     InvalidMessage,
@@ -97,9 +100,16 @@ METRICS: Final = (
     "broker_errors_total",
 )
 BROKER_RETRY_S: Final = 1.0
+# How often, at most, the sink says again that its sweep waits for it to catch up.
+SWEEP_WAIT_SAID_EVERY_S: Final = 60.0
 # Messages decoded between two yields to the event loop while a store transaction runs:
 # small enough that the transaction resumes within a few milliseconds of its database.
 _DECODE_SLICE: Final = 500
+
+
+def _behind(ends: Mapping[Any, int], applied: Mapping[Any, int]) -> int:
+    """Messages below ``ends`` not applied yet."""
+    return sum(max(0, end - applied.get(tp, 0)) for tp, end in ends.items())
 
 
 def wall_clock_ms() -> int:
@@ -117,8 +127,10 @@ class SinkConfig:
     record (our record key for a topic not in it); the null goes to the partition Kafka's
     default partitioner (murmur2) picks for that key, where a Java producer put the record. ``receipts_topic=None`` keeps receipts
     in the store only. ``sweep_interval_s=None`` turns the safety-net sweep off; when on,
-    it deletes rows whose ``expires_at`` is more than ``sweep_grace_s`` in the past (the
-    grace leaves the service time to deliver the real tombstone, which carries the rule),
+    it deletes rows whose ``expires_at`` is ``sweep_grace_s`` or more before the
+    read-complete time (:meth:`Sink.read_complete_ms`: what the store holds is judged
+    only against what the sink has read; the grace leaves the service time to deliver
+    the real tombstone, which carries the rule),
     except the rows a legal hold on ``holds_topic`` keeps: the sink follows that topic
     itself, so a hold is kept even while the service is down (``holds_topic=None``: no
     holds are followed, for a deployment that has none). A hold released (or narrowed)
@@ -164,12 +176,22 @@ class BatchReport:
     receipts: tuple[Receipt, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class _Probe:
+    """The end offsets of the stamped and tombstone partitions, as the broker gave them to
+    a request sent at ``at_ms`` (the wall clock just before it)."""
+
+    at_ms: int
+    ends: dict[Any, int]
+
+
 @dataclass(slots=True)
 class _Decoded:
     """A batch read from Kafka and decoded, not yet applied."""
 
     changes: list[Change]
     offsets: dict[Any, int]  # next offset to commit, per partition
+    starts: dict[Any, int]  # first offset, per partition: where the unapplied part begins
     messages: int
     invalid: int  # malformed messages among them (already counted in the metrics)
 
@@ -219,6 +241,13 @@ class Sink:
         self._let_go_at: dict[str, int] = {}
         self._holds_reader: AIOKafkaConsumer | None = None
         self._sweep_from: SweepPosition | None = None
+        # The read-complete time W (see :meth:`read_complete_ms`), the request of end
+        # offsets that may move it on, the partitions both were made for, and when the
+        # sink last said that its sweep waits for W.
+        self._read_to_ms: int | None = None
+        self._probe: _Probe | None = None
+        self._probed_key: tuple[frozenset[Any], frozenset[Any]] = (frozenset(), frozenset())
+        self._wait_said_at: float | None = None
 
     async def run(self, stop: anyio.Event) -> None:
         """Consume until ``stop`` is set, then return after the current batch committed.
@@ -306,7 +335,8 @@ class Sink:
                         await self._mark_acked()
                     await self.store.idle()
                 if cfg.sweep_interval_s is not None and time.monotonic() >= next_sweep:
-                    full = await self.sweep_once(prod)
+                    read_to = await self.read_complete_ms(cons)
+                    full = read_to is not None and await self.sweep_once(prod, read_to_ms=read_to)
                     next_sweep = time.monotonic() + (0 if full else cfg.sweep_interval_s)
             except BrokerUnavailableError as exc:
                 # The store holds every applied batch and its receipts wait in the outbox;
@@ -401,6 +431,7 @@ class Sink:
         database answers."""
         changes: list[Change] = []
         offsets: dict[Any, int] = {}
+        starts: dict[Any, int] = {}
         messages = 0
         invalid_before = self.metrics["invalid_total"]
         since_yield = 0
@@ -418,7 +449,9 @@ class Sink:
                     since_yield = 0
                     await asyncio.sleep(0)
             offsets[tp] = recs[-1].offset + 1
-        return _Decoded(changes, offsets, messages, self.metrics["invalid_total"] - invalid_before)
+            starts[tp] = recs[0].offset
+        invalid = self.metrics["invalid_total"] - invalid_before
+        return _Decoded(changes, offsets, starts, messages, invalid)
 
     async def _step(self, prod: AIOKafkaProducer, cons: AIOKafkaConsumer) -> None:
         """Apply the ready batch; meanwhile, read the next one if the consumer holds it
@@ -569,15 +602,104 @@ class Sink:
             if self.holds.get(hold.hold_id) is not None:
                 log.info("legal hold %s: the sweep spares %s", hold.hold_id, hold.scope())
 
-    async def sweep_once(self, prod: AIOKafkaProducer) -> bool:
+    async def read_complete_ms(self, cons: AIOKafkaConsumer) -> int | None:
+        """The read-complete time W: every message on the stamped and tombstone topics
+        before W is applied to the store; None while no such time is known yet.
+
+        The sweep judges a row by the ``expires_at`` the store holds, which is stale while
+        later stamps (a touch's) and tombstones wait unread: judged by the clock, a sink
+        restarted behind its topics swept sessions touched while it was down, before
+        their real expiry, and gave rows whose tombstone waited unread a ``sweep``
+        receipt. Judged by W, the service's tombstone of every row due before ``W -
+        grace`` had the grace to reach the topic, and what reached it before W is applied.
+
+        W is the wall clock just before a request for the partitions' end offsets
+        (:func:`~stream_expiry.sinks._ends.end_offsets`), once
+        the store has applied every partition up to them: the sink's own partitions as
+        far as its consumer returned them, less the batch read but not yet applied (this
+        runs between batches, when no transaction is in flight); the partitions other
+        instances of the store read, up to the group's committed offsets (committed after
+        their transactions: never ahead of what they applied). A request the sink has
+        not caught up with stays, and moves W on at a later sweep once it has, so a sink
+        that keeps up with a busy topic sweeps without ever being idle.
+        """
+        cfg = self.config
+        known = [cons.partitions_for_topic(t) for t in (cfg.stamped_topic, cfg.tombstones_topic)]
+        partitions = frozenset(
+            TopicPartition(topic, p)
+            for topic, parts in zip((cfg.stamped_topic, cfg.tombstones_topic), known, strict=True)
+            for p in parts or ()
+        )
+        if not all(known):  # a topic the metadata does not hold yet: W would leave it out
+            partitions = frozenset()
+        mine = frozenset(cons.assignment())
+        if (partitions, mine) != self._probed_key:  # new partitions, or a rebalance
+            self._probed_key = (partitions, mine)
+            self._probe, self._read_to_ms = None, None
+        behind: int | None = None
+        if self._probe is not None:
+            behind = _behind(self._probe.ends, await self._applied(cons, partitions))
+            if behind == 0:
+                self._read_to_ms, self._probe = self._probe.at_ms, None
+        if self._probe is None and partitions:
+            applied = await self._applied(cons, partitions)
+            at = self._clock()
+            self._probe = _Probe(at, await end_offsets(cons, applied))
+            behind = _behind(self._probe.ends, applied)
+            if behind == 0:
+                self._read_to_ms, self._probe = at, None
+        if self._read_to_ms is not None:
+            self._wait_said_at = None
+        elif (
+            self._wait_said_at is None
+            or time.monotonic() - self._wait_said_at >= SWEEP_WAIT_SAID_EVERY_S
+        ):
+            self._wait_said_at = time.monotonic()
+            log.info(
+                "the sweep waits until the sink has caught up with %s and %s (%s): it "
+                "judges rows only by what the store has applied",
+                cfg.stamped_topic, cfg.tombstones_topic,
+                "no partitions known yet" if behind is None else f"{behind} messages behind",
+            )  # fmt: skip
+        return self._read_to_ms
+
+    async def _applied(
+        self, cons: AIOKafkaConsumer, partitions: frozenset[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """How far the store has applied each partition (see :meth:`read_complete_ms`)."""
+        ready = self._ready.starts if self._ready is not None else {}
+        applied: dict[TopicPartition, int | None] = {}
+        for tp in partitions:
+            if tp in ready:  # returned by the consumer, not applied yet
+                applied[tp] = ready[tp]
+                continue
+            try:
+                applied[tp] = await cons.position(tp)
+            except IllegalStateError:  # not this instance's (or no longer)
+                with broker_errors(f"reading the committed offsets of {self.config.group_id}"):
+                    applied[tp] = await cons.committed(tp)
+        never = [tp for tp, at in applied.items() if at is None]
+        if never:  # no instance has committed a batch of it: nothing read before its start
+            with broker_errors(f"asking {self.config.bootstrap_servers} for offsets"):
+                applied.update(await cons.beginning_offsets(never))
+        return {tp: at or 0 for tp, at in applied.items()}
+
+    async def sweep_once(self, prod: AIOKafkaProducer, *, read_to_ms: int) -> bool:
         """Run one bounded sweep and publish its receipts; True when more is left to look
-        at now. Rows a legal hold keeps are passed over, never deleted."""
+        at now. Rows a legal hold keeps are passed over, never deleted.
+
+        ``read_to_ms`` is the read-complete time W (:meth:`read_complete_ms`): rows that
+        expired ``sweep_grace_s`` or more before it are the sweep's, not rows that expired
+        that long before now (the store may be behind its topics).
+        """
         cfg = self.config
         await self._read_holds()
         now = self._clock()
-        cutoff = now - int(cfg.sweep_grace_s * 1000)
+        cutoff = read_to_ms - int(cfg.sweep_grace_s * 1000)
         for hold_id, at in list(self._let_go_at.items()):
-            if at <= cutoff:  # its records' tombstones had the grace to come
+            # Read at ``at``, the release made the service tombstone what it kept; those
+            # tombstones are in the store once W is a grace past it.
+            if at <= cutoff:
                 self._let_go.release(hold_id)
                 del self._let_go_at[hold_id]
         page = await self.store.sweep(

@@ -20,6 +20,7 @@ import pytest_asyncio
 
 from stream_expiry.holds import Hold, encode_hold
 from stream_expiry.kafka import ensure_topics
+from stream_expiry.sinks._messages import decode_stamped
 from stream_expiry.sinks.framework import wall_clock_ms
 from stream_expiry.sinks.sqlite import SQLiteStore
 from tests.conftest import read_topic
@@ -227,6 +228,64 @@ async def test_the_sweep_spares_what_a_legal_hold_keeps(
         assert await present(store, [by_org.identity, late_held.identity])
     reasons = {r.identity.record_id: r.reason for r in await store.receipts()}
     assert reasons == {"free0": "sweep", "free1": "sweep", "free2": "sweep", "c-7": "sweep"}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(["sqlite", "postgres"]), indirect=True)
+async def test_the_sweep_judges_rows_only_by_what_the_sink_has_read(
+    broker: str, topics: TopicSet, store: Store
+) -> None:
+    """A sink (re)started behind its topics: the store holds a session whose old expiry
+    passed, but a touch restamped it while the sink was down, and a row whose ttl
+    tombstone waits on the topic; both behind a backlog. Judged by the clock, the first
+    sweep (after the first batch) deleted the touched session before its real expiry and
+    gave the other a ``sweep`` receipt (a trial: 7,500 of 8,000 sessions, 41 s early).
+    Judged by what the store has applied, the sweep waits until the sink has caught up."""
+    now = wall_clock_ms()
+    old = stamp(ident("touched", category="session"), created_at=now - 2 * HOUR, ttl_ms=HOUR)
+    touched = old._replace(expires_at=now + HOUR)
+    due = stamp(ident("tombstoned"), created_at=now - 2 * HOUR, ttl_ms=HOUR)
+    forgotten = stamp(ident("forgotten"), created_at=now - 2 * HOUR, ttl_ms=HOUR)
+    # What an earlier run of the sink applied, before it stopped.
+    await store.apply(
+        [decode_stamped(*stamped_msg(s)) for s in (old, due, forgotten)], now_ms=now - HOUR
+    )
+    backlog = [stamp(ident(f"b{n}"), created_at=now, ttl_ms=HOUR) for n in range(3000)]
+    await produce(broker, topics.stamped, [*map(stamped_msg, backlog), stamped_msg(touched)])
+    await produce(broker, topics.tombstones, [tombstone_msg(due, emitted_at=now)])
+    config = sink_config(broker, topics, sweep_interval_s=0.05, sweep_grace_s=1, batch_size=100)
+    async with running_sink(store, config) as sink:
+        # The forgotten row has no tombstone coming: the sweep takes it once caught up.
+        await wait_until(_swept(store, [forgotten]), what="the sweep of the forgotten row")
+        await wait_until(
+            _metric(sink.metrics, "messages_total", len(backlog) + 2), what="every message"
+        )
+        assert sink.metrics["swept_total"] == 1
+    row = await store.get(touched.identity)
+    assert row is not None
+    assert row.expires_at == touched.expires_at
+    reasons = {r.identity.record_id: r.reason for r in await store.receipts()}
+    assert reasons == {"tombstoned": "ttl", "forgotten": "sweep"}
+
+
+@pytest.mark.asyncio
+async def test_the_end_offsets_are_the_brokers_now(broker: str, topics: TopicSet) -> None:
+    """The sweep's read-complete time rests on them: below the end (the broker's
+    ListOffsets answer here), it would sweep rows whose later stamps are unread."""
+    from aiokafka import TopicPartition
+
+    from stream_expiry.kafka import consumer
+    from stream_expiry.sinks._ends import end_offsets
+
+    await produce(broker, topics.stamped, [(f"k{n}".encode(), b"v") for n in range(500)])
+    async with consumer(broker) as cons:
+        tps = [TopicPartition(topics.stamped, p) for p in (0, 1)]
+        ends = await end_offsets(cons, dict.fromkeys(tps, 0))
+        assert sum(ends.values()) == 500
+        assert await end_offsets(cons, ends) == ends  # asked at the end: the same answer
+        await produce(broker, topics.stamped, [(b"k0", b"v")])
+        again = await end_offsets(cons, ends)
+        assert sum(again.values()) == 501
 
 
 def _swept(store: Store, stamps: list[Stamp]) -> Any:
