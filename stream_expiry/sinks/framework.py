@@ -66,6 +66,7 @@ from stream_expiry.sinks._messages import (
     encode_receipt,
 )
 from stream_expiry.sinks._publish import BatchPublisher
+from stream_expiry.sinks.store import StoreUnavailableError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -98,8 +99,10 @@ METRICS: Final = (
     "invalid_total",
     "unrepresentable_total",
     "broker_errors_total",
+    "store_errors_total",
 )
 BROKER_RETRY_S: Final = 1.0
+STORE_RETRY_S: Final = 1.0
 # How often, at most, the sink says again that its sweep waits for it to catch up.
 SWEEP_WAIT_SAID_EVERY_S: Final = 60.0
 # Messages decoded between two yields to the event loop while a store transaction runs:
@@ -307,7 +310,14 @@ class Sink:
                 return
             finally:
                 await self._abandon()
-            await self._mark_acked()
+            try:
+                await self._mark_acked()
+            except StoreUnavailableError as exc:
+                log.warning(
+                    "stopping without marking the last receipts published (%s): they are "
+                    "published again at the next start",
+                    exc,
+                )
 
     async def _loop(
         self, stop: anyio.Event, prod: AIOKafkaProducer, cons: AIOKafkaConsumer
@@ -315,8 +325,11 @@ class Sink:
         cfg = self.config
         next_sweep = time.monotonic()
         outage_since: float | None = None
+        store_lost_since: float | None = None
         while not stop.is_set():
             try:
+                if store_lost_since is not None:  # said to answer again only once it does
+                    await self.store.ping()
                 if outage_since is not None:  # receipts of a batch whose publish failed
                     await self._flush_outbox(prod)
                 if self._ready is None:
@@ -348,6 +361,22 @@ class Sink:
                 with anyio.move_on_after(BROKER_RETRY_S):
                     await stop.wait()
                 continue
+            except StoreUnavailableError as exc:
+                # As for the broker: the batch that was not applied was put back to be read
+                # again (see _step), and applying it again changes nothing where a part of
+                # it was; its offsets were never committed.
+                self.metrics["store_errors_total"] += 1
+                if store_lost_since is None:
+                    store_lost_since = time.monotonic()
+                    log.warning("%s; retrying until the store answers", exc)
+                with anyio.move_on_after(STORE_RETRY_S):
+                    await stop.wait()
+                continue
+            if store_lost_since is not None:
+                log.warning(
+                    "the store answers again after %.0f s", time.monotonic() - store_lost_since
+                )
+                store_lost_since = None
             if outage_since is not None:
                 log.warning(
                     "the broker answers again after %.0f s", time.monotonic() - outage_since
@@ -381,7 +410,11 @@ class Sink:
 
     async def _mark_acked(self) -> None:
         acked, self._acked = self._acked, []
-        await self.store.mark_published(acked, now_ms=self._clock())
+        try:
+            await self.store.mark_published(acked, now_ms=self._clock())
+        except BaseException:
+            self._acked = acked + self._acked  # marked at the next try
+            raise
 
     async def _check_compacted(self, prod: AIOKafkaProducer) -> None:
         """A user's topic must exist: producing to a missing one would create it (with the
@@ -469,6 +502,21 @@ class Sink:
         self._observe(cons, following)
         current, self._ready = self._ready, None
         assert current is not None
+        try:
+            await self._apply_and_hand_off(current, following, prod, cons)
+        except StoreUnavailableError:
+            self._rewind(cons, current)
+            raise
+
+    async def _apply_and_hand_off(
+        self,
+        current: _Decoded,
+        following: Mapping[Any, list[Any]],
+        prod: AIOKafkaProducer,
+        cons: AIOKafkaConsumer,
+    ) -> None:
+        """:meth:`_step` once the batches are taken: ``current`` applied, ``following``
+        decoded into ``_ready`` meanwhile."""
         if not self.store.overlaps:  # one step after the other: see Store.overlaps
             if following:  # kept before anything can fail, as below
                 self._ready = await self._decode_batch(following)
@@ -489,6 +537,20 @@ class Sink:
                 raise
             out = await task
         await self._hand_off(current, out, prod, cons)
+
+    def _rewind(self, cons: AIOKafkaConsumer, failed: _Decoded) -> None:
+        """The store lost its connection while applying ``failed``: read it again, and the
+        batch read after it, from their first offsets (what a restart would do, without
+        one). Records the consumer had fetched beyond them are dropped by the seek."""
+        starts = dict(failed.starts)
+        if self._ready is not None:
+            for tp, offset in self._ready.starts.items():
+                starts.setdefault(tp, offset)  # ``failed`` came first where both have one
+            self._ready = None
+        assigned = cons.assignment()
+        for tp, offset in starts.items():
+            if tp in assigned:  # a partition taken away is read again by its new owner
+                cons.seek(tp, offset)
 
     async def _handle(
         self, batch: Mapping[Any, list[Any]], prod: AIOKafkaProducer, cons: AIOKafkaConsumer

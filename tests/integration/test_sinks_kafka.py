@@ -11,7 +11,9 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import anyio
 import orjson
@@ -22,10 +24,13 @@ from stream_expiry.holds import Hold, encode_hold
 from stream_expiry.kafka import ensure_topics
 from stream_expiry.sinks._messages import decode_stamped
 from stream_expiry.sinks.framework import wall_clock_ms
+from stream_expiry.sinks.postgres import PostgresStore
 from stream_expiry.sinks.sqlite import SQLiteStore
+from stream_expiry.testing.proxy import Proxy
 from tests.conftest import read_topic
 from tests.integration.sink_helpers import (
     MINUTE,
+    PG_DSN,
     ident,
     null_msg,
     open_store,
@@ -288,6 +293,80 @@ async def test_the_end_offsets_are_the_brokers_now(broker: str, topics: TopicSet
         assert sum(again.values()) == 501
 
 
+@pytest.mark.asyncio
+@pytest.mark.postgres
+async def test_a_postgres_sink_rides_out_a_lost_connection(
+    broker: str, topics: TopicSet, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL away for a while (a proxy cut: every connection reset, every new one
+    refused, as when the server stops) and then the sink's backends terminated: the sink
+    retries as it does for the broker, says so once and again when the store answers, and
+    loses nothing (a trial: the sink exited on a 3-5 s stop of the server, its log full of
+    the pool's tracebacks). The PostgreSQL server itself is never stopped: other tests use it."""
+    import asyncpg
+
+    target = urlsplit(PG_DSN)
+    schema = f"t{uuid.uuid4().hex[:12]}"
+    now = wall_clock_ms()
+    first = [stamp(ident(f"a{n}"), created_at=now, ttl_ms=HOUR) for n in range(100)]
+    second = [stamp(ident(f"b{n}"), created_at=now, ttl_ms=HOUR) for n in range(300)]
+    async with Proxy(f"{target.hostname}:{target.port or 5432}") as proxy:
+        dsn = target._replace(netloc=proxy.address).geturl()
+        store = PostgresStore(dsn, name=f"outage-{schema}", schema=schema)
+        await store.open()
+        try:
+            config = sink_config(broker, topics, batch_size=50)
+            async with running_sink(store, config) as sink:
+                await produce(broker, topics.stamped, [stamped_msg(s) for s in first])
+                await wait_until(
+                    lambda: present(store, [s.identity for s in first]), what="the first stamps"
+                )
+                proxy.cut()
+                await produce(broker, topics.stamped, [stamped_msg(s) for s in second])
+                await produce(
+                    broker, topics.tombstones, [tombstone_msg(s, emitted_at=now) for s in first]
+                )
+                await wait_until(
+                    _metric(sink.metrics, "store_errors_total", 3), what="the sink retrying"
+                )
+                proxy.restore()
+                await wait_until(
+                    _caught_up(store, sink.metrics, 2 * len(first) + len(second)),
+                    what="everything read during the outage applied",
+                )
+                # Its connections terminated by an administrator, idle or not.
+                application = f"stream-expiry sink {store.name}"
+                killer = await asyncpg.connect(PG_DSN)
+                try:
+                    killed = await killer.fetchval(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE application_name = $1",
+                        application,
+                    )
+                finally:
+                    await killer.close()
+                assert killed >= 1
+                await produce(
+                    broker, topics.tombstones, [tombstone_msg(s, emitted_at=now) for s in second]
+                )
+                await wait_until(
+                    _caught_up(store, sink.metrics, 2 * len(first) + 2 * len(second)),
+                    what="the tombstones read after the termination applied",
+                )
+            assert await store.count() == 0
+            receipts = await store.receipts()
+            assert len(receipts) == len({r.identity for r in receipts}) == 400
+            assert {(r.reason, r.rows_deleted) for r in receipts} == {("ttl", 1)}
+        finally:
+            proxy.restore()
+            await store.drop_schema()
+            await store.close()
+    said = [r.getMessage() for r in caplog.records if r.name == "stream_expiry.sinks"]
+    assert len([m for m in said if "retrying until the store answers" in m]) == 1, said
+    assert any(m.startswith("the store answers again after") for m in said), said
+    assert "Failed to restore the pool connection floor" not in caplog.text
+
+
 def _swept(store: Store, stamps: list[Stamp]) -> Any:
     """Each row of ``stamps`` written and then swept (not merely absent: never written)."""
 
@@ -313,7 +392,7 @@ async def _receipt_for(store: Store, identity: Identity) -> bool:
 
 def _metric(metrics: dict[str, int], name: str, at_least: int) -> Any:
     async def check() -> bool:
-        return metrics[name] >= at_least
+        return metrics.get(name, 0) >= at_least
 
     return check
 

@@ -19,7 +19,7 @@ from stream_expiry.murmur2 import partition_for
 from stream_expiry.sinks._messages import decode_stamped, decode_tombstone
 from stream_expiry.sinks.framework import BatchReport, Sink, SinkConfig, _Decoded
 from stream_expiry.sinks.postgres import PostgresStore
-from stream_expiry.sinks.store import MemoryStore
+from stream_expiry.sinks.store import MemoryStore, StoreUnavailableError
 
 if TYPE_CHECKING:
     from stream_expiry.sinks._logic import Plan
@@ -738,3 +738,82 @@ async def test_the_sweep_cutoff_is_the_grace_before_the_read_complete_time() -> 
     await sink.sweep_once(FakeProducer(j), read_to_ms=read_to)
     assert [r.identity.record_id for r in await store.receipts()] == ["before-w"]
     assert await store.get(rows[1].identity) is not None
+
+
+class _LosingStore(MemoryStore):
+    """Loses its connection in the middle of its next ``lost`` batches."""
+
+    def __init__(self, lost: int) -> None:
+        super().__init__()
+        self.lost = lost
+
+    async def apply(self, changes: Any, *, now_ms: int, published: Any = ()) -> Plan:
+        if self.lost:
+            self.lost -= 1
+            raise StoreUnavailableError("PostgreSQL store 'pg2' has no connection: refused")
+        return await super().apply(changes, now_ms=now_ms, published=published)
+
+
+class _SeekingConsumer(FakeConsumer):
+    """Hands out the batches it is given, and remembers where the sink sought."""
+
+    def __init__(self, journal: Journal, store: MemoryStore, batches: list[Any]) -> None:
+        super().__init__(journal, store)
+        self.batches = batches
+        self.seeks: list[tuple[TP, int]] = []
+
+    async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
+        return self.batches.pop(0) if self.batches else {}
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+@pytest.mark.asyncio
+async def test_a_batch_the_store_lost_its_connection_on_is_read_again() -> None:
+    """The store's connection is lost while it applies a batch, with the next batch read
+    already: both are read again from their first offsets (the consumer seeks there), and
+    nothing of them is committed; the loop's retry applies them once the store answers."""
+    store, j = _LosingStore(lost=1), Journal()
+    sink = sink_for(store, [])
+    following = {
+        TP("st", 0): [Rec("st", 0, 7, b"x", b"[]")],
+        TP("tb", 0): [Rec("tb", 0, 3, b"y", b"[]")],
+    }
+    cons = _SeekingConsumer(j, store, [following])
+    sink._ready = await sink._decode_batch(batch())
+    with pytest.raises(StoreUnavailableError):
+        await sink._step(FakeProducer(j), cons)
+    assert sorted(cons.seeks, key=repr) == sorted(
+        [(TP("st", 0), 5), (TP("tb", 1), 9), (TP("tb", 0), 3)], key=repr
+    )  # st 0: the failed batch's first offset, not the next one's
+    assert sink._ready is None
+    assert commits(j) == []
+    assert await store.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("error", "lost"),
+    [
+        (ConnectionRefusedError(111, "Connect call failed"), True),
+        (ConnectionResetError(104, "Connection reset by peer"), True),
+        (TimeoutError(), True),
+        ("AdminShutdownError", True),  # pg_terminate_backend, a server shutting down
+        ("CannotConnectNowError", True),  # the server is starting up
+        ("ConnectionDoesNotExistError", True),
+        ("InsufficientPrivilegeError", False),  # permission denied: fatal, with its message
+        ("UndefinedTableError", False),
+        ("QueryCanceledError", False),  # statement_timeout
+        ("InvalidPasswordError", False),
+    ],
+)
+def test_only_a_lost_connection_is_retried(error: Any, lost: bool) -> None:
+    import asyncpg
+
+    from stream_expiry.sinks.postgres import PostgresStore
+
+    exc = getattr(asyncpg, error)("msg") if isinstance(error, str) else error
+    failure = PostgresStore("postgresql://h/db", name="pg2")._failure(exc, "failed")
+    assert isinstance(failure, StoreUnavailableError) is lost
+    assert isinstance(failure, StoreError)
+    assert str(failure).startswith("PostgreSQL store 'pg2' failed: ")
