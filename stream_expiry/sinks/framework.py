@@ -129,7 +129,7 @@ class SinkConfig:
     record from that topic. ``key_templates`` maps such a topic to the key it gives a
     record (our record key for a topic not in it); the null goes to the partition Kafka's
     default partitioner (murmur2) picks for that key, where a Java producer put the record. ``receipts_topic=None`` keeps receipts
-    in the store only. ``sweep_interval_s=None`` turns the safety-net sweep off; when on,
+    in the store only (none waits in its outbox, unless ``compacted`` has nulls to send). ``sweep_interval_s=None`` turns the safety-net sweep off; when on,
     it deletes rows whose ``expires_at`` is ``sweep_grace_s`` or more before the
     read-complete time (:meth:`Sink.read_complete_ms`: what the store holds is judged
     only against what the sink has read; the grace leaves the service time to deliver
@@ -802,8 +802,22 @@ class Sink:
             )  # fmt: skip
 
     async def _flush_outbox(self, prod: AIOKafkaProducer) -> None:
-        """Publish receipts a crash left unpublished, before anything new."""
+        """Publish receipts a crash left unpublished, before anything new. With nowhere
+        to publish them, take them out of the outbox instead: they are kept in the store
+        only, as the sink's own are (see :meth:`_publish`), and would otherwise be
+        published by the next run that has a topic, however long after."""
         if not self._publishes:
+            kept = 0
+            while pending := await self.store.pending_receipts(1000):
+                ids = [r.receipt_id for r in pending]
+                await self.store.mark_published(ids, now_ms=self._clock())
+                kept += len(ids)
+            if kept:
+                log.info(
+                    "%d receipts waiting in the outbox are kept in the store only (no "
+                    "receipts topic)",
+                    kept,
+                )
             return
         while pending := await self.store.pending_receipts(1000):
             log.info("publishing %d receipts left over from a previous run", len(pending))
@@ -828,7 +842,14 @@ class Sink:
         """
         if count:
             self.metrics["receipts_total"] += len(receipts)
-        if not receipts or not self._publishes:
+        if not receipts:
+            return
+        if not self._publishes:
+            # Kept in the store only (no receipts topic, no compacted topic): nothing is
+            # left to publish, so they leave the outbox at once. Left there, they piled up
+            # (every receipt of a trial), and a later run with a topic published them all
+            # as left over from a previous run.
+            self._acked.extend(r.receipt_id for r in receipts)
             return
         cfg = self.config
         out = BatchPublisher(prod)

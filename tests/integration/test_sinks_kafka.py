@@ -367,6 +367,42 @@ async def test_a_postgres_sink_rides_out_a_lost_connection(
     assert "Failed to restore the pool connection floor" not in caplog.text
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(["sqlite", "postgres"]), indirect=True)
+async def test_receipts_kept_in_the_store_only_wait_in_no_outbox(
+    broker: str, topics: TopicSet, store: Store
+) -> None:
+    """``--receipts-topic ""``: nothing is published, so nothing waits to be. Every
+    receipt stayed in the outbox (75,755 of 75,755 in a trial), and a later run with a
+    topic published them all as left over from a previous run."""
+    now = wall_clock_ms()
+    records = [stamp(ident(f"r{n}"), created_at=now - 2 * HOUR, ttl_ms=HOUR) for n in range(20)]
+    # Left in the outbox by an earlier version (or a run with a topic): not published now.
+    await store.apply([_decoded_tombstone(stamp(ident("earlier")), now)], now_ms=now)
+    assert len(await store.pending_receipts()) == 1
+    await produce(broker, topics.stamped, [stamped_msg(s) for s in records])
+    await produce(broker, topics.tombstones, [tombstone_msg(s) for s in records[:10]])
+    config = sink_config(
+        broker, topics, receipts_topic=None, sweep_interval_s=0.05, sweep_grace_s=60
+    )
+    async with running_sink(store, config) as sink:
+        await wait_until(
+            _caught_up(store, sink.metrics, len(records) + 10),
+            what="every receipt written, none waiting in the outbox",
+        )
+        await wait_until(_swept(store, records[10:]), what="the sweep's receipts")
+        await wait_until(
+            lambda: _outbox_empty(store), what="the sweep's receipts out of the outbox"
+        )
+        assert sink.metrics["published_total"] == 0
+    assert len(await store.receipts()) == len(records) + 1
+    assert await store.pending_receipts() == []
+
+
+async def _outbox_empty(store: Store) -> bool:
+    return not await store.pending_receipts()
+
+
 def _swept(store: Store, stamps: list[Stamp]) -> Any:
     """Each row of ``stamps`` written and then swept (not merely absent: never written)."""
 
