@@ -294,6 +294,7 @@ class Sink:
                 )
                 await self._read_holds(to_end=True)
             await self._check_compacted(prod)
+            self._say_start()
             await self._flush_outbox(prod)
             # A batch decoded by an earlier run belongs to that run's consumer: its
             # offsets were not committed, so this one reads it again.
@@ -318,6 +319,23 @@ class Sink:
                     "published again at the next start",
                     exc,
                 )
+
+    def _say_start(self) -> None:
+        """One line at start: what the sink reads and writes (a sink without metrics said
+        nothing until its first progress line, or ever when there was nothing to read)."""
+        cfg = self.config
+        compacted = ", ".join(f"{c}={t}" for c, t in sorted(cfg.compacted.items()))
+        sweep = (
+            "sweep off"
+            if cfg.sweep_interval_s is None
+            else f"sweep every {cfg.sweep_interval_s:g} s, grace {cfg.sweep_grace_s:g} s"
+        )
+        log.info(
+            "sink %s: reading %s and %s from %s (group %s); receipts to %s%s; %s",
+            self.store.name, cfg.stamped_topic, cfg.tombstones_topic, cfg.bootstrap_servers,
+            cfg.group_id, cfg.receipts_topic or "the store only",
+            f", nulls to {compacted}" if compacted else "", sweep,
+        )  # fmt: skip
 
     async def _loop(
         self, stop: anyio.Event, prod: AIOKafkaProducer, cons: AIOKafkaConsumer

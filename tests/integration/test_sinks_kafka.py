@@ -475,16 +475,6 @@ def _decoded_tombstone(s: Any, now: int) -> Any:
     return decode_tombstone(key, value)
 
 
-SINK_MAIN = """
-import argparse, sys
-from stream_expiry.sinks.command import add_sink_parser
-parser = argparse.ArgumentParser(prog="stream-expiry")
-add_sink_parser(parser.add_subparsers(dest="command", required=True))
-args = parser.parse_args(sys.argv[1:])
-sys.exit(args.func(args))
-"""
-
-
 @pytest.mark.asyncio
 async def test_sink_command_runs_until_sigint_and_exits_zero(
     broker: str, topics: TopicSet, tmp_path: Path
@@ -495,7 +485,7 @@ async def test_sink_command_runs_until_sigint_and_exits_zero(
     await produce(broker, topics.stamped, [stamped_msg(s)])
     await produce(broker, topics.tombstones, [tombstone_msg(s, emitted_at=now)])
     argv = [
-        sys.executable, "-c", SINK_MAIN, "sink", "sqlite", "--path", str(db),
+        sys.executable, "-m", "stream_expiry", "sink", "sqlite", "--path", str(db),
         "--bootstrap-servers", broker, "--group-id", f"{topics.prefix}.cli",
         "--stamped-topic", topics.stamped, "--tombstones-topic", topics.tombstones,
         "--receipts-topic", topics.receipts,
@@ -523,6 +513,11 @@ async def test_sink_command_runs_until_sigint_and_exits_zero(
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err
+    # What it reads and writes, said once at start.
+    assert (
+        f"sink sqlite: reading {topics.stamped} and {topics.tombstones} from {broker} (group "
+        f"{topics.prefix}.cli); receipts to {topics.receipts}; sweep off"
+    ) in err
     assert "stopped after 2 messages" in err  # tombstone first or stamp first: both right
     assert "1 receipts" in err
 
