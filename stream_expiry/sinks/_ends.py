@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError, NoError, OffsetOutOfRangeError, for_code
+from aiokafka.protocol.fetch import FetchRequest
 
-from stream_expiry.errors import BrokerError
+from stream_expiry.errors import BrokerError, BrokerUnavailableError
 from stream_expiry.kafka import mapped
 
 if TYPE_CHECKING:
@@ -51,22 +52,24 @@ async def end_offsets(
     Raises :class:`~stream_expiry.errors.BrokerUnavailableError` for what retrying may cure
     (no leader, a connection lost), else :class:`~stream_expiry.errors.BrokerError`.
     """
-    from aiokafka.protocol.fetch import FetchRequest
-
     if not at:
         return {}
     client = cons._client
-    try:
-        cluster = await client.fetch_all_metadata()
-    except KafkaError as exc:
-        raise mapped(exc, "reading the partitions' leaders failed") from exc
+    cluster = client.cluster  # the consumer's metadata: it subscribes to these topics
+    if any(_no_leader(cluster.leader_for_partition(tp)) for tp in at):
+        try:
+            cluster = await client.fetch_all_metadata()
+        except KafkaError as exc:
+            raise mapped(exc, "reading the partitions' leaders failed") from exc
     by_node: dict[int, dict[str, list[tuple[int, int, int]]]] = defaultdict(
         lambda: defaultdict(list)
     )
     for tp, offset in at.items():
         leader = cluster.leader_for_partition(tp)
-        if leader is None or leader < 0:
-            raise BrokerError(f"{tp.topic}[{tp.partition}] has no leader: is the topic there?")
+        if _no_leader(leader):
+            # A leader being elected, as the consumer's own fetches would wait for.
+            raise BrokerUnavailableError(f"{tp.topic}[{tp.partition}] has no leader now")
+        assert leader is not None
         by_node[leader][tp.topic].append((tp.partition, offset, 1))
     requests = [
         client.send(node, FetchRequest(_WAIT_MS, 0, 1, _READ_UNCOMMITTED, list(topics.items())))
@@ -84,6 +87,10 @@ async def end_offsets(
     if missing:
         raise BrokerError(f"the broker gave no end for {sorted(missing)}")
     return ends
+
+
+def _no_leader(leader: int | None) -> bool:
+    return leader is None or leader < 0
 
 
 def _take(response: Any, ends: dict[TopicPartition, int]) -> None:

@@ -257,7 +257,9 @@ class Sink:
 
         Opens the store if it is not open (it is never closed here: the caller owns it).
         Raises :class:`~stream_expiry.errors.StoreError` or
-        :class:`~stream_expiry.errors.BrokerError` without committing the failed batch.
+        :class:`~stream_expiry.errors.BrokerError` without committing the failed batch;
+        a broker that does not answer, or a store that lost its connection
+        (:class:`~stream_expiry.sinks.store.StoreUnavailableError`), is waited for instead.
         """
         cfg = self.config
         await self.store.open()
