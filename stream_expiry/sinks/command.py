@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import math
 import os
 import signal
 import sys
@@ -72,13 +73,28 @@ def _topic_template(text: str) -> tuple[str, KeyTemplate]:
 
 
 def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
+    """A sweep interval: positive and finite (``nan`` and ``inf`` are numbers to ``float``)."""
+    value = _number_of_seconds(text)
+    if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
     return value
+
+
+def _grace_seconds(text: str) -> float:
+    """A sweep grace: 0 or more, finite. A negative grace would sweep rows before they
+    expire (early deletion from a typo), and ``nan`` or ``inf`` would fail later with a
+    traceback instead of here with a line that names the option."""
+    value = _number_of_seconds(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected 0 or more seconds, got {text!r}")
+    return value
+
+
+def _number_of_seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -164,7 +180,7 @@ def _common_options() -> argparse.ArgumentParser:
     store.add_argument(
         "--sweep-grace",
         metavar="SECONDS",
-        type=float,
+        type=_grace_seconds,
         default=60.0,
         help="how long past expires_at the sweep waits for the real tombstone (default: %(default)s)",
     )

@@ -39,7 +39,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
+from aiokafka import TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import IllegalStateError
 
 from stream_expiry.errors import BrokerError, BrokerUnavailableError, ConfigurationError
 from stream_expiry.holds import Hold, HoldBook, apply_hold_message
@@ -54,6 +56,7 @@ from stream_expiry.kafka import (
 from stream_expiry.kafka_settings import Connection, KafkaSecurity, TopicSettings, role_configs
 from stream_expiry.model import Rejection
 from stream_expiry.murmur2 import partition_for
+from stream_expiry.sinks._ends import end_offsets
 from stream_expiry.sinks._messages import (
     Change,
     InvalidMessage,
@@ -63,6 +66,7 @@ from stream_expiry.sinks._messages import (
     encode_receipt,
 )
 from stream_expiry.sinks._publish import BatchPublisher
+from stream_expiry.sinks.store import StoreUnavailableError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -95,11 +99,20 @@ METRICS: Final = (
     "invalid_total",
     "unrepresentable_total",
     "broker_errors_total",
+    "store_errors_total",
 )
 BROKER_RETRY_S: Final = 1.0
+STORE_RETRY_S: Final = 1.0
+# How often, at most, the sink says again that its sweep waits for it to catch up.
+SWEEP_WAIT_SAID_EVERY_S: Final = 60.0
 # Messages decoded between two yields to the event loop while a store transaction runs:
 # small enough that the transaction resumes within a few milliseconds of its database.
 _DECODE_SLICE: Final = 500
+
+
+def _behind(ends: Mapping[Any, int], applied: Mapping[Any, int]) -> int:
+    """Messages below ``ends`` not applied yet."""
+    return sum(max(0, end - applied.get(tp, 0)) for tp, end in ends.items())
 
 
 def wall_clock_ms() -> int:
@@ -116,9 +129,11 @@ class SinkConfig:
     record from that topic. ``key_templates`` maps such a topic to the key it gives a
     record (our record key for a topic not in it); the null goes to the partition Kafka's
     default partitioner (murmur2) picks for that key, where a Java producer put the record. ``receipts_topic=None`` keeps receipts
-    in the store only. ``sweep_interval_s=None`` turns the safety-net sweep off; when on,
-    it deletes rows whose ``expires_at`` is more than ``sweep_grace_s`` in the past (the
-    grace leaves the service time to deliver the real tombstone, which carries the rule),
+    in the store only (none waits in its outbox, unless ``compacted`` has nulls to send). ``sweep_interval_s=None`` turns the safety-net sweep off; when on,
+    it deletes rows whose ``expires_at`` is ``sweep_grace_s`` or more before the
+    read-complete time (:meth:`Sink.read_complete_ms`: what the store holds is judged
+    only against what the sink has read; the grace leaves the service time to deliver
+    the real tombstone, which carries the rule),
     except the rows a legal hold on ``holds_topic`` keeps: the sink follows that topic
     itself, so a hold is kept even while the service is down (``holds_topic=None``: no
     holds are followed, for a deployment that has none). A hold released (or narrowed)
@@ -164,12 +179,22 @@ class BatchReport:
     receipts: tuple[Receipt, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class _Probe:
+    """The end offsets of the stamped and tombstone partitions, as the broker gave them to
+    a request sent at ``at_ms`` (the wall clock just before it)."""
+
+    at_ms: int
+    ends: dict[Any, int]
+
+
 @dataclass(slots=True)
 class _Decoded:
     """A batch read from Kafka and decoded, not yet applied."""
 
     changes: list[Change]
     offsets: dict[Any, int]  # next offset to commit, per partition
+    starts: dict[Any, int]  # first offset, per partition: where the unapplied part begins
     messages: int
     invalid: int  # malformed messages among them (already counted in the metrics)
 
@@ -219,13 +244,22 @@ class Sink:
         self._let_go_at: dict[str, int] = {}
         self._holds_reader: AIOKafkaConsumer | None = None
         self._sweep_from: SweepPosition | None = None
+        # The read-complete time W (see :meth:`read_complete_ms`), the request of end
+        # offsets that may move it on, the partitions both were made for, and when the
+        # sink last said that its sweep waits for W.
+        self._read_to_ms: int | None = None
+        self._probe: _Probe | None = None
+        self._probed_key: tuple[frozenset[Any], frozenset[Any]] = (frozenset(), frozenset())
+        self._wait_said_at: float | None = None
 
     async def run(self, stop: anyio.Event) -> None:
         """Consume until ``stop`` is set, then return after the current batch committed.
 
         Opens the store if it is not open (it is never closed here: the caller owns it).
         Raises :class:`~stream_expiry.errors.StoreError` or
-        :class:`~stream_expiry.errors.BrokerError` without committing the failed batch.
+        :class:`~stream_expiry.errors.BrokerError` without committing the failed batch;
+        a broker that does not answer, or a store that lost its connection
+        (:class:`~stream_expiry.sinks.store.StoreUnavailableError`), is waited for instead.
         """
         cfg = self.config
         await self.store.open()
@@ -262,6 +296,7 @@ class Sink:
                 )
                 await self._read_holds(to_end=True)
             await self._check_compacted(prod)
+            self._say_start()
             await self._flush_outbox(prod)
             # A batch decoded by an earlier run belongs to that run's consumer: its
             # offsets were not committed, so this one reads it again.
@@ -278,7 +313,31 @@ class Sink:
                 return
             finally:
                 await self._abandon()
-            await self._mark_acked()
+            try:
+                await self._mark_acked()
+            except StoreUnavailableError as exc:
+                log.warning(
+                    "stopping without marking the last receipts published (%s): they are "
+                    "published again at the next start",
+                    exc,
+                )
+
+    def _say_start(self) -> None:
+        """One line at start: what the sink reads and writes (a sink without metrics said
+        nothing until its first progress line, or ever when there was nothing to read)."""
+        cfg = self.config
+        compacted = ", ".join(f"{c}={t}" for c, t in sorted(cfg.compacted.items()))
+        sweep = (
+            "sweep off"
+            if cfg.sweep_interval_s is None
+            else f"sweep every {cfg.sweep_interval_s:g} s, grace {cfg.sweep_grace_s:g} s"
+        )
+        log.info(
+            "sink %s: reading %s and %s from %s (group %s); receipts to %s%s; %s",
+            self.store.name, cfg.stamped_topic, cfg.tombstones_topic, cfg.bootstrap_servers,
+            cfg.group_id, cfg.receipts_topic or "the store only",
+            f", nulls to {compacted}" if compacted else "", sweep,
+        )  # fmt: skip
 
     async def _loop(
         self, stop: anyio.Event, prod: AIOKafkaProducer, cons: AIOKafkaConsumer
@@ -286,8 +345,11 @@ class Sink:
         cfg = self.config
         next_sweep = time.monotonic()
         outage_since: float | None = None
+        store_lost_since: float | None = None
         while not stop.is_set():
             try:
+                if store_lost_since is not None:  # said to answer again only once it does
+                    await self.store.ping()
                 if outage_since is not None:  # receipts of a batch whose publish failed
                     await self._flush_outbox(prod)
                 if self._ready is None:
@@ -306,7 +368,8 @@ class Sink:
                         await self._mark_acked()
                     await self.store.idle()
                 if cfg.sweep_interval_s is not None and time.monotonic() >= next_sweep:
-                    full = await self.sweep_once(prod)
+                    read_to = await self.read_complete_ms(cons)
+                    full = read_to is not None and await self.sweep_once(prod, read_to_ms=read_to)
                     next_sweep = time.monotonic() + (0 if full else cfg.sweep_interval_s)
             except BrokerUnavailableError as exc:
                 # The store holds every applied batch and its receipts wait in the outbox;
@@ -318,6 +381,22 @@ class Sink:
                 with anyio.move_on_after(BROKER_RETRY_S):
                     await stop.wait()
                 continue
+            except StoreUnavailableError as exc:
+                # As for the broker: the batch that was not applied was put back to be read
+                # again (see _step), and applying it again changes nothing where a part of
+                # it was; its offsets were never committed.
+                self.metrics["store_errors_total"] += 1
+                if store_lost_since is None:
+                    store_lost_since = time.monotonic()
+                    log.warning("%s; retrying until the store answers", exc)
+                with anyio.move_on_after(STORE_RETRY_S):
+                    await stop.wait()
+                continue
+            if store_lost_since is not None:
+                log.warning(
+                    "the store answers again after %.0f s", time.monotonic() - store_lost_since
+                )
+                store_lost_since = None
             if outage_since is not None:
                 log.warning(
                     "the broker answers again after %.0f s", time.monotonic() - outage_since
@@ -351,7 +430,11 @@ class Sink:
 
     async def _mark_acked(self) -> None:
         acked, self._acked = self._acked, []
-        await self.store.mark_published(acked, now_ms=self._clock())
+        try:
+            await self.store.mark_published(acked, now_ms=self._clock())
+        except BaseException:
+            self._acked = acked + self._acked  # marked at the next try
+            raise
 
     async def _check_compacted(self, prod: AIOKafkaProducer) -> None:
         """A user's topic must exist: producing to a missing one would create it (with the
@@ -401,6 +484,7 @@ class Sink:
         database answers."""
         changes: list[Change] = []
         offsets: dict[Any, int] = {}
+        starts: dict[Any, int] = {}
         messages = 0
         invalid_before = self.metrics["invalid_total"]
         since_yield = 0
@@ -418,7 +502,9 @@ class Sink:
                     since_yield = 0
                     await asyncio.sleep(0)
             offsets[tp] = recs[-1].offset + 1
-        return _Decoded(changes, offsets, messages, self.metrics["invalid_total"] - invalid_before)
+            starts[tp] = recs[0].offset
+        invalid = self.metrics["invalid_total"] - invalid_before
+        return _Decoded(changes, offsets, starts, messages, invalid)
 
     async def _step(self, prod: AIOKafkaProducer, cons: AIOKafkaConsumer) -> None:
         """Apply the ready batch; meanwhile, read the next one if the consumer holds it
@@ -436,6 +522,21 @@ class Sink:
         self._observe(cons, following)
         current, self._ready = self._ready, None
         assert current is not None
+        try:
+            await self._apply_and_hand_off(current, following, prod, cons)
+        except StoreUnavailableError:
+            self._rewind(cons, current)
+            raise
+
+    async def _apply_and_hand_off(
+        self,
+        current: _Decoded,
+        following: Mapping[Any, list[Any]],
+        prod: AIOKafkaProducer,
+        cons: AIOKafkaConsumer,
+    ) -> None:
+        """:meth:`_step` once the batches are taken: ``current`` applied, ``following``
+        decoded into ``_ready`` meanwhile."""
         if not self.store.overlaps:  # one step after the other: see Store.overlaps
             if following:  # kept before anything can fail, as below
                 self._ready = await self._decode_batch(following)
@@ -456,6 +557,20 @@ class Sink:
                 raise
             out = await task
         await self._hand_off(current, out, prod, cons)
+
+    def _rewind(self, cons: AIOKafkaConsumer, failed: _Decoded) -> None:
+        """The store lost its connection while applying ``failed``: read it again, and the
+        batch read after it, from their first offsets (what a restart would do, without
+        one). Records the consumer had fetched beyond them are dropped by the seek."""
+        starts = dict(failed.starts)
+        if self._ready is not None:
+            for tp, offset in self._ready.starts.items():
+                starts.setdefault(tp, offset)  # ``failed`` came first where both have one
+            self._ready = None
+        assigned = cons.assignment()
+        for tp, offset in starts.items():
+            if tp in assigned:  # a partition taken away is read again by its new owner
+                cons.seek(tp, offset)
 
     async def _handle(
         self, batch: Mapping[Any, list[Any]], prod: AIOKafkaProducer, cons: AIOKafkaConsumer
@@ -569,15 +684,104 @@ class Sink:
             if self.holds.get(hold.hold_id) is not None:
                 log.info("legal hold %s: the sweep spares %s", hold.hold_id, hold.scope())
 
-    async def sweep_once(self, prod: AIOKafkaProducer) -> bool:
+    async def read_complete_ms(self, cons: AIOKafkaConsumer) -> int | None:
+        """The read-complete time W: every message on the stamped and tombstone topics
+        before W is applied to the store; None while no such time is known yet.
+
+        The sweep judges a row by the ``expires_at`` the store holds, which is stale while
+        later stamps (a touch's) and tombstones wait unread: judged by the clock, a sink
+        restarted behind its topics swept sessions touched while it was down, before
+        their real expiry, and gave rows whose tombstone waited unread a ``sweep``
+        receipt. Judged by W, the service's tombstone of every row due before ``W -
+        grace`` had the grace to reach the topic, and what reached it before W is applied.
+
+        W is the wall clock just before a request for the partitions' end offsets
+        (:func:`~stream_expiry.sinks._ends.end_offsets`), once
+        the store has applied every partition up to them: the sink's own partitions as
+        far as its consumer returned them, less the batch read but not yet applied (this
+        runs between batches, when no transaction is in flight); the partitions other
+        instances of the store read, up to the group's committed offsets (committed after
+        their transactions: never ahead of what they applied). A request the sink has
+        not caught up with stays, and moves W on at a later sweep once it has, so a sink
+        that keeps up with a busy topic sweeps without ever being idle.
+        """
+        cfg = self.config
+        known = [cons.partitions_for_topic(t) for t in (cfg.stamped_topic, cfg.tombstones_topic)]
+        partitions = frozenset(
+            TopicPartition(topic, p)
+            for topic, parts in zip((cfg.stamped_topic, cfg.tombstones_topic), known, strict=True)
+            for p in parts or ()
+        )
+        if not all(known):  # a topic the metadata does not hold yet: W would leave it out
+            partitions = frozenset()
+        mine = frozenset(cons.assignment())
+        if (partitions, mine) != self._probed_key:  # new partitions, or a rebalance
+            self._probed_key = (partitions, mine)
+            self._probe, self._read_to_ms = None, None
+        behind: int | None = None
+        if self._probe is not None:
+            behind = _behind(self._probe.ends, await self._applied(cons, partitions))
+            if behind == 0:
+                self._read_to_ms, self._probe = self._probe.at_ms, None
+        if self._probe is None and partitions:
+            applied = await self._applied(cons, partitions)
+            at = self._clock()
+            self._probe = _Probe(at, await end_offsets(cons, applied))
+            behind = _behind(self._probe.ends, applied)
+            if behind == 0:
+                self._read_to_ms, self._probe = at, None
+        if self._read_to_ms is not None:
+            self._wait_said_at = None
+        elif (
+            self._wait_said_at is None
+            or time.monotonic() - self._wait_said_at >= SWEEP_WAIT_SAID_EVERY_S
+        ):
+            self._wait_said_at = time.monotonic()
+            log.info(
+                "the sweep waits until the sink has caught up with %s and %s (%s): it "
+                "judges rows only by what the store has applied",
+                cfg.stamped_topic, cfg.tombstones_topic,
+                "no partitions known yet" if behind is None else f"{behind} messages behind",
+            )  # fmt: skip
+        return self._read_to_ms
+
+    async def _applied(
+        self, cons: AIOKafkaConsumer, partitions: frozenset[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """How far the store has applied each partition (see :meth:`read_complete_ms`)."""
+        ready = self._ready.starts if self._ready is not None else {}
+        applied: dict[TopicPartition, int | None] = {}
+        for tp in partitions:
+            if tp in ready:  # returned by the consumer, not applied yet
+                applied[tp] = ready[tp]
+                continue
+            try:
+                applied[tp] = await cons.position(tp)
+            except IllegalStateError:  # not this instance's (or no longer)
+                with broker_errors(f"reading the committed offsets of {self.config.group_id}"):
+                    applied[tp] = await cons.committed(tp)
+        never = [tp for tp, at in applied.items() if at is None]
+        if never:  # no instance has committed a batch of it: nothing read before its start
+            with broker_errors(f"asking {self.config.bootstrap_servers} for offsets"):
+                applied.update(await cons.beginning_offsets(never))
+        return {tp: at or 0 for tp, at in applied.items()}
+
+    async def sweep_once(self, prod: AIOKafkaProducer, *, read_to_ms: int) -> bool:
         """Run one bounded sweep and publish its receipts; True when more is left to look
-        at now. Rows a legal hold keeps are passed over, never deleted."""
+        at now. Rows a legal hold keeps are passed over, never deleted.
+
+        ``read_to_ms`` is the read-complete time W (:meth:`read_complete_ms`): rows that
+        expired ``sweep_grace_s`` or more before it are the sweep's, not rows that expired
+        that long before now (the store may be behind its topics).
+        """
         cfg = self.config
         await self._read_holds()
         now = self._clock()
-        cutoff = now - int(cfg.sweep_grace_s * 1000)
+        cutoff = read_to_ms - int(cfg.sweep_grace_s * 1000)
         for hold_id, at in list(self._let_go_at.items()):
-            if at <= cutoff:  # its records' tombstones had the grace to come
+            # Read at ``at``, the release made the service tombstone what it kept; those
+            # tombstones are in the store once W is a grace past it.
+            if at <= cutoff:
                 self._let_go.release(hold_id)
                 del self._let_go_at[hold_id]
         page = await self.store.sweep(
@@ -618,8 +822,22 @@ class Sink:
             )  # fmt: skip
 
     async def _flush_outbox(self, prod: AIOKafkaProducer) -> None:
-        """Publish receipts a crash left unpublished, before anything new."""
+        """Publish receipts a crash left unpublished, before anything new. With nowhere
+        to publish them, take them out of the outbox instead: they are kept in the store
+        only, as the sink's own are (see :meth:`_publish`), and would otherwise be
+        published by the next run that has a topic, however long after."""
         if not self._publishes:
+            kept = 0
+            while pending := await self.store.pending_receipts(1000):
+                ids = [r.receipt_id for r in pending]
+                await self.store.mark_published(ids, now_ms=self._clock())
+                kept += len(ids)
+            if kept:
+                log.info(
+                    "%d receipts waiting in the outbox are kept in the store only (no "
+                    "receipts topic)",
+                    kept,
+                )
             return
         while pending := await self.store.pending_receipts(1000):
             log.info("publishing %d receipts left over from a previous run", len(pending))
@@ -644,7 +862,14 @@ class Sink:
         """
         if count:
             self.metrics["receipts_total"] += len(receipts)
-        if not receipts or not self._publishes:
+        if not receipts:
+            return
+        if not self._publishes:
+            # Kept in the store only (no receipts topic, no compacted topic): nothing is
+            # left to publish, so they leave the outbox at once. Left there, they piled up
+            # (every receipt of a trial), and a later run with a topic published them all
+            # as left over from a previous run.
+            self._acked.extend(r.receipt_id for r in receipts)
             return
         cfg = self.config
         out = BatchPublisher(prod)

@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import orjson
@@ -61,7 +62,13 @@ from stream_expiry.sinks._messages import (
     encode_pending,
 )
 from stream_expiry.sinks.dsn import as_uri, is_local, redact
-from stream_expiry.sinks.store import Store, StoreTransaction, _new_receipt_id, check_identifier
+from stream_expiry.sinks.store import (
+    Store,
+    StoreTransaction,
+    StoreUnavailableError,
+    _new_receipt_id,
+    check_identifier,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -132,6 +139,24 @@ _SESSION_SETTINGS: Final = {"plan_cache_mode": "force_custom_plan"}
 _HOW_TO_START: Final = (
     "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 )
+
+
+def _lost_connection(exc: BaseException) -> bool:
+    """Whether ``exc`` says the connection is gone or the server does not answer now (it
+    stopped, restarts, or a backend was terminated), which waiting may cure; not an error
+    about what was asked (a bad schema, a permission refused, a statement cancelled)."""
+    import asyncpg
+
+    return isinstance(
+        exc,
+        OSError  # refused, reset, unreachable
+        | TimeoutError  # no answer to a connect
+        | asyncpg.PostgresConnectionError  # SQLSTATE class 08, a connection closed mid-way
+        | asyncpg.AdminShutdownError  # 57P01: terminated (pg_terminate_backend, a shutdown)
+        | asyncpg.CrashShutdownError  # 57P02
+        | asyncpg.CannotConnectNowError  # 57P03: starting up or shutting down
+        | asyncpg.TooManyConnectionsError,  # 53300: a restarting server's clients pile up
+    ) or (isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc))
 
 
 def _connect_failure(dsn: str, exc: BaseException) -> StoreError | ConfigurationError:
@@ -443,6 +468,24 @@ class PostgresStore(Store):
         self._pool_size = max(1, pool_size, parallel + 1)
         self._pool: asyncpg.Pool | None = None
 
+    def _failure(self, exc: BaseException, what: str) -> StoreError:
+        """The store error for ``exc``: :class:`StoreUnavailableError` (retried) when the
+        connection is lost, else :class:`StoreError` (the sink stops with its message)."""
+        kind = StoreUnavailableError if _lost_connection(exc) else StoreError
+        return kind(f"PostgreSQL store {self.name!r} {what}: {exc}")
+
+    def _server_settings(self) -> dict[str, str]:
+        """The session settings, and an ``application_name`` that tells the sink's
+        connections apart in ``pg_stat_activity`` (unless the DSN gives one)."""
+        settings = dict(_SESSION_SETTINGS)
+        try:
+            query = parse_qs(urlsplit(as_uri(self.dsn)).query)
+        except ValueError:
+            query = {}  # the connect says what is wrong with the DSN
+        if "application_name" not in query:
+            settings["application_name"] = f"stream-expiry sink {self.name}"[:63]
+        return settings
+
     def holds(self, identity: Identity) -> bool:
         i = identity
         return not (
@@ -453,7 +496,8 @@ class PostgresStore(Store):
     def _errors(self) -> tuple[type[BaseException], ...]:
         import asyncpg
 
-        return (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+        # TimeoutError: a connect that got no answer (asyncpg's own connect timeout).
+        return (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
     async def open(self) -> None:
         """Connect a small pool: the sink's transactions and readers (audits, the demo)
@@ -468,22 +512,33 @@ class PostgresStore(Store):
             ) from None
         unreachable: tuple[type[BaseException], ...] = (*self._errors(), TimeoutError, ValueError)
         try:
+            # No connection floor (min_size 0): connections are made when a transaction
+            # needs one and kept while they work. With a floor, asyncpg reconnects in the
+            # background whenever one is lost, and while the server is away it logged a
+            # traceback a second ("Failed to restore the pool connection floor").
             pool = await asyncpg.create_pool(
                 as_uri(self.dsn),
-                min_size=1,
+                min_size=0,
                 max_size=self._pool_size,
                 timeout=self._timeout,
-                server_settings=_SESSION_SETTINGS,
+                server_settings=self._server_settings(),
             )
         except unreachable as exc:
             raise _connect_failure(self.dsn, exc) from exc
+        try:  # the first connection: an unreachable server or a refusal is said here
+            conn = await pool.acquire()
+        except unreachable as exc:
+            await pool.close()
+            raise _connect_failure(self.dsn, exc) from exc
         script = _SCHEMA.format(**self._n.ddl())
         try:
-            async with pool.acquire() as conn, conn.transaction():
+            async with conn.transaction():
                 await conn.execute(script)
         except self._errors() as exc:
+            await pool.release(conn)
             await pool.close()
             raise StoreError(f"cannot create the sink schema {self.schema!r}: {exc}") from exc
+        await pool.release(conn)
         self._pool = pool
 
     async def close(self) -> None:
@@ -504,27 +559,29 @@ class PostgresStore(Store):
         try:
             conn = await pool.acquire()
         except errors as exc:
-            raise StoreError(f"PostgreSQL store {self.name!r} has no connection: {exc}") from exc
+            raise self._failure(exc, "has no connection") from exc
         try:
             tx = conn.transaction()
             try:
                 await tx.start()
             except errors as exc:
-                raise StoreError(f"PostgreSQL store {self.name!r} cannot begin: {exc}") from exc
+                raise self._failure(exc, "cannot begin") from exc
             try:
                 yield _PostgresTx(conn, self._n)
             except BaseException as exc:
                 with anyio.CancelScope(shield=True), contextlib.suppress(*errors):
                     await tx.rollback()
                 if isinstance(exc, errors):
-                    raise StoreError(f"PostgreSQL store {self.name!r} failed: {exc}") from exc
+                    raise self._failure(exc, "failed") from exc
                 raise
             try:
                 await tx.commit()
             except errors as exc:
-                raise StoreError(f"PostgreSQL store {self.name!r} could not commit: {exc}") from exc
+                # A lost connection leaves the commit's outcome unknown: the batch is
+                # applied again, which changes nothing where it was applied.
+                raise self._failure(exc, "could not commit") from exc
         finally:
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), contextlib.suppress(*errors):
                 await pool.release(conn)
 
     def transaction(self) -> contextlib.AbstractAsyncContextManager[StoreTransaction]:
@@ -534,7 +591,10 @@ class PostgresStore(Store):
         try:
             return list(await self._the_pool().fetch(sql, *params))
         except self._errors() as exc:
-            raise StoreError(f"PostgreSQL store {self.name!r} failed: {exc}") from exc
+            raise self._failure(exc, "failed") from exc
+
+    async def ping(self) -> None:
+        await self._fetch("SELECT 1")
 
     async def pending_receipts(self, limit: int = 1000) -> list[Receipt]:
         sql = (

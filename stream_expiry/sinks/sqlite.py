@@ -276,7 +276,7 @@ class SQLiteStore(Store):
         try:
             conn = await aiosqlite.connect(os.fspath(self.path), isolation_level=None)
         except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+            raise StoreError(f"cannot open SQLite database {self.path}: {self._why(exc)}") from exc
         try:
             await conn.execute("PRAGMA journal_mode=WAL")
             await conn.execute(f"PRAGMA synchronous={self._sync}")
@@ -293,6 +293,15 @@ class SQLiteStore(Store):
             await conn.close()
             raise StoreError(f"cannot create the sink schema in {self.path}: {exc}") from exc
         self._conn = conn
+
+    def _why(self, exc: BaseException) -> str:
+        """SQLite says "unable to open database file" whatever the cause; the commonest one,
+        a directory that does not exist (SQLite creates the file, not its directory), is
+        said as such."""
+        parent = os.path.dirname(os.path.abspath(os.fspath(self.path)))
+        if not os.path.isdir(parent):
+            return f"the directory {parent} does not exist (create it first)"
+        return str(exc)
 
     async def _upgrade(self, conn: aiosqlite.Connection) -> None:
         """Bring a store made by an earlier version up to date, in one transaction: add

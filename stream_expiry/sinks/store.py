@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Final, Self
 
 import anyio
 
-from stream_expiry.errors import ConfigurationError, leaves
+from stream_expiry.errors import ConfigurationError, StoreError, leaves
 from stream_expiry.sinks._logic import Plan, Slot, life, merge_plans, plan
 from stream_expiry.sinks._messages import (
     Change,
@@ -49,10 +49,19 @@ __all__ = [
     "MemoryStore",
     "Store",
     "StoreTransaction",
+    "StoreUnavailableError",
     "SweepPage",
     "SweepPosition",
     "check_identifier",
 ]
+
+
+class StoreUnavailableError(StoreError):
+    """The store's connection was lost, or its server does not answer (stopped, starting,
+    restarting): retrying may succeed, as with a broker outage. The sink waits and applies
+    again what was not applied; other store errors (a bad schema, a permission refused)
+    stop it."""
+
 
 #: Where a sweep's page ended: the last row it looked at, as the sweep orders rows (its
 #: ``expires_at``, then its identity's five parts).
@@ -217,6 +226,10 @@ class Store(abc.ABC):
     async def idle(self) -> None:  # noqa: B027 - a hook: most stores have nothing to do
         """The sink found nothing to read: a moment to clear what deletions left behind
         (the SQLite store's write-ahead log)."""
+
+    async def ping(self) -> None:  # noqa: B027 - a hook: an embedded store is always there
+        """Ask the store's server whether it answers: raises :class:`StoreUnavailableError`
+        while it does not (the sink calls it before it says an outage is over)."""
 
     def holds(self, identity: Identity) -> bool:
         """Whether this store can represent the identity at all (PostgreSQL: no U+0000)."""

@@ -661,3 +661,19 @@ async def test_sqlite_leaves_no_deleted_payload_in_its_files_once_idle(tmp_path:
 def _files_of(directory: Path, db: str) -> dict[str, bytes]:
     """The bytes of a SQLite database's files, by suffix ("", "-wal", "-shm")."""
     return {p.name[len(db) :]: p.read_bytes() for p in directory.iterdir() if p.name.startswith(db)}
+
+
+@pytest.mark.asyncio
+async def test_sqlite_names_a_missing_directory(tmp_path: Path) -> None:
+    """SQLite itself says only "unable to open database file"."""
+    path = tmp_path / "nodir" / "x.db"
+    with pytest.raises(StoreError) as failed:
+        await SQLiteStore(path).open()
+    assert str(failed.value) == (
+        f"cannot open SQLite database {path}: the directory {tmp_path / 'nodir'} does not "
+        "exist (create it first)"
+    )
+    unreadable = tmp_path / "dir.db"
+    unreadable.mkdir()  # a directory where the file should be: SQLite's own words
+    with pytest.raises(StoreError, match="unable to open database file"):
+        await SQLiteStore(unreadable).open()

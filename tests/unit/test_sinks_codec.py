@@ -325,6 +325,38 @@ def test_missing_brokers_and_bad_options_are_reported(
         )
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--sweep-grace", "-5", "expected 0 or more seconds, got '-5'"),
+        ("--sweep-grace", "nan", "expected 0 or more seconds, got 'nan'"),
+        ("--sweep-grace", "inf", "expected 0 or more seconds, got 'inf'"),
+        ("--sweep-grace", "1m", "expected a number of seconds, got '1m'"),
+        ("--sweep-interval", "inf", "expected a positive number of seconds, got 'inf'"),
+        ("--sweep-interval", "nan", "expected a positive number of seconds, got 'nan'"),
+    ],
+)
+def test_a_bad_sweep_time_is_one_line_and_status_2(
+    option: str, value: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A negative grace swept rows before they expired; nan and inf failed with a traceback."""
+    from stream_expiry.cli import main
+
+    argv = ["sink", "sqlite", "--path", "x.db", "--bootstrap-servers", "h:1", option, value]
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"argument {option}: {says}" in err
+    assert "Traceback" not in err
+
+
+def test_a_grace_of_zero_is_accepted() -> None:
+    args = parser().parse_args(["sink", "sqlite", "--path", "x.db", "--sweep-grace", "0"])
+    assert args.sweep_grace == 0.0
+
+
 def test_help_explains_the_options(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         parser().parse_args(["sink", "sqlite", "--help"])

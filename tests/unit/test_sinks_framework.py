@@ -17,9 +17,9 @@ from stream_expiry.kafka import key_partition
 from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
 from stream_expiry.murmur2 import partition_for
 from stream_expiry.sinks._messages import decode_stamped, decode_tombstone
-from stream_expiry.sinks.framework import BatchReport, Sink, SinkConfig
+from stream_expiry.sinks.framework import BatchReport, Sink, SinkConfig, _Decoded
 from stream_expiry.sinks.postgres import PostgresStore
-from stream_expiry.sinks.store import MemoryStore
+from stream_expiry.sinks.store import MemoryStore, StoreUnavailableError
 
 if TYPE_CHECKING:
     from stream_expiry.sinks._logic import Plan
@@ -195,7 +195,7 @@ async def test_the_sweep_counts_logs_and_publishes(caplog: pytest.LogCaptureFixt
         ],
         now_ms=T0,
     )
-    assert not await sink.sweep_once(FakeProducer(j))
+    assert not await sink.sweep_once(FakeProducer(j), read_to_ms=T0 + 120_000)
     assert sink.metrics["swept_total"] == 1
     assert "swept 1 rows" in caplog.text
     assert [e[1][0] for e in j.events if e[0] == "send"] == ["rc", "history"]
@@ -484,7 +484,7 @@ async def test_the_sweep_leaves_rows_within_the_grace_to_their_tombstones() -> N
 
     rows = [expired_ago("fresh", 59_999), expired_ago("edge", 60_000), expired_ago("old", 90_000)]
     await store.apply([c for s in rows for c in await _changes(s)], now_ms=now)
-    await sink.sweep_once(FakeProducer(j))
+    await sink.sweep_once(FakeProducer(j), read_to_ms=now)
     assert {r.identity.record_id for r in await store.receipts()} == {"edge", "old"}
     assert await store.get(rows[0].identity) is not None
     assert sink.metrics["swept_total"] == 2
@@ -572,13 +572,13 @@ async def test_rows_a_released_hold_kept_wait_the_grace_for_their_tombstones() -
         Rec("holds", 0, 3, b"h-nar", encode_hold(narrower)),
     ]
     sink._holds_reader = _HoldsReader(messages)
-    await sink.sweep_once(FakeProducer(j))
+    await sink.sweep_once(FakeProducer(j), read_to_ms=now[0])
     assert {r.identity.record_id for r in await store.receipts()} == {"c"}
     now[0] += 59_999  # within the grace of the release: their tombstones are on their way
-    await sink.sweep_once(FakeProducer(j))
+    await sink.sweep_once(FakeProducer(j), read_to_ms=now[0])
     assert {r.identity.record_id for r in await store.receipts()} == {"c"}
     now[0] += 1  # the grace passed and no tombstone came: the sweep's
-    await sink.sweep_once(FakeProducer(j))
+    await sink.sweep_once(FakeProducer(j), read_to_ms=now[0])
     assert {r.identity.record_id for r in await store.receipts()} == {"c", "a", "b"}
     assert await store.get(rows[2].identity) is not None  # the narrower hold keeps it
 
@@ -606,3 +606,214 @@ async def test_an_explicit_tombstone_ends_no_life_created_after_its_delete() -> 
             assert row is not None
             assert row.created_at == new.created_at
             assert len(await store.receipts()) == 1
+
+
+class _OffsetsConsumer:
+    """The consumer as the read-complete time sees it: partitions, this instance's
+    positions, the group's committed offsets, and the broker's end offsets."""
+
+    def __init__(self, ends: dict[TP, int], mine: set[TP], clock: list[int]) -> None:
+        self.ends, self.mine, self.clock = ends, mine, clock
+        self.positions: dict[TP, int] = dict.fromkeys(mine, 0)
+        self.committed_at: dict[TP, int | None] = {}
+        self.asked_at: list[int] = []
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {tp.partition for tp in self.ends if tp.topic == topic}
+
+    def assignment(self) -> set[TP]:
+        return set(self.mine)
+
+    async def end_offsets(self, at: dict[TP, int]) -> dict[TP, int]:
+        """What the Fetch of :func:`stream_expiry.sinks._ends.end_offsets` tells."""
+        self.asked_at.append(self.clock[0])
+        self.clock[0] += 5  # the answer takes a while: W is the time before the request
+        return {tp: self.ends[tp] for tp in at}
+
+    async def position(self, tp: TP) -> int:
+        from aiokafka.errors import IllegalStateError
+
+        if tp not in self.mine:
+            raise IllegalStateError(f"Partition {tp} is not assigned")
+        return self.positions[tp]
+
+    async def committed(self, tp: TP) -> int | None:
+        return self.committed_at.get(tp)
+
+    async def beginning_offsets(self, partitions: list[TP]) -> dict[TP, int]:
+        return dict.fromkeys(partitions, 7)
+
+
+@pytest.mark.asyncio
+async def test_the_read_complete_time_waits_for_what_the_store_has_applied(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """W is the time before a request for the end offsets, once every partition is
+    applied up to them: this instance's by its consumer's position, less a batch read but
+    not applied; another instance's by the group's committed offset (its beginning when
+    none). Until then the sweep waits, and says so once, then once a minute."""
+    from aiokafka import TopicPartition
+
+    clock = [T0]
+    st0, tb0, tb1 = TopicPartition("st", 0), TopicPartition("tb", 0), TopicPartition("tb", 1)
+    cons = _OffsetsConsumer({st0: 10, tb0: 4, tb1: 7}, mine={st0, tb0}, clock=clock)
+    sink = Sink(MemoryStore(), SinkConfig("unused:1", "g", "st", "tb"), clock=lambda: clock[0])
+    monkeypatch.setattr(
+        "stream_expiry.sinks.framework.end_offsets", lambda c, at: c.end_offsets(at)
+    )
+
+    def a_while_passes(seconds: float) -> None:  # since the sink last said it waits
+        if sink._wait_said_at is not None:
+            sink._wait_said_at -= seconds
+
+    def waiting() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "the sweep waits" in r.getMessage()]
+
+    with caplog.at_level(logging.INFO, logger="stream_expiry.sinks"):
+        assert await sink.read_complete_ms(cons) is None  # 10 + 4 behind; tb1: none committed
+        assert waiting() == [
+            "the sweep waits until the sink has caught up with st and tb (14 messages behind): "
+            "it judges rows only by what the store has applied"
+        ]
+        cons.positions = {st0: 10, tb0: 4}
+        clock[0] += 1000
+        a_while_passes(59)
+        # Read to the end, but the last batch is not applied yet.
+        sink._ready = _Decoded([], {st0: 10}, {st0: 8}, 2, 0)
+        assert await sink.read_complete_ms(cons) is None
+        assert len(waiting()) == 1  # said once, not at every sweep
+        sink._ready = None
+        w = await sink.read_complete_ms(cons)
+        assert w == cons.asked_at[-1] == clock[0] - 5  # the time before the request
+        # Messages arrive that the sink has not read: W stays until it has.
+        cons.ends[st0] = 12
+        clock[0] += 1000
+        assert await sink.read_complete_ms(cons) == w
+        cons.positions[st0] = 12
+        clock[0] += 1000
+        assert await sink.read_complete_ms(cons) == cons.asked_at[-1] > w
+        w = cons.asked_at[-1]
+        # Another instance's partition counts up to the group's committed offset.
+        cons.ends[tb1] = 9
+        cons.committed_at[tb1] = 8
+        clock[0] += 1000
+        assert await sink.read_complete_ms(cons) == w
+        cons.committed_at[tb1] = 9
+        clock[0] += 1000
+        assert await sink.read_complete_ms(cons) == cons.asked_at[-1] > w
+        # A rebalance: what was read for the old assignment says nothing of the new one.
+        cons.mine.add(tb1)
+        cons.positions[tb1] = 0
+        assert await sink.read_complete_ms(cons) is None
+        assert waiting()[-1].endswith(
+            "(9 messages behind): it judges rows only by what the store has applied"
+        )
+        assert len(waiting()) == 2  # a new wait is said at once
+        a_while_passes(59.9)
+        assert await sink.read_complete_ms(cons) is None
+        assert len(waiting()) == 2
+        a_while_passes(0.1)
+        assert await sink.read_complete_ms(cons) is None
+        assert len(waiting()) == 3  # and again a minute later
+
+
+@pytest.mark.asyncio
+async def test_the_sweep_cutoff_is_the_grace_before_the_read_complete_time() -> None:
+    """Rows are judged against W, not the clock: a row that expired more than the grace
+    before now but not before W may have a later stamp or its tombstone unread."""
+    store, j = MemoryStore(), Journal()
+    now = T0 + 3_600_000
+    config = SinkConfig(
+        bootstrap_servers="unused:1", group_id="g", stamped_topic="st", tombstones_topic="tb",
+        receipts_topic="rc", sweep_grace_s=60,
+    )  # fmt: skip
+    sink = Sink(store, config, clock=lambda: now)
+    read_to = now - 600_000  # the store is ten minutes behind its topics
+
+    def expired(rid: str, at: int) -> Stamp:
+        return Stamp(Identity("acme", "_", "live", "conversation", rid), at - 1000, at, 1, "org")
+
+    rows = [expired("before-w", read_to - 60_000), expired("after-w", read_to - 59_999)]
+    await store.apply([c for s in rows for c in await _changes(s)], now_ms=T0)
+    await sink.sweep_once(FakeProducer(j), read_to_ms=read_to)
+    assert [r.identity.record_id for r in await store.receipts()] == ["before-w"]
+    assert await store.get(rows[1].identity) is not None
+
+
+class _LosingStore(MemoryStore):
+    """Loses its connection in the middle of its next ``lost`` batches."""
+
+    def __init__(self, lost: int) -> None:
+        super().__init__()
+        self.lost = lost
+
+    async def apply(self, changes: Any, *, now_ms: int, published: Any = ()) -> Plan:
+        if self.lost:
+            self.lost -= 1
+            raise StoreUnavailableError("PostgreSQL store 'pg2' has no connection: refused")
+        return await super().apply(changes, now_ms=now_ms, published=published)
+
+
+class _SeekingConsumer(FakeConsumer):
+    """Hands out the batches it is given, and remembers where the sink sought."""
+
+    def __init__(self, journal: Journal, store: MemoryStore, batches: list[Any]) -> None:
+        super().__init__(journal, store)
+        self.batches = batches
+        self.seeks: list[tuple[TP, int]] = []
+
+    async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
+        return self.batches.pop(0) if self.batches else {}
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+@pytest.mark.asyncio
+async def test_a_batch_the_store_lost_its_connection_on_is_read_again() -> None:
+    """The store's connection is lost while it applies a batch, with the next batch read
+    already: both are read again from their first offsets (the consumer seeks there), and
+    nothing of them is committed; the loop's retry applies them once the store answers."""
+    store, j = _LosingStore(lost=1), Journal()
+    sink = sink_for(store, [])
+    following = {
+        TP("st", 0): [Rec("st", 0, 7, b"x", b"[]")],
+        TP("tb", 0): [Rec("tb", 0, 3, b"y", b"[]")],
+    }
+    cons = _SeekingConsumer(j, store, [following])
+    sink._ready = await sink._decode_batch(batch())
+    with pytest.raises(StoreUnavailableError):
+        await sink._step(FakeProducer(j), cons)
+    assert sorted(cons.seeks, key=repr) == sorted(
+        [(TP("st", 0), 5), (TP("tb", 1), 9), (TP("tb", 0), 3)], key=repr
+    )  # st 0: the failed batch's first offset, not the next one's
+    assert sink._ready is None
+    assert commits(j) == []
+    assert await store.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("error", "lost"),
+    [
+        (ConnectionRefusedError(111, "Connect call failed"), True),
+        (ConnectionResetError(104, "Connection reset by peer"), True),
+        (TimeoutError(), True),
+        ("AdminShutdownError", True),  # pg_terminate_backend, a server shutting down
+        ("CannotConnectNowError", True),  # the server is starting up
+        ("ConnectionDoesNotExistError", True),
+        ("InsufficientPrivilegeError", False),  # permission denied: fatal, with its message
+        ("UndefinedTableError", False),
+        ("QueryCanceledError", False),  # statement_timeout
+        ("InvalidPasswordError", False),
+    ],
+)
+def test_only_a_lost_connection_is_retried(error: Any, lost: bool) -> None:
+    import asyncpg
+
+    from stream_expiry.sinks.postgres import PostgresStore
+
+    exc = getattr(asyncpg, error)("msg") if isinstance(error, str) else error
+    failure = PostgresStore("postgresql://h/db", name="pg2")._failure(exc, "failed")
+    assert isinstance(failure, StoreUnavailableError) is lost
+    assert isinstance(failure, StoreError)
+    assert str(failure).startswith("PostgreSQL store 'pg2' failed: ")
