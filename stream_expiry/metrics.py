@@ -268,6 +268,8 @@ class _SinkCollector(Collector):
         "receipts_total": "Deletion receipts written.",
         "published_total": "Deletion receipts published to Kafka.",
         "compacted_nulls_total": "Null values produced to compacted user topics.",
+        "broker_errors_total": "Tries that found the broker unreachable (retried each second).",
+        "store_errors_total": "Tries that found the store's connection lost (retried each second).",
     }
     _ERRORS: Final = {"invalid_total": "invalid", "unrepresentable_total": "unrepresentable"}
 

@@ -136,9 +136,7 @@ _RECEIPT_COLS: Final = (
 # as the table grows it cost 130 us of the server's CPU per record at 300k rows (batches
 # of 1,000), against 11.5 us for the index lookups a fresh plan chooses.
 _SESSION_SETTINGS: Final = {"plan_cache_mode": "force_custom_plan"}
-_HOW_TO_START: Final = (
-    "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
-)
+_HOW_TO_START: Final = "is the server running and listening there?"
 
 
 def _lost_connection(exc: BaseException) -> bool:
