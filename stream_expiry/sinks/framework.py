@@ -101,8 +101,7 @@ METRICS: Final = (
     "broker_errors_total",
     "store_errors_total",
 )
-BROKER_RETRY_S: Final = 1.0
-STORE_RETRY_S: Final = 1.0
+RETRY_S: Final = 1.0  # a broker or store that does not answer is tried again this often
 # How often, at most, the sink says again that its sweep waits for it to catch up.
 SWEEP_WAIT_SAID_EVERY_S: Final = 60.0
 # Messages decoded between two yields to the event loop while a store transaction runs:
@@ -113,6 +112,28 @@ _DECODE_SLICE: Final = 500
 def _behind(ends: Mapping[Any, int], applied: Mapping[Any, int]) -> int:
     """Messages below ``ends`` not applied yet."""
     return sum(max(0, end - applied.get(tp, 0)) for tp, end in ends.items())
+
+
+class _Outage:
+    """A broker or store the sink waits for: counted at each failed try, said when it
+    starts failing and when it answers again."""
+
+    def __init__(self, what: str, metrics: dict[str, int], counter: str) -> None:
+        self.what, self._metrics, self._counter = what, metrics, counter
+        self.since: float | None = None
+
+    def failed(self, exc: BaseException) -> None:
+        self._metrics[self._counter] += 1
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning("%s; retrying until the %s answers", exc, self.what)
+
+    def answered(self) -> None:
+        if self.since is not None:
+            log.warning(
+                "the %s answers again after %.0f s", self.what, time.monotonic() - self.since
+            )
+            self.since = None
 
 
 def wall_clock_ms() -> int:
@@ -344,13 +365,13 @@ class Sink:
     ) -> None:
         cfg = self.config
         next_sweep = time.monotonic()
-        outage_since: float | None = None
-        store_lost_since: float | None = None
+        broker = _Outage("broker", self.metrics, "broker_errors_total")
+        store = _Outage("store", self.metrics, "store_errors_total")
         while not stop.is_set():
             try:
-                if store_lost_since is not None:  # said to answer again only once it does
+                if store.since is not None:  # said to answer again only once it does
                     await self.store.ping()
-                if outage_since is not None:  # receipts of a batch whose publish failed
+                if broker.since is not None:  # receipts of a batch whose publish failed
                     await self._flush_outbox(prod)
                 if self._ready is None:
                     with broker_errors(f"consuming from {cfg.bootstrap_servers}"):
@@ -371,37 +392,17 @@ class Sink:
                     read_to = await self.read_complete_ms(cons)
                     full = read_to is not None and await self.sweep_once(prod, read_to_ms=read_to)
                     next_sweep = time.monotonic() + (0 if full else cfg.sweep_interval_s)
-            except BrokerUnavailableError as exc:
-                # The store holds every applied batch and its receipts wait in the outbox;
-                # offsets not committed are read again: waiting loses nothing.
-                self.metrics["broker_errors_total"] += 1
-                if outage_since is None:
-                    outage_since = time.monotonic()
-                    log.warning("%s; retrying until the broker answers", exc)
-                with anyio.move_on_after(BROKER_RETRY_S):
+            except (BrokerUnavailableError, StoreUnavailableError) as exc:
+                # Broker: the store holds every applied batch and its receipts wait in the
+                # outbox; offsets not committed are read again. Store: the batch that was not
+                # applied was put back to be read again (see _step), and applying it again
+                # changes nothing where a part of it was. Waiting loses nothing.
+                (broker if isinstance(exc, BrokerUnavailableError) else store).failed(exc)
+                with anyio.move_on_after(RETRY_S):
                     await stop.wait()
                 continue
-            except StoreUnavailableError as exc:
-                # As for the broker: the batch that was not applied was put back to be read
-                # again (see _step), and applying it again changes nothing where a part of
-                # it was; its offsets were never committed.
-                self.metrics["store_errors_total"] += 1
-                if store_lost_since is None:
-                    store_lost_since = time.monotonic()
-                    log.warning("%s; retrying until the store answers", exc)
-                with anyio.move_on_after(STORE_RETRY_S):
-                    await stop.wait()
-                continue
-            if store_lost_since is not None:
-                log.warning(
-                    "the store answers again after %.0f s", time.monotonic() - store_lost_since
-                )
-                store_lost_since = None
-            if outage_since is not None:
-                log.warning(
-                    "the broker answers again after %.0f s", time.monotonic() - outage_since
-                )
-                outage_since = None
+            store.answered()
+            broker.answered()
 
     def observe(
         self,
