@@ -76,6 +76,16 @@ class Change:
             "ttl_source": self.ttl_source,
         }
 
+    def line(self) -> str:
+        """The sample's text line: an expiry that is not there reads ``never`` (no stamp
+        expires nothing either), not ``None``, and so does its missing source."""
+        old = "never" if self.old_expires_at is None else format_ts(self.old_expires_at)
+        if self.new_expires_at is None:
+            new = "never"
+        else:
+            new = f"{format_ts(self.new_expires_at)} ({self.ttl_source})"
+        return f"{self.kind:<8} {self.key}: {old} -> {new}"
+
 
 def _opt_ts(ms: int | None) -> str | None:
     return None if ms is None else format_ts(ms)
@@ -641,10 +651,7 @@ async def run_replay(config: Config, bootstrap: Brokers, args: argparse.Namespac
     if report.sample:
         print("sample of changed records:")
         for change in report.sample:
-            c = change.as_dict()
-            print(
-                f"  {c['kind']:<8} {c['key']}: {c['old_expires_at']} -> {c['new_expires_at']} ({c['ttl_source']})"
-            )
+            print(f"  {change.line()}")
     if not args.dry_run and report.records - report.unchanged:
         print("a service picks the new stamps up when it (re)starts or takes a partition over")
     return 0
