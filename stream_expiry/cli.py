@@ -138,7 +138,7 @@ def _parser_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from stream_expiry.policy import PolicyBook, render_explain_table
+    from stream_expiry.policy import PolicyBook, render_explain_table, updates_left_out
 
     config = load(args)
     book = PolicyBook(config, os.environ)
@@ -161,6 +161,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         for warning in book.env_warnings:
             print(f"warning: {warning}", file=sys.stderr)
         print(render_explain_table(result))
+        if not args.bootstrap_servers:
+            print(updates_left_out(config.topics.policies, config.bootstrap_servers))
     return 0
 
 

@@ -51,6 +51,7 @@ from stream_expiry.policy.sources import (
     Candidate,
     RetentionSettings,
     Source,
+    capital_m_note,
     config_key,
     make_candidate,
 )
@@ -439,6 +440,9 @@ class _Reader:
                     (*where, key),
                     f"invalid duration for key {key!r} {self.place(where)}: {exc}",
                 ) from None
+            if (month := capital_m_note(raw)) is not None:
+                where_key = self.locate((*where, key))
+                log.warning("%s: key %r %s: %s", where_key, key, self.place(where), month)
         return result
 
     # -- the file ------------------------------------------------------------------------------

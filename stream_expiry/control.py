@@ -204,12 +204,17 @@ class ControlTopics:
                     )
 
     async def _reject(self, rec: Any, why: model.Rejection, what: str) -> None:
+        """Dead-letter ``rec``, once per instance. Both log lines, the first and a
+        restart's repeat, name the message (key, ``topic[partition]@offset``): a person
+        reading either must find the message to fix or replace."""
+        key = "null" if rec.key is None else repr(rec.key.decode(errors="replace"))
         if rec in self._dead_lettered:
             log.warning(
-                "%s rejected: %s (%s); on the dead-letter topic already (%s[%d]@%d)",
+                "%s rejected: %s (%s); key %s, %s[%d]@%d; on the dead-letter topic already",
                 what,
                 why.code,
                 why.detail,
+                key,
                 rec.topic,
                 rec.partition,
                 rec.offset,
@@ -217,7 +222,16 @@ class ControlTopics:
             return
         self._stats.dead_letters += 1
         self._stats.dead_letter_codes[why.code] += 1
-        log.warning("%s rejected: %s (%s)", what, why.code, why.detail)
+        log.warning(
+            "%s rejected: %s (%s); key %s, %s[%d]@%d; put on the dead-letter topic",
+            what,
+            why.code,
+            why.detail,
+            key,
+            rec.topic,
+            rec.partition,
+            rec.offset,
+        )
         ack = await self._prod.send(
             self._topics.dlq, key=rec.key, value=rec.value, headers=dead_letter_headers(rec, why)
         )

@@ -76,6 +76,16 @@ class Change:
             "ttl_source": self.ttl_source,
         }
 
+    def line(self) -> str:
+        """The sample's text line: an expiry that is not there reads ``never`` (no stamp
+        expires nothing either), not ``None``, and so does its missing source."""
+        old = "never" if self.old_expires_at is None else format_ts(self.old_expires_at)
+        if self.new_expires_at is None:
+            new = "never"
+        else:
+            new = f"{format_ts(self.new_expires_at)} ({self.ttl_source})"
+        return f"{self.kind:<8} {self.key}: {old} -> {new}"
+
 
 def _opt_ts(ms: int | None) -> str | None:
     return None if ms is None else format_ts(ms)
@@ -530,9 +540,9 @@ async def _from_inputs(
             )
             try:
                 async for records in _read_partition(cons, tp):
-                    effects = proc.process(records, now)
+                    effects = proc.process(_read_in_time(records, config, now), now)
                     proc.settle(effects, now)
-                    report.events += effects.events
+                    report.events += len(records)
                     bar(report.events)
                 partition = codec.output_partition(tp.partition, stamped_partitions)
                 for state in store.items():
@@ -542,6 +552,37 @@ async def _from_inputs(
             finally:
                 store.close()
         bar(report.events, final=True)
+
+
+def _read_in_time(records: list[Any], config: Config, now: int) -> list[Any]:
+    """``records`` without the events the service rejected as ``future_timestamp``.
+
+    The service checks an event's ``ts`` against its clock when it reads the event; the
+    processor checks it against the ``now`` it is given, which for replay is replay's own
+    clock, minutes or months later: an event dead-lettered then would pass now, and come
+    back as a record. The record's Kafka timestamp is the best stand-in for the time the
+    service read it (capped at ``now``: a producer may set a timestamp in the future, and
+    the service reads nothing later than now). Only events the processor would accept at
+    ``now`` can differ, so the rest are left for it to reject (replay ignores dead
+    letters).
+    """
+    skew, categories = config.max_clock_skew_ms, frozenset(config.categories)
+    kept = [
+        rec
+        for rec in records
+        if rec.timestamp is None
+        or rec.timestamp < 0
+        or rec.timestamp >= now
+        or not _future_at(rec.value, rec.timestamp, categories, skew)
+    ]
+    return kept if len(kept) < len(records) else records
+
+
+def _future_at(value: bytes | None, read_at: int, categories: frozenset[str], skew: int) -> bool:
+    """Whether the service, reading ``value`` at ``read_at``, dead-letters it as too far
+    in the future."""
+    verdict = model.parse_event(value, categories=categories, now_ms=read_at, max_skew_ms=skew)
+    return isinstance(verdict, model.Rejection) and verdict.code == "future_timestamp"
 
 
 async def _read_partition(cons: AIOKafkaConsumer, tp: TopicPartition) -> AsyncIterator[list[Any]]:
@@ -610,10 +651,7 @@ async def run_replay(config: Config, bootstrap: Brokers, args: argparse.Namespac
     if report.sample:
         print("sample of changed records:")
         for change in report.sample:
-            c = change.as_dict()
-            print(
-                f"  {c['kind']:<8} {c['key']}: {c['old_expires_at']} -> {c['new_expires_at']} ({c['ttl_source']})"
-            )
+            print(f"  {change.line()}")
     if not args.dry_run and report.records - report.unchanged:
         print("a service picks the new stamps up when it (re)starts or takes a partition over")
     return 0

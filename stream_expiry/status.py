@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from stream_expiry.holds import HoldBook
     from stream_expiry.kafka_settings import Brokers
 
-__all__ = ["Status", "run_status", "status"]
+__all__ = ["Status", "run_status", "status", "text_lines"]
 
 
 @dataclass
@@ -144,25 +144,43 @@ async def run_status(config: Config, brokers: Brokers, args: argparse.Namespace)
     if args.json:
         sys.stdout.write(orjson.dumps(result.as_dict()).decode() + "\n")
         return 0
-    d = result.as_dict()
-    print(f"as of {d['at']}")
-    print(f"  pending      {d['pending_total']:>10,}   next due {d['next_due'] or '-'}")
-    for category, n in d["pending"].items():
-        print(f"    {category:<18} {n:>10,}")
-    print(f"  never expire {d['never']:>10,}")
+    for line in text_lines(result.as_dict(), archive_required=config.archive.required):
+        print(line)
+    return 0
+
+
+def text_lines(d: dict[str, Any], *, archive_required: bool) -> list[str]:
+    """``status`` for a person, from :meth:`Status.as_dict`. The figures form one column
+    right of the longest name (a category such as ``training_expression``, an input
+    partition's name), so they line up whatever the names are."""
+    rows: list[tuple[str, int, str]] = [
+        ("  pending", d["pending_total"], f"   next due {d['next_due'] or '-'}")
+    ]
+    rows += [(f"    {category}", n, "") for category, n in d["pending"].items()]
+    rows.append(("  never expire", d["never"], ""))
     oldest = f"   oldest due {d['oldest_overdue']}" if d["oldest_overdue"] else ""
-    print(f"  overdue      {d['overdue']:>10,}{oldest}")
-    if d["overdue"] and config.archive.required:
+    rows.append(("  overdue", d["overdue"], oldest))
+    rows.append(("  legal holds", len(d["holds"]), ""))
+    lag = [(f"    {name}", part["lag"], "") for name, part in d["lag"].items()]
+    width = max(len(name) for name, _n, _rest in rows + lag)
+
+    def row(name: str, n: int, rest: str) -> str:
+        return f"{name:<{width}} {n:>10,}{rest}"
+
+    lines = [f"as of {d['at']}"]
+    lines += [row(*r) for r in rows[:-1]]
+    if d["overdue"] and archive_required:
         # Not a late service, maybe: the metrics tell the two apart.
-        print(
+        lines.append(
             "    ([archive] required: records waiting for the archive count here too; "
             "stream_expiry_archive_waiting_records says how many)"
         )
-    print(f"  legal holds  {len(d['holds']):>10,}")
+    lines.append(row(*rows[-1]))
     for h in d["holds"]:
         n = h["records_held"]
-        print(f"    {h['hold_id']}: {n:,} record{'' if n == 1 else 's'} held ({h['reason']})")
-    print("  lag per input partition (end - committed offset)")
-    for name, lag in d["lag"].items():
-        print(f"    {name:<30} {lag['lag']:>10,}")
-    return 0
+        lines.append(
+            f"    {h['hold_id']}: {n:,} record{'' if n == 1 else 's'} held ({h['reason']})"
+        )
+    lines.append("  lag per input partition (end - committed offset)")
+    lines += [row(*r) for r in lag]
+    return lines

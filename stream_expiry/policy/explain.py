@@ -14,7 +14,7 @@ from stream_expiry.durations import format_duration
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-__all__ = ["render_explain_table"]
+__all__ = ["render_explain_table", "updates_left_out"]
 
 _PRIMARY: Final = ("org", "bot", "env")
 _HEADERS: Final = ("source", "name", "ttl", "verdict")
@@ -97,3 +97,17 @@ def render_explain_table(explanation: Mapping[str, Any]) -> str:
             f"effective TTL: {format_duration(int(ttl) * 1000)} ({ttl} s) from {source} ({name}): {why}"
         )
     return "\n".join(lines) + "\n"
+
+
+def updates_left_out(topic: str, bootstrap_servers: str | None) -> str:
+    """The line ``explain`` prints when it read no policy updates (no
+    ``--bootstrap-servers``): the running service applies those on ``topic`` over the
+    config, so a table without them can name a TTL no record gets, and must say so. With
+    brokers in the config, the line gives the flag that includes them (explain asks
+    nothing of Kafka unless given the flag)."""
+    how = (
+        f"add --bootstrap-servers {bootstrap_servers} to include them"
+        if bootstrap_servers
+        else "add --bootstrap-servers HOST:PORT to include them"
+    )
+    return f"not included: the runtime policy updates on {topic} ({how})"

@@ -31,6 +31,7 @@ __all__ = [
     "RetentionSettings",
     "Source",
     "TtlMap",
+    "capital_m_note",
     "config_key",
     "env_candidates",
     "make_candidate",
@@ -96,6 +97,25 @@ def make_candidate(source: Source, name: str, value: object) -> Candidate:
     """
     ms = parse_duration(value)
     return Candidate(source, name, ms if ms > 0 else None)
+
+
+_MONTH_AS_MINUTES = re.compile(r"^\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)\s*M\s*$")
+
+
+def capital_m_note(value: object) -> str | None:
+    """A warning for a duration written with the unit ``M`` (``"1M"``), else None.
+
+    Units are case-insensitive (the contract), so ``M`` is minutes; but ``M`` is the usual
+    abbreviation of a month, and one who meant a month gets data deleted about 43,800 times
+    too early. The value stays minutes: only the person is told, to write ``mo`` or ``m``.
+    """
+    if not isinstance(value, str) or _MONTH_AS_MINUTES.match(value) is None:
+        return None
+    minutes = value.strip()[:-1].strip()
+    return (
+        f"{value!r} means {minutes} minute(s) (units are case-insensitive: M is m, minutes); "
+        f'for months write "{minutes}mo", for minutes "{minutes}m" to say so'
+    )
 
 
 TtlMap = Mapping[str, Candidate]

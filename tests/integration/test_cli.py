@@ -42,6 +42,24 @@ def test_explain_json_is_the_contract_shape(
     assert set(out) == {"ttl_seconds", "source", "candidates"}
 
 
+def test_explain_of_a_config_file_says_the_policy_updates_are_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --bootstrap-servers, explain reads no runtime policy updates; its table
+    says so, with the flag that includes them (the config's brokers when it names some)."""
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(
+        'bootstrap_servers = "kafka-1:9092"\n[retention.defaults]\nconversation = "30d"\n'
+    )
+    argv = ["explain", "--config", str(cfg), "--org", "acme", "--category", "conversation"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "not included: the runtime policy updates on expiry.policies" in out
+    assert "--bootstrap-servers kafka-1:9092" in out
+    assert main([*argv, "--json"]) == 0
+    assert set(orjson.loads(capsys.readouterr().out)) == {"ttl_seconds", "source", "candidates"}
+
+
 def test_a_bad_config_file_stops_with_the_line_and_a_suggestion(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -283,3 +283,40 @@ async def test_replay_in_worker_processes_reports_and_applies_what_one_process_d
     assert len(stamped) == 300 + (300 - one.unchanged)
     for rec in stamped:  # each new stamp went beside the old one, with its source
         assert rec.partition == key_partition(rec.key, 2)
+
+
+async def test_replay_from_inputs_leaves_out_what_the_service_rejected_as_future(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """An event dead-lettered as ``future_timestamp`` (ts further ahead of the time the
+    service read it than the allowed skew) stays rejected when replay reads it once its
+    ts has passed: replay judges its skew at the record's Kafka timestamp, not at its own
+    clock, so the rejected event does not become a record."""
+    config = config_for(topics, str(tmp_path / "state"), LONG)
+    now = wall_clock_ms()
+    ten_minutes = 600_000
+    async with running_service(config, broker):
+        await produce(
+            broker,
+            [
+                (topics.conversations, *event("conversation", "ahead", ts=now + ten_minutes)),
+                (topics.conversations, *event("conversation", "kept", ts=now)),
+            ],
+        )
+        dead = await read_topic(broker, topics.dlq, until=lambda r: len(r) >= 1)
+        await read_topic(broker, topics.stamped, until=lambda r: len(r) >= 1)
+    assert [dict(d.headers)["expiry-error"] for d in dead] == [b"future_timestamp"]
+    later = now + 2 * ten_minutes  # the rejected event's ts has passed
+    report = await replay(
+        config, broker, environ={}, dry_run=True, from_inputs=True, clock=lambda: later
+    )
+    assert report.counts() == {
+        "events": 2,
+        "records": 1,
+        "unchanged": 1,
+        "earlier": 0,
+        "later": 0,
+        "due_now": 0,
+        "never": 0,
+    }
+    assert report.sample == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -552,3 +553,26 @@ def test_ids_and_counts_are_taken_up_to_their_limits_and_not_beyond() -> None:
     ]:
         with pytest.raises(ConfigError, match=message):
             parse_config(text)
+
+
+def test_a_capital_m_unit_is_minutes_with_a_warning_naming_the_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ "1M" is one minute (units are case-insensitive), though M usually means a month:
+    the value stands, and the log names the line to look at."""
+    text = '[retention.defaults]\nconversation = "30d"\nsession = "1M"\n'
+    with caplog.at_level(logging.WARNING, logger="stream_expiry"):
+        config = parse_config(text, path="expiry.toml")
+    session = config.retention.defaults["session"]
+    assert session.ttl_ms == 60_000
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith("expiry.toml line 3: key 'session' in [retention.defaults]")
+    assert '"1mo"' in warning
+
+
+@pytest.mark.parametrize("value", ["1m", "1mo", "1MO", "2h", "1", 5])
+def test_other_units_are_not_warned_about(value: object, caplog: pytest.LogCaptureFixture) -> None:
+    shown = f'"{value}"' if isinstance(value, str) else str(value)
+    with caplog.at_level(logging.WARNING, logger="stream_expiry"):
+        parse_config(f"[retention.defaults]\nconversation = {shown}\n")
+    assert caplog.records == []

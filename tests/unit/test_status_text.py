@@ -1,0 +1,44 @@
+"""``status`` for a person: the figures stand in one column whatever the names' lengths."""
+
+from __future__ import annotations
+
+import re
+
+from stream_expiry.status import text_lines
+
+STATUS = {
+    "at": "2026-01-01T00:00:00.000Z",
+    "pending": {"conversation": 1_234, "training_expression": 5},
+    "pending_total": 1_239,
+    "never": 7,
+    "next_due": "2026-01-01T01:00:00.000Z",
+    "overdue": 2,
+    "oldest_overdue": "2025-12-31T23:59:00.000Z",
+    "holds": [{"hold_id": "h1", "reason": "audit", "records_held": 1}],
+    "lag": {"conversations[0]": {"end": 10, "committed": 4, "lag": 6}},
+}
+
+
+def _figure_ends(lines: list[str]) -> set[int]:
+    """The column where each row's figure (the first number after its name) ends."""
+    ends = set()
+    for line in lines:
+        found = re.search(r" ([\d,]+)(?:   |$)", line)
+        assert found is not None, line
+        ends.add(found.end(1))
+    return ends
+
+
+def test_a_long_category_name_keeps_the_figures_in_one_column() -> None:
+    lines = text_lines(STATUS, archive_required=False)
+    figures = [line for line in lines if not line.startswith(("as of", "    h1:", "  lag per"))]
+    assert len(figures) == 7
+    assert len(_figure_ends(figures)) == 1, "\n".join(lines)
+    assert any("training_expression" in line and line.rstrip().endswith(" 5") for line in lines)
+
+
+def test_the_archive_note_follows_the_overdue_row() -> None:
+    lines = text_lines(STATUS, archive_required=True)
+    overdue = next(i for i, line in enumerate(lines) if line.startswith("  overdue"))
+    assert "[archive] required" in lines[overdue + 1]
+    assert lines[overdue + 2].startswith("  legal holds")
