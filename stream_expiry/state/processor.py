@@ -41,6 +41,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Effects", "InputRecord", "PartitionProcessor"]
 
+# Timers let go after waiting for unread input, remembered until they fire so that a lag
+# seen meanwhile does not set them aside again; a record changed before its timer fired
+# leaves its entry, the oldest dropped beyond this many.
+_CLEARED_MAX = 100_000
+
 
 class InputRecord(Protocol):
     """What the processor needs of a consumed message (aiokafka's records fit)."""
@@ -126,9 +131,12 @@ class PartitionProcessor:
         self._engine: Engine[None] = Engine(
             resolve, sliding, now_ms=now_ms, tick_ms=tick_ms, horizon_ms=horizon_ms
         )
-        # Keys of due timers of sliding categories set aside while the partition catches up
-        # (``fire_due(..., catching_up=True)``), until ``let_go_waiting``.
-        self._waiting: set[str] = set()
+        # Due timers of sliding categories set aside until the partition has read its input
+        # up to an offset (``fire_due(..., unread_until=...)``): key -> that offset; and
+        # those let go since (``let_go_read``): key -> the expiry they fire at.
+        self._waiting: dict[str, int] = {}
+        self._cleared: dict[str, int | None] = {}
+        self.set_aside = 0  # times a due sliding timer waited for unread input
         # key -> (seq of the effects that wrote it last, state): decided, not yet stored
         self._overlay: dict[str, tuple[int, model.Stamp]] = {}
         self._seq = 0
@@ -255,21 +263,22 @@ class PartitionProcessor:
     # -- timers -------------------------------------------------------------------------
 
     def fire_due(
-        self, now_ms: int, limit: int | None = None, *, catching_up: bool = False
+        self, now_ms: int, limit: int | None = None, *, unread_until: int | None = None
     ) -> Effects:
         """Tombstones for the timers due at ``now_ms`` (at most ``limit``; the rest stay
         due for the next call); never early.
 
-        ``catching_up``: the partition has not read the input backlog it had when it was
-        assigned (a restart, a takeover). A touch waiting there may extend a record of a
-        sliding category, so those records' expiries are set aside, not fired, until
-        :meth:`let_go_waiting`. The other categories' fire: no input event can postpone
-        them (a touch does not slide them, a re-delivered create never extends a life, an
-        erasure only makes the deletion explicit), so they need not wait for the backlog.
+        ``unread_until``: the partition has input not read yet, up to that offset (the
+        backlog found at its assignment after a restart or a takeover, or events sent
+        while its reading lags). A touch waiting there may extend a record of a sliding
+        category, so those records' expiries are set aside, not fired, until the
+        partition has read that far (:meth:`let_go_read`). The other categories' fire: no
+        input event can postpone them (a touch does not slide them, a re-delivered create
+        never extends a life, an erasure only makes the deletion explicit).
         """
         due = self._engine.advance(now_ms, limit)
-        if catching_up and due:
-            due = self._set_aside_sliding(due)
+        if due and (unread_until is not None or self._cleared):
+            due = self._set_aside_sliding(due, unread_until)
         self._seq += 1
         effects = Effects(self._seq)
         if not due:
@@ -306,27 +315,43 @@ class PartitionProcessor:
             overlay[key] = (seq, after)
         return effects
 
-    def _set_aside_sliding(self, due: list[tuple[Fired, None]]) -> list[tuple[Fired, None]]:
-        sliding, waiting = self._sliding, self._waiting
+    def _set_aside_sliding(
+        self, due: list[tuple[Fired, None]], unread_until: int | None
+    ) -> list[tuple[Fired, None]]:
+        sliding, waiting, cleared = self._sliding, self._waiting, self._cleared
         firing: list[tuple[Fired, None]] = []
         for entry in due:
             fired = entry[0]
-            if fired.reason == "ttl" and fired.before.identity.category in sliding:
-                waiting.add(fired.before.identity.key)
-            else:
-                firing.append(entry)
+            before = fired.before
+            if fired.reason == "ttl" and before.identity.category in sliding:
+                key = before.identity.key
+                let_go = key in cleared and cleared.pop(key) == before.expires_at
+                if not let_go and unread_until is not None:
+                    waiting[key] = unread_until
+                    self.set_aside += 1
+                    continue
+            firing.append(entry)
         return firing
 
     @property
     def waiting(self) -> int:
-        """Due timers of sliding categories set aside while the partition catches up."""
+        """Due timers of sliding categories set aside until the partition reads on."""
         return len(self._waiting)
 
-    def let_go_waiting(self) -> int:
-        """Schedule the timers set aside again, from each record's state now: an event read
-        meanwhile may have extended or ended it. Returns how many are scheduled."""
-        keys, self._waiting = self._waiting, set()
-        states = [s for key in keys if (s := self.state_of(key)) is not None and s.live]
+    def let_go_read(self, position: int) -> int:
+        """Schedule again the timers set aside until the partition read up to ``position``
+        or less, from each record's state now: an event read meanwhile may have extended
+        or ended it. They fire when due, whatever is unread by then (they have waited for
+        what was sent before they fell due). Returns how many are scheduled."""
+        ready = [key for key, until in self._waiting.items() if until <= position]
+        for key in ready:
+            del self._waiting[key]
+        states = [s for key in ready if (s := self.state_of(key)) is not None and s.live]
+        cleared = self._cleared
+        for state in states:
+            cleared[state.identity.key] = state.expires_at
+        while len(cleared) > _CLEARED_MAX:  # left by records that changed before firing
+            del cleared[next(iter(cleared))]
         self._engine.load((s, None) for s in states)
         return len(states)
 

@@ -342,6 +342,48 @@ async def test_a_touch_sent_while_no_instance_ran_extends_the_session_after_the_
     assert arrived >= touched + 8_000
 
 
+@pytest.mark.timeout(120)
+async def test_a_touch_still_unread_when_a_session_falls_due_extends_it(
+    broker: str, topics: TopicSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service reads behind when the session falls due (a slow machine: here batches
+    of 20 events, each taking 50 ms, behind 1,000 events sent before the touch): the touch,
+    on the broker before the expiry, extends the session. Fired at the expiry, the session
+    was deleted before its user's activity was read (a trial: 61 of 25,000 sessions, the
+    service reading 2.6 s behind)."""
+    monkeypatch.setattr(service_module, "MAX_BATCH", 20)
+    ingest = service_module.Service._ingest
+
+    async def slow_ingest(self: service_module.Service, *args: Any) -> None:
+        await anyio.sleep(0.05)  # the work a slow machine does; not a synchronisation
+        await ingest(self, *args)
+
+    monkeypatch.setattr(service_module.Service, "_ingest", slow_ingest)
+    config = config_for(topics, str(tmp_path / "state"), '[retention.defaults]\nsession = "3s"\n')
+    key, _ = event("session", "s-1")
+    tombstones = ArrivalLog(broker, topics.tombstones)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tombstones.follow)
+        async with running_service(config, broker) as service:
+            t0 = wall_clock_ms()
+            await produce(broker, [(topics.sessions, *event("session", "s-1", ts=t0))])
+            await wait_for(lambda: service.stats.stamped >= 1)
+            again = event("session", "s-1", ts=t0)  # creates sent again: they change nothing
+            touched = wall_clock_ms()
+            touch = event("session", "s-1", op="touch", ts=touched)
+            await produce(broker, [(topics.sessions, *again)] * 1_000 + [(topics.sessions, *touch)])
+            assert wall_clock_ms() < t0 + 3_000, "too slow: sending took the whole TTL"
+            await wait_for(lambda: bool(tombstones.arrivals), timeout_s=60)
+            set_aside = sum(p.set_aside for p in service.processors.values())
+        tg.cancel_scope.cancel()
+    ((arrived, record),) = tombstones.arrivals
+    body = orjson.loads(record.value)
+    assert record.key == key
+    assert parse_ts(body["expires_at"]) == touched + 3_000
+    assert arrived >= touched + 3_000
+    assert set_aside >= 1
+
+
 async def test_a_bad_policy_update_is_dead_lettered_once_however_often_the_service_starts(
     broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

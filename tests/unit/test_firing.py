@@ -264,35 +264,36 @@ async def test_the_next_firing_waits_a_tick_from_the_start_of_the_last(
 
 
 @pytest.mark.asyncio
-async def test_a_partition_catching_up_fires_its_due_records_but_the_sliding_ones() -> None:
-    """After a restart a partition reads the backlog it had at its assignment; a touch there
-    may extend a session, so due sessions wait for it, while due errors (no event can
+async def test_a_partition_with_input_unread_fires_its_due_records_but_the_sliding_ones() -> None:
+    """A partition with input not read yet (the backlog after a restart, or a lag): a touch
+    there may extend a session, so due sessions wait for it, while due errors (no event can
     postpone them) go out on time."""
     clock = _Clock()
     proc = _processor(clock)
     _create(proc, "err", clock.now - TTL_MS - 10, clock)
     _create(proc, "ses", clock.now - TTL_MS - 5, clock, "session")
     outbox = _Outbox()
-    catching_up = {("in", 0)}
+    unread = {("in", 0): 70}
     task = Firing(
         {("in", 0): proc},
         cast("Outbox", outbox),
         anyio.Lock(),
         clock=clock,
         on_fired=lambda _f: None,
-        catching_up=catching_up,
+        unread=unread,
     )
     _, behind = await task.fire_due()
     assert outbox.sent == [["o/_/live/error/err"]]
     assert (proc.waiting, behind) == (1, False)
     assert proc.next_due_ms() is None  # set aside: the task does not spin on it
 
-    # The partition has read its backlog (no touch of the session there): the task
-    # schedules the session again and fires it, however the service took the slot out.
-    catching_up.clear()
+    # Read up to offset 69: not yet. Up to 70 (no touch of the session there): it fires,
+    # though the partition lags again by then (it waited for what was sent before it).
+    assert proc.let_go_read(69) == 0
+    assert proc.let_go_read(70) == 1
+    unread[("in", 0)] = 90
     async with anyio.create_task_group() as tg:
         tg.start_soon(task.run)
-        task.wake()
         with anyio.fail_after(5):
             while len(outbox.sent) < 2:
                 await outbox.arrived.wait()
@@ -302,18 +303,18 @@ async def test_a_partition_catching_up_fires_its_due_records_but_the_sliding_one
     assert proc.waiting == 0
 
 
-def test_a_session_set_aside_while_catching_up_fires_at_the_expiry_its_touches_give() -> None:
+def test_a_session_set_aside_for_unread_input_fires_at_the_expiry_its_touches_give() -> None:
     clock = _Clock()
     proc = _processor(clock)
     for rid in ("touched", "untouched"):
         _create(proc, rid, clock.now - TTL_MS - 20, clock, "session")
-    assert proc.fire_due(clock.now, catching_up=True).tombstones == []
+    assert proc.fire_due(clock.now, unread_until=5).tombstones == []
     assert proc.waiting == 2
-    # The backlog held a touch of one of them, sent before it expired.
+    # The unread input held a touch of one of them, sent before it expired.
     _create(proc, "touched", clock.now - 30, clock, "session", op="touch")
 
-    assert proc.let_go_waiting() == 2
-    fired = proc.fire_due(clock.now).tombstones
+    assert proc.let_go_read(5) == 2
+    fired = proc.fire_due(clock.now, unread_until=9).tombstones
     assert [f.before.identity.record_id for f in fired] == ["untouched"]
     assert fired[0].before.expires_at == clock.now - 20
     assert proc.waiting == 0
@@ -327,7 +328,7 @@ def test_a_session_set_aside_and_ended_meanwhile_is_not_fired_again() -> None:
     clock = _Clock()
     proc = _processor(clock)
     _create(proc, "gone", clock.now - TTL_MS - 20, clock, "session")
-    proc.fire_due(clock.now, catching_up=True)
+    proc.fire_due(clock.now, unread_until=3)
     _create(proc, "gone", clock.now - 40, clock, "session", op="delete")  # erased meanwhile
-    assert proc.let_go_waiting() == 0
+    assert proc.let_go_read(3) == 0
     assert proc.fire_due(clock.now).tombstones == []
