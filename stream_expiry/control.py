@@ -19,6 +19,7 @@ once per restart of each instance).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -149,8 +150,12 @@ class ControlTopics:
         were since (:data:`CLOCK_MARGIN_MS` given to the clocks)."""
         if sent_until_ms is not None and sent_until_ms + CLOCK_MARGIN_MS >= self._complete_at:
             started = time.time_ns() // 1_000_000
-            await self._read_on(self._policies, self._apply_policies)
-            await self._read_on(self._holds_reader, self._apply_holds)
+            # Both at once, one round trip, not two; a failure is raised as it is (a task
+            # group would wrap it), and the session that gets it stops.
+            await asyncio.gather(
+                self._read_on(self._policies, self._apply_policies),
+                self._read_on(self._holds_reader, self._apply_holds),
+            )
             self._complete_at = started
             self.reads_to_end += 1
             return
