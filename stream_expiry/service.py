@@ -23,6 +23,7 @@ revoked partition is settled, committed, and dropped alone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -37,7 +38,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from stream_expiry.archive_follower import ArchiveFollower
 from stream_expiry.archive_gate import ArchiveGate
 from stream_expiry.control import DEAD_LETTERED_FILE, ControlTopics, DeadLettered
-from stream_expiry.errors import BrokerUnavailableError, StoreError, leaves
+from stream_expiry.errors import BrokerUnavailableError, CorruptStoreError, StoreError, leaves
 from stream_expiry.firing import Firing
 from stream_expiry.health import Health
 from stream_expiry.holds import HoldBook
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
     from stream_expiry.metrics import ServiceMetrics
     from stream_expiry.state import Effects
     from stream_expiry.state.restore import RestoreReport
+    from stream_expiry.state.store import PartitionStore
 
 __all__ = ["Service", "ServiceStats", "wall_clock_ms"]
 
@@ -119,6 +121,28 @@ def _transient(exc: BaseException) -> bool:
 
 def _describe(exc: BaseException) -> str:
     return "; ".join(str(leaf) or type(leaf).__name__ for leaf in leaves(exc))
+
+
+def _move_aside(path: str) -> str:
+    """Rename a damaged store's directory to ``<path>.corrupt-<UTC time>``; its name."""
+    aside = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    try:
+        os.rename(path, aside)
+    except OSError as exc:
+        raise StoreError(
+            f"the state store {path} is damaged and cannot be moved aside ({exc}): "
+            "remove it, and it is restored from the changelog"
+        ) from exc
+    return aside
+
+
+def _close_store(proc: PartitionProcessor) -> None:
+    """Close a partition's store; one that fails to close (RocksDB found a damaged file as
+    it flushed) is said in one line: the changelog restores it, a stop need not fail."""
+    try:
+        proc.store.close()
+    except StoreError as exc:
+        log.warning("%s; it is restored from the changelog when next assigned", exc)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -398,7 +422,7 @@ class Service:
 
     def _close_all(self) -> None:
         for proc in self.processors.values():
-            proc.store.close()
+            _close_store(proc)
         self.processors.clear()
 
     async def _loop(
@@ -652,34 +676,55 @@ class Service:
         }
         # One read of each changelog partition for all the stores that share it; a large
         # read (a lost disk) is shared among worker processes, one per CPU.
-        stores, result = await restore_stores(
-            paths,
-            bootstrap=self.bootstrap,
-            stamped=t.stamped,
-            tombstones=t.tombstones,
-            now_ms=now,
-            grace_ms=self.config.marker_grace_ms,
-            progress=self._restore_progress,
-            max_workers=self.config.workers,
-        )
+        moved: set[str] = set()
+        while True:
+            try:
+                stores, result = await restore_stores(
+                    paths,
+                    bootstrap=self.bootstrap,
+                    stamped=t.stamped,
+                    tombstones=t.tombstones,
+                    now_ms=now,
+                    grace_ms=self.config.marker_grace_ms,
+                    progress=self._restore_progress,
+                    max_workers=self.config.workers,
+                )
+                # Loading the timers reads each store's due index: damage is found there too.
+                procs = self._processors_for(stores)
+                break
+            except Exception as exc:
+                # The state directory is a cache of the changelog: a damaged store costs a
+                # restore, not the service. It is moved aside, not deleted, for a person
+                # (or RocksDB's tools) to look at; a second time for one store is a disk
+                # that damages what is written to it, and stops the service.
+                damaged = {
+                    leaf.path: str(leaf)
+                    for leaf in leaves(exc)
+                    if isinstance(leaf, CorruptStoreError)
+                    and leaf.path in paths.values()
+                    and leaf.path not in moved
+                }
+                if not damaged:
+                    raise
+                for path, why in damaged.items():
+                    moved.add(path)
+                    aside = _move_aside(path)
+                    log.warning(
+                        "the state store %s is damaged (%s): moved aside to %s (delete it "
+                        "once looked at); restoring it from the changelog",
+                        path,
+                        why,
+                        aside,
+                    )
+                self._restore_seen = 0
         self._restore_seen = 0
         self.stats.restored += result.total.read
         for tp in tps:
             slot = (tp.topic, tp.partition)
-            store, report = stores[slot], result.stores[slot]
+            store, report, proc = stores[slot], result.stores[slot], procs[slot]
             self.stats.restoring -= 1
             if self.metrics is not None:
                 self.metrics.restore_progress(partitions=self.stats.restoring)
-            proc = PartitionProcessor.from_config(
-                tp.topic,
-                tp.partition,
-                store,
-                self.config,
-                self.book,
-                now_ms=self.clock(),
-                holds=self.holds,
-                archive=self.archive,
-            )
             self.processors[slot] = proc
             c = store.counts
             log.info(
@@ -704,6 +749,31 @@ class Service:
                     tp.partition,
                     report.unreadable,
                 )
+
+    def _processors_for(
+        self, stores: Mapping[tuple[str, int], PartitionStore]
+    ) -> dict[tuple[str, int], PartitionProcessor]:
+        """A processor for each restored store, its timers loaded; on an error every store
+        is closed (a damaged one is moved aside and all are restored again)."""
+        try:
+            return {
+                (topic, partition): PartitionProcessor.from_config(
+                    topic,
+                    partition,
+                    store,
+                    self.config,
+                    self.book,
+                    now_ms=self.clock(),
+                    holds=self.holds,
+                    archive=self.archive,
+                )
+                for (topic, partition), store in stores.items()
+            }
+        except BaseException:
+            for store in stores.values():
+                with contextlib.suppress(StoreError):
+                    store.close()
+            raise
 
     def _restore_progress(self, report: RestoreReport) -> None:
         read = report.read - self._restore_seen
@@ -831,7 +901,7 @@ class Service:
             if self._consumer is not None:
                 await self._commit(self._consumer)
             for slot in mine:
-                self.processors.pop(slot).store.close()
+                _close_store(self.processors.pop(slot))
                 self._next_offset.pop(slot, None)
                 self._catching_up.pop(slot, None)
                 self._input_marks.pop(slot, None)
