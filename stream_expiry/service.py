@@ -80,6 +80,7 @@ log = logging.getLogger("stream_expiry.service")
 MAX_BATCH = 5000
 SLICE = 200  # events decided at once: the longest a due timer waits for ingest
 COMMIT_EVERY_S = 1.0
+GAUGES_EVERY_S = 1.0
 IDLE_WAIT_MS = 200
 # Partition n of every input topic to one instance (the topics have equal partition counts),
 # so each changelog partition has a single writer and its stores' checkpoints run to its
@@ -117,6 +118,13 @@ def _transient(exc: BaseException) -> bool:
         if not isinstance(mapped(cause, "retry"), BrokerUnavailableError):
             return False
     return True
+
+
+def _first_error(exc: BaseException) -> str:
+    """The first real error's message: a task group's own ("unhandled errors in a
+    TaskGroup (1 sub-exception)") tells a person with curl nothing."""
+    first = leaves(exc)[0]
+    return str(first) or type(first).__name__
 
 
 def _describe(exc: BaseException) -> str:
@@ -221,6 +229,10 @@ class Service:
         self._outage_since: float | None = None
         self._outage_tries = 0
         self._outage_said = 0.0
+        self._stop: anyio.Event | None = None  # run's
+        # The earliest expiry pending in the stores when last seen (ms), kept while an
+        # outage has closed them: the overdue gauge goes on rising from it.
+        self._oldest_due: int | None = None
         for warning in self.book.env_warnings:
             log.warning("%s", warning)
 
@@ -236,17 +248,31 @@ class Service:
         state_dir = await self._state_dir()
         self._dead_lettered = DeadLettered(str(state_dir / DEAD_LETTERED_FILE))
         log.info("state directory %s", state_dir)
+        failure: Exception | None = None
         try:
-            while True:
+            # The gauges in a task of their own: the loop waits on the broker in an outage,
+            # and the oldest overdue record is what an operator alerts on then.
+            async with anyio.create_task_group() as gauges:
+                gauges.start_soon(self._watch_gauges)
                 try:
-                    await self._session(stop)
-                    return
-                except Exception as exc:
-                    if not await self._outage(exc, stop):
-                        raise
+                    await self._sessions(stop)
+                except Exception as exc:  # raised below as it is, not in a task group's
+                    failure = exc
+                gauges.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
         finally:
             self._close_all()
             self.health.stopped()
+
+    async def _sessions(self, stop: anyio.Event) -> None:
+        while True:
+            try:
+                await self._session(stop)
+                return
+            except Exception as exc:
+                if not await self._outage(exc, stop):
+                    raise
 
     async def _state_dir(self) -> anyio.Path:
         """The state directory, made if missing: checked before anything is created on the
@@ -325,7 +351,12 @@ class Service:
                         await self._loop(cons, control, stop)
                         timers.cancel_scope.cancel()
                 finally:
-                    self.health.stopping()
+                    # A session ended by an error is torn down to be tried again (or the
+                    # error stops the service after): the loop still runs, /healthz 200.
+                    if stop.is_set():
+                        self.health.stopping()
+                    else:
+                        self.health.starting()
                     await outbox.drain()
                 await self._commit(cons)
                 self._close_all()
@@ -367,7 +398,7 @@ class Service:
         """
         if stop.is_set() or not self.ready.is_set() or not _transient(exc):
             return False
-        self.health.broker_unreachable(str(exc))
+        self.health.broker_unreachable(_first_error(exc))
         self.health.starting()
         now = time.monotonic()
         if self._outage_since is None:
@@ -449,32 +480,61 @@ class Service:
             self._housekeeping()
             if time.monotonic() - self._committed_at >= COMMIT_EVERY_S:
                 await self._commit(cons)
-                self._observe(cons)
-            self.stats.pending_in_wheel = sum(p.timers for p in self.processors.values())
+                self._observe_lag(cons)
             if self._on_progress is not None and time.monotonic() - last_progress >= 0.5:
                 last_progress = time.monotonic()
                 result = self._on_progress(self.stats)
                 if result is not None:
                     await result
 
-    def _observe(self, cons: AIOKafkaConsumer) -> None:
-        """Gauges for operators, once a second: lag, pending records, the oldest overdue."""
-        metrics = self.metrics
-        if metrics is None:
+    def _observe_lag(self, cons: AIOKafkaConsumer) -> None:
+        """The consumer lag gauges, after a commit: the consumer knows the high watermarks."""
+        if self.metrics is None:
             return
         for (topic, partition), position in self._next_offset.items():
             high = cons.highwater(TopicPartition(topic, partition))
             if high is not None:
-                metrics.set_lag(topic, partition, max(0, high - position))
-        pending: dict[str, int] = dict.fromkeys(self.config.categories, 0)
-        for proc in self.processors.values():
-            for category, n in proc.store.counts.pending.items():
-                pending[category] = pending.get(category, 0) + n
-        for category, n in pending.items():
-            metrics.set_pending(category, n)
-        dues = [d for p in self.processors.values() if (d := p.next_due_ms()) is not None]
+                self.metrics.set_lag(topic, partition, max(0, high - position))
+
+    async def _watch_gauges(self) -> None:
+        """:meth:`_observe` once a second, whatever the loop waits on."""
+        while True:
+            try:
+                self._observe()
+            except StoreError as exc:  # the loop meets it too, and says so
+                log.debug("gauges not updated: %s", exc)
+            await anyio.sleep(GAUGES_EVERY_S)
+
+    def _observe(self) -> None:
+        """Gauges for operators from the stores alone (no broker): timers, pending records,
+        the oldest overdue. The oldest overdue is the earliest expiry still in a store's
+        due index, in a timer wheel (stamped, not settled yet) or in a tombstone in flight,
+        so a record fired and not yet acked by the broker still counts; with the stores
+        closed by an outage, the last one seen goes on ageing."""
+        procs = list(self.processors.values())
+        self.stats.pending_in_wheel = sum(p.timers for p in procs)
+        if procs:
+            dues = [d for p in procs if (d := p.store.first_due_ms()) is not None]
+            dues += [d for p in procs if (d := p.next_due_ms()) is not None]  # not settled
+            in_flight = None if self._outbox is None else self._outbox.oldest_unsettled_ms()
+            if in_flight is not None:
+                dues.append(in_flight)  # fired, not acked yet
+            self._oldest_due = min(dues) if dues else None
+        elif self._outage_since is None:
+            self._oldest_due = None  # none owned: another instance has the records
+        metrics = self.metrics
+        if metrics is None:
+            return
+        if procs:
+            pending: dict[str, int] = dict.fromkeys(self.config.categories, 0)
+            for proc in procs:
+                for category, n in proc.store.counts.pending.items():
+                    pending[category] = pending.get(category, 0) + n
+            for category, n in pending.items():
+                metrics.set_pending(category, n)
         now = self.clock()
-        overdue = now - min(dues) if dues and min(dues) <= now else 0
+        oldest = self._oldest_due
+        overdue = now - oldest if oldest is not None and oldest <= now else 0
         metrics.set_oldest_overdue_seconds(overdue / 1000)
 
     # -- ingest -----------------------------------------------------------------------------
