@@ -244,6 +244,7 @@ class Service:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def run(self, stop: anyio.Event) -> None:
+        self._stop = stop
         self.health.starting()
         state_dir = await self._state_dir()
         self._dead_lettered = DeadLettered(str(state_dir / DEAD_LETTERED_FILE))
@@ -691,6 +692,15 @@ class Service:
     async def assign(self, assigned: list[TopicPartition]) -> None:
         """Restore each new partition from the changelog, then position it."""
         assert self._consumer is not None
+        if self._stop is not None and self._stop.is_set():
+            # The group may still hand partitions to a member that is stopping: restoring
+            # them would open stores after the stop closed them, say "running" again, and
+            # cost the other members one more rebalance once this one leaves.
+            log.info(
+                "stopping: the assignment of %s is not taken",
+                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned) or "nothing",
+            )
+            return
         fresh = [tp for tp in assigned if (tp.topic, tp.partition) not in self.processors]
         if fresh:
             # Held from the start: the firing task runs meanwhile, and would fire the timers
