@@ -380,13 +380,22 @@ class Service:
         own, and a restore cannot read a changelog topic that is gone."""
         configs = topic_configs(self.config)
         settings = self.config.topic_settings
-        await ensure_topics(
+        created = await ensure_topics(
             self.bootstrap,
             configs,
             configs=configs,
             partitions=settings.partitions,
             replication=settings.replication_factor,
         )
+        # A mistyped name in [topics] inputs made an empty topic and the service idled on
+        # it without a word: a new input topic is probably not where producers write.
+        for topic in created:
+            if topic in self.config.topics.inputs:
+                log.warning(
+                    "created input topic %s, which did not exist: check the name if "
+                    "producers write elsewhere",
+                    topic,
+                )
 
     async def _outage(self, exc: Exception, stop: anyio.Event) -> bool:
         """After the broker failed a running service: forget the session, wait, go on.
