@@ -14,6 +14,7 @@ here, where data leaves the process: redacted fields never reach a topic.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import random
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -48,12 +49,33 @@ MAX_IN_FLIGHT = 16
 
 
 async def all_acked(acks: Iterable[Awaitable[Any]]) -> None:
-    """Wait for every ack; a refusal is a :class:`BrokerError`."""
+    """Wait for every ack; a refusal is a :class:`BrokerError`.
+
+    aiokafka fails every message of a batch with one exception: the acks not awaited
+    after the first failure (or after a cancellation: a session torn down in an outage)
+    are marked seen, or asyncio logs each with a traceback ("Future exception was never
+    retrieved") when it is collected, into the service's log after every outage."""
+    pending = list(acks)
     try:
-        for ack in acks:
+        for ack in pending:
             await ack
     except KafkaError as exc:
+        _seen(pending)
         raise BrokerError(f"the broker did not acknowledge an output message: {exc!r}") from exc
+    except BaseException:
+        _seen(pending)
+        raise
+
+
+def _seen(acks: list[Awaitable[Any]]) -> None:
+    for ack in acks:
+        if isinstance(ack, asyncio.Future):
+            ack.add_done_callback(_retrieve)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class Run(NamedTuple):
