@@ -12,6 +12,7 @@ __all__ = [
     "BrokerError",
     "BrokerUnavailableError",
     "ConfigurationError",
+    "CorruptStoreError",
     "InputError",
     "StoreError",
     "StreamExpiryError",
@@ -42,6 +43,20 @@ class InputError(StreamExpiryError):
 
 class StoreError(StreamExpiryError):
     """The durable index or a downstream store failed; the service stops without committing."""
+
+
+class CorruptStoreError(StoreError):
+    """RocksDB found a state store's files damaged (a checksum mismatch, say). The store is
+    a cache of the changelog, so the service moves it aside and restores it instead of
+    stopping; ``path`` is the store's directory."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __reduce__(self) -> tuple[type[CorruptStoreError], tuple[str, str]]:
+        # A restore's worker process sends its error to the service: keep the path.
+        return (type(self), (str(self), self.path))
 
 
 class BrokerError(StreamExpiryError):

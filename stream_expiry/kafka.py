@@ -195,8 +195,9 @@ async def ensure_topics(
     partitions: int = DEFAULT_PARTITIONS,
     configs: Mapping[str, Mapping[str, str]] | None = None,
     replication: int = 1,
-) -> None:
+) -> list[str]:
     """Create the topics that do not exist yet; existing ones are left as they are.
+    Returns the topics that did not exist (another client may have made one meanwhile).
 
     ``configs`` maps a topic to its Kafka configs (``kafka_settings.topic_configs`` gives
     the service's). CreateTopics answers per topic and aiokafka does not raise for those
@@ -215,7 +216,7 @@ async def ensure_topics(
             existing = set(await admin.list_topics())
             missing = [t for t in dict.fromkeys(topics) if t not in existing]
             if not missing:
-                return
+                return []
             new = [
                 NewTopic(
                     t,
@@ -226,6 +227,7 @@ async def ensure_topics(
                 for t in missing
             ]
             check_created(await admin.create_topics(new))
+            return missing
         except KafkaError as exc:
             raise BrokerError(
                 f"cannot create topics on Kafka at {conn.bootstrap_servers} ({exc!r}); check "

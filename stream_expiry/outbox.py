@@ -14,6 +14,8 @@ here, where data leaves the process: redacted fields never reach a topic.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import random
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -47,12 +49,33 @@ MAX_IN_FLIGHT = 16
 
 
 async def all_acked(acks: Iterable[Awaitable[Any]]) -> None:
-    """Wait for every ack; a refusal is a :class:`BrokerError`."""
+    """Wait for every ack; a refusal is a :class:`BrokerError`.
+
+    aiokafka fails every message of a batch with one exception: the acks not awaited
+    after the first failure (or after a cancellation: a session torn down in an outage)
+    are marked seen, or asyncio logs each with a traceback ("Future exception was never
+    retrieved") when it is collected, into the service's log after every outage."""
+    pending = list(acks)
     try:
-        for ack in acks:
+        for ack in pending:
             await ack
     except KafkaError as exc:
+        _seen(pending)
         raise BrokerError(f"the broker did not acknowledge an output message: {exc!r}") from exc
+    except BaseException:
+        _seen(pending)
+        raise
+
+
+def _seen(acks: list[Awaitable[Any]]) -> None:
+    for ack in acks:
+        if isinstance(ack, asyncio.Future):
+            ack.add_done_callback(_retrieve)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class Run(NamedTuple):
@@ -162,6 +185,10 @@ class Outbox:
         # batches of this outbox, settled (another writer's message starts a new run), and
         # the key and timestamp of its last message
         self._runs: dict[tuple[str, int], Run] = {}
+        # Per entry in flight, in order: the earliest expiry of its ttl tombstones (None:
+        # none). A record fired is out of the wheel, and its store drops it only once
+        # settled: the overdue gauge counts it meanwhile (an outage holds it for long).
+        self._expiries: collections.deque[int | None] = collections.deque()
 
     async def send(self, items: list[tuple[PartitionProcessor, Effects]], now_ms: int) -> list[Any]:
         """Encode and send ``items``' messages; they settle later, in order. Returns the
@@ -170,6 +197,13 @@ class Outbox:
         for proc, effects in items:
             await self._encode(out, proc, effects, now_ms)
         acks = await out.flush()
+        due = [
+            f.before.expires_at
+            for _, effects in items
+            for f in effects.tombstones
+            if f.reason == "ttl" and f.before.expires_at is not None
+        ]
+        self._expiries.append(min(due) if due else None)
         if self._in_flight == 0:
             self._drained = anyio.Event()
         self._in_flight += 1
@@ -282,6 +316,7 @@ class Outbox:
                 run = runs.get(slot)
                 start = run.start if run is not None and run.end == base else base
                 runs[slot] = Run(start, end, last_key, last_ts)
+            self._expiries.popleft()
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._drained.set()
@@ -305,6 +340,10 @@ class Outbox:
             if run is not None:
                 runs[position_name(*slot)] = run
         return runs
+
+    def oldest_unsettled_ms(self) -> int | None:
+        """The earliest expiry of a ttl tombstone sent and not yet settled, or None."""
+        return min((e for e in self._expiries if e is not None), default=None)
 
     async def drain(self) -> None:
         """Wait until everything sent is settled (before a revocation or a stop)."""

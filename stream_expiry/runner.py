@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from stream_expiry import exits
 from stream_expiry.broker import EmbeddedBroker
 from stream_expiry.cliargs import metrics_port
 from stream_expiry.endpoints import open_listener, serve_http, watch_broker
@@ -159,9 +160,16 @@ async def run_service(config: Config, args: argparse.Namespace) -> int:
             health.stopped()
             if listener is not None:
                 await listener.aclose()
-        if not finished:
+        if not finished and not service.ready.is_set():
+            # Stopped while joining: no partition was assigned, nothing read, nothing to
+            # commit. That is a clean stop (status 0), not the forced one it was called.
+            log.info("stopped while starting: no partition was assigned yet")
+        elif not finished:
+            # The README's table: a forced stop is 130, so an orchestrator or a script can
+            # tell it from a clean one (it said "forced stop" and exited 0).
             log.warning(
                 "forced stop: what was read since the last committed offsets is read again on "
                 "restart (nothing is lost)"
             )
-    return 0
+            return exits.INTERRUPTED
+    return exits.OK

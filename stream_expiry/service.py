@@ -23,6 +23,7 @@ revoked partition is settled, committed, and dropped alone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -37,7 +38,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from stream_expiry.archive_follower import ArchiveFollower
 from stream_expiry.archive_gate import ArchiveGate
 from stream_expiry.control import DEAD_LETTERED_FILE, ControlTopics, DeadLettered
-from stream_expiry.errors import BrokerUnavailableError, StoreError, leaves
+from stream_expiry.errors import BrokerUnavailableError, CorruptStoreError, StoreError, leaves
 from stream_expiry.firing import Firing
 from stream_expiry.health import Health
 from stream_expiry.holds import HoldBook
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
     from stream_expiry.metrics import ServiceMetrics
     from stream_expiry.state import Effects
     from stream_expiry.state.restore import RestoreReport
+    from stream_expiry.state.store import PartitionStore
 
 __all__ = ["Service", "ServiceStats", "wall_clock_ms"]
 
@@ -78,6 +80,7 @@ log = logging.getLogger("stream_expiry.service")
 MAX_BATCH = 5000
 SLICE = 200  # events decided at once: the longest a due timer waits for ingest
 COMMIT_EVERY_S = 1.0
+GAUGES_EVERY_S = 1.0
 IDLE_WAIT_MS = 200
 # Partition n of every input topic to one instance (the topics have equal partition counts),
 # so each changelog partition has a single writer and its stores' checkpoints run to its
@@ -117,8 +120,37 @@ def _transient(exc: BaseException) -> bool:
     return True
 
 
+def _first_error(exc: BaseException) -> str:
+    """The first real error's message: a task group's own ("unhandled errors in a
+    TaskGroup (1 sub-exception)") tells a person with curl nothing."""
+    first = leaves(exc)[0]
+    return str(first) or type(first).__name__
+
+
 def _describe(exc: BaseException) -> str:
     return "; ".join(str(leaf) or type(leaf).__name__ for leaf in leaves(exc))
+
+
+def _move_aside(path: str) -> str:
+    """Rename a damaged store's directory to ``<path>.corrupt-<UTC time>``; its name."""
+    aside = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    try:
+        os.rename(path, aside)
+    except OSError as exc:
+        raise StoreError(
+            f"the state store {path} is damaged and cannot be moved aside ({exc}): "
+            "remove it, and it is restored from the changelog"
+        ) from exc
+    return aside
+
+
+def _close_store(proc: PartitionProcessor) -> None:
+    """Close a partition's store; one that fails to close (RocksDB found a damaged file as
+    it flushed) is said in one line: the changelog restores it, a stop need not fail."""
+    try:
+        proc.store.close()
+    except StoreError as exc:
+        log.warning("%s; it is restored from the changelog when next assigned", exc)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -201,6 +233,10 @@ class Service:
         self._outage_since: float | None = None
         self._outage_tries = 0
         self._outage_said = 0.0
+        self._stop: anyio.Event | None = None  # run's
+        # The earliest expiry pending in the stores when last seen (ms), kept while an
+        # outage has closed them: the overdue gauge goes on rising from it.
+        self._oldest_due: int | None = None
         for warning in self.book.env_warnings:
             log.warning("%s", warning)
 
@@ -212,21 +248,36 @@ class Service:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def run(self, stop: anyio.Event) -> None:
+        self._stop = stop
         self.health.starting()
         state_dir = await self._state_dir()
         self._dead_lettered = DeadLettered(str(state_dir / DEAD_LETTERED_FILE))
         log.info("state directory %s", state_dir)
+        failure: Exception | None = None
         try:
-            while True:
+            # The gauges in a task of their own: the loop waits on the broker in an outage,
+            # and the oldest overdue record is what an operator alerts on then.
+            async with anyio.create_task_group() as gauges:
+                gauges.start_soon(self._watch_gauges)
                 try:
-                    await self._session(stop)
-                    return
-                except Exception as exc:
-                    if not await self._outage(exc, stop):
-                        raise
+                    await self._sessions(stop)
+                except Exception as exc:  # raised below as it is, not in a task group's
+                    failure = exc
+                gauges.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
         finally:
             self._close_all()
             self.health.stopped()
+
+    async def _sessions(self, stop: anyio.Event) -> None:
+        while True:
+            try:
+                await self._session(stop)
+                return
+            except Exception as exc:
+                if not await self._outage(exc, stop):
+                    raise
 
     async def _state_dir(self) -> anyio.Path:
         """The state directory, made if missing: checked before anything is created on the
@@ -305,7 +356,12 @@ class Service:
                         await self._loop(cons, control, stop)
                         timers.cancel_scope.cancel()
                 finally:
-                    self.health.stopping()
+                    # A session ended by an error is torn down to be tried again (or the
+                    # error stops the service after): the loop still runs, /healthz 200.
+                    if stop.is_set():
+                        self.health.stopping()
+                    else:
+                        self.health.starting()
                     await outbox.drain()
                 await self._commit(cons)
                 self._close_all()
@@ -328,13 +384,22 @@ class Service:
         own, and a restore cannot read a changelog topic that is gone."""
         configs = topic_configs(self.config)
         settings = self.config.topic_settings
-        await ensure_topics(
+        created = await ensure_topics(
             self.bootstrap,
             configs,
             configs=configs,
             partitions=settings.partitions,
             replication=settings.replication_factor,
         )
+        # A mistyped name in [topics] inputs made an empty topic and the service idled on
+        # it without a word: a new input topic is probably not where producers write.
+        for topic in created:
+            if topic in self.config.topics.inputs:
+                log.warning(
+                    "created input topic %s, which did not exist: check the name if "
+                    "producers write elsewhere",
+                    topic,
+                )
 
     async def _outage(self, exc: Exception, stop: anyio.Event) -> bool:
         """After the broker failed a running service: forget the session, wait, go on.
@@ -347,7 +412,7 @@ class Service:
         """
         if stop.is_set() or not self.ready.is_set() or not _transient(exc):
             return False
-        self.health.broker_unreachable(str(exc))
+        self.health.broker_unreachable(_first_error(exc))
         self.health.starting()
         now = time.monotonic()
         if self._outage_since is None:
@@ -403,7 +468,7 @@ class Service:
 
     def _close_all(self) -> None:
         for proc in self.processors.values():
-            proc.store.close()
+            _close_store(proc)
         self.processors.clear()
 
     async def _loop(
@@ -431,32 +496,61 @@ class Service:
             self._housekeeping()
             if time.monotonic() - self._committed_at >= COMMIT_EVERY_S:
                 await self._commit(cons)
-                self._observe(cons)
-            self.stats.pending_in_wheel = sum(p.timers for p in self.processors.values())
+                self._observe_lag(cons)
             if self._on_progress is not None and time.monotonic() - last_progress >= 0.5:
                 last_progress = time.monotonic()
                 result = self._on_progress(self.stats)
                 if result is not None:
                     await result
 
-    def _observe(self, cons: AIOKafkaConsumer) -> None:
-        """Gauges for operators, once a second: lag, pending records, the oldest overdue."""
-        metrics = self.metrics
-        if metrics is None:
+    def _observe_lag(self, cons: AIOKafkaConsumer) -> None:
+        """The consumer lag gauges, after a commit: the consumer knows the high watermarks."""
+        if self.metrics is None:
             return
         for (topic, partition), position in self._next_offset.items():
             high = cons.highwater(TopicPartition(topic, partition))
             if high is not None:
-                metrics.set_lag(topic, partition, max(0, high - position))
-        pending: dict[str, int] = dict.fromkeys(self.config.categories, 0)
-        for proc in self.processors.values():
-            for category, n in proc.store.counts.pending.items():
-                pending[category] = pending.get(category, 0) + n
-        for category, n in pending.items():
-            metrics.set_pending(category, n)
-        dues = [d for p in self.processors.values() if (d := p.next_due_ms()) is not None]
+                self.metrics.set_lag(topic, partition, max(0, high - position))
+
+    async def _watch_gauges(self) -> None:
+        """:meth:`_observe` once a second, whatever the loop waits on."""
+        while True:
+            try:
+                self._observe()
+            except StoreError as exc:  # the loop meets it too, and says so
+                log.debug("gauges not updated: %s", exc)
+            await anyio.sleep(GAUGES_EVERY_S)
+
+    def _observe(self) -> None:
+        """Gauges for operators from the stores alone (no broker): timers, pending records,
+        the oldest overdue. The oldest overdue is the earliest expiry still in a store's
+        due index, in a timer wheel (stamped, not settled yet) or in a tombstone in flight,
+        so a record fired and not yet acked by the broker still counts; with the stores
+        closed by an outage, the last one seen goes on ageing."""
+        procs = list(self.processors.values())
+        self.stats.pending_in_wheel = sum(p.timers for p in procs)
+        if procs:
+            dues = [d for p in procs if (d := p.store.first_due_ms()) is not None]
+            dues += [d for p in procs if (d := p.next_due_ms()) is not None]  # not settled
+            in_flight = None if self._outbox is None else self._outbox.oldest_unsettled_ms()
+            if in_flight is not None:
+                dues.append(in_flight)  # fired, not acked yet
+            self._oldest_due = min(dues) if dues else None
+        elif self._outage_since is None:
+            self._oldest_due = None  # none owned: another instance has the records
+        metrics = self.metrics
+        if metrics is None:
+            return
+        if procs:
+            pending: dict[str, int] = dict.fromkeys(self.config.categories, 0)
+            for proc in procs:
+                for category, n in proc.store.counts.pending.items():
+                    pending[category] = pending.get(category, 0) + n
+            for category, n in pending.items():
+                metrics.set_pending(category, n)
         now = self.clock()
-        overdue = now - min(dues) if dues and min(dues) <= now else 0
+        oldest = self._oldest_due
+        overdue = now - oldest if oldest is not None and oldest <= now else 0
         metrics.set_oldest_overdue_seconds(overdue / 1000)
 
     # -- ingest -----------------------------------------------------------------------------
@@ -613,6 +707,15 @@ class Service:
     async def assign(self, assigned: list[TopicPartition]) -> None:
         """Restore each new partition from the changelog, then position it."""
         assert self._consumer is not None
+        if self._stop is not None and self._stop.is_set():
+            # The group may still hand partitions to a member that is stopping: restoring
+            # them would open stores after the stop closed them, say "running" again, and
+            # cost the other members one more rebalance once this one leaves.
+            log.info(
+                "stopping: the assignment of %s is not taken",
+                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned) or "nothing",
+            )
+            return
         fresh = [tp for tp in assigned if (tp.topic, tp.partition) not in self.processors]
         if fresh:
             # Held from the start: the firing task runs meanwhile, and would fire the timers
@@ -659,34 +762,55 @@ class Service:
         }
         # One read of each changelog partition for all the stores that share it; a large
         # read (a lost disk) is shared among worker processes, one per CPU.
-        stores, result = await restore_stores(
-            paths,
-            bootstrap=self.bootstrap,
-            stamped=t.stamped,
-            tombstones=t.tombstones,
-            now_ms=now,
-            grace_ms=self.config.marker_grace_ms,
-            progress=self._restore_progress,
-            max_workers=self.config.workers,
-        )
+        moved: set[str] = set()
+        while True:
+            try:
+                stores, result = await restore_stores(
+                    paths,
+                    bootstrap=self.bootstrap,
+                    stamped=t.stamped,
+                    tombstones=t.tombstones,
+                    now_ms=now,
+                    grace_ms=self.config.marker_grace_ms,
+                    progress=self._restore_progress,
+                    max_workers=self.config.workers,
+                )
+                # Loading the timers reads each store's due index: damage is found there too.
+                procs = self._processors_for(stores)
+                break
+            except Exception as exc:
+                # The state directory is a cache of the changelog: a damaged store costs a
+                # restore, not the service. It is moved aside, not deleted, for a person
+                # (or RocksDB's tools) to look at; a second time for one store is a disk
+                # that damages what is written to it, and stops the service.
+                damaged = {
+                    leaf.path: str(leaf)
+                    for leaf in leaves(exc)
+                    if isinstance(leaf, CorruptStoreError)
+                    and leaf.path in paths.values()
+                    and leaf.path not in moved
+                }
+                if not damaged:
+                    raise
+                for path, why in damaged.items():
+                    moved.add(path)
+                    aside = _move_aside(path)
+                    log.warning(
+                        "the state store %s is damaged (%s): moved aside to %s (delete it "
+                        "once looked at); restoring it from the changelog",
+                        path,
+                        why,
+                        aside,
+                    )
+                self._restore_seen = 0
         self._restore_seen = 0
         self.stats.restored += result.total.read
         for tp in tps:
             slot = (tp.topic, tp.partition)
-            store, report = stores[slot], result.stores[slot]
+            store, report, proc = stores[slot], result.stores[slot], procs[slot]
             self.stats.restoring -= 1
             if self.metrics is not None:
                 self.metrics.restore_progress(partitions=self.stats.restoring)
-            proc = PartitionProcessor.from_config(
-                tp.topic,
-                tp.partition,
-                store,
-                self.config,
-                self.book,
-                now_ms=self.clock(),
-                holds=self.holds,
-                archive=self.archive,
-            )
             self.processors[slot] = proc
             c = store.counts
             log.info(
@@ -711,6 +835,31 @@ class Service:
                     tp.partition,
                     report.unreadable,
                 )
+
+    def _processors_for(
+        self, stores: Mapping[tuple[str, int], PartitionStore]
+    ) -> dict[tuple[str, int], PartitionProcessor]:
+        """A processor for each restored store, its timers loaded; on an error every store
+        is closed (a damaged one is moved aside and all are restored again)."""
+        try:
+            return {
+                (topic, partition): PartitionProcessor.from_config(
+                    topic,
+                    partition,
+                    store,
+                    self.config,
+                    self.book,
+                    now_ms=self.clock(),
+                    holds=self.holds,
+                    archive=self.archive,
+                )
+                for (topic, partition), store in stores.items()
+            }
+        except BaseException:
+            for store in stores.values():
+                with contextlib.suppress(StoreError):
+                    store.close()
+            raise
 
     def _restore_progress(self, report: RestoreReport) -> None:
         read = report.read - self._restore_seen
@@ -865,7 +1014,7 @@ class Service:
             if self._consumer is not None:
                 await self._commit(self._consumer)
             for slot in mine:
-                self.processors.pop(slot).store.close()
+                _close_store(self.processors.pop(slot))
                 self._next_offset.pop(slot, None)
                 self._catching_up.pop(slot, None)
                 self._unread.pop(slot, None)

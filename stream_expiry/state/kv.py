@@ -19,12 +19,21 @@ import shutil
 import tempfile
 from typing import TYPE_CHECKING, Any, Protocol
 
-from stream_expiry.errors import StoreError
+from stream_expiry.errors import CorruptStoreError, StoreError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 __all__ = ["KeyValue", "MemoryKV", "RocksKV", "scratch_directory"]
+
+
+def _store_error(what: str, path: str, exc: Exception) -> StoreError:
+    """rocksdict raises plain ``Exception`` whose text starts with RocksDB's status code:
+    a damaged file is told apart, for the service moves that store aside and restores it."""
+    message = f"{what} {path}: {exc}"
+    if str(exc).startswith("Corruption"):
+        return CorruptStoreError(message, path)
+    return StoreError(message)
 
 
 @contextlib.contextmanager
@@ -191,7 +200,8 @@ class RocksKV:
             os.makedirs(path, exist_ok=True)
             self._db = Rdict(path, options)
         except Exception as exc:  # rocksdict raises plain Exception for IO errors
-            raise StoreError(f"cannot open the state store in {path!r}: {exc}") from exc
+            raise _store_error("cannot open the state store in", path, exc) from exc
+        self._closed = False
         self._write_options = WriteOptions()
         self._write_options.sync = False
         # A property at run time, whatever rocksdict's stubs say.
@@ -204,7 +214,7 @@ class RocksKV:
         try:
             found: list[bytes | None] = self._db.get(list(keys))  # type: ignore[assignment]
         except Exception as exc:
-            raise StoreError(f"cannot read the state store {self.path}: {exc}") from exc
+            raise _store_error("cannot read the state store", self.path, exc) from exc
         return found
 
     def apply(self, puts: Mapping[bytes, bytes], deletes: Iterable[bytes]) -> None:
@@ -216,10 +226,10 @@ class RocksKV:
         try:
             self._db.write(batch, self._write_options)
         except Exception as exc:
-            raise StoreError(f"cannot write to the state store {self.path}: {exc}") from exc
+            raise _store_error("cannot write to the state store", self.path, exc) from exc
 
     def scan(self, low: bytes, high: bytes) -> Iterator[tuple[bytes, bytes]]:
-        return self._scan(self._db.iter(), low, high)
+        return self._scan(self._db.iter(), low, high, self.path)
 
     def scan_once(self, low: bytes, high: bytes) -> Iterator[tuple[bytes, bytes]]:
         """:meth:`scan` for a pass over a whole store (``replay``): blocks are read ahead
@@ -230,10 +240,10 @@ class RocksKV:
         options = ReadOptions()
         options.fill_cache(False)  # type: ignore[call-arg]  # takes the flag, stubs aside
         options.set_readahead_size(2 * 1024 * 1024)
-        return self._scan(self._db.iter(options), low, high)
+        return self._scan(self._db.iter(options), low, high, self.path)
 
     @staticmethod
-    def _scan(it: Any, low: bytes, high: bytes) -> Iterator[tuple[bytes, bytes]]:
+    def _scan(it: Any, low: bytes, high: bytes, path: str) -> Iterator[tuple[bytes, bytes]]:
         it.seek(low)
         while it.valid():
             key: bytes = it.key()
@@ -241,6 +251,12 @@ class RocksKV:
                 return
             yield key, it.value()
             it.next()
+        # An iterator stops at a block it cannot read as if the range ended there: a
+        # damaged store's due index looked short (timers never loaded), not damaged.
+        try:
+            it.status()
+        except Exception as exc:
+            raise _store_error("cannot read the state store", path, exc) from exc
 
     def size_on_disk(self) -> int:
         total = 0
@@ -257,7 +273,17 @@ class RocksKV:
         self._db.compact_range(None, None)
 
     def close(self) -> None:
-        self._db.close()
+        """Close once: the service's stop and its session's end both close every store,
+        and a second close raised ``DbClosedError`` over the first one's error. A close
+        that fails (RocksDB flushes, and may find a damaged file) is a :class:`StoreError`
+        of one line; the database counts as closed all the same."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._db.close()
+        except Exception as exc:
+            raise _store_error("cannot close the state store", self.path, exc) from exc
 
     @staticmethod
     def destroy(path: str) -> None:

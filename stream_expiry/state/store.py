@@ -188,6 +188,14 @@ class PartitionStore:
                 batch = []
         yield from self._states(batch)
 
+    def first_due_ms(self) -> int | None:
+        """The earliest expiry of a live record not yet tombstoned (held ones aside), or
+        None: one seek, without the broker, for the overdue gauge. A record stays in the
+        due index until its tombstone is acked, so one fired and in flight counts."""
+        for index_key, _ in self.kv.scan(_DUE, _DUE + b"\xff"):
+            return _time_of(index_key)
+        return None
+
     def _states(self, keys: list[bytes]) -> Iterator[Stamp]:
         for key, value in zip(keys, self.kv.multi_get([_STATE + k for k in keys]), strict=True):
             if value is not None:

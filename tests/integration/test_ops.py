@@ -245,3 +245,42 @@ def test_demo_stops_on_ctrl_c_with_a_summary() -> None:
     assert "interrupted: stopping" in err
     assert "Summary" in out
     assert "early deletions     0" in out
+
+
+def test_sigterm_while_joining_is_a_clean_stop_and_takes_no_assignment(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A SIGTERM before the first assignment stops at once: nothing was read, nothing is
+    to commit, so it is a clean stop, status 0. It said "forced stop", which the README's
+    table gives status 130, and exited 0 all the same."""
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(config_text(topics, str(tmp_path / "state")))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = _start(
+        "run", "--config", str(cfg), "--bootstrap-servers", broker, "--metrics-port", str(port),
+    )  # fmt: skip
+    said: list[str] = []
+    try:
+        assert proc.stderr is not None
+        while not any("joining group" in line for line in said):
+            line = proc.stderr.readline()
+            assert line, "".join(said)
+            said.append(line)
+        body = _poll(proc, base + "/healthz", 200)
+        assert b'"ready":false' in body  # the test broker holds a join ~3 s
+    finally:
+        signalled = time.monotonic()
+        code, rest = _stop(proc)
+    # aiokafka's close waits for the join in flight (the broker holds it), to leave the
+    # group: the other members need not wait for this one's session to time out.
+    assert time.monotonic() - signalled < 15
+    err = "".join(said) + rest
+    assert code == exits.OK, err
+    assert "stopped while starting" in err
+    assert "forced stop" not in err
+    # The join ends while the consumer closes, with an assignment: a stopping instance
+    # does not take it (it restored every partition, opened their stores, said running).
+    assert "is not taken" in err
+    assert " restored in " not in err
+    assert "Traceback" not in err

@@ -9,6 +9,9 @@ the test produced, never against what the service says of itself.
 
 from __future__ import annotations
 
+import glob
+import logging
+import os
 import re
 import shutil
 import signal
@@ -771,3 +774,74 @@ async def test_a_stamp_replay_publishes_while_the_service_runs_is_restored_at_it
     async with running_service(cfg, broker):
         pass
     assert live_expiries(state)[identity.key] == t0 + 120_000
+
+
+def _damage_stores(state_dir: str) -> list[str]:
+    """Flip 64 bytes in the middle of every store's table file, as a failing disk would;
+    the stores' directories. Each store is compacted first (closed, the service's writes
+    are in its write-ahead log, not in a table file yet)."""
+    damaged = []
+    for entry in os.scandir(state_dir):
+        if not entry.is_dir():
+            continue
+        kv = RocksKV(entry.path)
+        kv.compact()
+        kv.close()
+        for sst in glob.glob(os.path.join(entry.path, "*.sst")):
+            size = os.path.getsize(sst)
+            with open(sst, "r+b") as f:
+                f.seek(size // 2)
+                flipped = bytes(b ^ 0xFF for b in f.read(64))
+                f.seek(size // 2)
+                f.write(flipped)
+            damaged.append(entry.path)
+    return damaged
+
+
+@pytest.mark.timeout(150)
+async def test_a_damaged_store_is_moved_aside_and_restored_from_the_changelog(
+    broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The state directory is a cache: a store whose file fails its checksum stopped the
+    service (``cannot read the state store ...: Corruption: block checksum mismatch``,
+    exit 4). Now it is renamed ``<dir>.corrupt-<UTC time>`` (nothing deleted), said in a
+    warning, and restored from the changelog; the service goes on."""
+    hour = '[retention.defaults]\nconversation = "1h"\n'
+    first_dir = str(tmp_path / "first")
+    first_cfg = config_for(topics, first_dir, hour)
+    t0 = wall_clock_ms()
+    ids = [f"c{i}" for i in range(400)]
+    creates = [(topics.conversations, *event("conversation", rid, ts=t0)) for rid in ids]
+    async with running_service(first_cfg, broker) as first:
+        await produce(broker, creates)
+        await wait_for(lambda: first.stats.stamped >= len(creates))
+    damaged = _damage_stores(first_dir)
+    assert damaged
+    # Another instance deletes every record meanwhile: the restart's restore reads each
+    # record's state from the damaged store.
+    deletes = [(topics.conversations, *event("conversation", rid, op="delete")) for rid in ids]
+    async with running_service(config_for(topics, str(tmp_path / "second"), hour), broker) as s:
+        await produce(broker, deletes)
+        await wait_for(lambda: s.stats.explicit >= len(deletes))
+
+    caplog.set_level(logging.WARNING, "stream_expiry.service")
+    async with running_service(first_cfg, broker) as again:
+        await produce(broker, [(topics.conversations, *event("conversation", "after"))])
+        await wait_for(lambda: again.stats.stamped == 1)
+    aside = [e.path for e in os.scandir(first_dir) if ".corrupt-" in e.name]
+    assert aside, os.listdir(first_dir)
+    assert {a.rsplit(".corrupt-", 1)[0] for a in aside} <= set(damaged)
+    warned = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+    assert len(warned) == len(aside), warned
+    for path in aside:
+        assert any(path in line for line in warned)
+    # The stores restored afresh hold the deletions: no deleted record came back.
+    live: dict[str, int | None] = {}
+    for entry in os.scandir(first_dir):
+        if entry.is_dir() and ".corrupt-" not in entry.name:
+            store = PartitionStore(RocksKV(entry.path))
+            try:
+                live |= {s.identity.key: s.expires_at for s in store.items() if s.live}
+            finally:
+                store.close()
+    assert set(live) == {Identity("acme", "_", "live", "conversation", "after").key}

@@ -13,12 +13,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 from stream_expiry import service as service_module
 from stream_expiry.codec import H_DELETED_AT, H_REASON
 from stream_expiry.holds import Hold, encode_hold
+from stream_expiry.kafka import ensure_topics
 from stream_expiry.model import Identity
 from stream_expiry.policy import scope_key
 from stream_expiry.service import wall_clock_ms
 from stream_expiry.sinks import BatchReport, Sink, SinkConfig, SQLiteStore
 from stream_expiry.timeutil import parse_ts
-from tests.conftest import TopicSet, read_all, read_topic, wait_for
+from tests.conftest import TopicSet, make_topic_set, read_all, read_topic, wait_for
 from tests.integration.service_helpers import (
     ArrivalLog,
     config_for,
@@ -409,3 +410,20 @@ async def test_a_bad_policy_update_is_dead_lettered_once_however_often_the_servi
     assert "on the dead-letter topic already" in caplog.text
     assert where in caplog.text
     assert [r.value for r in await read_all(broker, topics.dlq)] == [bad]
+
+
+async def test_an_input_topic_the_service_creates_is_said(
+    broker: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A typo in ``[topics] inputs`` ("conversatons") made an empty topic, and the service
+    idled on it forever without a word: an input topic it had to create is a warning."""
+    topics = make_topic_set()
+    await ensure_topics(broker, [t for t in topics.all if t != topics.sessions], partitions=2)
+    caplog.set_level(logging.WARNING, "stream_expiry.service")
+    async with running_service(config_for(topics, str(tmp_path / "state")), broker):
+        pass
+    warned = [r.getMessage() for r in caplog.records if "created input topic" in r.getMessage()]
+    assert warned == [
+        f"created input topic {topics.sessions}, which did not exist: check the name if "
+        "producers write elsewhere"
+    ]

@@ -21,10 +21,13 @@ from typing import TYPE_CHECKING
 import anyio
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
 from stream_expiry.broker import EmbeddedBroker, free_port
+from stream_expiry.health import Health
 from stream_expiry.kafka import consumer, ensure_topics, partitions_of, producer
-from stream_expiry.service import wall_clock_ms
+from stream_expiry.metrics import ServiceMetrics
+from stream_expiry.service import Service, wall_clock_ms
 from stream_expiry.testing.processes import ArrivalLog, spawn_service
 from stream_expiry.testing.proxy import proxied_broker
 from stream_expiry.timeutil import parse_ts
@@ -206,3 +209,75 @@ async def test_a_broker_restarted_empty_gets_the_topics_made_again(tmp_path: Pat
     finally:
         first.stop()
         second.stop()
+
+
+class _Watched(Health):
+    """The real health flags, remembering what the service said of itself meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stop: anyio.Event | None = None
+        self.stopping_early = 0  # stopping() while no stop was asked for
+        self.reasons: list[str] = []
+
+    def stopping(self) -> None:
+        if self.stop is not None and not self.stop.is_set():
+            self.stopping_early += 1
+        super().stopping()
+
+    def broker_unreachable(self, reason: str) -> None:
+        self.reasons.append(reason)
+        super().broker_unreachable(reason)
+
+
+@pytest.mark.timeout(180)
+async def test_the_overdue_gauge_rises_and_the_service_stays_live_through_an_outage(
+    tmp_path: Path,
+) -> None:
+    """The gauge to alert on, ``stream_expiry_oldest_overdue_seconds``, read 0.0 through a
+    70 s outage: it was set after each commit, and the loop waited on the broker. It now
+    rises while the broker is cut, also once the session is torn down and the stores are
+    closed. Meanwhile the service counts as live (/healthz 200: a session torn down to be
+    tried again is no stop), and /readyz's reason is the error, not its task group's."""
+    topics = make_topic_set()
+    registry = CollectorRegistry()
+    metrics = ServiceMetrics(registry)
+    health = _Watched()
+
+    def overdue() -> float:
+        value = registry.get_sample_value("stream_expiry_oldest_overdue_seconds")
+        return 0.0 if value is None else value
+
+    async with proxied_broker() as proxy:
+        await ensure_topics(proxy.address, topics.all, partitions=2)
+        config = config_for(
+            topics, str(tmp_path / "state"), '[retention.defaults]\nconversation = "2s"\n'
+        )
+        service = Service(
+            config,
+            bootstrap_servers=proxy.address,
+            environ={},
+            consumer_options={"session_timeout_ms": 2000, "heartbeat_interval_ms": 500},
+            health=health,
+            metrics=metrics,
+        )
+        stop = health.stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(service.run, stop)
+            with anyio.fail_after(30):
+                await service.ready.wait()
+            await produce(proxy.address, [(topics.conversations, *event("conversation", "c1"))])
+            await wait_for(lambda: service.stats.stamped == 1, timeout_s=20)
+            proxy.cut()  # before the record falls due (2 s after it was sent)
+            await wait_for(lambda: overdue() >= 2.0, timeout_s=30)
+            await wait_for(lambda: not service.processors, timeout_s=90)  # session torn down
+            closed_at = overdue()
+            await wait_for(lambda: overdue() >= closed_at + 2.0, timeout_s=10)
+            assert health.live
+            proxy.restore()
+            await wait_for(lambda: service.stats.tombstones == 1, timeout_s=60)
+            await wait_for(lambda: overdue() == 0.0, timeout_s=10)
+            stop.set()
+        assert health.stopping_early == 0
+        assert health.reasons, "the outage was never said"
+        assert not [r for r in health.reasons if "TaskGroup" in r], health.reasons
