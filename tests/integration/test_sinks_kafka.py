@@ -362,8 +362,11 @@ async def test_a_postgres_sink_rides_out_a_lost_connection(
             await store.drop_schema()
             await store.close()
     said = [r.getMessage() for r in caplog.records if r.name == "stream_expiry.sinks"]
-    assert len([m for m in said if "retrying until the store answers" in m]) == 1, said
-    assert any(m.startswith("the store answers again after") for m in said), said
+    # Said once at most (a terminated backend the pool replaces before the next query
+    # leaves nothing to retry), and its end said whenever it was.
+    retried = [m for m in said if "retrying until the store answers" in m]
+    assert len(retried) <= 1, said
+    assert not retried or any(m.startswith("the store answers again after") for m in said), said
     assert "Failed to restore the pool connection floor" not in caplog.text
 
 
