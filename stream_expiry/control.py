@@ -213,30 +213,16 @@ class ControlTopics:
         restart's repeat, name the message (key, ``topic[partition]@offset``): a person
         reading either must find the message to fix or replace."""
         key = "null" if rec.key is None else repr(rec.key.decode(errors="replace"))
+        said = (
+            f"{what} rejected: {why.code} ({why.detail}); "
+            f"key {key}, {rec.topic}[{rec.partition}]@{rec.offset}"
+        )
         if rec in self._dead_lettered:
-            log.warning(
-                "%s rejected: %s (%s); key %s, %s[%d]@%d; on the dead-letter topic already",
-                what,
-                why.code,
-                why.detail,
-                key,
-                rec.topic,
-                rec.partition,
-                rec.offset,
-            )
+            log.warning("%s; on the dead-letter topic already", said)
             return
         self._stats.dead_letters += 1
         self._stats.dead_letter_codes[why.code] += 1
-        log.warning(
-            "%s rejected: %s (%s); key %s, %s[%d]@%d; put on the dead-letter topic",
-            what,
-            why.code,
-            why.detail,
-            key,
-            rec.topic,
-            rec.partition,
-            rec.offset,
-        )
+        log.warning("%s; put on the dead-letter topic", said)
         ack = await self._prod.send(
             self._topics.dlq, key=rec.key, value=rec.value, headers=dead_letter_headers(rec, why)
         )

@@ -92,17 +92,25 @@ def _stop_with_output(
     return proc.returncode, out, err
 
 
-def test_run_serves_health_readiness_and_metrics(
-    broker: str, topics: TopicSet, tmp_path: Path
-) -> None:
+def _start_run(
+    broker: str, topics: TopicSet, tmp_path: Path, *extra: str
+) -> tuple[subprocess.Popen[str], str]:
+    """``stream-expiry run`` on a config file for ``topics``, serving its endpoints on a
+    free port: the process and the endpoints' base address."""
     cfg = tmp_path / "expiry.toml"
     cfg.write_text(config_text(topics, str(tmp_path / "state")))
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
     proc = _start(
         "run", "--config", str(cfg), "--bootstrap-servers", broker, "--metrics-port", str(port),
-        "--log-format", "json",
+        *extra,
     )  # fmt: skip
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def test_run_serves_health_readiness_and_metrics(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    proc, base = _start_run(broker, topics, tmp_path, "--log-format", "json")
     try:
         _poll(proc, base + "/healthz", 200)
         body = _poll(proc, base + "/readyz", 200)
@@ -253,13 +261,7 @@ def test_sigterm_while_joining_is_a_clean_stop_and_takes_no_assignment(
     """A SIGTERM before the first assignment stops at once: nothing was read, nothing is
     to commit, so it is a clean stop, status 0. It said "forced stop", which the README's
     table gives status 130, and exited 0 all the same."""
-    cfg = tmp_path / "expiry.toml"
-    cfg.write_text(config_text(topics, str(tmp_path / "state")))
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = _start(
-        "run", "--config", str(cfg), "--bootstrap-servers", broker, "--metrics-port", str(port),
-    )  # fmt: skip
+    proc, base = _start_run(broker, topics, tmp_path)
     said: list[str] = []
     try:
         assert proc.stderr is not None
