@@ -928,12 +928,7 @@ class Service:
         """Let the sliding records' timers of the partitions that have read their backlog
         fire (see :mod:`stream_expiry.firing`): a touch waiting there may extend them."""
         for slot, (end, deadline) in list(self._catching_up.items()):
-            position = self._next_offset.get(slot, 0)
-            if position < end:  # the consumer's own position also passes control records
-                tp = TopicPartition(*slot)
-                if tp in cons.assignment():  # and without waiting: the loop goes on
-                    with anyio.move_on_after(0.1):
-                        position = max(position, await cons.position(tp))
+            position = await self._read_up_to(cons, slot, self._next_offset.get(slot, 0), end)
             if position >= end:
                 log.info("%s[%d] has read its backlog: its sliding records' timers fire", *slot)
             elif time.monotonic() >= deadline:
@@ -959,23 +954,31 @@ class Service:
         if proc is not None and proc.let_go_read(_END_UNKNOWN) and self._firing is not None:
             self._firing.wake()
 
+    @staticmethod
+    async def _read_up_to(
+        cons: AIOKafkaConsumer, slot: tuple[str, int], read: int, target: int
+    ) -> int:
+        """How far a partition is read, ``read`` by its records' offsets: below ``target``,
+        the consumer's own position counts too, since it also passes control records
+        (transactions' markers), which no record reaches; asked without waiting long, the
+        loop goes on."""
+        tp = TopicPartition(*slot)
+        if read < target and tp in cons.assignment():
+            with anyio.move_on_after(0.1):
+                read = max(read, await cons.position(tp))
+        return read
+
     async def _track_unread(self, cons: AIOKafkaConsumer) -> None:
         """Let go the sliding records that waited for what a partition has read now, and
         note how far each partition whose reading lags must read before the next ones
         fire: its high watermark (a trial: a service reading 2.6 s behind deleted 61 of
         25,000 sessions whose touch waited unread)."""
-        for slot, proc in self.processors.items():
-            if slot in self._catching_up:
+        for slot, proc in list(self.processors.items()):  # a revocation may come meanwhile
+            read = self._next_offset.get(slot)
+            if slot in self._catching_up or read is None:
                 continue
-            position = self._next_offset.get(slot)
-            if position is None:
-                continue
-            tp = TopicPartition(*slot)
-            high = cons.highwater(tp)
-            if high is not None and high > position and tp in cons.assignment():
-                # The consumer's own position passes control records too.
-                with anyio.move_on_after(0.1):
-                    position = max(position, await cons.position(tp))
+            high = cons.highwater(TopicPartition(*slot))
+            position = read if high is None else await self._read_up_to(cons, slot, read, high)
             if proc.waiting and proc.let_go_read(position) and self._firing is not None:
                 self._firing.wake()
             if high is not None and high > position:
