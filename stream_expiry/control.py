@@ -192,6 +192,11 @@ class ControlTopics:
                 else:
                     self._stats.policy_updates += 1
                     log.info("policy update applied: %s", result.describe())
+                    for note in result.notes:
+                        log.warning(
+                            "policy update %s at %s[%d]@%d: %s",
+                            result.key, rec.topic, rec.partition, rec.offset, note,
+                        )  # fmt: skip
 
     async def _apply_holds(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
         for records in batch.values():

@@ -169,6 +169,8 @@ def env_candidates(
                 raw, name = fallbacks[var], f"{fallback_label}: {var}"
             else:
                 continue
+            if (note := capital_m_note(raw)) is not None:
+                warnings.append(f"environment variable {var}: {note}")
             try:
                 cands.append(make_candidate("env", name, raw))
             except InvalidDuration as exc:

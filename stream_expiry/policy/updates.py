@@ -32,7 +32,13 @@ import orjson
 from stream_expiry.durations import InvalidDuration
 from stream_expiry.errors import suggestion
 from stream_expiry.model import ENVS, MAX_ID_CHARS, Rejection
-from stream_expiry.policy.sources import CAP_ALL, Candidate, Source, make_candidate
+from stream_expiry.policy.sources import (
+    CAP_ALL,
+    Candidate,
+    Source,
+    capital_m_note,
+    make_candidate,
+)
 from stream_expiry.timeutil import InvalidTimestamp, parse_ts
 
 if TYPE_CHECKING:
@@ -122,6 +128,9 @@ class PolicyUpdate:
     scope: Scope
     ttl: Mapping[str, Candidate] | None
     effective_from: int
+    # What a person should be told of a value that is valid but likely not what was meant
+    # (a duration written "1M", minutes, when a month was meant): logged where it applies.
+    notes: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -250,4 +259,9 @@ def parse_update(
             effective_from = parse_ts(obj["effective_from"])
         except InvalidTimestamp as exc:
             return _reject("bad_timestamp", f"field 'effective_from': {exc}")
-    return PolicyUpdate(scope, ttl, effective_from)
+    notes = tuple(
+        f"ttl.{category}: {note}"
+        for category, value in obj["ttl"].items()
+        if (note := capital_m_note(value)) is not None
+    )
+    return PolicyUpdate(scope, ttl, effective_from, notes)

@@ -320,3 +320,35 @@ async def test_replay_from_inputs_leaves_out_what_the_service_rejected_as_future
         "never": 0,
     }
     assert report.sample == []
+
+
+async def test_replay_from_inputs_stamps_no_record_that_has_no_stamp(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A record whose events are still on an input topic but which has neither a stamp nor
+    a null on ``expiry.stamped`` was deleted and its null compacted away (input topics
+    keep events for days, a compacted topic its nulls for a day): an applied replay from
+    the inputs, under a longer policy, must not stamp it again, which would bring the
+    deleted record back into every store. Tansu does not compact, so the compacted record
+    is one whose events reached the input topic while no service ran."""
+    config = config_for(topics, str(tmp_path / "state"), LONG)
+    now = wall_clock_ms()
+    async with running_service(config, broker):
+        await produce(broker, [(topics.conversations, *event("conversation", "kept", ts=now))])
+        await read_topic(broker, topics.stamped, until=lambda r: len(r) >= 1)
+    await produce(broker, [(topics.conversations, *event("conversation", "gone", ts=now))])
+    longer = config_for(topics, str(tmp_path / "state"), LONG.replace('"1h"', '"2h"', 1))
+    report = await replay(longer, broker, environ={}, from_inputs=True)
+    assert report.counts() == {
+        "events": 2,
+        "records": 1,
+        "unchanged": 0,
+        "earlier": 0,
+        "later": 1,
+        "due_now": 0,
+        "never": 0,
+    }
+    assert report.unstamped == 1
+    stamped = await read_all(broker, topics.stamped)
+    keys = [rec.key.decode().rsplit("/", 1)[-1] for rec in stamped]
+    assert sorted(keys) == ["kept", "kept"]  # the live stamp and replay's: none for "gone"

@@ -413,6 +413,25 @@ async def test_a_bad_policy_update_is_dead_lettered_once_however_often_the_servi
     assert [r.value for r in await read_all(broker, topics.dlq)] == [bad]
 
 
+async def test_a_policy_update_in_capital_m_is_applied_as_minutes_with_a_warning(
+    broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A "1M" on the policies topic is one minute, as in the config file, where a warning
+    names the line: M usually means a month, and such a policy deletes data 43,800 times
+    too early. The update applies; the warning names the message and its field."""
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    value = b'{"scope": "org", "org": "acme", "ttl": {"conversation": "1M"}}'
+    await produce(broker, [(topics.policies, scope_key("org", "acme").encode(), value)])
+    (sent,) = await read_all(broker, topics.policies)
+    with caplog.at_level(logging.WARNING, logger="stream_expiry"):
+        async with running_service(config, broker) as service:
+            assert service.stats.policy_updates == 1
+    (said,) = [r.getMessage() for r in caplog.records if "1M" in r.getMessage()]
+    assert f"org/acme at {topics.policies}[{sent.partition}]@{sent.offset}" in said
+    assert "ttl.conversation" in said
+    assert '"1mo"' in said
+
+
 async def test_an_input_topic_the_service_creates_is_said(
     broker: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

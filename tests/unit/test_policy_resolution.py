@@ -221,6 +221,16 @@ def test_invalid_env_variables_are_warnings_not_errors() -> None:
     assert "forever" in b.env_warnings[0]
 
 
+def test_a_capital_m_in_a_variable_is_minutes_with_a_warning_naming_it() -> None:
+    """A "1M" is one minute, as everywhere (units are case-insensitive), but M usually means
+    a month: the person is told, naming the variable, and the value still counts."""
+    b = book("", {CONV: "1M", CONV2: "2mo"})
+    assert resolve(b) == Resolution(MIN, "env")
+    assert len(b.env_warnings) == 1
+    assert CONV in b.env_warnings[0]
+    assert '"1mo"' in b.env_warnings[0]
+
+
 def test_env_read_once() -> None:
     env = {CONV: "10"}
     b = book("", env)

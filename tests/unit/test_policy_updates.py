@@ -374,3 +374,17 @@ def test_bad_scope_keys_say_what_a_key_looks_like(key: str, message: str) -> Non
     with pytest.raises(ValueError) as err:  # noqa: PT011  # the message is checked whole
         parse_scope_key(key)
     assert str(err.value) == message
+
+
+def test_a_capital_m_duration_is_minutes_with_a_note_naming_its_field() -> None:
+    """A policy update's "1M" is one minute (units are case-insensitive), but M usually
+    means a month: the update is valid and carries a note the service logs."""
+    u = update({"scope": "org", "org": "acme", "ttl": {"conversation": "1M", "session": "2mo"}})
+    assert isinstance(u, PolicyUpdate)
+    assert u.ttl is not None
+    assert u.ttl["conversation"].ttl_ms == 60_000
+    assert len(u.notes) == 1
+    assert u.notes[0].startswith("ttl.conversation: '1M' means 1 minute(s)")
+    plain = update({"scope": "org", "org": "acme", "ttl": {"conversation": "1m"}})
+    assert isinstance(plain, PolicyUpdate)
+    assert plain.notes == ()
