@@ -14,6 +14,12 @@ It reads ranges: each partition from a start offset to the high watermark of its
 answer (what was there when the read began), as restore and replay need. The next fetch is
 sent before the caller works on the last one's records, so the broker prepares it meanwhile.
 
+It also tells where partitions end now (:func:`end_offsets`): every Fetch answer carries
+the partition's high watermark, on every broker, while ``AIOKafkaConsumer.end_offsets``
+(ListOffsets) is wrong on some Kafka-protocol brokers (../shared/BROKER.md: Tansu answers
+below the end) and ``AIOKafkaConsumer.highwater`` is the answer to the consumer's last
+fetch, which may have been sent before the caller's clock was read.
+
 It uses aiokafka's private client and fetch protocol, hence the upper bound on aiokafka in
 ``pyproject.toml``.
 """
@@ -37,7 +43,8 @@ from aiokafka.errors import (
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.memory_records import MemoryRecords
 
-from stream_expiry.errors import BrokerError
+from stream_expiry.errors import BrokerError, BrokerUnavailableError
+from stream_expiry.kafka import transient
 from stream_expiry.kafka_settings import MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
@@ -45,7 +52,7 @@ if TYPE_CHECKING:
 
     from aiokafka import AIOKafkaConsumer
 
-__all__ = ["Fetched", "RawRecord", "messages_at", "read_ranges"]
+__all__ = ["Fetched", "RawRecord", "end_offsets", "messages_at", "read_ranges"]
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +205,7 @@ async def _round(
     leaders: dict[TopicPartition, int],
     fetch_bytes: int,
     wait_ms: int,
+    partition_bytes: int = MAX_MESSAGE_BYTES,
 ) -> dict[TopicPartition, _Answer]:
     """One fetch to each leader for its open partitions, sent at once (the leaders are
     looked up first when ``leaders`` is empty)."""
@@ -209,7 +217,7 @@ async def _round(
     )
     for tp, part in parts.items():
         if not _done(part):
-            by_node[leaders[tp]][tp.topic].append((tp.partition, part.position, MAX_MESSAGE_BYTES))
+            by_node[leaders[tp]][tp.topic].append((tp.partition, part.position, partition_bytes))
     requests = [
         client.send(
             node,
@@ -221,7 +229,7 @@ async def _round(
     responses: list[Any] = []
     for result in await asyncio.gather(*requests, return_exceptions=True):
         if isinstance(result, KafkaError):
-            if result.retriable:
+            if transient(result):
                 raise _Retry(str(result)) from result
             raise BrokerError(f"fetch failed: {result}") from result
         if isinstance(result, BaseException):
@@ -292,6 +300,48 @@ def _take(part: _Partition, tp: TopicPartition, answer: _Answer, idle: bool) -> 
     part.empty = 0
     part.position = min(max(batches[-1].next_offset, start), end)
     return Fetched(tp, start, part.position, end, [b for b in batches if not b.is_control_batch])
+
+
+async def end_offsets(
+    cons: AIOKafkaConsumer, at: Mapping[TopicPartition, int]
+) -> dict[TopicPartition, int]:
+    """The high watermark of each partition of ``at``, from one Fetch per leader sent now
+    at the offset ``at`` gives (what the caller has read), asking for one byte and
+    waiting for no data: the broker answers at once, with little or nothing, dropped here.
+
+    Raises :class:`~stream_expiry.errors.BrokerUnavailableError` for what retrying may cure
+    (no leader, a connection lost), else :class:`~stream_expiry.errors.BrokerError`.
+    """
+    if not at:
+        return {}
+    parts = {tp: _Partition(offset) for tp, offset in at.items()}
+    try:
+        answers = await _round(
+            cons, parts, _cached_leaders(cons, parts), 1, _ENDS_WAIT_MS, partition_bytes=1
+        )
+    except _Retry as retry:
+        raise BrokerUnavailableError(f"asking for the partitions' ends failed: {retry}") from retry
+    missing = parts.keys() - answers.keys()
+    if missing:
+        raise BrokerError(f"the broker gave no end for {sorted(missing)}")
+    return {tp: highwater for tp, (highwater, _start, _batches) in answers.items()}
+
+
+# Kafka answers a Fetch with nothing to give at once when it may wait 0 ms; Tansu answers
+# it with no partitions at all (measured), and waits max_wait_ms whatever it holds.
+_ENDS_WAIT_MS = 1
+
+
+def _cached_leaders(
+    cons: AIOKafkaConsumer, tps: Mapping[TopicPartition, Any]
+) -> dict[TopicPartition, int]:
+    """The leaders the consumer's metadata knows (it subscribes to these topics: no
+    metadata request per call), or none, and :func:`_round` asks the cluster."""
+    cluster = cons._client.cluster
+    leaders = {tp: cluster.leader_for_partition(tp) for tp in tps}
+    if any(leader is None or leader < 0 for leader in leaders.values()):
+        return {}
+    return {tp: leader for tp, leader in leaders.items() if leader is not None}
 
 
 async def messages_at(

@@ -145,12 +145,18 @@ def broker_errors(what: str) -> Iterator[None]:
         raise mapped(exc, f"{what} failed") from exc
 
 
+def transient(exc: KafkaError) -> bool:
+    """Whether retrying may cure ``exc``: aiokafka's retriable errors, and a few it does
+    not call so (a request that timed out, a group rebalancing)."""
+    return exc.retriable or isinstance(exc, _TRANSIENT)
+
+
 def mapped(exc: KafkaError, message: str) -> BrokerError:
     """:class:`BrokerUnavailableError` for what retrying may cure, else :class:`BrokerError`."""
     if isinstance(exc, InconsistentGroupProtocolError):
         return BrokerError(f"{message}: {_FOREIGN_GROUP}")
-    transient = exc.retriable or isinstance(exc, _TRANSIENT)
-    return (BrokerUnavailableError if transient else BrokerError)(f"{message}: {exc!r}")
+    kind = BrokerUnavailableError if transient(exc) else BrokerError
+    return kind(f"{message}: {exc!r}")
 
 
 async def _stop(client: AIOKafkaProducer | AIOKafkaConsumer, failing: bool) -> None:

@@ -44,6 +44,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import IllegalStateError
 
 from stream_expiry.errors import BrokerError, BrokerUnavailableError, ConfigurationError
+from stream_expiry.fetch import end_offsets
 from stream_expiry.holds import Hold, HoldBook, apply_hold_message
 from stream_expiry.kafka import (
     broker_errors,
@@ -56,7 +57,6 @@ from stream_expiry.kafka import (
 from stream_expiry.kafka_settings import Connection, KafkaSecurity, TopicSettings, role_configs
 from stream_expiry.model import Rejection
 from stream_expiry.murmur2 import partition_for
-from stream_expiry.sinks._ends import end_offsets
 from stream_expiry.sinks._messages import (
     Change,
     InvalidMessage,
@@ -697,7 +697,7 @@ class Sink:
         grace`` had the grace to reach the topic, and what reached it before W is applied.
 
         W is the wall clock just before a request for the partitions' end offsets
-        (:func:`~stream_expiry.sinks._ends.end_offsets`), once
+        (:func:`~stream_expiry.fetch.end_offsets`), once
         the store has applied every partition up to them: the sink's own partitions as
         far as its consumer returned them, less the batch read but not yet applied (this
         runs between batches, when no transaction is in flight); the partitions other

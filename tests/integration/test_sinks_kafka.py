@@ -279,8 +279,8 @@ async def test_the_end_offsets_are_the_brokers_now(broker: str, topics: TopicSet
     ListOffsets answer here), it would sweep rows whose later stamps are unread."""
     from aiokafka import TopicPartition
 
+    from stream_expiry.fetch import end_offsets
     from stream_expiry.kafka import consumer
-    from stream_expiry.sinks._ends import end_offsets
 
     await produce(broker, topics.stamped, [(f"k{n}".encode(), b"v") for n in range(500)])
     async with consumer(broker) as cons:

@@ -625,7 +625,7 @@ class _OffsetsConsumer:
         return set(self.mine)
 
     async def end_offsets(self, at: dict[TP, int]) -> dict[TP, int]:
-        """What the Fetch of :func:`stream_expiry.sinks._ends.end_offsets` tells."""
+        """What the Fetch of :func:`stream_expiry.fetch.end_offsets` tells."""
         self.asked_at.append(self.clock[0])
         self.clock[0] += 5  # the answer takes a while: W is the time before the request
         return {tp: self.ends[tp] for tp in at}
