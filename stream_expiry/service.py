@@ -237,6 +237,8 @@ class Service:
         # The earliest expiry pending in the stores when last seen (ms), kept while an
         # outage has closed them: the overdue gauge goes on rising from it.
         self._oldest_due: int | None = None
+        # Stores found damaged while running, moved aside (a second time stops the service).
+        self._moved_while_running: set[str] = set()
         for warning in self.book.env_warnings:
             log.warning("%s", warning)
 
@@ -276,7 +278,7 @@ class Service:
                 await self._session(stop)
                 return
             except Exception as exc:
-                if not await self._outage(exc, stop):
+                if not (self._damaged_while_running(exc, stop) or await self._outage(exc, stop)):
                     raise
 
     async def _state_dir(self) -> anyio.Path:
@@ -436,15 +438,54 @@ class Service:
                 now - self._outage_since,
                 self._outage_tries,
             )
+        self._forget_session()
+        with anyio.move_on_after(OUTAGE_RETRY_S):
+            await stop.wait()
+        return not stop.is_set()
+
+    def _damaged_while_running(self, exc: Exception, stop: anyio.Event) -> bool:
+        """After a store of an owned partition was found damaged while the service ran
+        (a block that fails its checksum when a lookup or a scan reads it): move it aside
+        and start the session again, whose assignment restores it from the changelog, as
+        at a start (it stopped the service, exit 4). What was in flight is done again, as
+        after an outage. A store damaged again after that is a disk that damages what is
+        written to it, and stops the service. Returns False when ``exc`` is to be raised."""
+        if stop.is_set():
+            return False
+        owned = {self._store_path(*slot) for slot in self.processors}
+        damaged = {
+            leaf.path: str(leaf)
+            for leaf in leaves(exc)
+            if isinstance(leaf, CorruptStoreError) and leaf.path in owned
+        }
+        if not damaged or damaged.keys() & self._moved_while_running:
+            return False
+        self._forget_session()
+        self.health.starting()
+        for path, why in damaged.items():
+            self._moved_while_running.add(path)
+            log.warning(
+                "the state store %s is damaged (%s): moved aside to %s (delete it once "
+                "looked at); the session starts again and restores it from the changelog",
+                path,
+                why,
+                _move_aside(path),
+            )
+        return True
+
+    def _forget_session(self) -> None:
+        """Close the stores and forget what the session knew of its partitions: the next
+        one restores them (from the stores kept, else the changelog) and resumes at the
+        committed offsets."""
         self._close_all()
         self._next_offset.clear()
         self._catching_up.clear()
         self._unread.clear()
         self._outbox = self._consumer = None
         self.rebalance_error = None
-        with anyio.move_on_after(OUTAGE_RETRY_S):
-            await stop.wait()
-        return not stop.is_set()
+
+    def _store_path(self, topic: str, partition: int) -> str:
+        return os.path.join(self.config.state_dir, f"{topic}-{partition}")
 
     def _group_options(self) -> dict[str, Any]:
         session_ms = self.config.session_timeout_ms
@@ -754,12 +795,7 @@ class Service:
         now = self.clock()
         self.stats.restoring = len(tps)
         self._restore_seen = 0
-        paths = {
-            (tp.topic, tp.partition): os.path.join(
-                self.config.state_dir, f"{tp.topic}-{tp.partition}"
-            )
-            for tp in tps
-        }
+        paths = {(tp.topic, tp.partition): self._store_path(tp.topic, tp.partition) for tp in tps}
         # One read of each changelog partition for all the stores that share it; a large
         # read (a lost disk) is shared among worker processes, one per CPU.
         moved: set[str] = set()

@@ -139,11 +139,12 @@ async def produce(broker: str, messages: Sequence[tuple[str, bytes | None, bytes
 
 @contextlib.contextmanager
 def stores_in(state_dir: str) -> Iterator[dict[str, PartitionStore]]:
-    """Every partition store a stopped service left in ``state_dir``, by directory name."""
+    """Every partition store a stopped service left in ``state_dir``, by directory name
+    (not the damaged ones it moved aside)."""
     stores = {
         entry.name: PartitionStore(RocksKV(entry.path))
         for entry in os.scandir(state_dir)
-        if entry.is_dir()
+        if entry.is_dir() and ".corrupt-" not in entry.name
     }
     try:
         yield stores

@@ -27,6 +27,7 @@ from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.memory_records import MemoryRecords
 
 from stream_expiry.codec import H_DELETED_AT, source_headers, source_of
+from stream_expiry.errors import CorruptStoreError
 from stream_expiry.kafka import consumer, ensure_topics, producer
 from stream_expiry.model import Identity, Stamp, encode_stamp
 from stream_expiry.replay import H_REPLAY
@@ -35,7 +36,7 @@ from stream_expiry.state import PartitionStore, RocksKV
 from stream_expiry.state.restore import RestoreResult, position_name, restore_partitions
 from stream_expiry.state.restore_workers import restore_stores
 from stream_expiry.timeutil import parse_ts
-from tests.conftest import TopicSet, read_all, wait_for
+from tests.conftest import TopicSet, read_all, read_topic, wait_for
 from tests.integration.service_helpers import (
     ArrivalLog,
     ServiceProcess,
@@ -845,3 +846,58 @@ async def test_a_damaged_store_is_moved_aside_and_restored_from_the_changelog(
             finally:
                 store.close()
     assert set(live) == {Identity("acme", "_", "live", "conversation", "after").key}
+
+
+@pytest.mark.timeout(150)
+async def test_a_store_found_damaged_while_running_is_restored_not_the_end_of_the_service(
+    broker: str,
+    topics: TopicSet,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A block that fails its checksum when a lookup reads it, while the service runs,
+    stopped the service (exit 4), though the store is a cache of the changelog. Now the
+    store is moved aside, the session starts again and restores it; the events of the
+    failed batch are read again and nothing is lost. RocksDB's answer to the lookup is
+    injected (the block cache makes a real damage's moment unforeseeable)."""
+    state = str(tmp_path / "state")
+    cfg = config_for(topics, state, '[retention.defaults]\nconversation = "1h"\n')
+    t0 = wall_clock_ms()
+    first = [(topics.conversations, *event("conversation", f"a{i}", ts=t0)) for i in range(50)]
+    then = [(topics.conversations, *event("conversation", f"b{i}", ts=t0)) for i in range(50)]
+    failing: list[str] = []  # the store a lookup fails in, once
+    multi_get = RocksKV.multi_get
+
+    def damaged_once(self: RocksKV, keys: Sequence[bytes]) -> list[bytes | None]:
+        if failing and self.path == failing[0]:
+            failing.clear()
+            raise CorruptStoreError(
+                f"cannot read the state store {self.path}: Corruption: block checksum "
+                "mismatch", self.path
+            )  # fmt: skip
+        return multi_get(self, keys)
+
+    monkeypatch.setattr(RocksKV, "multi_get", damaged_once)
+    caplog.set_level(logging.WARNING, "stream_expiry.service")
+    async with running_service(cfg, broker) as svc:
+        await produce(broker, first)
+        await wait_for(lambda: svc.stats.stamped >= len(first))
+        failing.append(os.path.join(state, f"{topics.conversations}-0"))
+        await produce(broker, then)
+        await wait_for(lambda: not failing, timeout_s=30)
+        await wait_for(lambda: svc.ready.is_set() and len(svc.processors) > 0, timeout_s=60)
+        stamped = await read_topic(
+            broker,
+            topics.stamped,
+            until=lambda r: {m.key for m in r} >= {k for _t, k, _v in first + then},
+        )
+    assert {m.key for m in stamped} >= {k for _t, k, _v in first + then}
+    aside = [e.name for e in os.scandir(state) if ".corrupt-" in e.name]
+    assert [a.rsplit(".corrupt-", 1)[0] for a in aside] == [f"{topics.conversations}-0"]
+    warned = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+    assert len(warned) == 1
+    assert "restores it from the changelog" in warned[0]
+    live = live_expiries(state)
+    assert {Identity("acme", "_", "live", "conversation", rid).key for rid in
+            [f"a{i}" for i in range(50)] + [f"b{i}" for i in range(50)]} <= set(live)  # fmt: skip
