@@ -131,6 +131,27 @@ def _describe(exc: BaseException) -> str:
     return "; ".join(str(leaf) or type(leaf).__name__ for leaf in leaves(exc))
 
 
+def _say_moved_aside(state_dir: str) -> None:
+    """Warn of the damaged stores moved aside in the state directory that are still there:
+    the service never deletes them (a person may want to look), and they take disk."""
+    aside = sorted(e.path for e in os.scandir(state_dir) if ".corrupt-" in e.name and e.is_dir())
+    if not aside:
+        return
+    size = sum(
+        os.path.getsize(os.path.join(root, name))
+        for path in aside
+        for root, _dirs, names in os.walk(path)
+        for name in names
+    )
+    log.warning(
+        "%s moved aside earlier take %.1f MiB here: %s; delete them once looked at (the "
+        "service never reads them)",
+        "1 damaged state store" if len(aside) == 1 else f"{len(aside)} damaged state stores",
+        size / 2**20,
+        ", ".join(os.path.basename(p) for p in aside),
+    )
+
+
 def _move_aside(path: str) -> str:
     """Rename a damaged store's directory to ``<path>.corrupt-<UTC time>``; its name."""
     aside = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
@@ -255,6 +276,7 @@ class Service:
         state_dir = await self._state_dir()
         self._dead_lettered = DeadLettered(str(state_dir / DEAD_LETTERED_FILE))
         log.info("state directory %s", state_dir)
+        _say_moved_aside(str(state_dir))
         failure: Exception | None = None
         try:
             # The gauges in a task of their own: the loop waits on the broker in an outage,

@@ -898,6 +898,12 @@ async def test_a_store_found_damaged_while_running_is_restored_not_the_end_of_th
     warned = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
     assert len(warned) == 1
     assert "restores it from the changelog" in warned[0]
+    caplog.clear()
+    async with running_service(cfg, broker):
+        pass  # the next start says what was moved aside and is still there
+    (said,) = [r.getMessage() for r in caplog.records if "moved aside earlier" in r.getMessage()]
+    assert said.startswith("1 damaged state store moved aside")
+    assert aside[0] in said
     live = live_expiries(state)
     assert {Identity("acme", "_", "live", "conversation", rid).key for rid in
             [f"a{i}" for i in range(50)] + [f"b{i}" for i in range(50)]} <= set(live)  # fmt: skip
