@@ -18,7 +18,7 @@ import random
 import ssl
 import time
 import zlib
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -276,18 +276,8 @@ async def producer(brokers: Brokers, **overrides: Any) -> AsyncIterator[AIOKafka
         "request_timeout_ms": 30_000,
     }
     options.update(overrides)
-    prod = AIOKafkaProducer(**options)
-    try:
-        await prod.start()
-    except _START_ERRORS as exc:
-        await prod.stop()
-        raise _start_failed("producer", conn, exc) from exc
-    try:
+    async with _started(AIOKafkaProducer(**options), "producer", conn) as prod:
         yield prod
-    except BaseException:
-        await _stop(prod, failing=True)
-        raise
-    await _stop(prod, failing=False)
 
 
 @contextlib.asynccontextmanager
@@ -308,18 +298,28 @@ async def consumer(
         "max_partition_fetch_bytes": MAX_MESSAGE_BYTES,
     }
     options.update(overrides)
-    cons = AIOKafkaConsumer(*topics, **options)
-    try:
-        await cons.start()
-    except _START_ERRORS as exc:
-        await cons.stop()
-        raise _start_failed("consumer", conn, exc) from exc
-    try:
+    async with _started(AIOKafkaConsumer(*topics, **options), "consumer", conn) as cons:
         yield cons
+
+
+_Client = TypeVar("_Client", AIOKafkaProducer, AIOKafkaConsumer)
+
+
+@contextlib.asynccontextmanager
+async def _started(client: _Client, role: str, conn: Connection) -> AsyncIterator[_Client]:
+    """``client`` started (a failure to start said as the project's error, for ``role``),
+    and stopped at the end of the block, whether it leaves with an error or not."""
+    try:
+        await client.start()
+    except _START_ERRORS as exc:
+        await client.stop()
+        raise _start_failed(role, conn, exc) from exc
+    try:
+        yield client
     except BaseException:
-        await _stop(cons, failing=True)
+        await _stop(client, failing=True)
         raise
-    await _stop(cons, failing=False)
+    await _stop(client, failing=False)
 
 
 async def high_watermarks(
