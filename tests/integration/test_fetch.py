@@ -109,6 +109,29 @@ async def test_without_ends_a_range_stops_at_the_first_answers_high_watermark(
     assert positions == {0: 20, 1: 7}
 
 
+@pytest.mark.timeout(60)
+async def test_a_read_does_not_wait_behind_the_consumers_own_fetch(broker: str, topic: str) -> None:
+    """The service reads its control topics to their end through the consumer that follows
+    them, whose own fetch of an idle partition waits at the broker up to its
+    ``fetch_max_wait_ms``. A broker answers one connection's requests in order: sent on
+    that connection, with a metadata request before it, each read waited behind that
+    fetch (95-190 ms of every loop turn, with the service's 100 ms). Here the consumer
+    waits 5 s a fetch: the read must be back long before one of those has ended."""
+    await _fill(broker, topic, [3, 0, 0, 0])
+    tp = TopicPartition(topic, 0)
+    async with consumer(broker, fetch_max_wait_ms=5_000) as cons:
+        cons.assign([tp])
+        await cons.seek_to_beginning(tp)
+        taken = await cons.getmany(tp, timeout_ms=5_000)
+        assert [r.offset for r in taken[tp]] == [0, 1, 2]  # its next fetches wait, idle
+        for _ in range(3):
+            with anyio.fail_after(2.5):  # half a fetch's wait: not behind one
+                reader = read_ranges(cons, {tp: 3}, wait_ms=1)
+                async with contextlib.aclosing(reader):
+                    ends = [part.end async for fetched in reader for part in fetched]
+            assert ends == [3]
+
+
 async def test_a_read_cut_off_by_a_broker_outage_goes_on_where_it_was() -> None:
     """The connection is cut after the first round (as when a broker goes away) and stays
     cut through several tries, the lookups of the leaders included: the read keeps trying,
