@@ -43,9 +43,11 @@ UNITS_MS: Final[dict[str, int]] = {
     "mo": 43_800 * _MINUTE_MS,
     "y": 525_600 * _MINUTE_MS,
 }
-# Longer than the whole range of representable timestamps (years 1 to 9999): such a value is
-# a typo, and accepting it would only make ``created_at + ttl`` impossible to format later.
-MAX_DURATION_MS: Final = 10_000 * UNITS_MS["y"]
+# The longest duration: ``created_at + ttl`` must stay within what RFC 3339 can write (to
+# 9999-12-31), for any creation time up to the year 2999. A TTL of 8,000 years, accepted
+# under a bound of 10,000 once, put a record created in 2026 past the year 9999: its stamp
+# could not be written, and the service stopped on that event at every start.
+MAX_DURATION_MS: Final = 7_000 * UNITS_MS["y"]
 # A generous bound on text length, so a hostile value cannot make Decimal work hard.
 _MAX_TEXT: Final = 64
 
@@ -112,7 +114,7 @@ def parse_duration(value: object) -> int:
         raise InvalidDuration(f"a {type(value).__name__} is not a duration; {_HINT}")
     exact_ms = _EXACT.multiply(amount, unit_ms)
     if _EXACT.abs(exact_ms) > MAX_DURATION_MS:
-        raise InvalidDuration(f"{_show(value)} is longer than 10,000 years; {_HINT}")
+        raise InvalidDuration(f"{_show(value)} is longer than 7,000 years; {_HINT}")
     seconds = _EXACT.divide(exact_ms, 1000).quantize(Decimal(1), context=_EXACT)
     if seconds == 0 and exact_ms > 0:
         # Rounded, it would read as 0: "never expire", the opposite of what was written.

@@ -352,3 +352,58 @@ async def test_replay_from_inputs_stamps_no_record_that_has_no_stamp(
     stamped = await read_all(broker, topics.stamped)
     keys = [rec.key.decode().rsplit("/", 1)[-1] for rec in stamped]
     assert sorted(keys) == ["kept", "kept"]  # the live stamp and replay's: none for "gone"
+
+
+async def test_replay_from_inputs_counts_and_applies_a_life_its_policy_ended_between_events(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A conversation created 20 minutes ago and touched 10 minutes ago (activity: counted,
+    it does not slide) lives an hour under the old policy. Under a 5-minute policy it was
+    over before the touch. Replay from the inputs feeds the touch to its processor at its
+    own clock, after that expiry, so the processor tombstones the life there; the record
+    is still live on ``expiry.stamped`` and must come out ``due_now`` and be applied, as
+    replay from the stamps says, not be left out as if the stores had deleted it (it
+    then lived out the old policy's hour)."""
+    config = config_for(topics, str(tmp_path / "state"), LONG)
+    now = wall_clock_ms()
+    minute = 60_000
+    async with running_service(config, broker):
+        await produce(
+            broker,
+            [
+                (topics.conversations, *event("conversation", "c", ts=now - 20 * minute)),
+                (
+                    topics.conversations,
+                    *event("conversation", "c", op="touch", ts=now - 10 * minute),
+                ),
+                (topics.conversations, *event("conversation", "kept", ts=now)),
+            ],
+        )
+        await read_topic(broker, topics.stamped, until=lambda r: len(r) >= 2)
+    shorter = config_for(topics, str(tmp_path / "state"), LONG.replace('"1h"', '"5m"', 1))
+    want = {
+        "events": 3,
+        "records": 2,
+        "unchanged": 0,
+        "earlier": 1,
+        "later": 0,
+        "due_now": 1,
+        "never": 0,
+    }
+    from_stamps = await replay(shorter, broker, environ={}, dry_run=True)
+    assert from_stamps.counts() == {**want, "events": 2}
+    dry = await replay(shorter, broker, environ={}, dry_run=True, from_inputs=True)
+    assert dry.counts() == want
+    assert {c.key.rsplit("/", 1)[-1]: c.kind for c in dry.sample} == {
+        "c": "due_now",
+        "kept": "earlier",
+    }
+    applied = await replay(shorter, broker, environ={}, from_inputs=True)
+    assert applied.counts() == want
+    stamps = [r for r in await read_all(broker, topics.stamped) if r.key.endswith(b"/c")]
+    assert orjson.loads(stamps[-1].value)["expires_at"] == format_ts(now - 15 * minute)
+    async with running_service(shorter, broker):
+        tombs = await read_topic(
+            broker, topics.tombstones, until=lambda r: len(r) >= 1, timeout_s=15
+        )
+    assert [orjson.loads(t.value)["record_id"] for t in tombs] == ["c"]

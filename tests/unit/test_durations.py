@@ -15,6 +15,7 @@ from stream_expiry.durations import (
     format_duration,
     parse_duration,
 )
+from stream_expiry.timeutil import format_ts, parse_ts
 
 MIN = 60_000
 
@@ -44,7 +45,7 @@ MIN = 60_000
         ("+7d", 7 * 1440 * MIN),
         ("0.5s", 1_000),  # half rounds away from zero
         ("1.0000000000000000000000000000000001h", 3_600_000),
-        ("10000y", MAX_DURATION_MS),
+        ("7000y", MAX_DURATION_MS),
     ],
 )
 def test_valid_durations(value: object, ms: int) -> None:
@@ -152,7 +153,8 @@ HINT = 'expected minutes as a number, or a number with a unit s, m, h, d, w, mo,
         ("soon", "'soon' is not a duration"),
         (None, "a NoneType is not a duration"),
         ([30], "a list is not a duration"),
-        ("20000y", "'20000y' is longer than 10,000 years"),
+        ("7001y", "'7001y' is longer than 7,000 years"),
+        ("20000y", "'20000y' is longer than 7,000 years"),
         ("3 fortnights", "'3 fortnights' has an unknown unit 'fortnights'"),
         ("x" * 38, f"'{'x' * 38}' is not a duration"),  # a quote of 40 characters, whole
         ("x" * 39, f"'{'x' * 36}... is not a duration"),  # 41: cut to 37 and an ellipsis
@@ -184,3 +186,13 @@ def test_a_positive_duration_that_would_round_to_never_is_refused(
         "or 0 for never"
     )
     assert parse_duration("-0.001s") == 0  # not positive: valid, and not a TTL (as -5 is)
+
+
+def test_the_longest_duration_from_a_creation_up_to_the_year_2999_can_be_written() -> None:
+    """Every stamp writes ``created_at + ttl`` in RFC 3339, whose years end at 9999: a TTL
+    the parser accepts must not make it unwritable (8,000 years from 2026 did, and the
+    service stopped on the event at every start)."""
+    created = parse_ts("2999-12-31T23:59:59.999Z")
+    assert format_ts(created + MAX_DURATION_MS) == "9995-05-09T23:59:59.999Z"
+    with pytest.raises(InvalidDuration, match="longer than 7,000 years"):
+        parse_duration("8000y")

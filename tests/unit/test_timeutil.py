@@ -53,6 +53,16 @@ def test_parse_ts_reads_any_offset_as_the_standard_library_does(
     assert parse_ts(wall + offset) == instant // timedelta(milliseconds=1)
 
 
+def test_parse_ts_takes_a_fraction_of_any_length_as_rfc_3339_does() -> None:
+    """RFC 3339's ``time-secfrac`` is a dot and one digit or more: a producer writing ten
+    or twelve digits sends a valid time (it was dead-lettered as bad_timestamp)."""
+    want = parse_ts("2026-12-04T02:50:00.123Z")
+    assert parse_ts("2026-12-04T02:50:00.1234567891Z") == want
+    assert parse_ts("2026-12-04T03:50:00.123999999999999+01:00") == want
+    with pytest.raises(InvalidTimestamp, match="not RFC 3339"):
+        parse_ts("2026-12-04T02:50:00.Z")
+
+
 def test_parse_ts_clamps_a_leap_second_and_refuses_impossible_offsets() -> None:
     last = parse_ts("2016-12-31T23:59:59.999Z")
     assert parse_ts("2016-12-31T23:59:60Z") == last
