@@ -107,16 +107,6 @@ def parse_hold(key: bytes | None, value: bytes) -> Hold | Rejection:
     hold_id = fields["hold_id"] or (key.decode(errors="replace") if key else None)
     if not hold_id:
         return Rejection("missing_field", "a hold needs a hold_id (in the value or the key)")
-    if key is None or key.decode(errors="replace") != hold_id:
-        # Its release is a null under its hold_id: under any other key the value would
-        # outlive it (compaction keeps it, and a start that reads the null's partition
-        # first would place the hold again).
-        shown = "no key" if key is None else f"the key {key.decode(errors='replace')!r}"
-        return Rejection(
-            "invalid_field",
-            f"a hold is keyed by its hold_id {hold_id!r}, not {shown}: "
-            "a null under the hold_id would not release it",
-        )
     if fields["env"] is not None and fields["env"] not in ENVS:
         return Rejection("invalid_field", "field 'env' must be 'live' or 'draft'")
     placed_at = None

@@ -413,28 +413,6 @@ async def test_a_bad_policy_update_is_dead_lettered_once_however_often_the_servi
     assert [r.value for r in await read_all(broker, topics.dlq)] == [bad]
 
 
-async def test_a_hold_under_a_key_other_than_its_hold_id_is_dead_lettered_and_holds_nothing(
-    broker: str, topics: TopicSet, tmp_path: Path
-) -> None:
-    """A hold is keyed by its hold_id, released by a null under it. A tool that wrote one
-    under another key saw its release undone: compaction keeps the value, and a start that
-    read the null's partition first placed the hold again (a trial: released, then held
-    again by the next start). The value goes to the dead-letter topic, holding nothing."""
-    config = config_for(topics, str(tmp_path / "state"), RETENTION)
-    hold = Hold("case-3", "acme", None, None, None, None, "litigation", None)
-    await produce(broker, [(topics.holds, b"case-3-v2", encode_hold(hold))])
-    async with running_service(config, broker) as service:
-        assert len(service.holds) == 0
-        await produce(broker, [(topics.conversations, *event("conversation", "c1"))])
-        tombs = await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 1)
-        dead = await read_topic(broker, topics.dlq, until=lambda r: len(r) >= 1)
-    assert [orjson.loads(t.value)["record_id"] for t in tombs] == ["c1"]
-    (letter,) = dead
-    assert letter.key == b"case-3-v2"
-    assert dict(letter.headers)["expiry-error"] == b"invalid_field"
-    assert dict(letter.headers)["expiry-source-topic"] == topics.holds.encode()
-
-
 async def test_a_policy_update_in_capital_m_is_applied_as_minutes_with_a_warning(
     broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

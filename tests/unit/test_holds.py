@@ -11,7 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from stream_expiry.archive_gate import ArchiveGate
-from stream_expiry.holds import Hold, HoldBook, apply_hold_message, encode_hold, parse_hold
+from stream_expiry.holds import Hold, HoldBook, encode_hold, parse_hold
 from stream_expiry.model import Identity, InputEvent, Rejection
 from stream_expiry.policy import Resolution
 from stream_expiry.state import Effects, MemoryKV, PartitionProcessor, PartitionStore
@@ -419,29 +419,6 @@ def test_parse_hold_rejects_with_a_reason_and_round_trips() -> None:
     got = parse_hold(b"x", bad_env)
     assert isinstance(got, Rejection)
     assert got.code == "invalid_field"
-
-
-def test_a_hold_under_a_key_other_than_its_hold_id_is_rejected() -> None:
-    """A hold is keyed by its hold_id, and released by a null under that key. A value under
-    another key outlives its release: compaction keeps it (no null follows under its key),
-    and a start that reads the release's partition before the value's placed the hold
-    again. Rejected (the service dead-letters it), in whatever order the two are read."""
-    value = orjson.dumps({"hold_id": "h3", "org": "acme", "reason": "r"})
-    got = parse_hold(b"h3x", value)
-    assert isinstance(got, Rejection)
-    assert got.code == "invalid_field"
-    assert "h3x" in got.detail
-    assert isinstance(parse_hold(None, value), Rejection)  # no key: no null can release it
-    record = Identity("acme", "_", "live", "conversation", "r")
-    for messages in ([(b"h3x", value), (b"h3", None)], [(b"h3", None), (b"h3x", value)]):
-        book = HoldBook()
-        for key, val in messages:
-            apply_hold_message(book, key, val)
-        assert not book.is_held(record)
-    # Under its own id, or with the id from the key alone: a hold, as before.
-    keyed = parse_hold(b"h3", value)
-    assert isinstance(keyed, Hold)
-    assert keyed == parse_hold(b"h3", orjson.dumps({"org": "acme", "reason": "r"}))
 
 
 @pytest.mark.parametrize(
