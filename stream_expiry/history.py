@@ -144,10 +144,15 @@ async def history(config: Config, brokers: Brokers, identity: Identity) -> Histo
 def _summary(e: dict[str, Any]) -> str:
     kind = e["kind"]
     if kind == "stamp":
-        text = (
-            f"created {e.get('created_at')}, expires {e.get('expires_at') or 'never'}"
-            f" (ttl {e.get('ttl_seconds')} s from {e.get('ttl_source')})"
-        )
+        if e.get("created_at") is None:
+            text = "no life (a record never seen)"
+        elif e.get("expires_at") is None:
+            text = f"created {e['created_at']}, never expires"
+        else:
+            text = (
+                f"created {e['created_at']}, expires {e['expires_at']}"
+                f" (ttl {e.get('ttl_seconds')} s from {e.get('ttl_source')})"
+            )
         if e.get("erase_requested_at"):
             text += f", erasure asked at {e['erase_requested_at']} (deferred)"
         if e.get("redacted"):
