@@ -7,7 +7,8 @@ the record key: ``expiry.stamped`` (stamps, and the null that ends a life, with 
 ``expiry.tombstones``, ``expiry.receipts`` and ``expiry.audit``, and the active holds on
 ``expiry.holds``. This command reads them and prints the record's messages in time order.
 
-It never prints a payload: of a stamp it shows the expiry fields and the paths ``[redact]``
+Receipts are published at least once: one published again (same ``receipt_id``) is shown
+once, with how many copies there were. It never prints a payload: of a stamp it shows the expiry fields and the paths ``[redact]``
 removed, not ``data`` (the stores and the archive hold that, for those allowed to see it).
 Each topic is read whole (the receipts and the audit trail are kept 400 days by default):
 seconds per million messages, meant for an audit, not for a dashboard.
@@ -120,6 +121,24 @@ def _hold_on(rec: Any, identity: Identity) -> bool:
     )
 
 
+def _one_per_receipt(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Receipts are published at least once (a sink that crashed after publishing a batch
+    publishes it again, the same receipt with the same ``receipt_id``): one event per
+    receipt, the first publication, with ``copies`` saying how many there were."""
+    first: dict[str, dict[str, Any]] = {}
+    out: list[dict[str, Any]] = []
+    for e in events:
+        rid = e.get("receipt_id") if e["kind"] == "receipt" else None
+        if rid is None:
+            out.append(e)
+        elif rid in first:
+            first[rid]["copies"] += 1
+        else:
+            first[rid] = e | {"copies": 1}
+            out.append(first[rid])
+    return out
+
+
 async def history(config: Config, brokers: Brokers, identity: Identity) -> History:
     """Every message of ``identity``'s key on the evidence topics, and the holds on it."""
     key = identity.key.encode()
@@ -136,6 +155,7 @@ async def history(config: Config, brokers: Brokers, identity: Identity) -> Histo
                     )
     # Kafka timestamps order the topics against each other; within one, the log order.
     found.events.sort(key=lambda e: e["at"])
+    found.events = _one_per_receipt(found.events)
     holds = await read_holds(config, brokers)
     found.holds = [h.as_dict() for h in sorted(holds.holding(identity), key=lambda h: h.hold_id)]
     return found
@@ -167,9 +187,11 @@ def _summary(e: dict[str, Any]) -> str:
             + ("" if e.get("created_at") else " (a record never seen, or an ended life)")
         )
     if kind == "receipt":
+        copies = e.get("copies", 1)
         return (
             f"store {e.get('store')}: reason {e.get('reason')}, rows deleted "
             f"{e.get('rows_deleted')}, deleted {e.get('deleted_at')}"
+            + (f" (published {copies} times, one receipt)" if copies > 1 else "")
         )
     if kind in ("hold_placed", "hold_released"):
         return f"hold {e.get('hold_id')}: {e.get('reason')}"

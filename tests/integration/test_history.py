@@ -61,7 +61,9 @@ async def test_history_tells_a_held_erasure_from_request_to_receipt_without_the_
         await produce(broker, [(topics.conversations, *m) for m in [(key, value), other, erase]])
         await read_topic(broker, topics.audit, until=lambda r: len(r) >= 2)  # placed, deferred
         assert await _cli("hold", "release", *common, "case-7") == 0
-        await read_topic(broker, topics.receipts, until=lambda r: len(r) >= 1)
+        (published,) = await read_topic(broker, topics.receipts, until=lambda r: len(r) >= 1)
+    # A sink that crashed after publishing publishes the same receipt again (at least once).
+    await produce(broker, [(topics.receipts, published.key, published.value)])
     capsys.readouterr()
 
     found = await history(config, broker, Identity("acme", "b1", "live", "conversation", "r1"))
@@ -79,6 +81,7 @@ async def test_history_tells_a_held_erasure_from_request_to_receipt_without_the_
          "tombstone", "receipt"]
     )  # fmt: skip
     (receipt,) = [e for e in found.events if e["kind"] == "receipt"]
+    assert receipt["copies"] == 2  # one receipt, published twice
     assert (receipt["store"], receipt["reason"], receipt["rows_deleted"]) == (
         "store-a",
         "explicit",
@@ -96,6 +99,7 @@ async def test_history_tells_a_held_erasure_from_request_to_receipt_without_the_
     text = capsys.readouterr().out
     assert text.splitlines() == text_lines(found.as_dict())
     assert "deletion deferred by case-7" in text
+    assert "(published 2 times, one receipt)" in text
     assert await _cli("history", *common, *who, "--json") == 0
     printed = capsys.readouterr().out
     assert orjson.loads(printed) == found.as_dict()
