@@ -328,12 +328,14 @@ def _parser_history(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     history = sub.add_parser(
         "history",
         help="what happened to one record: stamps, erasure, holds, tombstones, receipts",
-        description="Reads expiry.stamped, expiry.tombstones, expiry.receipts and expiry.audit "
-        "whole and prints, oldest first, every message about one record: its stamps (TTL, "
-        "its source, the redacted paths; never its data), the null that ended each life and "
-        "why, its tombstones, every store's receipt, the deletions a legal hold deferred and "
-        "the holds placed and released on it; then the active holds that match it. For an "
-        "audit: each topic is read from its beginning.",
+        description="Reads expiry.stamped, expiry.tombstones, expiry.receipts, expiry.audit "
+        "and expiry.dlq whole and prints, oldest first, every message about one record: its "
+        "stamps (TTL, its source, the redacted paths; never its data), the null that ended "
+        "each life and why, its tombstones, every store's receipt (once, however many times "
+        "it was published), the deletions a legal hold deferred, the holds placed and "
+        "released on it, and its rejected input events (an erasure request dead-lettered is "
+        "not carried out); then the active holds that match it. For an audit: each topic is "
+        "read from its beginning.",
     )
     _add_common(history)
     history.add_argument("--org", required=True, help="the organisation (required)")

@@ -5,7 +5,8 @@ an erasure asked, did a legal hold defer its deletion, when was it tombstoned an
 did every store delete it (their receipts). The answers are on five topics, all keyed by
 the record key: ``expiry.stamped`` (stamps, and the null that ends a life, with its reason),
 ``expiry.tombstones``, ``expiry.receipts`` and ``expiry.audit``, and the active holds on
-``expiry.holds``. This command reads them and prints the record's messages in time order.
+``expiry.holds``; and the record's input events that were rejected, on ``expiry.dlq``
+(an erasure request with a bad timestamp was never carried out: an auditor must see it). This command reads them and prints the record's messages in time order.
 
 Receipts are published at least once: one published again (same ``receipt_id``) is shown
 once, with how many copies there were. It never prints a payload: of a stamp it shows the expiry fields and the paths ``[redact]``
@@ -139,6 +140,38 @@ def _one_per_receipt(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _names(rec: Any, identity: Identity) -> bool:
+    """Whether a dead letter's value names the record (missing bot and env: their defaults)."""
+    body = None if rec.value is None else _body(rec.value)
+    if body is None:
+        return False
+    given = (
+        body.get("org"),
+        body.get("bot", "_"),
+        body.get("env", "live"),
+        body.get("category"),
+        body.get("record_id"),
+    )
+    return given == identity.parts()
+
+
+def _dead_letter(rec: Any, topic: str) -> dict[str, Any]:
+    """A rejected input event: why, and what it asked (its op and time), never its data."""
+    headers = {name: value.decode(errors="replace") for name, value in rec.headers or ()}
+    body = _body(rec.value) or {}
+    return _event(
+        rec,
+        topic,
+        "dead_letter",
+        {
+            "op": body.get("op", "create"),
+            "ts": body.get("ts"),
+            "error": headers.get(codec.H_ERROR),
+            "detail": headers.get(codec.H_DETAIL),
+        },
+    )
+
+
 async def history(config: Config, brokers: Brokers, identity: Identity) -> History:
     """Every message of ``identity``'s key on the evidence topics, and the holds on it."""
     key = identity.key.encode()
@@ -153,6 +186,14 @@ async def history(config: Config, brokers: Brokers, identity: Identity) -> Histo
                         for rec in records
                         if rec.key == key or (topic == t.audit and _hold_on(rec, identity))
                     )
+    # Dead letters keep the producer's key, which need not be the record key: an event is
+    # the record's when the fields it gives name it (an erasure request rejected, say).
+    async with consumer(brokers) as cons:
+        async for batch in read_to_end(cons, t.dlq):
+            for records in batch.values():
+                found.events.extend(
+                    _dead_letter(rec, t.dlq) for rec in records if _names(rec, identity)
+                )
     # Kafka timestamps order the topics against each other; within one, the log order.
     found.events.sort(key=lambda e: e["at"])
     found.events = _one_per_receipt(found.events)
@@ -193,6 +234,8 @@ def _summary(e: dict[str, Any]) -> str:
             f"{e.get('rows_deleted')}, deleted {e.get('deleted_at')}"
             + (f" (published {copies} times, one receipt)" if copies > 1 else "")
         )
+    if kind == "dead_letter":
+        return f"a {e.get('op')} event (ts {e.get('ts')}) rejected: {e.get('error')} ({e.get('detail')})"
     if kind in ("hold_placed", "hold_released"):
         return f"hold {e.get('hold_id')}: {e.get('reason')}"
     if kind == "deletion_deferred":

@@ -58,7 +58,11 @@ async def test_history_tells_a_held_erasure_from_request_to_receipt_without_the_
         key, value = event("conversation", "r1", bot="b1", ts=t0, data=data)
         other = event("conversation", "r2", bot="b1", ts=t0, data=data)
         erase = event("conversation", "r1", bot="b1", ts=t0 + 1, op="delete")
-        await produce(broker, [(topics.conversations, *m) for m in [(key, value), other, erase]])
+        # An erasure request from a producer whose clock is ahead: dead-lettered, not done.
+        ahead = event("conversation", "r1", bot="b1", ts=t0 + 3_600_000, op="delete", data=data)
+        messages = [(key, value), other, erase, (b"producers-own-key", ahead[1])]
+        await produce(broker, [(topics.conversations, *m) for m in messages])
+        await read_topic(broker, topics.dlq, until=lambda r: len(r) >= 1)
         await read_topic(broker, topics.audit, until=lambda r: len(r) >= 2)  # placed, deferred
         assert await _cli("hold", "release", *common, "case-7") == 0
         (published,) = await read_topic(broker, topics.receipts, until=lambda r: len(r) >= 1)
@@ -78,8 +82,10 @@ async def test_history_tells_a_held_erasure_from_request_to_receipt_without_the_
         assert kinds.index(before) < kinds.index(after), kinds
     assert sorted(set(kinds)) == sorted(
         ["hold_placed", "stamp", "deletion_deferred", "hold_released", "deleted",
-         "tombstone", "receipt"]
+         "tombstone", "receipt", "dead_letter"]
     )  # fmt: skip
+    (dead,) = [e for e in found.events if e["kind"] == "dead_letter"]
+    assert (dead["op"], dead["error"]) == ("delete", "future_timestamp")
     (receipt,) = [e for e in found.events if e["kind"] == "receipt"]
     assert receipt["copies"] == 2  # one receipt, published twice
     assert (receipt["store"], receipt["reason"], receipt["rows_deleted"]) == (
