@@ -1,4 +1,5 @@
-"""The ``stream-expiry`` command line: run, explain, replay, hold, status, archive, demo, sink.
+"""The ``stream-expiry`` command line: run, explain, replay, hold, status, history, archive,
+demo, sink.
 
 Every command that talks to Kafka finds its brokers in ``--bootstrap-servers``, else the
 config file, else ``STREAM_EXPIRY_BOOTSTRAP_SERVERS`` (the contract's order); every other
@@ -313,6 +314,43 @@ def _parser_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     status.set_defaults(func=_cmd_status)
 
 
+# -- history ------------------------------------------------------------------------------
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    from stream_expiry.history import run_history
+
+    config = load(args)
+    return anyio.run(run_history, config, connection_from(args, config), args)
+
+
+def _parser_history(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    history = sub.add_parser(
+        "history",
+        help="what happened to one record: stamps, erasure, holds, tombstones, receipts",
+        description="Reads expiry.stamped, expiry.tombstones, expiry.receipts, expiry.audit "
+        "and expiry.dlq whole and prints, oldest first, every message about one record: its "
+        "stamps (TTL, its source, the redacted paths; never its data), the null that ended "
+        "each life and why, its tombstones, every store's receipt (once, however many times "
+        "it was published), the deletions a legal hold deferred, the holds placed and "
+        "released on it, and its rejected input events (an erasure request dead-lettered is "
+        "not carried out); then the active holds that match it. For an audit: each topic is "
+        "read from its beginning.",
+    )
+    _add_common(history)
+    history.add_argument("--org", required=True, help="the organisation (required)")
+    history.add_argument("--bot", default="_", help="the bot (default: _)")
+    history.add_argument(
+        "--env", choices=["live", "draft"], default="live", help="the environment (default: live)"
+    )
+    history.add_argument("--category", required=True, help="the category (required)")
+    history.add_argument(
+        "--record-id", dest="record_id", required=True, help="the record's id (required)"
+    )
+    history.add_argument("--json", action="store_true", help="print one JSON object")
+    history.set_defaults(func=_cmd_history)
+
+
 # -- archive ------------------------------------------------------------------------------
 
 
@@ -421,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     _parser_replay(sub)
     _parser_hold(sub)
     _parser_status(sub)
+    _parser_history(sub)
     _parser_demo(sub)
     from stream_expiry.sinks.command import add_sink_parser
 

@@ -33,7 +33,7 @@ from aiokafka.structs import ConsumerRecord
 from stream_expiry import model
 from stream_expiry.codec import dead_letter_headers
 from stream_expiry.fetch import read_ranges
-from stream_expiry.holds import apply_hold_message
+from stream_expiry.holds import apply_hold_message, named_hold_id
 from stream_expiry.kafka import read_to_end
 from stream_expiry.outbox import all_acked
 
@@ -212,6 +212,14 @@ class ControlTopics:
                     log.info(
                         "legal hold %s placed on %s: %s", hold.hold_id, hold.scope(), hold.reason
                     )
+                    named = named_hold_id(rec.value)
+                    if named is not None and named != hold.hold_id:
+                        log.warning(
+                            "legal hold at %s[%d]@%d names hold_id %r in its value but is "
+                            "keyed %r: it is hold %r (a release is a null under the key)",
+                            rec.topic, rec.partition, rec.offset, named, hold.hold_id,
+                            hold.hold_id,
+                        )  # fmt: skip
 
     async def _reject(self, rec: Any, why: model.Rejection, what: str) -> None:
         """Dead-letter ``rec``, once per instance. Both log lines, the first and a

@@ -11,6 +11,8 @@ Rules kept here:
   no hold (the common case), and a scan of that org's holds otherwise.
 * A malformed hold is rejected with a reason (the service dead-letters it); a release of an
   unknown hold changes nothing.
+* The message key is the hold's id; a ``hold_id`` in the value counts only for a message
+  without a key (:func:`named_hold_id` lets the service warn about one that differs).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
 
     from stream_expiry.model import Identity
 
-__all__ = ["Hold", "HoldBook", "apply_hold_message", "encode_hold", "parse_hold"]
+__all__ = ["Hold", "HoldBook", "apply_hold_message", "encode_hold", "named_hold_id", "parse_hold"]
 
 _FIELDS = ("org", "bot", "env", "category", "record_id")
 
@@ -89,6 +91,15 @@ def _text(body: dict[str, Any], name: str, *, required: bool) -> str | Rejection
     return value
 
 
+def named_hold_id(value: bytes) -> Any:
+    """The ``hold_id`` a hold message's value names, if any (None for a malformed value)."""
+    try:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return body.get("hold_id") if type(body) is dict else None
+
+
 def parse_hold(key: bytes | None, value: bytes) -> Hold | Rejection:
     """A hold message's value; never raises on bad input."""
     try:
@@ -104,7 +115,11 @@ def parse_hold(key: bytes | None, value: bytes) -> Hold | Rejection:
         if isinstance(got, Rejection):
             return got
         fields[name] = got
-    hold_id = fields["hold_id"] or (key.decode(errors="replace") if key else None)
+    # The key is the hold's id whenever there is one: it is what a release nulls and what
+    # compaction keeps, so a value naming another id (a tool keying holds by its own case
+    # numbers) must not make a hold that `hold release` of the id it shows cannot end, or
+    # that comes back once compaction drops the null of that id.
+    hold_id = (key.decode(errors="replace") if key else None) or fields["hold_id"]
     if not hold_id:
         return Rejection("missing_field", "a hold needs a hold_id (in the value or the key)")
     if fields["env"] is not None and fields["env"] not in ENVS:

@@ -32,6 +32,7 @@ from stream_expiry.changelog import Current, read_current, read_latest
 from stream_expiry.kafka import consumer, high_watermarks, partitions_of, producer, read_to_end
 from stream_expiry.outbox import all_acked
 from stream_expiry.policy import PolicyBook
+from stream_expiry.redact import Redactor
 from stream_expiry.state import PartitionProcessor, PartitionStore, RocksKV
 from stream_expiry.state.kv import scratch_directory
 from stream_expiry.timeutil import format_ts, parse_ts
@@ -275,19 +276,30 @@ class _Verdicts:
 
 
 class _Publisher:
-    """Changed stamps to ``expiry.stamped``, in batches, on their record's partition."""
+    """Changed stamps to ``expiry.stamped``, in batches, on their record's partition.
 
-    def __init__(self, prod: Any, topic: str) -> None:
+    The data a stamp carries is redacted again under the replay's own ``[redact]``: the
+    current stamp was redacted under the rules in force when it was written, and a rule
+    added since (the usual reason to replay with a new config is a compliance change)
+    must not be undone by publishing the field again, newer than the stamp compaction
+    would otherwise remove.
+    """
+
+    def __init__(self, prod: Any, topic: str, redactor: Redactor | None = None) -> None:
         self._prod, self._topic = prod, topic
+        self._redactor = redactor if redactor else None  # an empty one removes nothing
         self._acks: list[Any] = []
 
     async def add(
         self, partition: int, source: tuple[str, int] | None, state: model.Stamp, body: Any
     ) -> None:
-        """``body``: the record's current stamp (its data is already redacted, and says what
-        was removed), or None."""
+        """``body``: the record's current stamp (its data redacted under the rules of its
+        time, and saying what was removed), or None."""
         data = None if body is None else body.get("data")
-        redacted = () if body is None else body.get("redacted") or ()
+        redacted: tuple[str, ...] = () if body is None else tuple(body.get("redacted") or ())
+        if self._redactor is not None and data is not None:
+            data, removed = self._redactor.redact(state.identity.category, data)
+            redacted = tuple(dict.fromkeys((*redacted, *removed)))
         headers = [(H_REPLAY, b"1")]
         if source is not None:
             headers = [*codec.source_headers(*source), *headers]
@@ -353,7 +365,7 @@ async def replay(
             bar = ProgressBar("stamps", 0, progress) if progress is not None else None
             current, _read = await read_current(bootstrap, topics.stamped, kv, bar)
             async with producer(bootstrap) as prod:
-                publisher = _Publisher(prod, topics.stamped)
+                publisher = _Publisher(prod, topics.stamped, Redactor.from_config(config.redact))
                 verdicts = share.verdicts(report, publisher)
                 await _from_inputs(
                     config, bootstrap, book, current, work, verdicts, progress=progress
@@ -431,7 +443,7 @@ async def replay_share(share: Share, progress: Progress | None = None) -> Replay
                 await _from_stamps(share.config, book, kv, share.verdicts(report, None))
                 return report
             async with producer(share.bootstrap) as prod:
-                publisher = _Publisher(prod, stamped)
+                publisher = _Publisher(prod, stamped, Redactor.from_config(share.config.redact))
                 await _from_stamps(share.config, book, kv, share.verdicts(report, publisher))
                 await publisher.flush()
         finally:

@@ -407,3 +407,35 @@ async def test_replay_from_inputs_counts_and_applies_a_life_its_policy_ended_bet
             broker, topics.tombstones, until=lambda r: len(r) >= 1, timeout_s=15
         )
     assert [orjson.loads(t.value)["record_id"] for t in tombs] == ["c"]
+
+
+async def test_replay_redacts_the_stamps_it_publishes_under_its_own_redact_rules(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A stamp written before a ``[redact]`` rule existed holds the field; a replay with the
+    config that adds the rule publishes the changed stamp without it (and says so in
+    ``redacted``, after what the stamp already listed), also from worker processes: the
+    field must not come back newer than the stamp compaction would remove."""
+    created = wall_clock_ms() - 60_000
+    data = {"user": {"email": "a@example.com", "name": "A"}, "ip": "10.0.0.1", "k": 1}
+    async with producer(broker) as prod:
+        for rid in ("r1", "r2"):
+            identity = Identity("globex", "_", "live", "conversation", rid)
+            value = encode_stamp(
+                Stamp(identity, created, created + 3_600_000, 3_600, "default"),
+                {k: v for k, v in data.items() if k != "ip"} if rid == "r2" else data,
+                ["ip"] if rid == "r2" else (),
+            )
+            await (await prod.send(topics.stamped, key=identity.key.encode(), value=value))
+    rules = '\n[redact]\nconversation = ["user.email", "ip"]\n'
+    config = config_for(topics, str(tmp_path / "state"), LONG + rules)
+    applied = await replay(config, broker, environ={}, dry_run=False, workers=2)
+    assert applied.earlier == 2  # globex conversations: 10 minutes now, both are published
+    published = [r for r in await read_all(broker, topics.stamped) if r.headers]
+    assert len(published) == 2
+    for rec in published:
+        body = orjson.loads(rec.value)
+        assert body["data"] == {"user": {"name": "A"}, "k": 1}
+        assert body["redacted"] == (
+            ["ip", "user.email"] if body["record_id"] == "r2" else ["user.email", "ip"]
+        )

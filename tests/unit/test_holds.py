@@ -11,7 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from stream_expiry.archive_gate import ArchiveGate
-from stream_expiry.holds import Hold, HoldBook, encode_hold, parse_hold
+from stream_expiry.holds import Hold, HoldBook, apply_hold_message, encode_hold, parse_hold
 from stream_expiry.model import Identity, InputEvent, Rejection
 from stream_expiry.policy import Resolution
 from stream_expiry.state import Effects, MemoryKV, PartitionProcessor, PartitionStore
@@ -419,6 +419,25 @@ def test_parse_hold_rejects_with_a_reason_and_round_trips() -> None:
     got = parse_hold(b"x", bad_env)
     assert isinstance(got, Rejection)
     assert got.code == "invalid_field"
+
+
+def test_a_hold_is_the_one_its_key_names_so_the_null_of_that_key_releases_it() -> None:
+    """A tool that keys a hold by its own case number while the value names another
+    ``hold_id``: the key is the hold (what a release nulls, what compaction keeps), so
+    ``hold list`` shows it under its key, the null under that key releases it, and the
+    compacted topic (the value alone, once the null is gone) cannot bring back a hold
+    released under the value's id, which was never an id of it."""
+    value = orjson.dumps({"hold_id": "H-9", "org": "acme", "bot": "b9", "reason": "case 9"})
+    book = HoldBook()
+    placed = apply_hold_message(book, b"case-9", value)
+    assert isinstance(placed, Hold)
+    assert [h.hold_id for h in book] == ["case-9"]
+    assert apply_hold_message(book, b"H-9", None) is None  # not an id of it: nothing
+    assert apply_hold_message(book, b"case-9", None) == placed
+    assert len(book) == 0
+    keyless = parse_hold(None, value)
+    assert isinstance(keyless, Hold)
+    assert keyless.hold_id == "H-9"  # without a key, the value's id
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,274 @@
+"""``stream-expiry history``: what happened to one record, from Kafka alone, for an audit.
+
+An auditor asks "what happened to record X?": when was it stamped and with which TTL, was
+an erasure asked, did a legal hold defer its deletion, when was it tombstoned and why, and
+did every store delete it (their receipts). The answers are on five topics, all keyed by
+the record key: ``expiry.stamped`` (stamps, and the null that ends a life, with its reason),
+``expiry.tombstones``, ``expiry.receipts`` and ``expiry.audit``, and the active holds on
+``expiry.holds``; and the record's input events that were rejected, on ``expiry.dlq`` (an
+erasure request with a bad timestamp was never carried out: an auditor must see it). This
+command reads them and prints the record's messages in time order.
+
+Receipts are published at least once: one published again (same ``receipt_id``) is shown
+once, with how many copies there were. It never prints a payload: of a stamp it shows the
+expiry fields and the paths ``[redact]`` removed, not ``data`` (the stores and the archive
+hold that, for those allowed to see it).
+Each topic is read whole (the receipts and the audit trail are kept 400 days by default):
+seconds per million messages, meant for an audit, not for a dashboard.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from stream_expiry import codec
+from stream_expiry.hold_command import read_holds
+from stream_expiry.kafka import consumer, read_to_end
+from stream_expiry.model import Identity
+from stream_expiry.timeutil import format_ts
+
+if TYPE_CHECKING:
+    import argparse
+
+    from stream_expiry.config import Config
+    from stream_expiry.kafka_settings import Brokers
+
+__all__ = ["History", "history", "run_history", "text_lines"]
+
+# Of a stamp, what tells its life and expiry: never ``data``.
+_STAMP_FIELDS = (
+    "created_at",
+    "expires_at",
+    "ttl_seconds",
+    "ttl_source",
+    "last_activity_at",
+    "erase_requested_at",
+    "previous_deleted_at",
+    "held_lives",
+    "redacted",
+)
+_IDENTITY = ("org", "bot", "env", "category", "record_id", "key")
+
+
+@dataclass
+class History:
+    """One record's messages on the evidence topics, oldest first, and the holds on it."""
+
+    key: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+    holds: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "events": self.events, "active_holds": self.holds}
+
+
+def _event(rec: Any, topic: str, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "at": format_ts(rec.timestamp),
+        "topic": topic,
+        "partition": rec.partition,
+        "offset": rec.offset,
+        "kind": kind,
+        **fields,
+    }
+
+
+def _body(value: bytes) -> dict[str, Any] | None:
+    try:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return body if type(body) is dict else None
+
+
+def _describe(config: Config, topic: str, rec: Any) -> dict[str, Any]:
+    """One message as an event: its fields without the record's identity and never data."""
+    t = config.topics
+    headers = [(name, value) for name, value in rec.headers or ()]
+    if topic == t.stamped and rec.value is None:
+        deleted_at = codec.deleted_at_of(headers)
+        return _event(
+            rec,
+            topic,
+            "deleted",
+            {
+                "reason": codec.reason_of(headers),
+                "deleted_at": None if deleted_at is None else format_ts(deleted_at),
+            },
+        )
+    body = None if rec.value is None else _body(rec.value)
+    if body is None:
+        return _event(rec, topic, "unreadable", {})
+    if topic == t.stamped:
+        return _event(rec, topic, "stamp", {k: body[k] for k in _STAMP_FIELDS if k in body})
+    kind = {t.tombstones: "tombstone", t.receipts: "receipt"}.get(topic)
+    if kind is None:  # the audit trail: its type says what it is
+        kind = str(body.get("type", "audit"))
+    rest = {k: v for k, v in body.items() if k not in _IDENTITY and k not in ("type", "data")}
+    return _event(rec, topic, kind, rest)
+
+
+def _hold_on(rec: Any, identity: Identity) -> bool:
+    """Whether an audit entry keyed by a hold id places or releases a hold that matches
+    the record (every field the hold gives equals the record's)."""
+    body = None if rec.value is None else _body(rec.value)
+    if body is None or body.get("type") not in ("hold_placed", "hold_released"):
+        return False
+    mine = dict(zip(("org", "bot", "env", "category", "record_id"), identity.parts(), strict=True))
+    return body.get("org") == identity.org and all(
+        body.get(name) in (None, value) for name, value in mine.items()
+    )
+
+
+def _one_per_receipt(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Receipts are published at least once (a sink that crashed after publishing a batch
+    publishes it again, the same receipt with the same ``receipt_id``): one event per
+    receipt, the first publication, with ``copies`` saying how many there were."""
+    first: dict[str, dict[str, Any]] = {}
+    out: list[dict[str, Any]] = []
+    for e in events:
+        rid = e.get("receipt_id") if e["kind"] == "receipt" else None
+        if rid is None:
+            out.append(e)
+        elif rid in first:
+            first[rid]["copies"] += 1
+        else:
+            first[rid] = e | {"copies": 1}
+            out.append(first[rid])
+    return out
+
+
+def _names(rec: Any, identity: Identity) -> bool:
+    """Whether a dead letter's value names the record (missing bot and env: their defaults)."""
+    body = None if rec.value is None else _body(rec.value)
+    if body is None:
+        return False
+    given = (
+        body.get("org"),
+        body.get("bot", "_"),
+        body.get("env", "live"),
+        body.get("category"),
+        body.get("record_id"),
+    )
+    return given == identity.parts()
+
+
+def _dead_letter(rec: Any, topic: str) -> dict[str, Any]:
+    """A rejected input event: why, and what it asked (its op and time), never its data."""
+    headers = {name: value.decode(errors="replace") for name, value in rec.headers or ()}
+    body = _body(rec.value) or {}
+    return _event(
+        rec,
+        topic,
+        "dead_letter",
+        {
+            "op": body.get("op", "create"),
+            "ts": body.get("ts"),
+            "error": headers.get(codec.H_ERROR),
+            "detail": headers.get(codec.H_DETAIL),
+        },
+    )
+
+
+async def history(config: Config, brokers: Brokers, identity: Identity) -> History:
+    """Every message of ``identity``'s key on the evidence topics, and the holds on it."""
+    key = identity.key.encode()
+    t = config.topics
+    found = History(identity.key)
+    for topic in (t.stamped, t.tombstones, t.receipts, t.audit):
+        async with consumer(brokers) as cons:
+            async for batch in read_to_end(cons, topic):
+                for records in batch.values():
+                    found.events.extend(
+                        _describe(config, topic, rec)
+                        for rec in records
+                        if rec.key == key or (topic == t.audit and _hold_on(rec, identity))
+                    )
+    # Dead letters keep the producer's key, which need not be the record key: an event is
+    # the record's when the fields it gives name it (an erasure request rejected, say).
+    async with consumer(brokers) as cons:
+        async for batch in read_to_end(cons, t.dlq):
+            for records in batch.values():
+                found.events.extend(
+                    _dead_letter(rec, t.dlq) for rec in records if _names(rec, identity)
+                )
+    # Kafka timestamps order the topics against each other; within one, the log order.
+    found.events.sort(key=lambda e: e["at"])
+    found.events = _one_per_receipt(found.events)
+    holds = await read_holds(config, brokers)
+    found.holds = [h.as_dict() for h in sorted(holds.holding(identity), key=lambda h: h.hold_id)]
+    return found
+
+
+def _summary(e: dict[str, Any]) -> str:
+    kind = e["kind"]
+    if kind == "stamp":
+        if e.get("created_at") is None:
+            text = "no life (a record never seen)"
+        elif e.get("expires_at") is None:
+            text = f"created {e['created_at']}, never expires"
+        else:
+            text = (
+                f"created {e['created_at']}, expires {e['expires_at']}"
+                f" (ttl {e.get('ttl_seconds')} s from {e.get('ttl_source')})"
+            )
+        if e.get("erase_requested_at"):
+            text += f", erasure asked at {e['erase_requested_at']} (deferred)"
+        if e.get("redacted"):
+            text += f", redacted {', '.join(e['redacted'])}"
+        return text
+    if kind == "deleted":
+        return f"null on the changelog (reason {e['reason'] or '-'}, life ended {e['deleted_at']})"
+    if kind == "tombstone":
+        return (
+            f"reason {e.get('reason')}, emitted {e.get('emitted_at')}, expires_at "
+            f"{e.get('expires_at') or '-'}, created_at {e.get('created_at') or '-'}"
+            + ("" if e.get("created_at") else " (a record never seen, or an ended life)")
+        )
+    if kind == "receipt":
+        copies = e.get("copies", 1)
+        return (
+            f"store {e.get('store')}: reason {e.get('reason')}, rows deleted "
+            f"{e.get('rows_deleted')}, deleted {e.get('deleted_at')}"
+            + (f" (published {copies} times, one receipt)" if copies > 1 else "")
+        )
+    if kind == "dead_letter":
+        return f"a {e.get('op')} event (ts {e.get('ts')}) rejected: {e.get('error')} ({e.get('detail')})"
+    if kind in ("hold_placed", "hold_released"):
+        return f"hold {e.get('hold_id')}: {e.get('reason')}"
+    if kind == "deletion_deferred":
+        return (
+            f"{e.get('reason')} deletion deferred by {', '.join(e.get('hold_ids') or [])}"
+            f" (expires_at {e.get('expires_at')})"
+        )
+    return ", ".join(f"{k} {v}" for k, v in e.items() if k not in ("at", "topic", "kind"))
+
+
+def text_lines(d: dict[str, Any]) -> list[str]:
+    """``history`` for a person, from :meth:`History.as_dict`: one line per message."""
+    lines = [f"record {d['key']}"]
+    if not d["events"]:
+        lines.append("  nothing on the evidence topics for this key")
+    for e in d["events"]:
+        lines.append(f"  {e['at']}  {e['kind']:<17} {_summary(e)}")
+    holds = d["active_holds"]
+    lines.append(
+        "  active legal holds on it: "
+        + (", ".join(f"{h['hold_id']} ({h['reason']})" for h in holds) if holds else "none")
+    )
+    return lines
+
+
+async def run_history(config: Config, brokers: Brokers, args: argparse.Namespace) -> int:
+    identity = Identity(args.org, args.bot, args.env, args.category, args.record_id)
+    found = await history(config, brokers, identity)
+    if args.json:
+        sys.stdout.write(orjson.dumps(found.as_dict()).decode() + "\n")
+        return 0
+    for line in text_lines(found.as_dict()):
+        print(line)
+    return 0

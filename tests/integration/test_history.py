@@ -1,0 +1,115 @@
+"""``stream-expiry history`` answers an auditor's "what happened to record X?" from Kafka
+alone: the hold on it, its stamps (never its data), the erasure the hold deferred, the
+release, the null and the tombstone, and the store's receipt, in time order."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+import orjson
+import pytest
+
+from stream_expiry.cli import main
+from stream_expiry.history import history, text_lines
+from stream_expiry.model import Identity
+from stream_expiry.service import wall_clock_ms
+from tests.conftest import TopicSet, read_topic
+from tests.integration.service_helpers import (
+    config_for,
+    config_text,
+    event,
+    produce,
+    running_service,
+)
+from tests.integration.sink_helpers import open_store, running_sink, sink_config
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+SETTINGS = '[retention.defaults]\nconversation = "1h"\n\n[redact]\nconversation = ["user.email"]\n'
+SECRET = "secret@example.com"
+
+
+async def _cli(*argv: str) -> int:
+    return await anyio.to_thread.run_sync(main, list(argv))
+
+
+@pytest.mark.timeout(120)
+async def test_history_tells_a_held_erasure_from_request_to_receipt_without_the_data(
+    broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(config_text(topics, str(tmp_path / "state"), SETTINGS))
+    common = ("--config", str(cfg), "--bootstrap-servers", broker)
+    config = config_for(topics, str(tmp_path / "state"), SETTINGS)
+    who = ("--org", "acme", "--bot", "b1", "--category", "conversation", "--record-id", "r1")
+    assert await _cli("hold", "place", *common, "--org", "acme", "--record-id", "r1",
+                      "--reason", "case 7", "--id", "case-7") == 0  # fmt: skip
+    data = {"user": {"email": SECRET, "name": "n"}}
+    async with (
+        open_store("sqlite", tmp_path, name="store-a") as store,
+        running_sink(store, sink_config(broker, topics)),
+        running_service(config, broker),
+    ):
+        t0 = wall_clock_ms()
+        key, value = event("conversation", "r1", bot="b1", ts=t0, data=data)
+        other = event("conversation", "r2", bot="b1", ts=t0, data=data)
+        erase = event("conversation", "r1", bot="b1", ts=t0 + 1, op="delete")
+        # An erasure request from a producer whose clock is ahead: dead-lettered, not done.
+        ahead = event("conversation", "r1", bot="b1", ts=t0 + 3_600_000, op="delete", data=data)
+        messages = [(key, value), other, erase, (b"producers-own-key", ahead[1])]
+        await produce(broker, [(topics.conversations, *m) for m in messages])
+        await read_topic(broker, topics.dlq, until=lambda r: len(r) >= 1)
+        await read_topic(broker, topics.audit, until=lambda r: len(r) >= 2)  # placed, deferred
+        assert await _cli("hold", "release", *common, "case-7") == 0
+        (published,) = await read_topic(broker, topics.receipts, until=lambda r: len(r) >= 1)
+    # A sink that crashed after publishing publishes the same receipt again (at least once).
+    await produce(broker, [(topics.receipts, published.key, published.value)])
+    capsys.readouterr()
+
+    found = await history(config, broker, Identity("acme", "b1", "live", "conversation", "r1"))
+    kinds = [e["kind"] for e in found.events]
+    assert kinds[0] == "hold_placed"
+    for before, after in [
+        ("hold_placed", "deletion_deferred"),
+        ("deletion_deferred", "hold_released"),
+        ("hold_released", "tombstone"),
+        ("tombstone", "receipt"),
+    ]:
+        assert kinds.index(before) < kinds.index(after), kinds
+    assert sorted(set(kinds)) == sorted(
+        ["hold_placed", "stamp", "deletion_deferred", "hold_released", "deleted",
+         "tombstone", "receipt", "dead_letter"]
+    )  # fmt: skip
+    (dead,) = [e for e in found.events if e["kind"] == "dead_letter"]
+    assert (dead["op"], dead["error"]) == ("delete", "future_timestamp")
+    (receipt,) = [e for e in found.events if e["kind"] == "receipt"]
+    assert receipt["copies"] == 2  # one receipt, published twice
+    assert (receipt["store"], receipt["reason"], receipt["rows_deleted"]) == (
+        "store-a",
+        "explicit",
+        1,
+    )
+    (tombstone,) = [e for e in found.events if e["kind"] == "tombstone"]
+    assert tombstone["reason"] == "explicit"
+    stamps = [e for e in found.events if e["kind"] == "stamp"]
+    assert stamps[0]["redacted"] == ["user.email"]
+    assert any(s.get("erase_requested_at") for s in stamps)
+    assert "r2" not in orjson.dumps(found.as_dict()).decode()  # its own key only
+    assert found.holds == []  # released
+
+    assert await _cli("history", *common, *who) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines() == text_lines(found.as_dict())
+    assert "deletion deferred by case-7" in text
+    assert "(published 2 times, one receipt)" in text
+    assert await _cli("history", *common, *who, "--json") == 0
+    printed = capsys.readouterr().out
+    assert orjson.loads(printed) == found.as_dict()
+    for out in (text, printed):
+        assert SECRET not in out
+        assert "name" not in out  # no data at all, redacted or not
+    assert '"data"' not in printed
