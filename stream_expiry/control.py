@@ -130,6 +130,10 @@ class ControlTopics:
         # Wall-clock ms just before the ends were asked for, the last time both topics
         # were read to them: everything sent before then has been applied.
         self._complete_at = -(2**63)
+        # The same for the holds alone, which the firing also reads to their end before it
+        # fires what fell due (holds_read_since); one read of the holds at a time.
+        self._holds_complete_at = -(2**63)
+        self._holds_lock = asyncio.Lock()
         self.reads_to_end = 0
 
     async def read_all(self) -> None:
@@ -137,9 +141,12 @@ class ControlTopics:
         started = time.time_ns() // 1_000_000
         async for batch in read_to_end(self._policies, self._topics.policies, then_follow=True):
             await self._apply_policies(batch)
-        async for batch in read_to_end(self._holds_reader, self._topics.holds, then_follow=True):
-            await self._apply_holds(batch)
-        self._complete_at = started
+        async with self._holds_lock:
+            async for batch in read_to_end(
+                self._holds_reader, self._topics.holds, then_follow=True
+            ):
+                await self._apply_holds(batch)
+        self._complete_at = self._holds_complete_at = started
         if len(self._holds):
             log.info("%d legal holds active", len(self._holds))
 
@@ -154,13 +161,28 @@ class ControlTopics:
             # group would wrap it), and the session that gets it stops.
             await asyncio.gather(
                 self._read_on(self._policies, self._apply_policies),
-                self._read_on(self._holds_reader, self._apply_holds),
+                self._read_holds(started),
             )
             self._complete_at = started
             self.reads_to_end += 1
             return
         await self._apply_policies(await self._policies.getmany(timeout_ms=0))
-        await self._apply_holds(await self._holds_reader.getmany(timeout_ms=0))
+        async with self._holds_lock:  # not beside a read to the end: it seeks
+            await self._apply_holds(await self._holds_reader.getmany(timeout_ms=0))
+
+    async def holds_read_since(self, at_ms: int) -> None:
+        """The holds read to their end, unless they were since ``at_ms`` (the firing's: a
+        hold acknowledged before a record fell due keeps it)."""
+        if self._holds_complete_at < at_ms:
+            await self._read_holds(time.time_ns() // 1_000_000)
+
+    async def _read_holds(self, started: int) -> None:
+        """The holds to their end, as of ``started`` (the wall clock before asking)."""
+        async with self._holds_lock:
+            if self._holds_complete_at >= started:
+                return  # read meanwhile, from a later start
+            await self._read_on(self._holds_reader, self._apply_holds)
+            self._holds_complete_at = started
 
     @staticmethod
     async def _read_on(

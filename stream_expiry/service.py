@@ -373,6 +373,7 @@ class Service:
                     on_fired=self._count_tombstone,
                     tick_ms=self.config.tick_ms,
                     unread=self._unread,
+                    holds_read_since=control.holds_read_since,
                 )
                 try:
                     async with anyio.create_task_group() as timers:

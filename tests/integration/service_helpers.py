@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+    from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
     from pathlib import Path
 
     from stream_expiry.archive import ArchiveWriter
@@ -83,8 +83,10 @@ async def running_service(
     *,
     fast_join: bool = True,
     consumer_options: Mapping[str, Any] | None = None,
+    clock: Callable[[], int] | None = None,
 ) -> AsyncIterator[Service]:
-    """The service in a task; stopped (cleanly) when the block ends."""
+    """The service in a task; stopped (cleanly) when the block ends. ``clock``: the
+    service's, instead of the wall clock's milliseconds."""
     # A short session makes a lone member's (re)join fast on the test broker, which holds a
     # join until the old members time out; with several members it causes rebalance storms,
     # because the broker holds every JoinGroup ~3 s, longer than that session.
@@ -94,6 +96,7 @@ async def running_service(
         bootstrap_servers=broker,
         environ=environ or {},
         consumer_options={**(fast if fast_join else {}), **(consumer_options or {})},
+        clock=clock or wall_clock_ms,
     )
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:

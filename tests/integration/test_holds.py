@@ -11,9 +11,12 @@ import anyio
 import orjson
 import pytest
 
+from stream_expiry import service as service_module
 from stream_expiry.archive import ERASURES, purge, read_lines
 from stream_expiry.cli import main
 from stream_expiry.codec import deleted_at_of
+from stream_expiry.holds import Hold, encode_hold
+from stream_expiry.kafka import producer
 from stream_expiry.model import Identity, Stamp, encode_stamp
 from stream_expiry.service import wall_clock_ms
 from stream_expiry.timeutil import format_ts, parse_ts
@@ -341,3 +344,35 @@ async def test_hold_place_refuses_what_the_service_would_and_a_live_id(
     )
     assert await _cli("hold", "place", *common, "--org", "acme", "--reason", "case 44",
                       "--id", "h-legal", "--category", "session") == 0  # fmt: skip
+
+
+@pytest.mark.timeout(60)
+async def test_a_hold_acknowledged_before_a_records_expiry_keeps_it(
+    broker: str, topics: TopicSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The firing read the holds only through the loop, between reads of the inputs (every
+    0.2 s at most when idle): a trial saw holds acknowledged 0.1-0.2 s before their
+    records' expiry keep none. Now the firing reads the holds to their end before it fires
+    what fell due. Here the loop looks at the control topics only every 5 s when idle,
+    and the record falls due (the service's clock moves on ten minutes) right after its hold
+    is acknowledged: the firing alone can have read it."""
+    monkeypatch.setattr(service_module, "IDLE_WAIT_MS", 5_000)
+    offset = [0]
+    _common, config = _setup(
+        broker, topics, tmp_path, '[retention.defaults]\nconversation = "10m"\n'
+    )
+    async with running_service(config, broker, clock=lambda: wall_clock_ms() + offset[0]) as svc:
+        t0 = wall_clock_ms()
+        await produce(broker, [(topics.conversations, *event("conversation", "kept", ts=t0))])
+        await wait_for(lambda: svc.stats.stamped >= 1)  # the loop has looked, then waits
+        hold = Hold("case-9", "acme", None, None, None, "kept", "case 9", t0)
+        async with producer(broker) as prod:
+            await prod.send_and_wait(topics.holds, encode_hold(hold), key=b"case-9")
+        offset[0] = 600_000 + 1_000  # due a second ago: after the hold was acknowledged
+
+        def held() -> int:
+            return sum(p.store.counts.held for p in svc.processors.values())
+
+        await wait_for(lambda: held() >= 1 or svc.stats.tombstones >= 1, timeout_s=4)
+        assert svc.stats.tombstones == 0
+        assert held() == 1
