@@ -353,7 +353,7 @@ async def test_a_touch_still_unread_when_a_session_falls_due_extends_it(
     broker: str, topics: TopicSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The service reads behind when the session falls due (a slow machine: here batches
-    of 20 events, each taking 50 ms, behind 1,000 events sent before the touch): the touch,
+    of 20 events, each taking 100 ms, behind 1,000 events sent before the touch): the touch,
     on the broker before the expiry, extends the session. Fired at the expiry, the session
     was deleted before its user's activity was read (a trial: 61 of 25,000 sessions, the
     service reading 2.6 s behind)."""
@@ -361,7 +361,7 @@ async def test_a_touch_still_unread_when_a_session_falls_due_extends_it(
     ingest = service_module.Service._ingest
 
     async def slow_ingest(self: service_module.Service, *args: Any) -> None:
-        await anyio.sleep(0.05)  # the work a slow machine does; not a synchronisation
+        await anyio.sleep(0.1)  # the work a slow machine does; not a synchronisation
         await ingest(self, *args)
 
     monkeypatch.setattr(service_module.Service, "_ingest", slow_ingest)
