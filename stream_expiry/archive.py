@@ -176,7 +176,12 @@ def _place(entry: Entry) -> tuple[str, bytes]:
     except orjson.JSONDecodeError:
         stamp = entry.value.decode("utf-8", "replace")  # kept as text: nothing is dropped
     head["stamp"] = stamp
-    return f"{org_dirname(org)}/{day}.jsonl.gz", orjson.dumps(head) + b"\n"
+    try:
+        line = orjson.dumps(head)
+    except TypeError:  # nested deeper than orjson writes (254 levels): kept as text
+        head["stamp"] = entry.value.decode("utf-8", "replace")
+        line = orjson.dumps(head)
+    return f"{org_dirname(org)}/{day}.jsonl.gz", line + b"\n"
 
 
 def _fsync_dir(path: str) -> None:

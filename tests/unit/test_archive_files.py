@@ -99,6 +99,19 @@ def test_unreadable_values_and_foreign_keys_are_kept(tmp_path: Path) -> None:
     assert "not json" in line["stamp"]
 
 
+def test_a_stamp_nested_too_deep_for_a_line_is_kept_as_text(tmp_path: Path) -> None:
+    """A stamp orjson reads but cannot write one level further down (254 levels; earlier
+    versions stamped data that deep) is kept as text: it stopped the archive, every time."""
+    data = b"[" * 253 + b"]" * 253
+    value = b'{"org":"acme","created_at":"2026-11-18T00:00:00.000Z","data":' + data + b"}"
+    w = ArchiveWriter(str(tmp_path))
+    w.write(
+        [Entry(Identity("acme", "_", "live", "conversation", "1").key.encode(), value, 0, 3, DAY1)]
+    )
+    (line,) = read_lines(str(tmp_path / "acme" / "2026-11-18.jsonl.gz"))
+    assert (line["offset"], line["stamp"]) == (3, value.decode())
+
+
 def test_purge_removes_erased_lines_and_keeps_later_lives(tmp_path: Path) -> None:
     w = ArchiveWriter(str(tmp_path))
     w.write([stamp_entry("acme", "1", DAY1, 0), stamp_entry("acme", "2", DAY1, 1)])

@@ -11,7 +11,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream_expiry.model import ENVS, MAX_ID_CHARS, OPS, InputEvent, Rejection, parse_event
+from stream_expiry.model import (
+    ENVS,
+    MAX_DATA_DEPTH,
+    MAX_ID_CHARS,
+    OPS,
+    InputEvent,
+    Rejection,
+    parse_event,
+)
 from stream_expiry.timeutil import MIN_TS_MS
 
 CODES = {
@@ -53,6 +61,8 @@ def check(result: InputEvent | Rejection) -> InputEvent | Rejection:
     assert isinstance(result.ts, int)
     assert MIN_TS_MS <= result.ts <= NOW + SKEW
     assert result.event_id is None or isinstance(result.event_id, str)
+    # Its data can be written where it goes: in a stamp, and in an archive line around that.
+    orjson.dumps({"stamp": {"data": result.data}})
     return result
 
 
@@ -170,8 +180,33 @@ def test_deep_nesting(depth: int, shape: str) -> None:
         body = orjson.dumps(valid_event())[:-1]
         raw = body + b',"data":' + b"[" * depth + b"]" * depth + b"}"
     result = check(parse(raw))
-    if shape != "data":
+    if shape != "data" or depth > MAX_DATA_DEPTH:
         assert isinstance(result, Rejection)
+
+
+@pytest.mark.parametrize("shape", ["list", "object", "mixed"])
+def test_data_nested_past_the_limit_is_dead_lettered_at_the_limit_kept(shape: str) -> None:
+    """orjson reads 1,024 levels and writes 254: data it could read and not write stopped
+    the service at its stamp (a poison pill). Up to the limit it is kept, past it refused."""
+    pairs = {"list": (b"[", b"]"), "object": (b'{"a":', b"}"), "mixed": (b'[{"a":', b"}]")}
+    open_, close = pairs[shape]
+    per = 2 if shape == "mixed" else 1
+    body = orjson.dumps(valid_event())[:-1]
+
+    def nested(levels: int) -> bytes:
+        inner = b"[]" if shape == "list" else b"{}"
+        n = (levels - 1) // per
+        return body + b',"data":' + open_ * n + inner + close * n + b"}"
+
+    kept = check(parse(nested(MAX_DATA_DEPTH - (1 if shape == "mixed" else 0))))
+    assert isinstance(kept, InputEvent)
+    refused = check(parse(nested(MAX_DATA_DEPTH + 2)))
+    assert isinstance(refused, Rejection)
+    assert (refused.code, refused.detail) == (
+        "invalid_field",
+        f"field 'data' nests deeper than {MAX_DATA_DEPTH} levels",
+    )
+    assert isinstance(check(parse(nested(300))), Rejection)
 
 
 @pytest.mark.parametrize(
