@@ -658,6 +658,30 @@ async def test_sqlite_leaves_no_deleted_payload_in_its_files_once_idle(tmp_path:
         assert len(await store.receipts()) == 50
 
 
+@pytest.mark.asyncio
+async def test_sqlite_files_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    """The database holds the records' data: under the usual umask (022) SQLite made it,
+    and its -wal and -shm, 0644, readable by every user of the machine."""
+    old = os.umask(0o022)
+    try:
+        async with open_store("sqlite", tmp_path) as store:
+            assert isinstance(store, SQLiteStore)
+            await store.apply([put(stamp(ident("r1")), {"email": "a@b.c"})], now_ms=T0 + 1)
+            modes = _modes_of(tmp_path, os.path.basename(store.path))
+    finally:
+        os.umask(old)
+    assert modes == {"": 0o600, "-wal": 0o600, "-shm": 0o600}
+
+
+def _modes_of(directory: Path, db: str) -> dict[str, int]:
+    """The permissions of a SQLite database's files, by suffix ("", "-wal", "-shm")."""
+    return {
+        p.name[len(db) :]: p.stat().st_mode & 0o777
+        for p in directory.iterdir()
+        if p.name.startswith(db)
+    }
+
+
 def _files_of(directory: Path, db: str) -> dict[str, bytes]:
     """The bytes of a SQLite database's files, by suffix ("", "-wal", "-shm")."""
     return {p.name[len(db) :]: p.read_bytes() for p in directory.iterdir() if p.name.startswith(db)}
