@@ -61,7 +61,7 @@ from stream_expiry.sinks._messages import (
     decode_pending,
     encode_pending,
 )
-from stream_expiry.sinks.dsn import as_uri, is_local, redact
+from stream_expiry.sinks.dsn import as_uri, hide_secrets, is_local, redact
 from stream_expiry.sinks.store import (
     Store,
     StoreTransaction,
@@ -164,9 +164,10 @@ def _connect_failure(dsn: str, exc: BaseException) -> StoreError | Configuration
     import asyncpg
 
     shown = redact(dsn)
+    why = hide_secrets(str(exc), dsn)  # a parser's message may quote a piece of a password
     if isinstance(exc, asyncpg.ClientConfigurationError | ValueError):
         return ConfigurationError(
-            f"the PostgreSQL DSN {shown} cannot be used ({exc}); give a libpq URI, "
+            f"the PostgreSQL DSN {shown} cannot be used ({why}); give a libpq URI, "
             "postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE, or key=value pairs, "
             "host=HOST port=PORT dbname=DATABASE user=USER"
         )
@@ -179,9 +180,11 @@ def _connect_failure(dsn: str, exc: BaseException) -> StoreError | Configuration
             hint = "check the user and password in the DSN, and the server's pg_hba.conf"
         else:
             hint = "see its message"
-        return StoreError(f"PostgreSQL at {shown} refused the connection: {exc}; {hint}")
+        return StoreError(f"PostgreSQL at {shown} refused the connection: {why}; {hint}")
     hint = _HOW_TO_START if is_local(dsn) else "check the host, port and that the server is up"
-    return StoreError(f"PostgreSQL is not reachable at {shown}: {exc!r}; {hint}")
+    return StoreError(
+        f"PostgreSQL is not reachable at {shown}: {hide_secrets(repr(exc), dsn)}; {hint}"
+    )
 
 
 _SCHEMA: Final = """
