@@ -303,6 +303,15 @@ def test_a_bad_variable_is_named_and_a_password_never_shown(
     assert _error(KafkaSecurity(), {f"STREAM_EXPIRY_KAFKA_{name}": value}) == message
 
 
+def test_a_password_of_the_wrong_type_is_not_shown() -> None:
+    """An unquoted number is a type error, and still the password."""
+    with pytest.raises(ConfigError) as err:
+        parse_config(SASL + "sasl_password = 12345678\n", path="app.toml")
+    assert str(err.value) == (
+        "app.toml line 5: key 'sasl_password' in [kafka] must be a string, got an integer (hidden)"
+    )
+
+
 def test_an_unreadable_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """(Root reads any file, so the permission check is answered "no" here.)"""
     pem = tmp_path / "key.pem"
