@@ -104,9 +104,18 @@ def parse_hold(key: bytes | None, value: bytes) -> Hold | Rejection:
         if isinstance(got, Rejection):
             return got
         fields[name] = got
-    hold_id = fields["hold_id"] or (key.decode(errors="replace") if key else None)
+    keyed = key.decode(errors="replace") if key else None
+    hold_id = fields["hold_id"] or keyed
     if not hold_id:
         return Rejection("missing_field", "a hold needs a hold_id (in the value or the key)")
+    if keyed is not None and hold_id != keyed:
+        # The null that releases it goes under its hold_id, and compaction keeps each key's
+        # latest value: a hold under another key would come back at every restart for good.
+        return Rejection(
+            "invalid_field",
+            f"field 'hold_id' {hold_id!r} is not the message key {keyed!r}: a hold is keyed "
+            "by its hold_id, so that the null under it releases it",
+        )
     if fields["env"] is not None and fields["env"] not in ENVS:
         return Rejection("invalid_field", "field 'env' must be 'live' or 'draft'")
     placed_at = None

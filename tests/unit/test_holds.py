@@ -11,7 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from stream_expiry.archive_gate import ArchiveGate
-from stream_expiry.holds import Hold, HoldBook, encode_hold, parse_hold
+from stream_expiry.holds import Hold, HoldBook, apply_hold_message, encode_hold, parse_hold
 from stream_expiry.model import Identity, InputEvent, Rejection
 from stream_expiry.policy import Resolution
 from stream_expiry.state import Effects, MemoryKV, PartitionProcessor, PartitionStore
@@ -419,6 +419,22 @@ def test_parse_hold_rejects_with_a_reason_and_round_trips() -> None:
     got = parse_hold(b"x", bad_env)
     assert isinstance(got, Rejection)
     assert got.code == "invalid_field"
+
+
+def test_a_hold_keyed_by_another_id_is_refused_it_could_never_be_released() -> None:
+    """Released by a null under its hold_id, such a hold stayed under its own key on the
+    compacted topic, and came back at every start once compaction had removed the null."""
+    value = encode_hold(hold("case-7"))
+    compacted = [(b"case-7-key", value)]  # what compaction leaves of it and its release
+    book = HoldBook()
+    for key, message in compacted:
+        got = apply_hold_message(book, key, message)
+        assert isinstance(got, Rejection)
+        assert got.code == "invalid_field"
+        assert "'case-7' is not the message key 'case-7-key'" in got.detail
+    assert len(book) == 0
+    assert parse_hold(None, value) == hold("case-7")  # no key: the value's id is the id
+    assert parse_hold(b"case-7", b'{"org": "acme", "reason": "r"}').hold_id == "case-7"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
