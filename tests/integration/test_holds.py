@@ -341,3 +341,21 @@ async def test_hold_place_refuses_what_the_service_would_and_a_live_id(
     )
     assert await _cli("hold", "place", *common, "--org", "acme", "--reason", "case 44",
                       "--id", "h-legal", "--category", "session") == 0  # fmt: skip
+
+
+@pytest.mark.timeout(60)
+async def test_hold_list_prints_what_a_producer_chose_without_driving_the_terminal(
+    broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Anyone who writes to expiry.holds chooses the id, the scope and the reason: their
+    escape sequences and newlines reached the terminal of whoever ran ``hold list``."""
+    common, _config = _setup(broker, topics, tmp_path, RETENTION)
+    assert await _cli("hold", "place", *common, "--org", "acme\x1b]0;title\x07",
+                      "--reason", "x\x1b[2J\nfake line", "--id", "h\x1b[31m") == 0  # fmt: skip
+    capsys.readouterr()
+    assert await _cli("hold", "list", *common) == 0
+    out = capsys.readouterr().out
+    assert re.fullmatch(
+        r"h\\x1b\[31m  org=acme\\x1b\]0;title\\x07  placed \S+  reason: x\\x1b\[2J\\nfake line\n",
+        out,
+    ), out
