@@ -24,7 +24,7 @@ from stream_expiry.sinks._messages import (
     decode_stamped,
     decode_tombstone,
 )
-from stream_expiry.sinks.postgres import PostgresStore
+from stream_expiry.sinks.postgres import MAX_KEY_BYTES, PostgresStore
 from stream_expiry.sinks.sqlite import SQLiteStore
 from stream_expiry.sinks.store import MemoryStore, Store, SweepPosition
 from tests.integration.sink_helpers import (
@@ -543,6 +543,35 @@ async def test_postgres_cannot_hold_nul_and_says_so(tmp_path: Path) -> None:
         assert marker.identity == nul
         await lite.apply([], now_ms=T0 + 2, published=[out.receipts[0].receipt_id])
         assert await lite.pending_receipts() == []
+
+
+def _incompressible(chars: int, seed: int) -> str:
+    """Random CJK characters (3 bytes of UTF-8 each), which PostgreSQL cannot compress."""
+    rnd = random.Random(seed)
+    return "".join(chr(rnd.randint(0x4E00, 0x9FFF)) for _ in range(chars))
+
+
+@pytest.mark.asyncio
+@pytest.mark.postgres
+async def test_postgres_skips_identities_too_large_for_its_index(tmp_path: Path) -> None:
+    """Ids of 512 characters (what events may carry) in a 3-byte script made an index row
+    over PostgreSQL's 2,704 bytes: every batch with one failed, and the sink stopped at
+    each start on the same message. Up to MAX_KEY_BYTES it is stored and deleted."""
+    record_id = _incompressible(512, 1)  # 1,536 bytes
+    # With "_", "live" and "conversation" (17 bytes), exactly MAX_KEY_BYTES in all.
+    org = _incompressible((MAX_KEY_BYTES - 17 - 1536) // 3, 2)
+    fits = ident(record_id, org=org)
+    assert sum(len(p.encode()) for p in fits.parts()) == MAX_KEY_BYTES
+    too_large = ident(record_id, org=org + "x")
+    async with open_store("postgres", tmp_path) as store:
+        assert store.holds(fits)
+        assert not store.holds(too_large)
+        assert not store.holds(ident(_incompressible(512, 3), org=_incompressible(512, 4)))
+        await store.apply([put(stamp(fits))], now_ms=T0)
+        out = await store.apply([kill(stamp(fits))], now_ms=T0 + 1)
+        assert (out.deleted, [r.identity for r in out.receipts]) == (1, [fits])
+    async with open_store("sqlite", tmp_path) as lite:
+        assert lite.holds(too_large)  # SQLite's keys have no such bound
 
 
 @pytest.mark.asyncio
