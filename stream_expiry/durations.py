@@ -25,6 +25,7 @@ from typing import Final
 
 __all__ = [
     "MAX_DURATION_MS",
+    "MAX_DURATION_YEARS",
     "UNITS_MS",
     "InvalidDuration",
     "UnderHalfSecond",
@@ -43,9 +44,13 @@ UNITS_MS: Final[dict[str, int]] = {
     "mo": 43_800 * _MINUTE_MS,
     "y": 525_600 * _MINUTE_MS,
 }
-# Longer than the whole range of representable timestamps (years 1 to 9999): such a value is
-# a typo, and accepting it would only make ``created_at + ttl`` impossible to format later.
-MAX_DURATION_MS: Final = 10_000 * UNITS_MS["y"]
+# A retention longer than this is a typo, and must not make ``created_at + ttl`` a time
+# past year 9999, which cannot be written: the bound was 10,000 years, and a policy update
+# of "9000y" stopped the service at the stamp of that scope's next record (an
+# OverflowError, at every start again). Creations are at most the clock's skew ahead of
+# now, so 1,000 years keep every expiry writable for the next seven millennia.
+MAX_DURATION_YEARS: Final = 1_000
+MAX_DURATION_MS: Final = MAX_DURATION_YEARS * UNITS_MS["y"]
 # A generous bound on text length, so a hostile value cannot make Decimal work hard.
 _MAX_TEXT: Final = 64
 
@@ -112,7 +117,9 @@ def parse_duration(value: object) -> int:
         raise InvalidDuration(f"a {type(value).__name__} is not a duration; {_HINT}")
     exact_ms = _EXACT.multiply(amount, unit_ms)
     if _EXACT.abs(exact_ms) > MAX_DURATION_MS:
-        raise InvalidDuration(f"{_show(value)} is longer than 10,000 years; {_HINT}")
+        raise InvalidDuration(
+            f"{_show(value)} is longer than {MAX_DURATION_YEARS:,} years; {_HINT}"
+        )
     seconds = _EXACT.divide(exact_ms, 1000).quantize(Decimal(1), context=_EXACT)
     if seconds == 0 and exact_ms > 0:
         # Rounded, it would read as 0: "never expire", the opposite of what was written.
