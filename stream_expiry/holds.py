@@ -108,6 +108,10 @@ def parse_hold(key: bytes | None, value: bytes) -> Hold | Rejection:
     hold_id = fields["hold_id"] or keyed
     if not hold_id:
         return Rejection("missing_field", "a hold needs a hold_id (in the value or the key)")
+    if len(hold_id) > MAX_ID_CHARS:  # a key with no hold_id in the value: checked as one
+        return Rejection(
+            "invalid_field", f"a hold_id (here the message key) is 1 to {MAX_ID_CHARS} characters"
+        )
     if keyed is not None and hold_id != keyed:
         # The null that releases it goes under its hold_id, and compaction keeps each key's
         # latest value: a hold under another key would come back at every restart for good.

@@ -434,6 +434,11 @@ def test_a_hold_keyed_by_another_id_is_refused_it_could_never_be_released() -> N
         assert "'case-7' is not the message key 'case-7-key'" in got.detail
     assert len(book) == 0
     assert parse_hold(None, value) == hold("case-7")  # no key: the value's id is the id
+    # No id in the value: the key is the id, held to the value's bounds (it is logged,
+    # listed and kept in memory; a 3 MB key made a 3 MB hold id).
+    long_key = parse_hold(b"k" * 513, b'{"org": "acme", "reason": "r"}')
+    assert isinstance(long_key, Rejection)
+    assert long_key.code == "invalid_field"
     assert parse_hold(b"case-7", b'{"org": "acme", "reason": "r"}').hold_id == "case-7"  # type: ignore[union-attr]
 
 
