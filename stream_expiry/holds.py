@@ -11,6 +11,8 @@ Rules kept here:
   no hold (the common case), and a scan of that org's holds otherwise.
 * A malformed hold is rejected with a reason (the service dead-letters it); a release of an
   unknown hold changes nothing.
+* The message key is the hold's id (the value's ``hold_id`` only when there is no key):
+  on a compacted topic the key is what a release's null removes.
 """
 
 from __future__ import annotations
@@ -104,21 +106,18 @@ def parse_hold(key: bytes | None, value: bytes) -> Hold | Rejection:
         if isinstance(got, Rejection):
             return got
         fields[name] = got
+    # The key is the hold's id whenever there is one: the null that releases a hold goes
+    # under its key, and compaction keeps each key's latest value. A hold taken under the
+    # value's hold_id instead could be released in memory (a null under that id) while
+    # its own key kept it on the topic, and it came back at every start once compaction
+    # had removed that null; dead-lettering it would let go of a legal hold.
     keyed = key.decode(errors="replace") if key else None
-    hold_id = fields["hold_id"] or keyed
+    hold_id = keyed or fields["hold_id"]
     if not hold_id:
         return Rejection("missing_field", "a hold needs a hold_id (in the value or the key)")
-    if len(hold_id) > MAX_ID_CHARS:  # a key with no hold_id in the value: checked as one
+    if len(hold_id) > MAX_ID_CHARS:
         return Rejection(
-            "invalid_field", f"a hold_id (here the message key) is 1 to {MAX_ID_CHARS} characters"
-        )
-    if keyed is not None and hold_id != keyed:
-        # The null that releases it goes under its hold_id, and compaction keeps each key's
-        # latest value: a hold under another key would come back at every restart for good.
-        return Rejection(
-            "invalid_field",
-            f"field 'hold_id' {hold_id!r} is not the message key {keyed!r}: a hold is keyed "
-            "by its hold_id, so that the null under it releases it",
+            "invalid_field", f"a hold_id (the message key) is 1 to {MAX_ID_CHARS} characters"
         )
     if fields["env"] is not None and fields["env"] not in ENVS:
         return Rejection("invalid_field", "field 'env' must be 'live' or 'draft'")

@@ -421,25 +421,26 @@ def test_parse_hold_rejects_with_a_reason_and_round_trips() -> None:
     assert got.code == "invalid_field"
 
 
-def test_a_hold_keyed_by_another_id_is_refused_it_could_never_be_released() -> None:
-    """Released by a null under its hold_id, such a hold stayed under its own key on the
-    compacted topic, and came back at every start once compaction had removed the null."""
+def test_a_hold_is_its_keys_the_one_a_release_removes_from_the_compacted_topic() -> None:
+    """A hold valued hold_id "case-7" under the key "case-7-key" was taken as case-7: its
+    release (a null under case-7) let it go in memory while the topic kept it under its
+    own key, so once compaction removed the null it came back at every start, for good."""
     value = encode_hold(hold("case-7"))
-    compacted = [(b"case-7-key", value)]  # what compaction leaves of it and its release
     book = HoldBook()
-    for key, message in compacted:
-        got = apply_hold_message(book, key, message)
-        assert isinstance(got, Rejection)
-        assert got.code == "invalid_field"
-        assert "'case-7' is not the message key 'case-7-key'" in got.detail
+    placed = apply_hold_message(book, b"case-7-key", value)
+    assert isinstance(placed, Hold)
+    assert placed.hold_id == "case-7-key"
+    assert apply_hold_message(book, b"case-7", None) is None  # not this hold: still held
+    assert [h.hold_id for h in book] == ["case-7-key"]
+    # What compaction leaves of the topic once the key's own null is there: nothing.
+    assert apply_hold_message(book, b"case-7-key", None) == placed
     assert len(book) == 0
     assert parse_hold(None, value) == hold("case-7")  # no key: the value's id is the id
-    # No id in the value: the key is the id, held to the value's bounds (it is logged,
-    # listed and kept in memory; a 3 MB key made a 3 MB hold id).
-    long_key = parse_hold(b"k" * 513, b'{"org": "acme", "reason": "r"}')
+    # The key is held to the value's bounds (it is logged, listed and kept in memory; a
+    # 3 MB key made a 3 MB hold id).
+    long_key = parse_hold(b"k" * 513, value)
     assert isinstance(long_key, Rejection)
     assert long_key.code == "invalid_field"
-    assert parse_hold(b"case-7", b'{"org": "acme", "reason": "r"}').hold_id == "case-7"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
