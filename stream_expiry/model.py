@@ -67,6 +67,7 @@ MAX_DATA_DEPTH: Final = 200
 only 254, so deeper data was accepted and then stopped the service when its stamp was
 written (and again after every restart: one producer's message halted deletion for the
 partition). A stamp nests ``data`` one level down, an archive line two; the rest is margin."""
+_ORJSON_WRITES: Final = 254  # levels of nesting orjson.dumps writes (the tests check it)
 
 # Dead-letter header names and codes (the contract's).
 H_ERROR: Final = "expiry-error"
@@ -262,19 +263,18 @@ def parse_event(
 
 def _too_deep(value: bytes, data: Any) -> bool:
     """Whether ``data`` nests deeper than :data:`MAX_DATA_DEPTH`. Counting the brackets of
-    the message (at C speed) clears almost every event without walking its data."""
+    the message clears almost every event; the others are written once by orjson inside
+    enough lists to reach its own limit exactly at ``MAX_DATA_DEPTH`` (at C speed: a walk in
+    Python took 0.9 ms for a 29 KB transcript, three times its parse)."""
     if value.count(b"[") + value.count(b"{") <= MAX_DATA_DEPTH:
         return False
-    stack: list[tuple[Any, int]] = [(data, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            node = node.values()
-        elif not isinstance(node, list):
-            continue
-        if depth > MAX_DATA_DEPTH:
-            return True
-        stack.extend((child, depth + 1) for child in node)
+    wrapped = data
+    for _ in range(_ORJSON_WRITES - MAX_DATA_DEPTH):
+        wrapped = [wrapped]
+    try:
+        orjson.dumps(wrapped)
+    except TypeError:  # orjson.JSONEncodeError: too deep (parsed JSON holds nothing else)
+        return True
     return False
 
 

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream_expiry.model import (
+    _ORJSON_WRITES,
     ENVS,
     MAX_DATA_DEPTH,
     MAX_ID_CHARS,
@@ -210,6 +211,15 @@ def test_data_nested_past_the_limit_is_dead_lettered_at_the_limit_kept(shape: st
         f"field 'data' nests deeper than {MAX_DATA_DEPTH} levels",
     )
     assert isinstance(check(parse(nested(300))), Rejection)
+
+
+def test_orjson_writes_the_depth_the_limit_is_measured_against() -> None:
+    deepest: Any = []
+    for _ in range(_ORJSON_WRITES - 1):
+        deepest = [deepest]
+    orjson.dumps(deepest)
+    with pytest.raises(TypeError):
+        orjson.dumps([deepest])
 
 
 @pytest.mark.parametrize(
