@@ -112,11 +112,11 @@ def redact(dsn: str) -> str:
 def hide_secrets(text: str, dsn: str) -> str:
     """``text`` (a client's message about ``dsn``) without the DSN's passwords, nor the
     pieces of one that a parser cut apart at a delimiter and quoted (asyncpg says
-    ``invalid literal for int() with base 10: 'pa'`` of ``postgresql://u:pa/ss@h``)."""
+    ``invalid literal for int() with base 10: 'pa'`` of ``postgresql://u:pa/ss@h``).
+    Single characters are left: hiding each ``a`` of a message would hide the message."""
     pieces: set[str] = set()
     for secret in _secrets(dsn):
-        pieces.add(secret)
-        pieces.update(p for p in _PIECES.split(secret) if len(p) > 1)
+        pieces.update(p for p in (secret, *_PIECES.split(secret)) if len(p) > 1)
     for piece in sorted(pieces, key=len, reverse=True):
         text = text.replace(piece, "***")
     return text
