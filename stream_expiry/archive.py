@@ -176,7 +176,23 @@ def _place(entry: Entry) -> tuple[str, bytes]:
     except orjson.JSONDecodeError:
         stamp = entry.value.decode("utf-8", "replace")  # kept as text: nothing is dropped
     head["stamp"] = stamp
-    return f"{org_dirname(org)}/{day}.jsonl.gz", orjson.dumps(head) + b"\n"
+    try:
+        line = orjson.dumps(head)
+    except TypeError:  # nested deeper than orjson writes (254 levels): kept as text
+        head["stamp"] = entry.value.decode("utf-8", "replace")
+        line = orjson.dumps(head)
+    return f"{org_dirname(org)}/{day}.jsonl.gz", line + b"\n"
+
+
+# The archive holds the records' data: its directories and files are the owner's only
+# (0700, 0600), not the 0755 and 0644 the usual umask gives, readable by every user of the
+# machine. Files and directories made by earlier versions keep their permissions.
+_DIR_MODE: Final = 0o700
+_FILE_MODE: Final = 0o600
+
+
+def _open_private(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_CREAT, _FILE_MODE)
 
 
 def _fsync_dir(path: str) -> None:
@@ -190,7 +206,7 @@ def _fsync_dir(path: str) -> None:
 @contextlib.contextmanager
 def _locked(directory: str) -> Iterator[None]:
     """Exclusive lock on DIR/.lock: the archive's batches and ``purge`` never interleave."""
-    fd = os.open(os.path.join(directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_private(os.path.join(directory, ".lock"), os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -212,7 +228,7 @@ class ArchiveWriter:
 
     def __post_init__(self) -> None:
         try:
-            os.makedirs(self.directory, exist_ok=True)
+            os.makedirs(self.directory, mode=_DIR_MODE, exist_ok=True)
         except OSError as exc:
             msg = f"cannot create the archive directory {self.directory!r}: {exc}"
             raise StoreError(msg) from exc
@@ -250,10 +266,10 @@ class ArchiveWriter:
         path = os.path.join(self.directory, rel)
         parent = os.path.dirname(path)
         if not os.path.isdir(parent):
-            os.makedirs(parent, exist_ok=True)
+            os.makedirs(parent, mode=_DIR_MODE, exist_ok=True)
             _fsync_dir(self.directory)  # the org directory's entry is durable
         new = not os.path.exists(path)
-        with open(path, "ab") as f:
+        with open(_open_private(path, os.O_WRONLY | os.O_APPEND), "ab") as f:
             f.write(gzip.compress(data, compresslevel=6, mtime=0))  # one more gzip member
             f.flush()
             os.fsync(f.fileno())
@@ -454,7 +470,11 @@ def _created_at(line: dict[str, Any]) -> int | None:
 
 def _rewrite(path: str, keep: Iterable[dict[str, Any]]) -> None:
     tmp = f"{path}.purge-tmp"
-    with open(tmp, "wb") as f:
+    # The rewritten file keeps the permissions of the one it replaces.
+    mode = os.stat(path).st_mode & 0o777
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # a crashed purge's, made with other permissions
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as f:
         f.write(gzip.compress(b"".join(orjson.dumps(x) + b"\n" for x in keep), mtime=0))
         f.flush()
         os.fsync(f.fileno())

@@ -352,10 +352,11 @@ class _Reader:
 
     def bad(self, where: _Path, value: object, expected: str) -> ConfigError:
         key, table = where[-1], where[:-1]
+        # A password of the wrong type (an unquoted number) is still a password.
+        shown = "(hidden)" if where == ("kafka", "sasl_password") else _show(value)
         return self.error(
             where,
-            f"key {key!r} {self.place(table)} must be {expected}, "
-            f"got {_type_name(value)} {_show(value)}",
+            f"key {key!r} {self.place(table)} must be {expected}, got {_type_name(value)} {shown}",
         )
 
     # -- typed readers -------------------------------------------------------------------------

@@ -95,6 +95,13 @@ class DeadLettered:
         os.replace(tmp, self._path)
 
 
+def _shown_key(key: bytes) -> str:
+    """A control message's key for a log line: quoted, and cut past 80 characters with
+    its length (a producer's 3 MB key made each of the two lines 3 MB)."""
+    text = key.decode(errors="replace")
+    return repr(text) if len(text) <= 80 else f"{text[:77]!r}... ({len(key):,} bytes)"
+
+
 def _consumer_record(tp: TopicPartition, r: RawRecord) -> ConsumerRecord[bytes, bytes]:
     """A record of a raw fetch as the consumer gives them (the appliers read its topic and
     partition, for the dead-letter headers)."""
@@ -247,7 +254,7 @@ class ControlTopics:
         """Dead-letter ``rec``, once per instance. Both log lines, the first and a
         restart's repeat, name the message (key, ``topic[partition]@offset``): a person
         reading either must find the message to fix or replace."""
-        key = "null" if rec.key is None else repr(rec.key.decode(errors="replace"))
+        key = "null" if rec.key is None else _shown_key(rec.key)
         said = (
             f"{what} rejected: {why.code} ({why.detail}); "
             f"key {key}, {rec.topic}[{rec.partition}]@{rec.offset}"

@@ -25,6 +25,7 @@ from typing import Final
 
 __all__ = [
     "MAX_DURATION_MS",
+    "MAX_DURATION_YEARS",
     "UNITS_MS",
     "InvalidDuration",
     "UnderHalfSecond",
@@ -47,7 +48,8 @@ UNITS_MS: Final[dict[str, int]] = {
 # 9999-12-31), for any creation time up to the year 2999. A TTL of 8,000 years, accepted
 # under a bound of 10,000 once, put a record created in 2026 past the year 9999: its stamp
 # could not be written, and the service stopped on that event at every start.
-MAX_DURATION_MS: Final = 7_000 * UNITS_MS["y"]
+MAX_DURATION_YEARS: Final = 7_000
+MAX_DURATION_MS: Final = MAX_DURATION_YEARS * UNITS_MS["y"]
 # A generous bound on text length, so a hostile value cannot make Decimal work hard.
 _MAX_TEXT: Final = 64
 
@@ -114,7 +116,9 @@ def parse_duration(value: object) -> int:
         raise InvalidDuration(f"a {type(value).__name__} is not a duration; {_HINT}")
     exact_ms = _EXACT.multiply(amount, unit_ms)
     if _EXACT.abs(exact_ms) > MAX_DURATION_MS:
-        raise InvalidDuration(f"{_show(value)} is longer than 7,000 years; {_HINT}")
+        raise InvalidDuration(
+            f"{_show(value)} is longer than {MAX_DURATION_YEARS:,} years; {_HINT}"
+        )
     seconds = _EXACT.divide(exact_ms, 1000).quantize(Decimal(1), context=_EXACT)
     if seconds == 0 and exact_ms > 0:
         # Rounded, it would read as 0: "never expire", the opposite of what was written.

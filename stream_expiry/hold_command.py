@@ -19,7 +19,7 @@ from stream_expiry.errors import ConfigurationError, suggestion
 from stream_expiry.holds import Hold, HoldBook, encode_hold, parse_hold
 from stream_expiry.kafka import consumer, ensure_topics, producer, read_to_end
 from stream_expiry.kafka_settings import topic_configs
-from stream_expiry.logs import say_failure
+from stream_expiry.logs import printable, say_failure
 from stream_expiry.model import Rejection
 from stream_expiry.outbox import all_acked
 from stream_expiry.service import wall_clock_ms
@@ -108,7 +108,8 @@ async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -
         else:
             for h in holds:
                 placed = h.as_dict()["placed_at"] or "-"
-                print(f"{h.hold_id}  {h.scope()}  placed {placed}  reason: {h.reason}")
+                said = f"{h.hold_id}  {h.scope()}  placed {placed}  reason: {h.reason}"
+                print(printable(said))
         return 0
     now = wall_clock_ms()
     # Checked before the cluster is asked anything: a refused hold changes nothing there.

@@ -115,13 +115,19 @@ def parse_hold(key: bytes | None, value: bytes) -> Hold | Rejection:
         if isinstance(got, Rejection):
             return got
         fields[name] = got
-    # The key is the hold's id whenever there is one: it is what a release nulls and what
-    # compaction keeps, so a value naming another id (a tool keying holds by its own case
-    # numbers) must not make a hold that `hold release` of the id it shows cannot end, or
-    # that comes back once compaction drops the null of that id.
-    hold_id = (key.decode(errors="replace") if key else None) or fields["hold_id"]
+    # The key is the hold's id whenever there is one: the null that releases a hold goes
+    # under its key, and compaction keeps each key's latest value. A hold taken under the
+    # value's hold_id instead could be released in memory (a null under that id) while
+    # its own key kept it on the topic, and it came back at every start once compaction
+    # had removed that null; dead-lettering it would let go of a legal hold.
+    keyed = key.decode(errors="replace") if key else None
+    hold_id = keyed or fields["hold_id"]
     if not hold_id:
         return Rejection("missing_field", "a hold needs a hold_id (in the value or the key)")
+    if len(hold_id) > MAX_ID_CHARS:
+        return Rejection(
+            "invalid_field", f"a hold_id (the message key) is 1 to {MAX_ID_CHARS} characters"
+        )
     if fields["env"] is not None and fields["env"] not in ENVS:
         return Rejection("invalid_field", "field 'env' must be 'live' or 'draft'")
     placed_at = None

@@ -27,6 +27,7 @@ from aiokafka.errors import (
     CommitFailedError,
     IllegalGenerationError,
     InconsistentGroupProtocolError,
+    KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     RebalanceInProgressError,
@@ -37,7 +38,13 @@ from aiokafka.errors import (
 from aiokafka.helpers import create_ssl_context
 
 from stream_expiry.errors import BrokerError, BrokerUnavailableError, ConfigurationError
-from stream_expiry.kafka_settings import MAX_MESSAGE_BYTES, Brokers, Connection, as_connection
+from stream_expiry.kafka_settings import (
+    MAX_MESSAGE_BYTES,
+    Brokers,
+    Connection,
+    as_connection,
+    bootstrap_addresses,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
@@ -74,6 +81,13 @@ _TRANSIENT = (
 )
 
 
+def _no_passphrase() -> str:
+    """Called by OpenSSL for an encrypted key only. Without it OpenSSL asked for the
+    passphrase on the terminal: a command started from one (``docker run -it``) waited
+    there for good, and one without a terminal failed with "Invalid argument"."""
+    raise ValueError("the key is encrypted, and stream-expiry takes no passphrase")
+
+
 def client_options(brokers: Brokers) -> dict[str, Any]:
     """aiokafka's connection options (shared by producers, consumers and admin clients)."""
     conn = as_connection(brokers)
@@ -85,7 +99,10 @@ def client_options(brokers: Brokers) -> dict[str, Any]:
     if sec.uses_ssl:
         try:
             options["ssl_context"] = create_ssl_context(
-                cafile=sec.ssl_cafile, certfile=sec.ssl_certfile, keyfile=sec.ssl_keyfile
+                cafile=sec.ssl_cafile,
+                certfile=sec.ssl_certfile,
+                keyfile=sec.ssl_keyfile,
+                password=_no_passphrase,
             )
         except (ssl.SSLError, OSError, ValueError) as exc:
             files = ", ".join(
@@ -119,7 +136,43 @@ _FOREIGN_GROUP: Final = (
 )
 
 
-def _start_failed(what: str, conn: Connection, exc: BaseException) -> BrokerError:
+async def _tls_refusal(conn: Connection, timeout_s: float = 5.0) -> str | None:
+    """Why a TLS handshake with the first bootstrap server that answers fails, when it is
+    the certificate or the handshake (None otherwise). aiokafka only logs that reason and
+    raises "Unable to bootstrap", which said nothing of a CA that does not sign the
+    broker's certificate, or of a host name the certificate does not name."""
+    context = client_options(conn).get("ssl_context")
+    if context is None:
+        return None
+    for host, port in bootstrap_addresses(conn.bootstrap_servers):
+        try:
+            with anyio.fail_after(timeout_s):
+                stream = await anyio.connect_tcp(
+                    host, port, ssl_context=context, tls_standard_compatible=False
+                )
+                await stream.aclose()
+        except ssl.SSLCertVerificationError as exc:
+            return f"the broker's TLS certificate was refused: {exc.verify_message}"
+        except ssl.SSLError as exc:
+            return f"the TLS handshake with the broker failed: {exc.reason or exc}"
+        except (OSError, TimeoutError, anyio.BrokenResourceError, anyio.EndOfStream):
+            continue
+        return None  # the handshake succeeds: the failure was something else
+    return None
+
+
+async def _start_failure(what: str, conn: Connection, exc: BaseException) -> BrokerError:
+    """:func:`_start_failed`, with the certificate's or handshake's reason when TLS is what
+    failed."""
+    why = None
+    if conn.security.uses_ssl and isinstance(exc, KafkaConnectionError):
+        why = await _tls_refusal(conn)
+    return _start_failed(what, conn, exc, why)
+
+
+def _start_failed(
+    what: str, conn: Connection, exc: BaseException, why: str | None = None
+) -> BrokerError:
     if isinstance(exc, InconsistentGroupProtocolError):
         return BrokerError(f"the {what} could not join its consumer group: {_FOREIGN_GROUP}")
     sec = conn.security
@@ -131,7 +184,7 @@ def _start_failed(what: str, conn: Connection, exc: BaseException) -> BrokerErro
     else:
         hint += ", and whether the cluster requires TLS or SASL ([kafka] in the config file)"
     return BrokerError(
-        f"cannot reach Kafka at {conn.bootstrap_servers} ({what}: {_describe(exc)}); {hint}"
+        f"cannot reach Kafka at {conn.bootstrap_servers} ({what}: {why or _describe(exc)}); {hint}"
     )
 
 
@@ -217,7 +270,7 @@ async def ensure_topics(
         try:
             await admin.start()
         except _START_ERRORS as exc:
-            raise _start_failed("admin client", conn, exc) from exc
+            raise await _start_failure("admin client", conn, exc) from exc
         try:
             existing = set(await admin.list_topics())
             missing = [t for t in dict.fromkeys(topics) if t not in existing]
@@ -313,7 +366,7 @@ async def _started(client: _Client, role: str, conn: Connection) -> AsyncIterato
         await client.start()
     except _START_ERRORS as exc:
         await client.stop()
-        raise _start_failed(role, conn, exc) from exc
+        raise await _start_failure(role, conn, exc) from exc
     try:
         yield client
     except BaseException:

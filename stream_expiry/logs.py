@@ -10,6 +10,9 @@ Rules this module keeps:
   four fixed keys.
 * Text lines show the same extras as ``key=value`` after the message, never a Python repr
   of a whole object.
+* Text for a terminal never carries a control character from the bus (:func:`printable`):
+  ids and reasons on the control topics come from any producer, and an escape sequence
+  in one recoloured, retitled or cleared the terminal of whoever read ``status``.
 * The format and level come from ``--log-format``/``--log-level``, else
   ``STREAM_EXPIRY_LOG_FORMAT``/``STREAM_EXPIRY_LOG_LEVEL``, else text and the command's
   default; an invalid environment value is a :class:`ConfigurationError` naming the variable.
@@ -18,6 +21,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import TYPE_CHECKING, Any, Final, TextIO
@@ -39,6 +43,7 @@ __all__ = [
     "LibraryRepeats",
     "TextFormatter",
     "configure_logging",
+    "printable",
     "resolve_log_options",
     "say_failure",
 ]
@@ -49,6 +54,27 @@ FORMATS: Final = ("text", "json")
 LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 FIXED_KEYS: Final = ("ts", "level", "logger", "msg")
 _HANDLER_NAME: Final = "stream-expiry"
+
+# C0 and C1 controls (ESC sequences, carriage return, NUL...) and the bidirectional
+# overrides that reorder what a terminal shows; \n and \t too, unless a caller keeps them.
+_UNPRINTABLE: Final = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+_UNPRINTABLE_IN_LINES: Final = re.compile(
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def _escape(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+def printable(text: str) -> str:
+    """``text`` (an id, a reason: anything a producer chose) for a terminal or a text line:
+    every control character and bidirectional override as its escape (``\\x1b``,
+    ``\\n``, ``\\u202e``), so it can neither drive the terminal nor forge a line."""
+    return _UNPRINTABLE.sub(_escape, text)
+
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD: Final = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
@@ -93,7 +119,7 @@ class TextFormatter(logging.Formatter):
             tail = " ".join(f"{k}={_text_value(v)}" for k, v in extras.items())
             head, nl, rest = line.partition("\n")
             line = f"{head} {tail}{nl}{rest}"
-        return line.replace("\n", "\n    ")
+        return _UNPRINTABLE_IN_LINES.sub(_escape, line).replace("\n", "\n    ")
 
 
 def _text_value(value: object) -> str:

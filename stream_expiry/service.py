@@ -308,7 +308,8 @@ class Service:
         cluster, so that a path that cannot be one stops the start with its reason."""
         state_dir = await anyio.Path(self.config.state_dir).absolute()
         try:
-            await state_dir.mkdir(parents=True, exist_ok=True)
+            # The owner's only (0700): its stores hold every record's identity.
+            await state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             probe = state_dir / ".stream-expiry-write-check"
             await probe.write_bytes(b"")
             await probe.unlink()

@@ -26,6 +26,7 @@ from stream_expiry import codec
 from stream_expiry.changelog import Current, read_current
 from stream_expiry.hold_command import read_holds
 from stream_expiry.kafka import committed_offsets, consumer, high_watermarks, partitions_of
+from stream_expiry.logs import printable
 from stream_expiry.state import RocksKV
 from stream_expiry.state.kv import scratch_directory
 from stream_expiry.timeutil import format_ts
@@ -178,9 +179,8 @@ def text_lines(d: dict[str, Any], *, archive_required: bool) -> list[str]:
     lines.append(row(*rows[-1]))
     for h in d["holds"]:
         n = h["records_held"]
-        lines.append(
-            f"    {h['hold_id']}: {n:,} record{'' if n == 1 else 's'} held ({h['reason']})"
-        )
+        said = f"{h['hold_id']}: {n:,} record{'' if n == 1 else 's'} held ({h['reason']})"
+        lines.append(f"    {printable(said)}")
     lines.append("  lag per input partition (end - committed offset)")
     lines += [row(*r) for r in lag]
     return lines

@@ -25,6 +25,13 @@ _RFC3339 = re.compile(
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+def _quoted(value: str) -> str:
+    """``value`` quoted for a message, cut to 40 characters: an error's text goes into a
+    dead letter's header and a log line, and a producer's megabyte-long ``ts`` was quoted
+    whole in both (doubling the dead letter's size)."""
+    return repr(value) if len(value) <= 40 else f"{value[:37]!r}..."
+
+
 class InvalidTimestamp(ValueError):
     """Raised when a value is neither RFC 3339 with an offset nor integer epoch milliseconds."""
 
@@ -48,7 +55,7 @@ def parse_ts(value: object) -> int:
     m = _RFC3339.match(value)
     if m is None:
         raise InvalidTimestamp(
-            f"{value!r} is not RFC 3339 with an offset (e.g. 2026-01-31T12:00:00Z)"
+            f"{_quoted(value)} is not RFC 3339 with an offset (e.g. 2026-01-31T12:00:00Z)"
         )
     year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
     frac = m.group(7) or ""
@@ -60,17 +67,17 @@ def parse_ts(value: object) -> int:
             sign = 1 if m.group(9) == "+" else -1
             oh, om = int(m.group(10)), int(m.group(11))
             if oh > 23 or om > 59:
-                raise InvalidTimestamp(f"{value!r} has an impossible UTC offset")
+                raise InvalidTimestamp(f"{_quoted(value)} has an impossible UTC offset")
             offset = sign * timedelta(hours=oh, minutes=om)
         if second == 60:  # a leap second: clamp to the last representable millisecond
             second, millis = 59, 999
         naive = datetime(year, month, day, hour, minute, second)
     except ValueError as exc:
-        raise InvalidTimestamp(f"{value!r} is not a real date and time: {exc}") from None
+        raise InvalidTimestamp(f"{_quoted(value)} is not a real date and time: {exc}") from None
     delta = naive - _EPOCH.replace(tzinfo=None) - offset
     ms = (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000 + millis
     if not MIN_TS_MS <= ms <= MAX_TS_MS:
-        raise InvalidTimestamp(f"{value!r} is out of range")
+        raise InvalidTimestamp(f"{_quoted(value)} is out of range")
     return ms
 
 

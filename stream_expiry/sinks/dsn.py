@@ -16,11 +16,16 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["as_uri", "hosts", "is_local", "redact"]
+__all__ = ["as_uri", "hide_secrets", "hosts", "is_local", "redact"]
 
 _LOCAL: Final = frozenset({"", "localhost", "127.0.0.1", "::1"})
 _KV: Final = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S*)")
-_PASSWORD_KV: Final = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)")
+# ``password`` and ``sslpassword`` (a client key's passphrase); a quote left open runs to
+# the end, as libpq reads it.
+_PASSWORD_KV: Final = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|'.*|\S*)", re.S)
+_PASSWORD_QUERY: Final = re.compile(r"((?:^|&)\w*password=)([^&]*)")
+# Where a password that was not percent-encoded breaks a URI or a message apart.
+_PIECES: Final = re.compile(r"[\s/?#@&=:']+")
 # The key/value pairs asyncpg takes in a URI's query (its ``_parse_connect_dsn_and_args``),
 # and ``application_name``, which it passes on to the server as libpq does.
 _URI_KEYS: Final = frozenset(
@@ -61,18 +66,60 @@ def is_local(dsn: str, environ: Mapping[str, str] | None = None) -> bool:
     return all(h in _LOCAL or h.startswith("/") for h in hosts(dsn, environ))
 
 
-def redact(dsn: str) -> str:
-    """The DSN with any password replaced by ``***``."""
+def _uri_userinfo(dsn: str) -> tuple[int, int] | None:
+    """Where the password of a URI's ``user:password@`` is, as (start, end) in ``dsn``.
+
+    A password with an unencoded ``/``, ``?`` or ``#`` ends the authority early for
+    :func:`urllib.parse.urlsplit` (``postgresql://u:pa/ss@h/d``), so the last ``@`` of the
+    whole DSN is taken as its end, when a ``:`` comes before any of those: on the side of
+    hiding too much (a query value with an ``@`` after a port) rather than too little."""
+    start = dsn.index("://") + 3
+    end = dsn.rfind("@")
+    if end < start:
+        return None
+    colon = dsn.find(":", start, end)
+    stops = [i for i in (dsn.find(c, start, end) for c in "/?#") if i != -1]
+    if colon == -1 or (stops and min(stops) < colon):
+        return None
+    return colon + 1, end
+
+
+def _secrets(dsn: str) -> list[str]:
+    """Every password the DSN gives (its value as written, quotes taken off)."""
+    found: list[str] = []
     if dsn.startswith(("postgresql://", "postgres://")):
-        parts = urlsplit(dsn)
-        user, at, where = parts.netloc.rpartition("@")
-        if at and ":" in user:
-            user = user.split(":", 1)[0] + ":***"
-        query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
-        if (user, query) == (parts.netloc.rpartition("@")[0], parts.query):
-            return dsn  # nothing to hide (and urlsplit would drop an empty host's "//")
-        return parts._replace(netloc=f"{user}{at}{where}", query=query).geturl()
+        where = _uri_userinfo(dsn)
+        if where is not None:
+            found.append(dsn[where[0] : where[1]])
+        query = dsn.partition("?")[2]
+        found += [m.group(2) for m in _PASSWORD_QUERY.finditer(query)]
+    else:
+        found += [m.group(2) for m in _PASSWORD_KV.finditer(dsn)]
+    return [v.strip("'") for v in found if v.strip("'")]
+
+
+def redact(dsn: str) -> str:
+    """The DSN with any password (``password``, ``sslpassword``) replaced by ``***``."""
+    if dsn.startswith(("postgresql://", "postgres://")):
+        where = _uri_userinfo(dsn)
+        if where is not None:
+            dsn = f"{dsn[: where[0]]}***{dsn[where[1] :]}"
+        base, mark, query = dsn.partition("?")
+        return base + mark + _PASSWORD_QUERY.sub(r"\1***", query)
     return _PASSWORD_KV.sub(r"\1***", dsn)
+
+
+def hide_secrets(text: str, dsn: str) -> str:
+    """``text`` (a client's message about ``dsn``) without the DSN's passwords, nor the
+    pieces of one that a parser cut apart at a delimiter and quoted (asyncpg says
+    ``invalid literal for int() with base 10: 'pa'`` of ``postgresql://u:pa/ss@h``).
+    Single characters are left: hiding each ``a`` of a message would hide the message."""
+    pieces: set[str] = set()
+    for secret in _secrets(dsn):
+        pieces.update(p for p in (secret, *_PIECES.split(secret)) if len(p) > 1)
+    for piece in sorted(pieces, key=len, reverse=True):
+        text = text.replace(piece, "***")
+    return text
 
 
 def as_uri(dsn: str) -> str:

@@ -19,9 +19,11 @@ Why it is shaped like this:
   Tables created before keep their collation (no rewrite is attempted).
 * Times are ``bigint`` epoch milliseconds, exactly as in the SQLite store, so one test suite
   and one set of queries serve both.
-* PostgreSQL ``text`` cannot hold U+0000. :meth:`PostgresStore.holds` says so, and the sink
-  counts such messages (``metrics["unrepresentable_total"]``) instead of failing the batch:
-  a record that cannot be stored here cannot need deleting here either.
+* PostgreSQL ``text`` cannot hold U+0000, and an index row no more than 2,704 bytes.
+  :meth:`PostgresStore.holds` says which identities these rule out (a NUL, or more than
+  :data:`MAX_KEY_BYTES` of UTF-8 in all), and the sink counts such messages
+  (``metrics["unrepresentable_total"]``) instead of failing the batch: a record that cannot
+  be stored here cannot need deleting here either.
 * Receipts are append-only, enforced by triggers on ``UPDATE``, ``DELETE`` and ``TRUNCATE``: a row is
   written once and never rewritten. Those not yet published are listed (by ``seq``) in
   the ``receipts_outbox`` table, written in the same statement as the receipts; marking
@@ -61,7 +63,7 @@ from stream_expiry.sinks._messages import (
     decode_pending,
     encode_pending,
 )
-from stream_expiry.sinks.dsn import as_uri, is_local, redact
+from stream_expiry.sinks.dsn import as_uri, hide_secrets, is_local, redact
 from stream_expiry.sinks.store import (
     Store,
     StoreTransaction,
@@ -83,6 +85,14 @@ DEFAULT_DSN: Final = "postgresql://127.0.0.1:5432/test"
 # Transactions per batch, at once (Store.apply): measured with bench_sinks, see
 # docs/BENCHMARKS.md.
 DEFAULT_PARALLEL: Final = 2
+MAX_KEY_BYTES: Final = 2600
+"""The most UTF-8 bytes an identity's five parts may total here. A B-tree index row holds
+at most 2,704 bytes (an 8 KiB page's third), headers and padding included, and the primary
+keys of ``records`` and ``deletions`` are the identity: a larger one (ids of 512 characters,
+which events may carry, in a 3- or 4-byte script) failed every batch it was in, for good
+(program_limit_exceeded), and stopped the sink at each start. PostgreSQL compresses some
+such rows, depending on their content: the rule is on the bytes, so it does not depend on
+what a producer wrote."""
 _KEY: Final = "org, bot, env, category, record_id"
 # Ties in the sweep's order are broken by the identity, byte-wise, as Python orders strings.
 _BY_KEY: Final = ", ".join(f'{k} COLLATE "C"' for k in _KEY.split(", "))
@@ -164,9 +174,10 @@ def _connect_failure(dsn: str, exc: BaseException) -> StoreError | Configuration
     import asyncpg
 
     shown = redact(dsn)
+    why = hide_secrets(str(exc), dsn)  # a parser's message may quote a piece of a password
     if isinstance(exc, asyncpg.ClientConfigurationError | ValueError):
         return ConfigurationError(
-            f"the PostgreSQL DSN {shown} cannot be used ({exc}); give a libpq URI, "
+            f"the PostgreSQL DSN {shown} cannot be used ({why}); give a libpq URI, "
             "postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE, or key=value pairs, "
             "host=HOST port=PORT dbname=DATABASE user=USER"
         )
@@ -179,9 +190,11 @@ def _connect_failure(dsn: str, exc: BaseException) -> StoreError | Configuration
             hint = "check the user and password in the DSN, and the server's pg_hba.conf"
         else:
             hint = "see its message"
-        return StoreError(f"PostgreSQL at {shown} refused the connection: {exc}; {hint}")
+        return StoreError(f"PostgreSQL at {shown} refused the connection: {why}; {hint}")
     hint = _HOW_TO_START if is_local(dsn) else "check the host, port and that the server is up"
-    return StoreError(f"PostgreSQL is not reachable at {shown}: {exc!r}; {hint}")
+    return StoreError(
+        f"PostgreSQL is not reachable at {shown}: {hide_secrets(repr(exc), dsn)}; {hint}"
+    )
 
 
 _SCHEMA: Final = """
@@ -486,10 +499,16 @@ class PostgresStore(Store):
 
     def holds(self, identity: Identity) -> bool:
         i = identity
-        return not (
+        if (
             "\x00" in i.org or "\x00" in i.bot or "\x00" in i.env or "\x00" in i.category
             or "\x00" in i.record_id
-        )  # fmt: skip
+        ):  # fmt: skip
+            return False
+        parts = i.parts()
+        # At most 4 bytes a character: most identities are cleared without encoding them.
+        return 4 * sum(map(len, parts)) <= MAX_KEY_BYTES or (
+            sum(len(p.encode()) for p in parts) <= MAX_KEY_BYTES
+        )
 
     def _errors(self) -> tuple[type[BaseException], ...]:
         import asyncpg

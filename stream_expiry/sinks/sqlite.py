@@ -226,6 +226,17 @@ class _SQLiteTx(StoreTransaction):
         )
 
 
+def _create_private(path: str) -> None:
+    """Create a missing database file readable and writable by its owner only (0600): it
+    holds the records' personal data, and SQLite would make it 0644 under the usual umask,
+    readable by every user of the machine. SQLite gives its ``-wal`` and ``-shm`` files the
+    database file's permissions. An existing file keeps the permissions it has."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 class SQLiteStore(Store):
     """Records, deletion markers and receipts in one SQLite file.
 
@@ -274,6 +285,7 @@ class SQLiteStore(Store):
         if self._conn is not None:
             return
         try:
+            _create_private(os.fspath(self.path))
             conn = await aiosqlite.connect(os.fspath(self.path), isolation_level=None)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open SQLite database {self.path}: {self._why(exc)}") from exc

@@ -376,3 +376,20 @@ async def test_a_hold_acknowledged_before_a_records_expiry_keeps_it(
         await wait_for(lambda: held() >= 1 or svc.stats.tombstones >= 1, timeout_s=4)
         assert svc.stats.tombstones == 0
         assert held() == 1
+
+
+async def test_hold_list_prints_what_a_producer_chose_without_driving_the_terminal(
+    broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Anyone who writes to expiry.holds chooses the id, the scope and the reason: their
+    escape sequences and newlines reached the terminal of whoever ran ``hold list``."""
+    common, _config = _setup(broker, topics, tmp_path, RETENTION)
+    assert await _cli("hold", "place", *common, "--org", "acme\x1b]0;title\x07",
+                      "--reason", "x\x1b[2J\nfake line", "--id", "h\x1b[31m") == 0  # fmt: skip
+    capsys.readouterr()
+    assert await _cli("hold", "list", *common) == 0
+    out = capsys.readouterr().out
+    assert re.fullmatch(
+        r"h\\x1b\[31m  org=acme\\x1b\]0;title\\x07  placed \S+  reason: x\\x1b\[2J\\nfake line\n",
+        out,
+    ), out

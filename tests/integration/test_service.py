@@ -447,3 +447,19 @@ async def test_an_input_topic_the_service_creates_is_said(
         f"created input topic {topics.sessions}, which did not exist: check the name if "
         "producers write elsewhere"
     ]
+
+
+async def test_a_control_message_with_a_huge_key_is_named_in_a_line_of_sensible_length(
+    broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hold under a 1 MB key (an id no longer than 512 characters is refused) was logged
+    with the whole key: a megabyte log line, at every start."""
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    key = b"k" * (1 << 20)
+    await produce(broker, [(topics.holds, key, b'{"org": "acme", "reason": "r"}')])
+    with caplog.at_level(logging.WARNING, logger="stream_expiry"):
+        async with running_service(config, broker) as service:
+            assert service.stats.dead_letters == 1
+    (line,) = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert f"key '{'k' * 77}'... (1,048,576 bytes), {topics.holds}[" in line
+    assert len(line) < 1_000

@@ -24,7 +24,7 @@ from stream_expiry.sinks._messages import (
     decode_stamped,
     decode_tombstone,
 )
-from stream_expiry.sinks.postgres import PostgresStore
+from stream_expiry.sinks.postgres import MAX_KEY_BYTES, PostgresStore
 from stream_expiry.sinks.sqlite import SQLiteStore
 from stream_expiry.sinks.store import MemoryStore, Store, SweepPosition
 from tests.integration.sink_helpers import (
@@ -545,6 +545,35 @@ async def test_postgres_cannot_hold_nul_and_says_so(tmp_path: Path) -> None:
         assert await lite.pending_receipts() == []
 
 
+def _incompressible(chars: int, seed: int) -> str:
+    """Random CJK characters (3 bytes of UTF-8 each), which PostgreSQL cannot compress."""
+    rnd = random.Random(seed)
+    return "".join(chr(rnd.randint(0x4E00, 0x9FFF)) for _ in range(chars))
+
+
+@pytest.mark.asyncio
+@pytest.mark.postgres
+async def test_postgres_skips_identities_too_large_for_its_index(tmp_path: Path) -> None:
+    """Ids of 512 characters (what events may carry) in a 3-byte script made an index row
+    over PostgreSQL's 2,704 bytes: every batch with one failed, and the sink stopped at
+    each start on the same message. Up to MAX_KEY_BYTES it is stored and deleted."""
+    record_id = _incompressible(512, 1)  # 1,536 bytes
+    # With "_", "live" and "conversation" (17 bytes), exactly MAX_KEY_BYTES in all.
+    org = _incompressible((MAX_KEY_BYTES - 17 - 1536) // 3, 2)
+    fits = ident(record_id, org=org)
+    assert sum(len(p.encode()) for p in fits.parts()) == MAX_KEY_BYTES
+    too_large = ident(record_id, org=org + "x")
+    async with open_store("postgres", tmp_path) as store:
+        assert store.holds(fits)
+        assert not store.holds(too_large)
+        assert not store.holds(ident(_incompressible(512, 3), org=_incompressible(512, 4)))
+        await store.apply([put(stamp(fits))], now_ms=T0)
+        out = await store.apply([kill(stamp(fits))], now_ms=T0 + 1)
+        assert (out.deleted, [r.identity for r in out.receipts]) == (1, [fits])
+    async with open_store("sqlite", tmp_path) as lite:
+        assert lite.holds(too_large)  # SQLite's keys have no such bound
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("store", store_params(SQL_KINDS), indirect=True)
 async def test_a_store_made_before_pending_deletions_is_brought_up_to_date(store: Store) -> None:
@@ -656,6 +685,30 @@ async def test_sqlite_leaves_no_deleted_payload_in_its_files_once_idle(tmp_path:
         assert {"", "-wal"} <= set(files)
         assert not any(secret.encode() in data for data in files.values())
         assert len(await store.receipts()) == 50
+
+
+@pytest.mark.asyncio
+async def test_sqlite_files_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    """The database holds the records' data: under the usual umask (022) SQLite made it,
+    and its -wal and -shm, 0644, readable by every user of the machine."""
+    old = os.umask(0o022)
+    try:
+        async with open_store("sqlite", tmp_path) as store:
+            assert isinstance(store, SQLiteStore)
+            await store.apply([put(stamp(ident("r1")), {"email": "a@b.c"})], now_ms=T0 + 1)
+            modes = _modes_of(tmp_path, os.path.basename(store.path))
+    finally:
+        os.umask(old)
+    assert modes == {"": 0o600, "-wal": 0o600, "-shm": 0o600}
+
+
+def _modes_of(directory: Path, db: str) -> dict[str, int]:
+    """The permissions of a SQLite database's files, by suffix ("", "-wal", "-shm")."""
+    return {
+        p.name[len(db) :]: p.stat().st_mode & 0o777
+        for p in directory.iterdir()
+        if p.name.startswith(db)
+    }
 
 
 def _files_of(directory: Path, db: str) -> dict[str, bytes]:

@@ -99,6 +99,45 @@ def test_unreadable_values_and_foreign_keys_are_kept(tmp_path: Path) -> None:
     assert "not json" in line["stamp"]
 
 
+def test_a_stamp_nested_too_deep_for_a_line_is_kept_as_text(tmp_path: Path) -> None:
+    """A stamp orjson reads but cannot write one level further down (254 levels; earlier
+    versions stamped data that deep) is kept as text: it stopped the archive, every time."""
+    data = b"[" * 253 + b"]" * 253
+    value = b'{"org":"acme","created_at":"2026-11-18T00:00:00.000Z","data":' + data + b"}"
+    w = ArchiveWriter(str(tmp_path))
+    w.write(
+        [Entry(Identity("acme", "_", "live", "conversation", "1").key.encode(), value, 0, 3, DAY1)]
+    )
+    (line,) = read_lines(str(tmp_path / "acme" / "2026-11-18.jsonl.gz"))
+    assert (line["offset"], line["stamp"]) == (3, value.decode())
+
+
+def test_the_archive_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """It holds the records' data: under the usual umask (022) its files were 0644 and its
+    directories 0755, readable by every user of the machine."""
+    old = os.umask(0o022)
+    try:
+        top = tmp_path / "archive"
+        w = ArchiveWriter(str(top))
+        w.write([stamp_entry("acme", "1", DAY1, 0), erasure("acme", "2", 1)])
+        w.write([stamp_entry("acme", "3", DAY1, 2), erasure("acme", "1", 3)])
+        made = [top, top / "acme", *(top / "acme").iterdir(), top / ".lock"]
+        modes = {p.name: p.stat().st_mode & 0o777 for p in made}
+        assert modes == {
+            "archive": 0o700,
+            "acme": 0o700,
+            "2026-11-18.jsonl.gz": 0o600,
+            ERASURES: 0o600,
+            ".lock": 0o600,
+        }
+        day = top / "acme" / "2026-11-18.jsonl.gz"
+        day.chmod(0o640)  # an operator's choice, which a purge's rewrite keeps
+        assert purge(str(top)).files_rewritten == 1
+        assert day.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+
+
 def test_purge_removes_erased_lines_and_keeps_later_lives(tmp_path: Path) -> None:
     w = ArchiveWriter(str(tmp_path))
     w.write([stamp_entry("acme", "1", DAY1, 0), stamp_entry("acme", "2", DAY1, 1)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import socket
 import sys
 from typing import TYPE_CHECKING, Any
@@ -164,6 +165,21 @@ def test_a_state_directory_that_cannot_be_one_stops_run_before_kafka(
     assert err.splitlines()[-1].startswith("stream-expiry run: the state directory")
     assert "--state-dir" in err
     assert "Traceback" not in err
+
+
+def test_a_state_directory_run_makes_is_its_owners_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its stores hold every record's identity: under the usual umask (022) it was 0755."""
+    state = tmp_path / "state"
+    old = os.umask(0o022)
+    try:
+        code = main(["run", "--bootstrap-servers", "127.0.0.1:1", "--state-dir", str(state)])
+    finally:
+        os.umask(old)
+    capsys.readouterr()
+    assert code == 3  # nothing listens there; the directory was made before that was found
+    assert state.stat().st_mode & 0o777 == 0o700
 
 
 def test_with_json_logs_the_last_word_is_a_json_line_too(

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 from asyncpg.connect_utils import _parse_connect_dsn_and_args
 
+from stream_expiry.errors import ConfigurationError, StoreError
 from stream_expiry.sinks.dsn import as_uri, is_local, redact
+from stream_expiry.sinks.postgres import PostgresStore
 
 
 def parsed(dsn: str) -> tuple[Any, Any]:
@@ -64,10 +66,44 @@ def test_what_the_client_cannot_take_is_named(dsn: str, says: str) -> None:
         ("host=h password=s3cret dbname=d", "host=h password=*** dbname=d"),
         ("host=h password='s3 cret' dbname=d", "host=h password=*** dbname=d"),
         ("postgresql:///d", "postgresql:///d"),
+        # A client key's passphrase is a password too.
+        ("postgresql://u@h/d?sslpassword=k3y&sslmode=require", "postgresql://u@h/d?sslpassword=***&sslmode=require"),
+        ("host=h sslpassword=k3y", "host=h sslpassword=***"),
+        # Not percent-encoded: urlsplit ends the authority at the / ? or #.
+        ("postgresql://u:pa/ss@h:5432/d", "postgresql://u:***@h:5432/d"),
+        ("postgresql://u:pa#ss@h/d", "postgresql://u:***@h/d"),
+        ("postgresql://u:pa?ss@h/d?sslmode=require", "postgresql://u:***@h/d?sslmode=require"),
+        ("postgresql://u:p@ss@h/d", "postgresql://u:***@h/d"),
+        ("postgresql://u@h/d", "postgresql://u@h/d"),
+        # A quote left open runs to the end, as libpq reads it.
+        ("host=h password='s3 cret dbname=d", "host=h password=***"),
     ],
 )  # fmt: skip
 def test_passwords_never_show(dsn: str, shown: str) -> None:
     assert redact(dsn) == shown
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://bob:S3cr/etPW@127.0.0.1:1/test",
+        "postgresql://bob:S3cr#etPW@127.0.0.1:1/test",
+        "postgresql://bob@127.0.0.1:1/test?sslpassword=S3cr3tPW&sslmode=bogus",
+        "host=127.0.0.1 password='S3cr3t PW dbname=test",
+        "host=127.0.0.1 password=S3cr3tPW bogus=1",
+    ],
+)
+@pytest.mark.asyncio
+async def test_a_dsn_the_client_cannot_use_is_said_without_its_password(dsn: str) -> None:
+    """What the sink says of a DSN it cannot use: the password was shown whole when it was
+    a key's passphrase (``sslpassword``) or not percent-encoded, and in pieces when the
+    client's own message quoted what it could not parse."""
+    with pytest.raises((ConfigurationError, StoreError)) as failed:
+        await PostgresStore(dsn, connect_timeout_s=2).open()
+    said = str(failed.value)
+    assert "PostgreSQL" in said
+    for piece in ("S3cr", "etPW", "S3cr3tPW", "S3cr3t", "PW"):
+        assert piece not in said, said
 
 
 @pytest.mark.parametrize(

@@ -89,7 +89,8 @@ def test_zero_negative_and_empty_are_valid_but_not_positive(value: object, ms: i
         float("inf"),
         1e300,
         10**40,
-        "10001y",
+        "1001y",
+        "9000y",
         "9" * 70,
     ],
 )
@@ -104,7 +105,7 @@ def test_invalid_duration_is_a_value_error_with_a_short_quote() -> None:
     assert len(str(info.value)) < 200
 
 
-@given(st.integers(min_value=-(10**9), max_value=10**9))
+@given(st.integers(min_value=-525_600_000, max_value=525_600_000))  # 1,000 years of minutes
 def test_integers_are_minutes(n: int) -> None:
     assert parse_duration(n) == n * MIN
     assert parse_duration(str(n)) == n * MIN

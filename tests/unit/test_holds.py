@@ -440,6 +440,28 @@ def test_a_hold_is_the_one_its_key_names_so_the_null_of_that_key_releases_it() -
     assert keyless.hold_id == "H-9"  # without a key, the value's id
 
 
+def test_a_hold_is_its_keys_the_one_a_release_removes_from_the_compacted_topic() -> None:
+    """A hold valued hold_id "case-7" under the key "case-7-key" was taken as case-7: its
+    release (a null under case-7) let it go in memory while the topic kept it under its
+    own key, so once compaction removed the null it came back at every start, for good."""
+    value = encode_hold(hold("case-7"))
+    book = HoldBook()
+    placed = apply_hold_message(book, b"case-7-key", value)
+    assert isinstance(placed, Hold)
+    assert placed.hold_id == "case-7-key"
+    assert apply_hold_message(book, b"case-7", None) is None  # not this hold: still held
+    assert [h.hold_id for h in book] == ["case-7-key"]
+    # What compaction leaves of the topic once the key's own null is there: nothing.
+    assert apply_hold_message(book, b"case-7-key", None) == placed
+    assert len(book) == 0
+    assert parse_hold(None, value) == hold("case-7")  # no key: the value's id is the id
+    # The key is held to the value's bounds (it is logged, listed and kept in memory; a
+    # 3 MB key made a 3 MB hold id).
+    long_key = parse_hold(b"k" * 513, value)
+    assert isinstance(long_key, Rejection)
+    assert long_key.code == "invalid_field"
+
+
 @pytest.mark.parametrize(
     ("fields", "matches"),
     [

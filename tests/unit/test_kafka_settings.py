@@ -171,6 +171,32 @@ def test_unloadable_tls_files_are_a_configuration_error(tmp_path: Path) -> None:
         client_options(conn)
 
 
+def test_an_encrypted_key_is_said_so_and_never_asked_for(tmp_path: Path) -> None:
+    """OpenSSL prompted for the passphrase on the terminal (a command run from one waited
+    there for good; without one it failed with "Invalid argument")."""
+    from cryptography.hazmat.primitives import serialization
+
+    from stream_expiry.testing.tls import make_pki
+
+    pki = make_pki(tmp_path)
+    with open(pki.client_key, "rb") as f:
+        key = serialization.load_pem_private_key(f.read(), None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"s3cret"),
+        )
+    )
+    sec = KafkaSecurity(
+        security_protocol="SSL", ssl_certfile=pki.client_cert, ssl_keyfile=str(encrypted)
+    )
+    with pytest.raises(ConfigurationError) as err:
+        client_options(Connection("k:9093", sec))
+    assert "the key is encrypted, and stream-expiry takes no passphrase" in str(err.value)
+
+
 def test_topic_configs_bound_physical_deletion() -> None:
     config = parse_config(
         "[topics]\nreplication_factor = 1\nretention = '2d'\nmax_compaction_lag = '6h'\n"
@@ -301,6 +327,15 @@ def test_a_bad_variable_is_named_and_a_password_never_shown(
     name: str, value: str, message: str
 ) -> None:
     assert _error(KafkaSecurity(), {f"STREAM_EXPIRY_KAFKA_{name}": value}) == message
+
+
+def test_a_password_of_the_wrong_type_is_not_shown() -> None:
+    """An unquoted number is a type error, and still the password."""
+    with pytest.raises(ConfigError) as err:
+        parse_config(SASL + "sasl_password = 12345678\n", path="app.toml")
+    assert str(err.value) == (
+        "app.toml line 5: key 'sasl_password' in [kafka] must be a string, got an integer (hidden)"
+    )
 
 
 def test_an_unreadable_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -74,6 +74,14 @@ def test_text_shows_extras_as_key_value_and_indents_continuations() -> None:
     assert lines[1] == "    second"
 
 
+def test_text_lines_escape_control_characters_but_keep_their_own_layout() -> None:
+    """A reason or an id from the bus logged in text: its escape sequences reached the
+    terminal that tails the log; its newline is indented like any continuation."""
+    lines = _emit("text", lambda log: log.info("hold %s placed\tok\nnext", "h\x1b[2J\r\x00"))
+    assert lines[0].endswith("stream_expiry.test: hold h\\x1b[2J\\r\\x00 placed\tok")
+    assert lines[1] == "    next"
+
+
 def test_flags_beat_the_environment_which_beats_the_default() -> None:
     env = {"STREAM_EXPIRY_LOG_LEVEL": "debug", "STREAM_EXPIRY_LOG_FORMAT": "JSON"}
     assert resolve_log_options(None, None, env) == ("DEBUG", "json")

@@ -11,7 +11,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream_expiry.model import ENVS, MAX_ID_CHARS, OPS, InputEvent, Rejection, parse_event
+from stream_expiry.model import (
+    _ORJSON_WRITES,
+    ENVS,
+    MAX_DATA_DEPTH,
+    MAX_ID_CHARS,
+    OPS,
+    InputEvent,
+    Rejection,
+    parse_event,
+)
 from stream_expiry.timeutil import MIN_TS_MS
 
 CODES = {
@@ -41,6 +50,9 @@ def check(result: InputEvent | Rejection) -> InputEvent | Rejection:
         assert result.code in CODES, result
         assert isinstance(result.detail, str)
         assert result.detail
+        # A sentence, whatever the message: it is a dead letter's header and a log line (a
+        # megabyte ts was quoted whole, doubling the dead letter's size).
+        assert len(result.detail) <= 2 * MAX_ID_CHARS, result.detail[:200]
         return result
     assert isinstance(result, InputEvent), result
     i = result.identity
@@ -53,6 +65,8 @@ def check(result: InputEvent | Rejection) -> InputEvent | Rejection:
     assert isinstance(result.ts, int)
     assert MIN_TS_MS <= result.ts <= NOW + SKEW
     assert result.event_id is None or isinstance(result.event_id, str)
+    # Its data can be written where it goes: in a stamp, and in an archive line around that.
+    orjson.dumps({"stamp": {"data": result.data}})
     return result
 
 
@@ -170,8 +184,42 @@ def test_deep_nesting(depth: int, shape: str) -> None:
         body = orjson.dumps(valid_event())[:-1]
         raw = body + b',"data":' + b"[" * depth + b"]" * depth + b"}"
     result = check(parse(raw))
-    if shape != "data":
+    if shape != "data" or depth > MAX_DATA_DEPTH:
         assert isinstance(result, Rejection)
+
+
+@pytest.mark.parametrize("shape", ["list", "object", "mixed"])
+def test_data_nested_past_the_limit_is_dead_lettered_at_the_limit_kept(shape: str) -> None:
+    """orjson reads 1,024 levels and writes 254: data it could read and not write stopped
+    the service at its stamp (a poison pill). Up to the limit it is kept, past it refused."""
+    pairs = {"list": (b"[", b"]"), "object": (b'{"a":', b"}"), "mixed": (b'[{"a":', b"}]")}
+    open_, close = pairs[shape]
+    per = 2 if shape == "mixed" else 1
+    body = orjson.dumps(valid_event())[:-1]
+
+    def nested(levels: int) -> bytes:
+        inner = b"[]" if shape == "list" else b"{}"
+        n = (levels - 1) // per
+        return body + b',"data":' + open_ * n + inner + close * n + b"}"
+
+    kept = check(parse(nested(MAX_DATA_DEPTH - (1 if shape == "mixed" else 0))))
+    assert isinstance(kept, InputEvent)
+    refused = check(parse(nested(MAX_DATA_DEPTH + 2)))
+    assert isinstance(refused, Rejection)
+    assert (refused.code, refused.detail) == (
+        "invalid_field",
+        f"field 'data' nests deeper than {MAX_DATA_DEPTH} levels",
+    )
+    assert isinstance(check(parse(nested(300))), Rejection)
+
+
+def test_orjson_writes_the_depth_the_limit_is_measured_against() -> None:
+    deepest: Any = []
+    for _ in range(_ORJSON_WRITES - 1):
+        deepest = [deepest]
+    orjson.dumps(deepest)
+    with pytest.raises(TypeError):
+        orjson.dumps([deepest])
 
 
 @pytest.mark.parametrize(
@@ -208,7 +256,7 @@ def test_a_nul_in_an_id_is_kept_not_truncated() -> None:
     assert result.identity.record_id == "a\x00b"
 
 
-@pytest.mark.parametrize("name", [*TEXT_FIELDS, "data", "event_id"])
+@pytest.mark.parametrize("name", [*TEXT_FIELDS, "ts", "data", "event_id"])
 def test_megabyte_strings(name: str) -> None:
     event = valid_event()
     event[name] = "x" * (1 << 20)

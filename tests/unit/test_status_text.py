@@ -42,3 +42,16 @@ def test_the_archive_note_follows_the_overdue_row() -> None:
     overdue = next(i for i, line in enumerate(lines) if line.startswith("  overdue"))
     assert "[archive] required" in lines[overdue + 1]
     assert lines[overdue + 2].startswith("  legal holds")
+
+
+def test_a_hold_from_the_bus_cannot_drive_the_terminal_or_forge_a_line() -> None:
+    """Any producer on expiry.holds chooses the id and the reason ``status`` prints."""
+    hostile = {
+        "hold_id": "h\x1b[31m",
+        "reason": "x\x1b]0;title\x07\r\nfake \u202e",
+        "records_held": 2,
+    }
+    lines = text_lines(STATUS | {"holds": [hostile]}, archive_required=False)
+    (line,) = [line for line in lines if line.startswith("    h")]
+    assert line == "    h\\x1b[31m: 2 records held (x\\x1b]0;title\\x07\\r\\nfake \\u202e)"
+    assert not any(c < " " or c == "\u202e" for c in "".join(lines))
