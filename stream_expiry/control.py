@@ -9,7 +9,9 @@ a hold whose send was acknowledged before an event was sent applies to that even
 alone lost that race (a trial: 14 of 30 records created right after a policy update got
 the old TTL, and 6 of 15 erasures sent right after a hold deleted the held record). Input
 read from a backlog (older than the last read to the end) costs no extra request; records
-as they come cost one ListOffsets round trip per batch. A message that cannot be applied goes to
+as they come cost one Fetch round trip per batch (on a connection of its own: see
+:mod:`stream_expiry.fetch`). The firing reads the holds alone to their end ahead of what
+falls due (:meth:`ControlTopics.holds_read_since`). A message that cannot be applied goes to
 the dead-letter topic with its reason, like a bad input event, and the service goes on.
 Since both topics are read whole at every start, the instance remembers (a file in its
 state directory) which messages it dead-lettered: a restart says them again in the log, and
@@ -178,8 +180,8 @@ class ControlTopics:
             await self._apply_holds(await self._holds_reader.getmany(timeout_ms=0))
 
     async def holds_read_since(self, at_ms: int) -> None:
-        """The holds read to their end, unless they were since ``at_ms`` (the firing's: a
-        hold acknowledged before a record fell due keeps it)."""
+        """The holds read to their end, unless they were since ``at_ms`` (the firing's,
+        a tick before what falls due: a hold acknowledged by then keeps its records)."""
         if self._holds_complete_at < at_ms:
             await self._read_holds(time.time_ns() // 1_000_000)
 
