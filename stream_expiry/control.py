@@ -203,7 +203,10 @@ class ControlTopics:
         ``end_offsets`` is wrong on some brokers); the consumer goes on from there."""
         starts = {tp: await cons.position(tp) for tp in cons.assignment()}
         # 1 ms, not 0: Tansu answers a fetch allowed no wait with no partitions at all.
-        rounds = read_ranges(cons, starts, wait_ms=1)
+        # Two quick retries (0.6 s: a leader moving), then a broker away is the session's
+        # outage to handle (torn down and tried again), not a wait of half a minute in the
+        # loop or the firing, which then stopped the service with a BrokerError.
+        rounds = read_ranges(cons, starts, wait_ms=1, retries=2)
         async with contextlib.aclosing(rounds):
             async for fetched in rounds:
                 for part in fetched:

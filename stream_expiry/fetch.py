@@ -131,12 +131,17 @@ async def read_ranges(
     ends: Mapping[TopicPartition, int] | None = None,
     fetch_bytes: int = FETCH_BYTES,
     wait_ms: int = FETCH_WAIT_MS,
+    retries: int = RETRIES,
 ) -> AsyncGenerator[list[Fetched], None]:
     """Read each partition of ``starts`` from its offset to its end (``ends``, or else the
     high watermark of its first answer), one list of :class:`Fetched` per round of
     fetches. A partition found at or past its end yields one empty :class:`Fetched`.
     ``wait_ms``: how long the broker may hold a fetch with nothing to give (small: to learn
-    the ends of partitions that are mostly at their end, at once)."""
+    the ends of partitions that are mostly at their end, at once). ``retries``: retriable
+    errors in a row (a leader moving, a connection dropped) tried again before
+    :class:`~stream_expiry.errors.BrokerUnavailableError` is raised; a long read (a
+    restore) rides out a broker's restart, a short one in a running loop hands the outage
+    to its caller at once."""
     parts = {tp: _Partition(start, (ends or {}).get(tp)) for tp, start in starts.items()}
     if all(_done(part) for part in parts.values()):
         return
@@ -151,9 +156,9 @@ async def read_ranges(
                 answers = await round_
             except _Retry as retry:
                 failures += 1
-                if failures > RETRIES:
-                    msg = f"reading {retry}: still failing after {RETRIES} tries"
-                    raise BrokerError(msg) from retry
+                if failures > retries:
+                    msg = f"reading {retry}: still failing after {failures} tries"
+                    raise BrokerUnavailableError(msg) from retry
                 backoff = min(RETRY_MAX_S, RETRY_BACKOFF_S * 2 ** (failures - 1))
                 log.warning("reading %s; trying again in %.1f s", retry, backoff)
                 await asyncio.sleep(backoff)
