@@ -156,14 +156,23 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     result = book.explain(
         category=args.category, org=args.org, bot=args.bot, env=args.env, at_ms=ts_ms(args.at)
     )
+    for warning in book.env_warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    left_out = (
+        None
+        if args.bootstrap_servers
+        else updates_left_out(config.topics.policies, config.bootstrap_servers)
+    )
     if args.json:
+        # The JSON is the contract's; what it leaves out is said beside it, on stderr (a
+        # caller reading a TTL of null there was not told the updates were never read).
         sys.stdout.write(orjson.dumps(result).decode() + "\n")
+        if left_out is not None:
+            print(left_out, file=sys.stderr)
     else:
-        for warning in book.env_warnings:
-            print(f"warning: {warning}", file=sys.stderr)
         print(render_explain_table(result))
-        if not args.bootstrap_servers:
-            print(updates_left_out(config.topics.policies, config.bootstrap_servers))
+        if left_out is not None:
+            print(left_out)
     return 0
 
 
