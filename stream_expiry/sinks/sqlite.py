@@ -349,9 +349,14 @@ class SQLiteStore(Store):
         await conn.execute("COMMIT")
 
     async def close(self) -> None:
+        """Close the connection, also when the caller is being cancelled (a sink's task
+        group torn down): cancelled half-way, the close was left queued on aiosqlite's
+        thread, which then answered an event loop already closed (a RuntimeError in that
+        thread, seen as a failure of whichever test ran next)."""
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            await conn.close()
+            with anyio.CancelScope(shield=True):
+                await conn.close()
 
     def _connection(self) -> aiosqlite.Connection:
         if self._conn is None:
