@@ -33,7 +33,7 @@ from stream_expiry.durations import (
     format_duration,
     parse_duration,
 )
-from stream_expiry.errors import ConfigurationError
+from stream_expiry.errors import ConfigurationError, quoted
 from stream_expiry.kafka_settings import (
     ENV_PREFIX as KAFKA_ENV_PREFIX,
 )
@@ -303,8 +303,7 @@ def _type_name(value: object) -> str:
 
 
 def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return quoted(value, 60)
 
 
 class _Reader:

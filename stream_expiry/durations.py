@@ -23,6 +23,8 @@ import re
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from typing import Final
 
+from stream_expiry.errors import quoted
+
 __all__ = [
     "MAX_DURATION_MS",
     "MAX_DURATION_YEARS",
@@ -62,8 +64,7 @@ _HINT: Final = (
 
 
 def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return quoted(value, 40)
 
 
 class InvalidDuration(ValueError):

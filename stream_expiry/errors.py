@@ -17,6 +17,7 @@ __all__ = [
     "StoreError",
     "StreamExpiryError",
     "leaves",
+    "quoted",
     "suggestion",
 ]
 
@@ -74,3 +75,17 @@ def suggestion(word: str, choices: Collection[str]) -> str:
     """``"; did you mean 'x'?"`` for the choice closest to a mistyped ``word``, or ``""``."""
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+# Longer text is cut before its repr is built: a producer's value of megabytes is quoted
+# in a few dozen characters, without a repr of megabytes first.
+_QUOTED_TEXT_MAX = 1_000
+
+
+def quoted(value: object, limit: int) -> str:
+    """``value``'s repr for a message, cut to ``limit`` characters (the last three ``...``):
+    an error's text goes into log lines and dead letters' headers, whatever its size."""
+    if isinstance(value, str) and len(value) > _QUOTED_TEXT_MAX:
+        value = value[:_QUOTED_TEXT_MAX]
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

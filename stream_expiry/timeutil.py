@@ -12,6 +12,8 @@ import re
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
+from stream_expiry.errors import quoted
+
 __all__ = ["MAX_TS_MS", "MIN_TS_MS", "InvalidTimestamp", "format_ts", "parse_ts"]
 
 # Year 1 to year 9999: what datetime can format; anything outside is an impossible timestamp.
@@ -29,7 +31,7 @@ def _quoted(value: str) -> str:
     """``value`` quoted for a message, cut to 40 characters: an error's text goes into a
     dead letter's header and a log line, and a producer's megabyte-long ``ts`` was quoted
     whole in both (doubling the dead letter's size)."""
-    return repr(value) if len(value) <= 40 else f"{value[:37]!r}..."
+    return quoted(value, 40)
 
 
 class InvalidTimestamp(ValueError):
