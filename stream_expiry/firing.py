@@ -113,8 +113,7 @@ class Firing:
         holds, ahead = self._holds_read_since, self._holds_ahead_ms
         while True:
             now = self._clock()
-            dues = [d for p in self._processors.values() if (d := p.next_due_ms()) is not None]
-            first = min(dues, default=None)
+            first = self._first_due()
             if first is None or first > now:
                 if holds is not None and first is not None and first - ahead <= now:
                     # The holds read ahead of the next due time, while waiting for it.
@@ -141,17 +140,24 @@ class Firing:
                 continue
             await _settled_or_failed(acks)  # group commit: the next firing takes what fell due
             if holds is not None:  # for what falls due by the next firing, a tick later
-                await holds(self._clock())
+                now, first = self._clock(), self._first_due()
+                if first is not None and first <= now + ahead:
+                    await holds(now)
             rest = started + self._tick_s - time.monotonic()
             if rest > 0:
                 await anyio.sleep(rest)  # and so does the one a tick later
+
+    def _first_due(self) -> int | None:
+        """The earliest time a timer of any partition is due, if any."""
+        dues = [d for p in self._processors.values() if (d := p.next_due_ms()) is not None]
+        return min(dues, default=None)
 
     async def fire_due(self) -> tuple[list[Any], bool]:
         """Decide and send the tombstones of the due timers, at most ``FIRE_BATCH`` at
         once; returns their acks, and whether more is due already."""
         now = self._clock()
         holds, read = self._holds_read_since, False
-        if holds is not None and any(_due_by(p, now) for p in list(self._processors.values())):
+        if holds is not None and (first := self._first_due()) is not None and first <= now:
             # Outside the lock: the loop decides input meanwhile. Mostly read already,
             # ahead of time (run): then nothing to wait for here.
             await holds(now - self._holds_ahead_ms)
