@@ -34,7 +34,7 @@ from aiokafka.structs import ConsumerRecord
 
 from stream_expiry import model
 from stream_expiry.codec import dead_letter_headers
-from stream_expiry.fetch import read_ranges
+from stream_expiry.fetch import ENDS_WAIT_MS, read_ranges
 from stream_expiry.holds import apply_hold_message, named_hold_id
 from stream_expiry.kafka import read_to_end
 from stream_expiry.outbox import all_acked
@@ -202,11 +202,10 @@ class ControlTopics:
         fetch the broker answers at once (the consumer's own fetches may be older, and
         ``end_offsets`` is wrong on some brokers); the consumer goes on from there."""
         starts = {tp: await cons.position(tp) for tp in cons.assignment()}
-        # 1 ms, not 0: Tansu answers a fetch allowed no wait with no partitions at all.
         # Two quick retries (0.6 s: a leader moving), then a broker away is the session's
         # outage to handle (torn down and tried again), not a wait of half a minute in the
         # loop or the firing, which then stopped the service with a BrokerError.
-        rounds = read_ranges(cons, starts, wait_ms=1, retries=2)
+        rounds = read_ranges(cons, starts, wait_ms=ENDS_WAIT_MS, retries=2)
         async with contextlib.aclosing(rounds):
             async for fetched in rounds:
                 for part in fetched:

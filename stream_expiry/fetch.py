@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
     from aiokafka import AIOKafkaConsumer
 
-__all__ = ["Fetched", "RawRecord", "end_offsets", "messages_at", "read_ranges"]
+__all__ = ["ENDS_WAIT_MS", "Fetched", "RawRecord", "end_offsets", "messages_at", "read_ranges"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,10 @@ READ_UNCOMMITTED = 0
 # (joins, heartbeats, commits: short ones); a consumer outside a group never uses it.
 _OWN_CONNECTION = ConnectionGroup.COORDINATION
 FETCH_WAIT_MS = 100  # an idle partition answers (with its high watermark) this fast
+# A read of where partitions end now: Kafka answers a Fetch with nothing to give at once
+# when it may wait 0 ms; Tansu answers it with no partitions at all (measured), and waits
+# max_wait_ms whatever it holds.
+ENDS_WAIT_MS = 1
 FETCH_BYTES = 4 * 1024 * 1024  # per request; bounds what one round holds in memory
 # Rounds in a row where no partition had records while this one was below its end, before
 # the rest of it is taken as compacted away (a consumer would wait there for good).
@@ -276,7 +280,7 @@ def _min_bytes(wait_ms: int) -> int:
     for no minimum: Kafka answers it at once, where it held it ``wait_ms`` for a byte at
     a partition's end (Tansu holds it the wait either way: 2.5 -> 2.0 ms a read there). A
     long read waits for data, not for an empty answer a round."""
-    return 0 if wait_ms <= _ENDS_WAIT_MS else 1
+    return 0 if wait_ms <= ENDS_WAIT_MS else 1
 
 
 def _log_start(version: int, data: list[Any]) -> int:
@@ -343,7 +347,7 @@ async def end_offsets(
     parts = {tp: _Partition(offset) for tp, offset in at.items()}
     try:
         answers = await _round(
-            cons, parts, _cached_leaders(cons, parts), 1, _ENDS_WAIT_MS, partition_bytes=1
+            cons, parts, _cached_leaders(cons, parts), 1, ENDS_WAIT_MS, partition_bytes=1
         )
     except _Retry as retry:
         raise BrokerUnavailableError(f"asking for the partitions' ends failed: {retry}") from retry
@@ -351,11 +355,6 @@ async def end_offsets(
     if missing:
         raise BrokerError(f"the broker gave no end for {sorted(missing)}")
     return {tp: highwater for tp, (highwater, _start, _batches) in answers.items()}
-
-
-# Kafka answers a Fetch with nothing to give at once when it may wait 0 ms; Tansu answers
-# it with no partitions at all (measured), and waits max_wait_ms whatever it holds.
-_ENDS_WAIT_MS = 1
 
 
 def _cached_leaders(

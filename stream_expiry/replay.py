@@ -689,7 +689,6 @@ async def run_replay(config: Config, bootstrap: Brokers, args: argparse.Namespac
     )
     for name in ("records", "unchanged", "earlier", "later", "due_now", "never"):
         print(f"  {name:<10} {counts[name]:>10,}")
-
     if report.sample:
         print("sample of changed records:")
         for change in report.sample:
