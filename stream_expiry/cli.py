@@ -28,8 +28,8 @@ from stream_expiry import exits
 from stream_expiry.cliargs import (
     BOOTSTRAP_ENV,
     add_log_options,
+    add_metrics_options,
     bootstrap_from,
-    port,
     positive_int,
     seconds,
     timestamp,
@@ -125,13 +125,7 @@ def _parser_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="where the durable index lives (default: $STREAM_EXPIRY_STATE_DIR, else the "
         "config file's state_dir)",
     )
-    run.add_argument(
-        "--metrics-port",
-        type=port,
-        metavar="PORT",
-        help="serve /metrics (Prometheus), /healthz and /readyz on http://0.0.0.0:PORT "
-        "(default: $STREAM_EXPIRY_METRICS_PORT, else none)",
-    )
+    add_metrics_options(run)
     run.set_defaults(func=_cmd_run)
 
 

@@ -21,9 +21,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BOOTSTRAP_ENV",
+    "METRICS_HOST_ENV",
     "METRICS_PORT_ENV",
     "add_log_options",
+    "add_metrics_options",
     "bootstrap_from",
+    "metrics_host",
     "metrics_port",
     "port",
     "positive_int",
@@ -33,6 +36,10 @@ __all__ = [
 ]
 
 METRICS_PORT_ENV = "STREAM_EXPIRY_METRICS_PORT"
+METRICS_HOST_ENV = "STREAM_EXPIRY_METRICS_HOST"
+# Every interface: Kubernetes probes and Prometheus reach the pod's IP, and the deploy/
+# manifests and docker-compose.yml rely on it. A host shared with others restricts it.
+DEFAULT_METRICS_HOST = "0.0.0.0"
 BOOTSTRAP_ENV = "STREAM_EXPIRY_BOOTSTRAP_SERVERS"
 
 
@@ -116,6 +123,32 @@ def metrics_port(flag: int | None, environ: Mapping[str, str]) -> int | None:
         return port(raw)
     except argparse.ArgumentTypeError as exc:
         raise ConfigurationError(f"environment variable {METRICS_PORT_ENV}: {exc}") from None
+
+
+def metrics_host(flag: str | None, environ: Mapping[str, str]) -> str:
+    """``--metrics-host``, else ``STREAM_EXPIRY_METRICS_HOST``, else every interface
+    (0.0.0.0). An empty value counts as unset, as for every other variable."""
+    if flag is not None and flag.strip():
+        return flag.strip()
+    return environ.get(METRICS_HOST_ENV, "").strip() or DEFAULT_METRICS_HOST
+
+
+def add_metrics_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--metrics-port`` and ``--metrics-host``, the same for ``run`` and ``sink``."""
+    p.add_argument(
+        "--metrics-port",
+        type=port,
+        metavar="PORT",
+        help="serve /metrics (Prometheus), /healthz and /readyz on http://HOST:PORT "
+        f"(default: ${METRICS_PORT_ENV}, else none)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        metavar="HOST",
+        help="the address that port listens on, e.g. 127.0.0.1 to keep it to this machine "
+        f"(default: ${METRICS_HOST_ENV}, else {DEFAULT_METRICS_HOST}: every interface, "
+        "which Kubernetes probes and Prometheus need)",
+    )
 
 
 def bootstrap_from(args: argparse.Namespace, config: Config) -> str:

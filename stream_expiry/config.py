@@ -243,7 +243,7 @@ def load_config(
 
 # Read by the commands themselves (cliargs, logs), or by the test harness.
 _OTHER_VARIABLES: Final = frozenset(
-    {"BOOTSTRAP_SERVERS", "METRICS_PORT", "LOG_LEVEL", "LOG_FORMAT"}
+    {"BOOTSTRAP_SERVERS", "METRICS_PORT", "METRICS_HOST", "LOG_LEVEL", "LOG_FORMAT"}
 )
 _TEST_PREFIX: Final = "STREAM_EXPIRY_TEST_"
 

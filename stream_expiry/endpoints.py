@@ -9,6 +9,7 @@ costs one task for at most five seconds and never disturbs the loop.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import struct
@@ -53,9 +54,13 @@ async def open_listener(
         return await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
     except OSError as exc:
         why = exc.strerror or str(exc)
+        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+            # Not the port: the host given to --metrics-host is no address of this machine.
+            hint = "--metrics-host must name an address of this machine, e.g. 127.0.0.1"
+        else:
+            hint = "is another process using it? choose a free port"
         raise ConfigurationError(
-            f"{option} {port}: cannot listen on {host}:{port} ({why}); "
-            "is another process using it? choose a free port"
+            f"{option} {port}: cannot listen on {host}:{port} ({why}); {hint}"
         ) from None
 
 
@@ -112,7 +117,10 @@ async def serve_http(
                 return
 
     port = listener.extra(SocketAttribute.local_port)
-    log.info("metrics and health on port %d: /metrics /healthz /readyz", port)
+    host = listener.extra(SocketAttribute.local_address)
+    if isinstance(host, tuple):
+        host = host[0]
+    log.info("metrics and health on %s port %d: /metrics /healthz /readyz", host, port)
     async with listener:
         await listener.serve(handle)
 

@@ -16,7 +16,7 @@ import anyio
 
 from stream_expiry import exits
 from stream_expiry.broker import EmbeddedBroker
-from stream_expiry.cliargs import metrics_port
+from stream_expiry.cliargs import metrics_host, metrics_port
 from stream_expiry.endpoints import open_listener, serve_http, watch_broker
 from stream_expiry.health import Health
 from stream_expiry.kafka_settings import Connection
@@ -114,7 +114,9 @@ async def run_service(config: Config, args: argparse.Namespace) -> int:
     http_port = metrics_port(getattr(args, "metrics_port", None), os.environ)
     if http_port is not None:
         # Bound first: a port in use stops the start with one line, before any broker work.
-        listener = await open_listener(http_port)
+        listener = await open_listener(
+            http_port, metrics_host(getattr(args, "metrics_host", None), os.environ)
+        )
     with contextlib.ExitStack() as stack:
         if getattr(args, "embedded_broker", False):
             broker = stack.enter_context(EmbeddedBroker())

@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Final
 import anyio
 
 from stream_expiry import exits
-from stream_expiry.cliargs import BOOTSTRAP_ENV, add_log_options, bootstrap_from, metrics_port, port
+from stream_expiry.cliargs import (
+    BOOTSTRAP_ENV,
+    add_log_options,
+    add_metrics_options,
+    bootstrap_from,
+    metrics_host,
+    metrics_port,
+)
 from stream_expiry.config import load_config
 from stream_expiry.endpoints import open_listener, serve_http, watch_broker
 from stream_expiry.errors import BrokerError, ConfigurationError, StreamExpiryError, suggestion
@@ -185,13 +192,7 @@ def _common_options() -> argparse.ArgumentParser:
         help="how long past expires_at the sweep waits for the real tombstone (default: %(default)s)",
     )
     ops = p.add_argument_group("operations")
-    ops.add_argument(
-        "--metrics-port",
-        type=port,
-        metavar="PORT",
-        help="serve /metrics (Prometheus), /healthz and /readyz on http://0.0.0.0:PORT "
-        "(default: $STREAM_EXPIRY_METRICS_PORT, else none)",
-    )
+    add_metrics_options(ops)
     add_log_options(p)
     return p
 
@@ -328,7 +329,7 @@ class _Progress:
 
 
 async def _serve(
-    sink: Sink, metrics: SinkMetrics, metrics_port: int | None
+    sink: Sink, metrics: SinkMetrics, metrics_port: int | None, metrics_host: str
 ) -> StreamExpiryError | None:
     """Run until a signal; a failure is returned, not raised, so no exception group wraps it."""
     stop = anyio.Event()
@@ -336,7 +337,7 @@ async def _serve(
     health = Health()
     metrics.watch_counters(sink.metrics)
     metrics.watch_health(health)
-    listener = None if metrics_port is None else await open_listener(metrics_port)
+    listener = None if metrics_port is None else await open_listener(metrics_port, metrics_host)
 
     async def watch_signals() -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -385,7 +386,8 @@ def run_command(args: argparse.Namespace) -> int:
         # per batch, and the default thresholds made full collections ~10 % of its time
         # (bench.bench_sinks, 5,000-message batches).
         _tune_gc()
-        error = anyio.run(_serve, sink, metrics, http_port, backend="asyncio")
+        http_host = metrics_host(args.metrics_host, os.environ)
+        error = anyio.run(_serve, sink, metrics, http_port, http_host, backend="asyncio")
     except ConfigurationError as exc:
         error = exc
     if error is not None:

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.integration
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
 
-def _start(*argv: str) -> subprocess.Popen[str]:
+def _start(*argv: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """In a process group of its own, as a shell runs a command: a signal to the group
     reaches the command and every child it started, as Ctrl-C in a terminal does."""
     return subprocess.Popen(
@@ -41,7 +41,7 @@ def _start(*argv: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=ENV,
+        env=ENV if env is None else {**ENV, **env},
         start_new_session=True,
     )
 
@@ -147,6 +147,37 @@ def test_sink_serves_health_and_its_metrics(broker: str, topics: TopicSet, tmp_p
     finally:
         code, err = _stop(proc, signal.SIGINT)
     assert code == 0, err
+
+
+def test_the_http_port_listens_only_on_the_address_it_is_given(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """``--metrics-host`` (``run``) and ``$STREAM_EXPIRY_METRICS_HOST`` (``sink``) choose the
+    address: it always was 0.0.0.0, every interface, with no way to keep it to one. Two
+    loopback addresses tell the bind apart without a second network interface: bound to
+    127.0.0.2, nothing answers on 127.0.0.1."""
+    run_port, sink_port = free_port(), free_port()
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(config_text(topics, str(tmp_path / "state")))
+    run = _start(
+        "run", "--config", str(cfg), "--bootstrap-servers", broker,
+        "--metrics-port", str(run_port), "--metrics-host", "127.0.0.2",
+    )  # fmt: skip
+    sink = _start(
+        "sink", "sqlite", "--path", str(tmp_path / "s.db"), "--bootstrap-servers", broker,
+        "--stamped-topic", topics.stamped, "--tombstones-topic", topics.tombstones,
+        "--receipts-topic", topics.receipts, "--group-id", f"{topics.prefix}.sink",
+        "--metrics-port", str(sink_port),
+        env={"STREAM_EXPIRY_METRICS_HOST": "127.0.0.2"},
+    )  # fmt: skip
+    try:
+        for proc, port in ((run, run_port), (sink, sink_port)):
+            _poll(proc, f"http://127.0.0.2:{port}/healthz", 200)
+            assert _status(f"http://127.0.0.1:{port}/healthz") == (0, b"")  # refused
+    finally:
+        (run_code, run_err), (sink_code, sink_err) = _stop(run), _stop(sink)
+    assert (run_code, sink_code) == (0, 0), run_err + sink_err
+    assert f"metrics and health on 127.0.0.2 port {run_port}" in run_err
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import pytest
 
 from stream_expiry import exits
 from stream_expiry.cli import build_parser, main
-from stream_expiry.cliargs import metrics_port, port, positive_int, seconds, timestamp
+from stream_expiry.cliargs import metrics_host, metrics_port, port, positive_int, seconds, timestamp
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.kafka_settings import check_bootstrap
 from stream_expiry.logs import configure_logging
@@ -240,6 +240,16 @@ def test_log_options_take_any_case_and_the_metrics_port_its_variable() -> None:
         ConfigurationError, match=r"^environment variable STREAM_EXPIRY_METRICS_PORT: "
     ):
         metrics_port(None, {"STREAM_EXPIRY_METRICS_PORT": "http"})
+
+
+def test_the_metrics_host_is_the_flag_else_its_variable_else_every_interface() -> None:
+    assert metrics_host(None, {}) == "0.0.0.0"  # what probes, the manifests and compose need
+    assert metrics_host(None, {"STREAM_EXPIRY_METRICS_HOST": " 127.0.0.1 "}) == "127.0.0.1"
+    assert metrics_host(None, {"STREAM_EXPIRY_METRICS_HOST": ""}) == "0.0.0.0"
+    assert metrics_host("::1", {"STREAM_EXPIRY_METRICS_HOST": "127.0.0.1"}) == "::1"
+    for argv in (["run"], ["sink", "sqlite", "--path", "x"]):
+        args = build_parser().parse_args([*argv, "--metrics-host", "127.0.0.1"])
+        assert args.metrics_host == "127.0.0.1"
 
 
 def test_a_hold_the_service_would_refuse_is_refused_before_kafka(

@@ -141,6 +141,7 @@ def test_a_variable_no_setting_reads_is_warned_about_with_the_closest_name(
         "STREAM_EXPIRY_KAFKA_SASL_USERNAME": "u",
         "STREAM_EXPIRY_LOG_LEVEL": "INFO",
         "STREAM_EXPIRY_METRICS_PORT": "9400",
+        "STREAM_EXPIRY_METRICS_HOST": "127.0.0.1",
         "STREAM_EXPIRY_BOOTSTRAP_SERVERS": "k:9092",
         "STREAM_EXPIRY_TEST_BOOTSTRAP": "k:9092",  # the test harness's
         "PATH": "/bin",

@@ -131,6 +131,17 @@ async def test_a_port_in_use_or_out_of_range_is_one_clear_error() -> None:
             await open_listener(bad)
 
 
+@pytest.mark.asyncio
+async def test_a_host_that_is_not_this_machines_says_so_not_port_in_use() -> None:
+    port = free_port()
+    for host in ("192.0.2.1", "no-such-host.invalid"):  # TEST-NET-1; a reserved TLD
+        with pytest.raises(ConfigurationError) as err:
+            await open_listener(port, host)
+        assert f"cannot listen on {host}:{port}" in str(err.value)
+        assert "--metrics-host must name an address of this machine" in str(err.value)
+        assert "another process" not in str(err.value)
+
+
 def test_a_running_loop_that_stops_beating_is_not_live() -> None:
     clock = Clock()
     health = Health(stall_after_s=10, clock=clock)
