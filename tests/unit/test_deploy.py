@@ -112,6 +112,26 @@ def test_compose_has_postgres_the_sink_healthchecks_and_7_day_inputs() -> None:
     load_config(ROOT / "examples" / "expiry.toml")  # the mounted config is valid
 
 
+def test_compose_publishes_kafka_and_postgres_on_the_hosts_loopback_only() -> None:
+    """A plaintext broker with no authentication and a database with a fixed password were
+    published on every interface of the host ("9092:9092"), for any machine that reaches
+    it. The containers talk over the compose network by service name, so loopback
+    publishing takes nothing from them."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for name, port in (("kafka", 9092), ("postgres", 5432)):
+        assert services[name]["ports"] == [f"127.0.0.1:{port}:{port}"], name
+    kafka = services["kafka"]["environment"]
+    # What the broker tells host clients to connect to is what is published.
+    assert "EXTERNAL://127.0.0.1:9092" in kafka["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    assert "INTERNAL://kafka:19092" in kafka["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    for name in ("stream-expiry", "sink-postgres"):
+        assert services[name]["environment"]["STREAM_EXPIRY_BOOTSTRAP_SERVERS"] == "kafka:19092"
+    sink = services["sink-postgres"]["command"]
+    assert sink[sink.index("--dsn") + 1].startswith("postgresql://expiry@postgres:5432/")
+    topics = services["topics"]["command"][0]
+    assert "--bootstrap-server kafka:19092" in topics
+
+
 def test_the_dockerfile_pins_declares_state_and_checks_health() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^VOLUME \[\"/var/lib/stream-expiry\"\]", text, re.M)
