@@ -122,6 +122,17 @@ class _StatsCollector(Collector):
             "Due records kept until the archive holds their latest stamp ([archive] required).",
             value=s.archive_waiting,
         )
+        yield CounterMetricFamily(
+            f"{p}_rebalances",
+            "Partition assignments this instance received from its consumer group (the first "
+            "included): one per group rebalance it took part in.",
+            value=s.assignments,
+        )
+        yield GaugeMetricFamily(
+            f"{p}_assigned_partitions",
+            "Input partitions this instance owns now (0 while it joins or the group rebalances).",
+            value=s.assigned_partitions,
+        )
         cumulative = 0
         buckets: list[tuple[str, float]] = []
         for bound, count in zip(LAG_BUCKETS_MS, s.lag_buckets, strict=False):

@@ -535,6 +535,7 @@ class Service:
         for proc in self.processors.values():
             _close_store(proc)
         self.processors.clear()
+        self.stats.assigned_partitions = 0
 
     async def _loop(
         self, cons: AIOKafkaConsumer, control: ControlTopics, stop: anyio.Event
@@ -781,6 +782,7 @@ class Service:
                 ", ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned) or "nothing",
             )
             return
+        self.stats.assignments += 1
         fresh = [tp for tp in assigned if (tp.topic, tp.partition) not in self.processors]
         if fresh:
             # Held from the start: the firing task runs meanwhile, and would fire the timers
@@ -872,6 +874,7 @@ class Service:
             if self.metrics is not None:
                 self.metrics.restore_progress(partitions=self.stats.restoring)
             self.processors[slot] = proc
+            self.stats.assigned_partitions = len(self.processors)
             c = store.counts
             log.info(
                 "%s[%d] restored in %.2f s: %d changelog messages read, %d states and "
@@ -1084,4 +1087,5 @@ class Service:
                 self._input_marks.pop(slot, None)
                 if self.metrics is not None:
                     self.metrics.forget_partition(*slot)
+            self.stats.assigned_partitions = len(self.processors)
         log.info("revoked %s", ", ".join(f"{t}[{p}]" for t, p in mine))

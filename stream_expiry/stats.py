@@ -28,6 +28,10 @@ class ServiceStats:
     restored: int = 0  # changelog messages read by restores
     restoring: int = 0  # partitions being restored now
     archive_waiting: int = 0  # due records kept until the archive has them ([archive] required)
+    # The group's view, for an operator: how often partitions moved (a member crashing,
+    # a rolling restart or one flapping shows as a climbing count) and how many are ours.
+    assignments: int = 0  # assignments received from the group (the first one included)
+    assigned_partitions: int = 0  # input partitions this instance owns now
     # ttl tombstones' lag (emitted_at - expires_at), as histogram buckets for /metrics
     lag_buckets: list[int] = field(default_factory=lambda: [0] * len(LAG_BUCKETS_MS))
     lag_sum_ms: int = 0

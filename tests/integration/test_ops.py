@@ -121,6 +121,10 @@ def test_run_serves_health_readiness_and_metrics(
             b"stream_expiry_ready 1.0",
             b"process_resident_memory_bytes",
             b"python_gc_collections_total",
+            # The group's view: one assignment so far, of every partition of the 3 inputs
+            # (2 each); a crash or a roll elsewhere in the group shows in these.
+            b"stream_expiry_rebalances_total 1.0",
+            b"stream_expiry_assigned_partitions 6.0",
         ):
             assert name in metrics
     finally:

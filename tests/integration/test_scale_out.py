@@ -44,6 +44,12 @@ async def test_two_instances_share_the_work_and_one_takes_over_when_the_other_le
             # Both own partitions once the group has rebalanced around the second member.
             await wait_for(lambda: bool(svc_a.owned) and bool(svc_b.owned), timeout_s=30)
             assert not (svc_a.owned & svc_b.owned)
+            # What an operator sees of it: B was assigned twice (alone, then beside A), and
+            # the two gauges add up to every input partition once.
+            assert svc_b.stats.assignments >= 2
+            assert svc_a.stats.assigned_partitions == len(svc_a.owned)
+            assert svc_b.stats.assigned_partitions == len(svc_b.owned)
+            assert svc_a.stats.assigned_partitions + svc_b.stats.assigned_partitions == 6
             await produce(broker, first)
             await wait_for(
                 lambda: svc_a.stats.tombstones + svc_b.stats.tombstones >= 40, timeout_s=30
@@ -52,6 +58,7 @@ async def test_two_instances_share_the_work_and_one_takes_over_when_the_other_le
             assert svc_b.stats.events > 0
         # A has left: B owns everything now, A's partitions restored from the changelog.
         await wait_for(lambda: len(svc_b.owned) == 6, timeout_s=30)
+        assert svc_b.stats.assigned_partitions == 6
         second = [(topics.conversations, *event("conversation", f"late{i}")) for i in range(20)]
         await produce(broker, second)
         await wait_for(lambda: svc_b.stats.verdicts["created"] >= 20, timeout_s=30)
