@@ -532,8 +532,13 @@ class Service:
         }
 
     def _close_all(self) -> None:
-        for proc in self.processors.values():
+        """Close every store. The partitions stop being this instance's, so their lag series
+        go too, as at a revocation: left behind (a session torn down in a broker outage),
+        they stayed frozen, and beside the next session's if the group handed it others."""
+        for slot, proc in self.processors.items():
             _close_store(proc)
+            if self.metrics is not None:
+                self.metrics.forget_partition(*slot)
         self.processors.clear()
         self.stats.assigned_partitions = 0
 

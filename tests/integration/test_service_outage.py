@@ -248,6 +248,14 @@ async def test_the_overdue_gauge_rises_and_the_service_stays_live_through_an_out
         value = registry.get_sample_value("stream_expiry_oldest_overdue_seconds")
         return 0.0 if value is None else value
 
+    def lag_series() -> list[dict[str, str]]:
+        return [
+            sample.labels
+            for family in registry.collect()
+            if family.name == "stream_expiry_consumer_lag"
+            for sample in family.samples
+        ]
+
     async with proxied_broker() as proxy:
         await ensure_topics(proxy.address, topics.all, partitions=2)
         config = config_for(
@@ -268,9 +276,15 @@ async def test_the_overdue_gauge_rises_and_the_service_stays_live_through_an_out
                 await service.ready.wait()
             await produce(proxy.address, [(topics.conversations, *event("conversation", "c1"))])
             await wait_for(lambda: service.stats.stamped == 1, timeout_s=20)
+            await wait_for(lambda: len(lag_series()) == 6, timeout_s=20)  # 3 inputs x 2
             proxy.cut()  # before the record falls due (2 s after it was sent)
             await wait_for(lambda: overdue() >= 2.0, timeout_s=30)
             await wait_for(lambda: not service.processors, timeout_s=90)  # session torn down
+            # The partitions are no longer this instance's: their lag series go with them
+            # (they stayed, frozen, and after the broker came back beside the series of the
+            # partitions the group gave it then, so a sum over the group counted them twice).
+            assert lag_series() == []
+            assert service.stats.assigned_partitions == 0
             closed_at = overdue()
             await wait_for(lambda: overdue() >= closed_at + 2.0, timeout_s=10)
             assert health.live
