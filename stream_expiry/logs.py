@@ -191,6 +191,25 @@ class LibraryRepeats(logging.Filter):
         return True
 
 
+# aiokafka's WARNING at every rebalance: the coordinator answers a heartbeat with "rebalance
+# in progress", the protocol's normal way to tell members to rejoin. Each deploy, scale or
+# restart of any member put a warning in every instance's log; the service's own lines
+# ("revoked ...", "assigned ...") say what moved, at INFO.
+_ROUTINE: Final = frozenset(
+    {
+        (
+            "aiokafka.consumer.group_coordinator",
+            "Heartbeat failed for group %s because it is rebalancing",
+        ),
+    }
+)
+
+
+def _not_routine(record: logging.LogRecord) -> bool:
+    """Drops the Kafka client's warnings about routine group steps (:data:`_ROUTINE`)."""
+    return (record.name, record.msg) not in _ROUTINE
+
+
 _format_in_force = "text"
 
 
@@ -215,6 +234,7 @@ def configure_logging(level: str, fmt: str, *, stream: TextIO | None = None) -> 
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.set_name(_HANDLER_NAME)
+    handler.addFilter(_not_routine)
     handler.addFilter(LibraryRepeats())
     root = logging.getLogger()
     for old in list(root.handlers):

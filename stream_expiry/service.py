@@ -1093,4 +1093,8 @@ class Service:
                 if self.metrics is not None:
                     self.metrics.forget_partition(*slot)
             self.stats.assigned_partitions = len(self.processors)
-        log.info("revoked %s", ", ".join(f"{t}[{p}]" for t, p in mine))
+        log.info(
+            "revoked %s: the group is rebalancing (a member joined, left or stopped "
+            "answering); committed and handed over",
+            ", ".join(f"{t}[{p}]" for t, p in mine),
+        )

@@ -130,3 +130,18 @@ def test_the_kafka_clients_repeats_are_thinned_and_counted() -> None:
         False, True, True
     ]  # fmt: skip
     assert sum("Kafka unreachable" in line for line in lines) == 25  # ours: every one
+
+
+def test_the_kafka_clients_warning_at_every_rebalance_is_not_shown() -> None:
+    """A trial's rolling restart: every instance logged aiokafka's WARNING "Heartbeat failed
+    ... because it is rebalancing" at each step, the normal protocol, beside the service's
+    own INFO line saying what moved. Other warnings of the client still show."""
+
+    def emit(_ours: logging.Logger) -> None:
+        coordinator = logging.getLogger("aiokafka.consumer.group_coordinator")
+        coordinator.warning("Heartbeat failed for group %s because it is rebalancing", "g")
+        coordinator.warning("Marking the coordinator dead (node %s)for group %s.", 111, "g")
+
+    lines = _emit("text", emit)
+    assert len(lines) == 1, lines
+    assert "Marking the coordinator dead" in lines[0]
