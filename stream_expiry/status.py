@@ -150,6 +150,20 @@ async def run_status(config: Config, brokers: Brokers, args: argparse.Namespace)
     return 0
 
 
+def _past_end(part: dict[str, int | None]) -> str:
+    """A committed offset past the partition's end gave a negative lag with no word: the
+    topic was made again (or the cluster rebuilt) since the group committed there. The
+    service reads such a partition from its beginning, with a warning, when it is next
+    assigned (the contract); until then, this says what the negative figure means."""
+    end, committed = part["end"], part["committed"]
+    if end is None or committed is None or committed <= end:
+        return ""
+    return (
+        f"   committed offset {committed:,} is past the end {end:,}: the topic was made again?"
+        " (read from its beginning when next assigned)"
+    )
+
+
 def text_lines(d: dict[str, Any], *, archive_required: bool) -> list[str]:
     """``status`` for a person, from :meth:`Status.as_dict`. The figures form one column
     right of the longest name (a category such as ``training_expression``, an input
@@ -162,7 +176,7 @@ def text_lines(d: dict[str, Any], *, archive_required: bool) -> list[str]:
     oldest = f"   oldest due {d['oldest_overdue']}" if d["oldest_overdue"] else ""
     rows.append(("  overdue", d["overdue"], oldest))
     rows.append(("  legal holds", len(d["holds"]), ""))
-    lag = [(f"    {name}", part["lag"], "") for name, part in d["lag"].items()]
+    lag = [(f"    {name}", part["lag"], _past_end(part)) for name, part in d["lag"].items()]
     width = max(len(name) for name, _n, _rest in rows + lag)
 
     def row(name: str, n: int, rest: str) -> str:

@@ -55,3 +55,17 @@ def test_a_hold_from_the_bus_cannot_drive_the_terminal_or_forge_a_line() -> None
     (line,) = [line for line in lines if line.startswith("    h")]
     assert line == "    h\\x1b[31m: 2 records held (x\\x1b]0;title\\x07\\r\\nfake \\u202e)"
     assert not any(c < " " or c == "\u202e" for c in "".join(lines))
+
+
+def test_a_committed_offset_past_the_end_is_explained_not_only_a_negative_lag() -> None:
+    """Seen in a trial after the broker came back empty: ``-18`` and no word."""
+    lag = {
+        "conversations[0]": {"end": 54, "committed": 72, "lag": -18},
+        "conversations[1]": {"end": 10, "committed": 10, "lag": 0},
+        "conversations[2]": {"end": 10, "committed": None, "lag": 10},
+    }
+    lines = text_lines(STATUS | {"lag": lag}, archive_required=False)
+    past, level, never = (next(x for x in lines if f"[{p}]" in x) for p in range(3))
+    assert "-18   committed offset 72 is past the end 54: the topic was made again?" in past
+    assert "read from its beginning when next assigned" in past
+    assert "past the end" not in level + never
