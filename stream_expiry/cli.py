@@ -141,6 +141,7 @@ def _parser_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
+    from stream_expiry.model import Rejection
     from stream_expiry.policy import PolicyBook, render_explain_table, updates_left_out
 
     config = load(args)
@@ -155,8 +156,17 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     # is the one way to answer without them, and says so.
     known = None if args.offline else known_bootstrap(args, config)
     if known is not None:
+        topic = config.topics.policies
         for key, value, timestamp in _policy_updates(args, config, known[1]):
-            book.apply_update(key, value, timestamp)
+            # What the service logs and dead-letters is said here too: an answer that
+            # silently skipped a rejected update, or one of its values, would look complete.
+            applied = book.apply_update(key, value, timestamp)
+            if isinstance(applied, Rejection):
+                print(f"warning: a policy update on {topic} is ignored: {applied.code} "
+                      f"({applied.detail})", file=sys.stderr)  # fmt: skip
+            elif (why := applied.ignored_rejection()) is not None:
+                print(f"warning: policy update {applied.key} on {topic}: {why.detail}",
+                      file=sys.stderr)  # fmt: skip
     result = book.explain(
         category=args.category, org=args.org, bot=args.bot, env=args.env, at_ms=ts_ms(args.at)
     )

@@ -190,14 +190,26 @@ def test_explain_reads_the_policy_updates_from_brokers_the_config_or_environment
         brokers
         + config_text(topics, str(tmp_path), '[retention.orgs.acme]\nconversation = "10m"\n')
     )
-    update = {"scope": "org", "org": "acme", "ttl": {"conversation": "2m"}}
-    anyio.run(produce, broker, [(topics.policies, b"org/acme", orjson.dumps(update))])
+    update = {"scope": "org", "org": "acme", "ttl": {"conversation": "2m", "session": "x"}}
+    rejected = {"scope": "org", "org": "globex", "ttl": {"conversaton": "1m"}}
+    anyio.run(
+        produce,
+        broker,
+        [
+            (topics.policies, b"org/acme", orjson.dumps(update)),
+            (topics.policies, b"org/globex", orjson.dumps(rejected)),
+        ],
+    )
     common = ["explain", "--config", str(cfg), "--org", "acme", "--category", "conversation"]
     assert main([*common, "--json"]) == 0
     said = capsys.readouterr()
     live = orjson.loads(said.out)
     assert (live["ttl_seconds"], live["source"]) == (120, "org")
     assert "not included" not in said.err
+    # What the service dead-letters, wholly or in part, is said beside the answer.
+    assert "policy update org/acme on " in said.err
+    assert "ttl.session: 'x' is not a duration" in said.err
+    assert "is ignored: invalid_field (ttl key 'conversaton'" in said.err
     assert main([*common, "--json", "--offline"]) == 0
     assert orjson.loads(capsys.readouterr().out)["ttl_seconds"] == 600
 
