@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import logging
 import os
 import sys
 from typing import TYPE_CHECKING, NoReturn, cast
@@ -30,6 +31,7 @@ from stream_expiry.cliargs import (
     add_log_options,
     add_metrics_options,
     bootstrap_from,
+    known_bootstrap,
     positive_int,
     seconds,
     timestamp,
@@ -133,6 +135,7 @@ def _parser_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
+    from stream_expiry.model import Rejection
     from stream_expiry.policy import PolicyBook, render_explain_table, updates_left_out
 
     config = load(args)
@@ -141,22 +144,29 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         raise ConfigurationError(
             f"unknown category {args.category!r}; configured: {', '.join(config.categories)}"
         )
-    if args.bootstrap_servers:  # what the running service uses: the updates on the topic too
-        from stream_expiry.replay import policy_updates
-
-        updates = anyio.run(policy_updates, connection_from(args, config), config.topics.policies)
-        for key, value, timestamp in updates:
-            book.apply_update(key, value, timestamp)
+    # What the running service uses: the updates on the policies topic too, whenever the
+    # brokers are known by any of the contract's three ways (a config file that names them
+    # is a deployment's, and its management-UI TTLs live on that topic alone); --offline
+    # is the one way to answer without them, and says so.
+    known = None if args.offline else known_bootstrap(args, config)
+    if known is not None:
+        topic = config.topics.policies
+        for key, value, timestamp in _policy_updates(args, config, known[1]):
+            # What the service logs and dead-letters is said here too: an answer that
+            # silently skipped a rejected update, or one of its values, would look complete.
+            applied = book.apply_update(key, value, timestamp)
+            if isinstance(applied, Rejection):
+                print(f"warning: a policy update on {topic} is ignored: {applied.code} "
+                      f"({applied.detail})", file=sys.stderr)  # fmt: skip
+            elif (why := applied.ignored_rejection()) is not None:
+                print(f"warning: policy update {applied.key} on {topic}: {why.detail}",
+                      file=sys.stderr)  # fmt: skip
     result = book.explain(
         category=args.category, org=args.org, bot=args.bot, env=args.env, at_ms=ts_ms(args.at)
     )
     for warning in book.env_warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    left_out = (
-        None
-        if args.bootstrap_servers
-        else updates_left_out(config.topics.policies, config.bootstrap_servers)
-    )
+    left_out = None if known else updates_left_out(config.topics.policies, offline=args.offline)
     if args.json:
         # The JSON is the contract's; what it leaves out is said beside it, on stderr (a
         # caller reading a TTL of null there was not told the updates were never read).
@@ -170,21 +180,63 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policy_updates(
+    args: argparse.Namespace, config: Config, origin: str
+) -> tuple[tuple[bytes | None, bytes | None, int], ...]:
+    """Every message on the policies topic, for explain; brokers that cannot be read stop
+    it with one line that says what to do: an answer without the updates would name a TTL
+    the running service does not give, and must never come silently."""
+    from aiokafka.errors import KafkaError
+
+    from stream_expiry.errors import BrokerError
+    from stream_expiry.replay import policy_updates
+
+    topic = config.topics.policies
+    # aiokafka logs its connection failures itself; the error below says the same and what
+    # to do, so a one-shot command prints one line, not two (DEBUG still shows its logs).
+    library = logging.getLogger("aiokafka")
+    quiet = library.level != logging.DEBUG
+    before = library.level
+    try:
+        if quiet:
+            library.setLevel(logging.CRITICAL)
+        return anyio.run(policy_updates, connection_from(args, config), topic)
+    except (BrokerError, KafkaError, OSError) as exc:
+        raise BrokerError(
+            f"cannot read the runtime policy updates on {topic} (brokers from {origin}), so "
+            f"no answer is given: {exc}; or pass --offline to answer from the config file and "
+            "the environment alone"
+        ) from exc
+    finally:
+        library.setLevel(before)
+
+
 def _parser_explain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     explain = sub.add_parser(
         "explain",
         help="show which TTL applies to a record, and why",
         description="Resolve the effective TTL of a record from every configured source: the "
-        "smallest positive candidate wins, 0 means never. Reads the config file and this "
-        "process's environment variables; with --bootstrap-servers also the policy updates "
-        "on expiry.policies.",
+        "smallest positive candidate wins, 0 means never. Reads the config file, this "
+        "process's environment variables and, as the running service does, the policy updates "
+        "on expiry.policies whenever the brokers are known (--bootstrap-servers, else the "
+        "config file's bootstrap_servers, else $STREAM_EXPIRY_BOOTSTRAP_SERVERS); brokers that "
+        "cannot be read are an error (exit status 3), never an answer without the updates. "
+        "--offline answers without them, and says so.",
     )
     _add_common(explain, kafka=False)
-    explain.add_argument(
+    kafka = explain.add_mutually_exclusive_group()
+    kafka.add_argument(
         "--bootstrap-servers",
         metavar="HOST:PORT[,...]",
-        help="also apply the policy updates on expiry.policies, as the running service does "
-        "(only with this flag: an explain of a config file asks nothing of Kafka)",
+        help="Kafka brokers to read the policy updates from; default: the config file's "
+        f"bootstrap_servers, else ${BOOTSTRAP_ENV}",
+    )
+    kafka.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not read the policy updates on expiry.policies (the management UI's org and "
+        "bot TTLs): answer from the config file and the environment alone, for use without "
+        "Kafka; the answer says they were left out",
     )
     explain.add_argument("--category", required=True, help="e.g. conversation, session, error")
     explain.add_argument("--org", required=True, help="organisation id")

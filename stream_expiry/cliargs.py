@@ -26,6 +26,7 @@ __all__ = [
     "add_log_options",
     "add_metrics_options",
     "bootstrap_from",
+    "known_bootstrap",
     "metrics_host",
     "metrics_port",
     "port",
@@ -151,18 +152,28 @@ def add_metrics_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) ->
     )
 
 
+def known_bootstrap(args: argparse.Namespace, config: Config) -> tuple[str, str] | None:
+    """The brokers from the flag, else the config file, else the environment (the contract's
+    order, the one exception to "the environment beats the file"), with where they came
+    from (for an error that must say why Kafka was asked at all); None when none is given."""
+    flag = getattr(args, "bootstrap_servers", None)
+    if flag:
+        return check_bootstrap(str(flag)), "--bootstrap-servers"
+    if config.bootstrap_servers:
+        return check_bootstrap(config.bootstrap_servers), "bootstrap_servers in the config file"
+    env = os.environ.get(BOOTSTRAP_ENV, "").strip()
+    if env:
+        return check_bootstrap(env), BOOTSTRAP_ENV
+    return None
+
+
 def bootstrap_from(args: argparse.Namespace, config: Config) -> str:
-    """Brokers from the flag, else the config file, else the environment (the contract's
-    order, the one exception to "the environment beats the file")."""
-    servers = (
-        getattr(args, "bootstrap_servers", None)
-        or config.bootstrap_servers
-        or os.environ.get(BOOTSTRAP_ENV, "").strip()
-    )
-    if not servers:
+    """:func:`known_bootstrap`'s brokers; none is an error that says how to give them."""
+    known = known_bootstrap(args, config)
+    if known is None:
         embedded = ", or try --embedded-broker" if hasattr(args, "embedded_broker") else ""
         raise ConfigurationError(
             "no Kafka brokers given: pass --bootstrap-servers HOST:PORT, set "
             f"{BOOTSTRAP_ENV} or bootstrap_servers in the config file{embedded}"
         )
-    return check_bootstrap(str(servers))
+    return known[0]

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from stream_expiry.config import Topics
     from stream_expiry.fetch import RawRecord
     from stream_expiry.holds import HoldBook
-    from stream_expiry.policy import PolicyBook
+    from stream_expiry.policy import PolicyBook, PolicyUpdate
     from stream_expiry.stats import ServiceStats
 
 __all__ = ["ControlTopics", "DeadLettered"]
@@ -230,6 +230,32 @@ class ControlTopics:
                             "policy update %s at %s[%d]@%d: %s",
                             result.key, rec.topic, rec.partition, rec.offset, note,
                         )  # fmt: skip
+                    await self._report_ignored(rec, result)
+
+    async def _report_ignored(self, rec: Any, update: PolicyUpdate) -> None:
+        """An update applied without its values that are not durations: a warning for each
+        (where the message is, its scope, the category), and one copy of the message on the
+        dead-letter topic saying which fields were ignored, so a person or a consumer of the
+        dead letters learns of it (the rest of the update applied: it is no rejection)."""
+        why = update.ignored_rejection()
+        if why is None:
+            return
+        s = update.scope
+        where = ", ".join(
+            f"{name}={value!r}" for name, value in (("org", s.org), ("bot", s.bot), ("env", s.env))
+            if value is not None
+        )  # fmt: skip
+        for ignored in update.ignored:
+            log.warning(
+                "policy update %s (scope %s%s) at %s[%d]@%d: category %s ignored, the "
+                "other values apply: %s",
+                update.key, s.kind, f", {where}" if where else "", rec.topic, rec.partition,
+                rec.offset, ignored.category, ignored.detail,
+            )  # fmt: skip
+        count = len(update.ignored)
+        await self._dead_letter(
+            rec, why, f"policy update {update.key} applied without {count} ignored value(s)"
+        )
 
     async def _apply_holds(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
         for records in batch.values():
@@ -258,11 +284,13 @@ class ControlTopics:
         """Dead-letter ``rec``, once per instance. Both log lines, the first and a
         restart's repeat, name the message (key, ``topic[partition]@offset``): a person
         reading either must find the message to fix or replace."""
+        await self._dead_letter(rec, why, f"{what} rejected: {why.code} ({why.detail})")
+
+    async def _dead_letter(self, rec: Any, why: model.Rejection, what: str) -> None:
+        """Put ``rec`` on the dead-letter topic with ``why``, unless this instance did
+        already (then only the log line says it again)."""
         key = "null" if rec.key is None else _shown_key(rec.key)
-        said = (
-            f"{what} rejected: {why.code} ({why.detail}); "
-            f"key {key}, {rec.topic}[{rec.partition}]@{rec.offset}"
-        )
+        said = f"{what}; key {key}, {rec.topic}[{rec.partition}]@{rec.offset}"
         if rec in self._dead_lettered:
             log.warning("%s; on the dead-letter topic already", said)
             return

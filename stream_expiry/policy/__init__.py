@@ -19,7 +19,13 @@ from stream_expiry.policy.sources import (
     RetentionSettings,
     config_key,
 )
-from stream_expiry.policy.updates import PolicyUpdate, Scope, parse_scope_key, scope_key
+from stream_expiry.policy.updates import (
+    IgnoredValue,
+    PolicyUpdate,
+    Scope,
+    parse_scope_key,
+    scope_key,
+)
 
 __all__ = [
     "CAP_ALL",
@@ -31,6 +37,7 @@ __all__ = [
     "Candidate",
     "CandidateJson",
     "Explanation",
+    "IgnoredValue",
     "PolicyBook",
     "PolicyUpdate",
     "Resolution",

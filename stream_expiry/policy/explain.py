@@ -99,15 +99,15 @@ def render_explain_table(explanation: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def updates_left_out(topic: str, bootstrap_servers: str | None) -> str:
-    """The line ``explain`` prints when it read no policy updates (no
-    ``--bootstrap-servers``): the running service applies those on ``topic`` over the
-    config, so a table without them can name a TTL no record gets, and must say so. With
-    brokers in the config, the line gives the flag that includes them (explain asks
-    nothing of Kafka unless given the flag)."""
+def updates_left_out(topic: str, *, offline: bool) -> str:
+    """The line ``explain`` prints when it read no policy updates: the running service
+    applies those on ``topic`` over the config, so a table without them can name a TTL no
+    record gets, and must say so, with how to include them. ``offline``: the user asked for
+    that (``--offline``); else no brokers were known at all."""
     how = (
-        f"add --bootstrap-servers {bootstrap_servers} to include them"
-        if bootstrap_servers
-        else "add --bootstrap-servers HOST:PORT to include them"
+        "--offline; without it, explain reads them from the brokers"
+        if offline
+        else "no brokers known: pass --bootstrap-servers HOST:PORT, or set bootstrap_servers "
+        "in the config file or STREAM_EXPIRY_BOOTSTRAP_SERVERS, to include them"
     )
     return f"not included: the runtime policy updates on {topic} ({how})"

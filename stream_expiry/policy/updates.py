@@ -12,6 +12,14 @@ Rules this module keeps (see the contract, "Policy updates"):
   is far more likely a mistake than a wish. Unknown extra fields are ignored.
 * ``ttl`` replaces the scope's whole map; its keys must be configured categories (and ``max``
   for the cap), its values durations (0 or negative: valid, "no value"; null: no key).
+* A value that is not a duration (``"banana"``, ``true``) is ignored, as the contract has an
+  invalid environment variable ignored: the update's other values still apply, and the
+  category gets an invalid candidate from this scope (``explain`` lists it with
+  ``valid: false``; it never wins, so other sources decide, as if the key were absent). The
+  update carries an :class:`IgnoredValue` for each, which the service logs and dead-letters a
+  copy of: one typo in the management UI must not throw away the values typed right beside it.
+  A wrong *structure* (not JSON, an unknown scope or category, ``ttl`` not an object, a key
+  naming another scope) still rejects the whole update: what it was meant to change is unknown.
 * ``effective_from`` (RFC 3339 or epoch ms) defaults to the Kafka record's timestamp.
 * A null value clears the scope named by the key from the Kafka timestamp on: the scope falls
   back to the config file's values, exactly what a restart would see once compaction has
@@ -46,6 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SCOPES",
+    "IgnoredValue",
     "PolicyUpdate",
     "Scope",
     "ScopeKind",
@@ -119,6 +128,17 @@ def parse_scope_key(key: str) -> Scope:
 
 
 @dataclass(frozen=True, slots=True)
+class IgnoredValue:
+    """A value of an update's ``ttl`` that is not a duration: ignored, the rest applies.
+
+    ``detail`` names the field (``ttl.session: ...``), for the log and the dead-letter copy.
+    """
+
+    category: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyUpdate:
     """A valid update: ``ttl`` replaces the scope's values from ``effective_from`` on.
 
@@ -131,10 +151,23 @@ class PolicyUpdate:
     # What a person should be told of a value that is valid but likely not what was meant
     # (a duration written "1M", minutes, when a month was meant): logged where it applies.
     notes: tuple[str, ...] = ()
+    # The values that are not durations: ignored (an invalid candidate in ``ttl``), reported.
+    ignored: tuple[IgnoredValue, ...] = ()
 
     @property
     def key(self) -> str:
         return self.scope.key
+
+    def ignored_rejection(self) -> Rejection | None:
+        """What the dead-letter copy of a partly applied update says: ``invalid_field`` and
+        every ignored field, or None when nothing was ignored."""
+        if not self.ignored:
+            return None
+        fields = "; ".join(i.detail for i in self.ignored)
+        return Rejection(
+            "invalid_field",
+            f"ignored, the update's other values apply: {fields}",
+        )
 
     def describe(self) -> str:
         """One line for a person: ``scope org=acme: conversation=30d, session=never from ...``."""
@@ -143,11 +176,14 @@ class PolicyUpdate:
         if self.ttl is None:
             values = "cleared (back to the config file's values)"
         else:
-            values = ", ".join(
-                f"{cat}={'none' if c.ttl_ms is None else f'{c.ttl_ms // 1000}s'}"
-                for cat, c in sorted(self.ttl.items())
-            )
+            values = ", ".join(f"{cat}={_shown(c)}" for cat, c in sorted(self.ttl.items()))
         return f"scope {self.scope.key}: {values}, effective from {format_ts(self.effective_from)}"
+
+
+def _shown(c: Candidate) -> str:
+    if not c.valid:
+        return "invalid (ignored)"
+    return "none" if c.ttl_ms is None else f"{c.ttl_ms // 1000}s"
 
 
 def _json_type(value: object) -> str:
@@ -191,7 +227,7 @@ def _scope_of(obj: dict[str, Any]) -> Scope | Rejection:
 
 def _ttl_of(
     obj: dict[str, Any], scope: Scope, categories: Collection[str]
-) -> dict[str, Candidate] | Rejection:
+) -> tuple[dict[str, Candidate], list[IgnoredValue]] | Rejection:
     if obj.get("ttl") is None:
         return _reject("missing_field", "field 'ttl' is required (an object of category: duration)")
     ttl = obj["ttl"]
@@ -201,6 +237,7 @@ def _ttl_of(
     source: Source = scope.kind
     name = f"policy update {scope.key}"
     result: dict[str, Candidate] = {}
+    ignored: list[IgnoredValue] = []
     for category, value in ttl.items():
         if category not in allowed:
             hint = suggestion(category, allowed)
@@ -212,8 +249,10 @@ def _ttl_of(
         try:
             result[category] = make_candidate(source, name, value)
         except InvalidDuration as exc:
-            return _reject("invalid_field", f"ttl.{category}: {exc}")
-    return result
+            # Ignored, not fatal: the update's other values are still what was meant.
+            result[category] = Candidate(source, name, None, valid=False)
+            ignored.append(IgnoredValue(category, f"ttl.{category}: {exc}"))
+    return result, ignored
 
 
 def parse_update(
@@ -250,9 +289,10 @@ def parse_update(
             "invalid_field",
             f"the key names scope {key_scope.key!r} but the value scope {scope.key!r}",
         )
-    ttl = _ttl_of(obj, scope, categories)
-    if isinstance(ttl, Rejection):
-        return ttl
+    found = _ttl_of(obj, scope, categories)
+    if isinstance(found, Rejection):
+        return found
+    ttl, ignored = found
     effective_from = kafka_timestamp_ms
     if obj.get("effective_from") is not None:
         try:
@@ -264,4 +304,4 @@ def parse_update(
         for category, value in obj["ttl"].items()
         if (note := capital_m_note(value)) is not None
     )
-    return PolicyUpdate(scope, ttl, effective_from, notes)
+    return PolicyUpdate(scope, ttl, effective_from, notes, tuple(ignored))

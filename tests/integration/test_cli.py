@@ -26,6 +26,7 @@ def test_explain_json_is_the_contract_shape(
         '[retention.orgs.acme]\nconversation = "7d"\n[retention.defaults]\nconversation = "30d"\n'
     )
     monkeypatch.setenv("MAX_CONVERSATION_TTL_IN_MINUTES", "1440")
+    monkeypatch.delenv("STREAM_EXPIRY_BOOTSTRAP_SERVERS", raising=False)
     code = main(
         ["explain", "--config", str(cfg), "--org", "acme", "--category", "conversation", "--json"]
     )
@@ -42,25 +43,32 @@ def test_explain_json_is_the_contract_shape(
     assert set(out) == {"ttl_seconds", "source", "candidates"}
 
 
-def test_explain_of_a_config_file_says_the_policy_updates_are_left_out(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_explain_without_the_policy_updates_says_so_and_how_to_include_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Without --bootstrap-servers, explain reads no runtime policy updates; its table
-    says so, with the flag that includes them (the config's brokers when it names some)."""
+    """With no brokers known anywhere, or with --offline, explain reads no runtime policy
+    updates; its table says so (the JSON on stderr, staying the contract's), with how to
+    include them."""
+    monkeypatch.delenv("STREAM_EXPIRY_BOOTSTRAP_SERVERS", raising=False)
     cfg = tmp_path / "expiry.toml"
-    cfg.write_text(
-        'bootstrap_servers = "kafka-1:9092"\n[retention.defaults]\nconversation = "30d"\n'
-    )
+    cfg.write_text('[retention.defaults]\nconversation = "30d"\n')
     argv = ["explain", "--config", str(cfg), "--org", "acme", "--category", "conversation"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "not included: the runtime policy updates on expiry.policies" in out
-    assert "--bootstrap-servers kafka-1:9092" in out
+    assert "not included: the runtime policy updates on expiry.policies (no brokers known" in out
+    assert "--bootstrap-servers HOST:PORT" in out
     assert main([*argv, "--json"]) == 0
     said = capsys.readouterr()
     assert set(orjson.loads(said.out)) == {"ttl_seconds", "source", "candidates"}
-    # The JSON stays the contract's; the same line goes to stderr (it gave no hint).
     assert "not included: the runtime policy updates on expiry.policies" in said.err
+    # --offline: brokers in the file are not asked (nothing listens there), and it is said.
+    cfg.write_text(
+        'bootstrap_servers = "kafka-1:9092"\n[retention.defaults]\nconversation = "30d"\n'
+    )
+    assert main([*argv, "--offline", "--json"]) == 0
+    said = capsys.readouterr()
+    assert orjson.loads(said.out)["ttl_seconds"] == 30 * 86_400
+    assert "not included: the runtime policy updates on expiry.policies (--offline" in said.err
 
 
 def test_a_bad_config_file_stops_with_the_line_and_a_suggestion(
@@ -157,3 +165,85 @@ def test_explain_with_brokers_applies_the_live_policy_updates(
     assert main([*common, "--json", "--bootstrap-servers", broker]) == 0
     live = orjson.loads(capsys.readouterr().out)
     assert (live["ttl_seconds"], live["source"]) == (120, "org")
+
+
+@pytest.mark.parametrize("where", ["config file", "environment"])
+def test_explain_reads_the_policy_updates_from_brokers_the_config_or_environment_names(
+    where: str,
+    broker: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The contract: brokers come from the flag, else the config file, else
+    STREAM_EXPIRY_BOOTSTRAP_SERVERS. Explain read the policy updates only with the flag, so
+    ``explain --config prod.toml`` answered from the file alone though it named the brokers,
+    without the management UI's org TTL: a wrong answer for a compliance officer."""
+    topics = make_topic_set()
+    brokers = f'bootstrap_servers = "{broker}"\n' if where == "config file" else ""
+    if where == "environment":
+        monkeypatch.setenv("STREAM_EXPIRY_BOOTSTRAP_SERVERS", broker)
+    else:
+        monkeypatch.delenv("STREAM_EXPIRY_BOOTSTRAP_SERVERS", raising=False)
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(
+        brokers
+        + config_text(topics, str(tmp_path), '[retention.orgs.acme]\nconversation = "10m"\n')
+    )
+    update = {"scope": "org", "org": "acme", "ttl": {"conversation": "2m", "session": "x"}}
+    rejected = {"scope": "org", "org": "globex", "ttl": {"conversaton": "1m"}}
+    anyio.run(
+        produce,
+        broker,
+        [
+            (topics.policies, b"org/acme", orjson.dumps(update)),
+            (topics.policies, b"org/globex", orjson.dumps(rejected)),
+        ],
+    )
+    common = ["explain", "--config", str(cfg), "--org", "acme", "--category", "conversation"]
+    assert main([*common, "--json"]) == 0
+    said = capsys.readouterr()
+    live = orjson.loads(said.out)
+    assert (live["ttl_seconds"], live["source"]) == (120, "org")
+    assert "not included" not in said.err
+    # What the service dead-letters, wholly or in part, is said beside the answer.
+    assert "policy update org/acme on " in said.err
+    assert "ttl.session: 'x' is not a duration" in said.err
+    assert "is ignored: invalid_field (ttl key 'conversaton'" in said.err
+    assert main([*common, "--json", "--offline"]) == 0
+    assert orjson.loads(capsys.readouterr().out)["ttl_seconds"] == 600
+
+
+def test_explain_with_brokers_it_cannot_read_fails_with_one_line_and_no_answer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Known but unreachable brokers are an error that says what to do (check them, or
+    --offline), with Kafka's exit status: never a traceback, never an answer that leaves the
+    updates out without a word."""
+    from stream_expiry.broker import free_port
+
+    monkeypatch.delenv("STREAM_EXPIRY_BOOTSTRAP_SERVERS", raising=False)
+    address = f"127.0.0.1:{free_port()}"
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(f'bootstrap_servers = "{address}"\n[retention.defaults]\nconversation = "30d"\n')
+    argv = ["explain", "--config", str(cfg), "--org", "acme", "--category", "conversation"]
+    for extra in ([], ["--json"]):
+        code = main([*argv, *extra])
+        said = capsys.readouterr()
+        assert code == 3  # stream_expiry.exits.BROKER
+        assert said.out == ""
+        (line,) = said.err.splitlines()
+        assert "cannot read the runtime policy updates on expiry.policies" in line
+        assert "brokers from bootstrap_servers in the config file" in line
+        assert f"cannot reach Kafka at {address}" in line
+        assert "pass --offline" in line
+
+
+def test_explain_offline_and_bootstrap_servers_together_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["explain", "--org", "a", "--category", "conversation"]
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--offline", "--bootstrap-servers", "127.0.0.1:9092"])
+    assert stop.value.code == 2
+    assert "not allowed with argument --offline" in capsys.readouterr().err

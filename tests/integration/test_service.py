@@ -11,7 +11,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from stream_expiry import service as service_module
-from stream_expiry.codec import H_DELETED_AT, H_REASON
+from stream_expiry.codec import H_DELETED_AT, H_DETAIL, H_ERROR, H_REASON, H_TOPIC
 from stream_expiry.holds import Hold, encode_hold
 from stream_expiry.kafka import ensure_topics
 from stream_expiry.model import Identity
@@ -411,6 +411,50 @@ async def test_a_bad_policy_update_is_dead_lettered_once_however_often_the_servi
     assert "on the dead-letter topic already" in caplog.text
     assert where in caplog.text
     assert [r.value for r in await read_all(broker, topics.dlq)] == [bad]
+
+
+async def test_a_policy_update_with_one_invalid_value_applies_the_others_and_reports_it(
+    broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A value that is not a duration is ignored as a candidate, as an invalid environment
+    variable is (the contract's "Effective TTL"); the whole update went to the dead-letter
+    topic, and the valid conversation TTL typed beside it was lost. Now that one applies,
+    the invalid session value falls back to the other sources (the default here), a
+    warning names where the message is, its scope and the category, and a copy of the
+    message on the dead-letter topic says which field was ignored."""
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    value = b'{"scope": "org", "org": "acme", "ttl": {"conversation": "30d", "session": "banana"}}'
+    with caplog.at_level(logging.WARNING, logger="stream_expiry"):
+        async with running_service(config, broker) as service:
+            await produce(broker, [(topics.policies, scope_key("org", "acme").encode(), value)])
+            await wait_for(lambda: service.stats.policy_updates == 1, timeout_s=5)
+            await produce(
+                broker,
+                [
+                    (topics.conversations, *event("conversation", "c1")),
+                    (topics.sessions, *event("session", "s1")),
+                ],
+            )
+            stamped = await read_topic(broker, topics.stamped, until=lambda r: len(r) >= 2)
+            dead = await read_topic(broker, topics.dlq, until=lambda r: len(r) >= 1)
+    got = {
+        b["record_id"]: (b["ttl_seconds"], b["ttl_source"])
+        for b in (orjson.loads(r.value) for r in stamped if r.value)
+    }
+    assert got["c1"] == (30 * 86_400, "org")
+    assert got["s1"] == (2, "default")
+    (letter,) = dead
+    assert letter.value == value
+    assert letter.key == b"org/acme"
+    headers = {k: v.decode() for k, v in letter.headers}
+    assert headers[H_ERROR] == "invalid_field"
+    assert "ttl.session: 'banana' is not a duration" in headers[H_DETAIL]
+    assert headers[H_TOPIC] == topics.policies
+    (sent,) = await read_all(broker, topics.policies)
+    (warning,) = [r.getMessage() for r in caplog.records if "category session" in r.getMessage()]
+    assert f"{topics.policies}[{sent.partition}]@{sent.offset}" in warning
+    assert "scope org, org='acme'" in warning
+    assert service.stats.dead_letters == 1
 
 
 async def test_a_policy_update_in_capital_m_is_applied_as_minutes_with_a_warning(

@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 from stream_expiry.config import parse_config
 from stream_expiry.model import DEFAULT_CATEGORIES, Identity, Rejection
-from stream_expiry.policy import PolicyBook, PolicyUpdate, Scope, parse_scope_key, scope_key
+from stream_expiry.policy import (
+    Candidate,
+    PolicyBook,
+    PolicyUpdate,
+    Scope,
+    parse_scope_key,
+    scope_key,
+)
 from stream_expiry.policy.updates import parse_update
 
 DAY = 86_400_000
@@ -185,8 +192,6 @@ REJECTIONS: list[tuple[str, Any, str | None, str, str]] = [
         "did you mean 'conversation'",
     ),
     ("max outside cap", {"scope": "default", "ttl": {"max": 1}}, None, "invalid_field", "max"),
-    ("bad duration", {"scope": "cap", "ttl": {"max": "forever"}}, None, "invalid_field", "ttl.max"),
-    ("boolean duration", {"scope": "cap", "ttl": {"max": True}}, None, "invalid_field", "ttl.max"),
     (
         "bad effective_from",
         {"scope": "cap", "ttl": {}, "effective_from": "yesterday"},
@@ -277,9 +282,16 @@ def test_schema_accepts_valid_updates(value: dict[str, Any]) -> None:
     _schema_validator().validate(value)
 
 
+# Values that are not durations: the schema refuses them, the service ignores them alone
+# (the rest of the update applies; see test_an_invalid_value_is_ignored_and_the_rest_applies).
+INVALID_VALUES: list[tuple[str, Any, str | None, str, str]] = [
+    ("bad duration", {"scope": "cap", "ttl": {"max": "forever"}}, None, "invalid_field", "ttl.max"),
+    ("boolean duration", {"scope": "cap", "ttl": {"max": True}}, None, "invalid_field", "ttl.max"),
+]
+
 SCHEMA_REJECTS = [
     r
-    for r in REJECTIONS
+    for r in REJECTIONS + INVALID_VALUES
     if isinstance(r[1], dict)
     and r[0]
     not in {
@@ -388,3 +400,84 @@ def test_a_capital_m_duration_is_minutes_with_a_note_naming_its_field() -> None:
     plain = update({"scope": "org", "org": "acme", "ttl": {"conversation": "1m"}})
     assert isinstance(plain, PolicyUpdate)
     assert plain.notes == ()
+
+
+def test_an_invalid_value_is_ignored_and_the_rest_applies() -> None:
+    """One value that is not a duration costs that value alone (as an invalid environment
+    variable does), not the valid values typed beside it: they apply, it is an invalid
+    candidate, and the update says which field was ignored and why."""
+    u = update(
+        {"scope": "org", "org": "acme", "ttl": {"conversation": "30d", "session": "banana"}},
+        "org/acme",
+    )
+    assert isinstance(u, PolicyUpdate)
+    assert u.ttl is not None
+    assert u.ttl["conversation"].ttl_ms == 30 * DAY
+    assert u.ttl["session"] == Candidate("org", "policy update org/acme", None, valid=False)
+    assert [i.category for i in u.ignored] == ["session"]
+    assert u.ignored[0].detail.startswith("ttl.session: 'banana' is not a duration")
+    why = u.ignored_rejection()
+    assert why is not None
+    assert why.code == "invalid_field"
+    assert "ttl.session: 'banana' is not a duration" in why.detail
+    assert "session=invalid (ignored)" in u.describe()
+
+
+@pytest.mark.parametrize(
+    ("value", "fields"),
+    [
+        ({"scope": "cap", "ttl": {"max": "forever", "session": "1d"}}, ["max"]),
+        ({"scope": "cap", "ttl": {"max": True}}, ["max"]),
+        ({"scope": "default", "ttl": {"error": [1], "session": {"d": 1}}}, ["error", "session"]),
+        ({"scope": "bot", "org": "a", "bot": "b", "ttl": {"conversation": "1 day"}}, ["conversation"]),
+        ({"scope": "org", "org": "a", "ttl": {"conversation": "1d", "error": 0}}, []),
+    ],
+)  # fmt: skip
+def test_every_value_that_is_not_a_duration_is_named(value: Any, fields: list[str]) -> None:
+    u = update(value)
+    assert isinstance(u, PolicyUpdate)
+    assert [i.category for i in u.ignored] == fields
+    why = u.ignored_rejection()
+    if not fields:
+        assert why is None
+        return
+    assert why is not None
+    for category in fields:
+        assert f"ttl.{category}: " in why.detail
+
+
+def test_a_wrong_structure_still_rejects_the_whole_update_even_beside_an_invalid_value() -> None:
+    """An unknown category says the update was meant for something else: nothing of it
+    applies, whatever its other values (an invalid duration beside it changes nothing)."""
+    book = PolicyBook(parse_config('[retention.orgs.acme]\nconversation = "30d"\n'), {})
+    bad = orjson.dumps(
+        {"scope": "org", "org": "acme", "ttl": {"conversation": "1d", "session": "x", "sesion": 1}}
+    )
+    result = book.apply_update(b"org/acme", bad, T)
+    assert isinstance(result, Rejection)
+    assert "'sesion' is not a configured category" in result.detail
+    assert book.updates_applied == 0
+
+
+def test_the_book_resolves_the_valid_value_and_falls_back_for_the_ignored_one() -> None:
+    """The update replaces the org's map: its valid value wins, and the ignored one gives the
+    org no value for that category, so the other sources decide (here the default), and
+    explain lists the ignored value as an invalid candidate."""
+    book = PolicyBook(
+        parse_config(
+            '[retention.orgs.acme]\nsession = "7d"\n[retention.defaults]\nsession = "2d"\n'
+        ),
+        {},
+    )
+    value = {"scope": "org", "org": "acme", "ttl": {"conversation": "30d", "session": "banana"}}
+    result = book.apply_update(b"org/acme", orjson.dumps(value), T)
+    assert isinstance(result, PolicyUpdate)
+    conv = book.resolve(Identity("acme", "_", "live", "conversation", "r"), T)
+    assert (conv.ttl_ms, conv.source) == (30 * DAY, "org")
+    session = book.resolve(Identity("acme", "_", "live", "session", "r"), T)
+    assert (session.ttl_ms, session.source) == (2 * DAY, "default")
+    assert book.explain(category="session", org="acme")["candidates"] == [
+        {"source": "org", "name": "policy update org/acme", "ttl_seconds": None, "valid": False},
+        {"source": "default", "name": "retention.defaults.session", "ttl_seconds": 172_800,
+         "valid": True},
+    ]  # fmt: skip
