@@ -14,8 +14,8 @@ Rules this module keeps (see the contract, "Policy updates"):
   for the cap), its values durations (0 or negative: valid, "no value"; null: no key).
 * A value that is not a duration (``"banana"``, ``true``) is ignored, as the contract has an
   invalid environment variable ignored: the update's other values still apply, and the
-  category gets an invalid candidate from this scope (``explain`` lists it with
-  ``valid: false``; it never wins, so other sources decide, as if the key were absent). The
+  category gets an invalid candidate from this scope, which never wins: the scope's
+  history (:mod:`.history`) keeps the value the version before had for it. The
   update carries an :class:`IgnoredValue` for each, which the service logs and dead-letters a
   copy of: one typo in the management UI must not throw away the values typed right beside it.
   A wrong *structure* (not JSON, an unknown scope or category, ``ttl`` not an object, a key

@@ -419,7 +419,7 @@ async def test_a_policy_update_with_one_invalid_value_applies_the_others_and_rep
     """A value that is not a duration is ignored as a candidate, as an invalid environment
     variable is (the contract's "Effective TTL"); the whole update went to the dead-letter
     topic, and the valid conversation TTL typed beside it was lost. Now that one applies,
-    the invalid session value falls back to the other sources (the default here), a
+    the invalid session value keeps what the org had before (nothing: the default here), a
     warning names where the message is, its scope and the category, and a copy of the
     message on the dead-letter topic says which field was ignored."""
     config = config_for(topics, str(tmp_path / "state"), RETENTION)

@@ -459,10 +459,10 @@ def test_a_wrong_structure_still_rejects_the_whole_update_even_beside_an_invalid
     assert book.updates_applied == 0
 
 
-def test_the_book_resolves_the_valid_value_and_falls_back_for_the_ignored_one() -> None:
-    """The update replaces the org's map: its valid value wins, and the ignored one gives the
-    org no value for that category, so the other sources decide (here the default), and
-    explain lists the ignored value as an invalid candidate."""
+def test_the_book_applies_the_valid_value_and_keeps_the_one_before_for_the_ignored_one() -> None:
+    """The update's valid value wins; its ignored one changes nothing for that category: the
+    org keeps the value it had before (here the config file's 7 d), not the default's 2 d
+    (a typo must neither lengthen nor shorten a retention)."""
     book = PolicyBook(
         parse_config(
             '[retention.orgs.acme]\nsession = "7d"\n[retention.defaults]\nsession = "2d"\n'
@@ -475,9 +475,30 @@ def test_the_book_resolves_the_valid_value_and_falls_back_for_the_ignored_one() 
     conv = book.resolve(Identity("acme", "_", "live", "conversation", "r"), T)
     assert (conv.ttl_ms, conv.source) == (30 * DAY, "org")
     session = book.resolve(Identity("acme", "_", "live", "session", "r"), T)
-    assert (session.ttl_ms, session.source) == (2 * DAY, "default")
+    assert (session.ttl_ms, session.source) == (7 * DAY, "org")
     assert book.explain(category="session", org="acme")["candidates"] == [
-        {"source": "org", "name": "policy update org/acme", "ttl_seconds": None, "valid": False},
+        {"source": "org", "name": "retention.orgs.acme.session", "ttl_seconds": 604_800,
+         "valid": True},
         {"source": "default", "name": "retention.defaults.session", "ttl_seconds": 172_800,
          "valid": True},
     ]  # fmt: skip
+
+
+def test_an_ignored_value_keeps_the_value_of_the_version_before_it_even_one_back_dated() -> None:
+    """The version before may arrive later (a back-dated update): the ignored value then
+    keeps that one's value; a category the version before did not have gets none."""
+    book = PolicyBook(parse_config("[retention.defaults]\nsession = \"2d\"\n"), {})
+    late = {"scope": "org", "org": "acme", "ttl": {"session": "banana", "error": "x"},
+            "effective_from": T + 1000}  # fmt: skip
+    assert isinstance(book.apply_update(b"org/acme", orjson.dumps(late), T), PolicyUpdate)
+    session = Identity("acme", "_", "live", "session", "r")
+    assert (book.resolve(session, T + 2000).ttl_ms, book.resolve(session, T + 2000).source) == (
+        2 * DAY,
+        "default",
+    )
+    early = {"scope": "org", "org": "acme", "ttl": {"session": "3d"}, "effective_from": T}
+    assert isinstance(book.apply_update(b"org/acme", orjson.dumps(early), T), PolicyUpdate)
+    after = book.resolve(session, T + 2000)
+    assert (after.ttl_ms, after.source) == (3 * DAY, "org")
+    error = book.resolve(Identity("acme", "_", "live", "error", "r"), T + 2000)
+    assert error.source != "org"
