@@ -104,7 +104,8 @@ def _common_options() -> argparse.ArgumentParser:
         "--config",
         metavar="FILE",
         help="the service's config file: its bootstrap_servers, [topics] and [kafka] (TLS, "
-        "SASL; also from STREAM_EXPIRY_KAFKA_* variables) are the defaults",
+        "SASL; also from STREAM_EXPIRY_KAFKA_* variables) are the defaults, and its "
+        "[archive] required makes the sweep wait for the archive",
     )
     kafka.add_argument(
         "--bootstrap-servers",
