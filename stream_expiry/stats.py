@@ -28,6 +28,7 @@ class ServiceStats:
     restored: int = 0  # changelog messages read by restores
     restoring: int = 0  # partitions being restored now
     archive_waiting: int = 0  # due records kept until the archive has them ([archive] required)
+    archive_waiting_since: int | None = None  # the earliest due time among them (epoch ms)
     # ttl tombstones' lag (emitted_at - expires_at), as histogram buckets for /metrics
     lag_buckets: list[int] = field(default_factory=lambda: [0] * len(LAG_BUCKETS_MS))
     lag_sum_ms: int = 0

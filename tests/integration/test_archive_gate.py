@@ -15,9 +15,11 @@ import anyio
 import orjson
 import pytest
 import pytest_asyncio
+from prometheus_client import CollectorRegistry
 
 from stream_expiry.archive import read_lines
-from stream_expiry.service import wall_clock_ms
+from stream_expiry.metrics import ServiceMetrics
+from stream_expiry.service import Service, wall_clock_ms
 from tests.conftest import TopicSet, read_all, wait_for
 from tests.integration import sink_helpers
 from tests.integration.service_helpers import (
@@ -177,3 +179,44 @@ async def test_a_sinks_sweep_never_deletes_what_the_archive_has_not_written(
         f"c{n}": "sweep" for n in range(6)
     }
     assert {f"c{n}" for n in range(6)} <= _archived_ids(tmp_path / "archive")
+
+
+@pytest.mark.timeout(120)
+async def test_the_metrics_say_purges_are_late_while_records_wait_for_the_archive(
+    broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Records kept for a stopped archive are due and not purged, but they are off the due
+    index (like held records): the gauge to alert on, the oldest overdue, read 0 while
+    they waited for hours. It now counts them, beside how many wait."""
+    retention = (
+        '[retention.defaults]\nconversation = "1s"\n'
+        '[archive]\nrequired = true\ngroup_id = "' + topics.prefix + '-archive"\n'
+    )
+    registry = CollectorRegistry()
+    metrics = ServiceMetrics(registry)
+    service = Service(
+        config_for(topics, str(tmp_path / "state"), retention),
+        bootstrap_servers=broker,
+        environ={},
+        consumer_options={"session_timeout_ms": 2000, "heartbeat_interval_ms": 500},
+        metrics=metrics,
+    )
+    metrics.watch_stats(service.stats, env_warnings=0)  # as `run` does
+
+    def gauge(name: str) -> float:
+        return registry.get_sample_value(f"stream_expiry_{name}") or 0.0
+
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(service.run, stop)
+        with anyio.fail_after(30):
+            await service.ready.wait()
+        t0 = wall_clock_ms()
+        await produce(
+            broker,
+            [(topics.conversations, *event("conversation", f"c{i}", ts=t0)) for i in range(3)],
+        )
+        await wait_for(lambda: gauge("archive_waiting_records") == 3, timeout_s=20)
+        await wait_for(lambda: gauge("oldest_overdue_seconds") >= 2.0, timeout_s=20)
+        assert service.stats.tombstones == 0
+        stop.set()
