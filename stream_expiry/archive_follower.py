@@ -4,7 +4,9 @@ Once a second the archive group's committed offsets on ``expiry.stamped`` are re
 :class:`~stream_expiry.archive_gate.ArchiveGate`; the processors whose due records wait for
 the archive look at them again. An archive that stops moving while records wait is a
 warning every 30 s, since deletions then wait with it (compliance prefers late to
-unarchived, but somebody must know).
+unarchived, but somebody must know). How many wait, and the earliest due time among them,
+go to the service's stats: the metrics count them, and the overdue gauge includes them
+(they are off the due index, like held records, but they are late).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import anyio
 
 from stream_expiry.archive import archived_offsets
 from stream_expiry.errors import BrokerError
+from stream_expiry.timeutil import format_ts
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -68,19 +71,27 @@ class ArchiveFollower:
     async def once(self) -> None:
         cfg = self._config
         offsets = await archived_offsets(self._bootstrap, cfg.archive.group_id, cfg.topics.stamped)
-        waiting = sum(p.archive_waiting for p in self._processors.values())
+        procs = self._processors.values()
+        waiting = sum(p.archive_waiting for p in procs)
         self._stats.archive_waiting = waiting
+        dues = [
+            d for p in procs if p.archive_waiting and (d := p.archive_waiting_since) is not None
+        ]
+        self._stats.archive_waiting_since = min(dues) if dues else None
         now = time.monotonic()
         if self.gate.update(offsets) or not waiting:
             self._moved_at = now
         elif now - self._moved_at > STALL_S and now - self._warned_at > STALL_S:
             self._warned_at = now
+            since = self._stats.archive_waiting_since
             log.warning(
                 "the archive (group %r) has not moved for %.0f s: %d due records wait for it "
-                "before they are purged; is `stream-expiry archive` running?",
+                "before they are purged%s, so purges are late; is `stream-expiry archive` "
+                "running?",
                 cfg.archive.group_id,
                 now - self._moved_at,
                 waiting,
+                "" if since is None else f" (the oldest due since {format_ts(since)})",
             )
         for proc in self._processors.values():
             if proc.archive_waiting:

@@ -359,7 +359,9 @@ def _parser_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         description="Reads expiry.stamped (the latest stamp of every record), expiry.holds and "
         "the service group's committed offsets, and prints: records pending per category and "
         "the next due time; records overdue (due, not held, not yet tombstoned: the service "
-        "is down or behind, or, with [archive] required, the archive is); active legal holds with how many due records each keeps; and the "
+        "is down or behind), and with [archive] required how many of them wait for the "
+        "archive (it has not written their latest stamp: the archive is behind or stopped); "
+        "active legal holds with how many due records each keeps; and the "
         "lag of every input partition. It answers for the whole deployment, from Kafka alone; "
         "expiry.stamped is streamed through a temporary on-disk store (a few seconds per "
         "million records).",

@@ -225,7 +225,8 @@ class ServiceMetrics(_BaseMetrics):
         )
         self._oldest_overdue = Gauge(
             f"{_PREFIX}_oldest_overdue_seconds",
-            "How long past its expiry the oldest not yet tombstoned record is (0: none).",
+            "How long past its expiry the oldest not yet tombstoned record is, held ones aside "
+            "and those kept for the archive included (0: none).",
             registry=r,
         )
         self._restoring = Gauge(

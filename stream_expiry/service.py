@@ -595,8 +595,10 @@ class Service:
     def _observe(self) -> None:
         """Gauges for operators from the stores alone (no broker): timers, pending records,
         the oldest overdue. The oldest overdue is the earliest expiry still in a store's
-        due index, in a timer wheel (stamped, not settled yet) or in a tombstone in flight,
-        so a record fired and not yet acked by the broker still counts; with the stores
+        due index, in a timer wheel (stamped, not settled yet), in a tombstone in flight,
+        or among the records kept for the archive (``[archive] required``, off the due
+        index: a stopped archive makes purges late, and the gauge must say so), so a
+        record fired and not yet acked by the broker still counts; with the stores
         closed by an outage, the last one seen goes on ageing."""
         procs = list(self.processors.values())
         self.stats.pending_in_wheel = sum(p.timers for p in procs)
@@ -606,6 +608,9 @@ class Service:
             in_flight = None if self._outbox is None else self._outbox.oldest_unsettled_ms()
             if in_flight is not None:
                 dues.append(in_flight)  # fired, not acked yet
+            waiting = self.stats.archive_waiting_since
+            if self.stats.archive_waiting and waiting is not None:
+                dues.append(waiting)  # due, kept for the archive ([archive] required): late
             self._oldest_due = min(dues) if dues else None
         elif self._outage_since is None:
             self._oldest_due = None  # none owned: another instance has the records

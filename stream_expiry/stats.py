@@ -32,6 +32,7 @@ class ServiceStats:
     # a rolling restart or one flapping shows as a climbing count) and how many are ours.
     assignments: int = 0  # assignments received from the group (the first one included)
     assigned_partitions: int = 0  # input partitions this instance owns now
+    archive_waiting_since: int | None = None  # the earliest due time among them (epoch ms)
     # ttl tombstones' lag (emitted_at - expires_at), as histogram buckets for /metrics
     lag_buckets: list[int] = field(default_factory=lambda: [0] * len(LAG_BUCKETS_MS))
     lag_sum_ms: int = 0

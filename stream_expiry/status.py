@@ -8,7 +8,11 @@ lag from the input partitions' ends and the service group's committed offsets.
 A record is *pending* until its due time (its expiry, or an erasure request), *held* when
 it is due but a legal hold matches it, and *overdue* when it is due and nothing holds it:
 the service should have tombstoned it (a few are normal for an instant; many mean it is down
-or behind).
+or behind). With ``[archive] required``, *waiting for the archive* counts the overdue
+records whose latest stamp the archive group has not committed past: the service keeps
+those on purpose (:mod:`stream_expiry.archive_gate`), so their purges are late because the
+archive is, not the service. Their keys are those of the part of ``expiry.stamped`` at or
+after the group's committed offsets, read once more into a second temporary store.
 """
 
 from __future__ import annotations
@@ -23,9 +27,17 @@ import orjson
 from aiokafka import TopicPartition
 
 from stream_expiry import codec
-from stream_expiry.changelog import Current, read_current
+from stream_expiry.archive import archived_offsets
+from stream_expiry.changelog import READ_BYTES, Current, read_current
+from stream_expiry.fetch import read_ranges
 from stream_expiry.hold_command import read_holds
-from stream_expiry.kafka import committed_offsets, consumer, high_watermarks, partitions_of
+from stream_expiry.kafka import (
+    broker_errors,
+    committed_offsets,
+    consumer,
+    high_watermarks,
+    partitions_of,
+)
 from stream_expiry.logs import printable
 from stream_expiry.state import RocksKV
 from stream_expiry.state.kv import scratch_directory
@@ -55,6 +67,8 @@ class Status:
     held: Counter[str] = field(default_factory=Counter)  # records held, by hold id
     holds: list[dict[str, Any]] = field(default_factory=list)
     lag: dict[str, dict[str, int | None]] = field(default_factory=dict)  # "topic[p]" -> ...
+    # Of the overdue, those the archive has not written ([archive] required; else None).
+    archive_waiting: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -67,13 +81,20 @@ class Status:
             "oldest_overdue": None
             if self.oldest_overdue is None
             else format_ts(self.oldest_overdue),
+            "archive_waiting": self.archive_waiting,
             "holds": [h | {"records_held": self.held.get(h["hold_id"], 0)} for h in self.holds],
             "lag": self.lag,
         }
 
 
-def _count(result: Status, current: Current, holds: HoldBook) -> None:
+def _count(
+    result: Status, current: Current, holds: HoldBook, unarchived: RocksKV | None = None
+) -> None:
+    """Count every record of ``current``; ``unarchived`` (``[archive] required``) holds the
+    keys whose latest stamp the archive has not written."""
     now = result.at
+    if unarchived is not None:
+        result.archive_waiting = 0
     for key, raw in current.items():
         _partition, _source, value = Current.unpack(raw)
         if value is None:
@@ -98,6 +119,27 @@ def _count(result: Status, current: Current, holds: HoldBook) -> None:
             result.overdue += 1
             old = result.oldest_overdue
             result.oldest_overdue = due if old is None else min(old, due)
+            # An erasure never waits for the archive; an expiry does, until it is written.
+            if (
+                unarchived is not None
+                and stamp.erase_at is None
+                and unarchived.multi_get([key])[0] is not None
+            ):
+                result.archive_waiting = (result.archive_waiting or 0) + 1
+
+
+async def _read_unarchived(config: Config, brokers: Brokers, into: RocksKV) -> None:
+    """The keys of every message of ``expiry.stamped`` at or after the archive group's
+    committed offset on its partition: the records whose latest stamp is not archived."""
+    topic = config.topics.stamped
+    archived = await archived_offsets(brokers, config.archive.group_id, topic)
+    async with consumer(brokers) as cons:
+        with broker_errors(f"reading the partitions of {topic}"):
+            parts = sorted(await partitions_of(cons, topic))
+        starts = {TopicPartition(topic, p): archived.get(p, 0) for p in parts}
+        async for fetched in read_ranges(cons, starts, fetch_bytes=READ_BYTES):
+            keys = {rec.key: b"" for part in fetched for rec in part if rec.key is not None}
+            into.apply(keys, ())
 
 
 async def _lag(config: Config, brokers: Brokers) -> dict[str, dict[str, int | None]]:
@@ -129,11 +171,17 @@ async def status(
     result.holds = [h.as_dict() for h in sorted(holds, key=lambda h: h.hold_id)]
     with scratch_directory("stream-expiry-status-") as work:
         kv = RocksKV(os.path.join(work, "current"))
+        required = config.archive.required
+        unarchived = RocksKV(os.path.join(work, "unarchived")) if required else None
         try:
             current, _ = await read_current(brokers, config.topics.stamped, kv)
-            _count(result, current, holds)
+            if unarchived is not None:  # after: what the archive wrote since, it holds
+                await _read_unarchived(config, brokers, unarchived)
+            _count(result, current, holds, unarchived)
         finally:
             kv.close()
+            if unarchived is not None:
+                unarchived.close()
     result.lag = await _lag(config, brokers)
     return result
 
@@ -145,7 +193,7 @@ async def run_status(config: Config, brokers: Brokers, args: argparse.Namespace)
     if args.json:
         sys.stdout.write(orjson.dumps(result.as_dict()).decode() + "\n")
         return 0
-    for line in text_lines(result.as_dict(), archive_required=config.archive.required):
+    for line in text_lines(result.as_dict()):
         print(line)
     return 0
 
@@ -164,10 +212,12 @@ def _past_end(part: dict[str, int | None]) -> str:
     )
 
 
-def text_lines(d: dict[str, Any], *, archive_required: bool) -> list[str]:
+def text_lines(d: dict[str, Any]) -> list[str]:
     """``status`` for a person, from :meth:`Status.as_dict`. The figures form one column
     right of the longest name (a category such as ``training_expression``, an input
-    partition's name), so they line up whatever the names are."""
+    partition's name), so they line up whatever the names are. With ``[archive] required``
+    (``archive_waiting`` not None) a row under *overdue* says how many of them wait for the
+    archive: a stopped archive, not the service, is then why purges are late."""
     rows: list[tuple[str, int, str]] = [
         ("  pending", d["pending_total"], f"   next due {d['next_due'] or '-'}")
     ]
@@ -175,6 +225,10 @@ def text_lines(d: dict[str, Any], *, archive_required: bool) -> list[str]:
     rows.append(("  never expire", d["never"], ""))
     oldest = f"   oldest due {d['oldest_overdue']}" if d["oldest_overdue"] else ""
     rows.append(("  overdue", d["overdue"], oldest))
+    waiting = d.get("archive_waiting")
+    if waiting is not None:  # [archive] required
+        why = "   the archive has not written them: their purges wait for it" if waiting else ""
+        rows.append(("    waiting for the archive", waiting, why))
     rows.append(("  legal holds", len(d["holds"]), ""))
     lag = [(f"    {name}", part["lag"], _past_end(part)) for name, part in d["lag"].items()]
     width = max(len(name) for name, _n, _rest in rows + lag)
@@ -183,14 +237,7 @@ def text_lines(d: dict[str, Any], *, archive_required: bool) -> list[str]:
         return f"{name:<{width}} {n:>10,}{rest}"
 
     lines = [f"as of {d['at']}"]
-    lines += [row(*r) for r in rows[:-1]]
-    if d["overdue"] and archive_required:
-        # Not a late service, maybe: the metrics tell the two apart.
-        lines.append(
-            "    ([archive] required: records waiting for the archive count here too; "
-            "stream_expiry_archive_waiting_records says how many)"
-        )
-    lines.append(row(*rows[-1]))
+    lines += [row(*r) for r in rows]
     for h in d["holds"]:
         n = h["records_held"]
         said = f"{h['hold_id']}: {n:,} record{'' if n == 1 else 's'} held ({h['reason']})"

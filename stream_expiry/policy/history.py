@@ -78,7 +78,5 @@ def _in_force(given: TtlMap, before: TtlMap) -> TtlMap:
     if all(c.valid for c in given.values()):
         return given
     return {
-        cat: c if c.valid else before[cat]
-        for cat, c in given.items()
-        if c.valid or cat in before
+        cat: c if c.valid else before[cat] for cat, c in given.items() if c.valid or cat in before
     }

@@ -26,6 +26,12 @@ Rules kept here (why: tombstones are at-least-once, and ``expiry.stamped`` and
    never held leaves a receipt with ``rows_deleted=0``, unless an earlier deletion already
    covers that life: an erasure request that reaches a store is always on record, a
    duplicate never is.
+5. **The sweep never takes what the archive lacks.** With ``[archive] required`` the
+   service holds back a ``ttl`` tombstone until the archive has the record's latest stamp;
+   the sweep, which stands in for a tombstone that did not come, keeps the same rule: a row
+   goes only once the archive group has committed past the stamp it was written from
+   (:func:`archived`), else it stays for the real tombstone (counted in
+   ``Plan.kept_for_archive``).
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ if TYPE_CHECKING:
 
     from stream_expiry.model import Identity
 
-__all__ = ["NEVER_CREATED", "Plan", "Slot", "life", "plan"]
+__all__ = ["NEVER_CREATED", "Plan", "Slot", "archived", "life", "plan"]
 
 #: Stands for an unknown ``created_at``: such a row belongs to every deleted life. It is the
 #: smallest BIGINT, so the stores keep it as a plain integer.
@@ -83,6 +89,9 @@ class Plan:
     swept: int = 0
     """Receipts of the sweep: rows past their expiry, and null deletions whose tombstone
     event did not come within the grace."""
+    kept_for_archive: int = 0
+    """Rows past the sweep's cutoff that it kept because the archive has not written the
+    stamp they were written from (``[archive] required``)."""
 
 
 def merge_plans(plans: Iterable[Plan]) -> Plan:
@@ -94,6 +103,24 @@ def merge_plans(plans: Iterable[Plan]) -> Plan:
 def life(created_at: int | None) -> int:
     """A row's life for comparisons: its ``created_at``, or before every life when unknown."""
     return NEVER_CREATED if created_at is None else created_at
+
+
+def archived(row: Row, offsets: Mapping[int, int] | None) -> bool:
+    """Whether the archive holds the stamp ``row`` was written from: the archive group's
+    committed offset on the row's partition of ``expiry.stamped`` is above the row's
+    offset, as :class:`~stream_expiry.archive_gate.ArchiveGate` judges the service's
+    records. ``offsets`` None: no archive is required, so every row counts as archived. A
+    row whose position is unknown (written by a version that did not keep it) cannot be
+    shown to be archived, and is not.
+
+    The row's position is that of the last stamp that changed it; a later stamp with the
+    same content leaves it, and its content is archived with the earlier one.
+    """
+    if offsets is None:
+        return True
+    if row.src_partition is None or row.src_offset is None:
+        return False
+    return row.src_offset < offsets.get(row.src_partition, 0)
 
 
 def _max_opt(*values: int | None) -> int | None:
@@ -271,6 +298,9 @@ class _Planner:
             )  # fmt: skip
         row = slot.row
         if row is not None and row.expires_at is not None and row.expires_at <= c.cutoff:
+            if not archived(row, c.archived):
+                self.out.kept_for_archive += 1
+                return
             slot.row = None
             self.remember(slot, c.identity, life(row.created_at) + 1, row.created_at)
             self.receipt(c.identity, "sweep", 1, row, None, self.now)

@@ -28,7 +28,7 @@ from stream_expiry.model import Identity, decode_key
 from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
 __all__ = [
     "REASONS",
@@ -133,10 +133,17 @@ class NullChange:
 
 @dataclass(frozen=True, slots=True)
 class SweepChange:
-    """The safety net: delete the row if it expired at or before ``cutoff``."""
+    """The safety net: delete the row if it expired at or before ``cutoff``.
+
+    ``archived`` (``[archive] required``): the archive group's committed offset per
+    partition of ``expiry.stamped``; the row goes only if the stamp it was written from
+    lies below it (see :func:`~stream_expiry.sinks._logic.archived`). None: no archive is
+    waited for.
+    """
 
     identity: Identity
     cutoff: int
+    archived: Mapping[int, int] | None = None
 
 
 Change = StampChange | TombstoneChange | NullChange | SweepChange

@@ -111,7 +111,8 @@ def _common_options() -> argparse.ArgumentParser:
         "--config",
         metavar="FILE",
         help="the service's config file: its bootstrap_servers, [topics] and [kafka] (TLS, "
-        "SASL; also from STREAM_EXPIRY_KAFKA_* variables) are the defaults",
+        "SASL; also from STREAM_EXPIRY_KAFKA_* variables) are the defaults, and its "
+        "[archive] required makes the sweep wait for the archive",
     )
     kafka.add_argument(
         "--bootstrap-servers",
@@ -190,6 +191,14 @@ def _common_options() -> argparse.ArgumentParser:
         type=_grace_seconds,
         default=60.0,
         help="how long past expires_at the sweep waits for the real tombstone (default: %(default)s)",
+    )
+    store.add_argument(
+        "--archive-required",
+        action="store_true",
+        help="the sweep deletes only rows whose stamp the archive has written, as the "
+        "service purges with [archive] required (on whenever --config, or "
+        "STREAM_EXPIRY_ARCHIVE_REQUIRED, says required = true; the archive's group is "
+        "[archive] group_id)",
     )
     ops = p.add_argument_group("operations")
     add_metrics_options(ops)
@@ -300,6 +309,12 @@ def build_sink(
         sweep_interval_s=args.sweep_interval,
         sweep_grace_s=args.sweep_grace,
         holds_topic=args.holds_topic or topics.holds,
+        # What the service waits for, the sweep waits for: see SinkConfig.archive_group.
+        archive_group=(
+            service_config.archive.group_id
+            if service_config.archive.required or args.archive_required
+            else None
+        ),
         batch_size=args.batch_size,
         security=security_from_environment(service_config.kafka, os.environ),
         topic_settings=service_config.topic_settings,

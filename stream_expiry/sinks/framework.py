@@ -48,9 +48,11 @@ from stream_expiry.fetch import end_offsets
 from stream_expiry.holds import Hold, HoldBook, apply_hold_message
 from stream_expiry.kafka import (
     broker_errors,
+    committed_offsets,
     consumer,
     ensure_topics,
     key_partition,
+    partitions_of,
     producer,
     read_to_end,
 )
@@ -160,6 +162,14 @@ class SinkConfig:
     holds are followed, for a deployment that has none). A hold released (or narrowed)
     keeps sparing what it matched for ``sweep_grace_s`` more: its records' tombstones
     are on their way from the service, and they carry the rule, not ``sweep``.
+
+    ``archive_group`` (``[archive] required`` in the service's config): the archive's
+    consumer group. The service tombstones no record (``ttl``) before that group has
+    committed past the record's latest stamp on ``stamped_topic``; the sweep, standing in
+    for those tombstones, keeps the same rule and deletes a row only once the group has
+    committed past the stamp the row was written from. A stopped archive then delays the
+    sweep as it delays the service's purges, and nothing unarchived is swept. None: the
+    sweep does not wait for an archive.
     """
 
     bootstrap_servers: str
@@ -173,6 +183,7 @@ class SinkConfig:
     sweep_grace_s: float = 60.0
     sweep_limit: int = 10_000
     holds_topic: str | None = DEFAULT_HOLDS
+    archive_group: str | None = None
     # Messages per store transaction at most (fewer when fewer wait): through Kafka, 5,000
     # measured 30 % faster than 1,000 for SQLite and 20 % for PostgreSQL (bench_sinks).
     batch_size: int = 5000
@@ -264,6 +275,10 @@ class Sink:
         self._let_go = HoldBook()
         self._let_go_at: dict[str, int] = {}
         self._holds_reader: AIOKafkaConsumer | None = None
+        # Reads the archive group's committed offsets ([archive] required), and when the
+        # sink last said that its sweep keeps rows for the archive.
+        self._archive_reader: AIOKafkaConsumer | None = None
+        self._archive_said_at: float | None = None
         self._sweep_from: SweepPosition | None = None
         # The read-complete time W (see :meth:`read_complete_ms`), the request of end
         # offsets that may move it on, the partitions both were made for, and when the
@@ -316,6 +331,12 @@ class Sink:
                     consumer(conn, enable_auto_commit=False)
                 )
                 await self._read_holds(to_end=True)
+            if cfg.sweep_interval_s is not None and cfg.archive_group is not None:
+                # A member of no group: it only asks for the archive group's offsets, and
+                # never commits any (auto-commit is off in every consumer here).
+                self._archive_reader = await stack.enter_async_context(
+                    consumer(conn, group_id=cfg.archive_group, enable_auto_commit=False)
+                )
             await self._check_compacted(prod)
             self._say_start()
             await self._flush_outbox(prod)
@@ -352,6 +373,11 @@ class Sink:
             "sweep off"
             if cfg.sweep_interval_s is None
             else f"sweep every {cfg.sweep_interval_s:g} s, grace {cfg.sweep_grace_s:g} s"
+            + (
+                ""
+                if cfg.archive_group is None
+                else f", only what the archive (group {cfg.archive_group}) has written"
+            )
         )
         log.info(
             "sink %s: reading %s and %s from %s (group %s); receipts to %s%s; %s",
@@ -785,15 +811,21 @@ class Sink:
             if at <= cutoff:
                 self._let_go.release(hold_id)
                 del self._let_go_at[hold_id]
+        # Read before the rows are: the group's offsets only move on, so what they show
+        # archived stays archived.
+        archived = await self._archived()
         page = await self.store.sweep(
             cutoff_ms=cutoff,
             now_ms=now,
             limit=cfg.sweep_limit,
             spare=self._spare() if len(self.holds) or len(self._let_go) else None,
             after=self._sweep_from,
+            archived=archived,
         )
         self._sweep_from = page.next_from
         out = page.plan
+        if out.kept_for_archive:
+            self._say_kept_for_archive(out.kept_for_archive)
         if out.swept:
             self.metrics["swept_total"] += out.swept
             log.warning(
@@ -804,6 +836,34 @@ class Sink:
             await self._publish(prod, out.receipts)
             self._report("sweep", out, 0, 0)
         return page.more
+
+    async def _archived(self) -> dict[int, int] | None:
+        """The archive group's committed offset per partition of the stamped topic (a
+        partition it never committed is absent: nothing of it is archived); None when no
+        archive is required."""
+        reader, cfg = self._archive_reader, self.config
+        if reader is None:
+            return None
+        topic = cfg.stamped_topic
+        with broker_errors(f"reading the committed offsets of the archive ({cfg.archive_group})"):
+            parts = sorted(await partitions_of(reader, topic))
+            committed = await committed_offsets(reader, [TopicPartition(topic, p) for p in parts])
+        return {tp.partition: o for tp, o in committed.items() if o is not None}
+
+    def _say_kept_for_archive(self, kept: int) -> None:
+        """A warning, at most once a minute, while the sweep keeps rows for the archive:
+        they are purged late, as the service's are, until it runs again."""
+        now = time.monotonic()
+        if self._archive_said_at is not None and now - self._archive_said_at < (
+            SWEEP_WAIT_SAID_EVERY_S
+        ):
+            return
+        self._archive_said_at = now
+        log.warning(
+            "store %s: the sweep keeps %d rows past their expiry that the archive (group %r) "
+            "has not written yet ([archive] required); is `stream-expiry archive` running?",
+            self.store.name, kept, self.config.archive_group,
+        )  # fmt: skip
 
     def _spare(self) -> Callable[[Identity], bool]:
         """What the sweep keeps: rows a hold keeps, and rows a hold let go of within the

@@ -329,6 +329,7 @@ class Store(abc.ABC):
         limit: int = 10_000,
         spare: Callable[[Identity], bool] | None = None,
         after: SweepPosition | None = None,
+        archived: Mapping[int, int] | None = None,
     ) -> SweepPage:
         """Look at up to ``limit`` rows that expired at or before ``cutoff_ms``, from just
         after ``after``, and delete those ``spare`` does not keep (reason sweep).
@@ -340,13 +341,17 @@ class Store(abc.ABC):
         reaching the rows behind them. Deletions by a null value still waiting for their
         tombstone event since ``cutoff_ms`` or earlier get their receipt too (reason sweep:
         the rule is unknown).
+
+        ``archived`` (``[archive] required``): the archive group's committed offset per
+        partition of ``expiry.stamped``; a row whose stamp lies at or beyond it is kept
+        (:func:`~stream_expiry.sinks._logic.archived`), and the pages go on past it.
         """
         async with self.transaction() as tx:
             rows, late = await tx.due(cutoff_ms, limit, after)
             looked = [i for _, i in rows if spare is None or not spare(i)]
             idents = list(dict.fromkeys([*looked, *late]))
             state = await tx.load(idents[:limit], data=False) if idents else {}
-            changes = [SweepChange(i, cutoff_ms) for i in idents[:limit]]
+            changes = [SweepChange(i, cutoff_ms, archived) for i in idents[:limit]]
             out = plan(changes, state, store=self.name, now_ms=now_ms, new_id=self._new_id)
             await tx.write(out)
         next_from = (rows[-1][0], rows[-1][1].parts()) if len(rows) >= limit else None

@@ -149,6 +149,9 @@ class PartitionProcessor:
         self.archive = archive
         self._archive_generation = archive.generation if archive else 0
         self.archive_waiting = 0  # due records kept until the archive has them
+        # The earliest due time among them (None: none): they are overdue, and off the due
+        # index like held records, so the overdue gauge learns of them from here.
+        self.archive_waiting_since: int | None = None
         self._positions: dict[str, int] = {}  # changelog positions saved (checkpoint)
         self.load_timers()
 
@@ -299,7 +302,7 @@ class PartitionProcessor:
                 continue
             if archive is not None and fired.reason == "ttl" and not self._archived(before):
                 kept = before._replace(held=True)
-                self.archive_waiting += 1
+                self._waits_for_archive(kept)
                 effects.verdicts["archive_wait"] += 1
                 writes[key] = (before, kept)
                 overlay[key] = (seq, kept)
@@ -431,7 +434,7 @@ class PartitionProcessor:
             return None
         self._engine.cancel(prior.identity.key)
         kept = prior._replace(held=True)
-        self.archive_waiting += 1
+        self._waits_for_archive(kept)
         effects.verdicts["archive_wait"] += 1
         started = self._next_life(ev, kept, now_ms, effects)
         return kept if started is None else started
@@ -510,6 +513,14 @@ class PartitionProcessor:
             self.partition, None if stored is None else stored.stamp_offset
         )
 
+    def _waits_for_archive(self, kept: model.Stamp) -> None:
+        """Count a due record kept for the archive, and how long the oldest has waited."""
+        self.archive_waiting += 1
+        due = kept.due_at
+        if due is not None:
+            since = self.archive_waiting_since
+            self.archive_waiting_since = due if since is None else min(since, due)
+
     def _defer(self, kept: model.Stamp, reason: str, effects: Effects) -> None:
         ids = [h.hold_id for h in self.holds.holding(kept.identity)]
         effects.deferred.append((kept, reason, ids))
@@ -536,7 +547,7 @@ class PartitionProcessor:
             if self.archive_waiting:
                 self._release_cursor = None
                 self._release_pending = True
-                self.archive_waiting = 0  # counted again by this scan
+                self.archive_waiting, self.archive_waiting_since = 0, None  # counted again
         if not self._release_pending:
             return effects
         candidates: list[model.Stamp] = []
@@ -568,7 +579,7 @@ class PartitionProcessor:
                     effects.deferred.append((held, "ttl" if erased is None else "explicit", ids))
                 continue
             if not self._archive_lets_go(held):
-                self.archive_waiting += 1
+                self._waits_for_archive(held)
                 continue
             new = self._let_go_now(held, now_ms, effects, ordered=False)
             key = held.identity.key
@@ -581,7 +592,7 @@ class PartitionProcessor:
         settled, or the archive moved, since the last look)."""
         self._release_cursor = None
         self._release_pending = True
-        self.archive_waiting = 0  # counted again by the scan
+        self.archive_waiting, self.archive_waiting_since = 0, None  # counted again by the scan
 
     @property
     def releasing(self) -> bool:

@@ -5,14 +5,14 @@ within a second of the release; holds survive a restart; every step is on expiry
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
 import pytest
 
 from stream_expiry import service as service_module
-from stream_expiry.archive import ERASURES, purge, read_lines
+from stream_expiry.archive import ERASURES, archived_offsets, purge, read_lines
 from stream_expiry.cli import main
 from stream_expiry.codec import deleted_at_of
 from stream_expiry.holds import Hold, encode_hold
@@ -30,6 +30,7 @@ from tests.integration.service_helpers import (
     produce,
     running_service,
 )
+from tests.integration.sink_helpers import wait_until
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -159,23 +160,54 @@ async def test_status_counts_pending_never_held_and_lag(
     assert all(v["lag"] == 0 for v in got["lag"].values()), got["lag"]
 
 
-async def test_status_says_overdue_records_may_wait_for_the_archive(
+@pytest.mark.timeout(120)
+async def test_status_says_how_many_overdue_records_wait_for_the_archive(
     broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """With [archive] required, a record the archive has not read is due and not
     tombstoned: status called it overdue, 'the service is down or behind', while the
-    service's metrics said nothing was overdue (a compliance trial)."""
+    service's metrics said nothing was overdue (a compliance trial), and said only that
+    such records 'count here too'. It now says how many wait for the archive, and none
+    once the archive has written them (still overdue then: the service is what is late)."""
     now = wall_clock_ms()
     due = Stamp(Identity("acme", "_", "live", "conversation", "c"), now - 7_200_000,
                 now - 3_600_000, 3_600_000, "default")  # fmt: skip
     await produce(broker, [(topics.stamped, due.identity.key.encode(), encode_stamp(due))])
-    for archive, says in (("", False), ("[archive]\nrequired = true\n", True)):
+    group = f"{topics.prefix}-archive"
+    required = f'[archive]\nrequired = true\ngroup_id = "{group}"\n'
+
+    async def status(archive: str) -> tuple[dict[str, Any], str]:
         common, _ = _setup(broker, topics, tmp_path, archive)
         capsys.readouterr()
+        assert await _cli("status", *common, "--json") == 0
+        got = orjson.loads(capsys.readouterr().out)
         assert await _cli("status", *common) == 0
-        out = capsys.readouterr().out
-        assert re.search(r"^  overdue +1\b", out, re.MULTILINE), out
-        assert ("records waiting for the archive count here too" in out) is says
+        return got, capsys.readouterr().out
+
+    got, out = await status("")
+    assert (got["overdue"], got["archive_waiting"]) == (1, None)
+    assert re.search(r"^  overdue +1\b", out, re.MULTILINE), out
+    assert "archive" not in out
+    got, out = await status(required)
+    assert (got["overdue"], got["archive_waiting"]) == (1, 1)
+    assert re.search(r"^    waiting for the archive +1 .*their purges wait for it", out, re.M), out
+
+    stop = anyio.Event()
+
+    async def archived() -> bool:
+        return sum((await archived_offsets(broker, group, topics.stamped)).values()) >= 1
+
+    async with anyio.create_task_group() as tg:
+
+        async def archive() -> None:
+            await archive_topics(broker, tmp_path / "archive", topics, group, stop=stop)
+
+        tg.start_soon(archive)
+        await wait_until(archived, what="the archive's commit")
+        stop.set()
+    got, out = await status(required)
+    assert (got["overdue"], got["archive_waiting"]) == (1, 0)
+    assert re.search(r"^    waiting for the archive +0$", out, re.MULTILINE), out
 
 
 @pytest.mark.timeout(120)

@@ -487,7 +487,7 @@ def test_the_book_applies_the_valid_value_and_keeps_the_one_before_for_the_ignor
 def test_an_ignored_value_keeps_the_value_of_the_version_before_it_even_one_back_dated() -> None:
     """The version before may arrive later (a back-dated update): the ignored value then
     keeps that one's value; a category the version before did not have gets none."""
-    book = PolicyBook(parse_config("[retention.defaults]\nsession = \"2d\"\n"), {})
+    book = PolicyBook(parse_config('[retention.defaults]\nsession = "2d"\n'), {})
     late = {"scope": "org", "org": "acme", "ttl": {"session": "banana", "error": "x"},
             "effective_from": T + 1000}  # fmt: skip
     assert isinstance(book.apply_update(b"org/acme", orjson.dumps(late), T), PolicyUpdate)

@@ -261,6 +261,24 @@ def test_sink_command_parses_every_option(tmp_path: Path) -> None:
     assert c.receipts_topic is None
     assert dict(c.compacted) == {"conversation": "conversation-history", "session": "sess=ions"}
     assert (c.sweep_interval_s, c.sweep_grace_s) == (2.5, 0.0)
+    assert c.archive_group is None  # no archive required: the sweep waits for none
+
+
+def test_the_sweep_waits_for_the_archive_the_service_requires(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``[archive] required`` in the service's config (or its variable), or
+    ``--archive-required``: the sweep follows the archive's group, as the service does."""
+    monkeypatch.delenv("STREAM_EXPIRY_ARCHIVE_REQUIRED", raising=False)
+    config = tmp_path / "service.toml"
+    config.write_text('[archive]\nrequired = true\ngroup_id = "vault"\n')
+    base = ["sink", "sqlite", "--path", str(tmp_path / "s.db"), "--bootstrap-servers", "h:1"]
+    by_file = build_sink(parser().parse_args([*base, "--config", str(config)]))
+    assert by_file.config.archive_group == "vault"
+    by_flag = build_sink(parser().parse_args([*base, "--archive-required"]))
+    assert by_flag.config.archive_group == "stream-expiry-archive"
+    monkeypatch.setenv("STREAM_EXPIRY_ARCHIVE_REQUIRED", "true")
+    assert build_sink(parser().parse_args(base)).config.archive_group == "stream-expiry-archive"
 
 
 def test_postgres_defaults_and_bootstrap_from_the_environment(

@@ -492,3 +492,29 @@ def test_the_sweep_leaves_a_replaced_held_life_to_its_release() -> None:
     assert slot.marker is not None
     assert slot.marker.pending_since is None  # not in the sweep's index either
     assert [r.rows_deleted for r in w.apply([release]).receipts] == [1]
+
+
+def test_with_an_archive_required_the_sweep_takes_only_rows_the_archive_has() -> None:
+    """``[archive] required``: the service holds a ttl tombstone back until the archive has
+    the record's stamp, so the sweep that stands in for it must not delete the row either
+    (the row's stamp at offset 7 of partition 0: archived once the group is past 7)."""
+    w, s = World(), life()
+    w.apply([st_change(s, {"text": "hi"}, offset=7)])
+    cutoff = T0 + 20 * MIN  # the row is past its expiry and the grace
+    for offsets in ({}, {0: 7}, {1: 100}):  # nothing, up to the stamp, another partition
+        p = w.apply([SweepChange(A, cutoff, offsets)])
+        assert (p.swept, p.kept_for_archive, p.receipts) == (0, 1, [])
+        assert w.row() is not None
+    p = w.apply([SweepChange(A, cutoff, {0: 8})])  # the archive wrote it: the sweep goes on
+    assert (p.swept, p.kept_for_archive) == (1, 0)
+    assert [r.reason for r in p.receipts] == ["sweep"]
+    assert w.row() is None
+
+
+def test_with_an_archive_required_a_row_of_unknown_position_is_never_swept() -> None:
+    """A row whose stamp's position the store does not know cannot be shown archived."""
+    w, s = World(), life()
+    w.apply([st_change(s)])  # no offset
+    p = w.apply([SweepChange(A, T0 + 20 * MIN, {0: 10**9})])
+    assert (p.swept, p.kept_for_archive) == (0, 1)
+    assert w.apply([SweepChange(A, T0 + 20 * MIN)]).swept == 1  # no archive required

@@ -30,18 +30,27 @@ def _figure_ends(lines: list[str]) -> set[int]:
 
 
 def test_a_long_category_name_keeps_the_figures_in_one_column() -> None:
-    lines = text_lines(STATUS, archive_required=False)
+    lines = text_lines(STATUS)
     figures = [line for line in lines if not line.startswith(("as of", "    h1:", "  lag per"))]
     assert len(figures) == 7
     assert len(_figure_ends(figures)) == 1, "\n".join(lines)
     assert any("training_expression" in line and line.rstrip().endswith(" 5") for line in lines)
 
 
-def test_the_archive_note_follows_the_overdue_row() -> None:
-    lines = text_lines(STATUS, archive_required=True)
+def test_the_records_waiting_for_the_archive_are_a_row_under_overdue() -> None:
+    """With [archive] required, how many overdue records wait for the archive, and that
+    this is why they are late; in the figures' column."""
+    lines = text_lines(STATUS | {"archive_waiting": 2})
     overdue = next(i for i, line in enumerate(lines) if line.startswith("  overdue"))
-    assert "[archive] required" in lines[overdue + 1]
+    waiting = lines[overdue + 1]
+    assert waiting.startswith("    waiting for the archive")
+    assert "the archive has not written them: their purges wait for it" in waiting
     assert lines[overdue + 2].startswith("  legal holds")
+    figures = [line for line in lines if not line.startswith(("as of", "    h1:", "  lag per"))]
+    assert len(_figure_ends(figures)) == 1, "\n".join(lines)
+    none_waiting = text_lines(STATUS | {"archive_waiting": 0})
+    assert re.search(r"^    waiting for the archive +0$", "\n".join(none_waiting), re.MULTILINE)
+    assert not any("archive" in line for line in text_lines(STATUS | {"archive_waiting": None}))
 
 
 def test_a_hold_from_the_bus_cannot_drive_the_terminal_or_forge_a_line() -> None:
@@ -51,7 +60,7 @@ def test_a_hold_from_the_bus_cannot_drive_the_terminal_or_forge_a_line() -> None
         "reason": "x\x1b]0;title\x07\r\nfake \u202e",
         "records_held": 2,
     }
-    lines = text_lines(STATUS | {"holds": [hostile]}, archive_required=False)
+    lines = text_lines(STATUS | {"holds": [hostile]})
     (line,) = [line for line in lines if line.startswith("    h")]
     assert line == "    h\\x1b[31m: 2 records held (x\\x1b]0;title\\x07\\r\\nfake \\u202e)"
     assert not any(c < " " or c == "\u202e" for c in "".join(lines))
@@ -64,7 +73,7 @@ def test_a_committed_offset_past_the_end_is_explained_not_only_a_negative_lag() 
         "conversations[1]": {"end": 10, "committed": 10, "lag": 0},
         "conversations[2]": {"end": 10, "committed": None, "lag": 10},
     }
-    lines = text_lines(STATUS | {"lag": lag}, archive_required=False)
+    lines = text_lines(STATUS | {"lag": lag})
     past, level, never = (next(x for x in lines if f"[{p}]" in x) for p in range(3))
     assert "-18   committed offset 72 is past the end 54: the topic was made again?" in past
     assert "read from its beginning when next assigned" in past
