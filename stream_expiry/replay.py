@@ -18,6 +18,7 @@ tombstoned at once, the others at their new times.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import orjson
 from aiokafka import TopicPartition
 
-from stream_expiry import codec, model
+from stream_expiry import codec, model, oversize
 from stream_expiry.changelog import Current, read_current, read_latest
 from stream_expiry.kafka import consumer, high_watermarks, partitions_of, producer, read_to_end
 from stream_expiry.outbox import all_acked
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
     from stream_expiry.config import Config
     from stream_expiry.kafka_settings import Brokers
     from stream_expiry.policy import Resolution
+
+log = logging.getLogger("stream_expiry.replay")
 
 __all__ = ["ReplayReport", "Share", "replay", "replay_share", "run_replay"]
 
@@ -288,6 +291,9 @@ class _Publisher:
     def __init__(self, prod: Any, topic: str, redactor: Redactor | None = None) -> None:
         self._prod, self._topic = prod, topic
         self._redactor = redactor if redactor else None  # an empty one removes nothing
+        # A stamp over the producer's limit goes without its data, as the service's do:
+        # ``send`` refused it, and the replay stopped there (stream_expiry.oversize).
+        self._limit = oversize.producer_limit(prod)
         self._acks: list[Any] = []
 
     async def add(
@@ -303,13 +309,25 @@ class _Publisher:
         headers = [(H_REPLAY, b"1")]
         if source is not None:
             headers = [*codec.source_headers(*source), *headers]
+        key = state.identity.key.encode()
+        before = None if body is None or data is not None else body.get("data_dropped")
+        before = before if isinstance(before, str) else None
+        value, dropped = oversize.stamp_within(
+            self._limit, state, data, redacted, key, headers, dropped_before=before
+        )
+        if dropped:
+            log.warning(
+                "the stamp of %s %r (org %r) is over the producer's limit of %d bytes with its "
+                "data: published without it (data null, data_dropped %r)",
+                state.identity.category,
+                state.identity.record_id,
+                state.identity.org,
+                self._limit,
+                oversize.DATA_DROPPED,
+            )
         self._acks.append(
             await self._prod.send(
-                self._topic,
-                key=state.identity.key.encode(),
-                value=model.encode_stamp(state, data, redacted),
-                partition=partition,
-                headers=headers,
+                self._topic, key=key, value=value, partition=partition, headers=headers
             )
         )
         if len(self._acks) >= 10_000:

@@ -206,6 +206,7 @@ class Service:
         clock: Callable[[], int] = wall_clock_ms,
         on_progress: Callable[[ServiceStats], Awaitable[None] | None] | None = None,
         consumer_options: Mapping[str, Any] | None = None,
+        producer_options: Mapping[str, Any] | None = None,
         health: Health | None = None,
         metrics: ServiceMetrics | None = None,
     ) -> None:
@@ -223,6 +224,9 @@ class Service:
         self.processors: dict[tuple[str, int], PartitionProcessor] = {}
         self._on_progress = on_progress
         self._consumer_options = dict(consumer_options or {})
+        # aiokafka options of the producer over the service's (``max_request_size``: the
+        # size limit outputs are held to, see stream_expiry.oversize)
+        self._producer_options = dict(producer_options or {})
         self._consumer: AIOKafkaConsumer | None = None
         self._outbox: Outbox | None = None
         self._firing: Firing | None = None
@@ -328,7 +332,7 @@ class Service:
         async with (
             # No linger: the outbox hands the producer whole batches, and a batch that waits
             # for more is a tombstone late (bench.bench_transport: p50 8.0 ms -> 4.8 ms).
-            producer(self.bootstrap, linger_ms=0) as prod,
+            producer(self.bootstrap, **{"linger_ms": 0, **self._producer_options}) as prod,
             consumer(self.bootstrap, enable_auto_commit=False) as policies,
             consumer(self.bootstrap, enable_auto_commit=False) as holds,
             anyio.create_task_group() as tg,
@@ -346,7 +350,11 @@ class Service:
             await control.read_all()
             counts = await self._partition_counts(prod)
             outbox = self._outbox = Outbox(
-                prod, t, counts, redactor=Redactor.from_config(self.config.redact)
+                prod,
+                t,
+                counts,
+                redactor=Redactor.from_config(self.config.redact),
+                stats=self.stats,
             )
             tg.start_soon(outbox.run)
             if self.config.archive.required:
