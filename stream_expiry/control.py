@@ -127,8 +127,10 @@ class ControlTopics:
         holds_reader: AIOKafkaConsumer,
         prod: AIOKafkaProducer,
         dead_lettered: DeadLettered | None = None,
+        topic_limit: int | None = None,
     ) -> None:
         self._dead_lettered = dead_lettered or DeadLettered(None)
+        self._topic_limit = topic_limit  # the dead-letter topic's max.message.bytes
         self._topics = topics
         self._book = book
         self._holds = holds
@@ -271,7 +273,7 @@ class ControlTopics:
         log.warning("%s; put on the dead-letter topic", said)
         # Cut to the producer's limit if need be: refused, it stopped every start, the
         # control topics being read whole each time (stream_expiry.oversize).
-        limit = oversize.producer_limit(self._prod)
+        limit = oversize.output_limit(self._prod, self._topic_limit)
         letter_key, letter, headers, cut = oversize.fit_dead_letter(
             rec.key, rec.value, dead_letter_headers(rec, why), limit
         )

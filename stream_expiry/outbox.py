@@ -177,11 +177,13 @@ class Outbox:
         redactor: Redactor | None = None,
         max_in_flight: int = MAX_IN_FLIGHT,
         stats: ServiceStats | None = None,
+        topic_limit: int | None = None,
     ) -> None:
         self._prod = prod
         # The record batches sent here skip the producer's own size check (``send`` makes
-        # it): each message is held to the producer's limit here instead.
-        self._limit = oversize.producer_limit(prod)
+        # it): each message is held to the producer's limit here instead, and to the
+        # output topics' ``max.message.bytes`` (``topic_limit``) when smaller.
+        self._limit = oversize.output_limit(prod, topic_limit)
         self._stats = stats
         self._redactor = redactor if redactor else None  # an empty one removes nothing
         self._topics = topics

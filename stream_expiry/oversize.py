@@ -41,6 +41,7 @@ __all__ = [
     "H_VALUE_TRUNCATED",
     "fit_dead_letter",
     "message_bytes",
+    "output_limit",
     "producer_limit",
     "stamp_within",
 ]
@@ -63,6 +64,13 @@ def producer_limit(prod: Any) -> int:
     """The largest message ``prod`` accepts: its ``max_request_size`` (aiokafka keeps it
     private; its upper bound is pinned, and the tests read it through here)."""
     return int(prod._max_request_size)
+
+
+def output_limit(prod: Any, topic_limit: int | None) -> int:
+    """The largest message to publish with ``prod`` to topics that take at most
+    ``topic_limit`` bytes (their ``max.message.bytes``, None: unknown)."""
+    limit = producer_limit(prod)
+    return limit if topic_limit is None else min(limit, topic_limit)
 
 
 def message_bytes(

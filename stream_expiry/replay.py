@@ -30,7 +30,14 @@ from aiokafka import TopicPartition
 
 from stream_expiry import codec, model, oversize
 from stream_expiry.changelog import Current, read_current, read_latest
-from stream_expiry.kafka import consumer, high_watermarks, partitions_of, producer, read_to_end
+from stream_expiry.kafka import (
+    consumer,
+    high_watermarks,
+    message_limits,
+    partitions_of,
+    producer,
+    read_to_end,
+)
 from stream_expiry.outbox import all_acked
 from stream_expiry.policy import PolicyBook
 from stream_expiry.redact import Redactor
@@ -288,13 +295,29 @@ class _Publisher:
     would otherwise remove.
     """
 
-    def __init__(self, prod: Any, topic: str, redactor: Redactor | None = None) -> None:
+    def __init__(
+        self,
+        prod: Any,
+        topic: str,
+        redactor: Redactor | None = None,
+        *,
+        topic_limit: int | None = None,
+    ) -> None:
         self._prod, self._topic = prod, topic
         self._redactor = redactor if redactor else None  # an empty one removes nothing
-        # A stamp over the producer's limit goes without its data, as the service's do:
-        # ``send`` refused it, and the replay stopped there (stream_expiry.oversize).
-        self._limit = oversize.producer_limit(prod)
+        # A stamp over the producer's limit (or the topic's max.message.bytes, when
+        # smaller) goes without its data, as the service's do: ``send`` refused it, and the
+        # replay stopped there (stream_expiry.oversize).
+        self._limit = oversize.output_limit(prod, topic_limit)
         self._acks: list[Any] = []
+
+    @classmethod
+    async def on(
+        cls, prod: Any, bootstrap: Brokers, topic: str, redactor: Redactor | None
+    ) -> _Publisher:
+        """A publisher to ``topic``, held to its ``max.message.bytes`` as the broker says."""
+        limits = await message_limits(bootstrap, [topic])
+        return cls(prod, topic, redactor, topic_limit=limits.get(topic))
 
     async def add(
         self, partition: int, source: tuple[str, int] | None, state: model.Stamp, body: Any
@@ -383,7 +406,9 @@ async def replay(
             bar = ProgressBar("stamps", 0, progress) if progress is not None else None
             current, _read = await read_current(bootstrap, topics.stamped, kv, bar)
             async with producer(bootstrap) as prod:
-                publisher = _Publisher(prod, topics.stamped, Redactor.from_config(config.redact))
+                publisher = await _Publisher.on(
+                    prod, bootstrap, topics.stamped, Redactor.from_config(config.redact)
+                )
                 verdicts = share.verdicts(report, publisher)
                 await _from_inputs(
                     config, bootstrap, book, current, work, verdicts, progress=progress
@@ -461,7 +486,9 @@ async def replay_share(share: Share, progress: Progress | None = None) -> Replay
                 await _from_stamps(share.config, book, kv, share.verdicts(report, None))
                 return report
             async with producer(share.bootstrap) as prod:
-                publisher = _Publisher(prod, stamped, Redactor.from_config(share.config.redact))
+                publisher = await _Publisher.on(
+                    prod, share.bootstrap, stamped, Redactor.from_config(share.config.redact)
+                )
                 await _from_stamps(share.config, book, kv, share.verdicts(report, publisher))
                 await publisher.flush()
         finally:

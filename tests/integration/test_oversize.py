@@ -15,13 +15,13 @@ import orjson
 import pytest
 
 from stream_expiry.codec import source_headers
-from stream_expiry.kafka import key_partition, producer
+from stream_expiry.kafka import ensure_topics, key_partition, producer
 from stream_expiry.kafka_settings import MAX_MESSAGE_BYTES
 from stream_expiry.model import Identity, Stamp, encode_stamp
 from stream_expiry.oversize import DATA_DROPPED, H_VALUE_TRUNCATED, message_bytes
 from stream_expiry.replay import replay
 from stream_expiry.service import wall_clock_ms
-from tests.conftest import TopicSet, read_all, read_topic
+from tests.conftest import TopicSet, make_topic_set, read_all, read_topic
 from tests.integration.service_helpers import config_for, event, produce, running_service
 
 if TYPE_CHECKING:
@@ -76,6 +76,38 @@ async def test_a_stamp_over_the_producers_limit_goes_without_its_data_and_still_
     assert "data_dropped" not in small
 
 
+async def test_output_topics_that_take_less_than_the_producer_set_the_limit(
+    broker: str, tmp_path: Path
+) -> None:
+    """Topics made beforehand with a smaller ``max.message.bytes`` than the producer's
+    limit (Kafka's default is about 1 MiB): the broker refuses what is over it, and a
+    refused stamp stopped the service at every start. The service asks the broker for the
+    limits of ``expiry.stamped`` and ``expiry.dlq`` and holds its messages to the smaller."""
+    topics = make_topic_set()
+    small = {"max.message.bytes": str(LIMIT)}
+    await ensure_topics(
+        broker, topics.all, partitions=2, configs={topics.stamped: small, topics.dlq: small}
+    )
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    bad = b"{" + b"q" * LIMIT
+    async with running_service(config, broker) as service:
+        await produce(
+            broker,
+            [
+                (topics.conversations, *event("conversation", "big", data={"t": "x" * LIMIT})),
+                (topics.conversations, b"bad", bad),
+            ],
+        )
+        dead = await read_topic(broker, topics.dlq, until=lambda r: len(r) >= 1)
+        await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 1)
+        assert service.stats.stamps_data_dropped == 1
+    [stamp] = [r for r in await read_all(broker, topics.stamped) if r.value is not None]
+    assert orjson.loads(stamp.value)["data_dropped"] == DATA_DROPPED
+    assert _within_limit(stamp)
+    assert dict(dead[0].headers)[H_VALUE_TRUNCATED] == str(len(bad)).encode()
+    assert _within_limit(dead[0])
+
+
 async def test_an_invalid_input_over_the_producers_limit_is_dead_lettered_cut(
     broker: str, topics: TopicSet, tmp_path: Path
 ) -> None:
@@ -125,35 +157,55 @@ async def test_a_control_message_over_the_producers_limit_does_not_stop_every_st
     assert _within_limit(letter)
 
 
+TEN_MINUTES = '[retention.defaults]\nconversation = "10m"\n'
+
+
+async def _stamp_on_the_changelog(broker: str, topics: TopicSet, data: object) -> None:
+    """A stamp of a globex conversation created a minute ago, expiring in an hour, as an
+    earlier version of the service left it on ``expiry.stamped``, with ``data``."""
+    created = wall_clock_ms() - 60_000
+    identity = Identity("globex", "_", "live", "conversation", "huge")
+    key = identity.key.encode()
+    value = encode_stamp(Stamp(identity, created, created + 3_600_000, 3_600, "default"), data)
+    partition = key_partition(key, 2)
+    async with producer(broker, max_request_size=2 * MAX_MESSAGE_BYTES) as prod:
+        headers = source_headers(topics.conversations, partition)
+        await (
+            await prod.send(
+                topics.stamped, key=key, value=value, partition=partition, headers=headers
+            )
+        )
+
+
 async def test_replay_publishes_a_stamp_over_the_producers_limit_without_its_data(
     broker: str, topics: TopicSet, tmp_path: Path
 ) -> None:
     """A stamp an earlier version left on the changelog, larger than replay's producer
     takes (a broker with a larger max.message.bytes accepted it): replay stopped at it
     with MessageSizeTooLargeError; now its re-derived stamp goes without the data."""
-    created = wall_clock_ms() - 60_000
-    identity = Identity("globex", "_", "live", "conversation", "huge")
-    key = identity.key.encode()
-    stamp = Stamp(identity, created, created + 3_600_000, 3_600, "default")
-    value = encode_stamp(stamp, {"t": "w" * MAX_MESSAGE_BYTES})
-    partition = key_partition(key, 2)
-    async with producer(broker, max_request_size=2 * MAX_MESSAGE_BYTES) as prod:
-        ack = await prod.send(
-            topics.stamped,
-            key=key,
-            value=value,
-            partition=partition,
-            headers=source_headers(topics.conversations, partition),
-        )
-        await ack
-    config = config_for(
-        topics, str(tmp_path / "state"), '[retention.defaults]\nconversation = "10m"\n'
-    )
+    await _stamp_on_the_changelog(broker, topics, {"t": "w" * MAX_MESSAGE_BYTES})
+    config = config_for(topics, str(tmp_path / "state"), TEN_MINUTES)
     report = await replay(config, broker, environ={}, dry_run=False, workers=1)
     assert report.earlier == 1
-    published = [r for r in await read_all(broker, topics.stamped) if r.offset > 0]
-    assert len(published) == 1
-    body = orjson.loads(published[0].value)
+    [published] = [r for r in await read_all(broker, topics.stamped) if r.offset > 0]
+    body = orjson.loads(published.value)
     assert body["data"] is None
     assert body["data_dropped"] == DATA_DROPPED
-    assert _within_limit(published[0], MAX_MESSAGE_BYTES)
+    assert _within_limit(published, MAX_MESSAGE_BYTES)
+
+
+async def test_replay_holds_its_stamps_to_the_stamped_topics_own_limit(
+    broker: str, tmp_path: Path
+) -> None:
+    """``expiry.stamped`` made with a smaller ``max.message.bytes`` than replay's producer
+    takes: the re-derived stamp of a record whose data is over it goes without the data."""
+    topics = make_topic_set()
+    small = {"max.message.bytes": str(LIMIT)}
+    await ensure_topics(broker, topics.all, partitions=2, configs={topics.stamped: small})
+    await _stamp_on_the_changelog(broker, topics, {"t": "v" * LIMIT})
+    config = config_for(topics, str(tmp_path / "state"), TEN_MINUTES)
+    report = await replay(config, broker, environ={}, dry_run=False, workers=1)
+    assert report.earlier == 1
+    [published] = [r for r in await read_all(broker, topics.stamped) if r.offset > 0]
+    assert orjson.loads(published.value)["data_dropped"] == DATA_DROPPED
+    assert _within_limit(published)
