@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiokafka.structs import ConsumerRecord
 
-from stream_expiry import model
+from stream_expiry import model, oversize
 from stream_expiry.codec import dead_letter_headers
 from stream_expiry.fetch import ENDS_WAIT_MS, read_ranges
 from stream_expiry.holds import apply_hold_message, named_hold_id
@@ -127,8 +127,10 @@ class ControlTopics:
         holds_reader: AIOKafkaConsumer,
         prod: AIOKafkaProducer,
         dead_lettered: DeadLettered | None = None,
+        topic_limit: int | None = None,
     ) -> None:
         self._dead_lettered = dead_lettered or DeadLettered(None)
+        self._topic_limit = topic_limit  # the dead-letter topic's max.message.bytes
         self._topics = topics
         self._book = book
         self._holds = holds
@@ -297,8 +299,25 @@ class ControlTopics:
         self._stats.dead_letters += 1
         self._stats.dead_letter_codes[why.code] += 1
         log.warning("%s; put on the dead-letter topic", said)
-        ack = await self._prod.send(
-            self._topics.dlq, key=rec.key, value=rec.value, headers=dead_letter_headers(rec, why)
+        # Cut to the producer's limit if need be: refused, it stopped every start, the
+        # control topics being read whole each time (stream_expiry.oversize).
+        limit = oversize.output_limit(self._prod, self._topic_limit)
+        letter_key, letter, headers, cut = oversize.fit_dead_letter(
+            rec.key, rec.value, dead_letter_headers(rec, why), limit
         )
+        if cut:
+            self._stats.dead_letters_truncated += 1
+            log.warning(
+                "the dead letter of %s[%d]@%d is over the producer's limit of %d bytes: "
+                "published with its value cut to %d of %d bytes, said in header %s",
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                limit,
+                len(letter or b""),
+                len(rec.value or b""),
+                oversize.H_VALUE_TRUNCATED,
+            )
+        ack = await self._prod.send(self._topics.dlq, key=letter_key, value=letter, headers=headers)
         await all_acked([ack])
         self._dead_lettered.add(rec)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     CommitFailedError,
     IllegalGenerationError,
@@ -60,6 +61,7 @@ __all__ = [
     "high_watermarks",
     "key_partition",
     "mapped",
+    "message_limits",
     "partitions_of",
     "producer",
     "read_to_end",
@@ -294,6 +296,39 @@ async def ensure_topics(
             ) from exc
     finally:
         await admin.close()
+
+
+async def message_limits(brokers: Brokers, topics: Iterable[str]) -> dict[str, int]:
+    """Each topic's ``max.message.bytes`` as the broker describes it: on Kafka the topic's
+    own or else the broker's default (about 1 MiB), what a message larger than the
+    producer's limit already is refused by. A topic the broker says nothing about (some
+    Kafka-protocol brokers describe only the configs given at creation), or a broker that
+    cannot describe configs at all, is left out: the producer's limit is then all there is.
+    """
+    conn = as_connection(brokers)
+    wanted = list(dict.fromkeys(topics))
+    admin = AIOKafkaAdminClient(**client_options(conn), request_timeout_ms=10_000)
+    limits: dict[str, int] = {}
+    try:
+        try:
+            await admin.start()
+        except _START_ERRORS as exc:
+            raise await _start_failure("admin client", conn, exc) from exc
+        resources = [ConfigResource(ConfigResourceType.TOPIC, t) for t in wanted]
+        try:
+            responses = await admin.describe_configs(resources)
+        except KafkaError:
+            return {}
+        for response in responses:
+            for error_code, _message, _kind, name, entries in response.resources:
+                if error_code != 0 or name not in wanted:
+                    continue
+                for entry in entries:
+                    if entry[0] == "max.message.bytes" and str(entry[1]).isdigit():
+                        limits[name] = int(entry[1])
+    finally:
+        await admin.close()
+    return limits
 
 
 def check_created(response: Any) -> None:

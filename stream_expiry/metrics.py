@@ -96,6 +96,18 @@ class _StatsCollector(Collector):
         for code, n in sorted(s.dead_letter_codes.items()):
             dead.add_metric([code], n)
         yield dead
+        yield CounterMetricFamily(
+            f"{p}_stamps_data_dropped",
+            "Stamps published without their data, which made them larger than the "
+            "producer's max request size.",
+            value=s.stamps_data_dropped,
+        )
+        yield CounterMetricFamily(
+            f"{p}_dead_letters_truncated",
+            "Dead letters published with their value (or key) cut to fit the producer's "
+            "max request size (header expiry-value-truncated).",
+            value=s.dead_letters_truncated,
+        )
         verdicts = CounterMetricFamily(
             f"{p}_verdicts",
             "What valid events did (created, extended, stale, ...).",

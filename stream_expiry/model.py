@@ -420,12 +420,16 @@ def _opt_ts(ms: int | None) -> str | None:
     return None if ms is None else format_ts(ms)
 
 
-def encode_stamp(stamp: Stamp, data: Any = None, redacted: Sequence[str] = ()) -> bytes:
+def encode_stamp(
+    stamp: Stamp, data: Any = None, redacted: Sequence[str] = (), *, data_dropped: str | None = None
+) -> bytes:
     """Value on ``expiry.stamped``: the record with its expiry (``expires_at`` null: never).
 
     ``data`` must already be redacted (:meth:`stream_expiry.redact.Redactor.redact`);
     ``redacted`` lists the paths that removed something. The field is written only when
-    non-empty, so stamps of users without ``[redact]`` keep their shape.
+    non-empty, so stamps of users without ``[redact]`` keep their shape. ``data_dropped``
+    says why a stamp carries no data although its event had some
+    (:mod:`stream_expiry.oversize`); written only when given, likewise.
     """
     i = stamp.identity
     created = _opt_ts(stamp.created_at)
@@ -452,6 +456,8 @@ def encode_stamp(stamp: Stamp, data: Any = None, redacted: Sequence[str] = ()) -
         body["held_lives"] = [_held_life_body(life) for life in stamp.held_lives]
     if redacted:
         body["redacted"] = list(redacted)
+    if data_dropped is not None:
+        body["data_dropped"] = data_dropped
     return orjson.dumps(body)
 
 

@@ -9,20 +9,23 @@ settled); a bounded queue is the backpressure.
 
 Messages for a record go to its input partition's number on each output topic, with the
 headers that let a restore find them (:mod:`stream_expiry.codec`). ``[redact]`` is applied
-here, where data leaves the process: redacted fields never reach a topic.
+here, where data leaves the process: redacted fields never reach a topic. So is the
+producer's size limit (:mod:`stream_expiry.oversize`): a stamp too large goes without its
+data, a dead letter too large is cut, and neither stops the partition.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import random
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 from aiokafka.errors import KafkaError
 
-from stream_expiry import codec, model
+from stream_expiry import codec, model, oversize
 from stream_expiry.errors import BrokerError
 from stream_expiry.state.store import position_name
 
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     from stream_expiry.engine import Fired
     from stream_expiry.redact import Redactor
     from stream_expiry.state import Effects, PartitionProcessor
+    from stream_expiry.stats import ServiceStats
 
 __all__ = ["Outbox", "Run", "all_acked"]
 
@@ -46,6 +50,8 @@ _Sent = list[
 _Entry = tuple[_Sent, list[tuple["PartitionProcessor", "Effects"]], int]
 
 MAX_IN_FLIGHT = 16
+
+log = logging.getLogger("stream_expiry.outbox")
 
 
 async def all_acked(acks: Iterable[Awaitable[Any]]) -> None:
@@ -170,8 +176,15 @@ class Outbox:
         *,
         redactor: Redactor | None = None,
         max_in_flight: int = MAX_IN_FLIGHT,
+        stats: ServiceStats | None = None,
+        topic_limit: int | None = None,
     ) -> None:
         self._prod = prod
+        # The record batches sent here skip the producer's own size check (``send`` makes
+        # it): each message is held to the producer's limit here instead, and to the
+        # output topics' ``max.message.bytes`` (``topic_limit``) when smaller.
+        self._limit = oversize.output_limit(prod, topic_limit)
+        self._stats = stats
         self._redactor = redactor if redactor else None  # an empty one removes nothing
         self._topics = topics
         self._partitions = partitions  # partition counts of the output topics
@@ -232,7 +245,29 @@ class Outbox:
                 await out.add(audit, state.identity.key.encode(), value, now_ms, source)
         for rec, why in effects.dead_letters:
             dlq = (t.dlq, random.randrange(self._partitions[t.dlq]))
-            await out.add(dlq, rec.key, rec.value, None, codec.dead_letter_headers(rec, why))
+            letter_key, letter, headers, cut = oversize.fit_dead_letter(
+                rec.key, rec.value, codec.dead_letter_headers(rec, why), self._limit
+            )
+            if cut:
+                self._say_cut(rec, letter_key, letter)
+            await out.add(dlq, letter_key, letter, None, headers)
+
+    def _say_cut(self, rec: Any, key: bytes | None, value: bytes | None) -> None:
+        if self._stats is not None:
+            self._stats.dead_letters_truncated += 1
+        log.warning(
+            "the dead letter of %s[%d]@%d is over the producer's limit of %d bytes: published "
+            "with its value cut to %d of %d bytes (and its key to %d of %d), said in header %s",
+            rec.topic,
+            rec.partition,
+            rec.offset,
+            self._limit,
+            len(value or b""),
+            len(rec.value or b""),
+            len(key or b""),
+            len(rec.key or b""),
+            oversize.H_VALUE_TRUNCATED,
+        )
 
     async def _put_stamps(
         self,
@@ -244,15 +279,31 @@ class Outbox:
         now_ms: int,
     ) -> None:
         redactor = self._redactor
+        limit = self._limit
         for state, data in stamps:
+            removed: tuple[str, ...] = ()
             if redactor is not None and data is not None:
                 data, removed = redactor.redact(state.identity.category, data)
-                value = model.encode_stamp(state, data, removed)
-            else:
-                value = model.encode_stamp(state, data)
             key = state.identity.key.encode()
+            value, dropped = oversize.stamp_within(limit, state, data, removed, key, source)
+            if dropped:
+                self._say_dropped(state)
             if not out.try_add(stamped, key, value, now_ms, source, effects):
                 await out.add(stamped, key, value, now_ms, source, effects)
+
+    def _say_dropped(self, state: model.Stamp) -> None:
+        if self._stats is not None:
+            self._stats.stamps_data_dropped += 1
+        i = state.identity
+        log.warning(
+            "the stamp of %s %r (org %r) is over the producer's limit of %d bytes with its "
+            "data: published without it (data null, data_dropped %r); its expiry stands",
+            i.category,
+            i.record_id,
+            i.org,
+            self._limit,
+            oversize.DATA_DROPPED,
+        )
 
     async def _put_tombstones(
         self,

@@ -18,6 +18,7 @@ tombstoned at once, the others at their new times.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -27,9 +28,16 @@ from typing import TYPE_CHECKING, Any, TextIO
 import orjson
 from aiokafka import TopicPartition
 
-from stream_expiry import codec, model
+from stream_expiry import codec, model, oversize
 from stream_expiry.changelog import Current, read_current, read_latest
-from stream_expiry.kafka import consumer, high_watermarks, partitions_of, producer, read_to_end
+from stream_expiry.kafka import (
+    consumer,
+    high_watermarks,
+    message_limits,
+    partitions_of,
+    producer,
+    read_to_end,
+)
 from stream_expiry.outbox import all_acked
 from stream_expiry.policy import PolicyBook
 from stream_expiry.redact import Redactor
@@ -48,6 +56,8 @@ if TYPE_CHECKING:
     from stream_expiry.config import Config
     from stream_expiry.kafka_settings import Brokers
     from stream_expiry.policy import Resolution
+
+log = logging.getLogger("stream_expiry.replay")
 
 __all__ = ["ReplayReport", "Share", "replay", "replay_share", "run_replay"]
 
@@ -285,10 +295,29 @@ class _Publisher:
     would otherwise remove.
     """
 
-    def __init__(self, prod: Any, topic: str, redactor: Redactor | None = None) -> None:
+    def __init__(
+        self,
+        prod: Any,
+        topic: str,
+        redactor: Redactor | None = None,
+        *,
+        topic_limit: int | None = None,
+    ) -> None:
         self._prod, self._topic = prod, topic
         self._redactor = redactor if redactor else None  # an empty one removes nothing
+        # A stamp over the producer's limit (or the topic's max.message.bytes, when
+        # smaller) goes without its data, as the service's do: ``send`` refused it, and the
+        # replay stopped there (stream_expiry.oversize).
+        self._limit = oversize.output_limit(prod, topic_limit)
         self._acks: list[Any] = []
+
+    @classmethod
+    async def on(
+        cls, prod: Any, bootstrap: Brokers, topic: str, redactor: Redactor | None
+    ) -> _Publisher:
+        """A publisher to ``topic``, held to its ``max.message.bytes`` as the broker says."""
+        limits = await message_limits(bootstrap, [topic])
+        return cls(prod, topic, redactor, topic_limit=limits.get(topic))
 
     async def add(
         self, partition: int, source: tuple[str, int] | None, state: model.Stamp, body: Any
@@ -303,13 +332,25 @@ class _Publisher:
         headers = [(H_REPLAY, b"1")]
         if source is not None:
             headers = [*codec.source_headers(*source), *headers]
+        key = state.identity.key.encode()
+        before = None if body is None or data is not None else body.get("data_dropped")
+        before = before if isinstance(before, str) else None
+        value, dropped = oversize.stamp_within(
+            self._limit, state, data, redacted, key, headers, dropped_before=before
+        )
+        if dropped:
+            log.warning(
+                "the stamp of %s %r (org %r) is over the producer's limit of %d bytes with its "
+                "data: published without it (data null, data_dropped %r)",
+                state.identity.category,
+                state.identity.record_id,
+                state.identity.org,
+                self._limit,
+                oversize.DATA_DROPPED,
+            )
         self._acks.append(
             await self._prod.send(
-                self._topic,
-                key=state.identity.key.encode(),
-                value=model.encode_stamp(state, data, redacted),
-                partition=partition,
-                headers=headers,
+                self._topic, key=key, value=value, partition=partition, headers=headers
             )
         )
         if len(self._acks) >= 10_000:
@@ -365,7 +406,9 @@ async def replay(
             bar = ProgressBar("stamps", 0, progress) if progress is not None else None
             current, _read = await read_current(bootstrap, topics.stamped, kv, bar)
             async with producer(bootstrap) as prod:
-                publisher = _Publisher(prod, topics.stamped, Redactor.from_config(config.redact))
+                publisher = await _Publisher.on(
+                    prod, bootstrap, topics.stamped, Redactor.from_config(config.redact)
+                )
                 verdicts = share.verdicts(report, publisher)
                 await _from_inputs(
                     config, bootstrap, book, current, work, verdicts, progress=progress
@@ -443,7 +486,9 @@ async def replay_share(share: Share, progress: Progress | None = None) -> Replay
                 await _from_stamps(share.config, book, kv, share.verdicts(report, None))
                 return report
             async with producer(share.bootstrap) as prod:
-                publisher = _Publisher(prod, stamped, Redactor.from_config(share.config.redact))
+                publisher = await _Publisher.on(
+                    prod, share.bootstrap, stamped, Redactor.from_config(share.config.redact)
+                )
                 await _from_stamps(share.config, book, kv, share.verdicts(report, publisher))
                 await publisher.flush()
         finally:

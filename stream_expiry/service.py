@@ -48,10 +48,12 @@ from stream_expiry.kafka import (
     ensure_topics,
     high_watermarks,
     mapped,
+    message_limits,
     producer,
 )
 from stream_expiry.kafka_settings import topic_configs
 from stream_expiry.outbox import Outbox
+from stream_expiry.oversize import producer_limit
 from stream_expiry.policy import PolicyBook
 from stream_expiry.redact import Redactor
 from stream_expiry.state import PartitionProcessor
@@ -206,6 +208,7 @@ class Service:
         clock: Callable[[], int] = wall_clock_ms,
         on_progress: Callable[[ServiceStats], Awaitable[None] | None] | None = None,
         consumer_options: Mapping[str, Any] | None = None,
+        producer_options: Mapping[str, Any] | None = None,
         health: Health | None = None,
         metrics: ServiceMetrics | None = None,
     ) -> None:
@@ -223,6 +226,10 @@ class Service:
         self.processors: dict[tuple[str, int], PartitionProcessor] = {}
         self._on_progress = on_progress
         self._consumer_options = dict(consumer_options or {})
+        # aiokafka options of the producer over the service's (``max_request_size``: the
+        # size limit outputs are held to, see stream_expiry.oversize)
+        self._producer_options = dict(producer_options or {})
+        self._said_limit = False  # the output topics' smaller size limit, said once
         self._consumer: AIOKafkaConsumer | None = None
         self._outbox: Outbox | None = None
         self._firing: Firing | None = None
@@ -325,10 +332,13 @@ class Service:
         """One connection to the cluster: from joining the group until ``stop``."""
         t = self.config.topics
         await self._ensure_topics()
+        topic_limit = min(
+            (await message_limits(self.bootstrap, (t.stamped, t.dlq))).values(), default=None
+        )
         async with (
             # No linger: the outbox hands the producer whole batches, and a batch that waits
             # for more is a tombstone late (bench.bench_transport: p50 8.0 ms -> 4.8 ms).
-            producer(self.bootstrap, linger_ms=0) as prod,
+            producer(self.bootstrap, **{"linger_ms": 0, **self._producer_options}) as prod,
             consumer(self.bootstrap, enable_auto_commit=False) as policies,
             consumer(self.bootstrap, enable_auto_commit=False) as holds,
             anyio.create_task_group() as tg,
@@ -342,11 +352,18 @@ class Service:
                 holds_reader=holds,
                 prod=prod,
                 dead_lettered=self._dead_lettered,
+                topic_limit=topic_limit,
             )
+            self._say_limit(prod, topic_limit)
             await control.read_all()
             counts = await self._partition_counts(prod)
             outbox = self._outbox = Outbox(
-                prod, t, counts, redactor=Redactor.from_config(self.config.redact)
+                prod,
+                t,
+                counts,
+                redactor=Redactor.from_config(self.config.redact),
+                stats=self.stats,
+                topic_limit=topic_limit,
             )
             tg.start_soon(outbox.run)
             if self.config.archive.required:
@@ -402,6 +419,22 @@ class Service:
                 )
             outbox.close()
             tg.cancel_scope.cancel()  # the archive follower, if any
+
+    def _say_limit(self, prod: AIOKafkaProducer, topic_limit: int | None) -> None:
+        """Say once when the output topics take less than the producer: stamps and dead
+        letters are then held to the topics' limit (stream_expiry.oversize)."""
+        if topic_limit is None or topic_limit >= producer_limit(prod) or self._said_limit:
+            return
+        self._said_limit = True
+        t = self.config.topics
+        log.warning(
+            "%s or %s takes messages of at most %d bytes (max.message.bytes), less than the "
+            "producer's %d: stamps larger than that go without their data, dead letters are cut",
+            t.stamped,
+            t.dlq,
+            topic_limit,
+            producer_limit(prod),
+        )
 
     async def _ensure_topics(self) -> None:
         """Make the topics that are missing. At every session's start and every assignment,

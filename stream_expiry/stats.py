@@ -24,6 +24,10 @@ class ServiceStats:
     policy_updates: int = 0
     verdicts: Counter[str] = field(default_factory=Counter)
     dead_letter_codes: Counter[str] = field(default_factory=Counter)
+    # over the producer's size limit (stream_expiry.oversize): stamps published without
+    # their data, dead letters published cut
+    stamps_data_dropped: int = 0
+    dead_letters_truncated: int = 0
     pending_in_wheel: int = 0
     restored: int = 0  # changelog messages read by restores
     restoring: int = 0  # partitions being restored now

@@ -83,10 +83,12 @@ async def running_service(
     *,
     fast_join: bool = True,
     consumer_options: Mapping[str, Any] | None = None,
+    producer_options: Mapping[str, Any] | None = None,
     clock: Callable[[], int] | None = None,
 ) -> AsyncIterator[Service]:
     """The service in a task; stopped (cleanly) when the block ends. ``clock``: the
-    service's, instead of the wall clock's milliseconds."""
+    service's, instead of the wall clock's milliseconds; ``producer_options``: over its
+    producer's (``max_request_size``, say)."""
     # A short session makes a lone member's (re)join fast on the test broker, which holds a
     # join until the old members time out; with several members it causes rebalance storms,
     # because the broker holds every JoinGroup ~3 s, longer than that session.
@@ -96,6 +98,7 @@ async def running_service(
         bootstrap_servers=broker,
         environ=environ or {},
         consumer_options={**(fast if fast_join else {}), **(consumer_options or {})},
+        producer_options=producer_options,
         clock=clock or wall_clock_ms,
     )
     stop = anyio.Event()

@@ -43,6 +43,14 @@ def test_stamps_match_their_schema(stamp: Stamp) -> None:
     jsonschema.validate(body, schema("stamped.schema.json"))
 
 
+def test_a_stamp_without_its_data_for_its_size_matches_the_schema_and_says_why() -> None:
+    body = orjson.loads(encode_stamp(LIVE, None, data_dropped="message_too_large"))
+    jsonschema.validate(body, schema("stamped.schema.json"))
+    assert body["data_dropped"] == "message_too_large"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**body, "data_dropped": "other"}, schema("stamped.schema.json"))
+
+
 @pytest.mark.parametrize(
     "event",
     [

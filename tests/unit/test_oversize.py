@@ -1,0 +1,102 @@
+"""Outputs held to the producer's size limit (``stream_expiry.oversize``): what fits is
+unchanged, what does not is cut or left without its data, and the result always fits, as
+aiokafka's producer measures it."""
+
+from __future__ import annotations
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_expiry import oversize
+from stream_expiry.codec import H_DETAIL, H_ERROR, source_headers
+from stream_expiry.model import Identity, Stamp
+
+LIMIT = 4096
+STAMP = Stamp(Identity("acme", "_", "live", "conversation", "c1"), 1_000, 61_000, 60_000, "org")
+KEY = STAMP.identity.key.encode()
+SOURCE = source_headers("conversations", 3)
+
+
+def _headers(detail: bytes = b"category 'weather' is not configured") -> oversize.Headers:
+    return [(H_ERROR, b"unknown_category"), (H_DETAIL, detail), *SOURCE]
+
+
+def test_a_dead_letter_that_fits_is_the_original_unchanged() -> None:
+    headers = _headers()
+    assert oversize.fit_dead_letter(b"k", b"v" * 100, headers, LIMIT) == (
+        b"k",
+        b"v" * 100,
+        headers,
+        False,
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    key_len=st.one_of(st.none(), st.integers(0, 3 * LIMIT)),
+    value_len=st.one_of(st.none(), st.integers(0, 3 * LIMIT)),
+    detail_len=st.integers(1, 3 * LIMIT),
+)
+def test_a_dead_letter_is_cut_to_fit_and_says_what_was_cut(
+    key_len: int | None, value_len: int | None, detail_len: int
+) -> None:
+    key = None if key_len is None else b"k" * key_len
+    value = None if value_len is None else b"v" * value_len
+    headers = _headers(b"d" * detail_len)
+    out_key, out_value, out_headers, cut = oversize.fit_dead_letter(key, value, headers, LIMIT)
+    assert oversize.message_bytes(out_key, out_value, out_headers) <= LIMIT
+    if not cut:
+        assert (out_key, out_value, out_headers) == (key, value, headers)
+        return
+    said = dict(out_headers)
+    assert said[H_ERROR] == b"unknown_category"
+    assert said[oversize.H_VALUE_TRUNCATED] == b"%d" % (value_len or 0)
+    assert (key is None) == (out_key is None)
+    assert (value is None) == (out_value is None)
+    if out_key != key:
+        assert key is not None
+        assert out_key is not None
+        assert key.startswith(out_key)
+        assert said[oversize.H_KEY_TRUNCATED] == b"%d" % len(key)
+    else:
+        assert oversize.H_KEY_TRUNCATED not in said
+    assert value is None or out_value is None or value.startswith(out_value)
+    assert len(said[H_DETAIL]) <= oversize.DETAIL_BYTES + 3
+
+
+def test_a_stamp_too_large_goes_without_its_data_and_says_why() -> None:
+    value, dropped = oversize.stamp_within(LIMIT, STAMP, {"t": "x" * LIMIT}, (), KEY, SOURCE)
+    body = orjson.loads(value)
+    assert dropped
+    assert body["data"] is None
+    assert body["data_dropped"] == oversize.DATA_DROPPED
+    assert body["expires_at"] == "1970-01-01T00:01:01.000Z"
+    assert oversize.message_bytes(KEY, value, SOURCE) <= LIMIT
+
+
+def test_a_stamp_that_fits_keeps_its_data_and_a_replayed_one_keeps_its_reason() -> None:
+    value, dropped = oversize.stamp_within(LIMIT, STAMP, {"t": "hi"}, (), KEY, SOURCE)
+    assert not dropped
+    assert orjson.loads(value)["data"] == {"t": "hi"}
+    assert "data_dropped" not in orjson.loads(value)
+    again, dropped = oversize.stamp_within(
+        LIMIT, STAMP, None, (), KEY, SOURCE, dropped_before=oversize.DATA_DROPPED
+    )
+    assert not dropped
+    assert orjson.loads(again)["data_dropped"] == oversize.DATA_DROPPED
+
+
+def test_a_stamp_just_over_the_limit_is_measured_not_guessed() -> None:
+    """Within the fast path's margin the size is measured exactly: a stamp that fits by a
+    byte keeps its data, one over by a byte loses it."""
+    data = {"t": ""}
+    base = oversize.message_bytes(
+        KEY, oversize.stamp_within(LIMIT, STAMP, data, (), KEY, SOURCE)[0], SOURCE
+    )
+    fits = {"t": "x" * (LIMIT - base)}
+    value, dropped = oversize.stamp_within(LIMIT, STAMP, fits, (), KEY, SOURCE)
+    assert not dropped
+    assert oversize.message_bytes(KEY, value, SOURCE) == LIMIT
+    over = {"t": "x" * (LIMIT - base + 1)}
+    assert oversize.stamp_within(LIMIT, STAMP, over, (), KEY, SOURCE)[1]
