@@ -135,8 +135,12 @@ def _parser_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from stream_expiry.model import Rejection
-    from stream_expiry.policy import PolicyBook, render_explain_table, updates_left_out
+    from stream_expiry.policy import (
+        PolicyBook,
+        apply_updates,
+        render_explain_table,
+        updates_left_out,
+    )
 
     config = load(args)
     book = PolicyBook(config, os.environ)
@@ -150,17 +154,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     # is the one way to answer without them, and says so.
     known = None if args.offline else known_bootstrap(args, config)
     if known is not None:
-        topic = config.topics.policies
-        for key, value, timestamp in _policy_updates(args, config, known[1]):
-            # What the service logs and dead-letters is said here too: an answer that
-            # silently skipped a rejected update, or one of its values, would look complete.
-            applied = book.apply_update(key, value, timestamp)
-            if isinstance(applied, Rejection):
-                print(f"warning: a policy update on {topic} is ignored: {applied.code} "
-                      f"({applied.detail})", file=sys.stderr)  # fmt: skip
-            elif (why := applied.ignored_rejection()) is not None:
-                print(f"warning: policy update {applied.key} on {topic}: {why.detail}",
-                      file=sys.stderr)  # fmt: skip
+        updates = _policy_updates(args, config, known[1])
+        for warning in apply_updates(book, updates, config.topics.policies):
+            print(f"warning: {warning}", file=sys.stderr)
     result = book.explain(
         category=args.category, org=args.org, bot=args.bot, env=args.env, at_ms=ts_ms(args.at)
     )

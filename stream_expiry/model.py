@@ -176,12 +176,22 @@ class InputEvent(NamedTuple):
     data: Any = None
 
 
+# The longest ``Rejection.detail``: it goes into a log line and a dead letter's header, and
+# may quote the message's own fields, of any size (a 64 KiB TTL value gave a 64 KiB line).
+DETAIL_MAX = 1_000
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """Why an input message cannot be accepted; ``code`` is the contract's dead-letter code."""
+    """Why an input message cannot be accepted; ``code`` is the contract's dead-letter code,
+    ``detail`` at most :data:`DETAIL_MAX` characters (cut, ending ``...``)."""
 
     code: str
     detail: str
+
+    def __post_init__(self) -> None:
+        if len(self.detail) > DETAIL_MAX:
+            object.__setattr__(self, "detail", self.detail[: DETAIL_MAX - 3] + "...")
 
 
 def _text(

@@ -39,7 +39,7 @@ from stream_expiry.kafka import (
     read_to_end,
 )
 from stream_expiry.outbox import all_acked
-from stream_expiry.policy import PolicyBook
+from stream_expiry.policy import PolicyBook, apply_updates
 from stream_expiry.redact import Redactor
 from stream_expiry.state import PartitionProcessor, PartitionStore, RocksKV
 from stream_expiry.state.kv import scratch_directory
@@ -393,6 +393,9 @@ async def replay(
         sample_size=sample_size,
         keep_states=keep_states,
     )
+    # Said once, here (the workers build their own books): what the service warns of.
+    for warning in apply_updates(PolicyBook(config, environ), share.updates, topics.policies):
+        log.warning("%s", warning)
     if not from_inputs:
         # Imported here: replay_workers builds on this module's Share and replay_share.
         from stream_expiry.replay_workers import replay_stamps

@@ -20,9 +20,28 @@ import pytest_asyncio
 
 from stream_expiry.broker import EmbeddedBroker
 from stream_expiry.kafka import consumer, ensure_topics, read_to_end
+from stream_expiry.policy.sources import ENV_VARIABLES
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
+
+
+# What a developer's shell may set that the code under test reads: the service's own
+# variables (brokers, Kafka security, metrics) and the TTL variables of the contract.
+_USER_VARIABLES = frozenset(v for names in ENV_VARIABLES.values() for v in names)
+
+
+@pytest.fixture(autouse=True)
+def _no_user_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts from an environment without the user's settings: with
+    ``STREAM_EXPIRY_BOOTSTRAP_SERVERS`` set in the shell, ``explain`` asks Kafka and a test of
+    its offline answer fails; a TTL variable changes every effective TTL. A test that wants
+    one sets it itself. (``STREAM_EXPIRY_TEST_*`` are the harness's own, kept.)"""
+    for name in list(os.environ):
+        if name in _USER_VARIABLES or (
+            name.startswith("STREAM_EXPIRY_") and not name.startswith("STREAM_EXPIRY_TEST_")
+        ):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="session")

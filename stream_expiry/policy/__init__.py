@@ -7,7 +7,7 @@ cached) and :mod:`.explain` (the human table).
 """
 
 from stream_expiry.policy.book import DEFAULT_CACHE_SIZE, PolicyBook, UnknownCategory
-from stream_expiry.policy.explain import render_explain_table, updates_left_out
+from stream_expiry.policy.explain import apply_updates, render_explain_table, updates_left_out
 from stream_expiry.policy.presets import PRESETS
 from stream_expiry.policy.resolution import NEVER, Explanation, Resolution
 from stream_expiry.policy.sources import (
@@ -44,6 +44,7 @@ __all__ = [
     "RetentionSettings",
     "Scope",
     "UnknownCategory",
+    "apply_updates",
     "config_key",
     "parse_scope_key",
     "render_explain_table",

@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Any, Final
 from stream_expiry.durations import format_duration
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
-__all__ = ["render_explain_table", "updates_left_out"]
+    from stream_expiry.policy.book import PolicyBook
+
+__all__ = ["apply_updates", "render_explain_table", "updates_left_out"]
 
 _PRIMARY: Final = ("org", "bot", "env")
 _HEADERS: Final = ("source", "name", "ttl", "verdict")
@@ -111,3 +113,22 @@ def updates_left_out(topic: str, *, offline: bool) -> str:
         "in the config file or STREAM_EXPIRY_BOOTSTRAP_SERVERS, to include them"
     )
     return f"not included: the runtime policy updates on {topic} ({how})"
+
+
+def apply_updates(
+    book: PolicyBook, updates: Iterable[tuple[bytes | None, bytes | None, int]], topic: str
+) -> list[str]:
+    """Apply ``updates`` (key, value, Kafka timestamp) to ``book`` in their order, as the
+    service does, and return what the service would warn of: each update rejected whole,
+    and each value ignored in one applied. ``explain`` and ``replay`` print them: an
+    answer that skipped one silently looks complete."""
+    from stream_expiry.model import Rejection
+
+    said: list[str] = []
+    for key, value, timestamp in updates:
+        applied = book.apply_update(key, value, timestamp)
+        if isinstance(applied, Rejection):
+            said.append(f"a policy update on {topic} is ignored: {applied.code} ({applied.detail})")
+        elif (why := applied.ignored_rejection()) is not None:
+            said.append(f"policy update {applied.key} on {topic}: {why.detail}")
+    return said

@@ -4,6 +4,7 @@ state directory is rebuilt from the topics without resurrecting anything."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -439,3 +440,27 @@ async def test_replay_redacts_the_stamps_it_publishes_under_its_own_redact_rules
         assert body["redacted"] == (
             ["ip", "user.email"] if body["record_id"] == "r2" else ["user.email", "ip"]
         )
+
+
+async def test_replay_says_which_policy_updates_it_skipped_as_the_service_would(
+    broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Replay applies the policy updates as the service does, and said nothing of those it
+    rejected whole or applied in part: its counts then rested on a policy the operator did
+    not know was not the one typed."""
+    config = config_for(topics, str(tmp_path / "state"), LONG)
+    await produce(
+        broker,
+        [
+            (topics.policies, b"org/acme", b'{"scope": "org", "org": "acme", "ttl": {"sesion": 1}}'),
+            (topics.policies, b"org/globex",
+             b'{"scope": "org", "org": "globex", "ttl": {"error": "1d", "session": "banana"}}'),
+        ],
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="stream_expiry"):
+        await replay(config, broker, environ={}, dry_run=True)
+    said = [r.getMessage() for r in caplog.records]
+    assert any("ignored" in s and "'sesion' is not a configured category" in s for s in said)
+    assert any(
+        s.startswith("policy update org/globex") and "ttl.session: 'banana'" in s for s in said
+    )

@@ -103,22 +103,29 @@ def test_compose_has_postgres_the_sink_healthchecks_and_7_day_inputs() -> None:
     service = services["stream-expiry"]
     assert "/readyz" in " ".join(service["healthcheck"]["test"])
     assert "--metrics-port" in service["command"]
-    assert service["ports"] == ["9400:9400"]
+    assert service["ports"] == ["127.0.0.1:9400:9400"]
     sink = services["sink-postgres"]
     assert sink["command"][:2] == ["sink", "postgres"]
     assert "/readyz" in " ".join(sink["healthcheck"]["test"])
-    assert sink["ports"] == ["9401:9401"]
+    assert sink["ports"] == ["127.0.0.1:9401:9401"]
     assert sink["depends_on"]["postgres"]["condition"] == "service_healthy"
     load_config(ROOT / "examples" / "expiry.toml")  # the mounted config is valid
 
 
-def test_compose_publishes_kafka_and_postgres_on_the_hosts_loopback_only() -> None:
+def test_compose_publishes_every_port_on_the_hosts_loopback_only() -> None:
     """A plaintext broker with no authentication and a database with a fixed password were
     published on every interface of the host ("9092:9092"), for any machine that reaches
     it. The containers talk over the compose network by service name, so loopback
-    publishing takes nothing from them."""
+    publishing takes nothing from them; the metrics and health ports likewise (a host's own
+    Prometheus reaches loopback; another machine's is a choice to make, not a default)."""
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
-    for name, port in (("kafka", 9092), ("postgres", 5432)):
+    published = (
+        ("kafka", 9092),
+        ("postgres", 5432),
+        ("stream-expiry", 9400),
+        ("sink-postgres", 9401),
+    )
+    for name, port in published:
         assert services[name]["ports"] == [f"127.0.0.1:{port}:{port}"], name
     kafka = services["kafka"]["environment"]
     # What the broker tells host clients to connect to is what is published.

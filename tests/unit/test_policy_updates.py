@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stream_expiry.config import parse_config
-from stream_expiry.model import DEFAULT_CATEGORIES, Identity, Rejection
+from stream_expiry.model import DEFAULT_CATEGORIES, DETAIL_MAX, Identity, Rejection
 from stream_expiry.policy import (
     Candidate,
     PolicyBook,
@@ -502,3 +502,14 @@ def test_an_ignored_value_keeps_the_value_of_the_version_before_it_even_one_back
     assert (after.ttl_ms, after.source) == (3 * DAY, "org")
     error = book.resolve(Identity("acme", "_", "live", "error", "r"), T + 2000)
     assert error.source != "org"
+
+
+def test_a_rejection_quoting_a_huge_field_is_cut_for_the_log_and_the_header() -> None:
+    """A 64 KiB category name was quoted whole into the warning and the dead letter's
+    detail header; the detail keeps its first 1,000 characters."""
+    huge = "x" * 65_536
+    result = update({"scope": "org", "org": "acme", "ttl": {huge: "1d"}}, "org/acme")
+    assert isinstance(result, Rejection)
+    assert len(result.detail) == DETAIL_MAX
+    assert result.detail.endswith("...")
+    assert result.detail.startswith("ttl key 'xxx")
