@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -182,3 +183,18 @@ async def archive_topics(
         group_id=group_id,
         **options,
     )
+
+
+@contextlib.asynccontextmanager
+async def archive_running(
+    broker: str, directory: Path, topics: TopicSet, group_id: str
+) -> AsyncIterator[None]:
+    """:func:`archive_topics` in a task while the body runs; stopped at its end (what it
+    read committed, as ``stream-expiry archive`` does on SIGTERM)."""
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(partial(archive_topics, broker, directory, topics, group_id, stop=stop))
+        try:
+            yield
+        finally:
+            stop.set()

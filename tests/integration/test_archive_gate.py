@@ -24,6 +24,7 @@ from tests.conftest import TopicSet, read_all, wait_for
 from tests.integration import sink_helpers
 from tests.integration.service_helpers import (
     ArrivalLog,
+    archive_running,
     archive_topics,
     config_for,
     event,
@@ -166,15 +167,8 @@ async def test_a_sinks_sweep_never_deletes_what_the_archive_has_not_written(
         assert sink.metrics["swept_total"] == 0
         assert await present()
 
-        stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
-
-            async def archive() -> None:
-                await archive_topics(broker, tmp_path / "archive", topics, group, stop=stop)
-
-            tg.start_soon(archive)
+        async with archive_running(broker, tmp_path / "archive", topics, group):
             await wait_until(gone, what="the sweep of the rows the archive wrote")
-            stop.set()
     assert {r.identity.record_id: r.reason for r in await store.receipts()} == {
         f"c{n}": "sweep" for n in range(6)
     }

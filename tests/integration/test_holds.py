@@ -23,6 +23,7 @@ from stream_expiry.timeutil import format_ts, parse_ts
 from tests.conftest import TopicSet, read_all, wait_for
 from tests.integration.service_helpers import (
     ArrivalLog,
+    archive_running,
     archive_topics,
     config_for,
     config_text,
@@ -192,19 +193,11 @@ async def test_status_says_how_many_overdue_records_wait_for_the_archive(
     assert (got["overdue"], got["archive_waiting"]) == (1, 1)
     assert re.search(r"^    waiting for the archive +1 .*their purges wait for it", out, re.M), out
 
-    stop = anyio.Event()
-
     async def archived() -> bool:
         return sum((await archived_offsets(broker, group, topics.stamped)).values()) >= 1
 
-    async with anyio.create_task_group() as tg:
-
-        async def archive() -> None:
-            await archive_topics(broker, tmp_path / "archive", topics, group, stop=stop)
-
-        tg.start_soon(archive)
+    async with archive_running(broker, tmp_path / "archive", topics, group):
         await wait_until(archived, what="the archive's commit")
-        stop.set()
     got, out = await status(required)
     assert (got["overdue"], got["archive_waiting"]) == (1, 0)
     assert re.search(r"^    waiting for the archive +0$", out, re.MULTILINE), out
