@@ -110,7 +110,8 @@ class EmbeddedBroker:
             self._kill(proc)
             if self.port is not None:
                 break
-        raise BrokerError(f"the embedded Tansu broker did not start ({last_error})")
+        where = "" if self.port is None else f" on port {self.port} (is it in use?)"
+        raise BrokerError(f"the embedded Tansu broker did not start{where} ({last_error})")
 
     @staticmethod
     def _wait_ready(proc: subprocess.Popen[bytes], port: int, timeout_s: float) -> bool:

@@ -119,7 +119,8 @@ def _parser_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     run.add_argument(
         "--embedded-broker",
         action="store_true",
-        help="start a local in-memory broker (Tansu) and use it",
+        help="start a local in-memory broker (Tansu) and use it: on the port of "
+        "--bootstrap-servers 127.0.0.1:PORT if given, else on a free one (the log names it)",
     )
     run.add_argument(
         "--state-dir",

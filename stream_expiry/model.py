@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_CATEGORIES",
     "ENVS",
     "OPS",
+    "SECONDS_LIKE_BEFORE_MS",
     "HeldLife",
     "Identity",
     "InputEvent",
@@ -50,6 +51,12 @@ Op = Literal["create", "touch", "delete"]
 Reason = Literal["ttl", "explicit"]
 OPS: Final = ("create", "touch", "delete")
 ENVS: Final = ("live", "draft")
+
+#: An event time below this (1973-03-03T09:46:40Z as epoch milliseconds) is most likely
+#: epoch *seconds*: every date up to the year 5138 in seconds is below it. The contract
+#: reads it as milliseconds (January 1970: due at once), so it is accepted, with a warning.
+SECONDS_LIKE_BEFORE_MS: Final = 100_000_000_000
+
 DEFAULT_BOT: Final = "_"
 DEFAULT_CATEGORIES: Final = (
     "conversation",

@@ -18,6 +18,7 @@ from stream_expiry import exits
 from stream_expiry.broker import EmbeddedBroker
 from stream_expiry.cliargs import metrics_host, metrics_port
 from stream_expiry.endpoints import open_listener, serve_http, watch_broker
+from stream_expiry.errors import ConfigurationError
 from stream_expiry.health import Health
 from stream_expiry.kafka_settings import Connection
 from stream_expiry.metrics import ServiceMetrics
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
     from stream_expiry.config import Config
 
-__all__ = ["run_service", "stop_on_signals"]
+__all__ = ["embedded_port", "run_service", "stop_on_signals"]
 
 log = logging.getLogger("stream_expiry.run")
 
@@ -107,6 +108,26 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
+def embedded_port(bootstrap_servers: str | None) -> int | None:
+    """The port ``run --embedded-broker`` listens on: that of ``--bootstrap-servers``
+    when given (one loopback address), so producers, sinks and ``explain`` keep one
+    address across restarts; else None, a free port (the log names it).
+
+    Raises ConfigurationError for anything else: the broker listens on 127.0.0.1 only, and
+    an address it would not serve, silently replaced by a random port, left the user's
+    other clients pointing at nothing."""
+    if bootstrap_servers is None or not bootstrap_servers.strip():
+        return None
+    host, sep, port = bootstrap_servers.strip().rpartition(":")
+    if sep and host in ("127.0.0.1", "localhost") and port.isdigit() and 0 < int(port) < 65536:
+        return int(port)
+    raise ConfigurationError(
+        f"--bootstrap-servers {bootstrap_servers!r} with --embedded-broker: the embedded "
+        "broker listens on 127.0.0.1 only; give 127.0.0.1:PORT to choose its port, or "
+        "leave the flag out for a free one"
+    )
+
+
 async def run_service(config: Config, args: argparse.Namespace) -> int:
     from stream_expiry.cli import connection_from
 
@@ -119,7 +140,8 @@ async def run_service(config: Config, args: argparse.Namespace) -> int:
         )
     with contextlib.ExitStack() as stack:
         if getattr(args, "embedded_broker", False):
-            broker = stack.enter_context(EmbeddedBroker())
+            port = embedded_port(getattr(args, "bootstrap_servers", None))
+            broker = stack.enter_context(EmbeddedBroker(port))
             conn = Connection(broker.bootstrap_servers)
             log.info(
                 "embedded broker listening on %s (in memory: data is gone when it stops)", conn

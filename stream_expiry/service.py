@@ -61,6 +61,7 @@ from stream_expiry.state.restore import Mark, broken_marks
 from stream_expiry.state.restore_workers import restore_stores
 from stream_expiry.state.store import input_position_name, position_marks
 from stream_expiry.stats import ServiceStats
+from stream_expiry.timeutil import format_ts
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -715,6 +716,16 @@ class Service:
                 rec.offset,
                 why.code,
                 why.detail,
+            )
+        for rec, ts in effects.seconds_like:
+            log.warning(
+                "%s[%d]@%d: ts %d is %s as epoch milliseconds: does the producer send "
+                "seconds? The record is long expired, so it is tombstoned at once",
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                ts,
+                format_ts(ts),
             )
         for fired in effects.tombstones:
             self._count_tombstone(fired)

@@ -69,6 +69,9 @@ class Status:
     lag: dict[str, dict[str, int | None]] = field(default_factory=dict)  # "topic[p]" -> ...
     # Of the overdue, those the archive has not written ([archive] required; else None).
     archive_waiting: int | None = None
+    # The consumer group whose committed offsets the lag is measured from: the service's
+    # group_id as this command's config gives it (a wrong one shows every event as lag).
+    group: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +87,7 @@ class Status:
             "archive_waiting": self.archive_waiting,
             "holds": [h | {"records_held": self.held.get(h["hold_id"], 0)} for h in self.holds],
             "lag": self.lag,
+            "group": self.group,
         }
 
 
@@ -183,6 +187,7 @@ async def status(
             if unarchived is not None:
                 unarchived.close()
     result.lag = await _lag(config, brokers)
+    result.group = config.group_id
     return result
 
 
@@ -242,6 +247,16 @@ def text_lines(d: dict[str, Any]) -> list[str]:
         n = h["records_held"]
         said = f"{h['hold_id']}: {n:,} record{'' if n == 1 else 's'} held ({h['reason']})"
         lines.append(f"    {printable(said)}")
-    lines.append("  lag per input partition (end - committed offset)")
+    group = d.get("group")
+    of = "" if group is None else f" of group {printable(repr(group))}"
+    lines.append(f"  lag per input partition{of} (end - committed offset)")
     lines += [row(*r) for r in lag]
+    parts = list(d["lag"].values())
+    if group is not None and parts and all(p["committed"] is None for p in parts):
+        # Every event shows as lag: a service that never ran, or (more often) a status run
+        # without the service's config, asking another group than the service's.
+        lines.append(
+            f"    group {printable(repr(group))} has committed no offset on these partitions:"
+            " not the service's group_id? (give its --config, or STREAM_EXPIRY_GROUP_ID)"
+        )
     return lines

@@ -32,6 +32,12 @@ Rules kept here (why: tombstones are at-least-once, and ``expiry.stamped`` and
    goes only once the archive group has committed past the stamp it was written from
    (:func:`archived`), else it stays for the real tombstone (counted in
    ``Plan.kept_for_archive``).
+6. **A deletion the record outlives sends no null downstream.** A row left after a
+   deletion is always a later life (a tombstone deletes every row of the lives it ends,
+   and a stamp of a deleted life is not written). A user's compacted topic keyed by record
+   holds that life's value under the record's key, where a null would erase the living
+   record; so such identities are listed in ``Plan.living`` and the sink sends no null
+   for them (their receipts are written and published as usual).
 """
 
 from __future__ import annotations
@@ -92,6 +98,11 @@ class Plan:
     kept_for_archive: int = 0
     """Rows past the sweep's cutoff that it kept because the archive has not written the
     stamp they were written from (``[archive] required``)."""
+    living: list[Identity] = field(default_factory=list)
+    """Identities with a receipt in this plan whose record still has a row afterwards: a
+    later life than the one deleted (a held life's next one, or a record created again
+    after an erasure). A user's compacted topic keyed by record holds that life's value
+    under the same key, so the sink sends it no null for these deletions (rule 6)."""
 
 
 def merge_plans(plans: Iterable[Plan]) -> Plan:
@@ -337,7 +348,10 @@ def plan(
         else:
             p.sweep(slot, c)
     out = p.out
+    deleted = {r.identity for r in out.receipts}
     for ident, slot in work.items():
+        if slot.row is not None and ident in deleted:
+            out.living.append(ident)
         before = state.get(ident) or Slot()
         if slot.row is None:
             if before.row is not None:

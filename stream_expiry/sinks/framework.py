@@ -9,7 +9,8 @@ The order of writes, and why (a crash at any point loses no deletion):
 3. Publish the batch's receipts to ``expiry.receipts`` and the Kafka-native deletions
    to the compacted topics mapped to the deleted records' categories (a null value under
    the key that topic uses, on the partition Kafka's default partitioner picks for it, as
-   a Java producer placed the record); wait for the broker's acks.
+   a Java producer placed the record; none for a record the store holds a later life of,
+   whose value that key now holds); wait for the broker's acks.
 4. Only then commit the batch's Kafka offsets.
 
 Steps 3 and 4 of batch n run beside step 2 of batch n+1 (and the decoding of batch n+2),
@@ -71,7 +72,7 @@ from stream_expiry.sinks._publish import BatchPublisher
 from stream_expiry.sinks.store import StoreUnavailableError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Collection, Mapping
 
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -612,7 +613,12 @@ class Sink:
         """The batch's store transaction, which also marks the receipts acknowledged so far."""
         acked, self._acked = self._acked, []
         try:
-            out = await self.store.apply(batch.changes, now_ms=self._clock(), published=acked)
+            out = await self.store.apply(
+                batch.changes,
+                now_ms=self._clock(),
+                published=acked,
+                living=bool(self.config.compacted),
+            )
         except BaseException:
             self._acked = acked + self._acked
             raise
@@ -645,7 +651,7 @@ class Sink:
     ) -> None:
         """Publish the batch's receipts, then commit the offsets of every batch applied up
         to it (a partition the group took away meanwhile is left out)."""
-        await self._publish(prod, out.receipts)
+        await self._publish(prod, out.receipts, living=out.living)
         assigned = cons.assignment()
         mine = {tp: o for tp, o in offsets.items() if tp in assigned}
         if mine:
@@ -833,7 +839,7 @@ class Sink:
                 "is the stream-expiry service running and keeping up?",
                 self.store.name, out.swept, cutoff,
             )  # fmt: skip
-            await self._publish(prod, out.receipts)
+            await self._publish(prod, out.receipts, living=out.living)
             self._report("sweep", out, 0, 0)
         return page.more
 
@@ -902,7 +908,17 @@ class Sink:
             return
         while pending := await self.store.pending_receipts(1000):
             log.info("publishing %d receipts left over from a previous run", len(pending))
-            await self._publish(prod, pending, count=False, mark_now=True)
+            living = await self._living(pending)
+            await self._publish(prod, pending, count=False, mark_now=True, living=living)
+
+    async def _living(self, receipts: list[Receipt]) -> list[Identity]:
+        """Of the receipts' records whose category has a compacted topic, those the store
+        holds a row of: a later life than the deleted one (``Plan.living``, rule 6 of
+        :mod:`~stream_expiry.sinks._logic`), asked of the store for receipts whose plan is
+        gone (left in the outbox by a crash)."""
+        compacted = self.config.compacted
+        asked = dict.fromkeys(r.identity for r in receipts if r.identity.category in compacted)
+        return [i for i in asked if await self.store.get(i) is not None]
 
     @property
     def _publishes(self) -> bool:
@@ -915,11 +931,14 @@ class Sink:
         *,
         count: bool = True,
         mark_now: bool = False,
+        living: Collection[Identity] = (),
     ) -> None:
         """Send receipts and compacted-topic nulls and wait for every ack.
 
         The acknowledged receipts are marked published in the next store transaction, or
         at once with ``mark_now`` (the outbox replay at start, which loops on the outbox).
+        A record in ``living`` lives on in a later life (``Plan.living``): its receipt is
+        published, but no null goes to a compacted topic, where it would erase that life.
         """
         if count:
             self.metrics["receipts_total"] += len(receipts)
@@ -935,6 +954,7 @@ class Sink:
         cfg = self.config
         out = BatchPublisher(prod)
         nulls = 0
+        lives_on = set(living)
         with broker_errors(f"publishing receipts to {cfg.bootstrap_servers}"):
             counts = {t: await self._partitions(prod, t) for t in self._topics(receipts)}
             for r in receipts:
@@ -943,7 +963,7 @@ class Sink:
                     partition = key_partition(key, counts[cfg.receipts_topic])
                     out.add(cfg.receipts_topic, partition, key, encode_receipt(r))
                 topic = cfg.compacted.get(r.identity.category)
-                if topic is not None:
+                if topic is not None and r.identity not in lives_on:
                     template = cfg.key_templates.get(topic)
                     user_key = key if template is None else template.render(r.identity)
                     out.add(topic, partition_for(user_key, counts[topic]), user_key, None)

@@ -237,13 +237,21 @@ class Store(abc.ABC):
         return True
 
     async def apply(
-        self, changes: Sequence[Change], *, now_ms: int, published: Sequence[str] = ()
+        self,
+        changes: Sequence[Change],
+        *,
+        now_ms: int,
+        published: Sequence[str] = (),
+        living: bool = False,
     ) -> Plan:
         """Apply a batch of changes and return what was written: in one transaction, or in
         :attr:`parallel` transactions at once, each over its share of the identities.
 
         ``published``: receipts Kafka has acknowledged since the last transaction, marked
         published in the (first) transaction of this batch.
+
+        ``living``: make :attr:`Plan.living` complete (a sink with compacted topics needs
+        it); without it, records whose tombstone took no row may be left out of it.
 
         Split, each identity's changes stay together and in order, and no two transactions
         touch one row, so they never wait for each other. A batch one of whose
@@ -254,14 +262,14 @@ class Store(abc.ABC):
         """
         lanes = self.parallel
         if lanes <= 1 or len(changes) < 2 * _MIN_SHARE:
-            return await self._apply_one(changes, now_ms=now_ms, published=published)
+            return await self._apply_one(changes, now_ms=now_ms, published=published, living=living)
         shares: list[list[Change]] = [[] for _ in range(lanes)]
         for c in changes:
             shares[hash(c.identity) % lanes].append(c)
         plans: dict[int, Plan] = {}
 
         async def one(n: int, share: list[Change], marks: Sequence[str]) -> None:
-            plans[n] = await self._apply_one(share, now_ms=now_ms, published=marks)
+            plans[n] = await self._apply_one(share, now_ms=now_ms, published=marks, living=living)
 
         try:
             async with anyio.create_task_group() as tg:
@@ -275,7 +283,7 @@ class Store(abc.ABC):
         return merge_plans(plans[n] for n in sorted(plans))
 
     async def _apply_one(
-        self, changes: Sequence[Change], *, now_ms: int, published: Sequence[str]
+        self, changes: Sequence[Change], *, now_ms: int, published: Sequence[str], living: bool
     ) -> Plan:
         """:meth:`apply` in one transaction."""
         # Identities whose batch holds one tombstone and nothing else (the common case of
@@ -315,6 +323,8 @@ class Store(abc.ABC):
                     out, deletes=[i for i in out.deletes if i not in gone]
                 )
                 await tx.write(out_written)
+                if living:
+                    out.living += await _outlived(tx, ends, state, out)
             else:
                 await tx.write(out)
             if published:
@@ -394,6 +404,23 @@ class Store(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+async def _outlived(
+    tx: StoreTransaction, ends: Mapping[Identity, int], state: Mapping[Identity, Slot], out: Plan
+) -> list[Identity]:
+    """Of the identities :meth:`StoreTransaction.take` handled, those with a receipt whose
+    record still has a row: ``take`` returns only the rows it deleted (PostgreSQL), so a
+    row of a later life, which a tombstone leaves, was not in the state ``plan`` saw.
+    Asked only for receipts no taken row explains (a pending deletion's, or one for a row
+    the store never held)."""
+    taken = {i for i, slot in state.items() if slot.row is not None}
+    asked = [i for i in dict.fromkeys(r.identity for r in out.receipts) if i in ends]
+    asked = [i for i in asked if i not in taken]
+    if not asked:
+        return []
+    rows = await tx.load(asked, data=False)
+    return [i for i in asked if (slot := rows.get(i)) is not None and slot.row is not None]
 
 
 class _MemoryTx(StoreTransaction):

@@ -82,6 +82,10 @@ class Effects:
     # stamp, or compaction keeps the null and the new life is lost. Tombstones past the
     # end of this list (the timers') come after every stamp.
     stamps_before: list[int] = field(default_factory=list)
+    # Accepted events whose ts, as epoch milliseconds, is before 1973: epoch seconds, most
+    # likely, which the contract reads as January 1970 and so tombstones at once. The
+    # shell warns about each (the event itself is valid and goes on as the contract says).
+    seconds_like: list[tuple[Any, int]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -227,6 +231,8 @@ class PartitionProcessor:
             if isinstance(ev, model.Rejection):
                 effects.dead_letters.append((rec, ev))
                 continue
+            if ev.ts < model.SECONDS_LIKE_BEFORE_MS:
+                effects.seconds_like.append((rec, ev.ts))
             key = ev.identity.key
             known = overlay.get(key)
             prior = known[1] if known is not None else stored.get(key)

@@ -321,3 +321,27 @@ def test_sigterm_while_joining_is_a_clean_stop_and_takes_no_assignment(
     assert "is not taken" in err
     assert " restored in " not in err
     assert "Traceback" not in err
+
+
+def test_run_with_an_embedded_broker_listens_on_the_port_it_is_given(tmp_path: Path) -> None:
+    """`run --embedded-broker --bootstrap-servers 127.0.0.1:P`: the broker is on P, where
+    the user's producers and sinks were pointed. The flag was ignored for a free port,
+    another at each start."""
+    port = free_port()
+    proc = _start(
+        "run", "--embedded-broker", "--bootstrap-servers", f"127.0.0.1:{port}",
+        "--state-dir", str(tmp_path / "state"),
+    )  # fmt: skip
+    said: list[str] = []
+    try:
+        assert proc.stderr is not None
+        while not any("joining group" in line for line in said):
+            line = proc.stderr.readline()
+            assert line, "".join(said)
+            said.append(line)
+    finally:
+        code, rest = _stop(proc, signal.SIGINT)
+    err = "".join(said) + rest
+    assert f"embedded broker listening on 127.0.0.1:{port} " in err
+    assert f"joining group 'stream-expiry' on 127.0.0.1:{port} " in err
+    assert code == exits.OK, err

@@ -27,7 +27,7 @@ from stream_expiry.sinks.framework import wall_clock_ms
 from stream_expiry.sinks.postgres import PostgresStore
 from stream_expiry.sinks.sqlite import SQLiteStore
 from stream_expiry.testing.proxy import Proxy
-from tests.conftest import read_topic
+from tests.conftest import read_all, read_topic
 from tests.integration.sink_helpers import (
     MINUTE,
     PG_DSN,
@@ -577,3 +577,70 @@ async def test_nulls_reach_records_a_java_producer_wrote_under_the_users_key(
     nulls = {(r.key, r.partition) for r in on_topic if r.value is None}
     assert nulls == {(user_key[s.identity], written[user_key[s.identity]]) for s in doomed}
     assert len(on_topic) == len(records) + len(doomed)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(["sqlite", "postgres"]), indirect=True)
+async def test_no_null_erases_a_later_life_from_a_users_compacted_topic(
+    broker: str, topics: TopicSet, store: Store
+) -> None:
+    """A user's compacted topic keyed by record holds one value per record: its latest
+    life's. The deletion of an earlier life whose record lives on must not null that key:
+
+    * ``erased``: deleted by an erasure request and created again (a returning user);
+    * ``held``: a life a legal hold kept, replaced by the record's next life, tombstoned
+      at the release with no null on ``expiry.stamped`` (the record lives on).
+
+    ``gone`` is deleted for good: its null must still come. The tombstones come after
+    the later lives' stamps are in the store, as they do whenever the sink reads
+    ``expiry.stamped`` first."""
+    history = f"{topics.prefix}.history"
+    await ensure_topics(
+        broker, [history], partitions=3, configs={history: {"cleanup.policy": "compact"}}
+    )
+    now = wall_clock_ms()
+    old = {r: stamp(ident(r), created_at=now - HOUR, ttl_ms=HOUR) for r in ("erased", "held")}
+    later = {r: stamp(ident(r), created_at=now, ttl_ms=HOUR) for r in ("erased", "held")}
+    gone = stamp(ident("gone"), created_at=now - HOUR, ttl_ms=HOUR)
+    config = sink_config(broker, topics, compacted={"conversation": history})
+    async with running_sink(store, config) as sink:
+        await produce(
+            broker,
+            topics.stamped,
+            [
+                stamped_msg(old["erased"], {"life": 1}),
+                null_msg(old["erased"].identity),
+                stamped_msg(later["erased"], {"life": 2}),
+                stamped_msg(old["held"], {"life": 1}),
+                stamped_msg(later["held"], {"life": 2}),  # no null: the hold kept life 1
+                stamped_msg(gone, {"life": 1}),
+            ],
+        )
+        await wait_until(
+            lambda: present(store, [s.identity for s in [*later.values(), gone]]),
+            what="the later lives written",
+        )
+        await produce(
+            broker,
+            topics.tombstones,
+            [
+                tombstone_msg(old["erased"], reason="explicit", emitted_at=now - 1),
+                tombstone_msg(old["held"], emitted_at=now + 1),
+                tombstone_msg(gone, emitted_at=now),
+            ],
+        )
+        await wait_until(
+            lambda: _receipts_for(store, [old["erased"], old["held"], gone]),
+            what="a receipt for every deletion",
+        )
+        await wait_until(_metric(sink.metrics, "published_total", 3), what="receipts published")
+        assert sink.metrics["compacted_nulls_total"] == 1
+    # The later lives stay in the store, and no null for them reached the user's topic.
+    assert await present(store, [s.identity for s in later.values()])
+    nulls = await read_all(broker, history)  # every null was acknowledged above
+    assert [(r.key, r.value) for r in nulls] == [(gone.identity.key.encode(), None)]
+
+
+async def _receipts_for(store: Store, stamps: list[Stamp]) -> bool:
+    mine = {r.identity for r in await store.receipts()}
+    return all(s.identity in mine for s in stamps)

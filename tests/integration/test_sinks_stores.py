@@ -385,8 +385,14 @@ class PlainMemoryStore(MemoryStore):
     then planned, then written (what :meth:`Store.apply` did before ``take``)."""
 
     async def apply(
-        self, changes: Sequence[Change], *, now_ms: int, published: Sequence[str] = ()
+        self,
+        changes: Sequence[Change],
+        *,
+        now_ms: int,
+        published: Sequence[str] = (),
+        living: bool = False,
     ) -> Plan:
+        del living  # plan() sees every row here, so its Plan.living is complete
         idents = list(dict.fromkeys(c.identity for c in changes))
         async with self.transaction() as tx:
             state = await tx.load(idents) if idents else {}

@@ -20,6 +20,7 @@ from stream_expiry.errors import ConfigurationError
 from stream_expiry.kafka_settings import check_bootstrap
 from stream_expiry.logs import configure_logging
 from stream_expiry.metrics import version
+from stream_expiry.runner import embedded_port
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -284,3 +285,22 @@ def test_output_whose_reader_went_away_ends_quietly_with_141(
         monkeypatch.setattr(sys, "stdout", _ClosedPipe())
         code = main(["explain", "--org", "acme", "--category", "conversation"])
     assert code == exits.OUTPUT_CLOSED == 141
+
+
+@pytest.mark.parametrize(
+    ("given", "port"),
+    [(None, None), ("", None), ("127.0.0.1:19092", 19092), ("localhost:9092", 9092)],
+)
+def test_the_embedded_broker_listens_where_bootstrap_servers_says(
+    given: str | None, port: int | None
+) -> None:
+    """`run --embedded-broker --bootstrap-servers 127.0.0.1:P` listens on P: the flag was
+    ignored for a random port, so the user's producers and sinks, pointed at P, reached
+    nothing and each restart moved the broker."""
+    assert embedded_port(given) == port
+
+
+@pytest.mark.parametrize("given", ["10.0.0.5:9092", "127.0.0.1:1,127.0.0.1:2", "127.0.0.1", "h:x"])
+def test_an_address_the_embedded_broker_cannot_serve_is_refused(given: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"listens on 127\.0\.0\.1 only"):
+        embedded_port(given)

@@ -167,7 +167,9 @@ async def test_offsets_are_committed_after_the_store_and_the_acks() -> None:
 
 
 class FailingStore(MemoryStore):
-    async def apply(self, changes: Any, *, now_ms: int, published: Any = ()) -> Plan:
+    async def apply(
+        self, changes: Any, *, now_ms: int, published: Any = (), living: bool = False
+    ) -> Plan:
         raise StoreError("disk full")
 
 
@@ -315,9 +317,11 @@ class NotingStore(MemoryStore):
         super().__init__()
         self.j = journal
 
-    async def apply(self, changes: Any, *, now_ms: int, published: Any = ()) -> Plan:
+    async def apply(
+        self, changes: Any, *, now_ms: int, published: Any = (), living: bool = False
+    ) -> Plan:
         self.j.events.append(("apply", [c.identity.record_id for c in changes]))
-        return await super().apply(changes, now_ms=now_ms, published=published)
+        return await super().apply(changes, now_ms=now_ms, published=published, living=living)
 
 
 class JournalingStore(NotingStore):
@@ -327,10 +331,12 @@ class JournalingStore(NotingStore):
         super().__init__(journal)
         self.prod = prod
 
-    async def apply(self, changes: Any, *, now_ms: int, published: Any = ()) -> Plan:
+    async def apply(
+        self, changes: Any, *, now_ms: int, published: Any = (), living: bool = False
+    ) -> Plan:
         if len([e for e in self.j.events if e[0] == "apply"]) == 1:  # this is the second
             self.prod.gate.set()
-        return await super().apply(changes, now_ms=now_ms, published=published)
+        return await super().apply(changes, now_ms=now_ms, published=published, living=living)
 
 
 @pytest.mark.asyncio
@@ -747,11 +753,13 @@ class _LosingStore(MemoryStore):
         super().__init__()
         self.lost = lost
 
-    async def apply(self, changes: Any, *, now_ms: int, published: Any = ()) -> Plan:
+    async def apply(
+        self, changes: Any, *, now_ms: int, published: Any = (), living: bool = False
+    ) -> Plan:
         if self.lost:
             self.lost -= 1
             raise StoreUnavailableError("PostgreSQL store 'pg2' has no connection: refused")
-        return await super().apply(changes, now_ms=now_ms, published=published)
+        return await super().apply(changes, now_ms=now_ms, published=published, living=living)
 
 
 class _SeekingConsumer(FakeConsumer):
@@ -817,3 +825,31 @@ def test_only_a_lost_connection_is_retried(error: Any, lost: bool) -> None:
     assert isinstance(failure, StoreUnavailableError) is lost
     assert isinstance(failure, StoreError)
     assert str(failure).startswith("PostgreSQL store 'pg2' failed: ")
+
+
+@pytest.mark.asyncio
+async def test_receipts_left_in_the_outbox_send_no_null_for_a_record_that_lives_on() -> None:
+    """After a crash the receipts' plan is gone; the outbox replay asks the store which
+    records still have a row (a later life, under the same key on the user's compacted
+    topic) and sends nulls for the others only."""
+    gone = Identity("acme", "_", "live", "conversation", "r2")
+    later = Stamp(A, T0 + 60_000, T0 + 120_000, 60_000, "org")  # created at S's expiry
+    other = Stamp(gone, T0, T0 + 60_000, 60_000, "org")
+    changes = [
+        decode_stamped(A.key.encode(), encode_stamp(S), partition=0, offset=1),
+        decode_stamped(A.key.encode(), encode_stamp(later), partition=0, offset=2),
+        decode_stamped(gone.key.encode(), encode_stamp(other), partition=0, offset=3),
+        decode_tombstone(A.key.encode(), encode_tombstone(S, reason="ttl", emitted_at=T0 + 60_000)),
+        decode_tombstone(
+            gone.key.encode(), encode_tombstone(other, reason="ttl", emitted_at=T0 + 60_000)
+        ),
+    ]
+    store, j = MemoryStore(), Journal()
+    await store.apply(changes, now_ms=T0 + 60_000)  # a crash then: nothing published
+    assert {r.identity for r in await store.pending_receipts()} == {A, gone}
+    sink = sink_for(store, [])
+    await sink._flush_outbox(FakeProducer(j))
+    sent = [e[1] for e in j.events if e[0] == "send"]
+    assert [(t, k) for t, _p, k, _v in sent if t == "history"] == [("history", gone.key.encode())]
+    assert {k for t, _p, k, _v in sent if t == "rc"} == {A.key.encode(), gone.key.encode()}
+    assert await store.pending_receipts() == []

@@ -193,12 +193,12 @@ class FailingStore(MemoryStore):
         self.parallel = 2
         self.doomed: Identity | None = doomed
 
-    async def _apply_one(self, changes, *, now_ms, published):  # type: ignore[no-untyped-def]
+    async def _apply_one(self, changes, *, now_ms, published, living):  # type: ignore[no-untyped-def]
         if self.doomed is not None and any(c.identity == self.doomed for c in changes):
             self.doomed = None
             await anyio.lowlevel.checkpoint()  # the other part commits first
             raise StoreError("planted failure")
-        return await super()._apply_one(changes, now_ms=now_ms, published=published)
+        return await super()._apply_one(changes, now_ms=now_ms, published=published, living=living)
 
 
 @pytest.mark.asyncio

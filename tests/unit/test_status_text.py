@@ -78,3 +78,17 @@ def test_a_committed_offset_past_the_end_is_explained_not_only_a_negative_lag() 
     assert "-18   committed offset 72 is past the end 54: the topic was made again?" in past
     assert "read from its beginning when next assigned" in past
     assert "past the end" not in level + never
+
+
+def test_the_lag_names_its_group_and_a_group_that_committed_nothing() -> None:
+    """Run without the service's config, status asks the default group, which committed
+    nothing: every event then shows as lag. The text names the group it measured and says
+    when that group has committed nothing at all, so the figure is not taken for a service
+    that is behind."""
+    lines = text_lines(STATUS | {"group": "stream-expiry"})
+    assert "  lag per input partition of group 'stream-expiry' (end - committed offset)" in lines
+    assert not any("committed no offset" in line for line in lines)
+    nothing = {"conversations[0]": {"end": 10, "committed": None, "lag": 10}}
+    lines = text_lines(STATUS | {"group": "stream-expiry", "lag": nothing})
+    assert lines[-1].startswith("    group 'stream-expiry' has committed no offset")
+    assert "not the service's group_id?" in lines[-1]

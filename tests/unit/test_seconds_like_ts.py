@@ -1,0 +1,59 @@
+"""An integer ``ts`` in epoch seconds: valid (the contract reads epoch milliseconds, so it
+is January 1970 and the record is tombstoned at once), but the service says so."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
+
+import orjson
+
+from stream_expiry.config import parse_config
+from stream_expiry.policy import Resolution
+from stream_expiry.service import Service
+from stream_expiry.state import MemoryKV, PartitionProcessor, PartitionStore
+
+if TYPE_CHECKING:
+    import pytest
+
+NOW = 1_796_369_399_212  # 2026-12-04T07:29:59.212Z
+DAY_MS = 86_400_000
+
+
+def _record(offset: int, record_id: str, ts: int) -> SimpleNamespace:
+    body = {"category": "error", "org": "platco", "record_id": record_id, "ts": ts}
+    return SimpleNamespace(
+        topic="errors", partition=2, offset=offset, key=record_id.encode(),
+        value=orjson.dumps(body),
+    )  # fmt: skip
+
+
+def test_a_ts_in_epoch_seconds_is_taken_as_the_contract_says_and_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proc = PartitionProcessor(
+        "errors",
+        2,
+        PartitionStore(MemoryKV()),
+        resolve=lambda _i, _t: Resolution(30 * DAY_MS, "org"),
+        sliding=frozenset(),
+        categories=frozenset({"error"}),
+        max_skew_ms=300_000,
+        now_ms=NOW,
+    )
+    seconds, millis = _record(5, "e-seconds", NOW // 1000), _record(6, "e-millis", NOW)
+    effects = proc.process([seconds, millis], NOW)
+    # The contract's reading is kept: a valid event of January 1970, due at once.
+    due = {st.identity.record_id: st.expires_at for st, _data in effects.stamps}
+    assert due == {"e-seconds": NOW // 1000 + 30 * DAY_MS, "e-millis": NOW + 30 * DAY_MS}
+    assert proc.next_due_ms() == NOW // 1000 + 30 * DAY_MS
+    assert effects.seconds_like == [(seconds, NOW // 1000)]
+    service = Service(parse_config(""), bootstrap_servers="k:1", environ={})
+    with caplog.at_level(logging.WARNING, logger="stream_expiry.service"):
+        service._count(effects)
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "errors[2]@5: ts 1796369399 is 1970-01-21T18:59:29.399Z as epoch milliseconds: does "
+        "the producer send seconds? The record is long expired, so it is tombstoned at once"
+    ]
