@@ -717,10 +717,15 @@ class Service:
                 why.code,
                 why.detail,
             )
-        for rec, ts in effects.seconds_like:
+        if effects.seconds_like:
+            # One line a batch, not one an event: a producer sending seconds sends nothing
+            # else, and a line per event would bury every other line of the log.
+            rec, ts = effects.seconds_like[0]
             log.warning(
-                "%s[%d]@%d: ts %d is %s as epoch milliseconds: does the producer send "
-                "seconds? The record is long expired, so it is tombstoned at once",
+                "%d events with a ts before 1973 as epoch milliseconds, e.g. %s[%d]@%d: ts %d "
+                "is %s: does the producer send seconds? Such records are long expired, so "
+                "they are tombstoned at once",
+                len(effects.seconds_like),
                 rec.topic,
                 rec.partition,
                 rec.offset,

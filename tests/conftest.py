@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 # hypothesis is loaded up front: its plugin's lazy import at the end of a session that has
 # not used it hits a CPython 3.11.7 AST bug ("recursion depth mismatch").
-import hypothesis  # noqa: F401
+import hypothesis
 import pytest
 import pytest_asyncio
 
@@ -25,6 +25,12 @@ from stream_expiry.policy.sources import ENV_VARIABLES
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
 
+
+# Property tests check answers, never time: hypothesis' default deadline of 200 ms an
+# example failed one of them (the parser's fast path against its slow one) under a busy
+# machine, twice in a trial's runs. Each test's own @settings still sets its examples.
+hypothesis.settings.register_profile("stream-expiry", deadline=None)
+hypothesis.settings.load_profile("stream-expiry")
 
 # What a developer's shell may set that the code under test reads: the service's own
 # variables (brokers, Kafka security, metrics) and the TTL variables of the contract.
