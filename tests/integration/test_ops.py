@@ -69,6 +69,16 @@ def _poll(proc: subprocess.Popen[str], url: str, want: int, timeout_s: float = 3
     pytest.fail(f"{url} never answered {want}")
 
 
+def _read_until(proc: subprocess.Popen[str], text: str, said: list[str]) -> None:
+    """Read ``proc``'s stderr into ``said`` until a line holds ``text``; an end of output
+    before it fails the test with what was said."""
+    assert proc.stderr is not None
+    while not any(text in line for line in said):
+        line = proc.stderr.readline()
+        assert line, "".join(said)
+        said.append(line)
+
+
 def _stop(proc: subprocess.Popen[str], signum: int = signal.SIGTERM) -> tuple[int, str]:
     """Signal, wait (a deadline, then kill), and return the status and the rest of stderr."""
     code, _out, err = _stop_with_output(proc, signum)
@@ -299,11 +309,7 @@ def test_sigterm_while_joining_is_a_clean_stop_and_takes_no_assignment(
     proc, base = _start_run(broker, topics, tmp_path)
     said: list[str] = []
     try:
-        assert proc.stderr is not None
-        while not any("joining group" in line for line in said):
-            line = proc.stderr.readline()
-            assert line, "".join(said)
-            said.append(line)
+        _read_until(proc, "joining group", said)
         body = _poll(proc, base + "/healthz", 200)
         assert b'"ready":false' in body  # the test broker holds a join ~3 s
     finally:
@@ -334,11 +340,7 @@ def test_run_with_an_embedded_broker_listens_on_the_port_it_is_given(tmp_path: P
     )  # fmt: skip
     said: list[str] = []
     try:
-        assert proc.stderr is not None
-        while not any("joining group" in line for line in said):
-            line = proc.stderr.readline()
-            assert line, "".join(said)
-            said.append(line)
+        _read_until(proc, "joining group", said)
     finally:
         code, rest = _stop(proc, signal.SIGINT)
     err = "".join(said) + rest
