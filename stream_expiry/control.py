@@ -307,17 +307,7 @@ class ControlTopics:
         )
         if cut:
             self._stats.dead_letters_truncated += 1
-            log.warning(
-                "the dead letter of %s[%d]@%d is over the producer's limit of %d bytes: "
-                "published with its value cut to %d of %d bytes, said in header %s",
-                rec.topic,
-                rec.partition,
-                rec.offset,
-                limit,
-                len(letter or b""),
-                len(rec.value or b""),
-                oversize.H_VALUE_TRUNCATED,
-            )
+            oversize.say_cut(rec, limit, letter_key, letter)
         ack = await self._prod.send(self._topics.dlq, key=letter_key, value=letter, headers=headers)
         await all_acked([ack])
         self._dead_lettered.add(rec)

@@ -255,19 +255,7 @@ class Outbox:
     def _say_cut(self, rec: Any, key: bytes | None, value: bytes | None) -> None:
         if self._stats is not None:
             self._stats.dead_letters_truncated += 1
-        log.warning(
-            "the dead letter of %s[%d]@%d is over the producer's limit of %d bytes: published "
-            "with its value cut to %d of %d bytes (and its key to %d of %d), said in header %s",
-            rec.topic,
-            rec.partition,
-            rec.offset,
-            self._limit,
-            len(value or b""),
-            len(rec.value or b""),
-            len(key or b""),
-            len(rec.key or b""),
-            oversize.H_VALUE_TRUNCATED,
-        )
+        oversize.say_cut(rec, self._limit, key, value)
 
     async def _put_stamps(
         self,

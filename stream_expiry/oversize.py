@@ -24,6 +24,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, Final
 
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
@@ -43,8 +44,11 @@ __all__ = [
     "message_bytes",
     "output_limit",
     "producer_limit",
+    "say_cut",
     "stamp_within",
 ]
+
+log = logging.getLogger("stream_expiry.oversize")
 
 # A dead letter cut to fit: the original value's (key's) length in bytes, in decimal.
 H_VALUE_TRUNCATED: Final = "expiry-value-truncated"
@@ -137,3 +141,21 @@ def fit_dead_letter(
     if value is not None:
         value = value[: room - len(key or b"")]
     return key, value, said, True
+
+
+def say_cut(rec: Any, limit: int, key: bytes | None, value: bytes | None) -> None:
+    """The warning of a dead letter of ``rec`` cut to ``key`` and ``value`` to fit ``limit``
+    (:func:`fit_dead_letter`): the input's and the control topics' dead letters alike."""
+    log.warning(
+        "the dead letter of %s[%d]@%d is over the producer's limit of %d bytes: published "
+        "with its value cut to %d of %d bytes (and its key to %d of %d), said in header %s",
+        rec.topic,
+        rec.partition,
+        rec.offset,
+        limit,
+        len(value or b""),
+        len(rec.value or b""),
+        len(key or b""),
+        len(rec.key or b""),
+        H_VALUE_TRUNCATED,
+    )
