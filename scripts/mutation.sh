@@ -29,9 +29,17 @@ source_paths = [${quoted%, }]
 # and the malloc test measures a child interpreter, which fails under mutmut's harness.
 pytest_add_cli_args_test_selection = ["tests/unit/", "--ignore=tests/unit/test_deploy.py",
   "--deselect=tests/unit/test_replay_workers.py::test_freed_buffers_are_given_back_not_kept_in_the_heap"]
-also_copy = ["stream_expiry", "bench", "schemas", "examples", "docs", "README.md"]
+also_copy = ["stream_expiry", "bench", "schemas", "examples", "docs", "README.md",
+  "docker-compose.yml", "Dockerfile", "deploy"]
 EOF
 echo "mutating ${paths[*]} in $work" >&2
 mutmut run --max-children 1 >"$work/mutmut.log" 2>&1 || true
+# The unit tests must pass in the copy before a mutant means anything; when they do not
+# (a file they read was not copied), mutmut lists nothing as survived: say so, not "none".
+if grep -q "failed to collect stats" "$work/mutmut.log"; then
+  grep -E "^(FAILED|ERROR)" "$work/mutmut.log" >&2 || true
+  echo "the unit tests failed in the copy, no mutant was tried: $work/mutmut.log" >&2
+  exit 1
+fi
 mutmut results | grep -E "survived|timeout" || echo "no survivors"
 echo "folder: $work" >&2

@@ -5,6 +5,7 @@ aiokafka's producer measures it."""
 from __future__ import annotations
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -100,3 +101,56 @@ def test_a_stamp_just_over_the_limit_is_measured_not_guessed() -> None:
     assert oversize.message_bytes(KEY, value, SOURCE) == LIMIT
     over = {"t": "x" * (LIMIT - base + 1)}
     assert oversize.stamp_within(LIMIT, STAMP, over, (), KEY, SOURCE)[1]
+
+
+# -- what mutation testing found unchecked (scripts/mutation.sh stream_expiry/oversize.py)
+
+
+def test_a_stamp_keeps_its_redacted_paths_with_or_without_its_data() -> None:
+    """The paths ``[redact]`` removed say why a field is missing: a stamp that lost its
+    data to the limit still names them."""
+    redacted = ("user.email",)
+    for data, dropped in (({"t": "hi"}, False), ({"t": "x" * LIMIT}, True)):
+        value, was_dropped = oversize.stamp_within(LIMIT, STAMP, data, redacted, KEY, SOURCE)
+        assert was_dropped is dropped
+        assert orjson.loads(value)["redacted"] == ["user.email"]
+
+
+def test_a_stamp_whose_key_takes_it_over_the_limit_is_measured() -> None:
+    """The fast path counts the key too: a small value under a key of the limit's size."""
+    limit = 200 * 1024
+    key = b"k" * (limit - 1024)
+    value, dropped = oversize.stamp_within(limit, STAMP, {"t": "x" * 2048}, (), key, SOURCE)
+    assert dropped
+    assert oversize.message_bytes(key, value, SOURCE) <= limit
+
+
+def test_a_message_is_measured_with_its_key() -> None:
+    assert (
+        oversize.message_bytes(b"k" * 1000, b"", []) >= oversize.message_bytes(None, b"", []) + 1000
+    )
+
+
+def test_a_dead_letter_cut_keeps_half_the_room_for_a_long_key() -> None:
+    """Key and value both over the limit: the key keeps half the room, the value the rest
+    (a key cut shorter would waste room, a longer one leave too little of the value)."""
+    key, value, _, cut = oversize.fit_dead_letter(
+        b"k" * 3 * LIMIT, b"v" * 3 * LIMIT, _headers(), LIMIT
+    )
+    assert cut
+    assert key is not None
+    assert value is not None
+    assert abs(len(key) - len(value)) <= 1
+    assert len(key) + len(value) >= LIMIT - 512  # the headers' and framing's share
+
+
+def test_a_detail_of_exactly_the_kept_length_stays_whole() -> None:
+    detail = b"d" * oversize.DETAIL_BYTES
+    _, _, headers, cut = oversize.fit_dead_letter(None, b"v" * 3 * LIMIT, _headers(detail), LIMIT)
+    assert cut
+    assert dict(headers)[H_DETAIL] == detail
+
+
+def test_headers_alone_over_the_limit_are_an_error_that_says_so() -> None:
+    with pytest.raises(ValueError, match="headers alone exceed the limit of 512 bytes"):
+        oversize.fit_dead_letter(None, b"v" * 4096, [*_headers(), ("x", b"h" * 600)], 512)

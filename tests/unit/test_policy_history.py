@@ -303,3 +303,15 @@ def test_a_span_ends_where_a_version_begins() -> None:
     send(book, 1, "org/acme", org_update({"conversation": "10d"}, effective_from=10 * DAY))
     send(book, 2, "org/acme", org_update({"conversation": "5d"}, effective_from=20 * DAY))
     assert book.resolve_span(ACME, 15 * DAY)[1:] == (10 * DAY, 20 * DAY)
+
+
+def test_an_invalid_value_dated_before_every_version_keeps_the_config_files() -> None:
+    """A back-dated update that lands first (before every later version) and whose value is
+    not a duration falls back on the config file's value, not on a later version's (which
+    is not in force yet at its time). Found by mutation testing."""
+    file = {"conversation": Candidate("org", "conversation", 30 * DAY)}
+    h = ScopeHistory(file)
+    h.add(100 * DAY, {"conversation": Candidate("org", "conversation", 7 * DAY)})
+    h.add(50 * DAY, {"conversation": Candidate("org", "conversation", None, valid=False)})
+    assert h.at(60 * DAY)[0]["conversation"].ttl_ms == 30 * DAY
+    assert h.at(120 * DAY)[0]["conversation"].ttl_ms == 7 * DAY

@@ -518,3 +518,142 @@ def test_with_an_archive_required_a_row_of_unknown_position_is_never_swept() -> 
     p = w.apply([SweepChange(A, T0 + 20 * MIN, {0: 10**9})])
     assert (p.swept, p.kept_for_archive) == (0, 1)
     assert w.apply([SweepChange(A, T0 + 20 * MIN)]).swept == 1  # no archive required
+
+
+# -- what mutation testing found unchecked (scripts/mutation.sh stream_expiry/sinks/_logic.py):
+# a planner that wrote a row without its TTL, counted wrong, lost a held life's deletion or
+# listed no living record passed every test above.
+
+B = Identity("acme", "_", "live", "conversation", "r2")
+
+
+def test_a_stamp_writes_its_row_whole_and_counts_each_row_written() -> None:
+    w, s = World(), life()
+    p = w.apply([st_change(s, {"text": "hi"}, offset=4), st_change(life(i=B), offset=5)])
+    assert p.written == 2
+    row = w.row()
+    assert row is not None
+    assert (row.created_at, row.expires_at, row.ttl_seconds, row.ttl_source, row.data) == (
+        T0, T0 + 10 * MIN, 600, "org", '{"text":"hi"}',
+    )  # fmt: skip
+    assert (row.updated_at, row.src_partition, row.src_offset) == (w.now, 0, 4)
+
+
+def test_an_older_stamp_read_again_never_overwrites_a_later_one_of_the_same_life() -> None:
+    """A crash before the offset commit re-reads the topic from before a touch's re-stamp:
+    the row keeps the position it was written from, and the older message is skipped."""
+    w, s = World(), life()
+    touched = s._replace(expires_at=T0 + 20 * MIN)
+    w.apply([st_change(s, offset=3), st_change(touched, offset=4)])
+    p = w.apply([st_change(s, offset=3)])
+    assert (p.written, p.upserts) == (0, [])
+    row = w.row()
+    assert row is not None
+    assert row.expires_at == T0 + 20 * MIN
+
+
+def test_a_touched_life_still_gets_one_receipt() -> None:
+    """A re-stamp of the same life (a touch) replaces the row; it is not a next life, so
+    the life's tombstone deletes it with one receipt, not a second for a 'replaced' one."""
+    w, s = World(), life()
+    touched = s._replace(expires_at=T0 + 20 * MIN)
+    w.apply([st_change(s, {"a": 1}, offset=0), st_change(touched, offset=1)])
+    w.apply([tomb(touched)])
+    assert [(r.created_at, r.rows_deleted) for r in w.receipts] == [(T0, 1)]
+
+
+def test_two_held_lives_replaced_in_turn_each_get_their_receipt() -> None:
+    """Each life a hold kept and the next one replaced waits for its own tombstone: the
+    second replacement keeps the first one's deletion waiting beside its own."""
+    w = World()
+    first, second, third = life(), life(created=T0 + 2 * MIN), life(created=T0 + 4 * MIN)
+    w.apply([st_change(first, {"n": 1}, 0)])
+    w.apply([st_change(second, {"n": 2}, 1)])
+    w.apply([st_change(third, {"n": 3}, 2)])
+    erased = [
+        replace(tomb(s, "explicit", emitted_at=T0 + 30 * MIN), deleted_at=(s.created_at or 0) + 1)
+        for s in (first, second)
+    ]
+    w.apply(erased)
+    assert sorted(r.created_at or 0 for r in w.receipts) == [T0, T0 + 2 * MIN]
+    row = w.row()
+    assert row is not None
+    assert row.created_at == third.created_at
+
+
+def test_an_erasure_naming_no_life_takes_the_receipts_fields_from_the_row_it_deletes() -> None:
+    w, s = World(), life()
+    w.apply([st_change(s, {"text": "hi"})])
+    p = w.apply([tomb(Stamp(A, None, None, None, None), reason="explicit", emitted_at=T0 + MIN)])
+    [r] = p.receipts
+    assert (r.rows_deleted, r.created_at, r.expires_at, r.ttl_seconds, r.ttl_source) == (
+        1, T0, T0 + 10 * MIN, 600, "org",
+    )  # fmt: skip
+
+
+def test_a_receipt_waiting_after_a_null_keeps_the_deleted_rows_ttl() -> None:
+    w, s = World(), life()
+    w.apply([st_change(s, offset=0), NullChange(A, 0, 1)])
+    w.apply([tomb(Stamp(A, None, None, None, None), reason="explicit", emitted_at=T0 + MIN)])
+    [r] = w.receipts
+    assert (r.ttl_seconds, r.ttl_source) == (600, "org")
+
+
+def test_the_sweep_names_each_record_and_counts_each_deletion() -> None:
+    w = World()
+    a, b = life(), life(i=B)
+    w.apply([st_change(a, offset=0), st_change(b, offset=1)])
+    p = w.apply([SweepChange(A, T0 + 20 * MIN), SweepChange(B, T0 + 20 * MIN)])
+    assert p.swept == 2
+    assert sorted(
+        (r.identity.record_id, r.rows_deleted, r.created_at, r.ttl_seconds, r.ttl_source)
+        for r in p.receipts
+    ) == [("r1", 1, T0, 600, "org"), ("r2", 1, T0, 600, "org")]
+
+
+def test_the_sweep_counts_each_row_it_keeps_for_the_archive() -> None:
+    w = World()
+    w.apply([st_change(life(), offset=0), st_change(life(i=B), offset=1)])
+    p = w.apply([SweepChange(A, T0 + 20 * MIN, {}), SweepChange(B, T0 + 20 * MIN, {})])
+    assert (p.kept_for_archive, p.swept) == (2, 0)
+
+
+def test_a_row_at_the_first_offset_waits_while_the_archive_has_committed_nothing() -> None:
+    """No committed offset on the partition: nothing of it is archived, offset 0 included."""
+    w = World()
+    w.apply([st_change(life(), offset=0)])
+    assert w.apply([SweepChange(A, T0 + 20 * MIN, {})]).kept_for_archive == 1
+    assert w.apply([SweepChange(A, T0 + 20 * MIN, {0: 1})]).swept == 1
+
+
+def test_a_swept_life_stays_deleted_and_the_next_millisecond_starts_a_new_one() -> None:
+    w, s = World(), life()
+    w.apply([st_change(s, offset=0)])
+    w.apply([SweepChange(A, T0 + 20 * MIN)])
+    p = w.apply([st_change(s, offset=1)])  # the swept life's stamp, delivered again
+    assert (p.written, p.stale) == (0, 1)
+    assert w.row() is None
+    w.apply([st_change(life(created=T0 + 1), offset=2)])
+    row = w.row()
+    assert row is not None
+    assert row.created_at == T0 + 1
+
+
+def test_a_row_of_unknown_creation_belongs_to_every_deleted_life() -> None:
+    """A stamp without ``created_at`` (the store cannot tell its life) is deleted by the
+    first tombstone, whatever life that names."""
+    w = World()
+    w.apply([StampChange(A, None, None, None, None, '{"x":1}', 0, 0)])
+    p = w.apply([tomb(life())])
+    assert (p.deleted, [r.rows_deleted for r in p.receipts]) == (1, [1])
+
+
+def test_only_a_record_alive_again_after_its_deletion_is_listed_living() -> None:
+    """Rule 6: A is deleted and created again in the batch (a compacted topic must get no
+    null for it); B is only deleted."""
+    w, a, b = World(), life(), life(i=B)
+    w.apply([st_change(a, offset=0), st_change(b, offset=1)])
+    again = life(created=a.expires_at or 0)
+    p = w.apply([tomb(a), st_change(again, offset=2), tomb(b)])
+    assert p.living == [A]
+    assert sorted(r.identity.record_id for r in p.receipts) == ["r1", "r2"]
