@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING, NoReturn, cast
 
@@ -43,7 +44,7 @@ from stream_expiry.logs import configure_logging, resolve_log_options, say_failu
 from stream_expiry.metrics import version
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from stream_expiry.kafka_settings import Connection
 
@@ -93,6 +94,20 @@ def connection_from(args: argparse.Namespace, config: Config) -> Connection:
     from stream_expiry.kafka_settings import connection_for
 
     return connection_for(bootstrap_from(args, config), config.kafka, os.environ)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM handled as Ctrl-C, for a command that keeps a temporary store (``replay``,
+    ``status``): Python's default for SIGTERM ends the process on the spot, which left the
+    store, every live stamp with its ``data``, in the temporary directory (erased users'
+    data too, read before their nulls came) until something cleared /tmp. As an
+    interrupt, the command unwinds, removes it, and exits 130 (interrupted)."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # -- run ----------------------------------------------------------------------------------
@@ -256,7 +271,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from stream_expiry.replay import run_replay
 
     config = load(args)
-    return anyio.run(run_replay, config, connection_from(args, config), args)
+    with _terminate_as_interrupt():
+        return anyio.run(run_replay, config, connection_from(args, config), args)
 
 
 def _parser_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -346,7 +362,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from stream_expiry.status import run_status
 
     config = load(args)
-    return anyio.run(run_status, config, connection_from(args, config), args)
+    with _terminate_as_interrupt():
+        return anyio.run(run_status, config, connection_from(args, config), args)
 
 
 def _parser_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
