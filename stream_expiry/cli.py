@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from typing import TYPE_CHECKING, NoReturn, cast
 
 import anyio
@@ -102,7 +103,12 @@ def _terminate_as_interrupt() -> Iterator[None]:
     ``status``): Python's default for SIGTERM ends the process on the spot, which left the
     store, every live stamp with its ``data``, in the temporary directory (erased users'
     data too, read before their nulls came) until something cleared /tmp. As an
-    interrupt, the command unwinds, removes it, and exits 130 (interrupted)."""
+    interrupt, the command unwinds, removes it, and exits 130 (interrupted). Run outside
+    the main thread (``main()`` called from a thread), it leaves signals alone: only the
+    main thread may set a handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         yield
