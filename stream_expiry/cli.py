@@ -19,7 +19,9 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import TYPE_CHECKING, NoReturn, cast
 
 import anyio
@@ -43,7 +45,7 @@ from stream_expiry.logs import configure_logging, resolve_log_options, say_failu
 from stream_expiry.metrics import version
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from stream_expiry.kafka_settings import Connection
 
@@ -93,6 +95,25 @@ def connection_from(args: argparse.Namespace, config: Config) -> Connection:
     from stream_expiry.kafka_settings import connection_for
 
     return connection_for(bootstrap_from(args, config), config.kafka, os.environ)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM handled as Ctrl-C, for a command that keeps a temporary store (``replay``,
+    ``status``): Python's default for SIGTERM ends the process on the spot, which left the
+    store, every live stamp with its ``data``, in the temporary directory (erased users'
+    data too, read before their nulls came) until something cleared /tmp. As an
+    interrupt, the command unwinds, removes it, and exits 130 (interrupted). Run outside
+    the main thread (``main()`` called from a thread), it leaves signals alone: only the
+    main thread may set a handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # -- run ----------------------------------------------------------------------------------
@@ -256,7 +277,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from stream_expiry.replay import run_replay
 
     config = load(args)
-    return anyio.run(run_replay, config, connection_from(args, config), args)
+    with _terminate_as_interrupt():
+        return anyio.run(run_replay, config, connection_from(args, config), args)
 
 
 def _parser_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -346,7 +368,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from stream_expiry.status import run_status
 
     config = load(args)
-    return anyio.run(run_status, config, connection_from(args, config), args)
+    with _terminate_as_interrupt():
+        return anyio.run(run_status, config, connection_from(args, config), args)
 
 
 def _parser_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -449,6 +449,7 @@ class Share:
     sample_size: int
     keep_states: bool
     partitions: tuple[int, ...] | None = None
+    scratch: str | None = None  # where its temporary store goes (None: the system's temp)
 
     def book(self) -> PolicyBook:
         """The policy book: the config and every update, applied in their order."""
@@ -474,7 +475,7 @@ async def replay_share(share: Share, progress: Progress | None = None) -> Replay
     book = share.book()
     stamped = share.config.topics.stamped
     report = ReplayReport()
-    with scratch_directory("stream-expiry-replay-") as work:
+    with scratch_directory("stream-expiry-replay-", within=share.scratch) as work:
         kv = RocksKV(os.path.join(work, "current"), durable=False)
         try:
             verdict = _Verdict(

@@ -20,6 +20,7 @@ from stream_expiry.kafka import consumer, high_watermarks, partitions_of
 from stream_expiry.parts import add_up
 from stream_expiry.replay import ProgressBar, ReplayReport, Share, replay_share
 from stream_expiry.state import RocksKV
+from stream_expiry.state.kv import scratch_directory
 from stream_expiry.workers import Reporter, give_back_freed_memory, run_in_workers, worker_count
 
 if TYPE_CHECKING:
@@ -46,7 +47,6 @@ async def replay_stamps(
     n = worker_count(workers, len(partitions), messages)
     if n == 1:
         return await replay_share(share, bar)
-    jobs = [_Job(replace(share, partitions=tuple(partitions[i::n])), n) for i in range(n)]
     done, totals = [0] * n, [0] * n
 
     def on_progress(i: int, read: tuple[int, int]) -> None:
@@ -55,13 +55,20 @@ async def replay_stamps(
             bar.total = sum(totals)
             bar(sum(done))
 
-    reports = await run_in_workers(
-        _replay_job,
-        jobs,
-        name="replay",
-        on_progress=on_progress,
-        hint="; --workers 1 replays in one process, with less memory",
-    )
+    # The workers' stores go in one directory of this process, removed here: a worker
+    # killed (another's failure, an interruption) leaves its store, data included, behind.
+    with scratch_directory("stream-expiry-replay-") as scratch:
+        jobs = [
+            _Job(replace(share, partitions=tuple(partitions[i::n]), scratch=scratch), n)
+            for i in range(n)
+        ]
+        reports = await run_in_workers(
+            _replay_job,
+            jobs,
+            name="replay",
+            on_progress=on_progress,
+            hint="; --workers 1 replays in one process, with less memory",
+        )
     if bar is not None:
         bar(sum(r.events for r in reports), final=True)
     return merge_reports(reports, share.sample_size)

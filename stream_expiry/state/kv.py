@@ -37,12 +37,17 @@ def _store_error(what: str, path: str, exc: Exception) -> StoreError:
 
 
 @contextlib.contextmanager
-def scratch_directory(prefix: str) -> Iterator[str]:
+def scratch_directory(prefix: str, within: str | None = None) -> Iterator[str]:
     """A temporary directory for a command's working store (``status``, ``replay``), removed
     after; a :class:`StoreError` saying what to do where none can be made (a container with
-    a read-only root file system and nothing mounted on /tmp), not a traceback."""
+    a read-only root file system and nothing mounted on /tmp), not a traceback.
+
+    ``within``: a scratch directory of the parent process to make it in (None: the
+    system's). A worker process's store holds every stamp of its partitions, ``data``
+    included, and a worker stopped by a kill (its parent's failure, cancellation or
+    interruption) removes nothing: its parent's removal of ``within`` takes it along."""
     try:
-        work = tempfile.TemporaryDirectory(prefix=prefix)
+        work = tempfile.TemporaryDirectory(prefix=prefix, dir=within)
     except OSError as exc:
         raise StoreError(
             f"no writable temporary directory for a working store ({exc}): set TMPDIR to "

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
+import signal
+import sys
+import time
 from collections import Counter
 from typing import TYPE_CHECKING
 
+import anyio
 import orjson
 import pytest
 
+from stream_expiry import exits
 from stream_expiry.codec import source_headers
 from stream_expiry.config import parse_config
 from stream_expiry.kafka import key_partition, producer
@@ -22,6 +28,7 @@ from stream_expiry.timeutil import format_ts
 from tests.conftest import TopicSet, read_all, read_topic
 from tests.integration.service_helpers import (
     config_for,
+    config_text,
     event,
     live_expiries,
     produce,
@@ -464,3 +471,34 @@ async def test_replay_says_which_policy_updates_it_skipped_as_the_service_would(
     assert any(
         s.startswith("policy update org/globex") and "ttl.session: 'banana'" in s for s in said
     )
+
+
+async def test_a_replay_stopped_by_sigterm_leaves_no_store_in_the_temporary_directory(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """The workers' stores hold every stamp of their partitions, ``data`` included. A
+    SIGTERM ended the process on the spot and the kill of its workers left each one's
+    store in /tmp, erased users' data with them, until something cleared it."""
+    await _stamps_on_the_changelog(broker, topics, 100_000, wall_clock_ms())
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(config_text(topics, str(tmp_path / "state"), LONG))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    argv = ["replay", "--config", str(cfg), "--bootstrap-servers", broker, "--workers", "2"]
+    command = [sys.executable, "-m", "stream_expiry", *argv, "--dry-run", "--json"]
+    async with await anyio.open_process(command, env={**os.environ, "TMPDIR": str(tmp)}) as proc:
+        try:
+            deadline = time.monotonic() + 60
+            while len(list(tmp.rglob("current"))) < 2:  # both workers' stores are open
+                assert proc.returncode is None, "the replay ended before the test stopped it"
+                assert time.monotonic() < deadline, "the workers never opened their stores"
+                await anyio.sleep(0.005)
+            proc.send_signal(signal.SIGTERM)
+            with anyio.fail_after(30):
+                code = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert code == exits.INTERRUPTED
+    assert list(tmp.iterdir()) == []

@@ -6,6 +6,7 @@ tests/unit/test_sinks_logic.py.
 
 from __future__ import annotations
 
+import io
 import os
 import random
 from dataclasses import replace
@@ -15,6 +16,7 @@ import pytest
 import pytest_asyncio
 
 from stream_expiry.errors import StoreError
+from stream_expiry.logs import configure_logging
 from stream_expiry.model import Identity
 from stream_expiry.sinks._logic import Plan, plan
 from stream_expiry.sinks._messages import (
@@ -100,6 +102,23 @@ async def test_write_then_tombstone_deletes_with_one_receipt(store: Store) -> No
         600,
         "org",
     )
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_a_debug_log_holds_no_record_data_nor_ids(store: Store) -> None:
+    """A log outlives every erasure: at DEBUG, aiosqlite printed each statement with its
+    parameters, the data and ids of the records written and erased."""
+    out = io.StringIO()
+    configure_logging("DEBUG", "text", stream=out)
+    try:
+        s = stamp(ident("user-7f3a-private-id"))
+        assert (await store.apply([put(s, {"email": "jane@private.example"})], now_ms=T0)).written
+        assert (await store.apply([kill(s, "explicit")], now_ms=T0 + 1)).deleted == 1
+    finally:
+        configure_logging("WARNING", "text")
+    log = out.getvalue()
+    assert "private" not in log
 
 
 @pytest.mark.asyncio
