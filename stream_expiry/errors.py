@@ -14,6 +14,7 @@ __all__ = [
     "ConfigurationError",
     "CorruptStoreError",
     "InputError",
+    "NewerStoreError",
     "StoreError",
     "StreamExpiryError",
     "leaves",
@@ -58,6 +59,20 @@ class CorruptStoreError(StoreError):
     def __reduce__(self) -> tuple[type[CorruptStoreError], tuple[str, str]]:
         # A restore's worker process sends its error to the service: keep the path.
         return (type(self), (str(self), self.path))
+
+
+class NewerStoreError(StoreError):
+    """A state store was written by a newer version of stream-expiry, in a store format this
+    version does not know (a rollback): read, it would be misread. Raised when the store is
+    opened, before anything else of it is read; the service sets the store aside and
+    restores it from the changelog. ``found`` is the store's format."""
+
+    def __init__(self, message: str, found: int) -> None:
+        super().__init__(message)
+        self.found = found
+
+    def __reduce__(self) -> tuple[type[NewerStoreError], tuple[str, int]]:
+        return (type(self), (str(self), self.found))
 
 
 class BrokerError(StreamExpiryError):

@@ -57,6 +57,7 @@ from stream_expiry.oversize import producer_limit
 from stream_expiry.policy import PolicyBook
 from stream_expiry.redact import Redactor
 from stream_expiry.state import PartitionProcessor
+from stream_expiry.state.kv import ASIDE, CORRUPT, move_aside
 from stream_expiry.state.restore import Mark, broken_marks
 from stream_expiry.state.restore_workers import restore_stores
 from stream_expiry.state.store import input_position_name, position_marks
@@ -135,37 +136,27 @@ def _describe(exc: BaseException) -> str:
 
 
 def _say_moved_aside(state_dir: str) -> None:
-    """Warn of the damaged stores moved aside in the state directory that are still there:
-    the service never deletes them (a person may want to look), and they take disk."""
-    aside = sorted(e.path for e in os.scandir(state_dir) if ".corrupt-" in e.name and e.is_dir())
-    if not aside:
-        return
-    size = sum(
-        os.path.getsize(os.path.join(root, name))
-        for path in aside
-        for root, _dirs, names in os.walk(path)
-        for name in names
-    )
-    log.warning(
-        "%s moved aside earlier take %.1f MiB here: %s; delete them once looked at (the "
-        "service never reads them)",
-        "1 damaged state store" if len(aside) == 1 else f"{len(aside)} damaged state stores",
-        size / 2**20,
-        ", ".join(os.path.basename(p) for p in aside),
-    )
-
-
-def _move_aside(path: str) -> str:
-    """Rename a damaged store's directory to ``<path>.corrupt-<UTC time>``; its name."""
-    aside = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-    try:
-        os.rename(path, aside)
-    except OSError as exc:
-        raise StoreError(
-            f"the state store {path} is damaged and cannot be moved aside ({exc}): "
-            "remove it, and it is restored from the changelog"
-        ) from exc
-    return aside
+    """Warn of the stores moved aside in the state directory that are still there (damaged
+    ones, and those a newer version wrote): the service never deletes them (a person may
+    want to look), and they take disk."""
+    for label, (one, more) in ASIDE.items():
+        mark = f".{label}-"
+        aside = sorted(e.path for e in os.scandir(state_dir) if mark in e.name and e.is_dir())
+        if not aside:
+            continue
+        size = sum(
+            os.path.getsize(os.path.join(root, name))
+            for path in aside
+            for root, _dirs, names in os.walk(path)
+            for name in names
+        )
+        log.warning(
+            "%s moved aside earlier take %.1f MiB here: %s; delete them once looked at (the "
+            "service never reads them)",
+            f"1 {one}" if len(aside) == 1 else f"{len(aside)} {more}",
+            size / 2**20,
+            ", ".join(os.path.basename(p) for p in aside),
+        )
 
 
 def _close_store(proc: PartitionProcessor) -> None:
@@ -527,7 +518,7 @@ class Service:
                 "looked at); the session starts again and restores it from the changelog",
                 path,
                 why,
-                _move_aside(path),
+                move_aside(path, CORRUPT, "is damaged"),
             )
         return True
 
@@ -915,7 +906,7 @@ class Service:
                     raise
                 for path, why in damaged.items():
                     moved.add(path)
-                    aside = _move_aside(path)
+                    aside = move_aside(path, CORRUPT, "is damaged")
                     log.warning(
                         "the state store %s is damaged (%s): moved aside to %s (delete it "
                         "once looked at); restoring it from the changelog",

@@ -17,6 +17,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from stream_expiry.errors import CorruptStoreError, StoreError
@@ -24,7 +25,26 @@ from stream_expiry.errors import CorruptStoreError, StoreError
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-__all__ = ["KeyValue", "MemoryKV", "RocksKV", "scratch_directory"]
+__all__ = [
+    "ASIDE",
+    "CORRUPT",
+    "NEWER",
+    "KeyValue",
+    "MemoryKV",
+    "RocksKV",
+    "move_aside",
+    "scratch_directory",
+]
+
+# What a store moved aside is renamed to, after its own name and a dot: ``<dir>.<label>-<UTC
+# time>``; the service never reads them again, and names those still there at each start.
+CORRUPT = "corrupt"  # RocksDB found it damaged
+NEWER = "newer"  # a newer version of stream-expiry wrote it (a rollback)
+# each label's store, said in one and in more
+ASIDE = {
+    CORRUPT: ("damaged state store", "damaged state stores"),
+    NEWER: ("state store of a newer version", "state stores of a newer version"),
+}
 
 
 def _store_error(what: str, path: str, exc: Exception) -> StoreError:
@@ -34,6 +54,21 @@ def _store_error(what: str, path: str, exc: Exception) -> StoreError:
     if str(exc).startswith("Corruption"):
         return CorruptStoreError(message, path)
     return StoreError(message)
+
+
+def move_aside(path: str, label: str, why: str) -> str:
+    """Rename a store's directory to ``<path>.<label>-<UTC time>`` (``label``: one of
+    :data:`ASIDE`); its new name. The store is a cache of the changelog: one the service
+    cannot use is restored afresh, the old one kept for a person to look at."""
+    aside = f"{path}.{label}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    try:
+        os.rename(path, aside)
+    except OSError as exc:
+        raise StoreError(
+            f"the state store {path} {why} and cannot be moved aside ({exc}): "
+            "remove it, and it is restored from the changelog"
+        ) from exc
+    return aside
 
 
 @contextlib.contextmanager

@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from stream_expiry.errors import NewerStoreError
 from stream_expiry.kafka import consumer
 from stream_expiry.parts import add_up
-from stream_expiry.state.kv import RocksKV
+from stream_expiry.state.kv import NEWER, RocksKV, move_aside
 from stream_expiry.state.restore import (
     RestoreReport,
     RestoreResult,
@@ -61,11 +62,31 @@ def _open(paths: Mapping[Source, str], grace_ms: int) -> dict[Source, PartitionS
     stores: dict[Source, PartitionStore] = {}
     try:
         for source, path in paths.items():
-            stores[source] = PartitionStore(RocksKV(path), grace_ms=grace_ms)
+            stores[source] = _open_store(path, grace_ms)
     except BaseException:
         _close(stores)
         raise
     return stores
+
+
+def _open_store(path: str, grace_ms: int) -> PartitionStore:
+    """The store at ``path``; one a newer version wrote (a rollback) is moved aside, with a
+    warning, and an empty one opened in its place, which the restore fills from the
+    changelog: read, the newer store would be misread."""
+    kv = RocksKV(path)
+    try:
+        return PartitionStore(kv, grace_ms=grace_ms)
+    except NewerStoreError as exc:
+        kv.close()
+        aside = move_aside(path, NEWER, "was written by a newer version")
+        log.warning(
+            "%s: %s; moved aside to %s (delete it once the rollback is settled), restoring "
+            "it from the changelog",
+            path,
+            exc,
+            aside,
+        )
+    return PartitionStore(RocksKV(path), grace_ms=grace_ms)
 
 
 def _close(stores: Mapping[Source, PartitionStore]) -> None:

@@ -9,7 +9,20 @@ Layout (byte keys in one ordered key-value engine, quix-streams' ``ttl_codec`` i
 * ``h`` + record key -> empty: records a legal hold keeps (due, or with an erasure
   request), off the expiry index until a release frees them;
 * ``~`` + name -> an integer: counters and changelog positions, written in the same batch
-  as the states they describe.
+  as the states they describe; ``~format``, the store's format (:data:`STORE_FORMAT`).
+
+The format says how keys and values are laid out, so that a version never misreads a store
+another version wrote (a rolling upgrade, a rollback). Format 1 is the layout above with
+:mod:`stream_expiry.state.codec`'s values; stores written before the format was kept have
+none, and are format 1 too: each field added since (a previous life's deletion, the lives
+a hold keeps) was added to the value's tail behind a marker byte, so the older values read
+unchanged. A store is stamped with :data:`STORE_FORMAT` when it opens; one of a higher
+format (a newer version wrote it: this one was rolled back to) is refused with
+:class:`~stream_expiry.errors.NewerStoreError` before anything else of it is read, and the
+service sets it aside and restores it from the changelog (an older version, reading the
+newer tail, raised a ``UnicodeDecodeError`` at the first event or timer of such a record).
+A change an older version would misread raises :data:`STORE_FORMAT`; a format this version
+can still read (migrated or not) stays below it.
 
 Rules kept here:
 
@@ -30,6 +43,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from stream_expiry.errors import NewerStoreError
 from stream_expiry.model import HeldLife, Identity, Stamp, identity_of_key
 from stream_expiry.state.codec import decode_state, encode_fields, encode_state
 
@@ -41,6 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_GRACE_MS",
+    "STORE_FORMAT",
     "PartitionStore",
     "RestoredRow",
     "StoreCounts",
@@ -51,6 +66,7 @@ __all__ = [
 ]
 
 DEFAULT_GRACE_MS = 7 * 24 * 3_600_000  # as long as input topics keep events, by default
+STORE_FORMAT = 1  # the layout this version writes (see the module's rules)
 
 
 def position_name(topic: str, partition: int) -> str:
@@ -91,6 +107,7 @@ _INT = struct.Struct(">q")
 _BIAS = 1 << 63  # signed times sort as unsigned big-endian bytes
 _STATE, _DUE, _MARKER, _HELD, _META = b"s", b"x", b"m", b"h", b"~"
 _PENDING_PREFIX = "pending/"
+_FORMAT = _META + b"format"
 
 # A state read back from the changelog, as :meth:`PartitionStore.write_restored` takes it:
 # (record key, category, created_at, expires_at, ttl_ms, ttl_source, deleted_at, erase_at,
@@ -145,9 +162,12 @@ class PartitionStore:
     """Record states of one input partition, on any :class:`KeyValue` engine."""
 
     def __init__(self, kv: KeyValue, *, grace_ms: int = DEFAULT_GRACE_MS) -> None:
+        """Open the store in ``kv``; a :class:`NewerStoreError` if a newer version wrote it
+        (its meta included: nothing else of it is read first)."""
         self.kv = kv
         self.grace_ms = grace_ms
         self.counts = StoreCounts()
+        self._adopt_format()
         for name, value in self._scan_meta():
             if name.startswith(_PENDING_PREFIX):
                 self.counts.pending[name[len(_PENDING_PREFIX) :]] = value
@@ -157,6 +177,22 @@ class PartitionStore:
                 self.counts.markers = value
             elif name == "held":
                 self.counts.held = value
+
+    def _adopt_format(self) -> None:
+        """Stamp this version's format on a store of it or of an older one (format 1, or
+        none: every layout before the format was kept reads as format 1); refuse one of a
+        newer format."""
+        raw = self.kv.multi_get([_FORMAT])[0]
+        found = None if raw is None else int(_INT.unpack(raw)[0])
+        if found == STORE_FORMAT:
+            return
+        if found is not None and found > STORE_FORMAT:
+            raise NewerStoreError(
+                f"a newer version of stream-expiry wrote this state store (store format "
+                f"{found}; this version reads formats up to {STORE_FORMAT})",
+                found,
+            )
+        self.kv.apply({_FORMAT: _INT.pack(STORE_FORMAT)}, ())
 
     def _scan_meta(self) -> Iterator[tuple[str, int]]:
         for key, value in self.kv.scan(_META, _META + b"\xff"):

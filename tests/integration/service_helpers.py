@@ -17,6 +17,7 @@ from stream_expiry.kafka import producer
 from stream_expiry.model import Identity
 from stream_expiry.service import Service, wall_clock_ms
 from stream_expiry.state import PartitionStore, RocksKV
+from stream_expiry.state.kv import ASIDE
 from stream_expiry.testing.processes import ArrivalLog, ServiceProcess, spawn_service
 
 __all__ = [
@@ -147,11 +148,11 @@ async def produce(broker: str, messages: Sequence[tuple[str, bytes | None, bytes
 @contextlib.contextmanager
 def stores_in(state_dir: str) -> Iterator[dict[str, PartitionStore]]:
     """Every partition store a stopped service left in ``state_dir``, by directory name
-    (not the damaged ones it moved aside)."""
+    (not those it moved aside: damaged, or of a newer version)."""
     stores = {
         entry.name: PartitionStore(RocksKV(entry.path))
         for entry in os.scandir(state_dir)
-        if entry.is_dir() and ".corrupt-" not in entry.name
+        if entry.is_dir() and not any(f".{label}-" in entry.name for label in ASIDE)
     }
     try:
         yield stores

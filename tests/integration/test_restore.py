@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import struct
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ from stream_expiry.service import ASSIGNORS, wall_clock_ms
 from stream_expiry.state import PartitionStore, RocksKV
 from stream_expiry.state.restore import RestoreResult, position_name, restore_partitions
 from stream_expiry.state.restore_workers import restore_stores
+from stream_expiry.state.store import STORE_FORMAT
 from stream_expiry.timeutil import parse_ts
 from tests.conftest import TopicSet, read_all, read_topic, wait_for
 from tests.integration.service_helpers import (
@@ -910,3 +912,45 @@ async def test_a_store_found_damaged_while_running_is_restored_not_the_end_of_th
     live = live_expiries(state)
     assert {Identity("acme", "_", "live", "conversation", rid).key for rid in
             [f"a{i}" for i in range(50)] + [f"b{i}" for i in range(50)]} <= set(live)  # fmt: skip
+
+
+@pytest.mark.timeout(150)
+async def test_a_rollback_sets_aside_a_store_a_newer_version_wrote_and_restores_it(
+    broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rollback: the stores were written by a newer version, in a format this one does
+    not know. It read them with its own codec all the same (an older version stopped at the
+    first record with a tail it did not know, UnicodeDecodeError); now each is moved aside
+    to ``<dir>.newer-<UTC time>`` with one warning and restored from the changelog, and
+    the next start names them. The newer format is made here by stamping the stores a
+    higher format number (their records are this version's: the restore must not need
+    them, and gives the same records back)."""
+    state = str(tmp_path / "state")
+    cfg = config_for(topics, state, '[retention.defaults]\nconversation = "1h"\n')
+    t0 = wall_clock_ms()
+    creates = [(topics.conversations, *event("conversation", f"c{i}", ts=t0)) for i in range(40)]
+    async with running_service(cfg, broker) as svc:
+        await produce(broker, creates)
+        await wait_for(lambda: svc.stats.stamped >= len(creates))
+    before = live_expiries(state)
+    assert len(before) == len(creates)
+    newer = sorted(e.path for e in os.scandir(state) if e.is_dir())
+    for path in newer:
+        kv = RocksKV(path)
+        kv.apply({b"~format": struct.pack(">q", STORE_FORMAT + 1)}, [])
+        kv.close()
+
+    caplog.set_level(logging.WARNING, "stream_expiry")
+    async with running_service(cfg, broker):
+        pass
+    aside = sorted(e.path for e in os.scandir(state) if ".newer-" in e.name)
+    assert [a.rsplit(".newer-", 1)[0] for a in aside] == newer
+    warned = [r.getMessage() for r in caplog.records if "newer version" in r.getMessage()]
+    assert len(warned) == len(newer)
+    assert all(any(a in line for line in warned) for a in aside)
+    assert live_expiries(state) == before
+    caplog.clear()
+    async with running_service(cfg, broker):
+        pass  # the next start says what was moved aside and is still there
+    (said,) = [r.getMessage() for r in caplog.records if "moved aside earlier" in r.getMessage()]
+    assert said.startswith(f"{len(newer)} state stores of a newer version moved aside")

@@ -145,3 +145,36 @@ def test_a_deferred_deletion_is_audited_with_what_deferred_it() -> None:
     never = Stamp(IDENT, 1_000, None, None, None)
     entry = orjson.loads(codec.encode_deferral(never, "ttl", [], 0))
     assert [entry[k] for k in ("expires_at", "erase_requested_at", "reason")] == [None, None, "ttl"]
+
+
+# Stamps as an earlier version (commit 8501475) wrote them on expiry.stamped, byte for byte
+# (taken from a trial's topic): what a rolling upgrade's new instance restores from an old
+# one's. The stamps only ever gained optional fields, so these read as this version's own.
+_OLD_STAMPS = {
+    "c-1": (
+        b'{"org":"acme","bot":"_","env":"live","category":"conversation","record_id":"c-1",'
+        b'"created_at":"2026-12-04T11:35:53.022Z","expires_at":"2026-12-04T11:36:13.022Z",'
+        b'"ttl_seconds":20,"ttl_source":"default","last_activity_at":'
+        b'"2026-12-04T11:35:53.022Z","data":null}'
+    ),
+    "r-1": (  # a new life after a delete
+        b'{"org":"acme","bot":"_","env":"live","category":"conversation","record_id":"r-1",'
+        b'"created_at":"2026-12-04T11:35:53.019Z","expires_at":"2026-12-04T11:36:13.019Z",'
+        b'"ttl_seconds":20,"ttl_source":"default","last_activity_at":'
+        b'"2026-12-04T11:35:53.019Z","data":null,"previous_deleted_at":'
+        b'"2026-12-04T11:35:49.019Z"}'
+    ),
+}
+
+
+@pytest.mark.parametrize("record_id", sorted(_OLD_STAMPS))
+def test_a_stamp_an_earlier_version_wrote_restores(record_id: str) -> None:
+    value = _OLD_STAMPS[record_id]
+    created = 1_796_384_153_022 if record_id == "c-1" else 1_796_384_153_019
+    floor = 1_796_384_149_019 if record_id == "r-1" else None
+    fields = (created, created + 20_000, 20_000, "default", None, floor, ())
+    assert codec.stamp_fields(value) == fields
+    identity = Identity("acme", "_", "live", "conversation", record_id)
+    assert codec.decode_stamp(identity.key, value) == Stamp(
+        identity, created, created + 20_000, 20_000, "default", previous_deleted_at=floor
+    )

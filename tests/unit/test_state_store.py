@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import struct
 import tempfile
 import zlib
 from dataclasses import dataclass, field
@@ -16,14 +17,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_expiry.errors import CorruptStoreError, StoreError
+from stream_expiry.errors import CorruptStoreError, NewerStoreError, StoreError
 from stream_expiry.model import HeldLife, Identity, Stamp
 from stream_expiry.outbox import Run
 from stream_expiry.service import _close_store
 from stream_expiry.state import MemoryKV, PartitionStore, RocksKV
 from stream_expiry.state.codec import decode_state, encode_state
-from stream_expiry.state.kv import scratch_directory
-from stream_expiry.state.store import mark_holds
+from stream_expiry.state.kv import KeyValue, scratch_directory
+from stream_expiry.state.restore_workers import _open_store
+from stream_expiry.state.store import STORE_FORMAT, mark_holds
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -449,3 +451,93 @@ def test_a_store_that_fails_to_close_is_one_warning(
     assert "conversations-0: Corruption" in caplog.records[0].getMessage()
     assert caplog.records[0].exc_info is None
     procs[1].store.close()  # closed already: nothing happens
+
+
+# -- the store's format (a rolling upgrade, a rollback) ---------------------------------------
+
+_NONE = -(1 << 63)
+
+
+def _fixed(created: int, expires: int, ttl: int, deleted: int = _NONE, prune: int = _NONE) -> bytes:
+    """The fixed head of a stored state, as every format so far wrote it (written out
+    here, not through the codec: these bytes are what stores on disk hold)."""
+    return struct.pack(">qqqqqqqB", created, expires, ttl, deleted, prune, _NONE, _NONE, 0)
+
+
+# A state as each layout before the store kept its format wrote it: the first (source
+# only); 0b5a2f3's previous life's deletion behind 0xFF; b3981f0's held lives behind 0xFE.
+_OLD_LAYOUTS = {
+    "plain": _fixed(T0, T0 + 1000, 1000) + b"default",
+    "floor": _fixed(T0, T0 + 1000, 1000) + b"\xff" + struct.pack(">q", T0 - 7) + b"org",
+    "lives": _fixed(T0, T0 + 1000, 1000)
+    + b"\xfe"
+    + struct.pack(">I", len(b'[[1,2,1,"org",null]]'))
+    + b'[[1,2,1,"org",null]]'
+    + b"default",
+}
+
+
+@pytest.mark.parametrize("engine", ["rocksdb", "memory"])
+def test_a_store_written_before_its_format_was_kept_reads_as_it_was_and_is_stamped(
+    engine: str, tmp_path: Path
+) -> None:
+    """A store an earlier version wrote has no format: it is format 1, whose layouts all
+    read unchanged (each field came behind a marker byte), so it is stamped format 1 when
+    it opens, and kept. The states are written by this version and compared with the old
+    bytes: a change of the layout that keeps the format fails here."""
+    kv: KeyValue = RocksKV(str(tmp_path / "db")) if engine == "rocksdb" else MemoryKV()
+    states = {
+        "plain": live("plain", T0 + 1000),
+        "floor": live("floor", T0 + 1000)._replace(ttl_source="org", previous_deleted_at=T0 - 7),
+        "lives": live("lives", T0 + 1000)._replace(held_lives=((1, 2, 1, "org", None),)),
+    }
+    store = PartitionStore(kv, grace_ms=GRACE)
+    assert store.meta("format") == STORE_FORMAT
+    store.write([(None, s) for s in states.values()], now_ms=T0)
+    for rid, old in _OLD_LAYOUTS.items():
+        assert kv.multi_get([b"s" + ident(rid).key.encode()]) == [old]
+    kv.apply({}, [b"~format"])  # as an earlier version left it
+    again = PartitionStore(kv, grace_ms=GRACE)
+    assert again.meta("format") == STORE_FORMAT
+    assert {s.identity.record_id: s for s in again.items()} == states
+    assert again.counts.pending_total == 3
+    kv.close()
+
+
+def test_a_store_of_a_newer_format_is_refused_before_anything_of_it_is_read() -> None:
+    """A rollback: this version opened a store a newer one wrote and read it with its own
+    codec (an older version raised UnicodeDecodeError at the first record with a tail it
+    did not know, at an event or a timer, stopping the service each time). Now opening it
+    raises NewerStoreError, before its meta is read (a newer meta may not be 8 bytes)."""
+    kv = MemoryKV()
+    newer = struct.pack(">q", STORE_FORMAT + 1)
+    kv.apply({b"~format": newer, b"~never": b"\x01", b"s" + b"x": b"\xfd?"}, [])
+    with pytest.raises(NewerStoreError, match=f"store format {STORE_FORMAT + 1}") as caught:
+        PartitionStore(kv)
+    assert caught.value.found == STORE_FORMAT + 1
+    assert pickle.loads(pickle.dumps(caught.value)).found == STORE_FORMAT + 1
+    assert kv.multi_get([b"~format"]) == [newer]  # left as it was
+
+
+def test_a_store_of_a_newer_format_is_moved_aside_and_opened_empty(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The restore then fills the empty store from the changelog; the newer store stays,
+    renamed ``<dir>.newer-<UTC time>``, for a roll forward or a person; one warning."""
+    path = str(tmp_path / "conversations-0")
+    kv = RocksKV(path)
+    kv.apply({b"~format": struct.pack(">q", STORE_FORMAT + 1), b"sk": b"\xfd"}, [])
+    kv.close()
+    with caplog.at_level(logging.WARNING, "stream_expiry.state.restore"):
+        store = _open_store(path, GRACE)
+    try:
+        assert list(store.items()) == []
+        assert store.meta("format") == STORE_FORMAT
+    finally:
+        store.close()
+    (aside,) = [e.path for e in os.scandir(tmp_path) if ".newer-" in e.name]
+    assert aside.startswith(path + ".newer-")
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert "newer version" in said
+    assert aside in said
+    assert "restoring it from the changelog" in said
