@@ -43,6 +43,7 @@ from stream_expiry.firing import Firing
 from stream_expiry.health import Health
 from stream_expiry.holds import HoldBook
 from stream_expiry.kafka import (
+    batch_bytes,
     committed_offsets,
     consumer,
     ensure_topics,
@@ -333,13 +334,18 @@ class Service:
         """One connection to the cluster: from joining the group until ``stop``."""
         t = self.config.topics
         await self._ensure_topics()
-        topic_limit = min(
-            (await message_limits(self.bootstrap, (t.stamped, t.dlq))).values(), default=None
-        )
-        async with (
+        # Every topic this producer writes: its record batches fit the smallest limit.
+        limits = await message_limits(self.bootstrap, (t.stamped, t.dlq, t.tombstones, t.audit))
+        topic_limit = min((limits[n] for n in (t.stamped, t.dlq) if n in limits), default=None)
+        options = {
             # No linger: the outbox hands the producer whole batches, and a batch that waits
             # for more is a tombstone late (bench.bench_transport: p50 8.0 ms -> 4.8 ms).
-            producer(self.bootstrap, **{"linger_ms": 0, **self._producer_options}) as prod,
+            "linger_ms": 0,
+            "max_batch_size": batch_bytes(limits.values()),
+            **self._producer_options,
+        }
+        async with (
+            producer(self.bootstrap, **options) as prod,
             consumer(self.bootstrap, enable_auto_commit=False) as policies,
             consumer(self.bootstrap, enable_auto_commit=False) as holds,
             anyio.create_task_group() as tg,
