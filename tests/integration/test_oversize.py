@@ -13,18 +13,15 @@ from typing import TYPE_CHECKING
 
 import orjson
 import pytest
-from aiokafka import TopicPartition
-from aiokafka.protocol.fetch import FetchRequest
-from aiokafka.record.memory_records import MemoryRecords
 
 from stream_expiry.codec import source_headers
-from stream_expiry.kafka import consumer, ensure_topics, key_partition, partitions_of, producer
+from stream_expiry.kafka import ensure_topics, key_partition, producer
 from stream_expiry.kafka_settings import MAX_MESSAGE_BYTES
 from stream_expiry.model import Identity, Stamp, encode_stamp
 from stream_expiry.oversize import DATA_DROPPED, H_VALUE_TRUNCATED, message_bytes
 from stream_expiry.replay import replay
 from stream_expiry.service import wall_clock_ms
-from tests.conftest import TopicSet, make_topic_set, read_all, read_topic
+from tests.conftest import TopicSet, make_topic_set, read_all, read_topic, record_batch_sizes
 from tests.integration.service_helpers import config_for, event, produce, running_service
 
 if TYPE_CHECKING:
@@ -111,32 +108,6 @@ async def test_output_topics_that_take_less_than_the_producer_set_the_limit(
     assert _within_limit(dead[0])
 
 
-async def _batch_sizes(broker: str, topic: str) -> list[int]:
-    """The size of every record batch the broker holds for ``topic``, as it compares them
-    with ``max.message.bytes`` (offset and length fields included): read from the raw
-    Fetch answers, which the consumer decodes away."""
-    sizes: list[int] = []
-    async with consumer(broker) as cons:
-        client = cons._client
-        for partition in sorted(await partitions_of(cons, topic)):
-            tp = TopicPartition(topic, partition)
-            node = client.cluster.leader_for_partition(tp)
-            offset, end = 0, None
-            while end is None or offset < end:
-                request = FetchRequest(
-                    100, 1, 1 << 24, 0, [(topic, [(partition, offset, 1 << 24)])]
-                )
-                response = await client.send(node, request)
-                [(_topic, [(_part, _code, end, *data)])] = response.topics
-                raw = bytes(data[-1] or b"")
-                records, pos = MemoryRecords(raw), 0
-                while (batch := records.next_batch()) is not None:
-                    sizes.append(12 + int.from_bytes(raw[pos + 8 : pos + 12], "big"))
-                    pos += sizes[-1]
-                    offset = batch.next_offset
-    return sizes
-
-
 async def test_record_batches_fit_the_output_topics_max_message_bytes(
     broker: str, tmp_path: Path
 ) -> None:
@@ -164,8 +135,8 @@ async def test_record_batches_fit_the_output_topics_max_message_bytes(
     config = config_for(topics, str(tmp_path / "state"), RETENTION)
     async with running_service(config, broker):
         await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= count)
-    stamped = await _batch_sizes(broker, topics.stamped)
-    tombstones = await _batch_sizes(broker, topics.tombstones)
+    stamped = await record_batch_sizes(broker, topics.stamped)
+    tombstones = await record_batch_sizes(broker, topics.tombstones)
     assert sum(stamped) > 4 * LIMIT  # room for batches over the limit, had there been any
     assert max(stamped) <= LIMIT
     assert max(tombstones) <= LIMIT
@@ -304,6 +275,6 @@ async def test_replays_record_batches_fit_the_stamped_topics_max_message_bytes(
     config = config_for(topics, str(tmp_path / "state"), TEN_MINUTES)
     report = await replay(config, broker, environ={}, dry_run=False, workers=1)
     assert report.earlier == count
-    sizes = await _batch_sizes(broker, topics.stamped)
+    sizes = await record_batch_sizes(broker, topics.stamped)
     assert sum(sizes) > 8 * LIMIT  # the original stamps and as many re-published
     assert max(sizes) <= LIMIT
