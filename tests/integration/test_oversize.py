@@ -109,7 +109,7 @@ async def test_output_topics_that_take_less_than_the_producer_set_the_limit(
 
 
 async def test_record_batches_fit_the_output_topics_max_message_bytes(
-    broker: str, tmp_path: Path
+    broker: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Kafka holds a whole record batch to a topic's ``max.message.bytes``, and the producer
     packed up to 256 KiB of small stamps and tombstones into one: every batch to a topic
@@ -140,6 +140,12 @@ async def test_record_batches_fit_the_output_topics_max_message_bytes(
     assert sum(stamped) > 4 * LIMIT  # room for batches over the limit, had there been any
     assert max(stamped) <= LIMIT
     assert max(tombstones) <= LIMIT
+    said = [r.getMessage() for r in caplog.records if "take record batches" in r.getMessage()]
+    assert said == [
+        f"{topics.stamped}, {topics.tombstones} take record batches of at most {LIMIT} bytes "
+        "(max.message.bytes): the producer's batches are cut to that from 262144, which "
+        "slows ingest; give them at least 262144"
+    ]
 
 
 async def test_an_invalid_input_over_the_producers_limit_is_dead_lettered_cut(
