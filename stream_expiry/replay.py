@@ -518,7 +518,7 @@ class _Verdict:
         self.keep_states = keep_states
 
     def __call__(
-        self, partition: int, headers: Any, key: bytes, value: bytes | None
+        self, partition: int, _offset: int, headers: Any, key: bytes, value: bytes | None
     ) -> bytes | None:
         if value is None:
             return None  # deleted: not counted, not resurrected
