@@ -99,7 +99,7 @@ async def read_current(
     # more header, with a time: those are packed each).
     heads: dict[tuple[int, Any], bytes] = {}
 
-    def pack(partition: int, headers: Any, key: bytes, value: bytes | None) -> bytes:
+    def pack(partition: int, _offset: int, headers: Any, key: bytes, value: bytes | None) -> bytes:
         if value is None:
             return Current.pack(partition, headers, None)
         slot = (partition, tuple(headers))
@@ -114,7 +114,8 @@ async def read_current(
     return Current(kv), read
 
 
-Fold = Callable[[int, Any, bytes, bytes | None], bytes | None]
+# (partition, offset, headers, key, value) of a message -> what to keep of it, or None.
+Fold = Callable[[int, int, Any, bytes, bytes | None], bytes | None]
 
 
 async def read_latest(
@@ -127,8 +128,8 @@ async def read_latest(
     partitions: Collection[int] | None = None,
 ) -> int:
     """Stream ``topic`` into ``kv``, keyed by message key, the last message of a key winning:
-    ``fold(partition, headers, key, value)`` says what to keep of each message (None: the
-    key is dropped). Only ``partitions`` are read, if given (a key is on one partition
+    ``fold(partition, offset, headers, key, value)`` says what to keep of each message
+    (None: the key is dropped). Only ``partitions`` are read, if given (a key is on one partition
     only, so each share of the partitions holds whole keys). Returns how many messages
     were read."""
     read = 0
@@ -151,7 +152,7 @@ async def read_latest(
                         key = rec.key
                         if key is None:
                             continue
-                        kept = fold(partition, rec.headers, key, rec.value)
+                        kept = fold(partition, rec.offset, rec.headers, key, rec.value)
                         if kept is None:
                             puts.pop(key, None)
                             drops.add(key)

@@ -51,7 +51,9 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 
 __all__ = [
+    "BATCH_BYTES",
     "OutputBuffer",
+    "batch_bytes",
     "broker_errors",
     "check_created",
     "client_options",
@@ -68,6 +70,9 @@ __all__ = [
 ]
 
 DEFAULT_PARTITIONS = 4
+# A producer's record batches, per partition: fewer bytes when a topic it writes takes less
+# (:func:`batch_bytes`).
+BATCH_BYTES: Final = 256 * 1024
 STALL_S = 60.0  # a topic read to its end that stops moving for this long is an error
 COMPACTED = {"cleanup.policy": "compact"}
 # A failed SCRAM exchange reaches aiokafka 0.14 as a server-final message without "v", and
@@ -331,6 +336,20 @@ async def message_limits(brokers: Brokers, topics: Iterable[str]) -> dict[str, i
     return limits
 
 
+def batch_bytes(limits: Iterable[int]) -> int:
+    """The record batch size of a producer writing to topics that take messages of at most
+    ``limits`` bytes (their ``max.message.bytes``, :func:`message_limits`).
+
+    Kafka holds a whole record batch to the limit, not each message in it: a batch of
+    small messages over a topic's limit is refused (MESSAGE_TOO_LARGE) as a large message
+    is, and the send stops the service. aiokafka measures a batch as Kafka does (its header
+    included) and always takes a batch's first message, so there is no floor to keep: a
+    limit smaller than a message makes batches of one, and a message alone over the limit
+    is cut before it gets here (:mod:`stream_expiry.oversize`). Measured uncompressed:
+    never less than what compression sends."""
+    return min((BATCH_BYTES, *limits))
+
+
 def check_created(response: Any) -> None:
     """Raise :class:`BrokerError` for every topic a CreateTopics response says failed."""
     failed: list[str] = []
@@ -357,7 +376,7 @@ async def producer(brokers: Brokers, **overrides: Any) -> AsyncIterator[AIOKafka
         "acks": "all",
         "partitioner": crc32_partitioner,
         "linger_ms": 2,
-        "max_batch_size": 256 * 1024,
+        "max_batch_size": BATCH_BYTES,
         # A stamp or a dead letter carries a whole input message: as large as the topics
         # allow (kafka_settings.MAX_MESSAGE_BYTES), not aiokafka's 1 MiB default.
         "max_request_size": MAX_MESSAGE_BYTES,

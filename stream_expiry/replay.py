@@ -18,6 +18,7 @@ tombstoned at once, the others at their new times.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -31,6 +32,7 @@ from aiokafka import TopicPartition
 from stream_expiry import codec, model, oversize
 from stream_expiry.changelog import Current, read_current, read_latest
 from stream_expiry.kafka import (
+    batch_bytes,
     consumer,
     high_watermarks,
     message_limits,
@@ -312,12 +314,16 @@ class _Publisher:
         self._acks: list[Any] = []
 
     @classmethod
+    @contextlib.asynccontextmanager
     async def on(
-        cls, prod: Any, bootstrap: Brokers, topic: str, redactor: Redactor | None
-    ) -> _Publisher:
-        """A publisher to ``topic``, held to its ``max.message.bytes`` as the broker says."""
+        cls, bootstrap: Brokers, topic: str, redactor: Redactor | None
+    ) -> AsyncIterator[_Publisher]:
+        """A publisher to ``topic`` with a producer of its own, held to the topic's
+        ``max.message.bytes`` as the broker says: each stamp, and each record batch of
+        them (:func:`~stream_expiry.kafka.batch_bytes`)."""
         limits = await message_limits(bootstrap, [topic])
-        return cls(prod, topic, redactor, topic_limit=limits.get(topic))
+        async with producer(bootstrap, max_batch_size=batch_bytes(limits.values())) as prod:
+            yield cls(prod, topic, redactor, topic_limit=limits.get(topic))
 
     async def add(
         self, partition: int, source: tuple[str, int] | None, state: model.Stamp, body: Any
@@ -408,10 +414,9 @@ async def replay(
         try:
             bar = ProgressBar("stamps", 0, progress) if progress is not None else None
             current, _read = await read_current(bootstrap, topics.stamped, kv, bar)
-            async with producer(bootstrap) as prod:
-                publisher = await _Publisher.on(
-                    prod, bootstrap, topics.stamped, Redactor.from_config(config.redact)
-                )
+            async with _Publisher.on(
+                bootstrap, topics.stamped, Redactor.from_config(config.redact)
+            ) as publisher:
                 verdicts = share.verdicts(report, publisher)
                 await _from_inputs(
                     config, bootstrap, book, current, work, verdicts, progress=progress
@@ -489,10 +494,9 @@ async def replay_share(share: Share, progress: Progress | None = None) -> Replay
             if share.dry_run:
                 await _from_stamps(share.config, book, kv, share.verdicts(report, None))
                 return report
-            async with producer(share.bootstrap) as prod:
-                publisher = await _Publisher.on(
-                    prod, share.bootstrap, stamped, Redactor.from_config(share.config.redact)
-                )
+            async with _Publisher.on(
+                share.bootstrap, stamped, Redactor.from_config(share.config.redact)
+            ) as publisher:
                 await _from_stamps(share.config, book, kv, share.verdicts(report, publisher))
                 await publisher.flush()
         finally:
@@ -515,7 +519,7 @@ class _Verdict:
         self.keep_states = keep_states
 
     def __call__(
-        self, partition: int, headers: Any, key: bytes, value: bytes | None
+        self, partition: int, _offset: int, headers: Any, key: bytes, value: bytes | None
     ) -> bytes | None:
         if value is None:
             return None  # deleted: not counted, not resurrected

@@ -11,13 +11,15 @@ the service should have tombstoned it (a few are normal for an instant; many mea
 or behind). With ``[archive] required``, *waiting for the archive* counts the overdue
 records whose latest stamp the archive group has not committed past: the service keeps
 those on purpose (:mod:`stream_expiry.archive_gate`), so their purges are late because the
-archive is, not the service. Their keys are those of the part of ``expiry.stamped`` at or
-after the group's committed offsets, read once more into a second temporary store.
+archive is, not the service. The one read of ``expiry.stamped`` keeps where each record's
+latest stamp is (partition and offset), which is compared with the group's committed
+offsets, asked for after the read (what the archive wrote meanwhile, it holds).
 """
 
 from __future__ import annotations
 
 import os
+import struct
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,11 +30,9 @@ from aiokafka import TopicPartition
 
 from stream_expiry import codec
 from stream_expiry.archive import archived_offsets
-from stream_expiry.changelog import READ_BYTES, Current, read_current
-from stream_expiry.fetch import read_ranges
+from stream_expiry.changelog import read_latest
 from stream_expiry.hold_command import read_holds
 from stream_expiry.kafka import (
-    broker_errors,
     committed_offsets,
     consumer,
     high_watermarks,
@@ -91,20 +91,32 @@ class Status:
         }
 
 
+# What status keeps of a record: the partition and offset of its latest stamp, then the
+# stamp. The offset is what ``[archive] required`` compares with the archive's commits.
+_AT = struct.Struct(">iq")
+
+
+def _latest(
+    partition: int, offset: int, _headers: Any, _key: bytes, value: bytes | None
+) -> bytes | None:
+    """A :data:`~stream_expiry.changelog.Fold` keeping where the latest stamp is, and the
+    stamp; a deletion drops the key (nothing of it is counted)."""
+    return None if value is None else _AT.pack(partition, offset) + value
+
+
 def _count(
-    result: Status, current: Current, holds: HoldBook, unarchived: RocksKV | None = None
+    result: Status, kv: RocksKV, holds: HoldBook, archived: dict[int, int] | None = None
 ) -> None:
-    """Count every record of ``current``; ``unarchived`` (``[archive] required``) holds the
-    keys whose latest stamp the archive has not written."""
+    """Count every record of ``kv`` (as :func:`_latest` keeps them). ``archived``
+    (``[archive] required``): the archive group's committed offset per partition of
+    ``expiry.stamped``; a record whose latest stamp is at or after it is not archived."""
     now = result.at
-    if unarchived is not None:
+    if archived is not None:
         result.archive_waiting = 0
-    for key, raw in current.items():
-        _partition, _source, value = Current.unpack(raw)
-        if value is None:
-            continue  # deleted
+    for key, raw in kv.scan(b"", b"\xff" * 8):
+        partition, offset = _AT.unpack_from(raw)
         try:
-            stamp = codec.decode_stamp(key, value)
+            stamp = codec.decode_stamp(key, raw[_AT.size :])
         except ValueError:
             continue
         due = stamp.due_at
@@ -125,25 +137,11 @@ def _count(
             result.oldest_overdue = due if old is None else min(old, due)
             # An erasure never waits for the archive; an expiry does, until it is written.
             if (
-                unarchived is not None
+                archived is not None
                 and stamp.erase_at is None
-                and unarchived.multi_get([key])[0] is not None
+                and offset >= archived.get(partition, 0)
             ):
                 result.archive_waiting = (result.archive_waiting or 0) + 1
-
-
-async def _read_unarchived(config: Config, brokers: Brokers, into: RocksKV) -> None:
-    """The keys of every message of ``expiry.stamped`` at or after the archive group's
-    committed offset on its partition: the records whose latest stamp is not archived."""
-    topic = config.topics.stamped
-    archived = await archived_offsets(brokers, config.archive.group_id, topic)
-    async with consumer(brokers) as cons:
-        with broker_errors(f"reading the partitions of {topic}"):
-            parts = sorted(await partitions_of(cons, topic))
-        starts = {TopicPartition(topic, p): archived.get(p, 0) for p in parts}
-        async for fetched in read_ranges(cons, starts, fetch_bytes=READ_BYTES):
-            keys = {rec.key: b"" for part in fetched for rec in part if rec.key is not None}
-            into.apply(keys, ())
 
 
 async def _lag(config: Config, brokers: Brokers) -> dict[str, dict[str, int | None]]:
@@ -173,19 +171,17 @@ async def status(
     result = Status(at=clock() if now_ms is None else now_ms)
     holds = await read_holds(config, brokers)
     result.holds = [h.as_dict() for h in sorted(holds, key=lambda h: h.hold_id)]
+    topic = config.topics.stamped
     with scratch_directory("stream-expiry-status-") as work:
         kv = RocksKV(os.path.join(work, "current"))
-        required = config.archive.required
-        unarchived = RocksKV(os.path.join(work, "unarchived")) if required else None
         try:
-            current, _ = await read_current(brokers, config.topics.stamped, kv)
-            if unarchived is not None:  # after: what the archive wrote since, it holds
-                await _read_unarchived(config, brokers, unarchived)
-            _count(result, current, holds, unarchived)
+            await read_latest(brokers, topic, kv, _latest)
+            archived = None
+            if config.archive.required:  # after: what the archive wrote since, it holds
+                archived = await archived_offsets(brokers, config.archive.group_id, topic)
+            _count(result, kv, holds, archived)
         finally:
             kv.close()
-            if unarchived is not None:
-                unarchived.close()
     result.lag = await _lag(config, brokers)
     result.group = config.group_id
     return result

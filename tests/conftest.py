@@ -17,9 +17,12 @@ from typing import TYPE_CHECKING, Any
 import hypothesis
 import pytest
 import pytest_asyncio
+from aiokafka import TopicPartition
+from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.record.memory_records import MemoryRecords
 
 from stream_expiry.broker import EmbeddedBroker
-from stream_expiry.kafka import consumer, ensure_topics, read_to_end
+from stream_expiry.kafka import consumer, ensure_topics, partitions_of, read_to_end
 from stream_expiry.policy.sources import ENV_VARIABLES
 
 if TYPE_CHECKING:
@@ -165,3 +168,30 @@ async def wait_for(predicate: Callable[[], bool], *, timeout_s: float = 20.0) ->
     with anyio.fail_after(timeout_s):
         while not predicate():  # noqa: ASYNC110 - the predicate reads another task's state
             await anyio.sleep(0.02)
+
+
+async def record_batch_sizes(broker: str, topic: str) -> list[int]:
+    """The size of every record batch the broker holds for ``topic``, as it compares them
+    with ``max.message.bytes`` (offset and length fields included): read from the raw
+    Fetch answers, which the consumer decodes away."""
+    sizes: list[int] = []
+    async with consumer(broker) as cons:
+        client = cons._client
+        for partition in sorted(await partitions_of(cons, topic)):
+            tp = TopicPartition(topic, partition)
+            node = client.cluster.leader_for_partition(tp)
+            offset, end = 0, None
+            while end is None or offset < end:
+                request = FetchRequest(
+                    100, 1, 1 << 24, 0, [(topic, [(partition, offset, 1 << 24)])]
+                )
+                response = await client.send(node, request)
+                [(_topic, [(_part, _code, end, *data)])] = response.topics
+                raw = bytes(data[-1] or b"")
+                records, pos, before = MemoryRecords(raw), 0, offset
+                while (batch := records.next_batch()) is not None:
+                    sizes.append(12 + int.from_bytes(raw[pos + 8 : pos + 12], "big"))
+                    pos += sizes[-1]
+                    offset = batch.next_offset
+                assert offset > before or offset >= end, f"no batch at {tp} offset {offset}"
+    return sizes

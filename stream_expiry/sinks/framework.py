@@ -48,11 +48,13 @@ from stream_expiry.errors import BrokerError, BrokerUnavailableError, Configurat
 from stream_expiry.fetch import end_offsets
 from stream_expiry.holds import Hold, HoldBook, apply_hold_message
 from stream_expiry.kafka import (
+    batch_bytes,
     broker_errors,
     committed_offsets,
     consumer,
     ensure_topics,
     key_partition,
+    message_limits,
     partitions_of,
     producer,
     read_to_end,
@@ -320,8 +322,13 @@ class Sink:
             "partition_assignment_strategy": (RangePartitionAssignor,),
         }
         options.update(cfg.consumer_options)
+        # The receipts and the users' compacted topics: record batches that fit them all.
+        written = [t for t in (cfg.receipts_topic, *cfg.compacted.values()) if t]
+        limits = await message_limits(conn, written) if written else {}
         async with contextlib.AsyncExitStack() as stack:
-            prod = await stack.enter_async_context(producer(conn))
+            prod = await stack.enter_async_context(
+                producer(conn, max_batch_size=batch_bytes(limits.values()))
+            )
             cons = await stack.enter_async_context(
                 consumer(conn, cfg.stamped_topic, cfg.tombstones_topic, **options)
             )

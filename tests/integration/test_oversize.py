@@ -21,7 +21,7 @@ from stream_expiry.model import Identity, Stamp, encode_stamp
 from stream_expiry.oversize import DATA_DROPPED, H_VALUE_TRUNCATED, message_bytes
 from stream_expiry.replay import replay
 from stream_expiry.service import wall_clock_ms
-from tests.conftest import TopicSet, make_topic_set, read_all, read_topic
+from tests.conftest import TopicSet, make_topic_set, read_all, read_topic, record_batch_sizes
 from tests.integration.service_helpers import config_for, event, produce, running_service
 
 if TYPE_CHECKING:
@@ -106,6 +106,46 @@ async def test_output_topics_that_take_less_than_the_producer_set_the_limit(
     assert _within_limit(stamp)
     assert dict(dead[0].headers)[H_VALUE_TRUNCATED] == str(len(bad)).encode()
     assert _within_limit(dead[0])
+
+
+async def test_record_batches_fit_the_output_topics_max_message_bytes(
+    broker: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Kafka holds a whole record batch to a topic's ``max.message.bytes``, and the producer
+    packed up to 256 KiB of small stamps and tombstones into one: every batch to a topic
+    made with 64 KiB was refused with MESSAGE_TOO_LARGE. The service's batches follow the
+    smallest limit of the topics it writes. (The test broker enforces no limit: the
+    batches it holds are measured.)"""
+    topics = make_topic_set()
+    small = {"max.message.bytes": str(LIMIT)}
+    await ensure_topics(
+        broker,
+        topics.all,
+        partitions=1,
+        configs={topics.stamped: small, topics.tombstones: small},
+    )
+    count = 1500
+    await produce(
+        broker,
+        [
+            (topics.conversations, *event("conversation", f"r{i}", data={"t": "z" * 400}))
+            for i in range(count)
+        ],
+    )
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    async with running_service(config, broker):
+        await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= count)
+    stamped = await record_batch_sizes(broker, topics.stamped)
+    tombstones = await record_batch_sizes(broker, topics.tombstones)
+    assert sum(stamped) > 4 * LIMIT  # room for batches over the limit, had there been any
+    assert max(stamped) <= LIMIT
+    assert max(tombstones) <= LIMIT
+    said = [r.getMessage() for r in caplog.records if "take record batches" in r.getMessage()]
+    assert said == [
+        f"{topics.stamped}, {topics.tombstones} take record batches of at most {LIMIT} bytes "
+        "(max.message.bytes): the producer's batches are cut to that from 262144, which "
+        "slows ingest; give them at least 262144"
+    ]
 
 
 async def test_an_invalid_input_over_the_producers_limit_is_dead_lettered_cut(
@@ -209,3 +249,38 @@ async def test_replay_holds_its_stamps_to_the_stamped_topics_own_limit(
     [published] = [r for r in await read_all(broker, topics.stamped) if r.offset > 0]
     assert orjson.loads(published.value)["data_dropped"] == DATA_DROPPED
     assert _within_limit(published)
+
+
+async def test_replays_record_batches_fit_the_stamped_topics_max_message_bytes(
+    broker: str, tmp_path: Path
+) -> None:
+    """Replay re-publishes every changed stamp, batched by its producer: the batches follow
+    ``expiry.stamped``'s own ``max.message.bytes``, as the service's do."""
+    topics = make_topic_set()
+    small = {"max.message.bytes": str(LIMIT)}
+    await ensure_topics(broker, topics.all, partitions=2, configs={topics.stamped: small})
+    count, created = 1500, wall_clock_ms() - 60_000
+    async with producer(broker, max_batch_size=LIMIT // 4) as prod:
+        acks = []
+        for i in range(count):
+            identity = Identity("acme", "_", "live", "conversation", f"r{i}")
+            key = identity.key.encode()
+            stamp = Stamp(identity, created, created + 3_600_000, 3_600, "default")
+            partition = key_partition(key, 2)
+            acks.append(
+                await prod.send(
+                    topics.stamped,
+                    key=key,
+                    value=encode_stamp(stamp, {"t": "z" * 400}),
+                    partition=partition,
+                    headers=source_headers(topics.conversations, partition),
+                )
+            )
+        for ack in acks:
+            await ack
+    config = config_for(topics, str(tmp_path / "state"), TEN_MINUTES)
+    report = await replay(config, broker, environ={}, dry_run=False, workers=1)
+    assert report.earlier == count
+    sizes = await record_batch_sizes(broker, topics.stamped)
+    assert sum(sizes) > 8 * LIMIT  # the original stamps and as many re-published
+    assert max(sizes) <= LIMIT

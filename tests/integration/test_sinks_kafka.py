@@ -27,7 +27,7 @@ from stream_expiry.sinks.framework import wall_clock_ms
 from stream_expiry.sinks.postgres import PostgresStore
 from stream_expiry.sinks.sqlite import SQLiteStore
 from stream_expiry.testing.proxy import Proxy
-from tests.conftest import read_all, read_topic
+from tests.conftest import make_topic_set, read_all, read_topic, record_batch_sizes
 from tests.integration.sink_helpers import (
     MINUTE,
     PG_DSN,
@@ -644,3 +644,35 @@ async def test_no_null_erases_a_later_life_from_a_users_compacted_topic(
 async def _receipts_for(store: Store, stamps: list[Stamp]) -> bool:
     mine = {r.identity for r in await store.receipts()}
     return all(s.identity in mine for s in stamps)
+
+
+@pytest.mark.asyncio
+async def test_receipts_go_in_record_batches_the_receipts_topic_takes(
+    broker: str, tmp_path: Path
+) -> None:
+    """A receipts topic made with a smaller ``max.message.bytes`` (64 KiB) than the
+    producer's 256 KiB batches: Kafka refused each batch of small receipts over it. The
+    sink's batches follow the smallest limit of the topics it writes. (The test broker
+    enforces no limit: the batches it holds are measured.)"""
+    topics = make_topic_set()
+    limit = 64 * 1024
+    await ensure_topics(
+        broker,
+        topics.all,
+        partitions=1,
+        configs={topics.receipts: {"max.message.bytes": str(limit)}},
+    )
+    now = wall_clock_ms()
+    records = [stamp(ident(f"r{n}"), created_at=now, ttl_ms=HOUR) for n in range(1500)]
+    await produce(broker, topics.stamped, [stamped_msg(s) for s in records])
+    await produce(broker, topics.tombstones, [tombstone_msg(s, emitted_at=now) for s in records])
+    async with (
+        open_store("sqlite", tmp_path) as store,
+        running_sink(store, sink_config(broker, topics)) as sink,
+    ):
+        await wait_until(
+            _caught_up(store, sink.metrics, 2 * len(records)), what="every receipt published"
+        )
+    sizes = await record_batch_sizes(broker, topics.receipts)
+    assert sum(sizes) > 4 * limit  # room for batches over the limit, had there been any
+    assert max(sizes) <= limit
