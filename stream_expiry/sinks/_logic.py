@@ -160,7 +160,7 @@ class _Planner:
         ident: Identity,
         reason: str,
         rows: int,
-        src: Row | Pending | TombstoneChange | None,
+        src: Row | Pending | TombstoneChange,
         emitted_at: int | None,
         deleted_at: int,
     ) -> None:
@@ -171,10 +171,10 @@ class _Planner:
                 identity=ident,
                 reason=reason,
                 rows_deleted=rows,
-                created_at=None if src is None else src.created_at,
-                expires_at=None if src is None else src.expires_at,
-                ttl_seconds=None if src is None else src.ttl_seconds,
-                ttl_source=None if src is None else src.ttl_source,
+                created_at=src.created_at,
+                expires_at=src.expires_at,
+                ttl_seconds=src.ttl_seconds,
+                ttl_source=src.ttl_source,
                 emitted_at=emitted_at,
                 deleted_at=deleted_at,
             )
