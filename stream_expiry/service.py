@@ -46,10 +46,11 @@ from stream_expiry.kafka import (
     committed_offsets,
     consumer,
     ensure_topics,
-    high_watermarks,
     mapped,
     message_limits,
     producer,
+    stable_end,
+    stable_ends,
 )
 from stream_expiry.kafka_settings import topic_configs
 from stream_expiry.outbox import Outbox
@@ -613,7 +614,7 @@ class Service:
         if self.metrics is None:
             return
         for (topic, partition), position in self._next_offset.items():
-            high = cons.highwater(TopicPartition(topic, partition))
+            high = stable_end(cons, TopicPartition(topic, partition))
             if high is not None:
                 self.metrics.set_lag(topic, partition, max(0, high - position))
 
@@ -999,7 +1000,11 @@ class Service:
         async with consumer(self.bootstrap) as reader:
             reader.assign(tps)
             await reader.seek_to_beginning(*tps)
-            ends = await high_watermarks(reader, tps)
+            ends = await stable_ends(reader, tps)
+            # A committed offset is past the end when it is past the high watermark: it may
+            # be past the stable end, within an open transaction that an earlier version,
+            # reading uncommitted data, read (the topic was not made again).
+            highs = {tp: max(ends[tp], reader.highwater(tp) or 0) for tp in tps}
             starts = {tp: await reader.position(tp) for tp in tps}
             committed_at = await committed_offsets(cons, tps)
             unmarked = await self._unmarked(reader, committed_at, ends)
@@ -1007,14 +1012,14 @@ class Service:
             slot = (tp.topic, tp.partition)
             if committed is None:
                 start, why = starts[tp], "no committed offset: from the beginning"
-            elif committed > ends[tp]:
+            elif committed > highs[tp]:
                 log.warning(
                     "%s[%d]: the committed offset %d is past the partition's end %d (was the "
                     "topic deleted and recreated?); reading it from the beginning",
                     tp.topic,
                     tp.partition,
                     committed,
-                    ends[tp],
+                    highs[tp],
                 )
                 start, why = starts[tp], "from the beginning (committed offset past the end)"
             elif tp in unmarked:
@@ -1099,7 +1104,7 @@ class Service:
             read = self._next_offset.get(slot)
             if slot in self._catching_up or read is None:
                 continue
-            high = cons.highwater(TopicPartition(*slot))
+            high = stable_end(cons, TopicPartition(*slot))
             position = read if high is None else await self._read_up_to(cons, slot, read, high)
             if proc.waiting and proc.let_go_read(position) and self._firing is not None:
                 self._firing.wake()
@@ -1121,7 +1126,9 @@ class Service:
         for tp, offset in committed.items():
             proc = self.processors.get((tp.topic, tp.partition))
             if offset is None or not 0 < offset <= ends[tp] or proc is None:
-                continue  # nothing to look at (past the end: said as such)
+                # Nothing to look at: past the end (said as such), or past the stable end
+                # (a message in a transaction still open cannot be read yet).
+                continue
             mark = proc.store.position_mark(input_position_name(tp.topic, tp.partition))
             if mark is not None and mark[0] == offset - 1:
                 marked[tp] = (tp, *mark)
