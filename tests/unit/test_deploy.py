@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from stream_expiry.config import load_config, parse_config
+from stream_expiry.kafka_settings import topic_configs
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "kubernetes"
@@ -110,6 +111,34 @@ def test_compose_has_postgres_the_sink_healthchecks_and_7_day_inputs() -> None:
     assert sink["ports"] == ["127.0.0.1:9401:9401"]
     assert sink["depends_on"]["postgres"]["condition"] == "service_healthy"
     load_config(ROOT / "examples" / "expiry.toml")  # the mounted config is valid
+
+
+def _compose_topic_configs(script: str) -> dict[str, dict[str, str]]:
+    """Topic -> the ``--config`` values the compose ``topics`` script creates it with."""
+    made: dict[str, dict[str, str]] = {}
+    for names, body in re.findall(r"for topic in ([^;]+); do(.*?)done", script, re.S):
+        configs = dict(re.findall(r"--config (\S+?)=(\S+)", body))
+        for name in names.split():
+            made[name] = configs
+    return made
+
+
+def test_compose_creates_each_topic_as_the_service_would() -> None:
+    """The compose file makes the topics before the service starts, which then leaves them
+    as they are: each must get what the service would have given it (README, "Topics"),
+    with the one broker's replication. Its input, tombstone and dead-letter topics lacked
+    ``segment.ms`` (Kafka's default is 7 days: payloads stayed 14 days, not the 8 the
+    README promises) and every topic ``max.message.bytes`` (stamps of large events cut)."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    made = _compose_topic_configs(compose["services"]["topics"]["command"][0])
+    text = (ROOT / "examples" / "expiry.toml").read_text()
+    config = parse_config(text + "\n", path="examples/expiry.toml")
+    single = parse_config(
+        re.sub(r"^\[topics\]$", "[topics]\nreplication_factor = 1", text, flags=re.M),
+        path="examples/expiry.toml",
+    )
+    assert made == topic_configs(single)
+    assert set(made) == set(topic_configs(config))
 
 
 def test_compose_publishes_every_port_on_the_hosts_loopback_only() -> None:

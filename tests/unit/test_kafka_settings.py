@@ -212,6 +212,7 @@ def test_topic_configs_bound_physical_deletion() -> None:
         "segment.ms": str(DAY),
         "delete.retention.ms": str(DAY),
         "min.insync.replicas": "1",
+        "unclean.leader.election.enable": "false",
         "max.message.bytes": str(MAX_MESSAGE_BYTES),
     }
     assert configs[t.holds]["cleanup.policy"] == "compact"
@@ -247,7 +248,11 @@ def test_every_role_gets_exactly_its_configs() -> None:
     keeps on disk."""
     s = TopicSettings(replication_factor=2, segment_ms=7, retention_ms=11)
     s = replace(s, max_compaction_lag_ms=13, delete_retention_ms=17, evidence_retention_ms=19)
-    both = {"min.insync.replicas": "1", "segment.ms": "7"}
+    both = {
+        "min.insync.replicas": "1",
+        "unclean.leader.election.enable": "false",
+        "segment.ms": "7",
+    }
     big = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
     assert role_configs("compacted", s) == {
         **both, **big, "cleanup.policy": "compact", "max.compaction.lag.ms": "13",
