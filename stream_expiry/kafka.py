@@ -73,6 +73,8 @@ __all__ = [
 ]
 
 DEFAULT_PARTITIONS = 4
+# How long a producer's batch may wait for its acks (retries included) before it fails.
+PRODUCER_REQUEST_TIMEOUT_MS: Final = 30_000
 STALL_S = 60.0  # a topic read to its end that stops moving for this long is an error
 COMPACTED = {"cleanup.policy": "compact"}
 # A failed SCRAM exchange reaches aiokafka 0.14 as a server-final message without "v", and
@@ -366,7 +368,7 @@ async def producer(brokers: Brokers, **overrides: Any) -> AsyncIterator[AIOKafka
         # A stamp or a dead letter carries a whole input message: as large as the topics
         # allow (kafka_settings.MAX_MESSAGE_BYTES), not aiokafka's 1 MiB default.
         "max_request_size": MAX_MESSAGE_BYTES,
-        "request_timeout_ms": 30_000,
+        "request_timeout_ms": PRODUCER_REQUEST_TIMEOUT_MS,
     }
     options.update(overrides)
     async with _started(AIOKafkaProducer(**options), "producer", conn) as prod:

@@ -98,6 +98,13 @@ ASSIGNORS: Final = (RangePartitionAssignor, RoundRobinPartitionAssignor)
 OUTAGE_RETRY_S = 2.0  # between two sessions while the broker is away
 OUTAGE_REPEAT_S = 30.0  # how often a lasting outage is said again (each retry: debug)
 COMMIT_TIMEOUT_S = 10.0  # an offset commit given up after this (retried with the next)
+# How long the group's coordinator waits for this member to rejoin when the group
+# rebalances. aiokafka's default is the session timeout (6 s), but a revocation first waits
+# for the acks of what was sent (up to the producer's request timeout) and commits (up to
+# COMMIT_TIMEOUT_S): on Kafka, a member slower than that to rejoin is left out of the new
+# generation, its commit refused, and the group rebalances once more. A crashed member is
+# still found by its session timeout. (The test broker does not enforce it.)
+REBALANCE_TIMEOUT_MS: Final = 60_000
 INPUT_MARKS = 1024  # slices remembered per partition for the marks of commits
 PRUNE_EVERY_S = 5.0  # and more at once while markers are due: pruning keeps up with deletions
 PRUNE_BUDGET = 20_000  # markers per store per loop turn, so a backlog never stalls the loop
@@ -553,6 +560,7 @@ class Service:
             # Fast crash detection: by default Kafka's minimum session timeout (6 s).
             "session_timeout_ms": session_ms,
             "heartbeat_interval_ms": max(100, min(1_000, session_ms // 3)),
+            "rebalance_timeout_ms": max(session_ms, REBALANCE_TIMEOUT_MS),
             "max_poll_records": MAX_BATCH,
             "enable_auto_commit": False,
             "partition_assignment_strategy": ASSIGNORS,
