@@ -20,6 +20,15 @@ the partition's high watermark, on every broker, while ``AIOKafkaConsumer.end_of
 below the end) and ``AIOKafkaConsumer.highwater`` is the answer to the consumer's last
 fetch, which may have been sent before the caller's clock was read.
 
+It reads committed data only, as the consumers do (``stream_expiry.kafka.consumer``): the
+policy and holds topics it follows are written by users' producers, which may be
+transactional. The broker answers up to the last stable offset (nothing of a transaction
+still open), and that is where a read ends, not the high watermark: a read that waited for
+the high watermark behind an open transaction would take the empty answers for a compacted
+tail and step over the transaction for good. Batches of aborted transactions are passed
+over as Kafka's own consumers do, from the answer's list of aborted transactions
+(:func:`_committed`).
+
 It uses aiokafka's private client and fetch protocol, hence the upper bound on aiokafka in
 ``pyproject.toml``.
 """
@@ -42,6 +51,7 @@ from aiokafka.errors import (
     for_code,
 )
 from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.record.control_record import ABORT_MARKER, ControlRecord
 from aiokafka.record.memory_records import MemoryRecords
 
 from stream_expiry.errors import BrokerError, BrokerUnavailableError
@@ -57,7 +67,7 @@ __all__ = ["ENDS_WAIT_MS", "Fetched", "RawRecord", "end_offsets", "messages_at",
 
 log = logging.getLogger(__name__)
 
-READ_UNCOMMITTED = 0
+READ_COMMITTED = 1  # Kafka's isolation level: nothing of open or aborted transactions
 # The fetches go on a connection of their own, not the consumer's: a broker answers the
 # requests of one connection in order, and the consumer's own fetches wait there up to
 # its fetch_max_wait_ms (100 ms) for data. Sent behind one, the service's read of the
@@ -199,7 +209,7 @@ class _Retry(Exception):
     """A retriable error from the broker (a leader moved, a connection dropped)."""
 
 
-_Answer = tuple[int, int, list[Any]]  # high watermark, log start offset, record batches
+_Answer = tuple[int, int, list[Any]]  # stable end, log start offset, record batches
 
 
 async def _leaders(cons: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
@@ -241,7 +251,7 @@ async def _round(
         client.send(
             node,
             FetchRequest(
-                wait_ms, _min_bytes(wait_ms), fetch_bytes, READ_UNCOMMITTED, list(topics.items())
+                wait_ms, _min_bytes(wait_ms), fetch_bytes, READ_COMMITTED, list(topics.items())
             ),
             group=_OWN_CONNECTION,
         )
@@ -257,6 +267,12 @@ async def _round(
         if isinstance(result, BaseException):
             raise result
         responses.append(result)
+    return _answers(responses)
+
+
+def _answers(responses: list[Any]) -> dict[TopicPartition, _Answer]:
+    """Each partition's answer in Fetch responses: committed batches only, and where a
+    committed read can go now; raises :class:`_Retry` for what retrying may cure."""
     answers: dict[TopicPartition, _Answer] = {}
     for response in responses:
         version = response.API_VERSION
@@ -264,15 +280,80 @@ async def _round(
             for partition, code, highwater, *data in partitions:
                 tp = TopicPartition(topic, partition)
                 error = for_code(code)
+                end, log_start = _stable_end(version, highwater, data), _log_start(version, data)
                 if error is OffsetOutOfRangeError:
-                    answers[tp] = (highwater, _log_start(version, data), [])
+                    answers[tp] = (end, log_start, [])
                     continue
                 if error is not NoError:
                     if error.retriable:
                         raise _Retry(f"{tp.topic}[{tp.partition}]: {error.__name__}")
                     raise BrokerError(f"reading {tp.topic}[{tp.partition}]: {error.__name__}")
-                answers[tp] = (highwater, _log_start(version, data), _batches(tp, data[-1]))
+                batches = _committed(_batches(tp, data[-1]), _aborted(version, data))
+                answers[tp] = (end, log_start, batches)
     return answers
+
+
+def _stable_end(version: int, highwater: int, data: list[Any]) -> int:
+    """Where a committed read of the partition can go now: the last stable offset an
+    answer carries (v4 and later; below the high watermark while a transaction is open),
+    else the high watermark."""
+    if version >= 4 and int(data[0]) >= 0:
+        return min(int(data[0]), highwater)
+    return highwater
+
+
+def _aborted(version: int, data: list[Any]) -> list[tuple[int, int]]:
+    """The aborted transactions an answer lists, as (producer id, first offset): v4 has
+    them after the last stable offset, v5 and later after the log start offset too."""
+    if version < 4:
+        return []
+    return list((data[2] if version >= 5 else data[1]) or ())
+
+
+@dataclass(frozen=True, slots=True)
+class _Passed:
+    """An aborted transaction's batch in an answer: the position moves past it, as past a
+    control batch, and none of its records is read."""
+
+    base_offset: int
+    next_offset: int
+    is_control_batch: bool = True
+
+
+def _committed(batches: list[Any], aborted: list[tuple[int, int]]) -> list[Any]:
+    """``batches`` with those of aborted transactions replaced by :class:`_Passed`.
+
+    Kafka's consumers do it so (``Fetcher``, KIP-98): a producer's transactional batches
+    from the first offset of one of its aborted transactions on are dropped, until its
+    abort marker (a control batch). The broker lists only the aborted transactions that
+    overlap the answer; a batch outside any of them is kept, transactional or not."""
+    if not aborted:
+        return batches
+    pending = sorted(aborted, key=lambda entry: entry[1])
+    aborting: set[int] = set()
+    out: list[Any] = []
+    for batch in batches:
+        while pending and pending[0][1] <= batch.base_offset:
+            aborting.add(pending.pop(0)[0])
+        producer = batch.producer_id
+        if producer not in aborting:
+            out.append(batch)
+        elif batch.is_control_batch:
+            if _is_abort_marker(batch):
+                aborting.discard(producer)
+            out.append(batch)
+        elif batch.is_transactional:
+            out.append(_Passed(batch.base_offset, batch.next_offset))
+        else:
+            out.append(batch)
+    return out
+
+
+def _is_abort_marker(batch: Any) -> bool:
+    """Whether a control batch ends a transaction by aborting it (its one record's key)."""
+    for record in batch:
+        return bool(ControlRecord.parse(record.key) == ABORT_MARKER)
+    return False
 
 
 def _min_bytes(wait_ms: int) -> int:
@@ -303,16 +384,16 @@ def _batches(tp: TopicPartition, raw: bytes | None) -> list[Any]:
 
 def _take(part: _Partition, tp: TopicPartition, answer: _Answer, idle: bool) -> Fetched:
     """Apply one answer to a partition's read: its batches, and its new position."""
-    highwater, log_start, batches = answer
+    stable, log_start, batches = answer
     if part.end is None:
-        part.end = highwater
-        if part.position > highwater:
+        part.end = stable
+        if part.position > stable:
             log.warning(
                 "%s[%d]: read from offset %d, past the end (%d): nothing to read",
                 tp.topic,
                 tp.partition,
                 part.position,
-                highwater,
+                stable,
             )
     start, end = part.position, part.end
     if start >= end:
@@ -335,7 +416,8 @@ def _take(part: _Partition, tp: TopicPartition, answer: _Answer, idle: bool) -> 
 async def end_offsets(
     cons: AIOKafkaConsumer, at: Mapping[TopicPartition, int]
 ) -> dict[TopicPartition, int]:
-    """The high watermark of each partition of ``at``, from one Fetch per leader sent now
+    """The stable end of each partition of ``at`` (the high watermark, or the last stable
+    offset below it while a transaction is open), from one Fetch per leader sent now
     at the offset ``at`` gives (what the caller has read), asking for one byte and
     waiting for no data: the broker answers at once, with little or nothing, dropped here.
 
@@ -354,7 +436,7 @@ async def end_offsets(
     missing = parts.keys() - answers.keys()
     if missing:
         raise BrokerError(f"the broker gave no end for {sorted(missing)}")
-    return {tp: highwater for tp, (highwater, _start, _batches) in answers.items()}
+    return {tp: stable for tp, (stable, _start, _batches) in answers.items()}
 
 
 def _cached_leaders(

@@ -7,7 +7,11 @@ client is built from one :class:`~stream_expiry.kafka_settings.Connection` (brok
 SASL); a bare bootstrap string still works and means plaintext. Defaults, measured on
 Kafka-protocol brokers: new groups read from ``earliest`` (``latest`` is unreliable on some
 brokers and loses data on all of them), and the idempotent producer stays off because not
-every Kafka-protocol broker supports it.
+every Kafka-protocol broker supports it. Consumers read committed data only
+(``read_committed``): input, policy and hold topics are written by users' producers, and
+an exactly-once one (Kafka Streams, Debezium) writes in transactions, whose aborted
+records must not delete, stamp or hold anything, and whose open ones are not data yet. A
+partition then ends, for a reader, at its last stable offset (:func:`stable_end`).
 """
 
 from __future__ import annotations
@@ -60,19 +64,22 @@ __all__ = [
     "consumer",
     "crc32_partitioner",
     "ensure_topics",
-    "high_watermarks",
     "key_partition",
     "mapped",
     "message_limits",
     "partitions_of",
     "producer",
     "read_to_end",
+    "stable_end",
+    "stable_ends",
 ]
 
 DEFAULT_PARTITIONS = 4
 # A producer's record batches, per partition: fewer bytes when a topic it writes takes less
 # (:func:`batch_bytes`).
 BATCH_BYTES: Final = 256 * 1024
+# How long a producer's batch may wait for its acks (retries included) before it fails.
+PRODUCER_REQUEST_TIMEOUT_MS: Final = 30_000
 STALL_S = 60.0  # a topic read to its end that stops moving for this long is an error
 COMPACTED = {"cleanup.policy": "compact"}
 # A failed SCRAM exchange reaches aiokafka 0.14 as a server-final message without "v", and
@@ -380,7 +387,7 @@ async def producer(brokers: Brokers, **overrides: Any) -> AsyncIterator[AIOKafka
         # A stamp or a dead letter carries a whole input message: as large as the topics
         # allow (kafka_settings.MAX_MESSAGE_BYTES), not aiokafka's 1 MiB default.
         "max_request_size": MAX_MESSAGE_BYTES,
-        "request_timeout_ms": 30_000,
+        "request_timeout_ms": PRODUCER_REQUEST_TIMEOUT_MS,
     }
     options.update(overrides)
     async with _started(AIOKafkaProducer(**options), "producer", conn) as prod:
@@ -397,6 +404,7 @@ async def consumer(
         **client_options(conn),
         "auto_offset_reset": "earliest",
         "enable_auto_commit": False,
+        "isolation_level": "read_committed",
         "request_timeout_ms": 40_000,
         "fetch_max_wait_ms": 100,  # an idle partition answers (with its high watermark) fast
         # Room for the largest message the topics take: a broker that does not hand out an
@@ -429,14 +437,15 @@ async def _started(client: _Client, role: str, conn: Connection) -> AsyncIterato
     await _stop(client, failing=False)
 
 
-async def high_watermarks(
+async def stable_ends(
     cons: AIOKafkaConsumer, tps: list[TopicPartition]
 ) -> dict[TopicPartition, int]:
-    """The end of each assigned partition, learnt from a fetch's high watermark.
+    """The end of each assigned partition as the consumer can read it (:func:`stable_end`),
+    learnt from a fetch's answer.
 
     ``end_offsets`` gives wrong answers on some Kafka-protocol brokers (../shared/BROKER.md);
-    the high watermark that every fetch response carries is right on all of them. The
-    consumer's positions are restored afterwards.
+    the high watermark and last stable offset that every fetch response carries are right
+    on all of them. The consumer's positions are restored afterwards.
     """
     positions = {tp: await cons.position(tp) for tp in tps}
     unknown = [tp for tp in tps if cons.highwater(tp) is None]
@@ -447,10 +456,23 @@ async def high_watermarks(
         unknown = [tp for tp in unknown if cons.highwater(tp) is None]
     if unknown:
         raise BrokerError(f"no fetch response for {unknown} within 15 s: is the broker healthy?")
-    ends = {tp: cons.highwater(tp) or 0 for tp in tps}
+    ends = {tp: stable_end(cons, tp) or 0 for tp in tps}
     for tp, pos in positions.items():
         cons.seek(tp, pos)
     return ends
+
+
+def stable_end(cons: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """Where reading ``tp`` can go as of the consumer's last fetch (None before one): the
+    high watermark, or below it the last stable offset, the first offset of a transaction
+    still open, which a ``read_committed`` consumer does not pass until it ends. Waiting
+    for the high watermark instead waited for the transaction (``read_to_end`` stalled,
+    then failed)."""
+    high: int | None = cons.highwater(tp)
+    stable: int | None = cons.last_stable_offset(tp)
+    if high is None or stable is None or stable < 0:
+        return high
+    return min(high, stable)
 
 
 async def committed_offsets(
@@ -503,7 +525,7 @@ async def read_to_end(
             await cons.seek_to_beginning(tp)
         else:
             cons.seek(tp, offset)
-    ends = await high_watermarks(cons, tps)
+    ends = await stable_ends(cons, tps)
     remaining = {tp for tp in tps if await cons.position(tp) < ends[tp]}
     last_progress = time.monotonic()
     while remaining:

@@ -306,6 +306,9 @@ def role_configs(role: TopicRole, settings: TopicSettings) -> dict[str, str]:
     """The Kafka topic configs of a topic in ``role``, as CreateTopics takes them."""
     configs = {
         "min.insync.replicas": str(settings.min_insync),
+        # A replica out of sync never becomes leader, whatever the broker's default: it
+        # would drop writes acknowledged with acks=all (a tombstone, a null on the changelog).
+        "unclean.leader.election.enable": "false",
         "segment.ms": str(settings.segment_ms),
     }
     if role == "compacted":

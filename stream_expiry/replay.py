@@ -34,11 +34,11 @@ from stream_expiry.changelog import Current, read_current, read_latest
 from stream_expiry.kafka import (
     batch_bytes,
     consumer,
-    high_watermarks,
     message_limits,
     partitions_of,
     producer,
     read_to_end,
+    stable_ends,
 )
 from stream_expiry.outbox import all_acked
 from stream_expiry.policy import PolicyBook, apply_updates
@@ -600,7 +600,7 @@ async def _from_inputs(
         ]
         cons.assign(tps)
         await cons.seek_to_beginning(*tps)
-        total = sum((await high_watermarks(cons, tps)).values())
+        total = sum((await stable_ends(cons, tps)).values())
         bar = ProgressBar("events", total, progress)
         for tp in tps:
             store = PartitionStore(RocksKV(os.path.join(work, f"{tp.topic}-{tp.partition}")))
@@ -658,7 +658,7 @@ async def _read_partition(cons: AIOKafkaConsumer, tp: TopicPartition) -> AsyncIt
     """One input partition from its beginning to its present end."""
     cons.assign([tp])
     await cons.seek_to_beginning(tp)
-    end = (await high_watermarks(cons, [tp]))[tp]
+    end = (await stable_ends(cons, [tp]))[tp]
     while await cons.position(tp) < end:
         batch = await cons.getmany(tp, timeout_ms=1000, max_records=5000)
         records = [r for r in batch.get(tp, []) if r.offset < end]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import anyio
 from aiokafka import TopicPartition
 
-from stream_expiry.kafka import consumer, high_watermarks, partitions_of
+from stream_expiry.kafka import consumer, partitions_of, stable_ends
 from stream_expiry.parts import add_up
 from stream_expiry.replay import ProgressBar, ReplayReport, Share, replay_share
 from stream_expiry.state import RocksKV
@@ -83,7 +83,7 @@ async def _layout(share: Share) -> tuple[list[int], int]:
             return [], 0
         tps = [TopicPartition(stamped, p) for p in partitions]
         cons.assign(tps)
-        return partitions, sum((await high_watermarks(cons, tps)).values())
+        return partitions, sum((await stable_ends(cons, tps)).values())
 
 
 @dataclass(frozen=True)

@@ -48,10 +48,11 @@ from stream_expiry.kafka import (
     committed_offsets,
     consumer,
     ensure_topics,
-    high_watermarks,
     mapped,
     message_limits,
     producer,
+    stable_end,
+    stable_ends,
 )
 from stream_expiry.kafka_settings import topic_configs
 from stream_expiry.outbox import Outbox
@@ -100,6 +101,13 @@ ASSIGNORS: Final = (RangePartitionAssignor, RoundRobinPartitionAssignor)
 OUTAGE_RETRY_S = 2.0  # between two sessions while the broker is away
 OUTAGE_REPEAT_S = 30.0  # how often a lasting outage is said again (each retry: debug)
 COMMIT_TIMEOUT_S = 10.0  # an offset commit given up after this (retried with the next)
+# How long the group's coordinator waits for this member to rejoin when the group
+# rebalances. aiokafka's default is the session timeout (6 s), but a revocation first waits
+# for the acks of what was sent (up to the producer's request timeout) and commits (up to
+# COMMIT_TIMEOUT_S): on Kafka, a member slower than that to rejoin is left out of the new
+# generation, its commit refused, and the group rebalances once more. A crashed member is
+# still found by its session timeout. (The test broker does not enforce it.)
+REBALANCE_TIMEOUT_MS: Final = 60_000
 INPUT_MARKS = 1024  # slices remembered per partition for the marks of commits
 PRUNE_EVERY_S = 5.0  # and more at once while markers are due: pruning keeps up with deletions
 PRUNE_BUDGET = 20_000  # markers per store per loop turn, so a backlog never stalls the loop
@@ -569,6 +577,7 @@ class Service:
             # Fast crash detection: by default Kafka's minimum session timeout (6 s).
             "session_timeout_ms": session_ms,
             "heartbeat_interval_ms": max(100, min(1_000, session_ms // 3)),
+            "rebalance_timeout_ms": max(session_ms, REBALANCE_TIMEOUT_MS),
             "max_poll_records": MAX_BATCH,
             "enable_auto_commit": False,
             "partition_assignment_strategy": ASSIGNORS,
@@ -630,7 +639,7 @@ class Service:
         if self.metrics is None:
             return
         for (topic, partition), position in self._next_offset.items():
-            high = cons.highwater(TopicPartition(topic, partition))
+            high = stable_end(cons, TopicPartition(topic, partition))
             if high is not None:
                 self.metrics.set_lag(topic, partition, max(0, high - position))
 
@@ -1016,7 +1025,11 @@ class Service:
         async with consumer(self.bootstrap) as reader:
             reader.assign(tps)
             await reader.seek_to_beginning(*tps)
-            ends = await high_watermarks(reader, tps)
+            ends = await stable_ends(reader, tps)
+            # A committed offset is past the end when it is past the high watermark: it may
+            # be past the stable end, within an open transaction that an earlier version,
+            # reading uncommitted data, read (the topic was not made again).
+            highs = {tp: max(ends[tp], reader.highwater(tp) or 0) for tp in tps}
             starts = {tp: await reader.position(tp) for tp in tps}
             committed_at = await committed_offsets(cons, tps)
             unmarked = await self._unmarked(reader, committed_at, ends)
@@ -1024,14 +1037,14 @@ class Service:
             slot = (tp.topic, tp.partition)
             if committed is None:
                 start, why = starts[tp], "no committed offset: from the beginning"
-            elif committed > ends[tp]:
+            elif committed > highs[tp]:
                 log.warning(
                     "%s[%d]: the committed offset %d is past the partition's end %d (was the "
                     "topic deleted and recreated?); reading it from the beginning",
                     tp.topic,
                     tp.partition,
                     committed,
-                    ends[tp],
+                    highs[tp],
                 )
                 start, why = starts[tp], "from the beginning (committed offset past the end)"
             elif tp in unmarked:
@@ -1116,7 +1129,7 @@ class Service:
             read = self._next_offset.get(slot)
             if slot in self._catching_up or read is None:
                 continue
-            high = cons.highwater(TopicPartition(*slot))
+            high = stable_end(cons, TopicPartition(*slot))
             position = read if high is None else await self._read_up_to(cons, slot, read, high)
             if proc.waiting and proc.let_go_read(position) and self._firing is not None:
                 self._firing.wake()
@@ -1138,7 +1151,9 @@ class Service:
         for tp, offset in committed.items():
             proc = self.processors.get((tp.topic, tp.partition))
             if offset is None or not 0 < offset <= ends[tp] or proc is None:
-                continue  # nothing to look at (past the end: said as such)
+                # Nothing to look at: past the end (said as such), or past the stable end
+                # (a message in a transaction still open cannot be read yet).
+                continue
             mark = proc.store.position_mark(input_position_name(tp.topic, tp.partition))
             if mark is not None and mark[0] == offset - 1:
                 marked[tp] = (tp, *mark)

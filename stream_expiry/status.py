@@ -35,8 +35,8 @@ from stream_expiry.hold_command import read_holds
 from stream_expiry.kafka import (
     committed_offsets,
     consumer,
-    high_watermarks,
     partitions_of,
+    stable_ends,
 )
 from stream_expiry.logs import printable
 from stream_expiry.state import RocksKV
@@ -155,7 +155,7 @@ async def _lag(config: Config, brokers: Brokers) -> dict[str, dict[str, int | No
         if not tps:
             return out
         cons.assign(tps)
-        ends = await high_watermarks(cons, tps)
+        ends = await stable_ends(cons, tps)
         for tp, committed in (await committed_offsets(cons, tps)).items():
             out[f"{tp.topic}[{tp.partition}]"] = {
                 "end": ends[tp],

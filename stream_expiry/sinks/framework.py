@@ -58,6 +58,7 @@ from stream_expiry.kafka import (
     partitions_of,
     producer,
     read_to_end,
+    stable_end,
 )
 from stream_expiry.kafka_settings import Connection, KafkaSecurity, TopicSettings, role_configs
 from stream_expiry.model import Rejection
@@ -459,7 +460,7 @@ class Sink:
             return
         self._lag_at = time.monotonic()
         for tp in assignment:
-            high = cons.highwater(tp)
+            high = stable_end(cons, tp)
             if high is not None:
                 self._on_lag(tp.topic, tp.partition, high - self._positions.get(tp, high))
 

@@ -40,7 +40,7 @@ from stream_expiry.codec import (
 )
 from stream_expiry.errors import BrokerError
 from stream_expiry.fetch import messages_at, read_ranges
-from stream_expiry.kafka import high_watermarks, partitions_of
+from stream_expiry.kafka import partitions_of, stable_ends
 from stream_expiry.state.store import mark_holds, position_marks, position_name
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ async def prepare_restore(
     cons.assign(tps)
     for reader in readers:
         reader.seek(cons)
-    ends = await high_watermarks(cons, tps)
+    ends = await stable_ends(cons, tps)
     cons.pause(*tps)  # the reads fetch for themselves (stream_expiry.fetch)
     for reader in readers:
         reader.ends = {tp: ends[tp] for tp in reader.tps}

@@ -35,7 +35,7 @@ import anyio
 import orjson
 from aiokafka import TopicPartition
 
-from stream_expiry.kafka import consumer, ensure_topics, high_watermarks, producer, read_to_end
+from stream_expiry.kafka import consumer, ensure_topics, producer, read_to_end, stable_ends
 from stream_expiry.model import Identity
 from stream_expiry.testing.processes import ArrivalLog, spawn_service, wall_clock_ms
 from stream_expiry.timeutil import parse_ts
@@ -227,7 +227,7 @@ async def _stamped_count(broker: str, topic: str) -> int:
         tps = [TopicPartition(topic, p) for p in range(2)]
         cons.assign(tps)
         await cons.seek_to_beginning(*tps)
-        return sum((await high_watermarks(cons, tps)).values())
+        return sum((await stable_ends(cons, tps)).values())
 
 
 async def _read_all(broker: str, topic: str) -> list[Any]:

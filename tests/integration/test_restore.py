@@ -331,7 +331,7 @@ def _key(category: str, rid: str) -> str:
 class _CountingClient:
     """A Kafka client that counts the records its fetches hand out: what a restore reads
     (``stream_expiry.fetch`` sends its Fetch requests through the consumer's client; the
-    one-record probes of ``high_watermarks`` go through the consumer's own fetcher)."""
+    one-record probes of ``stable_ends`` go through the consumer's own fetcher)."""
 
     def __init__(self, client: Any) -> None:
         self._client = client

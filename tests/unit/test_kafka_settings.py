@@ -13,7 +13,7 @@ from aiokafka.protocol.admin import CreateTopicsResponse_v3
 
 from stream_expiry.config import ConfigError, parse_config
 from stream_expiry.errors import BrokerError, ConfigurationError
-from stream_expiry.kafka import check_created, client_options
+from stream_expiry.kafka import PRODUCER_REQUEST_TIMEOUT_MS, check_created, client_options
 from stream_expiry.kafka_settings import (
     MAX_MESSAGE_BYTES,
     Connection,
@@ -25,6 +25,7 @@ from stream_expiry.kafka_settings import (
     security_from_environment,
     topic_configs,
 )
+from stream_expiry.service import COMMIT_TIMEOUT_S, Service
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -212,6 +213,7 @@ def test_topic_configs_bound_physical_deletion() -> None:
         "segment.ms": str(DAY),
         "delete.retention.ms": str(DAY),
         "min.insync.replicas": "1",
+        "unclean.leader.election.enable": "false",
         "max.message.bytes": str(MAX_MESSAGE_BYTES),
     }
     assert configs[t.holds]["cleanup.policy"] == "compact"
@@ -247,7 +249,11 @@ def test_every_role_gets_exactly_its_configs() -> None:
     keeps on disk."""
     s = TopicSettings(replication_factor=2, segment_ms=7, retention_ms=11)
     s = replace(s, max_compaction_lag_ms=13, delete_retention_ms=17, evidence_retention_ms=19)
-    both = {"min.insync.replicas": "1", "segment.ms": "7"}
+    both = {
+        "min.insync.replicas": "1",
+        "unclean.leader.election.enable": "false",
+        "segment.ms": "7",
+    }
     big = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
     assert role_configs("compacted", s) == {
         **both, **big, "cleanup.policy": "compact", "max.compaction.lag.ms": "13",
@@ -352,3 +358,14 @@ def test_without_variables_the_files_settings_are_kept_as_they_are() -> None:
     merged = security_from_environment(base, {"STREAM_EXPIRY_KAFKA_SASL_USERNAME": ""})
     assert merged == base
     assert merged.origin("sasl_username") == "app.toml line 4 ([kafka] sasl_username)"
+
+
+def test_the_group_waits_for_a_revocation_as_long_as_it_may_take() -> None:
+    """A revoked partition's outputs are acknowledged (up to the producer's request
+    timeout) and its offsets committed (up to COMMIT_TIMEOUT_S) before the member rejoins:
+    with aiokafka's default rebalance timeout (the 6 s session) a slow broker got the
+    member dropped from the group's new generation, and one more rebalance."""
+    options = Service(parse_config(""), bootstrap_servers="k:1", environ={})._group_options()
+    revocation_ms = PRODUCER_REQUEST_TIMEOUT_MS + COMMIT_TIMEOUT_S * 1000
+    assert options["rebalance_timeout_ms"] > revocation_ms
+    assert options["session_timeout_ms"] == 6_000  # a crash is still found in seconds
