@@ -9,6 +9,7 @@ its record batches to. The service's is made small here; replay's is the default
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import orjson
@@ -116,6 +117,7 @@ async def test_record_batches_fit_the_output_topics_max_message_bytes(
     made with 64 KiB was refused with MESSAGE_TOO_LARGE. The service's batches follow the
     smallest limit of the topics it writes. (The test broker enforces no limit: the
     batches it holds are measured.)"""
+    caplog.set_level(logging.WARNING, "stream_expiry.service")  # whatever earlier tests set
     topics = make_topic_set()
     small = {"max.message.bytes": str(LIMIT)}
     await ensure_topics(
