@@ -173,7 +173,8 @@ async def status(
     result.holds = [h.as_dict() for h in sorted(holds, key=lambda h: h.hold_id)]
     topic = config.topics.stamped
     with scratch_directory("stream-expiry-status-") as work:
-        kv = RocksKV(os.path.join(work, "current"))
+        # A scratch store, thrown away after the count (as replay's): no write-ahead log.
+        kv = RocksKV(os.path.join(work, "current"), durable=False)
         try:
             await read_latest(brokers, topic, kv, _latest)
             archived = None
