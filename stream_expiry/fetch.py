@@ -55,7 +55,7 @@ from aiokafka.record.control_record import ABORT_MARKER, ControlRecord
 from aiokafka.record.memory_records import MemoryRecords
 
 from stream_expiry.errors import BrokerError, BrokerUnavailableError
-from stream_expiry.kafka import transient
+from stream_expiry.kafka import readable_end, transient
 from stream_expiry.kafka_settings import MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
@@ -297,9 +297,7 @@ def _stable_end(version: int, highwater: int, data: list[Any]) -> int:
     """Where a committed read of the partition can go now: the last stable offset an
     answer carries (v4 and later; below the high watermark while a transaction is open),
     else the high watermark."""
-    if version >= 4 and int(data[0]) >= 0:
-        return min(int(data[0]), highwater)
-    return highwater
+    return readable_end(highwater, int(data[0]) if version >= 4 else None)
 
 
 def _aborted(version: int, data: list[Any]) -> list[tuple[int, int]]:

@@ -70,6 +70,7 @@ __all__ = [
     "partitions_of",
     "producer",
     "read_to_end",
+    "readable_end",
     "stable_end",
     "stable_ends",
 ]
@@ -469,8 +470,15 @@ def stable_end(cons: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
     for the high watermark instead waited for the transaction (``read_to_end`` stalled,
     then failed)."""
     high: int | None = cons.highwater(tp)
-    stable: int | None = cons.last_stable_offset(tp)
-    if high is None or stable is None or stable < 0:
+    return None if high is None else readable_end(high, cons.last_stable_offset(tp))
+
+
+def readable_end(high: int, stable: int | None) -> int:
+    """The end of a committed read, from what a fetch answered: the high watermark, or
+    the last stable offset below it (absent, or -1, when the broker gives none). The
+    consumer's view (:func:`stable_end`) and the raw fetch (:mod:`stream_expiry.fetch`)
+    both ask this, so the two kinds of read stop at the same place."""
+    if stable is None or stable < 0:
         return high
     return min(high, stable)
 
