@@ -28,6 +28,7 @@ import orjson
 from stream_expiry import codec
 from stream_expiry.hold_command import read_holds
 from stream_expiry.kafka import consumer, read_to_end
+from stream_expiry.logs import record_ref
 from stream_expiry.model import Identity
 from stream_expiry.timeutil import format_ts
 
@@ -63,7 +64,12 @@ class History:
     holds: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "events": self.events, "active_holds": self.holds}
+        return {
+            "key": self.key,
+            "log_ref": record_ref(self.key),
+            "events": self.events,
+            "active_holds": self.holds,
+        }
 
 
 def _event(rec: Any, topic: str, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -250,7 +256,7 @@ def _summary(e: dict[str, Any]) -> str:
 
 def text_lines(d: dict[str, Any]) -> list[str]:
     """``history`` for a person, from :meth:`History.as_dict`: one line per message."""
-    lines = [f"record {d['key']}"]
+    lines = [f"record {d['key']} (in log lines: record={d['log_ref']})"]
     if not d["events"]:
         lines.append("  nothing on the evidence topics for this key")
     for e in d["events"]:

@@ -17,6 +17,10 @@ Rules this module keeps:
   logs every statement with its parameters: a stamp's ``data``, a record's ids) stay at
   INFO (:data:`_CONTENT_LOGGERS`), since a log is kept and shipped where an erasure never
   reaches.
+* No line names a record by its ids: a warning about one record gives its
+  :func:`record_ref` (extra ``record``) and where it was read, which a person who knows
+  the ids can match (``stream-expiry history`` prints the ref) and a log reader cannot
+  read back as ids.
 * The format and level come from ``--log-format``/``--log-level``, else
   ``STREAM_EXPIRY_LOG_FORMAT``/``STREAM_EXPIRY_LOG_LEVEL``, else text and the command's
   default; an invalid environment value is a :class:`ConfigurationError` naming the variable.
@@ -24,6 +28,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import sys
@@ -48,6 +53,7 @@ __all__ = [
     "TextFormatter",
     "configure_logging",
     "printable",
+    "record_ref",
     "resolve_log_options",
     "say_failure",
 ]
@@ -71,6 +77,20 @@ _UNPRINTABLE_IN_LINES: Final = re.compile(
 
 def _escape(match: re.Match[str]) -> str:
     return match.group().encode("unicode_escape").decode("ascii")
+
+
+# Hex digits of a record's reference: 64 bits, no collision to expect among billions.
+REF_CHARS: Final = 16
+
+
+def record_ref(key: str) -> str:
+    """How log lines name a record: the first 16 hex digits of the SHA-256 of its record
+    key (the key of its messages on ``expiry.stamped``), since logs are kept for months
+    and shipped where no erasure reaches. Anyone who knows the ids computes it (``printf
+    %s KEY | sha256sum | cut -c1-16``; ``stream-expiry history`` prints it); it is a plain
+    hash, so ids that can be guessed (sequential numbers, e-mail addresses) can be
+    confirmed by trying them, but not read off the log."""
+    return hashlib.sha256(key.encode()).hexdigest()[:REF_CHARS]
 
 
 def printable(text: str) -> str:

@@ -27,6 +27,7 @@ from aiokafka.errors import KafkaError
 
 from stream_expiry import codec, model, oversize
 from stream_expiry.errors import BrokerError
+from stream_expiry.logs import record_ref
 from stream_expiry.state.store import position_name
 
 if TYPE_CHECKING:
@@ -275,22 +276,23 @@ class Outbox:
             key = state.identity.key.encode()
             value, dropped = oversize.stamp_within(limit, state, data, removed, key, source)
             if dropped:
-                self._say_dropped(state)
+                self._say_dropped(state, codec.source_of(source))
             if not out.try_add(stamped, key, value, now_ms, source, effects):
                 await out.add(stamped, key, value, now_ms, source, effects)
 
-    def _say_dropped(self, state: model.Stamp) -> None:
+    def _say_dropped(self, state: model.Stamp, source: tuple[str, int] | None) -> None:
         if self._stats is not None:
             self._stats.stamps_data_dropped += 1
         i = state.identity
         log.warning(
-            "the stamp of %s %r (org %r) is over the producer's limit of %d bytes with its "
-            "data: published without it (data null, data_dropped %r); its expiry stands",
+            "the stamp of a record (%s) from %s is over the producer's limit of %d bytes "
+            "with its data: published without it (data null, data_dropped %r); its expiry "
+            "stands",
             i.category,
-            i.record_id,
-            i.org,
+            "an unknown input" if source is None else f"input {source[0]}[{source[1]}]",
             self._limit,
             oversize.DATA_DROPPED,
+            extra={"record": record_ref(i.key)},
         )
 
     async def _put_tombstones(

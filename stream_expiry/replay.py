@@ -40,6 +40,7 @@ from stream_expiry.kafka import (
     read_to_end,
     stable_ends,
 )
+from stream_expiry.logs import record_ref
 from stream_expiry.outbox import all_acked
 from stream_expiry.policy import PolicyBook, apply_updates
 from stream_expiry.redact import Redactor
@@ -346,13 +347,14 @@ class _Publisher:
         )
         if dropped:
             log.warning(
-                "the stamp of %s %r (org %r) is over the producer's limit of %d bytes with its "
-                "data: published without it (data null, data_dropped %r)",
+                "the stamp of a record (%s) for %s[%d] is over the producer's limit of %d "
+                "bytes with its data: published without it (data null, data_dropped %r)",
                 state.identity.category,
-                state.identity.record_id,
-                state.identity.org,
+                self._topic,
+                partition,
                 self._limit,
                 oversize.DATA_DROPPED,
+                extra={"record": record_ref(state.identity.key)},
             )
         self._acks.append(
             await self._prod.send(

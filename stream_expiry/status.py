@@ -2,8 +2,9 @@
 
 Computed from Kafka alone, so it answers for the whole deployment whatever the number of
 instances and wherever their disks are: the records from ``expiry.stamped`` (streamed
-through a temporary on-disk store, like ``replay``), the holds from ``expiry.holds``, and the
-lag from the input partitions' ends and the service group's committed offsets.
+through a temporary on-disk store, like ``replay``, which keeps of each record only what
+the counts need, never its ``data``), the holds from ``expiry.holds``, and the lag from the
+input partitions' ends and the service group's committed offsets.
 
 A record is *pending* until its due time (its expiry, or an erasure request), *held* when
 it is due but a legal hold matches it, and *overdue* when it is due and nothing holds it:
@@ -39,6 +40,7 @@ from stream_expiry.kafka import (
     stable_ends,
 )
 from stream_expiry.logs import printable
+from stream_expiry.model import decode_key
 from stream_expiry.state import RocksKV
 from stream_expiry.state.kv import scratch_directory
 from stream_expiry.timeutil import format_ts
@@ -91,17 +93,34 @@ class Status:
         }
 
 
-# What status keeps of a record: the partition and offset of its latest stamp, then the
-# stamp. The offset is what ``[archive] required`` compares with the archive's commits.
-_AT = struct.Struct(">iq")
+# What status keeps of a record, and no more (its counts need no data, and a scratch store
+# holding every stamp's data put every user's data on disk while it ran): the partition and
+# offset of its latest stamp (what ``[archive] required`` compares with the archive's
+# commits), its due time (_NEVER: none), and two flags. The key, which names the record, is
+# the store's key: a hold matches records by their ids.
+_AT = struct.Struct(">iqqB")
+_NEVER = -(2**63)
+_ERASURE = 1  # the due time is an erasure request's: it never waits for the archive
+_HELD_LIVES = 2  # it keeps earlier lives a hold kept
 
 
 def _latest(
-    partition: int, offset: int, _headers: Any, _key: bytes, value: bytes | None
+    partition: int, offset: int, _headers: Any, key: bytes, value: bytes | None
 ) -> bytes | None:
-    """A :data:`~stream_expiry.changelog.Fold` keeping where the latest stamp is, and the
-    stamp; a deletion drops the key (nothing of it is counted)."""
-    return None if value is None else _AT.pack(partition, offset) + value
+    """A :data:`~stream_expiry.changelog.Fold` keeping what :func:`_count` needs of the
+    latest stamp; a deletion, or a stamp that cannot be read, drops the key (nothing of it
+    is counted)."""
+    if value is None:
+        return None
+    try:
+        stamp = codec.decode_stamp(key, value)
+    except ValueError:
+        return None
+    due = stamp.due_at
+    flags = (_ERASURE if stamp.erase_at is not None else 0) | (
+        _HELD_LIVES if stamp.held_lives else 0
+    )
+    return _AT.pack(partition, offset, _NEVER if due is None else due, flags)
 
 
 def _count(
@@ -114,20 +133,17 @@ def _count(
     if archived is not None:
         result.archive_waiting = 0
     for key, raw in kv.scan(b"", b"\xff" * 8):
-        partition, offset = _AT.unpack_from(raw)
-        try:
-            stamp = codec.decode_stamp(key, raw[_AT.size :])
-        except ValueError:
-            continue
-        due = stamp.due_at
+        partition, offset, due_or_never, flags = _AT.unpack(raw)
+        identity = decode_key(key.decode())
+        due = None if due_or_never == _NEVER else due_or_never
         overdue = due is not None and due <= now
         if due is None:
             result.never += 1
         elif not overdue:
-            result.pending[stamp.identity.category] += 1
+            result.pending[identity.category] += 1
             result.next_due = due if result.next_due is None else min(result.next_due, due)
         # Held: overdue under a hold, or keeping earlier lives a hold kept.
-        holding = holds.holding(stamp.identity) if overdue or stamp.held_lives else []
+        holding = holds.holding(identity) if overdue or flags & _HELD_LIVES else []
         for h in holding:
             result.held[h.hold_id] += 1
         if overdue and not holding:
@@ -138,7 +154,7 @@ def _count(
             # An erasure never waits for the archive; an expiry does, until it is written.
             if (
                 archived is not None
-                and stamp.erase_at is None
+                and not flags & _ERASURE
                 and offset >= archived.get(partition, 0)
             ):
                 result.archive_waiting = (result.archive_waiting or 0) + 1

@@ -25,7 +25,10 @@ Rules kept here (why: tombstones are at-least-once, and ``expiry.stamped`` and
    the receipt (with the time the row was really deleted). A tombstone for a row the store
    never held leaves a receipt with ``rows_deleted=0``, unless an earlier deletion already
    covers that life: an erasure request that reaches a store is always on record, a
-   duplicate never is.
+   duplicate never is. A tombstone that names no life (the service knew no live one: an
+   erasure dated after the record's expiry, or read after it) is covered by any deletion
+   of a life the store held: that deletion's receipt is the record's, and a second one,
+   ``rows_deleted=0``, said an erasure found something to do where it found nothing.
 5. **The sweep never takes what the archive lacks.** With ``[archive] required`` the
    service holds back a ``ttl`` tombstone until the archive has the record's latest stamp;
    the sweep, which stands in for a tombstone that did not come, keeps the same rule: a row
@@ -254,9 +257,7 @@ class _Planner:
         m = slot.marker
         covered = m is not None and (
             m.deleted_before >= bound
-            or (
-                t.created_at is not None and m.last_life is not None and t.created_at <= m.last_life
-            )
+            or (m.last_life is not None and (t.created_at is None or t.created_at <= m.last_life))
         )
         pending = () if m is None else m.pending
         claimed = [p for p in pending if _matches(p, t, bound)]

@@ -61,6 +61,7 @@ from stream_expiry.kafka import (
     stable_end,
 )
 from stream_expiry.kafka_settings import Connection, KafkaSecurity, TopicSettings, role_configs
+from stream_expiry.logs import record_ref
 from stream_expiry.model import Rejection
 from stream_expiry.murmur2 import partition_for
 from stream_expiry.sinks._messages import (
@@ -508,8 +509,9 @@ class Sink:
         if not self.store.holds(change.identity):
             self.metrics["unrepresentable_total"] += 1
             log.error(
-                "store %s cannot represent the identity at %s[%d]@%d (%r); skipped",
-                self.store.name, topic, rec.partition, rec.offset, change.identity,
+                "store %s cannot represent the identity of the record at %s[%d]@%d; skipped",
+                self.store.name, topic, rec.partition, rec.offset,
+                extra={"record": record_ref(change.identity.key)},
             )  # fmt: skip
             return None
         return change

@@ -12,6 +12,7 @@ import pytest
 
 from stream_expiry.cli import main
 from stream_expiry.history import history, text_lines
+from stream_expiry.logs import record_ref
 from stream_expiry.model import Identity
 from stream_expiry.service import wall_clock_ms
 from tests.conftest import TopicSet, read_topic
@@ -104,6 +105,9 @@ async def test_history_tells_a_held_erasure_from_request_to_receipt_without_the_
     assert await _cli("history", *common, *who) == 0
     text = capsys.readouterr().out
     assert text.splitlines() == text_lines(found.as_dict())
+    # How log lines name it (never by its ids): the ref a user greps the logs for.
+    assert found.as_dict()["log_ref"] == record_ref(found.key)
+    assert f"(in log lines: record={record_ref(found.key)})" in text.splitlines()[0]
     assert "deletion deferred by case-7" in text
     assert "(published 2 times, one receipt)" in text
     assert await _cli("history", *common, *who, "--json") == 0

@@ -12,13 +12,16 @@ import orjson
 import pytest
 
 from stream_expiry import service as service_module
+from stream_expiry import status as status_module
 from stream_expiry.archive import ERASURES, archived_offsets, purge, read_lines
+from stream_expiry.changelog import read_latest
 from stream_expiry.cli import main
 from stream_expiry.codec import deleted_at_of
-from stream_expiry.holds import Hold, encode_hold
+from stream_expiry.holds import Hold, HoldBook, encode_hold
 from stream_expiry.kafka import producer
 from stream_expiry.model import Identity, Stamp, encode_stamp
 from stream_expiry.service import wall_clock_ms
+from stream_expiry.state import RocksKV
 from stream_expiry.timeutil import format_ts, parse_ts
 from tests.conftest import TopicSet, read_all, wait_for
 from tests.integration.service_helpers import (
@@ -201,6 +204,38 @@ async def test_status_says_how_many_overdue_records_wait_for_the_archive(
     got, out = await status(required)
     assert (got["overdue"], got["archive_waiting"]) == (1, 0)
     assert re.search(r"^    waiting for the archive +0$", out, re.MULTILINE), out
+
+
+async def test_status_keeps_no_record_data_in_its_scratch_store(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """status counts; it kept every record's latest stamp, ``data`` included, in a store
+    on disk while it ran (a kill left it there). What it keeps of a record now is where
+    its stamp is, when it is due and two flags; the counts are those of the stamps."""
+    now = wall_clock_ms()
+    acme = Identity("acme", "_", "live", "conversation", "c")
+    pending = Stamp(acme, now, now + 3_600_000, 3_600_000, "default")
+    overdue = Stamp(Identity("acme", "_", "live", "conversation", "d"), now - 7_200_000, now - 3_600_000,
+                    3_600_000, "default")  # fmt: skip
+    never = Stamp(Identity("acme", "_", "live", "analytics", "a"), now, None, None, None)
+    secret = {"email": "jane.doe.secret@private.example", "transcript": "x" * 5000}
+    await produce(
+        broker,
+        [(topics.stamped, st.identity.key.encode(), encode_stamp(st, secret))
+         for st in (pending, overdue, never)],
+    )  # fmt: skip
+    kv = RocksKV(str(tmp_path / "scratch"), durable=False)
+    try:
+        assert await read_latest(broker, topics.stamped, kv, status_module._latest) == 3
+        kept = dict(kv.scan(b"", b"\xff" * 8))
+        result = status_module.Status(at=now)
+        status_module._count(result, kv, HoldBook())
+    finally:
+        kv.close()
+    assert set(kept) == {st.identity.key.encode() for st in (pending, overdue, never)}
+    assert all(b"secret" not in v and len(v) < 64 for v in kept.values()), kept
+    assert (dict(result.pending), result.overdue, result.never) == ({"conversation": 1}, 1, 1)
+    assert (result.next_due, result.oldest_overdue) == (pending.expires_at, overdue.expires_at)
 
 
 @pytest.mark.timeout(120)

@@ -17,7 +17,7 @@ import pytest_asyncio
 
 from stream_expiry.errors import StoreError
 from stream_expiry.logs import configure_logging
-from stream_expiry.model import Identity
+from stream_expiry.model import Identity, Stamp
 from stream_expiry.sinks._logic import Plan, plan
 from stream_expiry.sinks._messages import (
     Change,
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
     from pathlib import Path
 
-    from stream_expiry.model import Stamp
 
 pytestmark = pytest.mark.integration
 
@@ -130,6 +129,27 @@ async def test_duplicate_tombstones_leave_one_receipt(store: Store) -> None:
     out = await store.apply([kill(s)], now_ms=T0 + 2)
     assert (out.deleted, out.receipts) == (0, [])
     assert [r.rows_deleted for r in await store.receipts()] == [1]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_an_erasure_dated_after_the_expiry_leaves_one_receipt(store: Store) -> None:
+    """What the service sends for a delete dated after the record's expiry: the ttl
+    tombstone (its life's last instant in ``expiry-deleted-at``), then an explicit one
+    naming no life, dated by the request. The row went at the expiry: the store's only
+    receipt is the expiry's."""
+    s = stamp(ident("late-erasure"))
+    await store.apply([put(s, {"text": "hello"}, offset=0)], now_ms=T0 + 1)
+    expiry = kill(s)
+    assert isinstance(expiry, TombstoneChange)
+    await store.apply([replace(expiry, deleted_at=T0 + 10 * MINUTE - 1)], now_ms=T0 + 10 * MINUTE)
+    erased_at = T0 + 20 * MINUTE
+    unseen = Stamp(s.identity, None, None, None, None)
+    erasure = kill(unseen, "explicit", emitted_at=erased_at)
+    assert isinstance(erasure, TombstoneChange)
+    out = await store.apply([replace(erasure, deleted_at=erased_at)], now_ms=erased_at + 1)
+    assert (out.deleted, out.receipts) == (0, [])
+    assert [(r.reason, r.rows_deleted) for r in await store.receipts()] == [("ttl", 1)]
 
 
 @pytest.mark.asyncio

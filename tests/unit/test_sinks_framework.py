@@ -14,12 +14,14 @@ import pytest
 from stream_expiry.errors import StoreError
 from stream_expiry.holds import Hold, encode_hold
 from stream_expiry.kafka import key_partition
+from stream_expiry.logs import record_ref
 from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
 from stream_expiry.murmur2 import partition_for
 from stream_expiry.sinks._messages import decode_stamped, decode_tombstone
 from stream_expiry.sinks.framework import BatchReport, Sink, SinkConfig, _Decoded
 from stream_expiry.sinks.postgres import PostgresStore
 from stream_expiry.sinks.store import MemoryStore, StoreUnavailableError
+from tests.log_capture import captured_logs
 
 if TYPE_CHECKING:
     from stream_expiry.sinks._logic import Plan
@@ -212,13 +214,21 @@ async def _changes(s: Stamp) -> list[Any]:
 
 
 def test_postgres_sink_counts_identities_it_cannot_hold() -> None:
+    """Its error line says where the message is and the record's ref, never its ids: a
+    log outlives every erasure."""
     sink = Sink(PostgresStore(), SinkConfig(bootstrap_servers="unused:1", group_id="g"))
-    nul = Identity("acme", "_", "live", "conversation", "a\x00b")
+    nul = Identity("org-jane-9c1d", "_", "live", "conversation", "jane-7f3a\x00b")
     rec = Rec(
         "expiry.stamped", 0, 1, nul.key.encode(), encode_stamp(Stamp(nul, T0, None, None, None))
     )
-    assert sink._decode(rec.topic, rec) is None
+    with captured_logs() as logs:
+        assert sink._decode(rec.topic, rec) is None
     assert sink.metrics["unrepresentable_total"] == 1
+    [line] = logs.json_lines()
+    assert (line["level"], line["record"]) == ("ERROR", record_ref(nul.key))
+    assert "expiry.stamped[0]@1" in str(line["msg"])
+    assert f"record={record_ref(nul.key)}" in logs.text.getvalue()
+    assert "jane" not in logs.both()
 
 
 B = Identity("acme", "_", "live", "conversation", "r2")

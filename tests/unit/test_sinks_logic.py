@@ -108,6 +108,35 @@ def test_an_erasure_of_a_life_its_expiry_ended_leaves_the_expirys_receipt_alone(
     assert [r.reason for r in w.receipts] == ["ttl"]
 
 
+def test_an_erasure_dated_after_the_expiry_leaves_the_expirys_receipt_alone() -> None:
+    """A delete dated after the expiry finds a marker whose deletion time it is later than:
+    the engine takes it for a new request and sends a tombstone naming no life, dated by
+    the request (for the archive, which kept the expired data). The store deleted the row
+    at the expiry: one receipt, ``ttl``; a second, ``rows_deleted`` 0, said otherwise."""
+    w, s = World(), life()
+    w.apply([st_change(s, {"text": "hi"})])
+    w.apply([replace(tomb(s), deleted_at=T0 + 10 * MIN - 1)])
+    erased_at = T0 + 20 * MIN
+    unseen = Stamp(A, None, None, None, None)
+    late = replace(tomb(unseen, "explicit", emitted_at=erased_at), deleted_at=erased_at)
+    p = w.apply([late])
+    assert (p.upserts, p.deletes, p.receipts) == ([], [], [])
+    assert [(r.reason, r.rows_deleted) for r in w.receipts] == [("ttl", 1)]
+    # The erasure still bounds what comes after it: a stamp of a life created before it
+    # (a create re-delivered, a restamp) is not written.
+    assert w.apply([st_change(life(created=T0 + 15 * MIN), {"text": "back"})]).stale == 1
+
+
+def test_an_erasure_naming_no_life_after_a_swept_row_leaves_the_sweeps_receipt_alone() -> None:
+    w, s = World(), life()
+    w.apply([st_change(s, {"text": "hi"}, offset=0)])
+    w.apply([SweepChange(A, T0 + 11 * MIN)])
+    unseen = Stamp(A, None, None, None, None)
+    late = replace(tomb(unseen, "explicit", emitted_at=T0 + 20 * MIN), deleted_at=T0 + 20 * MIN)
+    w.apply([late])
+    assert [(r.reason, r.rows_deleted) for r in w.receipts] == [("sweep", 1)]
+
+
 def test_an_erasure_a_hold_defers_of_a_record_never_seen_writes_no_row() -> None:
     """Its stamp names no life (created_at null); the release's tombstone finds no row:
     receipt rows_deleted 0, as without a hold."""
