@@ -146,20 +146,35 @@ class ControlTopics:
         self._holds_complete_at = -(2**63)
         self._holds_lock = asyncio.Lock()
         self.reads_to_end = 0
+        # While the start reads both topics whole, each policy applied and hold placed is
+        # said at debug, and their counts at info once read: a platform with 100,000
+        # policies and 10,000 holds logged 110,000 lines at every start. Warnings (a bad
+        # message, an ignored value) are said whatever.
+        self._each_at = logging.INFO
 
     async def read_all(self) -> None:
         """Both topics from their beginning to their end (at the start of a session)."""
         started = time.time_ns() // 1_000_000
-        async for batch in read_to_end(self._policies, self._topics.policies, then_follow=True):
-            await self._apply_policies(batch)
-        async with self._holds_lock:
-            async for batch in read_to_end(
-                self._holds_reader, self._topics.holds, then_follow=True
-            ):
-                await self._apply_holds(batch)
+        applied = self._stats.policy_updates
+        self._each_at = logging.DEBUG
+        try:
+            async for batch in read_to_end(self._policies, self._topics.policies, then_follow=True):
+                await self._apply_policies(batch)
+            async with self._holds_lock:
+                async for batch in read_to_end(
+                    self._holds_reader, self._topics.holds, then_follow=True
+                ):
+                    await self._apply_holds(batch)
+        finally:
+            self._each_at = logging.INFO
         self._complete_at = self._holds_complete_at = started
+        if self._stats.policy_updates > applied:
+            log.info(
+                "%d policy updates applied from %s (each one at debug level)",
+                self._stats.policy_updates - applied, self._topics.policies,
+            )  # fmt: skip
         if len(self._holds):
-            log.info("%d legal holds active", len(self._holds))
+            log.info("%d legal holds active (each one at debug level)", len(self._holds))
 
     async def poll(self, sent_until_ms: int | None = None) -> None:
         """Whatever arrived since the last look, without waiting; and when input records
@@ -226,7 +241,7 @@ class ControlTopics:
                     await self._reject(rec, result, "policy update")
                 else:
                     self._stats.policy_updates += 1
-                    log.info("policy update applied: %s", result.describe())
+                    log.log(self._each_at, "policy update applied: %s", result.describe())
                     for note in result.notes:
                         log.warning(
                             "policy update %s at %s[%d]@%d: %s",
@@ -268,10 +283,14 @@ class ControlTopics:
                 elif hold is None:
                     pass  # the release of a hold not active: nothing to say
                 elif rec.value is None:
-                    log.info("legal hold %s released", hold.hold_id)
+                    log.log(self._each_at, "legal hold %s released", hold.hold_id)
                 else:
-                    log.info(
-                        "legal hold %s placed on %s: %s", hold.hold_id, hold.scope(), hold.reason
+                    log.log(
+                        self._each_at,
+                        "legal hold %s placed on %s: %s",
+                        hold.hold_id,
+                        hold.scope(),
+                        hold.reason,
                     )
                     named = named_hold_id(rec.value)
                     if named is not None and named != hold.hold_id:

@@ -8,7 +8,10 @@ matching only; the partition processor decides what a match means for a record.
 Rules kept here:
 
 * No cap on the number of holds. Matching costs one dict lookup when the record's org has
-  no hold (the common case), and a scan of that org's holds otherwise.
+  no hold (the common case), and otherwise one lookup per *shape* of that org's holds
+  (which of bot, env, category, record_id they give: 16 shapes at most), never a scan of
+  its holds: a trial with 10,000 record-level holds in one org took 38 s to ingest 20,000
+  of its events, and 26 s to release the 10,000, when each match scanned them all.
 * A malformed hold is rejected with a reason (the service dead-letters it); a release of an
   unknown hold changes nothing.
 * The message key is the hold's id; a ``hold_id`` in the value counts only for a message
@@ -17,6 +20,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,9 +34,20 @@ if TYPE_CHECKING:
 
     from stream_expiry.model import Identity
 
-__all__ = ["Hold", "HoldBook", "apply_hold_message", "encode_hold", "named_hold_id", "parse_hold"]
+__all__ = [
+    "Hold",
+    "HoldBook",
+    "HoldIndex",
+    "apply_hold_message",
+    "encode_hold",
+    "named_hold_id",
+    "parse_hold",
+]
 
 _FIELDS = ("org", "bot", "env", "category", "record_id")
+# Which of bot, env, category and record_id a hold gives; its match key has None elsewhere.
+_Shape = tuple[bool, bool, bool, bool]
+_MatchKey = tuple[str, str | None, str | None, str | None, str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +87,95 @@ class Hold:
     def scope(self) -> str:
         """``org=acme bot=b1`` — the fields it gives, for a person."""
         return " ".join(f"{f}={getattr(self, f)}" for f in _FIELDS if getattr(self, f) is not None)
+
+    def shape(self) -> _Shape:
+        return (
+            self.bot is not None,
+            self.env is not None,
+            self.category is not None,
+            self.record_id is not None,
+        )
+
+    def match_key(self) -> _MatchKey:
+        """The one key every record it matches has in its own shape (:func:`_key_in`)."""
+        return (self.org, self.bot, self.env, self.category, self.record_id)
+
+
+def _key_in(shape: _Shape, identity: Identity) -> _MatchKey:
+    """``identity``'s fields that ``shape`` gives, None elsewhere: a hold of that shape
+    matches the record exactly when its :meth:`Hold.match_key` is this."""
+    bot, env, category, record_id = shape
+    return (
+        identity.org,
+        identity.bot if bot else None,
+        identity.env if env else None,
+        identity.category if category else None,
+        identity.record_id if record_id else None,
+    )
+
+
+class HoldIndex:
+    """Holds found by the records they match, in the order they were added.
+
+    Per org, the shapes its holds have (with how many of each); per match key, the holds
+    with that key. A record's holds are then one lookup per shape of its org's holds.
+    """
+
+    __slots__ = ("_by_key", "_order", "_seq", "_shapes")
+
+    def __init__(self) -> None:
+        self._shapes: dict[str, dict[_Shape, int]] = {}
+        self._by_key: dict[_MatchKey, dict[int, Hold]] = {}
+        self._order: dict[int, _Shape] = {}
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def add(self, hold: Hold) -> int:
+        """Index ``hold``; returns the handle that :meth:`remove` takes."""
+        self._seq += 1
+        shape = hold.shape()
+        shapes = self._shapes.setdefault(hold.org, {})
+        shapes[shape] = shapes.get(shape, 0) + 1
+        self._by_key.setdefault(hold.match_key(), {})[self._seq] = hold
+        self._order[self._seq] = shape
+        return self._seq
+
+    def remove(self, handle: int, hold: Hold) -> None:
+        shape = self._order.pop(handle)
+        key = hold.match_key()
+        same = self._by_key[key]
+        del same[handle]
+        if not same:
+            del self._by_key[key]
+        shapes = self._shapes[hold.org]
+        shapes[shape] -= 1
+        if not shapes[shape]:
+            del shapes[shape]
+            if not shapes:
+                del self._shapes[hold.org]
+
+    def matching(self, identity: Identity) -> list[Hold]:
+        """Every hold that matches the record, in the order they were added."""
+        shapes = self._shapes.get(identity.org)
+        if not shapes:
+            return []
+        found: list[tuple[int, Hold]] = []
+        for shape in shapes:
+            same = self._by_key.get(_key_in(shape, identity))
+            if same:
+                found += same.items()
+        if len(found) > 1:
+            found.sort()
+        return [hold for _, hold in found]
+
+    def any_matches(self, identity: Identity) -> bool:
+        shapes = self._shapes.get(identity.org)
+        if not shapes:
+            return False
+        by_key = self._by_key
+        return any(_key_in(shape, identity) in by_key for shape in shapes)
 
 
 def encode_hold(hold: Hold) -> bytes:
@@ -160,8 +264,8 @@ class HoldBook:
     LET_GO_KEPT = 10_000
 
     def __init__(self) -> None:
-        self._holds: dict[str, Hold] = {}
-        self._by_org: dict[str, dict[str, Hold]] = {}
+        self._holds: dict[str, tuple[int, Hold]] = {}  # hold id -> (index handle, hold)
+        self._index = HoldIndex()
         self.generation = 0  # bumped by every release: held records may be free now
         self._let_go: list[tuple[int, Hold]] = []  # (generation it made, the hold let go)
 
@@ -169,28 +273,26 @@ class HoldBook:
         return len(self._holds)
 
     def __iter__(self) -> Iterator[Hold]:
-        return iter(self._holds.values())
+        return (hold for _, hold in self._holds.values())
 
     def get(self, hold_id: str) -> Hold | None:
-        return self._holds.get(hold_id)
+        found = self._holds.get(hold_id)
+        return None if found is None else found[1]
 
     def place(self, hold: Hold) -> Hold | None:
         """Add or replace a hold; returns the one it replaced."""
-        old = self._holds.get(hold.hold_id)
-        if old is not None:
-            self._drop(old)
-            self.generation += 1  # a narrowed hold may free records
-            self._remember(old)
-        self._holds[hold.hold_id] = hold
-        self._by_org.setdefault(hold.org, {})[hold.hold_id] = hold
+        old = self.release(hold.hold_id)  # a narrowed hold may free records
+        self._holds[hold.hold_id] = (self._index.add(hold), hold)
         return old
 
     def release(self, hold_id: str) -> Hold | None:
-        old = self._holds.pop(hold_id, None)
-        if old is not None:
-            self._drop(old)
-            self.generation += 1
-            self._remember(old)
+        found = self._holds.pop(hold_id, None)
+        if found is None:
+            return None
+        handle, old = found
+        self._index.remove(handle, old)
+        self.generation += 1
+        self._remember(old)
         return old
 
     def _remember(self, hold: Hold) -> None:
@@ -201,25 +303,16 @@ class HoldBook:
     def let_go_since(self, generation: int) -> list[Hold]:
         """The holds released or replaced after ``generation`` (as they were): a record
         one of them kept that another hold still keeps has a new deferral to record."""
-        return [hold for made, hold in self._let_go if made > generation]
-
-    def _drop(self, hold: Hold) -> None:
-        org = self._by_org.get(hold.org)
-        if org is not None:
-            org.pop(hold.hold_id, None)
-            if not org:
-                del self._by_org[hold.org]
+        # Generations only grow along the list: a search, not a scan of 10,000 per call.
+        start = bisect_right(self._let_go, generation, key=lambda entry: entry[0])
+        return [hold for _, hold in self._let_go[start:]]
 
     def holding(self, identity: Identity) -> list[Hold]:
-        """Every active hold that matches the record."""
-        org = self._by_org.get(identity.org)
-        if not org:
-            return []
-        return [h for h in org.values() if h.matches(identity)]
+        """Every active hold that matches the record, in the order they were placed."""
+        return self._index.matching(identity)
 
     def is_held(self, identity: Identity) -> bool:
-        org = self._by_org.get(identity.org)
-        return bool(org) and any(h.matches(identity) for h in org.values())  # type: ignore[union-attr]
+        return self._index.any_matches(identity)
 
 
 def apply_hold_message(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from hypothesis import given, settings
@@ -10,9 +10,12 @@ from hypothesis import strategies as st
 
 from stream_expiry.config import parse_config
 from stream_expiry.model import Identity
-from stream_expiry.policy import PolicyBook, PolicyUpdate, Resolution, scope_key
+from stream_expiry.policy import PolicyBook, PolicyUpdate, Resolution, history, scope_key
 from stream_expiry.policy.history import AFTER_ALL, BEFORE_ALL, ScopeHistory
-from stream_expiry.policy.sources import Candidate
+from stream_expiry.policy.sources import Candidate, TtlMap
+
+if TYPE_CHECKING:
+    import pytest
 
 MIN = 60_000
 DAY = 1440 * MIN
@@ -315,3 +318,55 @@ def test_an_invalid_value_dated_before_every_version_keeps_the_config_files() ->
     h.add(50 * DAY, {"conversation": Candidate("org", "conversation", None, valid=False)})
     assert h.at(60 * DAY)[0]["conversation"].ttl_ms == 30 * DAY
     assert h.at(120 * DAY)[0]["conversation"].ttl_ms == 7 * DAY
+
+
+def test_a_back_dated_version_recomputes_only_the_versions_that_fall_back_on_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A busy scope has a long history; a back-dated update must not walk all of it (2,000
+    back-dated updates into a history of 100,000 versions took 51 s)."""
+    h = ScopeHistory({"conversation": Candidate("org", "conversation", 30 * DAY)})
+    for n in range(1, 1001):
+        h.add(n * DAY, {"conversation": Candidate("org", "conversation", n * MIN)})
+    calls = [0]
+    real = history._in_force
+
+    def counted(given: TtlMap, before: TtlMap) -> TtlMap:
+        calls[0] += 1
+        return real(given, before)
+
+    monkeypatch.setattr(history, "_in_force", counted)
+    h.add(DAY // 2, {"conversation": Candidate("org", "conversation", 7 * MIN)})
+    assert calls[0] <= 2
+    assert h.at(DAY // 2)[0]["conversation"].ttl_ms == 7 * MIN
+    assert h.at(DAY)[0]["conversation"].ttl_ms == MIN
+
+
+_ttls = st.sampled_from([None, 0, 5, 7]).map(
+    lambda v: Candidate("org", "conversation", v * MIN if v else None, valid=v is not None)
+)
+_versions = st.lists(
+    st.tuples(st.integers(0, 6), st.none() | st.dictionaries(st.just("conversation"), _ttls)),
+    max_size=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(versions=_versions)
+def test_a_history_in_force_is_what_recomputing_every_version_gives(
+    versions: list[tuple[int, TtlMap | None]],
+) -> None:
+    """The walk that stops at the first version unchanged ends where a full walk would
+    change nothing more: invalid values fall back along the whole chain."""
+    base = {"conversation": Candidate("org", "conversation", 30 * MIN)}
+    h = ScopeHistory(base)
+    placed: list[tuple[int, TtlMap]] = []  # (effective_from, given), in force order
+    for at, ttl in versions:
+        h.add(at * DAY, ttl)
+        i = sum(1 for f, _ in placed if f <= at * DAY)
+        placed.insert(i, (at * DAY, base if ttl is None else ttl))
+        before: TtlMap = base
+        for j, (f, values) in enumerate(placed):
+            before = history._in_force(values, before)
+            if j + 1 == len(placed) or placed[j + 1][0] != f:  # the last of its time wins
+                assert h.at(f)[0] == before
