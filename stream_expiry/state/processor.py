@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from stream_expiry.archive_gate import ArchiveGate
     from stream_expiry.config import Config
     from stream_expiry.engine import Resolver
+    from stream_expiry.holds import Hold
     from stream_expiry.outbox import Run
     from stream_expiry.policy import PolicyBook
     from stream_expiry.state.store import PartitionStore
@@ -107,6 +108,24 @@ class Effects:
         yield (stamps[done:] if done else stamps), (tombstones[i:] if i else tombstones)
 
 
+@dataclass(slots=True)
+class _Round:
+    """One pass over the held records owed to a release (or to the archive's progress),
+    begun where the scan stood then (``stop``; None: at the first key). The scan goes on
+    to the last key, wraps to the first and is done with the round once it is back at
+    ``stop``: a release that comes while a scan is under way joins it instead of starting
+    it again, or with releases every loop turn the keys after the first turn's budget were
+    never reached (a record released waited as long as the releases kept coming)."""
+
+    stop: bytes | None
+    let_go: HoldIndex  # the holds let go of since: a record one kept has a deferral to tell
+    wrapped: bool = False
+
+    def covers(self, key: bytes) -> bool:
+        """The record at ``key`` (just read by the scan) is still owed this round's look."""
+        return not self.wrapped or (self.stop is not None and key <= self.stop)
+
+
 class PartitionProcessor:
     """Owns one input partition (``topic``, ``partition``) and its store."""
 
@@ -145,13 +164,15 @@ class PartitionProcessor:
         self._overlay: dict[str, tuple[int, model.Stamp]] = {}
         self._seq = 0
         self.holds = holds if holds is not None else HoldBook()
-        # A scan of the held records after a release: where it is, for which release.
+        # A scan of the held records after a release: where it is, for which releases.
         self._release_cursor: bytes | None = None
         self._release_generation = self.holds.generation
-        self._release_pending = True  # check once at start: holds may be gone since
-        # Holds let go of since the scan under way began, found by what they match: a
-        # release of 10,000 holds at once must not cost 10,000 matches per held record.
-        self._holds_let_go = HoldIndex()
+        # The passes it owes, oldest first; one at start: holds may be gone since. Holds
+        # let go of are found by what they match: a release of 10,000 holds at once must
+        # not cost 10,000 matches per held record.
+        self._rounds: list[_Round] = [_Round(None, HoldIndex())]
+        # Holds let go of since the unsettled states were last looked at (None: looked).
+        self._overlay_let_go: HoldIndex | None = HoldIndex()
         self.archive = archive
         self._archive_generation = archive.generation if archive else 0
         self.archive_waiting = 0  # due records kept until the archive has them
@@ -540,42 +561,32 @@ class PartitionProcessor:
         After a release (the hold book's generation moved) the held records are scanned
         from the store, on disk, in key order; each call goes on where the last stopped,
         so releasing a hold over millions of records tombstones them at the normal rate
-        without holding them in memory.
+        without holding them in memory. A later release goes on from there too and wraps
+        round (:class:`_Round`): every held record is looked at within one pass of the
+        last release, however often releases come.
         """
         self._seq += 1
         effects = Effects(self._seq)
         if self.holds.generation != self._release_generation:
-            for hold in self.holds.let_go_since(self._release_generation):
-                self._holds_let_go.add(hold)
+            self._owe_round(self.holds.let_go_since(self._release_generation))
             self._release_generation = self.holds.generation
-            self._release_cursor = None
-            self._release_pending = True
         archive = self.archive
         if archive is not None and archive.generation != self._archive_generation:
             self._archive_generation = archive.generation
             if self.archive_waiting:
-                self._release_cursor = None
-                self._release_pending = True
+                self._owe_round([])
                 self.archive_waiting, self.archive_waiting_since = 0, None  # counted again
-        if not self._release_pending:
+        if not self._rounds:
             return effects
-        candidates: list[model.Stamp] = []
-        if self._release_cursor is None:  # the first step also looks at unsettled states
-            candidates += [
-                s for _, s in self._overlay.values() if s.live and (s.held or s.held_lives)
-            ]
+        looks = self._overlay_looks()
         stored, cursor = self.store.held(self._release_cursor or b"", budget)
         overlay = self._overlay
-        candidates += [s for s in stored if s.identity.key not in overlay]
-        self._release_cursor = cursor
-        let_go = self._holds_let_go
-        if cursor is None:
-            self._release_pending = False
-            self._holds_let_go = HoldIndex()
+        looks += self._store_looks([s for s in stored if s.identity.key not in overlay])
+        self._advance_rounds(cursor)
         writes, seq = effects.writes, effects.seq
-        for held in candidates:
+        for held, let_go in looks:
             if self.holds.is_held(held.identity):
-                if let_go.any_matches(held.identity):
+                if any(index.any_matches(held.identity) for index in let_go):
                     # Let go by one hold, kept by another: the audit says which now.
                     erased = (
                         held.erase_at
@@ -596,11 +607,58 @@ class PartitionProcessor:
             overlay[key] = (seq, new)
         return effects
 
+    def _owe_round(self, let_go: Sequence[Hold]) -> None:
+        """Owe a pass from where the scan stands, looking for what ``let_go`` kept; one
+        owed from the same place and not yet wrapped round is the same pass."""
+        last = self._rounds[-1] if self._rounds else None
+        if last is None or last.wrapped or last.stop != self._release_cursor:
+            last = _Round(self._release_cursor, HoldIndex())
+            self._rounds.append(last)
+        if self._overlay_let_go is None:
+            self._overlay_let_go = HoldIndex()
+        for hold in let_go:
+            last.let_go.add(hold)
+            self._overlay_let_go.add(hold)
+
+    def _overlay_looks(self) -> list[tuple[model.Stamp, list[HoldIndex]]]:
+        """The unsettled held states, once per release: the scan skips a key while its
+        state is unsettled, and one decided before the release may settle after the scan
+        went past it. States decided later were decided with the holds of then."""
+        let_go = self._overlay_let_go
+        if let_go is None:
+            return []
+        self._overlay_let_go = None
+        return [
+            (s, [let_go]) for _, s in self._overlay.values() if s.live and (s.held or s.held_lives)
+        ]
+
+    def _store_looks(self, stored: list[model.Stamp]) -> list[tuple[model.Stamp, list[HoldIndex]]]:
+        """Each stored held record read, with the let-go holds of the rounds it is owed."""
+        rounds = self._rounds
+        if not any(r.wrapped for r in rounds):
+            every = [r.let_go for r in rounds]
+            return [(s, every) for s in stored]
+        return [
+            (s, [r.let_go for r in rounds if r.covers(s.identity.key.encode())]) for s in stored
+        ]
+
+    def _advance_rounds(self, cursor: bytes | None) -> None:
+        """Move the scan to ``cursor`` (None: it read the last key) and drop the rounds it
+        has now taken all the way round."""
+        self._release_cursor = cursor
+        if cursor is None:  # a round begun at the first key is done; the others wrap
+            self._rounds = [r for r in self._rounds if r.stop is not None and not r.wrapped]
+            for r in self._rounds:
+                r.wrapped = True
+            return
+        self._rounds = [
+            r for r in self._rounds if not (r.wrapped and r.stop is not None and r.stop <= cursor)
+        ]
+
     def recheck_archive(self) -> None:
         """Look at the records waiting for the archive again (their stamps may have been
         settled, or the archive moved, since the last look)."""
-        self._release_cursor = None
-        self._release_pending = True
+        self._owe_round([])
         self.archive_waiting, self.archive_waiting_since = 0, None  # counted again by the scan
 
     @property
@@ -612,9 +670,7 @@ class PartitionProcessor:
             and self.archive.generation != self._archive_generation
         )
         return (
-            self._release_pending
-            or self.holds.generation != self._release_generation
-            or archive_moved
+            bool(self._rounds) or self.holds.generation != self._release_generation or archive_moved
         )
 
     def next_due_ms(self) -> int | None:

@@ -686,3 +686,94 @@ def test_the_archive_gate_lets_go_only_what_the_archive_committed() -> None:
     assert gate.update({0: 5, 1: 1})
     assert gate.generation == 2
     assert gate.archived(1, 0)
+
+
+def test_a_release_every_turn_does_not_keep_the_scan_from_later_held_records() -> None:
+    """A busy legal team releases a hold nearly every loop turn while more records stay
+    held than one turn's scan reads. The scan after a release used to start again at the
+    first held key, so the records after the first budget's worth (here bot b's, behind
+    bot a's, which stay held) waited for as long as releases kept coming, past the
+    contract's second. Each turn below brings a new release; every record freed by the
+    first one is tombstoned within one pass over the held records, counted in turns."""
+    budget, kept, freed = 100, 350, 40
+    p = Partition()
+    p.holds.place(hold("keep", bot="a"))
+    p.holds.place(hold("free", bot="b"))
+    for i in range(kept):
+        p.event(f"k{i:04}", "create", T0, bot="a")
+    for i in range(freed):
+        p.event(f"f{i:04}", "create", T0, bot="b")
+    due = T0 + TTL
+    p.tick(due)
+    assert p.proc.store.counts.held == kept + freed
+    p.holds.release("free")
+    one_pass = (kept + freed) // budget + 2
+    for turn in range(3 * one_pass):
+        p.holds.place(hold(f"other{turn}", bot="c"))  # no record of bot c: frees nothing
+        p.holds.release(f"other{turn}")
+        p._take(p.proc.release_due(due + turn, budget=budget), due + turn)
+        if len(p.tombstones) == freed:
+            break
+    assert sorted(rid for rid, *_ in p.tombstones) == [f"f{i:04}" for i in range(freed)]
+    assert turn < one_pass
+    assert p.proc.store.counts.held == kept
+
+
+def test_releases_that_join_a_scan_under_way_each_tell_the_audit_once() -> None:
+    """Record-level holds over bot a's records, which an org-wide hold keeps too, released
+    one per turn while the scan goes round: each record gets exactly one deferral entry
+    for its own hold's release (none missed where the scan wrapped, none twice where two
+    releases' passes overlap), and the record the last release frees is tombstoned."""
+    budget, kept = 30, 200
+    p = Partition()
+    p.holds.place(hold("keep", bot="a", record_id="k0150"))
+    p.holds.place(hold("all-a", bot="a"))
+    for i in range(kept):
+        p.holds.place(hold(f"p{i:04}", bot="a", record_id=f"k{i:04}"))
+        p.event(f"k{i:04}", "create", T0, bot="a")
+    due = T0 + TTL
+    p.tick(due)
+    p.deferred.clear()
+    order = [*range(150, kept), *range(150)]  # the first releases come mid-key-space
+    turn = 0
+    for turn, i in enumerate(order):
+        p.holds.release(f"p{i:04}")
+        p._take(p.proc.release_due(due + turn, budget=budget), due + turn)
+    while p.proc.releasing:
+        turn += 1
+        p._take(p.proc.release_due(due + turn, budget=budget), due + turn)
+    assert p.tombstones == []
+    p.holds.release("all-a")
+    while p.proc.releasing:
+        turn += 1
+        p._take(p.proc.release_due(due + turn, budget=budget), due + turn)
+    told = Counter(rid for rid, _, _ in p.deferred)
+    assert told == Counter({f"k{i:04}": 1 for i in range(kept) if i != 150} | {"k0150": 2})
+    assert sorted(rid for rid, *_ in p.tombstones) == [f"k{i:04}" for i in range(kept) if i != 150]
+
+
+def test_an_archive_that_moves_every_turn_does_not_keep_the_scan_from_later_records() -> None:
+    """``[archive] required`` with more due records waiting for the archive than one
+    turn's scan reads, and an archive that commits a little every loop turn (a busy one
+    does). Each move used to start the scan again at the first key, whose records (here
+    stamped last) the archive had not reached: the records it had archived, later in key
+    order, waited as long as it kept moving. Each is now purged within a pass (counted in
+    turns) of the archive's having it, and none before."""
+    budget, records = 100, 300
+    archive = ArchiveGate(partitions=1)
+    p = Partition(archive=archive)
+    for i in reversed(range(records)):  # k0299 gets stamp offset 0, k0000 offset 299
+        p.event(f"k{i:04}", "create", T0)
+    due = T0 + TTL
+    p.tick(due)
+    assert p.tombstones == []
+    assert p.proc.archive_waiting > 0
+    one_pass = records // budget + 2
+    turns = 4 * one_pass
+    for turn in range(turns):
+        archive.update({0: turn + 1})  # the archive has offsets 0..turn now
+        p._take(p.proc.release_due(due + turn, budget=budget), due + turn)
+    gone = {int(rid[1:]) for rid, *_ in p.tombstones}
+    archived_early = {records - 1 - offset for offset in range(turns - one_pass)}
+    assert archived_early <= gone
+    assert all(records - 1 - i < turns for i in gone)  # never before the archive had it
