@@ -21,10 +21,40 @@ on ``expiry.stamped``. Rules it keeps (CONTRACT "Archive before purge"):
   An erasure a legal hold deferred, of a life the record has since followed with another,
   has no null (it would compact the new life away): the archive also reads
   ``expiry.tombstones`` and keeps every ``explicit`` tombstone as a *life marker*,
-  ``{"key", "until", "topic", "partition", "offset", "erased_at"}``, where ``until`` is
-  where the erasure ended the life (its ``expiry-deleted-at`` header); it erases the lines
-  of that key whose stamp was created at or before ``until`` (or has no creation time),
-  whatever their offset: the next life, created after the request, is kept.
+  ``{"key", "until", "expires_at", "topic", "partition", "offset", "erased_at"}``, where
+  ``until`` is where the erasure ended the life (its ``expiry-deleted-at`` header) and
+  ``expires_at`` the expiry that life had (the tombstone's, null when it had none); it
+  erases the lines of that key whose stamp was created at or before ``until`` (or has no
+  creation time), whatever their offset: the next life, created after the request, is kept.
+* Markers are bounded (CONTRACT, "State, restore ...": what is kept about deleted records
+  lives only as long as a re-delivered event could bring data back). A marker is needed
+  only because data of an erased life can reach the archive after a purge, and only so:
+
+  (a) its old stamps read again from ``expiry.stamped`` (the archive group reset, a batch
+  re-delivered after a crash). A null follows the stamps it supersedes on their
+  partition, so reading them again reads it again, and the marker comes back with it; a
+  life marker is on another topic, read in no set order with the stamps, and the stamps it
+  erases are compacted away at most ``segment`` + ``max_compaction_lag`` after they were
+  superseded, which was at or before the erasure;
+  (b) a create of that life re-delivered after the service pruned its own deletion
+  marker (``marker_grace`` after the later of the erasure and the life's expiry, see
+  :mod:`stream_expiry.state.store`): the service stamps it and tombstones it at once as
+  already due (reason ``ttl``, which tells the archive to keep the data), and only the
+  life marker (created at or before ``until``) erases it; the null's offset cannot.
+  Before the service's marker goes, the service ignores such a create: nothing reaches the
+  archive.
+
+  So ``archive purge`` (:class:`MarkerTerms`) drops all the markers of a key once now is
+  past the latest *end* among them (the later of ``erased_at``, ``until`` and
+  ``expires_at``) plus the longer of ``marker_grace`` and that compaction bound, plus
+  ``[archive] marker_margin`` (the archive's lag and the time to the next purge: what
+  reached ``expiry.stamped`` before the bound must be archived and purged before the
+  marker goes). A purge applies every marker before it drops any, so what a marker erases
+  is gone even from the run that drops it. A marker without ``expires_at`` (a null; a life
+  marker written before the field existed) ends at its erasure, as the service's does for
+  a life with no expiry: for a life that would have expired after its erasure, such a
+  marker goes before the service's own would (a create re-delivered in the margin after
+  the service's marker went is then archived and kept).
 * One writer at a time per directory: the archive and ``purge`` take an exclusive lock on
   ``DIR/.lock`` (``flock``) around every batch and every rewrite.
 """
@@ -39,7 +69,8 @@ import logging
 import os
 import re
 import signal
-from dataclasses import dataclass, field
+import time
+from dataclasses import astuple, dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -48,6 +79,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from stream_expiry.codec import deleted_at_of, reason_of
+from stream_expiry.config import Config
 from stream_expiry.errors import BrokerError, ConfigurationError, StoreError
 from stream_expiry.kafka import committed_offsets, consumer, partitions_of
 from stream_expiry.model import decode_key
@@ -63,6 +95,8 @@ __all__ = [
     "ERASURES",
     "ArchiveWriter",
     "Entry",
+    "LifeErasure",
+    "MarkerTerms",
     "PurgeResult",
     "archived_offsets",
     "org_dirname",
@@ -113,11 +147,10 @@ class Entry:
         """A null that an expiry wrote: no erasure, nothing to write."""
         return self.value is None and self.reason == "ttl"
 
-    def erased_until(self) -> int | None:
-        """Where an ``explicit`` tombstone ends the record's life (its ``expiry-deleted-at``
-        header; without it, as written before it existed, its life's ``created_at``): what
-        it erases was created at or before. None for any other message (a ``ttl``
-        tombstone, a stamp, a null) or an explicit one that says neither."""
+    def erasure(self) -> LifeErasure | None:
+        """What an ``explicit`` tombstone erases; None for any other message (a ``ttl``
+        tombstone, a stamp, a null) or an explicit one that says neither where the life
+        ended nor when it was created."""
         value = self.value
         # orjson writes compact JSON: most tombstones (ttl) are skipped without parsing.
         if self.tombstones_topic is None or value is None or _EXPLICIT not in value:
@@ -128,13 +161,31 @@ class Entry:
             return None
         if not isinstance(body, dict) or body.get("reason") != "explicit":
             return None
+        expires = _ts_or_none(body.get("expires_at"))
         if self.deleted_at is not None:
-            return self.deleted_at
-        try:
-            created = body.get("created_at")
-            return None if created is None else parse_ts(created)
-        except InvalidTimestamp:
-            return None
+            return LifeErasure(self.deleted_at, expires)
+        created = _ts_or_none(body.get("created_at"))
+        return None if created is None else LifeErasure(created, expires)
+
+
+@dataclass(frozen=True, slots=True)
+class LifeErasure:
+    """What an ``explicit`` tombstone says of the life it ends: ``until``, where the erasure
+    ended it (its ``expiry-deleted-at`` header; without it, as written before it existed,
+    the life's ``created_at``), so the life's lines are those created at or before it; and
+    ``expires_at``, the expiry the life had (None: none, or the tombstone names no life),
+    which bounds how long its marker is needed (module docstring)."""
+
+    until: int
+    expires_at: int | None
+
+
+def _ts_or_none(value: object) -> int | None:
+    """A timestamp of a message's body; None when absent or unreadable."""
+    try:
+        return None if value is None else parse_ts(value)
+    except InvalidTimestamp:
+        return None
 
 
 def _org_of(key: str) -> str:
@@ -144,12 +195,16 @@ def _org_of(key: str) -> str:
         return UNKNOWN_ORG
 
 
-def _place_life_marker(entry: Entry, until: int) -> tuple[str, bytes]:
-    """(file path relative to DIR, JSON line) of an ``explicit`` tombstone's life marker."""
+def _place_life_marker(entry: Entry, erased: LifeErasure) -> tuple[str, bytes]:
+    """(file path relative to DIR, JSON line) of an ``explicit`` tombstone's life marker.
+    ``expires_at`` is new beside the older fields: a version before it reads the line as
+    it did and ignores the field."""
     key = (entry.key or b"").decode("utf-8", "replace")
+    expires = erased.expires_at
     marker = {
         "key": key,
-        "until": format_ts(until),
+        "until": format_ts(erased.until),
+        "expires_at": None if expires is None else format_ts(expires),
         "topic": entry.tombstones_topic,
         "partition": entry.partition,
         "offset": entry.offset,
@@ -239,10 +294,10 @@ class ArchiveWriter:
         for e in entries:
             if e.tombstones_topic is not None:
                 self.tombstones += 1
-                until = e.erased_until()
-                if until is None:
+                erased = e.erasure()
+                if erased is None:
                     continue
-                rel, line = _place_life_marker(e, until)
+                rel, line = _place_life_marker(e, erased)
                 self.erasures += 1
             elif e.expired:
                 self.expiries += 1
@@ -421,18 +476,57 @@ class PurgeResult:
     files_rewritten: int
     lines_removed: int
     lines_kept: int
+    markers_dropped: int = 0  # past their time (:class:`MarkerTerms`)
+    markers_kept: int = 0
+
+    def __add__(self, other: PurgeResult) -> PurgeResult:
+        return PurgeResult(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+
+@dataclass(frozen=True, slots=True)
+class MarkerTerms:
+    """How long ``archive purge`` keeps erasure markers after their end (module docstring):
+    the longer of ``grace_ms`` (the service's ``marker_grace``: a re-delivered create
+    reaches the archive only after the service's own marker is gone) and ``compaction_ms``
+    (``expiry.stamped``'s ``segment`` + ``max_compaction_lag``: an erased stamp can be read
+    again until then), plus ``margin_ms`` (``[archive] marker_margin``: the archive's lag
+    and the time to the next purge)."""
+
+    grace_ms: int
+    compaction_ms: int
+    margin_ms: int
+
+    @classmethod
+    def of(cls, config: Config) -> MarkerTerms:
+        """The terms of a configuration (the service's, for ``marker_grace`` to match)."""
+        topics = config.topic_settings
+        return cls(
+            grace_ms=config.marker_grace_ms,
+            compaction_ms=topics.segment_ms + topics.max_compaction_lag_ms,
+            margin_ms=config.archive.marker_margin_ms,
+        )
+
+    def drop_at(self, end_ms: int) -> int:
+        """When the markers of a key whose latest end is ``end_ms`` may go."""
+        return end_ms + max(self.grace_ms, self.compaction_ms) + self.margin_ms
 
 
 @dataclass
 class _Markers:
-    """One org's erasure markers: per key, the latest null's place on ``expiry.stamped`` and
-    the latest end (epoch ms) of the lives erased by a tombstone (life markers)."""
+    """One org's erasure markers: per key, the latest null's place on ``expiry.stamped``,
+    the latest end (epoch ms) of the lives erased by a tombstone (life markers), and the
+    latest end of any marker (when they may all go: :class:`MarkerTerms`)."""
 
     nulls: dict[str, tuple[int, int]] = field(default_factory=dict)
     until: dict[str, int] = field(default_factory=dict)
+    ends: dict[str, int] = field(default_factory=dict)
+    unbounded: set[str] = field(default_factory=set)  # a marker without a readable time
+    lines: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, marker: dict[str, Any]) -> None:
+        self.lines.append(marker)
         key = marker["key"]
+        self._add_end(key, marker)
         if "until" in marker:
             with contextlib.suppress(InvalidTimestamp):
                 until = parse_ts(marker["until"])
@@ -441,6 +535,26 @@ class _Markers:
         old = self.nulls.get(key)
         if old is None or marker["offset"] > old[1]:
             self.nulls[key] = (marker["partition"], marker["offset"])
+
+    def _add_end(self, key: str, marker: dict[str, Any]) -> None:
+        """The marker's end: the later of its erasure, where it ended the life and that
+        life's expiry. One whose erasure time cannot be read has no end: its key's markers
+        are kept (a hand-edited file; the archive always writes it)."""
+        erased = _ts_or_none(marker.get("erased_at"))
+        if erased is None:
+            self.unbounded.add(key)
+            return
+        times = (erased, _ts_or_none(marker.get("until")), _ts_or_none(marker.get("expires_at")))
+        end = max(t for t in times if t is not None)
+        self.ends[key] = max(end, self.ends.get(key, end))
+
+    def due(self, terms: MarkerTerms, now_ms: int) -> set[str]:
+        """The keys whose markers may all go now."""
+        return {
+            key
+            for key, end in self.ends.items()
+            if key not in self.unbounded and now_ms > terms.drop_at(end)
+        }
 
     def erase(self, line: dict[str, Any]) -> bool:
         key = line.get("key", "")
@@ -482,34 +596,63 @@ def _rewrite(path: str, keep: Iterable[dict[str, Any]]) -> None:
     _fsync_dir(os.path.dirname(path))
 
 
-def purge(directory: str) -> PurgeResult:
+def purge(
+    directory: str, terms: MarkerTerms | None = None, *, now_ms: int | None = None
+) -> PurgeResult:
     """Rewrite every archive file of ``directory`` without the lines its erasure markers
-    erase. Atomic per file (a temporary file, fsync, rename); the markers are kept, so a
-    later run also removes stamps re-delivered after this one."""
+    erase, then drop the markers past their time (``terms``: by default the default
+    configuration's; ``now_ms``: by default the wall clock). Atomic per file (a temporary
+    file, fsync, rename); the other markers are kept, so a later run also removes stamps
+    re-delivered after this one."""
     if not os.path.isdir(directory):
         raise ConfigurationError(f"no archive directory {directory!r}; check --dir")
-    rewritten = removed = kept = 0
+    terms = terms or MarkerTerms.of(Config())
+    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    total = PurgeResult(0, 0, 0)
     try:
         with _locked(directory):
             for org in sorted(os.listdir(directory)):
                 org_path = os.path.join(directory, org)
-                erasures = os.path.join(org_path, ERASURES)
-                if not os.path.isfile(erasures):
-                    continue
-                markers = _Markers()
-                for m in read_lines(erasures):
-                    markers.add(m)
-                for name in sorted(os.listdir(org_path)):
-                    if name == ERASURES or not name.endswith(".jsonl.gz"):
-                        continue
-                    path = os.path.join(org_path, name)
-                    lines = read_lines(path)
-                    keep = [x for x in lines if not markers.erase(x)]
-                    kept += len(keep)
-                    if len(keep) < len(lines):
-                        removed += len(lines) - len(keep)
-                        _rewrite(path, keep)
-                        rewritten += 1
+                if os.path.isfile(os.path.join(org_path, ERASURES)):
+                    total += _purge_org(org_path, terms, now)
     except (OSError, gzip.BadGzipFile, orjson.JSONDecodeError, KeyError) as exc:
         raise StoreError(f"cannot purge the archive in {directory!r}: {exc}") from exc
-    return PurgeResult(rewritten, removed, kept)
+    return total
+
+
+def _purge_org(org_path: str, terms: MarkerTerms, now_ms: int) -> PurgeResult:
+    """Purge one org's files with its markers, then drop those past their time."""
+    markers = _Markers()
+    for m in read_lines(os.path.join(org_path, ERASURES)):
+        markers.add(m)
+    rewritten = removed = kept = 0
+    for name in sorted(os.listdir(org_path)):
+        if name == ERASURES or not name.endswith(".jsonl.gz"):
+            continue
+        path = os.path.join(org_path, name)
+        lines = read_lines(path)
+        keep = [x for x in lines if not markers.erase(x)]
+        kept += len(keep)
+        if len(keep) < len(lines):
+            removed += len(lines) - len(keep)
+            _rewrite(path, keep)
+            rewritten += 1
+    dropped = _drop_markers(org_path, markers, terms, now_ms)
+    return PurgeResult(rewritten, removed, kept, dropped, len(markers.lines) - dropped)
+
+
+def _drop_markers(org_path: str, markers: _Markers, terms: MarkerTerms, now_ms: int) -> int:
+    """Rewrite the org's markers without those past their time, only once the lines they
+    erase are gone (a crash in between leaves them all for the next run); returns how many
+    went. A file left with none is removed."""
+    due = markers.due(terms, now_ms)
+    if not due:
+        return 0
+    keep = [m for m in markers.lines if m["key"] not in due]
+    path = os.path.join(org_path, ERASURES)
+    if keep:
+        _rewrite(path, keep)
+    else:
+        os.unlink(path)
+        _fsync_dir(org_path)
+    return len(markers.lines) - len(keep)

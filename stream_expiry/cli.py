@@ -441,7 +441,9 @@ def _parser_archive(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "to DIR/<org>/erasures.jsonl.gz; expiries erase nothing. Files are fsynced before "
         "offsets are committed. With [archive] required = true in the service's config, "
         "nothing is purged before this command has archived it. 'archive purge --dir DIR' removes the erased "
-        "records from the files. See README: Archive.",
+        "records from the files, and the erasure markers once no erased data can come back "
+        "(give it the service's --config: its marker_grace, [topics] and [archive] "
+        "marker_margin decide when). See README: Archive.",
     )
     archive.add_argument("action", nargs="?", choices=["run", "purge"], default="run")
     archive.add_argument("--dir", required=True, metavar="DIR", help="the archive directory")
@@ -457,14 +459,17 @@ def _parser_archive(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _cmd_archive(args: argparse.Namespace) -> int:
     from stream_expiry import archive
 
+    config = load(args)
     if args.action == "purge":
-        result = archive.purge(args.dir)
+        # The service's marker_grace and topic settings: the archive's markers must outlive
+        # the service's own (README: Archive).
+        result = archive.purge(args.dir, archive.MarkerTerms.of(config))
         print(
             f"purged {result.lines_removed} erased lines from {result.files_rewritten} files; "
-            f"{result.lines_kept} lines kept"
+            f"{result.lines_kept} lines kept; {result.markers_dropped} erasure markers past "
+            f"their time dropped, {result.markers_kept} kept"
         )
         return 0
-    config = load(args)
     return anyio.run(
         lambda: archive.serve_archive(
             connection_from(args, config),

@@ -127,10 +127,16 @@ class SinkSettings:
 @dataclass(frozen=True)
 class ArchiveSettings:
     """``[archive]``: with ``required``, no ``ttl`` tombstone before the archive (the consumer
-    group ``group_id`` on ``expiry.stamped``) holds the record's latest stamp."""
+    group ``group_id`` on ``expiry.stamped``) holds the record's latest stamp.
+
+    ``marker_margin_ms``: how much longer than the service's own deletion marker an erasure
+    marker of the archive lives (``archive purge`` drops it after that), to cover what
+    reaches the archive late: the archive's lag behind ``expiry.stamped`` and the time
+    until the next ``archive purge`` (see :mod:`stream_expiry.archive`)."""
 
     required: bool = False
     group_id: str = "stream-expiry-archive"
+    marker_margin_ms: int = 2 * 24 * 3_600_000
 
 
 @dataclass(frozen=True)
@@ -646,12 +652,15 @@ class _Reader:
 
     def archive(self, value: object) -> ArchiveSettings:
         where: _Path = ("archive",)
-        table = self.table(value, where, ("required", "group_id"))
+        table = self.table(value, where, ("required", "group_id", "marker_margin"))
         required = table.get("required", False)
         if not isinstance(required, bool):
             raise self.bad((*where, "required"), required, "true or false")
         group = self.text(table.get("group_id", ArchiveSettings.group_id), (*where, "group_id"))
-        return ArchiveSettings(required=required, group_id=group)
+        margin = ArchiveSettings.marker_margin_ms
+        if "marker_margin" in table:
+            margin = self.duration(table["marker_margin"], (*where, "marker_margin"), minimum=0)
+        return ArchiveSettings(required=required, group_id=group, marker_margin_ms=margin)
 
     def sink(self, value: object, categories: tuple[str, ...]) -> SinkSettings:
         where: _Path = ("sink",)
@@ -908,6 +917,7 @@ ENV_SETTINGS: Final[Mapping[_Path, _Kind]] = {
     ("categories", "sliding"): "list",
     ("archive", "required"): "bool",
     ("archive", "group_id"): "text",
+    ("archive", "marker_margin"): "text",
 }
 
 

@@ -15,12 +15,21 @@ import anyio
 import orjson
 import pytest
 
-from stream_expiry.archive import ERASURES, archived_offsets, purge, read_lines
+from stream_expiry.archive import ERASURES, MarkerTerms, archived_offsets, purge, read_lines
 from stream_expiry.codec import H_REASON
 from stream_expiry.kafka import producer
 from stream_expiry.model import Identity, Stamp, encode_stamp
+from stream_expiry.service import Service, wall_clock_ms
+from stream_expiry.timeutil import format_ts, parse_ts
 from tests.conftest import wait_for
-from tests.integration.service_helpers import archive_topics
+from tests.integration.service_helpers import (
+    archive_running,
+    archive_topics,
+    config_for,
+    event,
+    running_service,
+)
+from tests.integration.service_helpers import produce as produce_events
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -201,3 +210,70 @@ async def test_the_archive_command_runs_until_sigterm_and_exits_zero(
     assert proc.returncode == 0, err
     assert "archive stopped: 3 stamps and 0 erasure markers" in err
     assert await archived_offsets(broker, f"{topics.prefix}.archive-cli", topics.stamped)
+
+
+TTL_S = 8  # the erasure must come before the expiry, even on a loaded machine
+
+
+def _service_markers(service: Service) -> int:
+    return sum(proc.store.counts.markers for proc in service.processors.values())
+
+
+def _lines_with(directory: Path, text: str) -> list[dict[str, object]]:
+    try:
+        lines = [line for ls in archived(directory).values() for line in ls]
+    except (OSError, EOFError):  # a file being appended to right now
+        return []
+    return [line for line in lines if text in str(line)]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.asyncio
+async def test_a_create_redelivered_after_the_services_marker_went_is_purged_until_the_bound(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """Why the archive keeps erasure markers, and for how long. The service prunes its own
+    marker of an erased life at its expiry plus ``marker_grace`` (0 here); a create of that
+    life re-delivered after that is stamped again and tombstoned at once as already due
+    (``ttl``: the archive keeps its data), above the erasure's null, so only the life marker
+    erases it. The life marker carries the erased life's expiry, and ``purge`` drops the
+    key's markers once now is past that expiry plus the grace, the compaction bound and
+    the margin, not before."""
+    config = config_for(
+        topics, str(tmp_path / "state"), f'[retention.defaults]\nconversation = "{TTL_S}s"\n',
+        marker_grace_ms=0,
+    )  # fmt: skip
+    archive_dir = tmp_path / "archive"
+    async with archive_running(broker, archive_dir, topics, f"{topics.prefix}-archive"):
+        async with running_service(config, broker) as service:
+            t0 = wall_clock_ms()  # the life must still be running when the erasure comes
+            create = event("conversation", "c-1", ts=t0, data={"text": "secret"})
+            delete = event("conversation", "c-1", ts=t0 + 1, op="delete")
+            await produce_events(broker, [(topics.conversations, *create)])
+            await wait_for(lambda: service.stats.verdicts["created"] >= 1)
+            await produce_events(broker, [(topics.conversations, *delete)])
+            await wait_for(lambda: service.stats.verdicts["deleted"] >= 1)
+            await wait_for(lambda: _service_markers(service) == 1)  # written, then pruned:
+            await wait_for(lambda: _service_markers(service) == 0, timeout_s=30)
+            await produce_events(broker, [(topics.conversations, *create)])  # re-delivered
+            await wait_for(lambda: service.stats.verdicts["created"] >= 2)
+            await wait_for(lambda: len(_lines_with(archive_dir, "secret")) >= 2, timeout_s=30)
+        await wait_for(lambda: (archive_dir / "acme" / ERASURES).exists())
+
+    markers = read_lines(str(archive_dir / "acme" / ERASURES))
+    (null,) = [m for m in markers if "until" not in m]
+    (life,) = [m for m in markers if "until" in m]
+    expires = t0 + TTL_S * 1000
+    assert life["expires_at"] == format_ts(expires)  # from the explicit tombstone
+    again = max(_lines_with(archive_dir, "secret"), key=lambda x: int(str(x["offset"])))
+    assert int(str(again["offset"])) > int(null["offset"])  # the null cannot erase it
+
+    terms = MarkerTerms.of(config)
+    end = max(parse_ts(life["erased_at"]), parse_ts(life["until"]), expires)
+    assert end == expires  # erased before its expiry: the expiry bounds the marker
+    at_bound = purge(str(archive_dir), terms, now_ms=terms.drop_at(end))
+    assert (at_bound.lines_removed, at_bound.markers_dropped, at_bound.markers_kept) == (2, 0, 2)
+    assert _lines_with(archive_dir, "secret") == []
+    past = purge(str(archive_dir), terms, now_ms=terms.drop_at(end) + 1)
+    assert (past.markers_dropped, past.markers_kept) == (2, 0)
+    assert not (archive_dir / "acme" / ERASURES).exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import time
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
@@ -13,16 +14,26 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream_expiry.archive import ERASURES, ArchiveWriter, Entry, org_dirname, purge, read_lines
+from stream_expiry.archive import (
+    ERASURES,
+    ArchiveWriter,
+    Entry,
+    MarkerTerms,
+    org_dirname,
+    purge,
+    read_lines,
+)
 from stream_expiry.cli import main
 from stream_expiry.errors import StoreError
 from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
+from stream_expiry.timeutil import format_ts
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 DAY1 = 1_795_000_000_000  # 2026-11-18
 DAY2 = DAY1 + 86_400_000
+NOW = DAY2 + 3_600_000  # a purge soon after the erasures: every marker stays
 
 
 def stamp_entry(org: str, rid: str, created: int, offset: int, partition: int = 0) -> Entry:
@@ -43,13 +54,17 @@ def tombstone_entry(
     reason: str,
     offset: int,
     deleted_at: int | None = None,
+    *,
+    ttl: int = 60_000,
+    at: int = DAY2 + 5,
 ) -> Entry:
-    """A message of expiry.tombstones ending the life created at ``created``, with the
-    service's ``expiry-deleted-at`` header when ``deleted_at`` is given."""
+    """A message of expiry.tombstones, written ``at``, ending the life created at
+    ``created`` (of ``ttl``), with the service's ``expiry-deleted-at`` header when
+    ``deleted_at`` is given."""
     ident = Identity(org, "_", "live", "conversation", rid)
-    stamp = Stamp(ident, created, None if created is None else created + 60_000, 60_000, "org")
-    value = encode_tombstone(stamp, reason=reason, emitted_at=DAY2 + 5)  # type: ignore[arg-type]
-    return Entry(ident.key.encode(), value, 0, offset, DAY2 + 5, None, "tombs", deleted_at)
+    stamp = Stamp(ident, created, None if created is None else created + ttl, ttl, "org")
+    value = encode_tombstone(stamp, reason=reason, emitted_at=at)  # type: ignore[arg-type]
+    return Entry(ident.key.encode(), value, 0, offset, at, None, "tombs", deleted_at)
 
 
 @given(st.text(max_size=600), st.text(max_size=600))
@@ -132,7 +147,7 @@ def test_the_archive_is_readable_by_its_owner_only(tmp_path: Path) -> None:
         }
         day = top / "acme" / "2026-11-18.jsonl.gz"
         day.chmod(0o640)  # an operator's choice, which a purge's rewrite keeps
-        assert purge(str(top)).files_rewritten == 1
+        assert purge(str(top), now_ms=NOW).files_rewritten == 1
         assert day.stat().st_mode & 0o777 == 0o640
     finally:
         os.umask(old)
@@ -144,7 +159,7 @@ def test_purge_removes_erased_lines_and_keeps_later_lives(tmp_path: Path) -> Non
     w.write([stamp_entry("acme", "1", DAY1, 5)])  # re-delivered duplicate, before the erasure
     w.write([erasure("acme", "1", 6), stamp_entry("other", "1", DAY1, 7)])
     w.write([stamp_entry("acme", "1", DAY2, 9)])  # a new life after the delete
-    result = purge(str(tmp_path))
+    result = purge(str(tmp_path), now_ms=NOW)
     assert (result.files_rewritten, result.lines_removed, result.lines_kept) == (1, 2, 2)
     left = read_lines(str(tmp_path / "acme" / "2026-11-18.jsonl.gz"))
     assert [x["stamp"]["record_id"] for x in left] == ["2"]
@@ -152,7 +167,7 @@ def test_purge_removes_erased_lines_and_keeps_later_lives(tmp_path: Path) -> Non
     assert len(read_lines(str(tmp_path / "other" / "2026-11-18.jsonl.gz"))) == 1
     assert read_lines(str(tmp_path / "acme" / ERASURES))  # markers stay, for re-deliveries
     assert not [p for p in os.listdir(tmp_path / "acme") if "tmp" in p]
-    again = purge(str(tmp_path))
+    again = purge(str(tmp_path), now_ms=NOW)
     assert again.lines_removed == 0
     assert again.files_rewritten == 0
 
@@ -169,7 +184,7 @@ def test_a_corrupt_file_is_reported_not_a_traceback(tmp_path: Path) -> None:
     ArchiveWriter(str(tmp_path)).write([erasure("o", "1", 1)])
     (tmp_path / "o" / "2026-11-18.jsonl.gz").write_bytes(b"garbage")
     with pytest.raises(StoreError, match="cannot purge"):
-        purge(str(tmp_path))
+        purge(str(tmp_path), now_ms=NOW)
 
 
 def test_lines_are_the_stamps_as_produced(tmp_path: Path) -> None:
@@ -240,7 +255,7 @@ def test_counts_and_identical_batches_give_identical_files(tmp_path: Path) -> No
         assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes()
     w = ArchiveWriter(str(tmp_path / "one"))
     w.write([stamp_entry("o", "3", DAY1, 3), erasure("o", "3", 4)])
-    purge(str(tmp_path / "one"))  # rewrites the day's file
+    purge(str(tmp_path / "one"), now_ms=NOW)  # rewrites the day's file
     for rel in ("o/2026-11-18.jsonl.gz", f"o/{ERASURES}"):
         raw = (tmp_path / "one" / rel).read_bytes()
         members = raw.split(b"\x1f\x8b\x08")[1:]
@@ -271,7 +286,7 @@ def test_purge_takes_each_keys_latest_marker_in_every_file(tmp_path: Path) -> No
     w.write([erasure("o", "1", 5), stamp_entry("o", "1", DAY2, 6), erasure("o", "1", 7)])
     w.write([erasure("o", "1", 5)])  # the first marker re-delivered after the second
     w.write([stamp_entry("o", "1", DAY2, 8)])  # the life after the last erasure
-    result = purge(str(tmp_path))
+    result = purge(str(tmp_path), now_ms=NOW)
     assert (result.files_rewritten, result.lines_removed, result.lines_kept) == (3, 4, 3)
     day1 = read_lines(str(tmp_path / "o" / "2026-11-18.jsonl.gz"))
     assert [x["stamp"]["record_id"] for x in day1] == ["k1", "k2"]
@@ -296,7 +311,7 @@ def test_the_null_of_an_expiry_erases_nothing(tmp_path: Path) -> None:
     assert (w.lines, w.erasures, w.expiries) == (4, 2, 1)
     markers = read_lines(str(tmp_path / "o" / ERASURES))
     assert [m["offset"] for m in markers] == [11, 12]
-    assert purge(str(tmp_path)).lines_removed == 2
+    assert purge(str(tmp_path), now_ms=NOW).lines_removed == 2
     kept = read_lines(str(tmp_path / "o" / "2026-11-18.jsonl.gz"))
     assert [x["stamp"]["record_id"] for x in kept] == ["r0", "r3"]
 
@@ -330,6 +345,7 @@ def test_explicit_tombstones_are_life_markers_and_purge_erases_up_to_the_request
     assert markers[0] == {
         "key": Identity("acme", "_", "live", "conversation", "1").key,
         "until": "2026-11-18T11:06:40.010Z",
+        "expires_at": "2026-11-18T11:07:40.000Z",  # the erased life's, from the tombstone
         "topic": "tombs",
         "partition": 0,
         "offset": 3,
@@ -339,7 +355,7 @@ def test_explicit_tombstones_are_life_markers_and_purge_erases_up_to_the_request
         "2026-11-18T11:06:40.020Z",
         "2026-11-18T11:06:40.000Z",
     ]
-    result = purge(str(tmp_path))
+    result = purge(str(tmp_path), now_ms=NOW)
     assert (result.lines_removed, result.lines_kept) == (4, 4)
     left = read_lines(str(tmp_path / "acme" / "2026-11-18.jsonl.gz"))
     assert [x["stamp"]["record_id"] for x in left] == ["2"]
@@ -349,3 +365,120 @@ def test_explicit_tombstones_are_life_markers_and_purge_erases_up_to_the_request
         ("3", 6),
         ("4", 8),
     ]
+
+
+DAY = 86_400_000
+TERMS = MarkerTerms(grace_ms=7 * DAY, compaction_ms=2 * DAY, margin_ms=DAY)
+
+
+def test_markers_go_once_past_the_later_of_erasure_and_expiry_plus_grace_and_margin(
+    tmp_path: Path,
+) -> None:
+    """A key's markers (its null and its life marker alike) stay until now is past the later
+    of the erasure and the erased life's expiry (from the explicit tombstone), plus the
+    grace and the margin; what they erase is gone first, even in the run that drops them.
+    A life erased long before its expiry keeps its marker until after that expiry (the
+    service's own marker stops its re-delivered create until then)."""
+    w = ArchiveWriter(str(tmp_path))
+    erased = DAY2
+    # "short": its life would have ended before the erasure; "long": a year after it.
+    w.write([stamp_entry("o", "short", DAY1, 0), stamp_entry("o", "long", DAY1, 1)])
+    w.write(
+        [
+            erasure("o", "short", 2),
+            tombstone_entry("o", "short", DAY1, "explicit", 0, erased, ttl=60_000, at=erased),
+            tombstone_entry("o", "long", DAY1, "explicit", 1, erased, ttl=365 * DAY, at=erased),
+            erasure("o", "bare", 3),  # a null alone: no expiry known
+        ]
+    )
+    long_expires = DAY1 + 365 * DAY
+    assert [m.get("expires_at") for m in read_lines(str(tmp_path / "o" / ERASURES))] == [
+        None,
+        format_ts(DAY1 + 60_000),
+        format_ts(long_expires),
+        None,
+    ]
+    short_end = erased  # the later of the erasure and the expiry
+    assert TERMS.drop_at(short_end) == short_end + 8 * DAY
+
+    at_bound = purge(str(tmp_path), TERMS, now_ms=TERMS.drop_at(short_end))
+    assert (at_bound.lines_removed, at_bound.markers_dropped, at_bound.markers_kept) == (2, 0, 4)
+
+    # The create of "short"'s life re-delivered after the service's marker went: restamped,
+    # its data reaches the archive; the marker still there erases it as it drops.
+    w.write([stamp_entry("o", "short", DAY1, 9)])
+    past = purge(str(tmp_path), TERMS, now_ms=TERMS.drop_at(short_end) + 1)
+    assert (past.lines_removed, past.markers_dropped, past.markers_kept) == (1, 3, 1)
+    assert [m["key"] for m in read_lines(str(tmp_path / "o" / ERASURES))] == [
+        Identity("o", "_", "live", "conversation", "long").key
+    ]
+    assert read_lines(str(tmp_path / "o" / "2026-11-18.jsonl.gz")) == []
+
+    # Past the bound, nothing erases "short" any more: what arrives now is kept.
+    w.write([stamp_entry("o", "short", DAY1, 10)])
+    assert purge(str(tmp_path), TERMS, now_ms=TERMS.drop_at(long_expires)).lines_removed == 0
+    last = purge(str(tmp_path), TERMS, now_ms=TERMS.drop_at(long_expires) + 1)
+    assert (last.markers_dropped, last.markers_kept) == (1, 0)
+    assert not (tmp_path / "o" / ERASURES).exists()  # none left: the file goes
+    assert [x["offset"] for x in read_lines(str(tmp_path / "o" / "2026-11-18.jsonl.gz"))] == [10]
+
+
+def _write_markers(path: Path, markers: list[dict[str, object]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(b"".join(orjson.dumps(m) + b"\n" for m in markers)))
+
+
+def test_markers_without_an_expiry_end_at_their_erasure(tmp_path: Path) -> None:
+    """Archives of earlier versions: their life markers have no ``expires_at`` and end at
+    the later of their erasure and ``until``, as the service's marker of a life without an
+    expiry does; a marker whose erasure time cannot be read keeps its key's markers."""
+    key = Identity("o", "_", "live", "conversation", "1").key
+    odd = Identity("o", "_", "live", "conversation", "2").key
+    old = {"key": key, "until": format_ts(DAY1), "topic": "t", "partition": 0, "offset": 4}
+    _write_markers(
+        tmp_path / "o" / ERASURES,
+        [
+            {**old, "erased_at": format_ts(DAY2)},
+            {"key": key, "partition": 0, "offset": 7, "erased_at": format_ts(DAY1)},
+            {"key": odd, "partition": 0, "offset": 8, "erased_at": "not a time"},
+        ],
+    )
+    assert purge(str(tmp_path), TERMS, now_ms=TERMS.drop_at(DAY2)).markers_dropped == 0
+    result = purge(str(tmp_path), TERMS, now_ms=TERMS.drop_at(DAY2) + 1)
+    assert (result.markers_dropped, result.markers_kept) == (2, 1)
+    assert [m["key"] for m in read_lines(str(tmp_path / "o" / ERASURES))] == [odd]
+
+
+@pytest.mark.parametrize(
+    ("grace", "compaction", "margin", "after"),
+    [
+        (7 * DAY, 2 * DAY, DAY, 8 * DAY),  # the service's grace is the longer
+        (0, 2 * DAY, DAY, 3 * DAY),  # a stamp can be read again until compacted
+        (0, 0, 0, 0),
+    ],
+)
+def test_the_bound_is_the_longer_of_grace_and_compaction_plus_the_margin(
+    grace: int, compaction: int, margin: int, after: int
+) -> None:
+    assert MarkerTerms(grace, compaction, margin).drop_at(DAY1) == DAY1 + after
+
+
+def test_purge_command_takes_its_terms_from_the_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``archive purge --config`` reads ``[service] marker_grace``, ``[topics] segment`` and
+    ``max_compaction_lag`` and ``[archive] marker_margin``, as the service reads them."""
+    now = time.time_ns() // 1_000_000
+    erased = now - 3 * DAY
+    ArchiveWriter(str(tmp_path)).write(
+        [tombstone_entry("o", "1", erased - 60_000, "explicit", 0, erased, at=erased)]
+    )
+    assert main(["archive", "purge", "--dir", str(tmp_path)]) == 0  # defaults: 7 d + 2 d
+    assert "0 erasure markers past their time dropped, 1 kept" in capsys.readouterr().out
+    config = tmp_path / "expiry.toml"
+    config.write_text(
+        '[service]\nmarker_grace = "1d"\n[topics]\nsegment = "1h"\n'
+        'max_compaction_lag = "1h"\n[archive]\nmarker_margin = "1d"\n'
+    )
+    assert main(["archive", "purge", "--dir", str(tmp_path), "--config", str(config)]) == 0
+    assert "1 erasure markers past their time dropped, 0 kept" in capsys.readouterr().out

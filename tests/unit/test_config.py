@@ -57,6 +57,7 @@ marker_grace = "3d"
 [archive]
 required = true
 group_id = "archive-eu"
+marker_margin = "12h"
 
 [retention.defaults]
 session = "30d"
@@ -107,6 +108,7 @@ def test_full_file() -> None:
     assert c.workers == 3
     assert c.marker_grace_ms == 3 * DAY
     assert (c.archive.required, c.archive.group_id) == (True, "archive-eu")
+    assert c.archive.marker_margin_ms == 12 * 60 * MIN
     assert c.topics == Topics(("conv", "sess"), "p", "s", "t", "d", "r", "h", "a")
     assert c.categories == ("conversation", "session", "audit")
     assert c.sliding == frozenset({"session", "audit"})
@@ -141,6 +143,7 @@ def test_the_smallest_values_a_setting_allows_are_taken(text: str, field: str, v
 def test_the_archive_defaults_to_not_required() -> None:
     archive = parse_config("[archive]\n").archive
     assert (archive.required, archive.group_id) == (False, "stream-expiry-archive")
+    assert archive.marker_margin_ms == 2 * DAY  # a daily purge and a day of archive lag
 
 
 def test_load_config_reads_a_file(tmp_path: Path) -> None:
@@ -315,6 +318,11 @@ ERRORS = [
         "archive typo",
         "[archive]\ngroup = 'x'\n",
         "line 2: unknown key 'group' in [archive]; did you mean 'group_id'?",
+    ),
+    (
+        "archive marker margin negative",
+        "[archive]\nmarker_margin = '-1h'\n",
+        "line 2: key 'marker_margin' in [archive] must be a duration, 0 or more, got a string '-1h'",
     ),
     (
         "marker grace negative",

@@ -116,9 +116,14 @@ def test_every_setting_outside_retention_has_a_variable() -> None:
 
 def test_the_archive_gate_can_be_set_from_the_environment() -> None:
     """A compliance switch set in a Deployment's env must not be dropped silently."""
-    env = {"STREAM_EXPIRY_ARCHIVE_REQUIRED": "TRUE", "STREAM_EXPIRY_ARCHIVE_GROUP_ID": "arch-2"}
+    env = {
+        "STREAM_EXPIRY_ARCHIVE_REQUIRED": "TRUE",
+        "STREAM_EXPIRY_ARCHIVE_GROUP_ID": "arch-2",
+        "STREAM_EXPIRY_ARCHIVE_MARKER_MARGIN": "3d",
+    }
     archive = parse_config("", environ=env).archive
     assert (archive.required, archive.group_id) == (True, "arch-2")
+    assert archive.marker_margin_ms == 3 * 86_400_000
     off = parse_config(
         "[archive]\nrequired = true\n", environ={"STREAM_EXPIRY_ARCHIVE_REQUIRED": "false"}
     )
