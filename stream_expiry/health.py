@@ -9,8 +9,12 @@ it. Rules it keeps (the contract's words):
   :attr:`Phase.RUNNING` is not live: an orchestrator restarts a process whose loop hangs.
   A restore may block the loop for long, so it never counts as a stall.
 * **Ready** (``/readyz`` 200) only when live, in :attr:`Phase.RUNNING` (partitions assigned and
-  restored) and with the broker reachable. Before that, during a restore (a rebalance puts
-  the process back into :attr:`Phase.RESTORING`) and while the broker is unreachable: 503.
+  restored) and with the broker reachable. Before that, during a rebalance (from the
+  revocation, :attr:`Phase.REBALANCING`, until the next assignment is restored,
+  :attr:`Phase.RESTORING`) and while the broker is unreachable: 503. A member between a
+  revocation and its next assignment owns nothing: saying ready then was saying it works
+  on partitions it no longer has. A rebalance lasts seconds, less than the probes' failure
+  threshold (deploy/kubernetes), so a fleet does not drop out of its Service at each one.
 * No IO, no asyncio: any task may set it; the clock is injected for tests.
 """
 
@@ -30,13 +34,14 @@ class Phase(enum.Enum):
     """Where a process is in its life; the order below is the usual one."""
 
     STARTING = "starting"  # connecting, creating topics, joining the group
+    REBALANCING = "rebalancing"  # partitions revoked, the next assignment not here yet
     RESTORING = "restoring"  # partitions assigned, state being restored
     RUNNING = "running"  # partitions assigned and restored: ready
     STOPPING = "stopping"  # finishing the last batch
     STOPPED = "stopped"
 
 
-_LIVE = frozenset({Phase.STARTING, Phase.RESTORING, Phase.RUNNING})
+_LIVE = frozenset({Phase.STARTING, Phase.REBALANCING, Phase.RESTORING, Phase.RUNNING})
 
 
 class Health:
@@ -59,6 +64,11 @@ class Health:
     def starting(self) -> None:
         self.phase = Phase.STARTING
         self._last_beat = None
+
+    def rebalancing(self) -> None:
+        """The group took the partitions back to hand them out again: not ready until the
+        next assignment is restored."""
+        self.phase = Phase.REBALANCING
 
     def restoring(self) -> None:
         """Partitions were assigned and their state is being restored: not ready."""

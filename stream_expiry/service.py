@@ -40,7 +40,7 @@ from stream_expiry.archive_gate import ArchiveGate
 from stream_expiry.control import DEAD_LETTERED_FILE, ControlTopics, DeadLettered
 from stream_expiry.errors import BrokerUnavailableError, CorruptStoreError, StoreError, leaves
 from stream_expiry.firing import Firing
-from stream_expiry.health import Health
+from stream_expiry.health import Health, Phase
 from stream_expiry.holds import HoldBook
 from stream_expiry.kafka import (
     BATCH_BYTES,
@@ -114,6 +114,7 @@ PRUNE_BUDGET = 20_000  # markers per store per loop turn, so a backlog never sta
 # The longest a newly assigned partition's sliding records wait for it to read the backlog
 # it had then (its touches may extend them): past it they fire, and the warning says so.
 CATCH_UP_MAX_S = 300.0
+RESTORE_SAID_EVERY_S = 10.0  # a restore's progress line
 _END_UNKNOWN: Final = 2**63  # a partition assigned, its backlog's end not read yet
 
 
@@ -257,6 +258,12 @@ class Service:
         self._pruned_at = time.monotonic()
         self._pruning = False  # markers were left due by the last prune
         self._restore_seen = 0  # changelog messages of the running restore already counted
+        self._restore_said = 0.0  # when its progress was last logged (monotonic)
+        # Partitions assigned and paused, for the restorer task; the restore in progress.
+        self._to_restore: list[TopicPartition] = []
+        self._restore_wanted = anyio.Event()
+        self._restore_scope: anyio.CancelScope | None = None
+        self._restore_done = anyio.Event()
         # Per input partition: the next offset after each slice processed -> the key and
         # timestamp of its last message, for the mark of the offset a commit saves.
         self._input_marks: dict[tuple[str, int], dict[int, tuple[bytes | None, int]]] = {}
@@ -405,6 +412,7 @@ class Service:
                 try:
                     async with anyio.create_task_group() as timers:
                         timers.start_soon(firing.run)
+                        timers.start_soon(self._restorer)
                         await self._loop(cons, control, stop)
                         timers.cancel_scope.cancel()
                 finally:
@@ -565,6 +573,7 @@ class Service:
         self._catching_up.clear()
         self._unread.clear()
         self._outbox = self._consumer = None
+        self._to_restore = []
         self.rebalance_error = None
 
     def _store_path(self, topic: str, partition: int) -> str:
@@ -856,7 +865,17 @@ class Service:
     # -- partitions -------------------------------------------------------------------------
 
     async def assign(self, assigned: list[TopicPartition]) -> None:
-        """Restore each new partition from the changelog, then position it."""
+        """Take the new partitions, paused, for :meth:`_restorer` to restore and position.
+
+        Called by the group's coordinator, which sends no heartbeat until it returns: a
+        restore in here (minutes for tens of millions of stamps) outlasted the session
+        timeout, the group dropped the member and rebalanced, and its partitions went to
+        another member that had to restore them in turn (measured on the test broker: an
+        8 s restore with a 6 s session, "member_id was not recognized", one more
+        rebalance). So this only notes them; the loop goes on polling, which keeps the
+        member within ``max.poll.interval.ms`` too, and reads nothing of them until they
+        are resumed.
+        """
         assert self._consumer is not None
         if self._stop is not None and self._stop.is_set():
             # The group may still hand partitions to a member that is stopping: restoring
@@ -869,27 +888,75 @@ class Service:
             return
         self.stats.assignments += 1
         fresh = [tp for tp in assigned if (tp.topic, tp.partition) not in self.processors]
-        if fresh:
-            # Held from the start: the firing task runs meanwhile, and would fire the timers
-            # a restore loads before _position knows how far the backlog goes.
-            deadline = time.monotonic() + CATCH_UP_MAX_S
-            for tp in fresh:
-                self._catching_up[(tp.topic, tp.partition)] = (_END_UNKNOWN, deadline)
-                self._unread[(tp.topic, tp.partition)] = _END_UNKNOWN
-            self.health.restoring()
-            if self.ready.is_set():  # a rejoin, perhaps to another cluster
-                await self._ensure_topics()
-            await self._restore(fresh)
-            await self._position(fresh)
-            if self._firing is not None:
-                for tp in fresh:
-                    proc = self.processors.get((tp.topic, tp.partition))
-                    self._firing.due_at(proc.next_due_ms() if proc else None)
-            log.info(
-                "assigned %s: %d timers within the horizon",
-                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in fresh),
-                sum(p.timers for p in self.processors.values()),
-            )
+        if not fresh:
+            self._settled()
+            return
+        # Held from the start: the firing task runs meanwhile, and would fire the timers
+        # a restore loads before _position knows how far the backlog goes.
+        deadline = time.monotonic() + CATCH_UP_MAX_S
+        for tp in fresh:
+            self._catching_up[(tp.topic, tp.partition)] = (_END_UNKNOWN, deadline)
+            self._unread[(tp.topic, tp.partition)] = _END_UNKNOWN
+        self._consumer.pause(*fresh)
+        self._to_restore.extend(fresh)
+        self.health.restoring()
+        self._restore_wanted.set()
+
+    async def _restorer(self) -> None:
+        """Restore and position what :meth:`assign` took, in a task of the session: the
+        coordinator heartbeats meanwhile, a revocation cancels it (:meth:`revoke`; what
+        was restored stays in the stores and is not read again) and so does a stop."""
+        while True:
+            await self._restore_wanted.wait()
+            self._restore_wanted = anyio.Event()
+            await self._restore_assigned()
+
+    async def _restore_assigned(self) -> None:
+        cons = self._consumer
+        assert cons is not None
+        tps, self._to_restore = self._to_restore, []
+        if not tps:
+            return
+        self._restore_done = anyio.Event()
+        try:
+            with anyio.CancelScope() as scope:
+                self._restore_scope = scope
+                if self.ready.is_set():  # a rejoin, perhaps to another cluster
+                    await self._ensure_topics()
+                await self._restore(tps)
+                await self._position(tps)
+        except Exception as exc:
+            self.rebalance_error = exc  # raised by the loop, as its own errors are
+            return
+        finally:
+            self._restore_scope = None
+            if scope.cancel_called:
+                self.stats.restoring = 0
+            self._restore_done.set()
+        if scope.cancel_called:
+            return  # revoked meanwhile: the revocation closed what was opened
+        cons.resume(*(set(tps) & cons.assignment()))
+        if self._firing is not None:
+            for tp in tps:
+                proc = self.processors.get((tp.topic, tp.partition))
+                self._firing.due_at(proc.next_due_ms() if proc else None)
+        log.info(
+            "assigned %s: %d timers within the horizon",
+            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in tps),
+            sum(p.timers for p in self.processors.values()),
+        )
+        if not self._to_restore:
+            self._settled()
+
+    async def _cancel_restore(self) -> None:
+        """Stop a restore in progress and wait until its stores are closed."""
+        scope = self._restore_scope
+        if scope is not None:
+            scope.cancel()
+            await self._restore_done.wait()
+
+    def _settled(self) -> None:
+        """Every assigned partition is restored and positioned: ready."""
         self.health.running()
         self.health.broker_reachable()  # the group answered: whatever failed before works
         if self._outage_since is not None:
@@ -906,6 +973,7 @@ class Service:
         now = self.clock()
         self.stats.restoring = len(tps)
         self._restore_seen = 0
+        self._restore_said = time.monotonic()
         paths = {(tp.topic, tp.partition): self._store_path(tp.topic, tp.partition) for tp in tps}
         # One read of each changelog partition for all the stores that share it; a large
         # read (a lost disk) is shared among worker processes, one per CPU.
@@ -1010,8 +1078,20 @@ class Service:
             raise
 
     def _restore_progress(self, report: RestoreReport) -> None:
+        """The restore metrics, and a line every ``RESTORE_SAID_EVERY_S``: a restore of
+        tens of millions of stamps takes minutes, which an operator should see pass.
+        (Called from a thread when workers restore.)"""
         read = report.read - self._restore_seen
         self._restore_seen = report.read
+        now = time.monotonic()
+        if now - self._restore_said >= RESTORE_SAID_EVERY_S:
+            self._restore_said = now
+            log.info(
+                "restoring %d partitions from the changelog: %d messages read, %d to go",
+                self.stats.restoring,
+                report.read,
+                report.remaining,
+            )
         if self.metrics is not None:
             self.metrics.restore_progress(
                 partitions=self.stats.restoring, records_read=read, remaining=report.remaining
@@ -1160,8 +1240,18 @@ class Service:
         return await broken_marks(reader, marked)
 
     async def revoke(self, revoked: list[TopicPartition]) -> None:
-        """Settle, commit and drop the revoked partitions; the others keep their timers."""
+        """Settle, commit and drop the revoked partitions; the others keep their timers.
+        A restore in progress is stopped first: its partitions may be among them."""
+        await self._cancel_restore()
+        if self.health.phase in (Phase.RUNNING, Phase.RESTORING):
+            self.health.rebalancing()  # /readyz 503 until the next assignment is restored
         slots = [(tp.topic, tp.partition) for tp in revoked]
+        gone = set(slots)
+        self._to_restore = [tp for tp in self._to_restore if (tp.topic, tp.partition) not in gone]
+        for slot in slots:
+            if slot not in self.processors:  # taken, not restored yet
+                self._catching_up.pop(slot, None)
+                self._unread.pop(slot, None)
         mine = [slot for slot in slots if slot in self.processors]
         if not mine:
             return

@@ -1,0 +1,128 @@
+"""The service's lifecycle edges against the real broker: a stop at any moment, readiness
+through a rebalance, and a restore longer than the group's timeouts (README "Running it for
+real", CONTRACT "Command line": ``/readyz``)."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+
+from bench.changelog import changelog_messages, produce_changelog
+from stream_expiry.health import Phase
+from stream_expiry.kafka import consumer
+from stream_expiry.service import ASSIGNORS, Service, wall_clock_ms
+from tests.conftest import wait_for
+from tests.integration.service_helpers import config_for, event, produce
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.conftest import TopicSet
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+# Stamps on the changelog for a restore that outlasts the group's session timeout on this
+# broker: it holds a member to 6 s at least, whatever it asks, and a member restores ~75k
+# stamps/s in one process (8-14 s here for its half).
+LONG_RESTORE_STAMPS = int(os.environ.get("STREAM_EXPIRY_TEST_LONG_RESTORE_STAMPS", "1200000"))
+SESSION_MS = 6000  # the service's default
+
+
+class _Counted(ConsumerRebalanceListener):  # type: ignore[misc]
+    """The assignments a plain member of the group receives."""
+
+    def __init__(self, service: Service | None = None) -> None:
+        self.assigned: list[set[TopicPartition]] = []
+        self._service = service
+        self.service_ready_then: list[bool] = []  # whether the service was ready at each
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.assigned.append(set(assigned))
+        if self._service is not None:
+            self.service_ready_then.append(self._service.ready.is_set())
+
+
+async def _member(
+    broker: str, group: str, topics: TopicSet, listener: _Counted, stop: anyio.Event
+) -> None:
+    """Another member of the service's group (its assignors), heartbeating and polling
+    until ``stop``: the one the broker tells of a member it dropped."""
+    options: dict[str, Any] = {
+        "group_id": group,
+        "partition_assignment_strategy": ASSIGNORS,
+        "session_timeout_ms": SESSION_MS,
+        "heartbeat_interval_ms": SESSION_MS // 4,
+    }
+    async with consumer(broker, **options) as member:
+        member.subscribe(list(topics.inputs), listener=listener)
+        while not stop.is_set():
+            await member.getmany(timeout_ms=100)
+
+
+async def _committed_on(
+    broker: str, group: str, slots: list[tuple[str, int]], *, timeout_s: float
+) -> None:
+    """Poll until ``group`` has committed an offset on one of ``slots``."""
+    async with consumer(broker, group_id=group) as reader:
+        with anyio.fail_after(timeout_s):
+            while True:
+                for topic, partition in slots:
+                    if await reader.committed(TopicPartition(topic, partition)):
+                        return
+                await anyio.sleep(0.2)
+
+
+async def test_a_member_restoring_rejoins_a_rebalance_at_once(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """The group's coordinator sends no heartbeat while an assignment callback runs: a
+    restore in there kept the member from hearing of a rebalance, and the whole group
+    waited for it (on Kafka: a restore longer than the session timeout had the member
+    dropped and the group rebalance again when it came back). The restore now runs beside
+    the callback, its partitions paused, and a revocation stops it."""
+    await produce_changelog(
+        broker,
+        topics.stamped,
+        changelog_messages(LONG_RESTORE_STAMPS, wall_clock_ms(), topics.inputs, partitions=2),
+    )
+    config = config_for(topics, str(tmp_path / "state"), workers=1)
+    other = _Counted()
+    stop_other = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_member, broker, config.group_id, topics, other, stop_other)
+        await wait_for(lambda: bool(other.assigned), timeout_s=30)
+        service = Service(
+            config,
+            bootstrap_servers=broker,
+            environ={},
+            consumer_options={
+                "session_timeout_ms": SESSION_MS,
+                "heartbeat_interval_ms": SESSION_MS // 4,
+            },
+        )
+        stop = anyio.Event()
+        tg.start_soon(service.run, stop)
+        await wait_for(lambda: service.health.phase is Phase.RESTORING, timeout_s=60)
+        # A member joins while the service restores: the group rebalances at once, the
+        # restore is stopped (what it restored is kept) and taken up again after.
+        third = _Counted(service)
+        tg.start_soon(_member, broker, config.group_id, topics, third, stop_other)
+        await wait_for(lambda: bool(third.assigned), timeout_s=60)
+        assert third.service_ready_then == [False], "the group waited for the restore"
+        await wait_for(service.ready.is_set, timeout_s=120)
+        # The group keeps it: its commits are taken (a dropped member's are refused).
+        await produce(
+            broker, [(topics.conversations, *event("conversation", f"r{i}")) for i in range(10)]
+        )
+        mine = [tp for tp in service.owned if tp[0] == topics.conversations]
+        await _committed_on(broker, config.group_id, mine, timeout_s=30)
+        stop.set()
+        stop_other.set()
+    assert service.stats.assignments == 2
