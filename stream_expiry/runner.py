@@ -185,9 +185,9 @@ async def run_service(config: Config, args: argparse.Namespace) -> int:
             if listener is not None:
                 await listener.aclose()
         if not finished and not service.ready.is_set():
-            # Stopped while joining: no partition was assigned, nothing read, nothing to
+            # Stopped while joining or restoring: nothing of the input read, nothing to
             # commit. That is a clean stop (status 0), not the forced one it was called.
-            log.info("stopped while starting: no partition was assigned yet")
+            log.info("stopped while starting (joining the group or restoring its partitions)")
         elif not finished:
             # The README's table: a forced stop is 130, so an orchestrator or a script can
             # tell it from a clean one (it said "forced stop" and exited 0).
