@@ -127,11 +127,15 @@ _ROW_COLS_NO_DATA: Final = _ROW_COLS.replace(" data,", " NULL::text,")
 _TAKEN_COLS: Final = ", ".join(
     f"r.{c}" if c != "data" else "NULL::text" for c in _ROW_COLS.split(", ")
 )
-_MARKER_COLS: Final = f"{_KEY}, deleted_before, last_life, deleted_at, pending, pending_since"
+_MARKER_COLS: Final = (
+    f"{_KEY}, deleted_before, last_life, deleted_at, pending, pending_since, settled_at"
+)
 _ROWS_FROM_JSON: Final = _from_json(
     *_KEY_TYPES, "bigint", "bigint", "bigint", "text", "text", "bigint", "integer", "bigint"
 )
-_MARKERS_FROM_JSON: Final = _from_json(*_KEY_TYPES, "bigint", "bigint", "bigint", "text", "bigint")
+_MARKERS_FROM_JSON: Final = _from_json(
+    *_KEY_TYPES, "bigint", "bigint", "bigint", "text", "bigint", "bigint"
+)
 _RECEIPTS_FROM_JSON: Final = _from_json(
     "text", "text", *_KEY_TYPES, "text", "integer", "bigint", "bigint", "bigint", "text",
     "bigint", "bigint",
@@ -215,13 +219,25 @@ CREATE TABLE IF NOT EXISTS {deletions} (
     env text COLLATE "C" NOT NULL, category text COLLATE "C" NOT NULL,
     record_id text COLLATE "C" NOT NULL,
     deleted_before bigint NOT NULL, last_life bigint, deleted_at bigint NOT NULL,
-    pending text, pending_since bigint,
+    pending text, pending_since bigint, settled_at bigint,
     PRIMARY KEY (org, bot, env, category, record_id)
 );
 ALTER TABLE {deletions} ADD COLUMN IF NOT EXISTS pending text,
-    ADD COLUMN IF NOT EXISTS pending_since bigint;
+    ADD COLUMN IF NOT EXISTS pending_since bigint,
+    ADD COLUMN IF NOT EXISTS settled_at bigint;
 CREATE INDEX IF NOT EXISTS {idx_pending} ON {deletions} (pending_since)
     WHERE pending_since IS NOT NULL;
+DO $settle$
+BEGIN
+    -- Markers of a version that did not keep settled_at start it at their last change
+    -- (see sqlite.py's _settle_old_markers), once: before the index that prunes by it.
+    IF to_regclass('{s}.{idx_settled}') IS NULL THEN
+        UPDATE {deletions} SET settled_at = deleted_at WHERE settled_at IS NULL;
+    END IF;
+END
+$settle$;
+CREATE INDEX IF NOT EXISTS {idx_settled} ON {deletions} (settled_at)
+    WHERE pending IS NULL;
 CREATE TABLE IF NOT EXISTS {receipts} (
     seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     receipt_id text COLLATE "C" NOT NULL UNIQUE, store text NOT NULL,
@@ -266,7 +282,7 @@ def _row(r: Any, ident: Identity | None = None) -> Row:
 
 
 def _marker(r: Any, ident: Identity | None = None) -> Marker:
-    return Marker(ident or Identity(*r[:5]), r[5], r[6], r[7], decode_pending(r[8]))
+    return Marker(ident or Identity(*r[:5]), r[5], r[6], r[7], decode_pending(r[8]), r[10])
 
 
 def _receipt(r: Any) -> Receipt:
@@ -311,6 +327,7 @@ class _Names:
             "idx_expiry": f'"{p}records_by_expiry"',
             "idx_unpublished": f'"{p}receipts_unpublished"',
             "idx_pending": f'"{p}deletions_pending"',
+            "idx_settled": f'"{p}deletions_settled"',
             "fn": self._q("receipts_append_only"),
             "trigger": f'"{p}receipts_append_only"',
             "trigger_truncate": f'"{p}receipts_no_truncate"',
@@ -417,10 +434,11 @@ class _PostgresTx(StoreTransaction):
                 f"INSERT INTO {n.deletions} ({_MARKER_COLS}) {_MARKERS_FROM_JSON} "
                 f"ON CONFLICT ({_KEY}) DO UPDATE SET deleted_before = excluded.deleted_before, "
                 "last_life = excluded.last_life, deleted_at = excluded.deleted_at, "
-                "pending = excluded.pending, pending_since = excluded.pending_since",
+                "pending = excluded.pending, pending_since = excluded.pending_since, "
+                "settled_at = excluded.settled_at",
                 _json(
                     (*m.identity.parts(), m.deleted_before, m.last_life, m.deleted_at,
-                     encode_pending(m.pending), m.pending_since)
+                     encode_pending(m.pending), m.pending_since, m.settled_at)
                     for m in p.markers
                 ),
             )  # fmt: skip
@@ -435,6 +453,24 @@ class _PostgresTx(StoreTransaction):
                     for r in p.receipts
                 ),
             )  # fmt: skip
+
+    async def prune(self, settled_before: int, limit: int) -> int:
+        """The page is locked as it is chosen, passing over markers another transaction
+        holds (a batch about to change them, a second sink instance pruning): none waits
+        for the other. The outer condition is checked again on the row as it is when
+        deleted, so a marker that meanwhile got a pending deletion stays."""
+        n = self._n
+        status = await self._c.execute(
+            f"DELETE FROM {n.deletions} AS d USING (SELECT {_KEY} FROM {n.deletions} "
+            "WHERE pending IS NULL AND settled_at <= $1 ORDER BY settled_at LIMIT $2 "
+            "FOR UPDATE SKIP LOCKED) AS k "
+            "WHERE (d.org, d.bot, d.env, d.category, d.record_id) "
+            "= (k.org, k.bot, k.env, k.category, k.record_id) "
+            "AND d.pending IS NULL AND d.settled_at <= $1",
+            settled_before,
+            limit,
+        )
+        return int(status.rpartition(" ")[2])  # "DELETE n"
 
     async def mark_published(self, receipt_ids: Sequence[str], now_ms: int) -> None:
         del now_ms  # the receipts are not rewritten: their entries leave the outbox

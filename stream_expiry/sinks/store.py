@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Final, Self
 import anyio
 
 from stream_expiry.errors import ConfigurationError, StoreError, leaves
-from stream_expiry.sinks._logic import Plan, Slot, life, merge_plans, plan
+from stream_expiry.sinks._logic import Plan, Slot, life, merge_plans, plan, prunable
 from stream_expiry.sinks._messages import (
     Change,
     Marker,
@@ -176,6 +176,13 @@ class StoreTransaction(abc.ABC):
     @abc.abstractmethod
     async def write(self, p: Plan) -> None:
         """Write the plan's upserts, deletes, markers and receipts (receipts unpublished)."""
+
+    @abc.abstractmethod
+    async def prune(self, settled_before: int, limit: int) -> int:
+        """Delete up to ``limit`` markers that
+        :func:`~stream_expiry.sinks._logic.prunable` lets go, oldest settled first, and
+        return how many went. Through an index of the markers with nothing pending, by
+        ``settled_at``: a page costs what it deletes, not the table's size."""
 
     @abc.abstractmethod
     async def mark_published(self, receipt_ids: Sequence[str], now_ms: int) -> None:
@@ -367,6 +374,14 @@ class Store(abc.ABC):
         next_from = (rows[-1][0], rows[-1][1].parts()) if len(rows) >= limit else None
         return SweepPage(out, next_from, more=next_from is not None or len(idents) > limit)
 
+    async def prune(self, *, settled_before_ms: int, limit: int = 10_000) -> int:
+        """Forget up to ``limit`` deletion markers settled at or before
+        ``settled_before_ms`` with nothing pending (rule 7 of
+        :mod:`~stream_expiry.sinks._logic`), in one transaction; returns how many went
+        (``limit``: call again for more)."""
+        async with self.transaction() as tx:
+            return await tx.prune(settled_before_ms, limit)
+
     @abc.abstractmethod
     async def pending_receipts(self, limit: int = 1000) -> list[Receipt]:
         """Receipts not yet marked published, oldest first (the outbox)."""
@@ -429,6 +444,7 @@ class _MemoryTx(StoreTransaction):
         # Staged writes: applied to the store only on commit, as a database would.
         self._plans: list[Plan] = []
         self._published: list[tuple[str, int]] = []
+        self._forgotten: list[Identity] = []
 
     async def load(
         self, identities: Sequence[Identity], *, data: bool = True
@@ -458,6 +474,15 @@ class _MemoryTx(StoreTransaction):
     async def write(self, p: Plan) -> None:
         self._plans.append(p)
 
+    async def prune(self, settled_before: int, limit: int) -> int:
+        gone = sorted(
+            (m.settled_at or 0, m.identity.parts(), m.identity)
+            for m in self._s.markers.values()
+            if prunable(m, settled_before)
+        )[:limit]
+        self._forgotten.extend(i for _, _, i in gone)
+        return len(gone)
+
     async def mark_published(self, receipt_ids: Sequence[str], now_ms: int) -> None:
         self._published.extend((rid, now_ms) for rid in receipt_ids)
 
@@ -473,6 +498,8 @@ class _MemoryTx(StoreTransaction):
             for m in p.markers:
                 s.markers[m.identity] = m
             s.outbox.extend(p.receipts)
+        for ident in self._forgotten:
+            del s.markers[ident]
 
 
 class MemoryStore(Store):

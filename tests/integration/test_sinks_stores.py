@@ -607,11 +607,16 @@ async def test_a_store_made_before_pending_deletions_is_brought_up_to_date(store
     if store.__class__.__name__ == "SQLiteStore":
         p = store.prefix  # type: ignore[attr-defined]
         await conn.execute(f"DROP INDEX {p}deletions_pending")
+        await conn.execute(f"DROP INDEX {p}deletions_settled")
         await conn.execute(f"ALTER TABLE {p}deletions DROP COLUMN pending")
         await conn.execute(f"ALTER TABLE {p}deletions DROP COLUMN pending_since")
+        await conn.execute(f"ALTER TABLE {p}deletions DROP COLUMN settled_at")
     else:
         table = store._n.deletions  # type: ignore[attr-defined]
-        await conn.execute(f"ALTER TABLE {table} DROP COLUMN pending, DROP COLUMN pending_since")
+        await conn.execute(
+            f"ALTER TABLE {table} DROP COLUMN pending, DROP COLUMN pending_since, "
+            "DROP COLUMN settled_at"
+        )
     await store.close()
     await store.open()
     s = stamp(ident("old-store"))

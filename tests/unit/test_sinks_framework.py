@@ -663,7 +663,8 @@ async def test_the_read_complete_time_waits_for_what_the_store_has_applied(
     clock = [T0]
     st0, tb0, tb1 = TopicPartition("st", 0), TopicPartition("tb", 0), TopicPartition("tb", 1)
     cons = _OffsetsConsumer({st0: 10, tb0: 4, tb1: 7}, mine={st0, tb0}, clock=clock)
-    sink = Sink(MemoryStore(), SinkConfig("unused:1", "g", "st", "tb"), clock=lambda: clock[0])
+    config = SinkConfig("unused:1", "g", "st", "tb", sweep_interval_s=1.0)
+    sink = Sink(MemoryStore(), config, clock=lambda: clock[0])
     monkeypatch.setattr(
         "stream_expiry.sinks.framework.end_offsets", lambda c, at: c.end_offsets(at)
     )
