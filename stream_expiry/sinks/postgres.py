@@ -273,6 +273,27 @@ CREATE OR REPLACE TRIGGER {trigger_truncate}
 """
 
 
+def prune_sql(n: _Names) -> str:
+    """The statement that forgets a page of markers ($1: the settling bound, $2: the page
+    size), through the partial index of markers with nothing pending. The page is locked
+    as it is chosen, passing over markers another transaction holds (a batch about to
+    change them, a second sink instance pruning): none waits for the other. The outer
+    condition is checked again on each row as it is when deleted, so a marker that got a
+    pending deletion meanwhile stays.
+
+    The page is chosen once (``MATERIALIZED``): as a subquery of the ``DELETE`` it was
+    scanned again for each row, found the rows this statement had deleted locked, skipped
+    them, and took the next ones (a page of 1 deleted 2)."""
+    return (
+        f"WITH k AS MATERIALIZED (SELECT {_KEY} FROM {n.deletions} "
+        "WHERE pending IS NULL AND settled_at <= $1 ORDER BY settled_at LIMIT $2 "
+        f"FOR UPDATE SKIP LOCKED) DELETE FROM {n.deletions} AS d USING k "
+        "WHERE (d.org, d.bot, d.env, d.category, d.record_id) "
+        "= (k.org, k.bot, k.env, k.category, k.record_id) "
+        "AND d.pending IS NULL AND d.settled_at <= $1"
+    )
+
+
 def _keys(idents: Iterable[Identity]) -> str:
     return _json(i.parts() for i in idents)
 
@@ -455,21 +476,7 @@ class _PostgresTx(StoreTransaction):
             )  # fmt: skip
 
     async def prune(self, settled_before: int, limit: int) -> int:
-        """The page is locked as it is chosen, passing over markers another transaction
-        holds (a batch about to change them, a second sink instance pruning): none waits
-        for the other. The outer condition is checked again on the row as it is when
-        deleted, so a marker that meanwhile got a pending deletion stays."""
-        n = self._n
-        status = await self._c.execute(
-            f"DELETE FROM {n.deletions} AS d USING (SELECT {_KEY} FROM {n.deletions} "
-            "WHERE pending IS NULL AND settled_at <= $1 ORDER BY settled_at LIMIT $2 "
-            "FOR UPDATE SKIP LOCKED) AS k "
-            "WHERE (d.org, d.bot, d.env, d.category, d.record_id) "
-            "= (k.org, k.bot, k.env, k.category, k.record_id) "
-            "AND d.pending IS NULL AND d.settled_at <= $1",
-            settled_before,
-            limit,
-        )
+        status = await self._c.execute(prune_sql(self._n), settled_before, limit)
         return int(status.rpartition(" ")[2])  # "DELETE n"
 
     async def mark_published(self, receipt_ids: Sequence[str], now_ms: int) -> None:
@@ -680,6 +687,10 @@ class PostgresStore(Store):
 
     async def count(self) -> int:
         rows = await self._fetch(f"SELECT count(*) FROM {self._n.records}")
+        return int(rows[0][0])
+
+    async def count_markers(self) -> int:
+        rows = await self._fetch(f"SELECT count(*) FROM {self._n.deletions}")
         return int(rows[0][0])
 
     async def drop_schema(self) -> None:

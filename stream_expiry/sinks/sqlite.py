@@ -228,14 +228,7 @@ class _SQLiteTx(StoreTransaction):
             )
 
     async def prune(self, settled_before: int, limit: int) -> int:
-        # ``pending IS NULL`` as the index's own condition: SQLite uses a partial index
-        # only for a query whose WHERE says it.
-        t = self._p
-        sql = (
-            f"DELETE FROM {t}deletions WHERE ({_KEY}) IN (SELECT {_KEY} FROM {t}deletions "
-            "WHERE pending IS NULL AND settled_at <= ? ORDER BY settled_at LIMIT ?)"
-        )
-        async with self._c.execute(sql, (settled_before, limit)) as cur:
+        async with self._c.execute(prune_sql(self._p), (settled_before, limit)) as cur:
             return max(0, cur.rowcount)
 
     async def mark_published(self, receipt_ids: Sequence[str], now_ms: int) -> None:
@@ -246,6 +239,16 @@ class _SQLiteTx(StoreTransaction):
             f"WHERE seq = (SELECT seq FROM {t}receipts WHERE receipt_id = ?)",
             [(rid,) for rid in receipt_ids],
         )
+
+
+def prune_sql(prefix: str) -> str:
+    """The statement that forgets a page of markers (parameters: the settling bound, the
+    page size). It says ``pending IS NULL``, the index's own condition: SQLite uses a
+    partial index only for a query whose WHERE says it."""
+    return (
+        f"DELETE FROM {prefix}deletions WHERE ({_KEY}) IN (SELECT {_KEY} FROM {prefix}deletions "
+        "WHERE pending IS NULL AND settled_at <= ? ORDER BY settled_at LIMIT ?)"
+    )
 
 
 def _settle_old_markers(table: str) -> str:
@@ -478,4 +481,8 @@ class SQLiteStore(Store):
 
     async def count(self) -> int:
         rows = await self._fetch(f"SELECT count(*) FROM {self.prefix}records")
+        return int(rows[0][0])
+
+    async def count_markers(self) -> int:
+        rows = await self._fetch(f"SELECT count(*) FROM {self.prefix}deletions")
         return int(rows[0][0])

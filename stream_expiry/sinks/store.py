@@ -1,8 +1,9 @@
 """The one store interface every downstream store implements, and an in-memory store.
 
-A store only has to provide a transaction with three primitives (load the slots of some
-identities, list rows due for the sweep, write a :class:`~stream_expiry.sinks._logic.Plan`)
-and a few reads. :meth:`Store.apply` and :meth:`Store.sweep` are written once, here, on top
+A store only has to provide a transaction with four primitives (load the slots of some
+identities, list rows due for the sweep, write a :class:`~stream_expiry.sinks._logic.Plan`,
+forget the deletion markers :func:`~stream_expiry.sinks._logic.prunable` lets go) and a
+few reads. :meth:`Store.apply` and :meth:`Store.sweep` are written once, here, on top
 of them: load, decide with the pure :func:`~stream_expiry.sinks._logic.plan`, write, in one
 transaction. That is why the memory, SQLite and PostgreSQL stores cannot drift apart, and
 why one test suite runs over all of them.
@@ -408,6 +409,10 @@ class Store(abc.ABC):
     async def count(self) -> int:
         """How many rows the store holds."""
 
+    @abc.abstractmethod
+    async def count_markers(self) -> int:
+        """How many deletion markers the store holds (what it remembers of deleted lives)."""
+
     async def __aenter__(self) -> Self:
         await self.open()
         return self
@@ -543,3 +548,6 @@ class MemoryStore(Store):
 
     async def count(self) -> int:
         return len(self.rows)
+
+    async def count_markers(self) -> int:
+        return len(self.markers)
