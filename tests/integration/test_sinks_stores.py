@@ -27,7 +27,9 @@ from stream_expiry.sinks._messages import (
     decode_tombstone,
 )
 from stream_expiry.sinks.postgres import MAX_KEY_BYTES, PostgresStore
+from stream_expiry.sinks.postgres import prune_sql as postgres_prune_sql
 from stream_expiry.sinks.sqlite import SQLiteStore
+from stream_expiry.sinks.sqlite import prune_sql as sqlite_prune_sql
 from stream_expiry.sinks.store import MemoryStore, Store, SweepPosition
 from tests.integration.sink_helpers import (
     MINUTE,
@@ -344,6 +346,124 @@ async def test_the_sweep_spares_rows_and_pages_past_them_in_the_stores_own_order
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_markers_are_forgotten_a_grace_after_they_settle_never_while_pending(
+    store: Store,
+) -> None:
+    """A marker settles at the later of its deletion and the deleted life's expiry (an
+    erasure ends a life early); pruning takes those settled by the bound, in pages, and
+    never one whose deletion still waits for its tombstone event."""
+    done = stamp(ident("done"))  # expires at T0 + 10 min, deleted later
+    erased = stamp(ident("erased"), ttl_ms=60 * MINUTE)  # erased before its expiry
+    waiting = stamp(ident("waiting"))  # deleted by a null; its tombstone has not come
+    late = stamp(ident("late"))  # deleted after the others
+    at = T0 + 20 * MINUTE
+    await store.apply(
+        [put(s, offset=n) for n, s in enumerate([done, erased, waiting, late])], now_ms=T0
+    )
+    await store.apply(
+        [kill(done), kill(erased, "explicit", emitted_at=at), NullChange(waiting.identity, 0, 9)],
+        now_ms=at,
+    )
+    await store.apply([kill(late)], now_ms=at + 1)
+    assert await store.count_markers() == 4
+    assert await store.prune(settled_before_ms=at - 1, limit=10) == 0
+    assert await store.prune(settled_before_ms=at + 1, limit=1) == 1  # a page of one
+    assert await store.prune(settled_before_ms=at + 1, limit=10) == 1
+    assert [await store.marker(s.identity) is None for s in (done, erased, waiting, late)] == [
+        True, False, False, True,
+    ]  # fmt: skip
+    assert await store.prune(settled_before_ms=T0 + 60 * MINUTE - 1, limit=10) == 0
+    assert await store.prune(settled_before_ms=T0 + 60 * MINUTE, limit=10) == 1
+    assert await store.prune(settled_before_ms=2**62, limit=10) == 0  # waiting stays
+    marker = await store.marker(waiting.identity)
+    assert marker is not None
+    assert marker.pending
+    # Its tombstone, however late, still finds the deletion and writes its receipt.
+    out = await store.apply([kill(waiting, "explicit", emitted_at=at)], now_ms=at + 2)
+    assert [(r.reason, r.rows_deleted, r.deleted_at) for r in out.receipts] == [("explicit", 1, at)]
+    assert await store.prune(settled_before_ms=at + 2, limit=10) == 1
+    assert await store.count_markers() == 0
+    assert len(await store.receipts()) == 4  # receipts are evidence: never pruned
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_a_late_stamp_of_a_forgotten_life_is_due_at_once_or_lives_as_the_service_has_it(
+    store: Store,
+) -> None:
+    """Within the grace a late stamp of a deleted life is not written. After it, a life
+    that had an expiry is a grace past it: written again, the sweep deletes it at once
+    (and the service, which follows each stamp of a due life with its tombstone). A life
+    that never expires is taken as live, as the service takes a re-delivered create a
+    grace after its erasure: the store holds what the service holds."""
+    grace = 7 * 24 * 60 * MINUTE
+    expiring = stamp(ident("expiring"))
+    forever = stamp(ident("forever", category="contact_profile"), ttl_ms=None)
+    await store.apply([put(expiring, offset=0), put(forever, offset=1)], now_ms=T0)
+    await store.apply([kill(expiring), kill(forever, "explicit", emitted_at=T0 + 1)], now_ms=T0 + 2)
+    within = await store.apply([put(expiring, offset=2), put(forever, offset=3)], now_ms=T0 + grace)
+    assert (within.stale, within.written) == (2, 0)
+    settled = T0 + 10 * MINUTE  # the expiring life's expiry, later than both deletions
+    assert await store.prune(settled_before_ms=settled + grace - grace, limit=10) == 2
+    now = settled + grace
+    after = await store.apply([put(expiring, offset=4), put(forever, offset=5)], now_ms=now)
+    assert (after.stale, after.written) == (0, 2)
+    page = await store.sweep(cutoff_ms=now - MINUTE, now_ms=now, limit=10)
+    assert [(r.identity, r.reason) for r in page.plan.receipts] == [(expiring.identity, "sweep")]
+    assert await store.get(expiring.identity) is None
+    assert await store.get(forever.identity) is not None
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_the_deletions_table_falls_back_to_what_live_records_need(store: Store) -> None:
+    """Many creates and deletions, in every order, then pruning with a short grace: the
+    markers left are those settled within the grace and those still waiting for their
+    tombstone event, however many lives came before; rows and receipts are untouched."""
+    rng = random.Random(20260301)
+    ids = [ident(f"n{n}", org=rng.choice(["a", "b"])) for n in range(300)]
+    grace = 5 * MINUTE
+    offset, now = 0, T0
+    waiting: set[Identity] = set()
+    for lives in range(4):
+        created = T0 + lives * 30 * MINUTE
+        lifes = [stamp(i, created_at=created, ttl_ms=rng.randint(1, 20) * MINUTE) for i in ids]
+        now = created
+        await store.apply([put(s, offset=offset + n) for n, s in enumerate(lifes)], now_ms=now)
+        offset += len(lifes)
+        if lives == 3:
+            break  # the last lives live on
+        batch: list[Change] = []
+        for s in lifes:
+            roll = rng.random()
+            if roll < 0.4:
+                batch.append(kill(s))
+            elif roll < 0.8:
+                batch += [NullChange(s.identity, 0, offset), kill(s, "explicit", emitted_at=now)]
+                offset += 1
+            else:  # the tombstone first, its null after it
+                batch += [kill(s), NullChange(s.identity, 0, offset)]
+                offset += 1
+        now = created + 25 * MINUTE
+        await store.apply(batch, now_ms=now)
+    last = [i for i in ids if rng.random() < 0.1]  # erased at the end, by a null alone
+    waiting.update(last)
+    await store.apply([NullChange(i, 0, offset + n) for n, i in enumerate(last)], now_ms=now + 1)
+    assert await store.count_markers() == len(ids)
+    gone = 0
+    while n := await store.prune(settled_before_ms=now + 1 - grace + grace, limit=64):
+        gone += n
+    assert await store.count_markers() == len(waiting)
+    assert gone == len(ids) - len(waiting)
+    assert await store.count() == len(ids) - len(waiting)
+    for i in waiting:
+        marker = await store.marker(i)
+        assert marker is not None
+        assert marker.pending
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
 async def test_receipts_are_an_outbox_until_published(store: Store) -> None:
     stamps = [stamp(ident(f"o{n}")) for n in range(3)]
     await store.apply([put(s) for s in stamps] + [kill(s) for s in stamps], now_ms=T0)
@@ -515,10 +635,16 @@ async def _random_batches_match_the_reference(
             y = await reference.sweep(cutoff_ms=now, now_ms=now, limit=5)
             assert [r.identity for r in x.plan.receipts] == [r.identity for r in y.plan.receipts]
             assert x.next_from == y.next_from
+        if step % 5 == 4:  # forget what settled a few minutes ago, as the memory store does
+            bound = now - 3 * MINUTE
+            assert await store.prune(settled_before_ms=bound, limit=10**6) == (
+                await reference.prune(settled_before_ms=bound, limit=10**6)
+            ), step
     for i in ids:
         assert await store.get(i) == await reference.get(i), i
         assert await store.marker(i) == await reference.marker(i), i
     assert await store.count() == await reference.count()
+    assert await store.count_markers() == await reference.count_markers()
     assert len(await store.receipts()) == len(await reference.receipts())
 
 
@@ -625,6 +751,60 @@ async def test_a_store_made_before_pending_deletions_is_brought_up_to_date(store
     assert [(r.reason, r.rows_deleted, r.deleted_at) for r in await store.receipts()] == [
         ("explicit", 1, T0)
     ]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(SQL_KINDS), indirect=True)
+async def test_a_store_made_before_markers_settled_is_brought_up_to_date(store: Store) -> None:
+    """Markers of a version that did not keep ``settled_at`` get their last change as
+    their settling when the store opens, so history already there is forgotten too, and
+    pruning goes through the new index from then on."""
+    old = [stamp(ident(f"old{n}")) for n in range(3)]
+    await store.apply([put(s, offset=n) for n, s in enumerate(old)], now_ms=T0)
+    await store.apply([kill(s) for s in old], now_ms=T0 + 1)
+    conn: Any = getattr(store, "_conn", None) or store._pool  # type: ignore[attr-defined]
+    if isinstance(store, SQLiteStore):
+        p = store.prefix
+        await conn.execute(f"DROP INDEX {p}deletions_settled")
+        await conn.execute(f"ALTER TABLE {p}deletions DROP COLUMN settled_at")
+    else:
+        n = store._n  # type: ignore[attr-defined]
+        await conn.execute(f"ALTER TABLE {n.deletions} DROP COLUMN settled_at")  # and its index
+    await store.close()
+    await store.open()
+    marker = await store.marker(old[0].identity)
+    assert marker is not None
+    assert marker.settled_at == marker.deleted_at == T0 + 1
+    await store.close()
+    await store.open()  # once: a second opening changes nothing
+    assert await store.prune(settled_before_ms=T0, limit=10) == 0
+    assert await store.prune(settled_before_ms=T0 + 1, limit=10) == 3
+    assert await store.count_markers() == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(SQL_KINDS), indirect=True)
+async def test_pruning_reads_the_index_of_settled_markers_not_the_table(store: Store) -> None:
+    """The page of markers to forget is found through the partial index of markers with
+    nothing pending, ordered by ``settled_at``: its cost does not grow with the history
+    kept (or with the pending markers, which the index leaves out)."""
+    many = [stamp(ident(f"m{n}")) for n in range(2000)]
+    await store.apply([kill(s) for s in many], now_ms=T0)
+    conn: Any = getattr(store, "_conn", None) or store._pool  # type: ignore[attr-defined]
+    if isinstance(store, SQLiteStore):
+        await conn.execute(f"ANALYZE {store.prefix}deletions")
+        sql = f"EXPLAIN QUERY PLAN {sqlite_prune_sql(store.prefix)}"
+        async with conn.execute(sql, (T0, 100)) as cur:
+            plan_text = " ".join(str(r[-1]) for r in await cur.fetchall())
+        uses = f"USING INDEX {store.prefix}deletions_settled (settled_at<?)"
+    else:
+        n = store._n  # type: ignore[attr-defined]
+        await conn.execute(f"ANALYZE {n.deletions}")
+        async with conn.acquire() as c, c.transaction():
+            rows = await c.fetch(f"EXPLAIN {postgres_prune_sql(n)}", T0, 100)
+        plan_text = " ".join(r[0] for r in rows)
+        uses = f"Index Scan using {n.prefix}deletions_settled"
+    assert uses in plan_text, plan_text
 
 
 @pytest.mark.asyncio
