@@ -404,8 +404,9 @@ async def test_a_late_stamp_of_a_forgotten_life_is_due_at_once_or_lives_as_the_s
     within = await store.apply([put(expiring, offset=2), put(forever, offset=3)], now_ms=T0 + grace)
     assert (within.stale, within.written) == (2, 0)
     settled = T0 + 10 * MINUTE  # the expiring life's expiry, later than both deletions
-    assert await store.prune(settled_before_ms=settled + grace - grace, limit=10) == 2
-    now = settled + grace
+    now = settled + grace  # what the sink has read
+    assert await store.prune(settled_before_ms=T0 + 1, limit=10) == 0  # both deleted at T0 + 2
+    assert await store.prune(settled_before_ms=now - grace, limit=10) == 2
     after = await store.apply([put(expiring, offset=4), put(forever, offset=5)], now_ms=now)
     assert (after.stale, after.written) == (0, 2)
     page = await store.sweep(cutoff_ms=now - MINUTE, now_ms=now, limit=10)
@@ -417,49 +418,55 @@ async def test_a_late_stamp_of_a_forgotten_life_is_due_at_once_or_lives_as_the_s
 @pytest.mark.asyncio
 @pytest.mark.parametrize("store", store_params(), indirect=True)
 async def test_the_deletions_table_falls_back_to_what_live_records_need(store: Store) -> None:
-    """Many creates and deletions, in every order, then pruning with a short grace: the
-    markers left are those settled within the grace and those still waiting for their
-    tombstone event, however many lives came before; rows and receipts are untouched."""
+    """Many creates and deletions, in every order, then pruning with a short grace: of a
+    marker per record (three deleted lives each), what is left is the markers settled
+    within the grace and those still waiting for their tombstone event; rows and receipts
+    are untouched."""
     rng = random.Random(20260301)
     ids = [ident(f"n{n}", org=rng.choice(["a", "b"])) for n in range(300)]
-    grace = 5 * MINUTE
-    offset, now = 0, T0
-    waiting: set[Identity] = set()
+    offset = 0
     for lives in range(4):
         created = T0 + lives * 30 * MINUTE
         lifes = [stamp(i, created_at=created, ttl_ms=rng.randint(1, 20) * MINUTE) for i in ids]
-        now = created
-        await store.apply([put(s, offset=offset + n) for n, s in enumerate(lifes)], now_ms=now)
+        await store.apply([put(s, offset=offset + n) for n, s in enumerate(lifes)], now_ms=created)
         offset += len(lifes)
         if lives == 3:
-            break  # the last lives live on
+            break  # the last lives live on, for now
         batch: list[Change] = []
         for s in lifes:
             roll = rng.random()
             if roll < 0.4:
                 batch.append(kill(s))
             elif roll < 0.8:
-                batch += [NullChange(s.identity, 0, offset), kill(s, "explicit", emitted_at=now)]
+                batch += [
+                    NullChange(s.identity, 0, offset),
+                    kill(s, "explicit", emitted_at=created),
+                ]
                 offset += 1
             else:  # the tombstone first, its null after it
                 batch += [kill(s), NullChange(s.identity, 0, offset)]
                 offset += 1
-        now = created + 25 * MINUTE
-        await store.apply(batch, now_ms=now)
-    last = [i for i in ids if rng.random() < 0.1]  # erased at the end, by a null alone
-    waiting.update(last)
-    await store.apply([NullChange(i, 0, offset + n) for n, i in enumerate(last)], now_ms=now + 1)
+        await store.apply(batch, now_ms=created + 25 * MINUTE)  # settled by then
     assert await store.count_markers() == len(ids)
+    # Later, some of the last lives are erased, and some deleted by a null alone.
+    shuffled = rng.sample(ids, len(ids))
+    recent, waiting = shuffled[:30], shuffled[30:60]
+    later = T0 + 150 * MINUTE
+    last = stamp(ids[0], created_at=T0 + 90 * MINUTE)  # any: an erasure names no life here
+    erasures = [kill(last._replace(identity=i), "explicit", emitted_at=later) for i in recent]
+    nulls = [NullChange(i, 0, offset + n) for n, i in enumerate(waiting)]
+    await store.apply([*erasures, *nulls], now_ms=later)
+    receipts = len(await store.receipts())
+    grace = 60 * MINUTE
+    read_to = T0 + 200 * MINUTE  # what the sink has read: the history is a grace behind
     gone = 0
-    while n := await store.prune(settled_before_ms=now + 1 - grace + grace, limit=64):
+    while n := await store.prune(settled_before_ms=read_to - grace, limit=64):
         gone += n
-    assert await store.count_markers() == len(waiting)
-    assert gone == len(ids) - len(waiting)
-    assert await store.count() == len(ids) - len(waiting)
-    for i in waiting:
-        marker = await store.marker(i)
-        assert marker is not None
-        assert marker.pending
+    assert gone == len(ids) - len(recent) - len(waiting)
+    assert await store.count_markers() == len(recent) + len(waiting)
+    assert all([await store.marker(i) is not None for i in recent + waiting])
+    assert await store.count() == len(ids) - len(recent) - len(waiting)
+    assert len(await store.receipts()) == receipts
 
 
 @pytest.mark.asyncio
