@@ -82,7 +82,7 @@ if TYPE_CHECKING:
     from stream_expiry.key_template import KeyTemplate
     from stream_expiry.model import Identity
     from stream_expiry.sinks._logic import Plan
-    from stream_expiry.sinks.store import Store, SweepPosition
+    from stream_expiry.sinks.store import PrunePosition, Store, SweepPosition
 
 __all__ = ["BatchReport", "Sink", "SinkConfig", "run_sink", "wall_clock_ms"]
 
@@ -114,6 +114,9 @@ SWEEP_WAIT_SAID_EVERY_S: Final = 60.0
 # How long a deletion marker outlives its settling: the service's default
 # ``[service] marker_grace`` (``stream-expiry sink`` takes the configured one).
 DEFAULT_MARKER_GRACE_S: Final = 7 * 24 * 3600.0
+# The share of a page of markers forgotten that has the sink prune the next page at once
+# (see Sink.prune_once).
+_PRUNE_AGAIN_SHARE: Final = 0.1
 # Messages decoded between two yields to the event loop while a store transaction runs:
 # small enough that the transaction resumes within a few milliseconds of its database.
 _DECODE_SLICE: Final = 500
@@ -173,9 +176,10 @@ class SinkConfig:
 
     ``marker_grace_s``: how long past its settling the store remembers a deletion (rule 7
     of :mod:`~stream_expiry.sinks._logic`), counted, as the sweep's grace is, from the
-    read-complete time; every ``prune_interval_s`` the sink forgets up to ``prune_limit``
-    such markers (again at once while pages come back full), whether the sweep is on or
-    not.
+    read-complete time; every ``prune_interval_s`` the sink looks at the next
+    ``prune_limit`` markers along the primary key and forgets those past it (again at
+    once while a tenth of a page or more goes: see :meth:`Sink.prune_once`), whether
+    the sweep is on or not.
 
     ``archive_group`` (``[archive] required`` in the service's config): the archive's
     consumer group. The service tombstones no record (``ttl``) before that group has
@@ -297,6 +301,9 @@ class Sink:
         self._archive_reader: AIOKafkaConsumer | None = None
         self._archive_said_at: float | None = None
         self._sweep_from: SweepPosition | None = None
+        # Where the rolling scan of deletion markers goes on (see prune_once); a restart
+        # starts it from the first marker again.
+        self._prune_from: PrunePosition | None = None
         # The read-complete time W (see :meth:`read_complete_ms`), the request of end
         # offsets that may move it on, the partitions both were made for, and when the
         # sink last said that its sweep waits for W.
@@ -873,24 +880,36 @@ class Sink:
         return page.more
 
     async def prune_once(self, *, read_to_ms: int) -> bool:
-        """Forget one page of deletion markers past their grace; True when the page was
-        full (more may be waiting now).
+        """Look at the next page of deletion markers and forget those past their grace;
+        True when the sink should look at the next page at once.
 
         ``read_to_ms`` is the read-complete time W (:meth:`read_complete_ms`), as for the
         sweep: a marker goes once it settled ``marker_grace_s`` before W, so a sink that
         was stopped, or lags on one of its topics, first applies every stamp the service
         wrote before the deletion (rule 7 of :mod:`~stream_expiry.sinks._logic`).
+
+        The pages roll along the primary key (:meth:`Store.prune`), so a marker is
+        forgotten at most a round of the table after its grace. One page per
+        ``prune_interval_s`` is cheap but slow for a large table; so the next page comes
+        at once while a tenth or more of a page went (:data:`_PRUNE_AGAIN_SHARE`): a
+        backlog (an old store's first run, a sink that was stopped) goes at the
+        database's pace, and under a steady flow of deletions the rounds shorten until
+        about a tenth of the grace, at no more than ten markers read per marker
+        forgotten.
         """
         cfg = self.config
         before = read_to_ms - int(cfg.marker_grace_s * 1000)
-        gone = await self.store.prune(settled_before_ms=before, limit=cfg.prune_limit)
-        if gone:
-            self.metrics["markers_pruned_total"] += gone
+        page = await self.store.prune(
+            settled_before_ms=before, limit=cfg.prune_limit, after=self._prune_from
+        )
+        self._prune_from = page.next_from
+        if page.forgotten:
+            self.metrics["markers_pruned_total"] += page.forgotten
             log.debug(
                 "store %s forgot %d deletion markers settled before %d ms",
-                self.store.name, gone, before,
+                self.store.name, page.forgotten, before,
             )  # fmt: skip
-        return gone >= cfg.prune_limit
+        return page.forgotten >= cfg.prune_limit * _PRUNE_AGAIN_SHARE
 
     async def _archived(self) -> dict[int, int] | None:
         """The archive group's committed offset per partition of the stamped topic (a

@@ -65,6 +65,7 @@ from stream_expiry.sinks._messages import (
 )
 from stream_expiry.sinks.dsn import as_uri, hide_secrets, is_local, redact
 from stream_expiry.sinks.store import (
+    PrunePage,
     Store,
     StoreTransaction,
     StoreUnavailableError,
@@ -77,7 +78,7 @@ if TYPE_CHECKING:
 
     import asyncpg
 
-    from stream_expiry.sinks.store import SweepPosition
+    from stream_expiry.sinks.store import PrunePosition, SweepPosition
 
 __all__ = ["DEFAULT_DSN", "DEFAULT_PARALLEL", "PostgresStore"]
 
@@ -223,21 +224,23 @@ CREATE TABLE IF NOT EXISTS {deletions} (
     PRIMARY KEY (org, bot, env, category, record_id)
 );
 ALTER TABLE {deletions} ADD COLUMN IF NOT EXISTS pending text,
-    ADD COLUMN IF NOT EXISTS pending_since bigint,
-    ADD COLUMN IF NOT EXISTS settled_at bigint;
+    ADD COLUMN IF NOT EXISTS pending_since bigint;
 CREATE INDEX IF NOT EXISTS {idx_pending} ON {deletions} (pending_since)
     WHERE pending_since IS NOT NULL;
 DO $settle$
 BEGIN
     -- Markers of a version that did not keep settled_at start it at their last change
-    -- (see sqlite.py's _settle_old_markers), once: before the index that prunes by it.
-    IF to_regclass('{s}.{idx_settled}') IS NULL THEN
-        UPDATE {deletions} SET settled_at = deleted_at WHERE settled_at IS NULL;
+    -- (see sqlite.py's _settle_old_markers), once: as the column is added.
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{deletions}'::regclass
+                   AND attname = 'settled_at' AND NOT attisdropped) THEN
+        ALTER TABLE {deletions} ADD COLUMN settled_at bigint;
+        UPDATE {deletions} SET settled_at = deleted_at;
     END IF;
 END
 $settle$;
-CREATE INDEX IF NOT EXISTS {idx_settled} ON {deletions} (settled_at)
-    WHERE pending IS NULL;
+-- An unreleased version pruned through this partial index; it slowed every deletion,
+-- and pruning reads the primary key instead.
+DROP INDEX IF EXISTS {s}.{idx_settled};
 CREATE TABLE IF NOT EXISTS {receipts} (
     seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     receipt_id text COLLATE "C" NOT NULL UNIQUE, store text NOT NULL,
@@ -273,24 +276,38 @@ CREATE OR REPLACE TRIGGER {trigger_truncate}
 """
 
 
-def prune_sql(n: _Names) -> str:
-    """The statement that forgets a page of markers ($1: the settling bound, $2: the page
-    size), through the partial index of markers with nothing pending. The page is locked
-    as it is chosen, passing over markers another transaction holds (a batch about to
-    change them, a second sink instance pruning): none waits for the other. The outer
-    condition is checked again on each row as it is when deleted, so a marker that got a
-    pending deletion meanwhile stays.
+def prune_sql(n: _Names, *, after: bool) -> str:
+    """The statement that looks at a page of markers and forgets those
+    :func:`~stream_expiry.sinks._logic.prunable` lets go ($1: the settling bound, $2: the
+    page size, $3 to $7: the identity the page starts after, unless it is the first);
+    it returns how many went, how many it looked at, and the page's last identity.
 
-    The page is chosen once (``MATERIALIZED``): as a subquery of the ``DELETE`` it was
-    scanned again for each row, found the rows this statement had deleted locked, skipped
-    them, and took the next ones (a page of 1 deleted 2)."""
+    The page is the next ``$2`` rows in the primary key's order, read from the key (the
+    ``LIMIT`` keeps it there: a range of the key alone, PostgreSQL judged by its first
+    column only and read the whole table), and chosen once (``MATERIALIZED``): as a
+    subquery of the ``DELETE`` a page was scanned again for each row, found the rows the
+    statement had deleted locked, skipped them, and took the next ones (a page of 1
+    deleted 2). Its prunable markers are then found by their place in the table
+    (``ctid``), not by a join on the key (PostgreSQL, expecting few, joined them by
+    scanning the whole table), and locked, passing over those another transaction holds
+    (a batch about to change them, a second sink instance pruning): none waits for the
+    other. Locked, each is checked again as it is then: one that got a pending deletion
+    meanwhile, or moved, stays, and is looked at again on the next round."""
+    start = f"WHERE ({_KEY}) > ($3, $4, $5, $6, $7) " if after else ""
+    d = n.deletions
     return (
-        f"WITH k AS MATERIALIZED (SELECT {_KEY} FROM {n.deletions} "
-        "WHERE pending IS NULL AND settled_at <= $1 ORDER BY settled_at LIMIT $2 "
-        f"FOR UPDATE SKIP LOCKED) DELETE FROM {n.deletions} AS d USING k "
-        "WHERE (d.org, d.bot, d.env, d.category, d.record_id) "
-        "= (k.org, k.bot, k.env, k.category, k.record_id) "
-        "AND d.pending IS NULL AND d.settled_at <= $1"
+        f"WITH page AS MATERIALIZED (SELECT ctid AS at, {_KEY}, "
+        f"pending IS NULL AND settled_at <= $1 AS gone FROM {d} {start}"
+        f"ORDER BY {_KEY} LIMIT $2), "
+        f"doomed AS MATERIALIZED (SELECT ctid FROM {d} "
+        "WHERE ctid = ANY(ARRAY(SELECT at FROM page WHERE gone)) "
+        "AND pending IS NULL AND settled_at <= $1 FOR UPDATE SKIP LOCKED), "
+        f"forgotten AS (DELETE FROM {d} WHERE ctid = ANY(ARRAY(SELECT ctid FROM doomed)) "
+        "RETURNING 1) "
+        "SELECT (SELECT count(*) FROM forgotten), (SELECT count(*) FROM page), l.* "
+        f"FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT {_KEY} FROM page "
+        "ORDER BY org DESC, bot DESC, env DESC, category DESC, record_id DESC LIMIT 1) "
+        "AS l ON true"
     )
 
 
@@ -475,9 +492,14 @@ class _PostgresTx(StoreTransaction):
                 ),
             )  # fmt: skip
 
-    async def prune(self, settled_before: int, limit: int) -> int:
-        status = await self._c.execute(prune_sql(self._n), settled_before, limit)
-        return int(status.rpartition(" ")[2])  # "DELETE n"
+    async def prune(
+        self, settled_before: int, limit: int, after: PrunePosition | None = None
+    ) -> PrunePage:
+        sql = prune_sql(self._n, after=after is not None)
+        r = await self._c.fetchrow(sql, settled_before, limit, *(after or ()))
+        assert r is not None  # counts: always one row
+        end: PrunePosition = (r[2], r[3], r[4], r[5], r[6])
+        return PrunePage(int(r[0]), end if r[1] >= limit else None)
 
     async def mark_published(self, receipt_ids: Sequence[str], now_ms: int) -> None:
         del now_ms  # the receipts are not rewritten: their entries leave the outbox

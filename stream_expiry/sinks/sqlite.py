@@ -31,12 +31,18 @@ from stream_expiry.sinks._messages import (
     decode_pending,
     encode_pending,
 )
-from stream_expiry.sinks.store import Store, StoreTransaction, _new_receipt_id, check_identifier
+from stream_expiry.sinks.store import (
+    PrunePage,
+    Store,
+    StoreTransaction,
+    _new_receipt_id,
+    check_identifier,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
 
-    from stream_expiry.sinks.store import SweepPosition
+    from stream_expiry.sinks.store import PrunePosition, SweepPosition
 
 __all__ = ["SQLiteStore"]
 
@@ -78,8 +84,6 @@ CREATE TABLE IF NOT EXISTS {p}deletions (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS {p}deletions_pending ON {p}deletions (pending_since)
     WHERE pending_since IS NOT NULL;
-CREATE INDEX IF NOT EXISTS {p}deletions_settled ON {p}deletions (settled_at)
-    WHERE pending IS NULL;
 CREATE TABLE IF NOT EXISTS {p}receipts (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     receipt_id TEXT NOT NULL UNIQUE, store TEXT NOT NULL,
@@ -227,9 +231,17 @@ class _SQLiteTx(StoreTransaction):
                 [_receipt_params(r) for r in p.receipts],
             )
 
-    async def prune(self, settled_before: int, limit: int) -> int:
-        async with self._c.execute(prune_sql(self._p), (settled_before, limit)) as cur:
-            return max(0, cur.rowcount)
+    async def prune(
+        self, settled_before: int, limit: int, after: PrunePosition | None = None
+    ) -> PrunePage:
+        start = () if after is None else after
+        sql = prune_end_sql(self._p, after=after is not None)
+        async with self._c.execute(sql, (*start, limit - 1)) as cur:
+            last = await cur.fetchone()
+        end: PrunePosition | None = None if last is None else (*last,)
+        sql = prune_sql(self._p, after=after is not None, upto=end is not None)
+        async with self._c.execute(sql, (*start, *(end or ()), settled_before)) as cur:
+            return PrunePage(max(0, cur.rowcount), end)
 
     async def mark_published(self, receipt_ids: Sequence[str], now_ms: int) -> None:
         del now_ms  # the receipts are not rewritten: their entries leave the outbox
@@ -241,14 +253,27 @@ class _SQLiteTx(StoreTransaction):
         )
 
 
-def prune_sql(prefix: str) -> str:
-    """The statement that forgets a page of markers (parameters: the settling bound, the
-    page size). It says ``pending IS NULL``, the index's own condition: SQLite uses a
-    partial index only for a query whose WHERE says it."""
-    return (
-        f"DELETE FROM {prefix}deletions WHERE ({_KEY}) IN (SELECT {_KEY} FROM {prefix}deletions "
-        "WHERE pending IS NULL AND settled_at <= ? ORDER BY settled_at LIMIT ?)"
-    )
+_AFTER: Final = f"({_KEY}) > (?, ?, ?, ?, ?)"
+_UPTO: Final = f"({_KEY}) <= (?, ?, ?, ?, ?)"
+
+
+def prune_end_sql(prefix: str, *, after: bool) -> str:
+    """The statement that finds the last marker of a page (parameters: the identity the
+    page starts after, unless it is the first; the page size less one), read in the
+    primary key's order from the key itself: no sort, no full scan. No row: the page
+    runs to the end of the table."""
+    where = f"WHERE {_AFTER} " if after else ""
+    return f"SELECT {_KEY} FROM {prefix}deletions {where}ORDER BY {_KEY} LIMIT 1 OFFSET ?"
+
+
+def prune_sql(prefix: str, *, after: bool, upto: bool) -> str:
+    """The statement that forgets the prunable markers of a page (parameters: the
+    identity the page starts after, unless it is the first; its last, unless it runs to
+    the end; the settling bound): a range of the primary key, each row of it checked
+    against :func:`~stream_expiry.sinks._logic.prunable`."""
+    bounds = [*([_AFTER] if after else []), *([_UPTO] if upto else [])]
+    where = " AND ".join([*bounds, "pending IS NULL AND settled_at <= ?"])
+    return f"DELETE FROM {prefix}deletions WHERE {where}"
 
 
 def _settle_old_markers(table: str) -> str:
@@ -356,8 +381,9 @@ class SQLiteStore(Store):
         marked unpublished by a ``published_at`` of NULL into the outbox table (see
         :class:`SQLiteStore`); ``published_at`` keeps the values it had. Markers of a
         version that did not keep ``settled_at`` start it at their last change
-        (``deleted_at``), before the index that prunes by it exists (see
-        :func:`_settle_old_markers`)."""
+        (``deleted_at``; see :func:`_settle_old_markers`). The partial index on
+        ``settled_at`` an unreleased version made goes: it slowed every deletion, and
+        pruning reads the primary key instead."""
         p = self.prefix
         await conn.execute("BEGIN IMMEDIATE")
         try:
@@ -369,6 +395,7 @@ class SQLiteStore(Store):
                     await conn.execute(f"ALTER TABLE {name} ADD COLUMN {column} {kind}")
                     if column == "settled_at":
                         await conn.execute(_settle_old_markers(name))
+            await conn.execute(f"DROP INDEX IF EXISTS {p}deletions_settled")
             sql = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?"
             async with conn.execute(sql, (f"{p}receipts_unpublished",)) as cur:
                 before_outbox = await cur.fetchone() is not None
