@@ -289,6 +289,7 @@ class _SinkCollector(Collector):
         "stale_total": "Messages that changed nothing (older than what the store holds).",
         "deleted_total": "Records deleted because of a tombstone.",
         "swept_total": "Records deleted by the safety-net sweep (their tombstone was late).",
+        "markers_pruned_total": "Deletion markers forgotten a grace after they settled.",
         "receipts_total": "Deletion receipts written.",
         "published_total": "Deletion receipts published to Kafka.",
         "compacted_nulls_total": "Null values produced to compacted user topics.",

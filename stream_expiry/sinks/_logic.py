@@ -41,11 +41,37 @@ Rules kept here (why: tombstones are at-least-once, and ``expiry.stamped`` and
    holds that life's value under the record's key, where a null would erase the living
    record; so such identities are listed in ``Plan.living`` and the sink sends no null
    for them (their receipts are written and published as usual).
+7. **A marker lives only as long as it can still matter** (the contract's "what is kept
+   about deleted records is bounded", as the service's state store keeps it). A
+   :class:`Marker` does three things: it keeps a stamp of a deleted life from being
+   written (``deleted_before``), it keeps a re-delivered tombstone from leaving a second
+   receipt (``last_life``), and it holds deletions waiting for their rule (``pending``).
+   A marker with anything pending is never forgotten: its receipt has not been written
+   (a held life's may wait for a release that comes after any grace). Otherwise it is
+   forgotten a grace (``stream-expiry sink --marker-grace``, by default the service's
+   ``[service] marker_grace``, 7 days) after ``settled_at``: the latest of the deleted
+   lives' expiries and of the times this store deleted them (:func:`prunable`). The grace
+   is counted from the sink's read-complete time, not its clock, so a sink that was
+   stopped, or lags on one topic, has applied every stamp and tombstone the service
+   wrote before the deletion plus the grace before it forgets (a stamp of a deleted life
+   is always written before that life's tombstone). What is left to come after that is
+   a re-delivery (the sink's group rewound, or the service's own marker pruned: it keeps
+   its markers by the same rule), and then, as in the service:
+
+   * a stamp of a life that had an expiry is already a grace past it: written again, it
+     is due at once; the service follows every stamp it writes of a due life with its
+     tombstone, and the sweep (when on) deletes it whatever wrote it, each with a receipt;
+   * a stamp of a life that never expires, a grace after its erasure, is taken as live,
+     exactly as the service takes a re-delivered create of it a grace after the erasure:
+     keeping such markers forever would keep every erased user's ids forever, and the
+     store would then refuse a record the service holds as live;
+   * a tombstone re-delivered after the grace finds no marker and leaves a receipt with
+     ``rows_deleted`` 0: an erasure request that reaches a store is on record.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from stream_expiry.parts import add_up
@@ -66,7 +92,7 @@ if TYPE_CHECKING:
 
     from stream_expiry.model import Identity
 
-__all__ = ["NEVER_CREATED", "Plan", "Slot", "archived", "life", "plan"]
+__all__ = ["NEVER_CREATED", "Plan", "Slot", "archived", "life", "plan", "prunable"]
 
 #: Stands for an unknown ``created_at``: such a row belongs to every deleted life. It is the
 #: smallest BIGINT, so the stores keep it as a plain integer.
@@ -137,6 +163,15 @@ def archived(row: Row, offsets: Mapping[int, int] | None) -> bool:
     return row.src_offset < offsets.get(row.src_partition, 0)
 
 
+def prunable(marker: Marker, settled_before: int) -> bool:
+    """Whether ``marker`` may be forgotten (rule 7): nothing pending, and settled at or
+    before ``settled_before`` (the read-complete time less the grace). Every store's
+    pruning selects exactly these markers; a marker that does not know when it settled
+    (written by an earlier version) is kept."""
+    settled = marker.settled_at
+    return not marker.pending and settled is not None and settled <= settled_before
+
+
 def _max_opt(*values: int | None) -> int | None:
     present = [v for v in values if v is not None]
     return max(present) if present else None
@@ -190,19 +225,30 @@ class _Planner:
         before: int,
         lived: int | None,
         pending: tuple[Pending, ...] | None = None,
+        ended: int | None = None,
     ) -> None:
         """Raise the slot's marker to cover ``before`` and ``lived``; never lower it.
 
-        ``pending`` replaces the marker's pending deletions when given.
+        ``pending`` replaces the marker's pending deletions when given. ``ended``: the
+        latest expiry of the lives this deletion ended (None: none known, or they never
+        expire); ``settled_at`` rises to it, and to now when anything else changed
+        (rule 7).
         """
         m = slot.marker
         new_before = before if m is None else max(m.deleted_before, before)
         new_last = lived if m is None else _max_opt(m.last_life, lived)
         new_pending = (() if m is None else m.pending) if pending is None else pending
-        if m is None or (new_before, new_last, new_pending) != (
+        changed = m is None or (new_before, new_last, new_pending) != (
             m.deleted_before, m.last_life, m.pending,
-        ):  # fmt: skip
-            slot.marker = Marker(ident, new_before, new_last, self.now, new_pending)
+        )  # fmt: skip
+        # A marker of an earlier version knows only when it last changed (the stores'
+        # upgrade starts its settled_at there).
+        known = None if m is None else (m.deleted_at if m.settled_at is None else m.settled_at)
+        settled = _max_opt(known, ended, self.now if changed else None)
+        if changed:
+            slot.marker = Marker(ident, new_before, new_last, self.now, new_pending, settled)
+        elif m is not None and settled != m.settled_at:
+            slot.marker = replace(m, settled_at=settled)
 
     def stamp(self, slot: Slot, c: StampChange) -> None:
         if c.created_at is None and c.data is None:
@@ -242,7 +288,7 @@ class _Planner:
         m = slot.marker
         before = NEVER_CREATED if m is None else m.deleted_before
         held = () if m is None else m.pending
-        self.remember(slot, old.identity, before, None, (*held, gone))
+        self.remember(slot, old.identity, before, None, (*held, gone), old.expires_at)
 
     def tombstone(self, slot: Slot, t: TombstoneChange) -> None:
         """Delete the life the tombstone ends, and write the receipt of every deletion of it.
@@ -273,7 +319,11 @@ class _Planner:
             src = t if t.created_at is not None else p
             self.receipt(t.identity, t.reason, 1, src, t.emitted_at, p.deleted_at)
         rest = tuple(p for p in pending if p not in claimed) if claimed else None
-        self.remember(slot, t.identity, bound, lived, rest)
+        ended = _max_opt(
+            t.expires_at, row.expires_at if row is not None and deleted else None,
+            *(p.expires_at for p in claimed),
+        )  # fmt: skip
+        self.remember(slot, t.identity, bound, lived, rest, ended)
         if not deleted and not claimed and not covered:
             # An erasure request for a row this store never held: still on record.
             self.receipt(t.identity, t.reason, 0, t, t.emitted_at, self.now)
@@ -288,7 +338,10 @@ class _Planner:
         self.out.deleted += 1
         waiting = Pending(row.created_at, row.expires_at, row.ttl_seconds, row.ttl_source, self.now)
         held = () if slot.marker is None else slot.marker.pending
-        self.remember(slot, c.identity, life(row.created_at) + 1, row.created_at, (*held, waiting))
+        self.remember(
+            slot, c.identity, life(row.created_at) + 1, row.created_at, (*held, waiting),
+            row.expires_at,
+        )  # fmt: skip
 
     def sweep(self, slot: Slot, c: SweepChange) -> None:
         """The safety net: rows past their expiry, and null deletions whose tombstone event
@@ -307,6 +360,7 @@ class _Planner:
             self.remember(
                 slot, c.identity, m.deleted_before, m.last_life,
                 tuple(p for p in m.pending if p not in late),
+                _max_opt(*(p.expires_at for p in late)),
             )  # fmt: skip
         row = slot.row
         if row is not None and row.expires_at is not None and row.expires_at <= c.cutoff:
@@ -314,7 +368,9 @@ class _Planner:
                 self.out.kept_for_archive += 1
                 return
             slot.row = None
-            self.remember(slot, c.identity, life(row.created_at) + 1, row.created_at)
+            self.remember(
+                slot, c.identity, life(row.created_at) + 1, row.created_at, None, row.expires_at
+            )
             self.receipt(c.identity, "sweep", 1, row, None, self.now)
             self.out.swept += 1
 

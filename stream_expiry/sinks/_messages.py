@@ -223,7 +223,11 @@ class Marker:
     ``last_life``: the newest ``created_at`` deleted so far; a tombstone naming a life at or
     before it is already done, so it leaves no second receipt, unless one of ``pending``
     is its deletion. ``pending``: deletions by a null value, or by the next life's stamp,
-    still waiting for their tombstone event (usually none).
+    still waiting for their tombstone event (usually none). ``settled_at``: the latest of
+    the deleted lives' expiries and of the times this store deleted them; the marker may
+    be forgotten a grace after it once nothing is pending (see
+    :func:`~stream_expiry.sinks._logic.prunable`). None: written by a version that did
+    not keep it, and never forgotten until a change of the marker sets it.
     """
 
     identity: Identity
@@ -231,6 +235,7 @@ class Marker:
     last_life: int | None
     deleted_at: int
     pending: tuple[Pending, ...] = ()
+    settled_at: int | None = None
 
     @property
     def pending_since(self) -> int | None:

@@ -31,6 +31,7 @@ from stream_expiry.cliargs import (
     metrics_port,
 )
 from stream_expiry.config import load_config
+from stream_expiry.durations import InvalidDuration, parse_duration
 from stream_expiry.endpoints import open_listener, serve_http, watch_broker
 from stream_expiry.errors import BrokerError, ConfigurationError, StreamExpiryError, suggestion
 from stream_expiry.health import Health
@@ -95,6 +96,23 @@ def _grace_seconds(text: str) -> float:
     if not 0 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"expected 0 or more seconds, got {text!r}")
     return value
+
+
+def _marker_grace(text: str) -> float:
+    """A marker grace: seconds, like the sink's other times, or a duration with a unit
+    (``7d``, ``36h``), the way ``[service] marker_grace`` is written; 0 or more."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            seconds = parse_duration(text) / 1000
+        except InvalidDuration as exc:
+            raise argparse.ArgumentTypeError(
+                f"expected seconds, or a duration with a unit such as 7d: {exc}"
+            ) from None
+    if not 0 <= seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"expected 0 or more seconds, got {text!r}")
+    return seconds
 
 
 def _number_of_seconds(text: str) -> float:
@@ -191,6 +209,16 @@ def _common_options() -> argparse.ArgumentParser:
         type=_grace_seconds,
         default=60.0,
         help="how long past expires_at the sweep waits for the real tombstone (default: %(default)s)",
+    )
+    store.add_argument(
+        "--marker-grace",
+        metavar="SECONDS",
+        type=_marker_grace,
+        help="how long the store remembers a deleted record (its deletion marker, so that a "
+        "late stamp of it is not written back) after the later of its deletion and the "
+        "expiry the deleted life had, counted from what the sink has read; seconds, or a "
+        "duration such as 7d (default: the config file's [service] marker_grace, as the "
+        "service keeps its own markers, else 7 days)",
     )
     store.add_argument(
         "--archive-required",
@@ -308,6 +336,12 @@ def build_sink(
         key_templates=templates,
         sweep_interval_s=args.sweep_interval,
         sweep_grace_s=args.sweep_grace,
+        # The service's grace unless told otherwise: its markers and the store's go alike.
+        marker_grace_s=(
+            service_config.marker_grace_ms / 1000
+            if args.marker_grace is None
+            else args.marker_grace
+        ),
         holds_topic=args.holds_topic or topics.holds,
         # What the service waits for, the sweep waits for: see SinkConfig.archive_group.
         archive_group=(

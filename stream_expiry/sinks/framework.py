@@ -83,7 +83,7 @@ if TYPE_CHECKING:
     from stream_expiry.key_template import KeyTemplate
     from stream_expiry.model import Identity
     from stream_expiry.sinks._logic import Plan
-    from stream_expiry.sinks.store import Store, SweepPosition
+    from stream_expiry.sinks.store import PrunePosition, Store, SweepPosition
 
 __all__ = ["BatchReport", "Sink", "SinkConfig", "run_sink", "wall_clock_ms"]
 
@@ -100,6 +100,7 @@ METRICS: Final = (
     "stale_total",
     "deleted_total",
     "swept_total",
+    "markers_pruned_total",
     "receipts_total",
     "published_total",
     "compacted_nulls_total",
@@ -111,6 +112,12 @@ METRICS: Final = (
 RETRY_S: Final = 1.0  # a broker or store that does not answer is tried again this often
 # How often, at most, the sink says again that its sweep waits for it to catch up.
 SWEEP_WAIT_SAID_EVERY_S: Final = 60.0
+# How long a deletion marker outlives its settling: the service's default
+# ``[service] marker_grace`` (``stream-expiry sink`` takes the configured one).
+DEFAULT_MARKER_GRACE_S: Final = 7 * 24 * 3600.0
+# The share of a page of markers forgotten that has the sink prune the next page at once
+# (see Sink.prune_once).
+_PRUNE_AGAIN_SHARE: Final = 0.1
 # Messages decoded between two yields to the event loop while a store transaction runs:
 # small enough that the transaction resumes within a few milliseconds of its database.
 _DECODE_SLICE: Final = 500
@@ -168,6 +175,13 @@ class SinkConfig:
     keeps sparing what it matched for ``sweep_grace_s`` more: its records' tombstones
     are on their way from the service, and they carry the rule, not ``sweep``.
 
+    ``marker_grace_s``: how long past its settling the store remembers a deletion (rule 7
+    of :mod:`~stream_expiry.sinks._logic`), counted, as the sweep's grace is, from the
+    read-complete time; every ``prune_interval_s`` the sink looks at the next
+    ``prune_limit`` markers along the primary key and forgets those past it (again at
+    once while a tenth of a page or more goes: see :meth:`Sink.prune_once`), whether
+    the sweep is on or not.
+
     ``archive_group`` (``[archive] required`` in the service's config): the archive's
     consumer group. The service tombstones no record (``ttl``) before that group has
     committed past the record's latest stamp on ``stamped_topic``; the sweep, standing in
@@ -187,6 +201,9 @@ class SinkConfig:
     sweep_interval_s: float | None = None
     sweep_grace_s: float = 60.0
     sweep_limit: int = 10_000
+    marker_grace_s: float = DEFAULT_MARKER_GRACE_S
+    prune_interval_s: float = 60.0
+    prune_limit: int = 10_000
     holds_topic: str | None = DEFAULT_HOLDS
     archive_group: str | None = None
     # Messages per store transaction at most (fewer when fewer wait): through Kafka, 5,000
@@ -285,6 +302,9 @@ class Sink:
         self._archive_reader: AIOKafkaConsumer | None = None
         self._archive_said_at: float | None = None
         self._sweep_from: SweepPosition | None = None
+        # Where the rolling scan of deletion markers goes on (see prune_once); a restart
+        # starts it from the first marker again.
+        self._prune_from: PrunePosition | None = None
         # The read-complete time W (see :meth:`read_complete_ms`), the request of end
         # offsets that may move it on, the partitions both were made for, and when the
         # sink last said that its sweep waits for W.
@@ -400,7 +420,7 @@ class Sink:
         self, stop: anyio.Event, prod: AIOKafkaProducer, cons: AIOKafkaConsumer
     ) -> None:
         cfg = self.config
-        next_sweep = time.monotonic()
+        next_sweep = next_prune = time.monotonic()
         broker = _Outage("broker", self.metrics, "broker_errors_total")
         store = _Outage("store", self.metrics, "store_errors_total")
         while not stop.is_set():
@@ -424,10 +444,16 @@ class Sink:
                     if self._acked:
                         await self._mark_acked()
                     await self.store.idle()
-                if cfg.sweep_interval_s is not None and time.monotonic() >= next_sweep:
-                    read_to = await self.read_complete_ms(cons)
+                sweep_every = cfg.sweep_interval_s
+                sweep = sweep_every is not None and time.monotonic() >= next_sweep
+                prune = time.monotonic() >= next_prune
+                read_to = await self.read_complete_ms(cons) if sweep or prune else None
+                if sweep and sweep_every is not None:
                     full = read_to is not None and await self.sweep_once(prod, read_to_ms=read_to)
-                    next_sweep = time.monotonic() + (0 if full else cfg.sweep_interval_s)
+                    next_sweep = time.monotonic() + (0 if full else sweep_every)
+                if prune:
+                    more = read_to is not None and await self.prune_once(read_to_ms=read_to)
+                    next_prune = time.monotonic() + (0 if more else cfg.prune_interval_s)
             except (BrokerUnavailableError, StoreUnavailableError) as exc:
                 # Broker: the store holds every applied batch and its receipts wait in the
                 # outbox; offsets not committed are read again. Store: the batch that was not
@@ -781,8 +807,10 @@ class Sink:
         ):
             self._wait_said_at = time.monotonic()
             log.info(
-                "the sweep waits until the sink has caught up with %s and %s (%s): it "
+                "%s waits until the sink has caught up with %s and %s (%s): it "
                 "judges rows only by what the store has applied",
+                "the sweep" if cfg.sweep_interval_s is not None
+                else "forgetting deleted records' markers",
                 cfg.stamped_topic, cfg.tombstones_topic,
                 "no partitions known yet" if behind is None else f"{behind} messages behind",
             )  # fmt: skip
@@ -852,6 +880,38 @@ class Sink:
             await self._publish(prod, out.receipts, living=out.living)
             self._report("sweep", out, 0, 0)
         return page.more
+
+    async def prune_once(self, *, read_to_ms: int) -> bool:
+        """Look at the next page of deletion markers and forget those past their grace;
+        True when the sink should look at the next page at once.
+
+        ``read_to_ms`` is the read-complete time W (:meth:`read_complete_ms`), as for the
+        sweep: a marker goes once it settled ``marker_grace_s`` before W, so a sink that
+        was stopped, or lags on one of its topics, first applies every stamp the service
+        wrote before the deletion (rule 7 of :mod:`~stream_expiry.sinks._logic`).
+
+        The pages roll along the primary key (:meth:`Store.prune`), so a marker is
+        forgotten at most a round of the table after its grace. One page per
+        ``prune_interval_s`` is cheap but slow for a large table; so the next page comes
+        at once while a tenth or more of a page went (:data:`_PRUNE_AGAIN_SHARE`): a
+        backlog (an old store's first run, a sink that was stopped) goes at the
+        database's pace, and under a steady flow of deletions the rounds shorten until
+        about a tenth of the grace, at no more than ten markers read per marker
+        forgotten.
+        """
+        cfg = self.config
+        before = read_to_ms - int(cfg.marker_grace_s * 1000)
+        page = await self.store.prune(
+            settled_before_ms=before, limit=cfg.prune_limit, after=self._prune_from
+        )
+        self._prune_from = page.next_from
+        if page.forgotten:
+            self.metrics["markers_pruned_total"] += page.forgotten
+            log.debug(
+                "store %s forgot %d deletion markers settled before %d ms",
+                self.store.name, page.forgotten, before,
+            )  # fmt: skip
+        return page.forgotten >= cfg.prune_limit * _PRUNE_AGAIN_SHARE
 
     async def _archived(self) -> dict[int, int] | None:
         """The archive group's committed offset per partition of the stamped topic (a

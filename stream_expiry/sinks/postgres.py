@@ -65,6 +65,7 @@ from stream_expiry.sinks._messages import (
 )
 from stream_expiry.sinks.dsn import as_uri, hide_secrets, is_local, redact
 from stream_expiry.sinks.store import (
+    PrunePage,
     Store,
     StoreTransaction,
     StoreUnavailableError,
@@ -77,7 +78,7 @@ if TYPE_CHECKING:
 
     import asyncpg
 
-    from stream_expiry.sinks.store import SweepPosition
+    from stream_expiry.sinks.store import PrunePosition, SweepPosition
 
 __all__ = ["DEFAULT_DSN", "DEFAULT_PARALLEL", "PostgresStore"]
 
@@ -127,11 +128,15 @@ _ROW_COLS_NO_DATA: Final = _ROW_COLS.replace(" data,", " NULL::text,")
 _TAKEN_COLS: Final = ", ".join(
     f"r.{c}" if c != "data" else "NULL::text" for c in _ROW_COLS.split(", ")
 )
-_MARKER_COLS: Final = f"{_KEY}, deleted_before, last_life, deleted_at, pending, pending_since"
+_MARKER_COLS: Final = (
+    f"{_KEY}, deleted_before, last_life, deleted_at, pending, pending_since, settled_at"
+)
 _ROWS_FROM_JSON: Final = _from_json(
     *_KEY_TYPES, "bigint", "bigint", "bigint", "text", "text", "bigint", "integer", "bigint"
 )
-_MARKERS_FROM_JSON: Final = _from_json(*_KEY_TYPES, "bigint", "bigint", "bigint", "text", "bigint")
+_MARKERS_FROM_JSON: Final = _from_json(
+    *_KEY_TYPES, "bigint", "bigint", "bigint", "text", "bigint", "bigint"
+)
 _RECEIPTS_FROM_JSON: Final = _from_json(
     "text", "text", *_KEY_TYPES, "text", "integer", "bigint", "bigint", "bigint", "text",
     "bigint", "bigint",
@@ -215,13 +220,27 @@ CREATE TABLE IF NOT EXISTS {deletions} (
     env text COLLATE "C" NOT NULL, category text COLLATE "C" NOT NULL,
     record_id text COLLATE "C" NOT NULL,
     deleted_before bigint NOT NULL, last_life bigint, deleted_at bigint NOT NULL,
-    pending text, pending_since bigint,
+    pending text, pending_since bigint, settled_at bigint,
     PRIMARY KEY (org, bot, env, category, record_id)
 );
 ALTER TABLE {deletions} ADD COLUMN IF NOT EXISTS pending text,
     ADD COLUMN IF NOT EXISTS pending_since bigint;
 CREATE INDEX IF NOT EXISTS {idx_pending} ON {deletions} (pending_since)
     WHERE pending_since IS NOT NULL;
+DO $settle$
+BEGIN
+    -- Markers of a version that did not keep settled_at start it at their last change
+    -- (see sqlite.py's _settle_old_markers), once: as the column is added.
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{deletions}'::regclass
+                   AND attname = 'settled_at' AND NOT attisdropped) THEN
+        ALTER TABLE {deletions} ADD COLUMN settled_at bigint;
+        UPDATE {deletions} SET settled_at = deleted_at;
+    END IF;
+END
+$settle$;
+-- An unreleased version pruned through this partial index; it slowed every deletion,
+-- and pruning reads the primary key instead.
+DROP INDEX IF EXISTS {s}.{idx_settled};
 CREATE TABLE IF NOT EXISTS {receipts} (
     seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     receipt_id text COLLATE "C" NOT NULL UNIQUE, store text NOT NULL,
@@ -257,6 +276,41 @@ CREATE OR REPLACE TRIGGER {trigger_truncate}
 """
 
 
+def prune_sql(n: _Names, *, after: bool) -> str:
+    """The statement that looks at a page of markers and forgets those
+    :func:`~stream_expiry.sinks._logic.prunable` lets go ($1: the settling bound, $2: the
+    page size, $3 to $7: the identity the page starts after, unless it is the first);
+    it returns how many went, how many it looked at, and the page's last identity.
+
+    The page is the next ``$2`` rows in the primary key's order, read from the key (the
+    ``LIMIT`` keeps it there: a range of the key alone, PostgreSQL judged by its first
+    column only and read the whole table), and chosen once (``MATERIALIZED``): as a
+    subquery of the ``DELETE`` a page was scanned again for each row, found the rows the
+    statement had deleted locked, skipped them, and took the next ones (a page of 1
+    deleted 2). Its prunable markers are then found by their place in the table
+    (``ctid``), not by a join on the key (PostgreSQL, expecting few, joined them by
+    scanning the whole table), and locked, passing over those another transaction holds
+    (a batch about to change them, a second sink instance pruning): none waits for the
+    other. Locked, each is checked again as it is then: one that got a pending deletion
+    meanwhile, or moved, stays, and is looked at again on the next round."""
+    start = f"WHERE ({_KEY}) > ($3, $4, $5, $6, $7) " if after else ""
+    d = n.deletions
+    return (
+        f"WITH page AS MATERIALIZED (SELECT ctid AS at, {_KEY}, "
+        f"pending IS NULL AND settled_at <= $1 AS gone FROM {d} {start}"
+        f"ORDER BY {_KEY} LIMIT $2), "
+        f"doomed AS MATERIALIZED (SELECT ctid FROM {d} "
+        "WHERE ctid = ANY(ARRAY(SELECT at FROM page WHERE gone)) "
+        "AND pending IS NULL AND settled_at <= $1 FOR UPDATE SKIP LOCKED), "
+        f"forgotten AS (DELETE FROM {d} WHERE ctid = ANY(ARRAY(SELECT ctid FROM doomed)) "
+        "RETURNING 1) "
+        "SELECT (SELECT count(*) FROM forgotten), (SELECT count(*) FROM page), l.* "
+        f"FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT {_KEY} FROM page "
+        "ORDER BY org DESC, bot DESC, env DESC, category DESC, record_id DESC LIMIT 1) "
+        "AS l ON true"
+    )
+
+
 def _keys(idents: Iterable[Identity]) -> str:
     return _json(i.parts() for i in idents)
 
@@ -266,7 +320,7 @@ def _row(r: Any, ident: Identity | None = None) -> Row:
 
 
 def _marker(r: Any, ident: Identity | None = None) -> Marker:
-    return Marker(ident or Identity(*r[:5]), r[5], r[6], r[7], decode_pending(r[8]))
+    return Marker(ident or Identity(*r[:5]), r[5], r[6], r[7], decode_pending(r[8]), r[10])
 
 
 def _receipt(r: Any) -> Receipt:
@@ -311,6 +365,7 @@ class _Names:
             "idx_expiry": f'"{p}records_by_expiry"',
             "idx_unpublished": f'"{p}receipts_unpublished"',
             "idx_pending": f'"{p}deletions_pending"',
+            "idx_settled": f'"{p}deletions_settled"',
             "fn": self._q("receipts_append_only"),
             "trigger": f'"{p}receipts_append_only"',
             "trigger_truncate": f'"{p}receipts_no_truncate"',
@@ -417,10 +472,11 @@ class _PostgresTx(StoreTransaction):
                 f"INSERT INTO {n.deletions} ({_MARKER_COLS}) {_MARKERS_FROM_JSON} "
                 f"ON CONFLICT ({_KEY}) DO UPDATE SET deleted_before = excluded.deleted_before, "
                 "last_life = excluded.last_life, deleted_at = excluded.deleted_at, "
-                "pending = excluded.pending, pending_since = excluded.pending_since",
+                "pending = excluded.pending, pending_since = excluded.pending_since, "
+                "settled_at = excluded.settled_at",
                 _json(
                     (*m.identity.parts(), m.deleted_before, m.last_life, m.deleted_at,
-                     encode_pending(m.pending), m.pending_since)
+                     encode_pending(m.pending), m.pending_since, m.settled_at)
                     for m in p.markers
                 ),
             )  # fmt: skip
@@ -435,6 +491,15 @@ class _PostgresTx(StoreTransaction):
                     for r in p.receipts
                 ),
             )  # fmt: skip
+
+    async def prune(
+        self, settled_before: int, limit: int, after: PrunePosition | None = None
+    ) -> PrunePage:
+        sql = prune_sql(self._n, after=after is not None)
+        r = await self._c.fetchrow(sql, settled_before, limit, *(after or ()))
+        assert r is not None  # counts: always one row
+        end: PrunePosition = (r[2], r[3], r[4], r[5], r[6])
+        return PrunePage(int(r[0]), end if r[1] >= limit else None)
 
     async def mark_published(self, receipt_ids: Sequence[str], now_ms: int) -> None:
         del now_ms  # the receipts are not rewritten: their entries leave the outbox
@@ -644,6 +709,10 @@ class PostgresStore(Store):
 
     async def count(self) -> int:
         rows = await self._fetch(f"SELECT count(*) FROM {self._n.records}")
+        return int(rows[0][0])
+
+    async def count_markers(self) -> int:
+        rows = await self._fetch(f"SELECT count(*) FROM {self._n.deletions}")
         return int(rows[0][0])
 
     async def drop_schema(self) -> None:

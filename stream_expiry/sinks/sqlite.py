@@ -31,12 +31,18 @@ from stream_expiry.sinks._messages import (
     decode_pending,
     encode_pending,
 )
-from stream_expiry.sinks.store import Store, StoreTransaction, _new_receipt_id, check_identifier
+from stream_expiry.sinks.store import (
+    PrunePage,
+    Store,
+    StoreTransaction,
+    _new_receipt_id,
+    check_identifier,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
 
-    from stream_expiry.sinks.store import SweepPosition
+    from stream_expiry.sinks.store import PrunePosition, SweepPosition
 
 __all__ = ["SQLiteStore"]
 
@@ -51,7 +57,9 @@ _ROW_COLS: Final = (
 )
 # The same columns with NULL for data: a batch without stamps does not read payloads.
 _ROW_COLS_NO_DATA: Final = _ROW_COLS.replace(" data,", " NULL,")
-_MARKER_COLS: Final = f"{_KEY}, deleted_before, last_life, deleted_at, pending, pending_since"
+_MARKER_COLS: Final = (
+    f"{_KEY}, deleted_before, last_life, deleted_at, pending, pending_since, settled_at"
+)
 _RECEIPT_COLS: Final = (
     f"receipt_id, store, {_KEY}, reason, rows_deleted, created_at, expires_at, ttl_seconds, "
     "ttl_source, emitted_at, deleted_at"
@@ -71,7 +79,7 @@ CREATE TABLE IF NOT EXISTS {p}deletions (
     org TEXT NOT NULL, bot TEXT NOT NULL, env TEXT NOT NULL, category TEXT NOT NULL,
     record_id TEXT NOT NULL,
     deleted_before INTEGER NOT NULL, last_life INTEGER, deleted_at INTEGER NOT NULL,
-    pending TEXT, pending_since INTEGER,
+    pending TEXT, pending_since INTEGER, settled_at INTEGER,
     PRIMARY KEY (org, bot, env, category, record_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS {p}deletions_pending ON {p}deletions (pending_since)
@@ -96,7 +104,11 @@ BEGIN SELECT RAISE(ABORT, 'receipts are append-only'); END;
 
 
 # Columns added since the first release, for stores created by it: (table, column, type).
-_ADDED: Final = (("deletions", "pending", "TEXT"), ("deletions", "pending_since", "INTEGER"))
+_ADDED: Final = (
+    ("deletions", "pending", "TEXT"),
+    ("deletions", "pending_since", "INTEGER"),
+    ("deletions", "settled_at", "INTEGER"),
+)
 
 
 def _row(r: Sequence[Any], ident: Identity | None = None) -> Row:
@@ -104,7 +116,7 @@ def _row(r: Sequence[Any], ident: Identity | None = None) -> Row:
 
 
 def _marker(r: Sequence[Any], ident: Identity | None = None) -> Marker:
-    return Marker(ident or Identity(*r[:5]), r[5], r[6], r[7], decode_pending(r[8]))
+    return Marker(ident or Identity(*r[:5]), r[5], r[6], r[7], decode_pending(r[8]), r[10])
 
 
 def _receipt(r: Sequence[Any]) -> Receipt:
@@ -193,10 +205,12 @@ class _SQLiteTx(StoreTransaction):
             )  # fmt: skip
         if p.markers:
             await c.executemany(
-                f"INSERT INTO {t}deletions ({_MARKER_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO {t}deletions ({_MARKER_COLS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 f"ON CONFLICT ({_KEY}) DO UPDATE SET deleted_before = excluded.deleted_before, "
                 "last_life = excluded.last_life, deleted_at = excluded.deleted_at, "
-                "pending = excluded.pending, pending_since = excluded.pending_since",
+                "pending = excluded.pending, pending_since = excluded.pending_since, "
+                "settled_at = excluded.settled_at",
                 [
                     (
                         *m.identity.parts(),
@@ -205,6 +219,7 @@ class _SQLiteTx(StoreTransaction):
                         m.deleted_at,
                         encode_pending(m.pending),
                         m.pending_since,
+                        m.settled_at,
                     )
                     for m in p.markers
                 ],
@@ -216,6 +231,18 @@ class _SQLiteTx(StoreTransaction):
                 [_receipt_params(r) for r in p.receipts],
             )
 
+    async def prune(
+        self, settled_before: int, limit: int, after: PrunePosition | None = None
+    ) -> PrunePage:
+        start = () if after is None else after
+        sql = prune_end_sql(self._p, after=after is not None)
+        async with self._c.execute(sql, (*start, limit - 1)) as cur:
+            last = await cur.fetchone()
+        end: PrunePosition | None = None if last is None else (*last,)
+        sql = prune_sql(self._p, after=after is not None, upto=end is not None)
+        async with self._c.execute(sql, (*start, *(end or ()), settled_before)) as cur:
+            return PrunePage(max(0, cur.rowcount), end)
+
     async def mark_published(self, receipt_ids: Sequence[str], now_ms: int) -> None:
         del now_ms  # the receipts are not rewritten: their entries leave the outbox
         t = self._p
@@ -224,6 +251,39 @@ class _SQLiteTx(StoreTransaction):
             f"WHERE seq = (SELECT seq FROM {t}receipts WHERE receipt_id = ?)",
             [(rid,) for rid in receipt_ids],
         )
+
+
+_AFTER: Final = f"({_KEY}) > (?, ?, ?, ?, ?)"
+_UPTO: Final = f"({_KEY}) <= (?, ?, ?, ?, ?)"
+
+
+def prune_end_sql(prefix: str, *, after: bool) -> str:
+    """The statement that finds the last marker of a page (parameters: the identity the
+    page starts after, unless it is the first; the page size less one), read in the
+    primary key's order from the key itself: no sort, no full scan. No row: the page
+    runs to the end of the table."""
+    where = f"WHERE {_AFTER} " if after else ""
+    return f"SELECT {_KEY} FROM {prefix}deletions {where}ORDER BY {_KEY} LIMIT 1 OFFSET ?"
+
+
+def prune_sql(prefix: str, *, after: bool, upto: bool) -> str:
+    """The statement that forgets the prunable markers of a page (parameters: the
+    identity the page starts after, unless it is the first; its last, unless it runs to
+    the end; the settling bound): a range of the primary key, each row of it checked
+    against :func:`~stream_expiry.sinks._logic.prunable`."""
+    bounds = [*([_AFTER] if after else []), *([_UPTO] if upto else [])]
+    where = " AND ".join([*bounds, "pending IS NULL AND settled_at <= ?"])
+    return f"DELETE FROM {prefix}deletions WHERE {where}"
+
+
+def _settle_old_markers(table: str) -> str:
+    """The statement that gives the markers of an earlier version a ``settled_at``: the
+    time they last changed. They did not keep the expiry of the lives they deleted, so an
+    erasure of a life whose expiry was still to come is forgotten a grace after the
+    erasure, not after that expiry; a stamp of it could come back only if re-delivered
+    that late (the group rewound), and then, as in the service, it lives to its expiry.
+    Kept forever instead, every such marker (millions, for a large platform) stays."""
+    return f"UPDATE {table} SET settled_at = deleted_at WHERE settled_at IS NULL"
 
 
 def _create_private(path: str) -> None:
@@ -319,7 +379,11 @@ class SQLiteStore(Store):
         """Bring a store made by an earlier version up to date, in one transaction: add
         each missing column (SQLite has no ADD COLUMN IF NOT EXISTS), and move receipts
         marked unpublished by a ``published_at`` of NULL into the outbox table (see
-        :class:`SQLiteStore`); ``published_at`` keeps the values it had."""
+        :class:`SQLiteStore`); ``published_at`` keeps the values it had. Markers of a
+        version that did not keep ``settled_at`` start it at their last change
+        (``deleted_at``; see :func:`_settle_old_markers`). The partial index on
+        ``settled_at`` an unreleased version made goes: it slowed every deletion, and
+        pruning reads the primary key instead."""
         p = self.prefix
         await conn.execute("BEGIN IMMEDIATE")
         try:
@@ -329,6 +393,9 @@ class SQLiteStore(Store):
                     have = {r[1] for r in await cur.fetchall()}
                 if have and column not in have:
                     await conn.execute(f"ALTER TABLE {name} ADD COLUMN {column} {kind}")
+                    if column == "settled_at":
+                        await conn.execute(_settle_old_markers(name))
+            await conn.execute(f"DROP INDEX IF EXISTS {p}deletions_settled")
             sql = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?"
             async with conn.execute(sql, (f"{p}receipts_unpublished",)) as cur:
                 before_outbox = await cur.fetchone() is not None
@@ -441,4 +508,8 @@ class SQLiteStore(Store):
 
     async def count(self) -> int:
         rows = await self._fetch(f"SELECT count(*) FROM {self.prefix}records")
+        return int(rows[0][0])
+
+    async def count_markers(self) -> int:
+        rows = await self._fetch(f"SELECT count(*) FROM {self.prefix}deletions")
         return int(rows[0][0])

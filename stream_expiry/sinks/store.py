@@ -1,8 +1,9 @@
 """The one store interface every downstream store implements, and an in-memory store.
 
-A store only has to provide a transaction with three primitives (load the slots of some
-identities, list rows due for the sweep, write a :class:`~stream_expiry.sinks._logic.Plan`)
-and a few reads. :meth:`Store.apply` and :meth:`Store.sweep` are written once, here, on top
+A store only has to provide a transaction with four primitives (load the slots of some
+identities, list rows due for the sweep, write a :class:`~stream_expiry.sinks._logic.Plan`,
+forget the deletion markers of a page that :func:`~stream_expiry.sinks._logic.prunable`
+lets go) and a few reads. :meth:`Store.apply` and :meth:`Store.sweep` are written once, here, on top
 of them: load, decide with the pure :func:`~stream_expiry.sinks._logic.plan`, write, in one
 transaction. That is why the memory, SQLite and PostgreSQL stores cannot drift apart, and
 why one test suite runs over all of them.
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Final, Self
 import anyio
 
 from stream_expiry.errors import ConfigurationError, StoreError, leaves
-from stream_expiry.sinks._logic import Plan, Slot, life, merge_plans, plan
+from stream_expiry.sinks._logic import Plan, Slot, life, merge_plans, plan, prunable
 from stream_expiry.sinks._messages import (
     Change,
     Marker,
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MemoryStore",
+    "PrunePage",
+    "PrunePosition",
     "Store",
     "StoreTransaction",
     "StoreUnavailableError",
@@ -78,6 +81,22 @@ class SweepPage:
     next_from: SweepPosition | None
     #: Whether rows or pending deletions were left for a next page at once.
     more: bool
+
+
+#: Where a pruning page ended: the last marker it looked at, by its identity's five parts
+#: (the deletions table's primary key, compared by code point).
+PrunePosition = tuple[str, str, str, str, str]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PrunePage:
+    """What one call of :meth:`Store.prune` did, and where the next should start."""
+
+    #: Markers of the page that went.
+    forgotten: int
+    #: The position to pass as ``after`` next time; None once the page reached the last
+    #: marker (the next page starts from the first again).
+    next_from: PrunePosition | None
 
 
 # Changes a batch must hold per transaction before it is split: below this, a second
@@ -176,6 +195,17 @@ class StoreTransaction(abc.ABC):
     @abc.abstractmethod
     async def write(self, p: Plan) -> None:
         """Write the plan's upserts, deletes, markers and receipts (receipts unpublished)."""
+
+    @abc.abstractmethod
+    async def prune(
+        self, settled_before: int, limit: int, after: PrunePosition | None = None
+    ) -> PrunePage:
+        """Look at the next ``limit`` markers in the primary key's order, from just after
+        ``after`` (the first when None), and delete those of them that
+        :func:`~stream_expiry.sinks._logic.prunable` lets go. Read along the primary key,
+        a page costs ``limit`` rows whatever the table holds, and no index of its own
+        slows down each deletion's marker write (a partial index on ``settled_at`` cost
+        every deletion 15-20 %)."""
 
     @abc.abstractmethod
     async def mark_published(self, receipt_ids: Sequence[str], now_ms: int) -> None:
@@ -367,6 +397,24 @@ class Store(abc.ABC):
         next_from = (rows[-1][0], rows[-1][1].parts()) if len(rows) >= limit else None
         return SweepPage(out, next_from, more=next_from is not None or len(idents) > limit)
 
+    async def prune(
+        self,
+        *,
+        settled_before_ms: int,
+        limit: int = 10_000,
+        after: PrunePosition | None = None,
+    ) -> PrunePage:
+        """Look at the next ``limit`` deletion markers, from just after ``after``, and
+        forget those settled at or before ``settled_before_ms`` with nothing pending
+        (rule 7 of :mod:`~stream_expiry.sinks._logic`), in one transaction.
+
+        A rolling scan: the caller passes each page's :attr:`PrunePage.next_from` to the
+        next, so every marker is looked at once per (markers / ``limit``) pages, and a
+        page costs the same at a thousand markers or a hundred million.
+        """
+        async with self.transaction() as tx:
+            return await tx.prune(settled_before_ms, limit, after)
+
     @abc.abstractmethod
     async def pending_receipts(self, limit: int = 1000) -> list[Receipt]:
         """Receipts not yet marked published, oldest first (the outbox)."""
@@ -392,6 +440,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def count(self) -> int:
         """How many rows the store holds."""
+
+    @abc.abstractmethod
+    async def count_markers(self) -> int:
+        """How many deletion markers the store holds (what it remembers of deleted lives)."""
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -429,6 +481,7 @@ class _MemoryTx(StoreTransaction):
         # Staged writes: applied to the store only on commit, as a database would.
         self._plans: list[Plan] = []
         self._published: list[tuple[str, int]] = []
+        self._forgotten: list[Identity] = []
 
     async def load(
         self, identities: Sequence[Identity], *, data: bool = True
@@ -458,6 +511,17 @@ class _MemoryTx(StoreTransaction):
     async def write(self, p: Plan) -> None:
         self._plans.append(p)
 
+    async def prune(
+        self, settled_before: int, limit: int, after: PrunePosition | None = None
+    ) -> PrunePage:
+        page = sorted(
+            (m for m in self._s.markers.values() if after is None or m.identity.parts() > after),
+            key=lambda m: m.identity.parts(),
+        )[:limit]
+        gone = [m.identity for m in page if prunable(m, settled_before)]
+        self._forgotten.extend(gone)
+        return PrunePage(len(gone), page[-1].identity.parts() if len(page) >= limit else None)
+
     async def mark_published(self, receipt_ids: Sequence[str], now_ms: int) -> None:
         self._published.extend((rid, now_ms) for rid in receipt_ids)
 
@@ -473,6 +537,8 @@ class _MemoryTx(StoreTransaction):
             for m in p.markers:
                 s.markers[m.identity] = m
             s.outbox.extend(p.receipts)
+        for ident in self._forgotten:
+            del s.markers[ident]
 
 
 class MemoryStore(Store):
@@ -516,3 +582,6 @@ class MemoryStore(Store):
 
     async def count(self) -> int:
         return len(self.rows)
+
+    async def count_markers(self) -> int:
+        return len(self.markers)

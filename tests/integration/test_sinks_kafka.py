@@ -22,7 +22,7 @@ import pytest_asyncio
 
 from stream_expiry.holds import Hold, encode_hold
 from stream_expiry.kafka import ensure_topics
-from stream_expiry.sinks._messages import decode_stamped
+from stream_expiry.sinks._messages import NullChange, decode_stamped, decode_tombstone
 from stream_expiry.sinks.framework import wall_clock_ms
 from stream_expiry.sinks.postgres import PostgresStore
 from stream_expiry.sinks.sqlite import SQLiteStore
@@ -271,6 +271,46 @@ async def test_the_sweep_judges_rows_only_by_what_the_sink_has_read(
     assert row.expires_at == touched.expires_at
     reasons = {r.identity.record_id: r.reason for r in await store.receipts()}
     assert reasons == {"tombstoned": "ttl", "forgotten": "sweep"}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(["sqlite", "postgres"]), indirect=True)
+async def test_the_sink_forgets_settled_markers_once_it_has_read_what_came_before(
+    broker: str, topics: TopicSet, store: Store
+) -> None:
+    """The sweep off, as by default: the sink still forgets deletion markers a grace
+    after they settled, judged, as the sweep is, by what it has read. An earlier run
+    deleted a record long ago; a stamp of that life waits behind a backlog (a lagging
+    partition). Judged by the clock, the marker went before the stamp was read, and the
+    stamp wrote the deleted row back. A deletion still waiting for its tombstone event
+    is never forgotten."""
+    now = wall_clock_ms()
+    old = stamp(ident("old"), created_at=now - 3 * HOUR, ttl_ms=HOUR)
+    waiting = stamp(ident("waiting"), created_at=now - 3 * HOUR, ttl_ms=HOUR)
+    earlier = [
+        decode_stamped(*stamped_msg(s), partition=9, offset=n) for n, s in enumerate([old, waiting])
+    ]
+    await store.apply(earlier, now_ms=now - 2 * HOUR)
+    await store.apply(
+        [decode_tombstone(*tombstone_msg(old)), NullChange(waiting.identity, 9, 2)],
+        now_ms=now - 2 * HOUR,
+    )
+    backlog = [stamp(ident(f"b{n}"), created_at=now, ttl_ms=HOUR) for n in range(3000)]
+    await produce(broker, topics.stamped, [*map(stamped_msg, backlog), stamped_msg(old)])
+    config = sink_config(broker, topics, marker_grace_s=60, prune_interval_s=0.05, batch_size=100)
+    async with running_sink(store, config) as sink:
+        await wait_until(_metric(sink.metrics, "markers_pruned_total", 1), what="the pruning")
+        await wait_until(
+            _metric(sink.metrics, "messages_total", len(backlog) + 1), what="every message"
+        )
+        assert sink.metrics["stale_total"] == 1
+        assert sink.metrics["markers_pruned_total"] == 1
+    assert await store.get(old.identity) is None
+    assert await store.marker(old.identity) is None
+    marker = await store.marker(waiting.identity)
+    assert marker is not None
+    assert marker.pending
+    assert await store.count_markers() == 1
 
 
 @pytest.mark.asyncio

@@ -27,7 +27,10 @@ from stream_expiry.sinks._messages import (
     decode_tombstone,
 )
 from stream_expiry.sinks.postgres import MAX_KEY_BYTES, PostgresStore
+from stream_expiry.sinks.postgres import prune_sql as postgres_prune_sql
 from stream_expiry.sinks.sqlite import SQLiteStore
+from stream_expiry.sinks.sqlite import prune_end_sql as sqlite_prune_end_sql
+from stream_expiry.sinks.sqlite import prune_sql as sqlite_prune_sql
 from stream_expiry.sinks.store import MemoryStore, Store, SweepPosition
 from tests.integration.sink_helpers import (
     MINUTE,
@@ -77,6 +80,17 @@ def put(s: Stamp, data: Any = None, offset: int | None = None) -> Change:
 def kill(s: Stamp, reason: str = "ttl", emitted_at: int | None = None) -> Change:
     key, value = tombstone_msg(s, reason=reason, emitted_at=emitted_at)
     return decode_tombstone(key, value)
+
+
+async def prune_round(store: Store, *, settled_before_ms: int, limit: int = 10) -> int:
+    """One round of the rolling scan, from the first marker to the last, in pages of
+    ``limit``: how many markers it forgot."""
+    gone, after = 0, None
+    while True:
+        page = await store.prune(settled_before_ms=settled_before_ms, limit=limit, after=after)
+        gone += page.forgotten
+        if (after := page.next_from) is None:
+            return gone
 
 
 @pytest.mark.asyncio
@@ -364,6 +378,135 @@ async def test_the_sweep_spares_rows_and_pages_past_them_in_the_stores_own_order
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_markers_are_forgotten_a_grace_after_they_settle_never_while_pending(
+    store: Store,
+) -> None:
+    """A marker settles at the later of its deletion and the deleted life's expiry (an
+    erasure ends a life early); pruning looks at a page of markers at a time along the
+    primary key, takes those of it settled by the bound, and never one whose deletion
+    still waits for its tombstone event."""
+    done = stamp(ident("done"))  # expires at T0 + 10 min, deleted later
+    erased = stamp(ident("erased"), ttl_ms=60 * MINUTE)  # erased before its expiry
+    waiting = stamp(ident("waiting"))  # deleted by a null; its tombstone has not come
+    late = stamp(ident("late"))  # deleted after the others
+    at = T0 + 20 * MINUTE
+    await store.apply(
+        [put(s, offset=n) for n, s in enumerate([done, erased, waiting, late])], now_ms=T0
+    )
+    await store.apply(
+        [kill(done), kill(erased, "explicit", emitted_at=at), NullChange(waiting.identity, 0, 9)],
+        now_ms=at,
+    )
+    await store.apply([kill(late)], now_ms=at + 1)
+    assert await store.count_markers() == 4
+    assert await prune_round(store, settled_before_ms=at - 1) == 0
+    # Pages of one, in the key's order: done, erased, late, waiting, then the end.
+    pages, after = [], None
+    for _ in range(5):
+        page = await store.prune(settled_before_ms=at + 1, limit=1, after=after)
+        pages.append((page.forgotten, page.next_from and page.next_from[-1]))
+        after = page.next_from
+    assert pages == [(1, "done"), (0, "erased"), (1, "late"), (0, "waiting"), (0, None)]
+    assert [await store.marker(s.identity) is None for s in (done, erased, waiting, late)] == [
+        True, False, False, True,
+    ]  # fmt: skip
+    assert await prune_round(store, settled_before_ms=T0 + 60 * MINUTE - 1) == 0
+    assert await prune_round(store, settled_before_ms=T0 + 60 * MINUTE) == 1
+    assert await prune_round(store, settled_before_ms=2**62) == 0  # waiting stays
+    marker = await store.marker(waiting.identity)
+    assert marker is not None
+    assert marker.pending
+    # Its tombstone, however late, still finds the deletion and writes its receipt.
+    out = await store.apply([kill(waiting, "explicit", emitted_at=at)], now_ms=at + 2)
+    assert [(r.reason, r.rows_deleted, r.deleted_at) for r in out.receipts] == [("explicit", 1, at)]
+    assert await prune_round(store, settled_before_ms=at + 2) == 1
+    assert await store.count_markers() == 0
+    assert len(await store.receipts()) == 4  # receipts are evidence: never pruned
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_a_late_stamp_of_a_forgotten_life_is_due_at_once_or_lives_as_the_service_has_it(
+    store: Store,
+) -> None:
+    """Within the grace a late stamp of a deleted life is not written. After it, a life
+    that had an expiry is a grace past it: written again, the sweep deletes it at once
+    (and the service, which follows each stamp of a due life with its tombstone). A life
+    that never expires is taken as live, as the service takes a re-delivered create a
+    grace after its erasure: the store holds what the service holds."""
+    grace = 7 * 24 * 60 * MINUTE
+    expiring = stamp(ident("expiring"))
+    forever = stamp(ident("forever", category="contact_profile"), ttl_ms=None)
+    await store.apply([put(expiring, offset=0), put(forever, offset=1)], now_ms=T0)
+    await store.apply([kill(expiring), kill(forever, "explicit", emitted_at=T0 + 1)], now_ms=T0 + 2)
+    within = await store.apply([put(expiring, offset=2), put(forever, offset=3)], now_ms=T0 + grace)
+    assert (within.stale, within.written) == (2, 0)
+    settled = T0 + 10 * MINUTE  # the expiring life's expiry, later than both deletions
+    now = settled + grace  # what the sink has read
+    assert await prune_round(store, settled_before_ms=T0 + 1) == 0  # both deleted at T0 + 2
+    assert await prune_round(store, settled_before_ms=now - grace) == 2
+    after = await store.apply([put(expiring, offset=4), put(forever, offset=5)], now_ms=now)
+    assert (after.stale, after.written) == (0, 2)
+    page = await store.sweep(cutoff_ms=now - MINUTE, now_ms=now, limit=10)
+    assert [(r.identity, r.reason) for r in page.plan.receipts] == [(expiring.identity, "sweep")]
+    assert await store.get(expiring.identity) is None
+    assert await store.get(forever.identity) is not None
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_the_deletions_table_falls_back_to_what_live_records_need(store: Store) -> None:
+    """Many creates and deletions, in every order, then pruning with a short grace: of a
+    marker per record (three deleted lives each), what is left is the markers settled
+    within the grace and those still waiting for their tombstone event; rows and receipts
+    are untouched."""
+    rng = random.Random(20260301)
+    ids = [ident(f"n{n}", org=rng.choice(["a", "b"])) for n in range(300)]
+    offset = 0
+    for lives in range(4):
+        created = T0 + lives * 30 * MINUTE
+        lifes = [stamp(i, created_at=created, ttl_ms=rng.randint(1, 20) * MINUTE) for i in ids]
+        await store.apply([put(s, offset=offset + n) for n, s in enumerate(lifes)], now_ms=created)
+        offset += len(lifes)
+        if lives == 3:
+            break  # the last lives live on, for now
+        batch: list[Change] = []
+        for s in lifes:
+            roll = rng.random()
+            if roll < 0.4:
+                batch.append(kill(s))
+            elif roll < 0.8:
+                batch += [
+                    NullChange(s.identity, 0, offset),
+                    kill(s, "explicit", emitted_at=created),
+                ]
+                offset += 1
+            else:  # the tombstone first, its null after it
+                batch += [kill(s), NullChange(s.identity, 0, offset)]
+                offset += 1
+        await store.apply(batch, now_ms=created + 25 * MINUTE)  # settled by then
+    assert await store.count_markers() == len(ids)
+    # Later, some of the last lives are erased, and some deleted by a null alone.
+    shuffled = rng.sample(ids, len(ids))
+    recent, waiting = shuffled[:30], shuffled[30:60]
+    later = T0 + 150 * MINUTE
+    last = stamp(ids[0], created_at=T0 + 90 * MINUTE)  # any: an erasure names no life here
+    erasures = [kill(last._replace(identity=i), "explicit", emitted_at=later) for i in recent]
+    nulls = [NullChange(i, 0, offset + n) for n, i in enumerate(waiting)]
+    await store.apply([*erasures, *nulls], now_ms=later)
+    receipts = len(await store.receipts())
+    grace = 60 * MINUTE
+    read_to = T0 + 200 * MINUTE  # what the sink has read: the history is a grace behind
+    gone = await prune_round(store, settled_before_ms=read_to - grace, limit=64)
+    assert gone == len(ids) - len(recent) - len(waiting)
+    assert await store.count_markers() == len(recent) + len(waiting)
+    assert all([await store.marker(i) is not None for i in recent + waiting])
+    assert await store.count() == len(ids) - len(recent) - len(waiting)
+    assert len(await store.receipts()) == receipts
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
 async def test_receipts_are_an_outbox_until_published(store: Store) -> None:
     stamps = [stamp(ident(f"o{n}")) for n in range(3)]
     await store.apply([put(s) for s in stamps] + [kill(s) for s in stamps], now_ms=T0)
@@ -535,10 +678,16 @@ async def _random_batches_match_the_reference(
             y = await reference.sweep(cutoff_ms=now, now_ms=now, limit=5)
             assert [r.identity for r in x.plan.receipts] == [r.identity for r in y.plan.receipts]
             assert x.next_from == y.next_from
+        if step % 5 == 4:  # forget what settled a few minutes ago, as the memory store does
+            bound = now - 3 * MINUTE
+            assert await prune_round(store, settled_before_ms=bound, limit=7) == (
+                await prune_round(reference, settled_before_ms=bound, limit=7)
+            ), step
     for i in ids:
         assert await store.get(i) == await reference.get(i), i
         assert await store.marker(i) == await reference.marker(i), i
     assert await store.count() == await reference.count()
+    assert await store.count_markers() == await reference.count_markers()
     assert len(await store.receipts()) == len(await reference.receipts())
 
 
@@ -629,9 +778,13 @@ async def test_a_store_made_before_pending_deletions_is_brought_up_to_date(store
         await conn.execute(f"DROP INDEX {p}deletions_pending")
         await conn.execute(f"ALTER TABLE {p}deletions DROP COLUMN pending")
         await conn.execute(f"ALTER TABLE {p}deletions DROP COLUMN pending_since")
+        await conn.execute(f"ALTER TABLE {p}deletions DROP COLUMN settled_at")
     else:
         table = store._n.deletions  # type: ignore[attr-defined]
-        await conn.execute(f"ALTER TABLE {table} DROP COLUMN pending, DROP COLUMN pending_since")
+        await conn.execute(
+            f"ALTER TABLE {table} DROP COLUMN pending, DROP COLUMN pending_since, "
+            "DROP COLUMN settled_at"
+        )
     await store.close()
     await store.open()
     s = stamp(ident("old-store"))
@@ -640,6 +793,115 @@ async def test_a_store_made_before_pending_deletions_is_brought_up_to_date(store
     assert [(r.reason, r.rows_deleted, r.deleted_at) for r in await store.receipts()] == [
         ("explicit", 1, T0)
     ]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(SQL_KINDS), indirect=True)
+async def test_a_store_made_before_markers_settled_is_brought_up_to_date(store: Store) -> None:
+    """Markers of a version that did not keep ``settled_at`` get their last change as
+    their settling when the store opens, so history already there is forgotten too."""
+    old = [stamp(ident(f"old{n}")) for n in range(3)]
+    await store.apply([put(s, offset=n) for n, s in enumerate(old)], now_ms=T0)
+    await store.apply([kill(s) for s in old], now_ms=T0 + 1)
+    conn: Any = getattr(store, "_conn", None) or store._pool  # type: ignore[attr-defined]
+    if isinstance(store, SQLiteStore):
+        await conn.execute(f"ALTER TABLE {store.prefix}deletions DROP COLUMN settled_at")
+    else:
+        n = store._n  # type: ignore[attr-defined]
+        await conn.execute(f"ALTER TABLE {n.deletions} DROP COLUMN settled_at")
+    await store.close()
+    await store.open()
+    marker = await store.marker(old[0].identity)
+    assert marker is not None
+    assert marker.settled_at == marker.deleted_at == T0 + 1
+    await store.close()
+    await store.open()  # once: a second opening changes nothing
+    assert await prune_round(store, settled_before_ms=T0) == 0
+    assert await prune_round(store, settled_before_ms=T0 + 1) == 3
+    assert await store.count_markers() == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(SQL_KINDS), indirect=True)
+async def test_a_pruning_page_is_read_along_the_primary_key_not_the_whole_table(
+    store: Store,
+) -> None:
+    """A page of markers is a range of the primary key after the last page's end: its
+    cost does not grow with the history kept, and no index of its own slows down every
+    deletion's marker write. Every statement of a page (SQLite: its end, then its
+    deletion; PostgreSQL: one) reads the key in its order, never the whole table, for
+    the first, a middle and the last page."""
+    many = [stamp(ident(f"m{n}")) for n in range(2000)]
+    await store.apply([kill(s) for s in many], now_ms=T0)
+    keys = sorted(s.identity.parts() for s in many)
+    start, end = keys[100], keys[199]  # a page of 100 of the 2,000
+    conn: Any = getattr(store, "_conn", None) or store._pool  # type: ignore[attr-defined]
+    if isinstance(store, SQLiteStore):
+        p = store.prefix
+        await conn.execute(f"ANALYZE {p}deletions")
+        statements = [
+            (sqlite_prune_end_sql(p, after=True), (*start, 99)),
+            (sqlite_prune_sql(p, after=True, upto=True), (*start, *end, T0)),
+            (sqlite_prune_sql(p, after=False, upto=True), (*end, T0)),
+            (sqlite_prune_sql(p, after=True, upto=False), (*keys[-100], T0)),
+        ]
+        plans = []
+        for sql, args in statements:
+            async with conn.execute(f"EXPLAIN QUERY PLAN {sql}", args) as cur:
+                plans.append(" ".join(str(r[-1]) for r in await cur.fetchall()))
+        assert all(f"SEARCH {p}deletions USING PRIMARY KEY" in t for t in plans), plans
+        # The first page reads the key from its start, in order, as far as the page goes.
+        async with conn.execute(
+            f"EXPLAIN QUERY PLAN {sqlite_prune_end_sql(p, after=False)}", (99,)
+        ) as cur:
+            plans.append(" ".join(str(r[-1]) for r in await cur.fetchall()))
+        assert not any("TEMP B-TREE" in t for t in plans), plans
+    else:
+        n = store._n  # type: ignore[attr-defined]
+        await conn.execute(f"ANALYZE {n.deletions}")
+        for after in (True, False):
+            async with conn.acquire() as c, c.transaction():
+                sql = f"EXPLAIN {postgres_prune_sql(n, after=after)}"
+                rows = await c.fetch(sql, T0, 100, *(start if after else ()))
+            plan_text = "\n".join(r[0] for r in rows)
+            # The page: read in the key's order, from the key, as far as it goes; its
+            # prunable markers by their place in the table.
+            page, _, rest = plan_text.partition("CTE page")[2].partition("CTE doomed")
+            assert f"Index Scan using {n.prefix}deletions_pkey" in page, plan_text
+            assert "Sort" not in page, plan_text
+            assert "Seq Scan" not in plan_text, plan_text
+            assert rest.count("Tid Scan") == 2, plan_text
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(SQL_KINDS), indirect=True)
+async def test_a_store_with_the_partial_index_of_settled_markers_loses_it(store: Store) -> None:
+    """An unreleased version pruned through a partial index on ``settled_at``, which
+    slowed every deletion by 15-20 %: opening such a store drops it."""
+    conn: Any = getattr(store, "_conn", None) or store._pool  # type: ignore[attr-defined]
+    if isinstance(store, SQLiteStore):
+        table, name = f"{store.prefix}deletions", f"{store.prefix}deletions_settled"
+        exists = "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = ?"
+    else:
+        n = store._n  # type: ignore[attr-defined]
+        table, name = n.deletions, f"{n.prefix}deletions_settled"
+        exists = (
+            f"SELECT count(*) FROM pg_indexes WHERE schemaname = '{n.schema}' AND indexname = $1"
+        )
+
+    async def indexes() -> int:
+        conn: Any = getattr(store, "_conn", None) or store._pool  # type: ignore[attr-defined]
+        if isinstance(store, SQLiteStore):
+            async with conn.execute(exists, (name,)) as cur:
+                row = await cur.fetchone()
+            return int(row[0])
+        return int(await conn.fetchval(exists, name))
+
+    await conn.execute(f'CREATE INDEX "{name}" ON {table} (settled_at) WHERE pending IS NULL')
+    assert await indexes() == 1
+    await store.close()
+    await store.open()
+    assert await indexes() == 0
 
 
 @pytest.mark.asyncio

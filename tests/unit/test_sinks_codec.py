@@ -281,6 +281,32 @@ def test_the_sweep_waits_for_the_archive_the_service_requires(
     assert build_sink(parser().parse_args(base)).config.archive_group == "stream-expiry-archive"
 
 
+def test_the_marker_grace_is_the_services_unless_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store forgets a deleted record when the service does: ``[service]
+    marker_grace`` of ``--config`` (or its variable), 7 days without one; ``--marker-grace``
+    takes seconds like the sink's other times, or a duration with a unit."""
+    monkeypatch.delenv("STREAM_EXPIRY_SERVICE_MARKER_GRACE", raising=False)
+    config = tmp_path / "service.toml"
+    config.write_text('[service]\nmarker_grace = "2d"\n')
+    base = ["sink", "sqlite", "--path", str(tmp_path / "s.db"), "--bootstrap-servers", "h:1"]
+
+    def grace(*extra: str) -> float:
+        return build_sink(parser().parse_args([*base, *extra])).config.marker_grace_s
+
+    assert grace() == 7 * 24 * 3600
+    assert grace("--config", str(config)) == 2 * 24 * 3600
+    assert grace("--config", str(config), "--marker-grace", "90") == 90
+    assert grace("--marker-grace", "36h") == 36 * 3600
+    assert grace("--marker-grace", "0") == 0
+    monkeypatch.setenv("STREAM_EXPIRY_SERVICE_MARKER_GRACE", "3d")
+    assert grace("--config", str(config)) == 3 * 24 * 3600
+    for bad in ("-1", "soon", "inf", "5 parsecs"):
+        with pytest.raises(SystemExit):
+            parser().parse_args([*base, "--marker-grace", bad])
+
+
 def test_postgres_defaults_and_bootstrap_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

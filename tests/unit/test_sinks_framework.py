@@ -17,7 +17,7 @@ from stream_expiry.kafka import key_partition
 from stream_expiry.logs import record_ref
 from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
 from stream_expiry.murmur2 import partition_for
-from stream_expiry.sinks._messages import decode_stamped, decode_tombstone
+from stream_expiry.sinks._messages import Marker, decode_stamped, decode_tombstone
 from stream_expiry.sinks.framework import BatchReport, Sink, SinkConfig, _Decoded
 from stream_expiry.sinks.postgres import PostgresStore
 from stream_expiry.sinks.store import MemoryStore, StoreUnavailableError
@@ -673,7 +673,8 @@ async def test_the_read_complete_time_waits_for_what_the_store_has_applied(
     clock = [T0]
     st0, tb0, tb1 = TopicPartition("st", 0), TopicPartition("tb", 0), TopicPartition("tb", 1)
     cons = _OffsetsConsumer({st0: 10, tb0: 4, tb1: 7}, mine={st0, tb0}, clock=clock)
-    sink = Sink(MemoryStore(), SinkConfig("unused:1", "g", "st", "tb"), clock=lambda: clock[0])
+    config = SinkConfig("unused:1", "g", "st", "tb", sweep_interval_s=1.0)
+    sink = Sink(MemoryStore(), config, clock=lambda: clock[0])
     monkeypatch.setattr(
         "stream_expiry.sinks.framework.end_offsets", lambda c, at: c.end_offsets(at)
     )
@@ -863,3 +864,35 @@ async def test_receipts_left_in_the_outbox_send_no_null_for_a_record_that_lives_
     assert [(t, k) for t, _p, k, _v in sent if t == "history"] == [("history", gone.key.encode())]
     assert {k for t, _p, k, _v in sent if t == "rc"} == {A.key.encode(), gone.key.encode()}
     assert await store.pending_receipts() == []
+
+
+@pytest.mark.asyncio
+async def test_pruning_rolls_along_the_markers_and_hurries_only_through_a_backlog() -> None:
+    """Each pass looks at the page after the last one and wraps to the first marker at the
+    end, so every marker is looked at once a round; the next page comes at once only
+    while a tenth or more of a page went (a backlog), else at the next interval."""
+    store = MemoryStore()
+    grace_s, read_to = 60.0, T0 + 3600_000
+    settled_long_ago = read_to - int(grace_s * 1000) - 1
+
+    def mark(n: int, settled_at: int) -> None:
+        i = Identity("acme", "_", "live", "conversation", f"m{n:02d}")
+        store.markers[i] = Marker(i, T0, T0, T0, (), settled_at)
+
+    for n in range(60):
+        old = n < 25 or n == 45  # a backlog, five in the next page, one in the third
+        mark(n, settled_long_ago if old else read_to)
+    config = SinkConfig("unused:1", "g", "st", "tb", marker_grace_s=grace_s, prune_limit=20)
+    sink = Sink(store, config, clock=lambda: read_to)
+    passes = []
+    for _ in range(4):
+        again = await sink.prune_once(read_to_ms=read_to)
+        passes.append((again, len(store.markers)))
+    # m00-m19 all go; m20-m39 five (a quarter); m40-m59 one; then the end of the table.
+    assert passes == [(True, 40), (True, 35), (False, 34), (False, 34)]
+    mark(30, settled_long_ago)
+    mark(50, settled_long_ago)
+    assert await sink.prune_once(read_to_ms=read_to) is False  # from the first again
+    remaining = {i.record_id for i in store.markers}
+    assert ("m30" in remaining, "m50" in remaining) == (False, True)
+    assert sink.metrics["markers_pruned_total"] == 27

@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
-from stream_expiry.sinks._logic import Plan, Slot, plan
+from stream_expiry.sinks._logic import Plan, Slot, plan, prunable
 from stream_expiry.sinks._messages import (
     Change,
+    Marker,
     NullChange,
     Receipt,
     Row,
@@ -686,3 +687,83 @@ def test_only_a_record_alive_again_after_its_deletion_is_listed_living() -> None
     p = w.apply([tomb(a), st_change(again, offset=2), tomb(b)])
     assert p.living == [A]
     assert sorted(r.identity.record_id for r in p.receipts) == ["r1", "r2"]
+
+
+# Rule 7: when a marker may be forgotten.
+PROFILE = Identity("acme", "_", "live", "contact_profile", "u1")
+OTHER = Identity("acme", "_", "live", "conversation", "r2")
+
+
+def _marker(w: World, i: Identity = A) -> Marker:
+    slot = w.state.get(i)
+    assert slot is not None
+    assert slot.marker is not None
+    return slot.marker
+
+
+def test_a_marker_settles_at_the_later_of_its_deletion_and_the_deleted_lifes_expiry() -> None:
+    """An erasure ends a life early: until that life's expiry, a stamp of it would be a
+    live row again; after it, a due one. A life that never expires settles when deleted."""
+    w = World()
+    erased = life(ttl=60 * MIN)  # erased long before its expiry
+    forever = Stamp(PROFILE, T0, None, None, None)
+    ended = life(created=T0 - 30 * MIN, i=OTHER)  # expired before it was deleted
+    w.apply([st_change(erased), st_change(forever), st_change(ended)])
+    w.apply([tomb(erased, "explicit", emitted_at=T0 + MIN)])
+    w.apply([tomb(forever, "explicit", emitted_at=T0 + MIN)])
+    deleted_at = w.now + 1
+    w.apply([tomb(ended)])
+    assert _marker(w, A).settled_at == T0 + 60 * MIN
+    assert _marker(w, PROFILE).settled_at == _marker(w, PROFILE).deleted_at
+    assert _marker(w, OTHER).settled_at == deleted_at
+    assert prunable(_marker(w, A), T0 + 60 * MIN)
+    assert not prunable(_marker(w, A), T0 + 60 * MIN - 1)
+
+
+def test_a_marker_waiting_for_a_tombstone_is_never_prunable() -> None:
+    """A null deleted the row: the receipt waits for the tombstone, however late, and a
+    held life replaced by the next waits for its release, which may come after any grace."""
+    w, s = World(), life(created=T0 - 30 * MIN)
+    w.apply([st_change(s, None, 0), NullChange(A, 0, 1)])
+    assert _marker(w).pending
+    assert not prunable(_marker(w), 2**62)
+    held = Stamp(PROFILE, T0, T0 + MIN, MIN, "org")
+    w.apply(
+        [
+            st_change(held, None, 0),
+            st_change(Stamp(PROFILE, T0 + 2 * MIN, None, None, None), None, 1),
+        ]
+    )
+    assert not prunable(_marker(w, PROFILE), 2**62)
+    w.apply([tomb(s)])
+    settled = _marker(w).settled_at
+    assert settled is not None
+    assert not _marker(w).pending
+    assert prunable(_marker(w), settled)
+
+
+def test_a_marker_of_an_earlier_version_is_kept_until_a_change_sets_its_settling() -> None:
+    """Stores upgraded in place start such markers at their last change; one an earlier
+    version wrote after that (a rolling upgrade) knows nothing, and is kept, until this
+    version changes it."""
+    w, s = World(), life(created=T0 - 30 * MIN)
+    old = Marker(A, s.expires_at, s.created_at, T0 - 5 * MIN)  # type: ignore[arg-type]
+    w.state[A] = Slot(None, old)
+    assert not prunable(old, 2**62)
+    p = w.apply([tomb(s)])  # already covered: no receipt, but the marker learns its settling
+    assert p.receipts == []
+    assert [m.settled_at for m in p.markers] == [T0 - 5 * MIN]
+    assert prunable(_marker(w), T0 - 5 * MIN)
+
+
+def test_a_repeated_tombstone_does_not_move_the_settling_on() -> None:
+    """Re-deliveries are many and late: a marker they do not change is not rewritten, so
+    they never keep it alive."""
+    w, s = World(), life(created=T0 - 30 * MIN)
+    w.apply([st_change(s)])
+    w.apply([tomb(s)])
+    settled = _marker(w).settled_at
+    w.now += 10 * MIN
+    p = w.apply([tomb(s), tomb(s)])
+    assert (p.markers, p.receipts) == ([], [])
+    assert _marker(w).settled_at == settled
