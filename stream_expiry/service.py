@@ -272,6 +272,7 @@ class Service:
         self._outage_tries = 0
         self._outage_said = 0.0
         self._stop: anyio.Event | None = None  # run's
+        self._polling: anyio.CancelScope | None = None  # the loop's wait for a batch
         # The earliest expiry pending in the stores when last seen (ms), kept while an
         # outage has closed them: the overdue gauge goes on rising from it.
         self._oldest_due: int | None = None
@@ -413,6 +414,7 @@ class Service:
                     async with anyio.create_task_group() as timers:
                         timers.start_soon(firing.run)
                         timers.start_soon(self._restorer)
+                        timers.start_soon(self._stop_polling, stop)
                         await self._loop(cons, control, stop)
                         timers.cancel_scope.cancel()
                 finally:
@@ -617,11 +619,9 @@ class Service:
         last_progress = 0.0
         while not stop.is_set():
             seeks_before = self._seeks
-            try:
-                batch = await cons.getmany(timeout_ms=IDLE_WAIT_MS, max_records=MAX_BATCH)
-            except KafkaError as exc:
-                self.health.broker_unreachable(str(exc))
-                raise mapped(exc, "reading input topics failed") from exc
+            batch = await self._poll(cons)
+            if batch is None:
+                break  # stopped while the consumer waited (for a join, say)
             self.health.beat()
             if self.rebalance_error is not None:
                 raise self.rebalance_error
@@ -642,6 +642,34 @@ class Service:
                 result = self._on_progress(self.stats)
                 if result is not None:
                     await result
+
+    async def _poll(self, cons: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]] | None:
+        """The next batch, or None if :meth:`_stop_polling` gave the wait up.
+
+        aiokafka's ``getmany`` waits, whatever its timeout, for a (re)join to end: a stop
+        during the first join (the test broker holds a JoinGroup ~6 s; Kafka up to the
+        rebalance timeout) was seen only once the group had assigned partitions. Given up
+        at an await, it has taken no records."""
+        with anyio.CancelScope() as self._polling:
+            try:
+                batch: dict[TopicPartition, list[Any]] = await cons.getmany(
+                    timeout_ms=IDLE_WAIT_MS, max_records=MAX_BATCH
+                )
+                return batch
+            except KafkaError as exc:
+                self.health.broker_unreachable(str(exc))
+                raise mapped(exc, "reading input topics failed") from exc
+            finally:
+                self._polling = None
+        return None
+
+    async def _stop_polling(self, stop: anyio.Event) -> None:
+        """Give up the loop's wait for a batch once ``stop`` is set (see :meth:`_poll`). The
+        loop checks ``stop`` between batches with no await before it polls again, so a stop
+        is either seen there or finds the wait here."""
+        await stop.wait()
+        if self._polling is not None:
+            self._polling.cancel()
 
     def _observe_lag(self, cons: AIOKafkaConsumer) -> None:
         """The consumer lag gauges, after a commit: the consumer knows the high watermarks."""

@@ -13,10 +13,11 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from bench.changelog import changelog_messages, produce_changelog
 from stream_expiry.health import Phase
-from stream_expiry.kafka import consumer
+from stream_expiry.kafka import abandon_join, consumer
 from stream_expiry.service import ASSIGNORS, Service, wall_clock_ms
 from tests.conftest import wait_for
 from tests.integration.service_helpers import config_for, event, produce
+from tests.log_capture import captured_logs
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -30,6 +31,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 # stamps/s in one process (8-14 s here for its half).
 LONG_RESTORE_STAMPS = int(os.environ.get("STREAM_EXPIRY_TEST_LONG_RESTORE_STAMPS", "1200000"))
 SESSION_MS = 6000  # the service's default
+# Far below the ~6 s the test broker holds a first JoinGroup: a behaviour bound, not a speed.
+JOIN_STOP_BOUND_S = 2.0
 
 
 class _Counted(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -126,3 +129,86 @@ async def test_a_member_restoring_rejoins_a_rebalance_at_once(
         stop.set()
         stop_other.set()
     assert service.stats.assignments == 2
+
+
+async def test_a_stop_while_joining_is_prompt_and_takes_nothing(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """``stop`` set during the first join: ``run`` returns at once, not once the join the
+    broker holds (~6 s) has ended and the group been left; nothing is committed, and the
+    next start reads the events."""
+    await produce(broker, [(topics.conversations, *event("conversation", "r1"))])
+    config = config_for(topics, str(tmp_path / "state"))
+    service = Service(config, bootstrap_servers=broker, environ={})
+    stop = anyio.Event()
+    with captured_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(service.run, stop)
+            await wait_for(lambda: "joining group" in logs.text.getvalue(), timeout_s=30)
+            stop.set()
+            stopped = anyio.current_time()
+        took = anyio.current_time() - stopped
+    assert took < JOIN_STOP_BOUND_S, logs.text.getvalue()
+    assert not service.ready.is_set()
+    assert service.stats.events == 0
+    again = Service(config, bootstrap_servers=broker, environ={})
+    stop_again = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(again.run, stop_again)
+        await wait_for(lambda: again.stats.stamped == 1, timeout_s=30)
+        stop_again.set()
+
+
+class _Held(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Holds each callback with partitions in it until released: a stop meanwhile must
+    not cut it short (a revocation commits)."""
+
+    def __init__(self) -> None:
+        self.inside = anyio.Event()
+        self.release = anyio.Event()
+        self.finished: list[str] = []
+
+    async def _hold(self, what: str, tps: list[TopicPartition]) -> None:
+        if not tps:
+            return
+        self.inside.set()
+        await self.release.wait()
+        self.finished.append(what)
+        self.inside, self.release = anyio.Event(), anyio.Event()
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._hold("revoked", revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._hold("assigned", assigned)
+
+
+async def test_a_join_is_abandoned_only_outside_the_rebalance_callbacks(
+    broker: str, topics: TopicSet
+) -> None:
+    """``abandon_join`` cancels aiokafka's coordination task while it waits on the broker,
+    never while it runs an assignment or a revocation callback."""
+    group = f"{topics.prefix}-held"
+    options: dict[str, Any] = {
+        "group_id": group,
+        "session_timeout_ms": SESSION_MS,
+        "heartbeat_interval_ms": 500,
+    }
+    held = _Held()
+    other = _Counted()
+    stop_other = anyio.Event()
+    async with anyio.create_task_group() as tg, consumer(broker, **options) as cons:
+        cons.subscribe(list(topics.inputs), listener=held)
+        for expected in ("assigned", "revoked"):
+            inside = held.inside
+            with anyio.fail_after(30):
+                await inside.wait()
+            assert not await abandon_join(cons), f"in the {expected} callback"
+            held.release.set()
+            await wait_for(lambda: expected in held.finished, timeout_s=5)  # noqa: B023
+            if expected == "assigned":  # another member: the group rebalances
+                tg.start_soon(_member, broker, group, topics, other, stop_other)
+        # Revoked, now rejoining: the JoinGroup the broker holds is given up.
+        assert await abandon_join(cons)
+        tg.cancel_scope.cancel()  # the other member too, in its join
+    assert held.finished == ["assigned", "revoked"]
