@@ -4,7 +4,6 @@ real", CONTRACT "Command line": ``/readyz``)."""
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -26,13 +25,29 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
-# Stamps on the changelog for a restore that outlasts the group's session timeout on this
-# broker: it holds a member to 6 s at least, whatever it asks, and a member restores ~75k
-# stamps/s in one process (8-14 s here for its half).
-LONG_RESTORE_STAMPS = int(os.environ.get("STREAM_EXPIRY_TEST_LONG_RESTORE_STAMPS", "1200000"))
+# Stamps on the changelog to restore: the restore is held by a gate (``_GatedService``),
+# not made long by its size, so a loaded machine cannot finish it before the rebalance.
+RESTORE_STAMPS = 2000
 SESSION_MS = 6000  # the service's default
 # Far below the ~6 s the test broker holds a first JoinGroup: a behaviour bound, not a speed.
 JOIN_STOP_BOUND_S = 2.0
+
+
+class _GatedService(Service):
+    """The service whose restores wait for ``gate``: a restore as long as the test needs,
+    whatever the machine's speed (one of 1.2 M stamps finished before the rebalance on a
+    loaded machine). A restore that blocks the group's assignment callback, as before the
+    fix, keeps the gate from ever opening: the group waits, and the test fails."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = anyio.Event()
+        self.restores_begun = 0
+
+    async def _restore(self, tps: list[TopicPartition]) -> None:
+        self.restores_begun += 1
+        await self.gate.wait()
+        await super()._restore(tps)
 
 
 class _Counted(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -93,7 +108,7 @@ async def test_a_member_restoring_rejoins_a_rebalance_at_once(
     await produce_changelog(
         broker,
         topics.stamped,
-        changelog_messages(LONG_RESTORE_STAMPS, wall_clock_ms(), topics.inputs, partitions=2),
+        changelog_messages(RESTORE_STAMPS, wall_clock_ms(), topics.inputs, partitions=2),
     )
     config = config_for(topics, str(tmp_path / "state"), workers=1)
     other = _Counted()
@@ -101,7 +116,7 @@ async def test_a_member_restoring_rejoins_a_rebalance_at_once(
     async with anyio.create_task_group() as tg:
         tg.start_soon(_member, broker, config.group_id, topics, other, stop_other)
         await wait_for(lambda: bool(other.assigned), timeout_s=30)
-        service = Service(
+        service = _GatedService(
             config,
             bootstrap_servers=broker,
             environ={},
@@ -112,12 +127,18 @@ async def test_a_member_restoring_rejoins_a_rebalance_at_once(
         )
         stop = anyio.Event()
         tg.start_soon(service.run, stop)
-        await wait_for(lambda: service.health.phase is Phase.RESTORING, timeout_s=60)
+        await wait_for(lambda: service.restores_begun == 1, timeout_s=60)
+        assert service.health.phase is Phase.RESTORING
         # A member joins while the service restores: the group rebalances at once, the
         # restore is stopped (what it restored is kept) and taken up again after.
         third = _Counted(service)
         tg.start_soon(_member, broker, config.group_id, topics, third, stop_other)
-        await wait_for(lambda: bool(third.assigned), timeout_s=60)
+        try:
+            await wait_for(lambda: bool(third.assigned), timeout_s=30)
+        except TimeoutError:
+            pytest.fail("the group waited for the restore: the member that joined got nothing")
+        finally:
+            service.gate.set()  # a restore that blocks the group ends now, in any case
         assert third.service_ready_then == [False], "the group waited for the restore"
         await wait_for(service.ready.is_set, timeout_s=120)
         # The group keeps it: its commits are taken (a dropped member's are refused).
