@@ -51,12 +51,12 @@ def test_a_turn_decides_one_budget_however_many_partitions_release() -> None:
         assert all(at >= (exp or 0) for _, _, at, exp in p.tombstones)
 
 
-def test_more_partitions_than_budget_each_gets_its_turn() -> None:
+def test_more_partitions_than_slices_each_gets_its_turn() -> None:
     parts = _held_partitions(7, 3)
-    turns = ReleaseTurns(budget=2)
+    turns = ReleaseTurns(budget=2, chunk=1)
     now = T0 + 5 * TTL
     served: Counter[int] = Counter()
-    for _ in range(4):  # 8 shares of one record: every one of the 7 partitions got one
+    for _ in range(4):  # 8 slices of one record: every one of the 7 partitions got one
         done = _turn(turns, parts, now)
         assert sum(done.values()) <= 2
         served.update(done)
