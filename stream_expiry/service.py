@@ -59,7 +59,6 @@ from stream_expiry.outbox import Outbox
 from stream_expiry.oversize import producer_limit
 from stream_expiry.policy import PolicyBook
 from stream_expiry.redact import Redactor
-from stream_expiry.release_turns import ReleaseTurns
 from stream_expiry.state import PartitionProcessor
 from stream_expiry.state.kv import ASIDE, CORRUPT, move_aside
 from stream_expiry.state.restore import Mark, broken_marks
@@ -241,7 +240,6 @@ class Service:
         # Held while effects are decided and handed to the outbox, by the loop and by the
         # timer task: the outbox gets them in the order the processors made them.
         self._deciding = anyio.Lock()
-        self._release_turns = ReleaseTurns()
         self._next_offset: dict[tuple[str, int], int] = {}
         # Seeks made by the assignment callback, which runs while the loop reads: a batch
         # fetched before a partition's seek holds records from its old position.
@@ -620,7 +618,7 @@ class Service:
         while not stop.is_set():
             seeks_before = self._seeks
             try:
-                batch = await cons.getmany(timeout_ms=self._idle_wait_ms(), max_records=MAX_BATCH)
+                batch = await cons.getmany(timeout_ms=IDLE_WAIT_MS, max_records=MAX_BATCH)
             except KafkaError as exc:
                 self.health.broker_unreachable(str(exc))
                 raise mapped(exc, "reading input topics failed") from exc
@@ -644,12 +642,6 @@ class Service:
                 result = self._on_progress(self.stats)
                 if result is not None:
                     await result
-
-    def _idle_wait_ms(self) -> int:
-        """No wait for input while held records are being released: each turn releases a
-        slice (:class:`ReleaseTurns`), and a turn spent waiting is a slice late."""
-        releasing = any(proc.releasing for proc in self.processors.values())
-        return 0 if releasing else IDLE_WAIT_MS
 
     def _observe_lag(self, cons: AIOKafkaConsumer) -> None:
         """The consumer lag gauges, after a commit: the consumer knows the high watermarks."""
@@ -794,10 +786,14 @@ class Service:
     async def _release_held_slice(self) -> None:
         assert self._outbox is not None
         now = self.clock()
-        released = self._release_turns.take(self.processors.values(), now)
-        for _proc, effects in released:
-            for f in effects.tombstones:
-                self._count_tombstone(f)
+        released: list[tuple[PartitionProcessor, Effects]] = []
+        for proc in self.processors.values():
+            if proc.releasing:
+                effects = proc.release_due(now)
+                if effects:
+                    released.append((proc, effects))
+                    for f in effects.tombstones:
+                        self._count_tombstone(f)
         if released:
             await self._outbox.send(released, now)
 
