@@ -70,7 +70,7 @@ import os
 import re
 import signal
 import time
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -83,6 +83,7 @@ from stream_expiry.config import Config
 from stream_expiry.errors import BrokerError, ConfigurationError, StoreError
 from stream_expiry.kafka import committed_offsets, consumer, partitions_of
 from stream_expiry.model import decode_key
+from stream_expiry.parts import add_up
 from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
 
 if TYPE_CHECKING:
@@ -471,16 +472,13 @@ def read_lines(path: str) -> list[dict[str, Any]]:
         return [orjson.loads(line) for line in f if line.strip()]
 
 
-@dataclass(frozen=True)
+@dataclass
 class PurgeResult:
     files_rewritten: int
     lines_removed: int
     lines_kept: int
     markers_dropped: int = 0  # past their time (:class:`MarkerTerms`)
     markers_kept: int = 0
-
-    def __add__(self, other: PurgeResult) -> PurgeResult:
-        return PurgeResult(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -575,11 +573,7 @@ class _Markers:
 
 def _created_at(line: dict[str, Any]) -> int | None:
     stamp = line.get("stamp")
-    created = stamp.get("created_at") if isinstance(stamp, dict) else None
-    try:
-        return None if created is None else parse_ts(created)
-    except InvalidTimestamp:
-        return None
+    return _ts_or_none(stamp.get("created_at") if isinstance(stamp, dict) else None)
 
 
 def _rewrite(path: str, keep: Iterable[dict[str, Any]]) -> None:
@@ -608,16 +602,16 @@ def purge(
         raise ConfigurationError(f"no archive directory {directory!r}; check --dir")
     terms = terms or MarkerTerms.of(Config())
     now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    total = PurgeResult(0, 0, 0)
+    orgs: list[PurgeResult] = []
     try:
         with _locked(directory):
             for org in sorted(os.listdir(directory)):
                 org_path = os.path.join(directory, org)
                 if os.path.isfile(os.path.join(org_path, ERASURES)):
-                    total += _purge_org(org_path, terms, now)
+                    orgs.append(_purge_org(org_path, terms, now))
     except (OSError, gzip.BadGzipFile, orjson.JSONDecodeError, KeyError) as exc:
         raise StoreError(f"cannot purge the archive in {directory!r}: {exc}") from exc
-    return total
+    return add_up(orgs, PurgeResult(0, 0, 0))
 
 
 def _purge_org(org_path: str, terms: MarkerTerms, now_ms: int) -> PurgeResult:
