@@ -92,10 +92,7 @@ def _grace_seconds(text: str) -> float:
     """A sweep grace: 0 or more, finite. A negative grace would sweep rows before they
     expire (early deletion from a typo), and ``nan`` or ``inf`` would fail later with a
     traceback instead of here with a line that names the option."""
-    value = _number_of_seconds(text)
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected 0 or more seconds, got {text!r}")
-    return value
+    return _not_negative(_number_of_seconds(text), text)
 
 
 def _marker_grace(text: str) -> float:
@@ -110,6 +107,11 @@ def _marker_grace(text: str) -> float:
             raise argparse.ArgumentTypeError(
                 f"expected seconds, or a duration with a unit such as 7d: {exc}"
             ) from None
+    return _not_negative(seconds, text)
+
+
+def _not_negative(seconds: float, text: str) -> float:
+    """``seconds`` if 0 or more and finite, else the option's error naming ``text``."""
     if not 0 <= seconds < math.inf:
         raise argparse.ArgumentTypeError(f"expected 0 or more seconds, got {text!r}")
     return seconds
