@@ -167,9 +167,11 @@ def config_toml(
     retention: str = "",
     service_extra: str = "",
     defaults: tuple[str, str, str] = ("30d", "30d", "10m"),
+    topics_extra: str = "",
 ) -> str:
     """A service config on ``topics``: by default conversations 30 d, sessions 30 d (sliding),
-    errors 10 min (``defaults``); ``service_extra``: more ``[service]`` lines."""
+    errors 10 min (``defaults``); ``service_extra``: more ``[service]`` lines;
+    ``topics_extra``: more ``[topics]`` lines."""
     service = f"tick_ms = {tick_ms}\n" if tick_ms is not None else ""
     service = f"[service]\n{service}{service_extra}\n" if service or service_extra else ""
     return f"""
@@ -182,7 +184,7 @@ policies = "{topics.policies}"
 stamped = "{topics.stamped}"
 tombstones = "{topics.tombstones}"
 dlq = "{topics.dlq}"
-
+{topics_extra}
 {service}
 [retention.defaults]
 conversation = "{defaults[0]}"

@@ -51,6 +51,7 @@ from bench.e2e_expiry import (
     BenchTopics,
     CommittedOffsets,
     ProduceSpec,
+    config_toml,
     event_value,
     input_partitions,
     lag_split,
@@ -79,27 +80,17 @@ def log(msg: str) -> None:
 
 
 def config_text(topics: BenchTopics, state_dir: str, partitions: int) -> str:
-    return f"""
-group_id = "{topics.prefix}-group"
-state_dir = "{state_dir}"
-
-[topics]
-inputs = ["{topics.conversations}", "{topics.sessions}", "{topics.errors}"]
-policies = "{topics.policies}"
-stamped = "{topics.stamped}"
-tombstones = "{topics.tombstones}"
-dlq = "{topics.dlq}"
-holds = "{topics.prefix}.expiry.holds"
+    """``bench.e2e_expiry``'s config, with every topic at ``partitions`` partitions."""
+    return config_toml(
+        topics,
+        state_dir,
+        topics_extra=f"""holds = "{topics.prefix}.expiry.holds"
 audit = "{topics.prefix}.expiry.audit"
 receipts = "{topics.prefix}.expiry.receipts"
 partitions = {partitions}
 replication_factor = 1
-
-[retention.defaults]
-conversation = "30d"
-session = "30d"
-error = "10m"
-"""
+""",
+    )
 
 
 def proc_figures(pid: int, state_dir: str) -> dict[str, Any]:
