@@ -238,9 +238,6 @@ BEGIN
     END IF;
 END
 $settle$;
--- An unreleased version pruned through this partial index; it slowed every deletion,
--- and pruning reads the primary key instead.
-DROP INDEX IF EXISTS {s}.{idx_settled};
 CREATE TABLE IF NOT EXISTS {receipts} (
     seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     receipt_id text COLLATE "C" NOT NULL UNIQUE, store text NOT NULL,
@@ -365,7 +362,6 @@ class _Names:
             "idx_expiry": f'"{p}records_by_expiry"',
             "idx_unpublished": f'"{p}receipts_unpublished"',
             "idx_pending": f'"{p}deletions_pending"',
-            "idx_settled": f'"{p}deletions_settled"',
             "fn": self._q("receipts_append_only"),
             "trigger": f'"{p}receipts_append_only"',
             "trigger_truncate": f'"{p}receipts_no_truncate"',

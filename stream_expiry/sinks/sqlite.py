@@ -381,9 +381,7 @@ class SQLiteStore(Store):
         marked unpublished by a ``published_at`` of NULL into the outbox table (see
         :class:`SQLiteStore`); ``published_at`` keeps the values it had. Markers of a
         version that did not keep ``settled_at`` start it at their last change
-        (``deleted_at``; see :func:`_settle_old_markers`). The partial index on
-        ``settled_at`` an unreleased version made goes: it slowed every deletion, and
-        pruning reads the primary key instead."""
+        (``deleted_at``; see :func:`_settle_old_markers`)."""
         p = self.prefix
         await conn.execute("BEGIN IMMEDIATE")
         try:
@@ -395,7 +393,6 @@ class SQLiteStore(Store):
                     await conn.execute(f"ALTER TABLE {name} ADD COLUMN {column} {kind}")
                     if column == "settled_at":
                         await conn.execute(_settle_old_markers(name))
-            await conn.execute(f"DROP INDEX IF EXISTS {p}deletions_settled")
             sql = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?"
             async with conn.execute(sql, (f"{p}receipts_unpublished",)) as cur:
                 before_outbox = await cur.fetchone() is not None

@@ -875,37 +875,6 @@ async def test_a_pruning_page_is_read_along_the_primary_key_not_the_whole_table(
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("store", store_params(SQL_KINDS), indirect=True)
-async def test_a_store_with_the_partial_index_of_settled_markers_loses_it(store: Store) -> None:
-    """An unreleased version pruned through a partial index on ``settled_at``, which
-    slowed every deletion by 15-20 %: opening such a store drops it."""
-    conn: Any = getattr(store, "_conn", None) or store._pool  # type: ignore[attr-defined]
-    if isinstance(store, SQLiteStore):
-        table, name = f"{store.prefix}deletions", f"{store.prefix}deletions_settled"
-        exists = "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = ?"
-    else:
-        n = store._n  # type: ignore[attr-defined]
-        table, name = n.deletions, f"{n.prefix}deletions_settled"
-        exists = (
-            f"SELECT count(*) FROM pg_indexes WHERE schemaname = '{n.schema}' AND indexname = $1"
-        )
-
-    async def indexes() -> int:
-        conn: Any = getattr(store, "_conn", None) or store._pool  # type: ignore[attr-defined]
-        if isinstance(store, SQLiteStore):
-            async with conn.execute(exists, (name,)) as cur:
-                row = await cur.fetchone()
-            return int(row[0])
-        return int(await conn.fetchval(exists, name))
-
-    await conn.execute(f'CREATE INDEX "{name}" ON {table} (settled_at) WHERE pending IS NULL')
-    assert await indexes() == 1
-    await store.close()
-    await store.open()
-    assert await indexes() == 0
-
-
-@pytest.mark.asyncio
-@pytest.mark.parametrize("store", store_params(SQL_KINDS), indirect=True)
 async def test_a_store_that_marked_receipts_in_place_moves_them_to_the_outbox(
     store: Store,
 ) -> None:
