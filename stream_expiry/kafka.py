@@ -573,12 +573,18 @@ async def read_to_end(
     if not tps:
         return
     cons.assign(tps)
+    beginning = []
     for tp in tps:
         offset = (start or {}).get(tp.partition)
         if offset is None:
-            await cons.seek_to_beginning(tp)
+            beginning.append(tp)
         else:
             cons.seek(tp, offset)
+    # One seek for them all: each waits for a turn of the consumer's fetch task, which
+    # waits out a fetch in flight, ~0.1 s; one a partition was 9.7 s at start for the
+    # policies and holds topics of 48 partitions (docs/BENCHMARKS.md, round 27).
+    if beginning:
+        await cons.seek_to_beginning(*beginning)
     ends = await stable_ends(cons, tps)
     remaining = {tp for tp in tps if await cons.position(tp) < ends[tp]}
     last_progress = time.monotonic()
