@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from stream_expiry.errors import CorruptStoreError, StoreError
 
@@ -32,9 +33,13 @@ __all__ = [
     "KeyValue",
     "MemoryKV",
     "RocksKV",
+    "StoreSizes",
     "move_aside",
     "scratch_directory",
+    "store_sizes",
 ]
+
+log = logging.getLogger(__name__)
 
 # What a store moved aside is renamed to, after its own name and a dot: ``<dir>.<label>-<UTC
 # time>``; the service never reads them again, and names those still there at each start.
@@ -143,13 +148,72 @@ class MemoryKV:
         self._sorted = None
 
 
+class StoreSizes(NamedTuple):
+    """What one store may take of its process's budgets (:func:`store_sizes`)."""
+
+    write_buffer: int  # bytes of one memtable; its Bloom filter is a tenth of it, made at once
+    table_files: int  # table (.sst) files the store keeps open (RocksDB's table cache)
+
+    @property
+    def max_open_files(self) -> int:
+        """RocksDB's option: its table cache holds 10 fewer (the files of its own)."""
+        return self.table_files + 10
+
+
+def store_sizes(stores: int, *, memtables: int, write_buffer: int, table_files: int) -> StoreSizes:
+    """Each store's share when ``stores`` are open in one process: ``memtables`` bytes and
+    ``table_files`` open files are the process's budgets, ``write_buffer`` the most one
+    store gets.
+
+    Why a share and not a fixed size: a memtable's Bloom filter is made, and zeroed, with
+    the memtable, a tenth of ``write_buffer``, empty store or not, outside the shared
+    budget; at 16 MiB, 144 stores (48 partitions a topic) held 230 MiB of empty filters. The
+    write buffer manager flushes a store at about ``memtables / stores`` anyway, so the
+    share costs nothing at many stores, and a few stores keep their 16 MiB buffers.
+    Open table files: RocksDB keeps every one open by default (1,332 descriptors at 144
+    stores, above a default ``ulimit -n`` of 1,024); a share of ``table_files``, at least
+    10 (RocksDB's floor), keeps a store's files open while it has few, which a store of a
+    partition has: its level-0 files and a file or two a level below.
+    """
+    n = max(1, stores)
+    buffer = min(write_buffer, max(RocksKV.MIN_WRITE_BUFFER, memtables // n))
+    return StoreSizes(buffer, max(RocksKV.MIN_TABLE_FILES, table_files // n))
+
+
+def _raise_file_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit; the limit now.
+
+    The soft limit of 1,024 that shells and many container runtimes give is kept for
+    programs that use ``select()``; the service waits with epoll, and each store holds 6
+    files of its own (log, lock, manifest, write-ahead log, two of its directory) before
+    its table files: 144 stores need more than 1,024. Go's runtime does the same at start."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1_048_576
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):  # macOS refuses above OPEN_MAX: keep the soft limit
+            return soft
+        return want
+    return soft
+
+
 class _Shared:
     """One block cache and one memtable budget for every store of the process: with one
     database per input partition, per-database caches would multiply memory by the
-    partition count."""
+    partition count. It counts the stores open, and those announced
+    (:meth:`RocksKV.opening`), to size each new one's share (:func:`store_sizes`)."""
 
     cache: Any = None
     write_buffers: Any = None
+    open_stores = 0
+    announced = 0  # stores a caller is opening together, this one included
+    file_limit = -1
+    warned_files = False
 
     @classmethod
     def get(cls) -> tuple[Any, Any]:
@@ -162,7 +226,39 @@ class _Shared:
             cls.write_buffers = WriteBufferManager.new_write_buffer_manager_with_cache(
                 RocksKV.MEMTABLES, False, cls.cache
             )
+            cls.file_limit = _raise_file_limit()
         return cls.cache, cls.write_buffers
+
+    @classmethod
+    def sizes(cls) -> StoreSizes:
+        """The share of a store opening now."""
+        stores = cls.open_stores + max(1, cls.announced)
+        sizes = store_sizes(
+            stores,
+            memtables=RocksKV.MEMTABLES,
+            write_buffer=RocksKV.WRITE_BUFFER,
+            table_files=RocksKV.TABLE_FILES,
+        )
+        need = stores * (sizes.table_files + RocksKV.OWN_FILES) + RocksKV.OTHER_FILES
+        if 0 <= cls.file_limit < need and not cls.warned_files:
+            cls.warned_files = True
+            log.warning(
+                "%d state stores may hold up to %d open files, and this process may open "
+                "%d (ulimit -n): raise its limit, or give it fewer partitions",
+                stores,
+                need,
+                cls.file_limit,
+            )
+        return sizes
+
+    @classmethod
+    def opened(cls) -> None:
+        cls.open_stores += 1
+        cls.announced = max(0, cls.announced - 1)
+
+    @classmethod
+    def closed(cls) -> None:
+        cls.open_stores = max(0, cls.open_stores - 1)
 
 
 class RocksKV:
@@ -170,15 +266,34 @@ class RocksKV:
 
     Writes go through the write-ahead log without an fsync per batch (``sync=False``): a
     machine crash can lose the last batches, which the changelog restores; a process crash
-    loses nothing. Memory is bounded for the whole process (:class:`_Shared`). Filters are
+    loses nothing. Memory and open files are bounded for the whole process (:class:`_Shared`,
+    :func:`store_sizes`): each store takes a share of them, whatever the count. Filters are
     partitioned and their top level pinned: with whole-file bloom filters in a small cache,
     every lookup of a key never seen re-read a filter (2-3x slower lookups, measured by
     ``bench.bench_state_store``).
     """
 
-    WRITE_BUFFER = 16 * 1024 * 1024
+    WRITE_BUFFER = 16 * 1024 * 1024  # the most one store's memtable gets
+    MIN_WRITE_BUFFER = 256 * 1024  # the least (a flush writes a file of that much)
     BLOCK_CACHE = 64 * 1024 * 1024
     MEMTABLES = 48 * 1024 * 1024
+    TABLE_FILES = 500  # table files the stores of the process keep open together (32 GB of them)
+    MIN_TABLE_FILES = 10  # RocksDB's floor: a max_open_files of 20 less its own 10
+    OWN_FILES = 6  # what a store holds open besides its table files
+    OTHER_FILES = 200  # the rest of the process: sockets, its own logs, Python
+
+    @classmethod
+    @contextlib.contextmanager
+    def opening(cls, count: int) -> Iterator[None]:
+        """Stores opened within are ``count`` opening together (an assignment's): each is
+        sized for them all from the first, not for those open so far (the first of 144
+        would get a whole 16 MiB buffer, and its filter, made at once, 1.6 MiB)."""
+        before = _Shared.announced
+        _Shared.announced = count
+        try:
+            yield
+        finally:
+            _Shared.announced = before
 
     @classmethod
     def share_memory(cls, parts: int) -> None:
@@ -190,6 +305,7 @@ class RocksKV:
         cls.WRITE_BUFFER //= parts
         cls.BLOCK_CACHE //= parts
         cls.MEMTABLES //= parts
+        cls.TABLE_FILES //= parts
 
     def __init__(self, path: str, *, durable: bool = True) -> None:
         """``durable=False``: writes skip the write-ahead log (a scratch database that is
@@ -206,9 +322,10 @@ class RocksKV:
 
         self.path = path
         cache, write_buffers = _Shared.get()
+        self.sizes = sizes = _Shared.sizes()
         options = Options(raw_mode=True)
         options.create_if_missing(True)
-        options.set_write_buffer_size(self.WRITE_BUFFER)
+        options.set_write_buffer_size(sizes.write_buffer)
         options.set_max_write_buffer_number(3)
         options.set_write_buffer_manager(write_buffers)
         options.set_target_file_size_base(64 * 1024 * 1024)
@@ -216,10 +333,16 @@ class RocksKV:
         options.set_bytes_per_sync(1024 * 1024)
         options.set_compression_type(DBCompressionType.lz4())
         options.set_max_background_jobs(2)
+        options.set_max_open_files(sizes.max_open_files)
+        # One shard: the table cache's capacity is split among its shards (64 by default),
+        # each keeping at least one file, so 10 files a store were up to 64 (24 of 30
+        # measured). Lookups come from one thread: no contention to shard against.
+        options.set_table_cache_num_shard_bits(0)
         # Most lookups are of keys never seen (a create): a Bloom filter over each memtable
         # answers them without searching its skip list: 1.2-1.3 us a lookup instead of
         # 2.4-2.8 over 1 M new keys in multi-gets and write batches of 5,000; restore in
         # one process 63.8k -> 67.0-71.5k stamps/s (`bench.bench_restore --workers 1`).
+        # A tenth of the write buffer, which is a share of the process's (store_sizes).
         options.set_memtable_prefix_bloom_ratio(0.1)
         options.set_memtable_whole_key_filtering(True)
         # Disk follows live records: files dense with deletions (pruned markers, expired
@@ -241,6 +364,7 @@ class RocksKV:
             self._db = Rdict(path, options)
         except Exception as exc:  # rocksdict raises plain Exception for IO errors
             raise _store_error("cannot open the state store in", path, exc) from exc
+        _Shared.opened()
         self._closed = False
         self._write_options = WriteOptions()
         self._write_options.sync = False
@@ -320,6 +444,7 @@ class RocksKV:
         if self._closed:
             return
         self._closed = True
+        _Shared.closed()
         try:
             self._db.close()
         except Exception as exc:

@@ -61,8 +61,9 @@ class _Job:
 def _open(paths: Mapping[Source, str], grace_ms: int) -> dict[Source, PartitionStore]:
     stores: dict[Source, PartitionStore] = {}
     try:
-        for source, path in paths.items():
-            stores[source] = _open_store(path, grace_ms)
+        with RocksKV.opening(len(paths)):  # each sized for them all
+            for source, path in paths.items():
+                stores[source] = _open_store(path, grace_ms)
     except BaseException:
         _close(stores)
         raise
