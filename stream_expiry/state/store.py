@@ -223,7 +223,7 @@ class PartitionStore:
         return None if value is None else decode_state(identity_of_key(key), value)[0]
 
     def due(self, since: int, before: int) -> Iterator[Stamp]:
-        """Live records with ``since <= expires_at < before``, in expiry order."""
+        """Live records with ``since <= due_at < before``, in the order of their due times."""
         floor = self._due_floor
         low = _time_key(_DUE, since if floor is None else max(since, floor), b"")
         high = _time_key(_DUE, before, b"")
