@@ -193,6 +193,7 @@ class PartitionProcessor:
         self._positions: dict[str, int] = {}  # changelog positions saved (checkpoint)
         self._max_loaded = max_loaded_timers
         self._load_slice = load_slice
+        self._least_load = min(load_slice, max_loaded_timers) // 4
         # The last load stopped at its limit: the horizon ends before a whole horizon
         # ahead, and the store holds timers due from its end on.
         self._horizon_short = False
@@ -708,7 +709,10 @@ class PartitionProcessor:
         if target is None:
             return 0
         room = min(self._load_slice, self._max_loaded - engine.pending_in_wheel)
-        if room <= 0:  # a full wheel (its timers go first): due again at the horizon's end
+        if room <= 0 or (room < self._least_load and engine.horizon_end > now_ms):
+            # A full wheel (its timers go first), or one with room for a few only: a load
+            # costs a seek and a read ahead, so it waits for room, or for the horizon's
+            # end, where the partition is due again.
             self._horizon_short = True
             return 0
         stamps, end = self._live_slice(engine.horizon_end, target, room)
@@ -734,7 +738,7 @@ class PartitionProcessor:
         overlay = self._overlay
         stamps: list[model.Stamp] = []
         end, last = before, None
-        for stamp in self.store.due(since, before):  # in the order of their due times
+        for stamp in self.store.due(since, before, batch=limit + 1):  # in due order
             due = stamp.due_at
             if len(stamps) >= limit and due != last:
                 assert due is not None  # the due index holds finite ones only

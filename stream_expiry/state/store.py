@@ -222,18 +222,20 @@ class PartitionStore:
         value = self.kv.multi_get([_STATE + key.encode()])[0]
         return None if value is None else decode_state(identity_of_key(key), value)[0]
 
-    def due(self, since: int, before: int) -> Iterator[Stamp]:
-        """Live records with ``since <= due_at < before``, in the order of their due times."""
+    def due(self, since: int, before: int, *, batch: int = 1024) -> Iterator[Stamp]:
+        """Live records with ``since <= due_at < before``, in the order of their due times;
+        their states are read ``batch`` at a time (a caller that takes a few asks for a
+        few)."""
         floor = self._due_floor
         low = _time_key(_DUE, since if floor is None else max(since, floor), b"")
         high = _time_key(_DUE, before, b"")
-        batch: list[bytes] = []
+        keys: list[bytes] = []
         for index_key, _ in self.kv.scan(low, high):
-            batch.append(index_key[9:])
-            if len(batch) >= 1024:
-                yield from self._states(batch)
-                batch = []
-        yield from self._states(batch)
+            keys.append(index_key[9:])
+            if len(keys) >= batch:
+                yield from self._states(keys)
+                keys = []
+        yield from self._states(keys)
 
     def first_due_ms(self) -> int | None:
         """The earliest expiry of a live record not yet tombstoned (held ones aside), or
