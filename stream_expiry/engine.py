@@ -373,20 +373,29 @@ class Engine(Generic[S]):
             return entries[i][0]
         return self._wheel.next_due_ms()
 
-    def horizon_target(self, now_ms: int) -> int | None:
+    def horizon_target(self, now_ms: int, *, eager: bool = False) -> int | None:
         """The new horizon end when the shell should load the next slice, else None.
 
         Loading when a quarter of the horizon is used keeps slices large (few index
         queries) while the wheel always holds at least three quarters of an horizon ahead.
+        ``eager``: whenever the end is short of a whole horizon (the shell stopped the last
+        slice early, at its limit of timers, and goes on from there).
         """
         target = now_ms + self._horizon_ms
-        if target - self.horizon_end >= self._horizon_ms // 4:
+        if target - self.horizon_end >= (1 if eager else self._horizon_ms // 4):
             return target
         return None
 
     def extend_horizon(self, new_end: int, stamps: Iterable[tuple[Stamp, S]]) -> None:
         """Schedule ``stamps`` (live, ``horizon_end <= expires_at < new_end``) and move the end."""
         self.horizon_end = max(self.horizon_end, new_end)
+        self.load(stamps)
+
+    def start_horizon(self, end: int, stamps: Iterable[tuple[Stamp, S]]) -> None:
+        """Schedule ``stamps`` (every live one with ``expires_at < end``) into a wheel that
+        holds no stored timer yet, ``end`` the horizon's end from now on (on start, where
+        the shell may load less than a whole horizon)."""
+        self.horizon_end = end
         self.load(stamps)
 
     def load(self, stamps: Iterable[tuple[Stamp, S]]) -> None:

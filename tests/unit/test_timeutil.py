@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stream_expiry.codec import parse_own_ts
-from stream_expiry.timeutil import MAX_TS_MS, MIN_TS_MS, InvalidTimestamp, format_ts, parse_ts
+from stream_expiry.timeutil import (
+    MAX_TS_MS,
+    MIN_TS_MS,
+    InvalidTimestamp,
+    _parse_rfc3339,
+    format_ts,
+    parse_ts,
+)
 
 _MS = st.integers(MIN_TS_MS, MAX_TS_MS)
 
@@ -81,3 +88,36 @@ def test_parse_ts_takes_epoch_milliseconds_within_what_it_can_format() -> None:
             parse_ts(bad)
     with pytest.raises(InvalidTimestamp, match="boolean"):
         parse_ts(True)
+
+
+_CANONICAL_CHARS = st.sampled_from("0123456789-:.TtZz +٣")
+
+
+@given(
+    ms=_MS,
+    changes=st.lists(st.tuples(st.integers(0, 23), _CANONICAL_CHARS), max_size=3),
+)
+def test_the_fast_path_for_the_javascript_form_agrees_with_the_pattern(
+    ms: int, changes: list[tuple[int, str]]
+) -> None:
+    """``2026-12-04T17:28:53.911Z`` (JavaScript's toISOString) takes a C parse; that text
+    with any characters changed gets what the RFC 3339 pattern gives it, or its error."""
+    text = list(format_ts(ms))
+    for at, char in changes:
+        text[at] = char
+    value = "".join(text)
+    try:
+        want: int | str = _parse_rfc3339(value)
+    except InvalidTimestamp:
+        want = "invalid"
+    try:
+        got: int | str = parse_ts(value)
+    except InvalidTimestamp:
+        got = "invalid"
+    assert got == want
+
+
+def test_the_fast_path_leaves_leap_seconds_and_impossible_dates_to_the_pattern() -> None:
+    assert parse_ts("2016-12-31T23:59:60.500Z") == parse_ts("2016-12-31T23:59:59.999Z")
+    with pytest.raises(InvalidTimestamp, match="not a real date"):
+        parse_ts("2026-02-30T00:00:00.000Z")

@@ -1,0 +1,218 @@
+"""The horizon loaded in slices: a partition holds at most ``max_loaded_timers`` timers
+from its store, loads at most ``load_slice`` at once, and still fires every record at its
+time (``stream_expiry.state.processor``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_expiry.policy import Resolution
+from stream_expiry.state import MemoryKV, PartitionProcessor, PartitionStore
+
+if TYPE_CHECKING:
+    from stream_expiry.model import Identity
+    from stream_expiry.state import Effects
+
+BASE = 1_700_000_000_000
+HOUR = 3_600_000
+TTL = {"error": 2 * HOUR, "session": 90 * 60_000}
+
+
+class Rec(NamedTuple):
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def _resolve(identity: Identity, at_ms: int) -> Resolution:
+    return Resolution(TTL[identity.category], "default")
+
+
+def _processor(
+    now: int, *, max_loaded_timers: int = 20_000, load_slice: int = 2_000
+) -> PartitionProcessor:
+    return PartitionProcessor(
+        "in",
+        0,
+        PartitionStore(MemoryKV()),
+        resolve=_resolve,
+        sliding=frozenset({"session"}),
+        categories=frozenset(TTL),
+        max_skew_ms=10**12,
+        now_ms=now,
+        max_loaded_timers=max_loaded_timers,
+        load_slice=load_slice,
+    )
+
+
+def _event(record: str, ts: int, op: str = "create", category: str = "error") -> bytes:
+    body = {"category": category, "record_id": record, "org": "o", "ts": ts, "op": op}
+    return orjson.dumps(body)
+
+
+Fired = tuple[str, str, int, int | None]  # key, reason, emitted_at, the expiry it ended
+
+
+def _settled(proc: PartitionProcessor, effects: Effects, now: int) -> list[Fired]:
+    proc.settle(effects, now)
+    return [
+        (f.before.identity.key, f.reason, f.emitted_at, f.before.expires_at)
+        for f in effects.tombstones
+    ]
+
+
+def _run(
+    proc: PartitionProcessor, since: int, until: int, step: int, first_turn: int | None = None
+) -> tuple[list[Fired], int]:
+    """The service's two tasks over ``[since, until]`` on a clock that jumps to the next
+    thing either does: the firing task wakes at the partition's next due time; the loop
+    extends the horizon once a ``step``. Returns what fired and the most timers held."""
+    fired: list[Fired] = []
+    most = proc.timers
+    now, turn = since, since if first_turn is None else first_turn
+    for _ in range(100_000):  # a partition that never stops being due is a failure
+        due = proc.next_due_ms()
+        now = max(now, turn if due is None else min(due, turn))
+        if now > until:
+            return fired, most
+        if due is not None and due <= now:
+            fired += _settled(proc, proc.fire_due(now, 2_000), now)
+        if now >= turn:
+            proc.extend_horizon(now)
+            turn += step
+        most = max(most, proc.timers)
+    raise AssertionError("the partition was due again and again without firing")
+
+
+def test_a_dense_horizon_is_loaded_in_slices_and_every_record_fires_at_its_time() -> None:
+    """3,000 records due one a second from two hours on: an uncapped partition holds the
+    whole hour ahead (3,600 timers); this one never more than its 100, and fires each
+    record at its expiry, once, though the loop's turns (ten minutes apart here) could
+    never load them in time: the partition is due where its horizon ends."""
+    created = BASE + 3000 * 1000
+    creates = [Rec(i, None, _event(f"r{i}", BASE + i * 1000)) for i in range(3000)]
+    uncapped = _processor(created)
+    capped = _processor(created, max_loaded_timers=100, load_slice=50)
+    for proc in (uncapped, capped):
+        proc.settle(proc.process(creates, created), created)
+        assert proc.timers == 0  # all due past the horizon: in the store only
+    end = BASE + 2 * HOUR + 3000 * 1000
+    want, most_uncapped = _run(uncapped, created, end, 600_000)
+    got, most = _run(capped, created, end, 600_000)
+    assert most_uncapped >= 3000
+    assert most <= 100
+    assert got == want
+    assert sorted(k for k, *_ in got) == sorted(f"o/_/live/error/r{i}" for i in range(3000))
+    assert all(emitted == expires and reason == "ttl" for _, reason, emitted, expires in got)
+
+
+def test_one_load_takes_at_most_a_slice() -> None:
+    now = BASE + 10_000
+    proc = _processor(now, max_loaded_timers=10_000, load_slice=300)
+    creates = [Rec(i, None, _event(f"r{i}", BASE + i)) for i in range(10_000)]
+    proc.settle(proc.process(creates, now), now)
+    later = now + HOUR + 30 * 60_000  # the first due are 30 minutes ahead
+    loads = []
+    while loaded := proc.extend_horizon(later):
+        loads.append(loaded)
+    assert max(loads) <= 300
+    assert sum(loads) == 10_000
+
+
+def test_a_restart_loads_at_most_the_limit_and_the_rest_when_due() -> None:
+    """A partition opened on a store with 1,000 timers within the horizon loads 100;
+    the others come as the first fire."""
+    now = BASE + 2 * HOUR
+    first = _processor(now)
+    creates = [
+        Rec(i, None, _event(f"r{i}", now - 2 * HOUR + 60_000 + i * 100)) for i in range(1000)
+    ]
+    first.settle(first.process(creates, now), now)
+    assert first.timers == 1000
+    again = PartitionProcessor(
+        "in",
+        0,
+        first.store,
+        resolve=_resolve,
+        sliding=frozenset({"session"}),
+        categories=frozenset(TTL),
+        max_skew_ms=10**12,
+        now_ms=now,
+        max_loaded_timers=100,
+    )
+    assert again.timers == 100
+    fired, most = _run(again, now, now + 200_000, 1000)
+    assert most <= 100 + 2_000  # a slice beyond a full wheel: loaded as it empties
+    assert [k for k, *_ in fired] == [f"o/_/live/error/r{i}" for i in range(1000)]
+    assert all(emitted == expires for *_, emitted, expires in fired)
+
+
+def test_more_records_due_at_one_millisecond_than_a_slice_all_fire_then() -> None:
+    now = BASE + 10_000
+    proc = _processor(now, max_loaded_timers=20, load_slice=10)
+    creates = [Rec(i, None, _event(f"r{i}", BASE)) for i in range(50)]
+    proc.settle(proc.process(creates, now), now)
+    fired, _ = _run(proc, now, BASE + 3 * HOUR, 60_000)
+    assert len(fired) == 50
+    assert {emitted for *_, emitted, _ in fired} == {BASE + 2 * HOUR}
+
+
+def test_a_wheel_filled_by_new_records_still_loads_the_stored_ones_on_time() -> None:
+    """New records fill the wheel past its limit (they go in whatever the limit: they are
+    due within the horizon), so the loop's turns load nothing; the stored records due
+    at the horizon's end must still fire then, not at the turn after it."""
+    start = BASE + 2 * HOUR
+    proc = _processor(start, max_loaded_timers=5)
+    # 10 due 59 minutes on, from new events; 10 stored, due at the horizon's end and on
+    soon = [Rec(i, None, _event(f"n{i}", start - 2 * HOUR + 59 * 60_000)) for i in range(10)]
+    later = [Rec(10 + i, None, _event(f"s{i}", start - HOUR + i)) for i in range(10)]
+    proc.settle(proc.process(later + soon, start), start)
+    assert proc.timers == 10
+    # The loop's turns five minutes past each ten: the last before the end at 55 minutes.
+    fired, _ = _run(proc, start, start + 2 * HOUR, 10 * 60_000, first_turn=start + 5 * 60_000)
+    assert len(fired) == 20
+    assert all(emitted == expires for *_, emitted, expires in fired)
+
+
+EVENT = st.tuples(
+    st.integers(0, 30),  # record
+    st.sampled_from(["create", "touch", "delete"]),
+    st.sampled_from(["error", "session"]),
+    st.integers(2 * HOUR, 4 * HOUR),  # event time after BASE: most due past the horizon
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.lists(EVENT, max_size=8), st.integers(1, 40 * 60_000)), max_size=30
+    ),
+    cap=st.integers(1, 12),
+    load=st.integers(1, 5),
+)
+def test_a_capped_horizon_fires_what_an_uncapped_one_fires(
+    steps: list[tuple[list[tuple[int, str, str, int]], int]], cap: int, load: int
+) -> None:
+    """Any events, at any times, with the clock moving by any steps: a partition holding a
+    few timers at most fires the same tombstones at the same times as one holding all."""
+    now = BASE + 4 * HOUR
+    procs = [_processor(now), _processor(now, max_loaded_timers=cap, load_slice=load)]
+    outputs: list[list[Fired]] = [[], []]
+    offset = 0
+    for events, advance in steps:
+        records = [
+            Rec(offset + i, None, _event(f"r{n}", BASE + t, op, cat))
+            for i, (n, op, cat, t) in enumerate(events)
+        ]
+        offset += len(records)
+        for proc, out in zip(procs, outputs, strict=True):
+            out += _settled(proc, proc.process(records, now), now)
+        for proc, out in zip(procs, outputs, strict=True):
+            fired, _ = _run(proc, now, now + advance, 20 * 60_000)
+            out += fired
+        now += advance
+    assert outputs[1] == outputs[0]
