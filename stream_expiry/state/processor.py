@@ -736,6 +736,14 @@ class PartitionProcessor:
         re-read the whole changelog, a cold restore's read, to apply nothing. A position
         before a run stays: another writer's messages lie between, and a restore must read
         them. The run's last message marks each new position (``position_marks``)."""
+        moved = self.checkpoint_meta(runs)
+        if moved:
+            self.store.set_meta(moved)
+
+    def checkpoint_meta(self, runs: Mapping[str, Run]) -> dict[str, int]:
+        """What :meth:`checkpoint` writes, not written: the service writes it together
+        with the partition's other meta (the mark of the input offset it committed), one
+        store write a commit instead of two. The positions count as saved from now on."""
         saved = self._positions
         moved: dict[str, int] = {}
         for name, (start, end, last_key, last_ts) in runs.items():
@@ -745,8 +753,7 @@ class PartitionProcessor:
             if start <= position < end:
                 saved[name] = moved[name] = end
                 moved.update(position_marks(name, end - 1, last_key, last_ts))
-        if moved:
-            self.store.set_meta(moved)
+        return moved
 
     def _with_offsets(self, effects: Effects) -> list[tuple[model.Stamp | None, model.Stamp]]:
         """The writes with their stamps' offsets: new ones from the acks, and for a live

@@ -1,0 +1,79 @@
+"""Many partitions on one instance: the loop's per-turn work follows the partitions with
+work, not the partitions owned.
+
+With 48-partition topics (144 stores in one instance) the service wrote every store twice
+a second at its commit, and a release decided every partition's held records in one loop
+turn while the timers waited (bench.e2e_partitions, round 26). These tests count what a
+turn does over partitions that have nothing to do.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from stream_expiry import service as service_module
+from stream_expiry.state.store import input_position_name
+from tests.conftest import wait_for
+from tests.integration.service_helpers import config_for, event, produce, running_service
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from stream_expiry.state.store import PartitionStore
+    from tests.conftest import TopicSet
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+FAR = """
+[retention.defaults]
+conversation = "30d"
+session = "30d"
+error = "30d"
+"""
+
+
+def _count_meta_writes(store: PartitionStore, slot: tuple[str, int], writes: Counter[Any]) -> None:
+    """Count ``store``'s meta writes under ``slot``, each still written."""
+    write: Callable[..., None] = store.set_meta
+
+    def counted(values: Any) -> None:
+        writes[slot] += 1
+        write(values)
+
+    store.set_meta = counted  # type: ignore[method-assign]
+
+
+async def test_a_commit_writes_only_the_store_that_settled_something_once(
+    broker: str, topics: TopicSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One event on one partition: the commit writes that partition's store once (its
+    changelog positions and its input offset's mark together), and none of the stores
+    that share its changelog partition and did nothing. Before, the commit wrote the busy
+    store twice and each idle one sharing the changelog partition once."""
+    monkeypatch.setattr(service_module, "CHECKPOINT_ALL_EVERY_S", 3600.0)
+    config = config_for(topics, str(tmp_path / "state"), FAR)
+    writes: Counter[tuple[str, int]] = Counter()
+    async with running_service(config, broker) as service:
+        await wait_for(lambda: len(service.processors) == 6)
+        for slot, proc in service.processors.items():
+            _count_meta_writes(proc.store, slot, writes)
+        await produce(broker, [(topics.conversations, *event("conversation", "c1"))])
+
+        def marked() -> list[tuple[str, int]]:
+            return [
+                slot
+                for slot, proc in service.processors.items()
+                if proc.store.position_mark(input_position_name(*slot)) is not None
+            ]
+
+        await wait_for(lambda: bool(marked()))
+        (busy,) = marked()
+        assert busy[0] == topics.conversations
+        # Another commit or two with nothing new: nothing more is written.
+        committed = service._committed_at
+        await wait_for(lambda: service._committed_at > committed + 1.0, timeout_s=10)
+        assert dict(writes) == {busy: 1}
