@@ -176,6 +176,9 @@ class PartitionProcessor:
         self.archive = archive
         self._archive_generation = archive.generation if archive else 0
         self.archive_waiting = 0  # due records kept until the archive has them
+        # Held records the last ``release_due`` looked at: what it took of a budget that
+        # the partitions releasing share (the service's release slices).
+        self.release_looked = 0
         # The earliest due time among them (None: none): they are overdue, and off the due
         # index like held records, so the overdue gauge learns of them from here.
         self.archive_waiting_since: int | None = None
@@ -576,10 +579,12 @@ class PartitionProcessor:
             if self.archive_waiting:
                 self._owe_round([])
                 self.archive_waiting, self.archive_waiting_since = 0, None  # counted again
+        self.release_looked = 0
         if not self._rounds:
             return effects
         looks = self._overlay_looks()
         stored, cursor = self.store.held(self._release_cursor or b"", budget)
+        self.release_looked = len(stored) + len(looks)
         overlay = self._overlay
         looks += self._store_looks([s for s in stored if s.identity.key not in overlay])
         self._advance_rounds(cursor)

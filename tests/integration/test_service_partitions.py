@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from stream_expiry import service as service_module
+from stream_expiry.holds import Hold, encode_hold
 from stream_expiry.state.store import input_position_name
 from tests.conftest import wait_for
 from tests.integration.service_helpers import config_for, event, produce, running_service
@@ -77,3 +78,56 @@ async def test_a_commit_writes_only_the_store_that_settled_something_once(
         committed = service._committed_at
         await wait_for(lambda: service._committed_at > committed + 1.0, timeout_s=10)
         assert dict(writes) == {busy: 1}
+
+
+SHORT = """
+[retention.defaults]
+conversation = "1s"
+session = "1s"
+error = "1s"
+"""
+
+
+@pytest.mark.timeout(120)
+async def test_a_release_is_decided_in_slices_the_partitions_share(
+    broker: str, topics: TopicSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An org-wide hold over 600 records on six partitions, released: no loop turn looks
+    at more than a slice of held records (50 here) over all partitions together, and
+    every record is tombstoned once. Before, each partition's held records were all
+    decided in the first turn after the release (5,000 a partition)."""
+    monkeypatch.setattr(service_module, "RELEASE_BATCH", 50)
+    config = config_for(topics, str(tmp_path / "state"), SHORT)
+    hold = Hold("case-1", "held", None, None, None, None, "case", None)
+    held = 600
+    async with running_service(config, broker) as service:
+        await produce(broker, [(topics.holds, hold.hold_id.encode(), encode_hold(hold))])
+        await wait_for(lambda: len(service.holds) == 1)
+        inputs = (topics.conversations, topics.sessions, topics.errors)
+        cats = ("conversation", "session", "error")
+        await produce(
+            broker,
+            [
+                (inputs[i % 3], *event(cats[i % 3], f"r{i}", org="held", bot=f"b{i % 5}"))
+                for i in range(held)
+            ],
+        )
+        await wait_for(
+            lambda: sum(p.store.counts.held for p in service.processors.values()) == held,
+            timeout_s=30,
+        )
+        looked: list[int] = []  # per loop turn: the held records looked at
+        release_held = service._release_held
+
+        async def counted() -> bool:
+            before = service.stats.tombstones
+            more = await release_held()
+            if service.stats.tombstones > before:
+                looked.append(service.stats.tombstones - before)
+            return more
+
+        service._release_held = counted  # type: ignore[method-assign]
+        await produce(broker, [(topics.holds, hold.hold_id.encode(), None)])
+        await wait_for(lambda: service.stats.tombstones >= held, timeout_s=60)
+    assert sum(looked) == held
+    assert max(looked) <= 50  # a slice
