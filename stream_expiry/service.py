@@ -749,40 +749,77 @@ class Service:
     # -- ingest -----------------------------------------------------------------------------
 
     async def _ingest(self, batch: Mapping[TopicPartition, list[Any]], seeks_before: int) -> None:
-        assert self._consumer is not None
-        assert self._firing is not None
+        """Decide a batch in slices of ``SLICE`` events, each slice one outbox entry over
+        as many partitions as it takes: a batch spread over 144 partitions was one entry
+        (a produce, a wait for acks, a settle) per partition, 16 in flight at most."""
+        group: list[tuple[tuple[str, int], PartitionProcessor, list[Any]]] = []
+        size = 0
         for tp, records in batch.items():
+            taken = self._records_to_take(tp, records, seeks_before)
+            if taken is None:
+                continue
+            proc, records = taken
             slot = (tp.topic, tp.partition)
-            proc = self.processors.get(slot)
-            expected = self._next_offset.get(slot)
-            if proc is None or expected is None:
-                continue  # fetched before our assignment callback positioned the partition
-            if self._seeked_at.get(slot, 0) > seeks_before:
-                # Positioned since this batch was fetched (the callback may even run while
-                # this loop awaits a send): its records come from the old position, and
-                # taking them would skip what lies between. Read again from the new one.
-                self._consumer.seek(tp, expected)
-                continue
-            # A fetch started before a seek hands back records again after it.
-            if records[0].offset < expected:
-                records = [rec for rec in records if rec.offset >= expected]
-            if not records:
-                continue
-            self._next_offset[slot] = records[-1].offset + 1
-            marks = self._input_marks.setdefault(slot, {})
             for i in range(0, len(records), SLICE):
-                async with self._deciding:
-                    if self.processors.get(slot) is not proc or self._outbox is None:
-                        break  # revoked (or the session ended) meanwhile: its owner reads on
-                    chunk = records[i : i + SLICE]
-                    last = chunk[-1]
-                    marks[last.offset + 1] = (last.key, last.timestamp)
-                    if len(marks) > INPUT_MARKS:
-                        del marks[next(iter(marks))]
-                    effects = proc.process(chunk, self.clock())
-                    self._count(effects)
-                    await self._outbox.send([(proc, effects)], self.clock())
-                self._firing.due_at(proc.next_due_ms())
+                chunk = records[i : i + SLICE]
+                group.append((slot, proc, chunk))
+                size += len(chunk)
+                if size >= SLICE:
+                    await self._decide(group)
+                    group, size = [], 0
+        if group:
+            await self._decide(group)
+
+    def _records_to_take(
+        self, tp: TopicPartition, records: list[Any], seeks_before: int
+    ) -> tuple[PartitionProcessor, list[Any]] | None:
+        """The partition's processor and the records of the batch it takes (None: none),
+        its next offset moved past them."""
+        assert self._consumer is not None
+        slot = (tp.topic, tp.partition)
+        proc = self.processors.get(slot)
+        expected = self._next_offset.get(slot)
+        if proc is None or expected is None:
+            return None  # fetched before our assignment callback positioned the partition
+        if self._seeked_at.get(slot, 0) > seeks_before:
+            # Positioned since this batch was fetched (the callback may even run while
+            # this loop awaits a send): its records come from the old position, and
+            # taking them would skip what lies between. Read again from the new one.
+            self._consumer.seek(tp, expected)
+            return None
+        # A fetch started before a seek hands back records again after it.
+        if records[0].offset < expected:
+            records = [rec for rec in records if rec.offset >= expected]
+        if not records:
+            return None
+        self._next_offset[slot] = records[-1].offset + 1
+        return proc, records
+
+    async def _decide(
+        self, group: list[tuple[tuple[str, int], PartitionProcessor, list[Any]]]
+    ) -> None:
+        """Decide consecutive records of one or more partitions and send their effects
+        as one outbox entry."""
+        assert self._firing is not None
+        async with self._deciding:
+            if self._outbox is None:
+                return  # the session ended meanwhile
+            items: list[tuple[PartitionProcessor, Effects]] = []
+            for slot, proc, chunk in group:
+                if self.processors.get(slot) is not proc:
+                    continue  # revoked meanwhile: its owner reads on
+                marks = self._input_marks.setdefault(slot, {})
+                last = chunk[-1]
+                marks[last.offset + 1] = (last.key, last.timestamp)
+                if len(marks) > INPUT_MARKS:
+                    del marks[next(iter(marks))]
+                effects = proc.process(chunk, self.clock())
+                self._count(effects)
+                items.append((proc, effects))
+            if items:
+                await self._outbox.send(items, self.clock())
+        for _, proc, _ in group:
+            self._firing.due_at(proc.next_due_ms())
 
     def _count(self, effects: Effects) -> None:
         stats = self.stats

@@ -16,6 +16,7 @@ import pytest
 
 from stream_expiry import service as service_module
 from stream_expiry.holds import Hold, encode_hold
+from stream_expiry.outbox import Outbox
 from stream_expiry.state.store import input_position_name
 from tests.conftest import wait_for
 from tests.integration.service_helpers import config_for, event, produce, running_service
@@ -131,3 +132,30 @@ async def test_a_release_is_decided_in_slices_the_partitions_share(
         await wait_for(lambda: service.stats.tombstones >= held, timeout_s=60)
     assert sum(looked) == held
     assert max(looked) <= 50  # a slice
+
+
+async def test_a_batch_over_many_partitions_is_sent_in_slices_not_per_partition(
+    broker: str, topics: TopicSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog over six partitions, read in a few batches: each slice of ``SLICE``
+    events is one outbox entry however many partitions it spans. Before, every
+    partition's records in a batch were an entry of their own (a produce request, a wait
+    for acks and a settle each): six entries at least here."""
+    sent: list[int] = []  # per outbox entry of ingest: the partitions in it
+    send = Outbox.send
+
+    async def counted(self: Outbox, items: list[Any], now_ms: int) -> list[Any]:
+        if any(effects.events for _, effects in items):
+            sent.append(len(items))
+        return await send(self, items, now_ms)
+
+    monkeypatch.setattr(Outbox, "send", counted)
+    inputs = (topics.conversations, topics.sessions, topics.errors)
+    cats = ("conversation", "session", "error")
+    events = 120  # fewer than a slice
+    await produce(broker, [(inputs[i % 3], *event(cats[i % 3], f"r{i}")) for i in range(events)])
+    config = config_for(topics, str(tmp_path / "state"), FAR)
+    async with running_service(config, broker) as service:
+        await wait_for(lambda: service.stats.events >= events)
+    assert sum(sent) >= 6  # every partition had events
+    assert len(sent) < 6, sent
