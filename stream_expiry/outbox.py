@@ -195,6 +195,9 @@ class Outbox:
         self._drained.set()
         # input offsets whose effects are settled: what the group may commit
         self.committable: dict[tuple[str, int], int] = {}
+        # input partitions whose store the settler wrote since ``take_written``: the ones
+        # whose changelog positions a commit moves (the others' wait for a full checkpoint)
+        self._written: set[tuple[str, int]] = set()
         # output (topic, partition) -> the latest run [start, end) of offsets filled by
         # batches of this outbox, settled (another writer's message starts a new run), and
         # the key and timestamp of its last message
@@ -346,9 +349,11 @@ class Outbox:
                 for effects, key, relative in tracked:
                     effects.stamp_offsets[key] = base + relative
                 batches.append((slot, base, base + count, last))
-            committable = self.committable
+            committable, written = self.committable, self._written
             for proc, effects in items:
                 proc.settle(effects, now_ms)
+                if effects.writes:
+                    written.add((proc.topic, proc.partition))
                 if effects.next_offset is not None:
                     slot = (proc.topic, proc.partition)
                     committable[slot] = max(committable.get(slot, 0), effects.next_offset)
@@ -361,6 +366,11 @@ class Outbox:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._drained.set()
+
+    def take_written(self) -> set[tuple[str, int]]:
+        """The input partitions whose store was written since the last call."""
+        written, self._written = self._written, set()
+        return written
 
     def runs(self, proc: PartitionProcessor) -> dict[str, Run]:
         """The latest run of offsets this outbox filled and settled on each changelog

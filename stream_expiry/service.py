@@ -23,6 +23,8 @@ revoked partition is settled, committed, and dropped alone.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -87,6 +89,9 @@ log = logging.getLogger("stream_expiry.service")
 MAX_BATCH = 5000
 SLICE = 200  # events decided at once: the longest a due timer waits for ingest
 COMMIT_EVERY_S = 1.0
+RELEASE_BATCH = 2_000  # held records a release slice looks at, over the partitions releasing
+RELEASES_IN_FLIGHT = 2  # release slices sent and not acknowledged, at most
+CHECKPOINT_ALL_EVERY_S = 10.0  # the positions of stores not written since the last commit
 GAUGES_EVERY_S = 1.0
 IDLE_WAIT_MS = 200
 # Partition n of every input topic to one instance (the topics have equal partition counts),
@@ -168,6 +173,12 @@ def _say_moved_aside(state_dir: str) -> None:
             size / 2**20,
             ", ".join(os.path.basename(p) for p in aside),
         )
+
+
+async def _acked_or_failed(acks: list[Any]) -> None:
+    """Wait for ``acks``, whatever they say: a refusal is the settler's to raise."""
+    if acks:
+        await asyncio.wait(acks)
 
 
 def _close_store(proc: PartitionProcessor) -> None:
@@ -255,6 +266,11 @@ class Service:
         # it catches up, else its high watermark while its reading lags.
         self._unread: dict[tuple[str, int], int] = {}
         self._committed_at = 0.0
+        self._checkpointed_at = 0.0  # every store's positions (monotonic)
+        # A release's slices: the partition the next one starts at (its index among the
+        # processors), and the acks of those sent, oldest first.
+        self._release_next = 0
+        self._release_acks: collections.deque[list[Any]] = collections.deque()
         self._pruned_at = time.monotonic()
         self._pruning = False  # markers were left due by the last prune
         self._restore_seen = 0  # changelog messages of the running restore already counted
@@ -575,6 +591,7 @@ class Service:
         self._catching_up.clear()
         self._unread.clear()
         self._outbox = self._consumer = None
+        self._release_acks.clear()  # the closed producer's
         self._to_restore = []
         self.rebalance_error = None
 
@@ -617,9 +634,10 @@ class Service:
         self, cons: AIOKafkaConsumer, control: ControlTopics, stop: anyio.Event
     ) -> None:
         last_progress = 0.0
+        releasing = False  # a release under way: poll without waiting
         while not stop.is_set():
             seeks_before = self._seeks
-            batch = await self._poll(cons)
+            batch = await self._poll(cons, 0 if releasing else IDLE_WAIT_MS)
             if batch is None:
                 break  # stopped while the consumer waited (for a join, say)
             self.health.beat()
@@ -632,10 +650,10 @@ class Service:
             if self._catching_up:
                 await self._caught_up(cons)
             await self._track_unread(cons)
-            await self._release_held()
+            releasing = await self._release_held()
             self._housekeeping()
             if time.monotonic() - self._committed_at >= COMMIT_EVERY_S:
-                await self._commit(cons)
+                await self._commit(cons, every_store=False)
                 self._observe_lag(cons)
             if self._on_progress is not None and time.monotonic() - last_progress >= 0.5:
                 last_progress = time.monotonic()
@@ -643,7 +661,9 @@ class Service:
                 if result is not None:
                     await result
 
-    async def _poll(self, cons: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]] | None:
+    async def _poll(
+        self, cons: AIOKafkaConsumer, timeout_ms: int = IDLE_WAIT_MS
+    ) -> dict[TopicPartition, list[Any]] | None:
         """The next batch, or None if :meth:`_stop_polling` gave the wait up.
 
         aiokafka's ``getmany`` waits, whatever its timeout, for a (re)join to end: a stop
@@ -653,7 +673,7 @@ class Service:
         with anyio.CancelScope() as self._polling:
             try:
                 batch: dict[TopicPartition, list[Any]] = await cons.getmany(
-                    timeout_ms=IDLE_WAIT_MS, max_records=MAX_BATCH
+                    timeout_ms=timeout_ms, max_records=MAX_BATCH
                 )
                 return batch
             except KafkaError as exc:
@@ -729,40 +749,77 @@ class Service:
     # -- ingest -----------------------------------------------------------------------------
 
     async def _ingest(self, batch: Mapping[TopicPartition, list[Any]], seeks_before: int) -> None:
-        assert self._consumer is not None
-        assert self._firing is not None
+        """Decide a batch in slices of ``SLICE`` events, each slice one outbox entry over
+        as many partitions as it takes: a batch spread over 144 partitions was one entry
+        (a produce, a wait for acks, a settle) per partition, 16 in flight at most."""
+        group: list[tuple[tuple[str, int], PartitionProcessor, list[Any]]] = []
+        size = 0
         for tp, records in batch.items():
+            taken = self._records_to_take(tp, records, seeks_before)
+            if taken is None:
+                continue
+            proc, records = taken
             slot = (tp.topic, tp.partition)
-            proc = self.processors.get(slot)
-            expected = self._next_offset.get(slot)
-            if proc is None or expected is None:
-                continue  # fetched before our assignment callback positioned the partition
-            if self._seeked_at.get(slot, 0) > seeks_before:
-                # Positioned since this batch was fetched (the callback may even run while
-                # this loop awaits a send): its records come from the old position, and
-                # taking them would skip what lies between. Read again from the new one.
-                self._consumer.seek(tp, expected)
-                continue
-            # A fetch started before a seek hands back records again after it.
-            if records[0].offset < expected:
-                records = [rec for rec in records if rec.offset >= expected]
-            if not records:
-                continue
-            self._next_offset[slot] = records[-1].offset + 1
-            marks = self._input_marks.setdefault(slot, {})
             for i in range(0, len(records), SLICE):
-                async with self._deciding:
-                    if self.processors.get(slot) is not proc or self._outbox is None:
-                        break  # revoked (or the session ended) meanwhile: its owner reads on
-                    chunk = records[i : i + SLICE]
-                    last = chunk[-1]
-                    marks[last.offset + 1] = (last.key, last.timestamp)
-                    if len(marks) > INPUT_MARKS:
-                        del marks[next(iter(marks))]
-                    effects = proc.process(chunk, self.clock())
-                    self._count(effects)
-                    await self._outbox.send([(proc, effects)], self.clock())
-                self._firing.due_at(proc.next_due_ms())
+                chunk = records[i : i + SLICE]
+                group.append((slot, proc, chunk))
+                size += len(chunk)
+                if size >= SLICE:
+                    await self._decide(group)
+                    group, size = [], 0
+        if group:
+            await self._decide(group)
+
+    def _records_to_take(
+        self, tp: TopicPartition, records: list[Any], seeks_before: int
+    ) -> tuple[PartitionProcessor, list[Any]] | None:
+        """The partition's processor and the records of the batch it takes (None: none),
+        its next offset moved past them."""
+        assert self._consumer is not None
+        slot = (tp.topic, tp.partition)
+        proc = self.processors.get(slot)
+        expected = self._next_offset.get(slot)
+        if proc is None or expected is None:
+            return None  # fetched before our assignment callback positioned the partition
+        if self._seeked_at.get(slot, 0) > seeks_before:
+            # Positioned since this batch was fetched (the callback may even run while
+            # this loop awaits a send): its records come from the old position, and
+            # taking them would skip what lies between. Read again from the new one.
+            self._consumer.seek(tp, expected)
+            return None
+        # A fetch started before a seek hands back records again after it.
+        if records[0].offset < expected:
+            records = [rec for rec in records if rec.offset >= expected]
+        if not records:
+            return None
+        self._next_offset[slot] = records[-1].offset + 1
+        return proc, records
+
+    async def _decide(
+        self, group: list[tuple[tuple[str, int], PartitionProcessor, list[Any]]]
+    ) -> None:
+        """Decide consecutive records of one or more partitions and send their effects
+        as one outbox entry."""
+        assert self._firing is not None
+        async with self._deciding:
+            if self._outbox is None:
+                return  # the session ended meanwhile
+            items: list[tuple[PartitionProcessor, Effects]] = []
+            for slot, proc, chunk in group:
+                if self.processors.get(slot) is not proc:
+                    continue  # revoked meanwhile: its owner reads on
+                marks = self._input_marks.setdefault(slot, {})
+                last = chunk[-1]
+                marks[last.offset + 1] = (last.key, last.timestamp)
+                if len(marks) > INPUT_MARKS:
+                    del marks[next(iter(marks))]
+                effects = proc.process(chunk, self.clock())
+                self._count(effects)
+                items.append((proc, effects))
+            if items:
+                await self._outbox.send(items, self.clock())
+        for _, proc, _ in group:
+            self._firing.due_at(proc.next_due_ms())
 
     def _count(self, effects: Effects) -> None:
         stats = self.stats
@@ -806,24 +863,46 @@ class Service:
             if fired.before.expires_at is not None:
                 self.stats.observe_lag(fired.emitted_at - fired.before.expires_at)
 
-    async def _release_held(self) -> None:
-        """After a hold's release, tombstone what it kept, a slice per loop turn."""
-        async with self._deciding:
-            await self._release_held_slice()
+    async def _release_held(self) -> bool:
+        """After a hold's release, tombstone what it kept, a slice per loop turn; returns
+        whether a release is still under way (the loop then does not wait for input).
 
-    async def _release_held_slice(self) -> None:
+        A slice looks at ``RELEASE_BATCH`` held records at most, shared by the partitions
+        releasing in turn. Each partition took 5,000 a turn: an org-wide hold over 300,000
+        records on 144 partitions was decided in one turn, the timers waiting behind it
+        (bench.e2e_partitions: the others' lag p99 7.4 s). At most ``RELEASES_IN_FLIGHT``
+        slices wait for their acks, so a firing's tombstones queue behind two slices, not
+        the whole release."""
+        acks = self._release_acks
+        while len(acks) >= RELEASES_IN_FLIGHT:
+            await _acked_or_failed(acks.popleft())
+        async with self._deciding:
+            return await self._release_held_slice()
+
+    async def _release_held_slice(self) -> bool:
         assert self._outbox is not None
         now = self.clock()
         released: list[tuple[PartitionProcessor, Effects]] = []
-        for proc in self.processors.values():
-            if proc.releasing:
-                effects = proc.release_due(now)
-                if effects:
-                    released.append((proc, effects))
-                    for f in effects.tombstones:
-                        self._count_tombstone(f)
+        procs = list(self.processors.values())
+        budget, start, more = RELEASE_BATCH, self._release_next, False
+        for i in range(len(procs)):
+            proc = procs[(start + i) % len(procs)]
+            if not proc.releasing:
+                continue
+            if budget <= 0:
+                more = True
+                break
+            effects = proc.release_due(now, budget=budget)
+            budget -= max(1, proc.release_looked)
+            self._release_next = (start + i + 1) % len(procs)
+            more = more or proc.releasing
+            if effects:
+                released.append((proc, effects))
+                for f in effects.tombstones:
+                    self._count_tombstone(f)
         if released:
-            await self._outbox.send(released, now)
+            self._release_acks.append(await self._outbox.send(released, now))
+        return more
 
     def _housekeeping(self) -> None:
         now = self.clock()
@@ -839,13 +918,21 @@ class Service:
             if sum(pruned):
                 log.debug("pruned %d deletion markers past their grace", sum(pruned))
 
-    async def _commit(self, cons: AIOKafkaConsumer) -> None:
+    async def _commit(self, cons: AIOKafkaConsumer, *, every_store: bool = True) -> None:
         """Commit the settled input offsets of the partitions this instance owns, and
-        checkpoint their stores' changelog positions."""
+        checkpoint their stores' changelog positions, one store write per partition.
+
+        ``every_store=False`` (the loop's commit, once a second): only the stores written
+        since the last commit are checkpointed, the others every ``CHECKPOINT_ALL_EVERY_S``.
+        With 144 partitions on one instance every commit wrote each store twice (its
+        positions, then its input offset's mark), and those 288 writes stalled the loop
+        and the timers for ~0.1 s a second (bench.e2e_partitions, py-spy: 11 % of the
+        service's samples). An idle store's position only lags behind others' messages on
+        the changelog partition it shares: a crash costs re-reading them, no more."""
         assert self._outbox is not None
-        committable = self._outbox.committable
-        for proc in self.processors.values():
-            proc.checkpoint(self._outbox.runs(proc))
+        outbox = self._outbox
+        metas = self._checkpoints(outbox, every_store)
+        committable = outbox.committable
         owned = {
             TopicPartition(t, p): o
             for (t, p), o in committable.items()
@@ -853,8 +940,37 @@ class Service:
         }
         committable.clear()
         self._committed_at = time.monotonic()
-        if not owned:
-            return
+        if owned and await self._commit_offsets(cons, owned):
+            self._mark_committed(owned, metas)
+        for slot, meta in metas.items():
+            proc = self.processors.get(slot)
+            if proc is not None:
+                proc.store.set_meta(meta)
+
+    def _checkpoints(
+        self, outbox: Outbox, every_store: bool
+    ) -> dict[tuple[str, int], dict[str, int]]:
+        """The changelog positions to save, per input partition (see :meth:`_commit`)."""
+        written = outbox.take_written()
+        now = time.monotonic()
+        if every_store or now - self._checkpointed_at >= CHECKPOINT_ALL_EVERY_S:
+            self._checkpointed_at = now
+            slots = list(self.processors)
+        else:
+            slots = [slot for slot in written if slot in self.processors]
+        metas: dict[tuple[str, int], dict[str, int]] = {}
+        for slot in slots:
+            proc = self.processors[slot]
+            moved = proc.checkpoint_meta(outbox.runs(proc))
+            if moved:
+                metas[slot] = moved
+        return metas
+
+    async def _commit_offsets(
+        self, cons: AIOKafkaConsumer, owned: dict[TopicPartition, int]
+    ) -> bool:
+        """Commit ``owned``; on a failure keep the offsets for the next commit, say so and
+        return False."""
         failed: str | None = None
         try:
             # Bounded: aiokafka retries a commit without end while the cluster does not know
@@ -870,23 +986,31 @@ class Service:
             failed = _describe(exc)
         except TimeoutError:
             failed = f"no answer within {COMMIT_TIMEOUT_S:.0f} s"
-        if failed is not None:
-            # Only re-reading is at stake: the offsets come again with the next commit.
-            log.warning("offset commit failed, retried with the next one: %s", failed)
-            for tp, offset in owned.items():
-                slot = (tp.topic, tp.partition)
-                committable[slot] = max(committable.get(slot, 0), offset)
-            return
+        if failed is None:
+            return True
+        # Only re-reading is at stake: the offsets come again with the next commit.
+        log.warning("offset commit failed, retried with the next one: %s", failed)
+        assert self._outbox is not None
+        committable = self._outbox.committable
         for tp, offset in owned.items():
-            # Mark the message before the committed offset in the partition's store: a
-            # commit made into a cluster rebuilt meanwhile is found out at the next
-            # assignment (_position), not trusted to skip the new cluster's messages.
+            slot = (tp.topic, tp.partition)
+            committable[slot] = max(committable.get(slot, 0), offset)
+        return False
+
+    def _mark_committed(
+        self, owned: dict[TopicPartition, int], metas: dict[tuple[str, int], dict[str, int]]
+    ) -> None:
+        """Mark the message before each committed offset, in the meta its partition's
+        store is written with: a commit made into a cluster rebuilt meanwhile is found out
+        at the next assignment (_position), not trusted to skip the new cluster's
+        messages."""
+        for tp, offset in owned.items():
             slot = (tp.topic, tp.partition)
             marks = self._input_marks.get(slot, {})
             mark = marks.get(offset)
-            owner = self.processors.get(slot)
-            if mark is not None and owner is not None:
-                owner.store.set_meta(position_marks(input_position_name(*slot), offset - 1, *mark))
+            if mark is not None and slot in self.processors:
+                meta = metas.setdefault(slot, {})
+                meta.update(position_marks(input_position_name(*slot), offset - 1, *mark))
             for seen in [o for o in marks if o <= offset]:
                 del marks[seen]
 

@@ -187,6 +187,9 @@ class PartitionProcessor:
         self.archive = archive
         self._archive_generation = archive.generation if archive else 0
         self.archive_waiting = 0  # due records kept until the archive has them
+        # Held records the last ``release_due`` looked at: what it took of a budget that
+        # the partitions releasing share (the service's release slices).
+        self.release_looked = 0
         # The earliest due time among them (None: none): they are overdue, and off the due
         # index like held records, so the overdue gauge learns of them from here.
         self.archive_waiting_since: int | None = None
@@ -595,10 +598,12 @@ class PartitionProcessor:
             if self.archive_waiting:
                 self._owe_round([])
                 self.archive_waiting, self.archive_waiting_since = 0, None  # counted again
+        self.release_looked = 0
         if not self._rounds:
             return effects
         looks = self._overlay_looks()
         stored, cursor = self.store.held(self._release_cursor or b"", budget)
+        self.release_looked = len(stored) + len(looks)
         overlay = self._overlay
         looks += self._store_looks([s for s in stored if s.identity.key not in overlay])
         self._advance_rounds(cursor)
@@ -785,6 +790,14 @@ class PartitionProcessor:
         re-read the whole changelog, a cold restore's read, to apply nothing. A position
         before a run stays: another writer's messages lie between, and a restore must read
         them. The run's last message marks each new position (``position_marks``)."""
+        moved = self.checkpoint_meta(runs)
+        if moved:
+            self.store.set_meta(moved)
+
+    def checkpoint_meta(self, runs: Mapping[str, Run]) -> dict[str, int]:
+        """What :meth:`checkpoint` writes, not written: the service writes it together
+        with the partition's other meta (the mark of the input offset it committed), one
+        store write a commit instead of two. The positions count as saved from now on."""
         saved = self._positions
         moved: dict[str, int] = {}
         for name, (start, end, last_key, last_ts) in runs.items():
@@ -794,8 +807,7 @@ class PartitionProcessor:
             if start <= position < end:
                 saved[name] = moved[name] = end
                 moved.update(position_marks(name, end - 1, last_key, last_ts))
-        if moved:
-            self.store.set_meta(moved)
+        return moved
 
     def _with_offsets(self, effects: Effects) -> list[tuple[model.Stamp | None, model.Stamp]]:
         """The writes with their stamps' offsets: new ones from the acks, and for a live

@@ -1,0 +1,161 @@
+"""Many partitions on one instance: the loop's per-turn work follows the partitions with
+work, not the partitions owned.
+
+With 48-partition topics (144 stores in one instance) the service wrote every store twice
+a second at its commit, and a release decided every partition's held records in one loop
+turn while the timers waited (bench.e2e_partitions, round 26). These tests count what a
+turn does over partitions that have nothing to do.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from stream_expiry import service as service_module
+from stream_expiry.holds import Hold, encode_hold
+from stream_expiry.outbox import Outbox
+from stream_expiry.state.store import input_position_name
+from tests.conftest import wait_for
+from tests.integration.service_helpers import config_for, event, produce, running_service
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from stream_expiry.state.store import PartitionStore
+    from tests.conftest import TopicSet
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+FAR = """
+[retention.defaults]
+conversation = "30d"
+session = "30d"
+error = "30d"
+"""
+
+
+def _count_meta_writes(store: PartitionStore, slot: tuple[str, int], writes: Counter[Any]) -> None:
+    """Count ``store``'s meta writes under ``slot``, each still written."""
+    write: Callable[..., None] = store.set_meta
+
+    def counted(values: Any) -> None:
+        writes[slot] += 1
+        write(values)
+
+    store.set_meta = counted  # type: ignore[method-assign]
+
+
+async def test_a_commit_writes_only_the_store_that_settled_something_once(
+    broker: str, topics: TopicSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One event on one partition: the commit writes that partition's store once (its
+    changelog positions and its input offset's mark together), and none of the stores
+    that share its changelog partition and did nothing. Before, the commit wrote the busy
+    store twice and each idle one sharing the changelog partition once."""
+    monkeypatch.setattr(service_module, "CHECKPOINT_ALL_EVERY_S", 3600.0)
+    config = config_for(topics, str(tmp_path / "state"), FAR)
+    writes: Counter[tuple[str, int]] = Counter()
+    async with running_service(config, broker) as service:
+        await wait_for(lambda: len(service.processors) == 6)
+        for slot, proc in service.processors.items():
+            _count_meta_writes(proc.store, slot, writes)
+        await produce(broker, [(topics.conversations, *event("conversation", "c1"))])
+
+        def marked() -> list[tuple[str, int]]:
+            return [
+                slot
+                for slot, proc in service.processors.items()
+                if proc.store.position_mark(input_position_name(*slot)) is not None
+            ]
+
+        await wait_for(lambda: bool(marked()))
+        (busy,) = marked()
+        assert busy[0] == topics.conversations
+        # Another commit or two with nothing new: nothing more is written.
+        committed = service._committed_at
+        await wait_for(lambda: service._committed_at > committed + 1.0, timeout_s=10)
+        assert dict(writes) == {busy: 1}
+
+
+SHORT = """
+[retention.defaults]
+conversation = "1s"
+session = "1s"
+error = "1s"
+"""
+
+
+@pytest.mark.timeout(120)
+async def test_a_release_is_decided_in_slices_the_partitions_share(
+    broker: str, topics: TopicSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An org-wide hold over 600 records on six partitions, released: no loop turn looks
+    at more than a slice of held records (50 here) over all partitions together, and
+    every record is tombstoned once. Before, each partition's held records were all
+    decided in the first turn after the release (5,000 a partition)."""
+    monkeypatch.setattr(service_module, "RELEASE_BATCH", 50)
+    config = config_for(topics, str(tmp_path / "state"), SHORT)
+    hold = Hold("case-1", "held", None, None, None, None, "case", None)
+    held = 600
+    async with running_service(config, broker) as service:
+        await produce(broker, [(topics.holds, hold.hold_id.encode(), encode_hold(hold))])
+        await wait_for(lambda: len(service.holds) == 1)
+        inputs = (topics.conversations, topics.sessions, topics.errors)
+        cats = ("conversation", "session", "error")
+        await produce(
+            broker,
+            [
+                (inputs[i % 3], *event(cats[i % 3], f"r{i}", org="held", bot=f"b{i % 5}"))
+                for i in range(held)
+            ],
+        )
+        await wait_for(
+            lambda: sum(p.store.counts.held for p in service.processors.values()) == held,
+            timeout_s=30,
+        )
+        looked: list[int] = []  # per loop turn: the held records looked at
+        release_held = service._release_held
+
+        async def counted() -> bool:
+            before = service.stats.tombstones
+            more = await release_held()
+            if service.stats.tombstones > before:
+                looked.append(service.stats.tombstones - before)
+            return more
+
+        service._release_held = counted  # type: ignore[method-assign]
+        await produce(broker, [(topics.holds, hold.hold_id.encode(), None)])
+        await wait_for(lambda: service.stats.tombstones >= held, timeout_s=60)
+    assert sum(looked) == held
+    assert max(looked) <= 50  # a slice
+
+
+async def test_a_batch_over_many_partitions_is_sent_in_slices_not_per_partition(
+    broker: str, topics: TopicSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog over six partitions, read in a few batches: each slice of ``SLICE``
+    events is one outbox entry however many partitions it spans. Before, every
+    partition's records in a batch were an entry of their own (a produce request, a wait
+    for acks and a settle each): six entries at least here."""
+    sent: list[int] = []  # per outbox entry of ingest: the partitions in it
+    send = Outbox.send
+
+    async def counted(self: Outbox, items: list[Any], now_ms: int) -> list[Any]:
+        if any(effects.events for _, effects in items):
+            sent.append(len(items))
+        return await send(self, items, now_ms)
+
+    monkeypatch.setattr(Outbox, "send", counted)
+    inputs = (topics.conversations, topics.sessions, topics.errors)
+    cats = ("conversation", "session", "error")
+    events = 120  # fewer than a slice
+    await produce(broker, [(inputs[i % 3], *event(cats[i % 3], f"r{i}")) for i in range(events)])
+    config = config_for(topics, str(tmp_path / "state"), FAR)
+    async with running_service(config, broker) as service:
+        await wait_for(lambda: service.stats.events >= events)
+    assert sum(sent) >= 6  # every partition had events
+    assert len(sent) < 6, sent
