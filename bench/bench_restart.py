@@ -36,6 +36,8 @@ the process is spawned (so Python's start and imports count):
   the time of that whole read);
 * ``to_ready_s``: the log line "assigned ...: K timers within the horizon";
 * ``to_first_tombstone_s``: the first tombstone received by the reader;
+* ``restored_to_first_tombstone_s``: from the last "restored in" line to that tombstone
+  (the service's own part after the restore, free of the start's and the join's noise);
 * ``to_all_due_s``: the last of the ``--due`` tombstones received.
 
 Tansu holds every JoinGroup ~3 s (../shared/BROKER.md), twice that for a member offering two
@@ -191,8 +193,8 @@ async def measure(
                     t_join, _ = svc.wait_line(_JOIN, 5)
                     t_ready, m = svc.wait_line(_READY, 5)
                     restored = [
-                        float(r.group(1))
-                        for _, line in svc.lines
+                        (t, float(r.group(1)))
+                        for t, line in svc.lines
                         if (r := _RESTORED.search(line)) is not None
                     ]
                     caught = [t for t, line in svc.lines if _CAUGHT_UP.search(line)]
@@ -216,7 +218,10 @@ async def measure(
         "delivered_due": delivered,
         "to_join_s": round((t_join - t0) / NS_PER_S, 3),
         "to_ready_s": round((t_ready - t0) / NS_PER_S, 3),
-        "restore_s": round(max(restored, default=0.0), 3),
+        "restore_s": round(max((s for _, s in restored), default=0.0), 3),
+        "restored_to_first_tombstone_s": None
+        if first is None or not restored
+        else round((first - max(t for t, _ in restored)) / NS_PER_S, 3),
         "to_first_tombstone_s": to_first,
         "join_hold_s": round(hold, 3),
         "first_tombstone_without_hold_s": None if to_first is None else round(to_first - hold, 3),
