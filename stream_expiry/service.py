@@ -44,6 +44,7 @@ from stream_expiry.errors import BrokerUnavailableError, CorruptStoreError, Stor
 from stream_expiry.firing import Firing
 from stream_expiry.health import Health, Phase
 from stream_expiry.holds import HoldBook
+from stream_expiry.housekeeping import Tidying
 from stream_expiry.kafka import (
     BATCH_BYTES,
     batch_bytes,
@@ -114,8 +115,7 @@ COMMIT_TIMEOUT_S = 10.0  # an offset commit given up after this (retried with th
 # still found by its session timeout. (The test broker does not enforce it.)
 REBALANCE_TIMEOUT_MS: Final = 60_000
 INPUT_MARKS = 1024  # slices remembered per partition for the marks of commits
-PRUNE_EVERY_S = 5.0  # and more at once while markers are due: pruning keeps up with deletions
-PRUNE_BUDGET = 20_000  # markers per store per loop turn, so a backlog never stalls the loop
+PRUNE_EVERY_S = 5.0  # and every turn while markers are left due: pruning keeps up
 # The longest a newly assigned partition's sliding records wait for it to read the backlog
 # it had then (its touches may extend them): past it they fire, and the warning says so.
 CATCH_UP_MAX_S = 300.0
@@ -272,7 +272,7 @@ class Service:
         self._release_next = 0
         self._release_acks: collections.deque[list[Any]] = collections.deque()
         self._pruned_at = time.monotonic()
-        self._pruning = False  # markers were left due by the last prune
+        self._tidying = Tidying()  # horizons and markers, a budget a turn
         self._restore_seen = 0  # changelog messages of the running restore already counted
         self._restore_said = 0.0  # when its progress was last logged (monotonic)
         # Partitions assigned and paused, for the restorer task; the restore in progress.
@@ -905,18 +905,13 @@ class Service:
         return more
 
     def _housekeeping(self) -> None:
-        now = self.clock()
-        for proc in self.processors.values():
-            proc.extend_horizon(now)
-        if self._pruning or time.monotonic() - self._pruned_at >= PRUNE_EVERY_S:
+        """Horizons and markers, within one budget a turn (:mod:`stream_expiry.housekeeping`)."""
+        prune = time.monotonic() - self._pruned_at >= PRUNE_EVERY_S
+        if prune:
             self._pruned_at = time.monotonic()
-            pruned = [
-                proc.store.prune(now, budget=PRUNE_BUDGET) for proc in self.processors.values()
-            ]
-            # A store that used its whole budget has more due: go on next turn.
-            self._pruning = any(n >= PRUNE_BUDGET for n in pruned)
-            if sum(pruned):
-                log.debug("pruned %d deletion markers past their grace", sum(pruned))
+        _, pruned = self._tidying.turn(list(self.processors.values()), self.clock(), prune=prune)
+        if pruned:
+            log.debug("pruned %d deletion markers past their grace", pruned)
 
     async def _commit(self, cons: AIOKafkaConsumer, *, every_store: bool = True) -> None:
         """Commit the settled input offsets of the partitions this instance owns, and

@@ -706,14 +706,17 @@ class PartitionProcessor:
             return end if due is None or end < due else due
         return due
 
-    def extend_horizon(self, now_ms: int) -> int:
+    def extend_horizon(self, now_ms: int, budget: int | None = None) -> int:
         """Load the next slice of timers from the store when the horizon runs short: at
-        most ``load_slice`` of them, and none while the wheel holds ``max_loaded_timers``."""
+        most ``load_slice`` of them (and ``budget``), none while the wheel holds
+        ``max_loaded_timers``; returns how many."""
         engine = self._engine
         target = engine.horizon_target(now_ms, eager=self._horizon_short)
         if target is None:
             return 0
         room = min(self._load_slice, self._max_loaded - engine.pending_in_wheel)
+        if budget is not None:
+            room = min(room, budget)
         if room <= 0 or (room < self._least_load and engine.horizon_end > now_ms):
             # A full wheel (its timers go first), or one with room for a few only: a load
             # costs a seek and a read ahead, so it waits for room, or for the horizon's
