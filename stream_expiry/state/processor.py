@@ -20,6 +20,7 @@ store is never ahead of what the broker holds.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -169,6 +170,10 @@ class PartitionProcessor:
         # up to an offset (``fire_due(..., unread_until=...)``): key -> that offset; and
         # those let go since (``let_go_read``): key -> the expiry they fire at.
         self._waiting: dict[str, int] = {}
+        # The same as (offset, key), smallest first, with entries gone stale (let go, or
+        # set aside again until later) left in: a catch-up after a restart sets aside every
+        # session due meanwhile, and each loop turn asked which could go, a scan of them all.
+        self._waiting_order: list[tuple[int, str]] = []
         self._cleared: dict[str, int | None] = {}
         self.set_aside = 0  # times a due sliding timer waited for unread input
         # key -> (seq of the effects that wrote it last, state): decided, not yet stored
@@ -382,6 +387,7 @@ class PartitionProcessor:
                 let_go = key in cleared and cleared.pop(key) == before.expires_at
                 if not let_go and unread_until is not None:
                     waiting[key] = unread_until
+                    heapq.heappush(self._waiting_order, (unread_until, key))
                     self.set_aside += 1
                     continue
             firing.append(entry)
@@ -397,9 +403,16 @@ class PartitionProcessor:
         or less, from each record's state now: an event read meanwhile may have extended
         or ended it. They fire when due, whatever is unread by then (they have waited for
         what was sent before they fell due). Returns how many are scheduled."""
-        ready = [key for key, until in self._waiting.items() if until <= position]
-        for key in ready:
-            del self._waiting[key]
+        waiting, order = self._waiting, self._waiting_order
+        ready: list[str] = []
+        while order and order[0][0] <= position:
+            until, key = heapq.heappop(order)
+            if waiting.get(key) == until:
+                del waiting[key]
+                ready.append(key)
+        if len(order) > 2 * len(waiting) + 1_000:  # mostly stale: keep it small
+            order[:] = [(until, key) for key, until in waiting.items()]
+            heapq.heapify(order)
         states = [s for key in ready if (s := self.state_of(key)) is not None and s.live]
         cleared = self._cleared
         for state in states:

@@ -21,6 +21,8 @@ from stream_expiry.policy import Resolution
 from stream_expiry.state import MemoryKV, PartitionProcessor, PartitionStore
 
 if TYPE_CHECKING:
+    from collections.abc import ItemsView
+
     from stream_expiry.model import Identity
     from stream_expiry.outbox import Outbox
 
@@ -332,3 +334,39 @@ def test_a_session_set_aside_and_ended_meanwhile_is_not_fired_again() -> None:
     _create(proc, "gone", clock.now - 40, clock, "session", op="delete")  # erased meanwhile
     assert proc.let_go_read(3) == 0
     assert proc.fire_due(clock.now).tombstones == []
+
+
+class _CountingDict(dict[str, int]):
+    """The waiting sessions, counting the scans of them all."""
+
+    scans = 0
+
+    def items(self) -> ItemsView[str, int]:  # type: ignore[override]
+        _CountingDict.scans += 1
+        return super().items()
+
+
+def test_sessions_set_aside_are_let_go_in_offset_order_without_scanning_them_all() -> None:
+    """A catch-up sets aside every session due meanwhile, each until the offset the
+    partition had to read then; each loop turn lets go those read by now. 300 sessions set
+    aside until offsets 0-299, one of them touched and set aside again later: each turn
+    lets go exactly those read, and no turn looks at all of them."""
+    clock = _Clock()
+    proc = _processor(clock)
+    proc._waiting = _CountingDict()
+    for i in range(300):  # due 10 ms apart (the tick) from 10 ms on
+        _create(proc, f"s{i}", clock.now - TTL_MS + 10 * (i + 1), clock, "session")
+    for i in range(300):
+        assert proc.fire_due(clock.now + 10 * (i + 1), unread_until=i).tombstones == []
+    assert sorted(proc._waiting.values()) == list(range(300))
+    clock.now += 3_000
+    _create(proc, "s0", clock.now - TTL_MS, clock, "session", op="touch")  # due now
+    assert proc.let_go_read(-1) == 0
+    assert proc.fire_due(clock.now, unread_until=500).tombstones == []
+    _CountingDict.scans = 0
+    assert proc.let_go_read(0) == 0  # s0 waits for 500 now
+    assert [proc.let_go_read(i) for i in range(1, 300)] == [1] * 299
+    assert proc.let_go_read(499) == 0
+    assert proc.let_go_read(500) == 1
+    assert proc.waiting == 0
+    assert _CountingDict.scans == 0
