@@ -202,12 +202,16 @@ TARGETS = {**FULL, "big": 10_000_000, "soak_minutes": 30}
 _SHORT_FLAGS = {"background": "bg"}
 
 
+# End-to-end benchmarks run by hand only: their own flags, sizes that are their subject.
+BY_HAND = frozenset({"bench.e2e_partitions"})
+
+
 def discover_e2e() -> list[str]:
-    """``bench.e2e_*`` modules present in the bench package folder."""
+    """``bench.e2e_*`` modules present in the bench package folder, those run by hand
+    aside (round 26's e2e_partitions was taken into the suite and failed on its flags)."""
     folder = Path(__file__).resolve().parent
-    return sorted(
-        f"bench.{m.name}" for m in pkgutil.iter_modules([str(folder)]) if m.name.startswith("e2e_")
-    )
+    found = (f"bench.{m.name}" for m in pkgutil.iter_modules([str(folder)]))
+    return sorted(m for m in found if m.startswith("bench.e2e_") and m not in BY_HAND)
 
 
 def module_present(name: str) -> bool:
