@@ -35,6 +35,9 @@ the process is spawned (so Python's start and imports count):
   partitions are restored together, one read per changelog partition, so each line gives
   the time of that whole read);
 * ``to_ready_s``: the log line "assigned ...: K timers within the horizon";
+* ``restored_to_ready_s``: from the last "restored in" line to the ready line (the
+  positioning of the restored partitions: where each input partition begins, ends and
+  was committed);
 * ``to_first_tombstone_s``: the first tombstone received by the reader;
 * ``restored_to_first_tombstone_s``: from the last "restored in" line to that tombstone
   (the service's own part after the restore, free of the start's and the join's noise);
@@ -222,6 +225,10 @@ async def measure(
         "restored_to_first_tombstone_s": None
         if first is None or not restored
         else round((first - max(t for t, _ in restored)) / NS_PER_S, 3),
+        # The service's own part between the restore and /readyz: the positioning.
+        "restored_to_ready_s": None
+        if not restored
+        else round((t_ready - max(t for t, _ in restored)) / NS_PER_S, 3),
         "to_first_tombstone_s": to_first,
         "join_hold_s": round(hold, 3),
         "first_tombstone_without_hold_s": None if to_first is None else round(to_first - hold, 3),

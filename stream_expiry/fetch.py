@@ -63,7 +63,15 @@ if TYPE_CHECKING:
 
     from aiokafka import AIOKafkaConsumer
 
-__all__ = ["ENDS_WAIT_MS", "Fetched", "RawRecord", "end_offsets", "messages_at", "read_ranges"]
+__all__ = [
+    "ENDS_WAIT_MS",
+    "Fetched",
+    "RawRecord",
+    "end_offsets",
+    "ends_and_highs",
+    "messages_at",
+    "read_ranges",
+]
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +196,7 @@ async def read_ranges(
                 unanswered = 0
             # A partition answered without records while others filled the answer says
             # nothing about it; only a round where none had any can mean "nothing left".
-            idle = not any(batches for _hw, _start, batches in answers.values())
+            idle = not any(batches for _hw, _start, batches, _high in answers.values())
             out = [_take(parts[tp], tp, answer, idle) for tp, answer in answers.items()]
             more = any(not _done(part) for part in parts.values())
             if more:
@@ -209,7 +217,7 @@ class _Retry(Exception):
     """A retriable error from the broker (a leader moved, a connection dropped)."""
 
 
-_Answer = tuple[int, int, list[Any]]  # stable end, log start offset, record batches
+_Answer = tuple[int, int, list[Any], int]  # stable end, log start, record batches, high watermark
 
 
 async def _leaders(cons: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
@@ -282,14 +290,14 @@ def _answers(responses: list[Any]) -> dict[TopicPartition, _Answer]:
                 error = for_code(code)
                 end, log_start = _stable_end(version, highwater, data), _log_start(version, data)
                 if error is OffsetOutOfRangeError:
-                    answers[tp] = (end, log_start, [])
+                    answers[tp] = (end, log_start, [], highwater)
                     continue
                 if error is not NoError:
                     if error.retriable:
                         raise _Retry(f"{tp.topic}[{tp.partition}]: {error.__name__}")
                     raise BrokerError(f"reading {tp.topic}[{tp.partition}]: {error.__name__}")
                 batches = _committed(_batches(tp, data[-1]), _aborted(version, data))
-                answers[tp] = (end, log_start, batches)
+                answers[tp] = (end, log_start, batches, highwater)
     return answers
 
 
@@ -382,7 +390,7 @@ def _batches(tp: TopicPartition, raw: bytes | None) -> list[Any]:
 
 def _take(part: _Partition, tp: TopicPartition, answer: _Answer, idle: bool) -> Fetched:
     """Apply one answer to a partition's read: its batches, and its new position."""
-    stable, log_start, batches = answer
+    stable, log_start, batches, _high = answer
     if part.end is None:
         part.end = stable
         if part.position > stable:
@@ -422,6 +430,17 @@ async def end_offsets(
     Raises :class:`~stream_expiry.errors.BrokerUnavailableError` for what retrying may cure
     (no leader, a connection lost), else :class:`~stream_expiry.errors.BrokerError`.
     """
+    return {tp: stable for tp, (stable, _high) in (await ends_and_highs(cons, at)).items()}
+
+
+async def ends_and_highs(
+    cons: AIOKafkaConsumer, at: Mapping[TopicPartition, int]
+) -> dict[TopicPartition, tuple[int, int]]:
+    """:func:`end_offsets`, each with the high watermark too (above the stable end while a
+    transaction is open): a committed offset past the stable end may still be within the
+    partition. A consumer's ``getmany`` learns them as well, but its fetch waits out the
+    consumer's ``fetch_max_wait_ms`` on a partition with nothing new (0.1 s a call), and a
+    restart asked it while ``/readyz`` waited."""
     if not at:
         return {}
     parts = {tp: _Partition(offset) for tp, offset in at.items()}
@@ -434,7 +453,7 @@ async def end_offsets(
     missing = parts.keys() - answers.keys()
     if missing:
         raise BrokerError(f"the broker gave no end for {sorted(missing)}")
-    return {tp: stable for tp, (stable, _start, _batches) in answers.items()}
+    return {tp: (answer[0], answer[3]) for tp, answer in answers.items()}
 
 
 def _cached_leaders(

@@ -41,6 +41,7 @@ from stream_expiry.archive_follower import ArchiveFollower
 from stream_expiry.archive_gate import ArchiveGate
 from stream_expiry.control import DEAD_LETTERED_FILE, ControlTopics, DeadLettered
 from stream_expiry.errors import BrokerUnavailableError, CorruptStoreError, StoreError, leaves
+from stream_expiry.fetch import ends_and_highs
 from stream_expiry.firing import Firing
 from stream_expiry.health import Health, Phase
 from stream_expiry.holds import HoldBook
@@ -55,7 +56,6 @@ from stream_expiry.kafka import (
     message_limits,
     producer,
     stable_end,
-    stable_ends,
 )
 from stream_expiry.kafka_settings import topic_configs
 from stream_expiry.outbox import Outbox
@@ -1259,15 +1259,17 @@ class Service:
         assert self._consumer is not None
         cons = self._consumer
         async with consumer(self.bootstrap) as reader:
-            reader.assign(tps)
-            await reader.seek_to_beginning(*tps)
-            ends = await stable_ends(reader, tps)
+            # Nothing assigned to the reader: its fetches would hold its connection up to
+            # fetch_max_wait_ms (0.1 s) on empty partitions, and the requests queued there.
+            starts: dict[TopicPartition, int] = await reader.beginning_offsets(tps)
+            committed_at = await committed_offsets(cons, tps)
+            at = {tp: starts[tp] if c is None else c for tp, c in committed_at.items()}
+            bounds = await ends_and_highs(reader, at)
+            ends = {tp: stable for tp, (stable, _high) in bounds.items()}
             # A committed offset is past the end when it is past the high watermark: it may
             # be past the stable end, within an open transaction that an earlier version,
             # reading uncommitted data, read (the topic was not made again).
-            highs = {tp: max(ends[tp], reader.highwater(tp) or 0) for tp in tps}
-            starts = {tp: await reader.position(tp) for tp in tps}
-            committed_at = await committed_offsets(cons, tps)
+            highs = {tp: max(stable, high) for tp, (stable, high) in bounds.items()}
             unmarked = await self._unmarked(reader, committed_at, ends)
         for tp, committed in committed_at.items():
             slot = (tp.topic, tp.partition)

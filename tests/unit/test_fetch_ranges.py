@@ -44,7 +44,7 @@ def offsets(fetched: Fetched) -> list[int]:
 
 def test_records_outside_the_range_are_left_out_and_the_position_stops_at_the_end() -> None:
     part = _Partition(5, 12)
-    got = _take(part, TP, (100, 0, [batch(0, 9), batch(10, 19)]), False)
+    got = _take(part, TP, (100, 0, [batch(0, 9), batch(10, 19)], 100), False)
     assert offsets(got) == list(range(5, 12))
     assert got.position == part.position == 12
 
@@ -52,40 +52,40 @@ def test_records_outside_the_range_are_left_out_and_the_position_stops_at_the_en
 def test_control_batches_and_compacted_gaps_move_the_position_without_records() -> None:
     part = _Partition(0, 30)
     answer = [batch(0, 9, gaps=(3, 4)), batch(10, 10, control=True), batch(11, 19)]
-    got = _take(part, TP, (30, 0, answer), False)
+    got = _take(part, TP, (30, 0, answer, 30), False)
     assert offsets(got) == [0, 1, 2, 5, 6, 7, 8, 9, *range(11, 20)]
     assert got.position == 20
 
 
 def test_the_end_is_the_first_answers_high_watermark_when_none_was_given() -> None:
     part = _Partition(0)
-    got = _take(part, TP, (8, 0, [batch(0, 7)]), False)
+    got = _take(part, TP, (8, 0, [batch(0, 7)], 8), False)
     assert (got.end, got.position, len(offsets(got))) == (8, 8, 8)
-    later = _take(part, TP, (50, 0, []), True)  # a later, higher watermark changes nothing
+    later = _take(part, TP, (50, 0, [], 50), True)  # a later, higher watermark changes nothing
     assert later.end == 8
 
 
 def test_a_start_past_the_end_reads_nothing_and_keeps_its_position() -> None:
     part = _Partition(40)
-    got = _take(part, TP, (10, 0, []), True)
+    got = _take(part, TP, (10, 0, [], 10), True)
     assert (offsets(got), got.position, got.end) == ([], 40, 10)
 
 
 def test_offsets_gone_before_the_log_start_are_skipped_to_it() -> None:
     part = _Partition(3, 100)
-    got = _take(part, TP, (100, 60, []), False)
+    got = _take(part, TP, (100, 60, [], 100), False)
     assert (got.position, offsets(got)) == (60, [])
 
 
 def test_only_idle_rounds_count_towards_giving_up_on_a_partition() -> None:
     part = _Partition(10, 20)
     for _ in range(EMPTY_ROUNDS * 3):  # other partitions filled these answers
-        assert _take(part, TP, (20, 0, []), False).position == 10
+        assert _take(part, TP, (20, 0, [], 20), False).position == 10
     for _ in range(EMPTY_ROUNDS - 1):
-        assert _take(part, TP, (20, 0, []), True).position == 10
+        assert _take(part, TP, (20, 0, [], 20), True).position == 10
     # A record resets the count: it takes EMPTY_ROUNDS idle rounds in a row.
-    assert _take(part, TP, (20, 0, [batch(10, 10)]), True).position == 11
+    assert _take(part, TP, (20, 0, [batch(10, 10)], 20), True).position == 11
     for _ in range(EMPTY_ROUNDS - 1):
-        assert _take(part, TP, (20, 0, []), True).position == 11
-    got = _take(part, TP, (20, 0, []), True)
+        assert _take(part, TP, (20, 0, [], 20), True).position == 11
+    got = _take(part, TP, (20, 0, [], 20), True)
     assert (got.position, offsets(got)) == (20, [])  # the rest was compacted away
