@@ -50,11 +50,12 @@ records' expiry keep none of them.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
+
+from stream_expiry.outbox import settled_or_failed
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -138,7 +139,7 @@ class Firing:
                 # the loop and the settler get their turn in between.
                 await anyio.lowlevel.checkpoint()
                 continue
-            await _settled_or_failed(acks)  # group commit: the next firing takes what fell due
+            await settled_or_failed(acks)  # group commit: the next firing takes what fell due
             if holds is not None:  # for what falls due by the next firing, a tick later
                 now, first = self._clock(), self._first_due()
                 if first is not None and first <= now + ahead:
@@ -186,10 +187,3 @@ class Firing:
 def _due_by(proc: PartitionProcessor, now_ms: int) -> bool:
     due = proc.next_due_ms()
     return due is not None and due <= now_ms
-
-
-async def _settled_or_failed(acks: list[Any]) -> None:
-    """Wait for ``acks``, whatever they say: a refusal is the settler's to raise (it stops
-    the session)."""
-    if acks:
-        await asyncio.wait(acks)

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from stream_expiry.state import Effects, PartitionProcessor
     from stream_expiry.stats import ServiceStats
 
-__all__ = ["Outbox", "Run", "all_acked"]
+__all__ = ["Outbox", "Run", "all_acked", "settled_or_failed"]
 
 # Per record batch sent: its ack, its (topic, partition), its message count, the tracked
 # messages with their place in it, and its last message's key and timestamp.
@@ -72,6 +72,13 @@ async def all_acked(acks: Iterable[Awaitable[Any]]) -> None:
     except BaseException:
         _seen(pending)
         raise
+
+
+async def settled_or_failed(acks: list[Any]) -> None:
+    """Wait for ``acks``, whatever they say: a refusal is the settler's to raise (it stops
+    the session). For the firing task's group commit and the release's slices in flight."""
+    if acks:
+        await asyncio.wait(acks)
 
 
 def _seen(acks: list[Awaitable[Any]]) -> None:

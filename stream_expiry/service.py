@@ -23,7 +23,6 @@ revoked partition is settled, committed, and dropped alone.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import logging
@@ -58,7 +57,7 @@ from stream_expiry.kafka import (
     stable_end,
 )
 from stream_expiry.kafka_settings import topic_configs
-from stream_expiry.outbox import Outbox
+from stream_expiry.outbox import Outbox, settled_or_failed
 from stream_expiry.oversize import producer_limit
 from stream_expiry.policy import PolicyBook
 from stream_expiry.redact import Redactor
@@ -173,12 +172,6 @@ def _say_moved_aside(state_dir: str) -> None:
             size / 2**20,
             ", ".join(os.path.basename(p) for p in aside),
         )
-
-
-async def _acked_or_failed(acks: list[Any]) -> None:
-    """Wait for ``acks``, whatever they say: a refusal is the settler's to raise."""
-    if acks:
-        await asyncio.wait(acks)
 
 
 def _close_store(proc: PartitionProcessor) -> None:
@@ -875,7 +868,7 @@ class Service:
         the whole release."""
         acks = self._release_acks
         while len(acks) >= RELEASES_IN_FLIGHT:
-            await _acked_or_failed(acks.popleft())
+            await settled_or_failed(acks.popleft())
         async with self._deciding:
             return await self._release_held_slice()
 
