@@ -1,10 +1,13 @@
 """The horizon's loads at scale in the per-partition processor, on RocksDB, no Kafka (not in
 the suite).
 
-    python -m bench.bench_horizon [--records 200000]
+    python -m bench.bench_horizon [--records 200000] [--within]
 
 ``--records`` records, stored, fall due over one quarter of an hour, an hour from now (a
-platform where long-lived records expire at ``records / 900`` a second). The service's two
+platform where long-lived records expire at ``records / 900`` a second). ``--within``:
+their events arrive with the expiry already within the horizon instead, due from one to
+59 minutes on (a platform with that many sessions open at once), and the ingest counts
+in the most timers held and the RSS. The service's two
 tasks are played on a simulated clock: the loop's turn every 200 ms (``extend_horizon``)
 and the firing task at each due time (``fire_due``), until all have fired. Reported: the
 longest single call (the loop is blocked that long), the most timers the wheel held, the
@@ -39,7 +42,7 @@ class _Rec:
         self.offset, self.key, self.value = offset, None, value
 
 
-def run(records: int) -> dict[str, float | int | bool]:
+def run(records: int, *, within: bool = False) -> dict[str, float | int | bool]:
     work = tempfile.TemporaryDirectory(prefix="bench-horizon-")
     ttl = 2 * HOUR
     proc = PartitionProcessor(
@@ -52,8 +55,16 @@ def run(records: int) -> dict[str, float | int | bool]:
         max_skew_ms=10**12,
         now_ms=T0,
     )
-    # Created an hour ago with a 2 h TTL: due from an hour on, over a quarter of an hour.
-    step = SLICE_MS / records
+    # Created an hour ago with a 2 h TTL: due from an hour on, over a quarter of an hour;
+    # ``within``: due from a minute on, over 58 minutes.
+    if within:
+        first, step = T0 - 2 * HOUR + 60_000, 58 * 60_000 / records
+    else:
+        first, step = T0 - HOUR, SLICE_MS / records
+    gc.collect()
+    me = psutil.Process()
+    rss0 = peak = me.memory_info().rss
+    most = 0
     for i in range(0, records, 5_000):
         batch = [
             _Rec(
@@ -63,18 +74,17 @@ def run(records: int) -> dict[str, float | int | bool]:
                         "org": "o",
                         "category": "conversation",
                         "record_id": f"r{j}",
-                        "ts": T0 - HOUR + int(j * step),
+                        "ts": first + int(j * step),
                     }
                 ),
             )
             for j in range(i, min(records, i + 5_000))
         ]
         proc.settle(proc.process(batch, T0), T0)
-    gc.collect()
-    me = psutil.Process()
-    rss0 = peak = me.memory_info().rss
+        most = max(most, proc.timers)
+        peak = max(peak, me.memory_info().rss)
     longest = 0.0
-    most = fired = late = turns = 0
+    fired = late = turns = 0
     now, turn = T0, T0
     started = time.perf_counter()
     while fired < records:
@@ -100,6 +110,7 @@ def run(records: int) -> dict[str, float | int | bool]:
     work.cleanup()
     return {
         "records": records,
+        "within": within,
         "longest_call_ms": round(longest * 1000, 1),
         "most_timers_held": most,
         "rss_peak_growth_mib": round((peak - rss0) / 2**20, 1),
@@ -112,8 +123,11 @@ def run(records: int) -> dict[str, float | int | bool]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--records", type=int, default=200_000)
+    p.add_argument(
+        "--within", action="store_true", help="events arrive already due within the horizon"
+    )
     args = p.parse_args()
-    print(json.dumps(run(args.records)))
+    print(json.dumps(run(args.records, within=args.within)))
 
 
 if __name__ == "__main__":

@@ -403,6 +403,24 @@ class Engine(Generic[S]):
         for stamp, slot in stamps:
             self._track(stamp, slot)
 
+    def shrink_horizon(self, keep: int) -> int:
+        """Keep at most ``keep`` timers in the wheel, the earliest, by moving the horizon's
+        end back to the first one dropped: the dropped ones and every later record wait in
+        the index until the shell loads them again (``extend_horizon``). Returns how many
+        were dropped (0: the wheel holds ``keep`` or fewer, or its earliest are due at one
+        millisecond or already)."""
+        before = len(self._wheel)
+        cutoff = self._wheel.keep_earliest(keep)
+        if cutoff is None:
+            return 0
+        self.horizon_end = min(self.horizon_end, cutoff)
+        return before - len(self._wheel)
+
+    @property
+    def wheel_size(self) -> int:
+        """Timers in the wheel (not counting those due and not fired yet)."""
+        return len(self._wheel)
+
     def reset_timers(self) -> int:
         """Drop every timer (on a partition revocation: the shell reloads the slots it still
         owns from the index). Returns how many were dropped. Rebalances are rare, and one

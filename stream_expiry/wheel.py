@@ -57,6 +57,7 @@ only the next hour or so in memory; the rest waits in the durable index.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections.abc import Hashable
 from operator import itemgetter
@@ -237,6 +238,31 @@ class TimingWheel(Generic[K, V]):
         if self._stale > self._prune_min and self._stale > len(index):
             self._prune()
         return True
+
+    def keep_earliest(self, keep: int) -> int | None:
+        """Cancel the latest timers so that at most ``keep`` are left, all due before the
+        returned cutoff, every one dropped due at or after it; None when nothing is dropped.
+
+        The timers due by ``now_ms`` and those due at the earliest due time's millisecond
+        are kept whatever their number (the next ``advance`` fires the first; a horizon
+        ending inside a millisecond would split the others); what is due after them goes
+        if they are ``keep`` or more. O(timers): for a caller that bounds memory and then
+        keeps later timers out (the cutoff becomes where its horizon ends), so it runs once
+        per many schedules.
+        """
+        index = self._index
+        if len(index) <= keep:
+            return None
+        dues = sorted(entry[0] for entry in index.values())
+        first = max(keep, bisect.bisect_right(dues, max(dues[0], self._now)))
+        if first >= len(dues):
+            return None
+        cutoff = dues[first]
+        for key in [key for key, entry in index.items() if entry[0] >= cutoff]:
+            self.cancel(key)
+        if self._stale > len(index) // 2:  # the dropped timers' values: free them now
+            self._prune()
+        return cutoff
 
     def advance(self, now_ms: int) -> list[tuple[int, K, V]]:
         """Move time to ``now_ms`` and remove and return every timer with ``due_ms <= now_ms``.

@@ -315,6 +315,7 @@ class PartitionProcessor:
                 first = writes.get(key)
                 writes[key] = (prior if first is None else first[0], new)
                 overlay[key] = (seq, new)
+        self._bound_wheel()
         return effects
 
     # -- timers -------------------------------------------------------------------------
@@ -642,6 +643,7 @@ class PartitionProcessor:
             key = held.identity.key
             writes[key] = (held, new)
             overlay[key] = (seq, new)
+        self._bound_wheel()
         return effects
 
     def _owe_round(self, let_go: Sequence[Hold]) -> None:
@@ -740,6 +742,19 @@ class PartitionProcessor:
         engine.extend_horizon(end, ((s, None) for s in stamps))
         self._horizon_short = end < target
         return len(stamps)
+
+    def _bound_wheel(self) -> None:
+        """New records' timers (and released ones) go into the wheel when they fall due
+        within the horizon, whatever its size: a million open sessions due within the hour
+        would hold a million timers, ~1 KB each. A quarter over the limit, the horizon ends
+        earlier instead, at the first timer dropped to bring the wheel back to the limit;
+        those and later ones wait in the store, and are loaded again as the wheel empties."""
+        engine, most = self._engine, self._max_loaded
+        if engine.wheel_size <= most + most // 4:
+            return
+        overdue = engine.pending_in_wheel - engine.wheel_size  # due: not in the wheel now
+        if engine.shrink_horizon(max(most - overdue, self._least_load, 1)):
+            self._horizon_short = True
 
     def load_timers(self) -> int:
         """Schedule the stored timers within the horizon (after a restore, say), up to

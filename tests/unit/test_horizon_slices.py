@@ -162,8 +162,8 @@ def test_more_records_due_at_one_millisecond_than_a_slice_all_fire_then() -> Non
 
 
 def test_a_wheel_filled_by_new_records_still_loads_the_stored_ones_on_time() -> None:
-    """New records fill the wheel past its limit (they go in whatever the limit: they are
-    due within the horizon), so the loop's turns load nothing; the stored records due
+    """New records fill the wheel to its limit (those due at one millisecond stay
+    together, over the limit), so the loop's turns load nothing; the stored records due
     at the horizon's end must still fire then, not at the turn after it."""
     start = BASE + 2 * HOUR
     proc = _processor(start, max_loaded_timers=5)
@@ -216,3 +216,81 @@ def test_a_capped_horizon_fires_what_an_uncapped_one_fires(
             out += fired
         now += advance
     assert outputs[1] == outputs[0]
+
+
+def test_new_records_due_within_the_horizon_keep_the_wheel_bounded() -> None:
+    """5,000 new records due within the hour, in batches, in no order of expiry: the
+    wheel holds at most a quarter over its limit of 100 at any time (an uncapped
+    partition holds all 5,000), and every record fires at its expiry, once, as the
+    uncapped partition fires it."""
+    now = BASE + 2 * HOUR
+    order = list(range(5_000))
+    order.sort(key=lambda i: (i * 7_919) % 5_000)  # a fixed shuffle
+    creates = [  # error: 2 hours to live; due 1 to 59 minutes from now, 0.7 s apart
+        Rec(n, None, _event(f"r{i}", now - 2 * HOUR + 60_000 + i * 700))
+        for n, i in enumerate(order)
+    ]
+    uncapped = _processor(now)
+    capped = _processor(now, max_loaded_timers=100, load_slice=50)
+    for proc in (uncapped, capped):
+        most = 0
+        for first in range(0, len(creates), 250):
+            proc.settle(proc.process(creates[first : first + 250], now), now)
+            most = max(most, proc.timers)
+        assert most <= (125 if proc is capped else 5_000)
+    assert uncapped.timers == 5_000
+    want, _ = _run(uncapped, now, now + HOUR, 60_000)
+    got, most = _run(capped, now, now + HOUR, 60_000)
+    assert most <= 125
+    assert got == want
+    assert sorted(k for k, *_ in got) == sorted(f"o/_/live/error/r{i}" for i in range(5_000))
+    assert all(emitted == expires and reason == "ttl" for _, reason, emitted, expires in got)
+
+
+NEAR_EVENT = st.tuples(
+    st.integers(0, 120),  # record
+    st.sampled_from(["create", "create", "touch", "delete"]),
+    st.sampled_from(["error", "session"]),
+    st.integers(2 * HOUR, 3 * HOUR + 20 * 60_000),  # most due within the first horizon
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.lists(NEAR_EVENT, max_size=40), st.integers(1, 20 * 60_000)), max_size=20
+    ),
+    cap=st.integers(1, 12),
+    load=st.integers(1, 5),
+)
+def test_new_records_over_a_full_wheel_fire_what_an_uncapped_one_fires(
+    steps: list[tuple[list[tuple[int, str, str, int]], int]], cap: int, load: int
+) -> None:
+    """Many new records due within the horizon, touched, deleted, at any times: a
+    partition that drops the latest timers when its wheel is full fires the same
+    tombstones at the same times as one holding all, and holds few at any time."""
+    now = BASE + 4 * HOUR
+    procs = [_processor(now), _processor(now, max_loaded_timers=cap, load_slice=load)]
+    outputs: list[list[Fired]] = [[], []]
+    offset = 0
+    for events, advance in steps:
+        records = [
+            Rec(offset + i, None, _event(f"r{n}", BASE + t, op, cat))
+            for i, (n, op, cat, t) in enumerate(events)
+        ]
+        offset += len(records)
+        for proc, out in zip(procs, outputs, strict=True):
+            out += _settled(proc, proc.process(records, now), now)
+        # a quarter over the limit at most, unless those over it are due already or at
+        # one millisecond (those stay together): then no timer due later is held
+        dues = [entry[0] for entry in procs[1]._engine._wheel._index.values()]
+        assert len(dues) <= cap + cap // 4 or len({d for d in dues if d > now}) <= 1
+        for proc, out in zip(procs, outputs, strict=True):
+            fired, _ = _run(proc, now, now + advance, 20 * 60_000)
+            out += fired
+        now += advance
+    # Timers due at one millisecond fire in the order they were scheduled, and those
+    # dropped and loaded again in the store's (key) order: the same tombstones, each at
+    # the same time, in time order.
+    assert sorted(outputs[1]) == sorted(outputs[0])
+    assert [f[2] for f in outputs[1]] == sorted(f[2] for f in outputs[1])

@@ -441,6 +441,21 @@ class WheelMachine(RuleBasedStateMachine):
         else:
             self.cancel(key)
 
+    @rule(keep=st.integers(0, 14))
+    def keep_earliest(self, keep: int) -> None:
+        cutoff = self.wheel.keep_earliest(keep)
+        dues = sorted(due for due, _, _ in self.ref.values())
+        # kept whatever their number: due by now, or at the earliest due time's millisecond
+        kept_anyway = [d for d in dues if d <= max(dues[0], self.now)] if dues else []
+        if cutoff is None:
+            assert len(dues) <= max(keep, len(kept_anyway))
+            return
+        self.ref = {k: entry for k, entry in self.ref.items() if entry[0] < cutoff}
+        left = sorted(due for due, _, _ in self.ref.values())
+        assert left == dues[: len(left)]  # the earliest
+        # the latest cutoff that leaves at most ``keep`` besides those kept anyway
+        assert cutoff == dues[max(keep, len(kept_anyway))] > left[-1]
+
     @rule(offset=offsets)
     def advance(self, offset: int) -> None:
         self.do_advance(self.now + offset)
