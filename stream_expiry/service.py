@@ -70,7 +70,7 @@ from stream_expiry.stats import ServiceStats
 from stream_expiry.timeutil import format_ts
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable, Iterable, Mapping
 
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -231,6 +231,9 @@ class Service:
         self.metrics = metrics
         self.rebalance_error: Exception | None = None
         self.processors: dict[tuple[str, int], PartitionProcessor] = {}
+        # Partitions revoked by a rebalance, their stores open and timers loaded, until the
+        # assignment that ends it says whether they come back (:meth:`_suspend`).
+        self._suspended: dict[tuple[str, int], PartitionProcessor] = {}
         self._on_progress = on_progress
         self._consumer_options = dict(consumer_options or {})
         # aiokafka options of the producer over the service's (``max_request_size``: the
@@ -270,6 +273,7 @@ class Service:
         self._restore_said = 0.0  # when its progress was last logged (monotonic)
         # Partitions assigned and paused, for the restorer task; the restore in progress.
         self._to_restore: list[TopicPartition] = []
+        self._assigned_at = 0.0  # monotonic time of the last assignment with partitions to take
         self._restore_wanted = anyio.Event()
         self._restore_scope: anyio.CancelScope | None = None
         self._restore_done = anyio.Event()
@@ -622,6 +626,13 @@ class Service:
                 self.metrics.forget_partition(*slot)
         self.processors.clear()
         self.stats.assigned_partitions = 0
+        self._close_suspended(keep=())
+
+    def _close_suspended(self, keep: Iterable[tuple[str, int]]) -> None:
+        """Close the stores of the revoked partitions that did not come back."""
+        back = set(keep)
+        for slot in [slot for slot in self._suspended if slot not in back]:
+            _close_store(self._suspended.pop(slot))
 
     async def _loop(
         self, cons: AIOKafkaConsumer, control: ControlTopics, stop: anyio.Event
@@ -1027,6 +1038,7 @@ class Service:
             )
             return
         self.stats.assignments += 1
+        self._close_suspended(keep=((tp.topic, tp.partition) for tp in assigned))
         fresh = [tp for tp in assigned if (tp.topic, tp.partition) not in self.processors]
         if not fresh:
             self._settled()
@@ -1039,6 +1051,7 @@ class Service:
             self._unread[(tp.topic, tp.partition)] = _END_UNKNOWN
         self._consumer.pause(*fresh)
         self._to_restore.extend(fresh)
+        self._assigned_at = time.monotonic()
         self.health.restoring()
         self._restore_wanted.set()
 
@@ -1077,9 +1090,10 @@ class Service:
             return  # revoked meanwhile: the revocation closed what was opened
         cons.resume(*(set(tps) & cons.assignment()))
         log.info(
-            "assigned %s: %d timers within the horizon",
+            "assigned %s: %d timers within the horizon; reading %.2f s after the assignment",
             ", ".join(f"{tp.topic}[{tp.partition}]" for tp in tps),
             sum(p.timers for p in self.processors.values()),
+            time.monotonic() - self._assigned_at,
         )
         if not self._to_restore:
             self._settled()
@@ -1111,6 +1125,8 @@ class Service:
         self._restore_seen = 0
         self._restore_said = time.monotonic()
         paths = {(tp.topic, tp.partition): self._store_path(tp.topic, tp.partition) for tp in tps}
+        # Partitions given back after a rebalance: their stores are open, their timers loaded.
+        kept = {slot: self._suspended.pop(slot) for slot in paths if slot in self._suspended}
         # One read of each changelog partition for all the stores that share it; a large
         # read (a lost disk) is shared among worker processes, one per CPU.
         moved: set[str] = set()
@@ -1125,11 +1141,28 @@ class Service:
                     grace_ms=self.config.marker_grace_ms,
                     progress=self._restore_progress,
                     max_workers=self.config.workers,
+                    opened={slot: proc.store for slot, proc in kept.items()},
                 )
+                # A kept partition resumes as it was when nothing was read into its store:
+                # no other member wrote its changelog while it was away (what this one
+                # wrote was settled and checkpointed at the revocation). Otherwise, and
+                # when worker processes restored it (they open the stores anew), its
+                # timers are loaded from the store as at any assignment.
+                resumed = {
+                    slot: proc
+                    for slot, proc in kept.items()
+                    if stores[slot] is proc.store and result.stores[slot].read == 0
+                }
                 # Loading the timers reads each store's due index: damage is found there too.
-                procs = self._processors_for(stores)
+                procs = self._processors_for(
+                    {slot: store for slot, store in stores.items() if slot not in resumed}
+                )
+                procs.update(resumed)
                 break
             except Exception as exc:
+                for proc in kept.values():  # closed by a failed restore; else closed here
+                    _close_store(proc)
+                kept = {}
                 # The state directory is a cache of the changelog: a damaged store costs a
                 # restore, not the service. It is moved aside, not deleted, for a person
                 # (or RocksDB's tools) to look at; a second time for one store is a disk
@@ -1165,6 +1198,16 @@ class Service:
             self.processors[slot] = proc
             self.stats.assigned_partitions = len(self.processors)
             self._timers_loaded(proc)
+            if slot in resumed:
+                self.stats.resumed_partitions += 1
+                log.info(
+                    "%s[%d] resumed as it was before the rebalance (its store kept open, "
+                    "its changelog unchanged since): %d timers within the horizon",
+                    tp.topic,
+                    tp.partition,
+                    proc.timers,
+                )
+                continue
             c = store.counts
             log.info(
                 "%s[%d] restored in %.2f s: %d changelog messages read, %d states and "
@@ -1391,8 +1434,16 @@ class Service:
         return await broken_marks(reader, marked)
 
     async def revoke(self, revoked: list[TopicPartition]) -> None:
-        """Settle, commit and drop the revoked partitions; the others keep their timers.
-        A restore in progress is stopped first: its partitions may be among them."""
+        """Settle, commit and set aside the revoked partitions; the others keep their
+        timers. A restore in progress is stopped first: its partitions may be among them.
+
+        A rebalance takes every partition from every member (aiokafka's protocol is the
+        eager one) and gives most of them back to the members that had them (the range
+        assignor, with the members unchanged but one). So a revoked partition's store stays
+        open with its timers loaded until the assignment that ends the rebalance: one given
+        back is resumed as it was, unless another member wrote its changelog meanwhile
+        (:meth:`_restore`), instead of being opened, read and loaded again (seconds for
+        dozens of partitions, with every member's deletions stopped meanwhile)."""
         await self._cancel_restore()
         if self.health.phase in (Phase.RUNNING, Phase.RESTORING):
             self.health.rebalancing()  # /readyz 503 until the next assignment is restored
@@ -1412,7 +1463,7 @@ class Service:
             if self._consumer is not None:
                 await self._commit(self._consumer)
             for slot in mine:
-                _close_store(self.processors.pop(slot))
+                self._suspended[slot] = self.processors.pop(slot)
                 self._next_offset.pop(slot, None)
                 self._catching_up.pop(slot, None)
                 self._unread.pop(slot, None)

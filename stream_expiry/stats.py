@@ -35,6 +35,7 @@ class ServiceStats:
     # The group's view, for an operator: how often partitions moved (a member crashing,
     # a rolling restart or one flapping shows as a climbing count) and how many are ours.
     assignments: int = 0  # assignments received from the group (the first one included)
+    resumed_partitions: int = 0  # given back by a rebalance and resumed without a restore
     assigned_partitions: int = 0  # input partitions this instance owns now
     archive_waiting_since: int | None = None  # the earliest due time among them (epoch ms)
     # ttl tombstones' lag (emitted_at - expires_at), as histogram buckets for /metrics

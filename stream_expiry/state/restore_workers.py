@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from stream_expiry.errors import NewerStoreError, StoreError
+from stream_expiry.fetch import ENDS_WAIT_MS
 from stream_expiry.kafka import consumer
 from stream_expiry.parts import add_up
 from stream_expiry.state.kv import NEWER, RocksKV, move_aside
@@ -66,6 +67,8 @@ async def _open_aside(paths: Mapping[Source, str], grace_ms: int) -> dict[Source
     alone until it is handed back. Shielded: a cancellation (a revocation) cannot take the
     thread back, and one that dropped its result would leave the stores open, locked; the
     caller's next wait raises it instead, and closes them."""
+    if not paths:
+        return {}
     with anyio.CancelScope(shield=True):
         stores = await anyio.to_thread.run_sync(_open, paths, grace_ms)
     return stores
@@ -127,9 +130,14 @@ async def restore_stores(
     progress: Callable[[RestoreReport], None] | None = None,
     workers: int | None = None,
     max_workers: int | None = None,
+    opened: Mapping[Source, PartitionStore] | None = None,
 ) -> tuple[dict[Source, PartitionStore], RestoreResult]:
     """Open the store of each input partition at its path and bring it up to date with the
     changelog; return the open stores and what the restore did.
+
+    ``opened``: stores of some of them open already (a rebalance gave back partitions the
+    service had kept open), used as they are unless the restore goes to worker processes,
+    which open every store themselves. Closed, like the others, if the restore fails.
 
     ``workers``: processes that share the stores out (None: one per CPU when 500,000
     changelog messages or more are to be read, else this process alone), at most
@@ -137,9 +145,17 @@ async def restore_stores(
     restart's, stays in this process whatever it says).
     """
     started = time.monotonic()
-    stores = await _open_aside(paths, grace_ms)
+    opened = opened or {}
     try:
-        async with consumer(bootstrap) as reader:
+        stores = await _open_aside({s: p for s, p in paths.items() if s not in opened}, grace_ms)
+    except BaseException:
+        _close(opened)
+        raise
+    stores.update(opened)
+    try:
+        # Its own fetches only learn the ends (the reads fetch for themselves): a broker
+        # holding them for the default wait held every restore 0.1 s, resumed ones too.
+        async with consumer(bootstrap, fetch_max_wait_ms=ENDS_WAIT_MS) as reader:
             prepared = await prepare_restore(
                 reader, stores, stamped=stamped, tombstones=tombstones, now_ms=now_ms
             )

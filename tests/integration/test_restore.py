@@ -954,3 +954,50 @@ async def test_a_rollback_sets_aside_a_store_a_newer_version_wrote_and_restores_
         pass  # the next start says what was moved aside and is still there
     (said,) = [r.getMessage() for r in caplog.records if "moved aside earlier" in r.getMessage()]
     assert said.startswith(f"{len(newer)} state stores of a newer version moved aside")
+
+
+@pytest.mark.timeout(120)
+async def test_stores_kept_open_are_restored_as_they_are_and_read_only_what_came_since(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """``restore_stores(opened=...)``, the service's path for partitions a rebalance gave
+    back: the open store is used, not opened again (RocksDB's lock would refuse), and
+    reads nothing when its changelog did not move, and only the new message when it did
+    (another writer meanwhile: the service then loads its timers anew)."""
+    conv, errs = (topics.conversations, 0), (topics.errors, 0)
+    h_conv = source_headers(*conv)
+    await _send(broker, topics.stamped, [(*_stamp("conversation", "c1", T0 + YEAR_MS), h_conv)])
+    paths = {s: str(tmp_path / f"{s[0]}-{s[1]}") for s in (conv, errs)}
+
+    async def restore(opened: dict[tuple[str, int], PartitionStore]) -> Any:
+        return await restore_stores(
+            paths,
+            bootstrap=broker,
+            stamped=topics.stamped,
+            tombstones=topics.tombstones,
+            now_ms=T0,
+            grace_ms=YEAR_MS,
+            opened=opened,
+        )
+
+    stores, first = await restore({})
+    try:
+        assert first.stores[conv].read == 1
+        kept = stores[conv]
+        stores[errs].close()  # not given back: closed, opened again below
+        again, second = await restore({conv: kept})
+        assert again[conv] is kept
+        assert again[errs] is not stores[errs]
+        assert second.stores[conv].read == 0
+        again[errs].close()
+        await _send(broker, topics.stamped, [(*_stamp("conversation", "c2", T0 + YEAR_MS), h_conv)])
+        third, moved = await restore({conv: kept})
+        assert third[conv] is kept
+        assert moved.stores[conv].read == 1
+        assert {s.identity.key for s in kept.items()} == {
+            _key("conversation", "c1"),
+            _key("conversation", "c2"),
+        }
+        third[errs].close()
+    finally:
+        stores[conv].close()

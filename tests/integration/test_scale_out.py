@@ -13,9 +13,11 @@ import pytest
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 
+from stream_expiry.codec import source_headers
 from stream_expiry.errors import BrokerError, leaves
-from stream_expiry.kafka import consumer, ensure_topics
-from stream_expiry.service import Service
+from stream_expiry.kafka import consumer, ensure_topics, producer
+from stream_expiry.model import Identity, Stamp, encode_stamp
+from stream_expiry.service import ASSIGNORS, Service, wall_clock_ms
 from stream_expiry.timeutil import parse_ts
 from tests.conftest import TopicSet, make_topic_set, read_all, wait_for
 from tests.integration.service_helpers import config_for, event, produce, running_service
@@ -23,6 +25,8 @@ from tests.integration.service_helpers import config_for, event, produce, runnin
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
+
+    from aiokafka import TopicPartition
 
     from stream_expiry.config import Config
 
@@ -156,3 +160,102 @@ async def test_a_group_id_taken_by_another_kind_of_consumer_is_said_plainly(
     assert said, leaves(caught.value)
     assert "same group id" in said[0], said
     assert "cannot reach" not in said[0], said
+
+
+@pytest.mark.timeout(180)
+async def test_partitions_given_back_by_a_rebalance_resume_without_a_restore(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A member joins and leaves: each time every partition is revoked (the eager
+    protocol) and the instance gets back those it keeps. Those resume as they were (the
+    same processors, their timers in them), the others are restored; every record is
+    tombstoned once, at or after its expiry, from whichever."""
+    config = config_for(topics, str(tmp_path / "a"), '[retention.defaults]\nconversation = "20s"\n')
+    records = [(topics.conversations, *event("conversation", f"c{i}")) for i in range(30)]
+    async with running_service(config, broker, fast_join=False) as svc:
+        await produce(broker, records)
+        await wait_for(lambda: svc.stats.verdicts["created"] >= 30, timeout_s=30)
+        before = dict(svc.processors)
+        assert svc.stats.resumed_partitions == 0
+        other = {"partition_assignment_strategy": ASSIGNORS, "session_timeout_ms": 6000}
+        async with consumer(broker, *topics.inputs, group_id=config.group_id, **other) as member:
+            with anyio.fail_after(30):
+                while not member.assignment():
+                    await member.getmany(timeout_ms=200)
+            await wait_for(lambda: svc.stats.resumed_partitions == 3, timeout_s=30)
+            await wait_for(lambda: len(svc.owned) == 3 and svc.ready.is_set(), timeout_s=30)
+            kept = set(svc.owned)
+            assert all(svc.processors[slot] is before[slot] for slot in kept)
+            assert kept.isdisjoint((tp.topic, tp.partition) for tp in member.assignment())
+        # The member has left: everything comes back, what was kept resumed once more.
+        await wait_for(lambda: svc.stats.resumed_partitions == 6, timeout_s=30)
+        await wait_for(lambda: len(svc.owned) == 6, timeout_s=30)
+        for slot, proc in svc.processors.items():
+            assert (proc is before[slot]) is (slot in kept), slot
+        with anyio.fail_after(40):
+            while True:
+                tombs = await read_all(broker, topics.tombstones)
+                if len({t.key for t in tombs}) >= 30:
+                    break
+                await anyio.sleep(0.2)
+    assert Counter(t.key for t in tombs) == Counter({k: 1 for _, k, _ in records})
+    for t in tombs:
+        body = orjson.loads(t.value)
+        assert parse_ts(body["emitted_at"]) >= parse_ts(body["expires_at"])
+
+
+@pytest.mark.timeout(180)
+async def test_a_partition_given_back_after_another_writer_wrote_its_changelog_is_loaded_anew(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A member removed from the group that has not noticed yet (a zombie) may still write
+    a partition's changelog while the rebalance runs: the partition, given back to the
+    instance that kept it open, has its store brought up to date and its timers loaded
+    again, not resumed with a wheel that misses what was written. Here the write is made
+    just before the instance takes the assignment: a record stamped only there fires."""
+    config = config_for(topics, str(tmp_path / "a"), '[retention.defaults]\nconversation = "1h"\n')
+    async with running_service(config, broker, fast_join=False) as svc:
+        before = dict(svc.processors)
+        written: list[tuple[str, int]] = []
+        take = svc.assign
+
+        async def written_first(assigned: list[TopicPartition]) -> None:
+            if not written and 0 < len(assigned) < 6:  # the assignment beside the member
+                tp = next(tp for tp in assigned if tp.topic == topics.conversations)
+                identity = Identity("acme", "_", "live", "conversation", "zombie")
+                due = wall_clock_ms() + 3_000
+                stamp = Stamp(identity, due - 3_600_000, due, 3_600_000, "default")
+                async with producer(broker) as prod:
+                    await (
+                        await prod.send(
+                            topics.stamped,
+                            key=identity.key.encode(),
+                            value=encode_stamp(stamp),
+                            partition=tp.partition,
+                            headers=source_headers(tp.topic, tp.partition),
+                        )
+                    )
+                written.append((tp.topic, tp.partition))
+            await take(assigned)
+
+        svc.assign = written_first  # type: ignore[method-assign]
+        other = {"partition_assignment_strategy": ASSIGNORS, "session_timeout_ms": 6000}
+        async with consumer(broker, *topics.inputs, group_id=config.group_id, **other) as member:
+            with anyio.fail_after(30):
+                while not member.assignment():
+                    await member.getmany(timeout_ms=200)
+            await wait_for(lambda: len(svc.owned) == 3 and svc.ready.is_set(), timeout_s=30)
+            assert len(written) == 1
+            assert svc.processors[written[0]] is not before[written[0]]
+            assert svc.stats.resumed_partitions == 2  # the other two input topics' kept
+            with anyio.fail_after(30):
+                while True:
+                    tombs = await read_all(broker, topics.tombstones)
+                    if tombs:
+                        break
+                    await anyio.sleep(0.2)
+    assert [t.key for t in tombs] == [
+        Identity("acme", "_", "live", "conversation", "zombie").key.encode()
+    ]
+    body = orjson.loads(tombs[0].value)
+    assert parse_ts(body["emitted_at"]) >= parse_ts(body["expires_at"])
