@@ -37,7 +37,7 @@ from stream_expiry.wheel import TimingWheel
 if TYPE_CHECKING:
     from stream_expiry.policy import Resolution
 
-__all__ = ["Engine", "Fired", "Outcome", "Verdict"]
+__all__ = ["Engine", "Fired", "Outcome", "Timer", "Verdict", "timer"]
 
 S = TypeVar("S", bound=Hashable)  # the slot a record belongs to: (topic, partition) in the shell
 
@@ -95,6 +95,19 @@ def _pack_timer(stamp: Stamp) -> bytes:
         _NONE if erase is None else erase,
         _NONE if offset is None else offset,
     ) + pack_tail(source, floor, lives)
+
+
+Timer = tuple[str, int, bytes]
+"""A record's timer as the wheel holds it: its key, its due time and :func:`_pack_timer`'s
+bytes."""
+
+
+def timer(stamp: Stamp) -> Timer | None:
+    """``stamp``'s timer, or None when it has none (deleted, held, or never due)."""
+    due = stamp.due_at
+    if not stamp.live or stamp.held or due is None:
+        return None
+    return stamp.identity.key, due, _pack_timer(stamp)
 
 
 def _unpack_timer(key: str, packed: bytes) -> Stamp:
@@ -386,17 +399,30 @@ class Engine(Generic[S]):
             return target
         return None
 
-    def extend_horizon(self, new_end: int, stamps: Iterable[tuple[Stamp, S]]) -> None:
-        """Schedule ``stamps`` (live, ``horizon_end <= expires_at < new_end``) and move the end."""
+    def extend_horizon(self, new_end: int, timers: Iterable[Timer], slot: S) -> None:
+        """Schedule ``timers`` (``horizon_end <= due < new_end``) and move the end."""
         self.horizon_end = max(self.horizon_end, new_end)
-        self.load(stamps)
+        self.load_timers(timers, slot)
 
-    def start_horizon(self, end: int, stamps: Iterable[tuple[Stamp, S]]) -> None:
-        """Schedule ``stamps`` (every live one with ``expires_at < end``) into a wheel that
-        holds no stored timer yet, ``end`` the horizon's end from now on (on start, where
-        the shell may load less than a whole horizon)."""
+    def start_horizon(self, end: int, timers: Iterable[Timer], slot: S) -> None:
+        """Schedule ``timers`` (every one due before ``end``) into a wheel that holds no
+        stored timer yet, ``end`` the horizon's end from now on (on start, where the shell
+        may load less than a whole horizon)."""
         self.horizon_end = end
-        self.load(stamps)
+        self.load_timers(timers, slot)
+
+    def load_timers(self, timers: Iterable[Timer], slot: S) -> None:
+        """Schedule stored records' timers, packed as the wheel holds them (:func:`timer`,
+        or the store's :func:`~stream_expiry.state.codec.timer_of_state`, which builds no
+        :class:`Stamp`): what :meth:`load` does for live, unheld records."""
+        wheel, end = self._wheel, self.horizon_end
+        for key, due, packed in timers:
+            if self._overdue_live:
+                self._overdue_live.pop(key, None)
+            if due < end:
+                wheel.schedule(key, due, (packed, slot))
+            else:
+                wheel.cancel(key)
 
     def load(self, stamps: Iterable[tuple[Stamp, S]]) -> None:
         """Schedule stored records (on start or partition assignment)."""

@@ -13,7 +13,7 @@ import struct
 from stream_expiry.model import HeldLife, Identity, Stamp
 from stream_expiry.packed import pack_tail, unpack_tail
 
-__all__ = ["decode_state", "encode_fields", "encode_state"]
+__all__ = ["decode_state", "encode_fields", "encode_state", "timer_of_state"]
 
 _FIXED = struct.Struct(">qqqqqqqB")
 _NONE = -(1 << 63)
@@ -47,6 +47,21 @@ def decode_state(identity: Identity, value: bytes) -> tuple[Stamp, int | None]:
         lives,
     )
     return stamp, None if prune == _NONE else prune
+
+
+def timer_of_state(value: bytes) -> tuple[int, bytes] | None:
+    """A stored live, unheld state's due time and its timer as the wheel holds it
+    (``stream_expiry.engine._pack_timer``: created, expires, ttl, erase and offset, then
+    the same tail), cut from the stored bytes; None for a deleted or held state, or one
+    never due. Loading a horizon decoded each state into a :class:`Stamp` and packed it
+    again, ~11 us a timer: 0.4 s for the 40,000 timers of 24 partitions assigned."""
+    _, expires, _, deleted, _, erase, _, held = _FIXED.unpack_from(value)
+    if deleted != _NONE or held:
+        return None
+    due = expires if erase == _NONE else erase
+    if due == _NONE:
+        return None
+    return due, value[:24] + value[40:56] + value[57:]
 
 
 def encode_fields(

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from stream_expiry import model
-from stream_expiry.engine import Engine, Fired
+from stream_expiry.engine import Engine, Fired, timer
 from stream_expiry.holds import HoldBook, HoldIndex
 from stream_expiry.state.store import position_marks
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from stream_expiry.archive_gate import ArchiveGate
     from stream_expiry.config import Config
-    from stream_expiry.engine import Resolver
+    from stream_expiry.engine import Resolver, Timer
     from stream_expiry.holds import Hold
     from stream_expiry.outbox import Run
     from stream_expiry.policy import PolicyBook
@@ -738,10 +738,10 @@ class PartitionProcessor:
             # end, where the partition is due again.
             self._horizon_short = True
             return 0
-        stamps, end = self._live_slice(engine.horizon_end, target, room)
-        engine.extend_horizon(end, ((s, None) for s in stamps))
+        timers, end = self._live_slice(engine.horizon_end, target, room)
+        engine.extend_horizon(end, timers, None)
         self._horizon_short = end < target
-        return len(stamps)
+        return len(timers)
 
     def _bound_wheel(self) -> None:
         """New records' timers (and released ones) go into the wheel when they fall due
@@ -761,33 +761,32 @@ class PartitionProcessor:
         ``max_loaded_timers`` of them."""
         engine = self._engine
         before = engine.horizon_end
-        stamps, end = self._live_slice(-(1 << 62), before, self._max_loaded)
-        engine.start_horizon(end, ((s, None) for s in stamps))
+        timers, end = self._live_slice(-(1 << 62), before, self._max_loaded)
+        engine.start_horizon(end, timers, None)
         self._horizon_short = end < before
-        return len(stamps)
+        return len(timers)
 
-    def _live_slice(self, since: int, before: int, limit: int) -> tuple[list[model.Stamp], int]:
-        """Live stamps due in ``[since, end)``: the store's, unless the overlay knows
-        better, plus the overlay's own; ``end`` is ``before``, or, when more than about
-        ``limit`` are due, the due time of the first left out (those due at one
+    def _live_slice(self, since: int, before: int, limit: int) -> tuple[list[Timer], int]:
+        """The timers of live records due in ``[since, end)``: the store's, unless the
+        overlay knows better, plus the overlay's own; ``end`` is ``before``, or, when more
+        than about ``limit`` are due, the due time of the first left out (those due at one
         millisecond are taken together)."""
         overlay = self._overlay
-        stamps: list[model.Stamp] = []
+        timers: list[Timer] = []
         end, last = before, None
-        for stamp in self.store.due(since, before, batch=limit + 1):  # in due order
-            due = stamp.due_at
-            if len(stamps) >= limit and due != last:
-                assert due is not None  # the due index holds finite ones only
+        for found in self.store.due_timers(since, before, batch=limit + 1):  # in due order
+            key, due, _ = found
+            if len(timers) >= limit and due != last:
                 end = due
                 break
             last = due
-            if stamp.identity.key not in overlay:
-                stamps.append(stamp)
+            if key not in overlay:
+                timers.append(found)
         for _, stamp in overlay.values():
-            due = stamp.due_at
-            if stamp.live and due is not None and since <= due < end:
-                stamps.append(stamp)
-        return stamps, end
+            when = stamp.due_at
+            if when is not None and since <= when < end and (mine := timer(stamp)) is not None:
+                timers.append(mine)
+        return timers, end
 
     @property
     def timers(self) -> int:

@@ -45,11 +45,12 @@ from typing import TYPE_CHECKING
 
 from stream_expiry.errors import NewerStoreError
 from stream_expiry.model import HeldLife, Identity, Stamp, identity_of_key
-from stream_expiry.state.codec import decode_state, encode_fields, encode_state
+from stream_expiry.state.codec import decode_state, encode_fields, encode_state, timer_of_state
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping, Sequence
 
+    from stream_expiry.engine import Timer
     from stream_expiry.fetch import RawRecord
     from stream_expiry.state.kv import KeyValue
 
@@ -226,6 +227,17 @@ class PartitionStore:
         """Live records with ``since <= due_at < before``, in the order of their due times;
         their states are read ``batch`` at a time (a caller that takes a few asks for a
         few)."""
+        for keys in self._due_keys(since, before, batch):
+            yield from self._states(keys)
+
+    def due_timers(self, since: int, before: int, *, batch: int = 1024) -> Iterator[Timer]:
+        """:meth:`due`'s records as the wheel's timers (key, due time, packed), cut from the
+        stored bytes (:func:`timer_of_state`) instead of decoded into states."""
+        for keys in self._due_keys(since, before, batch):
+            yield from self._timers(keys)
+
+    def _due_keys(self, since: int, before: int, batch: int) -> Iterator[list[bytes]]:
+        """The keys of the due index in ``[since, before)``, ``batch`` at a time."""
         floor = self._due_floor
         low = _time_key(_DUE, since if floor is None else max(since, floor), b"")
         high = _time_key(_DUE, before, b"")
@@ -233,9 +245,15 @@ class PartitionStore:
         for index_key, _ in self.kv.scan(low, high):
             keys.append(index_key[9:])
             if len(keys) >= batch:
-                yield from self._states(keys)
+                yield keys
                 keys = []
-        yield from self._states(keys)
+        if keys:
+            yield keys
+
+    def _timers(self, keys: list[bytes]) -> Iterator[Timer]:
+        for key, value in zip(keys, self.kv.multi_get([_STATE + k for k in keys]), strict=True):
+            if value is not None and (found := timer_of_state(value)) is not None:
+                yield key.decode(), found[0], found[1]
 
     def first_due_ms(self) -> int | None:
         """The earliest expiry of a live record not yet tombstoned (held ones aside), or

@@ -17,12 +17,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stream_expiry.engine import _pack_timer
 from stream_expiry.errors import CorruptStoreError, NewerStoreError, StoreError
 from stream_expiry.model import HeldLife, Identity, Stamp
 from stream_expiry.outbox import Run
 from stream_expiry.service import _close_store
 from stream_expiry.state import MemoryKV, PartitionStore, RocksKV
-from stream_expiry.state.codec import decode_state, encode_state
+from stream_expiry.state.codec import decode_state, encode_state, timer_of_state
 from stream_expiry.state.kv import KeyValue, scratch_directory
 from stream_expiry.state.restore_workers import _open_store
 from stream_expiry.state.store import STORE_FORMAT, mark_holds
@@ -212,6 +213,50 @@ def test_the_index_always_lists_exactly_the_live_finite_records(
     assert got == want
     assert store.counts.pending_total == len(want)
     assert store.counts.markers == sum(not s.live for s in current.values())
+
+
+_TIME = st.one_of(st.none(), st.integers(-(2**62), 2**62))
+_LIVES = st.lists(
+    st.tuples(_TIME, _TIME, _TIME, st.one_of(st.none(), st.text(max_size=4)), _TIME), max_size=2
+).map(tuple)
+_STATES = st.builds(
+    Stamp,
+    st.just(ident("r/é 1")),
+    _TIME,  # created_at
+    _TIME,  # expires_at
+    _TIME,  # ttl_ms
+    st.one_of(st.none(), st.text(max_size=8)),  # ttl_source
+    _TIME,  # deleted_at
+    _TIME,  # erase_at
+    st.booleans(),  # held
+    _TIME,  # stamp_offset
+    _TIME,  # previous_deleted_at
+    _LIVES,
+)
+
+
+@settings(max_examples=500)
+@given(state=_STATES, prune_at=_TIME)
+def test_a_timer_cut_from_the_stored_bytes_is_the_one_the_engine_packs(
+    state: Stamp, prune_at: int | None
+) -> None:
+    """Loading a horizon takes each timer from the stored state's bytes, without decoding
+    it: the same due time and bytes as the engine's own packing of the decoded state, for
+    a live, unheld record with a due time; none for any other."""
+    found = timer_of_state(encode_state(state, prune_at))
+    if not state.live or state.held or state.due_at is None:
+        assert found is None
+    else:
+        assert found == (state.due_at, _pack_timer(state))
+
+
+def test_due_timers_are_the_due_records_timers(store: PartitionStore) -> None:
+    records = [live(f"r{i}", T0 + (i * 7919) % 50) for i in range(40)]
+    records.append(live("erased", T0 + 99)._replace(erase_at=T0 + 3))
+    store.write([(None, s) for s in records], now_ms=T0)
+    want = [(s.identity.key, s.due_at, _pack_timer(s)) for s in store.due(T0, T0 + 40, batch=7)]
+    assert len(want) == 1 + sum(1 for s in records if (s.expires_at or 0) < T0 + 40)
+    assert list(store.due_timers(T0, T0 + 40, batch=7)) == want
 
 
 @given(
