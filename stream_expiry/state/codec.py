@@ -13,7 +13,7 @@ import struct
 from stream_expiry.model import HeldLife, Identity, Stamp
 from stream_expiry.packed import pack_tail, unpack_tail
 
-__all__ = ["decode_state", "encode_fields", "encode_state", "timer_of_state"]
+__all__ = ["decode_state", "encode_fields", "encode_state", "timer_bytes", "timer_of_state"]
 
 _FIXED = struct.Struct(">qqqqqqqB")
 _NONE = -(1 << 63)
@@ -61,7 +61,13 @@ def timer_of_state(value: bytes) -> tuple[int, bytes] | None:
     due = expires if erase == _NONE else erase
     if due == _NONE:
         return None
-    return due, value[:24] + value[40:56] + value[57:]
+    return due, timer_bytes(value)
+
+
+def timer_bytes(value: bytes) -> bytes:
+    """The timer of a stored live, unheld state with a due time (:func:`timer_of_state`
+    without the checks): what the store keeps beside it in its due index."""
+    return value[:24] + value[40:56] + value[57:]
 
 
 def encode_fields(

@@ -11,7 +11,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import given, settings
@@ -250,13 +250,90 @@ def test_a_timer_cut_from_the_stored_bytes_is_the_one_the_engine_packs(
         assert found == (state.due_at, _pack_timer(state))
 
 
+def _timers_of_states(store: PartitionStore, since: int, before: int) -> list[Any]:
+    return [(s.identity.key, s.due_at, _pack_timer(s)) for s in store.due(since, before)]
+
+
 def test_due_timers_are_the_due_records_timers(store: PartitionStore) -> None:
     records = [live(f"r{i}", T0 + (i * 7919) % 50) for i in range(40)]
     records.append(live("erased", T0 + 99)._replace(erase_at=T0 + 3))
     store.write([(None, s) for s in records], now_ms=T0)
-    want = [(s.identity.key, s.due_at, _pack_timer(s)) for s in store.due(T0, T0 + 40, batch=7)]
+    # The stamps' offsets, set once their messages are acknowledged: in the timers too.
+    store.write([(s, s.with_offset(i)) for i, s in enumerate(records[:10])], now_ms=T0)
+    assert all(packed for _, packed in store.kv.scan(b"x", b"y"))  # no look-up needed
+    want = _timers_of_states(store, T0, T0 + 40)
     assert len(want) == 1 + sum(1 for s in records if (s.expires_at or 0) < T0 + 40)
     assert list(store.due_timers(T0, T0 + 40, batch=7)) == want
+    assert {offset for _, _, packed in want if (offset := _unpack_offset(packed)) is not None}
+
+
+def _unpack_offset(packed: bytes) -> int | None:
+    offset = int(struct.unpack_from(">q", packed, 32)[0])
+    return None if offset == -(1 << 63) else offset
+
+
+def test_due_timers_of_index_entries_an_earlier_version_wrote_come_from_the_states(
+    store: PartitionStore,
+) -> None:
+    """An earlier version kept the due index's values empty (and reads none): those
+    entries' timers are cut from the states, in due order with the others."""
+    records = [live(f"r{i}", T0 + i) for i in range(30)]
+    store.write([(None, s) for s in records], now_ms=T0)
+    want = _timers_of_states(store, T0, T0 + 30)
+    older = [k for k, _ in store.kv.scan(b"x", b"y")][::3]
+    store.kv.apply(dict.fromkeys(older, b""), [])
+    assert len(older) == 10
+    assert list(store.due_timers(T0, T0 + 30, batch=4)) == want
+    assert list(store.due_timers(T0, T0 + 30, batch=100)) == want
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.integers(0, 9),
+            st.one_of(st.none(), st.integers(0, 100)),  # expiry
+            st.one_of(st.none(), st.integers(0, 100)),  # an erasure requested
+            st.one_of(st.none(), st.integers(0, 10**6)),  # the stamp's offset
+            st.booleans(),  # deleted
+        ),
+        max_size=40,
+    ),
+    restored=st.booleans(),
+)
+def test_due_timers_always_match_the_stored_states(
+    ops: list[tuple[int, int | None, int | None, int | None, bool]], restored: bool
+) -> None:
+    """Whatever was written, by events or by a restore: each due index entry's timer is
+    the one its state's gives."""
+    store = PartitionStore(MemoryKV(), grace_ms=GRACE)
+    current: dict[str, Stamp] = {}
+    for n, expires, erase, offset, deleted in ops:
+        new = live(f"r{n}", None if expires is None else T0 + expires)
+        new = new._replace(
+            erase_at=None if erase is None else T0 + erase,
+            stamp_offset=offset,
+            deleted_at=T0 if deleted else None,
+        )
+        key = new.identity.key
+        if restored:
+            store.write_restored(
+                [
+                    (
+                        key.encode(), new.identity.category, new.created_at, new.expires_at,
+                        new.ttl_ms, new.ttl_source, new.deleted_at, None, offset, None, (),
+                    )
+                ],
+                now_ms=T0,
+                meta={},
+            )  # fmt: skip
+            new = store.get(key) or new
+        else:
+            store.write([(current.get(key), new)], now_ms=T0)
+        current[key] = new
+    assert list(store.due_timers(-(2**62), 2**62, batch=3)) == _timers_of_states(
+        store, -(2**62), 2**62
+    )
 
 
 @given(
