@@ -232,7 +232,7 @@ class Service:
         self.rebalance_error: Exception | None = None
         self.processors: dict[tuple[str, int], PartitionProcessor] = {}
         # Partitions revoked by a rebalance, their stores open and timers loaded, until the
-        # assignment that ends it says whether they come back (:meth:`_suspend`).
+        # assignment that ends it says whether they come back (:meth:`revoke`).
         self._suspended: dict[tuple[str, int], PartitionProcessor] = {}
         self._on_progress = on_progress
         self._consumer_options = dict(consumer_options or {})
