@@ -14,6 +14,8 @@ from stream_expiry.policy import Resolution
 from stream_expiry.state import MemoryKV, PartitionProcessor, PartitionStore
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from stream_expiry.model import Identity
     from stream_expiry.state import Effects
 
@@ -199,6 +201,19 @@ def test_a_capped_horizon_fires_what_an_uncapped_one_fires(
 ) -> None:
     """Any events, at any times, with the clock moving by any steps: a partition holding a
     few timers at most fires the same tombstones at the same times as one holding all."""
+    uncapped, capped = _side_by_side(steps, cap, load)
+    assert capped == uncapped
+
+
+def _side_by_side(
+    steps: list[tuple[list[tuple[int, str, str, int]], int]],
+    cap: int,
+    load: int,
+    check: Callable[[PartitionProcessor, int], None] | None = None,
+) -> tuple[list[Fired], list[Fired]]:
+    """What an uncapped partition and one capped at ``cap`` timers (loading ``load`` at
+    once) fire, given the same steps: events, then the clock moved on. ``check(capped,
+    now)`` runs after each step's events."""
     now = BASE + 4 * HOUR
     procs = [_processor(now), _processor(now, max_loaded_timers=cap, load_slice=load)]
     outputs: list[list[Fired]] = [[], []]
@@ -211,11 +226,13 @@ def test_a_capped_horizon_fires_what_an_uncapped_one_fires(
         offset += len(records)
         for proc, out in zip(procs, outputs, strict=True):
             out += _settled(proc, proc.process(records, now), now)
+        if check is not None:
+            check(procs[1], now)
         for proc, out in zip(procs, outputs, strict=True):
             fired, _ = _run(proc, now, now + advance, 20 * 60_000)
             out += fired
         now += advance
-    assert outputs[1] == outputs[0]
+    return outputs[0], outputs[1]
 
 
 def test_new_records_due_within_the_horizon_keep_the_wheel_bounded() -> None:
@@ -269,28 +286,16 @@ def test_new_records_over_a_full_wheel_fire_what_an_uncapped_one_fires(
     """Many new records due within the horizon, touched, deleted, at any times: a
     partition that drops the latest timers when its wheel is full fires the same
     tombstones at the same times as one holding all, and holds few at any time."""
-    now = BASE + 4 * HOUR
-    procs = [_processor(now), _processor(now, max_loaded_timers=cap, load_slice=load)]
-    outputs: list[list[Fired]] = [[], []]
-    offset = 0
-    for events, advance in steps:
-        records = [
-            Rec(offset + i, None, _event(f"r{n}", BASE + t, op, cat))
-            for i, (n, op, cat, t) in enumerate(events)
-        ]
-        offset += len(records)
-        for proc, out in zip(procs, outputs, strict=True):
-            out += _settled(proc, proc.process(records, now), now)
+
+    def bounded(capped: PartitionProcessor, now: int) -> None:
         # a quarter over the limit at most, unless those over it are due already or at
         # one millisecond (those stay together): then no timer due later is held
-        dues = [entry[0] for entry in procs[1]._engine._wheel._index.values()]
+        dues = [entry[0] for entry in capped._engine._wheel._index.values()]
         assert len(dues) <= cap + cap // 4 or len({d for d in dues if d > now}) <= 1
-        for proc, out in zip(procs, outputs, strict=True):
-            fired, _ = _run(proc, now, now + advance, 20 * 60_000)
-            out += fired
-        now += advance
+
+    uncapped, capped = _side_by_side(steps, cap, load, bounded)
     # Timers due at one millisecond fire in the order they were scheduled, and those
     # dropped and loaded again in the store's (key) order: the same tombstones, each at
     # the same time, in time order.
-    assert sorted(outputs[1]) == sorted(outputs[0])
-    assert [f[2] for f in outputs[1]] == sorted(f[2] for f in outputs[1])
+    assert sorted(capped) == sorted(uncapped)
+    assert [f[2] for f in capped] == sorted(f[2] for f in capped)
