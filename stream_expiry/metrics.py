@@ -140,6 +140,12 @@ class _StatsCollector(Collector):
             "included): one per group rebalance it took part in.",
             value=s.assignments,
         )
+        yield CounterMetricFamily(
+            f"{p}_partitions_resumed",
+            "Partitions a rebalance took and gave back, resumed as they were (their stores "
+            "kept open) instead of restored.",
+            value=s.resumed_partitions,
+        )
         yield GaugeMetricFamily(
             f"{p}_assigned_partitions",
             "Input partitions this instance owns now (0 while it joins or the group rebalances).",
