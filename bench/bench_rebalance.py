@@ -14,7 +14,7 @@ the ones it had.
 Measured from the service's log (its ``assigned ...; reading X s after the assignment``
 line): the seconds from the group's assignment to reading again, per rebalance, which is
 the instance's own part of the pause (the join itself is the broker's: ~3 s on Tansu);
-and how many partitions resumed as they were (``resumed as it was``) or were restored.
+and how many partitions resumed as they were or were restored.
 Not in the suite (``bench.run_suite``): ~1-2 minutes at the defaults.
 
 Prints one JSON object on stdout; progress on stderr.
@@ -43,6 +43,7 @@ from stream_expiry.service import ASSIGNORS
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+RESUMED = re.compile(r"resumed (\d+) partitions as they were")
 READING = re.compile(r"assigned (.*): (\d+) timers within the horizon; reading ([\d.]+) s after")
 
 
@@ -68,8 +69,8 @@ def rebalances(log_path: str, since: int) -> tuple[list[dict[str, Any]], int]:
     found = []
     resumed = restored = 0
     for line in lines:
-        if "resumed as it was" in line:
-            resumed += 1
+        if m := RESUMED.search(line):
+            resumed += int(m.group(1))
         elif re.search(r"\] restored in ", line):
             restored += 1
         m = READING.search(line)

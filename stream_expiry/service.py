@@ -1189,6 +1189,14 @@ class Service:
                 self._restore_seen = 0
         self._restore_seen = 0
         self.stats.restored += result.total.read
+        if resumed:  # one line for them all: a rebalance gives back dozens
+            self.stats.resumed_partitions += len(resumed)
+            log.info(
+                "resumed %d partitions as they were before the rebalance (stores kept open, "
+                "changelogs unchanged since): %s",
+                len(resumed),
+                ", ".join(f"{t}[{p}]" for t, p in resumed),
+            )
         for tp in tps:
             slot = (tp.topic, tp.partition)
             store, report, proc = stores[slot], result.stores[slot], procs[slot]
@@ -1199,14 +1207,6 @@ class Service:
             self.stats.assigned_partitions = len(self.processors)
             self._timers_loaded(proc)
             if slot in resumed:
-                self.stats.resumed_partitions += 1
-                log.info(
-                    "%s[%d] resumed as it was before the rebalance (its store kept open, "
-                    "its changelog unchanged since): %d timers within the horizon",
-                    tp.topic,
-                    tp.partition,
-                    proc.timers,
-                )
                 continue
             c = store.counts
             log.info(
