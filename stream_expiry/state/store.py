@@ -232,30 +232,14 @@ class PartitionStore:
         value = self.kv.multi_get([_STATE + key.encode()])[0]
         return None if value is None else decode_state(identity_of_key(key), value)[0]
 
-    def due(self, since: int, before: int, *, batch: int = 1024) -> Iterator[Stamp]:
-        """Live records with ``since <= due_at < before``, in the order of their due times;
-        their states are read ``batch`` at a time (a caller that takes a few asks for a
-        few)."""
-        for entries in self._due_entries(since, before, batch):
-            yield from self._states([index_key[9:] for index_key, _ in entries])
-
     def due_timers(self, since: int, before: int, *, batch: int = 1024) -> Iterator[Timer]:
-        """:meth:`due`'s records as the wheel's timers (key, due time, packed), cut from the
-        index's own copy, or for an entry an earlier version wrote (empty) cut from the
-        stored state (:func:`timer_of_state`): no state decoded, and none looked up. At
-        50,000 expirations a second the look-ups of recently written states were the
-        firing's largest cost (13 us a timer) once the wheel was bounded."""
-        for entries in self._due_entries(since, before, batch):
-            if all(packed for _, packed in entries):
-                for index_key, packed in entries:
-                    yield index_key[9:].decode(), _time_of(index_key), packed
-            else:  # in due order all the same: a batch with one older entry is looked up
-                yield from self._timers([index_key[9:] for index_key, _ in entries])
-
-    def _due_entries(
-        self, since: int, before: int, batch: int
-    ) -> Iterator[list[tuple[bytes, bytes]]]:
-        """The due index's entries in ``[since, before)``, ``batch`` at a time."""
+        """The timers (key, due time, packed as the wheel holds them) of the live records
+        with ``since <= due_at < before``, in the order of their due times, read ``batch``
+        at a time (a caller that takes a few asks for a few). Each is the due index's own
+        copy, or for an entry an earlier version wrote (empty) cut from the stored state
+        (:func:`timer_of_state`): no state decoded, and none looked up. At 50,000
+        expirations a second the look-ups of recently written states were the firing's
+        largest cost (13 us a timer) once the wheel was bounded."""
         floor = self._due_floor
         low = _time_key(_DUE, since if floor is None else max(since, floor), b"")
         high = _time_key(_DUE, before, b"")
@@ -263,12 +247,17 @@ class PartitionStore:
         for entry in self.kv.scan(low, high):
             entries.append(entry)
             if len(entries) >= batch:
-                yield entries
+                yield from self._timers_of(entries)
                 entries = []
-        if entries:
-            yield entries
+        yield from self._timers_of(entries)
 
-    def _timers(self, keys: list[bytes]) -> Iterator[Timer]:
+    def _timers_of(self, entries: list[tuple[bytes, bytes]]) -> Iterator[Timer]:
+        if all(packed for _, packed in entries):
+            for index_key, packed in entries:
+                yield index_key[9:].decode(), _time_of(index_key), packed
+            return
+        # In due order all the same: a batch with one older entry is looked up whole.
+        keys = [index_key[9:] for index_key, _ in entries]
         for key, value in zip(keys, self.kv.multi_get([_STATE + k for k in keys]), strict=True):
             if value is not None and (found := timer_of_state(value)) is not None:
                 yield key.decode(), found[0], found[1]

@@ -53,6 +53,16 @@ def live(rid: str, expires: int | None, category: str = "conversation") -> Stamp
     return Stamp(ident(rid, category), T0, expires, ttl, None if ttl is None else "default")
 
 
+def _due_states(store: PartitionStore, since: int, before: int) -> list[Stamp]:
+    """The states of the records the due index lists in ``[since, before)``, in its order."""
+    states = []
+    for key, _, _ in store.due_timers(since, before):
+        state = store.get(key)
+        assert state is not None  # an index entry without its state
+        states.append(state)
+    return states
+
+
 def test_states_round_trip_and_absent_keys_are_none(store: PartitionStore) -> None:
     a, b = live("a", T0 + 5), live("b", None)
     store.write([(None, a), (None, b)], now_ms=T0)
@@ -63,7 +73,7 @@ def test_states_round_trip_and_absent_keys_are_none(store: PartitionStore) -> No
 def test_due_scans_live_records_in_expiry_order_within_the_range(store: PartitionStore) -> None:
     stamps = [live(f"r{i}", T0 + (7 * i) % 50) for i in range(50)]
     store.write([(None, s) for s in stamps], now_ms=T0)
-    got = list(store.due(T0 + 10, T0 + 30))
+    got = _due_states(store, T0 + 10, T0 + 30)
     assert [s.expires_at for s in got] == sorted(
         s.expires_at or 0 for s in stamps if T0 + 10 <= (s.expires_at or 0) < T0 + 30
     )
@@ -93,11 +103,11 @@ def test_a_moved_expiry_leaves_no_stale_index_entry(store: PartitionStore) -> No
     store.write([(None, a)], now_ms=T0)
     slid = a._replace(expires_at=T0 + 100)
     store.write([(a, slid)], now_ms=T0)
-    assert list(store.due(T0, T0 + 50)) == []
-    assert list(store.due(T0, T0 + 200)) == [slid]
+    assert _due_states(store, T0, T0 + 50) == []
+    assert _due_states(store, T0, T0 + 200) == [slid]
     deleted = slid._replace(deleted_at=T0 + 99)
     store.write([(slid, deleted)], now_ms=T0)
-    assert list(store.due(T0, T0 + 10**6)) == []
+    assert _due_states(store, T0, T0 + 10**6) == []
     assert store.get(a.identity.key) == deleted
 
 
@@ -209,7 +219,7 @@ def test_the_index_always_lists_exactly_the_live_finite_records(
         for s in current.values()
         if s.live and s.expires_at is not None
     )
-    got = [(s.expires_at, s.identity.key) for s in store.due(-(2**62), 2**62)]
+    got = [(s.expires_at, s.identity.key) for s in _due_states(store, -(2**62), 2**62)]
     assert got == want
     assert store.counts.pending_total == len(want)
     assert store.counts.markers == sum(not s.live for s in current.values())
@@ -251,7 +261,7 @@ def test_a_timer_cut_from_the_stored_bytes_is_the_one_the_engine_packs(
 
 
 def _timers_of_states(store: PartitionStore, since: int, before: int) -> list[Any]:
-    return [(s.identity.key, s.due_at, _pack_timer(s)) for s in store.due(since, before)]
+    return [(s.identity.key, s.due_at, _pack_timer(s)) for s in _due_states(store, since, before)]
 
 
 def test_due_timers_are_the_due_records_timers(store: PartitionStore) -> None:
@@ -692,7 +702,7 @@ def test_index_seeks_start_past_the_entries_deleted_before_the_last_one() -> Non
     assert store.first_due_ms() == T0 + 50
     assert store.first_due_ms() == T0 + 50
     assert kv.lows[-1] >= b"x" + struct.pack(">Q", T0 + 50 + (1 << 63))
-    assert [s.expires_at for s in store.due(-(2**62), T0 + 52)] == [T0 + 50, T0 + 51]
+    assert [s.expires_at for s in _due_states(store, -(2**62), T0 + 52)] == [T0 + 50, T0 + 51]
     assert kv.lows[-1] >= b"x" + struct.pack(">Q", T0 + 50 + (1 << 63))
     # Markers: the first prune takes those due; the next starts past them.
     marker_at = T0 + 51 + GRACE  # deleted at T0 + 50, so from T0 + 51, and the grace
