@@ -18,7 +18,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from stream_expiry.engine import Engine, _fire_timer, _pack_timer, _unpack_timer
+from stream_expiry.engine import Engine, _fire_timer, _pack_timer, _unpack_timer, timer
 from stream_expiry.model import Identity, InputEvent, Stamp, last_activity
 from stream_expiry.policy import Resolution
 from stream_expiry.state import Effects, MemoryKV, PartitionProcessor, PartitionStore
@@ -762,3 +762,59 @@ def test_a_packed_timer_fires_as_the_stamp_it_packed_would(
     assert fused == Engine._fire(_unpack_timer(identity.key, packed), "ttl", 7)
     assert fused.before == stamp
     assert fused.reason == ("ttl" if erase is None else "explicit")
+
+
+def _engine_at(now: int) -> Engine[str]:
+    return Engine(resolver(constant_policy), SLIDING, now_ms=now, horizon_ms=3_600_000)
+
+
+def _timers(now: int, dues: list[int], name: str = "r") -> list[tuple[str, int, bytes]]:
+    """Stored records' timers, as a store's due index gives them: one record a due time."""
+    out = []
+    for i, due in enumerate(dues):
+        identity = Identity("o", "b", "live", "error", f"{name}{i}")
+        found = timer(Stamp(identity, now, due, due - now, "default"))
+        assert found is not None
+        out.append(found)
+    return out
+
+
+def test_loaded_timers_fire_with_the_slot_they_were_loaded_for() -> None:
+    """The shell passes each partition's slot with its timers (the engine is generic in
+    it); what fires names that slot, whichever way the timers came in."""
+    now = BASE
+    engine = _engine_at(now)
+    engine.start_horizon(now + 1_000, _timers(now, [now + 100]), "first")
+    engine.extend_horizon(now + 2_000, _timers(now, [now + 1_500], "s"), "second")
+    fired = engine.advance(now + 2_000)
+    assert [(f.before.expires_at, slot) for f, slot in fired] == [
+        (now + 100, "first"),
+        (now + 1_500, "second"),
+    ]
+
+
+def test_shrinking_the_horizon_drops_the_latest_timers_and_says_how_many() -> None:
+    now = BASE
+    engine = _engine_at(now)
+    dues = [now + 1_000 * (i + 1) for i in range(10)]
+    engine.start_horizon(now + 3_600_000, _timers(now, dues), "p")
+    assert engine.shrink_horizon(4) == 6
+    assert engine.wheel_size == 4
+    assert engine.horizon_end == dues[4]  # the first one dropped: loaded again from there
+    assert engine.shrink_horizon(4) == 0  # nothing over the limit: nothing dropped
+    assert engine.shrink_horizon(10) == 0
+    assert engine.horizon_end == dues[4]
+    fired = engine.advance(now + 3_600_000)
+    assert [f.before.expires_at for f, _ in fired] == dues[:4]
+
+
+def test_a_held_or_deleted_record_has_no_timer() -> None:
+    """``timer`` is what a horizon load takes from the records in flight: a record a
+    legal hold keeps must not get one, whatever its due time, nor one already deleted."""
+    identity = Identity("o", "b", "live", "error", "r")
+    live = Stamp(identity, BASE, BASE + 10, 10, "default")
+    assert timer(live) is not None
+    assert timer(live._replace(held=True)) is None
+    assert timer(live._replace(erase_at=BASE + 5, held=True)) is None
+    assert timer(live._replace(deleted_at=BASE + 10)) is None
+    assert timer(Stamp(identity, BASE, None, None, None)) is None  # never expires

@@ -272,6 +272,31 @@ def test_an_erasure_carried_out_at_the_release_ends_the_life_at_the_request() ->
     assert [s.previous_deleted_at for s, _ in later.stamps] == [T0 + 10]
 
 
+def test_a_held_erasure_in_flight_when_the_horizon_reaches_it_gets_no_timer() -> None:
+    """A horizon load takes the records in flight (decided, not yet acked) from the
+    processor's overlay, not the store: a held erasure requested for a time past the
+    horizon's end (a producer's clock ahead) is due within the next slice, and must not
+    be loaded as a timer that would delete the record the hold keeps."""
+    p = Partition(horizon_ms=60_000)
+    p.holds.place(hold())
+    p.event("a", "create", T0)
+    ahead = T0 + 90_000  # past the horizon's end, T0 + 60 s
+    rec = _Rec(p.offset + 1, None, orjson.dumps(
+        {"category": "conversation", "org": "acme", "bot": "b1", "record_id": "a",
+         "op": "delete", "ts": ahead}
+    ))  # fmt: skip
+    in_flight = p.proc.process([rec], T0)
+    assert [(s.erase_at, s.held) for s, _ in in_flight.stamps] == [(ahead, True)]
+    assert p.proc.extend_horizon(T0 + 45_000) == 0  # the slice up to T0 + 105 s
+    assert p.proc.fire_due(ahead + 1).tombstones == []
+    p._take(in_flight, ahead + 1)
+    p.tick(ahead + 10 * TTL)
+    assert p.tombstones == []
+    p.holds.release("h1")
+    p.tick(ahead + 11 * TTL)
+    assert [(rid, reason) for rid, reason, *_ in p.tombstones] == [("a", "explicit")]
+
+
 def test_an_erasure_of_an_unseen_record_under_a_hold_is_deferred_too() -> None:
     p = Partition()
     p.holds.place(hold())

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -299,3 +300,84 @@ def test_new_records_over_a_full_wheel_fire_what_an_uncapped_one_fires(
     # the same time, in time order.
     assert sorted(capped) == sorted(uncapped)
     assert [f[2] for f in capped] == sorted(f[2] for f in capped)
+
+
+def _due_at(proc: PartitionProcessor, now: int, name: str, dues: list[int], at: int = 0) -> None:
+    """Create one error record (two hours to live) due at each of ``dues``, settled."""
+    creates = [
+        Rec(at + i, None, _event(f"{name}{at + i}", due - 2 * HOUR)) for i, due in enumerate(dues)
+    ]
+    proc.settle(proc.process(creates, now), now)
+
+
+def test_the_wheel_grows_a_quarter_over_its_limit_before_it_is_cut_back_to_it() -> None:
+    """Cutting costs a pass over the wheel, so it waits for a quarter more than the limit
+    (125 timers for 100), and then keeps the limit: the earliest 100."""
+    now = BASE + 2 * HOUR
+    proc = _processor(now, max_loaded_timers=100)
+    dues = [now + 60_000 + i * 1_000 for i in range(126)]
+    for first in range(0, 125, 5):
+        _due_at(proc, now, "r", dues[first : first + 5], at=first)
+    assert proc.timers == 125
+    _due_at(proc, now, "r", dues[125:], at=125)
+    assert proc.timers == 100
+    assert proc.next_due_ms() == dues[0]
+    fired, most = _run(proc, now, now + HOUR, 60_000)
+    assert most <= 100
+    assert [emitted for _, _, emitted, _ in fired] == dues
+
+
+@pytest.mark.parametrize(
+    ("overdue", "held"),
+    [
+        (50, 100),  # the limit in all: 50 overdue and the earliest 50 in the wheel
+        (90, 115),  # 90 overdue leave room for 10: the wheel keeps a least load, 25
+    ],
+)
+def test_timers_due_and_not_fired_yet_count_against_the_limit(overdue: int, held: int) -> None:
+    """A firing in slices leaves timers due and not fired (out of the wheel, still held):
+    a cut keeps the limit for all of them together, and never fewer than a least load in
+    the wheel, so that the next records still fire from it as the store's load waits."""
+    now = BASE + 2 * HOUR
+    proc = _processor(now, max_loaded_timers=100)  # least load: a quarter of the limit, 25
+    soon = [now + 60_000 + i for i in range(overdue + 10)]
+    _due_at(proc, now, "s", soon)
+    later = now + 61_000
+    effects = proc.fire_due(later, 10)
+    proc.settle(effects, later)
+    assert len(effects.tombstones) == 10
+    assert proc.timers == overdue
+    _due_at(proc, later, "n", [later + 60_000 + i * 1_000 for i in range(126)], at=1_000)
+    assert proc.timers == held
+    fired, _ = _run(proc, later, later + HOUR, 60_000)
+    assert len(fired) == overdue + 126
+    assert all(emitted == max(expires or 0, later) for _, _, emitted, expires in fired)
+
+
+def test_a_slice_cut_short_by_its_limit_is_followed_at_once() -> None:
+    """Loads wait for a quarter of the horizon to pass, except after a slice its limit
+    cut short: the horizon then ends before the hour ahead, and the next slice follows at
+    the next turn (here at the same time), not a quarter of an hour later."""
+    created = BASE + 10_000
+    proc = _processor(created, load_slice=300)
+    creates = [Rec(i, None, _event(f"r{i}", BASE + i)) for i in range(3_000)]
+    proc.settle(proc.process(creates, created), created)  # due in two hours: stored only
+    later = BASE + 2 * HOUR - 50 * 60_000  # every one due 50 minutes on, in 3 seconds
+    loads = []
+    while loaded := proc.extend_horizon(later):
+        loads.append(loaded)
+    assert loads == [300] * 10
+
+
+def test_a_full_wheel_loads_nothing_until_its_horizon_ends_then_what_fits() -> None:
+    """With room for fewer timers than a least load (a quarter of a slice), a load waits:
+    for room, or for the horizon's end, where the partition is due and takes what fits."""
+    now = BASE + 2 * HOUR
+    proc = _processor(now, max_loaded_timers=100, load_slice=100)  # least load 25
+    _due_at(proc, now, "n", [now + 60_000 + i for i in range(90)])
+    end = now + HOUR
+    _due_at(proc, now, "s", [end + i for i in range(20)], at=90)  # stored
+    assert proc.timers == 90
+    assert proc.extend_horizon(end - 1) == 0
+    assert proc.extend_horizon(end) == 10
+    assert proc.timers == 100
