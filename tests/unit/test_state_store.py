@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_expiry.engine import _pack_timer
+from stream_expiry.engine import _pack_timer, _unpack_timer
 from stream_expiry.errors import CorruptStoreError, NewerStoreError, StoreError
 from stream_expiry.model import HeldLife, Identity, Stamp
 from stream_expiry.outbox import Run
@@ -274,12 +274,7 @@ def test_due_timers_are_the_due_records_timers(store: PartitionStore) -> None:
     want = _timers_of_states(store, T0, T0 + 40)
     assert len(want) == 1 + sum(1 for s in records if (s.expires_at or 0) < T0 + 40)
     assert list(store.due_timers(T0, T0 + 40, batch=7)) == want
-    assert {offset for _, _, packed in want if (offset := _unpack_offset(packed)) is not None}
-
-
-def _unpack_offset(packed: bytes) -> int | None:
-    offset = int(struct.unpack_from(">q", packed, 32)[0])
-    return None if offset == -(1 << 63) else offset
+    assert {_unpack_timer(key, packed).stamp_offset for key, _, packed in want} - {None}
 
 
 def test_due_timers_of_index_entries_an_earlier_version_wrote_come_from_the_states(
