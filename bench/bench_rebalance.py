@@ -27,14 +27,13 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.e2e_expiry import BenchTopics, event_value, input_partitions, produce_messages
-from bench.e2e_partitions import TTLS_MS, ServiceProcess, ingested, prepare, proc_figures
+from bench.e2e_partitions import TTLS_MS, ServiceProcess, ingested, prepared, proc_figures
 from stream_expiry.broker import EmbeddedBroker
 from stream_expiry.kafka import consumer
 from stream_expiry.model import Identity
@@ -95,36 +94,30 @@ async def run(args: Any, topics: BenchTopics, work: str) -> dict[str, Any]:
     tps = input_partitions(topics.inputs, args.partitions)
     out: dict[str, Any] = {"partitions": args.partitions, "input_partitions": len(tps)}
     log_path = os.path.join(work, "service.log")
-    try:
-        with EmbeddedBroker() as broker:
-            bootstrap = broker.bootstrap_servers
-            service = ServiceProcess(config_path, bootstrap, log_path)
-            try:
-                out["ready_s"] = round(service.start(), 2)
-                sent = await produce_messages(bootstrap, pending_messages(topics, args.pending))
-                out["ingest_s"] = round(await ingested(bootstrap, group, tps, sent), 1)
-                out["with_pending"] = proc_figures(service.pid, state_dir)
-                log(f"{sent} pending ingested: {out['with_pending']}")
+    with EmbeddedBroker() as broker:
+        bootstrap = broker.bootstrap_servers
+        service = ServiceProcess(config_path, bootstrap, log_path)
+        try:
+            out["ready_s"] = round(service.start(), 2)
+            sent = await produce_messages(bootstrap, pending_messages(topics, args.pending))
+            out["ingest_s"] = round(await ingested(bootstrap, group, tps, sent), 1)
+            out["with_pending"] = proc_figures(service.pid, state_dir)
+            log(f"{sent} pending ingested: {out['with_pending']}")
+            _, seen = rebalances(log_path, 0)
+            member = {"group_id": group, "partition_assignment_strategy": ASSIGNORS}
+            async with consumer(bootstrap, *topics.inputs, **member) as other:
+                t0 = time.perf_counter()
+                while not other.assignment():
+                    await other.getmany(timeout_ms=100)
+                out["member_joined_s"] = round(time.perf_counter() - t0, 2)
+                joined = await _logged(log_path, seen, 1)
+                log(f"member joined: {joined}")
                 _, seen = rebalances(log_path, 0)
-                member = {"group_id": group, "partition_assignment_strategy": ASSIGNORS}
-                async with consumer(bootstrap, *topics.inputs, **member) as other:
-                    t0 = time.perf_counter()
-                    while not other.assignment():
-                        await other.getmany(timeout_ms=100)
-                    out["member_joined_s"] = round(time.perf_counter() - t0, 2)
-                    joined = await _logged(log_path, seen, 1)
-                    log(f"member joined: {joined}")
-                    _, seen = rebalances(log_path, 0)
-                left = await _logged(log_path, seen, 1)
-                log(f"member left: {left}")
-                out["joined"], out["left"] = joined, left
-            finally:
-                service.stop()
-    finally:
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+            left = await _logged(log_path, seen, 1)
+            log(f"member left: {left}")
+            out["joined"], out["left"] = joined, left
+        finally:
+            service.stop()
     return out
 
 
@@ -145,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pending", type=int, default=120_000)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
-    topics, work = prepare(args)
-    print(json.dumps(asyncio.run(run(args, topics, work))))
+    with prepared(args) as (topics, work):
+        print(json.dumps(asyncio.run(run(args, topics, work))))
     return 0
 
 

@@ -305,14 +305,21 @@ async def release_phase(
     return res
 
 
-def prepare(args: Any) -> tuple[BenchTopics, str]:
-    """Fresh topic names and a work directory holding the service's config."""
+@contextlib.contextmanager
+def prepared(args: Any) -> Iterator[tuple[BenchTopics, str]]:
+    """Fresh topic names and a work directory holding the service's config, removed
+    afterwards unless ``--keep``."""
     topics = BenchTopics.fresh()
     work = tempfile.mkdtemp(prefix="se-bench-parts-")
-    state_dir = os.path.join(work, "state")
-    text = config_text(topics, state_dir, args.partitions)
-    Path(work, "expiry.toml").write_text(text, "utf-8")
-    return topics, work
+    try:
+        text = config_text(topics, os.path.join(work, "state"), args.partitions)
+        Path(work, "expiry.toml").write_text(text, "utf-8")
+        yield topics, work
+    finally:
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 async def run(args: Any, topics: BenchTopics, work: str) -> dict[str, Any]:
@@ -321,76 +328,70 @@ async def run(args: Any, topics: BenchTopics, work: str) -> dict[str, Any]:
     out: dict[str, Any] = {"partitions": args.partitions, "input_partitions": len(tps)}
     state_dir = os.path.join(work, "state")
     config_path = os.path.join(work, "expiry.toml")
-    try:
-        with EmbeddedBroker() as broker:
-            bootstrap = broker.bootstrap_servers
-            service = ServiceProcess(config_path, bootstrap, os.path.join(work, "service.log"))
-            try:
-                out["ready_s"] = round(service.start(), 2)
-                await asyncio.sleep(1)  # the gauges after the first loop turns
-                out["at_ready"] = proc_figures(service.pid, state_dir)
-                log(f"ready in {out['ready_s']}s: {out['at_ready']}")
-                total = 0
-                if args.pending:
-                    spec = ProduceSpec("mixed", 0, args.pending, ts_ms=int(time.time() * 1000))
+    with EmbeddedBroker() as broker:
+        bootstrap = broker.bootstrap_servers
+        service = ServiceProcess(config_path, bootstrap, os.path.join(work, "service.log"))
+        try:
+            out["ready_s"] = round(service.start(), 2)
+            await asyncio.sleep(1)  # the gauges after the first loop turns
+            out["at_ready"] = proc_figures(service.pid, state_dir)
+            log(f"ready in {out['ready_s']}s: {out['at_ready']}")
+            total = 0
+            if args.pending:
+                spec = ProduceSpec("mixed", 0, args.pending, ts_ms=int(time.time() * 1000))
+                total += (await produce_in_child(bootstrap, spec, topics))["sent"]
+                out["pending_ingest_s"] = round(await ingested(bootstrap, group, tps, total), 1)
+                out["with_pending"] = proc_figures(service.pid, state_dir)
+                log(f"pending ingested: {out['with_pending']}")
+            if args.lag:
+                start_ns = time.time_ns() + int(args.lead * 1e9)
+                window = args.lag / args.rate
+                deadline = start_ns + int((window + 5) * 1e9)
+                spec = ProduceSpec("lag", 0, args.lag, rate=args.rate, start_ns=start_ns)
+                async with tombstone_reader(
+                    bootstrap, topics.tombstones, args.lag, args.rate, start_ns, deadline
+                ) as result:
                     total += (await produce_in_child(bootstrap, spec, topics))["sent"]
-                    out["pending_ingest_s"] = round(await ingested(bootstrap, group, tps, total), 1)
-                    out["with_pending"] = proc_figures(service.pid, state_dir)
-                    log(f"pending ingested: {out['with_pending']}")
-                if args.lag:
-                    start_ns = time.time_ns() + int(args.lead * 1e9)
-                    window = args.lag / args.rate
-                    deadline = start_ns + int((window + 5) * 1e9)
-                    spec = ProduceSpec("lag", 0, args.lag, rate=args.rate, start_ns=start_ns)
-                    async with tombstone_reader(
-                        bootstrap, topics.tombstones, args.lag, args.rate, start_ns, deadline
-                    ) as result:
-                        total += (await produce_in_child(bootstrap, spec, topics))["sent"]
-                        out["lag_ingest_s"] = round(await ingested(bootstrap, group, tps, total), 1)
-                        if time.time_ns() > start_ns:
-                            log("lag records ingested after the window opened: raise --lead")
-                        res = await result(window + 120)
-                    lags = array.array("d")
-                    lags.frombytes(res["lags"])
-                    out["lag"] = {
-                        "tombstones": res["delivered"],
-                        "expected": args.lag,
-                        "duplicates": res["duplicates"],
-                        "early": res["early"],
-                        "lag_ms": summarize(lags).to_json(),
-                        "decided_lag_ms": lag_split(res, lags)["decided_lag_ms"],
-                        "transport_lag_ms": lag_split(res, lags)["transport_lag_ms"],
-                    }
-                    out["after_lag"] = proc_figures(service.pid, state_dir)
-                    log(f"lag: {out['lag']}")
-                if args.held:
-                    hold, sent = await hold_phase(args, bootstrap, topics, service, tps)
-                    total += sent
-                    await ingested(bootstrap, group, tps, total)
-                    # Every held record due (and deferred) before the release.
-                    await asyncio.sleep(max(0.0, hold["due_ms"] / 1000 + 1.5 - time.time()))
-                    out["release"] = await release_phase(args, bootstrap, topics, service, hold)
-                    total += args.rate * 10
-                    await ingested(bootstrap, group, tps, total)
-                    log(f"release: {out['release']}")
-                out["stop_s"] = round(service.stop(), 2)
-                out["restart_kept_ready_s"] = round(service.start(), 2)
-                out["after_restart"] = proc_figures(service.pid, state_dir)
-                service.stop()
-                shutil.rmtree(state_dir)
-                out["restart_lost_ready_s"] = round(service.start(), 2)
-                out["after_restore"] = proc_figures(service.pid, state_dir)
-                log(
-                    f"restarts: kept {out['restart_kept_ready_s']}s, "
-                    f"lost {out['restart_lost_ready_s']}s"
-                )
-            finally:
-                service.stop()
-    finally:
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+                    out["lag_ingest_s"] = round(await ingested(bootstrap, group, tps, total), 1)
+                    if time.time_ns() > start_ns:
+                        log("lag records ingested after the window opened: raise --lead")
+                    res = await result(window + 120)
+                lags = array.array("d")
+                lags.frombytes(res["lags"])
+                out["lag"] = {
+                    "tombstones": res["delivered"],
+                    "expected": args.lag,
+                    "duplicates": res["duplicates"],
+                    "early": res["early"],
+                    "lag_ms": summarize(lags).to_json(),
+                    "decided_lag_ms": lag_split(res, lags)["decided_lag_ms"],
+                    "transport_lag_ms": lag_split(res, lags)["transport_lag_ms"],
+                }
+                out["after_lag"] = proc_figures(service.pid, state_dir)
+                log(f"lag: {out['lag']}")
+            if args.held:
+                hold, sent = await hold_phase(args, bootstrap, topics, service, tps)
+                total += sent
+                await ingested(bootstrap, group, tps, total)
+                # Every held record due (and deferred) before the release.
+                await asyncio.sleep(max(0.0, hold["due_ms"] / 1000 + 1.5 - time.time()))
+                out["release"] = await release_phase(args, bootstrap, topics, service, hold)
+                total += args.rate * 10
+                await ingested(bootstrap, group, tps, total)
+                log(f"release: {out['release']}")
+            out["stop_s"] = round(service.stop(), 2)
+            out["restart_kept_ready_s"] = round(service.start(), 2)
+            out["after_restart"] = proc_figures(service.pid, state_dir)
+            service.stop()
+            shutil.rmtree(state_dir)
+            out["restart_lost_ready_s"] = round(service.start(), 2)
+            out["after_restore"] = proc_figures(service.pid, state_dir)
+            log(
+                f"restarts: kept {out['restart_kept_ready_s']}s, "
+                f"lost {out['restart_lost_ready_s']}s"
+            )
+        finally:
+            service.stop()
     return out
 
 
@@ -404,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--held", type=int, default=150_000)
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     args = parser.parse_args(argv)
-    print(json.dumps(asyncio.run(run(args, *prepare(args))), indent=1))
+    with prepared(args) as (topics, work):
+        print(json.dumps(asyncio.run(run(args, topics, work)), indent=1))
     return 0
 
 
