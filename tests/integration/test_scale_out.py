@@ -19,7 +19,7 @@ from stream_expiry.kafka import consumer, ensure_topics, producer
 from stream_expiry.model import Identity, Stamp, encode_stamp
 from stream_expiry.service import ASSIGNORS, Service, wall_clock_ms
 from stream_expiry.timeutil import parse_ts
-from tests.conftest import TopicSet, make_topic_set, read_all, wait_for
+from tests.conftest import TopicSet, make_topic_set, read_topic, wait_for
 from tests.integration.service_helpers import config_for, event, produce, running_service
 
 if TYPE_CHECKING:
@@ -66,12 +66,10 @@ async def test_two_instances_share_the_work_and_one_takes_over_when_the_other_le
         second = [(topics.conversations, *event("conversation", f"late{i}")) for i in range(20)]
         await produce(broker, second)
         await wait_for(lambda: svc_b.stats.verdicts["created"] >= 20, timeout_s=30)
-        with anyio.fail_after(30):
-            while True:
-                tombs = await read_all(broker, topics.tombstones)
-                if {t.key for t in tombs} >= {k for _, k, _ in first[:40] + second}:
-                    break
-                await anyio.sleep(0.2)
+        wanted = {k for _, k, _ in first[:40] + second}
+        tombs = await read_topic(
+            broker, topics.tombstones, until=lambda r: {t.key for t in r} >= wanted, timeout_s=30
+        )
     per_key = Counter(t.key for t in tombs)
     for t in tombs:
         body = orjson.loads(t.value)
@@ -192,12 +190,9 @@ async def test_partitions_given_back_by_a_rebalance_resume_without_a_restore(
         await wait_for(lambda: len(svc.owned) == 6, timeout_s=30)
         for slot, proc in svc.processors.items():
             assert (proc is before[slot]) is (slot in kept), slot
-        with anyio.fail_after(40):
-            while True:
-                tombs = await read_all(broker, topics.tombstones)
-                if len({t.key for t in tombs}) >= 30:
-                    break
-                await anyio.sleep(0.2)
+        tombs = await read_topic(
+            broker, topics.tombstones, until=lambda r: len({t.key for t in r}) >= 30, timeout_s=40
+        )
     assert Counter(t.key for t in tombs) == Counter({k: 1 for _, k, _ in records})
     for t in tombs:
         body = orjson.loads(t.value)
@@ -248,12 +243,7 @@ async def test_a_partition_given_back_after_another_writer_wrote_its_changelog_i
             assert len(written) == 1
             assert svc.processors[written[0]] is not before[written[0]]
             assert svc.stats.resumed_partitions == 2  # the other two input topics' kept
-            with anyio.fail_after(30):
-                while True:
-                    tombs = await read_all(broker, topics.tombstones)
-                    if tombs:
-                        break
-                    await anyio.sleep(0.2)
+            tombs = await read_topic(broker, topics.tombstones, until=bool, timeout_s=30)
     assert [t.key for t in tombs] == [
         Identity("acme", "_", "live", "conversation", "zombie").key.encode()
     ]
