@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from stream_expiry.policy import Resolution
@@ -197,13 +197,27 @@ EVENT = st.tuples(
     cap=st.integers(1, 12),
     load=st.integers(1, 5),
 )
+@example(  # found in CI: new records due within the horizon, two at one millisecond, cap 1
+    steps=[([(0, "create", "error", 2 * HOUR), (2, "create", "error", 2 * HOUR + 1),
+             (1, "create", "error", 2 * HOUR + 1)], 1)],
+    cap=1,
+    load=1,
+)  # fmt: skip
 def test_a_capped_horizon_fires_what_an_uncapped_one_fires(
     steps: list[tuple[list[tuple[int, str, str, int]], int]], cap: int, load: int
 ) -> None:
     """Any events, at any times, with the clock moving by any steps: a partition holding a
     few timers at most fires the same tombstones at the same times as one holding all."""
     uncapped, capped = _side_by_side(steps, cap, load)
-    assert capped == uncapped
+    _same_tombstones(capped, uncapped)
+
+
+def _same_tombstones(capped: list[Fired], uncapped: list[Fired]) -> None:
+    """The same tombstones, each at the same time, in time order. Timers due at one
+    millisecond fire in the order they were scheduled, and those a full wheel dropped and
+    loaded again in the store's (key) order: within a millisecond the order may differ."""
+    assert sorted(capped) == sorted(uncapped)
+    assert [f[2] for f in capped] == sorted(f[2] for f in capped)
 
 
 def _side_by_side(
@@ -295,11 +309,7 @@ def test_new_records_over_a_full_wheel_fire_what_an_uncapped_one_fires(
         assert len(dues) <= cap + cap // 4 or len({d for d in dues if d > now}) <= 1
 
     uncapped, capped = _side_by_side(steps, cap, load, bounded)
-    # Timers due at one millisecond fire in the order they were scheduled, and those
-    # dropped and loaded again in the store's (key) order: the same tombstones, each at
-    # the same time, in time order.
-    assert sorted(capped) == sorted(uncapped)
-    assert [f[2] for f in capped] == sorted(f[2] for f in capped)
+    _same_tombstones(capped, uncapped)
 
 
 def _due_at(proc: PartitionProcessor, now: int, name: str, dues: list[int], at: int = 0) -> None:
