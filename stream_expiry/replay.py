@@ -46,7 +46,7 @@ from stream_expiry.policy import PolicyBook, apply_updates
 from stream_expiry.redact import Redactor
 from stream_expiry.state import PartitionProcessor, PartitionStore, RocksKV
 from stream_expiry.state.kv import scratch_directory
-from stream_expiry.timeutil import format_ts, parse_ts
+from stream_expiry.timeutil import format_ts, parse_ts, wall_clock_ms
 from stream_expiry.workers import give_back_freed_memory
 
 if TYPE_CHECKING:
@@ -65,10 +65,6 @@ log = logging.getLogger("stream_expiry.replay")
 __all__ = ["ReplayReport", "Share", "replay", "replay_share", "run_replay"]
 
 H_REPLAY = "expiry-replay"
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass

@@ -67,7 +67,7 @@ from stream_expiry.state.restore import Mark, broken_marks
 from stream_expiry.state.restore_workers import restore_stores
 from stream_expiry.state.store import input_position_name, position_marks
 from stream_expiry.stats import ServiceStats
-from stream_expiry.timeutil import format_ts
+from stream_expiry.timeutil import format_ts, wall_clock_ms
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -120,10 +120,6 @@ PRUNE_EVERY_S = 5.0  # and every turn while markers are left due: pruning keeps 
 CATCH_UP_MAX_S = 300.0
 RESTORE_SAID_EVERY_S = 10.0  # a restore's progress line
 _END_UNKNOWN: Final = 2**63  # a partition assigned, its backlog's end not read yet
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _transient(exc: BaseException) -> bool:

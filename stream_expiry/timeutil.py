@@ -9,12 +9,20 @@ updates) and formatted at the edge (tombstones, stamps).
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 from stream_expiry.errors import quoted
 
-__all__ = ["MAX_TS_MS", "MIN_TS_MS", "InvalidTimestamp", "format_ts", "parse_ts"]
+__all__ = [
+    "MAX_TS_MS",
+    "MIN_TS_MS",
+    "InvalidTimestamp",
+    "format_ts",
+    "parse_ts",
+    "wall_clock_ms",
+]
 
 # Year 1 to year 9999: what datetime can format; anything outside is an impossible timestamp.
 MIN_TS_MS = -62_135_596_800_000
@@ -33,6 +41,12 @@ def _quoted(value: str) -> str:
     dead letter's header and a log line, and a producer's megabyte-long ``ts`` was quoted
     whole in both (doubling the dead letter's size)."""
     return quoted(value, 40)
+
+
+def wall_clock_ms() -> int:
+    """Now, in epoch milliseconds: processing time (when a stamp, a tombstone or a deletion
+    happened), the default clock every command's code takes as a parameter."""
+    return time.time_ns() // 1_000_000
 
 
 class InvalidTimestamp(ValueError):

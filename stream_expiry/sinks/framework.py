@@ -74,6 +74,7 @@ from stream_expiry.sinks._messages import (
 )
 from stream_expiry.sinks._publish import BatchPublisher
 from stream_expiry.sinks.store import StoreUnavailableError
+from stream_expiry.timeutil import wall_clock_ms
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping
@@ -148,11 +149,6 @@ class _Outage:
                 "the %s answers again after %.0f s", self.what, time.monotonic() - self.since
             )
             self.since = None
-
-
-def wall_clock_ms() -> int:
-    """Processing time in epoch milliseconds: when a deletion happened, for its receipt."""
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)

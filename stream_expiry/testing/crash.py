@@ -37,8 +37,8 @@ from aiokafka import TopicPartition
 
 from stream_expiry.kafka import consumer, ensure_topics, producer, read_to_end, stable_ends
 from stream_expiry.model import Identity
-from stream_expiry.testing.processes import ArrivalLog, spawn_service, wall_clock_ms
-from stream_expiry.timeutil import parse_ts
+from stream_expiry.testing.processes import ArrivalLog, spawn_service
+from stream_expiry.timeutil import parse_ts, wall_clock_ms
 
 if TYPE_CHECKING:
     from pathlib import Path

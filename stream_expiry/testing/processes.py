@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from aiokafka import TopicPartition
 
 from stream_expiry.kafka import consumer, partitions_of
+from stream_expiry.timeutil import wall_clock_ms
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -28,10 +28,6 @@ __all__ = ["ArrivalLog", "ServiceProcess", "spawn_service"]
 # Logged once the assigned partitions are restored and positioned ("assigned T[P], ...:
 # N timers within the horizon"); each partition's restore line ends the same way.
 READY_LINE = "timers within the horizon"
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class ServiceProcess:
