@@ -68,8 +68,16 @@ def test_a_stamp_without_its_data_for_its_size_matches_the_schema_and_says_why()
             "extra": 1,
         },
         # a null optional field counts as absent (a producer's serializer writes them)
-        {"category": "session", "record_id": "1", "org": "a", "ts": 1_795_000_000_000,
-         "bot": None, "env": None, "op": None, "event_id": None},  # fmt: skip
+        {
+            "category": "session",
+            "record_id": "1",
+            "org": "a",
+            "ts": 1_795_000_000_000,
+            "bot": None,
+            "env": None,
+            "op": None,
+            "event_id": None,
+        },
     ],
 )
 def test_events_the_parser_accepts_match_the_input_schema(event: dict[str, Any]) -> None:
