@@ -163,6 +163,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         render_explain_table,
         updates_left_out,
     )
+    from stream_expiry.timeutil import wall_clock_ms
 
     config = load(args)
     book = PolicyBook(config, os.environ)
@@ -179,8 +180,15 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         updates = _policy_updates(args, config, known[1])
         for warning in apply_updates(book, updates, config.topics.policies):
             print(f"warning: {warning}", file=sys.stderr)
+    # A record created now, unless --at says when: an update dated ahead (``effective_from``
+    # next month) is not in force yet, and the answer is what a record gets today.
+    at = ts_ms(args.at)
     result = book.explain(
-        category=args.category, org=args.org, bot=args.bot, env=args.env, at_ms=ts_ms(args.at)
+        category=args.category,
+        org=args.org,
+        bot=args.bot,
+        env=args.env,
+        at_ms=wall_clock_ms() if at is None else at,
     )
     for warning in book.env_warnings:
         print(f"warning: {warning}", file=sys.stderr)

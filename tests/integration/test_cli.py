@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from stream_expiry.cli import main
+from stream_expiry.timeutil import wall_clock_ms
 from tests.conftest import make_topic_set
 from tests.integration.service_helpers import config_text, event, produce
 
@@ -165,6 +166,28 @@ def test_explain_with_brokers_applies_the_live_policy_updates(
     assert main([*common, "--json", "--bootstrap-servers", broker]) == 0
     live = orjson.loads(capsys.readouterr().out)
     assert (live["ttl_seconds"], live["source"]) == (120, "org")
+
+
+def test_explain_answers_for_a_record_created_now_unless_at_says_when(
+    broker: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An update dated a month ahead is not in force yet: a record created now gets the
+    one before it, and ``--at`` past its date shows what a record will get then."""
+    topics = make_topic_set()
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(
+        config_text(topics, str(tmp_path), '[retention.orgs.acme]\nconversation = "10m"\n')
+    )
+    month = 30 * 24 * 3_600_000
+    ahead = wall_clock_ms() + month
+    update = {"scope": "org", "org": "acme", "ttl": {"conversation": "2m"}, "effective_from": ahead}
+    anyio.run(produce, broker, [(topics.policies, b"org/acme", orjson.dumps(update))])
+    common = ["explain", "--config", str(cfg), "--org", "acme", "--category", "conversation"]
+    answers = []
+    for at in ([], ["--at", str(ahead - 1)], ["--at", str(ahead)]):
+        assert main([*common, *at, "--json", "--bootstrap-servers", broker]) == 0
+        answers.append(orjson.loads(capsys.readouterr().out)["ttl_seconds"])
+    assert answers == [600, 600, 120]
 
 
 @pytest.mark.parametrize("where", ["config file", "environment"])
