@@ -149,18 +149,24 @@ def test_run_against_a_broker_that_is_not_there_fails_with_one_clear_line(
     assert "Traceback" not in err
 
 
-def test_explain_with_brokers_applies_the_live_policy_updates(
-    broker: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """What the running service uses: without the brokers, explain shows the file alone."""
+def _explain_acme(broker: str, tmp_path: Path, update: dict[str, object]) -> list[str]:
+    """``explain``'s arguments for org acme's conversations, 10 minutes in the config file,
+    after an org update to 2 minutes (with ``update``'s fields) on the policies topic."""
     topics = make_topic_set()
     cfg = tmp_path / "expiry.toml"
     cfg.write_text(
         config_text(topics, str(tmp_path), '[retention.orgs.acme]\nconversation = "10m"\n')
     )
-    update = {"scope": "org", "org": "acme", "ttl": {"conversation": "2m"}}
-    anyio.run(produce, broker, [(topics.policies, b"org/acme", orjson.dumps(update))])
-    common = ["explain", "--config", str(cfg), "--org", "acme", "--category", "conversation"]
+    value = {"scope": "org", "org": "acme", "ttl": {"conversation": "2m"}, **update}
+    anyio.run(produce, broker, [(topics.policies, b"org/acme", orjson.dumps(value))])
+    return ["explain", "--config", str(cfg), "--org", "acme", "--category", "conversation"]
+
+
+def test_explain_with_brokers_applies_the_live_policy_updates(
+    broker: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the running service uses: without the brokers, explain shows the file alone."""
+    common = _explain_acme(broker, tmp_path, {})
     assert main([*common, "--json"]) == 0
     assert orjson.loads(capsys.readouterr().out)["ttl_seconds"] == 600
     assert main([*common, "--json", "--bootstrap-servers", broker]) == 0
@@ -173,16 +179,8 @@ def test_explain_answers_for_a_record_created_now_unless_at_says_when(
 ) -> None:
     """An update dated a month ahead is not in force yet: a record created now gets the
     one before it, and ``--at`` past its date shows what a record will get then."""
-    topics = make_topic_set()
-    cfg = tmp_path / "expiry.toml"
-    cfg.write_text(
-        config_text(topics, str(tmp_path), '[retention.orgs.acme]\nconversation = "10m"\n')
-    )
-    month = 30 * 24 * 3_600_000
-    ahead = wall_clock_ms() + month
-    update = {"scope": "org", "org": "acme", "ttl": {"conversation": "2m"}, "effective_from": ahead}
-    anyio.run(produce, broker, [(topics.policies, b"org/acme", orjson.dumps(update))])
-    common = ["explain", "--config", str(cfg), "--org", "acme", "--category", "conversation"]
+    ahead = wall_clock_ms() + 30 * 24 * 3_600_000  # a month
+    common = _explain_acme(broker, tmp_path, {"effective_from": ahead})
     answers = []
     for at in ([], ["--at", str(ahead - 1)], ["--at", str(ahead)]):
         assert main([*common, *at, "--json", "--bootstrap-servers", broker]) == 0
