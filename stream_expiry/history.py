@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from stream_expiry import codec
+from stream_expiry.errors import ConfigurationError, suggestion
 from stream_expiry.hold_command import read_holds
 from stream_expiry.kafka import consumer, read_to_end
-from stream_expiry.logs import record_ref
-from stream_expiry.model import Identity
+from stream_expiry.logs import printable, record_ref
+from stream_expiry.model import MAX_ID_CHARS, Identity
 from stream_expiry.timeutil import format_ts
 
 if TYPE_CHECKING:
@@ -214,7 +215,7 @@ def _summary(e: dict[str, Any]) -> str:
     kind = e["kind"]
     if kind == "stamp":
         if e.get("created_at") is None:
-            text = "no life (a record never seen)"
+            text = "no life (a record never seen, or one whose life had ended)"
         elif e.get("expires_at") is None:
             text = f"created {e['created_at']}, never expires"
         else:
@@ -249,13 +250,16 @@ def _summary(e: dict[str, Any]) -> str:
     if kind == "deletion_deferred":
         return (
             f"{e.get('reason')} deletion deferred by {', '.join(e.get('hold_ids') or [])}"
-            f" (expires_at {e.get('expires_at')})"
+            f" (expires_at {e.get('expires_at') or '-'})"
         )
     return ", ".join(f"{k} {v}" for k, v in e.items() if k not in ("at", "topic", "kind"))
 
 
 def text_lines(d: dict[str, Any]) -> list[str]:
-    """``history`` for a person, from :meth:`History.as_dict`: one line per message."""
+    """``history`` for a person, from :meth:`History.as_dict`: one line per message. Every
+    line goes through :func:`printable`: ids, hold reasons, a rejected event's fields and a
+    receipt's store are whatever a producer wrote, and an audit must not let them drive the
+    terminal or forge a line of evidence."""
     lines = [f"record {d['key']} (in log lines: record={d['log_ref']})"]
     if not d["events"]:
         lines.append("  nothing on the evidence topics for this key")
@@ -266,11 +270,26 @@ def text_lines(d: dict[str, Any]) -> list[str]:
         "  active legal holds on it: "
         + (", ".join(f"{h['hold_id']} ({h['reason']})" for h in holds) if holds else "none")
     )
-    return lines
+    return [printable(line) for line in lines]
+
+
+def checked_identity(config: Config, args: argparse.Namespace) -> Identity:
+    """The record the arguments name, refused as the service would refuse it: an id it
+    never accepts, or a category the configuration does not have, can have no evidence, and
+    answering "nothing on the evidence topics" would tell an auditor a typo was clean."""
+    for flag, value in (("--org", args.org), ("--bot", args.bot), ("--record-id", args.record_id)):
+        if not 1 <= len(value) <= MAX_ID_CHARS:
+            raise ConfigurationError(f"{flag} must be 1 to {MAX_ID_CHARS} characters long")
+    if args.category not in config.categories:
+        raise ConfigurationError(
+            f"--category {args.category!r} is not a configured category "
+            f"({', '.join(config.categories)}){suggestion(args.category, config.categories)}"
+        )
+    return Identity(args.org, args.bot, args.env, args.category, args.record_id)
 
 
 async def run_history(config: Config, brokers: Brokers, args: argparse.Namespace) -> int:
-    identity = Identity(args.org, args.bot, args.env, args.category, args.record_id)
+    identity = checked_identity(config, args)
     found = await history(config, brokers, identity)
     if args.json:
         sys.stdout.write(orjson.dumps(found.as_dict()).decode() + "\n")

@@ -1,0 +1,88 @@
+"""``history`` for a person: what it prints of messages a producer wrote, and the record it
+agrees to look up."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from stream_expiry.config import parse_config
+from stream_expiry.errors import ConfigurationError
+from stream_expiry.history import checked_identity, text_lines
+from stream_expiry.model import MAX_ID_CHARS, Identity
+
+AT = "2026-12-05T05:00:00.000Z"
+
+
+def _history(
+    *events: dict[str, object], holds: list[dict[str, object]] | None = None
+) -> dict[str, object]:
+    return {
+        "key": "acme/b1/live/conversation/c1",
+        "log_ref": "r-1",
+        "events": list(events),
+        "active_holds": holds or [],
+    }
+
+
+def test_what_a_producer_wrote_cannot_drive_the_terminal_or_forge_a_line() -> None:
+    """A hold's reason, a rejected event's ts and a receipt's store come from whoever can
+    write to the bus; seen in a trial: an ESC sequence and a line reading like a receipt."""
+    forged = "\x1b[2J\nFAKE 2026 receipt store sq: reason explicit"
+    d = _history(
+        {"at": AT, "kind": "hold_placed", "hold_id": "h1", "reason": "evil\x1b[31m\nline"},
+        {
+            "at": AT,
+            "kind": "dead_letter",
+            "op": "delete",
+            "ts": forged,
+            "error": "e",
+            "detail": "d",
+        },
+        {"at": AT, "kind": "receipt", "store": "s\r\u202e", "reason": "ttl", "rows_deleted": 1},
+        holds=[{"hold_id": "h1", "reason": "evil\x1b[31m\nline"}],
+    )
+    lines = text_lines(d)
+    assert len(lines) == 5  # the record, three events, the active holds: none split
+    assert not any(c < " " or c == "\u202e" for c in "".join(lines))
+    assert "hold h1: evil\\x1b[31m\\nline" in lines[1]
+    assert "(ts \\x1b[2J\\nFAKE 2026 receipt store sq: reason explicit)" in lines[2]
+    assert lines[-1] == "  active legal holds on it: h1 (evil\\x1b[31m\\nline)"
+
+
+def test_a_stamp_with_no_life_and_a_deferral_with_no_expiry_read_as_words() -> None:
+    """An erasure asked after a life ended is stamped with no life; its deferral has no
+    expiry: neither is a record never seen, nor a Python ``None``."""
+    lines = text_lines(
+        _history(
+            {"at": AT, "kind": "stamp", "created_at": None, "erase_requested_at": AT},
+            {"at": AT, "kind": "deletion_deferred", "reason": "explicit", "hold_ids": ["h"]},
+        )
+    )
+    assert "no life (a record never seen, or one whose life had ended)" in lines[1]
+    assert lines[2].endswith("explicit deletion deferred by h (expires_at -)")
+    assert "None" not in "\n".join(lines)
+
+
+CONFIG = parse_config("")  # the default categories: conversation, session, error
+
+
+def _args(**given: str) -> argparse.Namespace:
+    named = {"org": "acme", "bot": "_", "env": "live", "category": "conversation"}
+    return argparse.Namespace(**(named | {"record_id": "c1"} | given))
+
+
+def test_the_record_asked_for_is_checked_as_the_service_checks_ids() -> None:
+    assert checked_identity(CONFIG, _args()) == Identity("acme", "_", "live", "conversation", "c1")
+    with pytest.raises(
+        ConfigurationError,
+        match=r"--category 'conversations' is not a .*"
+        r"did you mean 'conversation'\?",
+    ):
+        checked_identity(CONFIG, _args(category="conversations"))
+    for flag, name in (("--org", "org"), ("--bot", "bot"), ("--record-id", "record_id")):
+        for bad in ("", "x" * (MAX_ID_CHARS + 1)):
+            with pytest.raises(ConfigurationError, match=f"^{flag} must be 1 to 512"):
+                checked_identity(CONFIG, _args(**{name: bad}))
+    assert checked_identity(CONFIG, _args(record_id="x" * MAX_ID_CHARS)).record_id == "x" * 512
