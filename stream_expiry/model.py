@@ -13,6 +13,7 @@ Rules this module keeps (see ../shared/CONTRACT.md):
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
@@ -243,6 +244,10 @@ def parse_event(
         return Rejection(
             "not_an_object", f"the value is a JSON {type(obj).__name__}, not an object"
         )
+    if _NINETEEN_DIGITS in value.translate(_DIGITS_AS_ZERO):  # rare, and cheap to rule out
+        beyond = _beyond_64_bits(value)
+        if beyond is not None:
+            return beyond
     get = obj.get
     category, record_id, org, ts = get("category"), get("record_id"), get("org"), get("ts")
     bot, env, op = get("bot", DEFAULT_BOT), get("env", "live"), get("op", "create")
@@ -276,6 +281,47 @@ def parse_event(
     if type(result) is InputEvent and _too_deep(value, result.data):
         return Rejection("invalid_field", f"field 'data' nests deeper than {MAX_DATA_DEPTH} levels")
     return result
+
+
+# orjson reads an integer outside [-2**63, 2**64) as a float, silently: a 30-digit number in
+# ``data`` would be stamped, stored and archived rounded. Every such integer has 19 digits in
+# a row, which a C translation and a substring search rule out for nearly every message
+# (0.3 us for 240 bytes, a regular expression 2.6).
+_DIGITS_AS_ZERO: Final = bytes(48 if 48 <= b <= 57 else 120 for b in range(256))
+_NINETEEN_DIGITS: Final = b"0" * 19
+_INT_RANGE: Final = range(-(2**63), 2**64)
+
+
+def _beyond_64_bits(value: bytes) -> Rejection | None:
+    """A rejection naming the first integer of the message that orjson cannot hold (read
+    again exactly, by the standard library: only messages with 19 digits in a row get here),
+    or None. ``ts`` out of range is a bad timestamp; elsewhere the producer must send the
+    number as a string, or lose its digits."""
+    try:
+        path = _big_integer_at(json.loads(value), "")
+    except (ValueError, RecursionError):  # nested too deep: rejected for that below
+        return None
+    if path is None:
+        return None
+    if path == "ts":
+        return Rejection("bad_timestamp", "field 'ts' is out of range (an integer beyond 64 bits)")
+    return Rejection(
+        "invalid_field",
+        f"field {path.split('.')[0]!r} holds an integer beyond 64 bits at {path!r}, which "
+        "would be kept as a rounded float; send it as a string",
+    )
+
+
+def _big_integer_at(node: Any, path: str) -> str | None:
+    """The dotted path (list items by index) of the first integer outside orjson's range."""
+    if type(node) is int:
+        return None if node in _INT_RANGE else path
+    items = node.items() if type(node) is dict else enumerate(node) if type(node) is list else ()
+    for key, child in items:
+        found = _big_integer_at(child, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def _too_deep(value: bytes, data: Any) -> bool:

@@ -220,3 +220,32 @@ def test_a_well_formed_event_takes_the_fast_path(
 
     monkeypatch.setattr(stream_expiry.model, "_validate", slow)
     assert isinstance(parse(value), InputEvent)
+
+
+def test_an_integer_orjson_would_round_is_dead_lettered_never_stored_rounded() -> None:
+    """orjson reads an integer outside [-2**63, 2**64) as a float: a 30-digit number in
+    ``data`` was stamped as 1.2345678901234568e+29 in a trial, and an integer ``ts`` that long
+    was called a float. The edges of the range are carried exactly; digits in text are text."""
+
+    def raw(data: str, ts: str = str(NOW - 1_000)) -> bytes:
+        return b'{"category":"conversation","record_id":"r1","org":"acme","ts":%s,"data":%s}' % (
+            ts.encode(),
+            data.encode(),
+        )
+
+    edges = parse(raw('{"max":18446744073709551615,"min":[-9223372036854775808],"t":"1%s"}'
+                      % ("0" * 30)))  # fmt: skip
+    assert isinstance(edges, InputEvent)
+    assert edges.data == {"max": 2**64 - 1, "min": [-(2**63)], "t": "1" + "0" * 30}
+    over = parse(raw('{"a":{"b":[1,18446744073709551616]}}'))
+    assert over == Rejection(
+        "invalid_field",
+        "field 'data' holds an integer beyond 64 bits at 'data.a.b.1', which would be kept "
+        "as a rounded float; send it as a string",
+    )
+    under = parse(raw("[-9223372036854775809]"))
+    assert isinstance(under, Rejection)
+    assert "at 'data.0'" in under.detail
+    assert parse(raw("1", ts="9" * 23)) == Rejection(
+        "bad_timestamp", "field 'ts' is out of range (an integer beyond 64 bits)"
+    )
