@@ -21,7 +21,7 @@ from anyio.abc import SocketAttribute
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from stream_expiry.errors import ConfigurationError
-from stream_expiry.kafka_settings import bootstrap_addresses
+from stream_expiry.kafka_settings import Connection, bootstrap_addresses
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from stream_expiry.health import Health
 
-__all__ = ["open_listener", "route", "serve_http", "watch_broker"]
+__all__ = ["open_listener", "route", "serve_http", "watch_broker", "watch_connection"]
 
 log = logging.getLogger("stream_expiry.http")
 
@@ -130,6 +130,16 @@ async def serve_http(
 _CLIENT_ID: Final = b"stream-expiry-probe"
 _API_VERSIONS: Final = struct.pack(">hhih", 18, 0, 0x5E1F, len(_CLIENT_ID)) + _CLIENT_ID
 _PROBE: Final = struct.pack(">i", len(_API_VERSIONS)) + _API_VERSIONS
+
+
+async def watch_connection(health: Health, conn: Connection, *, every_s: float = 5.0) -> None:
+    """:func:`watch_broker` as every command that serves health runs it (``run``, ``sink``):
+    speaking Kafka on a plaintext or SASL listener; on TLS a bare connect, as the probe's
+    request is not encrypted. One place, so no command probes with less (the sink did: a
+    proxy in front of a dead broker kept its ``/readyz`` at 200 through an outage)."""
+    await watch_broker(
+        health, conn.bootstrap_servers, every_s=every_s, speak_kafka=not conn.security.uses_ssl
+    )
 
 
 async def watch_broker(

@@ -32,7 +32,7 @@ from stream_expiry.cliargs import (
 )
 from stream_expiry.config import load_config
 from stream_expiry.durations import InvalidDuration, parse_duration
-from stream_expiry.endpoints import open_listener, serve_http, watch_broker
+from stream_expiry.endpoints import open_listener, serve_http, watch_connection
 from stream_expiry.errors import BrokerError, ConfigurationError, StreamExpiryError, suggestion
 from stream_expiry.health import Health
 from stream_expiry.kafka_settings import security_from_environment
@@ -401,7 +401,7 @@ async def _serve(
         tg.start_soon(watch_signals)
         if listener is not None:
             tg.start_soon(serve_http, listener, metrics.exposition, health)
-        tg.start_soon(watch_broker, health, sink.config.bootstrap_servers)
+        tg.start_soon(watch_connection, health, sink.config.connection)
         try:
             async with sink.store:
                 # Ready once the store is open and the group gave the sink its partitions.

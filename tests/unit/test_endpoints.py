@@ -16,10 +16,16 @@ from aiokafka.conn import get_ip_port_afi
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from stream_expiry.broker import free_port
-from stream_expiry.endpoints import open_listener, route, serve_http, watch_broker
+from stream_expiry.endpoints import (
+    open_listener,
+    route,
+    serve_http,
+    watch_broker,
+    watch_connection,
+)
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.health import Health, Phase
-from stream_expiry.kafka_settings import bootstrap_addresses
+from stream_expiry.kafka_settings import Connection, KafkaSecurity, bootstrap_addresses
 from stream_expiry.metrics import ServiceMetrics
 from stream_expiry.service import ServiceStats
 
@@ -309,3 +315,34 @@ async def test_the_probe_takes_any_bootstrap_server_that_answers() -> None:
             while health.broker_error is not None:  # noqa: ASYNC110
                 await anyio.sleep(0.01)
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("protocol", "dropped_is_dead"), [("PLAINTEXT", True), ("SSL", False)])
+async def test_every_command_probes_its_connection_in_kafka_unless_it_is_tls(
+    protocol: str, dropped_is_dead: bool
+) -> None:
+    """``run`` and ``sink`` both watch through :func:`watch_connection` (the sink once did a
+    bare connect, and a proxy in front of a dead broker kept it ready): a plaintext listener
+    must answer in Kafka; on TLS the plaintext probe cannot be sent, so a connect is all."""
+    health = Health()
+    probes = 0
+    two_rounds_over = anyio.Event()
+
+    async def drop(stream: anyio.abc.SocketStream) -> None:
+        nonlocal probes
+        probes += 1
+        if probes == 3:  # the third connect: the first two rounds have ended
+            two_rounds_over.set()
+        await stream.aclose()
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    conn = Connection(f"127.0.0.1:{port}", KafkaSecurity(security_protocol=protocol))
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, drop)
+        tg.start_soon(lambda: watch_connection(health, conn, every_s=0.02))
+        with anyio.fail_after(5):
+            await two_rounds_over.wait()
+        tg.cancel_scope.cancel()
+    assert (health.broker_error is not None) is dropped_is_dead
