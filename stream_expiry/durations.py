@@ -58,6 +58,8 @@ _MAX_TEXT: Final = 64
 # Enough digits that no product of a 64-character number and a unit is ever rounded early.
 _EXACT: Final = Context(prec=120, rounding=ROUND_HALF_UP)
 _TEXT = re.compile(r"^\s*([+-]?)(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*$")
+# Said after every error of :func:`parse_duration`; a caller whose bare numbers are not
+# minutes (the sink's seconds) takes it off (:func:`without_hint`).
 _HINT: Final = (
     'expected minutes as a number, or a number with a unit s, m, h, d, w, mo, y (e.g. "30d")'
 )
@@ -83,6 +85,11 @@ class UnderHalfSecond(InvalidDuration):
     def __init__(self, message: str, shown: str) -> None:
         super().__init__(message)
         self.shown = shown
+
+
+def without_hint(exc: InvalidDuration) -> str:
+    """What was wrong with a duration, without the hint that bare numbers are minutes."""
+    return str(exc).removesuffix(f"; {_HINT}")
 
 
 def parse_duration(value: object) -> int:

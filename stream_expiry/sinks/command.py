@@ -31,7 +31,7 @@ from stream_expiry.cliargs import (
     metrics_port,
 )
 from stream_expiry.config import load_config
-from stream_expiry.durations import InvalidDuration, parse_duration
+from stream_expiry.durations import InvalidDuration, parse_duration, without_hint
 from stream_expiry.endpoints import open_listener, serve_http, watch_connection
 from stream_expiry.errors import BrokerError, ConfigurationError, StreamExpiryError, suggestion
 from stream_expiry.health import Health
@@ -105,7 +105,8 @@ def _marker_grace(text: str) -> float:
             seconds = parse_duration(text) / 1000
         except InvalidDuration as exc:
             raise argparse.ArgumentTypeError(
-                f"expected seconds, or a duration with a unit such as 7d: {exc}"
+                f"{without_hint(exc)}; expected seconds as a number, or a number with a unit "
+                's, m, h, d, w, mo, y (e.g. "7d")'
             ) from None
     return _not_negative(seconds, text)
 

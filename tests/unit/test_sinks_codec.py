@@ -282,7 +282,7 @@ def test_the_sweep_waits_for_the_archive_the_service_requires(
 
 
 def test_the_marker_grace_is_the_services_unless_given(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The store forgets a deleted record when the service does: ``[service]
     marker_grace`` of ``--config`` (or its variable), 7 days without one; ``--marker-grace``
@@ -305,6 +305,12 @@ def test_the_marker_grace_is_the_services_unless_given(
     for bad in ("-1", "soon", "inf", "5 parsecs"):
         with pytest.raises(SystemExit):
             parser().parse_args([*base, "--marker-grace", bad])
+    # Its error says what a bare number is here: seconds, not the policies' minutes.
+    with pytest.raises(SystemExit):
+        parser().parse_args([*base, "--marker-grace", "7x"])
+    said = capsys.readouterr().err
+    assert "'7x' has an unknown unit 'x'; expected seconds as a number, or a number" in said
+    assert "minutes" not in said
 
 
 def test_postgres_defaults_and_bootstrap_from_the_environment(
