@@ -434,11 +434,15 @@ class Service:
                     else:
                         self.health.starting()
                     await outbox.drain()
-                await self._commit(cons)
+                committed = await self._commit(cons)
                 self._close_all()
                 log.info(
-                    "stopped: offsets committed; %d events, %d stamped, %d tombstones "
-                    "(+%d explicit), %d dead letters",
+                    "stopped: %s; %d events, %d stamped, %d tombstones (+%d explicit), "
+                    "%d dead letters",
+                    "offsets committed"
+                    if committed
+                    else "the last offsets not committed (the broker did not take them): the "
+                    "next start reads those events again, and nothing is lost",
                     self.stats.events,
                     self.stats.stamped,
                     self.stats.tombstones,
@@ -913,7 +917,7 @@ class Service:
         if pruned:
             log.debug("pruned %d deletion markers past their grace", pruned)
 
-    async def _commit(self, cons: AIOKafkaConsumer, *, every_store: bool = True) -> None:
+    async def _commit(self, cons: AIOKafkaConsumer, *, every_store: bool = True) -> bool:
         """Commit the settled input offsets of the partitions this instance owns, and
         checkpoint their stores' changelog positions, one store write per partition.
 
@@ -935,12 +939,14 @@ class Service:
         }
         committable.clear()
         self._committed_at = time.monotonic()
-        if owned and await self._commit_offsets(cons, owned):
+        committed = not owned or await self._commit_offsets(cons, owned)
+        if owned and committed:
             self._mark_committed(owned, metas)
         for slot, meta in metas.items():
             proc = self.processors.get(slot)
             if proc is not None:
                 proc.store.set_meta(meta)
+        return committed
 
     def _checkpoints(
         self, outbox: Outbox, every_store: bool

@@ -66,20 +66,15 @@ async def spawn_service(
 ) -> ServiceProcess:
     """``python -m stream_expiry run`` as a real process; appended to ``started`` so that
     the caller can make sure none outlives it."""
+    args = ["run", "--config", str(config_path), "--bootstrap-servers", broker]
+    return await spawn_command([*args, "--log-level", "INFO", *extra], started)
+
+
+async def spawn_command(args: list[str], started: list[Process]) -> ServiceProcess:
+    """``python -m stream_expiry ARGS`` (any command: ``sink``, say) as :func:`spawn_service`
+    runs ``run``; ``ready`` is only ever set by ``run``'s line."""
     proc = await anyio.open_process(
-        [
-            sys.executable,
-            "-m",
-            "stream_expiry",
-            "run",
-            "--config",
-            str(config_path),
-            "--bootstrap-servers",
-            broker,
-            "--log-level",
-            "INFO",
-            *extra,
-        ],
+        [sys.executable, "-m", "stream_expiry", *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

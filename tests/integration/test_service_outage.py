@@ -28,7 +28,7 @@ from stream_expiry.health import Health
 from stream_expiry.kafka import consumer, ensure_topics, partitions_of, producer
 from stream_expiry.metrics import ServiceMetrics
 from stream_expiry.service import Service, wall_clock_ms
-from stream_expiry.testing.processes import ArrivalLog, spawn_service
+from stream_expiry.testing.processes import ArrivalLog, spawn_command, spawn_service
 from stream_expiry.testing.proxy import proxied_broker
 from stream_expiry.timeutil import parse_ts
 from tests.conftest import make_topic_set, read_all, wait_for
@@ -70,6 +70,68 @@ def _status(url: str) -> int:
         return exc.code
     except OSError:
         return 0  # not answering at all
+
+
+@pytest.mark.timeout(150)
+async def test_sigterm_during_an_outage_stops_the_service_and_a_sink_cleanly(
+    tmp_path: Path,
+) -> None:
+    """Seen in a trial: SIGTERM while a proxy in front of the broker dropped every
+    connection ended ``run`` and ``sink`` with exit 3, "stopping a Kafka client was
+    interrupted" (aiokafka's fetcher re-raised its retries' cancellation out of the consumer's
+    stop); a consumer has nothing to flush, and the stop is a clean one: exit 0."""
+    topics = make_topic_set()
+    ports = {"run": free_port(), "sink": free_port()}
+    async with proxied_broker() as proxy:
+        await ensure_topics(proxy.address, topics.all, partitions=2)
+        cfg = tmp_path / "service.toml"
+        cfg.write_text(config_text(topics, str(tmp_path / "state")))
+        procs = {
+            "run": await spawn_service(
+                proxy.address, cfg, STARTED, "--metrics-port", str(ports["run"])
+            ),
+            "sink": await spawn_command(
+                [
+                    "sink",
+                    "sqlite",
+                    "--path",
+                    str(tmp_path / "s.db"),
+                    "--config",
+                    str(cfg),
+                    "--bootstrap-servers",
+                    proxy.address,
+                    "--metrics-port",
+                    str(ports["sink"]),
+                ],
+                STARTED,
+            ),
+        }
+
+        async def readyz(want: int, timeout_s: float) -> None:
+            for name, port in ports.items():
+                with anyio.fail_after(timeout_s):
+                    while (
+                        await anyio.to_thread.run_sync(_status, f"http://127.0.0.1:{port}/readyz")
+                        != want
+                    ):
+                        assert procs[name].process.returncode is None, procs[name].tail()
+                        await anyio.sleep(0.25)  # a poll interval: the answer decides
+
+        async with anyio.create_task_group() as tg:
+            for proc in procs.values():
+                tg.start_soon(proc.follow_log)
+            await readyz(200, 60)
+            proxy.cut()
+            await readyz(503, 30)
+            for proc in procs.values():
+                proc.process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(40):
+                codes = {name: await p.process.wait() for name, p in procs.items()}
+            tg.cancel_scope.cancel()
+    tails = "\n".join(p.tail() for p in procs.values())
+    assert codes == {"run": 0, "sink": 0}, tails
+    assert not any("interrupted" in line for p in procs.values() for line in p.lines), tails
+    assert procs["run"].log_has("stream_expiry.service: stopped:"), tails
 
 
 @pytest.mark.timeout(OUTAGE_S + 150)
