@@ -21,6 +21,7 @@ RESULTS.md is written.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -511,11 +512,16 @@ def render(folder: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        sys.stderr.write("usage: python -m bench.plot RESULTS_FOLDER\n")
-        return 2
-    for p in render(Path(args[0])):
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.plot",
+        description="Plots (lag, throughput, memory, soak, drift) and RESULTS.md from a "
+        "folder of benchmark results (python -m bench.run_suite writes one per run).",
+    )
+    parser.add_argument("folder", type=Path, help="e.g. results/2026-11-23T063000Z")
+    folder = parser.parse_args(argv).folder
+    if not folder.is_dir():
+        parser.error(f"{folder} is not a folder of results")
+    for p in render(folder):
         print(p)
     return 0
 
