@@ -218,21 +218,28 @@ def _policy_updates(
     from stream_expiry.replay import policy_updates
 
     topic = config.topics.policies
-    # aiokafka logs its connection failures itself; the error below says the same and what
-    # to do, so a one-shot command prints one line, not two (DEBUG still shows its logs).
-    library = logging.getLogger("aiokafka")
-    quiet = library.level != logging.DEBUG
-    before = library.level
     try:
-        if quiet:
-            library.setLevel(logging.CRITICAL)
-        return anyio.run(policy_updates, connection_from(args, config), topic)
+        with _library_quiet():
+            return anyio.run(policy_updates, connection_from(args, config), topic)
     except (BrokerError, KafkaError, OSError) as exc:
         raise BrokerError(
             f"cannot read the runtime policy updates on {topic} (brokers from {origin}), so "
             f"no answer is given: {exc}; or pass --offline to answer from the config file and "
             "the environment alone"
         ) from exc
+
+
+@contextlib.contextmanager
+def _library_quiet() -> Iterator[None]:
+    """For a one-shot command (explain, hold, status, history): aiokafka logs its connection
+    failures itself, and the command's error says the same and what to do, so a person
+    reads one line, not two. DEBUG still shows the library's logs."""
+    library = logging.getLogger("aiokafka")
+    before = library.level
+    if before != logging.DEBUG:
+        library.setLevel(logging.CRITICAL)
+    try:
+        yield
     finally:
         library.setLevel(before)
 
@@ -337,7 +344,8 @@ def _cmd_hold(args: argparse.Namespace) -> int:
     from stream_expiry.hold_command import run_hold
 
     config = load(args)
-    return anyio.run(run_hold, config, connection_from(args, config), args)
+    with _library_quiet():
+        return anyio.run(run_hold, config, connection_from(args, config), args)
 
 
 def _parser_hold(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -376,7 +384,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from stream_expiry.status import run_status
 
     config = load(args)
-    with _terminate_as_interrupt():
+    with _terminate_as_interrupt(), _library_quiet():
         return anyio.run(run_status, config, connection_from(args, config), args)
 
 
@@ -406,7 +414,8 @@ def _cmd_history(args: argparse.Namespace) -> int:
     from stream_expiry.history import run_history
 
     config = load(args)
-    return anyio.run(run_history, config, connection_from(args, config), args)
+    with _library_quiet():
+        return anyio.run(run_history, config, connection_from(args, config), args)
 
 
 def _parser_history(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
