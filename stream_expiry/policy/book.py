@@ -35,7 +35,7 @@ from stream_expiry.policy.resolution import (
     gather,
     winner,
 )
-from stream_expiry.policy.sources import Candidate, TtlMap, env_candidates
+from stream_expiry.policy.sources import CAP_ALL, Candidate, TtlMap, env_candidates
 from stream_expiry.policy.updates import PolicyUpdate, parse_update
 
 if TYPE_CHECKING:
@@ -246,5 +246,25 @@ class PolicyBook:
         the policy a record gets once every known update is in force. Raises
         :class:`UnknownCategory` or ``ValueError`` (bad env) so a typo is not answered "never".
         """
-        cands = self.candidates(category=category, org=org, bot=bot, env=env, at_ms=at_ms)
-        return explanation(cands)
+        self.candidates(category=category, org=org, bot=bot, env=env, at_ms=at_ms)  # checks
+        oh = self._orgs.get(org)
+        bh = self._bots.get((org, bot, env))
+        found: list[Candidate] = []
+        slots = ((oh, category), (bh, category), None, (self._cap, CAP_ALL),
+                 (self._cap, category), (self._default, category))  # fmt: skip
+        for slot in slots:  # gather's order, with what gather is not given
+            if slot is None:
+                found.extend(self._env.get(category, _NO_ENV))
+                continue
+            history, key = slot
+            if history is None:
+                continue
+            in_force = history.at(at_ms)[0].get(key)
+            given = history.given_at(at_ms).get(key)
+            # The contract lists every value found: a policy update's invalid value too,
+            # before the one kept in force in its place (the one before it, if any).
+            if given is not None and not given.valid:
+                found.append(given)
+            if in_force is not None:
+                found.append(in_force)
+        return explanation(found)

@@ -76,6 +76,17 @@ class ScopeHistory:
             return self.base, BEFORE_ALL, froms[0]
         return self._maps[i - 1], froms[i - 1], froms[i] if i < len(froms) else AFTER_ALL
 
+    def given_at(self, t: int | None) -> TtlMap:
+        """The version :meth:`at` answers from, as it was given: an invalid value is still
+        there (``explain`` lists it beside the value kept in force in its place)."""
+        froms = self._froms
+        if not froms:
+            return self.base
+        if t is None:
+            return self._given[-1]
+        i = bisect_right(froms, t)
+        return self._given[i - 1] if i else self.base
+
     def __len__(self) -> int:
         """Number of versions after the config file's."""
         return len(self._froms)

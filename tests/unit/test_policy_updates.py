@@ -476,7 +476,11 @@ def test_the_book_applies_the_valid_value_and_keeps_the_one_before_for_the_ignor
     assert (conv.ttl_ms, conv.source) == (30 * DAY, "org")
     session = book.resolve(Identity("acme", "_", "live", "session", "r"), T)
     assert (session.ttl_ms, session.source) == (7 * DAY, "org")
+    # explain lists the update's invalid value too (the contract: every value found), then
+    # the one kept in force in its place; a trial found it left out, the typo unseen.
     assert book.explain(category="session", org="acme")["candidates"] == [
+        {"source": "org", "name": "policy update org/acme", "ttl_seconds": None,
+         "valid": False},
         {"source": "org", "name": "retention.orgs.acme.session", "ttl_seconds": 604_800,
          "valid": True},
         {"source": "default", "name": "retention.defaults.session", "ttl_seconds": 172_800,
@@ -496,6 +500,13 @@ def test_an_ignored_value_keeps_the_value_of_the_version_before_it_even_one_back
         2 * DAY,
         "default",
     )
+    # Nothing in force for it, the invalid value is still listed: the default answers.
+    listed = book.explain(category="session", org="acme", at_ms=T + 2000)
+    assert [(c["source"], c["valid"]) for c in listed["candidates"]] == [
+        ("org", False),
+        ("default", True),
+    ]
+    assert listed["ttl_seconds"] == 2 * 86_400
     early = {"scope": "org", "org": "acme", "ttl": {"session": "3d"}, "effective_from": T}
     assert isinstance(book.apply_update(b"org/acme", orjson.dumps(early), T), PolicyUpdate)
     after = book.resolve(session, T + 2000)
