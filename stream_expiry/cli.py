@@ -33,6 +33,7 @@ from stream_expiry.cliargs import (
     add_log_options,
     add_metrics_options,
     bootstrap_from,
+    check_ids,
     known_bootstrap,
     positive_int,
     seconds,
@@ -166,6 +167,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from stream_expiry.timeutil import wall_clock_ms
 
     config = load(args)
+    check_ids({"--org": args.org, "--bot": args.bot})
     book = PolicyBook(config, os.environ)
     if args.category not in config.categories:
         raise ConfigurationError(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.kafka_settings import check_bootstrap
 from stream_expiry.logs import FORMATS, LEVELS
+from stream_expiry.model import MAX_ID_CHARS
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -92,6 +93,15 @@ def ts_ms(text: str | None) -> int | None:
     from stream_expiry.timeutil import parse_ts
 
     return None if text is None else parse_ts(int(text) if text.isdigit() else text)
+
+
+def check_ids(given: Mapping[str, str]) -> None:
+    """Ids given on the command line (``{"--org": ...}``), refused as the service refuses
+    them in an event (1 to ``MAX_ID_CHARS`` characters): an answer about an id no record can
+    have would read as an answer about a real one."""
+    for flag, value in given.items():
+        if not 1 <= len(value) <= MAX_ID_CHARS:
+            raise ConfigurationError(f"{flag} must be 1 to {MAX_ID_CHARS} characters long")
 
 
 def add_log_options(p: argparse.ArgumentParser, *, default_level: str = "INFO") -> None:

@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from stream_expiry import codec
+from stream_expiry.cliargs import check_ids
 from stream_expiry.errors import ConfigurationError, suggestion
 from stream_expiry.hold_command import read_holds
 from stream_expiry.kafka import consumer, read_to_end
 from stream_expiry.logs import printable, record_ref
-from stream_expiry.model import MAX_ID_CHARS, Identity
+from stream_expiry.model import Identity
 from stream_expiry.timeutil import format_ts
 
 if TYPE_CHECKING:
@@ -277,9 +278,7 @@ def checked_identity(config: Config, args: argparse.Namespace) -> Identity:
     """The record the arguments name, refused as the service would refuse it: an id it
     never accepts, or a category the configuration does not have, can have no evidence, and
     answering "nothing on the evidence topics" would tell an auditor a typo was clean."""
-    for flag, value in (("--org", args.org), ("--bot", args.bot), ("--record-id", args.record_id)):
-        if not 1 <= len(value) <= MAX_ID_CHARS:
-            raise ConfigurationError(f"{flag} must be 1 to {MAX_ID_CHARS} characters long")
+    check_ids({"--org": args.org, "--bot": args.bot, "--record-id": args.record_id})
     if args.category not in config.categories:
         raise ConfigurationError(
             f"--category {args.category!r} is not a configured category "

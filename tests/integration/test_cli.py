@@ -278,6 +278,16 @@ def test_every_one_shot_command_says_an_unreachable_broker_in_one_line(
         assert line.startswith(f"stream-expiry {argv[0]}: cannot reach Kafka at {address}")
 
 
+def test_explain_refuses_an_id_no_record_can_have(capsys: pytest.CaptureFixture[str]) -> None:
+    """As the service refuses it in an event (and history does): an empty org was answered
+    from the environment and the defaults, as if it were one (a trial)."""
+    for flag, bad in (("--org", ""), ("--bot", "b" * 513)):
+        argv = ["explain", "--offline", "--org", "acme", "--category", "session", flag, bad]
+        assert main(argv) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line == f"stream-expiry explain: {flag} must be 1 to 512 characters long"
+
+
 def test_explain_offline_and_bootstrap_servers_together_is_a_usage_error(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
