@@ -691,6 +691,13 @@ async def _compare_input_state(
         return  # deleted on expiry.stamped: not resurrected
     body = orjson.loads(value)
     old = codec.parse_own_ts(body.get("expires_at"))
+    if not ended and not state.held_lives:
+        # Replay's processors know no holds, so a life a hold kept (an erasure deferred,
+        # then a new life) is not in their state: keep the stamp's, as replay from the
+        # stamps does, or the release would find no held life to tombstone (a trial).
+        lives = codec.stamp_body_fields(body)[6]
+        if lives:
+            state = state._replace(held_lives=lives)
     if ended:
         # The processor runs every event at replay's clock, so a life the policy ends
         # between two events (a touch after the new expiry) is tombstoned there, while

@@ -20,6 +20,7 @@ from stream_expiry.codec import deleted_at_of
 from stream_expiry.holds import Hold, HoldBook, encode_hold
 from stream_expiry.kafka import producer
 from stream_expiry.model import Identity, Stamp, encode_stamp
+from stream_expiry.replay import replay
 from stream_expiry.service import wall_clock_ms
 from stream_expiry.state import RocksKV
 from stream_expiry.timeutil import format_ts, parse_ts
@@ -453,3 +454,60 @@ async def test_hold_list_prints_what_a_producer_chose_without_driving_the_termin
         r"h\\x1b\[31m  org=acme\\x1b\]0;title\\x07  placed \S+  reason: x\\x1b\[2J\\nfake line\n",
         out,
     ), out
+
+
+@pytest.mark.timeout(120)
+async def test_replay_from_the_inputs_keeps_a_held_life_for_its_release(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A conversation created, erased under a hold (the erasure deferred) and created again:
+    its stamp keeps the held life. Replay from the inputs runs its processors without
+    holds, so its state of the record had no held life, and the stamp it published under a
+    new policy dropped it: at the release no tombstone came at all (a trial). It keeps the
+    stamp's held lives, as replay from the stamps does, and the release tombstones the
+    erased life (``explicit``)."""
+    minute = 60_000
+    common, config = _setup(
+        broker, topics, tmp_path, '[retention.defaults]\nconversation = "10m"\n'
+    )
+    assert await _cli("hold", "place", *common, "--org", "acme", "--record-id", "d1",
+                      "--reason", "case 4", "--id", "case-4") == 0  # fmt: skip
+    key, _ = event("conversation", "d1")
+    now = wall_clock_ms()
+    async with running_service(config, broker) as service:
+        await wait_for(lambda: len(service.holds) == 1)
+        await produce(
+            broker,
+            [
+                (topics.conversations, *event("conversation", "d1", ts=now - 8 * minute)),
+                (topics.conversations,
+                 *event("conversation", "d1", op="delete", ts=now - minute)),
+                (topics.conversations, *event("conversation", "d1", ts=now - minute // 2)),
+            ],
+        )  # fmt: skip
+        await wait_for(lambda: service.stats.events >= 3)
+
+        async def held_in_latest() -> bool:
+            records = await read_all(broker, topics.stamped)
+            mine = [r for r in records if r.key == key and r.value is not None]
+            return bool(mine) and "held_lives" in orjson.loads(mine[-1].value)
+
+        await wait_until(held_in_latest, what="the stamp keeping the held life")
+    shorter = '[retention.defaults]\nconversation = "5m"\n'
+    common, config = _setup(broker, topics, tmp_path, shorter)
+    report = await replay(config, broker, environ={}, from_inputs=True)
+    assert report.counts()["earlier"] == 1
+    mine = [r for r in await read_all(broker, topics.stamped) if r.key == key]
+    latest = orjson.loads(mine[-1].value)
+    assert parse_ts(latest["expires_at"]) == now - minute // 2 + 5 * minute  # replay's
+    assert [parse_ts(life["created_at"]) for life in latest["held_lives"]] == [now - 8 * minute]
+    tombstones = ArrivalLog(broker, topics.tombstones)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tombstones.follow)
+        async with running_service(config, broker) as service:
+            await wait_for(lambda: len(service.holds) == 1)
+            assert await _cli("hold", "release", *common, "case-4") == 0
+            await wait_for(lambda: len(tombstones.arrivals) >= 1, timeout_s=15)
+        tg.cancel_scope.cancel()
+    (body,) = [orjson.loads(r.value) for _, r in tombstones.arrivals]
+    assert (body["reason"], parse_ts(body["created_at"])) == ("explicit", now - 8 * minute)
