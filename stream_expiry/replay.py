@@ -691,13 +691,6 @@ async def _compare_input_state(
         return  # deleted on expiry.stamped: not resurrected
     body = orjson.loads(value)
     old = codec.parse_own_ts(body.get("expires_at"))
-    if not ended and not state.held_lives:
-        # Replay's processors know no holds, so a life a hold kept (an erasure deferred,
-        # then a new life) is not in their state: keep the stamp's, as replay from the
-        # stamps does, or the release would find no held life to tombstone (a trial).
-        lives = codec.stamp_body_fields(body)[6]
-        if lives:
-            state = state._replace(held_lives=lives)
     if ended:
         # The processor runs every event at replay's clock, so a life the policy ends
         # between two events (a touch after the new expiry) is tombstoned there, while
@@ -710,6 +703,11 @@ async def _compare_input_state(
             return
         # The tombstone kept the life's times, not what came before it: the stamp's.
         state = state._replace(deleted_at=None, previous_deleted_at=floor, held_lives=lives)
+    elif "held_lives" in body and not state.held_lives:
+        # Replay's processors know no holds, so a life a hold kept (an erasure deferred,
+        # then a new life) is not in their state: keep the stamp's, as replay from the
+        # stamps does, or the release would find no held life to tombstone (a trial).
+        state = state._replace(held_lives=codec.stamp_body_fields(body)[6])
     await verdicts.record(state, old, has_stamp=True, partition=partition, source=source, body=body)
 
 

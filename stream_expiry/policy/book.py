@@ -219,6 +219,14 @@ class PolicyBook:
         at_ms: int | None = None,
     ) -> list[Candidate]:
         """Every value found for a record, in the contract's order; ``at_ms=None``: newest."""
+        oh, bh = self._scopes(category, org, bot, env)
+        return self._candidates(category, oh, bh, at_ms)[0]
+
+    def _scopes(
+        self, category: str, org: str, bot: str, env: str
+    ) -> tuple[ScopeHistory | None, ScopeHistory | None]:
+        """The org's and the bot's histories, once the category and env are known good: a
+        typo raises rather than being answered "never"."""
         if category not in self._category_set:
             hint = suggestion(category, self._categories)
             configured = ", ".join(self._categories)
@@ -227,9 +235,7 @@ class PolicyBook:
             )
         if env not in ENVS:
             raise ValueError(f"env must be 'live' or 'draft', got {env!r}")
-        oh = self._orgs.get(org)
-        bh = self._bots.get((org, bot, env))
-        return self._candidates(category, oh, bh, at_ms)[0]
+        return self._orgs.get(org), self._bots.get((org, bot, env))
 
     def explain(
         self,
@@ -246,13 +252,11 @@ class PolicyBook:
         the policy a record gets once every known update is in force. Raises
         :class:`UnknownCategory` or ``ValueError`` (bad env) so a typo is not answered "never".
         """
-        self.candidates(category=category, org=org, bot=bot, env=env, at_ms=at_ms)  # checks
-        oh = self._orgs.get(org)
-        bh = self._bots.get((org, bot, env))
+        oh, bh = self._scopes(category, org, bot, env)
         found: list[Candidate] = []
         slots = ((oh, category), (bh, category), None, (self._cap, CAP_ALL),
                  (self._cap, category), (self._default, category))  # fmt: skip
-        for slot in slots:  # gather's order, with what gather is not given
+        for slot in slots:  # gather's order (resolution.gather), with the invalid values
             if slot is None:
                 found.extend(self._env.get(category, _NO_ENV))
                 continue
