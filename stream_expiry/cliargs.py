@@ -10,13 +10,13 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
-from stream_expiry.errors import ConfigurationError
+from stream_expiry.errors import ConfigurationError, suggestion
 from stream_expiry.kafka_settings import check_bootstrap
 from stream_expiry.logs import FORMATS, LEVELS
 from stream_expiry.model import MAX_ID_CHARS
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from stream_expiry.config import Config
 
@@ -102,6 +102,16 @@ def check_ids(given: Mapping[str, str]) -> None:
     for flag, value in given.items():
         if not 1 <= len(value) <= MAX_ID_CHARS:
             raise ConfigurationError(f"{flag} must be 1 to {MAX_ID_CHARS} characters long")
+
+
+def check_category(category: str, categories: Sequence[str], consequence: str = "") -> None:
+    """``--category`` refused unless configured, with the nearest name; ``consequence``
+    (``": a hold on it would keep nothing"``) says what it would have done."""
+    if category not in categories:
+        raise ConfigurationError(
+            f"--category {category!r} is not a configured category ({', '.join(categories)})"
+            f"{consequence}{suggestion(category, categories)}"
+        )
 
 
 def add_log_options(p: argparse.ArgumentParser, *, default_level: str = "INFO") -> None:

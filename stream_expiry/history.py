@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from stream_expiry import codec
-from stream_expiry.cliargs import check_ids
-from stream_expiry.errors import ConfigurationError, suggestion
+from stream_expiry.cliargs import check_category, check_ids
 from stream_expiry.hold_command import read_holds
 from stream_expiry.kafka import consumer, read_to_end
 from stream_expiry.logs import printable, record_ref
@@ -279,11 +278,7 @@ def checked_identity(config: Config, args: argparse.Namespace) -> Identity:
     never accepts, or a category the configuration does not have, can have no evidence, and
     answering "nothing on the evidence topics" would tell an auditor a typo was clean."""
     check_ids({"--org": args.org, "--bot": args.bot, "--record-id": args.record_id})
-    if args.category not in config.categories:
-        raise ConfigurationError(
-            f"--category {args.category!r} is not a configured category "
-            f"({', '.join(config.categories)}){suggestion(args.category, config.categories)}"
-        )
+    check_category(args.category, config.categories)
     return Identity(args.org, args.bot, args.env, args.category, args.record_id)
 
 

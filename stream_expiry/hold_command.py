@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from stream_expiry.cliargs import check_category
 from stream_expiry.codec import encode_hold_audit
-from stream_expiry.errors import ConfigurationError, suggestion
+from stream_expiry.errors import ConfigurationError
 from stream_expiry.holds import Hold, HoldBook, encode_hold, parse_hold
 from stream_expiry.kafka import consumer, ensure_topics, producer, read_to_end
 from stream_expiry.kafka_settings import topic_configs
@@ -87,12 +88,8 @@ def _checked_hold(config: Config, args: argparse.Namespace, now_ms: int) -> Hold
         raise ConfigurationError(
             re.sub(r"field '(\w+)'", lambda m: _FLAGS.get(m[1], f"--{m[1]}"), checked.detail)
         )
-    if args.category is not None and args.category not in config.categories:
-        raise ConfigurationError(
-            f"--category {args.category!r} is not a configured category "
-            f"({', '.join(config.categories)}): a hold on it would keep nothing"
-            f"{suggestion(args.category, config.categories)}"
-        )
+    if args.category is not None:
+        check_category(args.category, config.categories, ": a hold on it would keep nothing")
     return hold
 
 
