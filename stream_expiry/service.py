@@ -60,6 +60,7 @@ from stream_expiry.kafka_settings import topic_configs
 from stream_expiry.outbox import Outbox, settled_or_failed
 from stream_expiry.oversize import producer_limit
 from stream_expiry.policy import PolicyBook
+from stream_expiry.reading import InputReading, resume_point
 from stream_expiry.redact import Redactor
 from stream_expiry.state import PartitionProcessor
 from stream_expiry.state.kv import ASIDE, CORRUPT, move_aside
@@ -115,11 +116,7 @@ COMMIT_TIMEOUT_S = 10.0  # an offset commit given up after this (retried with th
 REBALANCE_TIMEOUT_MS: Final = 60_000
 INPUT_MARKS = 1024  # slices remembered per partition for the marks of commits
 PRUNE_EVERY_S = 5.0  # and every turn while markers are left due: pruning keeps up
-# The longest a newly assigned partition's sliding records wait for it to read the backlog
-# it had then (its touches may extend them): past it they fire, and the warning says so.
-CATCH_UP_MAX_S = 300.0
 RESTORE_SAID_EVERY_S = 10.0  # a restore's progress line
-_END_UNKNOWN: Final = 2**63  # a partition assigned, its backlog's end not read yet
 
 
 def _transient(exc: BaseException) -> bool:
@@ -243,20 +240,8 @@ class Service:
         # Held while effects are decided and handed to the outbox, by the loop and by the
         # timer task: the outbox gets them in the order the processors made them.
         self._deciding = anyio.Lock()
-        self._next_offset: dict[tuple[str, int], int] = {}
-        # Seeks made by the assignment callback, which runs while the loop reads: a batch
-        # fetched before a partition's seek holds records from its old position.
-        self._seeks = 0
-        self._seeked_at: dict[tuple[str, int], int] = {}
+        self._reading = InputReading(self._let_go, self._seek)
         self._dead_lettered = DeadLettered(None)  # in the state directory once it is known
-        # Partitions reading the backlog found at their assignment, whose sliding records'
-        # timers wait until then: the end offset to reach, and the monotonic time it is
-        # given up at.
-        self._catching_up: dict[tuple[str, int], tuple[int, float]] = {}
-        # The offset each partition with input not read yet must read up to before its
-        # sliding records fire (see :mod:`stream_expiry.firing`): its backlog's end while
-        # it catches up, else its high watermark while its reading lags.
-        self._unread: dict[tuple[str, int], int] = {}
         self._committed_at = 0.0
         self._checkpointed_at = 0.0  # every store's positions (monotonic)
         # A release's slices: the partition the next one starts at (its index among the
@@ -416,7 +401,7 @@ class Service:
                     clock=self.clock,
                     on_fired=self._count_tombstone,
                     tick_ms=self.config.tick_ms,
-                    unread=self._unread,
+                    unread=self._reading.unread,
                     holds_read_since=control.holds_read_since,
                 )
                 try:
@@ -584,9 +569,7 @@ class Service:
         one restores them (from the stores kept, else the changelog) and resumes at the
         committed offsets."""
         self._close_all()
-        self._next_offset.clear()
-        self._catching_up.clear()
-        self._unread.clear()
+        self._reading.clear()
         self._outbox = self._consumer = None
         self._release_acks.clear()  # the closed producer's
         self._to_restore = []
@@ -640,7 +623,7 @@ class Service:
         last_progress = 0.0
         releasing = False  # a release under way: poll without waiting
         while not stop.is_set():
-            seeks_before = self._seeks
+            seeks_before = self._reading.seeks
             batch = await self._poll(cons, 0 if releasing else IDLE_WAIT_MS)
             if batch is None:
                 break  # stopped while the consumer waited (for a join, say)
@@ -651,9 +634,9 @@ class Service:
             await control.poll(max(r[-1].timestamp for r in batch.values()) if batch else None)
             if batch:
                 await self._ingest(batch, seeks_before)
-            if self._catching_up:
-                await self._caught_up(cons)
-            await self._track_unread(cons)
+            if self._reading.catching_up:
+                await self._reading.caught_up(cons)
+            await self._reading.track_unread(cons, self.processors)
             releasing = await self._release_held()
             self._housekeeping()
             if time.monotonic() - self._committed_at >= COMMIT_EVERY_S:
@@ -699,7 +682,7 @@ class Service:
         """The consumer lag gauges, after a commit: the consumer knows the high watermarks."""
         if self.metrics is None:
             return
-        for (topic, partition), position in self._next_offset.items():
+        for (topic, partition), position in self._reading.next_offset.items():
             high = stable_end(cons, TopicPartition(topic, partition))
             if high is not None:
                 self.metrics.set_lag(topic, partition, max(0, high - position))
@@ -777,27 +760,12 @@ class Service:
     def _records_to_take(
         self, tp: TopicPartition, records: list[Any], seeks_before: int
     ) -> tuple[PartitionProcessor, list[Any]] | None:
-        """The partition's processor and the records of the batch it takes (None: none),
-        its next offset moved past them."""
-        assert self._consumer is not None
-        slot = (tp.topic, tp.partition)
-        proc = self.processors.get(slot)
-        expected = self._next_offset.get(slot)
-        if proc is None or expected is None:
-            return None  # fetched before our assignment callback positioned the partition
-        if self._seeked_at.get(slot, 0) > seeks_before:
-            # Positioned since this batch was fetched (the callback may even run while
-            # this loop awaits a send): its records come from the old position, and
-            # taking them would skip what lies between. Read again from the new one.
-            self._consumer.seek(tp, expected)
-            return None
-        # A fetch started before a seek hands back records again after it.
-        if records[0].offset < expected:
-            records = [rec for rec in records if rec.offset >= expected]
-        if not records:
-            return None
-        self._next_offset[slot] = records[-1].offset + 1
-        return proc, records
+        """The partition's processor and the records of the batch it takes (None: none)."""
+        proc = self.processors.get((tp.topic, tp.partition))
+        if proc is None:
+            return None  # fetched before our assignment callback took the partition
+        records = self._reading.take(tp, records, seeks_before)
+        return (proc, records) if records else None
 
     async def _decide(
         self, group: list[tuple[tuple[str, int], PartitionProcessor, list[Any]]]
@@ -1045,12 +1013,7 @@ class Service:
         if not fresh:
             self._settled()
             return
-        # Held from the start: the firing task runs meanwhile, and would fire the timers
-        # a restore loads before _position knows how far the backlog goes.
-        deadline = time.monotonic() + CATCH_UP_MAX_S
-        for tp in fresh:
-            self._catching_up[(tp.topic, tp.partition)] = (_END_UNKNOWN, deadline)
-            self._unread[(tp.topic, tp.partition)] = _END_UNKNOWN
+        self._reading.assigned((tp.topic, tp.partition) for tp in fresh)
         self._consumer.pause(*fresh)
         self._to_restore.extend(fresh)
         self._assigned_at = time.monotonic()
@@ -1242,7 +1205,8 @@ class Service:
         came 0.17-0.2 s after its restore (``bench.bench_restart``, round 27). What is
         due may fire before the position is known: a sliding record waits for the
         partition's backlog (held since :meth:`assign`, let go by
-        :meth:`_done_catching_up`), and nothing in the input can postpone the others."""
+        :class:`~stream_expiry.reading.InputReading`), and nothing in the input can
+        postpone the others."""
         if self._firing is not None:
             self._firing.due_at(proc.next_due_ms())
 
@@ -1310,109 +1274,23 @@ class Service:
             highs = {tp: max(stable, high) for tp, (stable, high) in bounds.items()}
             unmarked = await self._unmarked(reader, committed_at, ends)
         for tp, committed in committed_at.items():
-            slot = (tp.topic, tp.partition)
-            if committed is None:
-                start, why = starts[tp], "no committed offset: from the beginning"
-            elif committed > highs[tp]:
-                log.warning(
-                    "%s[%d]: the committed offset %d is past the partition's end %d (was the "
-                    "topic deleted and recreated?); reading it from the beginning",
-                    tp.topic,
-                    tp.partition,
-                    committed,
-                    highs[tp],
-                )
-                start, why = starts[tp], "from the beginning (committed offset past the end)"
-            elif tp in unmarked:
-                log.warning(
-                    "%s[%d]: the message before the committed offset %d is not the one this "
-                    "instance read there (%s): the offset was committed for another topic of "
-                    "that name (a cluster rebuilt?); reading it from the beginning",
-                    tp.topic,
-                    tp.partition,
-                    committed,
-                    unmarked[tp],
-                )
-                start, why = starts[tp], "from the beginning (not this topic's committed offset)"
-            else:
-                start, why = committed, "at the committed offset"
-            cons.seek(tp, start)
-            self._next_offset[slot] = start
-            self._seeks += 1
-            self._seeked_at[slot] = self._seeks
-            backlog = ends[tp] - start
-            if backlog > 0:
-                self._catching_up[slot] = (ends[tp], time.monotonic() + CATCH_UP_MAX_S)
-                self._unread[slot] = ends[tp]
-                why += (
-                    f"; due timers of sliding categories wait until the {backlog} events "
-                    f"before {ends[tp]} are read"
-                )
-            else:
-                self._done_catching_up(slot)
-            log.info("%s[%d] resumes at offset %d, %s", tp.topic, tp.partition, start, why)
+            point = resume_point(tp, committed, starts[tp], highs[tp], unmarked.get(tp))
+            if point.warning is not None:
+                log.warning("%s", point.warning)
+            why = point.why + self._reading.positioned(tp, point.offset, ends[tp])
+            log.info("%s[%d] resumes at offset %d, %s", tp.topic, tp.partition, point.offset, why)
 
-    async def _caught_up(self, cons: AIOKafkaConsumer) -> None:
-        """Let the sliding records' timers of the partitions that have read their backlog
-        fire (see :mod:`stream_expiry.firing`): a touch waiting there may extend them."""
-        for slot, (end, deadline) in list(self._catching_up.items()):
-            position = await self._read_up_to(cons, slot, self._next_offset.get(slot, 0), end)
-            if position >= end:
-                log.info("%s[%d] has read its backlog: its sliding records' timers fire", *slot)
-            elif time.monotonic() >= deadline:
-                log.warning(
-                    "%s[%d] is still reading its backlog (offset %d of %d) after %.0f s: its "
-                    "sliding records' due timers fire now, and a touch still unread cannot "
-                    "extend them",
-                    *slot,
-                    position,
-                    end,
-                    CATCH_UP_MAX_S,
-                )
-            else:
-                continue
-            self._done_catching_up(slot)
+    def _seek(self, tp: TopicPartition, offset: int) -> None:
+        assert self._consumer is not None
+        self._consumer.seek(tp, offset)
 
-    def _done_catching_up(self, slot: tuple[str, int]) -> None:
-        """The partition's sliding records set aside meanwhile are scheduled again, and
-        fire when due (most are: the firing task is woken)."""
-        self._catching_up.pop(slot, None)
-        self._unread.pop(slot, None)
+    def _let_go(self, slot: tuple[str, int], position: int) -> None:
+        """The partition has read up to ``position``: its sliding records that waited for
+        it are scheduled again, and fire when due (most are: the firing task is woken)."""
         proc = self.processors.get(slot)
-        if proc is not None and proc.let_go_read(_END_UNKNOWN) and self._firing is not None:
+        woken = proc is not None and proc.waiting and proc.let_go_read(position)
+        if woken and self._firing is not None:
             self._firing.wake()
-
-    @staticmethod
-    async def _read_up_to(
-        cons: AIOKafkaConsumer, slot: tuple[str, int], read: int, target: int
-    ) -> int:
-        """How far a partition is read, ``read`` by its records' offsets: below ``target``,
-        the consumer's own position counts too, since it also passes control records
-        (transactions' markers), which no record reaches; asked without waiting long, the
-        loop goes on."""
-        tp = TopicPartition(*slot)
-        if read < target and tp in cons.assignment():
-            with anyio.move_on_after(0.1):
-                read = max(read, await cons.position(tp))
-        return read
-
-    async def _track_unread(self, cons: AIOKafkaConsumer) -> None:
-        """Let go the sliding records that waited for what a partition has read now, and
-        note how far each partition whose reading lags must read before the next ones
-        fire: its high watermark (a trial: a service reading 2.6 s behind deleted 61 of
-        25,000 sessions whose touch waited unread)."""
-        for slot, proc in list(self.processors.items()):  # a revocation may come meanwhile
-            read = self._next_offset.get(slot)
-            if slot in self._catching_up or read is None:
-                continue
-            high = stable_end(cons, TopicPartition(*slot))
-            position = read if high is None else await self._read_up_to(cons, slot, read, high)
-            if proc.waiting and proc.let_go_read(position) and self._firing is not None:
-                self._firing.wake()
-            if high is not None and high > position:
-                self._unread[slot] = high
-            else:
-                self._unread.pop(slot, None)
 
     async def _unmarked(
         self,
@@ -1454,8 +1332,7 @@ class Service:
         self._to_restore = [tp for tp in self._to_restore if (tp.topic, tp.partition) not in gone]
         for slot in slots:
             if slot not in self.processors:  # taken, not restored yet
-                self._catching_up.pop(slot, None)
-                self._unread.pop(slot, None)
+                self._reading.forget(slot)
         mine = [slot for slot in slots if slot in self.processors]
         if not mine:
             return
@@ -1466,9 +1343,7 @@ class Service:
                 await self._commit(self._consumer)
             for slot in mine:
                 self._suspended[slot] = self.processors.pop(slot)
-                self._next_offset.pop(slot, None)
-                self._catching_up.pop(slot, None)
-                self._unread.pop(slot, None)
+                self._reading.forget(slot)
                 self._input_marks.pop(slot, None)
                 if self.metrics is not None:
                     self.metrics.forget_partition(*slot)

@@ -102,7 +102,7 @@ async def test_positioning_empty_partitions_does_not_wait_for_a_fetch(
         except TimeoutError:
             pytest.fail("the positioning waited for a fetch's fetch_max_wait_ms")
         assert [await cons.position(tp) for tp in tps] == [0, 0, 0, 0]
-        assert not service._catching_up
+        assert not service._reading.catching_up
 
 
 @pytest.mark.usefixtures("slow_fetches")
@@ -130,9 +130,9 @@ async def test_positioning_puts_each_partition_where_it_was_committed(
         with anyio.fail_after(30):
             await service._position(tps)
         assert [await cons.position(tp) for tp in tps] == [1, 0, 0]
-        assert service._catching_up[(halfway.topic, 0)][0] == 4  # the backlog: offsets 1-3
-        assert service._catching_up[(uncommitted.topic, 0)][0] == 1
-        assert (empty.topic, 1) not in service._catching_up
+        assert service._reading.catching_up[(halfway.topic, 0)][0] == 4  # the backlog: offsets 1-3
+        assert service._reading.catching_up[(uncommitted.topic, 0)][0] == 1
+        assert (empty.topic, 1) not in service._reading.catching_up
 
 
 @contextlib.asynccontextmanager

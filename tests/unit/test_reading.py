@@ -1,0 +1,121 @@
+"""Where an assigned input partition resumes, and the read positions the service keeps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiokafka import TopicPartition
+
+from stream_expiry.reading import END_UNKNOWN, InputReading, resume_point
+
+TP = TopicPartition("conversations", 3)
+SLOT = ("conversations", 3)
+
+
+@dataclass
+class Rec:
+    offset: int
+
+
+def _reading() -> tuple[InputReading, list[tuple[TopicPartition, int]], list[tuple[object, int]]]:
+    seeks: list[tuple[TopicPartition, int]] = []
+    let_go: list[tuple[object, int]] = []
+    reading = InputReading(
+        lambda slot, at: let_go.append((slot, at)), lambda tp, at: seeks.append((tp, at))
+    )
+    return reading, seeks, let_go
+
+
+def test_the_committed_offset_is_where_a_partition_resumes() -> None:
+    point = resume_point(TP, 40, 0, 90, None)
+    assert (point.offset, point.warning) == (40, None)
+    assert point.why == "at the committed offset"
+
+
+def test_no_committed_offset_reads_from_the_beginning_without_a_warning() -> None:
+    point = resume_point(TP, None, 7, 90, None)
+    assert (point.offset, point.warning) == (7, None)
+    assert "no committed offset" in point.why
+
+
+def test_an_offset_at_the_end_is_trusted_and_one_past_it_is_said() -> None:
+    assert resume_point(TP, 90, 0, 90, None).offset == 90
+    point = resume_point(TP, 91, 5, 90, None)
+    assert point.offset == 5
+    assert point.warning is not None
+    assert (
+        "conversations[3]: the committed offset 91 is past the partition's end 90" in point.warning
+    )
+
+
+def test_an_offset_after_another_message_than_the_marked_one_reads_from_the_beginning() -> None:
+    point = resume_point(TP, 40, 2, 90, "key b'x' at 39, marked b'y'")
+    assert point.offset == 2
+    assert point.warning is not None
+    assert "(key b'x' at 39, marked b'y')" in point.warning
+    assert "not this topic's committed offset" in point.why
+
+
+def test_a_partition_with_a_backlog_holds_its_sliding_records_until_it_is_read() -> None:
+    reading, seeks, let_go = _reading()
+    reading.assigned([SLOT])
+    assert reading.unread[SLOT] == END_UNKNOWN  # held from the assignment on
+    said = reading.positioned(TP, 10, 14)
+    assert seeks == [(TP, 10)]
+    assert reading.unread[SLOT] == 14
+    assert reading.catching_up[SLOT][0] == 14
+    assert "the 4 events before 14" in said
+    assert let_go == []
+
+
+def test_a_partition_without_a_backlog_lets_its_records_go_at_once() -> None:
+    reading, _, let_go = _reading()
+    reading.assigned([SLOT])
+    assert reading.positioned(TP, 14, 14) == ""
+    assert SLOT not in reading.unread
+    assert SLOT not in reading.catching_up
+    assert let_go == [(SLOT, END_UNKNOWN)]
+
+
+def test_records_before_the_position_are_dropped_and_the_position_moves_past_the_rest() -> None:
+    reading, seeks, _ = _reading()
+    reading.positioned(TP, 5, 5)
+    before = reading.seeks
+    taken = reading.take(TP, [Rec(3), Rec(4), Rec(5), Rec(6)], before)
+    assert [r.offset for r in taken] == [5, 6]
+    assert reading.next_offset[SLOT] == 7
+    assert reading.take(TP, [Rec(5), Rec(6)], before) == []  # read again: nothing new
+    assert reading.next_offset[SLOT] == 7
+    assert seeks == [(TP, 5)]
+
+
+def test_a_batch_fetched_before_a_seek_is_left_and_read_again_from_the_new_position() -> None:
+    reading, seeks, _ = _reading()
+    reading.positioned(TP, 5, 5)
+    before = reading.seeks
+    reading.positioned(TP, 20, 20)  # the assignment positioned it again meanwhile
+    assert reading.take(TP, [Rec(30), Rec(31)], before) == []
+    assert seeks[-1] == (TP, 20)
+    assert reading.next_offset[SLOT] == 20
+    assert [r.offset for r in reading.take(TP, [Rec(20)], reading.seeks)] == [20]
+
+
+def test_a_partition_not_positioned_takes_nothing() -> None:
+    reading, seeks, _ = _reading()
+    assert reading.take(TP, [Rec(0)], reading.seeks) == []
+    assert seeks == []
+
+
+def test_a_revoked_partition_is_forgotten_and_the_mapping_the_firing_reads_stays_the_same() -> None:
+    reading, _, _ = _reading()
+    unread = reading.unread
+    reading.assigned([SLOT, ("sessions", 0)])
+    reading.positioned(TP, 1, 9)
+    reading.forget(SLOT)
+    assert SLOT not in reading.next_offset
+    assert SLOT not in reading.catching_up
+    assert SLOT not in unread
+    reading.clear()
+    assert reading.unread is unread
+    assert not unread
+    assert not reading.catching_up
