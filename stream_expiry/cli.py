@@ -33,6 +33,7 @@ from stream_expiry.cliargs import (
     add_log_options,
     add_metrics_options,
     bootstrap_from,
+    check_category,
     check_ids,
     known_bootstrap,
     positive_int,
@@ -41,7 +42,7 @@ from stream_expiry.cliargs import (
     ts_ms,
 )
 from stream_expiry.config import Config, load_config
-from stream_expiry.errors import ConfigurationError, StreamExpiryError
+from stream_expiry.errors import StreamExpiryError
 from stream_expiry.logs import configure_logging, resolve_log_options, say_failure
 from stream_expiry.metrics import version
 
@@ -169,10 +170,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     config = load(args)
     check_ids({"--org": args.org, "--bot": args.bot})
     book = PolicyBook(config, os.environ)
-    if args.category not in config.categories:
-        raise ConfigurationError(
-            f"unknown category {args.category!r}; configured: {', '.join(config.categories)}"
-        )
+    check_category(args.category, config.categories)
     # What the running service uses: the updates on the policies topic too, whenever the
     # brokers are known by any of the contract's three ways (a config file that names them
     # is a deployment's, and its management-UI TTLs live on that topic alone); --offline

@@ -105,7 +105,12 @@ def test_an_invalid_environment_value_is_one_line_and_status_2(
     monkeypatch.delenv("STREAM_EXPIRY_LOG_FORMAT")
     monkeypatch.setenv("STREAM_EXPIRY_CATEGORIES_NAMES", "conversation")
     assert main(["explain", "--org", "a", "--category", "session"]) == 2
-    assert "unknown category 'session'" in capsys.readouterr().err
+    assert "--category 'session' is not a configured category (conversation)" in (
+        capsys.readouterr().err
+    )
+    monkeypatch.setenv("STREAM_EXPIRY_CATEGORIES_NAMES", "conversation,session")
+    assert main(["explain", "--org", "a", "--category", "sesion", "--offline"]) == 2
+    assert "did you mean 'session'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
