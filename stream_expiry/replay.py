@@ -523,9 +523,14 @@ class _Verdict:
             return None  # deleted: not counted, not resurrected
         try:
             body = orjson.loads(value)
-            created, old, *_ = codec.stamp_body_fields(body)
+            created, old, _ttl, _source, erase, *_ = codec.stamp_body_fields(body)
             if created is None:
                 return None  # without a creation time: not a stamp of ours
+            if erase is not None:
+                # An erasure a legal hold deferred ends the record at the release, whatever
+                # its expiry: not counted, not stamped again (as replay from the inputs,
+                # whose processors know no holds, sees it: erased).
+                return None
             if self.since_ms is not None and created < self.since_ms:
                 return None
             expires = self.rederive.expiry(key, body, created)[0]
@@ -553,7 +558,7 @@ async def _from_stamps(config: Config, book: PolicyBook, kv: RocksKV, verdicts: 
             continue
         try:
             body = orjson.loads(value)
-            created, old, _ttl, _source, erase, floor, lives = codec.stamp_body_fields(body)
+            created, old, _ttl, _source, _erase, floor, lives = codec.stamp_body_fields(body)
             if created is None or not verdicts.wanted(created):
                 continue
             expires, ttl_ms, ttl_source = rederive.expiry(key, body, created)
@@ -566,7 +571,6 @@ async def _from_stamps(config: Config, book: PolicyBook, kv: RocksKV, verdicts: 
             expires,
             ttl_ms,
             ttl_source,
-            erase_at=erase,
             previous_deleted_at=floor,
             held_lives=lives,  # ended: a new policy does not move them
         )

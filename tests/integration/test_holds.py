@@ -511,3 +511,63 @@ async def test_replay_from_the_inputs_keeps_a_held_life_for_its_release(
         tg.cancel_scope.cancel()
     (body,) = [orjson.loads(r.value) for _, r in tombstones.arrivals]
     assert (body["reason"], parse_ts(body["created_at"])) == ("explicit", now - 8 * minute)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("from_inputs", [False, True], ids=["from-stamps", "from-inputs"])
+async def test_replay_leaves_an_erasure_a_hold_deferred_to_the_release(
+    broker: str, topics: TopicSet, tmp_path: Path, from_inputs: bool
+) -> None:
+    """A conversation erased under a hold: its erasure waits for the release, whatever the
+    policy says of its expiry. Replay from the inputs saw it erased (its processors know
+    no holds) and left it out; replay from the stamps counted it ``due_now`` under a
+    shorter policy and stamped it again. Both leave it out now, and the release erases it
+    (``explicit``)."""
+    minute = 60_000
+    common, config = _setup(
+        broker, topics, tmp_path, '[retention.defaults]\nconversation = "10m"\n'
+    )
+    assert await _cli("hold", "place", *common, "--org", "acme", "--record-id", "e1",
+                      "--reason", "case 5", "--id", "case-5") == 0  # fmt: skip
+    key, _ = event("conversation", "e1")
+    now = wall_clock_ms()
+    async with running_service(config, broker) as service:
+        await wait_for(lambda: len(service.holds) == 1)
+        await produce(
+            broker,
+            [
+                (topics.conversations, *event("conversation", "e1", ts=now - 8 * minute)),
+                (topics.conversations, *event("conversation", "f1", ts=now - 8 * minute)),
+                (topics.conversations,
+                 *event("conversation", "e1", op="delete", ts=now - minute)),
+            ],
+        )  # fmt: skip
+        await wait_for(lambda: service.stats.events >= 3)
+
+        async def erasure_in_latest() -> bool:
+            records = await read_all(broker, topics.stamped)
+            mine = [r for r in records if r.key == key and r.value is not None]
+            return bool(mine) and "erase_requested_at" in orjson.loads(mine[-1].value)
+
+        await wait_until(erasure_in_latest, what="the stamp keeping the deferred erasure")
+    before = {(r.partition, r.offset) for r in await read_all(broker, topics.stamped)}
+    shorter = '[retention.defaults]\nconversation = "5m"\n'
+    common, config = _setup(broker, topics, tmp_path, shorter)
+    report = await replay(config, broker, environ={}, from_inputs=from_inputs)
+    # f1 (created 8 minutes ago) is due under 5 minutes; e1 is left to its erasure.
+    counts = report.counts()
+    assert (counts["records"], counts["due_now"]) == (1, 1), counts
+    stamped = await read_all(broker, topics.stamped)
+    published = [r.key for r in stamped if (r.partition, r.offset) not in before]
+    assert published == [event("conversation", "f1")[0]]
+    tombstones = ArrivalLog(broker, topics.tombstones)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tombstones.follow)
+        async with running_service(config, broker) as service:
+            await wait_for(lambda: len(service.holds) == 1)
+            await wait_for(lambda: len(tombstones.arrivals) >= 1, timeout_s=15)  # f1
+            assert await _cli("hold", "release", *common, "case-5") == 0
+            await wait_for(lambda: len(tombstones.arrivals) >= 2, timeout_s=15)
+        tg.cancel_scope.cancel()
+    by_key = {r.key: orjson.loads(r.value)["reason"] for _, r in tombstones.arrivals}
+    assert by_key == {key: "explicit", event("conversation", "f1")[0]: "ttl"}
