@@ -34,10 +34,11 @@ import anyio
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import KafkaError
 
 from stream_expiry.archive_follower import ArchiveFollower
 from stream_expiry.archive_gate import ArchiveGate
+from stream_expiry.commits import OffsetCommits
 from stream_expiry.control import DEAD_LETTERED_FILE, ControlTopics, DeadLettered
 from stream_expiry.errors import BrokerUnavailableError, CorruptStoreError, StoreError, leaves
 from stream_expiry.fetch import ends_and_highs
@@ -66,7 +67,7 @@ from stream_expiry.state import PartitionProcessor
 from stream_expiry.state.kv import ASIDE, CORRUPT, move_aside
 from stream_expiry.state.restore import Mark, broken_marks
 from stream_expiry.state.restore_workers import restore_stores
-from stream_expiry.state.store import input_position_name, position_marks
+from stream_expiry.state.store import input_position_name
 from stream_expiry.stats import ServiceStats
 from stream_expiry.timeutil import format_ts, wall_clock_ms
 
@@ -89,10 +90,8 @@ log = logging.getLogger("stream_expiry.service")
 
 MAX_BATCH = 5000
 SLICE = 200  # events decided at once: the longest a due timer waits for ingest
-COMMIT_EVERY_S = 1.0
 RELEASE_BATCH = 2_000  # held records a release slice looks at, over the partitions releasing
 RELEASES_IN_FLIGHT = 2  # release slices sent and not acknowledged, at most
-CHECKPOINT_ALL_EVERY_S = 10.0  # the positions of stores not written since the last commit
 GAUGES_EVERY_S = 1.0
 IDLE_WAIT_MS = 200
 # Partition n of every input topic to one instance (the topics have equal partition counts),
@@ -106,7 +105,6 @@ IDLE_WAIT_MS = 200
 ASSIGNORS: Final = (RangePartitionAssignor, RoundRobinPartitionAssignor)
 OUTAGE_RETRY_S = 2.0  # between two sessions while the broker is away
 OUTAGE_REPEAT_S = 30.0  # how often a lasting outage is said again (each retry: debug)
-COMMIT_TIMEOUT_S = 10.0  # an offset commit given up after this (retried with the next)
 # How long the group's coordinator waits for this member to rejoin when the group
 # rebalances. aiokafka's default is the session timeout (6 s), but a revocation first waits
 # for the acks of what was sent (up to the producer's request timeout) and commits (up to
@@ -114,7 +112,6 @@ COMMIT_TIMEOUT_S = 10.0  # an offset commit given up after this (retried with th
 # generation, its commit refused, and the group rebalances once more. A crashed member is
 # still found by its session timeout. (The test broker does not enforce it.)
 REBALANCE_TIMEOUT_MS: Final = 60_000
-INPUT_MARKS = 1024  # slices remembered per partition for the marks of commits
 PRUNE_EVERY_S = 5.0  # and every turn while markers are left due: pruning keeps up
 RESTORE_SAID_EVERY_S = 10.0  # a restore's progress line
 
@@ -242,8 +239,7 @@ class Service:
         self._deciding = anyio.Lock()
         self._reading = InputReading(self._let_go, self._seek)
         self._dead_lettered = DeadLettered(None)  # in the state directory once it is known
-        self._committed_at = 0.0
-        self._checkpointed_at = 0.0  # every store's positions (monotonic)
+        self._commits = OffsetCommits(self.processors, _describe)
         # A release's slices: the partition the next one starts at (its index among the
         # processors), and the acks of those sent, oldest first.
         self._release_next = 0
@@ -258,9 +254,6 @@ class Service:
         self._restore_wanted = anyio.Event()
         self._restore_scope: anyio.CancelScope | None = None
         self._restore_done = anyio.Event()
-        # Per input partition: the next offset after each slice processed -> the key and
-        # timestamp of its last message, for the mark of the offset a commit saves.
-        self._input_marks: dict[tuple[str, int], dict[int, tuple[bytes | None, int]]] = {}
         # A broker outage: since when (None: none), sessions tried, last said (monotonic)
         self._outage_since: float | None = None
         self._outage_tries = 0
@@ -639,7 +632,7 @@ class Service:
             await self._reading.track_unread(cons, self.processors)
             releasing = await self._release_held()
             self._housekeeping()
-            if time.monotonic() - self._committed_at >= COMMIT_EVERY_S:
+            if self._commits.due:
                 await self._commit(cons, every_store=False)
                 self._observe_lag(cons)
             if self._on_progress is not None and time.monotonic() - last_progress >= 0.5:
@@ -780,11 +773,7 @@ class Service:
             for slot, proc, chunk in group:
                 if self.processors.get(slot) is not proc:
                     continue  # revoked meanwhile: its owner reads on
-                marks = self._input_marks.setdefault(slot, {})
-                last = chunk[-1]
-                marks[last.offset + 1] = (last.key, last.timestamp)
-                if len(marks) > INPUT_MARKS:
-                    del marks[next(iter(marks))]
+                self._commits.decided(slot, chunk[-1])
                 effects = proc.process(chunk, self.clock())
                 self._count(effects)
                 items.append((proc, effects))
@@ -886,102 +875,9 @@ class Service:
             log.debug("pruned %d deletion markers past their grace", pruned)
 
     async def _commit(self, cons: AIOKafkaConsumer, *, every_store: bool = True) -> bool:
-        """Commit the settled input offsets of the partitions this instance owns, and
-        checkpoint their stores' changelog positions, one store write per partition.
-
-        ``every_store=False`` (the loop's commit, once a second): only the stores written
-        since the last commit are checkpointed, the others every ``CHECKPOINT_ALL_EVERY_S``.
-        With 144 partitions on one instance every commit wrote each store twice (its
-        positions, then its input offset's mark), and those 288 writes stalled the loop
-        and the timers for ~0.1 s a second (bench.e2e_partitions, py-spy: 11 % of the
-        service's samples). An idle store's position only lags behind others' messages on
-        the changelog partition it shares: a crash costs re-reading them, no more."""
+        """Commit what is settled (:class:`~stream_expiry.commits.OffsetCommits`)."""
         assert self._outbox is not None
-        outbox = self._outbox
-        metas = self._checkpoints(outbox, every_store)
-        committable = outbox.committable
-        owned = {
-            TopicPartition(t, p): o
-            for (t, p), o in committable.items()
-            if (t, p) in self.processors
-        }
-        committable.clear()
-        self._committed_at = time.monotonic()
-        committed = not owned or await self._commit_offsets(cons, owned)
-        if owned and committed:
-            self._mark_committed(owned, metas)
-        for slot, meta in metas.items():
-            proc = self.processors.get(slot)
-            if proc is not None:
-                proc.store.set_meta(meta)
-        return committed
-
-    def _checkpoints(
-        self, outbox: Outbox, every_store: bool
-    ) -> dict[tuple[str, int], dict[str, int]]:
-        """The changelog positions to save, per input partition (see :meth:`_commit`)."""
-        written = outbox.take_written()
-        now = time.monotonic()
-        if every_store or now - self._checkpointed_at >= CHECKPOINT_ALL_EVERY_S:
-            self._checkpointed_at = now
-            slots = list(self.processors)
-        else:
-            slots = [slot for slot in written if slot in self.processors]
-        metas: dict[tuple[str, int], dict[str, int]] = {}
-        for slot in slots:
-            proc = self.processors[slot]
-            moved = proc.checkpoint_meta(outbox.runs(proc))
-            if moved:
-                metas[slot] = moved
-        return metas
-
-    async def _commit_offsets(
-        self, cons: AIOKafkaConsumer, owned: dict[TopicPartition, int]
-    ) -> bool:
-        """Commit ``owned``; on a failure keep the offsets for the next commit, say so and
-        return False."""
-        failed: str | None = None
-        try:
-            # Bounded: aiokafka retries a commit without end while the cluster does not know
-            # the topic (one rebuilt after a loss), and the loop, a revocation and a stop
-            # all waited on it while /readyz said ready.
-            with anyio.fail_after(COMMIT_TIMEOUT_S):
-                await cons.commit(owned)
-        except CommitFailedError:
-            # Its text is several lines of advice about slow processing; here the group
-            # moved on (a rebalance, or the broker was away).
-            failed = "the group rebalanced meanwhile"
-        except KafkaError as exc:
-            failed = _describe(exc)
-        except TimeoutError:
-            failed = f"no answer within {COMMIT_TIMEOUT_S:.0f} s"
-        if failed is None:
-            return True
-        # Only re-reading is at stake: the offsets come again with the next commit.
-        log.warning("offset commit failed, retried with the next one: %s", failed)
-        assert self._outbox is not None
-        committable = self._outbox.committable
-        for tp, offset in owned.items():
-            slot = (tp.topic, tp.partition)
-            committable[slot] = max(committable.get(slot, 0), offset)
-        return False
-
-    def _mark_committed(
-        self, owned: dict[TopicPartition, int], metas: dict[tuple[str, int], dict[str, int]]
-    ) -> None:
-        """Mark the message before each committed offset, in the meta its partition's
-        store is written with: a commit made into a cluster rebuilt meanwhile is found out
-        at the next assignment (_position), not trusted to skip the new cluster's
-        messages."""
-        for tp, offset in owned.items():
-            slot = (tp.topic, tp.partition)
-            marks = self._input_marks.get(slot, {})
-            mark = marks.get(offset)
-            if mark is not None and slot in self.processors:
-                meta = metas.setdefault(slot, {})
-                meta.update(position_marks(input_position_name(*slot), offset - 1, *mark))
-            for seen in [o for o in marks if o <= offset]:
-                del marks[seen]
+        return await self._commits.commit(cons, self._outbox, every_store=every_store)
 
     # -- partitions -------------------------------------------------------------------------
 
@@ -1344,7 +1240,7 @@ class Service:
             for slot in mine:
                 self._suspended[slot] = self.processors.pop(slot)
                 self._reading.forget(slot)
-                self._input_marks.pop(slot, None)
+                self._commits.forget(slot)
                 if self.metrics is not None:
                     self.metrics.forget_partition(*slot)
             self.stats.assigned_partitions = len(self.processors)

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+from stream_expiry import commits as commits_module
 from stream_expiry import service as service_module
 from stream_expiry.codec import H_DELETED_AT, H_DETAIL, H_ERROR, H_REASON, H_TOPIC
 from stream_expiry.holds import Hold, encode_hold
@@ -294,7 +295,7 @@ async def test_an_offset_commit_the_cluster_cannot_take_is_given_up_not_waited_f
     """A cluster rebuilt after a loss does not know the topic yet: aiokafka retried the
     commit without end, and the loop, the revocation and the stop all waited on it while
     /readyz said ready (an SRE trial: two minutes, until the liveness probe)."""
-    monkeypatch.setattr(service_module, "COMMIT_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(commits_module, "COMMIT_TIMEOUT_S", 1.0)
     config = config_for(topics, str(tmp_path / "state"), RETENTION)
     async with running_service(config, broker) as service:
         assert service._outbox is not None
@@ -304,7 +305,7 @@ async def test_an_offset_commit_the_cluster_cannot_take_is_given_up_not_waited_f
         # This commit alone: the loop's own, once a second, and a rebalance's (the deleted
         # topic starts one) would take the offsets first, and keep them only after their
         # own timeout (a failure seen under CI's load, round 28).
-        service._committed_at = math.inf
+        service._commits.committed_at = math.inf
         async with service._deciding:
             outbox.committable[gone] = 7
             admin = AIOKafkaAdminClient(bootstrap_servers=broker)

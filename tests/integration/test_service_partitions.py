@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from stream_expiry import commits as commits_module
 from stream_expiry import service as service_module
 from stream_expiry.holds import Hold, encode_hold
 from stream_expiry.outbox import Outbox
@@ -56,7 +57,7 @@ async def test_a_commit_writes_only_the_store_that_settled_something_once(
     changelog positions and its input offset's mark together), and none of the stores
     that share its changelog partition and did nothing. Before, the commit wrote the busy
     store twice and each idle one sharing the changelog partition once."""
-    monkeypatch.setattr(service_module, "CHECKPOINT_ALL_EVERY_S", 3600.0)
+    monkeypatch.setattr(commits_module, "CHECKPOINT_ALL_EVERY_S", 3600.0)
     config = config_for(topics, str(tmp_path / "state"), FAR)
     writes: Counter[tuple[str, int]] = Counter()
     async with running_service(config, broker) as service:
@@ -76,8 +77,8 @@ async def test_a_commit_writes_only_the_store_that_settled_something_once(
         (busy,) = marked()
         assert busy[0] == topics.conversations
         # Another commit or two with nothing new: nothing more is written.
-        committed = service._committed_at
-        await wait_for(lambda: service._committed_at > committed + 1.0, timeout_s=10)
+        committed = service._commits.committed_at
+        await wait_for(lambda: service._commits.committed_at > committed + 1.0, timeout_s=10)
         assert dict(writes) == {busy: 1}
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 from aiokafka.protocol.admin import CreateTopicsResponse_v3
 
+from stream_expiry.commits import COMMIT_TIMEOUT_S
 from stream_expiry.config import ConfigError, parse_config
 from stream_expiry.errors import BrokerError, ConfigurationError
 from stream_expiry.kafka import PRODUCER_REQUEST_TIMEOUT_MS, check_created, client_options
@@ -25,7 +26,7 @@ from stream_expiry.kafka_settings import (
     security_from_environment,
     topic_configs,
 )
-from stream_expiry.service import COMMIT_TIMEOUT_S, Service
+from stream_expiry.service import Service
 
 if TYPE_CHECKING:
     from pathlib import Path
