@@ -91,9 +91,15 @@ class Current:
 
 
 async def read_current(
-    bootstrap: Brokers, topic: str, kv: RocksKV, progress: Progress | None = None
+    bootstrap: Brokers,
+    topic: str,
+    kv: RocksKV,
+    progress: Progress | None = None,
+    *,
+    ends: dict[int, int] | None = None,
 ) -> tuple[Current, int]:
-    """Stream ``topic`` into ``kv``: the latest value per key, as compaction would keep."""
+    """Stream ``topic`` into ``kv``: the latest value per key, as compaction would keep.
+    ``ends``, if given, is filled as by :func:`read_latest`."""
     # The packed head of a value depends only on its partition and its source headers,
     # which repeat for every stamp of an input partition: packed once (nulls carry one
     # more header, with a time: those are packed each).
@@ -110,7 +116,7 @@ async def read_current(
                 heads[slot] = head
         return head + b"\x01" + value
 
-    read = await read_latest(bootstrap, topic, kv, pack, progress)
+    read = await read_latest(bootstrap, topic, kv, pack, progress, ends=ends)
     return Current(kv), read
 
 
@@ -126,14 +132,16 @@ async def read_latest(
     progress: Progress | None = None,
     *,
     partitions: Collection[int] | None = None,
+    ends: dict[int, int] | None = None,
 ) -> int:
     """Stream ``topic`` into ``kv``, keyed by message key, the last message of a key winning:
     ``fold(partition, offset, headers, key, value)`` says what to keep of each message
     (None: the key is dropped). Only ``partitions`` are read, if given (a key is on one partition
     only, so each share of the partitions holds whole keys). Returns how many messages
-    were read."""
+    were read. ``ends``, if given, is filled with the offset each partition was read up to
+    (what a writer adds after it is not in ``kv``)."""
     read = 0
-    ends: dict[TopicPartition, int] = {}
+    read_to: dict[TopicPartition, int] = {}
     async with consumer(bootstrap) as cons:
         found = await partitions_of(cons, topic)
         wanted = sorted(found if partitions is None else set(found) & set(partitions))
@@ -145,7 +153,7 @@ async def read_latest(
                 puts: dict[bytes, bytes] = {}
                 drops: set[bytes] = set()
                 for part in fetched:
-                    ends[part.tp] = part.end
+                    read_to[part.tp] = part.end
                     partition = part.tp.partition
                     for rec in part:
                         read += 1
@@ -160,7 +168,9 @@ async def read_latest(
                             puts[key] = kept  # written after the drops: a later put wins
                 kv.apply(puts, [k for k in drops if k not in puts])
                 if progress is not None:
-                    progress.total = sum(ends.values())  # known after the first answers
+                    progress.total = sum(read_to.values())  # known after the first answers
                 bar(read)
         bar(read, final=True)
+    if ends is not None:
+        ends.update({tp.partition: end for tp, end in read_to.items()})
     return read

@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -44,6 +45,7 @@ from stream_expiry.logs import record_ref
 from stream_expiry.outbox import all_acked
 from stream_expiry.policy import PolicyBook, apply_updates
 from stream_expiry.redact import Redactor
+from stream_expiry.replay_mend import mend_superseded
 from stream_expiry.state import PartitionProcessor, PartitionStore, RocksKV
 from stream_expiry.state.kv import scratch_directory
 from stream_expiry.timeutil import format_ts, parse_ts, wall_clock_ms
@@ -116,6 +118,10 @@ class ReplayReport:
     # on ``expiry.stamped``: deleted and compacted away, or not read by the service yet.
     # Left alone, outside the contract's counts.
     unstamped: int = 0
+    # Records a running instance wrote (a null, a newer stamp) after replay read them and
+    # before its stamp landed: that message is published again, the latest once more
+    # (:mod:`stream_expiry.replay_mend`). Outside the contract's counts.
+    superseded: int = 0
     sample: list[Change] = field(default_factory=list)
     states: dict[str, model.Stamp] = field(default_factory=dict)  # only with keep_states
     # Peak RSS in bytes of each worker process that took part (none: this process alone).
@@ -309,6 +315,10 @@ class _Publisher:
         # replay stopped there (stream_expiry.oversize).
         self._limit = oversize.output_limit(prod, topic_limit)
         self._acks: list[Any] = []
+        # This run's mark on its messages: the mending after the publish tells them from
+        # an instance's (and from another replay's).
+        self._mark = (H_REPLAY, uuid.uuid4().hex.encode())
+        self._partitions: set[int] = set()  # written to
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -332,7 +342,7 @@ class _Publisher:
         if self._redactor is not None and data is not None:
             data, removed = self._redactor.redact(state.identity.category, data)
             redacted = tuple(dict.fromkeys((*redacted, *removed)))
-        headers = [(H_REPLAY, b"1")]
+        headers = [self._mark]
         if source is not None:
             headers = [*codec.source_headers(*source), *headers]
         key = state.identity.key.encode()
@@ -352,6 +362,7 @@ class _Publisher:
                 oversize.DATA_DROPPED,
                 extra={"record": record_ref(state.identity.key)},
             )
+        self._partitions.add(partition)
         self._acks.append(
             await self._prod.send(
                 self._topic, key=key, value=value, partition=partition, headers=headers
@@ -363,6 +374,15 @@ class _Publisher:
     async def flush(self) -> None:
         await all_acked(self._acks)
         self._acks = []
+
+    async def finish(self, bootstrap: Brokers, read_ends: Mapping[int, int]) -> int:
+        """Wait for every ack, then mend what a running instance wrote after replay's read
+        (``read_ends``: partition -> where it stopped); returns how many records."""
+        await self.flush()
+        ends = {p: end for p, end in read_ends.items() if p in self._partitions}
+        if not ends:
+            return 0
+        return await mend_superseded(bootstrap, self._prod, self._topic, ends, self._mark)
 
 
 async def replay(
@@ -411,7 +431,8 @@ async def replay(
         kv = RocksKV(os.path.join(work, "current"), durable=False)
         try:
             bar = ProgressBar("stamps", 0, progress) if progress is not None else None
-            current, _read = await read_current(bootstrap, topics.stamped, kv, bar)
+            read_ends: dict[int, int] = {}
+            current, _read = await read_current(bootstrap, topics.stamped, kv, bar, ends=read_ends)
             async with _Publisher.on(
                 bootstrap, topics.stamped, Redactor.from_config(config.redact)
             ) as publisher:
@@ -419,7 +440,7 @@ async def replay(
                 await _from_inputs(
                     config, bootstrap, book, current, work, verdicts, progress=progress
                 )
-                await publisher.flush()
+                report.superseded = await publisher.finish(bootstrap, read_ends)
         finally:
             kv.close()
     return report
@@ -486,8 +507,15 @@ async def replay_share(share: Share, progress: Progress | None = None) -> Replay
                 since_ms=share.since_ms,
                 keep_states=share.keep_states,
             )
+            read_ends: dict[int, int] = {}
             report.events = await read_latest(
-                share.bootstrap, stamped, kv, verdict, progress, partitions=share.partitions
+                share.bootstrap,
+                stamped,
+                kv,
+                verdict,
+                progress,
+                partitions=share.partitions,
+                ends=read_ends,
             )
             if share.dry_run:
                 await _from_stamps(share.config, book, kv, share.verdicts(report, None))
@@ -496,7 +524,7 @@ async def replay_share(share: Share, progress: Progress | None = None) -> Replay
                 share.bootstrap, stamped, Redactor.from_config(share.config.redact)
             ) as publisher:
                 await _from_stamps(share.config, book, kv, share.verdicts(report, publisher))
-                await publisher.flush()
+                report.superseded = await publisher.finish(share.bootstrap, read_ends)
         finally:
             kv.close()
     return report
@@ -738,6 +766,12 @@ async def run_replay(config: Config, bootstrap: Brokers, args: argparse.Namespac
             f"replay: left alone {report.unstamped:,} records of the input topics with no "
             "stamp on expiry.stamped (deleted, their null since compacted away, or not read "
             "by the service yet): replay stamps no record the service has not\n"
+        )
+    if report.superseded:
+        sys.stderr.write(
+            f"replay: {report.superseded:,} records were written by a running instance "
+            "after replay read them (deleted, or moved by an event): they keep the "
+            "instance's message, published again after replay's stamp\n"
         )
     if args.json:
         sys.stdout.write(orjson.dumps(report.counts()).decode() + "\n")

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -22,8 +23,9 @@ from stream_expiry.codec import source_headers
 from stream_expiry.config import parse_config
 from stream_expiry.kafka import key_partition, producer
 from stream_expiry.model import Identity, Stamp, encode_stamp
-from stream_expiry.replay import replay
+from stream_expiry.replay import Share, replay, replay_share
 from stream_expiry.service import wall_clock_ms
+from stream_expiry.testing.processes import spawn_service
 from stream_expiry.timeutil import format_ts
 from tests.conftest import TopicSet, read_all, read_topic
 from tests.integration.service_helpers import (
@@ -37,6 +39,8 @@ from tests.integration.service_helpers import (
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from anyio.abc import Process
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -502,3 +506,98 @@ async def test_a_replay_stopped_by_sigterm_leaves_no_store_in_the_temporary_dire
                 await proc.wait()
     assert code == exits.INTERRUPTED
     assert list(tmp.iterdir()) == []
+
+
+class _EraseOnceRead:
+    """A replay's progress display that, once replay has read ``expiry.stamped`` and
+    before it publishes, has the running instance erase a record and waits for the
+    instance's null: the instance writes between replay's read and its stamps."""
+
+    def __init__(self, broker: str, topics: TopicSet, record_id: str) -> None:
+        self.total = 0
+        self.broker, self.topics, self.record_id = broker, topics, record_id
+
+    def __call__(self, done: int, final: bool = False) -> None:
+        if final:
+            # Replay's event loop waits meanwhile: the instance is a process of its own.
+            thread = threading.Thread(target=anyio.run, args=(self._erase,))
+            thread.start()
+            thread.join()
+
+    async def _erase(self) -> None:
+        key, value = event("conversation", self.record_id, op="delete")
+        await produce(self.broker, [(self.topics.conversations, key, value)])
+        await read_topic(
+            self.broker,
+            self.topics.stamped,
+            until=lambda recs: any(r.key == key and r.value is None for r in recs),
+        )
+
+
+@pytest.mark.timeout(150)
+async def test_replay_leaves_a_null_an_instance_wrote_after_its_read_the_latest_message(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """An instance that runs while replay does erased a record after replay had read its
+    stamp: replay's stamp of it, published later, was its latest message, so the next
+    restore took the deleted record for live and tombstoned it again (a trial: 75 of
+    3,000 records expiring during a replay). Replay now publishes the instance's null
+    again after its stamp; the restored service tombstones nothing twice."""
+    minute = 60_000
+    state = tmp_path / "state"
+    cfg = tmp_path / "service.toml"
+    cfg.write_text(config_text(topics, str(state), '[retention.defaults]\nconversation = "10m"\n'))
+    now = wall_clock_ms()
+    gone, _ = event("conversation", "gone")
+    kept, _ = event("conversation", "kept")
+    started: list[Process] = []
+    try:
+        async with anyio.create_task_group() as tg:
+            svc = await spawn_service(broker, cfg, started)
+            tg.start_soon(svc.follow_log)
+            with anyio.fail_after(60):
+                await svc.ready.wait()
+            await produce(
+                broker,
+                [
+                    (topics.conversations, *event("conversation", rid, ts=now - 8 * minute))
+                    for rid in ("gone", "kept")
+                ],
+            )
+            await read_topic(broker, topics.stamped, until=lambda r: len(r) >= 2)
+            shorter = config_for(topics, str(state), '[retention.defaults]\nconversation = "5m"\n')
+            share = Share(
+                config=shorter,
+                bootstrap=broker,
+                environ={},
+                updates=(),
+                now=wall_clock_ms(),
+                since_ms=None,
+                dry_run=False,
+                sample_size=10,
+                keep_states=False,
+            )
+            report = await replay_share(share, _EraseOnceRead(broker, topics, "gone"))
+            svc.process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(30):
+                assert await svc.process.wait() == 0
+            tg.cancel_scope.cancel()
+    finally:
+        for proc in started:
+            if proc.returncode is None:
+                proc.kill()
+    assert (report.due_now, report.superseded) == (2, 1)  # both were live when read
+    stamped = await read_all(broker, topics.stamped)
+    latest = _latest_stamps(stamped)
+    assert latest[gone] is None  # the instance's null, published again after replay's stamp
+    assert latest[kept] is not None
+    assert [dict(r.headers).get("expiry-reason") for r in stamped if r.key == gone][-1] == (
+        b"explicit"
+    )
+    shutil.rmtree(state)  # restored from the changelog alone
+    async with running_service(shorter, broker):
+        tombs = await read_topic(
+            broker, topics.tombstones, until=lambda r: any(t.key == kept for t in r)
+        )
+    reasons = Counter((t.key, orjson.loads(t.value)["reason"]) for t in tombs)
+    assert reasons == {(gone, "explicit"): 1, (kept, "ttl"): 1}
