@@ -168,7 +168,11 @@ def _lost_connection(exc: BaseException) -> bool:
         | asyncpg.AdminShutdownError  # 57P01: terminated (pg_terminate_backend, a shutdown)
         | asyncpg.CrashShutdownError  # 57P02
         | asyncpg.CannotConnectNowError  # 57P03: starting up or shutting down
-        | asyncpg.TooManyConnectionsError,  # 53300: a restarting server's clients pile up
+        | asyncpg.TooManyConnectionsError  # 53300: a restarting server's clients pile up
+        # A pooled connection the server closed mid-way, taken again: "cannot switch to
+        # state 15; another operation (2) is in progress" (a backend terminated while a
+        # transaction ran; 9 in 20 in a loop of asyncpg alone). Its connection is dropped.
+        | asyncpg.InternalClientError,
     ) or (isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc))
 
 
@@ -575,7 +579,13 @@ class PostgresStore(Store):
         import asyncpg
 
         # TimeoutError: a connect that got no answer (asyncpg's own connect timeout).
-        return (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+        return (
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+            OSError,
+            TimeoutError,
+        )
 
     async def open(self) -> None:
         """Connect a small pool: the sink's transactions and readers (audits, the demo)
@@ -638,6 +648,7 @@ class PostgresStore(Store):
             conn = await pool.acquire()
         except errors as exc:
             raise self._failure(exc, "has no connection") from exc
+        lost = False
         try:
             tx = conn.transaction()
             try:
@@ -658,8 +669,16 @@ class PostgresStore(Store):
                 # A lost connection leaves the commit's outcome unknown: the batch is
                 # applied again, which changes nothing where it was applied.
                 raise self._failure(exc, "could not commit") from exc
+        except StoreUnavailableError:
+            lost = True
+            raise
         finally:
             with anyio.CancelScope(shield=True), contextlib.suppress(*errors):
+                if lost:
+                    # Not given back to the pool as it is: a connection lost mid-way may
+                    # fail the next transaction too, in a state asyncpg cannot leave. (One
+                    # the server closed is back in the pool already, and says so.)
+                    conn.terminate()
                 await pool.release(conn)
 
     def transaction(self) -> contextlib.AbstractAsyncContextManager[StoreTransaction]:
