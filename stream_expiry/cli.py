@@ -48,6 +48,7 @@ from stream_expiry.metrics import version
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
+    from types import FrameType
 
     from stream_expiry.kafka_settings import Connection
 
@@ -100,22 +101,35 @@ def connection_from(args: argparse.Namespace, config: Config) -> Connection:
 
 
 @contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM handled as Ctrl-C, for a command that keeps a temporary store (``replay``,
-    ``status``): Python's default for SIGTERM ends the process on the spot, which left the
-    store, every live stamp with its ``data``, in the temporary directory (erased users'
-    data too, read before their nulls came) until something cleared /tmp. As an
-    interrupt, the command unwinds, removes it, and exits 130 (interrupted). Run outside
-    the main thread (``main()`` called from a thread), it leaves signals alone: only the
-    main thread may set a handler."""
+def _interrupt_at_once() -> Iterator[None]:
+    """SIGTERM handled as Ctrl-C, for a one-shot command (explain, replay, hold, status,
+    history): it unwinds, closes its Kafka clients, removes a temporary store, and exits
+    130 (interrupted).
+
+    Python's default for SIGTERM ends the process on the spot, which left ``replay``'s and
+    ``status``'s temporary store, every live stamp with its ``data``, in the temporary
+    directory (erased users' data too) until something cleared /tmp, and ended ``hold``
+    and ``history`` with 143. Both signals raise KeyboardInterrupt where the command is;
+    Ctrl-C too, as asyncio would have it cancel the main task instead, and a Ctrl-C that
+    the parent has the process ignore (a background job of a script) stays ignored. Run
+    outside the main thread (``main()`` called from a thread), it leaves signals alone:
+    only the main thread may set a handler."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        signal.default_int_handler(signum, frame)
+
+    wanted = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        wanted.append(signal.SIGINT)
+    before = {sig: signal.signal(sig, interrupt) for sig in wanted}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 # -- run ----------------------------------------------------------------------------------
@@ -219,7 +233,7 @@ def _policy_updates(
 
     topic = config.topics.policies
     try:
-        with _library_quiet():
+        with _interrupt_at_once(), _library_quiet():
             return anyio.run(policy_updates, connection_from(args, config), topic)
     except (BrokerError, KafkaError, OSError) as exc:
         raise BrokerError(
@@ -292,7 +306,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from stream_expiry.replay import run_replay
 
     config = load(args)
-    with _terminate_as_interrupt():
+    with _interrupt_at_once():
         return anyio.run(run_replay, config, connection_from(args, config), args)
 
 
@@ -344,7 +358,7 @@ def _cmd_hold(args: argparse.Namespace) -> int:
     from stream_expiry.hold_command import run_hold
 
     config = load(args)
-    with _library_quiet():
+    with _interrupt_at_once(), _library_quiet():
         return anyio.run(run_hold, config, connection_from(args, config), args)
 
 
@@ -384,7 +398,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from stream_expiry.status import run_status
 
     config = load(args)
-    with _terminate_as_interrupt(), _library_quiet():
+    with _interrupt_at_once(), _library_quiet():
         return anyio.run(run_status, config, connection_from(args, config), args)
 
 
@@ -414,7 +428,7 @@ def _cmd_history(args: argparse.Namespace) -> int:
     from stream_expiry.history import run_history
 
     config = load(args)
-    with _library_quiet():
+    with _interrupt_at_once(), _library_quiet():
         return anyio.run(run_history, config, connection_from(args, config), args)
 
 

@@ -494,6 +494,11 @@ async def _started(client: _Client, role: str, conn: Connection) -> AsyncIterato
     except _START_ERRORS as exc:
         await client.stop()
         raise await _start_failure(role, conn, exc) from exc
+    except BaseException:
+        # Interrupted while it connects (Ctrl-C, SIGTERM): closed all the same, or asyncio
+        # says "Unclosed AIOKafkaConsumer" on the way out.
+        await _stop(client, failing=True)
+        raise
     try:
         yield client
     except BaseException:

@@ -1,0 +1,57 @@
+"""Ctrl-C and SIGTERM stop a one-shot command while it connects to Kafka."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.integration]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status"],
+        ["hold", "list"],
+        ["history", "--org", "a", "--category", "conversation", "--record-id", "r"],
+        ["explain", "--org", "a", "--category", "conversation"],
+        ["replay", "--dry-run"],
+    ],
+    ids=lambda c: c[0],
+)
+def test_an_interrupt_stops_a_command_waiting_for_a_broker_that_does_not_answer(
+    command: list[str], sig: signal.Signals
+) -> None:
+    """A broker address that accepts connections and never answers (a load balancer in
+    front of a dead broker), the command waiting for its first answer: SIGTERM ended
+    ``hold`` and ``history`` with 143 (killed), and every command interrupted left
+    asyncio's "Unclosed AIOKafkaConsumer" error on stderr (a trial). Each exits 130
+    (interrupted), its client closed."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stream_expiry", *command, "--bootstrap-servers",
+             f"127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            listener.settimeout(30)
+            accepted, _ = listener.accept()
+            with accepted:
+                accepted.settimeout(30)
+                assert accepted.recv(4)  # its first request: it waits for the answer now
+                proc.send_signal(sig)
+                _, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 130, err.decode()
+    assert b"Unclosed" not in err, err.decode()
