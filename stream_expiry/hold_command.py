@@ -130,7 +130,7 @@ async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -
                 ),
             ]
             await all_acked(acks)
-            print(hold.hold_id)
+            print(printable(hold.hold_id))
             return 0
         book = await read_holds(config, brokers)
         existing = book.get(args.hold_id)
@@ -150,5 +150,5 @@ async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -
             ),
         ]
         await all_acked(acks)
-        print(f"released {args.hold_id}")
+        print(f"released {printable(args.hold_id)}")
         return 0

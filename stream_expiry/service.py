@@ -322,7 +322,8 @@ class Service:
             why = "it is not a directory" if isinstance(exc, FileExistsError) else exc.strerror
             raise StoreError(
                 f"the state directory {str(state_dir)!r} cannot be used: {why or exc}; "
-                "give a writable directory (--state-dir, or state_dir in the config file)"
+                "give a writable directory (--state-dir, $STREAM_EXPIRY_STATE_DIR, or state_dir in "
+                "the config file)"
             ) from exc
         return state_dir
 

@@ -447,7 +447,7 @@ async def test_hold_list_prints_what_a_producer_chose_without_driving_the_termin
     common, _config = _setup(broker, topics, tmp_path, RETENTION)
     assert await _cli("hold", "place", *common, "--org", "acme\x1b]0;title\x07",
                       "--reason", "x\x1b[2J\nfake line", "--id", "h\x1b[31m") == 0  # fmt: skip
-    capsys.readouterr()
+    assert capsys.readouterr().out == "h\\x1b[31m\n"  # the id placed, escaped too
     assert await _cli("hold", "list", *common) == 0
     out = capsys.readouterr().out
     assert re.fullmatch(
