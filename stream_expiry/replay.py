@@ -122,6 +122,10 @@ class ReplayReport:
     # before its stamp landed: that message is published again, the latest once more
     # (:mod:`stream_expiry.replay_mend`). Outside the contract's counts.
     superseded: int = 0
+    # Stamps whose expiry the policy leaves as it is, from whose data the replay's
+    # ``[redact]`` rules remove something: published again without it (a rule added
+    # since they were written), and counted ``unchanged``. Outside the contract's counts.
+    redacted: int = 0
     sample: list[Change] = field(default_factory=list)
     states: dict[str, model.Stamp] = field(default_factory=dict)  # only with keep_states
     # Peak RSS in bytes of each worker process that took part (none: this process alone).
@@ -236,6 +240,13 @@ class _Rederive:
         return base + res.ttl_ms, res.ttl_ms, res.source
 
 
+def redacts(redactor: Redactor | None, body: Any) -> bool:
+    """Whether ``redactor`` removes something from the data of the stamp ``body``."""
+    if redactor is None or body is None:
+        return False
+    return bool(redactor.redact(body.get("category") or "", body.get("data"))[1])
+
+
 def _classify(old: int | None, new: int | None, has_stamp: bool, now: int) -> str | None:
     if has_stamp and new == old:
         return None
@@ -260,6 +271,7 @@ class _Verdicts:
     dry_run: bool
     sample_size: int
     keep_states: bool
+    redactor: Redactor | None = None  # the replay's rules (None: none)
 
     def wanted(self, created_at: int | None) -> bool:
         return self.since_ms is None or (created_at or 0) >= self.since_ms
@@ -280,6 +292,12 @@ class _Verdicts:
         report.records += 1
         if kind is None:
             report.unchanged += 1
+            if redacts(self.redactor, body):
+                # A rule added since the stamp was written: its expiry stands, its data
+                # is published again without what the rule removes.
+                report.redacted += 1
+                if not self.dry_run and self.publisher is not None:
+                    await self.publisher.add(partition, source, new, body)
         else:
             setattr(report, kind, getattr(report, kind) + 1)
             if len(report.sample) < self.sample_size:
@@ -491,7 +509,12 @@ class Share:
             self.dry_run,
             self.sample_size,
             self.keep_states,
+            self.redactor(),
         )
+
+    def redactor(self) -> Redactor | None:
+        """The replay's own ``[redact]`` rules (None: none)."""
+        return Redactor.from_config(self.config.redact) or None
 
 
 async def replay_share(share: Share, progress: Progress | None = None) -> ReplayReport:
@@ -506,6 +529,7 @@ async def replay_share(share: Share, progress: Progress | None = None) -> Replay
                 _Rederive(book, share.config.sliding),
                 since_ms=share.since_ms,
                 keep_states=share.keep_states,
+                redactor=share.redactor(),
             )
             read_ends: dict[int, int] = {}
             report.events = await read_latest(
@@ -539,10 +563,18 @@ class _Verdict:
     streams keeps the temporary store to a byte per record instead of a copy of the topic.
     """
 
-    def __init__(self, rederive: _Rederive, *, since_ms: int | None, keep_states: bool) -> None:
+    def __init__(
+        self,
+        rederive: _Rederive,
+        *,
+        since_ms: int | None,
+        keep_states: bool,
+        redactor: Redactor | None = None,
+    ) -> None:
         self.rederive = rederive
         self.since_ms = since_ms
         self.keep_states = keep_states
+        self.redactor = redactor
 
     def __call__(
         self, partition: int, _offset: int, headers: Any, key: bytes, value: bytes | None
@@ -564,7 +596,7 @@ class _Verdict:
             expires = self.rederive.expiry(key, body, created)[0]
         except ValueError:
             return None  # not a stamp of ours
-        if expires == old and not self.keep_states:
+        if expires == old and not self.keep_states and not redacts(self.redactor, body):
             return UNCHANGED
         return Current.pack(partition, headers, value)
 
@@ -767,6 +799,14 @@ async def run_replay(config: Config, bootstrap: Brokers, args: argparse.Namespac
             "stamp on expiry.stamped (deleted, their null since compacted away, or not read "
             "by the service yet): replay stamps no record the service has not\n"
         )
+    if report.redacted:
+        sys.stderr.write(
+            f"replay: {report.redacted:,} stamps whose expiry stands hold data the [redact] "
+            "rules remove: "
+            + ("a replay without --dry-run publishes them again without it (they count as "
+               "unchanged)\n" if args.dry_run else "published again without it (they count as "
+               "unchanged)\n")
+        )  # fmt: skip
     if report.superseded:
         sys.stderr.write(
             f"replay: {report.superseded:,} records were written by a running instance "

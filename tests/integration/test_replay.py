@@ -601,3 +601,37 @@ async def test_replay_leaves_a_null_an_instance_wrote_after_its_read_the_latest_
         )
     reasons = Counter((t.key, orjson.loads(t.value)["reason"]) for t in tombs)
     assert reasons == {(gone, "explicit"): 1, (kept, "ttl"): 1}
+
+
+async def test_replay_publishes_again_the_stamps_a_new_redact_rule_removes_data_from(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A ``[redact]`` rule added after the stamps were written, the policy unchanged:
+    replay found every expiry unchanged and published nothing, so every stamp kept the
+    field (a trial: 1,000 of 1,000). It publishes again the stamps the rule removes
+    something from, counted ``unchanged`` (their expiry stands), and a second replay finds
+    nothing left to remove."""
+    created = wall_clock_ms() - 60_000
+    async with producer(broker) as prod:
+        for rid, data in (("r1", {"email": "a@example.com", "k": 1}), ("r2", {"k": 2})):
+            identity = Identity("acme", "_", "live", "conversation", rid)
+            value = encode_stamp(
+                Stamp(identity, created, created + 3_600_000, 3_600, "default"), data, ()
+            )
+            await (await prod.send(topics.stamped, key=identity.key.encode(), value=value))
+    rules = '\n[redact]\nconversation = ["email"]\n'
+    config = config_for(topics, str(tmp_path / "state"), LONG + rules)
+    dry = await replay(config, broker, environ={}, dry_run=True)
+    assert (dry.unchanged, dry.redacted) == (2, 1)
+    assert len(await read_all(broker, topics.stamped)) == 2  # the dry run published nothing
+    applied = await replay(config, broker, environ={}, dry_run=False)
+    assert applied.counts() == dry.counts()
+    assert applied.redacted == 1
+    latest = _latest_stamps(await read_all(broker, topics.stamped))
+    bodies = {orjson.loads(v)["record_id"]: orjson.loads(v) for v in latest.values() if v}
+    assert bodies["r1"]["data"] == {"k": 1}
+    assert bodies["r1"]["redacted"] == ["email"]
+    assert bodies["r1"]["expires_at"] == format_ts(created + 3_600_000)  # its expiry stands
+    assert bodies["r2"]["data"] == {"k": 2}
+    again = await replay(config, broker, environ={}, dry_run=True)
+    assert (again.unchanged, again.redacted) == (2, 0)
