@@ -730,6 +730,14 @@ class PostgresStore(Store):
         rows = await self._fetch(f"SELECT count(*) FROM {self._n.deletions}")
         return int(rows[0][0])
 
+    async def is_empty(self) -> bool:
+        n = self._n
+        rows = await self._fetch(
+            f"SELECT EXISTS (SELECT 1 FROM {n.records}) OR EXISTS (SELECT 1 FROM {n.deletions}) "
+            f"OR EXISTS (SELECT 1 FROM {n.receipts})"
+        )
+        return not rows[0][0]
+
     async def drop_schema(self) -> None:
         """Drop the whole schema (tests use one schema each); refuses ``public``."""
         if self.schema == "public":

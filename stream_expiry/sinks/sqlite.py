@@ -510,3 +510,11 @@ class SQLiteStore(Store):
     async def count_markers(self) -> int:
         rows = await self._fetch(f"SELECT count(*) FROM {self.prefix}deletions")
         return int(rows[0][0])
+
+    async def is_empty(self) -> bool:
+        p = self.prefix
+        rows = await self._fetch(
+            f"SELECT EXISTS (SELECT 1 FROM {p}records) OR EXISTS (SELECT 1 FROM {p}deletions) "
+            f"OR EXISTS (SELECT 1 FROM {p}receipts)"
+        )
+        return not rows[0][0]

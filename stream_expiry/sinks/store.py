@@ -445,6 +445,11 @@ class Store(abc.ABC):
     async def count_markers(self) -> int:
         """How many deletion markers the store holds (what it remembers of deleted lives)."""
 
+    @abc.abstractmethod
+    async def is_empty(self) -> bool:
+        """Whether the store holds nothing at all: no row, no marker, no receipt (a store
+        just created; cheap whatever its size)."""
+
     async def __aenter__(self) -> Self:
         await self.open()
         return self
@@ -585,3 +590,6 @@ class MemoryStore(Store):
 
     async def count_markers(self) -> int:
         return len(self.markers)
+
+    async def is_empty(self) -> bool:
+        return not (self.rows or self.markers or self.outbox)

@@ -768,3 +768,40 @@ async def test_receipts_go_in_record_batches_the_receipts_topic_takes(
     sizes = await record_batch_sizes(broker, topics.receipts)
     assert sum(sizes) > 4 * limit  # room for batches over the limit, had there been any
     assert max(sizes) <= limit
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", store_params(["sqlite", "postgres"]))
+async def test_an_empty_store_in_a_group_that_has_read_before_is_warned_about(
+    broker: str, topics: TopicSet, tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second store started with the first one's group (the default group is one a store
+    type) starts where that group left off and shares its partitions: it got none of the
+    stamps before, without a word (a trial). An empty store whose group has committed
+    offsets is warned about; the first store, restarted, is not."""
+    now = wall_clock_ms()
+    stamps = [stamp(ident(f"g{n}"), created_at=now, ttl_ms=HOUR) for n in range(5)]
+    group = f"{topics.prefix}.shared"
+    config = sink_config(broker, topics, group_id=group)
+    warned = "is empty, but the consumer group"
+    async with open_store(kind, tmp_path) as first:
+        with caplog.at_level("WARNING", logger="stream_expiry.sinks"):
+            async with running_sink(first, config) as sink:
+                await produce(broker, topics.stamped, [stamped_msg(s) for s in stamps])
+                await wait_until(_caught_up(first, sink.metrics, len(stamps)), what="the stamps")
+        assert warned not in caplog.text  # an empty store, an unused group
+        async with open_store(kind, tmp_path) as second:
+            with caplog.at_level("WARNING", logger="stream_expiry.sinks"):
+                async with running_sink(second, config):
+                    with anyio.fail_after(20):
+                        while warned not in caplog.text:  # noqa: ASYNC110 - the sink's log
+                            await anyio.sleep(0.05)
+        assert f"consumer group {group!r} has read" in caplog.text
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="stream_expiry.sinks"):
+            async with running_sink(first, config) as sink:
+                late = stamp(ident("late"), created_at=now, ttl_ms=HOUR)
+                await produce(broker, topics.stamped, [stamped_msg(late)])
+                # Read after the start's check: the check is done.
+                await wait_until(_metric(sink.metrics, "messages_total", 1), what="a message")
+        assert warned not in caplog.text  # the store holds what the group read
