@@ -367,6 +367,8 @@ class _Planner:
             if not archived(row, c.archived):
                 self.out.kept_for_archive += 1
                 return
+            if c.archived_by_cutoff is not None and not archived(row, c.archived_by_cutoff):
+                return  # archived within the grace: its ttl tombstone is on its way
             slot.row = None
             self.remember(
                 slot, c.identity, life(row.created_at) + 1, row.created_at, None, row.expires_at

@@ -138,12 +138,16 @@ class SweepChange:
     ``archived`` (``[archive] required``): the archive group's committed offset per
     partition of ``expiry.stamped``; the row goes only if the stamp it was written from
     lies below it (see :func:`~stream_expiry.sinks._logic.archived`). None: no archive is
-    waited for.
+    waited for. ``archived_by_cutoff``: the offsets the archive had committed by
+    ``cutoff`` (None: the same as ``archived``); a row archived since is spared too,
+    silently: the service tombstones it once the archive has it, and had less than the
+    grace to.
     """
 
     identity: Identity
     cutoff: int
     archived: Mapping[int, int] | None = None
+    archived_by_cutoff: Mapping[int, int] | None = None
 
 
 Change = StampChange | TombstoneChange | NullChange | SweepChange

@@ -370,6 +370,7 @@ class Store(abc.ABC):
         spare: Callable[[Identity], bool] | None = None,
         after: SweepPosition | None = None,
         archived: Mapping[int, int] | None = None,
+        archived_by_cutoff: Mapping[int, int] | None = None,
     ) -> SweepPage:
         """Look at up to ``limit`` rows that expired at or before ``cutoff_ms``, from just
         after ``after``, and delete those ``spare`` does not keep (reason sweep).
@@ -385,13 +386,17 @@ class Store(abc.ABC):
         ``archived`` (``[archive] required``): the archive group's committed offset per
         partition of ``expiry.stamped``; a row whose stamp lies at or beyond it is kept
         (:func:`~stream_expiry.sinks._logic.archived`), and the pages go on past it.
+        ``archived_by_cutoff``: the offsets it had committed by ``cutoff_ms``; a row
+        archived since is spared, not counted as kept for the archive.
         """
         async with self.transaction() as tx:
             rows, late = await tx.due(cutoff_ms, limit, after)
             looked = [i for _, i in rows if spare is None or not spare(i)]
             idents = list(dict.fromkeys([*looked, *late]))
             state = await tx.load(idents[:limit], data=False) if idents else {}
-            changes = [SweepChange(i, cutoff_ms, archived) for i in idents[:limit]]
+            changes = [
+                SweepChange(i, cutoff_ms, archived, archived_by_cutoff) for i in idents[:limit]
+            ]
             out = plan(changes, state, store=self.name, now_ms=now_ms, new_id=self._new_id)
             await tx.write(out)
         next_from = (rows[-1][0], rows[-1][1].parts()) if len(rows) >= limit else None

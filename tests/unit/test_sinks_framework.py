@@ -5,6 +5,7 @@ store transaction, then receipts and compacted nulls acknowledged, then the offs
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ from stream_expiry.logs import record_ref
 from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
 from stream_expiry.murmur2 import partition_for
 from stream_expiry.sinks._messages import Marker, decode_stamped, decode_tombstone
-from stream_expiry.sinks.framework import BatchReport, Sink, SinkConfig, _Decoded
+from stream_expiry.sinks.framework import BatchReport, Sink, SinkConfig, _Decoded, archived_by
 from stream_expiry.sinks.postgres import PostgresStore
 from stream_expiry.sinks.store import MemoryStore, StoreUnavailableError
 from tests.log_capture import captured_logs
@@ -896,3 +897,18 @@ async def test_pruning_rolls_along_the_markers_and_hurries_only_through_a_backlo
     remaining = {i.record_id for i in store.markers}
     assert ("m30" in remaining, "m50" in remaining) == (False, True)
     assert sink.metrics["markers_pruned_total"] == 27
+
+
+def test_the_archives_offsets_by_a_cutoff_are_the_last_reading_made_by_then() -> None:
+    """The sweep judges rows by what the archive had written by its cutoff (W less the
+    grace), from the readings it made: the last one at or before the cutoff, older ones
+    dropped; none that old, nothing counts as archived by then."""
+    seen: collections.deque[tuple[int, dict[int, int]]] = collections.deque(
+        [(100, {0: 1}), (200, {0: 5}), (300, {0: 9})]
+    )
+    assert archived_by(seen, 99) == {}
+    assert list(seen) == [(100, {0: 1}), (200, {0: 5}), (300, {0: 9})]
+    assert archived_by(seen, 250) == {0: 5}
+    assert [at for at, _ in seen] == [200, 300]  # the reading before 200 is not needed again
+    assert archived_by(seen, 300) == {0: 9}
+    assert list(seen) == [(300, {0: 9})]

@@ -541,6 +541,25 @@ def test_with_an_archive_required_the_sweep_takes_only_rows_the_archive_has() ->
     assert w.row() is None
 
 
+def test_a_row_archived_since_the_cutoff_is_left_to_the_services_tombstone() -> None:
+    """After an archive outage longer than the grace, the rows the archive just wrote are
+    past the cutoff at once: the service tombstones them (ttl) as soon as it sees them
+    archived, and the sweep must not race it with a ``sweep`` receipt. A row archived by
+    the cutoff is the sweep's; one not archived at all is kept and counted, as before."""
+    w, s = World(), life()
+    w.apply([st_change(s, {"text": "hi"}, offset=7)])
+    cutoff = T0 + 20 * MIN
+    p = w.apply([SweepChange(A, cutoff, {0: 8}, {0: 7})])  # archived since the cutoff
+    assert (p.swept, p.kept_for_archive, p.receipts) == (0, 0, [])
+    p = w.apply([SweepChange(A, cutoff, {0: 8}, {})])  # no reading that old: spared too
+    assert (p.swept, p.kept_for_archive) == (0, 0)
+    p = w.apply([SweepChange(A, cutoff, {0: 7}, {})])  # not archived: kept, and counted
+    assert (p.swept, p.kept_for_archive) == (0, 1)
+    p = w.apply([SweepChange(A, cutoff, {0: 9}, {0: 8})])  # archived by the cutoff
+    assert (p.swept, p.kept_for_archive) == (1, 0)
+    assert w.row() is None
+
+
 def test_with_an_archive_required_a_row_of_unknown_position_is_never_swept() -> None:
     """A row whose stamp's position the store does not know cannot be shown archived."""
     w, s = World(), life()
