@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import random
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
@@ -254,8 +253,10 @@ class Outbox:
             for state, reason, hold_ids in effects.deferred:
                 value = codec.encode_deferral(state, reason, hold_ids, now_ms)
                 await out.add(audit, state.identity.key.encode(), value, now_ms, source)
+        # Beside the input partition, as every output: a partition's dead letters keep its
+        # order (they went to a random partition, and one record's arrived out of order).
+        dlq = (t.dlq, codec.output_partition(proc.partition, self._partitions[t.dlq]))
         for rec, why in effects.dead_letters:
-            dlq = (t.dlq, random.randrange(self._partitions[t.dlq]))
             letter_key, letter, headers, cut = oversize.fit_dead_letter(
                 rec.key, rec.value, codec.dead_letter_headers(rec, why), self._limit
             )

@@ -100,6 +100,10 @@ async def test_bad_inputs_go_to_the_dead_letter_topic_and_the_service_goes_on(
         assert headers["expiry-source-topic"].decode() == topics.conversations
         assert int(headers["expiry-source-offset"]) >= 0
         assert by_value[value].key.startswith(b"k")  # the original key, unchanged
+        # Beside its input partition (both topics have two), so one partition's dead
+        # letters keep their order.
+        assert by_value[value].partition == int(headers["expiry-source-partition"])
+    assert len({rec.partition for rec in dead}) == 2  # the keys spread over both
 
 
 async def test_explicit_delete_of_an_unseen_record_reaches_the_stores(
