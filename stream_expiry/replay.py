@@ -801,11 +801,10 @@ async def run_replay(config: Config, bootstrap: Brokers, args: argparse.Namespac
         )
     if report.redacted:
         sys.stderr.write(
-            f"replay: {report.redacted:,} stamps whose expiry stands hold data the [redact] "
-            "rules remove: "
-            + ("a replay without --dry-run publishes them again without it (they count as "
-               "unchanged)\n" if args.dry_run else "published again without it (they count as "
-               "unchanged)\n")
+            f"replay: {report.redacted:,} stamps hold data the [redact] rules remove (their "
+            "expiry stands): "
+            + ("a replay without --dry-run publishes them again without it\n" if args.dry_run
+               else "published again without it, and counted unchanged\n")
         )  # fmt: skip
     if report.superseded:
         sys.stderr.write(
