@@ -53,7 +53,7 @@ from stream_expiry.workers import give_back_freed_memory
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import AsyncIterator, Callable, Mapping
+    from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
     from aiokafka import AIOKafkaConsumer
 
@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from stream_expiry.config import Config
     from stream_expiry.kafka_settings import Brokers
     from stream_expiry.policy import Resolution
+    from stream_expiry.state import KeyValue
 
 log = logging.getLogger("stream_expiry.replay")
 
@@ -325,6 +326,7 @@ class _Publisher:
         redactor: Redactor | None = None,
         *,
         topic_limit: int | None = None,
+        published: KeyValue | None = None,
     ) -> None:
         self._prod, self._topic = prod, topic
         self._redactor = redactor if redactor else None  # an empty one removes nothing
@@ -337,18 +339,26 @@ class _Publisher:
         # an instance's (and from another replay's).
         self._mark = (H_REPLAY, uuid.uuid4().hex.encode())
         self._partitions: set[int] = set()  # written to
+        # The keys published, on disk (a replay may publish millions), for the mending; a
+        # publisher without it does not mend.
+        self._published = published
+        self._keys: list[bytes] = []  # published, not yet in ``_published``
 
     @classmethod
     @contextlib.asynccontextmanager
     async def on(
-        cls, bootstrap: Brokers, topic: str, redactor: Redactor | None
+        cls,
+        bootstrap: Brokers,
+        topic: str,
+        redactor: Redactor | None,
+        published: KeyValue | None = None,
     ) -> AsyncIterator[_Publisher]:
         """A publisher to ``topic`` with a producer of its own, held to the topic's
         ``max.message.bytes`` as the broker says: each stamp, and each record batch of
         them (:func:`~stream_expiry.kafka.batch_bytes`)."""
         limits = await message_limits(bootstrap, [topic])
         async with producer(bootstrap, max_batch_size=batch_bytes(limits.values())) as prod:
-            yield cls(prod, topic, redactor, topic_limit=limits.get(topic))
+            yield cls(prod, topic, redactor, topic_limit=limits.get(topic), published=published)
 
     async def add(
         self, partition: int, source: tuple[str, int] | None, state: model.Stamp, body: Any
@@ -381,6 +391,7 @@ class _Publisher:
                 extra={"record": record_ref(state.identity.key)},
             )
         self._partitions.add(partition)
+        self._keys.append(key)
         self._acks.append(
             await self._prod.send(
                 self._topic, key=key, value=value, partition=partition, headers=headers
@@ -392,15 +403,20 @@ class _Publisher:
     async def flush(self) -> None:
         await all_acked(self._acks)
         self._acks = []
+        if self._published is not None and self._keys:
+            self._published.apply(dict.fromkeys(self._keys, b""), ())
+        self._keys = []
 
     async def finish(self, bootstrap: Brokers, read_ends: Mapping[int, int]) -> int:
         """Wait for every ack, then mend what a running instance wrote after replay's read
         (``read_ends``: partition -> where it stopped); returns how many records."""
         await self.flush()
         ends = {p: end for p, end in read_ends.items() if p in self._partitions}
-        if not ends:
+        if not ends or self._published is None:
             return 0
-        return await mend_superseded(bootstrap, self._prod, self._topic, ends, self._mark)
+        return await mend_superseded(
+            bootstrap, self._prod, self._topic, ends, self._mark, self._published
+        )
 
 
 async def replay(
@@ -451,17 +467,28 @@ async def replay(
             bar = ProgressBar("stamps", 0, progress) if progress is not None else None
             read_ends: dict[int, int] = {}
             current, _read = await read_current(bootstrap, topics.stamped, kv, bar, ends=read_ends)
-            async with _Publisher.on(
-                bootstrap, topics.stamped, Redactor.from_config(config.redact)
-            ) as publisher:
-                verdicts = share.verdicts(report, publisher)
-                await _from_inputs(
-                    config, bootstrap, book, current, work, verdicts, progress=progress
-                )
-                report.superseded = await publisher.finish(bootstrap, read_ends)
+            with _published_keys(work) as published:
+                async with _Publisher.on(
+                    bootstrap, topics.stamped, Redactor.from_config(config.redact), published
+                ) as publisher:
+                    verdicts = share.verdicts(report, publisher)
+                    await _from_inputs(
+                        config, bootstrap, book, current, work, verdicts, progress=progress
+                    )
+                    report.superseded = await publisher.finish(bootstrap, read_ends)
         finally:
             kv.close()
     return report
+
+
+@contextlib.contextmanager
+def _published_keys(work: str) -> Iterator[RocksKV]:
+    """The keys a replay publishes, on disk in its temporary directory, for the mending."""
+    published = RocksKV(os.path.join(work, "published"), durable=False)
+    try:
+        yield published
+    finally:
+        published.close()
 
 
 async def policy_updates(
@@ -544,11 +571,13 @@ async def replay_share(share: Share, progress: Progress | None = None) -> Replay
             if share.dry_run:
                 await _from_stamps(share.config, book, kv, share.verdicts(report, None))
                 return report
-            async with _Publisher.on(
-                share.bootstrap, stamped, Redactor.from_config(share.config.redact)
-            ) as publisher:
-                await _from_stamps(share.config, book, kv, share.verdicts(report, publisher))
-                report.superseded = await publisher.finish(share.bootstrap, read_ends)
+            with _published_keys(work) as published:
+                async with _Publisher.on(
+                    share.bootstrap, stamped, Redactor.from_config(share.config.redact), published
+                ) as publisher:
+                    verdicts = share.verdicts(report, publisher)
+                    await _from_stamps(share.config, book, kv, verdicts)
+                    report.superseded = await publisher.finish(share.bootstrap, read_ends)
         finally:
             kv.close()
     return report

@@ -12,10 +12,16 @@ So once its stamps are acknowledged, replay reads each partition it wrote from w
 read ended: a record whose replay stamp follows a message another writer put there since,
 with no such message after it, gets that message published again, so that it is the
 latest once more (a null ends the record; a newer stamp keeps the service's expiry, as an
-event after a replay does: README, "After replay"). The copies carry replay's mark, so the
-next round, over what came since, can tell them from the writer's own: a message the
-writer put between a round's read and the copy makes the copy stale in turn, and is
-published again by that round. Rounds go on until one finds nothing to mend.
+event after a replay does: README, "After replay"). Every replay's messages carry the
+replay header, copies included: a concurrent replay's stamp is as stale as this one's, so
+it never counts as the other writer's message (which would have this replay publish it
+again over the null). The next round, over what came since, tells this round's copies
+from the writer's own: a message the writer put between a round's read and the copy makes
+the copy stale in turn, and is published again by that round. Rounds go on until one finds
+nothing to mend.
+
+Memory stays bounded: the scan notes only the keys this replay published (kept on disk, in
+``published``) that another writer wrote too, and no values.
 """
 
 from __future__ import annotations
@@ -35,19 +41,23 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
     from stream_expiry.kafka_settings import Brokers
+    from stream_expiry.state import KeyValue
 
 __all__ = ["MAX_ROUNDS", "Superseded", "mend_superseded"]
 
 log = logging.getLogger("stream_expiry.replay")
+
+# (partition, key, value, headers, timestamp) of a message to publish again
+_Message = tuple[TopicPartition, bytes, bytes | None, list[tuple[str, bytes | None]], int]
 
 MAX_ROUNDS = 10  # rounds of checks before replay gives up and says so (each mends what it found)
 
 
 @dataclass
 class Superseded:
-    """One partition's messages after replay's read, in log order: which of replay's own
+    """One partition's messages after replay's read, in log order: which of replay's
     messages another writer's message precedes (in this window) and none follows. Keeps
-    an offset for every key another writer wrote in the window, no values."""
+    an offset for every key it is shown another writer's message of, no values."""
 
     others: dict[bytes, int] = field(default_factory=dict)  # key -> its latest other message
     stale: dict[bytes, int] = field(default_factory=dict)  # key -> the message to publish again
@@ -62,8 +72,8 @@ class Superseded:
             self.stale.pop(key, None)
 
 
-def _ours(headers: Iterable[tuple[str, bytes | None]], mark: tuple[str, bytes]) -> bool:
-    return any(h == mark for h in headers)
+def _replays(headers: Iterable[tuple[str, bytes | None]], name: str) -> bool:
+    return any(h[0] == name for h in headers)
 
 
 async def mend_superseded(
@@ -72,21 +82,32 @@ async def mend_superseded(
     topic: str,
     read_ends: Mapping[int, int],
     mark: tuple[str, bytes],
+    published: KeyValue,
 ) -> int:
     """Publish again, on ``topic``, each message another writer put after ``read_ends``
-    (partition -> the offset replay's read stopped at) that a message marked ``mark``
-    followed; returns how many records were mended."""
+    (partition -> the offset replay's read stopped at) that a replay's message (one with
+    a header named as ``mark``'s) followed, for the keys in ``published``; the copies get
+    ``mark``. Returns how many records were mended."""
     starts = {TopicPartition(topic, p): end for p, end in read_ends.items()}
     mended: set[tuple[int, bytes]] = set()
     for _ in range(MAX_ROUNDS):
         async with consumer(bootstrap) as cons:
-            scans, ends = await _scan(cons, starts, mark)
+            scans, ends = await _scan(cons, starts, mark[0], published)
             wanted = {tp: set(s.stale.values()) for tp, s in scans.items() if s.stale}
             if not wanted:
                 return len(mended)
             copies = await _messages_at(cons, {tp: starts[tp] for tp in wanted}, ends, wanted)
+        missing = sum(len(offsets) for offsets in wanted.values()) - len(copies)
+        if missing:
+            log.warning(
+                "%d messages of %s to publish again after replay's stamps were not found "
+                "again (compacted meanwhile?): run replay again once the instances are "
+                "stopped (README, After replay)",
+                missing,
+                topic,
+            )
         acks = []
-        for tp, key, value, headers in copies:
+        for tp, key, value, headers, timestamp in copies:
             mended.add((tp.partition, key))
             acks.append(
                 await prod.send(
@@ -94,6 +115,7 @@ async def mend_superseded(
                     key=key,
                     value=value,
                     partition=tp.partition,
+                    timestamp_ms=timestamp,
                     headers=[*(h for h in headers if h[0] != mark[0]), mark],
                 )
             )
@@ -108,7 +130,7 @@ async def mend_superseded(
 
 
 async def _scan(
-    cons: Any, starts: Mapping[TopicPartition, int], mark: tuple[str, bytes]
+    cons: Any, starts: Mapping[TopicPartition, int], header: str, published: KeyValue
 ) -> tuple[dict[TopicPartition, Superseded], dict[TopicPartition, int]]:
     scans = {tp: Superseded() for tp in starts}
     ends: dict[TopicPartition, int] = dict(starts)
@@ -117,10 +139,18 @@ async def _scan(
         async for fetched in reader:
             for part in fetched:
                 ends[part.tp] = part.end
+                seen = [
+                    (rec.key, rec.offset, _replays(rec.headers, header))
+                    for rec in part
+                    if rec.key is not None
+                ]
+                others = list({key for key, _, replays in seen if not replays})
+                found = published.multi_get(others)
+                mine = {k for k, v in zip(others, found, strict=True) if v is not None}
                 scan = scans[part.tp]
-                for rec in part:
-                    if rec.key is not None:
-                        scan.see(rec.key, rec.offset, _ours(rec.headers, mark))
+                for key, offset, replays in seen:
+                    if replays or key in mine:
+                        scan.see(key, offset, replays)
     return scans, ends
 
 
@@ -129,9 +159,9 @@ async def _messages_at(
     starts: Mapping[TopicPartition, int],
     ends: Mapping[TopicPartition, int],
     wanted: Mapping[TopicPartition, set[int]],
-) -> list[tuple[TopicPartition, bytes, bytes | None, list[tuple[str, bytes | None]]]]:
+) -> list[_Message]:
     """The messages at the ``wanted`` offsets (read again: the scan kept no values)."""
-    found: list[tuple[TopicPartition, bytes, bytes | None, list[tuple[str, bytes | None]]]] = []
+    found: list[_Message] = []
     reader = read_ranges(cons, starts, ends={tp: ends[tp] for tp in starts})
     async with contextlib.aclosing(reader):
         async for fetched in reader:
@@ -139,5 +169,7 @@ async def _messages_at(
                 offsets = wanted[part.tp]
                 for rec in part:
                     if rec.offset in offsets and rec.key is not None:
-                        found.append((part.tp, rec.key, rec.value, list(rec.headers)))
+                        found.append(
+                            (part.tp, rec.key, rec.value, list(rec.headers), rec.timestamp)
+                        )
     return found
