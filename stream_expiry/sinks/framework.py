@@ -903,7 +903,9 @@ class Sink:
         archived = await self._archived()
         by_cutoff = None
         if archived is not None:
-            self._archive_seen.append((self._clock(), archived))  # read by then
+            seen = self._archive_seen
+            if not seen or seen[-1][1] != archived:  # the same offsets: the older reading says it
+                seen.append((self._clock(), archived))  # read by then
             by_cutoff = archived_by(self._archive_seen, cutoff)
         page = await self.store.sweep(
             cutoff_ms=cutoff,

@@ -160,20 +160,24 @@ def _lost_connection(exc: BaseException) -> bool:
     about what was asked (a bad schema, a permission refused, a statement cancelled)."""
     import asyncpg
 
-    return isinstance(
-        exc,
-        OSError  # refused, reset, unreachable
-        | TimeoutError  # no answer to a connect
-        | asyncpg.PostgresConnectionError  # SQLSTATE class 08, a connection closed mid-way
-        | asyncpg.AdminShutdownError  # 57P01: terminated (pg_terminate_backend, a shutdown)
-        | asyncpg.CrashShutdownError  # 57P02
-        | asyncpg.CannotConnectNowError  # 57P03: starting up or shutting down
-        | asyncpg.TooManyConnectionsError  # 53300: a restarting server's clients pile up
+    return (
+        isinstance(
+            exc,
+            OSError  # refused, reset, unreachable
+            | TimeoutError  # no answer to a connect
+            | asyncpg.PostgresConnectionError  # SQLSTATE class 08, a connection closed mid-way
+            | asyncpg.AdminShutdownError  # 57P01: terminated (pg_terminate_backend, a shutdown)
+            | asyncpg.CrashShutdownError  # 57P02
+            | asyncpg.CannotConnectNowError  # 57P03: starting up or shutting down
+            | asyncpg.TooManyConnectionsError,  # 53300: a restarting server's clients pile up
+        )
+        or (isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc))
         # A pooled connection the server closed mid-way, taken again: "cannot switch to
         # state 15; another operation (2) is in progress" (a backend terminated while a
         # transaction ran; 9 in 20 in a loop of asyncpg alone). Its connection is dropped.
-        | asyncpg.InternalClientError,
-    ) or (isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc))
+        # Any other internal error of asyncpg stops the sink (status 4).
+        or (isinstance(exc, asyncpg.InternalClientError) and "another operation" in str(exc))
+    )
 
 
 def _connect_failure(dsn: str, exc: BaseException) -> StoreError | ConfigurationError:

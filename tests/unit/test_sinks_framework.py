@@ -825,6 +825,12 @@ async def test_a_batch_the_store_lost_its_connection_on_is_read_again() -> None:
         ("UndefinedTableError", False),
         ("QueryCanceledError", False),  # statement_timeout
         ("InvalidPasswordError", False),
+        # A connection the server closed, taken from the pool again mid-transaction.
+        (
+            "InternalClientError:cannot switch to state 15; another operation (2) is in progress",
+            True,
+        ),
+        ("InternalClientError:release() called on a free connection holder", False),
     ],
 )
 def test_only_a_lost_connection_is_retried(error: Any, lost: bool) -> None:
@@ -832,7 +838,11 @@ def test_only_a_lost_connection_is_retried(error: Any, lost: bool) -> None:
 
     from stream_expiry.sinks.postgres import PostgresStore
 
-    exc = getattr(asyncpg, error)("msg") if isinstance(error, str) else error
+    if isinstance(error, str):
+        name, _, message = error.partition(":")
+        exc = getattr(asyncpg, name)(message or "msg")
+    else:
+        exc = error
     failure = PostgresStore("postgresql://h/db", name="pg2")._failure(exc, "failed")
     assert isinstance(failure, StoreUnavailableError) is lost
     assert isinstance(failure, StoreError)
