@@ -19,6 +19,11 @@ for 500,000 stamps or more on a machine of several CPUs), the peak RSS reported 
 child's plus every worker's (an upper bound: their peaks need not coincide), and each is
 in the JSON.
 
+``--apply``: a config whose TTLs are 30 days moves every record (``earlier``), and the
+replay publishes every changed stamp and mends what another writer put after its read
+(:mod:`stream_expiry.replay_mend`: a second read of what it wrote); the rate is of that
+whole applied replay.
+
 ``--memory-limit MIB`` runs the child (and so its workers) in a memory cgroup limited to
 MIB, as a container would (:mod:`bench.cgroup`): the sum of peak RSS counts the
 interpreter's and the libraries' pages once per process, while the cgroup charges each page
@@ -68,6 +73,7 @@ if TYPE_CHECKING:
 
 DEFAULT_RECORDS = 1_000_000
 YEAR = ("365d", "365d", "365d")
+MONTH = ("30d", "30d", "30d")  # --apply: every record earlier
 
 
 def _replay_main(
@@ -77,16 +83,17 @@ def _replay_main(
     workers: int | None,
     cgroup: MemoryCgroup | None,
     conn: Connection,
+    apply: bool = False,
 ) -> None:
     """The child: one replay call, then its report, time and peak RSS to the parent."""
     if cgroup is not None:
         cgroup.join()  # before the imports: everything the replay allocates is charged
     from stream_expiry.replay import replay
 
-    config = make_config(BenchTopics(prefix), state_dir, defaults=YEAR)
+    config = make_config(BenchTopics(prefix), state_dir, defaults=MONTH if apply else YEAR)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t0 = time.perf_counter()
-    report = asyncio.run(replay(config, bootstrap, environ={}, dry_run=True, workers=workers))
+    report = asyncio.run(replay(config, bootstrap, environ={}, dry_run=not apply, workers=workers))
     seconds = time.perf_counter() - t0
     conn.send(
         {
@@ -117,6 +124,7 @@ async def run(args: Any, bootstrap: str, records: int) -> dict[str, Any]:
                 state_dir,
                 args.workers,
                 cgroup,
+                args.apply,
                 daemon=False,
             )
             try:
@@ -140,7 +148,9 @@ async def run(args: Any, bootstrap: str, records: int) -> dict[str, Any]:
     # added (whether or not they coincided, so this is an upper bound).
     peak = int(res["peak_rss_bytes"]) + sum(workers)
     tp = throughput_entry(
-        "replay --dry-run (from expiry.stamped)",
+        "replay, applied (from expiry.stamped)"
+        if args.apply
+        else "replay --dry-run (from expiry.stamped)",
         counts["records"],
         seconds,
         method="stream_expiry.replay.replay(dry_run=True) in a child process: stream "
@@ -148,7 +158,8 @@ async def run(args: Any, bootstrap: str, records: int) -> dict[str, Any]:
         "in a temporary RocksDB, count them",
         unit="records/s",
     )
-    unchanged = counts["unchanged"] == counts["records"] == records
+    expected = "earlier" if args.apply else "unchanged"
+    unchanged = counts[expected] == counts["records"] == records
     log(
         f"e2e replay: {counts['records']:,} records in {seconds:.2f}s: "
         f"{tp['value']:,.0f} records/s, peak RSS {peak / 2**20:.0f} MiB"
@@ -181,7 +192,7 @@ async def run(args: Any, bootstrap: str, records: int) -> dict[str, Any]:
             "filled the page cache up to it."
         )
     if not unchanged:
-        notes.append("Replay did NOT find every record unchanged: see extra.counts.")
+        notes.append(f"Replay did NOT find every record {expected}: see extra.counts.")
     return envelope(
         "e2e_replay",
         "stream-expiry",
@@ -194,11 +205,12 @@ async def run(args: Any, bootstrap: str, records: int) -> dict[str, Any]:
             "partitions": PARTITIONS,
             "workers": args.workers,
             "memory_limit_mib": args.memory_limit,
+            "apply": args.apply,
         },
         throughput=[tp],
         extra={
             "counts": counts,
-            "all_unchanged": unchanged,
+            f"all_{expected}": unchanged,
             "peak_rss_bytes": peak,
             "peak_rss_mib": round(peak / 2**20, 1),
             "child_rss_before_replay_bytes": res["peak_rss_before_bytes"],
@@ -246,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="MIB",
         help="run the replay in a memory cgroup limited to MIB, as a container would "
         "(needs root); the benchmark fails if the replay is OOM-killed",
+    )
+    parser.add_argument(
+        "--apply",
+        action="store_true",
+        help="a policy that moves every record, applied: publish and mend (default: a dry "
+        "run that finds every record unchanged)",
     )
     args = parser.parse_args(argv)
     records = args.records or (args.pending if args.pending > 0 else DEFAULT_RECORDS)
