@@ -78,6 +78,7 @@ import orjson
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
+from stream_expiry import exits
 from stream_expiry.codec import deleted_at_of, reason_of
 from stream_expiry.config import Config
 from stream_expiry.errors import BrokerError, ConfigurationError, StoreError
@@ -411,6 +412,7 @@ async def serve_archive(
     in hand is written and committed (a second signal stops at once: nothing is lost, the
     uncommitted batch is re-delivered)."""
     stop = anyio.Event()
+    writer: ArchiveWriter | None = None  # none when a second signal stops it while it starts
     async with anyio.create_task_group() as tg:
 
         async def on_signals() -> None:
@@ -430,6 +432,9 @@ async def serve_archive(
             stop=stop,
         )
         tg.cancel_scope.cancel()
+    if writer is None:
+        log.info("archive stopped while it started (a second signal): nothing was written")
+        return exits.INTERRUPTED
     log.info(
         "archive stopped: %d stamps and %d erasure markers in %d batches "
         "(%d expiries and %d tombstones read)",

@@ -6,8 +6,12 @@ import signal
 import socket
 import subprocess
 import sys
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = [pytest.mark.integration]
 
@@ -55,3 +59,35 @@ def test_an_interrupt_stops_a_command_waiting_for_a_broker_that_does_not_answer(
                 proc.wait()
     assert proc.returncode == 130, err.decode()
     assert b"Unclosed" not in err, err.decode()
+
+
+@pytest.mark.timeout(60)
+def test_a_second_signal_stops_the_archive_while_it_connects(tmp_path: Path) -> None:
+    """``archive`` stops after its batch at the first signal and at once at the second:
+    a second one while it connected ended it with a traceback (``writer`` unbound) and
+    exit 1 (a trial, every time, also under ``timeout``, which signals the process and its
+    group). It says it stopped before it started, and exits 130."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stream_expiry", "archive", "--dir", str(tmp_path / "a"),
+             "--bootstrap-servers", f"127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            listener.settimeout(30)
+            accepted, _ = listener.accept()
+            with accepted:
+                accepted.settimeout(30)
+                assert accepted.recv(4)  # its first request: it waits for the answer now
+                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signal.SIGINT)
+                _, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 130, err.decode()
+    assert b"Traceback" not in err, err.decode()
+    assert b"archive stopped while it started" in err, err.decode()
