@@ -72,7 +72,23 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a bad argument is one line (and the usual exit status 2)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(exits.USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(exits.USAGE, f"{self.prog}: {_no_values(message)} (see {self.prog} --help)\n")
+
+
+_UNRECOGNIZED = "unrecognized arguments: "
+
+
+def _no_values(message: str) -> str:
+    """argparse's "unrecognized arguments" with the options' names only: it quoted what was
+    typed, and a password given as a flag (``--sasl-password=...``, which no command has:
+    secrets come from the config file or the environment) went to stderr (a trial)."""
+    if not message.startswith(_UNRECOGNIZED):
+        return message
+    shown = [
+        word.split("=", 1)[0] + ("=..." if "=" in word else "") if word.startswith("-") else "..."
+        for word in message.removeprefix(_UNRECOGNIZED).split()
+    ]
+    return _UNRECOGNIZED + " ".join(shown) + " (values not shown)"
 
 
 def _add_common(p: argparse.ArgumentParser, *, kafka: bool = True) -> None:

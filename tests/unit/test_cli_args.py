@@ -309,3 +309,23 @@ def test_the_embedded_broker_listens_where_bootstrap_servers_says(
 def test_an_address_the_embedded_broker_cannot_serve_is_refused(given: str) -> None:
     with pytest.raises(ConfigurationError, match=r"listens on 127\.0\.0\.1 only"):
         embedded_port(given)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status", "--sasl-password=Hunter2Secret"],
+        ["status", "--sasl-password", "Hunter2Secret"],
+        ["sink", "sqlite", "--path", "x.db", "--password", "Hunter2Secret"],
+    ],
+)
+def test_an_unknown_option_is_named_without_what_was_typed_after_it(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A password typed as a flag (no command takes one: secrets come from the config file
+    or the environment) was printed back on stderr with the error (a trial)."""
+    assert _exit_status(argv) == 2
+    err = capsys.readouterr().err
+    assert "Hunter2Secret" not in err
+    assert "unrecognized arguments: --" in err
+    assert "password" in err  # the option is named
