@@ -215,6 +215,18 @@ class LibraryRepeats(logging.Filter):
         return True
 
 
+def _no_sasl_bytes(record: logging.LogRecord) -> bool:
+    """aiokafka's DEBUG line of each request and response, with a SASL authentication's
+    bytes left out: a PLAIN login's are the user name and the password in clear
+    (``sasl_auth_bytes=b'alice\\x00alice\\x00...'``, seen in a log at DEBUG)."""
+    args = record.args
+    if record.name == "aiokafka.conn" and isinstance(args, tuple) and args:
+        kind = type(args[-1]).__name__
+        if kind.startswith("SaslAuthenticate"):
+            record.args = (*args[:-1], f"{kind}(... not shown ...)")
+    return True
+
+
 # aiokafka's WARNING at every rebalance: the coordinator answers a heartbeat with "rebalance
 # in progress", the protocol's normal way to tell members to rejoin. Each deploy, scale or
 # restart of any member put a warning in every instance's log; the service's own lines
@@ -266,6 +278,7 @@ def configure_logging(level: str, fmt: str, *, stream: TextIO | None = None) -> 
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.set_name(_HANDLER_NAME)
     handler.addFilter(_not_routine)
+    handler.addFilter(_no_sasl_bytes)
     handler.addFilter(LibraryRepeats())
     root = logging.getLogger()
     for old in list(root.handlers):
