@@ -21,10 +21,11 @@ from anyio.abc import SocketAttribute
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from stream_expiry.errors import ConfigurationError
+from stream_expiry.kafka import log_in, login_failure
 from stream_expiry.kafka_settings import Connection, bootstrap_addresses
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from anyio.abc import Listener, SocketStream
 
@@ -134,12 +135,27 @@ _PROBE: Final = struct.pack(">i", len(_API_VERSIONS)) + _API_VERSIONS
 
 async def watch_connection(health: Health, conn: Connection, *, every_s: float = 5.0) -> None:
     """:func:`watch_broker` as every command that serves health runs it (``run``, ``sink``):
-    speaking Kafka on a plaintext or SASL listener; on TLS a bare connect, as the probe's
-    request is not encrypted. One place, so no command probes with less (the sink did: a
-    proxy in front of a dead broker kept its ``/readyz`` at 200 through an outage)."""
-    await watch_broker(
-        health, conn.bootstrap_servers, every_s=every_s, speak_kafka=not conn.security.uses_ssl
-    )
+    speaking Kafka on a plaintext listener; with TLS or SASL, logging in as the clients do
+    (:func:`~stream_expiry.kafka.log_in`). One place, so no command probes with less (the
+    sink did: a proxy in front of a dead broker kept its ``/readyz`` at 200 through an
+    outage; and a TLS-terminating proxy in front of a dead broker, or a password the broker
+    stopped taking, kept both commands' at 200 while nothing was read or written)."""
+    sec = conn.security
+    if not (sec.uses_ssl or sec.uses_sasl):
+        await watch_broker(health, conn.bootstrap_servers, every_s=every_s, speak_kafka=True)
+        return
+
+    async def login(host: str, port: int, timeout_s: float) -> None:
+        try:
+            await log_in(conn, host, port, timeout_s)
+        except Exception as exc:
+            raise _ProbeFailed(login_failure(conn, exc, timeout_s)) from exc
+
+    await watch_broker(health, conn.bootstrap_servers, every_s=every_s, login=login)
+
+
+class _ProbeFailed(Exception):
+    """A login that failed, with why (for :func:`_why`)."""
 
 
 async def watch_broker(
@@ -149,6 +165,7 @@ async def watch_broker(
     every_s: float = 5.0,
     timeout_s: float = 3.0,
     speak_kafka: bool = False,
+    login: Callable[[str, int, float], Awaitable[None]] | None = None,
 ) -> None:
     """Until cancelled, mark the broker unreachable while no bootstrap server accepts a TCP
     connection. Cheap and independent of the Kafka client's retries, which hide an outage
@@ -156,19 +173,29 @@ async def watch_broker(
 
     With ``speak_kafka`` (a plaintext or SASL listener), a server must also answer an
     ApiVersions request: a load balancer or proxy in front of a dead broker accepts
-    connections and then drops them, which a bare connect takes for a live broker."""
+    connections and then drops them, which a bare connect takes for a live broker. With
+    ``login(host, port, timeout_s)``, that is the probe instead (it raises what failed)."""
     addresses = bootstrap_addresses(bootstrap_servers)
     while True:
         errors: list[str] = []
         for host, port in addresses:
             try:
-                with anyio.fail_after(timeout_s):
-                    stream = await anyio.connect_tcp(host, port)
-                    async with stream:
-                        if speak_kafka:
-                            await stream.send(_PROBE)
-                            await stream.receive(4)  # the start of the answer is enough
-            except (OSError, TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+                if login is not None:
+                    await login(host, port, timeout_s)
+                else:
+                    with anyio.fail_after(timeout_s):
+                        stream = await anyio.connect_tcp(host, port)
+                        async with stream:
+                            if speak_kafka:
+                                await stream.send(_PROBE)
+                                await stream.receive(4)  # the start of the answer is enough
+            except (
+                OSError,
+                TimeoutError,
+                anyio.EndOfStream,
+                anyio.BrokenResourceError,
+                _ProbeFailed,
+            ) as exc:
                 errors.append(f"{host}:{port} ({_why(exc)})")
                 continue
             break
@@ -186,6 +213,8 @@ async def watch_broker(
 
 
 def _why(exc: BaseException) -> str:
+    if isinstance(exc, _ProbeFailed):
+        return str(exc)
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, (anyio.EndOfStream, anyio.BrokenResourceError)):

@@ -28,6 +28,7 @@ import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.conn import create_conn
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.errors import (
     CommitFailedError,
@@ -37,8 +38,10 @@ from aiokafka.errors import (
     KafkaError,
     KafkaTimeoutError,
     RebalanceInProgressError,
+    SaslAuthenticationFailed,
     TopicAlreadyExistsError,
     UnknownMemberIdError,
+    UnsupportedSaslMechanismError,
     for_code,
 )
 from aiokafka.helpers import create_ssl_context
@@ -153,37 +156,78 @@ _FOREIGN_GROUP: Final = (
 )
 
 
-async def _tls_refusal(conn: Connection, timeout_s: float = 5.0) -> str | None:
-    """Why a TLS handshake with the first bootstrap server that answers fails, when it is
-    the certificate or the handshake (None otherwise). aiokafka only logs that reason and
-    raises "Unable to bootstrap", which said nothing of a CA that does not sign the
-    broker's certificate, or of a host name the certificate does not name."""
-    context = client_options(conn).get("ssl_context")
-    if context is None:
-        return None
+async def log_in(conn: Connection, host: str, port: int, timeout_s: float = 5.0) -> None:
+    """Connect to one broker as the clients do (TLS, an ApiVersions request, the SASL login)
+    and hang up; raises what failed. A broker answers an ApiVersions request before any
+    login, and a TLS-terminating proxy completes its handshake whatever is behind it:
+    only this tells a refused password, or a dead broker behind a proxy, from a live one."""
+    options = client_options(conn)
+    keys = ("ssl_context", "security_protocol", "sasl_mechanism")
+    logins = {k: options[k] for k in keys if k in options}
+    if "sasl_mechanism" in options:
+        logins["sasl_plain_username"] = options["sasl_plain_username"]
+        logins["sasl_plain_password"] = options["sasl_plain_password"]
+    with anyio.fail_after(timeout_s):
+        client = await create_conn(
+            host,
+            port,
+            client_id="stream-expiry-probe",
+            request_timeout_ms=int(timeout_s * 1000),
+            **logins,
+        )
+    client.close()
+
+
+def login_failure(conn: Connection, exc: BaseException, timeout_s: float = 5.0) -> str:
+    """What :func:`log_in`'s failure ``exc`` says, for a person."""
+    if isinstance(exc, KeyError | SaslAuthenticationFailed):
+        return "the broker refused the SASL authentication"
+    if isinstance(exc, UnsupportedSaslMechanismError):
+        return f"the broker does not offer SASL {conn.security.sasl_mechanism}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"the broker's TLS certificate was refused: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"the TLS handshake with the broker failed: {exc.reason or exc}"
+    if isinstance(exc, TimeoutError):
+        if conn.security.uses_ssl:
+            return (
+                f"no answer within {timeout_s:g} s to the TLS handshake or the first request: "
+                f"is it a TLS listener ({conn.security.security_protocol})?"
+            )
+        return f"no answer within {timeout_s:g} s to the first request"
+    if isinstance(exc, KafkaConnectionError | ConnectionError):
+        return "the connection was dropped without an answer"
+    return repr(exc)
+
+
+async def _login_refusal(conn: Connection, timeout_s: float = 5.0) -> str | None:
+    """Why a login to the first bootstrap server that accepts a connection fails, when that
+    is TLS or SASL (None otherwise: no server accepted one, or the login succeeds).
+    aiokafka only logs that reason and raises "Unable to bootstrap", which said nothing of
+    a CA that does not sign the broker's certificate, a host name the certificate does not
+    name, a password refused, or a TLS client at a plaintext listener (45 s of silence,
+    then "Unable to bootstrap")."""
     for host, port in bootstrap_addresses(conn.bootstrap_servers):
         try:
             with anyio.fail_after(timeout_s):
-                stream = await anyio.connect_tcp(
-                    host, port, ssl_context=context, tls_standard_compatible=False
-                )
-                await stream.aclose()
-        except ssl.SSLCertVerificationError as exc:
-            return f"the broker's TLS certificate was refused: {exc.verify_message}"
-        except ssl.SSLError as exc:
-            return f"the TLS handshake with the broker failed: {exc.reason or exc}"
-        except (OSError, TimeoutError, anyio.BrokenResourceError, anyio.EndOfStream):
-            continue
-        return None  # the handshake succeeds: the failure was something else
+                stream = await anyio.connect_tcp(host, port)
+            await stream.aclose()
+        except (OSError, TimeoutError):
+            continue  # not a TLS or SASL matter
+        try:
+            await log_in(conn, host, port, timeout_s)
+        except Exception as exc:
+            return login_failure(conn, exc, timeout_s)
+        return None  # the login succeeds: the failure was something else
     return None
 
 
 async def _start_failure(what: str, conn: Connection, exc: BaseException) -> BrokerError:
-    """:func:`_start_failed`, with the certificate's or handshake's reason when TLS is what
-    failed."""
+    """:func:`_start_failed`, with the reason when TLS or SASL is what failed."""
     why = None
-    if conn.security.uses_ssl and isinstance(exc, KafkaConnectionError):
-        why = await _tls_refusal(conn)
+    sec = conn.security
+    if (sec.uses_ssl or sec.uses_sasl) and isinstance(exc, KafkaConnectionError):
+        why = await _login_refusal(conn)
     return _start_failed(what, conn, exc, why)
 
 

@@ -11,12 +11,15 @@ aiokafka is tested in tests/unit/test_kafka_settings.py.
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
 import pytest
 
+from stream_expiry.endpoints import watch_connection
 from stream_expiry.errors import BrokerError
+from stream_expiry.health import Health
 from stream_expiry.kafka import consumer, ensure_topics, producer, read_to_end
 from stream_expiry.kafka_settings import Connection, KafkaSecurity
 from stream_expiry.testing.proxy import proxied_broker
@@ -24,6 +27,7 @@ from stream_expiry.testing.tls import make_pki
 from tests.conftest import wait_for
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -137,3 +141,83 @@ async def test_cut_and_restore() -> None:
             async for batch in read_to_end(cons, topic):
                 values.extend(r.value for recs in batch.values() for r in recs)
         assert values == [b"before", b"during", b"after"]
+
+
+async def _watched(conn: Connection, until: Callable[[Health], bool]) -> Health:
+    """Run the health's broker watch on ``conn`` until ``until(health)`` holds."""
+    health = Health()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(partial(watch_connection, health, conn, every_s=0.2))
+        await wait_for(lambda: until(health), timeout_s=20)
+        tg.cancel_scope.cancel()
+    return health
+
+
+async def test_readiness_behind_a_tls_proxy_follows_the_broker_not_the_handshake(
+    tmp_path: Path,
+) -> None:
+    """A TLS-terminating proxy (a load balancer) in front of a dead broker completes its
+    handshake and then drops the connection: the watch made a bare TCP connect on TLS and
+    said "broker ok" through the whole cut (a trial). It logs in as the clients do."""
+    pki = make_pki(tmp_path)
+    async with proxied_broker(server_ssl=pki.server_context()) as proxy:
+        conn = Connection(
+            proxy.address,
+            KafkaSecurity(
+                security_protocol="SSL",
+                ssl_cafile=pki.ca,
+                ssl_certfile=pki.client_cert,
+                ssl_keyfile=pki.client_key,
+            ),
+        )
+        proxy.cut()  # the proxy still completes the TLS handshake, then drops the line
+        health = Health()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(watch_connection, health, conn, every_s=0.2))
+            await wait_for(lambda: health.broker_error is not None, timeout_s=20)
+            assert "dropped without an answer" in str(health.broker_error), health.broker_error
+            proxy.restore()
+            await wait_for(lambda: health.broker_error is None, timeout_s=20)
+            tg.cancel_scope.cancel()
+
+
+async def test_readiness_says_when_the_broker_refuses_the_password() -> None:
+    """A password the broker does not take (rotated on the broker, say): the watch's
+    ApiVersions request, which a broker answers before any login, said "broker ok" while
+    the clients' logins failed ~120 times a second (a trial)."""
+    async with proxied_broker(authentication=True) as proxy:
+        scram = Connection(
+            proxy.address,
+            KafkaSecurity(
+                security_protocol="SASL_PLAINTEXT",
+                sasl_mechanism="SCRAM-SHA-256",
+                sasl_username="nobody",
+                sasl_password="wrong",
+            ),
+        )
+        health = await _watched(scram, lambda h: h.broker_error is not None)
+        assert "refused the SASL authentication" in str(health.broker_error)
+
+
+async def test_a_tls_client_at_a_plaintext_listener_is_told_so(tmp_path: Path) -> None:
+    """TLS settings with the address of a plaintext listener: the broker holds the
+    connection without an answer, and the start failed after its timeout with "Unable to
+    bootstrap" and nothing about TLS (a trial: 45 s of silence for the one-shot
+    commands). The error says what the handshake met."""
+    pki = make_pki(tmp_path)
+    async with proxied_broker() as proxy:
+        conn = Connection(
+            proxy.address,
+            KafkaSecurity(
+                security_protocol="SSL",
+                ssl_cafile=pki.ca,
+                ssl_certfile=pki.client_cert,
+                ssl_keyfile=pki.client_key,
+            ),
+        )
+        with (
+            anyio.fail_after(40),
+            pytest.raises(BrokerError, match=r"is it a TLS listener \(SSL\)\?"),
+        ):
+            async with producer(conn, request_timeout_ms=5000):
+                pass
