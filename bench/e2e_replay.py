@@ -82,8 +82,8 @@ def _replay_main(
     state_dir: str,
     workers: int | None,
     cgroup: MemoryCgroup | None,
+    apply: bool,
     conn: Connection,
-    apply: bool = False,
 ) -> None:
     """The child: one replay call, then its report, time and peak RSS to the parent."""
     if cgroup is not None:
@@ -115,7 +115,7 @@ async def run(args: Any, bootstrap: str, records: int) -> dict[str, Any]:
         raise SystemExit(f"e2e replay: --memory-limit: {exc}") from None
     try:
         topics, produced = await fresh_changelog(bootstrap, records, what="e2e replay")
-        log("e2e replay: replay(dry_run=True) in a child")
+        log(f"e2e replay: replay(dry_run={not args.apply}) in a child")
         with temp_state_dir("replay") as state_dir:
             proc, conn = spawn(
                 _replay_main,
@@ -153,13 +153,14 @@ async def run(args: Any, bootstrap: str, records: int) -> dict[str, Any]:
         else "replay --dry-run (from expiry.stamped)",
         counts["records"],
         seconds,
-        method="stream_expiry.replay.replay(dry_run=True) in a child process: stream "
+        method=f"stream_expiry.replay.replay(dry_run={not args.apply}) in a child process: stream "
         "expiry.stamped, re-derive and compare each stamp, keep each key's latest verdict "
         "in a temporary RocksDB, count them",
         unit="records/s",
     )
-    expected = "earlier" if args.apply else "unchanged"
-    unchanged = counts[expected] == counts["records"] == records
+    expected = "moved" if args.apply else "unchanged"
+    moved = counts["records"] - counts["unchanged"]
+    unchanged = (moved if args.apply else counts["unchanged"]) == counts["records"] == records
     log(
         f"e2e replay: {counts['records']:,} records in {seconds:.2f}s: "
         f"{tp['value']:,.0f} records/s, peak RSS {peak / 2**20:.0f} MiB"
