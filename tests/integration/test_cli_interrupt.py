@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM stop a one-shot command while it connects to Kafka."""
+"""Ctrl-C and SIGTERM stop a command while it connects to Kafka."""
 
 from __future__ import annotations
 
@@ -14,6 +14,34 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 pytestmark = [pytest.mark.integration]
+
+
+def _interrupted(args: list[str], *signals: signal.Signals) -> tuple[int, str]:
+    """``stream-expiry ARGS`` against an address that accepts connections and never answers
+    (a load balancer in front of a dead broker): once the command sent its first request
+    and waits for the answer, ``signals`` are sent to it. Its exit status and stderr."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stream_expiry", *args, "--bootstrap-servers",
+             f"127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            listener.settimeout(30)
+            accepted, _ = listener.accept()
+            with accepted:
+                accepted.settimeout(30)
+                assert accepted.recv(4)  # its first request: it waits for the answer now
+                for sig in signals:
+                    proc.send_signal(sig)
+                _, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return proc.returncode, err.decode()
 
 
 @pytest.mark.timeout(60)
@@ -32,33 +60,13 @@ pytestmark = [pytest.mark.integration]
 def test_an_interrupt_stops_a_command_waiting_for_a_broker_that_does_not_answer(
     command: list[str], sig: signal.Signals
 ) -> None:
-    """A broker address that accepts connections and never answers (a load balancer in
-    front of a dead broker), the command waiting for its first answer: SIGTERM ended
-    ``hold`` and ``history`` with 143 (killed), and every command interrupted left
-    asyncio's "Unclosed AIOKafkaConsumer" error on stderr (a trial). Each exits 130
-    (interrupted), its client closed."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        port = listener.getsockname()[1]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "stream_expiry", *command, "--bootstrap-servers",
-             f"127.0.0.1:{port}"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
-        try:
-            listener.settimeout(30)
-            accepted, _ = listener.accept()
-            with accepted:
-                accepted.settimeout(30)
-                assert accepted.recv(4)  # its first request: it waits for the answer now
-                proc.send_signal(sig)
-                _, err = proc.communicate(timeout=20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert proc.returncode == 130, err.decode()
-    assert b"Unclosed" not in err, err.decode()
+    """SIGTERM ended ``hold`` and ``history`` with 143 (killed), and every one-shot command
+    interrupted while it waited for its first answer left asyncio's "Unclosed
+    AIOKafkaConsumer" error on stderr (a trial). Each exits 130 (interrupted), its client
+    closed."""
+    status, err = _interrupted(command, sig)
+    assert status == 130, err
+    assert "Unclosed" not in err, err
 
 
 @pytest.mark.timeout(60)
@@ -67,27 +75,8 @@ def test_a_second_signal_stops_the_archive_while_it_connects(tmp_path: Path) -> 
     a second one while it connected ended it with a traceback (``writer`` unbound) and
     exit 1 (a trial, every time, also under ``timeout``, which signals the process and its
     group). It says it stopped before it started, and exits 130."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        port = listener.getsockname()[1]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "stream_expiry", "archive", "--dir", str(tmp_path / "a"),
-             "--bootstrap-servers", f"127.0.0.1:{port}"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
-        try:
-            listener.settimeout(30)
-            accepted, _ = listener.accept()
-            with accepted:
-                accepted.settimeout(30)
-                assert accepted.recv(4)  # its first request: it waits for the answer now
-                proc.send_signal(signal.SIGTERM)
-                proc.send_signal(signal.SIGINT)
-                _, err = proc.communicate(timeout=20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert proc.returncode == 130, err.decode()
-    assert b"Traceback" not in err, err.decode()
-    assert b"archive stopped while it started" in err, err.decode()
+    args = ["archive", "--dir", str(tmp_path / "a")]
+    status, err = _interrupted(args, signal.SIGTERM, signal.SIGINT)
+    assert status == 130, err
+    assert "Traceback" not in err, err
+    assert "archive stopped while it started" in err, err

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+    from stream_expiry.testing.tls import TestPKI
+
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
 
@@ -46,18 +48,36 @@ async def _round_trip(conn: Connection, n: int = 20) -> list[bytes]:
     return sorted(values)
 
 
+def _mutual_tls(address: str, pki: TestPKI) -> Connection:
+    """Mutually authenticated TLS to ``address`` with ``pki``'s CA and client certificate."""
+    return Connection(
+        address,
+        KafkaSecurity(
+            security_protocol="SSL",
+            ssl_cafile=pki.ca,
+            ssl_certfile=pki.client_cert,
+            ssl_keyfile=pki.client_key,
+        ),
+    )
+
+
+def _unknown_user(address: str) -> Connection:
+    """SCRAM as a user the broker does not know (none can be made on the test broker)."""
+    return Connection(
+        address,
+        KafkaSecurity(
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism="SCRAM-SHA-256",
+            sasl_username="nobody",
+            sasl_password="wrong",
+        ),
+    )
+
+
 async def test_mutual_tls_produce_and_consume(tmp_path: Path) -> None:
     pki = make_pki(tmp_path)
     async with proxied_broker(server_ssl=pki.server_context()) as proxy:
-        conn = Connection(
-            proxy.address,
-            KafkaSecurity(
-                security_protocol="SSL",
-                ssl_cafile=pki.ca,
-                ssl_certfile=pki.client_cert,
-                ssl_keyfile=pki.client_key,
-            ),
-        )
+        conn = _mutual_tls(proxy.address, pki)
         assert await _round_trip(conn) == sorted(b"v%d" % i for i in range(20))
         # Admin, producer and consumer each connected through the TLS proxy (the broker
         # advertises it), not around it.
@@ -101,15 +121,7 @@ async def test_sasl_is_offered_to_an_authenticating_broker() -> None:
     """SCRAM really runs against the broker (it rejects the unknown user), and a client
     without SASL is refused: both end in BrokerError, never aiokafka's KeyError."""
     async with proxied_broker(authentication=True) as proxy:
-        scram = Connection(
-            proxy.address,
-            KafkaSecurity(
-                security_protocol="SASL_PLAINTEXT",
-                sasl_mechanism="SCRAM-SHA-256",
-                sasl_username="nobody",
-                sasl_password="wrong",
-            ),
-        )
+        scram = _unknown_user(proxy.address)
         with anyio.fail_after(30), pytest.raises(BrokerError, match="refused the SASL"):
             async with producer(scram, request_timeout_ms=5000):
                 pass
@@ -161,15 +173,7 @@ async def test_readiness_behind_a_tls_proxy_follows_the_broker_not_the_handshake
     said "broker ok" through the whole cut (a trial). It logs in as the clients do."""
     pki = make_pki(tmp_path)
     async with proxied_broker(server_ssl=pki.server_context()) as proxy:
-        conn = Connection(
-            proxy.address,
-            KafkaSecurity(
-                security_protocol="SSL",
-                ssl_cafile=pki.ca,
-                ssl_certfile=pki.client_cert,
-                ssl_keyfile=pki.client_key,
-            ),
-        )
+        conn = _mutual_tls(proxy.address, pki)
         proxy.cut()  # the proxy still completes the TLS handshake, then drops the line
         health = Health()
         async with anyio.create_task_group() as tg:
@@ -186,15 +190,7 @@ async def test_readiness_says_when_the_broker_refuses_the_password() -> None:
     ApiVersions request, which a broker answers before any login, said "broker ok" while
     the clients' logins failed ~120 times a second (a trial)."""
     async with proxied_broker(authentication=True) as proxy:
-        scram = Connection(
-            proxy.address,
-            KafkaSecurity(
-                security_protocol="SASL_PLAINTEXT",
-                sasl_mechanism="SCRAM-SHA-256",
-                sasl_username="nobody",
-                sasl_password="wrong",
-            ),
-        )
+        scram = _unknown_user(proxy.address)
         health = await _watched(scram, lambda h: h.broker_error is not None)
         assert "refused the SASL authentication" in str(health.broker_error)
 
@@ -206,15 +202,7 @@ async def test_a_tls_client_at_a_plaintext_listener_is_told_so(tmp_path: Path) -
     commands). The error says what the handshake met."""
     pki = make_pki(tmp_path)
     async with proxied_broker() as proxy:
-        conn = Connection(
-            proxy.address,
-            KafkaSecurity(
-                security_protocol="SSL",
-                ssl_cafile=pki.ca,
-                ssl_certfile=pki.client_cert,
-                ssl_keyfile=pki.client_key,
-            ),
-        )
+        conn = _mutual_tls(proxy.address, pki)
         with (
             anyio.fail_after(40),
             pytest.raises(BrokerError, match=r"is it a TLS listener \(SSL\)\?"),
