@@ -125,27 +125,26 @@ def _interrupt_at_once() -> Iterator[None]:
     Python's default for SIGTERM ends the process on the spot, which left ``replay``'s and
     ``status``'s temporary store, every live stamp with its ``data``, in the temporary
     directory (erased users' data too) until something cleared /tmp, and ended ``hold``
-    and ``history`` with 143. Both signals raise KeyboardInterrupt where the command is;
-    Ctrl-C too, as asyncio would have it cancel the main task instead, and a Ctrl-C that
-    the parent has the process ignore (a background job of a script) stays ignored. Run
-    outside the main thread (``main()`` called from a thread), it leaves signals alone:
-    only the main thread may set a handler."""
+    and ``history`` with 143. SIGTERM raises SIGINT, so that ``asyncio.run`` cancels the
+    command's task where it awaits, as at Ctrl-C, and everything in it unwinds in order (a
+    KeyboardInterrupt raised wherever the loop happened to be left clients unclosed, now
+    and then). Where the parent has the process ignore Ctrl-C (a background job of a
+    script), SIGTERM raises KeyboardInterrupt itself. Run outside the main thread
+    (``main()`` called from a thread), it leaves signals alone: only the main thread may
+    set a handler."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        signal.default_int_handler(signum, frame)
+    def as_ctrl_c(signum: int, frame: FrameType | None) -> None:
+        signal.raise_signal(signal.SIGINT)
 
-    wanted = [signal.SIGTERM]
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        wanted.append(signal.SIGINT)
-    before = {sig: signal.signal(sig, interrupt) for sig in wanted}
+    ctrl_c = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    before = signal.signal(signal.SIGTERM, as_ctrl_c if ctrl_c else signal.default_int_handler)
     try:
         yield
     finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
+        signal.signal(signal.SIGTERM, before)
 
 
 # -- run ----------------------------------------------------------------------------------
