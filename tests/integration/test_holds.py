@@ -456,6 +456,38 @@ async def test_hold_list_prints_what_a_producer_chose_without_driving_the_termin
     ), out
 
 
+async def _stamped_under_a_hold(
+    broker: str,
+    topics: TopicSet,
+    tmp_path: Path,
+    record_id: str,
+    hold_id: str,
+    events: list[tuple[bytes, bytes]],
+    *,
+    until: str,
+) -> None:
+    """Under a ten-minute policy for conversations, a hold ``hold_id`` placed on the
+    conversation ``record_id``, then the service runs ``events`` and stops once that
+    record's latest stamp holds the field ``until``."""
+    common, config = _setup(
+        broker, topics, tmp_path, '[retention.defaults]\nconversation = "10m"\n'
+    )
+    assert await _cli("hold", "place", *common, "--org", "acme", "--record-id", record_id,
+                      "--reason", "a case", "--id", hold_id) == 0  # fmt: skip
+    key, _ = event("conversation", record_id)
+    async with running_service(config, broker) as service:
+        await wait_for(lambda: len(service.holds) == 1)
+        await produce(broker, [(topics.conversations, *e) for e in events])
+        await wait_for(lambda: service.stats.events >= len(events))
+
+        async def in_latest() -> bool:
+            records = await read_all(broker, topics.stamped)
+            mine = [r for r in records if r.key == key and r.value is not None]
+            return bool(mine) and until in orjson.loads(mine[-1].value)
+
+        await wait_until(in_latest, what=f"the stamp with {until}")
+
+
 @pytest.mark.timeout(120)
 async def test_replay_from_the_inputs_keeps_a_held_life_for_its_release(
     broker: str, topics: TopicSet, tmp_path: Path
@@ -467,32 +499,17 @@ async def test_replay_from_the_inputs_keeps_a_held_life_for_its_release(
     stamp's held lives, as replay from the stamps does, and the release tombstones the
     erased life (``explicit``)."""
     minute = 60_000
-    common, config = _setup(
-        broker, topics, tmp_path, '[retention.defaults]\nconversation = "10m"\n'
-    )
-    assert await _cli("hold", "place", *common, "--org", "acme", "--record-id", "d1",
-                      "--reason", "case 4", "--id", "case-4") == 0  # fmt: skip
     key, _ = event("conversation", "d1")
     now = wall_clock_ms()
-    async with running_service(config, broker) as service:
-        await wait_for(lambda: len(service.holds) == 1)
-        await produce(
-            broker,
-            [
-                (topics.conversations, *event("conversation", "d1", ts=now - 8 * minute)),
-                (topics.conversations,
-                 *event("conversation", "d1", op="delete", ts=now - minute)),
-                (topics.conversations, *event("conversation", "d1", ts=now - minute // 2)),
-            ],
-        )  # fmt: skip
-        await wait_for(lambda: service.stats.events >= 3)
-
-        async def held_in_latest() -> bool:
-            records = await read_all(broker, topics.stamped)
-            mine = [r for r in records if r.key == key and r.value is not None]
-            return bool(mine) and "held_lives" in orjson.loads(mine[-1].value)
-
-        await wait_until(held_in_latest, what="the stamp keeping the held life")
+    await _stamped_under_a_hold(
+        broker, topics, tmp_path, "d1", "case-4",
+        [
+            event("conversation", "d1", ts=now - 8 * minute),
+            event("conversation", "d1", op="delete", ts=now - minute),
+            event("conversation", "d1", ts=now - minute // 2),
+        ],
+        until="held_lives",
+    )  # fmt: skip
     shorter = '[retention.defaults]\nconversation = "5m"\n'
     common, config = _setup(broker, topics, tmp_path, shorter)
     report = await replay(config, broker, environ={}, from_inputs=True)
@@ -524,32 +541,17 @@ async def test_replay_leaves_an_erasure_a_hold_deferred_to_the_release(
     shorter policy and stamped it again. Both leave it out now, and the release erases it
     (``explicit``)."""
     minute = 60_000
-    common, config = _setup(
-        broker, topics, tmp_path, '[retention.defaults]\nconversation = "10m"\n'
-    )
-    assert await _cli("hold", "place", *common, "--org", "acme", "--record-id", "e1",
-                      "--reason", "case 5", "--id", "case-5") == 0  # fmt: skip
     key, _ = event("conversation", "e1")
     now = wall_clock_ms()
-    async with running_service(config, broker) as service:
-        await wait_for(lambda: len(service.holds) == 1)
-        await produce(
-            broker,
-            [
-                (topics.conversations, *event("conversation", "e1", ts=now - 8 * minute)),
-                (topics.conversations, *event("conversation", "f1", ts=now - 8 * minute)),
-                (topics.conversations,
-                 *event("conversation", "e1", op="delete", ts=now - minute)),
-            ],
-        )  # fmt: skip
-        await wait_for(lambda: service.stats.events >= 3)
-
-        async def erasure_in_latest() -> bool:
-            records = await read_all(broker, topics.stamped)
-            mine = [r for r in records if r.key == key and r.value is not None]
-            return bool(mine) and "erase_requested_at" in orjson.loads(mine[-1].value)
-
-        await wait_until(erasure_in_latest, what="the stamp keeping the deferred erasure")
+    await _stamped_under_a_hold(
+        broker, topics, tmp_path, "e1", "case-5",
+        [
+            event("conversation", "e1", ts=now - 8 * minute),
+            event("conversation", "f1", ts=now - 8 * minute),
+            event("conversation", "e1", op="delete", ts=now - minute),
+        ],
+        until="erase_requested_at",
+    )  # fmt: skip
     before = {(r.partition, r.offset) for r in await read_all(broker, topics.stamped)}
     shorter = '[retention.defaults]\nconversation = "5m"\n'
     common, config = _setup(broker, topics, tmp_path, shorter)
