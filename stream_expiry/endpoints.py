@@ -20,8 +20,8 @@ import orjson
 from anyio.abc import SocketAttribute
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from stream_expiry.errors import ConfigurationError
-from stream_expiry.kafka import log_in, login_failure
+from stream_expiry.errors import BrokerError, ConfigurationError
+from stream_expiry.kafka import log_in, login_failure, login_refused
 from stream_expiry.kafka_settings import Connection, bootstrap_addresses
 
 if TYPE_CHECKING:
@@ -133,13 +133,33 @@ _API_VERSIONS: Final = struct.pack(">hhih", 18, 0, 0x5E1F, len(_CLIENT_ID)) + _C
 _PROBE: Final = struct.pack(">i", len(_API_VERSIONS)) + _API_VERSIONS
 
 
-async def watch_connection(health: Health, conn: Connection, *, every_s: float = 5.0) -> None:
+# How long a refused login (a password, a mechanism, a certificate) is retried before the
+# command stops. Kafka's clients stop at once (KIP-152); aiokafka retries every connection
+# every 0.1 s, ~120 logins a second from the service's clients (a trial), for as long as
+# nobody notices. A few seconds ride out a credential being rotated on the broker.
+REFUSED_STOP_S: Final = 10.0
+REFUSED_EVERY_S: Final = 1.0  # look again this often once refused
+
+
+async def watch_connection(
+    health: Health,
+    conn: Connection,
+    *,
+    every_s: float = 5.0,
+    refused_stop_s: float = REFUSED_STOP_S,
+) -> None:
     """:func:`watch_broker` as every command that serves health runs it (``run``, ``sink``):
     speaking Kafka on a plaintext listener; with TLS or SASL, logging in as the clients do
     (:func:`~stream_expiry.kafka.log_in`). One place, so no command probes with less (the
     sink did: a proxy in front of a dead broker kept its ``/readyz`` at 200 through an
     outage; and a TLS-terminating proxy in front of a dead broker, or a password the broker
-    stopped taking, kept both commands' at 200 while nothing was read or written)."""
+    stopped taking, kept both commands' at 200 while nothing was read or written).
+
+    A login the broker refuses for ``refused_stop_s`` (the password, the mechanism, the
+    broker's certificate: see :func:`~stream_expiry.kafka.login_refused`) raises
+    :class:`BrokerError`, which stops the command with status 3, as one that starts with
+    such credentials does: retrying cannot cure it, and every client retries its logins
+    ten times a second meanwhile."""
     sec = conn.security
     if not (sec.uses_ssl or sec.uses_sasl):
         await watch_broker(health, conn.bootstrap_servers, every_s=every_s, speak_kafka=True)
@@ -149,13 +169,40 @@ async def watch_connection(health: Health, conn: Connection, *, every_s: float =
         try:
             await log_in(conn, host, port, timeout_s)
         except Exception as exc:
-            raise _ProbeFailed(login_failure(conn, exc, timeout_s)) from exc
+            why = login_failure(conn, exc, timeout_s)
+            raise _ProbeFailed(why, refused=login_refused(exc)) from exc
 
-    await watch_broker(health, conn.bootstrap_servers, every_s=every_s, login=login)
+    await watch_broker(
+        health,
+        conn.bootstrap_servers,
+        every_s=every_s,
+        login=login,
+        refused_stop_s=refused_stop_s,
+        who=_who(conn),
+    )
+
+
+def _who(conn: Connection) -> str:
+    """What to check when the broker refuses the login, for the message that stops."""
+    sec = conn.security
+    checks = []
+    if sec.uses_sasl:
+        checks.append(
+            f"sasl_username and sasl_password (SASL {sec.sasl_mechanism} as "
+            f"{sec.sasl_username!r}; the password may come from STREAM_EXPIRY_KAFKA_SASL_PASSWORD)"
+        )
+    if sec.uses_ssl:
+        checks.append("ssl_cafile, ssl_certfile and ssl_keyfile")
+    return "check [kafka] " + ", and ".join(checks)
 
 
 class _ProbeFailed(Exception):
-    """A login that failed, with why (for :func:`_why`)."""
+    """A login that failed, with why (for :func:`_why`), and whether the broker refused
+    the credentials (as opposed to not answering)."""
+
+    def __init__(self, why: str, *, refused: bool = False) -> None:
+        super().__init__(why)
+        self.refused = refused
 
 
 async def watch_broker(
@@ -166,6 +213,8 @@ async def watch_broker(
     timeout_s: float = 3.0,
     speak_kafka: bool = False,
     login: Callable[[str, int, float], Awaitable[None]] | None = None,
+    refused_stop_s: float = REFUSED_STOP_S,
+    who: str = "",
 ) -> None:
     """Until cancelled, mark the broker unreachable while no bootstrap server accepts a TCP
     connection. Cheap and independent of the Kafka client's retries, which hide an outage
@@ -174,10 +223,14 @@ async def watch_broker(
     With ``speak_kafka`` (a plaintext or SASL listener), a server must also answer an
     ApiVersions request: a load balancer or proxy in front of a dead broker accepts
     connections and then drops them, which a bare connect takes for a live broker. With
-    ``login(host, port, timeout_s)``, that is the probe instead (it raises what failed)."""
+    ``login(host, port, timeout_s)``, that is the probe instead (it raises what failed);
+    when no server takes the login and one refused it, for ``refused_stop_s``, it raises
+    :class:`BrokerError` naming ``who`` logged in."""
     addresses = bootstrap_addresses(bootstrap_servers)
+    refused_since: float | None = None
     while True:
         errors: list[str] = []
+        refused = False
         for host, port in addresses:
             try:
                 if login is not None:
@@ -197,6 +250,7 @@ async def watch_broker(
                 _ProbeFailed,
             ) as exc:
                 errors.append(f"{host}:{port} ({_why(exc)})")
+                refused = refused or (isinstance(exc, _ProbeFailed) and exc.refused)
                 continue
             break
         else:
@@ -204,8 +258,20 @@ async def watch_broker(
             if health.broker_error is None:
                 log.warning("Kafka unreachable: %s", reason)
             health.broker_unreachable(reason)
-            await anyio.sleep(every_s)
+            if not refused:
+                refused_since = None
+                await anyio.sleep(every_s)
+                continue
+            now = anyio.current_time()
+            refused_since = now if refused_since is None else refused_since
+            if now - refused_since >= refused_stop_s:
+                raise BrokerError(
+                    f"the broker refused the login for {now - refused_since:.0f} s ({reason}),"
+                    f" which retrying cannot cure, so the command stops: {who}"
+                )
+            await anyio.sleep(min(every_s, REFUSED_EVERY_S))
             continue
+        refused_since = None
         if health.broker_error is not None:
             log.info("Kafka reachable again")
         health.broker_reachable()

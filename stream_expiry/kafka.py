@@ -178,6 +178,18 @@ async def log_in(conn: Connection, host: str, port: int, timeout_s: float = 5.0)
     client.close()
 
 
+def login_refused(exc: BaseException) -> bool:
+    """Whether :func:`log_in` failed because the broker refused who the client is: its
+    password, its SASL mechanism, or (on the client's side) the broker's certificate.
+    Kafka's own clients treat these as fatal, not as an outage to wait out (KIP-152):
+    retrying sends the same credentials again, and only the operator can change them."""
+    return isinstance(
+        exc,
+        KeyError | SaslAuthenticationFailed | UnsupportedSaslMechanismError
+        | ssl.SSLCertVerificationError,
+    )  # fmt: skip
+
+
 def login_failure(conn: Connection, exc: BaseException, timeout_s: float = 5.0) -> str:
     """What :func:`log_in`'s failure ``exc`` says, for a person."""
     if isinstance(exc, KeyError | SaslAuthenticationFailed):

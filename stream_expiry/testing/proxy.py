@@ -7,7 +7,10 @@ until :meth:`Proxy.restore`. Clients only keep talking through the proxy if the 
 advertises the proxy's address (``EmbeddedBroker(advertised=proxy.address)``): after the
 first metadata answer a Kafka client connects to the advertised address, not to the one it
 was given. With ``server_ssl`` the proxy terminates TLS, which gives clients a real TLS path
-to a broker that only speaks plaintext.
+to a broker that only speaks plaintext. With ``logins`` it performs the clients' SASL PLAIN
+login itself, against the passwords it is given, which a test may change while clients are
+connected (a password rotated on the broker): the test broker enforces SASL only for users
+that cannot be created on it (tests/integration/test_kafka_security.py).
 
 Plain asyncio, no threads: it runs in the test's event loop, so the test must keep awaiting
 while clients in other processes use it.
@@ -19,7 +22,8 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from typing import TYPE_CHECKING
+import struct
+from typing import TYPE_CHECKING, Final
 
 from stream_expiry.broker import EmbeddedBroker
 
@@ -43,8 +47,12 @@ class Proxy:
         *,
         port: int = 0,
         server_ssl: ssl.SSLContext | None = None,
+        logins: dict[str, str] | None = None,
     ) -> None:
         self.target = target
+        self.logins = logins  # user -> password taken (None: logins go to the broker)
+        self.logins_accepted = 0
+        self.logins_refused = 0
         self._port = port
         self._server_ssl = server_ssl
         self._server: asyncio.Server | None = None
@@ -122,6 +130,16 @@ class Proxy:
             return
         self.accepted += 1
         self._open.update((client_w, upstream_w))
+        if self.logins is not None:
+            try:
+                logged_in = await self._log_in(client_r, client_w, upstream_r, upstream_w)
+            except (asyncio.IncompleteReadError, ConnectionError, OSError, ValueError):
+                logged_in = False
+            if not logged_in:
+                for writer in (client_w, upstream_w):
+                    self._open.discard(writer)
+                    writer.transport.abort()
+                return
         pipes = [
             asyncio.create_task(_pipe(client_r, upstream_w)),
             asyncio.create_task(_pipe(upstream_r, client_w)),
@@ -138,6 +156,73 @@ class Proxy:
                 self._open.discard(writer)
                 writer.transport.abort()
 
+    async def _log_in(
+        self,
+        client_r: asyncio.StreamReader,
+        client_w: asyncio.StreamWriter,
+        upstream_r: asyncio.StreamReader,
+        upstream_w: asyncio.StreamWriter,
+    ) -> bool:
+        """The requests a client makes before it is logged in, as a SASL listener answers
+        them: ApiVersions by the broker, SaslHandshake and SaslAuthenticate (PLAIN) here.
+        True once the password is taken; False (the connection is to be dropped) when it
+        is refused, as a Kafka broker drops it."""
+        assert self.logins is not None
+        while True:
+            request = await _read_frame(client_r)
+            api_key, version, correlation = struct.unpack_from(">hhi", request)
+            if api_key == _API_VERSIONS:
+                upstream_w.write(_framed(request))
+                await upstream_w.drain()
+                client_w.write(_framed(await _read_frame(upstream_r)))
+            elif api_key == _SASL_HANDSHAKE:
+                mechanism = b"PLAIN"
+                body = struct.pack(">hih", 0, 1, len(mechanism)) + mechanism
+                client_w.write(_framed(struct.pack(">i", correlation) + body))
+            elif api_key == _SASL_AUTHENTICATE:
+                _authzid, user, password = _auth_bytes(request).split(b"\0")
+                taken = self.logins.get(user.decode()) == password.decode()
+                error = (
+                    (0, b"") if taken else (_SASL_AUTHENTICATION_FAILED, b"Authentication failed")
+                )
+                body = struct.pack(">hh", error[0], len(error[1])) + error[1]
+                body += struct.pack(">i", 0)  # no auth bytes
+                if version >= 1:
+                    body += struct.pack(">q", 0)  # session lifetime: none
+                client_w.write(_framed(struct.pack(">i", correlation) + body))
+                await client_w.drain()
+                if taken:
+                    self.logins_accepted += 1
+                else:
+                    self.logins_refused += 1
+                return taken
+            else:
+                return False  # anything else before a login is refused
+            await client_w.drain()
+
+
+_API_VERSIONS: Final = 18
+_SASL_HANDSHAKE: Final = 17
+_SASL_AUTHENTICATE: Final = 36
+_SASL_AUTHENTICATION_FAILED: Final = 58
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> bytes:
+    (size,) = struct.unpack(">i", await reader.readexactly(4))
+    return await reader.readexactly(size)
+
+
+def _framed(message: bytes) -> bytes:
+    return struct.pack(">i", len(message)) + message
+
+
+def _auth_bytes(request: bytes) -> bytes:
+    """The ``auth_bytes`` of a SaslAuthenticate request v0 or v1 (header v1: no tags)."""
+    (client_id_len,) = struct.unpack_from(">h", request, 8)
+    at = 10 + max(client_id_len, 0)
+    (size,) = struct.unpack_from(">i", request, at)
+    return request[at + 4 : at + 4 + size]
+
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Copy until either side closes or resets (Kafka never half-closes a connection)."""
@@ -149,14 +234,18 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 @contextlib.asynccontextmanager
 async def proxied_broker(
-    *, server_ssl: ssl.SSLContext | None = None, authentication: bool = False
+    *,
+    server_ssl: ssl.SSLContext | None = None,
+    authentication: bool = False,
+    logins: dict[str, str] | None = None,
 ) -> AsyncIterator[Proxy]:
     """A Tansu broker of its own, reachable only through a :class:`Proxy` it advertises.
 
     Yields the proxy: ``proxy.address`` is the bootstrap address clients use (TLS when
-    ``server_ssl`` is given); ``proxy.cut()`` is a broker outage for all of them.
+    ``server_ssl`` is given); ``proxy.cut()`` is a broker outage for all of them. With
+    ``logins``, clients log in with SASL PLAIN at the proxy (:class:`Proxy`).
     """
-    async with Proxy(server_ssl=server_ssl) as proxy:
+    async with Proxy(server_ssl=server_ssl, logins=logins) as proxy:
         broker = EmbeddedBroker(advertised=proxy.address, authentication=authentication)
         proxy.target = await asyncio.to_thread(broker.start)
         try:

@@ -10,6 +10,9 @@ aiokafka is tested in tests/unit/test_kafka_settings.py.
 
 from __future__ import annotations
 
+import signal
+import urllib.error
+import urllib.request
 import uuid
 from functools import partial
 from typing import TYPE_CHECKING
@@ -17,22 +20,39 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
+from stream_expiry.broker import free_port
 from stream_expiry.endpoints import watch_connection
 from stream_expiry.errors import BrokerError
 from stream_expiry.health import Health
 from stream_expiry.kafka import consumer, ensure_topics, producer, read_to_end
 from stream_expiry.kafka_settings import Connection, KafkaSecurity
+from stream_expiry.testing.processes import spawn_command, spawn_service
 from stream_expiry.testing.proxy import proxied_broker
 from stream_expiry.testing.tls import make_pki
-from tests.conftest import wait_for
+from tests.conftest import make_topic_set, wait_for
+from tests.integration.service_helpers import config_text
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from pathlib import Path
+
+    from anyio.abc import Process
 
     from stream_expiry.testing.tls import TestPKI
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+STARTED: list[Process] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_orphans() -> Iterator[None]:
+    """However a test ends, no process it started outlives it."""
+    yield
+    for proc in STARTED:
+        if proc.returncode is None:
+            proc.kill()
+    STARTED.clear()
 
 
 async def _round_trip(conn: Connection, n: int = 20) -> list[bytes]:
@@ -209,3 +229,115 @@ async def test_a_tls_client_at_a_plaintext_listener_is_told_so(tmp_path: Path) -
         ):
             async with producer(conn, request_timeout_ms=5000):
                 pass
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0  # not answering at all
+
+
+def _plain(address: str, password: str) -> Connection:
+    return Connection(
+        address,
+        KafkaSecurity(
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism="PLAIN",
+            sasl_username="svc",
+            sasl_password=password,
+        ),
+    )
+
+
+async def test_a_refused_login_stops_the_watch_and_an_outage_does_not() -> None:
+    """The watch raises once the broker has refused the password for ``refused_stop_s``;
+    a broker that only drops connections for longer is waited for."""
+    async with proxied_broker(logins={"svc": "good"}) as proxy:
+        conn = _plain(proxy.address, "good")
+        health = Health()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(watch_connection, health, conn, every_s=0.2, refused_stop_s=1))
+            proxy.cut()
+            await wait_for(lambda: health.broker_error is not None, timeout_s=20)
+            # Probes dropped for well over refused_stop_s (every 0.2 s): no stop for that.
+            dropped = proxy.refused
+            await wait_for(lambda: proxy.refused >= dropped + 10, timeout_s=20)
+            assert "dropped without an answer" in str(health.broker_error), health.broker_error
+            proxy.restore()
+            await wait_for(lambda: health.broker_error is None, timeout_s=20)
+            tg.cancel_scope.cancel()
+        assert proxy.logins_accepted >= 1
+
+        refused = _plain(proxy.address, "old")
+        with anyio.fail_after(20), pytest.raises(BrokerError) as raised:
+            await watch_connection(Health(), refused, every_s=0.2, refused_stop_s=1)
+        message = str(raised.value)
+        assert "refused the SASL authentication" in message, message
+        assert "SASL PLAIN as 'svc'" in message, message
+        assert "sasl_password" in message, message
+        assert proxy.logins_refused >= 2
+
+
+@pytest.mark.timeout(150)
+async def test_a_password_the_broker_stops_taking_stops_run_and_sink_with_status_3(
+    tmp_path: Path,
+) -> None:
+    """A password rotated on the broker under running commands: every client's logins
+    failed ~120 times a second for as long as nobody noticed (a trial), with /readyz 503
+    but the process up. Kafka's clients treat a refused login as fatal (KIP-152): ``run``
+    and ``sink`` now stop with status 3 and say what to check."""
+    topics = make_topic_set()
+    async with proxied_broker(logins={"svc": "good"}) as proxy:
+        conn = _plain(proxy.address, "good")
+        await ensure_topics(conn, topics.all, partitions=2)
+        cfg = tmp_path / "service.toml"
+        cfg.write_text(
+            config_text(topics, str(tmp_path / "state"))
+            + '[kafka]\nsecurity_protocol = "SASL_PLAINTEXT"\nsasl_mechanism = "PLAIN"\n'
+            + 'sasl_username = "svc"\nsasl_password = "good"\n'
+        )
+        ports = {"run": free_port(), "sink": free_port()}
+        run = await spawn_service(proxy.address, cfg, STARTED, "--metrics-port", str(ports["run"]))
+        sink_args = ["sink", "sqlite", "--path", str(tmp_path / "s.db"), "--config", str(cfg)]
+        sink = await spawn_command(
+            [
+                *sink_args,
+                "--bootstrap-servers",
+                proxy.address,
+                "--metrics-port",
+                str(ports["sink"]),
+            ],
+            STARTED,
+        )
+        procs = {"run": run, "sink": sink}
+        async with anyio.create_task_group() as tg:
+            for proc in procs.values():
+                tg.start_soon(proc.follow_log)
+            for name, port in ports.items():
+                with anyio.fail_after(60):
+                    url = f"http://127.0.0.1:{port}/readyz"
+                    while await anyio.to_thread.run_sync(_status, url) != 200:
+                        assert procs[name].process.returncode is None, procs[name].tail()
+                        await anyio.sleep(0.25)  # a poll interval: the answer decides
+            proxy.logins["svc"] = "rotated"  # type: ignore[index]
+            proxy.cut()  # the connections logged in with the old password go
+            proxy.restore()
+            refused_before = proxy.logins_refused
+            try:
+                with anyio.fail_after(60):
+                    codes = {name: await p.process.wait() for name, p in procs.items()}
+            finally:
+                for proc in procs.values():
+                    if proc.process.returncode is None:
+                        proc.process.send_signal(signal.SIGKILL)
+            tg.cancel_scope.cancel()
+        tails = "\n".join(p.tail() for p in procs.values())
+        assert codes == {"run": 3, "sink": 3}, tails
+        for proc in procs.values():
+            assert proc.log_has("refused the login"), proc.tail()
+            assert proc.log_has("check [kafka] sasl_username and sasl_password"), proc.tail()
+        assert proxy.logins_refused > refused_before
