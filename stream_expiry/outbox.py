@@ -47,7 +47,14 @@ __all__ = ["Outbox", "Run", "all_acked", "settled_or_failed"]
 _Sent = list[
     tuple[Any, tuple[str, int], int, list[tuple["Effects", str, int]], tuple[bytes | None, int]]
 ]
-_Entry = tuple[_Sent, list[tuple["PartitionProcessor", "Effects"]], int]
+# Per entry: what was sent at once; the changelog's batches, sent or to be sent (a task:
+# their nulls wait for the tombstones' acks); the effects; the time they were made at.
+_Entry = tuple[
+    _Sent,
+    "_Sent | asyncio.Task[_Sent]",
+    list[tuple["PartitionProcessor", "Effects"]],
+    int,
+]
 
 MAX_IN_FLIGHT = 16
 
@@ -91,6 +98,21 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+def _sent_well(task: asyncio.Task[_Sent]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is None
+
+
+async def _changelog_after(
+    out: _Batches, before: asyncio.Task[_Sent] | None, tombstone_acks: list[Any]
+) -> _Sent:
+    """``out``'s changelog batches, sent once ``before``'s are and ``tombstone_acks``
+    are in; a failure of either is raised, and nothing is sent."""
+    if before is not None:
+        await before
+    await all_acked(tombstone_acks)
+    return await out.flush_held()
+
+
 class Run(NamedTuple):
     """Offsets ``[start, end)`` of a changelog partition filled by this outbox's settled
     batches, and the key and timestamp of the message at ``end - 1`` (which identify it)."""
@@ -106,14 +128,22 @@ class _Batches:
 
     Messages added with ``track`` are remembered with their place in their batch, so that
     once the batch is acknowledged their offsets are known (:meth:`offsets`).
+
+    The batches of the ``held`` topic (the changelog) are not sent by :meth:`flush`, full
+    or not, but by :meth:`flush_held`, so that their nulls can wait for the tombstones'
+    acks (:meth:`Outbox.send`).
     """
 
-    def __init__(self, prod: AIOKafkaProducer) -> None:
+    def __init__(self, prod: AIOKafkaProducer, held: str | None = None) -> None:
         self._prod = prod
+        self._held_topic = held
         self._open: dict[tuple[str, int], Any] = {}
+        self._full: list[tuple[str, int]] = []  # held batches full, in the order they filled
+        self._closed: dict[tuple[str, int], list[Any]] = {}
         self._tracked: dict[tuple[str, int], list[tuple[Effects, str, int]]] = {}
         self._last: dict[tuple[str, int], tuple[bytes | None, int]] = {}
         self.sent: _Sent = []
+        self.nulls = False  # a null was added to the held topic
 
     def try_add(
         self,
@@ -139,6 +169,8 @@ class _Batches:
             return False
         batch._relative_offset = offset + 1
         self._last[slot] = (key, timestamp_ms or 0)
+        if value is None and slot[0] == self._held_topic:
+            self.nulls = True
         if track is not None and key is not None:
             self._tracked.setdefault(slot, []).append((track, key.decode(), offset))
         return True
@@ -156,17 +188,50 @@ class _Batches:
         if self.try_add(slot, key, value, timestamp_ms, headers, track):
             return
         if slot in self._open:
-            await self._send(slot)
+            if slot[0] == self._held_topic:
+                self._hold(slot)
+            else:
+                await self._send(slot)
         if not self.try_add(slot, key, value, timestamp_ms, headers, track):
             raise BrokerError(f"a message for {slot[0]} is larger than the producer's batch size")
 
+    def _hold(self, slot: tuple[str, int]) -> None:
+        """Close a full batch of the held topic; :meth:`flush_held` sends it, in order."""
+        batch = self._open.pop(slot)
+        self._full.append(slot)
+        tracked = self._tracked.pop(slot, [])
+        self._closed.setdefault(slot, []).append((batch, tracked, self._last[slot]))
+
     async def _send(self, slot: tuple[str, int]) -> None:
         batch = self._open.pop(slot)
+        await self._send_batch(slot, batch, self._tracked.pop(slot, []), self._last[slot])
+
+    async def _send_batch(
+        self,
+        slot: tuple[str, int],
+        batch: Any,
+        tracked: list[tuple[Effects, str, int]],
+        last: tuple[bytes | None, int],
+    ) -> None:
         count = batch.record_count()
         future = await self._prod.send_batch(batch, slot[0], partition=slot[1])
-        self.sent.append((future, slot, count, self._tracked.pop(slot, []), self._last[slot]))
+        self.sent.append((future, slot, count, tracked, last))
 
     async def flush(self) -> _Sent:
+        """Send the open batches but the held topic's; returns what was sent."""
+        for slot in list(self._open):
+            if slot[0] != self._held_topic:
+                await self._send(slot)
+        return self.sent
+
+    async def flush_held(self) -> _Sent:
+        """Send the held topic's batches, full ones first, each partition's in order;
+        returns what this sent."""
+        self.sent = []
+        for slot in self._full:
+            batch, tracked, last = self._closed[slot].pop(0)
+            await self._send_batch(slot, batch, tracked, last)
+        self._full = []
         for slot in list(self._open):
             await self._send(slot)
         return self.sent
@@ -212,14 +277,19 @@ class Outbox:
         # none). A record fired is out of the wheel, and its store drops it only once
         # settled: the overdue gauge counts it meanwhile (an outage holds it for long).
         self._expiries: collections.deque[int | None] = collections.deque()
+        # The latest entry's changelog batches while they wait to be sent (None: all sent).
+        self._changelog: asyncio.Task[_Sent] | None = None
+        self._waiting: set[asyncio.Task[_Sent]] = set()
 
     async def send(self, items: list[tuple[PartitionProcessor, Effects]], now_ms: int) -> list[Any]:
         """Encode and send ``items``' messages; they settle later, in order. Returns the
-        futures of their acks (the timer task waits for them before it fires again)."""
-        out = _Batches(self._prod)
+        futures of their acks but the changelog's (the timer task waits for them before it
+        fires again)."""
+        out = _Batches(self._prod, held=self._topics.stamped)
         for proc, effects in items:
             await self._encode(out, proc, effects, now_ms)
         acks = await out.flush()
+        changelog = await self._send_changelog(out, acks)
         due = [
             f.before.expires_at
             for _, effects in items
@@ -230,8 +300,34 @@ class Outbox:
         if self._in_flight == 0:
             self._drained = anyio.Event()
         self._in_flight += 1
-        await self._send.send((acks, items, now_ms))
+        await self._send.send((acks, changelog, items, now_ms))
         return [future for future, *_ in acks]
+
+    async def _send_changelog(self, out: _Batches, sent: _Sent) -> _Sent | asyncio.Task[_Sent]:
+        """Send ``out``'s changelog batches now, or return the task that sends them once
+        the tombstones in ``sent`` are acknowledged.
+
+        A null on the changelog says the record's tombstone went out (../shared/DESIGN.md,
+        step 5: the tombstone acked, then the record marked deleted). Sent together, on
+        two partitions, the null could be acked and the tombstone not (its partition's
+        leader away past the producer's timeout): the session restarted, restored the
+        null as a deletion, and the record was never tombstoned (a review). A null now
+        waits for its tombstone's ack; and the changelog's batches keep the order the
+        processors made them, so those of later entries wait behind it (a record's next
+        life must not land before the null of the last). The wait is a task: the loop goes
+        on meanwhile, and only the settling of those entries waits."""
+        before = self._changelog
+        if not out.nulls and (before is None or _sent_well(before)):
+            self._changelog = None
+            return await out.flush_held()
+        tombstones = self._topics.tombstones
+        acks = [future for future, slot, *_ in sent if slot[0] == tombstones]
+        task = asyncio.create_task(_changelog_after(out, before, acks))
+        self._changelog = task
+        self._waiting.add(task)
+        task.add_done_callback(self._waiting.discard)
+        task.add_done_callback(_retrieve)
+        return task
 
     async def _encode(
         self, out: _Batches, proc: PartitionProcessor, effects: Effects, now_ms: int
@@ -343,13 +439,18 @@ class Outbox:
 
         Its end closes both ends of the queue, however it ends (a session that fails is
         cancelled without :meth:`close`): nothing sent after it would ever be settled."""
-        with self._send:
-            async with self._receive:
-                await self._settle_in_order()
+        try:
+            with self._send:
+                async with self._receive:
+                    await self._settle_in_order()
+        finally:
+            for task in self._waiting:  # nothing is sent after the settler
+                task.cancel()
 
     async def _settle_in_order(self) -> None:
         """Each entry's acks, then its effects into the stores, in the order sent."""
-        async for sent, items, now_ms in self._receive:
+        async for first, changelog, items, now_ms in self._receive:
+            sent = first + (changelog if isinstance(changelog, list) else await changelog)
             await all_acked(future for future, *_ in sent)
             batches: list[tuple[tuple[str, int], int, int, tuple[bytes | None, int]]] = []
             for future, slot, count, tracked, last in sent:

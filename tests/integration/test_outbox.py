@@ -3,23 +3,29 @@ which order."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
 import pytest
+from aiokafka.errors import KafkaTimeoutError
 
 from stream_expiry import codec
 from stream_expiry.config import parse_config
-from stream_expiry.kafka import producer
+from stream_expiry.errors import BrokerError
+from stream_expiry.kafka import consumer, producer
 from stream_expiry.outbox import Outbox, all_acked
 from stream_expiry.policy import PolicyBook
 from stream_expiry.state import MemoryKV, PartitionProcessor, PartitionStore
+from stream_expiry.state.restore import restore_partitions
 from tests.conftest import read_all
 from tests.integration.service_helpers import config_text
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from aiokafka import AIOKafkaProducer
 
     from tests.conftest import TopicSet
 
@@ -33,9 +39,27 @@ class _Rec:
         self.offset, self.key, self.value = offset, None, value
 
 
-def _error(offset: int, ts: int) -> _Rec:
-    body = {"category": "error", "org": "acme", "record_id": "e1", "ts": ts}
+def _error(offset: int, ts: int, record_id: str = "e1") -> _Rec:
+    body = {"category": "error", "org": "acme", "record_id": record_id, "ts": ts}
     return _Rec(offset, orjson.dumps(body))
+
+
+class _TombstonesRefused:
+    """The real producer, but a batch for the tombstones topic is refused, as when its
+    partition's leader stays away past the producer's timeout."""
+
+    def __init__(self, prod: AIOKafkaProducer, topic: str) -> None:
+        self._prod, self._topic = prod, topic
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._prod, name)
+
+    async def send_batch(self, batch: Any, topic: str, partition: int) -> Any:
+        if topic == self._topic:
+            refused = asyncio.get_running_loop().create_future()
+            refused.set_exception(KafkaTimeoutError())
+            return refused
+        return await self._prod.send_batch(batch, topic, partition=partition)
 
 
 async def test_a_life_an_event_ended_goes_out_before_the_life_it_started(
@@ -75,3 +99,60 @@ async def test_a_life_an_event_ended_goes_out_before_the_life_it_started(
         "2027-01-15T08:01:00.000Z",
         "2027-01-15T08:00:59.999Z",
     )
+
+
+async def test_a_null_waits_for_its_tombstone_and_is_not_sent_without_it(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """The null on ``expiry.stamped`` says the record's tombstone went out. Sent beside
+    the tombstone, it was acked while the tombstone was refused: the session restarted,
+    restored the null as a deletion, and the record was never tombstoned (a review).
+    Neither that null nor a later batch's stamp may reach the changelog; restored from
+    it, the record is tombstoned again."""
+    config = parse_config(
+        config_text(topics, str(tmp_path), '[retention.defaults]\nerror = "1m"\n')
+    )
+    proc = PartitionProcessor.from_config(
+        topics.errors, 0, PartitionStore(MemoryKV()), config, PolicyBook(config, {}), now_ms=T0
+    )
+    partitions = dict.fromkeys(topics.all, 2)
+    at = T0 + 60_000
+    async with producer(broker) as prod:
+        outbox = Outbox(prod, config.topics, partitions)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(outbox.run)
+            await all_acked(await outbox.send([(proc, proc.process([_error(0, T0)], T0))], T0))
+            await outbox.drain()
+            tg.cancel_scope.cancel()
+        fired = proc.fire_due(at, 100)
+        assert [f.reason for f in fired.tombstones] == ["ttl"]
+        later = proc.process([_error(1, at, record_id="e2")], at)  # a stamp, sent after
+        refusing = Outbox(_TombstonesRefused(prod, topics.tombstones), config.topics, partitions)
+
+        async def send_both() -> None:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(refusing.run)
+                await refusing.send([(proc, fired)], at)
+                await refusing.send([(proc, later)], at)
+
+        with anyio.fail_after(30), pytest.raises(ExceptionGroup) as failed:
+            await send_both()
+        assert failed.group_contains(BrokerError, match="did not acknowledge")
+    stamped = [r for r in await read_all(broker, topics.stamped) if r.key is not None]
+    assert [(r.key, r.value is None) for r in stamped] == [(b"acme/_/live/error/e1", False)]
+    assert await read_all(broker, topics.tombstones) == []
+
+    store = PartitionStore(MemoryKV())
+    async with consumer(broker) as cons:
+        await restore_partitions(
+            cons,
+            {(topics.errors, 0): store},
+            stamped=topics.stamped,
+            tombstones=topics.tombstones,
+            now_ms=at,
+        )
+    restored = PartitionProcessor.from_config(
+        topics.errors, 0, store, config, PolicyBook(config, {}), now_ms=at
+    )
+    again = restored.fire_due(at, 100)
+    assert [(f.before.identity.record_id, f.reason) for f in again.tombstones] == [("e1", "ttl")]
