@@ -470,7 +470,10 @@ class Sink:
             try:
                 if store.since is not None:  # said to answer again only once it does
                     await self.store.ping()
-                if broker.since is not None:  # receipts of a batch whose publish failed
+                if broker.since is not None or store.since is not None:
+                    # Receipts of a batch whose publish failed; or of one the store
+                    # committed while it said it had not (COMMIT's answer lost): applied
+                    # again, that batch makes none, and its receipts waited for a restart.
                     await self._flush_outbox(prod)
                 if self._ready is None:
                     with broker_errors(f"consuming from {cfg.bootstrap_servers}"):

@@ -26,6 +26,7 @@ from stream_expiry.sinks._messages import NullChange, decode_stamped, decode_tom
 from stream_expiry.sinks.framework import wall_clock_ms
 from stream_expiry.sinks.postgres import PostgresStore
 from stream_expiry.sinks.sqlite import SQLiteStore
+from stream_expiry.sinks.store import MemoryStore, StoreUnavailableError
 from stream_expiry.testing.proxy import Proxy
 from tests.conftest import make_topic_set, read_all, read_topic, record_batch_sizes
 from tests.integration.sink_helpers import (
@@ -561,6 +562,42 @@ async def test_offsets_commit_after_the_store_and_the_outbox_survives_a_restart(
         assert await store.count() == len(first) - 3 + len(later)
     published = await read_topic(broker, topics.receipts, until=lambda r: len(r) >= 3)
     assert orphan.receipt_id in {orjson.loads(r.value)["receipt_id"] for r in published}
+
+
+class _CommitsThenSaysLost(MemoryStore):
+    """Once armed, its next batch with receipts commits, then reports the connection lost,
+    as :class:`PostgresStore` does when the answer to COMMIT never arrives."""
+
+    def __init__(self) -> None:
+        super().__init__("commits-then-says-lost")
+        self.armed = False
+
+    async def apply(self, changes: Any, **kwargs: Any) -> Any:
+        applied = await super().apply(changes, **kwargs)
+        if self.armed and applied.receipts:
+            self.armed = False
+            raise StoreUnavailableError("could not commit: the connection was lost")
+        return applied
+
+
+@pytest.mark.asyncio
+async def test_receipts_of_a_batch_the_store_committed_but_called_lost_are_published(
+    broker: str, topics: TopicSet
+) -> None:
+    """Applied again, such a batch makes no receipt (its deletions are in the store), and
+    the receipts it made waited in the outbox until the sink restarted (a review)."""
+    store = _CommitsThenSaysLost()
+    now = wall_clock_ms()
+    s = stamp(ident("r1"), created_at=now - 2 * MINUTE, ttl_ms=MINUTE)
+    async with running_sink(store, sink_config(broker, topics)) as sink:
+        await produce(broker, topics.stamped, [stamped_msg(s, {"x": 1})])
+        await wait_until(_caught_up(store, sink.metrics, 1), what="the stamp written")
+        store.armed = True
+        await produce(broker, topics.tombstones, [tombstone_msg(s, emitted_at=now)])
+        published = await read_topic(broker, topics.receipts, until=lambda r: len(r) >= 1)
+        assert sink.metrics["store_errors_total"] == 1
+    assert [orjson.loads(r.value)["record_id"] for r in published] == ["r1"]
+    assert await store.pending_receipts() == []
 
 
 def _decoded_tombstone(s: Any, now: int) -> Any:
