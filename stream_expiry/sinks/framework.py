@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import IllegalStateError
 
@@ -263,6 +263,21 @@ class _Decoded:
     starts: dict[Any, int]  # first offset, per partition: where the unapplied part begins
     messages: int
     invalid: int  # malformed messages among them (already counted in the metrics)
+    generation: int = 0  # the sink's assignment it was read under (Sink._generation)
+
+
+class _HandOver(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Before the group moves this sink's partitions, its transaction in flight ends and
+    what it read and did not apply is dropped (:meth:`Sink._revoked`)."""
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._sink._revoked()
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        pass
 
 
 class Sink:
@@ -297,6 +312,10 @@ class Sink:
         self._acked: list[str] = []
         # The next batch, read and decoded while the previous one was being applied.
         self._ready: _Decoded | None = None
+        # Held while a batch's transaction runs; a revocation waits for it (_revoked).
+        self._applying = anyio.Lock()
+        # Counts the revocations: a batch read before the last one is not applied.
+        self._generation = 0
         # The applied batch whose receipts are being published and offsets committed,
         # beside the next batch's transaction (see :meth:`_hand_off`).
         self._finishing: asyncio.Future[None] | None = None
@@ -366,9 +385,8 @@ class Sink:
             prod = await stack.enter_async_context(
                 producer(conn, max_batch_size=batch_bytes(limits.values()))
             )
-            cons = await stack.enter_async_context(
-                consumer(conn, cfg.stamped_topic, cfg.tombstones_topic, **options)
-            )
+            cons = await stack.enter_async_context(consumer(conn, **options))
+            cons.subscribe([cfg.stamped_topic, cfg.tombstones_topic], listener=_HandOver(self))
             if follow_holds:
                 # Every hold is known before the first sweep, as the service knows them
                 # before its first event.
@@ -591,7 +609,9 @@ class Sink:
     async def _decode_batch(self, batch: Mapping[Any, list[Any]]) -> _Decoded:
         """Decode a batch, yielding to the event loop every few hundred messages so that a
         store transaction running beside it (see :meth:`_step`) resumes as soon as its
-        database answers."""
+        database answers. Called as soon as ``batch`` is read (no await between): it is
+        of the assignment in force then."""
+        generation = self._generation
         changes: list[Change] = []
         offsets: dict[Any, int] = {}
         starts: dict[Any, int] = {}
@@ -614,7 +634,7 @@ class Sink:
             offsets[tp] = recs[-1].offset + 1
             starts[tp] = recs[0].offset
         invalid = self.metrics["invalid_total"] - invalid_before
-        return _Decoded(changes, offsets, starts, messages, invalid)
+        return _Decoded(changes, offsets, starts, messages, invalid, generation)
 
     async def _step(self, prod: AIOKafkaProducer, cons: AIOKafkaConsumer) -> None:
         """Apply the ready batch; meanwhile, read the next one if the consumer holds it
@@ -631,7 +651,10 @@ class Sink:
             following = await cons.getmany(timeout_ms=0, max_records=self.config.batch_size)
         self._observe(cons, following)
         current, self._ready = self._ready, None
-        assert current is not None
+        if current is None:  # dropped by a revocation while the consumer was asked
+            if following:
+                self._ready = await self._decode_batch(following)
+            return
         try:
             await self._apply_and_hand_off(current, following, prod, cons)
         except StoreUnavailableError:
@@ -691,25 +714,41 @@ class Sink:
         await self._hand_off(decoded, await self._transact(decoded), prod, cons)
         await self._settle()
 
-    async def _transact(self, batch: _Decoded) -> Plan:
-        """The batch's store transaction, which also marks the receipts acknowledged so far."""
-        acked, self._acked = self._acked, []
-        try:
-            out = await self.store.apply(
-                batch.changes,
-                now_ms=self._clock(),
-                published=acked,
-                living=bool(self.config.compacted),
-            )
-        except BaseException:
-            self._acked = acked + self._acked
-            raise
+    async def _revoked(self) -> None:
+        """The group takes this sink's partitions back (to hand them out again, to this
+        sink or another): the transaction in flight ends first, and a batch read before
+        now is not applied (its offsets are not committed: its partitions' owner reads it
+        again). Without this, a new owner applied a record's stamp while the old one
+        applied its tombstone, in two transactions that each found no row and no marker
+        (neither has one to lock): the row stayed, its data with it (a review)."""
+        self._generation += 1
+        async with self._applying:
+            self._ready = None
+
+    async def _transact(self, batch: _Decoded) -> Plan | None:
+        """The batch's store transaction, which also marks the receipts acknowledged so
+        far; None when the batch was read before its partitions were taken back (not
+        applied, see :meth:`_revoked`)."""
+        async with self._applying:
+            if batch.generation != self._generation:
+                return None
+            acked, self._acked = self._acked, []
+            try:
+                out = await self.store.apply(
+                    batch.changes,
+                    now_ms=self._clock(),
+                    published=acked,
+                    living=bool(self.config.compacted),
+                )
+            except BaseException:
+                self._acked = acked + self._acked
+                raise
         # The store holds the batch now: re-reading it after a restart is harmless.
         self._uncommitted.update(batch.offsets)
         return out
 
     async def _hand_off(
-        self, batch: _Decoded, out: Plan, prod: AIOKafkaProducer, cons: AIOKafkaConsumer
+        self, batch: _Decoded, out: Plan | None, prod: AIOKafkaProducer, cons: AIOKafkaConsumer
     ) -> None:
         """Start publishing an applied batch and committing its offsets, in the background.
 
@@ -717,9 +756,12 @@ class Sink:
         order and at most one batch is in flight beside the next transaction. If that one
         failed, its error is raised here and this batch is not handed off: its receipts
         wait in the outbox (flushed once the broker answers) and its offsets stay in
-        ``_uncommitted`` for the next commit.
+        ``_uncommitted`` for the next commit. A batch not applied (``out`` None: its
+        partitions were taken back) is not handed off.
         """
         await self._settle()
+        if out is None:
+            return
         offsets = dict(self._uncommitted)
         self._finishing = asyncio.ensure_future(self._finish(batch, out, offsets, prod, cons))
 

@@ -600,6 +600,63 @@ async def test_receipts_of_a_batch_the_store_committed_but_called_lost_are_publi
     assert await store.pending_receipts() == []
 
 
+class _Gated(MemoryStore):
+    """Notes in ``log`` when each of its transactions starts and ends; with ``gate``, a
+    transaction holds until the gate opens."""
+
+    def __init__(self, name: str, log: list[tuple[str, str]], gate: anyio.Event | None) -> None:
+        super().__init__(name)
+        self.log, self.gate = log, gate
+
+    async def apply(self, changes: Any, **kwargs: Any) -> Any:
+        if changes:
+            self.log.append((self.name, "start"))
+            if self.gate is not None:
+                await self.gate.wait()
+        applied = await super().apply(changes, **kwargs)
+        if changes:
+            self.log.append((self.name, "end"))
+        return applied
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(120)
+async def test_a_partition_moves_to_another_sink_only_after_its_transaction_in_flight(
+    broker: str, topics: TopicSet
+) -> None:
+    """Two instances of one store: the group gave a partition to the second while the first
+    was still applying a batch of it, and the two transactions, each finding no row and no
+    marker to lock, left a deleted record's row in place (a review). The first's
+    transaction now ends before the group moves on."""
+    now = wall_clock_ms()
+    stamps = [stamp(ident(f"r{n}"), created_at=now, ttl_ms=HOUR) for n in range(20)]
+    await produce(broker, topics.stamped, [stamped_msg(s) for s in stamps])
+    log: list[tuple[str, str]] = []
+    gate = anyio.Event()
+    config = sink_config(broker, topics)
+    first, second = _Gated("first", log, gate), _Gated("second", log, None)
+    async with running_sink(first, config):
+        await wait_until(_logged(log, ("first", "start")), what="the first's transaction")
+        async with running_sink(second, config):
+            # The group rebalances; the second applies nothing while the first's
+            # transaction holds (a bounded wait: the second would be fast otherwise).
+            with anyio.move_on_after(15):
+                await wait_until(_logged(log, ("second", "start")), timeout_s=30)
+            gate.set()
+            # Both own partitions now: stamps for both, and the second applies its own.
+            more = [stamp(ident(f"s{n}"), created_at=now, ttl_ms=HOUR) for n in range(20)]
+            await produce(broker, topics.stamped, [stamped_msg(s) for s in more])
+            await wait_until(_logged(log, ("second", "start")), what="the second's transaction")
+    assert log.index(("first", "end")) < log.index(("second", "start")), log
+
+
+def _logged(log: list[tuple[str, str]], entry: tuple[str, str]) -> Any:
+    async def check() -> bool:
+        return entry in log
+
+    return check
+
+
 def _decoded_tombstone(s: Any, now: int) -> Any:
     from stream_expiry.sinks._messages import decode_tombstone
 
