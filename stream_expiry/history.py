@@ -30,7 +30,7 @@ from stream_expiry.cliargs import check_category, check_ids
 from stream_expiry.hold_command import read_holds
 from stream_expiry.kafka import consumer, read_to_end
 from stream_expiry.logs import printable, record_ref
-from stream_expiry.model import Identity
+from stream_expiry.model import DEFAULT_BOT, Identity
 from stream_expiry.timeutil import format_ts
 
 if TYPE_CHECKING:
@@ -150,14 +150,16 @@ def _one_per_receipt(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _names(rec: Any, identity: Identity) -> bool:
-    """Whether a dead letter's value names the record (missing bot and env: their defaults)."""
+    """Whether a dead letter's value names the record (bot and env missing or null: their
+    defaults, as the service reads them; a null was taken for a bot named None)."""
     body = None if rec.value is None else _body(rec.value)
     if body is None:
         return False
+    bot, env = body.get("bot"), body.get("env")
     given = (
         body.get("org"),
-        body.get("bot", "_"),
-        body.get("env", "live"),
+        DEFAULT_BOT if bot is None else bot,
+        "live" if env is None else env,
         body.get("category"),
         body.get("record_id"),
     )
@@ -203,12 +205,29 @@ async def history(config: Config, brokers: Brokers, identity: Identity) -> Histo
                 found.events.extend(
                     _dead_letter(rec, t.dlq) for rec in records if _names(rec, identity)
                 )
-    # Kafka timestamps order the topics against each other; within one, the log order.
-    found.events.sort(key=lambda e: e["at"])
+    found.events = _in_order(found.events)
     found.events = _one_per_receipt(found.events)
     holds = await read_holds(config, brokers)
     found.holds = [h.as_dict() for h in sorted(holds.holding(identity), key=lambda h: h.hold_id)]
     return found
+
+
+def _in_order(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Kafka timestamps order the topics against each other; within a partition, the log
+    order (``events`` come in it). A message may carry an earlier timestamp than the one
+    before it (a late create and its erasure, read together: the stamp timestamped when it
+    was made, the null when the erasure asked), and sorted by timestamp alone the record
+    was listed as created again after its deletion (a trial). So each event sorts at the
+    latest timestamp of its partition up to it, which keeps the log order there."""
+    latest: dict[tuple[str, int], str] = {}
+    keyed = []
+    for e in events:
+        where = (e["topic"], e["partition"])
+        at = max(e["at"], latest.get(where, e["at"]))
+        latest[where] = at
+        keyed.append((at, e))
+    keyed.sort(key=lambda pair: pair[0])  # stable: equal keys keep the log order
+    return [e for _, e in keyed]
 
 
 def _summary(e: dict[str, Any]) -> str:

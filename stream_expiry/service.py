@@ -771,15 +771,19 @@ class Service:
             if self._outbox is None:
                 return  # the session ended meanwhile
             items: list[tuple[PartitionProcessor, Effects]] = []
+            # One time for the decisions and their messages: stamps timestamped at the send,
+            # tombstones at the decision, put a record's stamp after its own null (a late
+            # create and its erasure read together), and `history` listed it so (a trial).
+            now = self.clock()
             for slot, proc, chunk in group:
                 if self.processors.get(slot) is not proc:
                     continue  # revoked meanwhile: its owner reads on
                 self._commits.decided(slot, chunk[-1])
-                effects = proc.process(chunk, self.clock())
+                effects = proc.process(chunk, now)
                 self._count(effects)
                 items.append((proc, effects))
             if items:
-                await self._outbox.send(items, self.clock())
+                await self._outbox.send(items, now)
         for _, proc, _ in group:
             self._firing.due_at(proc.next_due_ms())
 
