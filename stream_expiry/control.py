@@ -30,22 +30,20 @@ import zlib
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from aiokafka.structs import ConsumerRecord
 
 from stream_expiry import model, oversize
 from stream_expiry.codec import dead_letter_headers
-from stream_expiry.fetch import ENDS_WAIT_MS, read_ranges
+from stream_expiry.fetch import read_to_now
 from stream_expiry.holds import apply_hold_message, named_hold_id
 from stream_expiry.kafka import read_to_end
 from stream_expiry.outbox import all_acked
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Mapping
 
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
     from stream_expiry.config import Topics
-    from stream_expiry.fetch import RawRecord
     from stream_expiry.holds import HoldBook
     from stream_expiry.policy import PolicyBook, PolicyUpdate
     from stream_expiry.stats import ServiceStats
@@ -102,15 +100,6 @@ def _shown_key(key: bytes) -> str:
     its length (a producer's 3 MB key made each of the two lines 3 MB)."""
     text = key.decode(errors="replace")
     return repr(text) if len(text) <= 80 else f"{text[:77]!r}... ({len(key):,} bytes)"
-
-
-def _consumer_record(tp: TopicPartition, r: RawRecord) -> ConsumerRecord[bytes, bytes]:
-    """A record of a raw fetch as the consumer gives them (the appliers read its topic and
-    partition, for the dead-letter headers)."""
-    return ConsumerRecord(
-        tp.topic, tp.partition, r.offset, r.timestamp, r.timestamp_type,
-        r.key, r.value, None, -1, -1, r.headers,
-    )  # fmt: skip
 
 
 class ControlTopics:
@@ -186,7 +175,7 @@ class ControlTopics:
             # Both at once, one round trip, not two; a failure is raised as it is (a task
             # group would wrap it), and the session that gets it stops.
             await asyncio.gather(
-                self._read_on(self._policies, self._apply_policies),
+                read_to_now(self._policies, self._apply_policies),
                 self._read_holds(started),
             )
             self._complete_at = started
@@ -207,31 +196,8 @@ class ControlTopics:
         async with self._holds_lock:
             if self._holds_complete_at >= started:
                 return  # read meanwhile, from a later start
-            await self._read_on(self._holds_reader, self._apply_holds)
+            await read_to_now(self._holds_reader, self._apply_holds)
             self._holds_complete_at = started
-
-    @staticmethod
-    async def _read_on(
-        cons: AIOKafkaConsumer,
-        apply: Callable[[Mapping[TopicPartition, list[Any]]], Awaitable[None]],
-    ) -> None:
-        """From the consumer's positions to the ends its partitions have now, learnt from a
-        fetch the broker answers at once (the consumer's own fetches may be older, and
-        ``end_offsets`` is wrong on some brokers); the consumer goes on from there."""
-        starts = {tp: await cons.position(tp) for tp in cons.assignment()}
-        # Two quick retries (0.6 s: a leader moving), then a broker away is the session's
-        # outage to handle (torn down and tried again), not a wait of half a minute in the
-        # loop or the firing, which then stopped the service with a BrokerError.
-        rounds = read_ranges(cons, starts, wait_ms=ENDS_WAIT_MS, retries=2)
-        async with contextlib.aclosing(rounds):
-            async for fetched in rounds:
-                for part in fetched:
-                    tp = part.tp
-                    records = [_consumer_record(tp, r) for r in part]
-                    if records:
-                        await apply({tp: records})
-                    if part.position > starts[tp]:
-                        cons.seek(tp, part.position)
 
     async def _apply_policies(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
         for records in batch.values():

@@ -53,13 +53,14 @@ from aiokafka.errors import (
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.control_record import ABORT_MARKER, ControlRecord
 from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.structs import ConsumerRecord
 
 from stream_expiry.errors import BrokerError, BrokerUnavailableError
 from stream_expiry.kafka import readable_end, transient
 from stream_expiry.kafka_settings import MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Iterator, Mapping
+    from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
 
     from aiokafka import AIOKafkaConsumer
 
@@ -71,6 +72,7 @@ __all__ = [
     "ends_and_highs",
     "messages_at",
     "read_ranges",
+    "read_to_now",
 ]
 
 log = logging.getLogger(__name__)
@@ -483,3 +485,37 @@ async def messages_at(
                     if rec.offset == wanted[part.tp]:
                         found[part.tp] = rec
     return found
+
+
+async def read_to_now(
+    cons: AIOKafkaConsumer,
+    apply: Callable[[Mapping[TopicPartition, list[Any]]], Awaitable[None]],
+) -> None:
+    """Read ``cons``'s assigned partitions from its positions to the ends they have now,
+    learnt from a fetch the broker answers at once (the consumer's own fetches may be
+    older, and ``end_offsets`` is wrong on some brokers), handing each partition's records
+    to ``apply``; the consumer goes on from there. Everything acknowledged before the call
+    is read: the service's legal holds before it fires, the sink's before it sweeps."""
+    starts = {tp: await cons.position(tp) for tp in cons.assignment()}
+    # Two quick retries (0.6 s: a leader moving), then a broker away is the caller's
+    # outage to handle, not a wait of half a minute in the loop or the firing, which then
+    # stopped the service with a BrokerError.
+    rounds = read_ranges(cons, starts, wait_ms=ENDS_WAIT_MS, retries=2)
+    async with contextlib.aclosing(rounds):
+        async for fetched in rounds:
+            for part in fetched:
+                tp = part.tp
+                records = [_consumer_record(tp, r) for r in part]
+                if records:
+                    await apply({tp: records})
+                if part.position > starts[tp]:
+                    cons.seek(tp, part.position)
+
+
+def _consumer_record(tp: TopicPartition, r: RawRecord) -> ConsumerRecord[bytes, bytes]:
+    """A record of a raw fetch as the consumer gives them (the appliers read its topic and
+    partition, for the dead-letter headers)."""
+    return ConsumerRecord(
+        tp.topic, tp.partition, r.offset, r.timestamp, r.timestamp_type,
+        r.key, r.value, None, -1, -1, r.headers,
+    )  # fmt: skip

@@ -46,7 +46,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import IllegalStateError
 
 from stream_expiry.errors import BrokerError, BrokerUnavailableError, ConfigurationError
-from stream_expiry.fetch import end_offsets
+from stream_expiry.fetch import end_offsets, read_to_now
 from stream_expiry.holds import Hold, HoldBook, apply_hold_message
 from stream_expiry.kafka import (
     batch_bytes,
@@ -813,16 +813,26 @@ class Sink:
 
     async def _read_holds(self, *, to_end: bool = False) -> None:
         """Apply what ``expiry.holds`` says: all of it (at start), or what came since the
-        last look, without waiting. A malformed hold is skipped here: the service sends it
-        to the dead-letter topic with its reason."""
+        last look, to its end now (before each sweep: a hold acknowledged before the sweep
+        spares its rows). A malformed hold is skipped here: the service sends it to the
+        dead-letter topic with its reason.
+
+        Before a sweep this took what the consumer had fetched already, without waiting:
+        the holds came a sweep late, and a trial's sweeps deleted 37 of 40 held rows (and
+        8 of 10 with the service running, its tombstones held)."""
         reader, topic = self._holds_reader, self.config.holds_topic
         if reader is None or topic is None:
             return
         if to_end:
             batches = [b async for b in read_to_end(reader, topic, then_follow=True)]
         else:
+            batches = []
+
+            async def collect(batch: Mapping[Any, list[Any]]) -> None:
+                batches.append(dict(batch))
+
             with broker_errors(f"reading {topic}"):
-                batches = [await reader.getmany(timeout_ms=0)]
+                await read_to_now(reader, collect)
         placed: dict[str, Hold] = {}
         now = self._clock()
         for batch in batches:

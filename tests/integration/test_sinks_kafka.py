@@ -237,6 +237,36 @@ async def test_the_sweep_spares_what_a_legal_hold_keeps(
 
 
 @pytest.mark.asyncio
+async def test_a_hold_acknowledged_before_a_sweep_spares_its_rows_in_that_sweep(
+    broker: str, topics: TopicSet
+) -> None:
+    """Before each sweep the sink took the holds its consumer had fetched already: a hold
+    acknowledged just before came a sweep late, and a trial's sweeps deleted 37 of 40 held
+    rows. Here the consumer has fetched nothing since the start (paused), the state a
+    sweep just after the hold's acknowledgement met; the sweep reads the holds to their
+    end itself."""
+    store = MemoryStore("holds-read-to-end")
+    now = wall_clock_ms()
+    first = Hold("h-first", "other", None, None, None, None, "before the start", now)
+    await produce(broker, topics.holds, [(b"h-first", encode_hold(first))])
+    config = sink_config(broker, topics, sweep_interval_s=0.1, sweep_grace_s=0)
+    async with running_sink(store, config) as sink:
+        await wait_until(_knows_hold(sink, "h-first"), what="the holds read at the start")
+        reader = sink._holds_reader
+        assert reader is not None
+        reader.pause(*reader.assignment())
+        held = Hold("h-held", "acme", None, None, None, "held", "subpoena", now)
+        await produce(broker, topics.holds, [(b"h-held", encode_hold(held))])
+        overdue = [
+            stamp(ident(name), created_at=now - 2 * HOUR, ttl_ms=HOUR) for name in ("held", "free")
+        ]
+        await produce(broker, topics.stamped, [stamped_msg(s) for s in overdue])
+        await wait_until(_swept(store, overdue[1:]), what="the free row swept")
+        assert await present(store, [overdue[0].identity])
+    assert [r.identity.record_id for r in await store.receipts()] == ["free"]
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize("store", store_params(["sqlite", "postgres"]), indirect=True)
 async def test_the_sweep_judges_rows_only_by_what_the_sink_has_read(
     broker: str, topics: TopicSet, store: Store
