@@ -312,6 +312,8 @@ class Sink:
         self._acked: list[str] = []
         # The next batch, read and decoded while the previous one was being applied.
         self._ready: _Decoded | None = None
+        # How the holds are read to their end before a sweep (the unit tests give theirs).
+        self._read_to_now = read_to_now
         # Held while a batch's transaction runs; a revocation waits for it (_revoked).
         self._applying = anyio.Lock()
         # Counts the revocations: a batch read before the last one is not applied.
@@ -832,7 +834,7 @@ class Sink:
                 batches.append(dict(batch))
 
             with broker_errors(f"reading {topic}"):
-                await read_to_now(reader, collect)
+                await self._read_to_now(reader, collect)
         placed: dict[str, Hold] = {}
         now = self._clock()
         for batch in batches:

@@ -219,6 +219,34 @@ def test_lives_a_released_hold_kept_wait_with_their_record_for_the_archive() -> 
     assert (state.created_at, state.held_lives, state.live) == (T0 + 4 * TTL, (), True)
 
 
+def test_an_event_that_finds_a_life_due_waits_for_the_archive_as_its_timer_does() -> None:
+    """``[archive] required``, the archive behind: a touch at or after a session's expiry,
+    read before its timer fired, ended the life at once with a ``ttl`` tombstone, ahead of
+    the archive (a trial, with a late create and its touch read together). The life waits
+    for the archive, and the touch starts the next one."""
+    archive = ArchiveGate(partitions=1)
+    p = Partition(archive=archive)
+    p.event("s", "create", T0, category="session", now=T0 + 2 * TTL)
+    p.event("s", "touch", T0 + 2 * TTL, category="session")
+    assert p.tombstones == []  # the archive has not read the stamp
+    archive.update({0: 100})
+    p.tick(T0 + 2 * TTL + 100)
+    assert p.tombstones == [("s", "ttl", T0 + 2 * TTL + 100, T0 + TTL)]
+    [state] = p.proc.states()
+    assert (state.created_at, state.live) == (T0 + 2 * TTL, True)
+
+
+def test_an_erasure_that_finds_an_unarchived_life_due_names_that_life_at_once() -> None:
+    """An erasure never waits for the archive. It came with a ``ttl`` tombstone for the
+    life it found due and an ``explicit`` one naming no life, so the store's receipt said
+    ttl for a record an erasure request removed (a trial); it names that life now."""
+    archive = ArchiveGate(partitions=1)
+    p = Partition(archive=archive)
+    p.event("c", "create", T0, now=T0 + 2 * TTL)
+    p.event("c", "delete", T0 + 2 * TTL)
+    assert p.tombstones == [("c", "explicit", T0 + 2 * TTL, T0 + TTL)]
+
+
 def test_a_hold_on_one_bot_leaves_another_bots_records_on_time() -> None:
     p = Partition()
     p.holds.place(hold(bot="b1"))

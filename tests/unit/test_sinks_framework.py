@@ -25,6 +25,8 @@ from stream_expiry.sinks.store import MemoryStore, StoreUnavailableError
 from tests.log_capture import captured_logs
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping
+
     from stream_expiry.sinks._logic import Plan
 
 T0 = 1_767_225_600_000
@@ -540,6 +542,19 @@ class _HoldsReader:
     async def getmany(self, *, timeout_ms: int) -> dict[Any, list[Any]]:
         return self.batches.pop(0) if self.batches else {}
 
+    def read_by(self, sink: Sink) -> None:
+        """Be the sink's reader of the holds, read to their end before each sweep."""
+
+        async def read_to_now(
+            cons: Any, apply: Callable[[Mapping[Any, list[Any]]], Awaitable[None]]
+        ) -> None:
+            assert cons is self
+            while self.batches:
+                await apply(self.batches.pop(0))
+
+        sink._holds_reader = self
+        sink._read_to_now = read_to_now
+
 
 @pytest.mark.asyncio
 async def test_the_sink_names_only_the_holds_still_active_once_read(
@@ -551,7 +566,7 @@ async def test_the_sink_names_only_the_holds_still_active_once_read(
     records = [Rec("holds", 0, i, h.hold_id.encode(), encode_hold(h)) for i, h in enumerate(placed)]
     records.append(Rec("holds", 0, 2, b"h-old", None))  # released
     sink = sink_for(MemoryStore(), [])
-    sink._holds_reader = _HoldsReader(records)
+    _HoldsReader(records).read_by(sink)
     with caplog.at_level(logging.INFO, logger="stream_expiry.sinks"):
         await sink._read_holds()
     spared = [r.getMessage() for r in caplog.records if "the sweep spares" in r.getMessage()]
@@ -588,7 +603,7 @@ async def test_rows_a_released_hold_kept_wait_the_grace_for_their_tombstones() -
         Rec("holds", 0, 2, b"h-rel", None),
         Rec("holds", 0, 3, b"h-nar", encode_hold(narrower)),
     ]
-    sink._holds_reader = _HoldsReader(messages)
+    _HoldsReader(messages).read_by(sink)
     await sink.sweep_once(FakeProducer(j), read_to_ms=now[0])
     assert {r.identity.record_id for r in await store.receipts()} == {"c"}
     now[0] += 59_999  # within the grace of the release: their tombstones are on their way
