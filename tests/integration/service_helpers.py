@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import urllib.error
+import urllib.request
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
+import pytest
 
 from stream_expiry.archive import run_archive
 from stream_expiry.config import Config, parse_config
@@ -27,7 +30,9 @@ __all__ = [
     "config_for",
     "config_text",
     "event",
+    "http_status",
     "live_expiries",
+    "no_orphans",
     "produce",
     "running_service",
     "spawn_service",
@@ -38,8 +43,36 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
     from pathlib import Path
 
+    from anyio.abc import Process
+
     from stream_expiry.archive import ArchiveWriter
     from tests.conftest import TopicSet
+
+
+def no_orphans(started: list[Process]) -> Callable[[], Iterator[None]]:
+    """A test module's autouse fixture: however a test ends, no process it put in
+    ``started`` outlives it (``_no_orphans = no_orphans(STARTED)`` at module level)."""
+
+    @pytest.fixture(autouse=True)
+    def _no_orphans() -> Iterator[None]:
+        yield
+        for proc in started:
+            if proc.returncode is None:
+                proc.kill()
+        started.clear()
+
+    return _no_orphans
+
+
+def http_status(url: str) -> int:
+    """The status a GET of ``url`` answers (0: nothing answers)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
 
 
 def config_text(

@@ -25,10 +25,9 @@ from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
 from stream_expiry.service import wall_clock_ms
 from stream_expiry.testing.crash import run_crashes, violations
 from tests.conftest import TopicSet, read_all
-from tests.integration.service_helpers import config_for, event, running_service
+from tests.integration.service_helpers import config_for, event, no_orphans, running_service
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
     from anyio.abc import Process
@@ -39,14 +38,7 @@ KILLS = int(os.environ.get("STREAM_EXPIRY_CRASH_KILLS", "20"))
 STARTED: list[Process] = []
 
 
-@pytest.fixture(autouse=True)
-def _no_orphans() -> Iterator[None]:
-    """However the test ends, no service process outlives it."""
-    yield
-    for proc in STARTED:
-        if proc.returncode is None:
-            proc.kill()
-    STARTED.clear()
+_no_orphans = no_orphans(STARTED)
 
 
 @pytest.mark.timeout(60 + KILLS * 12)

@@ -26,10 +26,9 @@ from stream_expiry.model import Identity
 from stream_expiry.service import wall_clock_ms
 from stream_expiry.testing.processes import spawn_service
 from tests.conftest import read_all
-from tests.integration.service_helpers import config_text, event
+from tests.integration.service_helpers import config_text, event, no_orphans
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
     from anyio.abc import Process
@@ -44,13 +43,7 @@ FIELDS = ["category", "record_id", "org", "bot", "env", "op", "ts", "event_id"]
 WRONG: list[Any] = [1, -1.5, 2**63 - 1, [], {"a": 1}, True, None, "", "\x00", "\ud7ff" * 3]
 
 
-@pytest.fixture(autouse=True)
-def _no_orphans() -> Iterator[None]:
-    yield
-    for proc in STARTED:
-        if proc.returncode is None:
-            proc.kill()
-    STARTED.clear()
+_no_orphans = no_orphans(STARTED)
 
 
 def _rss(pid: int) -> int:

@@ -25,10 +25,9 @@ from stream_expiry.broker import free_port
 from stream_expiry.service import wall_clock_ms
 from stream_expiry.testing.processes import ArrivalLog, ServiceProcess, spawn_service
 from stream_expiry.timeutil import parse_ts
-from tests.integration.service_helpers import config_text, event, produce
+from tests.integration.service_helpers import config_text, event, no_orphans, produce
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
     from anyio.abc import Process
@@ -43,13 +42,7 @@ STARTED: list[Process] = []
 _WHEEL = re.compile(rb"^\w+_timers_in_wheel (\d+)", re.MULTILINE)
 
 
-@pytest.fixture(autouse=True)
-def _no_orphans() -> Iterator[None]:
-    yield
-    for proc in STARTED:
-        if proc.returncode is None:
-            proc.kill()
-    STARTED.clear()
+_no_orphans = no_orphans(STARTED)
 
 
 def _wheel(port: int) -> int | None:

@@ -11,8 +11,6 @@ aiokafka is tested in tests/unit/test_kafka_settings.py.
 from __future__ import annotations
 
 import signal
-import urllib.error
-import urllib.request
 import uuid
 from functools import partial
 from typing import TYPE_CHECKING
@@ -30,10 +28,10 @@ from stream_expiry.testing.processes import spawn_command, spawn_service
 from stream_expiry.testing.proxy import proxied_broker
 from stream_expiry.testing.tls import make_pki
 from tests.conftest import make_topic_set, wait_for
-from tests.integration.service_helpers import config_text
+from tests.integration.service_helpers import config_text, http_status, no_orphans
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from pathlib import Path
 
     from anyio.abc import Process
@@ -45,14 +43,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 STARTED: list[Process] = []
 
 
-@pytest.fixture(autouse=True)
-def _no_orphans() -> Iterator[None]:
-    """However a test ends, no process it started outlives it."""
-    yield
-    for proc in STARTED:
-        if proc.returncode is None:
-            proc.kill()
-    STARTED.clear()
+_no_orphans = no_orphans(STARTED)
 
 
 async def _round_trip(conn: Connection, n: int = 20) -> list[bytes]:
@@ -231,16 +222,6 @@ async def test_a_tls_client_at_a_plaintext_listener_is_told_so(tmp_path: Path) -
                 pass
 
 
-def _status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0  # not answering at all
-
-
 def _plain(address: str, password: str) -> Connection:
     return Connection(
         address,
@@ -320,7 +301,7 @@ async def test_a_password_the_broker_stops_taking_stops_run_and_sink_with_status
             for name, port in ports.items():
                 with anyio.fail_after(60):
                     url = f"http://127.0.0.1:{port}/readyz"
-                    while await anyio.to_thread.run_sync(_status, url) != 200:
+                    while await anyio.to_thread.run_sync(http_status, url) != 200:
                         assert procs[name].process.returncode is None, procs[name].tail()
                         await anyio.sleep(0.25)  # a poll interval: the answer decides
             proxy.logins["svc"] = "rotated"  # type: ignore[index]

@@ -46,13 +46,14 @@ from tests.integration.service_helpers import (
     config_text,
     event,
     live_expiries,
+    no_orphans,
     produce,
     running_service,
     spawn_service,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
     from pathlib import Path
 
     from aiokafka import AIOKafkaConsumer
@@ -65,14 +66,7 @@ RETENTION = '[retention.defaults]\nconversation = "6s"\nsession = "5s"\n'
 STARTED: list[Process] = []
 
 
-@pytest.fixture(autouse=True)
-def _no_orphans() -> Iterator[None]:
-    """However the test ends, no service process outlives it."""
-    yield
-    for proc in STARTED:
-        if proc.returncode is None:
-            proc.kill()
-    STARTED.clear()
+_no_orphans = no_orphans(STARTED)
 
 
 async def _recreate(broker: str, topics: list[str]) -> None:

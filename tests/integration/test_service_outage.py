@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -36,12 +34,13 @@ from tests.integration.service_helpers import (
     config_for,
     config_text,
     event,
+    http_status,
+    no_orphans,
     produce,
     running_service,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
     from anyio.abc import Process
@@ -53,23 +52,7 @@ TTL_MS = 8_000
 STARTED: list[Process] = []
 
 
-@pytest.fixture(autouse=True)
-def _no_orphans() -> Iterator[None]:
-    yield
-    for proc in STARTED:
-        if proc.returncode is None:
-            proc.kill()
-    STARTED.clear()
-
-
-def _status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0  # not answering at all
+_no_orphans = no_orphans(STARTED)
 
 
 @pytest.mark.timeout(150)
@@ -111,7 +94,9 @@ async def test_sigterm_during_an_outage_stops_the_service_and_a_sink_cleanly(
             for name, port in ports.items():
                 with anyio.fail_after(timeout_s):
                     while (
-                        await anyio.to_thread.run_sync(_status, f"http://127.0.0.1:{port}/readyz")
+                        await anyio.to_thread.run_sync(
+                            http_status, f"http://127.0.0.1:{port}/readyz"
+                        )
                         != want
                     ):
                         assert procs[name].process.returncode is None, procs[name].tail()
@@ -160,7 +145,7 @@ async def test_the_service_rides_out_a_broker_outage(tmp_path: Path) -> None:
             end = time.monotonic() + timeout_s
             while True:
                 alive()
-                status = await anyio.to_thread.run_sync(_status, readyz)
+                status = await anyio.to_thread.run_sync(http_status, readyz)
                 statuses.append((time.monotonic(), status))
                 if status == want:
                     return
