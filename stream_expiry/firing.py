@@ -40,8 +40,10 @@ the partition has read that far (:meth:`PartitionProcessor.let_go_read`), and wa
 task.
 
 Before it fires records that fell due at ``now``, the legal holds have been read to their
-end since ``now`` less a tick (``holds_read_since``): a hold acknowledged a tick (10 ms by
-default) before a record's expiry keeps it, as the contract says of an active hold. The
+end since ``now`` less a tick, and the input partitions' ends asked for (``read_since``): a
+hold acknowledged a tick (10 ms by default) before a record's expiry keeps it, as the
+contract says of an active hold, and a touch acknowledged a tick before a session's expiry
+slides it (the session waits for its partition to read that far). The
 reads are made ahead, while the task waits for the next due time or the next tick, so a
 tombstone seldom waits for one. The holds were read between reads of the inputs only,
 every 0.2 s at most when idle: a trial saw holds acknowledged 0.1 to 0.2 s before their
@@ -83,14 +85,14 @@ class Firing:
         on_fired: Callable[[Fired], None],
         tick_ms: int = 10,
         unread: Mapping[tuple[str, int], int] | None = None,
-        holds_read_since: Callable[[int], Awaitable[None]] | None = None,
+        read_since: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self._processors = processors
-        self._holds_read_since = holds_read_since
-        # How long before a record's expiry a hold must be acknowledged to keep it: a tick,
-        # which lets the holds be read ahead, while the task waits, not after the expiry
-        # (a read after it added ~3 ms to every tombstone's lag at 10k/s, on Tansu).
-        self._holds_ahead_ms = max(1, tick_ms)
+        self._read_since = read_since
+        # How long before a record's expiry a hold (or a touch) must be acknowledged to
+        # count: a tick, which lets them be read ahead, while the task waits, not after the
+        # expiry (a read after it added ~3 ms to every tombstone's lag at 10k/s, on Tansu).
+        self._ahead_ms = max(1, tick_ms)
         self._unread: Mapping[tuple[str, int], int] = {} if unread is None else unread
         self._outbox = outbox
         self._deciding = deciding
@@ -111,7 +113,7 @@ class Firing:
             self._wake.set()
 
     async def run(self) -> None:
-        holds, ahead = self._holds_read_since, self._holds_ahead_ms
+        holds, ahead = self._read_since, self._ahead_ms
         while True:
             now = self._clock()
             first = self._first_due()
@@ -157,11 +159,11 @@ class Firing:
         """Decide and send the tombstones of the due timers, at most ``FIRE_BATCH`` at
         once; returns their acks, and whether more is due already."""
         now = self._clock()
-        holds, read = self._holds_read_since, False
+        holds, read = self._read_since, False
         if holds is not None and (first := self._first_due()) is not None and first <= now:
             # Outside the lock: the loop decides input meanwhile. Mostly read already,
             # ahead of time (run): then nothing to wait for here.
-            await holds(now - self._holds_ahead_ms)
+            await holds(now - self._ahead_ms)
             read = True
         async with self._deciding:
             if not read:

@@ -23,11 +23,13 @@ revoked partition is settled, committed, and dropped alone.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import logging
 import os
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -238,6 +240,11 @@ class Service:
         # timer task: the outbox gets them in the order the processors made them.
         self._deciding = anyio.Lock()
         self._reading = InputReading(self._let_go, self._seek)
+        # The service clock's time just before the inputs' ends were last asked for
+        # (learn_ends): the firing fires a sliding record due at T once they were since
+        # T less a tick, as it does with the legal holds.
+        self._ends_asked_at = -(2**63)
+        self._ends_lock = asyncio.Lock()
         self._dead_lettered = DeadLettered(None)  # in the state directory once it is known
         self._commits = OffsetCommits(self.processors, _describe)
         # A release's slices: the partition the next one starts at (its index among the
@@ -396,7 +403,7 @@ class Service:
                     on_fired=self._count_tombstone,
                     tick_ms=self.config.tick_ms,
                     unread=self._reading.unread,
-                    holds_read_since=control.holds_read_since,
+                    read_since=partial(self._read_since, control, cons),
                 )
                 try:
                     async with anyio.create_task_group() as timers:
@@ -920,6 +927,22 @@ class Service:
         self._assigned_at = time.monotonic()
         self.health.restoring()
         self._restore_wanted.set()
+
+    async def _read_since(self, control: ControlTopics, cons: AIOKafkaConsumer, at_ms: int) -> None:
+        """What the firing reads before it fires what falls due at ``at_ms`` plus a tick,
+        unless read since ``at_ms``: the legal holds, and the ends of the input partitions
+        (a sliding record waits for input sent before it fell due), in one round trip."""
+        await asyncio.gather(control.holds_read_since(at_ms), self._ends_since(cons, at_ms))
+
+    async def _ends_since(self, cons: AIOKafkaConsumer, at_ms: int) -> None:
+        if not self.config.sliding or self._ends_asked_at >= at_ms:
+            return
+        async with self._ends_lock:
+            started = self.clock()
+            if self._ends_asked_at >= at_ms:
+                return  # asked meanwhile
+            await self._reading.learn_ends(cons, list(self.processors))
+            self._ends_asked_at = started
 
     async def _restorer(self) -> None:
         """Restore and position what :meth:`assign` took, in a task of the session: the
