@@ -353,6 +353,7 @@ def build_sink(
             else None
         ),
         batch_size=args.batch_size,
+        sliding=service_config.sliding,
         security=security_from_environment(service_config.kafka, os.environ),
         topic_settings=service_config.topic_settings,
     )
