@@ -112,9 +112,10 @@ async def _changelog_after(
     and nothing is sent."""
     if before is not None:
         await before
-    await all_acked(tombstone_acks)
-    with anyio.move_on_after(CHANGELOG_LINGER_S):
-        await outbox._next_send.wait()
+    if out.nulls:  # batches only behind another entry's go as soon as that one's are sent
+        await all_acked(tombstone_acks)
+        with anyio.move_on_after(CHANGELOG_LINGER_S):
+            await outbox._next_send.wait()
     return await out.flush_held()
 
 
