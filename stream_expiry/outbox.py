@@ -311,7 +311,12 @@ class Outbox:
         if self._in_flight == 0:
             self._drained = anyio.Event()
         self._in_flight += 1
-        await self._send.send((acks, changelog, items, now_ms))
+        # Counted above, so queued it must be: cancelled while the queue was full (a clean
+        # stop during a backlog), the entry was counted and never settled, and the stop
+        # waited for it until it was forced (a review). The settler keeps taking entries
+        # meanwhile; if it has ended, this raises at once (the stream is closed).
+        with anyio.CancelScope(shield=True):
+            await self._send.send((acks, changelog, items, now_ms))
         return [future for future, *_ in acks]
 
     async def _send_changelog(self, out: _Batches, sent: _Sent) -> _Sent | asyncio.Task[_Sent]:

@@ -502,6 +502,11 @@ class Sink:
                     # Receipts of a batch whose publish failed; or of one the store
                     # committed while it said it had not (COMMIT's answer lost): applied
                     # again, that batch makes none, and its receipts waited for a restart.
+                    # Those published already are marked first, or they went out twice
+                    # (their mark rides with the next transaction, which the outage undid).
+                    await self._settle()
+                    if self._acked:
+                        await self._mark_acked()
                     await self._flush_outbox(prod)
                 if self._ready is None:
                     with broker_errors(f"consuming from {cfg.bootstrap_servers}"):

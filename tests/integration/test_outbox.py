@@ -44,6 +44,29 @@ def _error(offset: int, ts: int, record_id: str = "e1") -> _Rec:
     return _Rec(offset, orjson.dumps(body))
 
 
+class _AcksHeld:
+    """The real producer, its acks held back until ``release`` (a broker slow to answer)."""
+
+    def __init__(self, prod: AIOKafkaProducer) -> None:
+        self._prod = prod
+        self._released = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._prod, name)
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def send_batch(self, batch: Any, topic: str, partition: int) -> Any:
+        ack = await self._prod.send_batch(batch, topic, partition=partition)
+
+        async def held() -> Any:
+            await self._released.wait()
+            return await ack
+
+        return asyncio.ensure_future(held())
+
+
 class _TombstonesRefused:
     """The real producer, but a batch for the tombstones topic is refused, as when its
     partition's leader stays away past the producer's timeout."""
@@ -156,3 +179,38 @@ async def test_a_null_waits_for_its_tombstone_and_is_not_sent_without_it(
     )
     again = restored.fire_due(at, 100)
     assert [(f.before.identity.record_id, f.reason) for f in again.tombstones] == [("e1", "ttl")]
+
+
+async def test_a_send_cancelled_while_the_queue_is_full_is_settled_and_the_drain_ends(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A clean stop cancels the timer task, then waits for the outbox to drain. Cancelled
+    while the outbox's queue was full (a backlog), its send left the entry counted and
+    never queued: the drain waited until the stop was forced (a review). The send
+    finishes queueing first; everything it counted settles."""
+    config = parse_config(
+        config_text(topics, str(tmp_path), '[retention.defaults]\nerror = "1m"\n')
+    )
+    proc = PartitionProcessor.from_config(
+        topics.errors, 0, PartitionStore(MemoryKV()), config, PolicyBook(config, {}), now_ms=T0
+    )
+    async with producer(broker) as prod:
+        slow = _AcksHeld(prod)
+        outbox = Outbox(slow, config.topics, dict.fromkeys(topics.all, 2), max_in_flight=1)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(outbox.run)
+            for n in range(2):  # the settler waits for the first's acks; the second fills the queue
+                await outbox.send([(proc, proc.process([_error(n, T0, f"r{n}")], T0))], T0)
+            third = proc.process([_error(2, T0, "r2")], T0)
+
+            async def broker_answers_later() -> None:
+                await anyio.sleep(1)  # after the cancellation below: part of the scenario
+                slow.release()
+
+            tg.start_soon(broker_answers_later)
+            with anyio.move_on_after(0.5):  # the timer task cancelled by a stop
+                await outbox.send([(proc, third)], T0)
+            with anyio.fail_after(10):
+                await outbox.drain()
+            outbox.close()
+    assert len(await read_all(broker, topics.stamped)) == 3

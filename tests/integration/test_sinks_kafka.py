@@ -705,6 +705,45 @@ def _logged(log: list[tuple[str, str]], entry: tuple[str, str]) -> Any:
     return check
 
 
+class _FailsOnceAfterReceipts(MemoryStore):
+    """The transaction after the first that made receipts fails before it does anything
+    (the connection lost at BEGIN): the marks of the receipts published meanwhile, which
+    ride with it, are not made."""
+
+    def __init__(self) -> None:
+        super().__init__("fails-after-receipts")
+        self.state = "wait"
+
+    async def apply(self, changes: Any, **kwargs: Any) -> Any:
+        if self.state == "fail":
+            self.state = "done"
+            raise StoreUnavailableError("could not begin: the connection was lost")
+        applied = await super().apply(changes, **kwargs)
+        if self.state == "wait" and applied.receipts:
+            self.state = "fail"
+        return applied
+
+
+@pytest.mark.asyncio
+async def test_a_store_outage_publishes_no_receipt_twice(broker: str, topics: TopicSet) -> None:
+    """Once the store answered again, the receipts left in its outbox were published,
+    and with them those published already whose mark the failed transaction was to make:
+    two receipts for one deletion (a review)."""
+    store = _FailsOnceAfterReceipts()
+    now = wall_clock_ms()
+    s1 = stamp(ident("r1"), created_at=now - 2 * MINUTE, ttl_ms=MINUTE)
+    s2 = stamp(ident("r2"), created_at=now, ttl_ms=10 * MINUTE)
+    async with running_sink(store, sink_config(broker, topics, batch_size=1)) as sink:
+        await produce(broker, topics.stamped, [stamped_msg(s1, {"x": 1})])
+        await wait_until(_caught_up(store, sink.metrics, 1), what="the stamp written")
+        await produce(broker, topics.tombstones, [tombstone_msg(s1, emitted_at=now)])
+        await produce(broker, topics.stamped, [stamped_msg(s2, {"y": 1})])
+        await wait_until(_caught_up(store, sink.metrics, 3), what="both batches applied")
+        assert sink.metrics["store_errors_total"] == 1
+    published = await read_all(broker, topics.receipts)
+    assert [orjson.loads(r.value)["record_id"] for r in published] == ["r1"]
+
+
 def _decoded_tombstone(s: Any, now: int) -> Any:
     from stream_expiry.sinks._messages import decode_tombstone
 
