@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 from aiokafka import TopicPartition
 
+from stream_expiry.errors import BrokerUnavailableError
 from stream_expiry.reading import END_UNKNOWN, InputReading, resume_point
 
 TP = TopicPartition("conversations", 3)
@@ -119,3 +121,39 @@ def test_a_revoked_partition_is_forgotten_and_the_mapping_the_firing_reads_stays
     assert reading.unread is unread
     assert not unread
     assert not reading.catching_up
+
+
+@pytest.mark.asyncio
+async def test_the_ends_learnt_for_the_firing_mark_what_a_partition_has_not_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The broker's ends, asked now (a leader moving fails twice here), note a partition
+    read short of its end as unread up to it; one read to its end is left alone."""
+    reading, _, _ = _reading()
+    other = ("sessions", 0)
+    reading.next_offset.update({SLOT: 10, other: 5})
+    answers: list[Exception | dict[TopicPartition, int]] = [
+        BrokerUnavailableError("not the leader"),
+        BrokerUnavailableError("not the leader"),
+        {TP: 12, TopicPartition(*other): 5},
+    ]
+
+    async def end_offsets(cons: object, at: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        assert at == {TP: 10, TopicPartition(*other): 5}
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr("stream_expiry.reading.end_offsets", end_offsets)
+    monkeypatch.setattr("stream_expiry.reading.anyio.sleep", _no_wait)
+    await reading.learn_ends(None, [SLOT, other])
+    assert reading.unread == {SLOT: 12}
+
+    answers[:] = [BrokerUnavailableError("away")] * 3
+    with pytest.raises(BrokerUnavailableError):
+        await reading.learn_ends(None, [SLOT, other])
+
+
+async def _no_wait(seconds: float) -> None:
+    pass
