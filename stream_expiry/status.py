@@ -158,6 +158,15 @@ def _count(
                 and offset >= archived.get(partition, 0)
             ):
                 result.archive_waiting = (result.archive_waiting or 0) + 1
+        elif (
+            archived is not None
+            and flags & _HELD_LIVES
+            and not holding
+            and offset >= archived.get(partition, 0)
+        ):
+            # Earlier lives no hold keeps: they wait for the archive (an event after a
+            # life's expiry kept it and started the next one, a trial saw counted nowhere).
+            result.archive_waiting = (result.archive_waiting or 0) + 1
 
 
 async def _lag(config: Config, brokers: Brokers) -> dict[str, dict[str, int | None]]:

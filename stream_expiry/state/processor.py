@@ -596,9 +596,14 @@ class PartitionProcessor:
         )
 
     def _waits_for_archive(self, kept: model.Stamp) -> None:
-        """Count a due record kept for the archive, and how long the oldest has waited."""
+        """Count a due record kept for the archive, and how long the oldest has waited:
+        since its earliest life kept (an event after a life's expiry keeps that life and
+        starts the next, whose expiry the warning named, in the future)."""
         self.archive_waiting += 1
-        due = kept.due_at
+        dues = [kept.held_life(life).due_at for life in kept.held_lives]
+        if kept.held or not dues:
+            dues.append(kept.due_at)
+        due = min((d for d in dues if d is not None), default=None)
         if due is not None:
             since = self.archive_waiting_since
             self.archive_waiting_since = due if since is None else min(since, due)

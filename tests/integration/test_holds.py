@@ -239,6 +239,31 @@ async def test_status_keeps_no_record_data_in_its_scratch_store(
     assert (result.next_due, result.oldest_overdue) == (pending.expires_at, overdue.expires_at)
 
 
+async def test_status_counts_earlier_lives_that_wait_for_the_archive(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """With ``[archive] required``, an event after a life's expiry keeps that life for
+    the archive and starts the next: the record's current life is pending, its earlier
+    one waits, and status counted it nowhere (a trial)."""
+    now = wall_clock_ms()
+    running = Stamp(Identity("acme", "_", "live", "session", "s"), now, now + 3_600_000,
+                    3_600_000, "default")  # fmt: skip
+    kept = running._replace(
+        held_lives=((now - 7_200_000, now - 3_600_000, 3_600_000, "default", None),)
+    )
+    await produce(broker, [(topics.stamped, kept.identity.key.encode(), encode_stamp(kept, None))])
+    kv = RocksKV(str(tmp_path / "scratch"), durable=False)
+    try:
+        await read_latest(broker, topics.stamped, kv, status_module._latest)
+        waiting, written = status_module.Status(at=now), status_module.Status(at=now)
+        status_module._count(waiting, kv, HoldBook(), archived=dict.fromkeys(range(2), 0))
+        status_module._count(written, kv, HoldBook(), archived=dict.fromkeys(range(2), 100))
+    finally:
+        kv.close()
+    assert (dict(waiting.pending), waiting.archive_waiting) == ({"session": 1}, 1)
+    assert written.archive_waiting == 0
+
+
 @pytest.mark.timeout(120)
 async def test_a_held_session_that_comes_back_starts_its_next_life_and_both_are_tombstoned(
     broker: str, topics: TopicSet, tmp_path: Path

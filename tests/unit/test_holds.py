@@ -229,6 +229,10 @@ def test_an_event_that_finds_a_life_due_waits_for_the_archive_as_its_timer_does(
     p.event("s", "create", T0, category="session", now=T0 + 2 * TTL)
     p.event("s", "touch", T0 + 2 * TTL, category="session")
     assert p.tombstones == []  # the archive has not read the stamp
+    p.proc.recheck_archive()  # counted again by a scan of the store, as the service does
+    p.tick(T0 + 2 * TTL + 50)
+    # Waiting since the kept life's expiry (the warning named the next life's, to come).
+    assert (p.proc.archive_waiting, p.proc.archive_waiting_since) == (1, T0 + TTL)
     archive.update({0: 100})
     p.tick(T0 + 2 * TTL + 100)
     assert p.tombstones == [("s", "ttl", T0 + 2 * TTL + 100, T0 + TTL)]
