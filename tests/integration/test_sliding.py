@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
+from stream_expiry.errors import BrokerError
 from stream_expiry.service import wall_clock_ms
 from stream_expiry.timeutil import parse_ts
 from tests.conftest import read_topic, wait_for
 from tests.integration.service_helpers import config_for, event, produce, running_service
+from tests.log_capture import captured_logs
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -65,3 +67,28 @@ async def test_a_touch_on_the_broker_before_the_expiry_slides_the_session_howeve
         (tombstone,) = await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 1)
     body = orjson.loads(tombstone.value)
     assert (body["reason"], parse_ts(body["expires_at"])) == ("ttl", touched + TTL_MS)
+
+
+@pytest.mark.timeout(90)
+async def test_the_firing_goes_on_when_the_broker_gives_no_ends(
+    broker: str, topics: TopicSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Late in a 5-minute soak the test broker left the ask for the ends unanswered, and
+    the BrokerError raised in the timer task ended the service. Without an answer the
+    firing goes on with what the loop noted, as before it asked, and says so."""
+    retention = f'[retention.defaults]\nsession = "{TTL_MS // 1000}s"\n'
+    config = config_for(topics, str(tmp_path / "state"), retention)
+    async with running_service(config, broker) as svc:
+
+        async def unanswered(*args: Any) -> None:
+            raise BrokerError("the broker gave no end for [...]")
+
+        monkeypatch.setattr(svc._reading, "learn_ends", unanswered)
+        with captured_logs() as logs:
+            t0 = wall_clock_ms()
+            await produce(broker, [(topics.sessions, *event("session", "s1", ts=t0))])
+            (tombstone,) = await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 1)
+        assert svc.health.live
+    body = orjson.loads(tombstone.value)
+    assert (body["reason"], parse_ts(body["expires_at"])) == ("ttl", t0 + TTL_MS)
+    assert "ends went unanswered" in logs.text.getvalue()
