@@ -949,8 +949,9 @@ class Service:
             started = self.clock()
             if self._ends_asked_at >= at_ms:
                 return  # asked meanwhile
+            owned = [slot for slot, proc in self.processors.items() if proc.may_slide]
             try:
-                await self._reading.learn_ends(cons, list(self.processors))
+                await self._reading.learn_ends(cons, owned)
             except BrokerError as exc:
                 # Unanswered, the firing goes on with what the loop noted from its
                 # consumer's fetches, as before it asked; the next firing asks again. Raised,

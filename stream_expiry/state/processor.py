@@ -176,6 +176,12 @@ class PartitionProcessor:
         self._waiting_order: list[tuple[int, str]] = []
         self._cleared: dict[str, int | None] = {}
         self.set_aside = 0  # times a due sliding timer waited for unread input
+        # Whether the partition may hold records of a sliding category: its store holds
+        # records (it may have them), or it has read an event of one since. The firing asks
+        # the broker for the ends only of such partitions: asked of every partition, at
+        # 10k expirations/s beside 20k events/s of ingest, it doubled the lag (p50 35 ->
+        # 70 ms) where no record slides.
+        self.may_slide = bool(sliding) and store.first_due_ms() is not None
         # key -> (seq of the effects that wrote it last, state): decided, not yet stored
         self._overlay: dict[str, tuple[int, model.Stamp]] = {}
         self._seq = 0
@@ -276,10 +282,13 @@ class PartitionProcessor:
         verdicts = effects.verdicts
         holds_active = len(self.holds) > 0
         archive = self.archive
+        sliding = None if self.may_slide else self._sliding
         for rec, ev in parsed:
             if isinstance(ev, model.Rejection):
                 effects.dead_letters.append((rec, ev))
                 continue
+            if sliding is not None and ev.identity.category in sliding:
+                self.may_slide, sliding = True, None
             if ev.ts < model.SECONDS_LIKE_BEFORE_MS:
                 effects.seconds_like.append((rec, ev.ts))
             key = ev.identity.key

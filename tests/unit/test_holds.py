@@ -834,3 +834,19 @@ def test_an_archive_that_moves_every_turn_does_not_keep_the_scan_from_later_reco
     archived_early = {records - 1 - offset for offset in range(turns - one_pass)}
     assert archived_early <= gone
     assert all(records - 1 - i < turns for i in gone)  # never before the archive had it
+
+
+def test_a_partition_may_slide_once_it_has_records_or_reads_a_sliding_event() -> None:
+    """The firing asks the broker for the ends only of partitions whose records may
+    slide: an empty one starts without, a session event or a stored record makes it one."""
+    p = Partition()
+    assert not p.proc.may_slide
+    p.event("c", "create", T0)  # a conversation does not slide
+    assert not p.proc.may_slide
+    p.event("s", "create", T0, category="session")
+    assert p.proc.may_slide
+    restarted = PartitionProcessor(
+        "in", 0, p.proc.store, resolve=resolve, sliding=frozenset({"session"}),
+        categories=frozenset({"conversation", "session"}), max_skew_ms=10**12, now_ms=T0,
+    )  # fmt: skip
+    assert restarted.may_slide  # its store holds records: it may have sessions
