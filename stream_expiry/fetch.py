@@ -422,7 +422,7 @@ def _take(part: _Partition, tp: TopicPartition, answer: _Answer, idle: bool) -> 
 
 
 async def end_offsets(
-    cons: AIOKafkaConsumer, at: Mapping[TopicPartition, int]
+    cons: AIOKafkaConsumer, at: Mapping[TopicPartition, int], *, retries: int = 0
 ) -> dict[TopicPartition, int]:
     """The stable end of each partition of ``at`` (the high watermark, or the last stable
     offset below it while a transaction is open), from one Fetch per leader sent now
@@ -430,13 +430,15 @@ async def end_offsets(
     waiting for no data: the broker answers at once, with little or nothing, dropped here.
 
     Raises :class:`~stream_expiry.errors.BrokerUnavailableError` for what retrying may cure
-    (no leader, a connection lost), else :class:`~stream_expiry.errors.BrokerError`.
+    (no leader, a connection lost), after ``retries`` more tries as :func:`read_ranges`
+    makes them (the leaders looked up again), else :class:`~stream_expiry.errors.BrokerError`.
     """
-    return {tp: stable for tp, (stable, _high) in (await ends_and_highs(cons, at)).items()}
+    ends = await ends_and_highs(cons, at, retries=retries)
+    return {tp: stable for tp, (stable, _high) in ends.items()}
 
 
 async def ends_and_highs(
-    cons: AIOKafkaConsumer, at: Mapping[TopicPartition, int]
+    cons: AIOKafkaConsumer, at: Mapping[TopicPartition, int], *, retries: int = 0
 ) -> dict[TopicPartition, tuple[int, int]]:
     """:func:`end_offsets`, each with the high watermark too (above the stable end while a
     transaction is open): a committed offset past the stable end may still be within the
@@ -446,12 +448,21 @@ async def ends_and_highs(
     if not at:
         return {}
     parts = {tp: _Partition(offset) for tp, offset in at.items()}
-    try:
-        answers = await _round(
-            cons, parts, _cached_leaders(cons, parts), 1, ENDS_WAIT_MS, partition_bytes=1
-        )
-    except _Retry as retry:
-        raise BrokerUnavailableError(f"asking for the partitions' ends failed: {retry}") from retry
+    leaders = _cached_leaders(cons, parts)
+    failures = 0
+    while True:
+        try:
+            answers = await _round(cons, parts, leaders, 1, ENDS_WAIT_MS, partition_bytes=1)
+            break
+        except _Retry as retry:
+            failures += 1
+            if failures > retries:
+                msg = f"asking for the partitions' ends failed: {retry}"
+                raise BrokerUnavailableError(msg) from retry
+            backoff = min(RETRY_MAX_S, RETRY_BACKOFF_S * 2 ** (failures - 1))
+            log.debug("asking for the partitions' ends: %s; again in %.1f s", retry, backoff)
+            await asyncio.sleep(backoff)
+            leaders = {}  # a leader may have moved: looked up again
     missing = parts.keys() - answers.keys()
     if missing:
         raise BrokerError(f"the broker gave no end for {sorted(missing)}")

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 from aiokafka import TopicPartition
 
-from stream_expiry.errors import BrokerUnavailableError
 from stream_expiry.fetch import end_offsets
 from stream_expiry.kafka import stable_end
 
@@ -217,7 +216,7 @@ class InputReading:
         }
         if not at:
             return
-        for tp, end in (await _ends_now(cons, at)).items():
+        for tp, end in (await end_offsets(cons, at, retries=ENDS_RETRIES)).items():
             slot = (tp.topic, tp.partition)
             if end > at[tp] and end > self.unread.get(slot, 0):
                 self.unread[slot] = end
@@ -235,22 +234,9 @@ class InputReading:
         self.unread.clear()
 
 
-async def _ends_now(
-    cons: AIOKafkaConsumer, at: dict[TopicPartition, int]
-) -> dict[TopicPartition, int]:
-    """:func:`~stream_expiry.fetch.end_offsets`, tried three times over 0.6 s (a leader
-    moving), as the holds are read; then a broker away is the session's outage."""
-    for attempt in range(ENDS_TRIES):
-        try:
-            return await end_offsets(cons, at)
-        except BrokerUnavailableError:
-            if attempt == ENDS_TRIES - 1:
-                raise
-            await anyio.sleep(0.3)
-    raise AssertionError("unreachable")
-
-
-ENDS_TRIES: Final = 3
+# Two more tries (0.2 + 0.4 s: a leader moving), as the holds are read; then a broker
+# away is the session's outage.
+ENDS_RETRIES: Final = 2
 
 
 async def _read_up_to(cons: AIOKafkaConsumer, slot: Slot, read: int, target: int) -> int:

@@ -8,9 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import pytest
 from aiokafka import TopicPartition
 
-from stream_expiry.fetch import EMPTY_ROUNDS, Fetched, _Partition, _take
+from stream_expiry import fetch
+from stream_expiry.errors import BrokerUnavailableError
+from stream_expiry.fetch import EMPTY_ROUNDS, Fetched, _Partition, _Retry, _take
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -89,3 +92,42 @@ def test_only_idle_rounds_count_towards_giving_up_on_a_partition() -> None:
         assert _take(part, TP, (20, 0, [], 20), True).position == 11
     got = _take(part, TP, (20, 0, [], 20), True)
     assert (got.position, offsets(got)) == (20, [])  # the rest was compacted away
+
+
+@pytest.mark.asyncio
+async def test_the_ends_are_asked_again_after_a_leader_moved_then_given_up_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``end_offsets(..., retries=2)`` tries three times, 0.2 s then 0.4 s apart, the
+    leaders looked up again after a failure; a fourth failure is not tried."""
+    tp = TopicPartition("sessions", 0)
+    outcomes: list[Exception | dict[TopicPartition, tuple[int, int, list[object], int]]] = [
+        _Retry("not the leader"),
+        _Retry("not the leader"),
+        {tp: (12, 0, [], 12)},
+    ]
+    cached: list[bool] = []
+    slept: list[float] = []
+
+    async def one_round(
+        cons: object, parts: object, leaders: dict[TopicPartition, int], *args: object, **kw: object
+    ) -> object:
+        cached.append(bool(leaders))
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(fetch, "_round", one_round)
+    monkeypatch.setattr(fetch, "_cached_leaders", lambda cons, parts: {tp: 1})
+    monkeypatch.setattr("stream_expiry.fetch.asyncio.sleep", sleep)
+    assert await fetch.end_offsets(None, {tp: 10}, retries=2) == {tp: 12}
+    assert (cached, slept) == ([True, False, False], [0.2, 0.4])
+
+    outcomes[:] = [_Retry("away")] * 3
+    with pytest.raises(BrokerUnavailableError):
+        await fetch.end_offsets(None, {tp: 10}, retries=2)
+    assert outcomes == []
