@@ -843,7 +843,7 @@ class PartitionProcessor:
             if known is not None and known[0] == seq:
                 del overlay[key]
 
-    def checkpoint(self, runs: Mapping[str, Run]) -> None:
+    def checkpoint(self, runs: Mapping[str, Sequence[Run]]) -> None:
         """Move the store's changelog positions over this instance's own settled messages
         (see :meth:`stream_expiry.outbox.Outbox.runs`): a position within a run goes to the
         run's end. A restart with this store then restores only what was written after
@@ -855,19 +855,21 @@ class PartitionProcessor:
         if moved:
             self.store.set_meta(moved)
 
-    def checkpoint_meta(self, runs: Mapping[str, Run]) -> dict[str, int]:
+    def checkpoint_meta(self, runs: Mapping[str, Sequence[Run]]) -> dict[str, int]:
         """What :meth:`checkpoint` writes, not written: the service writes it together
         with the partition's other meta (the mark of the input offset it committed), one
         store write a commit instead of two. The positions count as saved from now on."""
         saved = self._positions
         moved: dict[str, int] = {}
-        for name, (start, end, last_key, last_ts) in runs.items():
+        for name, ascending in runs.items():
             position = saved.get(name)
             if position is None:  # the store's, read once: later ones are what this wrote
                 position = saved[name] = self.store.meta(name) or 0
-            if start <= position < end:
-                saved[name] = moved[name] = end
-                moved.update(position_marks(name, end - 1, last_key, last_ts))
+            for start, end, last_key, last_ts in ascending:  # disjoint: one holds it at most
+                if start <= position < end:
+                    saved[name] = moved[name] = end
+                    moved.update(position_marks(name, end - 1, last_key, last_ts))
+                    break
         return moved
 
     def _with_offsets(self, effects: Effects) -> list[tuple[model.Stamp | None, model.Stamp]]:

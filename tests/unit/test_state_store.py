@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from stream_expiry.engine import _pack_timer, _unpack_timer
 from stream_expiry.errors import CorruptStoreError, NewerStoreError, StoreError
 from stream_expiry.model import HeldLife, Identity, Stamp
-from stream_expiry.outbox import Run
+from stream_expiry.outbox import MAX_RUNS, Run, add_run
 from stream_expiry.service import _close_store
 from stream_expiry.state import MemoryKV, PartitionStore, RocksKV
 from stream_expiry.state.codec import decode_state, encode_state, timer_of_state
@@ -387,17 +387,59 @@ def test_a_checkpoint_moves_positions_only_over_the_instances_own_run(
         max_skew_ms=10**12,
         now_ms=T0,
     )
-    proc.checkpoint({stamped: Run(40, 50, b"k49", 49), tombs: Run(0, 7, b"t6", 6)})
+    proc.checkpoint({stamped: [Run(40, 50, b"k49", 49)], tombs: [Run(0, 7, b"t6", 6)]})
     assert (store.meta(stamped), store.meta(tombs)) == (100, 7)
     assert store.position_mark(stamped) is None  # not moved: as it was saved
-    proc.checkpoint({stamped: Run(90, 150, b"k149", 149), tombs: Run(0, 7, b"t6", 6)})
+    proc.checkpoint({stamped: [Run(90, 150, b"k149", 149)], tombs: [Run(0, 7, b"t6", 6)]})
     assert (store.meta(stamped), store.meta(tombs)) == (150, 7)
     # offset 150 is someone else's: the position stays, and so does its mark
-    proc.checkpoint({stamped: Run(151, 200, b"k199", 199), tombs: Run(7, 9, b"t8", 8)})
+    proc.checkpoint({stamped: [Run(151, 200, b"k199", 199)], tombs: [Run(7, 9, b"t8", 8)]})
     assert (store.meta(stamped), store.meta(tombs)) == (150, 9)
     # Each moved position is marked with the run's last message: the one before it.
     assert store.position_mark(stamped) == (149, zlib.crc32(b"k149"), 149)
     assert store.position_mark(tombs) == (8, zlib.crc32(b"t8"), 8)
+    # Runs out of the order they settled in: a position within the later one moves too.
+    proc.checkpoint({stamped: [Run(120, 140, b"a", 1), Run(150, 160, b"k159", 159)]})
+    assert store.meta(stamped) == 160
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 5), min_size=1, max_size=12),
+    foreign=st.sets(st.integers(0, 11)),
+    order=st.randoms(use_true_random=False),
+)
+def test_runs_join_batches_settled_in_any_order_and_never_over_a_gap(
+    sizes: list[int], foreign: set[int], order: Any
+) -> None:
+    """The outbox's batches on a changelog partition may settle out of their offsets'
+    order (a stamp goes out while an earlier entry's null waits for its tombstone): the
+    runs must cover exactly the settled offsets, joined where they touch, never over an
+    offset of another writer (a restore must read it), each ending with its last message."""
+    batches, offset = [], 0
+    for i, size in enumerate(sizes):
+        if i in foreign:
+            offset += 1  # another writer's message
+        batches.append(Run(offset, offset + size, b"k%d" % (offset + size - 1), i))
+        offset += size
+    settled = list(batches)
+    order.shuffle(settled)
+    runs: list[Run] = []
+    covered: set[int] = set()
+    full = False  # the lowest run may have gone (MAX_RUNS)
+    for batch in settled:
+        add_run(runs, batch)
+        full = full or len(runs) == MAX_RUNS
+        covered |= set(range(batch.start, batch.end))
+        starts = [r.start for r in runs]
+        assert starts == sorted(starts)
+        assert all(a.end < b.start for a, b in zip(runs, runs[1:], strict=False))
+        in_runs = {o for r in runs for o in range(r.start, r.end)}
+        assert in_runs <= covered
+        if not full:  # every settled offset is in a run
+            assert in_runs == covered
+        ends = {b.end: b for b in batches}
+        assert all((r.last_key, r.last_timestamp) == ends[r.end][2:] for r in runs)
 
 
 _time = st.one_of(st.none(), st.integers(-(2**62), 2**62))
