@@ -241,13 +241,13 @@ class ControlTopics:
         )
 
     async def _apply_holds(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
-        for records in batch.values():
+        for tp, records in batch.items():
             for rec in records:
-                hold = apply_hold_message(self._holds, rec.key, rec.value)
+                hold = apply_hold_message(self._holds, rec.key, rec.value, tp.partition)
                 if isinstance(hold, model.Rejection):
                     await self._reject(rec, hold, "legal hold")
                 elif hold is None:
-                    pass  # the release of a hold not active: nothing to say
+                    self._say_placed_elsewhere(rec)
                 elif rec.value is None:
                     log.log(self._each_at, "legal hold %s released", hold.hold_id)
                 else:
@@ -266,6 +266,21 @@ class ControlTopics:
                             rec.topic, rec.partition, rec.offset, named, hold.hold_id,
                             hold.hold_id,
                         )  # fmt: skip
+
+    def _say_placed_elsewhere(self, rec: Any) -> None:
+        """A release that leaves its hold active: placed on another partition too (by a
+        producer with another partitioner), where no null has come."""
+        hold_id = rec.key.decode(errors="replace") if rec.key else ""
+        if rec.value is not None or self._holds.get(hold_id) is None:
+            return  # the release of a hold not active: nothing to say
+        elsewhere = ", ".join(str(p) for p in sorted(self._holds.partitions_of(hold_id)))
+        log.warning(
+            "legal hold %s released at %s[%d]@%d stays active: it is placed on partition %s "
+            "too (written with another partitioner than Kafka's default); release it with "
+            "`stream-expiry hold release %s`, which nulls it on every partition",
+            hold_id, rec.topic, rec.partition, rec.offset, elsewhere,
+            hold_id,
+        )  # fmt: skip
 
     async def _reject(self, rec: Any, why: model.Rejection, what: str) -> None:
         """Dead-letter ``rec``, once per instance. Both log lines, the first and a

@@ -256,7 +256,17 @@ def parse_hold(key: bytes | None, value: bytes) -> Hold | Rejection:
 
 
 class HoldBook:
-    """The active holds, as the compacted ``expiry.holds`` topic says (latest per id)."""
+    """The active holds, as the compacted ``expiry.holds`` topic says (latest per id).
+
+    A hold is active while the latest message for its id on any partition is the hold: a
+    release on one partition leaves it placed on another. Only a producer partitioning by
+    another hash puts one id on two partitions (``stream-expiry hold`` used CRC-32 before it
+    used Kafka's default partitioner). Taken in the order read, the answer then depended on
+    which partition a reader took first (a trial: the service kept the records while `hold
+    list` showed no hold); compaction, which removes a value only with a null on its own
+    partition, would bring such a hold back anyway. Kept, the records stay as long as a
+    hold says so somewhere, and every reader says the same.
+    """
 
     # How many releases (and replacements) are remembered for :meth:`let_go_since`: holds
     # change a few times a day, and a scan behind by more than this only misses audit
@@ -265,6 +275,7 @@ class HoldBook:
 
     def __init__(self) -> None:
         self._holds: dict[str, tuple[int, Hold]] = {}  # hold id -> (index handle, hold)
+        self._placed_on: dict[str, set[int]] = {}  # hold id -> partitions that place it
         self._index = HoldIndex()
         self.generation = 0  # bumped by every release: held records may be free now
         self._let_go: list[tuple[int, Hold]] = []  # (generation it made, the hold let go)
@@ -279,13 +290,29 @@ class HoldBook:
         found = self._holds.get(hold_id)
         return None if found is None else found[1]
 
-    def place(self, hold: Hold) -> Hold | None:
-        """Add or replace a hold; returns the one it replaced."""
-        old = self.release(hold.hold_id)  # a narrowed hold may free records
+    def place(self, hold: Hold, partition: int = 0) -> Hold | None:
+        """Add or replace a hold (read on ``partition``); returns the one it replaced."""
+        self._placed_on.setdefault(hold.hold_id, set()).add(partition)
+        old = self._drop(hold.hold_id)  # a narrowed hold may free records
         self._holds[hold.hold_id] = (self._index.add(hold), hold)
         return old
 
-    def release(self, hold_id: str) -> Hold | None:
+    def release(self, hold_id: str, partition: int = 0) -> Hold | None:
+        """Release a hold by a null read on ``partition``; returns the hold, or None when
+        none was active or it is still placed on another partition (:meth:`partitions_of`)."""
+        on = self._placed_on.get(hold_id)
+        if on is not None:
+            on.discard(partition)
+            if on:
+                return None
+            del self._placed_on[hold_id]
+        return self._drop(hold_id)
+
+    def partitions_of(self, hold_id: str) -> frozenset[int]:
+        """The partitions whose latest message for ``hold_id`` places it."""
+        return frozenset(self._placed_on.get(hold_id, ()))
+
+    def _drop(self, hold_id: str) -> Hold | None:
         found = self._holds.pop(hold_id, None)
         if found is None:
             return None
@@ -316,19 +343,21 @@ class HoldBook:
 
 
 def apply_hold_message(
-    book: HoldBook, key: bytes | None, value: bytes | None
+    book: HoldBook, key: bytes | None, value: bytes | None, partition: int = 0
 ) -> Hold | Rejection | None:
-    """Apply one message of ``expiry.holds`` to ``book``, as the compacted topic means it.
+    """Apply one message of ``expiry.holds`` (read on ``partition``) to ``book``, as the
+    compacted topic means it.
 
     A value places (or replaces) the hold it carries, which is returned; a null releases
-    the hold its key names, which is returned (None when no such hold was active). A
-    malformed value changes nothing and comes back as its :class:`Rejection`. The service
-    and the sinks' sweep follow the topic through this one function, so they never
-    disagree on what is held.
+    the hold its key names, which is returned (None when no such hold was active, or it is
+    still placed on another partition: :class:`HoldBook`). A malformed value changes
+    nothing and comes back as its :class:`Rejection`. The service, the sinks' sweep and the
+    commands follow the topic through this one function, so they never disagree on what is
+    held.
     """
     if value is None:
-        return book.release(key.decode(errors="replace") if key else "")
+        return book.release(key.decode(errors="replace") if key else "", partition)
     hold = parse_hold(key, value)
     if not isinstance(hold, Rejection):
-        book.place(hold)
+        book.place(hold, partition)
     return hold

@@ -853,10 +853,10 @@ class Sink:
         placed: dict[str, Hold] = {}
         now = self._clock()
         for batch in batches:
-            for records in batch.values():
+            for tp, records in batch.items():
                 for rec in records:
                     before = self.holds.get(rec.key.decode(errors="replace") if rec.key else "")
-                    hold = apply_hold_message(self.holds, rec.key, rec.value)
+                    hold = apply_hold_message(self.holds, rec.key, rec.value, tp.partition)
                     if before is not None and self.holds.get(before.hold_id) is not before:
                         self._let_go.place(before)
                         self._let_go_at[before.hold_id] = now

@@ -5,6 +5,7 @@ within a second of the release; holds survive a restart; every step is on expiry
 from __future__ import annotations
 
 import re
+import zlib
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -20,6 +21,7 @@ from stream_expiry.codec import deleted_at_of
 from stream_expiry.holds import Hold, HoldBook, encode_hold
 from stream_expiry.kafka import producer
 from stream_expiry.model import Identity, Stamp, encode_stamp
+from stream_expiry.murmur2 import partition_for
 from stream_expiry.replay import replay
 from stream_expiry.service import wall_clock_ms
 from stream_expiry.state import RocksKV
@@ -598,3 +600,44 @@ async def test_replay_leaves_an_erasure_a_hold_deferred_to_the_release(
         tg.cancel_scope.cancel()
     by_key = {r.key: orjson.loads(r.value)["reason"] for _, r in tombstones.arrivals}
     assert by_key == {key: "explicit", event("conversation", "f1")[0]: "ttl"}
+
+
+async def test_a_hold_goes_where_kafkas_partitioner_puts_it_and_a_release_clears_it_everywhere(
+    broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`hold place` wrote to the partition CRC-32 picks, while any other producer (Java,
+    aiokafka, librdkafka) puts an id where murmur2 does: a hold placed by the command and
+    released by a tool sat on two partitions, and the service kept or let go its records
+    by the order it read them in (a trial: 0 of 50 deleted, 2 runs in 3). The command now
+    places as Kafka's default partitioner does, and a release nulls the id on every
+    partition that places it: a hold an earlier version placed is released too."""
+    from aiokafka import AIOKafkaProducer
+
+    common, _ = _setup(broker, topics, tmp_path, RETENTION)
+    differ = [
+        i.encode()
+        for i in (f"case-{n}" for n in range(64))
+        if zlib.crc32(i.encode()) % 2 != partition_for(i.encode(), 2)
+    ]
+    new, old = differ[0], differ[1]
+    assert await _cli("hold", "place", *common, "--org", "acme", "--reason", "case 1",
+                      "--id", new.decode()) == 0  # fmt: skip
+    async with producer(broker) as earlier:  # CRC-32, as the command partitioned before
+        value = encode_hold(Hold(old.decode(), "acme", None, None, None, None, "case 2", 0))
+        await earlier.send_and_wait(topics.holds, key=old, value=value)
+    on = {r.key: r.partition for r in await read_all(broker, topics.holds)}
+    assert on == {new: partition_for(new, 2), old: zlib.crc32(old) % 2}
+    plain = AIOKafkaProducer(bootstrap_servers=broker)  # Kafka's default partitioner
+    await plain.start()
+    try:
+        await plain.send_and_wait(topics.holds, key=new, value=None)
+    finally:
+        await plain.stop()
+    assert await _cli("hold", "release", *common, old.decode()) == 0
+    nulls = sorted(
+        (r.key, r.partition) for r in await read_all(broker, topics.holds) if r.value is None
+    )
+    assert nulls == [(new, partition_for(new, 2)), (old, 0), (old, 1)]
+    capsys.readouterr()
+    assert await _cli("hold", "list", *common) == 0
+    assert capsys.readouterr().out == "no active legal holds\n"
