@@ -298,27 +298,32 @@ def _beyond_64_bits(value: bytes) -> Rejection | None:
     or None. ``ts`` out of range is a bad timestamp; elsewhere the producer must send the
     number as a string, or lose its digits."""
     try:
-        path = _big_integer_at(json.loads(value), "")
+        path = _big_integer_at(json.loads(value), ())
     except (ValueError, RecursionError):  # nested too deep: rejected for that below
         return None
     if path is None:
         return None
-    if path == "ts":
+    if path == ("ts",):
         return Rejection("bad_timestamp", "field 'ts' is out of range (an integer beyond 64 bits)")
+    field, *inner = path
+    # The keys inside ``data`` are the producer's, and may be personal data (an e-mail
+    # address as a key, in a trial): the reason goes to the log, which carries none. Only
+    # how deep the number lies is said; the event itself is on expiry.dlq.
+    where = f"{len(inner)} level(s) down" if inner else "itself"
     return Rejection(
         "invalid_field",
-        f"field {path.split('.')[0]!r} holds an integer beyond 64 bits at {path!r}, which "
-        "would be kept as a rounded float; send it as a string",
+        f"field {field!r} holds an integer beyond 64 bits ({where}), which would be kept as "
+        "a rounded float; send it as a string",
     )
 
 
-def _big_integer_at(node: Any, path: str) -> str | None:
-    """The dotted path (list items by index) of the first integer outside orjson's range."""
+def _big_integer_at(node: Any, path: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The path (keys, list items by index) of the first integer outside orjson's range."""
     if type(node) is int:
         return None if node in _INT_RANGE else path
     items = node.items() if type(node) is dict else enumerate(node) if type(node) is list else ()
     for key, child in items:
-        found = _big_integer_at(child, f"{path}.{key}" if path else str(key))
+        found = _big_integer_at(child, (*path, str(key)))
         if found is not None:
             return found
     return None

@@ -3,6 +3,7 @@ RocksDB, which the service runs, and the in-memory engine the unit tests use."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import pickle
@@ -433,7 +434,7 @@ def test_runs_join_batches_settled_in_any_order_and_never_over_a_gap(
         covered |= set(range(batch.start, batch.end))
         starts = [r.start for r in runs]
         assert starts == sorted(starts)
-        assert all(a.end < b.start for a, b in zip(runs, runs[1:], strict=False))
+        assert all(a.end < b.start for a, b in itertools.pairwise(runs))
         in_runs = {o for r in runs for o in range(r.start, r.end)}
         assert in_runs <= covered
         if not full:  # every settled offset is in a run
