@@ -174,6 +174,7 @@ class PartitionProcessor:
         # set aside again until later) left in: a catch-up after a restart sets aside every
         # session due meanwhile, and each loop turn asked which could go, a scan of them all.
         self._waiting_order: list[tuple[int, str]] = []
+        self._waited_at: dict[str, int | None] = {}  # key -> the expiry it was set aside at
         self._cleared: dict[str, int | None] = {}
         self.set_aside = 0  # times a due sliding timer waited for unread input
         # Whether the partition may hold records of a sliding category: its store holds
@@ -404,6 +405,7 @@ class PartitionProcessor:
                 let_go = key in cleared and cleared.pop(key) == before.expires_at
                 if not let_go and unread_until is not None:
                     waiting[key] = unread_until
+                    self._waited_at[key] = before.expires_at
                     heapq.heappush(self._waiting_order, (unread_until, key))
                     self.set_aside += 1
                     continue
@@ -418,22 +420,31 @@ class PartitionProcessor:
     def let_go_read(self, position: int) -> int:
         """Schedule again the timers set aside until the partition read up to ``position``
         or less, from each record's state now: an event read meanwhile may have extended
-        or ended it. They fire when due, whatever is unread by then (they have waited for
-        what was sent before they fell due). Returns how many are scheduled."""
-        waiting, order = self._waiting, self._waiting_order
-        ready: list[str] = []
+        or ended it. One still at the expiry it was set aside at fires at once, whatever is
+        unread by then: it has waited for what was sent before it fell due. One a touch
+        extended is due later, and waits then for what is unread as any other: a touch may
+        come in between (a trial: sessions that had waited for a backlog once were deleted
+        at their next expiry while a touch acknowledged before it was still unread, 500 of
+        500 after a 3.5 s pause). Returns how many are scheduled."""
+        waiting, order, waited_at = self._waiting, self._waiting_order, self._waited_at
+        ready: list[tuple[str, int | None]] = []
         while order and order[0][0] <= position:
             until, key = heapq.heappop(order)
             if waiting.get(key) == until:
                 del waiting[key]
-                ready.append(key)
+                ready.append((key, waited_at.pop(key, None)))
         if len(order) > 2 * len(waiting) + 1_000:  # mostly stale: keep it small
             order[:] = [(until, key) for key, until in waiting.items()]
             heapq.heapify(order)
-        states = [s for key in ready if (s := self.state_of(key)) is not None and s.live]
+        states: list[model.Stamp] = []
         cleared = self._cleared
-        for state in states:
-            cleared[state.identity.key] = state.expires_at
+        for key, expiry in ready:
+            state = self.state_of(key)
+            if state is None or not state.live:
+                continue
+            states.append(state)
+            if state.expires_at == expiry:
+                cleared[key] = expiry
         while len(cleared) > _CLEARED_MAX:  # left by records that changed before firing
             del cleared[next(iter(cleared))]
         self._engine.load((s, None) for s in states)
