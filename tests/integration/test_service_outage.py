@@ -342,3 +342,36 @@ async def test_the_overdue_gauge_rises_and_the_service_stays_live_through_an_out
         assert health.stopping_early == 0
         assert health.reasons, "the outage was never said"
         assert not [r for r in health.reasons if "TaskGroup" in r], health.reasons
+
+
+@pytest.mark.timeout(150)
+async def test_a_stop_once_an_outage_closed_the_session_is_a_clean_stop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A trial: SIGTERM once an outage had closed the session, while the service started
+    it again every few seconds, ended ``run`` with exit 3, "cannot reach Kafka" (4 runs of
+    4): the failure of the session's restart was taken for the stop's. Nothing is lost in
+    a stop during an outage (what was not committed is read again): a clean stop, said."""
+    topics = make_topic_set()
+    async with proxied_broker() as proxy:
+        await ensure_topics(proxy.address, topics.all, partitions=2)
+        config = config_for(
+            topics, str(tmp_path / "state"), '[retention.defaults]\nconversation = "2s"\n'
+        )
+        service = Service(
+            config,
+            bootstrap_servers=proxy.address,
+            environ={},
+            consumer_options={"session_timeout_ms": 2000, "heartbeat_interval_ms": 500},
+        )
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(service.run, stop)
+            with anyio.fail_after(30):
+                await service.ready.wait()
+            await produce(proxy.address, [(topics.conversations, *event("conversation", "c1"))])
+            await wait_for(lambda: service.stats.stamped == 1, timeout_s=20)
+            proxy.cut()  # before the record falls due: its firing fails, and the session
+            await wait_for(lambda: not service.processors, timeout_s=90)
+            stop.set()  # while the session is started again, and fails again
+    assert "stopped while the broker fails" in caplog.text
