@@ -67,6 +67,9 @@ class Status:
     overdue: int = 0
     oldest_overdue: int | None = None  # the earliest due time among the overdue
     held: Counter[str] = field(default_factory=Counter)  # records held, by hold id
+    # Records each hold matches, pending ones too: a hold placed on records not due yet
+    # held none, alike a hold with a typo in its record id (a trial), until they fell due.
+    matched: Counter[str] = field(default_factory=Counter)
     holds: list[dict[str, Any]] = field(default_factory=list)
     lag: dict[str, dict[str, int | None]] = field(default_factory=dict)  # "topic[p]" -> ...
     # Of the overdue, those the archive has not written ([archive] required; else None).
@@ -87,7 +90,14 @@ class Status:
             if self.oldest_overdue is None
             else format_ts(self.oldest_overdue),
             "archive_waiting": self.archive_waiting,
-            "holds": [h | {"records_held": self.held.get(h["hold_id"], 0)} for h in self.holds],
+            "holds": [
+                h
+                | {
+                    "records_held": self.held.get(h["hold_id"], 0),
+                    "records_matched": self.matched.get(h["hold_id"], 0),
+                }
+                for h in self.holds
+            ],
             "lag": self.lag,
             "group": self.group,
         }
@@ -130,6 +140,7 @@ def _count(
     (``[archive] required``): the archive group's committed offset per partition of
     ``expiry.stamped``; a record whose latest stamp is at or after it is not archived."""
     now = result.at
+    any_holds = len(holds) > 0
     if archived is not None:
         result.archive_waiting = 0
     for key, raw in kv.scan(b"", b"\xff" * 8):
@@ -142,8 +153,11 @@ def _count(
         elif not overdue:
             result.pending[identity.category] += 1
             result.next_due = due if result.next_due is None else min(result.next_due, due)
+        matching = holds.holding(identity) if any_holds else []
+        for h in matching:
+            result.matched[h.hold_id] += 1
         # Held: overdue under a hold, or keeping earlier lives a hold kept.
-        holding = holds.holding(identity) if overdue or flags & _HELD_LIVES else []
+        holding = matching if overdue or flags & _HELD_LIVES else []
         for h in holding:
             result.held[h.hold_id] += 1
         if overdue and not holding:
@@ -266,8 +280,11 @@ def text_lines(d: dict[str, Any]) -> list[str]:
     lines = [f"as of {d['at']}"]
     lines += [row(*r) for r in rows]
     for h in d["holds"]:
-        n = h["records_held"]
-        said = f"{h['hold_id']}: {n:,} record{'' if n == 1 else 's'} held ({h['reason']})"
+        n, matched = h["records_held"], h.get("records_matched", 0)
+        said = (
+            f"{h['hold_id']}: {n:,} record{'' if n == 1 else 's'} held, {matched:,} matched "
+            f"({h['reason']})"
+        )
         lines.append(f"    {printable(said)}")
     group = d.get("group")
     of = "" if group is None else f" of group {printable(repr(group))}"

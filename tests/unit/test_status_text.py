@@ -59,10 +59,13 @@ def test_a_hold_from_the_bus_cannot_drive_the_terminal_or_forge_a_line() -> None
         "hold_id": "h\x1b[31m",
         "reason": "x\x1b]0;title\x07\r\nfake \u202e",
         "records_held": 2,
+        "records_matched": 5,
     }
     lines = text_lines(STATUS | {"holds": [hostile]})
     (line,) = [line for line in lines if line.startswith("    h")]
-    assert line == "    h\\x1b[31m: 2 records held (x\\x1b]0;title\\x07\\r\\nfake \\u202e)"
+    assert line == (
+        "    h\\x1b[31m: 2 records held, 5 matched (x\\x1b]0;title\\x07\\r\\nfake \\u202e)"
+    )
     assert not any(c < " " or c == "\u202e" for c in "".join(lines))
 
 
