@@ -114,6 +114,7 @@ IDLE_WAIT_MS = 200
 ASSIGNORS: Final = (RangePartitionAssignor, RoundRobinPartitionAssignor)
 OUTAGE_RETRY_S = 2.0  # between two sessions while the broker is away
 OUTAGE_REPEAT_S = 30.0  # how often a lasting outage is said again (each retry: debug)
+JOIN_SAID_EVERY_S = 30.0  # how often a join that has not ended is said
 ENDS_FAILED_SAID_EVERY_S = 30.0  # how often the firing says it could not ask the ends
 # How long the group's coordinator waits for this member to rejoin when the group
 # rebalances. aiokafka's default is the session timeout (6 s), but a revocation first waits
@@ -428,6 +429,7 @@ class Service:
                 )
                 try:
                     async with anyio.create_task_group() as timers:
+                        timers.start_soon(self._say_joining, self.stats.assignments)
                         timers.start_soon(firing.run)
                         timers.start_soon(self._restorer)
                         timers.start_soon(self._stop_polling, stop)
@@ -692,6 +694,25 @@ class Service:
             finally:
                 self._polling = None
         return None
+
+    async def _say_joining(self, assignments: int, every_s: float = JOIN_SAID_EVERY_S) -> None:
+        """Say every ``every_s`` while the group has given this member no assignment since
+        it asked to join (``assignments``, the count then). A join that never ended (a
+        trial: the test broker's group stuck after every member left) showed "joining
+        group" and then nothing at all, /readyz 503 "starting"."""
+        started = time.monotonic()
+        while True:
+            await anyio.sleep(every_s)
+            if self.stats.assignments > assignments:
+                return
+            log.warning(
+                "still joining group %r after %.0f s: the group coordinator has given this "
+                "member no partitions yet (a member that left without saying so holds the "
+                "join until its session times out; one that never ends is the broker's: "
+                "kafka-consumer-groups.sh --describe --group shows its state)",
+                self.config.group_id,
+                time.monotonic() - started,
+            )
 
     async def _stop_polling(self, stop: anyio.Event) -> None:
         """Give up the loop's wait for a batch once ``stop`` is set (see :meth:`_poll`). The

@@ -390,3 +390,22 @@ def test_the_input_is_fetched_with_a_short_wait_unless_the_caller_says_otherwise
         consumer_options={"fetch_max_wait_ms": 500},
     )._group_options()
     assert mine["fetch_max_wait_ms"] == 500
+
+
+@pytest.mark.asyncio
+async def test_a_join_that_does_not_end_is_said_until_an_assignment_comes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A trial: the test broker's group stuck after every member left; a service that
+    joined it logged "joining group" and then nothing, however long it waited. Said
+    until the group answers; then the task ends by itself (else the block never ends)."""
+    import anyio
+
+    from tests.conftest import wait_for
+
+    service = Service(parse_config(""), bootstrap_servers="k:1", environ={})
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(service._say_joining, service.stats.assignments, 0.01)
+            await wait_for(lambda: "still joining group 'stream-expiry'" in caplog.text)
+            service.stats.assignments += 1
