@@ -358,20 +358,9 @@ async def test_a_stop_once_an_outage_closed_the_session_is_a_clean_stop(
         config = config_for(
             topics, str(tmp_path / "state"), '[retention.defaults]\nconversation = "2s"\n'
         )
-        service = Service(
-            config,
-            bootstrap_servers=proxy.address,
-            environ={},
-            consumer_options={"session_timeout_ms": 2000, "heartbeat_interval_ms": 500},
-        )
-        stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(service.run, stop)
-            with anyio.fail_after(30):
-                await service.ready.wait()
+        async with running_service(config, proxy.address) as service:  # stopped at its end
             await produce(proxy.address, [(topics.conversations, *event("conversation", "c1"))])
             await wait_for(lambda: service.stats.stamped == 1, timeout_s=20)
             proxy.cut()  # before the record falls due: its firing fails, and the session
             await wait_for(lambda: not service.processors, timeout_s=90)
-            stop.set()  # while the session is started again, and fails again
     assert "stopped while the broker fails" in caplog.text
