@@ -452,3 +452,37 @@ def test_receipt_ids_are_distinct_across_random_chunks_and_forks() -> None:
     child = os.read(read, 64).decode()
     os.close(read)
     assert child[12:] != _new_receipt_id()[12:]
+
+
+def test_the_messages_faster_init_keeps_the_dataclass_they_were() -> None:
+    """``_slot_init`` replaces the generated ``__init__`` of the sink's message classes (a
+    sixth of the sink's CPU at a deletion): the same signature, defaults and fields set,
+    still frozen, still equal to what the generated one built."""
+    import dataclasses
+    import inspect
+
+    from stream_expiry.sinks import _messages as m
+
+    classes: tuple[type[Any], ...] = (m.StampChange, m.TombstoneChange, m.NullChange,
+                                      m.SweepChange, m.Row, m.Pending, m.Marker, m.Receipt)  # fmt: skip
+    for cls in classes:
+        fields = dataclasses.fields(cls)
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        assert [(p.name, p.default) for p in params] == [
+            (f.name, inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default)
+            for f in fields
+        ], cls
+        values = {f.name: f"v-{f.name}" for f in fields}
+        built = cls(**values)
+        assert {f.name: getattr(built, f.name) for f in fields} == values
+        assert built == cls(*values.values())
+        assert hash(built) == hash(cls(**values))
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(built, fields[0].name, "x")
+        required = {f.name: 1 for f in fields if f.default is dataclasses.MISSING}
+        defaulted = cls(**required)
+        assert all(
+            getattr(defaulted, f.name) == f.default
+            for f in fields
+            if f.default is not dataclasses.MISSING
+        )
