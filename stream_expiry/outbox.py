@@ -193,7 +193,8 @@ class _Batches:
         self._last: dict[tuple[str, int], tuple[bytes | None, int]] = {}
         self.sent: _Sent = []
         self.null_keys: list[bytes] = []  # the keys of the nulls added to the held topic
-        self.after_nulls = False  # a stamp must follow an earlier entry's null (Outbox)
+        self.held_keys: list[bytes] = []  # the keys of every message added to it
+        self.after_held = False  # a stamp must follow an earlier entry's held message
 
     def try_add(
         self,
@@ -219,8 +220,10 @@ class _Batches:
             return False
         batch._relative_offset = offset + 1
         self._last[slot] = (key, timestamp_ms or 0)
-        if value is None and key is not None and slot[0] == self._held_topic:
-            self.null_keys.append(key)
+        if key is not None and slot[0] == self._held_topic:
+            self.held_keys.append(key)
+            if value is None:
+                self.null_keys.append(key)
         if track is not None and key is not None:
             self._tracked.setdefault(slot, []).append((track, key.decode(), offset))
         return True
@@ -330,8 +333,8 @@ class Outbox:
         # The latest entry's changelog batches while they wait to be sent (None: all sent).
         self._changelog: asyncio.Task[_Sent] | None = None
         self._waiting: set[asyncio.Task[_Sent]] = set()
-        # The keys of the nulls in those batches, not sent yet: a stamp of one waits too.
-        self._nulls_unsent: collections.Counter[bytes] = collections.Counter()
+        # The keys of the messages in those batches, not sent yet: a stamp of one waits too.
+        self._held_unsent: collections.Counter[bytes] = collections.Counter()
         self._next_send = asyncio.Event()  # set as the next send hands its batches over
 
     async def send(self, items: list[tuple[PartitionProcessor, Effects]], now_ms: int) -> list[Any]:
@@ -375,9 +378,12 @@ class Outbox:
         leader away past the producer's timeout): the session restarted, restored the
         null as a deletion, and the record was never tombstoned (a review). A null now
         waits for its tombstone's ack, and the changelog batches of a later entry with
-        nulls wait behind it. So does a later entry with a stamp of a record whose null
-        waits: compaction keeps a key's last message, and the record's next life must not
-        land before the null of the last. The wait is a task: the loop goes on meanwhile,
+        nulls wait behind it. So does a later entry with a stamp of a record that has a
+        message waiting there, a null or a stamp: compaction keeps a key's last message,
+        and a restore takes it for the record's state, so the record's next life must not
+        land before the null of the last, nor a touch's stamp before the create's held
+        beside another record's null (a review: the session restored without its slide,
+        fired 30 s early). The wait is a task: the loop goes on meanwhile,
         and only the settling of those entries waits. Once acked, the nulls wait for the
         next send (at most :data:`CHANGELOG_LINGER_S`) and go in its produce request: sent
         on their own, each firing took two requests where it took one, and the next
@@ -390,13 +396,12 @@ class Outbox:
         before = self._changelog
         if before is not None and _sent_well(before):
             before = self._changelog = None
-        nulls = out.null_keys
-        if not nulls and (before is None or not out.after_nulls):
+        if not out.null_keys and (before is None or not out.after_held):
             return await out.flush_held()
         tombstones = self._topics.tombstones
         acks = [future for future, slot, *_ in sent if slot[0] == tombstones]
-        unsent = self._nulls_unsent
-        unsent.update(nulls)
+        unsent, held = self._held_unsent, out.held_keys
+        unsent.update(held)
         task = asyncio.create_task(
             _changelog_after(out, before, acks, lambda: self._next_send.wait())
         )
@@ -404,8 +409,7 @@ class Outbox:
         self._waiting.add(task)
         task.add_done_callback(self._waiting.discard)
         task.add_done_callback(_retrieve)
-        if nulls:
-            task.add_done_callback(lambda _: _forget(unsent, nulls))
+        task.add_done_callback(lambda _: _forget(unsent, held))
         return task
 
     async def _encode(
@@ -455,14 +459,14 @@ class Outbox:
     ) -> None:
         redactor = self._redactor
         limit = self._limit
-        unsent = self._nulls_unsent
+        unsent = self._held_unsent
         for state, data in stamps:
             removed: tuple[str, ...] = ()
             if redactor is not None and data is not None:
                 data, removed = redactor.redact(state.identity.category, data)
             key = state.identity.key.encode()
             if unsent and key in unsent:
-                out.after_nulls = True  # the record's null waits: its next life goes after
+                out.after_held = True  # a message of the record waits: this one goes after
             value, dropped = oversize.stamp_within(limit, state, data, removed, key, source)
             if dropped:
                 self._say_dropped(state, codec.source_of(source))

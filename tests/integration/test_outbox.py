@@ -267,3 +267,60 @@ async def test_a_stamp_goes_ahead_of_a_waiting_null_unless_it_is_the_same_record
         (e1, True),
         (e1, False),
     ]
+
+
+async def test_a_stamp_waits_behind_the_same_records_stamp_held_beside_a_null(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A slice whose erasure makes a null holds its whole changelog batch back, its other
+    records' stamps too. A later slice's touch of one of them went out at once, ahead of
+    the create's stamp: the changelog ended with the unslid expiry, and a restore fired
+    the session 30 s early (a review). A stamp of a record with any message held waits."""
+    config = parse_config(
+        config_text(topics, str(tmp_path), '[retention.defaults]\nsession = "1m"\n')
+    )
+    proc = PartitionProcessor.from_config(
+        topics.sessions, 0, PartitionStore(MemoryKV()), config, PolicyBook(config, {}), now_ms=T0
+    )
+
+    def session(offset: int, ts: int, record_id: str, op: str) -> _Rec:
+        body = {"category": "session", "org": "acme", "record_id": record_id, "ts": ts, "op": op}
+        return _Rec(offset, orjson.dumps(body))
+
+    touched = T0 + 30_000
+    async with producer(broker) as prod:
+        slow = _AcksHeld(prod, topics.tombstones)
+        outbox = Outbox(slow, config.topics, dict.fromkeys(topics.all, 2))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(outbox.run)
+            created = proc.process(
+                [session(0, T0, "x", "delete"), session(1, T0, "s", "create")], T0
+            )
+            assert (len(created.tombstones), len(created.stamps)) == (1, 1)
+            await outbox.send([(proc, created)], T0)  # held: x's null waits for its tombstone
+            slid = proc.process([session(2, touched, "s", "touch")], touched)
+            assert [state.expires_at for state, _ in slid.stamps] == [touched + 60_000]
+            await outbox.send([(proc, slid)], touched)
+            slow.release()
+            with anyio.fail_after(10):
+                await outbox.drain()
+            outbox.close()
+    s = b"acme/_/live/session/s"
+    expiries = [
+        orjson.loads(r.value)["expires_at"]
+        for r in await read_all(broker, topics.stamped)
+        if r.key == s
+    ]
+    assert expiries == ["2027-01-15T08:01:00.000Z", "2027-01-15T08:01:30.000Z"]
+    store = PartitionStore(MemoryKV())
+    async with consumer(broker) as cons:
+        await restore_partitions(
+            cons,
+            {(topics.sessions, 0): store},
+            stamped=topics.stamped,
+            tombstones=topics.tombstones,
+            now_ms=touched,
+        )
+    restored = store.get(s.decode())
+    assert restored is not None
+    assert restored.expires_at == touched + 60_000
