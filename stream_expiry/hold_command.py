@@ -148,17 +148,15 @@ async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -
             )
             return 1
         key = args.hold_id.encode()
-        acks = [
-            *[
+        # Every null acknowledged before the audit says released: one refused would leave
+        # the hold placed on its partition while the evidence said it was gone (a review).
+        await all_acked(
+            [
                 await prod.send(t.holds, key=key, value=None, partition=partition)
                 for partition in sorted({home(key), *book.partitions_of(args.hold_id)})
-            ],
-            await prod.send(
-                t.audit,
-                key=key,
-                value=encode_hold_audit("hold_released", existing.as_dict(), now),
-            ),
-        ]
-        await all_acked(acks)
+            ]
+        )
+        released = encode_hold_audit("hold_released", existing.as_dict(), now)
+        await all_acked([await prod.send(t.audit, key=key, value=released)])
         print(f"released {printable(args.hold_id)}")
         return 0
