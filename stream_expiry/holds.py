@@ -259,13 +259,14 @@ class HoldBook:
     """The active holds, as the compacted ``expiry.holds`` topic says (latest per id).
 
     A hold is active while the latest message for its id on any partition is the hold: a
-    release on one partition leaves it placed on another. Only a producer partitioning by
-    another hash puts one id on two partitions (``stream-expiry hold`` used CRC-32 before it
-    used Kafka's default partitioner). Taken in the order read, the answer then depended on
-    which partition a reader took first (a trial: the service kept the records while `hold
-    list` showed no hold); compaction, which removes a value only with a null on its own
-    partition, would bring such a hold back anyway. Kept, the records stay as long as a
-    hold says so somewhere, and every reader says the same.
+    release on one partition leaves it placed on another, and two partitions placing it
+    with two scopes keep both. Only a producer partitioning by another hash puts one id on
+    two partitions (``stream-expiry hold`` used CRC-32 before it used Kafka's default
+    partitioner). Taken in the order read, the answer then depended on which partition a
+    reader took first (a trial: the service kept the records while `hold list` showed no
+    hold; a review: two scopes, the one read last won); compaction, which removes a value
+    only with a null on its own partition, would bring such a hold back anyway. Kept, the
+    records stay as long as a hold says so somewhere, and every reader says the same.
     """
 
     # How many releases (and replacements) are remembered for :meth:`let_go_since`: holds
@@ -274,8 +275,9 @@ class HoldBook:
     LET_GO_KEPT = 10_000
 
     def __init__(self) -> None:
-        self._holds: dict[str, tuple[int, Hold]] = {}  # hold id -> (index handle, hold)
-        self._placed_on: dict[str, set[int]] = {}  # hold id -> partitions that place it
+        # hold id -> partition -> (index handle, the hold its latest message there places)
+        self._holds: dict[str, dict[int, tuple[int, Hold]]] = {}
+        self._split = 0  # ids placed on more than one partition
         self._index = HoldIndex()
         self.generation = 0  # bumped by every release: held records may be free now
         self._let_go: list[tuple[int, Hold]] = []  # (generation it made, the hold let go)
@@ -284,36 +286,45 @@ class HoldBook:
         return len(self._holds)
 
     def __iter__(self) -> Iterator[Hold]:
-        return (hold for _, hold in self._holds.values())
+        """Every active hold, an id placed on two partitions with two scopes twice."""
+        return (hold for placed in self._holds.values() for _, hold in placed.values())
 
     def get(self, hold_id: str) -> Hold | None:
-        found = self._holds.get(hold_id)
-        return None if found is None else found[1]
+        """The hold ``hold_id`` names (the lowest partition's, when several place it)."""
+        placed = self._holds.get(hold_id)
+        return None if not placed else placed[min(placed)][1]
 
     def place(self, hold: Hold, partition: int = 0) -> Hold | None:
-        """Add or replace a hold (read on ``partition``); returns the one it replaced."""
-        self._placed_on.setdefault(hold.hold_id, set()).add(partition)
-        old = self._drop(hold.hold_id)  # a narrowed hold may free records
-        self._holds[hold.hold_id] = (self._index.add(hold), hold)
+        """Add or replace a hold (read on ``partition``); returns the one it replaced
+        there."""
+        # Last in the book's order, as the latest placed (``hold list`` and the tests).
+        placed = self._holds[hold.hold_id] = self._holds.pop(hold.hold_id, {})
+        old = self._drop(placed, partition)  # a narrowed hold may free records
+        placed[partition] = (self._index.add(hold), hold)
+        if len(placed) == 2 and old is None:
+            self._split += 1
         return old
 
     def release(self, hold_id: str, partition: int = 0) -> Hold | None:
         """Release a hold by a null read on ``partition``; returns the hold, or None when
         none was active or it is still placed on another partition (:meth:`partitions_of`)."""
-        on = self._placed_on.get(hold_id)
-        if on is not None:
-            on.discard(partition)
-            if on:
-                return None
-            del self._placed_on[hold_id]
-        return self._drop(hold_id)
+        placed = self._holds.get(hold_id)
+        if placed is None:
+            return None
+        old = self._drop(placed, partition)
+        if old is None or placed:
+            if old is not None and len(placed) == 1:
+                self._split -= 1
+            return None
+        del self._holds[hold_id]
+        return old
 
     def partitions_of(self, hold_id: str) -> frozenset[int]:
         """The partitions whose latest message for ``hold_id`` places it."""
-        return frozenset(self._placed_on.get(hold_id, ()))
+        return frozenset(self._holds.get(hold_id, ()))
 
-    def _drop(self, hold_id: str) -> Hold | None:
-        found = self._holds.pop(hold_id, None)
+    def _drop(self, placed: dict[int, tuple[int, Hold]], partition: int) -> Hold | None:
+        found = placed.pop(partition, None)
         if found is None:
             return None
         handle, old = found
@@ -335,8 +346,15 @@ class HoldBook:
         return [hold for _, hold in self._let_go[start:]]
 
     def holding(self, identity: Identity) -> list[Hold]:
-        """Every active hold that matches the record, in the order they were placed."""
-        return self._index.matching(identity)
+        """Every active hold that matches the record, in the order they were placed, one
+        per id."""
+        found = self._index.matching(identity)
+        if self._split and len(found) > 1:
+            first: dict[str, Hold] = {}
+            for hold in found:
+                first.setdefault(hold.hold_id, hold)
+            found = list(first.values())
+        return found
 
     def is_held(self, identity: Identity) -> bool:
         return self._index.any_matches(identity)
