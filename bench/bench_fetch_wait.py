@@ -5,8 +5,8 @@
 Why: a session fires only once its partition's input is read (a touch may slide it), so
 the time from a record's ack to its read is part of a session's lag. Kafka answers a waiting
 fetch the moment a record arrives, whatever the wait; the embedded test broker answers at
-its next look, up to half the wait later. This measures it (``stream_expiry.kafka``'s
-``LIVE_FETCH_WAIT_MS`` rests on it).
+its next look, up to half the wait later. This measures it (the demo's ``FETCH_WAIT_MS``
+rests on it).
 
 On the embedded broker, per wait: one partition, a producer sending ``--records`` records
 one at a time, each acknowledged before the next, ``--interval-ms`` apart (not a divisor of

@@ -60,7 +60,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BATCH_BYTES",
-    "LIVE_FETCH_WAIT_MS",
     "OutputBuffer",
     "abandon_join",
     "batch_bytes",
@@ -88,15 +87,6 @@ BATCH_BYTES: Final = 256 * 1024
 # How long a producer's batch may wait for its acks (retries included) before it fails.
 PRODUCER_REQUEST_TIMEOUT_MS: Final = 30_000
 STALL_S = 60.0  # a topic read to its end that stops moving for this long is an error
-# How long the consumers of live traffic (the service's input, the sinks' stamps and
-# tombstones) let the broker hold a fetch that finds nothing new. Kafka answers the moment a
-# record arrives, whatever this is. The test broker answers at its next look, up to half of
-# this later: at 100 ms a record produced while a fetch waited was read p50 25, p99 51 ms
-# later, at 20 ms p50 3, p99 8 (aiokafka, a record every 37 ms). The demo's sessions wait for
-# their partition's input to be read before they fire (a touch may slide them): its lag p99
-# from expiry to emission went from 48-59 ms to 17. On Kafka an idle consumer asks 50 times
-# a second instead of 10. A ``consumer_options`` entry (the Python API) overrides it.
-LIVE_FETCH_WAIT_MS: Final = 20
 COMPACTED = {"cleanup.policy": "compact"}
 # A failed SCRAM exchange reaches aiokafka 0.14 as a server-final message without "v", and
 # its client raises KeyError('v') out of start(); anything else it raises there is a KafkaError.

@@ -56,7 +56,6 @@ from stream_expiry.holds import HoldBook
 from stream_expiry.housekeeping import Tidying
 from stream_expiry.kafka import (
     BATCH_BYTES,
-    LIVE_FETCH_WAIT_MS,
     batch_bytes,
     committed_offsets,
     consumer,
@@ -613,7 +612,6 @@ class Service:
             "max_poll_records": MAX_BATCH,
             "enable_auto_commit": False,
             "partition_assignment_strategy": ASSIGNORS,
-            "fetch_max_wait_ms": LIVE_FETCH_WAIT_MS,
             **self._consumer_options,
         }
 

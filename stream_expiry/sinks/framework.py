@@ -49,7 +49,6 @@ from stream_expiry.errors import BrokerError, BrokerUnavailableError, Configurat
 from stream_expiry.fetch import end_offsets, read_to_now
 from stream_expiry.holds import Hold, HoldBook, apply_hold_message
 from stream_expiry.kafka import (
-    LIVE_FETCH_WAIT_MS,
     batch_bytes,
     broker_errors,
     committed_offsets,
@@ -387,7 +386,6 @@ class Sink:
         options: dict[str, Any] = {
             "group_id": cfg.group_id,
             "partition_assignment_strategy": (RangePartitionAssignor,),
-            "fetch_max_wait_ms": LIVE_FETCH_WAIT_MS,
         }
         options.update(cfg.consumer_options)
         # The receipts and the users' compacted topics: record batches that fit them all.

@@ -14,12 +14,7 @@ from aiokafka.protocol.admin import CreateTopicsResponse_v3
 from stream_expiry.commits import COMMIT_TIMEOUT_S
 from stream_expiry.config import ConfigError, parse_config
 from stream_expiry.errors import BrokerError, ConfigurationError
-from stream_expiry.kafka import (
-    LIVE_FETCH_WAIT_MS,
-    PRODUCER_REQUEST_TIMEOUT_MS,
-    check_created,
-    client_options,
-)
+from stream_expiry.kafka import PRODUCER_REQUEST_TIMEOUT_MS, check_created, client_options
 from stream_expiry.kafka_settings import (
     MAX_MESSAGE_BYTES,
     Connection,
@@ -377,19 +372,19 @@ def test_the_group_waits_for_a_revocation_as_long_as_it_may_take() -> None:
     assert options["session_timeout_ms"] == 6_000  # a crash is still found in seconds
 
 
-def test_the_input_is_fetched_with_a_short_wait_unless_the_caller_says_otherwise() -> None:
-    """The test broker answers a waiting fetch up to half its wait after a record arrives;
-    sessions fire only once their partition's input is read (a touch may slide them), so
-    the demo's lag p99 was 48-59 ms at the default 100 ms wait, 17 ms at 20 (kafka.py)."""
+def test_the_callers_consumer_options_reach_the_group_consumer() -> None:
+    """The demo fetches with a short wait (the embedded broker answers a waiting fetch up
+    to half its wait late, and its sessions wait for their input to be read): given as a
+    consumer option, it must win over the service's own."""
     options = Service(parse_config(""), bootstrap_servers="k:1", environ={})._group_options()
-    assert options["fetch_max_wait_ms"] == LIVE_FETCH_WAIT_MS <= 20
+    assert "fetch_max_wait_ms" not in options  # the client's: 100 ms (kafka.consumer)
     mine = Service(
         parse_config(""),
         bootstrap_servers="k:1",
         environ={},
-        consumer_options={"fetch_max_wait_ms": 500},
+        consumer_options={"fetch_max_wait_ms": 20, "session_timeout_ms": 7000},
     )._group_options()
-    assert mine["fetch_max_wait_ms"] == 500
+    assert (mine["fetch_max_wait_ms"], mine["session_timeout_ms"]) == (20, 7000)
 
 
 @pytest.mark.asyncio
