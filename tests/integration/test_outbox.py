@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from aiokafka import AIOKafkaProducer
 
+    from stream_expiry.config import Config
     from tests.conftest import TopicSet
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -42,6 +43,34 @@ class _Rec:
 def _error(offset: int, ts: int, record_id: str = "e1") -> _Rec:
     body = {"category": "error", "org": "acme", "record_id": record_id, "ts": ts}
     return _Rec(offset, orjson.dumps(body))
+
+
+def _processor(
+    topics: TopicSet, tmp_path: Path, category: str, topic: str
+) -> tuple[Config, PartitionProcessor]:
+    """A config keeping ``category`` a minute, and a processor of ``topic``'s partition 0 on
+    a store in memory, at T0."""
+    config = parse_config(
+        config_text(topics, str(tmp_path), f'[retention.defaults]\n{category} = "1m"\n')
+    )
+    book = PolicyBook(config, {})
+    store = PartitionStore(MemoryKV())
+    return config, PartitionProcessor.from_config(topic, 0, store, config, book, now_ms=T0)
+
+
+async def _restored(broker: str, topics: TopicSet, topic: str, now_ms: int) -> PartitionStore:
+    """A store of ``topic``'s partition 0 restored from the changelog alone, as after a
+    crash that lost the disk."""
+    store = PartitionStore(MemoryKV())
+    async with consumer(broker) as cons:
+        await restore_partitions(
+            cons,
+            {(topic, 0): store},
+            stamped=topics.stamped,
+            tombstones=topics.tombstones,
+            now_ms=now_ms,
+        )
+    return store
 
 
 class _AcksHeld:
@@ -94,12 +123,7 @@ async def test_a_life_an_event_ended_goes_out_before_the_life_it_started(
     """An event at a record's expiry, before its timer fired, ends that life and starts the
     next in one batch. On ``expiry.stamped`` the null must come first: compaction keeps a
     key's last message, and a restore takes it as the record's state."""
-    config = parse_config(
-        config_text(topics, str(tmp_path), '[retention.defaults]\nerror = "1m"\n')
-    )
-    proc = PartitionProcessor.from_config(
-        topics.errors, 0, PartitionStore(MemoryKV()), config, PolicyBook(config, {}), now_ms=T0
-    )
+    config, proc = _processor(topics, tmp_path, "error", topics.errors)
     first = proc.process([_error(0, T0)], T0)
     at_expiry = T0 + 60_000
     second = proc.process([_error(1, at_expiry)], at_expiry)  # the timer has not fired
@@ -135,12 +159,7 @@ async def test_a_null_waits_for_its_tombstone_and_is_not_sent_without_it(
     restored the null as a deletion, and the record was never tombstoned (a review).
     Neither that null nor the stamp of the record's next life, sent later, may reach the
     changelog; restored from it, the record is tombstoned again."""
-    config = parse_config(
-        config_text(topics, str(tmp_path), '[retention.defaults]\nerror = "1m"\n')
-    )
-    proc = PartitionProcessor.from_config(
-        topics.errors, 0, PartitionStore(MemoryKV()), config, PolicyBook(config, {}), now_ms=T0
-    )
+    config, proc = _processor(topics, tmp_path, "error", topics.errors)
     partitions = dict.fromkeys(topics.all, 2)
     at = T0 + 60_000
     async with producer(broker) as prod:
@@ -169,15 +188,7 @@ async def test_a_null_waits_for_its_tombstone_and_is_not_sent_without_it(
     assert [(r.key, r.value is None) for r in stamped] == [(b"acme/_/live/error/e1", False)]
     assert await read_all(broker, topics.tombstones) == []
 
-    store = PartitionStore(MemoryKV())
-    async with consumer(broker) as cons:
-        await restore_partitions(
-            cons,
-            {(topics.errors, 0): store},
-            stamped=topics.stamped,
-            tombstones=topics.tombstones,
-            now_ms=at,
-        )
+    store = await _restored(broker, topics, topics.errors, at)
     restored = PartitionProcessor.from_config(
         topics.errors, 0, store, config, PolicyBook(config, {}), now_ms=at
     )
@@ -192,12 +203,7 @@ async def test_a_send_cancelled_while_the_queue_is_full_is_settled_and_the_drain
     while the outbox's queue was full (a backlog), its send left the entry counted and
     never queued: the drain waited until the stop was forced (a review). The send
     finishes queueing first; everything it counted settles."""
-    config = parse_config(
-        config_text(topics, str(tmp_path), '[retention.defaults]\nerror = "1m"\n')
-    )
-    proc = PartitionProcessor.from_config(
-        topics.errors, 0, PartitionStore(MemoryKV()), config, PolicyBook(config, {}), now_ms=T0
-    )
+    config, proc = _processor(topics, tmp_path, "error", topics.errors)
     async with producer(broker) as prod:
         slow = _AcksHeld(prod)
         outbox = Outbox(slow, config.topics, dict.fromkeys(topics.all, 2), max_in_flight=1)
@@ -227,12 +233,7 @@ async def test_a_stamp_goes_ahead_of_a_waiting_null_unless_it_is_the_same_record
     the ingest's stamps waited behind every firing's acks, and 10k expirations/s beside
     20k events/s of ingest lost a third of their lag (round 33). The record's own next life
     still waits, behind its null."""
-    config = parse_config(
-        config_text(topics, str(tmp_path), '[retention.defaults]\nerror = "1m"\n')
-    )
-    proc = PartitionProcessor.from_config(
-        topics.errors, 0, PartitionStore(MemoryKV()), config, PolicyBook(config, {}), now_ms=T0
-    )
+    config, proc = _processor(topics, tmp_path, "error", topics.errors)
     at = T0 + 60_000
     async with producer(broker) as prod:
         slow = _AcksHeld(prod, topics.tombstones)
@@ -276,12 +277,7 @@ async def test_a_stamp_waits_behind_the_same_records_stamp_held_beside_a_null(
     records' stamps too. A later slice's touch of one of them went out at once, ahead of
     the create's stamp: the changelog ended with the unslid expiry, and a restore fired
     the session 30 s early (a review). A stamp of a record with any message held waits."""
-    config = parse_config(
-        config_text(topics, str(tmp_path), '[retention.defaults]\nsession = "1m"\n')
-    )
-    proc = PartitionProcessor.from_config(
-        topics.sessions, 0, PartitionStore(MemoryKV()), config, PolicyBook(config, {}), now_ms=T0
-    )
+    config, proc = _processor(topics, tmp_path, "session", topics.sessions)
 
     def session(offset: int, ts: int, record_id: str, op: str) -> _Rec:
         body = {"category": "session", "org": "acme", "record_id": record_id, "ts": ts, "op": op}
@@ -312,15 +308,6 @@ async def test_a_stamp_waits_behind_the_same_records_stamp_held_beside_a_null(
         if r.key == s
     ]
     assert expiries == ["2027-01-15T08:01:00.000Z", "2027-01-15T08:01:30.000Z"]
-    store = PartitionStore(MemoryKV())
-    async with consumer(broker) as cons:
-        await restore_partitions(
-            cons,
-            {(topics.sessions, 0): store},
-            stamped=topics.stamped,
-            tombstones=topics.tombstones,
-            now_ms=touched,
-        )
-    restored = store.get(s.decode())
+    restored = (await _restored(broker, topics, topics.sessions, touched)).get(s.decode())
     assert restored is not None
     assert restored.expires_at == touched + 60_000
