@@ -131,7 +131,7 @@ async def _changelog_after(
     either is raised, and nothing is sent."""
     if before is not None:
         await before
-    if out.null_keys:  # batches only behind another entry's go as soon as that one's are sent
+    if out.nulls:  # batches only behind another entry's go as soon as that one's are sent
         await all_acked(tombstone_acks)
         with anyio.move_on_after(CHANGELOG_LINGER_S):
             await next_send()
@@ -192,7 +192,7 @@ class _Batches:
         self._tracked: dict[tuple[str, int], list[tuple[Effects, str, int]]] = {}
         self._last: dict[tuple[str, int], tuple[bytes | None, int]] = {}
         self.sent: _Sent = []
-        self.null_keys: list[bytes] = []  # the keys of the nulls added to the held topic
+        self.nulls = False  # a null was added to the held topic
         self.held_keys: list[bytes] = []  # the keys of every message added to it
         self.after_held = False  # a stamp must follow an earlier entry's held message
 
@@ -223,7 +223,7 @@ class _Batches:
         if key is not None and slot[0] == self._held_topic:
             self.held_keys.append(key)
             if value is None:
-                self.null_keys.append(key)
+                self.nulls = True
         if track is not None and key is not None:
             self._tracked.setdefault(slot, []).append((track, key.decode(), offset))
         return True
@@ -396,7 +396,7 @@ class Outbox:
         before = self._changelog
         if before is not None and _sent_well(before):
             before = self._changelog = None
-        if not out.null_keys and (before is None or not out.after_held):
+        if not out.nulls and (before is None or not out.after_held):
             return await out.flush_held()
         tombstones = self._topics.tombstones
         acks = [future for future, slot, *_ in sent if slot[0] == tombstones]
