@@ -180,12 +180,9 @@ async def read_ranges(
                 answers = await round_
             except _Retry as retry:
                 failures += 1
-                if failures > retries:
-                    msg = f"reading {retry}: still failing after {failures} tries"
-                    raise BrokerUnavailableError(msg) from retry
-                backoff = min(RETRY_MAX_S, RETRY_BACKOFF_S * 2 ** (failures - 1))
-                log.warning("reading %s; trying again in %.1f s", retry, backoff)
-                await asyncio.sleep(backoff)
+                failed = f"reading {retry}: still failing after {failures} tries"
+                await _wait_to_retry(retry, failures, retries, failed, logging.WARNING,
+                                     "reading %s; trying again in %.1f s")  # fmt: skip
                 leaders.clear()  # a leader may have moved
                 round_ = asyncio.ensure_future(_round(cons, parts, leaders, fetch_bytes, wait_ms))
                 continue
@@ -437,6 +434,19 @@ async def end_offsets(
     return {tp: stable for tp, (stable, _high) in ends.items()}
 
 
+async def _wait_to_retry(
+    retry: _Retry, failures: int, retries: int, failed: str, level: int, said: str
+) -> None:
+    """After ``failures`` failed rounds in a row: past ``retries``, raise ``failed`` as the
+    broker's unavailability; else say so (``said``: the retry and the wait) and wait 0.2 s
+    after the first, twice as long after each next, at most ``RETRY_MAX_S``."""
+    if failures > retries:
+        raise BrokerUnavailableError(failed) from retry
+    backoff = min(RETRY_MAX_S, RETRY_BACKOFF_S * 2 ** (failures - 1))
+    log.log(level, said, retry, backoff)
+    await asyncio.sleep(backoff)
+
+
 async def ends_and_highs(
     cons: AIOKafkaConsumer, at: Mapping[TopicPartition, int], *, retries: int = 0
 ) -> dict[TopicPartition, tuple[int, int]]:
@@ -456,12 +466,9 @@ async def ends_and_highs(
             break
         except _Retry as retry:
             failures += 1
-            if failures > retries:
-                msg = f"asking for the partitions' ends failed: {retry}"
-                raise BrokerUnavailableError(msg) from retry
-            backoff = min(RETRY_MAX_S, RETRY_BACKOFF_S * 2 ** (failures - 1))
-            log.debug("asking for the partitions' ends: %s; again in %.1f s", retry, backoff)
-            await asyncio.sleep(backoff)
+            failed = f"asking for the partitions' ends failed: {retry}"
+            await _wait_to_retry(retry, failures, retries, failed, logging.DEBUG,
+                                 "asking for the partitions' ends: %s; again in %.1f s")  # fmt: skip
             leaders = {}  # a leader may have moved: looked up again
     missing = parts.keys() - answers.keys()
     if missing:
