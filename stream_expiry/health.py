@@ -15,6 +15,10 @@ it. Rules it keeps (the contract's words):
   revocation and its next assignment owns nothing: saying ready then was saying it works
   on partitions it no longer has. A rebalance lasts seconds, less than the probes' failure
   threshold (deploy/kubernetes), so a fleet does not drop out of its Service at each one.
+* A sink is ready only while its store answers, too (``watches_store``): a sink whose
+  PostgreSQL is down deletes nothing, and a ``/readyz`` of 200 then told an operator that
+  deletions were happening (a trial). Its liveness does not change: restarting the sink
+  cures nothing, it waits for the store and loses nothing meanwhile.
 * No IO, no asyncio: any task may set it; the clock is injected for tests.
 """
 
@@ -51,10 +55,13 @@ class Health:
         self,
         *,
         stall_after_s: float | None = None,
+        watches_store: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.phase = Phase.STOPPED
         self.broker_error: str | None = None
+        self.watches_store = watches_store
+        self.store_error: str | None = None
         self._stall_after_s = stall_after_s
         self._clock = clock
         self._last_beat: float | None = None
@@ -95,6 +102,12 @@ class Health:
     def broker_reachable(self) -> None:
         self.broker_error = None
 
+    def store_unreachable(self, reason: str) -> None:
+        self.store_error = reason
+
+    def store_reachable(self) -> None:
+        self.store_error = None
+
     # -- read by the server -------------------------------------------------------------------
 
     @property
@@ -113,14 +126,22 @@ class Health:
 
     @property
     def ready(self) -> bool:
-        return self.live and self.phase is Phase.RUNNING and self.broker_error is None
+        return (
+            self.live
+            and self.phase is Phase.RUNNING
+            and self.broker_error is None
+            and self.store_error is None
+        )
 
     def report(self) -> dict[str, Any]:
         """What the health endpoints print, so a person with curl sees why."""
-        return {
+        report: dict[str, Any] = {
             "live": self.live,
             "ready": self.ready,
             "phase": self.phase.value,
             "stalled": self.stalled,
             "broker": "unreachable: " + self.broker_error if self.broker_error else "ok",
         }
+        if self.watches_store:
+            report["store"] = "unreachable: " + self.store_error if self.store_error else "ok"
+        return report

@@ -179,7 +179,7 @@ class _HealthCollector(Collector):
         )
         yield GaugeMetricFamily(
             f"{self._prefix}_ready",
-            "1 when assigned, restored and the broker reachable (what /readyz says).",
+            "1 when assigned, restored and the broker (a sink: and its store) reachable (/readyz).",
             value=h.ready,
         )
         yield GaugeMetricFamily(
@@ -187,6 +187,12 @@ class _HealthCollector(Collector):
             "0 while the Kafka brokers cannot be reached.",
             value=h.broker_error is None,
         )
+        if h.watches_store:
+            yield GaugeMetricFamily(
+                f"{self._prefix}_store_reachable",
+                "0 while the sink's store does not answer.",
+                value=h.store_error is None,
+            )
 
 
 class _BaseMetrics:

@@ -50,6 +50,7 @@ from stream_expiry.sinks.framework import (
 )
 from stream_expiry.sinks.postgres import DEFAULT_DSN, DEFAULT_PARALLEL, PostgresStore
 from stream_expiry.sinks.sqlite import SQLiteStore
+from stream_expiry.sinks.store import StoreUnavailableError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -381,13 +382,34 @@ class _Progress:
             )  # fmt: skip
 
 
+STORE_PING_EVERY_S: Final = 5.0  # as often as the broker is asked (watch_connection)
+
+
+async def watch_store(health: Health, store: Store, *, every_s: float = STORE_PING_EVERY_S) -> None:
+    """Ask the store whether it answers every ``every_s``, for ``/readyz``: the sink's own
+    loop finds an outage only when it next writes, and an idle sink never does. A store
+    that takes longer than ``every_s`` to answer counts as not answering: a server behind
+    a dropped network answers nothing, not an error."""
+    while True:
+        try:
+            with anyio.fail_after(every_s):
+                await store.ping()
+        except StoreUnavailableError as exc:
+            health.store_unreachable(str(exc))
+        except TimeoutError:
+            health.store_unreachable(f"store {store.name!r} did not answer within {every_s:g} s")
+        else:
+            health.store_reachable()
+        await anyio.sleep(every_s)
+
+
 async def _serve(
     sink: Sink, metrics: SinkMetrics, metrics_port: int | None, metrics_host: str
 ) -> StreamExpiryError | None:
     """Run until a signal; a failure is returned, not raised, so no exception group wraps it."""
     stop = anyio.Event()
     error: StreamExpiryError | None = None
-    health = Health()
+    health = Health(watches_store=True)
     metrics.watch_counters(sink.metrics)
     metrics.watch_health(health)
     listener = None if metrics_port is None else await open_listener(metrics_port, metrics_host)
@@ -406,7 +428,9 @@ async def _serve(
         tg.start_soon(watch_connection, health, sink.config.connection)
         try:
             async with sink.store:
-                # Ready once the store is open and the group gave the sink its partitions.
+                # Ready once the store is open and the group gave the sink its partitions,
+                # and while the store answers.
+                tg.start_soon(watch_store, health, sink.store)
                 sink.observe(on_ready=health.running, on_lag=metrics.set_lag)
                 await sink.run(stop)
         except StreamExpiryError as exc:

@@ -171,6 +171,7 @@ def test_sink_serves_health_and_its_metrics(broker: str, topics: TopicSet, tmp_p
         metrics = _poll(proc, base + "/metrics", 200)
         assert b'stream_expiry_sink_deleted_total{store="sqlite"} 0.0' in metrics
         assert b"stream_expiry_sink_ready 1.0" in metrics
+        assert b"stream_expiry_sink_store_reachable 1.0" in metrics
     finally:
         code, err = _stop(proc, signal.SIGINT)
     assert code == 0, err

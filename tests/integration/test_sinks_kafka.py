@@ -801,6 +801,72 @@ async def test_sink_command_runs_until_sigint_and_exits_zero(
 
 
 @pytest.mark.asyncio
+@pytest.mark.postgres
+async def test_the_sink_command_is_not_ready_while_its_store_does_not_answer(
+    broker: str, topics: TopicSet
+) -> None:
+    """``sink postgres --metrics-port``: ``/readyz`` 200 while PostgreSQL answers, 503 naming
+    the store while it does not (a proxy cut, the sink idle: nothing to write, so only the
+    health check can find it), 200 again once it answers; ``/healthz`` 200 throughout (a
+    trial: ``/readyz`` stayed 200 through a store outage, deletions stopped)."""
+    import urllib.error
+    import urllib.request
+
+    from stream_expiry.broker import free_port
+
+    target = urlsplit(PG_DSN)
+    schema = f"t{uuid.uuid4().hex[:12]}"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path: str) -> tuple[int, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(base + path, timeout=5) as answer:
+                return answer.status, orjson.loads(answer.read())
+        except urllib.error.HTTPError as refused:
+            return refused.code, orjson.loads(refused.read())
+        except OSError:
+            return 0, {}  # not listening yet
+
+    async def answered(path: str, status: int, store: str = "") -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"the sink exited early with {proc.returncode}: {proc.stderr}")
+        code, body = await anyio.to_thread.run_sync(get, path)
+        return code == status and str(body.get("store", "")).startswith(store)
+
+    async with Proxy(f"{target.hostname}:{target.port or 5432}") as proxy:
+        argv = [
+            sys.executable, "-m", "stream_expiry", "sink", "postgres",
+            "--dsn", target._replace(netloc=proxy.address).geturl(), "--schema", schema,
+            "--bootstrap-servers", broker, "--group-id", f"{topics.prefix}.ready",
+            "--stamped-topic", topics.stamped, "--tombstones-topic", topics.tombstones,
+            "--receipts-topic", topics.receipts, "--metrics-port", str(port),
+            "--metrics-host", "127.0.0.1",
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)  # noqa: ASYNC220
+        try:
+            await wait_until(lambda: answered("/readyz", 200), what="the sink ready")
+            assert await answered("/readyz", 200, "ok")
+            proxy.cut()
+            await wait_until(
+                lambda: answered("/readyz", 503, "unreachable: PostgreSQL store"),
+                what="/readyz to say the store does not answer",
+            )
+            assert await answered("/healthz", 200, "unreachable")  # alive: it waits
+            proxy.restore()
+            await wait_until(lambda: answered("/readyz", 200, "ok"), what="ready again")
+        finally:
+            proc.send_signal(signal.SIGINT)
+            _, err = await anyio.to_thread.run_sync(lambda: proc.communicate(timeout=15))
+            left = PostgresStore(PG_DSN, name="cleanup", schema=schema)
+            await left.open()
+            await left.drop_schema()
+            await left.close()
+    assert proc.returncode == 0, err
+
+
+@pytest.mark.asyncio
 async def test_nulls_reach_records_a_java_producer_wrote_under_the_users_key(
     broker: str, topics: TopicSet, tmp_path: Path
 ) -> None:

@@ -192,6 +192,23 @@ def test_every_phase_answers_as_the_contract_says() -> None:
         assert (health.live, health.ready) == (live, False), phase
 
 
+def test_a_sink_is_ready_only_while_its_store_answers() -> None:
+    """A store that does not answer makes a sink unready, not dead, and the report says why;
+    a process without a store (the service) reports no store at all."""
+    health = Health(watches_store=True)
+    health.starting()
+    health.running()
+    assert health.report()["store"] == "ok"
+    health.store_unreachable("PostgreSQL store 'pg' failed: connection refused")
+    assert (health.live, health.ready) == (True, False)
+    assert health.report()["store"] == (
+        "unreachable: PostgreSQL store 'pg' failed: connection refused"
+    )
+    health.store_reachable()
+    assert (health.live, health.ready) == (True, True)
+    assert "store" not in Health().report()
+
+
 @pytest.mark.asyncio
 async def test_the_broker_probe_marks_an_unreachable_broker_and_its_return() -> None:
     health = Health()
