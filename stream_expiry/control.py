@@ -140,12 +140,19 @@ class ControlTopics:
         # policies and 10,000 holds logged 110,000 lines at every start. Warnings (a bad
         # message, an ignored value) are said whatever.
         self._each_at = logging.INFO
+        # Releases that left their hold active, said once the read that brought them is
+        # applied (read_all: the whole catch-up), not at the null: `hold release` nulls
+        # every partition that places a hold, and the others' nulls may come later in the
+        # same read (a review: the start warned of a hold released everywhere).
+        self._released: dict[str, Any] = {}
+        self._catching_up = False
 
     async def read_all(self) -> None:
         """Both topics from their beginning to their end (at the start of a session)."""
         started = time.time_ns() // 1_000_000
         applied = self._stats.policy_updates
         self._each_at = logging.DEBUG
+        self._catching_up = True
         try:
             async for batch in read_to_end(self._policies, self._topics.policies, then_follow=True):
                 await self._apply_policies(batch)
@@ -156,6 +163,8 @@ class ControlTopics:
                     await self._apply_holds(batch)
         finally:
             self._each_at = logging.INFO
+            self._catching_up = False
+        self._say_released()
         self._complete_at = self._holds_complete_at = started
         if self._stats.policy_updates > applied:
             log.info(
@@ -247,7 +256,8 @@ class ControlTopics:
                 if isinstance(hold, model.Rejection):
                     await self._reject(rec, hold, "legal hold")
                 elif hold is None:
-                    self._say_placed_elsewhere(rec)
+                    if rec.value is None and rec.key:
+                        self._released[rec.key.decode(errors="replace")] = rec
                 elif rec.value is None:
                     log.log(self._each_at, "legal hold %s released", hold.hold_id)
                 else:
@@ -266,13 +276,19 @@ class ControlTopics:
                             rec.topic, rec.partition, rec.offset, named, hold.hold_id,
                             hold.hold_id,
                         )  # fmt: skip
+        if not self._catching_up:
+            self._say_released()
 
-    def _say_placed_elsewhere(self, rec: Any) -> None:
+    def _say_released(self) -> None:
+        """Say each release read since the last time that leaves its hold active."""
+        released, self._released = self._released, {}
+        for hold_id, rec in released.items():
+            if self._holds.get(hold_id) is not None:  # else released everywhere since
+                self._say_placed_elsewhere(hold_id, rec)
+
+    def _say_placed_elsewhere(self, hold_id: str, rec: Any) -> None:
         """A release that leaves its hold active: placed on another partition too (by a
         producer with another partitioner), where no null has come."""
-        hold_id = rec.key.decode(errors="replace") if rec.key else ""
-        if rec.value is not None or self._holds.get(hold_id) is None:
-            return  # the release of a hold not active: nothing to say
         elsewhere = ", ".join(str(p) for p in sorted(self._holds.partitions_of(hold_id)))
         log.warning(
             "legal hold %s released at %s[%d]@%d stays active: it is placed on partition %s "

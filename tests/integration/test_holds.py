@@ -648,3 +648,50 @@ async def test_a_hold_goes_where_kafkas_partitioner_puts_it_and_a_release_clears
     capsys.readouterr()
     assert await _cli("hold", "list", *common) == 0
     assert capsys.readouterr().out == "no active legal holds\n"
+
+
+@pytest.mark.timeout(120)
+async def test_a_release_that_leaves_its_hold_placed_elsewhere_is_said_and_no_other(
+    broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A null on one partition of a hold another partition still places is said, once its
+    read is applied: at the start, after the whole catch-up, and later, after the batch.
+    A hold nulled on every partition is not: the start said so for it (a review), when
+    it applied one partition's null before it read the other's."""
+    _, config = _setup(broker, topics, tmp_path, RETENTION)
+
+    def hold(hold_id: str) -> bytes:
+        return encode_hold(Hold(hold_id, "acme", None, None, None, None, "case", 0))
+
+    async def write(hold_id: str, value: bytes | None, *partitions: int) -> None:
+        async with producer(broker) as prod:
+            for p in partitions:
+                await prod.send_and_wait(
+                    topics.holds, key=hold_id.encode(), value=value, partition=p
+                )
+
+    def said(hold_id: str) -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.getMessage().startswith(f"legal hold {hold_id} released at ")
+        ]
+
+    for hold_id in ("everywhere", "half"):
+        await write(hold_id, hold(hold_id), 0, 1)
+    await write("everywhere", None, 0, 1)
+    await write("half", None, 0)
+    caplog.set_level("INFO", logger="stream_expiry.service")
+    async with running_service(config, broker) as service:
+        await wait_for(lambda: service.holds.get("half") is not None)
+        assert said("half") == [
+            f"legal hold half released at {topics.holds}[0]@3 stays active: it is placed on "
+            "partition 1 too (written with another partitioner than Kafka's default); release "
+            "it with `stream-expiry hold release half`, which nulls it on every partition"
+        ]
+        await write("late", hold("late"), 0, 1)
+        await wait_for(lambda: service.holds.get("late") is not None)
+        await write("late", None, 1)
+        await wait_for(lambda: bool(said("late")))
+        assert service.holds.get("late") is not None
+        assert said("everywhere") == []
