@@ -300,7 +300,7 @@ async def _stop(client: AIOKafkaProducer | AIOKafkaConsumer, failing: bool) -> N
         await _stop_now(client, failing=True)
 
 
-STOP_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0  # a forced stop closes its clients within 2 of these (runner)
 
 
 async def _stop_now(client: AIOKafkaProducer | AIOKafkaConsumer, failing: bool) -> None:
