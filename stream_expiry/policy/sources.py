@@ -154,16 +154,19 @@ def env_candidates(
 ) -> tuple[dict[str, tuple[Candidate, ...]], list[str]]:
     """The ``env`` candidates of each category, and a warning for each invalid variable.
 
-    ``fallbacks`` holds a preset's value for a variable that is *unset* (a variable set to the
-    empty string is set: it says "no value" on purpose); such a candidate is named
-    ``"<fallback_label>: <VARIABLE>"`` so that ``explain`` shows where it came from.
+    ``fallbacks`` holds a preset's value for a variable that is unset; such a candidate is
+    named ``"<fallback_label>: <VARIABLE>"`` so that ``explain`` shows where it came from.
+    A variable set to the empty string (or blanks) counts as unset, as every empty variable
+    does (README, "Settings from the environment"): a deployment template that renders a
+    value it was not given as ``VAR=`` kept every conversation forever under the cognigy
+    preset instead of its 30 days (a trial). ``0`` is the way to switch a preset value off.
     """
     found: dict[str, tuple[Candidate, ...]] = {}
     warnings: list[str] = []
     for category in categories:
         cands: list[Candidate] = []
         for var in ENV_VARIABLES.get(category, ()):
-            if var in environ:
+            if environ.get(var, "").strip():
                 raw, name = environ[var], var
             elif var in fallbacks:
                 raw, name = fallbacks[var], f"{fallback_label}: {var}"

@@ -62,11 +62,18 @@ CASES = [
         NEVER,
     ),
     (
-        "cognigy: a variable set empty is set (no value)",
+        "cognigy: a variable set empty counts as unset (a template's VAR=)",
         COGNIGY,
         {"MAX_CONVERSATION_TTL_IN_MINUTES": ""},
         "conversation",
-        NEVER,
+        Resolution(43200 * MIN, "env"),
+    ),
+    (
+        "cognigy: a variable set to blanks counts as unset",
+        COGNIGY,
+        {"MAX_CONVERSATION_TTL_IN_MINUTES": "  "},
+        "conversation",
+        Resolution(43200 * MIN, "env"),
     ),
     (
         "cognigy: the other variable still counts",
