@@ -222,6 +222,15 @@ class ControlTopics:
                             "policy update %s at %s[%d]@%d: %s",
                             result.key, rec.topic, rec.partition, rec.offset, note,
                         )  # fmt: skip
+                    if result.dropped and not self._catching_up:  # said once, not each start
+                        log.warning(
+                            "policy update %s at %s[%d]@%d replaces the scope's whole ttl map: "
+                            "%s had a value there and now %s none from this scope; send every "
+                            "category the scope should keep in one update",
+                            result.key, rec.topic, rec.partition, rec.offset,
+                            ", ".join(result.dropped),
+                            "has" if len(result.dropped) == 1 else "have",
+                        )  # fmt: skip
                     await self._report_ignored(rec, result)
 
     async def _report_ignored(self, rec: Any, update: PolicyUpdate) -> None:

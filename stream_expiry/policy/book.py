@@ -21,6 +21,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Final
 
 from stream_expiry.errors import ConfigurationError, suggestion
@@ -181,8 +182,32 @@ class PolicyBook:
         update = parse_update(key, value, kafka_timestamp_ms, self._category_set)
         if isinstance(update, Rejection):
             return update
+        dropped = self.dropped_by(update)
         self.apply(update)
-        return update
+        return dataclasses.replace(update, dropped=dropped) if dropped else update
+
+    def dropped_by(self, update: PolicyUpdate) -> tuple[str, ...]:
+        """The categories with a positive value in the scope's newest version that
+        ``update`` leaves out: an update replaces the scope's whole map, so they lose it (a
+        trial: a ``default`` update for conversations took the config file's defaults of
+        sessions and errors away, and those records never expired, without a word)."""
+        if update.ttl is None:
+            return ()  # a clear: back to the config file, said as such
+        scope = update.scope
+        if scope.kind == "org":
+            history = self._orgs.get(scope.org or "")
+        elif scope.kind == "bot":
+            history = self._bots.get((scope.org or "", scope.bot or "", scope.env or ""))
+        else:
+            history = self._cap if scope.kind == "cap" else self._default
+        if history is None:
+            return ()
+        newest = history.at(None)[0]
+        return tuple(
+            category
+            for category, candidate in newest.items()
+            if candidate.ttl_ms is not None and category not in update.ttl
+        )
 
     def apply(self, update: PolicyUpdate) -> None:
         """Apply an update already parsed (e.g. by a replay that keeps them)."""

@@ -153,6 +153,9 @@ class PolicyUpdate:
     notes: tuple[str, ...] = ()
     # The values that are not durations: ignored (an invalid candidate in ``ttl``), reported.
     ignored: tuple[IgnoredValue, ...] = ()
+    # The categories the scope had a value for that this update leaves out, so takes away
+    # (:meth:`PolicyBook.dropped_by`): said when the update arrives.
+    dropped: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, cast
 
+import orjson
 import pytest
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
@@ -17,13 +18,23 @@ from stream_expiry.stats import ServiceStats
 HOLDS = Topics().holds
 
 
-def _message(partition: int, offset: int, hold_id: str, placed: bool) -> ConsumerRecord[Any, Any]:
-    value = (
-        encode_hold(Hold(hold_id, "acme", None, None, None, None, "case", 0)) if placed else None
-    )
+def _record(topic: str, partition: int, offset: int, key: str, value: bytes | None) -> Any:
     return ConsumerRecord(
-        HOLDS, partition, offset, 0, 0, hold_id.encode(), value, None, len(hold_id),
+        topic, partition, offset, 0, 0, key.encode(), value, None, len(key),
         0 if value is None else len(value), [],
+    )  # fmt: skip
+
+
+def _message(partition: int, offset: int, hold_id: str, placed: bool) -> Any:
+    hold = Hold(hold_id, "acme", None, None, None, None, "case", 0)
+    return _record(HOLDS, partition, offset, hold_id, encode_hold(hold) if placed else None)
+
+
+def _control(config: str = "", holds: HoldBook | None = None) -> ControlTopics:
+    absent = cast("Any", None)  # the readers and the producer: batches are applied only
+    return ControlTopics(
+        Topics(), PolicyBook(parse_config(config), {}), HoldBook() if holds is None else holds, ServiceStats(),
+        policies=absent, holds_reader=absent, prod=absent,
     )  # fmt: skip
 
 
@@ -36,11 +47,7 @@ async def test_a_release_is_said_to_leave_its_hold_placed_only_once_its_batch_is
     partition still placed the hold, which its own null released in the same batch). A
     null on one partition only, the hold placed on the other: said, naming it."""
     holds = HoldBook()
-    absent = cast("Any", None)  # the readers and the producer: this batch is applied only
-    control = ControlTopics(
-        Topics(), PolicyBook(parse_config(""), {}), holds, ServiceStats(),
-        policies=absent, holds_reader=absent, prod=absent,
-    )  # fmt: skip
+    control = _control(holds=holds)
     p0, p1 = TopicPartition(HOLDS, 0), TopicPartition(HOLDS, 1)
     placed = {
         p0: [_message(0, 0, "everywhere", True), _message(0, 1, "half", True)],
@@ -61,4 +68,25 @@ async def test_a_release_is_said_to_leave_its_hold_placed_only_once_its_batch_is
         f"legal hold half released at {HOLDS}[0]@3 stays active: it is placed on partition 1 "
         "too (written with another partitioner than Kafka's default); release it with "
         "`stream-expiry hold release half`, which nulls it on every partition"
+    ]
+
+
+@pytest.mark.asyncio
+async def test_an_update_that_takes_values_of_its_scope_away_is_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A ``default`` update for conversations only took the config file's defaults of
+    sessions and errors away, and those records never expired, without a word (a trial)."""
+    control = _control('[retention.defaults]\nsession = "90s"\nerror = "45s"\n')
+    topic = Topics().policies
+    value = orjson.dumps({"scope": "default", "ttl": {"conversation": "3m"}})
+    caplog.set_level(logging.INFO, logger="stream_expiry.service")
+    await control._apply_policies(
+        {TopicPartition(topic, 0): [_record(topic, 0, 7, "default", value)]}
+    )
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [
+        f"policy update default at {topic}[0]@7 replaces the scope's whole ttl map: session, "
+        "error had a value there and now have none from this scope; send every category the "
+        "scope should keep in one update"
     ]

@@ -254,6 +254,37 @@ def test_a_rejected_update_leaves_the_book_unchanged() -> None:
     assert book.updates_applied == 0
 
 
+def test_an_update_says_which_values_of_its_scope_it_takes_away() -> None:
+    """An update replaces its scope's whole map: the categories the scope's newest version
+    had a positive value for and the update leaves out are named (the config file's, or an
+    earlier update's); a scope that had nothing, and a clear, take nothing away."""
+    book = PolicyBook(
+        parse_config(
+            '[retention.defaults]\nconversation = "1d"\nsession = "90s"\nerror = "45s"\n'
+            "analytics = 0\n"
+        ),
+        {},
+    )
+
+    def dropped(value: Any, key: str) -> tuple[str, ...]:
+        result = book.apply_update(key.encode(), orjson.dumps(value), T)
+        assert isinstance(result, PolicyUpdate)
+        return result.dropped
+
+    assert dropped({"scope": "default", "ttl": {"conversation": "3m"}}, "default") == (
+        "session",
+        "error",
+    )
+    assert dropped({"scope": "default", "ttl": {"conversation": "5m"}}, "default") == ()
+    assert dropped({"scope": "org", "org": "acme", "ttl": {"session": "1h"}}, "org/acme") == ()
+    assert dropped({"scope": "org", "org": "acme", "ttl": {"error": "1h"}}, "org/acme") == (
+        "session",
+    )
+    cleared = book.apply_update(b"default", None, T)
+    assert isinstance(cleared, PolicyUpdate)
+    assert cleared.dropped == ()
+
+
 def test_unknown_extra_fields_are_ignored() -> None:
     u = update({"scope": "cap", "ttl": {"max": "1y"}, "author": "ui", "comment": {"x": 1}})
     assert isinstance(u, PolicyUpdate)
