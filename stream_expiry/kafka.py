@@ -76,8 +76,10 @@ __all__ = [
     "producer",
     "read_to_end",
     "readable_end",
+    "size_limits",
     "stable_end",
     "stable_ends",
+    "topic_config_values",
 ]
 
 DEFAULT_PARTITIONS = 4
@@ -438,10 +440,29 @@ async def message_limits(brokers: Brokers, topics: Iterable[str]) -> dict[str, i
     Kafka-protocol brokers describe only the configs given at creation), or a broker that
     cannot describe configs at all, is left out: the producer's limit is then all there is.
     """
+    return size_limits(await topic_config_values(brokers, topics, ("max.message.bytes",)))
+
+
+def size_limits(described: Mapping[str, Mapping[str, str]]) -> dict[str, int]:
+    """The ``max.message.bytes`` of each topic in ``described`` that has one."""
+    return {
+        topic: int(value)
+        for topic, values in described.items()
+        if (value := values.get("max.message.bytes", "")).isdigit()
+    }
+
+
+async def topic_config_values(
+    brokers: Brokers, topics: Iterable[str], names: Iterable[str]
+) -> dict[str, dict[str, str]]:
+    """The configs ``names`` of each of ``topics``, as the broker describes them (Kafka: the
+    topic's own, else the broker's default); what it does not describe is left out, and a
+    broker that cannot describe configs at all gives nothing."""
     conn = as_connection(brokers)
     wanted = list(dict.fromkeys(topics))
+    keys = frozenset(names)
     admin = AIOKafkaAdminClient(**client_options(conn), request_timeout_ms=10_000)
-    limits: dict[str, int] = {}
+    found: dict[str, dict[str, str]] = {}
     try:
         try:
             await admin.start()
@@ -457,11 +478,11 @@ async def message_limits(brokers: Brokers, topics: Iterable[str]) -> dict[str, i
                 if error_code != 0 or name not in wanted:
                     continue
                 for entry in entries:
-                    if entry[0] == "max.message.bytes" and str(entry[1]).isdigit():
-                        limits[name] = int(entry[1])
+                    if entry[0] in keys and entry[1] is not None:
+                        found.setdefault(name, {})[entry[0]] = str(entry[1])
     finally:
         await admin.close()
-    return limits
+    return found
 
 
 def batch_bytes(limits: Iterable[int]) -> int:

@@ -42,6 +42,7 @@ from stream_expiry.archive_follower import ArchiveFollower
 from stream_expiry.archive_gate import ArchiveGate
 from stream_expiry.commits import OffsetCommits
 from stream_expiry.control import DEAD_LETTERED_FILE, ControlTopics, DeadLettered
+from stream_expiry.durations import format_duration
 from stream_expiry.errors import (
     BrokerError,
     BrokerUnavailableError,
@@ -61,9 +62,10 @@ from stream_expiry.kafka import (
     consumer,
     ensure_topics,
     mapped,
-    message_limits,
     producer,
+    size_limits,
     stable_end,
+    topic_config_values,
 )
 from stream_expiry.kafka_settings import topic_configs
 from stream_expiry.outbox import Outbox, settled_or_failed
@@ -80,7 +82,7 @@ from stream_expiry.stats import ServiceStats
 from stream_expiry.timeutil import format_ts, wall_clock_ms
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable, Mapping
+    from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -148,6 +150,35 @@ def _first_error(exc: BaseException) -> str:
 
 def _describe(exc: BaseException) -> str:
     return "; ".join(str(leaf) or type(leaf).__name__ for leaf in leaves(exc))
+
+
+# What Kafka keeps a topic's messages for unless the topic or the broker says otherwise
+# (log.retention.hours = 168): assumed for an input the broker describes no retention of.
+KAFKA_DEFAULT_RETENTION_MS: Final = 7 * 24 * 3_600_000
+
+
+def _say_short_marker_grace(
+    grace_ms: int, inputs: Sequence[str], described: Mapping[str, Mapping[str, str]]
+) -> None:
+    """Warn when ``[service] marker_grace`` is shorter than an input topic keeps events: a
+    deleted record's marker goes after the grace, and a create of it re-delivered later
+    (a consumer group reset, `replay --from-inputs`) brings the erased record and its data
+    back as live (a trial, with a 20 s grace: nothing said)."""
+    for topic in inputs:
+        raw = described.get(topic, {}).get("retention.ms")
+        retention = int(raw) if raw is not None and raw.lstrip("-").isdigit() else None
+        source = "its retention.ms"
+        if retention is None:
+            retention, source = KAFKA_DEFAULT_RETENTION_MS, "Kafka's default retention"
+        if 0 <= retention <= grace_ms:
+            continue
+        kept = "forever" if retention < 0 else format_duration(retention)
+        log.warning(
+            "[service] marker_grace %s is shorter than input topic %s keeps events (%s: %s): "
+            "a deleted record's create re-delivered after the grace brings it back, data and "
+            "all; set marker_grace to at least the input topics' retention",
+            format_duration(grace_ms), topic, source, kept,
+        )  # fmt: skip
 
 
 def _say_moved_aside(state_dir: str) -> None:
@@ -240,6 +271,7 @@ class Service:
         # size limit outputs are held to, see stream_expiry.oversize)
         self._producer_options = dict(producer_options or {})
         self._said_limit = False  # the output topics' smaller size limit, said once
+        self._said_grace = False  # a marker grace shorter than the inputs' retention, once
         self._said_batches = False  # and their limit smaller than a record batch, once
         self._consumer: AIOKafkaConsumer | None = None
         self._outbox: Outbox | None = None
@@ -360,7 +392,14 @@ class Service:
         t = self.config.topics
         await self._ensure_topics()
         # Every topic this producer writes: its record batches fit the smallest limit.
-        limits = await message_limits(self.bootstrap, (t.stamped, t.dlq, t.tombstones, t.audit))
+        outputs = (t.stamped, t.dlq, t.tombstones, t.audit)
+        described = await topic_config_values(
+            self.bootstrap, (*outputs, *t.inputs), ("max.message.bytes", "retention.ms")
+        )
+        limits = size_limits({n: described[n] for n in outputs if n in described})
+        if not self._said_grace:
+            self._said_grace = True
+            _say_short_marker_grace(self.config.marker_grace_ms, t.inputs, described)
         topic_limit = min((limits[n] for n in (t.stamped, t.dlq) if n in limits), default=None)
         options = {
             # No linger: the outbox hands the producer whole batches, and a batch that waits

@@ -505,6 +505,38 @@ async def test_an_input_topic_the_service_creates_is_said(
     ]
 
 
+async def test_a_marker_grace_shorter_than_the_inputs_keep_events_is_said(
+    broker: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``[service] marker_grace = "20s"`` started without a word, and an erased record's
+    create re-delivered a minute later came back with its data (a trial): each input topic
+    that keeps events longer than the grace is named, with its retention (the broker's
+    description, else Kafka's default of 7 days); the default grace, 7 days, says nothing."""
+    topics = make_topic_set()
+    await ensure_topics(broker, [topics.errors], partitions=2)  # described without retention
+    caplog.set_level(logging.WARNING, "stream_expiry.service")
+    short = config_for(topics, str(tmp_path / "short"), marker_grace_ms=20_000)
+    async with running_service(short, broker):
+        pass
+    warned = [r.getMessage() for r in caplog.records if "marker_grace" in r.getMessage()]
+    rest = (
+        "a deleted record's create re-delivered after the grace brings it back, data and "
+        "all; set marker_grace to at least the input topics' retention"
+    )
+    assert warned == [
+        f"[service] marker_grace 20s is shorter than input topic {topics.conversations} keeps "
+        f"events (its retention.ms: 7d): {rest}",
+        f"[service] marker_grace 20s is shorter than input topic {topics.sessions} keeps "
+        f"events (its retention.ms: 7d): {rest}",
+        f"[service] marker_grace 20s is shorter than input topic {topics.errors} keeps "
+        f"events (Kafka's default retention: 7d): {rest}",
+    ]
+    caplog.clear()
+    async with running_service(config_for(topics, str(tmp_path / "default")), broker):
+        pass
+    assert not [r for r in caplog.records if "marker_grace" in r.getMessage()]
+
+
 async def test_a_control_message_with_a_huge_key_is_named_in_a_line_of_sensible_length(
     broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
