@@ -156,10 +156,10 @@ class _StatsCollector(Collector):
         for bound, count in zip(LAG_BUCKETS_MS, s.lag_buckets, strict=False):
             cumulative += count
             buckets.append((f"{bound / 1000:g}", cumulative))
-        buckets.append(("+Inf", s.tombstones))
+        buckets.append(("+Inf", s.lag_count))
         yield HistogramMetricFamily(
             f"{p}_tombstone_lag_seconds",
-            "From expires_at to emitted_at, ttl tombstones.",
+            "From expires_at to emitted_at, ttl tombstones fired by their timers.",
             buckets=buckets,
             sum_value=s.lag_sum_ms / 1000,
         )

@@ -103,6 +103,7 @@ SLICE = 200  # events decided at once: the longest a due timer waits for ingest
 RELEASE_BATCH = 2_000  # held records a release slice looks at, over the partitions releasing
 RELEASES_IN_FLIGHT = 2  # release slices sent and not acknowledged, at most
 GAUGES_EVERY_S = 1.0
+OVERDUE_NOTED = 100_000  # records stamped already expired, kept out of the lag at once
 IDLE_WAIT_MS = 200
 # Partition n of every input topic to one instance (the topics have equal partition counts),
 # so each changelog partition has a single writer and its stores' checkpoints run to its
@@ -272,6 +273,7 @@ class Service:
         self._producer_options = dict(producer_options or {})
         self._said_limit = False  # the output topics' smaller size limit, said once
         self._said_grace = False  # a marker grace shorter than the inputs' retention, once
+        self._overdue_on_arrival: set[str] = set()  # keys: see _note_overdue
         self._said_batches = False  # and their limit smaller than a record batch, once
         self._consumer: AIOKafkaConsumer | None = None
         self._outbox: Outbox | None = None
@@ -460,7 +462,7 @@ class Service:
                     outbox,
                     self._deciding,
                     clock=self.clock,
-                    on_fired=self._count_tombstone,
+                    on_fired=self._count_fired,
                     tick_ms=self.config.tick_ms,
                     unread=self._reading.unread,
                     read_since=partial(self._read_since, control, cons),
@@ -635,6 +637,7 @@ class Service:
         self._outbox = self._consumer = None
         self._release_acks.clear()  # the closed producer's
         self._to_restore = []
+        self._overdue_on_arrival.clear()
         self.rebalance_error = None
 
     def _store_path(self, topic: str, partition: int) -> str:
@@ -868,6 +871,7 @@ class Service:
                 self._commits.decided(slot, chunk[-1])
                 effects = proc.process(chunk, now)
                 self._count(effects)
+                self._note_overdue(effects, now)
                 items.append((proc, effects))
             if items:
                 await self._outbox.send(items, now)
@@ -913,8 +917,31 @@ class Service:
             self.stats.explicit += 1
         else:
             self.stats.tombstones += 1
-            if fired.before.expires_at is not None:
-                self.stats.observe_lag(fired.emitted_at - fired.before.expires_at)
+
+    def _count_fired(self, fired: Fired) -> None:
+        """A tombstone its timer fired: counted, and its lag observed (ServiceStats) unless
+        its record was overdue when its event was read (:meth:`_note_overdue`)."""
+        self._count_tombstone(fired)
+        overdue = self._overdue_on_arrival
+        if overdue and fired.before.identity.key in overdue:
+            overdue.discard(fired.before.identity.key)
+            return
+        if fired.reason != "explicit" and fired.before.expires_at is not None:
+            self.stats.observe_lag(fired.emitted_at - fired.before.expires_at)
+
+    def _note_overdue(self, effects: Effects, now: int) -> None:
+        """Note the records stamped already expired (a late event, a ts in epoch seconds):
+        their timers fire at once, and their lateness is the producer's, not a lag of the
+        service's (one event in epoch seconds put 56 years into the lag's sum, a trial).
+        At most ``OVERDUE_NOTED`` at once: past that, a backlog of them is observed."""
+        overdue = self._overdue_on_arrival
+        for stamp, _ in effects.stamps:
+            if (
+                stamp.expires_at is not None
+                and stamp.expires_at <= now
+                and len(overdue) < OVERDUE_NOTED
+            ):
+                overdue.add(stamp.identity.key)
 
     async def _release_held(self) -> bool:
         """After a hold's release, tombstone what it kept, a slice per loop turn; returns

@@ -70,6 +70,27 @@ async def test_every_category_is_tombstoned_on_time_never_early(
         assert len(nulls) == 3  # Kafka-native tombstones compact the stamps away
 
 
+async def test_the_lag_histogram_counts_only_what_timers_fired(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A record already expired when its event is read (a late event, a ts in epoch
+    seconds) is tombstoned at once, and its lateness is the producer's: one event in epoch
+    seconds put 56 years into the lag histogram's sum (a trial)."""
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    async with running_service(config, broker) as service:
+        late = wall_clock_ms() - 3_600_000
+        sent = [
+            (topics.conversations, *event("conversation", "on-time")),
+            (topics.conversations, *event("conversation", "late", ts=late)),
+            (topics.errors, *event("error", "seconds", ts=1_796_369_399)),
+        ]
+        await produce(broker, sent)
+        await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 3)
+        assert service.stats.tombstones == 3
+        assert service.stats.lag_count == 1  # on-time's, fired by its timer
+        assert 0 <= service.stats.lag_sum_ms < 1000
+
+
 async def test_bad_inputs_go_to_the_dead_letter_topic_and_the_service_goes_on(
     broker: str, topics: TopicSet, tmp_path: Path
 ) -> None:

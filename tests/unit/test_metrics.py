@@ -17,7 +17,7 @@ from stream_expiry.sinks.framework import METRICS, BatchReport
 
 
 def _stats() -> ServiceStats:
-    stats = ServiceStats(events=10, stamped=7, tombstones=3, explicit=1)
+    stats = ServiceStats(events=10, stamped=7, tombstones=5, explicit=1)
     stats.dead_letter_codes["invalid_json"] += 2
     for lag in (0, 7, 70_000):
         stats.observe_lag(lag)
@@ -38,7 +38,7 @@ def test_the_service_counters_keep_their_names_and_the_histogram_is_cumulative()
     got = _samples(metrics.exposition())
     assert got[("stream_expiry_events_total", ())] == 10
     assert got[("stream_expiry_stamped_total", ())] == 7
-    assert got[("stream_expiry_tombstones_total", (("reason", "ttl"),))] == 3
+    assert got[("stream_expiry_tombstones_total", (("reason", "ttl"),))] == 5
     assert got[("stream_expiry_tombstones_total", (("reason", "explicit"),))] == 1
     assert got[("stream_expiry_dead_letters_total", (("code", "invalid_json"),))] == 2
     assert got[("stream_expiry_invalid_env_variables", ())] == 1
@@ -46,7 +46,8 @@ def test_the_service_counters_keep_their_names_and_the_histogram_is_cumulative()
     assert got[(bucket, (("le", "0.001"),))] == 1
     assert got[(bucket, (("le", "0.01"),))] == 2
     assert got[(bucket, (("le", "60"),))] == 2
-    assert got[(bucket, (("le", "+Inf"),))] == 3
+    assert got[(bucket, (("le", "+Inf"),))] == 3  # those observed: 2 tombstones were not
+    assert got[("stream_expiry_tombstone_lag_seconds_count", ())] == 3
     assert got[("stream_expiry_tombstone_lag_seconds_sum", ())] == 70.007
 
 
@@ -180,13 +181,14 @@ def _documented_names() -> list[str]:
 def test_every_metric_the_readme_lists_is_exposed() -> None:
     """Dashboards and alerts are written against the README's names."""
     service, sink, health = ServiceMetrics(), SinkMetrics("pg"), Health()
+    sink_health = Health(watches_store=True)  # a sink's: it reports its store too
     service.watch_stats(_stats())
     service.watch_health(health)
     service.set_lag("in", 0, 1)
     service.set_pending("session", 1)
     service.restore_progress(partitions=1, records_read=1, remaining=1)
     sink.watch_counters(dict.fromkeys(METRICS, 1))
-    sink.watch_health(health)
+    sink.watch_health(sink_health)
     sink.failed("store")
     sink.set_lag("t", 0, 1)
     exposed = {family.name for m in (service, sink)
