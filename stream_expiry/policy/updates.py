@@ -249,11 +249,14 @@ def _ttl_of(
             )
         if value is None:
             continue
+        # A cap's values apply to other categories (max: all of them), so each names its
+        # key, as "[retention.cap] max" does: explain showed two "policy update cap" (a trial).
+        named = f"{name} {category}" if scope.kind == "cap" else name
         try:
-            result[category] = make_candidate(source, name, value)
+            result[category] = make_candidate(source, named, value)
         except InvalidDuration as exc:
             # Ignored, not fatal: the update's other values are still what was meant.
-            result[category] = Candidate(source, name, None, valid=False)
+            result[category] = Candidate(source, named, None, valid=False)
             ignored.append(IgnoredValue(category, f"ttl.{category}: {exc}"))
     return result, ignored
 

@@ -285,6 +285,18 @@ def test_an_update_says_which_values_of_its_scope_it_takes_away() -> None:
     assert cleared.dropped == ()
 
 
+def test_a_cap_updates_values_are_named_with_their_key() -> None:
+    """``explain`` listed a cap update's ``max`` and ``error`` both as "policy update cap"."""
+    u = update({"scope": "cap", "ttl": {"max": "1y", "error": "7d", "session": "x"}})
+    assert isinstance(u, PolicyUpdate)
+    assert u.ttl is not None
+    assert [c.name for c in u.ttl.values()] == [
+        "policy update cap max",
+        "policy update cap error",
+        "policy update cap session",
+    ]
+
+
 def test_unknown_extra_fields_are_ignored() -> None:
     u = update({"scope": "cap", "ttl": {"max": "1y"}, "author": "ui", "comment": {"x": 1}})
     assert isinstance(u, PolicyUpdate)
