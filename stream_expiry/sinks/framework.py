@@ -161,9 +161,13 @@ class _Outage:
 
     def answered(self) -> None:
         if self.since is not None:
+            # Counted from the first try that failed: a broker's outage may start well
+            # before (a fetch returns nothing while it is away; a commit is what fails),
+            # and "answers again after 6 s" was said of a 62 s outage (a trial).
             log.warning(
-                "the %s answers again after %.0f s", self.what, time.monotonic() - self.since
-            )
+                "the %s answers again, %.0f s after the sink's first try that failed",
+                self.what, time.monotonic() - self.since,
+            )  # fmt: skip
             self.since = None
 
 

@@ -455,7 +455,7 @@ async def test_a_postgres_sink_rides_out_a_lost_connection(
     # leaves nothing to retry), and its end said whenever it was.
     retried = [m for m in said if "retrying until the store answers" in m]
     assert len(retried) <= 1, said
-    assert not retried or any(m.startswith("the store answers again after") for m in said), said
+    assert not retried or any(m.startswith("the store answers again, ") for m in said), said
     assert "Failed to restore the pool connection floor" not in caplog.text
 
 
