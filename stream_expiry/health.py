@@ -38,6 +38,7 @@ class Phase(enum.Enum):
     """Where a process is in its life; the order below is the usual one."""
 
     STARTING = "starting"  # connecting, creating topics, joining the group
+    RECONNECTING = "reconnecting"  # the broker failed; the session is started again
     REBALANCING = "rebalancing"  # partitions revoked, the next assignment not here yet
     RESTORING = "restoring"  # partitions assigned, state being restored
     RUNNING = "running"  # partitions assigned and restored: ready
@@ -45,7 +46,9 @@ class Phase(enum.Enum):
     STOPPED = "stopped"
 
 
-_LIVE = frozenset({Phase.STARTING, Phase.REBALANCING, Phase.RESTORING, Phase.RUNNING})
+_LIVE = frozenset(
+    {Phase.STARTING, Phase.RECONNECTING, Phase.REBALANCING, Phase.RESTORING, Phase.RUNNING}
+)
 
 
 class Health:
@@ -71,6 +74,11 @@ class Health:
     def starting(self) -> None:
         self.phase = Phase.STARTING
         self._last_beat = None
+
+    def reconnecting(self) -> None:
+        """The broker failed a running process, which starts its session again until the
+        broker answers: alive, not ready ("starting" said so, and read as a fresh start)."""
+        self.phase = Phase.RECONNECTING
 
     def rebalancing(self) -> None:
         """The group took the partitions back to hand them out again: not ready until the

@@ -481,7 +481,7 @@ class Service:
                     if stop.is_set():
                         self.health.stopping()
                     else:
-                        self.health.starting()
+                        self.health.reconnecting()
                     await outbox.drain()
                 committed = await self._commit(cons)
                 self._close_all()
@@ -570,7 +570,7 @@ class Service:
         if stop.is_set() or not self.ready.is_set() or not _transient(exc):
             return False
         self.health.broker_unreachable(_first_error(exc))
-        self.health.starting()
+        self.health.reconnecting()
         now = time.monotonic()
         if self._outage_since is None:
             self._outage_since = self._outage_said = now

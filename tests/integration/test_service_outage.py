@@ -335,6 +335,8 @@ async def test_the_overdue_gauge_rises_and_the_service_stays_live_through_an_out
             closed_at = overdue()
             await wait_for(lambda: overdue() >= closed_at + 2.0, timeout_s=10)
             assert health.live
+            # Said as what it is: "starting" read as a fresh start (a trial).
+            assert health.report()["phase"] == "reconnecting"
             proxy.restore()
             await wait_for(lambda: service.stats.tombstones == 1, timeout_s=60)
             await wait_for(lambda: overdue() == 0.0, timeout_s=10)

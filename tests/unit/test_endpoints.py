@@ -178,6 +178,7 @@ def test_a_running_loop_that_stops_beating_is_not_live() -> None:
 def test_every_phase_answers_as_the_contract_says() -> None:
     expected = {
         Phase.STARTING: (True, False),
+        Phase.RECONNECTING: (True, False),
         Phase.REBALANCING: (True, False),
         Phase.RESTORING: (True, False),
         Phase.RUNNING: (True, True),
