@@ -1,7 +1,5 @@
 """``python -m stream_expiry`` is the ``stream-expiry`` command."""
 
-import sys
+from stream_expiry.entry import main
 
-from stream_expiry.cli import main
-
-sys.exit(main())
+main()
