@@ -236,11 +236,52 @@ async def _login_refusal(conn: Connection, timeout_s: float = 5.0) -> str | None
     return None
 
 
+class _LoginRefused(KafkaConnectionError):  # type: ignore[misc]  # aiokafka is untyped
+    """The login a client's start was still waiting on, refused when tried on its own."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+# A start with TLS or SASL still connecting after this long has its login tried on its own
+# (:func:`_login_refusal`): a TLS client at a plaintext listener waits out the client's
+# whole request timeout (40 s) before it fails, and then only says "Unable to bootstrap";
+# a trial waited 45 s for "no answer within 5 s to the TLS handshake".
+LOGIN_TRIED_AFTER_S: Final = 5.0
+
+
+async def _start(client: Any, conn: Connection) -> None:
+    """``client.start()``; with TLS or SASL, one still connecting after
+    :data:`LOGIN_TRIED_AFTER_S` while the login alone is refused raises
+    :class:`_LoginRefused` at once, its reason said."""
+    sec = conn.security
+    if not (sec.uses_ssl or sec.uses_sasl):
+        await client.start()
+        return
+    start = asyncio.ensure_future(client.start())
+    try:
+        done, _ = await asyncio.wait({start}, timeout=LOGIN_TRIED_AFTER_S)
+        if not done:
+            why = await _login_refusal(conn)
+            if why is not None and not start.done():
+                start.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await start
+                raise _LoginRefused(why)
+        await start
+    finally:
+        if not start.done():  # cancelled while it connects (Ctrl-C): it must not go on
+            start.cancel()
+
+
 async def _start_failure(what: str, conn: Connection, exc: BaseException) -> BrokerError:
     """:func:`_start_failed`, with the reason when TLS or SASL is what failed."""
     why = None
     sec = conn.security
-    if (sec.uses_ssl or sec.uses_sasl) and isinstance(exc, KafkaConnectionError):
+    if isinstance(exc, _LoginRefused):
+        why = exc.why
+    elif (sec.uses_ssl or sec.uses_sasl) and isinstance(exc, KafkaConnectionError):
         why = await _login_refusal(conn)
     return _start_failed(what, conn, exc, why)
 
@@ -405,7 +446,7 @@ async def ensure_topics(
     admin = AIOKafkaAdminClient(**client_options(conn), request_timeout_ms=10_000)
     try:
         try:
-            await admin.start()
+            await _start(admin, conn)
         except _START_ERRORS as exc:
             raise await _start_failure("admin client", conn, exc) from exc
         try:
@@ -465,7 +506,7 @@ async def topic_config_values(
     found: dict[str, dict[str, str]] = {}
     try:
         try:
-            await admin.start()
+            await _start(admin, conn)
         except _START_ERRORS as exc:
             raise await _start_failure("admin client", conn, exc) from exc
         resources = [ConfigResource(ConfigResourceType.TOPIC, t) for t in wanted]
@@ -567,7 +608,7 @@ async def _started(client: _Client, role: str, conn: Connection) -> AsyncIterato
     """``client`` started (a failure to start said as the project's error, for ``role``),
     and stopped at the end of the block, whether it leaves with an error or not."""
     try:
-        await client.start()
+        await _start(client, conn)
     except _START_ERRORS as exc:
         await client.stop()
         raise await _start_failure(role, conn, exc) from exc
