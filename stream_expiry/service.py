@@ -900,8 +900,8 @@ class Service:
             rec, ts = effects.seconds_like[0]
             log.warning(
                 "%d events with a ts before 1973 as epoch milliseconds, e.g. %s[%d]@%d: ts %d "
-                "is %s: does the producer send seconds? Such records are long expired, so "
-                "they are tombstoned at once",
+                "is %s: does the producer send seconds? Such records with a TTL are long "
+                "expired, so they are tombstoned at once",
                 len(effects.seconds_like),
                 rec.topic,
                 rec.partition,

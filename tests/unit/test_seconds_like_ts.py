@@ -55,6 +55,6 @@ def test_a_ts_in_epoch_seconds_is_taken_as_the_contract_says_and_warned_about(
     said = [r.getMessage() for r in caplog.records]
     assert said == [
         "1 events with a ts before 1973 as epoch milliseconds, e.g. errors[2]@5: ts 1796369399 "
-        "is 1970-01-21T18:59:29.399Z: does the producer send seconds? Such records are long "
-        "expired, so they are tombstoned at once"
+        "is 1970-01-21T18:59:29.399Z: does the producer send seconds? Such records with a "
+        "TTL are long expired, so they are tombstoned at once"
     ]  # one line a batch, whatever the number of such events
