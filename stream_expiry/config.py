@@ -449,6 +449,15 @@ class _Reader:
             if (month := capital_m_note(raw)) is not None:
                 where_key = self.locate((*where, key))
                 log.warning("%s: key %r %s: %s", where_key, key, self.place(where), month)
+            if _negative(raw):
+                # Ignored, as the contract says, like 0: a record then takes its TTL from
+                # the other sources, or never expires. A sign is likely a slip, and the
+                # file gave no word of it (a trial): said, with its line.
+                log.warning(
+                    "%s: key %r %s is negative (%r): ignored, as 0 is; this scope gives %s "
+                    "no TTL, so it comes from the other sources or the record never expires",
+                    self.locate((*where, key)), key, self.place(where), raw, key,
+                )  # fmt: skip
         return result
 
     # -- the file ------------------------------------------------------------------------------
@@ -869,6 +878,15 @@ class _Scanner:
             self.i += 1  # '='
             self.blank(newlines=False)
             self.value(path)
+
+
+def _negative(raw: object) -> bool:
+    """Whether a duration as written is below zero (``-30``, ``"-5d"``)."""
+    if isinstance(raw, bool):
+        return False
+    if isinstance(raw, int | float):
+        return raw < 0
+    return isinstance(raw, str) and raw.strip().startswith("-")
 
 
 def _key_lines(text: str) -> dict[_Path, int]:

@@ -578,6 +578,21 @@ def test_a_capital_m_unit_is_minutes_with_a_warning_naming_the_line(
     assert '"1mo"' in warning
 
 
+def test_a_negative_ttl_is_ignored_with_a_warning_naming_the_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A negative TTL is ignored, as the contract says (like 0), and that is said with its
+    line: ``conversation = "-5d"`` made the records never expire without a word (a trial).
+    0 is a value people mean ("this scope gives none"): no warning for it."""
+    text = '[retention.orgs.acme]\nconversation = "-5d"\nsession = -30\nerror = 0\n'
+    with caplog.at_level(logging.WARNING, logger="stream_expiry"):
+        config = parse_config(text, path="expiry.toml")
+    assert {c.ttl_ms for c in config.retention.orgs["acme"].values()} == {None}
+    said = [r.getMessage() for r in caplog.records]
+    assert [w.split(": key ")[0] for w in said] == ["expiry.toml line 2", "expiry.toml line 3"]
+    assert "key 'conversation' in [retention.orgs.acme] is negative ('-5d'): ignored" in said[0]
+
+
 @pytest.mark.parametrize("value", ["1m", "1mo", "1MO", "2h", "1", 5])
 def test_other_units_are_not_warned_about(value: object, caplog: pytest.LogCaptureFixture) -> None:
     shown = f'"{value}"' if isinstance(value, str) else str(value)
