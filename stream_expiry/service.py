@@ -74,6 +74,7 @@ from stream_expiry.policy import PolicyBook
 from stream_expiry.reading import InputReading, resume_point
 from stream_expiry.redact import Redactor
 from stream_expiry.state import PartitionProcessor
+from stream_expiry.state.dir_lock import state_dir_locked
 from stream_expiry.state.kv import ASIDE, CORRUPT, move_aside
 from stream_expiry.state.restore import Mark, broken_marks
 from stream_expiry.state.restore_workers import restore_stores
@@ -329,6 +330,10 @@ class Service:
         self._stop = stop
         self.health.starting()
         state_dir = await self._state_dir()
+        with state_dir_locked(str(state_dir)):
+            await self._run_in(state_dir, stop)
+
+    async def _run_in(self, state_dir: anyio.Path, stop: anyio.Event) -> None:
         self._dead_lettered = DeadLettered(str(state_dir / DEAD_LETTERED_FILE))
         log.info("state directory %s", state_dir)
         _say_moved_aside(str(state_dir))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -556,6 +557,28 @@ async def test_a_marker_grace_shorter_than_the_inputs_keep_events_is_said(
     async with running_service(config_for(topics, str(tmp_path / "default")), broker):
         pass
     assert not [r for r in caplog.records if "marker_grace" in r.getMessage()]
+
+
+async def test_a_second_service_in_one_state_directory_stops_at_its_start(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """Two instances with one state directory went on without a word, and the first
+    rebalance between them would open a store the other still held (a trial): the second
+    stops at once and says what to do; once the first has stopped, the directory is free."""
+    from stream_expiry.errors import StoreError
+    from stream_expiry.service import Service
+
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    async with running_service(config, broker):
+        second = Service(config, bootstrap_servers=broker, environ={})
+        with pytest.raises(StoreError) as refused:
+            await second.run(anyio.Event())
+        assert f"is in use by another stream-expiry process (pid {os.getpid()})" in str(
+            refused.value
+        )
+        assert "give each instance a state directory of its own" in str(refused.value)
+    async with running_service(config, broker) as again:
+        assert again.ready.is_set()
 
 
 async def test_a_control_message_with_a_huge_key_is_named_in_a_line_of_sensible_length(
