@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import time
 from typing import TYPE_CHECKING
 
@@ -123,12 +124,29 @@ def embedded_port(bootstrap_servers: str | None) -> int | None:
         return None
     host, sep, port = bootstrap_servers.strip().rpartition(":")
     if sep and host in ("127.0.0.1", "localhost") and port.isdigit() and 0 < int(port) < 65536:
+        _check_free(int(port))
         return int(port)
     raise ConfigurationError(
         f"--bootstrap-servers {bootstrap_servers!r} with --embedded-broker: the embedded "
         "broker listens on 127.0.0.1 only; give 127.0.0.1:PORT to choose its port, or "
         "leave the flag out for a free one"
     )
+
+
+def _check_free(port: int) -> None:
+    """Raise ConfigurationError when another process listens on 127.0.0.1:``port``: the
+    broker then failed after its start with "did not start on port P (is it in use?) (exit
+    code 0)" and status 3, as if Kafka were unreachable (a trial); a port in use is the
+    argument's matter, as ``--metrics-port``'s is."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise ConfigurationError(
+                f"--bootstrap-servers 127.0.0.1:{port} with --embedded-broker: cannot listen "
+                f"on port {port} ({exc.strerror or exc}): is another process using it? choose "
+                "a free port, or leave --bootstrap-servers out for one"
+            ) from None
 
 
 async def run_service(config: Config, args: argparse.Namespace) -> int:
