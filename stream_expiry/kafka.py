@@ -300,8 +300,24 @@ def _start_failed(
     else:
         hint += ", and whether the cluster requires TLS or SASL ([kafka] in the config file)"
     return BrokerError(
-        f"cannot reach Kafka at {conn.bootstrap_servers} ({what}: {why or _describe(exc)}); {hint}"
+        f"cannot reach Kafka at {conn.bootstrap_servers}{_default_port_said(conn)} "
+        f"({what}: {why or _describe(exc)}); {hint}"
     )
+
+
+def _default_port_said(conn: Connection) -> str:
+    """`` (port 9092 ...)`` when an address gives no port: "cannot reach Kafka at
+    localhost" did not say where it had looked (a trial)."""
+    try:
+        addresses = bootstrap_addresses(conn.bootstrap_servers)
+    except ConfigurationError:
+        return ""
+    entries = [e.strip() for e in conn.bootstrap_servers.split(",")]
+    if any(
+        p == 9092 and not e.endswith(":9092") for e, (_, p) in zip(entries, addresses, strict=False)
+    ):
+        return " (port 9092, Kafka's default, where none is given)"
+    return ""
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING
 
 import anyio
@@ -134,6 +135,21 @@ def test_replay_dry_run_json_counts(
         "never": 0,
     }
     assert "left alone 5 records" in out.err
+
+
+def test_an_address_without_a_port_is_said_to_be_looked_for_on_9092(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--bootstrap-servers localhost` failed with "cannot reach Kafka at localhost", not
+    saying which port it had tried (a trial)."""
+    monkeypatch.delenv("STREAM_EXPIRY_BOOTSTRAP_SERVERS", raising=False)
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 9092)) == 0:
+            pytest.skip("something listens on 127.0.0.1:9092 on this machine")
+    assert main(["status", "--bootstrap-servers", "127.0.0.1"]) == 3
+    assert "cannot reach Kafka at 127.0.0.1 (port 9092, Kafka's default, where none is " in (
+        capsys.readouterr().err
+    )
 
 
 def test_run_against_a_broker_that_is_not_there_fails_with_one_clear_line(
