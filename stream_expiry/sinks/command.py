@@ -90,26 +90,10 @@ def _seconds(text: str) -> float:
 
 
 def _grace_seconds(text: str) -> float:
-    """A sweep grace: 0 or more, finite. A negative grace would sweep rows before they
-    expire (early deletion from a typo), and ``nan`` or ``inf`` would fail later with a
-    traceback instead of here with a line that names the option."""
+    """A sweep grace or a marker grace: 0 or more, finite. A negative grace would sweep
+    rows before they expire (early deletion from a typo), and ``nan`` or ``inf`` would fail
+    later with a traceback instead of here with a line that names the option."""
     return _not_negative(_number_of_seconds(text), text)
-
-
-def _marker_grace(text: str) -> float:
-    """A marker grace: seconds, like the sink's other times, or a duration with a unit
-    (``7d``, ``36h``), the way ``[service] marker_grace`` is written; 0 or more."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            seconds = parse_duration(text) / 1000
-        except InvalidDuration as exc:
-            raise argparse.ArgumentTypeError(
-                f"{without_hint(exc)}; expected seconds as a number, or a number with a unit "
-                's, m, h, d, w, mo, y (e.g. "7d")'
-            ) from None
-    return _not_negative(seconds, text)
 
 
 def _not_negative(seconds: float, text: str) -> float:
@@ -120,10 +104,19 @@ def _not_negative(seconds: float, text: str) -> float:
 
 
 def _number_of_seconds(text: str) -> float:
+    """Seconds, as a number, or a duration with a unit (``30s``, ``5m``, ``7d``) the way
+    the config file writes them: ``--marker-grace 7d`` was taken and ``--sweep-grace 1m``
+    refused (a trial)."""
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+        try:
+            return parse_duration(text) / 1000
+        except InvalidDuration as exc:
+            raise argparse.ArgumentTypeError(
+                f"{without_hint(exc)}; expected seconds as a number, or a number with a unit "
+                's, m, h, d, w, mo, y (e.g. "90s", "7d")'
+            ) from None
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -203,7 +196,7 @@ def _common_options() -> argparse.ArgumentParser:
         "--sweep-interval",
         metavar="SECONDS",
         type=_seconds,
-        help="turn on the safety-net sweep: every SECONDS, delete rows past their expiry "
+        help="turn on the safety-net sweep: every SECONDS (or a duration: 30s, 5m), delete rows past their expiry "
         "whose tombstone never came, with a receipt of reason 'sweep', except rows a legal "
         "hold keeps (default: off)",
     )
@@ -212,12 +205,13 @@ def _common_options() -> argparse.ArgumentParser:
         metavar="SECONDS",
         type=_grace_seconds,
         default=60.0,
-        help="how long past expires_at the sweep waits for the real tombstone (default: %(default)s)",
+        help="how long past expires_at the sweep waits for the real tombstone: seconds, or a "
+        "duration such as 2m (default: %(default)s)",
     )
     store.add_argument(
         "--marker-grace",
         metavar="SECONDS",
-        type=_marker_grace,
+        type=_grace_seconds,
         help="how long the store remembers a deleted record (its deletion marker, so that a "
         "late stamp of it is not written back) after the later of its deletion and the "
         "expiry the deleted life had, counted from what the sink has read; seconds, or a "

@@ -381,7 +381,7 @@ def test_missing_brokers_and_bad_options_are_reported(
         ("--sweep-grace", "-5", "expected 0 or more seconds, got '-5'"),
         ("--sweep-grace", "nan", "expected 0 or more seconds, got 'nan'"),
         ("--sweep-grace", "inf", "expected 0 or more seconds, got 'inf'"),
-        ("--sweep-grace", "1m", "expected a number of seconds, got '1m'"),
+        ("--sweep-grace", "soon", "'soon' is not a duration; expected seconds as a number"),
         ("--sweep-interval", "inf", "expected a positive number of seconds, got 'inf'"),
         ("--sweep-interval", "nan", "expected a positive number of seconds, got 'nan'"),
     ],
@@ -405,6 +405,15 @@ def test_a_bad_sweep_time_is_one_line_and_status_2(
 def test_a_grace_of_zero_is_accepted() -> None:
     args = parser().parse_args(["sink", "sqlite", "--path", "x.db", "--sweep-grace", "0"])
     assert args.sweep_grace == 0.0
+
+
+def test_the_sinks_times_take_units_as_the_marker_grace_does() -> None:
+    """``--marker-grace 7d`` was taken and ``--sweep-grace 1m`` refused (a trial)."""
+    args = parser().parse_args(
+        ["sink", "sqlite", "--path", "x.db", "--sweep-interval", "30s", "--sweep-grace", "2m",
+         "--marker-grace", "7d"]
+    )  # fmt: skip
+    assert (args.sweep_interval, args.sweep_grace, args.marker_grace) == (30.0, 120.0, 604800.0)
 
 
 def test_help_explains_the_options(capsys: pytest.CaptureFixture[str]) -> None:
