@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import difflib
 import logging
 import os
 import signal
@@ -47,7 +48,7 @@ from stream_expiry.logs import configure_logging, resolve_log_options, say_failu
 from stream_expiry.metrics import version
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
     from types import FrameType
 
     from stream_expiry.kafka_settings import Connection
@@ -69,26 +70,61 @@ Start here:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one line (and the usual exit status 2)."""
+    """argparse, but a bad argument is one line (and the usual exit status 2), said by the
+    (sub)command it was given to, with the nearest option for a typo."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(exits.USAGE, f"{self.prog}: {_no_values(message)} (see {self.prog} --help)\n")
+        message = _no_values(message, self._option_string_actions)
+        self.exit(exits.USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        """Arguments no command takes are said by the command they were given to (the top
+        level said them, and pointed at ``stream-expiry --help``: a trial)."""
+        argv = sys.argv[1:] if args is None else list(args)
+        parsed, extras = self.parse_known_args(argv, namespace)
+        if extras:
+            self._deepest(argv).error(_UNRECOGNIZED + " ".join(extras))
+        return parsed
+
+    def _deepest(self, argv: Sequence[str]) -> argparse.ArgumentParser:
+        """The (sub)command parser ``argv`` names: ``sink sqlite ...`` -> ``sink sqlite``."""
+        parser: argparse.ArgumentParser = self
+        for word in argv:
+            # argparse keeps its sub-commands in a private action; it has no public way.
+            subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+            if subs and word in subs[0].choices:
+                parser = subs[0].choices[word]
+        return parser
 
 
 _UNRECOGNIZED = "unrecognized arguments: "
 
 
-def _no_values(message: str) -> str:
+def _no_values(message: str, options: Mapping[str, object]) -> str:
     """argparse's "unrecognized arguments" with the options' names only: it quoted what was
     typed, and a password given as a flag (``--sasl-password=...``, which no command has:
-    secrets come from the config file or the environment) went to stderr (a trial)."""
+    secrets come from the config file or the environment) went to stderr (a trial). An
+    option name close to one the command has gets a "did you mean"."""
     if not message.startswith(_UNRECOGNIZED):
         return message
+    words = message.removeprefix(_UNRECOGNIZED).split()
+    names = [w.split("=", 1)[0] for w in words if w.startswith("-")]
     shown = [
         word.split("=", 1)[0] + ("=..." if "=" in word else "") if word.startswith("-") else "..."
-        for word in message.removeprefix(_UNRECOGNIZED).split()
+        for word in words
     ]
-    return _UNRECOGNIZED + " ".join(shown) + " (values not shown)"
+    said = (
+        _UNRECOGNIZED
+        + " ".join(shown)
+        + (" (values not shown)" if "..." in " ".join(shown) else "")
+    )
+    for name in names:
+        close = difflib.get_close_matches(name, [o for o in options if o.startswith("--")], n=1)
+        if close:
+            said += f"; {name}: did you mean {close[0]}?"
+    return said
 
 
 def _add_common(p: argparse.ArgumentParser, *, kafka: bool = True) -> None:

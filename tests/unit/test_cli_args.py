@@ -336,3 +336,33 @@ def test_an_unknown_option_is_named_without_what_was_typed_after_it(
     assert "Hunter2Secret" not in err
     assert "unrecognized arguments: --" in err
     assert "password" in err  # the option is named
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (
+            ["run", "--confg", "x.toml"],
+            "stream-expiry run: unrecognized arguments: --confg ... (values not shown); "
+            "--confg: did you mean --config? (see stream-expiry run --help)",
+        ),
+        (
+            ["sink", "sqlite", "--path", "x.db", "--sweep-intervall", "5"],
+            "stream-expiry sink sqlite: unrecognized arguments: --sweep-intervall ... (values "
+            "not shown); --sweep-intervall: did you mean --sweep-interval? (see stream-expiry "
+            "sink sqlite --help)",
+        ),
+        (
+            ["status", "extra"],
+            "stream-expiry status: unrecognized arguments: ... (values not shown) (see "
+            "stream-expiry status --help)",
+        ),
+    ],
+)
+def test_an_unknown_argument_is_said_by_its_command_with_the_nearest_option(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The top level said them, pointed at `stream-expiry --help`, and had no "did you
+    mean" for `run --confg` (a trial)."""
+    assert _exit_status(argv) == 2
+    assert capsys.readouterr().err == said + "\n"
