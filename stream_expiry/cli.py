@@ -296,7 +296,7 @@ def _policy_updates(
 
 @contextlib.contextmanager
 def _library_quiet() -> Iterator[None]:
-    """For a one-shot command (explain, hold, status, history): aiokafka logs its connection
+    """For a one-shot command (explain, hold, status, history, replay): aiokafka logs its connection
     failures itself, and the command's error says the same and what to do, so a person
     reads one line, not two. DEBUG still shows the library's logs."""
     library = logging.getLogger("aiokafka")
@@ -357,7 +357,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from stream_expiry.replay import run_replay
 
     config = load(args)
-    with _interrupt_at_once():
+    with _interrupt_at_once(), _library_quiet():
         return anyio.run(run_replay, config, connection_from(args, config), args)
 
 

@@ -279,14 +279,14 @@ def test_explain_with_brokers_it_cannot_read_fails_with_one_line_and_no_answer(
 def test_every_one_shot_command_says_an_unreachable_broker_in_one_line(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """status, hold and history, as explain: aiokafka's own "Unable connect" line came before
+    """status, hold, history and replay, as explain: aiokafka's own "Unable connect" line came before
     the command's, which says the same and what to do (found in a trial)."""
     from stream_expiry.broker import free_port
 
     monkeypatch.delenv("STREAM_EXPIRY_BOOTSTRAP_SERVERS", raising=False)
     address = f"127.0.0.1:{free_port()}"
     record = ["--org", "acme", "--category", "session", "--record-id", "s1"]
-    for argv in (["status"], ["hold", "list"], ["history", *record]):
+    for argv in (["status"], ["hold", "list"], ["history", *record], ["replay", "--dry-run"]):
         code = main([*argv, "--bootstrap-servers", address])
         said = capsys.readouterr()
         assert code == 3, argv  # stream_expiry.exits.BROKER
