@@ -290,6 +290,13 @@ def text_lines(d: dict[str, Any]) -> list[str]:
     of = "" if group is None else f" of group {printable(repr(group))}"
     lines.append(f"  lag per input partition{of} (end - committed offset)")
     lines += [row(*r) for r in lag]
+    if not lag:
+        # All zeros and an empty list read as "all is well" on a cluster where the service
+        # never ran, or with another config than the service's (a trial).
+        lines.append(
+            "    no input topic of [topics] inputs exists on this cluster: is this the "
+            "service's cluster (--bootstrap-servers) and its config (--config)?"
+        )
     parts = list(d["lag"].values())
     if group is not None and parts and all(p["committed"] is None for p in parts):
         # Every event shows as lag: a service that never ran, or (more often) a status run

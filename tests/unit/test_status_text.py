@@ -95,3 +95,14 @@ def test_the_lag_names_its_group_and_a_group_that_committed_nothing() -> None:
     lines = text_lines(STATUS | {"group": "stream-expiry", "lag": nothing})
     assert lines[-1].startswith("    group 'stream-expiry' has committed no offset")
     assert "not the service's group_id?" in lines[-1]
+
+
+def test_a_cluster_without_the_input_topics_is_said_not_shown_as_all_well() -> None:
+    """All zeros and an empty lag list on a cluster where the service never ran read as
+    "all is well" (a trial); with input partitions, nothing is added."""
+    lines = text_lines(STATUS | {"lag": {}})
+    assert lines[-1] == (
+        "    no input topic of [topics] inputs exists on this cluster: is this the service's "
+        "cluster (--bootstrap-servers) and its config (--config)?"
+    )
+    assert not any("no input topic" in line for line in text_lines(STATUS))
