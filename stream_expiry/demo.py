@@ -355,7 +355,8 @@ def _summary(
             if watch.carried
             else []
         ),
-        f"  store (SQLite)      {sink_stats['written']} rows written, {sink_stats['deleted']} deleted, "
+        # Writes, not rows: a touch rewrites its session's row (a trial added the figures up).
+        f"  store (SQLite)      {sink_stats['written']} row writes, {sink_stats['deleted']} rows deleted, "
         f"{sink_stats['left']} left; {sink_stats['receipts']} deletion receipts",
         f"  expiry lag          {lag(watch.emit_lags_ms)} (expires_at to emitted_at)",
         f"                      {lag(watch.lags_ms)} (expires_at to arrival at a consumer)",
