@@ -121,6 +121,9 @@ def _no_values(message: str, options: Mapping[str, object]) -> str:
         + (" (values not shown)" if "..." in " ".join(shown) else "")
     )
     for name in names:
+        if name in options:  # this command's own, given before its sub-command
+            said += f"; {name}: give it after the command it belongs to"
+            continue
         close = difflib.get_close_matches(name, [o for o in options if o.startswith("--")], n=1)
         if close:
             said += f"; {name}: did you mean {close[0]}?"

@@ -222,11 +222,12 @@ class ControlTopics:
                             "policy update %s at %s[%d]@%d: %s",
                             result.key, rec.topic, rec.partition, rec.offset, note,
                         )  # fmt: skip
-                    if result.dropped and not self._catching_up:  # said once, not each start
+                    if result.dropped:  # at each start too: sent while no instance ran
                         log.warning(
                             "policy update %s at %s[%d]@%d replaces the scope's whole ttl map: "
                             "%s had a value there and now %s none from this scope; send every "
-                            "category the scope should keep in one update",
+                            "category the scope should keep in one update (0 for one it "
+                            "should give no value: then this is not said)",
                             result.key, rec.topic, rec.partition, rec.offset,
                             ", ".join(result.dropped),
                             "has" if len(result.dropped) == 1 else "have",
@@ -270,6 +271,9 @@ class ControlTopics:
                 elif rec.value is None:
                     log.log(self._each_at, "legal hold %s released", hold.hold_id)
                 else:
+                    # Placed again since a release read in this read: nothing to say of it
+                    # (a review: every start warned of a hold released and placed anew).
+                    self._released.pop(hold.hold_id, None)
                     log.log(
                         self._each_at,
                         "legal hold %s placed on %s: %s",

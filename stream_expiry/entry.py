@@ -4,14 +4,17 @@ The command's modules (aiokafka, anyio, RocksDB, prometheus_client) take a quart
 second to import, and the command sets its own signal handling only once it runs: a
 Ctrl-C in that time printed a ``KeyboardInterrupt`` traceback from an import, and a
 SIGTERM ended the process with 143 (a trial). Here both are a stop with status 130, as
-the README's table of exit statuses says, from the first line on. And once the command has
-returned its status, the interpreter's shutdown (joining threads, flushing) is not
-interrupted by a late second Ctrl-C into a traceback ("Exception ignored in: <module
-'threading'>"): the status the command chose is the one the process exits with.
+the README's table of exit statuses says, until the command sets its own handling (the
+long-running commands' signal receivers put the system's default back when they close).
+Once the command has returned its status, a late second Ctrl-C or SIGTERM during the
+interpreter's shutdown (joining threads, flushing) ends the process at once with that
+status, instead of a traceback ("Exception ignored in: <module 'threading'>") over it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 from typing import NoReturn
@@ -33,6 +36,13 @@ def main() -> NoReturn:
         status = command()
     except KeyboardInterrupt:
         status = INTERRUPTED
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def done(signum: int, frame: object) -> NoReturn:
+        os._exit(status)  # the command has finished: nothing is left to interrupt
+
+    for stream in (sys.stdout, sys.stderr):  # what it wrote is out before a late signal
+        with contextlib.suppress(OSError, ValueError):  # a reader gone: said already
+            stream.flush()
+    signal.signal(signal.SIGINT, done)
+    signal.signal(signal.SIGTERM, done)
     sys.exit(status)

@@ -253,8 +253,8 @@ LOGIN_TRIED_AFTER_S: Final = 5.0
 
 async def _start(client: Any, conn: Connection) -> None:
     """``client.start()``; with TLS or SASL, one still connecting after
-    :data:`LOGIN_TRIED_AFTER_S` while the login alone is refused raises
-    :class:`_LoginRefused` at once, its reason said."""
+    :data:`LOGIN_TRIED_AFTER_S` that no bootstrap server will let log in
+    (:func:`_start_blocker`) raises :class:`_LoginRefused` at once, its reason said."""
     sec = conn.security
     if not (sec.uses_ssl or sec.uses_sasl):
         await client.start()
@@ -263,7 +263,7 @@ async def _start(client: Any, conn: Connection) -> None:
     try:
         done, _ = await asyncio.wait({start}, timeout=LOGIN_TRIED_AFTER_S)
         if not done:
-            why = await _login_refusal(conn)
+            why = await _start_blocker(conn)
             if why is not None and not start.done():
                 start.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -273,6 +273,38 @@ async def _start(client: Any, conn: Connection) -> None:
     finally:
         if not start.done():  # cancelled while it connects (Ctrl-C): it must not go on
             start.cancel()
+
+
+async def _start_blocker(conn: Connection, timeout_s: float = 5.0) -> str | None:
+    """Why no start can succeed, when every bootstrap server that accepts a connection
+    refuses the login (:func:`login_refused`), fails the TLS handshake, or, with TLS, never
+    answers it (a plaintext listener): the first such reason. None when any server logs
+    in, or one fails otherwise (a connection dropped, a plaintext request unanswered: a
+    dead broker behind a load balancer, an overloaded one), which the start may outlast
+    by trying the next server or waiting (a review: the first probe's timeout failed a
+    start that another server would have let succeed)."""
+    reasons: list[str] = []
+    for host, port in bootstrap_addresses(conn.bootstrap_servers):
+        try:
+            with anyio.fail_after(timeout_s):
+                stream = await anyio.connect_tcp(host, port)
+            await stream.aclose()
+        except (OSError, TimeoutError):
+            continue  # nothing listens there: the client tries the next one
+        try:
+            await log_in(conn, host, port, timeout_s)
+        except Exception as exc:
+            blocks = (
+                login_refused(exc)
+                or isinstance(exc, ssl.SSLError)
+                or (conn.security.uses_ssl and isinstance(exc, TimeoutError))
+            )
+            if not blocks:
+                return None
+            reasons.append(login_failure(conn, exc, timeout_s))
+            continue
+        return None
+    return reasons[0] if reasons else None
 
 
 async def _start_failure(what: str, conn: Connection, exc: BaseException) -> BrokerError:
@@ -359,7 +391,7 @@ async def _stop(client: AIOKafkaProducer | AIOKafkaConsumer, failing: bool) -> N
         await _stop_now(client, failing=True)
 
 
-STOP_TIMEOUT_S = 5.0  # a forced stop closes its clients within 2 of these (runner)
+STOP_TIMEOUT_S = 5.0  # each client's close in a forced or failing stop (runner)
 
 
 async def _stop_now(client: AIOKafkaProducer | AIOKafkaConsumer, failing: bool) -> None:

@@ -36,8 +36,9 @@ log = logging.getLogger("stream_expiry.run")
 PROGRESS_EVERY_S = 10.0
 # A stop forced after this grace still closes each Kafka client, for at most
 # kafka.STOP_TIMEOUT_S (5 s) more: the producer's close waits for its batches, which a broker
-# that is away never takes. Two such closes keep the whole stop inside 20 s, under the 30 s
-# an orchestrator allows (deploy/, docker-compose.yml): a 20 s grace was 25 s in a trial.
+# that is away never takes. In a trial only the producer's took long (a 20 s grace was
+# 25 s); should all four clients' closes hang (a partition where connects hang), the stop
+# takes 30 s, the 30 s an orchestrator allows (deploy/, docker-compose.yml).
 STOP_GRACE_S = 10.0
 STALL_AFTER_S = 120.0  # a running loop silent this long is not live (/healthz 503)
 
@@ -139,6 +140,9 @@ def _check_free(port: int) -> None:
     code 0)" and status 3, as if Kafka were unreachable (a trial); a port in use is the
     argument's matter, as ``--metrics-port``'s is."""
     with socket.socket() as probe:
+        # As the broker binds (Rust's listeners set it): a port left in TIME_WAIT by the
+        # clients of a broker just stopped is free to it, and to this probe (a review).
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError as exc:

@@ -274,7 +274,7 @@ class Service:
         self._producer_options = dict(producer_options or {})
         self._said_limit = False  # the output topics' smaller size limit, said once
         self._said_grace = False  # a marker grace shorter than the inputs' retention, once
-        self._overdue_on_arrival: set[str] = set()  # keys: see _note_overdue
+        self._overdue_on_arrival: dict[str, int] = {}  # key -> expiry: see _note_overdue
         self._said_batches = False  # and their limit smaller than a record batch, once
         self._consumer: AIOKafkaConsumer | None = None
         self._outbox: Outbox | None = None
@@ -927,26 +927,31 @@ class Service:
         """A tombstone its timer fired: counted, and its lag observed (ServiceStats) unless
         its record was overdue when its event was read (:meth:`_note_overdue`)."""
         self._count_tombstone(fired)
+        expires_at = fired.before.expires_at
         overdue = self._overdue_on_arrival
-        if overdue and fired.before.identity.key in overdue:
-            overdue.discard(fired.before.identity.key)
-            return
-        if fired.reason != "explicit" and fired.before.expires_at is not None:
-            self.stats.observe_lag(fired.emitted_at - fired.before.expires_at)
+        if overdue and overdue.pop(fired.before.identity.key, None) == expires_at:
+            return  # the life that was overdue when read: its lateness is not the service's
+        if fired.reason != "explicit" and expires_at is not None:
+            self.stats.observe_lag(fired.emitted_at - expires_at)
 
     def _note_overdue(self, effects: Effects, now: int) -> None:
-        """Note the records stamped already expired (a late event, a ts in epoch seconds):
-        their timers fire at once, and their lateness is the producer's, not a lag of the
-        service's (one event in epoch seconds put 56 years into the lag's sum, a trial).
-        At most ``OVERDUE_NOTED`` at once: past that, a backlog of them is observed."""
+        """Note the records stamped already expired (a late event, a ts in epoch seconds),
+        with that expiry: their timers fire at once, and their lateness is the producer's,
+        not a lag of the service's (one event in epoch seconds put 56 years into the lag's
+        sum, a trial). A record the batch itself tombstoned or a hold deferred leaves the
+        notes; so does every note once ``OVERDUE_NOTED`` are held (those then observed)."""
         overdue = self._overdue_on_arrival
         for stamp, _ in effects.stamps:
-            if (
-                stamp.expires_at is not None
-                and stamp.expires_at <= now
-                and len(overdue) < OVERDUE_NOTED
-            ):
-                overdue.add(stamp.identity.key)
+            if stamp.expires_at is not None and stamp.expires_at <= now:
+                if len(overdue) >= OVERDUE_NOTED:
+                    overdue.clear()
+                overdue[stamp.identity.key] = stamp.expires_at
+        if overdue:
+            ended = [(f.before.identity.key, f.before.expires_at) for f in effects.tombstones]
+            ended += [(held.identity.key, held.expires_at) for held, _, _ in effects.deferred]
+            for key, expires_at in ended:
+                if overdue.get(key) == expires_at:  # that life, not a next one noted
+                    del overdue[key]
 
     async def _release_held(self) -> bool:
         """After a hold's release, tombstone what it kept, a slice per loop turn; returns

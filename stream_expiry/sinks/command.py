@@ -33,7 +33,13 @@ from stream_expiry.cliargs import (
 from stream_expiry.config import load_config
 from stream_expiry.durations import InvalidDuration, parse_duration, without_hint
 from stream_expiry.endpoints import open_listener, serve_http, watch_connection
-from stream_expiry.errors import BrokerError, ConfigurationError, StreamExpiryError, suggestion
+from stream_expiry.errors import (
+    BrokerError,
+    ConfigurationError,
+    StoreError,
+    StreamExpiryError,
+    suggestion,
+)
 from stream_expiry.health import Health
 from stream_expiry.kafka_settings import security_from_environment
 from stream_expiry.key_template import KeyTemplate
@@ -50,7 +56,6 @@ from stream_expiry.sinks.framework import (
 )
 from stream_expiry.sinks.postgres import DEFAULT_DSN, DEFAULT_PARALLEL, PostgresStore
 from stream_expiry.sinks.sqlite import SQLiteStore
-from stream_expiry.sinks.store import StoreUnavailableError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -104,9 +109,9 @@ def _not_negative(seconds: float, text: str) -> float:
 
 
 def _number_of_seconds(text: str) -> float:
-    """Seconds, as a number, or a duration with a unit (``30s``, ``5m``, ``7d``) the way
-    the config file writes them: ``--marker-grace 7d`` was taken and ``--sweep-grace 1m``
-    refused (a trial)."""
+    """Seconds, as a bare number (the config file's bare numbers are minutes: these
+    options always said SECONDS), or a duration with a unit (``30s``, ``5m``, ``7d``):
+    ``--marker-grace 7d`` was taken and ``--sweep-grace 1m`` refused (a trial)."""
     try:
         return float(text)
     except ValueError:
@@ -388,7 +393,7 @@ async def watch_store(health: Health, store: Store, *, every_s: float = STORE_PI
         try:
             with anyio.fail_after(every_s):
                 await store.ping()
-        except StoreUnavailableError as exc:
+        except StoreError as exc:  # unavailable, or refusing (a password rotated): unready
             health.store_unreachable(str(exc))
         except TimeoutError:
             health.store_unreachable(f"store {store.name!r} did not answer within {every_s:g} s")
@@ -421,12 +426,20 @@ async def _serve(
             tg.start_soon(serve_http, listener, metrics.exposition, health)
         tg.start_soon(watch_connection, health, sink.config.connection)
         try:
-            async with sink.store:
+            failure: StreamExpiryError | None = None
+            async with sink.store, anyio.create_task_group() as store_tasks:
                 # Ready once the store is open and the group gave the sink its partitions,
-                # and while the store answers.
-                tg.start_soon(watch_store, health, sink.store)
+                # and while the store answers: asked only while it is open (a review: a ping
+                # after the close stopped the sink).
+                store_tasks.start_soon(watch_store, health, sink.store)
                 sink.observe(on_ready=health.running, on_lag=metrics.set_lag)
-                await sink.run(stop)
+                try:
+                    await sink.run(stop)
+                except StreamExpiryError as exc:  # raised below as it is, not in a group
+                    failure = exc
+                store_tasks.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
         except StreamExpiryError as exc:
             error = exc
             metrics.failed("broker" if isinstance(exc, BrokerError) else "store")

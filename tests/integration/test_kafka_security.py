@@ -323,3 +323,38 @@ async def test_a_password_the_broker_stops_taking_stops_run_and_sink_with_status
             assert proc.log_has("refused the login"), proc.tail()
             assert proc.log_has("check [kafka] sasl_username and sasl_password"), proc.tail()
         assert proxy.logins_refused > refused_before
+
+
+async def test_a_start_gives_up_early_only_when_no_bootstrap_server_can_let_it_log_in(
+    tmp_path: Path,
+) -> None:
+    """A start still connecting after 5 s has the login tried on its own, and fails at once
+    only when every server that accepts a connection refuses it or, with TLS, never answers
+    the handshake (a plaintext listener). A silent first server is not that: the client
+    goes on to the next one, and the start must wait for it (a review: the first probe's
+    timeout failed a start another server would have let succeed)."""
+    import socket
+
+    from stream_expiry.kafka import _start_blocker
+
+    pki = make_pki(tmp_path)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        quiet = f"127.0.0.1:{silent.getsockname()[1]}"
+        sasl = Connection(
+            quiet,
+            KafkaSecurity(
+                security_protocol="SASL_PLAINTEXT",
+                sasl_mechanism="PLAIN",
+                sasl_username="svc",
+                sasl_password="pw",
+            ),
+        )
+        assert await _start_blocker(sasl, timeout_s=1) is None  # an outage to wait out
+        async with proxied_broker(server_ssl=pki.server_context()) as tls_proxy:
+            both = _mutual_tls(f"{quiet},{tls_proxy.address}", pki)
+            assert await _start_blocker(both, timeout_s=1) is None  # the second logs in
+        async with proxied_broker() as plaintext:
+            at_plaintext = _mutual_tls(plaintext.address, pki)
+            why = await _start_blocker(at_plaintext, timeout_s=1)
+            assert why is not None
+            assert "is it a TLS listener (SSL)?" in why

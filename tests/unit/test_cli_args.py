@@ -366,3 +366,20 @@ def test_an_unknown_argument_is_said_by_its_command_with_the_nearest_option(
     mean" for `run --confg` (a trial)."""
     assert _exit_status(argv) == 2
     assert capsys.readouterr().err == said + "\n"
+
+
+def test_a_port_left_in_time_wait_is_free_to_the_embedded_broker() -> None:
+    """A broker just stopped leaves its port in TIME_WAIT where it closed connections; the
+    broker binds it again (SO_REUSEADDR), so the check must too (a review: a restart on
+    the same --bootstrap-servers within a minute was refused as "in use")."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server's side closes first: TIME_WAIT is on its port
+        client.recv(1)  # its close is seen before the client closes
+        client.close()
+    assert embedded_port(f"127.0.0.1:{port}") == port

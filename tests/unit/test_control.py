@@ -88,5 +88,22 @@ async def test_an_update_that_takes_values_of_its_scope_away_is_said(
     assert warned == [
         f"policy update default at {topic}[0]@7 replaces the scope's whole ttl map: session, "
         "error had a value there and now have none from this scope; send every category the "
-        "scope should keep in one update"
+        "scope should keep in one update (0 for one it should give no value: then this is not "
+        "said)"
     ]
+
+
+@pytest.mark.asyncio
+async def test_a_hold_placed_again_after_a_release_in_the_same_read_is_not_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Released on one partition and placed again later in the same read: every start
+    warned that the release left it placed elsewhere (a review)."""
+    holds = HoldBook()
+    control = _control(holds=holds)
+    p0, p1 = TopicPartition(HOLDS, 0), TopicPartition(HOLDS, 1)
+    await control._apply_holds({p0: [_message(0, 0, "h", True)], p1: [_message(1, 0, "h", True)]})
+    caplog.set_level(logging.INFO, logger="stream_expiry.service")
+    await control._apply_holds({p0: [_message(0, 1, "h", False), _message(0, 2, "h", True)]})
+    assert holds.get("h") is not None
+    assert [r for r in caplog.records if r.levelno == logging.WARNING] == []

@@ -368,3 +368,29 @@ async def test_every_command_probes_its_connection_in_kafka(protocol: str) -> No
             await two_rounds_over.wait()
         tg.cancel_scope.cancel()
     assert health.broker_error is not None
+
+
+@pytest.mark.asyncio
+async def test_the_store_probe_marks_a_store_that_refuses_and_its_return() -> None:
+    """Any store error makes the sink unready, not only a lost connection: a password the
+    server stopped taking escaped the probe and stopped the sink (a review)."""
+    from stream_expiry.errors import StoreError
+    from stream_expiry.sinks.command import watch_store
+    from stream_expiry.sinks.store import MemoryStore
+    from tests.conftest import wait_for
+
+    class Refusing(MemoryStore):
+        refusal: StoreError | None = StoreError("store 'pg' failed: password authentication")
+
+        async def ping(self) -> None:
+            if self.refusal is not None:
+                raise self.refusal
+
+    health, store = Health(watches_store=True), Refusing()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: watch_store(health, store, every_s=0.02))
+        await wait_for(lambda: health.store_error is not None)
+        assert health.report()["store"] == "unreachable: store 'pg' failed: password authentication"
+        store.refusal = None
+        await wait_for(lambda: health.store_error is None)
+        tg.cancel_scope.cancel()
