@@ -144,7 +144,8 @@ class ControlTopics:
         # applied (read_all: the whole catch-up), not at the null: `hold release` nulls
         # every partition that places a hold, and the others' nulls may come later in the
         # same read (a review: the start warned of a hold released everywhere).
-        self._released: dict[str, Any] = {}
+        self._released: dict[str, Any] = {}  # hold id -> its newest null read
+        self._placed_at: dict[str, int] = {}  # hold id -> its newest placement's timestamp
         self._catching_up = False
 
     async def read_all(self) -> None:
@@ -265,15 +266,17 @@ class ControlTopics:
                 hold = apply_hold_message(self._holds, rec.key, rec.value, tp.partition)
                 if isinstance(hold, model.Rejection):
                     await self._reject(rec, hold, "legal hold")
-                elif hold is None:
-                    if rec.value is None and rec.key:
-                        self._released[rec.key.decode(errors="replace")] = rec
-                elif rec.value is None:
+                    continue
+                if rec.value is None:
+                    self._note_release(rec)
+                if hold is None:
+                    continue
+                if rec.value is None:
                     log.log(self._each_at, "legal hold %s released", hold.hold_id)
                 else:
-                    # Placed again since a release read in this read: nothing to say of it
-                    # (a review: every start warned of a hold released and placed anew).
-                    self._released.pop(hold.hold_id, None)
+                    last = self._placed_at.get(hold.hold_id)
+                    if last is None or rec.timestamp > last:
+                        self._placed_at[hold.hold_id] = rec.timestamp
                     log.log(
                         self._each_at,
                         "legal hold %s placed on %s: %s",
@@ -292,12 +295,30 @@ class ControlTopics:
         if not self._catching_up:
             self._say_released()
 
+    def _note_release(self, rec: Any) -> None:
+        """Keep the newest null of its hold id read in this read."""
+        if not rec.key:
+            return
+        hold_id = rec.key.decode(errors="replace")
+        newest = self._released.get(hold_id)
+        if newest is None or rec.timestamp >= newest.timestamp:
+            self._released[hold_id] = rec
+
     def _say_released(self) -> None:
-        """Say each release read since the last time that leaves its hold active."""
+        """Say each hold whose newest message read since the last time is a release, yet
+        is still active: placed on another partition, where no null came. Judged once the
+        whole read is applied, whatever order its partitions came in (a review: the first
+        null warned before the other partition's was read; a trial's start warned of
+        nothing when one partition's null came before the other's placement), and not
+        when a placement is newer than the release (placed again on purpose)."""
         released, self._released = self._released, {}
+        placed, self._placed_at = self._placed_at, {}
         for hold_id, rec in released.items():
-            if self._holds.get(hold_id) is not None:  # else released everywhere since
-                self._say_placed_elsewhere(hold_id, rec)
+            if self._holds.get(hold_id) is None:
+                continue  # released everywhere
+            if placed.get(hold_id, rec.timestamp) > rec.timestamp:
+                continue  # placed again since the release
+            self._say_placed_elsewhere(hold_id, rec)
 
     def _say_placed_elsewhere(self, hold_id: str, rec: Any) -> None:
         """A release that leaves its hold active: placed on another partition too (by a

@@ -19,8 +19,8 @@ HOLDS = Topics().holds
 
 
 def _record(topic: str, partition: int, offset: int, key: str, value: bytes | None) -> Any:
-    return ConsumerRecord(
-        topic, partition, offset, 0, 0, key.encode(), value, None, len(key),
+    return ConsumerRecord(  # timestamped by its offset: later on a partition, later in time
+        topic, partition, offset, offset, 0, key.encode(), value, None, len(key),
         0 if value is None else len(value), [],
     )  # fmt: skip
 
@@ -107,3 +107,25 @@ async def test_a_hold_placed_again_after_a_release_in_the_same_read_is_not_warne
     await control._apply_holds({p0: [_message(0, 1, "h", False), _message(0, 2, "h", True)]})
     assert holds.get("h") is not None
     assert [r for r in caplog.records if r.levelno == logging.WARNING] == []
+
+
+@pytest.mark.asyncio
+async def test_a_release_is_judged_on_the_whole_read_whatever_order_its_partitions_came_in(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One partition's null applied before the other partition's placement (a start's
+    catch-up, partition 0 first): the hold is active once the read is applied, and its
+    newest message is the release, so that is said (a trial's start said nothing)."""
+    control = _control()
+    p0, p1 = TopicPartition(HOLDS, 0), TopicPartition(HOLDS, 1)
+    caplog.set_level(logging.INFO, logger="stream_expiry.service")
+    await control._apply_holds(
+        {
+            p0: [_message(0, 0, "h", True), _message(0, 5, "h", False)],
+            p1: [_message(1, 1, "h", True)],
+        }
+    )
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert [w.split(" stays active")[0] for w in warned] == [
+        f"legal hold h released at {HOLDS}[0]@5"
+    ]
