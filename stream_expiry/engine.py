@@ -157,13 +157,15 @@ class Engine(Generic[S]):
         now_ms: int,
         tick_ms: int = 10,
         horizon_ms: int = 3_600_000,
+        phase: int = 0,
     ) -> None:
         self._resolve = resolve
         self._sliding = sliding
         self._horizon_ms = horizon_ms
         self._tick_ms = tick_ms
+        self._phase = phase
         self._wheel: TimingWheel[str, tuple[bytes, S]] = TimingWheel(
-            tick_ms=tick_ms, start_ms=now_ms
+            tick_ms=tick_ms, start_ms=now_ms, phase=phase
         )
         self.horizon_end = now_ms + horizon_ms
         # Timers the wheel gave up as due that a limited ``advance`` has not taken yet, in
@@ -452,7 +454,9 @@ class Engine(Generic[S]):
         owns from the index). Returns how many were dropped. Rebalances are rare, and one
         index scan of the horizon is cheaper than tracking every timer's slot."""
         dropped = len(self._wheel) + len(self._overdue_live)
-        self._wheel = TimingWheel(tick_ms=self._tick_ms, start_ms=self._wheel.now_ms)
+        self._wheel = TimingWheel(
+            tick_ms=self._tick_ms, start_ms=self._wheel.now_ms, phase=self._phase
+        )
         self._overdue, self._overdue_at, self._overdue_live = [], 0, {}
         return dropped
 

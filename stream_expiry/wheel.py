@@ -103,10 +103,22 @@ class TimingWheel(Generic[K, V]):
     )
 
     def __init__(
-        self, *, tick_ms: int = 10, slots: int = 256, levels: int | None = None, start_ms: int = 0
+        self,
+        *,
+        tick_ms: int = 10,
+        slots: int = 256,
+        levels: int | None = None,
+        start_ms: int = 0,
+        phase: int = 0,
     ) -> None:
         """Raise ``ValueError`` if ``tick_ms < 1``, ``slots`` is not a power of two of at
-        least 2, or ``levels < 1``."""
+        least 2, or ``levels < 1``.
+
+        ``phase`` (ticks) shifts where the wheel's blocks begin, so where it cascades: the
+        wheels of a service's partitions, made in the same tick, cascaded their level-1
+        buckets (2.56 s of timers each) in the same firing, one stall every 2.56 s
+        (:func:`stream_expiry.state.processor.wheel_phase`). Which timers fire, and when,
+        does not depend on it."""
         if tick_ms < 1:
             raise ValueError(f"tick_ms must be >= 1, not {tick_ms}")
         if slots < 2 or slots & (slots - 1):
@@ -117,9 +129,10 @@ class TimingWheel(Generic[K, V]):
         self._tick = tick_ms
         self._bits = bits
         self._mask = slots - 1
-        self._origin = start_ms // tick_ms
+        phase %= slots
+        self._origin = start_ms // tick_ms - phase
         self._now = start_ms
-        self._cur = 0
+        self._cur = phase
         self._index: dict[K, tuple[int, K, V]] = {}
         self._buckets: list[list[list[tuple[int, K, V]]]] = []
         self._occ: list[int] = []

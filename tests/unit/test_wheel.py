@@ -146,6 +146,29 @@ def test_insertion_order_survives_cascades_from_different_levels() -> None:
     ]
 
 
+def test_a_phase_moves_the_cascade_not_what_fires() -> None:
+    """Two wheels made in the same tick with different phases cascade their level-1
+    buckets at different ticks (the service's partitions: not all in one firing), and
+    fire the same timers at the same times."""
+    wheels: list[TimingWheel[str, int]] = [
+        TimingWheel(tick_ms=10, start_ms=0, phase=p) for p in (0, 100)
+    ]
+    for wheel in wheels:
+        for i in range(4_000):
+            wheel.schedule(f"k{i}", 2_000 + i, i)
+    cascaded_at: list[list[int]] = [[], []]
+    for now in range(0, 6_000, 10):
+        fired = []
+        for n, wheel in enumerate(wheels):
+            level1 = sum(len(b) for b in wheel._buckets[1])
+            fired.append(checked_advance(wheel, now))
+            if sum(len(b) for b in wheel._buckets[1]) < level1:
+                cascaded_at[n].append(now)
+        assert fired[0] == fired[1]
+    assert cascaded_at[0] == [2_560, 5_120]
+    assert cascaded_at[1] == [1_560, 4_120]
+
+
 def test_advance_to_the_first_tick_of_the_next_block() -> None:
     # Level 0 holds tick 1; level 1 holds ticks 4 and 6; advancing to exactly tick 4 must fire
     # level 0 and then cascade level 1's bucket that starts at 4.
@@ -405,11 +428,20 @@ class WheelMachine(RuleBasedStateMachine):
         levels=st.sampled_from([None, 1, 2, 3]),
         start_ms=st.one_of(st.just(0), st.integers(-(10**13), 10**13)),
         prune_min=st.sampled_from([0, 2, 1024]),
+        phase=st.one_of(st.just(0), st.integers(0, 10**6)),
     )
     def setup(
-        self, tick_ms: int, slots: int, levels: int | None, start_ms: int, prune_min: int
+        self,
+        tick_ms: int,
+        slots: int,
+        levels: int | None,
+        start_ms: int,
+        prune_min: int,
+        phase: int,
     ) -> None:
-        self.wheel = TimingWheel(tick_ms=tick_ms, slots=slots, levels=levels, start_ms=start_ms)
+        self.wheel = TimingWheel(
+            tick_ms=tick_ms, slots=slots, levels=levels, start_ms=start_ms, phase=phase
+        )
         self.wheel._prune_min = prune_min
         self.now = start_ms
 
