@@ -221,19 +221,30 @@ async def _login_refusal(conn: Connection, timeout_s: float = 5.0) -> str | None
     a CA that does not sign the broker's certificate, a host name the certificate does not
     name, a password refused, or a TLS client at a plaintext listener (45 s of silence,
     then "Unable to bootstrap")."""
+    async for failure in _logins(conn, timeout_s):
+        if failure is None:
+            return None  # the login succeeds: the failure was something else
+        return login_failure(conn, failure, timeout_s)
+    return None
+
+
+async def _logins(conn: Connection, timeout_s: float) -> AsyncIterator[Exception | None]:
+    """For each bootstrap server that accepts a connection, in order, what :func:`log_in`
+    raised (None: it logged in); those that accept none are passed over, as the clients
+    do, not being a TLS or SASL matter."""
     for host, port in bootstrap_addresses(conn.bootstrap_servers):
         try:
             with anyio.fail_after(timeout_s):
                 stream = await anyio.connect_tcp(host, port)
             await stream.aclose()
         except (OSError, TimeoutError):
-            continue  # not a TLS or SASL matter
+            continue
         try:
             await log_in(conn, host, port, timeout_s)
         except Exception as exc:
-            return login_failure(conn, exc, timeout_s)
-        return None  # the login succeeds: the failure was something else
-    return None
+            yield exc
+            continue
+        yield None
 
 
 class _LoginRefused(KafkaConnectionError):  # type: ignore[misc]  # aiokafka is untyped
@@ -284,26 +295,15 @@ async def _start_blocker(conn: Connection, timeout_s: float = 5.0) -> str | None
     by trying the next server or waiting (a review: the first probe's timeout failed a
     start that another server would have let succeed)."""
     reasons: list[str] = []
-    for host, port in bootstrap_addresses(conn.bootstrap_servers):
-        try:
-            with anyio.fail_after(timeout_s):
-                stream = await anyio.connect_tcp(host, port)
-            await stream.aclose()
-        except (OSError, TimeoutError):
-            continue  # nothing listens there: the client tries the next one
-        try:
-            await log_in(conn, host, port, timeout_s)
-        except Exception as exc:
-            blocks = (
-                login_refused(exc)
-                or isinstance(exc, ssl.SSLError)
-                or (conn.security.uses_ssl and isinstance(exc, TimeoutError))
-            )
-            if not blocks:
-                return None
-            reasons.append(login_failure(conn, exc, timeout_s))
-            continue
-        return None
+    async for failure in _logins(conn, timeout_s):
+        blocks = failure is not None and (
+            login_refused(failure)
+            or isinstance(failure, ssl.SSLError)
+            or (conn.security.uses_ssl and isinstance(failure, TimeoutError))
+        )
+        if failure is None or not blocks:
+            return None
+        reasons.append(login_failure(conn, failure, timeout_s))
     return reasons[0] if reasons else None
 
 

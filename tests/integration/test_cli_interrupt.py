@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 pytestmark = [pytest.mark.integration]
@@ -28,7 +30,7 @@ def _interrupted(args: list[str], *signals: signal.Signals) -> tuple[int, str]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )  # fmt: skip
-        try:
+        with _reaped(proc):
             listener.settimeout(30)
             accepted, _ = listener.accept()
             with accepted:
@@ -37,11 +39,18 @@ def _interrupted(args: list[str], *signals: signal.Signals) -> tuple[int, str]:
                 for sig in signals:
                     proc.send_signal(sig)
                 _, err = proc.communicate(timeout=20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
     return proc.returncode, err.decode()
+
+
+@contextlib.contextmanager
+def _reaped(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Kill and wait for ``proc`` if it still runs when the block ends (a failed test)."""
+    try:
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.mark.timeout(60)
@@ -108,7 +117,7 @@ def test_a_signal_while_the_command_loads_is_a_quiet_stop(sig: signal.Signals) -
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )  # fmt: skip
-        try:
+        with _reaped(proc):
             deadline = time.monotonic() + 20
             while not _catches(proc.pid, signal.SIGTERM):
                 assert proc.poll() is None, "it ended before it set a handler"
@@ -116,8 +125,4 @@ def test_a_signal_while_the_command_loads_is_a_quiet_stop(sig: signal.Signals) -
                 time.sleep(0.001)  # polling another process's state, not a wait for time
             proc.send_signal(sig)
             _, err = proc.communicate(timeout=20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
     assert (proc.returncode, "Traceback" in err.decode()) == (130, False), err
