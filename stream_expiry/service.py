@@ -950,7 +950,7 @@ class Service:
             ended = [(f.before.identity.key, f.before.expires_at) for f in effects.tombstones]
             ended += [(held.identity.key, held.expires_at) for held, _, _ in effects.deferred]
             for key, expires_at in ended:
-                if overdue.get(key) == expires_at:  # that life, not a next one noted
+                if key in overdue and overdue[key] == expires_at:  # that life, not a next one
                     del overdue[key]
 
     async def _release_held(self) -> bool:

@@ -29,8 +29,11 @@ def test_a_record_overdue_when_read_is_kept_out_of_the_lag_and_its_note_goes() -
     )
     read = Effects(1, stamps=[(late, None), (erased, None), (on_time, None)])
     service._note_overdue(read, NOW)
-    # The batch after: an erasure of "erased" (its tombstone, decided as it was read).
-    service._note_overdue(Effects(2, tombstones=[_fired(erased, NOW + 1, "explicit")]), NOW + 1)
+    # The batch after: an erasure of "erased" (its tombstone, decided as it was read), and
+    # one of a record never seen (no expiry: the crash test's ghosts, a KeyError once).
+    ghost = Stamp(Identity("acme", "_", "live", "conversation", "ghost"), None, None, None, None)
+    ended = [_fired(erased, NOW + 1, "explicit"), _fired(ghost, NOW + 1, "explicit")]
+    service._note_overdue(Effects(2, tombstones=ended), NOW + 1)
     service._count_fired(_fired(late, NOW + 10))  # its timer fires at once
     service._count_fired(_fired(on_time, NOW + 1_007))
     stats = service.stats
