@@ -256,7 +256,7 @@ class _LoginRefused(KafkaConnectionError):  # type: ignore[misc]  # aiokafka is 
 
 
 # A start with TLS or SASL still connecting after this long has its login tried on its own
-# (:func:`_login_refusal`): a TLS client at a plaintext listener waits out the client's
+# (:func:`_start_blocker`): a TLS client at a plaintext listener waits out the client's
 # whole request timeout (40 s) before it fails, and then only says "Unable to bootstrap";
 # a trial waited 45 s for "no answer within 5 s to the TLS handshake".
 LOGIN_TRIED_AFTER_S: Final = 5.0
