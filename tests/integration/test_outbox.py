@@ -4,6 +4,7 @@ which order."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -23,6 +24,7 @@ from tests.conftest import read_all, read_topic
 from tests.integration.service_helpers import config_text
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from aiokafka import AIOKafkaProducer
@@ -97,6 +99,24 @@ class _AcksHeld:
             return await ack
 
         return asyncio.ensure_future(held())
+
+
+@contextlib.asynccontextmanager
+async def _tombstone_acks_held(
+    broker: str, topics: TopicSet, config: Config
+) -> AsyncIterator[Outbox]:
+    """An outbox running over a producer whose acks of ``expiry.tombstones`` are held
+    while the block runs; at its end they are released and the outbox drained and closed."""
+    async with producer(broker) as prod:
+        slow = _AcksHeld(prod, topics.tombstones)
+        outbox = Outbox(slow, config.topics, dict.fromkeys(topics.all, 2))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(outbox.run)
+            yield outbox
+            slow.release()
+            with anyio.fail_after(10):
+                await outbox.drain()
+            outbox.close()
 
 
 class _TombstonesRefused:
@@ -235,33 +255,25 @@ async def test_a_stamp_goes_ahead_of_a_waiting_null_unless_it_is_the_same_record
     still waits, behind its null."""
     config, proc = _processor(topics, tmp_path, "error", topics.errors)
     at = T0 + 60_000
-    async with producer(broker) as prod:
-        slow = _AcksHeld(prod, topics.tombstones)
-        outbox = Outbox(slow, config.topics, dict.fromkeys(topics.all, 2))
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(outbox.run)
-            await outbox.send([(proc, proc.process([_error(0, T0)], T0))], T0)
-            fired = proc.fire_due(at, 100)
-            assert [f.reason for f in fired.tombstones] == ["ttl"]
-            await outbox.send([(proc, fired)], at)  # its null waits for the tombstone's ack
-            await outbox.send([(proc, proc.process([_error(1, at, "e2")], at))], at)
 
-            def keys(records: list[Any]) -> list[tuple[bytes, bool]]:
-                return [(r.key, r.value is None) for r in records if r.key is not None]
+    def keys(records: list[Any]) -> list[tuple[bytes, bool]]:
+        return [(r.key, r.value is None) for r in records if r.key is not None]
 
-            e1, e2 = b"acme/_/live/error/e1", b"acme/_/live/error/e2"
-            first_two = [(e1, False), (e2, False)]  # e2's stamp arrives while the null waits
-            early = await read_topic(
-                broker, topics.stamped, until=lambda got: len(keys(got)) >= 2, timeout_s=10
-            )
-            assert keys(early) == first_two
-            next_life = proc.process([_error(2, at + 1)], at + 1)
-            assert [state.identity.key for state, _ in next_life.stamps] == [e1.decode()]
-            await outbox.send([(proc, next_life)], at + 1)
-            slow.release()
-            with anyio.fail_after(10):
-                await outbox.drain()
-            outbox.close()
+    e1, e2 = b"acme/_/live/error/e1", b"acme/_/live/error/e2"
+    async with _tombstone_acks_held(broker, topics, config) as outbox:
+        await outbox.send([(proc, proc.process([_error(0, T0)], T0))], T0)
+        fired = proc.fire_due(at, 100)
+        assert [f.reason for f in fired.tombstones] == ["ttl"]
+        await outbox.send([(proc, fired)], at)  # its null waits for the tombstone's ack
+        await outbox.send([(proc, proc.process([_error(1, at, "e2")], at))], at)
+        first_two = [(e1, False), (e2, False)]  # e2's stamp arrives while the null waits
+        early = await read_topic(
+            broker, topics.stamped, until=lambda got: len(keys(got)) >= 2, timeout_s=10
+        )
+        assert keys(early) == first_two
+        next_life = proc.process([_error(2, at + 1)], at + 1)
+        assert [state.identity.key for state, _ in next_life.stamps] == [e1.decode()]
+        await outbox.send([(proc, next_life)], at + 1)
     assert keys(await read_all(broker, topics.stamped)) == [
         (e1, False),
         (e2, False),
@@ -284,23 +296,13 @@ async def test_a_stamp_waits_behind_the_same_records_stamp_held_beside_a_null(
         return _Rec(offset, orjson.dumps(body))
 
     touched = T0 + 30_000
-    async with producer(broker) as prod:
-        slow = _AcksHeld(prod, topics.tombstones)
-        outbox = Outbox(slow, config.topics, dict.fromkeys(topics.all, 2))
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(outbox.run)
-            created = proc.process(
-                [session(0, T0, "x", "delete"), session(1, T0, "s", "create")], T0
-            )
-            assert (len(created.tombstones), len(created.stamps)) == (1, 1)
-            await outbox.send([(proc, created)], T0)  # held: x's null waits for its tombstone
-            slid = proc.process([session(2, touched, "s", "touch")], touched)
-            assert [state.expires_at for state, _ in slid.stamps] == [touched + 60_000]
-            await outbox.send([(proc, slid)], touched)
-            slow.release()
-            with anyio.fail_after(10):
-                await outbox.drain()
-            outbox.close()
+    async with _tombstone_acks_held(broker, topics, config) as outbox:
+        created = proc.process([session(0, T0, "x", "delete"), session(1, T0, "s", "create")], T0)
+        assert (len(created.tombstones), len(created.stamps)) == (1, 1)
+        await outbox.send([(proc, created)], T0)  # held: x's null waits for its tombstone
+        slid = proc.process([session(2, touched, "s", "touch")], touched)
+        assert [state.expires_at for state, _ in slid.stamps] == [touched + 60_000]
+        await outbox.send([(proc, slid)], touched)
     s = b"acme/_/live/session/s"
     expiries = [
         orjson.loads(r.value)["expires_at"]
