@@ -73,8 +73,12 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a bad argument is one line (and the usual exit status 2), said by the
     (sub)command it was given to, with the nearest option for a typo."""
 
+    # Options of this command's siblings (``sink postgres``'s for ``sink sqlite``), by
+    # name: set by parse_args on the command an unknown option was given to.
+    elsewhere: Mapping[str, list[str]] = {}
+
     def error(self, message: str) -> NoReturn:
-        message = _no_values(message, self._option_string_actions)
+        message = _no_values(message, self._option_string_actions, self.elsewhere)
         self.exit(exits.USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
     def parse_args(  # type: ignore[override]
@@ -85,28 +89,44 @@ class _Parser(argparse.ArgumentParser):
         argv = sys.argv[1:] if args is None else list(args)
         parsed, extras = self.parse_known_args(argv, namespace)
         if extras:
-            self._deepest(argv).error(_UNRECOGNIZED + " ".join(extras))
+            command, siblings = self._deepest(argv)
+            if isinstance(command, _Parser):
+                elsewhere: dict[str, list[str]] = {}
+                for other in siblings:
+                    for name in other._option_string_actions:
+                        elsewhere.setdefault(name, []).append(other.prog)
+                command.elsewhere = elsewhere
+            command.error(_UNRECOGNIZED + " ".join(extras))
         return parsed
 
-    def _deepest(self, argv: Sequence[str]) -> argparse.ArgumentParser:
-        """The (sub)command parser ``argv`` names: ``sink sqlite ...`` -> ``sink sqlite``."""
+    def _deepest(
+        self, argv: Sequence[str]
+    ) -> tuple[argparse.ArgumentParser, list[argparse.ArgumentParser]]:
+        """The (sub)command parser ``argv`` names (``sink sqlite ...`` -> ``sink
+        sqlite``), and the other sub-commands of its parent (``sink postgres``)."""
         parser: argparse.ArgumentParser = self
+        siblings: list[argparse.ArgumentParser] = []
         for word in argv:
             # argparse keeps its sub-commands in a private action; it has no public way.
             subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
             if subs and word in subs[0].choices:
                 parser = subs[0].choices[word]
-        return parser
+                siblings = [p for w, p in subs[0].choices.items() if w != word]
+        return parser, siblings
 
 
 _UNRECOGNIZED = "unrecognized arguments: "
 
 
-def _no_values(message: str, options: Mapping[str, object]) -> str:
+def _no_values(
+    message: str, options: Mapping[str, object], elsewhere: Mapping[str, list[str]]
+) -> str:
     """argparse's "unrecognized arguments" with the options' names only: it quoted what was
     typed, and a password given as a flag (``--sasl-password=...``, which no command has:
     secrets come from the config file or the environment) went to stderr (a trial). An
-    option name close to one the command has gets a "did you mean"."""
+    option name close to one the command has gets a "did you mean"; one that a sibling
+    command has (``elsewhere``: ``sink postgres --parallel`` given to ``sink sqlite``) is
+    said to be that command's."""
     if not message.startswith(_UNRECOGNIZED):
         return message
     words = message.removeprefix(_UNRECOGNIZED).split()
@@ -123,6 +143,9 @@ def _no_values(message: str, options: Mapping[str, object]) -> str:
     for name in names:
         if name in options:  # this command's own, given before its sub-command
             said += f"; {name}: give it after the command it belongs to"
+            continue
+        if name in elsewhere:
+            said += f"; {name} is an option of {' and '.join(elsewhere[name])}"
             continue
         close = difflib.get_close_matches(name, [o for o in options if o.startswith("--")], n=1)
         if close:

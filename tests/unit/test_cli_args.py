@@ -353,6 +353,18 @@ def test_an_unknown_option_is_named_without_what_was_typed_after_it(
             "sink sqlite --help)",
         ),
         (
+            ["sink", "sqlite", "--path", "x.db", "--parallel", "2"],
+            "stream-expiry sink sqlite: unrecognized arguments: --parallel ... (values not "
+            "shown); --parallel is an option of stream-expiry sink postgres (see "
+            "stream-expiry sink sqlite --help)",
+        ),
+        (
+            ["status", "--state-dir", "x"],
+            "stream-expiry status: unrecognized arguments: --state-dir ... (values not "
+            "shown); --state-dir is an option of stream-expiry run and stream-expiry demo "
+            "(see stream-expiry status --help)",
+        ),
+        (
             ["status", "extra"],
             "stream-expiry status: unrecognized arguments: ... (values not shown) (see "
             "stream-expiry status --help)",
