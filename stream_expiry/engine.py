@@ -19,7 +19,8 @@ Rules kept here (../shared/CONTRACT.md, "Semantics"):
 * A tombstoned record ignores events with ``ts <= deleted_at``: for a TTL tombstone
   ``deleted_at = expires_at - 1`` (so a touch *at* the expiry starts a new life), for an
   explicit one ``deleted_at = max(d, created_at)``. A new life remembers that deletion
-  (``previous_deleted_at``): a create at or before it is stale, not a backdating create.
+  (``previous_deleted_at``): a create at or before it is stale, not a backdating create,
+  and a delete at or before it erases the lives before, never the running one.
 * Never early: a ``ttl`` tombstone's ``emitted_at`` (the clock) is >= ``expires_at``.
 """
 
@@ -215,6 +216,9 @@ class Engine(Generic[S]):
             floor = None
             new_life = False
         if op == "delete":
+            before = None if prior is None else prior.previous_deleted_at
+            if prior is not None and before is not None and t <= before:
+                return self._erase_before(prior, now_ms)
             return self._delete(event, prior, now_ms)
         if prior is None:
             if op == "touch" and event.identity.category not in self._sliding:
@@ -289,6 +293,24 @@ class Engine(Generic[S]):
         # its null knows the deletion's time only (the header bounds the lives it ends).
         fired = Fired(Stamp(marker.identity, None, None, None, None), after, "explicit", now_ms)
         return Outcome(Verdict.DELETED, after, False, (fired,))
+
+    @staticmethod
+    def _erase_before(live: Stamp, now_ms: int) -> Outcome:
+        """An erasure request dated at or before the deletion that ended the record's
+        previous life, read while its next life runs: re-delivered (the request that ended
+        that life, read again after a crash before its offset was committed), or read late
+        after the previous life's expiry. It belongs to the lives before, never to this
+        one (the contract: events up to a deletion are ignored, and a create after it
+        starts a new life), so the running life stays as it is. Its tombstone names no
+        life and says the previous deletion's time (the ``expiry-deleted-at`` header): the
+        stores and the archive erase what is left of the lives up to there, as for an
+        erasure read after a life's expiry (:meth:`_erase_ended`), and nothing newer. A
+        re-delivered one repeats a tombstone the stores have applied: tombstones are
+        at-least-once, and that one deletes nothing."""
+        floor = live.previous_deleted_at
+        assert floor is not None
+        earlier = Stamp(live.identity, None, None, None, None, None, floor)  # erase_at: floor
+        return Outcome(Verdict.DELETED, None, False, (Fired(earlier, live, "explicit", now_ms),))
 
     def _stamp(self, identity: Identity, created_at: int, floor: int | None = None) -> Stamp:
         res = self._resolve(identity, created_at)

@@ -486,6 +486,14 @@ class PartitionProcessor:
         deferred likewise; so is a record that fell due, when an event finds it first.
         """
         identity = ev.identity
+        if (
+            ev.op == "delete"
+            and prior is not None
+            and prior.live
+            and prior.previous_deleted_at is not None
+            and ev.ts <= prior.previous_deleted_at
+        ):
+            return self._erase_before_held(prior, effects)
         if prior is not None and prior.held:
             if ev.op == "delete":
                 if prior.erase_at is None:
@@ -530,6 +538,25 @@ class PartitionProcessor:
             effects.verdicts["held"] += 1
             return kept
         return None
+
+    def _erase_before_held(self, live: model.Stamp, effects: Effects) -> model.Stamp | None:
+        """An erasure request for the lives before ``live`` (dated at or before the
+        deletion that ended the last of them: the engine's ``_erase_before``) while a hold
+        keeps or matches the record: it waits for the release among the lives the hold
+        keeps, as one that names no life and ends at that deletion, and the running life
+        stays as it is. A re-delivered one changes nothing, nor does one for a record whose
+        own erasure waits (it ends every earlier life). None: no hold is involved."""
+        if not live.held and not self.holds.holding(live.identity):
+            return None
+        erasure: model.HeldLife = (None, None, None, None, live.previous_deleted_at)
+        effects.verdicts["held"] += 1
+        if live.erase_at is not None or erasure in live.held_lives:
+            return live  # the erasure kept for the running life ends the earlier ones too
+        kept = live._replace(held_lives=(*live.held_lives, erasure))
+        if not kept.held:
+            self._engine.load([(kept, None)])  # its timer carries the lives it keeps
+        effects.stamps.append((kept, None))
+        return kept
 
     def _wait_for_archive(
         self, ev: model.InputEvent, prior: model.Stamp, now_ms: int, effects: Effects

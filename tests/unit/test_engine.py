@@ -232,6 +232,11 @@ class Reference:
                     rec.erased = True
                 return out
             floor, rec = rec.deleted, None
+        if op == "delete" and rec is not None and rec.floor is not None and t <= rec.floor:
+            # an erasure of the lives before this one (re-delivered, or read late): it
+            # goes out naming no life, and this life runs on
+            out.append((key, "explicit", self.now, None))
+            return out
         if op == "delete":
             out.append((key, "explicit", self.now, rec.expires if rec else None))
             created = rec.created if rec else None
@@ -818,3 +823,26 @@ def test_a_held_or_deleted_record_has_no_timer() -> None:
     assert timer(live._replace(erase_at=BASE + 5, held=True)) is None
     assert timer(live._replace(deleted_at=BASE + 10)) is None
     assert timer(Stamp(identity, BASE, None, None, None)) is None  # never expires
+
+
+def test_a_redelivered_delete_does_not_erase_the_next_life() -> None:
+    """A create, its delete and a create of the record's next life, decided and then read
+    again (a crash before their offsets were committed): the delete belongs to the life it
+    ended, so the next life stays. It erased that life, with an explicit tombstone and a
+    null, for good (a review)."""
+    h = Harness(horizon_ms=5000)
+    h.now = 40
+    h.feed(ev("conversation", "x", "create", 0))
+    key = ev("conversation", "x", "create", 0).identity.key
+    assert h.feed(ev("conversation", "x", "delete", 20)) == [(key, "explicit", 40, 1000)]
+    h.feed(ev("conversation", "x", "create", 30))
+    assert h.feed(ev("conversation", "x", "create", 0)) == []  # read again
+    erased = h.feed(ev("conversation", "x", "delete", 20))
+    h.feed(ev("conversation", "x", "create", 30))
+    state = h.state(ev("conversation", "x", "create", 30))
+    assert state is not None
+    assert (state.live, state.created_at) == (True, BASE + 30)
+    # The erasure goes out again naming no life (the stores have applied it: it deletes
+    # nothing newer than the deletion it says), and the running life keeps its timer.
+    assert erased == [(key, "explicit", 40, None)]
+    assert h.advance(30 + 1000) == [(key, "ttl", 1030, 1030)]

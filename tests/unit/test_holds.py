@@ -557,6 +557,8 @@ class HoldingReference:
         self.kept: dict[str, int | None] = {}  # key -> the erasure asked while held
         # key -> earlier lives kept for the release: (reason, expires_at), oldest first
         self.lives: dict[str, list[tuple[str, int | None]]] = {}
+        # (key, deletion) of each erasure of the lives before a running one kept among them
+        self.erased_before: set[tuple[str, int]] = set()
 
     def _matches(self, key: str) -> bool:
         return "*" in self.holds or key.rsplit("/", 1)[1] in self.holds
@@ -572,6 +574,7 @@ class HoldingReference:
     def _let_go(self, key: str) -> list[Tomb]:
         now = self.base.now
         out = [(key, reason, now, expires) for reason, expires in self.lives.pop(key, [])]
+        self.erased_before = {k for k in self.erased_before if k[0] != key}
         if key in self.kept:
             rec = self.base.recs[key]
             reason = "ttl" if self.kept[key] is None else "explicit"
@@ -581,10 +584,29 @@ class HoldingReference:
             out.append((key, reason, now, rec.expires))
         return out
 
+    def _erase_before(self, key: str, floor: int) -> None:
+        """An erasure of the lives before the running one, under a hold: kept among the
+        lives for the release, naming no life, once."""
+        if (key, floor) not in self.erased_before:
+            self.erased_before.add((key, floor))
+            self.lives.setdefault(key, []).append(("explicit", None))
+
     def event(self, e: InputEvent) -> list[Tomb]:
         key, t, base = e.identity.key, e.ts, self.base
         held = key in self.kept or key in self.lives
         out = self._let_go(key) if held and not self._matches(key) else []
+        rec = base.recs.get(key)
+        if (
+            e.op == "delete"
+            and rec is not None
+            and rec.deleted is None
+            and rec.floor is not None
+            and t <= rec.floor
+            and (key in self.kept or self._matches(key))
+        ):  # the lives before the running one: their erasure waits for the release
+            if self.kept.get(key) is None:  # an erasure kept for this life ends them too
+                self._erase_before(key, rec.floor)
+            return out
         if key in self.kept:  # frozen; an erasure asked is kept for the release
             if e.op == "delete":
                 if self.kept[key] is None:
@@ -596,6 +618,9 @@ class HoldingReference:
             # The next life: the kept one waits for the release, as before.
             reason = "ttl" if self.kept[key] is None else "explicit"
             self.lives.setdefault(key, []).append((reason, base.recs[key].expires))
+            erased = self.kept[key]
+            if base.recs[key].created is None and erased is not None:  # one naming no life
+                self.erased_before.add((key, erased))
             base.recs[key].deleted = end
             del self.kept[key]
         if self._matches(key):
