@@ -131,7 +131,7 @@ async def _changelog_after(
     either is raised, and nothing is sent."""
     if before is not None:
         await before
-    if out.nulls:  # batches only behind another entry's go as soon as that one's are sent
+    if out.after_tombstones:  # batches only behind another entry's go once that one's are
         await all_acked(tombstone_acks)
         with anyio.move_on_after(CHANGELOG_LINGER_S):
             await next_send()
@@ -192,7 +192,9 @@ class _Batches:
         self._tracked: dict[tuple[str, int], list[tuple[Effects, str, int]]] = {}
         self._last: dict[tuple[str, int], tuple[bytes | None, int]] = {}
         self.sent: _Sent = []
-        self.nulls = False  # a null was added to the held topic
+        # The held topic's batches wait for this entry's tombstones' acks: a null was added
+        # there, or a stamp that drops the lives a hold kept (Outbox._put_tombstones).
+        self.after_tombstones = False
         self.held_keys: list[bytes] = []  # the keys of every message added to it
         self.after_held = False  # a stamp must follow an earlier entry's held message
 
@@ -223,7 +225,7 @@ class _Batches:
         if key is not None and slot[0] == self._held_topic:
             self.held_keys.append(key)
             if value is None:
-                self.nulls = True
+                self.after_tombstones = True
         if track is not None and key is not None:
             self._tracked.setdefault(slot, []).append((track, key.decode(), offset))
         return True
@@ -383,7 +385,9 @@ class Outbox:
         and a restore takes it for the record's state, so the record's next life must not
         land before the null of the last, nor a touch's stamp before the create's held
         beside another record's null (a review: the session restored without its slide,
-        fired 30 s early). The wait is a task: the loop goes on meanwhile,
+        fired 30 s early). A stamp that drops the lives a hold kept, whose tombstones go
+        with no null (the record lives on), waits for them likewise: restored without
+        them, those lives were never tombstoned (a review). The wait is a task: the loop goes on meanwhile,
         and only the settling of those entries waits. Once acked, the nulls wait for the
         next send (at most :data:`CHANGELOG_LINGER_S`) and go in its produce request: sent
         on their own, each firing took two requests where it took one, and the next
@@ -396,7 +400,7 @@ class Outbox:
         before = self._changelog
         if before is not None and _sent_well(before):
             before = self._changelog = None
-        if not out.nulls and (before is None or not out.after_held):
+        if not out.after_tombstones and (before is None or not out.after_held):
             return await out.flush_held()
         tombstones = self._topics.tombstones
         acks = [future for future, slot, *_ in sent if slot[0] == tombstones]
@@ -502,6 +506,9 @@ class Outbox:
             at = fired.emitted_at
             event = model.encode_tombstone(fired.before, reason=fired.reason, emitted_at=at)
             if fired.after.live:  # an earlier life a hold kept: the record lives on, no null
+                # but a stamp without that life, which must not be acked before this
+                # tombstone is: a restore from it would never tombstone the life (a review).
+                out.after_tombstones = True
                 # An erasure's tombstone says where the life ended, as below: the stores and
                 # the archive erase up to there, never the record's next life.
                 ended = fired.before.erased_until if fired.reason == "explicit" else None

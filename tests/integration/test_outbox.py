@@ -15,6 +15,7 @@ from aiokafka.errors import KafkaTimeoutError
 from stream_expiry import codec
 from stream_expiry.config import parse_config
 from stream_expiry.errors import BrokerError
+from stream_expiry.holds import Hold, HoldBook
 from stream_expiry.kafka import consumer, producer
 from stream_expiry.outbox import Outbox, all_acked
 from stream_expiry.policy import PolicyBook
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
 
     from stream_expiry.config import Config
+    from stream_expiry.state.processor import Effects
     from tests.conftest import TopicSet
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -313,3 +315,68 @@ async def test_a_stamp_waits_behind_the_same_records_stamp_held_beside_a_null(
     restored = (await _restored(broker, topics, topics.sessions, touched)).get(s.decode())
     assert restored is not None
     assert restored.expires_at == touched + 60_000
+
+
+class _SentInOrder(_AcksHeld):
+    """Acks of ``topic`` held back, as :class:`_AcksHeld`, and the topic of each batch
+    sent, in order."""
+
+    def __init__(self, prod: AIOKafkaProducer, topic: str) -> None:
+        super().__init__(prod, topic)
+        self.topics: list[str] = []
+
+    async def send_batch(self, batch: Any, topic: str, partition: int) -> Any:
+        self.topics.append(topic)
+        return await super().send_batch(batch, topic, partition)
+
+
+async def test_a_stamp_that_drops_a_held_life_waits_for_that_lifes_tombstone(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A hold kept a session past its expiry, and a touch started its next life. At the
+    release, the kept life's tombstone goes with no null (the record lives on) beside a
+    stamp of the running life without it. That stamp went out at once: acked while the
+    tombstone was not, a restore from it would never tombstone the kept life (a review).
+    It now waits for the tombstone's ack, as a null does."""
+    config, _ = _processor(topics, tmp_path, "session", topics.sessions)
+    holds = HoldBook()
+    holds.place(Hold("h1", "acme", None, None, None, None, "case 7", T0))
+    proc = PartitionProcessor.from_config(
+        topics.sessions, 0, PartitionStore(MemoryKV()), config, PolicyBook(config, {}),
+        now_ms=T0, holds=holds,
+    )  # fmt: skip
+
+    def session(offset: int, ts: int, op: str) -> _Rec:
+        body = {"category": "session", "org": "acme", "record_id": "s", "ts": ts, "op": op}
+        return _Rec(offset, orjson.dumps(body))
+
+    partitions = dict.fromkeys(topics.all, 2)
+    expired, touched = T0 + 60_000, T0 + 120_000
+    async with producer(broker) as prod:
+        outbox = Outbox(prod, config.topics, partitions)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(outbox.run)
+            steps: list[tuple[Effects, int]] = [(proc.process([session(0, T0, "create")], T0), T0)]
+            steps.append((proc.fire_due(expired, 100), expired))
+            steps.append((proc.process([session(1, touched, "touch")], touched), touched))
+            for effects, at in steps:
+                await outbox.send([(proc, effects)], at)
+                await outbox.drain()
+            tg.cancel_scope.cancel()
+        assert [held for held, _, _ in steps[1][0].deferred] != []  # the hold kept it
+        holds.release("h1")
+        released = proc.release_due(touched, budget=100)
+        assert [f.after.live for f in released.tombstones] == [True]
+        assert [state.held_lives for state, _ in released.stamps] == [()]
+        slow = _SentInOrder(prod, topics.tombstones)
+        outbox = Outbox(slow, config.topics, partitions)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(outbox.run)
+            await outbox.send([(proc, released)], touched)
+            # Sent: the tombstone, unacknowledged. The stamp waits for its ack.
+            assert slow.topics == [topics.tombstones]
+            slow.release()
+            with anyio.fail_after(10):
+                await outbox.drain()
+            outbox.close()
+        assert slow.topics == [topics.tombstones, topics.stamped]
