@@ -377,11 +377,29 @@ class Engine(Generic[S]):
         if self._overdue_live or room == 0:
             return taken
         due = self._wheel.advance(now_ms)
+        if due and due[-1][0] > now_ms:  # in due order: a clock stepped back, see below
+            due = self._not_early(due, now_ms)
         if room is not None and len(due) > room:
             self._overdue, self._overdue_at = due, 0
             self._overdue_live = {entry[1]: entry for entry in due}
             return taken + self._take_overdue(now_ms, room)
         return taken + [(_fire_timer(key, packed, now_ms), slot) for _, key, (packed, slot) in due]
+
+    def _not_early(
+        self, due: list[tuple[int, str, tuple[bytes, S]]], now_ms: int
+    ) -> list[tuple[int, str, tuple[bytes, S]]]:
+        """The timers of ``due`` due by ``now_ms``; the others go back into the wheel.
+
+        The wheel's time never moves back, so after the wall clock stepped back (an NTP
+        step, a VM restored) it gives every timer due by the latest time it saw: those
+        due between the clock's time and that one, fired now, were early (a review). Put
+        back, they come out at each advance until the clock passes them (a tick's work
+        each, for as long as the step lasts)."""
+        schedule = self._wheel.schedule
+        for entry in due:
+            if entry[0] > now_ms:
+                schedule(entry[1], entry[0], entry[2])
+        return [entry for entry in due if entry[0] <= now_ms]
 
     def _take_overdue(self, now_ms: int, limit: int | None) -> list[tuple[Fired, S]]:
         """Up to ``limit`` tombstones of the overdue timers no event took out, in order."""

@@ -846,3 +846,22 @@ def test_a_redelivered_delete_does_not_erase_the_next_life() -> None:
     # nothing newer than the deletion it says), and the running life keeps its timer.
     assert erased == [(key, "explicit", 40, None)]
     assert h.advance(30 + 1000) == [(key, "ttl", 1030, 1030)]
+
+
+def test_a_clock_stepped_back_fires_no_timer_early() -> None:
+    """The wall clock steps back (an NTP step, a VM restored). The wheel's time never
+    moves back, and it gave every timer due by the latest time it had seen: a record
+    stamped after the step, due between the clock and that time, was fired at once,
+    before its expiry (a review). It fires at its expiry; one due by the clock fires now."""
+    h = Harness(horizon_ms=100_000)
+    h.now = 10_000
+    a, b, c = (ev("error", rid, "create", 0) for rid in "abc")
+    h.feed(a)
+    assert h.advance(10_000) == [(a.identity.key, "ttl", 10_000, 50)]
+    h.now = 1_000  # the clock stepped back 9 s
+    h.feed(ev("error", "b", "create", 980))  # due at 1,030
+    h.feed(c)  # due at 50: already due by the clock
+    fired = h.proc.fire_due(BASE + 1_000)
+    assert [_tomb(f) for f in fired.tombstones] == [(c.identity.key, "ttl", 1_000, 50)]
+    assert h.advance(1_029) == []
+    assert h.advance(1_030) == [(b.identity.key, "ttl", 1_030, 1_030)]
