@@ -478,16 +478,16 @@ class PartitionStore:
                 cat = old.identity.category
                 counts.pending[cat] = counts.pending.get(cat, 0) - 1
         else:
+            value = self.kv.multi_get([_STATE + key])[0]
+            if value is None:
+                # Pruned (:meth:`prune`) while the record's next state was decided, and
+                # counted out then (the counts went below zero, a review).
+                return
             counts.markers -= 1
-            deletes.append(_time_key(_MARKER, self._prune_at(old, now_ms), key))
-
-    def _prune_at(self, marker: Stamp, now_ms: int) -> int:
-        value = self.kv.multi_get([_STATE + marker.identity.key.encode()])[0]
-        if value is not None:
-            stored_prune_at = decode_state(marker.identity, value)[1]
-            if stored_prune_at is not None:
-                return stored_prune_at
-        return _prune_time(marker.deleted_at or 0, marker.expires_at, now_ms, self.grace_ms)
+            prune_at = decode_state(old.identity, value)[1]
+            if prune_at is None:
+                prune_at = _prune_time(old.deleted_at or 0, old.expires_at, now_ms, self.grace_ms)
+            deletes.append(_time_key(_MARKER, prune_at, key))
 
     def _put_counts(self, puts: dict[bytes, bytes]) -> None:
         c = self.counts

@@ -149,6 +149,24 @@ def test_a_new_life_after_a_marker_is_never_pruned(store: PartitionStore) -> Non
     assert store.counts.markers == 0
 
 
+def test_a_marker_pruned_while_its_next_life_was_decided_is_counted_out_once(
+    store: PartitionStore,
+) -> None:
+    """The processor reads a marker, decides the record's next life, and the housekeeping
+    prunes the marker before that life is written (settled after its acks): the marker was
+    counted out by the prune and again by the write, and the counts went below zero (a
+    review; `status` and the metrics showed them)."""
+    a = live("a", T0 + 5)
+    marker = a._replace(deleted_at=T0 + 4)
+    store.write([(None, a)], now_ms=T0)
+    store.write([(a, marker)], now_ms=T0 + 10)
+    assert store.prune(T0 + 10 + GRACE) == 1  # while the next life waits for its acks
+    reborn = live("a", T0 + 20 * GRACE)
+    store.write([(marker, reborn)], now_ms=T0 + 11 + GRACE)
+    assert store.get(a.identity.key) == reborn
+    assert (store.counts.markers, store.counts.pending) == (0, {"conversation": 1})
+
+
 def test_near_twins_are_separate_records(store: PartitionStore) -> None:
     base = Identity("o", "b", "live", "conversation", "r")
     twins = [
