@@ -196,6 +196,8 @@ class InputReading:
             target = max(high or 0, self.unread.get(slot, 0))
             position = read if not target else await _read_up_to(cons, slot, read, target)
             self._let_go(slot, position)
+            # learn_ends may have noted a further end while this awaited: it stays.
+            target = max(target, self.unread.get(slot, 0))
             if target > position:
                 self.unread[slot] = target
             else:

@@ -152,3 +152,27 @@ async def test_the_ends_learnt_for_the_firing_mark_what_a_partition_has_not_read
     answers[:] = [BrokerUnavailableError("away")]
     with pytest.raises(BrokerUnavailableError):
         await reading.learn_ends(None, [SLOT, other])
+
+
+@pytest.mark.asyncio
+async def test_an_end_learnt_while_the_reading_is_tracked_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The firing learns a partition's end (``learn_ends``) while the loop asks the
+    consumer how far it has read (``track_unread`` awaits its position): the end learnt
+    meanwhile, beyond what the loop had seen, was overwritten or dropped when the loop
+    went on, and a session due could fire before a touch still unread (a review)."""
+    reading, _, _ = _reading()
+    reading.next_offset[SLOT] = 10
+    monkeypatch.setattr("stream_expiry.reading.stable_end", lambda cons, tp: 12)
+
+    class Consumer:
+        def assignment(self) -> set[TopicPartition]:
+            return {TP}
+
+        async def position(self, tp: TopicPartition) -> int:
+            reading.unread[SLOT] = 20  # learn_ends, run by the firing meanwhile
+            return 12
+
+    await reading.track_unread(Consumer(), [SLOT])  # type: ignore[arg-type]
+    assert reading.unread == {SLOT: 20}
