@@ -83,7 +83,7 @@ from stream_expiry.stats import ServiceStats
 from stream_expiry.timeutil import format_ts, wall_clock_ms
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -704,6 +704,7 @@ class Service:
             await control.poll(max(r[-1].timestamp for r in batch.values()) if batch else None)
             if batch:
                 await self._ingest(batch, seeks_before)
+            await self._unpark()
             if self._reading.catching_up:
                 await self._reading.caught_up(cons)
             await self._reading.track_unread(cons, self.processors)
@@ -861,26 +862,51 @@ class Service:
     ) -> None:
         """Decide consecutive records of one or more partitions and send their effects
         as one outbox entry."""
-        assert self._firing is not None
-        async with self._deciding:
-            if self._outbox is None:
-                return  # the session ended meanwhile
-            items: list[tuple[PartitionProcessor, Effects]] = []
-            # One time for the decisions and their messages: stamps timestamped at the send,
-            # tombstones at the decision, put a record's stamp after its own null (a late
-            # create and its erasure read together), and `history` listed it so (a trial).
-            now = self.clock()
+
+        def decide(now: int) -> Iterator[tuple[PartitionProcessor, Effects]]:
             for slot, proc, chunk in group:
                 if self.processors.get(slot) is not proc:
                     continue  # revoked meanwhile: its owner reads on
                 self._commits.decided(slot, chunk[-1])
-                effects = proc.process(chunk, now)
+                yield proc, proc.process(chunk, now)
+
+        await self._send_decided(decide)
+
+    async def _unpark(self) -> None:
+        """Decide the creates parked until their record's running life expired, whose
+        time has come (``PartitionProcessor.unpark``), as one outbox entry."""
+        if not any(proc.parked for proc in self.processors.values()):
+            return
+
+        def decide(now: int) -> Iterator[tuple[PartitionProcessor, Effects]]:
+            for proc in list(self.processors.values()):
+                effects = proc.unpark(now) if proc.parked else None
+                if effects is not None:
+                    yield proc, effects
+
+        await self._send_decided(decide)
+
+    async def _send_decided(
+        self, decide: Callable[[int], Iterator[tuple[PartitionProcessor, Effects]]]
+    ) -> None:
+        """Send what ``decide`` decides at one time, counted, as one outbox entry, and
+        tell the firing when the partitions' next timers are due."""
+        assert self._firing is not None
+        items: list[tuple[PartitionProcessor, Effects]] = []
+        async with self._deciding:
+            if self._outbox is None:
+                return  # the session ended meanwhile
+            # One time for the decisions and their messages: stamps timestamped at the send,
+            # tombstones at the decision, put a record's stamp after its own null (a late
+            # create and its erasure read together), and `history` listed it so (a trial).
+            now = self.clock()
+            for proc, effects in decide(now):
                 self._count(effects)
                 self._note_overdue(effects, now)
                 items.append((proc, effects))
             if items:
                 await self._outbox.send(items, now)
-        for _, proc, _ in group:
+        for proc, _ in items:
             self._firing.due_at(proc.next_due_ms())
 
     def _count(self, effects: Effects) -> None:

@@ -207,6 +207,12 @@ class PartitionProcessor:
         self.may_slide = bool(sliding) and store.first_due_ms() is not None
         # key -> (seq of the effects that wrote it last, state): decided, not yet stored
         self._overlay: dict[str, tuple[int, model.Stamp]] = {}
+        # Creates parked until their record's running life expires (_park): key -> its
+        # events in order, the wake times in a heap, and the offset after the last record
+        # decided (the partition's settled position, but for the parked).
+        self._parked: dict[str, list[tuple[InputRecord, model.InputEvent]]] = {}
+        self._parked_order: list[tuple[int, str]] = []
+        self._decided_to = 0
         self._seq = 0
         self.holds = holds if holds is not None else HoldBook()
         # A scan of the held records after a release: where it is, for which releases.
@@ -287,8 +293,21 @@ class PartitionProcessor:
             )
         if not parsed:
             return effects
-        effects.next_offset = parsed[-1][0].offset + 1
+        self._decided_to = effects.next_offset = parsed[-1][0].offset + 1
         effects.events = len(parsed)
+        self._decide_events(parsed, now_ms, effects)
+        if self._parked:
+            effects.next_offset = min(effects.next_offset, self._parked_floor())
+        self._bound_wheel()
+        return effects
+
+    def _decide_events(
+        self,
+        parsed: Sequence[tuple[InputRecord, model.InputEvent | model.Rejection]],
+        now_ms: int,
+        effects: Effects,
+    ) -> None:
+        """Each event's effects, in order, into ``effects``."""
         overlay = self._overlay
         misses: dict[str, model.Identity] = {}
         for _, ev in parsed:
@@ -299,6 +318,7 @@ class PartitionProcessor:
         stored: dict[str, model.Stamp | None] = dict(
             zip(misses, self.store.get_many(list(misses.values())), strict=True)
         )
+        parked = self._parked
         writes = effects.writes
         seq = effects.seq
         feed = self._engine.feed
@@ -315,8 +335,14 @@ class PartitionProcessor:
             if ev.ts < model.SECONDS_LIKE_BEFORE_MS:
                 effects.seconds_like.append((rec, ev.ts))
             key = ev.identity.key
+            if parked and key in parked:
+                parked[key].append((rec, ev))  # after the record's parked create
+                continue
             known = overlay.get(key)
             prior = known[1] if known is not None else stored.get(key)
+            if prior is not None and ev.op == "create" and self._park(rec, ev, prior, now_ms):
+                verdicts["parked"] += 1
+                continue
             if prior is not None and (prior.held or prior.held_lives) and self._let_go(prior):
                 # Released, its scan not come yet: the event finds it first, and lets it
                 # go as the scan would. Frozen, it would swallow a create of the next life.
@@ -354,6 +380,59 @@ class PartitionProcessor:
                 first = writes.get(key)
                 writes[key] = (prior if first is None else first[0], new)
                 overlay[key] = (seq, new)
+
+    # -- creates read before the expiry they are dated after ------------------------------
+
+    def _park(
+        self, rec: InputRecord, ev: model.InputEvent, prior: model.Stamp, now_ms: int
+    ) -> bool:
+        """Park a create dated at or after its record's running life's expiry, read before
+        that expiry (a producer's clock ahead, within the allowed skew): it starts the
+        record's next life, but the life before must end first, at its expiry, not
+        earlier. Decided then (:meth:`unpark`), it does so; decided now, it was taken for a
+        re-delivery of the running life's create, and the next life was never stamped nor
+        tombstoned (a review). The record's later events wait behind it, in order; the
+        partition's committed offset stays before it (:meth:`process`): a crash reads it
+        again. Returns whether it was parked."""
+        due = prior.expires_at
+        if (
+            due is None
+            or not now_ms < due <= ev.ts
+            or prior.deleted_at is not None
+            or prior.erase_at is not None
+            or prior.held
+        ):
+            return False
+        self._parked[ev.identity.key] = [(rec, ev)]
+        heapq.heappush(self._parked_order, (due, ev.identity.key))
+        return True
+
+    @property
+    def parked(self) -> int:
+        """Records whose events wait for their running life's expiry (:meth:`_park`)."""
+        return len(self._parked)
+
+    def _parked_floor(self) -> int:
+        """The offset of the first event parked: the partition is settled only before it."""
+        return min(events[0][0].offset for events in self._parked.values())
+
+    def unpark(self, now_ms: int) -> Effects | None:
+        """Decide the parked events of the records whose running life has reached its
+        expiry by ``now_ms`` (None: none has). Their ``ttl`` tombstone is the firing's, or
+        the first of these effects if the firing has not come to it yet; each create then
+        starts the record's next life."""
+        order = self._parked_order
+        if not order or order[0][0] > now_ms:
+            return None
+        ready: list[tuple[InputRecord, model.InputEvent | model.Rejection]] = []
+        while order and order[0][0] <= now_ms:
+            ready += self._parked.pop(heapq.heappop(order)[1], ())
+        ready.sort(key=lambda parked: parked[0].offset)
+        self._seq += 1
+        effects = Effects(self._seq)
+        self._decide_events(ready, now_ms, effects)
+        floor = self._parked_floor() if self._parked else self._decided_to
+        effects.next_offset = min(self._decided_to, floor)
         self._bound_wheel()
         return effects
 

@@ -595,3 +595,27 @@ async def test_a_control_message_with_a_huge_key_is_named_in_a_line_of_sensible_
     (line,) = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
     assert f"key '{'k' * 77}'... (1,048,576 bytes), {topics.holds}[" in line
     assert len(line) < 1_000
+
+
+async def test_a_create_dated_after_the_expiry_it_is_read_before_starts_the_next_life(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A producer's clock ahead: a create dated after the running life's expiry, read
+    before it, was taken for a re-delivery, and the next life was never stamped nor
+    tombstoned (a review). It waits for that expiry, then starts the next life: both
+    lives are tombstoned, each at its own expiry, never early."""
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)  # errors: 1 s
+    async with running_service(config, broker):
+        first = wall_clock_ms()
+        await produce(broker, [(topics.errors, *event("error", "e", ts=first))])
+        await read_topic(broker, topics.stamped, until=lambda r: len(r) >= 1)
+        ahead = first + 1_500  # after the first life's expiry, sent before it
+        await produce(broker, [(topics.errors, *event("error", "e", ts=ahead))])
+        tombs = await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 2)
+    lives = []
+    for rec in tombs:
+        body = orjson.loads(rec.value)
+        expires, emitted = parse_ts(body["expires_at"]), parse_ts(body["emitted_at"])
+        assert emitted >= expires, body  # never early
+        lives.append((parse_ts(body["created_at"]), expires, body["reason"]))
+    assert lives == [(first, first + 1_000, "ttl"), (ahead, ahead + 1_000, "ttl")]

@@ -144,11 +144,18 @@ class Harness:
         return [_tomb(f) for f in self.process(ev).tombstones]
 
     def advance(self, now: int) -> list[Tomb]:
+        """The timers due by ``now``, then the parked creates woken by them, as the
+        service's firing and its loop's next turn."""
         self.now = max(self.now, now)
         self.proc.extend_horizon(BASE + self.now)
         effects = self.proc.fire_due(BASE + self.now)
         self._settle(effects)
-        return [_tomb(f) for f in effects.tombstones]
+        out = [_tomb(f) for f in effects.tombstones]
+        woken = self.proc.unpark(BASE + self.now)
+        if woken is not None:
+            self._settle(woken)
+            out += [_tomb(f) for f in woken.tombstones]
+        return out
 
     def fire_some(self, now: int, limit: int) -> list[Tomb]:
         """One firing of at most ``limit`` due timers, as the service's timer task does
@@ -200,6 +207,41 @@ class Reference:
         self.recs: dict[str, RefRecord] = {}
         self.timers: list[tuple[int, str]] = []
         self.now = 0
+        # A create dated at or after a running life's expiry, read before it: it waits
+        # for that expiry, and the record's later events wait behind it (key -> events,
+        # each with its place in arrival order; the wake times, sorted).
+        self.parked: dict[str, list[tuple[int, InputEvent]]] = {}
+        self.wake: list[tuple[int, str]] = []
+        self.arrivals = 0
+
+    def park(self, ev: InputEvent, *, frozen: bool = False) -> bool:
+        """Whether ``ev`` waits: parked now, or behind its record's parked create.
+        ``frozen``: a hold keeps the record's life past its end (nothing is parked)."""
+        key, t = ev.identity.key, ev.ts
+        self.arrivals += 1
+        if key in self.parked:
+            self.parked[key].append((self.arrivals, ev))
+            return True
+        rec = self.recs.get(key)
+        if (
+            ev.op == "create"
+            and not frozen
+            and rec is not None
+            and rec.deleted is None
+            and rec.expires is not None
+            and self.now < rec.expires <= t
+        ):
+            self.parked[key] = [(self.arrivals, ev)]
+            bisect.insort(self.wake, (rec.expires, key))
+            return True
+        return False
+
+    def woken(self) -> list[InputEvent]:
+        """The parked events whose running life has expired by now, in arrival order."""
+        out: list[tuple[int, InputEvent]] = []
+        while self.wake and self.wake[0][0] <= self.now:
+            out += self.parked.pop(self.wake.pop(0)[1])
+        return [e for _, e in sorted(out, key=lambda p: p[0])]
 
     def _unschedule(self, key: str) -> None:
         self.timers = [t for t in self.timers if t[1] != key]
@@ -210,6 +252,8 @@ class Reference:
             bisect.insort(self.timers, (rec.expires, key))
 
     def event(self, ev: InputEvent) -> list[Tomb]:
+        if self.park(ev):
+            return []
         key, t, op, cat = ev.identity.key, ev.ts, ev.op, ev.identity.category
         out: list[Tomb] = []
         rec = self.recs.get(key)
@@ -287,6 +331,8 @@ class Reference:
             exp, key = self.timers.pop(0)
             self.recs[key].deleted = exp - 1
             out.append((key, "ttl", self.now, exp))
+        for e in self.woken():
+            out += self.event(e)
         return out
 
 
@@ -865,3 +911,33 @@ def test_a_clock_stepped_back_fires_no_timer_early() -> None:
     assert [_tomb(f) for f in fired.tombstones] == [(c.identity.key, "ttl", 1_000, 50)]
     assert h.advance(1_029) == []
     assert h.advance(1_030) == [(b.identity.key, "ttl", 1_030, 1_030)]
+
+
+def test_a_create_dated_after_the_expiry_and_read_before_it_starts_the_next_life_then() -> None:
+    """A producer's clock runs ahead: a create dated after the running life's expiry is
+    read before that expiry. It was taken for a re-delivery of the running life's create:
+    the next life was never stamped nor tombstoned (a review). It is parked, with the
+    record's later events behind it and the partition's settled offset before it; once
+    the running life has expired, on time, it starts the next life."""
+    h = Harness(horizon_ms=5000)
+    a = ev("error", "a", "create", 0)  # TTL 50: expires at 50
+    h.feed(a)
+    h.now = 45
+    parked = h.process(ev("error", "a", "create", 60))  # read at 45
+    assert (parked.stamps, parked.tombstones, parked.verdicts["parked"]) == ([], [], 1)
+    assert parked.next_offset == h.offset  # settled up to the parked create, not past it
+    behind = h.process(ev("error", "a", "touch", 61))  # the record's next event waits too
+    other = h.process(ev("error", "b", "create", 45))  # other records go on
+    assert (behind.verdicts["parked"], behind.next_offset) == (0, h.offset - 2)
+    assert [s.identity.record_id for s, _ in other.stamps] == ["b"]
+    assert h.proc.unpark(BASE + 49) is None  # not before the running life's expiry
+    fired = h.proc.fire_due(BASE + 50)
+    assert [_tomb(f) for f in fired.tombstones] == [(a.identity.key, "ttl", 50, 50)]
+    h._settle(fired)
+    woken = h.proc.unpark(BASE + 50)
+    assert woken is not None
+    assert [(s.created_at - BASE, s.expires_at) for s, _ in woken.stamps] == [(60, BASE + 110)]
+    assert woken.next_offset == h.offset + 1  # nothing parked: settled to the end
+    h._settle(woken)
+    assert h.advance(109) == [(other.stamps[0][0].identity.key, "ttl", 109, 95)]
+    assert h.advance(110) == [(a.identity.key, "ttl", 110, 110)]

@@ -593,6 +593,8 @@ class HoldingReference:
 
     def event(self, e: InputEvent) -> list[Tomb]:
         key, t, base = e.identity.key, e.ts, self.base
+        if base.park(e, frozen=key in self.kept):
+            return []
         held = key in self.kept or key in self.lives
         out = self._let_go(key) if held and not self._matches(key) else []
         rec = base.recs.get(key)
@@ -663,6 +665,8 @@ class HoldingReference:
             else:
                 base.recs[key].deleted = expires - 1
                 out.append((key, "ttl", base.now, expires))
+        for e in base.woken():
+            out += self.event(e)
         released = sorted({*self.kept, *self.lives} - {k for k in base.recs if self._matches(k)})
         return out + [t for k in released for t in self._let_go(k)]
 
