@@ -369,6 +369,48 @@ def test_an_unknown_option_is_named_without_what_was_typed_after_it(
             "stream-expiry status: unrecognized arguments: ... (values not shown) (see "
             "stream-expiry status --help)",
         ),
+        # A sibling's option close to one of this command's: said as the sibling's only,
+        # not also as a typo of --config.
+        (
+            ["status", "--org", "acme"],
+            "stream-expiry status: unrecognized arguments: --org ... (values not shown); "
+            "--org is an option of stream-expiry explain and stream-expiry history (see "
+            "stream-expiry status --help)",
+        ),
+        # An option of the sub-command given before it (a review).
+        (
+            ["sink", "--parallel=2", "postgres", "--dsn", "x"],
+            "stream-expiry sink postgres: unrecognized arguments: --parallel=... (values not "
+            "shown); --parallel: give it after the command it belongs to (see stream-expiry "
+            "sink postgres --help)",
+        ),
+        # An option's value after "=" is not shown, nor taken for part of its name.
+        (
+            ["status", "--sasl-password=Hunter2Secret"],
+            "stream-expiry status: unrecognized arguments: --sasl-password=... (values not "
+            "shown) (see stream-expiry status --help)",
+        ),
+        (
+            ["run", "--confg=secret.toml"],
+            "stream-expiry run: unrecognized arguments: --confg=... (values not shown); "
+            "--confg: did you mean --config? (see stream-expiry run --help)",
+        ),
+        # No value given: none said to be hidden; a single-dash option is named too.
+        (
+            ["status", "--jsn"],
+            "stream-expiry status: unrecognized arguments: --jsn; --jsn: did you mean --json? "
+            "(see stream-expiry status --help)",
+        ),
+        (
+            ["status", "-x"],
+            "stream-expiry status: unrecognized arguments: -x (see stream-expiry status --help)",
+        ),
+        # Two letters swapped is a typo too.
+        (
+            ["run", "--cofnig", "x.toml"],
+            "stream-expiry run: unrecognized arguments: --cofnig ... (values not shown); "
+            "--cofnig: did you mean --config? (see stream-expiry run --help)",
+        ),
     ],
 )
 def test_an_unknown_argument_is_said_by_its_command_with_the_nearest_option(

@@ -593,6 +593,22 @@ def test_a_negative_ttl_is_ignored_with_a_warning_naming_the_line(
     assert "key 'conversation' in [retention.orgs.acme] is negative ('-5d'): ignored" in said[0]
 
 
+@pytest.mark.parametrize("value", ["-1.5", '" -5d"', '"-5M"'])
+def test_a_negative_ttl_written_any_way_is_warned_about(
+    value: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A negative float (minutes), a string with blanks before its sign (a valid
+    duration), a capital M beside its own note: each is negative, ignored, and said."""
+    text = f"[retention.orgs.acme]\nconversation = {value}\n"
+    with caplog.at_level(logging.WARNING, logger="stream_expiry"):
+        config = parse_config(text, path="expiry.toml")
+    assert config.retention.orgs["acme"]["conversation"].ttl_ms is None
+    negative = [r.getMessage() for r in caplog.records if "is negative" in r.getMessage()]
+    assert [w.split(" is negative")[0] for w in negative] == [
+        "expiry.toml line 2: key 'conversation' in [retention.orgs.acme]"
+    ]
+
+
 @pytest.mark.parametrize("value", ["1m", "1mo", "1MO", "2h", "1", 5])
 def test_other_units_are_not_warned_about(value: object, caplog: pytest.LogCaptureFixture) -> None:
     shown = f'"{value}"' if isinstance(value, str) else str(value)

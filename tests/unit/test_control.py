@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import pytest
@@ -14,6 +14,9 @@ from stream_expiry.control import ControlTopics
 from stream_expiry.holds import Hold, HoldBook, encode_hold
 from stream_expiry.policy import PolicyBook
 from stream_expiry.stats import ServiceStats
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 HOLDS = Topics().holds
 
@@ -129,3 +132,182 @@ async def test_a_release_is_judged_on_the_whole_read_whatever_order_its_partitio
     assert [w.split(" stays active")[0] for w in warned] == [
         f"legal hold h released at {HOLDS}[0]@5"
     ]
+
+
+def _warned(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The warnings' first part, up to where a release's warning names the hold's state."""
+    return [
+        r.getMessage().split(" stays active")[0]
+        for r in caplog.records
+        if r.levelno == logging.WARNING
+    ]
+
+
+@pytest.mark.asyncio
+async def test_a_start_judges_its_releases_once_the_whole_catch_up_is_read(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start's catch-up comes in several batches: a hold nulled on one partition in the
+    first and on the other in the next is released, and not said (the review's case, at a
+    start); one nulled on one partition only is said once the catch-up is read, not before
+    and not twice; and the batches polled after the start are judged each as it comes. A
+    reader that judged each batch of the catch-up, or never at its end, fails this."""
+    p0, p1 = TopicPartition(HOLDS, 0), TopicPartition(HOLDS, 1)
+    batches = [
+        {p0: [_message(0, 0, "both", True), _message(0, 1, "half", True)],
+         p1: [_message(1, 0, "both", True), _message(1, 1, "half", True)]},
+        {p0: [_message(0, 2, "both", False), _message(0, 3, "half", False)]},
+        {p1: [_message(1, 2, "both", False)]},
+    ]  # fmt: skip
+    judged_before_the_end: list[list[str]] = []
+
+    async def read_to_end(
+        _cons: Any, topic: str, *, then_follow: bool = False
+    ) -> AsyncIterator[dict[TopicPartition, list[Any]]]:
+        assert then_follow
+        for batch in batches if topic == HOLDS else []:
+            yield batch
+            judged_before_the_end.append(_warned(caplog))
+
+    monkeypatch.setattr("stream_expiry.control.read_to_end", read_to_end)
+    holds = HoldBook()
+    control = _control(holds=holds)
+    caplog.set_level(logging.INFO, logger="stream_expiry.service")
+    await control.read_all()
+    assert judged_before_the_end == [[], [], []]
+    assert holds.get("both") is None
+    assert _warned(caplog) == [f"legal hold half released at {HOLDS}[0]@3"]
+    await control._apply_holds({p1: [_message(1, 3, "half", False), _message(1, 4, "x", True)]})
+    await control._apply_holds({p0: [_message(0, 5, "x", True)]})
+    await control._apply_holds({p0: [_message(0, 6, "x", False)]})  # what a poll does
+    assert holds.get("half") is None
+    assert _warned(caplog)[1:] == [f"legal hold x released at {HOLDS}[0]@6"]
+
+
+@pytest.mark.asyncio
+async def test_a_release_is_said_by_the_newest_null_of_its_hold_in_the_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nulled on two of the three partitions that place it: the warning names the newer
+    null (by its timestamp), whichever partition came first in the read, so a person finds
+    the release that counts."""
+    holds = HoldBook()
+    control = _control(holds=holds)
+    parts = [TopicPartition(HOLDS, p) for p in range(3)]
+    await control._apply_holds(
+        {tp: [_message(tp.partition, 0, h, True) for h in ("first", "last")] for tp in parts}
+    )
+    caplog.set_level(logging.INFO, logger="stream_expiry.service")
+    await control._apply_holds(
+        {
+            parts[0]: [_message(0, 7, "first", False), _message(0, 8, "last", False)],
+            parts[1]: [_message(1, 4, "first", False), _message(1, 9, "last", False)],
+        }
+    )
+    assert sorted(_warned(caplog)) == [
+        f"legal hold first released at {HOLDS}[0]@7",
+        f"legal hold last released at {HOLDS}[1]@9",
+    ]
+
+
+@pytest.mark.asyncio
+async def test_a_placement_newer_than_the_release_on_any_partition_is_not_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Released, and placed again by a newer message (by its timestamp) on the same or the
+    other partition, the other's placement older than the release: the hold's newest message
+    is a placement, whichever partition came first in the read, so nothing is said."""
+    holds = HoldBook()
+    control = _control(holds=holds)
+    p0, p1 = TopicPartition(HOLDS, 0), TopicPartition(HOLDS, 1)
+    await control._apply_holds(
+        {tp: [_message(tp.partition, 0, h, True) for h in ("a", "b")] for tp in (p0, p1)}
+    )
+    caplog.set_level(logging.INFO, logger="stream_expiry.service")
+    await control._apply_holds(
+        {
+            p0: [_message(0, 3, "b", True), _message(0, 5, "a", False), _message(0, 10, "a", True)],
+            p1: [_message(1, 3, "a", True), _message(1, 5, "b", False), _message(1, 10, "b", True)],
+        }
+    )
+    assert None not in (holds.get("a"), holds.get("b"))
+    assert _warned(caplog) == []
+
+
+@pytest.mark.asyncio
+async def test_a_release_is_judged_on_the_messages_read_since_the_last_judgement_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A release said once is not said again with the next batch; and a placement read in
+    an earlier batch, however new its timestamp, does not hide a release read later (its
+    newest message read since is the release)."""
+    holds = HoldBook()
+    control = _control(holds=holds)
+    p0, p1 = TopicPartition(HOLDS, 0), TopicPartition(HOLDS, 1)
+    await control._apply_holds({p0: [_message(0, 0, "h", True)], p1: [_message(1, 9, "h", True)]})
+    caplog.set_level(logging.INFO, logger="stream_expiry.service")
+    await control._apply_holds({p0: [_message(0, 5, "h", False)]})
+    assert _warned(caplog) == [f"legal hold h released at {HOLDS}[0]@5"]
+    await control._apply_holds({p0: [_message(0, 6, "other", True)]})
+    assert _warned(caplog) == [f"legal hold h released at {HOLDS}[0]@5"]
+
+
+@pytest.mark.asyncio
+async def test_a_null_without_a_key_releases_nothing_and_is_not_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A null under no key names no hold: it is passed over (the reader stopped on it
+    otherwise, at every start, the topic being read whole)."""
+    holds = HoldBook()
+    control = _control(holds=holds)
+    p0 = TopicPartition(HOLDS, 0)
+    await control._apply_holds({p0: [_message(0, 0, "h", True)]})
+    keyless = ConsumerRecord(HOLDS, 0, 1, 1, 0, None, None, None, 0, 0, [])
+    caplog.set_level(logging.INFO, logger="stream_expiry.service")
+    await control._apply_holds({p0: [keyless]})
+    assert holds.get("h") is not None
+    assert _warned(caplog) == []
+
+
+@pytest.mark.asyncio
+async def test_an_update_that_takes_a_value_away_is_said_at_a_start_too(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read in a start's catch-up, where each update applied is said at debug only, an
+    update that takes a value away is still warned about (it may have been sent while no
+    instance ran), in the singular for one category."""
+    topic = Topics().policies
+    value = orjson.dumps({"scope": "default", "ttl": {"conversation": "3m", "error": "1m"}})
+    batch = {TopicPartition(topic, 0): [_record(topic, 0, 4, "default", value)]}
+
+    async def read_to_end(
+        _cons: Any, name: str, *, then_follow: bool = False
+    ) -> AsyncIterator[dict[TopicPartition, list[Any]]]:
+        for each in [batch] if name == topic else []:
+            yield each
+
+    monkeypatch.setattr("stream_expiry.control.read_to_end", read_to_end)
+    control = _control('[retention.defaults]\nsession = "90s"\nerror = "45s"\n')
+    caplog.set_level(logging.INFO, logger="stream_expiry.service")
+    await control.read_all()
+    assert _warned(caplog) == [
+        f"policy update default at {topic}[0]@4 replaces the scope's whole ttl map: session "
+        "had a value there and now has none from this scope; send every category the scope "
+        "should keep in one update (0 for one it should give no value: then this is not said)"
+    ]
+
+
+@pytest.mark.asyncio
+async def test_a_release_names_every_partition_still_placing_its_hold_in_order(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Placed on partitions 0, 1 and 8, released on 0: the warning names 1 and 8, in that
+    order (a set of them iterates 8 first)."""
+    control = _control()
+    parts = [TopicPartition(HOLDS, p) for p in (0, 1, 8)]
+    await control._apply_holds({tp: [_message(tp.partition, 0, "h", True)] for tp in parts})
+    caplog.set_level(logging.INFO, logger="stream_expiry.service")
+    await control._apply_holds({parts[0]: [_message(0, 1, "h", False)]})
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1
+    assert "stays active: it is placed on partition 1, 8 too" in warned[0]

@@ -394,3 +394,52 @@ async def test_the_store_probe_marks_a_store_that_refuses_and_its_return() -> No
         store.refusal = None
         await wait_for(lambda: health.store_error is None)
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.asyncio
+async def test_the_store_probe_takes_a_store_that_does_not_answer_for_unreachable() -> None:
+    """A server behind a dropped network answers nothing, not an error: a ping that takes
+    longer than the probe's period marks the store unreachable, saying so, and one that
+    answers again marks it reachable."""
+    from stream_expiry.sinks.command import watch_store
+    from stream_expiry.sinks.store import MemoryStore
+    from tests.conftest import wait_for
+
+    class Silent(MemoryStore):
+        answers = anyio.Event()
+
+        async def ping(self) -> None:
+            await self.answers.wait()
+
+    health, store = Health(watches_store=True), Silent("pg")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: watch_store(health, store, every_s=0.05))
+        await wait_for(lambda: health.store_error is not None)
+        assert health.report()["store"] == "unreachable: store 'pg' did not answer within 0.05 s"
+        store.answers.set()
+        await wait_for(lambda: health.store_error is None)
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.asyncio
+async def test_the_store_probe_asks_once_a_period_not_in_a_loop() -> None:
+    """One ping, then the next a period later: a probe that asked again at once would keep
+    a database busy with pings."""
+    from stream_expiry.sinks.command import watch_store
+    from stream_expiry.sinks.store import MemoryStore
+    from tests.conftest import wait_for
+
+    class Counting(MemoryStore):
+        pings = 0
+
+        async def ping(self) -> None:
+            self.pings += 1
+
+    health, store = Health(watches_store=True), Counting()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: watch_store(health, store, every_s=60))
+        await wait_for(lambda: store.pings > 0)
+        await anyio.sleep(0.1)
+        assert store.pings == 1
+        assert health.report()["store"] == "ok"
+        tg.cancel_scope.cancel()

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from stream_expiry.config import parse_config
 from stream_expiry.engine import Fired
 from stream_expiry.model import Identity, Stamp
 from stream_expiry.service import Service
 from stream_expiry.state import Effects
+
+if TYPE_CHECKING:
+    import pytest
 
 NOW = 1_000_000
 
@@ -47,3 +52,84 @@ def test_a_next_life_of_a_record_noted_overdue_is_observed() -> None:
     service._note_overdue(Effects(1, stamps=[(_stamp("r", NOW - 10), None)]), NOW)
     service._count_fired(_fired(_stamp("r", NOW + 5_000), NOW + 5_003))
     assert (service.stats.lag_count, service.stats.lag_sum_ms) == (1, 3)
+
+
+def _service() -> Service:
+    return Service(parse_config(""), bootstrap_servers="k:1", environ={})
+
+
+def test_a_record_expiring_the_moment_it_is_read_is_overdue() -> None:
+    """A timer is due at its expiry (``due_ms <= now``): a record read at the very
+    millisecond it expires fires at once, as one already expired does, and is kept out of
+    the lag likewise."""
+    service = _service()
+    due_now = _stamp("now", NOW)
+    service._note_overdue(Effects(1, stamps=[(due_now, None)]), NOW)
+    service._count_fired(_fired(due_now, NOW + 4))
+    assert (service.stats.tombstones, service.stats.lag_count) == (1, 0)
+
+
+def test_a_batch_that_ends_a_records_earlier_life_keeps_the_note_of_its_late_new_life() -> None:
+    """One batch erases a record (its earlier life's tombstone) and reads a late create of
+    it (a new life, already expired): the tombstone ends the earlier life, not the noted
+    one, so the new life's timer, firing at once, is still kept out of the lag."""
+    service = _service()
+    earlier, late = _stamp("r", NOW + 60_000), _stamp("r", NOW - 3_600_000)
+    batch = Effects(1, stamps=[(late, None)], tombstones=[_fired(earlier, NOW, "explicit")])
+    service._note_overdue(batch, NOW)
+    service._count_fired(_fired(late, NOW + 10))
+    assert service.stats.lag_count == 0
+    assert service._overdue_on_arrival == {}
+
+
+def test_two_late_lives_of_a_record_in_one_batch_note_the_newer() -> None:
+    """A batch reads a late create, its erasure and a late create again: the first life
+    ends in the batch, and the note is of the second, whose timer fires at once and is
+    kept out of the lag."""
+    service = _service()
+    first, second = _stamp("r", NOW - 7_200_000), _stamp("r", NOW - 3_600_000)
+    batch = Effects(
+        1,
+        stamps=[(first, None), (second, None)],
+        tombstones=[_fired(first, NOW, "explicit")],
+    )
+    service._note_overdue(batch, NOW)
+    assert service._overdue_on_arrival == {second.identity.key: second.expires_at}
+    service._count_fired(_fired(second, NOW + 10))
+    assert service.stats.lag_count == 0
+
+
+def test_a_noted_record_a_hold_defers_leaves_the_notes() -> None:
+    """A late record a legal hold keeps is deferred, not fired: its tombstone comes with
+    the hold's release, which the lag does not observe, so its note goes with the
+    deferral (it stayed for good otherwise)."""
+    service = _service()
+    late = _stamp("held", NOW - 3_600_000)
+    service._note_overdue(Effects(1, stamps=[(late, None)]), NOW)
+    assert service._overdue_on_arrival == {late.identity.key: late.expires_at}
+    kept = late._replace(held=True)
+    service._note_overdue(Effects(2, deferred=[(kept, "ttl", ["case-1"])]), NOW + 1)
+    assert service._overdue_on_arrival == {}
+
+
+def test_the_notes_are_bounded_and_start_again_once_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past ``OVERDUE_NOTED`` notes (a backlog of late events), they are all let go and
+    noting starts again with the next: the notes let go are observed when they fire."""
+    monkeypatch.setattr("stream_expiry.service.OVERDUE_NOTED", 2)
+    service = _service()
+    late = [_stamp(f"r{i}", NOW - 1_000) for i in range(3)]
+    service._note_overdue(Effects(1, stamps=[(s, None) for s in late]), NOW)
+    assert service._overdue_on_arrival == {late[2].identity.key: NOW - 1_000}
+    for stamp in late:
+        service._count_fired(_fired(stamp, NOW + 5))
+    assert (service.stats.lag_count, service.stats.lag_sum_ms) == (2, 2 * 1_005)
+
+
+def test_a_timer_fired_erasure_is_counted_and_not_observed() -> None:
+    """An erasure a hold deferred fires by its timer once due, as an explicit deletion: it
+    is counted as one, and its lag (from an expiry it was not deleted for) is not
+    observed."""
+    service = _service()
+    service._count_fired(_fired(_stamp("erased", NOW - 50), NOW, "explicit"))
+    stats = service.stats
+    assert (stats.explicit, stats.tombstones, stats.lag_count) == (1, 0, 0)

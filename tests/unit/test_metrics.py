@@ -102,6 +102,26 @@ def test_process_metrics_and_health_gauges_are_exposed() -> None:
     assert _samples(metrics.exposition())[("stream_expiry_ready", ())] == 1
 
 
+def test_a_sinks_store_reachable_gauge_follows_its_store_and_the_service_has_none() -> None:
+    """stream_expiry_sink_store_reachable is 1 while the store answers and 0 while it does
+    not (an alert on it is written against that); the service, which has no store, exposes
+    no such gauge rather than a store always reachable."""
+    sink, health = SinkMetrics("pg"), Health(watches_store=True)
+    sink.watch_health(health)
+    health.starting()
+    health.running()
+    gauge = ("stream_expiry_sink_store_reachable", ())
+    assert _samples(sink.exposition())[gauge] == 1
+    health.store_unreachable("store 'pg' did not answer within 5 s")
+    got = _samples(sink.exposition())
+    assert (got[gauge], got[("stream_expiry_sink_ready", ())]) == (0, 0)
+    health.store_reachable()
+    assert _samples(sink.exposition())[gauge] == 1
+    service = ServiceMetrics()
+    service.watch_health(Health())
+    assert not [name for name, _ in _samples(service.exposition()) if "store_reachable" in name]
+
+
 def test_two_instances_in_one_process_do_not_clash() -> None:
     first, second = ServiceMetrics(), ServiceMetrics()
     first.set_pending("error", 1)

@@ -285,6 +285,30 @@ def test_an_update_says_which_values_of_its_scope_it_takes_away() -> None:
     assert cleared.dropped == ()
 
 
+def test_a_bot_or_cap_update_says_the_values_of_its_own_scope_it_takes_away() -> None:
+    """A bot's update is judged against that bot's newest version (not another bot's, not
+    its org's), and a cap update against the cap (not the defaults): each scope kind finds
+    its own history."""
+    book = PolicyBook(
+        parse_config(
+            '[retention.defaults]\nconversation = "1d"\n[retention.cap]\nmax = "2y"\nerror = "7d"\n'
+        ),
+        {},
+    )
+
+    def dropped(value: Any, key: str) -> tuple[str, ...]:
+        result = book.apply_update(key.encode(), orjson.dumps(value), T)
+        assert isinstance(result, PolicyUpdate)
+        return result.dropped
+
+    bot = {"scope": "bot", "org": "acme", "bot": "b1", "env": "draft"}
+    assert dropped({**bot, "ttl": {"session": "1h", "error": "2h"}}, "bot/acme/b1/draft") == ()
+    other = {**bot, "bot": "b2"}
+    assert dropped({**other, "ttl": {"conversation": "1h"}}, "bot/acme/b2/draft") == ()
+    assert dropped({**bot, "ttl": {"session": "3h"}}, "bot/acme/b1/draft") == ("error",)
+    assert dropped({"scope": "cap", "ttl": {"max": "1y"}}, "cap") == ("error",)
+
+
 def test_a_cap_updates_values_are_named_with_their_key() -> None:
     """``explain`` listed a cap update's ``max`` and ``error`` both as "policy update cap"."""
     u = update({"scope": "cap", "ttl": {"max": "1y", "error": "7d", "session": "x"}})
