@@ -58,17 +58,29 @@ async def read_holds(config: Config, brokers: Brokers) -> HoldBook:
 
 
 async def _ensure(config: Config, brokers: Brokers) -> None:
+    """Create the holds and audit topics where missing. A holds topic created here is
+    said (stderr): a service reads its own config's, so a name mistyped, or a ``--config``
+    left out where the services rename it, placed a hold that nothing read, and the
+    command said only the hold's id (a trial)."""
     t = config.topics
     configs = topic_configs(config)
     settings = config.topic_settings
     wanted = {name: configs[name] for name in (t.holds, t.audit)}
-    await ensure_topics(
+    created = await ensure_topics(
         brokers,
         wanted,
         configs=wanted,
         partitions=settings.partitions,
         replication=settings.replication_factor,
     )
+    if t.holds in created:
+        print(
+            f"stream-expiry hold: created the holds topic {printable(t.holds)!r}, which did "
+            "not exist: the services read the holds topic of their own config ([topics] "
+            "holds, $STREAM_EXPIRY_TOPICS_HOLDS); give this command the same --config, or "
+            "check that they read this one",
+            file=sys.stderr,
+        )
 
 
 _FLAGS = {"hold_id": "--id", "record_id": "--record-id"}

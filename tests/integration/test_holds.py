@@ -441,6 +441,26 @@ async def test_hold_place_refuses_what_the_service_would_and_a_live_id(
                       "--id", "h-legal", "--category", "session") == 0  # fmt: skip
 
 
+async def test_hold_place_says_when_it_created_the_holds_topic(
+    broker: str,
+    topics: TopicSet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A holds topic named other than the services' (a typo, a --config left out where
+    they rename it) was created without a word, and the command printed the hold's id as
+    for any other: a hold that nothing reads (a trial). The creation is said."""
+    common, _ = _setup(broker, topics, tmp_path, RETENTION)
+    assert await _cli("hold", "place", *common, "--org", "legal", "--reason", "case 1") == 0
+    assert "created the holds topic" not in capsys.readouterr().err  # the services' topic
+    monkeypatch.setenv("STREAM_EXPIRY_TOPICS_HOLDS", f"{topics.holds}.typo")
+    assert await _cli("hold", "place", *common, "--org", "legal", "--reason", "case 2") == 0
+    said = capsys.readouterr()
+    assert said.out.startswith("hold-")  # the id, for scripts, as before
+    assert f"created the holds topic '{topics.holds}.typo', which did not exist" in said.err
+
+
 @pytest.mark.timeout(60)
 async def test_a_hold_acknowledged_before_a_records_expiry_keeps_it(
     broker: str, topics: TopicSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
