@@ -384,9 +384,20 @@ class Sink:
             assert cfg.holds_topic is not None
             own[cfg.holds_topic] = role_configs("compacted", ts)
         conn = cfg.connection
-        await ensure_topics(
+        created = await ensure_topics(
             conn, own, configs=own, partitions=ts.partitions, replication=ts.replication_factor
         )
+        # The service writes these: one the sink had to create is probably not the
+        # service's (a mistyped --tombstones-topic read nothing, and its rows were deleted
+        # by the nulls alone, with no receipt, without a word: a trial).
+        for topic in created:
+            if topic in (cfg.stamped_topic, cfg.tombstones_topic, cfg.holds_topic):
+                log.warning(
+                    "created topic %s, which did not exist: the service writes it; check "
+                    "the name (the sink's --*-topic options, [topics] of --config) if the "
+                    "service runs already",
+                    topic,
+                )
         options: dict[str, Any] = {
             "group_id": cfg.group_id,
             "partition_assignment_strategy": (RangePartitionAssignor,),

@@ -7,6 +7,7 @@ so each test starts as few sinks as it can and checks several behaviours per run
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -28,7 +29,7 @@ from stream_expiry.sinks.postgres import PostgresStore
 from stream_expiry.sinks.sqlite import SQLiteStore
 from stream_expiry.sinks.store import MemoryStore, StoreUnavailableError
 from stream_expiry.testing.proxy import Proxy
-from tests.conftest import make_topic_set, read_all, read_topic, record_batch_sizes
+from tests.conftest import make_topic_set, read_all, read_topic, record_batch_sizes, wait_for
 from tests.integration.sink_helpers import (
     MINUTE,
     PG_DSN,
@@ -1053,3 +1054,21 @@ async def test_an_empty_store_in_a_group_that_has_read_before_is_warned_about(
                 # Read after the start's check: the check is done.
                 await wait_until(_metric(sink.metrics, "messages_total", 1), what="a message")
         assert warned not in caplog.text  # the store holds what the group read
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+async def test_a_sink_says_a_topic_of_the_services_it_had_to_create(
+    broker: str, topics: TopicSet, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A mistyped --tombstones-topic was created without a word: the sink read nothing
+    there, its rows went by the nulls alone, with no receipt (a trial). A topic the
+    service writes that the sink had to create is said; the others, which exist, are not."""
+    typo = f"{topics.tombstones}.typo"
+    config = sink_config(broker, topics, tombstones_topic=typo, sweep_interval_s=60.0)
+    caplog.set_level(logging.WARNING, logger="stream_expiry.sinks")
+    async with running_sink(store, config):
+        await wait_for(lambda: "created topic" in caplog.text)
+    said = [r.getMessage() for r in caplog.records if "created topic" in r.getMessage()]
+    assert len(said) == 1
+    assert said[0].startswith(f"created topic {typo}, which did not exist: the service writes")
