@@ -90,6 +90,7 @@ from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 
+    from stream_expiry.holds import HoldBook
     from stream_expiry.kafka_settings import Brokers
 
 __all__ = [
@@ -484,6 +485,7 @@ class PurgeResult:
     lines_kept: int
     markers_dropped: int = 0  # past their time (:class:`MarkerTerms`)
     markers_kept: int = 0
+    lines_held: int = 0  # erased lines kept because a legal hold matches their record
 
 
 @dataclass(frozen=True, slots=True)
@@ -596,13 +598,23 @@ def _rewrite(path: str, keep: Iterable[dict[str, Any]]) -> None:
 
 
 def purge(
-    directory: str, terms: MarkerTerms | None = None, *, now_ms: int | None = None
+    directory: str,
+    terms: MarkerTerms | None = None,
+    *,
+    now_ms: int | None = None,
+    holds: HoldBook | None = None,
 ) -> PurgeResult:
     """Rewrite every archive file of ``directory`` without the lines its erasure markers
     erase, then drop the markers past their time (``terms``: by default the default
     configuration's; ``now_ms``: by default the wall clock). Atomic per file (a temporary
     file, fsync, rename); the other markers are kept, so a later run also removes stamps
-    re-delivered after this one."""
+    re-delivered after this one.
+
+    ``holds``: the active legal holds. An erased line of a record one of them matches is
+    kept, and so are its record's markers, for a purge after the release: an erasure
+    asked before a hold was placed reached the archive's purge after it, and removed what
+    the hold keeps, perhaps its last copy (a trial). The service defers an erasure asked
+    while a hold matches; this is the same rule, applied where the erasure lands late."""
     if not os.path.isdir(directory):
         raise ConfigurationError(f"no archive directory {directory!r}; check --dir")
     terms = terms or MarkerTerms.of(Config())
@@ -613,38 +625,60 @@ def purge(
             for org in sorted(os.listdir(directory)):
                 org_path = os.path.join(directory, org)
                 if os.path.isfile(os.path.join(org_path, ERASURES)):
-                    orgs.append(_purge_org(org_path, terms, now))
+                    orgs.append(_purge_org(org_path, terms, now, holds))
     except (OSError, gzip.BadGzipFile, orjson.JSONDecodeError, KeyError) as exc:
         raise StoreError(f"cannot purge the archive in {directory!r}: {exc}") from exc
     return add_up(orgs, PurgeResult(0, 0, 0))
 
 
-def _purge_org(org_path: str, terms: MarkerTerms, now_ms: int) -> PurgeResult:
+def _purge_org(
+    org_path: str, terms: MarkerTerms, now_ms: int, holds: HoldBook | None
+) -> PurgeResult:
     """Purge one org's files with its markers, then drop those past their time."""
     markers = _Markers()
     for m in read_lines(os.path.join(org_path, ERASURES)):
         markers.add(m)
-    rewritten = removed = kept = 0
+    rewritten = removed = kept = lines_held = 0
+    held: set[str] = set()  # keys of erased lines a hold keeps
     for name in sorted(os.listdir(org_path)):
         if name == ERASURES or not name.endswith(".jsonl.gz"):
             continue
         path = os.path.join(org_path, name)
         lines = read_lines(path)
-        keep = [x for x in lines if not markers.erase(x)]
+        keep = []
+        for line in lines:
+            if not markers.erase(line):
+                keep.append(line)
+            elif holds is not None and _held(line, holds):
+                keep.append(line)
+                held.add(line["key"])
+                lines_held += 1
         kept += len(keep)
         if len(keep) < len(lines):
             removed += len(lines) - len(keep)
             _rewrite(path, keep)
             rewritten += 1
-    dropped = _drop_markers(org_path, markers, terms, now_ms)
-    return PurgeResult(rewritten, removed, kept, dropped, len(markers.lines) - dropped)
+    dropped = _drop_markers(org_path, markers, terms, now_ms, held)
+    return PurgeResult(rewritten, removed, kept, dropped, len(markers.lines) - dropped, lines_held)
 
 
-def _drop_markers(org_path: str, markers: _Markers, terms: MarkerTerms, now_ms: int) -> int:
+def _held(line: dict[str, Any], holds: HoldBook) -> bool:
+    """Whether an active hold matches the record of an archive line."""
+    try:
+        identity = decode_key(line["key"])
+    except (KeyError, TypeError, ValueError):
+        return False  # not a record's line: nothing a hold could name
+    return bool(holds.holding(identity))
+
+
+def _drop_markers(
+    org_path: str, markers: _Markers, terms: MarkerTerms, now_ms: int, held: set[str]
+) -> int:
     """Rewrite the org's markers without those past their time, only once the lines they
-    erase are gone (a crash in between leaves them all for the next run); returns how many
-    went. A file left with none is removed."""
-    due = markers.due(terms, now_ms)
+    erase are gone (a crash in between leaves them all for the next run; a hold keeps
+    them, ``held``: their lines wait for its release); returns how many went. A file
+    left with none is removed."""
+    due = markers.due(terms, now_ms) - held
     if not due:
         return 0
     keep = [m for m in markers.lines if m["key"] not in due]

@@ -555,6 +555,13 @@ def _parser_archive(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     archive.add_argument("action", nargs="?", choices=["run", "purge"], default="run")
     archive.add_argument("--dir", required=True, metavar="DIR", help="the archive directory")
+    archive.add_argument(
+        "--without-holds",
+        action="store_true",
+        help="purge: do not read the legal holds from Kafka (by default an erased record "
+        "an active hold matches stays in the archive until the hold's release, and a purge "
+        "that cannot read the holds stops)",
+    )
     _add_common(archive)
     archive.add_argument(
         "--group-id",
@@ -569,13 +576,24 @@ def _cmd_archive(args: argparse.Namespace) -> int:
 
     config = load(args)
     if args.action == "purge":
+        holds = None
+        if not args.without_holds:
+            from stream_expiry.hold_command import read_holds
+
+            brokers = connection_from(args, config)
+            holds = anyio.run(read_holds, config, brokers)
         # The service's marker_grace and topic settings: the archive's markers must outlive
         # the service's own (README: Archive).
-        result = archive.purge(args.dir, archive.MarkerTerms.of(config))
+        result = archive.purge(args.dir, archive.MarkerTerms.of(config), holds=holds)
+        held = (
+            f"; {result.lines_held} erased lines kept under a legal hold, purged after its release"
+            if result.lines_held
+            else ""
+        )
         print(
             f"purged {result.lines_removed} erased lines from {result.files_rewritten} files; "
             f"{result.lines_kept} lines kept; {result.markers_dropped} erasure markers past "
-            f"their time dropped, {result.markers_kept} kept"
+            f"their time dropped, {result.markers_kept} kept{held}"
         )
         return 0
     return anyio.run(

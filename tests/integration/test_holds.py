@@ -14,7 +14,14 @@ import pytest
 
 from stream_expiry import service as service_module
 from stream_expiry import status as status_module
-from stream_expiry.archive import ERASURES, archived_offsets, purge, read_lines
+from stream_expiry.archive import (
+    ERASURES,
+    ArchiveWriter,
+    Entry,
+    archived_offsets,
+    purge,
+    read_lines,
+)
 from stream_expiry.changelog import read_latest
 from stream_expiry.cli import main
 from stream_expiry.codec import deleted_at_of
@@ -715,3 +722,39 @@ async def test_a_release_that_leaves_its_hold_placed_elsewhere_is_said_and_no_ot
         await wait_for(lambda: bool(said("late")))
         assert service.holds.get("late") is not None
         assert said("everywhere") == []
+
+
+async def test_archive_purge_reads_the_holds_and_keeps_what_they_match(
+    broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An erasure asked just before a hold was placed: the archive's purge, later, removed
+    what the hold keeps (a trial). `archive purge` reads the active holds and keeps the
+    erased lines they match until the release; with no broker to read them from it stops,
+    rather than purge what a hold may keep."""
+    common, _ = _setup(broker, topics, tmp_path, RETENTION)
+    archive_dir = tmp_path / "archive"
+    ident = Identity("lit", "_", "live", "conversation", "c1")
+    created = wall_clock_ms() - 60_000
+    stamp = Stamp(ident, created, created + 3_600_000, 3_600_000, "default")
+    ArchiveWriter(str(archive_dir)).write(
+        [
+            Entry(ident.key.encode(), encode_stamp(stamp, {"text": "evidence"}), 0, 0, created),
+            Entry(ident.key.encode(), None, 0, 1, created + 1_000),  # its erasure
+        ]
+    )
+    assert await _cli("hold", "place", *common, "--org", "lit", "--reason", "L-1",
+                      "--id", "h-lit") == 0  # fmt: skip
+    capsys.readouterr()
+    purge_argv = ("archive", "purge", "--dir", str(archive_dir), *common)
+    assert await _cli(*purge_argv) == 0
+    assert "1 erased lines kept under a legal hold, purged after its release" in (
+        capsys.readouterr().out
+    )
+    kept = [line for line in _archive_lines(archive_dir) if "stamp" in line]
+    assert [line["key"] for line in kept] == [ident.key]
+    assert await _cli("hold", "release", *common, "h-lit") == 0
+    capsys.readouterr()
+    assert await _cli(*purge_argv) == 0
+    assert capsys.readouterr().out.startswith("purged 1 erased lines from 1 files; 0 lines kept")
+    unreachable = ("--config", common[1], "--bootstrap-servers", "127.0.0.1:1")
+    assert await _cli("archive", "purge", "--dir", str(archive_dir), *unreachable) == 3

@@ -25,6 +25,7 @@ from stream_expiry.archive import (
 )
 from stream_expiry.cli import main
 from stream_expiry.errors import StoreError
+from stream_expiry.holds import Hold, HoldBook
 from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
 from stream_expiry.timeutil import format_ts
 
@@ -172,11 +173,32 @@ def test_purge_removes_erased_lines_and_keeps_later_lives(tmp_path: Path) -> Non
     assert again.files_rewritten == 0
 
 
+def test_purge_keeps_what_a_legal_hold_matches_until_its_release(tmp_path: Path) -> None:
+    """An erasure asked before a hold was placed reached the archive's purge after it, and
+    removed what the hold keeps, perhaps its last copy (a trial). The erased lines of a
+    record an active hold matches stay, and so do its markers; the purge after the release
+    removes them."""
+    w = ArchiveWriter(str(tmp_path))
+    w.write([stamp_entry("acme", "1", DAY1, 0), stamp_entry("acme", "2", DAY1, 1)])
+    w.write([erasure("acme", "1", 2), erasure("acme", "2", 3)])
+    holds = HoldBook()
+    holds.place(Hold("h1", "acme", None, None, None, "1", "case 7", 0))
+    result = purge(str(tmp_path), now_ms=NOW + 30 * DAY, holds=holds)
+    assert (result.lines_removed, result.lines_held, result.lines_kept) == (1, 1, 1)
+    left = read_lines(str(tmp_path / "acme" / "2026-11-18.jsonl.gz"))
+    assert [x["stamp"]["record_id"] for x in left] == ["1"]
+    # Long past their time, record 2's marker goes; record 1's waits for its line.
+    assert [m["key"] for m in read_lines(str(tmp_path / "acme" / ERASURES))] == [left[0]["key"]]
+    holds.release("h1")
+    after = purge(str(tmp_path), now_ms=NOW + 30 * DAY, holds=holds)
+    assert (after.lines_removed, after.lines_held, after.markers_dropped) == (1, 0, 1)
+
+
 def test_purge_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ArchiveWriter(str(tmp_path)).write([stamp_entry("o", "1", DAY1, 0), erasure("o", "1", 1)])
-    assert main(["archive", "purge", "--dir", str(tmp_path)]) == 0
+    assert main(["archive", "purge", "--dir", str(tmp_path), "--without-holds"]) == 0
     assert "purged 1 erased lines from 1 files; 0 lines kept" in capsys.readouterr().out
-    assert main(["archive", "purge", "--dir", str(tmp_path / "missing")]) == 2
+    assert main(["archive", "purge", "--dir", str(tmp_path / "missing"), "--without-holds"]) == 2
     assert "no archive directory" in capsys.readouterr().err
 
 
@@ -473,12 +495,13 @@ def test_purge_command_takes_its_terms_from_the_config(
     ArchiveWriter(str(tmp_path)).write(
         [tombstone_entry("o", "1", erased - 60_000, "explicit", 0, erased, at=erased)]
     )
-    assert main(["archive", "purge", "--dir", str(tmp_path)]) == 0  # defaults: 7 d + 2 d
+    assert main(["archive", "purge", "--dir", str(tmp_path), "--without-holds"]) == 0  # 7 d + 2 d
     assert "0 erasure markers past their time dropped, 1 kept" in capsys.readouterr().out
     config = tmp_path / "expiry.toml"
     config.write_text(
         '[service]\nmarker_grace = "1d"\n[topics]\nsegment = "1h"\n'
         'max_compaction_lag = "1h"\n[archive]\nmarker_margin = "1d"\n'
     )
-    assert main(["archive", "purge", "--dir", str(tmp_path), "--config", str(config)]) == 0
+    assert main(["archive", "purge", "--dir", str(tmp_path), "--config", str(config),
+                 "--without-holds"]) == 0  # fmt: skip
     assert "1 erasure markers past their time dropped, 0 kept" in capsys.readouterr().out
