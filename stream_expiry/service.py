@@ -1142,8 +1142,33 @@ class Service:
             sum(p.timers for p in self.processors.values()),
             time.monotonic() - self._assigned_at,
         )
+        self._say_held_without_holds(tps)
         if not self._to_restore:
             self._settled()
+
+    def _say_held_without_holds(self, tps: list[TopicPartition]) -> None:
+        """Warn when the stores of ``tps`` keep records for legal holds and the holds topic
+        has none: the release scan lets them go now. Released while the service was down,
+        that is right; but a holds topic lost with its cluster (rebuilt from the stores)
+        deleted what the holds kept with nothing said of the holds at all (a trial)."""
+        if len(self.holds):
+            return
+        held = 0
+        for tp in tps:
+            proc = self.processors.get((tp.topic, tp.partition))
+            if proc is not None:
+                held += proc.store.counts.held
+        if held:
+            log.warning(
+                "%d records in the stores of %s are kept for legal holds, and %s has no "
+                "active hold: they are let go now, and tombstoned if due. If their holds "
+                "were not released (expiry.audit says when each was), the holds topic was "
+                "lost: place them again (stream-expiry hold place) and see what went in "
+                "`stream-expiry history`",
+                held,
+                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in tps),
+                self.config.topics.holds,
+            )
 
     async def _cancel_restore(self) -> None:
         """Stop a restore in progress and wait until its stores are closed."""

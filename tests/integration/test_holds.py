@@ -4,6 +4,8 @@ within a second of the release; holds survive a restart; every step is on expiry
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
 import zlib
 from typing import TYPE_CHECKING, Any
@@ -33,7 +35,7 @@ from stream_expiry.replay import replay
 from stream_expiry.service import wall_clock_ms
 from stream_expiry.state import RocksKV
 from stream_expiry.timeutil import format_ts, parse_ts
-from tests.conftest import TopicSet, read_all, wait_for
+from tests.conftest import TopicSet, read_all, read_topic, wait_for
 from tests.integration.service_helpers import (
     ArrivalLog,
     archive_running,
@@ -758,3 +760,32 @@ async def test_archive_purge_reads_the_holds_and_keeps_what_they_match(
     assert capsys.readouterr().out.startswith("purged 1 erased lines from 1 files; 0 lines kept")
     unreachable = ("--config", common[1], "--bootstrap-servers", "127.0.0.1:1")
     assert await _cli("archive", "purge", "--dir", str(archive_dir), *unreachable) == 3
+
+
+async def test_records_kept_for_holds_the_holds_topic_no_longer_has_are_said(
+    broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cluster rebuilt without its holds topic (the stores kept): the release scan let
+    the records the holds kept go at once, and nothing said a hold had been involved (a
+    trial). The start says how many records the stores keep for holds it does not have."""
+    common, config = _setup(broker, topics, tmp_path, RETENTION)
+    assert await _cli("hold", "place", *common, "--org", "acme", "--reason", "case 9") == 0
+    async with running_service(config, broker) as service:
+        await wait_for(lambda: len(service.holds) == 1)
+        await produce(broker, [(topics.conversations, *event("conversation", "c1"))])
+        await wait_for(
+            lambda: sum(p.store.counts.held for p in service.processors.values()) == 1,
+            timeout_s=15,
+        )
+    assert "kept for legal holds" not in caplog.text
+    # The same stores, and a holds topic with nothing in it.
+    lost = dataclasses.replace(
+        config, topics=dataclasses.replace(config.topics, holds=f"{topics.holds}.rebuilt")
+    )
+    caplog.set_level(logging.WARNING, logger="stream_expiry")
+    async with running_service(lost, broker):
+        await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 1)
+    said = [r.getMessage() for r in caplog.records if "kept for legal holds" in r.getMessage()]
+    assert len(said) == 1
+    assert said[0].startswith("1 records in the stores of ")
+    assert f"and {topics.holds}.rebuilt has no active hold: they are let go now" in said[0]
