@@ -255,6 +255,12 @@ def _check_restore(before: list[Step], after: list[Step], kept: int | None = Non
             snapshot, since = _copy(original.proc.store), log.ends
         play(step)
     restored = harness(log.restore(BASE + now, snapshot, since), original.now, books[1])
+    # A restarted service reads its input again from the committed offset, which stays
+    # before a create parked until its record's running life expires: the restored
+    # processor reads from there too (what it decides again is the original's already).
+    for offset, event in pair[0].fed:
+        if offset >= pair[0].resume:
+            restored.process(event)
     pair = (_Stepper(original), _Stepper(restored))
     # The first step after the restore fires what is overdue, as a restarted service's
     # timer task does at once. Without it, the steps would differ where both are right: a
@@ -273,9 +279,15 @@ class _Stepper:
     """One harness, each step's effects returned (the harness keeps only tombstones)."""
 
     h: Harness
+    fed: list[tuple[int, model.InputEvent]] = field(default_factory=list)  # (offset, event)
+    resume: int = 0  # where a restart reads the input from: the last decision's offset
 
     def process(self, event: model.InputEvent) -> Effects:
-        return self.h.process(event)
+        effects = self.h.process(event)
+        self.fed.append((self.h.offset, event))
+        if effects.next_offset is not None:
+            self.resume = effects.next_offset
+        return effects
 
     def step_advance(self, now: int) -> Effects:
         """The timers due, then the records a released hold let go (the service's
@@ -285,6 +297,13 @@ class _Stepper:
         h.proc.extend_horizon(BASE + h.now)
         effects = h.proc.fire_due(BASE + h.now)
         h._settle(effects)
+        woken = h.proc.unpark(BASE + h.now)  # the creates parked until these expiries
+        if woken is not None:
+            h._settle(woken)
+            effects.stamps += woken.stamps
+            effects.tombstones += woken.tombstones
+            if woken.next_offset is not None:
+                self.resume = woken.next_offset
         while h.proc.releasing:
             released = h.proc.release_due(BASE + h.now)
             h._settle(released)
