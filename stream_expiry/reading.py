@@ -1,10 +1,12 @@
 """Where the service reads each input partition: where an assigned one resumes, how far
-each is read, and what it must read before its sliding records' timers may fire.
+each is read, and what it must read before its due timers may fire.
 
 A sliding record's due timer can be postponed by a touch still unread, so it waits for
 the partition to read up to what was there when it fell due (:mod:`stream_expiry.firing`):
 its backlog's end while a newly assigned partition catches up, else its high watermark
-while its reading lags. :class:`InputReading` keeps those targets, the next offset of each
+while its reading lags. While a partition catches up, every due timer waits: an erasure
+in the backlog ends its record at its own time, and a create behind it starts the next
+life. :class:`InputReading` keeps those targets, the next offset of each
 partition and the seeks that make a fetched batch stale; the service asks the consumer
 and hands the answers here.
 """
@@ -33,8 +35,9 @@ log = logging.getLogger("stream_expiry.reading")
 
 Slot = tuple[str, int]
 
-# The longest a newly assigned partition's sliding records wait for it to read the backlog
-# it had then (its touches may extend them): past it they fire, and the warning says so.
+# The longest a newly assigned partition's due records wait for it to read the backlog it
+# had then (its touches, erasures and creates decide them): past it they fire, and the
+# warning says so.
 CATCH_UP_MAX_S = 300.0
 END_UNKNOWN: Final = 2**63  # a partition assigned, its backlog's end not read yet
 
@@ -129,10 +132,7 @@ class InputReading:
             return ""
         self.catching_up[slot] = (end, time.monotonic() + CATCH_UP_MAX_S)
         self.unread[slot] = end
-        return (
-            f"; due timers of sliding categories wait until the {backlog} events "
-            f"before {end} are read"
-        )
+        return f"; due timers wait until the {backlog} events before {end} are read"
 
     def take(self, tp: TopicPartition, records: list[Any], seeks_before: int) -> list[Any]:
         """The records of a fetched batch to decide (none: skip them), the partition's next
@@ -162,12 +162,12 @@ class InputReading:
         for slot, (end, deadline) in list(self.catching_up.items()):
             position = await _read_up_to(cons, slot, self.next_offset.get(slot, 0), end)
             if position >= end:
-                log.info("%s[%d] has read its backlog: its sliding records' timers fire", *slot)
+                log.info("%s[%d] has read its backlog: its due timers fire", *slot)
             elif time.monotonic() >= deadline:
                 log.warning(
                     "%s[%d] is still reading its backlog (offset %d of %d) after %.0f s: its "
-                    "sliding records' due timers fire now, and a touch still unread cannot "
-                    "extend them",
+                    "due timers fire now, and an event still unread (a touch, an erasure) "
+                    "cannot change them",
                     *slot,
                     position,
                     end,

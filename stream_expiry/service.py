@@ -470,6 +470,7 @@ class Service:
                     on_fired=self._count_fired,
                     tick_ms=self.config.tick_ms,
                     unread=self._reading.unread,
+                    catching_up=self._reading.catching_up,
                     read_since=partial(self._read_since, control, cons),
                 )
                 try:

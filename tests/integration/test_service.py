@@ -619,3 +619,37 @@ async def test_a_create_dated_after_the_expiry_it_is_read_before_starts_the_next
         assert emitted >= expires, body  # never early
         lives.append((parse_ts(body["created_at"]), expires, body["reason"]))
     assert lives == [(first, first + 1_000, "ttl"), (ahead, ahead + 1_000, "ttl")]
+
+
+async def test_an_erasure_and_a_creation_sent_while_no_instance_ran_decide_the_record(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A conversation erased and created again while the service was down (a rolling
+    restart, a takeover), both before its expiry, which came before the restart: it was
+    fired at its expiry before the backlog was read, the erasure's tombstone then said
+    the expiry (the stores and the archive erased the next life with it), and the create
+    was dropped as the ended life's: the next life was never stamped nor tombstoned (a
+    trial, 24 of 24). Every due record waits for the backlog found at the assignment."""
+    config = config_for(
+        topics, str(tmp_path / "state"), '[retention.defaults]\nconversation = "4s"\n'
+    )
+    t0 = wall_clock_ms()
+    async with running_service(config, broker) as service:
+        await produce(broker, [(topics.conversations, *event("conversation", "c-1", ts=t0))])
+        await wait_for(lambda: service.stats.stamped >= 1)
+    erased, again = t0 + 2_000, t0 + 3_000  # before the expiry at t0 + 4 s; read after it
+    await produce(
+        broker,
+        [
+            (topics.conversations, *event("conversation", "c-1", op="delete", ts=erased)),
+            (topics.conversations, *event("conversation", "c-1", ts=again)),
+        ],
+    )
+    await wait_for(lambda: wall_clock_ms() >= t0 + 4_100, timeout_s=15)
+    async with running_service(config, broker):
+        tombs = await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 2)
+    said = [(orjson.loads(t.value)["reason"], dict(t.headers).get(H_DELETED_AT)) for t in tombs]
+    assert said[0] == ("explicit", str(erased).encode())  # the erasure, at its own time
+    body = orjson.loads(tombs[1].value)  # the next life, at its own expiry
+    assert (body["reason"], parse_ts(body["created_at"])) == ("ttl", again)
+    assert parse_ts(body["emitted_at"]) >= again + 4_000

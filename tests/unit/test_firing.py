@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from stream_expiry.model import Identity
     from stream_expiry.outbox import Outbox
+    from stream_expiry.state.processor import Effects
 
 BASE = 1_700_000_000_000
 TTL_MS = 1_000
@@ -80,11 +81,13 @@ def _create(
     clock: _Clock,
     category: str = "error",
     op: str = "create",
-) -> None:
+) -> Effects:
     """A record due at ``created_at + TTL_MS`` (or a touch of it), decided and settled."""
     body = {"category": category, "record_id": record_id, "org": "o", "ts": created_at, "op": op}
     rec = type("Rec", (), {"offset": 0, "key": None, "value": orjson.dumps(body)})()
-    proc.settle(proc.process([rec], clock.now), clock.now)
+    effects = proc.process([rec], clock.now)
+    proc.settle(effects, clock.now)
+    return effects
 
 
 def _firing(proc: PartitionProcessor, outbox: _Outbox, clock: _Clock, tick_ms: int = 0) -> Firing:
@@ -377,3 +380,32 @@ def test_sessions_set_aside_are_let_go_in_offset_order_without_scanning_them_all
     assert proc.let_go_read(500) == 1
     assert proc.waiting == 0
     assert _CountingDict.scans == 0
+
+
+def test_while_a_partition_reads_its_backlog_every_due_record_waits_for_it() -> None:
+    """A takeover: the firing fired a conversation due now before its partition read the
+    backlog, which held its erasure (dated before the expiry) and its creation again after
+    the erasure. The record ended at its expiry, the create was dropped as the ended
+    life's, the next life was never stamped nor tombstoned, and the erasure's tombstone
+    said the expiry (a trial: 24 of 24 during a rebalance). While the partition catches
+    up, every due record waits; read, the backlog decides them as if read in time."""
+    clock = _Clock()
+    proc = _processor(clock)
+    _create(proc, "erased", clock.now - TTL_MS - 20, clock, "error")
+    _create(proc, "kept", clock.now - TTL_MS - 20, clock, "error")
+    assert proc.fire_due(clock.now, unread_until=9, catching_up=True).tombstones == []
+    assert proc.waiting == 2
+    # The backlog: the erasure, then the record created again, both before the expiry.
+    erased = _create(proc, "erased", clock.now - 40, clock, "error", op="delete")
+    assert [(f.reason, f.after.deleted_at) for f in erased.tombstones] == [
+        ("explicit", clock.now - 40)
+    ]
+    again = _create(proc, "erased", clock.now - 30, clock, "error")
+    assert [s.created_at for s, _ in again.stamps] == [clock.now - 30]
+    assert proc.let_go_read(9) == 2  # read: the kept one as it was, the next life
+    fired = proc.fire_due(clock.now).tombstones
+    assert [(f.before.identity.record_id, f.reason) for f in fired] == [("kept", "ttl")]
+    # While the reading only lags, a record no event can postpone fires on time.
+    _create(proc, "lagging", clock.now - TTL_MS - 10, clock, "error")
+    lagging = proc.fire_due(clock.now, unread_until=12).tombstones
+    assert [f.before.identity.record_id for f in lagging] == ["lagging"]
