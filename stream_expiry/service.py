@@ -1125,6 +1125,9 @@ class Service:
                 if self.ready.is_set():  # a rejoin, perhaps to another cluster
                     await self._ensure_topics()
                 await self._restore(tps)
+                # Counted now: once positioned, the firing takes what is due (the line
+                # below said "0 timers" after lines that listed hundreds, a trial).
+                loaded = self._timers_of(tps)
                 await self._position(tps)
         except Exception as exc:
             self.rebalance_error = exc  # raised by the loop, as its own errors are
@@ -1138,14 +1141,20 @@ class Service:
             return  # revoked meanwhile: the revocation closed what was opened
         cons.resume(*(set(tps) & cons.assignment()))
         log.info(
-            "assigned %s: %d timers within the horizon; reading %.2f s after the assignment",
+            "assigned %s: %d timers within the horizon loaded; reading %.2f s after the "
+            "assignment",
             ", ".join(f"{tp.topic}[{tp.partition}]" for tp in tps),
-            sum(p.timers for p in self.processors.values()),
+            loaded,
             time.monotonic() - self._assigned_at,
         )
         self._say_held_without_holds(tps)
         if not self._to_restore:
             self._settled()
+
+    def _timers_of(self, tps: list[TopicPartition]) -> int:
+        """The timers the processors of ``tps`` hold, set aside or in their wheels."""
+        procs = [self.processors.get((tp.topic, tp.partition)) for tp in tps]
+        return sum(p.timers + p.waiting for p in procs if p is not None)
 
     def _say_held_without_holds(self, tps: list[TopicPartition]) -> None:
         """Warn when the stores of ``tps`` keep records for legal holds and the holds topic

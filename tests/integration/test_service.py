@@ -27,6 +27,7 @@ from tests.integration.service_helpers import (
     ArrivalLog,
     config_for,
     event,
+    live_expiries,
     produce,
     running_service,
 )
@@ -653,3 +654,22 @@ async def test_an_erasure_and_a_creation_sent_while_no_instance_ran_decide_the_r
     body = orjson.loads(tombs[1].value)  # the next life, at its own expiry
     assert (body["reason"], parse_ts(body["created_at"])) == ("ttl", again)
     assert parse_ts(body["emitted_at"]) >= again + 4_000
+
+
+async def test_the_assignment_line_counts_the_timers_the_restore_loaded(
+    broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The line that ends an assignment counted the timers left after the firing took
+    what was due: "0 timers" after per-partition lines that listed hundreds (a trial)."""
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)  # errors: 1 s
+    async with running_service(config, broker) as service:
+        await produce(broker, [(topics.errors, *event("error", "e1"))])
+        await wait_for(lambda: service.stats.stamped >= 1)
+    await wait_for(lambda: bool(live_expiries(config.state_dir)), timeout_s=5)
+    due = max(e for e in live_expiries(config.state_dir).values() if e is not None)
+    await wait_for(lambda: wall_clock_ms() > due, timeout_s=5)  # due by the restart
+    caplog.set_level(logging.INFO, logger="stream_expiry.service")
+    async with running_service(config, broker):
+        await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 1)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("assigned ")]
+    assert ": 1 timers within the horizon loaded; reading " in line
