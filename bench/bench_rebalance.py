@@ -43,7 +43,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 RESUMED = re.compile(r"resumed (\d+) partitions as they were")
-READING = re.compile(r"assigned (.*): (\d+) timers within the horizon loaded; reading ([\d.]+) s after")
+READING = re.compile(
+    r"assigned (.*): (\d+) timers within the horizon loaded; reading ([\d.]+) s after"
+)
 
 
 def log(msg: str) -> None:

@@ -1141,8 +1141,7 @@ class Service:
             return  # revoked meanwhile: the revocation closed what was opened
         cons.resume(*(set(tps) & cons.assignment()))
         log.info(
-            "assigned %s: %d timers within the horizon loaded; reading %.2f s after the "
-            "assignment",
+            "assigned %s: %d timers within the horizon loaded; reading %.2f s after the assignment",
             ", ".join(f"{tp.topic}[{tp.partition}]" for tp in tps),
             loaded,
             time.monotonic() - self._assigned_at,
