@@ -174,5 +174,5 @@ async def test_an_end_learnt_while_the_reading_is_tracked_is_kept(
             reading.unread[SLOT] = 20  # learn_ends, run by the firing meanwhile
             return 12
 
-    await reading.track_unread(Consumer(), [SLOT])  # type: ignore[arg-type]
+    await reading.track_unread(Consumer(), [SLOT])
     assert reading.unread == {SLOT: 20}
