@@ -794,12 +794,15 @@ class Service:
         or among the records kept for the archive (``[archive] required``, off the due
         index: a stopped archive makes purges late, and the gauge must say so), so a
         record fired and not yet acked by the broker still counts; with the stores
-        closed by an outage, the last one seen goes on ageing."""
+        closed by an outage, the last one seen goes on ageing. During a rebalance
+        (nothing assigned, the revoked stores kept open) their records count: nothing
+        fires then, and the gauge read 0 while deletions waited seconds (a trial)."""
         procs = list(self.processors.values())
         self.stats.pending_in_wheel = sum(p.timers for p in procs)
-        if procs:
-            dues = [d for p in procs if (d := p.store.first_due_ms()) is not None]
-            dues += [d for p in procs if (d := p.next_due_ms()) is not None]  # not settled
+        watched = procs or list(self._suspended.values())
+        if watched:
+            dues = [d for p in watched if (d := p.store.first_due_ms()) is not None]
+            dues += [d for p in watched if (d := p.next_due_ms()) is not None]  # not settled
             in_flight = None if self._outbox is None else self._outbox.oldest_unsettled_ms()
             if in_flight is not None:
                 dues.append(in_flight)  # fired, not acked yet

@@ -133,3 +133,25 @@ def test_a_timer_fired_erasure_is_counted_and_not_observed() -> None:
     service._count_fired(_fired(_stamp("erased", NOW - 50), NOW, "explicit"))
     stats = service.stats
     assert (stats.explicit, stats.tombstones, stats.lag_count) == (1, 0, 0)
+
+
+def test_the_oldest_overdue_counts_the_revoked_stores_during_a_rebalance() -> None:
+    """During a rebalance nothing is assigned and nothing fires, the revoked stores kept
+    open: the gauge read 0 while deletions waited 6-7 s (a trial). Their records count."""
+    from stream_expiry.state import MemoryKV, PartitionProcessor, PartitionStore
+
+    service = Service(parse_config(""), bootstrap_servers="k:1", environ={}, clock=lambda: NOW)
+    store = PartitionStore(MemoryKV())
+    due = _stamp("due", NOW - 7_000)
+    store.write([(None, due)], now_ms=NOW - 60_000)
+    proc = PartitionProcessor(
+        "conversations", 0, store, resolve=lambda i, t: None,  # type: ignore[arg-type,return-value]
+        sliding=frozenset(), categories=frozenset({"conversation"}), max_skew_ms=0,
+        now_ms=NOW - 60_000,
+    )  # fmt: skip
+    service._suspended[("conversations", 0)] = proc  # revoked, kept open for the assignment
+    service._observe()
+    assert service._oldest_due == NOW - 7_000
+    service._suspended.clear()  # given to another instance: its records are not ours
+    service._observe()
+    assert service._oldest_due is None
