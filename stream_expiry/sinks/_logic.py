@@ -123,7 +123,10 @@ class Plan:
     """Rows deleted by tombstones and null values (sweeps: ``swept``)."""
     swept: int = 0
     """Receipts of the sweep: rows past their expiry, and null deletions whose tombstone
-    event did not come within the grace."""
+    event did not come within the grace (their null giving no reason)."""
+    unsettled: int = 0
+    """Receipts the sweep wrote, with their null's reason, of null deletions whose
+    tombstone event did not come within the grace."""
     kept_for_archive: int = 0
     """Rows past the sweep's cutoff that it kept because the archive has not written the
     stamp they were written from (``[archive] required``)."""
@@ -336,7 +339,10 @@ class _Planner:
             return
         slot.row = None
         self.out.deleted += 1
-        waiting = Pending(row.created_at, row.expires_at, row.ttl_seconds, row.ttl_source, self.now)
+        waiting = Pending(
+            row.created_at, row.expires_at, row.ttl_seconds, row.ttl_source, self.now,
+            reason=c.reason,
+        )  # fmt: skip
         held = () if slot.marker is None else slot.marker.pending
         self.remember(
             slot, c.identity, life(row.created_at) + 1, row.created_at, (*held, waiting),
@@ -344,8 +350,10 @@ class _Planner:
         )  # fmt: skip
 
     def sweep(self, slot: Slot, c: SweepChange) -> None:
-        """The safety net: rows past their expiry, and null deletions whose tombstone event
-        has not come within the grace, get their receipt with reason ``sweep``."""
+        """The safety net: rows past their expiry get their receipt with reason ``sweep``,
+        and so do null deletions whose tombstone event has not come within the grace, with
+        their null's reason where it gave one (``unsettled``: their tombstones went
+        astray, a mistyped topic, a sink down longer than the topic keeps them)."""
         m = slot.marker
         late = (
             [p for p in m.pending if not p.superseded and p.deleted_at <= c.cutoff]
@@ -353,8 +361,11 @@ class _Planner:
             else []
         )
         for p in late:
-            self.receipt(c.identity, "sweep", 1, p, None, p.deleted_at)
-            self.out.swept += 1
+            self.receipt(c.identity, p.reason or "sweep", 1, p, None, p.deleted_at)
+            if p.reason is None:
+                self.out.swept += 1
+            else:
+                self.out.unsettled += 1
         if late:
             assert m is not None
             self.remember(

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 
-from stream_expiry.codec import deleted_at_of
+from stream_expiry.codec import deleted_at_of, reason_of
 from stream_expiry.errors import InputError
 from stream_expiry.model import Identity, decode_key
 from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
@@ -166,6 +166,9 @@ class NullChange:
     identity: Identity
     partition: int | None = None
     offset: int | None = None
+    # The null's ``expiry-reason`` (``ttl`` or ``explicit``; None: not given, as by
+    # versions before it): the rule its deletion follows, should its tombstone never come.
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +241,9 @@ class Pending:
     event, which names the rule (``ttl`` or ``explicit``) and when the service emitted it.
     The fields are the deleted row's; ``deleted_at`` is when the store deleted it, which is
     what the receipt will say. If the tombstone event never comes, the sweep (when on)
-    writes the receipt after its grace, with reason ``sweep``.
+    writes the receipt after its grace, with the null's reason (``reason``: ``ttl`` or
+    ``explicit``, the rule that deleted the row), else ``sweep``: it said ``sweep`` for
+    erasures whose null carried ``explicit`` (a trial).
 
     ``superseded``: not a null but the stamp of the record's next life replaced the row (a
     life a legal hold kept, whose tombstone comes at the release, however late; or a null
@@ -253,6 +258,7 @@ class Pending:
     ttl_source: str | None
     deleted_at: int
     superseded: bool = False
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +298,8 @@ def encode_pending(pending: tuple[Pending, ...]) -> str | None:
     return orjson.dumps(
         [
             [p.created_at, p.expires_at, p.ttl_seconds, p.ttl_source, p.deleted_at]
-            + ([True] if p.superseded else [])  # what earlier versions wrote, unless superseded
+            # What earlier versions wrote, unless superseded or with a reason.
+            + ([p.superseded, p.reason] if p.reason else [True] if p.superseded else [])
             for p in pending
         ]
     ).decode("utf-8")
@@ -477,10 +484,13 @@ def decode_stamped(
     *,
     partition: int | None = None,
     offset: int | None = None,
+    headers: Sequence[tuple[str, bytes]] = (),
 ) -> StampChange | NullChange:
     """Decode one message of ``expiry.stamped`` (a null value deletes the key's record)."""
     if value is None:
-        return NullChange(_key_identity(key), partition, offset)
+        reason = reason_of(headers)
+        known = reason if reason in ("ttl", "explicit") else None
+        return NullChange(_key_identity(key), partition, offset, known)
     obj = _load_object(value)
     data = obj.get("data")
     return StampChange(

@@ -614,8 +614,9 @@ class Sink:
                 change: Change = decode_tombstone(rec.key, rec.value, rec.headers)
             else:
                 change = decode_stamped(
-                    rec.key, rec.value, partition=rec.partition, offset=rec.offset
-                )
+                    rec.key, rec.value, partition=rec.partition, offset=rec.offset,
+                    headers=rec.headers,
+                )  # fmt: skip
         except InvalidMessage as exc:
             self.metrics["invalid_total"] += 1
             log.warning(
@@ -1012,6 +1013,14 @@ class Sink:
                 "is the stream-expiry service running and keeping up?",
                 self.store.name, out.swept, cutoff,
             )  # fmt: skip
+        if out.unsettled:
+            log.warning(
+                "store %s wrote the receipts of %d rows their nulls deleted before %d ms, "
+                "whose tombstones never came: does --tombstones-topic (%s) name the "
+                "service's, and was the sink down longer than that topic keeps them?",
+                self.store.name, out.unsettled, cutoff, cfg.tombstones_topic,
+            )  # fmt: skip
+        if out.swept or out.unsettled:
             await self._publish(prod, out.receipts, living=out.living)
             self._report("sweep", out, 0, 0)
         return page.more

@@ -1072,3 +1072,37 @@ async def test_a_sink_says_a_topic_of_the_services_it_had_to_create(
     said = [r.getMessage() for r in caplog.records if "created topic" in r.getMessage()]
     assert len(said) == 1
     assert said[0].startswith(f"created topic {typo}, which did not exist: the service writes")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(["sqlite", "postgres"]), indirect=True)
+async def test_the_receipt_of_a_null_whose_tombstone_never_came_gives_the_nulls_reason(
+    broker: str, topics: TopicSet, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An erasure's null deleted the row and its tombstone never came (here: a
+    --tombstones-topic that names no topic of the service's): the sweep's receipt said
+    ``sweep`` and the log said it swept a row it had not (a trial). The receipt says the
+    null's reason, and the log says the tombstones went astray."""
+    erased = stamp(ident("erased"), created_at=wall_clock_ms(), ttl_ms=HOUR)
+    typo = f"{topics.tombstones}.typo"
+    config = sink_config(
+        broker, topics, tombstones_topic=typo, sweep_interval_s=0.1, sweep_grace_s=0
+    )
+    caplog.set_level(logging.WARNING, logger="stream_expiry.sinks")
+    async with running_sink(store, config):
+        await produce(broker, topics.stamped, [stamped_msg(erased)])
+        await wait_until(lambda: present(store, [erased.identity]), what="the row")
+        async with producer(broker) as prod:
+            key = erased.identity.key.encode()
+            sent = await prod.send(
+                topics.stamped, None, key=key, headers=[("expiry-reason", b"explicit")]
+            )
+            await sent
+
+        async def receipted() -> bool:
+            return bool(await store.receipts())
+
+        await wait_until(receipted, what="the receipt")
+    assert [(r.reason, r.rows_deleted) for r in await store.receipts()] == [("explicit", 1)]
+    assert "whose tombstones never came" in caplog.text
+    assert "swept" not in caplog.text

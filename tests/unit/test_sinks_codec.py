@@ -67,6 +67,12 @@ def test_null_value_names_the_record_by_its_key() -> None:
     assert decode_stamped(HOSTILE.key.encode(), None, partition=2, offset=7) == NullChange(
         HOSTILE, 2, 7
     )
+    # ... and its reason, the rule of its deletion, for a tombstone that never comes.
+    for said, reason in ((b"explicit", "explicit"), (b"ttl", "ttl"), (b"other", None)):
+        headers = [("expiry-source-topic", b"conversations"), ("expiry-reason", said)]
+        assert decode_stamped(HOSTILE.key.encode(), None, headers=headers) == NullChange(
+            HOSTILE, reason=reason
+        )
 
 
 @given(
@@ -78,6 +84,8 @@ def test_null_value_names_the_record_by_its_key() -> None:
             st.one_of(st.none(), st.integers(0, 2**40)),
             st.one_of(st.none(), st.text(max_size=8)),
             st.integers(-(2**62), 2**62),
+            superseded=st.booleans(),
+            reason=st.one_of(st.none(), st.sampled_from(["ttl", "explicit"])),
         ),
         max_size=4,
     ).map(tuple)

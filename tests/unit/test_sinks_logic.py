@@ -15,13 +15,16 @@ from stream_expiry.sinks._messages import (
     Change,
     Marker,
     NullChange,
+    Pending,
     Receipt,
     Row,
     StampChange,
     SweepChange,
     TombstoneChange,
+    decode_pending,
     decode_stamped,
     decode_tombstone,
+    encode_pending,
 )
 
 if TYPE_CHECKING:
@@ -335,6 +338,35 @@ def test_sweep_writes_the_receipt_of_a_null_deletion_whose_tombstone_never_came(
     )  # fmt: skip
     assert p.swept == 1
     assert w.apply([tomb(s)]).receipts == []  # the late tombstone: already on record
+
+
+def test_the_sweeps_receipt_of_a_null_deletion_gives_the_nulls_reason() -> None:
+    """A null says why (``expiry-reason``): an erasure whose tombstone never came (a
+    mistyped --tombstones-topic, a sink down longer than the topic keeps them) got a
+    receipt saying ``sweep``, and the log said the sweep deleted a row it had not (a
+    trial). Its receipt says ``explicit``, counted apart from what the sweep deleted."""
+    w, s = World(), life()
+    w.apply([st_change(s)])
+    deleted_at = w.now + 1
+    w.apply([NullChange(A, reason="explicit")])
+    p = w.apply([SweepChange(A, deleted_at)])
+    assert [(r.reason, r.rows_deleted, r.deleted_at) for r in p.receipts] == [
+        ("explicit", 1, deleted_at)
+    ]
+    assert (p.swept, p.unsettled) == (0, 1)
+    assert w.apply([tomb(s)]).receipts == []  # the late tombstone: already on record
+
+
+def test_pending_deletions_keep_their_reason_in_the_store() -> None:
+    kept = (
+        Pending(T0, T0 + MIN, 60, "default", T0 + 1),
+        Pending(T0, T0 + MIN, 60, "default", T0 + 2, reason="explicit"),
+        Pending(T0, T0 + MIN, 60, "default", T0 + 3, True),
+        Pending(T0, T0 + MIN, 60, "default", T0 + 4, True, "ttl"),
+    )
+    assert decode_pending(encode_pending(kept)) == kept
+    # What earlier versions wrote reads as before.
+    assert decode_pending('[[1, 2, 60, "default", 3]]') == (Pending(1, 2, 60, "default", 3),)
 
 
 def test_sweep_deletes_only_expired_rows_and_covers_the_late_tombstone() -> None:
