@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import threading
+from functools import partial
 from typing import TYPE_CHECKING, NoReturn, cast
 
 import anyio
@@ -581,7 +582,7 @@ def _cmd_archive(args: argparse.Namespace) -> int:
             from stream_expiry.hold_command import read_holds
 
             brokers = connection_from(args, config)
-            holds = anyio.run(read_holds, config, brokers)
+            holds = anyio.run(partial(read_holds, config, brokers, must_exist=True))
         # The service's marker_grace and topic settings: the archive's markers must outlive
         # the service's own (README: Archive).
         result = archive.purge(args.dir, archive.MarkerTerms.of(config), holds=holds)

@@ -74,6 +74,19 @@ class OffsetCommits:
     def forget(self, slot: Slot) -> None:
         self._marks.pop(slot, None)
 
+    def marked(self, slot: Slot, offset: int) -> int:
+        """``offset``, or the greatest offset below it that a slice ended at, which a
+        commit can mark (:meth:`_mark_committed`). A partition with a create parked (its
+        record's running life not expired yet) is settled up to that create, where no
+        slice ends: its commits went unmarked, and the check for a cluster rebuilt
+        meanwhile passed them over (a review). Reading a few more events again after a
+        crash is all it costs."""
+        marks = self._marks.get(slot)
+        if not marks or offset in marks:
+            return offset
+        below = [m for m in marks if m <= offset]
+        return max(below) if below else offset
+
     async def commit(
         self, cons: AIOKafkaConsumer, outbox: Outbox, *, every_store: bool = True
     ) -> bool:
@@ -91,7 +104,7 @@ class OffsetCommits:
         metas = self._checkpoints(outbox, every_store)
         committable = outbox.committable
         owned = {
-            TopicPartition(t, p): o
+            TopicPartition(t, p): self.marked((t, p), o)
             for (t, p), o in committable.items()
             if (t, p) in self._processors
         }

@@ -29,7 +29,7 @@ from stream_expiry.cliargs import check_category
 from stream_expiry.codec import encode_hold_audit
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.holds import Hold, HoldBook, apply_hold_message, encode_hold, parse_hold
-from stream_expiry.kafka import consumer, ensure_topics, producer, read_to_end
+from stream_expiry.kafka import consumer, ensure_topics, partitions_of, producer, read_to_end
 from stream_expiry.kafka_settings import topic_configs
 from stream_expiry.logs import printable, say_failure
 from stream_expiry.model import Rejection
@@ -46,11 +46,20 @@ if TYPE_CHECKING:
 __all__ = ["read_holds", "run_hold"]
 
 
-async def read_holds(config: Config, brokers: Brokers) -> HoldBook:
-    """The active holds, as the compacted topic has them now."""
+async def read_holds(config: Config, brokers: Brokers, *, must_exist: bool = False) -> HoldBook:
+    """The active holds, as the compacted topic has them now. ``must_exist``: a holds
+    topic the cluster does not have is an error, not "no holds" (``archive purge``, which
+    would purge what a hold keeps, given a config that names another topic)."""
     book = HoldBook()
+    topic = config.topics.holds
     async with consumer(brokers) as cons:
-        async for batch in read_to_end(cons, config.topics.holds):
+        if must_exist and not await partitions_of(cons, topic):
+            raise ConfigurationError(
+                f"the holds topic {topic!r} does not exist on the cluster, so the legal holds "
+                "cannot be read: give the command the services' --config (their [topics] "
+                "holds), or --without-holds if no hold can concern what it does"
+            )
+        async for batch in read_to_end(cons, topic):
             for tp, records in batch.items():
                 for rec in records:
                     apply_hold_message(book, rec.key, rec.value, tp.partition)

@@ -301,6 +301,8 @@ class _SinkCollector(Collector):
         "stale_total": "Messages that changed nothing (older than what the store holds).",
         "deleted_total": "Records deleted because of a tombstone.",
         "swept_total": "Records deleted by the safety-net sweep (their tombstone was late).",
+        "unsettled_total": "Receipts the sweep wrote, with their null's reason, of records "
+        "their nulls deleted whose tombstone never came (--tombstones-topic?).",
         "markers_pruned_total": "Deletion markers forgotten a grace after they settled.",
         "receipts_total": "Deletion receipts written.",
         "published_total": "Deletion receipts published to Kafka.",

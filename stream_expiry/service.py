@@ -71,7 +71,7 @@ from stream_expiry.kafka_settings import topic_configs
 from stream_expiry.outbox import Outbox, settled_or_failed
 from stream_expiry.oversize import producer_limit
 from stream_expiry.policy import PolicyBook
-from stream_expiry.reading import InputReading, resume_point
+from stream_expiry.reading import END_UNKNOWN, InputReading, resume_point
 from stream_expiry.redact import Redactor
 from stream_expiry.state import PartitionProcessor
 from stream_expiry.state.dir_lock import state_dir_locked
@@ -1162,8 +1162,10 @@ class Service:
         """Warn when the stores of ``tps`` keep records for legal holds and the holds topic
         has none: the release scan lets them go now. Released while the service was down,
         that is right; but a holds topic lost with its cluster (rebuilt from the stores)
-        deleted what the holds kept with nothing said of the holds at all (a trial)."""
-        if len(self.holds):
+        deleted what the holds kept with nothing said of the holds at all (a trial).
+        With ``[archive] required`` the stores keep records for the archive too, which
+        the count cannot tell apart: nothing is said then."""
+        if len(self.holds) or self.config.archive.required:
             return
         held = 0
         for tp in tps:
@@ -1405,10 +1407,12 @@ class Service:
 
     def _let_go(self, slot: tuple[str, int], position: int) -> None:
         """The partition has read up to ``position``: its sliding records that waited for
-        it are scheduled again, and fire when due (most are: the firing task is woken)."""
+        it are scheduled again, and fire when due (most are: the firing task is woken).
+        ``END_UNKNOWN``: it has read the backlog found at its assignment, and its timers,
+        which waited for that, may fire (the task is woken)."""
         proc = self.processors.get(slot)
         woken = proc is not None and proc.waiting and proc.let_go_read(position)
-        if woken and self._firing is not None:
+        if (woken or position == END_UNKNOWN) and self._firing is not None:
             self._firing.wake()
 
     async def _unmarked(

@@ -102,6 +102,7 @@ METRICS: Final = (
     "stale_total",
     "deleted_total",
     "swept_total",
+    "unsettled_total",
     "markers_pruned_total",
     "receipts_total",
     "published_total",
@@ -1014,6 +1015,7 @@ class Sink:
                 self.store.name, out.swept, cutoff,
             )  # fmt: skip
         if out.unsettled:
+            self.metrics["unsettled_total"] += out.unsettled
             log.warning(
                 "store %s wrote the receipts of %d rows their nulls deleted before %d ms, "
                 "whose tombstones never came: does --tombstones-topic (%s) name the "

@@ -211,6 +211,7 @@ class PartitionProcessor:
         # events in order, the wake times in a heap, and the offset after the last record
         # decided (the partition's settled position, but for the parked).
         self._parked: dict[str, list[tuple[InputRecord, model.InputEvent]]] = {}
+        self._parked_due: dict[str, int] = {}  # key -> the expiry its create waits for
         self._parked_order: list[tuple[int, str]] = []
         self._decided_to = 0
         self._seq = 0
@@ -319,6 +320,7 @@ class PartitionProcessor:
             zip(misses, self.store.get_many(list(misses.values())), strict=True)
         )
         parked = self._parked
+        ending: set[str] = set()  # parked records whose running life an event may end
         writes = effects.writes
         seq = effects.seq
         feed = self._engine.feed
@@ -336,8 +338,14 @@ class PartitionProcessor:
                 effects.seconds_like.append((rec, ev.ts))
             key = ev.identity.key
             if parked and key in parked:
-                parked[key].append((rec, ev))  # after the record's parked create
-                continue
+                if ev.ts >= self._parked_due[key]:
+                    # After the running life, as the parked create: it waits behind it.
+                    waiting = parked[key]
+                    if rec.offset > waiting[-1][0].offset:  # not read again (a rebalance)
+                        waiting.append((rec, ev))
+                    continue
+                # Dated before, it is the running life's, and decided now; it may end it.
+                ending.add(key)
             known = overlay.get(key)
             prior = known[1] if known is not None else stored.get(key)
             if prior is not None and ev.op == "create" and self._park(rec, ev, prior, now_ms):
@@ -380,8 +388,26 @@ class PartitionProcessor:
                 first = writes.get(key)
                 writes[key] = (prior if first is None else first[0], new)
                 overlay[key] = (seq, new)
+        if ending:
+            self._unpark_ended(ending, now_ms, effects)
 
     # -- creates read before the expiry they are dated after ------------------------------
+
+    def _unpark_ended(self, keys: set[str], now_ms: int, effects: Effects) -> None:
+        """Decide now, after the events that ended (or a hold kept) their record's running
+        life before its expiry (an erasure dated before it), the events parked for that
+        expiry: they need not wait for it any more, and the life that follows must come
+        after that end, not at the expiry (decided then, a create of the next life found
+        an erasure read meanwhile to be its own, a review's property)."""
+        ready: list[tuple[InputRecord, model.InputEvent | model.Rejection]] = []
+        for key in keys:
+            state = self.state_of(key)
+            if key in self._parked and (state is None or not state.live or state.held):
+                del self._parked_due[key]  # its entry in the heap is left: passed over
+                ready += self._parked.pop(key)
+        if ready:
+            ready.sort(key=lambda parked: parked[0].offset)
+            self._decide_events(ready, now_ms, effects)
 
     def _park(
         self, rec: InputRecord, ev: model.InputEvent, prior: model.Stamp, now_ms: int
@@ -403,8 +429,16 @@ class PartitionProcessor:
             or prior.held
         ):
             return False
-        self._parked[ev.identity.key] = [(rec, ev)]
-        heapq.heappush(self._parked_order, (due, ev.identity.key))
+        key = ev.identity.key
+        waiting = self._parked.get(key)
+        if waiting is None:
+            self._parked[key] = [(rec, ev)]
+        else:  # behind a create parked already, for a life an event decided since ended
+            waiting.append((rec, ev))  # earlier (a create that moved its creation back)
+            if due >= self._parked_due[key]:
+                return True
+        self._parked_due[key] = due
+        heapq.heappush(self._parked_order, (due, key))
         return True
 
     @property
@@ -416,17 +450,35 @@ class PartitionProcessor:
         """The offset of the first event parked: the partition is settled only before it."""
         return min(events[0][0].offset for events in self._parked.values())
 
-    def unpark(self, now_ms: int) -> Effects | None:
-        """Decide the parked events of the records whose running life has reached its
-        expiry by ``now_ms`` (None: none has). Their ``ttl`` tombstone is the firing's, or
-        the first of these effects if the firing has not come to it yet; each create then
-        starts the record's next life."""
+    def unpark(self, now_ms: int, *, flush: bool = False) -> Effects | None:
+        """Decide the parked events of the records whose running life the firing has
+        ended (or a hold or the archive keeps) by ``now_ms``; None: none yet. The firing
+        ends it as it ends any: on time, the holds read to a tick before, the partition's
+        backlog read first. Each create then starts the record's next life (decided
+        first, it ended the life itself, without those, and under a hold found it kept
+        and was dropped: a review).
+
+        ``flush``: decide them all now, as if time had come to their expiries (``replay
+        --from-inputs``, which runs no firing and derives each record's state)."""
         order = self._parked_order
-        if not order or order[0][0] > now_ms:
+        if not order or (order[0][0] > now_ms and not flush):
             return None
         ready: list[tuple[InputRecord, model.InputEvent | model.Rejection]] = []
-        while order and order[0][0] <= now_ms:
-            ready += self._parked.pop(heapq.heappop(order)[1], ())
+        running: list[tuple[int, str]] = []
+        while order and (flush or order[0][0] <= now_ms):
+            due, key = heapq.heappop(order)
+            if self._parked_due.get(key) != due:
+                continue  # left by an earlier wake time of the record
+            if not flush and self._runs_on(key, now_ms):
+                running.append((due, key))  # the firing has not come to it yet
+                continue
+            del self._parked_due[key]
+            ready += self._parked.pop(key)
+            now_ms = max(now_ms, due) if flush else now_ms
+        for entry in running:
+            heapq.heappush(order, entry)
+        if not ready:
+            return None
         ready.sort(key=lambda parked: parked[0].offset)
         self._seq += 1
         effects = Effects(self._seq)
@@ -436,40 +488,35 @@ class PartitionProcessor:
         self._bound_wheel()
         return effects
 
+    def _runs_on(self, key: str, now_ms: int) -> bool:
+        """Whether the record's life is due by ``now_ms`` and still running: neither
+        ended by the firing nor kept (by a hold, or for the archive)."""
+        state = self.state_of(key)
+        if state is None or not state.live or state.held:
+            return False
+        return state.expires_at is not None and state.expires_at <= now_ms
+
     # -- timers -------------------------------------------------------------------------
 
     def fire_due(
-        self,
-        now_ms: int,
-        limit: int | None = None,
-        *,
-        unread_until: int | None = None,
-        catching_up: bool = False,
+        self, now_ms: int, limit: int | None = None, *, unread_until: int | None = None
     ) -> Effects:
         """Tombstones for the timers due at ``now_ms`` (at most ``limit``; the rest stay
         due for the next call); never early.
 
-        ``unread_until``: the partition has input not read yet, up to that offset (the
-        backlog found at its assignment after a restart or a takeover, or events sent
-        while its reading lags). A touch waiting there may extend a record of a sliding
-        category, so those records' expiries are set aside, not fired, until the
-        partition has read that far (:meth:`let_go_read`). While its reading only lags
-        (milliseconds), the other categories fire: no event can postpone them.
-
-        ``catching_up``: that input is the backlog found at the partition's assignment
-        (seconds or minutes of events no instance read): every due record waits for it.
-        An erasure there ends its record at its own time, not at the expiry, and a create
-        after it starts the record's next life: fired first, the record ended at its
-        expiry, the erasure's tombstone said the expiry (the stores and the archive then
-        erased the next life too), the create was taken for the ended life's and dropped,
-        and the next life was never stamped nor tombstoned (a trial: 24 of 24 records
-        erased and created again during a rebalance, 199 erasures recorded as expiries).
+        ``unread_until``: the partition has input not read yet, up to that offset (events
+        sent while its reading lags). A touch waiting there may extend a record of a
+        sliding category, so those records' expiries are set aside, not fired, until the
+        partition has read that far (:meth:`let_go_read`). The other categories fire: in
+        the milliseconds a reading lags, no event can postpone them. (A partition reading
+        the backlog found at its assignment is not fired at all meanwhile: the firing
+        task passes it over, :mod:`stream_expiry.firing`.)
         """
         if self._horizon_short and self._engine.horizon_end <= now_ms:
             self.extend_horizon(now_ms)  # the next slice of stored timers is due
         due = self._engine.advance(now_ms, limit)
         if due and (unread_until is not None or self._cleared):
-            due = self._set_aside(due, unread_until, catching_up)
+            due = self._set_aside_sliding(due, unread_until)
         self._seq += 1
         effects = Effects(self._seq)
         if not due:
@@ -506,17 +553,15 @@ class PartitionProcessor:
             overlay[key] = (seq, after)
         return effects
 
-    def _set_aside(
-        self, due: list[tuple[Fired, None]], unread_until: int | None, every: bool
+    def _set_aside_sliding(
+        self, due: list[tuple[Fired, None]], unread_until: int | None
     ) -> list[tuple[Fired, None]]:
-        """The due timers that fire now; those waiting for unread input (sliding records,
-        ``every`` record while the partition catches up) are set aside."""
         sliding, waiting, cleared = self._sliding, self._waiting, self._cleared
         firing: list[tuple[Fired, None]] = []
         for entry in due:
             fired = entry[0]
             before = fired.before
-            if fired.reason == "ttl" and (every or before.identity.category in sliding):
+            if fired.reason == "ttl" and before.identity.category in sliding:
                 key = before.identity.key
                 let_go = key in cleared and cleared.pop(key) == before.expires_at
                 if not let_go and unread_until is not None:
@@ -530,7 +575,7 @@ class PartitionProcessor:
 
     @property
     def waiting(self) -> int:
-        """Due timers set aside until the partition reads on (:meth:`fire_due`)."""
+        """Due timers of sliding categories set aside until the partition reads on."""
         return len(self._waiting)
 
     def let_go_read(self, position: int) -> int:
@@ -630,26 +675,30 @@ class PartitionProcessor:
             self._engine.cancel(identity.key)
             effects.deferred.append((kept, "ttl", [h.hold_id for h in holding]))
             effects.verdicts["held"] += 1
-            return kept
+            # A create or touch after the kept life's end starts the next life, as the
+            # timer's keeping would have let it: it was dropped (a review).
+            started = self._next_life(ev, kept, now_ms, effects)
+            return kept if started is None else started
         return None
 
     def _erase_before_held(self, live: model.Stamp, effects: Effects) -> model.Stamp | None:
         """An erasure request for the lives before ``live`` (dated at or before the
         deletion that ended the last of them: the engine's ``_erase_before``) while a hold
-        keeps or matches the record: it waits for the release among the lives the hold
+        matches the record: it waits for the release among the lives the hold
         keeps, as one that names no life and ends at that deletion, and the running life
         stays as it is. A re-delivered one changes nothing, nor does one for a record whose
         own erasure waits (it ends every earlier life). None: no hold is involved."""
-        if not live.held and not self.holds.holding(live.identity):
-            return None
+        if not self.holds.holding(live.identity):
+            return None  # (one kept for the archive only: an erasure never waits for it)
         erasure: model.HeldLife = (None, None, None, None, live.previous_deleted_at)
-        effects.verdicts["held"] += 1
         if live.erase_at is not None or erasure in live.held_lives:
+            effects.verdicts["held"] += 1
             return live  # the erasure kept for the running life ends the earlier ones too
         kept = live._replace(held_lives=(*live.held_lives, erasure))
         if not kept.held:
             self._engine.load([(kept, None)])  # its timer carries the lives it keeps
         effects.stamps.append((kept, None))
+        self._defer(kept, "explicit", effects)  # on the audit trail, as any deferral
         return kept
 
     def _wait_for_archive(

@@ -727,7 +727,11 @@ async def test_a_release_that_leaves_its_hold_placed_elsewhere_is_said_and_no_ot
 
 
 async def test_archive_purge_reads_the_holds_and_keeps_what_they_match(
-    broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    broker: str,
+    topics: TopicSet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An erasure asked just before a hold was placed: the archive's purge, later, removed
     what the hold keeps (a trial). `archive purge` reads the active holds and keeps the
@@ -760,6 +764,12 @@ async def test_archive_purge_reads_the_holds_and_keeps_what_they_match(
     assert capsys.readouterr().out.startswith("purged 1 erased lines from 1 files; 0 lines kept")
     unreachable = ("--config", common[1], "--bootstrap-servers", "127.0.0.1:1")
     assert await _cli("archive", "purge", "--dir", str(archive_dir), *unreachable) == 3
+    # A holds topic the cluster does not have (another config's name, a typo) is not "no
+    # holds": it would purge what the services' holds keep.
+    monkeypatch.setenv("STREAM_EXPIRY_TOPICS_HOLDS", f"{topics.holds}.typo")
+    capsys.readouterr()
+    assert await _cli(*purge_argv) == 2
+    assert f"the holds topic '{topics.holds}.typo' does not exist" in capsys.readouterr().err
 
 
 async def test_records_kept_for_holds_the_holds_topic_no_longer_has_are_said(

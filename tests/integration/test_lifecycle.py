@@ -221,14 +221,15 @@ async def test_a_member_restoring_rejoins_a_rebalance_at_once(broker: str, tmp_p
 async def test_a_restart_waits_out_neither_idle_wait(
     broker: str, topics: TopicSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What fell due while the service was down fires as soon as its partition's timers
-    are loaded: the firing task, asleep for ``firing.IDLE_S`` while it had no timer, was
-    woken only once the partitions were positioned, and a warm restart's first tombstone
-    waited out the rest of that sleep (0.17-0.2 s, bench.bench_restart). Both idle waits
-    are an hour here, so a wait for either fails the test. The loop's (``IDLE_WAIT_MS``,
-    all partitions paused while they restore) never held the first read of a resumed
-    partition: aiokafka's fetcher fetches it at the resume and wakes the waiting
-    ``getmany``; the event waiting on the input shows it still does."""
+    """What fell due while the service was down fires as soon as its partition has read
+    the backlog found at its assignment (none here but the one event: at once once it is
+    positioned): the firing task, asleep for ``firing.IDLE_S`` while it had nothing to
+    fire, once waited out the rest of that sleep (0.17-0.2 s, bench.bench_restart); the
+    end of a partition's catch-up wakes it. Both idle waits are an hour here, so a wait
+    for either fails the test. The loop's (``IDLE_WAIT_MS``, all partitions paused while
+    they restore) never held the first read of a resumed partition: aiokafka's fetcher
+    fetches it at the resume and wakes the waiting ``getmany``; the event waiting on the
+    input shows it still does."""
     monkeypatch.setattr(firing, "IDLE_S", 3600.0)
     monkeypatch.setattr(service_module, "IDLE_WAIT_MS", 3_600_000)
     due = 5
@@ -249,10 +250,6 @@ async def test_a_restart_waits_out_neither_idle_wait(
         tg.start_soon(service.run, stop)
         with anyio.fail_after(30):
             await service.positioning.wait()
-        try:
-            await wait_for(lambda: service.stats.tombstones == due, timeout_s=15)
-        except TimeoutError:
-            pytest.fail("the due records waited for the partitions' position")
         assert service.health.phase is Phase.RESTORING  # not positioned yet
         assert service.stats.events == 0
         service.gate.set()
@@ -260,6 +257,10 @@ async def test_a_restart_waits_out_neither_idle_wait(
             await wait_for(lambda: service.stats.events == 1, timeout_s=15)
         except TimeoutError:
             pytest.fail("the resumed partitions' first read waited for the loop's idle wait")
+        try:
+            await wait_for(lambda: service.stats.tombstones == due, timeout_s=15)
+        except TimeoutError:
+            pytest.fail("the due records waited out the firing's idle wait")
         stop.set()
     assert service.stats.tombstones == due
 

@@ -211,15 +211,17 @@ class Reference:
         # for that expiry, and the record's later events wait behind it (key -> events,
         # each with its place in arrival order; the wake times, sorted).
         self.parked: dict[str, list[tuple[int, InputEvent]]] = {}
+        self.parked_due: dict[str, int] = {}
         self.wake: list[tuple[int, str]] = []
         self.arrivals = 0
 
     def park(self, ev: InputEvent, *, frozen: bool = False) -> bool:
-        """Whether ``ev`` waits: parked now, or behind its record's parked create.
+        """Whether ``ev`` waits: parked now, or behind its record's parked create (one
+        dated before the running life's expiry is that life's: it does not wait).
         ``frozen``: a hold keeps the record's life past its end (nothing is parked)."""
         key, t = ev.identity.key, ev.ts
         self.arrivals += 1
-        if key in self.parked:
+        if key in self.parked and t >= self.parked_due[key]:
             self.parked[key].append((self.arrivals, ev))
             return True
         rec = self.recs.get(key)
@@ -231,8 +233,11 @@ class Reference:
             and rec.expires is not None
             and self.now < rec.expires <= t
         ):
-            self.parked[key] = [(self.arrivals, ev)]
-            bisect.insort(self.wake, (rec.expires, key))
+            self.parked.setdefault(key, []).append((self.arrivals, ev))
+            if rec.expires < self.parked_due.get(key, rec.expires + 1):
+                self.parked_due[key] = rec.expires
+                self.wake = [w for w in self.wake if w[1] != key]
+                bisect.insort(self.wake, (rec.expires, key))
             return True
         return False
 
@@ -240,7 +245,9 @@ class Reference:
         """The parked events whose running life has expired by now, in arrival order."""
         out: list[tuple[int, InputEvent]] = []
         while self.wake and self.wake[0][0] <= self.now:
-            out += self.parked.pop(self.wake.pop(0)[1])
+            key = self.wake.pop(0)[1]
+            del self.parked_due[key]
+            out += self.parked.pop(key)
         return [e for _, e in sorted(out, key=lambda p: p[0])]
 
     def _unschedule(self, key: str) -> None:
@@ -251,9 +258,32 @@ class Reference:
         if rec.deleted is None and rec.expires is not None:
             bisect.insort(self.timers, (rec.expires, key))
 
-    def event(self, ev: InputEvent) -> list[Tomb]:
+    def event(self, ev: InputEvent, *, unpark: bool = True) -> list[Tomb]:
+        """``unpark``: decide the record's parked events at once if this one ended its
+        running life (a wrapping model does it itself, with its own rules)."""
         if self.park(ev):
             return []
+        out = self._decide(ev)
+        if unpark:
+            out += self.unpark_ended(ev.identity.key, self.event)
+        return out
+
+    def unpark_ended(
+        self, key: str, decide: Callable[[InputEvent], list[Tomb]], kept: bool = False
+    ) -> list[Tomb]:
+        """A record's parked events, decided now if its running life has ended (or is
+        ``kept``) before the expiry they wait for."""
+        rec = self.recs.get(key)
+        if key not in self.parked or not (kept or rec is None or rec.deleted is not None):
+            return []
+        del self.parked_due[key]
+        self.wake = [w for w in self.wake if w[1] != key]
+        out: list[Tomb] = []
+        for _, e in self.parked.pop(key):
+            out += decide(e)
+        return out
+
+    def _decide(self, ev: InputEvent) -> list[Tomb]:
         key, t, op, cat = ev.identity.key, ev.ts, ev.op, ev.identity.category
         out: list[Tomb] = []
         rec = self.recs.get(key)

@@ -382,30 +382,40 @@ def test_sessions_set_aside_are_let_go_in_offset_order_without_scanning_them_all
     assert _CountingDict.scans == 0
 
 
-def test_while_a_partition_reads_its_backlog_every_due_record_waits_for_it() -> None:
+@pytest.mark.asyncio
+async def test_a_partition_reading_its_backlog_fires_nothing_until_it_has_read_it() -> None:
     """A takeover: the firing fired a conversation due now before its partition read the
     backlog, which held its erasure (dated before the expiry) and its creation again after
     the erasure. The record ended at its expiry, the create was dropped as the ended
     life's, the next life was never stamped nor tombstoned, and the erasure's tombstone
-    said the expiry (a trial: 24 of 24 during a rebalance). While the partition catches
-    up, every due record waits; read, the backlog decides them as if read in time."""
+    said the expiry (a trial: 24 of 24 during a rebalance). A partition catching up fires
+    nothing (its timers stay in its wheel); read, the backlog decides them as if read in
+    time, and the task is woken."""
     clock = _Clock()
-    proc = _processor(clock)
-    _create(proc, "erased", clock.now - TTL_MS - 20, clock, "error")
-    _create(proc, "kept", clock.now - TTL_MS - 20, clock, "error")
-    assert proc.fire_due(clock.now, unread_until=9, catching_up=True).tombstones == []
-    assert proc.waiting == 2
+    proc, other = _processor(clock), _processor(clock, partition=1)
+    _create(proc, "erased", clock.now - TTL_MS - 20, clock)
+    _create(proc, "kept", clock.now - TTL_MS - 20, clock)
+    _create(other, "elsewhere", clock.now - TTL_MS - 20, clock)
+    outbox = _Outbox()
+    catching_up: dict[tuple[str, int], object] = {("in", 0): (9, 0.0)}
+    task = Firing(
+        {("in", 0): proc, ("in", 1): other},
+        cast("Outbox", outbox),
+        anyio.Lock(),
+        clock=clock,
+        on_fired=lambda _f: None,
+        catching_up=catching_up,
+    )
+    await task.fire_due()
+    assert outbox.sent == [["o/_/live/error/elsewhere"]]  # the partition read on fires
+    assert proc.next_due_ms() == clock.now - 20  # in its wheel: not taken, not set aside
     # The backlog: the erasure, then the record created again, both before the expiry.
-    erased = _create(proc, "erased", clock.now - 40, clock, "error", op="delete")
+    erased = _create(proc, "erased", clock.now - 40, clock, op="delete")
     assert [(f.reason, f.after.deleted_at) for f in erased.tombstones] == [
         ("explicit", clock.now - 40)
     ]
-    again = _create(proc, "erased", clock.now - 30, clock, "error")
+    again = _create(proc, "erased", clock.now - 30, clock)
     assert [s.created_at for s, _ in again.stamps] == [clock.now - 30]
-    assert proc.let_go_read(9) == 2  # read: the kept one as it was, the next life
-    fired = proc.fire_due(clock.now).tombstones
-    assert [(f.before.identity.record_id, f.reason) for f in fired] == [("kept", "ttl")]
-    # While the reading only lags, a record no event can postpone fires on time.
-    _create(proc, "lagging", clock.now - TTL_MS - 10, clock, "error")
-    lagging = proc.fire_due(clock.now, unread_until=12).tombstones
-    assert [f.before.identity.record_id for f in lagging] == ["lagging"]
+    del catching_up[("in", 0)]  # read
+    await task.fire_due()
+    assert outbox.sent[1] == ["o/_/live/error/kept"]

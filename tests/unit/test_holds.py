@@ -592,6 +592,10 @@ class HoldingReference:
             self.lives.setdefault(key, []).append(("explicit", None))
 
     def event(self, e: InputEvent) -> list[Tomb]:
+        out = self._event(e)
+        return out + self.base.unpark_ended(e.identity.key, self.event, e.identity.key in self.kept)
+
+    def _event(self, e: InputEvent) -> list[Tomb]:
         key, t, base = e.identity.key, e.ts, self.base
         if base.park(e, frozen=key in self.kept):
             return []
@@ -647,11 +651,12 @@ class HoldingReference:
                 and rec.expires is not None
                 and rec.expires <= base.now
                 and t >= rec.expires
-            ):  # due, not fired yet: the event finds it first and the hold keeps it
+            ):  # due, not fired yet: the event finds it first and the hold keeps it,
+                # and the event goes on as for any kept life (it may start the next one)
                 base._unschedule(key)
                 self.kept[key] = None
-                return out
-        return out + base.event(e)
+                return out + self.event(e)
+        return out + base.event(e, unpark=False)
 
     def tick(self, now: int) -> list[Tomb]:
         """Timers due by ``now``, then the release scan."""
@@ -933,3 +938,82 @@ def test_what_is_held_does_not_depend_on_the_order_the_partitions_are_read_in(
     assert got[0] == expected
     for r, ids in zip(records, got[2], strict=True):  # one entry per id, never two
         assert ids == sorted({h for h, scope in placed if scope == r.record_id})
+
+
+# -- creates parked until their record's running life expires (a review) -------------------
+
+
+def _unpark(p: Partition, now: int) -> Effects | None:
+    woken = p.proc.unpark(now)
+    return None if woken is None else p._take(woken, now)
+
+
+def test_an_event_dated_before_the_expiry_a_create_waits_for_is_decided_at_once() -> None:
+    """Behind a parked create waited every later event of its record, those of the
+    running life too: a touch read in time did not slide the session, which was deleted
+    at its old expiry, and an erasure waited for the expiry. Only events dated at or
+    after that expiry wait; the others are decided as they come."""
+    p = Partition()
+    p.event("s", "create", T0, category="session")  # expires at T0 + 1000
+    assert p.event("s", "create", T0 + TTL, now=T0 + 500, category="session").verdicts == {
+        "parked": 1
+    }
+    touched = p.event("s", "touch", T0 + 600, now=T0 + 600, category="session")
+    assert [state.expires_at for state, _ in touched.stamps] == [T0 + 600 + TTL]
+    p.tick(T0 + TTL)
+    assert _unpark(p, T0 + TTL) is not None  # the create, now a re-delivery: slid past it
+    assert p.tombstones == []
+    # An erasure dated before the expiry a create waits for goes out at once, and the
+    # create then starts the next life.
+    p.event("a", "create", T0)
+    p.event("a", "create", T0 + TTL, now=T0 + 100)  # parked
+    erased = p.event("a", "delete", T0 + 200, now=T0 + 200)
+    assert [(f.reason, f.after.deleted_at) for f in erased.tombstones] == [("explicit", T0 + 200)]
+    assert [state.created_at for state, _ in erased.stamps] == [T0 + TTL]
+
+
+def test_a_parked_create_waits_for_the_firing_to_end_or_keep_the_running_life() -> None:
+    """Woken before the firing had come to the running life (the loop's turn first), the
+    create ended it itself, without the holds read to a tick before, and under a hold
+    found it kept and was dropped: its life never stamped nor tombstoned. It waits for
+    the firing; under a hold, the firing keeps the life and the create starts the next."""
+    p = Partition()
+    p.holds.place(hold())
+    p.event("a", "create", T0)
+    assert p.event("a", "create", T0 + TTL, now=T0 + 100).verdicts == {"parked": 1}
+    assert _unpark(p, T0 + TTL) is None  # due, not fired yet: it waits
+    p.tick(T0 + TTL)  # the hold keeps it
+    assert [(rid, reason) for rid, reason, _ in p.deferred] == [("a", "ttl")]
+    woken = _unpark(p, T0 + TTL)
+    assert woken is not None
+    assert [(s.created_at, s.held_lives[0][0]) for s, _ in woken.stamps] == [(T0 + TTL, T0)]
+
+
+def test_a_create_read_again_behind_itself_is_parked_once() -> None:
+    """A partition given back after a rebalance reads again from its committed offset,
+    which stays before the parked create: read again, it was parked a second time."""
+    p = Partition()
+    p.event("a", "create", T0)
+    p.event("a", "create", T0 + TTL, now=T0 + 100)
+    body = {"category": "conversation", "org": "acme", "bot": "b1", "record_id": "a"}
+    again = _Rec(p.offset, None, orjson.dumps({**body, "op": "create", "ts": T0 + TTL}))
+    assert p.proc.process([again], T0 + 150).verdicts == {}
+    assert p.proc.parked == 1
+    p.tick(T0 + TTL)
+    woken = _unpark(p, T0 + TTL)
+    assert woken is not None
+    assert woken.verdicts == {"recreated": 1}
+
+
+def test_an_erasure_of_the_lives_before_a_hold_keeps_is_on_the_audit_trail() -> None:
+    """An erasure of a record's earlier life, read while a hold matches it: kept for the
+    release as the others, and on the audit trail as they are (it was not). Kept only for
+    the archive, with no hold, it goes at once: an erasure never waits for the archive."""
+    p = Partition()
+    p.event("a", "create", T0)
+    p.tick(T0 + TTL)  # the first life ends
+    p.event("a", "create", T0 + 2 * TTL)  # the next
+    p.holds.place(hold())
+    late = p.event("a", "delete", T0 + 500, now=T0 + 2 * TTL + 10)
+    assert late.tombstones == []
+    assert [(s.identity.record_id, reason) for s, reason, _ in late.deferred] == [("a", "explicit")]

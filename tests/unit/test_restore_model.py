@@ -208,6 +208,32 @@ hold_steps = _steps(
     after=[],
     kept=None,
 )
+# Found once creates were parked until their record's running life expired (round 36): a
+# session created again, dated at its expiry and read before it (parked), then erased
+# before that expiry; the erasure read again after the restore. The original decided the
+# parked create only at the expiry, the restored one (reading the input again) at once.
+@example(
+    before=[
+        ("event", "session", "b", "create", 0),
+        ("advance", 2000),
+        ("event", "session", "b", "create", 4000),
+        ("event", "session", "b", "delete", 0),
+    ],
+    after=[("event", "session", "b", "delete", 0)],
+    kept=None,
+)
+# And a create parked twice for one record (the second behind a create that moved the
+# running life's creation back): the heap kept a wake time of one already decided.
+@example(
+    before=[],
+    after=[
+        ("event", "error", "a", "create", 1000),
+        ("event", "error", "a", "create", 2000),
+        ("event", "error", "a", "create", 0),
+        ("event", "error", "a", "create", 1000),
+    ],
+    kept=None,
+)
 def test_restored_under_legal_holds_it_still_decides_as_the_original(
     before: list[Step], after: list[Step], kept: int | None
 ) -> None:
