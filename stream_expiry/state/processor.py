@@ -417,7 +417,9 @@ class PartitionProcessor:
         record's next life, but the life before must end first, at its expiry, not
         earlier. Decided then (:meth:`unpark`), it does so; decided now, it was taken for a
         re-delivery of the running life's create, and the next life was never stamped nor
-        tombstoned (a review). The record's later events wait behind it, in order; the
+        tombstoned (a review). The record's later events dated at or after that expiry
+        wait behind it, in order (those dated before are the running life's, decided as
+        they come: one that ends it wakes the create at once, :meth:`_unpark_ended`); the
         partition's committed offset stays before it (:meth:`process`): a crash reads it
         again. Returns whether it was parked."""
         due = prior.expires_at
