@@ -1089,7 +1089,7 @@ async def test_the_receipt_of_a_null_whose_tombstone_never_came_gives_the_nulls_
         broker, topics, tombstones_topic=typo, sweep_interval_s=0.1, sweep_grace_s=0
     )
     caplog.set_level(logging.WARNING, logger="stream_expiry.sinks")
-    async with running_sink(store, config):
+    async with running_sink(store, config) as sink:
         await produce(broker, topics.stamped, [stamped_msg(erased)])
         await wait_until(lambda: present(store, [erased.identity]), what="the row")
         async with producer(broker) as prod:
@@ -1103,6 +1103,8 @@ async def test_the_receipt_of_a_null_whose_tombstone_never_came_gives_the_nulls_
             return bool(await store.receipts())
 
         await wait_until(receipted, what="the receipt")
+        await wait_for(lambda: sink.metrics["unsettled_total"] == 1)  # counted apart
+        assert sink.metrics["swept_total"] == 0
     assert [(r.reason, r.rows_deleted) for r in await store.receipts()] == [("explicit", 1)]
     assert "whose tombstones never came" in caplog.text
     assert "swept" not in caplog.text
