@@ -62,7 +62,7 @@ import anyio
 from stream_expiry.outbox import settled_or_failed
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable, Iterable, Mapping
 
     from stream_expiry.engine import Fired
     from stream_expiry.outbox import Outbox
@@ -162,7 +162,7 @@ class Firing:
         dues = [d for _, p in self._firable() if (d := p.next_due_ms()) is not None]
         return min(dues, default=None)
 
-    def _firable(self) -> list[tuple[tuple[str, int], PartitionProcessor]]:
+    def _firable(self) -> Iterable[tuple[tuple[str, int], PartitionProcessor]]:
         """The partitions whose timers may fire: not those reading the backlog found at
         their assignment (:attr:`InputReading.catching_up`, whose end :meth:`wake`s the
         task). An erasure there ends its record at its own time and a create behind it
@@ -173,8 +173,8 @@ class Firing:
         erasures recorded as expiries). Left in the wheels, their timers keep the
         processors' bounds on what is loaded."""
         catching_up = self._catching_up
-        if not catching_up:
-            return list(self._processors.items())
+        if not catching_up:  # nearly always: the mapping itself, no copy a tick
+            return self._processors.items()
         return [(s, p) for s, p in self._processors.items() if s not in catching_up]
 
     async def fire_due(self) -> tuple[list[Any], bool]:

@@ -1153,10 +1153,14 @@ class Service:
         if not self._to_restore:
             self._settled()
 
+    def _procs_of(self, tps: list[TopicPartition]) -> list[PartitionProcessor]:
+        """The processors of those of ``tps`` this instance holds."""
+        procs = [self.processors.get((tp.topic, tp.partition)) for tp in tps]
+        return [p for p in procs if p is not None]
+
     def _timers_of(self, tps: list[TopicPartition]) -> int:
         """The timers the processors of ``tps`` hold, set aside or in their wheels."""
-        procs = [self.processors.get((tp.topic, tp.partition)) for tp in tps]
-        return sum(p.timers + p.waiting for p in procs if p is not None)
+        return sum(p.timers + p.waiting for p in self._procs_of(tps))
 
     def _say_held_without_holds(self, tps: list[TopicPartition]) -> None:
         """Warn when the stores of ``tps`` keep records for legal holds and the holds topic
@@ -1167,11 +1171,7 @@ class Service:
         the count cannot tell apart: nothing is said then."""
         if len(self.holds) or self.config.archive.required:
             return
-        held = 0
-        for tp in tps:
-            proc = self.processors.get((tp.topic, tp.partition))
-            if proc is not None:
-                held += proc.store.counts.held
+        held = sum(p.store.counts.held for p in self._procs_of(tps))
         if held:
             log.warning(
                 "%d records in the stores of %s are kept for legal holds, and %s has no "

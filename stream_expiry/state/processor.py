@@ -476,7 +476,8 @@ class PartitionProcessor:
                 continue
             del self._parked_due[key]
             ready += self._parked.pop(key)
-            now_ms = max(now_ms, due) if flush else now_ms
+            if flush:
+                now_ms = max(now_ms, due)
         for entry in running:
             heapq.heappush(order, entry)
         if not ready:
