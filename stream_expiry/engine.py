@@ -407,6 +407,18 @@ class Engine(Generic[S]):
         taken: list[tuple[Fired, S]] = []
         while i < len(entries) and (limit is None or len(taken) < limit):
             entry = entries[i]
+            if entry[0] > now_ms:
+                # The clock stepped back since the wheel gave these up (in due order: the
+                # rest are later still). Fired now, they were early (emitted before their
+                # expiry), and they held back the wheel's timers due before them: they go
+                # back into the wheel, as ``_not_early`` puts back its own.
+                schedule = self._wheel.schedule
+                for rest in entries[i:]:
+                    if live.get(rest[1]) is rest:
+                        del live[rest[1]]
+                        schedule(rest[1], rest[0], rest[2])
+                i = len(entries)
+                break
             i += 1
             _, key, (packed, slot) = entry
             if live.get(key) is entry:

@@ -971,3 +971,26 @@ def test_a_create_dated_after_the_expiry_and_read_before_it_starts_the_next_life
     h._settle(woken)
     assert h.advance(109) == [(other.stamps[0][0].identity.key, "ttl", 109, 95)]
     assert h.advance(110) == [(a.identity.key, "ttl", 110, 110)]
+
+
+def test_a_clock_stepped_back_during_a_sliced_firing_fires_no_timer_early() -> None:
+    """The firing takes a backlog of due timers in slices (``limit``): those the wheel
+    gave up wait among the overdue. The clock steps back meanwhile (the clock that was
+    ahead is set right): the ones left were taken out at the time it had read, and fired
+    at the next slice with an ``emitted_at`` before their expiry; and they held back a
+    record stamped after the step, due before them, past its own expiry."""
+    h = Harness(horizon_ms=100_000)
+    h.now = 10_000
+    a, b, c = (
+        ev("error", rid, "create", ts) for rid, ts in (("a", 5_000), ("b", 6_000), ("c", 7_000))
+    )
+    for e in (a, b, c):
+        h.feed(e)
+    assert h.fire_some(10_000, limit=1) == [(a.identity.key, "ttl", 10_000, 5_050)]
+    h.now = 1_000  # the clock stepped back 9 s
+    d = ev("error", "d", "create", 980)  # due at 1,030
+    h.feed(d)
+    assert h.fire_some(1_000, limit=1) == []  # b and c are due at 6,050 and 7,050
+    assert h.fire_some(1_030, limit=1) == [(d.identity.key, "ttl", 1_030, 1_030)]
+    assert h.fire_some(6_050, limit=5) == [(b.identity.key, "ttl", 6_050, 6_050)]
+    assert h.fire_some(7_050, limit=5) == [(c.identity.key, "ttl", 7_050, 7_050)]
