@@ -58,6 +58,8 @@ class OffsetCommits:
         # Per input partition: the next offset after each slice decided -> the key and
         # timestamp of its last message, for the mark of the offset a commit saves.
         self._marks: dict[Slot, dict[int, tuple[bytes | None, int]]] = {}
+        # Per input partition: the offset last committed with its mark (in its store).
+        self._committed: dict[Slot, int] = {}
 
     @property
     def due(self) -> bool:
@@ -73,6 +75,7 @@ class OffsetCommits:
 
     def forget(self, slot: Slot) -> None:
         self._marks.pop(slot, None)
+        self._committed.pop(slot, None)
 
     def marked(self, slot: Slot, offset: int) -> int:
         """``offset``, or the greatest offset below it that a slice ended at, which a
@@ -80,12 +83,18 @@ class OffsetCommits:
         record's running life not expired yet) is settled up to that create, where no
         slice ends: its commits went unmarked, and the check for a cluster rebuilt
         meanwhile passed them over (a review). Reading a few more events again after a
-        crash is all it costs."""
+        crash is all it costs. With none left below it (the commit drops the marks it
+        passes, and a partition keeps the last ``INPUT_MARKS``), the offset last committed
+        with its mark: a create parked for minutes is committed at again and again, and
+        from the second commit on they went unmarked (a review)."""
         marks = self._marks.get(slot)
-        if not marks or offset in marks:
+        if marks and offset in marks:
             return offset
-        below = [m for m in marks if m <= offset]
-        return max(below) if below else offset
+        below = [m for m in marks or () if m <= offset]
+        if below:
+            return max(below)
+        last = self._committed.get(slot)
+        return last if last is not None and last <= offset else offset
 
     async def commit(
         self, cons: AIOKafkaConsumer, outbox: Outbox, *, every_store: bool = True
@@ -178,5 +187,6 @@ class OffsetCommits:
             if mark is not None and slot in self._processors:
                 meta = metas.setdefault(slot, {})
                 meta.update(position_marks(input_position_name(*slot), offset - 1, *mark))
+                self._committed[slot] = offset
             for seen in [o for o in marks if o <= offset]:
                 del marks[seen]

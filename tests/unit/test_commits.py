@@ -27,3 +27,91 @@ def test_a_commit_short_of_every_slice_end_commits_the_last_one_before_it() -> N
     assert commits.marked(SLOT, 25) == 20  # the parked create at 25: the end before it
     assert commits.marked(SLOT, 5) == 5  # none before it: as it is (no mark, as before)
     assert commits.marked(("errors", 0), 7) == 7  # a partition with no slices yet
+
+
+class _Proc:
+    def __init__(self) -> None:
+        from stream_expiry.state import MemoryKV, PartitionStore
+
+        self.store = PartitionStore(MemoryKV())
+
+    def checkpoint_meta(self, runs: object) -> dict[str, int]:
+        return {}
+
+
+class _Outbox:
+    def __init__(self) -> None:
+        self.committable: dict[tuple[str, int], int] = {}
+
+    def take_written(self) -> set[tuple[str, int]]:
+        return set()
+
+    def runs(self, proc: object) -> dict[str, list[object]]:
+        return {}
+
+
+class _Consumer:
+    def __init__(self) -> None:
+        self.committed: dict[tuple[str, int], int] = {}
+
+    async def commit(self, offsets: dict[object, int]) -> None:
+        for tp, offset in offsets.items():
+            self.committed[(tp.topic, tp.partition)] = offset  # type: ignore[attr-defined]
+
+
+def test_every_commit_while_a_create_stays_parked_is_marked() -> None:
+    """A create parked for minutes keeps the partition's settled offset at it while
+    slices after it are decided: each commit meanwhile commits there again. The first
+    commits the slice end before it, marked; the commit dropped that mark with those it
+    passed, and the next commits went to the parked offset itself, unmarked (the check
+    for a cluster rebuilt meanwhile passed them over), as before ``marked``."""
+    import anyio
+
+    from stream_expiry.state.store import input_position_name
+
+    proc = _Proc()
+    commits = OffsetCommits({SLOT: proc})  # type: ignore[dict-item]
+    outbox, cons = _Outbox(), _Consumer()
+
+    async def commit_at(settled: int) -> int:
+        outbox.committable[SLOT] = settled
+        assert await commits.commit(cons, outbox)  # type: ignore[arg-type]
+        return cons.committed[SLOT]
+
+    for last in (9, 19):
+        commits.decided(SLOT, _Rec(last, b"k%d" % last, last))
+    # A create at offset 25 parked; the partition is settled up to it, slices go on.
+    for last in (29, 39, 49):
+        commits.decided(SLOT, _Rec(last, b"k%d" % last, last))
+        committed = anyio.run(commit_at, 25)
+        mark = proc.store.position_mark(input_position_name(*SLOT))
+        assert mark is not None
+        assert committed == 20
+        assert mark[0] == committed - 1, (committed, mark)
+
+
+def test_a_commit_at_a_create_parked_past_the_marks_kept_is_marked() -> None:
+    """More slices decided after the parked create than a partition keeps marks of
+    (``INPUT_MARKS``): the slice end before it is gone, and the commit there went unmarked
+    as well. It commits again the offset last committed, which its store has the mark of."""
+    import anyio
+
+    from stream_expiry.commits import INPUT_MARKS
+    from stream_expiry.state.store import input_position_name
+
+    proc = _Proc()
+    commits = OffsetCommits({SLOT: proc})  # type: ignore[dict-item]
+    outbox, cons = _Outbox(), _Consumer()
+
+    async def commit_at(settled: int) -> int:
+        outbox.committable[SLOT] = settled
+        assert await commits.commit(cons, outbox)  # type: ignore[arg-type]
+        return cons.committed[SLOT]
+
+    commits.decided(SLOT, _Rec(19, b"k", 19))
+    assert anyio.run(commit_at, 20) == 20
+    for last in range(30, 30 + INPUT_MARKS + 10):  # the create at 25 parked meanwhile
+        commits.decided(SLOT, _Rec(last, b"k%d" % last, last))
+    assert anyio.run(commit_at, 25) == 20
+    mark = proc.store.position_mark(input_position_name(*SLOT))
+    assert mark is not None and mark[0] == 19
