@@ -114,4 +114,5 @@ def test_a_commit_at_a_create_parked_past_the_marks_kept_is_marked() -> None:
         commits.decided(SLOT, _Rec(last, b"k%d" % last, last))
     assert anyio.run(commit_at, 25) == 20
     mark = proc.store.position_mark(input_position_name(*SLOT))
-    assert mark is not None and mark[0] == 19
+    assert mark is not None
+    assert mark[0] == 19
