@@ -160,6 +160,11 @@ class InputReading:
         have been reading it for ``CATCH_UP_MAX_S`` (said: a touch still unread cannot
         extend them then)."""
         for slot, (end, deadline) in list(self.catching_up.items()):
+            if end == END_UNKNOWN:
+                # Not positioned yet (restoring): the limit counts from the positioning,
+                # which says how far the backlog goes. Given up here after a long restore,
+                # every record that fell due meanwhile fired with its backlog unread.
+                continue
             position = await _read_up_to(cons, slot, self.next_offset.get(slot, 0), end)
             if position >= end:
                 log.info("%s[%d] has read its backlog: its due timers fire", *slot)

@@ -176,3 +176,28 @@ async def test_an_end_learnt_while_the_reading_is_tracked_is_kept(
 
     await reading.track_unread(Consumer(), [SLOT])
     assert reading.unread == {SLOT: 20}
+
+
+@pytest.mark.asyncio
+async def test_a_partition_not_positioned_yet_holds_its_timers_past_the_catch_up_limit() -> None:
+    """The limit on the wait for a partition's backlog (``CATCH_UP_MAX_S``) counts from
+    the assignment until the partition is positioned: a restore of tens of millions of
+    stamps outlasts it, and the next loop turn let the partition's timers go before its
+    position, and so its backlog, was known. The firing then fired every record that fell
+    due during the restore, a touch or an erasure in the backlog unread (the sessions
+    deleted early, the erasures recorded as expiries). Not positioned, it waits for the
+    positioning, which gives it the limit anew."""
+    reading, _, let_go = _reading()
+    reading.assigned([SLOT])
+    reading.catching_up[SLOT] = (END_UNKNOWN, 0.0)  # the limit passed during the restore
+
+    class Consumer:
+        def assignment(self) -> set[TopicPartition]:
+            return set()  # paused, not positioned
+
+    await reading.caught_up(Consumer())  # type: ignore[arg-type]
+    assert let_go == []
+    assert reading.unread[SLOT] == END_UNKNOWN
+    assert SLOT in reading.catching_up
+    reading.positioned(TP, 10, 14)
+    assert reading.catching_up[SLOT][0] == 14
