@@ -635,3 +635,31 @@ async def test_replay_publishes_again_the_stamps_a_new_redact_rule_removes_data_
     assert bodies["r2"]["data"] == {"k": 2}
     again = await replay(config, broker, environ={}, dry_run=True)
     assert (again.unchanged, again.redacted) == (2, 0)
+
+
+async def test_replay_from_inputs_keeps_a_running_life_whose_next_create_is_dated_ahead(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A create dated after its record's running life's expiry, read before that expiry
+    (a producer's clock ahead, within the skew), waits in the service for the expiry
+    (parked; its offset not committed). Replay from the inputs, run meanwhile, decided it
+    at once as if time had come to the expiry: it derived the next life, counted it
+    'later', and an applied replay stamped it over the running one, whose tombstone then
+    never came (a restarted service restored the next life and took the create, read
+    again, for its re-delivery): the running life's data was kept a whole TTL past its
+    expiry. Replay derives the record as it is at its clock: the running life."""
+    config = config_for(topics, str(tmp_path / "state"), LONG)
+    now = wall_clock_ms()
+    hour = 3_600_000
+    first = now - hour + 60_000  # expires in a minute
+    async with running_service(config, broker):
+        await produce(broker, [(topics.conversations, *event("conversation", "a", ts=first))])
+        await read_topic(broker, topics.stamped, until=lambda r: len(r) >= 1)
+        ahead = event("conversation", "a", ts=now + 61_000)  # a second after that expiry
+        await produce(broker, [(topics.conversations, *ahead)])
+    report = await replay(
+        config, broker, environ={}, dry_run=True, from_inputs=True, keep_states=True
+    )
+    assert (report.unchanged, report.later) == (1, 0)
+    (state,) = report.states.values()
+    assert (state.created_at, state.expires_at) == (first, first + hour)
