@@ -707,7 +707,7 @@ async def _from_inputs(
                 # Creates dated ahead of the clock, after their running life's expiry,
                 # wait for it (PartitionProcessor.unpark), and stay parked: replay derives
                 # each record as it is at its clock, its running life. Decided as if time
-                # had come to that expiry (unpark(flush=True)), the next life was derived,
+                # had come to that expiry, the next life was derived,
                 # and an applied replay stamped it over the running one, which was then
                 # never tombstoned (a review); the service, its offset left before the
                 # create, decides it at the expiry.

@@ -452,32 +452,29 @@ class PartitionProcessor:
         """The offset of the first event parked: the partition is settled only before it."""
         return min(events[0][0].offset for events in self._parked.values())
 
-    def unpark(self, now_ms: int, *, flush: bool = False) -> Effects | None:
+    def unpark(self, now_ms: int) -> Effects | None:
         """Decide the parked events of the records whose running life the firing has
         ended (or a hold or the archive keeps) by ``now_ms``; None: none yet. The firing
         ends it as it ends any: on time, the holds read to a tick before, the partition's
         backlog read first. Each create then starts the record's next life (decided
         first, it ended the life itself, without those, and under a hold found it kept
-        and was dropped: a review).
-
-        ``flush``: decide them all now, as if time had come to their expiries (``replay
-        --from-inputs``, which runs no firing and derives each record's state)."""
+        and was dropped: a review). ``replay --from-inputs`` never calls it: it derives
+        each record as it is at its clock, its running life (deciding the parked creates
+        as if time had come to the expiry stamped the next life over it: a review)."""
         order = self._parked_order
-        if not order or (order[0][0] > now_ms and not flush):
+        if not order or order[0][0] > now_ms:
             return None
         ready: list[tuple[InputRecord, model.InputEvent | model.Rejection]] = []
         running: list[tuple[int, str]] = []
-        while order and (flush or order[0][0] <= now_ms):
+        while order and order[0][0] <= now_ms:
             due, key = heapq.heappop(order)
             if self._parked_due.get(key) != due:
                 continue  # left by an earlier wake time of the record
-            if not flush and self._runs_on(key, now_ms):
+            if self._runs_on(key, now_ms):
                 running.append((due, key))  # the firing has not come to it yet
                 continue
             del self._parked_due[key]
             ready += self._parked.pop(key)
-            if flush:
-                now_ms = max(now_ms, due)
         for entry in running:
             heapq.heappush(order, entry)
         if not ready:

@@ -1017,20 +1017,3 @@ def test_an_erasure_of_the_lives_before_a_hold_keeps_is_on_the_audit_trail() -> 
     late = p.event("a", "delete", T0 + 500, now=T0 + 2 * TTL + 10)
     assert late.tombstones == []
     assert [(s.identity.record_id, reason) for s, reason, _ in late.deferred] == [("a", "explicit")]
-
-
-def test_replay_decides_what_is_parked_at_its_end() -> None:
-    """``replay --from-inputs`` runs no firing: what waits for an expiry it would never
-    reach is decided at its end (``unpark(flush=True)``), as if time had come to it, so
-    the derived state is the next life's, not the expired one's."""
-    p = Partition()
-    p.event("a", "create", T0)
-    assert p.event("a", "create", T0 + TTL, now=T0 + 100).verdicts == {"parked": 1}
-    assert p.proc.unpark(T0 + 100) is None  # not due: the service would wait
-    flushed = p.proc.unpark(T0 + 100, flush=True)
-    assert flushed is not None
-    p._take(flushed, T0 + 100)
-    state = p.proc.state_of(flushed.stamps[-1][0].identity.key)
-    assert state is not None
-    assert (state.created_at, state.live) == (T0 + TTL, True)
-    assert p.proc.parked == 0
