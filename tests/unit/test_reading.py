@@ -195,7 +195,7 @@ async def test_a_partition_not_positioned_yet_holds_its_timers_past_the_catch_up
         def assignment(self) -> set[TopicPartition]:
             return set()  # paused, not positioned
 
-    await reading.caught_up(Consumer())  # type: ignore[arg-type]
+    await reading.caught_up(Consumer())
     assert let_go == []
     assert reading.unread[SLOT] == END_UNKNOWN
     assert SLOT in reading.catching_up
