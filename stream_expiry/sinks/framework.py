@@ -75,7 +75,7 @@ from stream_expiry.sinks._messages import (
 )
 from stream_expiry.sinks._publish import BatchPublisher
 from stream_expiry.sinks.store import StoreUnavailableError
-from stream_expiry.timeutil import wall_clock_ms
+from stream_expiry.timeutil import format_ts, wall_clock_ms
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping
@@ -972,8 +972,11 @@ class Sink:
         at now. Rows a legal hold keeps are passed over, never deleted.
 
         ``read_to_ms`` is the read-complete time W (:meth:`read_complete_ms`): rows that
-        expired ``sweep_grace_s`` or more before it are the sweep's, not rows that expired
-        that long before now (the store may be behind its topics).
+        expired, and were written, ``sweep_grace_s`` or more before it are the sweep's, not
+        rows that expired that long before now (the store may be behind its topics). A
+        record already due when the service read it is stamped and tombstoned then, late,
+        its tombstone perhaps behind a burst of others: judged by its expiry alone, its row
+        was swept as soon as its stamp was applied (a trial).
         """
         cfg = self.config
         await self._read_holds()
@@ -1010,17 +1013,17 @@ class Sink:
         if out.swept:
             self.metrics["swept_total"] += out.swept
             log.warning(
-                "store %s swept %d rows that expired before %d ms with no tombstone; "
+                "store %s swept %d rows that expired before %s with no tombstone; "
                 "is the stream-expiry service running and keeping up?",
-                self.store.name, out.swept, cutoff,
+                self.store.name, out.swept, format_ts(cutoff),
             )  # fmt: skip
         if out.unsettled:
             self.metrics["unsettled_total"] += out.unsettled
             log.warning(
-                "store %s wrote the receipts of %d rows their nulls deleted before %d ms, "
+                "store %s wrote the receipts of %d rows their nulls deleted before %s, "
                 "whose tombstones never came: does --tombstones-topic (%s) name the "
                 "service's, and was the sink down longer than that topic keeps them?",
-                self.store.name, out.unsettled, cutoff, cfg.tombstones_topic,
+                self.store.name, out.unsettled, format_ts(cutoff), cfg.tombstones_topic,
             )  # fmt: skip
         if out.swept or out.unsettled:
             await self._publish(prod, out.receipts, living=out.living)

@@ -528,7 +528,7 @@ async def test_receipts_kept_in_the_store_only_wait_in_no_outbox(
     await produce(broker, topics.stamped, [stamped_msg(s) for s in records])
     await produce(broker, topics.tombstones, [tombstone_msg(s) for s in records[:10]])
     config = sink_config(
-        broker, topics, receipts_topic=None, sweep_interval_s=0.05, sweep_grace_s=60
+        broker, topics, receipts_topic=None, sweep_interval_s=0.05, sweep_grace_s=1
     )
     async with running_sink(store, config) as sink:
         await wait_until(

@@ -502,11 +502,36 @@ async def test_the_sweep_leaves_rows_within_the_grace_to_their_tombstones() -> N
         return Stamp(Identity("acme", "_", "live", "conversation", rid), at - 1000, at, 1, "org")
 
     rows = [expired_ago("fresh", 59_999), expired_ago("edge", 60_000), expired_ago("old", 90_000)]
-    await store.apply([c for s in rows for c in await _changes(s)], now_ms=now)
+    await store.apply([c for s in rows for c in await _changes(s)], now_ms=now - 60_000)
+    late = expired_ago("written late", 90_000)  # written within the grace: see below
+    await store.apply(await _changes(late), now_ms=now - 59_999)
     await sink.sweep_once(FakeProducer(j), read_to_ms=now)
     assert {r.identity.record_id for r in await store.receipts()} == {"edge", "old"}
     assert await store.get(rows[0].identity) is not None
     assert sink.metrics["swept_total"] == 2
+
+
+@pytest.mark.asyncio
+async def test_a_row_written_within_the_grace_waits_for_its_tombstone_however_old_its_expiry() -> (
+    None
+):
+    """A record already due when the service read it (after an outage) is stamped and
+    tombstoned then, its tombstone perhaps behind a burst of others: the sweep, judging the
+    row by its expiry alone, swept it as soon as its stamp was applied (a trial). It waits a
+    grace from the row's writing too."""
+    store, j = MemoryStore(), Journal()
+    now = T0 + 7_200_000
+    config = SinkConfig(
+        bootstrap_servers="unused:1", group_id="g", stamped_topic="st", tombstones_topic="tb",
+        receipts_topic="rc", sweep_grace_s=60,
+    )  # fmt: skip
+    sink = Sink(store, config, clock=lambda: now)
+    due = Stamp(Identity("acme", "_", "live", "conversation", "due"), T0, T0 + 1000, 1, "org")
+    await store.apply(await _changes(due), now_ms=now - 1_000)
+    await sink.sweep_once(FakeProducer(j), read_to_ms=now)
+    assert await store.receipts() == []
+    await sink.sweep_once(FakeProducer(j), read_to_ms=now + 59_000)  # a grace after it
+    assert [r.reason for r in await store.receipts()] == ["sweep"]
 
 
 @pytest.mark.asyncio
@@ -592,7 +617,7 @@ async def test_rows_a_released_hold_kept_wait_the_grace_for_their_tombstones() -
         return Stamp(Identity(org, "_", "live", "conversation", rid), T0, T0 + 1000, 1, "org")
 
     rows = [row("released", "a"), row("narrowed", "b"), row("narrowed", "kept"), row("free", "c")]
-    await store.apply([c for s in rows for c in await _changes(s)], now_ms=now[0])
+    await store.apply([c for s in rows for c in await _changes(s)], now_ms=T0 + 1000)
     holds = [
         Hold("h-rel", "released", None, None, None, None, "case", T0),
         Hold("h-nar", "narrowed", None, None, None, None, "case", T0),
