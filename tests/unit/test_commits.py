@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+import pytest
+from aiokafka import TopicPartition
 
 from stream_expiry.commits import OffsetCommits
+from stream_expiry.state.store import input_position_name, position_marks
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer
+
+    from stream_expiry.outbox import Outbox
+    from stream_expiry.state import PartitionProcessor
 
 SLOT = ("conversations", 0)
 
@@ -34,6 +45,25 @@ class _Proc:
         from stream_expiry.state import MemoryKV, PartitionStore
 
         self.store = PartitionStore(MemoryKV())
+
+    def checkpoint_meta(self, runs: object) -> dict[str, int]:
+        return {}
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.meta: dict[str, int] = {}
+
+    def set_meta(self, meta: dict[str, int]) -> None:
+        self.meta.update(meta)
+
+
+class _Processor:
+    """What a commit asks of a partition's processor: its changelog positions (none
+    moved here) and its store, where the commit's mark is written."""
+
+    def __init__(self) -> None:
+        self.store = _Store()
 
     def checkpoint_meta(self, runs: object) -> dict[str, int]:
         return {}
@@ -116,3 +146,40 @@ def test_a_commit_at_a_create_parked_past_the_marks_kept_is_marked() -> None:
     mark = proc.store.position_mark(input_position_name(*SLOT))
     assert mark is not None
     assert mark[0] == 19
+
+
+class _SettledOutbox:
+    def __init__(self, committable: dict[tuple[str, int], int]) -> None:
+        self.committable = committable
+
+    def take_written(self) -> dict[tuple[str, int], object]:
+        return {}
+
+    def runs(self, proc: object) -> list[object]:
+        return []
+
+
+class _RecordingConsumer:
+    def __init__(self) -> None:
+        self.commits: list[dict[TopicPartition, int]] = []
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(dict(offsets))
+
+
+@pytest.mark.asyncio
+async def test_a_partition_settled_up_to_a_parked_create_commits_a_marked_offset() -> None:
+    """The outbox says the partition is settled up to a parked create (offset 25, inside
+    a slice): the commit saves the last slice end before it, 20, and marks the message
+    before it in the store, so the next assignment can check it; committed at 25, the
+    offset had no mark (a review)."""
+    proc = _Processor()
+    commits = OffsetCommits(cast("dict[tuple[str, int], PartitionProcessor]", {SLOT: proc}))
+    for last in (9, 19, 29):
+        commits.decided(SLOT, _Rec(last, b"k%d" % last, 1_000 + last))
+    cons = _RecordingConsumer()
+    outbox = _SettledOutbox({SLOT: 25})
+    assert await commits.commit(cast("AIOKafkaConsumer", cons), cast("Outbox", outbox))
+    assert cons.commits == [{TopicPartition(*SLOT): 20}]
+    name = input_position_name(*SLOT)
+    assert proc.store.meta == position_marks(name, 19, b"k19", 1_019)

@@ -994,3 +994,38 @@ def test_a_clock_stepped_back_during_a_sliced_firing_fires_no_timer_early() -> N
     assert h.fire_some(1_030, limit=1) == [(d.identity.key, "ttl", 1_030, 1_030)]
     assert h.fire_some(6_050, limit=5) == [(b.identity.key, "ttl", 6_050, 6_050)]
     assert h.fire_some(7_050, limit=5) == [(c.identity.key, "ttl", 7_050, 7_050)]
+
+
+def test_a_redelivered_erasure_says_where_the_earlier_lives_ended() -> None:
+    """The tombstone of an erasure of the lives before the running one names no life and
+    ends at the deletion of the last of them (``expiry-deleted-at``): the stores and the
+    archive erase up to there, never the running life created after it."""
+    h = Harness(horizon_ms=5000)
+    h.now = 40
+    h.feed(ev("conversation", "x", "create", 0))
+    h.feed(ev("conversation", "x", "delete", 20))
+    h.feed(ev("conversation", "x", "create", 30))
+    [fired] = h.process(ev("conversation", "x", "delete", 20)).tombstones
+    assert (fired.reason, fired.before.created_at, fired.before.erased_until) == (
+        "explicit", None, BASE + 20,
+    )  # fmt: skip
+    assert (fired.after.live, fired.after.created_at) == (True, BASE + 30)
+
+
+def test_a_timer_due_at_the_clock_stepped_back_to_fires_then() -> None:
+    """After the wall clock stepped back, the wheel gives timers due up to the latest time
+    it saw; those due after the clock go back into it, and one due exactly at the clock's
+    time fires now, neither put back nor lost."""
+    h = Harness(horizon_ms=100_000)
+    h.now = 10_000
+    h.feed(ev("error", "a", "create", 0))
+    assert len(h.advance(10_000)) == 1
+    h.now = 1_000  # the clock stepped back 9 s
+    b, c = ev("error", "b", "create", 950), ev("error", "c", "create", 980)
+    h.feed(b)  # due at 1,000: the clock's time
+    h.feed(c)  # due at 1,030
+    fired = h.proc.fire_due(BASE + 1_000)
+    assert [_tomb(f) for f in fired.tombstones] == [(b.identity.key, "ttl", 1_000, 1_000)]
+    h._settle(fired)
+    assert h.advance(1_030) == [(c.identity.key, "ttl", 1_030, 1_030)]
+    assert h.advance(20_000) == []

@@ -419,3 +419,43 @@ async def test_a_partition_reading_its_backlog_fires_nothing_until_it_has_read_i
     del catching_up[("in", 0)]  # read
     await task.fire_due()
     assert outbox.sent[1] == ["o/_/live/error/kept"]
+
+
+@pytest.mark.asyncio
+async def test_a_task_whose_partitions_all_read_their_backlog_sleeps_until_woken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The timers of a partition reading its backlog do not fire, nor does the task look
+    at them: it does not read the holds for them each tick, as if about to fire, but sleeps
+    until the backlog is read (``wake``), then fires them."""
+    monkeypatch.setattr(firing, "IDLE_S", 3600.0)
+    clock = _Clock()
+    proc = _processor(clock)
+    _create(proc, "due", clock.now - TTL_MS - 20, clock)
+    outbox = _Outbox()
+    reads: list[int] = []
+
+    async def read_since(at_ms: int) -> None:
+        reads.append(at_ms)
+
+    catching_up: dict[tuple[str, int], object] = {("in", 0): (9, 0.0)}
+    task = Firing(
+        {("in", 0): proc},
+        cast("Outbox", outbox),
+        anyio.Lock(),
+        clock=clock,
+        on_fired=lambda _f: None,
+        catching_up=catching_up,
+        read_since=read_since,
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(task.run)
+        await wait_all_tasks_blocked()
+        assert (reads, outbox.sent) == ([], [])
+        del catching_up[("in", 0)]  # read
+        task.wake()
+        with anyio.fail_after(5):
+            await outbox.arrived.wait()
+        tg.cancel_scope.cancel()
+    assert outbox.sent == [["o/_/live/error/due"]]
+    assert reads != []  # read before the firing, as for any due timer

@@ -1017,3 +1017,78 @@ def test_an_erasure_of_the_lives_before_a_hold_keeps_is_on_the_audit_trail() -> 
     late = p.event("a", "delete", T0 + 500, now=T0 + 2 * TTL + 10)
     assert late.tombstones == []
     assert [(s.identity.record_id, reason) for s, reason, _ in late.deferred] == [("a", "explicit")]
+
+
+# -- erasures of the lives before the running one, under a hold ----------------------------
+
+
+def test_an_erasure_of_earlier_lives_changes_nothing_when_the_records_own_waits() -> None:
+    """Under a hold, a record's erasure waits for the release; one read later for its
+    earlier lives adds nothing: the waiting erasure ends every earlier life too. Kept as
+    a life of its own, it was stamped, deferred and tombstoned once more at the release."""
+    p = Partition()
+    p.event("a", "create", T0)
+    p.tick(T0 + TTL)  # the first life ends
+    p.event("a", "create", T0 + 2 * TTL)
+    p.holds.place(hold())
+    p.event("a", "delete", T0 + 2 * TTL + 100)  # waits for the release
+    assert [(rid, reason) for rid, reason, _ in p.deferred] == [("a", "explicit")]
+    late = p.event("a", "delete", T0 + 500, now=T0 + 2 * TTL + 200)
+    assert (late.stamps, late.deferred, dict(late.verdicts)) == ([], [], {"held": 1})
+    p.holds.release("h1")
+    p.tick(T0 + 2 * TTL + 300)
+    assert [(reason, exp) for _, reason, _, exp in p.tombstones] == [
+        ("ttl", T0 + TTL),
+        ("explicit", T0 + 3 * TTL),  # the erasure that waited, once
+    ]
+
+
+def test_an_erasure_of_an_erased_records_earlier_life_under_a_hold_is_stale() -> None:
+    """A record whose last life an erasure ended, before a hold was placed: an erasure
+    dated in its earlier life is stale, as the engine says, not an event the hold kept
+    (the verdicts feed the metrics)."""
+    p = Partition()
+    p.event("a", "create", T0)
+    p.tick(T0 + TTL)
+    p.event("a", "create", T0 + 2 * TTL)
+    p.event("a", "delete", T0 + 2 * TTL + 100)
+    p.holds.place(hold())
+    late = p.event("a", "delete", T0 + 500, now=T0 + 2 * TTL + 200)
+    assert (late.stamps, late.deferred, late.tombstones) == ([], [], [])
+    assert dict(late.verdicts) == {"stale": 1}
+
+
+def test_an_erasure_of_earlier_lives_a_hold_keeps_is_stamped_with_the_lives_kept() -> None:
+    """Kept for the release among the lives the hold keeps, the erasure goes on the
+    changelog with them (a restore rebuilds the record from it): the running life's
+    stamp, with the erasure that names no life and ends at the previous deletion."""
+    p = Partition()
+    p.event("a", "create", T0)
+    p.tick(T0 + TTL)  # the first life ends, at T0 + TTL - 1
+    p.event("a", "create", T0 + 2 * TTL)
+    p.holds.place(hold())
+    late = p.event("a", "delete", T0 + 500, now=T0 + 2 * TTL + 10)
+    assert [(s.created_at, s.live, s.held_lives) for s, _ in late.stamps] == [
+        (T0 + 2 * TTL, True, ((None, None, None, None, T0 + TTL - 1),))
+    ]
+
+
+def test_an_erasure_of_earlier_lives_a_hold_keeps_goes_out_at_the_release() -> None:
+    """The running life's timer carries the erasure kept among the lives the hold keeps:
+    fired at its expiry and kept by the hold, the life still has it, and the release
+    tombstones it, naming no life, before the running life's own tombstone."""
+    p = Partition()
+    p.event("a", "create", T0)
+    p.tick(T0 + TTL)
+    p.event("a", "create", T0 + 2 * TTL)
+    p.holds.place(hold())
+    p.event("a", "delete", T0 + 500, now=T0 + 2 * TTL + 10)
+    p.tick(T0 + 3 * TTL)  # the running life is due: the hold keeps it
+    assert [reason for _, reason, _ in p.deferred] == ["explicit", "ttl"]
+    p.holds.release("h1")
+    p.tick(T0 + 3 * TTL + 100)
+    assert [(reason, exp) for _, reason, _, exp in p.tombstones] == [
+        ("ttl", T0 + TTL),
+        ("explicit", None),  # the erasure of the first life
+        ("ttl", T0 + 3 * TTL),
+    ]

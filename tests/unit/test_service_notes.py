@@ -1,0 +1,133 @@
+"""The service's notes at an assignment and at a partition's end of backlog: the firing
+woken, and the warning about records kept for holds the holds topic does not have."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, cast
+
+import pytest
+from aiokafka import TopicPartition
+
+from stream_expiry.config import parse_config
+from stream_expiry.reading import END_UNKNOWN
+from stream_expiry.service import Service
+from stream_expiry.state import Effects
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from stream_expiry.firing import Firing
+    from stream_expiry.outbox import Outbox
+    from stream_expiry.state import PartitionProcessor
+
+
+class _Firing:
+    def __init__(self) -> None:
+        self.woken = 0
+        self.due: list[int | None] = []
+
+    def wake(self) -> None:
+        self.woken += 1
+
+    def due_at(self, due_ms: int | None) -> None:
+        self.due.append(due_ms)
+
+
+class _Outbox:
+    def __init__(self) -> None:
+        self.sent: list[list[tuple[object, Effects]]] = []
+
+    async def send(self, items: list[tuple[object, Effects]], now_ms: int) -> list[object]:
+        self.sent.append(items)
+        return []
+
+
+class _Counts:
+    def __init__(self, held: int) -> None:
+        self.held = held
+
+
+class _Store:
+    def __init__(self, held: int) -> None:
+        self.counts = _Counts(held)
+
+
+class _Processor:
+    """What the assignment's notes read of a partition: its store's held count, and its
+    timers in the wheel and set aside."""
+
+    def __init__(self, held: int = 0, timers: int = 0, waiting: int = 0) -> None:
+        self.store = _Store(held)
+        self.timers, self.waiting = timers, waiting
+        self.next_due: int | None = None
+
+    def next_due_ms(self) -> int | None:
+        return self.next_due
+
+
+def _service(config: str = "") -> Service:
+    return Service(parse_config(config), bootstrap_servers="k:1", environ={})
+
+
+def test_a_partition_that_has_read_its_backlog_wakes_the_firing() -> None:
+    """Its timers waited for the backlog (the firing passed the partition over, and may
+    sleep with nothing else due): once read, the task is woken to fire them, whether or
+    not sessions were set aside."""
+    service = _service()
+    firing = _Firing()
+    service._firing = cast("Firing", firing)
+    service._let_go(("in", 0), END_UNKNOWN)
+    assert firing.woken == 1
+    service._let_go(("in", 0), 42)  # a lagging read, nothing set aside: nothing to wake
+    assert firing.woken == 1
+
+
+def test_records_kept_with_no_active_hold_are_said_unless_the_archive_may_keep_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The stores' held count takes in the records kept for the archive (``[archive]
+    required``): with the archive on, it cannot tell a lost holds topic, and nothing is
+    said; without it, the records kept with no active hold are."""
+    caplog.set_level(logging.WARNING, logger="stream_expiry")
+    tps = [TopicPartition("in", 0)]
+    for config, said in (("", 1), ("[archive]\nrequired = true\n", 0)):
+        caplog.clear()
+        service = _service(config)
+        service.processors[("in", 0)] = cast("PartitionProcessor", _Processor(held=3))
+        service._say_held_without_holds(tps)
+        warned = [
+            r.getMessage() for r in caplog.records if "kept for legal holds" in r.getMessage()
+        ]
+        assert len(warned) == said, config
+        if said:
+            assert warned[0].startswith("3 records in the stores of in[0] are kept")
+
+
+def test_the_assignment_line_counts_the_timers_set_aside_of_the_partitions_assigned() -> None:
+    """The restore's timers, in the wheels or set aside (sessions waiting for unread
+    input), of the partitions the assignment gave: not those of partitions held before."""
+    service = _service()
+    service.processors[("in", 0)] = cast("PartitionProcessor", _Processor(timers=5, waiting=2))
+    service.processors[("in", 1)] = cast("PartitionProcessor", _Processor(timers=100))
+    assigned = [TopicPartition("in", 0), TopicPartition("in", 7)]  # 7: revoked meanwhile
+    assert service._timers_of(assigned) == 7
+
+
+@pytest.mark.asyncio
+async def test_what_the_loop_decides_tells_the_firing_when_its_timers_are_due() -> None:
+    """Decided and sent (a slice read, or creates woken from parking), a partition's next
+    due time goes to the firing, which may sleep past it (due_at wakes it): the timer of
+    a create woken from parking, due before the firing looks again, fired late."""
+    service = _service()
+    firing, outbox = _Firing(), _Outbox()
+    service._firing, service._outbox = cast("Firing", firing), cast("Outbox", outbox)
+    proc = _Processor()
+    proc.next_due = 1_234
+
+    def decide(now: int) -> Iterator[tuple[PartitionProcessor, Effects]]:
+        yield cast("PartitionProcessor", proc), Effects(1)
+
+    await service._send_decided(decide)
+    assert len(outbox.sent) == 1
+    assert firing.due == [1_234]
