@@ -1105,6 +1105,10 @@ async def test_the_receipt_of_a_null_whose_tombstone_never_came_gives_the_nulls_
         await wait_until(receipted, what="the receipt")
         await wait_for(lambda: sink.metrics["unsettled_total"] == 1)  # counted apart
         assert sink.metrics["swept_total"] == 0
+        # Published as the sweep's receipts are, not left in the store's outbox until a
+        # restart.
+        published = await read_topic(broker, topics.receipts, until=lambda r: len(r) >= 1)
+        assert [orjson.loads(r.value)["reason"] for r in published] == ["explicit"]
     assert [(r.reason, r.rows_deleted) for r in await store.receipts()] == [("explicit", 1)]
     assert "whose tombstones never came" in caplog.text
     assert "swept" not in caplog.text
