@@ -337,6 +337,13 @@ class PartitionProcessor:
             if ev.ts < model.SECONDS_LIKE_BEFORE_MS:
                 effects.seconds_like.append((rec, ev.ts))
             key = ev.identity.key
+            if key in ending:
+                # An earlier event of this slice may have ended the running life (an
+                # erasure dated before its expiry): what waited for it is decided first,
+                # before this later event, in offset order. Woken at the slice's end, a
+                # touch after the erasure started a life of its own, and the parked create
+                # was then taken for its re-delivery (a mutation-testing helper).
+                self._unpark_ended({key}, now_ms, effects)
             if parked and key in parked:
                 if ev.ts >= self._parked_due[key]:
                     # After the running life, as the parked create: it waits behind it.

@@ -6,7 +6,14 @@ reference models leave loose (they have no offsets and no wake heap)."""
 
 from __future__ import annotations
 
-from tests.unit.test_holds import T0, TTL, Partition, _unpark, hold
+import itertools
+
+import orjson
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from stream_expiry.model import Identity
+from tests.unit.test_holds import T0, TTL, Partition, _Rec, _unpark, hold
 
 
 def test_a_create_after_an_erased_life_starts_the_next_life_at_once() -> None:
@@ -114,3 +121,98 @@ def test_after_a_clock_stepped_back_a_create_after_an_ended_life_is_not_parked()
     assert dict(back.verdicts) == {"recreated": 1}
     assert [(s.created_at, s.held_lives[0][0]) for s, _ in back.stamps] == [(T0 + TTL + 5, T0)]
     assert (p.proc.parked, held.proc.parked) == (0, 0)
+
+
+def _session_after_an_erasure_and_a_touch(*, batched: bool) -> tuple[int | None, int | None]:
+    """A session with a create parked for its expiry, then one slice of its erasure
+    (dated before that expiry) and a touch dated after the erasure: the created_at and
+    expires_at of its life once every expiry has passed, relative to T0."""
+    p = Partition()
+    p.event("s", "create", T0, category="session")
+    assert dict(p.event("s", "create", T0 + TTL, now=T0 + 100, category="session").verdicts) == {
+        "parked": 1
+    }
+    body = {"category": "session", "org": "acme", "bot": "b1", "record_id": "s"}
+    recs = [
+        _Rec(p.offset + 1, None, orjson.dumps({**body, "op": "delete", "ts": T0 + 200})),
+        _Rec(p.offset + 2, None, orjson.dumps({**body, "op": "touch", "ts": T0 + 300})),
+    ]
+    p.offset += 2
+    for chunk in [recs] if batched else [[r] for r in recs]:
+        p._take(p.proc.process(chunk, T0 + 400), T0 + 400)
+    for t in (T0 + TTL, T0 + 2 * TTL, T0 + 3 * TTL):
+        p.tick(t)
+        _unpark(p, t)
+    state = p.proc.state_of(Identity("acme", "b1", "live", "session", "s").key)
+    assert state is not None
+    created, expires = state.created_at, state.expires_at
+    return (None if created is None else created - T0, None if expires is None else expires - T0)
+
+
+def test_a_parked_create_an_erasure_wakes_is_decided_before_the_slices_later_events() -> None:
+    """In offset order: the parked create (read first) starts the next life once the
+    erasure ends the running one, and the touch read after both, dated before that life,
+    changes nothing. Decided one by one, so it is; in one slice, the touch was decided
+    before the woken create, started a life of its own, and the create was then taken for
+    its re-delivery: the next life was never stamped, and the session went 700 ms early.
+    What a record becomes must not depend on how its events were sliced."""
+    one_by_one = _session_after_an_erasure_and_a_touch(batched=False)
+    assert one_by_one == (TTL, 2 * TTL)  # the parked create's life, event by event
+    assert _session_after_an_erasure_and_a_touch(batched=True) == one_by_one
+
+
+_OPS = st.tuples(
+    st.sampled_from(["a", "b"]),
+    st.sampled_from(["create", "touch", "delete"]),
+    # Times around the expiries (TTL apart), where parking and erasures meet.
+    st.sampled_from([0, 200, 300, TTL - 1, TTL, TTL + 200, TTL + 300, 2 * TTL, 2 * TTL + 300]),
+    st.sampled_from(["session", "conversation"]),
+)
+
+
+def _lives(events: list[tuple[str, str, int, str]], cuts: list[int]) -> object:
+    """Every tombstone and the final state of each record, the events read at one time
+    (``T0 + 100``: creates dated after a running life's expiry park) in slices ending at
+    ``cuts``, then the clock run past every expiry."""
+    p = Partition()
+    now = T0 + 100
+    recs = []
+    for rid, op, ts, category in events:
+        p.offset += 1
+        body = {"category": category, "org": "acme", "bot": "b1", "record_id": rid}
+        recs.append(_Rec(p.offset, None, orjson.dumps({**body, "op": op, "ts": T0 + ts})))
+    bounds = [0, *sorted(set(cuts)), len(recs)]
+    for start, end in itertools.pairwise(bounds):
+        if start < end:
+            p._take(p.proc.process(recs[start:end], now), now)
+    for t in range(T0 + TTL // 2, T0 + 6 * TTL, TTL // 2):
+        p.tick(t)
+        _unpark(p, t)
+    finals: dict[tuple[str, str], tuple[int | None, bool] | None] = {}
+    for rid, category in {(e[0], e[3]) for e in events}:
+        state = p.proc.state_of(Identity("acme", "b1", "live", category, rid).key)
+        finals[rid, category] = None if state is None else (state.created_at, state.live)
+    return sorted(p.tombstones, key=repr), finals
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=st.lists(_OPS, min_size=1, max_size=8), cuts=st.lists(st.integers(1, 8), max_size=4))
+@example(  # the helper's case: a parked create, then an erasure and a touch in one slice
+    events=[
+        ("a", "create", 0, "session"),
+        ("a", "create", TTL, "session"),
+        ("a", "delete", 200, "session"),
+        ("a", "touch", 300, "session"),
+    ],
+    cuts=[2],
+)
+def test_what_a_record_becomes_does_not_depend_on_how_its_events_were_sliced(
+    events: list[tuple[str, str, int, str]], cuts: list[int]
+) -> None:
+    """The service reads events in slices of whatever the fetch returned; replay and a
+    restart read the same events cut elsewhere. The same events, one by one or in any
+    slices, give the same tombstones and the same lives (a parked create woken at its
+    slice's end, after a later touch, was taken for a re-delivery: a mutation helper)."""
+    cuts = [c for c in cuts if c < len(events)]
+    one_by_one = _lives(events, list(range(1, len(events))))
+    assert _lives(events, cuts) == one_by_one
