@@ -104,7 +104,11 @@ def _describe(config: Config, topic: str, rec: Any) -> dict[str, Any]:
             "deleted",
             {
                 "reason": codec.reason_of(headers),
-                "deleted_at": None if deleted_at is None else format_ts(deleted_at),
+                # The header's bound, not a time of deletion: the null ends the lives
+                # created at or before it (an expiry's: its life's end, a millisecond
+                # before expires_at, so a session touched at its expiry lives on). Shown
+                # as "deleted_at", an auditor read every ttl deletion as early (a trial).
+                "ends_lives_created_by": None if deleted_at is None else format_ts(deleted_at),
             },
         )
     body = None if rec.value is None else _body(rec.value)
@@ -248,7 +252,10 @@ def _summary(e: dict[str, Any]) -> str:
             text += f", redacted {', '.join(e['redacted'])}"
         return text
     if kind == "deleted":
-        return f"null on the changelog (reason {e['reason'] or '-'}, life ended {e['deleted_at']})"
+        return (
+            f"null on the changelog (reason {e['reason'] or '-'}): the lives created at or "
+            f"before {e['ends_lives_created_by'] or '-'} are deleted"
+        )
     if kind == "tombstone":
         return (
             f"reason {e.get('reason')}, emitted {e.get('emitted_at')}, expires_at "

@@ -86,3 +86,23 @@ def test_the_record_asked_for_is_checked_as_the_service_checks_ids() -> None:
             with pytest.raises(ConfigurationError, match=f"^{flag} must be 1 to 512"):
                 checked_identity(CONFIG, _args(**{name: bad}))
     assert checked_identity(CONFIG, _args(record_id="x" * MAX_ID_CHARS)).record_id == "x" * 512
+
+
+def test_a_null_reads_as_the_lives_it_ends_not_as_a_deletion_time() -> None:
+    """A ttl null's ``expiry-deleted-at`` is its life's end, a millisecond before the
+    expiry: printed as "life ended" and given as ``deleted_at``, an auditor read every
+    ttl deletion as early (a trial). It is the bound of the lives the null ends."""
+    lines = text_lines(
+        _history(
+            {
+                "at": AT,
+                "kind": "deleted",
+                "reason": "ttl",
+                "ends_lives_created_by": "2026-12-05T04:59:59.999Z",
+            }
+        )
+    )
+    assert lines[1].endswith(
+        "null on the changelog (reason ttl): the lives created at or before "
+        "2026-12-05T04:59:59.999Z are deleted"
+    )
