@@ -179,6 +179,15 @@ def env_candidates(
             except InvalidDuration as exc:
                 warnings.append(f"environment variable {var} ignored: {exc}")
                 cands.append(Candidate("env", name, None, valid=False))
+                continue
+            if raw.strip().startswith("-"):
+                # Ignored as 0 is, as in the config file, which says so with its line: a
+                # sign is likely a slip, and the variable's records may then never expire
+                # with nobody told (a trial).
+                warnings.append(
+                    f"environment variable {var} is negative ({raw.strip()!r}): ignored, as "
+                    f"0 is; {category} takes its TTL from the other sources, or never expires"
+                )
         if cands:
             found[category] = tuple(cands)
     return found, warnings

@@ -221,6 +221,16 @@ def test_invalid_env_variables_are_warnings_not_errors() -> None:
     assert "forever" in b.env_warnings[0]
 
 
+def test_a_negative_variable_is_ignored_with_a_warning_naming_it() -> None:
+    """As a negative value in the config file is (with its line): ignored, as 0 is, and
+    said. Silent, a sign slipped into a deployment kept the category's records forever
+    with nobody told (a trial)."""
+    b = book("", {CONV: "-5", CONV2: "30"})
+    assert resolve(b) == Resolution(30 * MIN, "env")
+    assert len(b.env_warnings) == 1
+    assert f"{CONV} is negative ('-5'): ignored" in b.env_warnings[0]
+
+
 def test_a_capital_m_in_a_variable_is_minutes_with_a_warning_naming_it() -> None:
     """A "1M" is one minute, as everywhere (units are case-insensitive), but M usually means
     a month: the person is told, naming the variable, and the value still counts."""
