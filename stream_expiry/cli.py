@@ -45,7 +45,7 @@ from stream_expiry.cliargs import (
 )
 from stream_expiry.config import Config, load_config
 from stream_expiry.errors import StreamExpiryError
-from stream_expiry.logs import configure_logging, resolve_log_options, say_failure
+from stream_expiry.logs import configure_logging, resolve_log_options, say_failure, say_warning
 from stream_expiry.metrics import version
 
 if TYPE_CHECKING:
@@ -271,7 +271,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     if known is not None:
         updates = _policy_updates(args, config, known[1])
         for warning in apply_updates(book, updates, config.topics.policies):
-            print(f"warning: {warning}", file=sys.stderr)
+            say_warning(warning)
     # A record created now, unless --at says when: an update dated ahead (``effective_from``
     # next month) is not in force yet, and the answer is what a record gets today.
     at = ts_ms(args.at)
@@ -283,7 +283,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         at_ms=wall_clock_ms() if at is None else at,
     )
     for warning in book.env_warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        say_warning(warning)
     left_out = None if known else updates_left_out(config.topics.policies, offline=args.offline)
     if args.json:
         # The JSON is the contract's; what it leaves out is said beside it, on stderr (a

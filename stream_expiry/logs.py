@@ -56,6 +56,7 @@ __all__ = [
     "record_ref",
     "resolve_log_options",
     "say_failure",
+    "say_warning",
 ]
 
 LOG_FORMAT_ENV: Final = "STREAM_EXPIRY_LOG_FORMAT"
@@ -262,6 +263,19 @@ def say_failure(text: str) -> None:
         logging.getLogger("stream_expiry").error("%s", text)
     else:
         print(text, file=sys.stderr)
+
+
+def say_warning(text: str) -> None:
+    """A command's warning beside its answer (``explain``'s, of a policy update or a
+    variable): ``warning: ...`` on stderr, one JSON line where the logs are JSON lines,
+    nothing under ``--log-level ERROR`` (printed whatever the options were, a trial)."""
+    logger = logging.getLogger("stream_expiry")
+    if not logger.isEnabledFor(logging.WARNING):
+        return
+    if _format_in_force == "json":
+        logger.warning("%s", text)
+    else:
+        print(f"warning: {text}", file=sys.stderr)
 
 
 def configure_logging(level: str, fmt: str, *, stream: TextIO | None = None) -> None:

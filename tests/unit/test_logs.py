@@ -169,3 +169,33 @@ def test_a_sasl_login_is_not_written_to_a_debug_log(fmt: str) -> None:
     assert "Pw-Zebra-991" not in login
     assert "Request to 127.0.0.1:9092 3: SaslAuthenticateRequest_v0(... not shown ...)" in login
     assert "MetadataRequest_v0(topics=[])" in logged(MetadataRequest_v0([]))
+
+
+@pytest.mark.parametrize(
+    ("level", "fmt", "logged", "printed"),
+    [
+        ("WARNING", "text", [], ["warning: a variable is negative"]),
+        ("INFO", "json", ["a variable is negative"], []),
+        ("ERROR", "text", [], []),
+        ("ERROR", "json", [], []),
+    ],
+)
+def test_a_commands_warning_follows_the_log_options(
+    level: str,
+    fmt: str,
+    logged: list[str],
+    printed: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``explain``'s warnings (a policy update, a variable) were plain lines whatever
+    ``--log-format json`` and ``--log-level ERROR`` said (a trial)."""
+    from stream_expiry.logs import say_warning
+
+    out = io.StringIO()
+    configure_logging(level, fmt, stream=out)
+    try:
+        say_warning("a variable is negative")
+    finally:
+        configure_logging("WARNING", "text")
+    assert [orjson.loads(line)["msg"] for line in out.getvalue().splitlines()] == logged
+    assert capsys.readouterr().err.splitlines() == printed
