@@ -106,14 +106,15 @@ async def test_sink_applies_tombstones_end_to_end(
     early = stamp(ident("early"), created_at=now, ttl_ms=HOUR)
     overdue = stamp(ident("overdue", category="error"), created_at=now - 2 * HOUR, ttl_ms=MINUTE)
     live = [*mk["acme"], *mk["globex"], *shared, dup, nulled]
-    # The grace (1 h) lets the sweep take the overdue row (expired ~2 h ago) but not the
-    # null deletion below, whose tombstone event comes a moment after it.
+    # The grace (3 s) lets the sweep take the overdue row (expired ~2 h ago) once it has
+    # been in the store that long, but not the null deletion below, whose tombstone event
+    # comes a moment after it.
     config = sink_config(
         broker,
         topics,
         compacted={"conversation": history},
         sweep_interval_s=0.2,
-        sweep_grace_s=3600,
+        sweep_grace_s=3,
     )
 
     async with running_sink(store, config) as sink:
