@@ -23,7 +23,12 @@ A crash before 2 re-reads the batch; after 2 the store has the deletions, and re
 changes nothing (the store is idempotent); after 2, the receipts not yet marked published
 wait in the store's outbox and are published (again) at the next start. Published receipts
 are at-least-once: consumers de-duplicate them by ``receipt_id``. A batch whose publish
-failed leaves its receipts in the outbox and its offsets to a later batch's commit.
+failed leaves its receipts in the outbox and its offsets to a later batch's commit. A
+commit the group refuses because it rebalanced meanwhile leaves the batch to be read again
+by its partitions' owner (this sink or another), which changes nothing in the store.
+
+A batch is counted (``metrics``, ``on_batch``) once its transaction commits, from what
+the store did with it (its plan), whatever becomes of its publish and its commit after.
 
 Every instance of one store joins the same consumer group, with the range assignor so that
 partition n of both topics goes to the same instance: with equal partition counts (the
@@ -43,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import anyio
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from stream_expiry.errors import BrokerError, BrokerUnavailableError, ConfigurationError
 from stream_expiry.fetch import end_offsets, read_to_now
@@ -246,7 +251,9 @@ class SinkConfig:
 
 @dataclass(frozen=True, slots=True)
 class BatchReport:
-    """What one batch (or one sweep) did; given to ``on_batch`` after its offsets commit."""
+    """What one batch (or one sweep) did; given to ``on_batch`` once its store transaction
+    committed (before its receipts are published and its offsets committed, which may fail
+    and be done again later: the batch is reported once all the same)."""
 
     kind: Literal["batch", "sweep"]
     messages: int
@@ -336,6 +343,9 @@ class Sink:
         self._finishing: asyncio.Future[None] | None = None
         # Next offset per partition of every applied batch, until a commit holds it.
         self._uncommitted: dict[Any, int] = {}
+        # Whether the sink said that the group rebalanced under a commit, since the last
+        # commit that went through (said once a rebalance, not once a batch).
+        self._rebalance_said = False
         # The sweep's view of the legal holds, and where its next page starts.
         self.holds = HoldBook()
         # Holds released or replaced within the sweep's grace, with when this sink read
@@ -705,7 +715,7 @@ class Sink:
         if not self.store.overlaps:  # one step after the other: see Store.overlaps
             if following:  # kept before anything can fail, as below
                 self._ready = await self._decode_batch(following)
-            await self._hand_off(current, await self._transact(current), prod, cons)
+            await self._hand_off(await self._transact(current), prod, cons)
             await self._settle()
             return
         if not following:
@@ -721,7 +731,7 @@ class Sink:
                     await asyncio.wait([task])
                 raise
             out = await task
-        await self._hand_off(current, out, prod, cons)
+        await self._hand_off(out, prod, cons)
 
     def _rewind(self, cons: AIOKafkaConsumer, failed: _Decoded) -> None:
         """The store lost its connection while applying ``failed``: read it again, and the
@@ -743,7 +753,7 @@ class Sink:
         """Decode, apply, publish and commit one batch, each step awaited in turn: what
         :meth:`_step` does, unpipelined."""
         decoded = await self._decode_batch(batch)
-        await self._hand_off(decoded, await self._transact(decoded), prod, cons)
+        await self._hand_off(await self._transact(decoded), prod, cons)
         await self._settle()
 
     async def _revoked(self) -> None:
@@ -777,10 +787,27 @@ class Sink:
                 raise
         # The store holds the batch now: re-reading it after a restart is harmless.
         self._uncommitted.update(batch.offsets)
+        self._count(batch, out)
         return out
 
+    def _count(self, batch: _Decoded, out: Plan) -> None:
+        """Count and report a batch whose transaction committed: what the store did is
+        done, whatever becomes of its publish and its commit. Counted after those, a
+        commit refused by a rebalance left two batches uncounted (the failed one, and the
+        next, not handed off), their receipts published from the outbox all the same (a
+        trial). A batch read again (after a rebalance, a restart) is applied again, and
+        its plan then says that nothing new was written, deleted or receipted."""
+        m = self.metrics
+        m["batches_total"] += 1
+        m["messages_total"] += batch.messages
+        m["written_total"] += out.written
+        m["stale_total"] += out.stale
+        m["deleted_total"] += out.deleted
+        m["receipts_total"] += len(out.receipts)
+        self._report("batch", out, batch.messages, batch.invalid)
+
     async def _hand_off(
-        self, batch: _Decoded, out: Plan | None, prod: AIOKafkaProducer, cons: AIOKafkaConsumer
+        self, out: Plan | None, prod: AIOKafkaProducer, cons: AIOKafkaConsumer
     ) -> None:
         """Start publishing an applied batch and committing its offsets, in the background.
 
@@ -788,41 +815,58 @@ class Sink:
         order and at most one batch is in flight beside the next transaction. If that one
         failed, its error is raised here and this batch is not handed off: its receipts
         wait in the outbox (flushed once the broker answers) and its offsets stay in
-        ``_uncommitted`` for the next commit. A batch not applied (``out`` None: its
-        partitions were taken back) is not handed off.
+        ``_uncommitted`` for the next commit (it was counted with its transaction). A
+        batch not applied (``out`` None: its partitions were taken back) is not handed off.
         """
         await self._settle()
         if out is None:
             return
         offsets = dict(self._uncommitted)
-        self._finishing = asyncio.ensure_future(self._finish(batch, out, offsets, prod, cons))
+        self._finishing = asyncio.ensure_future(self._finish(out, offsets, prod, cons))
 
     async def _finish(
         self,
-        batch: _Decoded,
         out: Plan,
         offsets: dict[Any, int],
         prod: AIOKafkaProducer,
         cons: AIOKafkaConsumer,
     ) -> None:
         """Publish the batch's receipts, then commit the offsets of every batch applied up
-        to it (a partition the group took away meanwhile is left out)."""
-        await self._publish(prod, out.receipts, living=out.living)
+        to it (a partition the group took away meanwhile is left out). The batch was
+        counted with its transaction (:meth:`_count`)."""
+        await self._publish(prod, out.receipts, count=False, living=out.living)
         assigned = cons.assignment()
         mine = {tp: o for tp, o in offsets.items() if tp in assigned}
         if mine:
             with broker_errors(f"committing offsets for group {self.config.group_id}"):
-                await cons.commit(mine)
+                try:
+                    await cons.commit(mine)
+                except CommitFailedError:
+                    self._say_rebalanced(mine)
+                else:
+                    self._rebalance_said = False
         for tp, offset in offsets.items():
             if self._uncommitted.get(tp) == offset:
                 del self._uncommitted[tp]
-        m = self.metrics
-        m["batches_total"] += 1
-        m["messages_total"] += batch.messages
-        m["written_total"] += out.written
-        m["stale_total"] += out.stale
-        m["deleted_total"] += out.deleted
-        self._report("batch", out, batch.messages, batch.invalid)
+
+    def _say_rebalanced(self, offsets: Mapping[Any, int]) -> None:
+        """The group refused a commit: it rebalanced meanwhile (an instance of the store
+        joined, left or stopped answering), not a broker outage. The offsets are the old
+        assignment's: after the rebalance each partition is read again from its committed
+        offset by its owner, this sink or another, and the batches applied again change
+        nothing in the store. Said as a broker outage, it was counted in
+        ``broker_errors_total``, waited for a second, and came with aiokafka's advice
+        about ``max_poll_interval_ms`` (a trial)."""
+        if self._rebalance_said:
+            return
+        self._rebalance_said = True
+        log.info(
+            "store %s: the consumer group %s rebalanced (an instance joined, left or "
+            "stopped answering) before the offsets of %s were committed; their owners "
+            "read those messages again, which changes nothing in the store",
+            self.store.name, self.config.group_id,
+            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(offsets)),
+        )  # fmt: skip
 
     async def _settle(self) -> None:
         """Wait for the batch in flight (if any) to be published and committed; its
@@ -1026,8 +1070,9 @@ class Sink:
                 self.store.name, out.unsettled, format_ts(cutoff), cfg.tombstones_topic,
             )  # fmt: skip
         if out.swept or out.unsettled:
-            await self._publish(prod, out.receipts, living=out.living)
+            # Reported once the store did it, as a batch is (see _count).
             self._report("sweep", out, 0, 0)
+            await self._publish(prod, out.receipts, living=out.living)
         return page.more
 
     async def prune_once(self, *, read_to_ms: int) -> bool:

@@ -962,3 +962,75 @@ def test_the_archives_offsets_by_a_cutoff_are_the_last_reading_made_by_then() ->
     assert [at for at, _ in seen] == [200, 300]  # the reading before 200 is not needed again
     assert archived_by(seen, 300) == {0: 9}
     assert list(seen) == [(300, {0: 9})]
+
+
+C3 = Identity("acme", "_", "live", "conversation", "r3")
+
+
+@pytest.mark.asyncio
+async def test_a_batch_is_counted_once_whatever_becomes_of_its_commit() -> None:
+    """Counted once its offsets were committed, the batch whose commit failed, and the one
+    applied beside it (not handed off, the failure surfacing first), were never counted nor
+    reported, their receipts published from the outbox all the same (a trial). Counted
+    with its transaction, each is counted once."""
+    from stream_expiry.errors import BrokerUnavailableError
+
+    store, reports, j = MemoryStore(), list[BatchReport](), Journal()
+    sink = sink_for(store, reports)
+    cons = QueuedConsumer(j, store, [tombstones_of(1, B), tombstones_of(2, C3)])
+    cons.fail_commit = True  # a broker outage
+    sink._ready = await sink._decode_batch(tombstones_of(0, A))
+    await sink._step(FakeProducer(j), cons)
+    with pytest.raises(BrokerUnavailableError):
+        await sink._step(FakeProducer(j), cons)
+    await sink._step(FakeProducer(j), cons)
+    await sink._settle()
+    m = sink.metrics
+    assert (m["batches_total"], m["messages_total"], m["deleted_total"]) == (3, 3, 0)
+    assert (m["receipts_total"], m["published_total"]) == (3, 2)  # B's wait in the outbox
+    assert [r.identity for rep in reports for r in rep.receipts] == [A, B, C3]
+
+
+class RebalancedConsumer(QueuedConsumer):
+    """Refuses the next commit as aiokafka does once the group rebalanced meanwhile."""
+
+    async def commit(self, offsets: dict[TP, int]) -> None:
+        if self.fail_commit:
+            from aiokafka.errors import CommitFailedError
+
+            self.fail_commit = False
+            raise CommitFailedError("increasing the rebalance timeout with max_poll_interval_ms")
+        await FakeConsumer.commit(self, offsets)
+
+
+@pytest.mark.asyncio
+async def test_a_commit_refused_by_a_rebalance_is_no_broker_outage() -> None:
+    """The group rebalanced (an instance joined or died) under a commit: said at INFO as
+    a rebalance, not as a broker outage (no error raised to the loop, which counted it in
+    ``broker_errors_total``, waited a second and said "retrying until the broker
+    answers", with aiokafka's advice about max_poll_interval_ms), and the next batch goes
+    on. The refused offsets are the old assignment's: the partitions are read again from
+    their committed offsets after the rebalance, so they are not carried to a later
+    commit."""
+    store, reports, j = MemoryStore(), list[BatchReport](), Journal()
+    sink = sink_for(store, reports)
+    cons = RebalancedConsumer(j, store, [tombstones_of(1, B), tombstones_of(2, C3)])
+    cons.fail_commit = True
+    sink._ready = await sink._decode_batch(tombstones_of(0, A))
+    with captured_logs() as logs:
+        await sink._step(FakeProducer(j), cons)  # A applied; its commit refused
+        await sink._step(FakeProducer(j), cons)  # B applied and handed off all the same
+        cons.fail_commit = True  # still rebalancing: B's commit, beside C's transaction
+        await sink._step(FakeProducer(j), cons)
+        await sink._settle()
+    assert commits(j) == [{TP("tb", 0): 3}]  # C's
+    assert sink._uncommitted == {}
+    assert [r.identity for rep in reports for r in rep.receipts] == [A, B, C3]
+    m = sink.metrics
+    assert (m["messages_total"], m["receipts_total"], m["published_total"]) == (3, 3, 3)
+    assert m["broker_errors_total"] == 0
+    lines = [line for line in logs.json_lines() if "rebalanced" in str(line["msg"])]
+    assert [line["level"] for line in lines] == ["INFO"]
+    assert "the consumer group g rebalanced" in str(lines[0]["msg"])
+    assert "tb[0]" in str(lines[0]["msg"])
+    assert "max_poll_interval_ms" not in logs.both()
