@@ -20,7 +20,9 @@ Rules kept here (../shared/CONTRACT.md, "Semantics"):
   ``deleted_at = expires_at - 1`` (so a touch *at* the expiry starts a new life), for an
   explicit one ``deleted_at = max(d, created_at)``. A new life remembers that deletion
   (``previous_deleted_at``): a create at or before it is stale, not a backdating create,
-  and a delete at or before it erases the lives before, never the running one.
+  and a delete at or before it erases the lives before, never the running one. Nor, once
+  it ended, that life: an erasure dated before an ended life's creation names no life and
+  ends at its own time.
 * Never early: a ``ttl`` tombstone's ``emitted_at`` (the clock) is >= ``expires_at``.
 """
 
@@ -63,6 +65,17 @@ class Fired(NamedTuple):
     after: Stamp
     reason: Reason
     emitted_at: int
+    # False: the tombstone ends no life of the changelog's (an erasure of lives its
+    # deletions ended already, :meth:`Engine._erase_ended`), so no null follows it.
+    ends_life: bool = True
+
+    @property
+    def has_null(self) -> bool:
+        """Whether a null on ``expiry.stamped`` follows the tombstone: not when the record
+        lives on (an earlier life's tombstone), nor when it ends no life. Without a null,
+        an erasure's tombstone event alone says where it ends (``erased_until`` of
+        ``before``, in its ``expiry-deleted-at`` header)."""
+        return self.ends_life and not self.after.live
 
 
 class Outcome(NamedTuple):
@@ -287,7 +300,20 @@ class Engine(Generic[S]):
         takeover): that life's ``ttl`` tombstone told an archive to keep its data, so the
         erasure still goes out, once. The marker keeps its deletion time (events up to it
         stay stale) and remembers the erasure in ``erase_at``: a redelivery of the
-        request changes nothing. (Under a legal hold the processor defers it instead.)"""
+        request changes nothing. (Under a legal hold the processor defers it instead.)
+
+        A request dated before the ended life's creation is not that life's (a create after
+        a deletion starts a new life: the request that ended the life before it, read
+        again, say, by a new consumer group): it erases the lives before, never that one,
+        as :meth:`_erase_before` does for a running life. Its tombstone names no life and
+        says the request's time (``expiry-deleted-at``), with no null (an explicit null
+        erases what the archive holds of the key at lower offsets, the ended life too), and
+        the marker stays as it is: an erasure of that life, read late, still goes out."""
+        created = marker.created_at
+        if created is not None and requested_at < created:
+            earlier = Stamp(marker.identity, None, None, None, None, None, requested_at)
+            fired = Fired(earlier, marker, "explicit", now_ms, False)
+            return Outcome(Verdict.DELETED, None, False, (fired,))
         after = marker._replace(erase_at=requested_at)
         # It names no life, as an erasure of a record never seen: a marker restored from
         # its null knows the deletion's time only (the header bounds the lives it ends).

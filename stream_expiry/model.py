@@ -584,7 +584,8 @@ def deletion_from_tombstone(value: bytes | None, prior: Stamp | None) -> Stamp |
     ``prior`` already holds for the same life (the null on ``expiry.stamped`` carries the
     exact time) therefore stands: pushed to ``emitted_at``, it would take a create after
     the delete, and before the tombstone went out, for the deleted life's and ignore a
-    new life.
+    new life. A marker restored from a null (which says only the deletion's time) takes the
+    life's creation from the ``ttl`` tombstone that ended it.
     """
     if value is None:
         return None
@@ -603,6 +604,21 @@ def deletion_from_tombstone(value: bytes | None, prior: Stamp | None) -> Stamp |
         return None
     if prior is not None:
         if prior.deleted_at is not None:
+            if (
+                prior.deleted_at == deleted_at
+                and prior.created_at is None
+                and body["reason"] == "ttl"
+                and created is not None
+            ):
+                # The marker its null restored, of the life this tombstone ended: it keeps
+                # that life's creation, as the original's marker does, so an erasure dated
+                # before it, read again, erases the lives before, not this one.
+                return prior._replace(
+                    created_at=created,
+                    expires_at=expires,
+                    ttl_ms=None if ttl_s is None else ttl_s * 1000,
+                    ttl_source=body.get("ttl_source"),
+                )
             if prior.deleted_at >= deleted_at:
                 return None
             if body["reason"] != "ttl" and (created is None or created <= prior.deleted_at):

@@ -505,10 +505,13 @@ class Outbox:
             key = fired.before.identity.key.encode()
             at = fired.emitted_at
             event = model.encode_tombstone(fired.before, reason=fired.reason, emitted_at=at)
-            if fired.after.live:  # an earlier life a hold kept: the record lives on, no null
-                # but a stamp without that life, which must not be acked before this
-                # tombstone is: a restore from it would never tombstone the life (a review).
-                out.after_tombstones = True
+            if not fired.has_null:
+                # An earlier life a hold kept: the record lives on, no null but a stamp
+                # without that life, which must not be acked before this tombstone is: a
+                # restore from it would never tombstone the life (a review). Or an erasure
+                # of lives ended already, before the one the record's marker ends.
+                if fired.after.live:
+                    out.after_tombstones = True
                 # An erasure's tombstone says where the life ended, as below: the stores and
                 # the archive erase up to there, never the record's next life.
                 ended = fired.before.erased_until if fired.reason == "explicit" else None

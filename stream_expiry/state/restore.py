@@ -493,6 +493,7 @@ def _apply_tombstones(
             continue
         first.setdefault(key, prior)
         current[key] = marker
-        report.markers += 1
+        if prior is None or prior.deleted_at != marker.deleted_at:
+            report.markers += 1  # (not a marker that only learnt its life's creation)
     changes = [(old, new) for k, old in first.items() if (new := current[k]) is not None]
     store.write(changes, now_ms=now_ms, meta=meta)

@@ -995,3 +995,62 @@ async def test_stores_kept_open_are_restored_as_they_are_and_read_only_what_came
         third[errs].close()
     finally:
         stores[conv].close()
+
+
+@pytest.mark.timeout(150)
+async def test_an_erasure_read_again_by_a_new_instance_never_erases_the_next_life(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A trial: a record created, erased 2 s later and created again 4 s after the first
+    creation; its second life expires by its ttl. A new instance with an empty state
+    directory and a new consumer group restores from the changelog and reads the input
+    again from its beginning. The erasure it reads again is the first life's: its
+    tombstone said the end of the second life in ``expiry-deleted-at``, with an explicit
+    null on ``expiry.stamped``, and the archive and the stores erased the second life,
+    created after the erasure. Now it ends at the request's time, with no null."""
+    text = config_text(topics, str(tmp_path / "state"), RETENTION)
+    tombstones = ArrivalLog(broker, topics.tombstones)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tombstones.follow)
+        first = await _start(tg, broker, tmp_path, "first", text)
+        t0 = wall_clock_ms()
+        created, erased, again = t0, t0 + 2_000, t0 + 4_000
+        msgs = [
+            (topics.conversations, *event("conversation", "k", ts=created)),
+            (topics.conversations, *event("conversation", "k", op="delete", ts=erased)),
+            (topics.conversations, *event("conversation", "k", ts=again)),
+        ]
+        await produce(broker, msgs)
+        with anyio.fail_after(40):
+            while not any(  # noqa: ASYNC110
+                orjson.loads(r.value)["reason"] == "ttl" for _, r in tombstones.arrivals
+            ):
+                await anyio.sleep(0.1)
+        first.process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(20):
+            assert await first.process.wait() == 0, "\n".join(first.lines[-20:])
+        before = len(tombstones.arrivals)
+        stamped_before = len(await read_all(broker, topics.stamped))
+
+        fresh = config_text(
+            topics, str(tmp_path / "fresh"), RETENTION, group_id=topics.prefix + "-again"
+        )
+        second = await _start(tg, broker, tmp_path, "second", fresh)
+        assert second.log_has("restored")
+        with anyio.fail_after(30):
+            while len(tombstones.arrivals) == before:  # noqa: ASYNC110
+                await anyio.sleep(0.1)  # the erasure read again still reaches the stores
+        await anyio.sleep(2)  # and anything else it might send
+        second.process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(20):
+            assert await second.process.wait() == 0, "\n".join(second.lines[-20:])
+        tg.cancel_scope.cancel()
+
+    later = [(orjson.loads(r.value), dict(r.headers)) for _, r in tombstones.arrivals[before:]]
+    assert [(b["reason"], b["created_at"]) for b, _ in later] == [("explicit", None)]
+    until = int(later[0][1][H_DELETED_AT])
+    assert until <= erased < again, (until, erased, again)
+    # No null of the second instance's: an explicit one erases every archived line of the
+    # key before it, the second life's too.
+    stamped = await read_all(broker, topics.stamped)
+    assert [r for r in stamped[stamped_before:] if r.value is None] == []

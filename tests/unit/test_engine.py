@@ -303,7 +303,9 @@ class Reference:
                 if op == "delete" and not rec.erased:
                     # an erasure read after the expiry ended the life: it still goes out
                     out.append((key, "explicit", self.now, None))  # naming no life
-                    rec.erased = True
+                    # one dated before that life's creation is for the lives before it:
+                    # an erasure of the ended life, read late, still goes out after it
+                    rec.erased = rec.created is None or t >= rec.created
                 return out
             floor, rec = rec.deleted, None
         if op == "delete" and rec is not None and rec.floor is not None and t <= rec.floor:

@@ -82,8 +82,8 @@ class Changelog:
                 key, at = fired.before.identity.key, fired.emitted_at
                 event = model.encode_tombstone(fired.before, reason=fired.reason, emitted_at=at)
                 self._add(self.tombstones, key, event, at, SOURCE)
-                if fired.after.live:
-                    continue  # an earlier life a hold kept: the record lives on, no null
+                if not fired.has_null:
+                    continue  # an earlier life a hold kept (the record lives on), or no life
                 deleted = [
                     *SOURCE,
                     (codec.H_DELETED_AT, str(fired.after.deleted_at).encode()),
@@ -513,3 +513,57 @@ def test_records_whose_ids_need_escaping_are_restored_under_their_own_keys() -> 
             for s in states
         )
         assert theirs == mine is not None, rid
+
+
+def _deleted_until(fired: Fired) -> int | None:
+    """The ``expiry-deleted-at`` header the service gives ``fired``'s tombstone
+    (``Outbox._put_tombstones``): where the stores and the archive stop erasing."""
+    if fired.has_null:
+        return fired.after.deleted_at
+    return fired.before.erased_until if fired.reason == "explicit" else None
+
+
+@pytest.mark.parametrize("compacted", [False, True])
+def test_an_erasure_read_again_after_the_next_life_expired_never_erases_that_life(
+    compacted: bool,
+) -> None:
+    """A trial: create at 0, delete at 2 s, create again at 4 s (a new life), which its
+    ttl ends at 24 s. A new instance with an empty state directory and a new consumer
+    group restores from the changelog and reads the input again from its beginning: the
+    delete dated 2 s is the erasure of the first life, not of the second, created after
+    it. It had its ``expiry-deleted-at`` (and an explicit null on ``expiry.stamped``, which
+    erases every archived line of the key before it) say the end of the second life: the
+    archive and the stores erased a life the request never named. As the original
+    decides: its tombstone names no life, ends at the request's time, and has no null."""
+    original = harness(PartitionStore(MemoryKV()), 0)
+    log = Changelog()
+    events = [
+        ev("conversation", "k", "create", 0),
+        ev("conversation", "k", "delete", 2_000),
+        ev("conversation", "k", "create", 4_000),
+    ]
+    for n, event in enumerate(events):
+        original.now = n * 2_000
+        log.write(original.process(event), BASE + original.now)
+    log.write(_Stepper(original).step_advance(30_000), BASE + 30_000)
+    assert log.stamped[-1].value is None  # the second life's ttl null
+    source = log.compacted() if compacted else log
+    restored = harness(source.restore(BASE + 30_000), 30_000)
+    second = BASE + 4_000
+    for h in (restored, original):
+        out = [h.process(event) for event in events]  # read again from the beginning
+        assert [_stamps(effects) for effects in out] == [[], [], []]
+        assert [effects.tombstones for effects in out[::2]] == [[], []]
+        (erasure,) = out[1].tombstones
+        assert erasure.reason == "explicit"
+        assert erasure.before.created_at is None  # it names no life
+        assert not erasure.has_null  # no explicit null: it erases no archived line after it
+        until = _deleted_until(erasure)
+        assert until is not None
+        assert until <= BASE + 2_000 < second
+        # An erasure of the second life itself, read late, still goes out, once: it
+        # ends that life (its null erases the archive's lines before it).
+        (late,) = h.process(ev("conversation", "k", "delete", 10_000)).tombstones
+        assert late.has_null
+        assert _deleted_until(late) == BASE + 23_999
+        assert h.process(ev("conversation", "k", "delete", 10_000)).tombstones == []
