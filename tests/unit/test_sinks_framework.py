@@ -1034,3 +1034,30 @@ async def test_a_commit_refused_by_a_rebalance_is_no_broker_outage() -> None:
     assert "the consumer group g rebalanced" in str(lines[0]["msg"])
     assert "tb[0]" in str(lines[0]["msg"])
     assert "max_poll_interval_ms" not in logs.both()
+
+
+@pytest.mark.asyncio
+async def test_the_outbox_at_a_start_is_said_once_and_not_only_as_a_previous_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A line a page of 1,000 ("publishing 1000 ... left over from a previous run", then
+    "publishing 159 ..."), and not always a previous run's: another instance of the same
+    store may have written them a moment before (a trial). One line with the total."""
+    store, j = MemoryStore(), Journal()
+    stamps = [
+        Stamp(Identity("acme", "_", "live", "conversation", f"r{n}"), T0, T0 + 1000, 1, "org")
+        for n in range(1_500)
+    ]
+    changes = [c for s in stamps for c in await _changes(s)]
+    changes += [
+        decode_tombstone(s.identity.key.encode(), encode_tombstone(s, reason="ttl", emitted_at=T0))
+        for s in stamps
+    ]
+    await store.apply(changes, now_ms=T0 + 1000)
+    caplog.set_level(logging.INFO, logger="stream_expiry")
+    await sink_for(store, [])._flush_outbox(FakeProducer(j))
+    said = [r.getMessage() for r in caplog.records if "outbox" in r.getMessage()]
+    assert len(said) == 1
+    assert said[0].startswith("published 1500 receipts the store's outbox held: left by an")
+    assert "another instance of this store" in said[0]
+    assert await store.pending_receipts() == []
