@@ -12,6 +12,8 @@ from stream_expiry.commits import OffsetCommits
 from stream_expiry.state.store import input_position_name, position_marks
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from aiokafka import AIOKafkaConsumer
 
     from stream_expiry.outbox import Outbox
@@ -89,18 +91,11 @@ class _Consumer:
             self.committed[(tp.topic, tp.partition)] = offset  # type: ignore[attr-defined]
 
 
-def test_every_commit_while_a_create_stays_parked_is_marked() -> None:
-    """A create parked for minutes keeps the partition's settled offset at it while
-    slices after it are decided: each commit meanwhile commits there again. The first
-    commits the slice end before it, marked; the commit dropped that mark with those it
-    passed, and the next commits went to the parked offset itself, unmarked (the check
-    for a cluster rebuilt meanwhile passed them over), as before ``marked``."""
+def _committer(commits: OffsetCommits) -> Callable[[int], int]:
+    """A commit of ``commits`` with the partition settled up to an offset; returns the
+    offset the consumer was given."""
     import anyio
 
-    from stream_expiry.state.store import input_position_name
-
-    proc = _Proc()
-    commits = OffsetCommits({SLOT: proc})  # type: ignore[dict-item]
     outbox, cons = _Outbox(), _Consumer()
 
     async def commit_at(settled: int) -> int:
@@ -108,12 +103,27 @@ def test_every_commit_while_a_create_stays_parked_is_marked() -> None:
         assert await commits.commit(cons, outbox)  # type: ignore[arg-type]
         return cons.committed[SLOT]
 
+    return lambda settled: anyio.run(commit_at, settled)
+
+
+def test_every_commit_while_a_create_stays_parked_is_marked() -> None:
+    """A create parked for minutes keeps the partition's settled offset at it while
+    slices after it are decided: each commit meanwhile commits there again. The first
+    commits the slice end before it, marked; the commit dropped that mark with those it
+    passed, and the next commits went to the parked offset itself, unmarked (the check
+    for a cluster rebuilt meanwhile passed them over), as before ``marked``."""
+    from stream_expiry.state.store import input_position_name
+
+    proc = _Proc()
+    commits = OffsetCommits({SLOT: proc})  # type: ignore[dict-item]
+    commit_at = _committer(commits)
+
     for last in (9, 19):
         commits.decided(SLOT, _Rec(last, b"k%d" % last, last))
     # A create at offset 25 parked; the partition is settled up to it, slices go on.
     for last in (29, 39, 49):
         commits.decided(SLOT, _Rec(last, b"k%d" % last, last))
-        committed = anyio.run(commit_at, 25)
+        committed = commit_at(25)
         mark = proc.store.position_mark(input_position_name(*SLOT))
         assert mark is not None
         assert committed == 20
@@ -124,25 +134,18 @@ def test_a_commit_at_a_create_parked_past_the_marks_kept_is_marked() -> None:
     """More slices decided after the parked create than a partition keeps marks of
     (``INPUT_MARKS``): the slice end before it is gone, and the commit there went unmarked
     as well. It commits again the offset last committed, which its store has the mark of."""
-    import anyio
-
     from stream_expiry.commits import INPUT_MARKS
     from stream_expiry.state.store import input_position_name
 
     proc = _Proc()
     commits = OffsetCommits({SLOT: proc})  # type: ignore[dict-item]
-    outbox, cons = _Outbox(), _Consumer()
-
-    async def commit_at(settled: int) -> int:
-        outbox.committable[SLOT] = settled
-        assert await commits.commit(cons, outbox)  # type: ignore[arg-type]
-        return cons.committed[SLOT]
+    commit_at = _committer(commits)
 
     commits.decided(SLOT, _Rec(19, b"k", 19))
-    assert anyio.run(commit_at, 20) == 20
+    assert commit_at(20) == 20
     for last in range(30, 30 + INPUT_MARKS + 10):  # the create at 25 parked meanwhile
         commits.decided(SLOT, _Rec(last, b"k%d" % last, last))
-    assert anyio.run(commit_at, 25) == 20
+    assert commit_at(25) == 20
     mark = proc.store.position_mark(input_position_name(*SLOT))
     assert mark is not None
     assert mark[0] == 19

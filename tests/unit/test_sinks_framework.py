@@ -109,6 +109,13 @@ class FakeConsumer:
         )
 
 
+# A sink whose sweep gives the service's tombstones a minute (for the sweep's own tests).
+_SWEEPING = SinkConfig(
+    bootstrap_servers="unused:1", group_id="g", stamped_topic="st", tombstones_topic="tb",
+    receipts_topic="rc", sweep_grace_s=60,
+)  # fmt: skip
+
+
 def sink_for(store: MemoryStore, reports: list[BatchReport]) -> Sink:
     config = SinkConfig(
         bootstrap_servers="unused:1",
@@ -491,10 +498,7 @@ async def test_the_sweep_leaves_rows_within_the_grace_to_their_tombstones() -> N
     exactly that long ago or longer is the sweep's."""
     store, j = MemoryStore(), Journal()
     now = T0 + 120_000
-    config = SinkConfig(
-        bootstrap_servers="unused:1", group_id="g", stamped_topic="st", tombstones_topic="tb",
-        receipts_topic="rc", sweep_grace_s=60,
-    )  # fmt: skip
+    config = _SWEEPING
     sink = Sink(store, config, clock=lambda: now)
 
     def expired_ago(rid: str, ms: int) -> Stamp:
@@ -521,10 +525,7 @@ async def test_a_row_written_within_the_grace_waits_for_its_tombstone_however_ol
     grace from the row's writing too."""
     store, j = MemoryStore(), Journal()
     now = T0 + 7_200_000
-    config = SinkConfig(
-        bootstrap_servers="unused:1", group_id="g", stamped_topic="st", tombstones_topic="tb",
-        receipts_topic="rc", sweep_grace_s=60,
-    )  # fmt: skip
+    config = _SWEEPING
     sink = Sink(store, config, clock=lambda: now)
     due = Stamp(Identity("acme", "_", "live", "conversation", "due"), T0, T0 + 1000, 1, "org")
     await store.apply(await _changes(due), now_ms=now - 1_000)
@@ -607,10 +608,7 @@ async def test_rows_a_released_hold_kept_wait_the_grace_for_their_tombstones() -
     hold released, or replaced by a narrower one, spares what it kept for the grace."""
     store, j = MemoryStore(), Journal()
     now = [T0 + 3_600_000]
-    config = SinkConfig(
-        bootstrap_servers="unused:1", group_id="g", stamped_topic="st", tombstones_topic="tb",
-        receipts_topic="rc", sweep_grace_s=60,
-    )  # fmt: skip
+    config = _SWEEPING
     sink = Sink(store, config, clock=lambda: now[0])
 
     def row(org: str, rid: str) -> Stamp:
@@ -781,10 +779,7 @@ async def test_the_sweep_cutoff_is_the_grace_before_the_read_complete_time() -> 
     before now but not before W may have a later stamp or its tombstone unread."""
     store, j = MemoryStore(), Journal()
     now = T0 + 3_600_000
-    config = SinkConfig(
-        bootstrap_servers="unused:1", group_id="g", stamped_topic="st", tombstones_topic="tb",
-        receipts_topic="rc", sweep_grace_s=60,
-    )  # fmt: skip
+    config = _SWEEPING
     sink = Sink(store, config, clock=lambda: now)
     read_to = now - 600_000  # the store is ten minutes behind its topics
 
