@@ -776,7 +776,8 @@ async def test_sink_command_runs_until_sigint_and_exits_zero(
 
     async def deleted() -> bool:
         if proc.poll() is not None:
-            pytest.fail(f"the sink exited early with {proc.returncode}: {proc.stderr}")
+            said = proc.stderr.read() if proc.stderr is not None else ""
+            pytest.fail(f"the sink exited early with {proc.returncode}: {said}")
         if not db.exists():
             return False
         await reader.open()
@@ -832,7 +833,8 @@ async def test_the_sink_command_is_not_ready_while_its_store_does_not_answer(
 
     async def answered(path: str, status: int, store: str = "") -> bool:
         if proc.poll() is not None:
-            pytest.fail(f"the sink exited early with {proc.returncode}: {proc.stderr}")
+            said = proc.stderr.read() if proc.stderr is not None else ""
+            pytest.fail(f"the sink exited early with {proc.returncode}: {said}")
         code, body = await anyio.to_thread.run_sync(get, path)
         return code == status and str(body.get("store", "")).startswith(store)
 

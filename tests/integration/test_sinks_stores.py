@@ -1009,3 +1009,40 @@ async def test_sqlite_names_a_missing_directory(tmp_path: Path) -> None:
     unreadable.mkdir()  # a directory where the file should be: SQLite's own words
     with pytest.raises(StoreError, match="unable to open database file"):
         await SQLiteStore(unreadable).open()
+
+
+@pytest.mark.asyncio
+async def test_a_sqlite_store_opens_while_another_connection_holds_the_new_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process has the new file open in a write transaction (a reader or a second
+    instance opening it at the same moment): SQLite refused the change to WAL at once,
+    "database is locked", without waiting, and the sink stopped with status 4 (CI, where a
+    test reads the sink's file beside it). The store waits for the lock, then opens: the
+    other connection lets go when the store, refused, first waits to try again."""
+    import sqlite3
+
+    import anyio
+
+    path = tmp_path / "shared.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("CREATE TABLE theirs (a)")
+    real_sleep = anyio.sleep
+    waits: list[float] = []
+
+    async def let_go_then_sleep(seconds: float) -> None:
+        if not waits:
+            other.execute("COMMIT")
+        waits.append(seconds)
+        await real_sleep(seconds)
+
+    monkeypatch.setattr(anyio, "sleep", let_go_then_sleep)
+    store = SQLiteStore(path)
+    try:
+        await store.open()
+        assert await store.is_empty()
+        assert len(waits) == 1  # refused once, while the other held the file
+    finally:
+        await store.close()
+        other.close()
