@@ -834,7 +834,7 @@ class Sink:
         """Publish the batch's receipts, then commit the offsets of every batch applied up
         to it (a partition the group took away meanwhile is left out). The batch was
         counted with its transaction (:meth:`_count`)."""
-        await self._publish(prod, out.receipts, count=False, living=out.living)
+        await self._publish(prod, out.receipts, living=out.living)
         assigned = cons.assignment()
         mine = {tp: o for tp, o in offsets.items() if tp in assigned}
         if mine:
@@ -1070,7 +1070,8 @@ class Sink:
                 self.store.name, out.unsettled, format_ts(cutoff), cfg.tombstones_topic,
             )  # fmt: skip
         if out.swept or out.unsettled:
-            # Reported once the store did it, as a batch is (see _count).
+            # Counted and reported once the store did it, as a batch is (see _count).
+            self.metrics["receipts_total"] += len(out.receipts)
             self._report("sweep", out, 0, 0)
             await self._publish(prod, out.receipts, living=out.living)
         return page.more
@@ -1173,7 +1174,7 @@ class Sink:
         published = 0
         while pending := await self.store.pending_receipts(1000):
             living = await self._living(pending)
-            await self._publish(prod, pending, count=False, mark_now=True, living=living)
+            await self._publish(prod, pending, mark_now=True, living=living)
             published += len(pending)
         if published:
             # One line, not one a page; and "left over from a previous run" was not always
@@ -1205,7 +1206,6 @@ class Sink:
         prod: AIOKafkaProducer,
         receipts: list[Receipt],
         *,
-        count: bool = True,
         mark_now: bool = False,
         living: Collection[Identity] = (),
     ) -> None:
@@ -1216,8 +1216,6 @@ class Sink:
         A record in ``living`` lives on in a later life (``Plan.living``): its receipt is
         published, but no null goes to a compacted topic, where it would erase that life.
         """
-        if count:
-            self.metrics["receipts_total"] += len(receipts)
         if not receipts:
             return
         if not self._publishes:
