@@ -31,6 +31,7 @@ from stream_expiry.durations import (
     InvalidDuration,
     UnderHalfSecond,
     format_duration,
+    is_negative,
     parse_duration,
 )
 from stream_expiry.errors import ConfigurationError, quoted
@@ -449,7 +450,7 @@ class _Reader:
             if (month := capital_m_note(raw)) is not None:
                 where_key = self.locate((*where, key))
                 log.warning("%s: key %r %s: %s", where_key, key, self.place(where), month)
-            if _negative(raw):
+            if is_negative(raw):
                 # Ignored, as the contract says, like 0: a record then takes its TTL from
                 # the other sources, or never expires. A sign is likely a slip, and the
                 # file gave no word of it (a trial): said, with its line.
@@ -878,15 +879,6 @@ class _Scanner:
             self.i += 1  # '='
             self.blank(newlines=False)
             self.value(path)
-
-
-def _negative(raw: object) -> bool:
-    """Whether a duration as written is below zero (``-30``, ``"-5d"``)."""
-    if isinstance(raw, bool):
-        return False
-    if isinstance(raw, int | float):
-        return raw < 0
-    return isinstance(raw, str) and raw.strip().startswith("-")
 
 
 def _key_lines(text: str) -> dict[_Path, int]:

@@ -33,6 +33,7 @@ __all__ = [
     "UnderHalfSecond",
     "format_duration",
     "is_duration_like",
+    "is_negative",
     "parse_duration",
 ]
 
@@ -152,3 +153,14 @@ def format_duration(ms: int) -> str:
         if ms % size == 0:
             return f"{ms // size}{unit}"
     return f"{ms}ms"
+
+
+def is_negative(raw: object) -> bool:
+    """Whether a duration as written is below zero (``-30``, ``"-5d"``): valid, and
+    ignored as 0 is, but likely a slip, which the config file and the TTL variables both
+    say (a trial found a negative variable ignored in silence)."""
+    if isinstance(raw, bool):
+        return False
+    if isinstance(raw, int | float):
+        return raw < 0
+    return isinstance(raw, str) and raw.strip().startswith("-")

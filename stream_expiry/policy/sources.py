@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypedDict
 
-from stream_expiry.durations import InvalidDuration, parse_duration
+from stream_expiry.durations import InvalidDuration, is_negative, parse_duration
 
 __all__ = [
     "CAP_ALL",
@@ -180,7 +180,7 @@ def env_candidates(
                 warnings.append(f"environment variable {var} ignored: {exc}")
                 cands.append(Candidate("env", name, None, valid=False))
                 continue
-            if raw.strip().startswith("-"):
+            if is_negative(raw):
                 # Ignored as 0 is, as in the config file, which says so with its line: a
                 # sign is likely a slip, and the variable's records may then never expire
                 # with nobody told (a trial).
