@@ -77,6 +77,15 @@ class OffsetCommits:
         self._marks.pop(slot, None)
         self._committed.pop(slot, None)
 
+    def resumed(self, slot: Slot, offset: int) -> None:
+        """The partition resumes at ``offset``, the group's committed offset, and its
+        store holds the mark of that commit (the positioning checked it): the offset a
+        commit with no slice end below it may commit again, marked. Without it, a
+        partition given back by a rebalance, or kept over a restart, with a create parked
+        before its first slice end committed that create's offset unmarked for as long as
+        it stayed parked (a review)."""
+        self._committed[slot] = offset
+
     def marked(self, slot: Slot, offset: int) -> int:
         """``offset``, or the greatest offset below it that a slice ended at, which a
         commit can mark (:meth:`_mark_committed`). A partition with a create parked (its

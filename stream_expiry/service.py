@@ -1393,11 +1393,13 @@ class Service:
             # be past the stable end, within an open transaction that an earlier version,
             # reading uncommitted data, read (the topic was not made again).
             highs = {tp: max(stable, high) for tp, (stable, high) in bounds.items()}
-            unmarked = await self._unmarked(reader, committed_at, ends)
+            unmarked, marked = await self._unmarked(reader, committed_at, ends)
         for tp, committed in committed_at.items():
             point = resume_point(tp, committed, starts[tp], highs[tp], unmarked.get(tp))
             if point.warning is not None:
                 log.warning("%s", point.warning)
+            elif tp in marked and point.offset == committed:
+                self._commits.resumed((tp.topic, tp.partition), point.offset)
             why = point.why + self._reading.positioned(tp, point.offset, ends[tp])
             log.info("%s[%d] resumes at offset %d, %s", tp.topic, tp.partition, point.offset, why)
 
@@ -1420,10 +1422,11 @@ class Service:
         reader: AIOKafkaConsumer,
         committed: Mapping[TopicPartition, int | None],
         ends: Mapping[TopicPartition, int],
-    ) -> dict[TopicPartition, str]:
+    ) -> tuple[dict[TopicPartition, str], set[TopicPartition]]:
         """The partitions whose committed offset follows a message other than the one
-        this instance marked when it committed that offset, each with why. (A commit
-        another instance made since has no mark here, and is trusted.)"""
+        this instance marked when it committed that offset, each with why; and those
+        whose mark holds. (A commit another instance made since has no mark here, and is
+        trusted.)"""
         marked: dict[TopicPartition, Mark] = {}
         for tp, offset in committed.items():
             proc = self.processors.get((tp.topic, tp.partition))
@@ -1434,7 +1437,8 @@ class Service:
             mark = proc.store.position_mark(input_position_name(tp.topic, tp.partition))
             if mark is not None and mark[0] == offset - 1:
                 marked[tp] = (tp, *mark)
-        return await broken_marks(reader, marked)
+        broken = await broken_marks(reader, marked)
+        return broken, {tp for tp in marked if tp not in broken}
 
     async def revoke(self, revoked: list[TopicPartition]) -> None:
         """Settle, commit and set aside the revoked partitions; the others keep their

@@ -82,6 +82,37 @@ async def test_a_commit_writes_only_the_store_that_settled_something_once(
         assert dict(writes) == {busy: 1}
 
 
+async def test_a_restart_over_kept_stores_knows_the_group_offset_is_marked(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A restart with its stores kept: the positioning finds the group's offset marked in
+    the partition's store, and tells the commits, so that while a create read again is
+    parked before the partition's first slice end, each commit goes to that marked offset
+    again. Before, the commits knew of no marked offset after a restart (or a partition
+    given back by a rebalance), and committed the parked create's offset unmarked, passed
+    over by the check for a cluster rebuilt (a review)."""
+    config = config_for(topics, str(tmp_path / "state"), FAR)
+    async with running_service(config, broker) as service:
+        await wait_for(lambda: len(service.processors) == 6)
+        await produce(broker, [(topics.conversations, *event("conversation", "c1"))])
+
+        def marked() -> list[tuple[str, int]]:
+            return [
+                slot
+                for slot, proc in service.processors.items()
+                if proc.store.position_mark(input_position_name(*slot)) is not None
+            ]
+
+        await wait_for(lambda: bool(marked()))
+        (slot,) = marked()
+    async with running_service(config, broker) as service:
+        far = 1 << 40  # settled far past the commit, with no slice end below it
+        # The first commit's offset (after the one event at offset 0), marked in the store.
+        await wait_for(
+            lambda: slot in service.processors and service._commits.marked(slot, far) == 1
+        )
+
+
 SHORT = """
 [retention.defaults]
 conversation = "1s"

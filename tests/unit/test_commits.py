@@ -186,3 +186,60 @@ async def test_a_partition_settled_up_to_a_parked_create_commits_a_marked_offset
     assert cons.commits == [{TopicPartition(*SLOT): 20}]
     name = input_position_name(*SLOT)
     assert proc.store.meta == position_marks(name, 19, b"k19", 1_019)
+
+
+def test_a_create_still_parked_when_its_partition_is_given_back_is_committed_marked() -> None:
+    """A rebalance takes the partition and gives it back (the eager protocol: every
+    member join) while a create stays parked: the revocation's commit is marked, and the
+    commits forget the partition. Its processor is resumed as it was (no other member
+    wrote its changelog meanwhile), and the positioning finds the group's offset marked in
+    its store (``resumed``), as after a restart with the store kept; it reads on in slices
+    that end past the create: with no mark below it and no offset known to be marked, the
+    next commit went to the parked offset itself, unmarked, and the check for a cluster
+    rebuilt passed it over for as long as the create stayed parked."""
+    proc = _Proc()
+    processors = {SLOT: proc}
+    commits = OffsetCommits(processors)  # type: ignore[arg-type]
+    commit_at = _committer(commits)
+    commits.decided(SLOT, _Rec(19, b"k19", 19))
+    commits.decided(SLOT, _Rec(29, b"k29", 29))  # the create at 25 parked
+    assert commit_at(25) == 20  # the revocation's commit, marked
+    del processors[SLOT]  # revoked: set aside, as it is
+    commits.forget(SLOT)
+    processors[SLOT] = proc  # given back, resumed as it was
+    commits.resumed(SLOT, 20)  # the positioning: the group's offset, its mark held
+    commits.decided(SLOT, _Rec(39, b"k39", 39))
+    committed = commit_at(25)
+    mark = proc.store.position_mark(input_position_name(*SLOT))
+    assert mark is not None
+    assert (committed, mark[0]) == (20, 19)
+
+
+def test_a_partition_built_anew_after_its_revocation_trusts_no_earlier_commit() -> None:
+    """A partition given back after another member read it (its processor built anew from
+    the changelog) knows nothing of the commits made before its revocation: the group may
+    have committed past them since. A commit short of every slice end commits the offset
+    it is settled to (unmarked, as any first commit there), never the earlier one, which
+    would move the group's offset back."""
+    processors = {SLOT: _Proc()}
+    commits = OffsetCommits(processors)  # type: ignore[arg-type]
+    commit_at = _committer(commits)
+    commits.decided(SLOT, _Rec(19, b"k19", 19))
+    assert commit_at(20) == 20
+    del processors[SLOT]
+    commits.forget(SLOT)
+    processors[SLOT] = _Proc()  # restored anew: another member committed up to 100
+    commits.decided(SLOT, _Rec(119, b"k", 119))  # a create at 105 parked in this slice
+    assert commit_at(105) == 105
+
+
+def test_a_commit_never_goes_past_the_offset_settled() -> None:
+    """The offset last committed with its mark stands in only for offsets at or past it:
+    a partition settled short of it (a create parked before it) is committed where it is
+    settled, never past it, where a crash would skip records never decided."""
+    processors = {SLOT: _Proc()}
+    commits = OffsetCommits(processors)  # type: ignore[arg-type]
+    commit_at = _committer(commits)
+    commits.decided(SLOT, _Rec(29, b"k29", 29))
+    assert commit_at(30) == 30
+    assert commits.marked(SLOT, 25) == 25
