@@ -1046,3 +1046,38 @@ async def test_a_sqlite_store_opens_while_another_connection_holds_the_new_file(
     finally:
         await store.close()
         other.close()
+
+
+@pytest.mark.asyncio
+async def test_the_change_to_wal_is_given_up_with_the_error_while_the_file_stays_locked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tried again while another connection holds the new file, the change to WAL is given
+    up after its last try with SQLite's error ("database is locked": the sink stops with
+    it, said), never left as it is: a store opened in the rollback journal's mode would go
+    on, its readers blocking its writer, with nobody told."""
+    import sqlite3
+
+    import aiosqlite
+    import anyio
+
+    from stream_expiry.sinks.sqlite import _to_wal
+
+    path = tmp_path / "held.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("CREATE TABLE theirs (a)")
+    waits: list[float] = []
+
+    async def no_sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr(anyio, "sleep", no_sleep)
+    conn = await aiosqlite.connect(path)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await _to_wal(conn, tries=3)
+        assert len(waits) == 2  # between the tries, none after the last
+    finally:
+        await conn.close()
+        other.close()

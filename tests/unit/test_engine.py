@@ -1031,3 +1031,46 @@ def test_a_timer_due_at_the_clock_stepped_back_to_fires_then() -> None:
     h._settle(fired)
     assert h.advance(1_030) == [(c.identity.key, "ttl", 1_030, 1_030)]
     assert h.advance(20_000) == []
+
+
+def test_an_erasure_dated_at_an_ended_lifes_creation_is_that_lifes() -> None:
+    """An erasure request at time d erases the life running at d, and a create at d is
+    ignored after it (the contract: events with ts <= d): so a request dated exactly at
+    the creation of a life its expiry ended first, read late, is that life's erasure, not
+    one of the lives before it. It goes out with its null on ``expiry.stamped`` (the
+    archive erases the life's data), and the marker remembers it: read again, it changes
+    nothing. Taken for the lives before (a bound of ``<=``), it went out with no null, and
+    again at every re-delivery."""
+    h = Harness(horizon_ms=5000)
+    h.now = 40
+    h.feed(ev("conversation", "x", "create", 0))
+    h.feed(ev("conversation", "x", "delete", 20))
+    h.feed(ev("conversation", "x", "create", 30))  # the next life, created at 30
+    key = ev("conversation", "x", "create", 30).identity.key
+    assert h.advance(1030) == [(key, "ttl", 1030, 1030)]
+    [fired] = h.process(ev("conversation", "x", "delete", 30)).tombstones
+    assert (fired.reason, fired.has_null) == ("explicit", True)
+    assert (fired.after.live, fired.after.erase_at) == (False, BASE + 30)
+    assert h.feed(ev("conversation", "x", "delete", 30)) == []  # read again
+
+
+def test_a_timer_an_event_took_out_of_a_sliced_firing_stays_out_after_a_clock_step() -> None:
+    """Overdue timers a sliced firing left (``limit``) go back into the wheel when the
+    clock steps back, but only those still to fire: a touch read meanwhile extended one
+    session, took its old timer out and scheduled the new one. Put back too, the old
+    timer replaced the new one in the wheel and fired the session at its old expiry,
+    before the expiry the touch gave it (never early)."""
+    h = Harness(horizon_ms=100_000)
+    h.now = 10_000
+    a, b, c = (
+        ev("session", rid, "create", ts) for rid, ts in (("a", 5_000), ("b", 6_000), ("c", 7_000))
+    )
+    for e in (a, b, c):
+        h.feed(e)
+    assert h.fire_some(10_000, limit=1) == [(a.identity.key, "ttl", 10_000, 5_300)]
+    h.now = 1_000  # the clock stepped back 9 s
+    assert h.feed(ev("session", "c", "touch", 7_200)) == []  # c now expires at 7,500
+    assert h.fire_some(1_000, limit=1) == []
+    assert h.fire_some(6_300, limit=5) == [(b.identity.key, "ttl", 6_300, 6_300)]
+    assert h.fire_some(7_300, limit=5) == []  # c's old expiry
+    assert h.fire_some(7_500, limit=5) == [(c.identity.key, "ttl", 7_500, 7_500)]

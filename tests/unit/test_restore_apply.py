@@ -105,3 +105,23 @@ def test_a_tombstone_event_moves_a_marker_and_the_store_keeps_one() -> None:
     assert report.markers == 2  # the null's and the tombstone's
     assert store.counts.markers == 1
     assert store.meta("tombstones-0") == 3
+
+
+def test_a_marker_that_learns_its_lifes_creation_is_counted_once() -> None:
+    """A null (which says only the deletion's time) and the ``ttl`` tombstone event of the
+    same life: the marker the null restored takes that life's creation from the event, and
+    stays one marker. The report counts it once: counted again, a restore said more
+    markers than the records it deleted (its log line and metric)."""
+    store, report = PartitionStore(MemoryKV()), RestoreReport()
+    life = model.Stamp(identity("a"), NOW, NOW + 60_000, 60_000, "org")
+    key = life.identity.key.encode()
+    deleted = [*SOURCE, (codec.H_DELETED_AT, str(NOW + 59_999).encode())]
+    _apply_stamps(store, [Message(0, key, None, NOW + 60_000, deleted)], NOW + 60_010, {}, report)
+    event = model.encode_tombstone(life, reason="ttl", emitted_at=NOW + 60_000)
+    _apply_tombstones(store, [Message(0, key, event, NOW + 60_000, SOURCE)], NOW + 60_010, {},
+                      report)  # fmt: skip
+    state = store.get(identity("a").key)
+    assert state is not None
+    assert (state.live, state.created_at, state.deleted_at) == (False, NOW, NOW + 59_999)
+    assert report.markers == 1
+    assert store.counts.markers == 1

@@ -1056,3 +1056,107 @@ async def test_the_outbox_at_a_start_is_said_once_and_not_only_as_a_previous_run
     assert said[0].startswith("published 1500 receipts the store's outbox held: left by an")
     assert "another instance of this store" in said[0]
     assert await store.pending_receipts() == []
+
+
+class _AwayProducer(FakeProducer):
+    """A broker that does not answer: every send fails as aiokafka's does then."""
+
+    async def send_batch(
+        self, batch: FakeBatch, topic: str, *, partition: int
+    ) -> asyncio.Future[None]:
+        from aiokafka.errors import KafkaConnectionError
+
+        raise KafkaConnectionError("broker away")
+
+
+@pytest.mark.asyncio
+async def test_a_sweep_is_counted_and_reported_even_when_its_publish_fails() -> None:
+    """The sweep's deletion is done once its transaction commits: it is counted (its
+    receipts in ``receipts_total``) and reported then, as a batch is, even when the broker
+    is away for its publish (the receipts wait in the outbox; the next start publishes them
+    without counting them again). Counted or reported after the publish, a sweep whose
+    publish failed was never counted, the receipts published later all the same."""
+    from stream_expiry.errors import BrokerError
+
+    store, reports = MemoryStore(), list[BatchReport]()
+    now = T0 + 120_000
+    sink = Sink(store, _SWEEPING, clock=lambda: now, on_batch=reports.append)
+    old = Stamp(A, T0 - 600_000, T0 - 60_000, 540_000, "org")
+    await store.apply(await _changes(old), now_ms=T0 - 60_000)
+    with pytest.raises(BrokerError):
+        await sink.sweep_once(_AwayProducer(Journal()), read_to_ms=now)
+    assert (sink.metrics["swept_total"], sink.metrics["receipts_total"]) == (1, 1)
+    assert [(r.kind, [x.identity for x in r.receipts]) for r in reports] == [("sweep", [A])]
+    assert [r.identity for r in await store.pending_receipts()] == [A]  # for the next start
+
+
+@pytest.mark.asyncio
+async def test_a_sweep_of_unsettled_nulls_alone_publishes_counts_and_reports_them() -> None:
+    """A null whose tombstone event never came (a mistyped --tombstones-topic) gets its
+    receipt from the sweep once the grace is over, with the null's reason: a sweep that
+    settled such nulls and swept no row still publishes, counts and reports those
+    receipts (a sweep that did so only when it swept a row left them in the outbox, seen
+    by nobody until a restart)."""
+    store, reports, j = MemoryStore(), list[BatchReport](), Journal()
+    now = T0 + 600_000
+    sink = Sink(store, _SWEEPING, clock=lambda: now, on_batch=reports.append)
+    live = Stamp(A, T0, T0 + 60_000, 60_000, "org")
+    null = decode_stamped(A.key.encode(), None, headers=[("expiry-reason", b"ttl")])
+    await store.apply([*(await _changes(live)), null], now_ms=T0 + 60_000)
+    assert await store.get(A) is None  # the null deleted the row; its receipt waits
+    await sink.sweep_once(FakeProducer(j), read_to_ms=now)
+    m = sink.metrics
+    assert (m["swept_total"], m["unsettled_total"], m["receipts_total"]) == (0, 1, 1)
+    assert [e[1][0] for e in j.events if e[0] == "send"] == ["rc"]
+    assert [(r.identity, r.reason) for rep in reports for r in rep.receipts] == [(A, "ttl")]
+
+
+@pytest.mark.asyncio
+async def test_a_batch_counts_what_its_transaction_wrote_and_found_stale() -> None:
+    """A batch is counted from its plan once its transaction commits: the rows it wrote
+    (``written_total``) and the stamps of a life deleted already (``stale_total``, a
+    re-delivered stamp after its tombstone), not only its messages, deletions and
+    receipts."""
+    store, reports, j = MemoryStore(), list[BatchReport](), Journal()
+    sink = sink_for(store, reports)
+    life = Stamp(B, T0, T0 + 60_000, 60_000, "org")
+    key = B.key.encode()
+    msgs = {
+        TP("st", 0): [
+            Rec("st", 0, 0, key, encode_stamp(life)),
+            Rec("st", 0, 1, C3.key.encode(), encode_stamp(life._replace(identity=C3))),
+        ],
+        TP("tb", 0): [Rec("tb", 0, 0, key, encode_tombstone(life, reason="ttl", emitted_at=T0))],
+    }
+    cons = QueuedConsumer(j, store, [{TP("st", 0): [Rec("st", 0, 2, key, encode_stamp(life))]}])
+    sink._ready = await sink._decode_batch(msgs)
+    await sink._step(FakeProducer(j), cons)
+    await sink._step(FakeProducer(j), cons)  # the stamp again, after its tombstone
+    await sink._settle()
+    assert [(r.written, r.stale) for r in reports] == [(2, 0), (0, 1)]
+    m = sink.metrics
+    assert (m["batches_total"], m["written_total"], m["stale_total"]) == (2, 2, 1)
+
+
+@pytest.mark.asyncio
+async def test_a_rebalance_is_said_again_after_a_commit_that_went_through() -> None:
+    """Said once a rebalance, not once a batch: the refusals of one rebalance make one
+    line, and a commit that goes through ends it, so the next rebalance's refusal is said
+    again (an operator counting rebalances in the log would miss every one after the
+    first)."""
+    store, j = MemoryStore(), Journal()
+    sink = sink_for(store, [])
+    cons = RebalancedConsumer(j, store, [tombstones_of(1, B), tombstones_of(2, C3)])
+    cons.fail_commit = True
+    sink._ready = await sink._decode_batch(tombstones_of(0, A))
+    with captured_logs() as logs:
+        await sink._step(FakeProducer(j), cons)  # A: refused (a first rebalance)
+        await sink._settle()
+        await sink._step(FakeProducer(j), cons)  # B: committed
+        await sink._settle()
+        cons.fail_commit = True
+        await sink._step(FakeProducer(j), cons)  # C: refused (a second rebalance)
+        await sink._settle()
+    assert commits(j) == [{TP("tb", 0): 2}]  # B's
+    lines = [line for line in logs.json_lines() if "rebalanced" in str(line["msg"])]
+    assert [line["level"] for line in lines] == ["INFO", "INFO"]
