@@ -85,12 +85,11 @@ class ArchiveFollower:
             self._warned_at = now
             since = self._stats.archive_waiting_since
             log.warning(
-                "the archive (group %r) has not moved for %.0f s: %d due records wait for it "
-                "before they are purged%s, so purges are late; is `stream-expiry archive` "
-                "running?",
+                "the archive (group %r) has not moved for %.0f s: %s for it%s, so purges "
+                "are late; is `stream-expiry archive` running?",
                 cfg.archive.group_id,
                 now - self._moved_at,
-                waiting,
+                "1 due record waits" if waiting == 1 else f"{waiting} due records wait",
                 "" if since is None else f" (the oldest due since {format_ts(since)})",
             )
         for proc in self._processors.values():

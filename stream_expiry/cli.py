@@ -45,7 +45,13 @@ from stream_expiry.cliargs import (
 )
 from stream_expiry.config import Config, load_config
 from stream_expiry.errors import StreamExpiryError
-from stream_expiry.logs import configure_logging, resolve_log_options, say_failure, say_warning
+from stream_expiry.logs import (
+    configure_logging,
+    counted,
+    resolve_log_options,
+    say_failure,
+    say_warning,
+)
 from stream_expiry.metrics import version
 
 if TYPE_CHECKING:
@@ -587,14 +593,17 @@ def _cmd_archive(args: argparse.Namespace) -> int:
         # the service's own (README: Archive).
         result = archive.purge(args.dir, archive.MarkerTerms.of(config), holds=holds)
         held = (
-            f"; {result.lines_held} erased lines kept under a legal hold, purged after its release"
+            f"; {counted(result.lines_held, 'erased line')} kept under a legal hold, purged "
+            "after its release"
             if result.lines_held
             else ""
         )
         print(
-            f"purged {result.lines_removed} erased lines from {result.files_rewritten} files; "
-            f"{result.lines_kept} lines kept; {result.markers_dropped} erasure markers past "
-            f"their time dropped, {result.markers_kept} kept{held}"
+            f"purged {counted(result.lines_removed, 'erased line')} from "
+            f"{counted(result.files_rewritten, 'file')}; {counted(result.lines_kept, 'line')} "
+            f"kept; {counted(result.markers_dropped, 'erasure marker')} past "
+            f"{'its' if result.markers_dropped == 1 else 'their'} time dropped, "
+            f"{result.markers_kept} kept{held}"
         )
         return 0
     return anyio.run(

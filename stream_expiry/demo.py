@@ -176,7 +176,7 @@ def _progress(service: Service, watch: Watch, deleted: int, elapsed: float) -> s
     s = service.stats
     return (
         f"[{elapsed:5.1f}s] events in {s.events:6d} | stamped {s.stamped:6d} | "
-        f"pending {s.pending_in_wheel:5d} | tombstones {watch.ttl:6d} (+{watch.explicit} explicit) | "
+        f"pending {s.pending_in_wheel:5d} | tombstones {watch.ttl:6d} ttl + {watch.explicit} explicit | "
         f"rows deleted {deleted:6d} | dead letters {s.dead_letters:3d}   "
     )
 

@@ -52,6 +52,7 @@ __all__ = [
     "LibraryRepeats",
     "TextFormatter",
     "configure_logging",
+    "counted",
     "printable",
     "record_ref",
     "resolve_log_options",
@@ -94,6 +95,11 @@ def record_ref(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:REF_CHARS]
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and the noun in the number it takes: "1 record", "2 records", "0 lines"."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def printable(text: str) -> str:
     """``text`` (an id, a reason: anything a producer chose) for a terminal or a text line:
     every control character and bidirectional override as its escape (``\\x1b``,
@@ -132,10 +138,18 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``TIME LEVEL logger: message key=value ...``; continuation lines are indented."""
+    """``TIME LEVEL logger: message key=value ...``; continuation lines are indented.
+
+    The time is UTC in RFC 3339 with milliseconds (``2026-12-05T23:53:27.628Z``), as in
+    the JSON lines, the messages and every command's output: logging's default, the
+    machine's local time with no zone, could not be lined up with an event's time."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        del datefmt
+        return format_ts(int(record.created * 1000))
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)

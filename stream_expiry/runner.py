@@ -86,9 +86,10 @@ class _ProgressLog:
         rate = (stats.events - self._events) / (now - self._last)
         self._last, self._events = now, stats.events
         log.info(
-            "events %d (%.0f/s), stamped %d, tombstones %d (+%d explicit), dead letters %d, timers in wheel %d",
+            "events %d (%s/s), stamped %d, tombstones %d ttl + %d explicit, dead letters %d, "
+            "timers in wheel %d",
             stats.events,
-            rate,
+            f"{rate:.1f}" if rate < 10 else f"{rate:.0f}",  # 0.5/s is not 0/s
             stats.stamped,
             stats.tombstones,
             stats.explicit,

@@ -492,7 +492,7 @@ class Service:
                 committed = await self._commit(cons)
                 self._close_all()
                 log.info(
-                    "stopped: %s; %d events, %d stamped, %d tombstones (+%d explicit), "
+                    "stopped: %s; %d events, %d stamped, %d tombstones ttl + %d explicit, "
                     "%d dead letters",
                     "offsets committed"
                     if committed

@@ -197,7 +197,7 @@ def test_purge_keeps_what_a_legal_hold_matches_until_its_release(tmp_path: Path)
 def test_purge_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ArchiveWriter(str(tmp_path)).write([stamp_entry("o", "1", DAY1, 0), erasure("o", "1", 1)])
     assert main(["archive", "purge", "--dir", str(tmp_path), "--without-holds"]) == 0
-    assert "purged 1 erased lines from 1 files; 0 lines kept" in capsys.readouterr().out
+    assert "purged 1 erased line from 1 file; 0 lines kept" in capsys.readouterr().out
     assert main(["archive", "purge", "--dir", str(tmp_path / "missing"), "--without-holds"]) == 2
     assert "no archive directory" in capsys.readouterr().err
 
@@ -504,4 +504,4 @@ def test_purge_command_takes_its_terms_from_the_config(
     )
     assert main(["archive", "purge", "--dir", str(tmp_path), "--config", str(config),
                  "--without-holds"]) == 0  # fmt: skip
-    assert "1 erasure markers past their time dropped, 0 kept" in capsys.readouterr().out
+    assert "1 erasure marker past its time dropped, 0 kept" in capsys.readouterr().out

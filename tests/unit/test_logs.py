@@ -13,6 +13,7 @@ from stream_expiry.logs import (
     LibraryRepeats,
     TextFormatter,
     configure_logging,
+    counted,
     resolve_log_options,
 )
 
@@ -199,3 +200,20 @@ def test_a_commands_warning_follows_the_log_options(
         configure_logging("WARNING", "text")
     assert [orjson.loads(line)["msg"] for line in out.getvalue().splitlines()] == logged
     assert capsys.readouterr().err.splitlines() == printed
+
+
+def test_text_lines_give_their_time_in_utc_as_every_other_output() -> None:
+    """RFC 3339 with milliseconds and ``Z``, as the JSON lines and the messages: logging's
+    default was the machine's local time with no zone (a trial could not line a log line
+    up with an event's time)."""
+    record = logging.LogRecord("stream_expiry.x", logging.INFO, "", 0, "hello", None, None)
+    record.created = 1_767_225_600.25  # 2026-01-01T00:00:00.250Z
+    assert TextFormatter().format(record) == (
+        "2026-01-01T00:00:00.250Z INFO    stream_expiry.x: hello"
+    )
+
+
+def test_counted_takes_the_nouns_number() -> None:
+    assert [counted(n, "line") for n in (0, 1, 2)] == ["0 lines", "1 line", "2 lines"]
+    assert counted(1, "entry", "entries") == "1 entry"
+    assert counted(3, "entry", "entries") == "3 entries"
