@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
@@ -211,6 +211,7 @@ async def history(config: Config, brokers: Brokers, identity: Identity) -> Histo
                 )
     found.events = _in_order(found.events)
     found.events = _one_per_receipt(found.events)
+    _mark_holds_that_kept_nothing(found.events)
     holds = await read_holds(config, brokers)
     found.holds = [h.as_dict() for h in sorted(holds.holding(identity), key=lambda h: h.hold_id)]
     return found
@@ -232,6 +233,37 @@ def _in_order(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         keyed.append((at, e))
     keyed.sort(key=lambda pair: pair[0])  # stable: equal keys keep the log order
     return [e for _, e in keyed]
+
+
+_HOLD_EVENTS: Final = ("hold_placed", "hold_released")
+
+
+def _mark_holds_that_kept_nothing(events: list[dict[str, Any]]) -> None:
+    """Mark (``kept_a_life``: False) the placement and release of each hold that matched
+    the record's key while no life of it ran: placed after its deletion, or before its
+    first stamp, and released before a life began. The audit trail lists every hold whose
+    scope matches the key, an org's too, and an auditor read such a hold as one that had
+    covered the record (a trial: holds placed after the record's deletion). A life runs
+    from a stamp until a null on the changelog; a hold still active counts to the end."""
+    alive = False
+    placed: dict[str, tuple[dict[str, Any], bool]] = {}  # hold id -> placement, kept
+    for e in events:
+        kind = e["kind"]
+        if kind in ("stamp", "deletion_deferred"):
+            alive = True
+            placed = {h: (ev, True) for h, (ev, _) in placed.items()}
+        elif kind == "deleted":
+            alive = False
+        elif kind == "hold_placed":
+            placed[str(e.get("hold_id"))] = (e, alive)
+        elif kind == "hold_released":
+            placement, kept = placed.pop(str(e.get("hold_id")), (None, alive))
+            kept = kept or alive
+            for ev in (placement, e):
+                if ev is not None:
+                    ev["kept_a_life"] = kept
+    for placement, kept in placed.values():
+        placement["kept_a_life"] = kept
 
 
 def _summary(e: dict[str, Any]) -> str:
@@ -271,8 +303,11 @@ def _summary(e: dict[str, Any]) -> str:
         )
     if kind == "dead_letter":
         return f"a {e.get('op')} event (ts {e.get('ts')}) rejected: {e.get('error')} ({e.get('detail')})"
-    if kind in ("hold_placed", "hold_released"):
-        return f"hold {e.get('hold_id')}: {e.get('reason')}"
+    if kind in _HOLD_EVENTS:
+        text = f"hold {e.get('hold_id')}: {e.get('reason')}"
+        if e.get("kept_a_life") is False:
+            text += " (its scope matches this key, but no life of the record ran while it held)"
+        return text
     if kind == "deletion_deferred":
         return (
             f"{e.get('reason')} deletion deferred by {', '.join(e.get('hold_ids') or [])}"
@@ -287,8 +322,12 @@ def text_lines(d: dict[str, Any]) -> list[str]:
     receipt's store are whatever a producer wrote, and an audit must not let them drive the
     terminal or forge a line of evidence."""
     lines = [f"record {d['key']} (in log lines: record={d['log_ref']})"]
-    if not d["events"]:
-        lines.append("  nothing on the evidence topics for this key")
+    if all(e["kind"] in _HOLD_EVENTS for e in d["events"]):
+        lines.append(
+            "  nothing on the evidence topics for this key"
+            + (" but holds whose scope matches it" if d["events"] else "")
+            + " (check --org, --bot, --env, --category and --record-id)"
+        )
     for e in d["events"]:
         lines.append(f"  {e['at']}  {e['kind']:<17} {_summary(e)}")
     holds = d["active_holds"]

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from stream_expiry.history import _in_order, _names
+from stream_expiry.history import _in_order, _mark_holds_that_kept_nothing, _names, text_lines
 from stream_expiry.model import Identity
 
 
@@ -46,3 +46,58 @@ def test_a_dead_letter_with_a_null_bot_or_env_names_the_default_one() -> None:
     del body["bot"]
     assert _names(SimpleNamespace(value=orjson.dumps(body)), identity)
     assert not _names(SimpleNamespace(value=orjson.dumps({**body, "bot": "b2"})), identity)
+
+
+def _hold(kind: str, hold_id: str) -> dict[str, Any]:
+    return {**_e(kind, "audit", 0, 0, "2026-12-05T10:00:00.000Z"), "hold_id": hold_id}
+
+
+def test_a_hold_that_matched_the_key_while_no_life_ran_is_said_to_have_kept_nothing() -> None:
+    """The audit trail lists every hold whose scope matches the key (an org's too): one
+    placed after the record's deletion, or placed and released before its creation, kept
+    nothing of it, and an auditor read it as a hold that had covered the record (a
+    trial). One placed while a life ran, one a life began under, and one placed before
+    the deletion and released after it did keep a life."""
+    events = [
+        _hold("hold_placed", "before"),
+        _hold("hold_released", "before"),
+        _hold("hold_placed", "across-creation"),
+        _e("stamp", "stamped", 0, 0, "2026-12-05T10:00:01.000Z"),
+        _hold("hold_released", "across-creation"),
+        _hold("hold_placed", "during"),
+        _e("deleted", "stamped", 0, 1, "2026-12-05T10:00:02.000Z"),
+        _hold("hold_released", "during"),
+        _hold("hold_placed", "after"),
+        _hold("hold_released", "after"),
+        _hold("hold_placed", "still-active"),
+    ]
+    _mark_holds_that_kept_nothing(events)
+    kept = {(e["hold_id"], e["kind"]): e["kept_a_life"] for e in events if "hold_id" in e}
+    assert kept == {
+        ("before", "hold_placed"): False,
+        ("before", "hold_released"): False,
+        ("across-creation", "hold_placed"): True,
+        ("across-creation", "hold_released"): True,
+        ("during", "hold_placed"): True,
+        ("during", "hold_released"): True,
+        ("after", "hold_placed"): False,
+        ("after", "hold_released"): False,
+        ("still-active", "hold_placed"): False,
+    }
+
+
+def test_a_key_with_only_holds_on_record_says_so_and_what_to_check() -> None:
+    """A wrong --bot gave a key that never existed, and the output listed the org's holds
+    as if they were the record's evidence (a trial)."""
+    events = [{**_hold("hold_placed", "h1"), "reason": "case 7"}]
+    _mark_holds_that_kept_nothing(events)
+    lines = text_lines(
+        {"key": "acme/_/live/conversation/c1", "log_ref": "r", "events": events, "active_holds": []}
+    )
+    assert (
+        "nothing on the evidence topics for this key but holds whose scope matches it" in (lines[1])
+    )
+    assert "check --org, --bot" in lines[1]
+    assert lines[2].endswith(
+        "hold h1: case 7 (its scope matches this key, but no life of the record ran while it held)"
+    )
