@@ -39,7 +39,7 @@ from stream_expiry.kafka import (
     partitions_of,
     stable_ends,
 )
-from stream_expiry.logs import printable
+from stream_expiry.logs import counted, printable
 from stream_expiry.model import decode_key
 from stream_expiry.state import RocksKV
 from stream_expiry.state.kv import scratch_directory
@@ -304,5 +304,13 @@ def text_lines(d: dict[str, Any]) -> list[str]:
         lines.append(
             f"    group {printable(repr(group))} has committed no offset on these partitions:"
             " not the service's group_id? (give its --config, or STREAM_EXPIRY_GROUP_ID)"
+        )
+    elif (unread := sum(max(0, p["lag"] or 0) for p in parts)) > 0:
+        # The counts above are the changelog's: an event not read yet is in none of them, an
+        # expired create with nothing else to show (a trial: overdue 0, the service down).
+        lines.append(
+            f"    {counted(unread, 'input event')} not read by the service yet: what "
+            f"{'it creates or ends is' if unread == 1 else 'they create or end is'} not in "
+            "the counts above (a lag that stays or grows: is the service running?)"
         )
     return lines
