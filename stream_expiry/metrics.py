@@ -105,7 +105,7 @@ class _StatsCollector(Collector):
         yield CounterMetricFamily(
             f"{p}_dead_letters_truncated",
             "Dead letters published with their value (or key) cut to fit the producer's "
-            "max request size (header expiry-value-truncated).",
+            "max request size (headers expiry-value-truncated, expiry-key-truncated).",
             value=s.dead_letters_truncated,
         )
         verdicts = CounterMetricFamily(

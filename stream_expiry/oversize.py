@@ -17,9 +17,9 @@ Rules this module keeps:
   would never be tombstoned, data kept for good), and the data is what the stores already
   have from their own source.
 * A dead letter too large keeps its headers and as much of its key and value as fits, and
-  says the original sizes in ``expiry-value-truncated`` / ``expiry-key-truncated``: the
-  partition goes on, and a person learns that the original must be found at its source
-  (``expiry-source-*``).
+  says the original length of each part it cut, and only of those, in
+  ``expiry-value-truncated`` / ``expiry-key-truncated``: the partition goes on, and a
+  person learns that the original must be found at its source (``expiry-source-*``).
 """
 
 from __future__ import annotations
@@ -117,9 +117,11 @@ def fit_dead_letter(
 
     Unchanged when it fits (the contract's "original bytes, unchanged"). Otherwise the
     value is cut, and the key too when it takes more than half the room, each cut said by
-    a header with its original length. The headers say why the message was rejected and
-    where the original is, and stay whole, except a detail longer than
-    :data:`DETAIL_BYTES` (it may quote a field of the message, which may be the large part)."""
+    a header with its original length, and only a cut: a header on an intact value (a
+    message too large for its key alone) would send a person to the source for bytes the
+    dead letter already has. The headers say why the message was rejected and where the
+    original is, and stay whole, except a detail longer than :data:`DETAIL_BYTES` (it may
+    quote a field of the message, which may be the large part)."""
     if message_bytes(key, value, headers) <= limit:
         return key, value, headers, False
     key_len, value_len = len(key or b""), len(value or b"")
@@ -130,32 +132,43 @@ def fit_dead_letter(
         )
         for name, text in headers
     ]
-    said.append((H_VALUE_TRUNCATED, b"%d" % value_len))
+    cuts = [(H_VALUE_TRUNCATED, b"%d" % value_len), (H_KEY_TRUNCATED, b"%d" % key_len)]
     # Room for key and value, with both cuts said, and the length varints they may need.
-    room = limit - message_bytes(b"", b"", [*said, (H_KEY_TRUNCATED, b"%d" % key_len)]) - 16
+    room = limit - message_bytes(b"", b"", [*said, *cuts]) - 16
     if room < 0:
         raise ValueError(f"a dead letter's headers alone exceed the limit of {limit} bytes")
     if key is not None and key_len > room // 2:
         key = key[: room // 2]
-        said.append((H_KEY_TRUNCATED, b"%d" % key_len))
     if value is not None:
         value = value[: room - len(key or b"")]
+    was_cut = (len(value or b"") < value_len, len(key or b"") < key_len)
+    said.extend(header for header, cut in zip(cuts, was_cut, strict=True) if cut)
     return key, value, said, True
 
 
 def say_cut(rec: Any, limit: int, key: bytes | None, value: bytes | None) -> None:
     """The warning of a dead letter of ``rec`` cut to ``key`` and ``value`` to fit ``limit``
-    (:func:`fit_dead_letter`): the input's and the control topics' dead letters alike."""
+    (:func:`fit_dead_letter`): the input's and the control topics' dead letters alike. It
+    names only what was cut, as the headers do, so that log and message agree."""
     log.warning(
-        "the dead letter of %s[%d]@%d is over the producer's limit of %d bytes: published "
-        "with its value cut to %d of %d bytes (and its key to %d of %d), said in header %s",
+        "the dead letter of %s[%d]@%d is over the producer's limit of %d bytes: published with %s",
         rec.topic,
         rec.partition,
         rec.offset,
         limit,
-        len(value or b""),
-        len(rec.value or b""),
-        len(key or b""),
-        len(rec.key or b""),
-        H_VALUE_TRUNCATED,
+        _cuts_said(rec, key, value),
     )
+
+
+def _cuts_said(rec: Any, key: bytes | None, value: bytes | None) -> str:
+    """What :func:`say_cut` reports cut: key and value each named only if shorter than
+    ``rec``'s, with the header that gives the original length."""
+    said = [
+        f"its {part} cut to {len(now or b'')} of {len(was or b'')} bytes (header {header})"
+        for part, now, was, header in (
+            ("value", value, rec.value, H_VALUE_TRUNCATED),
+            ("key", key, rec.key, H_KEY_TRUNCATED),
+        )
+        if len(now or b"") < len(was or b"")
+    ]
+    return " and ".join(said) or "only its error detail shortened"

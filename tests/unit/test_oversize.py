@@ -4,6 +4,8 @@ aiokafka's producer measures it."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -52,9 +54,12 @@ def test_a_dead_letter_is_cut_to_fit_and_says_what_was_cut(
         return
     said = dict(out_headers)
     assert said[H_ERROR] == b"unknown_category"
-    assert said[oversize.H_VALUE_TRUNCATED] == b"%d" % (value_len or 0)
     assert (key is None) == (out_key is None)
     assert (value is None) == (out_value is None)
+    if out_value != value:
+        assert said[oversize.H_VALUE_TRUNCATED] == b"%d" % (value_len or 0)
+    else:
+        assert oversize.H_VALUE_TRUNCATED not in said
     if out_key != key:
         assert key is not None
         assert out_key is not None
@@ -154,3 +159,31 @@ def test_a_detail_of_exactly_the_kept_length_stays_whole() -> None:
 def test_headers_alone_over_the_limit_are_an_error_that_says_so() -> None:
     with pytest.raises(ValueError, match="headers alone exceed the limit of 512 bytes"):
         oversize.fit_dead_letter(None, b"v" * 4096, [*_headers(), ("x", b"h" * 600)], 512)
+
+
+def test_a_dead_letter_cut_for_its_key_alone_does_not_say_its_value_was_cut(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Seen in a user trial: a 25 000-byte key and a 96-byte value gave a dead letter with
+    its whole value and ``expiry-value-truncated: 96``, and a warning "value cut to 96 of
+    96 bytes". Only the key is said cut, in the header and in the log."""
+    key, value = b"k" * 3 * LIMIT, b"v" * 96
+    out_key, out_value, headers, cut = oversize.fit_dead_letter(key, value, _headers(), LIMIT)
+    assert cut
+    assert out_value == value
+    assert out_key is not None
+    assert len(out_key) < len(key)
+    said = dict(headers)
+    assert oversize.H_VALUE_TRUNCATED not in said
+    assert said[oversize.H_KEY_TRUNCATED] == b"%d" % len(key)
+    rec = SimpleNamespace(topic="in", partition=0, offset=7, key=key, value=value)
+    with caplog.at_level("WARNING", logger="stream_expiry.oversize"):
+        oversize.say_cut(rec, LIMIT, out_key, out_value)
+    assert "value cut" not in caplog.text
+    assert f"its key cut to {len(out_key)} of {len(key)} bytes" in caplog.text
+
+
+def test_the_warning_of_a_value_cut_names_the_value_only() -> None:
+    rec = SimpleNamespace(topic="in", partition=0, offset=7, key=b"k", value=b"v" * 3 * LIMIT)
+    said = oversize._cuts_said(rec, b"k", b"v" * 10)
+    assert said == f"its value cut to 10 of {3 * LIMIT} bytes (header expiry-value-truncated)"
