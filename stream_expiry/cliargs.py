@@ -10,7 +10,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
-from stream_expiry.errors import ConfigurationError, suggestion
+from stream_expiry.errors import ConfigurationError, quoted, suggestion
 from stream_expiry.kafka_settings import check_bootstrap
 from stream_expiry.logs import FORMATS, LEVELS
 from stream_expiry.model import MAX_ID_CHARS
@@ -79,13 +79,17 @@ def seconds(text: str) -> float:
 
 def timestamp(text: str) -> str:
     """An RFC 3339 time with an offset, or epoch milliseconds; kept as given (the commands
-    parse it again), checked here so that a typo is one line, not a traceback."""
+    parse it again), checked here so that a typo is one line, not a traceback: the value
+    given, what is wrong with it, the two forms taken and an example of each."""
     from stream_expiry.timeutil import InvalidTimestamp, parse_ts
 
     try:
         parse_ts(int(text) if text.isdigit() else text)
     except InvalidTimestamp as exc:
-        raise argparse.ArgumentTypeError(f"{exc}, or epoch milliseconds") from None
+        raise argparse.ArgumentTypeError(
+            f"{quoted(text, 40)} is {exc.reason}: give an RFC 3339 time with an offset or "
+            "epoch milliseconds, e.g. 2026-01-31T12:00:00Z or 1769860800000"
+        ) from None
     return text
 
 

@@ -50,7 +50,15 @@ def wall_clock_ms() -> int:
 
 
 class InvalidTimestamp(ValueError):
-    """Raised when a value is neither RFC 3339 with an offset nor integer epoch milliseconds."""
+    """Raised when a value is neither RFC 3339 with an offset nor integer epoch milliseconds.
+
+    ``reason`` is what is wrong without the value (``"out of range"``): a caller that quotes
+    the value itself (the command line, :func:`stream_expiry.cliargs.timestamp`) says it
+    once, in a sentence of its own. The message stays the dead letters' detail."""
+
+    def __init__(self, message: str, reason: str = "not a time") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def parse_ts(value: object) -> int:
@@ -63,7 +71,9 @@ def parse_ts(value: object) -> int:
         raise InvalidTimestamp("a boolean is not a timestamp")
     if isinstance(value, int):
         if not MIN_TS_MS <= value <= MAX_TS_MS:
-            raise InvalidTimestamp(f"epoch milliseconds {value} are out of range")
+            raise InvalidTimestamp(
+                f"epoch milliseconds {value} are out of range", "out of range (years 1 to 9999)"
+            )
         return value
     if not isinstance(value, str):
         raise InvalidTimestamp(
@@ -103,17 +113,27 @@ def _parse_rfc3339(value: str) -> int:
             sign = 1 if m.group(9) == "+" else -1
             oh, om = int(m.group(10)), int(m.group(11))
             if oh > 23 or om > 59:
-                raise InvalidTimestamp(f"{_quoted(value)} has an impossible UTC offset")
+                raise InvalidTimestamp(
+                    f"{_quoted(value)} has an impossible UTC offset",
+                    "a time with an impossible UTC offset",
+                )
             offset = sign * timedelta(hours=oh, minutes=om)
         if second == 60:  # a leap second: clamp to the last representable millisecond
             second, millis = 59, 999
         naive = datetime(year, month, day, hour, minute, second)
+    except InvalidTimestamp:
+        raise  # the offset's own message, not wrapped in the date's
     except ValueError as exc:
-        raise InvalidTimestamp(f"{_quoted(value)} is not a real date and time: {exc}") from None
+        raise InvalidTimestamp(
+            f"{_quoted(value)} is not a real date and time: {exc}",
+            f"not a real date and time ({exc})",
+        ) from None
     delta = naive - _EPOCH.replace(tzinfo=None) - offset
     ms = (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000 + millis
     if not MIN_TS_MS <= ms <= MAX_TS_MS:
-        raise InvalidTimestamp(f"{_quoted(value)} is out of range")
+        raise InvalidTimestamp(
+            f"{_quoted(value)} is out of range", "out of range (years 1 to 9999)"
+        )
     return ms
 
 

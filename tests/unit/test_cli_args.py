@@ -50,7 +50,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         (["demo", "--duration", "-1"], "0 or more seconds"),
         (["demo", "--duration", "nan"], "0 or more seconds"),
         (["explain", "--org", "a", "--category", "session", "--at", "yesterday"], "'yesterday'"),
-        (["replay", "--since", "yesterday"], "'yesterday' is not RFC 3339"),
+        (["replay", "--since", "yesterday"], "--since: 'yesterday' is not a time: give an RFC"),
         (["replay", "--sample", "-1"], "at least 1"),
         (["run", "--log-level", "LOUD"], "invalid choice: 'LOUD'"),
         (["sink", "sqlite", "--path", "x", "--metrics-port", "0"], "from 1 to 65535"),
@@ -65,6 +65,32 @@ def test_a_bad_argument_is_one_line_and_status_2(
     assert says in err
     assert "--help" in err
     assert "Traceback" not in err
+
+
+_FORMS = (
+    ": give an RFC 3339 time with an offset or epoch milliseconds, "
+    "e.g. 2026-01-31T12:00:00Z or 1769860800000"
+)
+
+
+@pytest.mark.parametrize(
+    ("given", "wrong"),
+    [
+        ("99999999999999999", "is out of range (years 1 to 9999)"),
+        ("2026-13-01T00:00:00Z", "is not a real date and time (month must be in 1..12)"),
+        ("2026-01-01T00:00:00+24:00", "is a time with an impossible UTC offset"),
+        ("yesterday", "is not a time"),
+    ],
+)
+def test_a_bad_time_is_one_sentence_with_the_value_the_forms_and_an_example(
+    given: str, wrong: str
+) -> None:
+    """A user trial read "epoch milliseconds 99999999999999999 are out of range, or epoch
+    milliseconds" and "... month must be in 1..12, or epoch milliseconds": the parser's
+    message with the other form tacked on. Now: the value, what is wrong, the forms."""
+    with pytest.raises(argparse.ArgumentTypeError) as exc:
+        timestamp(given)
+    assert str(exc.value) == f"{given!r} {wrong}{_FORMS}"
 
 
 def test_a_metrics_port_in_use_is_one_line_and_status_2(
