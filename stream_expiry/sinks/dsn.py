@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 __all__ = ["as_uri", "hide_secrets", "hosts", "is_local", "redact"]
 
 _LOCAL: Final = frozenset({"", "localhost", "127.0.0.1", "::1"})
+# A URI's scheme, any: one that is not PostgreSQL's is named as such (not as text that is
+# not key=value), and its password is hidden all the same.
+_SCHEME: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_POSTGRES_SCHEMES: Final = frozenset({"postgresql", "postgres"})
 _KV: Final = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S*)")
 # ``password`` and ``sslpassword`` (a client key's passphrase); a quote left open runs to
 # the end, as libpq reads it.
@@ -42,7 +46,7 @@ def hosts(dsn: str, environ: Mapping[str, str] | None = None) -> list[str]:
     """The host names or socket directories the DSN points at ("" for libpq's default)."""
     env = os.environ if environ is None else environ
     found: list[str] = []
-    if dsn.startswith(("postgresql://", "postgres://")):
+    if _is_uri(dsn):
         parts = urlsplit(dsn)
         netloc = parts.netloc.rpartition("@")[2]
         found = [_host_of(h) for h in netloc.split(",")]
@@ -53,6 +57,12 @@ def hosts(dsn: str, environ: Mapping[str, str] | None = None) -> list[str]:
                 found += value.strip("'").split(",")
     found = [h for h in found if h]
     return found or [env.get("PGHOST", "")]
+
+
+def _is_uri(dsn: str) -> bool:
+    """Whether ``dsn`` is a URI (of any scheme, in any case, as asyncpg reads
+    ``POSTGRESQL://`` too), not libpq's key/value pairs."""
+    return _SCHEME.match(dsn) is not None
 
 
 def _host_of(host_port: str) -> str:
@@ -87,7 +97,7 @@ def _uri_userinfo(dsn: str) -> tuple[int, int] | None:
 def _secrets(dsn: str) -> list[str]:
     """Every password the DSN gives (its value as written, quotes taken off)."""
     found: list[str] = []
-    if dsn.startswith(("postgresql://", "postgres://")):
+    if _is_uri(dsn):
         where = _uri_userinfo(dsn)
         if where is not None:
             found.append(dsn[where[0] : where[1]])
@@ -100,7 +110,7 @@ def _secrets(dsn: str) -> list[str]:
 
 def redact(dsn: str) -> str:
     """The DSN with any password (``password``, ``sslpassword``) replaced by ``***``."""
-    if dsn.startswith(("postgresql://", "postgres://")):
+    if _is_uri(dsn):
         where = _uri_userinfo(dsn)
         if where is not None:
             dsn = f"{dsn[: where[0]]}***{dsn[where[1] :]}"
@@ -126,8 +136,19 @@ def as_uri(dsn: str) -> str:
     """The DSN as the URI asyncpg needs: libpq's key/value form (``host=db dbname=app``,
     what psycopg and ``psql`` users have at hand), which asyncpg does not read, becomes
     ``postgresql://?host=db&dbname=app``; a URI is returned as it is. Raises
-    :class:`ValueError` naming a key asyncpg cannot take, or text that is not key=value."""
-    if dsn.startswith(("postgresql://", "postgres://")):
+    :class:`ValueError` naming a key asyncpg cannot take, text that is not key=value, a
+    scheme other than PostgreSQL's, or a port that is not one (asyncpg's own message was
+    Python's ``invalid literal for int() with base 10``)."""
+    scheme = _SCHEME.match(dsn)
+    if scheme is not None:
+        if scheme.group(1).lower() not in _POSTGRES_SCHEMES:
+            raise ValueError(f"unsupported scheme {scheme.group(0)!r}: use postgresql://")
+        parts = urlsplit(dsn)
+        netloc = parts.netloc.rpartition("@")[2]
+        # A password's unencoded / ? or # ends the authority inside it: what looks like
+        # the port is then a piece of the password (the message hides it as ***).
+        _check_ports([_port_of(h) for h in netloc.split(",")])
+        _check_ports(parse_qs(parts.query).get("port", []))
         return dsn
     pairs = _KV.findall(dsn)
     leftover = _KV.sub("", dsn).strip()
@@ -144,4 +165,20 @@ def as_uri(dsn: str) -> str:
         if raw.startswith("'") and raw.endswith("'") and len(raw) > 1:
             value = re.sub(r"\\(.)", r"\1", raw[1:-1])
         query.append((key, value))
+    _check_ports([value for key, value in query if key == "port"])
     return "postgresql://?" + urlencode(query)
+
+
+def _port_of(host_port: str) -> str:
+    """The port of a URI's ``host:port`` or ``[IPv6]:port``, "" when it has none."""
+    if host_port.startswith("["):
+        return host_port[host_port.find("]") + 1 :].removeprefix(":")
+    return host_port.rpartition(":")[2] if ":" in host_port else ""
+
+
+def _check_ports(given: list[str]) -> None:
+    """Each port (a value may list several, ``5432,5433``) a number from 1 to 65535, or
+    empty (libpq's default, 5432)."""
+    for port in (p for value in given for p in value.split(",")):
+        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError(f"the port {port!r} is not a number from 1 to 65535, e.g. 5432")

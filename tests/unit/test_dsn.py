@@ -51,11 +51,54 @@ def test_a_uri_is_taken_as_it_is(uri: str) -> None:
         ("notadsn", "'notadsn' is not key=value"),
         ("host=x junk", "'junk' is not key=value"),
         ("", "'' is not key=value"),
+        ("mysql://u@h/db", "unsupported scheme 'mysql://': use postgresql://"),
+        ("postgresql://u@h:abc/db", "the port 'abc' is not a number from 1 to 65535, e.g. 5432"),
+        ("postgres://u@h:5432,h2:99999/db", "the port '99999' is not"),
+        ("postgresql://u@[::1]:5x/db", "the port '5x' is not"),
+        ("postgresql://u@h/db?port=x", "the port 'x' is not"),
+        ("host=h port=abc", "the port 'abc' is not"),
+        ("host=h port='5432,x'", "the port 'x' is not"),
     ],
 )
 def test_what_the_client_cannot_take_is_named(dsn: str, says: str) -> None:
     with pytest.raises(ValueError, match=says):
         as_uri(dsn)
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://u@h/db",
+        "postgres://u@h:5432,h2:5433/db",
+        "postgresql://u@[::1]:5432/db",
+        "postgresql://u@h:/db",
+        "POSTGRESQL://u@h/db",
+        "host=h port=5432",
+    ],
+)
+def test_ports_and_schemes_asyncpg_takes_pass(dsn: str) -> None:
+    parsed(as_uri(dsn))
+
+
+@pytest.mark.parametrize(
+    ("dsn", "says"),
+    [
+        ("mysql://u:S3cr3tPW@h/db", "(unsupported scheme 'mysql://': use postgresql://)"),
+        ("postgresql://u:S3cr3tPW@h:abc/db", "(the port 'abc' is not a number from 1 to 65535"),
+    ],
+)
+@pytest.mark.asyncio
+async def test_a_wrong_scheme_or_port_is_said_in_words_without_the_password(
+    dsn: str, says: str
+) -> None:
+    """A user trial: ``mysql://...`` was said to be "not key=value", and a port "abc" gave
+    Python's "invalid literal for int() with base 10"."""
+    with pytest.raises(ConfigurationError) as failed:
+        await PostgresStore(dsn, connect_timeout_s=2).open()
+    said = str(failed.value)
+    assert says in said
+    assert "S3cr3tPW" not in said
+    assert "invalid literal" not in said
 
 
 @pytest.mark.parametrize(
@@ -75,6 +118,9 @@ def test_what_the_client_cannot_take_is_named(dsn: str, says: str) -> None:
         ("postgresql://u:pa?ss@h/d?sslmode=require", "postgresql://u:***@h/d?sslmode=require"),
         ("postgresql://u:p@ss@h/d", "postgresql://u:***@h/d"),
         ("postgresql://u@h/d", "postgresql://u@h/d"),
+        # Another scheme's password, or PostgreSQL's in capitals, as well.
+        ("mysql://u:s3cret@h/d", "mysql://u:***@h/d"),
+        ("POSTGRESQL://u:s3cret@h/d", "POSTGRESQL://u:***@h/d"),
         # A quote left open runs to the end, as libpq reads it.
         ("host=h password='s3 cret dbname=d", "host=h password=***"),
     ],
