@@ -18,6 +18,7 @@ __all__ = [
     "StoreError",
     "StreamExpiryError",
     "leaves",
+    "not_json",
     "quoted",
     "suggestion",
 ]
@@ -104,3 +105,20 @@ def quoted(value: object, limit: int) -> str:
         value = value[:_QUOTED_TEXT_MAX]
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def not_json(value: bytes, exc: ValueError) -> str:
+    """The detail of a message value the JSON parser (orjson) refused with ``exc``.
+
+    Bytes that are not UTF-8 are said as such, with the first bad byte's offset: orjson
+    says ``str is not valid UTF-8: surrogates not allowed ... (char 0)`` wherever they are,
+    which sent a reader looking for surrogates (and at the start). Decoding again costs
+    only on this path, a refused value."""
+    try:
+        value.decode()
+    except UnicodeDecodeError as bad:
+        return (
+            f"the value is not valid UTF-8 (byte {bad.start}: {bad.reason}); "
+            "send JSON encoded as UTF-8"
+        )
+    return f"the value is not UTF-8 JSON: {exc}"

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from stream_expiry.errors import not_json
 from stream_expiry.model import ENVS, MAX_ID_CHARS, Rejection
 from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
 
@@ -209,7 +210,7 @@ def parse_hold(key: bytes | None, value: bytes) -> Hold | Rejection:
     try:
         body = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        return Rejection("invalid_json", f"the value is not UTF-8 JSON: {exc}")
+        return Rejection("invalid_json", not_json(value, exc))
     if type(body) is not dict:
         return Rejection("not_an_object", "a hold is a JSON object")
     fields: dict[str, str | None] = {}

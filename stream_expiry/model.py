@@ -21,6 +21,7 @@ from urllib.parse import quote, unquote
 
 import orjson
 
+from stream_expiry.errors import not_json
 from stream_expiry.timeutil import MIN_TS_MS, InvalidTimestamp, format_ts, parse_ts
 
 if TYPE_CHECKING:
@@ -239,7 +240,7 @@ def parse_event(
     try:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        return Rejection("invalid_json", f"the value is not UTF-8 JSON: {exc}")
+        return Rejection("invalid_json", not_json(value, exc))
     if type(obj) is not dict:
         return Rejection(
             "not_an_object", f"the value is a JSON {type(obj).__name__}, not an object"

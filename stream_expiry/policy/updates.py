@@ -38,7 +38,7 @@ from urllib.parse import quote, unquote
 import orjson
 
 from stream_expiry.durations import InvalidDuration
-from stream_expiry.errors import suggestion
+from stream_expiry.errors import not_json, suggestion
 from stream_expiry.model import ENVS, MAX_ID_CHARS, Rejection
 from stream_expiry.policy.sources import (
     CAP_ALL,
@@ -284,7 +284,7 @@ def parse_update(
     try:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        return _reject("invalid_json", f"the value is not UTF-8 JSON: {exc}")
+        return _reject("invalid_json", not_json(value, exc))
     if not isinstance(obj, dict):
         return _reject("not_an_object", f"the value is a JSON {_json_type(obj)}, not an object")
     scope = _scope_of(obj)

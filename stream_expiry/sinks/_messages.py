@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import orjson
 
 from stream_expiry.codec import deleted_at_of, reason_of
-from stream_expiry.errors import InputError
+from stream_expiry.errors import InputError, not_json
 from stream_expiry.model import Identity, decode_key
 from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
 
@@ -379,7 +379,7 @@ def _load_object(value: bytes) -> dict[str, Any]:
     try:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        raise InvalidMessage(f"the value is not UTF-8 JSON: {exc}") from None
+        raise InvalidMessage(not_json(value, exc)) from None
     if not isinstance(obj, dict):
         raise InvalidMessage(f"the value is a JSON {type(obj).__name__}, not an object")
     return obj

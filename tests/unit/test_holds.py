@@ -472,6 +472,10 @@ def test_parse_hold_rejects_with_a_reason_and_round_trips() -> None:
     assert parse_hold(b"h1", encode_hold(h)) == h
     assert isinstance(parse_hold(b"x", b"{}"), Rejection)
     assert isinstance(parse_hold(b"x", b"not json"), Rejection)
+    not_utf8 = parse_hold(b"x", b'{"hold_id": "h\xff"}')
+    assert isinstance(not_utf8, Rejection)
+    assert not_utf8.code == "invalid_json"
+    assert "not valid UTF-8 (byte 14: invalid start byte)" in not_utf8.detail
     bad_env = orjson.dumps({"org": "a", "reason": "r", "env": "prod"})
     got = parse_hold(b"x", bad_env)
     assert isinstance(got, Rejection)

@@ -50,6 +50,32 @@ def code(value: bytes | None) -> str:
 
 
 @pytest.mark.parametrize(
+    ("value", "detail"),
+    [
+        (b'{"org": "caf\xe9"}', "byte 12: invalid continuation byte"),
+        (b'{"org": "\xff"}', "byte 9: invalid start byte"),
+        (b'{"org": "\xed\xa0\x80"}', "byte 9: invalid continuation byte"),  # a surrogate
+        (b'{"org": "caf\xc3', "byte 12: unexpected end of data"),
+    ],
+)
+def test_a_value_not_utf8_is_said_so_with_the_first_bad_bytes_offset(
+    value: bytes, detail: str
+) -> None:
+    """A user trial: orjson's "str is not valid UTF-8: surrogates not allowed ... (char 0)"
+    was the dead letter's detail, whatever the bad byte and wherever it was."""
+    result = parse(value)
+    assert isinstance(result, Rejection)
+    assert result.code == "invalid_json"  # the contract's code for bytes that are not JSON
+    assert result.detail == (f"the value is not valid UTF-8 ({detail}); send JSON encoded as UTF-8")
+
+
+def test_a_utf8_value_that_is_not_json_keeps_the_parsers_words() -> None:
+    result = parse(b'{"org": "\\ud800"}')  # a lone surrogate escape: UTF-8, but not JSON
+    assert isinstance(result, Rejection)
+    assert result.detail.startswith("the value is not UTF-8 JSON: ")
+
+
+@pytest.mark.parametrize(
     ("value", "expected"),
     [
         (None, "invalid_json"),

@@ -144,7 +144,7 @@ def test_null_ttl_entries_are_skipped() -> None:
 REJECTIONS: list[tuple[str, Any, str | None, str, str]] = [
     # (id, value, key, code, words in the detail)
     ("not json", b"{nope", "org/a", "invalid_json", "JSON"),
-    ("not utf-8", b"\xff\xfe", "org/a", "invalid_json", "JSON"),
+    ("not utf-8", b"\xff\xfe", "org/a", "invalid_json", "not valid UTF-8 (byte 0: invalid start"),
     ("array", [1], "org/a", "not_an_object", "array"),
     ("string", "x", "org/a", "not_an_object", "string"),
     ("no scope", {"ttl": {}}, None, "missing_field", "scope"),
