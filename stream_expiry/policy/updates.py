@@ -173,11 +173,20 @@ class PolicyUpdate:
         )
 
     def describe(self) -> str:
-        """One line for a person: ``scope org=acme: conversation=30d, session=never from ...``."""
+        """One line for a person: ``scope org=acme: conversation=30d, session=never from ...``.
+
+        An empty map is said in words (it read ``scope cap: , effective from ...``): it is
+        not a clear; the scope gives no value for any category from then on, not even the
+        config file's, which only a null value brings back (:class:`ScopeHistory`)."""
         from stream_expiry.timeutil import format_ts
 
         if self.ttl is None:
             values = "cleared (back to the config file's values)"
+        elif not self.ttl:
+            values = (
+                "emptied (no value from this scope for any category, the config file's "
+                "included; a null value brings the config file's back)"
+            )
         else:
             values = ", ".join(f"{cat}={_shown(c)}" for cat, c in sorted(self.ttl.items()))
         return f"scope {self.scope.key}: {values}, effective from {format_ts(self.effective_from)}"

@@ -591,3 +591,25 @@ def test_a_rejection_quoting_a_huge_field_is_cut_for_the_log_and_the_header() ->
     assert len(result.detail) == DETAIL_MAX
     assert result.detail.endswith("...")
     assert result.detail.startswith("ttl key 'xxx")
+
+
+def test_an_empty_map_is_said_to_empty_the_scope_which_it_does() -> None:
+    """A user trial read "scope cap: , effective from ...". An empty map is no clear: the
+    scope gives nothing from then on, its config file's values included, until a null."""
+    book = PolicyBook(
+        parse_config(
+            '[retention.defaults]\nconversation = "30d"\n[retention.cap]\nconversation = "7d"\n'
+        ),
+        {},
+    )
+    ident = Identity("acme", "_", "live", "conversation", "r")
+    emptied = book.apply_update(b"cap", orjson.dumps({"scope": "cap", "ttl": {}}), T)
+    assert isinstance(emptied, PolicyUpdate)
+    assert emptied.describe() == (
+        "scope cap: emptied (no value from this scope for any category, the config file's "
+        "included; a null value brings the config file's back), effective from "
+        "2023-11-14T22:13:20.000Z"
+    )
+    assert book.resolve(ident, T + 1).source == "default"  # the cap of 7d is gone
+    book.apply_update(b"cap", None, T + 2)
+    assert book.resolve(ident, T + 3).source == "cap"
