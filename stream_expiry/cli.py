@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 import threading
 from functools import partial
 from typing import TYPE_CHECKING, NoReturn, cast
@@ -37,6 +38,7 @@ from stream_expiry.cliargs import (
     bootstrap_from,
     check_category,
     check_ids,
+    hold_id,
     known_bootstrap,
     positive_int,
     seconds,
@@ -74,6 +76,20 @@ Start here:
                                           which TTL applies to a record, and why
   stream-expiry run --config expiry.toml  the service
 """
+
+
+class _WholeWords(argparse.HelpFormatter):
+    """argparse's help, with a description never broken at a hyphen: an example command
+    in it was printed as ``stream-`` and ``expiry hold place ...`` on the next line."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(
+            " ".join(text.split()),
+            width,
+            initial_indent=indent,
+            subsequent_indent=indent,
+            break_on_hyphens=False,
+        )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -457,7 +473,18 @@ def _parser_hold(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "also written to expiry.audit.",
     )
     verbs = hold.add_subparsers(dest="hold_command", required=True, metavar="ACTION")
-    place = verbs.add_parser("place", help="place a hold; prints its id")
+    place = verbs.add_parser(
+        "place",
+        help="place a hold; prints its id",
+        formatter_class=_WholeWords,
+        description="Place a legal hold: every record whose fields equal all those given "
+        "(--org, and any of --bot, --env, --category, --record-id) is kept from deletion, at "
+        "its expiry and on an erasure request, until the hold is released. The hold is "
+        "written to expiry.holds, which every instance of the service follows, and a "
+        "hold_placed entry to expiry.audit (the hold's id, its fields, the reason and the "
+        "time). Prints the hold's id, which `hold release` takes. Example: stream-expiry "
+        "hold place --org acme --category conversation --reason 'case 2024-117' --id case-117",
+    )
     _add_common(place)
     place.add_argument("--org", required=True, help="the organisation (required)")
     place.add_argument("--bot", help="only this bot")
@@ -465,10 +492,29 @@ def _parser_hold(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     place.add_argument("--category", help="only this category")
     place.add_argument("--record-id", dest="record_id", help="only this record")
     place.add_argument("--reason", required=True, help="why (a case number, say); audited")
-    place.add_argument("--id", help="the hold's id (default: a new random one)")
-    release = verbs.add_parser("release", help="release a hold by its id")
+    place.add_argument(
+        "--id",
+        type=hold_id,
+        help="the hold's id, 1 to 512 characters; refused while a hold with it is active "
+        "(default: a new random one, hold-...)",
+    )
+    release = verbs.add_parser(
+        "release",
+        help="release a hold by its id",
+        formatter_class=_WholeWords,
+        description="Release an active legal hold: its id is nulled on expiry.holds, and a "
+        "hold_released entry (the hold's id, fields, reason and placing time, and the time of "
+        "the release) is written to expiry.audit. Within a second the service tombstones the records it kept that "
+        "are due by then and that no other hold keeps. An id with no active hold changes "
+        "nothing (exit status 1). Example: stream-expiry hold release case-117",
+    )
     _add_common(release)
-    release.add_argument("hold_id", metavar="ID")
+    release.add_argument(
+        "hold_id",
+        metavar="ID",
+        type=hold_id,
+        help="the id of the hold to release, as `hold place` printed it or `hold list` shows",
+    )
     listing = verbs.add_parser("list", help="the active holds")
     _add_common(listing)
     listing.add_argument("--json", action="store_true", help="one JSON array")

@@ -93,6 +93,20 @@ def timestamp(text: str) -> str:
     return text
 
 
+def hold_id(text: str) -> str:
+    """A legal hold's id, 1 to ``MAX_ID_CHARS`` characters as the service reads them:
+    ``hold release ''`` asked the cluster and exited 1, "no active hold ''", a status that
+    says the command ran and found a problem, for an argument no hold can have; and
+    ``hold place --id ''`` placed a hold under a new random id without a word."""
+    if not 1 <= len(text) <= MAX_ID_CHARS:
+        shown = quoted(text, 40)
+        raise argparse.ArgumentTypeError(
+            f"a hold id is 1 to {MAX_ID_CHARS} characters, got {shown}: "
+            "`stream-expiry hold list` shows the active holds' ids"
+        )
+    return text
+
+
 def ts_ms(text: str | None) -> int | None:
     from stream_expiry.timeutil import parse_ts
 

@@ -52,6 +52,9 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         (["explain", "--org", "a", "--category", "session", "--at", "yesterday"], "'yesterday'"),
         (["replay", "--since", "yesterday"], "--since: 'yesterday' is not a time: give an RFC"),
         (["replay", "--sample", "-1"], "at least 1"),
+        (["hold", "release", ""], "argument ID: a hold id is 1 to 512 characters, got ''"),
+        (["hold", "release", "h" * 513], "a hold id is 1 to 512 characters, got 'hhh"),
+        (["hold", "place", "--org", "a", "--reason", "x", "--id", ""], "--id: a hold id is"),
         (["run", "--log-level", "LOUD"], "invalid choice: 'LOUD'"),
         (["sink", "sqlite", "--path", "x", "--metrics-port", "0"], "from 1 to 65535"),
     ],
@@ -463,3 +466,18 @@ def test_a_port_left_in_time_wait_is_free_to_the_embedded_broker() -> None:
         client.recv(1)  # its close is seen before the client closes
         client.close()
     assert embedded_port(f"127.0.0.1:{port}") == port
+
+
+@pytest.mark.parametrize("verb", ["place", "release"])
+def test_hold_place_and_release_say_what_they_do_what_is_audited_and_an_example(
+    verb: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Their --help had no description, and release's ID no help (a user trial)."""
+    monkeypatch.setenv("COLUMNS", "80")
+    assert _exit_status(["hold", verb, "--help"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"hold_{verb}d entry" in said
+    assert "expiry.audit" in said
+    assert f"Example: stream-expiry hold {verb} " in said  # not cut at the hyphen
+    if verb == "release":
+        assert "ID the id of the hold to release" in said
