@@ -363,7 +363,9 @@ def _parser_explain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "explain",
         help="show which TTL applies to a record, and why",
         description="Resolve the effective TTL of a record from every configured source: the "
-        "smallest positive candidate wins, 0 means never. Reads the config file, this "
+        "smallest positive candidate wins; a value of 0 (negative or empty too) is no value, so "
+        "the other sources, caps and defaults still apply, and with no positive candidate the "
+        "record never expires. Reads the config file, this "
         "process's environment variables and, as the running service does, the policy updates "
         "on expiry.policies whenever the brokers are known (--bootstrap-servers, else the "
         "config file's bootstrap_servers, else $STREAM_EXPIRY_BOOTSTRAP_SERVERS); brokers that "

@@ -80,8 +80,8 @@ class InvalidDuration(ValueError):
 
 class UnderHalfSecond(InvalidDuration):
     """A positive duration that whole seconds would round to 0. Its message speaks of TTLs
-    (0 is "never"); a setting where 0 means nothing says its own (``shown``: the value
-    as quoted)."""
+    (0 is no value: the other sources decide, or the record never expires); a setting where
+    0 means nothing says its own (``shown``: the value as quoted)."""
 
     def __init__(self, message: str, shown: str) -> None:
         super().__init__(message)
@@ -130,10 +130,13 @@ def parse_duration(value: object) -> int:
         )
     seconds = _EXACT.divide(exact_ms, 1000).quantize(Decimal(1), context=_EXACT)
     if seconds == 0 and exact_ms > 0:
-        # Rounded, it would read as 0: "never expire", the opposite of what was written.
+        # Rounded, it would read as 0, no value: the other sources' TTL, or none at all,
+        # instead of the short one written. (Said as what 0 does: "0 for never" was wrong,
+        # a cap or a default still applies.)
         raise UnderHalfSecond(
-            f"{_show(value)} is under half a second, which rounds to 0 (never expire); give "
-            "1s or more, or 0 for never",
+            f"{_show(value)} is under half a second, which rounds to 0, and 0 gives no TTL (the "
+            "other sources decide, or the record never expires); give 1s or more, or 0 to "
+            "leave the TTL to the other sources",
             _show(value),
         )
     return int(seconds) * 1000

@@ -481,3 +481,23 @@ def test_hold_place_and_release_say_what_they_do_what_is_audited_and_an_example(
     assert f"Example: stream-expiry hold {verb} " in said  # not cut at the hyphen
     if verb == "release":
         assert "ID the id of the hold to release" in said
+
+
+def test_explain_help_says_0_is_no_value_as_the_code_resolves_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """It said "0 means never", but a 0 is no value: an org's 0 leaves the default's 30d."""
+    assert _exit_status(["explain", "--help"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "0 means never" not in said
+    no_value = "a value of 0 (negative or empty too) is no value, so the other sources, caps"
+    assert f"{no_value} and defaults still apply" in said
+    config = tmp_path / "zero.toml"
+    config.write_text(
+        '[retention.defaults]\nconversation = "30d"\n[retention.orgs.acme]\nconversation = 0\n'
+    )
+    argv = ["explain", "--offline", "--config", str(config), "--org", "acme",
+            "--category", "conversation", "--json"]  # fmt: skip
+    assert _exit_status(argv) == 0
+    answer = orjson.loads(capsys.readouterr().out)
+    assert (answer["ttl_seconds"], answer["source"]) == (30 * 86400, "default")

@@ -344,7 +344,7 @@ ERRORS = [
         "[service]\nsession_timeout = '2y'\n",
         "line 2: key 'session_timeout' in [service] must be a duration from 1s to 30m, got a string '2y'",
     ),
-    (  # not "(never expire) ... or 0 for never", which is for ttls
+    (  # not "0 gives no TTL ... the other sources", which is for ttls
         "session timeout under half a second",
         "[service]\nsession_timeout = '0.3s'\n",
         "line 2: invalid duration for key 'session_timeout' in [service]: '0.3s' is under half a second",
@@ -353,7 +353,8 @@ ERRORS = [
         "a ttl under half a second still says what 0 is",
         "[retention.defaults]\nconversation = '0.3s'\n",
         "line 2: invalid duration for key 'conversation' in [retention.defaults]: '0.3s' is under half"
-        " a second, which rounds to 0 (never expire); give 1s or more, or 0 for never",
+        " a second, which rounds to 0, and 0 gives no TTL (the other sources decide, or the record"
+        " never expires); give 1s or more, or 0 to leave the TTL to the other sources",
     ),
     (
         "workers zero",

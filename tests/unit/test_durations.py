@@ -179,12 +179,15 @@ def test_text_longer_than_64_characters_is_refused_unread() -> None:
 def test_a_positive_duration_that_would_round_to_never_is_refused(
     value: object, shown: str
 ) -> None:
-    """Rounded to whole seconds it would be 0, which means "never expire"."""
+    """Rounded to whole seconds it would be 0, which is no value: not the short TTL
+    written. The message says what 0 does (it said "or 0 for never", but a cap or a
+    default still applies to a 0, as the contract says)."""
     with pytest.raises(InvalidDuration) as info:
         parse_duration(value)
     assert str(info.value) == (
-        f"{shown} is under half a second, which rounds to 0 (never expire); give 1s or more, "
-        "or 0 for never"
+        f"{shown} is under half a second, which rounds to 0, and 0 gives no TTL (the other "
+        "sources decide, or the record never expires); give 1s or more, or 0 to leave the TTL "
+        "to the other sources"
     )
     assert parse_duration("-0.001s") == 0  # not positive: valid, and not a TTL (as -5 is)
 
