@@ -176,6 +176,11 @@ def prunable(marker: Marker, settled_before: int) -> bool:
 
 
 def _max_opt(*values: int | None) -> int | None:
+    """The largest of the values given, None when none is. Twice or three times a
+    deletion: the list and ``max`` only for more than two values."""
+    if len(values) == 2:
+        a, b = values
+        return b if a is None else a if b is None or a >= b else b
     present = [v for v in values if v is not None]
     return max(present) if present else None
 
@@ -322,10 +327,12 @@ class _Planner:
             src = t if t.created_at is not None else p
             self.receipt(t.identity, t.reason, 1, src, t.emitted_at, p.deleted_at)
         rest = tuple(p for p in pending if p not in claimed) if claimed else None
-        ended = _max_opt(
-            t.expires_at, row.expires_at if row is not None and deleted else None,
-            *(p.expires_at for p in claimed),
-        )  # fmt: skip
+        ended = t.expires_at
+        if deleted:
+            assert row is not None
+            ended = _max_opt(ended, row.expires_at)
+        for p in claimed:
+            ended = _max_opt(ended, p.expires_at)
         self.remember(slot, t.identity, bound, lived, rest, ended)
         if not deleted and not claimed and not covered:
             # An erasure request for a row this store never held: still on record.

@@ -6,11 +6,12 @@ import itertools
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
-from stream_expiry.sinks._logic import Plan, Slot, plan, prunable
+from stream_expiry.sinks._logic import Plan, Slot, _max_opt, plan, prunable
 from stream_expiry.sinks._messages import (
     Change,
     Marker,
@@ -818,3 +819,24 @@ def test_a_repeated_tombstone_does_not_move_the_settling_on() -> None:
     p = w.apply([tomb(s), tomb(s)])
     assert (p.markers, p.receipts) == ([], [])
     assert _marker(w).settled_at == settled
+
+
+@pytest.mark.parametrize(
+    ("values", "largest"),
+    [
+        ((None, None), None),
+        ((5, None), 5),
+        ((None, 5), 5),
+        ((3, 7), 7),
+        ((7, 3), 7),
+        ((4, 4), 4),
+        ((1, None, 9, 2), 9),
+        ((), None),
+    ],
+)
+def test_the_largest_of_times_some_unknown(
+    values: tuple[int | None, ...], largest: int | None
+) -> None:
+    """When a marker settles: the latest of the lives' expiries and of the deletions, any
+    of them unknown. Two values take a path of their own (the common case, per deletion)."""
+    assert _max_opt(*values) == largest
