@@ -35,6 +35,7 @@ from stream_expiry.cliargs import (
     BOOTSTRAP_ENV,
     add_log_options,
     add_metrics_options,
+    audit_text,
     bootstrap_from,
     check_category,
     check_ids,
@@ -464,6 +465,14 @@ def _cmd_hold(args: argparse.Namespace) -> int:
         return anyio.run(run_hold, config, connection_from(args, config), args)
 
 
+def _add_by(verb: argparse.ArgumentParser, does: str) -> None:
+    verb.add_argument(
+        "--by",
+        type=audit_text,
+        help=f"who {does} it (a name, a role), audited (default: the user running the command)",
+    )
+
+
 def _parser_hold(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     hold = sub.add_parser(
         "hold",
@@ -483,9 +492,10 @@ def _parser_hold(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "(--org, and any of --bot, --env, --category, --record-id) is kept from deletion, at "
         "its expiry and on an erasure request, until the hold is released. The hold is "
         "written to expiry.holds, which every instance of the service follows, and a "
-        "hold_placed entry to expiry.audit (the hold's id, its fields, the reason and the "
-        "time). Prints the hold's id, which `hold release` takes. Example: stream-expiry "
-        "hold place --org acme --category conversation --reason 'case 2024-117' --id case-117",
+        "hold_placed entry to expiry.audit (the hold's id, its fields, the reason, who placed "
+        "it and the time). Prints the hold's id, which `hold release` takes. Example: "
+        "stream-expiry hold place --org acme --category conversation --reason 'case 2024-117' "
+        "--id case-117 --by 'j.doe (legal)'",
     )
     _add_common(place)
     place.add_argument("--org", required=True, help="the organisation (required)")
@@ -500,15 +510,17 @@ def _parser_hold(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="the hold's id, 1 to 512 characters; refused while a hold with it is active "
         "(default: a new random one, hold-...)",
     )
+    _add_by(place, "places")
     release = verbs.add_parser(
         "release",
         help="release a hold by its id",
         formatter_class=_WholeWords,
         description="Release an active legal hold: its id is nulled on expiry.holds, and a "
-        "hold_released entry (the hold's id, fields, reason and placing time, and the time of "
-        "the release) is written to expiry.audit. Within a second the service tombstones the records it kept that "
-        "are due by then and that no other hold keeps. An id with no active hold changes "
-        "nothing (exit status 1). Example: stream-expiry hold release case-117",
+        "hold_released entry (the hold's id, fields, reason and placing time; the time of the "
+        "release, why and by whom) is written to expiry.audit. Within a second the service "
+        "tombstones the records it kept that are due by then and that no other hold keeps. An "
+        "id with no active hold changes nothing (exit status 1). Example: stream-expiry hold "
+        "release case-117 --reason 'case closed' --by 'j.doe (legal)'",
     )
     _add_common(release)
     release.add_argument(
@@ -517,6 +529,14 @@ def _parser_hold(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         type=hold_id,
         help="the id of the hold to release, as `hold place` printed it or `hold list` shows",
     )
+    release.add_argument(
+        "--reason",
+        dest="release_reason",
+        type=audit_text,
+        help="why it is released (a case closed, a court order); audited as release_reason "
+        "(the entry's reason stays the placement's)",
+    )
+    _add_by(release, "releases")
     listing = verbs.add_parser("list", help="the active holds")
     _add_common(listing)
     listing.add_argument("--json", action="store_true", help="one JSON array")

@@ -107,6 +107,17 @@ def hold_id(text: str) -> str:
     return text
 
 
+def audit_text(text: str) -> str:
+    """A reason or a name written to ``expiry.audit`` (``hold release --reason``, ``--by``):
+    1 to ``MAX_ID_CHARS`` characters, as a hold's own reason; an empty one would say
+    nothing on the evidence."""
+    if not text.strip() or len(text) > MAX_ID_CHARS:
+        raise argparse.ArgumentTypeError(
+            f"give 1 to {MAX_ID_CHARS} characters, got {quoted(text, 40)}"
+        )
+    return text
+
+
 def ts_ms(text: str | None) -> int | None:
     from stream_expiry.timeutil import parse_ts
 

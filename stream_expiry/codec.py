@@ -241,6 +241,8 @@ def encode_deferral(state: Stamp, reason: str, hold_ids: list[str], at_ms: int) 
     )
 
 
-def encode_hold_audit(kind: str, hold: dict[str, Any], at_ms: int) -> bytes:
-    """The ``expiry.audit`` entry of a hold placed or released (``kind``)."""
-    return orjson.dumps({"type": kind, "at": format_ts(at_ms), **hold})
+def encode_hold_audit(kind: str, hold: dict[str, Any], at_ms: int, **given: str | None) -> bytes:
+    """The ``expiry.audit`` entry of a hold placed or released (``kind``), with what else
+    the command was given (``by``, ``release_reason``) where it was."""
+    extra = {name: value for name, value in given.items() if value is not None}
+    return orjson.dumps({"type": kind, "at": format_ts(at_ms), **hold, **extra})

@@ -305,6 +305,12 @@ def _summary(e: dict[str, Any]) -> str:
         return f"a {e.get('op')} event (ts {e.get('ts')}) rejected: {e.get('error')} ({e.get('detail')})"
     if kind in _HOLD_EVENTS:
         text = f"hold {e.get('hold_id')}: {e.get('reason')}"
+        if kind == "hold_released":  # the reason above is the placement's
+            text = f"hold {e.get('hold_id')} (placed for: {e.get('reason')})"
+            if e.get("release_reason"):
+                text += f", released because: {e['release_reason']}"
+        if e.get("by"):
+            text += f", by {e['by']}"
         if e.get("kept_a_life") is False:
             text += " (its scope matches this key, but no life of the record ran while it held)"
         return text

@@ -17,6 +17,7 @@ on every other partition where the hold is (placed by an earlier version).
 
 from __future__ import annotations
 
+import getpass
 import re
 import sys
 import uuid
@@ -120,6 +121,17 @@ def _checked_hold(config: Config, args: argparse.Namespace, now_ms: int) -> Hold
     return hold
 
 
+def _by(args: argparse.Namespace) -> str | None:
+    """Who places or releases a hold, for the audit entry: ``--by``, else the account
+    running the command (what an auditor can trace), else nobody named."""
+    if args.by is not None:
+        return str(args.by)
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid, no $USER (a bare container)
+        return None
+
+
 async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -> int:
     t = config.topics
     if args.hold_command == "list":
@@ -154,7 +166,9 @@ async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -
             acks = [
                 await prod.send(t.holds, key=key, value=encode_hold(hold), partition=home(key)),
                 await prod.send(
-                    t.audit, key=key, value=encode_hold_audit("hold_placed", hold.as_dict(), now)
+                    t.audit,
+                    key=key,
+                    value=encode_hold_audit("hold_placed", hold.as_dict(), now, by=_by(args)),
                 ),
             ]
             await all_acked(acks)
@@ -177,7 +191,13 @@ async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -
                 for partition in sorted({home(key), *book.partitions_of(args.hold_id)})
             ]
         )
-        released = encode_hold_audit("hold_released", existing.as_dict(), now)
+        released = encode_hold_audit(
+            "hold_released",
+            existing.as_dict(),
+            now,
+            release_reason=args.release_reason,
+            by=_by(args),
+        )
         await all_acked([await prod.send(t.audit, key=key, value=released)])
         print(f"released {printable(args.hold_id)}")
         return 0

@@ -5,6 +5,7 @@ within a second of the release; holds survive a restart; every step is on expiry
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import logging
 import re
 import zlib
@@ -122,7 +123,8 @@ async def test_holds_keep_what_they_match_until_released(
             listed = orjson.loads(capsys.readouterr().out)
             assert sorted(h["hold_id"] for h in listed) == ["case-7", "case-8"]
             released_at = wall_clock_ms()
-            assert await _cli("hold", "release", *common, "case-7") == 0
+            why = ("--reason", "case closed", "--by", "j.doe (legal)")
+            assert await _cli("hold", "release", *common, "case-7", *why) == 0
             await wait_for(lambda: len(tombstones.arrivals) >= 10, timeout_s=10)
             assert await _cli("hold", "release", *common, "case-8") == 0
             await wait_for(lambda: len(tombstones.arrivals) >= 11, timeout_s=10)
@@ -141,6 +143,17 @@ async def test_holds_keep_what_they_match_until_released(
     kinds = [a["type"] for a in audit]
     assert kinds.count("hold_placed") == 2
     assert kinds.count("hold_released") == 2
+    # Who placed and released each, and why case-7 was released (its reason stays the
+    # placement's): a trial found the release said neither.
+    released = {a["hold_id"]: a for a in audit if a["type"] == "hold_released"}
+    assert (released["case-7"]["release_reason"], released["case-7"]["by"]) == (
+        "case closed",
+        "j.doe (legal)",
+    )
+    assert "release_reason" not in released["case-8"]
+    runner = getpass.getuser()
+    assert {a.get("by") for a in audit if a["type"] == "hold_placed"} == {runner}
+    assert released["case-8"]["by"] == runner
     deferred = {a["record_id"] for a in audit if a["type"] == "deletion_deferred"}
     assert deferred >= {f"b1-{i}" for i in range(5)} | {"late"}
 
@@ -753,7 +766,7 @@ async def test_archive_purge_reads_the_holds_and_keeps_what_they_match(
     capsys.readouterr()
     purge_argv = ("archive", "purge", "--dir", str(archive_dir), *common)
     assert await _cli(*purge_argv) == 0
-    assert "1 erased lines kept under a legal hold, purged after its release" in (
+    assert "1 erased line kept under a legal hold, purged after its release" in (
         capsys.readouterr().out
     )
     kept = [line for line in _archive_lines(archive_dir) if "stamp" in line]

@@ -106,3 +106,26 @@ def test_a_null_reads_as_the_lives_it_ends_not_as_a_deletion_time() -> None:
         "null on the changelog (reason ttl): the lives created at or before "
         "2026-12-05T04:59:59.999Z are deleted"
     )
+
+
+def test_a_release_says_why_and_by_whom_apart_from_why_the_hold_was_placed() -> None:
+    """The release entry repeats the placement's reason, which read as the release's own
+    (a trial: 'hold_released hold hold-rec: CASE-2 record hold'); who placed or released
+    a hold was nowhere."""
+    stamp: dict[str, object] = {"at": AT, "kind": "stamp", "created_at": AT}
+    placed: dict[str, object] = {
+        "at": AT, "kind": "hold_placed", "hold_id": "h1", "reason": "case 7", "by": "ann"
+    }  # fmt: skip
+    released: dict[str, object] = {
+        "at": AT,
+        "kind": "hold_released",
+        "hold_id": "h1",
+        "reason": "case 7",
+        "release_reason": "case closed",
+        "by": "bob",
+    }
+    lines = text_lines(_history(stamp, placed, released))
+    assert lines[2].endswith("hold h1: case 7, by ann")
+    assert lines[3].endswith("hold h1 (placed for: case 7), released because: case closed, by bob")
+    plain = {k: v for k, v in released.items() if k not in ("release_reason", "by")}
+    assert text_lines(_history(stamp, plain))[2].endswith("hold h1 (placed for: case 7)")
