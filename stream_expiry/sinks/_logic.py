@@ -325,7 +325,7 @@ class _Planner:
             self.receipt(t.identity, t.reason, 1, src, t.emitted_at, self.now)
         for p in claimed:
             src = t if t.created_at is not None else p
-            self.receipt(t.identity, t.reason, 1, src, t.emitted_at, p.deleted_at)
+            self.receipt(t.identity, t.reason, 1 - p.rowless, src, t.emitted_at, p.deleted_at)
         rest = tuple(p for p in pending if p not in claimed) if claimed else None
         ended = t.expires_at
         if deleted:
@@ -339,8 +339,18 @@ class _Planner:
             self.receipt(t.identity, t.reason, 0, t, t.emitted_at, self.now)
 
     def null(self, slot: Slot, c: NullChange) -> None:
-        """Delete the row; its receipt waits for the tombstone event, which names the rule."""
+        """Delete the row; its receipt waits for the tombstone event, which names the rule.
+
+        An erasure's null for a record the store knows nothing of (no row, no marker: an
+        erasure of a record the service never saw) waits for its tombstone event too, as
+        a deletion of no row: read first, and the record's next life deleted before that
+        tombstone event came, the erasure was taken as covered by that later deletion and
+        left no receipt, where read in the other order it had one (a property test)."""
         row = slot.row
+        if row is None and slot.marker is None and c.reason == "explicit":
+            nothing = Pending(None, None, None, None, self.now, reason=c.reason, rowless=True)
+            self.remember(slot, c.identity, NEVER_CREATED, None, (nothing,))
+            return
         # Nothing held, or held from a later position: a null leaves nothing to do.
         if row is None or row.applied(c.partition, c.offset):
             return
@@ -368,7 +378,7 @@ class _Planner:
             else []
         )
         for p in late:
-            self.receipt(c.identity, p.reason or "sweep", 1, p, None, p.deleted_at)
+            self.receipt(c.identity, p.reason or "sweep", 1 - p.rowless, p, None, p.deleted_at)
             if p.reason is None:
                 self.out.swept += 1
             else:

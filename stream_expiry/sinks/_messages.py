@@ -259,6 +259,9 @@ class Pending:
     deleted_at: int
     superseded: bool = False
     reason: str | None = None
+    # An erasure's null that found no row, for a record the store knew nothing of: its
+    # tombstone event's receipt says ``rows_deleted`` 0 (see ``_Planner.null``).
+    rowless: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,8 +301,16 @@ def encode_pending(pending: tuple[Pending, ...]) -> str | None:
     return orjson.dumps(
         [
             [p.created_at, p.expires_at, p.ttl_seconds, p.ttl_source, p.deleted_at]
-            # What earlier versions wrote, unless superseded or with a reason.
-            + ([p.superseded, p.reason] if p.reason else [True] if p.superseded else [])
+            # What earlier versions wrote, unless superseded, with a reason or rowless.
+            + (
+                [p.superseded, p.reason, True]
+                if p.rowless
+                else [p.superseded, p.reason]
+                if p.reason
+                else [True]
+                if p.superseded
+                else []
+            )
             for p in pending
         ]
     ).decode("utf-8")

@@ -86,6 +86,7 @@ def test_null_value_names_the_record_by_its_key() -> None:
             st.integers(-(2**62), 2**62),
             superseded=st.booleans(),
             reason=st.one_of(st.none(), st.sampled_from(["ttl", "explicit"])),
+            rowless=st.booleans(),
         ),
         max_size=4,
     ).map(tuple)
