@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+    from stream_expiry.service import Service
     from stream_expiry.state.store import PartitionStore
     from tests.conftest import TopicSet
 
@@ -37,6 +38,15 @@ conversation = "30d"
 session = "30d"
 error = "30d"
 """
+
+
+def _marked(service: Service) -> list[tuple[str, int]]:
+    """The partitions whose store holds the mark of a committed input offset."""
+    return [
+        slot
+        for slot, proc in service.processors.items()
+        if proc.store.position_mark(input_position_name(*slot)) is not None
+    ]
 
 
 def _count_meta_writes(store: PartitionStore, slot: tuple[str, int], writes: Counter[Any]) -> None:
@@ -66,15 +76,8 @@ async def test_a_commit_writes_only_the_store_that_settled_something_once(
             _count_meta_writes(proc.store, slot, writes)
         await produce(broker, [(topics.conversations, *event("conversation", "c1"))])
 
-        def marked() -> list[tuple[str, int]]:
-            return [
-                slot
-                for slot, proc in service.processors.items()
-                if proc.store.position_mark(input_position_name(*slot)) is not None
-            ]
-
-        await wait_for(lambda: bool(marked()))
-        (busy,) = marked()
+        await wait_for(lambda: bool(_marked(service)))
+        (busy,) = _marked(service)
         assert busy[0] == topics.conversations
         # Another commit or two with nothing new: nothing more is written.
         committed = service._commits.committed_at
@@ -96,15 +99,8 @@ async def test_a_restart_over_kept_stores_knows_the_group_offset_is_marked(
         await wait_for(lambda: len(service.processors) == 6)
         await produce(broker, [(topics.conversations, *event("conversation", "c1"))])
 
-        def marked() -> list[tuple[str, int]]:
-            return [
-                slot
-                for slot, proc in service.processors.items()
-                if proc.store.position_mark(input_position_name(*slot)) is not None
-            ]
-
-        await wait_for(lambda: bool(marked()))
-        (slot,) = marked()
+        await wait_for(lambda: bool(_marked(service)))
+        (slot,) = _marked(service)
     async with running_service(config, broker) as service:
         far = 1 << 40  # settled far past the commit, with no slice end below it
         # The first commit's offset (after the one event at offset 0), marked in the store.

@@ -975,19 +975,26 @@ def test_a_create_dated_after_the_expiry_and_read_before_it_starts_the_next_life
     assert h.advance(110) == [(a.identity.key, "ttl", 110, 110)]
 
 
+def _three_overdue(category: str) -> tuple[Harness, tuple[InputEvent, InputEvent, InputEvent]]:
+    """Records a, b and c of ``category`` created at 5, 6 and 7 s, all due by the clock's
+    10 s: a firing in slices takes them one by one."""
+    h = Harness(horizon_ms=100_000)
+    h.now = 10_000
+    a, b, c = (
+        ev(category, rid, "create", ts) for rid, ts in (("a", 5_000), ("b", 6_000), ("c", 7_000))
+    )
+    for e in (a, b, c):
+        h.feed(e)
+    return h, (a, b, c)
+
+
 def test_a_clock_stepped_back_during_a_sliced_firing_fires_no_timer_early() -> None:
     """The firing takes a backlog of due timers in slices (``limit``): those the wheel
     gave up wait among the overdue. The clock steps back meanwhile (the clock that was
     ahead is set right): the ones left were taken out at the time it had read, and fired
     at the next slice with an ``emitted_at`` before their expiry; and they held back a
     record stamped after the step, due before them, past its own expiry."""
-    h = Harness(horizon_ms=100_000)
-    h.now = 10_000
-    a, b, c = (
-        ev("error", rid, "create", ts) for rid, ts in (("a", 5_000), ("b", 6_000), ("c", 7_000))
-    )
-    for e in (a, b, c):
-        h.feed(e)
+    h, (a, b, c) = _three_overdue("error")
     assert h.fire_some(10_000, limit=1) == [(a.identity.key, "ttl", 10_000, 5_050)]
     h.now = 1_000  # the clock stepped back 9 s
     d = ev("error", "d", "create", 980)  # due at 1,030
@@ -1060,13 +1067,7 @@ def test_a_timer_an_event_took_out_of_a_sliced_firing_stays_out_after_a_clock_st
     session, took its old timer out and scheduled the new one. Put back too, the old
     timer replaced the new one in the wheel and fired the session at its old expiry,
     before the expiry the touch gave it (never early)."""
-    h = Harness(horizon_ms=100_000)
-    h.now = 10_000
-    a, b, c = (
-        ev("session", rid, "create", ts) for rid, ts in (("a", 5_000), ("b", 6_000), ("c", 7_000))
-    )
-    for e in (a, b, c):
-        h.feed(e)
+    h, (a, b, c) = _three_overdue("session")
     assert h.fire_some(10_000, limit=1) == [(a.identity.key, "ttl", 10_000, 5_300)]
     h.now = 1_000  # the clock stepped back 9 s
     assert h.feed(ev("session", "c", "touch", 7_200)) == []  # c now expires at 7,500
