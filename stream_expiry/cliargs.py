@@ -84,7 +84,7 @@ def timestamp(text: str) -> str:
     from stream_expiry.timeutil import InvalidTimestamp, parse_ts
 
     try:
-        parse_ts(int(text) if text.isdigit() else text)
+        parse_ts(int(text) if text.isdecimal() else text)
     except InvalidTimestamp as exc:
         raise argparse.ArgumentTypeError(
             f"{quoted(text, 40)} is {exc.reason}: give an RFC 3339 time with an offset or "
@@ -121,7 +121,7 @@ def audit_text(text: str) -> str:
 def ts_ms(text: str | None) -> int | None:
     from stream_expiry.timeutil import parse_ts
 
-    return None if text is None else parse_ts(int(text) if text.isdigit() else text)
+    return None if text is None else parse_ts(int(text) if text.isdecimal() else text)
 
 
 def check_ids(given: Mapping[str, str]) -> None:

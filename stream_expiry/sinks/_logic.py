@@ -385,8 +385,15 @@ class _Planner:
                 self.out.unsettled += 1
         if late:
             assert m is not None
+            # A rowless deletion's receipt is written: its tombstone event, should it still
+            # come, names no life and is covered (as a row's late tombstone is by its life).
+            last = (
+                _max_opt(m.last_life, NEVER_CREATED)
+                if any(p.rowless for p in late)
+                else m.last_life
+            )
             self.remember(
-                slot, c.identity, m.deleted_before, m.last_life,
+                slot, c.identity, m.deleted_before, last,
                 tuple(p for p in m.pending if p not in late),
                 _max_opt(*(p.expires_at for p in late)),
             )  # fmt: skip

@@ -173,12 +173,12 @@ def _port_of(host_port: str) -> str:
     """The port of a URI's ``host:port`` or ``[IPv6]:port``, "" when it has none."""
     if host_port.startswith("["):
         return host_port[host_port.find("]") + 1 :].removeprefix(":")
-    return host_port.rpartition(":")[2] if ":" in host_port else ""
+    return host_port.partition(":")[2]  # as asyncpg reads it: after the first colon
 
 
 def _check_ports(given: list[str]) -> None:
     """Each port (a value may list several, ``5432,5433``) a number from 1 to 65535, or
     empty (libpq's default, 5432)."""
     for port in (p for value in given for p in value.split(",")):
-        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+        if port and not (port.isdecimal() and 1 <= int(port) <= 65535):
             raise ValueError(f"the port {port!r} is not a number from 1 to 65535, e.g. 5432")
