@@ -3,13 +3,10 @@ the orders, re-deliveries and the sweep a review found unchecked (round 38)."""
 
 from __future__ import annotations
 
-import itertools
-from typing import TYPE_CHECKING
-
 import pytest
 
-from stream_expiry.model import Identity, Stamp, encode_tombstone
-from stream_expiry.sinks._logic import Slot, plan, prunable
+from stream_expiry.model import Stamp, encode_tombstone
+from stream_expiry.sinks._logic import Slot, prunable
 from stream_expiry.sinks._messages import (
     Marker,
     NullChange,
@@ -20,36 +17,7 @@ from stream_expiry.sinks._messages import (
     decode_tombstone,
     encode_pending,
 )
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from stream_expiry.sinks._logic import Plan
-    from stream_expiry.sinks._messages import Change, Receipt
-
-T0 = 1_767_225_600_000
-MIN = 60_000
-A = Identity("acme", "_", "live", "conversation", "r1")
-
-
-class World:
-    def __init__(self) -> None:
-        self.state: dict[Identity, Slot] = {}
-        self.receipts: list[Receipt] = []
-        self.ids = (f"r{n}" for n in itertools.count())
-        self.now = T0
-
-    def apply(self, changes: Sequence[Change]) -> Plan:
-        self.now += 1
-        p = plan(changes, self.state, store="s", now_ms=self.now, new_id=lambda: next(self.ids))
-        for i in p.deletes:
-            self.state[i].row = None
-        for row in p.upserts:
-            self.state.setdefault(row.identity, Slot()).row = row
-        for m in p.markers:
-            self.state.setdefault(m.identity, Slot()).marker = m
-        self.receipts.extend(p.receipts)
-        return p
+from tests.unit.test_sinks_logic import MIN, T0, A, World
 
 
 def _erasure(at: int = T0) -> TombstoneChange:
