@@ -81,10 +81,10 @@ def timestamp(text: str) -> str:
     """An RFC 3339 time with an offset, or epoch milliseconds; kept as given (the commands
     parse it again), checked here so that a typo is one line, not a traceback: the value
     given, what is wrong with it, the two forms taken and an example of each."""
-    from stream_expiry.timeutil import InvalidTimestamp, parse_ts
+    from stream_expiry.timeutil import InvalidTimestamp
 
     try:
-        parse_ts(int(text) if text.isdecimal() else text)
+        ts_ms(text)
     except InvalidTimestamp as exc:
         raise argparse.ArgumentTypeError(
             f"{quoted(text, 40)} is {exc.reason}: give an RFC 3339 time with an offset or "
@@ -119,6 +119,7 @@ def audit_text(text: str) -> str:
 
 
 def ts_ms(text: str | None) -> int | None:
+    """A time as :func:`timestamp` takes it, in epoch milliseconds (None: not given)."""
     from stream_expiry.timeutil import parse_ts
 
     return None if text is None else parse_ts(int(text) if text.isdecimal() else text)
