@@ -304,8 +304,9 @@ def _summary(e: dict[str, Any]) -> str:
     if kind == "dead_letter":
         return f"a {e.get('op')} event (ts {e.get('ts')}) rejected: {e.get('error')} ({e.get('detail')})"
     if kind in _HOLD_EVENTS:
-        text = f"hold {e.get('hold_id')}: {e.get('reason')}"
-        if kind == "hold_released":  # the reason above is the placement's
+        if kind == "hold_placed":
+            text = f"hold {e.get('hold_id')}: {e.get('reason')}"
+        else:  # a release's entry repeats the placement's reason
             text = f"hold {e.get('hold_id')} (placed for: {e.get('reason')})"
             if e.get("release_reason"):
                 text += f", released because: {e['release_reason']}"
