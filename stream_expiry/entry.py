@@ -29,8 +29,8 @@ def _interrupted(signum: int, frame: object) -> NoReturn:
 
 
 def main() -> NoReturn:
-    signal.signal(signal.SIGTERM, _interrupted)
-    try:
+    try:  # first: a Ctrl-C while ``signal.signal`` returns is caught too (a CI run)
+        signal.signal(signal.SIGTERM, _interrupted)
         from stream_expiry.cli import main as command
 
         status = command()
