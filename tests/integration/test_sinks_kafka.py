@@ -157,6 +157,7 @@ async def test_sink_applies_tombstones_end_to_end(
             _caught_up(store, sink.metrics, len(live) + len(doomed) + 7),
             what="every message applied and every receipt published",
         )
+        await wait_until(_metric(sink.metrics, "swept_total", 1), what="the sweep counted")
         assert sink.metrics["swept_total"] == 1
         assert sink.metrics["invalid_total"] == 0
 
@@ -316,6 +317,9 @@ async def test_the_sweep_judges_rows_only_by_what_the_sink_has_read(
         await wait_until(
             _metric(sink.metrics, "messages_total", len(backlog) + 2), what="every message"
         )
+        # The store's commit is visible before the sweep's coroutine counts it (a CI run
+        # under load read 0 here): wait for the count, then check it is the one row.
+        await wait_until(_metric(sink.metrics, "swept_total", 1), what="the sweep counted")
         assert sink.metrics["swept_total"] == 1
     row = await store.get(touched.identity)
     assert row is not None
