@@ -53,6 +53,7 @@ from stream_expiry.kafka_settings import (
     Connection,
     as_connection,
     bootstrap_addresses,
+    no_passphrase,
 )
 
 if TYPE_CHECKING:
@@ -103,13 +104,6 @@ _TRANSIENT = (
 )
 
 
-def _no_passphrase() -> str:
-    """Called by OpenSSL for an encrypted key only. Without it OpenSSL asked for the
-    passphrase on the terminal: a command started from one (``docker run -it``) waited
-    there for good, and one without a terminal failed with "Invalid argument"."""
-    raise ValueError("the key is encrypted, and stream-expiry takes no passphrase")
-
-
 def client_options(brokers: Brokers) -> dict[str, Any]:
     """aiokafka's connection options (shared by producers, consumers and admin clients)."""
     conn = as_connection(brokers)
@@ -124,7 +118,7 @@ def client_options(brokers: Brokers) -> dict[str, Any]:
                 cafile=sec.ssl_cafile,
                 certfile=sec.ssl_certfile,
                 keyfile=sec.ssl_keyfile,
-                password=_no_passphrase,
+                password=no_passphrase,
             )
         except (ssl.SSLError, OSError, ValueError) as exc:
             files = ", ".join(

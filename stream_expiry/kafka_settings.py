@@ -11,7 +11,7 @@ Rules this module keeps:
   nor a flag). An empty variable counts as unset.
 * Every mistake is fatal before a client starts, with the place the value came from: a
   mechanism Kafka does not know, SASL without a user or password, credentials or files that
-  the protocol would silently ignore, a file that cannot be read.
+  the protocol would silently ignore, a file that cannot be read or does not load.
 * Topic settings bound how long deleted data can stay on a broker's disk; the defaults are
   written down, with what each bounds, in the README ("Topics").
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import ssl
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final, Literal
 
@@ -44,6 +45,7 @@ __all__ = [
     "check_bootstrap",
     "check_security_value",
     "connection_for",
+    "no_passphrase",
     "role_configs",
     "security_from_environment",
     "topic_configs",
@@ -131,6 +133,42 @@ class KafkaSecurity:
                 f"{self.origin('ssl_keyfile')}: ssl_keyfile needs ssl_certfile (the client "
                 "certificate the key belongs to)"
             )
+        if self.uses_ssl:
+            self._load_tls_files()
+
+    def _load_tls_files(self) -> None:
+        """Load the TLS files as the clients will, so that one that does not load (not PEM,
+        a key that does not match its certificate or is encrypted) stops the command here,
+        naming where it was set, rather than when the first client starts: the command had
+        by then made its state directory and logged the broker as unreachable."""
+        context = ssl.create_default_context()
+        if self.ssl_cafile is not None:
+            try:
+                context.load_verify_locations(cafile=self.ssl_cafile)
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise ConfigurationError(
+                    f"{self.origin('ssl_cafile')}: ssl_cafile {self.ssl_cafile!r} does not "
+                    f"load: {exc}; it must hold the CA certificates in PEM"
+                ) from None
+        if self.ssl_certfile is not None:
+            try:
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile, no_passphrase)
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                files = f"ssl_certfile {self.ssl_certfile!r}"
+                if self.ssl_keyfile is not None:
+                    files += f" with ssl_keyfile {self.ssl_keyfile!r}"
+                raise ConfigurationError(
+                    f"{self.origin('ssl_certfile')}: {files} does not load: "
+                    f"{exc}; they must be PEM files, the key unencrypted and "
+                    "matching the certificate (without ssl_keyfile, ssl_certfile must hold the key too)"
+                ) from None
+
+
+def no_passphrase() -> str:
+    """Called by OpenSSL for an encrypted key only. Without it OpenSSL asked for the
+    passphrase on the terminal: a command started from one (``docker run -it``) waited
+    there for good, and one without a terminal failed with "Invalid argument"."""
+    raise ValueError("the key is encrypted, and stream-expiry takes no passphrase")
 
 
 def check_security_value(key: str, value: str) -> str:
@@ -151,6 +189,11 @@ def check_security_value(key: str, value: str) -> str:
             )
         return normal
     if key in _FILES:
+        if os.path.isdir(value):
+            raise ValueError(
+                f"{value!r} is a directory; give the PEM file itself (a CA bundle such as "
+                "/etc/ssl/certs/ca-certificates.crt, or leave ssl_cafile out for the system's CAs)"
+            )
         if not os.path.isfile(value):
             raise ValueError(f"file {value!r} does not exist (relative paths start at the cwd)")
         if not os.access(value, os.R_OK):

@@ -518,3 +518,27 @@ def test_an_audited_reason_or_name_is_1_to_512_characters() -> None:
     for bad in ("", "   ", "x" * 513):
         with pytest.raises(argparse.ArgumentTypeError, match="give 1 to 512 characters"):
             audit_text(bad)
+
+
+def test_a_tls_file_that_does_not_load_stops_run_before_its_state_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The file was loaded only by the first Kafka client: `run` had made its state
+    directory and logged "Kafka unreachable" (its health probe's client failed on the file)
+    before it said what was wrong. One line naming the config line, status 2, nothing made."""
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate\n")
+    config = tmp_path / "expiry.toml"
+    config.write_text(f'[kafka]\nsecurity_protocol = "SSL"\nssl_cafile = "{not_pem}"\n')
+    state = tmp_path / "state"
+    argv = ["run", "--config", str(config), "--bootstrap-servers", "127.0.0.1:1"]
+    code = main([*argv, "--state-dir", str(state), "--metrics-port", str(free_port())])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.splitlines()) == 1
+    assert err.startswith(
+        f"stream-expiry run: {config} line 3 ([kafka] ssl_cafile): ssl_cafile "
+        f"{str(not_pem)!r} does not load: "
+    )
+    assert "unreachable" not in err
+    assert not state.exists()

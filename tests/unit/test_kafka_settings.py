@@ -404,3 +404,83 @@ async def test_a_join_that_does_not_end_is_said_until_an_assignment_comes(
             tg.start_soon(service._say_joining, service.stats.assignments, 0.01)
             await wait_for(lambda: "still joining group 'stream-expiry'" in caplog.text)
             service.stats.assignments += 1
+
+
+def test_tls_files_that_do_not_load_stop_the_command_where_they_were_set(tmp_path: Path) -> None:
+    """A CA file that is not PEM, a certificate with another's key, an encrypted key: each
+    was found only when the first client started, after `run` had made its state directory
+    and its health probe had logged the broker as unreachable (the probe's client failed on
+    the file). README, Security: such mistakes stop the command before any client starts,
+    with the line or the variable."""
+    from stream_expiry.testing.tls import make_pki
+
+    pki = make_pki(tmp_path)
+    not_pem = tmp_path / "ca.txt"
+    not_pem.write_text("not a certificate\n")
+    from_file = parse_config(
+        f'[kafka]\nsecurity_protocol = "SSL"\nssl_cafile = "{not_pem}"\n', path="app.toml"
+    ).kafka
+    assert _error(from_file).startswith(
+        f"app.toml line 3 ([kafka] ssl_cafile): ssl_cafile {str(not_pem)!r} does not load: "
+    )
+    env = {
+        "STREAM_EXPIRY_KAFKA_SECURITY_PROTOCOL": "SSL",
+        "STREAM_EXPIRY_KAFKA_SSL_CERTFILE": pki.client_cert,
+        "STREAM_EXPIRY_KAFKA_SSL_KEYFILE": pki.server_key,  # another certificate's key
+    }
+    assert _error(KafkaSecurity(), env).startswith(
+        f"$STREAM_EXPIRY_KAFKA_SSL_CERTFILE: ssl_certfile {pki.client_cert!r} with "
+        f"ssl_keyfile {pki.server_key!r} does not load: "
+    )
+    # A certificate alone, without its key beside it: said, not taken for a client cert.
+    env = {
+        "STREAM_EXPIRY_KAFKA_SECURITY_PROTOCOL": "SSL",
+        "STREAM_EXPIRY_KAFKA_SSL_CERTFILE": pki.ca,
+    }
+    assert "without ssl_keyfile, ssl_certfile must hold the key too" in _error(KafkaSecurity(), env)
+    # The files that do load pass, as the clients will take them.
+    good = {
+        "STREAM_EXPIRY_KAFKA_SECURITY_PROTOCOL": "SSL",
+        "STREAM_EXPIRY_KAFKA_SSL_CAFILE": pki.ca,
+        "STREAM_EXPIRY_KAFKA_SSL_CERTFILE": pki.client_cert,
+        "STREAM_EXPIRY_KAFKA_SSL_KEYFILE": pki.client_key,
+    }
+    assert security_from_environment(KafkaSecurity(), good).ssl_keyfile == pki.client_key
+
+
+def test_an_encrypted_key_stops_the_command_before_any_client(tmp_path: Path) -> None:
+    """Found when the configuration is checked, with the variable, and never asked for."""
+    from cryptography.hazmat.primitives import serialization
+
+    from stream_expiry.testing.tls import make_pki
+
+    pki = make_pki(tmp_path)
+    with open(pki.client_key, "rb") as f:
+        key = serialization.load_pem_private_key(f.read(), None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"s3cret"),
+        )
+    )
+    env = {
+        "STREAM_EXPIRY_KAFKA_SECURITY_PROTOCOL": "SSL",
+        "STREAM_EXPIRY_KAFKA_SSL_CERTFILE": pki.client_cert,
+        "STREAM_EXPIRY_KAFKA_SSL_KEYFILE": str(encrypted),
+    }
+    message = _error(KafkaSecurity(), env)
+    assert message.startswith("$STREAM_EXPIRY_KAFKA_SSL_CERTFILE: ssl_certfile")
+    assert "the key is encrypted, and stream-expiry takes no passphrase" in message
+
+
+def test_a_directory_given_for_a_tls_file_is_called_one(tmp_path: Path) -> None:
+    """`ssl_cafile = "/etc/ssl/certs"` (the system's CA directory, a likely guess) was
+    refused as a file that "does not exist", which it plainly does."""
+    with pytest.raises(ValueError, match=r"^'.*' is a directory; give the PEM file itself"):
+        check_security_value("ssl_cafile", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^app.toml line 3: key 'ssl_cafile' .* is a directory"):
+        parse_config(
+            f'[kafka]\nsecurity_protocol = "SSL"\nssl_cafile = "{tmp_path}"\n', path="app.toml"
+        )
