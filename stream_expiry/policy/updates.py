@@ -39,7 +39,7 @@ import orjson
 
 from stream_expiry.durations import InvalidDuration
 from stream_expiry.errors import not_json, suggestion
-from stream_expiry.model import ENVS, MAX_ID_CHARS, Rejection
+from stream_expiry.model import ENVS, MAX_ID_CHARS, SECONDS_LIKE_BEFORE_MS, Rejection
 from stream_expiry.policy.sources import (
     CAP_ALL,
     Candidate,
@@ -47,7 +47,7 @@ from stream_expiry.policy.sources import (
     capital_m_note,
     make_candidate,
 )
-from stream_expiry.timeutil import InvalidTimestamp, parse_ts
+from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
@@ -319,4 +319,28 @@ def parse_update(
         for category, value in obj["ttl"].items()
         if (note := capital_m_note(value)) is not None
     )
+    if (seconds_note := _seconds_like_note(obj.get("effective_from"))) is not None:
+        notes += (seconds_note,)
     return PolicyUpdate(scope, ttl, effective_from, notes, tuple(ignored))
+
+
+#: Epoch seconds of 2001-09-09 on: an integer ``effective_from`` from here up to
+#: SECONDS_LIKE_BEFORE_MS reads, as the milliseconds it is taken for, as January 1970.
+_SECONDS_FROM: Final = 1_000_000_000
+
+
+def _seconds_like_note(raw: object) -> str | None:
+    """What to tell of an integer ``effective_from`` that looks like epoch seconds: read as
+    milliseconds (the contract's unit) it is a day in January 1970, so the update applies to
+    every record created since, not from the time its producer meant (a replay, and late
+    events, then take it for records created long before). Valid, so applied, and said, as
+    an event's ``ts`` in seconds is; 0 (from the beginning, on purpose) is not said."""
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        return None
+    if not _SECONDS_FROM <= raw < SECONDS_LIKE_BEFORE_MS:
+        return None
+    return (
+        f"effective_from {raw} is {format_ts(raw)} as epoch milliseconds, so the update "
+        f"applies to records created since then; if {format_ts(raw * 1000)} was meant, the "
+        "producer sends epoch seconds: send milliseconds or an RFC 3339 time"
+    )

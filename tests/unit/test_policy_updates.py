@@ -469,6 +469,29 @@ def test_a_capital_m_duration_is_minutes_with_a_note_naming_its_field() -> None:
     assert plain.notes == ()
 
 
+def test_an_effective_from_in_epoch_seconds_applies_as_milliseconds_with_a_note() -> None:
+    """`"effective_from": 1796525154` (seconds, as many producers send) is January 1970
+    read as the contract's milliseconds: the update then covers every record created
+    since, so a replay or a late event gives it to records created long before its
+    producer meant. It applied without a word (an event's `ts` in seconds is warned of);
+    it still applies, as the contract reads it, with a note the service logs. A
+    deliberate 0, and milliseconds or RFC 3339, say nothing."""
+    u = update({"scope": "org", "org": "acme", "ttl": {"conversation": "2d"},
+                "effective_from": 1_796_525_154})  # fmt: skip
+    assert isinstance(u, PolicyUpdate)
+    assert u.effective_from == 1_796_525_154
+    assert u.notes == (
+        "effective_from 1796525154 is 1970-01-21T19:02:05.154Z as epoch milliseconds, so the "
+        "update applies to records created since then; if 2026-12-06T02:45:54.000Z was "
+        "meant, the producer sends epoch seconds: send milliseconds or an RFC 3339 time",
+    )
+    for meant in (0, 1_796_525_154_000, "2026-12-06T02:45:54Z"):
+        plain = update({"scope": "org", "org": "acme", "ttl": {"conversation": "2d"},
+                        "effective_from": meant})  # fmt: skip
+        assert isinstance(plain, PolicyUpdate)
+        assert plain.notes == ()
+
+
 def test_an_invalid_value_is_ignored_and_the_rest_applies() -> None:
     """One value that is not a duration costs that value alone (as an invalid environment
     variable does), not the valid values typed beside it: they apply, it is an invalid
