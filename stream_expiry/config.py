@@ -49,6 +49,7 @@ from stream_expiry.model import DEFAULT_CATEGORIES, ENVS, MAX_ID_CHARS
 from stream_expiry.policy.presets import PRESETS
 from stream_expiry.policy.sources import (
     CAP_ALL,
+    ENV_VARIABLES,
     Candidate,
     RetentionSettings,
     Source,
@@ -271,6 +272,44 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
         out.append(
             f"${name} is not a setting stream-expiry reads, so it is ignored; "
             + (hint if close else hint + "environment' lists them")
+        )
+    out.extend(_misspelt_ttl_variables(environ))
+    return out
+
+
+_TTL_VARIABLES: Final = tuple(name for names in ENV_VARIABLES.values() for name in names)
+
+
+def _ttl_core(name: str) -> str:
+    """What a TTL variable's name says of its category: ``CONVERSATION`` for
+    ``INSIGHTS_MAX_CONVERSATIONS_TTL_IN_MINUTES`` and ``MAX_CONVERSATION_TTL_MINUTES``."""
+    core = name.upper().removeprefix("INSIGHTS_").removeprefix("MAX_")
+    return re.sub(r"_?TTL.*$", "", core).rstrip("S")
+
+
+def _misspelt_ttl_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each variable that looks like a misspelt TTL variable of the platform
+    (``MAX_CONVERSATIONS_TTL_IN_MINUTES``, ``MAX_SESSION_TTL_IN_MINUTES``, lower case): it
+    was ignored without a word, so a retention an operator meant to shorten stayed as it
+    was. Only names whose category part is close to one the service reads: a platform's
+    other TTL variables, passed along unchanged, are none of stream-expiry's business."""
+    by_core: dict[str, list[str]] = {}
+    for known in _TTL_VARIABLES:
+        by_core.setdefault(_ttl_core(known), []).append(known)
+    out = []
+    for name in sorted(environ):
+        if name in _TTL_VARIABLES or "TTL" not in name.upper() or not environ[name].strip():
+            continue
+        close = difflib.get_close_matches(_ttl_core(name), list(by_core), n=1, cutoff=0.8)
+        if not close:
+            continue
+        names = by_core[close[0]]
+        insights = name.upper().startswith("INSIGHTS_")
+        meant = next((n for n in names if n.startswith("INSIGHTS_") == insights), names[0])
+        why = "names are case-sensitive" if meant == name.upper() else "no such variable"
+        out.append(
+            f"${name} gives no TTL ({why}), so it is ignored; did you mean ${meant}? "
+            "`stream-expiry explain` lists the TTL variables each category reads"
         )
     return out
 

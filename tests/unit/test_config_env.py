@@ -181,3 +181,37 @@ def test_the_readme_names_every_variable_of_the_config_file() -> None:
     start = readme.index("### Settings from the environment")
     table = readme[start : readme.index("\n## ", start)]
     assert [env_name(path) for path in ENV_SETTINGS if env_name(path) not in table] == []
+
+
+def test_a_misspelt_ttl_variable_is_warned_about_with_the_name_meant(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`MAX_CONVERSATIONS_TTL_IN_MINUTES=60` (the insights variable beside it is plural,
+    this one is not) gave no TTL and no word: conversations were kept 30 days, not an hour,
+    while the operator thought otherwise (a trial). Each command warns of a variable whose
+    name is close to one the service reads, naming that one; a platform's other TTL
+    variables, unlike any the service reads, are passed over in silence."""
+    env = {
+        "MAX_CONVERSATIONS_TTL_IN_MINUTES": "60",
+        "MAX_SESSION_TTL_IN_MINUTES": "30",  # the session's is INSIGHTS_MAX_SESSIONS_...
+        "max_contact_profile_ttl_in_minutes": "60",
+        "INSIGHTS_MAX_CONVERSATION_TTL_IN_MINUTES": "60",
+        "INSIGHTS_MAX_STEPS_TTL_IN_MINUTES": "60",  # one it reads
+        "MAX_SESSION_STATE_TTL_IN_MINUTES": "5",  # the platform's own, not a category's
+        "MAX_ERROR_TTL_IN_MINUTES": "5",  # errors have no variable: [retention] sets them
+        "REDIS_TTL": "5",
+        "MAX_STEP_EVENT_TTL_IN_MINUTES": "",  # empty: unset
+    }
+    with caplog.at_level(logging.WARNING, logger="stream_expiry.config"):
+        load_config(None, environ=env)
+    tail = "`stream-expiry explain` lists the TTL variables each category reads"
+    assert [r.getMessage() for r in caplog.records] == [
+        "$INSIGHTS_MAX_CONVERSATION_TTL_IN_MINUTES gives no TTL (no such variable), so it is "
+        f"ignored; did you mean $INSIGHTS_MAX_CONVERSATIONS_TTL_IN_MINUTES? {tail}",
+        "$MAX_CONVERSATIONS_TTL_IN_MINUTES gives no TTL (no such variable), so it is "
+        f"ignored; did you mean $MAX_CONVERSATION_TTL_IN_MINUTES? {tail}",
+        "$MAX_SESSION_TTL_IN_MINUTES gives no TTL (no such variable), so it is ignored; "
+        f"did you mean $INSIGHTS_MAX_SESSIONS_TTL_IN_MINUTES? {tail}",
+        "$max_contact_profile_ttl_in_minutes gives no TTL (names are case-sensitive), so it "
+        f"is ignored; did you mean $MAX_CONTACT_PROFILE_TTL_IN_MINUTES? {tail}",
+    ]
