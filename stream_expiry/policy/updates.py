@@ -9,7 +9,8 @@ Rules this module keeps (see the contract, "Policy updates"):
   ``scope`` and ``ttl`` are required, ``org`` for ``org`` and ``bot`` scopes, ``bot`` for the
   ``bot`` scope (whose ``env`` defaults to ``live``, like an input event's). A field that
   belongs to another scope must be absent or null, because a stray ``bot`` in an ``org`` update
-  is far more likely a mistake than a wish. Unknown extra fields are ignored.
+  is far more likely a mistake than a wish. Unknown extra fields are ignored, with a note (the
+  service logs it) when one's name is close to a field's: ``efective_from``, ``Env``.
 * ``ttl`` replaces the scope's whole map; its keys must be configured categories (and ``max``
   for the cap), its values durations (0 or negative: valid, "no value"; null: no key).
 * A value that is not a duration (``"banana"``, ``true``) is ignored, as the contract has an
@@ -31,6 +32,7 @@ Rules this module keeps (see the contract, "Policy updates"):
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import quote, unquote
@@ -321,7 +323,34 @@ def parse_update(
     )
     if (seconds_note := _seconds_like_note(obj.get("effective_from"))) is not None:
         notes += (seconds_note,)
+    notes += _misspelt_field_notes(obj)
     return PolicyUpdate(scope, ttl, effective_from, notes, tuple(ignored))
+
+
+_FIELDS: Final = ("scope", "org", "bot", "env", "ttl", "effective_from")
+
+
+def _misspelt_field_notes(obj: Mapping[str, Any]) -> tuple[str, ...]:
+    """A note for each unknown field whose name is close to one an update reads
+    (``efective_from``, ``effective-from``): ignored like any extra field, so the update
+    applied from its Kafka timestamp, not from the time it named, without a word."""
+    notes = []
+    for name in obj:
+        if name in _FIELDS or not isinstance(name, str):
+            continue
+        close = difflib.get_close_matches(name.replace("-", "_").lower(), _FIELDS, 1, 0.8)
+        if close:
+            meant = close[0]
+            what = (
+                "the update applies from its Kafka timestamp"
+                if meant == "effective_from"
+                else f"the update is read without {meant!r}"
+            )
+            notes.append(
+                f"field {name!r} is not one a policy update has, so it is ignored and {what}; "
+                f"did you mean {meant!r}?"
+            )
+    return tuple(notes)
 
 
 #: Epoch seconds of 2001-09-09 on: an integer ``effective_from`` from here up to

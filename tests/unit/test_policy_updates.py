@@ -492,6 +492,33 @@ def test_an_effective_from_in_epoch_seconds_applies_as_milliseconds_with_a_note(
         assert plain.notes == ()
 
 
+def test_a_misspelt_field_is_ignored_with_a_note_naming_the_field_meant() -> None:
+    """`"efective_from": "2027-01-01T00:00:00Z"` was ignored like any extra field, without a
+    word: the update applied from its Kafka timestamp, a month before the date it named (a
+    trial). `"Env": "draft"` in a bot update likewise changed the live bot. Still ignored
+    (extra fields are), now with a note the service logs, naming the field meant."""
+    u = update({"scope": "org", "org": "acme", "ttl": {"conversation": "2d"},
+                "efective_from": "2027-01-01T00:00:00Z"}, ts=T)  # fmt: skip
+    assert isinstance(u, PolicyUpdate)
+    assert u.effective_from == T
+    assert u.notes == (
+        "field 'efective_from' is not one a policy update has, so it is ignored and the "
+        "update applies from its Kafka timestamp; did you mean 'effective_from'?",
+    )
+    bot = update({"scope": "bot", "org": "acme", "bot": "b1", "Env": "draft",
+                  "ttl": {"conversation": "2d"}})  # fmt: skip
+    assert isinstance(bot, PolicyUpdate)
+    assert bot.key == "bot/acme/b1/live"
+    assert bot.notes == (
+        "field 'Env' is not one a policy update has, so it is ignored and the update is "
+        "read without 'env'; did you mean 'env'?",
+    )
+    extra = update({"scope": "org", "org": "acme", "ttl": {"conversation": "2d"},
+                    "author": "ops", "ticket": "OPS-1"})  # fmt: skip
+    assert isinstance(extra, PolicyUpdate)
+    assert extra.notes == ()
+
+
 def test_an_invalid_value_is_ignored_and_the_rest_applies() -> None:
     """One value that is not a duration costs that value alone (as an invalid environment
     variable does), not the valid values typed beside it: they apply, it is an invalid
