@@ -34,7 +34,7 @@ import orjson
 from stream_expiry import model, oversize
 from stream_expiry.codec import dead_letter_headers
 from stream_expiry.fetch import read_to_now
-from stream_expiry.holds import apply_hold_message, named_hold_id
+from stream_expiry.holds import apply_hold_message, misspelt_fields, named_hold_id
 from stream_expiry.kafka import read_to_end
 from stream_expiry.outbox import all_acked
 
@@ -284,6 +284,14 @@ class ControlTopics:
                         hold.scope(),
                         hold.reason,
                     )
+                    for field, meant in misspelt_fields(rec.value):
+                        log.warning(
+                            "legal hold %s at %s[%d]@%d has a field %r, which a hold does "
+                            "not have: ignored, so the hold covers %s; did you mean %r? (send it "
+                            "again with that field to narrow it)",
+                            hold.hold_id, rec.topic, rec.partition, rec.offset, field,
+                            hold.scope(), meant,
+                        )  # fmt: skip
                     named = named_hold_id(rec.value)
                     if named is not None and named != hold.hold_id:
                         log.warning(

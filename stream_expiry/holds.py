@@ -20,6 +20,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import difflib
 from bisect import bisect_right
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ __all__ = [
     "HoldIndex",
     "apply_hold_message",
     "encode_hold",
+    "misspelt_fields",
     "named_hold_id",
     "parse_hold",
 ]
@@ -203,6 +205,31 @@ def named_hold_id(value: bytes) -> Any:
     except orjson.JSONDecodeError:
         return None
     return body.get("hold_id") if type(body) is dict else None
+
+
+_HOLD_FIELDS = ("hold_id", *_FIELDS, "reason", "placed_at")
+
+
+def misspelt_fields(value: bytes) -> list[tuple[str, str]]:
+    """``(field, the field it is close to)`` for each field of a hold's value that a hold
+    does not have but whose name is close to one it has (``record-id``, ``recordId``,
+    ``catgory``). Ignored like any extra field, such a hold kept far more than it meant (a
+    ``record-id`` hold held its whole org) without a word; the service warns of each."""
+    try:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return []
+    if type(body) is not dict:
+        return []
+    out = []
+    for name in body:
+        if name in _HOLD_FIELDS:
+            continue
+        normal = name.replace("-", "_").lower()
+        close = difflib.get_close_matches(normal, _HOLD_FIELDS, n=1, cutoff=0.8)
+        if close:
+            out.append((name, close[0]))
+    return out
 
 
 def parse_hold(key: bytes | None, value: bytes) -> Hold | Rejection:

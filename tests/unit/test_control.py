@@ -311,3 +311,31 @@ async def test_a_release_names_every_partition_still_placing_its_hold_in_order(
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1
     assert "stays active: it is placed on partition 1, 8 too" in warned[0]
+
+
+@pytest.mark.asyncio
+async def test_a_hold_with_a_misspelt_field_is_placed_as_written_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`{"org": "acme", "record-id": "c9", ...}` (a tool's own spelling) held every record
+    of acme, not c9: the unknown field was ignored like any extra one, and the info line
+    "placed on org=acme" was all that was said. It is still placed as written (a legal
+    hold is never narrowed by guess), with a warning naming the field meant; extra fields
+    unlike any of a hold's (a ticket number) say nothing."""
+    holds = HoldBook()
+    control = _control(holds=holds)
+    value = orjson.dumps(
+        {"org": "acme", "record-id": "c9", "Category": "conversation", "reason": "case 7",
+         "ticket": "LEGAL-12"}
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="stream_expiry.service"):
+        await control._apply_holds({TopicPartition(HOLDS, 0): [_record(HOLDS, 0, 5, "h9", value)]})
+    placed = holds.get("h9")
+    assert placed is not None
+    assert (placed.org, placed.category, placed.record_id) == ("acme", None, None)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"legal hold h9 at {HOLDS}[0]@5 has a field {name!r}, which a hold does not have: "
+        f"ignored, so the hold covers org=acme; did you mean {meant!r}? (send it again with "
+        "that field to narrow it)"
+        for name, meant in (("record-id", "record_id"), ("Category", "category"))
+    ]
