@@ -459,6 +459,29 @@ class Stamp(NamedTuple):
         return self.erase_at if self.erase_at is not None else self.expires_at
 
     @property
+    def ended_life(self) -> HeldLife | None:
+        """The record's last life, ended (its tombstone gone out) before a legal hold
+        deferred this erasure, which is dated before that life's creation: the erasure
+        names no life (the engine's ``_erase_ended``), and the release sends it so, then
+        gives the record back that life's end. None for any other state.
+
+        Its shape is an erasure a hold defers that names no life (no ``created_at``) and
+        keeps one life: a shape no other state has (a held life is kept by a life of the
+        record's, with a creation time), and that a changelog written before it existed
+        never holds. So no other kind of changelog record is needed, and the stores, the
+        archive and ``replay`` take its stamp, as any such deferral's, for one naming no
+        life."""
+        lives = self.held_lives
+        if (
+            self.created_at is None
+            and self.deleted_at is None
+            and self.erase_at is not None
+            and len(lives) == 1
+        ):
+            return lives[0]
+        return None
+
+    @property
     def erased_until(self) -> int | None:
         """Where an erasure request ends this life: the request's time, or the life's
         creation when that is later (a create stamped ahead of the request), as the engine

@@ -632,6 +632,17 @@ class PartitionProcessor:
         deferred likewise; so is a record that fell due, when an event finds it first.
         """
         identity = ev.identity
+        if ev.op == "delete" and prior is not None and prior.held:
+            life = prior.ended_life
+            end = prior.previous_deleted_at
+            created = None if life is None else life[0]
+            if created is not None and end is not None and created <= ev.ts <= end:
+                # The erasure of that ended life itself, read late: it erases the lives
+                # before too, so it is what waits now, as it waits without the other.
+                kept = prior._replace(erase_at=ev.ts, held_lives=())
+                effects.stamps.append((kept, None))
+                self._defer(kept, "explicit", effects)
+                return kept
         if (
             ev.op == "delete"
             and prior is not None
@@ -663,6 +674,27 @@ class PartitionProcessor:
                     prior = None  # a new life's erasure
                 elif prior.erase_at is not None:
                     return None  # stale: the engine says so
+                elif prior.created_at is not None and ev.ts < prior.created_at:
+                    # Dated before that life's creation, it names no life (the engine's
+                    # ``_erase_ended``): deferred so, keeping the life's end for the release
+                    # to give back (``Stamp.ended_life``). Kept as that life's erasure, it
+                    # went out with the life's end and an explicit null at the release.
+                    kept = model.Stamp(
+                        identity,
+                        None,
+                        None,
+                        None,
+                        None,
+                        erase_at=ev.ts,
+                        held=True,
+                        previous_deleted_at=prior.deleted_at,
+                        held_lives=(prior.as_held_life(),),
+                    )
+                    self._engine.cancel(identity.key)
+                    effects.stamps.append((kept, None))
+                    effects.deferred.append((kept, "explicit", [h.hold_id for h in holding]))
+                    effects.verdicts["held"] += 1
+                    return kept
                 else:
                     # An erasure read after the life's expiry ended it (the engine would
                     # send it at once, naming no life): deferred like any other. Its state
@@ -750,7 +782,9 @@ class PartitionProcessor:
         outcome = self._engine.feed(ev, ended, now_ms, None)
         if outcome.state is None or not outcome.state.live:
             return None
-        new = outcome.state._replace(held_lives=(*held.held_lives, held.as_held_life()))
+        # An erasure naming no life keeps the life it ended after, whose tombstone went out.
+        lives = () if held.ended_life is not None else held.held_lives
+        new = outcome.state._replace(held_lives=(*lives, held.as_held_life()))
         self._engine.load([(new, None)])  # its timer carries the lives it keeps
         effects.verdicts[outcome.verdict.value] += 1
         effects.stamps.append((new, ev.data))
@@ -765,8 +799,14 @@ class PartitionProcessor:
         without the lives (the changelog's last stamp must not bring them back), its timer
         set. Returns the record's new state. ``ordered``: note where each tombstone comes
         among the stamps (``Effects.stamps_before``), as ``process`` does."""
-        current = held._replace(held_lives=()) if held.held_lives else held
         first = len(effects.tombstones)
+        life = held.ended_life
+        if life is not None:
+            new = self._erase_no_life(held, life, now_ms, effects)
+            if ordered:
+                effects.stamps_before += [len(effects.stamps)] * (len(effects.tombstones) - first)
+            return new
+        current = held._replace(held_lives=()) if held.held_lives else held
         self._tombstone_lives(held, current, now_ms, effects)
         if held.held:
             fired = self._engine.fire_now(current, now_ms)
@@ -780,6 +820,27 @@ class PartitionProcessor:
         if new.live:
             effects.stamps.append((new, None))
         return new
+
+    def _erase_no_life(
+        self, held: model.Stamp, life: model.HeldLife, now_ms: int, effects: Effects
+    ) -> model.Stamp:
+        """The release of an erasure that names no life (``Stamp.ended_life``): what the
+        engine sends without a hold, a tombstone ending at the request's time with no null
+        (an explicit null erases the archive's lines of the ended life too), and the record
+        is that life's end again, so that an erasure of that life, read late, still goes
+        out. Its stamp on the changelog is superseded by that end's null, as it was the
+        first time (reason ``ttl``: only an expiry ends a life without an erasure), which
+        goes out after that life's ``ttl`` tombstone again: a null never goes out without
+        the tombstone it stands for, and a store that applied it deletes nothing more."""
+        assert held.erase_at is not None
+        assert held.previous_deleted_at is not None
+        self._engine.cancel(held.identity.key)
+        ended = held.held_life(life)
+        marker = ended._replace(deleted_at=held.previous_deleted_at)
+        erasure = model.Stamp(held.identity, None, None, None, None, None, held.erase_at)
+        effects.tombstones.append(Fired(erasure, marker, "explicit", now_ms, False))
+        effects.tombstones.append(Fired(ended, marker, "ttl", now_ms))
+        return marker
 
     @staticmethod
     def _tombstone_lives(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
 import pytest
@@ -16,6 +17,9 @@ from stream_expiry.model import Identity, InputEvent, Rejection
 from stream_expiry.policy import Resolution
 from stream_expiry.state import Effects, MemoryKV, PartitionProcessor, PartitionStore
 from tests.unit.test_engine import OPS_, SLIDING, Harness, Reference, RefRecord, Tomb, ev
+
+if TYPE_CHECKING:
+    from stream_expiry.engine import Fired
 
 T0 = 1_800_000_000_000
 TTL = 1_000
@@ -59,8 +63,10 @@ class Partition:
         self.stamped = 0  # the next offset on expiry.stamped (the broker's acks give them)
         self.tombstones: list[tuple[str, str, int, int | None]] = []  # (rid, reason, at, exp)
         self.deferred: list[tuple[str, str, list[str]]] = []
+        self.fired: list[Fired] = []  # every tombstone, as the outbox gets it
 
     def _take(self, effects: Effects, now: int) -> Effects:
+        self.fired += effects.tombstones
         for f in effects.tombstones:
             self.tombstones.append(
                 (f.before.identity.record_id, f.reason, f.emitted_at, f.before.expires_at)
@@ -563,6 +569,9 @@ class HoldingReference:
         self.lives: dict[str, list[tuple[str, int | None]]] = {}
         # (key, deletion) of each erasure of the lives before a running one kept among them
         self.erased_before: set[tuple[str, int]] = set()
+        # key -> the ended life an erasure dated before its creation left (that erasure,
+        # kept, names no life): the record is that life's end again at the release
+        self.ended: dict[str, RefRecord] = {}
 
     def _matches(self, key: str) -> bool:
         return "*" in self.holds or key.rsplit("/", 1)[1] in self.holds
@@ -579,6 +588,11 @@ class HoldingReference:
         now = self.base.now
         out = [(key, reason, now, expires) for reason, expires in self.lives.pop(key, [])]
         self.erased_before = {k for k in self.erased_before if k[0] != key}
+        ended = self.ended.pop(key, None)
+        if ended is not None:  # as without the hold; then the ended life's end, again
+            del self.kept[key]
+            self.base.recs[key] = ended
+            return [*out, (key, "explicit", now, None), (key, "ttl", now, ended.expires)]
         if key in self.kept:
             rec = self.base.recs[key]
             reason = "ttl" if self.kept[key] is None else "explicit"
@@ -619,6 +633,13 @@ class HoldingReference:
             return out
         if key in self.kept:  # frozen; an erasure asked is kept for the release
             if e.op == "delete":
+                ended = self.ended.get(key)
+                if ended is not None and ended.created is not None:
+                    assert ended.deleted is not None
+                    if ended.created <= t <= ended.deleted:  # that life's own: it waits now
+                        del self.ended[key]
+                        self.kept[key] = t
+                    return out
                 if self.kept[key] is None:
                     self.kept[key] = t
                 return out
@@ -633,12 +654,19 @@ class HoldingReference:
                 self.erased_before.add((key, erased))
             base.recs[key].deleted = end
             del self.kept[key]
+            self.ended.pop(key, None)  # its tombstone went out before the hold
         if self._matches(key):
             rec = base.recs.get(key)
             if e.op == "delete":
                 if rec is not None and rec.deleted is not None:
                     if t <= rec.deleted and rec.erased:
                         return out  # stale
+                    if rec.created is not None and t < rec.created:
+                        # Dated before the ended life's creation: it names no life.
+                        self.ended[key] = rec
+                        base.recs[key] = RefRecord(None, None, None, rec.deleted)
+                        self.kept[key] = t
+                        return out
                     if t <= rec.deleted:  # a life its expiry ended: its erasure is deferred
                         base.recs[key] = RefRecord(None, None, None, rec.deleted)  # no life
                         self.kept[key] = t
@@ -723,6 +751,22 @@ hold_steps = st.lists(
         ("event", "error", "a", "delete", 2),
         ("hold", "a"),
         ("event", "error", "a", "delete", 2),
+    ],
+    lag=0,
+    horizon=5000,
+)
+# An erasure dated before an ended life's creation, read under a hold: it names no life (at
+# the release it ends at its own time, and that life's end goes out again), and an erasure
+# of that life itself, read after the release, still goes out.
+@example(
+    steps=[
+        ("event", "error", "a", "create", 1),
+        ("advance", 2),
+        ("hold", "a"),
+        ("event", "error", "a", "delete", -2),
+        ("release", "a"),
+        ("advance", 0),
+        ("event", "error", "a", "delete", -1),
     ],
     lag=0,
     horizon=5000,
@@ -1096,3 +1140,109 @@ def test_an_erasure_of_earlier_lives_a_hold_keeps_goes_out_at_the_release() -> N
         ("explicit", None),  # the erasure of the first life
         ("ttl", T0 + 3 * TTL),
     ]
+
+
+def _sent(fired: Fired) -> tuple[str, int | None, int | None, str | None]:
+    """What a tombstone sends: its reason, the life it names (``created_at``), its
+    ``expiry-deleted-at`` header (``Outbox._put_tombstones``: where the stores and the
+    archive stop erasing), and the reason of the null that follows it on
+    ``expiry.stamped`` (None: no null)."""
+    if fired.has_null:
+        until = fired.after.deleted_at
+    else:
+        until = fired.before.erased_until if fired.reason == "explicit" else None
+    null = fired.reason if fired.has_null else None
+    return fired.reason, fired.before.created_at, until, null
+
+
+def _erased_then_back_then_expired() -> Partition:
+    """A record erased at T0 + 100 in its first life, created again at T0 + 200 (its
+    second life, which expires at T0 + 1200 and whose tombstone goes out), then held."""
+    p = Partition()
+    p.event("a", "create", T0)
+    p.event("a", "delete", T0 + 100)
+    p.event("a", "create", T0 + 200)
+    p.tick(T0 + 200 + TTL)
+    assert [_sent(f) for f in p.fired] == [
+        ("explicit", T0, T0 + 100, "explicit"),
+        ("ttl", T0 + 200, T0 + 199 + TTL, "ttl"),
+    ]
+    p.fired.clear()
+    p.holds.place(hold())
+    return p
+
+
+KEY_A = Identity("acme", "b1", "live", "conversation", "a").key
+
+
+def test_an_old_erasure_read_again_under_a_hold_is_released_naming_no_life() -> None:
+    """The first life's delete read again (a new consumer group) under a hold, after the
+    second life expired: dated before the second life's creation, it names no life, and
+    without a hold it goes out at once, ending at its own time with no null (the engine's
+    ``_erase_ended``). The hold defers it; at the release it went out as the second life's
+    erasure: ``expiry-deleted-at`` that life's end, an explicit null (which erases every
+    archived line of the key before it: the second life's data, kept by its expiry), and a
+    marker taking the erasure for the second life's, so that life's own erasure, read
+    late, was ignored. It must go out as without the hold, and the record stay where the
+    second life's end left it (the null that follows is that end's, reason ``ttl``)."""
+    p = _erased_then_back_then_expired()
+    held = p.event("a", "delete", T0 + 100, now=T0 + 2 * TTL)
+    assert [d[1] for d in p.deferred] == ["explicit"]
+    assert [(s.created_at, s.erase_at) for s, _ in held.stamps] == [(None, T0 + 100)]
+    p.tick(T0 + 3 * TTL)
+    assert p.fired == []
+    p.holds.release("h1")
+    p.tick(T0 + 4 * TTL)
+    assert [_sent(f) for f in p.fired] == [
+        ("explicit", None, T0 + 100, None),  # the request's time, no null
+        ("ttl", T0 + 200, T0 + 199 + TTL, "ttl"),  # the second life's end, again
+    ]
+    state = p.proc.state_of(KEY_A)
+    assert state is not None
+    assert (state.created_at, state.deleted_at, state.erase_at, state.held, state.held_lives) == (
+        T0 + 200,
+        T0 + 199 + TTL,
+        None,
+        False,
+        (),
+    )
+    p.fired.clear()
+    p.event("a", "delete", T0 + 500, now=T0 + 5 * TTL)  # the second life's own, read late
+    assert [_sent(f) for f in p.fired] == [("explicit", None, T0 + 199 + TTL, "explicit")]
+    p.event("a", "delete", T0 + 500, now=T0 + 5 * TTL)  # redelivered: nothing more
+    p.event("a", "delete", T0 + 100, now=T0 + 5 * TTL)  # nor the first one, a third time
+    assert len(p.fired) == 1
+
+
+def test_the_ended_lifes_own_erasure_read_while_an_older_one_is_held_waits_in_its_place() -> None:
+    """While the erasure naming no life waits, the second life's own erasure is read
+    late: it ends that life and every one before it, so it is what the release sends (as
+    it does without the other): the life's end in its header, and an explicit null."""
+    p = _erased_then_back_then_expired()
+    p.event("a", "delete", T0 + 100, now=T0 + 2 * TTL)
+    own = p.event("a", "delete", T0 + 500, now=T0 + 2 * TTL)
+    assert [(s.created_at, s.erase_at, s.held_lives) for s, _ in own.stamps] == [
+        (None, T0 + 500, ())
+    ]
+    assert [d[1] for d in p.deferred] == ["explicit", "explicit"]
+    p.holds.release("h1")
+    p.tick(T0 + 3 * TTL)
+    assert [_sent(f) for f in p.fired] == [("explicit", None, T0 + 199 + TTL, "explicit")]
+
+
+def test_a_next_life_after_an_old_erasure_under_a_hold_keeps_the_erasure_alone() -> None:
+    """A create after the ended life's end, while the erasure naming no life waits, starts
+    the record's next life, which keeps the erasure for the release, not the ended life
+    (its tombstone went out before the hold): the release sends the erasure, ending at
+    its own time, and the next life goes on to its own expiry."""
+    p = _erased_then_back_then_expired()
+    p.event("a", "delete", T0 + 100, now=T0 + 2 * TTL)
+    back = p.event("a", "create", T0 + 2 * TTL)
+    assert [(s.created_at, s.held_lives) for s, _ in back.stamps] == [
+        (T0 + 2 * TTL, ((None, None, None, None, T0 + 100),))
+    ]
+    p.holds.release("h1")
+    p.tick(T0 + 2 * TTL + 10)
+    assert [_sent(f) for f in p.fired] == [("explicit", None, T0 + 100, None)]
+    p.tick(T0 + 3 * TTL)
+    assert [_sent(f) for f in p.fired[1:]] == [("ttl", T0 + 2 * TTL, T0 + 3 * TTL - 1, "ttl")]

@@ -592,3 +592,117 @@ def test_an_erasure_read_again_after_the_next_life_expired_never_erases_that_lif
         assert late.has_null
         assert _deleted_until(late) == BASE + 23_999
         assert h.process(ev("conversation", "k", "delete", 10_000)).tombstones == []
+
+
+@pytest.mark.parametrize("restore", ["none", "before_the_release", "after_the_release"])
+def test_an_erasure_read_again_under_a_hold_after_the_next_life_expired_never_erases_it(
+    restore: str,
+) -> None:
+    """The trial above with a legal hold on the record while the old delete is read again:
+    create at 0, delete at 2 s, create again at 4 s, which its ttl ends at 24 s; a hold
+    placed; a new consumer group reads the input again. The delete dated 2 s names no
+    life (it is the first life's, dated before the second's creation): the hold defers it,
+    and the release must send what the engine sends without a hold, a tombstone that ends
+    at the request's time with no explicit null. It sent the second life's end as its
+    ``expiry-deleted-at`` and an explicit null (the stores and the archive erased a life
+    the request never named), and its marker then took that erasure for the second life's:
+    an erasure of the second life itself, read late, was ignored. A store restored from
+    the changelog, before or after the release, decides as the original."""
+    books = (HoldBook(), HoldBook())
+    original = harness(PartitionStore(MemoryKV()), 0, books[0])
+    log = Changelog()
+    events = [
+        ev("conversation", "k", "create", 0),
+        ev("conversation", "k", "delete", 2_000),
+        ev("conversation", "k", "create", 4_000),
+    ]
+    for n, event in enumerate(events):
+        original.now = n * 2_000
+        log.write(original.process(event), BASE + original.now)
+    log.write(_Stepper(original).step_advance(30_000), BASE + 30_000)
+    for book in books:
+        book.place(Hold("h-k", "o", None, None, None, "k", "", 0))
+    second = BASE + 4_000
+
+    def logged(h: Harness, effects: Effects) -> Effects:
+        if h is original:
+            log.write(effects, BASE + h.now)
+        return effects
+
+    def step(h: Harness, now: int) -> Effects:
+        return logged(h, _Stepper(h).step_advance(now))
+
+    pair = [original]
+    if restore == "before_the_release":
+        pair.append(harness(log.restore(BASE + 30_000), 30_000, books[1]))
+    out = [[logged(h, h.process(event)) for event in events] for h in pair]
+    for reread in out:  # read again from the beginning: the hold defers the old delete
+        assert [(_stamps(e), e.tombstones) for e in reread[::2]] == [([], []), ([], [])]
+        assert reread[1].tombstones == []
+        assert [reason for _, reason, _ in reread[1].deferred] == ["explicit"]
+        assert [s.created_at for s, _ in reread[1].stamps] == [None]  # it names no life
+    for h in pair:
+        step(h, 31_000)  # held: nothing goes out
+    for book in books:
+        book.release("h-k")
+    released = [step(h, 32_000) for h in pair]
+    if restore == "after_the_release":
+        pair.append(harness(log.restore(BASE + 32_000), 32_000, books[1]))
+        released.append(step(pair[-1], 32_000))  # what a restarted service sends at once
+    for n, (h, effects) in enumerate(zip(pair, released, strict=True)):
+        erasures = [f for f in effects.tombstones if f.reason == "explicit"]
+        if not (restore == "after_the_release" and n == 1):
+            (erasure,) = erasures
+            assert erasure.before.created_at is None  # it names no life
+            until = _deleted_until(erasure)
+            assert until is not None
+            assert until <= BASE + 2_000 < second
+        else:
+            assert erasures == []  # gone out already, before the restore
+        # No explicit null: it would erase every archived line of the key before it.
+        assert [f.reason for f in effects.tombstones if f.has_null] in ([], ["ttl"])
+        # An erasure of the second life itself, read late, still goes out, once: it ends
+        # that life (its null erases the archive's lines before it).
+        (late,) = h.process(ev("conversation", "k", "delete", 10_000)).tombstones
+        assert late.has_null
+        assert _deleted_until(late) == BASE + 23_999
+        assert h.process(ev("conversation", "k", "delete", 10_000)).tombstones == []
+
+
+def test_an_old_erasure_an_earlier_version_deferred_under_a_hold_is_still_released() -> None:
+    """A changelog written before the deferral kept the ended life (``Stamp.ended_life``)
+    holds the deferral in its old form: no life, the request's time, that life's end. A
+    store restored from it must still carry it out at the release, as that version did
+    (the life's end in its header, and an explicit null: nothing erased is kept), and be
+    left a marker that keeps later events of the ended life stale."""
+    log = Changelog()
+    original = harness(PartitionStore(MemoryKV()), 0)
+    for n, event in enumerate(
+        [
+            ev("conversation", "k", "create", 0),
+            ev("conversation", "k", "delete", 2_000),
+            ev("conversation", "k", "create", 4_000),
+        ]
+    ):
+        original.now = n * 2_000
+        log.write(original.process(event), BASE + original.now)
+    log.write(_Stepper(original).step_advance(30_000), BASE + 30_000)
+    identity = ev("conversation", "k", "delete", 2_000).identity
+    old = model.Stamp(identity, None, None, None, None, None, BASE + 2_000, True)
+    old = old._replace(previous_deleted_at=BASE + 23_999)
+    log._add(log.stamped, identity.key, model.encode_stamp(old), BASE + 31_000, SOURCE)
+    book = HoldBook()
+    restored = harness(log.restore(BASE + 31_000), 31_000, book)
+    state = restored.proc.state_of(identity.key)
+    assert state is not None
+    assert (state.held, state.ended_life, state.erase_at) == (True, None, BASE + 2_000)
+    (erasure,) = _Stepper(restored).step_advance(32_000).tombstones
+    assert (erasure.reason, erasure.has_null, _deleted_until(erasure)) == (
+        "explicit",
+        True,
+        BASE + 23_999,
+    )
+    assert restored.process(ev("conversation", "k", "create", 4_000)).stamps == []
+    assert _stamps(restored.process(ev("conversation", "k", "create", 24_000))) == [
+        (identity.key, BASE + 24_000, BASE + 44_000)
+    ]
