@@ -274,8 +274,19 @@ def record_history(draw: st.DrawFn, n: int) -> Record:
             if d >= c:
                 tombstone(nobody, "explicit", at, s.expires_at - 1, None)
                 null(s.expires_at - 1, "explicit", None)
-            else:
+            elif draw(st.booleans()):
                 tombstone(nobody, "explicit", at, d, None)
+            else:
+                # The same under a legal hold (processor._erase_no_life): deferred, stamped
+                # naming no life and keeping the ended one; at the release, its tombstone,
+                # then the ended life's tombstone again, and that end's null.
+                e = s.expires_at
+                kept = Stamp(ident, None, None, None, None, erase_at=d, held=True,
+                             previous_deleted_at=e - 1, held_lives=(s.as_held_life(),))  # fmt: skip
+                stamped(kept, None)
+                tombstone(nobody, "explicit", at + 1, d, None)
+                tombstone(s, "ttl", at + 1, e - 1, c)
+                null(e - 1, "ttl", c)
     return rec
 
 
