@@ -27,7 +27,7 @@ from stream_expiry.archive import (
 )
 from stream_expiry.changelog import read_latest
 from stream_expiry.cli import main
-from stream_expiry.codec import deleted_at_of
+from stream_expiry.codec import deleted_at_of, reason_of
 from stream_expiry.holds import Hold, HoldBook, encode_hold
 from stream_expiry.kafka import producer
 from stream_expiry.model import Identity, Stamp, encode_stamp
@@ -422,6 +422,87 @@ async def test_an_erasure_deferred_past_the_next_life_reaches_the_archive(
     assert after
     assert not any("first life" in str(line) for line in after)
     assert {parse_ts(line["stamp"]["created_at"]) for line in after} == {t1}  # type: ignore[index]
+
+
+@pytest.mark.timeout(120)
+async def test_an_old_erasure_read_again_under_a_hold_spares_the_ended_next_life(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A record erased (its first life), created again (its second life), which then
+    expires; a hold is placed, and the first erasure is read again (a new consumer group,
+    a replayed input). Dated before the second life's creation, it names no life: at the
+    release it must end at its own time, and the second life, kept by the archive at its
+    expiry, must stay there. It went out with the second life's end as its
+    ``expiry-deleted-at`` and an explicit null on ``expiry.stamped``: ``archive purge``
+    then removed the second life's lines too, which no erasure had named."""
+    common, config = _setup(broker, topics, tmp_path, RETENTION)
+    archive_dir = tmp_path / "archive"
+    stop = anyio.Event()
+
+    async def archive() -> None:
+        await archive_topics(broker, archive_dir, topics, f"{topics.prefix}-archive", stop=stop)
+
+    t0 = wall_clock_ms()
+    first = event("conversation", "c-9", ts=t0, data={"text": "first life"})
+    erasure = event("conversation", "c-9", op="delete", ts=t0 + 10)
+    second = event("conversation", "c-9", ts=t0 + 20, data={"text": "second life"})
+    key = first[0]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(archive)
+        async with running_service(config, broker) as service:
+            await produce(broker, [(topics.conversations, *m) for m in (first, erasure, second)])
+            stats = service.stats  # explicit and ttl tombstones, counted apart
+            await wait_for(lambda: stats.tombstones >= 1, timeout_s=15)  # the second expired
+            assert stats.explicit == 1
+            assert await _cli("hold", "place", *common, "--org", "acme", "--record-id", "c-9",
+                              "--reason", "case 11", "--id", "case-11") == 0  # fmt: skip
+            await wait_for(lambda: len(service.holds) == 1)
+            await produce(broker, [(topics.conversations, *erasure)])  # read again
+            await wait_for(lambda: service.stats.verdicts["held"] >= 1)
+            assert (stats.explicit, stats.tombstones) == (1, 1)  # kept
+            assert await _cli("hold", "release", *common, "case-11") == 0
+
+            async def released() -> bool:  # the release's null is on expiry.stamped
+                stamped = await read_all(broker, topics.stamped)
+                return [r.value for r in stamped if r.key == key].count(None) >= 3
+
+            await wait_until(released, timeout_s=15, what="the release's null")
+            await wait_for(
+                lambda: any("second life" in str(x) for x in _archive_lines(archive_dir)),
+                timeout_s=15,
+            )
+            ends: dict[tuple[str, int], int] = {}
+            for topic in (topics.stamped, topics.tombstones):
+                for r in await read_all(broker, topic):
+                    ends[topic, r.partition] = max(ends.get((topic, r.partition), 0), r.offset + 1)
+
+            async def archived() -> bool:
+                group = f"{topics.prefix}-archive"
+                done = {topic: await archived_offsets(broker, group, topic) for topic, _ in ends}
+                return all(done[topic].get(p, 0) >= end for (topic, p), end in ends.items())
+
+            await wait_until(archived, what="the archive's commits of both topics")
+        stop.set()
+    records = [r for r in await read_all(broker, topics.tombstones) if r.key == key]
+    sent = [
+        (orjson.loads(r.value)["reason"], orjson.loads(r.value)["created_at"] is None,
+         deleted_at_of(r.headers))
+        for r in records
+    ]  # fmt: skip
+    second_end = t0 + 20 + 2_000 - 1
+    assert sent == [
+        ("explicit", False, t0 + 10),  # the first life's erasure
+        ("ttl", False, second_end),  # the second life's expiry
+        ("explicit", True, t0 + 10),  # read again: no life, its own time
+        ("ttl", False, second_end),  # the second life's end again, for its null
+    ]
+    nulls = [reason_of(r.headers) for r in await read_all(broker, topics.stamped)
+             if r.key == key and r.value is None]  # fmt: skip
+    assert nulls == ["explicit", "ttl", "ttl"]  # no explicit null after the second life
+    purge(str(archive_dir))
+    kept = [line for line in _archive_lines(archive_dir) if "stamp" in line]
+    assert any("second life" in str(line) for line in kept)
+    assert not any("first life" in str(line) for line in kept)
 
 
 async def test_hold_place_refuses_what_the_service_would_and_a_live_id(
