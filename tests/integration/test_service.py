@@ -363,11 +363,13 @@ async def test_a_touch_sent_while_no_instance_ran_extends_the_session_after_the_
     """A session touched while the service was down (a rolling restart) and due by the
     time it is back: its partition's timers wait until the backlog found at the assignment
     is read, so the touch extends the session and it is tombstoned at the touched expiry.
-    Firing at the assignment deleted it with its old expiry, before its user's activity."""
+    Firing at the assignment deleted it with its old expiry, before its user's activity.
+    The first instance's clock runs a minute behind: it must stop before the session falls
+    due by its clock, and its start (a join of 3-5 s, more under load) is part of its life."""
     config = config_for(topics, str(tmp_path / "state"), '[retention.defaults]\nsession = "8s"\n')
     key, _ = event("session", "s-1")
     t0 = wall_clock_ms()
-    async with running_service(config, broker) as service:
+    async with running_service(config, broker, clock=lambda: wall_clock_ms() - 60_000) as service:
         await produce(broker, [(topics.sessions, *event("session", "s-1", ts=t0))])
         await wait_for(lambda: service.stats.stamped >= 1)
     touched = t0 + 7_000  # before the expiry at t0 + 8 s; read after it
@@ -630,12 +632,16 @@ async def test_an_erasure_and_a_creation_sent_while_no_instance_ran_decide_the_r
     fired at its expiry before the backlog was read, the erasure's tombstone then said
     the expiry (the stores and the archive erased the next life with it), and the create
     was dropped as the ended life's: the next life was never stamped nor tombstoned (a
-    trial, 24 of 24). Every due record waits for the backlog found at the assignment."""
+    trial, 24 of 24). Every due record waits for the backlog found at the assignment.
+    The first instance's clock runs a minute behind, so that it stops before the record
+    falls due by its clock however long its start and stop take: on the wall clock, a join
+    that took more than the 4 s ttl (a full run beside a busy core) had it fire the record
+    itself."""
     config = config_for(
         topics, str(tmp_path / "state"), '[retention.defaults]\nconversation = "4s"\n'
     )
     t0 = wall_clock_ms()
-    async with running_service(config, broker) as service:
+    async with running_service(config, broker, clock=lambda: wall_clock_ms() - 60_000) as service:
         await produce(broker, [(topics.conversations, *event("conversation", "c-1", ts=t0))])
         await wait_for(lambda: service.stats.stamped >= 1)
     erased, again = t0 + 2_000, t0 + 3_000  # before the expiry at t0 + 4 s; read after it
