@@ -83,9 +83,15 @@ async def test_holds_keep_what_they_match_until_released(
     assert await _cli("hold", "place", *common, "--org", "acme", "--bot", "b1",
                       "--reason", "case 7", "--id", "case-7") == 0  # fmt: skip
     tombstones = ArrivalLog(broker, topics.tombstones)
+    # The service's clock runs a minute behind until it knows the second hold: "late" is
+    # pending when that hold comes, however long the command placing it takes (0.4-0.8 s
+    # of the 2 s ttl beside a busy core, with coverage). Never ahead: none comes early.
+    behind = [60_000]
     async with anyio.create_task_group() as tg:
         tg.start_soon(tombstones.follow)
-        async with running_service(config, broker) as service:
+        async with running_service(
+            config, broker, clock=lambda: wall_clock_ms() - behind[0]
+        ) as service:
             await wait_for(lambda: len(service.holds) == 1)
             t0 = wall_clock_ms()
             await produce(
@@ -100,6 +106,7 @@ async def test_holds_keep_what_they_match_until_released(
             assert await _cli("hold", "place", *common, "--org", "acme", "--bot", "b3",
                               "--record-id", "late", "--reason", "case 8", "--id", "case-8") == 0  # fmt: skip
             await wait_for(lambda: len(service.holds) == 2)
+            behind[0] = 0
             # Bot b2 expires on time; b1's records and b3's "late" are kept.
             await wait_for(lambda: service.stats.tombstones >= 5, timeout_s=15)
             await wait_for(
