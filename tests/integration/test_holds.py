@@ -309,31 +309,39 @@ async def test_a_held_session_that_comes_back_starts_its_next_life_and_both_are_
     """A returning user's session under a hold: the life the hold keeps past its expiry
     stays kept, the touch after that expiry starts the next life with an expiry of its
     own, and at the release the kept life is tombstoned with no null on expiry.stamped
-    (the record lives on), the next life at its own expiry, never early."""
+    (the record lives on), the next life at its own expiry, never early. The service's
+    clock runs a minute behind until the release is done, and the touch is dated by the
+    wall clock: the next life cannot fall due before the release (with a 3 s ttl it did
+    when the release took longer than the rest of it)."""
     retention = '[retention.defaults]\nsession = "3s"\n'
     common, config = _setup(broker, topics, tmp_path, retention)
     assert await _cli("hold", "place", *common, "--org", "acme", "--record-id", "s-1",
                       "--reason", "case 9", "--id", "case-9") == 0  # fmt: skip
     tombstones = ArrivalLog(broker, topics.tombstones)
     key, _ = event("session", "s-1")
+    behind = [60_000]
     async with anyio.create_task_group() as tg:
         tg.start_soon(tombstones.follow)
-        async with running_service(config, broker) as service:
+        async with running_service(
+            config, broker, clock=lambda: wall_clock_ms() - behind[0]
+        ) as service:
             await wait_for(lambda: len(service.holds) == 1)
-            t0 = wall_clock_ms()
+            t0 = service.clock()
             await produce(broker, [(topics.sessions, *event("session", "s-1", ts=t0))])
             await wait_for(
                 lambda: (
                     sum(p.store.counts.held for p in service.processors.values()) >= 1
-                    and wall_clock_ms() >= t0 + 3000
+                    and service.clock() >= t0 + 3000
                 ),
                 timeout_s=15,
             )
-            t1 = wall_clock_ms()
+            t1 = wall_clock_ms()  # a minute ahead of the service's clock (within its skew)
             await produce(broker, [(topics.sessions, *event("session", "s-1", op="touch", ts=t1))])
             await wait_for(lambda: service.stats.verdicts["recreated"] >= 1)
             released_at = wall_clock_ms()
             assert await _cli("hold", "release", *common, "case-9") == 0
+            await wait_for(lambda: len(tombstones.arrivals) >= 1, timeout_s=15)  # the kept life
+            behind[0] = 0  # the next life falls due at its own expiry
             await wait_for(lambda: len(tombstones.arrivals) >= 2, timeout_s=15)
         tg.cancel_scope.cancel()
     assert tombstones.arrivals[0][0] >= released_at  # nothing before the release
