@@ -230,8 +230,11 @@ async def test_the_sweep_spares_what_a_legal_hold_keeps(
         await wait_until(_swept(store, free[2:]), what="the last free row swept")
         assert await present(store, [by_org.identity, by_record.identity, late_held.identity])
 
-        await produce(broker, topics.holds, [(b"h-rec", None)])  # released
+        # Before the release is sent: the sink cannot read it earlier. (Taken after the
+        # produce, the time was up to the producer's close later than the sink's reading,
+        # and a sweep right at the grace's end looked early: 160-300 ms to spare in a trial.)
         released = wall_clock_ms()
+        await produce(broker, topics.holds, [(b"h-rec", None)])  # released
         await wait_until(_swept(store, [by_record]), what="the released row swept")
         assert wall_clock_ms() - released >= 2_000  # its tombstone had the grace to come
         assert await present(store, [by_org.identity, late_held.identity])
