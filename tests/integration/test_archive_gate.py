@@ -96,6 +96,7 @@ async def test_purges_wait_for_the_archive_and_catch_up_when_it_runs(
             )  # fmt: skip
             # Due after 2 s, but the archive is not running: nothing ttl is purged.
             await wait_for(lambda: service.stats.archive_waiting >= 10, timeout_s=15)
+            await wait_for(lambda: bool(tombstones.arrivals))  # the erasure's, read here too
             assert [orjson.loads(r.value)["reason"] for _, r in tombstones.arrivals] == [
                 "explicit"  # an erasure request is never delayed
             ]
