@@ -5,6 +5,8 @@ module: a comparison flipped, a constant moved by one, a statement of an ``if`` 
 from __future__ import annotations
 
 import argparse
+import logging
+import time
 
 import orjson
 import pytest
@@ -13,10 +15,17 @@ from stream_expiry.cliargs import hold_id
 from stream_expiry.durations import UnderHalfSecond, parse_duration
 from stream_expiry.history import text_lines as history_text
 from stream_expiry.holds import Hold, parse_hold
+from stream_expiry.logs import JsonFormatter
 from stream_expiry.model import MAX_ID_CHARS, Rejection
-from stream_expiry.sinks.dsn import as_uri, hide_secrets, is_local
+from stream_expiry.sinks.dsn import as_uri, hide_secrets, is_local, redact
 from stream_expiry.status import text_lines as status_text
-from stream_expiry.timeutil import MAX_TS_MS, MIN_TS_MS, InvalidTimestamp, parse_ts
+from stream_expiry.timeutil import (
+    MAX_TS_MS,
+    MIN_TS_MS,
+    InvalidTimestamp,
+    parse_ts,
+    wall_clock_ms,
+)
 from tests.unit.test_dsn import parsed
 
 AT = "2026-12-05T05:00:00.000Z"
@@ -69,6 +78,18 @@ def test_a_hold_keyed_by_an_id_of_the_longest_length_is_a_hold() -> None:
     assert too_long.code == "invalid_field"
 
 
+# --- logs ---------------------------------------------------------------------------------
+
+
+def test_json_lines_give_the_records_time_in_utc_as_text_lines_do() -> None:
+    """The JSON line's ``ts`` is the record's time, as the text line's (test_logs checks
+    that one); the JSON test only checked its shape, so ``created * 1001`` (20 days late)
+    passed."""
+    record = logging.LogRecord("stream_expiry.x", logging.INFO, "", 0, "hello", None, None)
+    record.created = 1_767_225_600.25  # 2026-01-01T00:00:00.250Z
+    assert orjson.loads(JsonFormatter().format(record))["ts"] == "2026-01-01T00:00:00.250Z"
+
+
 # --- sinks/dsn -----------------------------------------------------------------------------
 
 
@@ -107,6 +128,32 @@ def test_the_hosts_a_dsn_points_at_include_pghost_and_a_query_host(
     to start a local one, or check the host): ``?host=`` in a URI was ignored, and the
     environment given was not the one read, by mutants the suite let through."""
     assert is_local(dsn, environ=environ) is local
+
+
+@pytest.mark.parametrize(
+    ("dsn", "shown"),
+    [
+        # An empty user name: the password starts right after the ``://``.
+        ("postgresql://:s3cret@h/d", "postgresql://:***@h/d"),
+        # No ``@``, so no password: the port is not one (it was cut as if it were).
+        ("postgresql://h:5432/d", "postgresql://h:5432/d"),
+    ],
+)
+def test_a_uris_password_is_found_at_the_edges_of_its_authority(dsn: str, shown: str) -> None:
+    """Mutants of :func:`_uri_userinfo` the suite let through: the search started a
+    character late (the password shown), or went on without an ``@`` (a DSN with a port
+    garbled in every message that shows it)."""
+    assert redact(dsn) == shown
+
+
+def test_a_password_cut_in_pieces_is_hidden_whole_and_single_characters_are_left() -> None:
+    """The longest piece first, so that the whole password is one ``***`` and not
+    ``***/***`` (its delimiters shown); a piece of one character is left, or every such
+    letter of the message would be hidden (as the docstring says; a mutant hid them)."""
+    dsn = "postgresql://u:S3cr/etPW@h/d"
+    said = hide_secrets("password S3cr/etPW refused, S3cr at a", dsn)
+    assert said == "password *** refused, *** at a"
+    assert hide_secrets("a/b: a or b", "postgresql://u:a/b@h/d") == "***: a or b"
 
 
 def test_an_empty_quoted_value_reaches_the_client_empty() -> None:
@@ -221,3 +268,12 @@ def test_the_first_and_last_millisecond_of_years_1_to_9999_are_times() -> None:
     for outside in ("0001-01-01T00:00:00+00:01", "9999-12-31T23:59:59.999-00:01"):
         with pytest.raises(InvalidTimestamp, match="out of range"):
             parse_ts(outside)
+
+
+def test_the_wall_clock_is_now_in_epoch_milliseconds() -> None:
+    """The processing time of every stamp, tombstone and deletion; every unit test injects
+    its own clock, so none read this one (``// 1_000_001`` put it 28 minutes early). Not
+    a timed assertion: the value is bracketed by two readings of the system clock."""
+    before = time.time_ns() // 1_000_000
+    now = wall_clock_ms()
+    assert before <= now <= time.time_ns() // 1_000_000
