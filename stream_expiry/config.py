@@ -454,7 +454,9 @@ class _Reader:
         try:
             ms = parse_duration(value)
         except UnderHalfSecond as exc:
-            why = str(exc) if minimum == 0 else f"{exc.shown} is under half a second"
+            # Not the exception's own text, which says what 0 does to a TTL: no setting read
+            # here is a TTL (those are read by ttl_map).
+            why = f"{exc.shown} is under half a second"
             raise self.error(
                 where, f"invalid duration for key {where[-1]!r} {self.place(where[:-1])}: {why}"
             ) from None

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from stream_expiry.cliargs import hold_id
+from stream_expiry.config import ConfigError, parse_config
 from stream_expiry.durations import UnderHalfSecond, parse_duration
 from stream_expiry.history import text_lines as history_text
 from stream_expiry.holds import Hold, parse_hold
@@ -161,6 +162,32 @@ def test_an_empty_quoted_value_reaches_the_client_empty() -> None:
     themselves were sent as the password."""
     _addrs, params = parsed(as_uri("host=h password='' dbname=d"))
     assert (params.password, params.database) == (None, "d")
+
+
+# --- config -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("max_clock_skew = '0.3s'\n", "'max_clock_skew' at the top level"),
+        ("[service]\nmarker_grace = '0.3s'\n", "'marker_grace' in [service]"),
+        ("[archive]\nmarker_margin = '0.3s'\n", "'marker_margin' in [archive]"),
+        ("[service]\nsession_timeout = '0.3s'\n", "'session_timeout' in [service]"),
+    ],
+)
+def test_a_setting_that_is_not_a_ttl_under_half_a_second_does_not_speak_of_ttls(
+    text: str, key: str
+) -> None:
+    """A surviving mutant (``minimum != 0`` for ``== 0``) showed the test of this message
+    passed either way: the settings that take 0 (a clock skew, a grace, a margin) were told
+    "0 gives no TTL (the other sources decide, or the record never expires)", the TTLs'
+    text, as session_timeout was before ace31c9 (test_config: "which is for ttls")."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, path="c.toml")
+    assert str(info.value).endswith(
+        f": invalid duration for key {key}: '0.3s' is under half a second"
+    )
 
 
 # --- durations ----------------------------------------------------------------------------
