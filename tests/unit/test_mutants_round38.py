@@ -190,6 +190,16 @@ def test_a_setting_that_is_not_a_ttl_under_half_a_second_does_not_speak_of_ttls(
     )
 
 
+def test_a_duration_that_is_not_one_names_its_key_and_table() -> None:
+    """The table a key sits in, not the top level: every test of this message was of a
+    top-level key, where ``where[:-2]`` (a mutant) names the same place."""
+    with pytest.raises(ConfigError) as info:
+        parse_config("[service]\nsession_timeout = 'soon'\n", path="c.toml")
+    assert str(info.value).startswith(
+        "c.toml line 2: invalid duration for key 'session_timeout' in [service]: 'soon' is not"
+    )
+
+
 # --- durations ----------------------------------------------------------------------------
 
 
