@@ -176,21 +176,10 @@ def test_unloadable_tls_files_are_a_configuration_error(tmp_path: Path) -> None:
 def test_an_encrypted_key_is_said_so_and_never_asked_for(tmp_path: Path) -> None:
     """OpenSSL prompted for the passphrase on the terminal (a command run from one waited
     there for good; without one it failed with "Invalid argument")."""
-    from cryptography.hazmat.primitives import serialization
-
     from stream_expiry.testing.tls import make_pki
 
     pki = make_pki(tmp_path)
-    with open(pki.client_key, "rb") as f:
-        key = serialization.load_pem_private_key(f.read(), None)
-    encrypted = tmp_path / "encrypted.key"
-    encrypted.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(b"s3cret"),
-        )
-    )
+    encrypted = _encrypted_copy(pki.client_key, tmp_path / "encrypted.key")
     sec = KafkaSecurity(
         security_protocol="SSL", ssl_certfile=pki.client_cert, ssl_keyfile=str(encrypted)
     )
@@ -450,21 +439,10 @@ def test_tls_files_that_do_not_load_stop_the_command_where_they_were_set(tmp_pat
 
 def test_an_encrypted_key_stops_the_command_before_any_client(tmp_path: Path) -> None:
     """Found when the configuration is checked, with the variable, and never asked for."""
-    from cryptography.hazmat.primitives import serialization
-
     from stream_expiry.testing.tls import make_pki
 
     pki = make_pki(tmp_path)
-    with open(pki.client_key, "rb") as f:
-        key = serialization.load_pem_private_key(f.read(), None)
-    encrypted = tmp_path / "encrypted.key"
-    encrypted.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(b"s3cret"),
-        )
-    )
+    encrypted = _encrypted_copy(pki.client_key, tmp_path / "encrypted.key")
     env = {
         "STREAM_EXPIRY_KAFKA_SECURITY_PROTOCOL": "SSL",
         "STREAM_EXPIRY_KAFKA_SSL_CERTFILE": pki.client_cert,
@@ -484,3 +462,19 @@ def test_a_directory_given_for_a_tls_file_is_called_one(tmp_path: Path) -> None:
         parse_config(
             f'[kafka]\nsecurity_protocol = "SSL"\nssl_cafile = "{tmp_path}"\n', path="app.toml"
         )
+
+
+def _encrypted_copy(key_file: str, to: Path) -> Path:
+    """``key_file``'s private key written to ``to`` encrypted with a passphrase."""
+    from cryptography.hazmat.primitives import serialization
+
+    with open(key_file, "rb") as f:
+        key = serialization.load_pem_private_key(f.read(), None)
+    to.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"s3cret"),
+        )
+    )
+    return to

@@ -561,16 +561,7 @@ def test_an_erasure_read_again_after_the_next_life_expired_never_erases_that_lif
     archive and the stores erased a life the request never named. As the original
     decides: its tombstone names no life, ends at the request's time, and has no null."""
     original = harness(PartitionStore(MemoryKV()), 0)
-    log = Changelog()
-    events = [
-        ev("conversation", "k", "create", 0),
-        ev("conversation", "k", "delete", 2_000),
-        ev("conversation", "k", "create", 4_000),
-    ]
-    for n, event in enumerate(events):
-        original.now = n * 2_000
-        log.write(original.process(event), BASE + original.now)
-    log.write(_Stepper(original).step_advance(30_000), BASE + 30_000)
+    log, events = _old_erasure_then_next_life_expired(original)
     assert log.stamped[-1].value is None  # the second life's ttl null
     source = log.compacted() if compacted else log
     restored = harness(source.restore(BASE + 30_000), 30_000)
@@ -610,16 +601,7 @@ def test_an_erasure_read_again_under_a_hold_after_the_next_life_expired_never_er
     the changelog, before or after the release, decides as the original."""
     books = (HoldBook(), HoldBook())
     original = harness(PartitionStore(MemoryKV()), 0, books[0])
-    log = Changelog()
-    events = [
-        ev("conversation", "k", "create", 0),
-        ev("conversation", "k", "delete", 2_000),
-        ev("conversation", "k", "create", 4_000),
-    ]
-    for n, event in enumerate(events):
-        original.now = n * 2_000
-        log.write(original.process(event), BASE + original.now)
-    log.write(_Stepper(original).step_advance(30_000), BASE + 30_000)
+    log, events = _old_erasure_then_next_life_expired(original)
     for book in books:
         book.place(Hold("h-k", "o", None, None, None, "k", "", 0))
     second = BASE + 4_000
@@ -706,3 +688,22 @@ def test_an_old_erasure_an_earlier_version_deferred_under_a_hold_is_still_releas
     assert _stamps(restored.process(ev("conversation", "k", "create", 24_000))) == [
         (identity.key, BASE + 24_000, BASE + 44_000)
     ]
+
+
+def _old_erasure_then_next_life_expired(
+    original: Harness,
+) -> tuple[Changelog, list[model.InputEvent]]:
+    """The trial's history on ``original``: create at 0, delete at 2 s, create again at
+    4 s, whose ttl ends at 24 s, all fired by 30 s. The changelog it wrote, and the events
+    (a new consumer group reads them again)."""
+    log = Changelog()
+    events = [
+        ev("conversation", "k", "create", 0),
+        ev("conversation", "k", "delete", 2_000),
+        ev("conversation", "k", "create", 4_000),
+    ]
+    for n, event in enumerate(events):
+        original.now = n * 2_000
+        log.write(original.process(event), BASE + original.now)
+    log.write(_Stepper(original).step_advance(30_000), BASE + 30_000)
+    return log, events
