@@ -408,10 +408,24 @@ class PartitionProcessor:
         an erasure read meanwhile to be its own, a review's property)."""
         ready: list[tuple[InputRecord, model.InputEvent | model.Rejection]] = []
         for key in keys:
+            if key not in self._parked:
+                continue
             state = self.state_of(key)
-            if key in self._parked and (state is None or not state.live or state.held):
+            due = None if state is None else state.expires_at
+            if state is None or not state.live or state.held or due is None or due <= now_ms:
+                # Ended, kept, or (a create that moved the life's creation back) due by now:
+                # a create read now would not be parked (:meth:`_park`), and the engine
+                # ends a due life itself before the next, as a restored processor reading
+                # the parked events again does.
                 del self._parked_due[key]  # its entry in the heap is left: passed over
                 ready += self._parked.pop(key)
+            elif due < self._parked_due[key]:
+                # Moved back, not due yet: the parked events wait for that expiry, and the
+                # record's later events dated from it on wait behind them. At the old
+                # expiry, an erasure dated between the two jumped ahead of the parked
+                # create and left the next life it starts standing.
+                self._parked_due[key] = due
+                heapq.heappush(self._parked_order, (due, key))
         if ready:
             ready.sort(key=lambda parked: parked[0].offset)
             self._decide_events(ready, now_ms, effects)

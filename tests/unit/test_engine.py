@@ -272,9 +272,18 @@ class Reference:
         self, key: str, decide: Callable[[InputEvent], list[Tomb]], kept: bool = False
     ) -> list[Tomb]:
         """A record's parked events, decided now if its running life has ended (or is
-        ``kept``) before the expiry they wait for."""
+        ``kept``) before the expiry they wait for, or is due by now (a create moved its
+        creation back, and its expiry with it: a create read now would not be parked).
+        Moved back and not due yet, they wait for that expiry instead."""
         rec = self.recs.get(key)
-        if key not in self.parked or not (kept or rec is None or rec.deleted is not None):
+        if key not in self.parked:
+            return []
+        running = not (kept or rec is None or rec.deleted is not None)
+        if running and rec is not None and rec.expires is not None and self.now < rec.expires:
+            if rec.expires < self.parked_due[key]:
+                self.parked_due[key] = rec.expires
+                self.wake = [w for w in self.wake if w[1] != key]
+                bisect.insort(self.wake, (rec.expires, key))
             return []
         del self.parked_due[key]
         self.wake = [w for w in self.wake if w[1] != key]
@@ -549,6 +558,34 @@ steps = st.lists(
         ("event", "session", "a", "create", 0),
         ("event", "session", "a", "touch", 100),
         ("event", "session", "a", "create", -50),
+    ],
+    horizon=5000,
+    lag=0,
+    policy=constant_policy,
+)
+# A create parked for its running life's expiry, then a create that moves the life's
+# creation back, and its expiry with it: the parked create waits for that earlier expiry
+# (an erasure dated between the two waits behind it, and erases the life it starts), or,
+# the expiry passed, is decided at once. It waited for the old expiry: the erasure ended
+# the running life instead and the next life, started after it, was never erased.
+@example(
+    steps=[
+        ("event", "error", "a", "create", 50),
+        ("event", "error", "a", "create", 100),
+        ("event", "error", "a", "create", 0),
+        ("event", "error", "a", "delete", 50),
+        ("advance", 50),
+    ],
+    horizon=5000,
+    lag=0,
+    policy=constant_policy,
+)
+@example(
+    steps=[
+        ("advance", 50),
+        ("event", "error", "a", "create", 0),
+        ("event", "error", "a", "create", 50),
+        ("event", "error", "a", "create", -50),
     ],
     horizon=5000,
     lag=0,

@@ -247,6 +247,22 @@ hold_steps = _steps(
     ],
     kept=None,
 )
+# And a create parked for its running life's expiry, which a create then moved back to
+# the clock's time, a hold placed before the timer fired: the original woke the parked
+# create only at the old expiry (after the release), the restored one, reading it again,
+# decided it at once under the hold (the due life kept among the next life's lives).
+@example(
+    before=[
+        ("event", "error", "a", "create", 0),
+        ("event", "error", "a", "create", 2000),
+        ("advance", 2000),
+        ("event", "error", "a", "create", 1000),
+        ("event", "error", "a", "create", -1000),
+        ("hold", "a"),
+    ],
+    after=[],
+    kept=None,
+)
 def test_restored_under_legal_holds_it_still_decides_as_the_original(
     before: list[Step], after: list[Step], kept: int | None
 ) -> None:
