@@ -1246,3 +1246,25 @@ def test_a_next_life_after_an_old_erasure_under_a_hold_keeps_the_erasure_alone()
     assert [_sent(f) for f in p.fired] == [("explicit", None, T0 + 100, None)]
     p.tick(T0 + 3 * TTL)
     assert [_sent(f) for f in p.fired[1:]] == [("ttl", T0 + 2 * TTL, T0 + 3 * TTL - 1, "ttl")]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the second erasure naming no life is dropped while the first waits (a013cd6)",
+)
+def test_two_erasures_dated_before_an_ended_life_both_go_out_at_the_release() -> None:
+    """Two erasures dated before the second life's creation, read again under a hold after
+    that life expired: without the hold each goes out at once, naming no life and ending
+    at its own time, so each request has its tombstone and its receipt. Under the hold the
+    first waits as the erasure naming no life (``Stamp.ended_life``) and the second, taken
+    for a re-delivery of a kept erasure, was dropped: the release sent the first alone,
+    ending at T0 + 50, and the request for T0 + 150 never went out (before a013cd6 the
+    first went out ending at the life's end, which covered it)."""
+    p = _erased_then_back_then_expired()
+    p.event("a", "delete", T0 + 50, now=T0 + 2 * TTL)
+    p.event("a", "delete", T0 + 150, now=T0 + 2 * TTL)
+    p.holds.release("h1")
+    p.tick(T0 + 3 * TTL)
+    explicit = [_sent(f) for f in p.fired if f.reason == "explicit"]
+    assert sorted(f[2] or 0 for f in explicit) == [T0 + 50, T0 + 150]
+    assert all(f[1] is None and f[3] is None for f in explicit)  # no life named, no null
