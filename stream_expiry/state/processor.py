@@ -650,10 +650,15 @@ class PartitionProcessor:
             life = prior.ended_life
             end = prior.previous_deleted_at
             created = None if life is None else life[0]
-            if created is not None and end is not None and created <= ev.ts <= end:
-                # The erasure of that ended life itself, read late: it erases the lives
-                # before too, so it is what waits now, as it waits without the other.
-                kept = prior._replace(erase_at=ev.ts, held_lives=())
+            if created is not None and end is not None and created <= ev.ts:
+                # The erasure of that ended life itself, read late, or (dated after its
+                # end) a new life's: it erases the lives before too, so it is what waits
+                # now, as it waits without the other. Taken for a re-delivery, a new
+                # erasure was dropped, and the ended life's data it named never erased.
+                if ev.ts <= end:
+                    kept = prior._replace(erase_at=ev.ts, held_lives=())
+                else:
+                    kept = model.Stamp(identity, None, None, None, None, erase_at=ev.ts, held=True)
                 effects.stamps.append((kept, None))
                 self._defer(kept, "explicit", effects)
                 return kept

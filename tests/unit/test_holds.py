@@ -636,9 +636,11 @@ class HoldingReference:
                 ended = self.ended.get(key)
                 if ended is not None and ended.created is not None:
                     assert ended.deleted is not None
-                    if ended.created <= t <= ended.deleted:  # that life's own: it waits now
+                    if ended.created <= t:  # that life's own, or a new life's: it waits now
                         del self.ended[key]
                         self.kept[key] = t
+                        if t > ended.deleted:
+                            base.recs[key] = RefRecord(None, None, None)
                     return out
                 if self.kept[key] is None:
                     self.kept[key] = t
@@ -1268,3 +1270,24 @@ def test_two_erasures_dated_before_an_ended_life_both_go_out_at_the_release() ->
     explicit = [_sent(f) for f in p.fired if f.reason == "explicit"]
     assert sorted(f[2] or 0 for f in explicit) == [T0 + 50, T0 + 150]
     assert all(f[1] is None and f[3] is None for f in explicit)  # no life named, no null
+
+
+def test_a_new_erasure_read_while_an_old_one_waits_naming_no_life_goes_out_at_the_release() -> None:
+    """A user's erasure dated after the second life's end, read while an erasure dated
+    before that life's creation waits under the hold (naming no life): without the hold
+    it goes out as a new life's erasure, ending at its own time with an explicit null
+    (which erases the archive's lines of the second life too). It was taken for a
+    re-delivery of the erasure kept and dropped: the release sent the old one alone,
+    ending at T0 + 50 with no null, and the second life's data it named was never erased.
+    It ends every earlier life, so it is what the release sends, as it does when that
+    life's own erasure is read instead."""
+    p = _erased_then_back_then_expired()
+    p.event("a", "delete", T0 + 100, now=T0 + 2 * TTL)
+    p.event("a", "delete", T0 + 1500, now=T0 + 2 * TTL)
+    p.holds.release("h1")
+    p.tick(T0 + 3 * TTL)
+    assert [_sent(f) for f in p.fired] == [("explicit", None, T0 + 1500, "explicit")]
+    p.fired.clear()
+    p.event("a", "delete", T0 + 1500, now=T0 + 3 * TTL)  # redelivered: nothing more
+    p.event("a", "create", T0 + 200, now=T0 + 3 * TTL)  # nor the second life's create
+    assert p.fired == []

@@ -723,3 +723,38 @@ def _old_erasure_then_next_life_expired(
         log.write(original.process(event), BASE + original.now)
     log.write(_Stepper(original).step_advance(30_000), BASE + 30_000)
     return log, events
+
+
+@pytest.mark.parametrize("restore", ["none", "before_the_release"])
+def test_a_new_erasure_read_while_an_old_one_waits_under_a_hold_goes_out_restored_or_not(
+    restore: str,
+) -> None:
+    """The trial above, and while the old delete waits a user's erasure dated 26 s, after
+    the second life's end: it takes the old one's place, and the release sends it as
+    without the hold, ending at its own time with an explicit null (which erases the
+    second life's archived lines). Taken for a re-delivery of the deferral, it was dropped.
+    A store restored from the changelog before the release sends the same."""
+    books = (HoldBook(), HoldBook())
+    original = harness(PartitionStore(MemoryKV()), 0, books[0])
+    log, events = _old_erasure_then_next_life_expired(original)
+    for book in books:
+        book.place(Hold("h-k", "o", None, None, None, "k", "", 0))
+    original.now = 30_000
+    new = _new_erasure()
+    for event in (events[1], new):  # the old delete read again, then the user's
+        log.write(original.process(event), BASE + 30_000)
+    pair = [original]
+    if restore == "before_the_release":
+        pair.append(harness(log.restore(BASE + 30_000), 30_000, books[1]))
+        assert pair[-1].process(new).tombstones == []  # read again: still deferred
+    for book in books:
+        book.release("h-k")
+    for h in pair:
+        released = _Stepper(h).step_advance(32_000)
+        sent = [(f.reason, _deleted_until(f), f.has_null) for f in released.tombstones]
+        assert sent == [("explicit", BASE + 26_000, True)]
+
+
+def _new_erasure() -> model.InputEvent:
+    """A user's erasure dated 26 s: after the second life's end (24 s)."""
+    return ev("conversation", "k", "delete", 26_000)
