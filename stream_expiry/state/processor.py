@@ -698,22 +698,16 @@ class PartitionProcessor:
                     # ``_erase_ended``): deferred so, keeping the life's end for the release
                     # to give back (``Stamp.ended_life``). Kept as that life's erasure, it
                     # went out with the life's end and an explicit null at the release.
-                    kept = model.Stamp(
+                    ended, life = prior.deleted_at, prior.as_held_life()
+                    prior = model.Stamp(
                         identity,
                         None,
                         None,
                         None,
                         None,
-                        erase_at=ev.ts,
-                        held=True,
-                        previous_deleted_at=prior.deleted_at,
-                        held_lives=(prior.as_held_life(),),
+                        previous_deleted_at=ended,
+                        held_lives=(life,),
                     )
-                    self._engine.cancel(identity.key)
-                    effects.stamps.append((kept, None))
-                    effects.deferred.append((kept, "explicit", [h.hold_id for h in holding]))
-                    effects.verdicts["held"] += 1
-                    return kept
                 else:
                     # An erasure read after the life's expiry ended it (the engine would
                     # send it at once, naming no life): deferred like any other. Its state
