@@ -6,7 +6,7 @@ import difflib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Collection, Iterable, Sequence
 
 __all__ = [
     "BrokerError",
@@ -18,6 +18,7 @@ __all__ = [
     "StoreError",
     "StreamExpiryError",
     "leaves",
+    "misspelt",
     "not_json",
     "quoted",
     "suggestion",
@@ -91,6 +92,20 @@ def suggestion(word: str, choices: Collection[str]) -> str:
     """``"; did you mean 'x'?"`` for the choice closest to a mistyped ``word``, or ``""``."""
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def misspelt(names: Iterable[str], known: Sequence[str]) -> list[tuple[str, str]]:
+    """``(name, the known name it is close to)`` for each of ``names`` that is not in
+    ``known`` but close to one of them, ``-`` for ``_`` and case aside (``record-id``,
+    ``efective_from``): a message's field that would be ignored, said with the one meant."""
+    out = []
+    for name in names:
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name.replace("-", "_").lower(), known, n=1, cutoff=0.8)
+        if close:
+            out.append((name, close[0]))
+    return out
 
 
 # Longer text is cut before its repr is built: a producer's value of megabytes is quoted

@@ -20,14 +20,13 @@ Rules kept here:
 
 from __future__ import annotations
 
-import difflib
 from bisect import bisect_right
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from stream_expiry.errors import not_json
+from stream_expiry.errors import misspelt, not_json
 from stream_expiry.model import ENVS, MAX_ID_CHARS, Rejection
 from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
 
@@ -221,15 +220,7 @@ def misspelt_fields(value: bytes) -> list[tuple[str, str]]:
         return []
     if type(body) is not dict:
         return []
-    out = []
-    for name in body:
-        if name in _HOLD_FIELDS:
-            continue
-        normal = name.replace("-", "_").lower()
-        close = difflib.get_close_matches(normal, _HOLD_FIELDS, n=1, cutoff=0.8)
-        if close:
-            out.append((name, close[0]))
-    return out
+    return misspelt(body, _HOLD_FIELDS)
 
 
 def parse_hold(key: bytes | None, value: bytes) -> Hold | Rejection:

@@ -32,7 +32,6 @@ Rules this module keeps (see the contract, "Policy updates"):
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import quote, unquote
@@ -40,7 +39,7 @@ from urllib.parse import quote, unquote
 import orjson
 
 from stream_expiry.durations import InvalidDuration
-from stream_expiry.errors import not_json, suggestion
+from stream_expiry.errors import misspelt, not_json, suggestion
 from stream_expiry.model import ENVS, MAX_ID_CHARS, SECONDS_LIKE_BEFORE_MS, Rejection
 from stream_expiry.policy.sources import (
     CAP_ALL,
@@ -335,21 +334,16 @@ def _misspelt_field_notes(obj: Mapping[str, Any]) -> tuple[str, ...]:
     (``efective_from``, ``effective-from``): ignored like any extra field, so the update
     applied from its Kafka timestamp, not from the time it named, without a word."""
     notes = []
-    for name in obj:
-        if name in _FIELDS or not isinstance(name, str):
-            continue
-        close = difflib.get_close_matches(name.replace("-", "_").lower(), _FIELDS, 1, 0.8)
-        if close:
-            meant = close[0]
-            what = (
-                "the update applies from its Kafka timestamp"
-                if meant == "effective_from"
-                else f"the update is read without {meant!r}"
-            )
-            notes.append(
-                f"field {name!r} is not one a policy update has, so it is ignored and {what}; "
-                f"did you mean {meant!r}?"
-            )
+    for name, meant in misspelt(obj, _FIELDS):
+        what = (
+            "the update applies from its Kafka timestamp"
+            if meant == "effective_from"
+            else f"the update is read without {meant!r}"
+        )
+        notes.append(
+            f"field {name!r} is not one a policy update has, so it is ignored and {what}; "
+            f"did you mean {meant!r}?"
+        )
     return tuple(notes)
 
 
