@@ -557,9 +557,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _parser_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = sub.add_parser(
         "status",
-        help="pending, overdue and held records, legal holds, and lag per input partition",
+        help="instances running; pending, overdue and held records, legal holds, and lag",
         description="Reads expiry.stamped (the latest stamp of every record), expiry.holds and "
-        "the service group's committed offsets, and prints: records pending per category and "
+        "the service group's committed offsets and members, and prints: the instances "
+        "running (the group's members, with their hosts and partitions where the broker says "
+        "them); records pending per category and "
         "the next due time; records overdue (due, not held, not yet tombstoned: the service "
         "is down or behind), and with [archive] required how many of them wait for the "
         "archive (it has not written their latest stamp: the archive is behind or stopped); "

@@ -63,6 +63,7 @@ __all__ = [
     "BATCH_BYTES",
     "OutputBuffer",
     "abandon_join",
+    "admin_client",
     "batch_bytes",
     "broker_errors",
     "check_created",
@@ -467,6 +468,22 @@ def _between_callbacks(cons: AIOKafkaConsumer, coordinator: GroupCoordinator) ->
     return prepared and reassigning
 
 
+@contextlib.asynccontextmanager
+async def admin_client(brokers: Brokers) -> AsyncIterator[AIOKafkaAdminClient]:
+    """A started admin client, closed at the end of the block; a failure to start is said
+    as the project's :class:`BrokerError` (with the login's reason under TLS or SASL)."""
+    conn = as_connection(brokers)
+    admin = AIOKafkaAdminClient(**client_options(conn), request_timeout_ms=10_000)
+    try:
+        try:
+            await _start(admin, conn)
+        except _START_ERRORS as exc:
+            raise await _start_failure("admin client", conn, exc) from exc
+        yield admin
+    finally:
+        await admin.close()
+
+
 async def ensure_topics(
     brokers: Brokers,
     topics: Iterable[str],
@@ -485,12 +502,7 @@ async def ensure_topics(
     """
     conn = as_connection(brokers)
     configs = configs or {}
-    admin = AIOKafkaAdminClient(**client_options(conn), request_timeout_ms=10_000)
-    try:
-        try:
-            await _start(admin, conn)
-        except _START_ERRORS as exc:
-            raise await _start_failure("admin client", conn, exc) from exc
+    async with admin_client(conn) as admin:
         try:
             existing = set(await admin.list_topics())
             missing = [t for t in dict.fromkeys(topics) if t not in existing]
@@ -512,8 +524,6 @@ async def ensure_topics(
                 f"cannot create topics on Kafka at {conn.bootstrap_servers} ({exc!r}); check "
                 "that the brokers are up and the --bootstrap-servers address"
             ) from exc
-    finally:
-        await admin.close()
 
 
 async def message_limits(brokers: Brokers, topics: Iterable[str]) -> dict[str, int]:
@@ -541,16 +551,10 @@ async def topic_config_values(
     """The configs ``names`` of each of ``topics``, as the broker describes them (Kafka: the
     topic's own, else the broker's default); what it does not describe is left out, and a
     broker that cannot describe configs at all gives nothing."""
-    conn = as_connection(brokers)
     wanted = list(dict.fromkeys(topics))
     keys = frozenset(names)
-    admin = AIOKafkaAdminClient(**client_options(conn), request_timeout_ms=10_000)
     found: dict[str, dict[str, str]] = {}
-    try:
-        try:
-            await _start(admin, conn)
-        except _START_ERRORS as exc:
-            raise await _start_failure("admin client", conn, exc) from exc
+    async with admin_client(brokers) as admin:
         resources = [ConfigResource(ConfigResourceType.TOPIC, t) for t in wanted]
         try:
             responses = await admin.describe_configs(resources)
@@ -563,8 +567,6 @@ async def topic_config_values(
                 for entry in entries:
                     if entry[0] in keys and entry[1] is not None:
                         found.setdefault(name, {})[entry[0]] = str(entry[1])
-    finally:
-        await admin.close()
     return found
 
 

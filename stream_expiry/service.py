@@ -55,6 +55,7 @@ from stream_expiry.firing import Firing
 from stream_expiry.health import Health, Phase
 from stream_expiry.holds import HoldBook
 from stream_expiry.housekeeping import Tidying
+from stream_expiry.instances import CLIENT_ID
 from stream_expiry.kafka import (
     BATCH_BYTES,
     batch_bytes,
@@ -653,6 +654,8 @@ class Service:
         session_ms = self.config.session_timeout_ms
         return {
             "group_id": self.config.group_id,
+            # Its members are named by it: ``status`` tells the service's from others.
+            "client_id": CLIENT_ID,
             # Fast crash detection: by default Kafka's minimum session timeout (6 s).
             "session_timeout_ms": session_ms,
             "heartbeat_interval_ms": max(100, min(1_000, session_ms // 3)),

@@ -33,6 +33,7 @@ from stream_expiry import codec
 from stream_expiry.archive import archived_offsets
 from stream_expiry.changelog import read_latest
 from stream_expiry.hold_command import read_holds
+from stream_expiry.instances import CLIENT_ID, Group, describe_group
 from stream_expiry.kafka import (
     committed_offsets,
     consumer,
@@ -77,6 +78,8 @@ class Status:
     # The consumer group whose committed offsets the lag is measured from: the service's
     # group_id as this command's config gives it (a wrong one shows every event as lag).
     group: str | None = None
+    # The service's instances: its group's members as the broker describes them.
+    instances: Group | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +103,7 @@ class Status:
             ],
             "lag": self.lag,
             "group": self.group,
+            "instances": None if self.instances is None else self.instances.as_dict(),
         }
 
 
@@ -224,6 +228,7 @@ async def status(
             kv.close()
     result.lag = await _lag(config, brokers)
     result.group = config.group_id
+    result.instances = await describe_group(brokers, config.group_id)
     return result
 
 
@@ -253,6 +258,36 @@ def _past_end(part: dict[str, int | None]) -> str:
     )
 
 
+def _instance_lines(inst: dict[str, Any] | None) -> list[str]:
+    """Whether the service runs, and where: its group's members (:mod:`~stream_expiry.instances`),
+    each with its host and partitions where the broker says them. A member whose client id
+    is not the service's is named as such: another program sharing the group id takes
+    partitions from the service."""
+    if inst is None:
+        return []
+    group = printable(repr(inst["group"]))
+    if inst["error"]:
+        return [f"  instances running: unknown (group {group}: {printable(inst['error'])})"]
+    if not inst["members"]:
+        return [
+            f"  instances running: none (group {group} is {printable(inst['state'])}): nothing "
+            "is stamped or tombstoned until `stream-expiry run` starts"
+        ]
+    lines = [
+        f"  instances running: {len(inst['members'])} (group {group}, {printable(inst['state'])})"
+    ]
+    for m in inst["members"]:
+        said = m["member_id"]
+        if m["client_id"] and m["client_id"] != CLIENT_ID:
+            said += f" (client {m['client_id']!r}, not stream-expiry)"
+        if m["host"]:
+            said += f" on {m['host']}"
+        if m["partitions"] is not None:
+            said += ": " + (", ".join(m["partitions"]) or "no partition")
+        lines.append(f"    {printable(said)}")
+    return lines
+
+
 def text_lines(d: dict[str, Any]) -> list[str]:
     """``status`` for a person, from :meth:`Status.as_dict`. The figures form one column
     right of the longest name (a category such as ``training_expression``, an input
@@ -277,7 +312,7 @@ def text_lines(d: dict[str, Any]) -> list[str]:
     def row(name: str, n: int, rest: str) -> str:
         return f"{name:<{width}} {n:>10,}{rest}"
 
-    lines = [f"as of {d['at']}"]
+    lines = [f"as of {d['at']}", *_instance_lines(d.get("instances"))]
     lines += [row(*r) for r in rows]
     for h in d["holds"]:
         n, matched = h["records_held"], h.get("records_matched", 0)

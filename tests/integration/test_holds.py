@@ -187,10 +187,20 @@ async def test_status_counts_pending_never_held_and_lag(
             lambda: sum(p.store.counts.held for p in service.processors.values()) == 4,
             timeout_s=15,
         )
+        # While it runs, status names it: one member of the service's group.
+        capsys.readouterr()
+        assert await _cli("status", *common) == 0
+        running = capsys.readouterr().out
+        assert f"instances running: 1 (group {config.group_id!r}, Stable)" in running, running
+        assert re.search(r"^    stream-expiry-\S+", running, re.MULTILINE), running
     # The service has stopped: its last offsets were committed on the way out.
     capsys.readouterr()
     assert await _cli("status", *common, "--json") == 0
     got = orjson.loads(capsys.readouterr().out)
+    # The test broker keeps a member listed after it left the group (still there 12 s after
+    # its LeaveGroup, measured): "none running" is the unit tests' case, not this broker's.
+    assert got["instances"]["group"] == config.group_id
+    assert [m["member_id"][:14] for m in got["instances"]["members"]] == ["stream-expiry-"]
     assert got["pending"] == {"conversation": 3}
     assert got["never"] == 2
     assert got["overdue"] == 0

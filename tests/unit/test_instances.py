@@ -1,0 +1,120 @@
+"""``status`` says which instances run: the service group's members, as DescribeGroups
+answers (the test broker's answer is taken by an integration test; Kafka's fuller one,
+with hosts and assignments, is built here from aiokafka's own protocol types)."""
+
+from __future__ import annotations
+
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+from aiokafka.protocol.admin import DescribeGroupsResponse_v2, DescribeGroupsResponse_v3
+
+from stream_expiry.instances import CLIENT_ID, Group, Member, parse_description
+from stream_expiry.status import text_lines
+
+GROUP = "stream-expiry"
+
+
+def _assignment(*parts: tuple[str, list[int]]) -> bytes:
+    return bytes(ConsumerProtocolMemberAssignment(0, list(parts), b"").encode())
+
+
+def test_kafkas_answer_names_each_members_host_and_partitions() -> None:
+    response = DescribeGroupsResponse_v2(
+        throttle_time_ms=0,
+        groups=[
+            (0, "other", "Stable", "consumer", "range", [("x-1", "x", "/h9", b"", b"")]),
+            (0, GROUP, "Stable", "consumer", "cooperative-sticky", [
+                (f"{CLIENT_ID}-b", CLIENT_ID, "/10.0.0.6", b"",
+                 _assignment(("sessions", [1]), ("conversations", [3, 1]))),
+                (f"{CLIENT_ID}-a", CLIENT_ID, "/10.0.0.5", b"", _assignment()),
+            ]),
+        ],
+    )  # fmt: skip
+    got = parse_description(GROUP, [response])
+    assert got == Group(
+        GROUP,
+        "Stable",
+        (
+            Member(f"{CLIENT_ID}-a", CLIENT_ID, "10.0.0.5", ()),
+            Member(
+                f"{CLIENT_ID}-b",
+                CLIENT_ID,
+                "10.0.0.6",
+                ("conversations[1]", "conversations[3]", "sessions[1]"),
+            ),
+        ),
+    )
+
+
+def test_version_3_carries_the_authorized_operations_after_the_members() -> None:
+    response = DescribeGroupsResponse_v3(
+        throttle_time_ms=0,
+        groups=[(0, GROUP, "Stable", "consumer", "range", [
+            ("m1", CLIENT_ID, "/h1", b"", _assignment(("errors", [0]))),
+        ], 0)],
+    )  # fmt: skip
+    assert parse_description(GROUP, [response]).members == (
+        Member("m1", CLIENT_ID, "h1", ("errors[0]",)),
+    )
+
+
+def test_an_assignment_the_broker_does_not_pass_on_is_unknown_not_empty() -> None:
+    response = DescribeGroupsResponse_v2(
+        throttle_time_ms=0,
+        groups=[(0, GROUP, "Stable", "consumer", "", [
+            ("m1", "", "", b"", b""), ("m2", "", "", b"", b"\x00\x01garbage"),
+        ])],
+    )  # fmt: skip
+    members = parse_description(GROUP, [response]).members
+    assert [(m.member_id, m.partitions) for m in members] == [("m1", None), ("m2", None)]
+
+
+def test_an_unknown_group_is_dead_and_a_refused_one_says_why() -> None:
+    assert parse_description(GROUP, []) == Group(GROUP, "Dead", ())
+    refused = DescribeGroupsResponse_v2(
+        throttle_time_ms=0, groups=[(30, GROUP, "", "", "", [])]
+    )  # 30: GROUP_AUTHORIZATION_FAILED
+    got = parse_description(GROUP, [refused])
+    assert got.members == ()
+    assert got.error is not None
+    assert "GROUP_AUTHORIZATION_FAILED" in got.error
+    assert got.as_dict()["running"] is None  # unknown, not none
+
+
+def _status(instances: Group | None) -> dict[str, object]:
+    return {
+        "at": "2026-01-01T00:00:00.000Z", "pending": {}, "pending_total": 0, "never": 0,
+        "next_due": None, "overdue": 0, "oldest_overdue": None, "holds": [],
+        "lag": {"conversations[0]": {"end": 10, "committed": 10, "lag": 0}},
+        "group": GROUP,
+        "instances": None if instances is None else instances.as_dict(),
+    }  # fmt: skip
+
+
+def test_status_text_lists_the_instances_with_their_hosts_and_partitions() -> None:
+    group = Group(GROUP, "Stable", (
+        Member("stream-expiry-a", CLIENT_ID, "10.0.0.5", ("conversations[0]",)),
+        Member("intruder-b", "reporting-job", "", ()),
+        Member("stream-expiry-c", CLIENT_ID, "", None),
+    ))  # fmt: skip
+    lines = text_lines(_status(group))
+    at = lines.index("  instances running: 3 (group 'stream-expiry', Stable)")
+    assert lines[at + 1 : at + 4] == [
+        "    stream-expiry-a on 10.0.0.5: conversations[0]",
+        "    intruder-b (client 'reporting-job', not stream-expiry): no partition",
+        "    stream-expiry-c",
+    ]
+
+
+def test_status_text_says_when_no_instance_runs_and_when_it_cannot_tell() -> None:
+    none = [line for line in text_lines(_status(Group(GROUP, "Empty", ()))) if "instances" in line]
+    assert none == [
+        "  instances running: none (group 'stream-expiry' is Empty): nothing is stamped or "
+        "tombstoned until `stream-expiry run` starts"
+    ]
+    refused = Group(GROUP, "unknown", (), error="GROUP_AUTHORIZATION_FAILED: not allowed")
+    said = [line for line in text_lines(_status(refused)) if "instances" in line]
+    assert said == [
+        "  instances running: unknown (group 'stream-expiry': GROUP_AUTHORIZATION_FAILED: "
+        "not allowed)"
+    ]
+    assert not [line for line in text_lines(_status(None)) if "instances" in line]
