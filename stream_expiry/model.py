@@ -466,20 +466,34 @@ class Stamp(NamedTuple):
         gives the record back that life's end. None for any other state.
 
         Its shape is an erasure a hold defers that names no life (no ``created_at``) and
-        keeps one life: a shape no other state has (a held life is kept by a life of the
-        record's, with a creation time), and that a changelog written before it existed
-        never holds. So no other kind of changelog record is needed, and the stores, the
-        archive and ``replay`` take its stamp, as any such deferral's, for one naming no
-        life."""
+        keeps that life first, with a creation time: a shape no other state has (a held
+        life is kept by a life of the record's, with a creation time), and that a
+        changelog written before it existed never holds. So no other kind of changelog
+        record is needed, and the stores, the archive and ``replay`` take its stamp, as any
+        such deferral's, for one naming no life. The lives after it are the erasures
+        :attr:`later_erasures` lists."""
         lives = self.held_lives
         if (
             self.created_at is None
             and self.deleted_at is None
             and self.erase_at is not None
-            and len(lives) == 1
+            and lives
+            and lives[0][0] is not None
         ):
             return lives[0]
         return None
+
+    @property
+    def later_erasures(self) -> tuple[int, ...]:
+        """With an :attr:`ended_life`: the other erasures dated before that life's
+        creation, read while this one waited, in the order read (each kept after the
+        ended life as a life of its own, ``(None, None, None, None, erase_at)``). Without
+        the hold each goes out at once, naming no life and ending at its own time, so the
+        release sends each so, its request's receipt its own; kept as one request, a
+        second was dropped. Empty for any other state."""
+        if self.ended_life is None:
+            return ()
+        return tuple(life[4] for life in self.held_lives[1:] if life[4] is not None)
 
     @property
     def erased_until(self) -> int | None:

@@ -648,20 +648,8 @@ class PartitionProcessor:
         identity = ev.identity
         if ev.op == "delete" and prior is not None and prior.held:
             life = prior.ended_life
-            end = prior.previous_deleted_at
-            created = None if life is None else life[0]
-            if created is not None and end is not None and created <= ev.ts:
-                # The erasure of that ended life itself, read late, or (dated after its
-                # end) a new life's: it erases the lives before too, so it is what waits
-                # now, as it waits without the other. Taken for a re-delivery, a new
-                # erasure was dropped, and the ended life's data it named never erased.
-                if ev.ts <= end:
-                    kept = prior._replace(erase_at=ev.ts, held_lives=())
-                else:
-                    kept = model.Stamp(identity, None, None, None, None, erase_at=ev.ts, held=True)
-                effects.stamps.append((kept, None))
-                self._defer(kept, "explicit", effects)
-                return kept
+            if life is not None:
+                return self._erase_while_no_life_waits(ev, prior, life, effects)
         if (
             ev.op == "delete"
             and prior is not None
@@ -733,6 +721,36 @@ class PartitionProcessor:
             return kept if started is None else started
         return None
 
+    def _erase_while_no_life_waits(
+        self, ev: model.InputEvent, prior: model.Stamp, life: model.HeldLife, effects: Effects
+    ) -> model.Stamp:
+        """An erasure read while one naming no life waits under a hold
+        (``Stamp.ended_life``). Dated before that life's creation, it names no life
+        either: without the hold it goes out at once, ending at its own time, so it waits
+        beside the other (``Stamp.later_erasures``) and the release sends each; taken for
+        a re-delivery of the one waiting, it was dropped and its request never had its
+        tombstone, nor its receipt. A re-delivery of one waiting changes nothing.
+        The erasure of that ended life itself, read late, or (dated after its end) a new
+        life's: it erases the lives before too, so it is what waits now, in place of every
+        one naming no life, as it waits without them. Taken for a re-delivery, a new
+        erasure was dropped, and the ended life's data it named never erased."""
+        created, end = life[0], prior.previous_deleted_at
+        assert created is not None
+        assert end is not None
+        if ev.ts < created:
+            if ev.ts == prior.erase_at or ev.ts in prior.later_erasures:
+                effects.verdicts["held"] += 1
+                return prior
+            later: model.HeldLife = (None, None, None, None, ev.ts)
+            kept = prior._replace(held_lives=(*prior.held_lives, later))
+        elif ev.ts <= end:
+            kept = prior._replace(erase_at=ev.ts, held_lives=())
+        else:
+            kept = model.Stamp(ev.identity, None, None, None, None, erase_at=ev.ts, held=True)
+        effects.stamps.append((kept, None))
+        self._defer(kept, "explicit", effects)
+        return kept
+
     def _erase_before_held(self, live: model.Stamp, effects: Effects) -> model.Stamp | None:
         """An erasure request for the lives before ``live`` (dated at or before the
         deletion that ended the last of them: the engine's ``_erase_before``) while a hold
@@ -795,9 +813,13 @@ class PartitionProcessor:
         outcome = self._engine.feed(ev, ended, now_ms, None)
         if outcome.state is None or not outcome.state.live:
             return None
-        # An erasure naming no life keeps the life it ended after, whose tombstone went out.
-        lives = () if held.ended_life is not None else held.held_lives
-        new = outcome.state._replace(held_lives=(*lives, held.as_held_life()))
+        if held.ended_life is not None:
+            # An erasure naming no life keeps the life it ended after, whose tombstone went
+            # out, not that life; the erasures read after it stay, each its own.
+            lives = (held.as_held_life(), *held.held_lives[1:])
+        else:
+            lives = (*held.held_lives, held.as_held_life())
+        new = outcome.state._replace(held_lives=lives)
         self._engine.load([(new, None)])  # its timer carries the lives it keeps
         effects.verdicts[outcome.verdict.value] += 1
         effects.stamps.append((new, ev.data))
@@ -839,19 +861,21 @@ class PartitionProcessor:
     ) -> model.Stamp:
         """The release of an erasure that names no life (``Stamp.ended_life``): what the
         engine sends without a hold, a tombstone ending at the request's time with no null
-        (an explicit null erases the archive's lines of the ended life too), and the record
-        is that life's end again, so that an erasure of that life, read late, still goes
-        out. Its stamp on the changelog is superseded by that end's null, as it was the
-        first time (reason ``ttl``: only an expiry ends a life without an erasure), which
-        goes out after that life's ``ttl`` tombstone again: a null never goes out without
-        the tombstone it stands for, and a store that applied it deletes nothing more."""
+        (an explicit null erases the archive's lines of the ended life too), one for each
+        such request that waited with it (``Stamp.later_erasures``), and the record is that
+        life's end again, so that an erasure of that life, read late, still goes out. Its
+        stamp on the changelog is superseded by that end's null, as it was the first time
+        (reason ``ttl``: only an expiry ends a life without an erasure), which goes out
+        after that life's ``ttl`` tombstone again: a null never goes out without the
+        tombstone it stands for, and a store that applied it deletes nothing more."""
         assert held.erase_at is not None
         assert held.previous_deleted_at is not None
         self._engine.cancel(held.identity.key)
         ended = held.held_life(life)
         marker = ended._replace(deleted_at=held.previous_deleted_at)
-        erasure = model.Stamp(held.identity, None, None, None, None, None, held.erase_at)
-        effects.tombstones.append(Fired(erasure, marker, "explicit", now_ms, False))
+        for erase_at in (held.erase_at, *held.later_erasures):
+            erasure = model.Stamp(held.identity, None, None, None, None, None, erase_at)
+            effects.tombstones.append(Fired(erasure, marker, "explicit", now_ms, False))
         effects.tombstones.append(Fired(ended, marker, "ttl", now_ms))
         return marker
 

@@ -263,6 +263,25 @@ hold_steps = _steps(
     after=[],
     kept=None,
 )
+# Two erasures dated before an ended life's creation, read under a hold, wait together
+# (each goes out at the release, as without the hold); read again after the restore, and
+# a next life started over them, which keeps both.
+@example(
+    before=[
+        ("advance", 2000),
+        ("event", "error", "a", "create", 1000),
+        ("advance", 3000),
+        ("hold", "a"),
+        ("event", "error", "a", "delete", -3000),
+        ("event", "error", "a", "delete", -4000),
+    ],
+    after=[
+        ("event", "error", "a", "delete", -4000),
+        ("event", "error", "a", "delete", -3000),
+        ("event", "error", "a", "create", 0),
+    ],
+    kept=None,
+)
 def test_restored_under_legal_holds_it_still_decides_as_the_original(
     before: list[Step], after: list[Step], kept: int | None
 ) -> None:
@@ -758,3 +777,46 @@ def test_a_new_erasure_read_while_an_old_one_waits_under_a_hold_goes_out_restore
 def _new_erasure() -> model.InputEvent:
     """A user's erasure dated 26 s: after the second life's end (24 s)."""
     return ev("conversation", "k", "delete", 26_000)
+
+
+@pytest.mark.parametrize("restore", ["none", "before_the_release", "after_the_release"])
+def test_two_old_erasures_read_under_a_hold_both_go_out_restored_or_not(restore: str) -> None:
+    """The trial above, and with the old delete dated 2 s a second one dated 1 s, both
+    before the second life's creation (4 s), read again under the hold: without the hold
+    each goes out at once, naming no life and ending at its own time, with no null. The
+    second was taken for a re-delivery of the first and dropped: its request never had
+    its tombstone. Both wait, each on the changelog's stamp, and the release sends each,
+    then the second life's end again, in a store restored before the release too; one
+    restored after it sends nothing more."""
+    books = (HoldBook(), HoldBook())
+    original = harness(PartitionStore(MemoryKV()), 0, books[0])
+    log, events = _old_erasure_then_next_life_expired(original)
+    for book in books:
+        book.place(Hold("h-k", "o", None, None, None, "k", "", 0))
+    original.now = 30_000
+    older = ev("conversation", "k", "delete", 1_000)
+    for event in (events[1], older, events[1]):  # the last: a re-delivery, nothing new
+        log.write(original.process(event), BASE + 30_000)
+    pair = [original]
+    if restore == "before_the_release":
+        pair.append(harness(log.restore(BASE + 30_000), 30_000, books[1]))
+        for event in (older, events[1]):  # read again: still deferred, nothing added
+            assert pair[-1].process(event).stamps == []
+    for book in books:
+        book.release("h-k")
+    released = [_Stepper(h).step_advance(32_000) for h in pair]
+    log.write(released[0], BASE + 32_000)  # the original's
+    if restore == "after_the_release":
+        pair.append(harness(log.restore(BASE + 32_000), 32_000, books[1]))
+        assert _Stepper(pair[-1]).step_advance(32_000).tombstones == []
+    for effects in released:
+        sent = [(f.reason, f.before.created_at, _deleted_until(f), f.has_null)
+                for f in effects.tombstones]  # fmt: skip
+        assert sent == [
+            ("explicit", None, BASE + 2_000, False),
+            ("explicit", None, BASE + 1_000, False),
+            ("ttl", BASE + 4_000, BASE + 23_999, True),  # the second life's end, again
+        ]
+    for h in pair:  # the second life's own erasure, read late, still goes out, once
+        (late,) = h.process(ev("conversation", "k", "delete", 10_000)).tombstones
+        assert (late.has_null, _deleted_until(late)) == (True, BASE + 23_999)
