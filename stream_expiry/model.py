@@ -22,6 +22,7 @@ from urllib.parse import quote, unquote
 import orjson
 
 from stream_expiry.errors import not_json
+from stream_expiry.event_fields import FIELDS, misspelt_fields
 from stream_expiry.timeutil import MIN_TS_MS, InvalidTimestamp, format_ts, parse_ts
 
 if TYPE_CHECKING:
@@ -183,6 +184,10 @@ class InputEvent(NamedTuple):
     ts: int
     event_id: str | None = None
     data: Any = None
+    # Names of the event that are not fields and most likely stand for an optional one it
+    # does not have, with that field (``event_fields``): the shell says so; the event goes
+    # on as the contract says, without them.
+    misspelt: tuple[tuple[str, str], ...] = ()
 
 
 # The longest ``Rejection.detail``: it goes into a log line and a dead letter's header, and
@@ -279,9 +284,25 @@ def parse_event(
         )
     else:
         result = _validate(obj, categories=categories, now_ms=now_ms, max_skew_ms=max_skew_ms)
-    if type(result) is InputEvent and _too_deep(value, result.data):
-        return Rejection("invalid_field", f"field 'data' nests deeper than {MAX_DATA_DEPTH} levels")
+    if type(result) is InputEvent:
+        if _too_deep(value, result.data):
+            return Rejection(
+                "invalid_field", f"field 'data' nests deeper than {MAX_DATA_DEPTH} levels"
+            )
+        if not obj.keys() <= FIELDS and (said := misspelt_fields(obj)):
+            return result._replace(misspelt=said)
+    elif type(result) is Rejection and result.code == "missing_field":
+        return _naming_the_misspelt(result, obj)
     return result
+
+
+def _naming_the_misspelt(missing: Rejection, obj: dict[str, Any]) -> Rejection:
+    """A missing field's rejection, naming the event's name that most likely stands for it
+    (``recordId`` for ``record_id``): the producer sees its own spelling in the detail."""
+    for name, field in misspelt_fields(obj):
+        if f"'{field}'" in missing.detail:
+            return Rejection(missing.code, f"{missing.detail}; the event has {name!r}: is that it?")
+    return missing
 
 
 # orjson reads an integer outside [-2**63, 2**64) as a float, silently: a 30-digit number in

@@ -50,6 +50,7 @@ from stream_expiry.errors import (
     StoreError,
     leaves,
 )
+from stream_expiry.event_fields import DEFAULTS
 from stream_expiry.fetch import ends_and_highs
 from stream_expiry.firing import Firing
 from stream_expiry.health import Health, Phase
@@ -107,6 +108,7 @@ RELEASES_IN_FLIGHT = 2  # release slices sent and not acknowledged, at most
 GAUGES_EVERY_S = 1.0
 OVERDUE_NOTED = 100_000  # records stamped already expired, kept out of the lag at once
 IDLE_WAIT_MS = 200
+_MISSPELT_SAID_MAX = 100  # distinct names of events said to stand for a field, per run
 # Partition n of every input topic to one instance (the topics have equal partition counts),
 # so each changelog partition has a single writer and its stores' checkpoints run to its
 # end. With aiokafka's default, round-robin, two instances and three partitions a topic
@@ -270,6 +272,7 @@ class Service:
         self._suspended: dict[tuple[str, int], PartitionProcessor] = {}
         self._on_progress = on_progress
         self._consumer_options = dict(consumer_options or {})
+        self._misspelt_said: set[str] = set()  # names of events said to stand for a field
         # aiokafka options of the producer over the service's (``max_request_size``: the
         # size limit outputs are held to, see stream_expiry.oversize)
         self._producer_options = dict(producer_options or {})
@@ -947,8 +950,32 @@ class Service:
                 ts,
                 format_ts(ts),
             )
+        for rec, pairs in effects.misspelt:
+            self._say_misspelt(rec, pairs)
         for fired in effects.tombstones:
             self._count_tombstone(fired)
+
+    def _say_misspelt(self, rec: Any, pairs: tuple[tuple[str, str], ...]) -> None:
+        """Each name an event gives for an optional field it lacks, said once per run: a
+        producer that misspells a field misspells it in every event, and the event is
+        valid (the contract ignores the name), so the default it takes instead is what
+        changes, the policy of bot ``_`` or of ``live``, say. Names said are bounded."""
+        said = self._misspelt_said
+        for name, field_name in pairs:
+            if name in said or len(said) >= _MISSPELT_SAID_MAX:
+                continue
+            said.add(name)
+            log.warning(
+                "events carry %r, which no event field is: is it %r? It is ignored, so they "
+                "take %s's default, %s (first seen at %s[%d]@%d; said once)",
+                name,
+                field_name,
+                field_name,
+                DEFAULTS[field_name],
+                rec.topic,
+                rec.partition,
+                rec.offset,
+            )
 
     def _count_tombstone(self, fired: Fired) -> None:
         if fired.reason == "explicit":

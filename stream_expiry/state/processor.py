@@ -114,6 +114,9 @@ class Effects:
     # likely, which the contract reads as January 1970 and so tombstones at once. The
     # shell warns about each (the event itself is valid and goes on as the contract says).
     seconds_like: list[tuple[Any, int]] = field(default_factory=list)
+    # Accepted events with a name that most likely stands for an optional field they do
+    # not have (``InputEvent.misspelt``): the shell says each such name once.
+    misspelt: list[tuple[Any, tuple[tuple[str, str], ...]]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -336,6 +339,8 @@ class PartitionProcessor:
                 self.may_slide, sliding = True, None
             if ev.ts < model.SECONDS_LIKE_BEFORE_MS:
                 effects.seconds_like.append((rec, ev.ts))
+            if ev.misspelt:
+                effects.misspelt.append((rec, ev.misspelt))
             key = ev.identity.key
             if key in ending:
                 # An earlier event of this slice may have ended the running life (an
