@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stream_expiry.config import parse_config
 from stream_expiry.event_fields import FIELDS, meant, misspelt_fields
@@ -122,3 +124,40 @@ def test_the_service_says_each_such_name_once_with_the_default_taken(
         "events carry 'botId', which no event field is: is it 'bot'? It is ignored, so they "
         "take bot's default, '_' (first seen at conversations[1]@8; said once)",
     ]
+
+
+_OPTIONAL: dict[str, list[Any]] = {
+    "bot": ["_", "b1"],
+    "env": ["live", "draft"],
+    "op": ["create", "touch"],
+    "event_id": [None, "e1", 7],
+    "data": [None, {"a": 1}, "x"],
+}
+
+
+@given(
+    given_fields=st.dictionaries(
+        st.sampled_from(sorted(_OPTIONAL)), st.integers(min_value=0, max_value=2)
+    ),
+    misspelt=st.sampled_from(["evnt_id", "environment", "bot_id", "payload", "Op"]),
+    own_extra=st.booleans(),
+)
+def test_a_misspelt_name_is_found_whatever_optional_fields_the_event_gives(
+    given_fields: dict[str, int], misspelt: str, own_extra: bool
+) -> None:
+    """The parse counts an event's names against the fields it gives, by the objects
+    ``get`` hands back (a default's own object means "not given"): explicit defaults, nulls
+    and extras of the producer's own must never hide a misspelt name."""
+    body: dict[str, Any] = {**BASE}
+    for name, pick in given_fields.items():
+        choices = _OPTIONAL[name]
+        body[name] = choices[pick % len(choices)]
+    if own_extra:
+        body["channel"] = "web"
+    body[misspelt] = "x"
+    got = parse_event(orjson.dumps(body), categories=CATEGORIES, now_ms=NOW, max_skew_ms=0)
+    field = meant(misspelt)
+    assert field is not None
+    assert isinstance(got, InputEvent)
+    # Beside the field it resembles, the name is the producer's own extra: nothing to say.
+    assert got.misspelt == (() if field in body else ((misspelt, field),))
