@@ -1,28 +1,59 @@
 """Which instances of the service run: the members of its consumer group, as the broker
 describes them (Kafka's DescribeGroups, what ``kafka-consumer-groups.sh --describe
---members`` shows).
+--members`` shows), and what each says of itself when it joins.
 
 ``status`` counted records and lag but could not say whether anything was running: an
 operator read "is the service running?" off a lag that stayed or grew. The group's members
 answer it directly. What a member says of itself depends on the broker: Apache Kafka gives
 its client id, its host and the partitions the group assigned it; a broker that says less
 (the test broker gives the member id alone) leaves those fields empty rather than guessed.
+
+Each instance joins with the digest of its config's policy
+(:meth:`~stream_expiry.policy.PolicyBook.digest`) in its subscription's user data, which
+the consumer protocol carries to the group's leader and to DescribeGroups. Instances with
+different configs (a file edited on one host, an environment variable missing on another)
+stamp a record with a TTL that depends on which of them holds its partition, silently: the
+leader now says so at each assignment, and ``status`` shows each member's digest.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+import orjson
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
 from aiokafka.errors import KafkaError, for_code
 
+from stream_expiry import __version__
 from stream_expiry.kafka import admin_client
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+    from aiokafka.cluster import ClusterMetadata
+    from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+
     from stream_expiry.kafka_settings import Brokers
 
-__all__ = ["CLIENT_ID", "Group", "Member", "describe_group", "parse_description"]
+__all__ = [
+    "CLIENT_ID",
+    "Group",
+    "Member",
+    "assignors",
+    "describe_group",
+    "mixed_policies",
+    "parse_description",
+]
+
+log = logging.getLogger("stream_expiry.service")
 
 #: The client id of the service's group consumer: each member's id starts with it, so a
 #: member of the service's group is told from another client by its name.
@@ -38,6 +69,7 @@ class Member:
     client_id: str
     host: str
     partitions: tuple[str, ...] | None
+    policy: str | None = None  # its config's policy digest; None: not said (see module)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -45,6 +77,7 @@ class Member:
             "client_id": self.client_id or None,
             "host": self.host or None,
             "partitions": None if self.partitions is None else list(self.partitions),
+            "policy": self.policy,
         }
 
 
@@ -87,9 +120,13 @@ def _partitions(raw: bytes) -> tuple[str, ...] | None:
 def _member(entry: tuple[Any, ...]) -> Member:
     """A member of a DescribeGroups answer (versions 0 to 3, all aiokafka 0.14 asks for):
     (member_id, client_id, client_host, metadata, assignment)."""
-    member_id, client_id, host, _meta, assignment = entry
+    member_id, client_id, host, metadata, assignment = entry
     return Member(
-        str(member_id), client_id or "", (host or "").lstrip("/"), _partitions(assignment)
+        str(member_id),
+        client_id or "",
+        (host or "").lstrip("/"),
+        _partitions(assignment),
+        policy_of(_user_data(metadata)),
     )
 
 
@@ -119,3 +156,102 @@ async def describe_group(brokers: Brokers, group_id: str) -> Group:
         except KafkaError as exc:
             return Group(group_id, "unknown", (), error=f"the broker did not describe it ({exc!r})")
     return parse_description(group_id, responses)
+
+
+# -- what each instance says of itself when it joins ---------------------------------------
+
+
+def member_data(policy: str) -> bytes:
+    """The user data of the service's subscription: its policy digest and its version."""
+    return orjson.dumps({"policy": policy, "version": __version__})
+
+
+def _user_data(metadata: bytes) -> bytes:
+    """The user data of a member's subscription as DescribeGroups gives it; empty when
+    there is none or the bytes are not the consumer protocol's."""
+    if not metadata:
+        return b""
+    try:
+        return bytes(ConsumerProtocolMemberMetadata.decode(metadata).user_data or b"")
+    except ValueError:
+        return b""
+
+
+def policy_of(user_data: bytes) -> str | None:
+    """The policy digest a member joined with; None for a member that says none (another
+    program, or a version before this one)."""
+    if not user_data:
+        return None
+    try:
+        said = orjson.loads(user_data)
+    except orjson.JSONDecodeError:
+        return None
+    policy = said.get("policy") if isinstance(said, dict) else None
+    return policy if isinstance(policy, str) else None
+
+
+def mixed_policies(policies: Mapping[str, str | None]) -> str | None:
+    """A sentence on the members' differing policy digests (member id to digest), or None
+    when those that say one all say the same."""
+    by_policy: dict[str, list[str]] = defaultdict(list)
+    for member, policy in sorted(policies.items()):
+        if policy is not None:
+            by_policy[policy].append(member)
+    if len(by_policy) < 2:
+        return None
+    said = "; ".join(
+        f"policy {policy} on {len(members)} ({', '.join(members)})"
+        for policy, members in sorted(by_policy.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    )
+    return (
+        f"the instances of this group run with different policies: {said}. A record's TTL "
+        "then depends on which instance holds its partition: give every instance the same "
+        "config file and environment (a rolling change of either shows this until it ends)"
+    )
+
+
+def assignors(policy: str) -> tuple[type[AbstractPartitionAssignor], ...]:
+    """The service's assignors (range, then roundrobin: their names, hence the group's
+    protocol, unchanged), joining with ``policy`` in their user data; the leader warns at
+    each assignment when the members' policies differ."""
+    data = member_data(policy)
+
+    def joined_with(
+        cls: type[AbstractPartitionAssignor], topics: Iterable[str]
+    ) -> ConsumerProtocolMemberMetadata:
+        return ConsumerProtocolMemberMetadata(cls.version, list(topics), data)
+
+    def assign_checked(
+        base: type[AbstractPartitionAssignor],
+        cluster: ClusterMetadata,
+        members: Mapping[str, ConsumerProtocolMemberMetadata],
+    ) -> dict[str, ConsumerProtocolMemberAssignment]:
+        said = mixed_policies({m: policy_of(meta.user_data or b"") for m, meta in members.items()})
+        if said is not None:
+            log.warning("%s", said)
+        assignment: dict[str, ConsumerProtocolMemberAssignment] = base.assign(cluster, members)
+        return assignment
+
+    class Range(RangePartitionAssignor):  # type: ignore[misc]  # aiokafka is untyped here
+        @classmethod
+        def metadata(cls, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
+            return joined_with(cls, topics)
+
+        @classmethod
+        def assign(
+            cls, cluster: ClusterMetadata, members: Mapping[str, ConsumerProtocolMemberMetadata]
+        ) -> dict[str, ConsumerProtocolMemberAssignment]:
+            return assign_checked(RangePartitionAssignor, cluster, members)
+
+    class RoundRobin(RoundRobinPartitionAssignor):  # type: ignore[misc]
+        @classmethod
+        def metadata(cls, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
+            return joined_with(cls, topics)
+
+        @classmethod
+        def assign(
+            cls, cluster: ClusterMetadata, members: Mapping[str, ConsumerProtocolMemberMetadata]
+        ) -> dict[str, ConsumerProtocolMemberAssignment]:
+            return assign_checked(RoundRobinPartitionAssignor, cluster, members)
+
+    return (Range, RoundRobin)

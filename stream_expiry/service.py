@@ -56,7 +56,7 @@ from stream_expiry.firing import Firing
 from stream_expiry.health import Health, Phase
 from stream_expiry.holds import HoldBook
 from stream_expiry.housekeeping import Tidying
-from stream_expiry.instances import CLIENT_ID
+from stream_expiry.instances import CLIENT_ID, assignors
 from stream_expiry.kafka import (
     BATCH_BYTES,
     batch_bytes,
@@ -116,7 +116,8 @@ _MISSPELT_SAID_MAX = 100  # distinct names of events said to stand for a field, 
 # a restart re-reads from there. Round-robin stays second: a group still running earlier
 # versions agrees on it during a rolling upgrade, then moves to range. Anything that joins
 # the service's group must offer these (the test broker refuses a member without the
-# group's current protocol).
+# group's current protocol). The service joins with the same two by name, each carrying its
+# policy digest (stream_expiry.instances.assignors).
 ASSIGNORS: Final = (RangePartitionAssignor, RoundRobinPartitionAssignor)
 OUTAGE_RETRY_S = 2.0  # between two sessions while the broker is away
 OUTAGE_REPEAT_S = 30.0  # how often a lasting outage is said again (each retry: debug)
@@ -259,6 +260,9 @@ class Service:
         self.bootstrap = bootstrap_servers
         self.clock = clock
         self.book = PolicyBook(config, environ)
+        # What this instance joins its group with: instances that differ are said
+        # (stream_expiry.instances), as their records' TTLs would differ silently.
+        self.policy_digest = self.book.digest(config.sliding)
         self.holds = HoldBook()
         self.archive: ArchiveGate | None = None  # with [archive] required, once started
         self.stats = ServiceStats()
@@ -461,10 +465,11 @@ class Service:
                 self._consumer = cons
                 cons.subscribe(list(t.inputs), listener=_Rebalance(self))
                 log.info(
-                    "joining group %r on %s for %s",
+                    "joining group %r on %s for %s, with policy %s",
                     self.config.group_id,
                     self.bootstrap,
                     ", ".join(t.inputs),
+                    self.policy_digest,
                 )
                 firing = self._firing = Firing(
                     self.processors,
@@ -665,7 +670,7 @@ class Service:
             "rebalance_timeout_ms": max(session_ms, REBALANCE_TIMEOUT_MS),
             "max_poll_records": MAX_BATCH,
             "enable_auto_commit": False,
-            "partition_assignment_strategy": ASSIGNORS,
+            "partition_assignment_strategy": assignors(self.policy_digest),
             **self._consumer_options,
         }
 

@@ -33,7 +33,7 @@ from stream_expiry import codec
 from stream_expiry.archive import archived_offsets
 from stream_expiry.changelog import read_latest
 from stream_expiry.hold_command import read_holds
-from stream_expiry.instances import CLIENT_ID, Group, describe_group
+from stream_expiry.instances import CLIENT_ID, Group, describe_group, mixed_policies
 from stream_expiry.kafka import (
     committed_offsets,
     consumer,
@@ -282,9 +282,14 @@ def _instance_lines(inst: dict[str, Any] | None) -> list[str]:
             said += f" (client {m['client_id']!r}, not stream-expiry)"
         if m["host"]:
             said += f" on {m['host']}"
+        if m.get("policy"):
+            said += f", policy {m['policy']}"
         if m["partitions"] is not None:
             said += ": " + (", ".join(m["partitions"]) or "no partition")
         lines.append(f"    {printable(said)}")
+    mixed = mixed_policies({m["member_id"]: m.get("policy") for m in inst["members"]})
+    if mixed is not None:
+        lines.append(f"    {printable(mixed)}")
     return lines
 
 

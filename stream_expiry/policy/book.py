@@ -22,6 +22,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import TYPE_CHECKING, Final
 
 from stream_expiry.errors import ConfigurationError, suggestion
@@ -40,7 +41,7 @@ from stream_expiry.policy.sources import CAP_ALL, Candidate, TtlMap, env_candida
 from stream_expiry.policy.updates import PolicyUpdate, parse_update
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
 
     from stream_expiry.config import Config
 
@@ -97,6 +98,34 @@ class PolicyBook:
     @property
     def categories(self) -> tuple[str, ...]:
         return self._categories
+
+    def digest(self, sliding: Iterable[str]) -> str:
+        """Twelve hex characters that name the config's policy: the first version of
+        every scope (the file merged with its preset), the environment's values, the
+        categories and which of them slide. Two instances with the same digest stamp a
+        record alike; a different one means a different config or environment, whose
+        records get other TTLs depending on the instance that holds their partition.
+        Updates from ``expiry.policies`` are left out: every instance reads them all.
+        Only what decides a TTL counts, not where a value was written."""
+
+        def scope(ttls: TtlMap) -> list[tuple[str, int | None, bool]]:
+            return sorted((k, c.ttl_ms, c.valid) for k, c in ttls.items())
+
+        text = repr(
+            (
+                self._categories,
+                sorted(frozenset(sliding) & self._category_set),
+                scope(self._cap.base),
+                scope(self._default.base),
+                sorted((org, scope(h.base)) for org, h in self._orgs.items()),
+                sorted((bot, scope(h.base)) for bot, h in self._bots.items()),
+                sorted(
+                    (category, [(c.ttl_ms, c.valid) for c in found])
+                    for category, found in self._env.items()
+                ),
+            )
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def resolve(self, identity: Identity, at_ms: int) -> Resolution:
         """The TTL of a record of ``identity`` created at ``at_ms``, under the policy then."""

@@ -4,6 +4,7 @@ resurrected."""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -15,8 +16,10 @@ from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitio
 
 from stream_expiry.codec import source_headers
 from stream_expiry.errors import BrokerError, leaves
+from stream_expiry.instances import assignors
 from stream_expiry.kafka import consumer, ensure_topics, producer
 from stream_expiry.model import Identity, Stamp, encode_stamp
+from stream_expiry.policy import PolicyBook
 from stream_expiry.service import ASSIGNORS, Service, wall_clock_ms
 from stream_expiry.timeutil import parse_ts
 from tests.conftest import TopicSet, make_topic_set, read_topic, wait_for
@@ -249,3 +252,31 @@ async def test_a_partition_given_back_after_another_writer_wrote_its_changelog_i
     ]
     body = orjson.loads(tombs[0].value)
     assert parse_ts(body["emitted_at"]) >= parse_ts(body["expires_at"])
+
+
+@pytest.mark.timeout(120)
+async def test_instances_with_different_policies_are_said_at_the_assignment(
+    broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each instance joins with its config's policy digest; whichever member leads the
+    assignment says when they differ (a record's TTL would depend on the instance holding
+    its partition). The second member joins with the service's own assignors and another
+    config's digest, as a second instance with an edited file would."""
+    config = config_for(topics, str(tmp_path / "a"), '[retention.defaults]\nconversation = "1h"\n')
+    edited = config_for(topics, str(tmp_path / "b"), '[retention.defaults]\nconversation = "2h"\n')
+    theirs = PolicyBook(edited, {}).digest(edited.sliding)
+    async with running_service(config, broker, fast_join=False) as svc:
+        ours = svc.policy_digest
+        assert ours != theirs
+        with caplog.at_level(logging.WARNING, logger="stream_expiry.service"):
+            other = {"partition_assignment_strategy": assignors(theirs), "session_timeout_ms": 6000}
+            async with consumer(
+                broker, *topics.inputs, group_id=config.group_id, **other
+            ) as member:
+                with anyio.fail_after(30):
+                    while not member.assignment():
+                        await member.getmany(timeout_ms=200)
+                await wait_for(lambda: "different policies" in caplog.text, timeout_s=30)
+    said = [r.getMessage() for r in caplog.records if "different policies" in r.getMessage()]
+    assert f"policy {ours} on 1 (" in said[0], said
+    assert f"policy {theirs} on 1 (" in said[0], said

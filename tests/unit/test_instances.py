@@ -4,10 +4,24 @@ with hosts and assignments, is built here from aiokafka's own protocol types).""
 
 from __future__ import annotations
 
-from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
 from aiokafka.protocol.admin import DescribeGroupsResponse_v2, DescribeGroupsResponse_v3
 
-from stream_expiry.instances import CLIENT_ID, Group, Member, parse_description
+from stream_expiry.config import parse_config
+from stream_expiry.instances import (
+    CLIENT_ID,
+    Group,
+    Member,
+    assignors,
+    member_data,
+    mixed_policies,
+    parse_description,
+    policy_of,
+)
+from stream_expiry.policy import PolicyBook
 from stream_expiry.status import text_lines
 
 GROUP = "stream-expiry"
@@ -118,3 +132,76 @@ def test_status_text_says_when_no_instance_runs_and_when_it_cannot_tell() -> Non
         "not allowed)"
     ]
     assert not [line for line in text_lines(_status(None)) if "instances" in line]
+
+
+# -- the policy each instance joins with ---------------------------------------------------
+
+
+def _digest(text: str, environ: dict[str, str] | None = None) -> str:
+    config = parse_config(text)
+    return PolicyBook(config, environ or {}).digest(config.sliding)
+
+
+def test_the_policy_digest_names_what_decides_a_ttl_and_nothing_else() -> None:
+    base = '[retention.defaults]\nconversation = "30d"\n'
+    assert _digest(base) == _digest(base)
+    # The same TTL written otherwise, or another setting than the policy: the same digest.
+    assert _digest('[retention.defaults]\nconversation = "720h"\n') == _digest(base)
+    assert _digest('group_id = "other"\n' + base) == _digest(base)
+    # What changes a TTL, or which category slides, changes it.
+    assert _digest('[retention.defaults]\nconversation = "31d"\n') != _digest(base)
+    assert _digest(base + '[retention.orgs.acme]\nconversation = "1d"\n') != _digest(base)
+    assert _digest(base + '[retention.cap]\nmax = "90d"\n') != _digest(base)
+    assert _digest(base + '[categories]\nsliding = ["session", "conversation"]\n') != _digest(base)
+    cognigy = 'preset = "cognigy"\n'
+    assert _digest(cognigy, {"MAX_CONVERSATION_TTL_IN_MINUTES": "60"}) != _digest(cognigy)
+
+
+def test_a_member_says_its_policy_in_its_subscriptions_user_data() -> None:
+    (range_assignor, roundrobin) = assignors("abc123def456")
+    assert (range_assignor.name, roundrobin.name) == ("range", "roundrobin")  # the protocol
+    metadata = range_assignor.metadata(["conversations"])
+    assert metadata.subscription == ["conversations"]
+    assert policy_of(metadata.user_data) == "abc123def456"
+    response = DescribeGroupsResponse_v2(
+        throttle_time_ms=0,
+        groups=[(0, GROUP, "Stable", "consumer", "range", [
+            ("m1", CLIENT_ID, "/h1", metadata.encode(), b""),
+            ("m2", "other", "/h2", b"not the consumer protocol", b""),
+            ("m3", "older", "/h3", ConsumerProtocolMemberMetadata(0, ["t"], b"").encode(), b""),
+        ])],
+    )  # fmt: skip
+    got = parse_description(GROUP, [response])
+    assert [(m.member_id, m.policy) for m in got.members] == [
+        ("m1", "abc123def456"),
+        ("m2", None),
+        ("m3", None),
+    ]
+    assert policy_of(member_data("p1")) == "p1"
+    assert policy_of(b"[1]") is None
+    assert policy_of(b"{not json") is None
+
+
+def test_differing_policies_are_said_with_their_members_and_alike_ones_are_not() -> None:
+    assert mixed_policies({"a": "p1", "b": "p1", "c": None}) is None  # c says none
+    assert mixed_policies({}) is None
+    said = mixed_policies({"b": "p2", "a": "p1", "c": "p1"})
+    assert said is not None
+    assert said.startswith(
+        "the instances of this group run with different policies: policy p1 on 2 (a, c); "
+        "policy p2 on 1 (b). "
+    )
+
+
+def test_status_text_shows_each_members_policy_and_says_when_they_differ() -> None:
+    group = Group(GROUP, "Stable", (
+        Member("stream-expiry-a", CLIENT_ID, "h1", None, policy="p1"),
+        Member("stream-expiry-b", CLIENT_ID, "h2", None, policy="p2"),
+    ))  # fmt: skip
+    lines = text_lines(_status(group))
+    assert "    stream-expiry-a on h1, policy p1" in lines
+    assert any(
+        line.startswith("    the instances of this group run with different") for line in lines
+    )
+    same = Group(GROUP, "Stable", (Member("stream-expiry-a", CLIENT_ID, "h1", None, policy="p1"),))
+    assert not any("different policies" in line for line in text_lines(_status(same)))
