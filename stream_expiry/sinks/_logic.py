@@ -66,7 +66,23 @@ Rules kept here (why: tombstones are at-least-once, and ``expiry.stamped`` and
      keeping such markers forever would keep every erased user's ids forever, and the
      store would then refuse a record the service holds as live;
    * a tombstone re-delivered after the grace finds no marker and leaves a receipt with
-     ``rows_deleted`` 0: an erasure request that reaches a store is on record.
+     ``rows_deleted`` 0: an erasure request that reaches a store is on record;
+   * an erasure's null read again (a rewound group: the compacted topic keeps it) finds
+     no row and no marker, as a null of an erasure of a record the store never held
+     does when first read. The first must wait for its tombstone event (rule 4); the
+     second waited already, and its receipt is written. The null's Kafka timestamp
+     tells them apart: a marker is forgotten only once settled at or before the
+     pruning's bound (``pruned_before``: the read-complete time less the grace, the
+     highest the store's pruning has used, kept with the markers), and it settled no
+     earlier than the store read that null; and every message written before the
+     read-complete time was read before it. So a null dated at or before the bound was
+     read before, and whatever it started has settled: it waits for nothing (else its
+     deletion waited forever for a tombstone read long ago, and the sweep wrote a
+     second receipt). One dated after it is read for the first time, or re-read while
+     its marker is still kept. Clocks set apart by more than the grace, or a null
+     whose timestamp is older than its writing by more than the grace, would defeat
+     this; a clock ahead by less than that only delays it, for a null re-read within
+     that time of its marker's pruning, which then waits as a first one does.
 """
 
 from __future__ import annotations
@@ -197,8 +213,11 @@ def _matches(p: Pending, t: TombstoneChange, bound: int) -> bool:
 
 
 class _Planner:
-    def __init__(self, store: str, now_ms: int, new_id: Callable[[], str]) -> None:
+    def __init__(
+        self, store: str, now_ms: int, new_id: Callable[[], str], pruned_before: int | None
+    ) -> None:
         self.store, self.now, self.new_id = store, now_ms, new_id
+        self.pruned_before = pruned_before
         self.out = Plan()
 
     def receipt(
@@ -345,9 +364,14 @@ class _Planner:
         erasure of a record the service never saw) waits for its tombstone event too, as
         a deletion of no row: read first, and the record's next life deleted before that
         tombstone event came, the erasure was taken as covered by that later deletion and
-        left no receipt, where read in the other order it had one (a property test)."""
+        left no receipt, where read in the other order it had one (a property test).
+        Unless it is dated at or before the bound of the store's pruning: then it was
+        read before, its deletion settled and its marker was forgotten (rule 7)."""
         row = slot.row
         if row is None and slot.marker is None and c.reason == "explicit":
+            bound, at = self.pruned_before, c.timestamp
+            if bound is not None and at is not None and at <= bound:
+                return
             nothing = Pending(None, None, None, None, self.now, reason=c.reason, rowless=True)
             self.remember(slot, c.identity, NEVER_CREATED, None, (nothing,))
             return
@@ -428,14 +452,18 @@ def plan(
     store: str,
     now_ms: int,
     new_id: Callable[[], str],
+    pruned_before: int | None = None,
 ) -> Plan:
     """Apply ``changes`` in order to ``state`` (not modified) and return the net writes.
 
     ``state`` holds the current slot of every identity the store has anything for; a
     missing identity is empty. Writes are net: a row deleted and written again in one batch
     is one upsert, and a row whose content did not change is not written at all.
+
+    ``pruned_before``: the highest settling bound the store's pruning has used (None:
+    it never pruned); an erasure's null dated at or before it was read before (rule 7).
     """
-    p = _Planner(store, now_ms, new_id)
+    p = _Planner(store, now_ms, new_id, pruned_before)
     work: dict[Identity, Slot] = {}
     for c in changes:
         slot = work.get(c.identity)

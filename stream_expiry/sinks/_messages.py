@@ -158,9 +158,10 @@ class TombstoneChange:
 class NullChange:
     """A null value on ``expiry.stamped``: the latest state of the key is "deleted".
 
-    It carries no time, only its position in the topic: it deletes the row only if the row
-    was written from an earlier position, so re-reading the topic (after a crash, or from
-    offset 0) never lets an old null delete a newer life.
+    It carries no time of the record, only its position in the topic: it deletes the row
+    only if the row was written from an earlier position, so re-reading the topic (after a
+    crash, or from offset 0) never lets an old null delete a newer life. Its Kafka
+    timestamp tells an erasure's null read again after its marker was forgotten.
     """
 
     identity: Identity
@@ -169,6 +170,11 @@ class NullChange:
     # The null's ``expiry-reason`` (``ttl`` or ``explicit``; None: not given, as by
     # versions before it): the rule its deletion follows, should its tombstone never come.
     reason: str | None = None
+    # The Kafka timestamp of the null (epoch ms: the service's emission time, or the
+    # broker's append time on a topic that keeps those; None: unknown): a null dated at
+    # or before the bound the store's pruning used was read before (see
+    # ``_Planner.null``).
+    timestamp: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,12 +502,17 @@ def decode_stamped(
     partition: int | None = None,
     offset: int | None = None,
     headers: Sequence[tuple[str, bytes]] = (),
+    timestamp: int | None = None,
 ) -> StampChange | NullChange:
-    """Decode one message of ``expiry.stamped`` (a null value deletes the key's record)."""
+    """Decode one message of ``expiry.stamped`` (a null value deletes the key's record).
+
+    ``timestamp``: the message's Kafka timestamp (a negative one, Kafka's "none", is
+    unknown); only a null keeps it."""
     if value is None:
         reason = reason_of(headers)
         known = reason if reason in ("ttl", "explicit") else None
-        return NullChange(_key_identity(key), partition, offset, known)
+        at = timestamp if timestamp is not None and timestamp >= 0 else None
+        return NullChange(_key_identity(key), partition, offset, known, at)
     obj = _load_object(value)
     data = obj.get("data")
     return StampChange(

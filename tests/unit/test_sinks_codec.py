@@ -73,6 +73,12 @@ def test_null_value_names_the_record_by_its_key() -> None:
         assert decode_stamped(HOSTILE.key.encode(), None, headers=headers) == NullChange(
             HOSTILE, reason=reason
         )
+    # ... and its Kafka timestamp, which tells a null read again after its marker was
+    # forgotten (sinks/_logic.py, rule 7); Kafka's "none" (-1) is unknown.
+    for ts, kept in ((1_767_225_600_000, 1_767_225_600_000), (0, 0), (-1, None), (None, None)):
+        assert decode_stamped(HOSTILE.key.encode(), None, timestamp=ts) == NullChange(
+            HOSTILE, timestamp=kept
+        )
 
 
 @given(

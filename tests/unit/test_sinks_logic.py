@@ -44,10 +44,14 @@ class World:
         self.receipts: list[Receipt] = []
         self.ids = (f"r{n}" for n in itertools.count())
         self.now = T0
+        self.pruned_before: int | None = None  # the store's pruning bound, as kept
 
     def apply(self, changes: Sequence[Change]) -> Plan:
         self.now += 1
-        p = plan(changes, self.state, store="s", now_ms=self.now, new_id=lambda: next(self.ids))
+        p = plan(
+            changes, self.state, store="s", now_ms=self.now, new_id=lambda: next(self.ids),
+            pruned_before=self.pruned_before,
+        )  # fmt: skip
         for i in p.deletes:
             self.state[i].row = None
         for row in p.upserts:
@@ -56,6 +60,22 @@ class World:
             self.state.setdefault(m.identity, Slot()).marker = m
         self.receipts.extend(p.receipts)
         return p
+
+    def prune(self, settled_before: int) -> int:
+        """Forget the markers :func:`prunable` lets go and keep the bound, as a store's
+        pruning does; how many went."""
+        gone = [
+            i for i, s in self.state.items()
+            if s.marker is not None and prunable(s.marker, settled_before)
+        ]  # fmt: skip
+        for i in gone:
+            slot = self.state[i]
+            slot.marker = None
+            if slot.row is None:
+                del self.state[i]
+        bound = self.pruned_before
+        self.pruned_before = settled_before if bound is None else max(bound, settled_before)
+        return len(gone)
 
     def row(self, i: Identity = A) -> Row | None:
         slot = self.state.get(i)

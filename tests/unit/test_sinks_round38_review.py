@@ -39,27 +39,104 @@ def test_an_erasure_of_a_record_never_seen_swept_then_its_tombstone_is_on_record
     assert [(r.reason, r.rows_deleted) for r in w.receipts] == [("explicit", 0)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a design question, not fixed: the sink cannot tell a first null from one re-read "
-    "after its marker was forgotten",
-)
+def _null(at: int = T0, reason: str | None = "explicit") -> NullChange:
+    """An erasure's null as the sink reads it: dated by the service's emission time."""
+    return NullChange(A, 0, 1, reason=reason, timestamp=at)
+
+
+GRACE = 7 * 24 * 60 * MIN
+
+
 def test_an_erasures_null_read_again_after_its_marker_is_forgotten_waits_for_nothing() -> None:
     """Both read, the marker forgotten after the grace, then ``expiry.stamped`` read again
     (a rewound group; the compacted topic keeps the null): before round 38 the null found
     nothing to do. A rowless deletion waiting for a tombstone event that was read long ago
-    keeps the marker from ever being forgotten, and the sweep writes a second receipt."""
+    kept the marker from ever being forgotten, and the sweep wrote a second receipt. The
+    null is dated before the bound of the pruning that forgot its marker: read before."""
     w = World()
-    w.apply([NullChange(A, 0, 1, reason="explicit")])
+    w.apply([_null()])
     w.apply([_erasure()])
     assert [(r.reason, r.rows_deleted) for r in w.receipts] == [("explicit", 0)]
     m = w.state[A].marker
     assert m is not None
     assert prunable(m, w.now)
-    del w.state[A]  # the store prunes it
-    w.apply([NullChange(A, 0, 1, reason="explicit")])  # stamped read again
-    w.apply([SweepChange(A, w.now + 7 * 24 * 60 * MIN)])
+    assert w.prune(w.now) == 1  # the store prunes it, a grace after the read-complete time
+    p = w.apply([_null()])  # stamped read again
+    assert (p.markers, p.receipts, p.deleted) == ([], [], 0)
+    assert A not in w.state
+    w.apply([SweepChange(A, w.now + GRACE)])
     assert [(r.reason, r.rows_deleted) for r in w.receipts] == [("explicit", 0)]
+
+
+def test_an_erasures_null_read_again_before_any_pruning_is_done_as_before() -> None:
+    """Marker kept (its grace has not passed): the null read again changes nothing."""
+    w = World()
+    w.apply([_null()])
+    w.apply([_erasure()])
+    before = w.state[A].marker
+    w.prune(T0 - 1)  # a pruning whose bound the marker has not reached
+    p = w.apply([_null()])
+    assert (p.markers, p.receipts) == ([], [])
+    assert w.state[A].marker == before
+
+
+@pytest.mark.parametrize("bound", [None, T0 - 1])
+def test_an_erasures_null_read_first_waits_for_its_tombstone_whatever_was_pruned(
+    bound: int | None,
+) -> None:
+    """Round 38's case: a null dated after the pruning's bound (or in a store that never
+    pruned) is read for the first time, and its deletion waits for its tombstone event,
+    which writes the receipt; a stamp of the record's next life and its erasure read
+    ahead of that tombstone do not cover it."""
+    w = World()
+    if bound is not None:
+        w.prune(bound)
+    w.apply([_null(T0)])
+    assert [p.rowless for p in _marker(w).pending] == [True]
+    nxt = T0 + 5 * MIN
+    w.apply([_stamp(nxt, nxt + 60 * MIN, offset=2)])
+    w.apply([NullChange(A, 0, 3, reason="explicit", timestamp=nxt + MIN)])
+    w.apply([_erasure(T0)])
+    w.apply([_tomb(nxt, nxt + 60 * MIN, "explicit", nxt + MIN)])
+    assert sorted((r.reason, r.rows_deleted, r.created_at) for r in w.receipts) == [
+        ("explicit", 0, None), ("explicit", 1, nxt),
+    ]  # fmt: skip
+    assert _marker(w).pending == ()
+
+
+def test_an_erasures_null_read_first_whose_tombstone_never_comes_is_swept_with_its_reason() -> None:
+    """A sink that lagged longer than the grace: the null is older than the clock's grace,
+    but newer than the bound its store's pruning used (a sink forgets only what it has
+    read a grace past), so it is read for the first time: the sweep answers for it."""
+    w = World()
+    w.prune(T0 - GRACE)
+    w.now = T0 + 2 * GRACE  # read long after the service wrote it
+    w.apply([_null(T0)])
+    p = w.apply([SweepChange(A, w.now)])
+    assert [(r.reason, r.rows_deleted) for r in p.receipts] == [("explicit", 0)]
+
+
+@pytest.mark.parametrize("at", [None, T0])
+def test_a_null_without_a_timestamp_or_after_the_bound_waits_as_a_first_one(
+    at: int | None,
+) -> None:
+    """A null whose time is unknown cannot be shown to have been read before; nor one
+    dated after the bound (a clock ahead of the sink's, read again just after the
+    pruning): they wait as a first one does, the evidence kept."""
+    w = World()
+    w.pruned_before = T0 - 1
+    w.apply([NullChange(A, 0, 1, reason="explicit", timestamp=at)])
+    assert [p.rowless for p in _marker(w).pending] == [True]
+
+
+def test_a_null_dated_exactly_at_the_bound_was_read_before() -> None:
+    """The pruning forgets markers settled at or before its bound, and a marker settles
+    no earlier than the store read its null."""
+    w = World()
+    w.pruned_before = T0
+    assert w.apply([_null(T0)]).markers == []
+    w.pruned_before = T0 - 1
+    assert w.apply([_null(T0)]).markers != []
 
 
 # --- killing tests for mutants of round 38's planning that the suite let through ----------
