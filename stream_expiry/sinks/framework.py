@@ -626,7 +626,7 @@ class Sink:
             else:
                 change = decode_stamped(
                     rec.key, rec.value, partition=rec.partition, offset=rec.offset,
-                    headers=rec.headers,
+                    headers=rec.headers, timestamp=rec.timestamp,
                 )  # fmt: skip
         except InvalidMessage as exc:
             self.metrics["invalid_total"] += 1

@@ -258,6 +258,9 @@ CREATE TABLE IF NOT EXISTS {receipts} (
     emitted_at bigint, deleted_at bigint NOT NULL
 );
 CREATE TABLE IF NOT EXISTS {outbox} (seq bigint PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS {pruned} (
+    id integer PRIMARY KEY CHECK (id = 1), settled_before bigint NOT NULL
+);
 DO $migrate$
 BEGIN
     -- A store made before the outbox table: its unpublished receipts move into it.
@@ -360,6 +363,10 @@ class _Names:
     def outbox(self) -> str:
         return self._q("receipts_outbox")
 
+    @property
+    def pruned(self) -> str:
+        return self._q("pruned")
+
     def ddl(self) -> dict[str, str]:
         p = self.prefix
         return {
@@ -369,6 +376,7 @@ class _Names:
             "deletions": self.deletions,
             "receipts": self.receipts,
             "outbox": self.outbox,
+            "pruned": self.pruned,
             "idx_expiry": f'"{p}records_by_expiry"',
             "idx_unpublished": f'"{p}receipts_unpublished"',
             "idx_pending": f'"{p}deletions_pending"',
@@ -507,6 +515,20 @@ class _PostgresTx(StoreTransaction):
         end: PrunePosition = (r[2], r[3], r[4], r[5], r[6])
         return PrunePage(int(r[0]), end if r[1] >= limit else None)
 
+    async def pruned_before(self) -> int | None:
+        # Read after the batch's markers were loaded (and locked): a marker pruned before
+        # that is gone with its bound committed, which this statement's snapshot sees.
+        r = await self._c.fetchval(f"SELECT settled_before FROM {self._n.pruned}")
+        return None if r is None else int(r)
+
+    async def note_pruned(self, settled_before: int) -> None:
+        t = self._n.pruned
+        await self._c.execute(
+            f"INSERT INTO {t} AS t (id, settled_before) VALUES (1, $1) ON CONFLICT (id) "
+            "DO UPDATE SET settled_before = GREATEST(t.settled_before, excluded.settled_before)",
+            settled_before,
+        )
+
     async def mark_published(self, receipt_ids: Sequence[str], now_ms: int) -> None:
         del now_ms  # the receipts are not rewritten: their entries leave the outbox
         n = self._n
@@ -521,7 +543,8 @@ class PostgresStore(Store):
     """Records, deletion markers and receipts in PostgreSQL.
 
     ``dsn``: a libpq connection URI or key/value string. ``schema``: created if missing. ``table_prefix``:
-    prepended to the table names ``records``, ``deletions`` and ``receipts``.
+    prepended to the table names ``records``, ``deletions``, ``receipts``,
+    ``receipts_outbox`` and ``pruned``.
     ``parallel``: transactions a batch is split into (:meth:`Store.apply`), each on its
     own connection; the pool holds them and one more, for readers.
     """

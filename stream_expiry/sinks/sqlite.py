@@ -94,6 +94,9 @@ CREATE TABLE IF NOT EXISTS {p}receipts (
     emitted_at INTEGER, deleted_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS {p}receipts_outbox (seq INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS {p}pruned (
+    id INTEGER PRIMARY KEY CHECK (id = 1), settled_before INTEGER NOT NULL
+);
 CREATE TRIGGER IF NOT EXISTS {p}receipts_to_outbox AFTER INSERT ON {p}receipts
 BEGIN INSERT INTO {p}receipts_outbox (seq) VALUES (new.seq); END;
 CREATE TRIGGER IF NOT EXISTS {p}receipts_no_delete BEFORE DELETE ON {p}receipts
@@ -243,6 +246,19 @@ class _SQLiteTx(StoreTransaction):
         async with self._c.execute(sql, (*start, *(end or ()), settled_before)) as cur:
             return PrunePage(max(0, cur.rowcount), end)
 
+    async def pruned_before(self) -> int | None:
+        async with self._c.execute(f"SELECT settled_before FROM {self._p}pruned") as cur:
+            r = await cur.fetchone()
+        return None if r is None else int(r[0])
+
+    async def note_pruned(self, settled_before: int) -> None:
+        await self._c.execute(
+            f"INSERT INTO {self._p}pruned (id, settled_before) VALUES (1, ?) "
+            "ON CONFLICT (id) DO UPDATE "
+            "SET settled_before = max(settled_before, excluded.settled_before)",
+            (settled_before,),
+        )
+
     async def mark_published(self, receipt_ids: Sequence[str], now_ms: int) -> None:
         del now_ms  # the receipts are not rewritten: their entries leave the outbox
         t = self._p
@@ -330,9 +346,9 @@ class SQLiteStore(Store):
     receipt twice; such a store is brought over when it opens.
 
     ``path``: the database file (created if missing). ``table_prefix``: prepended to the
-    table names ``records``, ``deletions``, ``receipts`` and ``receipts_outbox``, so
-    several stores can share a file. ``synchronous``: ``FULL`` (default, see the module
-    notes) or ``NORMAL``.
+    table names ``records``, ``deletions``, ``receipts``, ``receipts_outbox`` and
+    ``pruned``, so several stores can share a file. ``synchronous``: ``FULL`` (default,
+    see the module notes) or ``NORMAL``.
     """
 
     overlaps = False

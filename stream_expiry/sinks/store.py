@@ -33,6 +33,7 @@ from stream_expiry.sinks._logic import Plan, Slot, life, merge_plans, plan, prun
 from stream_expiry.sinks._messages import (
     Change,
     Marker,
+    NullChange,
     Receipt,
     Row,
     StampChange,
@@ -208,6 +209,16 @@ class StoreTransaction(abc.ABC):
         every deletion 15-20 %)."""
 
     @abc.abstractmethod
+    async def pruned_before(self) -> int | None:
+        """The highest settling bound :meth:`prune` was called with (None: never), as
+        :meth:`note_pruned` keeps it: see rule 7 of :mod:`~stream_expiry.sinks._logic`."""
+
+    @abc.abstractmethod
+    async def note_pruned(self, settled_before: int) -> None:
+        """Raise the bound :meth:`pruned_before` returns to ``settled_before`` (never
+        lower it), in the transaction of the pruning that used it."""
+
+    @abc.abstractmethod
     async def mark_published(self, receipt_ids: Sequence[str], now_ms: int) -> None:
         """Take these receipts off the list of those not yet published."""
 
@@ -320,7 +331,7 @@ class Store(abc.ABC):
         # a deletion) are read and deleted in one step; the others are read whole.
         ends: dict[Identity, int] = {}
         others: dict[Identity, None] = {}
-        stamped = False
+        stamped = erased = False
         for c in changes:
             ident = c.identity
             if ident in others:
@@ -332,11 +343,18 @@ class Store(abc.ABC):
                 ends.pop(ident, None)
             if type(c) is StampChange:
                 stamped = True
+            elif type(c) is NullChange and c.reason == "explicit" and c.timestamp is not None:
+                erased = True
         async with self.transaction() as tx:
             state = await tx.take(ends) if ends else {}
             if others:
                 state.update(await tx.load(list(others), data=stamped))
-            out = plan(changes, state, store=self.name, now_ms=now_ms, new_id=self._new_id)
+            # Only an erasure's null asks for the pruning's bound (see _logic.plan).
+            bound = await tx.pruned_before() if erased else None
+            out = plan(
+                changes, state, store=self.name, now_ms=now_ms, new_id=self._new_id,
+                pruned_before=bound,
+            )  # fmt: skip
             if ends:
                 # take() deleted these rows already; plan must have decided the same.
                 planned = set(out.deletes)
@@ -416,9 +434,15 @@ class Store(abc.ABC):
         A rolling scan: the caller passes each page's :attr:`PrunePage.next_from` to the
         next, so every marker is looked at once per (markers / ``limit``) pages, and a
         page costs the same at a thousand markers or a hundred million.
+
+        The store keeps the highest ``settled_before_ms`` used, in the same transaction:
+        an erasure's null dated at or before it, read again, is known to have been read
+        before (rule 7 of :mod:`~stream_expiry.sinks._logic`).
         """
         async with self.transaction() as tx:
-            return await tx.prune(settled_before_ms, limit, after)
+            page = await tx.prune(settled_before_ms, limit, after)
+            await tx.note_pruned(settled_before_ms)
+            return page
 
     @abc.abstractmethod
     async def pending_receipts(self, limit: int = 1000) -> list[Receipt]:
@@ -492,6 +516,7 @@ class _MemoryTx(StoreTransaction):
         self._plans: list[Plan] = []
         self._published: list[tuple[str, int]] = []
         self._forgotten: list[Identity] = []
+        self._pruned: int | None = None
 
     async def load(
         self, identities: Sequence[Identity], *, data: bool = True
@@ -532,11 +557,20 @@ class _MemoryTx(StoreTransaction):
         self._forgotten.extend(gone)
         return PrunePage(len(gone), page[-1].identity.parts() if len(page) >= limit else None)
 
+    async def pruned_before(self) -> int | None:
+        return self._s.pruned_before
+
+    async def note_pruned(self, settled_before: int) -> None:
+        self._pruned = settled_before if self._pruned is None else max(self._pruned, settled_before)
+
     async def mark_published(self, receipt_ids: Sequence[str], now_ms: int) -> None:
         self._published.extend((rid, now_ms) for rid in receipt_ids)
 
     def commit(self) -> None:
         s = self._s
+        if self._pruned is not None:
+            bound = s.pruned_before
+            s.pruned_before = self._pruned if bound is None else max(bound, self._pruned)
         for rid, now_ms in self._published:
             s.published.setdefault(rid, now_ms)
         for p in self._plans:
@@ -562,6 +596,7 @@ class MemoryStore(Store):
         self.markers: dict[Identity, Marker] = {}
         self.outbox: list[Receipt] = []
         self.published: dict[str, int] = {}
+        self.pruned_before: int | None = None  # see StoreTransaction.pruned_before
 
     async def open(self) -> None:
         return None

@@ -23,6 +23,7 @@ import pytest_asyncio
 
 from stream_expiry.holds import Hold, encode_hold
 from stream_expiry.kafka import ensure_topics, producer
+from stream_expiry.model import Stamp
 from stream_expiry.sinks._messages import NullChange, decode_stamped, decode_tombstone
 from stream_expiry.sinks.framework import wall_clock_ms
 from stream_expiry.sinks.postgres import PostgresStore
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from stream_expiry.model import Identity, Stamp
+    from stream_expiry.model import Identity
     from stream_expiry.sinks.framework import Sink
     from stream_expiry.sinks.store import Store
     from tests.conftest import TopicSet
@@ -1125,3 +1126,58 @@ async def test_the_receipt_of_a_null_whose_tombstone_never_came_gives_the_nulls_
     assert [(r.reason, r.rows_deleted) for r in await store.receipts()] == [("explicit", 1)]
     assert "whose tombstones never came" in caplog.text
     assert "swept" not in caplog.text
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(["sqlite", "postgres"]), indirect=True)
+async def test_an_erasures_null_read_again_after_its_marker_is_forgotten_gets_no_second_receipt(
+    broker: str, topics: TopicSet, store: Store
+) -> None:
+    """An erasure of a record the store never held: its null and its tombstone event are
+    applied (one receipt, rows_deleted 0) and the marker is forgotten. Then a new group
+    reads ``expiry.stamped`` again (a rewound group: the compacted topic keeps the null;
+    the tombstones were read long ago, here a topic with nothing). The re-read null,
+    dated by the broker before the pruning's bound, waited for a tombstone event that
+    would never come, and the sweep wrote a second receipt. A null of another erasure
+    written after the first run is read for the first time: it waits for its tombstone,
+    and the sweep answers for it, with its reason; its receipt also says the sweep ran
+    after both nulls were applied."""
+    unseen, fresh = (Stamp(ident(r), None, None, None, None) for r in ("unseen", "fresh"))
+    erased = [("expiry-reason", b"explicit")]
+
+    async def null(s: Stamp) -> None:
+        async with producer(broker) as prod:
+            await (
+                await prod.send(topics.stamped, None, key=s.identity.key.encode(), headers=erased)
+            )
+
+    async def receipts_of(s: Stamp) -> list[tuple[str, int]]:
+        return [
+            (r.reason, r.rows_deleted) for r in await store.receipts() if r.identity == s.identity
+        ]
+
+    await null(unseen)
+    await produce(
+        broker,
+        topics.tombstones,
+        [tombstone_msg(unseen, reason="explicit", emitted_at=wall_clock_ms())],
+    )
+    config = sink_config(broker, topics, marker_grace_s=0, prune_interval_s=0.05)
+    async with running_sink(store, config) as sink:
+        await wait_until(_metric(sink.metrics, "markers_pruned_total", 1), what="the pruning")
+    assert await receipts_of(unseen) == [("explicit", 0)]
+    assert await store.marker(unseen.identity) is None
+    await null(fresh)
+    again = sink_config(
+        broker, topics, tombstones_topic=f"{topics.tombstones}.read-long-ago",
+        marker_grace_s=3600, sweep_interval_s=0.05, sweep_grace_s=0,
+    )  # fmt: skip
+
+    async def swept() -> bool:
+        return bool(await receipts_of(fresh))
+
+    async with running_sink(store, again):
+        await wait_until(swept, what="the fresh erasure's receipt")
+    assert await receipts_of(fresh) == [("explicit", 0)]
+    assert await receipts_of(unseen) == [("explicit", 0)]
+    assert await store.marker(unseen.identity) is None

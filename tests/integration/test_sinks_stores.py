@@ -426,6 +426,44 @@ async def test_markers_are_forgotten_a_grace_after_they_settle_never_while_pendi
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_an_erasures_null_read_again_after_its_marker_is_forgotten_waits_for_nothing(
+    store: Store,
+) -> None:
+    """An erasure of a record the store never held: its null, dated by the service, then
+    its tombstone event (one receipt, rows_deleted 0); the marker forgotten; the store
+    reopened and ``expiry.stamped`` read again (a rewound group). The store keeps the
+    pruning's bound with its markers: the null is dated before it, was read before, and
+    waits for nothing (it kept a marker forever, and the sweep wrote a second receipt).
+    A null dated after the bound is a first reading: it waits for its tombstone event."""
+    gone, fresh = ident("erased-unseen"), ident("erased-later")
+    null = NullChange(gone, 0, 1, "explicit", T0)
+    unseen = Stamp(gone, None, None, None, None)
+    await store.apply([null], now_ms=T0 + 1)
+    await store.apply([kill(unseen, "explicit", emitted_at=T0)], now_ms=T0 + 2)
+    assert await prune_round(store, settled_before_ms=T0 + 2) == 1
+    assert await prune_round(store, settled_before_ms=T0 - MINUTE) == 0  # never lowers it
+    await store.close()
+    await store.open()
+    out = await store.apply([null], now_ms=T0 + 3)
+    assert (out.markers, out.receipts, out.deleted) == ([], [], 0)
+    assert await store.marker(gone) is None
+    page = await store.sweep(cutoff_ms=T0 + 60 * MINUTE, now_ms=T0 + 60 * MINUTE)
+    assert page.plan.receipts == []
+    assert [(r.identity, r.reason, r.rows_deleted) for r in await store.receipts()] == [
+        (gone, "explicit", 0)
+    ]
+    await store.apply([NullChange(fresh, 0, 2, "explicit", T0 + 3)], now_ms=T0 + 4)
+    marker = await store.marker(fresh)
+    assert marker is not None
+    assert [(p.rowless, p.reason) for p in marker.pending] == [(True, "explicit")]
+    page = await store.sweep(cutoff_ms=T0 + 60 * MINUTE, now_ms=T0 + 60 * MINUTE)
+    assert [(r.identity, r.reason, r.rows_deleted) for r in page.plan.receipts] == [
+        (fresh, "explicit", 0)
+    ]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
 async def test_a_late_stamp_of_a_forgotten_life_is_due_at_once_or_lives_as_the_service_has_it(
     store: Store,
 ) -> None:

@@ -18,7 +18,7 @@ from stream_expiry.kafka import key_partition
 from stream_expiry.logs import record_ref
 from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
 from stream_expiry.murmur2 import partition_for
-from stream_expiry.sinks._messages import Marker, decode_stamped, decode_tombstone
+from stream_expiry.sinks._messages import Marker, NullChange, decode_stamped, decode_tombstone
 from stream_expiry.sinks.framework import BatchReport, Sink, SinkConfig, _Decoded, archived_by
 from stream_expiry.sinks.postgres import PostgresStore
 from stream_expiry.sinks.store import MemoryStore, StoreUnavailableError
@@ -48,6 +48,7 @@ class Rec:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp: int = -1  # Kafka's "no timestamp"
 
 
 @dataclass
@@ -139,6 +140,20 @@ def batch() -> dict[Any, list[Any]]:
             Rec("tb", 1, 9, key, encode_tombstone(S, reason="ttl", emitted_at=T0 + 60_000))
         ],
     }
+
+
+@pytest.mark.asyncio
+async def test_a_null_is_decoded_with_its_kafka_timestamp() -> None:
+    """The store tells an erasure's null read again after its marker was forgotten by it
+    (sinks/_logic.py, rule 7)."""
+    sink = sink_for(MemoryStore(), [])
+    key = A.key.encode()
+    erased = (("expiry-reason", b"explicit"),)
+    recs = [Rec("st", 0, 5, key, None, erased, T0), Rec("st", 0, 6, key, None, erased)]
+    decoded = await sink._decode_batch({TP("st", 0): recs})
+    assert decoded.changes == [
+        NullChange(A, 0, 5, "explicit", T0), NullChange(A, 0, 6, "explicit", None),
+    ]  # fmt: skip
 
 
 @pytest.mark.asyncio
