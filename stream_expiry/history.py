@@ -10,7 +10,8 @@ erasure request with a bad timestamp was never carried out: an auditor must see 
 command reads them and prints the record's messages in time order.
 
 Receipts are published at least once: one published again (same ``receipt_id``) is shown
-once, with how many copies there were. It never prints a payload: of a stamp it shows the
+once, with how many copies there were; so is a deferral the service wrote again (after a
+restart or a restore). It never prints a payload: of a stamp it shows the
 expiry fields and the paths ``[redact]`` removed, not ``data`` (the stores and the archive
 hold that, for those allowed to see it).
 Each topic is read whole (the receipts and the audit trail are kept 400 days by default):
@@ -138,19 +139,42 @@ def _hold_on(rec: Any, identity: Identity) -> bool:
 def _one_per_receipt(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Receipts are published at least once (a sink that crashed after publishing a batch
     publishes it again, the same receipt with the same ``receipt_id``): one event per
-    receipt, the first publication, with ``copies`` saying how many there were."""
-    first: dict[str, dict[str, Any]] = {}
+    receipt, the first publication, with ``copies`` saying how many there were.
+
+    So are deferrals: the service writes a deferral again when it makes it again, after a
+    restart or a restore from the changelog (a lost disk), and the entries with the same
+    ``reason``, ``expires_at``, ``erase_requested_at`` and holds are one deferral (the
+    README's rule). Listed each time, an auditor read one held deletion as deferred twice
+    (a trial: a SIGKILL and a lost state directory). An entry naming other holds (one of
+    them released, another still keeping the record) stays an event of its own."""
+    first: dict[object, dict[str, Any]] = {}
     out: list[dict[str, Any]] = []
     for e in events:
-        rid = e.get("receipt_id") if e["kind"] == "receipt" else None
-        if rid is None:
+        same = _same_as(e)
+        if same is None:
             out.append(e)
-        elif rid in first:
-            first[rid]["copies"] += 1
+        elif same in first:
+            first[same]["copies"] += 1
         else:
-            first[rid] = e | {"copies": 1}
-            out.append(first[rid])
+            first[same] = e | {"copies": 1}
+            out.append(first[same])
     return out
+
+
+def _same_as(e: dict[str, Any]) -> object:
+    """What makes two events one (a receipt's id, a deferral's what and why), or None."""
+    if e["kind"] == "receipt":
+        return e.get("receipt_id")
+    if e["kind"] == "deletion_deferred":
+        holds = e.get("hold_ids")
+        return (
+            "deferral",
+            e.get("reason"),
+            e.get("expires_at"),
+            e.get("erase_requested_at"),
+            tuple(sorted(map(str, holds))) if isinstance(holds, list) else None,
+        )
+    return None
 
 
 def _names(rec: Any, identity: Identity) -> bool:
@@ -316,9 +340,11 @@ def _summary(e: dict[str, Any]) -> str:
             text += " (its scope matches this key, but no life of the record ran while it held)"
         return text
     if kind == "deletion_deferred":
+        copies = e.get("copies", 1)
         return (
             f"{e.get('reason')} deletion deferred by {', '.join(e.get('hold_ids') or [])}"
             f" (expires_at {e.get('expires_at') or '-'})"
+            + (f" (written {copies} times, one deferral)" if copies > 1 else "")
         )
     return ", ".join(f"{k} {v}" for k, v in e.items() if k not in ("at", "topic", "kind"))
 

@@ -7,7 +7,13 @@ from typing import Any
 
 import orjson
 
-from stream_expiry.history import _in_order, _mark_holds_that_kept_nothing, _names, text_lines
+from stream_expiry.history import (
+    _in_order,
+    _mark_holds_that_kept_nothing,
+    _names,
+    _one_per_receipt,
+    text_lines,
+)
 from stream_expiry.model import Identity
 
 
@@ -101,3 +107,31 @@ def test_a_key_with_only_holds_on_record_says_so_and_what_to_check() -> None:
     assert lines[2].endswith(
         "hold h1: case 7 (its scope matches this key, but no life of the record ran while it held)"
     )
+
+
+def _deferral(offset: int, at: str, hold_ids: list[str]) -> dict[str, Any]:
+    return {
+        **_e("deletion_deferred", "audit", 0, offset, at),
+        "reason": "ttl",
+        "hold_ids": hold_ids,
+        "expires_at": "2026-12-05T10:00:00.000Z",
+        "erase_requested_at": None,
+    }
+
+
+def test_a_deferral_written_again_after_a_restore_is_one_deferral() -> None:
+    """The service writes a deferral again when a restart or a lost state directory makes
+    it again; the README counts such entries as one deferral, and history listed each (a
+    trial: one held record read as deferred twice). One naming other holds, after one of
+    them was released, stays its own event."""
+    events = [
+        _deferral(0, "2026-12-05T10:00:00.000Z", ["h1", "h2"]),
+        _deferral(1, "2026-12-05T10:05:00.000Z", ["h2", "h1"]),
+        _deferral(2, "2026-12-05T10:06:00.000Z", ["h2"]),
+        _deferral(3, "2026-12-05T10:07:00.000Z", ["h2"]),
+    ]
+    one = _one_per_receipt(events)
+    assert [(e["offset"], e["copies"]) for e in one] == [(0, 2), (2, 2)]
+    lines = text_lines({"key": "k", "log_ref": "r", "events": one, "active_holds": []})
+    assert lines[1].endswith("deferred by h1, h2 (expires_at 2026-12-05T10:00:00.000Z)"
+                             " (written 2 times, one deferral)")  # fmt: skip
