@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from stream_expiry.errors import ConfigurationError, quoted, suggestion
 from stream_expiry.kafka_settings import check_bootstrap
 from stream_expiry.logs import FORMATS, LEVELS
-from stream_expiry.model import MAX_ID_CHARS
+from stream_expiry.model import MAX_ID_CHARS, SECONDS_LIKE_BEFORE_MS
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -81,15 +81,26 @@ def timestamp(text: str) -> str:
     """An RFC 3339 time with an offset, or epoch milliseconds; kept as given (the commands
     parse it again), checked here so that a typo is one line, not a traceback: the value
     given, what is wrong with it, the two forms taken and an example of each."""
-    from stream_expiry.timeutil import InvalidTimestamp
+    from stream_expiry.timeutil import InvalidTimestamp, format_ts
 
     try:
-        ts_ms(text)
+        ms = ts_ms(text)
     except InvalidTimestamp as exc:
         raise argparse.ArgumentTypeError(
             f"{quoted(text, 40)} is {exc.reason}: give an RFC 3339 time with an offset or "
             "epoch milliseconds, e.g. 2026-01-31T12:00:00Z or 1769860800000"
         ) from None
+    if ms is not None and 0 < ms < SECONDS_LIKE_BEFORE_MS and text.isdecimal():
+        # Epoch seconds (or a year) read as milliseconds: January 1970. ``replay --since
+        # 1796369399`` re-derived and re-published every record instead of a day's, and
+        # ``explain --at 2026`` answered for 1970, without a word. The service accepts such
+        # an event time (the contract's), with a warning; a command's own argument is
+        # refused, since nothing is lost by asking again.
+        raise argparse.ArgumentTypeError(
+            f"{quoted(text, 40)} as epoch milliseconds is {format_ts(ms)}: epoch seconds, "
+            f"or a year? give epoch milliseconds ({text}000 for those seconds) or an RFC "
+            "3339 time with an offset, e.g. 2026-01-31T12:00:00Z"
+        )
     return text
 
 

@@ -542,3 +542,19 @@ def test_a_tls_file_that_does_not_load_stops_run_before_its_state_directory(
     )
     assert "unreachable" not in err
     assert not state.exists()
+
+
+@pytest.mark.parametrize("given", ["1796369399", "2026", "1"])
+def test_a_time_that_reads_as_epoch_seconds_or_a_year_is_refused(given: str) -> None:
+    """``replay --since 1796369399`` (epoch seconds) was read as milliseconds, January
+    1970, and re-derived every record instead of those of the last day; ``explain --at
+    2026`` answered for 1970. Both without a word."""
+    with pytest.raises(argparse.ArgumentTypeError) as exc:
+        timestamp(given)
+    assert "as epoch milliseconds is 1970-" in str(exc.value)
+    assert f"{given}000 for those seconds" in str(exc.value)
+
+
+@pytest.mark.parametrize("given", ["0", "100000000000", "1796369399000"])
+def test_zero_and_times_from_1973_on_are_taken_as_epoch_milliseconds(given: str) -> None:
+    assert timestamp(given) == given
