@@ -13,6 +13,7 @@ Rules this module keeps (see ../shared/CONTRACT.md):
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from urllib.parse import quote, unquote
 
 import orjson
 
-from stream_expiry.errors import not_json
+from stream_expiry.errors import misspelt, not_json, quoted
 from stream_expiry.event_fields import misspelt_fields
 from stream_expiry.timeutil import MIN_TS_MS, InvalidTimestamp, format_ts, parse_ts
 
@@ -382,6 +383,17 @@ def _too_deep(value: bytes, data: Any) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=256)
+def _unknown_category(category: str, categories: frozenset[str] | tuple[str, ...]) -> str:
+    """A dead letter's detail for a category not configured, with the one most likely
+    meant: a producer's ``eror``, ``Conversation`` or ``conversations`` (the topic's name)
+    was "category 'conversations' is not configured", and the producer's team had to find
+    the configured names elsewhere. Cached: a producer with a typo sends it in every event."""
+    close = misspelt([category], sorted(categories))
+    hint = f"; did you mean {close[0][1]!r}?" if close else ""
+    return f"category {quoted(category, 60)} is not configured{hint}"
+
+
 def _validate(
     obj: dict[str, Any],
     *,
@@ -409,7 +421,7 @@ def _validate(
     if env not in ENVS:
         return Rejection("invalid_field", f"field 'env' must be 'live' or 'draft', got {env!r}")
     if category not in categories:
-        return Rejection("unknown_category", f"category {category!r} is not configured")
+        return Rejection("unknown_category", _unknown_category(category, categories))
     if op not in OPS:
         return Rejection("unknown_op", f"op {op!r} is not one of create, touch, delete")
     raw_ts = obj["ts"]

@@ -278,3 +278,26 @@ def test_an_integer_orjson_would_round_is_dead_lettered_never_stored_rounded() -
     assert parse(raw("1", ts="9" * 23)) == Rejection(
         "bad_timestamp", "field 'ts' is out of range (an integer beyond 64 bits)"
     )
+
+
+@pytest.mark.parametrize(
+    ("category", "detail"),
+    [
+        (
+            "conversations",
+            "category 'conversations' is not configured; did you mean 'conversation'?",
+        ),
+        ("Session", "category 'Session' is not configured; did you mean 'session'?"),
+        ("sesion", "category 'sesion' is not configured; did you mean 'session'?"),
+        ("invoice", "category 'invoice' is not configured"),
+    ],
+)
+def test_an_unknown_category_names_the_configured_one_it_is_close_to(
+    category: str, detail: str
+) -> None:
+    """A producer that sent the topic's name (``conversations``) or a capital letter got
+    "category 'conversations' is not configured" on every dead letter, and had to find the
+    configured names elsewhere (a trial: ``eror``)."""
+    result = parse(event(category=category))
+    assert isinstance(result, Rejection)
+    assert (result.code, result.detail) == ("unknown_category", detail)
