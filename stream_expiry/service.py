@@ -277,6 +277,7 @@ class Service:
         self._on_progress = on_progress
         self._consumer_options = dict(consumer_options or {})
         self._misspelt_said: set[str] = set()  # names of events said to stand for a field
+        self._unkeyed_said: set[str] = set()  # input topics said to carry events without a key
         # aiokafka options of the producer over the service's (``max_request_size``: the
         # size limit outputs are held to, see stream_expiry.oversize)
         self._producer_options = dict(producer_options or {})
@@ -957,8 +958,29 @@ class Service:
             )
         for rec, pairs in effects.misspelt:
             self._say_misspelt(rec, pairs)
+        if effects.unkeyed is not None:
+            self._say_unkeyed(effects.unkeyed)
         for fired in effects.tombstones:
             self._count_tombstone(fired)
+
+    def _say_unkeyed(self, rec: Any) -> None:
+        """Events without a key, said once per input topic: the producer's partitioner
+        spreads them over the partitions, each with a processor of its own, so a record's
+        delete or touch can reach one that never saw its create (the erasure then names no
+        life, and the life runs on to its expiry, its data on expiry.stamped)."""
+        if rec.topic in self._unkeyed_said:
+            return
+        self._unkeyed_said.add(rec.topic)
+        log.warning(
+            "events without a key on %s (first seen at %s[%d]@%d; said once): the producer "
+            "spreads them over the partitions, so a record's delete or touch can reach an "
+            "instance that never saw its create and does not end or slide its life; key "
+            "every event of a record alike (its record id, say)",
+            rec.topic,
+            rec.topic,
+            rec.partition,
+            rec.offset,
+        )
 
     def _say_misspelt(self, rec: Any, pairs: tuple[tuple[str, str], ...]) -> None:
         """Each name an event gives for an optional field it lacks, said once per run: a

@@ -117,6 +117,10 @@ class Effects:
     # Accepted events with a name that most likely stands for an optional field they do
     # not have (``InputEvent.misspelt``): the shell says each such name once.
     misspelt: list[tuple[Any, tuple[tuple[str, str], ...]]] = field(default_factory=list)
+    # The first accepted event without a Kafka key: a producer's partitioner spreads such
+    # events over the partitions, and a record's delete or touch then reaches a processor
+    # that does not hold its life. The shell says it once per input topic.
+    unkeyed: Any = None
 
     def __bool__(self) -> bool:
         return bool(
@@ -341,6 +345,8 @@ class PartitionProcessor:
                 effects.seconds_like.append((rec, ev.ts))
             if ev.misspelt:
                 effects.misspelt.append((rec, ev.misspelt))
+            if rec.key is None and effects.unkeyed is None:
+                effects.unkeyed = rec
             key = ev.identity.key
             if key in ending:
                 # An earlier event of this slice may have ended the running life (an
