@@ -32,6 +32,7 @@ from stream_expiry.hold_command import read_holds
 from stream_expiry.kafka import consumer, read_to_end
 from stream_expiry.logs import printable, record_ref
 from stream_expiry.model import DEFAULT_BOT, Identity
+from stream_expiry.replay import H_REPLAY
 from stream_expiry.timeutil import format_ts
 
 if TYPE_CHECKING:
@@ -110,18 +111,35 @@ def _describe(config: Config, topic: str, rec: Any) -> dict[str, Any]:
                 # before expires_at, so a session touched at its expiry lives on). Shown
                 # as "deleted_at", an auditor read every ttl deletion as early (a trial).
                 "ends_lives_created_by": None if deleted_at is None else format_ts(deleted_at),
-            },
+            }
+            | _replay_of(headers),
         )
     body = None if rec.value is None else _body(rec.value)
     if body is None:
         return _event(rec, topic, "unreadable", {})
     if topic == t.stamped:
-        return _event(rec, topic, "stamp", {k: body[k] for k in _STAMP_FIELDS if k in body})
+        return _event(
+            rec,
+            topic,
+            "stamp",
+            {k: body[k] for k in _STAMP_FIELDS if k in body} | _replay_of(headers),
+        )
     kind = {t.tombstones: "tombstone", t.receipts: "receipt"}.get(topic)
     if kind is None:  # the audit trail: its type says what it is
         kind = str(body.get("type", "audit"))
     rest = {k: v for k, v in body.items() if k not in _IDENTITY and k not in ("type", "data")}
     return _event(rec, topic, kind, rest)
+
+
+def _replay_of(headers: list[tuple[str, bytes]]) -> dict[str, str]:
+    """``{"replay": run id}`` for a message ``stream-expiry replay`` published (a stamp it
+    re-derived, or a newer message of an instance it published again after its own), else
+    nothing. Without it, an auditor saw a record's expiry move, or its TTL's source change,
+    with nothing to say that an operator's replay under another policy did it (a trial)."""
+    for name, value in headers:
+        if name == H_REPLAY:
+            return {"replay": value.decode(errors="replace")}
+    return {}
 
 
 def _hold_on(rec: Any, identity: Identity) -> bool:
@@ -306,11 +324,11 @@ def _summary(e: dict[str, Any]) -> str:
             text += f", erasure asked at {e['erase_requested_at']} (deferred)"
         if e.get("redacted"):
             text += f", redacted {', '.join(e['redacted'])}"
-        return text
+        return text + _by_replay(e)
     if kind == "deleted":
         return (
             f"null on the changelog (reason {e['reason'] or '-'}): the lives created at or "
-            f"before {e['ends_lives_created_by'] or '-'} are deleted"
+            f"before {e['ends_lives_created_by'] or '-'} are deleted" + _by_replay(e)
         )
     if kind == "tombstone":
         return (
@@ -347,6 +365,10 @@ def _summary(e: dict[str, Any]) -> str:
             + (f" (written {copies} times, one deferral)" if copies > 1 else "")
         )
     return ", ".join(f"{k} {v}" for k, v in e.items() if k not in ("at", "topic", "kind"))
+
+
+def _by_replay(e: dict[str, Any]) -> str:
+    return f", published by replay {e['replay']}" if e.get("replay") else ""
 
 
 def text_lines(d: dict[str, Any]) -> list[str]:

@@ -4,12 +4,14 @@ agrees to look up."""
 from __future__ import annotations
 
 import argparse
+from types import SimpleNamespace
 
+import orjson
 import pytest
 
 from stream_expiry.config import parse_config
 from stream_expiry.errors import ConfigurationError
-from stream_expiry.history import checked_identity, text_lines
+from stream_expiry.history import _describe, checked_identity, text_lines
 from stream_expiry.model import MAX_ID_CHARS, Identity
 
 AT = "2026-12-05T05:00:00.000Z"
@@ -129,3 +131,25 @@ def test_a_release_says_why_and_by_whom_apart_from_why_the_hold_was_placed() -> 
     assert lines[3].endswith("hold h1 (placed for: case 7), released because: case closed, by bob")
     plain = {k: v for k, v in released.items() if k not in ("release_reason", "by")}
     assert text_lines(_history(stamp, plain))[2].endswith("hold h1 (placed for: case 7)")
+
+
+def test_a_stamp_or_null_a_replay_published_says_so() -> None:
+    """After ``replay --config NEW``, history showed the record's expiry moved and its TTL's
+    source changed (``ttl 60 s from cap``) with nothing to say an operator's replay did
+    it, though the message carries the replay's mark (a trial)."""
+    stamp = {"created_at": AT, "expires_at": AT, "ttl_seconds": 60, "ttl_source": "cap"}
+    marked = [("expiry-source-topic", b"conversations"), ("expiry-replay", b"run1")]
+
+    def rec(value: bytes | None, headers: list[tuple[str, bytes]]) -> SimpleNamespace:
+        return SimpleNamespace(timestamp=0, partition=0, offset=1, value=value, headers=headers)
+
+    events = [
+        _describe(CONFIG, "expiry.stamped", rec(orjson.dumps(stamp), marked)),
+        _describe(CONFIG, "expiry.stamped", rec(None, [("expiry-reason", b"ttl"), *marked])),
+        _describe(CONFIG, "expiry.stamped", rec(orjson.dumps(stamp), marked[:1])),
+    ]
+    assert [e.get("replay") for e in events] == ["run1", "run1", None]
+    lines = text_lines(_history(*events))
+    assert lines[1].endswith("(ttl 60 s from cap), published by replay run1")
+    assert lines[2].endswith("are deleted, published by replay run1")
+    assert "replay" not in lines[3]
