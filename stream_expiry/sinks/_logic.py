@@ -342,7 +342,14 @@ class _Planner:
             lived = _max_opt(lived, row.created_at)
             src: Row | Pending | TombstoneChange = t if t.created_at is not None else row
             self.receipt(t.identity, t.reason, 1, src, t.emitted_at, self.now)
+        # An erasure's null that found no row (``rowless``) and a row this tombstone deleted
+        # are one deletion: the stamp of a life the erasure ends came after the null (on
+        # another partition of expiry.stamped, a producer's events of one record keyed
+        # apart), and the one tombstone left two receipts, rows_deleted 1 and 0 (a trial).
+        rowful = deleted or any(not p.rowless for p in claimed)
         for p in claimed:
+            if p.rowless and rowful:
+                continue
             src = t if t.created_at is not None else p
             self.receipt(t.identity, t.reason, 1 - p.rowless, src, t.emitted_at, p.deleted_at)
         rest = tuple(p for p in pending if p not in claimed) if claimed else None

@@ -860,3 +860,17 @@ def test_the_largest_of_times_some_unknown(
     """When a marker settles: the latest of the lives' expiries and of the deletions, any
     of them unknown. Two values take a path of their own (the common case, per deletion)."""
     assert _max_opt(*values) == largest
+
+
+def test_an_erasures_null_read_before_the_stamp_of_a_life_it_ends_leaves_one_receipt() -> None:
+    """A producer keyed a record's create and its delete apart: the erasure's null (on one
+    partition of expiry.stamped, naming no life) came before the stamp of the life it
+    ends (on another). The tombstone deleted the row and left two receipts for the one
+    erasure, rows_deleted 1 and 0 (a trial); one is the record's."""
+    w, s = World(), life()
+    w.apply([NullChange(A, 1, 0, reason="explicit")])
+    w.apply([st_change(s, offset=0)])
+    assert w.row() is not None
+    w.apply([tomb(Stamp(A, None, None, None, None), reason="explicit", emitted_at=T0 + MIN)])
+    assert w.row() is None
+    assert [(r.reason, r.rows_deleted, r.created_at) for r in w.receipts] == [("explicit", 1, T0)]
