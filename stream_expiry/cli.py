@@ -264,7 +264,7 @@ def _parser_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--state-dir",
         metavar="DIR",
         help="where the durable index lives (default: $STREAM_EXPIRY_STATE_DIR, else the "
-        "config file's state_dir)",
+        "config file's state_dir, else ./state in the directory it is started from)",
     )
     add_metrics_options(run)
     run.set_defaults(func=_cmd_run)

@@ -558,3 +558,13 @@ def test_a_time_that_reads_as_epoch_seconds_or_a_year_is_refused(given: str) -> 
 @pytest.mark.parametrize("given", ["0", "100000000000", "1796369399000"])
 def test_zero_and_times_from_1973_on_are_taken_as_epoch_milliseconds(given: str) -> None:
     assert timestamp(given) == given
+
+
+def test_run_help_names_the_state_directory_it_falls_back_to(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """It named the variable and the config file's key, and not ``./state``, which ``run``
+    takes when neither is set: a service started from another directory restores again."""
+    assert _exit_status(["run", "--help"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "else ./state in the directory it is started from" in said
