@@ -116,6 +116,12 @@ def _checked_hold(config: Config, args: argparse.Namespace, now_ms: int) -> Hold
         raise ConfigurationError(
             re.sub(r"field '(\w+)'", lambda m: _FLAGS.get(m[1], f"--{m[1]}"), checked.detail)
         )
+    if not args.reason.strip():
+        # The service takes a blank reason; the audit trail would keep a placement that
+        # says nothing of why the records are kept (``hold release --reason`` refuses one).
+        raise ConfigurationError(
+            "--reason must say why the hold is placed (a case number, say), not be blank"
+        )
     if args.category is not None:
         check_category(args.category, config.categories, ": a hold on it would keep nothing")
     return hold

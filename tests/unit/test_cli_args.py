@@ -568,3 +568,19 @@ def test_run_help_names_the_state_directory_it_falls_back_to(
     assert _exit_status(["run", "--help"]) == 0
     said = " ".join(capsys.readouterr().out.split())
     assert "else ./state in the directory it is started from" in said
+
+
+def test_a_hold_placed_for_a_blank_reason_is_refused_as_a_blank_release_reason_is() -> None:
+    """``hold place --reason '   '`` placed a hold (and its hold_placed entry on the audit
+    trail) whose reason says nothing, where ``hold release --reason '   '`` is refused:
+    a compliance officer reads that reason as why the records were kept."""
+    from stream_expiry.config import parse_config
+    from stream_expiry.hold_command import _checked_hold
+
+    given = {"id": None, "org": "acme", "bot": None, "env": None, "category": None}
+    args = argparse.Namespace(**given, record_id=None, reason=" \t ")
+    with pytest.raises(ConfigurationError, match="--reason must say why the hold is placed"):
+        _checked_hold(parse_config(""), args, 1_796_369_399_212)
+    assert _checked_hold(parse_config(""), argparse.Namespace(**given, record_id=None,
+                         reason="case 42"), 1_796_369_399_212).reason == "case 42"  # fmt: skip
+
