@@ -344,7 +344,12 @@ def _summary(e: dict[str, Any]) -> str:
             + (f" (published {copies} times, one receipt)" if copies > 1 else "")
         )
     if kind == "dead_letter":
-        return f"a {e.get('op')} event (ts {e.get('ts')}) rejected: {e.get('error')} ({e.get('detail')})"
+        op = str(e.get("op"))
+        article = "an" if op[:1].lower() in ("a", "e", "i", "o", "u") else "a"
+        return (
+            f"{article} {op} event (ts {e.get('ts')}) rejected: {e.get('error')}"
+            f" ({e.get('detail')})"
+        )
     if kind in _HOLD_EVENTS:
         if kind == "hold_placed":
             text = f"hold {e.get('hold_id')}: {e.get('reason')}"

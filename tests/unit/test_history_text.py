@@ -153,3 +153,12 @@ def test_a_stamp_or_null_a_replay_published_says_so() -> None:
     assert lines[1].endswith("(ttl 60 s from cap), published by replay run1")
     assert lines[2].endswith("are deleted, published by replay run1")
     assert "replay" not in lines[3]
+
+
+def test_a_rejected_events_op_takes_its_article() -> None:
+    """ "a erase event (ts ...) rejected" on an audit's evidence (a trial: a producer's
+    ``op: erase``, dead-lettered as unknown_op)."""
+    rejected = {"at": AT, "kind": "dead_letter", "ts": 1, "error": "e", "detail": "d"}
+    lines = text_lines(_history({**rejected, "op": "erase"}, {**rejected, "op": "delete"}))
+    assert f"  {AT}  dead_letter       an erase event (ts 1) rejected: e (d)" in lines
+    assert f"  {AT}  dead_letter       a delete event (ts 1) rejected: e (d)" in lines
