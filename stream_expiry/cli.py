@@ -346,9 +346,9 @@ def _policy_updates(
 
 @contextlib.contextmanager
 def _library_quiet() -> Iterator[None]:
-    """For a one-shot command (explain, hold, status, history, replay): aiokafka logs its connection
-    failures itself, and the command's error says the same and what to do, so a person
-    reads one line, not two. DEBUG still shows the library's logs."""
+    """For a one-shot command (explain, hold, status, history, replay, archive purge):
+    aiokafka logs its connection failures itself, and the command's error says the same and
+    what to do, so a person reads one line, not two. DEBUG still shows the library's logs."""
     library = logging.getLogger("aiokafka")
     before = library.level
     if before != logging.DEBUG:
@@ -658,7 +658,8 @@ def _cmd_archive(args: argparse.Namespace) -> int:
             from stream_expiry.hold_command import read_holds
 
             brokers = connection_from(args, config)
-            holds = anyio.run(partial(read_holds, config, brokers, must_exist=True))
+            with _library_quiet():
+                holds = anyio.run(partial(read_holds, config, brokers, must_exist=True))
         # The service's marker_grace and topic settings: the archive's markers must outlive
         # the service's own (README: Archive).
         result = archive.purge(args.dir, archive.MarkerTerms.of(config), holds=holds)

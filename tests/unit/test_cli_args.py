@@ -584,3 +584,14 @@ def test_a_hold_placed_for_a_blank_reason_is_refused_as_a_blank_release_reason_i
     assert _checked_hold(parse_config(""), argparse.Namespace(**given, record_id=None,
                          reason="case 42"), 1_796_369_399_212).reason == "case 42"  # fmt: skip
 
+
+def test_archive_purge_that_cannot_read_the_holds_says_so_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """It printed aiokafka's own "ERROR aiokafka: Unable connect to ..." line before its
+    own, as the other one-shot commands (status, hold, replay) no longer do."""
+    argv = ["archive", "--dir", str(tmp_path), "purge", "--bootstrap-servers", "127.0.0.1:1"]
+    assert _exit_status(argv) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("stream-expiry archive: cannot reach Kafka at 127.0.0.1:1")
+    assert err.count("\n") == 1
