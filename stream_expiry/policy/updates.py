@@ -332,14 +332,17 @@ _FIELDS: Final = ("scope", "org", "bot", "env", "ttl", "effective_from")
 def _misspelt_field_notes(obj: Mapping[str, Any]) -> tuple[str, ...]:
     """A note for each unknown field whose name is close to one an update reads
     (``efective_from``, ``effective-from``): ignored like any extra field, so the update
-    applied from its Kafka timestamp, not from the time it named, without a word."""
+    applied from its Kafka timestamp, not from the time it named, without a word. Beside
+    the field meant (``Env`` and ``env``), the note says the update is read with that one:
+    it is, and not from its Kafka timestamp nor without it."""
     notes = []
     for name, meant in misspelt(obj, _FIELDS):
-        what = (
-            "the update applies from its Kafka timestamp"
-            if meant == "effective_from"
-            else f"the update is read without {meant!r}"
-        )
+        if obj.get(meant) is not None:
+            what = f"the update is read with its {meant!r}"
+        elif meant == "effective_from":
+            what = "the update applies from its Kafka timestamp"
+        else:
+            what = f"the update is read without {meant!r}"
         notes.append(
             f"field {name!r} is not one a policy update has, so it is ignored and {what}; "
             f"did you mean {meant!r}?"

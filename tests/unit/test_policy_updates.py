@@ -22,6 +22,7 @@ from stream_expiry.policy import (
     scope_key,
 )
 from stream_expiry.policy.updates import parse_update
+from stream_expiry.timeutil import parse_ts
 
 DAY = 86_400_000
 T = 1_700_000_000_000
@@ -517,6 +518,39 @@ def test_a_misspelt_field_is_ignored_with_a_note_naming_the_field_meant() -> Non
                     "author": "ops", "ticket": "OPS-1"})  # fmt: skip
     assert isinstance(extra, PolicyUpdate)
     assert extra.notes == ()
+
+
+def test_a_misspelt_field_beside_the_field_meant_says_the_update_is_read_with_that_one() -> None:
+    """`"effective_from"` and `"effective-from"` both (a producer's two spellings): the
+    update applies from its `effective_from`, as the contract reads it, yet the note said
+    it applied from its Kafka timestamp; `"env": "draft"` beside `"Env": "live"` was said
+    to be read without 'env', while the draft bot's scope is the one it sets. The note
+    now says the update is read with the field meant; a null field meant is absent."""
+    u = update({"scope": "org", "org": "acme", "ttl": {"conversation": "2d"},
+                "effective_from": "2027-01-01T00:00:00Z",
+                "effective-from": "2027-02-01T00:00:00Z"}, ts=T)  # fmt: skip
+    assert isinstance(u, PolicyUpdate)
+    assert u.effective_from == parse_ts("2027-01-01T00:00:00Z")
+    assert u.notes == (
+        "field 'effective-from' is not one a policy update has, so it is ignored and the "
+        "update is read with its 'effective_from'; did you mean 'effective_from'?",
+    )
+    bot = update({"scope": "bot", "org": "acme", "bot": "b1", "env": "draft", "Env": "live",
+                  "ttl": {"conversation": "2d"}})  # fmt: skip
+    assert isinstance(bot, PolicyUpdate)
+    assert bot.key == "bot/acme/b1/draft"
+    assert bot.notes == (
+        "field 'Env' is not one a policy update has, so it is ignored and the update is "
+        "read with its 'env'; did you mean 'env'?",
+    )
+    null = update({"scope": "org", "org": "acme", "ttl": {"conversation": "2d"},
+                   "effective_from": None, "efective_from": "2027-01-01T00:00:00Z"}, ts=T)  # fmt: skip
+    assert isinstance(null, PolicyUpdate)
+    assert null.effective_from == T
+    assert null.notes == (
+        "field 'efective_from' is not one a policy update has, so it is ignored and the "
+        "update applies from its Kafka timestamp; did you mean 'effective_from'?",
+    )
 
 
 def test_an_invalid_value_is_ignored_and_the_rest_applies() -> None:
