@@ -65,8 +65,6 @@ Rules kept here (why: tombstones are at-least-once, and ``expiry.stamped`` and
      exactly as the service takes a re-delivered create of it a grace after the erasure:
      keeping such markers forever would keep every erased user's ids forever, and the
      store would then refuse a record the service holds as live;
-   * a tombstone re-delivered after the grace finds no marker and leaves a receipt with
-     ``rows_deleted`` 0: an erasure request that reaches a store is on record;
    * an erasure's null read again (a rewound group: the compacted topic keeps it) finds
      no row and no marker, as a null of an erasure of a record the store never held
      does when first read. The first must wait for its tombstone event (rule 4); the
@@ -79,10 +77,32 @@ Rules kept here (why: tombstones are at-least-once, and ``expiry.stamped`` and
      read before, and whatever it started has settled: it waits for nothing (else its
      deletion waited forever for a tombstone read long ago, and the sweep wrote a
      second receipt). One dated after it is read for the first time, or re-read while
-     its marker is still kept. Clocks set apart by more than the grace, or a null
-     whose timestamp is older than its writing by more than the grace, would defeat
-     this; a clock ahead by less than that only delays it, for a null re-read within
-     that time of its marker's pruning, which then waits as a first one does.
+     its marker is still kept;
+   * a tombstone event re-delivered after the grace (a rewound group, the topic read
+     again) finds no row and no marker, as an erasure of a record the store never held
+     does when first read, and that one leaves a receipt with ``rows_deleted`` 0: an
+     erasure request that reaches a store is on record. The re-read one was on record
+     already (its first reading deleted, claimed a pending deletion, was covered, or
+     wrote that receipt, and left a marker that covers it, forgotten since), and a
+     second receipt told a compliance officer of two deletions. Its Kafka timestamp
+     tells them apart by the same argument: a tombstone that finds nothing to delete,
+     claims no pending deletion and is not covered, dated at or before the bound, was
+     read before; it writes no receipt (its marker is written again, as the first
+     reading wrote it, so that a stamp of the life it ended, read again after it, stays
+     out). One dated after it, or of unknown time, or in a store that never pruned,
+     leaves its receipt. Only a receipt of nothing is left out: a tombstone read again
+     that deletes a row a re-read stamp wrote again, or claims a deletion a re-read null
+     left pending, still writes its receipt, as before.
+
+   For both, clocks set apart by more than the grace, or a message whose timestamp is
+   older than its writing by more than the grace, would defeat this: the service dates
+   its nulls and tombstone events when it decides them and writes them at once, but with
+   ``--marker-grace 0`` a tombstone event in flight while the read-complete time is
+   taken can be dated before a bound that did not see it, and its first reading would
+   leave no receipt; keep the grace well above the service's send time and the clocks'
+   drift. A clock ahead by less than the grace only delays the rule, for a message
+   re-read within that time of its marker's pruning, which then does what a first one
+   does.
 """
 
 from __future__ import annotations
@@ -146,6 +166,11 @@ class Plan:
     kept_for_archive: int = 0
     """Rows past the sweep's cutoff that it kept because the archive has not written the
     stamp they were written from (``[archive] required``)."""
+    found_nothing_at: list[int] = field(default_factory=list)
+    """The Kafka timestamps of the tombstone events that found nothing to delete and wrote
+    a receipt with ``rows_deleted`` 0, planned without the pruning's bound: one dated at or
+    before that bound was read before (rule 7), so a store that did not pass
+    ``pruned_before`` to :func:`plan` reads it and plans again (it seldom has to)."""
     living: list[Identity] = field(default_factory=list)
     """Identities with a receipt in this plan whose record still has a row afterwards: a
     later life than the one deleted (a held life's next one, or a record created again
@@ -361,7 +386,17 @@ class _Planner:
             ended = _max_opt(ended, p.expires_at)
         self.remember(slot, t.identity, bound, lived, rest, ended)
         if not deleted and not claimed and not covered:
-            # An erasure request for a row this store never held: still on record.
+            # An erasure request for a row this store never held: still on record. Unless
+            # it is dated at or before the bound of the store's pruning: then it was read
+            # before, and its receipt written then; its marker was forgotten since (rule 7).
+            # The marker is written again all the same, as the first reading wrote it: a
+            # stamp of the life it ended, read again after it, stays out.
+            at, pruned = t.timestamp, self.pruned_before
+            if at is not None:
+                if pruned is not None and at <= pruned:
+                    return
+                if pruned is None:
+                    self.out.found_nothing_at.append(at)
             self.receipt(t.identity, t.reason, 0, t, t.emitted_at, self.now)
 
     def null(self, slot: Slot, c: NullChange) -> None:
@@ -468,7 +503,8 @@ def plan(
     is one upsert, and a row whose content did not change is not written at all.
 
     ``pruned_before``: the highest settling bound the store's pruning has used (None:
-    it never pruned); an erasure's null dated at or before it was read before (rule 7).
+    it never pruned, or the store did not read it); an erasure's null, or a tombstone
+    event that finds nothing to delete, dated at or before it was read before (rule 7).
     """
     p = _Planner(store, now_ms, new_id, pruned_before)
     work: dict[Identity, Slot] = {}

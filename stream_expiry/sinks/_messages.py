@@ -130,6 +130,11 @@ class TombstoneChange:
     ttl_seconds: int | None
     ttl_source: str | None
     deleted_at: int | None = None
+    # The Kafka timestamp of the event (epoch ms: the service's emission time, or the
+    # broker's append time on a topic that keeps those; None: unknown): a tombstone that
+    # finds nothing to delete, dated at or before the bound the store's pruning used, was
+    # read before and its receipt written (see ``_Planner.tombstone``).
+    timestamp: int | None = None
 
     @property
     def bound(self) -> int:
@@ -528,10 +533,16 @@ def decode_stamped(
 
 
 def decode_tombstone(
-    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()
+    key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes]] = (),
+    timestamp: int | None = None,
 ) -> TombstoneChange:
     """Decode one tombstone event of ``expiry.tombstones``; its ``expiry-deleted-at`` header
-    (the service's, since round 19) makes :attr:`TombstoneChange.bound` exact."""
+    (the service's, since round 19) makes :attr:`TombstoneChange.bound` exact.
+
+    ``timestamp``: the message's Kafka timestamp (a negative one, Kafka's "none", is
+    unknown)."""
     del key  # the value names the identity; see the module rules
     if value is None:
         raise InvalidMessage("a tombstone event must have a value")
@@ -550,4 +561,5 @@ def decode_tombstone(
         ttl_seconds=_opt_int(obj, "ttl_seconds"),
         ttl_source=_opt_str(obj, "ttl_source"),
         deleted_at=_time(obj, "deleted_at") if "deleted_at" in obj else deleted_at_of(headers),
+        timestamp=timestamp if timestamp is not None and timestamp >= 0 else None,
     )

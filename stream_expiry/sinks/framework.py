@@ -622,7 +622,9 @@ class Sink:
     def _decode(self, topic: str, rec: Any) -> Change | None:
         try:
             if topic == self.config.tombstones_topic:
-                change: Change = decode_tombstone(rec.key, rec.value, rec.headers)
+                change: Change = decode_tombstone(
+                    rec.key, rec.value, rec.headers, timestamp=rec.timestamp
+                )
             else:
                 change = decode_stamped(
                     rec.key, rec.value, partition=rec.partition, offset=rec.offset,

@@ -349,12 +349,21 @@ class Store(abc.ABC):
             state = await tx.take(ends) if ends else {}
             if others:
                 state.update(await tx.load(list(others), data=stamped))
-            # Only an erasure's null asks for the pruning's bound (see _logic.plan).
+            # Only an erasure's null asks for the pruning's bound at once (see _logic.plan);
+            # a tombstone event that found nothing to delete asks for it after planning,
+            # and the batch is planned again only when the bound tells it was read before.
             bound = await tx.pruned_before() if erased else None
             out = plan(
                 changes, state, store=self.name, now_ms=now_ms, new_id=self._new_id,
                 pruned_before=bound,
             )  # fmt: skip
+            if not erased and out.found_nothing_at:
+                bound = await tx.pruned_before()
+                if bound is not None and min(out.found_nothing_at) <= bound:
+                    out = plan(
+                        changes, state, store=self.name, now_ms=now_ms, new_id=self._new_id,
+                        pruned_before=bound,
+                    )  # fmt: skip
             if ends:
                 # take() deleted these rows already; plan must have decided the same.
                 planned = set(out.deletes)
@@ -436,8 +445,9 @@ class Store(abc.ABC):
         page costs the same at a thousand markers or a hundred million.
 
         The store keeps the highest ``settled_before_ms`` used, in the same transaction:
-        an erasure's null dated at or before it, read again, is known to have been read
-        before (rule 7 of :mod:`~stream_expiry.sinks._logic`).
+        an erasure's null, or a tombstone event that finds nothing to delete, dated at or
+        before it is known to have been read before (rule 7 of
+        :mod:`~stream_expiry.sinks._logic`).
         """
         async with self.transaction() as tx:
             page = await tx.prune(settled_before_ms, limit, after)

@@ -1181,3 +1181,38 @@ async def test_an_erasures_null_read_again_after_its_marker_is_forgotten_gets_no
     assert await receipts_of(fresh) == [("explicit", 0)]
     assert await receipts_of(unseen) == [("explicit", 0)]
     assert await store.marker(unseen.identity) is None
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(["sqlite", "postgres"]), indirect=True)
+async def test_a_tombstone_read_again_after_its_marker_is_forgotten_gets_no_second_receipt(
+    broker: str, topics: TopicSet, store: Store
+) -> None:
+    """An erasure of a record the store never held: its tombstone event is applied (one
+    receipt, rows_deleted 0) and the marker is forgotten. Then a new group reads
+    ``expiry.tombstones`` again (a rewound group): the event, dated by the producer before
+    the pruning's bound, was read before, and wrote a second receipt. An erasure written
+    after the first run is read for the first time: on record, rows_deleted 0."""
+    unseen, fresh = (Stamp(ident(r), None, None, None, None) for r in ("unseen", "fresh"))
+
+    async def receipts_of(s: Stamp) -> list[tuple[str, int]]:
+        return [
+            (r.reason, r.rows_deleted) for r in await store.receipts() if r.identity == s.identity
+        ]
+
+    async def erase(s: Stamp) -> None:
+        msg = tombstone_msg(s, reason="explicit", emitted_at=wall_clock_ms())
+        await produce(broker, topics.tombstones, [msg])
+
+    await erase(unseen)
+    config = sink_config(broker, topics, marker_grace_s=0, prune_interval_s=0.05)
+    async with running_sink(store, config) as sink:
+        await wait_until(_metric(sink.metrics, "markers_pruned_total", 1), what="the pruning")
+    assert await receipts_of(unseen) == [("explicit", 0)]
+    assert await store.marker(unseen.identity) is None
+    await erase(fresh)
+    again = sink_config(broker, topics, marker_grace_s=3600)
+    async with running_sink(store, again) as sink:
+        await wait_until(_caught_up(store, sink.metrics, 2), what="both tombstones applied")
+    assert await receipts_of(fresh) == [("explicit", 0)]
+    assert await receipts_of(unseen) == [("explicit", 0)]

@@ -462,6 +462,59 @@ async def test_an_erasures_null_read_again_after_its_marker_is_forgotten_waits_f
     ]
 
 
+def dated(change: Change, at: int | None) -> TombstoneChange:
+    """A tombstone event with the Kafka timestamp it was read with."""
+    assert isinstance(change, TombstoneChange)
+    return replace(change, timestamp=at)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("parallel", [1, 3], ids=["one", "parallel"])
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_a_tombstone_read_again_after_its_marker_is_forgotten_leaves_no_second_receipt(
+    store: Store, parallel: int
+) -> None:
+    """Erasures of records the store never held, and a ttl tombstone of a row it held,
+    each dated by the service: one receipt each (rows_deleted 0, and 1); the markers
+    forgotten; the store reopened and ``expiry.tombstones`` read again (a rewound group).
+    The store keeps the pruning's bound: the tombstones are dated before it, were read
+    before, and leave no second receipt, whether a batch holds them alone (``take``) or
+    with other changes of their records, in one transaction or split into several. An
+    erasure dated after the bound, or with no timestamp, is read for the first time: on
+    record. Enough erasures that a batch of them is split (PostgreSQL: connections)."""
+    store.parallel = parallel
+    unseen = [Stamp(ident(f"erased-{n}"), None, None, None, None) for n in range(240)]
+    erasures = [dated(kill(s, "explicit", emitted_at=T0), T0) for s in unseen]
+    held = stamp(ident("held"))
+    assert held.expires_at is not None
+    expiry = dated(kill(held), held.expires_at)
+    await store.apply([put(held, offset=1)], now_ms=T0)
+    out = await store.apply([*erasures, expiry], now_ms=held.expires_at)
+    assert sorted(r.rows_deleted for r in out.receipts) == [0] * 240 + [1]
+    assert await prune_round(store, settled_before_ms=held.expires_at, limit=100) == 241
+    await store.close()
+    await store.open()
+    # Read again: each alone in the batch (taken), then, the markers this wrote forgotten
+    # too, each twice in a batch (read whole, not taken).
+    out = await store.apply([*erasures, expiry], now_ms=held.expires_at + 1)
+    assert (out.receipts, out.deleted) == ([], 0)
+    assert await store.marker(unseen[0].identity) is not None  # as the first reading left it
+    assert await prune_round(store, settled_before_ms=held.expires_at + 1, limit=100) == 241
+    out = await store.apply([*erasures, *erasures, expiry, expiry], now_ms=held.expires_at + 2)
+    assert (out.receipts, out.deleted) == ([], 0)
+    assert len(await store.receipts()) == 241
+    # First readings: dated after the bound, or with no timestamp.
+    fresh = [Stamp(ident(f"fresh-{n}"), None, None, None, None) for n in range(2)]
+    later = [
+        dated(kill(fresh[0], "explicit", emitted_at=T0), held.expires_at + 2),
+        dated(kill(fresh[1], "explicit", emitted_at=T0), None),
+    ]
+    out = await store.apply([*later, *erasures], now_ms=held.expires_at + 3)
+    assert sorted((r.identity.record_id, r.rows_deleted) for r in out.receipts) == [
+        ("fresh-0", 0), ("fresh-1", 0),
+    ]  # fmt: skip
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("store", store_params(), indirect=True)
 async def test_a_late_stamp_of_a_forgotten_life_is_due_at_once_or_lives_as_the_service_has_it(

@@ -18,7 +18,13 @@ from stream_expiry.kafka import key_partition
 from stream_expiry.logs import record_ref
 from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
 from stream_expiry.murmur2 import partition_for
-from stream_expiry.sinks._messages import Marker, NullChange, decode_stamped, decode_tombstone
+from stream_expiry.sinks._messages import (
+    Marker,
+    NullChange,
+    TombstoneChange,
+    decode_stamped,
+    decode_tombstone,
+)
 from stream_expiry.sinks.framework import BatchReport, Sink, SinkConfig, _Decoded, archived_by
 from stream_expiry.sinks.postgres import PostgresStore
 from stream_expiry.sinks.store import MemoryStore, StoreUnavailableError
@@ -153,6 +159,19 @@ async def test_a_null_is_decoded_with_its_kafka_timestamp() -> None:
     decoded = await sink._decode_batch({TP("st", 0): recs})
     assert decoded.changes == [
         NullChange(A, 0, 5, "explicit", T0), NullChange(A, 0, 6, "explicit", None),
+    ]  # fmt: skip
+
+
+@pytest.mark.asyncio
+async def test_a_tombstone_event_is_decoded_with_its_kafka_timestamp() -> None:
+    """The store tells a tombstone event read again after its marker was forgotten by it
+    (sinks/_logic.py, rule 7); Kafka's "no timestamp" is unknown."""
+    sink = sink_for(MemoryStore(), [])
+    key, event = A.key.encode(), encode_tombstone(S, reason="ttl", emitted_at=T0)
+    recs = [Rec("tb", 0, 5, key, event, (), T0 + 7), Rec("tb", 0, 6, key, event)]
+    decoded = await sink._decode_batch({TP("tb", 0): recs})
+    assert [c.timestamp for c in decoded.changes if isinstance(c, TombstoneChange)] == [
+        T0 + 7, None,
     ]  # fmt: skip
 
 
