@@ -94,15 +94,14 @@ Rules kept here (why: tombstones are at-least-once, and ``expiry.stamped`` and
      that deletes a row a re-read stamp wrote again, or claims a deletion a re-read null
      left pending, still writes its receipt, as before.
 
-   For both, clocks set apart by more than the grace, or a message whose timestamp is
-   older than its writing by more than the grace, would defeat this: the service dates
-   its nulls and tombstone events when it decides them and writes them at once, but with
-   ``--marker-grace 0`` a tombstone event in flight while the read-complete time is
-   taken can be dated before a bound that did not see it, and its first reading would
-   leave no receipt; keep the grace well above the service's send time and the clocks'
-   drift. A clock ahead by less than the grace only delays the rule, for a message
-   re-read within that time of its marker's pruning, which then does what a first one
-   does.
+   For both, the bound kept is an hour below the pruning's (``REREAD_MARGIN_MS`` of
+   :mod:`~stream_expiry.sinks.store`): the service dates its nulls and tombstone events
+   when it decides them and writes them at once, but one in flight while the read-complete
+   time is taken (with ``--marker-grace 0``, say) could be dated before a bound that did
+   not see it, and its first reading would leave no receipt. Clocks set apart by more than
+   the grace and that hour, or a message written that much later than it is dated, would
+   still defeat this. A clock ahead only delays the rule, for a message re-read within
+   that time of its marker's pruning, which then does what a first one does.
 """
 
 from __future__ import annotations

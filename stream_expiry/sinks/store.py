@@ -103,6 +103,14 @@ class PrunePage:
 # Changes a batch must hold per transaction before it is split: below this, a second
 # transaction's own round trips cost more than the overlap gains.
 _MIN_SHARE: Final = 100
+#: How far below the pruning's bound the bound for telling a re-read message lies
+#: (:meth:`Store.prune`). A message dated shortly before the pruning's bound may not have
+#: been read when its read-complete time was taken (sent late by a service that dated it
+#: first, a broker's clock behind the sink's): with a small grace (``--marker-grace 0``)
+#: such a tombstone's first reading was taken for a re-read and left no receipt. Taking a
+#: re-read within this hour for a first one costs a second receipt, as before the rule;
+#: the other way round cost an erasure its only one.
+REREAD_MARGIN_MS: Final = 3_600_000
 _IDENTIFIER: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
 
 
@@ -444,14 +452,14 @@ class Store(abc.ABC):
         next, so every marker is looked at once per (markers / ``limit``) pages, and a
         page costs the same at a thousand markers or a hundred million.
 
-        The store keeps the highest ``settled_before_ms`` used, in the same transaction:
-        an erasure's null, or a tombstone event that finds nothing to delete, dated at or
-        before it is known to have been read before (rule 7 of
-        :mod:`~stream_expiry.sinks._logic`).
+        The store keeps the highest ``settled_before_ms`` used, less
+        :data:`REREAD_MARGIN_MS`, in the same transaction: an erasure's null, or a
+        tombstone event that finds nothing to delete, dated at or before it is known to
+        have been read before (rule 7 of :mod:`~stream_expiry.sinks._logic`).
         """
         async with self.transaction() as tx:
             page = await tx.prune(settled_before_ms, limit, after)
-            await tx.note_pruned(settled_before_ms)
+            await tx.note_pruned(settled_before_ms - REREAD_MARGIN_MS)
             return page
 
     @abc.abstractmethod

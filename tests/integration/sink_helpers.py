@@ -110,11 +110,19 @@ def null_msg(i: Identity) -> tuple[bytes, None]:
 
 
 async def produce(
-    bootstrap: str, topic: str, messages: Iterable[tuple[bytes, bytes | None]]
+    bootstrap: str,
+    topic: str,
+    messages: Iterable[tuple[bytes, bytes | None]],
+    *,
+    timestamp_ms: int | None = None,
 ) -> None:
-    """Send messages in order and wait for every ack."""
+    """Send messages in order and wait for every ack (``timestamp_ms``: their Kafka
+    timestamp, instead of the producer's clock)."""
     async with producer(bootstrap) as prod:
-        futures = [await prod.send(topic, value, key=key) for key, value in messages]
+        futures = [
+            await prod.send(topic, value, key=key, timestamp_ms=timestamp_ms)
+            for key, value in messages
+        ]
         for f in futures:
             await f
 

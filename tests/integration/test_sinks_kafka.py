@@ -28,7 +28,7 @@ from stream_expiry.sinks._messages import NullChange, decode_stamped, decode_tom
 from stream_expiry.sinks.framework import wall_clock_ms
 from stream_expiry.sinks.postgres import PostgresStore
 from stream_expiry.sinks.sqlite import SQLiteStore
-from stream_expiry.sinks.store import MemoryStore, StoreUnavailableError
+from stream_expiry.sinks.store import REREAD_MARGIN_MS, MemoryStore, StoreUnavailableError
 from stream_expiry.testing.proxy import Proxy
 from tests.conftest import make_topic_set, read_all, read_topic, record_batch_sizes, wait_for
 from tests.integration.sink_helpers import (
@@ -1145,22 +1145,28 @@ async def test_an_erasures_null_read_again_after_its_marker_is_forgotten_gets_no
     unseen, fresh = (Stamp(ident(r), None, None, None, None) for r in ("unseen", "fresh"))
     erased = [("expiry-reason", b"explicit")]
 
-    async def null(s: Stamp) -> None:
+    async def null(s: Stamp, timestamp_ms: int | None = None) -> None:
         async with producer(broker) as prod:
-            await (
-                await prod.send(topics.stamped, None, key=s.identity.key.encode(), headers=erased)
+            key = s.identity.key.encode()
+            sent = await prod.send(
+                topics.stamped, None, key=key, headers=erased, timestamp_ms=timestamp_ms
             )
+            await sent
 
     async def receipts_of(s: Stamp) -> list[tuple[str, int]]:
         return [
             (r.reason, r.rows_deleted) for r in await store.receipts() if r.identity == s.identity
         ]
 
-    await null(unseen)
+    # Dated before the bound the pruning keeps for re-reads (an hour below its own:
+    # REREAD_MARGIN_MS), as a message read long ago is.
+    long_ago = wall_clock_ms() - 2 * REREAD_MARGIN_MS
+    await null(unseen, long_ago)
     await produce(
         broker,
         topics.tombstones,
-        [tombstone_msg(unseen, reason="explicit", emitted_at=wall_clock_ms())],
+        [tombstone_msg(unseen, reason="explicit", emitted_at=long_ago)],
+        timestamp_ms=long_ago,
     )
     config = sink_config(broker, topics, marker_grace_s=0, prune_interval_s=0.05)
     async with running_sink(store, config) as sink:
@@ -1200,17 +1206,19 @@ async def test_a_tombstone_read_again_after_its_marker_is_forgotten_gets_no_seco
             (r.reason, r.rows_deleted) for r in await store.receipts() if r.identity == s.identity
         ]
 
-    async def erase(s: Stamp) -> None:
-        msg = tombstone_msg(s, reason="explicit", emitted_at=wall_clock_ms())
-        await produce(broker, topics.tombstones, [msg])
+    async def erase(s: Stamp, at: int) -> None:
+        msg = tombstone_msg(s, reason="explicit", emitted_at=at)
+        await produce(broker, topics.tombstones, [msg], timestamp_ms=at)
 
-    await erase(unseen)
+    # Dated before the bound the pruning keeps for re-reads (an hour below its own:
+    # REREAD_MARGIN_MS), as a message read long ago is.
+    await erase(unseen, wall_clock_ms() - 2 * REREAD_MARGIN_MS)
     config = sink_config(broker, topics, marker_grace_s=0, prune_interval_s=0.05)
     async with running_sink(store, config) as sink:
         await wait_until(_metric(sink.metrics, "markers_pruned_total", 1), what="the pruning")
     assert await receipts_of(unseen) == [("explicit", 0)]
     assert await store.marker(unseen.identity) is None
-    await erase(fresh)
+    await erase(fresh, wall_clock_ms())
     again = sink_config(broker, topics, marker_grace_s=3600)
     async with running_sink(store, again) as sink:
         await wait_until(_caught_up(store, sink.metrics, 2), what="both tombstones applied")

@@ -31,7 +31,7 @@ from stream_expiry.sinks.postgres import prune_sql as postgres_prune_sql
 from stream_expiry.sinks.sqlite import SQLiteStore
 from stream_expiry.sinks.sqlite import prune_end_sql as sqlite_prune_end_sql
 from stream_expiry.sinks.sqlite import prune_sql as sqlite_prune_sql
-from stream_expiry.sinks.store import MemoryStore, Store, SweepPosition
+from stream_expiry.sinks.store import REREAD_MARGIN_MS, MemoryStore, Store, SweepPosition
 from tests.integration.sink_helpers import (
     MINUTE,
     SQL_KINDS,
@@ -440,7 +440,8 @@ async def test_an_erasures_null_read_again_after_its_marker_is_forgotten_waits_f
     unseen = Stamp(gone, None, None, None, None)
     await store.apply([null], now_ms=T0 + 1)
     await store.apply([kill(unseen, "explicit", emitted_at=T0)], now_ms=T0 + 2)
-    assert await prune_round(store, settled_before_ms=T0 + 2) == 1
+    # Pruned an hour (REREAD_MARGIN_MS) past T0 + 2: the bound kept for re-reads is T0 + 2.
+    assert await prune_round(store, settled_before_ms=T0 + 2 + REREAD_MARGIN_MS) == 1
     assert await prune_round(store, settled_before_ms=T0 - MINUTE) == 0  # never lowers it
     await store.close()
     await store.open()
@@ -491,7 +492,9 @@ async def test_a_tombstone_read_again_after_its_marker_is_forgotten_leaves_no_se
     await store.apply([put(held, offset=1)], now_ms=T0)
     out = await store.apply([*erasures, expiry], now_ms=held.expires_at)
     assert sorted(r.rows_deleted for r in out.receipts) == [0] * 240 + [1]
-    assert await prune_round(store, settled_before_ms=held.expires_at, limit=100) == 241
+    # Pruned an hour (REREAD_MARGIN_MS) past the expiry: the bound kept for re-reads is it.
+    bound = held.expires_at + REREAD_MARGIN_MS
+    assert await prune_round(store, settled_before_ms=bound, limit=100) == 241
     await store.close()
     await store.open()
     # Read again: each alone in the batch (taken), then, the markers this wrote forgotten
@@ -499,7 +502,7 @@ async def test_a_tombstone_read_again_after_its_marker_is_forgotten_leaves_no_se
     out = await store.apply([*erasures, expiry], now_ms=held.expires_at + 1)
     assert (out.receipts, out.deleted) == ([], 0)
     assert await store.marker(unseen[0].identity) is not None  # as the first reading left it
-    assert await prune_round(store, settled_before_ms=held.expires_at + 1, limit=100) == 241
+    assert await prune_round(store, settled_before_ms=bound + 1, limit=100) == 241
     out = await store.apply([*erasures, *erasures, expiry, expiry], now_ms=held.expires_at + 2)
     assert (out.receipts, out.deleted) == ([], 0)
     assert len(await store.receipts()) == 241

@@ -17,7 +17,7 @@ from stream_expiry.sinks._messages import (
     TombstoneChange,
     decode_tombstone,
 )
-from stream_expiry.sinks.store import MemoryStore, _MemoryTx
+from stream_expiry.sinks.store import REREAD_MARGIN_MS, MemoryStore, _MemoryTx
 from tests.unit.test_sinks_logic import MIN, T0, A, World, life, st_change, tomb
 
 GRACE = 7 * 24 * 60 * MIN
@@ -189,7 +189,7 @@ async def test_the_store_reads_the_bound_only_for_a_tombstone_that_found_nothing
     unseen = _other(_erasure(T0), "unseen")
     out = await store.apply([unseen], now_ms=s.expires_at + 1)
     assert ([r.rows_deleted for r in out.receipts], reads) == ([0], [None])
-    await store.prune(settled_before_ms=s.expires_at + 1, limit=100)
+    await store.prune(settled_before_ms=s.expires_at + 1 + REREAD_MARGIN_MS, limit=100)
     out = await store.apply([unseen], now_ms=s.expires_at + 2)
     assert (out.receipts, reads) == ([], [None, s.expires_at + 1])
     later = _other(_erasure(s.expires_at + 2), "later")
@@ -201,3 +201,23 @@ async def test_the_store_reads_the_bound_only_for_a_tombstone_that_found_nothing
 def _other(t: TombstoneChange, record_id: str) -> TombstoneChange:
     i = t.identity
     return replace(t, identity=Identity(i.org, i.bot, i.env, i.category, record_id))
+
+
+@pytest.mark.asyncio
+async def test_a_tombstone_in_flight_when_a_zero_grace_pruning_ran_is_still_on_record() -> None:
+    """``--marker-grace 0``: the pruning's bound is the read-complete time itself. An
+    erasure dated just before it, still on its way to the topic when that time was taken
+    (the service dates a tombstone before it writes it), is read afterwards for the first
+    time: it must leave its receipt, its only one. The bound kept for re-reads lies an
+    hour below the pruning's (``REREAD_MARGIN_MS``); at the pruning's own bound this
+    erasure was taken for a re-read and left no receipt at all."""
+    store = MemoryStore("m")
+    read_complete = T0 + 10 * MIN
+    await store.prune(settled_before_ms=read_complete, limit=100)  # grace 0
+    in_flight = _other(_erasure(read_complete - MIN), "in-flight")
+    out = await store.apply([in_flight], now_ms=read_complete + MIN)
+    assert [(r.identity.record_id, r.rows_deleted) for r in out.receipts] == [("in-flight", 0)]
+    # Dated more than the margin before, it was read before the pruning: a re-read.
+    old = _other(_erasure(read_complete - REREAD_MARGIN_MS), "read-long-ago")
+    out = await store.apply([old], now_ms=read_complete + 2 * MIN)
+    assert out.receipts == []
