@@ -215,43 +215,31 @@ def assignors(policy: str) -> tuple[type[AbstractPartitionAssignor], ...]:
     protocol, unchanged), joining with ``policy`` in their user data; the leader warns at
     each assignment when the members' policies differ."""
     data = member_data(policy)
+    return tuple(
+        _carrying(base, data) for base in (RangePartitionAssignor, RoundRobinPartitionAssignor)
+    )
 
-    def joined_with(
-        cls: type[AbstractPartitionAssignor], topics: Iterable[str]
-    ) -> ConsumerProtocolMemberMetadata:
-        return ConsumerProtocolMemberMetadata(cls.version, list(topics), data)
 
-    def assign_checked(
-        base: type[AbstractPartitionAssignor],
-        cluster: ClusterMetadata,
-        members: Mapping[str, ConsumerProtocolMemberMetadata],
-    ) -> dict[str, ConsumerProtocolMemberAssignment]:
-        said = mixed_policies({m: policy_of(meta.user_data or b"") for m, meta in members.items()})
-        if said is not None:
-            log.warning("%s", said)
-        assignment: dict[str, ConsumerProtocolMemberAssignment] = base.assign(cluster, members)
-        return assignment
+def _carrying(base: Any, data: bytes) -> type[AbstractPartitionAssignor]:
+    """``base`` (an aiokafka assignor, untyped here), joining with ``data`` as its user
+    data and warning of differing policies before it assigns."""
 
-    class Range(RangePartitionAssignor):  # type: ignore[misc]  # aiokafka is untyped here
+    class Carrying(base):  # type: ignore[misc]  # aiokafka is untyped here
         @classmethod
         def metadata(cls, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
-            return joined_with(cls, topics)
+            return ConsumerProtocolMemberMetadata(cls.version, list(topics), data)
 
         @classmethod
         def assign(
             cls, cluster: ClusterMetadata, members: Mapping[str, ConsumerProtocolMemberMetadata]
         ) -> dict[str, ConsumerProtocolMemberAssignment]:
-            return assign_checked(RangePartitionAssignor, cluster, members)
+            said = mixed_policies(
+                {m: policy_of(meta.user_data or b"") for m, meta in members.items()}
+            )
+            if said is not None:
+                log.warning("%s", said)
+            assignment: dict[str, ConsumerProtocolMemberAssignment] = base.assign(cluster, members)
+            return assignment
 
-    class RoundRobin(RoundRobinPartitionAssignor):  # type: ignore[misc]
-        @classmethod
-        def metadata(cls, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
-            return joined_with(cls, topics)
-
-        @classmethod
-        def assign(
-            cls, cluster: ClusterMetadata, members: Mapping[str, ConsumerProtocolMemberMetadata]
-        ) -> dict[str, ConsumerProtocolMemberAssignment]:
-            return assign_checked(RoundRobinPartitionAssignor, cluster, members)
-
-    return (Range, RoundRobin)
+    Carrying.__name__ = Carrying.__qualname__ = f"PolicyCarrying{base.__name__}"
+    return Carrying
