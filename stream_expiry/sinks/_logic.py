@@ -166,10 +166,12 @@ class Plan:
     """Rows past the sweep's cutoff that it kept because the archive has not written the
     stamp they were written from (``[archive] required``)."""
     found_nothing_at: list[int] = field(default_factory=list)
-    """The Kafka timestamps of the tombstone events that found nothing to delete and wrote
-    a receipt with ``rows_deleted`` 0, planned without the pruning's bound: one dated at or
-    before that bound was read before (rule 7), so a store that did not pass
-    ``pruned_before`` to :func:`plan` reads it and plans again (it seldom has to)."""
+    """The Kafka timestamps of the messages that found nothing, planned without the
+    pruning's bound: tombstone events that deleted nothing and wrote a receipt with
+    ``rows_deleted`` 0, and erasures' nulls that found no row and no marker and left a
+    deletion waiting. One dated at or before that bound was read before (rule 7), so a
+    store that did not pass ``pruned_before`` to :func:`plan` reads it and plans again (it
+    seldom has to)."""
     living: list[Identity] = field(default_factory=list)
     """Identities with a receipt in this plan whose record still has a row afterwards: a
     later life than the one deleted (a held life's next one, or a record created again
@@ -411,8 +413,11 @@ class _Planner:
         row = slot.row
         if row is None and slot.marker is None and c.reason == "explicit":
             bound, at = self.pruned_before, c.timestamp
-            if bound is not None and at is not None and at <= bound:
-                return
+            if at is not None:
+                if bound is not None and at <= bound:
+                    return
+                if bound is None:
+                    self.out.found_nothing_at.append(at)
             nothing = Pending(None, None, None, None, self.now, reason=c.reason, rowless=True)
             self.remember(slot, c.identity, NEVER_CREATED, None, (nothing,))
             return

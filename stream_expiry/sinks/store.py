@@ -33,7 +33,6 @@ from stream_expiry.sinks._logic import Plan, Slot, life, merge_plans, plan, prun
 from stream_expiry.sinks._messages import (
     Change,
     Marker,
-    NullChange,
     Receipt,
     Row,
     StampChange,
@@ -339,7 +338,7 @@ class Store(abc.ABC):
         # a deletion) are read and deleted in one step; the others are read whole.
         ends: dict[Identity, int] = {}
         others: dict[Identity, None] = {}
-        stamped = erased = False
+        stamped = False
         for c in changes:
             ident = c.identity
             if ident in others:
@@ -351,21 +350,15 @@ class Store(abc.ABC):
                 ends.pop(ident, None)
             if type(c) is StampChange:
                 stamped = True
-            elif type(c) is NullChange and c.reason == "explicit" and c.timestamp is not None:
-                erased = True
         async with self.transaction() as tx:
             state = await tx.take(ends) if ends else {}
             if others:
                 state.update(await tx.load(list(others), data=stamped))
-            # Only an erasure's null asks for the pruning's bound at once (see _logic.plan);
-            # a tombstone event that found nothing to delete asks for it after planning,
-            # and the batch is planned again only when the bound tells it was read before.
-            bound = await tx.pruned_before() if erased else None
-            out = plan(
-                changes, state, store=self.name, now_ms=now_ms, new_id=self._new_id,
-                pruned_before=bound,
-            )  # fmt: skip
-            if not erased and out.found_nothing_at:
+            # A message that found nothing (an erasure's null, a tombstone event) asks for
+            # the pruning's bound after planning, and the batch is planned again only when
+            # the bound tells one was read before (see _logic.plan).
+            out = plan(changes, state, store=self.name, now_ms=now_ms, new_id=self._new_id)
+            if out.found_nothing_at:
                 bound = await tx.pruned_before()
                 if bound is not None and min(out.found_nothing_at) <= bound:
                     out = plan(
