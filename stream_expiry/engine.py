@@ -268,15 +268,17 @@ class Engine(Generic[S]):
         then extended the record, or made it never expire)."""
         fresh = self._stamp(event.identity, event.ts, floor)
         expires, ttl = fresh.expires_at, fresh.ttl_ms
-        old_expires, old_ttl, old_created = prior.expires_at, prior.ttl_ms, prior.created_at
+        old_expires, old_ttl = prior.expires_at, prior.ttl_ms
         if (
             expires is not None
             and ttl is not None
             and old_expires is not None
             and old_ttl is not None
-            and old_created is not None
-            and old_expires > old_created + old_ttl
-        ):  # a touch slid it (only sliding records are): the slide stays, under this TTL
+            and event.identity.category in self._sliding
+        ):
+            # The life's last activity (a touch that slid it, or the touch that started it,
+            # read before this create: one record's events produced to two partitions and
+            # re-keyed meet in any order) stays, under this TTL.
             expires = max(expires, old_expires - old_ttl + ttl)
         if old_expires is not None and (expires is None or expires > old_expires):
             return Outcome(Verdict.REDELIVERED, None, False)

@@ -346,11 +346,9 @@ class Reference:
                 # The earliest creation wins, with its own TTL and any touch's slide, unless
                 # that ends the life later: a redelivery never extends a life.
                 ttl = self.policy(cat, t)
-                touched = (
-                    rec.expires is not None
-                    and rec.ttl is not None
-                    and rec.expires > rec.created + rec.ttl
-                )
+                # A sliding record's last activity stays: the touch that slid the life,
+                # or the one that started it (read before this create).
+                touched = cat in SLIDING and rec.expires is not None and rec.ttl is not None
                 fresh = None if ttl is None else t + ttl
                 if touched and ttl is not None and fresh is not None:
                     assert rec.expires is not None
@@ -788,6 +786,25 @@ def test_an_earlier_create_takes_its_own_times_policy_and_never_extends() -> Non
         BASE + 100, BASE + 150, 50,
     )  # fmt: skip
     assert sorted((t[0][-1], t[3]) for t in h.advance(600)) == [("c", 550), ("e", 150)]
+
+
+def test_a_touch_read_before_its_sessions_create_keeps_its_activity() -> None:
+    """One session's events produced to two partitions and re-keyed (``stream-expiry
+    rekey``) meet in any order: the touch at 100 starts the life, then the create from 0
+    moves its creation back. The touch's activity stays, as when the create comes first
+    (due 100 + ttl); the create took the life back to 0 + ttl, before the touch's end."""
+    ttl = constant_policy("session", 0)
+    assert ttl is not None
+    in_order, reordered = Harness(horizon_ms=5000), Harness(horizon_ms=5000)
+    for h in (in_order, reordered):
+        h.now = 100
+    in_order.feed(ev("session", "s", "create", 0))
+    in_order.feed(ev("session", "s", "touch", 100))
+    reordered.feed(ev("session", "s", "touch", 100))
+    [(backdated, _)] = reordered.process(ev("session", "s", "create", 0)).stamps
+    assert (backdated.created_at, backdated.expires_at) == (BASE, BASE + 100 + ttl)
+    assert [t[3] for t in in_order.advance(10**6)] == [100 + ttl]
+    assert [t[3] for t in reordered.advance(10**6)] == [100 + ttl]
 
 
 @pytest.mark.parametrize("category", ["conversation", "error", "session"])
