@@ -1,5 +1,5 @@
 """The ``stream-expiry`` command line: run, explain, replay, hold, status, history, archive,
-demo, sink.
+rekey, demo, sink.
 
 Every command that talks to Kafka finds its brokers in ``--bootstrap-servers``, else the
 config file, else ``STREAM_EXPIRY_BOOTSTRAP_SERVERS`` (the contract's order); every other
@@ -47,7 +47,7 @@ from stream_expiry.cliargs import (
     ts_ms,
 )
 from stream_expiry.config import Config, load_config
-from stream_expiry.errors import StreamExpiryError
+from stream_expiry.errors import ConfigurationError, StreamExpiryError
 from stream_expiry.logs import (
     configure_logging,
     counted,
@@ -688,6 +688,73 @@ def _cmd_archive(args: argparse.Namespace) -> int:
     )
 
 
+# -- rekey --------------------------------------------------------------------------------
+
+
+def _cmd_rekey(args: argparse.Namespace) -> int:
+    from stream_expiry.rekey import Rekeyer, targets_for
+    from stream_expiry.runner import stop_on_signals
+
+    config = load(args)
+    targets = targets_for(args.sources, args.suffix)
+    if args.group_id == config.group_id:
+        raise ConfigurationError(
+            f"--group-id {args.group_id} is the service's consumer group: the two would share "
+            "the input partitions; give rekey a group of its own"
+        )
+    rekeyer = Rekeyer(config, connection_from(args, config), targets, group_id=args.group_id)
+
+    async def serve() -> int:
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stop_on_signals, stop, tg.cancel_scope, rekeyer.ready)
+            await rekeyer.run(stop)
+            tg.cancel_scope.cancel()
+        return 0
+
+    with _library_quiet():
+        return anyio.run(serve)
+
+
+def _parser_rekey(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rekey = sub.add_parser(
+        "rekey",
+        help="copy input topics keyed by record, for producers that key otherwise",
+        description="The service keeps each record with the input partition its events "
+        "arrive on, so every event of a record must have one key. When producers key by "
+        "something else (an org, an event id) or by nothing, run this beside the service: it "
+        "reads each --from topic in its own consumer group and writes every event, bytes and "
+        "headers unchanged (plus expiry-rekeyed-from: topic[partition]@offset), to "
+        "TOPIC.by-record keyed by its record; an event the service would reject goes to the "
+        "dead-letter topic, with the contract's headers naming where it was produced. Then "
+        "list the .by-record topics in [topics] inputs instead of the producers' topics. "
+        "Offsets are committed once every message of a batch is acknowledged: a crash sends "
+        "events again, which changes nothing downstream, and loses none. Run as many as you "
+        "like with one --group-id: they share the partitions. Stops on SIGINT or SIGTERM. "
+        "See README: Producers that do not key by record.",
+    )
+    _add_common(rekey)
+    rekey.add_argument(
+        "--from",
+        dest="sources",
+        action="append",
+        required=True,
+        metavar="TOPIC",
+        help="a topic the producers write to (repeat for each)",
+    )
+    rekey.add_argument(
+        "--suffix",
+        default=".by-record",
+        help="what the re-keyed copy's name adds to its source's (default: .by-record)",
+    )
+    rekey.add_argument(
+        "--group-id",
+        default="stream-expiry-rekey",
+        help="its consumer group, other than the service's (default: stream-expiry-rekey)",
+    )
+    rekey.set_defaults(func=_cmd_rekey)
+
+
 # -- demo ---------------------------------------------------------------------------------
 
 
@@ -749,6 +816,7 @@ def build_parser() -> argparse.ArgumentParser:
     _parser_hold(sub)
     _parser_status(sub)
     _parser_history(sub)
+    _parser_rekey(sub)
     _parser_demo(sub)
     from stream_expiry.sinks.command import add_sink_parser
 

@@ -975,11 +975,13 @@ class Service:
             "events without a key on %s (first seen at %s[%d]@%d; said once): the producer "
             "spreads them over the partitions, so a record's delete or touch can reach an "
             "instance that never saw its create and does not end or slide its life; key "
-            "every event of a record alike (its record id, say)",
+            "every event of a record alike (its record id, say), or run `stream-expiry "
+            "rekey --from %s` and read its copy (README: Producers that do not key by record)",
             rec.topic,
             rec.topic,
             rec.partition,
             rec.offset,
+            rec.topic,
         )
 
     def _say_misspelt(self, rec: Any, pairs: tuple[tuple[str, str], ...]) -> None:

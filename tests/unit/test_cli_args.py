@@ -595,3 +595,34 @@ def test_archive_purge_that_cannot_read_the_holds_says_so_in_one_line(
     err = capsys.readouterr().err
     assert err.startswith("stream-expiry archive: cannot reach Kafka at 127.0.0.1:1")
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (
+            ["--group-id", "stream-expiry"],
+            "--group-id stream-expiry is the service's consumer group",
+        ),
+        (["--suffix", ""], "--suffix must not be empty"),
+        (["--from", "a.by-record"], "a.by-record would be read and written by rekey alike"),
+    ],
+)
+def test_rekey_refuses_what_would_share_the_service_s_partitions_or_loop(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before any client starts: one line, status 2 (unusable options)."""
+    code = main(["rekey", "--bootstrap-servers", "127.0.0.1:1", "--from", "a", *argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("stream-expiry rekey: ")
+    assert says in err
+    assert err.count("\n") == 1, err
+
+
+def test_rekey_without_a_broker_says_so_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["rekey", "--bootstrap-servers", "127.0.0.1:1", "--from", "a"])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert err.startswith("stream-expiry rekey: cannot reach Kafka at 127.0.0.1:1"), err
+    assert err.count("\n") == 1, err

@@ -1,0 +1,302 @@
+"""``stream-expiry rekey``: input topics copied, each event keyed by its record.
+
+The service keeps a record's state with the input partition its events arrive on, and
+writes its stamps beside it on ``expiry.stamped``, which Kafka compacts per partition. The
+contract leaves input keys to the producers, and a producer that keys by something else
+(an org, an event id, or no key at all, which its partitioner spreads over the partitions)
+sends one record's events to several partitions: an erasure then reaches a processor that
+never saw the record's create, and the life it should end runs on, its data kept on
+``expiry.stamped`` by a stamp that no null on another partition removes. A touch extends
+nothing, and a record's stamps stay on two partitions.
+
+This command does what Kafka Streams does before an operation on a new key (its
+``repartition`` topics): it reads the producers' topics in a consumer group of its own and
+writes every valid event, bytes and headers unchanged, to a topic of its own keyed by the
+record key, which the service then reads instead (``[topics] inputs``). An event the service
+would reject goes to the dead-letter topic from here, with the contract's headers naming
+where it was produced. Offsets are committed only once the broker acknowledged every
+message of the batch, so a crash re-sends (the service's rules make a repeated event change
+nothing) and never drops one.
+
+Events of one record produced to different partitions meet in one partition of the target,
+in an order no one chose; the contract's rules are built for that (the earliest creation
+wins, a touch only extends, a delete at d ignores what happened at or before d).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+from aiokafka.errors import CommitFailedError, IllegalGenerationError, RebalanceInProgressError
+
+from stream_expiry.codec import H_DETAIL, H_ERROR, dead_letter_headers
+from stream_expiry.errors import ConfigurationError
+from stream_expiry.kafka import consumer, ensure_topics, producer
+from stream_expiry.kafka_settings import topic_configs
+from stream_expiry.model import Rejection, parse_event
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+    from aiokafka.structs import TopicPartition
+
+    from stream_expiry.config import Config
+    from stream_expiry.kafka_settings import Connection
+
+__all__ = [
+    "DEFAULT_GROUP",
+    "DEFAULT_SUFFIX",
+    "H_REKEYED_FROM",
+    "Rekeyer",
+    "Routed",
+    "route",
+    "targets_for",
+]
+
+log = logging.getLogger("stream_expiry.rekey")
+
+DEFAULT_SUFFIX: Final = ".by-record"
+DEFAULT_GROUP: Final = "stream-expiry-rekey"
+# On every event written to a target: where the producer wrote it, ``topic[partition]@offset``.
+H_REKEYED_FROM: Final = "expiry-rekeyed-from"
+PROGRESS_EVERY_S: Final = 10.0
+_BATCH_RECORDS: Final = 5_000
+_REBALANCED = (CommitFailedError, IllegalGenerationError, RebalanceInProgressError)
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """Where one input message goes: the target keyed by its record, or the dead letters."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    rejected: bool = False
+
+
+def route(
+    rec: Any,
+    *,
+    target: str,
+    dlq: str,
+    categories: frozenset[str] | tuple[str, ...],
+    now_ms: int,
+    max_skew_ms: int,
+) -> Routed:
+    """One consumer record's destination; never raises on bad input.
+
+    The value is parsed as the service parses it, so the key is the record key the service
+    computes (defaults and all: an event without ``env`` and one with ``"env": "live"`` are
+    one record) and what the service would dead-letter is dead-lettered here, naming the
+    producer's topic, partition and offset rather than the target's.
+    """
+    parsed = parse_event(rec.value, categories=categories, now_ms=now_ms, max_skew_ms=max_skew_ms)
+    if type(parsed) is Rejection:
+        return Routed(dlq, rec.key, rec.value, dead_letter_headers(rec, parsed), rejected=True)
+    assert not isinstance(parsed, Rejection)
+    origin = f"{rec.topic}[{rec.partition}]@{rec.offset}".encode()
+    headers = [*(rec.headers or ()), (H_REKEYED_FROM, origin)]
+    return Routed(target, parsed.identity.key.encode(), rec.value, headers)
+
+
+def targets_for(sources: Sequence[str], suffix: str = DEFAULT_SUFFIX) -> dict[str, str]:
+    """Source topic -> the topic its events go to, keyed by record: ``SOURCE`` + ``suffix``.
+
+    Refuses what would loop (a target that is also a source) or lose nothing but mean
+    nothing (no source, an empty suffix)."""
+    if not sources:
+        raise ConfigurationError("rekey needs at least one --from TOPIC")
+    if not suffix:
+        raise ConfigurationError("--suffix must not be empty: the target would be the source")
+    mapping = {source: source + suffix for source in dict.fromkeys(sources)}
+    looping = sorted(set(mapping.values()) & set(mapping))
+    if looping:
+        raise ConfigurationError(
+            f"{', '.join(looping)} would be read and written by rekey alike; give the "
+            "producers' topics to --from, not their re-keyed copies"
+        )
+    return mapping
+
+
+@dataclass
+class RekeyStats:
+    """What a run did, for its progress lines and for tests."""
+
+    forwarded: int = 0
+    rejected: int = 0
+    batches: int = 0
+    commits_lost: int = 0
+    per_source: dict[str, int] = field(default_factory=dict)
+
+
+class Rekeyer:
+    """The command's loop: read a batch, send each event where :func:`route` says, wait for
+    every ack, commit the batch's offsets; until ``stop`` is set."""
+
+    def __init__(
+        self,
+        config: Config,
+        connection: Connection,
+        targets: Mapping[str, str],
+        *,
+        group_id: str = DEFAULT_GROUP,
+        clock: Callable[[], int] | None = None,
+        consumer_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.connection = connection
+        self.targets = dict(targets)
+        self.group_id = group_id
+        self.stats = RekeyStats()
+        self.ready = anyio.Event()
+        self._clock = clock or (lambda: time.time_ns() // 1_000_000)
+        self._consumer_options = dict(consumer_options or {})
+        self._categories = frozenset(config.categories)
+        self._rejections_said: set[str] = set()
+
+    async def run(self, stop: anyio.Event) -> None:
+        await self._ensure_targets()
+        self._say_plan()
+        async with (
+            producer(self.connection) as prod,
+            consumer(
+                self.connection,
+                *self.targets,
+                group_id=self.group_id,
+                client_id="stream-expiry-rekey",
+                **self._consumer_options,
+            ) as cons,
+        ):
+            self.ready.set()
+            said_at = time.monotonic()
+            while not stop.is_set():
+                batch = await cons.getmany(timeout_ms=200, max_records=_BATCH_RECORDS)
+                if batch:
+                    await self._forward(prod, cons, batch)
+                if time.monotonic() - said_at >= PROGRESS_EVERY_S:
+                    said_at = time.monotonic()
+                    self._say_progress()
+        self._say_progress()
+
+    def _say_plan(self) -> None:
+        """Each source and its target, and what the config's ``[topics] inputs`` still
+        needs: the service must read the targets, not the producers' topics."""
+        inputs = set(self.config.topics.inputs)
+        for source, target in self.targets.items():
+            log.info("rekeying %s -> %s (group %s)", source, target, self.group_id)
+            if source in inputs:
+                log.warning(
+                    "%s is one of the service's [topics] inputs, so the service reads it as "
+                    "its producers key it: list %s there instead",
+                    source,
+                    target,
+                )
+            elif target not in inputs and self.config.path is not None:
+                log.warning(
+                    "%s is not among [topics] inputs of %s: the service does not read it "
+                    "until it is",
+                    target,
+                    self.config.path,
+                )
+
+    async def _ensure_targets(self) -> None:
+        """The targets as the service would make an input topic (its partitions, its
+        retention), and the dead-letter topic; topics that exist are left as they are."""
+        settings = self.config.topic_settings
+        inputs = self.config.topics.inputs
+        like_input = topic_configs(self.config).get(inputs[0], {}) if inputs else {}
+        dlq = self.config.topics.dlq
+        configs = {target: dict(like_input) for target in self.targets.values()}
+        configs[dlq] = topic_configs(self.config).get(dlq, {})
+        await ensure_topics(
+            self.connection,
+            configs,
+            configs=configs,
+            partitions=settings.partitions,
+            replication=settings.replication_factor,
+        )
+
+    async def _forward(
+        self, prod: Any, cons: Any, batch: Mapping[TopicPartition, list[Any]]
+    ) -> None:
+        now = self._clock()
+        dlq = self.config.topics.dlq
+        skew = self.config.max_clock_skew_ms
+        sends = []
+        offsets: dict[TopicPartition, int] = {}
+        stats = self.stats
+        for tp, records in batch.items():
+            target = self.targets[tp.topic]
+            for rec in records:
+                routed = route(
+                    rec,
+                    target=target,
+                    dlq=dlq,
+                    categories=self._categories,
+                    now_ms=now,
+                    max_skew_ms=skew,
+                )
+                if routed.rejected:
+                    stats.rejected += 1
+                    self._say_rejected(rec, routed.headers)
+                else:
+                    stats.forwarded += 1
+                sends.append(
+                    await prod.send(
+                        routed.topic, value=routed.value, key=routed.key, headers=routed.headers
+                    )
+                )
+            stats.per_source[tp.topic] = stats.per_source.get(tp.topic, 0) + len(records)
+            offsets[tp] = records[-1].offset + 1
+        for sent in sends:
+            await sent
+        stats.batches += 1
+        await self._commit(cons, offsets)
+
+    async def _commit(self, cons: Any, offsets: dict[TopicPartition, int]) -> None:
+        """The batch's offsets, once all of it is acknowledged. A rebalance in between
+        makes the group refuse them: the partition's new owner sends those events again,
+        which the service's rules make harmless."""
+        try:
+            await cons.commit(offsets)
+        except _REBALANCED as exc:
+            self.stats.commits_lost += 1
+            log.warning(
+                "the group rebalanced before this batch's offsets were committed (%s): its "
+                "events are sent again by the partitions' next owner, which changes nothing "
+                "downstream",
+                type(exc).__name__,
+            )
+
+    def _say_rejected(self, rec: Any, headers: list[tuple[str, bytes]]) -> None:
+        """The first dead letter of each code, with its reason; the rest are counted in the
+        progress line (a producer that sends one bad event usually sends many)."""
+        said = dict(headers)
+        code = said[H_ERROR].decode()
+        if code in self._rejections_said:
+            return
+        self._rejections_said.add(code)
+        log.warning(
+            "dead-lettered %s[%d]@%d to %s (%s: %s); further %s events are counted, not said",
+            rec.topic,
+            rec.partition,
+            rec.offset,
+            self.config.topics.dlq,
+            code,
+            said[H_DETAIL].decode(),
+            code,
+        )
+
+    def _say_progress(self) -> None:
+        stats = self.stats
+        log.info(
+            "rekey: %d events forwarded, %d dead-lettered, %d batches",
+            stats.forwarded,
+            stats.rejected,
+            stats.batches,
+        )

@@ -1,0 +1,173 @@
+"""``stream-expiry rekey`` in front of the service, on the real broker: a producer that keys
+a record's events apart (or not at all) gets the service's semantics all the same."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import orjson
+import pytest
+from aiokafka import TopicPartition
+
+from stream_expiry.config import Topics
+from stream_expiry.kafka import committed_offsets, consumer, ensure_topics, producer
+from stream_expiry.model import Identity
+from stream_expiry.rekey import H_REKEYED_FROM, Rekeyer, targets_for
+from stream_expiry.service import wall_clock_ms
+from stream_expiry.timeutil import parse_ts
+from tests.conftest import read_all, read_topic, wait_for
+from tests.integration.service_helpers import config_for, running_service
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+    from pathlib import Path
+
+    from stream_expiry.config import Config
+    from tests.conftest import TopicSet
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+SOURCE_PARTITIONS = 4
+RETENTION = '[retention.defaults]\nconversation = "2s"\nsession = "3s"\n'
+
+
+@contextlib.asynccontextmanager
+async def running_rekey(
+    config: Config, broker: str, sources: Sequence[str]
+) -> AsyncIterator[Rekeyer]:
+    rekeyer = Rekeyer(
+        config,
+        broker,  # type: ignore[arg-type]  # a bootstrap string is a connection too
+        targets_for(sources),
+        group_id=f"{config.group_id}-rekey",
+        consumer_options={"session_timeout_ms": 2000, "heartbeat_interval_ms": 500},
+    )
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(rekeyer.run, stop)
+        with anyio.fail_after(30):
+            await rekeyer.ready.wait()
+        yield rekeyer
+        stop.set()
+
+
+async def _send(broker: str, topic: str, sends: Sequence[tuple[int, bytes | None, Any]]) -> None:
+    """(partition, key, body) to ``topic``, each to the partition given: as a producer
+    that keys by something else (or nothing) would spread them."""
+    async with producer(broker) as prod:
+        sent = [
+            await prod.send(
+                topic,
+                key=key,
+                value=body if isinstance(body, bytes) else orjson.dumps(body),
+                partition=partition,
+            )
+            for partition, key, body in sends
+        ]
+        for fut in sent:
+            await fut
+
+
+def _body(category: str, record_id: str, ts: int, op: str = "create") -> dict[str, Any]:
+    return {"category": category, "record_id": record_id, "org": "acme", "op": op, "ts": ts}
+
+
+@pytest.mark.timeout(120)
+async def test_a_record_s_events_keyed_apart_meet_once_rekeyed(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """The erasure of a record created on another partition ends its life, a touch on
+    another partition slides its session, and a bad event is dead-lettered naming where
+    it was produced. Without rekey (the service on the producers' topic itself), the same
+    events gave c1 a ttl tombstone after its erasure, kept its stamp on expiry.stamped, and
+    let s1 go at its first expiry."""
+    source = f"{topics.prefix}.chat"
+    target = targets_for([source])[source]
+    await ensure_topics(broker, [source], partitions=SOURCE_PARTITIONS)
+    base = config_for(topics, str(tmp_path / "state"), RETENTION)
+    config = dataclasses.replace(base, topics=dataclasses.replace(base.topics, inputs=(target,)))
+    assert isinstance(config.topics, Topics)
+    c1 = Identity("acme", "_", "live", "conversation", "c1").key
+    s1 = Identity("acme", "_", "live", "session", "s1").key
+    async with running_rekey(config, broker, [source]) as rekeyer, running_service(config, broker):
+        t0 = wall_clock_ms()
+        await _send(
+            broker,
+            source,
+            [
+                (0, b"acme", _body("conversation", "c1", t0)),
+                (1, None, _body("session", "s1", t0)),
+                (2, b"event-9", _body("session", "s1", t0 + 1_000, "touch")),
+                (3, None, _body("conversation", "c1", t0 + 100, "delete")),
+                (2, b"bad", b"{not json"),
+            ],
+        )
+        # s1's tombstone comes last of the two lives' (due at t0 + 4 s; c1's would have
+        # been due at t0 + 2 s): read until it is there.
+        tombstones = await read_topic(
+            broker,
+            topics.tombstones,
+            until=lambda recs: any(r.key.decode() == s1 for r in recs),
+            timeout_s=60,
+        )
+        dead = await read_topic(broker, topics.dlq, until=lambda recs: len(recs) >= 1)
+        stats = rekeyer.stats
+    said = [(r.key.decode(), orjson.loads(r.value)) for r in tombstones]
+    assert [(key, body["reason"]) for key, body in said] == [(c1, "explicit"), (s1, "ttl")]
+    assert parse_ts(said[1][1]["expires_at"]) == t0 + 1_000 + 3_000  # slid by the touch
+    # c1's stamps: every partition's latest one is the null, so compaction keeps no data.
+    stamped = await read_all(broker, topics.stamped)
+    latest: dict[int, bytes | None] = {}
+    for rec in stamped:
+        if rec.key.decode() == c1:
+            latest[rec.partition] = rec.value
+    assert latest
+    assert all(value is None for value in latest.values())
+    # The re-keyed copies: keyed by record, each naming where it was produced.
+    copies = await read_all(broker, target)
+    assert sorted(r.key.decode() for r in copies) == sorted([c1, c1, s1, s1])
+    assert {r.key.decode(): r.partition for r in copies} == {
+        r.key.decode(): r.partition for r in reversed(copies)
+    }, "one record's copies share a partition"
+    origins = sorted(dict(r.headers)[H_REKEYED_FROM].decode() for r in copies)
+    assert [o.rsplit("@", 1)[0] for o in origins] == [
+        f"{source}[0]",
+        f"{source}[1]",
+        f"{source}[2]",
+        f"{source}[3]",
+    ]
+    assert len(dead) == 1
+    headers = {k: v.decode() for k, v in dead[0].headers}
+    assert (dead[0].key, dead[0].value) == (b"bad", b"{not json")
+    assert (headers["expiry-error"], headers["expiry-source-topic"]) == ("invalid_json", source)
+    assert headers["expiry-source-partition"] == "2"
+    assert (stats.forwarded, stats.rejected) == (4, 1)
+
+
+@pytest.mark.timeout(90)
+async def test_offsets_are_committed_after_the_copies_and_a_restart_resumes_there(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """What a rekey group committed has reached the target; a second run resumes after it
+    and copies only what came since."""
+    source = f"{topics.prefix}.chat"
+    target = targets_for([source])[source]
+    await ensure_topics(broker, [source], partitions=2)
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    t0 = wall_clock_ms()
+    first = [(i % 2, None, _body("conversation", f"c{i}", t0)) for i in range(10)]
+    async with running_rekey(config, broker, [source]) as rekeyer:
+        await _send(broker, source, first)
+        await wait_for(lambda: rekeyer.stats.forwarded >= 10)
+    async with consumer(broker, group_id=f"{config.group_id}-rekey") as cons:
+        committed = await committed_offsets(cons, [TopicPartition(source, p) for p in (0, 1)])
+    assert committed == {TopicPartition(source, 0): 5, TopicPartition(source, 1): 5}
+    assert len(await read_all(broker, target)) == 10
+    async with running_rekey(config, broker, [source]) as rekeyer:
+        await _send(broker, source, [(0, None, _body("conversation", "c99", t0))])
+        copies = await read_topic(broker, target, until=lambda recs: len(recs) >= 11)
+        assert rekeyer.stats.forwarded == 1
+    assert len(copies) == 11

@@ -1,0 +1,133 @@
+"""``rekey``'s routing, without a broker: where each input message goes, keyed how."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka.structs import ConsumerRecord
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stream_expiry.errors import ConfigurationError
+from stream_expiry.model import Identity
+from stream_expiry.rekey import H_REKEYED_FROM, route, targets_for
+
+NOW = 1_760_000_000_000
+CATEGORIES = ("conversation", "session", "error")
+
+
+def _record(
+    value: bytes | None,
+    *,
+    key: bytes | None = None,
+    topic: str = "conversations",
+    partition: int = 3,
+    offset: int = 41,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> Any:
+    return ConsumerRecord(topic, partition, offset, NOW, 0, key, value, None, 0, 0, headers or [])
+
+
+def _routed(rec: Any) -> Any:
+    return route(
+        rec,
+        target="conversations.by-record",
+        dlq="expiry.dlq",
+        categories=CATEGORIES,
+        now_ms=NOW,
+        max_skew_ms=300_000,
+    )
+
+
+def _event(**fields: Any) -> bytes:
+    body = {"category": "conversation", "record_id": "c1", "org": "acme", "ts": NOW - 5}
+    body.update(fields)
+    return orjson.dumps({k: v for k, v in body.items() if v is not None})
+
+
+def test_a_valid_event_goes_to_the_target_keyed_by_its_record_unchanged() -> None:
+    value = _event(bot="b1", env="draft", op="touch", data={"text": "hi"})
+    rec = _record(value, key=b"org-acme", headers=[("trace", b"t-1")])
+    routed = _routed(rec)
+    assert routed.topic == "conversations.by-record"
+    assert routed.key == Identity("acme", "b1", "draft", "conversation", "c1").key.encode()
+    assert routed.value is value  # the bytes the producer sent, not a re-encoding
+    assert routed.headers == [("trace", b"t-1"), (H_REKEYED_FROM, b"conversations[3]@41")]
+    assert not routed.rejected
+
+
+def test_defaults_and_given_defaults_are_one_record() -> None:
+    """Keyed by the record the service computes: ``env`` omitted is ``live``, ``bot``
+    omitted is ``_``; otherwise one record's events would still be split."""
+    implicit = _routed(_record(_event(), key=None))
+    explicit = _routed(_record(_event(env="live", bot="_"), key=b"whatever"))
+    assert implicit.key == explicit.key
+    other_env = _routed(_record(_event(env="draft")))
+    assert other_env.key != implicit.key
+
+
+@given(
+    keys=st.lists(st.one_of(st.none(), st.binary(max_size=8)), min_size=2, max_size=6),
+    partitions=st.lists(st.integers(0, 63), min_size=2, max_size=6),
+    ops=st.lists(st.sampled_from(["create", "touch", "delete"]), min_size=2, max_size=6),
+)
+def test_every_event_of_a_record_gets_one_key_whatever_the_producer_keyed(
+    keys: list[bytes | None], partitions: list[int], ops: list[str]
+) -> None:
+    routed = {
+        _routed(_record(_event(op=op), key=key, partition=partition)).key
+        for key, partition, op in zip(keys, partitions, ops, strict=False)
+    }
+    assert len(routed) == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        (b"{not json", "invalid_json"),
+        (b"[1, 2]", "not_an_object"),
+        (orjson.dumps({"category": "conversation", "org": "acme", "ts": NOW}), "missing_field"),
+        (_event(category="invoice"), "unknown_category"),
+        (_event(ts=NOW + 3_600_000), "future_timestamp"),
+        (None, "invalid_json"),
+    ],
+)
+def test_what_the_service_would_reject_is_dead_lettered_naming_the_producers_topic(
+    value: bytes | None, code: str
+) -> None:
+    rec = _record(value, key=b"k", topic="conversations", partition=2, offset=7)
+    routed = _routed(rec)
+    assert routed.rejected
+    assert routed.topic == "expiry.dlq"
+    assert (routed.key, routed.value) == (b"k", value)  # unchanged, as the contract says
+    headers = dict(routed.headers)
+    assert headers["expiry-error"] == code.encode()
+    assert headers["expiry-error-detail"]
+    assert headers["expiry-source-topic"] == b"conversations"
+    assert headers["expiry-source-partition"] == b"2"
+    assert headers["expiry-source-offset"] == b"7"
+
+
+def test_targets_are_the_sources_with_the_suffix() -> None:
+    assert targets_for(["conversations", "sessions", "conversations"]) == {
+        "conversations": "conversations.by-record",
+        "sessions": "sessions.by-record",
+    }
+    assert targets_for(["a"], ".k") == {"a": "a.k"}
+
+
+@pytest.mark.parametrize(
+    ("sources", "suffix", "said"),
+    [
+        ([], ".by-record", "at least one --from"),
+        (["a"], "", "must not be empty"),
+        (["a", "a.by-record"], ".by-record", "a.by-record would be read and written"),
+    ],
+)
+def test_targets_that_would_loop_or_mean_nothing_are_refused(
+    sources: list[str], suffix: str, said: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=said):
+        targets_for(sources, suffix)
