@@ -31,12 +31,22 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
+import orjson
 from aiokafka.errors import CommitFailedError, IllegalGenerationError, RebalanceInProgressError
 
+from stream_expiry import oversize
 from stream_expiry.codec import H_DETAIL, H_ERROR, dead_letter_headers
 from stream_expiry.errors import ConfigurationError
-from stream_expiry.kafka import consumer, ensure_topics, producer
-from stream_expiry.kafka_settings import topic_configs
+from stream_expiry.event_fields import FIELDS
+from stream_expiry.kafka import (
+    OutputBuffer,
+    batch_bytes,
+    consumer,
+    ensure_topics,
+    message_limits,
+    producer,
+)
+from stream_expiry.kafka_settings import role_configs
 from stream_expiry.model import Rejection, parse_event
 
 if TYPE_CHECKING:
@@ -53,6 +63,7 @@ __all__ = [
     "H_REKEYED_FROM",
     "Rekeyer",
     "Routed",
+    "fit",
     "route",
     "targets_for",
 ]
@@ -65,6 +76,11 @@ DEFAULT_GROUP: Final = "stream-expiry-rekey"
 H_REKEYED_FROM: Final = "expiry-rekeyed-from"
 PROGRESS_EVERY_S: Final = 10.0
 _BATCH_RECORDS: Final = 5_000
+# Within this of the limit a copy is measured exactly (aiokafka's estimate costs more than
+# the rest of its way); its header and a record key are far smaller.
+_NEAR: Final = 64 * 1024
+Headers = list[tuple[str, bytes]]
+_KEPT_WITHOUT_DATA: Final = FIELDS - {"data"}
 _REBALANCED = (CommitFailedError, IllegalGenerationError, RebalanceInProgressError)
 
 
@@ -104,6 +120,30 @@ def route(
     return Routed(target, parsed.identity.key.encode(), rec.value, headers)
 
 
+def fit(routed: Routed, limit: int) -> tuple[bytes | None, bytes | None, Headers, bool]:
+    """``(key, value, headers, changed)``: ``routed``'s message within ``limit`` bytes.
+
+    A copy is the event plus its origin header under a record key that may be longer than
+    the producer's own: an event at its topic's limit fits no longer, and a send refused
+    would stop the partition for good. It then goes without the header, else without its
+    ``data`` (and any field the contract does not have), which the service's stamp would
+    drop anyway (``data_dropped``): its expiry is what must not be lost. A dead letter is
+    cut as the service cuts one (:func:`oversize.fit_dead_letter`)."""
+    key, value, headers = routed.key, routed.value, routed.headers
+    if routed.rejected:
+        return oversize.fit_dead_letter(key, value, headers, limit)
+    if len(value or b"") + len(key or b"") < limit - _NEAR:
+        return key, value, headers, False
+    if oversize.message_bytes(key, value, headers) <= limit:
+        return key, value, headers, False
+    headers = headers[:-1]  # the origin header, added last
+    if oversize.message_bytes(key, value, headers) <= limit:
+        return key, value, headers, True
+    body = orjson.loads(value or b"{}")
+    value = orjson.dumps({k: v for k, v in body.items() if k in _KEPT_WITHOUT_DATA})
+    return key, value, headers, True
+
+
 def targets_for(sources: Sequence[str], suffix: str = DEFAULT_SUFFIX) -> dict[str, str]:
     """Source topic -> the topic its events go to, keyed by record: ``SOURCE`` + ``suffix``.
 
@@ -130,7 +170,9 @@ class RekeyStats:
     forwarded: int = 0
     rejected: int = 0
     batches: int = 0
+    committed: int = 0  # events of the batches whose offsets the group took
     commits_lost: int = 0
+    data_dropped: int = 0
     per_source: dict[str, int] = field(default_factory=dict)
 
 
@@ -158,12 +200,15 @@ class Rekeyer:
         self._consumer_options = dict(consumer_options or {})
         self._categories = frozenset(config.categories)
         self._rejections_said: set[str] = set()
+        self._limit = 0  # the largest message to publish; known once the producer is
 
     async def run(self, stop: anyio.Event) -> None:
-        await self._ensure_targets()
+        limits = await self._ensure_targets()
         self._say_plan()
+        # No linger: a batch is sent whole and its acks awaited before the commit.
+        options = {"linger_ms": 0, "max_batch_size": batch_bytes(limits.values())}
         async with (
-            producer(self.connection) as prod,
+            producer(self.connection, **options) as prod,
             consumer(
                 self.connection,
                 *self.targets,
@@ -172,6 +217,7 @@ class Rekeyer:
                 **self._consumer_options,
             ) as cons,
         ):
+            self._limit = oversize.output_limit(prod, min(limits.values(), default=None))
             self.ready.set()
             said_at = time.monotonic()
             while not stop.is_set():
@@ -204,22 +250,21 @@ class Rekeyer:
                     self.config.path,
                 )
 
-    async def _ensure_targets(self) -> None:
-        """The targets as the service would make an input topic (its partitions, its
-        retention), and the dead-letter topic; topics that exist are left as they are."""
+    async def _ensure_targets(self) -> dict[str, int]:
+        """The targets as the service makes an input topic (its partitions, its retention,
+        its message size), and the dead-letter topic; topics that exist are left as they
+        are. Returns each one's ``max.message.bytes`` as the broker says it."""
         settings = self.config.topic_settings
-        inputs = self.config.topics.inputs
-        like_input = topic_configs(self.config).get(inputs[0], {}) if inputs else {}
         dlq = self.config.topics.dlq
-        configs = {target: dict(like_input) for target in self.targets.values()}
-        configs[dlq] = topic_configs(self.config).get(dlq, {})
+        configs = {target: role_configs("data", settings) for target in self.targets.values()}
         await ensure_topics(
             self.connection,
-            configs,
-            configs=configs,
+            [*configs, dlq],
+            configs=configs | {dlq: role_configs("data", settings)},
             partitions=settings.partitions,
             replication=settings.replication_factor,
         )
+        return await message_limits(self.connection, [*configs, dlq])
 
     async def _forward(
         self, prod: Any, cons: Any, batch: Mapping[TopicPartition, list[Any]]
@@ -227,7 +272,7 @@ class Rekeyer:
         now = self._clock()
         dlq = self.config.topics.dlq
         skew = self.config.max_clock_skew_ms
-        sends = []
+        out = OutputBuffer(prod)
         offsets: dict[TopicPartition, int] = {}
         stats = self.stats
         for tp, records in batch.items():
@@ -246,24 +291,40 @@ class Rekeyer:
                     self._say_rejected(rec, routed.headers)
                 else:
                     stats.forwarded += 1
-                sends.append(
-                    await prod.send(
-                        routed.topic, value=routed.value, key=routed.key, headers=routed.headers
-                    )
-                )
+                key, value, headers = self._fit(rec, routed)
+                await out.add(routed.topic, key, value, headers=headers)
             stats.per_source[tp.topic] = stats.per_source.get(tp.topic, 0) + len(records)
             offsets[tp] = records[-1].offset + 1
-        for sent in sends:
+        for sent in await out.flush():
             await sent
         stats.batches += 1
-        await self._commit(cons, offsets)
+        if await self._commit(cons, offsets):
+            stats.committed += sum(len(records) for records in batch.values())
 
-    async def _commit(self, cons: Any, offsets: dict[TopicPartition, int]) -> None:
+    def _fit(self, rec: Any, routed: Routed) -> tuple[bytes | None, bytes | None, Headers]:
+        """``routed``'s message within the limit, with what had to go said."""
+        key, value, headers, changed = fit(routed, self._limit)
+        if changed and routed.rejected:
+            oversize.say_cut(rec, self._limit, key, value)
+        elif changed and value is not routed.value:
+            self.stats.data_dropped += 1
+            log.warning(
+                "%s[%d]@%d is over the limit of %d bytes once keyed by record: copied "
+                "without its data (the service's stamp would drop it too), its expiry kept",
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                self._limit,
+            )
+        return key, value, headers
+
+    async def _commit(self, cons: Any, offsets: dict[TopicPartition, int]) -> bool:
         """The batch's offsets, once all of it is acknowledged. A rebalance in between
         makes the group refuse them: the partition's new owner sends those events again,
         which the service's rules make harmless."""
         try:
             await cons.commit(offsets)
+            return True
         except _REBALANCED as exc:
             self.stats.commits_lost += 1
             log.warning(
@@ -272,6 +333,7 @@ class Rekeyer:
                 "downstream",
                 type(exc).__name__,
             )
+            return False
 
     def _say_rejected(self, rec: Any, headers: list[tuple[str, bytes]]) -> None:
         """The first dead letter of each code, with its reason; the rest are counted in the

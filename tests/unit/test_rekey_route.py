@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.model import Identity
-from stream_expiry.rekey import H_REKEYED_FROM, route, targets_for
+from stream_expiry.oversize import message_bytes
+from stream_expiry.rekey import H_REKEYED_FROM, fit, route, targets_for
 
 NOW = 1_760_000_000_000
 CATEGORIES = ("conversation", "session", "error")
@@ -131,3 +132,42 @@ def test_targets_that_would_loop_or_mean_nothing_are_refused(
 ) -> None:
     with pytest.raises(ConfigurationError, match=said):
         targets_for(sources, suffix)
+
+
+def test_a_copy_within_the_limit_is_the_event_as_produced() -> None:
+    routed = _routed(_record(_event(data={"text": "x" * 1000}), key=b"k"))
+    assert fit(routed, 1_000_000) == (routed.key, routed.value, routed.headers, False)
+
+
+def test_a_copy_over_the_limit_goes_without_its_header_then_without_its_data() -> None:
+    """An event at its topic's limit no longer fits once keyed by record with the origin
+    header: refused, it would stop the partition at every start. Its expiry is what must
+    reach the service; its data the service's stamp would drop anyway."""
+    value = _event(data={"text": "x" * 200_000}, extra="y" * 1000)
+    routed = _routed(_record(value, key=b"k"))
+    whole = message_bytes(routed.key, routed.value, routed.headers)
+    without_header = message_bytes(routed.key, routed.value, routed.headers[:-1])
+    assert without_header < whole
+    key, same, headers, changed = fit(routed, without_header)
+    assert (key, same, headers, changed) == (routed.key, value, routed.headers[:-1], True)
+    key, smaller, headers, changed = fit(routed, without_header - 1)
+    assert changed
+    assert key == routed.key
+    assert smaller is not None
+    assert message_bytes(key, smaller, headers) <= without_header - 1
+    assert orjson.loads(smaller) == {
+        k: v for k, v in orjson.loads(value).items() if k not in ("data", "extra")
+    }
+    # The service takes it as the same record, at the same time.
+    assert _routed(_record(smaller)).key == routed.key
+
+
+def test_a_dead_letter_over_the_limit_is_cut_as_the_service_cuts_one() -> None:
+    routed = _routed(_record(b"{" + b"x" * 100_000, key=b"k"))
+    assert routed.rejected
+    key, value, headers, changed = fit(routed, 10_000)
+    assert changed
+    assert value is not None
+    assert len(value) < 10_000
+    assert dict(headers)["expiry-value-truncated"] == b"100001"
+    assert message_bytes(key, value, headers) <= 10_000
