@@ -13,7 +13,13 @@ import pytest
 from aiokafka import TopicPartition
 
 from stream_expiry.config import Topics
-from stream_expiry.kafka import committed_offsets, consumer, ensure_topics, producer
+from stream_expiry.kafka import (
+    admin_client,
+    committed_offsets,
+    consumer,
+    ensure_topics,
+    producer,
+)
 from stream_expiry.model import Identity
 from stream_expiry.rekey import H_REKEYED_FROM, Rekeyer, targets_for
 from stream_expiry.service import wall_clock_ms
@@ -152,7 +158,8 @@ async def test_offsets_are_committed_after_the_copies_and_a_restart_resumes_ther
     broker: str, topics: TopicSet, tmp_path: Path
 ) -> None:
     """What a rekey group committed has reached the target; a second run resumes after it
-    and copies only what came since."""
+    and copies only what came since; after the producers' topic is made again, empty, a
+    third run copies what is written there (the group's offsets went with the topic)."""
     source = f"{topics.prefix}.chat"
     target = targets_for([source])[source]
     await ensure_topics(broker, [source], partitions=2)
@@ -161,7 +168,7 @@ async def test_offsets_are_committed_after_the_copies_and_a_restart_resumes_ther
     first = [(i % 2, None, _body("conversation", f"c{i}", t0)) for i in range(10)]
     async with running_rekey(config, broker, [source]) as rekeyer:
         await _send(broker, source, first)
-        await wait_for(lambda: rekeyer.stats.forwarded >= 10)
+        await wait_for(lambda: rekeyer.stats.committed >= 10)
     async with consumer(broker, group_id=f"{config.group_id}-rekey") as cons:
         committed = await committed_offsets(cons, [TopicPartition(source, p) for p in (0, 1)])
     assert committed == {TopicPartition(source, 0): 5, TopicPartition(source, 1): 5}
@@ -171,3 +178,16 @@ async def test_offsets_are_committed_after_the_copies_and_a_restart_resumes_ther
         copies = await read_topic(broker, target, until=lambda recs: len(recs) >= 11)
         assert rekeyer.stats.forwarded == 1
     assert len(copies) == 11
+    await _recreate(broker, source)
+    async with running_rekey(config, broker, [source]) as rekeyer:
+        await _send(broker, source, [(1, None, _body("conversation", "c100", t0))])
+        copies = await read_topic(broker, target, until=lambda recs: len(recs) >= 12)
+        await wait_for(lambda: rekeyer.stats.committed >= 1)
+    assert len(copies) == 12
+    assert "c100" in {orjson.loads(r.value)["record_id"] for r in copies}
+
+
+async def _recreate(broker: str, topic: str) -> None:
+    async with admin_client(broker) as admin:
+        await admin.delete_topics([topic])
+    await ensure_topics(broker, [topic], partitions=2)
