@@ -102,6 +102,15 @@ Rules kept here (why: tombstones are at-least-once, and ``expiry.stamped`` and
    the grace and that hour, or a message written that much later than it is dated, would
    still defeat this. A clock ahead only delays the rule, for a message re-read within
    that time of its marker's pruning, which then does what a first one does.
+
+   The argument holds for the partitions the read-complete time covered, and only for
+   them: what was written to another topic before it was never read by then. So the
+   bound is kept per topic and partition (:data:`Source`), raised at each pruning for
+   those the read-complete time covered, and a message of a partition no pruning covered
+   (a sink pointed at a tombstones topic it never read before, or at a copy of one whose
+   messages keep their first dates) is a first reading however old its date: under one
+   bound for the whole store, such a topic's erasures were taken for re-reads and left
+   no receipt.
 """
 
 from __future__ import annotations
@@ -127,11 +136,15 @@ if TYPE_CHECKING:
 
     from stream_expiry.model import Identity
 
-__all__ = ["NEVER_CREATED", "Plan", "Slot", "archived", "life", "plan", "prunable"]
+__all__ = ["NEVER_CREATED", "Plan", "Slot", "Source", "archived", "life", "plan", "prunable"]
 
 #: Stands for an unknown ``created_at``: such a row belongs to every deleted life. It is the
 #: smallest BIGINT, so the stores keep it as a plain integer.
 NEVER_CREATED = -(2**63) + 1
+
+#: A topic and a partition a message was read from: the pruning's bound for telling a
+#: re-read message is kept per source (rule 7).
+Source = tuple[str, int]
 
 
 @dataclass(slots=True)
@@ -165,13 +178,14 @@ class Plan:
     kept_for_archive: int = 0
     """Rows past the sweep's cutoff that it kept because the archive has not written the
     stamp they were written from (``[archive] required``)."""
-    found_nothing_at: list[int] = field(default_factory=list)
-    """The Kafka timestamps of the messages that found nothing, planned without the
-    pruning's bound: tombstone events that deleted nothing and wrote a receipt with
-    ``rows_deleted`` 0, and erasures' nulls that found no row and no marker and left a
-    deletion waiting. One dated at or before that bound was read before (rule 7), so a
-    store that did not pass ``pruned_before`` to :func:`plan` reads it and plans again (it
-    seldom has to)."""
+    found_nothing_at: list[tuple[Source, int]] = field(default_factory=list)
+    """Where the messages that found nothing were read from, with their Kafka timestamps,
+    planned without the pruning's bounds: tombstone events that deleted nothing and wrote
+    a receipt with ``rows_deleted`` 0, and erasures' nulls that found no row and no marker
+    and left a deletion waiting. One dated at or before its source's bound was read
+    before (rule 7), so a store that did not pass ``pruned_before`` to :func:`plan` reads
+    them and plans again (it seldom has to). Messages of unknown source or time are not
+    listed: no bound applies to them."""
     living: list[Identity] = field(default_factory=list)
     """Identities with a receipt in this plan whose record still has a row afterwards: a
     later life than the one deleted (a held life's next one, or a record created again
@@ -240,11 +254,32 @@ def _matches(p: Pending, t: TombstoneChange, bound: int) -> bool:
 
 class _Planner:
     def __init__(
-        self, store: str, now_ms: int, new_id: Callable[[], str], pruned_before: int | None
+        self,
+        store: str,
+        now_ms: int,
+        new_id: Callable[[], str],
+        pruned_before: Mapping[Source, int] | None,
     ) -> None:
         self.store, self.now, self.new_id = store, now_ms, new_id
         self.pruned_before = pruned_before
         self.out = Plan()
+
+    def read_before(self, topic: str | None, partition: int | None, at: int | None) -> bool:
+        """Whether a message that found nothing, read from ``topic`` and ``partition`` and
+        dated ``at``, was read before (rule 7): dated at or before the bound the store's
+        pruning used for that partition. A partition no read-complete time covered when
+        the store pruned (a topic the sink never read before: another ``--tombstones-topic``,
+        a copy of the topic) has no bound: every message of it is a first reading, however
+        old, as is one whose source or time is unknown. Without the bounds (None), the
+        message is listed in :attr:`Plan.found_nothing_at` for the store to read them."""
+        if at is None or topic is None or partition is None:
+            return False
+        bounds = self.pruned_before
+        if bounds is None:
+            self.out.found_nothing_at.append(((topic, partition), at))
+            return False
+        bound = bounds.get((topic, partition))
+        return bound is not None and at <= bound
 
     def receipt(
         self,
@@ -388,16 +423,13 @@ class _Planner:
         self.remember(slot, t.identity, bound, lived, rest, ended)
         if not deleted and not claimed and not covered:
             # An erasure request for a row this store never held: still on record. Unless
-            # it is dated at or before the bound of the store's pruning: then it was read
-            # before, and its receipt written then; its marker was forgotten since (rule 7).
-            # The marker is written again all the same, as the first reading wrote it: a
-            # stamp of the life it ended, read again after it, stays out.
-            at, pruned = t.timestamp, self.pruned_before
-            if at is not None:
-                if pruned is not None and at <= pruned:
-                    return
-                if pruned is None:
-                    self.out.found_nothing_at.append(at)
+            # it is dated at or before the bound of the store's pruning for its partition:
+            # then it was read before, and its receipt written then; its marker was
+            # forgotten since (rule 7). The marker is written again all the same, as the
+            # first reading wrote it: a stamp of the life it ended, read again after it,
+            # stays out.
+            if self.read_before(t.topic, t.partition, t.timestamp):
+                return
             self.receipt(t.identity, t.reason, 0, t, t.emitted_at, self.now)
 
     def null(self, slot: Slot, c: NullChange) -> None:
@@ -408,16 +440,13 @@ class _Planner:
         a deletion of no row: read first, and the record's next life deleted before that
         tombstone event came, the erasure was taken as covered by that later deletion and
         left no receipt, where read in the other order it had one (a property test).
-        Unless it is dated at or before the bound of the store's pruning: then it was
-        read before, its deletion settled and its marker was forgotten (rule 7)."""
+        Unless it is dated at or before the bound of the store's pruning for its
+        partition: then it was read before, its deletion settled and its marker was
+        forgotten (rule 7)."""
         row = slot.row
         if row is None and slot.marker is None and c.reason == "explicit":
-            bound, at = self.pruned_before, c.timestamp
-            if at is not None:
-                if bound is not None and at <= bound:
-                    return
-                if bound is None:
-                    self.out.found_nothing_at.append(at)
+            if self.read_before(c.topic, c.partition, c.timestamp):
+                return
             nothing = Pending(None, None, None, None, self.now, reason=c.reason, rowless=True)
             self.remember(slot, c.identity, NEVER_CREATED, None, (nothing,))
             return
@@ -498,7 +527,7 @@ def plan(
     store: str,
     now_ms: int,
     new_id: Callable[[], str],
-    pruned_before: int | None = None,
+    pruned_before: Mapping[Source, int] | None = None,
 ) -> Plan:
     """Apply ``changes`` in order to ``state`` (not modified) and return the net writes.
 
@@ -506,9 +535,11 @@ def plan(
     missing identity is empty. Writes are net: a row deleted and written again in one batch
     is one upsert, and a row whose content did not change is not written at all.
 
-    ``pruned_before``: the highest settling bound the store's pruning has used (None:
-    it never pruned, or the store did not read it); an erasure's null, or a tombstone
-    event that finds nothing to delete, dated at or before it was read before (rule 7).
+    ``pruned_before``: the highest settling bound the store's pruning has used for each
+    topic and partition its read-complete time covered (None: the store did not read
+    them; empty: it never pruned); an erasure's null, or a tombstone event that finds
+    nothing to delete, dated at or before the bound of the partition it was read from
+    was read before (rule 7).
     """
     p = _Planner(store, now_ms, new_id, pruned_before)
     work: dict[Identity, Slot] = {}

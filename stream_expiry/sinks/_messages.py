@@ -132,9 +132,14 @@ class TombstoneChange:
     deleted_at: int | None = None
     # The Kafka timestamp of the event (epoch ms: the service's emission time, or the
     # broker's append time on a topic that keeps those; None: unknown): a tombstone that
-    # finds nothing to delete, dated at or before the bound the store's pruning used, was
-    # read before and its receipt written (see ``_Planner.tombstone``).
+    # finds nothing to delete, dated at or before the bound the store's pruning used for
+    # the topic and partition it was read from, was read before and its receipt written
+    # (see ``_Planner.tombstone``).
     timestamp: int | None = None
+    # Where it was read from (None: unknown, and then never taken for a re-read): the
+    # pruning's bound holds for the partitions its read-complete time covered only.
+    topic: str | None = None
+    partition: int | None = None
 
     @property
     def bound(self) -> int:
@@ -177,9 +182,11 @@ class NullChange:
     reason: str | None = None
     # The Kafka timestamp of the null (epoch ms: the service's emission time, or the
     # broker's append time on a topic that keeps those; None: unknown): a null dated at
-    # or before the bound the store's pruning used was read before (see
-    # ``_Planner.null``).
+    # or before the bound the store's pruning used for its topic and partition was read
+    # before (see ``_Planner.null``).
     timestamp: int | None = None
+    # The topic it was read from (None: unknown, and then never taken for a re-read).
+    topic: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -508,16 +515,17 @@ def decode_stamped(
     offset: int | None = None,
     headers: Sequence[tuple[str, bytes]] = (),
     timestamp: int | None = None,
+    topic: str | None = None,
 ) -> StampChange | NullChange:
     """Decode one message of ``expiry.stamped`` (a null value deletes the key's record).
 
     ``timestamp``: the message's Kafka timestamp (a negative one, Kafka's "none", is
-    unknown); only a null keeps it."""
+    unknown); only a null keeps it, and the ``topic`` it was read from."""
     if value is None:
         reason = reason_of(headers)
         known = reason if reason in ("ttl", "explicit") else None
         at = timestamp if timestamp is not None and timestamp >= 0 else None
-        return NullChange(_key_identity(key), partition, offset, known, at)
+        return NullChange(_key_identity(key), partition, offset, known, at, topic)
     obj = _load_object(value)
     data = obj.get("data")
     return StampChange(
@@ -537,12 +545,15 @@ def decode_tombstone(
     value: bytes | None,
     headers: Sequence[tuple[str, bytes]] = (),
     timestamp: int | None = None,
+    *,
+    topic: str | None = None,
+    partition: int | None = None,
 ) -> TombstoneChange:
     """Decode one tombstone event of ``expiry.tombstones``; its ``expiry-deleted-at`` header
     (the service's, since round 19) makes :attr:`TombstoneChange.bound` exact.
 
     ``timestamp``: the message's Kafka timestamp (a negative one, Kafka's "none", is
-    unknown)."""
+    unknown); ``topic`` and ``partition``: where it was read from."""
     del key  # the value names the identity; see the module rules
     if value is None:
         raise InvalidMessage("a tombstone event must have a value")
@@ -562,4 +573,6 @@ def decode_tombstone(
         ttl_source=_opt_str(obj, "ttl_source"),
         deleted_at=_time(obj, "deleted_at") if "deleted_at" in obj else deleted_at_of(headers),
         timestamp=timestamp if timestamp is not None and timestamp >= 0 else None,
+        topic=topic,
+        partition=partition,
     )

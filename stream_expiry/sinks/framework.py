@@ -557,7 +557,9 @@ class Sink:
                     full = read_to is not None and await self.sweep_once(prod, read_to_ms=read_to)
                     next_sweep = time.monotonic() + (0 if full else sweep_every)
                 if prune:
-                    more = read_to is not None and await self.prune_once(read_to_ms=read_to)
+                    more = read_to is not None and await self.prune_once(
+                        read_to_ms=read_to, read_over=self._probed_key[0]
+                    )
                     next_prune = time.monotonic() + (0 if more else cfg.prune_interval_s)
             except (BrokerUnavailableError, StoreUnavailableError) as exc:
                 # Broker: the store holds every applied batch and its receipts wait in the
@@ -623,12 +625,13 @@ class Sink:
         try:
             if topic == self.config.tombstones_topic:
                 change: Change = decode_tombstone(
-                    rec.key, rec.value, rec.headers, timestamp=rec.timestamp
-                )
+                    rec.key, rec.value, rec.headers, timestamp=rec.timestamp,
+                    topic=topic, partition=rec.partition,
+                )  # fmt: skip
             else:
                 change = decode_stamped(
                     rec.key, rec.value, partition=rec.partition, offset=rec.offset,
-                    headers=rec.headers, timestamp=rec.timestamp,
+                    headers=rec.headers, timestamp=rec.timestamp, topic=topic,
                 )  # fmt: skip
         except InvalidMessage as exc:
             self.metrics["invalid_total"] += 1
@@ -1078,7 +1081,9 @@ class Sink:
             await self._publish(prod, out.receipts, living=out.living)
         return page.more
 
-    async def prune_once(self, *, read_to_ms: int) -> bool:
+    async def prune_once(
+        self, *, read_to_ms: int, read_over: Collection[TopicPartition] = ()
+    ) -> bool:
         """Look at the next page of deletion markers and forget those past their grace;
         True when the sink should look at the next page at once.
 
@@ -1086,6 +1091,10 @@ class Sink:
         sweep: a marker goes once it settled ``marker_grace_s`` before W, so a sink that
         was stopped, or lags on one of its topics, first applies every stamp the service
         wrote before the deletion (rule 7 of :mod:`~stream_expiry.sinks._logic`).
+        ``read_over``: the partitions W covers, for which the store keeps the pruning's
+        bound (a message of one of them dated before it was read before; of a partition
+        W did not cover, such as a topic the sink reads for the first time, nothing is
+        known).
 
         The pages roll along the primary key (:meth:`Store.prune`), so a marker is
         forgotten at most a round of the table after its grace. One page per
@@ -1099,8 +1108,9 @@ class Sink:
         cfg = self.config
         before = read_to_ms - int(cfg.marker_grace_s * 1000)
         page = await self.store.prune(
-            settled_before_ms=before, limit=cfg.prune_limit, after=self._prune_from
-        )
+            settled_before_ms=before, limit=cfg.prune_limit, after=self._prune_from,
+            sources=[(tp.topic, tp.partition) for tp in read_over],
+        )  # fmt: skip
         self._prune_from = page.next_from
         if page.forgotten:
             self.metrics["markers_pruned_total"] += page.forgotten

@@ -57,7 +57,7 @@ import orjson
 
 from stream_expiry.errors import ConfigurationError, StoreError
 from stream_expiry.model import Identity
-from stream_expiry.sinks._logic import NEVER_CREATED, Plan, Slot
+from stream_expiry.sinks._logic import NEVER_CREATED, Plan, Slot, Source
 from stream_expiry.sinks._messages import (
     Marker,
     Receipt,
@@ -258,8 +258,20 @@ CREATE TABLE IF NOT EXISTS {receipts} (
     emitted_at bigint, deleted_at bigint NOT NULL
 );
 CREATE TABLE IF NOT EXISTS {outbox} (seq bigint PRIMARY KEY);
+DO $pruned$
+BEGIN
+    -- One bound for the whole store (before it was kept per topic and partition): it
+    -- goes, and the next pruning keeps a bound per partition (see sqlite.py's _upgrade).
+    IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('{pruned}')
+               AND attname = 'id' AND NOT attisdropped) THEN
+        DROP TABLE {pruned};
+    END IF;
+END
+$pruned$;
 CREATE TABLE IF NOT EXISTS {pruned} (
-    id integer PRIMARY KEY CHECK (id = 1), settled_before bigint NOT NULL
+    src_topic text COLLATE "C" NOT NULL, src_partition integer NOT NULL,
+    settled_before bigint NOT NULL,
+    PRIMARY KEY (src_topic, src_partition)
 );
 DO $migrate$
 BEGIN
@@ -515,17 +527,23 @@ class _PostgresTx(StoreTransaction):
         end: PrunePosition = (r[2], r[3], r[4], r[5], r[6])
         return PrunePage(int(r[0]), end if r[1] >= limit else None)
 
-    async def pruned_before(self) -> int | None:
+    async def pruned_before(self) -> dict[Source, int]:
         # Read after the batch's markers were loaded (and locked): a marker pruned before
         # that is gone with its bound committed, which this statement's snapshot sees.
-        r = await self._c.fetchval(f"SELECT settled_before FROM {self._n.pruned}")
-        return None if r is None else int(r)
+        rows = await self._c.fetch(
+            f"SELECT src_topic, src_partition, settled_before FROM {self._n.pruned}"
+        )
+        return {(str(r[0]), int(r[1])): int(r[2]) for r in rows}
 
-    async def note_pruned(self, settled_before: int) -> None:
+    async def note_pruned(self, settled_before: int, sources: Sequence[Source]) -> None:
         t = self._n.pruned
         await self._c.execute(
-            f"INSERT INTO {t} AS t (id, settled_before) VALUES (1, $1) ON CONFLICT (id) "
+            f"INSERT INTO {t} AS t (src_topic, src_partition, settled_before) "
+            "SELECT topic, part, $3 FROM unnest($1::text[], $2::integer[]) AS s(topic, part) "
+            "ON CONFLICT (src_topic, src_partition) "
             "DO UPDATE SET settled_before = GREATEST(t.settled_before, excluded.settled_before)",
+            [topic for topic, _ in sources],
+            [partition for _, partition in sources],
             settled_before,
         )
 

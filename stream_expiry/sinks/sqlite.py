@@ -23,7 +23,7 @@ import anyio
 
 from stream_expiry.errors import StoreError
 from stream_expiry.model import Identity
-from stream_expiry.sinks._logic import Plan, Slot
+from stream_expiry.sinks._logic import Plan, Slot, Source
 from stream_expiry.sinks._messages import (
     Marker,
     Receipt,
@@ -95,8 +95,9 @@ CREATE TABLE IF NOT EXISTS {p}receipts (
 );
 CREATE TABLE IF NOT EXISTS {p}receipts_outbox (seq INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS {p}pruned (
-    id INTEGER PRIMARY KEY CHECK (id = 1), settled_before INTEGER NOT NULL
-);
+    src_topic TEXT NOT NULL, src_partition INTEGER NOT NULL, settled_before INTEGER NOT NULL,
+    PRIMARY KEY (src_topic, src_partition)
+) WITHOUT ROWID;
 CREATE TRIGGER IF NOT EXISTS {p}receipts_to_outbox AFTER INSERT ON {p}receipts
 BEGIN INSERT INTO {p}receipts_outbox (seq) VALUES (new.seq); END;
 CREATE TRIGGER IF NOT EXISTS {p}receipts_no_delete BEFORE DELETE ON {p}receipts
@@ -246,17 +247,17 @@ class _SQLiteTx(StoreTransaction):
         async with self._c.execute(sql, (*start, *(end or ()), settled_before)) as cur:
             return PrunePage(max(0, cur.rowcount), end)
 
-    async def pruned_before(self) -> int | None:
-        async with self._c.execute(f"SELECT settled_before FROM {self._p}pruned") as cur:
-            r = await cur.fetchone()
-        return None if r is None else int(r[0])
+    async def pruned_before(self) -> dict[Source, int]:
+        sql = f"SELECT src_topic, src_partition, settled_before FROM {self._p}pruned"
+        async with self._c.execute(sql) as cur:
+            return {(str(t), int(n)): int(b) for t, n, b in await cur.fetchall()}
 
-    async def note_pruned(self, settled_before: int) -> None:
-        await self._c.execute(
-            f"INSERT INTO {self._p}pruned (id, settled_before) VALUES (1, ?) "
-            "ON CONFLICT (id) DO UPDATE "
+    async def note_pruned(self, settled_before: int, sources: Sequence[Source]) -> None:
+        await self._c.executemany(
+            f"INSERT INTO {self._p}pruned (src_topic, src_partition, settled_before) "
+            "VALUES (?, ?, ?) ON CONFLICT (src_topic, src_partition) DO UPDATE "
             "SET settled_before = max(settled_before, excluded.settled_before)",
-            (settled_before,),
+            [(topic, partition, settled_before) for topic, partition in sources],
         )
 
     async def mark_published(self, receipt_ids: Sequence[str], now_ms: int) -> None:
@@ -413,7 +414,12 @@ class SQLiteStore(Store):
         marked unpublished by a ``published_at`` of NULL into the outbox table (see
         :class:`SQLiteStore`); ``published_at`` keeps the values it had. Markers of a
         version that did not keep ``settled_at`` start it at their last change
-        (``deleted_at``; see :func:`_settle_old_markers`)."""
+        (``deleted_at``; see :func:`_settle_old_markers`). A ``pruned`` table of one bound
+        for the whole store goes: the bound holds only for the partitions its pruning's
+        read-complete time covered, which it did not say (rule 7 of
+        :mod:`~stream_expiry.sinks._logic`); the next pruning keeps a bound per partition
+        again, and until then a message re-read gets a second receipt, as before the rule,
+        rather than a first reading none."""
         p = self.prefix
         await conn.execute("BEGIN IMMEDIATE")
         try:
@@ -425,6 +431,9 @@ class SQLiteStore(Store):
                     await conn.execute(f"ALTER TABLE {name} ADD COLUMN {column} {kind}")
                     if column == "settled_at":
                         await conn.execute(_settle_old_markers(name))
+            async with conn.execute(f"PRAGMA table_info({p}pruned)") as cur:
+                if "id" in {r[1] for r in await cur.fetchall()}:
+                    await conn.execute(f"DROP TABLE {p}pruned")
             sql = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?"
             async with conn.execute(sql, (f"{p}receipts_unpublished",)) as cur:
                 before_outbox = await cur.fetchone() is not None

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Final, Self
 import anyio
 
 from stream_expiry.errors import ConfigurationError, StoreError, leaves
-from stream_expiry.sinks._logic import Plan, Slot, life, merge_plans, plan, prunable
+from stream_expiry.sinks._logic import Plan, Slot, Source, life, merge_plans, plan, prunable
 from stream_expiry.sinks._messages import (
     Change,
     Marker,
@@ -216,14 +216,16 @@ class StoreTransaction(abc.ABC):
         every deletion 15-20 %)."""
 
     @abc.abstractmethod
-    async def pruned_before(self) -> int | None:
-        """The highest settling bound :meth:`prune` was called with (None: never), as
-        :meth:`note_pruned` keeps it: see rule 7 of :mod:`~stream_expiry.sinks._logic`."""
+    async def pruned_before(self) -> dict[Source, int]:
+        """The highest settling bound :meth:`prune` was called with for each topic and
+        partition (none: never), as :meth:`note_pruned` keeps them: see rule 7 of
+        :mod:`~stream_expiry.sinks._logic`."""
 
     @abc.abstractmethod
-    async def note_pruned(self, settled_before: int) -> None:
-        """Raise the bound :meth:`pruned_before` returns to ``settled_before`` (never
-        lower it), in the transaction of the pruning that used it."""
+    async def note_pruned(self, settled_before: int, sources: Sequence[Source]) -> None:
+        """Raise the bound :meth:`pruned_before` returns for each of ``sources`` to
+        ``settled_before`` (never lower it), in the transaction of the pruning that used
+        it."""
 
     @abc.abstractmethod
     async def mark_published(self, receipt_ids: Sequence[str], now_ms: int) -> None:
@@ -359,11 +361,14 @@ class Store(abc.ABC):
             # the bound tells one was read before (see _logic.plan).
             out = plan(changes, state, store=self.name, now_ms=now_ms, new_id=self._new_id)
             if out.found_nothing_at:
-                bound = await tx.pruned_before()
-                if bound is not None and min(out.found_nothing_at) <= bound:
+                bounds = await tx.pruned_before()
+                if any(
+                    (bound := bounds.get(source)) is not None and at <= bound
+                    for source, at in out.found_nothing_at
+                ):
                     out = plan(
                         changes, state, store=self.name, now_ms=now_ms, new_id=self._new_id,
-                        pruned_before=bound,
+                        pruned_before=bounds,
                     )  # fmt: skip
             if ends:
                 # take() deleted these rows already; plan must have decided the same.
@@ -436,6 +441,7 @@ class Store(abc.ABC):
         settled_before_ms: int,
         limit: int = 10_000,
         after: PrunePosition | None = None,
+        sources: Sequence[Source] = (),
     ) -> PrunePage:
         """Look at the next ``limit`` deletion markers, from just after ``after``, and
         forget those settled at or before ``settled_before_ms`` with nothing pending
@@ -445,14 +451,19 @@ class Store(abc.ABC):
         next, so every marker is looked at once per (markers / ``limit``) pages, and a
         page costs the same at a thousand markers or a hundred million.
 
-        The store keeps the highest ``settled_before_ms`` used, less
+        ``sources``: the topics and partitions the read-complete time behind
+        ``settled_before_ms`` covered (every message of them written before it is
+        applied). For each, the store keeps the highest ``settled_before_ms`` used, less
         :data:`REREAD_MARGIN_MS`, in the same transaction: an erasure's null, or a
-        tombstone event that finds nothing to delete, dated at or before it is known to
-        have been read before (rule 7 of :mod:`~stream_expiry.sinks._logic`).
+        tombstone event that finds nothing to delete, read from there and dated at or
+        before it is known to have been read before (rule 7 of
+        :mod:`~stream_expiry.sinks._logic`). Of other partitions nothing is known.
         """
         async with self.transaction() as tx:
             page = await tx.prune(settled_before_ms, limit, after)
-            await tx.note_pruned(settled_before_ms - REREAD_MARGIN_MS)
+            if sources:
+                once = list(dict.fromkeys(sources))
+                await tx.note_pruned(settled_before_ms - REREAD_MARGIN_MS, once)
             return page
 
     @abc.abstractmethod
@@ -520,6 +531,13 @@ async def _outlived(
     return [i for i in asked if (slot := rows.get(i)) is not None and slot.row is not None]
 
 
+def _raise(bounds: dict[Source, int], bound: int, sources: Sequence[Source]) -> None:
+    """Raise each source's bound to ``bound``; never lower one."""
+    for source in sources:
+        held = bounds.get(source)
+        bounds[source] = bound if held is None else max(held, bound)
+
+
 class _MemoryTx(StoreTransaction):
     def __init__(self, store: MemoryStore) -> None:
         self._s = store
@@ -527,7 +545,7 @@ class _MemoryTx(StoreTransaction):
         self._plans: list[Plan] = []
         self._published: list[tuple[str, int]] = []
         self._forgotten: list[Identity] = []
-        self._pruned: int | None = None
+        self._pruned: dict[Source, int] = {}
 
     async def load(
         self, identities: Sequence[Identity], *, data: bool = True
@@ -568,20 +586,19 @@ class _MemoryTx(StoreTransaction):
         self._forgotten.extend(gone)
         return PrunePage(len(gone), page[-1].identity.parts() if len(page) >= limit else None)
 
-    async def pruned_before(self) -> int | None:
-        return self._s.pruned_before
+    async def pruned_before(self) -> dict[Source, int]:
+        return dict(self._s.pruned_before)
 
-    async def note_pruned(self, settled_before: int) -> None:
-        self._pruned = settled_before if self._pruned is None else max(self._pruned, settled_before)
+    async def note_pruned(self, settled_before: int, sources: Sequence[Source]) -> None:
+        _raise(self._pruned, settled_before, sources)
 
     async def mark_published(self, receipt_ids: Sequence[str], now_ms: int) -> None:
         self._published.extend((rid, now_ms) for rid in receipt_ids)
 
     def commit(self) -> None:
         s = self._s
-        if self._pruned is not None:
-            bound = s.pruned_before
-            s.pruned_before = self._pruned if bound is None else max(bound, self._pruned)
+        for source, bound in self._pruned.items():
+            _raise(s.pruned_before, bound, (source,))
         for rid, now_ms in self._published:
             s.published.setdefault(rid, now_ms)
         for p in self._plans:
@@ -607,7 +624,7 @@ class MemoryStore(Store):
         self.markers: dict[Identity, Marker] = {}
         self.outbox: list[Receipt] = []
         self.published: dict[str, int] = {}
-        self.pruned_before: int | None = None  # see StoreTransaction.pruned_before
+        self.pruned_before: dict[Source, int] = {}  # see StoreTransaction.pruned_before
 
     async def open(self) -> None:
         return None

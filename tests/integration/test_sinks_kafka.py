@@ -1224,3 +1224,43 @@ async def test_a_tombstone_read_again_after_its_marker_is_forgotten_gets_no_seco
         await wait_until(_caught_up(store, sink.metrics, 2), what="both tombstones applied")
     assert await receipts_of(fresh) == [("explicit", 0)]
     assert await receipts_of(unseen) == [("explicit", 0)]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(["sqlite", "postgres"]), indirect=True)
+async def test_a_tombstones_topic_the_sink_never_read_is_read_for_the_first_time(
+    broker: str, topics: TopicSet, store: Store
+) -> None:
+    """A store whose sink read the service's tombstones and pruned its markers; then the
+    sink is pointed at another tombstones topic (a copy of the service's, whose messages
+    keep the dates they were written at). Its erasure, dated before the pruning's bound,
+    was never read by this store: it is on record (rows_deleted 0). Under one bound for
+    the whole store it was taken for a re-read, and left no receipt at all. The bound is
+    kept for the partitions the pruning's read-complete time covered."""
+    read, copied = (Stamp(ident(r), None, None, None, None) for r in ("read", "copied"))
+    mirror = f"{topics.tombstones}.mirror"
+    await ensure_topics(broker, [mirror], partitions=2)
+
+    async def receipts_of(s: Stamp) -> list[tuple[str, int]]:
+        return [
+            (r.reason, r.rows_deleted) for r in await store.receipts() if r.identity == s.identity
+        ]
+
+    async def erase(topic: str, s: Stamp, at: int) -> None:
+        msg = tombstone_msg(s, reason="explicit", emitted_at=at)
+        await produce(broker, topic, [msg], timestamp_ms=at)
+
+    # Dated before the bound the pruning keeps for re-reads (an hour below its own:
+    # REREAD_MARGIN_MS), as a message written long ago is.
+    long_ago = wall_clock_ms() - 2 * REREAD_MARGIN_MS
+    await erase(topics.tombstones, read, long_ago)
+    config = sink_config(broker, topics, marker_grace_s=0, prune_interval_s=0.05)
+    async with running_sink(store, config) as sink:
+        await wait_until(_metric(sink.metrics, "markers_pruned_total", 1), what="the pruning")
+    assert await receipts_of(read) == [("explicit", 0)]
+    await erase(mirror, copied, long_ago)
+    again = sink_config(broker, topics, tombstones_topic=mirror, marker_grace_s=3600)
+    async with running_sink(store, again) as sink:
+        await wait_until(_caught_up(store, sink.metrics, 1), what="the copied erasure applied")
+    assert await receipts_of(copied) == [("explicit", 0)]
+    assert await receipts_of(read) == [("explicit", 0)]

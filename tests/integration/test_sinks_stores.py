@@ -77,17 +77,34 @@ def put(s: Stamp, data: Any = None, offset: int | None = None) -> Change:
     return decode_stamped(key, value, partition=0, offset=offset)
 
 
-def kill(s: Stamp, reason: str = "ttl", emitted_at: int | None = None) -> Change:
+# The topics the suite's messages are read from (partition 0 of each), which the pruning's
+# read-complete time covers unless a test says otherwise.
+TOMBS, STAMPED = "expiry.tombstones", "expiry.stamped"
+READ_OVER = ((TOMBS, 0), (STAMPED, 0))
+
+
+def kill(
+    s: Stamp, reason: str = "ttl", emitted_at: int | None = None, topic: str = TOMBS
+) -> Change:
     key, value = tombstone_msg(s, reason=reason, emitted_at=emitted_at)
-    return decode_tombstone(key, value)
+    return decode_tombstone(key, value, topic=topic, partition=0)
 
 
-async def prune_round(store: Store, *, settled_before_ms: int, limit: int = 10) -> int:
+async def prune_round(
+    store: Store,
+    *,
+    settled_before_ms: int,
+    limit: int = 10,
+    read_over: Sequence[tuple[str, int]] = READ_OVER,
+) -> int:
     """One round of the rolling scan, from the first marker to the last, in pages of
-    ``limit``: how many markers it forgot."""
+    ``limit``: how many markers it forgot. ``read_over``: the topics and partitions the
+    read-complete time behind ``settled_before_ms`` covered."""
     gone, after = 0, None
     while True:
-        page = await store.prune(settled_before_ms=settled_before_ms, limit=limit, after=after)
+        page = await store.prune(
+            settled_before_ms=settled_before_ms, limit=limit, after=after, sources=read_over
+        )
         gone += page.forgotten
         if (after := page.next_from) is None:
             return gone
@@ -436,7 +453,7 @@ async def test_an_erasures_null_read_again_after_its_marker_is_forgotten_waits_f
     waits for nothing (it kept a marker forever, and the sweep wrote a second receipt).
     A null dated after the bound is a first reading: it waits for its tombstone event."""
     gone, fresh = ident("erased-unseen"), ident("erased-later")
-    null = NullChange(gone, 0, 1, "explicit", T0)
+    null = NullChange(gone, 0, 1, "explicit", T0, STAMPED)
     unseen = Stamp(gone, None, None, None, None)
     await store.apply([null], now_ms=T0 + 1)
     await store.apply([kill(unseen, "explicit", emitted_at=T0)], now_ms=T0 + 2)
@@ -453,7 +470,7 @@ async def test_an_erasures_null_read_again_after_its_marker_is_forgotten_waits_f
     assert [(r.identity, r.reason, r.rows_deleted) for r in await store.receipts()] == [
         (gone, "explicit", 0)
     ]
-    await store.apply([NullChange(fresh, 0, 2, "explicit", T0 + 3)], now_ms=T0 + 4)
+    await store.apply([NullChange(fresh, 0, 2, "explicit", T0 + 3, STAMPED)], now_ms=T0 + 4)
     marker = await store.marker(fresh)
     assert marker is not None
     assert [(p.rowless, p.reason) for p in marker.pending] == [(True, "explicit")]
@@ -516,6 +533,85 @@ async def test_a_tombstone_read_again_after_its_marker_is_forgotten_leaves_no_se
     assert sorted((r.identity.record_id, r.rows_deleted) for r in out.receipts) == [
         ("fresh-0", 0), ("fresh-1", 0),
     ]  # fmt: skip
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_a_topic_the_pruning_never_covered_is_read_for_the_first_time(
+    store: Store,
+) -> None:
+    """The store pruned while its sink read ``expiry.tombstones`` and ``expiry.stamped``
+    (partition 0 of each); then its sink is pointed at other topics (a copy of the
+    service's tombstones, say, whose messages keep the dates they were written at), or
+    reads a partition its pruning's read-complete time did not cover. Their erasures,
+    dated long before the bound, were never read by this store: each tombstone is on
+    record (rows_deleted 0) and each null waits for its tombstone event. Under one bound
+    for the whole store they were taken for re-reads: no receipt, and no deletion
+    waiting. The same erasure from the topic the pruning covered is a re-read, as before.
+    Once a pruning covers the new topic, its messages read again are re-reads too; the
+    bounds are kept across a reopening."""
+    mirror, mirror_stamped = f"{TOMBS}.mirror", f"{STAMPED}.mirror"
+    bound = T0 + 60 * MINUTE  # kept for re-reads: an hour below the pruning's own
+    assert await prune_round(store, settled_before_ms=bound + REREAD_MARGIN_MS) == 0
+    await store.close()
+    await store.open()
+    unseen = [Stamp(ident(f"copied-{n}"), None, None, None, None) for n in range(3)]
+    copied = [dated(kill(s, "explicit", emitted_at=T0, topic=mirror), T0) for s in unseen[:2]]
+    other_partition = replace(dated(kill(unseen[2], "explicit", emitted_at=T0), T0), partition=1)
+    reread = dated(kill(Stamp(ident("read-before"), None, None, None, None), "explicit"), T0)
+    nulled = ident("copied-null")
+    null = NullChange(nulled, 0, 1, "explicit", T0, mirror_stamped)
+    out = await store.apply([*copied, other_partition, reread, null], now_ms=bound + 1)
+    assert sorted((r.identity.record_id, r.reason, r.rows_deleted) for r in out.receipts) == [
+        ("copied-0", "explicit", 0), ("copied-1", "explicit", 0), ("copied-2", "explicit", 0),
+    ]  # fmt: skip
+    marker = await store.marker(nulled)
+    assert marker is not None
+    assert [(p.rowless, p.reason) for p in marker.pending] == [(True, "explicit")]
+    # A pruning whose read-complete time covers the new topics: the markers go, and their
+    # messages read again are re-reads.
+    await store.apply([dated(kill(Stamp(nulled, None, None, None, None), "explicit",
+                                  emitted_at=T0, topic=mirror), T0)], now_ms=bound + 2)  # fmt: skip
+    again = bound + 3 + REREAD_MARGIN_MS
+    over = [(mirror, 0), (mirror_stamped, 0), (TOMBS, 1)]
+    assert await prune_round(store, settled_before_ms=again, read_over=over) == 5
+    await store.close()
+    await store.open()
+    out = await store.apply([*copied, other_partition, null], now_ms=again + 1)
+    assert (out.receipts, out.deleted) == ([], 0)
+    marker = await store.marker(nulled)
+    assert marker is None or marker.pending == ()
+    assert len(await store.receipts()) == 4
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(SQL_KINDS), indirect=True)
+async def test_a_store_with_one_pruning_bound_drops_it_when_opened(store: Store) -> None:
+    """Earlier versions kept one bound for the whole store (``pruned``: one row, ``id``
+    1), which did not say which topics its read-complete time covered. Reopened, the store
+    drops it: a tombstone dated before it is read for the first time (on record), until
+    a pruning keeps a bound per partition again."""
+    conn: Any = getattr(store, "_conn", None) or store._pool  # type: ignore[attr-defined]
+    if store.__class__.__name__ == "SQLiteStore":
+        pruned = f"{store.prefix}pruned"  # type: ignore[attr-defined]
+    else:
+        pruned = store._n.pruned  # type: ignore[attr-defined]
+    await conn.execute(f"DROP TABLE {pruned}")
+    await conn.execute(
+        f"CREATE TABLE {pruned} (id integer PRIMARY KEY CHECK (id = 1), "
+        "settled_before bigint NOT NULL)"
+    )
+    await conn.execute(f"INSERT INTO {pruned} (id, settled_before) VALUES (1, {T0 + MINUTE})")
+    if store.__class__.__name__ == "SQLiteStore":
+        await conn.commit()
+    await store.close()
+    await store.open()
+    erasure = dated(kill(Stamp(ident("erased"), None, None, None, None), "explicit"), T0)
+    out = await store.apply([erasure], now_ms=T0 + 2 * MINUTE)
+    assert [(r.reason, r.rows_deleted) for r in out.receipts] == [("explicit", 0)]
+    assert await prune_round(store, settled_before_ms=T0 + 2 * MINUTE + REREAD_MARGIN_MS) == 1
+    out = await store.apply([erasure], now_ms=T0 + 3 * MINUTE)
+    assert out.receipts == []
 
 
 @pytest.mark.asyncio

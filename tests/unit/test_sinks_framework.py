@@ -151,28 +151,31 @@ def batch() -> dict[Any, list[Any]]:
 @pytest.mark.asyncio
 async def test_a_null_is_decoded_with_its_kafka_timestamp() -> None:
     """The store tells an erasure's null read again after its marker was forgotten by it
-    (sinks/_logic.py, rule 7)."""
+    and by the topic it was read from (sinks/_logic.py, rule 7)."""
     sink = sink_for(MemoryStore(), [])
     key = A.key.encode()
     erased = (("expiry-reason", b"explicit"),)
     recs = [Rec("st", 0, 5, key, None, erased, T0), Rec("st", 0, 6, key, None, erased)]
     decoded = await sink._decode_batch({TP("st", 0): recs})
     assert decoded.changes == [
-        NullChange(A, 0, 5, "explicit", T0), NullChange(A, 0, 6, "explicit", None),
+        NullChange(A, 0, 5, "explicit", T0, "st"), NullChange(A, 0, 6, "explicit", None, "st"),
     ]  # fmt: skip
 
 
 @pytest.mark.asyncio
 async def test_a_tombstone_event_is_decoded_with_its_kafka_timestamp() -> None:
     """The store tells a tombstone event read again after its marker was forgotten by it
-    (sinks/_logic.py, rule 7); Kafka's "no timestamp" is unknown."""
+    and by the partition it was read from (sinks/_logic.py, rule 7); Kafka's "no
+    timestamp" is unknown."""
     sink = sink_for(MemoryStore(), [])
     key, event = A.key.encode(), encode_tombstone(S, reason="ttl", emitted_at=T0)
     recs = [Rec("tb", 0, 5, key, event, (), T0 + 7), Rec("tb", 0, 6, key, event)]
     decoded = await sink._decode_batch({TP("tb", 0): recs})
-    assert [c.timestamp for c in decoded.changes if isinstance(c, TombstoneChange)] == [
-        T0 + 7, None,
-    ]  # fmt: skip
+    assert [
+        (c.timestamp, c.topic, c.partition)
+        for c in decoded.changes
+        if isinstance(c, TombstoneChange)
+    ] == [(T0 + 7, "tb", 0), (None, "tb", 0)]
 
 
 @pytest.mark.asyncio

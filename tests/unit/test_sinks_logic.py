@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 T0 = 1_767_225_600_000
 MIN = 60_000
 A = Identity("acme", "_", "live", "conversation", "r1")
+# The topics the World's messages are read from, partition 0 of each.
+TOMBS, STAMPED = "expiry.tombstones", "expiry.stamped"
 
 
 class World:
@@ -44,13 +46,17 @@ class World:
         self.receipts: list[Receipt] = []
         self.ids = (f"r{n}" for n in itertools.count())
         self.now = T0
-        self.pruned_before: int | None = None  # the store's pruning bound, as kept
+        # The store's pruning bound, as kept for the partitions its pruning covered
+        # (``sources``).
+        self.pruned_before: int | None = None
+        self.sources: tuple[tuple[str, int], ...] = ((TOMBS, 0), (STAMPED, 0))
 
     def apply(self, changes: Sequence[Change]) -> Plan:
         self.now += 1
+        bound = self.pruned_before
         p = plan(
             changes, self.state, store="s", now_ms=self.now, new_id=lambda: next(self.ids),
-            pruned_before=self.pruned_before,
+            pruned_before=None if bound is None else dict.fromkeys(self.sources, bound),
         )  # fmt: skip
         for i in p.deletes:
             self.state[i].row = None
@@ -92,7 +98,8 @@ def st_change(s: Stamp, data: object = None, offset: int | None = None) -> Stamp
 
 def tomb(s: Stamp, reason: str = "ttl", emitted_at: int | None = None) -> TombstoneChange:
     at = emitted_at if emitted_at is not None else (s.expires_at or T0)
-    return decode_tombstone(None, encode_tombstone(s, reason=reason, emitted_at=at))  # type: ignore[arg-type]
+    value = encode_tombstone(s, reason=reason, emitted_at=at)  # type: ignore[arg-type]
+    return decode_tombstone(None, value, topic=TOMBS, partition=0)
 
 
 def life(created: int = T0, ttl: int = 10 * MIN, i: Identity = A) -> Stamp:

@@ -18,7 +18,7 @@ from stream_expiry.sinks._messages import (
     decode_tombstone,
 )
 from stream_expiry.sinks.store import REREAD_MARGIN_MS, MemoryStore, _MemoryTx
-from tests.unit.test_sinks_logic import MIN, T0, A, World, life, st_change, tomb
+from tests.unit.test_sinks_logic import MIN, STAMPED, T0, TOMBS, A, World, life, st_change, tomb
 
 GRACE = 7 * 24 * 60 * MIN
 
@@ -29,7 +29,7 @@ def _erasure(at: int | None = T0) -> TombstoneChange:
     unseen = Stamp(A, None, None, None, None)
     value = encode_tombstone(unseen, reason="explicit", emitted_at=T0)
     headers = [("expiry-deleted-at", str(T0).encode())]
-    return decode_tombstone(None, value, headers, timestamp=at)
+    return decode_tombstone(None, value, headers, timestamp=at, topic=TOMBS, partition=0)
 
 
 def _dated(t: TombstoneChange, at: int) -> TombstoneChange:
@@ -126,7 +126,7 @@ def test_a_tombstone_read_again_that_finds_work_still_writes_its_receipt() -> No
         w.pruned_before = T0 + 2 * MIN
         w.apply([st_change(s, offset=1)])
         if null_first:
-            w.apply([NullChange(A, 0, 2, reason="explicit", timestamp=T0 + MIN)])
+            w.apply([NullChange(A, 0, 2, "explicit", T0 + MIN, STAMPED)])
             assert w.row() is None
         p = w.apply([t])
         assert [(r.reason, r.rows_deleted) for r in p.receipts] == [("explicit", 1)]
@@ -141,7 +141,7 @@ def test_a_tombstone_read_again_with_its_null_leaves_nothing_to_sweep() -> None:
     tombstone topic its event), in either order: no receipt, and nothing for the sweep."""
     for tomb_first in (False, True):
         w = World()
-        null = NullChange(A, 0, 1, reason="explicit", timestamp=T0)
+        null = NullChange(A, 0, 1, "explicit", T0, STAMPED)
         w.apply([null])
         w.apply([_erasure()])
         assert w.prune(w.now) == 1
@@ -158,8 +158,9 @@ def test_a_plan_without_the_bound_lists_the_tombstones_that_found_nothing() -> N
     s = life()
     changes = [_erasure(T0 + 5), _other(_dated(tomb(s), T0 + 7), "other"), _erasure(None)]
     p = plan(changes, {}, store="s", now_ms=T0, new_id=lambda: "r")
-    assert p.found_nothing_at == [T0 + 5, T0 + 7]
-    p = plan(changes, {}, store="s", now_ms=T0, new_id=lambda: "r", pruned_before=T0)
+    assert p.found_nothing_at == [((TOMBS, 0), T0 + 5), ((TOMBS, 0), T0 + 7)]
+    bounds = {(TOMBS, 0): T0}
+    p = plan(changes, {}, store="s", now_ms=T0, new_id=lambda: "r", pruned_before=bounds)
     assert p.found_nothing_at == []
     w = World()
     w.apply([st_change(s, offset=1)])
@@ -172,10 +173,10 @@ async def test_the_store_reads_the_bound_only_for_a_tombstone_that_found_nothing
 ) -> None:
     """A batch of tombstones that delete rows does not read the bound; one whose tombstone
     found nothing reads it once."""
-    reads: list[int | None] = []
+    reads: list[dict[tuple[str, int], int]] = []
     read = _MemoryTx.pruned_before
 
-    async def counted(tx: _MemoryTx) -> int | None:
+    async def counted(tx: _MemoryTx) -> dict[tuple[str, int], int]:
         reads.append(await read(tx))
         return reads[-1]
 
@@ -188,10 +189,12 @@ async def test_the_store_reads_the_bound_only_for_a_tombstone_that_found_nothing
     assert (out.deleted, reads) == (1, [])
     unseen = _other(_erasure(T0), "unseen")
     out = await store.apply([unseen], now_ms=s.expires_at + 1)
-    assert ([r.rows_deleted for r in out.receipts], reads) == ([0], [None])
-    await store.prune(settled_before_ms=s.expires_at + 1 + REREAD_MARGIN_MS, limit=100)
+    assert ([r.rows_deleted for r in out.receipts], reads) == ([0], [{}])
+    await store.prune(
+        settled_before_ms=s.expires_at + 1 + REREAD_MARGIN_MS, limit=100, sources=[(TOMBS, 0)]
+    )
     out = await store.apply([unseen], now_ms=s.expires_at + 2)
-    assert (out.receipts, reads) == ([], [None, s.expires_at + 1])
+    assert (out.receipts, reads) == ([], [{}, {(TOMBS, 0): s.expires_at + 1}])
     later = _other(_erasure(s.expires_at + 2), "later")
     out = await store.apply([later], now_ms=s.expires_at + 3)
     assert [r.rows_deleted for r in out.receipts] == [0]
@@ -213,7 +216,7 @@ async def test_a_tombstone_in_flight_when_a_zero_grace_pruning_ran_is_still_on_r
     erasure was taken for a re-read and left no receipt at all."""
     store = MemoryStore("m")
     read_complete = T0 + 10 * MIN
-    await store.prune(settled_before_ms=read_complete, limit=100)  # grace 0
+    await store.prune(settled_before_ms=read_complete, limit=100, sources=[(TOMBS, 0)])  # grace 0
     in_flight = _other(_erasure(read_complete - MIN), "in-flight")
     out = await store.apply([in_flight], now_ms=read_complete + MIN)
     assert [(r.identity.record_id, r.rows_deleted) for r in out.receipts] == [("in-flight", 0)]
@@ -221,3 +224,28 @@ async def test_a_tombstone_in_flight_when_a_zero_grace_pruning_ran_is_still_on_r
     old = _other(_erasure(read_complete - REREAD_MARGIN_MS), "read-long-ago")
     out = await store.apply([old], now_ms=read_complete + 2 * MIN)
     assert out.receipts == []
+
+
+def test_a_message_of_a_partition_no_pruning_covered_is_a_first_reading() -> None:
+    """The pruning's bound says what was read only for the partitions its read-complete
+    time covered. An erasure from another topic (a sink pointed at a copy of the
+    tombstones topic, whose messages keep their dates), from another partition, or of
+    unknown source, dated long before the bound, was never read by this store: on
+    record, and its null waits for its tombstone. Under one bound for the store, each
+    was taken for a re-read and left no receipt (or waited for nothing)."""
+    old = _erasure(T0 - GRACE)
+    for source in (("expiry.tombstones.copy", 0), (TOMBS, 1), (None, None)):
+        w = World()
+        w.pruned_before = T0
+        p = w.apply([replace(old, topic=source[0], partition=source[1])])
+        assert _receipts(w) == [("explicit", 0)], source
+        assert p.found_nothing_at == []
+    w = World()
+    w.pruned_before = T0
+    w.apply([NullChange(A, 0, 1, "explicit", T0 - GRACE, "expiry.stamped.copy")])
+    m = w.state[A].marker
+    assert m is not None
+    assert [p.rowless for p in m.pending] == [True]
+    w = World()
+    w.pruned_before = T0
+    assert w.apply([old]).receipts == []  # the partition the pruning covered: a re-read

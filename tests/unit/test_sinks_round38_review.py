@@ -17,7 +17,7 @@ from stream_expiry.sinks._messages import (
     decode_tombstone,
     encode_pending,
 )
-from tests.unit.test_sinks_logic import MIN, T0, A, World
+from tests.unit.test_sinks_logic import MIN, STAMPED, T0, A, World
 
 
 def _erasure(at: int = T0) -> TombstoneChange:
@@ -41,7 +41,7 @@ def test_an_erasure_of_a_record_never_seen_swept_then_its_tombstone_is_on_record
 
 def _null(at: int = T0, reason: str | None = "explicit") -> NullChange:
     """An erasure's null as the sink reads it: dated by the service's emission time."""
-    return NullChange(A, 0, 1, reason=reason, timestamp=at)
+    return NullChange(A, 0, 1, reason=reason, timestamp=at, topic=STAMPED)
 
 
 GRACE = 7 * 24 * 60 * MIN
@@ -95,7 +95,7 @@ def test_an_erasures_null_read_first_waits_for_its_tombstone_whatever_was_pruned
     assert [p.rowless for p in _marker(w).pending] == [True]
     nxt = T0 + 5 * MIN
     w.apply([_stamp(nxt, nxt + 60 * MIN, offset=2)])
-    w.apply([NullChange(A, 0, 3, reason="explicit", timestamp=nxt + MIN)])
+    w.apply([NullChange(A, 0, 3, reason="explicit", timestamp=nxt + MIN, topic=STAMPED)])
     w.apply([_erasure(T0)])
     w.apply([_tomb(nxt, nxt + 60 * MIN, "explicit", nxt + MIN)])
     assert sorted((r.reason, r.rows_deleted, r.created_at) for r in w.receipts) == [
@@ -125,7 +125,7 @@ def test_a_null_without_a_timestamp_or_after_the_bound_waits_as_a_first_one(
     pruning): they wait as a first one does, the evidence kept."""
     w = World()
     w.pruned_before = T0 - 1
-    w.apply([NullChange(A, 0, 1, reason="explicit", timestamp=at)])
+    w.apply([NullChange(A, 0, 1, reason="explicit", timestamp=at, topic=STAMPED)])
     assert [p.rowless for p in _marker(w).pending] == [True]
 
 
