@@ -585,6 +585,48 @@ async def test_a_topic_the_pruning_never_covered_is_read_for_the_first_time(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_an_erasure_read_again_leaves_the_records_next_life_and_no_second_receipt(
+    store: Store,
+) -> None:
+    """A record erased (its null, then its tombstone event with the service's
+    ``expiry-deleted-at``), created again (a new life's row), its marker forgotten; then
+    both topics are read again (a rewound group), the whole of ``expiry.stamped`` (the old
+    stamp and null not yet compacted away) or the tombstone alone. The erasure ends the
+    lives created at or before its time, never the next one: the new life's row stays as
+    it was, and the old deletion keeps its one receipt."""
+    first, erased_at = stamp(ident("again")), T0 + MINUTE
+    nxt = stamp(first.identity, created_at=T0 + 2 * MINUTE)
+    null = NullChange(first.identity, 0, 2, "explicit", erased_at, STAMPED)
+    # Emitted after the next life's creation (the erasure waited in a backlog): only its
+    # deletion time tells that life from the erased one.
+    emitted = T0 + 3 * MINUTE
+    erasure = replace(
+        dated(kill(first, "explicit", emitted_at=emitted), emitted), deleted_at=erased_at
+    )
+    topic: list[Change] = [put(first, {"v": 1}, offset=1), null, put(nxt, {"v": 2}, offset=3)]
+    await store.apply(topic[:2], now_ms=erased_at)
+    await store.apply([erasure], now_ms=erased_at + 1)
+    await store.apply(topic[2:], now_ms=erased_at + 2)
+    assert first.expires_at is not None
+    settled = first.expires_at + REREAD_MARGIN_MS  # the erased life would have expired
+    assert await prune_round(store, settled_before_ms=settled) == 1
+    rereads: list[list[list[Change]]] = [
+        [[erasure]], [topic, [erasure]], [[*topic, erasure]], [[erasure, *topic]],
+    ]  # fmt: skip
+    for batches in rereads:
+        for batch in batches:
+            out = await store.apply(batch, now_ms=settled + 1)
+            assert (out.receipts, out.deleted) == ([], 0)
+        row = await store.get(nxt.identity)
+        assert row is not None
+        assert (row.created_at, row.data) == (nxt.created_at, '{"v":2}')
+    assert [(r.reason, r.rows_deleted, r.created_at) for r in await store.receipts()] == [
+        ("explicit", 1, first.created_at)
+    ]
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize("store", store_params(SQL_KINDS), indirect=True)
 async def test_a_store_with_one_pruning_bound_drops_it_when_opened(store: Store) -> None:
     """Earlier versions kept one bound for the whole store (``pruned``: one row, ``id``
