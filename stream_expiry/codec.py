@@ -34,6 +34,9 @@ __all__ = [
     "H_OFFSET",
     "H_PARTITION",
     "H_REASON",
+    "H_REKEYED_FROM",
+    "H_REQUEST",
+    "H_REQUEST_EVENT_ID",
     "H_TOPIC",
     "dead_letter_headers",
     "decode_stamp",
@@ -58,6 +61,13 @@ H_DELETED_AT: Final = "expiry-deleted-at"
 # On a null of expiry.stamped: the reason of the tombstone that deleted the record, "ttl" or
 # "explicit". The archive erases only what an explicit delete (an erasure request) ended.
 H_REASON: Final = "expiry-reason"
+# On an explicit tombstone and its null: the erasure request it carries out, where it was
+# produced (``topic[partition]@offset``; through ``stream-expiry rekey``, the producers'
+# topic) and its ``event_id`` when it has one. Not on an erasure a legal hold deferred.
+H_REQUEST: Final = "expiry-request"
+H_REQUEST_EVENT_ID: Final = "expiry-request-event-id"
+# Where rekey read an event it copied (``stream_expiry.rekey``): ``topic[partition]@offset``.
+H_REKEYED_FROM: Final = "expiry-rekeyed-from"
 
 Headers = list[tuple[str, bytes]]
 
@@ -73,6 +83,29 @@ def output_partition(input_partition: int, partitions: int) -> int:
 
 def source_headers(topic: str, partition: int) -> Headers:
     return [(H_TOPIC, topic.encode()), (H_PARTITION, str(partition).encode())]
+
+
+def request_headers(
+    topic: str, partition: int, rec: Any, event_id: str | None
+) -> tuple[tuple[str, bytes], ...]:
+    """The headers that name an erasure request, ``rec`` read from ``topic[partition]``
+    (:data:`H_REQUEST`): where the producer wrote it, which a copy made by ``stream-expiry
+    rekey`` says in its own header."""
+    origin = None
+    for name, value in getattr(rec, "headers", None) or ():
+        if name == H_REKEYED_FROM:
+            origin = value
+    if origin is None:
+        origin = f"{topic}[{partition}]@{rec.offset}".encode()
+    if event_id is None:
+        return ((H_REQUEST, origin),)
+    return ((H_REQUEST, origin), (H_REQUEST_EVENT_ID, event_id.encode()))
+
+
+def request_of(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:
+    """``{"request": ..., "request_event_id": ...}`` as far as ``headers`` say them."""
+    said = {H_REQUEST: "request", H_REQUEST_EVENT_ID: "request_event_id"}
+    return {said[name]: value.decode(errors="replace") for name, value in headers if name in said}
 
 
 def source_of(headers: Sequence[tuple[str, bytes]]) -> tuple[str, int] | None:

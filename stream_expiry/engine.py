@@ -68,6 +68,10 @@ class Fired(NamedTuple):
     # False: the tombstone ends no life of the changelog's (an erasure of lives its
     # deletions ended already, :meth:`Engine._erase_ended`), so no null follows it.
     ends_life: bool = True
+    # The erasure request an explicit tombstone carries out, as the shell names it (its
+    # headers: where it was read, its event id); None for expiries, and for an erasure a
+    # legal hold deferred (decided at the release, from the record's state alone).
+    request: tuple[tuple[str, bytes], ...] | None = None
 
     @property
     def has_null(self) -> bool:

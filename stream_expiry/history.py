@@ -112,6 +112,7 @@ def _describe(config: Config, topic: str, rec: Any) -> dict[str, Any]:
                 # as "deleted_at", an auditor read every ttl deletion as early (a trial).
                 "ends_lives_created_by": None if deleted_at is None else format_ts(deleted_at),
             }
+            | codec.request_of(headers)
             | _replay_of(headers),
         )
     body = None if rec.value is None else _body(rec.value)
@@ -128,7 +129,20 @@ def _describe(config: Config, topic: str, rec: Any) -> dict[str, Any]:
     if kind is None:  # the audit trail: its type says what it is
         kind = str(body.get("type", "audit"))
     rest = {k: v for k, v in body.items() if k not in _IDENTITY and k not in ("type", "data")}
+    if kind == "tombstone":
+        rest |= codec.request_of(headers)
     return _event(rec, topic, kind, rest)
+
+
+def _by_request(e: dict[str, Any]) -> str:
+    """The erasure request a deletion carried out, as its headers name it: the answer to
+    "which request deleted this?" (the event id the producer gave it, and where it was
+    produced)."""
+    if not e.get("request"):
+        return ""
+    event_id = e.get("request_event_id")
+    named = f"event_id {event_id!r} " if event_id else ""
+    return f"; the erasure request {named}at {e['request']}"
 
 
 def _replay_of(headers: list[tuple[str, bytes]]) -> dict[str, str]:
@@ -328,13 +342,16 @@ def _summary(e: dict[str, Any]) -> str:
     if kind == "deleted":
         return (
             f"null on the changelog (reason {e['reason'] or '-'}): the lives created at or "
-            f"before {e['ends_lives_created_by'] or '-'} are deleted" + _by_replay(e)
+            f"before {e['ends_lives_created_by'] or '-'} are deleted"
+            + _by_request(e)
+            + _by_replay(e)
         )
     if kind == "tombstone":
         return (
             f"reason {e.get('reason')}, emitted {e.get('emitted_at')}, expires_at "
             f"{e.get('expires_at') or '-'}, created_at {e.get('created_at') or '-'}"
             + ("" if e.get("created_at") else " (a record never seen, or an ended life)")
+            + _by_request(e)
         )
     if kind == "receipt":
         copies = e.get("copies", 1)

@@ -516,6 +516,8 @@ class Outbox:
                 # the archive erase up to there, never the record's next life.
                 ended = fired.before.erased_until if fired.reason == "explicit" else None
                 held = source if ended is None else [*source, (codec.H_DELETED_AT, b"%d" % ended)]
+                if fired.request is not None:
+                    held = [*held, *fired.request]
                 if not out.try_add(tombs, key, event, at, held):
                     await out.add(tombs, key, event, at, held)
                 continue
@@ -523,10 +525,11 @@ class Outbox:
             # contract's event body does not carry; a sink bounding the lives it ends by
             # emitted_at instead took a life created between the two for the old one.
             deleted_at = (codec.H_DELETED_AT, str(fired.after.deleted_at).encode())
-            event_headers = [*source, deleted_at]
+            request = fired.request or ()
+            event_headers = [*source, deleted_at, *request]
             if not out.try_add(tombs, key, event, at, event_headers):
                 await out.add(tombs, key, event, at, event_headers)
-            deleted = [*source, deleted_at, (codec.H_REASON, fired.reason.encode())]
+            deleted = [*source, deleted_at, (codec.H_REASON, fired.reason.encode()), *request]
             if not out.try_add(stamped, key, None, at, deleted):
                 await out.add(stamped, key, None, at, deleted)
 

@@ -35,7 +35,7 @@ import orjson
 from aiokafka.errors import CommitFailedError, IllegalGenerationError, RebalanceInProgressError
 
 from stream_expiry import oversize
-from stream_expiry.codec import H_DETAIL, H_ERROR, dead_letter_headers
+from stream_expiry.codec import H_DETAIL, H_ERROR, H_REKEYED_FROM, dead_letter_headers
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.event_fields import FIELDS
 from stream_expiry.kafka import (
@@ -72,8 +72,6 @@ log = logging.getLogger("stream_expiry.rekey")
 
 DEFAULT_SUFFIX: Final = ".by-record"
 DEFAULT_GROUP: Final = "stream-expiry-rekey"
-# On every event written to a target: where the producer wrote it, ``topic[partition]@offset``.
-H_REKEYED_FROM: Final = "expiry-rekeyed-from"
 PROGRESS_EVERY_S: Final = 10.0
 _BATCH_RECORDS: Final = 5_000
 # Within this of the limit a copy is measured exactly (aiokafka's estimate costs more than

@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from stream_expiry import model
+from stream_expiry import codec, model
 from stream_expiry.engine import Engine, Fired, timer
 from stream_expiry.holds import HoldBook, HoldIndex
 from stream_expiry.state.store import position_marks
@@ -395,6 +395,11 @@ class PartitionProcessor:
             verdicts[outcome.verdict.value] += 1
             new = prior
             for fired in outcome.fired:
+                if ev.op == "delete" and fired.reason == "explicit":
+                    # The request's own tombstone, not the ended life's ttl one before it.
+                    fired = fired._replace(
+                        request=codec.request_headers(self.topic, self.partition, rec, ev.event_id)
+                    )
                 effects.tombstones.append(fired)
                 effects.stamps_before.append(len(effects.stamps))
                 new = fired.after

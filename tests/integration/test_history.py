@@ -117,3 +117,32 @@ async def test_history_tells_a_held_erasure_from_request_to_receipt_without_the_
         assert SECRET not in out
         assert "name" not in out  # no data at all, redacted or not
     assert '"data"' not in printed
+
+
+@pytest.mark.timeout(90)
+async def test_history_names_the_erasure_request_that_deleted_a_record(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """Which request deleted it: the tombstone and the null carry the request's event id
+    and where it was produced, and history shows them (an auditor matched a request to
+    its deletion by times alone)."""
+    config = config_for(topics, str(tmp_path / "state"), SETTINGS)
+    async with running_service(config, broker):
+        t0 = wall_clock_ms()
+        created = event("conversation", "r1", ts=t0)
+        erase = event("conversation", "r1", ts=t0 + 1, op="delete", event_id="gdpr-2026-118")
+        await produce(broker, [(topics.conversations, *m) for m in (created, erase)])
+        (tomb,) = await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 1)
+        stamped = await read_topic(broker, topics.stamped, until=lambda r: len(r) >= 2)
+    (null,) = [r for r in stamped if r.value is None]
+    for rec in (tomb, null):
+        headers = dict(rec.headers)
+        assert headers["expiry-request-event-id"] == b"gdpr-2026-118"
+        assert headers["expiry-request"].decode().startswith(f"{topics.conversations}[")
+    found = await history(config, broker, Identity("acme", "_", "live", "conversation", "r1"))
+    said = {e["kind"]: e for e in found.events if e["kind"] in ("tombstone", "deleted")}
+    for kind in ("tombstone", "deleted"):
+        assert said[kind]["request_event_id"] == "gdpr-2026-118"
+        assert said[kind]["request"] == headers["expiry-request"].decode()
+    lines = text_lines(found.as_dict())
+    assert sum("the erasure request event_id 'gdpr-2026-118' at" in line for line in lines) == 2

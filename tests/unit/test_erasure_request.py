@@ -1,0 +1,103 @@
+"""An explicit tombstone names the erasure request it carries out (``expiry-request``,
+``expiry-request-event-id``): which request deleted a record is what an auditor asks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import orjson
+
+from stream_expiry.codec import H_REKEYED_FROM, H_REQUEST, H_REQUEST_EVENT_ID, request_of
+from stream_expiry.policy import Resolution
+from stream_expiry.state import MemoryKV, PartitionProcessor, PartitionStore
+
+if TYPE_CHECKING:
+    from stream_expiry.engine import Fired
+    from stream_expiry.model import Identity
+
+BASE = 1_700_000_000_000
+TTL_MS = 1_000
+
+
+def _resolve(identity: Identity, at_ms: int) -> Resolution:
+    return Resolution(TTL_MS, "default")
+
+
+@dataclass
+class _Rec:
+    offset: int
+    value: bytes
+    key: bytes | None = None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+def _processor() -> PartitionProcessor:
+    return PartitionProcessor(
+        "conversations",
+        3,
+        PartitionStore(MemoryKV()),
+        resolve=_resolve,
+        sliding=frozenset({"session"}),
+        categories=frozenset({"conversation", "session"}),
+        max_skew_ms=10**12,
+        now_ms=BASE,
+    )
+
+
+def _event(op: str, ts: int, record_id: str = "c1", **extra: object) -> bytes:
+    body = {"category": "conversation", "record_id": record_id, "org": "o", "op": op, "ts": ts}
+    return orjson.dumps(body | extra)
+
+
+def _fired(proc: PartitionProcessor, recs: list[_Rec], now_ms: int) -> list[Fired]:
+    effects = proc.process(recs, now_ms)
+    proc.settle(effects, now_ms)
+    return effects.tombstones
+
+
+def test_an_erasure_s_tombstone_names_its_request_where_it_was_read_and_its_event_id() -> None:
+    proc = _processor()
+    assert _fired(proc, [_Rec(40, _event("create", BASE))], BASE) == []
+    [fired] = _fired(proc, [_Rec(41, _event("delete", BASE + 10, event_id="gdpr-7"))], BASE + 20)
+    assert fired.reason == "explicit"
+    assert fired.request == (
+        (H_REQUEST, b"conversations[3]@41"),
+        (H_REQUEST_EVENT_ID, b"gdpr-7"),
+    )
+    assert request_of(list(fired.request)) == {
+        "request": "conversations[3]@41",
+        "request_event_id": "gdpr-7",
+    }
+
+
+def test_a_request_without_an_event_id_is_named_by_where_it_was_read() -> None:
+    """An erasure of a record never seen goes out too, and names its request."""
+    proc = _processor()
+    [fired] = _fired(proc, [_Rec(7, _event("delete", BASE, record_id="never"))], BASE)
+    assert fired.request == ((H_REQUEST, b"conversations[3]@7"),)
+
+
+def test_a_copy_made_by_rekey_names_where_the_producer_wrote_the_request() -> None:
+    proc = _processor()
+    copy = _Rec(7, _event("delete", BASE), headers=[(H_REKEYED_FROM, b"chat[0]@1041")])
+    [fired] = _fired(proc, [copy], BASE)
+    assert fired.request == ((H_REQUEST, b"chat[0]@1041"),)
+
+
+def test_an_expiry_names_no_request_nor_does_the_ended_life_s_tombstone_before_an_erasure() -> None:
+    """A delete read after the life's expiry first ends that life (``ttl``), then goes out
+    itself: only its own tombstone is the request's."""
+    proc = _processor()
+    _fired(proc, [_Rec(0, _event("create", BASE))], BASE)
+    ttl_then_erasure = _fired(
+        proc, [_Rec(1, _event("delete", BASE + 5 * TTL_MS, event_id="e"))], BASE + 5 * TTL_MS
+    )
+    assert [(f.reason, f.request is None) for f in ttl_then_erasure] == [
+        ("ttl", True),
+        ("explicit", False),
+    ]
+    proc2 = _processor()
+    _fired(proc2, [_Rec(0, _event("create", BASE))], BASE)
+    fired = proc2.fire_due(BASE + 2 * TTL_MS)
+    assert [(f.reason, f.request) for f in fired.tombstones] == [("ttl", None)]
