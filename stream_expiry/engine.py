@@ -72,6 +72,10 @@ class Fired(NamedTuple):
     # headers: where it was read, its event id); None for expiries, and for an erasure a
     # legal hold deferred (decided at the release, from the record's state alone).
     request: tuple[tuple[str, bytes], ...] | None = None
+    # True: the tombstone event went out already, when the life ended; only its null goes
+    # out (again), to end the changelog where that end left it: the release of an erasure
+    # a legal hold deferred that names no life (``PartitionProcessor._erase_no_life``).
+    null_only: bool = False
 
     @property
     def has_null(self) -> bool:

@@ -356,7 +356,7 @@ class Outbox:
             f.before.expires_at
             for _, effects in items
             for f in effects.tombstones
-            if f.reason == "ttl" and f.before.expires_at is not None
+            if f.reason == "ttl" and f.before.expires_at is not None and not f.null_only
         ]
         self._expiries.append(min(due) if due else None)
         if self._in_flight == 0:
@@ -504,6 +504,14 @@ class Outbox:
             # The tombstone event, and the Kafka-native null that compacts the stamp away.
             key = fired.before.identity.key.encode()
             at = fired.emitted_at
+            if fired.null_only:  # its tombstone event went out when the life ended
+                until = fired.after.deleted_at
+                assert until is not None
+                reason = fired.reason.encode()
+                deleted = [*source, (codec.H_DELETED_AT, b"%d" % until), (codec.H_REASON, reason)]
+                if not out.try_add(stamped, key, None, at, deleted):
+                    await out.add(stamped, key, None, at, deleted)
+                continue
             event = model.encode_tombstone(fired.before, reason=fired.reason, emitted_at=at)
             if not fired.has_null:
                 # An earlier life a hold kept: the record lives on, no null but a stamp

@@ -1007,6 +1007,8 @@ class Service:
             )
 
     def _count_tombstone(self, fired: Fired) -> None:
+        if fired.null_only:
+            return  # no tombstone event: the null of one that went out before
         if fired.reason == "explicit":
             self.stats.explicit += 1
         else:

@@ -881,9 +881,13 @@ class PartitionProcessor:
         such request that waited with it (``Stamp.later_erasures``), and the record is that
         life's end again, so that an erasure of that life, read late, still goes out. Its
         stamp on the changelog is superseded by that end's null, as it was the first time
-        (reason ``ttl``: only an expiry ends a life without an erasure), which goes out
-        after that life's ``ttl`` tombstone again: a null never goes out without the
-        tombstone it stands for, and a store that applied it deletes nothing more."""
+        (reason ``ttl``: only an expiry ends a life without an erasure), and by nothing
+        else: that life's ``ttl`` tombstone went out when it ended (``Fired.null_only``).
+        Sent again, every release told the stores of that end twice, and a store that
+        had forgotten the life since (its marker's grace passed while the hold lasted)
+        wrote a second ``ttl`` receipt for it. The null waits for the acks of the
+        erasures' tombstones, as every null does (``Outbox._send_changelog``): a restore
+        never finds that end without them."""
         assert held.erase_at is not None
         assert held.previous_deleted_at is not None
         self._engine.cancel(held.identity.key)
@@ -892,7 +896,7 @@ class PartitionProcessor:
         for erase_at in (held.erase_at, *held.later_erasures):
             erasure = model.Stamp(held.identity, None, None, None, None, None, erase_at)
             effects.tombstones.append(Fired(erasure, marker, "explicit", now_ms, False))
-        effects.tombstones.append(Fired(ended, marker, "ttl", now_ms))
+        effects.tombstones.append(Fired(ended, marker, "ttl", now_ms, null_only=True))
         return marker
 
     @staticmethod

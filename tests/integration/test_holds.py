@@ -459,7 +459,8 @@ async def test_an_old_erasure_read_again_under_a_hold_spares_the_ended_next_life
     release it must end at its own time, and the second life, kept by the archive at its
     expiry, must stay there. It went out with the second life's end as its
     ``expiry-deleted-at`` and an explicit null on ``expiry.stamped``: ``archive purge``
-    then removed the second life's lines too, which no erasure had named."""
+    then removed the second life's lines too, which no erasure had named. The second
+    life's null follows it again, not its ttl tombstone, which went out at its expiry."""
     common, config = _setup(broker, topics, tmp_path, RETENTION)
     archive_dir = tmp_path / "archive"
     stop = anyio.Event()
@@ -519,8 +520,8 @@ async def test_an_old_erasure_read_again_under_a_hold_spares_the_ended_next_life
         ("explicit", False, t0 + 10),  # the first life's erasure
         ("ttl", False, second_end),  # the second life's expiry
         ("explicit", True, t0 + 10),  # read again: no life, its own time
-        ("ttl", False, second_end),  # the second life's end again, for its null
-    ]
+    ]  # and not the second life's ttl tombstone again: its null alone follows
+    assert (stats.explicit, stats.tombstones) == (2, 1)
     nulls = [reason_of(r.headers) for r in await read_all(broker, topics.stamped)
              if r.key == key and r.value is None]  # fmt: skip
     assert nulls == ["explicit", "ttl", "ttl"]  # no explicit null after the second life

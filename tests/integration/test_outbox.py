@@ -380,3 +380,82 @@ async def test_a_stamp_that_drops_a_held_life_waits_for_that_lifes_tombstone(
                 await outbox.drain()
             outbox.close()
         assert slow.topics == [topics.tombstones, topics.stamped]
+
+
+async def test_the_release_of_an_old_erasure_sends_the_ended_lifes_null_alone_after_it(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A record erased in its first life, created again, and that second life expired (its
+    tombstone and null gone out); a hold placed; the first life's delete read again (a new
+    consumer group): dated before the second life's creation, it names no life, and the
+    hold defers it, stamped. The release sends it, naming no life, and the second life's
+    null again, which ends the changelog at that life's end (the deferral's stamp would
+    otherwise be the record's state). That life's tombstone event went out a second time
+    with it; it goes out once. The null waits for the erasure's ack, as every null does:
+    acked alone, a restore would find that end and never send the erasure."""
+    config, _ = _processor(topics, tmp_path, "error", topics.errors)
+    holds = HoldBook()
+    proc = PartitionProcessor.from_config(
+        topics.errors, 0, PartitionStore(MemoryKV()), config, PolicyBook(config, {}),
+        now_ms=T0, holds=holds,
+    )  # fmt: skip
+
+    def error(offset: int, ts: int, op: str) -> _Rec:
+        body = {"category": "error", "org": "acme", "record_id": "e1", "ts": ts, "op": op}
+        return _Rec(offset, orjson.dumps(body))
+
+    partitions = dict.fromkeys(topics.all, 2)
+    expired, reread, released_at = T0 + 60_200, T0 + 120_000, T0 + 130_000
+    end = expired - 1  # the second life's end
+    async with producer(broker) as prod:
+        outbox = Outbox(prod, config.topics, partitions)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(outbox.run)
+            steps: list[tuple[Effects, int]] = []
+            for offset, (ts, op) in enumerate([(T0, "create"), (T0 + 100, "delete"),
+                                               (T0 + 200, "create")]):  # fmt: skip
+                steps.append((proc.process([error(offset, ts, op)], T0 + 200), T0 + 200))
+            steps.append((proc.fire_due(expired, 100), expired))
+            holds.place(Hold("h1", "acme", None, None, None, None, "case 7", T0))
+            steps.append((proc.process([error(3, T0 + 100, "delete")], reread), reread))
+            for effects, at in steps:
+                proc.settle(effects, at)
+                await outbox.send([(proc, effects)], at)
+                await outbox.drain()
+            tg.cancel_scope.cancel()
+        assert [reason for _, reason, _ in steps[-1][0].deferred] == ["explicit"]
+        holds.release("h1")
+        released = proc.release_due(released_at, budget=100)
+        slow = _SentInOrder(prod, topics.tombstones)
+        outbox = Outbox(slow, config.topics, partitions)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(outbox.run)
+            await outbox.send([(proc, released)], released_at)
+            assert slow.topics == [topics.tombstones]  # the erasure, unacknowledged
+            slow.release()
+            with anyio.fail_after(10):
+                await outbox.drain()
+            outbox.close()
+        assert slow.topics == [topics.tombstones, topics.stamped]
+    events = [orjson.loads(r.value) for r in await read_all(broker, topics.tombstones)]
+    assert [(e["reason"], e["created_at"]) for e in events] == [
+        ("explicit", "2027-01-15T08:00:00.000Z"),  # the first life's erasure
+        ("ttl", "2027-01-15T08:00:00.200Z"),  # the second life's end: once
+        ("explicit", None),  # the erasure the hold deferred, naming no life
+    ]
+    stamped = [r for r in await read_all(broker, topics.stamped) if r.key is not None]
+    last = stamped[-1]
+    assert (last.value, codec.deleted_at_of(last.headers), codec.reason_of(last.headers)) == (
+        None,
+        end,
+        "ttl",
+    )
+    restored = await _restored(broker, topics, topics.errors, released_at)
+    state = restored.get(last.key.decode())
+    assert state is not None
+    assert (state.created_at, state.deleted_at, state.held, state.erase_at) == (
+        T0 + 200,
+        end,
+        False,
+        None,
+    )

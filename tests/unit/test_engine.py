@@ -24,7 +24,7 @@ from stream_expiry.policy import Resolution
 from stream_expiry.state import Effects, MemoryKV, PartitionProcessor, PartitionStore
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from stream_expiry.engine import Fired
     from stream_expiry.holds import HoldBook
@@ -65,6 +65,12 @@ class _Rec:
     offset: int
     key: bytes | None
     value: bytes | None
+
+
+def _sent(fired: Iterable[Fired]) -> list[Tomb]:
+    """The tombstone events ``fired`` puts on ``expiry.tombstones``: not a null sent again
+    without its event (``Fired.null_only``), whose event went out before."""
+    return [_tomb(f) for f in fired if not f.null_only]
 
 
 def _tomb(f: Fired) -> Tomb:
@@ -141,7 +147,7 @@ class Harness:
         return effects
 
     def feed(self, ev: InputEvent) -> list[Tomb]:
-        return [_tomb(f) for f in self.process(ev).tombstones]
+        return _sent(self.process(ev).tombstones)
 
     def advance(self, now: int) -> list[Tomb]:
         """The timers due by ``now``, then the parked creates woken by them, as the
@@ -150,11 +156,11 @@ class Harness:
         self.proc.extend_horizon(BASE + self.now)
         effects = self.proc.fire_due(BASE + self.now)
         self._settle(effects)
-        out = [_tomb(f) for f in effects.tombstones]
+        out = _sent(effects.tombstones)
         woken = self.proc.unpark(BASE + self.now)
         if woken is not None:
             self._settle(woken)
-            out += [_tomb(f) for f in woken.tombstones]
+            out += _sent(woken.tombstones)
         return out
 
     def fire_some(self, now: int, limit: int) -> list[Tomb]:
@@ -164,7 +170,7 @@ class Harness:
         self.proc.extend_horizon(BASE + self.now)
         effects = self.proc.fire_due(BASE + self.now, limit)
         self._settle(effects)
-        return [_tomb(f) for f in effects.tombstones]
+        return _sent(effects.tombstones)
 
     def check_changelog(self) -> None:
         """The changelog rebuilds every state: a live record's last message is a stamp of
@@ -182,7 +188,7 @@ class Harness:
         while self.proc.releasing:
             effects = self.proc.release_due(BASE + self.now, budget=budget)
             self._settle(effects)
-            out += [_tomb(f) for f in effects.tombstones]
+            out += _sent(effects.tombstones)
         return out
 
     def state(self, ev: InputEvent) -> Stamp | None:

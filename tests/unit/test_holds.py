@@ -68,6 +68,8 @@ class Partition:
     def _take(self, effects: Effects, now: int) -> Effects:
         self.fired += effects.tombstones
         for f in effects.tombstones:
+            if f.null_only:
+                continue  # no tombstone event: the null of one that went out before
             self.tombstones.append(
                 (f.before.identity.record_id, f.reason, f.emitted_at, f.before.expires_at)
             )
@@ -592,11 +594,11 @@ class HoldingReference:
         out = [(key, reason, now, expires) for reason, expires in self.lives.pop(key, [])]
         self.erased_before = {k for k in self.erased_before if k[0] != key}
         ended = self.ended.pop(key, None)
-        if ended is not None:  # as without the hold; then the ended life's end, again
+        if ended is not None:  # as without the hold (the ended life's tombstone went out)
             del self.kept[key]
             self.base.recs[key] = ended
             erasures = [(key, "explicit", now, None)] * (1 + len(self.later.pop(key, [])))
-            return [*out, *erasures, (key, "ttl", now, ended.expires)]
+            return [*out, *erasures]
         if key in self.kept:
             rec = self.base.recs[key]
             reason = "ttl" if self.kept[key] is None else "explicit"
@@ -1188,17 +1190,17 @@ def test_an_erasure_of_earlier_lives_a_hold_keeps_goes_out_at_the_release() -> N
     ]
 
 
-def _sent(fired: Fired) -> tuple[str, int | None, int | None, str | None]:
-    """What a tombstone sends: its reason, the life it names (``created_at``), its
-    ``expiry-deleted-at`` header (``Outbox._put_tombstones``: where the stores and the
-    archive stop erasing), and the reason of the null that follows it on
-    ``expiry.stamped`` (None: no null)."""
+def _sent(fired: Fired) -> tuple[str | None, int | None, int | None, str | None]:
+    """What a tombstone sends: its reason (None: no tombstone event, its null alone,
+    ``Fired.null_only``), the life it names (``created_at``), its ``expiry-deleted-at``
+    header (``Outbox._put_tombstones``: where the stores and the archive stop erasing),
+    and the reason of the null that follows it on ``expiry.stamped`` (None: no null)."""
     if fired.has_null:
         until = fired.after.deleted_at
     else:
         until = fired.before.erased_until if fired.reason == "explicit" else None
     null = fired.reason if fired.has_null else None
-    return fired.reason, fired.before.created_at, until, null
+    return None if fired.null_only else fired.reason, fired.before.created_at, until, null
 
 
 def _erased_then_back_then_expired() -> Partition:
@@ -1241,7 +1243,7 @@ def test_an_old_erasure_read_again_under_a_hold_is_released_naming_no_life() -> 
     p.tick(T0 + 4 * TTL)
     assert [_sent(f) for f in p.fired] == [
         ("explicit", None, T0 + 100, None),  # the request's time, no null
-        ("ttl", T0 + 200, T0 + 199 + TTL, "ttl"),  # the second life's end, again
+        (None, T0 + 200, T0 + 199 + TTL, "ttl"),  # the second life's end: its null again
     ]
     state = p.proc.state_of(KEY_A)
     assert state is not None
@@ -1258,6 +1260,23 @@ def test_an_old_erasure_read_again_under_a_hold_is_released_naming_no_life() -> 
     p.event("a", "delete", T0 + 500, now=T0 + 5 * TTL)  # redelivered: nothing more
     p.event("a", "delete", T0 + 100, now=T0 + 5 * TTL)  # nor the first one, a third time
     assert len(p.fired) == 1
+
+
+def test_the_release_of_an_old_erasure_sends_the_ended_lifes_tombstone_once() -> None:
+    """The second life's ``ttl`` tombstone went out when it expired, before the hold. The
+    release of the old erasure sent it again: every store was told of that end twice, and
+    one that had forgotten the life since (a hold longer than its marker grace) wrote a
+    second ``ttl`` receipt for it. Only its null goes out again, so that the changelog
+    ends at that end (the erasure's deferral, stamped meanwhile, is superseded)."""
+    p = _erased_then_back_then_expired()
+    p.tombstones.clear()  # the first life's erasure, and the second life's end: once each
+    p.event("a", "delete", T0 + 100, now=T0 + 2 * TTL)
+    p.holds.release("h1")
+    p.tick(T0 + 3 * TTL)
+    p.tick(T0 + 10 * TTL)
+    assert p.tombstones == [("a", "explicit", T0 + 3 * TTL, None)]  # the erasure alone
+    nulls = [(f.reason, f.after.deleted_at) for f in p.fired if f.has_null]
+    assert nulls == [("ttl", T0 + 199 + TTL)]  # the second life's null, again
 
 
 def test_the_ended_lifes_own_erasure_read_while_an_older_one_is_held_waits_in_its_place() -> None:

@@ -80,7 +80,7 @@ def test_an_event_finding_a_released_erasure_naming_no_life_sends_its_tombstones
     runs = [([s.created_at for s, _ in stamps], [_sent(f) for f in fired])
             for stamps, fired in effects.runs()]  # fmt: skip
     assert runs == [
-        ([], [("explicit", None, T0 + 100, None), ("ttl", T0 + 200, END, "ttl")]),
+        ([], [("explicit", None, T0 + 100, None), (None, T0 + 200, END, "ttl")]),
         ([T0 + 3 * TTL], []),
     ]
     state = p.proc.state_of(KEY_A)

@@ -84,8 +84,9 @@ class Changelog:
                 self._add(self.stamped, state.identity.key, value, now_ms, SOURCE)
             for fired in tombstones:
                 key, at = fired.before.identity.key, fired.emitted_at
-                event = model.encode_tombstone(fired.before, reason=fired.reason, emitted_at=at)
-                self._add(self.tombstones, key, event, at, SOURCE)
+                if not fired.null_only:  # else its tombstone event went out before
+                    event = model.encode_tombstone(fired.before, reason=fired.reason, emitted_at=at)
+                    self._add(self.tombstones, key, event, at, SOURCE)
                 if not fired.has_null:
                     continue  # an earlier life a hold kept (the record lives on), or no life
                 deleted = [
@@ -786,8 +787,9 @@ def test_two_old_erasures_read_under_a_hold_both_go_out_restored_or_not(restore:
     each goes out at once, naming no life and ending at its own time, with no null. The
     second was taken for a re-delivery of the first and dropped: its request never had
     its tombstone. Both wait, each on the changelog's stamp, and the release sends each,
-    then the second life's end again, in a store restored before the release too; one
-    restored after it sends nothing more."""
+    then the second life's null again (not its tombstone event, which went out when it
+    ended), in a store restored before the release too; one restored after it sends
+    nothing more."""
     books = (HoldBook(), HoldBook())
     original = harness(PartitionStore(MemoryKV()), 0, books[0])
     log, events = _old_erasure_then_next_life_expired(original)
@@ -810,12 +812,12 @@ def test_two_old_erasures_read_under_a_hold_both_go_out_restored_or_not(restore:
         pair.append(harness(log.restore(BASE + 32_000), 32_000, books[1]))
         assert _Stepper(pair[-1]).step_advance(32_000).tombstones == []
     for effects in released:
-        sent = [(f.reason, f.before.created_at, _deleted_until(f), f.has_null)
+        sent = [(f.reason, f.before.created_at, _deleted_until(f), f.has_null, f.null_only)
                 for f in effects.tombstones]  # fmt: skip
         assert sent == [
-            ("explicit", None, BASE + 2_000, False),
-            ("explicit", None, BASE + 1_000, False),
-            ("ttl", BASE + 4_000, BASE + 23_999, True),  # the second life's end, again
+            ("explicit", None, BASE + 2_000, False, False),
+            ("explicit", None, BASE + 1_000, False, False),
+            ("ttl", BASE + 4_000, BASE + 23_999, True, True),  # the second life's null alone
         ]
     for h in pair:  # the second life's own erasure, read late, still goes out, once
         (late,) = h.process(ev("conversation", "k", "delete", 10_000)).tombstones

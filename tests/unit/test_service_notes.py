@@ -10,6 +10,8 @@ import pytest
 from aiokafka import TopicPartition
 
 from stream_expiry.config import parse_config
+from stream_expiry.engine import Fired
+from stream_expiry.model import Identity, Stamp
 from stream_expiry.reading import END_UNKNOWN
 from stream_expiry.service import Service
 from stream_expiry.state import Effects
@@ -131,3 +133,16 @@ async def test_what_the_loop_decides_tells_the_firing_when_its_timers_are_due() 
     await service._send_decided(decide)
     assert len(outbox.sent) == 1
     assert firing.due == [1_234]
+
+
+def test_a_null_sent_again_without_its_tombstone_event_counts_as_no_tombstone() -> None:
+    """The release of an old erasure a hold deferred sends the ended life's null again,
+    not its tombstone event (``Fired.null_only``): the tombstones counted (the metric
+    ``tombstones_total``) are the events sent, and that life's was counted when it ended."""
+    service = _service()
+    t = 1_800_000_000_000
+    life = Stamp(Identity("acme", "_", "live", "conversation", "c"), t, t + 1_000, 1_000, "default")
+    marker = life._replace(deleted_at=t + 999)
+    service._count_tombstone(Fired(life, marker, "ttl", t + 1_000))  # at its expiry
+    service._count_tombstone(Fired(life, marker, "ttl", t + 9_000, null_only=True))
+    assert (service.stats.tombstones, service.stats.explicit) == (1, 0)
