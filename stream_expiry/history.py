@@ -119,12 +119,8 @@ def _describe(config: Config, topic: str, rec: Any) -> dict[str, Any]:
     if body is None:
         return _event(rec, topic, "unreadable", {})
     if topic == t.stamped:
-        return _event(
-            rec,
-            topic,
-            "stamp",
-            {k: body[k] for k in _STAMP_FIELDS if k in body} | _replay_of(headers),
-        )
+        fields = _ended_life_apart({k: body[k] for k in _STAMP_FIELDS if k in body})
+        return _event(rec, topic, "stamp", fields | _replay_of(headers))
     kind = {t.tombstones: "tombstone", t.receipts: "receipt"}.get(topic)
     if kind is None:  # the audit trail: its type says what it is
         kind = str(body.get("type", "audit"))
@@ -143,6 +139,31 @@ def _by_request(e: dict[str, Any]) -> str:
     event_id = e.get("request_event_id")
     named = f"event_id {event_id!r} " if event_id else ""
     return f"; the erasure request {named}at {e['request']}"
+
+
+def _ended_life_apart(fields: dict[str, Any]) -> dict[str, Any]:
+    """A stamp's fields with the life an erasure naming no life keeps given apart, as
+    ``ended_life``: the deferral of an erasure dated before the creation of the record's
+    last life, which had ended (its tombstone gone out) before the hold (the shape of
+    ``Stamp.ended_life``: no life, an erasure, and that life first in ``held_lives``).
+    The hold keeps nothing of it, and the release sends no tombstone for it; listed
+    among ``held_lives``, it read as a life the hold kept and whose deletion was still
+    to come. The other entries, erasures read while it waited, stay there."""
+    lives = fields.get("held_lives")
+    if (
+        fields.get("created_at") is not None
+        or not fields.get("erase_requested_at")
+        or not isinstance(lives, list)
+        or not lives
+        or not isinstance(lives[0], dict)
+        or lives[0].get("created_at") is None
+    ):
+        return fields
+    rest = {k: v for k, v in fields.items() if k != "held_lives"}
+    rest["ended_life"] = lives[0]
+    if len(lives) > 1:
+        rest["held_lives"] = lives[1:]
+    return rest
 
 
 def _replay_of(headers: list[tuple[str, bytes]]) -> dict[str, str]:
@@ -336,6 +357,12 @@ def _summary(e: dict[str, Any]) -> str:
             )
         if e.get("erase_requested_at"):
             text += f", erasure asked at {e['erase_requested_at']} (deferred)"
+        ended = e.get("ended_life")
+        if isinstance(ended, dict):
+            text += (
+                f", dated before the creation ({ended.get('created_at')}) of the life that"
+                f" expired {ended.get('expires_at') or '-'}, tombstoned before the hold"
+            )
         if e.get("redacted"):
             text += f", redacted {', '.join(e['redacted'])}"
         return text + _by_replay(e)

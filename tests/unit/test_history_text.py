@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from types import SimpleNamespace
+from typing import Any
 
 import orjson
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from stream_expiry.config import parse_config
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.history import _describe, checked_identity, text_lines
-from stream_expiry.model import MAX_ID_CHARS, Identity
+from stream_expiry.model import MAX_ID_CHARS, Identity, Stamp, encode_stamp
 
 AT = "2026-12-05T05:00:00.000Z"
 
@@ -162,3 +163,50 @@ def test_a_rejected_events_op_takes_its_article() -> None:
     lines = text_lines(_history({**rejected, "op": "erase"}, {**rejected, "op": "delete"}))
     assert f"  {AT}  dead_letter       an erase event (ts 1) rejected: e (d)" in lines
     assert f"  {AT}  dead_letter       a delete event (ts 1) rejected: e (d)" in lines
+
+
+def _stamped(stamp: Stamp) -> dict[str, Any]:
+    """``stamp`` as history reads it from ``expiry.stamped``."""
+    rec = SimpleNamespace(timestamp=0, partition=0, offset=1, value=encode_stamp(stamp), headers=[])
+    return _describe(CONFIG, "expiry.stamped", rec)
+
+
+def test_the_life_an_old_erasure_under_a_hold_names_not_is_not_shown_as_held() -> None:
+    """An erasure dated before the creation of the record's last life, read again under a
+    hold after that life expired, is deferred naming no life, its stamp keeping that life
+    (``Stamp.ended_life``) for the release to give back. ``history`` listed it under
+    ``held_lives``: a life the hold kept, its deletion to come, though its tombstone went
+    out before the hold and the release sends none for it. It is ``ended_life``; an
+    erasure read while that one waits is still held, and a life a hold keeps while the
+    record's next life runs is still listed as held."""
+    i = Identity("acme", "_", "live", "conversation", "c1")
+    t = 1_800_000_000_000
+    ended = (t + 200, t + 60_200, 60_000, "default", None)
+    deferral = Stamp(i, None, None, None, None, None, t + 100, True, None, t + 60_199, (ended,))
+    assert deferral.ended_life == ended  # the processor's shape
+    shown = _stamped(deferral)
+    assert "held_lives" not in shown
+    assert shown["ended_life"] == {
+        "created_at": "2027-01-15T08:00:00.200Z",
+        "expires_at": "2027-01-15T08:01:00.200Z",
+        "ttl_seconds": 60,
+        "ttl_source": "default",
+        "erase_requested_at": None,
+    }
+    line = text_lines(_history(shown))[1]
+    assert line.endswith(
+        "no life (a record never seen, or one whose life had ended), erasure asked at "
+        "2027-01-15T08:00:00.100Z (deferred), dated before the creation "
+        "(2027-01-15T08:00:00.200Z) of the life that expired 2027-01-15T08:01:00.200Z, "
+        "tombstoned before the hold"
+    )
+    another = deferral._replace(held_lives=(ended, (None, None, None, None, t + 50)))
+    shown = _stamped(another)
+    assert shown["ended_life"]["created_at"] == "2027-01-15T08:00:00.200Z"
+    assert [life["erase_requested_at"] for life in shown["held_lives"]] == [
+        "2027-01-15T08:00:00.050Z"
+    ]
+    running = Stamp(i, t + 90_000, t + 150_000, 60_000, "default", held_lives=(ended,))
+    shown = _stamped(running)
+    assert "ended_life" not in shown
+    assert [life["created_at"] for life in shown["held_lives"]] == ["2027-01-15T08:00:00.200Z"]
