@@ -46,7 +46,7 @@ DEFAULT_EVENTS = 200_000
 async def rekey(
     config: Any, bootstrap: str, sources: tuple[str, ...], events: int
 ) -> dict[str, Any]:
-    rekeyer = Rekeyer(config, bootstrap, targets_for(sources), group_id=f"{config.group_id}-rk")  # type: ignore[arg-type]
+    rekeyer = Rekeyer(config, bootstrap, targets_for(sources), group_id=f"{config.group_id}-rk")
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(rekeyer.run, stop)

@@ -692,8 +692,8 @@ def _cmd_archive(args: argparse.Namespace) -> int:
 
 
 def _cmd_rekey(args: argparse.Namespace) -> int:
-    from stream_expiry.rekey import Rekeyer, targets_for
-    from stream_expiry.runner import stop_on_signals
+    from stream_expiry.cliargs import metrics_host, metrics_port
+    from stream_expiry.rekey import Rekeyer, serve_rekey, targets_for
 
     config = load(args)
     targets = targets_for(args.sources, args.suffix)
@@ -703,17 +703,10 @@ def _cmd_rekey(args: argparse.Namespace) -> int:
             "the input partitions; give rekey a group of its own"
         )
     rekeyer = Rekeyer(config, connection_from(args, config), targets, group_id=args.group_id)
-
-    async def serve() -> int:
-        stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(stop_on_signals, stop, tg.cancel_scope, rekeyer.ready)
-            await rekeyer.run(stop)
-            tg.cancel_scope.cancel()
-        return 0
-
+    port = metrics_port(args.metrics_port, os.environ)
+    host = metrics_host(args.metrics_host, os.environ)
     with _library_quiet():
-        return anyio.run(serve)
+        return anyio.run(serve_rekey, rekeyer, port, host)
 
 
 def _parser_rekey(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -752,6 +745,7 @@ def _parser_rekey(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default="stream-expiry-rekey",
         help="its consumer group, other than the service's (default: stream-expiry-rekey)",
     )
+    add_metrics_options(rekey)
     rekey.set_defaults(func=_cmd_rekey)
 
 

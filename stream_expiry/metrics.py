@@ -42,10 +42,11 @@ if TYPE_CHECKING:
     from prometheus_client import Metric
 
     from stream_expiry.health import Health
+    from stream_expiry.rekey import RekeyStats
     from stream_expiry.service import ServiceStats
     from stream_expiry.sinks.framework import BatchReport
 
-__all__ = ["LAG_BUCKETS_MS", "ServiceMetrics", "SinkMetrics", "version"]
+__all__ = ["LAG_BUCKETS_MS", "RekeyMetrics", "ServiceMetrics", "SinkMetrics", "version"]
 
 LAG_BUCKETS_MS: Final = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000, 60_000)
 _PREFIX: Final = "stream_expiry"
@@ -368,3 +369,36 @@ class SinkMetrics(_BaseMetrics):
     def failed(self, cause: str) -> None:
         """A batch failed with a ``broker`` or ``store`` error."""
         self._failures.labels(self._store, cause).inc()
+
+
+class _RekeyCollector(Collector):
+    """Reads ``stream-expiry rekey``'s counters (``Rekeyer.stats``) at scrape time."""
+
+    _HELP: Final = {
+        "forwarded": "Events copied to their topic keyed by record.",
+        "rejected": "Events sent to the dead-letter topic instead (the service would reject them).",
+        "committed": "Events of the batches whose offsets the group took.",
+        "commits_lost": "Batches whose offsets a rebalance refused (their events are copied again).",
+        "data_dropped": "Copies sent without their data, over the topic's size limit.",
+    }
+
+    def __init__(self, stats: RekeyStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        for key, help_text in self._HELP.items():
+            family = CounterMetricFamily(f"{_PREFIX}_rekey_{key}", help_text)
+            family.add_metric([], getattr(self._stats, key))
+            yield family
+
+
+class RekeyMetrics(_BaseMetrics):
+    """Every metric of ``stream-expiry rekey``: its counters, and the consumer lag of the
+    producers' topics it reads (what the service cannot see behind it)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry, f"{_PREFIX}_rekey")
+
+    def watch_stats(self, stats: RekeyStats) -> None:
+        """Expose ``Rekeyer.stats`` (read at scrape time)."""
+        self.registry.register(_RekeyCollector(stats))

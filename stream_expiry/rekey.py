@@ -45,8 +45,9 @@ from stream_expiry.kafka import (
     ensure_topics,
     message_limits,
     producer,
+    stable_end,
 )
-from stream_expiry.kafka_settings import role_configs
+from stream_expiry.kafka_settings import as_connection, role_configs
 from stream_expiry.model import Rejection, parse_event
 
 if TYPE_CHECKING:
@@ -55,7 +56,9 @@ if TYPE_CHECKING:
     from aiokafka.structs import TopicPartition
 
     from stream_expiry.config import Config
-    from stream_expiry.kafka_settings import Connection
+    from stream_expiry.health import Health
+    from stream_expiry.kafka_settings import Brokers
+    from stream_expiry.metrics import RekeyMetrics
 
 __all__ = [
     "DEFAULT_GROUP",
@@ -181,7 +184,7 @@ class Rekeyer:
     def __init__(
         self,
         config: Config,
-        connection: Connection,
+        connection: Brokers,
         targets: Mapping[str, str],
         *,
         group_id: str = DEFAULT_GROUP,
@@ -189,7 +192,7 @@ class Rekeyer:
         consumer_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config
-        self.connection = connection
+        self.connection = as_connection(connection)
         self.targets = dict(targets)
         self.group_id = group_id
         self.stats = RekeyStats()
@@ -198,6 +201,9 @@ class Rekeyer:
         self._consumer_options = dict(consumer_options or {})
         self._categories = frozenset(config.categories)
         self._rejections_said: set[str] = set()
+        # Set by the command when it serves /metrics and the health endpoints.
+        self.health: Health | None = None
+        self.metrics: RekeyMetrics | None = None
         self._limit = 0  # the largest message to publish; known once the producer is
 
     async def run(self, stop: anyio.Event) -> None:
@@ -220,11 +226,18 @@ class Rekeyer:
             cons.subscribe(list(self.targets))
             self._limit = oversize.output_limit(prod, min(limits.values(), default=None))
             self.ready.set()
+            health = self.health
+            if health is not None:
+                health.rebalancing()  # ready once the group gave it partitions
             said_at = time.monotonic()
             while not stop.is_set():
                 batch = await cons.getmany(timeout_ms=200, max_records=_BATCH_RECORDS)
                 if batch:
                     await self._forward(prod, cons, batch)
+                if health is not None:
+                    health.beat()
+                    if cons.assignment():
+                        health.running()
                 if time.monotonic() - said_at >= PROGRESS_EVERY_S:
                     said_at = time.monotonic()
                     self._say_progress()
@@ -301,6 +314,11 @@ class Rekeyer:
         stats.batches += 1
         if await self._commit(cons, offsets):
             stats.committed += sum(len(records) for records in batch.values())
+        if self.metrics is not None:
+            for tp, position in offsets.items():
+                high = stable_end(cons, tp)
+                if high is not None:
+                    self.metrics.set_lag(tp.topic, tp.partition, high - position)
 
     def _fit(self, rec: Any, routed: Routed) -> tuple[bytes | None, bytes | None, Headers]:
         """``routed``'s message within the limit, with what had to go said."""
@@ -363,3 +381,33 @@ class Rekeyer:
             stats.rejected,
             stats.batches,
         )
+
+
+async def serve_rekey(rekeyer: Rekeyer, metrics_port: int | None, metrics_host: str) -> int:
+    """The command: ``rekeyer`` until SIGINT or SIGTERM, with ``/metrics``, ``/healthz`` and
+    ``/readyz`` on ``metrics_port`` when given (ready once the group gave it partitions and
+    while the broker answers, as for ``run`` and ``sink``)."""
+    from stream_expiry.endpoints import open_listener, serve_http, watch_connection
+    from stream_expiry.health import Health
+    from stream_expiry.metrics import RekeyMetrics
+    from stream_expiry.runner import STALL_AFTER_S, stop_on_signals
+
+    stop = anyio.Event()
+    listener = None if metrics_port is None else await open_listener(metrics_port, metrics_host)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_on_signals, stop, tg.cancel_scope, rekeyer.ready)
+        if listener is not None:
+            health = rekeyer.health = Health(stall_after_s=STALL_AFTER_S)
+            metrics = rekeyer.metrics = RekeyMetrics()
+            metrics.watch_stats(rekeyer.stats)
+            metrics.watch_health(health)
+            health.starting()
+            tg.start_soon(serve_http, listener, metrics.exposition, health)
+            tg.start_soon(watch_connection, health, rekeyer.connection)
+        try:
+            await rekeyer.run(stop)
+        finally:
+            if rekeyer.health is not None:
+                rekeyer.health.stopped()
+            tg.cancel_scope.cancel()
+    return 0

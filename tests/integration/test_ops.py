@@ -177,6 +177,36 @@ def test_sink_serves_health_and_its_metrics(broker: str, topics: TopicSet, tmp_p
     assert code == 0, err
 
 
+def test_rekey_serves_health_and_its_metrics(broker: str, topics: TopicSet, tmp_path: Path) -> None:
+    """Ready once its group gave it the producers' topics; its counters count the copies;
+    SIGTERM stops it with status 0."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = _start(
+        "rekey", "--bootstrap-servers", broker, "--from", topics.conversations,
+        "--group-id", f"{topics.prefix}.rekey", "--metrics-port", str(port),
+        "--log-level", "info",
+    )  # fmt: skip
+    try:
+        body = _poll(proc, base + "/readyz", 200)
+        assert b'"phase":"running"' in body
+        _, value = event("conversation", "c1")
+        anyio.run(produce, broker, [(topics.conversations, None, value)])
+        deadline = time.monotonic() + 30
+        metrics = b""
+        while b"stream_expiry_rekey_committed_total 1.0" not in metrics:
+            assert time.monotonic() < deadline, metrics.decode()
+            time.sleep(0.05)  # polling for a counter, with a deadline
+            metrics = _poll(proc, base + "/metrics", 200)
+        assert b"stream_expiry_rekey_forwarded_total 1.0" in metrics
+        assert b"stream_expiry_rekey_ready 1.0" in metrics
+        assert b"stream_expiry_rekey_consumer_lag{" in metrics
+    finally:
+        code, err = _stop(proc)
+    assert code == 0, err
+    assert "Traceback" not in err
+
+
 def test_the_http_port_listens_only_on_the_address_it_is_given(
     broker: str, topics: TopicSet, tmp_path: Path
 ) -> None:

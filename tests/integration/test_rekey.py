@@ -46,7 +46,7 @@ async def running_rekey(
 ) -> AsyncIterator[Rekeyer]:
     rekeyer = Rekeyer(
         config,
-        broker,  # type: ignore[arg-type]  # a bootstrap string is a connection too
+        broker,
         targets_for(sources),
         group_id=f"{config.group_id}-rekey",
         consumer_options={"session_timeout_ms": 2000, "heartbeat_interval_ms": 500},
