@@ -211,3 +211,33 @@ def test_there_is_a_license_file_for_the_declared_license() -> None:
     text = (ROOT / "LICENSE").read_text()
     assert "Apache License" in text
     assert "Version 2.0, January 2004" in text
+
+
+def test_the_rekey_overlay_is_valid_and_the_service_reads_what_rekey_writes() -> None:
+    """``kubectl apply -k deploy/kubernetes/rekey``: everything of the base, the rekey
+    Deployment, and the service's inputs patched to the copies rekey makes of its
+    ``--from`` topics (each plus ``.by-record``, the default suffix)."""
+    overlay = K8S / "rekey"
+    kustomization = _docs(overlay / "kustomization.yaml")[0]
+    assert kustomization["resources"] == ["../", "rekey.yaml"]
+    (deployment,) = _docs(overlay / "rekey.yaml")
+    kubernetes_validate.validate(deployment, kubernetes_validate.latest_version(), strict=True)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    sources = [args[i + 1] for i, arg in enumerate(args) if arg == "--from"]
+    copies = ",".join(f"{s}.by-record" for s in sources)
+    port = int(args[args.index("--metrics-port") + 1])
+    assert container["ports"][0]["containerPort"] == port
+    assert {e["name"]: e["value"] for e in container["env"]}[
+        "STREAM_EXPIRY_TOPICS_INPUTS"
+    ] == copies
+    [patch_ref] = kustomization["patches"]
+    (patch,) = _docs(overlay / patch_ref["path"])
+    (sts,) = _by_kind("StatefulSet")
+    assert (patch["kind"], patch["metadata"]["name"]) == (sts["kind"], sts["metadata"]["name"])
+    (patched,) = patch["spec"]["template"]["spec"]["containers"]
+    (service,) = sts["spec"]["template"]["spec"]["containers"]
+    assert patched["name"] == service["name"]
+    assert {e["name"]: e["value"] for e in patched["env"]}["STREAM_EXPIRY_TOPICS_INPUTS"] == copies
+    # The base's inputs are the producers' topics rekey reads.
+    assert sources == list(parse_config("").topics.inputs)
