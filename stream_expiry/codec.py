@@ -38,6 +38,7 @@ __all__ = [
     "H_REQUEST",
     "H_REQUEST_EVENT_ID",
     "H_TOPIC",
+    "REKEYED_SUFFIX",
     "dead_letter_headers",
     "decode_stamp",
     "deleted_at_of",
@@ -68,6 +69,8 @@ H_REQUEST: Final = "expiry-request"
 H_REQUEST_EVENT_ID: Final = "expiry-request-event-id"
 # Where rekey read an event it copied (``stream_expiry.rekey``): ``topic[partition]@offset``.
 H_REKEYED_FROM: Final = "expiry-rekeyed-from"
+# What rekey's copy of a topic adds to its name by default.
+REKEYED_SUFFIX: Final = ".by-record"
 
 Headers = list[tuple[str, bytes]]
 

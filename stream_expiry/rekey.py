@@ -35,11 +35,18 @@ import orjson
 from aiokafka.errors import CommitFailedError, IllegalGenerationError, RebalanceInProgressError
 
 from stream_expiry import oversize
-from stream_expiry.codec import H_DETAIL, H_ERROR, H_REKEYED_FROM, dead_letter_headers
+from stream_expiry.codec import (
+    H_DETAIL,
+    H_ERROR,
+    H_REKEYED_FROM,
+    REKEYED_SUFFIX,
+    dead_letter_headers,
+)
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.event_fields import FIELDS
 from stream_expiry.kafka import (
     OutputBuffer,
+    admin_client,
     batch_bytes,
     consumer,
     ensure_topics,
@@ -73,7 +80,7 @@ __all__ = [
 
 log = logging.getLogger("stream_expiry.rekey")
 
-DEFAULT_SUFFIX: Final = ".by-record"
+DEFAULT_SUFFIX: Final = REKEYED_SUFFIX
 DEFAULT_GROUP: Final = "stream-expiry-rekey"
 PROGRESS_EVERY_S: Final = 10.0
 _BATCH_RECORDS: Final = 5_000
@@ -209,6 +216,7 @@ class Rekeyer:
     async def run(self, stop: anyio.Event) -> None:
         limits = await self._ensure_targets()
         self._say_plan()
+        await self._say_missing_sources()
         # No linger: a batch is sent whole and its acks awaited before the commit.
         options = {"linger_ms": 0, "max_batch_size": batch_bytes(limits.values())}
         async with (
@@ -262,6 +270,20 @@ class Rekeyer:
                     "until it is",
                     target,
                     self.config.path,
+                )
+
+    async def _say_missing_sources(self) -> None:
+        """A ``--from`` topic that does not exist: a typo, or producers that have not
+        written yet. The group would wait on it without a word, or (a broker that makes
+        the topics a consumer asks for) read an empty topic of that name, so it is said."""
+        async with admin_client(self.connection) as admin:
+            existing = set(await admin.list_topics())
+        for source in self.targets:
+            if source not in existing:
+                log.warning(
+                    "%s does not exist: rekey copies it once producers write there (check "
+                    "the name if they write elsewhere)",
+                    source,
                 )
 
     async def _ensure_targets(self) -> dict[str, int]:

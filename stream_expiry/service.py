@@ -40,6 +40,7 @@ from aiokafka.errors import KafkaError
 
 from stream_expiry.archive_follower import ArchiveFollower
 from stream_expiry.archive_gate import ArchiveGate
+from stream_expiry.codec import REKEYED_SUFFIX
 from stream_expiry.commits import OffsetCommits
 from stream_expiry.control import DEAD_LETTERED_FILE, ControlTopics, DeadLettered
 from stream_expiry.durations import format_duration
@@ -568,9 +569,15 @@ class Service:
         # it without a word: a new input topic is probably not where producers write.
         for topic in created:
             if topic in self.config.topics.inputs:
+                source = topic.removesuffix(REKEYED_SUFFIX)
                 log.warning(
                     "created input topic %s, which did not exist: check the name if "
-                    "producers write elsewhere",
+                    "producers write elsewhere"
+                    + (
+                        f" (or start `stream-expiry rekey --from {source}`, which writes it)"
+                        if source != topic
+                        else ""
+                    ),
                     topic,
                 )
 

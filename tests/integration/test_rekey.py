@@ -26,6 +26,7 @@ from stream_expiry.service import wall_clock_ms
 from stream_expiry.timeutil import parse_ts
 from tests.conftest import read_all, read_topic, wait_for
 from tests.integration.service_helpers import config_for, running_service
+from tests.log_capture import captured_logs
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -191,3 +192,15 @@ async def _recreate(broker: str, topic: str) -> None:
     async with admin_client(broker) as admin:
         await admin.delete_topics([topic])
     await ensure_topics(broker, [topic], partitions=2)
+
+
+@pytest.mark.timeout(60)
+async def test_a_source_that_does_not_exist_is_said(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    typo = f"{topics.prefix}.convresations"
+    with captured_logs() as logs:
+        async with running_rekey(config, broker, [typo]):
+            pass
+    assert f"{typo} does not exist: rekey copies it once producers write there" in logs.both()
