@@ -125,7 +125,7 @@ def _describe(config: Config, topic: str, rec: Any) -> dict[str, Any]:
     if kind is None:  # the audit trail: its type says what it is
         kind = str(body.get("type", "audit"))
     rest = {k: v for k, v in body.items() if k not in _IDENTITY and k not in ("type", "data")}
-    if kind == "tombstone":
+    if kind in ("tombstone", "receipt"):
         rest |= codec.request_of(headers)
     return _event(rec, topic, kind, rest)
 
@@ -385,6 +385,7 @@ def _summary(e: dict[str, Any]) -> str:
         return (
             f"store {e.get('store')}: reason {e.get('reason')}, rows deleted "
             f"{e.get('rows_deleted')}, deleted {e.get('deleted_at')}"
+            + _by_request(e)
             + (f" (published {copies} times, one receipt)" if copies > 1 else "")
         )
     if kind == "dead_letter":

@@ -29,6 +29,9 @@ Rules kept here (why: tombstones are at-least-once, and ``expiry.stamped`` and
    erasure dated after the record's expiry, or read after it) is covered by any deletion
    of a life the store held: that deletion's receipt is the record's, and a second one,
    ``rows_deleted=0``, said an erasure found something to do where it found nothing.
+   An erasure's receipt names the request it carried out as the tombstone event's
+   headers name it (else its null's, kept pending with it): a receipt is matched to its
+   request by id, not by times.
 5. **The sweep never takes what the archive lacks.** With ``[archive] required`` the
    service holds back a ``ttl`` tombstone until the archive has the record's latest stamp;
    the sweep, which stands in for a tombstone that did not come, keeps the same rule: a row
@@ -289,7 +292,11 @@ class _Planner:
         src: Row | Pending | TombstoneChange,
         emitted_at: int | None,
         deleted_at: int,
+        by: TombstoneChange | Pending | None = None,
     ) -> None:
+        """Write a receipt; ``by``: the tombstone event or the null (its pending deletion)
+        that deleted the record, whose erasure request the receipt names, if it names one."""
+        request, event_id = (None, None) if by is None else (by.request, by.request_event_id)
         self.out.receipts.append(
             Receipt(
                 receipt_id=self.new_id(),
@@ -303,6 +310,8 @@ class _Planner:
                 ttl_source=src.ttl_source,
                 emitted_at=emitted_at,
                 deleted_at=deleted_at,
+                request=request,
+                request_event_id=event_id,
             )
         )
 
@@ -402,7 +411,7 @@ class _Planner:
             self.out.deleted += 1
             lived = _max_opt(lived, row.created_at)
             src: Row | Pending | TombstoneChange = t if t.created_at is not None else row
-            self.receipt(t.identity, t.reason, 1, src, t.emitted_at, self.now)
+            self.receipt(t.identity, t.reason, 1, src, t.emitted_at, self.now, t)
         # An erasure's null that found no row (``rowless``) and a row this tombstone deleted
         # are one deletion: the stamp of a life the erasure ends came after the null (on
         # another partition of expiry.stamped, a producer's events of one record keyed
@@ -412,7 +421,9 @@ class _Planner:
             if p.rowless and rowful:
                 continue
             src = t if t.created_at is not None else p
-            self.receipt(t.identity, t.reason, 1 - p.rowless, src, t.emitted_at, p.deleted_at)
+            # The erasure's null names the request when its tombstone event does not.
+            by = p if t.request is None and t.reason == "explicit" else t
+            self.receipt(t.identity, t.reason, 1 - p.rowless, src, t.emitted_at, p.deleted_at, by)
         rest = tuple(p for p in pending if p not in claimed) if claimed else None
         ended = t.expires_at
         if deleted:
@@ -430,7 +441,7 @@ class _Planner:
             # stays out.
             if self.read_before(t.topic, t.partition, t.timestamp):
                 return
-            self.receipt(t.identity, t.reason, 0, t, t.emitted_at, self.now)
+            self.receipt(t.identity, t.reason, 0, t, t.emitted_at, self.now, t)
 
     def null(self, slot: Slot, c: NullChange) -> None:
         """Delete the row; its receipt waits for the tombstone event, which names the rule.
@@ -447,7 +458,10 @@ class _Planner:
         if row is None and slot.marker is None and c.reason == "explicit":
             if self.read_before(c.topic, c.partition, c.timestamp):
                 return
-            nothing = Pending(None, None, None, None, self.now, reason=c.reason, rowless=True)
+            nothing = Pending(
+                None, None, None, None, self.now, reason=c.reason, rowless=True,
+                request=c.request, request_event_id=c.request_event_id,
+            )  # fmt: skip
             self.remember(slot, c.identity, NEVER_CREATED, None, (nothing,))
             return
         # Nothing held, or held from a later position: a null leaves nothing to do.
@@ -457,7 +471,7 @@ class _Planner:
         self.out.deleted += 1
         waiting = Pending(
             row.created_at, row.expires_at, row.ttl_seconds, row.ttl_source, self.now,
-            reason=c.reason,
+            reason=c.reason, request=c.request, request_event_id=c.request_event_id,
         )  # fmt: skip
         held = () if slot.marker is None else slot.marker.pending
         self.remember(
@@ -477,7 +491,7 @@ class _Planner:
             else []
         )
         for p in late:
-            self.receipt(c.identity, p.reason or "sweep", 1 - p.rowless, p, None, p.deleted_at)
+            self.receipt(c.identity, p.reason or "sweep", 1 - p.rowless, p, None, p.deleted_at, p)
             if p.reason is None:
                 self.out.swept += 1
             else:

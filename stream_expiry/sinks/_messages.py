@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 
-from stream_expiry.codec import deleted_at_of, reason_of
+from stream_expiry.codec import H_REQUEST, H_REQUEST_EVENT_ID, deleted_at_of, reason_of
 from stream_expiry.errors import InputError, not_json
 from stream_expiry.model import Identity, decode_key
 from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
@@ -50,6 +50,7 @@ __all__ = [
     "decode_tombstone",
     "encode_pending",
     "encode_receipt",
+    "receipt_headers",
 ]
 
 #: The rule that deleted a record: the tombstone event's own reason, or the store's
@@ -140,6 +141,10 @@ class TombstoneChange:
     # pruning's bound holds for the partitions its read-complete time covered only.
     topic: str | None = None
     partition: int | None = None
+    # The erasure request it carries out, as its headers name it (``expiry-request``,
+    # ``expiry-request-event-id``; None: not an erasure's, or not said): its receipts say it.
+    request: str | None = None
+    request_event_id: str | None = None
 
     @property
     def bound(self) -> int:
@@ -187,6 +192,9 @@ class NullChange:
     timestamp: int | None = None
     # The topic it was read from (None: unknown, and then never taken for a re-read).
     topic: str | None = None
+    # The erasure request it carries out, as its headers name it (see TombstoneChange).
+    request: str | None = None
+    request_event_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +288,10 @@ class Pending:
     # An erasure's null that found no row, for a record the store knew nothing of: its
     # tombstone event's receipt says ``rows_deleted`` 0 (see ``_Planner.null``).
     rowless: bool = False
+    # The erasure request the null named, for the sweep's receipt should its tombstone
+    # event never come (the tombstone's own, when it comes, is the one its receipt says).
+    request: str | None = None
+    request_event_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,9 +331,12 @@ def encode_pending(pending: tuple[Pending, ...]) -> str | None:
     return orjson.dumps(
         [
             [p.created_at, p.expires_at, p.ttl_seconds, p.ttl_source, p.deleted_at]
-            # What earlier versions wrote, unless superseded, with a reason or rowless.
+            # What earlier versions wrote, unless superseded, with a reason, rowless or
+            # naming a request.
             + (
-                [p.superseded, p.reason, True]
+                [p.superseded, p.reason, p.rowless, p.request, p.request_event_id]
+                if p.request is not None
+                else [p.superseded, p.reason, True]
                 if p.rowless
                 else [p.superseded, p.reason]
                 if p.reason
@@ -347,6 +362,11 @@ class Receipt:
 
     ``rows_deleted`` is 1 when the store held the row, 0 when a tombstone reached a store
     that never had it (an erasure request still leaves evidence that it arrived).
+
+    ``request`` and ``request_event_id``: the erasure request the deletion carried out, as
+    the tombstone event (or the null) that deleted the record named it; published as the
+    receipt message's headers ``expiry-request`` and ``expiry-request-event-id``, not in
+    its value (the contract's schema has no such field). None for every other deletion.
     """
 
     receipt_id: str
@@ -360,6 +380,8 @@ class Receipt:
     ttl_source: str | None
     emitted_at: int | None
     deleted_at: int
+    request: str | None = None
+    request_event_id: str | None = None
 
 
 # Built by the thousand per batch: see _slot_init.
@@ -402,6 +424,32 @@ def encode_receipt(r: Receipt) -> bytes:
         }
     )
     return memoryview(value).tobytes()
+
+
+def receipt_headers(r: Receipt) -> list[tuple[str, bytes]]:
+    """The headers of a receipt message: the erasure request it carried out, if any (a
+    list: aiokafka's record batch builder takes no other sequence)."""
+    if r.request is None:
+        return []
+    if r.request_event_id is None:
+        return [(H_REQUEST, r.request.encode("utf-8"))]
+    return [
+        (H_REQUEST, r.request.encode("utf-8")),
+        (H_REQUEST_EVENT_ID, r.request_event_id.encode("utf-8")),
+    ]
+
+
+def _request_of(headers: Sequence[tuple[str, bytes]]) -> tuple[str | None, str | None]:
+    """``(expiry-request, expiry-request-event-id)`` as ``headers`` say them (None: not
+    said), as text: bytes that are not UTF-8, and U+0000 (which PostgreSQL text cannot
+    hold, so every store keeps the same text), become U+FFFD."""
+    request = event_id = None
+    for name, value in headers:
+        if name == H_REQUEST:
+            request = value.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+        elif name == H_REQUEST_EVENT_ID:
+            event_id = value.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+    return (None, None) if request is None else (request, event_id)
 
 
 def _load_object(value: bytes) -> dict[str, Any]:
@@ -525,7 +573,10 @@ def decode_stamped(
         reason = reason_of(headers)
         known = reason if reason in ("ttl", "explicit") else None
         at = timestamp if timestamp is not None and timestamp >= 0 else None
-        return NullChange(_key_identity(key), partition, offset, known, at, topic)
+        request, event_id = _request_of(headers) if known == "explicit" else (None, None)
+        return NullChange(
+            _key_identity(key), partition, offset, known, at, topic, request, event_id
+        )
     obj = _load_object(value)
     data = obj.get("data")
     return StampChange(
@@ -563,6 +614,7 @@ def decode_tombstone(
         raise InvalidMessage(f"field 'reason' must be 'ttl' or 'explicit', got {reason!r}")
     emitted_at = _time(obj, "emitted_at", required=True)
     assert emitted_at is not None
+    request, event_id = _request_of(headers) if reason == "explicit" else (None, None)
     return TombstoneChange(
         identity=_identity(obj),
         created_at=_time(obj, "created_at"),
@@ -575,4 +627,6 @@ def decode_tombstone(
         timestamp=timestamp if timestamp is not None and timestamp >= 0 else None,
         topic=topic,
         partition=partition,
+        request=request,
+        request_event_id=event_id,
     )

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 __all__ = ["BatchPublisher"]
 
+# key, value, headers
+_Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None]
+
 
 class BatchPublisher:
     """Collects messages per (topic, partition); :meth:`flush` sends them and awaits the acks.
@@ -28,11 +31,19 @@ class BatchPublisher:
 
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self._prod = producer
-        self._pending: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
+        self._pending: dict[tuple[str, int], list[_Message]] = {}
         self.count = 0
 
-    def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
-        self._pending.setdefault((topic, partition), []).append((key, value))
+    def add(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Queue a message; ``headers`` a list, as aiokafka's batch builder takes no other."""
+        self._pending.setdefault((topic, partition), []).append((key, value, headers))
         self.count += 1
 
     async def flush(self) -> None:
@@ -44,11 +55,12 @@ class BatchPublisher:
         futures: list[asyncio.Future[Any]] = []
         for (topic, partition), messages in pending.items():
             batch = self._prod.create_batch()
-            for key, value in messages:
-                if batch.append(key=key, value=value, timestamp=None) is None:
+            for key, value, given in messages:
+                headers = given or []
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     futures.append(await self._prod.send_batch(batch, topic, partition=partition))
                     batch = self._prod.create_batch()
-                    if batch.append(key=key, value=value, timestamp=None) is None:
+                    if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                         raise ValueError(f"a message for {topic} is larger than a record batch")
             if batch.record_count():
                 futures.append(await self._prod.send_batch(batch, topic, partition=partition))

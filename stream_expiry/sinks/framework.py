@@ -77,6 +77,7 @@ from stream_expiry.sinks._messages import (
     decode_stamped,
     decode_tombstone,
     encode_receipt,
+    receipt_headers,
 )
 from stream_expiry.sinks._publish import BatchPublisher
 from stream_expiry.sinks.store import StoreUnavailableError
@@ -1247,7 +1248,9 @@ class Sink:
                 key = r.identity.key.encode("utf-8")
                 if cfg.receipts_topic:
                     partition = key_partition(key, counts[cfg.receipts_topic])
-                    out.add(cfg.receipts_topic, partition, key, encode_receipt(r))
+                    out.add(
+                        cfg.receipts_topic, partition, key, encode_receipt(r), receipt_headers(r)
+                    )
                 topic = cfg.compacted.get(r.identity.category)
                 if topic is not None and r.identity not in lives_on:
                     template = cfg.key_templates.get(topic)

@@ -141,11 +141,11 @@ _MARKERS_FROM_JSON: Final = _from_json(
 )
 _RECEIPTS_FROM_JSON: Final = _from_json(
     "text", "text", *_KEY_TYPES, "text", "integer", "bigint", "bigint", "bigint", "text",
-    "bigint", "bigint",
+    "bigint", "bigint", "text", "text",
 )  # fmt: skip
 _RECEIPT_COLS: Final = (
     f"receipt_id, store, {_KEY}, reason, rows_deleted, created_at, expires_at, ttl_seconds, "
-    "ttl_source, emitted_at, deleted_at"
+    "ttl_source, emitted_at, deleted_at, request, request_event_id"
 )
 # Every statement planned for the tables as they are now. asyncpg prepares each statement,
 # and after five runs PostgreSQL may keep a generic plan for good; made while the tables
@@ -255,8 +255,20 @@ CREATE TABLE IF NOT EXISTS {receipts} (
     record_id text NOT NULL,
     reason text NOT NULL, rows_deleted integer NOT NULL,
     created_at bigint, expires_at bigint, ttl_seconds bigint, ttl_source text,
-    emitted_at bigint, deleted_at bigint NOT NULL
+    emitted_at bigint, deleted_at bigint NOT NULL,
+    request text, request_event_id text
 );
+DO $request$
+BEGIN
+    -- The erasure request a receipt names (NULL in the receipts written before). Looked
+    -- up first: an ALTER TABLE locks the table, readers and all, even when it adds nothing.
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{receipts}'::regclass
+                   AND attname = 'request_event_id' AND NOT attisdropped) THEN
+        ALTER TABLE {receipts} ADD COLUMN IF NOT EXISTS request text,
+            ADD COLUMN IF NOT EXISTS request_event_id text;
+    END IF;
+END
+$request$;
 CREATE TABLE IF NOT EXISTS {outbox} (seq bigint PRIMARY KEY);
 DO $pruned$
 BEGIN
@@ -513,7 +525,7 @@ class _PostgresTx(StoreTransaction):
                 _json(
                     (r.receipt_id, r.store, *r.identity.parts(), r.reason, r.rows_deleted,
                      r.created_at, r.expires_at, r.ttl_seconds, r.ttl_source, r.emitted_at,
-                     r.deleted_at)
+                     r.deleted_at, r.request, r.request_event_id)
                     for r in p.receipts
                 ),
             )  # fmt: skip

@@ -62,7 +62,7 @@ _MARKER_COLS: Final = (
 )
 _RECEIPT_COLS: Final = (
     f"receipt_id, store, {_KEY}, reason, rows_deleted, created_at, expires_at, ttl_seconds, "
-    "ttl_source, emitted_at, deleted_at"
+    "ttl_source, emitted_at, deleted_at, request, request_event_id"
 )
 
 _SCHEMA: Final = """
@@ -91,7 +91,8 @@ CREATE TABLE IF NOT EXISTS {p}receipts (
     record_id TEXT NOT NULL,
     reason TEXT NOT NULL, rows_deleted INTEGER NOT NULL,
     created_at INTEGER, expires_at INTEGER, ttl_seconds INTEGER, ttl_source TEXT,
-    emitted_at INTEGER, deleted_at INTEGER NOT NULL
+    emitted_at INTEGER, deleted_at INTEGER NOT NULL,
+    request TEXT, request_event_id TEXT
 );
 CREATE TABLE IF NOT EXISTS {p}receipts_outbox (seq INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS {p}pruned (
@@ -112,6 +113,9 @@ _ADDED: Final = (
     ("deletions", "pending", "TEXT"),
     ("deletions", "pending_since", "INTEGER"),
     ("deletions", "settled_at", "INTEGER"),
+    # The erasure request a receipt names (NULL in the receipts written before).
+    ("receipts", "request", "TEXT"),
+    ("receipts", "request_event_id", "TEXT"),
 )
 
 
@@ -130,7 +134,8 @@ def _receipt(r: Sequence[Any]) -> Receipt:
 def _receipt_params(r: Receipt) -> tuple[Any, ...]:
     return (
         r.receipt_id, r.store, *r.identity.parts(), r.reason, r.rows_deleted, r.created_at,
-        r.expires_at, r.ttl_seconds, r.ttl_source, r.emitted_at, r.deleted_at,
+        r.expires_at, r.ttl_seconds, r.ttl_source, r.emitted_at, r.deleted_at, r.request,
+        r.request_event_id,
     )  # fmt: skip
 
 
@@ -231,7 +236,7 @@ class _SQLiteTx(StoreTransaction):
         if p.receipts:
             await c.executemany(
                 f"INSERT INTO {t}receipts ({_RECEIPT_COLS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [_receipt_params(r) for r in p.receipts],
             )
 

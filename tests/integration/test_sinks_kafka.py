@@ -13,17 +13,20 @@ import signal
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
+import jsonschema
 import orjson
 import pytest
 import pytest_asyncio
 
+from stream_expiry.history import history, text_lines
 from stream_expiry.holds import Hold, encode_hold
 from stream_expiry.kafka import ensure_topics, producer
-from stream_expiry.model import Stamp
+from stream_expiry.model import Identity, Stamp
 from stream_expiry.sinks._messages import NullChange, decode_stamped, decode_tombstone
 from stream_expiry.sinks.framework import wall_clock_ms
 from stream_expiry.sinks.postgres import PostgresStore
@@ -31,6 +34,7 @@ from stream_expiry.sinks.sqlite import SQLiteStore
 from stream_expiry.sinks.store import REREAD_MARGIN_MS, MemoryStore, StoreUnavailableError
 from stream_expiry.testing.proxy import Proxy
 from tests.conftest import make_topic_set, read_all, read_topic, record_batch_sizes, wait_for
+from tests.integration.service_helpers import config_for, event, running_service
 from tests.integration.sink_helpers import (
     MINUTE,
     PG_DSN,
@@ -49,9 +53,7 @@ from tests.integration.sink_helpers import (
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
-    from pathlib import Path
 
-    from stream_expiry.model import Identity
     from stream_expiry.sinks.framework import Sink
     from stream_expiry.sinks.store import Store
     from tests.conftest import TopicSet
@@ -1264,3 +1266,55 @@ async def test_a_tombstones_topic_the_sink_never_read_is_read_for_the_first_time
         await wait_until(_caught_up(store, sink.metrics, 1), what="the copied erasure applied")
     assert await receipts_of(copied) == [("explicit", 0)]
     assert await receipts_of(read) == [("explicit", 0)]
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(120)
+async def test_an_erasures_receipt_message_names_its_request_in_its_headers(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """The service names an erasure's request on its tombstone event and its null; the
+    store's receipt of it carries the same two headers, ``expiry-request`` and
+    ``expiry-request-event-id`` (its value stays the contract's schema), and ``history``
+    shows them on the receipt. An expiry's receipt has neither."""
+    config = config_for(
+        topics, str(tmp_path / "state"), '[retention.defaults]\nconversation = "1h"\n'
+    )
+    t0 = wall_clock_ms()
+    created = event("conversation", "erased", ts=t0)
+    erase = event("conversation", "erased", ts=t0 + 1, op="delete", event_id="gdpr-2026-118")
+    due = event("conversation", "expired", ts=t0 - 2 * HOUR)  # due at ingest: a ttl tombstone
+    async with (
+        open_store("sqlite", tmp_path) as store,
+        running_sink(store, sink_config(broker, topics)),
+        running_service(config, broker),
+    ):
+        await produce(broker, topics.conversations, [created, erase, due])
+        published = await read_topic(broker, topics.receipts, until=lambda r: len(r) >= 2)
+        tombs = await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 2)
+    by_record = {orjson.loads(r.value)["record_id"]: r for r in published}
+    assert sorted(by_record) == ["erased", "expired"]
+    (tomb,) = [r for r in tombs if orjson.loads(r.value)["reason"] == "explicit"]
+    request = dict(tomb.headers)["expiry-request"]
+    assert request.decode().startswith(f"{topics.conversations}[")
+    erased, expired = by_record["erased"], by_record["expired"]
+    assert dict(erased.headers) == {
+        "expiry-request": request, "expiry-request-event-id": b"gdpr-2026-118",
+    }  # fmt: skip
+    assert list(expired.headers) == []
+    schema = orjson.loads(
+        (Path(__file__).parents[2] / "stream_expiry/schemas/receipt.schema.json").read_bytes()
+    )
+    for r in published:
+        jsonschema.validate(orjson.loads(r.value), schema)  # no field added to the value
+    assert orjson.loads(erased.value)["reason"] == "explicit"
+    assert orjson.loads(expired.value)["reason"] == "ttl"
+
+    found = await history(config, broker, Identity("acme", "_", "live", "conversation", "erased"))
+    (receipt,) = [e for e in found.events if e["kind"] == "receipt"]
+    assert (receipt["request"], receipt["request_event_id"]) == (request.decode(), "gdpr-2026-118")
+    lines = text_lines(found.as_dict())
+    assert sum("the erasure request event_id 'gdpr-2026-118' at" in line for line in lines) == 3
+    found = await history(config, broker, Identity("acme", "_", "live", "conversation", "expired"))
+    (receipt,) = [e for e in found.events if e["kind"] == "receipt"]
+    assert "request" not in receipt

@@ -315,6 +315,89 @@ async def test_receipt_names_the_rule_whatever_the_arrival_order(
     assert [x.receipt_id for x in await store.pending_receipts()] == [r.receipt_id]
 
 
+# What the service puts on an erasure's tombstone event and its null (codec.request_headers).
+REQUEST = "conversations[2]@1041"
+NAMED = [("expiry-request", REQUEST.encode()), ("expiry-request-event-id", b"gdpr-7")]
+
+
+def erase(s: Stamp, headers: Sequence[tuple[str, bytes]] = NAMED) -> TombstoneChange:
+    """An erasure's tombstone event, read with the headers that name its request."""
+    key, value = tombstone_msg(s, reason="explicit", emitted_at=T0 + MINUTE)
+    return decode_tombstone(key, value, headers, T0 + MINUTE, topic=TOMBS, partition=0)
+
+
+def erased(i: Identity, offset: int, headers: Sequence[tuple[str, bytes]] = NAMED) -> Change:
+    """An erasure's null on expiry.stamped, with its reason and its request."""
+    named = [("expiry-reason", b"explicit"), *headers]
+    return decode_stamped(
+        i.key.encode(), None, partition=0, offset=offset, headers=named, timestamp=T0 + MINUTE,
+        topic=STAMPED,
+    )  # fmt: skip
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+@pytest.mark.parametrize(
+    "case", ["tombstone-first", "null-first", "null-only-swept", "never-seen",
+             "never-seen-null-first", "never-seen-null-only-swept", "said-by-the-null-only"],
+)  # fmt: skip
+async def test_an_erasures_receipt_names_its_request_however_it_was_deleted(
+    store: Store, case: str
+) -> None:
+    """The tombstone event and the null of an erasure name the request it carries out
+    (headers expiry-request, expiry-request-event-id); the receipt keeps it, in the
+    store's receipts table until it is published, whichever of the two deleted the row,
+    also when the sweep writes it for a null whose tombstone never came and for a
+    record the store never held. An expiry's receipt names none."""
+    i, expired = ident("erased"), stamp(ident("expired"))
+    s = Stamp(i, None, None, None, None) if case.startswith("never-seen") else stamp(i)
+    if not case.startswith("never-seen"):
+        await store.apply([put(s, offset=0)], now_ms=T0)
+    await store.apply([put(expired, offset=1), kill(expired)], now_ms=T0 + 1)
+    tomb = erase(s, () if case == "said-by-the-null-only" else NAMED)
+    if case in ("tombstone-first", "never-seen"):
+        await store.apply([tomb], now_ms=T0 + MINUTE)
+        await store.apply([erased(i, 2)], now_ms=T0 + MINUTE + 1)
+    else:
+        await store.apply([erased(i, 2)], now_ms=T0 + MINUTE)
+        if case.endswith("swept"):
+            page = await store.sweep(cutoff_ms=T0 + 2 * MINUTE, now_ms=T0 + 2 * MINUTE)
+            assert [r.reason for r in page.plan.receipts] == ["explicit"]
+        else:
+            await store.apply([tomb], now_ms=T0 + MINUTE + 1)
+    rows = 0 if case.startswith("never-seen") else 1
+    said = {r.identity: r for r in await store.pending_receipts()}
+    assert set(said) == {i, expired.identity}
+    r = said[i]
+    assert (r.reason, r.rows_deleted) == ("explicit", rows)
+    assert (r.request, r.request_event_id) == (REQUEST, "gdpr-7")
+    e = said[expired.identity]
+    assert (e.reason, e.request, e.request_event_id) == ("ttl", None, None)
+    assert {x.receipt_id: x for x in await store.receipts()} == {
+        x.receipt_id: x for x in said.values()
+    }
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_a_request_without_an_event_id_and_odd_bytes_are_kept_as_text(store: Store) -> None:
+    """A request with no event_id names where it was produced only; an event id that is
+    not UTF-8 or holds U+0000 (which PostgreSQL text cannot hold) is kept as text with
+    U+FFFD in their place, the same in every store."""
+    plain, odd = stamp(ident("plain")), stamp(ident("odd"))
+    await store.apply([put(plain, offset=0), put(odd, offset=1)], now_ms=T0)
+    weird = [("expiry-request", REQUEST.encode()), ("expiry-request-event-id", b"a\x00b\xffc")]
+    out = await store.apply(
+        [erase(plain, [("expiry-request", REQUEST.encode())]), erase(odd, weird)], now_ms=T0 + 1
+    )
+    assert [(r.request, r.request_event_id) for r in out.receipts] == [
+        (REQUEST, None), (REQUEST, "a\ufffdb\ufffdc"),
+    ]  # fmt: skip
+    assert [(r.request, r.request_event_id) for r in await store.pending_receipts()] == [
+        (REQUEST, None), (REQUEST, "a\ufffdb\ufffdc"),
+    ]  # fmt: skip
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("store", store_params(), indirect=True)
 async def test_sweep_gives_a_null_deletion_its_receipt_when_the_tombstone_never_comes(
@@ -1028,6 +1111,33 @@ async def test_a_store_made_before_pending_deletions_is_brought_up_to_date(store
     assert [(r.reason, r.rows_deleted, r.deleted_at) for r in await store.receipts()] == [
         ("explicit", 1, T0)
     ]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(SQL_KINDS), indirect=True)
+async def test_a_store_made_before_receipts_named_requests_is_brought_up_to_date(
+    store: Store,
+) -> None:
+    """Reopening a store whose receipts table lacks the request columns adds them: the
+    receipts already there name none, unpublished ones still publish, and an erasure's
+    receipt names its request from then on."""
+    old = stamp(ident("old"))
+    await store.apply([put(old, offset=0), kill(old)], now_ms=T0)
+    conn: Any = getattr(store, "_conn", None) or store._pool  # type: ignore[attr-defined]
+    sqlite = isinstance(store, SQLiteStore)
+    receipts = f"{store.prefix}receipts" if sqlite else store._n.receipts  # type: ignore[attr-defined]
+    for column in ("request", "request_event_id"):
+        await conn.execute(f"ALTER TABLE {receipts} DROP COLUMN {column}")
+    if sqlite:
+        await conn.commit()
+    await store.close()
+    await store.open()
+    new = stamp(ident("new"))
+    await store.apply([put(new, offset=1), erase(new)], now_ms=T0 + 1)
+    await store.close()
+    await store.open()  # once: a second opening changes nothing
+    said = [(r.identity, r.request, r.request_event_id) for r in await store.pending_receipts()]
+    assert said == [(old.identity, None, None), (new.identity, REQUEST, "gdpr-7")]
 
 
 @pytest.mark.asyncio

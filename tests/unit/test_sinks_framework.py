@@ -31,7 +31,7 @@ from stream_expiry.sinks.store import MemoryStore, StoreUnavailableError
 from tests.log_capture import captured_logs
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from stream_expiry.sinks._logic import Plan
 
@@ -66,7 +66,14 @@ class FakeBatch:
     def __init__(self) -> None:
         self.messages: list[tuple[bytes | None, bytes | None]] = []
 
-    def append(self, *, timestamp: None, key: bytes | None, value: bytes | None) -> object:
+    def append(
+        self,
+        *,
+        timestamp: None,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> object:
         self.messages.append((key, value))
         return object()
 
