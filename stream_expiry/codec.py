@@ -67,6 +67,9 @@ H_REASON: Final = "expiry-reason"
 # topic) and its ``event_id`` when it has one. Not on an erasure a legal hold deferred.
 H_REQUEST: Final = "expiry-request"
 H_REQUEST_EVENT_ID: Final = "expiry-request-event-id"
+# The longest event id the header carries whole (as an id field may be long); longer ones
+# are cut to end in "...".
+REQUEST_EVENT_ID_MAX: Final = 512
 # Where rekey read an event it copied (``stream_expiry.rekey``): ``topic[partition]@offset``.
 H_REKEYED_FROM: Final = "expiry-rekeyed-from"
 # What rekey's copy of a topic adds to its name by default.
@@ -102,6 +105,10 @@ def request_headers(
         origin = f"{topic}[{partition}]@{rec.offset}".encode()
     if event_id is None:
         return ((H_REQUEST, origin),)
+    if len(event_id) > REQUEST_EVENT_ID_MAX:
+        # The contract bounds no event id; a megabyte one was copied into both headers,
+        # every store's receipt table and every receipt's headers. Cut, it is said so.
+        event_id = event_id[: REQUEST_EVENT_ID_MAX - 3] + "..."
     return ((H_REQUEST, origin), (H_REQUEST_EVENT_ID, event_id.encode()))
 
 

@@ -101,3 +101,14 @@ def test_an_expiry_names_no_request_nor_does_the_ended_life_s_tombstone_before_a
     _fired(proc2, [_Rec(0, _event("create", BASE))], BASE)
     fired = proc2.fire_due(BASE + 2 * TTL_MS)
     assert [(f.reason, f.request) for f in fired.tombstones] == [("ttl", None)]
+
+
+def test_an_event_id_longer_than_an_id_is_cut_and_says_so() -> None:
+    proc = _processor()
+    long_id = "x" * 100_000
+    [fired] = _fired(proc, [_Rec(7, _event("delete", BASE, event_id=long_id))], BASE)
+    assert fired.request is not None
+    said = dict(fired.request)[H_REQUEST_EVENT_ID]
+    assert len(said) == 512
+    assert said.endswith(b"...")
+    assert long_id.startswith(said[:-3].decode())
