@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import logging
 import random
 import ssl
 import time
@@ -257,7 +259,86 @@ class _LoginRefused(KafkaConnectionError):  # type: ignore[misc]  # aiokafka is 
 LOGIN_TRIED_AFTER_S: Final = 5.0
 
 
+# aiokafka logs each bootstrap server it cannot connect to at ERROR ('Unable connect to
+# "127.0.0.1:9092": [Errno 111] Connect call failed ...') and then raises "Unable to
+# bootstrap from [...]", which gives no reason. A start that failed so printed the
+# library's line and then the command's own, which says the same and what to do (run,
+# sink and archive, seen: the one-shot commands silence the library instead). A start
+# holds those lines back (:class:`_BootstrapFailures`): when it fails, their reasons go
+# into its one error; when it succeeds all the same (another server answered) or is
+# interrupted, they are logged as they came.
+_BOOTSTRAP_FAILURE: Final = 'Unable connect to "%s:%s": %s'
+_LIBRARY_LOG: Final = logging.getLogger("aiokafka")
+
+
+class _BootstrapFailures:
+    """The library's bootstrap failures logged while one start runs (its task and the
+    tasks it makes see it through :data:`_held`); only while ``holding``."""
+
+    def __init__(self) -> None:
+        self.holding = True
+        self.records: list[logging.LogRecord] = []
+
+    def reasons(self) -> str:
+        said = []
+        for record in self.records:
+            host, port, err = record.args if isinstance(record.args, tuple) else ("?", "?", "")
+            said.append(f"{host}:{port}: {str(err) or type(err).__name__}")
+        return ", ".join(said)
+
+    def release(self, *, log_them: bool) -> None:
+        self.holding = False
+        if log_them:
+            for record in self.records:
+                _LIBRARY_LOG.handle(record)
+        self.records.clear()
+
+
+_held: contextvars.ContextVar[_BootstrapFailures | None] = contextvars.ContextVar(
+    "stream_expiry_bootstrap_failures", default=None
+)
+
+
+def _hold_bootstrap_failure(record: logging.LogRecord) -> bool:
+    held = _held.get()
+    if held is None or not held.holding or record.msg != _BOOTSTRAP_FAILURE:
+        return True
+    held.records.append(record)
+    return False
+
+
+_LIBRARY_LOG.addFilter(_hold_bootstrap_failure)
+
+
+class _Unreachable(KafkaConnectionError):  # type: ignore[misc]  # aiokafka is untyped
+    """No bootstrap server could be connected to; ``why`` gives each one's reason."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
 async def _start(client: Any, conn: Connection) -> None:
+    """:func:`_start_client`, with the library's lines of the bootstrap servers it could
+    not connect to held back: a start that fails raises, for the plain "Unable to
+    bootstrap", :class:`_Unreachable` with their reasons; other failures to start say
+    their own reason, and the lines are dropped; otherwise they are logged."""
+    held = _BootstrapFailures()
+    token = _held.set(held)
+    failed = False
+    try:
+        await _start_client(client, conn)
+    except _START_ERRORS as exc:
+        failed = True
+        if held.records and type(exc) is KafkaConnectionError:
+            raise _Unreachable(held.reasons()) from exc
+        raise
+    finally:
+        _held.reset(token)
+        held.release(log_them=not failed)
+
+
+async def _start_client(client: Any, conn: Connection) -> None:
     """``client.start()``; with TLS or SASL, one still connecting after
     :data:`LOGIN_TRIED_AFTER_S` that no bootstrap server will let log in
     (:func:`_start_blocker`) raises :class:`_LoginRefused` at once, its reason said."""
@@ -310,6 +391,8 @@ async def _start_failure(what: str, conn: Connection, exc: BaseException) -> Bro
         why = exc.why
     elif (sec.uses_ssl or sec.uses_sasl) and isinstance(exc, KafkaConnectionError):
         why = await _login_refusal(conn)
+    if why is None and isinstance(exc, _Unreachable):
+        why = exc.why
     return _start_failed(what, conn, exc, why)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from typing import TYPE_CHECKING
 
 import anyio
@@ -163,6 +165,43 @@ def test_run_against_a_broker_that_is_not_there_fails_with_one_clear_line(
     assert code == 3  # stream_expiry.exits.BROKER, in every command
     assert f"cannot reach Kafka at {address}" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--state-dir", "{tmp}/state"],
+        ["sink", "sqlite", "--path", "{tmp}/sink.db"],
+        ["archive", "--dir", "{tmp}/archive", "run"],
+    ],
+    ids=["run", "sink", "archive-run"],
+)
+def test_a_long_running_command_says_a_broker_not_there_in_its_own_line_only(
+    tmp_path: Path, argv: list[str]
+) -> None:
+    """As a person or a pod's log sees it: aiokafka's own "ERROR aiokafka: Unable connect
+    to ..." line came before the command's, which says the same and what to do; its
+    reason (the connection refused, a name that resolves to nothing) is now in the
+    command's line, which said only "Unable to bootstrap from [...]"."""
+    from stream_expiry.broker import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    done = subprocess.run(
+        [sys.executable, "-m", "stream_expiry", *args, "--bootstrap-servers", address],
+        capture_output=True,
+        text=True,
+        timeout=45,
+        check=False,
+    )
+    lines = done.stderr.splitlines()
+    assert done.returncode == 3, done.stderr  # stream_expiry.exits.BROKER
+    assert not [line for line in lines if " aiokafka" in line], done.stderr
+    assert lines[-1].startswith(f"stream-expiry {argv[0]}: cannot reach Kafka at {address} ")
+    assert f": {address}: [Errno " in lines[-1]
+    assert "Unable to bootstrap" not in lines[-1]
+    assert "check that the brokers are up" in lines[-1]
 
 
 def _explain_acme(broker: str, tmp_path: Path, update: dict[str, object]) -> list[str]:
