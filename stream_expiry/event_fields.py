@@ -35,14 +35,14 @@ DEFAULTS: Final[Mapping[str, str]] = {
     "event_id": "none",
     "data": "null",
 }
-# Names other schemas give these fields, too far from ours for a spelling check to find.
+# Names other schemas give these fields, too far from ours for a spelling check to find;
+# looked up without case, ``-`` or ``_`` (:data:`_BY_LETTERS`), so that ``tenantId``,
+# ``Tenant-ID`` and ``tenant_id`` are one name.
 _OTHER_NAMES: Final[Mapping[str, str]] = {
     "environment": "env",
     "stage": "env",
     "bot_id": "bot",
-    "botid": "bot",
     "org_id": "org",
-    "orgid": "org",
     "organisation": "org",
     "organization": "org",
     "tenant": "org",
@@ -58,6 +58,7 @@ _OTHER_NAMES: Final[Mapping[str, str]] = {
     "eventid": "event_id",
     "message_id": "event_id",
 }
+_BY_LETTERS: Final[Mapping[str, str]] = {k.replace("_", ""): v for k, v in _OTHER_NAMES.items()}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -67,8 +68,7 @@ def meant(name: str) -> str | None:
     names in every event, and the spelling check is slow (tens of microseconds)."""
     if name in FIELDS:
         return None
-    folded = name.replace("-", "_").lower()
-    other = _OTHER_NAMES.get(folded) or _OTHER_NAMES.get(folded.replace("_", ""))
+    other = _BY_LETTERS.get(name.replace("-", "").replace("_", "").lower())
     if other is not None:
         return other
     close = misspelt([name], _ORDERED)

@@ -56,6 +56,31 @@ def test_a_name_close_to_a_field_or_its_usual_other_name_means_that_field(
     assert meant(name) == field
 
 
+@pytest.mark.parametrize(
+    ("name", "field"),
+    [
+        ("stage", "env"),
+        ("organization", "org"),
+        ("tenant_id", "org"),
+        ("tenantId", "org"),
+        ("TenantID", "org"),
+        ("message_id", "event_id"),
+        ("messageId", "event_id"),
+        ("time", "ts"),
+        ("createdAt", "ts"),
+        ("time-stamp", "ts"),
+        ("id", "record_id"),
+    ],
+)
+def test_another_schemas_name_means_the_field_however_it_is_cased_or_joined(
+    name: str, field: str
+) -> None:
+    """Names a spelling check cannot find (too far from every field), in snake, camel or
+    kebab case: ``tenantId``, ``messageId`` and ``createdAt`` meant nothing, while their
+    snake-case spellings and ``botId`` and ``orgId`` were said."""
+    assert meant(name) == field
+
+
 @pytest.mark.parametrize("name", [*sorted(FIELDS), "channel", "locale", "user_agent", "x"])
 def test_the_fields_and_a_producers_own_extras_mean_nothing_else(name: str) -> None:
     assert meant(name) is None
