@@ -117,8 +117,10 @@ class PolicyBook:
                 sorted(frozenset(sliding) & self._category_set),
                 scope(self._cap.base),
                 scope(self._default.base),
-                sorted((org, scope(h.base)) for org, h in self._orgs.items()),
-                sorted((bot, scope(h.base)) for bot, h in self._bots.items()),
+                # A scope with no value of its own (an empty table, or one an update
+                # made) decides nothing, and is left out.
+                sorted((org, scope(h.base)) for org, h in self._orgs.items() if h.base),
+                sorted((bot, scope(h.base)) for bot, h in self._bots.items() if h.base),
                 sorted(
                     (category, [(c.ttl_ms, c.valid) for c in found])
                     for category, found in self._env.items()

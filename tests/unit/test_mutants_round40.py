@@ -254,3 +254,23 @@ async def test_the_margin_below_the_prunings_bound_is_an_hour(before: int, recei
     await store.prune(settled_before_ms=pruned_at, limit=100)  # --marker-grace 0
     out = await store.apply([_erasure(pruned_at - before)], now_ms=pruned_at + MIN)
     assert len(out.receipts) == receipts
+
+
+def test_an_org_or_bot_without_values_is_not_in_the_digest() -> None:
+    """An empty ``[retention.orgs.acme]`` (its values commented out on one host) decides
+    no TTL, and neither does the empty first version a policy update makes for a scope
+    the file does not name: neither changes the digest. Both did, so the first warned of
+    different policies between instances that stamp alike, and the second would have
+    made the digest depend on when it was taken (the docstring: updates are left out)."""
+    assert _digest(BASE + "[retention.orgs.acme]\n") == _digest(BASE)
+    assert _digest(BASE + "[retention.bots.acme.b1.live]\n") == _digest(BASE)
+    config = parse_config(BASE)
+    book = PolicyBook(config, {})
+    before = book.digest(config.sliding)
+    for key, scope in ((b"org/acme", {"org": "acme"}), (b"bot/acme/b1/live", {
+        "org": "acme", "bot": "b1", "env": "live"
+    })):  # fmt: skip
+        kind = key.split(b"/")[0].decode()
+        value = orjson.dumps({"scope": kind, **scope, "ttl": {"conversation": "1d"}})
+        assert not isinstance(book.apply_update(key, value, T0), Rejection)
+    assert book.digest(config.sliding) == before
