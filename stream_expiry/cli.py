@@ -348,15 +348,28 @@ def _policy_updates(
 def _library_quiet() -> Iterator[None]:
     """For a one-shot command (explain, hold, status, history, replay, archive purge):
     aiokafka logs its connection failures itself, and the command's error says the same and
-    what to do, so a person reads one line, not two. DEBUG still shows the library's logs."""
-    library = logging.getLogger("aiokafka")
-    before = library.level
-    if before != logging.DEBUG:
-        library.setLevel(logging.CRITICAL)
+    what to do, so a person reads one line, not two. DEBUG still shows the library's logs.
+
+    The library's records are dropped where they would be printed (the root's handlers),
+    not kept from being made: a client's start holds its bootstrap failures back and gives
+    their reasons to the command's error (``kafka._start``), which a level raised on the
+    library left without them ("Unable to bootstrap", no word of a name that resolves to
+    nothing)."""
+    if logging.getLogger("aiokafka").getEffectiveLevel() <= logging.DEBUG:
+        yield
+        return
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(_not_the_library)
     try:
         yield
     finally:
-        library.setLevel(before)
+        for handler in handlers:
+            handler.removeFilter(_not_the_library)
+
+
+def _not_the_library(record: logging.LogRecord) -> bool:
+    return not (record.name == "aiokafka" or record.name.startswith("aiokafka."))
 
 
 def _parser_explain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

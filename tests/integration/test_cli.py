@@ -331,6 +331,8 @@ def test_every_one_shot_command_says_an_unreachable_broker_in_one_line(
         assert code == 3, argv  # stream_expiry.exits.BROKER
         (line,) = said.err.splitlines()
         assert line.startswith(f"stream-expiry {argv[0]}: cannot reach Kafka at {address}")
+        # The reason the library logged (and the command held back) is in it.
+        assert f"{address}: [Errno 111] Connect call failed" in line, line
 
 
 def test_explain_refuses_an_id_no_record_can_have(capsys: pytest.CaptureFixture[str]) -> None:
