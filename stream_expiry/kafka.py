@@ -48,7 +48,12 @@ from aiokafka.errors import (
 )
 from aiokafka.helpers import create_ssl_context
 
-from stream_expiry.errors import BrokerError, BrokerUnavailableError, ConfigurationError
+from stream_expiry.errors import (
+    BrokerError,
+    BrokerUnavailableError,
+    ConfigurationError,
+    leaves,
+)
 from stream_expiry.kafka_settings import (
     MAX_MESSAGE_BYTES,
     Brokers,
@@ -444,6 +449,21 @@ def transient(exc: KafkaError) -> bool:
     """Whether retrying may cure ``exc``: aiokafka's retriable errors, and a few it does
     not call so (a request that timed out, a group rebalancing)."""
     return exc.retriable or isinstance(exc, _TRANSIENT)
+
+
+def curable(exc: BaseException) -> bool:
+    """Whether every error in ``exc`` (a task group's, perhaps) is one retrying may cure: a
+    :class:`BrokerUnavailableError`, or one of ours caused by an error of aiokafka that
+    :func:`mapped` calls so (a client that cannot reach the broker at a restart, say)."""
+    for leaf in leaves(exc):
+        if isinstance(leaf, BrokerUnavailableError):
+            continue
+        cause = leaf if isinstance(leaf, KafkaError) else leaf.__cause__
+        if not isinstance(cause, KafkaError):
+            return False
+        if not isinstance(mapped(cause, "retry"), BrokerUnavailableError):
+            return False
+    return True
 
 
 def mapped(exc: KafkaError, message: str) -> BrokerError:

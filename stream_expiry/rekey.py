@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -42,13 +42,15 @@ from stream_expiry.codec import (
     REKEYED_SUFFIX,
     dead_letter_headers,
 )
-from stream_expiry.errors import ConfigurationError
+from stream_expiry.errors import BrokerError, ConfigurationError
 from stream_expiry.event_fields import FIELDS
 from stream_expiry.kafka import (
     OutputBuffer,
     admin_client,
     batch_bytes,
+    broker_errors,
     consumer,
+    curable,
     ensure_topics,
     message_limits,
     producer,
@@ -83,6 +85,7 @@ log = logging.getLogger("stream_expiry.rekey")
 DEFAULT_SUFFIX: Final = REKEYED_SUFFIX
 DEFAULT_GROUP: Final = "stream-expiry-rekey"
 PROGRESS_EVERY_S: Final = 10.0
+RETRY_S: Final = 1.0
 _BATCH_RECORDS: Final = 5_000
 # Within this of the limit a copy is measured exactly (aiokafka's estimate costs more than
 # the rest of its way); its header and a record key are far smaller.
@@ -181,7 +184,7 @@ class RekeyStats:
     committed: int = 0  # events of the batches whose offsets the group took
     commits_lost: int = 0
     data_dropped: int = 0
-    per_source: dict[str, int] = field(default_factory=dict)
+    outages: int = 0  # sessions the broker ended, waited out
 
 
 class Rekeyer:
@@ -197,6 +200,7 @@ class Rekeyer:
         group_id: str = DEFAULT_GROUP,
         clock: Callable[[], int] | None = None,
         consumer_options: Mapping[str, Any] | None = None,
+        producer_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.connection = as_connection(connection)
@@ -206,6 +210,7 @@ class Rekeyer:
         self.ready = anyio.Event()
         self._clock = clock or (lambda: time.time_ns() // 1_000_000)
         self._consumer_options = dict(consumer_options or {})
+        self._producer_options = dict(producer_options or {})
         self._categories = frozenset(config.categories)
         self._rejections_said: set[str] = set()
         # Set by the command when it serves /metrics and the health endpoints.
@@ -214,11 +219,41 @@ class Rekeyer:
         self._limit = 0  # the largest message to publish; known once the producer is
 
     async def run(self, stop: anyio.Event) -> None:
+        """Until ``stop``. A broker that cannot be reached at the start is an error (the
+        command's one line, status 3); one lost afterwards is waited out: the clients are
+        made again every :data:`RETRY_S` seconds and what was not committed is copied
+        again, as the service rides out an outage."""
         limits = await self._ensure_targets()
         self._say_plan()
         await self._say_missing_sources()
+        while True:
+            try:
+                with broker_errors("copying to the re-keyed topics"):
+                    await self._session(stop, limits)
+                return
+            except BrokerError as exc:
+                if stop.is_set() or not self.ready.is_set() or not curable(exc):
+                    raise
+                self.stats.outages += 1
+                if self.health is not None:
+                    self.health.reconnecting()
+                log.warning(
+                    "%s; starting again in %.0f s (what was not committed is copied again)",
+                    exc,
+                    RETRY_S,
+                )
+                with anyio.move_on_after(RETRY_S):
+                    await stop.wait()
+                if stop.is_set():
+                    return
+
+    async def _session(self, stop: anyio.Event, limits: Mapping[str, int]) -> None:
         # No linger: a batch is sent whole and its acks awaited before the commit.
-        options = {"linger_ms": 0, "max_batch_size": batch_bytes(limits.values())}
+        options = {
+            "linger_ms": 0,
+            "max_batch_size": batch_bytes(limits.values()),
+            **self._producer_options,
+        }
         async with (
             producer(self.connection, **options) as prod,
             consumer(
@@ -329,7 +364,6 @@ class Rekeyer:
                     stats.forwarded += 1
                 key, value, headers = self._fit(rec, routed)
                 await out.add(routed.topic, key, value, headers=headers)
-            stats.per_source[tp.topic] = stats.per_source.get(tp.topic, 0) + len(records)
             offsets[tp] = records[-1].offset + 1
         for sent in await out.flush():
             await sent

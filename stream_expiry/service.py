@@ -46,7 +46,6 @@ from stream_expiry.control import DEAD_LETTERED_FILE, ControlTopics, DeadLettere
 from stream_expiry.durations import format_duration
 from stream_expiry.errors import (
     BrokerError,
-    BrokerUnavailableError,
     CorruptStoreError,
     StoreError,
     leaves,
@@ -63,6 +62,7 @@ from stream_expiry.kafka import (
     batch_bytes,
     committed_offsets,
     consumer,
+    curable,
     ensure_topics,
     mapped,
     producer,
@@ -133,19 +133,6 @@ ENDS_FAILED_SAID_EVERY_S = 30.0  # how often the firing says it could not ask th
 REBALANCE_TIMEOUT_MS: Final = 60_000
 PRUNE_EVERY_S = 5.0  # and every turn while markers are left due: pruning keeps up
 RESTORE_SAID_EVERY_S = 10.0  # a restore's progress line
-
-
-def _transient(exc: BaseException) -> bool:
-    """Whether every error in ``exc`` (a task group's, perhaps) is one retrying may cure."""
-    for leaf in leaves(exc):
-        if isinstance(leaf, BrokerUnavailableError):
-            continue
-        cause = leaf if isinstance(leaf, KafkaError) else leaf.__cause__
-        if not isinstance(cause, KafkaError):
-            return False
-        if not isinstance(mapped(cause, "retry"), BrokerUnavailableError):
-            return False
-    return True
 
 
 def _first_error(exc: BaseException) -> str:
@@ -372,7 +359,7 @@ class Service:
             except Exception as exc:
                 if self._damaged_while_running(exc, stop) or await self._outage(exc, stop):
                     continue
-                if stop.is_set() and self.ready.is_set() and _transient(exc):
+                if stop.is_set() and self.ready.is_set() and curable(exc):
                     # Stopped in an outage: the broker's failure is the outage's, not the
                     # stop's, and nothing is lost (a trial: SIGTERM while the session was
                     # started again ended run with exit 3, "cannot reach Kafka", 4 of 4).
@@ -590,7 +577,7 @@ class Service:
         acked, and the partitions are restored and resume at the committed offsets when the
         group is joined again. Returns False when ``exc`` is to be raised.
         """
-        if stop.is_set() or not self.ready.is_set() or not _transient(exc):
+        if stop.is_set() or not self.ready.is_set() or not curable(exc):
             return False
         self.health.broker_unreachable(_first_error(exc))
         self.health.reconnecting()

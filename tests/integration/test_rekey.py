@@ -23,8 +23,9 @@ from stream_expiry.kafka import (
 from stream_expiry.model import Identity
 from stream_expiry.rekey import H_REKEYED_FROM, Rekeyer, targets_for
 from stream_expiry.service import wall_clock_ms
+from stream_expiry.testing.proxy import proxied_broker
 from stream_expiry.timeutil import parse_ts
-from tests.conftest import read_all, read_topic, wait_for
+from tests.conftest import make_topic_set, read_all, read_topic, wait_for
 from tests.integration.service_helpers import config_for, running_service
 from tests.log_capture import captured_logs
 
@@ -43,7 +44,11 @@ RETENTION = '[retention.defaults]\nconversation = "2s"\nsession = "3s"\n'
 
 @contextlib.asynccontextmanager
 async def running_rekey(
-    config: Config, broker: str, sources: Sequence[str]
+    config: Config,
+    broker: str,
+    sources: Sequence[str],
+    *,
+    producer_options: dict[str, Any] | None = None,
 ) -> AsyncIterator[Rekeyer]:
     rekeyer = Rekeyer(
         config,
@@ -51,6 +56,7 @@ async def running_rekey(
         targets_for(sources),
         group_id=f"{config.group_id}-rekey",
         consumer_options={"session_timeout_ms": 2000, "heartbeat_interval_ms": 500},
+        producer_options=producer_options,
     )
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
@@ -204,3 +210,41 @@ async def test_a_source_that_does_not_exist_is_said(
         async with running_rekey(config, broker, [typo]):
             pass
     assert f"{typo} does not exist: rekey copies it once producers write there" in logs.both()
+
+
+@pytest.mark.timeout(120)
+async def test_a_broker_lost_while_it_runs_is_waited_out_and_nothing_is_lost(
+    tmp_path: Path,
+) -> None:
+    """Every connection cut (a proxy the broker advertises) as a batch is about to be
+    copied: the sends fail, rekey does not exit; it starts its session again once the
+    broker answers, and every event, of that batch and after, is copied."""
+    topics = make_topic_set()
+    async with proxied_broker() as proxy:
+        broker = proxy.address
+        source = f"{topics.prefix}.chat"
+        target = targets_for([source])[source]
+        await ensure_topics(broker, [source, *topics.all], partitions=2)
+        config = config_for(topics, str(tmp_path / "state"), RETENTION)
+        t0 = wall_clock_ms()
+        fast = {"request_timeout_ms": 2_000}
+        async with running_rekey(config, broker, [source], producer_options=fast) as rekeyer:
+            forward = rekeyer._forward
+
+            async def cut_first(prod: Any, cons: Any, batch: Any) -> None:
+                if not proxy.is_cut and rekeyer.stats.outages == 0:
+                    proxy.cut()
+                await forward(prod, cons, batch)
+
+            rekeyer._forward = cut_first  # type: ignore[method-assign]
+            first = [(i % 2, None, _body("error", f"a{i}", t0)) for i in range(5)]
+            await _send(broker, source, first)
+            await wait_for(lambda: rekeyer.stats.outages >= 1, timeout_s=60)
+            proxy.restore()
+            await wait_for(lambda: rekeyer.stats.committed >= 5, timeout_s=60)
+            then = [(i % 2, None, _body("error", f"b{i}", t0)) for i in range(5)]
+            await _send(broker, source, then)
+            await wait_for(lambda: rekeyer.stats.committed >= 10, timeout_s=60)
+        copies = await read_all(broker, target)
+    ids = {orjson.loads(r.value)["record_id"] for r in copies}
+    assert ids == {f"a{i}" for i in range(5)} | {f"b{i}" for i in range(5)}
