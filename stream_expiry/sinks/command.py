@@ -58,8 +58,9 @@ from stream_expiry.sinks.postgres import DEFAULT_DSN, DEFAULT_PARALLEL, Postgres
 from stream_expiry.sinks.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
+    from stream_expiry.config import Topics
     from stream_expiry.sinks.store import Store
 
 __all__ = ["add_sink_parser", "build_sink", "run_command"]
@@ -327,14 +328,17 @@ def build_sink(
             table_prefix=args.table_prefix,
             parallel=args.parallel,
         )
+    stamped = args.stamped_topic or topics.stamped
+    tombstones = args.tombstones_topic or topics.tombstones
+    receipts = topics.receipts if args.receipts_topic is None else args.receipts_topic or None
+    holds = args.holds_topic or topics.holds
+    check_sink_topics(topics, stamped, tombstones, receipts, holds, compacted)
     config = SinkConfig(
         bootstrap_servers=bootstrap,
         group_id=args.group_id or f"stream-expiry-sink-{store.name}",
-        stamped_topic=args.stamped_topic or topics.stamped,
-        tombstones_topic=args.tombstones_topic or topics.tombstones,
-        receipts_topic=(
-            topics.receipts if args.receipts_topic is None else args.receipts_topic or None
-        ),
+        stamped_topic=stamped,
+        tombstones_topic=tombstones,
+        receipts_topic=receipts,
         compacted=compacted,
         key_templates=templates,
         sweep_interval_s=args.sweep_interval,
@@ -345,7 +349,7 @@ def build_sink(
             if args.marker_grace is None
             else args.marker_grace
         ),
-        holds_topic=args.holds_topic or topics.holds,
+        holds_topic=holds,
         # What the service waits for, the sweep waits for: see SinkConfig.archive_group.
         archive_group=(
             service_config.archive.group_id
@@ -358,6 +362,68 @@ def build_sink(
         topic_settings=service_config.topic_settings,
     )
     return Sink(store, config, on_batch=on_batch)
+
+
+def check_sink_topics(
+    topics: Topics,
+    stamped: str,
+    tombstones: str,
+    receipts: str | None,
+    holds: str,
+    compacted: Mapping[str, str],
+) -> None:
+    """Refuse a sink whose topics mix roles: one topic for two of the sink's own roles, or
+    one of its topics that the service's config (``--config``, else the defaults) gives
+    another role. ``--receipts-topic expiry.tombstones`` had the sink publish its receipts
+    among the tombstones, which every other sink and consumer then read as malformed
+    tombstones; ``--stamped-topic expiry.tombstones`` read the tombstones twice and no
+    stamp; ``--stamped-topic errors`` warned once per input event: all without an error
+    (a trial). The config refuses the same mix in its own ``[topics]``.
+
+    A user's compacted topic may be one of the service's input topics (deleting the raw
+    events of a record by compaction is a choice), and several categories may share one.
+    """
+    mine: list[tuple[str, str, str | None]] = [  # (topic, the sink's role, the service's)
+        (stamped, "stamped topic (--stamped-topic)", "stamped"),
+        (tombstones, "tombstones topic (--tombstones-topic)", "tombstones"),
+        (holds, "holds topic (--holds-topic)", "holds"),
+    ]
+    if receipts is not None:
+        mine.append((receipts, "receipts topic (--receipts-topic)", "receipts"))
+    for topic, categories in _by_topic(compacted).items():
+        mine.append((topic, f"compacted topic of {categories} (--compacted)", None))
+    services = [(str(getattr(topics, name)), name) for name in _SERVICE_TOPICS]
+    for i, (topic, role, own) in enumerate(mine):
+        for other, name in services:
+            if other == topic and name != own:
+                raise ConfigurationError(
+                    f"the sink's {role} {topic!r} is the service's {name} topic ([topics] "
+                    f"{name} of --config, or its default): give the sink the service's "
+                    "topics, each in its role"
+                )
+        if own is not None and topic in topics.inputs:
+            raise ConfigurationError(
+                f"the sink's {role} {topic!r} is one of the service's input topics "
+                "([topics] inputs of --config, or their default): give the sink the "
+                "service's topics, each in its role"
+            )
+        for other, other_role, _ in mine[:i]:
+            if other == topic:
+                raise ConfigurationError(
+                    f"the sink's {role} {topic!r} is also its {other_role}: give each its own topic"
+                )
+
+
+# The service's own topics, by their [topics] key (the inputs are checked apart).
+_SERVICE_TOPICS: Final = ("policies", "stamped", "tombstones", "dlq", "receipts", "holds", "audit")
+
+
+def _by_topic(compacted: Mapping[str, str]) -> dict[str, str]:
+    """A user's compacted topic -> the categories deleted from it, as words."""
+    grouped: dict[str, list[str]] = {}
+    for category, topic in compacted.items():
+        grouped.setdefault(topic, []).append(category)
+    return {topic: ", ".join(categories) for topic, categories in grouped.items()}
 
 
 class _Progress:

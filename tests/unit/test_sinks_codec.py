@@ -297,6 +297,70 @@ def test_the_sweep_waits_for_the_archive_the_service_requires(
     assert build_sink(parser().parse_args(base)).config.archive_group == "stream-expiry-archive"
 
 
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        (
+            ["--receipts-topic", "expiry.tombstones"],
+            "the sink's receipts topic (--receipts-topic) 'expiry.tombstones' is the "
+            "service's tombstones topic",
+        ),
+        (
+            ["--stamped-topic", "st", "--tombstones-topic", "st"],
+            "the sink's tombstones topic (--tombstones-topic) 'st' is also its stamped "
+            "topic (--stamped-topic)",
+        ),
+        (
+            ["--stamped-topic", "expiry.tombstones", "--tombstones-topic", "expiry.stamped"],
+            "the sink's stamped topic (--stamped-topic) 'expiry.tombstones' is the "
+            "service's tombstones topic",
+        ),
+        (
+            ["--stamped-topic", "errors"],
+            "the sink's stamped topic (--stamped-topic) 'errors' is one of the service's "
+            "input topics",
+        ),
+        (
+            ["--holds-topic", "expiry.audit"],
+            "the sink's holds topic (--holds-topic) 'expiry.audit' is the service's audit topic",
+        ),
+        (
+            ["--compacted", "conversation=expiry.stamped"],
+            "the sink's compacted topic of conversation (--compacted) 'expiry.stamped' is "
+            "the service's stamped topic",
+        ),
+        (
+            ["--receipts-topic", "mine", "--compacted", "conversation=mine"],
+            "the sink's compacted topic of conversation (--compacted) 'mine' is also its "
+            "receipts topic",
+        ),
+    ],
+)
+def test_a_sink_refuses_topics_in_the_wrong_role(
+    tmp_path: Path, options: list[str], says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A topic flag that names another role's topic stops the sink with one line, as the
+    config refuses the same mix in [topics]: ``--receipts-topic expiry.tombstones``
+    published every receipt among the tombstones (a trial), ``--stamped-topic
+    expiry.tombstones`` read the tombstones twice and no stamp, and an input topic as the
+    stamped one warned once per event; the sink started each time."""
+    for name in ("RECEIPTS", "STAMPED", "TOMBSTONES", "HOLDS", "AUDIT", "INPUTS"):
+        monkeypatch.delenv(f"STREAM_EXPIRY_TOPICS_{name}", raising=False)
+    base = ["sink", "sqlite", "--path", str(tmp_path / "s.db"), "--bootstrap-servers", "h:1"]
+    with pytest.raises(ConfigurationError) as refused:
+        build_sink(parser().parse_args([*base, *options]))
+    assert str(refused.value).startswith(says)
+    # The service's topics each in their role, and a user's compacted topic that is an
+    # input topic or holds two categories, are fine.
+    fine = build_sink(
+        parser().parse_args(
+            [*base, "--compacted", "conversation=conversations", "--compacted", "session=h",
+             "--compacted", "error=h"]
+        )
+    )  # fmt: skip
+    assert fine.config.receipts_topic == "expiry.receipts"
+
+
 def test_the_marker_grace_is_the_services_unless_given(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
