@@ -20,6 +20,7 @@ seconds per million messages, meant for an audit, not for a dashboard.
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -28,8 +29,9 @@ import orjson
 
 from stream_expiry import codec
 from stream_expiry.cliargs import check_category, check_ids
+from stream_expiry.errors import ConfigurationError
 from stream_expiry.hold_command import read_holds
-from stream_expiry.kafka import consumer, read_to_end
+from stream_expiry.kafka import consumer, missing_topics, read_to_end
 from stream_expiry.logs import printable, record_ref
 from stream_expiry.model import DEFAULT_BOT, Identity
 from stream_expiry.replay import H_REPLAY
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
     from stream_expiry.kafka_settings import Brokers
 
 __all__ = ["History", "history", "run_history", "text_lines"]
+
+log = logging.getLogger("stream_expiry.history")
 
 # Of a stamp, what tells its life and expiry: never ``data``.
 _STAMP_FIELDS = (
@@ -268,6 +272,21 @@ async def history(config: Config, brokers: Brokers, identity: Identity) -> Histo
     """Every message of ``identity``'s key on the evidence topics, and the holds on it."""
     key = identity.key.encode()
     t = config.topics
+    missing = await missing_topics(brokers, [t.stamped, t.tombstones, t.receipts, t.audit, t.dlq])
+    if t.stamped in missing:
+        # Read as empty, it answered "nothing on the evidence topics for this key": an
+        # audit told a record was clean by a config that named another deployment's topics.
+        raise ConfigurationError(
+            f"the stamped topic {t.stamped!r} does not exist on the cluster, so this "
+            "cluster holds no evidence of that config's: give history the service's "
+            "--config (its [topics])"
+        )
+    for topic in missing:
+        log.warning(
+            "%s does not exist on the cluster: nothing of it is in this history (is it the "
+            "service's [topics] of --config?)",
+            topic,
+        )
     found = History(identity.key)
     for topic in (t.stamped, t.tombstones, t.receipts, t.audit):
         async with consumer(brokers) as cons:

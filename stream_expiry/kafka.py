@@ -81,6 +81,7 @@ __all__ = [
     "key_partition",
     "mapped",
     "message_limits",
+    "missing_topics",
     "partitions_of",
     "producer",
     "read_to_end",
@@ -841,6 +842,18 @@ async def partitions_of(cons: AIOKafkaConsumer, topic: str) -> set[int]:
         cluster = await cons._client.fetch_all_metadata()
         parts = cluster.partitions_for_topic(topic)
     return set(parts or ())
+
+
+async def missing_topics(brokers: Brokers, topics: Iterable[str]) -> list[str]:
+    """Those of ``topics`` the cluster does not have, asked without creating any (a
+    metadata request for every topic; one naming a topic may create it where the broker
+    auto-creates topics). A command that reads a topic finds a missing one empty: its
+    answer then looks like a clean one (``replay``'s "0 stamps read" under a config that
+    mistyped or left out the service's [topics], a trial)."""
+    async with consumer(brokers) as cons:
+        with broker_errors("reading topic metadata"):
+            cluster = await cons._client.fetch_all_metadata()
+    return [t for t in dict.fromkeys(topics) if not cluster.partitions_for_topic(t)]
 
 
 async def read_to_end(

@@ -32,10 +32,12 @@ from aiokafka import TopicPartition
 
 from stream_expiry import codec, model, oversize
 from stream_expiry.changelog import Current, read_current, read_latest
+from stream_expiry.errors import ConfigurationError
 from stream_expiry.kafka import (
     batch_bytes,
     consumer,
     message_limits,
+    missing_topics,
     partitions_of,
     producer,
     read_to_end,
@@ -440,6 +442,12 @@ async def replay(
     process alone); the report is the same whatever their number.
     """
     topics = config.topics
+    if await missing_topics(bootstrap, [topics.stamped]):
+        raise ConfigurationError(
+            f"the stamped topic {topics.stamped!r} does not exist on the cluster, so there is "
+            "nothing to re-derive: give replay the service's --config (its [topics] stamped), "
+            "or start the service once first (it creates its topics)"
+        )
     share = Share(
         config=config,
         bootstrap=bootstrap,

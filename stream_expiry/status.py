@@ -19,6 +19,7 @@ offsets, asked for after the read (what the archive wrote meanwhile, it holds).
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import sys
@@ -37,6 +38,7 @@ from stream_expiry.instances import CLIENT_ID, Group, describe_group, mixed_poli
 from stream_expiry.kafka import (
     committed_offsets,
     consumer,
+    missing_topics,
     partitions_of,
     stable_ends,
 )
@@ -55,6 +57,8 @@ if TYPE_CHECKING:
     from stream_expiry.kafka_settings import Brokers
 
 __all__ = ["Status", "run_status", "status", "text_lines"]
+
+log = logging.getLogger("stream_expiry.status")
 
 
 @dataclass
@@ -212,6 +216,16 @@ async def status(
     config: Config, brokers: Brokers, *, now_ms: int | None = None, clock: Callable[[], int]
 ) -> Status:
     result = Status(at=clock() if now_ms is None else now_ms)
+    t = config.topics
+    for topic in await missing_topics(brokers, [t.stamped, *t.inputs]):
+        # Read as empty, a mistyped or left-out [topics] gave "pending 0" and no lag lines,
+        # which look like an idle deployment.
+        log.warning(
+            "%s does not exist on the cluster: %s (is it the service's [topics] of "
+            "--config? the service creates its topics at its first start)",
+            topic,
+            "no record is counted" if topic == t.stamped else "no lag is shown for it",
+        )
     holds = await read_holds(config, brokers)
     result.holds = [h.as_dict() for h in sorted(holds, key=lambda h: h.hold_id)]
     topic = config.topics.stamped

@@ -139,6 +139,45 @@ def test_replay_dry_run_json_counts(
     assert "left alone 5 records" in out.err
 
 
+def test_replay_history_and_status_say_a_topic_the_cluster_does_not_have(
+    broker: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A config that names topics the cluster does not have (a typo in [topics], or no
+    --config where the services rename them) read them as empty: replay said "0 stamps
+    read", history "nothing on the evidence topics for this key" and status "pending 0"
+    and no lag for the input, answers that look clean (a trial). Now replay and history
+    stop with one line (exit 2), and status says which topics it did not find."""
+    from stream_expiry.kafka import ensure_topics, missing_topics
+
+    topics = make_topic_set()
+    absent = (topics.stamped, topics.receipts, topics.sessions)
+    anyio.run(lambda: ensure_topics(broker, [t for t in topics.all if t not in absent]))
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(config_text(topics, str(tmp_path / "state"), ""))
+    common = ["--config", str(cfg), "--bootstrap-servers", broker]
+    who = ["--org", "acme", "--category", "conversation", "--record-id", "c1"]
+    said = f"the stamped topic {topics.stamped!r} does not exist on the cluster"
+    assert main(["replay", *common, "--dry-run", "--json"]) == 2
+    out = capsys.readouterr()
+    assert (out.out, said in out.err) == ("", True)
+    assert main(["history", *common, *who]) == 2
+    out = capsys.readouterr()
+    assert (out.out, said in out.err) == ("", True)
+    assert main(["status", *common, "--json"]) == 0
+    err = capsys.readouterr().err
+    assert f"{topics.stamped} does not exist on the cluster: no record is counted" in err
+    assert f"{topics.sessions} does not exist on the cluster: no lag is shown for it" in err
+    # Asked without creating them (a broker that auto-creates topics would otherwise make
+    # the stamped topic uncompacted).
+    assert anyio.run(lambda: missing_topics(broker, absent)) == list(absent)
+    # With the stamped topic there, history answers, and says which topic it lacked.
+    anyio.run(lambda: ensure_topics(broker, [topics.stamped]))
+    assert main(["history", *common, *who]) == 0
+    out = capsys.readouterr()
+    assert "nothing on the evidence topics for this key" in out.out
+    assert f"{topics.receipts} does not exist on the cluster: nothing of it is in" in out.err
+
+
 def test_an_address_without_a_port_is_said_to_be_looked_for_on_9092(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
