@@ -41,6 +41,7 @@ from stream_expiry.cliargs import (
     check_ids,
     hold_id,
     known_bootstrap,
+    new_hold_id,
     positive_int,
     seconds,
     timestamp,
@@ -519,7 +520,7 @@ def _parser_hold(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     place.add_argument("--reason", required=True, help="why (a case number, say); audited")
     place.add_argument(
         "--id",
-        type=hold_id,
+        type=new_hold_id,
         help="the hold's id, 1 to 512 characters; refused while a hold with it is active "
         "(default: a new random one, hold-...)",
     )

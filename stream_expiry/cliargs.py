@@ -118,6 +118,18 @@ def hold_id(text: str) -> str:
     return text
 
 
+def new_hold_id(text: str) -> str:
+    """``hold place --id``: a hold id as :func:`hold_id` takes it, refused with a hint that
+    fits placing (release's, "`hold list` shows the active holds' ids", sent a user who
+    mistyped a new id to look for it among the existing ones)."""
+    if not 1 <= len(text) <= MAX_ID_CHARS:
+        raise argparse.ArgumentTypeError(
+            f"a hold id is 1 to {MAX_ID_CHARS} characters, got {quoted(text, 40)}: "
+            "leave --id out for a new random one"
+        )
+    return text
+
+
 def audit_text(text: str) -> str:
     """A reason or a name written to ``expiry.audit`` (``hold release --reason``, ``--by``):
     1 to ``MAX_ID_CHARS`` characters, as a hold's own reason; an empty one would say

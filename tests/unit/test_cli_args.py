@@ -62,7 +62,10 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         (["replay", "--sample", "-1"], "at least 1"),
         (["hold", "release", ""], "argument ID: a hold id is 1 to 512 characters, got ''"),
         (["hold", "release", "h" * 513], "a hold id is 1 to 512 characters, got 'hhh"),
-        (["hold", "place", "--org", "a", "--reason", "x", "--id", ""], "--id: a hold id is"),
+        (
+            ["hold", "place", "--org", "a", "--reason", "x", "--id", ""],
+            "--id: a hold id is 1 to 512 characters, got '': leave --id out for a new random one",
+        ),
         (["run", "--log-level", "LOUD"], "invalid choice: 'LOUD'"),
         (["sink", "sqlite", "--path", "x", "--metrics-port", "0"], "from 1 to 65535"),
     ],
