@@ -17,6 +17,7 @@ on every other partition where the hold is (placed by an earlier version).
 
 from __future__ import annotations
 
+import difflib
 import getpass
 import re
 import sys
@@ -183,8 +184,12 @@ async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -
         book = await read_holds(config, brokers)
         existing = book.get(args.hold_id)
         if existing is None:
+            # A near miss is named: a mistyped id, told only "no active hold", left the
+            # records held while the person releasing it believed it done with a retry.
+            close = difflib.get_close_matches(args.hold_id, [h.hold_id for h in book], n=1)
+            near = f" (did you mean {printable(repr(close[0]))}?)" if close else ""
             say_failure(
-                f"stream-expiry hold: no active hold {args.hold_id!r}; "
+                f"stream-expiry hold: no active hold {printable(repr(args.hold_id))}{near}; "
                 "see `stream-expiry hold list`"
             )
             return 1

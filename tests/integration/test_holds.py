@@ -568,6 +568,13 @@ async def test_hold_place_refuses_what_the_service_would_and_a_live_id(
     )
     assert await _cli("hold", "place", *common, "--org", "acme", "--reason", "case 44",
                       "--id", "h-legal", "--category", "session") == 0  # fmt: skip
+    capsys.readouterr()
+    # A mistyped id names the active one it is closest to.
+    assert await _cli("hold", "release", *common, "h-legl") == 1
+    assert capsys.readouterr().err.strip() == (
+        "stream-expiry hold: no active hold 'h-legl' (did you mean 'h-legal'?); "
+        "see `stream-expiry hold list`"
+    )
 
 
 async def test_hold_place_says_when_it_created_the_holds_topic(
