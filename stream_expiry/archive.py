@@ -82,7 +82,8 @@ from stream_expiry import exits
 from stream_expiry.codec import deleted_at_of, reason_of
 from stream_expiry.config import Config
 from stream_expiry.errors import BrokerError, ConfigurationError, StoreError
-from stream_expiry.kafka import committed_offsets, consumer, partitions_of
+from stream_expiry.kafka import committed_offsets, consumer, ensure_topics, partitions_of
+from stream_expiry.kafka_settings import topic_configs
 from stream_expiry.model import decode_key
 from stream_expiry.parts import add_up
 from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
@@ -404,6 +405,33 @@ async def run_archive(
         with anyio.move_on_after(STOP_TIMEOUT_S, shield=True):
             await stack.aclose()
     return writer
+
+
+async def ensure_read_topics(brokers: Brokers, config: Config) -> None:
+    """Create the stamped and tombstones topics of ``config`` where missing, as the service
+    makes them (compacted, with its retention settings), and say so: the service writes
+    them, so one missing is a typo in ``[topics]`` or an archive started before the service.
+    Subscribed to unmade, they were created by the broker's auto-creation without a word
+    and with its defaults (a trial): an ``expiry.stamped`` made so is not compacted, keeps
+    stamps only for the broker's retention, and the service never alters a topic that
+    exists."""
+    t = config.topics
+    every = topic_configs(config)
+    wanted = {name: every[name] for name in (t.stamped, t.tombstones)}
+    settings = config.topic_settings
+    created = await ensure_topics(
+        brokers,
+        wanted,
+        configs=wanted,
+        partitions=settings.partitions,
+        replication=settings.replication_factor,
+    )
+    for topic in created:
+        log.warning(
+            "created topic %s, which did not exist: the service writes it; check the name "
+            "([topics] of --config) if the service runs already",
+            topic,
+        )
 
 
 async def serve_archive(

@@ -691,15 +691,19 @@ def _cmd_archive(args: argparse.Namespace) -> int:
             f"{result.markers_kept} kept{held}"
         )
         return 0
-    return anyio.run(
-        lambda: archive.serve_archive(
-            connection_from(args, config),
+    brokers = connection_from(args, config)
+
+    async def serve() -> int:
+        await archive.ensure_read_topics(brokers, config)
+        return await archive.serve_archive(
+            brokers,
             args.dir,
             topic=config.topics.stamped,
             tombstones=config.topics.tombstones,
             group_id=args.group_id or config.archive.group_id,
         )
-    )
+
+    return anyio.run(serve)
 
 
 # -- rekey --------------------------------------------------------------------------------

@@ -212,6 +212,55 @@ async def test_the_archive_command_runs_until_sigterm_and_exits_zero(
     assert await archived_offsets(broker, f"{topics.prefix}.archive-cli", topics.stamped)
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.asyncio
+async def test_the_archive_makes_a_missing_stamped_topic_as_the_service_would_and_says_so(
+    broker: str, tmp_path: Path
+) -> None:
+    """An archive started before the service (or with a typo in [topics]) subscribed to a
+    topic that did not exist, and the broker's auto-creation made it without a word and
+    with its defaults: an ``expiry.stamped`` not compacted, whose stamps go at the broker's
+    retention, which the service, never altering a topic that exists, then kept (a
+    trial). Now the archive makes it as the service does, and warns."""
+    from stream_expiry.kafka import missing_topics, topic_config_values
+
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    stamped, tombstones = f"{prefix}.expiry.stamped", f"{prefix}.expiry.tombstones"
+    config = tmp_path / "expiry.toml"
+    config.write_text(
+        f'[topics]\nstamped = "{stamped}"\ntombstones = "{tombstones}"\n'
+        "replication_factor = 1\npartitions = 2\n"
+    )
+    argv = [
+        sys.executable, "-m", "stream_expiry", "archive", "--dir", str(tmp_path / "archive"),
+        "--config", str(config), "--bootstrap-servers", broker, "--group-id", f"{prefix}.a",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)  # noqa: ASYNC220
+    try:
+        with anyio.fail_after(20):  # polled: the topics appear while the command starts
+            while True:
+                if proc.poll() is not None or not await missing_topics(
+                    broker, [stamped, tombstones]
+                ):
+                    break
+                await anyio.sleep(0.05)
+        assert proc.poll() is None, proc.stderr
+        proc.send_signal(signal.SIGTERM)
+        _, err = await anyio.to_thread.run_sync(lambda: proc.communicate(timeout=20))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    names = ("cleanup.policy", "retention.ms")
+    made = await topic_config_values(broker, [stamped, tombstones], names)
+    assert made[stamped]["cleanup.policy"] == "compact"
+    assert made[tombstones] == {"cleanup.policy": "delete", "retention.ms": str(7 * 86_400_000)}
+    for topic in (stamped, tombstones):
+        assert f"created topic {topic}, which did not exist: the service writes it" in err
+
+
 TTL_S = 8  # the erasure must come before the expiry, even on a loaded machine
 
 
