@@ -99,6 +99,11 @@ class PolicyBook:
     def categories(self) -> tuple[str, ...]:
         return self._categories
 
+    @property
+    def named_orgs(self) -> frozenset[str]:
+        """The orgs an org or bot scope names, in the config file or a policy update."""
+        return frozenset(self._orgs) | frozenset(key[0] for key in self._bots)
+
     def digest(self, sliding: Iterable[str]) -> str:
         """Twelve hex characters that name the config's policy: the first version of
         every scope (the file merged with its preset), the environment's values, the

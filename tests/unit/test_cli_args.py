@@ -154,6 +154,34 @@ def test_an_invalid_environment_value_is_one_line_and_status_2(
     assert "did you mean 'session'" in capsys.readouterr().err
 
 
+def test_explain_names_the_org_a_misspelt_one_is_close_to(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An org no setting names gets the defaults, and so did a misspelt --org (acmee for
+    acme, a trial): the answer looked right and was another org's. A warning now names
+    the close one; the JSON stays the contract's, and an org no setting is close to (or
+    one a setting names) gets no word."""
+    monkeypatch.delenv("STREAM_EXPIRY_BOOTSTRAP_SERVERS", raising=False)
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(
+        '[retention.orgs.acme]\nconversation = "7d"\n'
+        '[retention.bots.globex.b1.live]\nconversation = "1d"\n'
+    )
+    base = ["explain", "--config", str(cfg), "--offline", "--category", "conversation"]
+    assert main([*base, "--org", "acmee", "--json"]) == 0
+    out = capsys.readouterr()
+    assert orjson.loads(out.out)["source"] is None
+    assert (
+        "warning: no org or bot setting (config file) names org 'acmee', so it gets what "
+        "every such org gets; did you mean 'acme'?"
+    ) in out.err
+    assert main([*base, "--org", "globx"]) == 0
+    assert "did you mean 'globex'?" in capsys.readouterr().err
+    for org in ("acme", "globex", "initech"):
+        assert main([*base, "--org", org]) == 0
+        assert "did you mean" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "command",
     [
