@@ -46,13 +46,13 @@ from stream_expiry.errors import BrokerError, ConfigurationError
 from stream_expiry.event_fields import FIELDS
 from stream_expiry.kafka import (
     OutputBuffer,
-    admin_client,
     batch_bytes,
     broker_errors,
     consumer,
     curable,
     ensure_topics,
     message_limits,
+    missing_topics,
     producer,
     stable_end,
 )
@@ -311,15 +311,12 @@ class Rekeyer:
         """A ``--from`` topic that does not exist: a typo, or producers that have not
         written yet. The group would wait on it without a word, or (a broker that makes
         the topics a consumer asks for) read an empty topic of that name, so it is said."""
-        async with admin_client(self.connection) as admin:
-            existing = set(await admin.list_topics())
-        for source in self.targets:
-            if source not in existing:
-                log.warning(
-                    "%s does not exist: rekey copies it once producers write there (check "
-                    "the name if they write elsewhere)",
-                    source,
-                )
+        for source in await missing_topics(self.connection, self.targets):
+            log.warning(
+                "%s does not exist: rekey copies it once producers write there (check "
+                "the name if they write elsewhere)",
+                source,
+            )
 
     async def _ensure_targets(self) -> dict[str, int]:
         """The targets as the service makes an input topic (its partitions, its retention,
