@@ -312,16 +312,12 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     left_out = None if known else updates_left_out(config.topics.policies, offline=args.offline)
     # An org no setting names gets the defaults without a word, which a misspelt --org
     # (acmee for acme) also gets: named when one that a setting names is close to it.
-    close = (
-        []
-        if args.org in book.named_orgs
-        else difflib.get_close_matches(args.org, sorted(book.named_orgs), n=1)
-    )
-    if close:
+    meant = book.org_meant(args.org)
+    if meant is not None:
         say_warning(
             f"no org or bot setting (config file{'' if known is None else ', policy update'}) "
             f"names org {printable(repr(args.org))}, so it gets what every such org gets; "
-            f"did you mean {printable(repr(close[0]))}?"
+            f"did you mean {printable(repr(meant))}?"
         )
     if args.json:
         # The JSON is the contract's; what it leaves out is said beside it, on stderr (a

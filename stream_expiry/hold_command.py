@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import getpass
+import os
 import re
 import sys
 import uuid
@@ -33,10 +34,11 @@ from stream_expiry.errors import ConfigurationError
 from stream_expiry.holds import Hold, HoldBook, apply_hold_message, encode_hold, parse_hold
 from stream_expiry.kafka import consumer, ensure_topics, partitions_of, producer, read_to_end
 from stream_expiry.kafka_settings import topic_configs
-from stream_expiry.logs import printable, say_failure
+from stream_expiry.logs import printable, say_failure, say_warning
 from stream_expiry.model import Rejection
 from stream_expiry.murmur2 import partition_for
 from stream_expiry.outbox import all_acked
+from stream_expiry.policy import PolicyBook
 from stream_expiry.service import wall_clock_ms
 
 if TYPE_CHECKING:
@@ -125,6 +127,15 @@ def _checked_hold(config: Config, args: argparse.Namespace, now_ms: int) -> Hold
         )
     if args.category is not None:
         check_category(args.category, config.categories, ": a hold on it would keep nothing")
+    meant = PolicyBook(config, os.environ).org_meant(args.org)
+    if meant is not None:
+        # Placed all the same (records of an org no setting names are held as any): but a
+        # typo here keeps nothing, and "0 matched" in status was the only sign (a trial).
+        say_warning(
+            f"no org or bot setting of the config file names org {printable(repr(args.org))}: "
+            f"did you mean {printable(repr(meant))}? The hold keeps the records of "
+            f"{printable(repr(args.org))} only; release it if that is not what you meant"
+        )
     return hold
 
 

@@ -22,6 +22,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 from typing import TYPE_CHECKING, Final
 
@@ -103,6 +104,17 @@ class PolicyBook:
     def named_orgs(self) -> frozenset[str]:
         """The orgs an org or bot scope names, in the config file or a policy update."""
         return frozenset(self._orgs) | frozenset(key[0] for key in self._bots)
+
+    def org_meant(self, org: str) -> str | None:
+        """The named org ``org`` most likely stands for, when no scope names ``org`` itself
+        and one that is named is close to it (``acmee`` for ``acme``); else None. A
+        misspelt org gets every such org's defaults, and a hold on it keeps nothing, both
+        without a word: the commands that take an org say this one."""
+        named = self.named_orgs
+        if org in named:
+            return None
+        close = difflib.get_close_matches(org, sorted(named), n=1)
+        return close[0] if close else None
 
     def digest(self, sliding: Iterable[str]) -> str:
         """Twelve hex characters that name the config's policy: the first version of

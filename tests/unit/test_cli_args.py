@@ -657,3 +657,19 @@ def test_rekey_without_a_broker_says_so_in_one_line(capsys: pytest.CaptureFixtur
     assert code == 3, err
     assert err.startswith("stream-expiry rekey: cannot reach Kafka at 127.0.0.1:1"), err
     assert err.count("\n") == 1, err
+
+
+def test_hold_place_names_the_org_a_misspelt_one_is_close_to(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hold on a misspelt org (acmee for acme) keeps nothing, and ``status``'s "0
+    matched" was the only sign (a trial): said before anything is sent (here the broker is
+    not there, and the hold is not placed)."""
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text('[retention.orgs.acme]\nconversation = "7d"\n')
+    base = ["hold", "place", "--config", str(cfg), "--bootstrap-servers", "127.0.0.1:1"]
+    assert main([*base, "--org", "acmee", "--reason", "case 7"]) == 3
+    err = capsys.readouterr().err
+    assert "names org 'acmee': did you mean 'acme'? The hold keeps the records of" in err
+    assert main([*base, "--org", "acme", "--reason", "case 7"]) == 3
+    assert "did you mean" not in capsys.readouterr().err
