@@ -33,7 +33,7 @@ from stream_expiry.errors import ConfigurationError
 from stream_expiry.hold_command import read_holds
 from stream_expiry.kafka import consumer, missing_topics, read_to_end
 from stream_expiry.logs import printable, record_ref
-from stream_expiry.model import DEFAULT_BOT, Identity
+from stream_expiry.model import DEFAULT_BOT, Identity, decode_key
 from stream_expiry.replay import H_REPLAY
 from stream_expiry.timeutil import format_ts
 
@@ -69,6 +69,10 @@ class History:
     key: str
     events: list[dict[str, Any]] = field(default_factory=list)
     holds: list[dict[str, Any]] = field(default_factory=list)
+    # The same org, category and record id under another bot or env, on expiry.stamped:
+    # ``{"bot": ..., "env": ...}`` each, sorted. An auditor who left out --bot read
+    # "nothing on the evidence topics" for a record that was there under its bot (a trial).
+    elsewhere: list[dict[str, str]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +80,7 @@ class History:
             "log_ref": record_ref(self.key),
             "events": self.events,
             "active_holds": self.holds,
+            "same_id_elsewhere": self.elsewhere,
         }
 
 
@@ -234,6 +239,42 @@ def _same_as(e: dict[str, Any]) -> object:
     return None
 
 
+class _SameId:
+    """The keys on ``expiry.stamped`` of ``identity``'s org, category and record id under
+    another bot or env: where a record is when history was asked about the wrong bot."""
+
+    def __init__(self, identity: Identity) -> None:
+        self._identity = identity
+        self._key = identity.key.encode()
+        parts = identity.key.split("/")
+        # Cheap tests on the raw key before it is decoded: the quoted org and record id.
+        self._head = (parts[0] + "/").encode()
+        self._tail = ("/" + parts[4]).encode()
+        self._seen: set[tuple[str, str]] = set()
+
+    def look(self, records: list[Any]) -> None:
+        me = self._identity
+        for rec in records:
+            raw = rec.key
+            if raw is None or raw == self._key or not raw.startswith(self._head):
+                continue
+            if not raw.endswith(self._tail):
+                continue
+            try:
+                other = decode_key(raw.decode())
+            except (UnicodeDecodeError, ValueError):
+                continue
+            if (other.org, other.category, other.record_id) == (
+                me.org,
+                me.category,
+                me.record_id,
+            ):
+                self._seen.add((other.bot, other.env))
+
+    def found(self) -> list[dict[str, str]]:
+        return [{"bot": bot, "env": env} for bot, env in sorted(self._seen)]
+
+
 def _names(rec: Any, identity: Identity) -> bool:
     """Whether a dead letter's value names the record (bot and env missing or null: their
     defaults, as the service reads them; a null was taken for a bot named None)."""
@@ -288,6 +329,7 @@ async def history(config: Config, brokers: Brokers, identity: Identity) -> Histo
             topic,
         )
     found = History(identity.key)
+    near = _SameId(identity)
     for topic in (t.stamped, t.tombstones, t.receipts, t.audit):
         async with consumer(brokers) as cons:
             async for batch in read_to_end(cons, topic):
@@ -297,6 +339,9 @@ async def history(config: Config, brokers: Brokers, identity: Identity) -> Histo
                         for rec in records
                         if rec.key == key or (topic == t.audit and _hold_on(rec, identity))
                     )
+                    if topic == t.stamped:
+                        near.look(records)
+    found.elsewhere = near.found()
     # Dead letters keep the producer's key, which need not be the record key: an event is
     # the record's when the fields it gives name it (an erasure request rejected, say).
     async with consumer(brokers) as cons:
@@ -451,6 +496,13 @@ def text_lines(d: dict[str, Any]) -> list[str]:
             "  nothing on the evidence topics for this key"
             + (" but holds whose scope matches it" if d["events"] else "")
             + " (check --org, --bot, --env, --category and --record-id)"
+        )
+    for other in d.get("same_id_elsewhere", ()):
+        lines.append(
+            printable(
+                f"  this org, category and record id are also on the changelog under "
+                f"--bot {other['bot']!r} --env {other['env']!r}: another record"
+            )
         )
     for e in d["events"]:
         lines.append(f"  {e['at']}  {e['kind']:<17} {_summary(e)}")

@@ -146,3 +146,23 @@ async def test_history_names_the_erasure_request_that_deleted_a_record(
         assert said[kind]["request"] == headers["expiry-request"].decode()
     lines = text_lines(found.as_dict())
     assert sum("the erasure request event_id 'gdpr-2026-118' at" in line for line in lines) == 2
+
+
+@pytest.mark.timeout(90)
+async def test_history_of_the_wrong_bot_names_where_the_record_id_is(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """Asked without --bot about a record of bot b1, history found nothing and said only
+    "check --bot" (a trial): it now names the bot and env the record id is under."""
+    config = config_for(topics, str(tmp_path / "state"), SETTINGS)
+    async with running_service(config, broker):
+        await produce(broker, [(topics.conversations, *event("conversation", "r9", bot="b1"))])
+        await read_topic(broker, topics.stamped, until=lambda r: len(r) >= 1)
+    found = await history(config, broker, Identity("acme", "_", "live", "conversation", "r9"))
+    assert found.events == []
+    assert found.as_dict()["same_id_elsewhere"] == [{"bot": "b1", "env": "live"}]
+    lines = text_lines(found.as_dict())
+    assert "under --bot 'b1' --env 'live'" in "\n".join(lines)
+    right = await history(config, broker, Identity("acme", "b1", "live", "conversation", "r9"))
+    assert right.events
+    assert right.elsewhere == []
