@@ -31,6 +31,7 @@ __all__ = [
     "H_DELETED_AT",
     "H_DETAIL",
     "H_ERROR",
+    "H_LATE_CAUSE",
     "H_OFFSET",
     "H_PARTITION",
     "H_REASON",
@@ -38,12 +39,15 @@ __all__ = [
     "H_REQUEST",
     "H_REQUEST_EVENT_ID",
     "H_TOPIC",
+    "LATE_AFTER_MS",
+    "LATE_CAUSES",
     "REKEYED_SUFFIX",
     "dead_letter_headers",
     "decode_stamp",
     "deleted_at_of",
     "encode_deferral",
     "encode_hold_audit",
+    "late_cause_of",
     "output_partition",
     "parse_own_ts",
     "reason_of",
@@ -70,6 +74,16 @@ H_REQUEST_EVENT_ID: Final = "expiry-request-event-id"
 # The longest event id the header carries whole (as an id field may be long); longer ones
 # are cut to end in "...".
 REQUEST_EVENT_ID_MAX: Final = 512
+# On a ``ttl`` tombstone emitted more than LATE_AFTER_MS after its expiry, and on its null:
+# why it was late, as the instance that sent it knew (LATE_CAUSES). ``catch_up``: the
+# service fired it late (it was down, behind, restored, or read the event late that was on
+# the bus in time); ``late_event``: the event that made the life due came after its expiry
+# (a late or replayed event: already due at ingest); ``hold``: a legal hold kept it until
+# its release; ``archive``: it waited for the archive (``[archive] required``). An on-time
+# tombstone carries none: the values are the contract's, so the cause is a header.
+H_LATE_CAUSE: Final = "expiry-late-cause"
+LATE_AFTER_MS: Final = 60_000
+LATE_CAUSES: Final = ("catch_up", "late_event", "hold", "archive")
 # Where rekey read an event it copied (``stream_expiry.rekey``): ``topic[partition]@offset``.
 H_REKEYED_FROM: Final = "expiry-rekeyed-from"
 # What rekey's copy of a topic adds to its name by default.
@@ -116,6 +130,14 @@ def request_of(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:
     """``{"request": ..., "request_event_id": ...}`` as far as ``headers`` say them."""
     said = {H_REQUEST: "request", H_REQUEST_EVENT_ID: "request_event_id"}
     return {said[name]: value.decode(errors="replace") for name, value in headers if name in said}
+
+
+def late_cause_of(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:
+    """``{"late_cause": ...}`` when ``headers`` say why a deletion was late, else ``{}``."""
+    for name, value in headers:
+        if name == H_LATE_CAUSE:
+            return {"late_cause": value.decode(errors="replace")}
+    return {}
 
 
 def source_of(headers: Sequence[tuple[str, bytes]]) -> tuple[str, int] | None:

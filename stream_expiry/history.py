@@ -122,6 +122,7 @@ def _describe(config: Config, topic: str, rec: Any) -> dict[str, Any]:
                 "ends_lives_created_by": None if deleted_at is None else format_ts(deleted_at),
             }
             | codec.request_of(headers)
+            | codec.late_cause_of(headers)
             | _replay_of(headers),
         )
     body = None if rec.value is None else _body(rec.value)
@@ -135,7 +136,7 @@ def _describe(config: Config, topic: str, rec: Any) -> dict[str, Any]:
         kind = str(body.get("type", "audit"))
     rest = {k: v for k, v in body.items() if k not in _IDENTITY and k not in ("type", "data")}
     if kind in ("tombstone", "receipt"):
-        rest |= codec.request_of(headers)
+        rest |= codec.request_of(headers) | codec.late_cause_of(headers)
     return _event(rec, topic, kind, rest)
 
 
@@ -148,6 +149,24 @@ def _by_request(e: dict[str, Any]) -> str:
     event_id = e.get("request_event_id")
     named = f"event_id {event_id!r} " if event_id else ""
     return f"; the erasure request {named}at {e['request']}"
+
+
+# Why a deletion came more than a minute after the expiry (``codec.H_LATE_CAUSE``).
+_LATE_CAUSE_TEXT = {
+    "catch_up": "the service fired it late: it was down, behind or restored",
+    "late_event": "the event that made it due came after its expiry",
+    "hold": "a legal hold kept it until its release",
+    "archive": "it waited for the archive ([archive] required)",
+}
+
+
+def _late(e: dict[str, Any]) -> str:
+    """Why a late deletion was late, as its headers say (nothing for one on time)."""
+    cause = e.get("late_cause")
+    if not cause:
+        return ""
+    why = _LATE_CAUSE_TEXT.get(str(cause))
+    return f"; late ({cause}{': ' + why if why else ''})"
 
 
 def _ended_life_apart(fields: dict[str, Any]) -> dict[str, Any]:
@@ -435,6 +454,7 @@ def _summary(e: dict[str, Any]) -> str:
             f"null on the changelog (reason {e['reason'] or '-'}): the lives created at or "
             f"before {e['ends_lives_created_by'] or '-'} are deleted"
             + _by_request(e)
+            + _late(e)
             + _by_replay(e)
         )
     if kind == "tombstone":
@@ -443,6 +463,7 @@ def _summary(e: dict[str, Any]) -> str:
             f"{e.get('expires_at') or '-'}, created_at {e.get('created_at') or '-'}"
             + ("" if e.get("created_at") else " (a record never seen, or an ended life)")
             + _by_request(e)
+            + _late(e)
         )
     if kind == "receipt":
         copies = e.get("copies", 1)
@@ -450,6 +471,7 @@ def _summary(e: dict[str, Any]) -> str:
             f"store {e.get('store')}: reason {e.get('reason')}, rows deleted "
             f"{e.get('rows_deleted')}, deleted {e.get('deleted_at')}"
             + _by_request(e)
+            + _late(e)
             + (f" (published {copies} times, one receipt)" if copies > 1 else "")
         )
     if kind == "dead_letter":

@@ -526,6 +526,8 @@ class Outbox:
                 held = source if ended is None else [*source, (codec.H_DELETED_AT, b"%d" % ended)]
                 if fired.request is not None:
                     held = [*held, *fired.request]
+                if fired.late_cause is not None:  # an earlier life a hold kept
+                    held = [*held, (codec.H_LATE_CAUSE, fired.late_cause.encode())]
                 if not out.try_add(tombs, key, event, at, held):
                     await out.add(tombs, key, event, at, held)
                 continue
@@ -534,6 +536,8 @@ class Outbox:
             # emitted_at instead took a life created between the two for the old one.
             deleted_at = (codec.H_DELETED_AT, str(fired.after.deleted_at).encode())
             request = fired.request or ()
+            if fired.late_cause is not None:  # why it is late: the null says it too
+                request = (*request, (codec.H_LATE_CAUSE, fired.late_cause.encode()))
             event_headers = [*source, deleted_at, *request]
             if not out.try_add(tombs, key, event, at, event_headers):
                 await out.add(tombs, key, event, at, event_headers)

@@ -49,6 +49,10 @@ __all__ = ["Effects", "InputRecord", "PartitionProcessor"]
 # leaves its entry, the oldest dropped beyond this many.
 _CLEARED_MAX = 100_000
 
+# Lives an event made due on arrival (``late_event``) remembered until they fire, at most
+# this many (the oldest dropped: their tombstones say ``catch_up``).
+_ARRIVED_DUE_MAX = 100_000
+
 # Timers a partition loads from its store at most, and in one call. The wheel holds what
 # falls due within the horizon (an hour by default): where long-lived records expire at
 # 1,000 a second, 3.6 million timers at about 1 KB each in the wheel, loaded 900,000 at
@@ -68,6 +72,20 @@ LOAD_SLICE = 2_000
 # (3-4 ms each there). What fires, and when, is unchanged: the phase moves only the
 # blocks' edges.
 _PHASE_STEP = 157
+
+
+def _if_late(fired: Fired, cause: str) -> Fired:
+    """``fired`` naming ``cause`` when it is a ``ttl`` tombstone emitted more than
+    ``codec.LATE_AFTER_MS`` after its expiry (``Fired.late_cause``), else as it is."""
+    expires = fired.before.expires_at
+    if (
+        expires is not None
+        and fired.emitted_at - expires > codec.LATE_AFTER_MS
+        and fired.reason == "ttl"
+        and not fired.null_only
+    ):
+        return fired._replace(late_cause=cause)
+    return fired
 
 
 def wheel_phase(topic: str, partition: int) -> int:
@@ -205,6 +223,13 @@ class PartitionProcessor:
         self._waiting_order: list[tuple[int, str]] = []
         self._waited_at: dict[str, int | None] = {}  # key -> the expiry it was set aside at
         self._cleared: dict[str, int | None] = {}
+        # Records an event made due on arrival (the record was already due at ingest: a late
+        # or replayed event, not on the bus before the expiry as far as its timestamp says):
+        # key -> that expiry. Their tombstones, fired late, say ``late_event``; any other
+        # ttl tombstone fired late by the firing or an event, ``catch_up`` (the service was
+        # down or behind). In memory only: a tombstone decided again after a restart says
+        # ``catch_up``, which is what that instance knows.
+        self._arrived_due: dict[str, int] = {}
         self.set_aside = 0  # times a due sliding timer waited for unread input
         # Whether the partition may hold records of a sliding category: its store holds
         # records (it may have them), or it has read an event of one since. The firing asks
@@ -372,7 +397,8 @@ class PartitionProcessor:
             if prior is not None and (prior.held or prior.held_lives) and self._let_go(prior):
                 # Released, its scan not come yet: the event finds it first, and lets it
                 # go as the scan would. Frozen, it would swallow a create of the next life.
-                let_go = self._let_go_now(prior, now_ms, effects, ordered=True)
+                cause = self._release_cause(prior)
+                let_go = self._let_go_now(prior, now_ms, effects, ordered=True, cause=cause)
                 first = writes.get(key)
                 writes[key] = (prior if first is None else first[0], let_go)
                 overlay[key] = (seq, let_go)
@@ -400,10 +426,19 @@ class PartitionProcessor:
                     fired = fired._replace(
                         request=codec.request_headers(self.topic, self.partition, rec, ev.event_id)
                     )
+                elif fired.reason == "ttl":
+                    # The running life, due before this event came: the firing had not come
+                    # to it (behind, or down), unless an earlier event made it due on arrival.
+                    on_arrival = self._arrived_due.pop(key, None) if self._arrived_due else None
+                    due = fired.before.expires_at
+                    arrived = on_arrival is not None and on_arrival == due
+                    fired = _if_late(fired, "late_event" if arrived else "catch_up")
                 effects.tombstones.append(fired)
                 effects.stamps_before.append(len(effects.stamps))
                 new = fired.after
             if outcome.state is not None:
+                if outcome.state.expires_at is not None and outcome.state.expires_at <= now_ms:
+                    self._note_due_on_arrival(rec, new, outcome.state, now_ms)
                 new = outcome.state
                 if outcome.publish:
                     effects.stamps.append((outcome.state, ev.data))
@@ -413,6 +448,33 @@ class PartitionProcessor:
                 overlay[key] = (seq, new)
         if ending:
             self._unpark_ended(ending, now_ms, effects)
+
+    def _note_due_on_arrival(
+        self, rec: InputRecord, before: model.Stamp | None, state: model.Stamp, now_ms: int
+    ) -> None:
+        """An event left ``state``, due already (the contract's "already due at ingest"):
+        its tombstone, late, says ``late_event`` when the event made it due, which a life
+        due before it (``before``, the firing not come to it yet) was not, nor one whose
+        event the broker had before the expiry (its timestamp, where the record has one:
+        the event was on the bus in time and the service read it late, ``catch_up``)."""
+        key, due = state.identity.key, state.expires_at
+        arrived = self._arrived_due
+        if not state.live or state.held or state.erase_at is not None or due is None:
+            arrived.pop(key, None)
+            return
+        was_due = (
+            before is not None
+            and before.live
+            and before.expires_at is not None
+            and before.expires_at <= now_ms
+        )
+        ts = getattr(rec, "timestamp", None)
+        if (was_due and key not in arrived) or (type(ts) is int and 0 <= ts < due):
+            arrived.pop(key, None)
+            return
+        arrived[key] = due
+        if len(arrived) > _ARRIVED_DUE_MAX:
+            del arrived[next(iter(arrived))]
 
     # -- creates read before the expiry they are dated after ------------------------------
 
@@ -562,9 +624,12 @@ class PartitionProcessor:
         holds = self.holds if len(self.holds) else None
         archive = self.archive
         tombstones = effects.tombstones
+        arrived = self._arrived_due
+        late_before = now_ms - codec.LATE_AFTER_MS
         for fired, _ in due:
             before = fired.before
             key = before.identity.key
+            on_arrival = arrived.pop(key, None) if arrived else None
             holding = holds.holding(before.identity) if holds is not None else None
             if holding:
                 kept = before._replace(held=True)
@@ -581,9 +646,16 @@ class PartitionProcessor:
                 continue
             if before.held_lives:  # released, its scan not come yet: its earlier lives first
                 current = before._replace(held_lives=())
-                self._tombstone_lives(before, current, now_ms, effects)
+                cause = self._release_cause(before)
+                self._tombstone_lives(before, current, now_ms, effects, cause)
                 # The life's own tombstone names it without them, as the release scan's does.
                 fired = fired._replace(before=current)
+            expires = before.expires_at
+            if expires is not None and expires < late_before and fired.reason == "ttl":
+                # Late (the service was down, behind or restored), or due when its event
+                # came (``_note_due_on_arrival``).
+                late = "late_event" if on_arrival == expires else "catch_up"
+                fired = fired._replace(late_cause=late)
             tombstones.append(fired)
             after = fired.after
             writes[key] = (before, after)
@@ -798,7 +870,9 @@ class PartitionProcessor:
         the next life over it. Any other event applies to the running life (None)."""
         if ev.op == "delete":
             erased = prior._replace(erase_at=ev.ts, held=True)
-            return self._let_go_now(erased, now_ms, effects, ordered=True)
+            # The earlier lives waited for the archive: no hold matches, or the record
+            # would have been let go (:meth:`_let_go`) before this.
+            return self._let_go_now(erased, now_ms, effects, ordered=True, cause="archive")
         due = prior.due_at
         if due is None or due > now_ms or ev.ts < due:
             return None
@@ -842,14 +916,15 @@ class PartitionProcessor:
         return new
 
     def _let_go_now(
-        self, held: model.Stamp, now_ms: int, effects: Effects, *, ordered: bool
+        self, held: model.Stamp, now_ms: int, effects: Effects, *, ordered: bool, cause: str
     ) -> model.Stamp:
         """Tombstone what the holds kept of a record none of them matches any more: its
         earlier lives, oldest first, then its life if that is over (it fell due, or an
         erasure was asked, under the hold). A life still running goes on: stamped again
         without the lives (the changelog's last stamp must not bring them back), its timer
         set. Returns the record's new state. ``ordered``: note where each tombstone comes
-        among the stamps (``Effects.stamps_before``), as ``process`` does."""
+        among the stamps (``Effects.stamps_before``), as ``process`` does. ``cause``: what
+        let the record go (:meth:`_release_cause`), which its late ``ttl`` tombstones say."""
         first = len(effects.tombstones)
         life = held.ended_life
         if life is not None:
@@ -858,10 +933,10 @@ class PartitionProcessor:
                 effects.stamps_before += [len(effects.stamps)] * (len(effects.tombstones) - first)
             return new
         current = held._replace(held_lives=()) if held.held_lives else held
-        self._tombstone_lives(held, current, now_ms, effects)
+        self._tombstone_lives(held, current, now_ms, effects, cause)
         if held.held:
             fired = self._engine.fire_now(current, now_ms)
-            effects.tombstones.append(fired)
+            effects.tombstones.append(_if_late(fired, cause))
             new = fired.after
         else:
             self._engine.load([(current, None)])
@@ -901,14 +976,32 @@ class PartitionProcessor:
 
     @staticmethod
     def _tombstone_lives(
-        held: model.Stamp, current: model.Stamp, now_ms: int, effects: Effects
+        held: model.Stamp, current: model.Stamp, now_ms: int, effects: Effects, cause: str
     ) -> None:
         """The tombstones of ``held``'s earlier lives, oldest first. Each names the record's
         ``current`` state as what follows, a life: no null goes to ``expiry.stamped`` for
         them (the record is not deleted, only a life of it that ended long ago)."""
         for life in held.held_lives:
             reason: model.Reason = "ttl" if life[4] is None else "explicit"
-            effects.tombstones.append(Fired(held.held_life(life), current, reason, now_ms))
+            fired = Fired(held.held_life(life), current, reason, now_ms)
+            effects.tombstones.append(_if_late(fired, cause))
+
+    def _release_cause(self, held: model.Stamp, let_go: Iterable[HoldIndex] | None = None) -> str:
+        """What let ``held`` go, as far as the processor knows: ``hold`` when a hold let go
+        of since (``let_go``, or those not looked at yet: an event or the firing found the
+        record first) matched it, or when no archive is required; else ``archive`` (the
+        archive caught up). ``Stamp.held`` means both, and a release is known only as long
+        as this processor ran: a record whose hold was released before a restart, with
+        ``[archive] required``, says ``archive``; one kept by a hold, then by the archive,
+        says what the scan that let it go saw."""
+        if self.archive is None:
+            return "hold"
+        identity = held.identity
+        if let_go is None:
+            if any(h.matches(identity) for h in self.holds.let_go_since(self._release_generation)):
+                return "hold"
+            let_go = [r.let_go for r in self._rounds]
+        return "hold" if any(index.any_matches(identity) for index in let_go) else "archive"
 
     def _let_go(self, held: model.Stamp) -> bool:
         """Whether a held record is free to go now: no hold matches it any more, and the
@@ -998,7 +1091,8 @@ class PartitionProcessor:
             if not self._archive_lets_go(held):
                 self._waits_for_archive(held)
                 continue
-            new = self._let_go_now(held, now_ms, effects, ordered=False)
+            cause = self._release_cause(held, let_go)
+            new = self._let_go_now(held, now_ms, effects, ordered=False, cause=cause)
             key = held.identity.key
             writes[key] = (held, new)
             overlay[key] = (seq, new)

@@ -166,3 +166,34 @@ async def test_history_of_the_wrong_bot_names_where_the_record_id_is(
     right = await history(config, broker, Identity("acme", "b1", "live", "conversation", "r9"))
     assert right.events
     assert right.elsewhere == []
+
+
+async def test_history_says_why_a_late_deletion_was_late(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """An event produced after its record's expiry (the contract's "already due at
+    ingest"): its tombstone and null say the cause, ``expiry-late-cause: late_event`` (the
+    event came late, not the service), and history shows it; an on-time tombstone says
+    none (the values stay the contract's)."""
+    config = config_for(topics, str(tmp_path / "state"), SETTINGS)
+    async with running_service(config, broker):
+        t0 = wall_clock_ms()
+        late = event("conversation", "late", ts=t0 - 2 * 3_600_000)
+        erased = event("conversation", "erased", ts=t0, op="delete")
+        await produce(broker, [(topics.conversations, *m) for m in (late, erased)])
+        tombs = await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 2)
+        stamped = await read_topic(broker, topics.stamped, until=lambda r: len(r) >= 3)
+    by_id = {orjson.loads(r.value)["record_id"]: r for r in tombs}
+    (null,) = [r for r in stamped if r.value is None and r.key == by_id["late"].key]
+    for rec in (by_id["late"], null):
+        assert dict(rec.headers)["expiry-late-cause"] == b"late_event"
+    assert "expiry-late-cause" not in dict(by_id["erased"].headers)
+    assert set(orjson.loads(by_id["late"].value)) == {
+        "org", "bot", "env", "category", "record_id", "created_at", "expires_at", "emitted_at",
+        "reason", "ttl_source", "ttl_seconds",
+    }  # fmt: skip
+    found = await history(config, broker, Identity("acme", "_", "live", "conversation", "late"))
+    said = {e["kind"]: e for e in found.events if e["kind"] in ("tombstone", "deleted")}
+    assert said["tombstone"]["late_cause"] == said["deleted"]["late_cause"] == "late_event"
+    lines = text_lines(found.as_dict())
+    assert sum("; late (late_event: the event that made it due came" in ln for ln in lines) == 2

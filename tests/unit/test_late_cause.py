@@ -1,0 +1,193 @@
+"""Why a deletion was late: a ``ttl`` tombstone emitted more than ``LATE_AFTER_MS`` after its
+expiry names its cause (``Fired.late_cause``, the ``expiry-late-cause`` header): the firing
+late (``catch_up``), an event that came after the expiry (``late_event``), a legal hold's
+release (``hold``), or the archive catching up (``archive``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import orjson
+
+from stream_expiry.archive_gate import ArchiveGate
+from stream_expiry.codec import LATE_AFTER_MS
+from tests.unit.test_holds import T0, TTL, Partition, hold
+
+if TYPE_CHECKING:
+    from stream_expiry.state import Effects
+
+LATE = TTL + LATE_AFTER_MS  # after T0, when a record created at T0 is late
+
+
+def _causes(p: Partition) -> list[tuple[str, str, str | None]]:
+    return [
+        (f.before.identity.record_id, f.reason, f.late_cause) for f in p.fired if not f.null_only
+    ]
+
+
+def test_on_time_or_a_minute_late_names_no_cause_and_later_says_catch_up() -> None:
+    for fired_at, cause in ((T0 + TTL, None), (T0 + LATE, None), (T0 + LATE + 1, "catch_up")):
+        p = Partition()
+        p.event("c", "create", T0)
+        p.tick(fired_at)
+        assert _causes(p) == [("c", "ttl", cause)]
+
+
+def test_a_record_already_due_at_ingest_says_late_event() -> None:
+    """The contract's "already due at ingest": a late (or replayed) create is stamped and
+    tombstoned at once; the event came after the expiry, not the service."""
+    p = Partition()
+    p.event("c", "create", T0, now=T0 + LATE + 5)
+    p.tick(T0 + LATE + 10)
+    assert _causes(p) == [("c", "ttl", "late_event")]
+    # The next life, on time: nothing.
+    p.event("c", "create", T0 + LATE + 20)
+    p.tick(T0 + LATE + 20 + TTL)
+    assert _causes(p)[1:] == [("c", "ttl", None)]
+
+
+@dataclass
+class _Timed:
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int  # the Kafka record's, as aiokafka gives it
+
+
+def _late_create(p: Partition, timestamp: int, now: int) -> Effects:
+    p.offset += 1
+    body = {"category": "conversation", "org": "acme", "record_id": "c", "ts": T0}
+    rec = _Timed(p.offset, None, orjson.dumps(body), timestamp)
+    return p._take(p.proc.process([rec], now), now)
+
+
+def test_an_event_on_the_bus_before_the_expiry_but_read_after_says_catch_up() -> None:
+    """Its Kafka timestamp says the broker had the event before the expiry: the service
+    read it late (a backlog), so the service caught up, the event was not late."""
+    p = Partition()
+    _late_create(p, T0 + 10, now=T0 + LATE + 5)
+    p.tick(T0 + LATE + 10)
+    assert _causes(p) == [("c", "ttl", "catch_up")]
+    q = Partition()
+    _late_create(q, T0 + LATE, now=T0 + LATE + 5)  # on the bus after the expiry
+    q.tick(T0 + LATE + 10)
+    assert _causes(q) == [("c", "ttl", "late_event")]
+
+
+def test_an_event_that_finds_the_life_due_ends_it_saying_catch_up() -> None:
+    """The prior life was due before the event came; the firing had not come to it."""
+    p = Partition()
+    p.event("c", "create", T0)
+    p.event("c", "create", T0 + 2 * LATE, now=T0 + 2 * LATE)  # the next life
+    assert _causes(p) == [("c", "ttl", "catch_up")]
+
+
+def test_a_late_event_that_an_event_after_it_ends_says_late_event() -> None:
+    """A late create and the next life's create read together: the first made its life due
+    on arrival, the second ends that life at ingest."""
+    p = Partition()
+    now = T0 + 2 * LATE
+    p.event("c", "create", T0, now=now)
+    p.event("c", "create", T0 + LATE, now=now)
+    assert _causes(p) == [("c", "ttl", "late_event")]
+    p.tick(now + 10)  # the second life, due on arrival too
+    assert _causes(p)[1:] == [("c", "ttl", "late_event")]
+
+
+def test_a_touch_that_extends_a_life_due_before_it_keeps_catch_up() -> None:
+    """A session due before a late touch (dated before its expiry) is not made due by the
+    touch: the firing was behind."""
+    p = Partition()
+    p.event("s", "create", T0, category="session")
+    p.event("s", "touch", T0 + 10, category="session", now=T0 + 2 * LATE)
+    p.tick(T0 + 2 * LATE)
+    assert _causes(p) == [("s", "ttl", "catch_up")]
+
+
+def test_a_hold_s_release_says_hold_and_an_erasure_it_deferred_names_no_cause() -> None:
+    p = Partition()
+    p.holds.place(hold())
+    p.event("kept", "create", T0)
+    p.event("erased", "create", T0)
+    p.event("erased", "delete", T0 + 10)
+    p.tick(T0 + TTL)
+    p.holds.release("h1")
+    p.tick(T0 + 2 * LATE)
+    assert sorted(_causes(p)) == [("erased", "explicit", None), ("kept", "ttl", "hold")]
+
+
+def test_a_release_within_the_minute_names_no_cause() -> None:
+    p = Partition()
+    p.holds.place(hold())
+    p.event("kept", "create", T0)
+    p.tick(T0 + TTL)
+    p.holds.release("h1")
+    p.tick(T0 + LATE)
+    assert _causes(p) == [("kept", "ttl", None)]
+
+
+def test_earlier_lives_a_hold_kept_say_hold_and_the_running_life_its_own() -> None:
+    """A session back after its held life's end: at the release the held life's tombstone
+    says hold; the running life, fired on time, says nothing."""
+    p = Partition()
+    p.holds.place(hold())
+    p.event("s", "create", T0, category="session")
+    p.tick(T0 + TTL)
+    start = T0 + 2 * LATE
+    p.event("s", "touch", start, category="session")  # the next life, keeping the held one
+    p.holds.release("h1")
+    p.tick(start + 10)
+    p.tick(start + TTL)
+    assert _causes(p) == [("s", "ttl", "hold"), ("s", "ttl", None)]
+
+
+def test_an_event_that_finds_a_released_record_first_says_hold() -> None:
+    """Released, the release scan not come to it yet: the event lets it go."""
+    p = Partition()
+    p.holds.place(hold())
+    p.event("c", "create", T0)
+    p.tick(T0 + TTL)
+    p.holds.release("h1")
+    p.event("c", "create", T0 + 2 * LATE)
+    assert _causes(p) == [("c", "ttl", "hold")]
+
+
+def test_the_archive_catching_up_says_archive() -> None:
+    archive = ArchiveGate(partitions=1)
+    p = Partition(archive=archive)
+    p.event("c", "create", T0)
+    p.tick(T0 + TTL)
+    assert _causes(p) == []  # waits for the archive
+    archive.update({0: 100})
+    p.tick(T0 + 2 * LATE)
+    assert _causes(p) == [("c", "ttl", "archive")]
+
+
+def test_with_the_archive_required_a_hold_s_release_still_says_hold() -> None:
+    archive = ArchiveGate(partitions=1)
+    archive.update({0: 100})
+    p = Partition(archive=archive)
+    p.holds.place(hold())
+    p.event("c", "create", T0)
+    p.tick(T0 + TTL)
+    p.holds.release("h1")
+    p.tick(T0 + 2 * LATE)
+    assert _causes(p) == [("c", "ttl", "hold")]
+
+
+def test_an_erasure_lets_lives_kept_for_the_archive_go_saying_archive() -> None:
+    """Lives a released hold kept, held back by the archive: an erasure (never delayed)
+    lets them go; they waited for the archive."""
+    archive = ArchiveGate(partitions=1)
+    p = Partition(archive=archive)
+    p.holds.place(hold())
+    p.event("s", "create", T0, category="session")
+    p.tick(T0 + TTL)
+    start = T0 + 2 * LATE
+    p.event("s", "touch", start, category="session")  # the next life, keeping the held one
+    p.holds.release("h1")
+    p.tick(start + 100)
+    assert _causes(p) == []  # the archive has not read the next life's stamp
+    p.event("s", "delete", start + 200, category="session")
+    assert _causes(p) == [("s", "ttl", "archive"), ("s", "explicit", None)]
