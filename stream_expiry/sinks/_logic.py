@@ -31,7 +31,8 @@ Rules kept here (why: tombstones are at-least-once, and ``expiry.stamped`` and
    ``rows_deleted=0``, said an erasure found something to do where it found nothing.
    An erasure's receipt names the request it carried out as the tombstone event's
    headers name it (else its null's, kept pending with it): a receipt is matched to its
-   request by id, not by times.
+   request by id, not by times. A late deletion's receipt says why likewise
+   (``expiry-late-cause``).
 5. **The sweep never takes what the archive lacks.** With ``[archive] required`` the
    service holds back a ``ttl`` tombstone until the archive has the record's latest stamp;
    the sweep, which stands in for a tombstone that did not come, keeps the same rule: a row
@@ -293,9 +294,11 @@ class _Planner:
         emitted_at: int | None,
         deleted_at: int,
         by: TombstoneChange | Pending | None = None,
+        late: str | None = None,
     ) -> None:
         """Write a receipt; ``by``: the tombstone event or the null (its pending deletion)
-        that deleted the record, whose erasure request the receipt names, if it names one."""
+        that deleted the record, whose erasure request the receipt names, if it names one;
+        ``late``: why that deletion was late (``expiry-late-cause``), if it was."""
         request, event_id = (None, None) if by is None else (by.request, by.request_event_id)
         self.out.receipts.append(
             Receipt(
@@ -312,6 +315,7 @@ class _Planner:
                 deleted_at=deleted_at,
                 request=request,
                 request_event_id=event_id,
+                late_cause=late,
             )
         )
 
@@ -411,7 +415,7 @@ class _Planner:
             self.out.deleted += 1
             lived = _max_opt(lived, row.created_at)
             src: Row | Pending | TombstoneChange = t if t.created_at is not None else row
-            self.receipt(t.identity, t.reason, 1, src, t.emitted_at, self.now, t)
+            self.receipt(t.identity, t.reason, 1, src, t.emitted_at, self.now, t, t.late_cause)
         # An erasure's null that found no row (``rowless``) and a row this tombstone deleted
         # are one deletion: the stamp of a life the erasure ends came after the null (on
         # another partition of expiry.stamped, a producer's events of one record keyed
@@ -423,7 +427,10 @@ class _Planner:
             src = t if t.created_at is not None else p
             # The erasure's null names the request when its tombstone event does not.
             by = p if t.request is None and t.reason == "explicit" else t
-            self.receipt(t.identity, t.reason, 1 - p.rowless, src, t.emitted_at, p.deleted_at, by)
+            late = t.late_cause if t.late_cause is not None else p.late_cause  # likewise
+            self.receipt(
+                t.identity, t.reason, 1 - p.rowless, src, t.emitted_at, p.deleted_at, by, late
+            )
         rest = tuple(p for p in pending if p not in claimed) if claimed else None
         ended = t.expires_at
         if deleted:
@@ -441,7 +448,7 @@ class _Planner:
             # stays out.
             if self.read_before(t.topic, t.partition, t.timestamp):
                 return
-            self.receipt(t.identity, t.reason, 0, t, t.emitted_at, self.now, t)
+            self.receipt(t.identity, t.reason, 0, t, t.emitted_at, self.now, t, t.late_cause)
 
     def null(self, slot: Slot, c: NullChange) -> None:
         """Delete the row; its receipt waits for the tombstone event, which names the rule.
@@ -472,6 +479,7 @@ class _Planner:
         waiting = Pending(
             row.created_at, row.expires_at, row.ttl_seconds, row.ttl_source, self.now,
             reason=c.reason, request=c.request, request_event_id=c.request_event_id,
+            late_cause=c.late_cause,
         )  # fmt: skip
         held = () if slot.marker is None else slot.marker.pending
         self.remember(
@@ -491,7 +499,10 @@ class _Planner:
             else []
         )
         for p in late:
-            self.receipt(c.identity, p.reason or "sweep", 1 - p.rowless, p, None, p.deleted_at, p)
+            self.receipt(
+                c.identity, p.reason or "sweep", 1 - p.rowless, p, None, p.deleted_at, p,
+                p.late_cause,
+            )  # fmt: skip
             if p.reason is None:
                 self.out.swept += 1
             else:

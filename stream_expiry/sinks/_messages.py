@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 
-from stream_expiry.codec import H_REQUEST, H_REQUEST_EVENT_ID, deleted_at_of, reason_of
+from stream_expiry.codec import (
+    H_LATE_CAUSE,
+    H_REQUEST,
+    H_REQUEST_EVENT_ID,
+    deleted_at_of,
+    reason_of,
+)
 from stream_expiry.errors import InputError, not_json
 from stream_expiry.model import Identity, decode_key
 from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
@@ -145,6 +151,9 @@ class TombstoneChange:
     # ``expiry-request-event-id``; None: not an erasure's, or not said): its receipts say it.
     request: str | None = None
     request_event_id: str | None = None
+    # Why it came more than a minute after its expiry (``expiry-late-cause``; None: on
+    # time, or not said): its receipts say it too.
+    late_cause: str | None = None
 
     @property
     def bound(self) -> int:
@@ -195,6 +204,8 @@ class NullChange:
     # The erasure request it carries out, as its headers name it (see TombstoneChange).
     request: str | None = None
     request_event_id: str | None = None
+    # Why the deletion was late, as its headers say (see TombstoneChange).
+    late_cause: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +303,9 @@ class Pending:
     # event never come (the tombstone's own, when it comes, is the one its receipt says).
     request: str | None = None
     request_event_id: str | None = None
+    # Why the null's deletion was late (``expiry-late-cause``), for the receipt: the
+    # tombstone's own, when it comes and says one, is the one its receipt says.
+    late_cause: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,10 +345,12 @@ def encode_pending(pending: tuple[Pending, ...]) -> str | None:
     return orjson.dumps(
         [
             [p.created_at, p.expires_at, p.ttl_seconds, p.ttl_source, p.deleted_at]
-            # What earlier versions wrote, unless superseded, with a reason, rowless or
-            # naming a request.
+            # What earlier versions wrote, unless superseded, with a reason, rowless,
+            # naming a request or late.
             + (
-                [p.superseded, p.reason, p.rowless, p.request, p.request_event_id]
+                [p.superseded, p.reason, p.rowless, p.request, p.request_event_id, p.late_cause]
+                if p.late_cause is not None
+                else [p.superseded, p.reason, p.rowless, p.request, p.request_event_id]
                 if p.request is not None
                 else [p.superseded, p.reason, True]
                 if p.rowless
@@ -367,6 +383,10 @@ class Receipt:
     the tombstone event (or the null) that deleted the record named it; published as the
     receipt message's headers ``expiry-request`` and ``expiry-request-event-id``, not in
     its value (the contract's schema has no such field). None for every other deletion.
+
+    ``late_cause``: why the deletion came more than a minute after the record's expiry, as
+    the tombstone event (else its null) said it (``expiry-late-cause``, published as that
+    header); None for a deletion on time, and for the store's own (``sweep``).
     """
 
     receipt_id: str
@@ -382,6 +402,7 @@ class Receipt:
     deleted_at: int
     request: str | None = None
     request_event_id: str | None = None
+    late_cause: str | None = None
 
 
 # Built by the thousand per batch: see _slot_init.
@@ -428,15 +449,29 @@ def encode_receipt(r: Receipt) -> bytes:
 
 def receipt_headers(r: Receipt) -> list[tuple[str, bytes]]:
     """The headers of a receipt message: the erasure request it carried out, if any (a
-    list: aiokafka's record batch builder takes no other sequence)."""
-    if r.request is None:
-        return []
-    if r.request_event_id is None:
-        return [(H_REQUEST, r.request.encode("utf-8"))]
-    return [
-        (H_REQUEST, r.request.encode("utf-8")),
-        (H_REQUEST_EVENT_ID, r.request_event_id.encode("utf-8")),
-    ]
+    list: aiokafka's record batch builder takes no other sequence), and why it was late."""
+    headers = []
+    if r.request is not None:
+        headers.append((H_REQUEST, r.request.encode("utf-8")))
+        if r.request_event_id is not None:
+            headers.append((H_REQUEST_EVENT_ID, r.request_event_id.encode("utf-8")))
+    if r.late_cause is not None:
+        headers.append((H_LATE_CAUSE, r.late_cause.encode("utf-8")))
+    return headers
+
+
+_LATE_CAUSE_MAX: Final = 64
+
+
+def _late_cause_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
+    """``expiry-late-cause`` as ``headers`` say it (None: not said), as text (as
+    :func:`_request_of`)."""
+    for name, value in headers:
+        if name == H_LATE_CAUSE:  # the service's are a word; a stranger's is cut
+            return (
+                value[:_LATE_CAUSE_MAX].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+            )
+    return None
 
 
 def _request_of(headers: Sequence[tuple[str, bytes]]) -> tuple[str | None, str | None]:
@@ -574,8 +609,9 @@ def decode_stamped(
         known = reason if reason in ("ttl", "explicit") else None
         at = timestamp if timestamp is not None and timestamp >= 0 else None
         request, event_id = _request_of(headers) if known == "explicit" else (None, None)
+        late = _late_cause_of(headers) if known == "ttl" else None
         return NullChange(
-            _key_identity(key), partition, offset, known, at, topic, request, event_id
+            _key_identity(key), partition, offset, known, at, topic, request, event_id, late
         )
     obj = _load_object(value)
     data = obj.get("data")
@@ -615,6 +651,7 @@ def decode_tombstone(
     emitted_at = _time(obj, "emitted_at", required=True)
     assert emitted_at is not None
     request, event_id = _request_of(headers) if reason == "explicit" else (None, None)
+    late = _late_cause_of(headers) if reason == "ttl" and headers else None
     return TombstoneChange(
         identity=_identity(obj),
         created_at=_time(obj, "created_at"),
@@ -629,4 +666,5 @@ def decode_tombstone(
         partition=partition,
         request=request,
         request_event_id=event_id,
+        late_cause=late,
     )

@@ -141,11 +141,11 @@ _MARKERS_FROM_JSON: Final = _from_json(
 )
 _RECEIPTS_FROM_JSON: Final = _from_json(
     "text", "text", *_KEY_TYPES, "text", "integer", "bigint", "bigint", "bigint", "text",
-    "bigint", "bigint", "text", "text",
+    "bigint", "bigint", "text", "text", "text",
 )  # fmt: skip
 _RECEIPT_COLS: Final = (
     f"receipt_id, store, {_KEY}, reason, rows_deleted, created_at, expires_at, ttl_seconds, "
-    "ttl_source, emitted_at, deleted_at, request, request_event_id"
+    "ttl_source, emitted_at, deleted_at, request, request_event_id, late_cause"
 )
 # Every statement planned for the tables as they are now. asyncpg prepares each statement,
 # and after five runs PostgreSQL may keep a generic plan for good; made while the tables
@@ -256,7 +256,7 @@ CREATE TABLE IF NOT EXISTS {receipts} (
     reason text NOT NULL, rows_deleted integer NOT NULL,
     created_at bigint, expires_at bigint, ttl_seconds bigint, ttl_source text,
     emitted_at bigint, deleted_at bigint NOT NULL,
-    request text, request_event_id text
+    request text, request_event_id text, late_cause text
 );
 DO $request$
 BEGIN
@@ -266,6 +266,11 @@ BEGIN
                    AND attname = 'request_event_id' AND NOT attisdropped) THEN
         ALTER TABLE {receipts} ADD COLUMN IF NOT EXISTS request text,
             ADD COLUMN IF NOT EXISTS request_event_id text;
+    END IF;
+    -- Why the deletion was late (NULL: on time, and in the receipts written before).
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{receipts}'::regclass
+                   AND attname = 'late_cause' AND NOT attisdropped) THEN
+        ALTER TABLE {receipts} ADD COLUMN IF NOT EXISTS late_cause text;
     END IF;
 END
 $request$;
@@ -525,7 +530,7 @@ class _PostgresTx(StoreTransaction):
                 _json(
                     (r.receipt_id, r.store, *r.identity.parts(), r.reason, r.rows_deleted,
                      r.created_at, r.expires_at, r.ttl_seconds, r.ttl_source, r.emitted_at,
-                     r.deleted_at, r.request, r.request_event_id)
+                     r.deleted_at, r.request, r.request_event_id, r.late_cause)
                     for r in p.receipts
                 ),
             )  # fmt: skip

@@ -62,7 +62,7 @@ _MARKER_COLS: Final = (
 )
 _RECEIPT_COLS: Final = (
     f"receipt_id, store, {_KEY}, reason, rows_deleted, created_at, expires_at, ttl_seconds, "
-    "ttl_source, emitted_at, deleted_at, request, request_event_id"
+    "ttl_source, emitted_at, deleted_at, request, request_event_id, late_cause"
 )
 
 _SCHEMA: Final = """
@@ -92,7 +92,7 @@ CREATE TABLE IF NOT EXISTS {p}receipts (
     reason TEXT NOT NULL, rows_deleted INTEGER NOT NULL,
     created_at INTEGER, expires_at INTEGER, ttl_seconds INTEGER, ttl_source TEXT,
     emitted_at INTEGER, deleted_at INTEGER NOT NULL,
-    request TEXT, request_event_id TEXT
+    request TEXT, request_event_id TEXT, late_cause TEXT
 );
 CREATE TABLE IF NOT EXISTS {p}receipts_outbox (seq INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS {p}pruned (
@@ -116,6 +116,8 @@ _ADDED: Final = (
     # The erasure request a receipt names (NULL in the receipts written before).
     ("receipts", "request", "TEXT"),
     ("receipts", "request_event_id", "TEXT"),
+    # Why the deletion was late (NULL: on time, and in the receipts written before).
+    ("receipts", "late_cause", "TEXT"),
 )
 
 
@@ -135,7 +137,7 @@ def _receipt_params(r: Receipt) -> tuple[Any, ...]:
     return (
         r.receipt_id, r.store, *r.identity.parts(), r.reason, r.rows_deleted, r.created_at,
         r.expires_at, r.ttl_seconds, r.ttl_source, r.emitted_at, r.deleted_at, r.request,
-        r.request_event_id,
+        r.request_event_id, r.late_cause,
     )  # fmt: skip
 
 
@@ -236,7 +238,7 @@ class _SQLiteTx(StoreTransaction):
         if p.receipts:
             await c.executemany(
                 f"INSERT INTO {t}receipts ({_RECEIPT_COLS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [_receipt_params(r) for r in p.receipts],
             )
 

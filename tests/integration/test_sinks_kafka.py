@@ -1276,7 +1276,9 @@ async def test_an_erasures_receipt_message_names_its_request_in_its_headers(
     """The service names an erasure's request on its tombstone event and its null; the
     store's receipt of it carries the same two headers, ``expiry-request`` and
     ``expiry-request-event-id`` (its value stays the contract's schema), and ``history``
-    shows them on the receipt. An expiry's receipt has neither."""
+    shows them on the receipt. An expiry's receipt has neither; the record already due at
+    ingest (produced two hours after its expiry) has its tombstone's
+    ``expiry-late-cause: late_event``, and history shows it on the receipt."""
     config = config_for(
         topics, str(tmp_path / "state"), '[retention.defaults]\nconversation = "1h"\n'
     )
@@ -1301,7 +1303,9 @@ async def test_an_erasures_receipt_message_names_its_request_in_its_headers(
     assert dict(erased.headers) == {
         "expiry-request": request, "expiry-request-event-id": b"gdpr-2026-118",
     }  # fmt: skip
-    assert list(expired.headers) == []
+    (late,) = [r for r in tombs if orjson.loads(r.value)["record_id"] == "expired"]
+    assert dict(late.headers)["expiry-late-cause"] == b"late_event"
+    assert list(expired.headers) == [("expiry-late-cause", b"late_event")]  # and no request
     schema = orjson.loads(
         (Path(__file__).parents[2] / "stream_expiry/schemas/receipt.schema.json").read_bytes()
     )
@@ -1318,3 +1322,7 @@ async def test_an_erasures_receipt_message_names_its_request_in_its_headers(
     found = await history(config, broker, Identity("acme", "_", "live", "conversation", "expired"))
     (receipt,) = [e for e in found.events if e["kind"] == "receipt"]
     assert "request" not in receipt
+    assert receipt["late_cause"] == "late_event"
+    lines = text_lines(found.as_dict())
+    said = [line for line in lines if "; late (late_event: the event that made it due" in line]
+    assert len(said) == 3  # the tombstone, its null and the receipt

@@ -398,6 +398,72 @@ async def test_a_request_without_an_event_id_and_odd_bytes_are_kept_as_text(stor
     ]  # fmt: skip
 
 
+# What the service puts on a ttl tombstone event and its null emitted more than a minute
+# after the expiry (codec.H_LATE_CAUSE).
+LATE = [("expiry-late-cause", b"catch_up")]
+
+
+def expire_late(s: Stamp, headers: Sequence[tuple[str, bytes]] = LATE) -> TombstoneChange:
+    """A ttl tombstone event emitted two hours after its expiry, saying why."""
+    assert s.expires_at is not None
+    at = s.expires_at + 120 * MINUTE
+    key, value = tombstone_msg(s, reason="ttl", emitted_at=at)
+    return decode_tombstone(key, value, headers, at, topic=TOMBS, partition=0)
+
+
+def expired_late(i: Identity, offset: int, headers: Sequence[tuple[str, bytes]] = LATE) -> Change:
+    """Its null on expiry.stamped, with its reason and its cause."""
+    named = [("expiry-reason", b"ttl"), *headers]
+    return decode_stamped(
+        i.key.encode(), None, partition=0, offset=offset, headers=named,
+        timestamp=T0 + 130 * MINUTE, topic=STAMPED,
+    )  # fmt: skip
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+@pytest.mark.parametrize(
+    "case", ["tombstone-first", "null-first", "null-only-swept", "said-by-the-null-only",
+             "never-held"],
+)  # fmt: skip
+async def test_a_late_deletions_receipt_says_why_it_was_late_however_it_was_deleted(
+    store: Store, case: str
+) -> None:
+    """A ttl tombstone event and its null emitted late say why (expiry-late-cause); the
+    receipt keeps it, in the store's receipts table until it is published, whichever of
+    the two deleted the row (the tombstone's, else the null's), also when the sweep writes
+    it for a null whose tombstone never came, and for a record the store never held. An
+    on-time expiry's receipt and an erasure's say none."""
+    i, on_time, gone = stamp(ident("late")), stamp(ident("on-time")), stamp(ident("erased"))
+    if case != "never-held":
+        await store.apply([put(i, offset=0)], now_ms=T0)
+    await store.apply(
+        [put(on_time, offset=1), kill(on_time), put(gone, offset=2), erase(gone)], now_ms=T0 + 1
+    )
+    tomb = expire_late(i, () if case == "said-by-the-null-only" else LATE)
+    now = T0 + 130 * MINUTE
+    if case in ("tombstone-first", "never-held"):
+        await store.apply([tomb], now_ms=now)
+        await store.apply([expired_late(i.identity, 3)], now_ms=now + 1)
+    else:
+        await store.apply([expired_late(i.identity, 3)], now_ms=now)
+        if case.endswith("swept"):
+            page = await store.sweep(cutoff_ms=now + MINUTE, now_ms=now + MINUTE)
+            assert [r.reason for r in page.plan.receipts] == ["ttl"]
+        else:
+            await store.apply([tomb], now_ms=now + 1)
+    said = {r.identity: r for r in await store.pending_receipts()}
+    assert set(said) == {i.identity, on_time.identity, gone.identity}
+    r = said[i.identity]
+    assert (r.reason, r.rows_deleted) == ("ttl", 0 if case == "never-held" else 1)
+    assert r.late_cause == "catch_up"
+    assert said[on_time.identity].late_cause is None
+    assert said[gone.identity].late_cause is None
+    assert {x.receipt_id: x for x in await store.receipts()} == {
+        x.receipt_id: x for x in said.values()
+    }
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("store", store_params(), indirect=True)
 async def test_sweep_gives_a_null_deletion_its_receipt_when_the_tombstone_never_comes(
@@ -1138,6 +1204,31 @@ async def test_a_store_made_before_receipts_named_requests_is_brought_up_to_date
     await store.open()  # once: a second opening changes nothing
     said = [(r.identity, r.request, r.request_event_id) for r in await store.pending_receipts()]
     assert said == [(old.identity, None, None), (new.identity, REQUEST, "gdpr-7")]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(SQL_KINDS), indirect=True)
+async def test_a_store_made_before_receipts_said_why_a_deletion_was_late_is_brought_up_to_date(
+    store: Store,
+) -> None:
+    """Reopening a store whose receipts table lacks ``late_cause`` adds it: the receipts
+    already there say none, and a late deletion's receipt says why from then on."""
+    old = stamp(ident("old"))
+    await store.apply([put(old, offset=0), kill(old)], now_ms=T0)
+    conn: Any = getattr(store, "_conn", None) or store._pool  # type: ignore[attr-defined]
+    sqlite = isinstance(store, SQLiteStore)
+    receipts = f"{store.prefix}receipts" if sqlite else store._n.receipts  # type: ignore[attr-defined]
+    await conn.execute(f"ALTER TABLE {receipts} DROP COLUMN late_cause")
+    if sqlite:
+        await conn.commit()
+    await store.close()
+    await store.open()
+    new = stamp(ident("new"))
+    await store.apply([put(new, offset=1), expire_late(new)], now_ms=T0 + 1)
+    await store.close()
+    await store.open()  # once: a second opening changes nothing
+    said = [(r.identity, r.late_cause) for r in await store.pending_receipts()]
+    assert said == [(old.identity, None), (new.identity, "catch_up")]
 
 
 @pytest.mark.asyncio
