@@ -189,12 +189,16 @@ def test_an_event_read_by_the_full_validation_has_its_misspelt_names_said_too() 
 # --- sinks: a message that found nothing, read again after its marker was pruned -----------
 
 
+TOMBS = "expiry.tombstones"
+STAMPED = "expiry.stamped"
+
+
 def _erasure(at: int | None, identity: Identity = A) -> TombstoneChange:
     """The erasure of a record the store never held, read with Kafka timestamp ``at``."""
     unseen = Stamp(identity, None, None, None, None)
     value = encode_tombstone(unseen, reason="explicit", emitted_at=T0)
     headers = [("expiry-deleted-at", str(T0).encode())]
-    return decode_tombstone(None, value, headers, timestamp=at)
+    return decode_tombstone(None, value, headers, timestamp=at, topic=TOMBS, partition=0)
 
 
 def _of(identity: Identity, record_id: str) -> Identity:
@@ -210,15 +214,16 @@ def test_a_plan_with_the_bound_lists_no_null_and_one_without_lists_the_erasures_
     given (the tombstone's case had a test)."""
     held = _of(A, "held")
     nulls = [
-        NullChange(A, 0, 1, reason="explicit", timestamp=T0 + 5),
-        NullChange(_of(A, "ttl"), 0, 2, reason="ttl", timestamp=T0 + 6),
-        NullChange(held, 0, 9, reason="explicit", timestamp=T0 + 7),
+        NullChange(A, 0, 1, reason="explicit", timestamp=T0 + 5, topic=STAMPED),
+        NullChange(_of(A, "ttl"), 0, 2, reason="ttl", timestamp=T0 + 6, topic=STAMPED),
+        NullChange(held, 0, 9, reason="explicit", timestamp=T0 + 7, topic=STAMPED),
     ]
     w = World()
     w.apply([st_change(life(i=held), offset=1)])
     p = plan(nulls, w.state, store="s", now_ms=T0, new_id=lambda: "r")
-    assert (p.found_nothing_at, p.deleted) == ([T0 + 5], 1)
-    p = plan(nulls, w.state, store="s", now_ms=T0, new_id=lambda: "r", pruned_before=T0 - 1)
+    assert (p.found_nothing_at, p.deleted) == ([((STAMPED, 0), T0 + 5)], 1)
+    bounds = {(STAMPED, 0): T0 - 1}
+    p = plan(nulls, w.state, store="s", now_ms=T0, new_id=lambda: "r", pruned_before=bounds)
     assert (p.found_nothing_at, p.deleted) == ([], 1)
 
 
@@ -235,7 +240,8 @@ async def test_a_batch_with_a_reread_erasure_and_a_first_one_has_one_receipt_for
     old = _erasure(T0, _of(A, "old"))
     out = await store.apply([old], now_ms=T0 + 1)
     assert [r.rows_deleted for r in out.receipts] == [0]
-    await store.prune(settled_before_ms=T0 + 2 * HOUR, limit=100)  # bound kept: T0 + 1 h
+    # bound kept: T0 + 1 h
+    await store.prune(settled_before_ms=T0 + 2 * HOUR, limit=100, sources=[(TOMBS, 0)])
     assert await store.marker(old.identity) is None
     new = _erasure(T0 + 90 * MIN, _of(A, "new"))
     out = await store.apply([old, new], now_ms=T0 + 3 * HOUR)
@@ -251,7 +257,8 @@ async def test_the_margin_below_the_prunings_bound_is_an_hour(before: int, recei
     before left a second receipt) and one minute (59 minutes before left none)."""
     store = MemoryStore("m")
     pruned_at = T0 + 10 * HOUR
-    await store.prune(settled_before_ms=pruned_at, limit=100)  # --marker-grace 0
+    # --marker-grace 0
+    await store.prune(settled_before_ms=pruned_at, limit=100, sources=[(TOMBS, 0)])
     out = await store.apply([_erasure(pruned_at - before)], now_ms=pruned_at + MIN)
     assert len(out.receipts) == receipts
 
