@@ -82,8 +82,7 @@ from stream_expiry import exits
 from stream_expiry.codec import deleted_at_of, reason_of
 from stream_expiry.config import Config
 from stream_expiry.errors import BrokerError, ConfigurationError, StoreError
-from stream_expiry.kafka import committed_offsets, consumer, ensure_topics, partitions_of
-from stream_expiry.kafka_settings import topic_configs
+from stream_expiry.kafka import committed_offsets, consumer, ensure_config_topics, partitions_of
 from stream_expiry.model import decode_key
 from stream_expiry.parts import add_up
 from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
@@ -416,16 +415,7 @@ async def ensure_read_topics(brokers: Brokers, config: Config) -> None:
     stamps only for the broker's retention, and the service never alters a topic that
     exists."""
     t = config.topics
-    every = topic_configs(config)
-    wanted = {name: every[name] for name in (t.stamped, t.tombstones)}
-    settings = config.topic_settings
-    created = await ensure_topics(
-        brokers,
-        wanted,
-        configs=wanted,
-        partitions=settings.partitions,
-        replication=settings.replication_factor,
-    )
+    created = await ensure_config_topics(brokers, config, (t.stamped, t.tombstones))
     for topic in created:
         log.warning(
             "created topic %s, which did not exist: the service writes it; check the name "

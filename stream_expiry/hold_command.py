@@ -32,8 +32,7 @@ from stream_expiry.cliargs import check_category
 from stream_expiry.codec import encode_hold_audit
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.holds import Hold, HoldBook, apply_hold_message, encode_hold, parse_hold
-from stream_expiry.kafka import consumer, ensure_topics, partitions_of, producer, read_to_end
-from stream_expiry.kafka_settings import topic_configs
+from stream_expiry.kafka import consumer, ensure_config_topics, partitions_of, producer, read_to_end
 from stream_expiry.logs import printable, say_failure, say_warning
 from stream_expiry.model import Rejection
 from stream_expiry.murmur2 import partition_for
@@ -76,16 +75,7 @@ async def _ensure(config: Config, brokers: Brokers) -> None:
     left out where the services rename it, placed a hold that nothing read, and the
     command said only the hold's id (a trial)."""
     t = config.topics
-    configs = topic_configs(config)
-    settings = config.topic_settings
-    wanted = {name: configs[name] for name in (t.holds, t.audit)}
-    created = await ensure_topics(
-        brokers,
-        wanted,
-        configs=wanted,
-        partitions=settings.partitions,
-        replication=settings.replication_factor,
-    )
+    created = await ensure_config_topics(brokers, config, (t.holds, t.audit))
     if t.holds in created:
         print(
             f"stream-expiry hold: created the holds topic {printable(t.holds)!r}, which did "

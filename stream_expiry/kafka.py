@@ -61,10 +61,13 @@ from stream_expiry.kafka_settings import (
     as_connection,
     bootstrap_addresses,
     no_passphrase,
+    topic_configs,
 )
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+
+    from stream_expiry.config import Config
 
 __all__ = [
     "BATCH_BYTES",
@@ -77,6 +80,7 @@ __all__ = [
     "client_options",
     "consumer",
     "crc32_partitioner",
+    "ensure_config_topics",
     "ensure_topics",
     "key_partition",
     "mapped",
@@ -628,6 +632,25 @@ async def ensure_topics(
                 f"cannot create topics on Kafka at {conn.bootstrap_servers} ({exc!r}); check "
                 "that the brokers are up and the --bootstrap-servers address"
             ) from exc
+
+
+async def ensure_config_topics(
+    brokers: Brokers, config: Config, names: Iterable[str] | None = None
+) -> list[str]:
+    """Make those of ``config``'s topics named (every one when None) that do not exist, as
+    the service makes them (``kafka_settings.topic_configs``, the ``[topics]`` partitions
+    and replication); returns the ones made. The commands that write or read a topic the
+    service owns make a missing one so, not with a broker's defaults."""
+    every = topic_configs(config)
+    wanted = every if names is None else {name: every[name] for name in names}
+    settings = config.topic_settings
+    return await ensure_topics(
+        brokers,
+        wanted,
+        configs=wanted,
+        partitions=settings.partitions,
+        replication=settings.replication_factor,
+    )
 
 
 async def message_limits(brokers: Brokers, topics: Iterable[str]) -> dict[str, int]:

@@ -63,14 +63,13 @@ from stream_expiry.kafka import (
     committed_offsets,
     consumer,
     curable,
-    ensure_topics,
+    ensure_config_topics,
     mapped,
     producer,
     size_limits,
     stable_end,
     topic_config_values,
 )
-from stream_expiry.kafka_settings import topic_configs
 from stream_expiry.outbox import Outbox, settled_or_failed
 from stream_expiry.oversize import producer_limit
 from stream_expiry.policy import PolicyBook
@@ -543,15 +542,7 @@ class Service:
         not only the first: after an outage the cluster may be another behind the same
         address (rebuilt, or the test broker restarted empty), the consumer rejoins it on its
         own, and a restore cannot read a changelog topic that is gone."""
-        configs = topic_configs(self.config)
-        settings = self.config.topic_settings
-        created = await ensure_topics(
-            self.bootstrap,
-            configs,
-            configs=configs,
-            partitions=settings.partitions,
-            replication=settings.replication_factor,
-        )
+        created = await ensure_config_topics(self.bootstrap, self.config)
         # A mistyped name in [topics] inputs made an empty topic and the service idled on
         # it without a word: a new input topic is probably not where producers write.
         for topic in created:
