@@ -433,8 +433,23 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from stream_expiry.replay import run_replay
 
     config = load(args)
-    with _interrupt_at_once(), _library_quiet():
-        return anyio.run(run_replay, config, connection_from(args, config), args)
+    try:
+        with _interrupt_at_once(), _library_quiet():
+            return anyio.run(run_replay, config, connection_from(args, config), args)
+    except KeyboardInterrupt:
+        # Stopped while it read or published, it said nothing, and what it had published
+        # (and what it had not) was left to guess (a trial).
+        say_failure(
+            "stream-expiry replay: interrupted; "
+            + (
+                "nothing was published (--dry-run)"
+                if args.dry_run
+                else "the stamps it published stay published, the rest were not: run it "
+                "again to finish (it re-derives every record, so the second run publishes "
+                "what the first did not, and no stamp twice)"
+            )
+        )
+        raise
 
 
 def _parser_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
