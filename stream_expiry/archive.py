@@ -425,11 +425,19 @@ async def ensure_read_topics(brokers: Brokers, config: Config) -> None:
 
 
 async def serve_archive(
-    bootstrap_servers: Brokers, directory: str, *, topic: str, tombstones: str, group_id: str
+    bootstrap_servers: Brokers,
+    directory: str,
+    *,
+    topic: str,
+    tombstones: str,
+    group_id: str,
+    prepare: Callable[[], Awaitable[None]] | None = None,
 ) -> int:
     """``stream-expiry archive``: archive until SIGINT or SIGTERM, then stop after the batch
     in hand is written and committed (a second signal stops at once: nothing is lost, the
-    uncommitted batch is re-delivered)."""
+    uncommitted batch is re-delivered). ``prepare`` runs first, under the same signals
+    (:func:`ensure_read_topics`: run before them, a signal while it connected ended the
+    command without a word)."""
     stop = anyio.Event()
     writer: ArchiveWriter | None = None  # none when a second signal stops it while it starts
     async with anyio.create_task_group() as tg:
@@ -442,6 +450,8 @@ async def serve_archive(
                     stop.set()
 
         tg.start_soon(on_signals)
+        if prepare is not None:
+            await prepare()
         writer = await run_archive(
             bootstrap_servers,
             directory,

@@ -717,18 +717,17 @@ def _cmd_archive(args: argparse.Namespace) -> int:
         )
         return 0
     brokers = connection_from(args, config)
-
-    async def serve() -> int:
-        await archive.ensure_read_topics(brokers, config)
-        return await archive.serve_archive(
+    return anyio.run(
+        partial(
+            archive.serve_archive,
             brokers,
             args.dir,
             topic=config.topics.stamped,
             tombstones=config.topics.tombstones,
             group_id=args.group_id or config.archive.group_id,
+            prepare=partial(archive.ensure_read_topics, brokers, config),
         )
-
-    return anyio.run(serve)
+    )
 
 
 # -- rekey --------------------------------------------------------------------------------
