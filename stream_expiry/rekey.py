@@ -60,7 +60,7 @@ from stream_expiry.kafka_settings import as_connection, role_configs
 from stream_expiry.model import Rejection, parse_event
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Collection, Mapping, Sequence
 
     from aiokafka.structs import TopicPartition
 
@@ -365,12 +365,14 @@ class Rekeyer:
         for sent in await out.flush():
             await sent
         stats.batches += 1
-        if await self._commit(cons, offsets):
-            stats.committed += sum(len(records) for records in batch.values())
+        for tp in await self._commit(cons, offsets):
+            stats.committed += len(batch[tp])
         if self.metrics is not None:
+            assigned = cons.assignment()
             for tp, position in offsets.items():
-                high = stable_end(cons, tp)
-                if high is not None:
+                if tp not in assigned:  # given to another member meanwhile: its lag is theirs
+                    self.metrics.forget_partition(tp.topic, tp.partition)
+                elif (high := stable_end(cons, tp)) is not None:
                     self.metrics.set_lag(tp.topic, tp.partition, high - position)
 
     def _fit(self, rec: Any, routed: Routed) -> tuple[bytes | None, bytes | None, Headers]:
@@ -390,22 +392,34 @@ class Rekeyer:
             )
         return key, value, headers
 
-    async def _commit(self, cons: Any, offsets: dict[TopicPartition, int]) -> bool:
-        """The batch's offsets, once all of it is acknowledged. A rebalance in between
-        makes the group refuse them: the partition's new owner sends those events again,
-        which the service's rules make harmless."""
+    async def _commit(
+        self, cons: Any, offsets: dict[TopicPartition, int]
+    ) -> Collection[TopicPartition]:
+        """The batch's offsets, once all of it is acknowledged; returns the partitions
+        committed. A rebalance in between makes the group refuse them: the partition's
+        new owner sends those events again, which the service's rules make harmless. One
+        that completed in between gave some of the batch's partitions to another member:
+        theirs are left to it (aiokafka refuses a commit naming a partition not assigned,
+        with an error that is no commit failure: rekey ended on it), the rest committed."""
+        assigned = cons.assignment()
+        mine = {tp: offset for tp, offset in offsets.items() if tp in assigned}
         try:
-            await cons.commit(offsets)
-            return True
+            if mine:
+                await cons.commit(mine)
         except _REBALANCED as exc:
-            self.stats.commits_lost += 1
-            log.warning(
-                "the group rebalanced before this batch's offsets were committed (%s): its "
-                "events are sent again by the partitions' next owner, which changes nothing "
-                "downstream",
-                type(exc).__name__,
-            )
-            return False
+            why, mine = type(exc).__name__, {}
+        else:
+            if len(mine) == len(offsets):
+                return mine.keys()
+            why = f"{len(offsets) - len(mine)} of its partitions given to another member"
+        self.stats.commits_lost += 1
+        log.warning(
+            "the group rebalanced before this batch's offsets were committed (%s): those "
+            "events are sent again by the partitions' next owner, which changes nothing "
+            "downstream",
+            why,
+        )
+        return mine.keys()
 
     def _say_rejected(self, rec: Any, headers: list[tuple[str, bytes]]) -> None:
         """The first dead letter of each code, with its reason; the rest are counted in the

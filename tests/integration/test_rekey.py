@@ -20,6 +20,7 @@ from stream_expiry.kafka import (
     ensure_topics,
     producer,
 )
+from stream_expiry.metrics import RekeyMetrics
 from stream_expiry.model import Identity
 from stream_expiry.rekey import H_REKEYED_FROM, Rekeyer, targets_for
 from stream_expiry.service import wall_clock_ms
@@ -30,7 +31,7 @@ from tests.integration.service_helpers import config_for, running_service
 from tests.log_capture import captured_logs
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Collection, Sequence
     from pathlib import Path
 
     from stream_expiry.config import Config
@@ -49,6 +50,7 @@ async def running_rekey(
     sources: Sequence[str],
     *,
     producer_options: dict[str, Any] | None = None,
+    metrics: RekeyMetrics | None = None,
 ) -> AsyncIterator[Rekeyer]:
     rekeyer = Rekeyer(
         config,
@@ -58,6 +60,7 @@ async def running_rekey(
         consumer_options={"session_timeout_ms": 2000, "heartbeat_interval_ms": 500},
         producer_options=producer_options,
     )
+    rekeyer.metrics = metrics  # as the command sets it when it serves /metrics
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(rekeyer.run, stop)
@@ -248,3 +251,67 @@ async def test_a_broker_lost_while_it_runs_is_waited_out_and_nothing_is_lost(
         copies = await read_all(broker, target)
     ids = {orjson.loads(r.value)["record_id"] for r in copies}
     assert ids == {f"a{i}" for i in range(5)} | {f"b{i}" for i in range(5)}
+
+
+@pytest.mark.timeout(120)
+async def test_a_partition_the_group_gave_away_before_the_commit_is_not_committed(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A second rekey joins the group while a batch's copies are awaited: the group gives
+    it one of the batch's partitions before the batch is committed. That partition's
+    offset is left to its new owner (aiokafka refuses it: IllegalStateError, not a commit
+    failure, which ended rekey with an error), the one kept is committed, and rekey goes
+    on: once the other leaves, it copies the partition again and commits it. With its
+    metrics on, as the command runs it, the lag of the partition given away is not asked
+    of the consumer (aiokafka asserts the partition is assigned: rekey ended there too)."""
+    source = f"{topics.prefix}.chat"
+    await ensure_topics(broker, [source], partitions=2)
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    group = f"{config.group_id}-rekey"
+    t0 = wall_clock_ms()
+    # Written before rekey starts: its first fetch returns both partitions in one batch.
+    await _send(
+        broker, source, [(i % 2, None, _body("conversation", f"c{i}", t0)) for i in range(10)]
+    )
+    given_away: list[set[TopicPartition]] = []
+    metrics = RekeyMetrics()
+    async with (
+        contextlib.AsyncExitStack() as stack,
+        running_rekey(config, broker, [source], metrics=metrics) as rekeyer,
+    ):
+        commit = rekeyer._commit
+
+        async def after_a_rebalance(
+            cons: Any, offsets: dict[TopicPartition, int]
+        ) -> Collection[TopicPartition]:
+            if not given_away:
+                other = await stack.enter_async_context(
+                    consumer(
+                        broker,
+                        source,
+                        group_id=group,
+                        session_timeout_ms=2000,
+                        heartbeat_interval_ms=500,
+                    )
+                )
+                await wait_for(lambda: bool(other.assignment()), timeout_s=30)
+                await wait_for(lambda: bool(set(offsets) - cons.assignment()), timeout_s=30)
+                given_away.append(set(offsets) - cons.assignment())
+            return await commit(cons, offsets)
+
+        rekeyer._commit = after_a_rebalance  # type: ignore[method-assign]
+        await wait_for(lambda: bool(given_away) and rekeyer.stats.commits_lost >= 1, timeout_s=60)
+        await stack.aclose()  # the other leaves: its partition comes back
+        # The other's partition is copied again once it is back, and committed.
+        async with consumer(broker, group_id=group) as reader:
+            parts = [TopicPartition(source, p) for p in (0, 1)]
+            with anyio.fail_after(60):
+                while True:  # polled until committed, within the deadline
+                    if await committed_offsets(reader, parts) == {tp: 5 for tp in parts}:
+                        break
+                    await anyio.sleep(0.05)
+    assert len(given_away[0]) == 1
+    # The lag gauge was set for the partitions it read, the one given away too (aiokafka
+    # asserts a partition is assigned before it tells its end: that ended rekey as well).
+    lag = [line for line in metrics.exposition().decode().splitlines() if "consumer_lag{" in line]
+    assert len(lag) == 2, lag
