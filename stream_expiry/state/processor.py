@@ -53,6 +53,9 @@ _CLEARED_MAX = 100_000
 # this many (the oldest dropped: their tombstones say ``catch_up``).
 _ARRIVED_DUE_MAX = 100_000
 
+# The headers that name an erasure request (``codec.request_headers``, ``Fired.request``).
+Request = tuple[tuple[str, bytes], ...]
+
 # Timers a partition loads from its store at most, and in one call. The wheel holds what
 # falls due within the horizon (an hour by default): where long-lived records expire at
 # 1,000 a second, 3.6 million timers at about 1 KB each in the wheel, loaded 900,000 at
@@ -404,13 +407,19 @@ class PartitionProcessor:
                 overlay[key] = (seq, let_go)
                 prior = let_go
             kept = None
+            # An erasure request's own tombstone names it, however it goes out now.
+            request = (
+                codec.request_headers(self.topic, self.partition, rec, ev.event_id)
+                if ev.op == "delete"
+                else None
+            )
             if holds_active or (prior is not None and (prior.held or prior.held_lives)):
-                kept = self._hold_event(ev, prior, now_ms, effects)
+                kept = self._hold_event(ev, prior, now_ms, effects, request)
             if kept is None and archive is not None and self._due_unarchived(ev, prior, now_ms):
                 # The engine would end the life at once (reason ttl), ahead of the archive;
                 # its timer waits for the archive, and so does the event's end of it.
                 assert prior is not None
-                kept = self._wait_for_archive(ev, prior, now_ms, effects)
+                kept = self._wait_for_archive(ev, prior, now_ms, effects, request)
             if kept is not None:
                 if kept is not prior:
                     first = writes.get(key)
@@ -421,11 +430,9 @@ class PartitionProcessor:
             verdicts[outcome.verdict.value] += 1
             new = prior
             for fired in outcome.fired:
-                if ev.op == "delete" and fired.reason == "explicit":
+                if request is not None and fired.reason == "explicit":
                     # The request's own tombstone, not the ended life's ttl one before it.
-                    fired = fired._replace(
-                        request=codec.request_headers(self.topic, self.partition, rec, ev.event_id)
-                    )
+                    fired = fired._replace(request=request)
                 elif fired.reason == "ttl":
                     # The running life, due before this event came: the firing had not come
                     # to it (behind, or down), unless an earlier event made it due on arrival.
@@ -723,7 +730,12 @@ class PartitionProcessor:
     # -- legal holds ----------------------------------------------------------------------
 
     def _hold_event(
-        self, ev: model.InputEvent, prior: model.Stamp | None, now_ms: int, effects: Effects
+        self,
+        ev: model.InputEvent,
+        prior: model.Stamp | None,
+        now_ms: int,
+        effects: Effects,
+        request: Request | None = None,
     ) -> model.Stamp | None:
         """What a legal hold makes of an event, or None when no hold is involved.
 
@@ -760,7 +772,7 @@ class PartitionProcessor:
         holding = self.holds.holding(identity)
         if not holding:
             if prior is not None and prior.held_lives:
-                return self._wait_for_archive(ev, prior, now_ms, effects)
+                return self._wait_for_archive(ev, prior, now_ms, effects, request)
             return None
         if ev.op == "delete":
             if prior is not None and not prior.live:
@@ -860,7 +872,12 @@ class PartitionProcessor:
         return kept
 
     def _wait_for_archive(
-        self, ev: model.InputEvent, prior: model.Stamp, now_ms: int, effects: Effects
+        self,
+        ev: model.InputEvent,
+        prior: model.Stamp,
+        now_ms: int,
+        effects: Effects,
+        request: Request | None = None,
     ) -> model.Stamp | None:
         """An event for a record that keeps lives a released hold kept, which the archive
         holds back (``[archive] required``: it has not read the record's latest stamp).
@@ -872,7 +889,9 @@ class PartitionProcessor:
             erased = prior._replace(erase_at=ev.ts, held=True)
             # The earlier lives waited for the archive: no hold matches, or the record
             # would have been let go (:meth:`_let_go`) before this.
-            return self._let_go_now(erased, now_ms, effects, ordered=True, cause="archive")
+            return self._let_go_now(
+                erased, now_ms, effects, ordered=True, cause="archive", request=request
+            )
         due = prior.due_at
         if due is None or due > now_ms or ev.ts < due:
             return None
@@ -916,7 +935,14 @@ class PartitionProcessor:
         return new
 
     def _let_go_now(
-        self, held: model.Stamp, now_ms: int, effects: Effects, *, ordered: bool, cause: str
+        self,
+        held: model.Stamp,
+        now_ms: int,
+        effects: Effects,
+        *,
+        ordered: bool,
+        cause: str,
+        request: Request | None = None,
     ) -> model.Stamp:
         """Tombstone what the holds kept of a record none of them matches any more: its
         earlier lives, oldest first, then its life if that is over (it fell due, or an
@@ -924,7 +950,9 @@ class PartitionProcessor:
         without the lives (the changelog's last stamp must not bring them back), its timer
         set. Returns the record's new state. ``ordered``: note where each tombstone comes
         among the stamps (``Effects.stamps_before``), as ``process`` does. ``cause``: what
-        let the record go (:meth:`_release_cause`), which its late ``ttl`` tombstones say."""
+        let the record go (:meth:`_release_cause`), which its late ``ttl`` tombstones say.
+        ``request``: the erasure request read now that lets it go, which its explicit
+        tombstone names (a deferred one is decided from the state alone and names none)."""
         first = len(effects.tombstones)
         life = held.ended_life
         if life is not None:
@@ -936,6 +964,8 @@ class PartitionProcessor:
         self._tombstone_lives(held, current, now_ms, effects, cause)
         if held.held:
             fired = self._engine.fire_now(current, now_ms)
+            if request is not None and fired.reason == "explicit":
+                fired = fired._replace(request=request)  # the erasure read now, not a deferred one
             effects.tombstones.append(_if_late(fired, cause))
             new = fired.after
         else:

@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from stream_expiry.archive_gate import ArchiveGate
 from stream_expiry.codec import H_REKEYED_FROM, H_REQUEST, H_REQUEST_EVENT_ID, request_of
 from stream_expiry.policy import Resolution
 from stream_expiry.state import MemoryKV, PartitionProcessor, PartitionStore
+from tests.unit.test_holds import T0, TTL, Partition, hold
 
 if TYPE_CHECKING:
     from stream_expiry.engine import Fired
@@ -112,3 +114,35 @@ def test_an_event_id_longer_than_an_id_is_cut_and_says_so() -> None:
     assert len(said) == 512
     assert said.endswith(b"...")
     assert long_id.startswith(said[:-3].decode())
+
+
+def test_an_erasure_that_finds_the_life_due_before_the_archive_has_it_names_its_request() -> None:
+    """``[archive] required``: an erasure that finds the record due, its stamp not archived
+    yet, goes out at once (an erasure never waits for the archive), and it is the
+    request's own tombstone: it names the request, as one read any other time does. It
+    named none (``_wait_for_archive`` fired it apart from the engine's delete)."""
+    p = Partition(archive=ArchiveGate(partitions=1))
+    p.event("c", "create", T0)
+    p.event("c", "delete", T0 + TTL + 10, now=T0 + TTL + 20)
+    [fired] = p.fired
+    assert fired.reason == "explicit"
+    assert fired.request == ((H_REQUEST, b"in[0]@2"),)
+
+
+def test_an_erasure_that_lets_lives_kept_for_the_archive_go_names_its_request() -> None:
+    """Lives a released hold kept, then held back by the archive: the erasure lets them
+    go (their ``ttl`` tombstones name no request) and its own tombstone names it."""
+    p = Partition(archive=ArchiveGate(partitions=1))
+    p.holds.place(hold())
+    p.event("s", "create", T0, category="session")
+    p.tick(T0 + TTL)
+    start = T0 + 10 * TTL
+    p.event("s", "touch", start, category="session")  # the next life, keeping the held one
+    p.holds.release("h1")
+    p.tick(start + 100)
+    assert p.fired == []  # the archive has not read the next life's stamp
+    p.event("s", "delete", start + 200, category="session")
+    assert [(f.reason, f.request) for f in p.fired] == [
+        ("ttl", None),
+        ("explicit", ((H_REQUEST, b"in[0]@3"),)),
+    ]
