@@ -760,6 +760,13 @@ class PartitionProcessor:
             return self._erase_before_held(prior, effects)
         if prior is not None and prior.held:
             if ev.op == "delete":
+                if prior.erase_at is None and not self.holds.is_held(identity):
+                    # Kept for the archive only (else :meth:`_let_go` let it go before
+                    # this event): an erasure never waits for the archive.
+                    erased = prior._replace(erase_at=ev.ts)
+                    return self._let_go_now(
+                        erased, now_ms, effects, ordered=True, cause="archive", request=request
+                    )
                 if prior.erase_at is None:
                     kept = prior._replace(erase_at=ev.ts)
                     effects.stamps.append((kept, None))

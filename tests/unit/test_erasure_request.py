@@ -146,3 +146,22 @@ def test_an_erasure_that_lets_lives_kept_for_the_archive_go_names_its_request() 
         ("ttl", None),
         ("explicit", ((H_REQUEST, b"in[0]@3"),)),
     ]
+
+
+def test_an_erasure_of_a_record_kept_for_the_archive_does_not_wait_for_it() -> None:
+    """``[archive] required`` keeps a due record until the archive has its stamp, but "an
+    explicit delete is an erasure request: it is not delayed" (the contract). One read
+    while the record was kept (the firing came first) was deferred as under a legal hold,
+    with a ``deletion_deferred`` naming no hold, and went out only once the archive had
+    caught up (never, with the archive stopped), naming no request."""
+    archive = ArchiveGate(partitions=1)
+    p = Partition(archive=archive)
+    p.event("c", "create", T0)
+    p.tick(T0 + TTL)
+    assert p.fired == []  # kept for the archive
+    p.event("c", "delete", T0 + TTL + 10, now=T0 + TTL + 20)
+    assert [(f.reason, f.request) for f in p.fired] == [("explicit", ((H_REQUEST, b"in[0]@2"),))]
+    assert p.deferred == []
+    archive.update({0: 100})
+    p.tick(T0 + 10 * TTL)
+    assert len(p.fired) == 1
