@@ -747,8 +747,9 @@ def _cmd_rekey(args: argparse.Namespace) -> int:
     rekeyer = Rekeyer(config, connection_from(args, config), targets, group_id=args.group_id)
     port = metrics_port(args.metrics_port, os.environ)
     host = metrics_host(args.metrics_host, os.environ)
-    with _library_quiet():
-        return anyio.run(serve_rekey, rekeyer, port, host)
+    # Not quiet, as run and sink are not: a long run's library warnings are worth seeing
+    # (a client's start holds its own failures back and says them in the one error).
+    return anyio.run(serve_rekey, rekeyer, port, host)
 
 
 def _parser_rekey(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

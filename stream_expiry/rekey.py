@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import orjson
+from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalGenerationError, RebalanceInProgressError
 
 from stream_expiry import oversize
@@ -138,12 +139,13 @@ def fit(routed: Routed, limit: int) -> tuple[bytes | None, bytes | None, Headers
     the producer's own: an event at its topic's limit fits no longer, and a send refused
     would stop the partition for good. It then goes without the header, else without its
     ``data`` (and any field the contract does not have), which the service's stamp would
-    drop anyway (``data_dropped``): its expiry is what must not be lost. A dead letter is
-    cut as the service cuts one (:func:`oversize.fit_dead_letter`)."""
+    drop anyway (``data_dropped``), else without the producer's headers too: its expiry
+    is what must not be lost. A dead letter is cut as the service cuts one
+    (:func:`oversize.fit_dead_letter`)."""
     key, value, headers = routed.key, routed.value, routed.headers
     if routed.rejected:
         return oversize.fit_dead_letter(key, value, headers, limit)
-    if len(value or b"") + len(key or b"") < limit - _NEAR:
+    if len(value or b"") + len(key or b"") + _header_bytes(headers) < limit - _NEAR:
         return key, value, headers, False
     if oversize.message_bytes(key, value, headers) <= limit:
         return key, value, headers, False
@@ -152,7 +154,15 @@ def fit(routed: Routed, limit: int) -> tuple[bytes | None, bytes | None, Headers
         return key, value, headers, True
     body = orjson.loads(value or b"{}")
     value = orjson.dumps({k: v for k, v in body.items() if k in _KEPT_WITHOUT_DATA})
-    return key, value, headers, True
+    if oversize.message_bytes(key, value, headers) <= limit:
+        return key, value, headers, True
+    # The producer's own headers are what is left that can be large (its fields are
+    # bounded: ids of 512 characters): they go too, rather than the event.
+    return key, value, [], True
+
+
+def _header_bytes(headers: Headers) -> int:
+    return sum(len(name) + len(value) for name, value in headers)
 
 
 def targets_for(sources: Sequence[str], suffix: str = DEFAULT_SUFFIX) -> dict[str, str]:
@@ -164,6 +174,12 @@ def targets_for(sources: Sequence[str], suffix: str = DEFAULT_SUFFIX) -> dict[st
         raise ConfigurationError("rekey needs at least one --from TOPIC")
     if not suffix:
         raise ConfigurationError("--suffix must not be empty: the target would be the source")
+    copies = sorted(s for s in dict.fromkeys(sources) if s.endswith(suffix))
+    if copies:
+        raise ConfigurationError(
+            f"{', '.join(copies)} look like re-keyed copies (they end in {suffix!r}): give "
+            "the producers' topics to --from"
+        )
     mapping = {source: source + suffix for source in dict.fromkeys(sources)}
     looping = sorted(set(mapping.values()) & set(mapping))
     if looping:
@@ -185,6 +201,23 @@ class RekeyStats:
     commits_lost: int = 0
     data_dropped: int = 0
     outages: int = 0  # sessions the broker ended, waited out
+
+
+class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    """The partitions the group takes away: their lag gauges go (another member reports
+    them now; kept, a partition this member lost showed its last lag for good)."""
+
+    def __init__(self, rekeyer: Rekeyer) -> None:
+        self._rekeyer = rekeyer
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        metrics = self._rekeyer.metrics
+        if metrics is not None:
+            for tp in revoked:
+                metrics.forget_partition(tp.topic, tp.partition)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        pass
 
 
 class Rekeyer:
@@ -218,11 +251,23 @@ class Rekeyer:
         self.metrics: RekeyMetrics | None = None
         self._limit = 0  # the largest message to publish; known once the producer is
 
+    def _refuse_service_topics(self) -> None:
+        """A ``--from`` that is one of the service's own topics (``expiry.dlq``: rekey's
+        dead letters would be read back and written again, for ever)."""
+        t = self.config.topics
+        own = {t.policies, t.stamped, t.tombstones, t.dlq, t.receipts, t.holds, t.audit}
+        named = sorted(own & set(self.targets))
+        if named:
+            raise ConfigurationError(
+                f"--from {', '.join(named)}: the service's own topic, not the producers'"
+            )
+
     async def run(self, stop: anyio.Event) -> None:
         """Until ``stop``. A broker that cannot be reached at the start is an error (the
         command's one line, status 3); one lost afterwards is waited out: the clients are
         made again every :data:`RETRY_S` seconds and what was not committed is copied
         again, as the service rides out an outage."""
+        self._refuse_service_topics()
         limits = await self._ensure_targets()
         self._say_plan()
         await self._say_missing_sources()
@@ -266,7 +311,7 @@ class Rekeyer:
             # A committed offset past a partition's end is no concern here: the group's
             # offsets go with a deleted topic (Kafka and the test broker alike), and the
             # consumer starts a topic made again from its beginning.
-            cons.subscribe(list(self.targets))
+            cons.subscribe(list(self.targets), listener=_Assignment(self))
             self._limit = oversize.output_limit(prod, min(limits.values(), default=None))
             self.ready.set()
             health = self.health
@@ -281,6 +326,8 @@ class Rekeyer:
                     health.beat()
                     if cons.assignment():
                         health.running()
+                    else:  # the group gave it nothing (more members than partitions)
+                        health.rebalancing()
                 if time.monotonic() - said_at >= PROGRESS_EVERY_S:
                     said_at = time.monotonic()
                     self._say_progress()

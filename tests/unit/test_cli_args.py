@@ -636,7 +636,8 @@ def test_archive_purge_that_cannot_read_the_holds_says_so_in_one_line(
             "--group-id stream-expiry is the service's consumer group",
         ),
         (["--suffix", ""], "--suffix must not be empty"),
-        (["--from", "a.by-record"], "a.by-record would be read and written by rekey alike"),
+        (["--from", "a.by-record"], "a.by-record look like re-keyed copies"),
+        (["--from", "expiry.dlq"], "--from expiry.dlq: the service's own topic"),
     ],
 )
 def test_rekey_refuses_what_would_share_the_service_s_partitions_or_loop(

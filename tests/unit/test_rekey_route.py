@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import orjson
 import pytest
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, TopicPartition
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
+from stream_expiry.config import Config
 from stream_expiry.errors import ConfigurationError
+from stream_expiry.metrics import RekeyMetrics
 from stream_expiry.model import Identity
 from stream_expiry.oversize import message_bytes
-from stream_expiry.rekey import H_REKEYED_FROM, fit, route, targets_for
+from stream_expiry.rekey import H_REKEYED_FROM, Rekeyer, _Assignment, fit, route, targets_for
 
 NOW = 1_760_000_000_000
 CATEGORIES = ("conversation", "session", "error")
@@ -124,7 +128,9 @@ def test_targets_are_the_sources_with_the_suffix() -> None:
     [
         ([], ".by-record", "at least one --from"),
         (["a"], "", "must not be empty"),
-        (["a", "a.by-record"], ".by-record", "a.by-record would be read and written"),
+        (["a", "a.by-record"], ".by-record", "a.by-record look like re-keyed copies"),
+        (["a.by-record"], ".by-record", "give the producers' topics to --from"),
+        (["a", "a.k"], ".k", "a.k look like re-keyed copies"),
     ],
 )
 def test_targets_that_would_loop_or_mean_nothing_are_refused(
@@ -171,3 +177,29 @@ def test_a_dead_letter_over_the_limit_is_cut_as_the_service_cuts_one() -> None:
     assert len(value) < 10_000
     assert dict(headers)["expiry-value-truncated"] == b"100001"
     assert message_bytes(key, value, headers) <= 10_000
+
+
+def test_a_copy_whose_producer_headers_alone_are_over_the_limit_goes_without_them() -> None:
+    """Producer headers of 100 KB: without its origin header and its data the copy is
+    still over the limit, and a send refused would stop the partition at every start."""
+    big = [("trace", b"t" * 100_000)]
+    routed = _routed(_record(_event(data={"x": 1}), key=b"k", headers=big))
+    key, value, headers, changed = fit(routed, 50_000)
+    assert changed
+    assert headers == []
+    assert value is not None
+    assert message_bytes(key, value, headers) <= 50_000
+    assert _routed(_record(value)).key == routed.key
+
+
+def test_a_partition_the_group_takes_away_loses_its_lag_gauge() -> None:
+    """Kept, a partition this member lost showed its last lag for good."""
+    rekeyer = Rekeyer(Config(), "127.0.0.1:1", {"a": "a.by-record"})
+    metrics = rekeyer.metrics = RekeyMetrics(CollectorRegistry())
+    metrics.set_lag("a", 0, 7)
+    metrics.set_lag("a", 1, 3)
+    assert b'topic="a"} 7.0' in metrics.exposition()
+    anyio.run(_Assignment(rekeyer).on_partitions_revoked, [TopicPartition("a", 0)])
+    said = metrics.exposition()
+    assert b'partition="0",topic="a"' not in said
+    assert b'partition="1",topic="a"} 3.0' in said
