@@ -311,7 +311,10 @@ async def test_a_partition_the_group_gave_away_before_the_commit_is_not_committe
                         break
                     await anyio.sleep(0.05)
     assert len(given_away[0]) == 1
-    # The lag gauge was set for the partitions it read, the one given away too (aiokafka
-    # asserts a partition is assigned before it tells its end: that ended rekey as well).
+    # The lag gauges were set without asking the consumer for a partition it no longer
+    # had (aiokafka asserts a partition is assigned before it tells its end: that ended
+    # rekey as well). A rebalance drops a partition's gauge until its next batch: what is
+    # left is the gauges of the partitions read since the last one, at least the one the
+    # other member gave back.
     lag = [line for line in metrics.exposition().decode().splitlines() if "consumer_lag{" in line]
-    assert len(lag) == 2, lag
+    assert 1 <= len(lag) <= 2, lag
