@@ -35,7 +35,7 @@ import orjson
 from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalGenerationError, RebalanceInProgressError
 
-from stream_expiry import oversize
+from stream_expiry import exits, oversize
 from stream_expiry.codec import (
     H_DETAIL,
     H_ERROR,
@@ -241,6 +241,9 @@ class Rekeyer:
         self.group_id = group_id
         self.stats = RekeyStats()
         self.ready = anyio.Event()
+        # Set once a fetch returned: the group join (held until every member joined, up to
+        # the rebalance timeout) is over, and a signal before it stops the command at once.
+        self.reading = anyio.Event()
         self._clock = clock or (lambda: time.time_ns() // 1_000_000)
         self._consumer_options = dict(consumer_options or {})
         self._producer_options = dict(producer_options or {})
@@ -320,6 +323,7 @@ class Rekeyer:
             said_at = time.monotonic()
             while not stop.is_set():
                 batch = await cons.getmany(timeout_ms=200, max_records=_BATCH_RECORDS)
+                self.reading.set()
                 if batch:
                     await self._forward(prod, cons, batch)
                 if health is not None:
@@ -500,16 +504,21 @@ class Rekeyer:
 async def serve_rekey(rekeyer: Rekeyer, metrics_port: int | None, metrics_host: str) -> int:
     """The command: ``rekeyer`` until SIGINT or SIGTERM, with ``/metrics``, ``/healthz`` and
     ``/readyz`` on ``metrics_port`` when given (ready once the group gave it partitions and
-    while the broker answers, as for ``run`` and ``sink``)."""
+    while the broker answers, as for ``run`` and ``sink``).
+
+    Status 0 for a clean stop, and for one before its first fetch returned (joining the
+    group: nothing read, nothing to commit, so it stops at once); 130 for a stop forced by
+    a second signal or the grace running out, as the README's table says."""
     from stream_expiry.endpoints import open_listener, serve_http, watch_connection
     from stream_expiry.health import Health
     from stream_expiry.metrics import RekeyMetrics
     from stream_expiry.runner import STALL_AFTER_S, stop_on_signals
 
     stop = anyio.Event()
+    finished = False
     listener = None if metrics_port is None else await open_listener(metrics_port, metrics_host)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(stop_on_signals, stop, tg.cancel_scope, rekeyer.ready)
+        tg.start_soon(stop_on_signals, stop, tg.cancel_scope, rekeyer.reading)
         if listener is not None:
             health = rekeyer.health = Health(stall_after_s=STALL_AFTER_S)
             metrics = rekeyer.metrics = RekeyMetrics()
@@ -520,8 +529,18 @@ async def serve_rekey(rekeyer: Rekeyer, metrics_port: int | None, metrics_host: 
             tg.start_soon(watch_connection, health, rekeyer.connection)
         try:
             await rekeyer.run(stop)
+            finished = True
         finally:
             if rekeyer.health is not None:
                 rekeyer.health.stopped()
             tg.cancel_scope.cancel()
-    return 0
+    if finished:
+        return exits.OK
+    if not rekeyer.reading.is_set():
+        log.info("stopped while starting (joining the group): nothing copied, nothing to commit")
+        return exits.OK
+    log.warning(
+        "forced stop: what was copied since the last committed offsets is copied again on "
+        "restart (nothing is lost; the service's rules make a repeated event change nothing)"
+    )
+    return exits.INTERRUPTED

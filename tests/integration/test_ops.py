@@ -207,6 +207,56 @@ def test_rekey_serves_health_and_its_metrics(broker: str, topics: TopicSet, tmp_
     assert "Traceback" not in err
 
 
+def _start_rekey(broker: str, topics: TopicSet) -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    proc = _start(
+        "rekey", "--bootstrap-servers", broker, "--from", topics.conversations,
+        "--group-id", f"{topics.prefix}.rekey", "--metrics-port", str(port),
+        "--log-level", "info",
+    )  # fmt: skip
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def test_rekey_stopped_while_joining_stops_at_once_cleanly(broker: str, topics: TopicSet) -> None:
+    """SIGTERM while rekey's group join is held (~6 s on the test broker; up to the
+    rebalance timeout on Kafka) waited the whole grace of 10 s, blocked in the first fetch,
+    and then exited 0 without a word (a trial helper's finding). Nothing was read, nothing
+    is to commit: it stops at once, status 0, as ``run`` does."""
+    proc, base = _start_rekey(broker, topics)
+    said: list[str] = []
+    try:
+        _read_until(proc, "rekeying", said)
+        deadline = time.monotonic() + 30
+        while b'"phase":"rebalancing"' not in _poll(proc, base + "/healthz", 200):
+            assert time.monotonic() < deadline, "never joining"
+            time.sleep(0.05)  # polling for the join, with a deadline
+        # Subscribed, its first fetch waiting for the join the test broker holds ~6 s.
+    finally:
+        signalled = time.monotonic()
+        code, rest = _stop(proc)
+    took = time.monotonic() - signalled
+    err = "".join(said) + rest
+    assert took < JOIN_STOP_BOUND_S, f"stopped {took:.1f} s after the signal: {err}"
+    assert code == exits.OK, err
+    assert "stopped while starting" in err
+    assert "Traceback" not in err
+
+
+def test_rekey_forced_to_stop_says_so_with_status_130(broker: str, topics: TopicSet) -> None:
+    """A second signal while rekey finishes its batch stops it now: the README's table
+    gives a forced stop status 130 (rekey said nothing and exited 0)."""
+    proc, base = _start_rekey(broker, topics)
+    try:
+        _poll(proc, base + "/readyz", 200)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code, err = _stop(proc, signal.SIGINT)
+    assert code == exits.INTERRUPTED, err
+    assert "received SIGINT again: stopping now" in err
+    assert "forced stop" in err
+    assert "Traceback" not in err
+
+
 def test_the_http_port_listens_only_on_the_address_it_is_given(
     broker: str, topics: TopicSet, tmp_path: Path
 ) -> None:
