@@ -312,20 +312,33 @@ def _names(rec: Any, identity: Identity) -> bool:
 
 
 def _dead_letter(rec: Any, topic: str) -> dict[str, Any]:
-    """A rejected input event: why, and what it asked (its op and time), never its data."""
+    """A rejected input event: why, and what it asked (its op and time), never its data;
+    its ``event_id`` and where it was produced (``source``, ``topic[partition]@offset``),
+    so that a rejected erasure request is found by the id its tombstone would have named."""
     headers = {name: value.decode(errors="replace") for name, value in rec.headers or ()}
     body = _body(rec.value) or {}
-    return _event(
-        rec,
-        topic,
-        "dead_letter",
-        {
-            "op": body.get("op", "create"),
-            "ts": body.get("ts"),
-            "error": headers.get(codec.H_ERROR),
-            "detail": headers.get(codec.H_DETAIL),
-        },
-    )
+    found = {
+        "op": body.get("op", "create"),
+        "ts": body.get("ts"),
+        "error": headers.get(codec.H_ERROR),
+        "detail": headers.get(codec.H_DETAIL),
+    }
+    event_id = body.get("event_id")
+    if event_id is not None:
+        # As the request headers carry it: whole up to 512 characters. One of another
+        # type (maybe why it was rejected) as its JSON text.
+        said = event_id if isinstance(event_id, str) else orjson.dumps(event_id).decode()
+        cut = codec.REQUEST_EVENT_ID_MAX
+        found["event_id"] = said if len(said) <= cut else said[: cut - 3] + "..."
+    source = headers.get(codec.H_REKEYED_FROM)
+    if source is None and codec.H_TOPIC in headers:
+        source = (
+            f"{headers[codec.H_TOPIC]}[{headers.get(codec.H_PARTITION)}]"
+            f"@{headers.get(codec.H_OFFSET)}"
+        )
+    if source is not None:
+        found["source"] = source
+    return _event(rec, topic, "dead_letter", found)
 
 
 async def history(config: Config, brokers: Brokers, identity: Identity) -> History:
@@ -477,8 +490,11 @@ def _summary(e: dict[str, Any]) -> str:
     if kind == "dead_letter":
         op = str(e.get("op"))
         article = "an" if op[:1].lower() in ("a", "e", "i", "o", "u") else "a"
+        said = [f"event_id {e['event_id']!r}"] if e.get("event_id") is not None else []
+        said += [f"at {e['source']}"] if e.get("source") else []
+        where = "; " + " ".join(said) if said else ""
         return (
-            f"{article} {op} event (ts {e.get('ts')}) rejected: {e.get('error')}"
+            f"{article} {op} event (ts {e.get('ts')}{where}) rejected: {e.get('error')}"
             f" ({e.get('detail')})"
         )
     if kind in _HOLD_EVENTS:

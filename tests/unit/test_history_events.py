@@ -7,14 +7,16 @@ from typing import Any
 
 import orjson
 
+from stream_expiry.codec import H_REKEYED_FROM, dead_letter_headers
 from stream_expiry.history import (
+    _dead_letter,
     _in_order,
     _mark_holds_that_kept_nothing,
     _names,
     _one_per_receipt,
     text_lines,
 )
-from stream_expiry.model import Identity
+from stream_expiry.model import Identity, Rejection
 
 
 def _e(kind: str, topic: str, partition: int, offset: int, at: str) -> dict[str, Any]:
@@ -52,6 +54,47 @@ def test_a_dead_letter_with_a_null_bot_or_env_names_the_default_one() -> None:
     del body["bot"]
     assert _names(SimpleNamespace(value=orjson.dumps(body)), identity)
     assert not _names(SimpleNamespace(value=orjson.dumps({**body, "bot": "b2"})), identity)
+
+
+def _letter(body: dict[str, Any], *, rekeyed_from: str | None = None) -> dict[str, Any]:
+    """``body`` rejected from ``conversations[0]@6`` (by rekey when ``rekeyed_from`` is
+    None, by the service reading rekey's copy otherwise), as history lists it."""
+    topic = "conversations" if rekeyed_from is None else "conversations.by-record"
+    rec = SimpleNamespace(topic=topic, partition=0, offset=6)
+    headers = dead_letter_headers(rec, Rejection("bad_timestamp", "not a date"))
+    if rekeyed_from is not None:
+        headers.append((H_REKEYED_FROM, rekeyed_from.encode()))
+    letter = SimpleNamespace(
+        timestamp=0, partition=1, offset=0, value=orjson.dumps(body), headers=headers
+    )
+    return _dead_letter(letter, "expiry.dlq")
+
+
+def test_a_rejected_erasure_request_names_its_event_id_and_where_it_was_produced() -> None:
+    """A compliance officer matches requests to deletions by id: a carried-out erasure's
+    tombstone and receipt say "the erasure request event_id 'gdpr-1' at T[p]@o", but a
+    rejected one (a bad ts, say) said "a delete event (ts ...) rejected" with neither its
+    event_id nor where it was produced (a trial helper's finding)."""
+    body = {"org": "acme", "category": "conversation", "record_id": "r1", "op": "delete",
+            "ts": "2026-13-01T00:00:00Z", "event_id": "gdpr-1"}  # fmt: skip
+    entry = _letter(body)
+    assert (entry["event_id"], entry["source"]) == ("gdpr-1", "conversations[0]@6")
+    (line,) = [x for x in text_lines(_history(entry)) if "dead_letter" in x]
+    assert line.endswith(
+        "a delete event (ts 2026-13-01T00:00:00Z; event_id 'gdpr-1' at conversations[0]@6)"
+        " rejected: bad_timestamp (not a date)"
+    )
+    # Dead-lettered by the service from rekey's copy: where the producer wrote it.
+    copied = _letter(body, rekeyed_from="conversations[2]@9")
+    assert copied["source"] == "conversations[2]@9"
+    # No event id (or one of the wrong type, maybe why it was rejected): said as it is.
+    assert "event_id" not in _letter({**body, "event_id": None})
+    assert _letter({**body, "event_id": 12345})["event_id"] == "12345"
+    assert len(_letter({**body, "event_id": "x" * 5000})["event_id"]) == 512
+
+
+def _history(*events: dict[str, Any]) -> dict[str, Any]:
+    return {"key": "k", "log_ref": "r", "events": list(events), "active_holds": []}
 
 
 def _hold(kind: str, hold_id: str) -> dict[str, Any]:
