@@ -68,7 +68,8 @@ H_DELETED_AT: Final = "expiry-deleted-at"
 H_REASON: Final = "expiry-reason"
 # On an explicit tombstone and its null: the erasure request it carries out, where it was
 # produced (``topic[partition]@offset``; through ``stream-expiry rekey``, the producers'
-# topic) and its ``event_id`` when it has one. Not on an erasure a legal hold deferred.
+# topic) and its ``event_id`` when it has one. Not on the tombstone of an erasure a legal
+# hold deferred: its ``deletion_deferred`` entry on ``expiry.audit`` carries them instead.
 H_REQUEST: Final = "expiry-request"
 H_REQUEST_EVENT_ID: Final = "expiry-request-event-id"
 # The longest event id the header carries whole (as an id field may be long); longer ones

@@ -137,6 +137,8 @@ def _describe(config: Config, topic: str, rec: Any) -> dict[str, Any]:
     rest = {k: v for k, v in body.items() if k not in _IDENTITY and k not in ("type", "data")}
     if kind in ("tombstone", "receipt"):
         rest |= codec.request_of(headers) | codec.late_cause_of(headers)
+    elif kind == "deletion_deferred":
+        rest |= codec.request_of(headers)  # an erasure's: the release's tombstone names none
     return _event(rec, topic, kind, rest)
 
 
@@ -514,6 +516,7 @@ def _summary(e: dict[str, Any]) -> str:
         return (
             f"{e.get('reason')} deletion deferred by {', '.join(e.get('hold_ids') or [])}"
             f" (expires_at {e.get('expires_at') or '-'})"
+            + _by_request(e)
             + (f" (written {copies} times, one deferral)" if copies > 1 else "")
         )
     return ", ".join(f"{k} {v}" for k, v in e.items() if k not in ("at", "topic", "kind"))

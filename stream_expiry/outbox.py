@@ -433,9 +433,11 @@ class Outbox:
                 await self._put_tombstones(out, tombstones, tombs, stamped, source)
         if effects.deferred:
             audit = (t.audit, codec.output_partition(proc.partition, self._partitions[t.audit]))
-            for state, reason, hold_ids in effects.deferred:
+            requests = effects.deferred_requests
+            for index, (state, reason, hold_ids) in enumerate(effects.deferred):
                 value = codec.encode_deferral(state, reason, hold_ids, now_ms)
-                await out.add(audit, state.identity.key.encode(), value, now_ms, source)
+                headers = [*source, *requests[index]] if index in requests else source
+                await out.add(audit, state.identity.key.encode(), value, now_ms, headers)
         # Beside the input partition, as every output: a partition's dead letters keep its
         # order (they went to a random partition, and one record's arrived out of order).
         dlq = (t.dlq, codec.output_partition(proc.partition, self._partitions[t.dlq]))

@@ -125,6 +125,10 @@ class Effects:
     stamp_offsets: dict[str, int] = field(default_factory=dict)
     # deletions a legal hold deferred: (the record's state, its reason, the holds' ids)
     deferred: list[tuple[model.Stamp, str, list[str]]] = field(default_factory=list)
+    # For each of ``deferred`` (by its index) that an erasure request asked for: the
+    # request's headers (``codec.request_headers``), for its entry on ``expiry.audit``. The
+    # release's tombstone names no request, so that entry is where the request's id is.
+    deferred_requests: dict[int, tuple[tuple[str, bytes], ...]] = field(default_factory=dict)
     # For each tombstone an event brought (``process``): how many of ``stamps`` came
     # before it. An event at or after a record's expiry ends that life and starts the
     # next: on ``expiry.stamped`` the old life's null must come before the new life's
@@ -414,7 +418,10 @@ class PartitionProcessor:
                 else None
             )
             if holds_active or (prior is not None and (prior.held or prior.held_lives)):
+                deferred_before = len(effects.deferred)
                 kept = self._hold_event(ev, prior, now_ms, effects, request)
+                if request is not None and len(effects.deferred) > deferred_before:
+                    self._name_request(request, effects, deferred_before)
             if kept is None and archive is not None and self._due_unarchived(ev, prior, now_ms):
                 # The engine would end the life at once (reason ttl), ahead of the archive;
                 # its timer waits for the archive, and so does the event's end of it.
@@ -1074,6 +1081,13 @@ class PartitionProcessor:
         if due is not None:
             since = self.archive_waiting_since
             self.archive_waiting_since = due if since is None else min(since, due)
+
+    @staticmethod
+    def _name_request(request: tuple[tuple[str, bytes], ...], effects: Effects, since: int) -> None:
+        """The erasure ``request`` on the explicit deferrals it made (from ``since``)."""
+        for index in range(since, len(effects.deferred)):
+            if effects.deferred[index][1] == "explicit":
+                effects.deferred_requests[index] = request
 
     def _defer(self, kept: model.Stamp, reason: str, effects: Effects) -> None:
         ids = [h.hold_id for h in self.holds.holding(kept.identity)]

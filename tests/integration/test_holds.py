@@ -934,3 +934,44 @@ async def test_records_kept_for_holds_the_holds_topic_no_longer_has_are_said(
     assert len(said) == 1
     assert said[0].startswith("1 records in the stores of ")
     assert f"and {topics.holds}.rebuilt has no active hold: they are let go now" in said[0]
+
+
+@pytest.mark.timeout(90)
+async def test_an_erasure_a_hold_defers_names_its_request_on_the_audit_trail(
+    broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A compliance officer matches erasure requests to deletions by id. One a hold
+    deferred is carried out at the release by a tombstone that names no request (the
+    README: its ``deletion_deferred`` entry is its trace), but that entry did not name the
+    request either: its event_id was nowhere, neither on the audit trail nor in
+    ``history`` (a trial helper's finding). The entry's message now carries the request's
+    headers, as the tombstone of an erasure carried out at once does."""
+    common, config = _setup(broker, topics, tmp_path, '[retention.defaults]\nconversation = "1h"\n')
+    async with running_service(config, broker) as svc:
+        t0 = wall_clock_ms()
+        await produce(broker, [(topics.conversations, *event("conversation", "r1", ts=t0))])
+        await wait_for(lambda: svc.stats.stamped >= 1)
+        assert await _cli("hold", "place", *common, "--org", "acme", "--record-id", "r1",
+                          "--reason", "case 3", "--id", "case-3") == 0  # fmt: skip
+        await wait_for(lambda: len(svc.holds) == 1)
+        erase = event("conversation", "r1", op="delete", ts=t0 + 1, event_id="gdpr-77")
+        await produce(broker, [(topics.conversations, *erase)])
+        audit = await read_topic(
+            broker,
+            topics.audit,
+            until=lambda recs: any(b"deletion_deferred" in (r.value or b"") for r in recs),
+        )
+    (deferral,) = [r for r in audit if b"deletion_deferred" in (r.value or b"")]
+    headers = dict(deferral.headers)
+    assert headers["expiry-request-event-id"] == b"gdpr-77"
+    where = re.escape(topics.conversations) + r"\[\d\]@1"  # the create is @0
+    assert re.fullmatch(where, headers["expiry-request"].decode())
+    capsys.readouterr()
+    argv = ("--org", "acme", "--category", "conversation", "--record-id", "r1", "--json")
+    assert await _cli("history", *common, *argv) == 0
+    found = orjson.loads(capsys.readouterr().out)
+    (entry,) = [e for e in found["events"] if e["kind"] == "deletion_deferred"]
+    assert entry["request_event_id"] == "gdpr-77"
+    assert await _cli("history", *common, *argv[:-1]) == 0
+    assert "deferred by case-3 (expires_at" in (text := capsys.readouterr().out)
+    assert "the erasure request event_id 'gdpr-77' at" in text
