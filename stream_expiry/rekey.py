@@ -139,9 +139,9 @@ def fit(routed: Routed, limit: int) -> tuple[bytes | None, bytes | None, Headers
     the producer's own: an event at its topic's limit fits no longer, and a send refused
     would stop the partition for good. It then goes without the header, else without its
     ``data`` (and any field the contract does not have), which the service's stamp would
-    drop anyway (``data_dropped``), else without the producer's headers too: its expiry
-    is what must not be lost. A dead letter is cut as the service cuts one
-    (:func:`oversize.fit_dead_letter`)."""
+    drop anyway (``data_dropped``), with the origin header again where it then fits, else
+    without the producer's headers too: its expiry is what must not be lost. A dead
+    letter is cut as the service cuts one (:func:`oversize.fit_dead_letter`)."""
     key, value, headers = routed.key, routed.value, routed.headers
     if routed.rejected:
         return oversize.fit_dead_letter(key, value, headers, limit)
@@ -154,10 +154,12 @@ def fit(routed: Routed, limit: int) -> tuple[bytes | None, bytes | None, Headers
         return key, value, headers, True
     body = orjson.loads(value or b"{}")
     value = orjson.dumps({k: v for k, v in body.items() if k in _KEPT_WITHOUT_DATA})
-    if oversize.message_bytes(key, value, headers) <= limit:
-        return key, value, headers, True
-    # The producer's own headers are what is left that can be large (its fields are
-    # bounded: ids of 512 characters): they go too, rather than the event.
+    # Without its data, the origin header comes back where it fits (it names where an
+    # erasure was produced); the producer's own headers are what is left that can be large
+    # (the fields are bounded: ids of 512 characters): they go before the origin does.
+    for kept in (routed.headers, headers, routed.headers[-1:]):
+        if oversize.message_bytes(key, value, kept) <= limit:
+            return key, value, kept, True
     return key, value, [], True
 
 

@@ -168,6 +168,24 @@ def test_a_copy_over_the_limit_goes_without_its_header_then_without_its_data() -
     assert _routed(_record(smaller)).key == routed.key
 
 
+def test_a_copy_without_its_data_keeps_its_origin_header_when_that_fits() -> None:
+    """The origin header went with the data, though the copy without its data had room
+    for it many times over: the service then named the copy's topic, not the producers',
+    as where an erasure request was produced (its ``expiry-request``), and every other
+    event lost its ``expiry-rekeyed-from`` (a trial helper's finding, 150 kB events
+    through a 100 kB target)."""
+    value = _event(op="delete", event_id="gdpr-9", data={"text": "x" * 200_000})
+    routed = _routed(_record(value, key=b"acme"))
+    without_header = message_bytes(routed.key, routed.value, routed.headers[:-1])
+    key, smaller, headers, changed = fit(routed, without_header - 1)
+    assert changed
+    assert smaller is not None
+    assert "data" not in orjson.loads(smaller)
+    assert headers == routed.headers
+    assert dict(headers)[H_REKEYED_FROM] == b"conversations[3]@41"
+    assert message_bytes(key, smaller, headers) <= without_header - 1
+
+
 def test_a_dead_letter_over_the_limit_is_cut_as_the_service_cuts_one() -> None:
     routed = _routed(_record(b"{" + b"x" * 100_000, key=b"k"))
     assert routed.rejected
@@ -186,7 +204,8 @@ def test_a_copy_whose_producer_headers_alone_are_over_the_limit_goes_without_the
     routed = _routed(_record(_event(data={"x": 1}), key=b"k", headers=big))
     key, value, headers, changed = fit(routed, 50_000)
     assert changed
-    assert headers == []
+    assert headers == [routed.headers[-1]]  # the origin header only
+    assert headers[0][0] == H_REKEYED_FROM
     assert value is not None
     assert message_bytes(key, value, headers) <= 50_000
     assert _routed(_record(value)).key == routed.key
