@@ -94,6 +94,7 @@ __all__ = [
     "stable_end",
     "stable_ends",
     "topic_config_values",
+    "topic_names",
 ]
 
 DEFAULT_PARTITIONS = 4
@@ -873,10 +874,16 @@ async def missing_topics(brokers: Brokers, topics: Iterable[str]) -> list[str]:
     auto-creates topics). A command that reads a topic finds a missing one empty: its
     answer then looks like a clean one (``replay``'s "0 stamps read" under a config that
     mistyped or left out the service's [topics], a trial)."""
+    have = await topic_names(brokers)
+    return [t for t in dict.fromkeys(topics) if t not in have]
+
+
+async def topic_names(brokers: Brokers) -> set[str]:
+    """The topics the cluster has (with partitions), asked as :func:`missing_topics` asks."""
     async with consumer(brokers) as cons:
         with broker_errors("reading topic metadata"):
             cluster = await cons._client.fetch_all_metadata()
-    return [t for t in dict.fromkeys(topics) if not cluster.partitions_for_topic(t)]
+    return {t for t in cluster.topics() if cluster.partitions_for_topic(t)}
 
 
 async def read_to_end(

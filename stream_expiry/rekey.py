@@ -43,7 +43,7 @@ from stream_expiry.codec import (
     REKEYED_SUFFIX,
     dead_letter_headers,
 )
-from stream_expiry.errors import BrokerError, ConfigurationError
+from stream_expiry.errors import BrokerError, ConfigurationError, suggestion
 from stream_expiry.event_fields import FIELDS
 from stream_expiry.kafka import (
     OutputBuffer,
@@ -53,9 +53,9 @@ from stream_expiry.kafka import (
     curable,
     ensure_topics,
     message_limits,
-    missing_topics,
     producer,
     stable_end,
+    topic_names,
 )
 from stream_expiry.kafka_settings import as_connection, role_configs
 from stream_expiry.model import Rejection, parse_event
@@ -364,12 +364,22 @@ class Rekeyer:
         """A ``--from`` topic that does not exist: a typo, or producers that have not
         written yet. The group would wait on it without a word, or (a broker that makes
         the topics a consumer asks for) read an empty topic of that name, so it is said."""
-        for source in await missing_topics(self.connection, self.targets):
+        have = await topic_names(self.connection)
+        # The topic meant, among those a producer may write (not a copy, nor our own).
+        others = sorted(t for t in have if t not in self._own_topics())
+        for source in (s for s in self.targets if s not in have):
             log.warning(
                 "%s does not exist: rekey copies it once producers write there (check "
-                "the name if they write elsewhere)",
+                "the name if they write elsewhere%s)",
                 source,
+                suggestion(source, others),
             )
+
+    def _own_topics(self) -> set[str]:
+        """The copies rekey writes, and the service's topics other than its inputs."""
+        t = self.config.topics
+        theirs = {t.policies, t.stamped, t.tombstones, t.dlq, t.receipts, t.holds, t.audit}
+        return set(self.targets.values()) | theirs
 
     async def _ensure_targets(self) -> dict[str, int]:
         """The targets as the service makes an input topic (its partitions, its retention,

@@ -212,7 +212,10 @@ async def test_a_source_that_does_not_exist_is_said(
     with captured_logs() as logs:
         async with running_rekey(config, broker, [typo]):
             pass
-    assert f"{typo} does not exist: rekey copies it once producers write there" in logs.both()
+    said = logs.both()
+    assert f"{typo} does not exist: rekey copies it once producers write there" in said
+    # The topic meant, when one close to it exists (a trial helper's --from sesions).
+    assert f"did you mean {topics.conversations!r}?" in said
 
 
 @pytest.mark.timeout(120)
