@@ -229,7 +229,10 @@ def _one_per_receipt(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ``reason``, ``expires_at``, ``erase_requested_at`` and holds are one deferral (the
     README's rule). Listed each time, an auditor read one held deletion as deferred twice
     (a trial: a SIGKILL and a lost state directory). An entry naming other holds (one of
-    them released, another still keeping the record) stays an event of its own."""
+    them released, another still keeping the record) stays an event of its own.
+
+    So are dead letters (rekey sends a batch again after a crash or a rebalance): the
+    letters of one input event (where it was produced, and what it asked) are one event."""
     first: dict[object, dict[str, Any]] = {}
     out: list[dict[str, Any]] = []
     for e in events:
@@ -248,6 +251,12 @@ def _same_as(e: dict[str, Any]) -> object:
     """What makes two events one (a receipt's id, a deferral's what and why), or None."""
     if e["kind"] == "receipt":
         return e.get("receipt_id")
+    if e["kind"] == "dead_letter":
+        if e.get("source") is None:
+            return None
+        # What it asked too: a topic made again reuses its offsets for other events.
+        said = (e.get("op"), str(e.get("ts")), e.get("event_id"), e.get("error"))
+        return ("dead_letter", e["source"], *said)
     if e["kind"] == "deletion_deferred":
         holds = e.get("hold_ids")
         return (
@@ -495,9 +504,11 @@ def _summary(e: dict[str, Any]) -> str:
         said = [f"event_id {e['event_id']!r}"] if e.get("event_id") is not None else []
         said += [f"at {e['source']}"] if e.get("source") else []
         where = "; " + " ".join(said) if said else ""
+        copies = e.get("copies", 1)
         return (
             f"{article} {op} event (ts {e.get('ts')}{where}) rejected: {e.get('error')}"
             f" ({e.get('detail')})"
+            + (f" (dead-lettered {copies} times, one event)" if copies > 1 else "")
         )
     if kind in _HOLD_EVENTS:
         if kind == "hold_placed":

@@ -93,6 +93,24 @@ def test_a_rejected_erasure_request_names_its_event_id_and_where_it_was_produced
     assert len(_letter({**body, "event_id": "x" * 5000})["event_id"]) == 512
 
 
+def test_an_event_dead_lettered_again_is_one_event_with_its_copies() -> None:
+    """rekey dead-letters at least once (a crash or a rebalance before its commit, or a new
+    --group-id, sends a batch again): history listed one rejected erasure three times, as
+    three requests (a trial helper's finding). The same event (where it was produced) is
+    one, saying how many letters it got; another event stays one of its own."""
+    body = {"org": "acme", "category": "conversation", "record_id": "r1", "op": "delete",
+            "ts": "2026-13-01T00:00:00Z", "event_id": "gdpr-1"}  # fmt: skip
+    again = _letter(body) | {"offset": 1}
+    other = _letter(body, rekeyed_from="conversations[2]@9")
+    one = _one_per_receipt([_letter(body), again, other])
+    assert [(e["source"], e.get("copies")) for e in one] == [
+        ("conversations[0]@6", 2),
+        ("conversations[2]@9", 1),
+    ]
+    (line, _) = [x for x in text_lines(_history(*one)) if "dead_letter" in x]
+    assert line.endswith("(not a date) (dead-lettered 2 times, one event)")
+
+
 def _history(*events: dict[str, Any]) -> dict[str, Any]:
     return {"key": "k", "log_ref": "r", "events": list(events), "active_holds": []}
 
