@@ -206,8 +206,9 @@ class RekeyStats:
 
 
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
-    """The partitions the group takes away: their lag gauges go (another member reports
-    them now; kept, a partition this member lost showed its last lag for good)."""
+    """The partitions the group gives (said) and takes away: their lag gauges go (another
+    member reports them now; kept, a partition this member lost showed its last lag for
+    good)."""
 
     def __init__(self, rekeyer: Rekeyer) -> None:
         self._rekeyer = rekeyer
@@ -219,7 +220,11 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka 
                 metrics.forget_partition(tp.topic, tp.partition)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        pass
+        # Which partitions this member copies: two processes in one group could not tell.
+        log.info(
+            "rekey assigned %s",
+            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)) or "nothing",
+        )
 
 
 class Rekeyer:

@@ -176,9 +176,12 @@ async def test_offsets_are_committed_after_the_copies_and_a_restart_resumes_ther
     config = config_for(topics, str(tmp_path / "state"), RETENTION)
     t0 = wall_clock_ms()
     first = [(i % 2, None, _body("conversation", f"c{i}", t0)) for i in range(10)]
-    async with running_rekey(config, broker, [source]) as rekeyer:
-        await _send(broker, source, first)
-        await wait_for(lambda: rekeyer.stats.committed >= 10)
+    with captured_logs() as logs:
+        async with running_rekey(config, broker, [source]) as rekeyer:
+            await _send(broker, source, first)
+            await wait_for(lambda: rekeyer.stats.committed >= 10)
+    # Which partitions it copies is said (two processes in one group could not tell).
+    assert f"rekey assigned {source}[0], {source}[1]" in logs.both()
     async with consumer(broker, group_id=f"{config.group_id}-rekey") as cons:
         committed = await committed_offsets(cons, [TopicPartition(source, p) for p in (0, 1)])
     assert committed == {TopicPartition(source, 0): 5, TopicPartition(source, 1): 5}
