@@ -34,6 +34,7 @@ __all__ = [
     "H_LATE_CAUSE",
     "H_OFFSET",
     "H_PARTITION",
+    "H_PRODUCED_AT",
     "H_REASON",
     "H_REKEYED_FROM",
     "H_REQUEST",
@@ -87,6 +88,11 @@ LATE_AFTER_MS: Final = 60_000
 LATE_CAUSES: Final = ("catch_up", "late_event", "hold", "archive")
 # Where rekey read an event it copied (``stream_expiry.rekey``): ``topic[partition]@offset``.
 H_REKEYED_FROM: Final = "expiry-rekeyed-from"
+# On every copy rekey makes: when the producer's event reached the broker (its Kafka
+# timestamp, epoch ms as decimal text). The copy's own timestamp is rekey's; a late cause
+# (``expiry-late-cause``) is judged by the producer's, so that a copy made late (rekey
+# behind or stopped) is said as the service's catching up, not as a late event.
+H_PRODUCED_AT: Final = "expiry-produced-at"
 # What rekey's copy of a topic adds to its name by default.
 REKEYED_SUFFIX: Final = ".by-record"
 
@@ -125,6 +131,20 @@ def request_headers(
         # every store's receipt table and every receipt's headers. Cut, it is said so.
         event_id = event_id[: REQUEST_EVENT_ID_MAX - 3] + "..."
     return ((H_REQUEST, origin), (H_REQUEST_EVENT_ID, event_id.encode()))
+
+
+def produced_at(rec: Any) -> int | None:
+    """When ``rec``'s event reached the broker first: a copy's :data:`H_PRODUCED_AT` (the
+    producer's timestamp, which rekey keeps), else the record's own Kafka timestamp;
+    None when neither says (a negative timestamp is Kafka's "none")."""
+    for name, value in getattr(rec, "headers", None) or ():
+        if name == H_PRODUCED_AT:
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    ts = getattr(rec, "timestamp", None)
+    return ts if type(ts) is int and ts >= 0 else None
 
 
 def request_of(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:

@@ -39,6 +39,7 @@ from stream_expiry import exits, oversize
 from stream_expiry.codec import (
     H_DETAIL,
     H_ERROR,
+    H_PRODUCED_AT,
     H_REKEYED_FROM,
     REKEYED_SUFFIX,
     dead_letter_headers,
@@ -128,7 +129,10 @@ def route(
         return Routed(dlq, rec.key, rec.value, dead_letter_headers(rec, parsed), rejected=True)
     assert not isinstance(parsed, Rejection)
     origin = f"{rec.topic}[{rec.partition}]@{rec.offset}".encode()
-    headers = [*(rec.headers or ()), (H_REKEYED_FROM, origin)]
+    produced = rec.timestamp
+    # The producer's time goes before the origin, which ``fit`` takes to be the last.
+    kept = [(H_PRODUCED_AT, b"%d" % produced)] if type(produced) is int and produced >= 0 else []
+    headers = [*(rec.headers or ()), *kept, (H_REKEYED_FROM, origin)]
     return Routed(target, parsed.identity.key.encode(), rec.value, headers)
 
 

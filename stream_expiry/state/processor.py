@@ -482,8 +482,8 @@ class PartitionProcessor:
             and before.expires_at is not None
             and before.expires_at <= now_ms
         )
-        ts = getattr(rec, "timestamp", None)
-        if (was_due and key not in arrived) or (type(ts) is int and 0 <= ts < due):
+        ts = codec.produced_at(rec)  # behind rekey, the producer's time, not the copy's
+        if (was_due and key not in arrived) or (ts is not None and ts < due):
             arrived.pop(key, None)
             return
         arrived[key] = due

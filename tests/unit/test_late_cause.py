@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from stream_expiry.archive_gate import ArchiveGate
-from stream_expiry.codec import LATE_AFTER_MS
+from stream_expiry.codec import H_PRODUCED_AT, LATE_AFTER_MS
 from tests.unit.test_holds import T0, TTL, Partition, hold
 
 if TYPE_CHECKING:
@@ -73,6 +73,27 @@ def test_an_event_on_the_bus_before_the_expiry_but_read_after_says_catch_up() ->
     _late_create(q, T0 + LATE, now=T0 + LATE + 5)  # on the bus after the expiry
     q.tick(T0 + LATE + 10)
     assert _causes(q) == [("c", "ttl", "late_event")]
+
+
+@dataclass
+class _Copy(_Timed):
+    headers: list[tuple[str, bytes]]  # a copy made by stream-expiry rekey
+
+
+def test_a_copy_made_late_by_rekey_is_judged_by_the_producers_time() -> None:
+    """Behind ``stream-expiry rekey`` the copy's timestamp is rekey's: an event the
+    producer wrote before the expiry, copied after it (rekey behind or stopped), said
+    ``late_event`` and blamed the producer (a trial). The copy's ``expiry-produced-at``
+    says when the producer wrote it: the service caught up."""
+    body = orjson.dumps({"category": "conversation", "org": "acme", "record_id": "c", "ts": T0})
+    for produced, cause in ((T0 + 10, "catch_up"), (T0 + LATE, "late_event")):
+        p = Partition()
+        p.offset += 1
+        copied_at = T0 + LATE + 1  # after the expiry: alone, it would say late_event
+        rec = _Copy(p.offset, None, body, copied_at, [(H_PRODUCED_AT, b"%d" % produced)])
+        p._take(p.proc.process([rec], T0 + LATE + 5), T0 + LATE + 5)
+        p.tick(T0 + LATE + 10)
+        assert _causes(p) == [("c", "ttl", cause)]
 
 
 def test_an_event_that_finds_the_life_due_ends_it_saying_catch_up() -> None:

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from stream_expiry.codec import H_PRODUCED_AT
 from stream_expiry.config import Config
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.metrics import RekeyMetrics
@@ -59,7 +60,11 @@ def test_a_valid_event_goes_to_the_target_keyed_by_its_record_unchanged() -> Non
     assert routed.topic == "conversations.by-record"
     assert routed.key == Identity("acme", "b1", "draft", "conversation", "c1").key.encode()
     assert routed.value is value  # the bytes the producer sent, not a re-encoding
-    assert routed.headers == [("trace", b"t-1"), (H_REKEYED_FROM, b"conversations[3]@41")]
+    assert routed.headers == [
+        ("trace", b"t-1"),
+        (H_PRODUCED_AT, b"%d" % NOW),  # the producer's Kafka timestamp, for a late cause
+        (H_REKEYED_FROM, b"conversations[3]@41"),
+    ]
     assert not routed.rejected
 
 
