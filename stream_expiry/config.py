@@ -105,6 +105,19 @@ class Topics:
     holds: str = "expiry.holds"
     audit: str = "expiry.audit"
 
+    def owned(self) -> dict[str, str]:
+        """The service's own topics (not the inputs), by their ``[topics]`` key: what no
+        other command's option may name in another role (a sink's, rekey's ``--from``)."""
+        return {
+            "policies": self.policies,
+            "stamped": self.stamped,
+            "tombstones": self.tombstones,
+            "dlq": self.dlq,
+            "receipts": self.receipts,
+            "holds": self.holds,
+            "audit": self.audit,
+        }
+
 
 @dataclass(frozen=True)
 class CompactedTopic:

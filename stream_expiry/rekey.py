@@ -268,9 +268,7 @@ class Rekeyer:
     def _refuse_service_topics(self) -> None:
         """A ``--from`` that is one of the service's own topics (``expiry.dlq``: rekey's
         dead letters would be read back and written again, for ever)."""
-        t = self.config.topics
-        own = {t.policies, t.stamped, t.tombstones, t.dlq, t.receipts, t.holds, t.audit}
-        named = sorted(own & set(self.targets))
+        named = sorted(set(self.config.topics.owned().values()) & set(self.targets))
         if named:
             raise ConfigurationError(
                 f"--from {', '.join(named)}: the service's own topic, not the producers'"
@@ -386,9 +384,7 @@ class Rekeyer:
 
     def _own_topics(self) -> set[str]:
         """The copies rekey writes, and the service's topics other than its inputs."""
-        t = self.config.topics
-        theirs = {t.policies, t.stamped, t.tombstones, t.dlq, t.receipts, t.holds, t.audit}
-        return set(self.targets.values()) | theirs
+        return set(self.targets.values()) | set(self.config.topics.owned().values())
 
     async def _ensure_targets(self) -> dict[str, int]:
         """The targets as the service makes an input topic (its partitions, its retention,

@@ -392,9 +392,9 @@ def check_sink_topics(
         mine.append((receipts, "receipts topic (--receipts-topic)", "receipts"))
     for topic, categories in _by_topic(compacted).items():
         mine.append((topic, f"compacted topic of {categories} (--compacted)", None))
-    services = [(str(getattr(topics, name)), name) for name in _SERVICE_TOPICS]
+    services = topics.owned().items()
     for i, (topic, role, own) in enumerate(mine):
-        for other, name in services:
+        for name, other in services:
             if other == topic and name != own:
                 raise ConfigurationError(
                     f"the sink's {role} {topic!r} is the service's {name} topic ([topics] "
@@ -412,10 +412,6 @@ def check_sink_topics(
                 raise ConfigurationError(
                     f"the sink's {role} {topic!r} is also its {other_role}: give each its own topic"
                 )
-
-
-# The service's own topics, by their [topics] key (the inputs are checked apart).
-_SERVICE_TOPICS: Final = ("policies", "stamped", "tombstones", "dlq", "receipts", "holds", "audit")
 
 
 def _by_topic(compacted: Mapping[str, str]) -> dict[str, str]:
