@@ -43,6 +43,7 @@ __all__ = [
     "LATE_AFTER_MS",
     "LATE_CAUSES",
     "REKEYED_SUFFIX",
+    "Request",
     "dead_letter_headers",
     "decode_stamp",
     "deleted_at_of",
@@ -97,6 +98,9 @@ H_PRODUCED_AT: Final = "expiry-produced-at"
 REKEYED_SUFFIX: Final = ".by-record"
 
 Headers = list[tuple[str, bytes]]
+# The headers that name an erasure request (:func:`request_headers`), as ``Fired.request``
+# and a deferral carry them.
+Request = tuple[tuple[str, bytes], ...]
 
 
 def output_partition(input_partition: int, partitions: int) -> int:
@@ -112,9 +116,7 @@ def source_headers(topic: str, partition: int) -> Headers:
     return [(H_TOPIC, topic.encode()), (H_PARTITION, str(partition).encode())]
 
 
-def request_headers(
-    topic: str, partition: int, rec: Any, event_id: str | None
-) -> tuple[tuple[str, bytes], ...]:
+def request_headers(topic: str, partition: int, rec: Any, event_id: str | None) -> Request:
     """The headers that name an erasure request, ``rec`` read from ``topic[partition]``
     (:data:`H_REQUEST`): where the producer wrote it, which a copy made by ``stream-expiry
     rekey`` says in its own header."""

@@ -53,9 +53,6 @@ _CLEARED_MAX = 100_000
 # this many (the oldest dropped: their tombstones say ``catch_up``).
 _ARRIVED_DUE_MAX = 100_000
 
-# The headers that name an erasure request (``codec.request_headers``, ``Fired.request``).
-Request = tuple[tuple[str, bytes], ...]
-
 # Timers a partition loads from its store at most, and in one call. The wheel holds what
 # falls due within the horizon (an hour by default): where long-lived records expire at
 # 1,000 a second, 3.6 million timers at about 1 KB each in the wheel, loaded 900,000 at
@@ -128,7 +125,7 @@ class Effects:
     # For each of ``deferred`` (by its index) that an erasure request asked for: the
     # request's headers (``codec.request_headers``), for its entry on ``expiry.audit``. The
     # release's tombstone names no request, so that entry is where the request's id is.
-    deferred_requests: dict[int, tuple[tuple[str, bytes], ...]] = field(default_factory=dict)
+    deferred_requests: dict[int, codec.Request] = field(default_factory=dict)
     # For each tombstone an event brought (``process``): how many of ``stamps`` came
     # before it. An event at or after a record's expiry ends that life and starts the
     # next: on ``expiry.stamped`` the old life's null must come before the new life's
@@ -742,7 +739,7 @@ class PartitionProcessor:
         prior: model.Stamp | None,
         now_ms: int,
         effects: Effects,
-        request: Request | None = None,
+        request: codec.Request | None = None,
     ) -> model.Stamp | None:
         """What a legal hold makes of an event, or None when no hold is involved.
 
@@ -891,7 +888,7 @@ class PartitionProcessor:
         prior: model.Stamp,
         now_ms: int,
         effects: Effects,
-        request: Request | None = None,
+        request: codec.Request | None = None,
     ) -> model.Stamp | None:
         """An event for a record that keeps lives a released hold kept, which the archive
         holds back (``[archive] required``: it has not read the record's latest stamp).
@@ -956,7 +953,7 @@ class PartitionProcessor:
         *,
         ordered: bool,
         cause: str,
-        request: Request | None = None,
+        request: codec.Request | None = None,
     ) -> model.Stamp:
         """Tombstone what the holds kept of a record none of them matches any more: its
         earlier lives, oldest first, then its life if that is over (it fell due, or an
@@ -1083,7 +1080,7 @@ class PartitionProcessor:
             self.archive_waiting_since = due if since is None else min(since, due)
 
     @staticmethod
-    def _name_request(request: tuple[tuple[str, bytes], ...], effects: Effects, since: int) -> None:
+    def _name_request(request: codec.Request, effects: Effects, since: int) -> None:
         """The erasure ``request`` on the explicit deferrals it made (from ``since``)."""
         for index in range(since, len(effects.deferred)):
             if effects.deferred[index][1] == "explicit":
