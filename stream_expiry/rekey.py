@@ -33,7 +33,12 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import orjson
 from aiokafka import ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, IllegalGenerationError, RebalanceInProgressError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    IllegalStateError,
+    RebalanceInProgressError,
+)
 
 from stream_expiry import exits, oversize
 from stream_expiry.codec import (
@@ -212,7 +217,7 @@ class RekeyStats:
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
     """The partitions the group gives (said) and takes away: their lag gauges go (another
     member reports them now; kept, a partition this member lost showed its last lag for
-    good)."""
+    good). Those given get theirs from the next fetch on (:meth:`Rekeyer._observe_lag`)."""
 
     def __init__(self, rekeyer: Rekeyer) -> None:
         self._rekeyer = rekeyer
@@ -335,6 +340,7 @@ class Rekeyer:
                 self.reading.set()
                 if batch:
                     await self._forward(prod, cons, batch)
+                await self._observe_lag(cons)
                 if health is not None:
                     health.beat()
                     if cons.assignment():
@@ -435,13 +441,32 @@ class Rekeyer:
         stats.batches += 1
         for tp in await self._commit(cons, offsets):
             stats.committed += len(batch[tp])
-        if self.metrics is not None:
-            assigned = cons.assignment()
-            for tp, position in offsets.items():
-                if tp not in assigned:  # given to another member meanwhile: its lag is theirs
-                    self.metrics.forget_partition(tp.topic, tp.partition)
-                elif (high := stable_end(cons, tp)) is not None:
-                    self.metrics.set_lag(tp.topic, tp.partition, high - position)
+
+    async def _observe_lag(self, cons: Any) -> None:
+        """The lag gauge of every partition the group gives this member, after each fetch:
+        its end as the fetch answered it minus the consumer's position (the committed
+        offset until a batch is read from it). Set only after a batch copied from a
+        partition, one never written to (or waiting behind others' batches) had no gauge,
+        and a dashboard could not tell it from one nobody owns. Its first value comes with
+        the first fetch answer after the assignment: a partition's end is known no sooner
+        without ListOffsets, which some brokers answer wrongly (docs: the test broker's
+        ``end_offsets``). A revoked partition's gauge goes in :class:`_Assignment`, and
+        none is set here for a partition no longer assigned (its lag is its new owner's;
+        aiokafka asserts a partition is assigned before it tells its end)."""
+        metrics = self.metrics
+        if metrics is None:
+            return
+        for tp in sorted(cons.assignment()):
+            if tp not in cons.assignment():  # taken while a position below was awaited
+                continue
+            high = stable_end(cons, tp)
+            if high is None:  # not fetched since it was assigned
+                continue
+            try:
+                position = await cons.position(tp)
+            except IllegalStateError:  # revoked while its position was awaited
+                continue
+            metrics.set_lag(tp.topic, tp.partition, high - position)
 
     def _fit(self, rec: Any, routed: Routed) -> tuple[bytes | None, bytes | None, Headers]:
         """``routed``'s message within the limit, with what had to go said."""

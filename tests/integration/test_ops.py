@@ -34,6 +34,7 @@ from tests.integration.service_helpers import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from stream_expiry.config import Config
@@ -201,6 +202,57 @@ def test_rekey_serves_health_and_its_metrics(broker: str, topics: TopicSet, tmp_
         assert b"stream_expiry_rekey_forwarded_total 1.0" in metrics
         assert b"stream_expiry_rekey_ready 1.0" in metrics
         assert b"stream_expiry_rekey_consumer_lag{" in metrics
+    finally:
+        code, err = _stop(proc)
+    assert code == 0, err
+    assert "Traceback" not in err
+
+
+def _lag_lines(metrics: bytes) -> list[str]:
+    return [
+        line
+        for line in metrics.decode().splitlines()
+        if line.startswith("stream_expiry_rekey_consumer_lag{")
+    ]
+
+
+def _poll_metrics(
+    proc: subprocess.Popen[str], base: str, until: Callable[[bytes], bool], timeout_s: float = 30
+) -> bytes:
+    """``/metrics`` polled until ``until`` holds of it; fails with the last scrape if never."""
+    deadline = time.monotonic() + timeout_s
+    metrics = _poll(proc, base + "/metrics", 200)
+    while not until(metrics):
+        assert time.monotonic() < deadline, metrics.decode()
+        time.sleep(0.05)  # polling for a gauge, with a deadline
+        metrics = _poll(proc, base + "/metrics", 200)
+    return metrics
+
+
+def test_rekey_shows_the_lag_of_a_partition_it_has_not_copied_from(
+    broker: str, topics: TopicSet
+) -> None:
+    """Every partition the group gives rekey has its lag gauge from the first fetch on,
+    0 for one nothing was written to: a partition it never copied from had none until its
+    first message, so a dashboard showed nothing for it rather than 0 or its lag. A
+    partition written to since keeps its gauge, at 0 once copied, beside the empty one's."""
+    proc, base = _start_rekey(broker, topics)
+    gauges = [
+        f'stream_expiry_rekey_consumer_lag{{partition="{p}",topic="{topics.conversations}"}} 0.0'
+        for p in (0, 1)
+    ]
+    try:
+        _poll(proc, base + "/readyz", 200)
+        metrics = _poll_metrics(proc, base, lambda m: len(_lag_lines(m)) == 2)
+        assert sorted(_lag_lines(metrics)) == gauges  # nothing written: both at 0
+        _, value = event("conversation", "c1")
+        anyio.run(produce, broker, [(topics.conversations, None, value)])
+        metrics = _poll_metrics(
+            proc, base, lambda m: b"stream_expiry_rekey_committed_total 1.0" in m
+        )
+        # The partition copied from is caught up; the other, still empty, stays at 0.
+        metrics = _poll_metrics(proc, base, lambda m: sorted(_lag_lines(m)) == gauges)
+        assert sorted(_lag_lines(metrics)) == gauges
     finally:
         code, err = _stop(proc)
     assert code == 0, err

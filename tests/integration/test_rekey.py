@@ -319,8 +319,8 @@ async def test_a_partition_the_group_gave_away_before_the_commit_is_not_committe
     assert len(given_away[0]) == 1
     # The lag gauges were set without asking the consumer for a partition it no longer
     # had (aiokafka asserts a partition is assigned before it tells its end: that ended
-    # rekey as well). A rebalance drops a partition's gauge until its next batch: what is
-    # left is the gauges of the partitions read since the last one, at least the one the
-    # other member gave back.
+    # rekey as well). A rebalance drops the gauges of the partitions it takes away, and
+    # those it gives get theirs from the next fetch: at least the one the other member
+    # gave back has one.
     lag = [line for line in metrics.exposition().decode().splitlines() if "consumer_lag{" in line]
     assert 1 <= len(lag) <= 2, lag
