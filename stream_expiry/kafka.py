@@ -94,6 +94,7 @@ __all__ = [
     "stable_end",
     "stable_ends",
     "topic_config_values",
+    "topic_ends",
     "topic_names",
 ]
 
@@ -884,6 +885,22 @@ async def topic_names(brokers: Brokers) -> set[str]:
         with broker_errors("reading topic metadata"):
             cluster = await cons._client.fetch_all_metadata()
     return {t for t in cluster.topics() if cluster.partitions_for_topic(t)}
+
+
+async def topic_ends(brokers: Brokers, topics: Iterable[str]) -> dict[str, int]:
+    """Each topic's end summed over its partitions (:func:`stable_ends`): 0 for one that
+    nothing was ever written to, as a topic a broker made when a client named it is
+    (retention never brings an end back to 0). Give topics that exist: a missing one
+    counts 0 and is not asked for, so not made."""
+    ends = dict.fromkeys(topics, 0)
+    async with consumer(brokers) as cons:
+        with broker_errors("reading the ends of topics"):
+            tps = [TopicPartition(t, p) for t in ends for p in sorted(await partitions_of(cons, t))]
+            if tps:
+                cons.assign(tps)
+                for tp, end in (await stable_ends(cons, tps)).items():
+                    ends[tp.topic] += end
+    return ends
 
 
 async def read_to_end(

@@ -25,6 +25,7 @@ wins, a touch only extends, a delete at d ignores what happened at or before d).
 
 from __future__ import annotations
 
+import difflib
 import logging
 import time
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ from stream_expiry.kafka import (
     message_limits,
     producer,
     stable_end,
+    topic_ends,
     topic_names,
 )
 from stream_expiry.kafka_settings import as_connection, role_configs
@@ -82,7 +84,9 @@ __all__ = [
     "H_REKEYED_FROM",
     "Rekeyer",
     "Routed",
+    "close_topics",
     "fit",
+    "likely_meant",
     "route",
     "targets_for",
 ]
@@ -170,6 +174,22 @@ def fit(routed: Routed, limit: int) -> tuple[bytes | None, bytes | None, Headers
         if oversize.message_bytes(key, value, kept) <= limit:
             return key, value, kept, True
     return key, value, [], True
+
+
+def close_topics(source: str, topics: Collection[str]) -> list[str]:
+    """Those of ``topics`` whose names are close to ``source`` (closest first, at most
+    three), ``source`` itself aside: the topics a mistyped ``--from`` may have meant."""
+    return difflib.get_close_matches(source, [t for t in topics if t != source], n=3)
+
+
+def likely_meant(source: str, close: Sequence[str], ends: Mapping[str, int]) -> str | None:
+    """The topic ``source`` was likely meant to be, if it is a mistyped name a broker made:
+    nothing ever written to it (its ``ends`` 0) while one of ``close`` (closest first) has
+    data; else None. An empty topic with no such neighbour is left alone: producers that
+    have not written yet, or a topic made for them in advance."""
+    if ends.get(source, 0) > 0:
+        return None
+    return next((topic for topic in close if ends.get(topic, 0) > 0), None)
 
 
 def _header_bytes(headers: Headers) -> int:
@@ -376,7 +396,10 @@ class Rekeyer:
     async def _say_missing_sources(self) -> None:
         """A ``--from`` topic that does not exist: a typo, or producers that have not
         written yet. The group would wait on it without a word, or (a broker that makes
-        the topics a consumer asks for) read an empty topic of that name, so it is said."""
+        the topics a consumer asks for) read an empty topic of that name, so it is said.
+        Such a broker has made the topic by the next start: then a ``--from`` that nothing
+        was ever written to is said with the topic of a close name that has data
+        (:func:`likely_meant`), on every start."""
         have = await topic_names(self.connection)
         # The topic meant, among those a producer may write (not a copy, nor our own).
         others = sorted(t for t in have if t not in self._own_topics())
@@ -387,6 +410,24 @@ class Rekeyer:
                 source,
                 suggestion(source, others),
             )
+        close = {s: close_topics(s, others) for s in self.targets if s in have}
+        close = {source: near for source, near in close.items() if near}
+        if not close:
+            return
+        ends = await topic_ends(self.connection, {*close, *(t for n in close.values() for t in n)})
+        for source, near in close.items():
+            meant = likely_meant(source, near, ends)
+            if meant is not None:
+                log.warning(
+                    "%s exists but nothing was ever written to it, while %r, a topic of a "
+                    "close name, has data: check the --from name (a broker that makes the "
+                    "topics clients ask for, as Kafka's auto.create.topics.enable does, may "
+                    "have made it when a mistyped --from first asked for it; delete it once "
+                    "the name is right%s)",
+                    source,
+                    meant,
+                    f"; did you mean {meant!r}?",
+                )
 
     def _own_topics(self) -> set[str]:
         """The copies rekey writes, and the service's topics other than its inputs."""

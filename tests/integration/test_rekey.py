@@ -19,6 +19,7 @@ from stream_expiry.kafka import (
     consumer,
     ensure_topics,
     producer,
+    topic_names,
 )
 from stream_expiry.metrics import RekeyMetrics
 from stream_expiry.model import Identity
@@ -27,7 +28,7 @@ from stream_expiry.service import wall_clock_ms
 from stream_expiry.testing.proxy import proxied_broker
 from stream_expiry.timeutil import parse_ts
 from tests.conftest import make_topic_set, read_all, read_topic, wait_for
-from tests.integration.service_helpers import config_for, running_service
+from tests.integration.service_helpers import config_for, event, produce, running_service
 from tests.log_capture import captured_logs
 
 if TYPE_CHECKING:
@@ -219,6 +220,37 @@ async def test_a_source_that_does_not_exist_is_said(
     assert f"{typo} does not exist: rekey copies it once producers write there" in said
     # The topic meant, when one close to it exists (a trial helper's --from sesions).
     assert f"did you mean {topics.conversations!r}?" in said
+
+
+@pytest.mark.timeout(90)
+async def test_a_source_the_broker_made_from_a_typo_is_said_on_every_start(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """The first run's subscription makes a broker that creates the topics clients ask for
+    (Kafka's auto.create.topics.enable; the test broker always) create the mistyped
+    topic: a later run found it, empty, and said nothing, so only the first run's lines
+    told of the typo. Every start says an empty --from beside a close topic with data."""
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    typo = f"{topics.prefix}.convresations"
+    _, value = event("conversation", "c1")
+    await produce(broker, [(topics.conversations, None, value)])
+    async with running_rekey(config, broker, [typo]):
+        pass
+    assert typo in await topic_names(broker), "the broker made no topic: nothing to test"
+    with captured_logs() as logs:
+        async with running_rekey(config, broker, [typo]):
+            pass
+    said = logs.both()
+    assert (
+        f"{typo} exists but nothing was ever written to it, while "
+        f"{topics.conversations!r}, a topic of a close name, has data" in said
+    )
+    assert f"did you mean {topics.conversations!r}?" in said
+    # A --from with data is read as it is: no doubt cast on it.
+    with captured_logs() as logs:
+        async with running_rekey(config, broker, [topics.conversations]):
+            pass
+    assert "nothing was ever written" not in logs.both()
 
 
 @pytest.mark.timeout(120)

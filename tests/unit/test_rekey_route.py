@@ -18,7 +18,16 @@ from stream_expiry.errors import ConfigurationError
 from stream_expiry.metrics import RekeyMetrics
 from stream_expiry.model import Identity
 from stream_expiry.oversize import message_bytes
-from stream_expiry.rekey import H_REKEYED_FROM, Rekeyer, _Assignment, fit, route, targets_for
+from stream_expiry.rekey import (
+    H_REKEYED_FROM,
+    Rekeyer,
+    _Assignment,
+    close_topics,
+    fit,
+    likely_meant,
+    route,
+    targets_for,
+)
 
 NOW = 1_760_000_000_000
 CATEGORIES = ("conversation", "session", "error")
@@ -227,3 +236,33 @@ def test_a_partition_the_group_takes_away_loses_its_lag_gauge() -> None:
     said = metrics.exposition()
     assert b'partition="0",topic="a"' not in said
     assert b'partition="1",topic="a"} 3.0' in said
+
+
+def test_an_empty_source_is_said_with_the_close_topic_that_has_data() -> None:
+    """A mistyped ``--from`` a broker made is empty while the topic meant has data: that
+    one is named, the closest with data first; itself is no candidate."""
+    topics = ["conversations", "conversation-archive", "sessions", "convresations"]
+    close = close_topics("convresations", topics)
+    assert close[0] == "conversations"
+    assert "convresations" not in close
+    assert "sessions" not in close
+    ends = {"convresations": 0, "conversations": 12, "conversation-archive": 3}
+    assert likely_meant("convresations", close, ends) == "conversations"
+    # The closest empty too: the next close one with data.
+    assert likely_meant("convresations", close, {**ends, "conversations": 0}) == (
+        "conversation-archive"
+    )
+
+
+@pytest.mark.parametrize(
+    ("ends", "why"),
+    [
+        ({"convresations": 5, "conversations": 12}, "the source has data: it is read"),
+        ({"convresations": 0, "conversations": 0}, "nothing close has data either"),
+    ],
+)
+def test_a_source_with_data_or_no_close_topic_with_data_is_not_doubted(
+    ends: dict[str, int], why: str
+) -> None:
+    assert likely_meant("convresations", ["conversations"], ends) is None, why
+    assert likely_meant("orders", [], {"orders": 0}) is None  # producers yet to write
