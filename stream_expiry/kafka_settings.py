@@ -45,6 +45,7 @@ __all__ = [
     "check_bootstrap",
     "check_security_value",
     "connection_for",
+    "member_liveness",
     "no_passphrase",
     "role_configs",
     "security_from_environment",
@@ -297,6 +298,21 @@ def _is_ipv6(entry: str) -> bool:
 
 def as_connection(brokers: Brokers) -> Connection:
     return brokers if isinstance(brokers, Connection) else Connection(brokers)
+
+
+def member_liveness(session_ms: int) -> dict[str, int]:
+    """A group member's ``session_timeout_ms`` and ``heartbeat_interval_ms`` (the
+    ``[service] session_timeout``), for the service's group and rekey's: a member that dies
+    without leaving (a crash, a SIGKILL, even while it joins) stays in the group until
+    the coordinator's session for it runs out, holding its partitions and the join of the
+    member started in its place (aiokafka's default of 10 s held a restarted ``rekey``
+    about 20 s on the test broker; Kafka's Java client's 45 s would hold it longer). A
+    heartbeat a third of the session, at most a second, keeps a live member in however
+    short it is."""
+    return {
+        "session_timeout_ms": session_ms,
+        "heartbeat_interval_ms": max(100, min(1_000, session_ms // 3)),
+    }
 
 
 def connection_for(

@@ -65,7 +65,7 @@ from stream_expiry.kafka import (
     topic_ends,
     topic_names,
 )
-from stream_expiry.kafka_settings import as_connection, role_configs
+from stream_expiry.kafka_settings import as_connection, member_liveness, role_configs
 from stream_expiry.model import Rejection, parse_event
 
 if TYPE_CHECKING:
@@ -342,7 +342,7 @@ class Rekeyer:
                 self.connection,
                 group_id=self.group_id,
                 client_id="stream-expiry-rekey",
-                **self._consumer_options,
+                **self._group_options(),
             ) as cons,
         ):
             # A committed offset past a partition's end is no concern here: the group's
@@ -371,6 +371,12 @@ class Rekeyer:
                     said_at = time.monotonic()
                     self._say_progress()
         self._say_progress()
+
+    def _group_options(self) -> dict[str, Any]:
+        """The service's session (``[service] session_timeout``): a rekey killed, even
+        while it joins, holds its partitions, and the join of the one restarted in its
+        place, until the session runs out; the caller's options win."""
+        return {**member_liveness(self.config.session_timeout_ms), **self._consumer_options}
 
     def _say_plan(self) -> None:
         """Each source and its target, and what the config's ``[topics] inputs`` still

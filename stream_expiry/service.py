@@ -70,6 +70,7 @@ from stream_expiry.kafka import (
     stable_end,
     topic_config_values,
 )
+from stream_expiry.kafka_settings import member_liveness
 from stream_expiry.outbox import Outbox, settled_or_failed
 from stream_expiry.oversize import producer_limit
 from stream_expiry.policy import PolicyBook
@@ -651,8 +652,7 @@ class Service:
             # Its members are named by it: ``status`` tells the service's from others.
             "client_id": CLIENT_ID,
             # Fast crash detection: by default Kafka's minimum session timeout (6 s).
-            "session_timeout_ms": session_ms,
-            "heartbeat_interval_ms": max(100, min(1_000, session_ms // 3)),
+            **member_liveness(session_ms),
             "rebalance_timeout_ms": max(session_ms, REBALANCE_TIMEOUT_MS),
             "max_poll_records": MAX_BATCH,
             "enable_auto_commit": False,

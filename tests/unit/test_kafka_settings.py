@@ -26,6 +26,7 @@ from stream_expiry.kafka_settings import (
     security_from_environment,
     topic_configs,
 )
+from stream_expiry.rekey import Rekeyer
 from stream_expiry.service import Service
 
 if TYPE_CHECKING:
@@ -359,6 +360,19 @@ def test_the_group_waits_for_a_revocation_as_long_as_it_may_take() -> None:
     revocation_ms = PRODUCER_REQUEST_TIMEOUT_MS + COMMIT_TIMEOUT_S * 1000
     assert options["rebalance_timeout_ms"] > revocation_ms
     assert options["session_timeout_ms"] == 6_000  # a crash is still found in seconds
+
+
+def test_rekey_s_group_takes_the_service_s_session_timeout() -> None:
+    """A killed rekey holds the one restarted in its place until its session runs out:
+    rekey took aiokafka's 10 s whatever ``[service] session_timeout`` said."""
+    config = parse_config('[service]\nsession_timeout = "3s"\n')
+    options = Rekeyer(config, "k:1", {"a": "a.by-record"})._group_options()
+    assert (options["session_timeout_ms"], options["heartbeat_interval_ms"]) == (3_000, 1_000)
+    service = Service(config, bootstrap_servers="k:1", environ={})._group_options()
+    for key in ("session_timeout_ms", "heartbeat_interval_ms"):
+        assert options[key] == service[key]
+    mine = Rekeyer(config, "k:1", {}, consumer_options={"session_timeout_ms": 2_000})
+    assert mine._group_options()["session_timeout_ms"] == 2_000  # the caller's win
 
 
 def test_the_callers_consumer_options_reach_the_group_consumer() -> None:
