@@ -42,6 +42,7 @@ __all__ = [
     "H_TOPIC",
     "LATE_AFTER_MS",
     "LATE_CAUSES",
+    "LATE_CAUSE_MAX",
     "REKEYED_SUFFIX",
     "Request",
     "dead_letter_headers",
@@ -49,10 +50,12 @@ __all__ = [
     "deleted_at_of",
     "encode_deferral",
     "encode_hold_audit",
+    "header_text",
     "late_cause_of",
     "output_partition",
     "parse_own_ts",
     "reason_of",
+    "request_of",
     "source_headers",
     "source_of",
     "stamp_body_fields",
@@ -87,6 +90,8 @@ REQUEST_EVENT_ID_MAX: Final = 512
 H_LATE_CAUSE: Final = "expiry-late-cause"
 LATE_AFTER_MS: Final = 60_000
 LATE_CAUSES: Final = ("catch_up", "late_event", "hold", "archive")
+# The bytes of an ``expiry-late-cause`` read at the most (:func:`late_cause_of`).
+LATE_CAUSE_MAX: Final = 64
 # Where rekey read an event it copied (``stream_expiry.rekey``): ``topic[partition]@offset``.
 H_REKEYED_FROM: Final = "expiry-rekeyed-from"
 # On every copy rekey makes: when the producer's event reached the broker (its Kafka
@@ -149,18 +154,36 @@ def produced_at(rec: Any) -> int | None:
     return ts if type(ts) is int and ts >= 0 else None
 
 
-def request_of(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:
-    """``{"request": ..., "request_event_id": ...}`` as far as ``headers`` say them."""
-    said = {H_REQUEST: "request", H_REQUEST_EVENT_ID: "request_event_id"}
-    return {said[name]: value.decode(errors="replace") for name, value in headers if name in said}
+def header_text(value: bytes) -> str:
+    """A header's bytes as the text every reader of them keeps: bytes that are not UTF-8,
+    and U+0000, become U+FFFD. One form for a store's column (PostgreSQL text cannot hold
+    U+0000, and every store keeps the same text), a receipt's header and ``history``'s
+    display, so an auditor matches a request to its receipts letter for letter."""
+    return value.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
 
 
-def late_cause_of(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:
-    """``{"late_cause": ...}`` when ``headers`` say why a deletion was late, else ``{}``."""
+def request_of(headers: Sequence[tuple[str, bytes]]) -> tuple[str | None, str | None]:
+    """``(expiry-request, expiry-request-event-id)`` as ``headers`` say them (None: not
+    said; the last of each when said twice), as :func:`header_text`. An event id without
+    its request names no request: ``(None, None)``."""
+    request = event_id = None
+    for name, value in headers:
+        if name == H_REQUEST:
+            request = header_text(value)
+        elif name == H_REQUEST_EVENT_ID:
+            event_id = header_text(value)
+    return (None, None) if request is None else (request, event_id)
+
+
+def late_cause_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
+    """``expiry-late-cause`` as ``headers`` say it first (None: not said), as
+    :func:`header_text`, cut to :data:`LATE_CAUSE_MAX` bytes: the service's are a word
+    (:data:`LATE_CAUSES`), and one another producer wrote goes into every store's column
+    and every receipt."""
     for name, value in headers:
         if name == H_LATE_CAUSE:
-            return {"late_cause": value.decode(errors="replace")}
-    return {}
+            return header_text(value[:LATE_CAUSE_MAX])
+    return None
 
 
 def source_of(headers: Sequence[tuple[str, bytes]]) -> tuple[str, int] | None:

@@ -121,8 +121,8 @@ def _describe(config: Config, topic: str, rec: Any) -> dict[str, Any]:
                 # as "deleted_at", an auditor read every ttl deletion as early (a trial).
                 "ends_lives_created_by": None if deleted_at is None else format_ts(deleted_at),
             }
-            | codec.request_of(headers)
-            | codec.late_cause_of(headers)
+            | _request_of(headers)
+            | _late_cause_of(headers)
             | _replay_of(headers),
         )
     body = None if rec.value is None else _body(rec.value)
@@ -136,10 +136,28 @@ def _describe(config: Config, topic: str, rec: Any) -> dict[str, Any]:
         kind = str(body.get("type", "audit"))
     rest = {k: v for k, v in body.items() if k not in _IDENTITY and k not in ("type", "data")}
     if kind in ("tombstone", "receipt"):
-        rest |= codec.request_of(headers) | codec.late_cause_of(headers)
+        rest |= _request_of(headers) | _late_cause_of(headers)
     elif kind == "deletion_deferred":
-        rest |= codec.request_of(headers)  # an erasure's: the release's tombstone names none
+        rest |= _request_of(headers)  # an erasure's: the release's tombstone names none
     return _event(rec, topic, kind, rest)
+
+
+def _request_of(headers: list[tuple[str, bytes]]) -> dict[str, str]:
+    """``{"request": ..., "request_event_id": ...}`` as far as ``headers`` say them, read
+    as the stores read them (:func:`codec.request_of`): the text of a tombstone's request
+    is then its receipts' to the letter (U+FFFD for bytes that are not UTF-8 and for
+    U+0000), and an auditor matches the two by it."""
+    request, event_id = codec.request_of(headers)
+    if request is None:
+        return {}
+    return {"request": request} | ({} if event_id is None else {"request_event_id": event_id})
+
+
+def _late_cause_of(headers: list[tuple[str, bytes]]) -> dict[str, str]:
+    """``{"late_cause": ...}`` when ``headers`` say why a deletion was late (as the stores
+    read it, :func:`codec.late_cause_of`), else ``{}``."""
+    cause = codec.late_cause_of(headers)
+    return {} if cause is None else {"late_cause": cause}
 
 
 def _by_request(e: dict[str, Any]) -> str:
@@ -163,12 +181,19 @@ _LATE_CAUSE_TEXT = {
 
 
 def _late(e: dict[str, Any]) -> str:
-    """Why a late deletion was late, as its headers say (nothing for one on time)."""
+    """Why a late deletion was late, as its headers say (nothing for one on time). A
+    cause this version does not know (a newer version's, or another producer's) is quoted
+    and said to be one: shown bare, it reads as one of the service's."""
     cause = e.get("late_cause")
     if not cause:
         return ""
     why = _LATE_CAUSE_TEXT.get(str(cause))
-    return f"; late ({cause}{': ' + why if why else ''})"
+    if why is None:
+        return (
+            f"; late ({str(cause)!r}: a cause this version does not know, shown up to "
+            f"{codec.LATE_CAUSE_MAX} bytes)"
+        )
+    return f"; late ({cause}: {why})"
 
 
 def _ended_life_apart(fields: dict[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,9 @@ from stream_expiry.codec import (
     H_REQUEST,
     H_REQUEST_EVENT_ID,
     deleted_at_of,
+    late_cause_of,
     reason_of,
+    request_of,
 )
 from stream_expiry.errors import InputError, not_json
 from stream_expiry.model import Identity, decode_key
@@ -460,33 +462,6 @@ def receipt_headers(r: Receipt) -> list[tuple[str, bytes]]:
     return headers
 
 
-_LATE_CAUSE_MAX: Final = 64
-
-
-def _late_cause_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
-    """``expiry-late-cause`` as ``headers`` say it (None: not said), as text (as
-    :func:`_request_of`)."""
-    for name, value in headers:
-        if name == H_LATE_CAUSE:  # the service's are a word; a stranger's is cut
-            return (
-                value[:_LATE_CAUSE_MAX].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-            )
-    return None
-
-
-def _request_of(headers: Sequence[tuple[str, bytes]]) -> tuple[str | None, str | None]:
-    """``(expiry-request, expiry-request-event-id)`` as ``headers`` say them (None: not
-    said), as text: bytes that are not UTF-8, and U+0000 (which PostgreSQL text cannot
-    hold, so every store keeps the same text), become U+FFFD."""
-    request = event_id = None
-    for name, value in headers:
-        if name == H_REQUEST:
-            request = value.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-        elif name == H_REQUEST_EVENT_ID:
-            event_id = value.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-    return (None, None) if request is None else (request, event_id)
-
-
 def _load_object(value: bytes) -> dict[str, Any]:
     try:
         obj = orjson.loads(value)
@@ -608,8 +583,8 @@ def decode_stamped(
         reason = reason_of(headers)
         known = reason if reason in ("ttl", "explicit") else None
         at = timestamp if timestamp is not None and timestamp >= 0 else None
-        request, event_id = _request_of(headers) if known == "explicit" else (None, None)
-        late = _late_cause_of(headers) if known == "ttl" else None
+        request, event_id = request_of(headers) if known == "explicit" else (None, None)
+        late = late_cause_of(headers) if known == "ttl" else None
         return NullChange(
             _key_identity(key), partition, offset, known, at, topic, request, event_id, late
         )
@@ -650,8 +625,8 @@ def decode_tombstone(
         raise InvalidMessage(f"field 'reason' must be 'ttl' or 'explicit', got {reason!r}")
     emitted_at = _time(obj, "emitted_at", required=True)
     assert emitted_at is not None
-    request, event_id = _request_of(headers) if reason == "explicit" else (None, None)
-    late = _late_cause_of(headers) if reason == "ttl" and headers else None
+    request, event_id = request_of(headers) if reason == "explicit" else (None, None)
+    late = late_cause_of(headers) if reason == "ttl" and headers else None
     return TombstoneChange(
         identity=_identity(obj),
         created_at=_time(obj, "created_at"),

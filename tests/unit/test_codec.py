@@ -178,3 +178,23 @@ def test_a_stamp_an_earlier_version_wrote_restores(record_id: str) -> None:
     assert codec.decode_stamp(identity.key, value) == Stamp(
         identity, created, created + 20_000, 20_000, "default", previous_deleted_at=floor
     )
+
+
+def test_a_deletions_headers_read_as_one_text_for_every_reader() -> None:
+    """The erasure request and late cause headers as the stores and ``history`` read them:
+    bytes that are not UTF-8, and U+0000 (PostgreSQL text cannot hold it), as U+FFFD; the
+    last of a request header said twice; an event id without its request names none; a
+    late cause cut to 64 bytes (the service's are a word), the first one said."""
+    odd = [(codec.H_REQUEST, b"t[0]@1"), (codec.H_REQUEST_EVENT_ID, b"gdpr\x00-7\xff")]
+    assert codec.request_of(odd) == ("t[0]@1", "gdpr\ufffd-7\ufffd")
+    assert codec.request_of([(codec.H_REQUEST, b"t[0]@1")]) == ("t[0]@1", None)
+    assert codec.request_of([(codec.H_REQUEST_EVENT_ID, b"gdpr-7")]) == (None, None)
+    assert codec.request_of([*odd, (codec.H_REQUEST, b"t[0]@2")])[0] == "t[0]@2"
+    assert codec.request_of([]) == (None, None)
+    cause = codec.H_LATE_CAUSE
+    assert codec.late_cause_of([(cause, b"catch_up"), (cause, b"hold")]) == "catch_up"
+    assert codec.late_cause_of([(codec.H_REQUEST, b"t[0]@1")]) is None
+    # Cut inside a character: that character's bytes read as U+FFFD, as any other.
+    long = b"\x00" + "é".encode() * 40
+    assert codec.late_cause_of([(cause, long)]) == "\ufffd" + "é" * 31 + "\ufffd"
+    assert len(codec.late_cause_of([(cause, b"y" * 100)]) or "") == codec.LATE_CAUSE_MAX

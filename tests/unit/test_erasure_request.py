@@ -67,10 +67,7 @@ def test_an_erasure_s_tombstone_names_its_request_where_it_was_read_and_its_even
         (H_REQUEST, b"conversations[3]@41"),
         (H_REQUEST_EVENT_ID, b"gdpr-7"),
     )
-    assert request_of(list(fired.request)) == {
-        "request": "conversations[3]@41",
-        "request_event_id": "gdpr-7",
-    }
+    assert request_of(list(fired.request)) == ("conversations[3]@41", "gdpr-7")
 
 
 def test_a_request_without_an_event_id_is_named_by_where_it_was_read() -> None:

@@ -4,18 +4,27 @@ agrees to look up."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 
+from stream_expiry import codec
 from stream_expiry.config import parse_config
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.history import _describe, checked_identity, text_lines
-from stream_expiry.model import MAX_ID_CHARS, Identity, Stamp, encode_stamp
+from stream_expiry.model import MAX_ID_CHARS, Identity, Stamp, encode_stamp, encode_tombstone
+from stream_expiry.sinks._messages import (
+    Receipt,
+    decode_tombstone,
+    encode_receipt,
+    receipt_headers,
+)
 
 AT = "2026-12-05T05:00:00.000Z"
+KEY = Identity("acme", "_", "live", "conversation", "c1").key.encode()
 
 
 def _history(
@@ -142,7 +151,9 @@ def test_a_stamp_or_null_a_replay_published_says_so() -> None:
     marked = [("expiry-source-topic", b"conversations"), ("expiry-replay", b"run1")]
 
     def rec(value: bytes | None, headers: list[tuple[str, bytes]]) -> SimpleNamespace:
-        return SimpleNamespace(timestamp=0, partition=0, offset=1, value=value, headers=headers)
+        return SimpleNamespace(
+            timestamp=0, partition=0, offset=1, key=KEY, value=value, headers=headers
+        )
 
     events = [
         _describe(CONFIG, "expiry.stamped", rec(orjson.dumps(stamp), marked)),
@@ -167,7 +178,12 @@ def test_a_rejected_events_op_takes_its_article() -> None:
 
 def _stamped(stamp: Stamp) -> dict[str, Any]:
     """``stamp`` as history reads it from ``expiry.stamped``."""
-    rec = SimpleNamespace(timestamp=0, partition=0, offset=1, value=encode_stamp(stamp), headers=[])
+    return _stamped_value(stamp.identity.key.encode(), encode_stamp(stamp))
+
+
+def _stamped_value(key: bytes, value: bytes) -> dict[str, Any]:
+    """A message of ``expiry.stamped`` as history reads it."""
+    rec = SimpleNamespace(timestamp=0, partition=0, offset=1, key=key, value=value, headers=[])
     return _describe(CONFIG, "expiry.stamped", rec)
 
 
@@ -210,3 +226,61 @@ def test_the_life_an_old_erasure_under_a_hold_names_not_is_not_shown_as_held() -
     shown = _stamped(running)
     assert "ended_life" not in shown
     assert [life["created_at"] for life in shown["held_lives"]] == ["2027-01-15T08:00:00.200Z"]
+
+
+def _message(topic: str, value: bytes | None, headers: list[tuple[str, bytes]]) -> dict[str, Any]:
+    """A message of ``topic`` keyed by the record, as history reads it."""
+    rec = SimpleNamespace(timestamp=0, partition=0, offset=1, key=KEY, value=value, headers=headers)
+    return _describe(CONFIG, topic, rec)
+
+
+def test_history_shows_a_deletions_headers_as_the_stores_keep_them() -> None:
+    """An erasure's request and a late deletion's cause are read by one reader
+    (``codec.request_of``, ``codec.late_cause_of``) for the stores and for ``history``.
+    History read them apart: U+0000 shown as ``\\x00`` on the tombstone's line where the
+    receipt's (the store's text, U+FFFD) said U+FFFD, so one request read as two; and a
+    cause no version of the service writes shown whole and bare, as a word of its own."""
+    s = Stamp(Identity("acme", "_", "live", "conversation", "c1"), 0, 60_000, 60_000, "org")
+    erased = encode_tombstone(s, reason="explicit", emitted_at=90_000)
+    asked = [
+        (codec.H_REQUEST, b"conversations[2]@1041"),
+        (codec.H_REQUEST_EVENT_ID, b"g\x00-7\xff"),
+    ]
+    sink = decode_tombstone(KEY, erased, asked)
+    shown = _message("expiry.tombstones", erased, asked)
+    said = (shown["request"], shown["request_event_id"])
+    assert (
+        said
+        == (sink.request, sink.request_event_id)
+        == ("conversations[2]@1041", "g\ufffd-7\ufffd")
+    )
+    kept = Receipt("r1", "sq", s.identity, "explicit", 1, 0, 60_000, 60, "org", 90_000, 90_001)
+    kept = dataclasses.replace(kept, request=sink.request, request_event_id=sink.request_event_id)
+    receipt = _message("expiry.receipts", encode_receipt(kept), receipt_headers(kept))
+    assert (receipt["request"], receipt["request_event_id"]) == said
+    lines = text_lines(_history(shown, receipt))
+    assert all(
+        line.endswith("the erasure request event_id 'g\ufffd-7\ufffd' at conversations[2]@1041")
+        for line in lines[1:3]
+    )
+
+    expired = encode_tombstone(s, reason="ttl", emitted_at=190_000)
+    late = [(codec.H_LATE_CAUSE, b"x\x00" + b"y" * 100)]
+    shown = _message("expiry.tombstones", expired, late)
+    assert (
+        shown["late_cause"]
+        == decode_tombstone(KEY, expired, late).late_cause
+        == "x\ufffd" + "y" * 62
+    )
+    line = text_lines(_history(shown))[1]
+    assert line.endswith(
+        f"; late ('x\ufffd{'y' * 62}': a cause this version does not know, shown up to 64 bytes)"
+    )
+    known = _message("expiry.tombstones", expired, [(codec.H_LATE_CAUSE, b"hold")])
+    assert text_lines(_history(known))[1].endswith(
+        "; late (hold: a legal hold kept it until its release)"
+    )
+    # An event id without its request names no request, for history as for the stores.
+    alone = [(codec.H_REQUEST_EVENT_ID, b"gdpr-7")]
+    assert decode_tombstone(KEY, erased, alone).request_event_id is None
+    assert "request_event_id" not in _message("expiry.tombstones", erased, alone)
