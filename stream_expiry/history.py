@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from stream_expiry.config import Config
     from stream_expiry.kafka_settings import Brokers
+    from stream_expiry.model import Stamp
 
 __all__ = ["History", "history", "run_history", "text_lines"]
 
@@ -129,7 +130,8 @@ def _describe(config: Config, topic: str, rec: Any) -> dict[str, Any]:
     if body is None:
         return _event(rec, topic, "unreadable", {})
     if topic == t.stamped:
-        fields = _ended_life_apart({k: body[k] for k in _STAMP_FIELDS if k in body})
+        shown = {k: body[k] for k in _STAMP_FIELDS if k in body}
+        fields = _ended_life_apart(shown, _stamp_of(rec))
         return _event(rec, topic, "stamp", fields | _replay_of(headers))
     kind = {t.tombstones: "tombstone", t.receipts: "receipt"}.get(topic)
     if kind is None:  # the audit trail: its type says what it is
@@ -196,29 +198,36 @@ def _late(e: dict[str, Any]) -> str:
     return f"; late ({cause}: {why})"
 
 
-def _ended_life_apart(fields: dict[str, Any]) -> dict[str, Any]:
+def _ended_life_apart(fields: dict[str, Any], stamp: Stamp | None) -> dict[str, Any]:
     """A stamp's fields with the life an erasure naming no life keeps given apart, as
     ``ended_life``: the deferral of an erasure dated before the creation of the record's
-    last life, which had ended (its tombstone gone out) before the hold (the shape of
-    ``Stamp.ended_life``: no life, an erasure, and that life first in ``held_lives``).
-    The hold keeps nothing of it, and the release sends no tombstone for it; listed
-    among ``held_lives``, it read as a life the hold kept and whose deletion was still
-    to come. The other entries, erasures read while it waited, stay there."""
+    last life, which had ended (its tombstone gone out) before the hold. The hold keeps
+    nothing of it, and the release sends no tombstone for it; listed among
+    ``held_lives``, it read as a life the hold kept and whose deletion was still to
+    come. The other entries, erasures read while it waited, stay there.
+
+    ``stamp`` is the message as the service reads it (None: it cannot), and
+    :attr:`Stamp.ended_life`, the processor's own test, decides. The same shape checked
+    again here on the JSON had drifted from it: an erasure at epoch 0 given as a number
+    was no erasure to it, and an erasure or a life's time that is no time (a stamp the
+    service cannot read) was one."""
     lives = fields.get("held_lives")
-    if (
-        fields.get("created_at") is not None
-        or not fields.get("erase_requested_at")
-        or not isinstance(lives, list)
-        or not lives
-        or not isinstance(lives[0], dict)
-        or lives[0].get("created_at") is None
-    ):
+    if stamp is None or stamp.ended_life is None or not isinstance(lives, list) or not lives:
         return fields
     rest = {k: v for k, v in fields.items() if k != "held_lives"}
     rest["ended_life"] = lives[0]
     if len(lives) > 1:
         rest["held_lives"] = lives[1:]
     return rest
+
+
+def _stamp_of(rec: Any) -> Stamp | None:
+    """``rec``'s stamp as the service reads it (:func:`codec.decode_stamp`), or None when
+    it is not one the service can read."""
+    try:
+        return codec.decode_stamp(rec.key, rec.value)
+    except ValueError:
+        return None
 
 
 def _replay_of(headers: list[tuple[str, bytes]]) -> dict[str, str]:

@@ -284,3 +284,73 @@ def test_history_shows_a_deletions_headers_as_the_stores_keep_them() -> None:
     alone = [(codec.H_REQUEST_EVENT_ID, b"gdpr-7")]
     assert decode_tombstone(KEY, erased, alone).request_event_id is None
     assert "request_event_id" not in _message("expiry.tombstones", erased, alone)
+
+
+_ERASED = "2027-01-15T08:00:00.100Z"
+_LIFE = {
+    "created_at": "2027-01-15T08:00:00.200Z",
+    "expires_at": "2027-01-15T08:01:00.200Z",
+    "ttl_seconds": 60,
+    "ttl_source": "default",
+    "erase_requested_at": None,
+}
+
+
+@pytest.mark.parametrize(
+    ("given", "apart"),
+    [
+        pytest.param({}, True, id="no-life-an-erasure-an-ended-life-first"),
+        pytest.param(
+            {"held_lives": [_LIFE, {**_LIFE, "created_at": None, "erase_requested_at": _ERASED}]},
+            True,
+            id="and-an-erasure-read-while-it-waited",
+        ),
+        pytest.param({"created_at": _ERASED, "expires_at": _ERASED}, False, id="a-life-runs"),
+        pytest.param({"created_at": 0}, False, id="a-life-created-at-epoch-0-as-a-number"),
+        pytest.param({"created_at": ""}, False, id="a-creation-that-is-no-time"),
+        pytest.param({"erase_requested_at": None}, False, id="no-erasure"),
+        pytest.param({"erase_requested_at": 0}, True, id="an-erasure-at-epoch-0-as-a-number"),
+        pytest.param({"erase_requested_at": ""}, False, id="an-empty-erasure"),
+        pytest.param({"erase_requested_at": "soon"}, False, id="an-erasure-that-is-no-time"),
+        pytest.param({"held_lives": []}, False, id="no-held-lives"),
+        pytest.param({"held_lives": {}}, False, id="held-lives-an-empty-object"),
+        pytest.param(
+            {"held_lives": [{**_LIFE, "created_at": None}]}, False, id="held-erasures-only"
+        ),
+        pytest.param(
+            {"held_lives": [{**_LIFE, "created_at": 0}]}, True, id="a-life-created-at-epoch-0"
+        ),
+        pytest.param(
+            {"held_lives": [{**_LIFE, "created_at": "soon"}]}, False, id="a-life-no-time-made"
+        ),
+        pytest.param(
+            {"held_lives": [{**_LIFE, "expires_at": "soon"}]}, False, id="a-life-no-time-ends"
+        ),
+        pytest.param({"held_lives": [[1, 2, 3, 4, 5]]}, False, id="a-life-not-an-object"),
+    ],
+)
+def test_history_gives_a_life_apart_exactly_when_the_processor_reads_it_as_ended(
+    given: dict[str, Any], apart: bool
+) -> None:
+    """``history`` shows an ``ended_life`` for the stamps whose :attr:`Stamp.ended_life`
+    the service reads (``codec.decode_stamp``), and for no other: it checked the shape
+    again on the JSON, and the two drifted (an erasure at epoch 0 given as a number was
+    one for the processor and not for history; an ended life or an erasure that is no
+    time was one for history, whose stamp the service cannot read)."""
+    body = {
+        "org": "acme", "bot": "_", "env": "live", "category": "conversation",
+        "record_id": "c1", "created_at": None, "expires_at": None, "ttl_seconds": None,
+        "ttl_source": None, "erase_requested_at": _ERASED, "held_lives": [_LIFE],
+    } | given  # fmt: skip
+    value = orjson.dumps(body)
+    try:
+        ended = codec.decode_stamp(KEY, value).ended_life
+    except ValueError:
+        ended = None
+    shown = _stamped_value(KEY, value)
+    assert ("ended_life" in shown) == (ended is not None) == apart
+    if ended is not None:
+        assert shown["ended_life"] == body["held_lives"][0]
+        assert shown.get("held_lives", []) == body["held_lives"][1:]
+    else:
+        assert shown.get("held_lives") == body["held_lives"]
