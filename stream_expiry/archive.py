@@ -102,6 +102,7 @@ __all__ = [
     "MarkerTerms",
     "PurgeResult",
     "archived_offsets",
+    "check_directory",
     "org_dirname",
     "purge",
     "read_lines",
@@ -625,6 +626,23 @@ def _rewrite(path: str, keep: Iterable[dict[str, Any]]) -> None:
     _fsync_dir(os.path.dirname(path))
 
 
+def check_directory(directory: str, *, existing: bool) -> None:
+    """Refuse a ``--dir`` that cannot be the archive before anything else is done (``existing``:
+    it must be there already, as for ``purge``). A regular file given as ``--dir`` was said
+    to be "no archive directory" by ``purge``, only after the legal holds were read from
+    Kafka, and "cannot create the archive directory ...: File exists" (status 4, after the
+    topics were made) by ``run`` (a trial)."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        kind = "a file" if os.path.isfile(directory) else "not a directory"
+        make = "" if existing else " (created if missing)"
+        raise ConfigurationError(
+            f"--dir {directory!r} is {kind}, not a directory: give --dir the archive's "
+            f"directory{make}"
+        )
+    if existing and not os.path.isdir(directory):
+        raise ConfigurationError(f"no archive directory {directory!r}; check --dir")
+
+
 def purge(
     directory: str,
     terms: MarkerTerms | None = None,
@@ -643,8 +661,7 @@ def purge(
     asked before a hold was placed reached the archive's purge after it, and removed what
     the hold keeps, perhaps its last copy (a trial). The service defers an erasure asked
     while a hold matches; this is the same rule, applied where the erasure lands late."""
-    if not os.path.isdir(directory):
-        raise ConfigurationError(f"no archive directory {directory!r}; check --dir")
+    check_directory(directory, existing=True)
     terms = terms or MarkerTerms.of(Config())
     now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     orgs: list[PurgeResult] = []

@@ -691,6 +691,8 @@ def _cmd_archive(args: argparse.Namespace) -> int:
     from stream_expiry import archive
 
     config = load(args)
+    # Before Kafka is asked anything: a wrong --dir is the user's to fix (status 2).
+    archive.check_directory(args.dir, existing=args.action == "purge")
     if args.action == "purge":
         holds = None
         if not args.without_holds:

@@ -202,6 +202,28 @@ def test_purge_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "no archive directory" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("action", "says"),
+    [
+        ("purge", "give --dir the archive's directory"),
+        ("run", "give --dir the archive's directory (created if missing)"),
+    ],
+)
+def test_a_file_as_dir_is_said_to_be_one_before_kafka_is_asked(
+    action: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trial: ``purge`` said "no archive directory" of a file that is there, once it had
+    read the holds from Kafka (and with no broker, only that none was given); ``run`` said
+    "File exists" with status 4 once it had made the topics. No broker listens here: the
+    file is found first."""
+    afile = tmp_path / "archive.jsonl.gz"
+    afile.write_bytes(b"")
+    argv = ["archive", action, "--dir", str(afile), "--bootstrap-servers", "127.0.0.1:1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"stream-expiry archive: --dir {str(afile)!r} is a file, not a directory: {says}"
+
+
 def test_a_corrupt_file_is_reported_not_a_traceback(tmp_path: Path) -> None:
     ArchiveWriter(str(tmp_path)).write([erasure("o", "1", 1)])
     (tmp_path / "o" / "2026-11-18.jsonl.gz").write_bytes(b"garbage")
