@@ -55,7 +55,7 @@ from stream_expiry.sinks.framework import (
     SinkConfig,
 )
 from stream_expiry.sinks.postgres import DEFAULT_DSN, DEFAULT_PARALLEL, PostgresStore
-from stream_expiry.sinks.sqlite import SQLiteStore
+from stream_expiry.sinks.sqlite import SQLiteStore, sqlite_file_in
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -290,6 +290,8 @@ def build_sink(
     args: argparse.Namespace, *, on_batch: Callable[[BatchReport], object] | None = None
 ) -> Sink:
     """The store and sink the parsed options describe; raises ConfigurationError if unusable."""
+    if args.sink_store == "sqlite":
+        _check_sqlite_path(args.path)
     # All defaults without --config; the STREAM_EXPIRY_* variables beat the file.
     service_config = load_config(args.config, environ=os.environ)
     topics = service_config.topics
@@ -362,6 +364,16 @@ def build_sink(
         topic_settings=service_config.topic_settings,
     )
     return Sink(store, config, on_batch=on_batch)
+
+
+def _check_sqlite_path(path: str) -> None:
+    """Refuse a directory as ``--path`` before Kafka is asked anything: SQLite said only
+    "unable to open database file" of it, with status 4 (a trial)."""
+    if os.path.isdir(path):
+        raise ConfigurationError(
+            f"--path {path} is a directory, not a SQLite database file: give --path a file, "
+            f"e.g. {sqlite_file_in(path)} (created if missing)"
+        )
 
 
 def check_sink_topics(

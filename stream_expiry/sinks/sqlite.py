@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
     from stream_expiry.sinks.store import PrunePosition, SweepPosition
 
-__all__ = ["SQLiteStore"]
+__all__ = ["SQLiteStore", "sqlite_file_in"]
 
 _KEY: Final = "org, bot, env, category, record_id"
 # Ties in the sweep's order are broken by the identity (BINARY: Python's string order).
@@ -326,6 +326,11 @@ async def _to_wal(conn: aiosqlite.Connection, tries: int = 100) -> None:
             await anyio.sleep(0.02)
 
 
+def sqlite_file_in(directory: str) -> str:
+    """A database file to suggest where a directory was given for one."""
+    return os.path.join(directory, "sink.db")
+
+
 def _create_private(path: str) -> None:
     """Create a missing database file readable and writable by its owner only (0600): it
     holds the records' personal data, and SQLite would make it 0644 under the usual umask,
@@ -407,10 +412,15 @@ class SQLiteStore(Store):
         self._conn = conn
 
     def _why(self, exc: BaseException) -> str:
-        """SQLite says "unable to open database file" whatever the cause; the commonest one,
-        a directory that does not exist (SQLite creates the file, not its directory), is
-        said as such."""
-        parent = os.path.dirname(os.path.abspath(os.fspath(self.path)))
+        """SQLite says "unable to open database file" whatever the cause; the commonest ones,
+        a directory that does not exist (SQLite creates the file, not its directory) and a
+        directory given for the file, are said as such."""
+        path = os.fspath(self.path)
+        if os.path.isdir(path):
+            return (
+                f"it is a directory, not a database file (give a file, e.g. {sqlite_file_in(path)})"
+            )
+        parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             return f"the directory {parent} does not exist (create it first)"
         return str(exc)

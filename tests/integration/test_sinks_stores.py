@@ -1438,10 +1438,14 @@ async def test_sqlite_names_a_missing_directory(tmp_path: Path) -> None:
         f"cannot open SQLite database {path}: the directory {tmp_path / 'nodir'} does not "
         "exist (create it first)"
     )
-    unreadable = tmp_path / "dir.db"
-    unreadable.mkdir()  # a directory where the file should be: SQLite's own words
-    with pytest.raises(StoreError, match="unable to open database file"):
-        await SQLiteStore(unreadable).open()
+    a_directory = tmp_path / "dir.db"
+    a_directory.mkdir()  # where the file should be: SQLite said "unable to open database file"
+    with pytest.raises(StoreError) as failed:
+        await SQLiteStore(a_directory).open()
+    assert str(failed.value) == (
+        f"cannot open SQLite database {a_directory}: it is a directory, not a database file "
+        f"(give a file, e.g. {a_directory / 'sink.db'})"
+    )
 
 
 @pytest.mark.asyncio

@@ -242,6 +242,21 @@ def test_a_state_directory_that_cannot_be_one_stops_run_before_kafka(
     assert "Traceback" not in err
 
 
+def test_a_directory_as_a_sinks_sqlite_path_is_said_before_kafka(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trial: SQLite's own "unable to open database file", with status 4 (a store that
+    failed), for what the user gave wrong. Nothing listens on the broker's port: the
+    directory is found first."""
+    code = main(["sink", "sqlite", "--path", str(tmp_path), "--bootstrap-servers", "127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert code == exits.USAGE
+    assert err == (
+        f"stream-expiry sink: --path {tmp_path} is a directory, not a SQLite database file: "
+        f"give --path a file, e.g. {tmp_path / 'sink.db'} (created if missing)\n"
+    )
+
+
 def test_a_state_directory_run_makes_is_its_owners_only(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
