@@ -8,6 +8,7 @@ machine; :func:`redact` keeps passwords out of messages and logs.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from typing import TYPE_CHECKING, Final
@@ -16,14 +17,25 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["as_uri", "hide_secrets", "hosts", "is_local", "redact"]
+__all__ = [
+    "UnknownKey",
+    "as_uri",
+    "hide_secrets",
+    "hosts",
+    "is_local",
+    "meant_key",
+    "query_keys",
+    "redact",
+]
 
 _LOCAL: Final = frozenset({"", "localhost", "127.0.0.1", "::1"})
 # A URI's scheme, any: one that is not PostgreSQL's is named as such (not as text that is
 # not key=value), and its password is hidden all the same.
 _SCHEME: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 _POSTGRES_SCHEMES: Final = frozenset({"postgresql", "postgres"})
-_KV: Final = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S*)")
+# A key with a ``-`` (``ssl-mode``) is a key, named as not the client's, not text that is
+# not key=value ("'ssl-' is not key=value").
+_KV: Final = re.compile(r"([\w-]+)\s*=\s*('(?:[^'\\]|\\.)*'|\S*)")
 # ``password`` and ``sslpassword`` (a client key's passphrase); a quote left open runs to
 # the end, as libpq reads it.
 _PASSWORD_KV: Final = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|'.*|\S*)", re.S)
@@ -40,6 +52,44 @@ _URI_KEYS: Final = frozenset(
         "krbsrvname", "gsslib", "application_name",
     }
 )  # fmt: skip
+
+
+# Names asyncpg takes in a URI's query beside libpq's (``database`` for ``dbname``): not a
+# typo of one of them.
+_ASYNCPG_ALSO: Final = frozenset({"database"})
+
+
+class UnknownKey(ValueError):
+    """Raised by :func:`as_uri` for a key the PostgreSQL client does not take, with the
+    one it is close to (``meant``), if any: ``hostt=db`` was refused with the list of all
+    twenty keys, and ``postgresql://...?sslmod=disable`` reached the server as a setting,
+    which refused "unrecognized configuration parameter" with status 4 (a trial)."""
+
+    def __init__(self, key: str, meant: str | None) -> None:
+        said = f"the key {key!r} is not one the PostgreSQL client (asyncpg) takes; "
+        if meant is not None:
+            said += f"did you mean {meant!r}?"
+        else:
+            said += "it takes " + ", ".join(sorted(_URI_KEYS))
+        super().__init__(said)
+        self.key = key
+        self.meant = meant
+
+
+def meant_key(key: str, *, cutoff: float = 0.6) -> str | None:
+    """The client's key closest to a mistyped ``key`` (``-`` for ``_`` and case aside), or
+    None."""
+    close = difflib.get_close_matches(
+        key.replace("-", "_").lower(), sorted(_URI_KEYS), n=1, cutoff=cutoff
+    )
+    return close[0] if close else None
+
+
+def query_keys(dsn: str) -> list[str]:
+    """The keys of a URI's query ([] for key/value pairs: :func:`as_uri` checks each)."""
+    if not _is_uri(dsn):
+        return []
+    return list(parse_qs(urlsplit(dsn).query, keep_blank_values=True))
 
 
 def hosts(dsn: str, environ: Mapping[str, str] | None = None) -> list[str]:
@@ -149,6 +199,7 @@ def as_uri(dsn: str) -> str:
         # the port is then a piece of the password (the message hides it as ***).
         _check_ports([_port_of(h) for h in netloc.split(",")])
         _check_ports(parse_qs(parts.query).get("port", []))
+        _check_query_keys(query_keys(dsn))
         return dsn
     pairs = _KV.findall(dsn)
     leftover = _KV.sub("", dsn).strip()
@@ -157,16 +208,26 @@ def as_uri(dsn: str) -> str:
     query: list[tuple[str, str]] = []
     for key, raw in pairs:
         if key not in _URI_KEYS:
-            raise ValueError(
-                f"the key {key!r} is not one the PostgreSQL client (asyncpg) takes; it takes "
-                + ", ".join(sorted(_URI_KEYS))
-            )
+            raise UnknownKey(key, meant_key(key))
         value = raw
         if raw.startswith("'") and raw.endswith("'") and len(raw) > 1:
             value = re.sub(r"\\(.)", r"\1", raw[1:-1])
         query.append((key, value))
     _check_ports([value for key, value in query if key == "port"])
     return "postgresql://?" + urlencode(query)
+
+
+def _check_query_keys(keys: list[str]) -> None:
+    """A URI's query key that is not the client's goes to the server as a setting (asyncpg
+    passes them on, as ``?search_path=app``), so only one very close to a client's key is
+    refused here, as a typo (no setting of PostgreSQL 15 is that close to one); the server
+    judges the others."""
+    for key in keys:
+        if key in _URI_KEYS or key in _ASYNCPG_ALSO:
+            continue
+        meant = meant_key(key, cutoff=0.8)
+        if meant is not None:
+            raise UnknownKey(key, meant)
 
 
 def _port_of(host_port: str) -> str:

@@ -48,6 +48,7 @@ Why it is shaped like this:
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlsplit
@@ -65,7 +66,15 @@ from stream_expiry.sinks._messages import (
     decode_pending,
     encode_pending,
 )
-from stream_expiry.sinks.dsn import as_uri, hide_secrets, is_local, redact
+from stream_expiry.sinks.dsn import (
+    UnknownKey,
+    as_uri,
+    hide_secrets,
+    is_local,
+    meant_key,
+    query_keys,
+    redact,
+)
 from stream_expiry.sinks.store import (
     PrunePage,
     Store,
@@ -190,6 +199,17 @@ def _connect_failure(dsn: str, exc: BaseException) -> StoreError | Configuration
 
     shown = redact(dsn)
     why = hide_secrets(str(exc), dsn)  # a parser's message may quote a piece of a password
+    if isinstance(exc, UnknownKey):  # what to do is in the words: no list of forms after
+        return ConfigurationError(f"the PostgreSQL DSN {shown} cannot be used: {why}")
+    setting = _unknown_setting(dsn, exc)
+    if setting is not None:
+        meant = meant_key(setting)
+        return ConfigurationError(
+            f"the PostgreSQL DSN {shown} cannot be used: the key {setting!r} is neither one "
+            "the PostgreSQL client (asyncpg) takes nor a setting the server knows (it said: "
+            f"{why}); "
+            + (f"did you mean {meant!r}?" if meant is not None else "correct it or remove it")
+        )
     if isinstance(exc, asyncpg.ClientConfigurationError | ValueError):
         return ConfigurationError(
             f"the PostgreSQL DSN {shown} cannot be used ({why}); give a libpq URI, "
@@ -210,6 +230,25 @@ def _connect_failure(dsn: str, exc: BaseException) -> StoreError | Configuration
     return StoreError(
         f"PostgreSQL is not reachable at {shown}: {hide_secrets(repr(exc), dsn)}; {hint}"
     )
+
+
+_UNKNOWN_SETTING: Final = re.compile(r'unrecognized configuration parameter "(.*)"')
+
+
+def _unknown_setting(dsn: str, exc: BaseException) -> str | None:
+    """The key of the DSN's query the server refused as a setting it does not know
+    (asyncpg passes the keys it does not take on as settings), or None: a setting the sink
+    asks for itself (``plan_cache_mode``) is not the user's to correct in the DSN."""
+    import asyncpg
+
+    if not isinstance(exc, asyncpg.UndefinedObjectError):
+        return None
+    found = _UNKNOWN_SETTING.search(str(exc))
+    if found is None:
+        return None
+    # Setting names are not case-sensitive: the server may say one as it folds it.
+    keys = {key.lower(): key for key in query_keys(dsn)}
+    return keys.get(found.group(1).lower())
 
 
 _SCHEMA: Final = """

@@ -409,6 +409,19 @@ def test_an_unreachable_broker_is_the_same_status_in_every_command(
         ("host=127.0.0.1 port=5432 dbname=no_such_db_here", exits.STORE, "create it (createdb)"),
         ("host=127.0.0.1 password=s3cret connect_timeout=3", exits.USAGE,
          "the key 'connect_timeout' is not one the PostgreSQL client (asyncpg) takes; it takes application_name, dbname"),
+        # Typos of a key: named, with the key meant, and nothing after (a trial).
+        ("hostt=127.0.0.1 dbname=test password=s3cret", exits.USAGE,
+         "the PostgreSQL DSN hostt=127.0.0.1 dbname=test password=*** cannot be used: the key "
+         "'hostt' is not one the PostgreSQL client (asyncpg) takes; did you mean 'host'?\n"),
+        ("postgresql://u:s3cret@127.0.0.1:5432/test?sslmod=disable", exits.USAGE,
+         "the PostgreSQL DSN postgresql://u:***@127.0.0.1:5432/test?sslmod=disable cannot be "
+         "used: the key 'sslmod' is not one the PostgreSQL client (asyncpg) takes; did you "
+         "mean 'sslmode'?\n"),
+        # Not close to a client's key: the server, which gets it as a setting, refuses it.
+        ("postgresql://127.0.0.1:5432/test?sslmode=disable&no_such_setting=1", exits.USAGE,
+         "the key 'no_such_setting' is neither one the PostgreSQL client (asyncpg) takes nor a "
+         "setting the server knows (it said: unrecognized configuration parameter "
+         "\"no_such_setting\"); correct it or remove it\n"),
         ("notadsn", exits.USAGE, "give a libpq URI"),
         ("postgresql://u:s3cret@127.0.0.1:abc/test", exits.USAGE, "give a libpq URI"),
     ],

@@ -9,7 +9,7 @@ import pytest
 from asyncpg.connect_utils import _parse_connect_dsn_and_args
 
 from stream_expiry.errors import ConfigurationError, StoreError
-from stream_expiry.sinks.dsn import as_uri, is_local, redact
+from stream_expiry.sinks.dsn import UnknownKey, as_uri, is_local, redact
 from stream_expiry.sinks.postgres import PostgresStore
 
 
@@ -63,6 +63,52 @@ def test_a_uri_is_taken_as_it_is(uri: str) -> None:
 def test_what_the_client_cannot_take_is_named(dsn: str, says: str) -> None:
     with pytest.raises(ValueError, match=says):
         as_uri(dsn)
+
+
+@pytest.mark.parametrize(
+    ("dsn", "key", "meant"),
+    [
+        ("hostt=127.0.0.1 dbname=test", "hostt", "host"),
+        ("host=h dbnam=test", "dbnam", "dbname"),
+        ("host=h Port=5432", "Port", "port"),
+        ("host=h ssl-mode=disable", "ssl-mode", "sslmode"),
+        ("host=h connect_timeout=3", "connect_timeout", None),  # libpq's, not asyncpg's
+        ("postgresql://h/test?sslmod=disable", "sslmod", "sslmode"),
+        ("postgresql://h/test?sslmode=disable&usr=me", "usr", "user"),
+        ("postgresql://h/test?target_session_attr=any", "target_session_attr",
+         "target_session_attrs"),
+    ],
+)  # fmt: skip
+def test_an_unknown_key_is_named_with_the_one_it_is_close_to(
+    dsn: str, key: str, meant: str | None
+) -> None:
+    """A trial: ``hostt=`` was refused with the list of every key and a recipe of the DSN's
+    forms, and ``?sslmod=`` reached the server as a setting (its refusal: status 4)."""
+    with pytest.raises(UnknownKey) as failed:
+        as_uri(dsn)
+    assert (failed.value.key, failed.value.meant) == (key, meant)
+    said = str(failed.value)
+    assert said.startswith(f"the key {key!r} is not one the PostgreSQL client (asyncpg) takes; ")
+    if meant is not None:
+        assert said.endswith(f"; did you mean {meant!r}?")
+    else:
+        assert said.endswith("; it takes application_name, dbname, gsslib, host, krbsrvname, "
+                             "passfile, password, port, service, ssl_max_protocol_version, "
+                             "ssl_min_protocol_version, sslcert, sslcrl, sslkey, sslmode, "
+                             "sslnegotiation, sslpassword, sslrootcert, target_session_attrs, "
+                             "user")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        # Keys asyncpg passes on to the server as settings, and its own name for dbname.
+        "postgresql://h/test?search_path=app&statement_timeout=5000",
+        "postgresql://h/test?database=test&application_name=s1&options=x",
+    ],
+)
+def test_a_uris_other_keys_are_left_to_the_server(dsn: str) -> None:
+    assert as_uri(dsn) == dsn
 
 
 @pytest.mark.parametrize(
