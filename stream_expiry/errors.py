@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import difflib
-from typing import TYPE_CHECKING
+import re
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
+    import json
     from collections.abc import Collection, Iterable, Sequence
 
 __all__ = [
@@ -122,13 +124,14 @@ def quoted(value: object, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def not_json(value: bytes, exc: ValueError) -> str:
+def not_json(value: bytes, exc: json.JSONDecodeError) -> str:
     """The detail of a message value the JSON parser (orjson) refused with ``exc``.
 
     Bytes that are not UTF-8 are said as such, with the first bad byte's offset: orjson
     says ``str is not valid UTF-8: surrogates not allowed ... (char 0)`` wherever they are,
     which sent a reader looking for surrogates (and at the start). Decoding again costs
-    only on this path, a refused value."""
+    only on this path, a refused value. Other refusals say in words what the parser met
+    where (:func:`_json_fault`). Short whatever the value: it quotes a word of it at most."""
     try:
         value.decode()
     except UnicodeDecodeError as bad:
@@ -136,4 +139,43 @@ def not_json(value: bytes, exc: ValueError) -> str:
             f"the value is not valid UTF-8 (byte {bad.start}: {bad.reason}); "
             "send JSON encoded as UTF-8"
         )
-    return f"the value is not UTF-8 JSON: {exc}"
+    return f"the value is not JSON: {_json_fault(exc)}"
+
+
+# What a refusal quotes of the value: the word it met (``hello``, ``tru``), at most this
+# many characters, else the one character.
+_WORD: Final = re.compile(r"\w{1,20}")
+
+
+def _met(doc: str, pos: int) -> str:
+    """The word (cut, ending ``...``) or the character at ``pos`` of ``doc``; "" at its end."""
+    word = _WORD.match(doc, pos)
+    if word is None:
+        return doc[pos : pos + 1]
+    more = word.end() < len(doc) and (doc[word.end()].isalnum() or doc[word.end()] == "_")
+    return word.group() + ("..." if more else "")
+
+
+def _json_fault(exc: json.JSONDecodeError) -> str:
+    """What orjson met and where, in words: its own ("unexpected character, expected a
+    JSON value: line 1 column 1 (char 0)") said neither that the value is not JSON nor what
+    character it met (a trial). The position is orjson's: line and column from 1, and
+    ``char``, the offset in characters from 0."""
+    where = f"line {exc.lineno} column {exc.colno} (char {exc.pos})"
+    met = _met(exc.doc, exc.pos)
+    if not exc.doc:
+        return "it is empty"
+    if not exc.doc.strip(" \t\n\r"):  # JSON's whitespace
+        return "it is only whitespace"
+    if exc.msg.startswith("unexpected end of data"):
+        return f"it ends at {where} before the JSON does (a bracket, brace or quote left open?)"
+    if exc.msg.startswith("unexpected content after document") and met:
+        return f"{met!r} at {where} follows a whole JSON value; send one value per message"
+    if exc.msg.startswith("unexpected character") and met:
+        expected = exc.msg.partition(", expected ")[2]
+        return f"{met!r} at {where}" + (f", where {expected} should be" if expected else "")
+    if exc.msg.startswith("invalid literal") and met:  # a word, not true, false or null
+        return f"{met!r} at {where}, where a JSON value should be"
+    if exc.msg.startswith("trailing comma") and met:
+        return f"{met!r} at {where} is a comma with no value after it"
+    return f"{exc.msg} at {where}"

@@ -127,6 +127,11 @@ async def test_bad_inputs_go_to_the_dead_letter_topic_and_the_service_goes_on(
         # letters keep their order.
         assert by_value[value].partition == int(headers["expiry-source-partition"])
     assert len({rec.partition for rec in dead}) == 2  # the keys spread over both
+    # In words, with the position (it was orjson's "invalid literal, expected 'null': line
+    # 1 column 1 (char 0)", a trial).
+    assert dict(by_value[b"not json"].headers)["expiry-error-detail"] == (
+        b"the value is not JSON: 'not' at line 1 column 1 (char 0), where a JSON value should be"
+    )
 
 
 async def test_explicit_delete_of_an_unseen_record_reaches_the_stores(

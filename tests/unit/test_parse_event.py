@@ -8,6 +8,7 @@ fast path and on the slow one (:func:`model._validate`), which must agree.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -15,7 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stream_expiry.codec import dead_letter_headers
 from stream_expiry.model import (
+    DETAIL_MAX,
     MAX_ID_CHARS,
     Identity,
     InputEvent,
@@ -23,6 +26,7 @@ from stream_expiry.model import (
     _validate,
     parse_event,
 )
+from stream_expiry.oversize import DETAIL_BYTES
 from stream_expiry.timeutil import MIN_TS_MS
 
 CATEGORIES = frozenset({"conversation", "session"})
@@ -70,9 +74,69 @@ def test_a_value_not_utf8_is_said_so_with_the_first_bad_bytes_offset(
 
 
 def test_a_utf8_value_that_is_not_json_keeps_the_parsers_words() -> None:
+    """Where no plainer words are at hand, orjson's own, after "the value is not JSON"."""
     result = parse(b'{"org": "\\ud800"}')  # a lone surrogate escape: UTF-8, but not JSON
     assert isinstance(result, Rejection)
-    assert result.detail.startswith("the value is not UTF-8 JSON: ")
+    assert result.detail == (
+        "the value is not JSON: no low surrogate in string at line 1 column 10 (char 9)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "detail"),
+    [
+        (b"hello world", "'hello' at line 1 column 1 (char 0), where a JSON value should be"),
+        (b"not json", "'not' at line 1 column 1 (char 0), where a JSON value should be"),
+        (b'{"org": tru}', "'tru' at line 1 column 9 (char 8), where a JSON value should be"),
+        (b"x" * 30, f"'{'x' * 20}...' at line 1 column 1 (char 0), where a JSON value should be"),
+        (b'{"category": "conversation",\n "ts": ?}',
+         "'?' at line 2 column 8 (char 36), where a JSON value should be"),
+        # The position counts characters, not bytes (the \xc3\xa9 is one).
+        ('{"org": "caf\u00e9" x}'.encode(),
+         "'x' at line 1 column 16 (char 15), where ',' or '}' should be"),
+        (b'{"org": "acme"', "it ends at line 1 column 15 (char 14) before the JSON does (a "
+                            "bracket, brace or quote left open?)"),
+        (b'{"org": "acme"}{"org": "acme"}',
+         "'{' at line 1 column 16 (char 15) follows a whole JSON value; send one value per "
+         "message"),
+        (b'{"org": "acme",}', "',' at line 1 column 15 (char 14) is a comma with no value after it"),
+        (b"", "it is empty"),
+        (b" \n", "it is only whitespace"),
+    ],
+)  # fmt: skip
+def test_a_utf8_value_that_is_not_json_is_said_so_in_words_with_the_position(
+    value: bytes, detail: str
+) -> None:
+    """A user trial: the detail was orjson's "the value is not UTF-8 JSON: unexpected
+    character, expected a JSON value: line 1 column 1 (char 0)", which named neither the
+    character met nor what was wrong in words."""
+    result = parse(value)
+    assert isinstance(result, Rejection)
+    assert result.code == "invalid_json"
+    assert result.detail == f"the value is not JSON: {detail}"
+
+
+def test_a_dead_letter_of_a_huge_value_that_is_not_json_keeps_its_headers_short() -> None:
+    """The contract's five headers, with a detail of one line within the limit of the
+    detail (model.DETAIL_MAX characters, oversize.DETAIL_BYTES bytes for a cut dead
+    letter), however long the value and wherever the fault: it quotes one character."""
+    value = b'{"data": "' + "\u00e9".encode() * 500_000 + b'"\n, "ts": \x01}'
+    result = parse(value)
+    assert isinstance(result, Rejection)
+    rec = SimpleNamespace(topic="conversations", partition=3, offset=41)
+    headers = dict(dead_letter_headers(rec, result))
+    assert headers == {
+        "expiry-error": b"invalid_json",
+        "expiry-error-detail": b"the value is not JSON: '\\x01' at line 2 column 9 "
+        b"(char 500020), where a JSON value should be",
+        "expiry-source-topic": b"conversations",
+        "expiry-source-partition": b"3",
+        "expiry-source-offset": b"41",
+    }
+    detail = headers["expiry-error-detail"]
+    assert len(detail.decode()) <= DETAIL_MAX
+    assert len(detail) <= DETAIL_BYTES
+    assert b"\n" not in detail
 
 
 @pytest.mark.parametrize(

@@ -117,7 +117,12 @@ def test_a_message_at_or_before_a_rows_position_is_already_applied() -> None:
     [
         (None, None, "without a key"),
         (b"only/three/parts", None, "record key"),
-        (b"k", b"{not json", "not UTF-8 JSON"),
+        (
+            b"k",
+            b"{not json",
+            "the value is not JSON: 'not' at line 1 column 2 \\(char 1\\), where "
+            "a string key should be",
+        ),
         (b"k", b'{"org": "\xff"}', r"not valid UTF-8 \(byte 9: invalid start byte\)"),
         (b"k", b"[1]", "not an object"),
         (b"k", b'{"org": "o", "bot": "_", "env": "live", "category": "c"}', "record_id"),
