@@ -108,8 +108,10 @@ def _slot_init(cls: type[_T]) -> type[_T]:
 class InvalidMessage(InputError):
     """Raised when a message on ``expiry.stamped`` or ``expiry.tombstones`` is malformed.
 
-    The sink logs it with its topic, partition and offset, counts it in
-    ``metrics["invalid_total"]`` and commits past it; fix the producer that wrote it.
+    The sink counts it in ``metrics["invalid_total"]``, logs it with its topic, partition
+    and offset (the first of a topic; the others as a count, see
+    :mod:`~stream_expiry.sinks._malformed`) and commits past it; fix the producer that
+    wrote it, or the sink's topic options if the topic is not the service's.
     """
 
 

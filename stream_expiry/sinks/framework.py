@@ -70,6 +70,7 @@ from stream_expiry.kafka_settings import Connection, KafkaSecurity, TopicSetting
 from stream_expiry.logs import record_ref
 from stream_expiry.model import Rejection
 from stream_expiry.murmur2 import partition_for
+from stream_expiry.sinks._malformed import MalformedReport, Role
 from stream_expiry.sinks._messages import (
     Change,
     InvalidMessage,
@@ -372,6 +373,20 @@ class Sink:
         self._probe: _Probe | None = None
         self._probed_key: tuple[frozenset[Any], frozenset[Any]] = (frozenset(), frozenset())
         self._wait_said_at: float | None = None
+        # Malformed messages: the first of a topic said with what to do, then counted.
+        self.malformed = MalformedReport(
+            {
+                config.stamped_topic: Role(
+                    "stamped", "--stamped-topic", "the service's stamps", DEFAULT_STAMPED
+                ),
+                config.tombstones_topic: Role(
+                    "tombstones",
+                    "--tombstones-topic",
+                    "the service's tombstone events",
+                    DEFAULT_TOMBSTONES,
+                ),
+            }
+        )
 
     async def run(self, stop: anyio.Event) -> None:
         """Consume until ``stop`` is set, then return after the current batch committed.
@@ -455,6 +470,7 @@ class Sink:
                 )
                 return
             finally:
+                self.malformed.flush()  # what was counted and not said yet, however it stops
                 await self._abandon()
             try:
                 await self._mark_acked()
@@ -522,6 +538,7 @@ class Sink:
         broker = _Outage("broker", self.metrics, "broker_errors_total")
         store = _Outage("store", self.metrics, "store_errors_total")
         while not stop.is_set():
+            self.malformed.tick()
             try:
                 if store.since is not None:  # said to answer again only once it does
                     await self.store.ping()
@@ -636,13 +653,7 @@ class Sink:
                 )  # fmt: skip
         except InvalidMessage as exc:
             self.metrics["invalid_total"] += 1
-            log.warning(
-                "skipping a malformed message at %s[%d]@%d: %s",
-                topic,
-                rec.partition,
-                rec.offset,
-                exc,
-            )
+            self.malformed.skipped(topic, rec.partition, rec.offset, exc, rec.value)
             return None
         if not self.store.holds(change.identity):
             self.metrics["unrepresentable_total"] += 1

@@ -1091,6 +1091,32 @@ async def test_a_sink_says_a_topic_of_the_services_it_had_to_create(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(["sqlite"]), indirect=True)
+async def test_a_sink_reading_an_input_topic_says_so_once_not_once_a_message(
+    broker: str, topics: TopicSet, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A trial: a sink given an input topic as its tombstones topic (inputs other than the
+    default ones, no --config to refuse them) logged a warning for every event it read,
+    without bound. Now the first says what the sink expects there and what to do, and the
+    rest are counted: said at most once a minute, and at stop."""
+    await produce(broker, topics.conversations, [event("conversation", f"r{i}") for i in range(30)])
+    config = sink_config(broker, topics, tombstones_topic=topics.conversations)
+    caplog.set_level(logging.WARNING, logger="stream_expiry.sinks")
+    async with running_sink(store, config) as sink:
+        await wait_for(lambda: sink.metrics["invalid_total"] == 30)
+    said = [r.getMessage() for r in caplog.records if "malformed" in r.getMessage()]
+    assert len(said) == 2, said
+    first, rest = said
+    assert first.startswith(f"skipping a malformed message at {topics.conversations}[")
+    assert (
+        "(it looks like an input event); the sink reads "
+        f"{topics.conversations} as its tombstones topic, for the service's tombstone events"
+    ) in first
+    assert "give the sink the right --tombstones-topic, or the service's --config" in first
+    assert rest.startswith(f"skipped 29 more malformed messages on {topics.conversations} in ")
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize("store", store_params(["sqlite", "postgres"]), indirect=True)
 async def test_the_receipt_of_a_null_whose_tombstone_never_came_gives_the_nulls_reason(
     broker: str, topics: TopicSet, store: Store, caplog: pytest.LogCaptureFixture
