@@ -71,6 +71,7 @@ from stream_expiry.kafka import (
     topic_config_values,
 )
 from stream_expiry.kafka_settings import member_liveness
+from stream_expiry.logs import counted
 from stream_expiry.outbox import Outbox, settled_or_failed
 from stream_expiry.oversize import producer_limit
 from stream_expiry.policy import PolicyBook
@@ -78,10 +79,10 @@ from stream_expiry.reading import END_UNKNOWN, InputReading, resume_point
 from stream_expiry.redact import Redactor
 from stream_expiry.state import PartitionProcessor
 from stream_expiry.state.dir_lock import state_dir_locked
-from stream_expiry.state.kv import ASIDE, CORRUPT, move_aside
+from stream_expiry.state.kv import ASIDE, CORRUPT, RocksKV, move_aside
 from stream_expiry.state.restore import Mark, broken_marks
 from stream_expiry.state.restore_workers import restore_stores
-from stream_expiry.state.store import input_position_name
+from stream_expiry.state.store import PartitionStore, input_position_name
 from stream_expiry.stats import ServiceStats
 from stream_expiry.timeutil import format_ts, wall_clock_ms
 
@@ -96,7 +97,6 @@ if TYPE_CHECKING:
     from stream_expiry.metrics import ServiceMetrics
     from stream_expiry.state import Effects
     from stream_expiry.state.restore import RestoreReport
-    from stream_expiry.state.store import PartitionStore
 
 __all__ = ["Service", "ServiceStats", "wall_clock_ms"]
 
@@ -173,6 +173,53 @@ def _say_short_marker_grace(
             "all; set marker_grace to at least the input topics' retention",
             format_duration(grace_ms), topic, source, kept,
         )  # fmt: skip
+
+
+def _say_not_inputs(state_dir: str, inputs: Iterable[str]) -> None:
+    """Warn of the stores in the state directory of input partitions that ``[topics]
+    inputs`` no longer lists, with records still to tombstone. No instance is assigned such
+    a partition, so none restores its store or fires its timers: its records were kept
+    past their expiry, in the stores and on ``expiry.stamped``, with nothing said (a trial
+    took a topic out of the inputs, as the switch to ``rekey``'s copies does)."""
+    listed = frozenset(inputs)
+    found: list[tuple[str, int]] = []
+    for entry in sorted(os.scandir(state_dir), key=lambda e: e.name):
+        topic, _, number = entry.name.rpartition("-")
+        if not (topic and number.isdigit() and topic not in listed and entry.is_dir()):
+            continue  # an input's store, a store moved aside, or not a store at all
+        if not os.path.exists(os.path.join(entry.path, "CURRENT")):
+            continue  # not a RocksDB database: opened, it would be made one
+        left = _records_left(entry.path)
+        if left:
+            found.append((f"{topic}[{number}]", left))
+    if found:
+        total = sum(n for _name, n in found)
+        log.warning(
+            "the state directory holds %s of input partitions that [topics] inputs does not "
+            "list: %s. No instance is assigned those partitions, so none tombstones these "
+            "records, at their expiry or later; list their topics in [topics] inputs again "
+            "until `stream-expiry status` counts none of them (README: Changing the input "
+            "topics)",
+            counted(total, "record") + " pending or held",
+            ", ".join(f"{name} {n:,}" for name, n in found),
+        )
+
+
+def _records_left(path: str) -> int:
+    """The records of the store at ``path`` still to tombstone: pending, or kept by a
+    legal hold (0, with a warning, when it cannot be read)."""
+    kv = None
+    try:
+        kv = RocksKV(path)
+        counts = PartitionStore(kv).counts
+        return counts.pending_total + counts.held
+    except StoreError as exc:  # damaged, or a newer version's: the service never reads it
+        log.warning("%s: its records cannot be counted (%s)", path, exc)
+        return 0
+    finally:
+        if kv is not None:
+            with contextlib.suppress(StoreError):
+                kv.close()
 
 
 def _say_moved_aside(state_dir: str) -> None:
@@ -334,6 +381,7 @@ class Service:
         self._dead_lettered = DeadLettered(str(state_dir / DEAD_LETTERED_FILE))
         log.info("state directory %s", state_dir)
         _say_moved_aside(str(state_dir))
+        _say_not_inputs(str(state_dir), self.config.topics.inputs)
         failure: Exception | None = None
         try:
             # The gauges in a task of their own: the loop waits on the broker in an outage,

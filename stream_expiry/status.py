@@ -50,8 +50,9 @@ from stream_expiry.timeutil import format_ts
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Callable
+    from collections.abc import Callable, Collection
 
+    from stream_expiry.changelog import Fold
     from stream_expiry.config import Config
     from stream_expiry.holds import HoldBook
     from stream_expiry.kafka_settings import Brokers
@@ -84,6 +85,10 @@ class Status:
     group: str | None = None
     # The service's instances: its group's members as the broker describes them.
     instances: Group | None = None
+    # Live records (pending or overdue) whose latest stamp came from a topic the config's
+    # [topics] inputs does not list, by that topic: no instance holds their partitions, so
+    # none tombstones them (inputs changed, a rekey switch say); they are in the counts too.
+    not_inputs: dict[str, Counter[str]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -108,41 +113,85 @@ class Status:
             "lag": self.lag,
             "group": self.group,
             "instances": None if self.instances is None else self.instances.as_dict(),
+            "not_inputs": {
+                topic: {"pending": n["pending"], "due": n["due"]}
+                for topic, n in sorted(self.not_inputs.items())
+            },
         }
 
 
 # What status keeps of a record, and no more (its counts need no data, and a scratch store
 # holding every stamp's data put every user's data on disk while it ran): the partition and
 # offset of its latest stamp (what ``[archive] required`` compares with the archive's
-# commits), its due time (_NEVER: none), and two flags. The key, which names the record, is
-# the store's key: a hold matches records by their ids.
-_AT = struct.Struct(">iqqB")
+# commits), its due time (_NEVER: none), two flags, and the input topic its stamp names, as
+# an index into :class:`_Sources` (0: an input of the config, or none named). The key,
+# which names the record, is the store's key: a hold matches records by their ids.
+_AT = struct.Struct(">iqqBH")
 _NEVER = -(2**63)
 _ERASURE = 1  # the due time is an erasure request's: it never waits for the archive
 _HELD_LIVES = 2  # it keeps earlier lives a hold kept
 
 
-def _latest(
-    partition: int, offset: int, _headers: Any, key: bytes, value: bytes | None
-) -> bytes | None:
+class _Sources:
+    """The input topics named by stamps that ``[topics] inputs`` does not list, each given
+    a number (from 1) that a record's entry keeps: a record of such a topic is one no
+    instance tombstones, since the instances hold the partitions of their inputs only (the
+    service routes each changelog message to the store of the input partition it names)."""
+
+    def __init__(self, inputs: Collection[str]) -> None:
+        self._inputs = frozenset(inputs)
+        self.topics: list[str] = [""]  # index 0: an input, or no source named
+        self._index: dict[str, int] = {}
+
+    def index(self, headers: Any) -> int:
+        source = codec.source_of(headers or ())
+        if source is None or source[0] in self._inputs:
+            return 0
+        topic = source[0]
+        found = self._index.get(topic)
+        if found is None:
+            # More topics than an index holds would be a cluster shared by thousands of
+            # configs; the last index then stands for the rest.
+            found = self._index[topic] = min(len(self.topics), 0xFFFF)
+            if found == len(self.topics):
+                self.topics.append(topic)
+        return found
+
+
+def _folding(sources: _Sources | None) -> Fold:
     """A :data:`~stream_expiry.changelog.Fold` keeping what :func:`_count` needs of the
     latest stamp; a deletion, or a stamp that cannot be read, drops the key (nothing of it
-    is counted)."""
-    if value is None:
-        return None
-    try:
-        stamp = codec.decode_stamp(key, value)
-    except ValueError:
-        return None
-    due = stamp.due_at
-    flags = (_ERASURE if stamp.erase_at is not None else 0) | (
-        _HELD_LIVES if stamp.held_lives else 0
-    )
-    return _AT.pack(partition, offset, _NEVER if due is None else due, flags)
+    is counted). ``sources``: where the input topics a stamp names are told from the
+    others (None: not asked)."""
+
+    def fold(
+        partition: int, offset: int, headers: Any, key: bytes, value: bytes | None
+    ) -> bytes | None:
+        if value is None:
+            return None
+        try:
+            stamp = codec.decode_stamp(key, value)
+        except ValueError:
+            return None
+        due = stamp.due_at
+        flags = (_ERASURE if stamp.erase_at is not None else 0) | (
+            _HELD_LIVES if stamp.held_lives else 0
+        )
+        source = 0 if sources is None else sources.index(headers)
+        return _AT.pack(partition, offset, _NEVER if due is None else due, flags, source)
+
+    return fold
+
+
+_latest = _folding(None)
 
 
 def _count(
-    result: Status, kv: RocksKV, holds: HoldBook, archived: dict[int, int] | None = None
+    result: Status,
+    kv: RocksKV,
+    holds: HoldBook,
+    archived: dict[int, int] | None = None,
+    sources: _Sources | None = None,
 ) -> None:
     """Count every record of ``kv`` (as :func:`_latest` keeps them). ``archived``
     (``[archive] required``): the archive group's committed offset per partition of
@@ -152,10 +201,13 @@ def _count(
     if archived is not None:
         result.archive_waiting = 0
     for key, raw in kv.scan(b"", b"\xff" * 8):
-        partition, offset, due_or_never, flags = _AT.unpack(raw)
+        partition, offset, due_or_never, flags, source = _AT.unpack(raw)
         identity = decode_key(key.decode())
         due = None if due_or_never == _NEVER else due_or_never
         overdue = due is not None and due <= now
+        if source and due is not None and sources is not None:
+            topic = sources.topics[source]
+            result.not_inputs.setdefault(topic, Counter())["due" if overdue else "pending"] += 1
         if due is None:
             result.never += 1
         elif not overdue:
@@ -233,11 +285,12 @@ async def status(
         # A scratch store, thrown away after the count (as replay's): no write-ahead log.
         kv = RocksKV(os.path.join(work, "current"), durable=False)
         try:
-            await read_latest(brokers, topic, kv, _latest)
+            sources = _Sources(config.topics.inputs)
+            await read_latest(brokers, topic, kv, _folding(sources))
             archived = None
             if config.archive.required:  # after: what the archive wrote since, it holds
                 archived = await archived_offsets(brokers, config.archive.group_id, topic)
-            _count(result, kv, holds, archived)
+            _count(result, kv, holds, archived, sources)
         finally:
             kv.close()
     result.lag = await _lag(config, brokers)
@@ -307,6 +360,24 @@ def _instance_lines(inst: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _not_inputs_lines(orphans: dict[str, dict[str, int]]) -> list[str]:
+    """The records stamped from topics ``[topics] inputs`` does not list: no instance holds
+    their partitions, so none tombstones them, and the service's own gauges (overdue,
+    pending) do not see them. Said after the counts, which include them."""
+    if not orphans:
+        return []
+    total = sum(n["pending"] + n["due"] for n in orphans.values())
+    lines = [
+        f"  {counted(total, 'live record')} stamped from topics that [topics] inputs does not "
+        "list: no instance tombstones them, due or not (inputs changed since they were "
+        "stamped?); list those topics in [topics] inputs again until these are 0 (README: "
+        "Changing the input topics)"
+    ]
+    for topic, n in orphans.items():
+        lines.append(printable(f"    {topic}: {n['due']:,} due, {n['pending']:,} pending"))
+    return lines
+
+
 def text_lines(d: dict[str, Any]) -> list[str]:
     """``status`` for a person, from :meth:`Status.as_dict`. The figures form one column
     right of the longest name (a category such as ``training_expression``, an input
@@ -325,6 +396,7 @@ def text_lines(d: dict[str, Any]) -> list[str]:
         why = "   the archive has not written them: their purges wait for it" if waiting else ""
         rows.append(("    waiting for the archive", waiting, why))
     rows.append(("  legal holds", len(d["holds"]), ""))
+    orphans = d.get("not_inputs") or {}
     lag = [(f"    {name}", part["lag"], _past_end(part)) for name, part in d["lag"].items()]
     width = max(len(name) for name, _n, _rest in rows + lag)
 
@@ -333,6 +405,7 @@ def text_lines(d: dict[str, Any]) -> list[str]:
 
     lines = [f"as of {d['at']}", *_instance_lines(d.get("instances"))]
     lines += [row(*r) for r in rows]
+    lines += _not_inputs_lines(orphans)
     for h in d["holds"]:
         n, matched = h["records_held"], h.get("records_matched", 0)
         said = (
