@@ -36,6 +36,7 @@ from aiokafka.errors import (
     CommitFailedError,
     IllegalGenerationError,
     InconsistentGroupProtocolError,
+    InvalidSessionTimeoutError,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
@@ -164,6 +165,16 @@ _FOREIGN_GROUP: Final = (
     "another member of the consumer group offers none of this client's partition assignors "
     "(the service offers range and roundrobin, a sink range): is something else using the "
     "same group id? Give the service, each sink and each tool a group of its own"
+)
+
+# Kafka refuses a JoinGroup whose session timeout is outside its brokers' range, which
+# config.py cannot know: 6 s to 30 min by default, where the config takes 1 s up (the test
+# broker, Tansu, takes any). aiokafka's repr of the error said nothing of the setting.
+_SESSION_TIMEOUT: Final = (
+    "the brokers refused the consumer group's session timeout ([service] session_timeout, "
+    "or $STREAM_EXPIRY_SERVICE_SESSION_TIMEOUT; default 6s): Kafka takes one from its "
+    "group.min.session.timeout.ms to its group.max.session.timeout.ms, 6s to 30m unless "
+    "the cluster sets them otherwise; set session_timeout within them"
 )
 
 
@@ -413,6 +424,8 @@ def _start_failed(
 ) -> BrokerError:
     if isinstance(exc, InconsistentGroupProtocolError):
         return BrokerError(f"the {what} could not join its consumer group: {_FOREIGN_GROUP}")
+    if isinstance(exc, InvalidSessionTimeoutError):
+        return BrokerError(f"the {what} could not join its consumer group: {_SESSION_TIMEOUT}")
     sec = conn.security
     hint = "check that the brokers are up and the bootstrap address"
     if sec.uses_sasl:
@@ -477,6 +490,8 @@ def mapped(exc: KafkaError, message: str) -> BrokerError:
     """:class:`BrokerUnavailableError` for what retrying may cure, else :class:`BrokerError`."""
     if isinstance(exc, InconsistentGroupProtocolError):
         return BrokerError(f"{message}: {_FOREIGN_GROUP}")
+    if isinstance(exc, InvalidSessionTimeoutError):
+        return BrokerError(f"{message}: {_SESSION_TIMEOUT}")
     kind = BrokerUnavailableError if transient(exc) else BrokerError
     return kind(f"{message}: {exc!r}")
 
