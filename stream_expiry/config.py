@@ -259,7 +259,10 @@ def load_config(
         raise ConfigError(
             f"{name}: the config file is not UTF-8 (byte {exc.start}); save it as UTF-8"
         ) from None
-    return parse_config(text, path=name, environ=environ)
+    # A byte-order mark, which Windows editors write at the start of UTF-8 files: the TOML
+    # parser took it for a statement ("line 1, column 1: invalid TOML: Invalid statement",
+    # nothing anyone could see in the file). It is not part of the text; lines stay as they are.
+    return parse_config(text.removeprefix("\ufeff"), path=name, environ=environ)
 
 
 # Read by the commands themselves (cliargs, logs), or by the test harness.

@@ -165,6 +165,19 @@ def test_not_utf8(tmp_path: Path) -> None:
         load_config(path)
 
 
+def test_a_byte_order_mark_is_read_past_and_lines_keep_their_numbers(tmp_path: Path) -> None:
+    """Notepad saves UTF-8 with a byte-order mark: the file was refused with "line 1,
+    column 1: invalid TOML: Invalid statement", of a line that looked right."""
+    path = tmp_path / "bom.toml"
+    path.write_bytes(
+        b'\xef\xbb\xbfgroup_id = "expiry-eu"\n[retention.defaults]\nconversation = "30x"\n'
+    )
+    with pytest.raises(ConfigError, match=r"bom\.toml line 3: invalid duration"):
+        load_config(path)
+    path.write_bytes(b'\xef\xbb\xbfgroup_id = "expiry-eu"\n')
+    assert load_config(path).group_id == "expiry-eu"
+
+
 def test_config_error_is_a_stream_expiry_error() -> None:
     assert issubclass(ConfigError, ConfigurationError)
     assert issubclass(ConfigError, StreamExpiryError)
