@@ -94,6 +94,20 @@ def test_the_configmap_holds_a_valid_config() -> None:
     assert config.state_dir == "/var/lib/stream-expiry"
 
 
+def test_the_statefulsets_pods_share_the_input_partitions_evenly() -> None:
+    """The range assignor hands out whole partition numbers: the 3 pods on the 4
+    partitions the service gave its topics by default (the ConfigMap set none) left one
+    pod with twice the others' records, timers and restore, against the README's "give
+    the input topics a partition count your instance counts divide"."""
+    (cm,) = _by_kind("ConfigMap")
+    (sts,) = _by_kind("StatefulSet")
+    partitions = parse_config(cm["data"]["expiry.toml"], path="configmap").topic_settings.partitions
+    replicas = sts["spec"]["replicas"]
+    assert partitions % replicas == 0, (partitions, replicas)
+    # And room to scale out: 1, 2, 3, 4 and 6 pods share 12 evenly.
+    assert all(partitions % n == 0 for n in (1, 2, 3, 4, 6)), partitions
+
+
 def test_compose_has_postgres_the_sink_healthchecks_and_7_day_inputs() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
