@@ -253,10 +253,8 @@ async def run_demo(args: argparse.Namespace) -> int:
                     stamped_topic=config.topics.stamped,
                     tombstones_topic=config.topics.tombstones,
                     receipts_topic=config.topics.receipts,
-                    consumer_options={
-                        "session_timeout_ms": 6000,
-                        "fetch_max_wait_ms": FETCH_WAIT_MS,
-                    },
+                    session_timeout_ms=config.session_timeout_ms,
+                    consumer_options={"fetch_max_wait_ms": FETCH_WAIT_MS},
                 ),
                 on_batch=on_batch,
             )

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENV_PREFIX",
+    "REBALANCE_TIMEOUT_MS",
     "SASL_MECHANISMS",
     "SECURITY_KEYS",
     "SECURITY_PROTOCOLS",
@@ -300,15 +301,27 @@ def as_connection(brokers: Brokers) -> Connection:
     return brokers if isinstance(brokers, Connection) else Connection(brokers)
 
 
+# How long a group's coordinator waits for a member to rejoin when the group rebalances,
+# for a group whose members work before they rejoin: the service's revocation waits for
+# the acks of what it sent (up to the producer's request timeout) and its commits (up to
+# COMMIT_TIMEOUT_S); a sink's waits for its store transaction in flight (SQLite's busy
+# timeout alone is 10 s). aiokafka's default is the session timeout (6 s by default): on
+# Kafka, a member slower than that to rejoin is left out of the new generation, its commit
+# refused, and its partitions handed to another member while its work still runs. A
+# crashed member is still found by its session timeout. (The test broker does not enforce
+# it.)
+REBALANCE_TIMEOUT_MS: Final = 60_000
+
+
 def member_liveness(session_ms: int) -> dict[str, int]:
     """A group member's ``session_timeout_ms`` and ``heartbeat_interval_ms`` (the
-    ``[service] session_timeout``), for the service's group and rekey's: a member that dies
-    without leaving (a crash, a SIGKILL, even while it joins) stays in the group until
-    the coordinator's session for it runs out, holding its partitions and the join of the
-    member started in its place (aiokafka's default of 10 s held a restarted ``rekey``
-    about 20 s on the test broker; Kafka's Java client's 45 s would hold it longer). A
-    heartbeat a third of the session, at most a second, keeps a live member in however
-    short it is."""
+    ``[service] session_timeout``), for the groups of the service, rekey and the sinks: a
+    member that dies without leaving (a crash, a SIGKILL, even while it joins) stays in
+    the group until the coordinator's session for it runs out, holding its partitions and
+    the join of the member started in its place (aiokafka's default of 10 s held a
+    restarted ``rekey`` or sink about 20 s on the test broker; Kafka's Java client's 45 s
+    would hold it longer). A heartbeat a third of the session, at most a second, keeps a
+    live member in however short it is."""
     return {
         "session_timeout_ms": session_ms,
         "heartbeat_interval_ms": max(100, min(1_000, session_ms // 3)),

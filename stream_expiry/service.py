@@ -70,7 +70,7 @@ from stream_expiry.kafka import (
     stable_end,
     topic_config_values,
 )
-from stream_expiry.kafka_settings import member_liveness
+from stream_expiry.kafka_settings import REBALANCE_TIMEOUT_MS, member_liveness
 from stream_expiry.logs import counted
 from stream_expiry.outbox import Outbox, settled_or_failed
 from stream_expiry.oversize import producer_limit
@@ -124,13 +124,6 @@ OUTAGE_RETRY_S = 2.0  # between two sessions while the broker is away
 OUTAGE_REPEAT_S = 30.0  # how often a lasting outage is said again (each retry: debug)
 JOIN_SAID_EVERY_S = 30.0  # how often a join that has not ended is said
 ENDS_FAILED_SAID_EVERY_S = 30.0  # how often the firing says it could not ask the ends
-# How long the group's coordinator waits for this member to rejoin when the group
-# rebalances. aiokafka's default is the session timeout (6 s), but a revocation first waits
-# for the acks of what was sent (up to the producer's request timeout) and commits (up to
-# COMMIT_TIMEOUT_S): on Kafka, a member slower than that to rejoin is left out of the new
-# generation, its commit refused, and the group rebalances once more. A crashed member is
-# still found by its session timeout. (The test broker does not enforce it.)
-REBALANCE_TIMEOUT_MS: Final = 60_000
 PRUNE_EVERY_S = 5.0  # and every turn while markers are left due: pruning keeps up
 RESTORE_SAID_EVERY_S = 10.0  # a restore's progress line
 

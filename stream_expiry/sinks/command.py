@@ -132,8 +132,9 @@ def _common_options() -> argparse.ArgumentParser:
         "--config",
         metavar="FILE",
         help="the service's config file: its bootstrap_servers, [topics] and [kafka] (TLS, "
-        "SASL; also from STREAM_EXPIRY_KAFKA_* variables) are the defaults, and its "
-        "[archive] required makes the sweep wait for the archive",
+        "SASL; also from STREAM_EXPIRY_KAFKA_* variables) are the defaults, its [service] "
+        "session_timeout is the group's session (else STREAM_EXPIRY_SERVICE_SESSION_TIMEOUT, "
+        "else 6 s), and its [archive] required makes the sweep wait for the archive",
     )
     kafka.add_argument(
         "--bootstrap-servers",
@@ -360,6 +361,8 @@ def build_sink(
         ),
         batch_size=args.batch_size,
         sliding=service_config.sliding,
+        # The service's group session: a sink killed holds its successor until it ends.
+        session_timeout_ms=service_config.session_timeout_ms,
         security=security_from_environment(service_config.kafka, os.environ),
         topic_settings=service_config.topic_settings,
     )

@@ -3,10 +3,11 @@ aiokafka gets, the topic configs, and CreateTopics answers that must stop the st
 
 from __future__ import annotations
 
+import argparse
 import os
 import ssl
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiokafka.protocol.admin import CreateTopicsResponse_v3
@@ -28,6 +29,10 @@ from stream_expiry.kafka_settings import (
 )
 from stream_expiry.rekey import Rekeyer
 from stream_expiry.service import Service
+from stream_expiry.sinks import add_sink_parser
+from stream_expiry.sinks.command import build_sink
+from stream_expiry.sinks.framework import Sink, SinkConfig
+from stream_expiry.sinks.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -373,6 +378,38 @@ def test_rekey_s_group_takes_the_service_s_session_timeout() -> None:
         assert options[key] == service[key]
     mine = Rekeyer(config, "k:1", {}, consumer_options={"session_timeout_ms": 2_000})
     assert mine._group_options()["session_timeout_ms"] == 2_000  # the caller's win
+
+
+def test_a_sink_s_group_takes_the_service_s_session_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed sink holds the one restarted in its place until its session runs out: the
+    sink took aiokafka's 10 s whatever ``[service] session_timeout`` said. It takes the
+    service's now: from ``--config``, else its variable (a sink may run without a config),
+    else the service's 6 s; and a rebalance timeout as long as the service's, as its
+    revocation waits for the store transaction in flight."""
+    monkeypatch.delenv("STREAM_EXPIRY_SERVICE_SESSION_TIMEOUT", raising=False)
+    parser = argparse.ArgumentParser()
+    add_sink_parser(parser.add_subparsers(dest="command", required=True))
+    base = ["sink", "sqlite", "--path", str(tmp_path / "s.db"), "--bootstrap-servers", "k:1"]
+    config = tmp_path / "service.toml"
+    config.write_text('[service]\nsession_timeout = "3s"\n')
+
+    def options(*extra: str) -> dict[str, Any]:
+        return build_sink(parser.parse_args([*base, *extra]))._group_options()
+
+    service = Service(parse_config(config.read_text()), bootstrap_servers="k:1", environ={})
+    by_file = options("--config", str(config))
+    for key in ("session_timeout_ms", "heartbeat_interval_ms", "rebalance_timeout_ms"):
+        assert by_file[key] == service._group_options()[key]
+    assert (by_file["session_timeout_ms"], by_file["heartbeat_interval_ms"]) == (3_000, 1_000)
+    assert options()["session_timeout_ms"] == 6_000  # the service's default
+    monkeypatch.setenv("STREAM_EXPIRY_SERVICE_SESSION_TIMEOUT", "2s")
+    assert options()["session_timeout_ms"] == 2_000
+    assert options()["heartbeat_interval_ms"] == 666
+    theirs = {"session_timeout_ms": 9_000}
+    mine = Sink(SQLiteStore(tmp_path / "m.db"), SinkConfig("k:1", "g", consumer_options=theirs))
+    assert mine._group_options()["session_timeout_ms"] == 9_000  # the caller's win
 
 
 def test_the_callers_consumer_options_reach_the_group_consumer() -> None:
