@@ -83,12 +83,13 @@ from stream_expiry.codec import deleted_at_of, reason_of
 from stream_expiry.config import Config
 from stream_expiry.errors import BrokerError, ConfigurationError, StoreError
 from stream_expiry.kafka import committed_offsets, consumer, ensure_config_topics, partitions_of
+from stream_expiry.kafka_settings import member_liveness
 from stream_expiry.model import decode_key
 from stream_expiry.parts import add_up
 from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 
     from stream_expiry.holds import HoldBook
     from stream_expiry.kafka_settings import Brokers
@@ -347,18 +348,22 @@ async def run_archive(
     stop: anyio.Event | None = None,
     max_records: int = 5000,
     after_write: Callable[[], Awaitable[None]] | None = None,
+    session_ms: int = Config.session_timeout_ms,
     **consumer_options: Any,
 ) -> ArchiveWriter:
     """Archive ``topic`` (the stamps) and the erasures on ``tombstones`` until ``stop`` is
     set (or forever): write a batch, fsync, then commit.
 
     ``after_write`` runs between the durable write and the commit (tests use it to die there).
+    ``session_ms``: the group's session (``[service] session_timeout``, see
+    :func:`_group_options`); ``consumer_options`` beat it.
     """
     writer = ArchiveWriter(directory)
     stop = stop or anyio.Event()
     stack = contextlib.AsyncExitStack()
+    options = _group_options(session_ms, consumer_options)
     cons = await stack.enter_async_context(
-        consumer(bootstrap_servers, topic, tombstones, group_id=group_id, **consumer_options)
+        consumer(bootstrap_servers, topic, tombstones, group_id=group_id, **options)
     )
     try:
         log.info(
@@ -407,6 +412,17 @@ async def run_archive(
     return writer
 
 
+def _group_options(session_ms: int, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The session and heartbeat of the service's group (``[service] session_timeout``),
+    and ``overrides`` (a caller's consumer options) over them: an archive killed without
+    leaving its group (SIGKILL, an OOM kill) holds its partitions, and the join of the
+    archive restarted in its place, until its session runs out (aiokafka's default of
+    10 s held a successor ~20 s on the test broker). The rebalance timeout stays
+    aiokafka's, the session: a revocation waits for nothing here (a batch written and
+    not committed is read again by its partitions' next owner)."""
+    return {**member_liveness(session_ms), **overrides}
+
+
 async def ensure_read_topics(brokers: Brokers, config: Config) -> None:
     """Create the stamped and tombstones topics of ``config`` where missing, as the service
     makes them (compacted, with its retention settings), and say so: the service writes
@@ -432,13 +448,15 @@ async def serve_archive(
     topic: str,
     tombstones: str,
     group_id: str,
+    session_ms: int,
     prepare: Callable[[], Awaitable[None]] | None = None,
 ) -> int:
     """``stream-expiry archive``: archive until SIGINT or SIGTERM, then stop after the batch
     in hand is written and committed (a second signal stops at once: nothing is lost, the
     uncommitted batch is re-delivered). ``prepare`` runs first, under the same signals
     (:func:`ensure_read_topics`: run before them, a signal while it connected ended the
-    command without a word)."""
+    command without a word). ``session_ms``: the group's session, the config's
+    ``[service] session_timeout``."""
     stop = anyio.Event()
     writer: ArchiveWriter | None = None  # none when a second signal stops it while it starts
     async with anyio.create_task_group() as tg:
@@ -460,6 +478,7 @@ async def serve_archive(
             tombstones=tombstones,
             group_id=group_id,
             stop=stop,
+            session_ms=session_ms,
         )
         tg.cancel_scope.cancel()
     if writer is None:

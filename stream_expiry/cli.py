@@ -728,6 +728,8 @@ def _cmd_archive(args: argparse.Namespace) -> int:
             topic=config.topics.stamped,
             tombstones=config.topics.tombstones,
             group_id=args.group_id or config.archive.group_id,
+            # A killed archive holds its successor until its session ends: the service's.
+            session_ms=config.session_timeout_ms,
             prepare=partial(archive.ensure_read_topics, brokers, config),
         )
     )

@@ -315,12 +315,12 @@ REBALANCE_TIMEOUT_MS: Final = 60_000
 
 def member_liveness(session_ms: int) -> dict[str, int]:
     """A group member's ``session_timeout_ms`` and ``heartbeat_interval_ms`` (the
-    ``[service] session_timeout``), for the groups of the service, rekey and the sinks: a
-    member that dies without leaving (a crash, a SIGKILL, even while it joins) stays in
-    the group until the coordinator's session for it runs out, holding its partitions and
-    the join of the member started in its place (aiokafka's default of 10 s held a
-    restarted ``rekey`` or sink about 20 s on the test broker; Kafka's Java client's 45 s
-    would hold it longer). A heartbeat a third of the session, at most a second, keeps a
+    ``[service] session_timeout``), for the groups of the service, rekey, the sinks and
+    the archive: a member that dies without leaving (a crash, a SIGKILL, even while it
+    joins) stays in the group until the coordinator's session for it runs out, holding its
+    partitions and the join of the member started in its place (aiokafka's default of
+    10 s held a restarted ``rekey``, sink or archive about 20 s on the test broker; Kafka's
+    Java client's 45 s would hold it longer). A heartbeat a third of the session, at most a second, keeps a
     live member in however short it is."""
     return {
         "session_timeout_ms": session_ms,

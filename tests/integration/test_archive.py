@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from typing import TYPE_CHECKING
 
@@ -210,6 +211,67 @@ async def test_the_archive_command_runs_until_sigterm_and_exits_zero(
     assert proc.returncode == 0, err
     assert "archive stopped: 3 stamps and 0 erasure markers" in err
     assert await archived_offsets(broker, f"{topics.prefix}.archive-cli", topics.stamped)
+
+
+# A killed member holds the group until its session runs out: 2 s here (the successor
+# archived in about 3 s); with aiokafka's 10 s session it took about 20 s. A behaviour
+# bound between the two, not a speed (test_ops: rekey's and the sink's).
+GHOST_RESTART_BOUND_S = 12.0
+
+
+def _archive_command(broker: str, directory: Path, config: Path, group: str) -> list[str]:
+    return [
+        sys.executable, "-m", "stream_expiry", "archive", "--dir", str(directory),
+        "--config", str(config), "--bootstrap-servers", broker, "--group-id", group,
+    ]  # fmt: skip
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.asyncio
+async def test_an_archive_killed_holds_its_successor_no_longer_than_the_service_s_session(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """An archive SIGKILLed (an OOM kill) stays in its group (no LeaveGroup) until the
+    coordinator's session for it runs out, and the archive restarted in its place reads
+    nothing until then. The archive took aiokafka's 10 s session whatever ``[service]
+    session_timeout`` said (the successor archived a new stamp ~20 s after its start on
+    the test broker); it takes the config's now."""
+    await produce(broker, topics.stamped, list(stamps(3)))
+    config = tmp_path / "expiry.toml"
+    config.write_text(
+        f'[topics]\nstamped = "{topics.stamped}"\ntombstones = "{topics.tombstones}"\n'
+        '[service]\nsession_timeout = "2s"\n'
+    )
+    archive_dir = tmp_path / "archive"
+    argv = _archive_command(broker, archive_dir, config, f"{topics.prefix}.archive")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    killed = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)  # noqa: ASYNC220
+    try:
+        await wait_for(lambda: killed.poll() is not None or _written(archive_dir) >= 3)
+        assert killed.poll() is None, killed.stderr
+    finally:
+        killed.kill()
+        await anyio.to_thread.run_sync(killed.communicate)
+    after = Identity("acme", "b", "live", "conversation", "after-the-kill")
+    stamp = Stamp(after, DAY1, DAY1 + 3_600_000, 3_600_000, "default")
+    await produce(broker, topics.stamped, [(after.key.encode(), encode_stamp(stamp, {}))])
+    restarted = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)  # noqa: ASYNC220
+    started = time.monotonic()
+    try:
+        await wait_for(
+            lambda: restarted.poll() is not None or bool(_lines_with(archive_dir, after.key)),
+            timeout_s=60,
+        )
+        took = time.monotonic() - started
+        assert restarted.poll() is None, restarted.stderr
+        restarted.send_signal(signal.SIGTERM)
+        _, err = await anyio.to_thread.run_sync(lambda: restarted.communicate(timeout=20))
+    finally:
+        if restarted.poll() is None:
+            restarted.kill()
+            restarted.wait()
+    assert took < GHOST_RESTART_BOUND_S, f"archived {took:.1f} s after the restart: {err}"
+    assert restarted.returncode == 0, err
 
 
 @pytest.mark.timeout(60)

@@ -4,6 +4,7 @@ aiokafka gets, the topic configs, and CreateTopics answers that must stop the st
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import ssl
 from dataclasses import replace
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from aiokafka.protocol.admin import CreateTopicsResponse_v3
 
+from stream_expiry import archive
 from stream_expiry.commits import COMMIT_TIMEOUT_S
 from stream_expiry.config import ConfigError, parse_config
 from stream_expiry.errors import BrokerError, ConfigurationError
@@ -410,6 +412,24 @@ def test_a_sink_s_group_takes_the_service_s_session_timeout(
     theirs = {"session_timeout_ms": 9_000}
     mine = Sink(SQLiteStore(tmp_path / "m.db"), SinkConfig("k:1", "g", consumer_options=theirs))
     assert mine._group_options()["session_timeout_ms"] == 9_000  # the caller's win
+
+
+def test_the_archive_s_group_takes_the_service_s_session_timeout() -> None:
+    """A killed archive holds the one restarted in its place until its session runs out:
+    the archive took aiokafka's 10 s whatever ``[service] session_timeout`` said. The
+    command gives its config's (``stream-expiry archive`` always has one: the file's, or
+    the defaults and variables); a library caller of ``run_archive`` gets the service's
+    default."""
+    config = parse_config('[service]\nsession_timeout = "3s"\n')
+    options = archive._group_options(config.session_timeout_ms, {})
+    assert (options["session_timeout_ms"], options["heartbeat_interval_ms"]) == (3_000, 1_000)
+    service = Service(config, bootstrap_servers="k:1", environ={})._group_options()
+    for key in ("session_timeout_ms", "heartbeat_interval_ms"):
+        assert options[key] == service[key]
+    default = inspect.signature(archive.run_archive).parameters["session_ms"].default
+    assert default == parse_config("").session_timeout_ms
+    mine = archive._group_options(3_000, {"session_timeout_ms": 2_000})
+    assert mine["session_timeout_ms"] == 2_000  # the caller's win
 
 
 def test_the_callers_consumer_options_reach_the_group_consumer() -> None:
