@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import re
 import socket
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -32,7 +34,7 @@ from stream_expiry.metrics import version
 from stream_expiry.runner import embedded_port
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    from collections.abc import Iterator, Mapping
 
 
 def _exit_status(argv: list[str]) -> int:
@@ -689,3 +691,151 @@ def test_hold_place_names_the_org_a_misspelt_one_is_close_to(
     assert "names org 'acmee': did you mean 'acme'? The hold keeps the records of" in err
     assert main([*base, "--org", "acme", "--reason", "case 7"]) == 3
     assert "did you mean" not in capsys.readouterr().err
+
+
+# --- the README's options against the parser --------------------------------------------------
+
+README = Path(__file__).parents[2] / "README.md"
+_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+# Options of other programs the README names in a code span of their own: the test broker's.
+_FOREIGN_FLAGS = frozenset({"--authentication"})
+# Sections that document one command's options in prose (`--sweep-grace`, ...).
+_SECTIONS = {("sink",): "### Downstream stores", ("archive",): "## Archive"}
+Command = tuple[str, ...]
+
+
+def _parser_options() -> dict[Command, frozenset[str]]:
+    """Every command the parser runs (``("hold", "place")``), with its long options."""
+    found: dict[Command, frozenset[str]] = {}
+
+    def walk(parser: argparse.ArgumentParser, path: Command) -> None:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if path and not subs:
+            flags = {o for a in parser._actions for o in a.option_strings if o.startswith("--")}
+            found[path] = frozenset(flags)
+        for sub in subs:
+            for name, child in sub.choices.items():
+                walk(child, (*path, name))
+
+    walk(build_parser(), ())
+    return found
+
+
+def _spans(text: str) -> Iterator[str]:
+    """Code spans, and the lines of code blocks (comments cut), of ``text``."""
+    yield from re.findall(r"`([^`\n]+)`", text)
+    for block in re.findall(r"^```[a-z]*\n(.*?)^```", text, re.M | re.S):
+        yield from (line.split("#")[0].strip() for line in block.splitlines())
+    yield from (line.strip() for line in text.splitlines() if line.startswith("    stream-expiry"))
+
+
+def _command(text: str, options: Mapping[Command, frozenset[str]]) -> Command | None:
+    """The command a usage starts with (``sink`` for both stores), else None."""
+    words = text.split("&&")[-1].split()
+    words = words[1:] if words[:1] == ["stream-expiry"] else words
+    for n in (2, 1):
+        if any(c[:n] == tuple(words[:n]) for c in options) and len(words) >= n:
+            return tuple(words[:n])
+    return None
+
+
+def _under(commands: list[Command], options: Mapping[Command, frozenset[str]]) -> list[Command]:
+    """The commands the parser runs under ``commands`` (``sink``: both stores)."""
+    return [leaf for c in commands for leaf in options if leaf[: len(c)] == c]
+
+
+def _commands_table(readme: str) -> str:
+    """The Commands table and the paragraphs under it, up to the exit statuses."""
+    start = readme.index("## Commands\n")
+    return readme[start : readme.index("\n\n| status |", start)]
+
+
+def _given(
+    readme: str, options: Mapping[Command, frozenset[str]]
+) -> Iterator[tuple[list[Command], str, str]]:
+    """``(commands, option, where)`` for each option the README gives a command: in a usage
+    (``hold release ID --reason TEXT``, ``sink --stamped-topic``) or in the Commands table's
+    row of the command (given to any of the row's commands)."""
+    for span in _spans(readme):
+        if (command := _command(span, options)) is not None:
+            yield from (([command], flag, repr(span)) for flag in _FLAG.findall(span))
+    for row in re.findall(r"^\| (`stream-expiry .*) \|$", _commands_table(readme), re.M):
+        usages, _, text = row.partition(" | ")
+        commands = [c for u in re.findall(r"`([^`]+)`", usages) if (c := _command(u, options))]
+        yield from (
+            (commands, flag, f"the row of {commands[0][0]}") for flag in _FLAG.findall(text)
+        )
+
+
+def _said_in_prose(
+    readme: str, options: Mapping[Command, frozenset[str]]
+) -> dict[Command, set[str]]:
+    """The options the paragraph under the Commands table gives every command, and those a
+    command's own section names (`--sweep-grace` in the sink's)."""
+    table = _commands_table(readme)
+    common = set(_FLAG.findall(table.rpartition("|\n")[2].strip().split("\n\n")[0]))
+    said = {leaf: common | {"--help"} for leaf in options}
+    for group, heading in _SECTIONS.items():
+        start = readme.index(heading)
+        section = readme[start : readme.index("\n## ", start + 1)]
+        flags = {
+            f for span in _spans(section) if span.startswith("--") for f in _FLAG.findall(span)
+        }
+        for leaf in _under([group], options):
+            said[leaf] |= flags
+    return said
+
+
+def _option_drift(readme: str, options: Mapping[Command, frozenset[str]]) -> list[str]:
+    """What the README says of the options that the parser does not, and the reverse: an
+    option given to a command that the command does not take, an option of no command, an
+    option of a command that the README names nowhere for it, and a row of the Commands
+    table cut over lines."""
+    drift: list[str] = []
+    told = _said_in_prose(readme, options)
+    for commands, flag, where in _given(readme, options):
+        leaves = [leaf for leaf in _under(commands, options) if flag in options[leaf]]
+        if not leaves:
+            drift.append(f"{where}: {' / '.join(' '.join(c) for c in commands)} has no {flag}")
+        for leaf in leaves:
+            told[leaf].add(flag)
+    everywhere = {f for leaf in options for f in options[leaf]} | _FOREIGN_FLAGS
+    for span in _spans(readme):
+        if span.startswith("--"):
+            drift += [
+                f"{span!r}: no command has {f}" for f in _FLAG.findall(span) if f not in everywhere
+            ]
+    for line in _commands_table(readme).split("\n\n")[1].splitlines():
+        if not line.startswith("|"):  # Markdown makes each line a row of its own
+            drift.append(f"the Commands table: a row cut before {line[:40]!r}")
+    for leaf, flags in sorted(options.items()):
+        drift += [
+            f"{' '.join(leaf)} {flag}: not in the README" for flag in sorted(flags - told[leaf])
+        ]
+    return drift
+
+
+def test_the_readme_gives_each_command_the_options_it_takes_and_names_them_all() -> None:
+    """A newcomer runs what the README shows: an option it gives a command must be that
+    command's, and every option a command takes must be said somewhere for it (``hold`` and
+    ``history`` take ``--config``, which the README never gave them). The replay row of the
+    Commands table was cut over four lines, which Markdown shows as four rows."""
+    readme, options = README.read_text(), _parser_options()
+    assert len(options) == 13  # hold and sink have 3 and 2
+    assert _option_drift(readme, options) == []
+    # What the check sees: an option renamed in the README, one added to the parser.
+    renamed = readme.replace("[--sample N]", "[--samples N]")
+    assert _option_drift(renamed, options) == [
+        "'stream-expiry replay [--config FILE] [--since TS] [--dry-run] [--from-inputs] "
+        "[--workers N] [--samples N] [--json]': replay has no --samples"
+    ]
+    stray = readme + "\nA `--dry-runs` that no command takes.\n"
+    assert _option_drift(stray, options) == ["'--dry-runs': no command has --dry-runs"]
+    added = {**options, ("status",): options[("status",)] | {"--watch"}}
+    assert _option_drift(readme, added) == ["status --watch: not in the README"]
+    cut = readme.replace(
+        " [--json]` | the instances running:", " [--json]` | the\ninstances running:"
+    )
+    assert _option_drift(cut, options) == [
+        "the Commands table: a row cut before 'instances running: the members of the se'"
+    ]
