@@ -3,9 +3,12 @@ the variable, the file's own errors keep their line."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +20,9 @@ from stream_expiry.config import (
     parse_config,
     unknown_variables,
 )
+from stream_expiry.policy import ENV_VARIABLES
+
+ConfigPath = tuple[str, ...]
 
 FILE = """\
 group_id = "from-file"
@@ -173,14 +179,208 @@ def test_every_variable_the_deployment_files_set_is_one_stream_expiry_reads() ->
     assert unknown_variables(dict.fromkeys(names, "1")) == []
 
 
+README = Path(__file__).parents[2] / "README.md"
+SCHEMA = Path(__file__).parents[2] / "stream_expiry" / "schemas" / "config.schema.json"
+# The tables whose keys the loader checks; a table of names (orgs, categories, topics of
+# [sink.compacted]) is a key of its own, "t" standing for any one of [sink.compacted].
+_TABLES: tuple[ConfigPath, ...] = (
+    (), ("service",), ("topics",), ("categories",), ("kafka",), ("retention",), ("archive",),
+    ("sink",), ("sink", "compacted", "t"),
+)  # fmt: skip
+
+
+def _loader_keys() -> set[ConfigPath]:
+    """Every key the loader takes, as it says it when given one it does not."""
+    keys: set[ConfigPath] = set()
+    for table in _TABLES:
+        head = f"[{'.'.join(table)}]\n" if table else ""
+        with pytest.raises(ConfigError) as err:
+            parse_config(f"{head}no_such_key = 1\n")
+        valid = re.search(r"; valid: (.*)$", str(err.value))
+        assert valid is not None, err.value
+        keys |= {(*table, key) for key in valid[1].split(", ")}
+    return keys
+
+
+def _schema_keys() -> dict[ConfigPath, dict[str, Any]]:
+    """Every key of the config schema, with its node (``$ref`` followed)."""
+    schema = json.loads(SCHEMA.read_text())
+
+    def node(raw: dict[str, Any]) -> dict[str, Any]:
+        ref = raw.get("$ref", "").rpartition("/")[2]
+        return {**schema["$defs"][ref], **raw} if ref else raw
+
+    found: dict[ConfigPath, dict[str, Any]] = {}
+
+    def walk(raw: dict[str, Any], path: ConfigPath) -> None:
+        for key, child in node(raw).get("properties", {}).items():
+            found[(*path, key)] = node(child)
+            walk(child, (*path, key))
+        if path == ("sink", "compacted"):
+            walk(node(raw)["additionalProperties"], (*path, "t"))
+
+    walk(schema, ())
+    return found
+
+
+def _name(path: ConfigPath) -> str:
+    """A key as the README names it: ``[service] tick_ms``, ``group_id``."""
+    return f"[{'.'.join(path[:-1])}] {path[-1]}" if path[:-1] else path[-1]
+
+
+def _as_variable(value: object) -> str:
+    """A TOML value as its environment variable would spell it."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return ",".join(value) if isinstance(value, list) else str(value)
+
+
+def test_the_config_schema_has_the_keys_and_the_defaults_of_the_loader() -> None:
+    """schemas/config.schema.json is what editors and the README point to for the file:
+    the same keys as the loader, and each default it gives is the loader's."""
+    schema = _schema_keys()
+    assert set(schema) == _loader_keys()
+    bare = parse_config("")
+    for path, node in schema.items():
+        if "default" in node:
+            head = f"[{'.'.join(path[:-1])}]\n" if path[:-1] else ""
+            text = f"{head}{path[-1]} = {json.dumps(node['default'])}\n"
+            assert parse_config(text) == bare, path
+
+
+def _env_rows(readme: str) -> list[list[str]]:
+    """The cells of the rows of "Settings from the environment"."""
+    start = readme.index("### Settings from the environment")
+    table = readme[start : readme.index("\n## ", start)]
+    header, _rule, *rows = [line for line in table.splitlines() if line.startswith("|")]
+    assert header == "| setting | environment variable | default | flag |"
+    return [[cell.strip() for cell in row.strip()[1:-1].split("|")] for row in rows]
+
+
+def _readme_defaults(readme: str) -> dict[ConfigPath, str]:
+    """Each config key of the table, with its default as the table says it: a code span is
+    a value (as its variable would spell it), other words say what the loader works out."""
+    defaults: dict[ConfigPath, str] = {}
+    for setting, _variable, default, _flag in _env_rows(readme):
+        table: ConfigPath = ()
+        paths: list[ConfigPath] = []
+        for span in re.findall(r"`([^`]+)`", setting):
+            table_key = re.fullmatch(r"\[([a-z_]+)\] ([a-z_]+)", span)
+            table = (table_key[1],) if table_key else table
+            paths.append((*table, table_key[2] if table_key else span))
+        said = default.split(", ")
+        assert len(said) == len(paths) or not paths, (setting, default)
+        defaults |= dict(zip(paths, said, strict=False))
+    return defaults
+
+
+def _default_drift(readme: str) -> list[str]:
+    """Where the README's default of a setting is not the loader's (set as its variable,
+    that value changes nothing) or the schema's, or where it has none."""
+    drift: list[str] = []
+    said, schema, bare = _readme_defaults(readme), _schema_keys(), load_config(None, environ={})
+    for path in sorted(ENV_SETTINGS.keys() - said.keys()):
+        drift.append(f"{_name(path)}: no default in the table")
+    for path, text in said.items():
+        value = re.match(r"`([^`]*)`", text)
+        if "default" not in schema[path]:
+            if value is not None:
+                drift.append(f"{_name(path)}: {text} is said, the loader works it out")
+        elif value is None or value[1] != _as_variable(schema[path]["default"]):
+            drift.append(f"{_name(path)}: {text} is said, the schema has "
+                         f"{_as_variable(schema[path]['default'])!r}")  # fmt: skip
+        elif load_config(None, environ={env_name(path): value[1]}) != bare:
+            drift.append(f"{_name(path)}: {text} is said, the loader differs")
+    return drift
+
+
 def test_the_readme_names_every_variable_of_the_config_file() -> None:
     """Its table "Settings from the environment" is where an operator looks them up: ten
     of them were missing (compose set one of those, STREAM_EXPIRY_TOPICS_REPLICATION_FACTOR),
-    so they read as not settable (a trial)."""
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    so they read as not settable (a trial). It gives each one's default too (state_dir's,
+    ./state, and the categories' were nowhere in the README), checked against the loader
+    and the schema."""
+    readme = README.read_text()
     start = readme.index("### Settings from the environment")
     table = readme[start : readme.index("\n## ", start)]
     assert [env_name(path) for path in ENV_SETTINGS if env_name(path) not in table] == []
+    assert _default_drift(readme) == []
+    wrong = readme.replace("| `10`, `1h`, `7d`, `6s`,", "| `10`, `1h`, `7d`, `10s`,")
+    assert _default_drift(wrong) == [
+        "[service] session_timeout: `10s` is said, the schema has '6s'"
+    ]
+    guessed = readme.replace("`6s`, one per CPU the service may use", "`6s`, `2`")
+    assert _default_drift(guessed) == ["[service] workers: `2` is said, the loader works it out"]
+
+
+def _readme_keys(readme: str) -> set[ConfigPath]:
+    """Every config key the README names: in its TOML examples (a commented-out key too),
+    as `[table] key` and in the table of settings."""
+    keys: set[ConfigPath] = set(_readme_defaults(readme))
+
+    def add(table: dict[str, Any], path: ConfigPath) -> None:
+        for key, value in table.items():
+            keys.add((*path, key))
+            if isinstance(value, dict):
+                add(value, (*path, key))
+
+    for block in re.findall(r"^```toml\n(.*?)^```", readme, re.M | re.S):
+        add(tomllib.loads(block), ())
+        table: ConfigPath = ()
+        for line in block.splitlines():
+            if header := re.match(r"\[(.+)\]", line):
+                table = tuple(header[1].replace('"', "").split("."))
+            elif commented := re.match(r"#\s*([a-z_]+)\s*[=:]", line):
+                keys.add((*table, commented[1]))
+    keys |= {(table, key) for table, key in re.findall(r"`\[([a-z_]+)\] ([a-z_]+)`", readme)}
+    return keys
+
+
+def _as_loader_key(path: ConfigPath, loader: set[ConfigPath]) -> ConfigPath:
+    """``path`` as the loader names it: the topic of [sink.compacted] as "t", and what is
+    under a key whose value is a table of names (an org, a category) dropped."""
+    if path[:2] == ("sink", "compacted") and len(path) > 2:
+        path = ("sink", "compacted", "t", *path[3:])
+    leaves = _leaves(loader)
+    return next((path[:end] for end in range(1, len(path)) if path[:end] in leaves), path)
+
+
+def _leaves(keys: set[ConfigPath]) -> set[ConfigPath]:
+    """The keys that are not tables of other keys."""
+    return {k for k in keys if not any(o[: len(k)] == k and o != k for o in keys)}
+
+
+def test_the_readme_names_every_key_of_the_config_file_and_none_it_does_not_take(
+    tmp_path: Path,
+) -> None:
+    """A key the README names must be one the loader takes (a newcomer copies it into the
+    file, which then does not start), every TOML example must load, and every key the
+    loader takes must be named."""
+    readme, loader = README.read_text(), _loader_keys()
+    tables = {k[:end] for k in loader for end in range(1, len(k))}
+    said = {_as_loader_key(path, loader) for path in _readme_keys(readme)}
+    assert sorted(said - loader - tables) == []
+    assert sorted(_leaves(loader) - said) == []
+    ca = tmp_path / "ca.pem"  # Security's example names a CA file, which must exist
+    ca.write_text("")
+    for block in re.findall(r"^```toml\n(.*?)^```", readme, re.M | re.S):
+        parse_config(block.replace("/etc/kafka/ca.pem", str(ca)), path="README.md")
+    # What the check sees: a key misspelt.
+    misspelt = readme.replace('marker_margin = "2d"', 'marker_margins = "2d"')
+    said = {_as_loader_key(path, loader) for path in _readme_keys(misspelt)}
+    assert said - loader - tables == {("archive", "marker_margins")}
+
+
+def test_every_variable_the_readme_names_is_one_stream_expiry_reads() -> None:
+    """The README's `STREAM_EXPIRY_*` names, and its list of the platform's TTL variables,
+    against those the commands read."""
+    readme = README.read_text()
+    names = set(re.findall(r"\bSTREAM_EXPIRY_[A-Z0-9_]*[A-Z0-9]\b", readme))
+    assert len(names) >= 30
+    assert unknown_variables(dict.fromkeys(names, "1")) == []
+    start = readme.index("Environment variables of the service are candidates too")
+    listed = re.findall(r"`([A-Z_]+)`", readme[start : readme.index("Each command reads", start)])
+    assert listed == [name for names in ENV_VARIABLES.values() for name in names]
 
 
 def test_a_misspelt_ttl_variable_is_warned_about_with_the_name_meant(
