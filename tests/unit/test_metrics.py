@@ -9,8 +9,9 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_expiry.health import Health
-from stream_expiry.metrics import ServiceMetrics, SinkMetrics
+from stream_expiry.metrics import RekeyMetrics, ServiceMetrics, SinkMetrics
 from stream_expiry.model import Identity
+from stream_expiry.rekey import RekeyStats
 from stream_expiry.service import ServiceStats
 from stream_expiry.sinks._messages import Receipt
 from stream_expiry.sinks.framework import METRICS, BatchReport
@@ -182,38 +183,87 @@ def test_every_gauge_and_counter_of_the_stats_reads_its_own_value() -> None:
     assert got[("stream_expiry_verdicts_total", (("verdict", "extended"),))] == 2
 
 
-def _documented_names() -> list[str]:
-    """The metric names of the README's table: its first column, braces expanded."""
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    names = []
-    for row in re.findall(r"^\| (`stream_expiry_[^|]*) \|", readme, re.MULTILINE):
-        for cell in re.findall(r"`([^`]+)`", row):
-            base = re.sub(r"\{[a-z_,]*\}$", "", cell)  # labels: {reason}, {store,kind}
-            head, _, rest = base.partition("{")
-            if rest:  # stream_expiry_sink_{messages,written}_total: one name each
-                alts, _, tail = rest.partition("}")
-                names += [f"{head}{alt}{tail}" for alt in alts.split(",")]
-            else:
-                names.append(base.rstrip(" ."))
-    return names
+README = Path(__file__).parents[2] / "README.md"
+Family = tuple[str, frozenset[str]]  # type, label names
+# A name of the table: stream_expiry_sink_{messages,written}_total{store} is one per name.
+_CELL = re.compile(
+    r"(?P<head>[a-z_]+)(?:\{(?P<alts>[a-z_,]+)\}(?P<tail>[a-z_]+))?(?:\{(?P<labels>[a-z_,]+)\})?"
+)
 
 
-def test_every_metric_the_readme_lists_is_exposed() -> None:
-    """Dashboards and alerts are written against the README's names."""
-    service, sink, health = ServiceMetrics(), SinkMetrics("pg"), Health()
-    sink_health = Health(watches_store=True)  # a sink's: it reports its store too
-    service.watch_stats(_stats())
-    service.watch_health(health)
+def _documented(readme: str) -> dict[str, Family]:
+    """The metrics of the README's table (its first column, braces expanded, ``_total``
+    dropped as the exposition's families drop it), each with its type and labels."""
+    families: dict[str, Family] = {}
+    for names, kinds in re.findall(r"^\| (`stream_expiry_[^|]*) \| ([a-z, ]+) \|", readme, re.M):
+        cells = re.findall(r"`([^`]+)`", names)
+        types = kinds.split(", ") if "," in kinds else [kinds] * len(cells)
+        for cell, kind in zip(cells, types, strict=True):
+            parts = _CELL.fullmatch(cell)
+            assert parts is not None, cell
+            alts = parts["alts"].split(",") if parts["alts"] else [""]
+            labels = frozenset(filter(None, (parts["labels"] or "").split(",")))
+            for alt in alts:
+                name = f"{parts['head']}{alt}{parts['tail'] or ''}"
+                families[name.removesuffix("_total")] = (kind, labels)
+    return families
+
+
+def _exposed() -> dict[str, Family]:
+    """Every family the service, a sink and rekey expose with a value in each series, each
+    with its type and labels; the client library's process and GC metrics left out."""
+    service, sink, rekey = ServiceMetrics(), SinkMetrics("pg"), RekeyMetrics()
+    stats = _stats()
+    stats.verdicts["created"] += 1
+    service.watch_stats(stats)
+    service.watch_health(Health())
     service.set_lag("in", 0, 1)
     service.set_pending("session", 1)
     service.restore_progress(partitions=1, records_read=1, remaining=1)
     sink.watch_counters(dict.fromkeys(METRICS, 1))
-    sink.watch_health(sink_health)
+    sink.watch_health(Health(watches_store=True))  # a sink's: it reports its store too
     sink.failed("store")
     sink.set_lag("t", 0, 1)
-    exposed = {family.name for m in (service, sink)
-               for family in text_string_to_metric_families(m.exposition().decode())}  # fmt: skip
-    documented = _documented_names()
-    assert len(documented) >= 30
-    missing = [n for n in documented if n.removesuffix("_total") not in exposed]
-    assert missing == []
+    receipt = Receipt(
+        "r1", "pg", Identity("acme", "_", "live", "session", "s1"), "ttl", 1,
+        1_000, 2_000, 1, "default", 2_000, 2_250,
+    )  # fmt: skip
+    sink.on_batch(BatchReport("batch", 1, 0, 0, 1, 0, 0, (receipt,)))
+    rekey.watch_stats(RekeyStats())
+    rekey.watch_health(Health())
+    rekey.set_lag("t", 0, 1)
+    families: dict[str, Family] = {}
+    for metrics in (service, sink, rekey):
+        for family in text_string_to_metric_families(metrics.exposition().decode()):
+            labels = frozenset(k for s in family.samples for k in s.labels if k != "le")
+            if family.name.startswith("stream_expiry_"):
+                families[family.name] = (family.type, labels)
+    return families
+
+
+def test_the_readme_lists_every_metric_exposed_with_its_type_and_labels() -> None:
+    """Dashboards and alerts are written against the README's names. It listed none of
+    rekey's health gauges nor the sink's ``batches``, and put the sink's ``live`` and
+    ``broker_reachable`` behind "...". The labels the erasure table says metrics carry
+    (none of a record) are theirs."""
+    readme, everything = README.read_text(), _exposed()
+    exposed = {name: f for name, f in everything.items() if not name.endswith("_created")}
+    assert len(exposed) >= 50
+    assert _documented(readme) == exposed
+    # The client library's ``_created`` series: the README names the metrics that have one.
+    said = re.search(r"`_created` series .*? of (`[^.]*)\.", readme, re.S)
+    assert said is not None
+    created = {name.removesuffix("_created") for name in everything if name.endswith("_created")}
+    assert set(re.findall(r"`([a-z_]+)`", said[1])) == created
+    labels = re.search(r"nothing of a record \(labels: ([a-z, ]+);", readme)
+    assert labels is not None
+    assert set(labels[1].split(", ")) == {name for _t, ls in exposed.values() for name in ls}
+    # What the check sees: a label left out, a metric renamed.
+    wrong = readme.replace(
+        "`stream_expiry_tombstones_total{reason}`", "`stream_expiry_tombstones_total`"
+    )
+    assert _documented(wrong)["stream_expiry_tombstones"] == ("counter", frozenset())
+    renamed = readme.replace("`stream_expiry_rekey_live`", "`stream_expiry_rekey_alive`")
+    assert set(_documented(renamed)) ^ set(exposed) == {
+        "stream_expiry_rekey_live", "stream_expiry_rekey_alive"
+    }  # fmt: skip
