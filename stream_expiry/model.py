@@ -80,13 +80,6 @@ written (and again after every restart: one producer's message halted deletion f
 partition). A stamp nests ``data`` one level down, an archive line two; the rest is margin."""
 _ORJSON_WRITES: Final = 254  # levels of nesting orjson.dumps writes (the tests check it)
 
-# Dead-letter header names and codes (the contract's).
-H_ERROR: Final = "expiry-error"
-H_DETAIL: Final = "expiry-error-detail"
-H_TOPIC: Final = "expiry-source-topic"
-H_PARTITION: Final = "expiry-source-partition"
-H_OFFSET: Final = "expiry-source-offset"
-
 
 _PLAIN = re.compile(r"[A-Za-z0-9_.~-]*")
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.~/-]*")

@@ -4,12 +4,16 @@ replay and ``status`` read them, and the audit entry of a deferred deletion."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_expiry import codec
+from stream_expiry import codec, oversize, replay
+from stream_expiry.config import Topics
 from stream_expiry.model import Identity, Stamp, encode_stamp
 
 IDENT = Identity("acme", "support", "live", "conversation", "c/1 %é")
@@ -198,3 +202,38 @@ def test_a_deletions_headers_read_as_one_text_for_every_reader() -> None:
     long = b"\x00" + "é".encode() * 40
     assert codec.late_cause_of([(cause, long)]) == "\ufffd" + "é" * 31 + "\ufffd"
     assert len(codec.late_cause_of([(cause, b"y" * 100)]) or "") == codec.LATE_CAUSE_MAX
+
+
+README = Path(__file__).parents[2] / "README.md"
+
+
+def _header_names() -> set[str]:
+    """Every header the service and its commands write or read: the modules' ``H_*``."""
+    return {
+        value
+        for module in (codec, oversize, replay)
+        for name, value in vars(module).items()
+        if name.startswith("H_") and isinstance(value, str)
+    }
+
+
+def _named(readme: str, pattern: str) -> set[str]:
+    """What the README's code spans name that ``pattern`` matches (a span that is the name,
+    or the name and its value: `expiry-reason: explicit`)."""
+    return set(re.findall(rf"`({pattern})(?::[^`]*)?`", readme))
+
+
+def test_the_readme_names_the_headers_and_topics_the_code_uses() -> None:
+    """Consumers match headers and topics by name, as the README gives them. It named
+    neither `expiry-replay` (on every message replay publishes) nor, whole, the source
+    headers of stamps and dead letters (`expiry-source-topic`/`-partition`/`-offset`)."""
+    readme = README.read_text()
+    headers = _named(readme, r"expiry-[a-z]+(?:-[a-z]+)*")
+    assert headers == _header_names()
+    assert _named(readme, r"expiry\.[a-z]+") == set(Topics().owned().values())
+    assert f"[--suffix {codec.REKEYED_SUFFIX}]" in readme  # rekey's copies: their default name
+    # What the check sees: a header misspelt.
+    wrong = readme.replace("`expiry-late-cause`", "`expiry-late-reason`")
+    assert _named(wrong, r"expiry-[a-z]+(?:-[a-z]+)*") ^ _header_names() == {
+        "expiry-late-cause", "expiry-late-reason"
+    }  # fmt: skip
