@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from stream_expiry import exits
 from stream_expiry.cliargs import check_category
 from stream_expiry.codec import encode_hold_audit
 from stream_expiry.errors import ConfigurationError
@@ -154,7 +155,7 @@ async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -
                 placed = h.as_dict()["placed_at"] or "-"
                 said = f"{h.hold_id}  {h.scope()}  placed {placed}  reason: {h.reason}"
                 print(printable(said))
-        return 0
+        return exits.OK
     now = wall_clock_ms()
     # Checked before the cluster is asked anything: a refused hold changes nothing there.
     hold = _checked_hold(config, args, now) if args.hold_command == "place" else None
@@ -181,7 +182,7 @@ async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -
             ]
             await all_acked(acks)
             print(printable(hold.hold_id))
-            return 0
+            return exits.OK
         book = await read_holds(config, brokers)
         existing = book.get(args.hold_id)
         if existing is None:
@@ -193,7 +194,7 @@ async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -
                 f"stream-expiry hold: no active hold {printable(repr(args.hold_id))}{near}; "
                 "see `stream-expiry hold list`"
             )
-            return 1
+            return exits.FAILED
         key = args.hold_id.encode()
         # Every null acknowledged before the audit says released: one refused would leave
         # the hold placed on its partition while the evidence said it was gone (a review).
@@ -212,4 +213,4 @@ async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -
         )
         await all_acked([await prod.send(t.audit, key=key, value=released)])
         print(f"released {printable(args.hold_id)}")
-        return 0
+        return exits.OK

@@ -839,3 +839,31 @@ def test_the_readme_gives_each_command_the_options_it_takes_and_names_them_all()
     assert _option_drift(cut, options) == [
         "the Commands table: a row cut before 'instances running: the members of the se'"
     ]
+
+
+# --- the README's exit statuses against exits.py ----------------------------------------------
+
+# The commands that exit FAILED on their own (not by an error's kind), by their module.
+_FAILS: dict[str, str] = {"demo": "`demo`", "hold_command": "`hold release`"}
+
+
+def _status_rows(text: str) -> dict[int, str]:
+    """``{status: meaning}`` of the exit status table in ``text``."""
+    return {int(n): meaning for n, meaning in re.findall(r"^\| (\d+) \| (.*) \|$", text, re.M)}
+
+
+def test_the_readme_gives_every_exit_status_and_the_commands_that_fail_with_1() -> None:
+    """Scripts read the number. The README's table, exits.py's own and its constants name
+    the same statuses (entry.py keeps a copy of 130, to load fast); every command that
+    exits 1 itself is named in the row of 1 (``hold release`` of an id with no active hold
+    was not)."""
+    from stream_expiry import entry
+
+    statuses = {v for k, v in vars(exits).items() if k.isupper() and isinstance(v, int)}
+    readme = _status_rows(README.read_text())
+    assert set(readme) == statuses == set(_status_rows(exits.__doc__ or ""))
+    assert entry.INTERRUPTED == exits.INTERRUPTED
+    package = Path(exits.__file__).parent
+    failing = sorted(p.stem for p in package.rglob("*.py") if "exits.FAILED" in p.read_text())
+    assert failing == sorted(_FAILS)
+    assert [_FAILS[m] for m in failing if _FAILS[m] not in readme[exits.FAILED]] == []
