@@ -104,6 +104,10 @@ class Topics:
     receipts: str = "expiry.receipts"
     holds: str = "expiry.holds"
     audit: str = "expiry.audit"
+    # Topics taken out of the inputs whose stamped records are still to tombstone: the
+    # group is assigned their partitions, whose stores are restored and fired, and never
+    # reads them (stream_expiry.retired). Last, so the fields before keep their positions.
+    retired: tuple[str, ...] = ()
 
     def owned(self) -> dict[str, str]:
         """The service's own topics (not the inputs), by their ``[topics]`` key: what no
@@ -215,6 +219,7 @@ _TOPIC_KEYS: Final = (
     "audit",
 )
 # [topics] keys that are settings, not names; the durations are TopicSettings' *_ms fields.
+_TOPIC_RETIRED: Final = "retired"
 _TOPIC_COUNTS: Final = ("partitions", "replication_factor", "min_insync_replicas")
 _TOPIC_DURATIONS: Final = (
     "max_compaction_lag",
@@ -622,7 +627,9 @@ class _Reader:
 
     def topics(self, value: object) -> Topics:
         where: _Path = ("topics",)
-        table = self.table(value, where, (*_TOPIC_KEYS, *_TOPIC_COUNTS, *_TOPIC_DURATIONS))
+        table = self.table(
+            value, where, (*_TOPIC_KEYS, _TOPIC_RETIRED, *_TOPIC_COUNTS, *_TOPIC_DURATIONS)
+        )
         default = Topics()
         inputs = default.inputs
         if "inputs" in table:
@@ -637,7 +644,8 @@ class _Reader:
             )
             for key in _TOPIC_KEYS[1:]
         }
-        seen = {name: "inputs" for name in inputs}
+        retired = self.retired(table, inputs)
+        seen = {name: "inputs" for name in inputs} | {name: "retired" for name in retired}
         for key, name in outputs.items():
             if name in seen:
                 raise self.error(
@@ -646,7 +654,24 @@ class _Reader:
                     f"{seen[name]!r}; give every topic its own name",
                 )
             seen[name] = key
-        return Topics(inputs=inputs, **outputs)
+        return Topics(inputs=inputs, retired=retired, **outputs)
+
+    def retired(self, table: Mapping[str, object], inputs: tuple[str, ...]) -> tuple[str, ...]:
+        """``[topics] retired``: none by default. A topic also among the inputs is refused:
+        it would be read and not read at once."""
+        where: _Path = ("topics", _TOPIC_RETIRED)
+        if _TOPIC_RETIRED not in table:
+            return ()
+        retired = self.texts(table[_TOPIC_RETIRED], where, pattern=_TOPIC_NAME)
+        both = [name for name in retired if name in inputs]
+        if both:
+            raise self.error(
+                where,
+                f"topic {both[0]!r} is in both [topics] inputs and retired: an input is read, "
+                "a retired topic only has its records tombstoned; take it out of one (out of "
+                "retired while producers still write to it)",
+            )
+        return retired
 
     def topic_settings(self, value: object) -> TopicSettings:
         """The settings keys of ``[topics]`` (its names are read by :meth:`topics`)."""
@@ -977,6 +1002,7 @@ ENV_SETTINGS: Final[Mapping[_Path, _Kind]] = {
     ("service", "session_timeout"): "text",
     ("service", "workers"): "int",
     ("topics", "inputs"): "list",
+    ("topics", _TOPIC_RETIRED): "list",
     **{("topics", key): "text" for key in _TOPIC_KEYS[1:]},
     **{("topics", key): "int" for key in _TOPIC_COUNTS},
     **{("topics", key): "text" for key in _TOPIC_DURATIONS},

@@ -401,7 +401,7 @@ def role_configs(role: TopicRole, settings: TopicSettings) -> dict[str, str]:
 
 def topic_roles(topics: Topics) -> dict[str, TopicRole]:
     """Every topic the service owns or reads, with how it is cleaned (the contract's table)."""
-    roles: dict[str, TopicRole] = dict.fromkeys(topics.inputs, "data")
+    roles: dict[str, TopicRole] = dict.fromkeys((*topics.inputs, *topics.retired), "data")
     roles |= dict.fromkeys((topics.policies, topics.stamped, topics.holds), "compacted")
     roles |= dict.fromkeys((topics.tombstones, topics.dlq), "data")
     roles |= dict.fromkeys((topics.receipts, topics.audit), "evidence")

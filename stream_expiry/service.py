@@ -71,15 +71,15 @@ from stream_expiry.kafka import (
     topic_config_values,
 )
 from stream_expiry.kafka_settings import REBALANCE_TIMEOUT_MS, member_liveness
-from stream_expiry.logs import counted
 from stream_expiry.outbox import Outbox, settled_or_failed
 from stream_expiry.oversize import producer_limit
 from stream_expiry.policy import PolicyBook
 from stream_expiry.reading import END_UNKNOWN, InputReading, resume_point
 from stream_expiry.redact import Redactor
+from stream_expiry.retired import read_and_retired, say_created, say_unlisted_stores
 from stream_expiry.state import PartitionProcessor
 from stream_expiry.state.dir_lock import state_dir_locked
-from stream_expiry.state.kv import ASIDE, CORRUPT, RocksKV, move_aside
+from stream_expiry.state.kv import ASIDE, CORRUPT, move_aside
 from stream_expiry.state.restore import Mark, broken_marks
 from stream_expiry.state.restore_workers import restore_stores
 from stream_expiry.state.store import PartitionStore, input_position_name
@@ -166,53 +166,6 @@ def _say_short_marker_grace(
             "all; set marker_grace to at least the input topics' retention",
             format_duration(grace_ms), topic, source, kept,
         )  # fmt: skip
-
-
-def _say_not_inputs(state_dir: str, inputs: Iterable[str]) -> None:
-    """Warn of the stores in the state directory of input partitions that ``[topics]
-    inputs`` no longer lists, with records still to tombstone. No instance is assigned such
-    a partition, so none restores its store or fires its timers: its records were kept
-    past their expiry, in the stores and on ``expiry.stamped``, with nothing said (a trial
-    took a topic out of the inputs, as the switch to ``rekey``'s copies does)."""
-    listed = frozenset(inputs)
-    found: list[tuple[str, int]] = []
-    for entry in sorted(os.scandir(state_dir), key=lambda e: e.name):
-        topic, _, number = entry.name.rpartition("-")
-        if not (topic and number.isdigit() and topic not in listed and entry.is_dir()):
-            continue  # an input's store, a store moved aside, or not a store at all
-        if not os.path.exists(os.path.join(entry.path, "CURRENT")):
-            continue  # not a RocksDB database: opened, it would be made one
-        left = _records_left(entry.path)
-        if left:
-            found.append((f"{topic}[{number}]", left))
-    if found:
-        total = sum(n for _name, n in found)
-        log.warning(
-            "the state directory holds %s of input partitions that [topics] inputs does not "
-            "list: %s. No instance is assigned those partitions, so none tombstones these "
-            "records, at their expiry or later; list their topics in [topics] inputs again "
-            "until `stream-expiry status` counts none of them (README: Changing the input "
-            "topics)",
-            counted(total, "record") + " pending or held",
-            ", ".join(f"{name} {n:,}" for name, n in found),
-        )
-
-
-def _records_left(path: str) -> int:
-    """The records of the store at ``path`` still to tombstone: pending, or kept by a
-    legal hold (0, with a warning, when it cannot be read)."""
-    kv = None
-    try:
-        kv = RocksKV(path)
-        counts = PartitionStore(kv).counts
-        return counts.pending_total + counts.held
-    except StoreError as exc:  # damaged, or a newer version's: the service never reads it
-        log.warning("%s: its records cannot be counted (%s)", path, exc)
-        return 0
-    finally:
-        if kv is not None:
-            with contextlib.suppress(StoreError):
-                kv.close()
 
 
 def _say_moved_aside(state_dir: str) -> None:
@@ -374,7 +327,7 @@ class Service:
         self._dead_lettered = DeadLettered(str(state_dir / DEAD_LETTERED_FILE))
         log.info("state directory %s", state_dir)
         _say_moved_aside(str(state_dir))
-        _say_not_inputs(str(state_dir), self.config.topics.inputs)
+        say_unlisted_stores(str(state_dir), self.config.topics.inputs, self.config.topics.retired)
         failure: Exception | None = None
         try:
             # The gauges in a task of their own: the loop waits on the broker in an outage,
@@ -493,12 +446,14 @@ class Service:
                 tg.start_soon(archive.run, stop)
             async with consumer(self.bootstrap, **self._group_options()) as cons:
                 self._consumer = cons
-                cons.subscribe(list(t.inputs), listener=_Rebalance(self))
+                # Retired topics too: their partitions are assigned, fired, never read.
+                cons.subscribe([*t.inputs, *t.retired], listener=_Rebalance(self))
                 log.info(
-                    "joining group %r on %s for %s, with policy %s",
+                    "joining group %r on %s for %s%s, with policy %s",
                     self.config.group_id,
                     self.bootstrap,
                     ", ".join(t.inputs),
+                    f" (retired, fired and not read: {', '.join(t.retired)})" if t.retired else "",
                     self.policy_digest,
                 )
                 firing = self._firing = Firing(
@@ -588,6 +543,8 @@ class Service:
         # A mistyped name in [topics] inputs made an empty topic and the service idled on
         # it without a word: a new input topic is probably not where producers write.
         for topic in created:
+            if topic in self.config.topics.retired:
+                say_created(topic, self.config.topic_settings.partitions)
             if topic in self.config.topics.inputs:
                 source = topic.removesuffix(REKEYED_SUFFIX)
                 log.warning(
@@ -1155,7 +1112,11 @@ class Service:
         if not fresh:
             self._settled()
             return
-        self._reading.assigned((tp.topic, tp.partition) for tp in fresh)
+        read, retired = read_and_retired(assigned, self.config.topics.retired)
+        # Retired partitions are never read: paused even when not fresh (a new assignment's
+        # partitions are not), and never held by the reading gate, which nothing postpones.
+        self._consumer.pause(*retired)
+        self._reading.assigned((tp.topic, tp.partition) for tp in fresh if tp in read)
         self._consumer.pause(*fresh)
         self._to_restore.extend(fresh)
         self._assigned_at = time.monotonic()
@@ -1208,6 +1169,8 @@ class Service:
         tps, self._to_restore = self._to_restore, []
         if not tps:
             return
+        # Retired topics' partitions are restored and fire, and are never positioned.
+        read, retired = read_and_retired(tps, self.config.topics.retired)
         self._restore_done = anyio.Event()
         try:
             with anyio.CancelScope() as scope:
@@ -1218,7 +1181,8 @@ class Service:
                 # Counted now: once positioned, the firing takes what is due (the line
                 # below said "0 timers" after lines that listed hundreds, a trial).
                 loaded = self._timers_of(tps)
-                await self._position(tps)
+                if read:
+                    await self._position(read)
         except Exception as exc:
             self.rebalance_error = exc  # raised by the loop, as its own errors are
             return
@@ -1229,12 +1193,17 @@ class Service:
             self._restore_done.set()
         if scope.cancel_called:
             return  # revoked meanwhile: the revocation closed what was opened
-        cons.resume(*(set(tps) & cons.assignment()))
+        cons.resume(*(set(read) & cons.assignment()))
         log.info(
-            "assigned %s: %d timers within the horizon loaded; reading %.2f s after the assignment",
+            "assigned %s: %d timers within the horizon loaded; reading %.2f s after the "
+            "assignment%s",
             ", ".join(f"{tp.topic}[{tp.partition}]" for tp in tps),
             loaded,
             time.monotonic() - self._assigned_at,
+            "; retired, fired and not read: "
+            + ", ".join(f"{tp.topic}[{tp.partition}]" for tp in retired)
+            if retired
+            else "",
         )
         self._say_held_without_holds(tps)
         if not self._to_restore:

@@ -9,6 +9,7 @@ counted them as plain overdue records, "the service is down or behind", while it
 from __future__ import annotations
 
 import re
+import shutil
 from typing import TYPE_CHECKING
 
 import anyio
@@ -17,8 +18,9 @@ import pytest
 
 from stream_expiry.cli import main
 from stream_expiry.config import parse_config
-from stream_expiry.service import wall_clock_ms
-from tests.conftest import wait_for
+from stream_expiry.service import Service, wall_clock_ms
+from stream_expiry.timeutil import parse_ts
+from tests.conftest import read_topic, wait_for
 from tests.integration.service_helpers import (
     config_for,
     config_text,
@@ -34,7 +36,8 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
-RETENTION = '[retention.defaults]\nconversation = "1h"\nanalytics = "5m"\n'
+RETENTION = '[retention.defaults]\nconversation = "1h"\nanalytics = "5m"\nerror = "20m"\n'
+NOT_LISTED = "[topics] lists neither in inputs nor in retired"
 # The service's clock is this far behind the wall clock's: what it stamps falls due for
 # the commands (status) and never while it runs.
 BEHIND_MS = 600_000
@@ -113,18 +116,16 @@ async def test_run_warns_of_the_stores_of_partitions_no_longer_inputs(
     with caplog.at_level("WARNING", logger="stream_expiry"):
         async with running_service(narrowed, broker, clock=lambda: wall_clock_ms() - BEHIND_MS):
             pass
-    said = [
-        r.getMessage() for r in caplog.records if "[topics] inputs does not list" in r.getMessage()
-    ]
+    said = [r.getMessage() for r in caplog.records if NOT_LISTED in r.getMessage()]
     assert len(said) == 1, [r.getMessage() for r in caplog.records]
     # Both records from errors, each on the partition its key gave it (2 partitions).
     assert said[0].startswith(
-        "the state directory holds 2 records pending or held of input partitions that "
-        "[topics] inputs does not list: "
+        f"the state directory holds 2 records pending or held of partitions of topics that "
+        f"{NOT_LISTED}: "
     ), said
     named = re.findall(rf"{re.escape(topics.errors)}\[(\d)\] (\d)", said[0])
     assert sum(int(n) for _p, n in named) == 2, said
-    assert "status" in said[0]
+    assert "list their topics in [topics] retired" in said[0]
 
     # Listed again, the start says nothing of them: they are its records again.
     caplog.clear()
@@ -133,4 +134,160 @@ async def test_run_warns_of_the_stores_of_partitions_no_longer_inputs(
             config_for(topics, state, RETENTION), broker, clock=lambda: wall_clock_ms() - BEHIND_MS
         ):
             pass
-    assert not [r for r in caplog.records if "inputs does not list" in r.getMessage()]
+    assert not [r for r in caplog.records if NOT_LISTED in r.getMessage()]
+
+    # Retired, neither: they are its records again, fired and not read.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="stream_expiry"):
+        async with running_service(
+            parse_config(_retired_config(topics, state)),
+            broker,
+            clock=lambda: wall_clock_ms() - BEHIND_MS,
+        ):
+            pass
+    assert not [r for r in caplog.records if NOT_LISTED in r.getMessage()]
+
+
+# -- [topics] retired: the records of a topic taken out of the inputs are still fired ----
+
+MINUTE_MS = 60_000
+TTL_MS = {"analytics": 300_000, "error": 1_200_000, "conversation": 3_600_000}
+# Records stamped from errors: six due 5 minutes after their creation, four after 20, one
+# after an hour (never due in these tests).
+ON_ERRORS = [
+    *((f"due-5m-{i}", "analytics") for i in range(6)),
+    *((f"due-20m-{i}", "error") for i in range(4)),
+    ("due-1h", "conversation"),
+]
+
+
+class ShiftedClock:
+    """The services' clock: the wall clock's milliseconds, ``ahead_ms`` ahead. Moved, it
+    makes what was stamped fall due without waiting for it."""
+
+    def __init__(self) -> None:
+        self.ahead_ms = 0
+
+    def __call__(self) -> int:
+        return wall_clock_ms() + self.ahead_ms
+
+
+def _retired_config(topics: TopicSet, state_dir: str) -> str:
+    """The config text with ``errors`` moved from ``[topics] inputs`` to ``retired``."""
+    return _without_errors(topics, config_text(topics, state_dir, RETENTION)).replace(
+        "[topics]\n", f'[topics]\nretired = ["{topics.errors}"]\n', 1
+    )
+
+
+async def _stamp_then_retire(broker: str, topics: TopicSet, state_dir: str) -> dict[str, int]:
+    """A service reading all three inputs stamps ``ON_ERRORS`` read from ``errors``, none
+    due by its clock, and stops. Returns each record's key -> its expiry."""
+    created = wall_clock_ms()
+    clock = ShiftedClock()
+    async with running_service(
+        config_for(topics, state_dir, RETENTION), broker, clock=clock
+    ) as service:
+        sent = [event(category, rid, ts=created) for rid, category in ON_ERRORS]
+        await produce(broker, [(topics.errors, key, value) for key, value in sent])
+        await wait_for(lambda: service.stats.stamped >= len(ON_ERRORS))
+        assert service.stats.tombstones == 0
+    return {
+        key.decode(): created + TTL_MS[category]
+        for (key, _value), (_rid, category) in zip(sent, ON_ERRORS, strict=True)
+    }
+
+
+def _pending_on(service: Service, topic: str) -> int:
+    """The records pending in the stores of ``service``'s partitions of ``topic``."""
+    return sum(
+        p.store.counts.pending_total for (t, _p), p in service.processors.items() if t == topic
+    )
+
+
+async def _tombstones_once(
+    broker: str, topics: TopicSet, expiries: dict[str, int], due_by: int
+) -> None:
+    """Every record of ``expiries`` due by ``due_by`` has one tombstone on the topic, emitted
+    at or after its expiry; the others have none."""
+    due = {key for key, at in expiries.items() if at <= due_by}
+    records = await read_topic(
+        broker, topics.tombstones, until=lambda recs: len(recs) >= len(due), timeout_s=30
+    )
+    keys = [rec.key.decode() for rec in records]
+    assert sorted(keys) == sorted(due), keys  # each once, none not due
+    for rec in records:
+        body = orjson.loads(rec.value)
+        assert body["reason"] == "ttl"
+        assert parse_ts(body["emitted_at"]) >= expiries[rec.key.decode()], body
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("state", ["kept", "lost"])
+async def test_a_retired_topics_records_are_tombstoned_at_their_expiry_and_never_read(
+    broker: str, topics: TopicSet, tmp_path: Path, state: str
+) -> None:
+    """Restarted with ``errors`` retired, the service takes its partitions (restored from
+    its state directory, or from the changelog when that is lost), fires their records at
+    their expiry, each once, and reads nothing of ``errors``: an event sent to it after the
+    retirement is not stamped. Before ``retired``, nothing fired them at all."""
+    state_dir = str(tmp_path / "state")
+    expiries = await _stamp_then_retire(broker, topics, state_dir)
+    if state == "lost":
+        shutil.rmtree(state_dir)
+    # Sent after the retirement: never read, so never stamped.
+    await produce(broker, [(topics.errors, *event("analytics", "after-retired"))])
+    clock = ShiftedClock()
+    config = parse_config(_retired_config(topics, state_dir))
+    async with running_service(config, broker, clock=clock) as service:
+        assert {t for t, _p in service.owned} >= {topics.errors}
+        assert _pending_on(service, topics.errors) == len(ON_ERRORS)
+        assert service.stats.tombstones == 0  # none early
+        # An input's event, sent after the one on errors, is read: the errors one was not.
+        await produce(broker, [(topics.conversations, *event("conversation", "on-input"))])
+        await wait_for(lambda: service.stats.stamped == 1)
+        assert service.stats.events == 1
+        clock.ahead_ms = 10 * MINUTE_MS  # the 5-minute ones fall due: only those fire
+        await _tombstones_once(broker, topics, expiries, clock())
+        clock.ahead_ms = 30 * MINUTE_MS  # and then the 20-minute ones
+        await _tombstones_once(broker, topics, expiries, clock())
+        assert service.stats.tombstones == len(ON_ERRORS) - 1
+        assert service.stats.events == 1
+
+
+@pytest.mark.timeout(180)
+async def test_two_instances_fire_a_retired_topics_records_once_across_rebalances(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """Two instances with ``errors`` retired share its partitions as they share the inputs'
+    (one of them joining, then the other leaving: two rebalances); every record of it is
+    tombstoned once, by the instance that holds its partition when it falls due."""
+    expiries = await _stamp_then_retire(broker, topics, str(tmp_path / "state-a"))
+    clock = ShiftedClock()
+    a = parse_config(_retired_config(topics, str(tmp_path / "state-a")))
+    b = parse_config(_retired_config(topics, str(tmp_path / "state-b")))
+    async with running_service(a, broker, fast_join=False, clock=clock) as svc_a:
+        assert _pending_on(svc_a, topics.errors) == len(ON_ERRORS)
+        async with running_service(b, broker, fast_join=False, clock=clock) as svc_b:
+            # Both hold a partition of errors, restored (b's from the changelog).
+            await wait_for(
+                lambda: (
+                    _pending_on(svc_a, topics.errors) > 0
+                    and _pending_on(svc_b, topics.errors) > 0
+                    and _pending_on(svc_a, topics.errors) + _pending_on(svc_b, topics.errors)
+                    == len(ON_ERRORS)
+                ),
+                timeout_s=30,
+            )
+            # errors[n] goes with the inputs' partition n: each instance has one of each.
+            for svc in (svc_a, svc_b):
+                assert len({p for _t, p in svc.owned}) == 1, svc.owned
+            assert svc_a.stats.tombstones + svc_b.stats.tombstones == 0  # none early
+            clock.ahead_ms = 10 * MINUTE_MS  # the 5-minute ones, from both partitions
+            await _tombstones_once(broker, topics, expiries, clock())
+            assert svc_a.stats.tombstones > 0
+            assert svc_b.stats.tombstones > 0
+        # b left: a has both partitions of errors again, b's restored from the changelog.
+        await wait_for(lambda: len([t for t, _p in svc_a.owned if t == topics.errors]) == 2)
+        await wait_for(lambda: _pending_on(svc_a, topics.errors) == len(ON_ERRORS) - 6)
+        clock.ahead_ms = 30 * MINUTE_MS  # the 20-minute ones, from both partitions
+        await _tombstones_once(broker, topics, expiries, clock())

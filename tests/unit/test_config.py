@@ -629,3 +629,23 @@ def test_other_units_are_not_warned_about(value: object, caplog: pytest.LogCaptu
     with caplog.at_level(logging.WARNING, logger="stream_expiry"):
         parse_config(f"[retention.defaults]\nconversation = {shown}\n")
     assert caplog.records == []
+
+
+def test_retired_topics_are_read_and_none_may_be_an_input() -> None:
+    """``[topics] retired``: the topics taken out of the inputs whose records the service
+    still fires (none by default, an environment variable too); one listed in both is
+    refused at its line, as it would be read and not read at once."""
+    assert parse_config("").topics.retired == ()
+    text = '[topics]\ninputs = ["a", "b"]\nretired = ["old"]\n'
+    assert parse_config(text).topics.retired == ("old",)
+    env = {"STREAM_EXPIRY_TOPICS_RETIRED": "old, older"}
+    assert parse_config(text, environ=env).topics.retired == ("old", "older")
+    both = '[topics]\ninputs = ["a", "b"]\n\nretired = ["c", "b"]\n'
+    with pytest.raises(
+        ConfigError,
+        match=r"^x\.toml line 4: topic 'b' is in both \[topics\] inputs and retired: an input "
+        r"is read, a retired topic only has its records tombstoned",
+    ):
+        parse_config(both, path="x.toml")
+    with pytest.raises(ConfigError, match=r"also used by 'retired'"):
+        parse_config('[topics]\nretired = ["expiry.dlq"]\n')
