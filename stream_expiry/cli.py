@@ -604,8 +604,10 @@ def _parser_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "the next due time; records overdue (due, not held, not yet tombstoned: the service "
         "is down or behind), and with [archive] required how many of them wait for the "
         "archive (it has not written their latest stamp: the archive is behind or stopped); "
-        "active legal holds with how many due records each keeps; the records stamped from "
-        "topics that [topics] inputs no longer lists, which no instance tombstones; and the "
+        "active legal holds with how many due records each keeps; the records left of each "
+        "topic of [topics] retired (none: it can be removed from retired), and those stamped "
+        "from topics [topics] lists neither in inputs nor in retired, which no instance "
+        "tombstones; and the "
         "lag of every input partition. It answers for the whole deployment, from Kafka alone; "
         "expiry.stamped is streamed through a temporary on-disk store (a few seconds per "
         "million records).",

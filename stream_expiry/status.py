@@ -89,6 +89,9 @@ class Status:
     # [topics] inputs does not list, by that topic: no instance holds their partitions, so
     # none tombstones them (inputs changed, a rekey switch say); they are in the counts too.
     not_inputs: dict[str, Counter[str]] = field(default_factory=dict)
+    # The same of each topic of [topics] retired (every one, 0 when none is left): the
+    # instances fire them; a topic with none left can be taken out of retired.
+    retired: dict[str, Counter[str]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +120,10 @@ class Status:
                 topic: {"pending": n["pending"], "due": n["due"]}
                 for topic, n in sorted(self.not_inputs.items())
             },
+            "retired": {
+                topic: {"pending": n["pending"], "due": n["due"]}
+                for topic, n in sorted(self.retired.items())
+            },
         }
 
 
@@ -135,11 +142,13 @@ _HELD_LIVES = 2  # it keeps earlier lives a hold kept
 class _Sources:
     """The input topics named by stamps that ``[topics] inputs`` does not list, each given
     a number (from 1) that a record's entry keeps: a record of such a topic is one no
-    instance tombstones, since the instances hold the partitions of their inputs only (the
-    service routes each changelog message to the store of the input partition it names)."""
+    instance tombstones unless the topic is in ``retired`` (the instances hold the
+    partitions of their inputs and retired topics only, and the service routes each
+    changelog message to the store of the input partition it names)."""
 
-    def __init__(self, inputs: Collection[str]) -> None:
+    def __init__(self, inputs: Collection[str], retired: Collection[str] = ()) -> None:
         self._inputs = frozenset(inputs)
+        self.retired = frozenset(retired)
         self.topics: list[str] = [""]  # index 0: an input, or no source named
         self._index: dict[str, int] = {}
 
@@ -207,7 +216,8 @@ def _count(
         overdue = due is not None and due <= now
         if source and due is not None and sources is not None:
             topic = sources.topics[source]
-            result.not_inputs.setdefault(topic, Counter())["due" if overdue else "pending"] += 1
+            left = result.retired if topic in sources.retired else result.not_inputs
+            left.setdefault(topic, Counter())["due" if overdue else "pending"] += 1
         if due is None:
             result.never += 1
         elif not overdue:
@@ -285,7 +295,8 @@ async def status(
         # A scratch store, thrown away after the count (as replay's): no write-ahead log.
         kv = RocksKV(os.path.join(work, "current"), durable=False)
         try:
-            sources = _Sources(config.topics.inputs)
+            sources = _Sources(t.inputs, t.retired)
+            result.retired = {name: Counter() for name in t.retired}
             await read_latest(brokers, topic, kv, _folding(sources))
             archived = None
             if config.archive.required:  # after: what the archive wrote since, it holds
@@ -368,13 +379,28 @@ def _not_inputs_lines(orphans: dict[str, dict[str, int]]) -> list[str]:
         return []
     total = sum(n["pending"] + n["due"] for n in orphans.values())
     lines = [
-        f"  {counted(total, 'live record')} stamped from topics that [topics] inputs does not "
-        "list: no instance tombstones them, due or not (inputs changed since they were "
-        "stamped?); list those topics in [topics] inputs again until these are 0 (README: "
-        "Changing the input topics)"
+        f"  {counted(total, 'live record')} stamped from topics that [topics] lists neither "
+        "in inputs nor in retired: no instance tombstones them, due or not (inputs changed "
+        "since they were stamped?); list those topics in [topics] retired, and the "
+        "instances tombstone them at their expiry (README: Changing the input topics)"
     ]
     for topic, n in orphans.items():
         lines.append(printable(f"    {topic}: {n['due']:,} due, {n['pending']:,} pending"))
+    return lines
+
+
+def _retired_lines(retired: dict[str, dict[str, int]]) -> list[str]:
+    """The records left of each topic of ``[topics] retired``, which the instances fire
+    and never read: a topic with none left can be taken out of retired."""
+    if not retired:
+        return []
+    lines = ["  retired topics (records left, tombstoned at their expiry; never read)"]
+    for topic, n in retired.items():
+        if n["due"] + n["pending"]:
+            said = f"{topic}: {n['due']:,} due, {n['pending']:,} pending"
+        else:
+            said = f"{topic}: none left: can be removed from [topics] retired"
+        lines.append(printable(f"    {said}"))
     return lines
 
 
@@ -406,6 +432,7 @@ def text_lines(d: dict[str, Any]) -> list[str]:
     lines = [f"as of {d['at']}", *_instance_lines(d.get("instances"))]
     lines += [row(*r) for r in rows]
     lines += _not_inputs_lines(orphans)
+    lines += _retired_lines(d.get("retired") or {})
     for h in d["holds"]:
         n, matched = h["records_held"], h.get("records_matched", 0)
         said = (

@@ -90,8 +90,8 @@ async def test_status_names_the_records_of_a_topic_no_longer_an_input(
     assert await anyio.to_thread.run_sync(main, ["status", *common]) == 0
     out = capsys.readouterr().out
     assert re.search(
-        r"^  2 live records stamped from topics that \[topics\] inputs does not list: no "
-        r"instance tombstones them",
+        r"^  2 live records stamped from topics that \[topics\] lists neither in inputs nor "
+        r"in retired: no instance tombstones them, .*list those topics in \[topics\] retired",
         out,
         re.MULTILINE,
     ), out
@@ -101,6 +101,17 @@ async def test_status_names_the_records_of_a_topic_no_longer_an_input(
     cfg.write_text(config_text(topics, str(tmp_path / "state"), RETENTION))
     assert await anyio.to_thread.run_sync(main, ["status", *common, "--json"]) == 0
     assert orjson.loads(capsys.readouterr().out)["not_inputs"] == {}
+
+    # Retired, they are counted as the instances' to tombstone, by topic.
+    cfg.write_text(_retired_config(topics, str(tmp_path / "state")))
+    assert await anyio.to_thread.run_sync(main, ["status", *common, "--json"]) == 0
+    got = orjson.loads(capsys.readouterr().out)
+    assert got["not_inputs"] == {}
+    assert got["retired"] == {topics.errors: {"pending": 1, "due": 1}}
+    assert await anyio.to_thread.run_sync(main, ["status", *common]) == 0
+    out = capsys.readouterr().out
+    assert "\n  retired topics (records left, tombstoned at their expiry; never read)\n" in out
+    assert f"\n    {topics.errors}: 1 due, 1 pending\n" in out, out
 
 
 @pytest.mark.timeout(90)
@@ -224,7 +235,11 @@ async def _tombstones_once(
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("state", ["kept", "lost"])
 async def test_a_retired_topics_records_are_tombstoned_at_their_expiry_and_never_read(
-    broker: str, topics: TopicSet, tmp_path: Path, state: str
+    broker: str,
+    topics: TopicSet,
+    tmp_path: Path,
+    state: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Restarted with ``errors`` retired, the service takes its partitions (restored from
     its state directory, or from the changelog when that is lost), fires their records at
@@ -252,6 +267,19 @@ async def test_a_retired_topics_records_are_tombstoned_at_their_expiry_and_never
         await _tombstones_once(broker, topics, expiries, clock())
         assert service.stats.tombstones == len(ON_ERRORS) - 1
         assert service.stats.events == 1
+    # One record left (due in an hour); once it is fired, status says errors can go.
+    common = ("--bootstrap-servers", broker)
+    cfg = tmp_path / "retired.toml"
+    cfg.write_text(_retired_config(topics, state_dir))
+    assert await anyio.to_thread.run_sync(main, ["status", "--config", str(cfg), *common]) == 0
+    assert f"\n    {topics.errors}: 0 due, 1 pending\n" in capsys.readouterr().out
+    async with running_service(config, broker, clock=clock) as service:
+        clock.ahead_ms = 2 * 60 * MINUTE_MS
+        # errors' last record, and the input's record stamped above
+        await wait_for(lambda: service.stats.tombstones == 2, timeout_s=30)
+    assert await anyio.to_thread.run_sync(main, ["status", "--config", str(cfg), *common]) == 0
+    out = capsys.readouterr().out
+    assert f"\n    {topics.errors}: none left: can be removed from [topics] retired\n" in out
 
 
 @pytest.mark.timeout(180)

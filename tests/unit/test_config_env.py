@@ -286,6 +286,8 @@ def _default_drift(readme: str) -> list[str]:
         if "default" not in schema[path]:
             if value is not None:
                 drift.append(f"{_name(path)}: {text} is said, the loader works it out")
+        elif schema[path]["default"] == [] and text.startswith("none"):
+            continue  # an empty list: "none", in words (an empty code span reads as nothing)
         elif value is None or value[1] != _as_variable(schema[path]["default"]):
             drift.append(f"{_name(path)}: {text} is said, the schema has "
                          f"{_as_variable(schema[path]['default'])!r}")  # fmt: skip
