@@ -33,6 +33,7 @@ import orjson
 
 from stream_expiry import model, oversize
 from stream_expiry.codec import dead_letter_headers
+from stream_expiry.errors import quoted, suggestion
 from stream_expiry.fetch import read_to_now
 from stream_expiry.holds import apply_hold_message, misspelt_fields, named_hold_id
 from stream_expiry.kafka import read_to_end
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
     from stream_expiry.config import Topics
-    from stream_expiry.holds import HoldBook
+    from stream_expiry.holds import Hold, HoldBook
     from stream_expiry.policy import PolicyBook, PolicyUpdate
     from stream_expiry.stats import ServiceStats
 
@@ -292,6 +293,7 @@ class ControlTopics:
                             hold.hold_id, rec.topic, rec.partition, rec.offset, field,
                             hold.scope(), meant,
                         )  # fmt: skip
+                    self._say_unknown_category(hold, rec)
                     named = named_hold_id(rec.value)
                     if named is not None and named != hold.hold_id:
                         log.warning(
@@ -302,6 +304,23 @@ class ControlTopics:
                         )  # fmt: skip
         if not self._catching_up:
             self._say_released()
+
+    def _say_unknown_category(self, hold: Hold, rec: Any) -> None:
+        """Warn of a hold on a category the service does not have: no record has it, so
+        the hold keeps nothing. `hold place` refuses one; a tool writing to the topic
+        itself got an info line alone, and the records it meant (``conversations`` for
+        ``conversation``) were deleted at their expiry (a trial). Placed as written all
+        the same: a legal hold is never changed by guess."""
+        categories = self._book.categories
+        if hold.category is None or hold.category in categories:
+            return
+        log.warning(
+            "legal hold %s at %s[%d]@%d names category %s, which is not a configured "
+            "category (%s): it keeps nothing%s (place it again with the category meant, "
+            "then release this one)",
+            hold.hold_id, rec.topic, rec.partition, rec.offset, quoted(hold.category, 80),
+            ", ".join(categories), suggestion(hold.category, categories),
+        )  # fmt: skip
 
     def _note_release(self, rec: Any) -> None:
         """Keep the newest null of its hold id read in this read."""

@@ -339,3 +339,35 @@ async def test_a_hold_with_a_misspelt_field_is_placed_as_written_with_a_warning(
         "that field to narrow it)"
         for name, meant in (("record-id", "record_id"), ("Category", "category"))
     ]
+
+
+@pytest.mark.asyncio
+async def test_a_hold_on_a_category_the_service_does_not_have_is_placed_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A tool's hold on ``"category": "conversations"`` (not a configured category) was
+    placed with an info line alone and kept nothing: no record has that category, so the
+    conversations it was meant for were deleted at their expiry (a trial). `hold place`
+    refuses such a category; the service places it as written (a hold is never changed
+    by guess) and warns, with the category meant. A configured category says nothing."""
+    holds = HoldBook()
+    control = _control('[categories]\nnames = ["conversation", "session"]\n', holds=holds)
+    typo = orjson.dumps({"org": "acme", "category": "conversations", "reason": "case 8"})
+    fine = orjson.dumps({"org": "acme", "category": "session", "reason": "case 9"})
+    batch = {
+        TopicPartition(HOLDS, 0): [
+            _record(HOLDS, 0, 3, "h8", typo),
+            _record(HOLDS, 0, 4, "h9", fine),
+        ]
+    }
+    with caplog.at_level(logging.WARNING, logger="stream_expiry.service"):
+        await control._apply_holds(batch)
+    placed = holds.get("h8")
+    assert placed is not None
+    assert placed.category == "conversations"
+    assert holds.get("h9") is not None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"legal hold h8 at {HOLDS}[0]@3 names category 'conversations', which is not a "
+        "configured category (conversation, session): it keeps nothing; did you mean "
+        "'conversation'? (place it again with the category meant, then release this one)"
+    ]
