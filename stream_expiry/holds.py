@@ -223,6 +223,18 @@ def misspelt_fields(value: bytes) -> list[tuple[str, str]]:
     return misspelt(body, _HOLD_FIELDS)
 
 
+def _naming_the_misspelt(why: Rejection, name: str, body: dict[str, Any]) -> Rejection:
+    """A required field's rejection naming the hold's own field that most likely stands
+    for it (``Org`` for ``org``), as an event's does: "field 'org' is required" alone did
+    not show that a hold is not in force for a spelling (a trial)."""
+    if why.code != "missing_field":
+        return why
+    for said, meant in misspelt(body, _HOLD_FIELDS):
+        if meant == name:
+            return Rejection(why.code, f"{why.detail}; the hold has {said!r}: is that it?")
+    return why
+
+
 def parse_hold(key: bytes | None, value: bytes) -> Hold | Rejection:
     """A hold message's value; never raises on bad input."""
     try:
@@ -236,7 +248,7 @@ def parse_hold(key: bytes | None, value: bytes) -> Hold | Rejection:
     for name, required in [*wanted, *((f, False) for f in _FIELDS[1:])]:
         got = _text(body, name, required=required)
         if isinstance(got, Rejection):
-            return got
+            return _naming_the_misspelt(got, name, body)
         fields[name] = got
     # The key is the hold's id whenever there is one: the null that releases a hold goes
     # under its key, and compaction keeps each key's latest value. A hold taken under the

@@ -1350,3 +1350,21 @@ def test_a_new_erasure_read_while_an_old_one_waits_naming_no_life_goes_out_at_th
     p.event("a", "delete", T0 + 1500, now=T0 + 3 * TTL)  # redelivered: nothing more
     p.event("a", "create", T0 + 200, now=T0 + 3 * TTL)  # nor the second life's create
     assert p.fired == []
+
+
+def test_a_hold_missing_a_required_field_it_has_under_another_spelling_names_it() -> None:
+    """`{"Org": "acme", ...}` from a tool was rejected with "field 'org' is required" alone
+    (a trial): a person reading the dead letter or the warning could not see that the hold
+    is not in force only for a spelling. The detail names the hold's own field, as an
+    event's does; a hold without anything like it is rejected as before."""
+    misspelt = parse_hold(b"h", orjson.dumps({"Org": "acme", "reason": "case 3"}))
+    assert misspelt == Rejection(
+        "missing_field", "field 'org' is required; the hold has 'Org': is that it?"
+    )
+    no_reason = parse_hold(b"h", orjson.dumps({"org": "acme", "Reason": "case 3"}))
+    assert no_reason == Rejection(
+        "missing_field", "field 'reason' is required; the hold has 'Reason': is that it?"
+    )
+    assert parse_hold(b"h", orjson.dumps({"reason": "case 3", "ticket": 4})) == Rejection(
+        "missing_field", "field 'org' is required"
+    )
