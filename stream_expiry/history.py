@@ -506,7 +506,7 @@ def _summary(e: dict[str, Any]) -> str:
             )
         if e.get("redacted"):
             text += f", redacted {', '.join(e['redacted'])}"
-        return text + _by_replay(e)
+        return text + _by_replay(e) + _held_lives(e.get("held_lives"))
     if kind == "deleted":
         return (
             f"null on the changelog (reason {e['reason'] or '-'}): the lives created at or "
@@ -565,6 +565,30 @@ def _summary(e: dict[str, Any]) -> str:
             + (f" (written {copies} times, one deferral)" if copies > 1 else "")
         )
     return ", ".join(f"{k} {v}" for k, v in e.items() if k not in ("at", "topic", "kind"))
+
+
+def _held_lives(lives: Any) -> str:
+    """The earlier lives a stamp says a legal hold keeps (``held_lives``), oldest first: a
+    record erased or expired under a hold and come back runs its next life beside them.
+    Left out, the text showed the new life alone, and a held life, its data and its
+    erasure read as gone (a trial)."""
+    if not isinstance(lives, list) or not lives:
+        return ""
+    said = []
+    for life in lives:
+        if not isinstance(life, dict):
+            continue
+        if life.get("created_at") is None:
+            said.append(f"an erasure asked at {life.get('erase_requested_at') or '-'}")
+            continue
+        text = f"created {life['created_at']}, expires {life.get('expires_at') or '-'}"
+        if life.get("erase_requested_at"):
+            text += f", erasure asked at {life['erase_requested_at']}"
+        said.append(text)
+    if not said:
+        return ""
+    noun = "life" if len(said) == 1 else "lives"
+    return f"; a legal hold keeps its earlier {noun}: " + "; ".join(said)
 
 
 def _by_replay(e: dict[str, Any]) -> str:

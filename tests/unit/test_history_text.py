@@ -354,3 +354,34 @@ def test_history_gives_a_life_apart_exactly_when_the_processor_reads_it_as_ended
         assert shown.get("held_lives", []) == body["held_lives"][1:]
     else:
         assert shown.get("held_lives") == body["held_lives"]
+
+
+def test_a_stamp_says_the_earlier_lives_a_hold_keeps_beside_the_running_one() -> None:
+    """A record erased under a hold and created again: the new life's stamp carries the
+    held life (``held_lives``), its data and its deferred erasure, until the release. The
+    text said only "created ..., expires ..." of the new life (a trial), so an officer read
+    the held life as gone, or the erasure as dropped; the JSON had it. Each held life is
+    said, oldest first: its creation and expiry, and its erasure when one was asked; an
+    erasure kept with no life of its own (created null) as that."""
+    i = Identity("acme", "_", "live", "conversation", "c1")
+    t = 1_800_000_000_000
+    expired = (t, t + 60_000, 60_000, "default", None)
+    erased = (t + 70_000, t + 130_000, 60_000, "default", t + 71_000)
+    alone = (None, None, None, None, t + 72_000)
+    running = Stamp(
+        i, t + 90_000, t + 150_000, 60_000, "default", held_lives=(expired, erased, alone)
+    )
+    line = text_lines(_history(_stamped(running)))[1]
+    assert line.endswith(
+        "created 2027-01-15T08:01:30.000Z, expires 2027-01-15T08:02:30.000Z (ttl 60 s from "
+        "default); a legal hold keeps its earlier lives: created 2027-01-15T08:00:00.000Z, "
+        "expires 2027-01-15T08:01:00.000Z; created 2027-01-15T08:01:10.000Z, expires "
+        "2027-01-15T08:02:10.000Z, erasure asked at 2027-01-15T08:01:11.000Z; an erasure "
+        "asked at 2027-01-15T08:01:12.000Z"
+    )
+    one = text_lines(_history(_stamped(running._replace(held_lives=(expired,)))))[1]
+    assert one.endswith(
+        "; a legal hold keeps its earlier life: created 2027-01-15T08:00:00.000Z, expires "
+        "2027-01-15T08:01:00.000Z"
+    )
+    assert "keeps" not in text_lines(_history(_stamped(running._replace(held_lives=()))))[1]
