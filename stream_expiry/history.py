@@ -30,6 +30,7 @@ import orjson
 from stream_expiry import codec
 from stream_expiry.cliargs import check_category, check_ids
 from stream_expiry.errors import ConfigurationError
+from stream_expiry.event_fields import misspelt_fields
 from stream_expiry.hold_command import read_holds
 from stream_expiry.kafka import consumer, missing_topics, read_to_end
 from stream_expiry.logs import printable, record_ref
@@ -356,6 +357,59 @@ def _names(rec: Any, identity: Identity) -> bool:
     return given == identity.parts()
 
 
+_IDENTITY_FIELDS: Final = ("org", "bot", "env", "category", "record_id")
+
+
+def _named_as(rec: Any, identity: Identity) -> dict[str, str] | None:
+    """The fields by which a rejected event names the record under another name or
+    spelling, ``{"recordId": "c9"}`` or ``{"category": "Conversation"}``, or None.
+
+    An erasure request sent with ``recordId`` for ``record_id``, or with an unknown
+    category (``Conversation``, ``conversations``), is dead-lettered and so carried out
+    nowhere; `history` of the record showed nothing of it, and an auditor took the
+    record for one never asked to be erased (a trial). Such an event is the record's
+    when its fields, read with a misspelt name as the field it stands for (as the
+    service's dead-letter detail says it), give the record, its category aside when
+    it was rejected for that category and is the record's without case or a plural
+    ``s``: an unknown category names no record of its own."""
+    body = None if rec.value is None else _body(rec.value)
+    if body is None:
+        return None
+    values = dict(body)
+    said: dict[str, str] = {}
+    for name, meant in misspelt_fields(body):
+        if meant in _IDENTITY_FIELDS and isinstance(body[name], str):
+            values[meant] = body[name]
+            said[name] = body[name]
+    category = values.get("category")
+    if (
+        isinstance(category, str)
+        and category != identity.category
+        and _error_of(rec) == "unknown_category"
+        and category.lower().removesuffix("s") == identity.category.lower().removesuffix("s")
+    ):
+        values["category"] = identity.category
+        said["category"] = category
+    if not said:
+        return None
+    bot, env = values.get("bot"), values.get("env")
+    given = (
+        values.get("org"),
+        DEFAULT_BOT if bot is None else bot,
+        "live" if env is None else env,
+        values.get("category"),
+        values.get("record_id"),
+    )
+    return said if given == identity.parts() else None
+
+
+def _error_of(rec: Any) -> str | None:
+    for name, value in rec.headers or ():
+        if name == codec.H_ERROR:
+            return str(value.decode(errors="replace"))
+    return None
+
+
 def _dead_letter(rec: Any, topic: str) -> dict[str, Any]:
     """A rejected input event: why, and what it asked (its op and time), never its data;
     its ``event_id`` and where it was produced (``source``, ``topic[partition]@offset``),
@@ -424,9 +478,11 @@ async def history(config: Config, brokers: Brokers, identity: Identity) -> Histo
     async with consumer(brokers) as cons:
         async for batch in read_to_end(cons, t.dlq):
             for records in batch.values():
-                found.events.extend(
-                    _dead_letter(rec, t.dlq) for rec in records if _names(rec, identity)
-                )
+                for rec in records:
+                    if _names(rec, identity):
+                        found.events.append(_dead_letter(rec, t.dlq))
+                    elif (named_as := _named_as(rec, identity)) is not None:
+                        found.events.append(_dead_letter(rec, t.dlq) | {"named_as": named_as})
     found.events = _in_order(found.events)
     found.events = _one_per_receipt(found.events)
     _mark_holds_that_kept_nothing(found.events)
@@ -539,10 +595,13 @@ def _summary(e: dict[str, Any]) -> str:
         said += [f"at {e['source']}"] if e.get("source") else []
         where = "; " + " ".join(said) if said else ""
         copies = e.get("copies", 1)
+        named_as = e.get("named_as") or {}
+        as_said = ", ".join(f"{name} {value!r}" for name, value in named_as.items())
         return (
             f"{article} {op} event (ts {e.get('ts')}{where}) rejected: {e.get('error')}"
             f" ({e.get('detail')})"
             + (f" (dead-lettered {copies} times, one event)" if copies > 1 else "")
+            + (f"; it names this record as {as_said}" if as_said else "")
         )
     if kind in _HOLD_EVENTS:
         if kind == "hold_placed":

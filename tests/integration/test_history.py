@@ -149,6 +149,42 @@ async def test_history_names_the_erasure_request_that_deleted_a_record(
 
 
 @pytest.mark.timeout(90)
+async def test_history_shows_an_erasure_rejected_for_how_it_named_the_record(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """An erasure request sent with category "Conversation", or with "recordId" for
+    record_id, is dead-lettered and carried out nowhere; history of the record showed
+    neither, so the record read as one never asked to be erased (a trial). Both are the
+    record's, with how they named it; another record's, and an event in another
+    (configured) category, are not."""
+    config = config_for(topics, str(tmp_path / "state"), SETTINGS)
+    t0 = wall_clock_ms()
+    erasures = [
+        event("Conversation", "r1", ts=t0 + 1, op="delete", event_id="by-category"),
+        event("conversations", "r2", ts=t0 + 1, op="delete", event_id="other-record"),
+    ]
+    by_field = orjson.loads(event("conversation", "r1", ts=t0 + 2, op="delete")[1])
+    by_field["recordId"] = by_field.pop("record_id")
+    by_field["event_id"] = "by-field"
+    session = orjson.loads(event("session", "r1", ts=t0 + 3, op="delete")[1])
+    session["recordId"] = session.pop("record_id")
+    async with running_service(config, broker):
+        sent = [event("conversation", "r1", ts=t0), *erasures]
+        sent += [(b"r1", orjson.dumps(by_field)), (b"r1", orjson.dumps(session))]
+        await produce(broker, [(topics.conversations, *m) for m in sent])
+        await read_topic(broker, topics.dlq, until=lambda r: len(r) >= 4)
+    found = await history(config, broker, Identity("acme", "_", "live", "conversation", "r1"))
+    letters = [e for e in found.events if e["kind"] == "dead_letter"]
+    assert sorted((e["event_id"], e["error"], e["named_as"]) for e in letters) == [
+        ("by-category", "unknown_category", {"category": "Conversation"}),
+        ("by-field", "missing_field", {"recordId": "r1"}),
+    ]
+    lines = text_lines(found.as_dict())
+    assert sum("it names this record as category 'Conversation'" in line for line in lines) == 1
+    assert sum("it names this record as recordId 'r1'" in line for line in lines) == 1
+
+
+@pytest.mark.timeout(90)
 async def test_history_of_the_wrong_bot_names_where_the_record_id_is(
     broker: str, topics: TopicSet, tmp_path: Path
 ) -> None:
