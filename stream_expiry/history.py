@@ -36,7 +36,7 @@ from stream_expiry.kafka import consumer, missing_topics, read_to_end
 from stream_expiry.logs import printable, record_ref
 from stream_expiry.model import DEFAULT_BOT, Identity, decode_key
 from stream_expiry.replay import H_REPLAY
-from stream_expiry.timeutil import format_ts
+from stream_expiry.timeutil import format_ts, parse_ts, wall_clock_ms
 
 if TYPE_CHECKING:
     import argparse
@@ -75,6 +75,9 @@ class History:
     # ``{"bot": ..., "env": ...}`` each, sorted. An auditor who left out --bot read
     # "nothing on the evidence topics" for a record that was there under its bot (a trial).
     elsewhere: list[dict[str, str]] = field(default_factory=list)
+    # The record's life that no null has ended, as of when history was asked (None: none);
+    # see :func:`open_life`.
+    open_life: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -83,7 +86,34 @@ class History:
             "events": self.events,
             "active_holds": self.holds,
             "same_id_elsewhere": self.elsewhere,
+            "open_life": self.open_life,
         }
+
+
+def open_life(events: list[dict[str, Any]], now_ms: int) -> dict[str, Any] | None:
+    """The record's life that no null on the changelog has ended, from its latest stamp:
+    ``created_at``, ``due_at`` (its deferred erasure, else its expiry; null: never
+    expires), ``as_of`` (``now_ms``) and ``overdue``; None when its last life is deleted
+    or it has none. A record past its expiry that a hold or the archive kept, or that a
+    stopped service had not deleted yet, read as one whose deletion was simply not listed:
+    `history` said nothing of it (a trial: a record waiting for the archive)."""
+    latest: dict[str, Any] | None = None
+    for e in events:
+        if e["kind"] == "stamp":
+            latest = e
+        elif e["kind"] == "deleted" and latest is not None:
+            ends_by, created = e.get("ends_lives_created_by"), latest.get("created_at")
+            if ends_by is None or created is None or parse_ts(created) <= parse_ts(ends_by):
+                latest = None
+    if latest is None:
+        return None
+    due = latest.get("erase_requested_at") or latest.get("expires_at")
+    return {
+        "created_at": latest.get("created_at"),
+        "due_at": due,
+        "as_of": format_ts(now_ms),
+        "overdue": due is not None and parse_ts(due) <= now_ms,
+    }
 
 
 def _event(rec: Any, topic: str, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -488,6 +518,7 @@ async def history(config: Config, brokers: Brokers, identity: Identity) -> Histo
     _mark_holds_that_kept_nothing(found.events)
     holds = await read_holds(config, brokers)
     found.holds = [h.as_dict() for h in sorted(holds.holding(identity), key=lambda h: h.hold_id)]
+    found.open_life = open_life(found.events, wall_clock_ms())
     return found
 
 
@@ -676,11 +707,32 @@ def text_lines(d: dict[str, Any]) -> list[str]:
     for e in d["events"]:
         lines.append(f"  {e['at']}  {e['kind']:<17} {_summary(e)}")
     holds = d["active_holds"]
+    life = d.get("open_life")
+    if life is not None:
+        lines.append("  " + _open_life_text(life, bool(holds)))
     lines.append(
         "  active legal holds on it: "
         + (", ".join(f"{h['hold_id']} ({h['reason']})" for h in holds) if holds else "none")
     )
     return [printable(line) for line in lines]
+
+
+def _open_life_text(life: dict[str, Any], held: bool) -> str:
+    """What :func:`open_life` says, for a person: not deleted, and when it is due or
+    how long it has been overdue, with what may keep it."""
+    what = "its erasure" if life.get("created_at") is None else "its life"
+    if life.get("due_at") is None:
+        return f"not deleted: {what} never expires (as of {life['as_of']})"
+    if not life.get("overdue"):
+        return f"not deleted: due {life['due_at']} (as of {life['as_of']})"
+    why = (
+        "a legal hold keeps it (below)"
+        if held
+        else "no active hold keeps it: the archive has not written its latest stamp yet "
+        "([archive] required), or the service is stopped or behind; `stream-expiry status` "
+        "says which (overdue, waiting for the archive, lag)"
+    )
+    return f"not deleted, due since {life['due_at']} (as of {life['as_of']}): {why}"
 
 
 def checked_identity(config: Config, args: argparse.Namespace) -> Identity:

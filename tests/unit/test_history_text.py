@@ -14,7 +14,7 @@ import pytest
 from stream_expiry import codec
 from stream_expiry.config import parse_config
 from stream_expiry.errors import ConfigurationError
-from stream_expiry.history import _describe, checked_identity, text_lines
+from stream_expiry.history import _describe, checked_identity, open_life, text_lines
 from stream_expiry.model import MAX_ID_CHARS, Identity, Stamp, encode_stamp, encode_tombstone
 from stream_expiry.sinks._messages import (
     Receipt,
@@ -385,3 +385,55 @@ def test_a_stamp_says_the_earlier_lives_a_hold_keeps_beside_the_running_one() ->
         "2027-01-15T08:01:00.000Z"
     )
     assert "keeps" not in text_lines(_history(_stamped(running._replace(held_lives=()))))[1]
+
+
+def test_a_life_no_null_has_ended_is_said_due_or_overdue_and_what_may_keep_it() -> None:
+    """A record past its expiry and not deleted (a stopped archive under `[archive]
+    required`, a hold, a stopped service): history listed its stamp and nothing after, so
+    an officer could not tell "not deleted yet" from a listing that left the deletion
+    out (a trial). The running life is said: due when, or overdue since when as of when,
+    and that a hold keeps it or what else may; a life a null ended is not."""
+    created, expires = "2027-01-15T08:00:00.000Z", "2027-01-15T08:01:00.000Z"
+    stamp: dict[str, Any] = {"at": created, "kind": "stamp", "created_at": created}
+    stamp["expires_at"] = expires
+    null: dict[str, Any] = {
+        "at": expires,
+        "kind": "deleted",
+        "reason": "ttl",
+        "ends_lives_created_by": expires,
+    }
+    before, after = 1_800_000_030_000, 1_800_000_090_000  # 08:00:30, 08:01:30
+    assert open_life([stamp, null], after) is None
+    running = open_life([stamp], before)
+    assert running == {
+        "created_at": created,
+        "due_at": expires,
+        "as_of": "2027-01-15T08:00:30.000Z",
+        "overdue": False,
+    }
+    lines = text_lines(_history(stamp) | {"open_life": running})
+    assert (
+        lines[-2] == "  not deleted: due 2027-01-15T08:01:00.000Z (as of 2027-01-15T08:00:30.000Z)"
+    )
+    overdue = open_life([stamp], after)
+    assert overdue is not None
+    assert overdue["overdue"] is True
+    lines = text_lines(_history(stamp) | {"open_life": overdue})
+    assert lines[-2].startswith(
+        "  not deleted, due since 2027-01-15T08:01:00.000Z (as of 2027-01-15T08:01:30.000Z): "
+        "no active hold keeps it: the archive has not written its latest stamp yet"
+    )
+    held = _history(stamp, holds=[{"hold_id": "h1", "reason": "case"}]) | {"open_life": overdue}
+    assert text_lines(held)[-2].endswith(
+        "(as of 2027-01-15T08:01:30.000Z): a legal hold keeps it (below)"
+    )
+    # A next life after the deletion runs; an erasure deferred is due at its request.
+    later = "2027-01-15T08:02:00.000Z"
+    again: dict[str, Any] = {"at": later, "kind": "stamp", "created_at": later, "expires_at": None}
+    assert open_life([stamp, null, again], after) == {
+        "created_at": later, "due_at": None, "as_of": "2027-01-15T08:01:30.000Z", "overdue": False,
+    }  # fmt: skip
+    erased = stamp | {"erase_requested_at": "2027-01-15T08:00:10.000Z"}
+    due = open_life([stamp, erased], before)
+    assert due is not None
+    assert (due["due_at"], due["overdue"]) == ("2027-01-15T08:00:10.000Z", True)
