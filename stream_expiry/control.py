@@ -30,26 +30,28 @@ import zlib
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from aiokafka import TopicPartition
 
 from stream_expiry import model, oversize
 from stream_expiry.codec import dead_letter_headers
-from stream_expiry.errors import quoted, suggestion
-from stream_expiry.fetch import read_to_now
+from stream_expiry.errors import ConfigurationError, quoted, suggestion
+from stream_expiry.fetch import end_offsets, read_to_now
 from stream_expiry.holds import apply_hold_message, misspelt_fields, named_hold_id
-from stream_expiry.kafka import read_to_end
+from stream_expiry.kafka import consumer, partitions_of, read_to_end, topic_names
 from stream_expiry.outbox import all_acked
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     from stream_expiry.config import Topics
     from stream_expiry.holds import Hold, HoldBook
+    from stream_expiry.kafka_settings import Brokers
     from stream_expiry.policy import PolicyBook, PolicyUpdate
     from stream_expiry.stats import ServiceStats
 
-__all__ = ["ControlTopics", "DeadLettered"]
+__all__ = ["ControlTopics", "DeadLettered", "refuse_a_lost_holds_topic"]
 
 log = logging.getLogger("stream_expiry.service")
 
@@ -94,6 +96,33 @@ class DeadLettered:
         with open(tmp, "wb") as f:
             f.write(orjson.dumps(list(self._seen)))
         os.replace(tmp, self._path)
+
+
+async def refuse_a_lost_holds_topic(brokers: Brokers, topics: Topics) -> None:
+    """Raise :class:`ConfigurationError` when the holds topic does not exist while the
+    changelog (``expiry.stamped``) has messages: this deployment ran before, and every
+    start makes its holds topic, so the name is not the one it ran with (a typo in
+    ``[topics] holds`` or ``STREAM_EXPIRY_TOPICS_HOLDS``), or the topic was deleted.
+    Made empty and read, it said "no hold", and the stores let go of every record a hold
+    kept: a trial's typo deleted them all within seconds of the start, without a word
+    under ``[archive] required``. Called before the topics are made; a first start, or a
+    cluster rebuilt without its changelog, has nothing to lose and goes on."""
+    names = await topic_names(brokers)
+    if topics.holds in names or topics.stamped not in names:
+        return
+    async with consumer(brokers) as cons:
+        tps = [TopicPartition(topics.stamped, p) for p in await partitions_of(cons, topics.stamped)]
+        cons.assign(tps)
+        written = sum((await end_offsets(cons, dict.fromkeys(tps, 0))).values())
+    if written:
+        raise ConfigurationError(
+            f"the legal holds topic {topics.holds!r} does not exist, but the changelog "
+            f"{topics.stamped!r} has {written:,} messages: this deployment ran with another "
+            "holds topic, and started on an empty one it would delete every record a hold "
+            "keeps. Check [topics] holds (and STREAM_EXPIRY_TOPICS_HOLDS); if the holds "
+            "topic was lost, place the holds again with `stream-expiry hold place` (which "
+            "makes the topic) before starting"
+        )
 
 
 def _shown_key(key: bytes) -> str:

@@ -42,7 +42,12 @@ from stream_expiry.archive_follower import ArchiveFollower
 from stream_expiry.archive_gate import ArchiveGate
 from stream_expiry.codec import REKEYED_SUFFIX
 from stream_expiry.commits import OffsetCommits
-from stream_expiry.control import DEAD_LETTERED_FILE, ControlTopics, DeadLettered
+from stream_expiry.control import (
+    DEAD_LETTERED_FILE,
+    ControlTopics,
+    DeadLettered,
+    refuse_a_lost_holds_topic,
+)
 from stream_expiry.durations import format_duration
 from stream_expiry.errors import (
     BrokerError,
@@ -539,6 +544,7 @@ class Service:
         not only the first: after an outage the cluster may be another behind the same
         address (rebuilt, or the test broker restarted empty), the consumer rejoins it on its
         own, and a restore cannot read a changelog topic that is gone."""
+        await refuse_a_lost_holds_topic(self.bootstrap, self.config.topics)
         created = await ensure_config_topics(self.bootstrap, self.config)
         # A mistyped name in [topics] inputs made an empty topic and the service idled on
         # it without a word: a new input topic is probably not where producers write.

@@ -28,8 +28,9 @@ from stream_expiry.archive import (
 from stream_expiry.changelog import read_latest
 from stream_expiry.cli import main
 from stream_expiry.codec import deleted_at_of, reason_of
+from stream_expiry.errors import ConfigurationError
 from stream_expiry.holds import Hold, HoldBook, encode_hold
-from stream_expiry.kafka import producer
+from stream_expiry.kafka import ensure_topics, missing_topics, producer
 from stream_expiry.model import Identity, Stamp, encode_stamp
 from stream_expiry.murmur2 import partition_for
 from stream_expiry.replay import replay
@@ -902,9 +903,11 @@ async def test_archive_purge_reads_the_holds_and_keeps_what_they_match(
 async def test_records_kept_for_holds_the_holds_topic_no_longer_has_are_said(
     broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A cluster rebuilt without its holds topic (the stores kept): the release scan let
-    the records the holds kept go at once, and nothing said a hold had been involved (a
-    trial). The start says how many records the stores keep for holds it does not have."""
+    """A cluster rebuilt with an empty holds topic (made by hand, the stores kept): the
+    release scan let the records the holds kept go at once, and nothing said a hold had
+    been involved (a trial). The start says how many records the stores keep for holds
+    it does not have. (A holds topic that does not exist stops the start instead: the
+    test below.)"""
     common, config = _setup(broker, topics, tmp_path, RETENTION)
     assert await _cli("hold", "place", *common, "--org", "acme", "--reason", "case 9") == 0
     async with running_service(config, broker) as service:
@@ -919,6 +922,7 @@ async def test_records_kept_for_holds_the_holds_topic_no_longer_has_are_said(
     lost = dataclasses.replace(
         config, topics=dataclasses.replace(config.topics, holds=f"{topics.holds}.rebuilt")
     )
+    await ensure_topics(broker, [lost.topics.holds], partitions=2)
     caplog.set_level(logging.WARNING, logger="stream_expiry")
 
     def kept_said() -> list[str]:
@@ -934,6 +938,51 @@ async def test_records_kept_for_holds_the_holds_topic_no_longer_has_are_said(
     assert len(said) == 1
     assert said[0].startswith("1 records in the stores of ")
     assert f"and {topics.holds}.rebuilt has no active hold: they are let go now" in said[0]
+
+
+@pytest.mark.timeout(120)
+async def test_a_holds_topic_that_does_not_exist_stops_the_start_and_deletes_nothing(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A typo in ``[topics] holds`` (a trial: ``expiry.hold``) on a deployment that ran:
+    the service made the topic, read no hold from it, and tombstoned every record a hold
+    kept within seconds, without a word under ``[archive] required``. The start stops
+    with what to check, deleting nothing; once the holds are placed on that topic (`hold
+    place` makes it), the service starts and the record stays kept."""
+    common, config = _setup(broker, topics, tmp_path, RETENTION)
+    assert await _cli("hold", "place", *common, "--org", "acme", "--reason", "case 9") == 0
+    async with running_service(config, broker) as service:
+        await wait_for(lambda: len(service.holds) == 1)
+        await produce(broker, [(topics.conversations, *event("conversation", "c1"))])
+        await wait_for(
+            lambda: sum(p.store.counts.held for p in service.processors.values()) == 1,
+            timeout_s=15,
+        )
+    typo = f"{topics.holds}.typo"
+    mistyped = dataclasses.replace(config, topics=dataclasses.replace(config.topics, holds=typo))
+    stopped = service_module.Service(mistyped, bootstrap_servers=broker, environ={})
+    with pytest.raises(ConfigurationError) as refused:
+        with anyio.fail_after(30):
+            await stopped.run(anyio.Event())
+    assert str(refused.value).startswith(
+        f"the legal holds topic {typo!r} does not exist, but the changelog {topics.stamped!r} has "
+    )
+    assert "Check [topics] holds (and STREAM_EXPIRY_TOPICS_HOLDS)" in str(refused.value)
+    assert await missing_topics(broker, [typo]) == [typo]  # not made: the next start stops too
+    # The holds placed again on that topic: the start goes on, and the record stays kept.
+    cfg = tmp_path / "typo.toml"
+    cfg.write_text(config_text(topics, str(tmp_path / "state"), RETENTION).replace(
+        f'holds = "{topics.holds}"', f'holds = "{typo}"'
+    ))  # fmt: skip
+    again = ("--config", str(cfg), "--bootstrap-servers", broker)
+    assert await _cli("hold", "place", *again, "--org", "acme", "--reason", "case 9") == 0
+    async with running_service(mistyped, broker) as service:
+        await wait_for(lambda: len(service.holds) == 1)
+        await wait_for(
+            lambda: sum(p.store.counts.held for p in service.processors.values()) == 1,
+            timeout_s=15,
+        )
+    assert await read_all(broker, topics.tombstones) == []
 
 
 @pytest.mark.timeout(90)
