@@ -98,30 +98,37 @@ class DeadLettered:
         os.replace(tmp, self._path)
 
 
-async def refuse_a_lost_holds_topic(brokers: Brokers, topics: Topics) -> None:
-    """Raise :class:`ConfigurationError` when the holds topic does not exist while the
-    changelog (``expiry.stamped``) has messages: this deployment ran before, and every
-    start makes its holds topic, so the name is not the one it ran with (a typo in
-    ``[topics] holds`` or ``STREAM_EXPIRY_TOPICS_HOLDS``), or the topic was deleted.
-    Made empty and read, it said "no hold", and the stores let go of every record a hold
-    kept: a trial's typo deleted them all within seconds of the start, without a word
-    under ``[archive] required``. Called before the topics are made; a first start, or a
-    cluster rebuilt without its changelog, has nothing to lose and goes on."""
+async def refuse_a_lost_holds_topic(
+    brokers: Brokers,
+    holds: str,
+    stamped: str,
+    *,
+    lost: str = "the service would delete every record a hold keeps",
+    check: str = "[topics] holds (and STREAM_EXPIRY_TOPICS_HOLDS)",
+) -> None:
+    """Raise :class:`ConfigurationError` when the holds topic ``holds`` does not exist
+    while the changelog ``stamped`` has messages: this deployment ran before, and every
+    start of the service makes its holds topic, so the name is not the one it ran with
+    (a typo in ``[topics] holds`` or ``STREAM_EXPIRY_TOPICS_HOLDS``), or the topic was
+    deleted. Made empty and read, it said "no hold", and the stores let go of every
+    record a hold kept: a trial's typo deleted them all within seconds of the start,
+    without a word under ``[archive] required`` (``lost``: what it would do; ``check``:
+    the settings that name the topic). Called before the topics are made; a first start,
+    or a cluster rebuilt without its changelog, has nothing to lose and goes on."""
     names = await topic_names(brokers)
-    if topics.holds in names or topics.stamped not in names:
+    if holds in names or stamped not in names:
         return
     async with consumer(brokers) as cons:
-        tps = [TopicPartition(topics.stamped, p) for p in await partitions_of(cons, topics.stamped)]
+        tps = [TopicPartition(stamped, p) for p in await partitions_of(cons, stamped)]
         cons.assign(tps)
         written = sum((await end_offsets(cons, dict.fromkeys(tps, 0))).values())
     if written:
         raise ConfigurationError(
-            f"the legal holds topic {topics.holds!r} does not exist, but the changelog "
-            f"{topics.stamped!r} has {written:,} messages: this deployment ran with another "
-            "holds topic, and started on an empty one it would delete every record a hold "
-            "keeps. Check [topics] holds (and STREAM_EXPIRY_TOPICS_HOLDS); if the holds "
-            "topic was lost, place the holds again with `stream-expiry hold place` (which "
-            "makes the topic) before starting"
+            f"the legal holds topic {holds!r} does not exist, but the changelog {stamped!r} "
+            f"has {written:,} message{'' if written == 1 else 's'}: this deployment ran with another holds topic, and "
+            f"started on an empty one {lost}. Check {check}; if the holds topic was lost, "
+            "place the holds again with `stream-expiry hold place` (which makes the topic) "
+            "before starting"
         )
 
 

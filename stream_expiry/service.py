@@ -544,7 +544,8 @@ class Service:
         not only the first: after an outage the cluster may be another behind the same
         address (rebuilt, or the test broker restarted empty), the consumer rejoins it on its
         own, and a restore cannot read a changelog topic that is gone."""
-        await refuse_a_lost_holds_topic(self.bootstrap, self.config.topics)
+        t = self.config.topics
+        await refuse_a_lost_holds_topic(self.bootstrap, t.holds, t.stamped)
         created = await ensure_config_topics(self.bootstrap, self.config)
         # A mistyped name in [topics] inputs made an empty topic and the service idled on
         # it without a word: a new input topic is probably not where producers write.

@@ -50,6 +50,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
+from stream_expiry.control import refuse_a_lost_holds_topic
 from stream_expiry.errors import BrokerError, BrokerUnavailableError, ConfigurationError
 from stream_expiry.fetch import end_offsets, read_to_now
 from stream_expiry.holds import Hold, HoldBook, apply_hold_message
@@ -428,6 +429,15 @@ class Sink:
             assert cfg.holds_topic is not None
             own[cfg.holds_topic] = role_configs("compacted", ts)
         conn = cfg.connection
+        if follow_holds:
+            assert cfg.holds_topic is not None
+            await refuse_a_lost_holds_topic(
+                conn,
+                cfg.holds_topic,
+                cfg.stamped_topic,
+                lost="the sweep would delete every row a hold keeps",
+                check="--holds-topic ([topics] holds of --config)",
+            )
         created = await ensure_topics(
             conn, own, configs=own, partitions=ts.partitions, replication=ts.replication_factor
         )

@@ -23,11 +23,13 @@ import orjson
 import pytest
 import pytest_asyncio
 
+from stream_expiry.errors import ConfigurationError
 from stream_expiry.history import history, text_lines
 from stream_expiry.holds import Hold, encode_hold
-from stream_expiry.kafka import ensure_topics, producer
+from stream_expiry.kafka import ensure_topics, missing_topics, producer
 from stream_expiry.model import Identity, Stamp
 from stream_expiry.sinks._messages import NullChange, decode_stamped, decode_tombstone
+from stream_expiry.sinks.framework import Sink as SinkRunner
 from stream_expiry.sinks.framework import wall_clock_ms
 from stream_expiry.sinks.postgres import PostgresStore
 from stream_expiry.sinks.sqlite import SQLiteStore
@@ -243,6 +245,35 @@ async def test_the_sweep_spares_what_a_legal_hold_keeps(
         assert await present(store, [by_org.identity, late_held.identity])
     reasons = {r.identity.record_id: r.reason for r in await store.receipts()}
     assert reasons == {"free0": "sweep", "free1": "sweep", "free2": "sweep", "c-7": "sweep"}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(["sqlite", "postgres"]), indirect=True)
+async def test_a_sweep_on_a_holds_topic_that_does_not_exist_stops_the_sink(
+    broker: str, topics: TopicSet, store: Store
+) -> None:
+    """A mistyped --holds-topic (or [topics] holds of --config) with the sweep on: the
+    sink made that topic, read no hold from it, and swept a row a hold kept (a compliance
+    trial: a held conversation deleted from the store, receipt ``sweep``). On a changelog
+    that has messages, the sink stops at its start with what to check, making no topic
+    and deleting nothing."""
+    now = wall_clock_ms()
+    held = stamp(ident("case-file", org="lawsuit"), created_at=now - 2 * HOUR, ttl_ms=HOUR)
+    hold = Hold("h-org", "lawsuit", None, None, None, None, "litigation", now)
+    await produce(broker, topics.holds, [(b"h-org", encode_hold(hold))])
+    await produce(broker, topics.stamped, [stamped_msg(held)])
+    typo = f"{topics.holds}.typo"
+    config = sink_config(broker, topics, holds_topic=typo, sweep_interval_s=0.1, sweep_grace_s=0)
+    with pytest.raises(ConfigurationError) as refused, anyio.fail_after(20):
+        await SinkRunner(store, config).run(anyio.Event())
+    assert str(refused.value).startswith(
+        f"the legal holds topic {typo!r} does not exist, but the changelog "
+        f"{topics.stamped!r} has 1 message: this deployment ran with another holds topic, "
+        "and started on an empty one the sweep would delete every row a hold keeps. Check "
+        "--holds-topic ([topics] holds of --config)"
+    )
+    assert await missing_topics(broker, [typo]) == [typo]
+    assert await store.receipts() == []
 
 
 @pytest.mark.asyncio
