@@ -703,7 +703,15 @@ def _cmd_archive(args: argparse.Namespace) -> int:
 
             brokers = connection_from(args, config)
             with _library_quiet():
-                holds = anyio.run(partial(read_holds, config, brokers, must_exist=True))
+                holds = anyio.run(
+                    partial(
+                        read_holds,
+                        config,
+                        brokers,
+                        must_exist=True,
+                        otherwise=", or --without-holds if no hold can concern what it does",
+                    )
+                )
         # The service's marker_grace and topic settings: the archive's markers must outlive
         # the service's own (README: Archive).
         result = archive.purge(args.dir, archive.MarkerTerms.of(config), holds=holds)

@@ -50,10 +50,13 @@ if TYPE_CHECKING:
 __all__ = ["read_holds", "run_hold"]
 
 
-async def read_holds(config: Config, brokers: Brokers, *, must_exist: bool = False) -> HoldBook:
+async def read_holds(
+    config: Config, brokers: Brokers, *, must_exist: bool = False, otherwise: str = ""
+) -> HoldBook:
     """The active holds, as the compacted topic has them now. ``must_exist``: a holds
     topic the cluster does not have is an error, not "no holds" (``archive purge``, which
-    would purge what a hold keeps, given a config that names another topic)."""
+    would purge what a hold keeps, given a config that names another topic; ``hold
+    list``); ``otherwise`` ends its message with the command's way round it."""
     book = HoldBook()
     topic = config.topics.holds
     async with consumer(brokers) as cons:
@@ -61,7 +64,7 @@ async def read_holds(config: Config, brokers: Brokers, *, must_exist: bool = Fal
             raise ConfigurationError(
                 f"the holds topic {topic!r} does not exist on the cluster, so the legal holds "
                 "cannot be read: give the command the services' --config (their [topics] "
-                "holds), or --without-holds if no hold can concern what it does"
+                f"holds){otherwise}"
             )
         async for batch in read_to_end(cons, topic):
             for tp, records in batch.items():
@@ -144,7 +147,9 @@ def _by(args: argparse.Namespace) -> str | None:
 async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -> int:
     t = config.topics
     if args.hold_command == "list":
-        book = await read_holds(config, brokers)
+        # A holds topic the cluster does not have is an error, not "no active legal holds":
+        # under a mistyped name an officer read the holds as none (a trial).
+        book = await read_holds(config, brokers, must_exist=True)
         holds = sorted(book, key=lambda h: h.hold_id)
         if args.json:
             sys.stdout.write(orjson.dumps([h.as_dict() for h in holds]).decode() + "\n")

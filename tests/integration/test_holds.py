@@ -598,6 +598,34 @@ async def test_hold_place_says_when_it_created_the_holds_topic(
     assert f"created the holds topic '{topics.holds}.typo', which did not exist" in said.err
 
 
+async def test_hold_list_on_a_holds_topic_that_does_not_exist_says_so(
+    broker: str,
+    topics: TopicSet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`hold list` under a config that names a holds topic the cluster does not have (a
+    typo, a --config left out where the services rename it) printed "no active legal
+    holds", exit 0: an officer read the active holds as none (a compliance trial). It
+    stops with the topic's name and what to give, exit 2, as `archive purge` does."""
+    common, _ = _setup(broker, topics, tmp_path, RETENTION)
+    assert await _cli("hold", "place", *common, "--org", "legal", "--reason", "case 1") == 0
+    capsys.readouterr()
+    monkeypatch.setenv("STREAM_EXPIRY_TOPICS_HOLDS", f"{topics.holds}.typo")
+    assert await _cli("hold", "list", *common) == 2
+    said = capsys.readouterr()
+    assert said.out == ""
+    assert said.err.startswith(
+        f"stream-expiry hold: the holds topic '{topics.holds}.typo' does not exist on the "
+        "cluster, so the legal holds cannot be read"
+    )
+    assert await missing_topics(broker, [f"{topics.holds}.typo"]) == [f"{topics.holds}.typo"]
+    monkeypatch.delenv("STREAM_EXPIRY_TOPICS_HOLDS")
+    assert await _cli("hold", "list", *common) == 0
+    assert "org=legal" in capsys.readouterr().out
+
+
 @pytest.mark.timeout(60)
 async def test_a_hold_acknowledged_before_a_records_expiry_keeps_it(
     broker: str, topics: TopicSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
