@@ -474,7 +474,8 @@ async def history(config: Config, brokers: Brokers, identity: Identity) -> Histo
     """Every message of ``identity``'s key on the evidence topics, and the holds on it."""
     key = identity.key.encode()
     t = config.topics
-    missing = await missing_topics(brokers, [t.stamped, t.tombstones, t.receipts, t.audit, t.dlq])
+    evidence = [t.stamped, t.tombstones, t.receipts, t.audit, t.dlq, t.holds]
+    missing = await missing_topics(brokers, evidence)
     if t.stamped in missing:
         # Read as empty, it answered "nothing on the evidence topics for this key": an
         # audit told a record was clean by a config that named another deployment's topics.

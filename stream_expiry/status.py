@@ -279,14 +279,15 @@ async def status(
 ) -> Status:
     result = Status(at=clock() if now_ms is None else now_ms)
     t = config.topics
-    for topic in await missing_topics(brokers, [t.stamped, *t.inputs]):
+    said = {t.stamped: "no record is counted", t.holds: "no hold is shown"}
+    for topic in await missing_topics(brokers, [t.stamped, t.holds, *t.inputs]):
         # Read as empty, a mistyped or left-out [topics] gave "pending 0" and no lag lines,
-        # which look like an idle deployment.
+        # which look like an idle deployment; and "legal holds 0" (a compliance trial).
         log.warning(
             "%s does not exist on the cluster: %s (is it the service's [topics] of "
             "--config? the service creates its topics at its first start)",
             topic,
-            "no record is counted" if topic == t.stamped else "no lag is shown for it",
+            said.get(topic, "no lag is shown for it"),
         )
     holds = await read_holds(config, brokers)
     result.holds = [h.as_dict() for h in sorted(holds, key=lambda h: h.hold_id)]

@@ -150,7 +150,7 @@ def test_replay_history_and_status_say_a_topic_the_cluster_does_not_have(
     from stream_expiry.kafka import ensure_topics, missing_topics
 
     topics = make_topic_set()
-    absent = (topics.stamped, topics.receipts, topics.sessions)
+    absent = (topics.stamped, topics.receipts, topics.sessions, topics.holds)
     anyio.run(lambda: ensure_topics(broker, [t for t in topics.all if t not in absent]))
     cfg = tmp_path / "expiry.toml"
     cfg.write_text(config_text(topics, str(tmp_path / "state"), ""))
@@ -167,6 +167,8 @@ def test_replay_history_and_status_say_a_topic_the_cluster_does_not_have(
     err = capsys.readouterr().err
     assert f"{topics.stamped} does not exist on the cluster: no record is counted" in err
     assert f"{topics.sessions} does not exist on the cluster: no lag is shown for it" in err
+    # "legal holds 0" under a mistyped holds topic read as no hold at all (a compliance trial)
+    assert f"{topics.holds} does not exist on the cluster: no hold is shown" in err
     # Asked without creating them (a broker that auto-creates topics would otherwise make
     # the stamped topic uncompacted).
     assert anyio.run(lambda: missing_topics(broker, absent)) == list(absent)
@@ -176,6 +178,7 @@ def test_replay_history_and_status_say_a_topic_the_cluster_does_not_have(
     out = capsys.readouterr()
     assert "nothing on the evidence topics for this key" in out.out
     assert f"{topics.receipts} does not exist on the cluster: nothing of it is in" in out.err
+    assert f"{topics.holds} does not exist on the cluster: nothing of it is in" in out.err
 
 
 def test_an_address_without_a_port_is_said_to_be_looked_for_on_9092(
