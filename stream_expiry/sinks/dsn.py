@@ -3,7 +3,8 @@
 libpq takes a URI (``postgresql://user:secret@host:5432/db?sslmode=require``) or key/value
 pairs (``host=db port=5432 password=secret``); without a host it uses ``$PGHOST``, else the
 local socket. "Local" decides whether an error may suggest starting a server on this
-machine; :func:`redact` keeps passwords out of messages and logs.
+machine; :func:`redact` keeps passwords, and the value of any key that is not the
+client's (a mistyped ``passwd=``), out of messages and logs.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import difflib
 import os
 import re
 from typing import TYPE_CHECKING, Final
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -36,10 +37,13 @@ _POSTGRES_SCHEMES: Final = frozenset({"postgresql", "postgres"})
 # A key with a ``-`` (``ssl-mode``) is a key, named as not the client's, not text that is
 # not key=value ("'ssl-' is not key=value").
 _KV: Final = re.compile(r"([\w-]+)\s*=\s*('(?:[^'\\]|\\.)*'|\S*)")
-# ``password`` and ``sslpassword`` (a client key's passphrase); a quote left open runs to
-# the end, as libpq reads it.
-_PASSWORD_KV: Final = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|'.*|\S*)", re.S)
-_PASSWORD_QUERY: Final = re.compile(r"((?:^|&)\w*password=)([^&]*)")
+# A pair as :func:`redact` reads it: a quote left open runs to the end, as libpq reads it,
+# and words after the value up to the next ``key=`` are taken as part of it (a password
+# with a space, unquoted, leaves its second half as text that is not key=value).
+_KV_VALUE: Final = re.compile(
+    r"([\w-]+)(\s*=\s*)((?:'(?:[^'\\]|\\.)*'|'.*|\S*)(?:\s+(?![\w-]+\s*=)\S+)*)", re.S
+)
+_QUERY_PAIR: Final = re.compile(r"(^|&)([^&=]*)(=)([^&]*)")
 # Where a password that was not percent-encoded breaks a URI or a message apart.
 _PIECES: Final = re.compile(r"[\s/?#@&=:']+")
 # The key/value pairs asyncpg takes in a URI's query (its ``_parse_connect_dsn_and_args``),
@@ -57,6 +61,10 @@ _URI_KEYS: Final = frozenset(
 # Names asyncpg takes in a URI's query beside libpq's (``database`` for ``dbname``): not a
 # typo of one of them.
 _ASYNCPG_ALSO: Final = frozenset({"database"})
+# The keys whose value may be printed: the client's, but its secrets. Any other key's value
+# is hidden: a mistyped secret key (``passwd=``, ``pasword=``) is refused by name, and a
+# key neither the client nor the sink knows may be a typo of one too far to be named.
+_SHOWN_KEYS: Final = (_URI_KEYS | _ASYNCPG_ALSO) - {"password", "sslpassword"}
 
 
 class UnknownKey(ValueError):
@@ -144,41 +152,71 @@ def _uri_userinfo(dsn: str) -> tuple[int, int] | None:
     return colon + 1, end
 
 
-def _secrets(dsn: str) -> list[str]:
-    """Every password the DSN gives (its value as written, quotes taken off)."""
-    found: list[str] = []
+def _hidden(dsn: str) -> tuple[list[str], list[str]]:
+    """(passwords, other values) the DSN gives that :func:`redact` hides, as written
+    (quotes taken off): the passwords are the URI's ``user:password@`` and the values of
+    ``password`` and ``sslpassword``; the others, the values of keys not in
+    :data:`_SHOWN_KEYS`."""
+    passwords: list[str] = []
+    others: list[str] = []
     if _is_uri(dsn):
         where = _uri_userinfo(dsn)
         if where is not None:
-            found.append(dsn[where[0] : where[1]])
-        query = dsn.partition("?")[2]
-        found += [m.group(2) for m in _PASSWORD_QUERY.finditer(query)]
+            passwords.append(dsn[where[0] : where[1]])
+        pairs = [(m.group(2), m.group(4)) for m in _QUERY_PAIR.finditer(dsn.partition("?")[2])]
     else:
-        found += [m.group(2) for m in _PASSWORD_KV.finditer(dsn)]
-    return [v.strip("'") for v in found if v.strip("'")]
+        pairs = [(m.group(1), m.group(3)) for m in _KV_VALUE.finditer(dsn)]
+    for key, value in pairs:
+        if not _shown(key):
+            (passwords if "password" in unquote(key).lower() else others).append(value)
+    return [v.strip("'") for v in passwords if v.strip("'")], [
+        v.strip("'") for v in others if v.strip("'")
+    ]
+
+
+def _shown(key: str) -> bool:
+    """Whether the value of ``key`` (percent-encoded in a URI's query, or not) may be
+    printed."""
+    return unquote(key) in _SHOWN_KEYS
 
 
 def redact(dsn: str) -> str:
-    """The DSN with any password (``password``, ``sslpassword``) replaced by ``***``."""
+    """The DSN with every value that may be secret replaced by ``***``: the passwords
+    (``user:password@``, ``password``, ``sslpassword``), and the value of any key that is
+    not one of the client's (a mistyped ``passwd=secret`` is refused by name, and its
+    value must not be printed with it)."""
     if _is_uri(dsn):
         where = _uri_userinfo(dsn)
         if where is not None:
             dsn = f"{dsn[: where[0]]}***{dsn[where[1] :]}"
         base, mark, query = dsn.partition("?")
-        return base + mark + _PASSWORD_QUERY.sub(r"\1***", query)
-    return _PASSWORD_KV.sub(r"\1***", dsn)
+        return base + mark + _QUERY_PAIR.sub(_hide_pair, query)
+    return _KV_VALUE.sub(lambda m: m.group(0) if _shown(m.group(1)) else m.expand(r"\1\2***"), dsn)
+
+
+def _hide_pair(match: re.Match[str]) -> str:
+    """A URI query's ``key=value``, its value hidden unless the key is a shown one."""
+    if _shown(match.group(2)):
+        return match.group(0)
+    return match.expand(r"\1\2\3***")
 
 
 def hide_secrets(text: str, dsn: str) -> str:
-    """``text`` (a client's message about ``dsn``) without the DSN's passwords, nor the
-    pieces of one that a parser cut apart at a delimiter and quoted (asyncpg says
-    ``invalid literal for int() with base 10: 'pa'`` of ``postgresql://u:pa/ss@h``).
-    Single characters are left: hiding each ``a`` of a message would hide the message."""
+    """``text`` (a client's or the server's message about ``dsn``) without the values
+    :func:`redact` hides: a password also in the pieces a parser cut it into at a
+    delimiter and quoted (asyncpg says ``invalid literal for int() with base 10: 'pa'`` of
+    ``postgresql://u:pa/ss@h``); another hidden value whole, where it stands as a word (the
+    server says ``invalid value for parameter "lock_timeout": "x1"``), so that a short value
+    (``app``) does not cut holes in the words around it (``application_name``). Single
+    characters are left: hiding each ``a`` of a message would hide the message."""
+    passwords, others = _hidden(dsn)
     pieces: set[str] = set()
-    for secret in _secrets(dsn):
+    for secret in passwords:
         pieces.update(p for p in (secret, *_PIECES.split(secret)) if len(p) > 1)
     for piece in sorted(pieces, key=len, reverse=True):
         text = text.replace(piece, "***")
+    for value in sorted({v for v in others if len(v) > 1}, key=len, reverse=True):
+        text = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", "***", text)
     return text
 
 

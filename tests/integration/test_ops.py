@@ -441,12 +441,13 @@ def test_an_unreachable_broker_is_the_same_status_in_every_command(
         ("host=127.0.0.1 port=5432 dbname=no_such_db_here", exits.STORE, "create it (createdb)"),
         ("host=127.0.0.1 password=s3cret connect_timeout=3", exits.USAGE,
          "the key 'connect_timeout' is not one the PostgreSQL client (asyncpg) takes; it takes application_name, dbname"),
-        # Typos of a key: named, with the key meant, and nothing after (a trial).
+        # Typos of a key: named, with the key meant, and nothing after (a trial); the value
+        # of a key that is not the client's is hidden, as it may be a secret mistyped.
         ("hostt=127.0.0.1 dbname=test password=s3cret", exits.USAGE,
-         "the PostgreSQL DSN hostt=127.0.0.1 dbname=test password=*** cannot be used: the key "
+         "the PostgreSQL DSN hostt=*** dbname=test password=*** cannot be used: the key "
          "'hostt' is not one the PostgreSQL client (asyncpg) takes; did you mean 'host'?\n"),
         ("postgresql://u:s3cret@127.0.0.1:5432/test?sslmod=disable", exits.USAGE,
-         "the PostgreSQL DSN postgresql://u:***@127.0.0.1:5432/test?sslmod=disable cannot be "
+         "the PostgreSQL DSN postgresql://u:***@127.0.0.1:5432/test?sslmod=*** cannot be "
          "used: the key 'sslmod' is not one the PostgreSQL client (asyncpg) takes; did you "
          "mean 'sslmode'?\n"),
         # Not close to a client's key: the server, which gets it as a setting, refuses it.
@@ -456,6 +457,16 @@ def test_an_unreachable_broker_is_the_same_status_in_every_command(
          "\"no_such_setting\"); correct it or remove it\n"),
         ("notadsn", exits.USAGE, "give a libpq URI"),
         ("postgresql://u:s3cret@127.0.0.1:abc/test", exits.USAGE, "give a libpq URI"),
+        # A secret key mistyped: named, its value not shown (the DSN printed it whole).
+        ("postgresql://u@127.0.0.1:5432/test?passwd=s3cret", exits.USAGE,
+         "the PostgreSQL DSN postgresql://u@127.0.0.1:5432/test?passwd=*** cannot be used: the "
+         "key 'passwd' is not one the PostgreSQL client (asyncpg) takes; did you mean "
+         "'password'?\n"),
+        ("host=127.0.0.1 pasword=s3cret dbname=test", exits.USAGE,
+         "the PostgreSQL DSN host=127.0.0.1 pasword=*** dbname=test cannot be used"),
+        # A setting's value the server refuses and quotes.
+        ("postgresql://127.0.0.1:5432/test?lock_timeout=s3cret", exits.STORE,
+         "refused the connection: invalid value for parameter \"lock_timeout\": \"***\""),
     ],
 )  # fmt: skip
 def test_sink_postgres_says_what_to_do_by_what_failed(

@@ -9,7 +9,7 @@ import pytest
 from asyncpg.connect_utils import _parse_connect_dsn_and_args
 
 from stream_expiry.errors import ConfigurationError, StoreError
-from stream_expiry.sinks.dsn import UnknownKey, as_uri, is_local, redact
+from stream_expiry.sinks.dsn import UnknownKey, as_uri, hide_secrets, is_local, redact
 from stream_expiry.sinks.postgres import PostgresStore
 
 
@@ -169,10 +169,28 @@ async def test_a_wrong_scheme_or_port_is_said_in_words_without_the_password(
         ("POSTGRESQL://u:s3cret@h/d", "POSTGRESQL://u:***@h/d"),
         # A quote left open runs to the end, as libpq reads it.
         ("host=h password='s3 cret dbname=d", "host=h password=***"),
+        # Unquoted with a space: its second half is not key=value, and hidden with it.
+        ("host=h password=s3 cret dbname=d", "host=h password=*** dbname=d"),
+        # A mistyped secret key, and any key that is not the client's: its value is hidden.
+        ("postgresql://u@h/test?passwd=s3cret", "postgresql://u@h/test?passwd=***"),
+        ("postgresql://u@h/test?pass%77ord=s3cret", "postgresql://u@h/test?pass%77ord=***"),
+        ("host=h pasword=s3cret dbname=d", "host=h pasword=*** dbname=d"),
+        ("host=h Password='s3 cret' dbname=d", "host=h Password=*** dbname=d"),
+        ("host=h pw=s3cret", "host=h pw=***"),
+        ("postgresql://h/d?search_path=app&sslmode=require&database=d&application_name=a",
+         "postgresql://h/d?search_path=***&sslmode=require&database=d&application_name=a"),
     ],
 )  # fmt: skip
 def test_passwords_never_show(dsn: str, shown: str) -> None:
     assert redact(dsn) == shown
+
+
+def test_a_hidden_value_is_hidden_in_a_message_where_it_stands_as_a_word() -> None:
+    """The server quotes a setting's value it refuses; a short value is hidden whole, not
+    inside the words around it."""
+    dsn = "postgresql://h/d?lock_timeout=app&password=s3cret"
+    said = hide_secrets('invalid value for "lock_timeout": "app"; application s3cret', dsn)
+    assert said == 'invalid value for "lock_timeout": "***"; application ***'
 
 
 @pytest.mark.parametrize(
@@ -183,6 +201,15 @@ def test_passwords_never_show(dsn: str, shown: str) -> None:
         "postgresql://bob@127.0.0.1:1/test?sslpassword=S3cr3tPW&sslmode=bogus",
         "host=127.0.0.1 password='S3cr3t PW dbname=test",
         "host=127.0.0.1 password=S3cr3tPW bogus=1",
+        # A secret key mistyped is refused by name, before connecting: its value is not
+        # shown with it (it was, whole, as the DSN the message printed).
+        "postgresql://bob@127.0.0.1:1/test?passwd=S3cr3tPW",
+        "postgresql://bob@127.0.0.1:1/test?sslpasword=S3cr3tPW&sslmode=require",
+        "host=127.0.0.1 pasword=S3cr3tPW dbname=test",
+        "host=127.0.0.1 Password='S3cr3t PW' dbname=test",
+        "host=127.0.0.1 pw=S3cr3tPW dbname=test",
+        # Unquoted with a space: "'PW' is not key=value" showed its second half.
+        "host=127.0.0.1 password=S3cr3t PW dbname=test",
     ],
 )
 @pytest.mark.asyncio
