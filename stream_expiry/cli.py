@@ -240,10 +240,13 @@ def _interrupt_at_once() -> Iterator[None]:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from stream_expiry.runner import run_service
+    from stream_expiry.state.dir_lock import check_state_dir
 
     config = load(args)
     if args.state_dir:
         config = dataclasses.replace(config, state_dir=args.state_dir)
+    # Before the embedded broker, the metrics port or a look at Kafka: one line, status 2.
+    check_state_dir(config.state_dir)
     return anyio.run(run_service, config, args)
 
 

@@ -32,6 +32,7 @@ from stream_expiry.kafka import consumer, producer
 from stream_expiry.model import Identity
 from stream_expiry.service import Service, wall_clock_ms
 from stream_expiry.sinks import BatchReport, Sink, SinkConfig, SQLiteStore
+from stream_expiry.state.dir_lock import check_state_dir
 from stream_expiry.timeutil import parse_ts
 
 if TYPE_CHECKING:
@@ -209,6 +210,7 @@ async def _until(event: anyio.Event, work: Callable[[], Awaitable[None]]) -> Non
 async def run_demo(args: argparse.Namespace) -> int:
     state_dir = args.state_dir or tempfile.mkdtemp(prefix="stream-expiry-demo-")
     keep = bool(args.state_dir)
+    check_state_dir(state_dir, given_as="--state-dir")
     try:
         os.makedirs(state_dir, exist_ok=True)
     except OSError as exc:

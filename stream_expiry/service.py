@@ -83,7 +83,7 @@ from stream_expiry.reading import END_UNKNOWN, InputReading, resume_point
 from stream_expiry.redact import Redactor
 from stream_expiry.retired import read_and_retired, say_created, say_unlisted_stores
 from stream_expiry.state import PartitionProcessor
-from stream_expiry.state.dir_lock import state_dir_locked
+from stream_expiry.state.dir_lock import check_state_dir, state_dir_locked
 from stream_expiry.state.kv import ASIDE, CORRUPT, move_aside
 from stream_expiry.state.restore import Mark, broken_marks
 from stream_expiry.state.restore_workers import restore_stores
@@ -375,6 +375,7 @@ class Service:
         """The state directory, made if missing: checked before anything is created on the
         cluster, so that a path that cannot be one stops the start with its reason."""
         state_dir = await anyio.Path(self.config.state_dir).absolute()
+        check_state_dir(str(state_dir))
         try:
             # The owner's only (0700): its stores hold every record's identity.
             await state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -499,8 +499,14 @@ def test_demo_with_duration_0_starts_stops_and_summarises(
     assert (kept / "store.sqlite").is_file()
     assert main(["demo", "--duration", "0", "--state-dir", str(tmp_path)]) == 0
     (tmp_path / "a-file").write_text("")
-    assert main(["demo", "--duration", "0", "--state-dir", str(tmp_path / "a-file" / "x")]) == 4
-    assert "cannot be made" in capsys.readouterr().err
+    # A file where the directory would be: what the user gave is wrong (status 2, not 4).
+    capsys.readouterr()
+    assert main(["demo", "--duration", "0", "--state-dir", str(tmp_path / "a-file" / "x")]) == 2
+    assert capsys.readouterr().err == (
+        f"stream-expiry demo: the state directory {str(tmp_path / 'a-file' / 'x')!r} cannot be "
+        f"made: {str(tmp_path / 'a-file')!r} is a file, not a directory; give a directory, "
+        "created if missing (--state-dir)\n"
+    )
 
 
 def test_the_demos_summary_keeps_an_earlier_runs_leftovers_out_of_the_lag() -> None:

@@ -228,20 +228,41 @@ def test_bootstrap_servers_kafka_clients_take_are_taken(servers: str) -> None:
     assert check_bootstrap(servers) == servers
 
 
-def test_a_state_directory_that_cannot_be_one_stops_run_before_kafka(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+GIVE_STATE_DIR = (
+    "give a directory, created if missing (--state-dir, $STREAM_EXPIRY_STATE_DIR, or "
+    "state_dir in the config file)\n"
+)
+
+
+@pytest.mark.parametrize("given", ["--state-dir", "STREAM_EXPIRY_STATE_DIR"])
+@pytest.mark.parametrize("under_it", [False, True])
+def test_a_file_as_the_state_directory_is_status_2_before_kafka(
+    given: str,
+    under_it: bool,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Checked before any topic is created (none could be: nothing listens there), and
-    said in one line with exit 4, not with a FileExistsError traceback."""
+    """What the user gave is wrong, as a file given as the archive's ``--dir`` (status 2):
+    it was status 4 (a state directory that failed), said after the health check had
+    warned that Kafka was unreachable. Nothing listens on the broker's port: the file is
+    found first, in one line."""
     a_file = tmp_path / "state"
     a_file.write_text("")
-    code = main(["run", "--bootstrap-servers", "127.0.0.1:1", "--state-dir", str(a_file)])
+    state = a_file / "sub" / "dir" if under_it else a_file
+    argv = ["run", "--bootstrap-servers", "127.0.0.1:1"]
+    if given == "--state-dir":
+        argv += ["--state-dir", str(state)]
+    else:
+        monkeypatch.setenv(given, str(state))
+    code = main(argv)
     err = capsys.readouterr().err
-    assert code == 4
-    assert f"the state directory {str(a_file)!r} cannot be used: it is not a directory" in err
-    assert err.splitlines()[-1].startswith("stream-expiry run: the state directory")
-    assert "--state-dir" in err
-    assert "Traceback" not in err
+    assert code == exits.USAGE
+    if under_it:
+        said = f"{str(state)!r} cannot be made: {str(a_file)!r} is a file, not a directory; "
+    else:
+        said = f"{str(state)!r} is a file, not a directory: "
+    assert err == f"stream-expiry run: the state directory {said}{GIVE_STATE_DIR}"
 
 
 def test_a_directory_as_a_sinks_sqlite_path_is_said_before_kafka(
