@@ -1,4 +1,4 @@
-"""How a sink says that it skips malformed messages.
+"""How a sink says that it skips malformed messages, and records its store cannot hold.
 
 The first malformed message on a topic is said in full, with what the sink expects on that
 topic and what to do when the topic is not the one meant; those after it are counted, and
@@ -7,6 +7,11 @@ at another topic (an input topic as ``--tombstones-topic``, which only the servi
 ``--config`` lets it refuse when the inputs are not the default ones) logged one warning per
 message, without bound (a trial: one line for each of 30 events, and as many more as the
 topic had). Every one of them is still counted in ``metrics["invalid_total"]``.
+
+A record whose identity the store cannot represent (PostgreSQL: a NUL, or ids too long for
+an index row) is said the same way, as an error: the first on a topic in full, with the
+record's ref, then counted; each is counted in ``metrics["unrepresentable_total"]``. It was
+one error line per message, as many as the producer sent of such a record.
 """
 
 from __future__ import annotations
@@ -48,8 +53,18 @@ class _Unsaid:
     latest: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class _Subject:
+    """What a count is of: malformed messages on ``topic``, or (``store`` given) messages
+    on ``topic`` of records whose identity that store cannot represent."""
+
+    topic: str
+    store: str | None = None
+
+
 class MalformedReport:
-    """Says the malformed messages of each topic, the first in full, then counts."""
+    """Says the malformed messages, and the records the store cannot represent, of each
+    topic: the first in full, then counts."""
 
     def __init__(
         self,
@@ -61,25 +76,48 @@ class MalformedReport:
         self._roles = roles
         self._every_s = every_s
         self._clock = clock
-        self._said_at: dict[str, float] = {}  # topic -> when it was last said
-        self._unsaid: dict[str, _Unsaid] = {}
+        self._said_at: dict[_Subject, float] = {}  # when it was last said
+        self._unsaid: dict[_Subject, _Unsaid] = {}
 
     def skipped(
         self, topic: str, partition: int, offset: int, why: object, value: bytes | None
     ) -> None:
         """One malformed message skipped at ``topic[partition]@offset``, for ``why``."""
-        now = self._clock()
         place = f"{topic}[{partition}]@{offset}"
-        said_at = self._said_at.get(topic)
-        if said_at is None:
-            self._said_at[topic] = now
+        if self._first_of(_Subject(topic), f"{place}: {why}"):
             log.warning("%s", self._first(topic, place, why, value))
-            return
-        unsaid = self._unsaid.setdefault(topic, _Unsaid())
+
+    def unrepresentable(
+        self, store: str, topic: str, partition: int, offset: int, ref: str
+    ) -> None:
+        """One message skipped at ``topic[partition]@offset`` because ``store`` cannot
+        represent its record's identity; ``ref``: the record's ref (never its ids: a log
+        outlives every erasure)."""
+        place = f"{topic}[{partition}]@{offset}"
+        if self._first_of(_Subject(topic, store), f"{place} (record {ref})"):
+            log.error(
+                "store %s cannot represent the identity of the record at %s; skipped (it "
+                "cannot be in the store, unless a version before this check wrote it: the "
+                "README's \"What PostgreSQL cannot hold\" says how to find such rows). More "
+                "such records on %s are counted and said at most once every %.0f s",
+                store, place, topic, self._every_s,
+                extra={"record": ref},
+            )  # fmt: skip
+
+    def _first_of(self, subject: _Subject, latest: str) -> bool:
+        """Whether this is the first of ``subject`` (to be said in full); else it is
+        counted, and the count said if its minute has passed."""
+        now = self._clock()
+        said_at = self._said_at.get(subject)
+        if said_at is None:
+            self._said_at[subject] = now
+            return True
+        unsaid = self._unsaid.setdefault(subject, _Unsaid())
         unsaid.count += 1
-        unsaid.latest = f"{place}: {why}"
+        unsaid.latest = latest
         if now - said_at >= self._every_s:
-            self._say(topic, now)
+            self._say(subject, now)
+        return False
 
     def tick(self) -> None:
         """Say the counts whose minute has passed (the sink's loop calls it each turn, so a
@@ -87,28 +125,33 @@ class MalformedReport:
         if not self._unsaid:
             return
         now = self._clock()
-        for topic in [t for t in self._unsaid if now - self._said_at[t] >= self._every_s]:
-            self._say(topic, now)
+        for subject in [s for s in self._unsaid if now - self._said_at[s] >= self._every_s]:
+            self._say(subject, now)
 
     def flush(self) -> None:
         """Say every count not said yet (at stop)."""
         now = self._clock()
-        for topic in list(self._unsaid):
-            self._say(topic, now)
+        for subject in list(self._unsaid):
+            self._say(subject, now)
 
-    def _say(self, topic: str, now: float) -> None:
-        unsaid = self._unsaid.pop(topic)
-        seconds = now - self._said_at[topic]
-        self._said_at[topic] = now
-        log.warning(
-            "skipped %d more malformed message%s on %s in %.0f s (the latest at %s); the "
-            "first was said with what to do",
-            unsaid.count,
-            "" if unsaid.count == 1 else "s",
-            topic,
-            seconds,
-            unsaid.latest,
-        )
+    def _say(self, subject: _Subject, now: float) -> None:
+        unsaid = self._unsaid.pop(subject)
+        seconds = now - self._said_at[subject]
+        self._said_at[subject] = now
+        if subject.store is None:
+            log.warning(
+                "skipped %d more malformed message%s on %s in %.0f s (the latest at %s); the "
+                "first was said with what to do",
+                unsaid.count, "" if unsaid.count == 1 else "s", subject.topic, seconds,
+                unsaid.latest,
+            )  # fmt: skip
+        else:
+            log.error(
+                "skipped %d more message%s on %s of records whose identity store %s cannot "
+                "represent, in %.0f s (the latest at %s); the first was said with what it means",
+                unsaid.count, "" if unsaid.count == 1 else "s", subject.topic, subject.store,
+                seconds, unsaid.latest,
+            )  # fmt: skip
 
     def _first(self, topic: str, place: str, why: object, value: bytes | None) -> str:
         """The first word about a topic: the message, what the sink expects there, and what

@@ -391,7 +391,8 @@ class Sink:
         self._probe: _Probe | None = None
         self._probed_key: tuple[frozenset[Any], frozenset[Any]] = (frozenset(), frozenset())
         self._wait_said_at: float | None = None
-        # Malformed messages: the first of a topic said with what to do, then counted.
+        # Malformed messages, and records the store cannot represent: the first of a topic
+        # said with what to do, then counted.
         self.malformed = MalformedReport(
             {
                 config.stamped_topic: Role(
@@ -695,10 +696,9 @@ class Sink:
             return None
         if not self.store.holds(change.identity):
             self.metrics["unrepresentable_total"] += 1
-            log.error(
-                "store %s cannot represent the identity of the record at %s[%d]@%d; skipped",
+            self.malformed.unrepresentable(
                 self.store.name, topic, rec.partition, rec.offset,
-                extra={"record": record_ref(change.identity.key)},
+                record_ref(change.identity.key),
             )  # fmt: skip
             return None
         return change

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 import orjson
 import pytest
 
+from stream_expiry.model import Identity, Stamp, encode_stamp
 from stream_expiry.sinks._malformed import MalformedReport, Role
 from stream_expiry.sinks.framework import Sink, SinkConfig
+from stream_expiry.sinks.postgres import PostgresStore
 from stream_expiry.sinks.store import MemoryStore
 
 TOMBSTONES = Role(
@@ -137,3 +139,61 @@ async def test_a_sink_reading_input_events_as_tombstones_says_it_once_and_counts
         "skipped 299 more malformed messages on bot-events in 0 s (the latest at "
         f"bot-events[1]@299: {WHY})"
     )
+
+
+def test_records_the_store_cannot_represent_are_said_once_then_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As malformed messages: the first in full, with the record's ref, then a count at
+    most once a minute, apart from the malformed ones of the same topic."""
+    clock = Clock()
+    report = MalformedReport({}, clock=clock)
+    caplog.set_level(logging.WARNING, logger="stream_expiry.sinks")
+    for offset in range(500):
+        report.unrepresentable("pg", "expiry.stamped", 0, offset, f"ref{offset}")
+    report.skipped("expiry.stamped", 0, 500, WHY, None)  # malformed: said on its own
+    first, malformed = said(caplog)
+    assert first.startswith(
+        "store pg cannot represent the identity of the record at expiry.stamped[0]@0; skipped"
+    )
+    assert first.endswith(
+        "More such records on expiry.stamped are counted and said at most once every 60 s"
+    )
+    assert [r.levelname for r in caplog.records] == ["ERROR", "WARNING"]
+    assert getattr(caplog.records[0], "record", None) == "ref0"
+    assert malformed.startswith("skipping a malformed message at expiry.stamped[0]@500")
+    clock.now += 59
+    report.tick()
+    assert len(said(caplog)) == 2
+    clock.now += 1
+    report.tick()
+    assert said(caplog)[2:] == [
+        "skipped 499 more messages on expiry.stamped of records whose identity store pg "
+        "cannot represent, in 60 s (the latest at expiry.stamped[0]@499 (record ref499)); the "
+        "first was said with what it means"
+    ]
+    assert caplog.records[2].levelname == "ERROR"
+
+
+@pytest.mark.asyncio
+async def test_a_postgres_sink_reading_many_records_it_cannot_hold_says_it_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Through the sink's own decoding: 300 stamps of a record with a NUL in its id were
+    300 error lines; each is still counted."""
+    sink = Sink(PostgresStore(), SinkConfig(bootstrap_servers="unused:1", group_id="g"))
+    nul = Identity("acme", "_", "live", "conversation", "r\x001")
+    stamp = encode_stamp(Stamp(nul, 1_767_225_600_000, None, None, None))
+    caplog.set_level(logging.WARNING, logger="stream_expiry.sinks")
+    recs = [Rec("expiry.stamped", 0, offset, nul.key.encode(), stamp) for offset in range(300)]
+    await sink._decode_batch({TP("expiry.stamped", 0): recs})
+    assert sink.metrics["unrepresentable_total"] == 300
+    [first] = said(caplog)
+    assert first.startswith("store postgres cannot represent the identity of the record at "
+                            "expiry.stamped[0]@0; skipped")  # fmt: skip
+    sink.malformed.flush()  # at stop
+    assert said(caplog)[1].startswith(
+        "skipped 299 more messages on expiry.stamped of records whose identity store postgres "
+        "cannot represent"
+    )
+    assert len(said(caplog)) == 2
