@@ -38,7 +38,9 @@ from stream_expiry.errors import ConfigurationError, quoted, suggestion
 from stream_expiry.fetch import end_offsets, read_to_now
 from stream_expiry.holds import apply_hold_message, misspelt_fields, named_hold_id
 from stream_expiry.kafka import consumer, partitions_of, read_to_end, topic_names
+from stream_expiry.logs import counted
 from stream_expiry.outbox import all_acked
+from stream_expiry.timeutil import format_ts
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -183,6 +185,9 @@ class ControlTopics:
         # same read (a review: the start warned of a hold released everywhere).
         self._released: dict[str, Any] = {}  # hold id -> its newest null read
         self._placed_at: dict[str, int] = {}  # hold id -> its newest placement's timestamp
+        # Updates that took values away from their scope, read in the catch-up: said once
+        # it is applied, and only for what the scope still lacks (_say_dropped).
+        self._dropped: list[tuple[Any, PolicyUpdate]] = []
         self._catching_up = False
 
     async def read_all(self) -> None:
@@ -191,6 +196,7 @@ class ControlTopics:
         applied = self._stats.policy_updates
         self._each_at = logging.DEBUG
         self._catching_up = True
+        self._dropped = []  # of a catch-up that failed: read again here
         try:
             async for batch in read_to_end(self._policies, self._topics.policies, then_follow=True):
                 await self._apply_policies(batch)
@@ -203,6 +209,7 @@ class ControlTopics:
             self._each_at = logging.INFO
             self._catching_up = False
         self._say_released()
+        self._say_dropped()
         self._complete_at = self._holds_complete_at = started
         if self._stats.policy_updates > applied:
             log.info(
@@ -260,17 +267,45 @@ class ControlTopics:
                             "policy update %s at %s[%d]@%d: %s",
                             result.key, rec.topic, rec.partition, rec.offset, note,
                         )  # fmt: skip
-                    if result.dropped:  # at each start too: sent while no instance ran
-                        log.warning(
-                            "policy update %s at %s[%d]@%d replaces the scope's whole ttl map: "
-                            "%s had a value there and now %s none from this scope; send every "
-                            "category the scope should keep in one update (0 for one it "
-                            "should give no value: then this is not said)",
-                            result.key, rec.topic, rec.partition, rec.offset,
-                            ", ".join(result.dropped),
-                            "has" if len(result.dropped) == 1 else "have",
-                        )  # fmt: skip
+                    if result.dropped and self._catching_up:
+                        self._dropped.append((rec, result))  # said once all is read
+                    elif result.dropped:
+                        _warn_dropped(rec, result.key, result.dropped)
                     await self._report_ignored(rec, result)
+
+    def _say_dropped(self) -> None:
+        """Once a start's catch-up is applied, warn of the categories an update took away
+        from its scope that the scope still has no value for, each by the last update that
+        took it away (it may have been sent while no instance ran). The others, given back
+        by a later version, are said at debug and counted at info: records created while
+        the older version was in force still have no value from that scope, but nothing
+        is to be sent now (a review: every start warned of an update a later one had
+        mended)."""
+        dropped, self._dropped = self._dropped, []
+        last = {(u.key, c): i for i, (_, u) in enumerate(dropped) for c in u.dropped}
+        mended = 0
+        for i, (rec, update) in enumerate(dropped):
+            still = self._book.still_dropped(update)
+            missing = tuple(c for c in still if last[update.key, c] == i)
+            if missing:
+                _warn_dropped(rec, update.key, missing)
+            given_back = [c for c in update.dropped if c not in still]
+            if given_back:
+                mended += 1
+                log.debug(
+                    "policy update %s at %s[%d]@%d took %s away from its scope from %s; a "
+                    "later version of the scope gives a value again",
+                    update.key, rec.topic, rec.partition, rec.offset, ", ".join(given_back),
+                    format_ts(update.effective_from),
+                )  # fmt: skip
+        if mended:
+            log.info(
+                "%s took categories away from their scope that a later version gives a "
+                "value again: records of those categories created in between have no value "
+                "from that scope (each one at debug level; `stream-expiry explain --at TS` "
+                "says what such a record gets)",
+                counted(mended, "policy update"),
+            )
 
     async def _report_ignored(self, rec: Any, update: PolicyUpdate) -> None:
         """An update applied without its values that are not durations: a warning for each
@@ -424,3 +459,15 @@ class ControlTopics:
         ack = await self._prod.send(self._topics.dlq, key=letter_key, value=letter, headers=headers)
         await all_acked([ack])
         self._dead_lettered.add(rec)
+
+
+def _warn_dropped(rec: Any, key: str, categories: tuple[str, ...]) -> None:
+    """An update at ``rec`` left its scope with no value for ``categories``, which the
+    scope had a value for: an update replaces the scope's whole map."""
+    log.warning(
+        "policy update %s at %s[%d]@%d replaces the scope's whole ttl map: %s had a value "
+        "there and now %s none from this scope; send every category the scope should keep "
+        "in one update (0 for one it should give no value: then this is not said)",
+        key, rec.topic, rec.partition, rec.offset, ", ".join(categories),
+        "has" if len(categories) == 1 else "have",
+    )  # fmt: skip

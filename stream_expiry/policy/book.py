@@ -39,7 +39,7 @@ from stream_expiry.policy.resolution import (
     winner,
 )
 from stream_expiry.policy.sources import CAP_ALL, Candidate, TtlMap, env_candidates
-from stream_expiry.policy.updates import PolicyUpdate, parse_update
+from stream_expiry.policy.updates import PolicyUpdate, Scope, parse_update
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -241,13 +241,7 @@ class PolicyBook:
         sessions and errors away, and those records never expired, without a word)."""
         if update.ttl is None:
             return ()  # a clear: back to the config file, said as such
-        scope = update.scope
-        if scope.kind == "org":
-            history = self._orgs.get(scope.org or "")
-        elif scope.kind == "bot":
-            history = self._bots.get((scope.org or "", scope.bot or "", scope.env or ""))
-        else:
-            history = self._cap if scope.kind == "cap" else self._default
+        history = self._history_of(update.scope)
         if history is None:
             return ()
         newest = history.at(None)[0]
@@ -256,6 +250,26 @@ class PolicyBook:
             for category, candidate in newest.items()
             if candidate.ttl_ms is not None and category not in update.ttl
         )
+
+    def still_dropped(self, update: PolicyUpdate) -> tuple[str, ...]:
+        """Of the categories ``update`` took away (its ``dropped``), those its scope's
+        newest version still has no value for. A start reads every update the topic keeps
+        and warned of each that took values away, also when a later version of its scope
+        had given them back (a review: warned at every start); what is still missing is
+        what the scope does now. A newest clear gives the config file's values back: none."""
+        history = self._history_of(update.scope)
+        if history is None or history.newest_is_config():
+            return ()
+        newest = history.at(None)[0]
+        return tuple(c for c in update.dropped if c not in newest)
+
+    def _history_of(self, scope: Scope) -> ScopeHistory | None:
+        """The history of ``scope``, or None for an org or bot no update has named."""
+        if scope.kind == "org":
+            return self._orgs.get(scope.org or "")
+        if scope.kind == "bot":
+            return self._bots.get((scope.org or "", scope.bot or "", scope.env or ""))
+        return self._cap if scope.kind == "cap" else self._default
 
     def apply(self, update: PolicyUpdate) -> None:
         """Apply an update already parsed (e.g. by a replay that keeps them)."""

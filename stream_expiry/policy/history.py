@@ -87,6 +87,11 @@ class ScopeHistory:
         i = bisect_right(froms, t)
         return self._given[i - 1] if i else self.base
 
+    def newest_is_config(self) -> bool:
+        """Whether the newest version is the config file's values: none was added, or the
+        newest is a clear (:meth:`add` keeps :attr:`base` itself for one)."""
+        return not self._given or self._given[-1] is self.base
+
     def __len__(self) -> int:
         """Number of versions after the config file's."""
         return len(self._froms)

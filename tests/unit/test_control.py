@@ -341,6 +341,92 @@ async def test_a_hold_with_a_misspelt_field_is_placed_as_written_with_a_warning(
     ]
 
 
+DEFAULTS_3 = '[retention.defaults]\nconversation = "1d"\nsession = "90s"\nerror = "45s"\n'
+
+
+async def _start_reading(
+    monkeypatch: pytest.MonkeyPatch, ttls: list[dict[str, str] | None]
+) -> ControlTopics:
+    """A start's catch-up of ``default`` updates at offsets 0, 1, ... (None: a clear)."""
+    topic = Topics().policies
+    records = [
+        _record(topic, 0, offset, "default",
+                None if ttl is None else orjson.dumps({"scope": "default", "ttl": ttl}))
+        for offset, ttl in enumerate(ttls)
+    ]  # fmt: skip
+
+    async def read_to_end(
+        _cons: Any, name: str, *, then_follow: bool = False
+    ) -> AsyncIterator[dict[TopicPartition, list[Any]]]:
+        for each in [{TopicPartition(topic, 0): records}] if name == topic else []:
+            yield each
+
+    monkeypatch.setattr("stream_expiry.control.read_to_end", read_to_end)
+    control = _control(DEFAULTS_3)
+    await control.read_all()
+    return control
+
+
+ALL_3 = {"conversation": "1d", "session": "90s", "error": "45s"}
+
+
+@pytest.mark.parametrize(
+    "later",
+    [ALL_3, None, {"conversation": "1d", "session": "0", "error": "0"}],
+    ids=["given-back", "cleared", "zero-on-purpose"],
+)
+@pytest.mark.asyncio
+async def test_an_update_a_later_version_mended_is_not_warned_of_at_a_start(
+    later: dict[str, str] | None,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A review: ``default@0`` took session and error away, ``default@1`` gave them back
+    (or cleared the scope, or gave them 0 on purpose), and every start still warned of
+    ``@0``. Nothing is to be sent now: said at info, once, for the records created while
+    ``@0`` was in force."""
+    caplog.set_level(logging.DEBUG, logger="stream_expiry.service")
+    await _start_reading(monkeypatch, [{"conversation": "3m"}, later])
+    assert _warned(caplog) == []
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert (
+        "1 policy update took categories away from their scope that a later version gives a "
+        "value again: records of those categories created in between have no value from that "
+        "scope (each one at debug level; `stream-expiry explain --at TS` says what such a "
+        "record gets)"
+    ) in info
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert (
+        f"policy update default at {Topics().policies}[0]@0 took session, error away from its "
+        "scope from 1970-01-01T00:00:00.000Z; a later version of the scope gives a value again"
+    ) in debug
+
+
+@pytest.mark.asyncio
+async def test_a_start_warns_of_what_the_scope_still_lacks_by_the_last_update_that_took_it(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``@1`` gave session back but not error: ``@0`` is warned of for error alone. Taken
+    away again by ``@3`` after ``@2`` gave it back: ``@3`` is named, once."""
+    topic = Topics().policies
+    caplog.set_level(logging.INFO, logger="stream_expiry.service")
+    conversation = {"conversation": "3m"}
+    await _start_reading(monkeypatch, [conversation, {**conversation, "session": "1m"}])
+    assert _warned(caplog) == [
+        f"policy update default at {topic}[0]@0 replaces the scope's whole ttl map: error had "
+        "a value there and now has none from this scope; send every category the scope should "
+        "keep in one update (0 for one it should give no value: then this is not said)"
+    ]
+    caplog.clear()
+    await _start_reading(monkeypatch, [conversation, ALL_3, ALL_3, conversation])
+    assert _warned(caplog) == [
+        f"policy update default at {topic}[0]@3 replaces the scope's whole ttl map: session, "
+        "error had a value there and now have none from this scope; send every category the "
+        "scope should keep in one update (0 for one it should give no value: then this is not "
+        "said)"
+    ]
+
+
 @pytest.mark.asyncio
 async def test_a_hold_on_a_category_the_service_does_not_have_is_placed_with_a_warning(
     caplog: pytest.LogCaptureFixture,

@@ -286,6 +286,27 @@ def test_an_update_says_which_values_of_its_scope_it_takes_away() -> None:
     assert cleared.dropped == ()
 
 
+def test_what_an_update_took_away_is_still_missing_until_a_later_version_gives_it() -> None:
+    """What a start warns of: the categories an update took away that its scope's newest
+    version still lacks; a value given again, 0 included, or a clear, mends them."""
+    book = PolicyBook(
+        parse_config('[retention.defaults]\nconversation = "1d"\nsession = "90s"\nerror = "1m"\n'),
+        {},
+    )
+
+    def apply(value: Any, at: int) -> PolicyUpdate:
+        result = book.apply_update(b"default", None if value is None else orjson.dumps(value), at)
+        assert isinstance(result, PolicyUpdate)
+        return result
+
+    took = apply({"scope": "default", "ttl": {"conversation": "3m"}}, T)
+    assert book.still_dropped(took) == took.dropped == ("session", "error")
+    apply({"scope": "default", "ttl": {"conversation": "3m", "session": "0"}}, T + 1)
+    assert book.still_dropped(took) == ("error",)
+    apply(None, T + 2)
+    assert book.still_dropped(took) == ()
+
+
 def test_a_bot_or_cap_update_says_the_values_of_its_own_scope_it_takes_away() -> None:
     """A bot's update is judged against that bot's newest version (not another bot's, not
     its org's), and a cap update against the cap (not the defaults): each scope kind finds
