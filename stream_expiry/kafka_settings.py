@@ -351,8 +351,11 @@ class TopicSettings:
     The times bound how long a deleted value can stay on a broker's disk (README, "Topics"):
     on a compacted topic a value superseded by a null is gone about ``segment_ms`` +
     ``max_compaction_lag_ms`` after the null (plus the log cleaner's own delay), and the
-    null itself ``delete_retention_ms`` later; on the others a record is gone
-    ``retention_ms`` (or ``evidence_retention_ms``) + ``segment_ms`` after it was written.
+    null itself ``delete_retention_ms`` later, provided the partition gets another message
+    after that: Kafka closes an open segment only when it appends to it, and never compacts
+    one, so a quiet partition keeps both (README, "A quiet partition keeps its last
+    deletions"). On the others a record is gone ``retention_ms`` (or
+    ``evidence_retention_ms``) + ``segment_ms`` after it was written.
     """
 
     partitions: int = 4
