@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "H_DELETED_AT",
     "H_DETAIL",
+    "H_DUE_AT_INGEST",
     "H_ERROR",
     "H_LATE_CAUSE",
     "H_OFFSET",
@@ -48,6 +49,7 @@ __all__ = [
     "dead_letter_headers",
     "decode_stamp",
     "deleted_at_of",
+    "due_at_ingest_of",
     "encode_deferral",
     "encode_hold_audit",
     "header_text",
@@ -92,6 +94,14 @@ LATE_AFTER_MS: Final = 60_000
 LATE_CAUSES: Final = ("catch_up", "late_event", "hold", "archive")
 # The bytes of an ``expiry-late-cause`` read at the most (:func:`late_cause_of`).
 LATE_CAUSE_MAX: Final = 64
+
+# On a stamp whose life was due when the event that set it arrived (the contract's
+# "already due at ingest", a late or replayed event; its tombstone, late, says
+# ``late_event``): that expiry, epoch ms as decimal text. What the instance that read the
+# event knew, kept on the changelog: the instance that restores the partition (a crash
+# that lost the disk, a takeover) restores it with the stamp, and its tombstone says
+# ``late_event`` too, where it said ``catch_up``.
+H_DUE_AT_INGEST: Final = "expiry-due-at-ingest"
 # Where rekey read an event it copied (``stream_expiry.rekey``): ``topic[partition]@offset``.
 H_REKEYED_FROM: Final = "expiry-rekeyed-from"
 # On every copy rekey makes: when the producer's event reached the broker (its Kafka
@@ -211,11 +221,21 @@ def reason_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
 
 
 def deleted_at_of(headers: Sequence[tuple[str, bytes]]) -> int | None:
+    return _int_header(headers, H_DELETED_AT)
+
+
+def due_at_ingest_of(headers: Sequence[tuple[str, bytes]]) -> int | None:
+    """The expiry a stamp's :data:`H_DUE_AT_INGEST` says its life had when its event
+    arrived; None when it says none (or nothing readable)."""
+    return _int_header(headers, H_DUE_AT_INGEST)
+
+
+def _int_header(headers: Sequence[tuple[str, bytes]], wanted: str) -> int | None:
     for name, value in headers:
-        if name == H_DELETED_AT:
+        if name == wanted:
             try:
                 return int(value)
-            except ValueError:
+            except (TypeError, ValueError):  # not a number, or a header without a value
                 return None
     return None
 

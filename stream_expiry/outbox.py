@@ -466,6 +466,7 @@ class Outbox:
         redactor = self._redactor
         limit = self._limit
         unsent = self._held_unsent
+        arrived = effects.due_on_arrival
         for state, data in stamps:
             removed: tuple[str, ...] = ()
             if redactor is not None and data is not None:
@@ -473,11 +474,16 @@ class Outbox:
             key = state.identity.key.encode()
             if unsent and key in unsent:
                 out.after_held = True  # a message of the record waits: this one goes after
-            value, dropped = oversize.stamp_within(limit, state, data, removed, key, source)
+            headers = source
+            due = arrived.get(state.identity.key) if arrived else None
+            if due is not None and due == state.expires_at:
+                # Due on arrival: a restore of the changelog knows its late cause.
+                headers = [*source, (codec.H_DUE_AT_INGEST, b"%d" % due)]
+            value, dropped = oversize.stamp_within(limit, state, data, removed, key, headers)
             if dropped:
                 self._say_dropped(state, codec.source_of(source))
-            if not out.try_add(stamped, key, value, now_ms, source, effects):
-                await out.add(stamped, key, value, now_ms, source, effects)
+            if not out.try_add(stamped, key, value, now_ms, headers, effects):
+                await out.add(stamped, key, value, now_ms, headers, effects)
 
     def _say_dropped(self, state: model.Stamp, source: tuple[str, int] | None) -> None:
         if self._stats is not None:

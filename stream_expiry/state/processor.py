@@ -50,7 +50,7 @@ __all__ = ["Effects", "InputRecord", "PartitionProcessor"]
 _CLEARED_MAX = 100_000
 
 # Lives an event made due on arrival (``late_event``) remembered until they fire, at most
-# this many (the oldest dropped: their tombstones say ``catch_up``).
+# this many (the oldest dropped: the store keeps them too, from the settle on).
 _ARRIVED_DUE_MAX = 100_000
 
 # Timers a partition loads from its store at most, and in one call. The wheel holds what
@@ -132,6 +132,11 @@ class Effects:
     # stamp, or compaction keeps the null and the new life is lost. Tombstones past the
     # end of this list (the timers') come after every stamp.
     stamps_before: list[int] = field(default_factory=list)
+    # Lives its events left due on arrival (``late_event``): record key -> the expiry. The
+    # outbox says so on their stamps (``codec.H_DUE_AT_INGEST``, which a restore reads) and
+    # the settle keeps them in the store, so that a tombstone decided again after a crash
+    # or on another instance says ``late_event`` as this one's would.
+    due_on_arrival: dict[str, int] = field(default_factory=dict)
     # Accepted events whose ts, as epoch milliseconds, is before 1973: epoch seconds, most
     # likely, which the contract reads as January 1970 and so tombstones at once. The
     # shell warns about each (the event itself is valid and goes on as the contract says).
@@ -231,8 +236,9 @@ class PartitionProcessor:
         # or replayed event, not on the bus before the expiry as far as its timestamp says):
         # key -> that expiry. Their tombstones, fired late, say ``late_event``; any other
         # ttl tombstone fired late by the firing or an event, ``catch_up`` (the service was
-        # down or behind). In memory only: a tombstone decided again after a restart says
-        # ``catch_up``, which is what that instance knows.
+        # down or behind). The store keeps them too (``Effects.due_on_arrival``), as the
+        # stamps on the changelog say them: a tombstone decided again after a restart, or
+        # on the instance that restored the partition, finds them there.
         self._arrived_due: dict[str, int] = {}
         self.set_aside = 0  # times a due sliding timer waited for unread input
         # Whether the partition may hold records of a sliding category: its store holds
@@ -441,15 +447,17 @@ class PartitionProcessor:
                     # The running life, due before this event came: the firing had not come
                     # to it (behind, or down), unless an earlier event made it due on arrival.
                     on_arrival = self._arrived_due.pop(key, None) if self._arrived_due else None
-                    due = fired.before.expires_at
-                    arrived = on_arrival is not None and on_arrival == due
-                    fired = _if_late(fired, "late_event" if arrived else "catch_up")
+                    fired = _if_late(fired, "catch_up")
+                    if fired.late_cause is not None and self._was_due_on_arrival(
+                        fired.before, on_arrival
+                    ):
+                        fired = fired._replace(late_cause="late_event")
                 effects.tombstones.append(fired)
                 effects.stamps_before.append(len(effects.stamps))
                 new = fired.after
             if outcome.state is not None:
                 if outcome.state.expires_at is not None and outcome.state.expires_at <= now_ms:
-                    self._note_due_on_arrival(rec, new, outcome.state, now_ms)
+                    self._note_due_on_arrival(rec, new, outcome.state, now_ms, effects)
                 new = outcome.state
                 if outcome.publish:
                     effects.stamps.append((outcome.state, ev.data))
@@ -461,13 +469,20 @@ class PartitionProcessor:
             self._unpark_ended(ending, now_ms, effects)
 
     def _note_due_on_arrival(
-        self, rec: InputRecord, before: model.Stamp | None, state: model.Stamp, now_ms: int
+        self,
+        rec: InputRecord,
+        before: model.Stamp | None,
+        state: model.Stamp,
+        now_ms: int,
+        effects: Effects,
     ) -> None:
         """An event left ``state``, due already (the contract's "already due at ingest"):
         its tombstone, late, says ``late_event`` when the event made it due, which a life
-        due before it (``before``, the firing not come to it yet) was not, nor one whose
-        event the broker had before the expiry (its timestamp, where the record has one:
-        the event was on the bus in time and the service read it late, ``catch_up``)."""
+        due before it (``before``, the firing not come to it yet) was not, unless an event
+        made that one due on arrival too, nor one whose event the broker had before the
+        expiry (its timestamp, where the record has one: the event was on the bus in time
+        and the service read it late, ``catch_up``). Noted here and in ``effects`` (its
+        stamp says it, and the store keeps it)."""
         key, due = state.identity.key, state.expires_at
         arrived = self._arrived_due
         if not state.live or state.held or state.erase_at is not None or due is None:
@@ -480,12 +495,32 @@ class PartitionProcessor:
             and before.expires_at <= now_ms
         )
         ts = codec.produced_at(rec)  # behind rekey, the producer's time, not the copy's
-        if (was_due and key not in arrived) or (ts is not None and ts < due):
+        if ts is not None and ts < due:
             arrived.pop(key, None)
             return
-        arrived[key] = due
+        if was_due:
+            assert before is not None
+            if not self._was_due_on_arrival(before, arrived.get(key)):
+                arrived.pop(key, None)
+                return
+        arrived[key] = effects.due_on_arrival[key] = due
         if len(arrived) > _ARRIVED_DUE_MAX:
             del arrived[next(iter(arrived))]
+
+    def _was_due_on_arrival(self, state: model.Stamp, noted: int | None) -> bool:
+        """Whether ``state``'s life was due when the event that set it arrived
+        (``late_event``): ``noted``, what this processor noted of the record (its expiry),
+        says so, else the store does (kept at the settle, or restored from the stamp's
+        header): after a restart or on the instance that restored the partition, the
+        tombstone says what the instance that read the event knew. One look-up, made only
+        for a tombstone that goes out late."""
+        due = state.expires_at
+        if due is None:
+            return False
+        if noted == due:
+            return True
+        key = state.identity.key
+        return self.store.due_on_arrival([key]).get(key) == due
 
     # -- creates read before the expiry they are dated after ------------------------------
 
@@ -637,6 +672,7 @@ class PartitionProcessor:
         tombstones = effects.tombstones
         arrived = self._arrived_due
         late_before = now_ms - codec.LATE_AFTER_MS
+        unnoted: list[int] = []  # late ones this processor noted nothing of: the store says
         for fired, _ in due:
             before = fired.before
             key = before.identity.key
@@ -669,13 +705,32 @@ class PartitionProcessor:
                 # cost 1,604 instructions an event of the firing workload's 217,036 (+0.7 %,
                 # round 42, ``bench.count_instructions``). test_late_cause holds the two to
                 # one answer.
-                late = "late_event" if on_arrival == expires else "catch_up"
-                fired = fired._replace(late_cause=late)
+                if on_arrival == expires:
+                    fired = fired._replace(late_cause="late_event")
+                else:
+                    fired = fired._replace(late_cause="catch_up")
+                    unnoted.append(len(tombstones))
             tombstones.append(fired)
             after = fired.after
             writes[key] = (before, after)
             overlay[key] = (seq, after)
+        if unnoted:
+            self._late_events_stored(tombstones, unnoted)
         return effects
+
+    def _late_events_stored(self, tombstones: list[Fired], unnoted: list[int]) -> None:
+        """Those of ``tombstones`` (at the indexes ``unnoted``, late, said ``catch_up``)
+        whose life the store says was due on arrival: ``late_event`` (this processor did
+        not read their event: it restarted, or restored the partition). One look-up for
+        them all, none when the store holds no such life."""
+        keys = [tombstones[i].before.identity.key for i in unnoted]
+        found = self.store.due_on_arrival(keys)
+        if not found:
+            return
+        for i in unnoted:
+            fired = tombstones[i]
+            if found.get(fired.before.identity.key) == fired.before.expires_at:
+                tombstones[i] = fired._replace(late_cause="late_event")
 
     def _set_aside_sliding(
         self, due: list[tuple[Fired, None]], unread_until: int | None
@@ -1310,7 +1365,7 @@ class PartitionProcessor:
             changes: Iterable[tuple[model.Stamp | None, model.Stamp]] = effects.writes.values()
             if effects.stamp_offsets or self.archive is not None:
                 changes = self._with_offsets(effects)
-            self.store.write(changes, now_ms=now_ms)
+            self.store.write(changes, now_ms=now_ms, arrived=effects.due_on_arrival or None)
         overlay, seq = self._overlay, effects.seq
         for key in effects.writes:
             known = overlay.get(key)

@@ -32,6 +32,7 @@ from aiokafka import TopicPartition
 from stream_expiry import model
 from stream_expiry.codec import (
     deleted_at_of,
+    due_at_ingest_of,
     output_partition,
     reason_of,
     source_headers,
@@ -427,11 +428,14 @@ def _apply_stamps(
     meta: dict[str, int],
     report: RestoreReport,
 ) -> None:
-    """The latest message of each key becomes its stored state (a null: a marker)."""
+    """The latest message of each key becomes its stored state (a null: a marker), and a
+    stamp that says its life was due on arrival (``codec.H_DUE_AT_INGEST``) is kept so
+    (``PartitionStore.due_on_arrival``): its tombstone, late, says ``late_event``."""
     latest: dict[bytes | None, Any] = {}
     for rec in records:
         latest[rec.key] = rec
     rows: dict[bytes, RestoredRow] = {}
+    arrived: dict[bytes, int] = {}
     categories: dict[bytes, str] = {}
     for rec in latest.values():
         found = _key_of(rec.key, categories)
@@ -457,7 +461,12 @@ def _apply_stamps(
         rows[key] = (
             key, cat, created, expires, ttl, source, None, erase, rec.offset, floor, older
         )  # fmt: skip
-    lives, markers = store.write_restored(list(rows.values()), now_ms=now_ms, meta=meta)
+        headers = rec.headers
+        if len(headers) > 2 and expires is not None and due_at_ingest_of(headers) == expires:
+            arrived[key] = expires  # (the service's stamps have two headers, nearly all)
+    lives, markers = store.write_restored(
+        list(rows.values()), now_ms=now_ms, meta=meta, arrived=arrived
+    )
     report.stamps += lives
     report.markers += markers
 

@@ -11,6 +11,12 @@ Layout (byte keys in one ordered key-value engine, quix-streams' ``ttl_codec`` i
 * ``m`` + prune_at + record key -> empty: deletion markers in the order they may go;
 * ``h`` + record key -> empty: records a legal hold keeps (due, or with an erasure
   request), off the expiry index until a release frees them;
+* ``a`` + record key -> an expiry (8 bytes): the record's life with that expiry was due
+  when the event that set it arrived (``late_event``: :meth:`PartitionStore.due_on_arrival`),
+  so that its tombstone, decided again after a restart or a restore, says so. Few (late
+  events only), read only for a tombstone that goes out late, and dropped with the
+  record's deletion marker; an entry whose expiry is not the record's is stale, and ignored.
+  An older version ignores the prefix (format 1 still: nothing it reads changed);
 * ``~`` + name -> an integer: counters and changelog positions, written in the same batch
   as the states they describe; ``~format``, the store's format (:data:`STORE_FORMAT`).
 
@@ -116,6 +122,7 @@ _TIME = struct.Struct(">Q")
 _INT = struct.Struct(">q")
 _BIAS = 1 << 63  # signed times sort as unsigned big-endian bytes
 _STATE, _DUE, _MARKER, _HELD, _META = b"s", b"x", b"m", b"h", b"~"
+_ARRIVED = b"a"
 _PENDING_PREFIX = "pending/"
 _FORMAT = _META + b"format"
 
@@ -188,6 +195,9 @@ class PartitionStore:
         self._due_floor: int | None = None
         self._marker_floor: int | None = None
         self._adopt_format()
+        # Whether the store may hold entries of lives due on arrival: nearly never, and a
+        # tombstone that goes out late then looks up nothing (a catch-up fires thousands).
+        self._arrived_any = any(True for _ in self.kv.scan(_ARRIVED, _ARRIVED + b"\xff"))
         for name, value in self._scan_meta():
             if name.startswith(_PENDING_PREFIX):
                 self.counts.pending[name[len(_PENDING_PREFIX) :]] = value
@@ -290,6 +300,16 @@ class PartitionStore:
                 return list(self._states(keys)), keys[-1]
         return list(self._states(keys)), None
 
+    def due_on_arrival(self, keys: Sequence[str]) -> dict[str, int]:
+        """The records of ``keys`` whose life was due when the event that set it arrived
+        (written with the state, :meth:`write`'s ``arrived``), each with that life's
+        expiry: a record's entry counts only while its state has that expiry. One look-up
+        for them all, none when the store holds no such entry."""
+        if not self._arrived_any or not keys:
+            return {}
+        raw = self.kv.multi_get([_ARRIVED + k.encode() for k in keys])
+        return {k: int(_INT.unpack(v)[0]) for k, v in zip(keys, raw, strict=True) if v is not None}
+
     def meta(self, name: str) -> int | None:
         value = self.kv.multi_get([_META + name.encode()])[0]
         return None if value is None else int(_INT.unpack(value)[0])
@@ -318,11 +338,14 @@ class PartitionStore:
         *,
         now_ms: int,
         meta: Mapping[str, int] | None = None,
+        arrived: Mapping[str, int] | None = None,
     ) -> None:
         """Replace each ``(stored, new)`` pair's stored state by the new one, atomically.
 
         ``stored`` must be the state the store holds now (None: none), which the caller
-        knows from its own lookup; index entries are moved accordingly.
+        knows from its own lookup; index entries are moved accordingly. ``arrived``: record
+        key -> the expiry its life already had when the event that set it arrived
+        (:meth:`due_on_arrival`), kept in the same batch.
         """
         puts: dict[bytes, bytes] = {}
         deletes: list[bytes] = []
@@ -377,15 +400,23 @@ class PartitionStore:
         self._due_floor, self._marker_floor = due_floor, marker_floor
         for name, number in (meta or {}).items():
             puts[_META + name.encode()] = _INT.pack(number)
+        if arrived:
+            self._put_arrived({k.encode(): due for k, due in arrived.items()}, puts)
         self._put_counts(puts)
         # A key both deleted and put (an index entry that did not move) must stay.
         self.kv.apply(puts, [d for d in deletes if d not in puts])
 
     def write_restored(
-        self, rows: Sequence[RestoredRow], *, now_ms: int, meta: Mapping[str, int]
+        self,
+        rows: Sequence[RestoredRow],
+        *,
+        now_ms: int,
+        meta: Mapping[str, int],
+        arrived: Mapping[bytes, int] | None = None,
     ) -> tuple[int, int]:
-        """Make each row the stored state of its key, atomically with ``meta``; returns how
-        many live states and deletion markers changed.
+        """Make each row the stored state of its key, atomically with ``meta`` (and
+        ``arrived``, as :meth:`write` takes it, by store key); returns how many live
+        states and deletion markers changed.
 
         The bulk form of :meth:`write` for a restore, which does not know what the store
         holds: one multi-get finds the stored states, a row equal to its stored state is
@@ -396,8 +427,10 @@ class PartitionStore:
             if meta:
                 self.set_meta(meta)
             return 0, 0
-        olds = self.kv.multi_get([_STATE + row[0] for row in rows])
         puts: dict[bytes, bytes] = {}
+        if arrived:
+            self._put_arrived(arrived, puts)
+        olds = self.kv.multi_get([_STATE + row[0] for row in rows])
         deletes: list[bytes] = []
         counts = self.counts
         pending = counts.pending
@@ -462,6 +495,11 @@ class PartitionStore:
         self.kv.apply(puts, [d for d in deletes if d not in puts])
         return lives, markers
 
+    def _put_arrived(self, arrived: Mapping[bytes, int], puts: dict[bytes, bytes]) -> None:
+        self._arrived_any = True
+        for key, due in arrived.items():
+            puts[_ARRIVED + key] = _INT.pack(due)
+
     def _unindex(self, old: Stamp, key: bytes, deletes: list[bytes], now_ms: int) -> None:
         counts = self.counts
         if old.deleted_at is None:
@@ -517,6 +555,7 @@ class PartitionStore:
             return 0
         keys = [k[9:] for k in gone]
         deletes = list(gone)
+        arrived: list[bytes] = []
         dropped = 0
         for key, index_key, value in zip(
             keys, gone, self.kv.multi_get([_STATE + k for k in keys]), strict=True
@@ -527,6 +566,11 @@ class PartitionStore:
             if state.deleted_at is not None and prune_at == _time_of(index_key):
                 deletes.append(_STATE + key)
                 dropped += 1
+                if self._arrived_any:  # a life due on arrival goes with the marker
+                    arrived.append(_ARRIVED + key)
+        if arrived:
+            found = self.kv.multi_get(arrived)
+            deletes += [a for a, v in zip(arrived, found, strict=True) if v is not None]
         self.counts.markers -= dropped
         puts: dict[bytes, bytes] = {}
         self._put_counts(puts)

@@ -1,21 +1,29 @@
 """Why a deletion was late: a ``ttl`` tombstone emitted more than ``LATE_AFTER_MS`` after its
 expiry names its cause (``Fired.late_cause``, the ``expiry-late-cause`` header): the firing
 late (``catch_up``), an event that came after the expiry (``late_event``), a legal hold's
-release (``hold``), or the archive catching up (``archive``)."""
+release (``hold``), or the archive catching up (``archive``); ``late_event`` also after a
+restart or a restore."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import orjson
 
+import stream_expiry.state.processor as processor
 from stream_expiry.archive_gate import ArchiveGate
-from stream_expiry.codec import H_PRODUCED_AT, LATE_AFTER_MS
+from stream_expiry.codec import H_DUE_AT_INGEST, H_PRODUCED_AT, LATE_AFTER_MS
+from stream_expiry.model import Identity
+from stream_expiry.state import MemoryKV, PartitionProcessor, PartitionStore
 from stream_expiry.state.processor import _if_late
-from tests.unit.test_holds import T0, TTL, Partition, hold
+from tests.unit.test_holds import T0, TTL, Partition, hold, resolve
+from tests.unit.test_restore_model import Changelog
 
 if TYPE_CHECKING:
+    import pytest
+
     from stream_expiry.state import Effects
 
 LATE = TTL + LATE_AFTER_MS  # after T0, when a record created at T0 is late
@@ -73,9 +81,9 @@ class _Timed:
     timestamp: int  # the Kafka record's, as aiokafka gives it
 
 
-def _late_create(p: Partition, timestamp: int, now: int) -> Effects:
+def _late_create(p: Partition, timestamp: int, now: int, rid: str = "c") -> Effects:
     p.offset += 1
-    body = {"category": "conversation", "org": "acme", "record_id": "c", "ts": T0}
+    body = {"category": "conversation", "org": "acme", "bot": "b1", "record_id": rid, "ts": T0}
     rec = _Timed(p.offset, None, orjson.dumps(body), timestamp)
     return p._take(p.proc.process([rec], now), now)
 
@@ -230,3 +238,130 @@ def test_an_erasure_lets_lives_kept_for_the_archive_go_saying_archive() -> None:
     assert _causes(p) == []  # the archive has not read the next life's stamp
     p.event("s", "delete", start + 200, category="session")
     assert _causes(p) == [("s", "ttl", "archive"), ("s", "explicit", None)]
+
+
+# -- late_event kept across a restart and a restore ---------------------------------------
+
+
+def _restarted(p: Partition, store: PartitionStore | None = None) -> Partition:
+    """``p``'s partition after a crash and a restart: a new processor over the store ``p``
+    settled into (the same state directory) or over ``store`` (restored from the
+    changelog), with nothing of ``p``'s memory."""
+    q = Partition(holds=p.holds)
+    q.proc = PartitionProcessor(
+        "in",
+        0,
+        p.proc.store if store is None else store,
+        resolve=resolve,
+        sliding=frozenset({"session"}),
+        categories=frozenset({"conversation", "session"}),
+        max_skew_ms=10**12,
+        now_ms=T0,
+        holds=p.holds,
+    )
+    q.offset, q.stamped = p.offset, p.stamped
+    return q
+
+
+def test_a_late_event_s_tombstone_decided_after_a_restart_still_says_late_event() -> None:
+    """Killed after the stamp of a record already due at ingest was settled and before its
+    tombstone went out: the restarted processor fires it, and knows from its store that
+    the event came late (it said ``catch_up``: the cause was in memory only)."""
+    p = Partition()
+    p.event("c", "create", T0, now=T0 + LATE + 5)  # settled; the firing has not come
+    q = _restarted(p)
+    q.tick(T0 + 3 * LATE)
+    assert _causes(q) == [("c", "ttl", "late_event")]
+
+
+def test_a_late_event_read_again_after_a_restart_still_says_late_event() -> None:
+    """Its offset not committed, the restarted processor reads the event again: a
+    re-delivery of the stored life, which changes nothing (it said ``catch_up``)."""
+    p = Partition()
+    p.event("c", "create", T0, now=T0 + LATE + 5)
+    q = _restarted(p)
+    q.offset -= 1  # from the committed offset, before the event
+    q.event("c", "create", T0, now=T0 + 2 * LATE)
+    q.tick(T0 + 2 * LATE)
+    assert _causes(q) == [("c", "ttl", "late_event")]
+
+
+def test_an_event_read_late_before_a_restart_still_says_catch_up() -> None:
+    """The broker had the event before the expiry (its timestamp): the service read it
+    late, and a restart does not make the event late."""
+    p = Partition()
+    _late_create(p, T0 + 10, now=T0 + LATE + 5)
+    q = _restarted(p)
+    q.tick(T0 + 3 * LATE)
+    assert _causes(q) == [("c", "ttl", "catch_up")]
+
+
+def test_a_late_event_the_memory_dropped_is_remembered_by_the_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The processor remembers a bounded number of lives due on arrival (the oldest
+    dropped said ``catch_up``); the store keeps every one."""
+    monkeypatch.setattr(processor, "_ARRIVED_DUE_MAX", 1)
+    p = Partition()
+    p.event("a", "create", T0, now=T0 + LATE + 5)
+    p.event("b", "create", T0, now=T0 + LATE + 5)  # a dropped from memory
+    p.tick(T0 + 3 * LATE)
+    assert sorted(_causes(p)) == [("a", "ttl", "late_event"), ("b", "ttl", "late_event")]
+
+
+def test_an_event_that_ends_a_late_event_s_life_after_a_restart_says_late_event() -> None:
+    """The next life's create, read after the restart, ends the life a late event made
+    due (the firing had not come to it): that life's tombstone says ``late_event``."""
+    p = Partition()
+    now = T0 + 2 * LATE
+    p.event("c", "create", T0, now=now)
+    q = _restarted(p)
+    q.event("c", "create", T0 + 2 * TTL, now=now + 10)  # the next life: late, due too
+    q.tick(now + 20)
+    assert _causes(q) == [("c", "ttl", "late_event"), ("c", "ttl", "late_event")]
+
+
+def test_what_the_store_keeps_of_a_life_due_on_arrival_goes_with_its_marker() -> None:
+    p = Partition()
+    p.event("c", "create", T0, now=T0 + LATE + 5)
+    store, key = p.proc.store, _identity("c").key
+    assert store.due_on_arrival([key]) == {key: T0 + TTL}
+    p.tick(T0 + LATE + 10)
+    assert store.due_on_arrival([key]) == {key: T0 + TTL}  # its marker is there
+    assert store.prune(T0 + 10**12) == 1
+    assert store.due_on_arrival([key]) == {}
+    assert list(store.kv.scan(b"", b"\xff" * 8)) == [
+        (k, v) for k, v in store.kv.scan(b"~", b"\xff")
+    ]  # nothing but the meta left
+
+
+def test_a_restored_stamp_says_its_life_was_due_on_arrival() -> None:
+    """The partition restored from the changelog (a takeover, a lost disk): the stamp's
+    ``expiry-due-at-ingest`` header says what the instance that read the event knew, and
+    the restored processor's tombstone says ``late_event`` (it said ``catch_up``). A stamp
+    without it (an event read late), or naming another expiry, says ``catch_up``."""
+    p = Partition()
+    log = Changelog()
+    now = T0 + LATE + 5
+    log.write(p.event("late", "create", T0, now=now), now)
+    log.write(_late_create(p, T0 + 10, now=now, rid="read-late"), now)
+    said = [dict(m.headers).get(H_DUE_AT_INGEST) for m in log.stamped]
+    assert said == [b"%d" % (T0 + TTL), None]
+    other = [
+        (name, b"%d" % (T0 + TTL + 1) if name == H_DUE_AT_INGEST else value)
+        for name, value in log.stamped[0].headers
+    ]
+    log.stamped.append(
+        dataclasses.replace(log.stamped[0], key=_identity("other").key.encode(), headers=other)
+    )
+    q = _restarted(p, log.restore(now, PartitionStore(MemoryKV())))
+    q.tick(T0 + 3 * LATE)
+    assert sorted(_causes(q)) == [
+        ("late", "ttl", "late_event"),
+        ("other", "ttl", "catch_up"),
+        ("read-late", "ttl", "catch_up"),
+    ]
+
+
+def _identity(rid: str) -> Identity:
+    return Identity("acme", "b1", "live", "conversation", rid)

@@ -81,7 +81,11 @@ class Changelog:
         for stamps, tombstones in effects.runs():
             for state, data in stamps:
                 value = model.encode_stamp(state, data)
-                self._add(self.stamped, state.identity.key, value, now_ms, SOURCE)
+                headers = SOURCE
+                due = effects.due_on_arrival.get(state.identity.key)
+                if due is not None and due == state.expires_at:  # due on arrival
+                    headers = [*SOURCE, (codec.H_DUE_AT_INGEST, b"%d" % due)]
+                self._add(self.stamped, state.identity.key, value, now_ms, headers)
             for fired in tombstones:
                 key, at = fired.before.identity.key, fired.emitted_at
                 if not fired.null_only:  # else its tombstone event went out before
@@ -138,13 +142,13 @@ def _stamps(effects: Effects) -> list[tuple[str, int | None, int | None]]:
     return [(s.identity.key, s.created_at, s.expires_at) for s, _ in effects.stamps]
 
 
-def _tombstones(effects: Effects) -> list[tuple[model.Stamp, str, int]]:
-    """What a tombstone says, and the state it ended; where its stamp sits on the topic
-    aside (the harness's own broker assigns no offsets; the restored store has them).
-    Sorted: records due at the same time may fire in any order."""
+def _tombstones(effects: Effects) -> list[tuple[model.Stamp, str, int, str | None]]:
+    """What a tombstone says (why it is late too), and the state it ended; where its
+    stamp sits on the topic aside (the harness's own broker assigns no offsets; the
+    restored store has them). Sorted: records due at the same time may fire in any order."""
     return sorted(
         (
-            (f.before._replace(stamp_offset=None), f.reason, f.emitted_at)
+            (f.before._replace(stamp_offset=None), f.reason, f.emitted_at, f.late_cause)
             for f in effects.tombstones
         ),
         key=repr,
@@ -159,7 +163,7 @@ def _decided(effects: Iterable[Effects]) -> list[object]:
     out: list[object] = []
     for e in effects:
         out += _stamps(e)
-        out += [(before, reason) for before, reason, _ in _tombstones(e)]
+        out += [(before, reason) for before, reason, _, _ in _tombstones(e)]
     return out
 
 

@@ -1,0 +1,117 @@
+"""Why a deletion was late survives a crash: a record already due at ingest (a late event),
+its stamp written and the service killed before its tombstone, is tombstoned by the next
+instance with ``expiry-late-cause: late_event``, whether it restarts on the same state
+directory or restores the partition from the changelog (a lost disk, a takeover). Both
+said ``catch_up``: the cause was in the killed process's memory only.
+
+The crash is real (SIGKILL of a service process) and lands in the window on purpose: the
+late event is the first of a partition's backlog, and a partition reading the backlog
+found at its assignment fires nothing until it has read it (``Firing._firable``), so the
+record is stamped, and its state settled, seconds before its tombstone may go.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import TYPE_CHECKING
+
+import anyio
+import orjson
+import pytest
+
+from stream_expiry import codec
+from stream_expiry.kafka import producer
+from stream_expiry.service import wall_clock_ms
+from stream_expiry.timeutil import parse_ts
+from tests.conftest import read_all, read_topic, wait_for
+from tests.integration.service_helpers import (
+    ArrivalLog,
+    config_for,
+    config_text,
+    event,
+    no_orphans,
+    running_service,
+    spawn_service,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from anyio.abc import Process
+
+    from tests.conftest import TopicSet
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+STARTED: list[Process] = []
+_no_orphans = no_orphans(STARTED)
+
+RETENTION = '[retention.defaults]\nconversation = "1h"\n'
+# Events behind the late one that change nothing (touches of records of a category that
+# does not slide, never created: no stamp, no dead letter): seconds of reading for the
+# service, during which the partition fires nothing.
+BACKLOG = 150_000
+
+
+async def _late_event_then_backlog(broker: str, topic: str) -> bytes:
+    """A create dated two hours ago (due an hour ago, produced now: late), then
+    :data:`BACKLOG` events that change nothing, all on partition 0; the record's key."""
+    key, late = event("conversation", "late", ts=wall_clock_ms() - 2 * 3_600_000)
+    async with producer(broker, max_batch_size=1 << 20) as prod:
+        await prod.send_and_wait(topic, late, key=key, partition=0)
+        batch, acks = prod.create_batch(), []
+        for i in range(BACKLOG):
+            k, v = event("conversation", f"never-{i}", op="touch")
+            if batch.append(key=k, value=v, timestamp=None) is None:
+                acks.append(await prod.send_batch(batch, topic, partition=0))
+                batch = prod.create_batch()
+                batch.append(key=k, value=v, timestamp=None)
+        acks.append(await prod.send_batch(batch, topic, partition=0))
+        for ack in acks:
+            await ack
+    return key
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("state", ["kept", "lost"])
+async def test_a_late_event_s_record_tombstoned_after_a_sigkill_says_late_event(
+    broker: str, topics: TopicSet, tmp_path: Path, state: str
+) -> None:
+    """``kept``: the service restarts on its state directory (its store holds the record);
+    ``lost``: another instance, with an empty one, restores it from ``expiry.stamped``."""
+    key = await _late_event_then_backlog(broker, topics.conversations)
+    text = config_text(topics, str(tmp_path / "a"), RETENTION)
+    path = tmp_path / "a.toml"
+    path.write_text(text.replace("tick_ms = 5", 'tick_ms = 5\nsession_timeout = "2s"'))
+    stamped = ArrivalLog(broker, topics.stamped)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stamped.follow)
+        a = await spawn_service(broker, path, STARTED)
+        tg.start_soon(a.follow_log)
+        await wait_for(lambda: any(r.key == key for _, r in stamped.arrivals), timeout_s=90)
+        a.process.send_signal(signal.SIGKILL)
+        await a.process.wait()
+        tg.cancel_scope.cancel()
+    early = [r for r in await read_all(broker, topics.tombstones) if r.key == key]
+    assert not early, "killed after the tombstone: the backlog was read too fast to test"
+    config = config_for(topics, str(tmp_path / ("a" if state == "kept" else "b")), RETENTION)
+    async with running_service(config, broker):
+        tombs = await read_topic(
+            broker,
+            topics.tombstones,
+            until=lambda rs: any(r.key == key for r in rs),
+            timeout_s=90,
+        )
+        nulls = await read_topic(
+            broker,
+            topics.stamped,
+            until=lambda rs: any(r.key == key and r.value is None for r in rs),
+        )
+    (tomb,) = [r for r in tombs if r.key == key]
+    (null,) = [r for r in nulls if r.key == key and r.value is None]
+    assert dict(tomb.headers).get(codec.H_LATE_CAUSE) == b"late_event"
+    assert dict(null.headers).get(codec.H_LATE_CAUSE) == b"late_event"
+    # What the killed instance said on the stamp, for the instance that restores it.
+    (stamp,) = [r for _, r in stamped.arrivals if r.key == key]
+    expires = parse_ts(orjson.loads(stamp.value)["expires_at"])
+    assert codec.due_at_ingest_of(stamp.headers) == expires
