@@ -87,8 +87,13 @@ REQUEST_EVENT_ID_MAX: Final = 512
 # service fired it late (it was down, behind, restored, or read the event late that was on
 # the bus in time); ``late_event``: the event that made the life due came after its expiry
 # (a late or replayed event: already due at ingest); ``hold``: a legal hold kept it until
-# its release; ``archive``: it waited for the archive (``[archive] required``). An on-time
-# tombstone carries none: the values are the contract's, so the cause is a header.
+# its release; ``archive``: it waited for the archive (``[archive] required``). On an
+# erasure's (``explicit``) emitted more than LATE_AFTER_MS after its request's time, and
+# its null: ``hold`` (a hold deferred it), ``catch_up`` (the service read the request
+# late, the broker had it in time) or ``late_event`` (the request reached the broker more
+# than LATE_AFTER_MS after its time); never ``archive``, which an erasure never waits for.
+# An on-time tombstone carries none: the values are the contract's, so the cause is a
+# header.
 H_LATE_CAUSE: Final = "expiry-late-cause"
 LATE_AFTER_MS: Final = 60_000
 LATE_CAUSES: Final = ("catch_up", "late_event", "hold", "archive")

@@ -76,9 +76,10 @@ class Fired(NamedTuple):
     # out (again), to end the changelog where that end left it: the release of an erasure
     # a legal hold deferred that names no life (``PartitionProcessor._erase_no_life``).
     null_only: bool = False
-    # Why a ``ttl`` tombstone goes out more than ``codec.LATE_AFTER_MS`` after its expiry
-    # (``codec.LATE_CAUSES``), as the processor knows it; None when it is on time, and for
-    # every other tombstone. The outbox gives it in the ``expiry-late-cause`` header.
+    # Why a tombstone goes out more than ``codec.LATE_AFTER_MS`` after it was due
+    # (``codec.LATE_CAUSES``), as the processor knows it: a ``ttl`` one after its expiry,
+    # an erasure after its request; None when it is on time. The outbox gives it in the
+    # ``expiry-late-cause`` header.
     late_cause: str | None = None
 
     @property

@@ -211,6 +211,12 @@ _LATE_CAUSE_TEXT = {
     "hold": "a legal hold kept it until its release",
     "archive": "it waited for the archive ([archive] required)",
 }
+# And an erasure's, more than a minute after its request (never for the archive).
+_LATE_ERASURE_TEXT = {
+    "catch_up": "the service read the request late: it was down, behind or restored",
+    "late_event": "the request reached the bus more than a minute after its time",
+    "hold": "a legal hold deferred it until its release",
+}
 
 
 def _late(e: dict[str, Any]) -> str:
@@ -220,7 +226,8 @@ def _late(e: dict[str, Any]) -> str:
     cause = e.get("late_cause")
     if not cause:
         return ""
-    why = _LATE_CAUSE_TEXT.get(str(cause))
+    texts = _LATE_ERASURE_TEXT if e.get("reason") == "explicit" else _LATE_CAUSE_TEXT
+    why = texts.get(str(cause))
     if why is None:
         return (
             f"; late ({str(cause)!r}: a cause this version does not know, shown up to "

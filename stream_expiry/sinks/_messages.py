@@ -155,8 +155,8 @@ class TombstoneChange:
     # ``expiry-request-event-id``; None: not an erasure's, or not said): its receipts say it.
     request: str | None = None
     request_event_id: str | None = None
-    # Why it came more than a minute after its expiry (``expiry-late-cause``; None: on
-    # time, or not said): its receipts say it too.
+    # Why it came more than a minute after its expiry, or an erasure's after its request
+    # (``expiry-late-cause``; None: on time, or not said): its receipts say it too.
     late_cause: str | None = None
 
     @property
@@ -388,9 +388,10 @@ class Receipt:
     receipt message's headers ``expiry-request`` and ``expiry-request-event-id``, not in
     its value (the contract's schema has no such field). None for every other deletion.
 
-    ``late_cause``: why the deletion came more than a minute after the record's expiry, as
-    the tombstone event (else its null) said it (``expiry-late-cause``, published as that
-    header); None for a deletion on time, and for the store's own (``sweep``).
+    ``late_cause``: why the deletion came more than a minute after the record's expiry (an
+    erasure's, after its request), as the tombstone event (else its null) said it
+    (``expiry-late-cause``, published as that header); None for a deletion on time, and
+    for the store's own (``sweep``).
     """
 
     receipt_id: str
@@ -586,7 +587,7 @@ def decode_stamped(
         known = reason if reason in ("ttl", "explicit") else None
         at = timestamp if timestamp is not None and timestamp >= 0 else None
         request, event_id = request_of(headers) if known == "explicit" else (None, None)
-        late = late_cause_of(headers) if known == "ttl" else None
+        late = late_cause_of(headers) if known is not None else None
         return NullChange(
             _key_identity(key), partition, offset, known, at, topic, request, event_id, late
         )
@@ -628,7 +629,7 @@ def decode_tombstone(
     emitted_at = _time(obj, "emitted_at", required=True)
     assert emitted_at is not None
     request, event_id = request_of(headers) if reason == "explicit" else (None, None)
-    late = late_cause_of(headers) if reason == "ttl" and headers else None
+    late = late_cause_of(headers) if headers else None
     return TombstoneChange(
         identity=_identity(obj),
         created_at=_time(obj, "created_at"),

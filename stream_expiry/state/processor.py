@@ -75,17 +75,37 @@ _PHASE_STEP = 157
 
 
 def _if_late(fired: Fired, cause: str) -> Fired:
-    """``fired`` naming ``cause`` when it is a ``ttl`` tombstone emitted more than
-    ``codec.LATE_AFTER_MS`` after its expiry (``Fired.late_cause``), else as it is."""
-    expires = fired.before.expires_at
-    if (
-        expires is not None
-        and fired.emitted_at - expires > codec.LATE_AFTER_MS
-        and fired.reason == "ttl"
-        and not fired.null_only
-    ):
+    """``fired`` naming why when it is emitted more than ``codec.LATE_AFTER_MS`` after it
+    was due (``Fired.late_cause``), else as it is: a ``ttl`` one after its expiry,
+    ``cause``; an erasure a legal hold deferred (one a release lets go) after its request
+    (``erase_at``), ``hold``, whatever let it go: nothing but a hold defers an erasure (the
+    archive never does), so that much is known after a restart or a restore too."""
+    if fired.null_only:
+        return fired
+    if fired.reason == "ttl":
+        due = fired.before.expires_at
+    else:
+        due, cause = fired.before.erase_at, "hold"
+    if due is not None and fired.emitted_at - due > codec.LATE_AFTER_MS:
         return fired._replace(late_cause=cause)
     return fired
+
+
+def _erasure_if_late(fired: Fired, rec: InputRecord, requested_at: int) -> Fired:
+    """An erasure request's own tombstone, sent as the request is read, naming why when it
+    is emitted more than ``codec.LATE_AFTER_MS`` after the request's time (its ``ts``, or
+    the creation of the life it ends when that is later): ``late_event`` when the request
+    reached the broker more than that after its time (its Kafka timestamp, the producer's
+    behind rekey: it was forwarded late, the service acted on it at once), else
+    ``catch_up`` (the service read it late: it was down, behind, or restored). A request
+    with no timestamp is taken at its word, as a late ``ttl`` event is."""
+    created = fired.before.created_at
+    due = requested_at if created is None or created <= requested_at else created
+    if fired.emitted_at - due <= codec.LATE_AFTER_MS:
+        return fired
+    produced = codec.produced_at(rec)
+    late = produced is None or produced - due > codec.LATE_AFTER_MS
+    return fired._replace(late_cause="late_event" if late else "catch_up")
 
 
 def wheel_phase(topic: str, partition: int) -> int:
@@ -431,6 +451,8 @@ class PartitionProcessor:
                 assert prior is not None
                 kept = self._wait_for_archive(ev, prior, now_ms, effects, request)
             if kept is not None:
+                if request is not None:  # an erasure read now, let go at once, or kept
+                    self._time_erasure(effects, request, rec, ev.ts)
                 if kept is not prior:
                     first = writes.get(key)
                     writes[key] = (prior if first is None else first[0], kept)
@@ -442,7 +464,7 @@ class PartitionProcessor:
             for fired in outcome.fired:
                 if request is not None and fired.reason == "explicit":
                     # The request's own tombstone, not the ended life's ttl one before it.
-                    fired = fired._replace(request=request)
+                    fired = _erasure_if_late(fired._replace(request=request), rec, ev.ts)
                 elif fired.reason == "ttl":
                     # The running life, due before this event came: the firing had not come
                     # to it (behind, or down), unless an earlier event made it due on arrival.
@@ -467,6 +489,20 @@ class PartitionProcessor:
                 overlay[key] = (seq, new)
         if ending:
             self._unpark_ended(ending, now_ms, effects)
+
+    @staticmethod
+    def _time_erasure(
+        effects: Effects, request: codec.Request, rec: InputRecord, requested_at: int
+    ) -> None:
+        """The tombstone that carries out the erasure ``request`` read now, if one went
+        out (a record kept for the archive only, which an erasure never waits for), says
+        why it is late as any erasure read (:func:`_erasure_if_late`)."""
+        tombstones = effects.tombstones
+        for i in range(len(tombstones) - 1, -1, -1):
+            fired = tombstones[i]
+            if fired.request is request:
+                tombstones[i] = _erasure_if_late(fired, rec, requested_at)
+                return
 
     def _note_due_on_arrival(
         self,
@@ -1035,8 +1071,11 @@ class PartitionProcessor:
         if held.held:
             fired = self._engine.fire_now(current, now_ms)
             if request is not None and fired.reason == "explicit":
-                fired = fired._replace(request=request)  # the erasure read now, not a deferred one
-            effects.tombstones.append(_if_late(fired, cause))
+                # The erasure read now, not a deferred one: timed as read (_time_erasure).
+                fired = fired._replace(request=request)
+            else:
+                fired = _if_late(fired, cause)
+            effects.tombstones.append(fired)
             new = fired.after
         else:
             self._engine.load([(current, None)])
@@ -1070,7 +1109,8 @@ class PartitionProcessor:
         marker = ended._replace(deleted_at=held.previous_deleted_at)
         for erase_at in (held.erase_at, *held.later_erasures):
             erasure = model.Stamp(held.identity, None, None, None, None, None, erase_at)
-            effects.tombstones.append(Fired(erasure, marker, "explicit", now_ms, False))
+            fired = Fired(erasure, marker, "explicit", now_ms, False)
+            effects.tombstones.append(_if_late(fired, "hold"))
         effects.tombstones.append(Fired(ended, marker, "ttl", now_ms, null_only=True))
         return marker
 
@@ -1093,7 +1133,8 @@ class PartitionProcessor:
         archive caught up). ``Stamp.held`` means both, and a release is known only as long
         as this processor ran: a record whose hold was released before a restart, with
         ``[archive] required``, says ``archive``; one kept by a hold, then by the archive,
-        says what the scan that let it go saw."""
+        says what the scan that let it go saw. (An erasure a hold deferred says ``hold``
+        whatever this says: :func:`_if_late`.)"""
         if self.archive is None:
             return "hold"
         identity = held.identity

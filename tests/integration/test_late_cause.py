@@ -30,9 +30,11 @@ from tests.integration.service_helpers import (
     config_text,
     event,
     no_orphans,
+    produce,
     running_service,
     spawn_service,
 )
+from tests.integration.sink_helpers import open_store, running_sink, sink_config
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -115,3 +117,49 @@ async def test_a_late_event_s_record_tombstoned_after_a_sigkill_says_late_event(
     (stamp,) = [r for _, r in stamped.arrivals if r.key == key]
     expires = parse_ts(orjson.loads(stamp.value)["expires_at"])
     assert codec.due_at_ingest_of(stamp.headers) == expires
+
+
+@pytest.mark.timeout(120)
+async def test_an_erasure_request_that_reached_the_bus_late_says_so_to_the_stores(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """An erasure dated two hours before it reached the broker is carried out at once, two
+    hours after its request's time: its tombstone event and its null say
+    ``expiry-late-cause: late_event`` (it said nothing: explicit tombstones carried no
+    cause), a store's receipt of it says the same, and an erasure on time says nothing."""
+    config = config_for(
+        topics, str(tmp_path / "state"), '[retention.defaults]\nconversation = "4h"\n'
+    )
+    t0 = wall_clock_ms()
+    messages = [
+        event("conversation", "late", ts=t0 - 3 * 3_600_000),
+        event("conversation", "late", ts=t0 - 2 * 3_600_000, op="delete"),
+        event("conversation", "on-time", ts=t0),
+        event("conversation", "on-time", ts=t0 + 1, op="delete"),
+    ]
+    async with (
+        open_store("sqlite", tmp_path) as store,
+        running_sink(store, sink_config(broker, topics)),
+        running_service(config, broker),
+    ):
+        await produce(broker, [(topics.conversations, k, v) for k, v in messages])
+        receipts = await read_topic(broker, topics.receipts, until=lambda r: len(r) >= 2)
+        tombs = await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 2)
+        stamped = await read_topic(
+            broker, topics.stamped, until=lambda r: sum(m.value is None for m in r) >= 2
+        )
+    said = {
+        (kind, orjson.loads(r.value)["record_id"] if r.value else r.key.decode().split("/")[-1]):
+            dict(r.headers).get(codec.H_LATE_CAUSE)
+        for kind, rs in (("tombstone", tombs), ("receipt", receipts), ("null", stamped))
+        for r in rs
+        if kind != "null" or r.value is None
+    }  # fmt: skip
+    assert said == {
+        ("tombstone", "late"): b"late_event",
+        ("null", "late"): b"late_event",
+        ("receipt", "late"): b"late_event",
+        ("tombstone", "on-time"): None,
+        ("null", "on-time"): None,
+        ("receipt", "on-time"): None,
+    }

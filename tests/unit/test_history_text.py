@@ -437,3 +437,19 @@ def test_a_life_no_null_has_ended_is_said_due_or_overdue_and_what_may_keep_it() 
     due = open_life([stamp, erased], before)
     assert due is not None
     assert (due["due_at"], due["overdue"]) == ("2027-01-15T08:00:10.000Z", True)
+
+
+def test_a_late_erasure_says_why_in_words_of_an_erasure() -> None:
+    """An erasure a hold deferred, or one the service read late, is late after its
+    request, not after an expiry: its words say so; an expiry's keep theirs."""
+    tomb = {"at": AT, "kind": "tombstone", "emitted_at": AT, "created_at": AT}
+    lines = text_lines(
+        _history(
+            {**tomb, "reason": "explicit", "late_cause": "hold"},
+            {**tomb, "reason": "explicit", "late_cause": "catch_up"},
+            {**tomb, "reason": "ttl", "late_cause": "late_event"},
+        )
+    )
+    assert "; late (hold: a legal hold deferred it until its release)" in lines[1]
+    assert "; late (catch_up: the service read the request late" in lines[2]
+    assert "; late (late_event: the event that made it due came after its expiry)" in lines[3]

@@ -2,7 +2,8 @@
 expiry names its cause (``Fired.late_cause``, the ``expiry-late-cause`` header): the firing
 late (``catch_up``), an event that came after the expiry (``late_event``), a legal hold's
 release (``hold``), or the archive catching up (``archive``); ``late_event`` also after a
-restart or a restore."""
+restart or a restore. An erasure emitted more than that after its request names one too:
+``hold``, ``catch_up`` or ``late_event``."""
 
 from __future__ import annotations
 
@@ -82,8 +83,14 @@ class _Timed:
 
 
 def _late_create(p: Partition, timestamp: int, now: int, rid: str = "c") -> Effects:
+    return _timed(p, rid, "create", T0, timestamp, now)
+
+
+def _timed(p: Partition, rid: str, op: str, ts: int, timestamp: int, now: int) -> Effects:
+    """An event read at ``now`` that the broker had at ``timestamp``."""
     p.offset += 1
-    body = {"category": "conversation", "org": "acme", "bot": "b1", "record_id": rid, "ts": T0}
+    body = {"category": "conversation", "org": "acme", "bot": "b1", "record_id": rid, "op": op,
+            "ts": ts}  # fmt: skip
     rec = _Timed(p.offset, None, orjson.dumps(body), timestamp)
     return p._take(p.proc.process([rec], now), now)
 
@@ -152,7 +159,9 @@ def test_a_touch_that_extends_a_life_due_before_it_keeps_catch_up() -> None:
     assert _causes(p) == [("s", "ttl", "catch_up")]
 
 
-def test_a_hold_s_release_says_hold_and_an_erasure_it_deferred_names_no_cause() -> None:
+def test_a_hold_s_release_says_hold_of_an_expiry_and_of_an_erasure_it_deferred() -> None:
+    """An erasure a legal hold deferred goes out at the release, late: it says ``hold``
+    too (it said nothing, as if an erasure were on time by definition)."""
     p = Partition()
     p.holds.place(hold())
     p.event("kept", "create", T0)
@@ -161,7 +170,7 @@ def test_a_hold_s_release_says_hold_and_an_erasure_it_deferred_names_no_cause() 
     p.tick(T0 + TTL)
     p.holds.release("h1")
     p.tick(T0 + 2 * LATE)
-    assert sorted(_causes(p)) == [("erased", "explicit", None), ("kept", "ttl", "hold")]
+    assert sorted(_causes(p)) == [("erased", "explicit", "hold"), ("kept", "ttl", "hold")]
 
 
 def test_a_release_within_the_minute_names_no_cause() -> None:
@@ -365,3 +374,80 @@ def test_a_restored_stamp_says_its_life_was_due_on_arrival() -> None:
 
 def _identity(rid: str) -> Identity:
     return Identity("acme", "b1", "live", "conversation", rid)
+
+
+# -- erasures: late when a hold deferred them, or when read late -------------------------
+
+
+def test_an_erasure_a_hold_deferred_says_hold_only_past_the_minute() -> None:
+    for released, cause in ((T0 + 10 + LATE_AFTER_MS, None), (T0 + 11 + LATE_AFTER_MS, "hold")):
+        p = Partition()
+        p.holds.place(hold())
+        p.event("c", "create", T0)
+        p.event("c", "delete", T0 + 10)  # deferred: its tombstone is due at T0 + 10
+        p.holds.release("h1")
+        p.tick(released)
+        assert _causes(p) == [("c", "explicit", cause)]
+
+
+def test_an_erasure_a_hold_deferred_says_hold_after_a_restart_with_the_archive_required() -> None:
+    """An erasure never waits for the archive, so its release says ``hold`` even where a
+    restart leaves an expiry's cause to a guess (``archive``, see ``_release_cause``)."""
+    archive = ArchiveGate(partitions=1)
+    archive.update({0: 100})
+    p = Partition(archive=archive)
+    p.holds.place(hold())
+    p.event("c", "create", T0)
+    p.event("c", "delete", T0 + 10)
+    p.holds.release("h1")  # while the service is down: the restarted one never saw it
+    q = _restarted(p)
+    q.proc.archive = archive
+    q.tick(T0 + 2 * LATE)
+    assert _causes(q) == [("c", "explicit", "hold")]
+
+
+def test_an_erasure_a_hold_deferred_says_hold_when_restored_from_the_changelog() -> None:
+    p = Partition()
+    log = Changelog()
+    p.holds.place(hold())
+    log.write(p.event("c", "create", T0), T0)
+    log.write(p.event("c", "delete", T0 + 10), T0 + 10)  # its stamp says the request
+    p.holds.release("h1")
+    q = _restarted(p, log.restore(T0 + 20, PartitionStore(MemoryKV())))
+    q.tick(T0 + 2 * LATE)
+    assert _causes(q) == [("c", "explicit", "hold")]
+
+
+def test_an_erasure_read_late_says_catch_up_and_one_produced_late_says_late_event() -> None:
+    """Carried out as it is read: late past the minute after the request's time (its
+    ``ts``) when the service read it late (the broker had it: ``catch_up``) or when it
+    reached the broker late (``late_event``); read within the minute, nothing."""
+    now = T0 + 10 + LATE_AFTER_MS
+    for timestamp, read_at, cause in (
+        (T0 + 10, T0 + 10 + LATE_AFTER_MS, None),  # a minute: on time
+        (T0 + 10, now + 1, "catch_up"),
+        (T0 + 11 + LATE_AFTER_MS, now + 1, "late_event"),
+        (T0 + 10 + LATE_AFTER_MS, now + 1, "catch_up"),  # reached it within the minute
+    ):
+        p = Partition()
+        p.event("c", "create", T0)
+        _timed(p, "c", "delete", T0 + 10, timestamp, read_at)
+        assert _causes(p) == [("c", "explicit", cause)], (timestamp, read_at)
+
+
+def test_an_erasure_of_a_record_never_seen_read_late_says_catch_up() -> None:
+    p = Partition()
+    _timed(p, "c", "delete", T0, T0 + 5, T0 + LATE)
+    assert _causes(p) == [("c", "explicit", "catch_up")]
+
+
+def test_an_erasure_read_late_of_a_record_the_archive_keeps_says_catch_up() -> None:
+    """The record waits for the archive; an erasure, never delayed by it, lets it go at
+    once: read late, its tombstone says ``catch_up``, not ``archive``."""
+    archive = ArchiveGate(partitions=1)
+    p = Partition(archive=archive)
+    p.event("c", "create", T0)
+    p.tick(T0 + TTL)
+    assert _causes(p) == []  # kept for the archive
+    _timed(p, "c", "delete", T0 + TTL + 10, T0 + TTL + 20, T0 + 2 * LATE)
+    assert _causes(p) == [("c", "explicit", "catch_up")]

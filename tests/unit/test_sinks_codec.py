@@ -583,18 +583,22 @@ def test_the_messages_faster_init_keeps_the_dataclass_they_were() -> None:
         )
 
 
-def test_a_late_cause_is_read_from_ttl_deletions_only_and_a_strangers_is_cut() -> None:
-    """``expiry-late-cause`` says why a ttl deletion was late; the service puts it on no
-    erasure, and a header some other producer wrote is cut to 64 bytes, as text."""
+def test_a_late_cause_is_read_from_ttl_deletions_and_erasures_and_a_strangers_is_cut() -> None:
+    """``expiry-late-cause`` says why a deletion was late: an expiry, or an erasure (a hold
+    deferred it, or the service read it late); a header some other producer wrote is cut
+    to 64 bytes, as text."""
     s = Stamp(Identity("o", "b", "live", "conversation", "r"), 0, 1_000, 1_000, "org")
     key, ttl = s.identity.key.encode(), encode_tombstone(s, reason="ttl", emitted_at=90_000)
     said = [("expiry-late-cause", b"catch_up")]
     assert decode_tombstone(key, ttl, said).late_cause == "catch_up"
     assert decode_tombstone(key, ttl).late_cause is None
     erased = encode_tombstone(s, reason="explicit", emitted_at=90_000)
-    assert decode_tombstone(key, erased, said).late_cause is None
+    held = [("expiry-late-cause", b"hold")]
+    assert decode_tombstone(key, erased, held).late_cause == "hold"
     ttl_null = [("expiry-reason", b"ttl"), *said]
     assert decode_stamped(key, None, headers=ttl_null).late_cause == "catch_up"  # type: ignore[union-attr]
+    erased_null = [("expiry-reason", b"explicit"), *held]
+    assert decode_stamped(key, None, headers=erased_null).late_cause == "hold"  # type: ignore[union-attr]
     odd = [("expiry-late-cause", b"x\x00" + b"y" * 100)]
     assert decode_tombstone(key, ttl, odd).late_cause == "x\ufffd" + "y" * 62
     receipt = Receipt("id", "st", s.identity, "ttl", 1, 0, 1_000, 1, "org", 90_000, 90_001)
