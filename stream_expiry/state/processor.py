@@ -1130,11 +1130,27 @@ class PartitionProcessor:
         """What let ``held`` go, as far as the processor knows: ``hold`` when a hold let go
         of since (``let_go``, or those not looked at yet: an event or the firing found the
         record first) matched it, or when no archive is required; else ``archive`` (the
-        archive caught up). ``Stamp.held`` means both, and a release is known only as long
-        as this processor ran: a record whose hold was released before a restart, with
-        ``[archive] required``, says ``archive``; one kept by a hold, then by the archive,
-        says what the scan that let it go saw. (An erasure a hold deferred says ``hold``
-        whatever this says: :func:`_if_late`.)"""
+        archive caught up). One kept by a hold, then by the archive, says what the scan
+        that let it go saw. (An erasure a hold deferred says ``hold`` whatever this says:
+        :func:`_if_late`.)
+
+        The guess: ``Stamp.held`` means both, and a release is known only as long as this
+        processor ran. After a restart on the same store with ``[archive] required``, a
+        ``ttl`` record still held whose hold was released before the processor was made
+        (while no instance ran, or before the scan reached it), and whose stamp the
+        archive holds at the first look, says ``archive``. It may have been either: the
+        hold (the archive had the stamp when the hold went) or the archive (it caught up
+        after the release, or no hold ever kept the record). No durable state tells them
+        apart: the store keeps one ``held`` flag for both (``expiry.audit``'s
+        ``deletion_deferred`` says a hold kept it, but the service does not read it), and
+        when the archive passed the stamp, against when the release came, is on no record
+        (the archive group's committed offset keeps no history). Telling them apart would
+        take a new durable mark, written by the scan that finds a released record waiting
+        for the archive; ``hold`` always would be as much a guess the other way. Taken
+        over instead (restored from the changelog), such a record is not held at all (its
+        stamp does not say it): the new instance keeps it again under an active hold, or
+        fires it, saying ``catch_up`` (``late_event`` when its stamp says it was due on
+        arrival)."""
         if self.archive is None:
             return "hold"
         identity = held.identity

@@ -451,3 +451,38 @@ def test_an_erasure_read_late_of_a_record_the_archive_keeps_says_catch_up() -> N
     assert _causes(p) == []  # kept for the archive
     _timed(p, "c", "delete", T0 + TTL + 10, T0 + TTL + 20, T0 + 2 * LATE)
     assert _causes(p) == [("c", "explicit", "catch_up")]
+
+
+# -- what no durable state decides (README, "Why a deletion was late") ---------------------
+
+
+def test_a_hold_released_before_a_restart_with_the_archive_required_says_archive() -> None:
+    """The documented guess (``_release_cause``): the store says the record was kept, not
+    by what, and nothing durable says whether the archive had its stamp when the hold
+    went. Without ``[archive] required`` only a hold keeps a record: ``hold``."""
+    for archive, cause in ((ArchiveGate(partitions=1), "archive"), (None, "hold")):
+        if archive is not None:
+            archive.update({0: 100})  # the archive has the stamp
+        p = Partition(archive=archive)
+        p.holds.place(hold())
+        p.event("c", "create", T0)
+        p.tick(T0 + TTL)  # kept by the hold
+        p.holds.release("h1")  # while the service is down
+        q = _restarted(p)
+        q.proc.archive = archive
+        q.tick(T0 + 2 * LATE)
+        assert _causes(q) == [("c", "ttl", cause)]
+
+
+def test_a_record_a_hold_kept_taken_over_after_the_release_says_catch_up() -> None:
+    """Its stamp does not say a hold kept it: the instance that restores the partition
+    fires it as any overdue record."""
+    p = Partition()
+    log = Changelog()
+    p.holds.place(hold())
+    log.write(p.event("c", "create", T0), T0)
+    p.tick(T0 + TTL)  # kept by the hold: no stamp, no tombstone
+    p.holds.release("h1")
+    q = _restarted(p, log.restore(T0 + 2 * LATE, PartitionStore(MemoryKV())))
+    q.tick(T0 + 2 * LATE)
+    assert _causes(q) == [("c", "ttl", "catch_up")]
