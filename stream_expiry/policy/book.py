@@ -26,6 +26,8 @@ import difflib
 import hashlib
 from typing import TYPE_CHECKING, Final
 
+import orjson
+
 from stream_expiry.errors import ConfigurationError, suggestion
 from stream_expiry.model import ENVS, Identity, Rejection
 from stream_expiry.policy.history import AFTER_ALL, BEFORE_ALL, ScopeHistory
@@ -55,6 +57,23 @@ _NO_ENV: Final[tuple[Candidate, ...]] = ()
 # (global gen, lo, hi, org history, its gen, bot history, its gen, answer)
 _Entry = tuple[int, int, int, ScopeHistory | None, int, ScopeHistory | None, int, Resolution]
 _BotKey = tuple[str, str, str]
+# A value in the digest's canonical document: [ttl_ms, valid] (see PolicyBook.canonical).
+_ValueJson = tuple[int | None, bool]
+_ScopeJson = dict[str, _ValueJson]
+
+
+def _value_json(candidate: Candidate) -> _ValueJson:
+    return (candidate.ttl_ms, candidate.valid)
+
+
+def _value_order(value: _ValueJson) -> tuple[bool, int, bool]:
+    """A total order on values (null ``ttl_ms`` last), which ``sorted`` cannot give alone."""
+    ttl_ms, valid = value
+    return (ttl_ms is None, ttl_ms or 0, valid)
+
+
+def _scope_json(ttls: TtlMap) -> _ScopeJson:
+    return {category: _value_json(c) for category, c in ttls.items()}
 
 
 class UnknownCategory(ConfigurationError, ValueError):
@@ -123,28 +142,47 @@ class PolicyBook:
         record alike; a different one means a different config or environment, whose
         records get other TTLs depending on the instance that holds their partition.
         Updates from ``expiry.policies`` are left out: every instance reads them all.
-        Only what decides a TTL counts, not where a value was written."""
+        Only what decides a TTL counts, not where a value was written.
 
-        def scope(ttls: TtlMap) -> list[tuple[str, int | None, bool]]:
-            return sorted((k, c.ttl_ms, c.valid) for k, c in ttls.items())
+        Instances of different versions compare it, so it is the SHA-256 of a canonical
+        document (:meth:`canonical`), never of ``repr``, which is no serialisation: its
+        escaping of a string follows the Unicode tables of the Python that runs it."""
+        return hashlib.sha256(self.canonical(sliding)).hexdigest()[:12]
 
-        text = repr(
-            (
-                self._categories,
-                sorted(frozenset(sliding) & self._category_set),
-                scope(self._cap.base),
-                scope(self._default.base),
-                # A scope with no value of its own (an empty table, or one an update
-                # made) decides nothing, and is left out.
-                sorted((org, scope(h.base)) for org, h in self._orgs.items() if h.base),
-                sorted((bot, scope(h.base)) for bot, h in self._bots.items() if h.base),
-                sorted(
-                    (category, [(c.ttl_ms, c.valid) for c in found])
-                    for category, found in self._env.items()
-                ),
-            )
-        )
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+    def canonical(self, sliding: Iterable[str]) -> bytes:
+        """The policy :meth:`digest` names, as one canonical JSON document.
+
+        Plain JSON of objects, arrays, strings, integers, booleans and null, as orjson
+        writes it: UTF-8, no whitespace, object keys sorted by code point, sets as sorted
+        arrays, durations as integer milliseconds (``"30d"`` and ``"720h"`` alike), and a
+        value as ``[ttl_ms, valid]`` (``ttl_ms`` null when not positive or not valid).
+        Its keys::
+
+            {"bots": {ORG: {BOT: {ENV: SCOPE}}}, "cap": SCOPE, "categories": [...],
+             "default": SCOPE, "env": {CATEGORY: [[ttl_ms, valid], ...]},
+             "orgs": {ORG: SCOPE}, "sliding": [...]}
+
+        where SCOPE is ``{CATEGORY: [ttl_ms, valid]}`` (the cap's ``max`` too). An org or
+        bot scope with no value of its own (an empty table, or one an update made) decides
+        nothing and is left out; a category's environment values are sorted, since the
+        smallest positive one counts whichever variable holds it."""
+        bots: dict[str, dict[str, dict[str, _ScopeJson]]] = {}
+        for (org, bot, env), history in self._bots.items():
+            if history.base:
+                bots.setdefault(org, {}).setdefault(bot, {})[env] = _scope_json(history.base)
+        document = {
+            "bots": bots,
+            "cap": _scope_json(self._cap.base),
+            "categories": sorted(self._category_set),
+            "default": _scope_json(self._default.base),
+            "env": {
+                category: sorted((_value_json(c) for c in found), key=_value_order)
+                for category, found in self._env.items()
+            },
+            "orgs": {org: _scope_json(h.base) for org, h in self._orgs.items() if h.base},
+            "sliding": sorted(frozenset(sliding) & self._category_set),
+        }
+        return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
 
     def resolve(self, identity: Identity, at_ms: int) -> Resolution:
         """The TTL of a record of ``identity`` created at ``at_ms``, under the policy then."""
