@@ -27,6 +27,7 @@ from stream_expiry.model import (
     parse_event,
 )
 from stream_expiry.oversize import DETAIL_BYTES
+from stream_expiry.redact import Redactor
 from stream_expiry.timeutil import MIN_TS_MS
 
 CATEGORIES = frozenset({"conversation", "session"})
@@ -365,3 +366,32 @@ def test_an_unknown_category_names_the_configured_one_it_is_close_to(
     result = parse(event(category=category))
     assert isinstance(result, Rejection)
     assert (result.code, result.detail) == ("unknown_category", detail)
+
+
+@pytest.mark.parametrize(
+    "ts", [str(NOW - 1_000).encode(), b'"2026-11-18T11:06:39Z"'], ids=["fast", "slow"]
+)
+def test_a_field_given_twice_is_read_as_its_last_value(ts: bytes) -> None:
+    """On both paths, as orjson (and JavaScript's ``JSON.parse``) reads it: the event is
+    globex's, and an erasure request followed by ``"op":"create"`` is a create."""
+    value = b"{" + TWICE + b',"ts":' + ts + b',"op":"delete","org":"globex","op":"create"}'
+    result = parse(value)
+    assert isinstance(result, InputEvent)
+    assert (result.identity.org, result.op) == ("globex", "create")
+    assert result.ts == NOW - 1_000
+
+
+def test_a_name_given_twice_in_data_is_stamped_once_with_its_last_value() -> None:
+    """The stamp is written from the parsed data, so the first value is in no stamp, and
+    a redacted path leaves neither behind."""
+    value = b"{" + TWICE + b',"ts":1,"data":{"email":"first@x","email":"last@x","n":1}}'
+    result = parse(value)
+    assert isinstance(result, InputEvent)
+    stamp = Stamp(result.identity, result.ts, None, None, None)
+    assert orjson.loads(encode_stamp(stamp, result.data))["data"] == {"email": "last@x", "n": 1}
+    redacted, removed = Redactor.from_config({"conversation": ["email"]}).redact(
+        "conversation", result.data
+    )
+    written = encode_stamp(stamp, redacted, removed)
+    assert b"@x" not in written
+    assert orjson.loads(written)["data"] == {"n": 1}
