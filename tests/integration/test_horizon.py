@@ -104,7 +104,12 @@ async def test_a_2s_horizon_fires_every_record_none_early_across_a_crash(
             while len(tombstones.keys()) < RECORDS // 10:  # noqa: ASYNC110
                 await anyio.sleep(0.05)
         stop_sampling.set()
-        assert len(tombstones.keys()) < RECORDS // 2, "too slow: most fired before the kill"
+        # Records must be pending at the kill, for the restart to load them from the store
+        # slice by slice. The kill comes ~4 s after the produce (61 fired, idle and beside a
+        # busy core); the errors, a third, fall due 8.5-10 s after it, so this holds unless
+        # the test sees its 60th tombstone 4.5 s late. It asked for half still pending,
+        # which the test seeing that tombstone 2.3 s late (a stall, a busy machine) would break.
+        assert len(tombstones.keys()) < RECORDS * 2 // 3, "too slow: most fired before the kill"
         first.process.send_signal(signal.SIGKILL)
         await first.process.wait()
         second, port = await start(tg)
@@ -126,7 +131,12 @@ async def test_a_2s_horizon_fires_every_record_none_early_across_a_crash(
         )
     # The wheel held a slice, never the backlog: expiries spread over ~6.5 s, a 2 s horizon.
     # (After the restart the records that fell due while it was down are loaded at once,
-    # as they must be: those samples say nothing of the horizon.)
+    # as they must be: those samples say nothing of the horizon.) Any 2 s of expiries holds
+    # about 200 records (189 seen, idle and beside a busy core), plus those due and not
+    # fired yet when the firing lags (~130 a second of lag); the backlog is all 600 until
+    # the first expiry, 3.5 s (some 15 samples) after the produce. Half of them (300) was
+    # the bound, which a firing under a second behind reaches; 500 still tells the
+    # backlog from a slice.
     assert wheel, "no sample of the wheel"
     assert max(wheel) > 0, wheel
-    assert max(wheel) < RECORDS // 2, wheel
+    assert max(wheel) < RECORDS * 5 // 6, wheel
