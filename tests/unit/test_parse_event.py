@@ -23,7 +23,9 @@ from stream_expiry.model import (
     Identity,
     InputEvent,
     Rejection,
+    Stamp,
     _validate,
+    encode_stamp,
     parse_event,
 )
 from stream_expiry.oversize import DETAIL_BYTES
@@ -366,6 +368,9 @@ def test_an_unknown_category_names_the_configured_one_it_is_close_to(
     result = parse(event(category=category))
     assert isinstance(result, Rejection)
     assert (result.code, result.detail) == ("unknown_category", detail)
+
+
+TWICE = b'"category":"conversation","record_id":"r1","org":"acme"'
 
 
 @pytest.mark.parametrize(
