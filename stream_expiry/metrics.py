@@ -48,7 +48,14 @@ if TYPE_CHECKING:
 
 __all__ = ["LAG_BUCKETS_MS", "RekeyMetrics", "ServiceMetrics", "SinkMetrics", "version"]
 
-LAG_BUCKETS_MS: Final = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000, 60_000)
+# Milliseconds to a day: an outage makes deletions minutes or hours late, and with a top
+# bucket of 60 s all of them fell in +Inf, where histogram_quantile answers with 60 s (a
+# p99 of "60 s" for tombstones two hours late) and no alert on "later than 5 minutes" could
+# be written (a trial).
+LAG_BUCKETS_MS: Final = (
+    *(1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000, 10_000, 30_000, 60_000),
+    *(300_000, 900_000, 3_600_000, 14_400_000, 86_400_000),
+)
 _PREFIX: Final = "stream_expiry"
 
 

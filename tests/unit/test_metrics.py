@@ -267,3 +267,42 @@ def test_the_readme_lists_every_metric_exposed_with_its_type_and_labels() -> Non
     assert set(_documented(renamed)) ^ set(exposed) == {
         "stream_expiry_rekey_live", "stream_expiry_rekey_alive"
     }  # fmt: skip
+
+
+def _smallest_bucket_holding_all(
+    got: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str
+) -> float | None:
+    """The smallest finite ``le`` whose cumulative count is the histogram's whole count:
+    what ``histogram_quantile(1, ...)`` can say at best (None: only ``+Inf`` holds them)."""
+    buckets = {dict(labels)["le"]: v for (n, labels), v in got.items() if n == f"{name}_bucket"}
+    total = buckets["+Inf"]
+    finite = sorted(float(le) for le, v in buckets.items() if le != "+Inf" and v == total)
+    return finite[0] if finite else None
+
+
+def test_the_lag_histograms_tell_an_hour_late_from_a_minute_late() -> None:
+    """After an outage of hours every tombstone went out hours late, and every one landed
+    in ``+Inf`` above a top bucket of 60 s: ``histogram_quantile`` then answers with that
+    bucket's bound, so a p99 of 60 s for deletions two hours late, and no alert on "late by
+    more than 5 minutes" could be written (a trial: a restart after 2 minutes down)."""
+    for late_ms, at_least_s in ((90_000, 90), (2 * 3_600_000, 7_200)):
+        stats = ServiceStats()
+        stats.observe_lag(late_ms)
+        metrics = ServiceMetrics()
+        metrics.watch_stats(stats)
+        bound = _smallest_bucket_holding_all(
+            _samples(metrics.exposition()), "stream_expiry_tombstone_lag_seconds"
+        )
+        assert bound is not None, f"a tombstone {late_ms / 1000:g} s late is only in +Inf"
+        assert at_least_s <= bound <= 4 * at_least_s
+        sink = SinkMetrics("pg")
+        receipt = Receipt(
+            "r1", "pg", Identity("acme", "_", "live", "session", "s1"), "ttl", 1,
+            1_000, 2_000, 1, "default", 2_000, 2_000 + late_ms,
+        )  # fmt: skip
+        sink.on_batch(BatchReport("batch", 1, 0, 0, 1, 0, 0, (receipt,)))
+        got = {k: v for k, v in _samples(sink.exposition()).items() if ("store", "pg") in k[1]}
+        got = {
+            (n, tuple(lb for lb in labels if lb[0] != "store")): v for (n, labels), v in got.items()
+        }
+        assert _smallest_bucket_holding_all(got, "stream_expiry_sink_deletion_lag_seconds") == bound
