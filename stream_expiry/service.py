@@ -818,9 +818,14 @@ class Service:
         metrics = self.metrics
         if metrics is None:
             return
-        if procs:
+        if watched or self._outage_since is None:
+            # The stores it holds, the revoked ones during a rebalance as for the oldest
+            # overdue; none (its partitions gone to others, or a restore of others under
+            # way): 0. Left at its last counts, an instance whose partitions all went
+            # elsewhere went on showing them beside their new owners (a trial). In an outage
+            # the closed stores' last counts stay, as the oldest overdue does.
             pending: dict[str, int] = dict.fromkeys(self.config.categories, 0)
-            for proc in procs:
+            for proc in watched:
                 for category, n in proc.store.counts.pending.items():
                     pending[category] = pending.get(category, 0) + n
             for category, n in pending.items():

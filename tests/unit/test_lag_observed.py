@@ -155,3 +155,45 @@ def test_the_oldest_overdue_counts_the_revoked_stores_during_a_rebalance() -> No
     service._suspended.clear()  # given to another instance: its records are not ours
     service._observe()
     assert service._oldest_due is None
+
+
+def test_the_pending_gauges_count_what_the_instance_holds_and_nothing_once_it_holds_none() -> None:
+    """``stream_expiry_pending_records`` was set only while the instance owned partitions:
+    one whose partitions all went elsewhere (a scale-out, a restore of others it was given)
+    kept showing the last counts, which the new owners showed too, so a sum over the
+    instances counted those records twice for as long as the restore took (a trial: 18,387
+    on an instance restoring, its old partitions already another's). During a rebalance
+    the revoked stores still count, as for the oldest overdue."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from stream_expiry.metrics import ServiceMetrics
+    from stream_expiry.state import MemoryKV, PartitionProcessor, PartitionStore
+
+    metrics = ServiceMetrics()
+    service = Service(
+        parse_config(""), bootstrap_servers="k:1", environ={}, clock=lambda: NOW, metrics=metrics
+    )
+
+    def pending() -> float:
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(metrics.exposition().decode())
+            for s in family.samples
+            if s.name == "stream_expiry_pending_records"
+        )
+
+    store = PartitionStore(MemoryKV())
+    store.write([(None, _stamp("later", NOW + 60_000))], now_ms=NOW)
+    proc = PartitionProcessor(
+        "conversations", 0, store, resolve=lambda i, t: None,  # type: ignore[arg-type,return-value]
+        sliding=frozenset(), categories=frozenset({"conversation"}), max_skew_ms=0, now_ms=NOW,
+    )  # fmt: skip
+    service.processors[("conversations", 0)] = proc
+    service._observe()
+    assert pending() == 1
+    service._suspended[("conversations", 0)] = service.processors.pop(("conversations", 0))
+    service._observe()  # revoked, kept open until the next assignment
+    assert pending() == 1
+    service._suspended.clear()  # given to another instance, which counts it now
+    service._observe()
+    assert pending() == 0
