@@ -1532,11 +1532,12 @@ class Service:
         mine = [slot for slot in slots if slot in self.processors]
         if not mine:
             return
+        committed = True
         async with self._deciding:  # nothing new for these partitions while they settle
             if self._outbox is not None:
                 await self._outbox.drain()
             if self._consumer is not None:
-                await self._commit(self._consumer)
+                committed = await self._commit(self._consumer)
             for slot in mine:
                 self._suspended[slot] = self.processors.pop(slot)
                 self._reading.forget(slot)
@@ -1544,8 +1545,15 @@ class Service:
                 if self.metrics is not None:
                     self.metrics.forget_partition(*slot)
             self.stats.assigned_partitions = len(self.processors)
+        # A member the group dropped (paused past its session timeout: a long GC pause, a
+        # throttled container, SIGSTOP in a trial) has its commit refused: "committed" was
+        # said all the same, after the warning that the commit failed.
         log.info(
-            "revoked %s: the group is rebalancing (a member joined, left or stopped "
-            "answering); committed and handed over",
+            "revoked %s: the group is rebalancing (a member joined, left or stopped answering); %s",
             ", ".join(f"{t}[{p}]" for t, p in mine),
+            "committed and handed over"
+            if committed
+            else "handed over with the last offsets not committed (the group had moved on "
+            "without this member): the next owner reads those events again, and what was "
+            "sent for them goes out again (at least once), nothing is lost",
         )
