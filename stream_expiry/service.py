@@ -815,6 +815,10 @@ class Service:
             self._oldest_due = min(dues) if dues else None
         elif self._outage_since is None:
             self._oldest_due = None  # none owned: another instance has the records
+        now = self.clock()
+        oldest = self._oldest_due
+        overdue = now - oldest if oldest is not None and oldest <= now else 0
+        self.stats.oldest_overdue_ms = overdue  # for the progress line, which says it too
         metrics = self.metrics
         if metrics is None:
             return
@@ -830,9 +834,6 @@ class Service:
                     pending[category] = pending.get(category, 0) + n
             for category, n in pending.items():
                 metrics.set_pending(category, n)
-        now = self.clock()
-        oldest = self._oldest_due
-        overdue = now - oldest if oldest is not None and oldest <= now else 0
         metrics.set_oldest_overdue_seconds(overdue / 1000)
 
     # -- ingest -----------------------------------------------------------------------------

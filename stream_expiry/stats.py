@@ -38,6 +38,9 @@ class ServiceStats:
     resumed_partitions: int = 0  # given back by a rebalance and resumed without a restore
     assigned_partitions: int = 0  # input partitions this instance owns now
     archive_waiting_since: int | None = None  # the earliest due time among them (epoch ms)
+    # How late the oldest due record not yet tombstoned is (ms; 0: none), as the gauge
+    # stream_expiry_oldest_overdue_seconds says, for the progress line.
+    oldest_overdue_ms: int = 0
     # The lag (emitted_at - expires_at) of ttl tombstones fired by their timers, as
     # histogram buckets for /metrics. Not of those decided as their event is read (already
     # expired when it came: a late event, a ts in epoch seconds) nor of those a legal hold
