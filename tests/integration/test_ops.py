@@ -371,7 +371,7 @@ def test_rekey_forced_to_stop_says_so_with_status_130(broker: str, topics: Topic
         proc.send_signal(signal.SIGTERM)
         code, err = _stop(proc, signal.SIGINT)
     assert code == exits.INTERRUPTED, err
-    assert "received SIGINT again: stopping now" in err
+    assert "received SIGINT again: stopping now" in err, err
     assert "forced stop" in err
     assert "Traceback" not in err
 
