@@ -252,6 +252,28 @@ def test_the_rekey_overlay_is_valid_and_the_service_reads_what_rekey_writes() ->
     (patched,) = patch["spec"]["template"]["spec"]["containers"]
     (service,) = sts["spec"]["template"]["spec"]["containers"]
     assert patched["name"] == service["name"]
-    assert {e["name"]: e["value"] for e in patched["env"]}["STREAM_EXPIRY_TOPICS_INPUTS"] == copies
+    env = {e["name"]: e["value"] for e in patched["env"]}
+    assert env["STREAM_EXPIRY_TOPICS_INPUTS"] == copies
+    # The producers' topics retired, not dropped: what the service stamped from them
+    # before the switch is still tombstoned (left out of both lists, by no instance).
+    assert env["STREAM_EXPIRY_TOPICS_RETIRED"] == ",".join(sources)
     # The base's inputs are the producers' topics rekey reads.
     assert sources == list(parse_config("").topics.inputs)
+
+
+def test_the_compose_rekey_profile_retires_the_producers_topics() -> None:
+    """``docker compose --profile rekey up`` as the README and the compose file say to run
+    it: the service reads the copies and retires the producers' topics rekey reads. Only
+    the inputs were switched, and the records stamped from the producers' topics before
+    the switch were tombstoned by no instance."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    args = compose["services"]["rekey"]["command"]
+    sources = [args[i + 1] for i, arg in enumerate(args) if arg == "--from"]
+    env = compose["services"]["stream-expiry"]["environment"]
+    assert env["STREAM_EXPIRY_TOPICS_INPUTS"] == "${EXPIRY_INPUTS:-conversations,sessions,errors}"
+    assert env["STREAM_EXPIRY_TOPICS_RETIRED"] == "${EXPIRY_RETIRED:-}"  # empty: unset
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    said = re.search(r"`docker compose --profile rekey up` with (.*?), or `kubectl", readme)
+    assert said is not None
+    assert f"`EXPIRY_INPUTS={','.join(f'{s}.by-record' for s in sources)}`" in said.group(1)
+    assert f"`EXPIRY_RETIRED={','.join(sources)}`" in said.group(1)
