@@ -205,17 +205,21 @@ def hide_secrets(text: str, dsn: str) -> str:
     """``text`` (a client's or the server's message about ``dsn``) without the values
     :func:`redact` hides: a password also in the pieces a parser cut it into at a
     delimiter and quoted (asyncpg says ``invalid literal for int() with base 10: 'pa'`` of
-    ``postgresql://u:pa/ss@h``); another hidden value whole, where it stands as a word (the
-    server says ``invalid value for parameter "lock_timeout": "x1"``), so that a short value
-    (``app``) does not cut holes in the words around it (``application_name``). Single
-    characters are left: hiding each ``a`` of a message would hide the message."""
+    ``postgresql://u:pa/ss@h``); another hidden value, whole and each of its words, where
+    it stands as a word (the server says ``invalid value for parameter "lock_timeout":
+    "x1"``), so that a short value (``app``) does not cut holes in the words around it
+    (``application_name``). Single characters are left: hiding each ``a`` of a message
+    would hide the message."""
     passwords, others = _hidden(dsn)
     pieces: set[str] = set()
     for secret in passwords:
         pieces.update(p for p in (secret, *_PIECES.split(secret)) if len(p) > 1)
     for piece in sorted(pieces, key=len, reverse=True):
         text = text.replace(piece, "***")
-    for value in sorted({v for v in others if len(v) > 1}, key=len, reverse=True):
+    # Each word of such a value too: unquoted with a space (``passwd=S3cr3t PW``), its
+    # second half is left over as text that is not key=value, which the parser quotes.
+    words = {w for v in others for w in (v, *v.split()) if len(w) > 1}
+    for value in sorted(words, key=len, reverse=True):
         text = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", "***", text)
     return text
 

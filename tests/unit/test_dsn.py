@@ -210,6 +210,9 @@ def test_a_hidden_value_is_hidden_in_a_message_where_it_stands_as_a_word() -> No
         "host=127.0.0.1 pw=S3cr3tPW dbname=test",
         # Unquoted with a space: "'PW' is not key=value" showed its second half.
         "host=127.0.0.1 password=S3cr3t PW dbname=test",
+        # So did a mistyped secret key's, whose value is hidden as a word, not in pieces.
+        "host=127.0.0.1 pasword=S3cr3t PW dbname=test",
+        "host=127.0.0.1 passwd=S3cr3t PW",
     ],
 )
 @pytest.mark.asyncio
