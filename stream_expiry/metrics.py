@@ -156,7 +156,8 @@ class _StatsCollector(Collector):
         )
         yield GaugeMetricFamily(
             f"{p}_assigned_partitions",
-            "Input partitions this instance owns now (0 while it joins or the group rebalances).",
+            "Partitions of the input and retired topics this instance owns now (0 while it "
+            "joins or the group rebalances).",
             value=s.assigned_partitions,
         )
         cumulative = 0
