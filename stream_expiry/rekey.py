@@ -380,16 +380,22 @@ class Rekeyer:
 
     def _say_plan(self) -> None:
         """Each source and its target, and what the config's ``[topics] inputs`` still
-        needs: the service must read the targets, not the producers' topics."""
+        needs: the service must read the targets, not the producers' topics, and keep those
+        in ``[topics] retired`` (taken out of the inputs alone, the records stamped from
+        them are tombstoned by no instance)."""
         inputs = set(self.config.topics.inputs)
         for source, target in self.targets.items():
             log.info("rekeying %s -> %s (group %s)", source, target, self.group_id)
             if source in inputs:
+                # Replaced alone, the records stamped from it were left to no instance.
                 log.warning(
                     "%s is one of the service's [topics] inputs, so the service reads it as "
-                    "its producers key it: list %s there instead",
+                    "its producers key it: list %s there instead, and move %s to [topics] "
+                    "retired, so that the records already stamped from it are still "
+                    "tombstoned (README: Changing the input topics)",
                     source,
                     target,
+                    source,
                 )
             elif target not in inputs and self.config.path is not None:
                 log.warning(

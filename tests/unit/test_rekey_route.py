@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import anyio
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from stream_expiry.codec import H_PRODUCED_AT
-from stream_expiry.config import Config
+from stream_expiry.config import Config, parse_config
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.metrics import RekeyMetrics
 from stream_expiry.model import Identity
@@ -266,3 +267,21 @@ def test_a_source_with_data_or_no_close_topic_with_data_is_not_doubted(
 ) -> None:
     assert likely_meant("convresations", ["conversations"], ends) is None, why
     assert likely_meant("orders", [], {"orders": 0}) is None  # producers yet to write
+
+
+def test_a_producers_topic_among_the_inputs_is_said_to_be_retired_not_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The warning said "list a.by-record there instead" alone: done so, the records the
+    service had stamped from ``a`` were in stores no instance is assigned any more, and
+    were tombstoned by no instance. It says to move ``a`` to ``[topics] retired``."""
+    config = parse_config('[topics]\ninputs = ["a", "b"]\n')
+    rekeyer = Rekeyer(config, "127.0.0.1:1", {"a": "a.by-record"})
+    with caplog.at_level(logging.WARNING, logger="stream_expiry"):
+        rekeyer._say_plan()
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "a is one of the service's [topics] inputs, so the service reads it as its producers "
+        "key it: list a.by-record there instead, and move a to [topics] retired, so that the "
+        "records already stamped from it are still tombstoned (README: Changing the input "
+        "topics)"
+    ]
