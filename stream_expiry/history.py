@@ -93,7 +93,8 @@ class History:
 def open_life(events: list[dict[str, Any]], now_ms: int) -> dict[str, Any] | None:
     """The record's life that no null on the changelog has ended, from its latest stamp:
     ``created_at``, ``due_at`` (its deferred erasure, else its expiry; null: never
-    expires), ``as_of`` (``now_ms``) and ``overdue``; None when its last life is deleted
+    expires), ``erasure`` (whether ``due_at`` is that erasure's: an erasure waits for no
+    archive), ``as_of`` (``now_ms``) and ``overdue``; None when its last life is deleted
     or it has none. A record past its expiry that a hold or the archive kept, or that a
     stopped service had not deleted yet, read as one whose deletion was simply not listed:
     `history` said nothing of it (a trial: a record waiting for the archive)."""
@@ -107,10 +108,12 @@ def open_life(events: list[dict[str, Any]], now_ms: int) -> dict[str, Any] | Non
                 latest = None
     if latest is None:
         return None
-    due = latest.get("erase_requested_at") or latest.get("expires_at")
+    erasure = latest.get("erase_requested_at")
+    due = erasure or latest.get("expires_at")
     return {
         "created_at": latest.get("created_at"),
         "due_at": due,
+        "erasure": bool(erasure),
         "as_of": format_ts(now_ms),
         "overdue": due is not None and parse_ts(due) <= now_ms,
     }
@@ -733,13 +736,20 @@ def _open_life_text(life: dict[str, Any], held: bool) -> str:
         return f"not deleted: {what} never expires (as of {life['as_of']})"
     if not life.get("overdue"):
         return f"not deleted: due {life['due_at']} (as of {life['as_of']})"
-    why = (
-        "a legal hold keeps it (below)"
-        if held
-        else "no active hold keeps it: the archive has not written its latest stamp yet "
-        "([archive] required), or the service is stopped or behind; `stream-expiry status` "
-        "says which (overdue, waiting for the archive, lag)"
-    )
+    if held:
+        why = "a legal hold keeps it (below)"
+    elif life.get("erasure"):
+        # An erasure is not delayed for the archive (the contract): only a service down.
+        why = (
+            "no active hold keeps it, and an erasure waits for no archive: the service is "
+            "stopped or behind; `stream-expiry status` says which (overdue, lag)"
+        )
+    else:
+        why = (
+            "no active hold keeps it: the archive has not written its latest stamp yet "
+            "([archive] required), or the service is stopped or behind; `stream-expiry "
+            "status` says which (overdue, waiting for the archive, lag)"
+        )
     return f"not deleted, due since {life['due_at']} (as of {life['as_of']}): {why}"
 
 

@@ -408,6 +408,7 @@ def test_a_life_no_null_has_ended_is_said_due_or_overdue_and_what_may_keep_it() 
     assert running == {
         "created_at": created,
         "due_at": expires,
+        "erasure": False,
         "as_of": "2027-01-15T08:00:30.000Z",
         "overdue": False,
     }
@@ -431,12 +432,35 @@ def test_a_life_no_null_has_ended_is_said_due_or_overdue_and_what_may_keep_it() 
     later = "2027-01-15T08:02:00.000Z"
     again: dict[str, Any] = {"at": later, "kind": "stamp", "created_at": later, "expires_at": None}
     assert open_life([stamp, null, again], after) == {
-        "created_at": later, "due_at": None, "as_of": "2027-01-15T08:01:30.000Z", "overdue": False,
+        "created_at": later, "due_at": None, "erasure": False,
+        "as_of": "2027-01-15T08:01:30.000Z", "overdue": False,
     }  # fmt: skip
     erased = stamp | {"erase_requested_at": "2027-01-15T08:00:10.000Z"}
     due = open_life([stamp, erased], before)
     assert due is not None
     assert (due["due_at"], due["overdue"]) == ("2027-01-15T08:00:10.000Z", True)
+
+
+def test_an_overdue_erasure_is_not_said_to_wait_for_the_archive() -> None:
+    """An erasure a hold deferred, due at its request and overdue once the hold is
+    released: the text gave the archive as a cause ("the archive has not written its
+    latest stamp yet"), which an erasure never waits for (the contract: not delayed);
+    only a service stopped or behind leaves it. JSON ``erasure`` says whose ``due_at``."""
+    created = "2027-01-15T08:00:00.000Z"
+    stamp: dict[str, Any] = {"at": created, "kind": "stamp", "created_at": created}
+    stamp |= {"expires_at": "2027-01-15T09:00:00.000Z"}
+    erased = stamp | {"erase_requested_at": "2027-01-15T08:00:10.000Z"}
+    life = open_life([erased], 1_800_000_090_000)  # 08:01:30
+    assert life is not None
+    assert (life["due_at"], life["erasure"], life["overdue"]) == (
+        "2027-01-15T08:00:10.000Z", True, True,
+    )  # fmt: skip
+    line = text_lines(_history(erased) | {"open_life": life})[-2]
+    assert line == (
+        "  not deleted, due since 2027-01-15T08:00:10.000Z (as of 2027-01-15T08:01:30.000Z): "
+        "no active hold keeps it, and an erasure waits for no archive: the service is stopped "
+        "or behind; `stream-expiry status` says which (overdue, lag)"
+    )
 
 
 def test_a_late_erasure_says_why_in_words_of_an_erasure() -> None:
