@@ -40,6 +40,7 @@ from stream_expiry.timeutil import format_ts, parse_ts, wall_clock_ms
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Mapping
 
     from stream_expiry.config import Config
     from stream_expiry.kafka_settings import Brokers
@@ -384,17 +385,20 @@ def _names(rec: Any, identity: Identity) -> bool:
     """Whether a dead letter's value names the record (bot and env missing or null: their
     defaults, as the service reads them; a null was taken for a bot named None)."""
     body = None if rec.value is None else _body(rec.value)
-    if body is None:
-        return False
-    bot, env = body.get("bot"), body.get("env")
-    given = (
-        body.get("org"),
+    return body is not None and _parts_given(body) == identity.parts()
+
+
+def _parts_given(fields: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The identity an event's ``fields`` give, as the service reads them (bot and env
+    missing or null: their defaults), to compare with :meth:`Identity.parts`."""
+    bot, env = fields.get("bot"), fields.get("env")
+    return (
+        fields.get("org"),
         DEFAULT_BOT if bot is None else bot,
         "live" if env is None else env,
-        body.get("category"),
-        body.get("record_id"),
+        fields.get("category"),
+        fields.get("record_id"),
     )
-    return given == identity.parts()
 
 
 _IDENTITY_FIELDS: Final = ("org", "bot", "env", "category", "record_id")
@@ -432,15 +436,7 @@ def _named_as(rec: Any, identity: Identity) -> dict[str, str] | None:
         said["category"] = category
     if not said:
         return None
-    bot, env = values.get("bot"), values.get("env")
-    given = (
-        values.get("org"),
-        DEFAULT_BOT if bot is None else bot,
-        "live" if env is None else env,
-        values.get("category"),
-        values.get("record_id"),
-    )
-    return said if given == identity.parts() else None
+    return said if _parts_given(values) == identity.parts() else None
 
 
 def _error_of(rec: Any) -> str | None:
