@@ -237,18 +237,22 @@ class RekeyStats:
 class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
     """The partitions the group gives (said) and takes away: their lag gauges go (another
     member reports them now; kept, a partition this member lost showed its last lag for
-    good). Those given get theirs from the next fetch on (:meth:`Rekeyer._observe_lag`)."""
+    good). Those given get theirs from the next fetch on (:meth:`Rekeyer._observe_lag`),
+    which sets the gauges of :attr:`Rekeyer.owned` alone: from the revocation to the next
+    assignment the consumer still lists the partitions taken away."""
 
     def __init__(self, rekeyer: Rekeyer) -> None:
         self._rekeyer = rekeyer
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        self._rekeyer.owned.clear()  # eager rebalancing: everything is given anew
         metrics = self._rekeyer.metrics
         if metrics is not None:
             for tp in revoked:
                 metrics.forget_partition(tp.topic, tp.partition)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        self._rekeyer.owned.update(assigned)
         # Which partitions this member copies: two processes in one group could not tell.
         log.info(
             "rekey assigned %s",
@@ -289,6 +293,9 @@ class Rekeyer:
         self.health: Health | None = None
         self.metrics: RekeyMetrics | None = None
         self._limit = 0  # the largest message to publish; known once the producer is
+        # The partitions of the group's current assignment, between its listener's calls
+        # (none while the group rebalances): those with a lag gauge.
+        self.owned: set[TopicPartition] = set()
 
     def _refuse_service_topics(self) -> None:
         """A ``--from`` that is one of the service's own topics (``expiry.dlq``: rekey's
@@ -348,6 +355,7 @@ class Rekeyer:
             # A committed offset past a partition's end is no concern here: the group's
             # offsets go with a deleted topic (Kafka and the test broker alike), and the
             # consumer starts a topic made again from its beginning.
+            self.owned.clear()  # a session after an outage: its group gives them anew
             cons.subscribe(list(self.targets), listener=_Assignment(self))
             self._limit = oversize.output_limit(prod, min(limits.values(), default=None))
             self.ready.set()
@@ -505,12 +513,15 @@ class Rekeyer:
         without ListOffsets, which some brokers answer wrongly (docs: the test broker's
         ``end_offsets``). A revoked partition's gauge goes in :class:`_Assignment`, and
         none is set here for a partition no longer assigned (its lag is its new owner's;
-        aiokafka asserts a partition is assigned before it tells its end)."""
+        aiokafka asserts a partition is assigned before it tells its end). Assigned means
+        :attr:`owned`: ``cons.assignment()`` still lists the partitions revoked until the
+        group gives the new assignment, and the loop runs meanwhile (a second or more),
+        which set again the gauges the revocation had dropped, for good."""
         metrics = self.metrics
         if metrics is None:
             return
-        for tp in sorted(cons.assignment()):
-            if tp not in cons.assignment():  # taken while a position below was awaited
+        for tp in sorted(self.owned):
+            if tp not in self.owned or tp not in cons.assignment():  # taken meanwhile
                 continue
             high = stable_end(cons, tp)
             if high is None:  # not fetched since it was assigned
@@ -519,7 +530,8 @@ class Rekeyer:
                 position = await cons.position(tp)
             except IllegalStateError:  # revoked while its position was awaited
                 continue
-            metrics.set_lag(tp.topic, tp.partition, high - position)
+            if tp in self.owned:  # not revoked while its position was awaited
+                metrics.set_lag(tp.topic, tp.partition, high - position)
 
     def _fit(self, rec: Any, routed: Routed) -> tuple[bytes | None, bytes | None, Headers]:
         """``routed``'s message within the limit, with what had to go said."""

@@ -356,3 +356,48 @@ async def test_a_partition_the_group_gave_away_before_the_commit_is_not_committe
     # gave back has one.
     lag = [line for line in metrics.exposition().decode().splitlines() if "consumer_lag{" in line]
     assert 1 <= len(lag) <= 2, lag
+
+
+def _lag_gauges(metrics: RekeyMetrics) -> list[str]:
+    """The ``partition`` labels of the lag series ``metrics`` exposes."""
+    lines = metrics.exposition().decode().splitlines()
+    return sorted(
+        line.split('partition="')[1].split('"')[0] for line in lines if "consumer_lag{" in line
+    )
+
+
+@pytest.mark.timeout(120)
+async def test_a_partition_given_to_another_member_keeps_no_lag_gauge_here(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """Another member joins and the group gives it one of rekey's two partitions. The
+    gauge of that partition goes with it (its lag is the other member's to report): the
+    revocation dropped it, but the loop set the lag of every partition the consumer
+    still listed while the group rebalanced (the old assignment, until the new one is
+    given), so the partition given away had its last lag here for good, beside its new
+    owner's."""
+    source = f"{topics.prefix}.chat"
+    await ensure_topics(broker, [source], partitions=2)
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    t0 = wall_clock_ms()
+    await _send(broker, source, [(p, None, _body("conversation", f"c{p}", t0)) for p in (0, 1)])
+    metrics = RekeyMetrics()
+    async with running_rekey(config, broker, [source], metrics=metrics) as rekeyer:
+        await wait_for(lambda: _lag_gauges(metrics) == ["0", "1"], timeout_s=30)
+        async with consumer(
+            broker,
+            source,
+            group_id=f"{config.group_id}-rekey",
+            session_timeout_ms=2000,
+            heartbeat_interval_ms=500,
+        ) as other:
+            await wait_for(lambda: len(other.assignment()) == 1, timeout_s=30)
+            (given,) = other.assignment()
+            kept = 1 - given.partition
+            # Two batches copied from the kept partition after the rebalance: the loop
+            # has set the lags of the new assignment (after the first) since.
+            await _send(broker, source, [(kept, None, _body("conversation", "after-1", t0))])
+            await wait_for(lambda: rekeyer.stats.committed >= 3, timeout_s=30)
+            await _send(broker, source, [(kept, None, _body("conversation", "after-2", t0))])
+            await wait_for(lambda: rekeyer.stats.committed >= 4, timeout_s=30)
+            assert _lag_gauges(metrics) == [str(kept)]
