@@ -39,11 +39,12 @@ _SERVICE_FIELDS: Final = frozenset({"created_at", "expires_at", "emitted_at", "t
 @dataclass(frozen=True, slots=True)
 class Role:
     """What the sink reads a topic for: its ``name`` in ``[topics]`` (``tombstones``), the
-    option that names the topic, what the service writes there, and the default topic."""
+    option that names the topic, what the service writes there (``carries``; not named
+    ``holds``, which is the legal holds here), and the default topic."""
 
     name: str
     option: str
-    holds: str
+    carries: str
     default: str
 
 
@@ -162,7 +163,7 @@ class MalformedReport:
         role = self._roles.get(topic)
         if role is not None:
             said += (
-                f"; the sink reads {topic} as its {role.name} topic, for {role.holds} "
+                f"; the sink reads {topic} as its {role.name} topic, for {role.carries} "
                 f"({role.default} unless the service's [topics] {role.name} says otherwise): "
                 f"if {topic} is not that topic, give the sink the right {role.option}, or "
                 "the service's --config (which refuses its input topics here)"
