@@ -130,7 +130,8 @@ async def refuse_a_lost_holds_topic(
             f"has {written:,} message{'' if written == 1 else 's'}: this deployment ran with another holds topic, and "
             f"started on an empty one {lost}. Check {check}; if the holds topic was lost, "
             "place the holds again with `stream-expiry hold place` (which makes the topic) "
-            "before starting"
+            "before starting; if it was renamed on purpose and never held a hold, create it "
+            "empty and compacted (cleanup.policy=compact) with your Kafka tooling"
         )
 
 

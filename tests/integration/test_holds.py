@@ -996,6 +996,11 @@ async def test_a_holds_topic_that_does_not_exist_stops_the_start_and_deletes_not
         f"the legal holds topic {typo!r} does not exist, but the changelog {topics.stamped!r} has "
     )
     assert "Check [topics] holds (and STREAM_EXPIRY_TOPICS_HOLDS)" in str(refused.value)
+    # A rename on purpose, with no hold ever: the way out that places none.
+    assert str(refused.value).endswith(
+        "if it was renamed on purpose and never held a hold, create it empty and compacted "
+        "(cleanup.policy=compact) with your Kafka tooling"
+    )
     assert await missing_topics(broker, [typo]) == [typo]  # not made: the next start stops too
     # The holds placed again on that topic: the start goes on, and the record stays kept.
     cfg = tmp_path / "typo.toml"
