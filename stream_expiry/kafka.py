@@ -24,7 +24,7 @@ import random
 import ssl
 import time
 import zlib
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -72,7 +72,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BATCH_BYTES",
+    "LagGauges",
     "OutputBuffer",
+    "OwnedPartitions",
     "abandon_join",
     "admin_client",
     "batch_bytes",
@@ -838,6 +840,50 @@ async def stable_ends(
     for tp, pos in positions.items():
         cons.seek(tp, pos)
     return ends
+
+
+class LagGauges(Protocol):
+    """The lag series of a group member's partitions (the metrics of rekey and the sinks)."""
+
+    def set_lag(self, topic: str, partition: int, records: int) -> None: ...
+
+    def forget_partition(self, topic: str, partition: int) -> None: ...
+
+
+class OwnedPartitions:
+    """The partitions a group member's rebalance listener says are its own: the only ones
+    rekey and the sinks set a lag gauge for (the service's are its processors).
+    ``cons.assignment()`` will not do: aiokafka lists the partitions revoked there until
+    the group gives the new assignment, while the member's loop goes on (a join is held
+    seconds), so the gauges a revocation dropped were set again, and a partition given to
+    another member kept its last lag here for good, beside its new owner's (a dashboard
+    summing the lag counted it twice)."""
+
+    def __init__(self) -> None:
+        self._partitions: set[TopicPartition] = set()
+
+    def __contains__(self, tp: object) -> bool:
+        return tp in self._partitions
+
+    def __iter__(self) -> Iterator[TopicPartition]:
+        return iter(sorted(self._partitions))
+
+    def assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        """The listener's ``on_partitions_assigned``: these are the member's now."""
+        self._partitions.update(assigned)
+
+    def revoked(self, revoked: Iterable[TopicPartition], gauges: LagGauges | None) -> None:
+        """The listener's ``on_partitions_revoked``: none is the member's until the next
+        assignment (eager rebalancing gives everything anew), and the lag series of those
+        taken go (another member reports them now)."""
+        self._partitions.clear()
+        if gauges is not None:
+            for tp in revoked:
+                gauges.forget_partition(tp.topic, tp.partition)
+
+    def clear(self) -> None:
+        """A new session after an outage: its group gives the partitions anew."""
+        self._partitions.clear()
 
 
 def stable_end(cons: AIOKafkaConsumer, tp: TopicPartition) -> int | None:

@@ -54,6 +54,7 @@ from stream_expiry.errors import BrokerError, ConfigurationError, suggestion
 from stream_expiry.event_fields import FIELDS
 from stream_expiry.kafka import (
     OutputBuffer,
+    OwnedPartitions,
     batch_bytes,
     broker_errors,
     consumer,
@@ -245,14 +246,10 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka 
         self._rekeyer = rekeyer
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        self._rekeyer.owned.clear()  # eager rebalancing: everything is given anew
-        metrics = self._rekeyer.metrics
-        if metrics is not None:
-            for tp in revoked:
-                metrics.forget_partition(tp.topic, tp.partition)
+        self._rekeyer.owned.revoked(revoked, self._rekeyer.metrics)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        self._rekeyer.owned.update(assigned)
+        self._rekeyer.owned.assigned(assigned)
         # Which partitions this member copies: two processes in one group could not tell.
         log.info(
             "rekey assigned %s",
@@ -295,7 +292,7 @@ class Rekeyer:
         self._limit = 0  # the largest message to publish; known once the producer is
         # The partitions of the group's current assignment, between its listener's calls
         # (none while the group rebalances): those with a lag gauge.
-        self.owned: set[TopicPartition] = set()
+        self.owned = OwnedPartitions()
 
     def _refuse_service_topics(self) -> None:
         """A ``--from`` that is one of the service's own topics (``expiry.dlq``: rekey's
@@ -520,7 +517,7 @@ class Rekeyer:
         metrics = self.metrics
         if metrics is None:
             return
-        for tp in sorted(self.owned):
+        for tp in self.owned:
             if tp not in self.owned or tp not in cons.assignment():  # taken meanwhile
                 continue
             high = stable_end(cons, tp)

@@ -509,7 +509,7 @@ async def _serve(
                 # and while the store answers: asked only while it is open (a review: a ping
                 # after the close stopped the sink).
                 store_tasks.start_soon(watch_store, health, sink.store)
-                sink.observe(on_ready=health.running, on_lag=metrics.set_lag)
+                sink.observe(on_ready=health.running, lag=metrics)
                 try:
                     await sink.run(stop)
                 except StreamExpiryError as exc:  # raised below as it is, not in a group

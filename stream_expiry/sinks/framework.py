@@ -55,6 +55,7 @@ from stream_expiry.errors import BrokerError, BrokerUnavailableError, Configurat
 from stream_expiry.fetch import end_offsets, read_to_now
 from stream_expiry.holds import Hold, HoldBook, apply_hold_message
 from stream_expiry.kafka import (
+    OwnedPartitions,
     batch_bytes,
     broker_errors,
     committed_offsets,
@@ -97,6 +98,7 @@ if TYPE_CHECKING:
 
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+    from stream_expiry.kafka import LagGauges
     from stream_expiry.key_template import KeyTemplate
     from stream_expiry.model import Identity
     from stream_expiry.sinks._logic import Plan
@@ -308,16 +310,19 @@ class _Decoded:
 
 class _HandOver(ConsumerRebalanceListener):  # type: ignore[misc]
     """Before the group moves this sink's partitions, its transaction in flight ends and
-    what it read and did not apply is dropped (:meth:`Sink._revoked`)."""
+    what it read and did not apply is dropped (:meth:`Sink._revoked`); their lag series
+    go (another member reports them now), and only those given next get one again
+    (:meth:`Sink._observe`)."""
 
     def __init__(self, sink: Sink) -> None:
         self._sink = sink
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        self._sink._owned.revoked(revoked, self._sink._lag)
         await self._sink._revoked()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        pass
+        self._sink._owned.assigned(assigned)
 
 
 class Sink:
@@ -335,15 +340,16 @@ class Sink:
         clock: Callable[[], int] = wall_clock_ms,
         on_batch: Callable[[BatchReport], object] | None = None,
         on_ready: Callable[[], object] | None = None,
-        on_lag: Callable[[str, int, int], object] | None = None,
+        lag: LagGauges | None = None,
     ) -> None:
         self.store = store
         self.config = config
         # Ready once the group gave this sink its partitions (not merely once the store is
-        # open); the lag of each is reported at most once a second.
+        # open); the lag of each it owns is reported at most once a second.
         self._on_ready = on_ready
-        self._on_lag = on_lag
+        self._lag = lag
         self._lag_at = 0.0
+        self._owned = OwnedPartitions()  # the group's assignment, as its listener says
         self._positions: dict[Any, int] = {}  # next offset per partition, from what was read
         self.metrics: dict[str, int] = dict.fromkeys(METRICS, 0)
         self._clock = clock
@@ -634,10 +640,10 @@ class Sink:
         self,
         *,
         on_ready: Callable[[], object] | None = None,
-        on_lag: Callable[[str, int, int], object] | None = None,
+        lag: LagGauges | None = None,
     ) -> None:
         """Be told when the group gave this sink its partitions, and each one's lag."""
-        self._on_ready, self._on_lag = on_ready, on_lag
+        self._on_ready, self._lag = on_ready, lag
 
     def _observe(self, cons: AIOKafkaConsumer, batch: Mapping[Any, list[Any]]) -> None:
         assignment = cons.assignment()
@@ -647,13 +653,15 @@ class Sink:
         for tp, records in batch.items():
             if records:
                 self._positions[tp] = records[-1].offset + 1
-        if self._on_lag is None or time.monotonic() - self._lag_at < 1.0:
+        if self._lag is None or time.monotonic() - self._lag_at < 1.0:
             return
         self._lag_at = time.monotonic()
-        for tp in assignment:
-            high = stable_end(cons, tp)
+        # Those the listener says are this sink's: from a revocation to the next assignment
+        # ``assignment`` still lists the partitions taken (:class:`OwnedPartitions`).
+        for tp in self._owned:
+            high = stable_end(cons, tp) if tp in assignment else None
             if high is not None:
-                self._on_lag(tp.topic, tp.partition, high - self._positions.get(tp, high))
+                self._lag.set_lag(tp.topic, tp.partition, high - self._positions.get(tp, high))
 
     async def _mark_acked(self) -> None:
         acked, self._acked = self._acked, []

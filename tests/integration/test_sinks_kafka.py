@@ -22,11 +22,13 @@ import jsonschema
 import orjson
 import pytest
 import pytest_asyncio
+from prometheus_client import CollectorRegistry
 
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.history import history, text_lines
 from stream_expiry.holds import Hold, encode_hold
 from stream_expiry.kafka import ensure_topics, missing_topics, producer
+from stream_expiry.metrics import SinkMetrics
 from stream_expiry.model import Identity, Stamp
 from stream_expiry.sinks._messages import NullChange, decode_stamped, decode_tombstone
 from stream_expiry.sinks.framework import Sink as SinkRunner
@@ -749,6 +751,56 @@ def _logged(log: list[tuple[str, str]], entry: tuple[str, str]) -> Any:
         return entry in log
 
     return check
+
+
+class _CountedGauges:
+    """A sink's lag series (real :class:`SinkMetrics`), with the number of lags set."""
+
+    def __init__(self) -> None:
+        self.metrics = SinkMetrics("memory", CollectorRegistry())
+        self.set = 0
+
+    def set_lag(self, topic: str, partition: int, records: int) -> None:
+        self.set += 1
+        self.metrics.set_lag(topic, partition, records)
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        self.metrics.forget_partition(topic, partition)
+
+    def partitions(self) -> set[tuple[str, str]]:
+        """The (topic, partition) labels of the lag series exposed."""
+        lines = self.metrics.exposition().decode().splitlines()
+        return {
+            (line.split('topic="')[1].split('"')[0], line.split('partition="')[1].split('"')[0])
+            for line in lines
+            if line.startswith("stream_expiry_sink_consumer_lag{")
+        }
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(120)
+async def test_a_partition_moved_to_another_sink_keeps_no_lag_gauge_on_the_first(
+    broker: str, topics: TopicSet
+) -> None:
+    """A second sink joins the group and takes half the partitions: their lag series go
+    from the first, which reports its own alone from then on. The sink set the lag of
+    every partition ``cons.assignment()`` listed and never dropped one, so a partition
+    moved away kept its last lag on the first for good, beside its new owner's (a
+    dashboard summing the lag counted it twice)."""
+    config = sink_config(broker, topics)
+    first, second = _CountedGauges(), _CountedGauges()
+    every = {(t, str(p)) for t in (topics.stamped, topics.tombstones) for p in (0, 1)}
+    async with running_sink(MemoryStore("first"), config, lag=first):
+        await wait_for(lambda: first.partitions() == every, timeout_s=30)
+        async with running_sink(MemoryStore("second"), config, lag=second):
+            await wait_for(lambda: bool(second.partitions()), timeout_s=30)
+            # The second reads its share, so the first was given its own: a lag the first
+            # sets from now on is of the new assignment.
+            before = first.set
+            await wait_for(lambda: first.set > before, timeout_s=30)
+            moved, kept = second.partitions(), first.partitions()
+            assert kept, moved
+            assert not kept & moved, (kept, moved)
 
 
 class _FailsOnceAfterReceipts(MemoryStore):
