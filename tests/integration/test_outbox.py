@@ -459,3 +459,82 @@ async def test_the_release_of_an_old_erasure_sends_the_ended_lifes_null_alone_af
         False,
         None,
     )
+
+
+async def test_an_erasure_read_again_while_the_next_life_runs_names_its_request(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """An erasure read again (a redelivery) after the record was created again ends no
+    life of the changelog: its tombstone goes with no null, and it still names the request
+    it carries out (``expiry-request``, ``expiry-request-event-id``), as the first one
+    does: an auditor matches each tombstone to its request. Mutant: the outbox's
+    ``held = [*held, *fired.request]`` left out, and the tombstone named no request."""
+    config, proc = _processor(topics, tmp_path, "error", topics.errors)
+
+    def error(offset: int, ts: int, op: str) -> _Rec:
+        body = {"category": "error", "org": "acme", "record_id": "e1", "ts": ts, "op": op}
+        if op == "delete":
+            body["event_id"] = "gdpr-1"
+        return _Rec(offset, orjson.dumps(body))
+
+    events = [(T0, "create"), (T0 + 100, "delete"), (T0 + 200, "create"), (T0 + 100, "delete")]
+    async with producer(broker) as prod:
+        outbox = Outbox(prod, config.topics, dict.fromkeys(topics.all, 2))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(outbox.run)
+            for offset, (ts, op) in enumerate(events):
+                effects = proc.process([error(offset, ts, op)], T0 + 200)
+                proc.settle(effects, T0 + 200)
+                await outbox.send([(proc, effects)], T0 + 200)
+            with anyio.fail_after(10):
+                await outbox.drain()
+            outbox.close()
+    tombs = await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 2)
+    said = [
+        (orjson.loads(r.value)["reason"], codec.request_of(list(r.headers or ()))) for r in tombs
+    ]
+    assert said == [
+        ("explicit", (f"{topics.errors}[0]@1", "gdpr-1")),
+        ("explicit", (f"{topics.errors}[0]@3", "gdpr-1")),
+    ]
+
+
+async def test_an_earlier_life_a_hold_kept_says_on_its_tombstone_why_it_was_late(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A hold kept a session past its expiry, a touch started its next life, and the
+    release came two minutes after that expiry: the kept life's tombstone (no null, the
+    record lives on) says ``expiry-late-cause: hold``, as a record's last life's does.
+    Mutant: the outbox's late cause left off tombstones with no null."""
+    config, _ = _processor(topics, tmp_path, "session", topics.sessions)
+    holds = HoldBook()
+    holds.place(Hold("h1", "acme", None, None, None, None, "case 7", T0))
+    proc = PartitionProcessor.from_config(
+        topics.sessions, 0, PartitionStore(MemoryKV()), config, PolicyBook(config, {}),
+        now_ms=T0, holds=holds,
+    )  # fmt: skip
+
+    def session(offset: int, ts: int, op: str) -> _Rec:
+        body = {"category": "session", "org": "acme", "record_id": "s", "ts": ts, "op": op}
+        return _Rec(offset, orjson.dumps(body))
+
+    expired, touched, released_at = T0 + 60_000, T0 + 120_000, T0 + 180_000
+    async with producer(broker) as prod:
+        outbox = Outbox(prod, config.topics, dict.fromkeys(topics.all, 2))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(outbox.run)
+            steps = [(proc.process([session(0, T0, "create")], T0), T0)]
+            steps.append((proc.fire_due(expired, 100), expired))
+            steps.append((proc.process([session(1, touched, "touch")], touched), touched))
+            holds.release("h1")
+            steps.append((proc.release_due(released_at, budget=100), released_at))
+            for effects, at in steps:
+                proc.settle(effects, at)
+                await outbox.send([(proc, effects)], at)
+            with anyio.fail_after(10):
+                await outbox.drain()
+            outbox.close()
+    assert [f.after.live for f in steps[-1][0].tombstones] == [True]  # no null follows it
+    (tomb,) = await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 1)
+    assert orjson.loads(tomb.value)["reason"] == "ttl"
+    assert codec.late_cause_of(list(tomb.headers or ())) == "hold"

@@ -13,6 +13,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from stream_expiry.config import Topics
+from stream_expiry.errors import BrokerError
 from stream_expiry.kafka import (
     admin_client,
     committed_offsets,
@@ -401,3 +402,31 @@ async def test_a_partition_given_to_another_member_keeps_no_lag_gauge_here(
             await _send(broker, source, [(kept, None, _body("conversation", "after-2", t0))])
             await wait_for(lambda: rekeyer.stats.committed >= 4, timeout_s=30)
             assert _lag_gauges(metrics) == [str(kept)]
+
+
+@pytest.mark.timeout(60)
+async def test_a_broker_lost_before_rekey_first_reads_is_its_error_not_waited_out(
+    tmp_path: Path,
+) -> None:
+    """Only a broker lost once rekey has started reading is waited out: one lost before
+    its clients start (after it made its topics) ends it with the broker's error, the
+    command's one line and status 3, as one not there at all. Mutant ``if stop.is_set()
+    or not curable(exc)`` (the ready check dropped) retried every second, without a word
+    the operator could act on, for good."""
+    topics = make_topic_set()
+    async with proxied_broker() as proxy:
+        broker, source = proxy.address, f"{topics.prefix}.chat"
+        await ensure_topics(broker, [source, *topics.all], partitions=2)
+        config = config_for(topics, str(tmp_path / "state"), RETENTION)
+        rekeyer = Rekeyer(config, broker, targets_for([source]))
+        said = rekeyer._say_missing_sources
+
+        async def then_cut() -> None:
+            await said()
+            proxy.cut()  # the topics made and looked at: the clients' start fails
+
+        rekeyer._say_missing_sources = then_cut  # type: ignore[method-assign]
+        with anyio.fail_after(30), pytest.raises(BrokerError) as raised:
+            await rekeyer.run(anyio.Event())
+    assert str(raised.value).startswith(f"cannot reach Kafka at {broker} (producer: ")
+    assert rekeyer.stats.outages == 0
