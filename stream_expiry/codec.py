@@ -158,13 +158,18 @@ def request_headers(topic: str, partition: int, rec: Any, event_id: str | None) 
 def produced_at(rec: Any) -> int | None:
     """When ``rec``'s event reached the broker first: a copy's :data:`H_PRODUCED_AT` (the
     producer's timestamp, which rekey keeps), else the record's own Kafka timestamp;
-    None when neither says (a negative timestamp is Kafka's "none")."""
+    None when neither says (a negative timestamp is Kafka's "none"). The last such header
+    is rekey's: it appends its own after the producer's headers, so a producer's header of
+    that name does not pass for the time rekey read."""
+    said = None
     for name, value in getattr(rec, "headers", None) or ():
         if name == H_PRODUCED_AT:
-            try:
-                return int(value)
-            except ValueError:
-                return None
+            said = value
+    if said is not None:
+        try:
+            return int(said)
+        except ValueError:
+            return None
     ts = getattr(rec, "timestamp", None)
     return ts if type(ts) is int and ts >= 0 else None
 

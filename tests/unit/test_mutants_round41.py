@@ -379,3 +379,14 @@ def test_a_ttl_tombstone_names_no_erasure_request_whatever_its_headers_say() -> 
     assert (expired.request, expired.request_event_id) == (None, None)
     erased = decode_tombstone(key, encode_tombstone(s, reason="explicit", emitted_at=2_000), said)
     assert (erased.request, erased.request_event_id) == ("t[0]@1", "gdpr-1")
+
+
+def test_the_time_rekey_read_is_its_own_header_not_a_producers_of_the_same_name() -> None:
+    """rekey appends ``expiry-produced-at`` after the producer's headers: a producer that
+    sets a header of that name (a copy made by hand, a forged time) must not pass for the
+    time rekey read, which decides ``late_event`` against ``catch_up``. The reader took
+    the first such header (the review of round 42's mutation report)."""
+    headers = [(H_PRODUCED_AT, b"5"), ("x", b"y"), (H_PRODUCED_AT, b"1000")]
+    assert produced_at(_Read(0, headers, 7)) == 1000
+    assert produced_at(_Read(0, [(H_PRODUCED_AT, b"9")], 7)) == 9
+    assert produced_at(_Read(0, [("x", b"y")], 7)) == 7
