@@ -57,6 +57,7 @@ __all__ = [
     "output_partition",
     "parse_own_ts",
     "reason_of",
+    "request_in",
     "request_of",
     "source_headers",
     "source_of",
@@ -193,6 +194,23 @@ def request_of(headers: Sequence[tuple[str, bytes]]) -> tuple[str | None, str | 
         elif name == H_REQUEST_EVENT_ID:
             event_id = header_text(value)
     return (None, None) if request is None else (request, event_id)
+
+
+def request_in(headers: Sequence[tuple[str, bytes]]) -> Request | None:
+    """The erasure request a stamp's headers name (:func:`request_headers`, as bytes):
+    a deferred erasure's stamp carries them, and a restore of the changelog keeps them for
+    the release's tombstone. None when they name none."""
+    request = event_id = None
+    for name, value in headers:
+        if name == H_REQUEST:
+            request = value
+        elif name == H_REQUEST_EVENT_ID:
+            event_id = value
+    if request is None:
+        return None
+    if event_id is None:
+        return ((H_REQUEST, request),)
+    return ((H_REQUEST, request), (H_REQUEST_EVENT_ID, event_id))
 
 
 def late_cause_of(headers: Sequence[tuple[str, bytes]]) -> str | None:

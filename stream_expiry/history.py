@@ -175,7 +175,7 @@ def _describe(config: Config, topic: str, rec: Any) -> dict[str, Any]:
     if kind in ("tombstone", "receipt"):
         rest |= _request_of(headers) | _late_cause_of(headers)
     elif kind == "deletion_deferred":
-        rest |= _request_of(headers)  # an erasure's: the release's tombstone names none
+        rest |= _request_of(headers)  # an erasure's, as its release's tombstone names it
     return _event(rec, topic, kind, rest)
 
 

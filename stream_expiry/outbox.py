@@ -467,6 +467,7 @@ class Outbox:
         limit = self._limit
         unsent = self._held_unsent
         arrived = effects.due_on_arrival
+        named = effects.held_requests
         for state, data in stamps:
             removed: tuple[str, ...] = ()
             if redactor is not None and data is not None:
@@ -475,10 +476,8 @@ class Outbox:
             if unsent and key in unsent:
                 out.after_held = True  # a message of the record waits: this one goes after
             headers = source
-            due = arrived.get(state.identity.key) if arrived else None
-            if due is not None and due == state.expires_at:
-                # Due on arrival: a restore of the changelog knows its late cause.
-                headers = [*source, (codec.H_DUE_AT_INGEST, b"%d" % due)]
+            if arrived or named:  # (rare: a late event's stamp, or a deferred erasure's)
+                headers = _stamp_headers(state, source, arrived, named)
             value, dropped = oversize.stamp_within(limit, state, data, removed, key, headers)
             if dropped:
                 self._say_dropped(state, codec.source_of(source))
@@ -627,3 +626,23 @@ class Outbox:
 
     def close(self) -> None:
         self._send.close()
+
+
+def _stamp_headers(
+    state: model.Stamp,
+    source: codec.Headers,
+    arrived: dict[str, int],
+    named: dict[str, tuple[int, codec.Request]] | None,
+) -> codec.Headers:
+    """A stamp's headers when its life was due on arrival (``codec.H_DUE_AT_INGEST``: a
+    restore of the changelog knows its late cause) or it records an erasure a legal hold
+    deferred (the request's headers: a restore knows what the release's tombstone names)."""
+    headers = source
+    key = state.identity.key
+    due = arrived.get(key)
+    if due is not None and due == state.expires_at:
+        headers = [*headers, (codec.H_DUE_AT_INGEST, b"%d" % due)]
+    request = named.get(key) if named else None
+    if request is not None and request[0] == state.erase_at:
+        headers = [*headers, *request[1]]
+    return headers

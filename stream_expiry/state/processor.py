@@ -143,9 +143,14 @@ class Effects:
     # deletions a legal hold deferred: (the record's state, its reason, the holds' ids)
     deferred: list[tuple[model.Stamp, str, list[str]]] = field(default_factory=list)
     # For each of ``deferred`` (by its index) that an erasure request asked for: the
-    # request's headers (``codec.request_headers``), for its entry on ``expiry.audit``. The
-    # release's tombstone names no request, so that entry is where the request's id is.
+    # request's headers (``codec.request_headers``), for its entry on ``expiry.audit``.
     deferred_requests: dict[int, codec.Request] = field(default_factory=dict)
+    # Erasures a legal hold deferred, by record key: (the erasure's time, its request's
+    # headers). The outbox puts the headers on the record's stamp (a restore reads them)
+    # and the settle keeps them in the store, so that the release's tombstone and null
+    # name the request as an on-time erasure's do, whoever sends them. None while empty
+    # (nearly always: a dict made for every call cost instructions on the hot path).
+    held_requests: dict[str, tuple[int, codec.Request]] | None = None
     # For each tombstone an event brought (``process``): how many of ``stamps`` came
     # before it. An event at or after a record's expiry ends that life and starts the
     # next: on ``expiry.stamped`` the old life's null must come before the new life's
@@ -260,6 +265,9 @@ class PartitionProcessor:
         # stamps on the changelog say them: a tombstone decided again after a restart, or
         # on the instance that restored the partition, finds them there.
         self._arrived_due: dict[str, int] = {}
+        # Erasures a hold deferred, read by this processor: key -> (time, request), until
+        # the release (the store has them from the settle on; these, before it too).
+        self._held_requests: dict[str, tuple[int, codec.Request]] = {}
         self.set_aside = 0  # times a due sliding timer waited for unread input
         # Whether the partition may hold records of a sliding category: its store holds
         # records (it may have them), or it has read an event of one since. The firing asks
@@ -444,7 +452,7 @@ class PartitionProcessor:
                 deferred_before = len(effects.deferred)
                 kept = self._hold_event(ev, prior, now_ms, effects, request)
                 if request is not None and len(effects.deferred) > deferred_before:
-                    self._name_request(request, effects, deferred_before)
+                    self._name_request(request, ev.ts, effects, deferred_before)
             if kept is None and archive is not None and self._due_unarchived(ev, prior, now_ms):
                 # The engine would end the life at once (reason ttl), ahead of the archive;
                 # its timer waits for the archive, and so does the event's end of it.
@@ -1058,7 +1066,8 @@ class PartitionProcessor:
         among the stamps (``Effects.stamps_before``), as ``process`` does. ``cause``: what
         let the record go (:meth:`_release_cause`), which its late ``ttl`` tombstones say.
         ``request``: the erasure request read now that lets it go, which its explicit
-        tombstone names (a deferred one is decided from the state alone and names none)."""
+        tombstone names (a deferred one names the request kept with it,
+        :meth:`_deferred_request`)."""
         first = len(effects.tombstones)
         life = held.ended_life
         if life is not None:
@@ -1075,6 +1084,10 @@ class PartitionProcessor:
                 fired = fired._replace(request=request)
             else:
                 fired = _if_late(fired, cause)
+                if fired.reason == "explicit":  # deferred: named as it was read
+                    named = self._deferred_request(held.identity.key, held.erase_at)
+                    if named is not None:
+                        fired = fired._replace(request=named)
             effects.tombstones.append(fired)
             new = fired.after
         else:
@@ -1107,24 +1120,30 @@ class PartitionProcessor:
         self._engine.cancel(held.identity.key)
         ended = held.held_life(life)
         marker = ended._replace(deleted_at=held.previous_deleted_at)
+        named = self._deferred_request(held.identity.key, held.erase_at)
         for erase_at in (held.erase_at, *held.later_erasures):
             erasure = model.Stamp(held.identity, None, None, None, None, None, erase_at)
-            fired = Fired(erasure, marker, "explicit", now_ms, False)
+            fired = Fired(erasure, marker, "explicit", now_ms, False, request=named)
+            named = None  # the later ones' requests are not kept: they name none
             effects.tombstones.append(_if_late(fired, "hold"))
         effects.tombstones.append(Fired(ended, marker, "ttl", now_ms, null_only=True))
         return marker
 
-    @staticmethod
     def _tombstone_lives(
-        held: model.Stamp, current: model.Stamp, now_ms: int, effects: Effects, cause: str
+        self, held: model.Stamp, current: model.Stamp, now_ms: int, effects: Effects, cause: str
     ) -> None:
         """The tombstones of ``held``'s earlier lives, oldest first. Each names the record's
         ``current`` state as what follows, a life: no null goes to ``expiry.stamped`` for
-        them (the record is not deleted, only a life of it that ended long ago)."""
+        them (the record is not deleted, only a life of it that ended long ago). An
+        erasure's names its request when it is known (:meth:`_deferred_request`)."""
         for life in held.held_lives:
             reason: model.Reason = "ttl" if life[4] is None else "explicit"
-            fired = Fired(held.held_life(life), current, reason, now_ms)
-            effects.tombstones.append(_if_late(fired, cause))
+            fired = _if_late(Fired(held.held_life(life), current, reason, now_ms), cause)
+            if reason == "explicit":
+                named = self._deferred_request(held.identity.key, life[4])
+                if named is not None:
+                    fired = fired._replace(request=named)
+            effects.tombstones.append(fired)
 
     def _release_cause(self, held: model.Stamp, let_go: Iterable[HoldIndex] | None = None) -> str:
         """What let ``held`` go, as far as the processor knows: ``hold`` when a hold let go
@@ -1195,12 +1214,36 @@ class PartitionProcessor:
             since = self.archive_waiting_since
             self.archive_waiting_since = due if since is None else min(since, due)
 
-    @staticmethod
-    def _name_request(request: codec.Request, effects: Effects, since: int) -> None:
-        """The erasure ``request`` on the explicit deferrals it made (from ``since``)."""
+    def _name_request(
+        self, request: codec.Request, erase_at: int, effects: Effects, since: int
+    ) -> None:
+        """The erasure ``request`` (dated ``erase_at``) on the explicit deferrals it made
+        (from ``since``), and kept for the release when the record's state holds that
+        erasure (not one of ``Stamp.later_erasures``, whose tombstones name none)."""
         for index in range(since, len(effects.deferred)):
-            if effects.deferred[index][1] == "explicit":
-                effects.deferred_requests[index] = request
+            state, reason, _ = effects.deferred[index]
+            if reason != "explicit":
+                continue
+            effects.deferred_requests[index] = request
+            if state.held and state.erase_at == erase_at and not state.later_erasures:
+                key = state.identity.key
+                kept = self._held_requests
+                if effects.held_requests is None:
+                    effects.held_requests = {}
+                kept[key] = effects.held_requests[key] = (erase_at, request)
+                if len(kept) > _ARRIVED_DUE_MAX:
+                    del kept[next(iter(kept))]
+
+    def _deferred_request(self, key: str, erase_at: int | None) -> codec.Request | None:
+        """The request of the erasure of ``key`` dated ``erase_at`` that a hold deferred,
+        as this processor read it or the store keeps it (after a restart, or restored from
+        the stamp's headers); None when neither knows it. Asked only at a release."""
+        if erase_at is None:
+            return None
+        noted = self._held_requests.pop(key, None)
+        if noted is not None and noted[0] == erase_at:
+            return noted[1]
+        return self.store.deferred_request(key, erase_at)
 
     def _defer(self, kept: model.Stamp, reason: str, effects: Effects) -> None:
         ids = [h.hold_id for h in self.holds.holding(kept.identity)]
@@ -1422,7 +1465,12 @@ class PartitionProcessor:
             changes: Iterable[tuple[model.Stamp | None, model.Stamp]] = effects.writes.values()
             if effects.stamp_offsets or self.archive is not None:
                 changes = self._with_offsets(effects)
-            self.store.write(changes, now_ms=now_ms, arrived=effects.due_on_arrival or None)
+            self.store.write(
+                changes,
+                now_ms=now_ms,
+                arrived=effects.due_on_arrival or None,
+                requests=effects.held_requests,
+            )
         overlay, seq = self._overlay, effects.seq
         for key in effects.writes:
             known = overlay.get(key)

@@ -31,10 +31,12 @@ from aiokafka import TopicPartition
 
 from stream_expiry import model
 from stream_expiry.codec import (
+    Request,
     deleted_at_of,
     due_at_ingest_of,
     output_partition,
     reason_of,
+    request_in,
     source_headers,
     source_of,
     stamp_fields,
@@ -430,12 +432,15 @@ def _apply_stamps(
 ) -> None:
     """The latest message of each key becomes its stored state (a null: a marker), and a
     stamp that says its life was due on arrival (``codec.H_DUE_AT_INGEST``) is kept so
-    (``PartitionStore.due_on_arrival``): its tombstone, late, says ``late_event``."""
+    (``PartitionStore.due_on_arrival``): its tombstone, late, says ``late_event``; one
+    that records an erasure a legal hold deferred keeps its request's headers
+    (``PartitionStore.deferred_request``), which the release's tombstone names."""
     latest: dict[bytes | None, Any] = {}
     for rec in records:
         latest[rec.key] = rec
     rows: dict[bytes, RestoredRow] = {}
     arrived: dict[bytes, int] = {}
+    requests: dict[bytes, tuple[int, Request]] = {}
     categories: dict[bytes, str] = {}
     for rec in latest.values():
         found = _key_of(rec.key, categories)
@@ -462,10 +467,13 @@ def _apply_stamps(
             key, cat, created, expires, ttl, source, None, erase, rec.offset, floor, older
         )  # fmt: skip
         headers = rec.headers
-        if len(headers) > 2 and expires is not None and due_at_ingest_of(headers) == expires:
-            arrived[key] = expires  # (the service's stamps have two headers, nearly all)
+        if len(headers) > 2:  # (the service's stamps have two headers, nearly all)
+            if expires is not None and due_at_ingest_of(headers) == expires:
+                arrived[key] = expires
+            if erase is not None and (request := request_in(headers)) is not None:
+                requests[key] = (erase, request)
     lives, markers = store.write_restored(
-        list(rows.values()), now_ms=now_ms, meta=meta, arrived=arrived
+        list(rows.values()), now_ms=now_ms, meta=meta, arrived=arrived, requests=requests
     )
     report.stamps += lives
     report.markers += markers

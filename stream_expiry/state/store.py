@@ -17,6 +17,11 @@ Layout (byte keys in one ordered key-value engine, quix-streams' ``ttl_codec`` i
   events only), read only for a tombstone that goes out late, and dropped with the
   record's deletion marker; an entry whose expiry is not the record's is stale, and ignored.
   An older version ignores the prefix (format 1 still: nothing it reads changed);
+* ``r`` + record key -> an erasure's time (8 bytes) and its request's headers: the
+  request a legal hold deferred (:meth:`PartitionStore.deferred_request`), which the
+  release's tombstone names. Few (deferred erasures only), read only at a release, dropped
+  with the record's marker, ignored when its time is not the erasure's; ignored by older
+  versions as ``a`` is;
 * ``~`` + name -> an integer: counters and changelog positions, written in the same batch
   as the states they describe; ``~format``, the store's format (:data:`STORE_FORMAT`).
 
@@ -65,6 +70,7 @@ from stream_expiry.state.codec import (
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping, Sequence
 
+    from stream_expiry.codec import Request
     from stream_expiry.engine import Timer
     from stream_expiry.fetch import RawRecord
     from stream_expiry.state.kv import KeyValue
@@ -122,7 +128,7 @@ _TIME = struct.Struct(">Q")
 _INT = struct.Struct(">q")
 _BIAS = 1 << 63  # signed times sort as unsigned big-endian bytes
 _STATE, _DUE, _MARKER, _HELD, _META = b"s", b"x", b"m", b"h", b"~"
-_ARRIVED = b"a"
+_ARRIVED, _REQUEST = b"a", b"r"
 _PENDING_PREFIX = "pending/"
 _FORMAT = _META + b"format"
 
@@ -198,6 +204,8 @@ class PartitionStore:
         # Whether the store may hold entries of lives due on arrival: nearly never, and a
         # tombstone that goes out late then looks up nothing (a catch-up fires thousands).
         self._arrived_any = any(True for _ in self.kv.scan(_ARRIVED, _ARRIVED + b"\xff"))
+        # Likewise for deferred erasures' requests (looked up at a release only).
+        self._requests_any = any(True for _ in self.kv.scan(_REQUEST, _REQUEST + b"\xff"))
         for name, value in self._scan_meta():
             if name.startswith(_PENDING_PREFIX):
                 self.counts.pending[name[len(_PENDING_PREFIX) :]] = value
@@ -310,6 +318,18 @@ class PartitionStore:
         raw = self.kv.multi_get([_ARRIVED + k.encode() for k in keys])
         return {k: int(_INT.unpack(v)[0]) for k, v in zip(keys, raw, strict=True) if v is not None}
 
+    def deferred_request(self, key: str, erase_at: int) -> Request | None:
+        """The headers of the erasure request a legal hold deferred for ``key`` at
+        ``erase_at`` (written with the state, :meth:`write`'s ``requests``); None when the
+        store keeps none for that erasure (an older version deferred it, or a later
+        deferred erasure of the record took its place)."""
+        if not self._requests_any:
+            return None
+        value = self.kv.multi_get([_REQUEST + key.encode()])[0]
+        if value is None or _INT.unpack_from(value)[0] != erase_at:
+            return None
+        return _decode_request(value)
+
     def meta(self, name: str) -> int | None:
         value = self.kv.multi_get([_META + name.encode()])[0]
         return None if value is None else int(_INT.unpack(value)[0])
@@ -339,13 +359,16 @@ class PartitionStore:
         now_ms: int,
         meta: Mapping[str, int] | None = None,
         arrived: Mapping[str, int] | None = None,
+        requests: Mapping[str, tuple[int, Request]] | None = None,
     ) -> None:
         """Replace each ``(stored, new)`` pair's stored state by the new one, atomically.
 
         ``stored`` must be the state the store holds now (None: none), which the caller
         knows from its own lookup; index entries are moved accordingly. ``arrived``: record
         key -> the expiry its life already had when the event that set it arrived
-        (:meth:`due_on_arrival`), kept in the same batch.
+        (:meth:`due_on_arrival`), kept in the same batch; ``requests``, record key -> the
+        time of an erasure a legal hold deferred and its request's headers
+        (:meth:`deferred_request`), likewise.
         """
         puts: dict[bytes, bytes] = {}
         deletes: list[bytes] = []
@@ -402,6 +425,8 @@ class PartitionStore:
             puts[_META + name.encode()] = _INT.pack(number)
         if arrived:
             self._put_arrived({k.encode(): due for k, due in arrived.items()}, puts)
+        if requests:
+            self._put_requests({k.encode(): r for k, r in requests.items()}, puts)
         self._put_counts(puts)
         # A key both deleted and put (an index entry that did not move) must stay.
         self.kv.apply(puts, [d for d in deletes if d not in puts])
@@ -413,9 +438,10 @@ class PartitionStore:
         now_ms: int,
         meta: Mapping[str, int],
         arrived: Mapping[bytes, int] | None = None,
+        requests: Mapping[bytes, tuple[int, Request]] | None = None,
     ) -> tuple[int, int]:
         """Make each row the stored state of its key, atomically with ``meta`` (and
-        ``arrived``, as :meth:`write` takes it, by store key); returns how many live
+        ``arrived`` and ``requests``, as :meth:`write` takes them, by store key); returns how many live
         states and deletion markers changed.
 
         The bulk form of :meth:`write` for a restore, which does not know what the store
@@ -430,6 +456,8 @@ class PartitionStore:
         puts: dict[bytes, bytes] = {}
         if arrived:
             self._put_arrived(arrived, puts)
+        if requests:
+            self._put_requests(requests, puts)
         olds = self.kv.multi_get([_STATE + row[0] for row in rows])
         deletes: list[bytes] = []
         counts = self.counts
@@ -500,6 +528,13 @@ class PartitionStore:
         for key, due in arrived.items():
             puts[_ARRIVED + key] = _INT.pack(due)
 
+    def _put_requests(
+        self, requests: Mapping[bytes, tuple[int, Request]], puts: dict[bytes, bytes]
+    ) -> None:
+        self._requests_any = True
+        for key, (erase_at, request) in requests.items():
+            puts[_REQUEST + key] = _encode_request(erase_at, request)
+
     def _unindex(self, old: Stamp, key: bytes, deletes: list[bytes], now_ms: int) -> None:
         counts = self.counts
         if old.deleted_at is None:
@@ -568,6 +603,8 @@ class PartitionStore:
                 dropped += 1
                 if self._arrived_any:  # a life due on arrival goes with the marker
                     arrived.append(_ARRIVED + key)
+                if self._requests_any:  # and so does a deferred erasure's request
+                    arrived.append(_REQUEST + key)
         if arrived:
             found = self.kv.multi_get(arrived)
             deletes += [a for a, v in zip(arrived, found, strict=True) if v is not None]
@@ -579,3 +616,31 @@ class PartitionStore:
 
     def close(self) -> None:
         self.kv.close()
+
+
+_PART = struct.Struct(">I")
+
+
+def _encode_request(erase_at: int, request: Request) -> bytes:
+    """An erasure's time and its request's headers (names and values, each after its
+    length), as :meth:`PartitionStore.deferred_request` reads them."""
+    parts = [_INT.pack(erase_at)]
+    for name, value in request:
+        raw = name.encode()
+        parts += [_PART.pack(len(raw)), raw, _PART.pack(len(value)), value]
+    return b"".join(parts)
+
+
+def _decode_request(value: bytes) -> Request:
+    headers: list[tuple[str, bytes]] = []
+    at = _INT.size
+    while at < len(value):
+        (size,) = _PART.unpack_from(value, at)
+        at += _PART.size
+        name = value[at : at + size].decode()
+        at += size
+        (size,) = _PART.unpack_from(value, at)
+        at += _PART.size
+        headers.append((name, value[at : at + size]))
+        at += size
+    return tuple(headers)

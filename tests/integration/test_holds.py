@@ -1057,3 +1057,47 @@ async def test_an_erasure_a_hold_defers_names_its_request_on_the_audit_trail(
     assert await _cli("history", *common, *argv[:-1]) == 0
     assert "deferred by case-3 (expires_at" in (text := capsys.readouterr().out)
     assert "the erasure request event_id 'gdpr-77' at" in text
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("state", ["kept", "lost"])
+async def test_an_erasure_a_hold_deferred_names_its_request_at_the_release(
+    broker: str, topics: TopicSet, tmp_path: Path, state: str
+) -> None:
+    """An erasure request a hold deferred is carried out at the release by a tombstone and
+    a null that name it, as an on-time erasure's do (they named none: the README's query of
+    the receipts by ``request_event_id`` found nothing, a compliance trial). Released while
+    the service is down; it restarts on its state directory (``kept``), or an instance with
+    an empty one restores the partition from ``expiry.stamped`` (``lost``)."""
+    common, config = _setup(broker, topics, tmp_path, '[retention.defaults]\nconversation = "1h"\n')
+    key = event("conversation", "r1")[0]
+    async with running_service(config, broker) as svc:
+        t0 = wall_clock_ms()
+        await produce(broker, [(topics.conversations, *event("conversation", "r1", ts=t0))])
+        await wait_for(lambda: svc.stats.stamped >= 1)
+        assert await _cli("hold", "place", *common, "--org", "acme", "--record-id", "r1",
+                          "--reason", "case 4", "--id", "case-4") == 0  # fmt: skip
+        await wait_for(lambda: len(svc.holds) == 1)
+        erase = event("conversation", "r1", op="delete", ts=t0 + 1, event_id="gdpr-78")
+        await produce(broker, [(topics.conversations, *erase)])
+        await wait_for(lambda: svc.stats.stamped >= 2)  # the stamp that records the erasure
+    assert await _cli("hold", "release", *common, "case-4") == 0
+    if state == "lost":
+        config = dataclasses.replace(config, state_dir=str(tmp_path / "empty"))
+    async with running_service(config, broker):
+        tombs = await read_topic(
+            broker, topics.tombstones, until=lambda rs: any(r.key == key for r in rs)
+        )
+        nulls = await read_topic(
+            broker,
+            topics.stamped,
+            until=lambda rs: any(r.key == key and r.value is None for r in rs),
+        )
+    (tomb,) = [r for r in tombs if r.key == key]
+    (null,) = [r for r in nulls if r.key == key and r.value is None]
+    where = re.escape(topics.conversations) + r"\[\d\]@1"  # the create is @0
+    for message in (tomb, null):
+        headers = dict(message.headers)
+        assert headers["expiry-request-event-id"] == b"gdpr-78"
+        assert re.fullmatch(where, headers["expiry-request"].decode())
+    assert orjson.loads(tomb.value)["reason"] == "explicit"

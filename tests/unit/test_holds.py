@@ -89,9 +89,10 @@ class Partition:
         bot: str = "b1",
         now: int | None = None,
         category: str = "conversation",
+        event_id: str | None = None,
     ) -> Effects:
         self.offset += 1
-        body = {
+        body: dict[str, object] = {
             "category": category,
             "org": "acme",
             "bot": bot,
@@ -99,6 +100,8 @@ class Partition:
             "op": op,
             "ts": ts,
         }
+        if event_id is not None:
+            body["event_id"] = event_id
         rec = _Rec(self.offset, None, orjson.dumps(body))
         return self._take(self.proc.process([rec], now if now is not None else ts), now or ts)
 

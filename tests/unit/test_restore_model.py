@@ -85,6 +85,9 @@ class Changelog:
                 due = effects.due_on_arrival.get(state.identity.key)
                 if due is not None and due == state.expires_at:  # due on arrival
                     headers = [*SOURCE, (codec.H_DUE_AT_INGEST, b"%d" % due)]
+                named = (effects.held_requests or {}).get(state.identity.key)
+                if named is not None and named[0] == state.erase_at:  # a deferred erasure
+                    headers = [*headers, *named[1]]
                 self._add(self.stamped, state.identity.key, value, now_ms, headers)
             for fired in tombstones:
                 key, at = fired.before.identity.key, fired.emitted_at
