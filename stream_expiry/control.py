@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from stream_expiry.policy import PolicyBook, PolicyUpdate
     from stream_expiry.stats import ServiceStats
 
-__all__ = ["ControlTopics", "DeadLettered", "refuse_a_lost_holds_topic"]
+__all__ = ["ControlTopics", "DeadLettered", "messages_written", "refuse_a_lost_holds_topic"]
 
 log = logging.getLogger("stream_expiry.service")
 
@@ -105,6 +105,7 @@ async def refuse_a_lost_holds_topic(
     holds: str,
     stamped: str,
     *,
+    audit: str | None = None,
     lost: str = "the service would delete every record a hold keeps",
     check: str = "[topics] holds (and STREAM_EXPIRY_TOPICS_HOLDS)",
 ) -> None:
@@ -116,23 +117,51 @@ async def refuse_a_lost_holds_topic(
     record a hold kept: a trial's typo deleted them all within seconds of the start,
     without a word under ``[archive] required`` (``lost``: what it would do; ``check``:
     the settings that name the topic). Called before the topics are made; a first start,
-    or a cluster rebuilt without its changelog, has nothing to lose and goes on."""
+    or a cluster rebuilt without its changelog, has nothing to lose and goes on.
+
+    ``audit`` (the service's audit trail): also when ``holds`` exists but has never had
+    a message while ``audit`` has. Only holds write the audit trail (placed, released,
+    a deletion deferred), so this deployment's holds are on another topic: a mistyped
+    name that an earlier sink or a person made, which the start read as "every hold
+    released" (a trial). Checked before the group is joined, every member refuses alike;
+    a released hold leaves its null, so a topic whose holds all went still has had
+    messages."""
     names = await topic_names(brokers)
-    if holds in names or stamped not in names:
+    if holds not in names:
+        written = await messages_written(brokers, stamped) if stamped in names else 0
+        if written:
+            raise ConfigurationError(
+                f"the legal holds topic {holds!r} does not exist, but the changelog "
+                f"{stamped!r} has {written:,} message{'' if written == 1 else 's'}: this "
+                f"deployment ran with another holds topic, and started on an empty one "
+                f"{lost}. Check {check}; if the holds topic was lost, place the holds again "
+                "with `stream-expiry hold place` (which makes the topic) before starting; if "
+                "it was renamed on purpose and never held a hold, create it empty and "
+                "compacted (cleanup.policy=compact) with your Kafka tooling"
+            )
         return
-    async with consumer(brokers) as cons:
-        tps = [TopicPartition(stamped, p) for p in await partitions_of(cons, stamped)]
-        cons.assign(tps)
-        written = sum((await end_offsets(cons, dict.fromkeys(tps, 0))).values())
-    if written:
+    if audit is None or audit not in names or await messages_written(brokers, holds):
+        return
+    entries = await messages_written(brokers, audit)
+    if entries:
         raise ConfigurationError(
-            f"the legal holds topic {holds!r} does not exist, but the changelog {stamped!r} "
-            f"has {written:,} message{'' if written == 1 else 's'}: this deployment ran with another holds topic, and "
-            f"started on an empty one {lost}. Check {check}; if the holds topic was lost, "
-            "place the holds again with `stream-expiry hold place` (which makes the topic) "
-            "before starting; if it was renamed on purpose and never held a hold, create it "
-            "empty and compacted (cleanup.policy=compact) with your Kafka tooling"
+            f"the legal holds topic {holds!r} has never had a message, but the audit trail "
+            f"{audit!r} has {entries:,} entr{'y' if entries == 1 else 'ies'} (holds placed or "
+            "released, deletions they deferred): this deployment placed its holds on "
+            f"another topic, and started on this one {lost}. Check {check}; if the holds "
+            "topic was lost, place the holds again with `stream-expiry hold place` before "
+            "starting (if no hold is to stay in force, place one and release it: the "
+            "topic then has its messages)"
         )
+
+
+async def messages_written(brokers: Brokers, topic: str) -> int:
+    """How many messages ``topic`` has ever had: the sum of its partitions' end offsets
+    (compaction and retention remove messages, never offsets)."""
+    async with consumer(brokers) as cons:
+        tps = [TopicPartition(topic, p) for p in await partitions_of(cons, topic)]
+        cons.assign(tps)
+        return sum((await end_offsets(cons, dict.fromkeys(tps, 0))).values())
 
 
 def _shown_key(key: bytes) -> str:

@@ -46,11 +46,13 @@ from stream_expiry.control import (
     DEAD_LETTERED_FILE,
     ControlTopics,
     DeadLettered,
+    messages_written,
     refuse_a_lost_holds_topic,
 )
 from stream_expiry.durations import format_duration
 from stream_expiry.errors import (
     BrokerError,
+    ConfigurationError,
     CorruptStoreError,
     StoreError,
     leaves,
@@ -76,6 +78,7 @@ from stream_expiry.kafka import (
     topic_config_values,
 )
 from stream_expiry.kafka_settings import REBALANCE_TIMEOUT_MS, member_liveness
+from stream_expiry.logs import counted
 from stream_expiry.outbox import Outbox, settled_or_failed
 from stream_expiry.oversize import producer_limit
 from stream_expiry.policy import PolicyBook
@@ -546,7 +549,7 @@ class Service:
         address (rebuilt, or the test broker restarted empty), the consumer rejoins it on its
         own, and a restore cannot read a changelog topic that is gone."""
         t = self.config.topics
-        await refuse_a_lost_holds_topic(self.bootstrap, t.holds, t.stamped)
+        await refuse_a_lost_holds_topic(self.bootstrap, t.holds, t.stamped, audit=t.audit)
         created = await ensure_config_topics(self.bootstrap, self.config)
         # A mistyped name in [topics] inputs made an empty topic and the service idled on
         # it without a word: a new input topic is probably not where producers write.
@@ -1219,7 +1222,6 @@ class Service:
             if retired
             else "",
         )
-        self._say_held_without_holds(tps)
         if not self._to_restore:
             self._settled()
 
@@ -1232,27 +1234,69 @@ class Service:
         """The timers the processors of ``tps`` hold, set aside or in their wheels."""
         return sum(p.timers + p.waiting for p in self._procs_of(tps))
 
-    def _say_held_without_holds(self, tps: list[TopicPartition]) -> None:
-        """Warn when the stores of ``tps`` keep records for legal holds and the holds topic
-        has none: the release scan lets them go now. Released while the service was down,
-        that is right; but a holds topic lost with its cluster (rebuilt from the stores)
-        deleted what the holds kept with nothing said of the holds at all (a trial).
-        With ``[archive] required`` the stores keep records for the archive too, which
-        the count cannot tell apart: nothing is said then."""
-        if len(self.holds) or self.config.archive.required:
+    async def _judge_held_without_holds(
+        self, procs: Mapping[tuple[str, int], PartitionProcessor]
+    ) -> None:
+        """When the stores just restored keep records for legal holds and no hold is
+        active, the release scan lets them go: say so, or stop the start. Called before
+        the partitions are the service's, so no scan has looked at them yet.
+
+        With the holds topic never having had a message (a topic whose holds were
+        released has their nulls), the holds that kept them were never on it: a mistyped
+        ``[topics] holds`` naming a topic made by hand or by an earlier sink (with the
+        audit trail intact the start stopped before: :func:`refuse_a_lost_holds_topic`),
+        or a holds topic made again empty with its audit trail (a rebuilt cluster). Read
+        as "every hold released", the start let go of every record they kept (a trial):
+        it raises :class:`ConfigurationError` instead. With ``[archive] required`` the
+        stores keep records for the archive too, which the count cannot tell apart, and
+        nothing was said at all: it warns. Released while the service was down, the
+        records go, as they should, with a warning."""
+        if len(self.holds):
             return
-        held = sum(p.store.counts.held for p in self._procs_of(tps))
-        if held:
-            log.warning(
-                "%d records in the stores of %s are kept for legal holds, and %s has no "
-                "active hold: they are let go now, and tombstoned if due. If their holds "
-                "were not released (expiry.audit says when each was), the holds topic was "
-                "lost: place them again (stream-expiry hold place) and see what went in "
-                "`stream-expiry history`",
-                held,
-                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in tps),
-                self.config.topics.holds,
+        held = {slot: p.store.counts.held for slot, p in procs.items() if p.store.counts.held}
+        if not held:
+            return
+        total = sum(held.values())
+        where = ", ".join(f"{t}[{p}] ({n:,})" for (t, p), n in sorted(held.items()))
+        holds = self.config.topics.holds
+        written = await messages_written(self.bootstrap, holds)
+        if self.config.archive.required:
+            if not written:
+                log.warning(
+                    "the stores of %s keep %s for the archive or for legal holds ([archive] "
+                    "required: the stores do not tell which), and the legal holds topic %s "
+                    "has never had a message: a record a hold kept is let go as soon as the "
+                    "archive has it. If holds were placed in this deployment, they are on "
+                    "another topic: check [topics] holds (and STREAM_EXPIRY_TOPICS_HOLDS), or "
+                    "place them again (stream-expiry hold place)",
+                    where,
+                    counted(total, "record"),
+                    holds,
+                )
+            return
+        if not written:
+            raise ConfigurationError(
+                f"the stores of {where} keep {total:,} record{'' if total == 1 else 's'} for "
+                f"legal holds, but no hold is active and the legal holds topic {holds!r} has "
+                "never had a message: the holds that keep them were on another topic (a "
+                "mistyped [topics] holds naming a topic made by hand or by an earlier sink, "
+                "or a holds topic made again empty), and started on this one the service "
+                "would delete every record they keep. Check [topics] holds (and "
+                "STREAM_EXPIRY_TOPICS_HOLDS); if the holds topic was lost, place the holds "
+                "again with `stream-expiry hold place` before starting (if they were all "
+                "released, place a hold and release it: the start reads the release and "
+                "lets them go)"
             )
+        log.warning(
+            "%d records in the stores of %s are kept for legal holds, and %s has no "
+            "active hold: they are let go now, and tombstoned if due. If their holds "
+            "were not released (expiry.audit says when each was), the holds topic was "
+            "lost: place them again (stream-expiry hold place) and see what went in "
+            "`stream-expiry history`",
+            total,
+            where,
+            holds,
+        )
 
     async def _cancel_restore(self) -> None:
         """Stop a restore in progress and wait until its stores are closed."""
@@ -1344,6 +1388,12 @@ class Service:
                     )
                 self._restore_seen = 0
         self._restore_seen = 0
+        try:
+            await self._judge_held_without_holds(procs)
+        except BaseException:  # refused, or cancelled: the stores are nobody's
+            for proc in procs.values():
+                _close_store(proc)
+            raise
         self.stats.restored += result.total.read
         if resumed:  # one line for them all: a rebalance gives back dozens
             self.stats.resumed_partitions += len(resumed)

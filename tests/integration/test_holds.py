@@ -28,7 +28,7 @@ from stream_expiry.archive import (
 from stream_expiry.changelog import read_latest
 from stream_expiry.cli import main
 from stream_expiry.codec import deleted_at_of, reason_of
-from stream_expiry.errors import ConfigurationError
+from stream_expiry.errors import ConfigurationError, leaves
 from stream_expiry.holds import Hold, HoldBook, encode_hold
 from stream_expiry.kafka import ensure_topics, missing_topics, producer
 from stream_expiry.model import Identity, Stamp, encode_stamp
@@ -928,15 +928,11 @@ async def test_archive_purge_reads_the_holds_and_keeps_what_they_match(
     assert f"the holds topic '{topics.holds}.typo' does not exist" in capsys.readouterr().err
 
 
-async def test_records_kept_for_holds_the_holds_topic_no_longer_has_are_said(
-    broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+async def _keep_a_record_for_a_hold(
+    broker: str, topics: TopicSet, config: Config, common: tuple[str, ...]
 ) -> None:
-    """A cluster rebuilt with an empty holds topic (made by hand, the stores kept): the
-    release scan let the records the holds kept go at once, and nothing said a hold had
-    been involved (a trial). The start says how many records the stores keep for holds
-    it does not have. (A holds topic that does not exist stops the start instead: the
-    test below.)"""
-    common, config = _setup(broker, topics, tmp_path, RETENTION)
+    """A hold on org acme, and a record of it the service keeps past its expiry (2 s),
+    in its store; the service stopped."""
     assert await _cli("hold", "place", *common, "--org", "acme", "--reason", "case 9") == 0
     async with running_service(config, broker) as service:
         await wait_for(lambda: len(service.holds) == 1)
@@ -945,27 +941,118 @@ async def test_records_kept_for_holds_the_holds_topic_no_longer_has_are_said(
             lambda: sum(p.store.counts.held for p in service.processors.values()) == 1,
             timeout_s=15,
         )
-    assert "kept for legal holds" not in caplog.text
-    # The same stores, and a holds topic with nothing in it.
-    lost = dataclasses.replace(
-        config, topics=dataclasses.replace(config.topics, holds=f"{topics.holds}.rebuilt")
+
+
+def _on_holds_topic(config: Config, holds: str, audit: str | None = None) -> Config:
+    """``config`` with another holds topic (and audit trail)."""
+    topics = dataclasses.replace(config.topics, holds=holds, audit=audit or config.topics.audit)
+    return dataclasses.replace(config, topics=topics)
+
+
+@pytest.mark.timeout(150)
+async def test_an_empty_holds_topic_beside_an_audit_trail_of_holds_stops_the_start(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A mistyped ``[topics] holds`` naming a topic that exists and has never had a
+    message (made by an earlier sink given the same name) was read as "every hold
+    released", and the start let go of what the holds kept (a trial). The audit trail
+    has the holds' entries: the start stops before the group is joined, whatever the
+    stores hold (here a state directory of its own: a member that restores the
+    partitions from the changelog), and makes nothing."""
+    common, config = _setup(broker, topics, tmp_path, RETENTION)
+    await _keep_a_record_for_a_hold(broker, topics, config, common)
+    typo = f"{topics.holds}.typo"
+    await ensure_topics(broker, [typo], partitions=2)
+    mistyped = dataclasses.replace(
+        _on_holds_topic(config, typo), state_dir=str(tmp_path / "another-state")
     )
-    await ensure_topics(broker, [lost.topics.holds], partitions=2)
+    stopped = service_module.Service(mistyped, bootstrap_servers=broker, environ={})
+    with pytest.raises(ConfigurationError) as refused:
+        with anyio.fail_after(30):
+            await stopped.run(anyio.Event())
+    # The hold's placement, and the deferral of the record's expiry.
+    assert str(refused.value).startswith(
+        f"the legal holds topic {typo!r} has never had a message, but the audit trail "
+        f"{topics.audit!r} has 2 entries (holds placed or released, deletions they deferred)"
+    )
+    assert "Check [topics] holds (and STREAM_EXPIRY_TOPICS_HOLDS)" in str(refused.value)
+    assert stopped.stats.assignments == 0  # refused before joining the group
+    assert await read_all(broker, topics.tombstones) == []
+
+
+@pytest.mark.timeout(150)
+async def test_an_empty_holds_topic_while_the_stores_keep_records_for_holds_stops_the_start(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A holds topic that exists and has never had a message (made again by hand with
+    its audit trail, a cluster rebuilt beside the stores) was read as one whose holds
+    were all released: the start warned of the records the stores kept for holds, then
+    let them go (a trial). The holds that kept them were never on it (a release leaves
+    its null): the start stops, deleting nothing; once the holds are placed on it, the
+    record stays kept. (A holds topic that does not exist stops the start too: the test
+    below.)"""
+    common, config = _setup(broker, topics, tmp_path, RETENTION)
+    await _keep_a_record_for_a_hold(broker, topics, config, common)
+    rebuilt, audit = f"{topics.holds}.rebuilt", f"{topics.audit}.rebuilt"
+    await ensure_topics(broker, [rebuilt, audit], partitions=2)
+    lost = _on_holds_topic(config, rebuilt, audit)
+    stopped = service_module.Service(lost, bootstrap_servers=broker, environ={})
+    with pytest.raises(Exception) as raised:  # noqa: PT011 (the one inside is checked)
+        with anyio.fail_after(60):
+            await stopped.run(anyio.Event())
+    (refused,) = leaves(raised.value)  # raised by the loop, through its task groups
+    assert isinstance(refused, ConfigurationError)
+    said = str(refused)
+    assert said.startswith(f"the stores of {topics.conversations}[")
+    assert (
+        "keep 1 record for legal holds, but no hold is active and the legal holds topic "
+        f"{rebuilt!r} has never had a message: the holds that keep them were on another topic"
+    ) in said
+    assert "Check [topics] holds (and STREAM_EXPIRY_TOPICS_HOLDS)" in said
+    # The holds placed again on that topic: the start goes on, and the record stays kept.
+    cfg = tmp_path / "rebuilt.toml"
+    cfg.write_text(config_text(topics, str(tmp_path / "state"), RETENTION).replace(
+        f'holds = "{topics.holds}"', f'holds = "{rebuilt}"'
+    ).replace(f'audit = "{topics.audit}"', f'audit = "{audit}"'))  # fmt: skip
+    again = ("--config", str(cfg), "--bootstrap-servers", broker)
+    assert await _cli("hold", "place", *again, "--org", "acme", "--reason", "case 9") == 0
+    async with running_service(lost, broker) as service:
+        await wait_for(lambda: len(service.holds) == 1)
+        await wait_for(
+            lambda: sum(p.store.counts.held for p in service.processors.values()) == 1,
+            timeout_s=15,
+        )
+    assert await read_all(broker, topics.tombstones) == []
+
+
+@pytest.mark.timeout(150)
+async def test_records_kept_under_archive_required_on_an_empty_holds_topic_are_said(
+    broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With ``[archive] required`` the stores keep records for the archive as for holds,
+    and a start on a holds topic that has never had a message said nothing at all: a
+    record a lost hold kept went as soon as the archive had it (a trial). The start says
+    how many records are kept for either and what to check; it goes on (the stores do
+    not tell a record waiting for the archive from one a hold kept)."""
+    required = f'[archive]\nrequired = true\ngroup_id = "{topics.prefix}-archive"\n'
+    common, config = _setup(broker, topics, tmp_path, RETENTION + required)
+    await _keep_a_record_for_a_hold(broker, topics, config, common)
+    rebuilt, audit = f"{topics.holds}.rebuilt", f"{topics.audit}.rebuilt"
+    await ensure_topics(broker, [rebuilt, audit], partitions=2)
     caplog.set_level(logging.WARNING, logger="stream_expiry")
 
     def kept_said() -> list[str]:
-        return [r.getMessage() for r in caplog.records if "kept for legal holds" in r.getMessage()]
+        return [r.getMessage() for r in caplog.records if "for legal holds" in r.getMessage()]
 
-    async with running_service(lost, broker):
-        # The warning itself is waited for: read_topic's time ran out silently once, under
-        # load, before the second service had its partitions (a flaky run, no warning).
+    async with running_service(_on_holds_topic(config, rebuilt, audit), broker):
         await wait_for(lambda: bool(kept_said()), timeout_s=60)
-        let_go = await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 1)
-        assert len(let_go) == 1
-    said = kept_said()
-    assert len(said) == 1
-    assert said[0].startswith("1 records in the stores of ")
-    assert f"and {topics.holds}.rebuilt has no active hold: they are let go now" in said[0]
+    (said,) = kept_said()
+    assert said.startswith(f"the stores of {topics.conversations}[")
+    assert (
+        "keep 1 record for the archive or for legal holds ([archive] required: the stores "
+        f"do not tell which), and the legal holds topic {rebuilt} has never had a message"
+    ) in said
+    assert "check [topics] holds" in said
 
 
 @pytest.mark.timeout(120)

@@ -1,5 +1,6 @@
 """The service's notes at an assignment and at a partition's end of backlog: the firing
-woken, and the warning about records kept for holds the holds topic does not have."""
+woken, and what is said (or refused) of records kept for holds the holds topic does not
+have."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from aiokafka import TopicPartition
 
 from stream_expiry.config import parse_config
 from stream_expiry.engine import Fired
+from stream_expiry.errors import ConfigurationError
+from stream_expiry.holds import Hold
 from stream_expiry.model import Identity, Stamp
 from stream_expiry.reading import END_UNKNOWN
 from stream_expiry.service import Service
@@ -85,25 +88,68 @@ def test_a_partition_that_has_read_its_backlog_wakes_the_firing() -> None:
     assert firing.woken == 1
 
 
-def test_records_kept_with_no_active_hold_are_said_unless_the_archive_may_keep_them(
-    caplog: pytest.LogCaptureFixture,
+def _said(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [f"{r.levelname} {r.getMessage()}" for r in caplog.records if "legal" in r.getMessage()]
+
+
+async def _judge(
+    monkeypatch: pytest.MonkeyPatch, config: str, written: int, holds: int = 0
 ) -> None:
-    """The stores' held count takes in the records kept for the archive (``[archive]
-    required``): with the archive on, it cannot tell a lost holds topic, and nothing is
-    said; without it, the records kept with no active hold are."""
-    caplog.set_level(logging.WARNING, logger="stream_expiry")
-    tps = [TopicPartition("in", 0)]
-    for config, said in (("", 1), ("[archive]\nrequired = true\n", 0)):
-        caplog.clear()
-        service = _service(config)
-        service.processors[("in", 0)] = cast("PartitionProcessor", _Processor(held=3))
-        service._say_held_without_holds(tps)
-        warned = [
-            r.getMessage() for r in caplog.records if "kept for legal holds" in r.getMessage()
-        ]
-        assert len(warned) == said, config
-        if said:
-            assert warned[0].startswith("3 records in the stores of in[0] are kept")
+    """Judge 3 records kept for holds in ``in[0]``'s store at its assignment, the holds
+    topic having had ``written`` messages and ``holds`` holds active."""
+    asked: list[str] = []
+
+    async def messages_written(_brokers: object, topic: str) -> int:
+        asked.append(topic)
+        return written
+
+    monkeypatch.setattr("stream_expiry.service.messages_written", messages_written)
+    service = _service(config)
+    for n in range(holds):
+        service.holds.place(Hold(f"h{n}", "acme", None, None, None, None, "case", None))
+    try:
+        await service._judge_held_without_holds(
+            {("in", 0): cast("PartitionProcessor", _Processor(held=3))}
+        )
+    finally:
+        assert asked == ([] if holds else ["expiry.holds"])
+
+
+ARCHIVE = "[archive]\nrequired = true\n"
+
+
+@pytest.mark.asyncio
+async def test_records_kept_with_no_active_hold_are_said_and_stop_the_start_on_a_new_topic(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records the stores keep for holds when no hold is active: let go with a warning
+    when the holds topic has had messages (its releases); on one that never had a
+    message, the holds were elsewhere: the start stops, or with ``[archive] required``
+    (the stores keep records for the archive too, and cannot tell them apart) it warns,
+    where nothing was said (a trial). An active hold: nothing is asked or said."""
+    caplog.set_level(logging.INFO, logger="stream_expiry")
+    await _judge(monkeypatch, "", written=2)
+    (said,) = _said(caplog)
+    assert said.startswith("WARNING 3 records in the stores of in[0] (3) are kept for legal holds")
+    caplog.clear()
+    with pytest.raises(ConfigurationError) as refused:
+        await _judge(monkeypatch, "", written=0)
+    assert str(refused.value).startswith(
+        "the stores of in[0] (3) keep 3 records for legal holds, but no hold is active and "
+        "the legal holds topic 'expiry.holds' has never had a message"
+    )
+    assert _said(caplog) == []
+    await _judge(monkeypatch, ARCHIVE, written=0)
+    (said,) = _said(caplog)
+    assert said.startswith(
+        "WARNING the stores of in[0] (3) keep 3 records for the archive or for legal holds "
+        "([archive] required: the stores do not tell which), and the legal holds topic "
+        "expiry.holds has never had a message"
+    )
+    caplog.clear()
+    await _judge(monkeypatch, ARCHIVE, written=2)
+    await _judge(monkeypatch, "", written=0, holds=1)
+    assert _said(caplog) == []
 
 
 def test_the_assignment_line_counts_the_timers_set_aside_of_the_partitions_assigned() -> None:
