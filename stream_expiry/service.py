@@ -1249,8 +1249,10 @@ class Service:
         as "every hold released", the start let go of every record they kept (a trial):
         it raises :class:`ConfigurationError` instead. With ``[archive] required`` the
         stores keep records for the archive too, which the count cannot tell apart, and
-        nothing was said at all: it warns. Released while the service was down, the
-        records go, as they should, with a warning."""
+        nothing was said at all: it warns. On a holds topic that has had messages, the
+        holds were released before this start (the service down, or the partition
+        another member's), and the records go, as they should: an info line says so,
+        where a warning that "the holds topic was lost" alarmed a trial."""
         if len(self.holds):
             return
         held = {slot: p.store.counts.held for slot, p in procs.items() if p.store.counts.held}
@@ -1260,19 +1262,18 @@ class Service:
         where = ", ".join(f"{t}[{p}] ({n:,})" for (t, p), n in sorted(held.items()))
         holds = self.config.topics.holds
         written = await messages_written(self.bootstrap, holds)
-        if self.config.archive.required:
-            if not written:
-                log.warning(
-                    "the stores of %s keep %s for the archive or for legal holds ([archive] "
-                    "required: the stores do not tell which), and the legal holds topic %s "
-                    "has never had a message: a record a hold kept is let go as soon as the "
-                    "archive has it. If holds were placed in this deployment, they are on "
-                    "another topic: check [topics] holds (and STREAM_EXPIRY_TOPICS_HOLDS), or "
-                    "place them again (stream-expiry hold place)",
-                    where,
-                    counted(total, "record"),
-                    holds,
-                )
+        if self.config.archive.required and not written:
+            log.warning(
+                "the stores of %s keep %s for the archive or for legal holds ([archive] "
+                "required: the stores do not tell which), and the legal holds topic %s "
+                "has never had a message: a record a hold kept is let go as soon as the "
+                "archive has it. If holds were placed in this deployment, they are on "
+                "another topic: check [topics] holds (and STREAM_EXPIRY_TOPICS_HOLDS), or "
+                "place them again (stream-expiry hold place)",
+                where,
+                counted(total, "record"),
+                holds,
+            )
             return
         if not written:
             raise ConfigurationError(
@@ -1287,15 +1288,17 @@ class Service:
                 "released, place a hold and release it: the start reads the release and "
                 "lets them go)"
             )
-        log.warning(
-            "%d records in the stores of %s are kept for legal holds, and %s has no "
-            "active hold: they are let go now, and tombstoned if due. If their holds "
-            "were not released (expiry.audit says when each was), the holds topic was "
-            "lost: place them again (stream-expiry hold place) and see what went in "
-            "`stream-expiry history`",
-            total,
+        log.info(
+            "the stores of %s keep %s for legal holds released before this start (read "
+            "now from %s, which has no active hold)%s",
             where,
+            counted(total, "record"),
             holds,
+            ", or for the archive ([archive] required: the stores do not tell which): each "
+            "is let go once the archive has it, and tombstoned if due"
+            if self.config.archive.required
+            else ": let go now, and tombstoned if due; expiry.audit says when each hold was "
+            "released",
         )
 
     async def _cancel_restore(self) -> None:

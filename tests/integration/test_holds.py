@@ -1055,6 +1055,48 @@ async def test_records_kept_under_archive_required_on_an_empty_holds_topic_are_s
     assert "check [topics] holds" in said
 
 
+@pytest.mark.timeout(150)
+async def test_a_hold_released_while_the_service_was_down_is_said_as_a_release(
+    broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hold released while the service was down: at the start its records go, as they
+    should, and the start warned "If their holds were not released ..., the holds topic
+    was lost", alarming for a normal operation (a trial). It says what happened: holds
+    released before the start, read now; nothing of a lost topic."""
+    common, config = _setup(broker, topics, tmp_path, RETENTION)
+    assert await _cli("hold", "place", *common, "--org", "acme", "--reason", "case 9",
+                      "--id", "h-9") == 0  # fmt: skip
+    async with running_service(config, broker) as service:
+        await wait_for(lambda: len(service.holds) == 1)
+        await produce(broker, [(topics.conversations, *event("conversation", "c1"))])
+        await wait_for(
+            lambda: sum(p.store.counts.held for p in service.processors.values()) == 1,
+            timeout_s=15,
+        )
+    assert await _cli("hold", "release", *common, "h-9") == 0
+    caplog.set_level(logging.INFO, logger="stream_expiry")
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "legal holds" in r.getMessage()]
+
+    async with running_service(config, broker):
+        let_go = await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 1)
+        assert len(let_go) == 1
+    (line,) = [r for r in caplog.records if "for legal holds" in r.getMessage()]
+    assert line.levelno == logging.INFO
+    assert re.fullmatch(
+        re.escape(f"the stores of {topics.conversations}[")
+        + r"[01]"
+        + re.escape(
+            "] (1) keep 1 record for legal holds released before this start (read now from "
+            f"{topics.holds}, which has no active hold): let go now, and tombstoned if due; "
+            "expiry.audit says when each hold was released"
+        ),
+        line.getMessage(),
+    ), line.getMessage()
+    assert not [m for m in said() if "lost" in m]
+
+
 @pytest.mark.timeout(120)
 async def test_a_holds_topic_that_does_not_exist_stops_the_start_and_deletes_nothing(
     broker: str, topics: TopicSet, tmp_path: Path
