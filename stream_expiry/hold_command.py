@@ -121,7 +121,8 @@ def _checked_hold(config: Config, args: argparse.Namespace, now_ms: int) -> Hold
         )
     if args.category is not None:
         check_category(args.category, config.categories, ": a hold on it would keep nothing")
-    meant = PolicyBook(config, os.environ).org_meant(args.org)
+    book = PolicyBook(config, os.environ)
+    meant = book.org_meant(args.org)
     if meant is not None:
         # Placed all the same (records of an org no setting names are held as any): but a
         # typo here keeps nothing, and "0 matched" in status was the only sign (a trial).
@@ -130,7 +131,26 @@ def _checked_hold(config: Config, args: argparse.Namespace, now_ms: int) -> Hold
             f"did you mean {printable(repr(meant))}? The hold keeps the records of "
             f"{printable(repr(args.org))} only; release it if that is not what you meant"
         )
+    if args.bot is not None:
+        _say_a_bot_meant(book, meant or args.org, args.bot)
     return hold
+
+
+def _say_a_bot_meant(book: PolicyBook, org: str, bot: str) -> None:
+    """Warn of a ``--bot`` that no bot setting of ``org`` names and that is close to one
+    that does (``B1`` for ``b1``): a hold on it keeps nothing, and was placed without a
+    word where a misspelt ``--org`` was said (a trial). Placed all the same: a bot no
+    setting names may be meant."""
+    bot_meant = book.bot_meant(org, bot)
+    if bot_meant is None:
+        return
+    shown = printable(repr(bot))
+    say_warning(
+        f"no bot setting of the config file for org {printable(repr(org))} names bot "
+        f"{shown}: did you mean {printable(repr(bot_meant))}? The hold keeps the records of "
+        f"bot {shown} only (bot ids are case-sensitive); release it if that is not what you "
+        "meant"
+    )
 
 
 def _by(args: argparse.Namespace) -> str | None:

@@ -135,6 +135,22 @@ class PolicyBook:
         close = difflib.get_close_matches(org, sorted(named), n=1)
         return close[0] if close else None
 
+    def bot_meant(self, org: str, bot: str) -> str | None:
+        """The bot a bot scope of ``org`` names (``[retention.bots.ORG.BOT.ENV]``, or a
+        policy update) that ``bot`` most likely stands for, when none names ``bot``
+        itself and one is close to it, case aside (``B1`` for ``b1``, ``suport-bot`` for
+        ``support-bot``); else None. A hold on a misspelt bot keeps nothing, and a record
+        of it gets none of that bot's values, without a word: :meth:`org_meant` for bots.
+        Only ``org``'s bots: a bot id means something only within its org."""
+        named = {key[1] for key in self._bots if key[0] == org}
+        if bot in named:
+            return None
+        folded: dict[str, str] = {}
+        for name in sorted(named):
+            folded.setdefault(name.casefold(), name)
+        close = difflib.get_close_matches(bot.casefold(), list(folded), n=1)
+        return folded[close[0]] if close else None
+
     def digest(self, sliding: Iterable[str]) -> str:
         """Twelve hex characters that name the config's policy: the first version of
         every scope (the file merged with its preset), the environment's values, the

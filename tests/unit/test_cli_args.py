@@ -714,6 +714,39 @@ def test_hold_place_names_the_org_a_misspelt_one_is_close_to(
     assert "did you mean" not in capsys.readouterr().err
 
 
+def test_hold_place_names_the_bot_a_misspelt_one_is_close_to(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--bot B1`` where the config names bot ``b1`` of that org: the hold keeps nothing
+    (ids are case-sensitive), and where a misspelt ``--org`` was said, a bot was not (a
+    trial). Said the same way, before anything is sent; a bot of another org, or one
+    the org's settings name, is not."""
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(
+        '[retention.bots.acme.b1.live]\nconversation = "7d"\n'
+        '[retention.bots.acme.support-bot.draft]\nconversation = "1d"\n'
+        '[retention.bots.globex.sales-bot.live]\nconversation = "1d"\n'
+    )
+    base = ["hold", "place", "--config", str(cfg), "--bootstrap-servers", "127.0.0.1:1"]
+    place = [*base, "--org", "acme", "--reason", "case 7"]
+    for bot, meant in (("B1", "b1"), ("suport-bot", "support-bot"), ("Support-Bot", "support-bot")):
+        assert main([*place, "--bot", bot]) == 3
+        err = capsys.readouterr().err
+        assert (
+            f"no bot setting of the config file for org 'acme' names bot {bot!r}: did you "
+            f"mean {meant!r}? The hold keeps the records of bot {bot!r} only"
+        ) in err
+    assert main([*place, "--bot", "b1"]) == 3
+    assert "did you mean" not in capsys.readouterr().err
+    assert main([*place, "--bot", "sales-bt"]) == 3  # globex's
+    assert "did you mean" not in capsys.readouterr().err
+    # A misspelt org and bot: each said, the bot against the org meant.
+    assert main([*base, "--org", "acmee", "--bot", "B1", "--reason", "case 7"]) == 3
+    err = capsys.readouterr().err
+    assert "names org 'acmee': did you mean 'acme'?" in err
+    assert "for org 'acme' names bot 'B1': did you mean 'b1'?" in err
+
+
 # --- the README's options against the parser --------------------------------------------------
 
 README = Path(__file__).parents[2] / "README.md"
