@@ -556,8 +556,13 @@ def _mark_holds_that_kept_nothing(events: list[dict[str, Any]]) -> None:
     first stamp, and released before a life began. The audit trail lists every hold whose
     scope matches the key, an org's too, and an auditor read such a hold as one that had
     covered the record (a trial: holds placed after the record's deletion). A life runs
-    from a stamp until a null on the changelog; a hold still active counts to the end."""
-    alive = False
+    from a stamp until a null on the changelog; a hold still active counts to the end.
+
+    Such a hold placed after an erasure of the record is also marked ``erased_before``:
+    ``archive purge`` keeps an erased record's archive lines while a hold matches it, so
+    that hold kept what an archive still had, and "kept nothing" was wrong there (a
+    trial). Which lines an archive had is not on Kafka; the erasure is."""
+    alive = erased = False
     placed: dict[str, tuple[dict[str, Any], bool]] = {}  # hold id -> placement, kept
     for e in events:
         kind = e["kind"]
@@ -566,16 +571,26 @@ def _mark_holds_that_kept_nothing(events: list[dict[str, Any]]) -> None:
             placed = {h: (ev, True) for h, (ev, _) in placed.items()}
         elif kind == "deleted":
             alive = False
+            erased = erased or e.get("reason") == "explicit"
+        elif kind == "tombstone":
+            erased = erased or e.get("reason") == "explicit"  # a life marker in an archive
         elif kind == "hold_placed":
             placed[str(e.get("hold_id"))] = (e, alive)
         elif kind == "hold_released":
             placement, kept = placed.pop(str(e.get("hold_id")), (None, alive))
-            kept = kept or alive
-            for ev in (placement, e):
-                if ev is not None:
-                    ev["kept_a_life"] = kept
+            _mark_kept(placement, e, kept=kept or alive, erased=erased)
     for placement, kept in placed.values():
-        placement["kept_a_life"] = kept
+        _mark_kept(placement, kept=kept, erased=erased)
+
+
+def _mark_kept(*events: dict[str, Any] | None, kept: bool, erased: bool) -> None:
+    """A hold's placement and release: whether a life ran while it held, and when none
+    did, whether the record was erased by then (its archive lines kept by the purge)."""
+    for ev in events:
+        if ev is not None:
+            ev["kept_a_life"] = kept
+            if not kept:
+                ev["erased_before"] = erased
 
 
 def _summary(e: dict[str, Any]) -> str:
@@ -651,7 +666,14 @@ def _summary(e: dict[str, Any]) -> str:
         if e.get("by"):
             text += f", by {e['by']}"
         if e.get("kept_a_life") is False:
-            text += " (its scope matches this key, but no life of the record ran while it held)"
+            text += " (its scope matches this key, but no life of the record ran while it held"
+            if e.get("erased_before"):
+                text += (
+                    ": it kept no life in the service; the record was erased before, and "
+                    "`archive purge` keeps an erased record's archive lines while a hold "
+                    "matches it, so an archive that still had them kept them"
+                )
+            text += ")"
         return text
     if kind == "deletion_deferred":
         copies = e.get("copies", 1)

@@ -10,13 +10,15 @@ import anyio
 import orjson
 import pytest
 
+from stream_expiry.archive import read_lines
 from stream_expiry.cli import main
 from stream_expiry.history import history, text_lines
 from stream_expiry.logs import record_ref
 from stream_expiry.model import Identity
 from stream_expiry.service import wall_clock_ms
-from tests.conftest import TopicSet, read_topic
+from tests.conftest import TopicSet, read_topic, wait_for
 from tests.integration.service_helpers import (
+    archive_running,
     config_for,
     config_text,
     event,
@@ -233,3 +235,52 @@ async def test_history_says_why_a_late_deletion_was_late(
     assert said["tombstone"]["late_cause"] == said["deleted"]["late_cause"] == "late_event"
     lines = text_lines(found.as_dict())
     assert sum("; late (late_event: the event that made it due came" in ln for ln in lines) == 2
+
+
+@pytest.mark.timeout(150)
+async def test_history_of_a_hold_placed_after_an_erasure_says_the_archive_kept_its_lines(
+    broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record erased, then a hold placed on it: `archive purge` kept the erased line
+    under the hold (the README's rule), and `history` said the hold matched the key
+    "but no life of the record ran while it held", which an auditor read as a hold that
+    kept nothing (a trial). It says the hold kept no life in the service, and that the
+    purge keeps an erased record's archive lines while a hold matches it (history does
+    not read the archive: which lines it had is the archive's)."""
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(config_text(topics, str(tmp_path / "state"), SETTINGS))
+    common = ("--config", str(cfg), "--bootstrap-servers", broker)
+    config = config_for(topics, str(tmp_path / "state"), SETTINGS)
+    archive_dir = tmp_path / "archive"
+    t0 = wall_clock_ms()
+    created = event("conversation", "r1", ts=t0, data={"text": "evidence"})
+    erased = event("conversation", "r1", ts=t0 + 1, op="delete")
+
+    def archived(kind: str) -> bool:
+        paths = archive_dir.glob("*/*.jsonl.gz")
+        return any(kind in line for path in paths for line in read_lines(str(path)))
+
+    async with (
+        running_service(config, broker),
+        archive_running(broker, archive_dir, topics, f"{topics.prefix}-archive"),
+    ):
+        await produce(broker, [(topics.conversations, *m) for m in (created, erased)])
+        await wait_for(lambda: archived("stamp") and archived("erased_at"), timeout_s=60)
+    assert await _cli("hold", "place", *common, "--org", "acme", "--record-id", "r1",
+                      "--reason", "case 8", "--id", "case-8") == 0  # fmt: skip
+    capsys.readouterr()
+    assert await _cli("archive", "purge", "--dir", str(archive_dir), *common) == 0
+    assert "1 erased line kept under a legal hold" in capsys.readouterr().out
+    who = ("--org", "acme", "--category", "conversation", "--record-id", "r1")
+    assert await _cli("history", *common, *who) == 0
+    (held,) = [x for x in capsys.readouterr().out.splitlines() if "hold case-8" in x]
+    assert held.endswith(
+        " (its scope matches this key, but no life of the record ran "
+        "while it held: it kept no life in the service; the record was erased before, and "
+        "`archive purge` keeps an erased record's archive lines while a hold matches it, "
+        "so an archive that still had them kept them)"
+    )
+    assert await _cli("history", *common, *who, "--json") == 0
+    (placed,) = [e for e in orjson.loads(capsys.readouterr().out)["events"]
+                 if e["kind"] == "hold_placed"]  # fmt: skip
+    assert (placed["kept_a_life"], placed["erased_before"]) == (False, True)

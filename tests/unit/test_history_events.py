@@ -170,6 +170,53 @@ def test_a_key_with_only_holds_on_record_says_so_and_what_to_check() -> None:
     )
 
 
+def _null(reason: str) -> dict[str, Any]:
+    deleted = _e("deleted", "stamped", 0, 1, "2026-12-05T10:00:02.000Z")
+    return {**deleted, "reason": reason, "ends_lives_created_by": "2026-12-05T10:00:01.000Z"}
+
+
+def test_a_hold_placed_after_an_erasure_is_said_to_keep_the_archive_s_erased_lines() -> None:
+    """`archive purge` keeps an erased record's archive lines while a hold matches it: a
+    hold placed after the record's erasure kept no life, but kept those lines, and
+    history said only that no life ran while it held (a trial). After an expiry (a ttl
+    null: the archive keeps those lines anyway), or before any erasure, it is as before."""
+    stamp = _e("stamp", "stamped", 0, 0, "2026-12-05T10:00:01.000Z")
+    for ending, erased in ((_null("explicit"), True), (_null("ttl"), False)):
+        events = [
+            _hold("hold_placed", "before"),
+            _hold("hold_released", "before"),
+            stamp,
+            ending,
+            _hold("hold_placed", "after"),
+            _hold("hold_released", "after"),
+            {**_hold("hold_placed", "active"), "reason": "case 8"},
+        ]
+        _mark_holds_that_kept_nothing(events)
+        said = {(e["hold_id"], e["kind"]): e["erased_before"] for e in events if "hold_id" in e}
+        assert said == {
+            ("before", "hold_placed"): False,
+            ("before", "hold_released"): False,
+            ("after", "hold_placed"): erased,
+            ("after", "hold_released"): erased,
+            ("active", "hold_placed"): erased,
+        }
+        (line,) = [x for x in text_lines(_history(*events)) if "hold active:" in x]
+        assert line.endswith(
+            "hold active: case 8 (its scope matches this key, but no life of the record ran "
+            "while it held: it kept no life in the service; the record was erased before, "
+            "and `archive purge` keeps an erased record's archive lines while a hold matches "
+            "it, so an archive that still had them kept them)"
+            if erased
+            else "hold active: case 8 (its scope matches this key, but no life of the record "
+            "ran while it held)"
+        )
+    # An erasure's tombstone alone (a life marker in an archive) counts as one too.
+    events = [{**_e("tombstone", "tombstones", 0, 0, "x"), "reason": "explicit"},
+              _hold("hold_placed", "h")]  # fmt: skip
+    _mark_holds_that_kept_nothing(events)
+    assert events[-1]["erased_before"] is True
+
+
 def _deferral(offset: int, at: str, hold_ids: list[str]) -> dict[str, Any]:
     return {
         **_e("deletion_deferred", "audit", 0, offset, at),
