@@ -161,6 +161,32 @@ def _tombstones(effects: Effects) -> list[tuple[model.Stamp, str, int, str | Non
 Step = tuple[object, ...]
 
 
+def _repeats_an_erasure(x: object, earlier: list[object]) -> bool:
+    """Whether ``x`` is an erasure read again while the record's next life runs
+    (``Engine._erase_before``: its tombstone names no life, and says the deletion that ended
+    the lives before), of a record the original already erased. The restored processor
+    reads the input again from the committed offset, which a parked create keeps back, and
+    tombstones are at-least-once: the repeat deletes nothing the first one left (its
+    ``expiry-deleted-at`` is before the running life). A falsifying example of the
+    legal-hold property (round 42's CI): an erasure of a session never seen, then its
+    create, behind a create parked for another record."""
+    if not (isinstance(x, tuple) and len(x) == 2 and x[1] == "explicit"):
+        return False
+    before = x[0]
+    if not isinstance(before, model.Stamp) or before.created_at is not None:
+        return False
+    if before.erase_at is None:
+        return False
+    return any(
+        isinstance(y, tuple)
+        and len(y) == 2
+        and y[1] == "explicit"
+        and isinstance(y[0], model.Stamp)
+        and y[0].identity == before.identity
+        for y in earlier
+    )
+
+
 def _decided(effects: Iterable[Effects]) -> list[object]:
     """The stamps written and the lives ended (by which rule), when aside."""
     out: list[object] = []
@@ -348,7 +374,7 @@ def _check_restore(before: list[Step], after: list[Step], kept: int | None = Non
     # compared one by one: what each decided, in all, is (each life ended once, by the same
     # rule, and each stamp written), after a last turn for the original's unparking.
     ahead = [x for x in _decided(restored.process(e) for o, e in pair[0].fed if o >= pair[0].resume)
-             if x not in earlier]  # fmt: skip
+             if x not in earlier and not _repeats_an_erasure(x, earlier)]  # fmt: skip
     pair = (_Stepper(original), _Stepper(restored))
     # The first step after the restore fires what is overdue, as a restarted service's
     # timer task does at once. Without it, the steps would differ where both are right: a
@@ -829,3 +855,20 @@ def test_two_old_erasures_read_under_a_hold_both_go_out_restored_or_not(restore:
     for h in pair:  # the second life's own erasure, read late, still goes out, once
         (late,) = h.process(ev("conversation", "k", "delete", 10_000)).tombstones
         assert (late.has_null, _deleted_until(late)) == (True, BASE + 23_999)
+
+
+def test_an_erasure_read_again_behind_a_parked_create_is_a_repeat_not_a_new_decision() -> None:
+    """Round 42's CI: hypothesis found this run of the legal-hold property. The restored
+    processor reads the input again from the committed offset (kept back by ``a``'s create,
+    parked until its running life ends), so it reads ``b``'s erasure again while ``b``'s
+    next life runs, and repeats its tombstone (``Engine._erase_before``, at-least-once):
+    what the original decided, not a new decision. The comparison took it for one."""
+    before: list[Step] = [
+        ("event", "conversation", "a", "create", 0),
+        ("advance", 5000),
+        ("advance", 14000),
+        ("event", "conversation", "a", "create", 1000),
+        ("event", "session", "b", "delete", -1000),
+        ("event", "session", "b", "create", 0),
+    ]
+    _check_restore(before, [], kept=None)
