@@ -30,14 +30,13 @@ import zlib
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from aiokafka import TopicPartition
 
 from stream_expiry import model, oversize
 from stream_expiry.codec import dead_letter_headers
 from stream_expiry.errors import ConfigurationError, quoted, suggestion
-from stream_expiry.fetch import end_offsets, read_to_now
+from stream_expiry.fetch import read_to_now
 from stream_expiry.holds import apply_hold_message, misspelt_fields, named_hold_id
-from stream_expiry.kafka import consumer, partitions_of, read_to_end, topic_names
+from stream_expiry.kafka import read_to_end, topic_ends, topic_names
 from stream_expiry.logs import counted
 from stream_expiry.outbox import all_acked
 from stream_expiry.timeutil import format_ts
@@ -45,7 +44,7 @@ from stream_expiry.timeutil import format_ts
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
     from stream_expiry.config import Topics
     from stream_expiry.holds import Hold, HoldBook
@@ -53,7 +52,7 @@ if TYPE_CHECKING:
     from stream_expiry.policy import PolicyBook, PolicyUpdate
     from stream_expiry.stats import ServiceStats
 
-__all__ = ["ControlTopics", "DeadLettered", "messages_written", "refuse_a_lost_holds_topic"]
+__all__ = ["ControlTopics", "DeadLettered", "refuse_a_lost_holds_topic"]
 
 log = logging.getLogger("stream_expiry.service")
 
@@ -128,7 +127,7 @@ async def refuse_a_lost_holds_topic(
     messages."""
     names = await topic_names(brokers)
     if holds not in names:
-        written = await messages_written(brokers, stamped) if stamped in names else 0
+        written = (await topic_ends(brokers, [stamped]))[stamped] if stamped in names else 0
         if written:
             raise ConfigurationError(
                 f"the legal holds topic {holds!r} does not exist, but the changelog "
@@ -140,10 +139,11 @@ async def refuse_a_lost_holds_topic(
                 "compacted (cleanup.policy=compact) with your Kafka tooling"
             )
         return
-    if audit is None or audit not in names or await messages_written(brokers, holds):
+    if audit is None or audit not in names:
         return
-    entries = await messages_written(brokers, audit)
-    if entries:
+    ends = await topic_ends(brokers, [holds, audit])  # messages ever written: the ends
+    entries = ends[audit]
+    if entries and not ends[holds]:
         raise ConfigurationError(
             f"the legal holds topic {holds!r} has never had a message, but the audit trail "
             f"{audit!r} has {entries:,} entr{'y' if entries == 1 else 'ies'} (holds placed or "
@@ -153,15 +153,6 @@ async def refuse_a_lost_holds_topic(
             "starting (if no hold is to stay in force, place one and release it: the "
             "topic then has its messages)"
         )
-
-
-async def messages_written(brokers: Brokers, topic: str) -> int:
-    """How many messages ``topic`` has ever had: the sum of its partitions' end offsets
-    (compaction and retention remove messages, never offsets)."""
-    async with consumer(brokers) as cons:
-        tps = [TopicPartition(topic, p) for p in await partitions_of(cons, topic)]
-        cons.assign(tps)
-        return sum((await end_offsets(cons, dict.fromkeys(tps, 0))).values())
 
 
 def _shown_key(key: bytes) -> str:

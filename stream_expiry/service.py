@@ -46,7 +46,6 @@ from stream_expiry.control import (
     DEAD_LETTERED_FILE,
     ControlTopics,
     DeadLettered,
-    messages_written,
     refuse_a_lost_holds_topic,
 )
 from stream_expiry.durations import format_duration
@@ -76,6 +75,7 @@ from stream_expiry.kafka import (
     size_limits,
     stable_end,
     topic_config_values,
+    topic_ends,
 )
 from stream_expiry.kafka_settings import REBALANCE_TIMEOUT_MS, member_liveness
 from stream_expiry.logs import counted
@@ -1261,7 +1261,7 @@ class Service:
         total = sum(held.values())
         where = ", ".join(f"{t}[{p}] ({n:,})" for (t, p), n in sorted(held.items()))
         holds = self.config.topics.holds
-        written = await messages_written(self.bootstrap, holds)
+        written = (await topic_ends(self.bootstrap, [holds]))[holds]
         if self.config.archive.required and not written:
             log.warning(
                 "the stores of %s keep %s for the archive or for legal holds ([archive] "

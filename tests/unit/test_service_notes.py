@@ -99,11 +99,11 @@ async def _judge(
     topic having had ``written`` messages and ``holds`` holds active."""
     asked: list[str] = []
 
-    async def messages_written(_brokers: object, topic: str) -> int:
-        asked.append(topic)
-        return written
+    async def topic_ends(_brokers: object, topics: list[str]) -> dict[str, int]:
+        asked.extend(topics)
+        return dict.fromkeys(topics, written)
 
-    monkeypatch.setattr("stream_expiry.service.messages_written", messages_written)
+    monkeypatch.setattr("stream_expiry.service.topic_ends", topic_ends)
     service = _service(config)
     for n in range(holds):
         service.holds.place(Hold(f"h{n}", "acme", None, None, None, None, "case", None))
