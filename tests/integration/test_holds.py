@@ -943,6 +943,27 @@ async def _keep_a_record_for_a_hold(
         )
 
 
+async def _placed_again_the_record_stays_kept(
+    broker: str, topics: TopicSet, tmp_path: Path, config: Config
+) -> None:
+    """The hold placed again with ``hold place`` on ``config``'s holds topic (and audit
+    trail): the service starts on it, keeps the record of :func:`_keep_a_record_for_a_hold`,
+    and tombstones nothing."""
+    cfg = tmp_path / "placed-again.toml"
+    cfg.write_text(config_text(topics, str(tmp_path / "state"), RETENTION).replace(
+        f'holds = "{topics.holds}"', f'holds = "{config.topics.holds}"'
+    ).replace(f'audit = "{topics.audit}"', f'audit = "{config.topics.audit}"'))  # fmt: skip
+    again = ("--config", str(cfg), "--bootstrap-servers", broker)
+    assert await _cli("hold", "place", *again, "--org", "acme", "--reason", "case 9") == 0
+    async with running_service(config, broker) as service:
+        await wait_for(lambda: len(service.holds) == 1)
+        await wait_for(
+            lambda: sum(p.store.counts.held for p in service.processors.values()) == 1,
+            timeout_s=15,
+        )
+    assert await read_all(broker, topics.tombstones) == []
+
+
 def _on_holds_topic(config: Config, holds: str, audit: str | None = None) -> Config:
     """``config`` with another holds topic (and audit trail)."""
     topics = dataclasses.replace(config.topics, holds=holds, audit=audit or config.topics.audit)
@@ -1010,19 +1031,7 @@ async def test_an_empty_holds_topic_while_the_stores_keep_records_for_holds_stop
     ) in said
     assert "Check [topics] holds (and STREAM_EXPIRY_TOPICS_HOLDS)" in said
     # The holds placed again on that topic: the start goes on, and the record stays kept.
-    cfg = tmp_path / "rebuilt.toml"
-    cfg.write_text(config_text(topics, str(tmp_path / "state"), RETENTION).replace(
-        f'holds = "{topics.holds}"', f'holds = "{rebuilt}"'
-    ).replace(f'audit = "{topics.audit}"', f'audit = "{audit}"'))  # fmt: skip
-    again = ("--config", str(cfg), "--bootstrap-servers", broker)
-    assert await _cli("hold", "place", *again, "--org", "acme", "--reason", "case 9") == 0
-    async with running_service(lost, broker) as service:
-        await wait_for(lambda: len(service.holds) == 1)
-        await wait_for(
-            lambda: sum(p.store.counts.held for p in service.processors.values()) == 1,
-            timeout_s=15,
-        )
-    assert await read_all(broker, topics.tombstones) == []
+    await _placed_again_the_record_stays_kept(broker, topics, tmp_path, lost)
 
 
 @pytest.mark.timeout(150)
@@ -1107,16 +1116,9 @@ async def test_a_holds_topic_that_does_not_exist_stops_the_start_and_deletes_not
     with what to check, deleting nothing; once the holds are placed on that topic (`hold
     place` makes it), the service starts and the record stays kept."""
     common, config = _setup(broker, topics, tmp_path, RETENTION)
-    assert await _cli("hold", "place", *common, "--org", "acme", "--reason", "case 9") == 0
-    async with running_service(config, broker) as service:
-        await wait_for(lambda: len(service.holds) == 1)
-        await produce(broker, [(topics.conversations, *event("conversation", "c1"))])
-        await wait_for(
-            lambda: sum(p.store.counts.held for p in service.processors.values()) == 1,
-            timeout_s=15,
-        )
+    await _keep_a_record_for_a_hold(broker, topics, config, common)
     typo = f"{topics.holds}.typo"
-    mistyped = dataclasses.replace(config, topics=dataclasses.replace(config.topics, holds=typo))
+    mistyped = _on_holds_topic(config, typo)
     stopped = service_module.Service(mistyped, bootstrap_servers=broker, environ={})
     with pytest.raises(ConfigurationError) as refused:
         with anyio.fail_after(30):
@@ -1132,19 +1134,7 @@ async def test_a_holds_topic_that_does_not_exist_stops_the_start_and_deletes_not
     )
     assert await missing_topics(broker, [typo]) == [typo]  # not made: the next start stops too
     # The holds placed again on that topic: the start goes on, and the record stays kept.
-    cfg = tmp_path / "typo.toml"
-    cfg.write_text(config_text(topics, str(tmp_path / "state"), RETENTION).replace(
-        f'holds = "{topics.holds}"', f'holds = "{typo}"'
-    ))  # fmt: skip
-    again = ("--config", str(cfg), "--bootstrap-servers", broker)
-    assert await _cli("hold", "place", *again, "--org", "acme", "--reason", "case 9") == 0
-    async with running_service(mistyped, broker) as service:
-        await wait_for(lambda: len(service.holds) == 1)
-        await wait_for(
-            lambda: sum(p.store.counts.held for p in service.processors.values()) == 1,
-            timeout_s=15,
-        )
-    assert await read_all(broker, topics.tombstones) == []
+    await _placed_again_the_record_stays_kept(broker, topics, tmp_path, mistyped)
 
 
 @pytest.mark.timeout(90)
