@@ -57,7 +57,7 @@ from stream_expiry.policy.sources import (
     config_key,
     make_candidate,
 )
-from stream_expiry.redact import InvalidRedactPath, parse_path
+from stream_expiry.redact import InvalidRedactPath, fold_path, parse_path
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
@@ -820,15 +820,33 @@ def _read_redact(
             note = " (categories are set by [categories] names)"
             raise reader.unknown(where, category, categories, note=note)
         paths = reader.texts(raw, (*where, category))
+        folded: dict[tuple[str, ...], list[str]] = {}
         for path in paths:
             try:
-                parse_path(path)
+                folded.setdefault(fold_path(parse_path(path)), []).append(path)
             except InvalidRedactPath as exc:
                 raise reader.error(
                     (*where, category), f"key {category!r} {reader.place(where)}: {exc}"
                 ) from None
+        for alike in folded.values():
+            if len(alike) > 1:
+                _say_paths_alike_but_for_case(reader, category, alike)
         redact[category] = paths
     return redact
+
+
+def _say_paths_alike_but_for_case(reader: _Reader, category: str, alike: list[str]) -> None:
+    """Warn of paths of one category that differ only in case (``user.email`` and
+    ``User.Email``): written for producers that spell keys differently, but a path matches
+    keys whatever their case, so the first removes what the others name. Not an error: the
+    config removes what it meant to."""
+    where: _Path = ("redact", category)
+    log.warning(
+        "%s: key %r %s has paths that differ only in case (%s): a path matches keys "
+        "whatever their case, so %r alone removes them all; the others can go",
+        reader.locate(where), category, reader.place(where[:1]),
+        ", ".join(repr(p) for p in alike), alike[0],
+    )  # fmt: skip
 
 
 # -- positions of keys in TOML text ------------------------------------------------------------

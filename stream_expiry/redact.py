@@ -12,13 +12,19 @@ Rules this module keeps:
   it either, which the service never does: it encodes and forgets).
 * A path is split on ``.``; each segment names a key of a JSON object. A key that itself
   contains a ``.`` cannot be named: redact its parent instead.
+* A segment matches keys whatever their case (``str.casefold``): producers' SDKs differ in
+  key case (``User.Email``, ``user.EMAIL``), and for a privacy rule removing too much is
+  safer than leaking. Every key of an object that matches is followed or removed, not only
+  the first. The segments are folded once, by :meth:`Redactor.from_config`; an event costs
+  one ``casefold`` per key of each object a path reaches, not one dict lookup as before.
 * Lists are transparent: when a segment meets a list, the rest of the path applies inside
   every element of the list (``"transcript.text"`` drops ``text`` from every message of a
   transcript list; ``"transcript"`` drops the whole list). Lists nested in lists likewise.
 * A path that meets anything else (a string, a number, null, a missing key) matches nothing
   there and is ignored: events differ in shape, and a redaction rule is not a schema.
-* The removed paths are reported as configured (not per list index), once each, in the
-  order of the configuration: the stamp says which rules removed something, never the values.
+* The removed paths are reported as found in the data (``User.Email`` for the rule
+  ``user.email``; not per list index), once each, in the order of the configuration and,
+  within one rule, of the data: the stamp says which fields were removed, never the values.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-__all__ = ["ALL", "InvalidRedactPath", "Redactor", "parse_path"]
+__all__ = ["ALL", "InvalidRedactPath", "Redactor", "fold_path", "parse_path"]
 
 ALL: Final = "*"  # the path that drops all of ``data``
 
@@ -53,31 +59,47 @@ def parse_path(path: str) -> _Path:
     return segments
 
 
-def _remove(value: Any, path: _Path) -> tuple[Any, bool]:
-    """``value`` without what ``path`` names, and whether anything was removed.
+def fold_path(path: _Path) -> _Path:
+    """``path`` as :meth:`Redactor.redact` matches it: each segment case-folded."""
+    return tuple(segment.casefold() for segment in path)
 
-    Returns ``value`` itself (not a copy) when nothing matched.
+
+def _remove(value: Any, path: _Path, depth: int, at: _Path, found: dict[_Path, None]) -> Any:
+    """``value`` without what the folded ``path[depth:]`` names; each removed field's path
+    as found in the data (``at``: the keys that led to ``value``) is added to ``found``.
+
+    Returns ``value`` itself (not a copy) when nothing matched, so ``is`` tells a hit.
     """
     if isinstance(value, list):
         out: list[Any] | None = None
         for i, item in enumerate(value):
-            new, hit = _remove(item, path)
-            if hit:
+            new = _remove(item, path, depth, at, found)
+            if new is not item:
                 if out is None:
                     out = list(value)
                 out[i] = new
-        return (value, False) if out is None else (out, True)
-    if not isinstance(value, dict) or path[0] not in value:
-        return value, False
-    head, rest = path[0], path[1:]
-    if not rest:
-        return {k: v for k, v in value.items() if k != head}, True
-    child, hit = _remove(value[head], rest)
-    if not hit:
-        return value, False
-    copy = dict(value)
-    copy[head] = child
-    return copy, True
+        return value if out is None else out
+    if not isinstance(value, dict):
+        return value
+    head = path[depth]
+    last = depth + 1 == len(path)
+    copy: dict[str, Any] | None = None
+    for key in value:
+        if key.casefold() != head:  # keys of decoded JSON are strings
+            continue
+        if last:
+            if copy is None:
+                copy = dict(value)
+            del copy[key]
+            found[(*at, key)] = None
+            continue
+        child = value[key]
+        new = _remove(child, path, depth + 1, (*at, key), found)
+        if new is not child:
+            if copy is None:
+                copy = dict(value)
+            copy[key] = new
+    return value if copy is None else copy
 
 
 @dataclass(frozen=True)
@@ -94,27 +116,34 @@ class Redactor:
         """
         rules: dict[str, tuple[tuple[str, _Path], ...]] = {}
         for category, paths in redact.items():
-            unique = [ALL] if ALL in paths else list(dict.fromkeys(paths))
-            if unique:
-                rules[category] = tuple((p, parse_path(p)) for p in unique)
+            if ALL in paths:
+                rules[category] = ((ALL, (ALL,)),)
+                continue
+            # Paths that differ only in case are one rule, the first (the loader warns).
+            folded: dict[_Path, str] = {}
+            for path in paths:
+                folded.setdefault(fold_path(parse_path(path)), path)
+            if folded:
+                rules[category] = tuple((text, path) for path, text in folded.items())
         return cls(rules)
 
     def __bool__(self) -> bool:
         return bool(self.rules)
 
     def redact(self, category: str, data: Any) -> tuple[Any, tuple[str, ...]]:
-        """``data`` without the category's redacted fields, and the paths that removed some.
+        """``data`` without the category's redacted fields, and their paths as found in it.
 
-        ``data`` itself is returned when nothing matched (the common case costs one lookup).
+        ``data`` itself is returned when nothing matched; a category without rules costs
+        one lookup.
         """
         rules = self.rules.get(category)
         if not rules or data is None:
             return data, ()
-        removed: list[str] = []
         if rules[0][0] == ALL:  # from_config keeps "*" alone
             return None, (ALL,)
-        for text, path in rules:
-            data, hit = _remove(data, path)
-            if hit:
-                removed.append(text)
-        return data, tuple(removed)
+        found: dict[_Path, None] = {}
+        for _, path in rules:
+            data = _remove(data, path, 0, (), found)
+        if not found:
+            return data, ()
+        return data, tuple(".".join(p) for p in found)

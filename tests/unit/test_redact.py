@@ -4,6 +4,7 @@ changes, the input is never mutated, and the stamp lists the paths that removed 
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any
 
 import orjson
@@ -12,13 +13,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stream_expiry.config import ConfigError, parse_config
-from stream_expiry.model import Identity, Stamp, encode_stamp
+from stream_expiry.model import Identity, InputEvent, Stamp, encode_stamp, parse_event
 from stream_expiry.redact import ALL, InvalidRedactPath, Redactor, parse_path
 
 SECRET = "SECRET-VALUE"
 # Keys and leaves drawn from small alphabets so that paths hit often; leaves never contain
 # the secret marker, so any marker in the output comes from a field that should be gone.
-KEYS = st.sampled_from(["a", "b", "c", "user", "email"])
+# Keys differ in case too: a path matches keys whatever their case (producers' SDKs differ).
+KEYS = st.sampled_from(["a", "A", "b", "c", "user", "User", "email", "EMAIL"])
 LEAVES = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**53), 2**53), st.text("xyz", max_size=3)
 )
@@ -30,15 +32,31 @@ JSON = st.recursive(
 PATHS = st.lists(KEYS, min_size=1, max_size=3).map(".".join)
 
 
+def matching(value: dict[str, Any], segment: str) -> list[str]:
+    """The keys of ``value`` that ``segment`` names: every one equal to it but for case."""
+    return [k for k in value if k.casefold() == segment.casefold()]
+
+
 def values_at(value: Any, path: tuple[str, ...]) -> list[Any]:
     """A reference reader: every value the path names (lists are transparent)."""
     if isinstance(value, list):
         return [v for item in value for v in values_at(item, path)]
-    if not isinstance(value, dict) or path[0] not in value:
+    if not isinstance(value, dict):
         return []
     if len(path) == 1:
-        return [value[path[0]]]
-    return values_at(value[path[0]], path[1:])
+        return [value[k] for k in matching(value, path[0])]
+    return [v for k in matching(value, path[0]) for v in values_at(value[k], path[1:])]
+
+
+def found_at(value: Any, path: tuple[str, ...]) -> list[str]:
+    """A reference: the paths, as the data spells them, of every value ``path`` names."""
+    if isinstance(value, list):
+        return [p for item in value for p in found_at(item, path)]
+    if not isinstance(value, dict):
+        return []
+    if len(path) == 1:
+        return matching(value, path[0])
+    return [f"{k}.{p}" for k in matching(value, path[0]) for p in found_at(value[k], path[1:])]
 
 
 def plant(value: Any, path: tuple[str, ...]) -> Any:
@@ -48,8 +66,8 @@ def plant(value: Any, path: tuple[str, ...]) -> Any:
     if not isinstance(value, dict):
         return value
     out = dict(value)
-    if path[0] in out:
-        out[path[0]] = SECRET if len(path) == 1 else plant(out[path[0]], path[1:])
+    for k in matching(out, path[0]):
+        out[k] = SECRET if len(path) == 1 else plant(out[k], path[1:])
     return out
 
 
@@ -65,8 +83,9 @@ def test_redacted_values_never_appear_and_the_input_is_untouched(
     assert SECRET.encode() not in orjson.dumps(out)
     for p in paths:
         assert values_at(out, parse_path(p)) == []
-        assert (p in removed) == bool(values_at(before, parse_path(p)))
-    assert list(removed) == [p for p in paths if p in removed]  # configuration order
+    # As the data spells them, once each, in the order of the configuration, then the data's.
+    found = [f for p in paths for f in found_at(before, parse_path(p))]
+    assert list(removed) == list(dict.fromkeys(found))
 
 
 @given(JSON, st.lists(PATHS, min_size=1, max_size=3))
@@ -104,6 +123,54 @@ def test_nested_fields_and_lists() -> None:
     }
     assert removed == ("user.email", "transcript.text")
     assert out["transcript"][2] is data["transcript"][2]  # type: ignore[index]
+
+
+def test_paths_match_keys_whatever_their_case() -> None:
+    """Producers' SDKs differ in key case: ``user.email`` left ``{"User": {"Email": ...}}``
+    on the stamp, in the stores and the archive (a compliance trial). Every key equal to a
+    segment but for case is followed or removed, and the stamp names the paths as the
+    data spells them; a configured path in capitals matches lower-case keys too."""
+    r = Redactor.from_config({"conversation": ["user.email", "Transcript.TEXT"]})
+    assert r.redact("conversation", {"User": {"Email": "a@b.c", "n": 1}}) == (
+        {"User": {"n": 1}},
+        ("User.Email",),
+    )
+    assert r.redact("conversation", {"user": {"EMAIL": "a@b.c"}}) == ({"user": {}}, ("user.EMAIL",))
+    data = {
+        "user": {"email": "a@b.c", "Email": "d@e.f", "name": "Ann"},
+        "USER": {"eMail": "g@h.i"},
+        "transcript": [{"text": "hi", "ts": 1}, {"Text": "bye", "ts": 2}, {"text": "ok"}],
+    }
+    out, removed = r.redact("conversation", data)
+    assert out == {
+        "user": {"name": "Ann"},
+        "USER": {},
+        "transcript": [{"ts": 1}, {"ts": 2}, {}],
+    }
+    assert removed == (
+        "user.email",
+        "user.Email",
+        "USER.eMail",
+        "transcript.text",
+        "transcript.Text",
+    )
+
+
+def test_an_event_with_keys_in_other_case_leaves_no_trace_on_its_stamp() -> None:
+    """From the event's bytes to the stamp's, as the service writes it."""
+    value = (
+        b'{"org":"acme","category":"conversation","record_id":"r1","ts":1000,"data":'
+        b'{"User":{"Email":"ann@example.com","Phone":"1"},"user":{"EMAIL":"bob@example.com"}}}'
+    )
+    event = parse_event(value, categories=("conversation",), now_ms=1000, max_skew_ms=0)
+    assert isinstance(event, InputEvent)
+    data, removed = Redactor.from_config({"conversation": ["user.email"]}).redact(
+        "conversation", event.data
+    )
+    written = orjson.loads(encode_stamp(Stamp(event.identity, 1, None, None, None), data, removed))
+    assert "@example.com" not in orjson.dumps(written).decode()
+    assert written["data"] == {"User": {"Phone": "1"}, "user": {}}
+    assert written["redacted"] == ["User.Email", "user.EMAIL"]
 
 
 def test_paths_through_non_objects_are_ignored() -> None:
@@ -144,6 +211,33 @@ def test_config_reads_redact() -> None:
     )
     assert config.redact == {"conversation": ("user.email", "transcript"), "session": ("*",)}
     assert parse_config("").redact == {}
+
+
+def test_config_warns_of_paths_that_differ_only_in_case(caplog: pytest.LogCaptureFixture) -> None:
+    """``user.email`` and ``User.Email``, written for producers that spell keys differently,
+    are one rule now that paths match keys whatever their case: said, with the line; the
+    config stands, and the stamp names what it finds once. Paths of another category, or
+    that differ in more than case, are not warned about."""
+    text = (
+        '[categories]\nnames = ["conversation", "session"]\n\n[redact]\n'
+        'session = ["user.email"]\n'
+        'conversation = ["user.email", "transcript", "User.Email", "user.phone", "USER.EMAIL"]\n'
+    )
+    with caplog.at_level(logging.WARNING, logger="stream_expiry"):
+        config = parse_config(text, path="expiry.toml")
+    assert config.redact["conversation"][2] == "User.Email"
+    assert [r.getMessage() for r in caplog.records] == [
+        "expiry.toml line 6: key 'conversation' in [redact] has paths that differ only in "
+        "case ('user.email', 'User.Email', 'USER.EMAIL'): a path matches keys whatever their "
+        "case, so 'user.email' alone removes them all; the others can go"
+    ]
+    redactor = Redactor.from_config(config.redact)
+    data = {"user": {"email": 1, "Email": 2}}
+    assert redactor.redact("conversation", data) == ({"user": {}}, ("user.email", "user.Email"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="stream_expiry"):
+        parse_config(text.replace("User.Email", "User.Mail").replace("USER.EMAIL", "u.email"))
+    assert caplog.records == []
 
 
 @pytest.mark.parametrize(
