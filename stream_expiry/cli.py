@@ -37,6 +37,7 @@ from stream_expiry.cliargs import (
     add_metrics_options,
     audit_text,
     bootstrap_from,
+    case_note,
     check_category,
     check_ids,
     hold_id,
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
     from types import FrameType
 
     from stream_expiry.kafka_settings import Connection
+    from stream_expiry.policy import PolicyBook
 
 __all__ = ["build_parser", "main"]
 
@@ -313,15 +315,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     for warning in book.env_warnings:
         say_warning(warning)
     left_out = None if known else updates_left_out(config.topics.policies, offline=args.offline)
-    # An org no setting names gets the defaults without a word, which a misspelt --org
-    # (acmee for acme) also gets: named when one that a setting names is close to it.
-    meant = book.org_meant(args.org)
-    if meant is not None:
-        say_warning(
-            f"no org or bot setting (config file{'' if known is None else ', policy update'}) "
-            f"names org {printable(repr(args.org))}, so it gets what every such org gets; "
-            f"did you mean {printable(repr(meant))}?"
-        )
+    _say_an_id_meant(book, args, updates_read=known is not None)
     if args.json:
         # The JSON is the contract's; what it leaves out is said beside it, on stderr (a
         # caller reading a TTL of null there was not told the updates were never read).
@@ -333,6 +327,22 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         if left_out is not None:
             print(left_out)
     return 0
+
+
+def _say_an_id_meant(book: PolicyBook, args: argparse.Namespace, *, updates_read: bool) -> None:
+    """Warn (stderr; the answer and its JSON stay as they are) of an ``--org`` that no
+    setting names and that is close to one a setting names, case aside. An org no setting
+    names gets what every such org gets, which a misspelt one (``acmee``, or ``ACME`` for
+    ``acme``: org ids are case-sensitive) also gets: the answer looked right and was
+    another org's (a trial)."""
+    where = "config file" + (", policy update" if updates_read else "")
+    org_meant = book.org_meant(args.org)
+    if org_meant is not None:
+        say_warning(
+            f"no org or bot setting ({where}) names org {printable(repr(args.org))}, so it "
+            f"gets what every such org gets; did you mean {printable(repr(org_meant))}?"
+            + case_note("org", args.org, org_meant)
+        )
 
 
 def _policy_updates(

@@ -167,6 +167,15 @@ def check_category(category: str, categories: Sequence[str], consequence: str = 
         )
 
 
+def case_note(kind: str, given: str, meant: str) -> str:
+    """`` (org ids are case-sensitive)`` after a "did you mean" whose ``meant`` is
+    ``given`` but for case (``ACME`` for ``acme``): the id given matches nothing, though
+    it reads the same, and the warning says why; else ``""`` (a typo needs no note)."""
+    if given != meant and given.casefold() == meant.casefold():
+        return f" ({kind} ids are case-sensitive)"
+    return ""
+
+
 def add_log_options(p: argparse.ArgumentParser, *, default_level: str = "INFO") -> None:
     """``--log-level`` and ``--log-format``; unset, they come from the environment."""
     group = p.add_argument_group("logging")

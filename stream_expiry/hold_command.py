@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from stream_expiry import exits
-from stream_expiry.cliargs import check_category
+from stream_expiry.cliargs import case_note, check_category
 from stream_expiry.codec import encode_hold_audit
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.holds import Hold, HoldBook, apply_hold_message, encode_hold, parse_hold
@@ -128,8 +128,9 @@ def _checked_hold(config: Config, args: argparse.Namespace, now_ms: int) -> Hold
         # typo here keeps nothing, and "0 matched" in status was the only sign (a trial).
         say_warning(
             f"no org or bot setting of the config file names org {printable(repr(args.org))}: "
-            f"did you mean {printable(repr(meant))}? The hold keeps the records of "
-            f"{printable(repr(args.org))} only; release it if that is not what you meant"
+            f"did you mean {printable(repr(meant))}?{case_note('org', args.org, meant)} The "
+            f"hold keeps the records of {printable(repr(args.org))} only; release it if that "
+            "is not what you meant"
         )
     if args.bot is not None:
         _say_a_bot_meant(book, meant or args.org, args.bot)

@@ -44,7 +44,7 @@ from stream_expiry.policy.sources import CAP_ALL, Candidate, TtlMap, env_candida
 from stream_expiry.policy.updates import PolicyUpdate, Scope, parse_update
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Collection, Iterable, Mapping
 
     from stream_expiry.config import Config
 
@@ -81,6 +81,16 @@ class UnknownCategory(ConfigurationError, ValueError):
 
     An operator asking about a typo must hear so, not read "never expires".
     """
+
+
+def _closest_but_for_case(name: str, named: Collection[str]) -> str | None:
+    """The one of ``named`` closest to ``name`` with case set aside (the first in sorted
+    order of those alike but for case), or None when none is close."""
+    folded: dict[str, str] = {}
+    for each in sorted(named):
+        folded.setdefault(each.casefold(), each)
+    close = difflib.get_close_matches(name.casefold(), list(folded), n=1)
+    return folded[close[0]] if close else None
 
 
 class PolicyBook:
@@ -126,14 +136,15 @@ class PolicyBook:
 
     def org_meant(self, org: str) -> str | None:
         """The named org ``org`` most likely stands for, when no scope names ``org`` itself
-        and one that is named is close to it (``acmee`` for ``acme``); else None. A
-        misspelt org gets every such org's defaults, and a hold on it keeps nothing, both
-        without a word: the commands that take an org say this one."""
+        and one that is named is close to it, case aside (``acmee`` or ``ACME`` for
+        ``acme``); else None. A misspelt org gets every such org's defaults, and a hold on
+        it keeps nothing, both without a word: the commands that take an org say this one.
+        Org ids stay case-sensitive: this only finds the org a caller likely meant
+        (``ACME`` for ``acme`` was found by no warning, as difflib compares case too)."""
         named = self.named_orgs
         if org in named:
             return None
-        close = difflib.get_close_matches(org, sorted(named), n=1)
-        return close[0] if close else None
+        return _closest_but_for_case(org, named)
 
     def bot_meant(self, org: str, bot: str) -> str | None:
         """The bot a bot scope of ``org`` names (``[retention.bots.ORG.BOT.ENV]``, or a
@@ -145,11 +156,7 @@ class PolicyBook:
         named = {key[1] for key in self._bots if key[0] == org}
         if bot in named:
             return None
-        folded: dict[str, str] = {}
-        for name in sorted(named):
-            folded.setdefault(name.casefold(), name)
-        close = difflib.get_close_matches(bot.casefold(), list(folded), n=1)
-        return folded[close[0]] if close else None
+        return _closest_but_for_case(bot, named)
 
     def digest(self, sliding: Iterable[str]) -> str:
         """Twelve hex characters that name the config's policy: the first version of

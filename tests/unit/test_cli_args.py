@@ -184,6 +184,35 @@ def test_explain_names_the_org_a_misspelt_one_is_close_to(
         assert "did you mean" not in capsys.readouterr().err
 
 
+def test_explain_and_hold_place_name_the_org_given_in_another_case(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--org ACME`` (or ``AB``) where the config names ``acme`` (``ab``) matches nothing,
+    org ids being case-sensitive, and got no warning: difflib, comparing case too, found
+    no org close to it (a compliance trial). Both commands that check orgs against the
+    config now name the org meant and say why; the explain JSON stays the contract's."""
+    monkeypatch.delenv("STREAM_EXPIRY_BOOTSTRAP_SERVERS", raising=False)
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(
+        '[retention.orgs.acme]\nconversation = "7d"\n[retention.orgs.ab]\nerror = "1d"\n'
+    )
+    explain = ["explain", "--config", str(cfg), "--offline", "--category", "conversation"]
+    hold = ["hold", "place", "--config", str(cfg), "--bootstrap-servers", "127.0.0.1:1"]
+    for org, meant in (("ACME", "acme"), ("AB", "ab")):
+        assert main([*explain, "--org", org, "--json"]) == 0
+        out = capsys.readouterr()
+        assert orjson.loads(out.out)["source"] is None
+        assert (
+            f"warning: no org or bot setting (config file) names org {org!r}, so it gets what "
+            f"every such org gets; did you mean {meant!r}? (org ids are case-sensitive)\n"
+        ) in out.err
+        assert main([*hold, "--org", org, "--reason", "case 7"]) == 3
+        assert (
+            f"names org {org!r}: did you mean {meant!r}? (org ids are case-sensitive) The "
+            f"hold keeps the records of {org!r} only"
+        ) in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "command",
     [

@@ -147,3 +147,22 @@ def test_names_quote_keys_as_a_person_types_them() -> None:
     e = book.explain(category="conversation", org="Zürich AG", bot="b")
     names = [c["name"] for c in e["candidates"]]
     assert 'retention.orgs."Zürich AG".conversation' in names
+
+
+def test_the_org_meant_is_found_whatever_the_case_of_the_org_given() -> None:
+    """``ACME`` or ``AB`` where the config names ``acme`` or ``ab``: matching nothing (org
+    ids stay case-sensitive), and found by no warning, as difflib compared case too (a
+    compliance trial); ``Acme`` only was, by three letters in four. An org named, or one
+    close to none, still gives None; two named alike but for case give the first sorted."""
+    book = make_book(
+        '[retention.orgs.acme]\nconversation = "30d"\n[retention.orgs.ab]\nerror = "1d"\n'
+        '[retention.bots.Globex.b1.live]\nerror = "1d"\n'
+    )
+    for given, meant in [("ACME", "acme"), ("Acme", "acme"), ("AB", "ab"), ("aB", "ab"),
+                         ("globex", "Globex"), ("ACMEE", "acme")]:  # fmt: skip
+        assert book.org_meant(given) == meant, given
+    for given in ("acme", "ab", "Globex", "initech", "X"):
+        assert book.org_meant(given) is None, given
+    assert book.explain(category="conversation", org="ACME")["source"] is None  # still its own
+    alike = make_book('[retention.orgs.Acme]\nerror = "1d"\n[retention.orgs.acme]\nerror = "1d"\n')
+    assert alike.org_meant("ACME") == "Acme"
