@@ -330,11 +330,13 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _say_an_id_meant(book: PolicyBook, args: argparse.Namespace, *, updates_read: bool) -> None:
-    """Warn (stderr; the answer and its JSON stay as they are) of an ``--org`` that no
-    setting names and that is close to one a setting names, case aside. An org no setting
-    names gets what every such org gets, which a misspelt one (``acmee``, or ``ACME`` for
-    ``acme``: org ids are case-sensitive) also gets: the answer looked right and was
-    another org's (a trial)."""
+    """Warn (stderr; the answer and its JSON stay as they are) of an ``--org`` or
+    ``--bot`` that no setting names and that is close to one a setting names, case aside.
+    An org or bot no setting names gets what every such org or bot gets, which a
+    misspelt one (``acmee``, ``ACME`` for ``acme``; ``Support-Bot`` for ``support-bot``)
+    also gets: the answer looked right and was another's (a trial; ``hold place`` said
+    so of a bot, explain did not). The bot is checked against the org meant, as
+    ``hold place`` does; ``_``, the contract's "no bot", is not checked."""
     where = "config file" + (", policy update" if updates_read else "")
     org_meant = book.org_meant(args.org)
     if org_meant is not None:
@@ -342,6 +344,14 @@ def _say_an_id_meant(book: PolicyBook, args: argparse.Namespace, *, updates_read
             f"no org or bot setting ({where}) names org {printable(repr(args.org))}, so it "
             f"gets what every such org gets; did you mean {printable(repr(org_meant))}?"
             + case_note("org", args.org, org_meant)
+        )
+    org = org_meant or args.org
+    bot_meant = None if args.bot == "_" else book.bot_meant(org, args.bot)
+    if bot_meant is not None:
+        say_warning(
+            f"no bot setting ({where}) of org {printable(repr(org))} names bot "
+            f"{printable(repr(args.bot))}, so it gets what every bot no setting names gets; "
+            f"did you mean {printable(repr(bot_meant))}?" + case_note("bot", args.bot, bot_meant)
         )
 
 

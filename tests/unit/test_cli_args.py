@@ -184,6 +184,48 @@ def test_explain_names_the_org_a_misspelt_one_is_close_to(
         assert "did you mean" not in capsys.readouterr().err
 
 
+def test_explain_names_the_bot_a_misspelt_one_is_close_to(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--bot Support-Bot`` where the config names ``support-bot`` of that org gets the
+    org's values, none of the bot's, and explain said so without a word where ``hold
+    place`` warned (a compliance trial). Said on stderr now, against the org meant; the
+    JSON is the one a bot no setting names gets; ``_`` (no bot given), a bot the org's
+    settings name, and another org's bot get no word."""
+    monkeypatch.delenv("STREAM_EXPIRY_BOOTSTRAP_SERVERS", raising=False)
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(
+        '[retention.orgs.acme]\nconversation = "7d"\n'
+        '[retention.bots.acme.support-bot.live]\nconversation = "1d"\n'
+        '[retention.bots.acme.b1.draft]\nconversation = "2d"\n'
+        '[retention.bots.globex.sales-bot.live]\nconversation = "1d"\n'
+    )
+    base = ["explain", "--config", str(cfg), "--offline", "--category", "conversation"]
+    assert main([*base, "--org", "acme", "--bot", "nobody", "--json"]) == 0
+    unnamed = capsys.readouterr()
+    assert "warning" not in unnamed.err
+    for bot, meant, note in [
+        ("Support-Bot", "support-bot", " (bot ids are case-sensitive)"),
+        ("suport-bot", "support-bot", ""),
+        ("B1", "b1", " (bot ids are case-sensitive)"),
+    ]:
+        assert main([*base, "--org", "acme", "--bot", bot, "--json"]) == 0
+        out = capsys.readouterr()
+        assert out.out == unnamed.out  # the contract's JSON, as any unnamed bot's
+        assert (
+            f"warning: no bot setting (config file) of org 'acme' names bot {bot!r}, so it "
+            f"gets what every bot no setting names gets; did you mean {meant!r}?{note}\n"
+        ) in out.err
+    for org, bot in (("acme", "_"), ("acme", "support-bot"), ("acme", "sales-bt")):
+        assert main([*base, "--org", org, "--bot", bot]) == 0
+        assert "did you mean" not in capsys.readouterr().err
+    # A misspelt org and bot: each said, the bot against the org meant.
+    assert main([*base, "--org", "acmee", "--bot", "B1"]) == 0
+    err = capsys.readouterr().err
+    assert "names org 'acmee', so it gets what every such org gets; did you mean 'acme'?\n" in err
+    assert "of org 'acme' names bot 'B1'" in err
+
+
 def test_explain_and_hold_place_name_the_org_given_in_another_case(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
