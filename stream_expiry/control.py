@@ -118,8 +118,8 @@ async def refuse_a_lost_holds_topic(
     the settings that name the topic). Called before the topics are made; a first start,
     or a cluster rebuilt without its changelog, has nothing to lose and goes on.
 
-    ``audit`` (the service's audit trail): also when ``holds`` exists but has never had
-    a message while ``audit`` has. Only holds write the audit trail (placed, released,
+    ``audit`` (the service's audit trail; the service and a sink with its sweep on give
+    it): also when ``holds`` exists but has never had a message while ``audit`` has. Only holds write the audit trail (placed, released,
     a deletion deferred), so this deployment's holds are on another topic: a mistyped
     name that an earlier sink or a person made, which the start read as "every hold
     released" (a trial). Checked before the group is joined, every member refuses alike;

@@ -46,6 +46,7 @@ from stream_expiry.key_template import KeyTemplate
 from stream_expiry.logs import say_failure
 from stream_expiry.metrics import SinkMetrics
 from stream_expiry.sinks.framework import (
+    DEFAULT_AUDIT,
     DEFAULT_HOLDS,
     DEFAULT_RECEIPTS,
     DEFAULT_STAMPED,
@@ -156,6 +157,12 @@ def _common_options() -> argparse.ArgumentParser:
         "--holds-topic",
         help="the legal holds the sweep spares (read only when --sweep-interval is set; "
         f"default: the config file's, else {DEFAULT_HOLDS})",
+    )
+    kafka.add_argument(
+        "--audit-topic",
+        help="the service's audit trail, which only holds write: a sweep's start stops on a "
+        "holds topic that has never had a message while it has entries (read only when "
+        f"--sweep-interval is set; default: the config file's, else {DEFAULT_AUDIT})",
     )
     kafka.add_argument(
         "--receipts-topic",
@@ -335,7 +342,8 @@ def build_sink(
     tombstones = args.tombstones_topic or topics.tombstones
     receipts = topics.receipts if args.receipts_topic is None else args.receipts_topic or None
     holds = args.holds_topic or topics.holds
-    check_sink_topics(topics, stamped, tombstones, receipts, holds, compacted)
+    audit = args.audit_topic or topics.audit
+    check_sink_topics(topics, stamped, tombstones, receipts, holds, audit, compacted)
     config = SinkConfig(
         bootstrap_servers=bootstrap,
         group_id=args.group_id or f"stream-expiry-sink-{store.name}",
@@ -353,6 +361,7 @@ def build_sink(
             else args.marker_grace
         ),
         holds_topic=holds,
+        audit_topic=audit,
         # What the service waits for, the sweep waits for: see SinkConfig.archive_group.
         archive_group=(
             service_config.archive.group_id
@@ -385,6 +394,7 @@ def check_sink_topics(
     tombstones: str,
     receipts: str | None,
     holds: str,
+    audit: str,
     compacted: Mapping[str, str],
 ) -> None:
     """Refuse a sink whose topics mix roles: one topic for two of the sink's own roles, or
@@ -402,6 +412,7 @@ def check_sink_topics(
         (stamped, "stamped topic (--stamped-topic)", "stamped"),
         (tombstones, "tombstones topic (--tombstones-topic)", "tombstones"),
         (holds, "holds topic (--holds-topic)", "holds"),
+        (audit, "audit trail (--audit-topic)", "audit"),
     ]
     if receipts is not None:
         mine.append((receipts, "receipts topic (--receipts-topic)", "receipts"))

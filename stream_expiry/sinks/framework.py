@@ -112,6 +112,7 @@ DEFAULT_STAMPED: Final = "expiry.stamped"
 DEFAULT_TOMBSTONES: Final = "expiry.tombstones"
 DEFAULT_RECEIPTS: Final = "expiry.receipts"
 DEFAULT_HOLDS: Final = "expiry.holds"
+DEFAULT_AUDIT: Final = "expiry.audit"
 METRICS: Final = (
     "batches_total",
     "messages_total",
@@ -211,6 +212,10 @@ class SinkConfig:
     holds are followed, for a deployment that has none). A hold released (or narrowed)
     keeps sparing what it matched for ``sweep_grace_s`` more: its records' tombstones
     are on their way from the service, and they carry the rule, not ``sweep``.
+    ``audit_topic``: the service's audit trail, which only holds write; a sweep's start
+    refuses a holds topic that has never had a message while it has entries, as the
+    service's does (a mistyped holds topic that something made empty read as "no hold",
+    and the sweep deleted what the holds kept). None: not checked.
 
     ``marker_grace_s``: how long past its settling the store remembers a deletion (rule 7
     of :mod:`~stream_expiry.sinks._logic`), counted, as the sweep's grace is, from the
@@ -265,6 +270,8 @@ class SinkConfig:
     consumer_options: Mapping[str, Any] = field(default_factory=dict)
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
     topic_settings: TopicSettings = field(default_factory=TopicSettings)
+    # Last, so the fields before keep their positions.
+    audit_topic: str | None = DEFAULT_AUDIT
 
     @property
     def connection(self) -> Connection:
@@ -442,6 +449,7 @@ class Sink:
                 conn,
                 cfg.holds_topic,
                 cfg.stamped_topic,
+                audit=cfg.audit_topic,
                 lost="the sweep would delete every row a hold keeps",
                 check="--holds-topic ([topics] holds of --config)",
             )

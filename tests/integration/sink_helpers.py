@@ -165,6 +165,7 @@ def sink_config(bootstrap: str, topics: Any, **overrides: Any) -> SinkConfig:
         "tombstones_topic": topics.tombstones,
         "receipts_topic": topics.receipts,
         "holds_topic": topics.holds,
+        "audit_topic": topics.audit,
         "poll_timeout_ms": 100,
         # The test broker holds each JoinGroup for about a session; a short session makes a
         # group start in ~1 s and a restart with the same group in ~4 s (BROKER.md).

@@ -24,6 +24,7 @@ import pytest
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
+from stream_expiry.codec import encode_hold_audit
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.history import history, text_lines
 from stream_expiry.holds import Hold, encode_hold
@@ -38,7 +39,7 @@ from stream_expiry.sinks.sqlite import SQLiteStore
 from stream_expiry.sinks.store import REREAD_MARGIN_MS, MemoryStore, StoreUnavailableError
 from stream_expiry.testing.proxy import Proxy
 from tests.conftest import make_topic_set, read_all, read_topic, record_batch_sizes, wait_for
-from tests.integration.service_helpers import config_for, event, running_service
+from tests.integration.service_helpers import config_for, config_text, event, running_service
 from tests.integration.sink_helpers import (
     MINUTE,
     PG_DSN,
@@ -276,6 +277,97 @@ async def test_a_sweep_on_a_holds_topic_that_does_not_exist_stops_the_sink(
     )
     assert await missing_topics(broker, [typo]) == [typo]
     assert await store.receipts() == []
+
+
+async def _a_held_row_and_an_empty_holds_topic(
+    broker: str, topics: TopicSet
+) -> tuple[Hold, Stamp, Stamp, str]:
+    """A hold on org lawsuit, on the holds topic and (placed) on the audit trail; an overdue
+    row it keeps and an overdue row of another org on the changelog; and a holds topic
+    that exists and has never had a message, as a mistyped name something made empty."""
+    now = wall_clock_ms()
+    hold = Hold("h-org", "lawsuit", None, None, None, None, "litigation", now)
+    await produce(broker, topics.holds, [(b"h-org", encode_hold(hold))])
+    placed = encode_hold_audit("hold_placed", hold.as_dict(), now)
+    await produce(broker, topics.audit, [(b"h-org", placed)])
+    held = stamp(ident("case-file", org="lawsuit"), created_at=now - 2 * HOUR, ttl_ms=HOUR)
+    free = stamp(ident("free", org="acme"), created_at=now - 2 * HOUR, ttl_ms=HOUR)
+    await produce(broker, topics.stamped, [stamped_msg(held), stamped_msg(free)])
+    typo = f"{topics.holds}.typo"
+    await ensure_topics(broker, [typo], partitions=2)
+    return hold, held, free, typo
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(["sqlite", "postgres"]), indirect=True)
+async def test_a_sweep_on_a_holds_topic_that_never_had_a_message_stops_the_sink(
+    broker: str, topics: TopicSet, store: Store
+) -> None:
+    """A mistyped --holds-topic naming a topic that exists and has never had a message
+    (made by hand, or by an earlier sink given the same name): the service refuses it at
+    its start, as the audit trail has the holds' entries, but a sink with the sweep on
+    read it as "no hold" and swept the rows the holds kept. The sink stops at its start
+    as the service does, deleting nothing; once the hold is placed on that topic (which
+    then has had a message), the sink starts, and sweeps only what no hold keeps."""
+    hold, held, free, typo = await _a_held_row_and_an_empty_holds_topic(broker, topics)
+    config = sink_config(broker, topics, holds_topic=typo, sweep_interval_s=0.1, sweep_grace_s=0)
+    with pytest.raises(ConfigurationError) as refused, anyio.fail_after(20):
+        await SinkRunner(store, config).run(anyio.Event())
+    assert str(refused.value).startswith(
+        f"the legal holds topic {typo!r} has never had a message, but the audit trail "
+        f"{topics.audit!r} has 1 entry (holds placed or released, deletions they deferred): "
+        "this deployment placed its holds on another topic, and started on this one the "
+        "sweep would delete every row a hold keeps. Check --holds-topic ([topics] holds of "
+        "--config)"
+    )
+    assert await store.receipts() == []
+    await produce(broker, typo, [(b"h-org", encode_hold(hold))])
+    async with running_sink(store, config):
+        await wait_until(_swept(store, [free]), what="the row no hold keeps swept")
+        assert await present(store, [held.identity])
+    assert [r.identity.record_id for r in await store.receipts()] == ["free"]
+
+
+@pytest.mark.parametrize("audit_from", ["config file", "option"])
+def test_the_sink_command_stops_with_status_2_on_a_holds_topic_that_never_had_a_message(
+    broker: str, topics: TopicSet, tmp_path: Path, audit_from: str
+) -> None:
+    """``stream-expiry sink`` with the sweep on, on an empty holds topic beside an audit
+    trail of holds: one line naming both topics and what to check, exit status 2, as the
+    service's start; nothing swept. The audit trail comes from the service's config file
+    (``[topics] audit``), or from ``--audit-topic``, as the holds topic does."""
+    _, _, _, typo = anyio.run(_a_held_row_and_an_empty_holds_topic, broker, topics)
+    db = tmp_path / "cli.db"
+    if audit_from == "config file":
+        cfg = tmp_path / "expiry.toml"
+        cfg.write_text(config_text(topics, str(tmp_path / "state")))
+        given = ["--config", str(cfg)]
+    else:  # no config file: every topic by its option
+        given = [
+            "--stamped-topic", topics.stamped, "--tombstones-topic", topics.tombstones,
+            "--receipts-topic", topics.receipts, "--audit-topic", topics.audit,
+        ]  # fmt: skip
+    argv = [
+        sys.executable, "-m", "stream_expiry", "sink", "sqlite", "--path", str(db),
+        "--bootstrap-servers", broker, "--group-id", f"{topics.prefix}.cli", *given,
+        "--holds-topic", typo, "--sweep-interval", "0.1", "--sweep-grace", "0",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_EXPIRY_TOPICS_")}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=45, check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[-1].startswith(
+        f"stream-expiry sink: the legal holds topic {typo!r} has never had a message, but "
+        f"the audit trail {topics.audit!r} has 1 entry"
+    ), done.stderr
+    assert "Traceback" not in done.stderr
+    assert anyio.run(_receipts_in, db) == []
+
+
+async def _receipts_in(db: Path) -> list[Any]:
+    """The receipts the SQLite store in ``db`` has."""
+    async with SQLiteStore(db, name="probe") as store:
+        return list(await store.receipts())
 
 
 @pytest.mark.asyncio

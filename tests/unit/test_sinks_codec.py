@@ -325,6 +325,27 @@ def test_the_sweep_waits_for_the_archive_the_service_requires(
     assert build_sink(parser().parse_args(base)).config.archive_group == "stream-expiry-archive"
 
 
+def test_the_sweep_checks_the_holds_topic_against_the_services_audit_trail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The audit trail a sweep's start checks the holds topic against (an empty holds
+    topic beside an audit trail of holds is a mistyped one): ``--audit-topic``, else the
+    environment's, else ``[topics] audit`` of ``--config``, else the default, as the
+    holds topic is found."""
+    monkeypatch.delenv("STREAM_EXPIRY_TOPICS_AUDIT", raising=False)
+    config = tmp_path / "service.toml"
+    config.write_text('[topics]\naudit = "from-file"\n')
+    base = ["sink", "sqlite", "--path", str(tmp_path / "s.db"), "--bootstrap-servers", "h:1"]
+    assert build_sink(parser().parse_args(base)).config.audit_topic == "expiry.audit"
+    by_file = build_sink(parser().parse_args([*base, "--config", str(config)]))
+    assert by_file.config.audit_topic == "from-file"
+    monkeypatch.setenv("STREAM_EXPIRY_TOPICS_AUDIT", "from-env")
+    by_env = build_sink(parser().parse_args([*base, "--config", str(config)]))
+    assert by_env.config.audit_topic == "from-env"
+    by_flag = parser().parse_args([*base, "--config", str(config), "--audit-topic", "flag"])
+    assert build_sink(by_flag).config.audit_topic == "flag"
+
+
 @pytest.mark.parametrize(
     ("options", "says"),
     [
@@ -351,6 +372,14 @@ def test_the_sweep_waits_for_the_archive_the_service_requires(
         (
             ["--holds-topic", "expiry.audit"],
             "the sink's holds topic (--holds-topic) 'expiry.audit' is the service's audit topic",
+        ),
+        (
+            ["--audit-topic", "expiry.holds"],
+            "the sink's audit trail (--audit-topic) 'expiry.holds' is the service's holds topic",
+        ),
+        (
+            ["--holds-topic", "h", "--audit-topic", "h"],
+            "the sink's audit trail (--audit-topic) 'h' is also its holds topic (--holds-topic)",
         ),
         (
             ["--compacted", "conversation=expiry.stamped"],
