@@ -119,12 +119,12 @@ async def refuse_a_lost_holds_topic(
     or a cluster rebuilt without its changelog, has nothing to lose and goes on.
 
     ``audit`` (the service's audit trail; the service and a sink with its sweep on give
-    it): also when ``holds`` exists but has never had a message while ``audit`` has. Only holds write the audit trail (placed, released,
-    a deletion deferred), so this deployment's holds are on another topic: a mistyped
-    name that an earlier sink or a person made, which the start read as "every hold
-    released" (a trial). Checked before the group is joined, every member refuses alike;
-    a released hold leaves its null, so a topic whose holds all went still has had
-    messages."""
+    it): also when ``holds`` exists but has never had a message while ``audit`` has. Only
+    holds write the audit trail (placed, released, a deletion deferred), so this
+    deployment's holds are on another topic: a mistyped name that an earlier sink or a
+    person made, which the start read as "every hold released" (a trial). Checked before
+    the group is joined, every member refuses alike; a released hold leaves its null, so
+    a topic whose holds all went still has had messages."""
     names = await topic_names(brokers)
     if holds not in names:
         written = (await topic_ends(brokers, [stamped]))[stamped] if stamped in names else 0
