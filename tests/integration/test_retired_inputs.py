@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import anyio
@@ -20,19 +22,25 @@ from stream_expiry.cli import main
 from stream_expiry.config import parse_config
 from stream_expiry.service import Service, wall_clock_ms
 from stream_expiry.timeutil import parse_ts
-from tests.conftest import read_topic, wait_for
+from tests.conftest import read_all, read_topic, wait_for
 from tests.integration.service_helpers import (
+    ArrivalLog,
     config_for,
     config_text,
     event,
+    no_orphans,
     produce,
     running_service,
+    spawn_service,
 )
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from anyio.abc import Process, TaskGroup
+
     from tests.conftest import TopicSet
+    from tests.integration.service_helpers import ServiceProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -319,3 +327,80 @@ async def test_two_instances_fire_a_retired_topics_records_once_across_rebalance
         await wait_for(lambda: _pending_on(svc_a, topics.errors) == len(ON_ERRORS) - 6)
         clock.ahead_ms = 30 * MINUTE_MS  # the 20-minute ones, from both partitions
         await _tombstones_once(broker, topics, expiries, clock())
+
+
+# -- a crash of the instance holding a retired topic's timers ------------------------------
+
+STARTED: list[Process] = []
+_no_orphans = no_orphans(STARTED)
+
+# Real processes run on the wall clock: every timer must still be pending when the second
+# instance has restored them (the records stamped, the first instance started and killed,
+# its 6 s session run out, the broker's ~3 s join hold and the restore: ~20 s idle).
+CRASH_TTL_MS = {"analytics": 60_000, "error": 65_000, "conversation": 3_600_000}
+CRASH_RETENTION = '[retention.defaults]\nanalytics = "60s"\nerror = "65s"\nconversation = "1h"\n'
+
+
+async def _spawn_ready(tg: TaskGroup, broker: str, cfg: Path) -> ServiceProcess:
+    svc = await spawn_service(broker, cfg, STARTED)
+    tg.start_soon(svc.follow_log)
+    with anyio.fail_after(60):
+        await svc.ready.wait()
+    return svc
+
+
+@pytest.mark.timeout(180)
+async def test_a_retired_topics_timers_survive_a_sigkill_and_a_lost_state_dir(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """The instance that holds a retired topic's pending timers is killed (SIGKILL: no
+    cleanup) and its state directory lost; the next instance restores them from the
+    changelog alone and tombstones each record once, none before its expiry (checked
+    against when the tombstone reached the test), the one not due yet never."""
+    state = tmp_path / "state"
+    created = wall_clock_ms()
+    async with running_service(config_for(topics, str(state), CRASH_RETENTION), broker) as svc:
+        sent = [event(category, rid, ts=created) for rid, category in ON_ERRORS]
+        await produce(broker, [(topics.errors, key, value) for key, value in sent])
+        await wait_for(lambda: svc.stats.stamped >= len(ON_ERRORS))
+    expiries = {
+        key: created + CRASH_TTL_MS[category]
+        for (key, _value), (_rid, category) in zip(sent, ON_ERRORS, strict=True)
+    }
+    due = {key for key, at in expiries.items() if at < created + 3_600_000}
+    cfg = tmp_path / "retired.toml"
+    cfg.write_text(
+        _without_errors(topics, config_text(topics, str(state), CRASH_RETENTION)).replace(
+            "[topics]\n", f'[topics]\nretired = ["{topics.errors}"]\n', 1
+        )
+    )
+    tombstones = ArrivalLog(broker, topics.tombstones)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tombstones.follow)
+        first = await _spawn_ready(tg, broker, cfg)
+        # It holds both partitions of errors, their timers loaded from its state directory.
+        assigned = next(line for line in first.lines if "assigned " in line)
+        held = assigned.partition("; retired, fired and not read: ")[2]
+        assert sorted(held.split(", ")) == [f"{topics.errors}[0]", f"{topics.errors}[1]"], held
+        first.process.send_signal(signal.SIGKILL)
+        await first.process.wait()
+        assert not await read_all(broker, topics.tombstones), "timers fired before the kill"
+        shutil.rmtree(state)
+
+        second = await _spawn_ready(tg, broker, cfg)
+        assert second.log_has("restored"), second.tail()
+        assert wall_clock_ms() < min(expiries.values()), "restored after the expiries"
+        with anyio.fail_after(60):
+            while not due <= tombstones.keys():  # noqa: ASYNC110 - the log's task fills it
+                await anyio.sleep(0.1)
+        second.process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(20):
+            assert await second.process.wait() == 0, second.tail()
+        tg.cancel_scope.cancel()
+    counts = Counter(rec.key for _arrived, rec in tombstones.arrivals)
+    assert counts == dict.fromkeys(due, 1), counts  # each once; the 1 h record never
+    for arrived, rec in tombstones.arrivals:
+        assert arrived >= expiries[rec.key], (
+            f"{rec.key!r} arrived {expiries[rec.key] - arrived} ms early"
+        )
+        assert orjson.loads(rec.value)["reason"] == "ttl"
