@@ -7,16 +7,21 @@ assigns it. So a topic simply taken out of ``[topics] inputs`` left its records 
 instance: kept past their expiry, data and all (a trial). A retired topic stays in the
 group's subscription: its partitions are assigned, restored, handed over and fired like
 an input's (the range assignor gives partition n of it to the member that has partition n
-of the inputs, so its changelog partitions keep their single writer), but they are paused
+of the inputs when their partition counts are equal, so its changelog partitions keep
+their single writer; every partition of it either way), but they are paused
 from the assignment on and never positioned, read or committed. The reading gate
 (:mod:`stream_expiry.reading`) never holds them: nothing unread can postpone their records,
 since nothing of theirs is read (what producers still send there is ignored). The
 committed offsets stay as they were, so a topic listed as an input again resumes there.
 
-A retired topic missing on the cluster is created as an input is (``[topics]
-partitions``): its partitions carry the assignment of its stores and hold nothing. The
-stores of partitions beyond that count (the topic had more) are assigned to no one:
-``stream-expiry status`` counts their records by partition.
+A retired topic missing on the cluster (deleted since its retirement, or a name mistyped)
+is created with as many partitions as the stamps on ``expiry.stamped`` name of it (at
+least ``[topics] partitions``): its partitions hold nothing, they only carry the
+assignment of its stores, and one made with ``[topics] partitions`` alone, fewer than the
+topic had, left the records stamped from the partitions beyond to no instance, kept
+forever (a deleted retired topic of 4 partitions under ``partitions = 2``, tested). The count takes one read of the changelog's headers, at the one start that
+finds the topic missing. The group assigns every partition of a retired topic, whatever
+its count beside the inputs'.
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from stream_expiry.codec import source_of
 from stream_expiry.errors import StoreError
+from stream_expiry.kafka import consumer, ensure_topics, missing_topics, read_to_end
+from stream_expiry.kafka_settings import topic_configs
 from stream_expiry.logs import counted
 from stream_expiry.state.kv import RocksKV
 from stream_expiry.state.store import PartitionStore
@@ -36,7 +44,16 @@ if TYPE_CHECKING:
 
     from aiokafka import TopicPartition
 
-__all__ = ["read_and_retired", "say_created", "say_unlisted_stores"]
+    from stream_expiry.config import Config
+    from stream_expiry.kafka_settings import Brokers
+
+__all__ = [
+    "create_missing_retired",
+    "partitions_stamped_from",
+    "read_and_retired",
+    "say_created",
+    "say_unlisted_stores",
+]
 
 log = logging.getLogger("stream_expiry.retired")
 
@@ -52,14 +69,72 @@ def read_and_retired(
     return read, kept
 
 
-def say_created(topic: str, partitions: int) -> None:
+async def partitions_stamped_from(
+    brokers: Brokers, stamped: str, topics: Collection[str]
+) -> dict[str, tuple[int, int]]:
+    """For each of ``topics`` that stamps on ``stamped`` name as their input: how many
+    stamps name it, and the highest partition they name, plus one. Headers only: every
+    message of the changelog, nulls and stamps of deleted records too (a partition more
+    than needed costs nothing)."""
+    wanted = frozenset(topics)
+    found: dict[str, tuple[int, int]] = {}
+    async with consumer(brokers) as cons:
+        async for batch in read_to_end(cons, stamped):
+            for records in batch.values():
+                for rec in records:
+                    source = source_of(rec.headers or ())
+                    if source is None or source[0] not in wanted or rec.value is None:
+                        continue
+                    stamps, count = found.get(source[0], (0, 0))
+                    found[source[0]] = (stamps + 1, max(count, source[1] + 1))
+    return found
+
+
+async def create_missing_retired(brokers: Brokers, config: Config) -> None:
+    """Create the retired topics the cluster does not have, each with the partitions its
+    stamps name (at least ``[topics] partitions``), so that the group assigns the store of
+    every partition that stamped a record; and say so, naming the topic."""
+    t = config.topics
+    if not t.retired:
+        return  # no metadata request at every session's start for nothing
+    missing = await missing_topics(brokers, t.retired)
+    if not missing:
+        return
+    stamped = await partitions_stamped_from(brokers, t.stamped, missing)
+    least = config.topic_settings.partitions
+    for topic in missing:
+        stamps, needed = stamped.get(topic, (0, 0))
+        partitions = max(least, needed)
+        created = await ensure_topics(
+            brokers,
+            [topic],
+            partitions=partitions,
+            configs={topic: topic_configs(config)[topic]},
+            replication=config.topic_settings.replication_factor,
+        )
+        if created:
+            say_created(topic, partitions, stamps)
+
+
+def say_created(topic: str, partitions: int, stamps: int) -> None:
     """A retired topic the service created, as it was missing (deleted since it was an
-    input, or a name mistyped)."""
+    input, or a name mistyped): with no stamp naming it, a typo is likely."""
+    if stamps:
+        log.warning(
+            "created retired topic %s, which did not exist, with %d partitions, as many as "
+            "the %s naming it on the changelog need: it is never read, its partitions only "
+            "give the instances the stores of the records it stamped, which are tombstoned "
+            "at their expiry",
+            topic,
+            partitions,
+            counted(stamps, "stamp"),
+        )
+        return
     log.warning(
-        "created retired topic %s, which did not exist, with %d partitions: it is never "
-        "read, its partitions only give the instances the stores of the records it stamped. "
-        "Records stamped from a partition beyond these are tombstoned by no instance "
-        "(`stream-expiry status` counts them); check the name if it is mistyped",
+        "created retired topic %s, which did not exist, with %d partitions: no stamp on "
+        "the changelog names it, so no record of it is left to tombstone; check the name "
+        "if it is mistyped (the records of the topic meant are tombstoned by no instance "
+        "until it is listed: `stream-expiry status` counts them)",
         topic,
         partitions,
     )

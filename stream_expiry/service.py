@@ -84,7 +84,7 @@ from stream_expiry.oversize import producer_limit
 from stream_expiry.policy import PolicyBook
 from stream_expiry.reading import END_UNKNOWN, InputReading, resume_point
 from stream_expiry.redact import Redactor
-from stream_expiry.retired import read_and_retired, say_created, say_unlisted_stores
+from stream_expiry.retired import create_missing_retired, read_and_retired, say_unlisted_stores
 from stream_expiry.state import PartitionProcessor
 from stream_expiry.state.dir_lock import check_state_dir, state_dir_locked
 from stream_expiry.state.kv import ASIDE, CORRUPT, move_aside
@@ -550,12 +550,13 @@ class Service:
         own, and a restore cannot read a changelog topic that is gone."""
         t = self.config.topics
         await refuse_a_lost_holds_topic(self.bootstrap, t.holds, t.stamped, audit=t.audit)
+        # First, with the partitions their stamps name: made with [topics] partitions, a
+        # retired topic that had more left their records to no instance.
+        await create_missing_retired(self.bootstrap, self.config)
         created = await ensure_config_topics(self.bootstrap, self.config)
         # A mistyped name in [topics] inputs made an empty topic and the service idled on
         # it without a word: a new input topic is probably not where producers write.
         for topic in created:
-            if topic in self.config.topics.retired:
-                say_created(topic, self.config.topic_settings.partitions)
             if topic in self.config.topics.inputs:
                 source = topic.removesuffix(REKEYED_SUFFIX)
                 log.warning(

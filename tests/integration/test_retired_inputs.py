@@ -17,9 +17,12 @@ from typing import TYPE_CHECKING
 import anyio
 import orjson
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from stream_expiry.cli import main
+from stream_expiry.codec import source_of
 from stream_expiry.config import parse_config
+from stream_expiry.kafka import ensure_topics, producer
 from stream_expiry.service import Service, wall_clock_ms
 from stream_expiry.timeutil import parse_ts
 from tests.conftest import read_all, read_topic, wait_for
@@ -404,3 +407,83 @@ async def test_a_retired_topics_timers_survive_a_sigkill_and_a_lost_state_dir(
             f"{rec.key!r} arrived {expiries[rec.key] - arrived} ms early"
         )
         assert orjson.loads(rec.value)["reason"] == "ttl"
+
+
+# -- a retired topic with more partitions than the inputs, or missing on the cluster -------
+
+
+async def _produce_to_partitions(broker: str, topic: str, sent: list[tuple[bytes, bytes]]) -> None:
+    """Send each event to partition i % 4 of ``topic``: every partition stamps records."""
+    async with producer(broker) as prod:
+        futures = [
+            await prod.send(topic, key=key, value=value, partition=i % 4)
+            for i, (key, value) in enumerate(sent)
+        ]
+        for fut in futures:
+            await fut
+
+
+async def _delete_topic(broker: str, topic: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+    finally:
+        await admin.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("on_the_cluster", ["kept", "deleted"])
+async def test_every_partition_of_a_retired_topic_wider_than_the_inputs_is_fired(
+    broker: str,
+    topics: TopicSet,
+    tmp_path: Path,
+    on_the_cluster: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A retired topic of 4 partitions beside inputs of 2 (``[topics] partitions = 2``):
+    every partition of it is assigned, restored and fired, those numbered past the inputs'
+    too. Deleted from the cluster after its retirement, it is created again with the 4
+    partitions its stamps name, and a warning names it; made with ``[topics] partitions``,
+    as it was, the records stamped from its partitions 2 and 3 went to no instance, kept
+    forever. A mistyped retired topic is created too, the warning saying no stamp names it."""
+    wide, typo = f"{topics.prefix}.wide", f"{topics.prefix}.wide-typo"
+    await ensure_topics(broker, [wide], partitions=4)
+    state_dir = str(tmp_path / "state")
+    text = config_text(topics, state_dir, RETENTION)
+    inputs = f'inputs = ["{topics.conversations}", "{topics.sessions}", "{topics.errors}"'
+    as_input = parse_config(text.replace(inputs, f'{inputs}, "{wide}"'))
+    created = wall_clock_ms()
+    sent = [event("analytics", f"wide-{i}", ts=created) for i in range(8)]
+    async with running_service(as_input, broker) as service:
+        await _produce_to_partitions(broker, wide, sent)
+        await wait_for(lambda: service.stats.stamped >= len(sent))
+    stamped = await read_all(broker, topics.stamped)
+    assert {source_of(rec.headers) for rec in stamped} == {(wide, p) for p in range(4)}
+    if on_the_cluster == "deleted":
+        await _delete_topic(broker, wide)
+        shutil.rmtree(state_dir)  # restored from the changelog alone
+
+    retired = parse_config(
+        text.replace("[topics]\n", f'[topics]\nretired = ["{wide}", "{typo}"]\n')
+    )
+    clock = ShiftedClock()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="stream_expiry"):
+        async with running_service(retired, broker, clock=clock) as service:
+            assert {(t, p) for t, p in service.owned if t == wide} == {(wide, p) for p in range(4)}
+            assert _pending_on(service, wide) == len(sent)
+            clock.ahead_ms = 10 * MINUTE_MS
+            expiries = {key.decode(): created + TTL_MS["analytics"] for key, _value in sent}
+            await _tombstones_once(broker, topics, expiries, clock())
+    said = [r.getMessage() for r in caplog.records if "created retired topic" in r.getMessage()]
+    assert said[-1].startswith(
+        f"created retired topic {typo}, which did not exist, with 2 partitions: no stamp on "
+        "the changelog names it"
+    ), said
+    if on_the_cluster == "deleted":
+        assert said[0].startswith(
+            f"created retired topic {wide}, which did not exist, with 4 partitions, as many "
+            "as the 8 stamps naming it on the changelog need"
+        ), said
+    assert len(said) == (2 if on_the_cluster == "deleted" else 1), said
