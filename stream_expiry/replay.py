@@ -35,6 +35,7 @@ from stream_expiry.changelog import Current, read_current, read_latest
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.kafka import (
     batch_bytes,
+    committed_offsets,
     consumer,
     message_limits,
     missing_topics,
@@ -686,28 +687,23 @@ async def _from_inputs(
     *,
     progress: TextIO | None,
 ) -> None:
-    """The service's own processors, fed every input event from the beginning."""
+    """The service's own processors, fed every input event from the beginning: of the
+    input topics to their end, of the retired topics to where the service stopped
+    reading them (:func:`_input_ends`)."""
     topics = config.topics
     report = verdicts.report
     now = verdicts.now
     async with consumer(bootstrap) as cons:
         stamped_partitions = len(await partitions_of(cons, topics.stamped))
-        tps = [
-            TopicPartition(t, p)
-            for t in topics.inputs
-            for p in sorted(await partitions_of(cons, t))
-        ]
-        cons.assign(tps)
-        await cons.seek_to_beginning(*tps)
-        total = sum((await stable_ends(cons, tps)).values())
-        bar = ProgressBar("events", total, progress)
-        for tp in tps:
+        ends = await _input_ends(config, bootstrap, cons)
+        bar = ProgressBar("events", sum(ends.values()), progress)
+        for tp, end in ends.items():
             store = PartitionStore(RocksKV(os.path.join(work, f"{tp.topic}-{tp.partition}")))
             proc = PartitionProcessor.from_config(
                 tp.topic, tp.partition, store, config, book, now_ms=now, horizon_ms=0
             )
             try:
-                async for records in _read_partition(cons, tp):
+                async for records in _read_partition(cons, tp, end):
                     effects = proc.process(_read_in_time(records, config, now), now)
                     proc.settle(effects, now)
                     report.events += len(records)
@@ -760,11 +756,58 @@ def _future_at(value: bytes | None, read_at: int, categories: frozenset[str], sk
     return isinstance(verdict, model.Rejection) and verdict.code == "future_timestamp"
 
 
-async def _read_partition(cons: AIOKafkaConsumer, tp: TopicPartition) -> AsyncIterator[list[Any]]:
-    """One input partition from its beginning to its present end."""
+async def _input_ends(
+    config: Config, bootstrap: Brokers, cons: AIOKafkaConsumer
+) -> dict[TopicPartition, int]:
+    """Each partition of the input and retired topics, with the offset replay reads it to.
+
+    An input to its present end. A retired topic (``[topics] retired``) too, since the
+    records it stamped are alive and the instances fire them (left out, they were never
+    re-derived), but only to the service group's committed offset: the service stopped
+    reading it there, and what producers sent after is ignored, a touch that would extend
+    a life among it (nothing of a partition where the group committed nothing: the service
+    read nothing there, and stamped nothing from it). A retired topic
+    the cluster does not have is said and left out: its records are re-derived from
+    ``expiry.stamped`` (replay without ``--from-inputs``)."""
+    topics = config.topics
+    ends: dict[TopicPartition, int] = {}
+    for topic in await missing_topics(bootstrap, topics.retired):
+        log.warning(
+            "retired topic %s does not exist on the cluster: its records are not re-derived "
+            "from its events (replay without --from-inputs re-derives them from %s)",
+            topic,
+            topics.stamped,
+        )
+    for topic in (*topics.inputs, *topics.retired):
+        tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(cons, topic))]
+        if not tps:
+            continue
+        cons.assign(tps)
+        ends.update(await stable_ends(cons, tps))
+        if topic in topics.retired:
+            ends.update(await _read_when_retired(config, bootstrap, tps, ends))
+    return ends
+
+
+async def _read_when_retired(
+    config: Config,
+    bootstrap: Brokers,
+    tps: list[TopicPartition],
+    ends: Mapping[TopicPartition, int],
+) -> dict[TopicPartition, int]:
+    """The service group's committed offsets of a retired topic's partitions ``tps``, at
+    most their end (0 where it committed none)."""
+    async with consumer(bootstrap, group_id=config.group_id) as group:
+        committed = await committed_offsets(group, tps)
+    return {tp: min(offset or 0, ends[tp]) for tp, offset in committed.items()}
+
+
+async def _read_partition(
+    cons: AIOKafkaConsumer, tp: TopicPartition, end: int
+) -> AsyncIterator[list[Any]]:
+    """One input partition from its beginning up to ``end``."""
     cons.assign([tp])
     await cons.seek_to_beginning(tp)
-    end = (await stable_ends(cons, [tp]))[tp]
     while await cons.position(tp) < end:
         batch = await cons.getmany(tp, timeout_ms=1000, max_records=5000)
         records = [r for r in batch.get(tp, []) if r.offset < end]

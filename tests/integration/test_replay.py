@@ -663,3 +663,51 @@ async def test_replay_from_inputs_keeps_a_running_life_whose_next_create_is_date
     assert (report.unchanged, report.later) == (1, 0)
     (state,) = report.states.values()
     assert (state.created_at, state.expires_at) == (first, first + hour)
+
+
+async def test_replay_from_inputs_reads_a_retired_topic_up_to_where_the_service_stopped(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A topic moved to ``[topics] retired`` still has records alive, which the instances
+    fire: replay from the inputs re-derives them from its events too (it read the inputs
+    alone, and left them as they were under any policy). Only the events the service read
+    before the retirement, up to its group's committed offset: a session's touch and a
+    create sent to the topic after it, which the service ignores, change nothing."""
+    state = str(tmp_path / "state")
+    now = wall_clock_ms()
+    minute = 60_000
+    async with running_service(config_for(topics, state, LONG), broker):
+        await produce(
+            broker,
+            [
+                (topics.errors, *event("error", "e", ts=now)),
+                (topics.errors, *event("session", "s", ts=now - 20 * minute)),
+                (topics.conversations, *event("conversation", "c", ts=now)),
+            ],
+        )
+        await read_topic(broker, topics.stamped, until=lambda r: len(r) >= 3)
+    # Sent after the retirement: the service never reads them.
+    await produce(
+        broker,
+        [
+            (topics.errors, *event("session", "s", op="touch", ts=now)),
+            (topics.errors, *event("error", "late", ts=now)),
+        ],
+    )
+    inputs = f'inputs = ["{topics.conversations}", "{topics.sessions}", "{topics.errors}"]'
+    retired = config_text(topics, state, LONG.replace('error = "2h"', 'error = "1h"')).replace(
+        inputs,
+        f'inputs = ["{topics.conversations}", "{topics.sessions}"]\nretired = ["{topics.errors}"]',
+    )
+    report = await replay(parse_config(retired), broker, environ={}, dry_run=True, from_inputs=True)
+    assert report.counts() == {
+        "events": 3,
+        "records": 3,
+        "unchanged": 2,
+        "earlier": 1,
+        "later": 0,
+        "due_now": 0,
+        "never": 0,
+    }
+    assert report.unstamped == 0
+    assert [(c.key.rsplit("/", 1)[-1], c.kind) for c in report.sample] == [("e", "earlier")]
