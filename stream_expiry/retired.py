@@ -14,14 +14,15 @@ from the assignment on and never positioned, read or committed. The reading gate
 since nothing of theirs is read (what producers still send there is ignored). The
 committed offsets stay as they were, so a topic listed as an input again resumes there.
 
-A retired topic missing on the cluster (deleted since its retirement, or a name mistyped)
-is created with as many partitions as the stamps on ``expiry.stamped`` name of it (at
-least ``[topics] partitions``): its partitions hold nothing, they only carry the
-assignment of its stores, and one made with ``[topics] partitions`` alone, fewer than the
-topic had, left the records stamped from the partitions beyond to no instance, kept
-forever (a deleted retired topic of 4 partitions under ``partitions = 2``, tested). The count takes one read of the changelog's headers, at the one start that
-finds the topic missing. The group assigns every partition of a retired topic, whatever
-its count beside the inputs'.
+A retired topic missing on the cluster (deleted since its retirement, or a name
+mistyped) is created with as many partitions as the stamps on ``expiry.stamped`` name of
+it (at least ``[topics] partitions``): its partitions hold nothing, they only carry the
+assignment of its stores, and one made with ``[topics] partitions`` alone, fewer than
+the topic had, left the records stamped from the partitions beyond to no instance, kept
+forever (a deleted retired topic of 4 partitions under ``partitions = 2``, tested). The
+count takes one read of the changelog's headers, at the one start that finds the topic
+missing. The group assigns every partition of a retired topic, whatever its count beside
+the inputs'.
 """
 
 from __future__ import annotations
