@@ -45,6 +45,7 @@ __all__ = [
     "LATE_CAUSES",
     "LATE_CAUSE_MAX",
     "REKEYED_SUFFIX",
+    "DeferredErasure",
     "Request",
     "dead_letter_headers",
     "decode_stamp",
@@ -122,6 +123,14 @@ Headers = list[tuple[str, bytes]]
 # The headers that name an erasure request (:func:`request_headers`), as ``Fired.request``
 # and a deferral carry them.
 Request = tuple[tuple[str, bytes], ...]
+# An erasure a legal hold deferred, as the release looks its request up: its time
+# (``erase_at``), and whether it ends a life the record had (one with a creation time),
+# or names none (dated before the life it would end, or for the lives before the running
+# one). A record may keep several for the release, one request each: an erased life
+# beside the next, erased too; the erasures naming no life. Two may share a time (an
+# erasure of the lives before a running one ends where the erased life before it ended),
+# never a kind too.
+DeferredErasure = tuple[int, bool]
 
 
 def output_partition(input_partition: int, partitions: int) -> int:

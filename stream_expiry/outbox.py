@@ -632,17 +632,20 @@ def _stamp_headers(
     state: model.Stamp,
     source: codec.Headers,
     arrived: dict[str, int],
-    named: dict[str, tuple[int, codec.Request]] | None,
+    named: dict[str, dict[codec.DeferredErasure, codec.Request]] | None,
 ) -> codec.Headers:
     """A stamp's headers when its life was due on arrival (``codec.H_DUE_AT_INGEST``: a
     restore of the changelog knows its late cause) or it records an erasure a legal hold
-    deferred (the request's headers: a restore knows what the release's tombstone names)."""
+    deferred (the request's headers: a restore knows what the release's tombstone names;
+    the stamp's own erasure's only, as ``erase_requested_at`` is its only erasure)."""
     headers = source
     key = state.identity.key
     due = arrived.get(key)
     if due is not None and due == state.expires_at:
         headers = [*headers, (codec.H_DUE_AT_INGEST, b"%d" % due)]
-    request = named.get(key) if named else None
-    if request is not None and request[0] == state.erase_at:
-        headers = [*headers, *request[1]]
+    kept = named.get(key) if named else None
+    if kept is not None and state.erase_at is not None:
+        request = kept.get((state.erase_at, state.created_at is not None))
+        if request is not None:
+            headers = [*headers, *request]
     return headers

@@ -108,6 +108,20 @@ def _erasure_if_late(fired: Fired, rec: InputRecord, requested_at: int) -> Fired
     return fired._replace(late_cause="late_event" if late else "catch_up")
 
 
+def _deferred_erasures(state: model.Stamp | None) -> set[codec.DeferredErasure]:
+    """The erasures a legal hold deferred that ``state`` keeps for the release, each as its
+    request is kept (``codec.DeferredErasure``): the state's own, and those of the lives
+    it keeps, but the ended life an erasure naming no life keeps (``Stamp.ended_life``:
+    its tombstone went out before the hold)."""
+    if state is None or state.deleted_at is not None:
+        return set()
+    lives = state.held_lives[1:] if state.ended_life is not None else state.held_lives
+    kept = {(life[4], life[0] is not None) for life in lives if life[4] is not None}
+    if state.erase_at is not None:
+        kept.add((state.erase_at, state.created_at is not None))
+    return kept
+
+
 def wheel_phase(topic: str, partition: int) -> int:
     """The ticks by which a partition's timing wheel shifts its blocks (see above)."""
     return zlib.crc32(topic.encode()) + partition * _PHASE_STEP
@@ -145,12 +159,13 @@ class Effects:
     # For each of ``deferred`` (by its index) that an erasure request asked for: the
     # request's headers (``codec.request_headers``), for its entry on ``expiry.audit``.
     deferred_requests: dict[int, codec.Request] = field(default_factory=dict)
-    # Erasures a legal hold deferred, by record key: (the erasure's time, its request's
-    # headers). The outbox puts the headers on the record's stamp (a restore reads them)
-    # and the settle keeps them in the store, so that the release's tombstone and null
-    # name the request as an on-time erasure's do, whoever sends them. None while empty
-    # (nearly always: a dict made for every call cost instructions on the hot path).
-    held_requests: dict[str, tuple[int, codec.Request]] | None = None
+    # Erasures a legal hold deferred, by record key: every one the record keeps for the
+    # release (``codec.DeferredErasure``) -> its request's headers. The outbox puts the
+    # headers of the stamp's own erasure on it (a restore reads them) and the settle keeps
+    # them all in the store, so that each tombstone and null of the release names its
+    # request as an on-time erasure's does, whoever sends them. None while empty (nearly
+    # always: a dict made for every call cost instructions on the hot path).
+    held_requests: dict[str, dict[codec.DeferredErasure, codec.Request]] | None = None
     # For each tombstone an event brought (``process``): how many of ``stamps`` came
     # before it. An event at or after a record's expiry ends that life and starts the
     # next: on ``expiry.stamped`` the old life's null must come before the new life's
@@ -265,9 +280,9 @@ class PartitionProcessor:
         # stamps on the changelog say them: a tombstone decided again after a restart, or
         # on the instance that restored the partition, finds them there.
         self._arrived_due: dict[str, int] = {}
-        # Erasures a hold deferred, read by this processor: key -> (time, request), until
-        # the release (the store has them from the settle on; these, before it too).
-        self._held_requests: dict[str, tuple[int, codec.Request]] = {}
+        # Erasures a hold deferred, read by this processor: key -> erasure -> request,
+        # until the release (the store has them from the settle on; these, before it too).
+        self._held_requests: dict[str, dict[codec.DeferredErasure, codec.Request]] = {}
         self.set_aside = 0  # times a due sliding timer waited for unread input
         # Whether the partition may hold records of a sliding category: its store holds
         # records (it may have them), or it has read an event of one since. The firing asks
@@ -452,7 +467,7 @@ class PartitionProcessor:
                 deferred_before = len(effects.deferred)
                 kept = self._hold_event(ev, prior, now_ms, effects, request)
                 if request is not None and len(effects.deferred) > deferred_before:
-                    self._name_request(request, ev.ts, effects, deferred_before)
+                    self._name_request(request, prior, effects, deferred_before)
             if kept is None and archive is not None and self._due_unarchived(ev, prior, now_ms):
                 # The engine would end the life at once (reason ttl), ahead of the archive;
                 # its timer waits for the archive, and so does the event's end of it.
@@ -1085,7 +1100,8 @@ class PartitionProcessor:
             else:
                 fired = _if_late(fired, cause)
                 if fired.reason == "explicit":  # deferred: named as it was read
-                    named = self._deferred_request(held.identity.key, held.erase_at)
+                    names_life = held.created_at is not None
+                    named = self._deferred_request(held.identity.key, held.erase_at, names_life)
                     if named is not None:
                         fired = fired._replace(request=named)
             effects.tombstones.append(fired)
@@ -1120,11 +1136,10 @@ class PartitionProcessor:
         self._engine.cancel(held.identity.key)
         ended = held.held_life(life)
         marker = ended._replace(deleted_at=held.previous_deleted_at)
-        named = self._deferred_request(held.identity.key, held.erase_at)
         for erase_at in (held.erase_at, *held.later_erasures):
             erasure = model.Stamp(held.identity, None, None, None, None, None, erase_at)
+            named = self._deferred_request(held.identity.key, erase_at, False)
             fired = Fired(erasure, marker, "explicit", now_ms, False, request=named)
-            named = None  # the later ones' requests are not kept: they name none
             effects.tombstones.append(_if_late(fired, "hold"))
         effects.tombstones.append(Fired(ended, marker, "ttl", now_ms, null_only=True))
         return marker
@@ -1140,7 +1155,7 @@ class PartitionProcessor:
             reason: model.Reason = "ttl" if life[4] is None else "explicit"
             fired = _if_late(Fired(held.held_life(life), current, reason, now_ms), cause)
             if reason == "explicit":
-                named = self._deferred_request(held.identity.key, life[4])
+                named = self._deferred_request(held.identity.key, life[4], life[0] is not None)
                 if named is not None:
                     fired = fired._replace(request=named)
             effects.tombstones.append(fired)
@@ -1215,35 +1230,59 @@ class PartitionProcessor:
             self.archive_waiting_since = due if since is None else min(since, due)
 
     def _name_request(
-        self, request: codec.Request, erase_at: int, effects: Effects, since: int
+        self, request: codec.Request, prior: model.Stamp | None, effects: Effects, since: int
     ) -> None:
-        """The erasure ``request`` (dated ``erase_at``) on the explicit deferrals it made
-        (from ``since``), and kept for the release when the record's state holds that
-        erasure (not one of ``Stamp.later_erasures``, whose tombstones name none)."""
+        """The erasure ``request`` on the explicit deferrals it made (from ``since``), and
+        kept for the release with the erasure it added to the record's state (``prior``
+        before it), beside the others the record keeps: the state's own, an erased life
+        kept beside the next life, each erasure naming no life. Kept one per record, the
+        later replaced the earlier, whose tombstone named none. An erasure the record kept
+        already (a second request for the lives before the running one, which erases no
+        more) keeps the request it has: the first, which asked for it."""
+        before = _deferred_erasures(prior)
         for index in range(since, len(effects.deferred)):
             state, reason, _ = effects.deferred[index]
             if reason != "explicit":
                 continue
             effects.deferred_requests[index] = request
-            if state.held and state.erase_at == erase_at and not state.later_erasures:
-                key = state.identity.key
-                kept = self._held_requests
-                if effects.held_requests is None:
-                    effects.held_requests = {}
-                kept[key] = effects.held_requests[key] = (erase_at, request)
-                if len(kept) > _ARRIVED_DUE_MAX:
-                    del kept[next(iter(kept))]
+            waiting = _deferred_erasures(state)
+            asked = waiting - before
+            if not asked:
+                continue
+            key = state.identity.key
+            noted = self._held_requests
+            known = noted.get(key)
+            if known is None:
+                known = self.store.deferred_requests(key)  # after a restart, or restored
+            # Those of erasures let go of since are stale: one of the same time and kind
+            # asked again (under a later hold) is this request's.
+            kept = {e: r for e, r in known.items() if e in waiting and e not in asked}
+            kept.update(dict.fromkeys(asked, request))
+            noted[key] = kept
+            if effects.held_requests is None:
+                effects.held_requests = {}
+            effects.held_requests[key] = dict(kept)  # (the release takes from the first)
+            if len(noted) > _ARRIVED_DUE_MAX:
+                del noted[next(iter(noted))]
 
-    def _deferred_request(self, key: str, erase_at: int | None) -> codec.Request | None:
-        """The request of the erasure of ``key`` dated ``erase_at`` that a hold deferred,
-        as this processor read it or the store keeps it (after a restart, or restored from
+    def _deferred_request(
+        self, key: str, erase_at: int | None, names_life: bool
+    ) -> codec.Request | None:
+        """The request of the erasure of ``key`` dated ``erase_at`` that a hold deferred
+        (``names_life``: it ends a life the record had, ``codec.DeferredErasure``), as
+        this processor read it or the store keeps it (after a restart, or restored from
         the stamp's headers); None when neither knows it. Asked only at a release."""
         if erase_at is None:
             return None
-        noted = self._held_requests.pop(key, None)
-        if noted is not None and noted[0] == erase_at:
-            return noted[1]
-        return self.store.deferred_request(key, erase_at)
+        erasure = (erase_at, names_life)
+        noted = self._held_requests.get(key)
+        if noted is not None:
+            request = noted.pop(erasure, None)
+            if not noted:
+                del self._held_requests[key]
+            if request is not None:
+                return request
+        return self.store.deferred_request(key, erasure)
 
     def _defer(self, kept: model.Stamp, reason: str, effects: Effects) -> None:
         ids = [h.hold_id for h in self.holds.holding(kept.identity)]

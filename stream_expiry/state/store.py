@@ -19,9 +19,13 @@ Layout (byte keys in one ordered key-value engine, quix-streams' ``ttl_codec`` i
   An older version ignores the prefix (format 1 still: nothing it reads changed);
 * ``r`` + record key -> an erasure's time (8 bytes) and its request's headers: the
   request a legal hold deferred (:meth:`PartitionStore.deferred_request`), which the
-  release's tombstone names. Few (deferred erasures only), read only at a release, dropped
-  with the record's marker, ignored when its time is not the erasure's; ignored by older
-  versions as ``a`` is;
+  release's tombstone names. Few (deferred erasures only), read only at a release (and
+  at a deferral, to keep the others), dropped with the record's marker, ignored when its
+  time is not the erasure's; ignored by older versions as ``a`` is. A record keeping
+  several (:data:`~stream_expiry.codec.DeferredErasure`) has them all in one value, whose
+  time is :data:`_SEVERAL` (no erasure's: a version before this one finds none there,
+  as for an erasure it did not keep, and its tombstone names none), then each as a kind
+  byte and the length of that erasure's own value;
 * ``~`` + name -> an integer: counters and changelog positions, written in the same batch
   as the states they describe; ``~format``, the store's format (:data:`STORE_FORMAT`).
 
@@ -70,7 +74,7 @@ from stream_expiry.state.codec import (
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-    from stream_expiry.codec import Request
+    from stream_expiry.codec import DeferredErasure, Request
     from stream_expiry.engine import Timer
     from stream_expiry.fetch import RawRecord
     from stream_expiry.state.kv import KeyValue
@@ -318,17 +322,19 @@ class PartitionStore:
         raw = self.kv.multi_get([_ARRIVED + k.encode() for k in keys])
         return {k: int(_INT.unpack(v)[0]) for k, v in zip(keys, raw, strict=True) if v is not None}
 
-    def deferred_request(self, key: str, erase_at: int) -> Request | None:
-        """The headers of the erasure request a legal hold deferred for ``key`` at
-        ``erase_at`` (written with the state, :meth:`write`'s ``requests``); None when the
-        store keeps none for that erasure (an older version deferred it, or a later
-        deferred erasure of the record took its place)."""
+    def deferred_request(self, key: str, erasure: DeferredErasure) -> Request | None:
+        """The headers of the request of ``erasure``, deferred by a legal hold for
+        ``key`` (written with the state, :meth:`write`'s ``requests``); None when the store
+        keeps none for that erasure (an older version deferred it)."""
+        return self.deferred_requests(key).get(erasure)
+
+    def deferred_requests(self, key: str) -> dict[DeferredErasure, Request]:
+        """Every erasure request the store keeps for ``key``. One kept by the version
+        before this one (one per record, no kind) stands for either kind at its time."""
         if not self._requests_any:
-            return None
+            return {}
         value = self.kv.multi_get([_REQUEST + key.encode()])[0]
-        if value is None or _INT.unpack_from(value)[0] != erase_at:
-            return None
-        return _decode_request(value)
+        return {} if value is None else _decode_requests(value)
 
     def meta(self, name: str) -> int | None:
         value = self.kv.multi_get([_META + name.encode()])[0]
@@ -359,16 +365,16 @@ class PartitionStore:
         now_ms: int,
         meta: Mapping[str, int] | None = None,
         arrived: Mapping[str, int] | None = None,
-        requests: Mapping[str, tuple[int, Request]] | None = None,
+        requests: Mapping[str, Mapping[DeferredErasure, Request]] | None = None,
     ) -> None:
         """Replace each ``(stored, new)`` pair's stored state by the new one, atomically.
 
         ``stored`` must be the state the store holds now (None: none), which the caller
         knows from its own lookup; index entries are moved accordingly. ``arrived``: record
         key -> the expiry its life already had when the event that set it arrived
-        (:meth:`due_on_arrival`), kept in the same batch; ``requests``, record key -> the
-        time of an erasure a legal hold deferred and its request's headers
-        (:meth:`deferred_request`), likewise.
+        (:meth:`due_on_arrival`), kept in the same batch; ``requests``, record key -> every
+        erasure a legal hold deferred that the record keeps, with its request's headers
+        (:meth:`deferred_requests`: these replace the record's), likewise.
         """
         puts: dict[bytes, bytes] = {}
         deletes: list[bytes] = []
@@ -426,7 +432,9 @@ class PartitionStore:
         if arrived:
             self._put_arrived({k.encode(): due for k, due in arrived.items()}, puts)
         if requests:
-            self._put_requests({k.encode(): r for k, r in requests.items()}, puts)
+            self._requests_any = True
+            for k, kept in requests.items():
+                puts[_REQUEST + k.encode()] = _encode_requests(kept)
         self._put_counts(puts)
         # A key both deleted and put (an index entry that did not move) must stay.
         self.kv.apply(puts, [d for d in deletes if d not in puts])
@@ -441,8 +449,9 @@ class PartitionStore:
         requests: Mapping[bytes, tuple[int, Request]] | None = None,
     ) -> tuple[int, int]:
         """Make each row the stored state of its key, atomically with ``meta`` (and
-        ``arrived`` and ``requests``, as :meth:`write` takes them, by store key); returns how many live
-        states and deletion markers changed.
+        ``arrived``, as :meth:`write` takes it, and ``requests``, the one erasure request a
+        stamp names, by store key); returns how many live states and deletion markers
+        changed.
 
         The bulk form of :meth:`write` for a restore, which does not know what the store
         holds: one multi-get finds the stored states, a row equal to its stored state is
@@ -621,6 +630,11 @@ class PartitionStore:
 _PART = struct.Struct(">I")
 
 
+# The time of a value of several erasure requests (``r``): no erasure's, nor any time
+# an event can have (``MIN_TS_MS``).
+_SEVERAL = -(2**63)
+
+
 def _encode_request(erase_at: int, request: Request) -> bytes:
     """An erasure's time and its request's headers (names and values, each after its
     length), as :meth:`PartitionStore.deferred_request` reads them."""
@@ -629,6 +643,37 @@ def _encode_request(erase_at: int, request: Request) -> bytes:
         raw = name.encode()
         parts += [_PART.pack(len(raw)), raw, _PART.pack(len(value)), value]
     return b"".join(parts)
+
+
+def _encode_requests(kept: Mapping[DeferredErasure, Request]) -> bytes:
+    """A record's deferred erasure requests as one value: one alone as the version
+    before this one wrote it (it reads it still, after a rollback), several after
+    :data:`_SEVERAL`, each as its kind and its own value's length, then that value."""
+    if len(kept) == 1:
+        ((erase_at, _), request), *_ = kept.items()
+        return _encode_request(erase_at, request)
+    parts = [_INT.pack(_SEVERAL)]
+    for (erase_at, names_life), request in kept.items():
+        one = _encode_request(erase_at, request)
+        parts += [b"\x01" if names_life else b"\x00", _PART.pack(len(one)), one]
+    return b"".join(parts)
+
+
+def _decode_requests(value: bytes) -> dict[DeferredErasure, Request]:
+    (erase_at,) = _INT.unpack_from(value)
+    if erase_at != _SEVERAL:  # one, of either kind (none was said before several)
+        request = _decode_request(value)
+        return {(erase_at, True): request, (erase_at, False): request}
+    kept: dict[DeferredErasure, Request] = {}
+    at = _INT.size
+    while at < len(value):
+        names_life = value[at] == 1
+        (size,) = _PART.unpack_from(value, at + 1)
+        at += 1 + _PART.size
+        one = value[at : at + size]
+        at += size
+        kept[_INT.unpack_from(one)[0], names_life] = _decode_request(one)
+    return kept
 
 
 def _decode_request(value: bytes) -> Request:

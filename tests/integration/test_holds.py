@@ -1220,3 +1220,44 @@ async def test_an_erasure_a_hold_deferred_names_its_request_at_the_release(
         assert headers["expiry-request-event-id"] == b"gdpr-78"
         assert re.fullmatch(where, headers["expiry-request"].decode())
     assert orjson.loads(tomb.value)["reason"] == "explicit"
+
+
+@pytest.mark.timeout(120)
+async def test_two_lives_a_hold_kept_erased_each_name_their_request_at_the_release(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A record erased under a hold (``gdpr-81``), created again and erased again
+    (``gdpr-82``) before the release: the first life's tombstone named no request (the
+    second erasure's took its place in the store). Released while the service is down,
+    restarted on its state directory: each life's tombstone names its own request."""
+    common, config = _setup(broker, topics, tmp_path, '[retention.defaults]\nconversation = "1h"\n')
+    key = event("conversation", "r1")[0]
+    async with running_service(config, broker) as svc:
+        t0 = wall_clock_ms()
+        await produce(broker, [(topics.conversations, *event("conversation", "r1", ts=t0))])
+        await wait_for(lambda: svc.stats.stamped >= 1)
+        assert await _cli("hold", "place", *common, "--org", "acme", "--record-id", "r1",
+                          "--reason", "case 5", "--id", "case-5") == 0  # fmt: skip
+        await wait_for(lambda: len(svc.holds) == 1)
+        await produce(
+            broker,
+            [
+                (topics.conversations, *e)
+                for e in (
+                    event("conversation", "r1", op="delete", ts=t0 + 1, event_id="gdpr-81"),
+                    event("conversation", "r1", ts=t0 + 2),
+                    event("conversation", "r1", op="delete", ts=t0 + 3, event_id="gdpr-82"),
+                )
+            ],
+        )
+        await wait_for(lambda: svc.stats.stamped >= 4)  # the create, the two erasures, the life
+    assert await _cli("hold", "release", *common, "case-5") == 0
+    async with running_service(config, broker):
+        tombs = await read_topic(
+            broker, topics.tombstones, until=lambda rs: sum(r.key == key for r in rs) >= 2
+        )
+    named = [dict(r.headers) for r in tombs if r.key == key]
+    assert [h["expiry-request-event-id"] for h in named] == [b"gdpr-81", b"gdpr-82"]
+    where = re.escape(topics.conversations) + r"\[\d\]@%d"
+    for headers, offset in zip(named, (1, 3), strict=True):
+        assert re.fullmatch(where % offset, headers["expiry-request"].decode())

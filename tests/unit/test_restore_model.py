@@ -85,9 +85,10 @@ class Changelog:
                 due = effects.due_on_arrival.get(state.identity.key)
                 if due is not None and due == state.expires_at:  # due on arrival
                     headers = [*SOURCE, (codec.H_DUE_AT_INGEST, b"%d" % due)]
-                named = (effects.held_requests or {}).get(state.identity.key)
-                if named is not None and named[0] == state.erase_at:  # a deferred erasure
-                    headers = [*headers, *named[1]]
+                kept = (effects.held_requests or {}).get(state.identity.key, {})
+                if state.erase_at is not None:  # a deferred erasure's request, if kept
+                    named = kept.get((state.erase_at, state.created_at is not None))
+                    headers = headers if named is None else [*headers, *named]
                 self._add(self.stamped, state.identity.key, value, now_ms, headers)
             for fired in tombstones:
                 key, at = fired.before.identity.key, fired.emitted_at
