@@ -197,12 +197,22 @@ def _late_cause_of(headers: list[tuple[str, bytes]]) -> dict[str, str]:
     return {} if cause is None else {"late_cause": cause}
 
 
+# An erasure's tombstone (its null, its receipts, its deferral) that names no request:
+# sent or deferred by a version before the service named them, or kept by a hold and its
+# request lost (README, "Consuming expiry.tombstones": "Named by none still").
+_UNNAMED_REQUEST = (
+    "; the erasure request unknown (not named: an earlier version sent or deferred it, "
+    "or a hold deferred it and its request was not kept)"
+)
+
+
 def _by_request(e: dict[str, Any]) -> str:
     """The erasure request a deletion carried out, as its headers name it: the answer to
     "which request deleted this?" (the event id the producer gave it, and where it was
-    produced)."""
+    produced). An erasure that names none says so, rather than saying nothing: its
+    request is unknown (a compliance officer read the silence as "no request")."""
     if not e.get("request"):
-        return ""
+        return _UNNAMED_REQUEST if e.get("reason") == "explicit" else ""
     event_id = e.get("request_event_id")
     named = f"event_id {event_id!r} " if event_id else ""
     return f"; the erasure request {named}at {e['request']}"

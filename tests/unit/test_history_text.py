@@ -73,7 +73,7 @@ def test_a_stamp_with_no_life_and_a_deferral_with_no_expiry_read_as_words() -> N
         )
     )
     assert "no life (a record never seen, or one whose life had ended)" in lines[1]
-    assert lines[2].endswith("explicit deletion deferred by h (expires_at -)")
+    assert "explicit deletion deferred by h (expires_at -); " in lines[2]  # (no request)
     assert "None" not in "\n".join(lines)
 
 
@@ -284,6 +284,24 @@ def test_history_shows_a_deletions_headers_as_the_stores_keep_them() -> None:
     alone = [(codec.H_REQUEST_EVENT_ID, b"gdpr-7")]
     assert decode_tombstone(KEY, erased, alone).request_event_id is None
     assert "request_event_id" not in _message("expiry.tombstones", erased, alone)
+
+
+def test_an_erasure_that_names_no_request_says_its_request_is_unknown() -> None:
+    """An erasure deferred by an earlier version is carried out at the release by a
+    tombstone (and null, and receipts) naming no request: history said nothing of a
+    request there, which read as an erasure no one asked for. It says the request is
+    unknown, and why it may be; an expiry's deletion says nothing of requests."""
+    s = Stamp(Identity("acme", "_", "live", "conversation", "c1"), 0, 60_000, 60_000, "org")
+    erased = _message("expiry.tombstones", encode_tombstone(s, reason="explicit", emitted_at=1), [])
+    expired = _message("expiry.tombstones", encode_tombstone(s, reason="ttl", emitted_at=1), [])
+    kept = Receipt("r1", "sq", s.identity, "explicit", 1, 0, 60_000, 60, "org", 90_000, 90_001)
+    receipt = _message("expiry.receipts", encode_receipt(kept), receipt_headers(kept))
+    deferred: dict[str, object] = {"at": AT, "kind": "deletion_deferred", "reason": "explicit"}
+    lines = text_lines(_history(erased, receipt, deferred, expired))
+    unknown = "; the erasure request unknown (not named: an earlier version sent or deferred it"
+    assert [unknown in line for line in lines[1:5]] == [True, True, True, False]
+    assert "request" not in lines[4]
+    assert "request" not in erased  # the JSON as it was: no request said
 
 
 _ERASED = "2027-01-15T08:00:00.100Z"

@@ -257,10 +257,12 @@ def test_a_tombstones_line_says_its_times_and_a_dash_for_those_it_has_not() -> N
         "at": AT, "kind": "tombstone", "reason": "explicit", "emitted_at": AT
     }  # fmt: skip
     (line,) = _history(tombstone | {"expires_at": AT, "created_at": AT})[1:2]
-    assert line.endswith(f"reason explicit, emitted {AT}, expires_at {AT}, created_at {AT}")
+    # (then: its request is unknown, as it names none)
+    assert f"reason explicit, emitted {AT}, expires_at {AT}, created_at {AT}; " in line
     (line,) = _history(tombstone)[1:2]
-    assert line.endswith(
-        f"emitted {AT}, expires_at -, created_at - (a record never seen, or an ended life)"
+    assert (
+        f"emitted {AT}, expires_at -, created_at - (a record never seen, or an ended life); "
+        in line
     )
 
 
