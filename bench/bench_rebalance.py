@@ -42,9 +42,9 @@ from stream_expiry.service import ASSIGNORS
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-RESUMED = re.compile(r"resumed (\d+) partitions as they were")
 READING = re.compile(
-    r"assigned (.*): (\d+) timers within the horizon loaded; reading ([\d.]+) s after"
+    r"assigned (\d+) partitions? \(.*\), (\d+) resumed as they were and (\d+) restored from "
+    r"the changelog: (\d+) timers within the horizon loaded; reading ([\d.]+) s after"
 )
 
 
@@ -68,24 +68,17 @@ def rebalances(log_path: str, since: int) -> tuple[list[dict[str, Any]], int]:
     text = Path(log_path).read_bytes()
     lines = text[since:].decode("utf-8", "replace").splitlines()
     found = []
-    resumed = restored = 0
     for line in lines:
-        if m := RESUMED.search(line):
-            resumed += int(m.group(1))
-        elif re.search(r"\] restored in ", line):
-            restored += 1
-        m = READING.search(line)
-        if m:
+        if m := READING.search(line):
             found.append(
                 {
-                    "partitions": len(m.group(1).split(", ")),
-                    "timers": int(m.group(2)),
-                    "reading_after_assignment_s": float(m.group(3)),
-                    "resumed": resumed,
-                    "restored": restored,
+                    "partitions": int(m.group(1)),
+                    "timers": int(m.group(4)),
+                    "reading_after_assignment_s": float(m.group(5)),
+                    "resumed": int(m.group(2)),
+                    "restored": int(m.group(3)),
                 }
             )
-            resumed = restored = 0
     return found, len(text)
 
 

@@ -23,7 +23,8 @@ In every mode the records are on ``expiry.stamped`` as the service leaves them
 topics before the restart: the events that came while the service was down. A partition
 assigned with a backlog fires nothing until it has read it (a touch waiting there may
 extend a session due now), so the first tombstone waits for the catch-up; ``caught_up_s``
-is the last partition's "has read its backlog" log line.
+is the log line "N partitions have read the backlog found when assigned" (said once the
+last one has).
 
 A reader of ``expiry.tombstones`` (its own process) is subscribed first; then the clock
 starts and the service is started as a process, ``python -m stream_expiry run --config
@@ -31,15 +32,15 @@ FILE``, on an embedded Tansu broker with the topics already created. Measured fr
 the process is spawned (so Python's start and imports count):
 
 * ``to_join_s``: the log line "joining group" (topics checked, policies read);
-* ``restore_s``: the longest of the per-partition "restored in X s" log lines (the
-  partitions are restored together, one read per changelog partition, so each line gives
-  the time of that whole read);
+* ``restore_s``: the "restored N partitions from the changelog in X s" log line (the
+  partitions are restored together, one read per changelog partition: the longest of
+  their times, that of the whole read);
 * ``to_ready_s``: the log line "assigned ...: K timers within the horizon";
-* ``restored_to_ready_s``: from the last "restored in" line to the ready line (the
+* ``restored_to_ready_s``: from the "restored N partitions" line to the ready line (the
   positioning of the restored partitions: where each input partition begins, ends and
   was committed);
 * ``to_first_tombstone_s``: the first tombstone received by the reader;
-* ``restored_to_first_tombstone_s``: from the last "restored in" line to that tombstone
+* ``restored_to_first_tombstone_s``: from the "restored N partitions" line to that tombstone
   (the service's own part after the restore, free of the start's and the join's noise);
 * ``to_all_due_s``: the last of the ``--due`` tombstones received.
 
@@ -98,8 +99,8 @@ from stream_expiry.state.store import DEFAULT_GRACE_MS, position_name
 
 _JOIN = re.compile(r"joining group")
 _READY = re.compile(r"assigned .*: (\d+) timers within the horizon")
-_RESTORED = re.compile(r"\] restored in ([0-9.]+) s")
-_CAUGHT_UP = re.compile(r"has read its backlog")
+_RESTORED = re.compile(r"restored \d+ partitions? from the changelog in ([0-9.]+) s")
+_CAUGHT_UP = re.compile(r"ha(s|ve) read the backlog found when assigned")
 TIMEOUT_S = 120.0
 MODES = ("warm", "cold", "warm-unpositioned")
 

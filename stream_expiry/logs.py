@@ -41,7 +41,7 @@ from stream_expiry.errors import ConfigurationError
 from stream_expiry.timeutil import format_ts
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
 __all__ = [
     "FORMATS",
@@ -53,6 +53,7 @@ __all__ = [
     "TextFormatter",
     "configure_logging",
     "counted",
+    "named",
     "printable",
     "record_ref",
     "resolve_log_options",
@@ -98,6 +99,18 @@ def record_ref(key: str) -> str:
 def counted(n: int, noun: str, plural: str | None = None) -> str:
     """``n`` and the noun in the number it takes: "1 record", "2 records", "0 lines"."""
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+NAMED_AT_MOST: Final = 8
+
+
+def named(names: Sequence[str], at_most: int = NAMED_AT_MOST) -> str:
+    """The first ``at_most`` of ``names`` and how many more: "a[0], a[1], and 46 more".
+    A line about a rebalance names its partitions so: one naming all 144 of an instance's
+    stores was a screenful, and one per partition was hundreds of lines at each rebalance."""
+    shown = ", ".join(names[:at_most])
+    rest = len(names) - at_most
+    return f"{shown}, and {rest} more" if rest > 0 else shown
 
 
 def printable(text: str) -> str:

@@ -23,6 +23,7 @@ from aiokafka import TopicPartition
 
 from stream_expiry.fetch import end_offsets
 from stream_expiry.kafka import stable_end
+from stream_expiry.logs import counted
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -63,7 +64,7 @@ def resume_point(
     an earlier version, reading uncommitted data, read: trusted.)"""
     name = f"{tp.topic}[{tp.partition}]"
     if committed is None:
-        return ResumePoint(beginning, "no committed offset: from the beginning")
+        return ResumePoint(beginning, "from the beginning (no committed offset)")
     if committed > high:
         return ResumePoint(
             beginning,
@@ -108,6 +109,8 @@ class InputReading:
         # sliding records fire: its backlog's end while it catches up, else its high
         # watermark while its reading lags.
         self.unread: dict[Slot, int] = {}
+        # Partitions that have read their backlog since the last line that said so.
+        self._backlogs_read = 0
 
     def assigned(self, slots: Iterable[Slot]) -> None:
         """Hold the sliding records of newly assigned partitions from the start: the firing
@@ -167,7 +170,8 @@ class InputReading:
                 continue
             position = await _read_up_to(cons, slot, self.next_offset.get(slot, 0), end)
             if position >= end:
-                log.info("%s[%d] has read its backlog: its due timers fire", *slot)
+                log.debug("%s[%d] has read its backlog: its due timers fire", *slot)
+                self._backlogs_read += 1
             elif time.monotonic() >= deadline:
                 log.warning(
                     "%s[%d] is still reading its backlog (offset %d of %d) after %.0f s: its "
@@ -181,6 +185,20 @@ class InputReading:
             else:
                 continue
             self.done_catching_up(slot)
+        self._say_backlogs_read()
+
+    def _say_backlogs_read(self) -> None:
+        """One line once no positioned partition is left reading its backlog, for all
+        that read it since the last: one a partition was dozens of lines a rebalance."""
+        if not self._backlogs_read or any(
+            end != END_UNKNOWN for end, _deadline in self.catching_up.values()
+        ):
+            return
+        log.info(
+            "%s read the backlog found when assigned: their due timers fire",
+            counted(self._backlogs_read, "partition has", "partitions have"),
+        )
+        self._backlogs_read = 0
 
     def done_catching_up(self, slot: Slot) -> None:
         self.catching_up.pop(slot, None)

@@ -78,7 +78,7 @@ from stream_expiry.kafka import (
     topic_ends,
 )
 from stream_expiry.kafka_settings import REBALANCE_TIMEOUT_MS, member_liveness
-from stream_expiry.logs import counted
+from stream_expiry.logs import counted, named
 from stream_expiry.outbox import Outbox, settled_or_failed
 from stream_expiry.oversize import producer_limit
 from stream_expiry.policy import PolicyBook
@@ -104,7 +104,7 @@ if TYPE_CHECKING:
     from stream_expiry.kafka_settings import Brokers
     from stream_expiry.metrics import ServiceMetrics
     from stream_expiry.state import Effects
-    from stream_expiry.state.restore import RestoreReport
+    from stream_expiry.state.restore import RestoreReport, RestoreResult
 
 __all__ = ["Service", "ServiceStats", "wall_clock_ms"]
 
@@ -198,6 +198,11 @@ def _say_moved_aside(state_dir: str) -> None:
             size / 2**20,
             ", ".join(os.path.basename(p) for p in aside),
         )
+
+
+def _partitions_named(tps: Sequence[TopicPartition]) -> str:
+    """``tps`` as "topic[p]", the first few of them (:func:`~stream_expiry.logs.named`)."""
+    return named([f"{tp.topic}[{tp.partition}]" for tp in tps])
 
 
 def _close_store(proc: PartitionProcessor) -> None:
@@ -1121,7 +1126,7 @@ class Service:
             # cost the other members one more rebalance once this one leaves.
             log.info(
                 "stopping: the assignment of %s is not taken",
-                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned) or "nothing",
+                _partitions_named(assigned) if assigned else "nothing",
             )
             return
         self.stats.assignments += 1
@@ -1189,6 +1194,7 @@ class Service:
             return
         # Retired topics' partitions are restored and fire, and are never positioned.
         read, retired = read_and_retired(tps, self.config.topics.retired)
+        resumed_before = self.stats.resumed_partitions
         self._restore_done = anyio.Event()
         try:
             with anyio.CancelScope() as scope:
@@ -1212,16 +1218,19 @@ class Service:
         if scope.cancel_called:
             return  # revoked meanwhile: the revocation closed what was opened
         cons.resume(*(set(read) & cons.assignment()))
+        resumed = self.stats.resumed_partitions - resumed_before
+        # One line for them all, the first few named: one per partition (restored, then
+        # positioned) was some 300 lines at each rebalance of an instance owning 144.
         log.info(
-            "assigned %s: %d timers within the horizon loaded; reading %.2f s after the "
-            "assignment%s",
-            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in tps),
+            "assigned %s (%s), %d resumed as they were and %d restored from the changelog: "
+            "%d timers within the horizon loaded; reading %.2f s after the assignment%s",
+            counted(len(tps), "partition"),
+            _partitions_named(tps),
+            resumed,
+            len(tps) - resumed,
             loaded,
             time.monotonic() - self._assigned_at,
-            "; retired, fired and not read: "
-            + ", ".join(f"{tp.topic}[{tp.partition}]" for tp in retired)
-            if retired
-            else "",
+            f"; retired, fired and not read: {_partitions_named(retired)}" if retired else "",
         )
         if not self._to_restore:
             self._settled()
@@ -1402,10 +1411,10 @@ class Service:
         if resumed:  # one line for them all: a rebalance gives back dozens
             self.stats.resumed_partitions += len(resumed)
             log.info(
-                "resumed %d partitions as they were before the rebalance (stores kept open, "
+                "resumed %s as they were before the rebalance (stores kept open, "
                 "changelogs unchanged since): %s",
-                len(resumed),
-                ", ".join(f"{t}[{p}]" for t, p in resumed),
+                counted(len(resumed), "partition"),
+                named([f"{t}[{p}]" for t, p in resumed]),
             )
         for tp in tps:
             slot = (tp.topic, tp.partition)
@@ -1419,7 +1428,7 @@ class Service:
             if slot in resumed:
                 continue
             c = store.counts
-            log.info(
+            log.debug(
                 "%s[%d] restored in %.2f s: %d changelog messages read, %d states and "
                 "%d deletion markers applied; its store has %d records pending, %d never "
                 "expiring, %d markers; %d timers within the horizon",
@@ -1441,6 +1450,31 @@ class Service:
                     tp.partition,
                     report.unreadable,
                 )
+        self._say_restored([tp for tp in tps if (tp.topic, tp.partition) not in resumed], result)
+
+    def _say_restored(self, restored: list[TopicPartition], result: RestoreResult) -> None:
+        """One line for the partitions read from the changelog (each has its own at DEBUG):
+        what was read and what their stores hold now."""
+        if not restored:
+            return
+        reports = [result.stores[(tp.topic, tp.partition)] for tp in restored]
+        procs = self._procs_of(restored)
+        counts = [proc.store.counts for proc in procs]
+        log.info(
+            "restored %s from the changelog in %.2f s (%s): %d changelog messages read, "
+            "%d states and %d deletion markers applied; their stores have %d records "
+            "pending, %d never expiring, %d markers; %d timers within the horizon",
+            counted(len(restored), "partition"),
+            max(r.seconds for r in reports),
+            _partitions_named(restored),
+            sum(r.read for r in reports),
+            sum(r.stamps for r in reports),
+            sum(r.markers for r in reports),
+            sum(c.pending_total for c in counts),
+            sum(c.never for c in counts),
+            sum(c.markers for c in counts),
+            sum(proc.timers for proc in procs),
+        )
 
     def _timers_loaded(self, proc: PartitionProcessor) -> None:
         """Wake the firing task for a partition whose timers were just loaded, before it
@@ -1518,14 +1552,35 @@ class Service:
             # reading uncommitted data, read (the topic was not made again).
             highs = {tp: max(stable, high) for tp, (stable, high) in bounds.items()}
             unmarked, marked = await self._unmarked(reader, committed_at, ends)
+        whys: collections.Counter[str] = collections.Counter()
+        behind: list[int] = []  # the backlog of each partition that has one
         for tp, committed in committed_at.items():
             point = resume_point(tp, committed, starts[tp], highs[tp], unmarked.get(tp))
             if point.warning is not None:
                 log.warning("%s", point.warning)
             elif tp in marked and point.offset == committed:
                 self._commits.resumed((tp.topic, tp.partition), point.offset)
-            why = point.why + self._reading.positioned(tp, point.offset, ends[tp])
-            log.info("%s[%d] resumes at offset %d, %s", tp.topic, tp.partition, point.offset, why)
+            waits = self._reading.positioned(tp, point.offset, ends[tp])
+            whys[point.why] += 1
+            if waits:
+                behind.append(ends[tp] - point.offset)
+            log.debug(
+                "%s[%d] resumes at offset %d, %s%s",
+                tp.topic,
+                tp.partition,
+                point.offset,
+                point.why,
+                waits,
+            )
+        log.info(
+            "positioned %s: %s%s",
+            counted(len(committed_at), "partition"),
+            ", ".join(f"{n} {why}" for why, n in whys.most_common()),
+            f"; the due timers of {len(behind)} wait until their backlogs "
+            f"({sum(behind):,} events) are read"
+            if behind
+            else "",
+        )
 
     def _seek(self, tp: TopicPartition, offset: int) -> None:
         assert self._consumer is not None
@@ -1604,8 +1659,10 @@ class Service:
         # throttled container, SIGSTOP in a trial) has its commit refused: "committed" was
         # said all the same, after the warning that the commit failed.
         log.info(
-            "revoked %s: the group is rebalancing (a member joined, left or stopped answering); %s",
-            ", ".join(f"{t}[{p}]" for t, p in mine),
+            "revoked %s (%s): the group is rebalancing (a member joined, left or stopped "
+            "answering); %s",
+            counted(len(mine), "partition"),
+            named([f"{t}[{p}]" for t, p in mine]),
             "committed and handed over"
             if committed
             else "handed over with the last offsets not committed (the group had moved on "

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import re
 import signal
 import uuid
 from collections import defaultdict
@@ -53,7 +52,6 @@ __all__ = ["CrashOutcome", "Produced", "run_crashes", "violations"]
 TTL_S = {"conversation": 3, "session": 2, "error": 1}  # "analytics" never expires
 SLIDING = "session"
 TICK_S = 0.01  # one create per tick: ~100 events per second, with touches and deletes
-_RESUME = re.compile(r"([\w.-]+)\[(\d+)\] resumes at offset (\d+)")
 
 
 @dataclasses.dataclass
@@ -251,7 +249,12 @@ async def _read_all(broker: str, topic: str) -> list[Any]:
 
 
 async def _work_seen(
-    after: str, svc: ServiceProcess, broker: str, topics: dict[str, str], stamped: int
+    after: str,
+    svc: ServiceProcess,
+    broker: str,
+    topics: dict[str, str],
+    stamped: int,
+    resumed: dict[tuple[str, int], int],
 ) -> None:
     """Until the run has done what ``after`` names: ``stamp``, ``expiry.stamped`` holds
     more than the ``stamped`` messages it held before the run; ``commit``, its group
@@ -261,10 +264,7 @@ async def _work_seen(
     commits between kills is what the checks of :func:`violations` are there to catch."""
     if after == "ready":
         return
-    resumed = _resumes(svc)
-    if not resumed:
-        raise RuntimeError(f"the run said no resume offsets (its log changed?):\n{svc.tail()}")
-    group = topics["stamped"].rsplit(".", 1)[0] + "-group"  # config_text's
+    group = _group(topics)
 
     async def done(reader: AIOKafkaConsumer) -> bool:
         if after == "stamp":
@@ -283,12 +283,19 @@ async def _work_seen(
     raise RuntimeError(f"the run's first {after} did not come (60 s):\n{svc.tail()}")
 
 
-def _resumes(svc: ServiceProcess) -> dict[tuple[str, int], int]:
-    found: dict[tuple[str, int], int] = {}
-    for line in svc.lines:
-        if m := _RESUME.search(line):
-            found[(m[1], int(m[2]))] = int(m[3])
-    return found
+def _group(topics: dict[str, str]) -> str:
+    return topics["stamped"].rsplit(".", 1)[0] + "-group"  # config_text's
+
+
+async def _resume_points(broker: str, topics: dict[str, str]) -> dict[tuple[str, int], int]:
+    """Where the next run resumes each input partition: the group's committed offset (0:
+    none, the beginning). Read before it starts, the killed run being dead: nothing else
+    commits for the group meanwhile. (The run says so itself only at DEBUG, one line a
+    partition; at INFO it sums them up.)"""
+    names = (topics["conversations"], topics["sessions"], topics["errors"])
+    inputs = [TopicPartition(topic, p) for topic in names for p in range(2)]
+    async with consumer(broker, group_id=_group(topics)) as reader:
+        return {(tp.topic, tp.partition): await reader.committed(tp) or 0 for tp in inputs}
 
 
 async def run_crashes(
@@ -319,6 +326,7 @@ async def run_crashes(
     t0 = anyio.current_time()
 
     async def start(tg: TaskGroup) -> ServiceProcess:
+        resumes.append(await _resume_points(broker, topics))
         svc = await spawn_service(broker, cfg, started)
         tg.start_soon(svc.follow_log)
         with anyio.fail_after(join_timeout_s):
@@ -334,19 +342,17 @@ async def run_crashes(
         before = 0
         for n in range(kills):
             svc = await start(tg)
-            await _work_seen(_AFTER[n % len(_AFTER)], svc, broker, topics, before)
+            await _work_seen(_AFTER[n % len(_AFTER)], svc, broker, topics, before, resumes[-1])
             # Kill at a random moment of its work: mid-batch, mid-emit, mid-commit.
             await anyio.sleep(rng.uniform(0.1, 2.0))
             svc.process.send_signal(signal.SIGKILL)
             await svc.process.wait()
-            resumes.append(_resumes(svc))
             (workdir / f"run{len(resumes):03d}.log").write_text("\n".join(svc.lines))
             after = await _stamped_count(broker, topics["stamped"])
             stamps_per_run.append(after - before)
             before = after
         stop_traffic.set()
         final = await start(tg)
-        resumes.append(_resumes(final))
         records = traffic.records
         due_ttl = {k for k, p in records.items() if p.expiries() and p.deleted_at is None}
         erased = {k for k, p in records.items() if p.deleted_at is not None}

@@ -5,6 +5,7 @@ resurrected."""
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ from stream_expiry.service import ASSIGNORS, Service, wall_clock_ms
 from stream_expiry.timeutil import parse_ts
 from tests.conftest import TopicSet, make_topic_set, read_topic, wait_for
 from tests.integration.service_helpers import config_for, event, produce, running_service
+from tests.log_capture import captured_logs
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -170,9 +172,27 @@ async def test_partitions_given_back_by_a_rebalance_resume_without_a_restore(
     """A member joins and leaves: each time every partition is revoked (the eager
     protocol) and the instance gets back those it keeps. Those resume as they were (the
     same processors, their timers in them), the others are restored; every record is
-    tombstoned once, at or after its expiry, from whichever."""
+    tombstoned once, at or after its expiry, from whichever. The assignment's line counts
+    the partitions resumed and those restored."""
     config = config_for(topics, str(tmp_path / "a"), '[retention.defaults]\nconversation = "20s"\n')
     records = [(topics.conversations, *event("conversation", f"c{i}")) for i in range(30)]
+    with captured_logs() as logs:
+        await _resumed_then_restored(broker, topics, config, records)
+    said = [str(line["msg"]) for line in logs.json_lines() if line["level"] == "INFO"]
+    assigned = [line for line in said if line.startswith("assigned ")]
+    assert re.fullmatch(
+        r"assigned 6 partitions \((\S+\[\d\], ){5}\S+\[\d\]\), 3 resumed as they were and 3 "
+        r"restored from the changelog: \d+ timers within the horizon loaded; reading .*",
+        assigned[-1],
+    ), assigned
+    assert any(line.startswith("resumed 3 partitions as they were") for line in said), said
+    assert any(line.startswith("revoked 3 partitions (") for line in said), said
+
+
+async def _resumed_then_restored(
+    broker: str, topics: TopicSet, config: Config, records: list[tuple[str, bytes, bytes]]
+) -> None:
+    """The steps of the test above, apart so that its log is captured around them all."""
     async with running_service(config, broker, fast_join=False) as svc:
         await produce(broker, records)
         await wait_for(lambda: svc.stats.verdicts["created"] >= 30, timeout_s=30)

@@ -9,6 +9,7 @@ turn does over partitions that have nothing to do.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -17,10 +18,12 @@ import pytest
 from stream_expiry import commits as commits_module
 from stream_expiry import service as service_module
 from stream_expiry.holds import Hold, encode_hold
+from stream_expiry.kafka import ensure_topics, producer
 from stream_expiry.outbox import Outbox
 from stream_expiry.state.store import input_position_name
-from tests.conftest import wait_for
+from tests.conftest import make_topic_set, wait_for
 from tests.integration.service_helpers import config_for, event, produce, running_service
+from tests.log_capture import Captured, captured_logs
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -187,3 +190,68 @@ async def test_a_batch_over_many_partitions_is_sent_in_slices_not_per_partition(
         await wait_for(lambda: service.stats.events >= events)
     assert sum(sent) >= 6  # every partition had events
     assert len(sent) < 6, sent
+
+
+def _about_partitions(logs: Captured) -> list[str]:
+    """The INFO lines of the service that name a partition or count them."""
+    return [
+        str(line["msg"])
+        for line in logs.json_lines()
+        if line["level"] == "INFO" and re.search(r"\[\d+\]|partition", str(line["msg"]))
+    ]
+
+
+async def _started_with_backlogs(
+    broker: str, tmp_path: Path, partitions: int
+) -> tuple[list[str], int]:
+    """A service started on input topics of ``partitions`` partitions, an event waiting on
+    each: its INFO lines about partitions until every backlog is read, and how many
+    assignments they came in."""
+    topics = make_topic_set()
+    await ensure_topics(broker, topics.all, partitions=partitions)
+    async with producer(broker) as prod:
+        for n, topic in enumerate(topics.inputs):
+            for p in range(partitions):
+                key, value = event(("conversation", "session", "error")[n], f"r{p}")
+                await (await prod.send(topic, key=key, value=value, partition=p))
+    events = 3 * partitions
+    config = config_for(topics, str(tmp_path / f"p{partitions}"), FAR)
+    with captured_logs() as logs:
+        async with running_service(config, broker) as service:
+            await wait_for(
+                lambda: service.stats.events == events and not service._reading.catching_up,
+                timeout_s=30,
+            )
+            assignments = service.stats.assignments
+    return _about_partitions(logs), assignments
+
+
+@pytest.mark.timeout(120)
+async def test_an_assignment_says_its_partitions_in_summaries_however_many_they_are(
+    broker: str, tmp_path: Path
+) -> None:
+    """Each kind of step of an assignment (restored, positioned, assigned, backlogs read)
+    is one INFO line, its partitions counted and the first few named; the per-partition
+    lines are DEBUG. They were one INFO line a partition and step: hundreds at each
+    rebalance of an instance owning 144 partitions."""
+    said = {n: await _started_with_backlogs(broker, tmp_path, n) for n in (1, 4)}
+    for n, (lines, assignments) in said.items():
+        assert len(lines) <= 4 * assignments, (n, lines)  # with 3 stores as with 12
+        counts = [int(m[1]) for line in lines if (m := re.match(r"assigned (\d+) ", line))]
+        assert sum(counts) == 3 * n, lines
+    lines, _ = said[4]
+    if len(lines) == 4:  # one assignment, as the lone member mostly gets
+        restored, positioned, assigned, read = lines  # in the order they happen
+        assert re.fullmatch(
+            r"assigned 12 partitions \((\S+\[\d\], ){8}and 4 more\), 0 resumed as they were and "
+            r"12 restored from the changelog: 0 timers within the horizon loaded; reading .*",
+            assigned,
+        ), assigned
+        assert restored.startswith("restored 12 partitions from the changelog in "), restored
+        assert positioned == (
+            "positioned 12 partitions: 12 from the beginning (no committed offset); the due "
+            "timers of 12 wait until their backlogs (12 events) are read"
+        )
+        assert (
+            read == "12 partitions have read the backlog found when assigned: their due timers fire"
+        )

@@ -14,6 +14,7 @@ from stream_expiry.logs import (
     TextFormatter,
     configure_logging,
     counted,
+    named,
     resolve_log_options,
 )
 
@@ -217,3 +218,12 @@ def test_counted_takes_the_nouns_number() -> None:
     assert [counted(n, "line") for n in (0, 1, 2)] == ["0 lines", "1 line", "2 lines"]
     assert counted(1, "entry", "entries") == "1 entry"
     assert counted(3, "entry", "entries") == "3 entries"
+
+
+def test_named_shows_the_first_few_and_counts_the_rest() -> None:
+    """A rebalance's lines name its partitions so: all 144 of an instance's made one
+    line a screenful."""
+    assert named([]) == ""
+    assert named(["a[0]", "a[1]"]) == "a[0], a[1]"
+    assert named([f"a[{p}]" for p in range(8)]) == ", ".join(f"a[{p}]" for p in range(8))
+    assert named([f"a[{p}]" for p in range(48)], at_most=3) == "a[0], a[1], a[2], and 45 more"
