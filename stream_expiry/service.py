@@ -1212,8 +1212,7 @@ class Service:
             return
         finally:
             self._restore_scope = None
-            if scope.cancel_called:
-                self.stats.restoring = 0
+            self._restoring(0)  # done, cancelled by a revocation, or failed: none restores
             self._restore_done.set()
         if scope.cancel_called:
             return  # revoked meanwhile: the revocation closed what was opened
@@ -1334,7 +1333,10 @@ class Service:
     async def _restore(self, tps: list[TopicPartition]) -> None:
         t = self.config.topics
         now = self.clock()
-        self.stats.restoring = len(tps)
+        # Said from the start: the first progress report comes after the first fetch, and
+        # the stores' opening and the changelog's offsets come before it (seconds for a
+        # hundred stores, longer from a slow broker), the gauge at 0 meanwhile.
+        self._restoring(len(tps))
         self._restore_seen = 0
         self._restore_said = time.monotonic()
         paths = {(tp.topic, tp.partition): self._store_path(tp.topic, tp.partition) for tp in tps}
@@ -1419,9 +1421,7 @@ class Service:
         for tp in tps:
             slot = (tp.topic, tp.partition)
             store, report, proc = stores[slot], result.stores[slot], procs[slot]
-            self.stats.restoring -= 1
-            if self.metrics is not None:
-                self.metrics.restore_progress(partitions=self.stats.restoring)
+            self._restoring(self.stats.restoring - 1)
             self.processors[slot] = proc
             self.stats.assigned_partitions = len(self.processors)
             self._timers_loaded(proc)
@@ -1475,6 +1475,14 @@ class Service:
             sum(c.markers for c in counts),
             sum(proc.timers for proc in procs),
         )
+
+    def _restoring(self, partitions: int) -> None:
+        """``partitions`` are being restored now: the count and its gauge. A revocation
+        that cancelled a restore left the gauge at its last count, with no restore
+        running, until the next one."""
+        self.stats.restoring = partitions
+        if self.metrics is not None:
+            self.metrics.restore_progress(partitions=partitions)
 
     def _timers_loaded(self, proc: PartitionProcessor) -> None:
         """Wake the firing task for a partition whose timers were just loaded, before it

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
 import pytest
 from aiokafka import ConsumerRebalanceListener, TopicPartition
+from prometheus_client import CollectorRegistry
 
 from bench.changelog import changelog_messages, produce_changelog
 from stream_expiry import firing
@@ -22,11 +24,13 @@ from stream_expiry.health import Health, Phase
 from stream_expiry.kafka import abandon_join, consumer, ensure_topics
 from stream_expiry.metrics import ServiceMetrics
 from stream_expiry.service import ASSIGNORS, Service, wall_clock_ms
+from stream_expiry.state.restore_workers import restore_stores
 from tests.conftest import make_topic_set, wait_for
 from tests.integration.service_helpers import config_for, event, produce
 from tests.log_capture import captured_logs
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from pathlib import Path
 
     from tests.conftest import TopicSet
@@ -404,3 +408,82 @@ async def test_a_join_is_abandoned_only_outside_the_rebalance_callbacks(
         assert await abandon_join(cons)
         tg.cancel_scope.cancel()  # the other member too, in its join
     assert held.finished == ["assigned", "revoked"]
+
+
+def _gauge(registry: CollectorRegistry, name: str) -> float | None:
+    """The value of an unlabelled metric of ``registry`` (None: not there)."""
+    return registry.get_sample_value(name)
+
+
+async def test_the_restoring_gauge_counts_a_restore_from_its_start_until_it_ends_or_is_stopped(
+    broker: str, topics: TopicSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``stream_expiry_restoring_partitions``, what an operator alerts on while due records
+    wait for a restore (the oldest overdue gauge counts no partition being restored), read
+    0 until the restore's first fetch (the stores' opening and the changelog's offsets
+    come before it); and a revocation that stopped a restore left it at its last count,
+    with no restore running. The first restore is held, its changelog read, until the
+    group rebalances around a member that joins; the next assignment is held before it
+    is taken."""
+    await produce_changelog(
+        broker,
+        topics.stamped,
+        changelog_messages(200, wall_clock_ms(), topics.inputs, partitions=2),
+    )
+    registry = CollectorRegistry()
+    metrics = ServiceMetrics(registry)
+    restoring = partial(_gauge, registry, "stream_expiry_restoring_partitions")
+    remaining = partial(_gauge, registry, "stream_expiry_restore_remaining_records")
+    seen: list[tuple[int, float | None, float | None]] = []  # (partitions, at start, read)
+    read, held = anyio.Event(), anyio.Event()
+
+    async def first_held(paths: Mapping[tuple[str, int], str], **kwargs: Any) -> Any:
+        at_start = restoring()
+        stores, result = await restore_stores(paths, **kwargs)
+        seen.append((len(paths), at_start, restoring()))
+        if len(seen) == 1:
+            read.set()
+            try:
+                await held.wait()  # the revocation stops it here
+            except BaseException:
+                for store in stores.values():
+                    store.close()
+                raise
+        return stores, result
+
+    monkeypatch.setattr(service_module, "restore_stores", first_held)
+    service = _Reassigned(
+        config_for(topics, str(tmp_path / "state"), workers=1),
+        bootstrap_servers=broker,
+        environ={},
+        metrics=metrics,
+        consumer_options={
+            "session_timeout_ms": SESSION_MS,
+            "heartbeat_interval_ms": SESSION_MS // 4,
+        },
+    )
+    other = _Counted()
+    stop, stop_other = anyio.Event(), anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(service.run, stop)
+        with anyio.fail_after(30):
+            await read.wait()
+        partitions, at_start, when_read = seen[0]
+        assert at_start == partitions > 0  # before the first fetch: it read 0
+        assert when_read == partitions
+        assert (registry.get_sample_value("stream_expiry_restored_records_total") or 0) > 0
+        tg.start_soon(_member, broker, service.config.group_id, topics, other, stop_other)
+        try:
+            with anyio.fail_after(30):
+                await service.at_taken.wait()  # revoked, the restore stopped
+            assert restoring() == 0  # it stayed at the stopped restore's count
+            assert remaining() == 0
+        finally:
+            service.taken.set()
+            service.restored.set()
+        await wait_for(lambda: service.health.phase is Phase.RUNNING, timeout_s=30)
+        assert len(seen) == 2
+        assert restoring() == 0
+        assert remaining() == 0
+        stop.set()
+        stop_other.set()
