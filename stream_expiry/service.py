@@ -793,11 +793,15 @@ class Service:
     async def _watch_gauges(self) -> None:
         """:meth:`_observe` once a second, whatever the loop waits on."""
         while True:
-            try:
-                self._observe()
-            except StoreError as exc:  # the loop meets it too, and says so
-                log.debug("gauges not updated: %s", exc)
+            self._observe_said()
             await anyio.sleep(GAUGES_EVERY_S)
+
+    def _observe_said(self) -> None:
+        """:meth:`_observe`; a store's error is the loop's to meet, and say."""
+        try:
+            self._observe()
+        except StoreError as exc:
+            log.debug("gauges not updated: %s", exc)
 
     def _observe(self) -> None:
         """Gauges for operators from the stores alone (no broker): timers, pending records,
@@ -1328,6 +1332,9 @@ class Service:
                 self._outage_tries,
             )
             self._outage_since = None
+        # The gauges of what it owns now, before /readyz says 200: a second's refresh
+        # showed the records of the partitions it had before the rebalance.
+        self._observe_said()
         self.ready.set()  # ready: partitions owned, restored, positioned, timers loaded
 
     async def _restore(self, tps: list[TopicPartition]) -> None:
@@ -1572,6 +1579,10 @@ class Service:
             whys[point.why] += 1
             if waits:
                 behind.append(ends[tp] - point.offset)
+            if self.metrics is not None:
+                # Known now: the loop's gauges came a commit after the first fetch, and
+                # /metrics showed no lag for a partition given a second before.
+                self.metrics.set_lag(tp.topic, tp.partition, ends[tp] - point.offset)
             log.debug(
                 "%s[%d] resumes at offset %d, %s%s",
                 tp.topic,

@@ -4,6 +4,7 @@ real", CONTRACT "Command line": ``/readyz``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import urllib.error
 import urllib.request
 from functools import partial
@@ -485,5 +486,95 @@ async def test_the_restoring_gauge_counts_a_restore_from_its_start_until_it_ends
         assert len(seen) == 2
         assert restoring() == 0
         assert remaining() == 0
+        stop.set()
+        stop_other.set()
+
+
+@dataclasses.dataclass
+class _AtReady:
+    """What ``/metrics`` said when the service said it was ready, and what it owned."""
+
+    owned: frozenset[tuple[str, int]]
+    lag: dict[tuple[str, int], float]
+    assigned: float | None
+    pending: float
+    timers: float | None
+    pending_in_stores: int
+    timers_in_wheels: int
+
+
+class _GaugesAtReady(Service):
+    """The service that reads its gauges at each assignment's end, as it says it is
+    ready (``/readyz`` 200 from then on)."""
+
+    def __init__(self, *args: Any, registry: CollectorRegistry, **kwargs: Any) -> None:
+        super().__init__(*args, metrics=ServiceMetrics(registry), **kwargs)
+        assert self.metrics is not None
+        self.metrics.watch_stats(self.stats)
+        self.registry = registry
+        self.at_ready: list[_AtReady] = []
+
+    def _settled(self) -> None:
+        super()._settled()
+        samples = [s for family in self.registry.collect() for s in family.samples]
+        procs = self.processors.values()
+        self.at_ready.append(
+            _AtReady(
+                owned=self.owned,
+                lag={
+                    (s.labels["topic"], int(s.labels["partition"])): s.value
+                    for s in samples
+                    if s.name == "stream_expiry_consumer_lag"
+                },
+                assigned=self.registry.get_sample_value("stream_expiry_assigned_partitions"),
+                pending=sum(s.value for s in samples if s.name == "stream_expiry_pending_records"),
+                timers=self.registry.get_sample_value("stream_expiry_timers_in_wheel"),
+                pending_in_stores=sum(p.store.counts.pending_total for p in procs),
+                timers_in_wheels=sum(p.timers for p in procs),
+            )
+        )
+
+
+async def test_the_partition_gauges_are_those_of_the_assignment_when_it_is_ready(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """At the end of an assignment the consumer lag series are those of the partitions
+    owned now, at their backlogs, and the store gauges count those partitions: the lag
+    series came with the loop's first commit after the partitions' first fetch, and the
+    store gauges with a refresh once a second, so a scrape right after /readyz said 200
+    showed no lag (the first assignment) or the partitions of before the rebalance."""
+    await produce(
+        broker,
+        [(topics.conversations, *event("conversation", f"c{i}")) for i in range(12)],
+    )
+    service = _GaugesAtReady(
+        config_for(topics, str(tmp_path / "state"), '[retention.defaults]\nconversation = "1h"\n'),
+        bootstrap_servers=broker,
+        environ={},
+        registry=CollectorRegistry(),
+        consumer_options={
+            "session_timeout_ms": SESSION_MS,
+            "heartbeat_interval_ms": SESSION_MS // 4,
+        },
+    )
+    other = _Counted()
+    stop, stop_other = anyio.Event(), anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(service.run, stop)
+        with anyio.fail_after(30):
+            await service.ready.wait()
+        first = service.at_ready[-1]
+        assert set(first.lag) == first.owned
+        assert first.assigned == len(first.owned)
+        if len(first.owned) == 6:  # the whole backlog (a first join may come in steps)
+            assert sum(first.lag.values()) == 12
+        await wait_for(lambda: service.stats.stamped == 12, timeout_s=30)
+        tg.start_soon(_member, broker, service.config.group_id, topics, other, stop_other)
+        await wait_for(lambda: 0 < len(service.at_ready[-1].owned) < 6, timeout_s=60)
+        shared = service.at_ready[-1]
+        assert set(shared.lag) == shared.owned
+        assert shared.assigned == len(shared.owned)
+        assert shared.pending == shared.pending_in_stores
+        assert shared.timers == shared.timers_in_wheels
         stop.set()
         stop_other.set()
