@@ -149,9 +149,28 @@ class BenchTopics:
         return f"{self.prefix}.expiry.dlq"
 
     @property
+    def holds(self) -> str:
+        return f"{self.prefix}.expiry.holds"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.prefix}.expiry.audit"
+
+    @property
     def all(self) -> list[str]:
-        """Every topic of the contract, as a service's run needs them made."""
-        return [*self.inputs, self.policies, self.stamped, self.tombstones, self.dlq]
+        """Every topic of the contract a service's run needs made: a changelog written
+        before the service's first start (``bench.changelog``) stands for one a service
+        left, and the service refuses to start on it without the holds topic that service
+        would have made (``control.refuse_a_lost_holds_topic``)."""
+        return [
+            *self.inputs,
+            self.policies,
+            self.stamped,
+            self.tombstones,
+            self.dlq,
+            self.holds,
+            self.audit,
+        ]
 
     def input_for(self, category: str) -> str:
         return {"conversation": self.conversations, "session": self.sessions}.get(
@@ -184,6 +203,8 @@ policies = "{topics.policies}"
 stamped = "{topics.stamped}"
 tombstones = "{topics.tombstones}"
 dlq = "{topics.dlq}"
+holds = "{topics.holds}"
+audit = "{topics.audit}"
 {topics_extra}
 {service}
 [retention.defaults]

@@ -84,9 +84,7 @@ def config_text(topics: BenchTopics, state_dir: str, partitions: int) -> str:
     return config_toml(
         topics,
         state_dir,
-        topics_extra=f"""holds = "{topics.prefix}.expiry.holds"
-audit = "{topics.prefix}.expiry.audit"
-receipts = "{topics.prefix}.expiry.receipts"
+        topics_extra=f"""receipts = "{topics.prefix}.expiry.receipts"
 partitions = {partitions}
 replication_factor = 1
 """,
