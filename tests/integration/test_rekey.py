@@ -52,6 +52,7 @@ async def running_rekey(
     sources: Sequence[str],
     *,
     producer_options: dict[str, Any] | None = None,
+    consumer_options: dict[str, Any] | None = None,
     metrics: RekeyMetrics | None = None,
 ) -> AsyncIterator[Rekeyer]:
     rekeyer = Rekeyer(
@@ -59,7 +60,11 @@ async def running_rekey(
         broker,
         targets_for(sources),
         group_id=f"{config.group_id}-rekey",
-        consumer_options={"session_timeout_ms": 2000, "heartbeat_interval_ms": 500},
+        consumer_options={
+            "session_timeout_ms": 2000,
+            "heartbeat_interval_ms": 500,
+            **(consumer_options or {}),
+        },
         producer_options=producer_options,
     )
     rekeyer.metrics = metrics  # as the command sets it when it serves /metrics
@@ -357,6 +362,77 @@ async def test_a_partition_the_group_gave_away_before_the_commit_is_not_committe
     # gave back has one.
     lag = [line for line in metrics.exposition().decode().splitlines() if "consumer_lag{" in line]
     assert 1 <= len(lag) <= 2, lag
+
+
+@pytest.mark.timeout(120)
+async def test_a_batch_whose_commit_the_group_refused_is_not_counted_as_committed(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A batch's commit held past ``max_poll_interval_ms`` (acks slow to come): aiokafka
+    takes the consumer out of the group, a second member gets both partitions, and the
+    broker refuses the commit (CommitFailedError). Those events are not committed (the
+    partitions' next owner copies them again), and ``committed`` counts each event whose
+    offset the group took, once, as the broker's offsets do. Mutant ``mine = {}`` dropped
+    from the refusal's branch counted the refused batch as committed all the same."""
+    source = f"{topics.prefix}.chat"
+    await ensure_topics(broker, [source], partitions=2)
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    group = f"{config.group_id}-rekey"
+    t0 = wall_clock_ms()
+    await _send(
+        broker, source, [(i % 2, None, _body("conversation", f"c{i}", t0)) for i in range(10)]
+    )
+    parts = [TopicPartition(source, p) for p in (0, 1)]
+    # What rekey's commit returned (the partitions it counts), and the broker's offsets.
+    refused: list[tuple[Collection[TopicPartition], dict[TopicPartition, int | None]]] = []
+    # Its loop does not fetch while the commit is held: past this, aiokafka leaves the
+    # group and does not join again until the loop fetches (its poll timeout).
+    impatient = {"max_poll_interval_ms": 2000}
+    async with (
+        contextlib.AsyncExitStack() as stack,
+        running_rekey(config, broker, [source], consumer_options=impatient) as rekeyer,
+    ):
+        commit = rekeyer._commit
+
+        async def after_the_group_went_on_without_it(
+            cons: Any, offsets: dict[TopicPartition, int]
+        ) -> Collection[TopicPartition]:
+            if refused:
+                return await commit(cons, offsets)
+            # Its listener told the partitions are taken: the poll timeout took its
+            # consumer out of the group, which it joins again only once the loop fetches.
+            await wait_for(lambda: not list(rekeyer.owned), timeout_s=30)
+            other = await stack.enter_async_context(
+                consumer(
+                    broker,
+                    source,
+                    group_id=group,
+                    session_timeout_ms=2000,
+                    heartbeat_interval_ms=500,
+                )
+            )
+            await wait_for(lambda: len(other.assignment()) == 2, timeout_s=30)
+            # Nothing assigned rekey's consumer anything since: it still lists what it
+            # had, so the batch's offsets are sent, with its old membership.
+            assert set(offsets) <= cons.assignment(), "no commit to refuse: nothing tested"
+            counted = await commit(cons, offsets)
+            async with consumer(broker, group_id=group) as reader:
+                refused.append((counted, await committed_offsets(reader, parts)))
+            return counted
+
+        rekeyer._commit = after_the_group_went_on_without_it  # type: ignore[method-assign]
+        await wait_for(lambda: bool(refused), timeout_s=90)
+        [(counted, taken)] = refused
+        assert taken == dict.fromkeys(parts), "the broker took the commit: nothing tested"
+        assert not counted, "a batch the group refused was counted as committed"
+        assert rekeyer.stats.commits_lost == 1
+        # Back in the group beside the other, rekey copies its partition's events again
+        # and commits them: ``committed`` is what the broker took, once.
+        await wait_for(lambda: rekeyer.stats.committed >= 5, timeout_s=60)
+        async with consumer(broker, group_id=group) as reader:
+            taken = await committed_offsets(reader, parts)
+        assert sorted(taken.values(), key=str) == [5, None]  # the other commits nothing
+        assert rekeyer.stats.committed == 5
 
 
 def _lag_gauges(metrics: RekeyMetrics) -> list[str]:
