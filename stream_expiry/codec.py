@@ -20,14 +20,15 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from stream_expiry.model import HeldLife, Identity, Stamp, decode_key
-from stream_expiry.timeutil import format_ts, parse_ts
+from stream_expiry.timeutil import MAX_TS_MS, MIN_TS_MS, format_ts, parse_ts
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from stream_expiry.model import Rejection
 
 __all__ = [
+    "H_DEFERRED_REQUESTS",
     "H_DELETED_AT",
     "H_DETAIL",
     "H_DUE_AT_INGEST",
@@ -49,9 +50,12 @@ __all__ = [
     "Request",
     "dead_letter_headers",
     "decode_stamp",
+    "deferred_erasures",
+    "deferred_requests_in",
     "deleted_at_of",
     "due_at_ingest_of",
     "encode_deferral",
+    "encode_deferred_requests",
     "encode_hold_audit",
     "header_text",
     "late_cause_of",
@@ -81,6 +85,15 @@ H_REASON: Final = "expiry-reason"
 # hold deferred: its ``deletion_deferred`` entry on ``expiry.audit`` carries them instead.
 H_REQUEST: Final = "expiry-request"
 H_REQUEST_EVENT_ID: Final = "expiry-request-event-id"
+# On a stamp of a record that keeps, for a legal hold's release, erasures beside the
+# stamp's own (``erase_requested_at``, whose request the two headers above name): an
+# erased life beside the next life, the first of two lives erased, the second and later
+# of the erasures naming no life. Their requests, as a JSON array of ``[erase_at,
+# names_life, request, event_id]`` (:func:`encode_deferred_requests`), so that a restore
+# of the changelog, which reads a record's latest stamp alone, names each at the release.
+# On every stamp of the record while they wait, on no other: nearly every stamp goes
+# without (the common path writes and reads nothing more). Older versions ignore it.
+H_DEFERRED_REQUESTS: Final = "expiry-deferred-requests"
 # The longest event id the header carries whole (as an id field may be long); longer ones
 # are cut to end in "...".
 REQUEST_EVENT_ID_MAX: Final = 512
@@ -220,6 +233,68 @@ def request_in(headers: Sequence[tuple[str, bytes]]) -> Request | None:
     if event_id is None:
         return ((H_REQUEST, request),)
     return ((H_REQUEST, request), (H_REQUEST_EVENT_ID, event_id))
+
+
+def deferred_erasures(state: Stamp | None) -> set[DeferredErasure]:
+    """The erasures a legal hold deferred that ``state`` keeps for the release, each as its
+    request is kept (:data:`DeferredErasure`): the state's own, and those of the lives it
+    keeps, but the ended life an erasure naming no life keeps (``Stamp.ended_life``: its
+    tombstone went out before the hold)."""
+    if state is None or state.deleted_at is not None:
+        return set()
+    lives = state.held_lives[1:] if state.ended_life is not None else state.held_lives
+    kept = {(life[4], life[0] is not None) for life in lives if life[4] is not None}
+    if state.erase_at is not None:
+        kept.add((state.erase_at, state.created_at is not None))
+    return kept
+
+
+def encode_deferred_requests(kept: Mapping[DeferredErasure, Request]) -> bytes:
+    """:data:`H_DEFERRED_REQUESTS`'s value: one ``[erase_at, names_life, request,
+    event_id]`` for each of ``kept``, the event id left out when the request has none.
+    The headers' values as text (bytes that are not UTF-8 as U+FFFD: the service writes
+    none such, only a producer's ``expiry-rekeyed-from`` could)."""
+    return orjson.dumps(
+        [
+            [erase_at, names_life, *(value.decode(errors="replace") for _, value in request)]
+            for (erase_at, names_life), request in kept.items()
+        ]
+    )
+
+
+def deferred_requests_in(headers: Sequence[tuple[str, bytes]]) -> dict[DeferredErasure, Request]:
+    """The requests a stamp's :data:`H_DEFERRED_REQUESTS` names, by erasure (empty when
+    it has none, as nearly every stamp). Raises ValueError when its value is not one
+    :func:`encode_deferred_requests` writes: the caller names none of them."""
+    kept: dict[DeferredErasure, Request] = {}
+    for name, value in headers:
+        if name != H_DEFERRED_REQUESTS:
+            continue
+        entries = orjson.loads(value)  # orjson's decode error is a ValueError
+        if type(entries) is not list:
+            raise ValueError(f"{H_DEFERRED_REQUESTS} is a {type(entries).__name__}, not a list")
+        for entry in entries:
+            erasure, request = _deferred_request(entry)
+            kept[erasure] = request
+    return kept
+
+
+def _deferred_request(entry: Any) -> tuple[DeferredErasure, Request]:
+    """One entry of :data:`H_DEFERRED_REQUESTS` (:func:`encode_deferred_requests`)."""
+    if (
+        type(entry) is not list
+        or len(entry) not in (3, 4)
+        or type(entry[0]) is not int
+        or not MIN_TS_MS <= entry[0] <= MAX_TS_MS  # a time an event can have, as the store's
+        or type(entry[1]) is not bool
+        or any(type(text) is not str for text in entry[2:])
+    ):
+        # (Not the entry itself: the message is logged, and an event id may say who.)
+        raise ValueError("an entry is not [erase_at, names_life, request, event_id]")
+    erase_at, names_life, *texts = entry
+    names = (H_REQUEST, H_REQUEST_EVENT_ID)
+    request = tuple((name, text.encode()) for name, text in zip(names, texts, strict=False))
+    return (erase_at, names_life), request
 
 
 def late_cause_of(headers: Sequence[tuple[str, bytes]]) -> str | None:

@@ -476,7 +476,7 @@ class Outbox:
             if unsent and key in unsent:
                 out.after_held = True  # a message of the record waits: this one goes after
             headers = source
-            if arrived or named:  # (rare: a late event's stamp, or a deferred erasure's)
+            if arrived or named:  # (rare: a late event's stamp, or erasures a hold deferred)
                 headers = _stamp_headers(state, source, arrived, named)
             value, dropped = oversize.stamp_within(limit, state, data, removed, key, headers)
             if dropped:
@@ -635,17 +635,32 @@ def _stamp_headers(
     named: dict[str, dict[codec.DeferredErasure, codec.Request]] | None,
 ) -> codec.Headers:
     """A stamp's headers when its life was due on arrival (``codec.H_DUE_AT_INGEST``: a
-    restore of the changelog knows its late cause) or it records an erasure a legal hold
-    deferred (the request's headers: a restore knows what the release's tombstone names;
-    the stamp's own erasure's only, as ``erase_requested_at`` is its only erasure)."""
+    restore of the changelog knows its late cause) or its record keeps erasures a legal
+    hold deferred (their requests: a restore knows what each tombstone of the release
+    names). The stamp's own erasure's (``erase_requested_at``) in the two request headers,
+    as before; the others the record keeps (an erased life beside the next, erasures
+    naming no life) in ``codec.H_DEFERRED_REQUESTS``, only when there are any: a restore
+    reads a record's latest stamp alone, whichever erasure it records."""
     headers = source
     key = state.identity.key
     due = arrived.get(key)
     if due is not None and due == state.expires_at:
         headers = [*headers, (codec.H_DUE_AT_INGEST, b"%d" % due)]
     kept = named.get(key) if named else None
-    if kept is not None and state.erase_at is not None:
-        request = kept.get((state.erase_at, state.created_at is not None))
+    if kept is None:
+        return headers
+    own = None
+    if state.erase_at is not None:
+        own = (state.erase_at, state.created_at is not None)
+        request = kept.get(own)
         if request is not None:
             headers = [*headers, *request]
+    if state.held_lives:  # the others wait in the lives the record keeps, if anywhere
+        waiting = codec.deferred_erasures(state)
+        others = {e: r for e, r in kept.items() if e != own and e in waiting}
+        if others:
+            headers = [
+                *headers,
+                (codec.H_DEFERRED_REQUESTS, codec.encode_deferred_requests(others)),
+            ]
     return headers

@@ -108,20 +108,6 @@ def _erasure_if_late(fired: Fired, rec: InputRecord, requested_at: int) -> Fired
     return fired._replace(late_cause="late_event" if late else "catch_up")
 
 
-def _deferred_erasures(state: model.Stamp | None) -> set[codec.DeferredErasure]:
-    """The erasures a legal hold deferred that ``state`` keeps for the release, each as its
-    request is kept (``codec.DeferredErasure``): the state's own, and those of the lives
-    it keeps, but the ended life an erasure naming no life keeps (``Stamp.ended_life``:
-    its tombstone went out before the hold)."""
-    if state is None or state.deleted_at is not None:
-        return set()
-    lives = state.held_lives[1:] if state.ended_life is not None else state.held_lives
-    kept = {(life[4], life[0] is not None) for life in lives if life[4] is not None}
-    if state.erase_at is not None:
-        kept.add((state.erase_at, state.created_at is not None))
-    return kept
-
-
 def wheel_phase(topic: str, partition: int) -> int:
     """The ticks by which a partition's timing wheel shifts its blocks (see above)."""
     return zlib.crc32(topic.encode()) + partition * _PHASE_STEP
@@ -160,11 +146,14 @@ class Effects:
     # request's headers (``codec.request_headers``), for its entry on ``expiry.audit``.
     deferred_requests: dict[int, codec.Request] = field(default_factory=dict)
     # Erasures a legal hold deferred, by record key: every one the record keeps for the
-    # release (``codec.DeferredErasure``) -> its request's headers. The outbox puts the
-    # headers of the stamp's own erasure on it (a restore reads them) and the settle keeps
-    # them all in the store, so that each tombstone and null of the release names its
-    # request as an on-time erasure's does, whoever sends them. None while empty (nearly
-    # always: a dict made for every call cost instructions on the hot path).
+    # release (``codec.DeferredErasure``) -> its request's headers; for an erasure read
+    # now, and for an event of a record whose erasures wait (it may stamp the record
+    # again). The outbox puts them on the record's stamps (the stamp's own erasure's in
+    # ``expiry-request*``, the others' in ``codec.H_DEFERRED_REQUESTS``: a restore reads
+    # them) and the settle keeps them all in the store, so that each tombstone and null of
+    # the release names its request as an on-time erasure's does, whoever sends them.
+    # None while empty (nearly always: a dict made for every call cost instructions on
+    # the hot path).
     held_requests: dict[str, dict[codec.DeferredErasure, codec.Request]] | None = None
     # For each tombstone an event brought (``process``): how many of ``stamps`` came
     # before it. An event at or after a record's expiry ends that life and starts the
@@ -464,6 +453,8 @@ class PartitionProcessor:
                 else None
             )
             if holds_active or (prior is not None and (prior.held or prior.held_lives)):
+                if prior is not None and (prior.held_lives or prior.erase_at is not None):
+                    self._carry_requests(prior, effects)  # (rare: erasures may wait)
                 deferred_before = len(effects.deferred)
                 kept = self._hold_event(ev, prior, now_ms, effects, request)
                 if request is not None and len(effects.deferred) > deferred_before:
@@ -1239,13 +1230,13 @@ class PartitionProcessor:
         later replaced the earlier, whose tombstone named none. An erasure the record kept
         already (a second request for the lives before the running one, which erases no
         more) keeps the request it has: the first, which asked for it."""
-        before = _deferred_erasures(prior)
+        before = codec.deferred_erasures(prior)
         for index in range(since, len(effects.deferred)):
             state, reason, _ = effects.deferred[index]
             if reason != "explicit":
                 continue
             effects.deferred_requests[index] = request
-            waiting = _deferred_erasures(state)
+            waiting = codec.deferred_erasures(state)
             asked = waiting - before
             if not asked:
                 continue
@@ -1264,6 +1255,29 @@ class PartitionProcessor:
             effects.held_requests[key] = dict(kept)  # (the release takes from the first)
             if len(noted) > _ARRIVED_DUE_MAX:
                 del noted[next(iter(noted))]
+
+    def _carry_requests(self, prior: model.Stamp, effects: Effects) -> None:
+        """The requests of the erasures a hold deferred that ``prior`` keeps, on the
+        effects of an event that may stamp the record again (``Effects.held_requests``):
+        every stamp of the record carries them while they wait (the outbox's
+        ``codec.H_DEFERRED_REQUESTS``), as a restore reads its latest stamp alone. Without
+        them, a stamp of the next life (a create after an erased life), or of a second
+        erasure, lost the earlier erasures' requests at a restore. Noted by an earlier
+        event of the slice, they stand (:meth:`_name_request` keeps them all)."""
+        key = prior.identity.key
+        carried = effects.held_requests
+        if carried is not None and key in carried:
+            return
+        known = self._held_requests.get(key)
+        if known is None:
+            known = self.store.deferred_requests(key)  # after a restart, or restored
+        waiting = codec.deferred_erasures(prior)
+        kept = {erasure: request for erasure, request in known.items() if erasure in waiting}
+        if not kept:
+            return
+        if carried is None:
+            carried = effects.held_requests = {}
+        carried[key] = kept
 
     def _deferred_request(
         self, key: str, erase_at: int | None, names_life: bool

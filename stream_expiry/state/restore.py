@@ -31,7 +31,10 @@ from aiokafka import TopicPartition
 
 from stream_expiry import model
 from stream_expiry.codec import (
+    H_DEFERRED_REQUESTS,
+    DeferredErasure,
     Request,
+    deferred_requests_in,
     deleted_at_of,
     due_at_ingest_of,
     output_partition,
@@ -44,6 +47,7 @@ from stream_expiry.codec import (
 from stream_expiry.errors import BrokerError
 from stream_expiry.fetch import messages_at, read_ranges
 from stream_expiry.kafka import partitions_of, stable_ends
+from stream_expiry.logs import record_ref
 from stream_expiry.state.store import mark_holds, position_marks, position_name
 
 if TYPE_CHECKING:
@@ -87,6 +91,9 @@ class RestoreReport:
     unreadable: int = 0  # messages of ours that could not be decoded (skipped, logged)
     remaining: int = 0  # changelog messages still to read
     nulls_owed: int = 0  # tombstone events whose null never reached expiry.stamped
+    # stamps whose expiry-deferred-requests could not be read (logged): the erasures it
+    # names go out at the release naming no request
+    requests_unreadable: int = 0
     seconds: float = 0.0
 
 
@@ -434,13 +441,14 @@ def _apply_stamps(
     stamp that says its life was due on arrival (``codec.H_DUE_AT_INGEST``) is kept so
     (``PartitionStore.due_on_arrival``): its tombstone, late, says ``late_event``; one
     that records an erasure a legal hold deferred keeps its request's headers
-    (``PartitionStore.deferred_request``), which the release's tombstone names."""
+    (``PartitionStore.deferred_requests``), which the release's tombstone names, and
+    those of the others its record keeps (``codec.H_DEFERRED_REQUESTS``)."""
     latest: dict[bytes | None, Any] = {}
     for rec in records:
         latest[rec.key] = rec
     rows: dict[bytes, RestoredRow] = {}
     arrived: dict[bytes, int] = {}
-    requests: dict[bytes, tuple[int, Request]] = {}
+    requests: dict[bytes, dict[DeferredErasure, Request]] = {}
     categories: dict[bytes, str] = {}
     for rec in latest.values():
         found = _key_of(rec.key, categories)
@@ -470,13 +478,43 @@ def _apply_stamps(
         if len(headers) > 2:  # (the service's stamps have two headers, nearly all)
             if expires is not None and due_at_ingest_of(headers) == expires:
                 arrived[key] = expires
-            if erase is not None and (request := request_in(headers)) is not None:
-                requests[key] = (erase, request)
+            kept = _requests_of(headers, erase, created is not None, key, report)
+            if kept:
+                requests[key] = kept
     lives, markers = store.write_restored(
         list(rows.values()), now_ms=now_ms, meta=meta, arrived=arrived, requests=requests
     )
     report.stamps += lives
     report.markers += markers
+
+
+def _requests_of(
+    headers: Sequence[tuple[str, bytes]],
+    erase: int | None,
+    names_life: bool,
+    key: bytes,
+    report: RestoreReport,
+) -> dict[DeferredErasure, Request]:
+    """The erasure requests a stamp names: its own erasure's (``erase``, the stamp's
+    ``erase_requested_at``; ``names_life``, whether the stamp's life has a creation), and
+    those of the others its record keeps. One it cannot read is counted and logged, and
+    the restore goes on: their tombstones name no request at the release, as an
+    older version's stamps left them."""
+    try:
+        kept = deferred_requests_in(headers)
+    except ValueError as exc:
+        report.requests_unreadable += 1
+        log.warning(
+            "a stamp's %s could not be read (%s): the erasures it names go out at the "
+            "release naming no request",
+            H_DEFERRED_REQUESTS,
+            exc,
+            extra={"record": record_ref(key.decode(errors="replace"))},
+        )
+        kept = {}
+    if erase is not None and (request := request_in(headers)) is not None:
+        kept[erase, names_life] = request
+    return kept
 
 
 def _apply_tombstones(

@@ -20,12 +20,15 @@ Layout (byte keys in one ordered key-value engine, quix-streams' ``ttl_codec`` i
 * ``r`` + record key -> an erasure's time (8 bytes) and its request's headers: the
   request a legal hold deferred (:meth:`PartitionStore.deferred_request`), which the
   release's tombstone names. Few (deferred erasures only), read only at a release (and
-  at a deferral, to keep the others), dropped with the record's marker, ignored when its
-  time is not the erasure's; ignored by older versions as ``a`` is. A record keeping
-  several (:data:`~stream_expiry.codec.DeferredErasure`) has them all in one value, whose
-  time is :data:`_SEVERAL` (no erasure's: a version before this one finds none there,
-  as for an erasure it did not keep, and its tombstone names none), then each as a kind
-  byte and the length of that erasure's own value;
+  at a deferral, to keep the others, and at an event of a record keeping some, whose
+  stamps carry them all: the outbox's ``expiry-request*`` and
+  :data:`~stream_expiry.codec.H_DEFERRED_REQUESTS`), dropped with the record's marker,
+  ignored when its time is not the erasure's; ignored by older versions as ``a`` is. A
+  restore of the changelog writes them from a record's latest stamp, which names them
+  all. A record keeping several (:data:`~stream_expiry.codec.DeferredErasure`) has them
+  all in one value, whose time is :data:`_SEVERAL` (no erasure's: a version before this
+  one finds none there, as for an erasure it did not keep, and its tombstone names
+  none), then each as a kind byte and the length of that erasure's own value;
 * ``~`` + name -> an integer: counters and changelog positions, written in the same batch
   as the states they describe; ``~format``, the store's format (:data:`STORE_FORMAT`).
 
@@ -432,9 +435,7 @@ class PartitionStore:
         if arrived:
             self._put_arrived({k.encode(): due for k, due in arrived.items()}, puts)
         if requests:
-            self._requests_any = True
-            for k, kept in requests.items():
-                puts[_REQUEST + k.encode()] = _encode_requests(kept)
+            self._put_requests({k.encode(): kept for k, kept in requests.items()}, puts)
         self._put_counts(puts)
         # A key both deleted and put (an index entry that did not move) must stay.
         self.kv.apply(puts, [d for d in deletes if d not in puts])
@@ -446,12 +447,12 @@ class PartitionStore:
         now_ms: int,
         meta: Mapping[str, int],
         arrived: Mapping[bytes, int] | None = None,
-        requests: Mapping[bytes, tuple[int, Request]] | None = None,
+        requests: Mapping[bytes, Mapping[DeferredErasure, Request]] | None = None,
     ) -> tuple[int, int]:
         """Make each row the stored state of its key, atomically with ``meta`` (and
-        ``arrived``, as :meth:`write` takes it, and ``requests``, the one erasure request a
-        stamp names, by store key); returns how many live states and deletion markers
-        changed.
+        ``arrived`` and ``requests``, as :meth:`write` takes them, by store key: the
+        erasure requests a stamp names, its own erasure's and those of the others its
+        record keeps); returns how many live states and deletion markers changed.
 
         The bulk form of :meth:`write` for a restore, which does not know what the store
         holds: one multi-get finds the stored states, a row equal to its stored state is
@@ -538,11 +539,13 @@ class PartitionStore:
             puts[_ARRIVED + key] = _INT.pack(due)
 
     def _put_requests(
-        self, requests: Mapping[bytes, tuple[int, Request]], puts: dict[bytes, bytes]
+        self,
+        requests: Mapping[bytes, Mapping[DeferredErasure, Request]],
+        puts: dict[bytes, bytes],
     ) -> None:
         self._requests_any = True
-        for key, (erase_at, request) in requests.items():
-            puts[_REQUEST + key] = _encode_request(erase_at, request)
+        for key, kept in requests.items():
+            puts[_REQUEST + key] = _encode_requests(kept)
 
     def _unindex(self, old: Stamp, key: bytes, deletes: list[bytes], now_ms: int) -> None:
         counts = self.counts

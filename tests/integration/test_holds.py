@@ -1223,13 +1223,17 @@ async def test_an_erasure_a_hold_deferred_names_its_request_at_the_release(
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("state", ["kept", "lost"])
 async def test_two_lives_a_hold_kept_erased_each_name_their_request_at_the_release(
-    broker: str, topics: TopicSet, tmp_path: Path
+    broker: str, topics: TopicSet, tmp_path: Path, state: str
 ) -> None:
     """A record erased under a hold (``gdpr-81``), created again and erased again
     (``gdpr-82``) before the release: the first life's tombstone named no request (the
     second erasure's took its place in the store). Released while the service is down,
-    restarted on its state directory: each life's tombstone names its own request."""
+    restarted on its state directory (``kept``), or an instance with an empty one restores
+    the partition from ``expiry.stamped`` (``lost``: the first life's tombstone named none,
+    the record's latest stamp named the second erasure's request alone; it names the
+    first's in ``expiry-deferred-requests``): each life's tombstone names its own request."""
     common, config = _setup(broker, topics, tmp_path, '[retention.defaults]\nconversation = "1h"\n')
     key = event("conversation", "r1")[0]
     async with running_service(config, broker) as svc:
@@ -1252,6 +1256,8 @@ async def test_two_lives_a_hold_kept_erased_each_name_their_request_at_the_relea
         )
         await wait_for(lambda: svc.stats.stamped >= 4)  # the create, the two erasures, the life
     assert await _cli("hold", "release", *common, "case-5") == 0
+    if state == "lost":
+        config = dataclasses.replace(config, state_dir=str(tmp_path / "empty"))
     async with running_service(config, broker):
         tombs = await read_topic(
             broker, topics.tombstones, until=lambda rs: sum(r.key == key for r in rs) >= 2

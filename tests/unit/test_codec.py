@@ -204,6 +204,35 @@ def test_a_deletions_headers_read_as_one_text_for_every_reader() -> None:
     assert len(codec.late_cause_of([(cause, b"y" * 100)]) or "") == codec.LATE_CAUSE_MAX
 
 
+def test_the_deferred_requests_header_reads_back_what_it_was_written_with() -> None:
+    """``expiry-deferred-requests``: each erasure with its kind and its request, with or
+    without an event id, byte for byte (U+0000 and non-ASCII text too); two headers of
+    that name add up; a value not written so raises ValueError, naming nothing of it (the
+    restore logs it: an event id may say who)."""
+    kept = {
+        (1_000, True): (
+            (codec.H_REQUEST, b"in[0]@2"),
+            (codec.H_REQUEST_EVENT_ID, b"gdpr\x00-\xc3\xa9"),
+        ),
+        (1_000, False): ((codec.H_REQUEST, b"in[0]@3"),),
+        (-5, False): ((codec.H_REQUEST, b"in[1]@4"), (codec.H_REQUEST_EVENT_ID, b"")),
+    }
+    value = codec.encode_deferred_requests(kept)
+    assert orjson.loads(value)[1] == [1_000, False, "in[0]@3"]
+    header = (codec.H_DEFERRED_REQUESTS, value)
+    assert codec.deferred_requests_in([(codec.H_REQUEST, b"x"), header]) == kept
+    one = codec.encode_deferred_requests({(7, True): ((codec.H_REQUEST, b"t[0]@1"),)})
+    both = [header, (codec.H_DEFERRED_REQUESTS, one)]
+    assert codec.deferred_requests_in(both) == {**kept, (7, True): ((codec.H_REQUEST, b"t[0]@1"),)}
+    assert codec.deferred_requests_in([(codec.H_REQUEST, b"t[0]@1")]) == {}
+    for wrong in (b"{", b"{}", b"[1]", b"[[1, true]]", b'[[1, true, "a", "b", "c"]]',
+                  b'[[true, true, "a"]]', b'[[1.5, true, "a"]]', b'[[1, 0, "a"]]',
+                  b'[[1, true, 2]]', b'[[-9223372036854775808, true, "a"]]',
+                  b'[[1, true, "secret-id"], 7]'):  # fmt: skip
+        with pytest.raises(ValueError, match=r"^(?!.*secret)"):  # (its message: not the id)
+            codec.deferred_requests_in([(codec.H_DEFERRED_REQUESTS, wrong)])
+
+
 README = Path(__file__).parents[2] / "README.md"
 
 

@@ -2,16 +2,29 @@
 does (``expiry-request``, ``expiry-request-event-id`` on its tombstone and null): the
 README's query of the receipts by ``request_event_id`` found none of them (a compliance
 trial). Kept with the deferred erasure: in memory, in the store from the settle on, and on
-the stamp that records ``erase_requested_at`` (for a restore of the changelog)."""
+the stamps of the record while it waits (for a restore of the changelog): the stamp that
+records ``erase_requested_at`` names it in ``expiry-request*``, the others the record
+keeps in ``expiry-deferred-requests``."""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import pytest
 
-from stream_expiry.codec import H_REQUEST, H_REQUEST_EVENT_ID, request_in
+from stream_expiry.codec import (
+    H_DEFERRED_REQUESTS,
+    H_PARTITION,
+    H_REQUEST,
+    H_REQUEST_EVENT_ID,
+    H_TOPIC,
+    deferred_requests_in,
+    request_in,
+)
+from stream_expiry.logs import record_ref
 from stream_expiry.state import MemoryKV, PartitionStore
+from stream_expiry.state.restore import RestoreReport, _apply_stamps
 from tests.unit.test_holds import T0, TTL, Partition, hold
 from tests.unit.test_late_cause import LATE, _identity, _restarted
 from tests.unit.test_restore_model import Changelog
@@ -224,17 +237,6 @@ def _erased_then_next_life(log: Changelog) -> Partition:
     return p
 
 
-_LATEST_STAMP_ONLY = (
-    "a restore reads a record's latest stamp only, and a stamp names one request: the "
-    "one of the erasure its own state records (erase_requested_at). The requests of the "
-    "erasures kept in its held_lives (an erased life beside the next one; the later "
-    "erasures naming no life) are on earlier stamps, which compaction removes. Naming "
-    "them takes a new header on expiry.stamped, written on every stamp of the record "
-    "while they wait: a changelog format change (see the round 43 report)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=_LATEST_STAMP_ONLY)
 @pytest.mark.parametrize(
     ("scenario", "expected"),
     [
@@ -252,7 +254,12 @@ def test_deferred_erasures_kept_beside_another_life_restored_name_their_requests
     expected: list[tuple[int | None, object]],
 ) -> None:
     """Restored from the changelog (compacted: the record's latest stamp alone), each
-    erasure kept for the release names its request, as the instance that read it does."""
+    erasure kept for the release names its request, as the instance that read it does.
+    A restore read the latest stamp's own erasure's request only (``expiry-request*``):
+    those kept in its held_lives (an erased life beside the next one; the later erasures
+    naming no life) were on earlier stamps, which compaction removes, and their
+    tombstones named none. Every stamp of the record carries them while they wait
+    (``expiry-deferred-requests``)."""
     log = Changelog()
     p = scenario(log)
     q = _restarted(p, log.compacted().restore(T0 + 3 * TTL, PartitionStore(MemoryKV())))
@@ -300,7 +307,7 @@ def test_the_lives_before_erased_again_under_a_later_hold_name_the_new_request()
 def test_the_first_of_erasures_naming_no_life_restored_names_its_request() -> None:
     """The stamp of the second erasure naming no life records the first as the state's
     own (``erase_requested_at``): it names the first's request now (it named none, and
-    the restore lost even that one). The second's is not on it (see the xfail above)."""
+    the restore lost even that one); the second's, in ``expiry-deferred-requests``."""
     log = Changelog()
     p = _older_erasures_of_an_ended_life(log)
     q = _restarted(p, log.compacted().restore(T0 + 3 * TTL, PartitionStore(MemoryKV())))
@@ -330,3 +337,63 @@ def test_a_store_keeps_several_deferred_requests_of_a_record_in_one_entry() -> N
     assert store.prune(T0 + 10**12) == 1
     assert store.deferred_requests(key) == {}
     assert list(store.kv.scan(b"", b"\xff" * 8)) == list(store.kv.scan(b"~", b"\xff"))
+
+
+def test_a_stamp_naming_its_own_erasure_alone_carries_no_other_header() -> None:
+    """The common path unchanged: a stamp of a record that keeps no erasure but its own
+    names it in the two request headers alone, and a stamp of no deferred erasure carries
+    its two source headers alone (what a restore reads no further than)."""
+    log = Changelog()
+    _deferred(log)
+    names = [[name for name, _ in m.headers] for m in log.stamped]
+    assert names == [
+        [H_TOPIC, H_PARTITION],
+        [H_TOPIC, H_PARTITION, H_REQUEST, H_REQUEST_EVENT_ID],
+    ]
+
+
+def test_every_stamp_of_a_record_carries_the_requests_of_its_other_waiting_erasures() -> None:
+    """The erased life's request on the next life's stamp, with the second erasure's own."""
+    log = Changelog()
+    _two_lives_erased(log)
+    first = {(T0 + 10, True): _named(2, "gdpr-7")}
+    said = [deferred_requests_in(m.headers) for m in log.stamped]
+    assert said == [{}, {}, first, first]
+    assert request_in(log.stamped[-1].headers) == _named(4, "gdpr-8")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"[[1, true, 'in[0]@2'",
+        b'{"in[0]@2": "gdpr-7"}',
+        b'[["1", true, "in[0]@2"]]',
+        b"[[1, 1, 2]]",
+    ],
+    ids=["not-json", "not-a-list", "a-time-as-text", "not-texts"],
+)
+def test_a_stamp_s_unreadable_deferred_requests_are_counted_and_the_restore_goes_on(
+    value: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another writer's, or a damaged, ``expiry-deferred-requests``: the record is restored
+    and released as without it, its own erasure named (``expiry-request*``), the others
+    naming none; the restore counts the stamp and logs it by its record's reference."""
+    log = Changelog()
+    p = _two_lives_erased(log)
+    latest = log.compacted().stamped[-1]
+    latest.headers = [
+        (name, value if name == H_DEFERRED_REQUESTS else said) for name, said in latest.headers
+    ]
+    assert [name for name, _ in latest.headers][-1] == H_DEFERRED_REQUESTS
+    store, report = PartitionStore(MemoryKV()), RestoreReport()
+    with caplog.at_level(logging.WARNING, logger="stream_expiry.state.restore"):
+        _apply_stamps(store, [latest], T0 + 3 * TTL, {}, report)
+    assert (report.stamps, report.unreadable, report.requests_unreadable) == (1, 0, 1)
+    assert [getattr(r, "record", None) for r in caplog.records] == [record_ref(_identity("c").key)]
+    q = _restarted(p, store)
+    q.tick(T0 + 3 * TTL)
+    explicit = [f for f in q.fired if f.reason == "explicit"]
+    assert [(f.before.created_at, f.request) for f in explicit] == [
+        (T0, None),
+        (T0 + 20, _named(4, "gdpr-8")),
+    ]

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from stream_expiry import codec, model
 from stream_expiry.engine import Fired
 from stream_expiry.holds import Hold, HoldBook
+from stream_expiry.outbox import _stamp_headers
 from stream_expiry.policy import Resolution
 from stream_expiry.state import Effects, MemoryKV, PartitionProcessor, PartitionStore
 from stream_expiry.state.restore import RestoreReport, _apply_stamps, _apply_tombstones
@@ -81,14 +82,10 @@ class Changelog:
         for stamps, tombstones in effects.runs():
             for state, data in stamps:
                 value = model.encode_stamp(state, data)
-                headers = SOURCE
-                due = effects.due_on_arrival.get(state.identity.key)
-                if due is not None and due == state.expires_at:  # due on arrival
-                    headers = [*SOURCE, (codec.H_DUE_AT_INGEST, b"%d" % due)]
-                kept = (effects.held_requests or {}).get(state.identity.key, {})
-                if state.erase_at is not None:  # a deferred erasure's request, if kept
-                    named = kept.get((state.erase_at, state.created_at is not None))
-                    headers = headers if named is None else [*headers, *named]
+                # As the outbox writes them: due on arrival, the deferred erasures' requests.
+                headers = _stamp_headers(
+                    state, SOURCE, effects.due_on_arrival, effects.held_requests
+                )
                 self._add(self.stamped, state.identity.key, value, now_ms, headers)
             for fired in tombstones:
                 key, at = fired.before.identity.key, fired.emitted_at
