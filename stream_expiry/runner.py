@@ -56,7 +56,7 @@ async def stop_on_signals(
         async for signum in signals:
             name = signal.Signals(signum).name
             if stop.is_set():
-                log.warning("received %s again: stopping now", name)
+                log.warning("received %s, a second stop signal: stopping now", name)
                 scope.cancel()
                 return
             stop.set()

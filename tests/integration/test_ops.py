@@ -386,7 +386,7 @@ def test_rekey_forced_to_stop_says_so_with_status_130(broker: str, topics: Topic
         code, err = _stop(proc, signal.SIGCONT)
     assert code == exits.INTERRUPTED, err
     first = re.search(r"received (SIG\w+): finishing the current batch", err)
-    again = re.search(r"received (SIG\w+) again: stopping now", err)
+    again = re.search(r"received (SIG\w+), a second stop signal: stopping now", err)
     assert first is not None, err
     assert again is not None, err
     assert {first[1], again[1]} == {"SIGINT", "SIGTERM"}, err
