@@ -45,10 +45,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLIENT_ID",
+    "POLICY_FORM",
     "Group",
     "Member",
     "assignors",
     "describe_group",
+    "earlier_digests",
     "mixed_policies",
     "parse_description",
 ]
@@ -58,6 +60,16 @@ log = logging.getLogger("stream_expiry.service")
 #: The client id of the service's group consumer: each member's id starts with it, so a
 #: member of the service's group is told from another client by its name.
 CLIENT_ID: Final = "stream-expiry"
+
+
+#: The form of the policy digest this version joins with: 2, the SHA-256 of
+#: :meth:`~stream_expiry.policy.PolicyBook.canonical`'s document. Form 1, the hash of
+#: Python's ``repr`` of the policy (the versions from 068bb49 to before 9336bfa), gives the
+#: same policy another digest, and its members say no form. The leader compares digests of
+#: one form only: comparing across forms, it warned of different policies all through a
+#: rolling upgrade of instances with one config file (an upgrade trial).
+POLICY_FORM: Final = 2
+_FORM_BEFORE_IT_WAS_SAID: Final = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +82,9 @@ class Member:
     host: str
     partitions: tuple[str, ...] | None
     policy: str | None = None  # its config's policy digest; None: not said (see module)
+    # The digest's form (:data:`POLICY_FORM`); one of an earlier form cannot be compared
+    # with it (:func:`policy_form_of`).
+    policy_form: int = POLICY_FORM
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +93,7 @@ class Member:
             "host": self.host or None,
             "partitions": None if self.partitions is None else list(self.partitions),
             "policy": self.policy,
+            "policy_form": self.policy_form if self.policy is not None else None,
         }
 
 
@@ -121,12 +137,14 @@ def _member(entry: tuple[Any, ...]) -> Member:
     """A member of a DescribeGroups answer (versions 0 to 3, all aiokafka 0.14 asks for):
     (member_id, client_id, client_host, metadata, assignment)."""
     member_id, client_id, host, metadata, assignment = entry
+    user_data = _user_data(metadata)
     return Member(
         str(member_id),
         client_id or "",
         (host or "").lstrip("/"),
         _partitions(assignment),
-        policy_of(_user_data(metadata)),
+        policy_of(user_data),
+        policy_form_of(user_data),
     )
 
 
@@ -162,8 +180,9 @@ async def describe_group(brokers: Brokers, group_id: str) -> Group:
 
 
 def member_data(policy: str) -> bytes:
-    """The user data of the service's subscription: its policy digest and its version."""
-    return orjson.dumps({"policy": policy, "version": __version__})
+    """The user data of the service's subscription: its policy digest, the digest's form
+    and its version."""
+    return orjson.dumps({"policy": policy, "policy_form": POLICY_FORM, "version": __version__})
 
 
 def _user_data(metadata: bytes) -> bytes:
@@ -190,13 +209,38 @@ def policy_of(user_data: bytes) -> str | None:
     return policy if isinstance(policy, str) else None
 
 
-def mixed_policies(policies: Mapping[str, str | None]) -> str | None:
+def policy_form_of(user_data: bytes) -> int:
+    """The form of the digest a member joined with (:data:`POLICY_FORM`): 1 for one that
+    says a digest but no form (an earlier version); this version's for one that says no
+    digest, which is compared with none."""
+    if policy_of(user_data) is None:
+        return POLICY_FORM
+    form = orjson.loads(user_data).get("policy_form", _FORM_BEFORE_IT_WAS_SAID)
+    return form if type(form) is int else _FORM_BEFORE_IT_WAS_SAID
+
+
+def mixed_policies(
+    policies: Mapping[str, str | None], forms: Mapping[str, int] | None = None
+) -> str | None:
     """A sentence on the members' differing policy digests (member id to digest), or None
-    when those that say one all say the same."""
+    when those that say one all say the same. ``forms``: member id to its digest's form
+    (:func:`policy_form_of`; :data:`POLICY_FORM` where not given): digests are compared
+    within one form only, as the same policy has another digest in each."""
+    by_form: dict[int, dict[str, str]] = defaultdict(dict)
+    for member, policy in policies.items():
+        if policy is not None:
+            by_form[(forms or {}).get(member, POLICY_FORM)][member] = policy
+    for form in sorted(by_form, reverse=True):
+        said = _differing(by_form[form])
+        if said is not None:
+            return said
+    return None
+
+
+def _differing(policies: Mapping[str, str]) -> str | None:
     by_policy: dict[str, list[str]] = defaultdict(list)
     for member, policy in sorted(policies.items()):
-        if policy is not None:
-            by_policy[policy].append(member)
+        by_policy[policy].append(member)
     if len(by_policy) < 2:
         return None
     said = "; ".join(
@@ -207,6 +251,28 @@ def mixed_policies(policies: Mapping[str, str | None]) -> str | None:
         f"the instances of this group run with different policies: {said}. A record's TTL "
         "then depends on which instance holds its partition: give every instance the same "
         "config file and environment (a rolling change of either shows this until it ends)"
+    )
+
+
+def earlier_digests(policies: Mapping[str, str | None], forms: Mapping[str, int]) -> str | None:
+    """A sentence on the members whose digest is of an earlier form than this version's
+    (an earlier version of the service: a rolling upgrade under way), which this version
+    cannot compare its own with; None when there are none."""
+    older = sorted(
+        m
+        for m, policy in policies.items()
+        if policy is not None and forms.get(m, POLICY_FORM) < POLICY_FORM
+    )
+    if not older:
+        return None
+    return (
+        f"{len(older)} instance{'s' if len(older) > 1 else ''} of this group "
+        f"({', '.join(older)}) {'run' if len(older) > 1 else 'runs'} an earlier version of "
+        "stream-expiry, whose policy digest "
+        "is computed otherwise (the same policy has another digest): their policies are "
+        "compared with the others' once they run this version. Until then an instance of "
+        "the earlier version that leads the group warns of different policies, which a "
+        "rolling upgrade alone shows (README: Upgrading)"
     )
 
 
@@ -233,11 +299,14 @@ def _carrying(base: Any, data: bytes) -> type[AbstractPartitionAssignor]:
         def assign(
             cls, cluster: ClusterMetadata, members: Mapping[str, ConsumerProtocolMemberMetadata]
         ) -> dict[str, ConsumerProtocolMemberAssignment]:
-            said = mixed_policies(
-                {m: policy_of(meta.user_data or b"") for m, meta in members.items()}
-            )
+            said_by = {m: bytes(meta.user_data or b"") for m, meta in members.items()}
+            policies = {m: policy_of(d) for m, d in said_by.items()}
+            forms = {m: policy_form_of(d) for m, d in said_by.items()}
+            said = mixed_policies(policies, forms)
             if said is not None:
                 log.warning("%s", said)
+            if (earlier := earlier_digests(policies, forms)) is not None:
+                log.info("%s", earlier)
             assignment: dict[str, ConsumerProtocolMemberAssignment] = base.assign(cluster, members)
             return assignment
 

@@ -34,7 +34,14 @@ from stream_expiry import codec
 from stream_expiry.archive import archived_offsets
 from stream_expiry.changelog import read_latest
 from stream_expiry.hold_command import read_holds
-from stream_expiry.instances import CLIENT_ID, Group, describe_group, mixed_policies
+from stream_expiry.instances import (
+    CLIENT_ID,
+    POLICY_FORM,
+    Group,
+    describe_group,
+    earlier_digests,
+    mixed_policies,
+)
 from stream_expiry.kafka import (
     committed_offsets,
     consumer,
@@ -366,9 +373,11 @@ def _instance_lines(inst: dict[str, Any] | None) -> list[str]:
         if m["partitions"] is not None:
             said += ": " + (", ".join(m["partitions"]) or "no partition")
         lines.append(f"    {printable(said)}")
-    mixed = mixed_policies({m["member_id"]: m.get("policy") for m in inst["members"]})
-    if mixed is not None:
-        lines.append(f"    {printable(mixed)}")
+    policies = {m["member_id"]: m.get("policy") for m in inst["members"]}
+    forms = {m["member_id"]: m.get("policy_form") or POLICY_FORM for m in inst["members"]}
+    for said in (mixed_policies(policies, forms), earlier_digests(policies, forms)):
+        if said is not None:
+            lines.append(f"    {printable(said)}")
     return lines
 
 

@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING
 import anyio
 import orjson
 import pytest
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
 
 from stream_expiry.codec import source_headers
 from stream_expiry.errors import BrokerError, leaves
@@ -28,7 +30,7 @@ from tests.integration.service_helpers import config_for, event, produce, runnin
 from tests.log_capture import captured_logs
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
     from pathlib import Path
 
     from aiokafka import TopicPartition
@@ -300,3 +302,44 @@ async def test_instances_with_different_policies_are_said_at_the_assignment(
     said = [r.getMessage() for r in caplog.records if "different policies" in r.getMessage()]
     assert f"policy {ours} on 1 (" in said[0], said
     assert f"policy {theirs} on 1 (" in said[0], said
+
+
+@pytest.mark.timeout(120)
+async def test_an_earlier_versions_digest_is_not_said_as_a_different_policy(
+    broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rolling upgrade from a version before the canonical digest (9336bfa), one config
+    file: the second member joins as such a version does, its user data a digest of
+    Python's repr and no form. The service, leading, warned "the instances of this group run
+    with different policies ... give every instance the same config file" (an upgrade
+    trial, 41c236b to this version); it now says which instances run an earlier version,
+    at info level."""
+    config = config_for(topics, str(tmp_path / "a"))
+    earlier = orjson.dumps({"policy": "c17b33376dca", "version": "0.1.0"})
+    async with running_service(config, broker, fast_join=False) as svc:
+        assert svc.policy_digest != "c17b33376dca"
+        with caplog.at_level(logging.INFO, logger="stream_expiry.service"):
+            other = {"partition_assignment_strategy": _joining_with(earlier)}
+            async with consumer(
+                broker, *topics.inputs, group_id=config.group_id, session_timeout_ms=6000, **other
+            ) as member:
+                with anyio.fail_after(30):
+                    while not member.assignment():
+                        await member.getmany(timeout_ms=200)
+                await wait_for(
+                    lambda: "an earlier version of stream-expiry" in caplog.text, timeout_s=30
+                )
+    assert "run with different policies" not in caplog.text
+    said = [r for r in caplog.records if "an earlier version of stream-expiry" in r.getMessage()]
+    assert said[0].levelno == logging.INFO
+
+
+def _joining_with(user_data: bytes) -> tuple[type[RangePartitionAssignor], ...]:
+    """The range assignor of a member whose subscription carries ``user_data``."""
+
+    class Earlier(RangePartitionAssignor):  # type: ignore[misc]  # aiokafka is untyped here
+        @classmethod
+        def metadata(cls, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
+            return ConsumerProtocolMemberMetadata(cls.version, list(topics), user_data)
+
+    return (Earlier,)

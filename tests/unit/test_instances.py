@@ -13,12 +13,15 @@ from aiokafka.protocol.admin import DescribeGroupsResponse_v2, DescribeGroupsRes
 from stream_expiry.config import parse_config
 from stream_expiry.instances import (
     CLIENT_ID,
+    POLICY_FORM,
     Group,
     Member,
     assignors,
+    earlier_digests,
     member_data,
     mixed_policies,
     parse_description,
+    policy_form_of,
     policy_of,
 )
 from stream_expiry.policy import PolicyBook
@@ -205,3 +208,49 @@ def test_status_text_shows_each_members_policy_and_says_when_they_differ() -> No
     )
     same = Group(GROUP, "Stable", (Member("stream-expiry-a", CLIENT_ID, "h1", None, policy="p1"),))
     assert not any("different policies" in line for line in text_lines(_status(same)))
+
+
+# What a member of a version before the canonical digest (9336bfa) joins with: its digest,
+# the hash of Python's repr of the policy, and no form (those versions' ``member_data``).
+_EARLIER_MEMBER_DATA = b'{"policy":"c17b33376dca","version":"0.1.0"}'
+
+
+def test_a_digest_of_an_earlier_form_is_not_compared_with_this_versions() -> None:
+    """A rolling upgrade from a version before the canonical digest, every instance with
+    one config file: the leader warned "different policies ... give every instance the same
+    config file" until the last instance was upgraded (an upgrade trial). Digests of one
+    form are still compared, and the earlier version's instances are named."""
+    assert policy_form_of(member_data("p1")) == POLICY_FORM
+    assert policy_form_of(_EARLIER_MEMBER_DATA) == 1
+    assert policy_form_of(b"") == POLICY_FORM  # says no digest: compared with none
+    policies = {"new": "2976c0846658", "old": policy_of(_EARLIER_MEMBER_DATA)}
+    forms = {"new": POLICY_FORM, "old": 1}
+    assert mixed_policies(policies, forms) is None
+    earlier = earlier_digests(policies, forms)
+    assert earlier is not None
+    assert earlier.startswith("1 instance of this group (old) runs an earlier version")
+    assert earlier_digests({"new": "p1"}, {"new": POLICY_FORM}) is None
+    two = earlier_digests({"o2": "x", "o1": "y", "n": "z"}, {"o1": 1, "o2": 1})
+    assert (two or "").startswith("2 instances of this group (o1, o2) run an earlier version")
+    # Within one form a difference is still a difference, of either form.
+    edited = {**policies, "new2": "aaaaaaaaaaaa"}
+    assert "policy aaaaaaaaaaaa on 1 (new2)" in (mixed_policies(edited, forms) or "")
+    older = {**policies, "old2": "bbbbbbbbbbbb"}
+    assert "policy bbbbbbbbbbbb on 1 (old2)" in (mixed_policies(older, {**forms, "old2": 1}) or "")
+
+
+def test_status_names_an_earlier_versions_instances_and_not_as_different_policies() -> None:
+    earlier = ConsumerProtocolMemberMetadata(0, ["conversations"], _EARLIER_MEMBER_DATA)
+    current = ConsumerProtocolMemberMetadata(0, ["conversations"], member_data("2976c0846658"))
+    response = DescribeGroupsResponse_v2(
+        throttle_time_ms=0,
+        groups=[(0, GROUP, "Stable", "consumer", "range", [
+            ("stream-expiry-a", CLIENT_ID, "/h1", current.encode(), b""),
+            ("stream-expiry-b", CLIENT_ID, "/h2", earlier.encode(), b""),
+        ])],
+    )  # fmt: skip
+    group = parse_description(GROUP, [response])
+    assert [m.policy_form for m in group.members] == [POLICY_FORM, 1]
+    lines = text_lines(_status(group))
+    assert not any("run with different policies" in line for line in lines), lines
+    assert any("(stream-expiry-b) runs an earlier version" in line for line in lines), lines
