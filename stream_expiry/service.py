@@ -1569,6 +1569,7 @@ class Service:
             unmarked, marked = await self._unmarked(reader, committed_at, ends)
         whys: collections.Counter[str] = collections.Counter()
         behind: list[int] = []  # the backlog of each partition that has one
+        resumes: list[str] = []  # each partition and the offset it resumes at
         for tp, committed in committed_at.items():
             point = resume_point(tp, committed, starts[tp], highs[tp], unmarked.get(tp))
             if point.warning is not None:
@@ -1577,6 +1578,7 @@ class Service:
                 self._commits.resumed((tp.topic, tp.partition), point.offset)
             waits = self._reading.positioned(tp, point.offset, ends[tp])
             whys[point.why] += 1
+            resumes.append(f"{tp.topic}[{tp.partition}] {point.offset}")
             if waits:
                 behind.append(ends[tp] - point.offset)
             if self.metrics is not None:
@@ -1591,14 +1593,18 @@ class Service:
                 point.why,
                 waits,
             )
+        # Every partition's offset, in this one line (unlike the others' names): where
+        # each resumes is what an operator looks for after a restart or a lost topic, and
+        # the per-partition lines are DEBUG.
         log.info(
-            "positioned %s: %s%s",
+            "positioned %s: %s%s; each resumes at: %s",
             counted(len(committed_at), "partition"),
             ", ".join(f"{n} {why}" for why, n in whys.most_common()),
             f"; the due timers of {len(behind)} wait until their backlogs "
             f"({sum(behind):,} events) are read"
             if behind
             else "",
+            ", ".join(resumes),
         )
 
     def _seek(self, tp: TopicPartition, offset: int) -> None:

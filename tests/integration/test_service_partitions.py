@@ -248,10 +248,15 @@ async def test_an_assignment_says_its_partitions_in_summaries_however_many_they_
             assigned,
         ), assigned
         assert restored.startswith("restored 12 partitions from the changelog in "), restored
-        assert positioned == (
+        summary, _, resumes = positioned.partition("; each resumes at: ")
+        assert summary == (
             "positioned 12 partitions: 12 from the beginning (no committed offset); the due "
             "timers of 12 wait until their backlogs (12 events) are read"
         )
+        # Every partition with its offset, not only the first eight named.
+        entries = resumes.split(", ")
+        assert len(set(entries)) == 12, positioned
+        assert all(re.fullmatch(r"\S+\[[0-3]\] 0", e) for e in entries), positioned
         assert (
             read == "12 partitions have read the backlog found when assigned: their due timers fire"
         )
