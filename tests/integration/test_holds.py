@@ -1001,6 +1001,46 @@ async def test_an_empty_holds_topic_beside_an_audit_trail_of_holds_stops_the_sta
     assert await read_all(broker, topics.tombstones) == []
 
 
+@pytest.mark.timeout(90)
+async def test_one_holds_entry_on_the_audit_trail_stops_a_start_on_an_empty_holds_topic(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """One hold placed (the audit trail's one entry, its placement) is a deployment whose
+    holds are on another topic as surely as many: the start on an empty holds topic stops,
+    and says "1 entry". Mutant ``entries > 1`` let it start on the empty topic, reading
+    the hold as released (the review of round 42's mutation report)."""
+    common, config = _setup(broker, topics, tmp_path, RETENTION)
+    assert await _cli("hold", "place", *common, "--org", "acme", "--reason", "case 9") == 0
+    typo = f"{topics.holds}.typo"
+    await ensure_topics(broker, [typo], partitions=2)
+    stopped = service_module.Service(
+        _on_holds_topic(config, typo), bootstrap_servers=broker, environ={}
+    )
+    with pytest.raises(ConfigurationError) as refused:
+        with anyio.fail_after(30):
+            await stopped.run(anyio.Event())
+    assert str(refused.value).startswith(
+        f"the legal holds topic {typo!r} has never had a message, but the audit trail "
+        f"{topics.audit!r} has 1 entry (holds placed or released, deletions they deferred)"
+    )
+
+
+@pytest.mark.timeout(90)
+async def test_a_start_with_an_empty_changelog_makes_a_missing_holds_topic(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A first start (or a cluster rebuilt without its changelog) has no hold to lose: a
+    holds topic that does not exist is made, and the service runs. Mutant ``if True`` (the
+    changelog's messages not looked at) refused every first start of a deployment whose
+    holds topic was not made beforehand (the review of round 42's mutation report)."""
+    _common, config = _setup(broker, topics, tmp_path, RETENTION)
+    new = f"{topics.holds}.new"
+    assert await missing_topics(broker, [new]) == [new]
+    async with running_service(_on_holds_topic(config, new), broker) as service:
+        assert service.stats.assignments > 0
+    assert await missing_topics(broker, [new]) == []
+
+
 @pytest.mark.timeout(150)
 async def test_an_empty_holds_topic_while_the_stores_keep_records_for_holds_stops_the_start(
     broker: str, topics: TopicSet, tmp_path: Path
