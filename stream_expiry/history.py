@@ -166,7 +166,8 @@ def _describe(config: Config, topic: str, rec: Any) -> dict[str, Any]:
         return _event(rec, topic, "unreadable", {})
     if topic == t.stamped:
         shown = {k: body[k] for k in _STAMP_FIELDS if k in body}
-        fields = _ended_life_apart(shown, _stamp_of(rec))
+        stamp = _stamp_of(rec)
+        fields = _ended_life_apart(shown, stamp) | _due_at_ingest(headers, stamp)
         return _event(rec, topic, "stamp", fields | _replay_of(headers))
     kind = {t.tombstones: "tombstone", t.receipts: "receipt"}.get(topic)
     if kind is None:  # the audit trail: its type says what it is
@@ -280,6 +281,18 @@ def _stamp_of(rec: Any) -> Stamp | None:
         return codec.decode_stamp(rec.key, rec.value)
     except ValueError:
         return None
+
+
+def _due_at_ingest(headers: list[tuple[str, bytes]], stamp: Stamp | None) -> dict[str, str]:
+    """``{"due_at_ingest": expiry}`` for a stamp whose life was already due when the event
+    that set it was read (``codec.H_DUE_AT_INGEST``), else nothing. Read as a restore reads
+    it (``state.restore._apply_stamps``): the header counts only when it equals the stamp's
+    ``expires_at``. Left out, an auditor read a ``late_event`` tombstone with nothing on
+    its stamp to say the life was due on arrival."""
+    due = codec.due_at_ingest_of(headers)
+    if due is None or stamp is None or stamp.expires_at != due:
+        return {}
+    return {"due_at_ingest": format_ts(due)}
 
 
 def _replay_of(headers: list[tuple[str, bytes]]) -> dict[str, str]:
@@ -625,6 +638,8 @@ def _summary(e: dict[str, Any]) -> str:
             )
         if e.get("redacted"):
             text += f", redacted {', '.join(e['redacted'])}"
+        if e.get("due_at_ingest"):
+            text += ", due on arrival: its life's expiry had passed when the event was read"
         return text + _by_replay(e) + _held_lives(e.get("held_lives"))
     if kind == "deleted":
         return (

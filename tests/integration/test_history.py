@@ -212,7 +212,7 @@ async def test_history_says_why_a_late_deletion_was_late(
     """An event produced after its record's expiry (the contract's "already due at
     ingest"): its tombstone and null say the cause, ``expiry-late-cause: late_event`` (the
     event came late, not the service), and history shows it; an on-time tombstone says
-    none (the values stay the contract's)."""
+    none (the values stay the contract's). Its stamp says the life was due on arrival."""
     config = config_for(topics, str(tmp_path / "state"), SETTINGS)
     async with running_service(config, broker):
         t0 = wall_clock_ms()
@@ -235,6 +235,11 @@ async def test_history_says_why_a_late_deletion_was_late(
     assert said["tombstone"]["late_cause"] == said["deleted"]["late_cause"] == "late_event"
     lines = text_lines(found.as_dict())
     assert sum("; late (late_event: the event that made it due came" in ln for ln in lines) == 2
+    # Its stamp says the life was due on arrival (``expiry-due-at-ingest``), as a restore
+    # reads it: the header is the stamp's expiry.
+    (stamp,) = [e for e in found.events if e["kind"] == "stamp"]
+    assert stamp["due_at_ingest"] == stamp["expires_at"]
+    assert sum("due on arrival: its life's expiry had passed" in ln for ln in lines) == 1
 
 
 @pytest.mark.timeout(150)

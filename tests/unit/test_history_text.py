@@ -22,6 +22,7 @@ from stream_expiry.sinks._messages import (
     encode_receipt,
     receipt_headers,
 )
+from stream_expiry.timeutil import parse_ts
 
 AT = "2026-12-05T05:00:00.000Z"
 KEY = Identity("acme", "_", "live", "conversation", "c1").key.encode()
@@ -165,6 +166,34 @@ def test_a_stamp_or_null_a_replay_published_says_so() -> None:
     assert lines[1].endswith("(ttl 60 s from cap), published by replay run1")
     assert lines[2].endswith("are deleted, published by replay run1")
     assert "replay" not in lines[3]
+
+
+def test_a_stamp_due_on_arrival_says_so_as_a_restore_reads_it() -> None:
+    """A stamp whose life was already due when its event was read carries
+    ``expiry-due-at-ingest`` (its expiry): its tombstone says ``late_event``. History did
+    not say it, so an auditor saw a late tombstone with nothing on the stamp to explain it.
+    Read as a restore reads it: only a header equal to the stamp's ``expires_at`` counts."""
+    stamp = {"created_at": AT, "expires_at": AT, "ttl_seconds": 60, "ttl_source": "cap"}
+    expires = b"%d" % parse_ts(AT)
+    source = ("expiry-source-topic", b"conversations")
+
+    def described(headers: list[tuple[str, bytes]]) -> dict[str, Any]:
+        rec = SimpleNamespace(
+            timestamp=0, partition=0, offset=1, key=KEY, value=orjson.dumps(stamp), headers=headers
+        )
+        return _describe(CONFIG, "expiry.stamped", rec)
+
+    events = [
+        described([source, (codec.H_DUE_AT_INGEST, expires)]),
+        described([source, (codec.H_DUE_AT_INGEST, b"%d" % (parse_ts(AT) - 1))]),
+        described([source]),
+    ]
+    assert [e.get("due_at_ingest") for e in events] == [AT, None, None]
+    lines = text_lines(_history(*events))
+    assert lines[1].endswith(
+        "(ttl 60 s from cap), due on arrival: its life's expiry had passed when the event was read"
+    )
+    assert "due on arrival" not in "\n".join(lines[2:])
 
 
 def test_a_rejected_events_op_takes_its_article() -> None:
