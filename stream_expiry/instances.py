@@ -196,16 +196,22 @@ def _user_data(metadata: bytes) -> bytes:
         return b""
 
 
-def policy_of(user_data: bytes) -> str | None:
-    """The policy digest a member joined with; None for a member that says none (another
-    program, or a version before this one)."""
+def _said(user_data: bytes) -> dict[str, Any]:
+    """A member's user data as the service writes it (:func:`member_data`), or an empty
+    dict for anything else (another program's, or none)."""
     if not user_data:
-        return None
+        return {}
     try:
         said = orjson.loads(user_data)
     except orjson.JSONDecodeError:
-        return None
-    policy = said.get("policy") if isinstance(said, dict) else None
+        return {}
+    return said if isinstance(said, dict) else {}
+
+
+def policy_of(user_data: bytes) -> str | None:
+    """The policy digest a member joined with; None for a member that says none (another
+    program, or a version before this one)."""
+    policy = _said(user_data).get("policy")
     return policy if isinstance(policy, str) else None
 
 
@@ -213,9 +219,10 @@ def policy_form_of(user_data: bytes) -> int:
     """The form of the digest a member joined with (:data:`POLICY_FORM`): 1 for one that
     says a digest but no form (an earlier version); this version's for one that says no
     digest, which is compared with none."""
-    if policy_of(user_data) is None:
+    said = _said(user_data)
+    if not isinstance(said.get("policy"), str):
         return POLICY_FORM
-    form = orjson.loads(user_data).get("policy_form", _FORM_BEFORE_IT_WAS_SAID)
+    form = said.get("policy_form", _FORM_BEFORE_IT_WAS_SAID)
     return form if type(form) is int else _FORM_BEFORE_IT_WAS_SAID
 
 
