@@ -1242,9 +1242,7 @@ class PartitionProcessor:
                 continue
             key = state.identity.key
             noted = self._held_requests
-            known = noted.get(key)
-            if known is None:
-                known = self.store.deferred_requests(key)  # after a restart, or restored
+            known = self._known_requests(key)
             # Those of erasures let go of since are stale: one of the same time and kind
             # asked again (under a later hold) is this request's.
             kept = {e: r for e, r in known.items() if e in waiting and e not in asked}
@@ -1268,9 +1266,7 @@ class PartitionProcessor:
         carried = effects.held_requests
         if carried is not None and key in carried:
             return
-        known = self._held_requests.get(key)
-        if known is None:
-            known = self.store.deferred_requests(key)  # after a restart, or restored
+        known = self._known_requests(key)
         waiting = codec.deferred_erasures(prior)
         kept = {erasure: request for erasure, request in known.items() if erasure in waiting}
         if not kept:
@@ -1278,6 +1274,12 @@ class PartitionProcessor:
         if carried is None:
             carried = effects.held_requests = {}
         carried[key] = kept
+
+    def _known_requests(self, key: str) -> dict[codec.DeferredErasure, codec.Request]:
+        """The deferred erasure requests of ``key`` as this processor noted them, else as
+        the store keeps them (after a restart, or restored)."""
+        known = self._held_requests.get(key)
+        return self.store.deferred_requests(key) if known is None else known
 
     def _deferred_request(
         self, key: str, erase_at: int | None, names_life: bool
