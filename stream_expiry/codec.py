@@ -46,6 +46,7 @@ __all__ = [
     "LATE_CAUSES",
     "LATE_CAUSE_MAX",
     "REKEYED_SUFFIX",
+    "ArrivedLife",
     "DeferredErasure",
     "Request",
     "dead_letter_headers",
@@ -144,6 +145,12 @@ Request = tuple[tuple[str, bytes], ...]
 # erasure of the lives before a running one ends where the erased life before it ended),
 # never a kind too.
 DeferredErasure = tuple[int, bool]
+
+# A record's life that was due when the event that set it arrived (``late_event``): its
+# creation and its expiry. The expiry alone does not tell lives apart: an erasure read
+# before the firing ends such a life, and the next, created after a shorter ttl came into
+# force, may expire at the same millisecond; a later life's creation is always later.
+ArrivedLife = tuple[int | None, int]
 
 
 def output_partition(input_partition: int, partitions: int) -> int:

@@ -631,7 +631,7 @@ class Outbox:
 def _stamp_headers(
     state: model.Stamp,
     source: codec.Headers,
-    arrived: dict[str, int],
+    arrived: dict[str, codec.ArrivedLife],
     named: dict[str, dict[codec.DeferredErasure, codec.Request]] | None,
 ) -> codec.Headers:
     """A stamp's headers when its life was due on arrival (``codec.H_DUE_AT_INGEST``: a
@@ -643,9 +643,9 @@ def _stamp_headers(
     reads a record's latest stamp alone, whichever erasure it records."""
     headers = source
     key = state.identity.key
-    due = arrived.get(key)
-    if due is not None and due == state.expires_at:
-        headers = [*headers, (codec.H_DUE_AT_INGEST, b"%d" % due)]
+    life = arrived.get(key)
+    if life is not None and life == (state.created_at, state.expires_at):
+        headers = [*headers, (codec.H_DUE_AT_INGEST, b"%d" % life[1])]
     kept = named.get(key) if named else None
     if kept is None:
         return headers

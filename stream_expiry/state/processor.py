@@ -161,11 +161,12 @@ class Effects:
     # stamp, or compaction keeps the null and the new life is lost. Tombstones past the
     # end of this list (the timers') come after every stamp.
     stamps_before: list[int] = field(default_factory=list)
-    # Lives its events left due on arrival (``late_event``): record key -> the expiry. The
-    # outbox says so on their stamps (``codec.H_DUE_AT_INGEST``, which a restore reads) and
-    # the settle keeps them in the store, so that a tombstone decided again after a crash
-    # or on another instance says ``late_event`` as this one's would.
-    due_on_arrival: dict[str, int] = field(default_factory=dict)
+    # Lives its events left due on arrival (``late_event``): record key -> the life (its
+    # creation and expiry, ``codec.ArrivedLife``). The outbox says so on their stamps
+    # (``codec.H_DUE_AT_INGEST``, which a restore reads) and the settle keeps them in the
+    # store, so that a tombstone decided again after a crash or on another instance says
+    # ``late_event`` as this one's would.
+    due_on_arrival: dict[str, codec.ArrivedLife] = field(default_factory=dict)
     # Accepted events whose ts, as epoch milliseconds, is before 1973: epoch seconds, most
     # likely, which the contract reads as January 1970 and so tombstones at once. The
     # shell warns about each (the event itself is valid and goes on as the contract says).
@@ -263,12 +264,12 @@ class PartitionProcessor:
         self._cleared: dict[str, int | None] = {}
         # Records an event made due on arrival (the record was already due at ingest: a late
         # or replayed event, not on the bus before the expiry as far as its timestamp says):
-        # key -> that expiry. Their tombstones, fired late, say ``late_event``; any other
+        # key -> that life, its creation and expiry (``codec.ArrivedLife``). Their tombstones, fired late, say ``late_event``; any other
         # ttl tombstone fired late by the firing or an event, ``catch_up`` (the service was
         # down or behind). The store keeps them too (``Effects.due_on_arrival``), as the
         # stamps on the changelog say them: a tombstone decided again after a restart, or
         # on the instance that restored the partition, finds them there.
-        self._arrived_due: dict[str, int] = {}
+        self._arrived_due: dict[str, codec.ArrivedLife] = {}
         # Erasures a hold deferred, read by this processor: key -> erasure -> request,
         # until the release (the store has them from the settle on; these, before it too).
         self._held_requests: dict[str, dict[codec.DeferredErasure, codec.Request]] = {}
@@ -553,13 +554,13 @@ class PartitionProcessor:
             if not self._was_due_on_arrival(before, arrived.get(key)):
                 arrived.pop(key, None)
                 return
-        arrived[key] = effects.due_on_arrival[key] = due
+        arrived[key] = effects.due_on_arrival[key] = (state.created_at, due)
         if len(arrived) > _ARRIVED_DUE_MAX:
             del arrived[next(iter(arrived))]
 
-    def _was_due_on_arrival(self, state: model.Stamp, noted: int | None) -> bool:
+    def _was_due_on_arrival(self, state: model.Stamp, noted: codec.ArrivedLife | None) -> bool:
         """Whether ``state``'s life was due when the event that set it arrived
-        (``late_event``): ``noted``, what this processor noted of the record (its expiry),
+        (``late_event``): ``noted``, what this processor noted of the record (its life),
         says so, else the store does (kept at the settle, or restored from the stamp's
         header): after a restart or on the instance that restored the partition, the
         tombstone says what the instance that read the event knew. One look-up, made only
@@ -567,10 +568,9 @@ class PartitionProcessor:
         due = state.expires_at
         if due is None:
             return False
-        if noted == due:
+        if noted == (state.created_at, due):
             return True
-        key = state.identity.key
-        return self.store.due_on_arrival([key]).get(key) == due
+        return bool(self.store.due_on_arrival([state]))
 
     # -- creates read before the expiry they are dated after ------------------------------
 
@@ -755,7 +755,7 @@ class PartitionProcessor:
                 # cost 1,604 instructions an event of the firing workload's 217,036 (+0.7 %,
                 # round 42, ``bench.count_instructions``). test_late_cause holds the two to
                 # one answer.
-                if on_arrival == expires:
+                if on_arrival == (before.created_at, expires):
                     fired = fired._replace(late_cause="late_event")
                 else:
                     fired = fired._replace(late_cause="catch_up")
@@ -773,13 +773,12 @@ class PartitionProcessor:
         whose life the store says was due on arrival: ``late_event`` (this processor did
         not read their event: it restarted, or restored the partition). One look-up for
         them all, none when the store holds no such life."""
-        keys = [tombstones[i].before.identity.key for i in unnoted]
-        found = self.store.due_on_arrival(keys)
+        found = self.store.due_on_arrival([tombstones[i].before for i in unnoted])
         if not found:
             return
         for i in unnoted:
             fired = tombstones[i]
-            if found.get(fired.before.identity.key) == fired.before.expires_at:
+            if fired.before.identity.key in found:
                 tombstones[i] = fired._replace(late_cause="late_event")
 
     def _set_aside_sliding(

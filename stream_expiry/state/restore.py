@@ -32,6 +32,7 @@ from aiokafka import TopicPartition
 from stream_expiry import model
 from stream_expiry.codec import (
     H_DEFERRED_REQUESTS,
+    ArrivedLife,
     DeferredErasure,
     Request,
     deferred_requests_in,
@@ -447,7 +448,7 @@ def _apply_stamps(
     for rec in records:
         latest[rec.key] = rec
     rows: dict[bytes, RestoredRow] = {}
-    arrived: dict[bytes, int] = {}
+    arrived: dict[bytes, ArrivedLife] = {}
     requests: dict[bytes, dict[DeferredErasure, Request]] = {}
     categories: dict[bytes, str] = {}
     for rec in latest.values():
@@ -477,7 +478,7 @@ def _apply_stamps(
         headers = rec.headers
         if len(headers) > 2:  # (the service's stamps have two headers, nearly all)
             if expires is not None and due_at_ingest_of(headers) == expires:
-                arrived[key] = expires
+                arrived[key] = (created, expires)
             kept = _requests_of(headers, erase, created is not None, key, report)
             if kept:
                 requests[key] = kept

@@ -11,12 +11,18 @@ Layout (byte keys in one ordered key-value engine, quix-streams' ``ttl_codec`` i
 * ``m`` + prune_at + record key -> empty: deletion markers in the order they may go;
 * ``h`` + record key -> empty: records a legal hold keeps (due, or with an erasure
   request), off the expiry index until a release frees them;
-* ``a`` + record key -> an expiry (8 bytes): the record's life with that expiry was due
-  when the event that set it arrived (``late_event``: :meth:`PartitionStore.due_on_arrival`),
-  so that its tombstone, decided again after a restart or a restore, says so. Few (late
-  events only), read only for a tombstone that goes out late, and dropped with the
-  record's deletion marker; an entry whose expiry is not the record's is stale, and ignored.
-  An older version ignores the prefix (format 1 still: nothing it reads changed);
+* ``l`` + record key -> a creation time and an expiry (8 bytes each): the record's life
+  with that creation and expiry was due when the event that set it arrived
+  (``late_event``: :meth:`PartitionStore.due_on_arrival`), so that its tombstone, decided
+  again after a restart or a restore, says so. Few (late events only), read only for a
+  tombstone that goes out late, and dropped with the record's deletion marker; an entry
+  that is not the record's running life is stale, and ignored. The creation tells the
+  lives apart: an erasure read before the firing ends a life due on arrival, and the next
+  life, created after a shorter ttl came into force, may expire at the same millisecond
+  (keyed by the expiry alone, its tombstone said ``late_event``). ``a`` + record key -> an
+  expiry (8 bytes) is the entry of the version before this one, read as it read it (its
+  expiry alone) and dropped with the marker too. An older version ignores either prefix
+  it does not know (format 1 still: nothing it reads changed);
 * ``r`` + record key -> an erasure's time (8 bytes) and its request's headers: the
   request a legal hold deferred (:meth:`PartitionStore.deferred_request`), which the
   release's tombstone names. Few (deferred erasures only), read only at a release (and
@@ -77,7 +83,7 @@ from stream_expiry.state.codec import (
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-    from stream_expiry.codec import DeferredErasure, Request
+    from stream_expiry.codec import ArrivedLife, DeferredErasure, Request
     from stream_expiry.engine import Timer
     from stream_expiry.fetch import RawRecord
     from stream_expiry.state.kv import KeyValue
@@ -135,7 +141,9 @@ _TIME = struct.Struct(">Q")
 _INT = struct.Struct(">q")
 _BIAS = 1 << 63  # signed times sort as unsigned big-endian bytes
 _STATE, _DUE, _MARKER, _HELD, _META = b"s", b"x", b"m", b"h", b"~"
-_ARRIVED, _REQUEST = b"a", b"r"
+_ARRIVED, _ARRIVED_BEFORE, _REQUEST = b"l", b"a", b"r"
+_LIFE = struct.Struct(">qq")  # an ``l`` entry's value: the life's creation, its expiry
+_NO_CREATION = -(1 << 63)  # a life without a creation time (none is stamped so)
 _PENDING_PREFIX = "pending/"
 _FORMAT = _META + b"format"
 
@@ -211,6 +219,11 @@ class PartitionStore:
         # Whether the store may hold entries of lives due on arrival: nearly never, and a
         # tombstone that goes out late then looks up nothing (a catch-up fires thousands).
         self._arrived_any = any(True for _ in self.kv.scan(_ARRIVED, _ARRIVED + b"\xff"))
+        # Those the version before this one kept (by expiry alone): read while any may be.
+        self._arrived_before = any(
+            True for _ in self.kv.scan(_ARRIVED_BEFORE, _ARRIVED_BEFORE + b"\xff")
+        )
+        self._arrived_any = self._arrived_any or self._arrived_before
         # Likewise for deferred erasures' requests (looked up at a release only).
         self._requests_any = any(True for _ in self.kv.scan(_REQUEST, _REQUEST + b"\xff"))
         for name, value in self._scan_meta():
@@ -315,15 +328,32 @@ class PartitionStore:
                 return list(self._states(keys)), keys[-1]
         return list(self._states(keys)), None
 
-    def due_on_arrival(self, keys: Sequence[str]) -> dict[str, int]:
-        """The records of ``keys`` whose life was due when the event that set it arrived
-        (written with the state, :meth:`write`'s ``arrived``), each with that life's
-        expiry: a record's entry counts only while its state has that expiry. One look-up
-        for them all, none when the store holds no such entry."""
-        if not self._arrived_any or not keys:
-            return {}
-        raw = self.kv.multi_get([_ARRIVED + k.encode() for k in keys])
-        return {k: int(_INT.unpack(v)[0]) for k, v in zip(keys, raw, strict=True) if v is not None}
+    def due_on_arrival(self, lives: Sequence[Stamp]) -> set[str]:
+        """The keys of those of ``lives`` (records' running lives) that were due when the
+        event that set them arrived (written with the state, :meth:`write`'s
+        ``arrived``): a record's entry counts only while it names that life, by its
+        creation and expiry (an entry of the version before this one, by its expiry). One
+        look-up for them all, none when the store holds no such entry."""
+        if not self._arrived_any or not lives:
+            return set()
+        keys = [life.identity.key.encode() for life in lives]
+        wanted = [_ARRIVED + k for k in keys]
+        if self._arrived_before:
+            wanted += [_ARRIVED_BEFORE + k for k in keys]
+        raw = self.kv.multi_get(wanted)
+        ours, before = raw[: len(keys)], raw[len(keys) :] or [None] * len(keys)
+        found: set[str] = set()
+        for life, value, old in zip(lives, ours, before, strict=True):
+            if value is not None:
+                created, due = _LIFE.unpack(value)
+                if created == _NO_CREATION:
+                    created = None
+                named = (created, due) == (life.created_at, life.expires_at)
+            else:
+                named = old is not None and _INT.unpack(old)[0] == life.expires_at
+            if named:
+                found.add(life.identity.key)
+        return found
 
     def deferred_request(self, key: str, erasure: DeferredErasure) -> Request | None:
         """The headers of the request of ``erasure``, deferred by a legal hold for
@@ -367,15 +397,15 @@ class PartitionStore:
         *,
         now_ms: int,
         meta: Mapping[str, int] | None = None,
-        arrived: Mapping[str, int] | None = None,
+        arrived: Mapping[str, ArrivedLife] | None = None,
         requests: Mapping[str, Mapping[DeferredErasure, Request]] | None = None,
     ) -> None:
         """Replace each ``(stored, new)`` pair's stored state by the new one, atomically.
 
         ``stored`` must be the state the store holds now (None: none), which the caller
         knows from its own lookup; index entries are moved accordingly. ``arrived``: record
-        key -> the expiry its life already had when the event that set it arrived
-        (:meth:`due_on_arrival`), kept in the same batch; ``requests``, record key -> every
+        key -> the life (its creation and expiry) that was due already when the event that
+        set it arrived (:meth:`due_on_arrival`), kept in the same batch; ``requests``, record key -> every
         erasure a legal hold deferred that the record keeps, with its request's headers
         (:meth:`deferred_requests`: these replace the record's), likewise.
         """
@@ -433,7 +463,7 @@ class PartitionStore:
         for name, number in (meta or {}).items():
             puts[_META + name.encode()] = _INT.pack(number)
         if arrived:
-            self._put_arrived({k.encode(): due for k, due in arrived.items()}, puts)
+            self._put_arrived({k.encode(): life for k, life in arrived.items()}, puts)
         if requests:
             self._put_requests({k.encode(): kept for k, kept in requests.items()}, puts)
         self._put_counts(puts)
@@ -446,7 +476,7 @@ class PartitionStore:
         *,
         now_ms: int,
         meta: Mapping[str, int],
-        arrived: Mapping[bytes, int] | None = None,
+        arrived: Mapping[bytes, ArrivedLife] | None = None,
         requests: Mapping[bytes, Mapping[DeferredErasure, Request]] | None = None,
     ) -> tuple[int, int]:
         """Make each row the stored state of its key, atomically with ``meta`` (and
@@ -533,10 +563,10 @@ class PartitionStore:
         self.kv.apply(puts, [d for d in deletes if d not in puts])
         return lives, markers
 
-    def _put_arrived(self, arrived: Mapping[bytes, int], puts: dict[bytes, bytes]) -> None:
+    def _put_arrived(self, arrived: Mapping[bytes, ArrivedLife], puts: dict[bytes, bytes]) -> None:
         self._arrived_any = True
-        for key, due in arrived.items():
-            puts[_ARRIVED + key] = _INT.pack(due)
+        for key, (created, due) in arrived.items():
+            puts[_ARRIVED + key] = _LIFE.pack(_NO_CREATION if created is None else created, due)
 
     def _put_requests(
         self,
@@ -615,6 +645,8 @@ class PartitionStore:
                 dropped += 1
                 if self._arrived_any:  # a life due on arrival goes with the marker
                     arrived.append(_ARRIVED + key)
+                    if self._arrived_before:
+                        arrived.append(_ARRIVED_BEFORE + key)
                 if self._requests_any:  # and so does a deferred erasure's request
                     arrived.append(_REQUEST + key)
         if arrived:

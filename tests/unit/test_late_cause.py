@@ -8,6 +8,7 @@ restart or a restore. An erasure emitted more than that after its request names 
 from __future__ import annotations
 
 import dataclasses
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,14 +18,16 @@ import stream_expiry.state.processor as processor
 from stream_expiry.archive_gate import ArchiveGate
 from stream_expiry.codec import H_DUE_AT_INGEST, H_PRODUCED_AT, LATE_AFTER_MS
 from stream_expiry.model import Identity
+from stream_expiry.policy import Resolution
 from stream_expiry.state import MemoryKV, PartitionProcessor, PartitionStore
 from stream_expiry.state.processor import _if_late
 from tests.unit.test_holds import T0, TTL, Partition, hold, resolve
-from tests.unit.test_restore_model import Changelog
+from tests.unit.test_restore_model import Changelog, _copy
 
 if TYPE_CHECKING:
     import pytest
 
+    from stream_expiry.engine import Resolver
     from stream_expiry.state import Effects
 
 LATE = TTL + LATE_AFTER_MS  # after T0, when a record created at T0 is late
@@ -252,16 +255,18 @@ def test_an_erasure_lets_lives_kept_for_the_archive_go_saying_archive() -> None:
 # -- late_event kept across a restart and a restore ---------------------------------------
 
 
-def _restarted(p: Partition, store: PartitionStore | None = None) -> Partition:
+def _restarted(
+    p: Partition, store: PartitionStore | None = None, resolver: Resolver = resolve
+) -> Partition:
     """``p``'s partition after a crash and a restart: a new processor over the store ``p``
     settled into (the same state directory) or over ``store`` (restored from the
-    changelog), with nothing of ``p``'s memory."""
+    changelog), with nothing of ``p``'s memory; ``resolver``, its policies."""
     q = Partition(holds=p.holds)
     q.proc = PartitionProcessor(
         "in",
         0,
         p.proc.store if store is None else store,
-        resolve=resolve,
+        resolve=resolver,
         sliding=frozenset({"session"}),
         categories=frozenset({"conversation", "session"}),
         max_skew_ms=10**12,
@@ -332,16 +337,32 @@ def test_an_event_that_ends_a_late_event_s_life_after_a_restart_says_late_event(
 
 def test_what_the_store_keeps_of_a_life_due_on_arrival_goes_with_its_marker() -> None:
     p = Partition()
-    p.event("c", "create", T0, now=T0 + LATE + 5)
-    store, key = p.proc.store, _identity("c").key
-    assert store.due_on_arrival([key]) == {key: T0 + TTL}
+    [(life, _)] = p.event("c", "create", T0, now=T0 + LATE + 5).stamps
+    store, key = p.proc.store, life.identity.key
+    assert store.due_on_arrival([life]) == {key}
+    assert store.due_on_arrival([life._replace(created_at=T0 - 1)]) == set()  # another life
     p.tick(T0 + LATE + 10)
-    assert store.due_on_arrival([key]) == {key: T0 + TTL}  # its marker is there
+    assert store.due_on_arrival([life]) == {key}  # its marker is there
     assert store.prune(T0 + 10**12) == 1
-    assert store.due_on_arrival([key]) == {}
+    assert store.due_on_arrival([life]) == set()
     assert list(store.kv.scan(b"", b"\xff" * 8)) == [
         (k, v) for k, v in store.kv.scan(b"~", b"\xff")
     ]  # nothing but the meta left
+
+
+def test_an_entry_the_version_before_kept_counts_by_its_expiry_and_goes_with_the_marker() -> None:
+    """The version before this one kept a life due on arrival by its expiry alone (``a`` +
+    key -> the expiry): a store it wrote, opened by this version, still says
+    ``late_event`` of that life, and drops the entry with the marker."""
+    p = Partition()
+    [(life, _)] = p.event("c", "create", T0).stamps  # on time: no entry of this version's
+    kv = p.proc.store.kv
+    kv.apply({b"a" + life.identity.key.encode(): struct.pack(">q", T0 + TTL)}, ())
+    q = _restarted(p, PartitionStore(kv))
+    q.tick(T0 + 3 * LATE)
+    assert _causes(q) == [("c", "ttl", "late_event")]
+    assert q.proc.store.prune(T0 + 10**12) == 1
+    assert list(kv.scan(b"", b"\xff" * 8)) == list(kv.scan(b"~", b"\xff"))
 
 
 def test_a_restored_stamp_says_its_life_was_due_on_arrival() -> None:
@@ -370,6 +391,82 @@ def test_a_restored_stamp_says_its_life_was_due_on_arrival() -> None:
         ("other", "ttl", "catch_up"),
         ("read-late", "ttl", "catch_up"),
     ]
+
+
+# A policy update at T0 + TTL halves the ttl: a life created at T0 and the next one,
+# created at T0 + TTL after an erasure, both expire at T0 + 2 * TTL.
+_HALVED_AT = T0 + TTL
+
+
+def _halved_later(identity: Identity, at_ms: int) -> Resolution:
+    return Resolution(2 * TTL if at_ms < _HALVED_AT else TTL, "org")
+
+
+def _erased_then_a_life_with_its_expiry(p: Partition, now: int) -> list[Effects]:
+    """After a create read late (due on arrival: the store keeps its life so), its erasure
+    before the firing came to it, then the record's next life, created after the ttl was
+    halved: it expires at the very millisecond the erased life did. The broker had its
+    create before that expiry (its timestamp): the service read it late, and its tombstone
+    will be late by the service's doing (``catch_up``). Each call's effects, as written."""
+    return [
+        p.event("c", "delete", T0 + 10, now=now),
+        _timed(p, "c", "create", _HALVED_AT, _HALVED_AT + 10, now),
+    ]
+
+
+def test_a_later_life_with_a_late_life_s_expiry_is_not_taken_for_it() -> None:
+    """The store's entry of the erased life named its expiry only, which the next life
+    has too: that life's tombstone said ``late_event`` (the event was on the bus in
+    time), in the processor that read it and after a restart."""
+    now = T0 + 3 * LATE
+    for restart in (False, True):
+        p = _restarted(Partition(), resolver=_halved_later)
+        p.event("c", "create", T0, now=now)
+        _erased_then_a_life_with_its_expiry(p, now)
+        q = _restarted(p, resolver=_halved_later) if restart else p
+        q.tick(now + 10)
+        [*_, fired] = q.fired
+        assert fired.before.created_at == _HALVED_AT
+        assert fired.before.expires_at == T0 + 2 * TTL
+        assert (fired.reason, fired.late_cause) == ("ttl", "catch_up")
+
+
+def test_read_in_one_batch_only_the_late_life_s_stamp_says_it_was_due_on_arrival() -> None:
+    """The three events of the test above read in one slice: the stamp of the next life,
+    whose expiry is the late life's, said ``expiry-due-at-ingest`` too (a restore then
+    took it for a late event's), and its tombstone ``late_event``."""
+    now = T0 + 3 * LATE
+    p = _restarted(Partition(), resolver=_halved_later)
+    events = [(T0, "create", None), (T0 + 10, "delete", None), (_HALVED_AT, "create", _HALVED_AT)]
+    records = []
+    for ts, op, on_bus in events:
+        p.offset += 1
+        body = {"category": "conversation", "org": "acme", "bot": "b1", "record_id": "c",
+                "op": op, "ts": ts}  # fmt: skip
+        records.append(_Timed(p.offset, None, orjson.dumps(body), -1 if on_bus is None else on_bus))
+    log = Changelog()
+    log.write(p._take(p.proc.process(records, now), now), now)
+    said = [dict(m.headers).get(H_DUE_AT_INGEST) for m in log.stamped if m.value is not None]
+    assert said == [b"%d" % (T0 + 2 * TTL), None]
+    p.tick(now + 10)
+    assert [(f.reason, f.late_cause) for f in p.fired][-1] == ("ttl", "catch_up")
+
+
+def test_a_kept_store_brought_up_to_date_does_not_take_a_later_life_for_a_late_one() -> None:
+    """An instance read the late create, then lost the partition; another read the
+    erasure and the next life (same expiry, see above); the partition came back, and the
+    kept store took what was written since from the changelog: the stale entry of the
+    erased life must not make the next life's tombstone say ``late_event``."""
+    now = T0 + 3 * LATE
+    p = _restarted(Partition(), resolver=_halved_later)
+    log = Changelog()
+    log.write(p.event("c", "create", T0, now=now), now)
+    kept, since = _copy(p.proc.store), log.ends
+    for effects in _erased_then_a_life_with_its_expiry(p, now):
+        log.write(effects, now)
+    q = _restarted(p, log.restore(now, kept, since), resolver=_halved_later)
+    q.tick(now + 10)
+    assert [(f.before.created_at, f.late_cause) for f in q.fired] == [(_HALVED_AT, "catch_up")]
 
 
 def _identity(rid: str) -> Identity:
