@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import orjson
 import pytest
 
 from stream_expiry.codec import (
@@ -25,7 +26,7 @@ from stream_expiry.codec import (
 from stream_expiry.logs import record_ref
 from stream_expiry.state import MemoryKV, PartitionStore
 from stream_expiry.state.restore import RestoreReport, _apply_stamps
-from tests.unit.test_holds import T0, TTL, Partition, hold
+from tests.unit.test_holds import T0, TTL, Partition, _Rec, hold
 from tests.unit.test_late_cause import LATE, _identity, _restarted
 from tests.unit.test_restore_model import Changelog
 
@@ -397,3 +398,29 @@ def test_a_stamp_s_unreadable_deferred_requests_are_counted_and_the_restore_goes
         (T0, None),
         (T0 + 20, _named(4, "gdpr-8")),
     ]
+
+
+def test_an_erasure_of_a_record_never_seen_let_go_before_it_settled_names_its_request() -> None:
+    """An erasure of a record never seen (no life: ``(erase_at, False)``), deferred by a
+    hold released before the deferral settled: the release finds the state unsettled
+    (the overlay), and its request in this processor's memory alone, the store has none
+    yet. Mutant N11 of round 42 (the lookup's ``names_life`` forced True in
+    ``_let_go_now``) survived: once settled, the store keeps a record's one request in
+    the form of the version before, which stands for either kind, and answered for the
+    wrong kind too. Before the settle, it looked for the wrong kind and named none."""
+    for let_go_by in ("the release scan", "the record's next event"):
+        p = Partition()
+        p.holds.place(hold())
+        p.offset = 2  # the delete at offset 2, as NAMED says
+        body = {"category": "conversation", "org": "acme", "bot": "b1", "record_id": "c",
+                "op": "delete", "ts": T0 + 10, "event_id": "gdpr-7"}  # fmt: skip
+        deferral = p.proc.process([_Rec(2, None, orjson.dumps(body))], T0 + 10)
+        assert [s.created_at for s, _, _ in deferral.deferred] == [None]  # it names no life
+        p.holds.release("h1")
+        if let_go_by == "the release scan":
+            released = p.proc.release_due(T0 + 20, budget=100)
+        else:
+            create = {**body, "op": "create", "ts": T0 + 20, "event_id": None}
+            released = p.proc.process([_Rec(3, None, orjson.dumps(create))], T0 + 20)
+        explicit = [(f.reason, f.request) for f in released.tombstones if f.reason != "ttl"]
+        assert explicit == [("explicit", NAMED)], let_go_by
