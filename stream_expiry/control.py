@@ -207,8 +207,13 @@ class ControlTopics:
         self._released: dict[str, Any] = {}  # hold id -> its newest null read
         self._placed_at: dict[str, int] = {}  # hold id -> its newest placement's timestamp
         # Updates that took values away from their scope, read in the catch-up: said once
-        # it is applied, and only for what the scope still lacks (_say_dropped).
-        self._dropped: list[tuple[Any, PolicyUpdate]] = []
+        # it is applied, and only for what the scope still lacks (_say_dropped). Kept in
+        # the order read, by where and what each is (_dropped_name), also through a
+        # catch-up that failed: the book keeps what it applied, and read again by the next
+        # start, such an update takes nothing away from a book that has it already (it
+        # was never said in that process). By content, not by offset alone: a policies
+        # topic made again numbers its messages from 0 again.
+        self._dropped: dict[tuple[object, ...], tuple[Any, PolicyUpdate]] = {}
         self._catching_up = False
 
     async def read_all(self) -> None:
@@ -217,7 +222,6 @@ class ControlTopics:
         applied = self._stats.policy_updates
         self._each_at = logging.DEBUG
         self._catching_up = True
-        self._dropped = []  # of a catch-up that failed: read again here
         try:
             async for batch in read_to_end(self._policies, self._topics.policies, then_follow=True):
                 await self._apply_policies(batch)
@@ -289,10 +293,17 @@ class ControlTopics:
                             result.key, rec.topic, rec.partition, rec.offset, note,
                         )  # fmt: skip
                     if result.dropped and self._catching_up:
-                        self._dropped.append((rec, result))  # said once all is read
+                        self._note_dropped(rec, result)  # said once all is read
                     elif result.dropped:
                         _warn_dropped(rec, result.key, result.dropped)
                     await self._report_ignored(rec, result)
+
+    def _note_dropped(self, rec: Any, update: PolicyUpdate) -> None:
+        """Keep ``update`` (read at ``rec``) for :meth:`_say_dropped`, as the latest read:
+        read again by a start after a failed one, it moves to the end, and is kept once."""
+        name = _dropped_name(rec, update)
+        self._dropped.pop(name, None)
+        self._dropped[name] = (rec, update)
 
     def _say_dropped(self) -> None:
         """Once a start's catch-up is applied, warn of the categories an update took away
@@ -302,7 +313,7 @@ class ControlTopics:
         the older version was in force still have no value from that scope, but nothing
         is to be sent now (a review: every start warned of an update a later one had
         mended)."""
-        dropped, self._dropped = self._dropped, []
+        dropped, self._dropped = list(self._dropped.values()), {}
         last = {(u.key, c): i for i, (_, u) in enumerate(dropped) for c in u.dropped}
         mended = 0
         for i, (rec, update) in enumerate(dropped):
@@ -480,6 +491,14 @@ class ControlTopics:
         ack = await self._prod.send(self._topics.dlq, key=letter_key, value=letter, headers=headers)
         await all_acked([ack])
         self._dead_lettered.add(rec)
+
+
+def _dropped_name(rec: Any, update: PolicyUpdate) -> tuple[object, ...]:
+    """What tells the updates that took values away apart: where the message is, its
+    bytes' checksum and what it took away (the same message read again by a start after a
+    failed one is one; another at the same offset of a topic made again is another)."""
+    crc = zlib.crc32(rec.value or b"", zlib.crc32(rec.key or b""))
+    return rec.topic, rec.partition, rec.offset, crc, update.dropped
 
 
 def _warn_dropped(rec: Any, key: str, categories: tuple[str, ...]) -> None:

@@ -11,6 +11,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from stream_expiry.config import Topics, parse_config
 from stream_expiry.control import ControlTopics
+from stream_expiry.errors import BrokerUnavailableError
 from stream_expiry.holds import Hold, HoldBook, encode_hold
 from stream_expiry.policy import PolicyBook
 from stream_expiry.stats import ServiceStats
@@ -424,6 +425,63 @@ async def test_a_start_warns_of_what_the_scope_still_lacks_by_the_last_update_th
         "error had a value there and now have none from this scope; send every category the "
         "scope should keep in one update (0 for one it should give no value: then this is not "
         "said)"
+    ]
+
+
+@pytest.mark.asyncio
+async def test_an_update_read_in_a_catch_up_that_failed_is_warned_of_by_the_next_start(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start's catch-up applied ``default@0`` (it takes session and error away), then
+    failed reading on: the session stops before the catch-up is said, and the service
+    starts the next one with the same policy book. Read again, ``@0`` takes nothing away
+    from that book, which has it already: it was never warned of in that process. Said
+    once by the start that reads the topic whole, however many failed before it; not
+    again by a later start. Judged by content, not by offset alone: a later start that
+    reads the topic made again (its offsets from 0 again) warns of its own ``@0``."""
+    topic = Topics().policies
+
+    def default(ttl: dict[str, str]) -> Any:
+        return _record(topic, 0, 0, "default", orjson.dumps({"scope": "default", "ttl": ttl}))
+
+    update = default({"conversation": "3m"})
+    fails = 3
+
+    async def read_to_end(
+        _cons: Any, name: str, *, then_follow: bool = False
+    ) -> AsyncIterator[dict[TopicPartition, list[Any]]]:
+        nonlocal fails
+        if name != topic:
+            return
+        yield {TopicPartition(topic, 0): [update]}
+        if fails:
+            fails -= 1
+            raise BrokerUnavailableError("the broker went away reading expiry.policies")
+
+    monkeypatch.setattr("stream_expiry.control.read_to_end", read_to_end)
+    control = _control(DEFAULTS_3)
+    caplog.set_level(logging.INFO, logger="stream_expiry.service")
+    while fails:
+        with pytest.raises(BrokerUnavailableError):
+            await control.read_all()
+        assert _warned(caplog) == []  # not before the catch-up is read whole
+    await control.read_all()
+    said = (
+        f"policy update default at {topic}[0]@0 replaces the scope's whole ttl map: session, "
+        "error had a value there and now have none from this scope; send every category the "
+        "scope should keep in one update (0 for one it should give no value: then this is not "
+        "said)"
+    )
+    assert _warned(caplog) == [said]
+    await control.read_all()  # a later session's start
+    assert _warned(caplog) == [said]
+    update = default({"session": "1m"})  # the topic made again, while the service ran
+    await control.read_all()
+    assert _warned(caplog)[1:] == [
+        f"policy update default at {topic}[0]@0 replaces the scope's whole ttl map: "
+        "conversation had a value there and now has none from this scope; send every category "
+        "the scope should keep in one update (0 for one it should give no value: then this is "
+        "not said)"
     ]
 
 
