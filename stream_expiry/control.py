@@ -35,7 +35,12 @@ from stream_expiry import model, oversize
 from stream_expiry.codec import dead_letter_headers
 from stream_expiry.errors import ConfigurationError, quoted, suggestion
 from stream_expiry.fetch import read_to_now
-from stream_expiry.holds import apply_hold_message, misspelt_fields, named_hold_id
+from stream_expiry.holds import (
+    apply_hold_message,
+    kept_despite,
+    misspelt_fields,
+    named_hold_id,
+)
 from stream_expiry.kafka import read_to_end, topic_ends, topic_names
 from stream_expiry.logs import counted
 from stream_expiry.outbox import all_acked
@@ -370,6 +375,7 @@ class ControlTopics:
                 hold = apply_hold_message(self._holds, rec.key, rec.value, tp.partition)
                 if isinstance(hold, model.Rejection):
                     await self._reject(rec, hold, "legal hold")
+                    self._say_kept(rec)
                     continue
                 if rec.value is None:
                     self._note_release(rec)
@@ -407,6 +413,17 @@ class ControlTopics:
                         )  # fmt: skip
         if not self._catching_up:
             self._say_released()
+
+    def _say_kept(self, rec: Any) -> None:
+        """After a rejected hold message: the hold its key names, if active, stays as it
+        was, said with the message's place (a repeated ``org`` read as the last one would
+        have moved the hold to another org; rejected, only the dead-letter line said so, and
+        not that the earlier scope still held)."""
+        kept = self._holds.get(rec.key.decode(errors="replace")) if rec.key else None
+        if kept is not None:
+            log.warning(
+                "%s[%d]@%d, rejected: %s", rec.topic, rec.partition, rec.offset, kept_despite(kept)
+            )
 
     def _say_unknown_category(self, hold: Hold, rec: Any) -> None:
         """Warn of a hold on a category the service does not have: no record has it, so

@@ -24,15 +24,22 @@ import re
 import sys
 import uuid
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from stream_expiry import exits
 from stream_expiry.cliargs import case_note, check_category
 from stream_expiry.codec import encode_hold_audit
-from stream_expiry.errors import ConfigurationError
-from stream_expiry.holds import Hold, HoldBook, apply_hold_message, encode_hold, parse_hold
+from stream_expiry.errors import ConfigurationError, quoted
+from stream_expiry.holds import (
+    Hold,
+    HoldBook,
+    apply_hold_message,
+    encode_hold,
+    kept_despite,
+    parse_hold,
+)
 from stream_expiry.kafka import consumer, ensure_config_topics, partitions_of, producer, read_to_end
 from stream_expiry.logs import printable, say_failure, say_warning
 from stream_expiry.model import Rejection
@@ -66,11 +73,34 @@ async def read_holds(
                 "cannot be read: give the command the services' --config (their [topics] "
                 f"holds){otherwise}"
             )
+        # Rejected messages still the latest of their id on their partition: said once read.
+        rejected: dict[tuple[bytes | None, int, int], tuple[Any, Rejection]] = {}
         async for batch in read_to_end(cons, topic):
             for tp, records in batch.items():
                 for rec in records:
-                    apply_hold_message(book, rec.key, rec.value, tp.partition)
+                    got = apply_hold_message(book, rec.key, rec.value, tp.partition)
+                    slot = (rec.key, tp.partition, -1 if rec.key else rec.offset)
+                    if isinstance(got, Rejection):
+                        rejected[slot] = (rec, got)
+                    else:
+                        rejected.pop(slot, None)
+    for rec, why in rejected.values():
+        _say_ignored(book, rec, why)
     return book
+
+
+def _say_ignored(book: HoldBook, rec: Any, why: Rejection) -> None:
+    """Warn of a hold message that is the latest of its id and is ignored, as the service
+    ignores it: ``hold list``, ``status`` and ``history`` showed the hold placed before (or
+    none) without a word, while the message a producer meant to change it with (a
+    repeated ``org``, say) changed nothing."""
+    key = "null" if rec.key is None else printable(quoted(rec.key.decode(errors="replace"), 80))
+    kept = book.get(rec.key.decode(errors="replace")) if rec.key else None
+    say_warning(
+        f"the legal hold message at {printable(rec.topic)}[{rec.partition}]@{rec.offset} (key "
+        f"{key}) is ignored, as the service ignores it: {why.code} ({printable(why.detail)})"
+        + ("" if kept is None else f"; {printable(kept_despite(kept))}")
+    )
 
 
 async def _ensure(config: Config, brokers: Brokers) -> None:

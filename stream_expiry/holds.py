@@ -12,8 +12,13 @@ Rules kept here:
   (which of bot, env, category, record_id they give: 16 shapes at most), never a scan of
   its holds: a trial with 10,000 record-level holds in one org took 38 s to ingest 20,000
   of its events, and 26 s to release the 10,000, when each match scanned them all.
-* A malformed hold is rejected with a reason (the service dead-letters it); a release of an
-  unknown hold changes nothing.
+* A malformed hold is rejected with a reason (the service dead-letters it) and changes
+  nothing: the hold its key named before stays as it was, never released nor narrowed by a
+  message that cannot be read; a release of an unknown hold changes nothing.
+* A key given twice in one object (two ``org``, two ``record_id``) makes a hold malformed:
+  JSON readers keep the last value without a word, so the hold would cover a scope other
+  than the one written first, and which one was meant is unknown
+  (:mod:`stream_expiry.repeated_keys`).
 * The message key is the hold's id; a ``hold_id`` in the value counts only for a message
   without a key (:func:`named_hold_id` lets the service warn about one that differs).
 """
@@ -26,8 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from stream_expiry.errors import misspelt, not_json
+from stream_expiry.errors import misspelt, not_json, quoted
 from stream_expiry.model import ENVS, MAX_ID_CHARS, Rejection
+from stream_expiry.repeated_keys import repeated_key
 from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
 
 if TYPE_CHECKING:
@@ -41,6 +47,7 @@ __all__ = [
     "HoldIndex",
     "apply_hold_message",
     "encode_hold",
+    "kept_despite",
     "misspelt_fields",
     "named_hold_id",
     "parse_hold",
@@ -243,6 +250,8 @@ def parse_hold(key: bytes | None, value: bytes) -> Hold | Rejection:
         return Rejection("invalid_json", not_json(value, exc))
     if type(body) is not dict:
         return Rejection("not_an_object", "a hold is a JSON object")
+    if (repeated := repeated_key(value)) is not None:
+        return Rejection("invalid_field", repeated.detail())
     fields: dict[str, str | None] = {}
     wanted = [("hold_id", False), ("org", True), ("reason", True)]
     for name, required in [*wanted, *((f, False) for f in _FIELDS[1:])]:
@@ -389,6 +398,20 @@ class HoldBook:
 
     def is_held(self, identity: Identity) -> bool:
         return self._index.any_matches(identity)
+
+
+def kept_despite(hold: Hold) -> str:
+    """What a person is told of ``hold`` when a message under its id that would replace it
+    is rejected: it stays as it was (a message that cannot be read never releases or
+    narrows a legal hold), and how to make that last, since the topic is compacted: once
+    the earlier placement is compacted away, a start reads the rejected message alone, and
+    the id has no hold."""
+    return (
+        f"the legal hold {quoted(hold.hold_id, 80)} it would replace stays in force as "
+        f"placed before ({hold.scope()}); place it again, valid, under its id (or release "
+        "it): once compaction removes the earlier placement, a start would find no hold "
+        "under this id"
+    )
 
 
 def apply_hold_message(

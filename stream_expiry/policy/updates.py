@@ -27,6 +27,11 @@ Rules this module keeps (see the contract, "Policy updates"):
   removed the scope's updates.
 * When both key and value name a scope, they must agree; otherwise compaction and clears
   would act on a scope other than the one the value changes.
+* A key given twice in one object (``"ttl": {"session": "30d", "session": "1d"}``, two
+  ``org``) rejects the whole update (``invalid_field``, naming the key and its path): JSON
+  readers keep the last value without a word, so the scope would get a TTL, or the update a
+  scope, other than the one written first, and which one was meant is unknown
+  (:mod:`stream_expiry.repeated_keys`).
 * Invalid input gives a :class:`~stream_expiry.model.Rejection` with a dead-letter code.
 """
 
@@ -48,6 +53,7 @@ from stream_expiry.policy.sources import (
     capital_m_note,
     make_candidate,
 )
+from stream_expiry.repeated_keys import repeated_key
 from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
 
 if TYPE_CHECKING:
@@ -297,6 +303,8 @@ def parse_update(
         return _reject("invalid_json", not_json(value, exc))
     if not isinstance(obj, dict):
         return _reject("not_an_object", f"the value is a JSON {_json_type(obj)}, not an object")
+    if (repeated := repeated_key(value)) is not None:
+        return _reject("invalid_field", repeated.detail())
     scope = _scope_of(obj)
     if isinstance(scope, Rejection):
         return scope

@@ -51,9 +51,9 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from stream_expiry.control import refuse_a_lost_holds_topic
-from stream_expiry.errors import BrokerError, BrokerUnavailableError, ConfigurationError
+from stream_expiry.errors import BrokerError, BrokerUnavailableError, ConfigurationError, quoted
 from stream_expiry.fetch import end_offsets, read_to_now
-from stream_expiry.holds import Hold, HoldBook, apply_hold_message
+from stream_expiry.holds import Hold, HoldBook, apply_hold_message, kept_despite
 from stream_expiry.kafka import (
     OwnedPartitions,
     batch_bytes,
@@ -961,8 +961,8 @@ class Sink:
     async def _read_holds(self, *, to_end: bool = False) -> None:
         """Apply what ``expiry.holds`` says: all of it (at start), or what came since the
         last look, to its end now (before each sweep: a hold acknowledged before the sweep
-        spares its rows). A malformed hold is skipped here: the service sends it to the
-        dead-letter topic with its reason.
+        spares its rows). A malformed hold is skipped here, with a warning (the service
+        sends it to the dead-letter topic with its reason): the hold its id had stays.
 
         Before a sweep this took what the consumer had fetched already, without waiting:
         the holds came a sweep late, and a trial's sweeps deleted 37 of 40 held rows (and
@@ -991,7 +991,7 @@ class Sink:
                         self._let_go.place(before)
                         self._let_go_at[before.hold_id] = now
                     if isinstance(hold, Rejection):
-                        log.debug("skipping a malformed hold (%s)", hold.detail)
+                        _say_rejected_hold(rec, hold, self.holds)
                     elif hold is not None and rec.value is not None:
                         placed[hold.hold_id] = hold
         for hold in placed.values():  # said once read: not the holds released since
@@ -1386,3 +1386,16 @@ async def run_sink(
     sink = Sink(store, config, clock=clock, on_batch=on_batch)
     await sink.run(stop)
     return sink
+
+
+def _say_rejected_hold(rec: Any, why: Rejection, holds: HoldBook) -> None:
+    """Warn of a hold message the sink skips, where it is, and of the hold its key named
+    that stays: said at debug level alone, a hold the stores did not keep (a producer's
+    repeated ``org``, say) went unnoticed where the sink runs."""
+    key = "null" if rec.key is None else quoted(rec.key.decode(errors="replace"), 80)
+    kept = holds.get(rec.key.decode(errors="replace")) if rec.key else None
+    log.warning(
+        "legal hold rejected: %s (%s); key %s, %s[%d]@%d: skipped, it changes no hold%s",
+        why.code, why.detail, key, rec.topic, rec.partition, rec.offset,
+        "" if kept is None else f"; {kept_despite(kept)}",
+    )  # fmt: skip

@@ -49,6 +49,7 @@ from tests.integration.service_helpers import (
     running_service,
 )
 from tests.integration.sink_helpers import wait_until
+from tests.log_capture import captured_logs
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -1307,3 +1308,71 @@ async def test_two_lives_a_hold_kept_erased_each_name_their_request_at_the_relea
     where = re.escape(topics.conversations) + r"\[\d\]@%d"
     for headers, offset in zip(named, (1, 3), strict=True):
         assert re.fullmatch(where % offset, headers["expiry-request"].decode())
+
+
+@pytest.mark.timeout(120)
+async def test_a_hold_giving_a_key_twice_leaves_the_hold_before_in_force_and_is_warned_of(
+    broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tool writes hold case-1 again with ``"org"`` twice, acme then other. Read as the
+    last value, the hold moved to org other and acme's records, due and kept by case-1, were
+    tombstoned within a second. Refused now: case-1 stays as placed (nothing let go), the
+    message is dead-lettered, and the service, and ``hold list``, warn naming the key, where
+    the message is, and the hold that stays; its release then lets the records go."""
+    common, config = _setup(
+        broker, topics, tmp_path, '[retention.defaults]\nconversation = "10m"\n'
+    )
+    assert await _cli("hold", "place", *common, "--org", "acme", "--reason", "case 1",
+                      "--id", "case-1") == 0  # fmt: skip
+    offset = [0]
+    with captured_logs() as logs:
+        async with running_service(
+            config, broker, clock=lambda: wall_clock_ms() + offset[0]
+        ) as svc:
+
+            def held() -> int:
+                return sum(p.store.counts.held for p in svc.processors.values())
+
+            await wait_for(lambda: len(svc.holds) == 1)
+            t0 = wall_clock_ms()
+            await produce(
+                broker,
+                [(topics.conversations, *event("conversation", f"r{i}", ts=t0)) for i in range(3)],
+            )
+            await wait_for(lambda: svc.stats.stamped >= 3)
+            offset[0] = 600_000 + 1_000  # every record due: case-1 keeps them
+            await wait_for(lambda: held() == 3)
+            generation = svc.holds.generation
+            twice = b'{"hold_id": "case-1", "org": "acme", "reason": "case 1", "org": "other"}'
+            async with producer(broker) as prod:
+                sent = await prod.send_and_wait(topics.holds, twice, key=b"case-1")
+            await wait_for(lambda: svc.stats.dead_letters >= 1 or svc.stats.tombstones >= 1)
+            assert svc.stats.tombstones == 0
+            kept = svc.holds.get("case-1")
+            assert kept is not None
+            assert kept.org == "acme"
+            assert svc.holds.generation == generation  # nothing let go, so nothing to fire
+            assert held() == 3
+            capsys.readouterr()
+            assert await _cli("hold", "list", *common, "--json") == 0
+            said = capsys.readouterr()
+            assert [(h["hold_id"], h["org"]) for h in orjson.loads(said.out)] == [
+                ("case-1", "acme")
+            ]
+            where = f"{topics.holds}[{sent.partition}]@{sent.offset}"
+            assert f"legal hold message at {where} (key 'case-1') is ignored" in said.err
+            assert "key 'org' is given twice (at the top level)" in said.err
+            assert await _cli("hold", "release", *common, "case-1") == 0
+            await wait_for(lambda: svc.stats.tombstones == 3, timeout_s=10)
+    text = logs.text.getvalue()
+    assert "legal hold rejected: invalid_field (key 'org' is given twice (at the top level)" in text
+    assert f"key 'case-1', {where}; put on the dead-letter topic" in text
+    assert (
+        f"{where}, rejected: the legal hold 'case-1' it would replace stays in force as "
+        "placed before (org=acme)" in text
+    )
+    letters = await read_topic(broker, topics.dlq, until=lambda rs: len(rs) >= 1)
+    assert [r.value for r in letters] == [twice]
+    headers = dict(letters[0].headers)
+    assert headers["expiry-error"] == b"invalid_field"
+    assert headers["expiry-source-offset"] == str(sent.offset).encode()

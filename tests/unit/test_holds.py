@@ -1371,3 +1371,31 @@ def test_a_hold_missing_a_required_field_it_has_under_another_spelling_names_it(
     assert parse_hold(b"h", orjson.dumps({"reason": "case 3", "ticket": 4})) == Rejection(
         "missing_field", "field 'org' is required"
     )
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        (b'{"org": "acme", "reason": "case 7", "org": "other"}', "key 'org'"),
+        (b'{"org": "acme", "record_id": "r1", "reason": "case 7", "record_id": "r2"}', "key 'record_id'"),
+        (b'{"org": "acme", "reason": "case 7", "ticket": {"n": 1, "n": 2}}', "at 'ticket.n'"),
+    ],
+)  # fmt: skip
+def test_a_hold_giving_a_key_twice_is_rejected_and_the_hold_before_stays(
+    raw: bytes, named: str
+) -> None:
+    """orjson keeps a repeated key's last value without a word: ``"org": "acme", ...,
+    "org": "other"`` replaced a hold on acme by one on other, so acme's records were let go
+    by a message no one can say was meant so. Rejected, naming the key and its path; the
+    hold its key named before stays, neither released nor narrowed."""
+    book = HoldBook()
+    before = apply_hold_message(book, b"h1", encode_hold(hold("h1")))
+    generation = book.generation
+    got = apply_hold_message(book, b"h1", raw)
+    assert isinstance(got, Rejection)
+    assert got.code == "invalid_field"
+    assert named in got.detail
+    assert book.get("h1") == before
+    assert book.generation == generation  # nothing let go
+    assert book.is_held(Identity("acme", "_", "live", "conversation", "r9"))
+    assert parse_hold(b"h2", raw) == got  # and a first placement is no hold at all

@@ -7,7 +7,8 @@ import pytest
 
 from stream_expiry.config import parse_config
 from stream_expiry.errors import StreamExpiryError
-from stream_expiry.policy import PolicyBook, UnknownCategory, render_explain_table
+from stream_expiry.model import Identity
+from stream_expiry.policy import PolicyBook, UnknownCategory, apply_updates, render_explain_table
 
 FULL = """
 preset = "cognigy"
@@ -166,3 +167,19 @@ def test_the_org_meant_is_found_whatever_the_case_of_the_org_given() -> None:
     assert book.explain(category="conversation", org="ACME")["source"] is None  # still its own
     alike = make_book('[retention.orgs.Acme]\nerror = "1d"\n[retention.orgs.acme]\nerror = "1d"\n')
     assert alike.org_meant("ACME") == "Acme"
+
+
+def test_explain_says_an_update_giving_a_key_twice_is_ignored_naming_the_key() -> None:
+    """``explain`` and ``replay`` apply the topic's updates as the service does and print
+    what it warns of: an update with ``ttl.conversation`` twice was applied with its last
+    value, and its answer said one day where the update's author wrote 30 first."""
+    book = PolicyBook(parse_config('[retention.orgs.acme]\nconversation = "7d"\n'), {})
+    twice = b'{"scope": "org", "org": "acme", "ttl": {"conversation": "30d", "conversation": "1d"}}'
+    said = apply_updates(book, [(b"org/acme", twice, 0)], "expiry.policies")
+    assert said == [
+        "a policy update on expiry.policies is ignored: invalid_field (key 'conversation' is "
+        "given twice (at 'ttl.conversation'): which of its values was meant is unknown, so "
+        "the document is refused; give each key once)"
+    ]
+    resolved = book.resolve(Identity("acme", "_", "live", "conversation", "r"), 1)
+    assert resolved.ttl_ms == 7 * 86_400_000

@@ -718,3 +718,38 @@ def test_an_empty_map_is_said_to_empty_the_scope_which_it_does() -> None:
     assert book.resolve(ident, T + 1).source == "default"  # the cap of 7d is gone
     book.apply_update(b"cap", None, T + 2)
     assert book.resolve(ident, T + 3).source == "cap"
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        (
+            b'{"scope": "org", "org": "acme", "ttl": {"conversation": "30d",'
+            b' "conversation": "1d"}}',
+            "key 'conversation' is given twice (at 'ttl.conversation')",
+        ),
+        (
+            b'{"scope": "org", "org": "acme", "ttl": {"conversation": "1d"}, "org": "other"}',
+            "key 'org' is given twice (at the top level)",
+        ),
+        (
+            b'{"scope": "org", "org": "acme", "ttl": {"conversation": "1d"}, "ttl": {}}',
+            "key 'ttl' is given twice (at the top level)",
+        ),
+    ],
+)
+def test_an_update_giving_a_key_twice_is_rejected_whole_naming_it(raw: bytes, named: str) -> None:
+    """orjson keeps a repeated key's last value without a word: the scope got the second
+    TTL, or the update another org, than the one written first, and which was meant is
+    unknown. Rejected whole (``invalid_field``), the book keeps what it had."""
+    book = PolicyBook(parse_config('[retention.orgs.acme]\nconversation = "30d"\n'), {})
+    ident = Identity("acme", "_", "live", "conversation", "r")
+    other = Identity("other", "_", "live", "conversation", "r")
+    before, other_before = book.resolve(ident, T), book.resolve(other, T)
+    result = book.apply_update(b"org/acme", raw, T)
+    assert isinstance(result, Rejection)
+    assert result.code == "invalid_field"
+    assert result.detail.startswith(named)
+    assert book.resolve(ident, T) == before
+    assert book.resolve(other, T) == other_before
+    assert book.updates_applied == 0

@@ -683,6 +683,42 @@ async def test_rows_a_released_hold_kept_wait_the_grace_for_their_tombstones() -
 
 
 @pytest.mark.asyncio
+async def test_a_hold_giving_a_key_twice_changes_no_hold_and_is_warned_of(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A producer's hold ``{"org": "acme", ..., "org": "other"}`` under the id of a hold on
+    acme: read as its last ``org``, it moved the hold to another org, and the sweep took
+    acme's held rows once the grace passed; the sink said so at debug level alone. Refused
+    now: the rows stay, and a warning names the key, where the message is, and the hold
+    that stays."""
+    store, j = MemoryStore(), Journal()
+    now = [T0 + 3_600_000]
+    sink = Sink(store, _SWEEPING, clock=lambda: now[0])
+    held = Stamp(Identity("acme", "_", "live", "conversation", "a"), T0, T0 + 1000, 1, "org")
+    await store.apply(await _changes(held), now_ms=T0 + 1000)
+    placed = Hold("h1", "acme", None, None, None, None, "case", T0)
+    twice = b'{"hold_id": "h1", "org": "acme", "reason": "case", "org": "other"}'
+    messages = [Rec("holds", 0, 0, b"h1", encode_hold(placed)), Rec("holds", 0, 1, b"h1", twice)]
+    _HoldsReader(messages).read_by(sink)
+    with caplog.at_level(logging.WARNING, logger="stream_expiry.sinks"):
+        await sink.sweep_once(FakeProducer(j), read_to_ms=now[0])
+        now[0] += 60_001  # past the grace a narrowed hold leaves its rows
+        await sink.sweep_once(FakeProducer(j), read_to_ms=now[0])
+    assert await store.receipts() == []
+    assert await store.get(held.identity) is not None
+    assert sink.holds.get("h1") == placed
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [
+        "legal hold rejected: invalid_field (key 'org' is given twice (at the top level): "
+        "which of its values was meant is unknown, so the document is refused; give each key "
+        "once); key 'h1', holds[0]@1: skipped, it changes no hold; the legal hold 'h1' it "
+        "would replace stays in force as placed before (org=acme); place it again, valid, "
+        "under its id (or release it): once compaction removes the earlier placement, a "
+        "start would find no hold under this id"
+    ]
+
+
+@pytest.mark.asyncio
 async def test_an_explicit_tombstone_ends_no_life_created_after_its_delete() -> None:
     """A delete at d waited in a backlog; a new life was created after d and stamped before
     the tombstone event (emitted later) reached the store. The event's expiry-deleted-at

@@ -1,0 +1,63 @@
+"""Repeated keys in control documents: found at any depth, named with their path."""
+
+from __future__ import annotations
+
+import pytest
+
+from stream_expiry.repeated_keys import RepeatedKey, repeated_key
+
+
+@pytest.mark.parametrize(
+    ("document", "key", "path"),
+    [
+        (b'{"org": "acme", "reason": "r", "org": "other"}', "org", "org"),
+        (b'{"ttl": {"session": "30d", "session": "1d"}}', "session", "ttl.session"),
+        (b'{"a": [1, {"b": {"c": 1, "c": 2}}]}', "c", "a[1].b.c"),
+        (b'[{"x": 1}, {"y": 1, "y": 1}]', "y", "[1].y"),
+        (b'{"t": {"a.b": 1, "a.b": 2}}', "a.b", 't["a.b"]'),
+        # The same value twice is refused too: a person wrote the key twice.
+        (b'{"org": "acme", "org": "acme"}', "org", "org"),
+    ],
+)
+def test_the_first_repeated_key_is_named_with_its_path(
+    document: bytes, key: str, path: str
+) -> None:
+    found = repeated_key(document)
+    assert found == RepeatedKey(key, path)
+    assert repr(key) in found.detail()
+
+
+def test_the_detail_says_where_the_key_is_and_why_the_document_is_refused() -> None:
+    top = repeated_key(b'{"org": "a", "org": "b"}')
+    inner = repeated_key(b'{"ttl": {"session": "30d", "session": "1d"}}')
+    assert top is not None
+    assert inner is not None
+    assert top.detail() == (
+        "key 'org' is given twice (at the top level): which of its values was meant is "
+        "unknown, so the document is refused; give each key once"
+    )
+    assert inner.detail().startswith("key 'session' is given twice (at 'ttl.session'):")
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        b"{}",
+        b'{"org": "acme", "ttl": {"org": "1d", "session": "2d"}}',  # a key again, elsewhere
+        b'[{"a": 1}, {"a": 2}]',  # one key in two objects
+        b'"a string"',
+        b"12",
+    ],
+)
+def test_documents_giving_each_key_once_pass(document: bytes) -> None:
+    assert repeated_key(document) is None
+
+
+def test_a_document_nested_beyond_the_standard_librarys_reach_is_refused() -> None:
+    """orjson reads 1,024 levels; the standard library's recursion stops sooner, so such a
+    document cannot be checked, and is refused with a reason rather than let through."""
+    deep = b"[" * 1_020 + b"]" * 1_020
+    found = repeated_key(deep)
+    assert found is not None
+    assert found.key is None
+    assert "nests too deep" in found.detail()
