@@ -3,7 +3,9 @@
 ``replay`` and ``status`` need every record's current stamp. The topic is streamed into a
 temporary RocksDB keyed by record key (the last value wins, as compaction would keep it),
 so memory stays bounded whatever the topic's size; each value keeps the partition it was
-on and the input partition its headers name, so a re-derived stamp can go back beside it.
+on and the input partition its headers name, so a re-derived stamp can go back beside it,
+and the requests of the erasures a legal hold deferred that a stamp names
+(``expiry-deferred-requests``), so a re-derived stamp names them too.
 :func:`read_latest` is the streaming underneath, with the caller saying what to keep of
 each message (``replay`` keeps a verdict, not the stamp).
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from aiokafka import TopicPartition
 
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from stream_expiry.kafka_settings import Brokers
     from stream_expiry.state import KeyValue, RocksKV
 
-__all__ = ["Current", "Fold", "Progress", "read_current", "read_latest"]
+__all__ = ["Current", "Fold", "Latest", "Progress", "read_current", "read_latest"]
 
 _SOURCE = struct.Struct(">iH")  # kafka partition, length of the source topic name
 # The whole topic is read: small fetches keep the responses (and the records decoded from
@@ -45,6 +47,24 @@ class Progress(Protocol):
     def __call__(self, done: int, final: bool = False) -> None: ...
 
 
+class Latest(NamedTuple):
+    """A record's latest message on ``expiry.stamped``, as :class:`Current` keeps it."""
+
+    partition: int  # of expiry.stamped
+    source: tuple[str, int] | None  # the input partition its headers name
+    value: bytes | None  # None: a null
+    # Its ``expiry-deferred-requests`` (codec.H_DEFERRED_REQUESTS), as written; None when
+    # it has none, as nearly every stamp.
+    deferred: bytes | None
+
+
+# After the head of a kept value: a null; a stamp; a stamp with its deferred requests
+# (their length, then the header's bytes), so that a stamp replay publishes in its place
+# names them too (a restore reads a record's latest stamp alone).
+_NULL, _STAMP, _STAMP_DEFERRED = b"\x00", b"\x01", b"\x02"
+_LENGTH = struct.Struct(">I")
+
+
 class Current:
     """The latest value of every key on ``expiry.stamped``, with where it came from."""
 
@@ -57,17 +77,16 @@ class Current:
         topic, src_p = source if source is not None else ("", -1)
         name = topic.encode()
         head = _SOURCE.pack(partition, len(name)) + name + struct.pack(">i", src_p)
-        return head + (b"\x00" if value is None else b"\x01" + value)
+        return head + (_NULL if value is None else _lead(headers) + value)
 
     @staticmethod
-    def unpack(raw: bytes) -> tuple[int, tuple[str, int] | None, bytes | None]:
+    def unpack(raw: bytes) -> Latest:
         partition, n = _SOURCE.unpack_from(raw)
         at = _SOURCE.size
         topic = raw[at : at + n].decode()
         (src_p,) = struct.unpack_from(">i", raw, at + n)
-        body = raw[at + n + 4 :]
         source = (topic, src_p) if src_p >= 0 else None
-        return partition, source, None if body[:1] == b"\x00" else body[1:]
+        return Latest(partition, source, *_tail(raw[at + n + 4 :]))
 
     def get(self, key: bytes) -> bytes | None:
         return self.kv.multi_get([key])[0]
@@ -85,9 +104,29 @@ class Current:
             head = raw[:cut]
             known = heads.get(head)
             if known is None:
-                partition, source, _ = Current.unpack(head + b"\x00")
+                partition, source, *_ = Current.unpack(head + _NULL)
                 known = heads[head] = (partition, source)
-            yield key, known[0], known[1], None if raw[cut] == 0 else raw[cut + 1 :]
+            yield key, known[0], known[1], _tail(raw[cut:])[0]
+
+
+def _lead(headers: list[tuple[str, bytes]]) -> bytes:
+    """What goes before a stamp's value: its ``expiry-deferred-requests`` when it has one."""
+    for name, value in headers:
+        if name == codec.H_DEFERRED_REQUESTS and value is not None:
+            return _STAMP_DEFERRED + _LENGTH.pack(len(value)) + value
+    return _STAMP
+
+
+def _tail(body: bytes) -> tuple[bytes | None, bytes | None]:
+    """(the value, its deferred requests) of what follows a kept value's head."""
+    kind = body[:1]
+    if kind == _NULL:
+        return None, None
+    if kind == _STAMP:
+        return body[1:], None
+    (length,) = _LENGTH.unpack_from(body, 1)
+    start = 1 + _LENGTH.size
+    return body[start + length :], body[start : start + length]
 
 
 async def read_current(
@@ -100,9 +139,10 @@ async def read_current(
 ) -> tuple[Current, int]:
     """Stream ``topic`` into ``kv``: the latest value per key, as compaction would keep.
     ``ends``, if given, is filled as by :func:`read_latest`."""
-    # The packed head of a value depends only on its partition and its source headers,
-    # which repeat for every stamp of an input partition: packed once (nulls carry one
-    # more header, with a time: those are packed each).
+    # The packed head of a value depends only on its partition and its headers (the
+    # source, which repeats for every stamp of an input partition, and rarely the deferred
+    # requests): packed once (nulls carry one more header, with a time: those are packed
+    # each).
     heads: dict[tuple[int, Any], bytes] = {}
 
     def pack(partition: int, _offset: int, headers: Any, key: bytes, value: bytes | None) -> bytes:
@@ -111,10 +151,10 @@ async def read_current(
         slot = (partition, tuple(headers))
         head = heads.get(slot)
         if head is None:
-            head = Current.pack(partition, headers, None)[:-1]
+            head = Current.pack(partition, headers, b"")  # all but the value
             if len(heads) < 10_000:
                 heads[slot] = head
-        return head + b"\x01" + value
+        return head + value
 
     read = await read_latest(bootstrap, topic, kv, pack, progress, ends=ends)
     return Current(kv), read

@@ -13,7 +13,12 @@ Records already deleted (the latest value on ``expiry.stamped`` is a null) are n
 counted nor resurrected. Unless ``--dry-run``, every changed stamp is published on
 ``expiry.stamped``, on its record's partition with its source headers, so a service that
 (re)starts, or takes over the partition, restores it from there: the records now due are
-tombstoned at once, the others at their new times.
+tombstoned at once, the others at their new times. A stamp that names the requests of
+erasures a legal hold deferred (``expiry-deferred-requests``: an erased life kept beside
+the next) is published with that header as it was, since it keeps the same held lives;
+a restore reads the record's latest stamp alone, and without it the release's tombstones
+named no request. (A stamp with an erasure of its own is not published at all: the erasure
+ends the record at the release, whatever its expiry.)
 """
 
 from __future__ import annotations
@@ -289,8 +294,10 @@ class _Verdicts:
         partition: int,
         source: tuple[str, int] | None,
         body: Any,
+        deferred: bytes | None = None,
     ) -> None:
-        """``old``: the current expiry; ``body``: the current stamp's message (or None)."""
+        """``old``: the current expiry; ``body``: the current stamp's message (or None);
+        ``deferred``: its ``expiry-deferred-requests``, carried to the stamp published."""
         report, key = self.report, new.identity.key
         kind = _classify(old, new.expires_at, has_stamp, self.now)
         report.records += 1
@@ -301,7 +308,7 @@ class _Verdicts:
                 # is published again without what the rule removes.
                 report.redacted += 1
                 if not self.dry_run and self.publisher is not None:
-                    await self.publisher.add(partition, source, new, body)
+                    await self.publisher.add(partition, source, new, body, deferred)
         else:
             setattr(report, kind, getattr(report, kind) + 1)
             if len(report.sample) < self.sample_size:
@@ -309,7 +316,7 @@ class _Verdicts:
         if self.keep_states:
             report.states[key] = new
         if kind is not None and not self.dry_run and self.publisher is not None:
-            await self.publisher.add(partition, source, new, body)
+            await self.publisher.add(partition, source, new, body, deferred)
 
 
 class _Publisher:
@@ -364,16 +371,26 @@ class _Publisher:
             yield cls(prod, topic, redactor, topic_limit=limits.get(topic), published=published)
 
     async def add(
-        self, partition: int, source: tuple[str, int] | None, state: model.Stamp, body: Any
+        self,
+        partition: int,
+        source: tuple[str, int] | None,
+        state: model.Stamp,
+        body: Any,
+        deferred: bytes | None = None,
     ) -> None:
         """``body``: the record's current stamp (its data redacted under the rules of its
-        time, and saying what was removed), or None."""
+        time, and saying what was removed), or None; ``deferred``: that stamp's
+        ``expiry-deferred-requests``, or None. ``state`` keeps the stamp's held lives, so
+        the requests of their erasures are still the record's: the header goes on as it
+        was (:data:`codec.H_DEFERRED_REQUESTS`)."""
         data = None if body is None else body.get("data")
         redacted: tuple[str, ...] = () if body is None else tuple(body.get("redacted") or ())
         if self._redactor is not None and data is not None:
             data, removed = self._redactor.redact(state.identity.category, data)
             redacted = tuple(dict.fromkeys((*redacted, *removed)))
         headers = [self._mark]
+        if deferred is not None:
+            headers = [(codec.H_DEFERRED_REQUESTS, deferred), *headers]
         if source is not None:
             headers = [*codec.source_headers(*source), *headers]
         key = state.identity.key.encode()
@@ -651,7 +668,7 @@ async def _from_stamps(config: Config, book: PolicyBook, kv: RocksKV, verdicts: 
             report.records += 1
             report.unchanged += 1
             continue
-        partition, source, value = Current.unpack(raw)
+        partition, source, value, deferred = Current.unpack(raw)
         if value is None:
             continue
         try:
@@ -673,7 +690,13 @@ async def _from_stamps(config: Config, book: PolicyBook, kv: RocksKV, verdicts: 
             held_lives=lives,  # ended: a new policy does not move them
         )
         await verdicts.record(
-            new, old, has_stamp=True, partition=partition, source=source, body=body
+            new,
+            old,
+            has_stamp=True,
+            partition=partition,
+            source=source,
+            body=body,
+            deferred=deferred,
         )
 
 
@@ -837,7 +860,7 @@ async def _compare_input_state(
         if not ended:
             verdicts.report.unstamped += 1
         return
-    _p, _src, value = Current.unpack(raw)
+    _p, _src, value, deferred = Current.unpack(raw)
     if value is None:
         return  # deleted on expiry.stamped: not resurrected
     body = orjson.loads(value)
@@ -859,7 +882,15 @@ async def _compare_input_state(
         # then a new life) is not in their state: keep the stamp's, as replay from the
         # stamps does, or the release would find no held life to tombstone (a trial).
         state = state._replace(held_lives=codec.stamp_body_fields(body)[6])
-    await verdicts.record(state, old, has_stamp=True, partition=partition, source=source, body=body)
+    await verdicts.record(
+        state,
+        old,
+        has_stamp=True,
+        partition=partition,
+        source=source,
+        body=body,
+        deferred=deferred,  # of the held lives kept from the stamp
+    )
 
 
 async def run_replay(config: Config, bootstrap: Brokers, args: argparse.Namespace) -> int:
