@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import Process, TaskGroup
 
+    from stream_expiry.config import Config
     from tests.conftest import TopicSet
     from tests.integration.service_helpers import ServiceProcess
 
@@ -487,3 +488,107 @@ async def test_every_partition_of_a_retired_topic_wider_than_the_inputs_is_fired
             "as the 8 stamps naming it on the changelog need"
         ), said
     assert len(said) == (2 if on_the_cluster == "deleted" else 1), said
+
+
+# -- retired topics with more and fewer partitions than the inputs, two instances ---------
+
+
+async def _stamp_on_partitions(
+    broker: str, topics: TopicSet, state_dir: str, counts: dict[str, int]
+) -> dict[str, int]:
+    """A service reading the inputs and the topics of ``counts`` (made with that many
+    partitions) stamps one record due in 5 minutes and one due in 20 on every partition
+    of each of those, and stops. Returns each record's key -> its expiry."""
+    for topic, count in counts.items():
+        await ensure_topics(broker, [topic], partitions=count)
+    text = config_text(topics, state_dir, RETENTION)
+    inputs = f'inputs = ["{topics.conversations}", "{topics.sessions}", "{topics.errors}"'
+    extra = "".join(f', "{topic}"' for topic in counts)
+    created = wall_clock_ms()
+    sent: list[tuple[str, int, bytes, bytes, str]] = []
+    for topic, count in counts.items():
+        for p in range(count):
+            for category in ("analytics", "error"):
+                key, value = event(category, f"{topic}-{p}-{category}", ts=created)
+                sent.append((topic, p, key, value, category))
+    async with running_service(
+        parse_config(text.replace(inputs, inputs + extra)), broker
+    ) as service:
+        async with producer(broker) as prod:
+            futures = [
+                await prod.send(topic, key=key, value=value, partition=p)
+                for topic, p, key, value, _category in sent
+            ]
+            for fut in futures:
+                await fut
+        await wait_for(lambda: service.stats.stamped >= len(sent))
+        assert service.stats.tombstones == 0
+    stamped = await read_all(broker, topics.stamped)
+    assert {source_of(rec.headers) for rec in stamped} == {
+        (topic, p) for topic, count in counts.items() for p in range(count)
+    }
+    return {key.decode(): created + TTL_MS[category] for *_tp, key, _v, category in sent}
+
+
+def _partitions_held(services: tuple[Service, ...], topic: str) -> list[int]:
+    """The partitions of ``topic`` the services hold, each as often as it is held."""
+    return sorted(p for svc in services for t, p in svc.owned if t == topic)
+
+
+@pytest.mark.timeout(180)
+async def test_two_instances_fire_retired_topics_wider_and_narrower_than_the_inputs_once(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """Retired topics of 4 partitions and of 1 beside inputs of 2, with two instances of
+    one group (one joining, then the other leaving: two rebalances): each partition of
+    both is held by one instance at a time, and every record stamped from every one of
+    them is tombstoned exactly once, none before its expiry, by whichever instance holds
+    its partition then (partition n of a retired topic does not always go with the
+    inputs' partition n here: the range assignor shares each topic out alone)."""
+    wide, narrow = f"{topics.prefix}.wide", f"{topics.prefix}.narrow"
+    counts = {wide: 4, narrow: 1}
+    expiries = await _stamp_on_partitions(broker, topics, str(tmp_path / "state-a"), counts)
+    short = sum(1 for at in expiries.values() if at == min(expiries.values()))
+    retire = f'[topics]\nretired = ["{wide}", "{narrow}"]\n'
+
+    def retired_config(state: str) -> Config:
+        text = config_text(topics, str(tmp_path / state), RETENTION)
+        return parse_config(text.replace("[topics]\n", retire, 1))
+
+    clock = ShiftedClock()
+    async with running_service(
+        retired_config("state-a"), broker, fast_join=False, clock=clock
+    ) as svc_a:
+        assert _pending_on(svc_a, wide) + _pending_on(svc_a, narrow) == len(expiries)
+        async with running_service(
+            retired_config("state-b"), broker, fast_join=False, clock=clock
+        ) as svc_b:
+            both = (svc_a, svc_b)
+            # Shared out, each partition held once, every store restored (b's from the
+            # changelog, as it has no state directory).
+            await wait_for(
+                lambda: (
+                    _partitions_held(both, wide) == [0, 1, 2, 3]
+                    and _partitions_held(both, narrow) == [0]
+                    and all(svc.owned for svc in both)
+                    and sum(_pending_on(s, t) for s in both for t in counts) == len(expiries)
+                ),
+                timeout_s=30,
+            )
+            assert {t for t, _p in svc_b.owned} >= {wide}, svc_b.owned
+            assert svc_a.stats.tombstones + svc_b.stats.tombstones == 0  # none early
+            clock.ahead_ms = 10 * MINUTE_MS  # the 5-minute ones, from every partition
+            await _tombstones_once(broker, topics, expiries, clock())
+            assert svc_a.stats.tombstones + svc_b.stats.tombstones == short
+        # b left: a holds every partition again, b's restored with b's tombstones applied.
+        await wait_for(
+            lambda: (
+                _partitions_held((svc_a,), wide) == [0, 1, 2, 3]
+                and _partitions_held((svc_a,), narrow) == [0]
+                and _pending_on(svc_a, wide) + _pending_on(svc_a, narrow) == len(expiries) - short
+            ),
+            timeout_s=30,
+        )
+        clock.ahead_ms = 30 * MINUTE_MS  # the 20-minute ones: every record once, in all
+        await _tombstones_once(broker, topics, expiries, clock())
+        assert svc_a.stats.tombstones + svc_b.stats.tombstones == len(expiries)
