@@ -89,6 +89,7 @@ __all__ = [
     "mapped",
     "message_limits",
     "missing_topics",
+    "partition_counts",
     "partitions_of",
     "producer",
     "read_to_end",
@@ -946,6 +947,15 @@ async def topic_names(brokers: Brokers) -> set[str]:
         with broker_errors("reading topic metadata"):
             cluster = await cons._client.fetch_all_metadata()
     return {t for t in cluster.topics() if cluster.partitions_for_topic(t)}
+
+
+async def partition_counts(brokers: Brokers, topics: Iterable[str]) -> dict[str, int]:
+    """How many partitions each of ``topics`` has (0: the cluster does not have it), asked
+    as :func:`missing_topics` asks: one metadata request, which makes none of them."""
+    async with consumer(brokers) as cons:
+        with broker_errors("reading topic metadata"):
+            cluster = await cons._client.fetch_all_metadata()
+    return {t: len(cluster.partitions_for_topic(t) or ()) for t in topics}
 
 
 async def topic_ends(brokers: Brokers, topics: Iterable[str]) -> dict[str, int]:

@@ -22,7 +22,11 @@ the topic had, left the records stamped from the partitions beyond to no instanc
 forever (a deleted retired topic of 4 partitions under ``partitions = 2``, tested). The
 count takes one read of the changelog's headers, at the one start that finds the topic
 missing. The group assigns every partition of a retired topic, whatever its count beside
-the inputs'.
+the inputs' (more or fewer, with two instances: each record tombstoned once, tested).
+
+A retired topic that exists with fewer partitions than its stamps name (made again by
+hand) is not altered: :class:`PartitionsGone` says which records no instance tombstones
+and what to do, from the state directory's stores and the stamps a restore reads.
 """
 
 from __future__ import annotations
@@ -34,14 +38,14 @@ from typing import TYPE_CHECKING
 
 from stream_expiry.codec import source_of
 from stream_expiry.errors import StoreError
-from stream_expiry.kafka import consumer, ensure_topics, missing_topics, read_to_end
+from stream_expiry.kafka import consumer, ensure_topics, partition_counts, read_to_end
 from stream_expiry.kafka_settings import topic_configs
-from stream_expiry.logs import counted
+from stream_expiry.logs import counted, named
 from stream_expiry.state.kv import RocksKV
 from stream_expiry.state.store import PartitionStore
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterable
+    from collections.abc import Collection, Iterable, Iterator, Mapping
 
     from aiokafka import TopicPartition
 
@@ -49,6 +53,7 @@ if TYPE_CHECKING:
     from stream_expiry.kafka_settings import Brokers
 
 __all__ = [
+    "PartitionsGone",
     "create_missing_retired",
     "partitions_stamped_from",
     "read_and_retired",
@@ -91,21 +96,23 @@ async def partitions_stamped_from(
     return found
 
 
-async def create_missing_retired(brokers: Brokers, config: Config) -> None:
+async def create_missing_retired(brokers: Brokers, config: Config) -> dict[str, int]:
     """Create the retired topics the cluster does not have, each with the partitions its
     stamps name (at least ``[topics] partitions``), so that the group assigns the store of
-    every partition that stamped a record; and say so, naming the topic."""
+    every partition that stamped a record; and say so, naming the topic. Returns how many
+    partitions each retired topic has now."""
     t = config.topics
     if not t.retired:
-        return  # no metadata request at every session's start for nothing
-    missing = await missing_topics(brokers, t.retired)
+        return {}  # no metadata request at every session's start for nothing
+    counts = await partition_counts(brokers, t.retired)
+    missing = [topic for topic, count in counts.items() if count == 0]
     if not missing:
-        return
+        return counts
     stamped = await partitions_stamped_from(brokers, t.stamped, missing)
     least = config.topic_settings.partitions
     for topic in missing:
         stamps, needed = stamped.get(topic, (0, 0))
-        partitions = max(least, needed)
+        partitions = counts[topic] = max(least, needed)
         created = await ensure_topics(
             brokers,
             [topic],
@@ -115,6 +122,83 @@ async def create_missing_retired(brokers: Brokers, config: Config) -> None:
         )
         if created:
             say_created(topic, partitions, stamps)
+    return counts
+
+
+class PartitionsGone:
+    """Says which records were stamped from partitions that a retired topic no longer has
+    (deleted and made again by hand with fewer, or by a broker that makes a topic when a
+    client names it, with its default count): the group assigns only the partitions the
+    topic has, so no instance restores or fires the stores of the others, and their
+    records were kept, data and all, forever without a word.
+
+    Two cheap sources, neither a read of its own: the stores of such partitions in the
+    state directory (the instance held them before), and the stamps of such partitions a
+    restore reads on the changelog anyway (a new instance, or a lost state directory,
+    reads its changelog partitions whole). The group's committed offsets do not tell:
+    deleting a topic deletes them (Apache Kafka, Redpanda, and the test broker, measured).
+    The topic is not altered: adding partitions cannot be undone, and it is a topic the
+    user made; the warning says how. Each partition is said once a run."""
+
+    def __init__(self) -> None:
+        self._said: set[tuple[str, int]] = set()
+
+    def in_state_dir(self, state_dir: str, counts: Mapping[str, int]) -> None:
+        """Say the records of the stores in ``state_dir`` of partitions past ``counts``
+        (each retired topic's partitions now) still to tombstone."""
+        found: dict[str, dict[int, int]] = {}
+        for topic, partition, path in _stores_in(state_dir):
+            count = counts.get(topic, 0)
+            if (topic, partition) in self._said or not 0 < count <= partition:
+                continue
+            if left := _records_left(path):
+                found.setdefault(topic, {})[partition] = left
+        for topic, partitions in found.items():
+            self._say(
+                topic,
+                counts[topic],
+                partitions,
+                f"this instance's state directory holds "
+                f"{counted(sum(partitions.values()), 'record')} pending or held",
+            )
+
+    def on_changelog(
+        self, stamps: Mapping[tuple[str, int], int], counts: Mapping[str, int]
+    ) -> None:
+        """Say the ``stamps`` a restore read of partitions past ``counts``."""
+        found: dict[str, dict[int, int]] = {}
+        for (topic, partition), n in sorted(stamps.items()):
+            if 0 < counts.get(topic, 0) <= partition:
+                found.setdefault(topic, {})[partition] = n
+        for topic, partitions in found.items():
+            self._say(
+                topic,
+                counts[topic],
+                partitions,
+                f"the changelog holds {counted(sum(partitions.values()), 'stamp')}",
+            )
+
+    def _say(self, topic: str, count: int, partitions: Mapping[int, int], holds: str) -> None:
+        if all((topic, p) in self._said for p in partitions):
+            return
+        self._said.update((topic, p) for p in partitions)
+        needed = max(partitions) + 1
+        log.warning(
+            "retired topic %s has %d partitions, but %s of its partitions %s, which it no "
+            "longer has (made again with fewer?): the group assigns no instance those "
+            "partitions, so none tombstones these records, at their expiry or ever. Give it "
+            "its %d partitions again (kafka-topics.sh --alter --topic %s --partitions %d), "
+            "or stop the instances and delete it: the next start makes it with as many as "
+            "its stamps name. Its records are then tombstoned, those overdue at once "
+            "(README: Changing the input topics)",
+            topic,
+            count,
+            holds,
+            named([f"{topic}[{p}] {n:,}" for p, n in sorted(partitions.items())]),
+            needed,
+            topic,
+            needed,
+        )
 
 
 def say_created(topic: str, partitions: int, stamps: int) -> None:
@@ -148,15 +232,12 @@ def say_unlisted_stores(state_dir: str, inputs: Iterable[str], retired: Iterable
     trial took a topic out of the inputs, as the switch to ``rekey``'s copies does)."""
     listed = frozenset((*inputs, *retired))
     found: list[tuple[str, int]] = []
-    for entry in sorted(os.scandir(state_dir), key=lambda e: e.name):
-        topic, _, number = entry.name.rpartition("-")
-        if not (topic and number.isdigit() and topic not in listed and entry.is_dir()):
-            continue  # a listed topic's store, a store moved aside, or not a store at all
-        if not os.path.exists(os.path.join(entry.path, "CURRENT")):
-            continue  # not a RocksDB database: opened, it would be made one
-        left = _records_left(entry.path)
+    for topic, partition, path in _stores_in(state_dir):
+        if topic in listed:
+            continue
+        left = _records_left(path)
         if left:
-            found.append((f"{topic}[{number}]", left))
+            found.append((f"{topic}[{partition}]", left))
     if found:
         total = sum(n for _name, n in found)
         log.warning(
@@ -169,6 +250,17 @@ def say_unlisted_stores(state_dir: str, inputs: Iterable[str], retired: Iterable
             counted(total, "record") + " pending or held",
             ", ".join(f"{name} {n:,}" for name, n in found),
         )
+
+
+def _stores_in(state_dir: str) -> Iterator[tuple[str, int, str]]:
+    """The partition stores in ``state_dir``, by name: topic, partition and path."""
+    for entry in sorted(os.scandir(state_dir), key=lambda e: e.name):
+        topic, _, number = entry.name.rpartition("-")
+        if not (topic and number.isdigit() and entry.is_dir()):
+            continue  # a store moved aside, or not a store at all
+        if not os.path.exists(os.path.join(entry.path, "CURRENT")):
+            continue  # not a RocksDB database: opened, it would be made one
+        yield topic, int(number), entry.path
 
 
 def _records_left(path: str) -> int:

@@ -84,7 +84,12 @@ from stream_expiry.oversize import producer_limit
 from stream_expiry.policy import PolicyBook
 from stream_expiry.reading import END_UNKNOWN, InputReading, resume_point
 from stream_expiry.redact import Redactor
-from stream_expiry.retired import create_missing_retired, read_and_retired, say_unlisted_stores
+from stream_expiry.retired import (
+    PartitionsGone,
+    create_missing_retired,
+    read_and_retired,
+    say_unlisted_stores,
+)
 from stream_expiry.state import PartitionProcessor
 from stream_expiry.state.dir_lock import check_state_dir, state_dir_locked
 from stream_expiry.state.kv import ASIDE, CORRUPT, move_aside
@@ -319,6 +324,8 @@ class Service:
         self._oldest_due: int | None = None
         # Stores found damaged while running, moved aside (a second time stops the service).
         self._moved_while_running: set[str] = set()
+        # Records stamped from partitions a retired topic no longer has, said once a run.
+        self._partitions_gone = PartitionsGone()
         for warning in self.book.env_warnings:
             log.warning("%s", warning)
 
@@ -557,7 +564,8 @@ class Service:
         await refuse_a_lost_holds_topic(self.bootstrap, t.holds, t.stamped, audit=t.audit)
         # First, with the partitions their stamps name: made with [topics] partitions, a
         # retired topic that had more left their records to no instance.
-        await create_missing_retired(self.bootstrap, self.config)
+        retired = await create_missing_retired(self.bootstrap, self.config)
+        self._partitions_gone.in_state_dir(self.config.state_dir, retired)
         created = await ensure_config_topics(self.bootstrap, self.config)
         # A mistyped name in [topics] inputs made an empty topic and the service idled on
         # it without a word: a new input topic is probably not where producers write.
@@ -656,6 +664,13 @@ class Service:
         self._to_restore = []
         self._overdue_on_arrival.clear()
         self.rebalance_error = None
+
+    def _retired_counts(self) -> dict[str, int]:
+        """How many partitions each retired topic has, as the group's consumer knows it
+        (it subscribes them: no request)."""
+        cons = self._consumer
+        assert cons is not None
+        return {t: len(cons.partitions_for_topic(t) or ()) for t in self.config.topics.retired}
 
     def _store_path(self, topic: str, partition: int) -> str:
         return os.path.join(self.config.state_dir, f"{topic}-{partition}")
@@ -1410,6 +1425,7 @@ class Service:
                     )
                 self._restore_seen = 0
         self._restore_seen = 0
+        self._partitions_gone.on_changelog(result.others, self._retired_counts())
         try:
             await self._judge_held_without_holds(procs)
         except BaseException:  # refused, or cancelled: the stores are nobody's

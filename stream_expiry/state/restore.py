@@ -104,6 +104,10 @@ class RestoreResult:
 
     total: RestoreReport = field(default_factory=RestoreReport)
     stores: dict[Source, RestoreReport] = field(default_factory=dict)
+    # The stamps read of input partitions not restored here (other instances', or no
+    # instance's: a retired topic made again with fewer partitions, which the service says):
+    # a changelog partition is read by one process, so the workers' never overlap.
+    others: dict[Source, int] = field(default_factory=dict)
 
 
 async def restore_partitions(
@@ -284,11 +288,17 @@ class _TopicRead:
         for tp in self.tps:
             cons.seek(tp, self.start[tp])
 
-    def _route(self, tp: TopicPartition, headers: Sequence[Any]) -> Source | None:
+    def _route(self, tp: TopicPartition, headers: Sequence[Any], stamp: bool) -> Source | None:
         """The store of a message whose headers do not begin with a member's source
-        headers, or None: another partition's message, or not ours."""
+        headers, or None: another partition's message (counted in ``others`` when it is a
+        ``stamp``), or not ours."""
         found = source_of(headers)
-        return found if found in self.members[tp] else None
+        if found in self.members[tp]:
+            return found
+        if stamp and found is not None:
+            others = self.result.others
+            others[found] = others.get(found, 0) + 1
+        return None
 
     async def read(
         self,
@@ -322,7 +332,7 @@ class _TopicRead:
                         headers: Any = rec.headers
                         source = plain.get(tuple(headers[:2]))
                         if source is None:
-                            source = route(tp, headers)
+                            source = route(tp, headers, stamps and rec.value is not None)
                             if source is None:
                                 continue
                         if rec.offset >= own[source]:

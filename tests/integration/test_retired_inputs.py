@@ -592,3 +592,66 @@ async def test_two_instances_fire_retired_topics_wider_and_narrower_than_the_inp
         clock.ahead_ms = 30 * MINUTE_MS  # the 20-minute ones: every record once, in all
         await _tombstones_once(broker, topics, expiries, clock())
         assert svc_a.stats.tombstones + svc_b.stats.tombstones == len(expiries)
+
+
+# -- a retired topic made again with fewer partitions than its stamps name -----------------
+
+BEYOND = "partitions, but"
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("state", ["kept", "lost"])
+async def test_a_retired_topic_made_again_with_fewer_partitions_is_said_at_start(
+    broker: str,
+    topics: TopicSet,
+    tmp_path: Path,
+    state: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A retired topic of 4 partitions deleted and made again by hand with 2: the records
+    stamped from its partitions 2 and 3 are no instance's (the group assigns the 2 it has),
+    kept forever. The start says so, naming the topic, those partitions, how many records
+    and what to do: from its state directory (``kept``), else from the stamps its restore
+    reads on the changelog (``lost``). Nothing said it: those records were kept, data and
+    all, without a word. Done as it says (the topic deleted, the service stopped), the next
+    start makes it with its 4 partitions and every record is tombstoned, each once."""
+    wide = f"{topics.prefix}.wide"
+    state_dir = str(tmp_path / "state")
+    expiries = await _stamp_on_partitions(broker, topics, state_dir, {wide: 4})
+    await _delete_topic(broker, wide)
+    await ensure_topics(broker, [wide], partitions=2)
+    if state == "lost":
+        shutil.rmtree(state_dir)
+    text = config_text(topics, state_dir, RETENTION)
+    retired = parse_config(text.replace("[topics]\n", f'[topics]\nretired = ["{wide}"]\n', 1))
+    kept = {key: at for key, at in expiries.items() if re.search(r"-[01]-", key)}
+    assert len(kept) == 4
+
+    clock = ShiftedClock()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="stream_expiry"):
+        async with running_service(retired, broker, clock=clock) as service:
+            assert {(t, p) for t, p in service.owned if t == wide} == {(wide, 0), (wide, 1)}
+            clock.ahead_ms = 30 * MINUTE_MS  # all due: those of partitions 0 and 1 fire
+            await _tombstones_once(broker, topics, kept, clock())
+    said = [r.getMessage() for r in caplog.records if BEYOND in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in caplog.records]
+    found = (
+        "this instance's state directory holds 4 records pending or held"
+        if state == "kept"
+        else "the changelog holds 4 stamps"
+    )
+    assert said[0].startswith(
+        f"retired topic {wide} has 2 {BEYOND} {found} of its partitions {wide}[2] 2, "
+        f"{wide}[3] 2, which it no longer has (made again with fewer?): "
+    ), said
+    assert f"--topic {wide} --partitions 4" in said[0], said
+
+    # As it says: the service stopped, the topic deleted; made again with 4 partitions.
+    await _delete_topic(broker, wide)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="stream_expiry"):
+        async with running_service(retired, broker, clock=clock) as service:
+            assert {(t, p) for t, p in service.owned if t == wide} == {(wide, p) for p in range(4)}
+            await _tombstones_once(broker, topics, expiries, clock())
+    assert not [r for r in caplog.records if BEYOND in r.getMessage()]
