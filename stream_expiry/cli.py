@@ -569,7 +569,8 @@ def _parser_hold(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     place.add_argument(
         "--id",
         type=new_hold_id,
-        help="the hold's id, 1 to 512 characters; refused while a hold with it is active "
+        help="the hold's id, 1 to 512 characters; refused while a hold with it is active, "
+        "unless the id is in doubt (its latest message cannot be read: `hold list`) "
         "(default: a new random one, hold-...)",
     )
     _add_by(place, "places")
@@ -581,7 +582,9 @@ def _parser_hold(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "hold_released entry (the hold's id, fields, reason and placing time; the time of the "
         "release, why and by whom) is written to expiry.audit. Within a second the service "
         "tombstones the records it kept that are due by then and that no other hold keeps. An "
-        "id with no active hold changes nothing (exit status 1). Example: stream-expiry hold "
+        "id in doubt (its latest message cannot be read, which stops the service's start) is "
+        "nulled where it is in doubt too, active or not. An id with no active hold, and not in "
+        "doubt, changes nothing (exit status 1). Example: stream-expiry hold "
         "release case-117 --reason 'case closed' --by 'j.doe (legal)'",
     )
     _add_common(release)
@@ -599,7 +602,7 @@ def _parser_hold(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "(the entry's reason stays the placement's)",
     )
     _add_by(release, "releases")
-    listing = verbs.add_parser("list", help="the active holds")
+    listing = verbs.add_parser("list", help="the active holds, and the ids in doubt")
     _add_common(listing)
     listing.add_argument("--json", action="store_true", help="one JSON array")
     hold.set_defaults(func=_cmd_hold)

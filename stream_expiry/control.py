@@ -37,9 +37,12 @@ from stream_expiry.errors import ConfigurationError, quoted, suggestion
 from stream_expiry.fetch import read_to_now
 from stream_expiry.holds import (
     apply_hold_message,
+    doubted_id,
+    in_doubt_refusal,
     kept_despite,
     misspelt_fields,
     named_hold_id,
+    none_under,
 )
 from stream_expiry.kafka import read_to_end, topic_ends, topic_names
 from stream_expiry.logs import counted
@@ -57,7 +60,7 @@ if TYPE_CHECKING:
     from stream_expiry.policy import PolicyBook, PolicyUpdate
     from stream_expiry.stats import ServiceStats
 
-__all__ = ["ControlTopics", "DeadLettered", "refuse_a_lost_holds_topic"]
+__all__ = ["ControlTopics", "DeadLettered", "refuse_a_lost_holds_topic", "refuse_holds_in_doubt"]
 
 log = logging.getLogger("stream_expiry.service")
 
@@ -158,6 +161,23 @@ async def refuse_a_lost_holds_topic(
             "starting (if no hold is to stay in force, place one and release it: the "
             "topic then has its messages)"
         )
+
+
+def refuse_holds_in_doubt(
+    holds: HoldBook,
+    topic: str,
+    lost: str = "the service would delete the records each was meant to keep",
+) -> None:
+    """Raise :class:`ConfigurationError` when, the holds topic ``topic`` read whole into
+    ``holds``, a hold id's latest message on a partition cannot be read
+    (:meth:`HoldBook.in_doubt`). Read as "no hold", the id's records were tombstoned: once
+    compaction removed its placement before the message (or at once for a new id), a
+    start had nothing but a dead-letter line to say so. Fail closed, as on a holds topic
+    that is missing (:func:`refuse_a_lost_holds_topic`): a person places the hold meant or
+    releases the id, and starts again. ``lost``: what the start would do otherwise."""
+    doubts = holds.in_doubt()
+    if doubts:
+        raise ConfigurationError(in_doubt_refusal(topic, doubts, lost))
 
 
 def _shown_key(key: bytes) -> str:
@@ -372,7 +392,7 @@ class ControlTopics:
     async def _apply_holds(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
         for tp, records in batch.items():
             for rec in records:
-                hold = apply_hold_message(self._holds, rec.key, rec.value, tp.partition)
+                hold = apply_hold_message(self._holds, rec.key, rec.value, tp.partition, rec.offset)
                 if isinstance(hold, model.Rejection):
                     await self._reject(rec, hold, "legal hold")
                     self._say_kept(rec)
@@ -415,15 +435,27 @@ class ControlTopics:
             self._say_released()
 
     def _say_kept(self, rec: Any) -> None:
-        """After a rejected hold message: the hold its key names, if active, stays as it
+        """After a rejected hold message: the hold its id names, if active, stays as it
         was, said with the message's place (a repeated ``org`` read as the last one would
         have moved the hold to another org; rejected, only the dead-letter line said so, and
-        not that the earlier scope still held)."""
-        kept = self._holds.get(rec.key.decode(errors="replace")) if rec.key else None
-        if kept is not None:
+        not that the earlier scope still held); with none active, that nothing is held for
+        it. Either way the id is in doubt, and the next start refuses until it is placed
+        again or released (:func:`refuse_holds_in_doubt`), which is said too. A message
+        that names no id (no key, no ``hold_id`` in its value) changes no hold and no
+        later message can replace it: said, and no start refuses for it."""
+        hold_id = doubted_id(rec.key, rec.value)
+        where = f"{rec.topic}[{rec.partition}]@{rec.offset}"
+        if hold_id is None:
             log.warning(
-                "%s[%d]@%d, rejected: %s", rec.topic, rec.partition, rec.offset, kept_despite(kept)
+                "%s, rejected: it names no hold id (no key, no hold_id in its value), so it "
+                "changes no hold and no start refuses for it; a hold it was meant to place is "
+                "not in force: place it with `stream-expiry hold place`",
+                where,
             )
+            return
+        kept = self._holds.get(hold_id)
+        said = none_under(hold_id) if kept is None else kept_despite(kept)
+        log.warning("%s, rejected: %s", where, said)
 
     def _say_unknown_category(self, hold: Hold, rec: Any) -> None:
         """Warn of a hold on a category the service does not have: no record has it, so

@@ -35,9 +35,12 @@ from stream_expiry.errors import ConfigurationError, quoted
 from stream_expiry.holds import (
     Hold,
     HoldBook,
+    InDoubt,
     apply_hold_message,
+    doubted_id,
     encode_hold,
     kept_despite,
+    none_under,
     parse_hold,
 )
 from stream_expiry.kafka import consumer, ensure_config_topics, partitions_of, producer, read_to_end
@@ -54,7 +57,7 @@ if TYPE_CHECKING:
     from stream_expiry.config import Config
     from stream_expiry.kafka_settings import Brokers
 
-__all__ = ["read_holds", "run_hold"]
+__all__ = ["doubt_as_dict", "read_holds", "run_hold"]
 
 
 async def read_holds(
@@ -78,7 +81,7 @@ async def read_holds(
         async for batch in read_to_end(cons, topic):
             for tp, records in batch.items():
                 for rec in records:
-                    got = apply_hold_message(book, rec.key, rec.value, tp.partition)
+                    got = apply_hold_message(book, rec.key, rec.value, tp.partition, rec.offset)
                     slot = (rec.key, tp.partition, -1 if rec.key else rec.offset)
                     if isinstance(got, Rejection):
                         rejected[slot] = (rec, got)
@@ -93,14 +96,77 @@ def _say_ignored(book: HoldBook, rec: Any, why: Rejection) -> None:
     """Warn of a hold message that is the latest of its id and is ignored, as the service
     ignores it: ``hold list``, ``status`` and ``history`` showed the hold placed before (or
     none) without a word, while the message a producer meant to change it with (a
-    repeated ``org``, say) changed nothing."""
+    repeated ``org``, say) changed nothing. Its id is in doubt: services refuse to start
+    until it is placed again or released, which is said too."""
     key = "null" if rec.key is None else printable(quoted(rec.key.decode(errors="replace"), 80))
-    kept = book.get(rec.key.decode(errors="replace")) if rec.key else None
+    hold_id = doubted_id(rec.key, rec.value)
+    kept = None if hold_id is None else book.get(hold_id)
+    if hold_id is None:
+        after = "; it names no hold id, so it changes no hold and no start refuses for it"
+    else:
+        after = f"; {printable(none_under(hold_id) if kept is None else kept_despite(kept))}"
     say_warning(
         f"the legal hold message at {printable(rec.topic)}[{rec.partition}]@{rec.offset} (key "
         f"{key}) is ignored, as the service ignores it: {why.code} ({printable(why.detail)})"
-        + ("" if kept is None else f"; {printable(kept_despite(kept))}")
+        + after
     )
+
+
+def doubt_as_dict(topic: str, doubt: InDoubt) -> dict[str, Any]:
+    """Where a hold id's unreadable latest message is and why (``hold list --json``,
+    ``status --json``)."""
+    return {
+        "topic": topic,
+        "partition": doubt.partition,
+        "offset": doubt.offset,
+        "error": doubt.why.code,
+        "detail": doubt.why.detail,
+    }
+
+
+def _listed(book: HoldBook, topic: str) -> list[dict[str, Any]]:
+    """``hold list --json``: every active hold, and every id in doubt (its latest message
+    cannot be read) with no active hold, by id; each with ``in_doubt``, where the messages
+    that cannot be read are (empty for a hold placed as its latest message says)."""
+    doubts: dict[str, list[dict[str, Any]]] = {}
+    for doubt in book.in_doubt():
+        doubts.setdefault(doubt.hold_id, []).append(doubt_as_dict(topic, doubt))
+    listed = [h.as_dict() for h in book]
+    unplaced = sorted(set(doubts) - {h["hold_id"] for h in listed})
+    empty = dict.fromkeys(("org", "bot", "env", "category", "record_id", "reason", "placed_at"))
+    listed += [{"hold_id": hold_id, **empty} for hold_id in unplaced]
+    listed.sort(key=lambda h: h["hold_id"])
+    return [h | {"in_doubt": doubts.get(h["hold_id"], [])} for h in listed]
+
+
+def _print_listed(listed: list[dict[str, Any]]) -> None:
+    """``hold list``'s text: a line per active hold, and per id in doubt a line that says
+    so, where and why, and what to do (left out, such an id looked as if it held nothing
+    while the services refused to start for it)."""
+    if not listed:
+        print("no active legal holds")
+    for h in listed:
+        if h["org"] is not None:
+            said = f"{h['hold_id']}  {_scope(h)}  placed {h['placed_at'] or '-'}  reason: {h['reason']}"
+            print(printable(said))
+        for d in h["in_doubt"]:
+            kept = (
+                "the services keep the hold placed before while they run"
+                if h["org"]
+                else ("no hold in force")
+            )
+            said = (
+                f"{h['hold_id']}  in doubt: its latest message at {d['topic']}[{d['partition']}]"
+                f"@{d['offset']} cannot be read: {d['error']} ({d['detail']}); {kept}, and a "
+                "start refuses until it is placed again (hold place --id ID ...) or released "
+                "(hold release ID)"
+            )
+            print(printable(said))
+
+
+def _scope(hold: dict[str, Any]) -> str:
+    names = ("org", "bot", "env", "category", "record_id")
+    return " ".join(f"{n}={hold[n]}" for n in names if hold[n] is not None)
 
 
 async def _ensure(config: Config, brokers: Brokers) -> None:
@@ -121,6 +187,27 @@ async def _ensure(config: Config, brokers: Brokers) -> None:
 
 
 _FLAGS = {"hold_id": "--id", "record_id": "--record-id"}
+
+
+def _refuse_replacing(book: HoldBook, hold_id: str | None) -> None:
+    """``hold place --id``: refuse an id whose hold is active (placing it again would
+    replace it), unless the id is in doubt (its latest message cannot be read): then a
+    placement is what settles it, as a start that refuses for it asks, and the earlier
+    placement it replaces is said on stderr."""
+    existing = None if hold_id is None else book.get(hold_id)
+    if existing is None or hold_id is None:
+        return
+    if not book.doubts_of(hold_id):
+        raise ConfigurationError(
+            f"hold {hold_id!r} is active ({existing.scope()}, reason: "
+            f"{existing.reason}); placing it again would replace it: release it "
+            f"first (stream-expiry hold release {hold_id}) or choose another --id"
+        )
+    say_warning(
+        f"hold {printable(repr(hold_id))} was in doubt (its latest message cannot be read); "
+        f"this placement replaces the one before it ({printable(existing.scope())}, reason: "
+        f"{printable(existing.reason)})"
+    )
 
 
 def _checked_hold(config: Config, args: argparse.Namespace, now_ms: int) -> Hold:
@@ -201,16 +288,11 @@ async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -
         # A holds topic the cluster does not have is an error, not "no active legal holds":
         # under a mistyped name an officer read the holds as none (a trial).
         book = await read_holds(config, brokers, must_exist=True)
-        holds = sorted(book, key=lambda h: h.hold_id)
+        listed = _listed(book, t.holds)
         if args.json:
-            sys.stdout.write(orjson.dumps([h.as_dict() for h in holds]).decode() + "\n")
-        elif not holds:
-            print("no active legal holds")
+            sys.stdout.write(orjson.dumps(listed).decode() + "\n")
         else:
-            for h in holds:
-                placed = h.as_dict()["placed_at"] or "-"
-                said = f"{h.hold_id}  {h.scope()}  placed {placed}  reason: {h.reason}"
-                print(printable(said))
+            _print_listed(listed)
         return exits.OK
     now = wall_clock_ms()
     # Checked before the cluster is asked anything: a refused hold changes nothing there.
@@ -219,14 +301,8 @@ async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -
     async with producer(brokers) as prod:
         home = partial(partition_for, partitions=len(await prod.partitions_for(t.holds)))
         if hold is not None:
-            if args.id is not None:
-                existing = (await read_holds(config, brokers)).get(args.id)
-                if existing is not None:
-                    raise ConfigurationError(
-                        f"hold {args.id!r} is active ({existing.scope()}, reason: "
-                        f"{existing.reason}); placing it again would replace it: release it "
-                        f"first (stream-expiry hold release {args.id}) or choose another --id"
-                    )
+            book = await read_holds(config, brokers) if args.id is not None else HoldBook()
+            _refuse_replacing(book, args.id)
             key = hold.hold_id.encode()
             acks = [
                 await prod.send(t.holds, key=key, value=encode_hold(hold), partition=home(key)),
@@ -237,11 +313,22 @@ async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -
                 ),
             ]
             await all_acked(acks)
+            # Placed first: the id is held throughout. Then a null where its latest
+            # message could not be read on another partition (a producer's partitioner),
+            # which the placement does not follow there: the id is no longer in doubt.
+            elsewhere = {d.partition for d in book.doubts_of(hold.hold_id)} - {home(key)}
+            await all_acked(
+                [
+                    await prod.send(t.holds, key=key, value=None, partition=partition)
+                    for partition in sorted(elsewhere)
+                ]
+            )
             print(printable(hold.hold_id))
             return exits.OK
         book = await read_holds(config, brokers)
         existing = book.get(args.hold_id)
-        if existing is None:
+        doubts = book.doubts_of(args.hold_id)
+        if existing is None and not doubts:
             # A near miss is named: a mistyped id, told only "no active hold", left the
             # records held while the person releasing it believed it done with a retry.
             close = difflib.get_close_matches(args.hold_id, [h.hold_id for h in book], n=1)
@@ -254,15 +341,17 @@ async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -
         key = args.hold_id.encode()
         # Every null acknowledged before the audit says released: one refused would leave
         # the hold placed on its partition while the evidence said it was gone (a review).
+        # Also where the id's latest message cannot be read: it is in doubt no longer.
+        nulled = {home(key), *book.partitions_of(args.hold_id), *(d.partition for d in doubts)}
         await all_acked(
             [
                 await prod.send(t.holds, key=key, value=None, partition=partition)
-                for partition in sorted({home(key), *book.partitions_of(args.hold_id)})
+                for partition in sorted(nulled)
             ]
         )
         released = encode_hold_audit(
             "hold_released",
-            existing.as_dict(),
+            {"hold_id": args.hold_id} if existing is None else existing.as_dict(),
             now,
             release_reason=args.release_reason,
             by=_by(args),

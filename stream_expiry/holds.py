@@ -21,6 +21,13 @@ Rules kept here:
   (:mod:`stream_expiry.repeated_keys`).
 * The message key is the hold's id; a ``hold_id`` in the value counts only for a message
   without a key (:func:`named_hold_id` lets the service warn about one that differs).
+* A hold id whose latest message on a partition cannot be read is *in doubt*
+  (:class:`InDoubt`): the topic is compacted, so once the placement before it is removed
+  nothing says what that id holds, and read as "no hold" its records were deleted. The
+  book keeps each one until a later message for the id on that partition (a hold or a
+  null) settles it; a start refuses while one is left (:func:`in_doubt_refusal`). A
+  message without a key is the id its value names (as :func:`parse_hold` takes it); one
+  naming none cannot be settled by any message, and is no hold id's (warned of only).
 """
 
 from __future__ import annotations
@@ -45,11 +52,15 @@ __all__ = [
     "Hold",
     "HoldBook",
     "HoldIndex",
+    "InDoubt",
     "apply_hold_message",
+    "doubted_id",
     "encode_hold",
+    "in_doubt_refusal",
     "kept_despite",
     "misspelt_fields",
     "named_hold_id",
+    "none_under",
     "parse_hold",
 ]
 
@@ -108,6 +119,30 @@ class Hold:
     def match_key(self) -> _MatchKey:
         """The one key every record it matches has in its own shape (:func:`_key_in`)."""
         return (self.org, self.bot, self.env, self.category, self.record_id)
+
+
+@dataclass(frozen=True, slots=True)
+class InDoubt:
+    """A hold id whose latest message on ``partition`` (at ``offset``) cannot be read."""
+
+    hold_id: str
+    partition: int
+    offset: int
+    why: Rejection
+
+    def where(self, topic: str) -> str:
+        return f"{topic}[{self.partition}]@{self.offset}"
+
+    def described(self, topic: str) -> str:
+        """``'case-1' at expiry.holds[0]@7: invalid_json (...)``, for a person."""
+        said = f"{quoted(self.hold_id, 80)} at {self.where(topic)}: {self.why.code} ({self.why.detail})"
+        if len(self.hold_id) > MAX_ID_CHARS:
+            # `hold release` cannot name it, and no valid message can be keyed so.
+            said += (
+                f" (a key of {len(self.hold_id):,} characters, which no hold id can be: "
+                "write a null under that key with your Kafka tooling)"
+            )
+        return said
 
 
 def _key_in(shape: _Shape, identity: Identity) -> _MatchKey:
@@ -321,6 +356,8 @@ class HoldBook:
         self._index = HoldIndex()
         self.generation = 0  # bumped by every release: held records may be free now
         self._let_go: list[tuple[int, Hold]] = []  # (generation it made, the hold let go)
+        # (hold id, partition) -> its latest message there, which cannot be read.
+        self._doubts: dict[tuple[str, int], InDoubt] = {}
 
     def __len__(self) -> int:
         return len(self._holds)
@@ -358,6 +395,24 @@ class HoldBook:
             return None
         del self._holds[hold_id]
         return old
+
+    def doubt(self, doubt: InDoubt) -> None:
+        """Note that ``doubt.hold_id``'s latest message on its partition cannot be read
+        (the hold before it, if any, stays as it was)."""
+        self._doubts[doubt.hold_id, doubt.partition] = doubt
+
+    def settle(self, hold_id: str, partition: int) -> None:
+        """A message for ``hold_id`` on ``partition`` was read (a hold or a null): what
+        the id holds there is known again."""
+        self._doubts.pop((hold_id, partition), None)
+
+    def in_doubt(self) -> list[InDoubt]:
+        """Every hold id whose latest message on a partition cannot be read, by id."""
+        return sorted(self._doubts.values(), key=lambda d: (d.hold_id, d.partition))
+
+    def doubts_of(self, hold_id: str) -> list[InDoubt]:
+        """Those of :meth:`in_doubt` for ``hold_id``."""
+        return [d for d in self.in_doubt() if d.hold_id == hold_id]
 
     def partitions_of(self, hold_id: str) -> frozenset[int]:
         """The partitions whose latest message for ``hold_id`` places it."""
@@ -404,32 +459,89 @@ def kept_despite(hold: Hold) -> str:
     """What a person is told of ``hold`` when a message under its id that would replace it
     is rejected: it stays as it was (a message that cannot be read never releases or
     narrows a legal hold), and how to make that last, since the topic is compacted: once
-    the earlier placement is compacted away, a start reads the rejected message alone, and
-    the id has no hold."""
+    the earlier placement is compacted away, nothing says what the id holds, so the next
+    start refuses until the id is placed again or released (:func:`in_doubt_refusal`)."""
     return (
         f"the legal hold {quoted(hold.hold_id, 80)} it would replace stays in force as "
-        f"placed before ({hold.scope()}); place it again, valid, under its id (or release "
-        "it): once compaction removes the earlier placement, a start would find no hold "
-        "under this id"
+        f"placed before ({hold.scope()}) while this process runs; {_settle_it(hold.hold_id)}"
     )
 
 
+def none_under(hold_id: str) -> str:
+    """What a person is told of a rejected message under an id with no hold in force: the
+    hold it meant is unknown, nothing is held for it, and the next start refuses."""
+    return (
+        f"no legal hold is in force under {quoted(hold_id, 80)}, and what it was meant to "
+        f"hold is unknown; {_settle_it(hold_id)}"
+    )
+
+
+def _settle_it(hold_id: str) -> str:
+    shown = quoted(hold_id, 80)
+    return (
+        f"the next start of the service (or of a sink's sweep) refuses until {shown} is "
+        "placed again, valid, with the scope meant (`stream-expiry hold place --id ID ...`) "
+        "or released (`stream-expiry hold release ID`)"
+    )
+
+
+def in_doubt_refusal(topic: str, doubts: list[InDoubt], lost: str) -> str:
+    """Why a start stops on hold ids in doubt (:class:`InDoubt`), each with where its
+    message is and why it cannot be read, and what to do; ``lost``: what the start would
+    do otherwise. Fail closed, as on a holds topic that is missing: read as "no hold", such
+    an id let its records be deleted once compaction removed the placement before it (or
+    at once, for an id never placed before), with only a dead-letter line to say so."""
+    ids = len({d.hold_id for d in doubts})
+    listed = "; ".join(d.described(topic) for d in doubts)
+    return (
+        f"the latest message of {ids} legal hold id{'' if ids == 1 else 's'} on {topic!r} "
+        f"cannot be read, so what {'it holds' if ids == 1 else 'they hold'} is unknown: "
+        f"{listed}. Started, {lost} (compaction removes the placement before such a "
+        "message, and a new id has none). For each, place the hold meant again, valid: "
+        "`stream-expiry hold place --id ID --org ORG [--bot B] [--env E] [--category C] "
+        "[--record-id R] --reason TEXT`, or if no hold was meant release it: "
+        "`stream-expiry hold release ID`; then start"
+    )
+
+
+def doubted_id(key: bytes | None, value: bytes) -> str | None:
+    """The hold id a message that cannot be read is for: its key, else the ``hold_id``
+    its value names (as :func:`parse_hold` takes a message without a key); None when it
+    names none, which no later message can settle."""
+    if key:
+        return key.decode(errors="replace")
+    named = named_hold_id(value)
+    return named if isinstance(named, str) and named else None
+
+
 def apply_hold_message(
-    book: HoldBook, key: bytes | None, value: bytes | None, partition: int = 0
+    book: HoldBook,
+    key: bytes | None,
+    value: bytes | None,
+    partition: int = 0,
+    offset: int = -1,
 ) -> Hold | Rejection | None:
-    """Apply one message of ``expiry.holds`` (read on ``partition``) to ``book``, as the
-    compacted topic means it.
+    """Apply one message of ``expiry.holds`` (read on ``partition`` at ``offset``) to
+    ``book``, as the compacted topic means it.
 
     A value places (or replaces) the hold it carries, which is returned; a null releases
     the hold its key names, which is returned (None when no such hold was active, or it is
     still placed on another partition: :class:`HoldBook`). A malformed value changes
-    nothing and comes back as its :class:`Rejection`. The service, the sinks' sweep and the
-    commands follow the topic through this one function, so they never disagree on what is
-    held.
+    nothing and comes back as its :class:`Rejection`; the id it is for is then in doubt on
+    that partition (:meth:`HoldBook.in_doubt`) until a later message for it there is read.
+    The service, the sinks' sweep and the commands follow the topic through this one
+    function, so they never disagree on what is held.
     """
     if value is None:
-        return book.release(key.decode(errors="replace") if key else "", partition)
+        released = key.decode(errors="replace") if key else ""
+        book.settle(released, partition)
+        return book.release(released, partition)
     hold = parse_hold(key, value)
-    if not isinstance(hold, Rejection):
-        book.place(hold, partition)
+    if isinstance(hold, Rejection):
+        doubted = doubted_id(key, value)
+        if doubted is not None:
+            book.doubt(InDoubt(doubted, partition, offset, hold))
+        return hold
+    book.settle(hold.hold_id, partition)
+    book.place(hold, partition)
     return hold

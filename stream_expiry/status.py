@@ -33,7 +33,7 @@ from aiokafka import TopicPartition
 from stream_expiry import codec
 from stream_expiry.archive import archived_offsets
 from stream_expiry.changelog import read_latest
-from stream_expiry.hold_command import read_holds
+from stream_expiry.hold_command import doubt_as_dict, read_holds
 from stream_expiry.instances import (
     CLIENT_ID,
     POLICY_FORM,
@@ -84,6 +84,9 @@ class Status:
     # held none, alike a hold with a typo in its record id (a trial), until they fell due.
     matched: Counter[str] = field(default_factory=Counter)
     holds: list[dict[str, Any]] = field(default_factory=list)
+    # Hold ids whose latest message on a partition cannot be read: a start refuses for
+    # them, and left out they looked like ids that hold nothing.
+    holds_in_doubt: list[dict[str, Any]] = field(default_factory=list)
     lag: dict[str, dict[str, int | None]] = field(default_factory=dict)  # "topic[p]" -> ...
     # Of the overdue, those the archive has not written ([archive] required; else None).
     archive_waiting: int | None = None
@@ -120,6 +123,7 @@ class Status:
                 }
                 for h in self.holds
             ],
+            "holds_in_doubt": self.holds_in_doubt,
             "lag": self.lag,
             "group": self.group,
             "instances": None if self.instances is None else self.instances.as_dict(),
@@ -298,6 +302,9 @@ async def status(
         )
     holds = await read_holds(config, brokers)
     result.holds = [h.as_dict() for h in sorted(holds, key=lambda h: h.hold_id)]
+    result.holds_in_doubt = [
+        {"hold_id": d.hold_id, **doubt_as_dict(t.holds, d)} for d in holds.in_doubt()
+    ]
     topic = config.topics.stamped
     with scratch_directory("stream-expiry-status-") as work:
         # A scratch store, thrown away after the count (as replay's): no write-ahead log.
@@ -399,6 +406,20 @@ def _not_inputs_lines(orphans: dict[str, dict[str, int]]) -> list[str]:
     return lines
 
 
+def _in_doubt_lines(doubts: list[dict[str, Any]]) -> list[str]:
+    """A line per hold id whose latest message on a partition cannot be read: a start of
+    the service refuses until it is placed again or released."""
+    lines = []
+    for d in doubts:
+        said = (
+            f"{d['hold_id']}: in doubt, its latest message at {d['topic']}[{d['partition']}]"
+            f"@{d['offset']} cannot be read: {d['error']} ({d['detail']}); a start refuses "
+            "until it is placed again (hold place --id ID ...) or released (hold release ID)"
+        )
+        lines.append(f"    {printable(said)}")
+    return lines
+
+
 def _retired_lines(retired: dict[str, dict[str, int]]) -> list[str]:
     """The records left of each topic of ``[topics] retired``, which the instances fire
     and never read: a topic with none left can be taken out of retired."""
@@ -450,6 +471,7 @@ def text_lines(d: dict[str, Any]) -> list[str]:
             f"({h['reason']})"
         )
         lines.append(f"    {printable(said)}")
+    lines += _in_doubt_lines(d.get("holds_in_doubt") or [])
     group = d.get("group")
     of = "" if group is None else f" of group {printable(repr(group))}"
     lines.append(f"  lag per input partition{of} (end - committed offset)")

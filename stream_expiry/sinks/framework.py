@@ -50,10 +50,17 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
-from stream_expiry.control import refuse_a_lost_holds_topic
+from stream_expiry.control import refuse_a_lost_holds_topic, refuse_holds_in_doubt
 from stream_expiry.errors import BrokerError, BrokerUnavailableError, ConfigurationError, quoted
 from stream_expiry.fetch import end_offsets, read_to_now
-from stream_expiry.holds import Hold, HoldBook, apply_hold_message, kept_despite
+from stream_expiry.holds import (
+    Hold,
+    HoldBook,
+    apply_hold_message,
+    doubted_id,
+    kept_despite,
+    none_under,
+)
 from stream_expiry.kafka import (
     OwnedPartitions,
     batch_bytes,
@@ -484,6 +491,14 @@ class Sink:
                     consumer(conn, enable_auto_commit=False)
                 )
                 await self._read_holds(to_end=True)
+                # A hold id whose latest message cannot be read keeps what it was meant to
+                # keep only by refusing, as the service's start does.
+                assert cfg.holds_topic is not None
+                refuse_holds_in_doubt(
+                    self.holds,
+                    cfg.holds_topic,
+                    lost="the sweep would delete the rows each was meant to keep",
+                )
             if cfg.sweep_interval_s is not None and cfg.archive_group is not None:
                 # A member of no group: it only asks for the archive group's offsets, and
                 # never commits any (auto-commit is off in every consumer here).
@@ -986,7 +1001,9 @@ class Sink:
             for tp, records in batch.items():
                 for rec in records:
                     before = self.holds.get(rec.key.decode(errors="replace") if rec.key else "")
-                    hold = apply_hold_message(self.holds, rec.key, rec.value, tp.partition)
+                    hold = apply_hold_message(
+                        self.holds, rec.key, rec.value, tp.partition, rec.offset
+                    )
                     if before is not None and self.holds.get(before.hold_id) is not before:
                         self._let_go.place(before)
                         self._let_go_at[before.hold_id] = now
@@ -1389,13 +1406,18 @@ async def run_sink(
 
 
 def _say_rejected_hold(rec: Any, why: Rejection, holds: HoldBook) -> None:
-    """Warn of a hold message the sink skips, where it is, and of the hold its key named
-    that stays: said at debug level alone, a hold the stores did not keep (a producer's
-    repeated ``org``, say) went unnoticed where the sink runs."""
+    """Warn of a hold message the sink skips, where it is, and of the hold its id named
+    that stays (or that none is in force), and that the next start refuses until the id
+    is placed again or released: said at debug level alone, a hold the stores did not keep
+    (a producer's repeated ``org``, say) went unnoticed where the sink runs."""
     key = "null" if rec.key is None else quoted(rec.key.decode(errors="replace"), 80)
-    kept = holds.get(rec.key.decode(errors="replace")) if rec.key else None
+    hold_id = doubted_id(rec.key, rec.value)
+    kept = None if hold_id is None else holds.get(hold_id)
+    if hold_id is None:
+        after = "; it names no hold id, so no start refuses for it"
+    else:
+        after = f"; {none_under(hold_id) if kept is None else kept_despite(kept)}"
     log.warning(
         "legal hold rejected: %s (%s); key %s, %s[%d]@%d: skipped, it changes no hold%s",
-        why.code, why.detail, key, rec.topic, rec.partition, rec.offset,
-        "" if kept is None else f"; {kept_despite(kept)}",
+        why.code, why.detail, key, rec.topic, rec.partition, rec.offset, after,
     )  # fmt: skip

@@ -29,6 +29,7 @@ from stream_expiry.changelog import read_latest
 from stream_expiry.cli import main
 from stream_expiry.codec import deleted_at_of, reason_of
 from stream_expiry.errors import ConfigurationError, leaves
+from stream_expiry.exits import status_of
 from stream_expiry.holds import Hold, HoldBook, encode_hold
 from stream_expiry.kafka import ensure_topics, missing_topics, producer
 from stream_expiry.model import Identity, Stamp, encode_stamp
@@ -1376,3 +1377,74 @@ async def test_a_hold_giving_a_key_twice_leaves_the_hold_before_in_force_and_is_
     headers = dict(letters[0].headers)
     assert headers["expiry-error"] == b"invalid_field"
     assert headers["expiry-source-offset"] == str(sent.offset).encode()
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("settled_by", ["release", "place"])
+async def test_a_start_whose_hold_id_has_only_an_unreadable_message_is_refused(
+    broker: str,
+    topics: TopicSet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    settled_by: str,
+) -> None:
+    """``expiry.holds`` is compacted: once the valid placement before a message that
+    cannot be read is removed, a start reads that message alone, and the id had no hold:
+    its records were tombstoned, with a dead-letter line to say so. The test broker does
+    not compact, so here the unreadable message is the only one under its id, which is
+    the compacted state (and the case of a new id written malformed). The start stops
+    (exit 2) naming the id, where the message is, why, and what to do, before it joins
+    the group, so no due record is tombstoned; ``hold list`` shows the id in doubt. Then
+    ``hold release`` (or a valid placement under the id) settles it, and the start goes
+    on: the records are tombstoned (released) or kept (placed)."""
+    common, config = _setup(broker, topics, tmp_path, RETENTION)
+    due = wall_clock_ms() - 60_000  # created a minute ago with a 2 s ttl: all due
+    await produce(
+        broker,
+        [(topics.conversations, *event("conversation", f"r{i}", ts=due)) for i in range(3)],
+    )
+    twice = b'{"org": "acme", "reason": "case 5", "org": "other"}'
+    async with producer(broker) as prod:
+        sent = await prod.send_and_wait(topics.holds, twice, key=b"case-5")
+    where = f"{topics.holds}[{sent.partition}]@{sent.offset}"
+    stopped = service_module.Service(config, bootstrap_servers=broker, environ={})
+    with pytest.raises(ConfigurationError) as refused:
+        with anyio.fail_after(30):
+            await stopped.run(anyio.Event())
+    said = str(refused.value)
+    assert status_of(refused.value) == 2
+    assert said.startswith(
+        f"the latest message of 1 legal hold id on {topics.holds!r} cannot be read, so what "
+        f"it holds is unknown: 'case-5' at {where}: invalid_field (key 'org' is given twice "
+        "(at the top level)"
+    )
+    assert "the service would delete the records each was meant to keep" in said
+    assert "`stream-expiry hold place --id ID --org ORG" in said
+    assert said.endswith("`stream-expiry hold release ID`; then start")
+    assert stopped.stats.assignments == 0  # refused before joining the group
+    assert stopped.stats.tombstones == 0
+    capsys.readouterr()
+    assert await _cli("hold", "list", *common) == 0
+    listed = capsys.readouterr().out
+    assert listed.startswith(f"case-5  in doubt: its latest message at {where} cannot be read")
+    assert await _cli("hold", "list", *common, "--json") == 0
+    (entry,) = orjson.loads(capsys.readouterr().out)
+    assert (entry["hold_id"], entry["org"]) == ("case-5", None)
+    assert [(d["partition"], d["offset"], d["error"]) for d in entry["in_doubt"]] == [
+        (sent.partition, sent.offset, "invalid_field")
+    ]
+    if settled_by == "release":
+        assert await _cli("hold", "release", *common, "case-5") == 0
+    else:
+        assert await _cli("hold", "place", *common, "--org", "acme", "--reason", "case 5",
+                          "--id", "case-5") == 0  # fmt: skip
+    async with running_service(config, broker) as svc:
+        if settled_by == "release":
+            await wait_for(lambda: svc.stats.tombstones == 3, timeout_s=15)
+        else:
+            await wait_for(
+                lambda: sum(p.store.counts.held for p in svc.processors.values()) == 3,
+                timeout_s=15,
+            )
+            assert svc.stats.tombstones == 0
+    assert len(await read_all(broker, topics.tombstones)) == (3 if settled_by == "release" else 0)

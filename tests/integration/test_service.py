@@ -15,6 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from stream_expiry import commits as commits_module
 from stream_expiry import service as service_module
 from stream_expiry.codec import H_DELETED_AT, H_DETAIL, H_ERROR, H_REASON, H_TOPIC
+from stream_expiry.errors import ConfigurationError
 from stream_expiry.holds import Hold, encode_hold
 from stream_expiry.kafka import ensure_topics
 from stream_expiry.model import Identity
@@ -593,16 +594,32 @@ async def test_a_control_message_with_a_huge_key_is_named_in_a_line_of_sensible_
     broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A hold under a 1 MB key (an id no longer than 512 characters is refused) was logged
-    with the whole key: a megabyte log line, at every start."""
+    with the whole key: a megabyte log line, at every start. Its hold id is in doubt (the
+    message cannot be read), so the start stops, with a message of sensible length that
+    says how to settle an id ``hold release`` cannot take; a null under the key does."""
     config = config_for(topics, str(tmp_path / "state"), RETENTION)
     key = b"k" * (1 << 20)
     await produce(broker, [(topics.holds, key, b'{"org": "acme", "reason": "r"}')])
-    with caplog.at_level(logging.WARNING, logger="stream_expiry"):
-        async with running_service(config, broker) as service:
-            assert service.stats.dead_letters == 1
-    (line,) = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    stopped = service_module.Service(config, bootstrap_servers=broker, environ={})
+    with (
+        caplog.at_level(logging.WARNING, logger="stream_expiry"),
+        pytest.raises(ConfigurationError) as refused,
+        anyio.fail_after(30),
+    ):
+        await stopped.run(anyio.Event())
+    assert stopped.stats.dead_letters == 1
+    (line,) = [
+        r.getMessage() for r in caplog.records if "rejected: invalid_field" in r.getMessage()
+    ]
     assert f"key '{'k' * 77}'... (1,048,576 bytes), {topics.holds}[" in line
     assert len(line) < 1_000
+    assert "a key of 1,048,576 characters, which no hold id can be: write a null under" in str(
+        refused.value
+    )
+    assert len(str(refused.value)) < 2_000
+    await produce(broker, [(topics.holds, key, None)])
+    async with running_service(config, broker) as service:
+        assert service.ready.is_set()
 
 
 async def test_a_create_dated_after_the_expiry_it_is_read_before_starts_the_next_life(

@@ -279,6 +279,41 @@ async def test_a_sweep_on_a_holds_topic_that_does_not_exist_stops_the_sink(
     assert await store.receipts() == []
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(["sqlite"]), indirect=True)
+async def test_a_sweep_whose_hold_id_has_only_an_unreadable_message_stops_the_sink(
+    broker: str, topics: TopicSet, store: Store
+) -> None:
+    """A sink with its sweep on reads the holds at its start, as the service does. A hold
+    id whose only message cannot be read (the state compaction leaves once it removes the
+    valid placement before it; or a new id written malformed) was read as "no hold", and
+    the sweep deleted the rows it was meant to keep. The sink stops at its start naming
+    the id, where the message is and why, deleting nothing; once the hold is placed again
+    under that id, the sink starts, and sweeps only what no hold keeps."""
+    now = wall_clock_ms()
+    held = stamp(ident("case-file", org="lawsuit"), created_at=now - 2 * HOUR, ttl_ms=HOUR)
+    free = stamp(ident("free", org="acme"), created_at=now - 2 * HOUR, ttl_ms=HOUR)
+    await produce(broker, topics.stamped, [stamped_msg(held), stamped_msg(free)])
+    await produce(broker, topics.holds, [(b"h-org", b'{"org": "lawsuit"}')])  # no reason
+    config = sink_config(broker, topics, sweep_interval_s=0.1, sweep_grace_s=0)
+    with pytest.raises(ConfigurationError) as refused, anyio.fail_after(20):
+        await SinkRunner(store, config).run(anyio.Event())
+    said = str(refused.value)
+    assert said.startswith(
+        f"the latest message of 1 legal hold id on {topics.holds!r} cannot be read, so what "
+        f"it holds is unknown: 'h-org' at {topics.holds}["
+    )
+    assert "]@0: missing_field (field 'reason' is required). Started, the sweep would " in said
+    assert said.endswith("`stream-expiry hold release ID`; then start")
+    assert await store.receipts() == []
+    hold = Hold("h-org", "lawsuit", None, None, None, None, "litigation", now)
+    await produce(broker, topics.holds, [(b"h-org", encode_hold(hold))])
+    async with running_sink(store, config):
+        await wait_until(_swept(store, [free]), what="the row no hold keeps swept")
+        assert await present(store, [held.identity])
+    assert [r.identity.record_id for r in await store.receipts()] == ["free"]
+
+
 async def _a_held_row_and_an_empty_holds_topic(
     broker: str, topics: TopicSet
 ) -> tuple[Hold, Stamp, Stamp, str]:

@@ -12,7 +12,17 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from stream_expiry.archive_gate import ArchiveGate
-from stream_expiry.holds import Hold, HoldBook, apply_hold_message, encode_hold, parse_hold
+from stream_expiry.control import refuse_holds_in_doubt
+from stream_expiry.errors import ConfigurationError
+from stream_expiry.exits import USAGE, status_of
+from stream_expiry.holds import (
+    Hold,
+    HoldBook,
+    InDoubt,
+    apply_hold_message,
+    encode_hold,
+    parse_hold,
+)
 from stream_expiry.model import Identity, InputEvent, Rejection
 from stream_expiry.policy import Resolution
 from stream_expiry.state import Effects, MemoryKV, PartitionProcessor, PartitionStore
@@ -1399,3 +1409,87 @@ def test_a_hold_giving_a_key_twice_is_rejected_and_the_hold_before_stays(
     assert book.generation == generation  # nothing let go
     assert book.is_held(Identity("acme", "_", "live", "conversation", "r9"))
     assert parse_hold(b"h2", raw) == got  # and a first placement is no hold at all
+
+
+def _doubts(book: HoldBook) -> list[tuple[str, int, int, str]]:
+    return [(d.hold_id, d.partition, d.offset, d.why.code) for d in book.in_doubt()]
+
+
+def test_a_hold_id_whose_latest_message_cannot_be_read_is_in_doubt_until_settled() -> None:
+    """``expiry.holds`` is compacted: once the placement before an unreadable message is
+    removed, a start reads that message alone, and the id had no hold, its records deleted
+    with a dead-letter line to say so. The book now names every id whose latest message on
+    a partition cannot be read, however it read before (the running service's book keeps
+    the hold placed before), until a later message for it there settles it: a placement
+    or a null. Earlier unreadable messages under an id whose latest is valid are fine."""
+    book = HoldBook()
+    apply_hold_message(book, b"kept", encode_hold(hold("kept")), 0, 0)
+    apply_hold_message(book, b"kept", b'{"org": "acme"', 0, 1)  # bad JSON
+    apply_hold_message(book, b"new", b'{"reason": "case 2"}', 1, 2)  # no org
+    apply_hold_message(book, b"mended", b"[]", 0, 3)
+    apply_hold_message(book, b"mended", encode_hold(hold("mended")), 0, 4)
+    apply_hold_message(book, b"nulled", b"{}", 0, 5)
+    apply_hold_message(book, b"nulled", None, 0, 6)
+    apply_hold_message(book, b"elsewhere", b"{}", 0, 7)
+    apply_hold_message(book, b"elsewhere", encode_hold(hold("elsewhere")), 1, 8)
+    assert _doubts(book) == [
+        ("elsewhere", 0, 7, "missing_field"),
+        ("kept", 0, 1, "invalid_json"),
+        ("new", 1, 2, "missing_field"),
+    ]
+    assert book.get("kept") == hold("kept")  # the hold before stays, as it did
+    assert book.doubts_of("new") == [InDoubt("new", 1, 2, book.doubts_of("new")[0].why)]
+    # Settled only on its own partition: compaction removes a value only with one there.
+    apply_hold_message(book, b"kept", None, 0, 9)
+    apply_hold_message(book, b"elsewhere", None, 1, 10)
+    apply_hold_message(book, b"new", encode_hold(hold("new")), 1, 11)
+    assert _doubts(book) == [("elsewhere", 0, 7, "missing_field")]
+
+
+def test_a_message_without_a_key_is_the_id_its_value_names_or_no_id() -> None:
+    """A message without a key is the hold its value's ``hold_id`` names (as a valid one
+    is placed): unreadable, that id is in doubt, and a later message for it settles it. One
+    naming no id can be settled by no message (a null needs a key), and is in no id's
+    doubt: it changes no hold, and a start refusing for it would refuse for ever."""
+    book = HoldBook()
+    apply_hold_message(book, None, b'{"hold_id": "named", "reason": "case"}', 2, 0)
+    apply_hold_message(book, None, b'{"org": "acme", "reason": "case"}', 2, 1)
+    apply_hold_message(book, None, b'{"hold_id": 7, "org": "acme"}', 2, 2)
+    apply_hold_message(book, None, b"not json", 2, 3)
+    assert _doubts(book) == [("named", 2, 0, "missing_field")]
+    apply_hold_message(book, b"named", None, 2, 4)
+    assert book.in_doubt() == []
+
+
+def test_a_start_refuses_on_a_hold_id_in_doubt_naming_each_where_and_what_to_do() -> None:
+    """What the service's start and a sink's sweep say, exit 2, as for a holds topic
+    that is missing: each id, ``topic[partition]@offset``, the rejection's detail, and the
+    commands that settle it. A book with nothing in doubt lets the start go on."""
+    book = HoldBook()
+    refuse_holds_in_doubt(book, "expiry.holds")  # nothing in doubt: no refusal
+    apply_hold_message(book, b"case-1", b'{"org": "acme", "reason": "r", "org": "x"}', 0, 4)
+    apply_hold_message(book, b"case-2", b'{"org": "acme"}', 3, 9)
+    with pytest.raises(ConfigurationError) as refused:
+        refuse_holds_in_doubt(book, "expiry.holds")
+    said = str(refused.value)
+    assert status_of(refused.value) == USAGE
+    assert said.startswith(
+        "the latest message of 2 legal hold ids on 'expiry.holds' cannot be read, so what "
+        "they hold is unknown: 'case-1' at expiry.holds[0]@4: invalid_field (key 'org' is "
+        "given twice (at the top level)"
+    )
+    assert "; 'case-2' at expiry.holds[3]@9: missing_field (field 'reason' is required)." in said
+    assert "the service would delete the records each was meant to keep" in said
+    assert "`stream-expiry hold place --id ID --org ORG" in said
+    assert said.endswith("`stream-expiry hold release ID`; then start")
+    long_key = b"k" * 600
+    apply_hold_message(book, b"case-1", None, 0, 5)
+    apply_hold_message(book, b"case-2", None, 3, 10)
+    apply_hold_message(book, long_key, b'{"org": "acme", "reason": "r"}', 1, 0)
+    with pytest.raises(ConfigurationError) as refused:
+        refuse_holds_in_doubt(book, "expiry.holds")
+    # An id `hold release` cannot take: cut in the message, with the way out it has.
+    assert "a key of 600 characters, which no hold id can be: write a null under that key" in str(
+        refused.value
+    )
+    assert len(str(refused.value)) < 2_000

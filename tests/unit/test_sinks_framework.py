@@ -712,9 +712,10 @@ async def test_a_hold_giving_a_key_twice_changes_no_hold_and_is_warned_of(
         "legal hold rejected: invalid_field (key 'org' is given twice (at the top level): "
         "which of its values was meant is unknown, so the document is refused; give each key "
         "once); key 'h1', holds[0]@1: skipped, it changes no hold; the legal hold 'h1' it "
-        "would replace stays in force as placed before (org=acme); place it again, valid, "
-        "under its id (or release it): once compaction removes the earlier placement, a "
-        "start would find no hold under this id"
+        "would replace stays in force as placed before (org=acme) while this process runs; "
+        "the next start of the service (or of a sink's sweep) refuses until 'h1' is placed "
+        "again, valid, with the scope meant (`stream-expiry hold place --id ID ...`) or "
+        "released (`stream-expiry hold release ID`)"
     ]
 
 
