@@ -452,83 +452,94 @@ class Service:
                 # keeps the hold placed before a message it could not read. Before the task
                 # group: raised as it is, as the other refusals of a start are.
                 refuse_holds_in_doubt(self.holds, t.holds)
-            async with anyio.create_task_group() as tg:
-                counts = await self._partition_counts(prod)
-                outbox = self._outbox = Outbox(
-                    prod,
-                    t,
-                    counts,
-                    redactor=Redactor.from_config(self.config.redact),
-                    stats=self.stats,
-                    topic_limit=topic_limit,
+            await self._serve(prod, control, topic_limit, stop)
+
+    async def _serve(
+        self,
+        prod: AIOKafkaProducer,
+        control: ControlTopics,
+        topic_limit: int | None,
+        stop: anyio.Event,
+    ) -> None:
+        """The session once the control topics are read and the start allowed: the outbox,
+        the archive follower if required, the group's consumer and the loop, until
+        ``stop`` (or an error, which ends the session)."""
+        t = self.config.topics
+        async with anyio.create_task_group() as tg:
+            counts = await self._partition_counts(prod)
+            outbox = self._outbox = Outbox(
+                prod,
+                t,
+                counts,
+                redactor=Redactor.from_config(self.config.redact),
+                stats=self.stats,
+                topic_limit=topic_limit,
+            )
+            tg.start_soon(outbox.run)
+            if self.config.archive.required:
+                if self.archive is None:
+                    self.archive = ArchiveGate(partitions=counts[t.stamped])
+                archive = ArchiveFollower(
+                    self.archive, self.config, self.bootstrap, self.processors, self.stats
                 )
-                tg.start_soon(outbox.run)
-                if self.config.archive.required:
-                    if self.archive is None:
-                        self.archive = ArchiveGate(partitions=counts[t.stamped])
-                    archive = ArchiveFollower(
-                        self.archive, self.config, self.bootstrap, self.processors, self.stats
-                    )
-                    await archive.once()
-                    tg.start_soon(archive.run, stop)
-                async with consumer(self.bootstrap, **self._group_options()) as cons:
-                    self._consumer = cons
-                    # Retired topics too: their partitions are assigned, fired, never read.
-                    cons.subscribe([*t.inputs, *t.retired], listener=_Rebalance(self))
-                    log.info(
-                        "joining group %r on %s for %s%s, with policy %s",
-                        self.config.group_id,
-                        self.bootstrap,
-                        ", ".join(t.inputs),
-                        f" (retired, fired and not read: {', '.join(t.retired)})"
-                        if t.retired
-                        else "",
-                        self.policy_digest,
-                    )
-                    firing = self._firing = Firing(
-                        self.processors,
-                        outbox,
-                        self._deciding,
-                        clock=self.clock,
-                        on_fired=self._count_fired,
-                        tick_ms=self.config.tick_ms,
-                        unread=self._reading.unread,
-                        catching_up=self._reading.catching_up,
-                        read_since=partial(self._read_since, control, cons),
-                    )
-                    try:
-                        async with anyio.create_task_group() as timers:
-                            timers.start_soon(self._say_joining, self.stats.assignments)
-                            timers.start_soon(firing.run)
-                            timers.start_soon(self._restorer)
-                            timers.start_soon(self._stop_polling, stop)
-                            await self._loop(cons, control, stop)
-                            timers.cancel_scope.cancel()
-                    finally:
-                        # A session ended by an error is torn down to be tried again (or the
-                        # error stops the service after): the loop still runs, /healthz 200.
-                        if stop.is_set():
-                            self.health.stopping()
-                        else:
-                            self.health.reconnecting()
-                        await outbox.drain()
-                    committed = await self._commit(cons)
-                    self._close_all()
-                    log.info(
-                        "stopped: %s; %d events, %d stamped, %d tombstones ttl + %d explicit, "
-                        "%d dead letters",
-                        "offsets committed"
-                        if committed
-                        else "the last offsets not committed (the broker did not take them): the "
-                        "next start reads those events again, and nothing is lost",
-                        self.stats.events,
-                        self.stats.stamped,
-                        self.stats.tombstones,
-                        self.stats.explicit,
-                        self.stats.dead_letters,
-                    )
-                outbox.close()
-                tg.cancel_scope.cancel()  # the archive follower, if any
+                await archive.once()
+                tg.start_soon(archive.run, stop)
+            async with consumer(self.bootstrap, **self._group_options()) as cons:
+                self._consumer = cons
+                # Retired topics too: their partitions are assigned, fired, never read.
+                cons.subscribe([*t.inputs, *t.retired], listener=_Rebalance(self))
+                log.info(
+                    "joining group %r on %s for %s%s, with policy %s",
+                    self.config.group_id,
+                    self.bootstrap,
+                    ", ".join(t.inputs),
+                    f" (retired, fired and not read: {', '.join(t.retired)})" if t.retired else "",
+                    self.policy_digest,
+                )
+                firing = self._firing = Firing(
+                    self.processors,
+                    outbox,
+                    self._deciding,
+                    clock=self.clock,
+                    on_fired=self._count_fired,
+                    tick_ms=self.config.tick_ms,
+                    unread=self._reading.unread,
+                    catching_up=self._reading.catching_up,
+                    read_since=partial(self._read_since, control, cons),
+                )
+                try:
+                    async with anyio.create_task_group() as timers:
+                        timers.start_soon(self._say_joining, self.stats.assignments)
+                        timers.start_soon(firing.run)
+                        timers.start_soon(self._restorer)
+                        timers.start_soon(self._stop_polling, stop)
+                        await self._loop(cons, control, stop)
+                        timers.cancel_scope.cancel()
+                finally:
+                    # A session ended by an error is torn down to be tried again (or the
+                    # error stops the service after): the loop still runs, /healthz 200.
+                    if stop.is_set():
+                        self.health.stopping()
+                    else:
+                        self.health.reconnecting()
+                    await outbox.drain()
+                committed = await self._commit(cons)
+                self._close_all()
+                log.info(
+                    "stopped: %s; %d events, %d stamped, %d tombstones ttl + %d explicit, "
+                    "%d dead letters",
+                    "offsets committed"
+                    if committed
+                    else "the last offsets not committed (the broker did not take them): the "
+                    "next start reads those events again, and nothing is lost",
+                    self.stats.events,
+                    self.stats.stamped,
+                    self.stats.tombstones,
+                    self.stats.explicit,
+                    self.stats.dead_letters,
+                )
+            outbox.close()
+            tg.cancel_scope.cancel()  # the archive follower, if any
 
     def _say_limit(self, prod: AIOKafkaProducer, topic_limit: int | None) -> None:
         """Say once when the output topics take less than the producer: stamps and dead
