@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from anyio.abc import Listener, SocketStream
 
     from stream_expiry.health import Health
+    from stream_expiry.stalls import Stalls
 
 __all__ = ["open_listener", "route", "serve_http", "watch_broker", "watch_connection"]
 
@@ -147,6 +148,7 @@ async def watch_connection(
     *,
     every_s: float = 5.0,
     refused_stop_s: float = REFUSED_STOP_S,
+    stalls: Stalls | None = None,
 ) -> None:
     """:func:`watch_broker` as every command that serves health runs it (``run``, ``sink``):
     speaking Kafka on a plaintext listener; with TLS or SASL, logging in as the clients do
@@ -162,7 +164,9 @@ async def watch_connection(
     ten times a second meanwhile."""
     sec = conn.security
     if not (sec.uses_ssl or sec.uses_sasl):
-        await watch_broker(health, conn.bootstrap_servers, every_s=every_s, speak_kafka=True)
+        await watch_broker(
+            health, conn.bootstrap_servers, every_s=every_s, speak_kafka=True, stalls=stalls
+        )
         return
 
     async def login(host: str, port: int, timeout_s: float) -> None:
@@ -179,6 +183,7 @@ async def watch_connection(
         login=login,
         refused_stop_s=refused_stop_s,
         who=_who(conn),
+        stalls=stalls,
     )
 
 
@@ -215,6 +220,7 @@ async def watch_broker(
     login: Callable[[str, int, float], Awaitable[None]] | None = None,
     refused_stop_s: float = REFUSED_STOP_S,
     who: str = "",
+    stalls: Stalls | None = None,
 ) -> None:
     """Until cancelled, mark the broker unreachable while no bootstrap server accepts a TCP
     connection. Cheap and independent of the Kafka client's retries, which hide an outage
@@ -225,10 +231,15 @@ async def watch_broker(
     connections and then drops them, which a bare connect takes for a live broker. With
     ``login(host, port, timeout_s)``, that is the probe instead (it raises what failed);
     when no server takes the login and one refused it, for ``refused_stop_s``, it raises
-    :class:`BrokerError` naming ``who`` logged in."""
+    :class:`BrokerError` naming ``who`` logged in.
+
+    With ``stalls``, a probe that failed while the process itself did not run (a SIGSTOP,
+    a frozen VM: the answer waited in the socket while the probe's deadline passed) is not
+    taken for an outage: it is tried again at once, and only that one's failure counts."""
     addresses = bootstrap_addresses(bootstrap_servers)
     refused_since: float | None = None
     while True:
+        started = stalls.now() if stalls is not None else 0.0
         errors: list[str] = []
         refused = False
         for host, port in addresses:
@@ -255,6 +266,9 @@ async def watch_broker(
             break
         else:
             reason = "; ".join(errors) or "no bootstrap servers"
+            if stalls is not None and stalls.overlaps(started):
+                log.info("the broker probe failed while the process did not run: trying again")
+                continue
             if health.broker_error is None:
                 log.warning("Kafka unreachable: %s", reason)
             health.broker_unreachable(reason)

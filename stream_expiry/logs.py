@@ -28,6 +28,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -41,7 +42,7 @@ from stream_expiry.errors import ConfigurationError
 from stream_expiry.timeutil import format_ts
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
 __all__ = [
     "FORMATS",
@@ -53,6 +54,7 @@ __all__ = [
     "TextFormatter",
     "configure_logging",
     "counted",
+    "filtered",
     "named",
     "printable",
     "record_ref",
@@ -303,6 +305,20 @@ def say_warning(text: str) -> None:
         logger.warning("%s", text)
     else:
         print(f"warning: {text}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def filtered(extra: logging.Filter) -> Iterator[None]:
+    """``extra`` on the handler of :func:`configure_logging` (if installed) for the block:
+    a filter that needs what a command holds (``run``'s stalls, say)."""
+    handlers = [h for h in logging.getLogger().handlers if h.get_name() == _HANDLER_NAME]
+    for handler in handlers:
+        handler.addFilter(extra)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(extra)
 
 
 def configure_logging(level: str, fmt: str, *, stream: TextIO | None = None) -> None:

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from stream_expiry.rekey import RekeyStats
     from stream_expiry.service import ServiceStats
     from stream_expiry.sinks.framework import BatchReport
+    from stream_expiry.stalls import Stalls
 
 __all__ = ["LAG_BUCKETS_MS", "RekeyMetrics", "ServiceMetrics", "SinkMetrics", "version"]
 
@@ -204,6 +205,32 @@ class _HealthCollector(Collector):
             )
 
 
+class _StallsCollector(Collector):
+    """The times the process did not run (:class:`~stream_expiry.stalls.Stalls`): what
+    tells a paused or starved process from a broker outage on a dashboard."""
+
+    def __init__(self, stalls: Stalls) -> None:
+        self._stalls = stalls
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(
+            f"{_PREFIX}_process_stalls",
+            "Times the process did not run for 2 s or more (paused, a frozen VM, starved of "
+            "CPU, the machine asleep): not broker outages.",
+            value=self._stalls.count,
+        )
+        yield CounterMetricFamily(
+            f"{_PREFIX}_process_stalled_seconds",
+            "Seconds the process did not run, in those stalls together.",
+            value=self._stalls.seconds,
+        )
+        yield GaugeMetricFamily(
+            f"{_PREFIX}_process_longest_stall_seconds",
+            "The longest stall since the start (0: none).",
+            value=self._stalls.longest_s,
+        )
+
+
 class _BaseMetrics:
     def __init__(self, registry: CollectorRegistry | None, prefix: str) -> None:
         self.registry = registry if registry is not None else _registry()
@@ -281,6 +308,10 @@ class ServiceMetrics(_BaseMetrics):
     def watch_stats(self, stats: ServiceStats, *, env_warnings: int = 0) -> None:
         """Expose the counters of ``stats`` (events, stamps, tombstones, lag histogram)."""
         self.registry.register(_StatsCollector(stats, env_warnings))
+
+    def watch_stalls(self, stalls: Stalls) -> None:
+        """Expose the stalls of the process (read at scrape time)."""
+        self.registry.register(_StallsCollector(stalls))
 
     def set_pending(self, category: str, records: int) -> None:
         self._pending.labels(category).set(records)

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import time
+from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
@@ -21,8 +22,10 @@ from stream_expiry.endpoints import open_listener, serve_http, watch_connection
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.health import Health
 from stream_expiry.kafka_settings import Connection
+from stream_expiry.logs import filtered
 from stream_expiry.metrics import ServiceMetrics
 from stream_expiry.service import Service, ServiceStats
+from stream_expiry.stalls import StallNote, Stalls
 
 if TYPE_CHECKING:
     import argparse
@@ -187,6 +190,7 @@ async def run_service(config: Config, args: argparse.Namespace) -> int:
             conn = connection_from(args, config)
         tune_gc()
         health = Health(stall_after_s=STALL_AFTER_S)
+        stalls = Stalls()  # a process paused is not a broker outage: it says so
         progress = _ProgressLog()
 
         metrics = ServiceMetrics()
@@ -197,18 +201,22 @@ async def run_service(config: Config, args: argparse.Namespace) -> int:
             on_progress=progress,
             health=health,
             metrics=metrics,
+            stalls=stalls,
         )
         metrics.watch_stats(service.stats, env_warnings=len(service.book.env_warnings))
         metrics.watch_health(health)
+        metrics.watch_stalls(stalls)
         stop = anyio.Event()
         finished = False
+        stack.enter_context(filtered(StallNote(stalls)))
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(stop_on_signals, stop, tg.cancel_scope, service.ready)
                 if listener is not None:
                     tg.start_soon(serve_http, listener, metrics.exposition, health)
                     listener = None  # served (and closed) by the task now
-                tg.start_soon(watch_connection, health, conn)
+                tg.start_soon(stalls.watch)
+                tg.start_soon(partial(watch_connection, health, conn, stalls=stalls))
                 await service.run(stop)
                 health.stopping()
                 finished = True

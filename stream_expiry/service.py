@@ -109,6 +109,7 @@ if TYPE_CHECKING:
     from stream_expiry.engine import Fired
     from stream_expiry.kafka_settings import Brokers
     from stream_expiry.metrics import ServiceMetrics
+    from stream_expiry.stalls import Stalls
     from stream_expiry.state import Effects
     from stream_expiry.state.restore import RestoreReport, RestoreResult
 
@@ -255,6 +256,7 @@ class Service:
         producer_options: Mapping[str, Any] | None = None,
         health: Health | None = None,
         metrics: ServiceMetrics | None = None,
+        stalls: Stalls | None = None,
     ) -> None:
         self.config = config
         self.bootstrap = bootstrap_servers
@@ -269,6 +271,9 @@ class Service:
         self.ready = anyio.Event()
         self.health = health or Health()
         self.metrics = metrics
+        # Whether the process itself did not run: a request it had in flight then timed
+        # out on resume, which is not the broker's failure (:meth:`_outage`).
+        self.stalls = stalls
         self.rebalance_error: Exception | None = None
         self.processors: dict[tuple[str, int], PartitionProcessor] = {}
         # Partitions revoked by a rebalance, their stores open and timers loaded, until the
@@ -609,12 +614,17 @@ class Service:
         once the service has been ready: a start that fails says so and stops. What was in
         flight is done again, exactly as after a crash: the stores hold only what the broker
         acked, and the partitions are restored and resume at the committed offsets when the
-        group is joined again. Returns False when ``exc`` is to be raised.
+        group is joined again. The first failure after the process itself did not run is
+        the stall's (:meth:`_stall_excuses`): its session starts again at once, and no
+        outage is said or counted. Returns False when ``exc`` is to be raised.
         """
         if stop.is_set() or not self.ready.is_set() or not curable(exc):
             return False
-        self.health.broker_unreachable(_first_error(exc))
         self.health.reconnecting()
+        if self._outage_since is None and self._stall_excuses(exc):
+            self._forget_session()
+            return True
+        self.health.broker_unreachable(_first_error(exc))
         now = time.monotonic()
         if self._outage_since is None:
             self._outage_since = self._outage_said = now
@@ -641,6 +651,21 @@ class Service:
         with anyio.move_on_after(OUTAGE_RETRY_S):
             await stop.wait()
         return not stop.is_set()
+
+    def _stall_excuses(self, exc: Exception) -> bool:
+        """Whether the process not running explains the broker's failure ``exc`` (a request
+        in flight through a SIGSTOP timed out on resume): said so, and not counted as an
+        outage. Once per stall (:meth:`Stalls.excuse`): a failure again is an outage."""
+        stall = self.stalls.excuse() if self.stalls is not None else None
+        if stall is None:
+            return False
+        log.warning(
+            "a Kafka request failed (%s) after %s: not a broker outage; the session is "
+            "started again, what was not committed is read again",
+            _describe(exc),
+            stall.describe(),
+        )
+        return True
 
     def _damaged_while_running(self, exc: Exception, stop: anyio.Event) -> bool:
         """After a store of an owned partition was found damaged while the service ran

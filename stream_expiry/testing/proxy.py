@@ -59,6 +59,8 @@ class Proxy:
         self._open: set[asyncio.StreamWriter] = set()
         self._cut = False
         self.accepted = 0  # connections forwarded to the target since start
+        self._probes_released: asyncio.Event | None = None  # see hold_probes
+        self._probe_held = asyncio.Event()
         self.refused = 0  # connections dropped while cut (or before a target was set)
 
     @property
@@ -88,6 +90,20 @@ class Proxy:
         for writer in list(self._open):
             writer.transport.abort()
         self._open.clear()
+
+    def hold_probes(self) -> asyncio.Event:
+        """Hold each health probe's request (``stream-expiry-probe``'s ApiVersions, the
+        first of its connection) here until :meth:`release_probes`: a probe in flight for
+        as long as a test wants. Returns an event set once one is held."""
+        self._probes_released = asyncio.Event()
+        self._probe_held = asyncio.Event()
+        return self._probe_held
+
+    def release_probes(self) -> None:
+        """Forward the held probes' requests, and those to come, at once."""
+        if self._probes_released is not None:
+            self._probes_released.set()
+            self._probes_released = None
 
     def restore(self) -> None:
         """Forward new connections again (clients reconnect on their own)."""
@@ -140,6 +156,14 @@ class Proxy:
                     self._open.discard(writer)
                     writer.transport.abort()
                 return
+        if self._probes_released is not None:
+            try:
+                await self._maybe_hold_probe(client_r, upstream_w)
+            except (asyncio.IncompleteReadError, ConnectionError, OSError):
+                for writer in (client_w, upstream_w):
+                    self._open.discard(writer)
+                    writer.transport.abort()
+                return
         pipes = [
             asyncio.create_task(_pipe(client_r, upstream_w)),
             asyncio.create_task(_pipe(upstream_r, client_w)),
@@ -155,6 +179,19 @@ class Proxy:
             for writer in (client_w, upstream_w):
                 self._open.discard(writer)
                 writer.transport.abort()
+
+    async def _maybe_hold_probe(
+        self, client_r: asyncio.StreamReader, upstream_w: asyncio.StreamWriter
+    ) -> None:
+        """Forward the connection's first request, after :meth:`release_probes` if it is
+        the health probe's (:meth:`hold_probes`)."""
+        request = await _read_frame(client_r)
+        released = self._probes_released
+        if released is not None and _PROBE_CLIENT_ID in request[:64]:
+            self._probe_held.set()
+            await released.wait()
+        upstream_w.write(_framed(request))
+        await upstream_w.drain()
 
     async def _log_in(
         self,
@@ -202,6 +239,7 @@ class Proxy:
 
 
 _API_VERSIONS: Final = 18
+_PROBE_CLIENT_ID: Final = b"stream-expiry-probe"  # stream_expiry.endpoints' probe
 _SASL_HANDSHAKE: Final = 17
 _SASL_AUTHENTICATE: Final = 36
 _SASL_AUTHENTICATION_FAILED: Final = 58

@@ -15,6 +15,7 @@ from stream_expiry.rekey import RekeyStats
 from stream_expiry.service import ServiceStats
 from stream_expiry.sinks._messages import Receipt
 from stream_expiry.sinks.framework import METRICS, BatchReport
+from stream_expiry.stalls import Stalls
 
 
 def _stats() -> ServiceStats:
@@ -217,6 +218,7 @@ def _exposed() -> dict[str, Family]:
     stats.verdicts["created"] += 1
     service.watch_stats(stats)
     service.watch_health(Health())
+    service.watch_stalls(Stalls())
     service.set_lag("in", 0, 1)
     service.set_pending("session", 1)
     service.restore_progress(partitions=1, records_read=1, remaining=1)

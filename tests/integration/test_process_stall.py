@@ -1,0 +1,115 @@
+"""A paused service (SIGSTOP, then SIGCONT) on the real broker: it says it did not run, and
+does not take the pause for a broker outage.
+
+The broker probe of ``/readyz`` runs every 5 s and waits 3 s for its answer. A pause that
+catches a probe in flight lets its deadline pass while the answer waits in the stopped
+process' socket: on resume the probe timed out, and the service said "Kafka unreachable",
+``/readyz`` 503 and ``stream_expiry_broker_reachable`` 0 for the next 5 s, with the broker
+fine all along. The proxy in front of the broker holds one probe's request
+(:meth:`~stream_expiry.testing.proxy.Proxy.hold_probes`), so the pause catches a probe in
+flight every time instead of once in a few thousand.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import urllib.request
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+
+from stream_expiry.broker import free_port
+from stream_expiry.kafka import ensure_topics
+from stream_expiry.testing.processes import spawn_service
+from stream_expiry.testing.proxy import proxied_broker
+from tests.conftest import make_topic_set
+from tests.integration.service_helpers import config_text, http_status, no_orphans
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from anyio.abc import Process
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+PAUSE_S = 5.0  # longer than the probe's 3 s timeout, and the 2 s a stall is counted from
+STARTED: list[Process] = []
+_SAMPLE = re.compile(r"^(stream_expiry_\w+) (\S+)$", re.MULTILINE)
+
+_no_orphans = no_orphans(STARTED)
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """The unlabelled samples of ``/metrics`` (empty while nothing answers)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    return {name: float(value) for name, value in _SAMPLE.findall(text)}
+
+
+@pytest.mark.timeout(120)
+async def test_a_paused_service_says_it_did_not_run_and_no_broker_outage(
+    tmp_path: Path,
+) -> None:
+    topics = make_topic_set()
+    port = free_port()
+    async with proxied_broker() as proxy:
+        await ensure_topics(proxy.address, topics.all, partitions=2)
+        cfg = tmp_path / "service.toml"
+        cfg.write_text(config_text(topics, str(tmp_path / "state")))
+        svc = await spawn_service(proxy.address, cfg, STARTED, "--metrics-port", str(port))
+        pid = svc.process.pid
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(svc.follow_log)
+            with anyio.fail_after(60):
+                await svc.ready.wait()
+                while await anyio.to_thread.run_sync(_scrape, port) == {}:  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+
+            with anyio.fail_after(15):  # the next probe (every 5 s) is held in flight
+                await proxy.hold_probes().wait()
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                proxy.release_probes()  # its answer now waits in the stopped process' socket
+                # The stimulus: the length of the pause under test (no outcome is awaited).
+                await anyio.sleep(PAUSE_S)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+
+            # After the resume: the stall counted, and a probe cycle over (the next probe
+            # held means the one after the resume has answered and said what it found).
+            samples: list[dict[str, float]] = []
+            with anyio.fail_after(30):
+                while not samples or samples[-1].get("stream_expiry_process_stalls_total", 0) < 1:
+                    samples.append(await anyio.to_thread.run_sync(_scrape, port))
+                    if svc.log_has("Kafka unreachable"):
+                        break
+                    await anyio.sleep(0.05)
+                await proxy.hold_probes().wait()
+            proxy.release_probes()
+            after = await anyio.to_thread.run_sync(_scrape, port)
+            readyz = await anyio.to_thread.run_sync(http_status, f"http://127.0.0.1:{port}/readyz")
+            os.kill(pid, signal.SIGINT)
+            with anyio.fail_after(30):
+                await svc.process.wait()
+            tg.cancel_scope.cancel()
+
+    assert not svc.log_has("Kafka unreachable"), svc.tail()
+    assert not svc.log_has("the broker failed"), svc.tail()
+    assert all(s.get("stream_expiry_broker_reachable", 1) == 1 for s in samples), samples
+    assert (after["stream_expiry_broker_reachable"], readyz) == (1, 200)
+    said = [line for line in svc.lines if "the process did not run for" in line]
+    assert len(said) == 1, svc.tail()
+    assert "WARNING" in said[0]
+    assert "(paused, or starved of CPU); not a broker outage" in said[0]
+    seconds = float(re.search(r"did not run for ([\d.]+) s", said[0])[1])  # type: ignore[index]
+    assert PAUSE_S - 1 <= seconds <= PAUSE_S + 2, said[0]
+    assert after["stream_expiry_process_stalls_total"] == 1
+    assert after["stream_expiry_process_stalled_seconds_total"] == pytest.approx(seconds, abs=0.1)
+    assert after["stream_expiry_process_longest_stall_seconds"] == pytest.approx(seconds, abs=0.1)
+    assert svc.process.returncode == 0, svc.tail()
