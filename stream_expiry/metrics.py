@@ -304,6 +304,12 @@ class ServiceMetrics(_BaseMetrics):
             "Changelog records still to read before the restore ends (0 when none runs).",
             registry=r,
         )
+        self._restoring_due = Gauge(
+            f"{_PREFIX}_restoring_due_records",
+            "Records of the partitions being restored that were due when the restore began, "
+            "as far as the changelog is read (0 when none runs): they wait for its end.",
+            registry=r,
+        )
 
     def watch_stats(self, stats: ServiceStats, *, env_warnings: int = 0) -> None:
         """Expose the counters of ``stats`` (events, stamps, tombstones, lag histogram)."""
@@ -321,14 +327,16 @@ class ServiceMetrics(_BaseMetrics):
         self._oldest_overdue.set(max(0.0, seconds))
 
     def restore_progress(
-        self, *, partitions: int, records_read: int = 0, remaining: int = 0
+        self, *, partitions: int, records_read: int = 0, remaining: int = 0, due: int = 0
     ) -> None:
         """During a restore: ``partitions`` restoring now, ``records_read`` since the last
-        call (added up), ``remaining`` records to go. Call with ``partitions=0`` at the end."""
+        call (added up), ``remaining`` records to go, ``due`` records read so far that were
+        due at its start. Call with ``partitions=0`` at the end."""
         self._restoring.set(partitions)
         if records_read:
             self._restored.inc(records_read)
         self._restore_remaining.set(remaining if partitions else 0)
+        self._restoring_due.set(max(0, due) if partitions else 0)
 
 
 class _SinkCollector(Collector):

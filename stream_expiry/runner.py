@@ -108,7 +108,10 @@ def _overdue(stats: ServiceStats) -> str:
     (tombstones minutes late) saw "3410/s" and nothing of how late (a trial)."""
     said = f"{stats.oldest_overdue_ms / 1000:.1f} s" if stats.oldest_overdue_ms else "none"
     if stats.restoring:
-        said += f" (not counting the {stats.restoring} partitions being restored)"
+        said += f" (not counting the {stats.restoring} partitions being restored"
+        if stats.restoring_due:  # what they hold due waits for the restore's end
+            said += f", where {stats.restoring_due} records read so far were due"
+        said += ")"
     return said
 
 

@@ -1530,7 +1530,8 @@ class Service:
         log.info(
             "restored %s from the changelog in %.2f s (%s): %d changelog messages read, "
             "%d states and %d deletion markers applied; their stores have %d records "
-            "pending, %d never expiring, %d markers; %d timers within the horizon",
+            "pending (%d due when the restore began), %d never expiring, %d markers; %d "
+            "timers within the horizon",
             counted(len(restored), "partition"),
             max(r.seconds for r in reports),
             _partitions_named(restored),
@@ -1538,6 +1539,7 @@ class Service:
             sum(r.stamps for r in reports),
             sum(r.markers for r in reports),
             sum(c.pending_total for c in counts),
+            sum(r.due for r in reports),
             sum(c.never for c in counts),
             sum(c.markers for c in counts),
             sum(proc.timers for proc in procs),
@@ -1548,6 +1550,7 @@ class Service:
         that cancelled a restore left the gauge at its last count, with no restore
         running, until the next one."""
         self.stats.restoring = partitions
+        self.stats.restoring_due = 0
         if self.metrics is not None:
             self.metrics.restore_progress(partitions=partitions)
 
@@ -1595,18 +1598,24 @@ class Service:
         (Called from a thread when workers restore.)"""
         read = report.read - self._restore_seen
         self._restore_seen = report.read
+        self.stats.restoring_due = report.due
         now = time.monotonic()
         if now - self._restore_said >= RESTORE_SAID_EVERY_S:
             self._restore_said = now
             log.info(
-                "restoring %d partitions from the changelog: %d messages read, %d to go",
+                "restoring %d partitions from the changelog: %d messages read, %d to go; "
+                "%d records read so far were due when it began (they wait for its end)",
                 self.stats.restoring,
                 report.read,
                 report.remaining,
+                report.due,
             )
         if self.metrics is not None:
             self.metrics.restore_progress(
-                partitions=self.stats.restoring, records_read=read, remaining=report.remaining
+                partitions=self.stats.restoring,
+                records_read=read,
+                remaining=report.remaining,
+                due=report.due,
             )
 
     async def _position(self, tps: list[TopicPartition]) -> None:

@@ -31,6 +31,7 @@ class ServiceStats:
     pending_in_wheel: int = 0
     restored: int = 0  # changelog messages read by restores
     restoring: int = 0  # partitions being restored now
+    restoring_due: int = 0  # their records read so far that were due when it began
     archive_waiting: int = 0  # due records kept until the archive has them ([archive] required)
     # The group's view, for an operator: how often partitions moved (a member crashing,
     # a rolling restart or one flapping shows as a climbing count) and how many are ours.

@@ -95,6 +95,12 @@ class RestoreReport:
     # stamps whose expiry-deferred-requests could not be read (logged): the erasures it
     # names go out at the release naming no request
     requests_unreadable: int = 0
+    # live records already due (expires_at <= the restore's now) in the stores, as far as
+    # the changelog is read: those a store held at the start, plus the stamps read since,
+    # less those that a later message of their record deleted or moved (the store knows
+    # which: PartitionStore.write_restored). A record whose null is still ahead counts
+    # until it is read, so before the end it is at most the truth.
+    due: int = 0
     seconds: float = 0.0
 
 
@@ -176,7 +182,12 @@ async def prepare_restore(
     """The reads of both changelog topics for ``stores``, positioned, their ends known and
     what is left to read counted (one metadata look-up and one fetch of the ends)."""
     started = time.monotonic()
-    result = RestoreResult(stores={source: RestoreReport() for source in stores})
+    result = RestoreResult(
+        stores={
+            source: RestoreReport(due=store.count_due(now_ms)) for source, store in stores.items()
+        }
+    )
+    result.total.due = sum(report.due for report in result.stores.values())
     readers: list[_TopicRead] = []
     for topic in (stamped, tombstones):
         count = len(await partitions_of(cons, topic))
@@ -370,7 +381,9 @@ class _TopicRead:
         report = self.result.stores[source]
         report.read += len(records)
         if stamps:
+            due_before = report.due
             _apply_stamps(store, records, self.now_ms, meta, report)
+            self.result.total.due += report.due - due_before
         else:
             _apply_tombstones(store, records, self.now_ms, meta, report)
         self.own[source] = position
@@ -492,11 +505,12 @@ def _apply_stamps(
             kept = _requests_of(headers, erase, created is not None, key, report)
             if kept:
                 requests[key] = kept
-    lives, markers = store.write_restored(
+    lives, markers, due = store.write_restored(
         list(rows.values()), now_ms=now_ms, meta=meta, arrived=arrived, requests=requests
     )
     report.stamps += lives
     report.markers += markers
+    report.due += due
 
 
 def _requests_of(

@@ -193,7 +193,9 @@ async def restore_stores(
         if progress is not None:
             progress(
                 RestoreReport(
-                    read=sum(r.read for r in reads), remaining=sum(r.remaining for r in reads)
+                    read=sum(r.read for r in reads),
+                    remaining=sum(r.remaining for r in reads),
+                    due=sum(r.due for r in reads),
                 )
             )
 

@@ -179,6 +179,11 @@ def _time_key(prefix: bytes, ms: int, key: bytes) -> bytes:
     return prefix + _TIME.pack(ms + _BIAS) + key
 
 
+def _timed(state: Stamp) -> bool:
+    """Whether ``state`` has an entry in the due index (live, not frozen by a hold)."""
+    return state.deleted_at is None and not state.held
+
+
 def _time_of(index_key: bytes) -> int:
     return int(_TIME.unpack_from(index_key, 1)[0]) - _BIAS
 
@@ -299,6 +304,16 @@ class PartitionStore:
         for key, value in zip(keys, self.kv.multi_get([_STATE + k for k in keys]), strict=True):
             if value is not None and (found := timer_of_state(value)) is not None:
                 yield key.decode(), found[0], found[1]
+
+    def count_due(self, now_ms: int) -> int:
+        """How many live records are due at ``now_ms`` and not yet tombstoned (held ones
+        aside): a scan of the due index up to it, for a restore's start (a store kept on
+        disk holds what an outage left due; an empty one, none)."""
+        floor = self._due_floor
+        if floor is not None and floor > now_ms:
+            return 0
+        low = _DUE if floor is None else _time_key(_DUE, floor, b"")
+        return sum(1 for _ in self.kv.scan(low, _time_key(_DUE, now_ms + 1, b"")))
 
     def first_due_ms(self) -> int | None:
         """The earliest expiry of a live record not yet tombstoned (held ones aside), or
@@ -478,11 +493,13 @@ class PartitionStore:
         meta: Mapping[str, int],
         arrived: Mapping[bytes, ArrivedLife] | None = None,
         requests: Mapping[bytes, Mapping[DeferredErasure, Request]] | None = None,
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, int]:
         """Make each row the stored state of its key, atomically with ``meta`` (and
         ``arrived`` and ``requests``, as :meth:`write` takes them, by store key: the
         erasure requests a stamp names, its own erasure's and those of the others its
-        record keeps); returns how many live states and deletion markers changed.
+        record keeps); returns how many live states and deletion markers changed, and by
+        how much the live records already due at ``now_ms`` changed (:meth:`count_due`:
+        a row made live and due adds one, a live due one it replaces takes one away).
 
         The bulk form of :meth:`write` for a restore, which does not know what the store
         holds: one multi-get finds the stored states, a row equal to its stored state is
@@ -492,7 +509,7 @@ class PartitionStore:
         if not rows:
             if meta:
                 self.set_meta(meta)
-            return 0, 0
+            return 0, 0, 0
         puts: dict[bytes, bytes] = {}
         if arrived:
             self._put_arrived(arrived, puts)
@@ -504,7 +521,7 @@ class PartitionStore:
         pending = counts.pending
         grace = self.grace_ms
         due_floor, marker_floor = self._due_floor, self._marker_floor
-        lives = markers = 0
+        lives = markers = due_now = 0
         for row, raw in zip(rows, olds, strict=True):
             key, cat, created, expires, ttl, source, deleted, erase, offset, floor, older = row
             prune_at = None if deleted is None else _prune_time(deleted, expires, now_ms, grace)
@@ -533,6 +550,8 @@ class PartitionStore:
                 )
                 if old == new:
                     continue  # a marker: only its prune time differs
+                if _timed(old) and old.due_at is not None and old.due_at <= now_ms:
+                    due_now -= 1
                 self._unindex(old, key, deletes, now_ms)
             if prune_at is None:
                 lives += 1
@@ -547,6 +566,8 @@ class PartitionStore:
                 else:
                     puts[_DUE + _TIME.pack(due + _BIAS) + key] = timer_bytes(value)
                     pending[cat] = pending.get(cat, 0) + 1
+                    if due <= now_ms:
+                        due_now += 1
                     if due_floor is not None and due < due_floor:
                         due_floor = due
             else:
@@ -561,7 +582,7 @@ class PartitionStore:
             puts[_META + name.encode()] = _INT.pack(number)
         self._put_counts(puts)
         self.kv.apply(puts, [d for d in deletes if d not in puts])
-        return lives, markers
+        return lives, markers, due_now
 
     def _put_arrived(self, arrived: Mapping[bytes, ArrivedLife], puts: dict[bytes, bytes]) -> None:
         self._arrived_any = True

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from anyio.abc import Process
 
     from stream_expiry.archive import ArchiveWriter
+    from stream_expiry.metrics import ServiceMetrics
     from tests.conftest import TopicSet
 
 
@@ -120,10 +121,11 @@ async def running_service(
     consumer_options: Mapping[str, Any] | None = None,
     producer_options: Mapping[str, Any] | None = None,
     clock: Callable[[], int] | None = None,
+    metrics: ServiceMetrics | None = None,
 ) -> AsyncIterator[Service]:
     """The service in a task; stopped (cleanly) when the block ends. ``clock``: the
     service's, instead of the wall clock's milliseconds; ``producer_options``: over its
-    producer's (``max_request_size``, say)."""
+    producer's (``max_request_size``, say); ``metrics``: the gauges it sets."""
     # A short session makes a lone member's (re)join fast on the test broker, which holds a
     # join until the old members time out; with several members it causes rebalance storms,
     # because the broker holds every JoinGroup ~3 s, longer than that session.
@@ -135,6 +137,7 @@ async def running_service(
         consumer_options={**(fast if fast_join else {}), **(consumer_options or {})},
         producer_options=producer_options,
         clock=clock or wall_clock_ms,
+        metrics=metrics,
     )
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:

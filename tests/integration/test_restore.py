@@ -26,10 +26,12 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.memory_records import MemoryRecords
+from prometheus_client import CollectorRegistry
 
 from stream_expiry.codec import H_DELETED_AT, source_headers, source_of
 from stream_expiry.errors import CorruptStoreError
 from stream_expiry.kafka import consumer, ensure_topics, partitions_of, producer, stable_ends
+from stream_expiry.metrics import ServiceMetrics
 from stream_expiry.model import Identity, Stamp, encode_stamp
 from stream_expiry.replay import H_REPLAY
 from stream_expiry.service import ASSIGNORS, wall_clock_ms
@@ -1090,3 +1092,107 @@ async def test_an_erasure_read_again_by_a_new_instance_never_erases_the_next_lif
     # key before it, the second life's too.
     stamped = await read_all(broker, topics.stamped)
     assert [r for r in stamped[stamped_before:] if r.value is None] == []
+
+
+# -- what a restore says is due: stream_expiry_restoring_due_records ----------------------
+
+
+async def test_a_restore_counts_the_records_already_due_as_far_as_it_has_read(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A kept store with one record due (an outage left it), and a changelog with three
+    records due and one not: the restore says 4 due. Then one of them deleted and one
+    moved past the restore's now, read by the next restore of that store: it starts from
+    the 4 its store holds due and ends at 2, what the store then holds due."""
+    conv = (topics.conversations, 0)
+    h_conv = source_headers(*conv)
+    deleted = [*h_conv, (H_DELETED_AT, str(T0 - 10).encode())]
+    await _send(
+        broker,
+        topics.stamped,
+        [
+            (*_stamp("conversation", "due", T0 - 100), h_conv),
+            (*_stamp("conversation", "gone", T0 - 50), h_conv),
+            (*_stamp("conversation", "moved", T0 - 20), h_conv),
+            (*_stamp("conversation", "later", T0 + YEAR_MS), h_conv),
+        ],
+    )
+    store = PartitionStore(RocksKV(str(tmp_path / "conversations-0")))
+    kept = Stamp(
+        Identity("acme", "_", "live", "conversation", "kept"), T0 - 9, T0 - 5, 4, "default"
+    )
+    store.write([(None, kept)], now_ms=T0 - 9)
+
+    async def restore() -> tuple[int, list[int]]:
+        said: list[int] = []
+        async with consumer(broker) as cons:
+            result = await restore_partitions(
+                cons,
+                {conv: store},
+                stamped=topics.stamped,
+                tombstones=topics.tombstones,
+                now_ms=T0,
+                progress=lambda report: said.append(report.due),
+            )
+        assert result.total.due == result.stores[conv].due
+        return result.total.due, said
+
+    try:
+        assert await restore() == (4, [4])  # kept, due, gone, moved
+        assert store.count_due(T0) == 4
+        await _send(
+            broker,
+            topics.stamped,
+            [
+                (*_stamp("conversation", "moved", T0 + YEAR_MS), h_conv),
+                (_stamp("conversation", "gone", 0)[0], None, deleted),
+            ],
+        )
+        assert await restore() == (2, [2])  # kept, due
+        assert store.count_due(T0) == 2
+    finally:
+        store.close()
+
+
+class _NotingMetrics(ServiceMetrics):
+    """The service's metrics, noting each restore progress it is given (the gauges end at
+    0 with the restore, before a scrape could see them)."""
+
+    def __init__(self) -> None:
+        super().__init__(CollectorRegistry())
+        self.progress: list[dict[str, int]] = []
+
+    def restore_progress(
+        self, *, partitions: int, records_read: int = 0, remaining: int = 0, due: int = 0
+    ) -> None:
+        self.progress.append({"partitions": partitions, "due": due})
+        super().restore_progress(
+            partitions=partitions, records_read=records_read, remaining=remaining, due=due
+        )
+
+
+async def test_the_service_says_how_many_restored_records_were_due(
+    broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stamps due an hour ago on the changelog, and a service with an empty state
+    directory (a lost disk): while it restores, stream_expiry_restoring_due_records says
+    they wait; 0 once it ends; the restore's line says how many were due."""
+    now = wall_clock_ms()
+    async with producer(broker) as prod:
+        for n in range(7):
+            p = n % 2  # conversations[p]'s changelog is partition p (2 partitions each)
+            expires = now + YEAR_MS if n == 6 else now - 3_600_000
+            key, value = _stamp("conversation", f"r{n}", expires)
+            headers = source_headers(topics.conversations, p)
+            await (await prod.send(topics.stamped, key=key, value=value, partition=p, headers=headers))  # fmt: skip
+    metrics = _NotingMetrics()
+    config = config_for(topics, str(tmp_path / "state"))
+    with caplog.at_level(logging.INFO, logger="stream_expiry.service"):
+        async with running_service(config, broker, metrics=metrics):
+            gauge = metrics.registry.get_sample_value("stream_expiry_restoring_due_records")
+    during = [p["due"] for p in metrics.progress if p["partitions"] > 0]
+    assert max(during) == 6, metrics.progress
+    assert metrics.progress[-1] == {"partitions": 0, "due": 0}
+    assert gauge == 0  # once restored: the due records are the overdue gauge's now
+    said = [r.getMessage() for r in caplog.records if "from the changelog in" in r.getMessage()]
+    assert any("(6 due when the restore began)" in line for line in said), said

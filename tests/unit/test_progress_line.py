@@ -50,3 +50,8 @@ def test_the_progress_line_says_how_late_the_oldest_due_record_is(
     assert _said(restoring, caplog).endswith(
         "oldest overdue none (not counting the 3 partitions being restored)"
     )
+    restoring.restoring_due = 40  # due records read by the restore wait for its end
+    assert _said(restoring, caplog).endswith(
+        "oldest overdue none (not counting the 3 partitions being restored, where 40 "
+        "records read so far were due)"
+    )

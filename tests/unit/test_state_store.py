@@ -360,6 +360,54 @@ def test_due_timers_always_match_the_stored_states(
     )
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    before=st.lists(st.tuples(st.integers(0, 9), st.integers(-50, 50)), max_size=10),
+    rows=st.lists(
+        st.tuples(
+            st.integers(0, 9),
+            st.one_of(st.none(), st.integers(-50, 50)),  # expiry (relative to now)
+            st.booleans(),  # an erasure a hold defers: frozen, no timer
+            st.booleans(),  # deleted: a null
+        ),
+        max_size=30,
+    ),
+)
+def test_a_restore_counts_the_live_records_already_due_as_the_store_holds_them(
+    before: list[tuple[int, int]], rows: list[tuple[int, int | None, bool, bool]]
+) -> None:
+    """What a restore says is due (stream_expiry_restoring_due_records): the count at its
+    start plus each write's change is, after every write, the live records of the store
+    due at the restore's now, held ones aside, however later stamps and nulls of the same
+    records move or delete them."""
+    now = T0 + 1_000
+    store = PartitionStore(MemoryKV(), grace_ms=GRACE)
+    for n, due_in in before:  # a store kept on disk, due records left by an outage
+        old = store.get(ident(f"r{n}").key)
+        store.write([(old, live(f"r{n}", now + due_in))], now_ms=T0)
+
+    def truth() -> int:
+        return sum(
+            1
+            for state in store.items()
+            if state.live and not state.held and state.due_at is not None
+            and state.due_at <= now
+        )  # fmt: skip
+
+    due = store.count_due(now)
+    assert due == truth()
+    for n, expires, erased, deleted in rows:
+        key = ident(f"r{n}").key
+        expires_at = None if expires is None else now + expires
+        erase = now - 100 if erased and not deleted else None
+        row = (
+            key.encode(), "conversation", T0, expires_at, 1000, "default",
+            now - 10 if deleted else None, erase, 7, None, (),
+        )  # fmt: skip
+        due += store.write_restored([row], now_ms=now, meta={})[2]
+        assert due == truth() == store.count_due(now)
+
+
 @given(
     fields=st.tuples(
         st.one_of(st.none(), st.integers()),
@@ -508,7 +556,7 @@ def test_every_field_of_a_state_survives_the_store(
 def test_a_restored_state_keeps_its_previous_lifes_deletion(store: PartitionStore) -> None:
     key = ident("r").key.encode()
     row = (key, "conversation", T0, T0 + 1000, 1000, "default", None, None, 7, T0 - 5, ())
-    assert store.write_restored([row], now_ms=T0, meta={}) == (1, 0)
+    assert store.write_restored([row], now_ms=T0, meta={}) == (1, 0, 0)  # due later
     assert store.get(ident("r").key) == Stamp(
         ident("r"), T0, T0 + 1000, 1000, "default", None, None, False, 7, T0 - 5
     )
@@ -569,7 +617,7 @@ def test_an_erased_life_keeps_its_marker_until_its_own_expiry_and_the_grace(
     # The same erasure restored from the changelog.
     b = ident("b").key.encode()
     row = (b, "conversation", T0, T0 + 10 * GRACE, 1000, "default", T0 + 4, T0 + 4, None, None, ())
-    assert store.write_restored([row], now_ms=T0, meta={}) == (0, 1)
+    assert store.write_restored([row], now_ms=T0, meta={}) == (0, 1, 0)
     assert store.prune(T0 + 4 + 2 * GRACE) == 0
     assert store.prune(T0 + 10 * GRACE + GRACE - 1) == 0
     assert store.get(a.identity.key) == erased
