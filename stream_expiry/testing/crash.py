@@ -17,6 +17,10 @@ times tombstones *reached the harness*:
 * never lost: every record with a finite expiry, and every deletion, has its tombstone;
   no record that never expires has one;
 * ``expiry.stamped`` ends with a null for every tombstoned key, and no stamp follows a null;
+* a re-sent tombstone (the same key, ``reason``, ``created_at`` and ``expiry-deleted-at``)
+  repeats the first but for ``emitted_at`` and ``expiry-late-cause``: the README tells
+  consumers to recognise one deletion by those four and to derive a receipt's id from
+  them, so anything else that changed on a re-send would make them two deletions;
 * the killed runs did work: stamps grew during most runs, and the group's committed
   offsets (the positions each run resumes at) only moved forward, and moved.
 """
@@ -47,7 +51,7 @@ if TYPE_CHECKING:
 
     from stream_expiry.testing.processes import ServiceProcess
 
-__all__ = ["CrashOutcome", "Produced", "run_crashes", "violations"]
+__all__ = ["CrashOutcome", "Produced", "resends_that_differ", "run_crashes", "violations"]
 
 TTL_S = {"conversation": 3, "session": 2, "error": 1}  # "analytics" never expires
 SLIDING = "session"
@@ -461,4 +465,37 @@ def violations(out: CrashOutcome) -> list[str]:
         found["offsets did not move"].append(f"committed offsets moved in {moved} of {out.kills}")
     if out.final_exit != 0:
         found["final run"].append(f"exit status {out.final_exit}")
+    found["re-send differs"].extend(resends_that_differ([rec for _, rec in out.tombstones]))
     return [f"{kind}: {line}" for kind, lines in found.items() for line in lines[:20]]
+
+
+# What a re-send of one deletion may change: the time it went out again, and so whether it
+# went out more than a minute late (the README's "At least once").
+_RESEND_MAY_CHANGE: Final = ("emitted_at",)
+_RESEND_HEADERS_MAY_CHANGE: Final = ("expiry-late-cause",)
+
+
+def resends_that_differ(tombstones: list[Any]) -> list[str]:
+    """The tombstones that repeat a deletion already sent (same key, ``reason``,
+    ``created_at`` and ``expiry-deleted-at`` header) but differ from its first copy in more
+    than ``emitted_at`` and ``expiry-late-cause``, one line each."""
+    first: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, bytes]]] = {}
+    lines: list[str] = []
+    for rec in tombstones:
+        body = orjson.loads(rec.value)
+        headers = dict(rec.headers or ())
+        deletion = (rec.key, body["reason"], body["created_at"], headers.get("expiry-deleted-at"))
+        seen = first.setdefault(deletion, (body, headers))
+        if seen == (body, headers):
+            continue
+        fields = sorted(
+            f for f in body.keys() | seen[0].keys()
+            if f not in _RESEND_MAY_CHANGE and body.get(f) != seen[0].get(f)
+        )  # fmt: skip
+        names = sorted(
+            h for h in headers.keys() | seen[1].keys()
+            if h not in _RESEND_HEADERS_MAY_CHANGE and headers.get(h) != seen[1].get(h)
+        )  # fmt: skip
+        if fields or names:
+            lines.append(f"{rec.key!r}: fields {fields}, headers {names}")
+    return lines
