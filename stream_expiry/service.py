@@ -189,15 +189,11 @@ def _say_moved_aside(state_dir: str) -> None:
     want to look), and they take disk."""
     for label, (one, more) in ASIDE.items():
         mark = f".{label}-"
-        aside = sorted(e.path for e in os.scandir(state_dir) if mark in e.name and e.is_dir())
+        # A file too: one found where a store's directory should be is moved aside.
+        aside = sorted(e.path for e in os.scandir(state_dir) if mark in e.name)
         if not aside:
             continue
-        size = sum(
-            os.path.getsize(os.path.join(root, name))
-            for path in aside
-            for root, _dirs, names in os.walk(path)
-            for name in names
-        )
+        size = sum(_disk_use(path) for path in aside)
         log.warning(
             "%s moved aside earlier take %.1f MiB here: %s; delete them once looked at (the "
             "service never reads them)",
@@ -205,6 +201,17 @@ def _say_moved_aside(state_dir: str) -> None:
             size / 2**20,
             ", ".join(os.path.basename(p) for p in aside),
         )
+
+
+def _disk_use(path: str) -> int:
+    """Bytes of the file at ``path``, or of the files under the directory at it."""
+    if not os.path.isdir(path):
+        return os.path.getsize(path)
+    return sum(
+        os.path.getsize(os.path.join(root, name))
+        for root, _dirs, names in os.walk(path)
+        for name in names
+    )
 
 
 def _partitions_named(tps: Sequence[TopicPartition]) -> str:

@@ -54,11 +54,25 @@ ASIDE = {
 
 def _store_error(what: str, path: str, exc: Exception) -> StoreError:
     """rocksdict raises plain ``Exception`` whose text starts with RocksDB's status code:
-    a damaged file is told apart, for the service moves that store aside and restores it."""
+    a damaged store is told apart (:func:`_damaged`), for the service moves that store
+    aside and restores it."""
     message = f"{what} {path}: {exc}"
-    if str(exc).startswith("Corruption"):
+    if _damaged(str(exc), path):
         return CorruptStoreError(message, path)
     return StoreError(message)
+
+
+def _damaged(text: str, path: str) -> bool:
+    """Whether RocksDB's error ``text`` says the store at ``path`` is damaged: its status
+    ``Corruption``, or a file of the store's own that its records name and that is not
+    there (a MANIFEST deleted, a CURRENT naming one that is not there), which RocksDB calls
+    an IO error. Either way the store cannot be used again, and the changelog restores it;
+    the missing file stopped the service (exit 4, "IO error: No such file or directory
+    ... MANIFEST-000005", in an incident drill) until a person deleted the store."""
+    if text.startswith("Corruption"):
+        return True
+    missing = text.startswith("IO error: No such file or directory")
+    return missing and os.path.join(path, "") in text
 
 
 def move_aside(path: str, label: str, why: str) -> str:
@@ -359,6 +373,13 @@ class RocksKV:
         table.set_pin_top_level_index_and_filter(True)
         table.set_pin_l0_filter_and_index_blocks_in_cache(True)
         options.set_block_based_table_factory(table)
+        if os.path.lexists(path) and not os.path.isdir(path):
+            # Not a store's directory: a file left there by hand, or a link to nothing. It
+            # stopped the service with "[Errno 17] File exists" (an incident drill); it is
+            # moved aside as a damaged store is, and the changelog restores the store.
+            raise CorruptStoreError(
+                f"cannot open the state store in {path}: it is not a directory", path
+            )
         try:
             os.makedirs(path, exist_ok=True)
             self._db = Rdict(path, options)
@@ -420,7 +441,15 @@ class RocksKV:
         try:
             it.status()
         except Exception as exc:
-            raise _store_error("cannot read the state store", path, exc) from exc
+            error = _store_error("cannot read the state store", path, exc)
+            error.__cause__ = exc
+        else:
+            return
+        # The error's traceback keeps this frame, and the iterator keeps the database
+        # open: closed and moved aside, a damaged store still held its lock, and the
+        # store opened at its path to be restored failed (an incident drill).
+        del it
+        raise error
 
     def size_on_disk(self) -> int:
         total = 0

@@ -55,7 +55,7 @@ from tests.integration.service_helpers import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from pathlib import Path
 
     from aiokafka import AIOKafkaConsumer
@@ -881,6 +881,72 @@ async def test_a_damaged_store_is_moved_aside_and_restored_from_the_changelog(
             finally:
                 store.close()
     assert set(live) == {Identity("acme", "_", "live", "conversation", "after").key}
+
+
+def _flip_first_block(store: str) -> None:
+    """64 bytes flipped near the start of each table file: the block of the store's
+    smallest keys, which opening it scans (the lives due on arrival, ``a``)."""
+    for sst in glob.glob(os.path.join(store, "*.sst")):
+        with open(sst, "r+b") as f:
+            f.seek(16)
+            flipped = bytes(b ^ 0xFF for b in f.read(64))
+            f.seek(16)
+            f.write(flipped)
+
+
+def _drop_manifest(store: str) -> None:
+    """The store's MANIFEST deleted: RocksDB calls it an IO error, not a corruption."""
+    for manifest in glob.glob(os.path.join(store, "MANIFEST-*")):
+        os.unlink(manifest)
+
+
+def _file_in_its_place(store: str) -> None:
+    """A file where the store's directory was."""
+    shutil.rmtree(store)
+    with open(store, "w") as f:
+        f.write("not a store")
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("damage", [_flip_first_block, _drop_manifest, _file_in_its_place])
+async def test_a_store_damaged_in_any_of_its_files_is_restored_at_the_start(
+    broker: str,
+    topics: TopicSet,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    damage: Callable[[str], None],
+) -> None:
+    """An incident drill damaged one partition's store while the service was stopped, then
+    started it; these stopped it (exit 4) where the store should have been moved aside and
+    restored from the changelog: a table file damaged at its first block (the scan's error
+    kept RocksDB's iterator, so the damaged database kept its lock, and the store opened
+    at its path failed, "lock hold by current process"); a MANIFEST deleted ("IO error:
+    No such file or directory", not RocksDB's ``Corruption``); a file in the store's place
+    ("[Errno 17] File exists"). Each must cost a restore, none a record."""
+    state = str(tmp_path / "state")
+    cfg = config_for(topics, state, '[retention.defaults]\nconversation = "1h"\n')
+    t0 = wall_clock_ms()
+    ids = [f"c{i}" for i in range(200)]
+    creates = [(topics.conversations, *event("conversation", rid, ts=t0)) for rid in ids]
+    async with running_service(cfg, broker) as first:
+        await produce(broker, creates)
+        await wait_for(lambda: first.stats.stamped >= len(creates))
+    store = os.path.join(state, f"{topics.conversations}-0")
+    kv = RocksKV(store)  # its states in a table file, not only in its write-ahead log
+    kv.compact()
+    kv.close()
+    damage(store)
+    caplog.set_level(logging.WARNING, "stream_expiry.service")
+    async with running_service(cfg, broker) as again:
+        await produce(broker, [(topics.conversations, *event("conversation", "after"))])
+        await wait_for(lambda: again.stats.stamped == 1)
+    aside = [e.name for e in os.scandir(state) if ".corrupt-" in e.name]
+    assert [a.rsplit(".corrupt-", 1)[0] for a in aside] == [f"{topics.conversations}-0"]
+    warned = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+    assert len(warned) == 1
+    assert "restoring it from the changelog" in warned[0]
+    expected = {Identity("acme", "_", "live", "conversation", rid).key for rid in [*ids, "after"]}
+    assert set(live_expiries(state)) == expected
 
 
 @pytest.mark.timeout(150)

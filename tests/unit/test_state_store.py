@@ -658,6 +658,49 @@ def test_a_damaged_block_is_an_error_of_the_store_not_the_end_of_a_scan(tmp_path
         kv.close()
 
 
+def test_a_store_whose_scan_failed_lets_go_of_its_directory_when_closed(tmp_path: Path) -> None:
+    """The error of a failed scan, kept (a service keeps the session's failure to raise it),
+    held RocksDB's iterator in its traceback, and the iterator the database: closed and
+    moved aside, the damaged store still held its lock, so the store opened at its path to
+    be restored failed ("lock hold by current process", exit 4; an incident drill, a table
+    file damaged near its start), and the old database went on writing there."""
+    path = str(tmp_path / "s")
+    kv = RocksKV(path)
+    kv.apply({b"k%06d" % i: os.urandom(100) for i in range(20_000)}, [])
+    kv.compact()
+    kv.close()
+    _flip_middle_of_tables(path)
+    kv = RocksKV(path)
+    with pytest.raises(CorruptStoreError) as caught:
+        sum(1 for _ in kv.scan(b"", b"\xff"))
+    kv.close()
+    os.rename(path, path + ".corrupt")
+    again = RocksKV(path)  # the error is still held: ``caught``
+    again.close()
+    assert caught.value.path == path
+
+
+def test_a_store_missing_its_manifest_or_not_a_directory_is_damaged(tmp_path: Path) -> None:
+    """A MANIFEST deleted (or a CURRENT naming one that is not there) is an IO error to
+    RocksDB, and a file in a store's place an ``[Errno 17]``: each stopped the service
+    (exit 4) where a damaged store is moved aside and restored from the changelog."""
+    gone = str(tmp_path / "gone")
+    kv = RocksKV(gone)
+    kv.apply({b"k": b"v"}, [])
+    kv.close()
+    for manifest in os.listdir(gone):
+        if manifest.startswith("MANIFEST-"):
+            os.unlink(os.path.join(gone, manifest))
+    with pytest.raises(CorruptStoreError, match="No such file or directory") as caught:
+        RocksKV(gone)
+    assert caught.value.path == gone
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a store")
+    with pytest.raises(CorruptStoreError, match="not a directory") as caught:
+        RocksKV(str(a_file))
+    assert caught.value.path == str(a_file)
+
+
 def test_closing_a_store_twice_is_one_close(tmp_path: Path) -> None:
     """The service's stop and its session's end both close every store: the second close
     raised ``DbClosedError: DB instance already closed`` over the first one's error."""
