@@ -55,13 +55,17 @@ class EmbeddedBroker:
         log_path: str | None = None,
         advertised: str | None = None,
         authentication: bool = False,
+        cluster_id: str | None = None,
     ) -> None:
         """``advertised`` (``HOST:PORT``) is the address given to clients in metadata
-        (default: the listener); ``authentication`` makes the broker require SASL."""
+        (default: the listener); ``authentication`` makes the broker require SASL;
+        ``cluster_id`` is the id its metadata gives (Tansu's default: ``tansu_cluster``,
+        the same for every broker: a test of two clusters names one)."""
         self.port = port
         self._log_path = log_path
         self._advertised = advertised
         self._authentication = authentication
+        self._cluster_id = cluster_id
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -79,6 +83,8 @@ class EmbeddedBroker:
             url = f"tcp://127.0.0.1:{port}"
             advertised = f"tcp://{self._advertised}" if self._advertised else url
             extra = ["--authentication"] if self._authentication else []
+            if self._cluster_id is not None:
+                extra += ["--cluster-id", self._cluster_id]
             log = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
             try:
                 proc = subprocess.Popen(

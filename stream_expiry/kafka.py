@@ -81,6 +81,7 @@ __all__ = [
     "broker_errors",
     "check_created",
     "client_options",
+    "cluster_id",
     "consumer",
     "crc32_partitioner",
     "ensure_config_topics",
@@ -939,6 +940,17 @@ async def missing_topics(brokers: Brokers, topics: Iterable[str]) -> list[str]:
     mistyped or left out the service's [topics], a trial)."""
     have = await topic_names(brokers)
     return [t for t in dict.fromkeys(topics) if t not in have]
+
+
+async def cluster_id(brokers: Brokers) -> str | None:
+    """The id the cluster gives itself in its metadata (None from a broker older than
+    Kafka 0.10.1): what a state directory's stores were written against
+    (:mod:`stream_expiry.state.cluster_mark`)."""
+    async with admin_client(brokers) as admin:
+        with broker_errors("reading the cluster's metadata"):
+            described = await admin.describe_cluster()
+    found = described.get("cluster_id")
+    return found if isinstance(found, str) and found else None
 
 
 async def topic_names(brokers: Brokers) -> set[str]:

@@ -67,6 +67,7 @@ from stream_expiry.instances import CLIENT_ID, assignors
 from stream_expiry.kafka import (
     BATCH_BYTES,
     batch_bytes,
+    cluster_id,
     committed_offsets,
     consumer,
     curable,
@@ -92,6 +93,7 @@ from stream_expiry.retired import (
     say_unlisted_stores,
 )
 from stream_expiry.state import PartitionProcessor
+from stream_expiry.state.cluster_mark import check_cluster
 from stream_expiry.state.dir_lock import check_state_dir, state_dir_locked
 from stream_expiry.state.kv import ASIDE, CORRUPT, move_aside
 from stream_expiry.state.restore import Mark, broken_marks
@@ -339,6 +341,7 @@ class Service:
         self._moved_while_running: set[str] = set()
         # Records stamped from partitions a retired topic no longer has, said once a run.
         self._partitions_gone = PartitionsGone()
+        self._state_path = config.state_dir  # made absolute by run
         for warning in self.book.env_warnings:
             log.warning("%s", warning)
 
@@ -357,6 +360,7 @@ class Service:
             await self._run_in(state_dir, stop)
 
     async def _run_in(self, state_dir: anyio.Path, stop: anyio.Event) -> None:
+        self._state_path = str(state_dir)
         self._dead_lettered = DeadLettered(str(state_dir / DEAD_LETTERED_FILE))
         log.info("state directory %s", state_dir)
         _say_moved_aside(str(state_dir))
@@ -422,6 +426,10 @@ class Service:
     async def _session(self, stop: anyio.Event) -> None:
         """One connection to the cluster: from joining the group until ``stop``."""
         t = self.config.topics
+        # Before anything is made on it: brokers of another cluster than the stores' would
+        # have them tombstone their records there (at every session: an address may come
+        # back as another cluster after an outage).
+        check_cluster(self._state_path, await cluster_id(self.bootstrap), str(self.bootstrap))
         await self._ensure_topics()
         # Every topic this producer writes: its record batches fit the smallest limit.
         outputs = (t.stamped, t.dlq, t.tombstones, t.audit)

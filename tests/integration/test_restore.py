@@ -28,14 +28,23 @@ from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.memory_records import MemoryRecords
 from prometheus_client import CollectorRegistry
 
+from stream_expiry.broker import EmbeddedBroker
 from stream_expiry.codec import H_DELETED_AT, source_headers, source_of
-from stream_expiry.errors import CorruptStoreError
-from stream_expiry.kafka import consumer, ensure_topics, partitions_of, producer, stable_ends
+from stream_expiry.errors import CorruptStoreError, StoreError
+from stream_expiry.kafka import (
+    consumer,
+    ensure_topics,
+    missing_topics,
+    partitions_of,
+    producer,
+    stable_ends,
+)
 from stream_expiry.metrics import ServiceMetrics
 from stream_expiry.model import Identity, Stamp, encode_stamp
 from stream_expiry.replay import H_REPLAY
-from stream_expiry.service import ASSIGNORS, wall_clock_ms
+from stream_expiry.service import ASSIGNORS, Service, wall_clock_ms
 from stream_expiry.state import PartitionStore, RocksKV
+from stream_expiry.state.cluster_mark import CLUSTER_FILE
 from stream_expiry.state.restore import RestoreResult, position_name, restore_partitions
 from stream_expiry.state.restore_workers import restore_stores
 from stream_expiry.state.store import STORE_FORMAT
@@ -708,6 +717,46 @@ async def test_a_committed_offset_of_another_topic_of_that_name_is_said_and_read
     assert len(said) == 2, [r.getMessage() for r in caplog.records]
     stamped = {r.key for r in await read_all(broker, topics.stamped) if r.value is not None}
     assert {key for _, key, _ in new} <= stamped
+
+
+@pytest.mark.timeout(150)
+async def test_a_state_directory_of_another_cluster_stops_the_start_before_anything_fires(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """An incident drill started the service on a second cluster (same topic names, same
+    group) with the first one's state directory: a warning ("a rebuilt cluster?"), then
+    559 tombstones for records the second cluster never had, and its own records of the
+    same keys tombstoned at the first cluster's expiry, before their own. Now the start
+    stops (exit 4) naming both clusters and what to do, before it makes a topic or fires
+    a timer there; deleting the file that names the cluster adopts the stores (a cluster
+    rebuilt after a loss), whose records are then kept and tombstoned there."""
+    state = str(tmp_path / "state")
+    cfg = config_for(topics, state, '[retention.defaults]\nconversation = "1h"\n')
+    t0 = wall_clock_ms()
+    ids = [f"c{i}" for i in range(50)]
+    creates = [(topics.conversations, *event("conversation", rid, ts=t0)) for rid in ids]
+    async with running_service(cfg, broker) as first:
+        await produce(broker, creates)
+        await wait_for(lambda: first.stats.stamped >= len(creates))
+    noted = os.path.join(state, CLUSTER_FILE)
+    with EmbeddedBroker(cluster_id="another-cluster") as other:
+        elsewhere = other.bootstrap_servers
+        await ensure_topics(elsewhere, [topics.tombstones], partitions=2)
+        refused = Service(cfg, bootstrap_servers=elsewhere, environ={})
+        with anyio.fail_after(60), pytest.raises(StoreError) as caught:
+            await refused.run(anyio.Event())
+        said = str(caught.value)
+        assert "holds the stores of Kafka cluster 'tansu_cluster'" in said
+        assert f"the brokers {elsewhere} are of cluster 'another-cluster'" in said
+        assert f"delete {noted} and start again" in said
+        assert await read_all(elsewhere, topics.tombstones) == []
+        assert await missing_topics(elsewhere, [topics.conversations]) == [topics.conversations]
+        os.unlink(noted)  # this cluster replaced that one: its stores are adopted
+        async with running_service(cfg, elsewhere) as adopted:
+            assert adopted.ready.is_set()
+    assert await anyio.Path(noted).read_text() == "another-cluster\n"
+    expected = {Identity("acme", "_", "live", "conversation", rid).key for rid in ids}
+    assert set(live_expiries(state)) == expected
 
 
 @pytest.mark.timeout(150)
