@@ -59,7 +59,32 @@ def _store_error(what: str, path: str, exc: Exception) -> StoreError:
     message = f"{what} {path}: {exc}"
     if _damaged(str(exc), path):
         return CorruptStoreError(message, path)
-    return StoreError(message)
+    return StoreError(message + _what_to_do(str(exc), path))
+
+
+# RocksDB's words for a file system the store cannot write to, and for a full one.
+_UNWRITABLE = ("Permission denied", "Operation not permitted", "Read-only file system")
+_FULL = "No space left on device"
+
+
+def _what_to_do(text: str, path: str) -> str:
+    """What an operator does about a store that cannot be written, said after RocksDB's
+    error: a full disk and a directory the service may not write stopped it with RocksDB's
+    words alone (an incident drill). Nothing is lost either way: the group's offsets are
+    committed only after the store has written what they cover."""
+    if _FULL in text:
+        return (
+            "; free space on the file system of the state directory (or give it a larger "
+            "volume) and start the service again: nothing is lost, and what was not "
+            "written is read again"
+        )
+    if any(words in text for words in _UNWRITABLE):
+        return (
+            f"; make {path} writable by the service's user (uid {os.getuid()}): its owner "
+            "and mode, a read-only mount, the immutable flag (lsattr); then start the "
+            "service again: nothing is lost, and what was not written is read again"
+        )
+    return ""
 
 
 def _damaged(text: str, path: str) -> bool:

@@ -25,7 +25,7 @@ from stream_expiry.outbox import MAX_RUNS, Run, add_run
 from stream_expiry.service import _close_store
 from stream_expiry.state import MemoryKV, PartitionStore, RocksKV
 from stream_expiry.state.codec import decode_state, encode_state, timer_of_state
-from stream_expiry.state.kv import KeyValue, scratch_directory
+from stream_expiry.state.kv import KeyValue, _store_error, scratch_directory
 from stream_expiry.state.restore_workers import _open_store
 from stream_expiry.state.store import STORE_FORMAT, mark_holds
 
@@ -699,6 +699,34 @@ def test_a_store_missing_its_manifest_or_not_a_directory_is_damaged(tmp_path: Pa
     with pytest.raises(CorruptStoreError, match="not a directory") as caught:
         RocksKV(str(a_file))
     assert caught.value.path == str(a_file)
+
+
+@pytest.mark.parametrize(
+    ("rocksdb_said", "advice"),
+    [
+        (
+            "IO error: No space left on device: While appending to file: {path}/000004.log: "
+            "No space left on device",
+            "free space on the file system of the state directory",
+        ),
+        (
+            "IO error: While open a file for appending: {path}/000012.log: Operation not permitted",
+            "make {path} writable by the service's user",
+        ),
+        ("IO error: While mkdir: {path}: Read-only file system", "a read-only mount"),
+    ],
+)
+def test_a_store_that_cannot_be_written_says_what_to_do(rocksdb_said: str, advice: str) -> None:
+    """A full disk and a store the service may not write (both met in an incident drill)
+    stopped it with RocksDB's words alone; they are not damage (moving the store aside
+    cures neither), and the error says what to do, and that nothing is lost."""
+    path = "/var/lib/stream-expiry/conversations-0"
+    error = _store_error(
+        "cannot write to the state store", path, Exception(rocksdb_said.format(path=path))
+    )
+    assert type(error) is StoreError
+    assert advice.format(path=path) in str(error)
+    assert str(error).endswith("nothing is lost, and what was not written is read again")
 
 
 def test_closing_a_store_twice_is_one_close(tmp_path: Path) -> None:
