@@ -4,8 +4,10 @@
 temporary RocksDB keyed by record key (the last value wins, as compaction would keep it),
 so memory stays bounded whatever the topic's size; each value keeps the partition it was
 on and the input partition its headers name, so a re-derived stamp can go back beside it,
-and the requests of the erasures a legal hold deferred that a stamp names
-(``expiry-deferred-requests``), so a re-derived stamp names them too.
+the requests of the erasures a legal hold deferred that a stamp names
+(``expiry-deferred-requests``), so a re-derived stamp names them too, and the expiry a
+stamp says was due on arrival (``expiry-due-at-ingest``), which a re-derived stamp that
+keeps that expiry says too.
 :func:`read_latest` is the streaming underneath, with the caller saying what to keep of
 each message (``replay`` keeps a verdict, not the stamp).
 """
@@ -56,13 +58,20 @@ class Latest(NamedTuple):
     # Its ``expiry-deferred-requests`` (codec.H_DEFERRED_REQUESTS), as written; None when
     # it has none, as nearly every stamp.
     deferred: bytes | None
+    # The expiry its ``expiry-due-at-ingest`` (codec.H_DUE_AT_INGEST) says was due when
+    # its event arrived; None when it says none, as nearly every stamp.
+    due_at_ingest: int | None
 
 
-# After the head of a kept value: a null; a stamp; a stamp with its deferred requests
-# (their length, then the header's bytes), so that a stamp replay publishes in its place
-# names them too (a restore reads a record's latest stamp alone).
-_NULL, _STAMP, _STAMP_DEFERRED = b"\x00", b"\x01", b"\x02"
+# After the head of a kept value: a null; a stamp with none of its headers kept; or the
+# flags of what is kept of them, then each that is there, in this order: its deferred
+# requests (_DEFERRED: their length, then the header's bytes), its due-at-ingest expiry
+# (_DUE: 8 bytes); then the value. So a stamp replay publishes in its place says them too
+# (a restore reads a record's latest stamp alone). The common path is a byte.
+_NULL, _STAMP = b"\x00", b"\x01"
+_DEFERRED, _DUE = 0x02, 0x04
 _LENGTH = struct.Struct(">I")
+_DUE_AT = struct.Struct(">q")
 
 
 class Current:
@@ -110,23 +119,50 @@ class Current:
 
 
 def _lead(headers: list[tuple[str, bytes]]) -> bytes:
-    """What goes before a stamp's value: its ``expiry-deferred-requests`` when it has one."""
+    """What goes before a stamp's value: its ``expiry-deferred-requests`` and its
+    ``expiry-due-at-ingest``, those it has (a readable one: a stamp whose header is not a
+    number is as one without)."""
+    deferred = None
+    due = None
     for name, value in headers:
         if name == codec.H_DEFERRED_REQUESTS and value is not None:
-            return _STAMP_DEFERRED + _LENGTH.pack(len(value)) + value
-    return _STAMP
+            deferred = value
+        elif name == codec.H_DUE_AT_INGEST:
+            due = codec.due_at_ingest_of([(name, value)])
+    if deferred is None and due is None:
+        return _STAMP
+    lead = b""
+    flags = 0
+    if deferred is not None:
+        flags |= _DEFERRED
+        lead += _LENGTH.pack(len(deferred)) + deferred
+    if due is not None:
+        flags |= _DUE
+        lead += _DUE_AT.pack(due)
+    return bytes((flags,)) + lead
 
 
-def _tail(body: bytes) -> tuple[bytes | None, bytes | None]:
-    """(the value, its deferred requests) of what follows a kept value's head."""
+def _tail(body: bytes) -> tuple[bytes | None, bytes | None, int | None]:
+    """(the value, its deferred requests, its due-at-ingest expiry) of what follows a kept
+    value's head."""
     kind = body[:1]
     if kind == _NULL:
-        return None, None
+        return None, None, None
     if kind == _STAMP:
-        return body[1:], None
-    (length,) = _LENGTH.unpack_from(body, 1)
-    start = 1 + _LENGTH.size
-    return body[start + length :], body[start : start + length]
+        return body[1:], None, None
+    flags = body[0]
+    at = 1
+    deferred = None
+    due = None
+    if flags & _DEFERRED:
+        (length,) = _LENGTH.unpack_from(body, at)
+        at += _LENGTH.size
+        deferred = body[at : at + length]
+        at += length
+    if flags & _DUE:
+        (due,) = _DUE_AT.unpack_from(body, at)
+        at += _DUE_AT.size
+    return body[at:], deferred, due
 
 
 async def read_current(
@@ -142,7 +178,8 @@ async def read_current(
     # The packed head of a value depends only on its partition and its headers (the
     # source, which repeats for every stamp of an input partition, and rarely the deferred
     # requests): packed once (nulls carry one more header, with a time: those are packed
-    # each).
+    # each; so are stamps due on arrival, whose header is an expiry: kept, they would fill
+    # the cache with heads used once).
     heads: dict[tuple[int, Any], bytes] = {}
 
     def pack(partition: int, _offset: int, headers: Any, key: bytes, value: bytes | None) -> bytes:
@@ -152,7 +189,7 @@ async def read_current(
         head = heads.get(slot)
         if head is None:
             head = Current.pack(partition, headers, b"")  # all but the value
-            if len(heads) < 10_000:
+            if len(heads) < 10_000 and codec.due_at_ingest_of(headers) is None:
                 heads[slot] = head
         return head + value
 

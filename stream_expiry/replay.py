@@ -18,7 +18,11 @@ erasures a legal hold deferred (``expiry-deferred-requests``: an erased life kep
 the next) is published with that header as it was, since it keeps the same held lives;
 a restore reads the record's latest stamp alone, and without it the release's tombstones
 named no request. (A stamp with an erasure of its own is not published at all: the erasure
-ends the record at the release, whatever its expiry.)
+ends the record at the release, whatever its expiry.) A stamp whose life was due when its
+event arrived (``expiry-due-at-ingest``: a late event) keeps that header when the stamp
+published keeps its expiry (only to remove data under a ``[redact]`` rule): restored from
+it, the late tombstone still says ``late_event``, not ``catch_up``. One that moves the
+expiry drops it: the life it named is no longer the record's.
 """
 
 from __future__ import annotations
@@ -295,9 +299,12 @@ class _Verdicts:
         source: tuple[str, int] | None,
         body: Any,
         deferred: bytes | None = None,
+        due_at_ingest: int | None = None,
     ) -> None:
         """``old``: the current expiry; ``body``: the current stamp's message (or None);
-        ``deferred``: its ``expiry-deferred-requests``, carried to the stamp published."""
+        ``deferred``: its ``expiry-deferred-requests``, carried to the stamp published;
+        ``due_at_ingest``: its ``expiry-due-at-ingest``, carried when the expiry stays
+        (:func:`_carried_headers`)."""
         report, key = self.report, new.identity.key
         kind = _classify(old, new.expires_at, has_stamp, self.now)
         report.records += 1
@@ -308,7 +315,7 @@ class _Verdicts:
                 # is published again without what the rule removes.
                 report.redacted += 1
                 if not self.dry_run and self.publisher is not None:
-                    await self.publisher.add(partition, source, new, body, deferred)
+                    await self.publisher.add(partition, source, new, body, deferred, due_at_ingest)
         else:
             setattr(report, kind, getattr(report, kind) + 1)
             if len(report.sample) < self.sample_size:
@@ -316,7 +323,25 @@ class _Verdicts:
         if self.keep_states:
             report.states[key] = new
         if kind is not None and not self.dry_run and self.publisher is not None:
-            await self.publisher.add(partition, source, new, body, deferred)
+            await self.publisher.add(partition, source, new, body, deferred, due_at_ingest)
+
+
+def _carried_headers(
+    state: model.Stamp, deferred: bytes | None, due_at_ingest: int | None
+) -> codec.Headers:
+    """The headers of the stamp replaced that the stamp ``state`` published in its place
+    keeps. ``deferred`` (``expiry-deferred-requests``): always, as ``state`` keeps the held
+    lives whose erasures it names. ``due_at_ingest`` (``expiry-due-at-ingest``, the
+    expiry the replaced stamp's life had when its event arrived, already due): only when
+    ``state`` keeps that expiry (a stamp published again only to redact its data), as a
+    restore reads it (``state.restore``: the header's expiry is the stamp's); a moved
+    expiry is another life's end, which was not due on arrival."""
+    headers: codec.Headers = []
+    if deferred is not None:
+        headers.append((codec.H_DEFERRED_REQUESTS, deferred))
+    if due_at_ingest is not None and due_at_ingest == state.expires_at:
+        headers.append((codec.H_DUE_AT_INGEST, b"%d" % due_at_ingest))
+    return headers
 
 
 class _Publisher:
@@ -377,20 +402,23 @@ class _Publisher:
         state: model.Stamp,
         body: Any,
         deferred: bytes | None = None,
+        due_at_ingest: int | None = None,
     ) -> None:
         """``body``: the record's current stamp (its data redacted under the rules of its
         time, and saying what was removed), or None; ``deferred``: that stamp's
         ``expiry-deferred-requests``, or None. ``state`` keeps the stamp's held lives, so
         the requests of their erasures are still the record's: the header goes on as it
-        was (:data:`codec.H_DEFERRED_REQUESTS`)."""
+        was (:data:`codec.H_DEFERRED_REQUESTS`). ``due_at_ingest``: that stamp's
+        ``expiry-due-at-ingest``, or None; on again if ``state`` keeps its expiry
+        (:func:`_carried_headers`)."""
         data = None if body is None else body.get("data")
         redacted: tuple[str, ...] = () if body is None else tuple(body.get("redacted") or ())
         if self._redactor is not None and data is not None:
             data, removed = self._redactor.redact(state.identity.category, data)
             redacted = tuple(dict.fromkeys((*redacted, *removed)))
         headers = [self._mark]
-        if deferred is not None:
-            headers = [(codec.H_DEFERRED_REQUESTS, deferred), *headers]
+        if deferred is not None or due_at_ingest is not None:
+            headers = [*_carried_headers(state, deferred, due_at_ingest), *headers]
         if source is not None:
             headers = [*codec.source_headers(*source), *headers]
         key = state.identity.key.encode()
@@ -668,7 +696,7 @@ async def _from_stamps(config: Config, book: PolicyBook, kv: RocksKV, verdicts: 
             report.records += 1
             report.unchanged += 1
             continue
-        partition, source, value, deferred = Current.unpack(raw)
+        partition, source, value, deferred, due_at_ingest = Current.unpack(raw)
         if value is None:
             continue
         try:
@@ -697,6 +725,7 @@ async def _from_stamps(config: Config, book: PolicyBook, kv: RocksKV, verdicts: 
             source=source,
             body=body,
             deferred=deferred,
+            due_at_ingest=due_at_ingest,
         )
 
 
@@ -860,7 +889,7 @@ async def _compare_input_state(
         if not ended:
             verdicts.report.unstamped += 1
         return
-    _p, _src, value, deferred = Current.unpack(raw)
+    _p, _src, value, deferred, due_at_ingest = Current.unpack(raw)
     if value is None:
         return  # deleted on expiry.stamped: not resurrected
     body = orjson.loads(value)
@@ -890,6 +919,7 @@ async def _compare_input_state(
         source=source,
         body=body,
         deferred=deferred,  # of the held lives kept from the stamp
+        due_at_ingest=due_at_ingest,
     )
 
 

@@ -2,7 +2,9 @@
 its stamp written and the service killed before its tombstone, is tombstoned by the next
 instance with ``expiry-late-cause: late_event``, whether it restarts on the same state
 directory or restores the partition from the changelog (a lost disk, a takeover). Both
-said ``catch_up``: the cause was in the killed process's memory only.
+said ``catch_up``: the cause was in the killed process's memory only. The same after an
+applied ``replay`` that published the stamp again (a ``[redact]`` rule added since), its
+expiry unchanged: replay's stamp dropped the header, and the restore said ``catch_up``.
 
 The crash is real (SIGKILL of a service process) and lands in the window on purpose: the
 late event is the first of a partition's backlog, and a partition reading the backlog
@@ -20,7 +22,9 @@ import orjson
 import pytest
 
 from stream_expiry import codec
+from stream_expiry.cli import main
 from stream_expiry.kafka import producer
+from stream_expiry.replay import H_REPLAY
 from stream_expiry.service import wall_clock_ms
 from stream_expiry.timeutil import parse_ts
 from tests.conftest import read_all, read_topic, wait_for
@@ -38,9 +42,11 @@ from tests.integration.sink_helpers import open_store, running_sink, sink_config
 
 if TYPE_CHECKING:
     from pathlib import Path
+    from typing import Any
 
     from anyio.abc import Process
 
+    from stream_expiry.config import Config
     from tests.conftest import TopicSet
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -55,10 +61,11 @@ RETENTION = '[retention.defaults]\nconversation = "1h"\n'
 BACKLOG = 150_000
 
 
-async def _late_event_then_backlog(broker: str, topic: str) -> bytes:
-    """A create dated two hours ago (due an hour ago, produced now: late), then
-    :data:`BACKLOG` events that change nothing, all on partition 0; the record's key."""
-    key, late = event("conversation", "late", ts=wall_clock_ms() - 2 * 3_600_000)
+async def _late_event_then_backlog(broker: str, topic: str, **extra: Any) -> bytes:
+    """A create dated two hours ago (due an hour ago, produced now: late; ``extra``: more
+    fields of it), then :data:`BACKLOG` events that change nothing, all on partition 0;
+    the record's key."""
+    key, late = event("conversation", "late", ts=wall_clock_ms() - 2 * 3_600_000, **extra)
     async with producer(broker, max_batch_size=1 << 20) as prod:
         await prod.send_and_wait(topic, late, key=key, partition=0)
         batch, acks = prod.create_batch(), []
@@ -74,14 +81,11 @@ async def _late_event_then_backlog(broker: str, topic: str) -> bytes:
     return key
 
 
-@pytest.mark.timeout(180)
-@pytest.mark.parametrize("state", ["kept", "lost"])
-async def test_a_late_event_s_record_tombstoned_after_a_sigkill_says_late_event(
-    broker: str, topics: TopicSet, tmp_path: Path, state: str
-) -> None:
-    """``kept``: the service restarts on its state directory (its store holds the record);
-    ``lost``: another instance, with an empty one, restores it from ``expiry.stamped``."""
-    key = await _late_event_then_backlog(broker, topics.conversations)
+async def _stamped_then_killed(
+    broker: str, topics: TopicSet, tmp_path: Path, key: bytes
+) -> list[tuple[int, Any]]:
+    """A service (state directory ``a``) reads the late event first, stamps it, and is
+    killed (SIGKILL) before its tombstone; what it wrote on ``expiry.stamped``."""
     text = config_text(topics, str(tmp_path / "a"), RETENTION)
     path = tmp_path / "a.toml"
     path.write_text(text.replace("tick_ms = 5", 'tick_ms = 5\nsession_timeout = "2s"'))
@@ -96,7 +100,12 @@ async def test_a_late_event_s_record_tombstoned_after_a_sigkill_says_late_event(
         tg.cancel_scope.cancel()
     early = [r for r in await read_all(broker, topics.tombstones) if r.key == key]
     assert not early, "killed after the tombstone: the backlog was read too fast to test"
-    config = config_for(topics, str(tmp_path / ("a" if state == "kept" else "b")), RETENTION)
+    return stamped.arrivals
+
+
+async def _tombstone_and_null(broker: str, topics: TopicSet, config: Config, key: bytes) -> Any:
+    """Run the service until ``key``'s tombstone and null are out; they say the same late
+    cause, which is returned."""
     async with running_service(config, broker):
         tombs = await read_topic(
             broker,
@@ -111,12 +120,62 @@ async def test_a_late_event_s_record_tombstoned_after_a_sigkill_says_late_event(
         )
     (tomb,) = [r for r in tombs if r.key == key]
     (null,) = [r for r in nulls if r.key == key and r.value is None]
-    assert dict(tomb.headers).get(codec.H_LATE_CAUSE) == b"late_event"
-    assert dict(null.headers).get(codec.H_LATE_CAUSE) == b"late_event"
+    cause = dict(tomb.headers).get(codec.H_LATE_CAUSE)
+    assert dict(null.headers).get(codec.H_LATE_CAUSE) == cause
+    return cause
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("state", ["kept", "lost"])
+async def test_a_late_event_s_record_tombstoned_after_a_sigkill_says_late_event(
+    broker: str, topics: TopicSet, tmp_path: Path, state: str
+) -> None:
+    """``kept``: the service restarts on its state directory (its store holds the record);
+    ``lost``: another instance, with an empty one, restores it from ``expiry.stamped``."""
+    key = await _late_event_then_backlog(broker, topics.conversations)
+    arrivals = await _stamped_then_killed(broker, topics, tmp_path, key)
+    config = config_for(topics, str(tmp_path / ("a" if state == "kept" else "b")), RETENTION)
+    assert await _tombstone_and_null(broker, topics, config, key) == b"late_event"
     # What the killed instance said on the stamp, for the instance that restores it.
-    (stamp,) = [r for _, r in stamped.arrivals if r.key == key]
+    (stamp,) = [r for _, r in arrivals if r.key == key]
     expires = parse_ts(orjson.loads(stamp.value)["expires_at"])
     assert codec.due_at_ingest_of(stamp.headers) == expires
+
+
+@pytest.mark.timeout(240)
+async def test_a_late_event_s_stamp_replay_redacts_still_says_late_event_after_a_restore(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A late create's stamp (due on arrival, ``expiry-due-at-ingest``), its tombstone not
+    out yet (the service killed), then a ``[redact]`` rule added and ``replay`` applied:
+    replay publishes the stamp again without the field, its expiry as it was. A service
+    with a lost state directory restores the record from that stamp, and its tombstone
+    says ``late_event``; it said ``catch_up``: replay's stamp did not keep the header."""
+    key = await _late_event_then_backlog(
+        broker, topics.conversations, data={"email": "x@example.com", "topic": "billing"}
+    )
+    arrivals = await _stamped_then_killed(broker, topics, tmp_path, key)
+    (stamp,) = [r for _, r in arrivals if r.key == key]
+    expires = codec.due_at_ingest_of(stamp.headers)
+    assert expires == parse_ts(orjson.loads(stamp.value)["expires_at"])
+
+    rules = RETENTION + '\n[redact]\nconversation = ["email"]\n'
+    cfg = tmp_path / "redact.toml"
+    cfg.write_text(config_text(topics, str(tmp_path / "b"), rules))
+    argv = ["replay", "--config", str(cfg), "--bootstrap-servers", broker, "--json"]
+    assert await anyio.to_thread.run_sync(main, argv) == 0
+    (replayed,) = [
+        r
+        for r in await read_all(broker, topics.stamped)
+        if r.key == key and H_REPLAY in dict(r.headers)
+    ]
+    body = orjson.loads(replayed.value)
+    assert (body["data"], body["redacted"]) == ({"topic": "billing"}, ["email"])
+    assert parse_ts(body["expires_at"]) == expires
+    assert codec.due_at_ingest_of(replayed.headers) == expires
+
+    config = config_for(topics, str(tmp_path / "b"), rules)  # b: restored from the changelog
+    assert await _tombstone_and_null(broker, topics, config, key) == b"late_event"
 
 
 @pytest.mark.timeout(120)
