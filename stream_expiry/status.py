@@ -15,6 +15,14 @@ those on purpose (:mod:`stream_expiry.archive_gate`), so their purges are late b
 archive is, not the service. The one read of ``expiry.stamped`` keeps where each record's
 latest stamp is (partition and offset), which is compared with the group's committed
 offsets, asked for after the read (what the archive wrote meanwhile, it holds).
+
+Records stamped from input topics that ``[topics] inputs`` does not list are said apart
+(no instance tombstones them), and those of ``[topics] retired`` by topic; of a retired
+topic, those stamped from partitions it no longer has (made again with fewer) are said
+too, with what to do: the group assigns only the partitions a topic has, so no instance
+tombstones them. The service says the same at its start, but only an instance that held
+those stores or restored those changelog partitions sees them; ``status`` reads the whole
+changelog and sees all.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from stream_expiry.kafka import (
     committed_offsets,
     consumer,
     missing_topics,
+    partition_counts,
     partitions_of,
     stable_ends,
 )
@@ -57,7 +66,7 @@ from stream_expiry.timeutil import format_ts
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Callable, Collection
+    from collections.abc import Callable, Collection, Mapping
 
     from stream_expiry.changelog import Fold
     from stream_expiry.config import Config
@@ -102,6 +111,11 @@ class Status:
     # The same of each topic of [topics] retired (every one, 0 when none is left): the
     # instances fire them; a topic with none left can be taken out of retired.
     retired: dict[str, Counter[str]] = field(default_factory=dict)
+    # Of those, the records stamped from partitions a retired topic no longer has (made
+    # again with fewer), by topic and partition: the group assigns no instance those
+    # partitions, so none tombstones them; and how many partitions each topic has now.
+    partitions_gone: dict[str, dict[int, Counter[str]]] = field(default_factory=dict)
+    retired_partitions: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -135,7 +149,27 @@ class Status:
                 topic: {"pending": n["pending"], "due": n["due"]}
                 for topic, n in sorted(self.retired.items())
             },
+            "retired_partitions_gone": {
+                topic: _gone_dict(topic, self.retired_partitions.get(topic, 0), gone)
+                for topic, gone in sorted(self.partitions_gone.items())
+            },
         }
+
+
+def _gone_dict(topic: str, partitions: int, gone: dict[int, Counter[str]]) -> dict[str, Any]:
+    """A retired topic's records of partitions it no longer has, as ``--json`` gives them:
+    its partitions now, as many as its stamps need (``needed``, what to give it), and the
+    live records of each partition gone (``"topic[p]"``, as ``lag`` names partitions)."""
+    return {
+        "partitions": partitions,
+        "needed": max(gone) + 1,
+        "pending": sum(n["pending"] for n in gone.values()),
+        "due": sum(n["due"] for n in gone.values()),
+        "gone": {
+            f"{topic}[{p}]": {"pending": n["pending"], "due": n["due"]}
+            for p, n in sorted(gone.items())
+        },
+    }
 
 
 # What status keeps of a record, and no more (its counts need no data, and a scratch store
@@ -155,26 +189,40 @@ class _Sources:
     a number (from 1) that a record's entry keeps: a record of such a topic is one no
     instance tombstones unless the topic is in ``retired`` (the instances hold the
     partitions of their inputs and retired topics only, and the service routes each
-    changelog message to the store of the input partition it names)."""
+    changelog message to the store of the input partition it names). A partition of a
+    retired topic past ``counts`` (its partitions now; 0 or none: not known, as for a
+    missing topic, which the service makes with the partitions its stamps name) gets a
+    number of its own (``partitions``: which one; -1 for a whole topic): the group assigns
+    it to no instance."""
 
-    def __init__(self, inputs: Collection[str], retired: Collection[str] = ()) -> None:
+    def __init__(
+        self,
+        inputs: Collection[str],
+        retired: Collection[str] = (),
+        counts: Mapping[str, int] | None = None,
+    ) -> None:
         self._inputs = frozenset(inputs)
         self.retired = frozenset(retired)
+        self._counts = {t: n for t, n in (counts or {}).items() if t in self.retired and n > 0}
         self.topics: list[str] = [""]  # index 0: an input, or no source named
-        self._index: dict[str, int] = {}
+        self.partitions: list[int] = [-1]  # -1: not a partition gone
+        self._index: dict[tuple[str, int], int] = {}
 
     def index(self, headers: Any) -> int:
         source = codec.source_of(headers or ())
         if source is None or source[0] in self._inputs:
             return 0
-        topic = source[0]
-        found = self._index.get(topic)
+        topic, partition = source
+        count = self._counts.get(topic)
+        slot = (topic, partition if count is not None and partition >= count else -1)
+        found = self._index.get(slot)
         if found is None:
             # More topics than an index holds would be a cluster shared by thousands of
             # configs; the last index then stands for the rest.
-            found = self._index[topic] = min(len(self.topics), 0xFFFF)
+            found = self._index[slot] = min(len(self.topics), 0xFFFF)
             if found == len(self.topics):
                 self.topics.append(topic)
+                self.partitions.append(slot[1])
         return found
 
 
@@ -228,7 +276,10 @@ def _count(
         if source and due is not None and sources is not None:
             topic = sources.topics[source]
             left = result.retired if topic in sources.retired else result.not_inputs
-            left.setdefault(topic, Counter())["due" if overdue else "pending"] += 1
+            when = "due" if overdue else "pending"
+            left.setdefault(topic, Counter())[when] += 1
+            if (gone := sources.partitions[source]) >= 0:
+                result.partitions_gone.setdefault(topic, {}).setdefault(gone, Counter())[when] += 1
         if due is None:
             result.never += 1
         elif not overdue:
@@ -310,7 +361,11 @@ async def status(
         # A scratch store, thrown away after the count (as replay's): no write-ahead log.
         kv = RocksKV(os.path.join(work, "current"), durable=False)
         try:
-            sources = _Sources(t.inputs, t.retired)
+            # One metadata request (none without retired topics): a retired topic's
+            # partitions now, to tell the records of partitions it no longer has.
+            counts = await partition_counts(brokers, t.retired) if t.retired else {}
+            result.retired_partitions = counts
+            sources = _Sources(t.inputs, t.retired, counts)
             result.retired = {name: Counter() for name in t.retired}
             await read_latest(brokers, topic, kv, _folding(sources))
             archived = None
@@ -435,6 +490,37 @@ def _retired_lines(retired: dict[str, dict[str, int]]) -> list[str]:
     return lines
 
 
+def _partitions_gone_lines(gone: dict[str, dict[str, Any]]) -> list[str]:
+    """The records stamped from partitions a retired topic no longer has (deleted and made
+    again by hand with fewer): the group assigns no instance those partitions, so none
+    tombstones them. What to do, as the service's warning at its start says
+    (``retired.PartitionsGone``), with the command for each topic."""
+    if not gone:
+        return []
+    total = sum(g["pending"] + g["due"] for g in gone.values())
+    lines = [
+        f"  {counted(total, 'live record')} stamped from partitions that retired topics no "
+        "longer have (made again with fewer?): the group assigns no instance those "
+        "partitions, so none tombstones them, due or not. Give each topic its partitions "
+        "again, or stop the instances and delete it: the next start makes it with as many "
+        "as its stamps name. Its records are then tombstoned, those overdue at once "
+        "(README: Changing the input topics)"
+    ]
+    for topic, g in gone.items():
+        needed = g["needed"]
+        parts = "; ".join(
+            f"{name} {n['due']:,} due, {n['pending']:,} pending" for name, n in g["gone"].items()
+        )
+        said = (
+            f"{topic}: {counted(g['partitions'], 'partition')}, its stamps name {needed}: {parts}"
+        )
+        lines.append(printable(f"    {said}"))
+        lines.append(
+            printable(f"      kafka-topics.sh --alter --topic {topic} --partitions {needed}")
+        )
+    return lines
+
+
 def text_lines(d: dict[str, Any]) -> list[str]:
     """``status`` for a person, from :meth:`Status.as_dict`. The figures form one column
     right of the longest name (a category such as ``training_expression``, an input
@@ -464,6 +550,7 @@ def text_lines(d: dict[str, Any]) -> list[str]:
     lines += [row(*r) for r in rows]
     lines += _not_inputs_lines(orphans)
     lines += _retired_lines(d.get("retired") or {})
+    lines += _partitions_gone_lines(d.get("retired_partitions_gone") or {})
     for h in d["holds"]:
         n, matched = h["records_held"], h.get("records_matched", 0)
         said = (

@@ -655,3 +655,62 @@ async def test_a_retired_topic_made_again_with_fewer_partitions_is_said_at_start
             assert {(t, p) for t, p in service.owned if t == wide} == {(wide, p) for p in range(4)}
             await _tombstones_once(broker, topics, expiries, clock())
     assert not [r for r in caplog.records if BEYOND in r.getMessage()]
+
+
+@pytest.mark.timeout(120)
+async def test_status_names_the_records_of_partitions_a_retired_topic_no_longer_has(
+    broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The retired topic of 4 partitions made again with 2: ``status``, which reads the
+    whole changelog, names the records stamped from partitions 2 and 3 (no instance is
+    assigned those, so none tombstones them) and says what to do, as the service's start
+    does (only an instance that held their stores or restores those changelog partitions
+    sees them). It said nothing of them: they were in the retired topic's count, which
+    the instances are said to fire. Given its 4 partitions again, nothing is said."""
+    wide = f"{topics.prefix}.wide"
+    await _stamp_on_partitions(broker, topics, str(tmp_path / "state"), {wide: 4})
+    await _delete_topic(broker, wide)
+    await ensure_topics(broker, [wide], partitions=2)
+    text = config_text(topics, str(tmp_path / "state"), RETENTION)
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(text.replace("[topics]\n", f'[topics]\nretired = ["{wide}"]\n', 1))
+    common = ("--config", str(cfg), "--bootstrap-servers", broker)
+
+    capsys.readouterr()
+    assert await anyio.to_thread.run_sync(main, ["status", *common, "--json"]) == 0
+    got = orjson.loads(capsys.readouterr().out)
+    assert got["retired"] == {wide: {"pending": 8, "due": 0}}  # all of them, as before
+    assert got["retired_partitions_gone"] == {
+        wide: {
+            "partitions": 2,
+            "needed": 4,
+            "pending": 4,
+            "due": 0,
+            "gone": {f"{wide}[{p}]": {"pending": 2, "due": 0} for p in (2, 3)},
+        }
+    }
+    assert await anyio.to_thread.run_sync(main, ["status", *common]) == 0
+    out = capsys.readouterr().out
+    assert re.search(
+        r"^  4 live records stamped from partitions that retired topics no longer have "
+        r"\(made again with fewer\?\): the group assigns no instance those partitions, so "
+        r"none tombstones them, due or not\. .*or stop the instances and delete it",
+        out,
+        re.MULTILINE,
+    ), out
+    assert (
+        f"\n    {wide}: 2 partitions, its stamps name 4: {wide}[2] 0 due, 2 pending; "
+        f"{wide}[3] 0 due, 2 pending\n      kafka-topics.sh --alter --topic {wide} "
+        "--partitions 4\n"
+    ) in out, out
+
+    await _delete_topic(broker, wide)
+    await ensure_topics(broker, [wide], partitions=4)
+    assert await anyio.to_thread.run_sync(main, ["status", *common, "--json"]) == 0
+    got = orjson.loads(capsys.readouterr().out)
+    assert (got["retired"], got["retired_partitions_gone"]) == (
+        {wide: {"pending": 8, "due": 0}},
+        {},
+    )
+    assert await anyio.to_thread.run_sync(main, ["status", *common]) == 0
+    assert "no longer have" not in capsys.readouterr().out
