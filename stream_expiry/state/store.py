@@ -359,13 +359,17 @@ class PartitionStore:
         ours, before = raw[: len(keys)], raw[len(keys) :] or [None] * len(keys)
         found: set[str] = set()
         for life, value, old in zip(lives, ours, before, strict=True):
+            named = False
             if value is not None:
                 created, due = _LIFE.unpack(value)
                 if created == _NO_CREATION:
                     created = None
                 named = (created, due) == (life.created_at, life.expires_at)
-            else:
-                named = old is not None and _INT.unpack(old)[0] == life.expires_at
+            if not named and old is not None:
+                # Beside an ``l`` entry, an ``a`` entry is newer (noting a life drops the
+                # record's ``a``): the version before wrote it after a rollback, of a later
+                # life than the stale ``l`` names.
+                named = _INT.unpack(old)[0] == life.expires_at
             if named:
                 found.add(life.identity.key)
         return found
@@ -478,7 +482,7 @@ class PartitionStore:
         for name, number in (meta or {}).items():
             puts[_META + name.encode()] = _INT.pack(number)
         if arrived:
-            self._put_arrived({k.encode(): life for k, life in arrived.items()}, puts)
+            self._put_arrived({k.encode(): life for k, life in arrived.items()}, puts, deletes)
         if requests:
             self._put_requests({k.encode(): kept for k, kept in requests.items()}, puts)
         self._put_counts(puts)
@@ -511,12 +515,12 @@ class PartitionStore:
                 self.set_meta(meta)
             return 0, 0, 0
         puts: dict[bytes, bytes] = {}
+        deletes: list[bytes] = []
         if arrived:
-            self._put_arrived(arrived, puts)
+            self._put_arrived(arrived, puts, deletes)
         if requests:
             self._put_requests(requests, puts)
         olds = self.kv.multi_get([_STATE + row[0] for row in rows])
-        deletes: list[bytes] = []
         counts = self.counts
         pending = counts.pending
         grace = self.grace_ms
@@ -584,10 +588,18 @@ class PartitionStore:
         self.kv.apply(puts, [d for d in deletes if d not in puts])
         return lives, markers, due_now
 
-    def _put_arrived(self, arrived: Mapping[bytes, ArrivedLife], puts: dict[bytes, bytes]) -> None:
+    def _put_arrived(
+        self, arrived: Mapping[bytes, ArrivedLife], puts: dict[bytes, bytes], deletes: list[bytes]
+    ) -> None:
+        """Note each record's life due on arrival (``l``), dropping the record's entry of the
+        version before (``a``) if the store may have one: an ``a`` entry beside an ``l`` one
+        is then always the newer of the two (written by the version before after a
+        rollback), which :meth:`due_on_arrival` relies on."""
         self._arrived_any = True
         for key, (created, due) in arrived.items():
             puts[_ARRIVED + key] = _LIFE.pack(_NO_CREATION if created is None else created, due)
+            if self._arrived_before:
+                deletes.append(_ARRIVED_BEFORE + key)
 
     def _put_requests(
         self,

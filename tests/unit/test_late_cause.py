@@ -365,6 +365,56 @@ def test_an_entry_the_version_before_kept_counts_by_its_expiry_and_goes_with_the
     assert list(kv.scan(b"", b"\xff" * 8)) == list(kv.scan(b"~", b"\xff"))
 
 
+def test_rolled_back_and_forward_again_a_late_life_the_version_before_noted_says_late_event() -> (
+    None
+):
+    """Upgraded, rolled back, upgraded again on one state directory. This version noted a
+    life due on arrival (``l``); rolled back, the version before ended that life and noted
+    the record's next one, due on arrival too, by its expiry (``a``), leaving ``l`` as it
+    is (it does not know the prefix). Killed before that life's firing came, the store is
+    opened by this version again: the stale ``l`` names the earlier life, and the ``a``
+    entry beside it, written after it (this version drops a record's ``a`` when it notes
+    one of its lives), says the running one was due on arrival: ``late_event`` (it said
+    ``catch_up``: a stale ``l`` hid the ``a``)."""
+    p = Partition()
+    [(first, _)] = p.event("c", "create", T0, now=T0 + LATE + 5).stamps
+    p.tick(T0 + LATE + 10)
+    assert _causes(p) == [("c", "ttl", "late_event")]
+    kv, key = p.proc.store.kv, first.identity.key.encode()
+    [stale] = kv.multi_get([b"l" + key])
+    assert stale is not None
+    # The version before reads the next life's create late and settles it (as this one
+    # does, but for the entry): its ``a`` beside this version's ``l`` of the first life.
+    later = T0 + 2 * TTL
+    [(running, _)] = p.event("c", "create", later, now=later + LATE + 5).stamps
+    kv.apply({b"l" + key: stale, b"a" + key: struct.pack(">q", later + TTL)}, ())
+    q = _restarted(p, PartitionStore(kv))
+    assert q.proc.store.due_on_arrival([running]) == {first.identity.key}
+    q.tick(later + 3 * LATE)
+    assert _causes(q) == [("c", "ttl", "late_event")]
+
+
+def test_noting_a_late_life_drops_the_entry_the_version_before_kept_of_the_record() -> None:
+    """An ``a`` entry beside an ``l`` one is read (above) because it can only be newer:
+    noting a life of the record drops the record's ``a``, whose expiry alone may be the
+    one of a later life of the record (an erasure, then a shorter ttl) that was not due on
+    arrival."""
+    p = Partition()
+    [(life, _)] = p.event("c", "create", T0, now=T0 + 5).stamps  # on time
+    kv, key = p.proc.store.kv, life.identity.key.encode()
+    other = T0 + 5 * TTL  # the expiry of a later life, in the version before's entry
+    kv.apply({b"a" + key: struct.pack(">q", other)}, ())
+    q = _restarted(p, PartitionStore(kv))
+    q.event("c", "delete", T0 + 10, now=T0 + 20)
+    [(late, _)] = q.event("c", "create", T0 + 3 * TTL, now=T0 + 3 * TTL + LATE).stamps
+    assert kv.multi_get([b"a" + key]) == [None]
+    assert q.proc.store.due_on_arrival([late]) == {life.identity.key}
+    assert (
+        q.proc.store.due_on_arrival([late._replace(created_at=T0 + 4 * TTL, expires_at=other)])
+        == set()
+    )
+
+
 def test_a_restored_stamp_says_its_life_was_due_on_arrival() -> None:
     """The partition restored from the changelog (a takeover, a lost disk): the stamp's
     ``expiry-due-at-ingest`` header says what the instance that read the event knew, and
