@@ -16,7 +16,10 @@ Rules kept here:
 * The document has already been parsed by orjson: what orjson refuses is refused as it was
   (``invalid_json``, with its position), so this second parse, by the standard library with
   ``object_pairs_hook``, sees valid JSON only and answers one question.
-* The first repeated key is named with its path (``ttl.session``, ``tags[2].org``), so the
+* A key given again with the same value is no question: both readings are one (an upgrade
+  trial: a hold an earlier version kept, written with ``"reason"`` twice alike, was refused
+  by this one and its records let go). Only a key whose values differ is refused.
+* The first such key is named with its path (``ttl.session``, ``tags[2].org``), so the
   person who wrote the document can find it; deeper than the standard library's recursion
   allows (orjson reads 1,024 levels), the document is refused too, as it cannot be checked.
 """
@@ -80,14 +83,15 @@ class _Repeated(Exception):
 
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     members = dict(pairs)
-    if len(members) != len(pairs):
-        raise _Repeated
+    if len(members) != len(pairs) and any(members[key] != value for key, value in pairs):
+        raise _Repeated  # (a value given again alike leaves ``members`` as the pairs say)
     return members
 
 
 def repeated_key(value: bytes) -> RepeatedKey | None:
-    """The first repeated key of the JSON document ``value`` (valid JSON: orjson read it),
-    outer objects before the ones they hold, or None when every object gives each key once.
+    """The first key of the JSON document ``value`` (valid JSON: orjson read it) that an
+    object gives twice with different values, outer objects before the ones they hold, or
+    None when no object does.
 
     One parse whose hook compares each object's size with its members' count answers for
     nearly every document (6 to 9 us for a hold of 160 bytes on a busy 2-core machine, where
@@ -108,18 +112,30 @@ def repeated_key(value: bytes) -> RepeatedKey | None:
     return _first_repeat(root)
 
 
+def _plain(node: Any) -> Any:
+    """``node`` (objects as :class:`_Object`) as plain JSON values, to compare two values
+    of one key as :func:`_unique` does (an object's members in any order, its last value
+    of a key repeated alike)."""
+    if isinstance(node, _Object):
+        return {key: _plain(child) for key, child in node}
+    if isinstance(node, list):
+        return [_plain(child) for child in node]
+    return node
+
+
 def _first_repeat(root: Any) -> RepeatedKey | None:
-    """The first repeated key of ``root`` (objects as :class:`_Object`), outer first."""
+    """The first key of ``root`` (objects as :class:`_Object`) given again with another
+    value, outer first."""
     stack: list[tuple[Any, str]] = [(root, "")]
     while stack:
         node, path = stack.pop()
         children: list[tuple[Any, str]] = []
         if isinstance(node, _Object):
-            seen: set[str] = set()
+            seen: dict[str, Any] = {}
             for key, child in node:
-                if key in seen:
+                if key in seen and _plain(seen[key]) != _plain(child):
                     return RepeatedKey(key, _step(path, key))
-                seen.add(key)
+                seen.setdefault(key, child)
                 children.append((child, _step(path, key)))
         elif isinstance(node, list):
             children = [(child, f"{path}[{i}]") for i, child in enumerate(node)]

@@ -13,10 +13,12 @@ from stream_expiry.repeated_keys import RepeatedKey, repeated_key
         (b'{"org": "acme", "reason": "r", "org": "other"}', "org", "org"),
         (b'{"ttl": {"session": "30d", "session": "1d"}}', "session", "ttl.session"),
         (b'{"a": [1, {"b": {"c": 1, "c": 2}}]}', "c", "a[1].b.c"),
-        (b'[{"x": 1}, {"y": 1, "y": 1}]', "y", "[1].y"),
+        (b'[{"x": 1}, {"y": 1, "y": 2}]', "y", "[1].y"),
         (b'{"t": {"a.b": 1, "a.b": 2}}', "a.b", 't["a.b"]'),
-        # The same value twice is refused too: a person wrote the key twice.
-        (b'{"org": "acme", "org": "acme"}', "org", "org"),
+        # Values alike but deep inside: they differ, so the key is named.
+        (b'{"n": {"a": [1, {"b": 1}], "a": [1, {"b": 2}]}}', "a", "n.a"),
+        # An inner repeat that differs, under an outer key repeated alike.
+        (b'{"o": {"x": 1, "x": 2}, "o": {"x": 1, "x": 2}}', "x", "o.x"),
     ],
 )
 def test_the_first_repeated_key_is_named_with_its_path(
@@ -45,6 +47,9 @@ def test_the_detail_says_where_the_key_is_and_why_the_document_is_refused() -> N
         b"{}",
         b'{"org": "acme", "ttl": {"org": "1d", "session": "2d"}}',  # a key again, elsewhere
         b'[{"a": 1}, {"a": 2}]',  # one key in two objects
+        # Given again alike: both readings are one (an earlier version's hold, kept).
+        b'{"org": "acme", "reason": "r", "reason": "r"}',
+        b'{"ttl": {"a": "1d", "b": "2d"}, "ttl": {"b": "2d", "a": "1d"}}',
         b'"a string"',
         b"12",
     ],
