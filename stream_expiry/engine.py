@@ -295,6 +295,14 @@ class Engine(Generic[S]):
             expires = max(expires, old_expires - old_ttl + ttl)
         if old_expires is not None and (expires is None or expires > old_expires):
             return Outcome(Verdict.REDELIVERED, None, False)
+        if expires is not None and prior.created_at is not None and expires <= prior.created_at:
+            # Not this life's create: its life would have ended by the time this one began
+            # (read first, this one is a later life, as a create at or after an expiry
+            # is). Moved back over it, this life ended at that earlier expiry, before its
+            # own: a record created at 6.5 s with a ttl of 1 s, its create of 5 s read
+            # after, was tombstoned at 6 s (and a restore, reading them in the other
+            # order, kept both lives). The record's running life stays; nothing moves.
+            return Outcome(Verdict.REDELIVERED, None, False)
         # Lives a legal hold keeps stay with the record whatever its creation time.
         moved = fresh._replace(expires_at=expires, held_lives=prior.held_lives)
         return Outcome(Verdict.BACKDATED, moved, True)

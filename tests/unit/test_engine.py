@@ -361,7 +361,10 @@ class Reference:
                     assert rec.ttl is not None
                     fresh = max(fresh, rec.expires - rec.ttl + ttl)
                 never_later = rec.expires is None or (fresh is not None and fresh <= rec.expires)
-                if never_later:
+                # A create whose life would have ended before this one began is another,
+                # earlier life's: it moves nothing.
+                earlier_life = fresh is not None and fresh <= rec.created
+                if never_later and not earlier_life:
                     rec.created, rec.ttl, rec.expires = t, ttl, fresh
         elif cat in SLIDING and rec.ttl is not None and rec.expires is not None:
             rec.expires = max(rec.expires, t + rec.ttl)
@@ -414,6 +417,29 @@ def test_earlier_create_moves_creation_back() -> None:
     h.feed(ev("error", "a", "create", 60))
     assert h.advance(109) == []
     assert h.advance(110) == [(ev("error", "a", "create", 0).identity.key, "ttl", 110, 110)]
+
+
+def test_a_create_whose_life_ended_before_the_record_s_began_moves_nothing() -> None:
+    """Read after the create of 100 (ttl 50: due at 150), a create of 40 would end its
+    life at 90, before 100: an earlier life's create, not this one's. Moved back over it,
+    the life of 100 was tombstoned at 90, 60 ms before its expiry."""
+    h = Harness()
+    h.now = 30
+    h.feed(ev("error", "a", "create", 100))
+    effects = h.process(ev("error", "a", "create", 40))
+    assert effects.verdicts == {"redelivered": 1}
+    assert not effects.stamps
+    assert h.advance(149) == []
+    assert h.advance(150) == [(ev("error", "a", "create", 0).identity.key, "ttl", 150, 150)]
+    h2 = Harness()  # the limit: a life that would end at 100 ends before it begins too
+    h2.now = 30
+    h2.feed(ev("error", "a", "create", 100))
+    assert h2.process(ev("error", "a", "create", 50)).verdicts == {"redelivered": 1}
+    h3 = Harness()  # a millisecond later it overlaps: the earliest creation wins
+    h3.now = 30
+    h3.feed(ev("error", "a", "create", 100))
+    assert h3.process(ev("error", "a", "create", 51)).verdicts == {"backdated": 1}
+    assert h3.advance(101) == [(ev("error", "a", "create", 0).identity.key, "ttl", 101, 101)]
 
 
 def test_touch_slides_sessions_only() -> None:
@@ -779,19 +805,22 @@ def test_an_earlier_create_takes_its_own_times_policy_and_never_extends() -> Non
     from 100 arrives (the policy then said 1000: 1100): moving the creation back would
     extend the life, so the redelivery changes nothing (it kept 550 under a TTL of 1000,
     and a replay under the same policy then moved the expiry to 1100). An error record
-    (never expires from 200 on) whose create from 100 arrives late takes 100's finite TTL:
-    due at 150, created at 100."""
+    (never expires from 200 on, 50 before) created at 300, whose create from 100 arrives
+    late: under 100's TTL that life ended at 150, before 300, so it is an earlier life's
+    create and moves nothing (it took 100's finite TTL, and the record created at 300,
+    never to expire, was tombstoned at once as due at 150); one from 260, under its own
+    time's policy (never), overlaps it: the earliest creation wins, still never due."""
     h = Harness(horizon_ms=5000, policy=changing_policy)
     h.now = 300
     h.feed(ev("conversation", "c", "create", 300))
     h.feed(ev("error", "e", "create", 300))
     effects = h.process(ev("conversation", "c", "create", 100))
     assert (effects.verdicts, effects.stamps) == ({"redelivered": 1}, [])
-    [(backdated, _)] = h.process(ev("error", "e", "create", 100)).stamps
-    assert (backdated.created_at, backdated.expires_at, backdated.ttl_ms) == (
-        BASE + 100, BASE + 150, 50,
-    )  # fmt: skip
-    assert sorted((t[0][-1], t[3]) for t in h.advance(600)) == [("c", 550), ("e", 150)]
+    effects = h.process(ev("error", "e", "create", 100))
+    assert (effects.verdicts, effects.stamps) == ({"redelivered": 1}, [])
+    [(backdated, _)] = h.process(ev("error", "e", "create", 260)).stamps
+    assert (backdated.created_at, backdated.expires_at) == (BASE + 260, None)
+    assert sorted((t[0][-1], t[3]) for t in h.advance(600)) == [("c", 550)]
 
 
 def test_a_touch_read_before_its_sessions_create_keeps_its_activity() -> None:

@@ -314,6 +314,20 @@ hold_steps = _steps(
     ],
     kept=None,
 )
+# Found by a random run: read after the create of 6 s, a create of 5 s moved the error's
+# life back to end at 6 s, where the restored processor, reading the create of 6 s again
+# against that life, started a life after it. An earlier life's create moves nothing now.
+@example(
+    before=[
+        ("event", "session", "a", "create", 0),
+        ("advance", 5000),
+        ("event", "session", "a", "create", 1000),
+        ("event", "error", "b", "create", 1000),
+        ("event", "error", "b", "create", 0),
+    ],
+    after=[],
+    kept=None,
+)
 def test_restored_under_legal_holds_it_still_decides_as_the_original(
     before: list[Step], after: list[Step], kept: int | None
 ) -> None:
