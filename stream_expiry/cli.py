@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
     from types import FrameType
 
+    from stream_expiry.holds import HoldBook
     from stream_expiry.kafka_settings import Connection
     from stream_expiry.policy import PolicyBook
 
@@ -705,7 +706,7 @@ def _parser_archive(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="purge: do not read the legal holds from Kafka (by default an erased record "
         "an active hold matches stays in the archive until the hold's release, and a purge "
-        "that cannot read the holds stops)",
+        "that cannot read the holds, or finds a hold id in doubt, stops)",
     )
     _add_common(archive)
     archive.add_argument(
@@ -723,21 +724,7 @@ def _cmd_archive(args: argparse.Namespace) -> int:
     # Before Kafka is asked anything: a wrong --dir is the user's to fix (status 2).
     archive.check_directory(args.dir, existing=args.action == "purge")
     if args.action == "purge":
-        holds = None
-        if not args.without_holds:
-            from stream_expiry.hold_command import read_holds
-
-            brokers = connection_from(args, config)
-            with _library_quiet():
-                holds = anyio.run(
-                    partial(
-                        read_holds,
-                        config,
-                        brokers,
-                        must_exist=True,
-                        otherwise=", or --without-holds if no hold can concern what it does",
-                    )
-                )
+        holds = None if args.without_holds else _purge_holds(args, config)
         # The service's marker_grace and topic settings: the archive's markers must outlive
         # the service's own (README: Archive).
         result = archive.purge(args.dir, archive.MarkerTerms.of(config), holds=holds)
@@ -769,6 +756,38 @@ def _cmd_archive(args: argparse.Namespace) -> int:
             prepare=partial(archive.ensure_read_topics, brokers, config),
         )
     )
+
+
+def _purge_holds(args: argparse.Namespace, config: Config) -> HoldBook:
+    """The legal holds an ``archive purge`` keeps the erased lines of, read whole from the
+    cluster. Refused (exit 2) while a hold id's latest message cannot be read, as a
+    service's start is: what that id holds is unknown, and read as "no hold" the purge
+    erased the archived lines it was meant to keep, perhaps their last copy. No flag reads
+    such an id as holding nothing (that is the loss itself): a person settles it with
+    ``hold place --id`` or ``hold release`` in seconds; ``--without-holds`` stays the one
+    way to purge without the holds, for an archive no hold can concern."""
+    from stream_expiry.control import refuse_holds_in_doubt
+    from stream_expiry.hold_command import read_holds
+
+    brokers = connection_from(args, config)
+    with _library_quiet():
+        holds = anyio.run(
+            partial(
+                read_holds,
+                config,
+                brokers,
+                must_exist=True,
+                otherwise=", or --without-holds if no hold can concern what it does",
+            )
+        )
+    refuse_holds_in_doubt(
+        holds,
+        config.topics.holds,
+        lost="the purge would erase the archived lines each was meant to keep",
+        started="Purged now",
+        then="purge again",
+    )
+    return holds
 
 
 # -- rekey --------------------------------------------------------------------------------

@@ -167,6 +167,9 @@ def refuse_holds_in_doubt(
     holds: HoldBook,
     topic: str,
     lost: str = "the service would delete the records each was meant to keep",
+    *,
+    started: str = "Started",
+    then: str = "start",
 ) -> None:
     """Raise :class:`ConfigurationError` when, the holds topic ``topic`` read whole into
     ``holds``, a hold id's latest message on a partition cannot be read
@@ -174,10 +177,12 @@ def refuse_holds_in_doubt(
     compaction removed its placement before the message (or at once for a new id), a
     start had nothing but a dead-letter line to say so. Fail closed, as on a holds topic
     that is missing (:func:`refuse_a_lost_holds_topic`): a person places the hold meant or
-    releases the id, and starts again. ``lost``: what the start would do otherwise."""
+    releases the id, and starts again. ``lost``: what the start would do otherwise;
+    ``started`` and ``then``: the command refused, as done and as done again (``archive
+    purge`` refuses as a start does: it erases archived lines a hold keeps)."""
     doubts = holds.in_doubt()
     if doubts:
-        raise ConfigurationError(in_doubt_refusal(topic, doubts, lost))
+        raise ConfigurationError(in_doubt_refusal(topic, doubts, lost, started=started, then=then))
 
 
 def _shown_key(key: bytes) -> str:

@@ -485,10 +485,13 @@ def _settle_it(hold_id: str) -> str:
     )
 
 
-def in_doubt_refusal(topic: str, doubts: list[InDoubt], lost: str) -> str:
+def in_doubt_refusal(
+    topic: str, doubts: list[InDoubt], lost: str, *, started: str = "Started", then: str = "start"
+) -> str:
     """Why a start stops on hold ids in doubt (:class:`InDoubt`), each with where its
     message is and why it cannot be read, and what to do; ``lost``: what the start would
-    do otherwise. Fail closed, as on a holds topic that is missing: read as "no hold", such
+    do otherwise; ``started`` and ``then``: the command refused, as done and as done
+    again (``archive purge`` refuses too: "Purged", "purge again"). Fail closed, as on a holds topic that is missing: read as "no hold", such
     an id let its records be deleted once compaction removed the placement before it (or
     at once, for an id never placed before), with only a dead-letter line to say so."""
     ids = len({d.hold_id for d in doubts})
@@ -496,11 +499,11 @@ def in_doubt_refusal(topic: str, doubts: list[InDoubt], lost: str) -> str:
     return (
         f"the latest message of {ids} legal hold id{'' if ids == 1 else 's'} on {topic!r} "
         f"cannot be read, so what {'it holds' if ids == 1 else 'they hold'} is unknown: "
-        f"{listed}. Started, {lost} (compaction removes the placement before such a "
+        f"{listed}. {started}, {lost} (compaction removes the placement before such a "
         "message, and a new id has none). For each, place the hold meant again, valid: "
         "`stream-expiry hold place --id ID --org ORG [--bot B] [--env E] [--category C] "
         "[--record-id R] --reason TEXT`, or if no hold was meant release it: "
-        "`stream-expiry hold release ID`; then start"
+        f"`stream-expiry hold release ID`; then {then}"
     )
 
 

@@ -930,6 +930,53 @@ async def test_archive_purge_reads_the_holds_and_keeps_what_they_match(
     assert f"the holds topic '{topics.holds}.typo' does not exist" in capsys.readouterr().err
 
 
+async def test_archive_purge_refuses_while_a_hold_id_is_in_doubt(
+    broker: str,
+    topics: TopicSet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A hold id whose latest message cannot be read (compaction removed the valid
+    placement before it) holds nothing as read: a purge erased the archived line it was
+    meant to keep, perhaps its last copy, while the service refused to start for that
+    id. The purge refuses too (exit 2), naming the id and the two commands that settle
+    it, and touches no file; once the hold is placed again it purges, keeping the line."""
+    common, _ = _setup(broker, topics, tmp_path, RETENTION)
+    archive_dir = tmp_path / "archive"
+    ident = Identity("lit", "_", "live", "conversation", "c1")
+    created = wall_clock_ms() - 60_000
+    stamp = Stamp(ident, created, created + 3_600_000, 3_600_000, "default")
+    ArchiveWriter(str(archive_dir)).write(
+        [
+            Entry(ident.key.encode(), encode_stamp(stamp, {"text": "evidence"}), 0, 0, created),
+            Entry(ident.key.encode(), None, 0, 1, created + 1_000),  # its erasure
+        ]
+    )
+    before = _archive_lines(archive_dir)
+    twice = b'{"org": "lit", "reason": "L-2", "org": "other"}'
+    async with producer(broker) as prod:
+        sent = await prod.send_and_wait(topics.holds, twice, key=b"h-lit")
+    where = f"{topics.holds}[{sent.partition}]@{sent.offset}"
+    capsys.readouterr()
+    purge_argv = ("archive", "purge", "--dir", str(archive_dir), *common)
+    assert await _cli(*purge_argv) == 2
+    said = capsys.readouterr().err
+    assert (
+        f"the latest message of 1 legal hold id on {topics.holds!r} cannot be read, so what "
+        f"it holds is unknown: 'h-lit' at {where}: invalid_field"
+    ) in said
+    assert "Purged now, the purge would erase the archived lines each was meant to keep" in said
+    assert "`stream-expiry hold place --id ID --org ORG" in said
+    assert "`stream-expiry hold release ID`; then purge again" in said
+    assert _archive_lines(archive_dir) == before  # nothing erased
+    assert await _cli("hold", "place", *common, "--org", "lit", "--reason", "L-2",
+                      "--id", "h-lit") == 0  # fmt: skip
+    capsys.readouterr()
+    assert await _cli(*purge_argv) == 0
+    assert "1 erased line kept under a legal hold" in capsys.readouterr().out
+    assert [line["key"] for line in _archive_lines(archive_dir) if "stamp" in line] == [ident.key]
+
+
 async def _keep_a_record_for_a_hold(
     broker: str, topics: TopicSet, config: Config, common: tuple[str, ...]
 ) -> None:
