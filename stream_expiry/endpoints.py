@@ -13,6 +13,7 @@ import errno
 import logging
 import socket
 import struct
+from functools import partial
 from typing import TYPE_CHECKING, Final
 
 import anyio
@@ -27,12 +28,19 @@ from stream_expiry.kafka_settings import Connection, bootstrap_addresses
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from anyio.abc import Listener, SocketStream
+    from anyio.abc import Listener, SocketStream, TaskGroup
 
     from stream_expiry.health import Health
     from stream_expiry.stalls import Stalls
 
-__all__ = ["open_listener", "route", "serve_http", "watch_broker", "watch_connection"]
+__all__ = [
+    "open_listener",
+    "route",
+    "serve_http",
+    "watch_broker",
+    "watch_connection",
+    "watch_process",
+]
 
 log = logging.getLogger("stream_expiry.http")
 
@@ -185,6 +193,26 @@ async def watch_connection(
         who=_who(conn),
         stalls=stalls,
     )
+
+
+def watch_process(
+    tg: TaskGroup,
+    stalls: Stalls,
+    *,
+    health: Health | None = None,
+    conn: Connection | None = None,
+) -> None:
+    """Start in ``tg`` what every long-running command runs beside its work (``run``,
+    ``sink``, ``rekey``): ``stalls``' watch, which says in one WARNING that the process did
+    not run (SIGSTOP, a frozen VM, starved of CPU), and, given ``health`` and ``conn``
+    (the command serves ``/readyz``), the broker probe (:func:`watch_connection`) that asks ``stalls``
+    before it marks the broker unreachable. One place, so no command is left probing
+    without it: the sink and ``rekey`` did, and a SIGSTOP that caught their probe in
+    flight made them say "Kafka unreachable" and answer ``/readyz`` 503 for 5 s with the
+    broker fine all along, as the service once did."""
+    tg.start_soon(stalls.watch)
+    if health is not None and conn is not None:
+        tg.start_soon(partial(watch_connection, health, conn, stalls=stalls))
 
 
 def _who(conn: Connection) -> str:

@@ -253,6 +253,12 @@ class _BaseMetrics:
         """Expose ``PREFIX_live``, ``PREFIX_ready`` and ``PREFIX_broker_reachable``."""
         self.registry.register(_HealthCollector(health, self._prefix))
 
+    def watch_stalls(self, stalls: Stalls) -> None:
+        """Expose the stalls of the process (read at scrape time), under the same names
+        for every command (``stream_expiry_process_*``, as ``stream_expiry_build_info``):
+        a fact of the process, not of its work, so one alert covers each of them."""
+        self.registry.register(_StallsCollector(stalls))
+
     def set_lag(self, topic: str, partition: int, records: int) -> None:
         """Lag of one assigned partition; call after each fetch (or once a second)."""
         self._lag.labels(topic, str(partition)).set(max(0, records))
@@ -314,10 +320,6 @@ class ServiceMetrics(_BaseMetrics):
     def watch_stats(self, stats: ServiceStats, *, env_warnings: int = 0) -> None:
         """Expose the counters of ``stats`` (events, stamps, tombstones, lag histogram)."""
         self.registry.register(_StatsCollector(stats, env_warnings))
-
-    def watch_stalls(self, stalls: Stalls) -> None:
-        """Expose the stalls of the process (read at scrape time)."""
-        self.registry.register(_StallsCollector(stalls))
 
     def set_pending(self, category: str, records: int) -> None:
         self._pending.labels(category).set(records)

@@ -78,6 +78,7 @@ if TYPE_CHECKING:
     from stream_expiry.health import Health
     from stream_expiry.kafka_settings import Brokers
     from stream_expiry.metrics import RekeyMetrics
+    from stream_expiry.stalls import Stalls
 
 __all__ = [
     "DEFAULT_GROUP",
@@ -605,39 +606,53 @@ class Rekeyer:
         )
 
 
-async def serve_rekey(rekeyer: Rekeyer, metrics_port: int | None, metrics_host: str) -> int:
+async def serve_rekey(
+    rekeyer: Rekeyer,
+    metrics_port: int | None,
+    metrics_host: str,
+    *,
+    stalls: Stalls | None = None,
+) -> int:
     """The command: ``rekeyer`` until SIGINT or SIGTERM, with ``/metrics``, ``/healthz`` and
     ``/readyz`` on ``metrics_port`` when given (ready once the group gave it partitions and
     while the broker answers, as for ``run`` and ``sink``).
 
     Status 0 for a clean stop, and for one before its first fetch returned (joining the
     group: nothing read, nothing to commit, so it stops at once); 130 for a stop forced by
-    a second signal or the grace running out, as the README's table says."""
-    from stream_expiry.endpoints import open_listener, serve_http, watch_connection
+    a second signal or the grace running out, as the README's table says.
+
+    ``stalls``: the watch of the process' pauses (a new one by default; a test's clocks),
+    said in one WARNING, and asked by the broker probe before it says "Kafka unreachable"."""
+    from stream_expiry.endpoints import open_listener, serve_http, watch_process
     from stream_expiry.health import Health
+    from stream_expiry.logs import filtered
     from stream_expiry.metrics import RekeyMetrics
     from stream_expiry.runner import STALL_AFTER_S, stop_on_signals
+    from stream_expiry.stalls import StallNote, Stalls
 
     stop = anyio.Event()
     finished = False
+    stalls = stalls or Stalls()
     listener = None if metrics_port is None else await open_listener(metrics_port, metrics_host)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(stop_on_signals, stop, tg.cancel_scope, rekeyer.reading)
-        if listener is not None:
-            health = rekeyer.health = Health(stall_after_s=STALL_AFTER_S)
-            metrics = rekeyer.metrics = RekeyMetrics()
-            metrics.watch_stats(rekeyer.stats)
-            metrics.watch_health(health)
-            health.starting()
-            tg.start_soon(serve_http, listener, metrics.exposition, health)
-            tg.start_soon(watch_connection, health, rekeyer.connection)
-        try:
-            await rekeyer.run(stop)
-            finished = True
-        finally:
-            if rekeyer.health is not None:
-                rekeyer.health.stopped()
-            tg.cancel_scope.cancel()
+    with filtered(StallNote(stalls)):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stop_on_signals, stop, tg.cancel_scope, rekeyer.reading)
+            if listener is not None:
+                health = rekeyer.health = Health(stall_after_s=STALL_AFTER_S)
+                metrics = rekeyer.metrics = RekeyMetrics()
+                metrics.watch_stats(rekeyer.stats)
+                metrics.watch_health(health)
+                metrics.watch_stalls(stalls)
+                health.starting()
+                tg.start_soon(serve_http, listener, metrics.exposition, health)
+            watch_process(tg, stalls, health=rekeyer.health, conn=rekeyer.connection)
+            try:
+                await rekeyer.run(stop)
+                finished = True
+            finally:
+                if rekeyer.health is not None:
+                    rekeyer.health.stopped()
+                tg.cancel_scope.cancel()
     if finished:
         return exits.OK
     if not rekeyer.reading.is_set():

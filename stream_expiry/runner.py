@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import time
-from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
@@ -18,7 +17,7 @@ import anyio
 from stream_expiry import exits
 from stream_expiry.broker import EmbeddedBroker
 from stream_expiry.cliargs import metrics_host, metrics_port
-from stream_expiry.endpoints import open_listener, serve_http, watch_connection
+from stream_expiry.endpoints import open_listener, serve_http, watch_process
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.health import Health
 from stream_expiry.kafka_settings import Connection
@@ -218,8 +217,7 @@ async def run_service(config: Config, args: argparse.Namespace) -> int:
                 if listener is not None:
                     tg.start_soon(serve_http, listener, metrics.exposition, health)
                     listener = None  # served (and closed) by the task now
-                tg.start_soon(stalls.watch)
-                tg.start_soon(partial(watch_connection, health, conn, stalls=stalls))
+                watch_process(tg, stalls, health=health, conn=conn)
                 await service.run(stop)
                 health.stopping()
                 finished = True

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Final
 
 import anyio
@@ -32,7 +33,7 @@ from stream_expiry.cliargs import (
 )
 from stream_expiry.config import load_config
 from stream_expiry.durations import InvalidDuration, parse_duration, without_hint
-from stream_expiry.endpoints import open_listener, serve_http, watch_connection
+from stream_expiry.endpoints import open_listener, serve_http, watch_process
 from stream_expiry.errors import (
     BrokerError,
     ConfigurationError,
@@ -43,7 +44,7 @@ from stream_expiry.errors import (
 from stream_expiry.health import Health
 from stream_expiry.kafka_settings import security_from_environment
 from stream_expiry.key_template import KeyTemplate
-from stream_expiry.logs import say_failure
+from stream_expiry.logs import filtered, say_failure
 from stream_expiry.metrics import SinkMetrics
 from stream_expiry.sinks.framework import (
     DEFAULT_AUDIT,
@@ -57,6 +58,7 @@ from stream_expiry.sinks.framework import (
 )
 from stream_expiry.sinks.postgres import DEFAULT_DSN, DEFAULT_PARALLEL, PostgresStore
 from stream_expiry.sinks.sqlite import SQLiteStore, sqlite_file_in
+from stream_expiry.stalls import StallNote, Stalls
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -472,18 +474,30 @@ class _Progress:
 STORE_PING_EVERY_S: Final = 5.0  # as often as the broker is asked (watch_connection)
 
 
-async def watch_store(health: Health, store: Store, *, every_s: float = STORE_PING_EVERY_S) -> None:
+async def watch_store(
+    health: Health,
+    store: Store,
+    *,
+    every_s: float = STORE_PING_EVERY_S,
+    stalls: Stalls | None = None,
+) -> None:
     """Ask the store whether it answers every ``every_s``, for ``/readyz``: the sink's own
     loop finds an outage only when it next writes, and an idle sink never does. A store
     that takes longer than ``every_s`` to answer counts as not answering: a server behind
-    a dropped network answers nothing, not an error."""
+    a dropped network answers nothing, not an error. With ``stalls``, a ping that timed
+    out while the process itself did not run (its answer waited in the socket while its
+    deadline passed, as the broker probe's did) is asked again at once instead."""
     while True:
+        started = stalls.now() if stalls is not None else 0.0
         try:
             with anyio.fail_after(every_s):
                 await store.ping()
         except StoreError as exc:  # unavailable, or refusing (a password rotated): unready
             health.store_unreachable(str(exc))
         except TimeoutError:
+            if stalls is not None and stalls.overlaps(started):
+                log.info("the store ping timed out while the process did not run: asking again")
+                continue
             health.store_unreachable(f"store {store.name!r} did not answer within {every_s:g} s")
         else:
             health.store_reachable()
@@ -491,14 +505,22 @@ async def watch_store(health: Health, store: Store, *, every_s: float = STORE_PI
 
 
 async def _serve(
-    sink: Sink, metrics: SinkMetrics, metrics_port: int | None, metrics_host: str
+    sink: Sink,
+    metrics: SinkMetrics,
+    metrics_port: int | None,
+    metrics_host: str,
+    *,
+    stalls: Stalls | None = None,
 ) -> StreamExpiryError | None:
-    """Run until a signal; a failure is returned, not raised, so no exception group wraps it."""
+    """Run until a signal; a failure is returned, not raised, so no exception group wraps it.
+    ``stalls``: the watch of the process' pauses (a new one by default; a test's clocks)."""
     stop = anyio.Event()
     error: StreamExpiryError | None = None
     health = Health(watches_store=True)
+    stalls = stalls or Stalls()  # a process paused is not a broker outage: it says so
     metrics.watch_counters(sink.metrics)
     metrics.watch_health(health)
+    metrics.watch_stalls(stalls)
     listener = None if metrics_port is None else await open_listener(metrics_port, metrics_host)
 
     async def watch_signals() -> None:
@@ -508,32 +530,33 @@ async def _serve(
                 return
 
     health.starting()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(watch_signals)
-        if listener is not None:
-            tg.start_soon(serve_http, listener, metrics.exposition, health)
-        tg.start_soon(watch_connection, health, sink.config.connection)
-        try:
-            failure: StreamExpiryError | None = None
-            async with sink.store, anyio.create_task_group() as store_tasks:
-                # Ready once the store is open and the group gave the sink its partitions,
-                # and while the store answers: asked only while it is open (a review: a ping
-                # after the close stopped the sink).
-                store_tasks.start_soon(watch_store, health, sink.store)
-                sink.observe(on_ready=health.running, lag=metrics)
-                try:
-                    await sink.run(stop)
-                except StreamExpiryError as exc:  # raised below as it is, not in a group
-                    failure = exc
-                store_tasks.cancel_scope.cancel()
-            if failure is not None:
-                raise failure
-        except StreamExpiryError as exc:
-            error = exc
-            metrics.failed("broker" if isinstance(exc, BrokerError) else "store")
-        finally:
-            health.stopped()
-            tg.cancel_scope.cancel()
+    with filtered(StallNote(stalls)):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch_signals)
+            if listener is not None:
+                tg.start_soon(serve_http, listener, metrics.exposition, health)
+            watch_process(tg, stalls, health=health, conn=sink.config.connection)
+            try:
+                failure: StreamExpiryError | None = None
+                async with sink.store, anyio.create_task_group() as store_tasks:
+                    # Ready once the store is open and the group gave the sink its
+                    # partitions, and while the store answers: asked only while it is open
+                    # (a review: a ping after the close stopped the sink).
+                    store_tasks.start_soon(partial(watch_store, health, sink.store, stalls=stalls))
+                    sink.observe(on_ready=health.running, lag=metrics)
+                    try:
+                        await sink.run(stop)
+                    except StreamExpiryError as exc:  # raised below as it is, not in a group
+                        failure = exc
+                    store_tasks.cancel_scope.cancel()
+                if failure is not None:
+                    raise failure
+            except StreamExpiryError as exc:
+                error = exc
+                metrics.failed("broker" if isinstance(exc, BrokerError) else "store")
+            finally:
+                health.stopped()
+                tg.cancel_scope.cancel()
     return error
 
 

@@ -8,6 +8,11 @@ process' socket: on resume the probe timed out, and the service said "Kafka unre
 fine all along. The proxy in front of the broker holds one probe's request
 (:meth:`~stream_expiry.testing.proxy.Proxy.hold_probes`), so the pause catches a probe in
 flight every time instead of once in a few thousand.
+
+Every long-running command that serves ``/readyz`` probes the broker so, and each is
+paused here: ``run``, a ``sink`` and ``rekey`` (the last two said "Kafka unreachable" after
+such a pause before they watched their stalls too). The stall metrics have the same names
+in each; the health gauges have the command's prefix.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import pytest
 
 from stream_expiry.broker import free_port
 from stream_expiry.kafka import ensure_topics
-from stream_expiry.testing.processes import spawn_service
+from stream_expiry.testing.processes import spawn_command
 from stream_expiry.testing.proxy import proxied_broker
 from tests.conftest import make_topic_set
 from tests.integration.service_helpers import config_text, http_status, no_orphans
@@ -32,6 +37,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from anyio.abc import Process
+
+    from stream_expiry.testing.processes import ServiceProcess
+    from tests.conftest import TopicSet
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -52,24 +60,54 @@ def _scrape(port: int) -> dict[str, float]:
     return {name: float(value) for name, value in _SAMPLE.findall(text)}
 
 
+def _command(name: str, proxy: str, cfg: Path, port: int, topics: TopicSet) -> list[str]:
+    """The argv of the command paused (its log at INFO, its port ``port``)."""
+    common = ["--config", str(cfg), "--bootstrap-servers", proxy, "--metrics-port", str(port)]
+    common += ["--log-level", "INFO"]
+    if name == "run":
+        return ["run", *common]
+    if name == "sink":
+        return ["sink", "sqlite", "--path", str(cfg.parent / "sink.db"), *common]
+    return ["rekey", "--from", topics.conversations, "--group-id", f"{topics.prefix}.rk", *common]
+
+
+async def _ready(proc: ServiceProcess, port: int) -> None:
+    """``/readyz`` 200 (the command joined its group, read what it must) and ``/metrics``
+    answering."""
+    url = f"http://127.0.0.1:{port}/readyz"
+    with anyio.fail_after(60):
+        while await anyio.to_thread.run_sync(http_status, url) != 200:
+            assert proc.process.returncode is None, proc.tail()
+            await anyio.sleep(0.1)  # a poll interval: the answer decides
+        while await anyio.to_thread.run_sync(_scrape, port) == {}:  # noqa: ASYNC110
+            await anyio.sleep(0.05)
+
+
+_REACHABLE = {
+    "run": "stream_expiry_broker_reachable",
+    "sink": "stream_expiry_sink_broker_reachable",
+    "rekey": "stream_expiry_rekey_broker_reachable",
+}
+
+
 @pytest.mark.timeout(120)
-async def test_a_paused_service_says_it_did_not_run_and_no_broker_outage(
-    tmp_path: Path,
+@pytest.mark.parametrize("command", ["run", "sink", "rekey"])
+async def test_a_paused_command_says_it_did_not_run_and_no_broker_outage(
+    tmp_path: Path, command: str
 ) -> None:
     topics = make_topic_set()
     port = free_port()
+    reachable = _REACHABLE[command]
     async with proxied_broker() as proxy:
         await ensure_topics(proxy.address, topics.all, partitions=2)
         cfg = tmp_path / "service.toml"
         cfg.write_text(config_text(topics, str(tmp_path / "state")))
-        svc = await spawn_service(proxy.address, cfg, STARTED, "--metrics-port", str(port))
+        argv = _command(command, proxy.address, cfg, port, topics)
+        svc = await spawn_command(argv, STARTED)
         pid = svc.process.pid
         async with anyio.create_task_group() as tg:
             tg.start_soon(svc.follow_log)
-            with anyio.fail_after(60):
-                await svc.ready.wait()
-                while await anyio.to_thread.run_sync(_scrape, port) == {}:  # noqa: ASYNC110
-                    await anyio.sleep(0.05)
+            await _ready(svc, port)
 
             with anyio.fail_after(15):  # the next probe (every 5 s) is held in flight
                 await proxy.hold_probes().wait()
@@ -101,8 +139,8 @@ async def test_a_paused_service_says_it_did_not_run_and_no_broker_outage(
 
     assert not svc.log_has("Kafka unreachable"), svc.tail()
     assert not svc.log_has("the broker failed"), svc.tail()
-    assert all(s.get("stream_expiry_broker_reachable", 1) == 1 for s in samples), samples
-    assert (after["stream_expiry_broker_reachable"], readyz) == (1, 200)
+    assert all(s.get(reachable, 1) == 1 for s in samples), samples
+    assert (after[reachable], readyz) == (1, 200)
     said = [line for line in svc.lines if "the process did not run for" in line]
     assert len(said) == 1, svc.tail()
     assert "WARNING" in said[0]

@@ -224,6 +224,7 @@ def _exposed() -> dict[str, Family]:
     service.restore_progress(partitions=1, records_read=1, remaining=1)
     sink.watch_counters(dict.fromkeys(METRICS, 1))
     sink.watch_health(Health(watches_store=True))  # a sink's: it reports its store too
+    sink.watch_stalls(Stalls())  # the same names as the service's
     sink.failed("store")
     sink.set_lag("t", 0, 1)
     receipt = Receipt(
@@ -233,6 +234,7 @@ def _exposed() -> dict[str, Family]:
     sink.on_batch(BatchReport("batch", 1, 0, 0, 1, 0, 0, (receipt,)))
     rekey.watch_stats(RekeyStats())
     rekey.watch_health(Health())
+    rekey.watch_stalls(Stalls())
     rekey.set_lag("t", 0, 1)
     families: dict[str, Family] = {}
     for metrics in (service, sink, rekey):

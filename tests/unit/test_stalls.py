@@ -12,14 +12,19 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from stream_expiry.config import parse_config
-from stream_expiry.endpoints import watch_broker
+from stream_expiry.endpoints import watch_broker, watch_process
 from stream_expiry.errors import BrokerUnavailableError
 from stream_expiry.health import Health, Phase
-from stream_expiry.metrics import ServiceMetrics
+from stream_expiry.kafka_settings import Connection
+from stream_expiry.metrics import RekeyMetrics, ServiceMetrics, SinkMetrics
 from stream_expiry.service import Service
+from stream_expiry.sinks.store import MemoryStore
 from stream_expiry.stalls import EXCUSE_WITHIN_S, StallNote, Stalls
+from tests.conftest import wait_for
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from anyio.abc import SocketStream
 
 
@@ -140,10 +145,23 @@ def test_a_stall_excuses_one_broker_failure_within_a_minute() -> None:
     assert stalls.count == 2
 
 
-def test_the_metrics_say_the_stalls() -> None:
+_COMMAND_METRICS: dict[
+    str, Callable[[CollectorRegistry], ServiceMetrics | SinkMetrics | RekeyMetrics]
+] = {
+    "run": ServiceMetrics,
+    "sink": lambda registry: SinkMetrics("pg", registry),
+    "rekey": RekeyMetrics,
+}
+
+
+@pytest.mark.parametrize("command", sorted(_COMMAND_METRICS))
+def test_the_metrics_say_the_stalls(command: str) -> None:
+    """Every long-running command's metrics (``run``, a sink, ``rekey``), under the same
+    names: a fact of the process, so one alert covers each (a sink's and rekey's had none,
+    and their pauses looked like broker outages)."""
     clocks = _Clocks()
     stalls = clocks.stalls()
-    metrics = ServiceMetrics(CollectorRegistry())
+    metrics = _COMMAND_METRICS[command](CollectorRegistry())
     metrics.watch_stalls(stalls)
     clocks.run(0.25 + 10.0)
     stalls.check()
@@ -202,6 +220,84 @@ async def _probe_against(stall_during_probe: bool) -> tuple[Stalls, list[str | N
         seen.append(health.broker_error)
         tg.cancel_scope.cancel()
     return stalls, seen
+
+
+@pytest.mark.asyncio
+async def test_the_process_watch_every_command_runs_sees_a_stall_and_its_probe_asks_it() -> None:
+    """``run``, the sink and ``rekey`` start :func:`watch_process`: the stalls' own watch,
+    which notices a pause with nobody asking, and the broker probe of ``/readyz``, which
+    asks it: a probe held while the process did not run is tried again (its 3 s timeout
+    passes in real time here), and the broker is never marked unreachable. The sink and
+    rekey probed without it and said "Kafka unreachable" after a SIGSTOP."""
+    clocks = _Clocks()
+    stalls = clocks.stalls()
+    async with anyio.create_task_group() as tg:
+        watch_process(tg, stalls)  # no /readyz (rekey without --metrics-port): the watch alone
+        clocks.run(10.0)
+        await wait_for(lambda: stalls.count == 1)
+        tg.cancel_scope.cancel()
+
+    health = Health()
+    connections = 0
+    answered = anyio.Event()
+
+    async def serve(stream: SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        async with stream:
+            await stream.receive()
+            if connections == 1:
+                clocks.run(10.0)  # the process did not run while the probe waited
+                await anyio.sleep_forever()
+            await stream.send(b"\x00\x00\x00\x08" + b"\x00" * 8)
+            answered.set()
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    seen: list[str | None] = []
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, serve)
+        watch_process(tg, stalls, health=health, conn=Connection(f"127.0.0.1:{port}"))
+        with anyio.fail_after(10):
+            while not answered.is_set():
+                seen.append(health.broker_error)
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    assert connections == 2  # the held probe, then its retry at once
+    assert seen == [None] * len(seen)
+    assert stalls.count == 2
+
+
+@pytest.mark.asyncio
+async def test_a_store_ping_that_timed_out_while_the_process_did_not_run_is_asked_again() -> None:
+    """The sink's store probe has the broker probe's race: a pause while a ping waits
+    lets its deadline pass with the answer in the socket. Asked again, not unready; a
+    ping that times out with the process running still is (test_endpoints)."""
+    from stream_expiry.sinks.command import watch_store
+
+    clocks = _Clocks()
+    stalls = clocks.stalls()
+
+    class PausedOnce(MemoryStore):
+        pings = 0
+
+        async def ping(self) -> None:
+            self.pings += 1
+            if self.pings == 1:
+                clocks.run(10.0)  # the process did not run while the ping waited
+                await anyio.sleep_forever()
+
+    health, store = Health(watches_store=True), PausedOnce("pg")
+    seen: list[str | None] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: watch_store(health, store, every_s=0.05, stalls=stalls))
+        with anyio.fail_after(5):
+            while store.pings < 3:
+                seen.append(health.store_error)
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    assert seen == [None] * len(seen)
+    assert stalls.count == 1
 
 
 @pytest.mark.asyncio
