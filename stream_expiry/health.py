@@ -7,7 +7,10 @@ it. Rules it keeps (the contract's words):
   joining the group and restoring are alive, not stuck. With ``stall_after_s`` set, a loop
   that has reported a :meth:`Health.beat` and then none for that long while
   :attr:`Phase.RUNNING` is not live: an orchestrator restarts a process whose loop hangs.
-  A restore may block the loop for long, so it never counts as a stall.
+  A restore may block the loop for long, so it never counts as a stall. Nor does time the
+  process did not run (``stalls``: a SIGSTOP, a frozen VM, starved of CPU): on resume
+  ``/healthz`` was asked before the loop's first turn, and after a pause over
+  ``stall_after_s`` said 503, so a liveness probe killed a process that was fine.
 * **Ready** (``/readyz`` 200) only when live, in :attr:`Phase.RUNNING` (partitions assigned and
   restored) and with the broker reachable. Before that, during a rebalance (from the
   revocation, :attr:`Phase.REBALANCING`, until the next assignment is restored,
@@ -30,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from stream_expiry.stalls import Stalls
 
 __all__ = ["Health", "Phase"]
 
@@ -60,14 +65,20 @@ class Health:
         stall_after_s: float | None = None,
         watches_store: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        stalls: Stalls | None = None,
     ) -> None:
+        """``stalls``: the process' pauses, which a silent loop is not blamed for; given,
+        silence is measured on its clock (which goes on while the machine sleeps, as the
+        pauses it counts do) instead of ``clock``."""
         self.phase = Phase.STOPPED
         self.broker_error: str | None = None
         self.watches_store = watches_store
         self.store_error: str | None = None
         self._stall_after_s = stall_after_s
-        self._clock = clock
+        self._stalls = stalls
+        self._clock = clock if stalls is None else stalls.now
         self._last_beat: float | None = None
+        self._paused_at_beat = 0.0
 
     # -- set by the loop ----------------------------------------------------------------------
 
@@ -92,7 +103,7 @@ class Health:
     def running(self) -> None:
         """Every assigned partition is positioned and restored: ready."""
         self.phase = Phase.RUNNING
-        self._last_beat = self._clock()  # a stall is counted from here, not from the restore
+        self.beat()  # a stall is counted from here, not from the restore
 
     def stopping(self) -> None:
         self.phase = Phase.STOPPING
@@ -103,6 +114,15 @@ class Health:
     def beat(self) -> None:
         """The loop made a turn; call it at least every ``stall_after_s``."""
         self._last_beat = self._clock()
+        self._paused_at_beat = self._paused_s()
+
+    def _paused_s(self) -> float:
+        """Seconds the process has not run since its start, as far as noticed now (a
+        pause just over is noticed here, before the stalls' own watch has its turn)."""
+        if self._stalls is None:
+            return 0.0
+        self._stalls.check()
+        return self._stalls.seconds
 
     def broker_unreachable(self, reason: str) -> None:
         self.broker_error = reason
@@ -126,7 +146,8 @@ class Health:
             or self.phase is not Phase.RUNNING
         ):
             return False
-        return self._clock() - self._last_beat > self._stall_after_s
+        paused = self._paused_s() - self._paused_at_beat
+        return self._clock() - self._last_beat - paused > self._stall_after_s
 
     @property
     def live(self) -> bool:

@@ -638,7 +638,7 @@ async def serve_rekey(
         async with anyio.create_task_group() as tg:
             tg.start_soon(stop_on_signals, stop, tg.cancel_scope, rekeyer.reading)
             if listener is not None:
-                health = rekeyer.health = Health(stall_after_s=STALL_AFTER_S)
+                health = rekeyer.health = Health(stall_after_s=STALL_AFTER_S, stalls=stalls)
                 metrics = rekeyer.metrics = RekeyMetrics()
                 metrics.watch_stats(rekeyer.stats)
                 metrics.watch_health(health)

@@ -191,8 +191,8 @@ async def run_service(config: Config, args: argparse.Namespace) -> int:
         else:
             conn = connection_from(args, config)
         tune_gc()
-        health = Health(stall_after_s=STALL_AFTER_S)
         stalls = Stalls()  # a process paused is not a broker outage: it says so
+        health = Health(stall_after_s=STALL_AFTER_S, stalls=stalls)  # nor a hung loop
         progress = _ProgressLog()
 
         metrics = ServiceMetrics()

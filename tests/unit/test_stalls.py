@@ -355,6 +355,34 @@ async def test_the_first_broker_failure_after_a_stall_is_not_an_outage_the_secon
     assert any("the broker failed" in r.getMessage() for r in caplog.records)
 
 
+def test_a_pause_longer_than_the_liveness_limit_is_no_hung_loop() -> None:
+    """``/healthz`` says 503 after 120 s without a loop heartbeat, and a Kubernetes
+    liveness probe then kills the process. A pause of the process (SIGSTOP, a frozen VM)
+    over 120 s made it so on resume, asked before the loop's first turn: a healthy
+    process killed. Time the process did not run is not the loop's silence; a loop that
+    hangs after the resume is still found, 120 s of running later."""
+    clocks = _Clocks()
+    stalls = clocks.stalls()
+    health = Health(stall_after_s=120, stalls=stalls)
+    health.starting()
+    health.running()
+    clocks.run(10.0, cpu=10.0)
+    health.beat()
+    clocks.run(0.25 + 200.0)  # paused; /healthz is asked before the loop or the watch turn
+    assert (health.live, health.stalled) == (True, False)
+    assert stalls.count == 1  # noticed by the question itself
+    clocks.run(119.0, cpu=119.0)  # the loop hangs, busy, after the resume
+    assert health.live
+    clocks.run(1.5, cpu=1.5)
+    assert (health.live, health.stalled) == (False, True)
+    health.beat()
+    assert health.live
+    clocks.run(0.25 + 600.0, mono=0.0)  # the machine slept 10 minutes: not the loop either
+    assert health.live
+    assert stalls.last is not None
+    assert stalls.last.slept
+
+
 def _kafka_record(level: int = logging.ERROR) -> logging.LogRecord:
     return logging.LogRecord(
         "aiokafka.consumer.fetcher",
