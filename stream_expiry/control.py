@@ -60,9 +60,21 @@ if TYPE_CHECKING:
     from stream_expiry.policy import PolicyBook, PolicyUpdate
     from stream_expiry.stats import ServiceStats
 
-__all__ = ["ControlTopics", "DeadLettered", "refuse_a_lost_holds_topic", "refuse_holds_in_doubt"]
+__all__ = [
+    "ControlTopics",
+    "DeadLettered",
+    "UnsaidDrops",
+    "refuse_a_lost_holds_topic",
+    "refuse_holds_in_doubt",
+]
 
 log = logging.getLogger("stream_expiry.service")
+
+# Updates that took values away from their scope, read by a catch-up and not said yet
+# (:meth:`ControlTopics._say_dropped`), by where and what each is (:func:`_dropped_name`), in
+# the order read. Owned by whoever owns the policy book, since it outlives a session's
+# ControlTopics: the service makes one of these per session.
+UnsaidDrops = dict[tuple[object, ...], tuple[Any, "PolicyUpdate"]]
 
 # How far the clocks of the producers and the service's may disagree: input records sent up
 # to this long before the control topics were last read to their end still cause a read.
@@ -207,6 +219,7 @@ class ControlTopics:
         prod: AIOKafkaProducer,
         dead_lettered: DeadLettered | None = None,
         topic_limit: int | None = None,
+        unsaid_drops: UnsaidDrops | None = None,
     ) -> None:
         self._dead_lettered = dead_lettered or DeadLettered(None)
         self._topic_limit = topic_limit  # the dead-letter topic's max.message.bytes
@@ -242,8 +255,9 @@ class ControlTopics:
         # catch-up that failed: the book keeps what it applied, and read again by the next
         # start, such an update takes nothing away from a book that has it already (it
         # was never said in that process). By content, not by offset alone: a policies
-        # topic made again numbers its messages from 0 again.
-        self._dropped: dict[tuple[object, ...], tuple[Any, PolicyUpdate]] = {}
+        # topic made again numbers its messages from 0 again. ``unsaid_drops``: the book
+        # owner's, kept through the sessions (the service makes a ControlTopics each).
+        self._dropped: UnsaidDrops = {} if unsaid_drops is None else unsaid_drops
         self._catching_up = False
 
     async def read_all(self) -> None:
@@ -343,7 +357,8 @@ class ControlTopics:
         the older version was in force still have no value from that scope, but nothing
         is to be sent now (a review: every start warned of an update a later one had
         mended)."""
-        dropped, self._dropped = list(self._dropped.values()), {}
+        dropped = list(self._dropped.values())
+        self._dropped.clear()  # the owner's: kept through the sessions
         last = {(u.key, c): i for i, (_, u) in enumerate(dropped) for c in u.dropped}
         mended = 0
         for i, (rec, update) in enumerate(dropped):

@@ -46,6 +46,7 @@ from stream_expiry.control import (
     DEAD_LETTERED_FILE,
     ControlTopics,
     DeadLettered,
+    UnsaidDrops,
     refuse_a_lost_holds_topic,
     refuse_holds_in_doubt,
 )
@@ -341,6 +342,10 @@ class Service:
         self._moved_while_running: set[str] = set()
         # Records stamped from partitions a retired topic no longer has, said once a run.
         self._partitions_gone = PartitionsGone()
+        # Policy updates that took values away, read by a session's catch-up that failed
+        # before saying them: the book kept them, so the next session's catch-up, a
+        # ControlTopics of its own, finds nothing taken away and says them from here.
+        self._unsaid_drops: UnsaidDrops = {}
         self._state_path = config.state_dir  # made absolute by run
         for warning in self.book.env_warnings:
             log.warning("%s", warning)
@@ -463,6 +468,7 @@ class Service:
                 prod=prod,
                 dead_lettered=self._dead_lettered,
                 topic_limit=topic_limit,
+                unsaid_drops=self._unsaid_drops,
             )
             self._say_limit(prod, topic_limit)
             self._say_batches(limits)

@@ -10,7 +10,7 @@ import pytest
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from stream_expiry.config import Topics, parse_config
-from stream_expiry.control import ControlTopics
+from stream_expiry.control import ControlTopics, UnsaidDrops
 from stream_expiry.errors import BrokerUnavailableError
 from stream_expiry.holds import Hold, HoldBook, encode_hold
 from stream_expiry.policy import PolicyBook
@@ -515,3 +515,56 @@ async def test_a_hold_on_a_category_the_service_does_not_have_is_placed_with_a_w
         "configured category (conversation, session): it keeps nothing; did you mean "
         "'conversation'? (place it again with the category meant, then release this one)"
     ]
+
+
+@pytest.mark.asyncio
+async def test_an_update_read_in_a_session_whose_catch_up_failed_is_warned_of_by_the_next_session(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the service runs it: a :class:`ControlTopics` of its own for each session, over
+    the service's policy book, and the updates not said yet, which the service keeps
+    (``Service._unsaid_drops``). A session's catch-up applied ``default@0`` (it takes
+    session and error away) and failed; the next session's, reading it again, found the
+    book had it and took nothing away: a review found the warning kept only by the
+    ControlTopics of the session that failed, so never said by the service."""
+    topic = Topics().policies
+    update = _record(
+        topic, 0, 0, "default", orjson.dumps({"scope": "default", "ttl": {"conversation": "3m"}})
+    )
+    fails = 1
+
+    async def read_to_end(
+        _cons: Any, name: str, *, then_follow: bool = False
+    ) -> AsyncIterator[dict[TopicPartition, list[Any]]]:
+        nonlocal fails
+        if name != topic:
+            return
+        yield {TopicPartition(topic, 0): [update]}
+        if fails:
+            fails -= 1
+            raise BrokerUnavailableError("the broker went away reading expiry.policies")
+
+    monkeypatch.setattr("stream_expiry.control.read_to_end", read_to_end)
+    book, holds, stats = PolicyBook(parse_config(DEFAULTS_3), {}), HoldBook(), ServiceStats()
+    unsaid: UnsaidDrops = {}  # the service's, through its sessions
+
+    def session() -> ControlTopics:  # as Service._session makes one
+        absent = cast("Any", None)
+        return ControlTopics(
+            Topics(), book, holds, stats, policies=absent, holds_reader=absent, prod=absent,
+            unsaid_drops=unsaid,
+        )  # fmt: skip
+
+    caplog.set_level(logging.INFO, logger="stream_expiry.service")
+    with pytest.raises(BrokerUnavailableError):
+        await session().read_all()
+    assert _warned(caplog) == []
+    await session().read_all()
+    assert _warned(caplog) == [
+        f"policy update default at {topic}[0]@0 replaces the scope's whole ttl map: session, "
+        "error had a value there and now have none from this scope; send every category the "
+        "scope should keep in one update (0 for one it should give no value: then this is not "
+        "said)"
+    ]
+    await session().read_all()  # a later session's start: said once
+    assert len(_warned(caplog)) == 1
