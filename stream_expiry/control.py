@@ -37,12 +37,10 @@ from stream_expiry.errors import ConfigurationError, quoted, suggestion
 from stream_expiry.fetch import read_to_now
 from stream_expiry.holds import (
     apply_hold_message,
-    doubted_id,
     in_doubt_refusal,
-    kept_despite,
     misspelt_fields,
     named_hold_id,
-    none_under,
+    rejected_fate,
 )
 from stream_expiry.kafka import read_to_end, topic_ends, topic_names
 from stream_expiry.logs import counted
@@ -463,19 +461,8 @@ class ControlTopics:
         again or released (:func:`refuse_holds_in_doubt`), which is said too. A message
         that names no id (no key, no ``hold_id`` in its value) changes no hold and no
         later message can replace it: said, and no start refuses for it."""
-        hold_id = doubted_id(rec.key, rec.value)
         where = f"{rec.topic}[{rec.partition}]@{rec.offset}"
-        if hold_id is None:
-            log.warning(
-                "%s, rejected: it names no hold id (no key, no hold_id in its value), so it "
-                "changes no hold and no start refuses for it; a hold it was meant to place is "
-                "not in force: place it with `stream-expiry hold place`",
-                where,
-            )
-            return
-        kept = self._holds.get(hold_id)
-        said = none_under(hold_id) if kept is None else kept_despite(kept)
-        log.warning("%s, rejected: %s", where, said)
+        log.warning("%s, rejected: %s", where, rejected_fate(self._holds, rec.key, rec.value))
 
     def _say_unknown_category(self, hold: Hold, rec: Any) -> None:
         """Warn of a hold on a category the service does not have: no record has it, so

@@ -37,11 +37,9 @@ from stream_expiry.holds import (
     HoldBook,
     InDoubt,
     apply_hold_message,
-    doubted_id,
     encode_hold,
-    kept_despite,
-    none_under,
     parse_hold,
+    rejected_fate,
 )
 from stream_expiry.kafka import consumer, ensure_config_topics, partitions_of, producer, read_to_end
 from stream_expiry.logs import printable, say_failure, say_warning
@@ -99,15 +97,10 @@ def _say_ignored(book: HoldBook, rec: Any, why: Rejection) -> None:
     repeated ``org``, say) changed nothing. Its id is in doubt: services refuse to start
     until it is placed again or released, which is said too."""
     key = "null" if rec.key is None else printable(quoted(rec.key.decode(errors="replace"), 80))
-    hold_id = doubted_id(rec.key, rec.value)
-    kept = None if hold_id is None else book.get(hold_id)
-    if hold_id is None:
-        after = "; it names no hold id, so it changes no hold and no start refuses for it"
-    else:
-        after = f"; {printable(none_under(hold_id) if kept is None else kept_despite(kept))}"
+    after = printable(rejected_fate(book, rec.key, rec.value))
     say_warning(
         f"the legal hold message at {printable(rec.topic)}[{rec.partition}]@{rec.offset} (key "
-        f"{key}) is ignored, as the service ignores it: {why.code} ({printable(why.detail)})"
+        f"{key}) is ignored, as the service ignores it: {why.code} ({printable(why.detail)}); "
         + after
     )
 

@@ -62,6 +62,7 @@ __all__ = [
     "named_hold_id",
     "none_under",
     "parse_hold",
+    "rejected_fate",
 ]
 
 _FIELDS = ("org", "bot", "env", "category", "record_id")
@@ -474,6 +475,23 @@ def none_under(hold_id: str) -> str:
         f"no legal hold is in force under {quoted(hold_id, 80)}, and what it was meant to "
         f"hold is unknown; {_settle_it(hold_id)}"
     )
+
+
+def rejected_fate(book: HoldBook, key: bytes | None, value: bytes) -> str:
+    """What a person is told, once a hold message (``key``, ``value``) is rejected, of the
+    hold its id names (:func:`kept_despite`, :func:`none_under`); or, for one naming no id
+    (no key, no ``hold_id`` in its value), that it changes no hold, no start refuses for
+    it, and the hold it meant is not in force. One sentence for the service, the sinks'
+    sweep and the commands, which each say it with where the message is."""
+    hold_id = doubted_id(key, value)
+    if hold_id is None:
+        return (
+            "it names no hold id (no key, no hold_id in its value), so it changes no hold "
+            "and no start refuses for it; a hold it was meant to place is not in force: "
+            "place it with `stream-expiry hold place`"
+        )
+    kept = book.get(hold_id)
+    return none_under(hold_id) if kept is None else kept_despite(kept)
 
 
 def _settle_it(hold_id: str) -> str:

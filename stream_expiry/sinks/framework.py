@@ -57,9 +57,7 @@ from stream_expiry.holds import (
     Hold,
     HoldBook,
     apply_hold_message,
-    doubted_id,
-    kept_despite,
-    none_under,
+    rejected_fate,
 )
 from stream_expiry.kafka import (
     OwnedPartitions,
@@ -1411,13 +1409,8 @@ def _say_rejected_hold(rec: Any, why: Rejection, holds: HoldBook) -> None:
     is placed again or released: said at debug level alone, a hold the stores did not keep
     (a producer's repeated ``org``, say) went unnoticed where the sink runs."""
     key = "null" if rec.key is None else quoted(rec.key.decode(errors="replace"), 80)
-    hold_id = doubted_id(rec.key, rec.value)
-    kept = None if hold_id is None else holds.get(hold_id)
-    if hold_id is None:
-        after = "; it names no hold id, so no start refuses for it"
-    else:
-        after = f"; {none_under(hold_id) if kept is None else kept_despite(kept)}"
+    after = rejected_fate(holds, rec.key, rec.value)
     log.warning(
-        "legal hold rejected: %s (%s); key %s, %s[%d]@%d: skipped, it changes no hold%s",
+        "legal hold rejected: %s (%s); key %s, %s[%d]@%d: skipped, it changes no hold; %s",
         why.code, why.detail, key, rec.topic, rec.partition, rec.offset, after,
     )  # fmt: skip
