@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from typing import TYPE_CHECKING
 
 from stream_expiry.codec import source_of
@@ -41,11 +40,11 @@ from stream_expiry.errors import StoreError
 from stream_expiry.kafka import consumer, ensure_topics, partition_counts, read_to_end
 from stream_expiry.kafka_settings import topic_configs
 from stream_expiry.logs import counted, named
-from stream_expiry.state.kv import RocksKV
+from stream_expiry.state.kv import RocksKV, partition_stores
 from stream_expiry.state.store import PartitionStore
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterable, Iterator, Mapping
+    from collections.abc import Collection, Iterable, Mapping
 
     from aiokafka import TopicPartition
 
@@ -147,7 +146,7 @@ class PartitionsGone:
         """Say the records of the stores in ``state_dir`` of partitions past ``counts``
         (each retired topic's partitions now) still to tombstone."""
         found: dict[str, dict[int, int]] = {}
-        for topic, partition, path in _stores_in(state_dir):
+        for topic, partition, path in partition_stores(state_dir):
             count = counts.get(topic, 0)
             if (topic, partition) in self._said or not 0 < count <= partition:
                 continue
@@ -232,7 +231,7 @@ def say_unlisted_stores(state_dir: str, inputs: Iterable[str], retired: Iterable
     trial took a topic out of the inputs, as the switch to ``rekey``'s copies does)."""
     listed = frozenset((*inputs, *retired))
     found: list[tuple[str, int]] = []
-    for topic, partition, path in _stores_in(state_dir):
+    for topic, partition, path in partition_stores(state_dir):
         if topic in listed:
             continue
         left = _records_left(path)
@@ -250,17 +249,6 @@ def say_unlisted_stores(state_dir: str, inputs: Iterable[str], retired: Iterable
             counted(total, "record") + " pending or held",
             ", ".join(f"{name} {n:,}" for name, n in found),
         )
-
-
-def _stores_in(state_dir: str) -> Iterator[tuple[str, int, str]]:
-    """The partition stores in ``state_dir``, by name: topic, partition and path."""
-    for entry in sorted(os.scandir(state_dir), key=lambda e: e.name):
-        topic, _, number = entry.name.rpartition("-")
-        if not (topic and number.isdigit() and entry.is_dir()):
-            continue  # a store moved aside, or not a store at all
-        if not os.path.exists(os.path.join(entry.path, "CURRENT")):
-            continue  # not a RocksDB database: opened, it would be made one
-        yield topic, int(number), entry.path
 
 
 def _records_left(path: str) -> int:

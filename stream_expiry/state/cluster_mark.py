@@ -24,21 +24,11 @@ import os
 from typing import Final
 
 from stream_expiry.errors import StoreError
+from stream_expiry.state.kv import partition_stores
 
 __all__ = ["CLUSTER_FILE", "check_cluster"]
 
 CLUSTER_FILE: Final = "kafka-cluster-id"
-
-
-def _has_stores(state_dir: str) -> bool:
-    """Whether a partition store is there (a RocksDB database named ``<topic>-<n>``, not
-    one moved aside): without one, nothing of the other cluster can fire."""
-    with os.scandir(state_dir) as entries:
-        return any(
-            topic and number.isdigit() and os.path.exists(os.path.join(entry.path, "CURRENT"))
-            for entry in entries
-            for topic, _, number in [entry.name.rpartition("-")]
-        )
 
 
 def check_cluster(state_dir: str, cluster_id: str | None, brokers: str) -> None:
@@ -55,7 +45,7 @@ def check_cluster(state_dir: str, cluster_id: str | None, brokers: str) -> None:
         noted = None
     if noted == cluster_id:
         return
-    if noted and _has_stores(state_dir):
+    if noted and any(True for _ in partition_stores(state_dir)):
         raise StoreError(
             f"the state directory {state_dir!r} holds the stores of Kafka cluster {noted!r}, "
             f"and the brokers {brokers} are of cluster {cluster_id!r}: its stores' records "

@@ -35,6 +35,7 @@ __all__ = [
     "RocksKV",
     "StoreSizes",
     "move_aside",
+    "partition_stores",
     "scratch_directory",
     "store_sizes",
 ]
@@ -98,6 +99,19 @@ def _damaged(text: str, path: str) -> bool:
         return True
     missing = text.startswith("IO error: No such file or directory")
     return missing and os.path.join(path, "") in text
+
+
+def partition_stores(state_dir: str) -> Iterator[tuple[str, int, str]]:
+    """The partition stores in ``state_dir`` (RocksDB databases named ``<topic>-<n>``;
+    not those moved aside, nor a directory that is not a database, which opened would be
+    made one), by name: topic, partition and path."""
+    for entry in sorted(os.scandir(state_dir), key=lambda e: e.name):
+        topic, _, number = entry.name.rpartition("-")
+        if not (topic and number.isdigit() and entry.is_dir()):
+            continue  # a store moved aside, or not a store at all
+        if not os.path.exists(os.path.join(entry.path, "CURRENT")):
+            continue  # not a RocksDB database: opened, it would be made one
+        yield topic, int(number), entry.path
 
 
 def move_aside(path: str, label: str, why: str) -> str:
