@@ -81,9 +81,18 @@ class _Repeated(Exception):
     """Raised by :func:`_unique` at the first object giving a key twice."""
 
 
+def _same(one: Any, other: Any) -> bool:
+    """Whether two parsed JSON values are one JSON value: objects alike in any member
+    order, and numbers and booleans told apart as JSON tells them (Python's ``==`` has
+    ``1 == 1.0 == True`` and ``0 == False``: ``"effective_from": true`` given again as
+    ``1`` was taken as alike, and the reader kept 1, a time in 1970). Called for a repeated
+    key alone, which is rare."""
+    return json.dumps(one, sort_keys=True) == json.dumps(other, sort_keys=True)
+
+
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     members = dict(pairs)
-    if len(members) != len(pairs) and any(members[key] != value for key, value in pairs):
+    if len(members) != len(pairs) and not all(_same(members[k], v) for k, v in pairs):
         raise _Repeated  # (a value given again alike leaves ``members`` as the pairs say)
     return members
 
@@ -114,8 +123,8 @@ def repeated_key(value: bytes) -> RepeatedKey | None:
 
 def _plain(node: Any) -> Any:
     """``node`` (objects as :class:`_Object`) as plain JSON values, to compare two values
-    of one key as :func:`_unique` does (an object's members in any order, its last value
-    of a key repeated alike)."""
+    of one key as :func:`_unique` does (:func:`_same`; its last value of a key repeated
+    alike)."""
     if isinstance(node, _Object):
         return {key: _plain(child) for key, child in node}
     if isinstance(node, list):
@@ -133,7 +142,7 @@ def _first_repeat(root: Any) -> RepeatedKey | None:
         if isinstance(node, _Object):
             seen: dict[str, Any] = {}
             for key, child in node:
-                if key in seen and _plain(seen[key]) != _plain(child):
+                if key in seen and not _same(_plain(seen[key]), _plain(child)):
                     return RepeatedKey(key, _step(path, key))
                 seen.setdefault(key, child)
                 children.append((child, _step(path, key)))

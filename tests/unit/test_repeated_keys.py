@@ -19,6 +19,15 @@ from stream_expiry.repeated_keys import RepeatedKey, repeated_key
         (b'{"n": {"a": [1, {"b": 1}], "a": [1, {"b": 2}]}}', "a", "n.a"),
         # An inner repeat that differs, under an outer key repeated alike.
         (b'{"o": {"x": 1, "x": 2}, "o": {"x": 1, "x": 2}}', "x", "o.x"),
+        # Equal in Python, not in JSON (1 == True == 1.0): other values, so refused. Taken
+        # as alike, the reader kept the last (``effective_from`` 1, a time in 1970, where
+        # ``true`` was written first), while the rule says a key given twice with
+        # different values is refused.
+        (b'{"effective_from": true, "effective_from": 1}', "effective_from", "effective_from"),
+        (b'{"n": 0, "n": false}', "n", "n"),
+        (b'{"n": 1, "n": 1.0}', "n", "n"),
+        (b'{"t": {"a": [1], "a": [true]}}', "a", "t.a"),
+        (b'{"t": {"a": {"b": 0}, "a": {"b": false}}}', "a", "t.a"),
     ],
 )
 def test_the_first_repeated_key_is_named_with_its_path(
