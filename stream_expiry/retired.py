@@ -164,7 +164,10 @@ class PartitionsGone:
     def on_changelog(
         self, stamps: Mapping[tuple[str, int], int], counts: Mapping[str, int]
     ) -> None:
-        """Say the ``stamps`` a restore read of partitions past ``counts``."""
+        """Say the ``stamps`` a restore read of partitions past ``counts``. Messages, not
+        records: a record tombstoned since still has its stamp there until compaction
+        removes it, so the warning sends the operator to ``status`` (live records only)
+        before the topic is altered, which cannot be undone (a review)."""
         found: dict[str, dict[int, int]] = {}
         for (topic, partition), n in sorted(stamps.items()):
             if 0 < counts.get(topic, 0) <= partition:
@@ -175,9 +178,19 @@ class PartitionsGone:
                 counts[topic],
                 partitions,
                 f"the changelog holds {counted(sum(partitions.values()), 'stamp')}",
+                caveat="Those stamps may be of records tombstoned since (compaction removes "
+                "them later): `stream-expiry status` counts the live ones; if it names none "
+                "of this topic's, there is nothing to do. ",
             )
 
-    def _say(self, topic: str, count: int, partitions: Mapping[int, int], holds: str) -> None:
+    def _say(
+        self,
+        topic: str,
+        count: int,
+        partitions: Mapping[int, int],
+        holds: str,
+        caveat: str = "",
+    ) -> None:
         if all((topic, p) in self._said for p in partitions):
             return
         self._said.update((topic, p) for p in partitions)
@@ -185,8 +198,8 @@ class PartitionsGone:
         log.warning(
             "retired topic %s has %d partitions, but %s of its partitions %s, which it no "
             "longer has (made again with fewer?): the group assigns no instance those "
-            "partitions, so none tombstones these records, at their expiry or ever. Give it "
-            "its %d partitions again (kafka-topics.sh --alter --topic %s --partitions %d), "
+            "partitions, so none tombstones these records, at their expiry or ever. %sGive "
+            "it its %d partitions again (kafka-topics.sh --alter --topic %s --partitions %d), "
             "or stop the instances and delete it: the next start makes it with as many as "
             "its stamps name. Its records are then tombstoned, those overdue at once "
             "(README: Changing the input topics)",
@@ -194,6 +207,7 @@ class PartitionsGone:
             count,
             holds,
             named([f"{topic}[{p}] {n:,}" for p, n in sorted(partitions.items())]),
+            caveat,
             needed,
             topic,
             needed,
