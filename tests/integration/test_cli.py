@@ -271,6 +271,24 @@ def test_explain_with_brokers_applies_the_live_policy_updates(
     assert (live["ttl_seconds"], live["source"]) == (120, "org")
 
 
+def test_explain_with_brokers_says_the_updates_were_searched_for_the_org_meant(
+    broker: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--org ACME`` beside org acme of the config file and of a policy update, read
+    from the brokers: the warning names where it looked, the policy updates too (offline,
+    the config file alone). Mutant ``where = "config file"`` (round 43's mutation pass)
+    said the config file alone after reading the updates."""
+    common = _explain_acme(broker, tmp_path, {})
+    asked = [*common[:3], "--org", "ACME", "--category", "conversation", "--json"]  # --config
+    assert main([*asked, "--bootstrap-servers", broker]) == 0
+    assert (
+        "warning: no org or bot setting (config file, policy update) names org 'ACME', so "
+        "it gets what every such org gets; did you mean 'acme'? (org ids are case-sensitive)"
+    ) in capsys.readouterr().err
+    assert main([*asked, "--offline"]) == 0
+    assert "no org or bot setting (config file) names org 'ACME'" in capsys.readouterr().err
+
+
 def test_explain_answers_for_a_record_created_now_unless_at_says_when(
     broker: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
