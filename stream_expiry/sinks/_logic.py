@@ -245,6 +245,12 @@ def _max_opt(*values: int | None) -> int | None:
     return max(present) if present else None
 
 
+def _max2(a: int | None, b: int | None) -> int | None:
+    """:func:`_max_opt` of two values, with no tuple of arguments: a deletion takes three
+    or four of these."""
+    return b if a is None else a if b is None or a >= b else b
+
+
 def _matches(p: Pending, t: TombstoneChange, bound: int) -> bool:
     """Whether tombstone ``t`` is the one a pending deletion waits for.
 
@@ -300,24 +306,15 @@ class _Planner:
         that deleted the record, whose erasure request the receipt names, if it names one;
         ``late``: why that deletion was late (``expiry-late-cause``), if it was."""
         request, event_id = (None, None) if by is None else (by.request, by.request_event_id)
+        # Positional, in the fields' order: one a deletion, and keywords cost the
+        # receipt's __init__ about twice as much (see _messages._slot_init).
         self.out.receipts.append(
             Receipt(
-                receipt_id=self.new_id(),
-                store=self.store,
-                identity=ident,
-                reason=reason,
-                rows_deleted=rows,
-                created_at=src.created_at,
-                expires_at=src.expires_at,
-                ttl_seconds=src.ttl_seconds,
-                ttl_source=src.ttl_source,
-                emitted_at=emitted_at,
-                deleted_at=deleted_at,
-                request=request,
-                request_event_id=event_id,
-                late_cause=late,
+                self.new_id(), self.store, ident, reason, rows, src.created_at,
+                src.expires_at, src.ttl_seconds, src.ttl_source, emitted_at, deleted_at,
+                request, event_id, late,
             )
-        )
+        )  # fmt: skip
 
     def remember(
         self,
@@ -337,7 +334,7 @@ class _Planner:
         """
         m = slot.marker
         new_before = before if m is None else max(m.deleted_before, before)
-        new_last = lived if m is None else _max_opt(m.last_life, lived)
+        new_last = lived if m is None else _max2(m.last_life, lived)
         new_pending = (() if m is None else m.pending) if pending is None else pending
         changed = m is None or (new_before, new_last, new_pending) != (
             m.deleted_before, m.last_life, m.pending,
@@ -345,9 +342,11 @@ class _Planner:
         # A marker of an earlier version knows only when it last changed (the stores'
         # upgrade starts its settled_at there).
         known = None if m is None else (m.deleted_at if m.settled_at is None else m.settled_at)
-        settled = _max_opt(known, ended, self.now if changed else None)
-        if changed:
-            slot.marker = Marker(ident, new_before, new_last, self.now, new_pending, settled)
+        settled = _max2(known, ended)
+        if changed:  # now too: two values at a time, no list (a deletion calls this)
+            now = self.now
+            settled = now if settled is None or settled < now else settled
+            slot.marker = Marker(ident, new_before, new_last, now, new_pending, settled)
         elif m is not None and settled != m.settled_at:
             slot.marker = replace(m, settled_at=settled)
 
@@ -407,13 +406,13 @@ class _Planner:
             or (m.last_life is not None and (t.created_at is None or t.created_at <= m.last_life))
         )
         pending = () if m is None else m.pending
-        claimed = [p for p in pending if _matches(p, t, bound)]
+        claimed = [p for p in pending if _matches(p, t, bound)] if pending else []
         lived = t.created_at
         if deleted:
             assert row is not None
             slot.row = None
             self.out.deleted += 1
-            lived = _max_opt(lived, row.created_at)
+            lived = _max2(lived, row.created_at)
             src: Row | Pending | TombstoneChange = t if t.created_at is not None else row
             self.receipt(t.identity, t.reason, 1, src, t.emitted_at, self.now, t, t.late_cause)
         # An erasure's null that found no row (``rowless``) and a row this tombstone deleted
@@ -435,9 +434,9 @@ class _Planner:
         ended = t.expires_at
         if deleted:
             assert row is not None
-            ended = _max_opt(ended, row.expires_at)
+            ended = _max2(ended, row.expires_at)
         for p in claimed:
-            ended = _max_opt(ended, p.expires_at)
+            ended = _max2(ended, p.expires_at)
         self.remember(slot, t.identity, bound, lived, rest, ended)
         if not deleted and not claimed and not covered:
             # An erasure request for a row this store never held: still on record. Unless
@@ -568,11 +567,15 @@ def plan(
     """
     p = _Planner(store, now_ms, new_id, pruned_before)
     work: dict[Identity, Slot] = {}
+    # Each identity's working slot beside the one it started from, in the order first seen.
+    started: list[tuple[Identity, Slot, Slot | None]] = []
     for c in changes:
-        slot = work.get(c.identity)
+        ident = c.identity
+        slot = work.get(ident)
         if slot is None:
-            held = state.get(c.identity)
-            slot = work[c.identity] = Slot() if held is None else Slot(held.row, held.marker)
+            held = state.get(ident)
+            slot = work[ident] = Slot() if held is None else Slot(held.row, held.marker)
+            started.append((ident, slot, held))
         if isinstance(c, StampChange):
             p.stamp(slot, c)
         elif isinstance(c, TombstoneChange):
@@ -582,16 +585,20 @@ def plan(
         else:
             p.sweep(slot, c)
     out = p.out
-    deleted = {r.identity for r in out.receipts}
-    for ident, slot in work.items():
-        if slot.row is not None and ident in deleted:
-            out.living.append(ident)
-        before = state.get(ident) or Slot()
-        if slot.row is None:
-            if before.row is not None:
+    deleted: set[Identity] | None = None  # the receipts' identities, once a row is left
+    for ident, slot, held in started:
+        row, marker = slot.row, slot.marker
+        before_row, before_marker = (None, None) if held is None else (held.row, held.marker)
+        if row is None:
+            if before_row is not None:
                 out.deletes.append(ident)
-        elif slot.row is not before.row:
-            out.upserts.append(slot.row)
-        if slot.marker is not before.marker and slot.marker is not None:
-            out.markers.append(slot.marker)
+        else:
+            if deleted is None:
+                deleted = {r.identity for r in out.receipts}
+            if ident in deleted:
+                out.living.append(ident)
+            if row is not before_row:
+                out.upserts.append(row)
+        if marker is not before_marker and marker is not None:
+            out.markers.append(marker)
     return out

@@ -43,7 +43,10 @@ class BatchPublisher:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         """Queue a message; ``headers`` a list, as aiokafka's batch builder takes no other."""
-        self._pending.setdefault((topic, partition), []).append((key, value, headers))
+        queued = self._pending.get((topic, partition))
+        if queued is None:  # not setdefault: that builds a list for every message
+            queued = self._pending[topic, partition] = []
+        queued.append((key, value, headers))
         self.count += 1
 
     async def flush(self) -> None:

@@ -710,14 +710,16 @@ class Sink:
     def _decode(self, topic: str, rec: Any) -> Change | None:
         try:
             if topic == self.config.tombstones_topic:
+                # By position (see decode_tombstone): key, value, headers, timestamp,
+                # topic, partition.
                 change: Change = decode_tombstone(
-                    rec.key, rec.value, rec.headers, timestamp=rec.timestamp,
-                    topic=topic, partition=rec.partition,
-                )  # fmt: skip
+                    rec.key, rec.value, rec.headers, rec.timestamp, topic, rec.partition
+                )
             else:
+                # key, value, partition, offset, headers, timestamp, topic.
                 change = decode_stamped(
-                    rec.key, rec.value, partition=rec.partition, offset=rec.offset,
-                    headers=rec.headers, timestamp=rec.timestamp, topic=topic,
+                    rec.key, rec.value, rec.partition, rec.offset, rec.headers, rec.timestamp,
+                    topic,
                 )  # fmt: skip
         except InvalidMessage as exc:
             self.metrics["invalid_total"] += 1
@@ -1324,14 +1326,15 @@ class Sink:
         lives_on = set(living)
         with broker_errors(f"publishing receipts to {cfg.bootstrap_servers}"):
             counts = {t: await self._partitions(prod, t) for t in self._topics(receipts)}
+            # Looked up once, not once a receipt.
+            receipts_topic, compacted, add = cfg.receipts_topic, cfg.compacted, out.add
+            receipt_partitions = counts[receipts_topic] if receipts_topic else 0
             for r in receipts:
                 key = r.identity.key.encode("utf-8")
-                if cfg.receipts_topic:
-                    partition = key_partition(key, counts[cfg.receipts_topic])
-                    out.add(
-                        cfg.receipts_topic, partition, key, encode_receipt(r), receipt_headers(r)
-                    )
-                topic = cfg.compacted.get(r.identity.category)
+                if receipts_topic:
+                    partition = key_partition(key, receipt_partitions)
+                    add(receipts_topic, partition, key, encode_receipt(r), receipt_headers(r))
+                topic = compacted.get(r.identity.category) if compacted else None
                 if topic is not None and r.identity not in lives_on:
                     template = cfg.key_templates.get(topic)
                     user_key = key if template is None else template.render(r.identity)

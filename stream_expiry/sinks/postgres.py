@@ -459,14 +459,17 @@ class _PostgresTx(StoreTransaction):
         self._c, self._n = conn, names
 
     async def _markers(
-        self, identities: Sequence[Identity], keys: str, slots: dict[Identity, Slot]
+        self,
+        asked: Mapping[tuple[str, str, str, str, str], Identity],
+        keys: str,
+        slots: dict[Identity, Slot],
     ) -> None:
-        """Add the markers of these identities to ``slots`` (locked, like the rows)."""
+        """Add the markers of the ``asked`` identities (by their parts; ``keys``: the same,
+        as :func:`_keys` sends them) to ``slots`` (locked, like the rows)."""
         q = (
             f"SELECT {_MARKER_COLS} FROM {self._n.deletions} AS t JOIN {_KEYS} AS k "
             f"USING ({_KEY}) FOR UPDATE OF t"
         )
-        asked = {i.parts(): i for i in identities}  # reuse them: no key to build again
         for r in await self._c.fetch(q, keys):
             m = _marker(r, asked.get(tuple(r[:5])))
             slots.setdefault(m.identity, Slot()).marker = m
@@ -474,17 +477,18 @@ class _PostgresTx(StoreTransaction):
     async def load(
         self, identities: Sequence[Identity], *, data: bool = True
     ) -> dict[Identity, Slot]:
-        keys = _keys(identities)
+        parts = [i.parts() for i in identities]
+        keys = _json(parts)
         slots: dict[Identity, Slot] = {}
         q = (
             f"SELECT {_ROW_COLS if data else _ROW_COLS_NO_DATA} FROM {self._n.records} AS t "
             f"JOIN {_KEYS} AS k USING ({_KEY}) FOR UPDATE OF t"
         )
-        asked = {i.parts(): i for i in identities}  # reuse them: no key to build again
+        asked = dict(zip(parts, identities, strict=True))  # reuse them: no key to build again
         for r in await self._c.fetch(q, keys):
             row = _row(r, asked.get(tuple(r[:5])))
-            slots[row.identity] = Slot(row=row)
-        await self._markers(identities, keys, slots)
+            slots[row.identity] = Slot(row)
+        await self._markers(asked, keys, slots)
         return slots
 
     async def take(self, ends: Mapping[Identity, int]) -> dict[Identity, Slot]:
@@ -492,6 +496,7 @@ class _PostgresTx(StoreTransaction):
         locked, read and deleted in one pass. The markers are read after it, so a second
         sink instance deleting the same row waits for this one and then sees its marker."""
         identities = list(ends)
+        parts = [i.parts() for i in identities]  # once: the statements' keys and the lookup
         bounded = _from_json(*_KEY_TYPES, "bigint", names=(*_KEY_NAMES, "bound"))
         q = (
             f"DELETE FROM {self._n.records} AS r USING ({bounded}) AS k "
@@ -500,11 +505,12 @@ class _PostgresTx(StoreTransaction):
             f"AND COALESCE(r.created_at, {NEVER_CREATED}) < k.bound RETURNING {_TAKEN_COLS}"
         )
         slots: dict[Identity, Slot] = {}
-        asked = {i.parts(): i for i in identities}
-        for r in await self._c.fetch(q, _json((*i.parts(), b) for i, b in ends.items())):
+        asked = dict(zip(parts, identities, strict=True))
+        bounds = _json([(*k, b) for k, b in zip(parts, ends.values(), strict=True)])
+        for r in await self._c.fetch(q, bounds):
             row = _row(r, asked.get(tuple(r[:5])))
-            slots[row.identity] = Slot(row=row)
-        await self._markers(identities, _keys(identities), slots)
+            slots[row.identity] = Slot(row)
+        await self._markers(asked, _json(parts), slots)
         return slots
 
     async def due(
@@ -672,8 +678,12 @@ class PostgresStore(Store):
             or "\x00" in i.record_id
         ):  # fmt: skip
             return False
+        # At most 4 bytes a character: most identities are cleared without encoding them,
+        # most by their key's length alone (never shorter than the parts and their four
+        # separators: quoting only lengthens a part).
+        if 4 * len(i.key) <= MAX_KEY_BYTES:
+            return True
         parts = i.parts()
-        # At most 4 bytes a character: most identities are cleared without encoding them.
         return 4 * sum(map(len, parts)) <= MAX_KEY_BYTES or (
             sum(len(p.encode()) for p in parts) <= MAX_KEY_BYTES
         )

@@ -145,13 +145,16 @@ class _SQLiteTx(StoreTransaction):
     def __init__(self, conn: aiosqlite.Connection, prefix: str) -> None:
         self._c, self._p = conn, prefix
 
-    async def _lookup(self, table: str, cols: str, idents: Sequence[Identity]) -> list[Any]:
-        """Rows of ``table`` for these identities: one query per chunk, not one per key."""
+    async def _lookup(
+        self, table: str, cols: str, parts: Sequence[tuple[str, str, str, str, str]]
+    ) -> list[Any]:
+        """Rows of ``table`` for these identities (their parts): one query per chunk, not
+        one per key."""
         found: list[Any] = []
-        for start in range(0, len(idents), _CHUNK):
-            chunk = idents[start : start + _CHUNK]
+        for start in range(0, len(parts), _CHUNK):
+            chunk = parts[start : start + _CHUNK]
             values = ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))
-            params = [part for i in chunk for part in i.parts()]
+            params = [part for key in chunk for part in key]
             sql = (
                 f"WITH k({_KEY}) AS (VALUES {values}) "
                 f"SELECT {cols} FROM {self._p}{table} JOIN k USING ({_KEY})"
@@ -164,12 +167,13 @@ class _SQLiteTx(StoreTransaction):
         self, identities: Sequence[Identity], *, data: bool = True
     ) -> dict[Identity, Slot]:
         slots: dict[Identity, Slot] = {}
-        asked = {i.parts(): i for i in identities}  # reuse them: no key to build again
+        parts = [i.parts() for i in identities]  # once, for both lookups
+        asked = dict(zip(parts, identities, strict=True))  # reuse them: no key to build again
         cols = _ROW_COLS if data else _ROW_COLS_NO_DATA
-        for r in await self._lookup("records", cols, identities):
+        for r in await self._lookup("records", cols, parts):
             row = _row(r, asked.get(tuple(r[:5])))
-            slots[row.identity] = Slot(row=row)
-        for r in await self._lookup("deletions", _MARKER_COLS, identities):
+            slots[row.identity] = Slot(row)
+        for r in await self._lookup("deletions", _MARKER_COLS, parts):
             m = _marker(r, asked.get(tuple(r[:5])))
             slots.setdefault(m.identity, Slot()).marker = m
         return slots

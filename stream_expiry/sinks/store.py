@@ -343,15 +343,15 @@ class Store(abc.ABC):
         stamped = False
         for c in changes:
             ident = c.identity
-            if ident in others:
-                pass
-            elif type(c) is TombstoneChange and ident not in ends:
+            if type(c) is StampChange:
+                stamped = True
+            if others and ident in others:  # (an empty dict still hashes the identity)
+                continue
+            if type(c) is TombstoneChange and ident not in ends:
                 ends[ident] = c.bound
             else:
                 others[ident] = None
                 ends.pop(ident, None)
-            if type(c) is StampChange:
-                stamped = True
         async with self.transaction() as tx:
             state = await tx.take(ends) if ends else {}
             if others:
@@ -380,11 +380,13 @@ class Store(abc.ABC):
                     and slot.row is not None
                     and life(slot.row.created_at) < bound
                 }
-                if gone != planned & ends.keys():
+                # Without others, every planned deletion is of a taken identity.
+                if gone != (planned & ends.keys() if others else planned):
                     raise AssertionError("take() and plan() disagree on a deletion")
-                out_written = dataclasses.replace(
-                    out, deletes=[i for i in out.deletes if i not in gone]
+                left = (
+                    [] if len(gone) == len(planned) else [i for i in out.deletes if i not in gone]
                 )
+                out_written = dataclasses.replace(out, deletes=left)
                 await tx.write(out_written)
                 if living:
                     out.living += await _outlived(tx, ends, state, out)

@@ -657,3 +657,42 @@ def test_a_late_cause_is_read_from_ttl_deletions_and_erasures_and_a_strangers_is
         ("expiry-late-cause", b"hold")
     ]
     assert receipt_headers(receipt) == []
+
+
+def test_the_decoders_fill_every_field_from_its_own_source_when_given_by_position() -> None:
+    """The decoders build their changes by position (a keyword call costs their
+    ``__init__`` twice as much) and the sink calls them by position: every field of the
+    result is pinned here against the change built by keyword, with a distinct value per
+    field, so that two fields swapped in either order would show."""
+    from stream_expiry.sinks._messages import TombstoneChange
+
+    ident = Identity("o", "b", "live", "conversation", "r")
+    body = {
+        "org": "o", "bot": "b", "env": "live", "category": "conversation", "record_id": "r",
+        "created_at": "2026-01-01T00:00:01.001Z", "expires_at": "2026-01-01T00:00:02.002Z",
+        "emitted_at": "2026-01-01T00:00:03.003Z", "reason": "explicit", "ttl_seconds": 4,
+        "ttl_source": "bot",
+    }  # fmt: skip
+    headers = [
+        ("expiry-deleted-at", b"5005"), ("expiry-request", b"req-6"),
+        ("expiry-request-event-id", b"ev-7"), ("expiry-late-cause", b"hold"),
+    ]  # fmt: skip
+    got = decode_tombstone(b"k", orjson.dumps(body), headers, 8008, "tombs", 9)
+    assert got == TombstoneChange(
+        identity=ident, created_at=T0 + 1_001, expires_at=T0 + 2_002, emitted_at=T0 + 3_003,
+        reason="explicit", ttl_seconds=4, ttl_source="bot", deleted_at=5_005,
+        timestamp=8_008, topic="tombs", partition=9, request="req-6",
+        request_event_id="ev-7", late_cause="hold",
+    )  # fmt: skip
+    stamp = {**body, "data": {"n": 1}}
+    got_stamp = decode_stamped(b"k", orjson.dumps(stamp), 3, 11, (), 12, "stamped")
+    assert got_stamp == StampChange(
+        identity=ident, created_at=T0 + 1_001, expires_at=T0 + 2_002, ttl_seconds=4,
+        ttl_source="bot", data='{"n":1}', partition=3, offset=11,
+    )  # fmt: skip
+    null = decode_stamped(ident.key.encode(), None, 3, 11, [("expiry-reason", b"ttl")], 12, "s")
+    assert null == NullChange(
+        identity=ident, partition=3, offset=11, reason="ttl", timestamp=12, topic="s"
+    )
+    with pytest.raises(InvalidMessage, match="'emitted_at' is required"):
+        decode_tombstone(None, orjson.dumps({**body, "emitted_at": None}))
