@@ -630,7 +630,9 @@ def decode_tombstone(
         raise InvalidMessage("a tombstone event must have a value")
     obj = _load_object(value)
     reason = obj.get("reason")
-    if reason not in _TOMBSTONE_REASONS:
+    # A string first: a list or an object is not hashable, and its TypeError stopped the
+    # sink (at every start: the message is read again).
+    if type(reason) is not str or reason not in _TOMBSTONE_REASONS:
         raise InvalidMessage(f"field 'reason' must be 'ttl' or 'explicit', got {reason!r}")
     emitted_at = _time(obj, "emitted_at")
     if emitted_at is None:

@@ -696,3 +696,17 @@ def test_the_decoders_fill_every_field_from_its_own_source_when_given_by_positio
     )
     with pytest.raises(InvalidMessage, match="'emitted_at' is required"):
         decode_tombstone(None, orjson.dumps({**body, "emitted_at": None}))
+
+
+@pytest.mark.parametrize("reason", [["ttl"], {"ttl": 1}, 1, None])
+def test_a_tombstone_whose_reason_is_no_string_is_an_invalid_message(reason: Any) -> None:
+    """A reason the sink cannot hash (a list, an object) was looked up in a frozenset and
+    raised TypeError, which the sink does not catch: one such message stopped it, and
+    again at every start, as it reads the message again. It is invalid, counted and
+    skipped, as any other reason is."""
+    body = {
+        "org": "o", "bot": "b", "env": "live", "category": "conversation", "record_id": "r",
+        "emitted_at": "2026-01-01T00:00:03.003Z", "reason": reason,
+    }  # fmt: skip
+    with pytest.raises(InvalidMessage, match="field 'reason' must be 'ttl' or 'explicit'"):
+        decode_tombstone(None, orjson.dumps(body))
