@@ -9,7 +9,11 @@ runs at two sizes and the difference is divided by the difference in events.
 Workloads (the service's core without Kafka, on the memory store, as ``bench_engine``'s
 ``processor`` passes): ``mixed``, the ingest mix (creates, touches, deletes) in slices of
 500, each settled; ``fire``, error records ingested then every one fired and its tombstone
-encoded.
+encoded. ``sink``: a store sink's Python without Kafka or a database (``bench_sinks``'
+records on the memory store): each record's stamp, then its tombstone, decoded as the
+sink reads them and applied in batches of 5,000, and each receipt encoded and queued for
+its partition as the sink publishes it; "an event" is then a record (its stamp and its
+tombstone).
 
     python -m bench.count_instructions                  # both workloads, 4,000 and 12,000
     python -m bench.count_instructions --kinds mixed --sizes 2000,6000
@@ -38,6 +42,9 @@ _COLLECTED = re.compile(r"Collected : (\d+)")
 
 def workload(kind: str, n: int) -> None:
     """Run ``kind`` over ``n`` events, in this process (what callgrind counts)."""
+    if kind == "sink":
+        sink_workload(n)
+        return
     from bench.bench_engine import (
         FIRE_AFTER_MS,
         FIRE_SLICE,
@@ -72,6 +79,53 @@ def workload(kind: str, n: int) -> None:
             for f in effects.tombstones:
                 encode_tombstone(f.before, reason=f.reason, emitted_at=now)
             proc.settle(effects, now)
+
+
+def sink_workload(n: int) -> None:
+    """The ``sink`` workload: ``n`` records' stamps, then their tombstones, through the
+    sink's decoding, planning and receipts (the memory store stands for the database)."""
+    import asyncio
+
+    from bench.bench_sinks import HOUR, T0, stamps
+    from stream_expiry.kafka import key_partition
+    from stream_expiry.model import encode_stamp, encode_tombstone
+    from stream_expiry.sinks._messages import (
+        decode_stamped,
+        decode_tombstone,
+        encode_receipt,
+        receipt_headers,
+    )
+    from stream_expiry.sinks.store import MemoryStore
+
+    records = stamps(n, "count")
+    keys = [s.identity.key.encode() for s in records]
+    stamped = [encode_stamp(s, {"text": "x" * 200}) for s in records]
+    tombs = [encode_tombstone(s, reason="ttl", emitted_at=T0 + HOUR) for s in records]
+    store = MemoryStore()
+    queued: dict[int, list[tuple[bytes, bytes, list[tuple[str, bytes]]]]] = {}
+
+    async def run() -> None:
+        for lo in range(0, n, 5000):
+            hi = min(n, lo + 5000)
+            writes = [
+                decode_stamped(keys[i], stamped[i], partition=i % 4, offset=i, timestamp=T0)
+                for i in range(lo, hi)
+            ]
+            await store.apply(writes, now_ms=T0)
+        for lo in range(0, n, 5000):
+            hi = min(n, lo + 5000)
+            kills = [
+                decode_tombstone(keys[i], tombs[i], (), T0 + HOUR, topic="t", partition=i % 4)
+                for i in range(lo, hi)
+            ]
+            out = await store.apply(kills, now_ms=T0 + HOUR)
+            for r in out.receipts:
+                key = r.identity.key.encode("utf-8")
+                queued.setdefault(key_partition(key, 4), []).append(
+                    (key, encode_receipt(r), receipt_headers(r))
+                )
+
+    asyncio.run(run())
 
 
 def count(kind: str, n: int) -> int:
