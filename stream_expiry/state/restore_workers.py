@@ -81,7 +81,7 @@ def _open(paths: Mapping[Source, str], grace_ms: int) -> dict[Source, PartitionS
             for source, path in paths.items():
                 stores[source] = _open_store(path, grace_ms)
     except BaseException:
-        _close(stores)
+        _close(stores, failing=True)
         raise
     return stores
 
@@ -114,9 +114,24 @@ def _open_store(path: str, grace_ms: int) -> PartitionStore:
     return PartitionStore(RocksKV(path), grace_ms=grace_ms)
 
 
-def _close(stores: Mapping[Source, PartitionStore]) -> None:
+def _close(stores: Mapping[Source, PartitionStore], *, failing: bool = False) -> None:
+    """Close every store, also past one whose close fails (RocksDB flushes, and may find a
+    damaged file): a store left open keeps its lock, and its path, the damaged store
+    moved aside and the restore tried again, was opened afresh against it: "lock hold by
+    current process", the service stopped (CI, one run in three of a damaged-store test).
+    The first failure is raised once all are closed; ``failing``: an error is on its way
+    up already, which a close's must not replace (the damage it found is found again)."""
+    first: StoreError | None = None
     for store in stores.values():
-        store.close()
+        try:
+            store.close()
+        except StoreError as exc:
+            if failing:
+                log.warning("%s (the restore had failed already)", exc)
+            elif first is None:
+                first = exc
+    if first is not None:
+        raise first
 
 
 async def restore_stores(
@@ -149,7 +164,7 @@ async def restore_stores(
     try:
         stores = await _open_aside({s: p for s, p in paths.items() if s not in opened}, grace_ms)
     except BaseException:
-        _close(opened)
+        _close(opened, failing=True)
         raise
     stores.update(opened)
     try:
@@ -165,7 +180,7 @@ async def restore_stores(
             if n == 1:
                 return stores, await prepared.run(reader, progress)
     except BaseException:
-        _close(stores)
+        _close(stores, failing=True)
         raise
     _close(stores)  # the workers open them
     log.info(
@@ -224,9 +239,12 @@ def _restore_job(job: _Job, report: Reporter) -> RestoreResult:
     RocksKV.share_memory(job.workers)
     stores = _open(job.paths, job.grace_ms)
     try:
-        return anyio.run(_restore, job, stores, report)
-    finally:
-        _close(stores)
+        result = anyio.run(_restore, job, stores, report)
+    except BaseException:
+        _close(stores, failing=True)
+        raise
+    _close(stores)
+    return result
 
 
 async def _restore(
