@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from stream_expiry.config import Config
     from stream_expiry.kafka_settings import Brokers
 
-__all__ = ["doubt_as_dict", "read_holds", "run_hold"]
+__all__ = ["doubt_as_dict", "doubt_line", "read_holds", "run_hold"]
 
 
 async def read_holds(
@@ -117,6 +117,18 @@ def doubt_as_dict(topic: str, doubt: InDoubt) -> dict[str, Any]:
     }
 
 
+def doubt_line(hold_id: str, doubt: dict[str, Any], kept: str) -> str:
+    """A hold id in doubt (``doubt``: :func:`doubt_as_dict`) for a person, as ``hold list``
+    and ``status`` say it: where its unreadable message is and why, ``kept`` (what holds
+    meanwhile), and what settles it."""
+    return (
+        f"{hold_id}  in doubt: its latest message at {doubt['topic']}[{doubt['partition']}]"
+        f"@{doubt['offset']} cannot be read: {doubt['error']} ({doubt['detail']}); {kept}"
+        "a start refuses until it is placed again (hold place --id ID ...) or released "
+        "(hold release ID)"
+    )
+
+
 def _listed(book: HoldBook, topic: str) -> list[dict[str, Any]]:
     """``hold list --json``: every active hold, and every id in doubt (its latest message
     cannot be read) with no active hold, by id; each with ``in_doubt``, where the messages
@@ -142,19 +154,13 @@ def _print_listed(listed: list[dict[str, Any]]) -> None:
         if h["org"] is not None:
             said = f"{h['hold_id']}  {_scope(h)}  placed {h['placed_at'] or '-'}  reason: {h['reason']}"
             print(printable(said))
+        kept = (
+            "the services keep the hold placed before while they run, and "
+            if h["org"]
+            else "no hold in force, and "
+        )
         for d in h["in_doubt"]:
-            kept = (
-                "the services keep the hold placed before while they run"
-                if h["org"]
-                else ("no hold in force")
-            )
-            said = (
-                f"{h['hold_id']}  in doubt: its latest message at {d['topic']}[{d['partition']}]"
-                f"@{d['offset']} cannot be read: {d['error']} ({d['detail']}); {kept}, and a "
-                "start refuses until it is placed again (hold place --id ID ...) or released "
-                "(hold release ID)"
-            )
-            print(printable(said))
+            print(printable(doubt_line(h["hold_id"], d, kept)))
 
 
 def _scope(hold: dict[str, Any]) -> str:

@@ -41,7 +41,7 @@ from aiokafka import TopicPartition
 from stream_expiry import codec
 from stream_expiry.archive import archived_offsets
 from stream_expiry.changelog import read_latest
-from stream_expiry.hold_command import doubt_as_dict, read_holds
+from stream_expiry.hold_command import doubt_as_dict, doubt_line, read_holds
 from stream_expiry.instances import (
     CLIENT_ID,
     POLICY_FORM,
@@ -464,15 +464,7 @@ def _not_inputs_lines(orphans: dict[str, dict[str, int]]) -> list[str]:
 def _in_doubt_lines(doubts: list[dict[str, Any]]) -> list[str]:
     """A line per hold id whose latest message on a partition cannot be read: a start of
     the service refuses until it is placed again or released."""
-    lines = []
-    for d in doubts:
-        said = (
-            f"{d['hold_id']}: in doubt, its latest message at {d['topic']}[{d['partition']}]"
-            f"@{d['offset']} cannot be read: {d['error']} ({d['detail']}); a start refuses "
-            "until it is placed again (hold place --id ID ...) or released (hold release ID)"
-        )
-        lines.append(f"    {printable(said)}")
-    return lines
+    return [f"    {printable(doubt_line(d['hold_id'], d, ''))}" for d in doubts]
 
 
 def _retired_lines(retired: dict[str, dict[str, int]]) -> list[str]:
