@@ -953,20 +953,23 @@ async def cluster_id(brokers: Brokers) -> str | None:
     return found if isinstance(found, str) and found else None
 
 
-async def topic_names(brokers: Brokers) -> set[str]:
-    """The topics the cluster has (with partitions), asked as :func:`missing_topics` asks."""
+async def _all_metadata(brokers: Brokers) -> Any:
+    """The cluster's metadata for every topic: one request, which creates none of them."""
     async with consumer(brokers) as cons:
         with broker_errors("reading topic metadata"):
-            cluster = await cons._client.fetch_all_metadata()
+            return await cons._client.fetch_all_metadata()
+
+
+async def topic_names(brokers: Brokers) -> set[str]:
+    """The topics the cluster has (with partitions), asked as :func:`missing_topics` asks."""
+    cluster = await _all_metadata(brokers)
     return {t for t in cluster.topics() if cluster.partitions_for_topic(t)}
 
 
 async def partition_counts(brokers: Brokers, topics: Iterable[str]) -> dict[str, int]:
     """How many partitions each of ``topics`` has (0: the cluster does not have it), asked
     as :func:`missing_topics` asks: one metadata request, which makes none of them."""
-    async with consumer(brokers) as cons:
-        with broker_errors("reading topic metadata"):
-            cluster = await cons._client.fetch_all_metadata()
+    cluster = await _all_metadata(brokers)
     return {t: len(cluster.partitions_for_topic(t) or ()) for t in topics}
 
 
