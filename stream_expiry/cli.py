@@ -41,6 +41,7 @@ from stream_expiry.cliargs import (
     check_category,
     check_ids,
     hold_id,
+    hold_key_hex,
     known_bootstrap,
     new_hold_id,
     positive_int,
@@ -585,15 +586,27 @@ def _parser_hold(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "tombstones the records it kept that are due by then and that no other hold keeps. An "
         "id in doubt (its latest message cannot be read, which stops the service's start) is "
         "nulled where it is in doubt too, active or not. An id with no active hold, and not in "
-        "doubt, changes nothing (exit status 1). Example: stream-expiry hold "
+        "doubt, changes nothing (exit status 1). A hold whose key its id cannot be typed as "
+        "(a key that is not UTF-8, which is read with U+FFFD for the bad bytes) is released by "
+        "the key as hex, as `hold list` shows it: --key-hex. Example: stream-expiry hold "
         "release case-117 --reason 'case closed' --by 'j.doe (legal)'",
     )
     _add_common(release)
-    release.add_argument(
+    named = release.add_mutually_exclusive_group(required=True)
+    named.add_argument(
         "hold_id",
         metavar="ID",
+        nargs="?",
         type=hold_id,
         help="the id of the hold to release, as `hold place` printed it or `hold list` shows",
+    )
+    named.add_argument(
+        "--key-hex",
+        dest="key_hex",
+        metavar="HEX",
+        type=hold_key_hex,
+        help="instead of ID: the hold's message key as hex, which `hold list` shows for a key "
+        "its id cannot be typed as (not UTF-8, control characters, over 512 characters)",
     )
     release.add_argument(
         "--reason",

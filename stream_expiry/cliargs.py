@@ -118,6 +118,25 @@ def hold_id(text: str) -> str:
     return text
 
 
+def hold_key_hex(text: str) -> bytes:
+    """``hold release --key-hex``: a hold message's key as hex, the form ``hold list``
+    shows for a key that its id cannot stand for (bytes that are not UTF-8, which the
+    service reads as U+FFFD; control characters, shown escaped; over 512 characters). A
+    release under the id typed back wrote its null under other bytes than the hold's: the
+    hold looked released until compaction removed that null, and came back at a start."""
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if not key:
+        raise argparse.ArgumentTypeError(
+            f"expected a hold's key as hex (two digits a byte, e.g. 636173652d31), got "
+            f"{quoted(text, 40)}: `stream-expiry hold list` shows the key of a hold whose id "
+            "cannot be typed"
+        )
+    return key
+
+
 def new_hold_id(text: str) -> str:
     """``hold place --id``: a hold id as :func:`hold_id` takes it, refused with a hint that
     fits placing (release's, "`hold list` shows the active holds' ids", sent a user who

@@ -43,7 +43,7 @@ from stream_expiry.holds import (
 )
 from stream_expiry.kafka import consumer, ensure_config_topics, partitions_of, producer, read_to_end
 from stream_expiry.logs import printable, say_failure, say_warning
-from stream_expiry.model import Rejection
+from stream_expiry.model import MAX_ID_CHARS, Rejection
 from stream_expiry.murmur2 import partition_for
 from stream_expiry.outbox import all_acked
 from stream_expiry.policy import PolicyBook
@@ -65,7 +65,19 @@ async def read_holds(
     topic the cluster does not have is an error, not "no holds" (``archive purge``, which
     would purge what a hold keeps, given a config that names another topic; ``hold
     list``); ``otherwise`` ends its message with the command's way round it."""
+    book, _ = await _read_keyed(config, brokers, must_exist=must_exist, otherwise=otherwise)
+    return book
+
+
+async def _read_keyed(
+    config: Config, brokers: Brokers, *, must_exist: bool = False, otherwise: str = ""
+) -> tuple[HoldBook, dict[str, set[bytes]]]:
+    """:func:`read_holds`, and per hold id every message key read as it. A key that is
+    not UTF-8 is read as its id with U+FFFD for the bad bytes (as the service reads it),
+    so the id's UTF-8 is another key: ``hold release`` nulls the keys themselves, or
+    compaction kept the hold and a later start found it again."""
     book = HoldBook()
+    keys: dict[str, set[bytes]] = {}
     topic = config.topics.holds
     async with consumer(brokers) as cons:
         if must_exist and not await partitions_of(cons, topic):
@@ -79,6 +91,8 @@ async def read_holds(
         async for batch in read_to_end(cons, topic):
             for tp, records in batch.items():
                 for rec in records:
+                    if rec.key:
+                        keys.setdefault(rec.key.decode(errors="replace"), set()).add(rec.key)
                     got = apply_hold_message(book, rec.key, rec.value, tp.partition, rec.offset)
                     slot = (rec.key, tp.partition, -1 if rec.key else rec.offset)
                     if isinstance(got, Rejection):
@@ -87,7 +101,7 @@ async def read_holds(
                         rejected.pop(slot, None)
     for rec, why in rejected.values():
         _say_ignored(book, rec, why)
-    return book
+    return book, keys
 
 
 def _say_ignored(book: HoldBook, rec: Any, why: Rejection) -> None:
@@ -129,10 +143,27 @@ def doubt_line(hold_id: str, doubt: dict[str, Any], kept: str) -> str:
     )
 
 
-def _listed(book: HoldBook, topic: str) -> list[dict[str, Any]]:
+def _key_of(hold_id: str, keys: dict[str, set[bytes]]) -> bytes:
+    """The message key of ``hold_id`` to show: one that is not the id's UTF-8 if there is
+    one (a key that is not UTF-8), else the id's UTF-8 (also for a hold placed without a
+    key, by the ``hold_id`` of its value)."""
+    plain = hold_id.encode()
+    return min(keys.get(hold_id, set()) - {plain}, default=plain)
+
+
+def _untypable(hold_id: str, key: bytes) -> bool:
+    """Whether ``hold release ID`` cannot take ``hold_id`` as ``hold list`` prints it:
+    its key is not the id's UTF-8 (not UTF-8 itself), it is printed escaped (control
+    characters), or it is too long for an ID. ``hold list`` then shows its key as hex,
+    which ``hold release --key-hex`` takes."""
+    return key != hold_id.encode() or printable(hold_id) != hold_id or len(hold_id) > MAX_ID_CHARS
+
+
+def _listed(book: HoldBook, topic: str, keys: dict[str, set[bytes]]) -> list[dict[str, Any]]:
     """``hold list --json``: every active hold, and every id in doubt (its latest message
     cannot be read) with no active hold, by id; each with ``in_doubt``, where the messages
-    that cannot be read are (empty for a hold placed as its latest message says)."""
+    that cannot be read are (empty for a hold placed as its latest message says), and
+    ``key_hex``, its message key as hex (what ``hold release --key-hex`` takes)."""
     doubts: dict[str, list[dict[str, Any]]] = {}
     for doubt in book.in_doubt():
         doubts.setdefault(doubt.hold_id, []).append(doubt_as_dict(topic, doubt))
@@ -141,7 +172,10 @@ def _listed(book: HoldBook, topic: str) -> list[dict[str, Any]]:
     empty = dict.fromkeys(("org", "bot", "env", "category", "record_id", "reason", "placed_at"))
     listed += [{"hold_id": hold_id, **empty} for hold_id in unplaced]
     listed.sort(key=lambda h: h["hold_id"])
-    return [h | {"in_doubt": doubts.get(h["hold_id"], [])} for h in listed]
+    return [
+        h | {"in_doubt": doubts.get(h["hold_id"], []), "key_hex": _key_of(h["hold_id"], keys).hex()}
+        for h in listed
+    ]
 
 
 def _print_listed(listed: list[dict[str, Any]]) -> None:
@@ -151,16 +185,23 @@ def _print_listed(listed: list[dict[str, Any]]) -> None:
     if not listed:
         print("no active legal holds")
     for h in listed:
+        key = bytes.fromhex(h["key_hex"])
+        # An id that `hold release ID` cannot take as printed here: its key, as hex.
+        hexed = (
+            f"  key {h['key_hex']} (hold release --key-hex {h['key_hex']})"
+            if _untypable(h["hold_id"], key)
+            else ""
+        )
         if h["org"] is not None:
             said = f"{h['hold_id']}  {_scope(h)}  placed {h['placed_at'] or '-'}  reason: {h['reason']}"
-            print(printable(said))
+            print(printable(said) + hexed)
         kept = (
             "the services keep the hold placed before while they run, and "
             if h["org"]
             else "no hold in force, and "
         )
         for d in h["in_doubt"]:
-            print(printable(doubt_line(h["hold_id"], d, kept)))
+            print(printable(doubt_line(h["hold_id"], d, kept)) + hexed)
 
 
 def _scope(hold: dict[str, Any]) -> str:
@@ -286,8 +327,8 @@ async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -
     if args.hold_command == "list":
         # A holds topic the cluster does not have is an error, not "no active legal holds":
         # under a mistyped name an officer read the holds as none (a trial).
-        book = await read_holds(config, brokers, must_exist=True)
-        listed = _listed(book, t.holds)
+        book, keys = await _read_keyed(config, brokers, must_exist=True)
+        listed = _listed(book, t.holds, keys)
         if args.json:
             sys.stdout.write(orjson.dumps(listed).decode() + "\n")
         else:
@@ -324,37 +365,52 @@ async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -
             )
             print(printable(hold.hold_id))
             return exits.OK
-        book = await read_holds(config, brokers)
-        existing = book.get(args.hold_id)
-        doubts = book.doubts_of(args.hold_id)
+        # An id, or a key as hex (read as its id, as the service reads a key).
+        # An ID typed as the bytes themselves ($'case-\xff' in bash) comes as the
+        # surrogates Python reads such arguments as, and goes out as those bytes again.
+        given: bytes = (
+            args.key_hex
+            if args.key_hex is not None
+            else args.hold_id.encode(errors="surrogateescape")
+        )
+        hold_id = given.decode(errors="replace")
+        named = printable(repr(hold_id))
+        if args.key_hex is not None:
+            named += f" (key {given.hex()})"
+        book, keys = await _read_keyed(config, brokers)
+        existing = book.get(hold_id)
+        doubts = book.doubts_of(hold_id)
         if existing is None and not doubts:
             # A near miss is named: a mistyped id, told only "no active hold", left the
             # records held while the person releasing it believed it done with a retry.
-            close = difflib.get_close_matches(args.hold_id, [h.hold_id for h in book], n=1)
+            close = difflib.get_close_matches(hold_id, [h.hold_id for h in book], n=1)
             near = f" (did you mean {printable(repr(close[0]))}?)" if close else ""
             say_failure(
-                f"stream-expiry hold: no active hold {printable(repr(args.hold_id))}{near}; "
-                "see `stream-expiry hold list`"
+                f"stream-expiry hold: no active hold {named}{near}; see `stream-expiry hold list`"
             )
             return exits.FAILED
-        key = args.hold_id.encode()
+        # Under every key read as the id, not only its UTF-8: a key that is not UTF-8 is
+        # another key, whose hold compaction kept however many nulls the UTF-8 got.
+        seen = keys.get(hold_id, set())
+        nulled_keys = sorted(seen | {given} if args.key_hex is not None or not seen else seen)
         # Every null acknowledged before the audit says released: one refused would leave
         # the hold placed on its partition while the evidence said it was gone (a review).
         # Also where the id's latest message cannot be read: it is in doubt no longer.
-        nulled = {home(key), *book.partitions_of(args.hold_id), *(d.partition for d in doubts)}
+        where = {*book.partitions_of(hold_id), *(d.partition for d in doubts)}
         await all_acked(
             [
                 await prod.send(t.holds, key=key, value=None, partition=partition)
-                for partition in sorted(nulled)
+                for key in nulled_keys
+                for partition in sorted({home(key), *where})
             ]
         )
         released = encode_hold_audit(
             "hold_released",
-            {"hold_id": args.hold_id} if existing is None else existing.as_dict(),
+            {"hold_id": hold_id} if existing is None else existing.as_dict(),
             now,
             release_reason=args.release_reason,
             by=_by(args),
         )
-        await all_acked([await prod.send(t.audit, key=key, value=released)])
-        print(f"released {printable(args.hold_id)}")
+        await all_acked([await prod.send(t.audit, key=hold_id.encode(), value=released)])
+        print(f"released {printable(hold_id)}")
         return exits.OK

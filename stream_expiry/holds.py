@@ -138,10 +138,11 @@ class InDoubt:
         """``'case-1' at expiry.holds[0]@7: invalid_json (...)``, for a person."""
         said = f"{quoted(self.hold_id, 80)} at {self.where(topic)}: {self.why.code} ({self.why.detail})"
         if len(self.hold_id) > MAX_ID_CHARS:
-            # `hold release` cannot name it, and no valid message can be keyed so.
+            # `hold release ID` cannot name it, and no valid message can be keyed so.
             said += (
                 f" (a key of {len(self.hold_id):,} characters, which no hold id can be: "
-                "write a null under that key with your Kafka tooling)"
+                "release it by its key, `stream-expiry hold release --key-hex HEX`, HEX as "
+                "`hold list` shows it)"
             )
         return said
 

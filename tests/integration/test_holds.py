@@ -671,10 +671,53 @@ async def test_hold_list_prints_what_a_producer_chose_without_driving_the_termin
     assert capsys.readouterr().out == "h\\x1b[31m\n"  # the id placed, escaped too
     assert await _cli("hold", "list", *common) == 0
     out = capsys.readouterr().out
+    # The id as printed cannot be typed back: its key as hex, which `hold release` takes.
+    hexed = b"h\x1b[31m".hex()
     assert re.fullmatch(
-        r"h\\x1b\[31m  org=acme\\x1b\]0;title\\x07  placed \S+  reason: x\\x1b\[2J\\nfake line\n",
+        r"h\\x1b\[31m  org=acme\\x1b\]0;title\\x07  placed \S+  reason: x\\x1b\[2J\\nfake line"
+        f"  key {hexed} \\(hold release --key-hex {hexed}\\)\n",
         out,
     ), out
+
+
+@pytest.mark.timeout(120)
+async def test_a_hold_keyed_by_bytes_that_are_not_utf8_is_listed_and_released_by_its_key(
+    broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hold keyed by bytes that are not UTF-8 (another tool's) is read as its id with
+    U+FFFD, and `hold release` with that id nulled the id's UTF-8, another key: the hold
+    looked released until compaction removed that null, and came back at a start; and
+    no form of the command named the key itself. `hold list` now shows such a key as hex,
+    `hold release --key-hex` takes it, and a release by the id nulls the key read as it.
+    So does one by an id in doubt, keyed so, and one by a key over 512 characters."""
+    common, _ = _setup(broker, topics, tmp_path, RETENTION)
+    keys = {"placed": b"case-\xff1", "doubted": b"case-\xfe2", "long": b"\xff" + b"k" * 600}
+    placed = b'{"org": "acme", "reason": "case 1"}'
+    async with producer(broker) as prod:
+        await prod.send_and_wait(topics.holds, placed, key=keys["placed"])
+        await prod.send_and_wait(topics.holds, b"{", key=keys["doubted"])
+        await prod.send_and_wait(topics.holds, placed, key=keys["long"])
+    capsys.readouterr()
+    assert await _cli("hold", "list", *common, "--json") == 0
+    listed = {h["hold_id"]: h["key_hex"] for h in orjson.loads(capsys.readouterr().out)}
+    assert sorted(listed.values()) == sorted(k.hex() for k in keys.values())
+    assert await _cli("hold", "list", *common) == 0
+    text = capsys.readouterr().out
+    for key in keys.values():
+        assert f"  key {key.hex()} (hold release --key-hex {key.hex()})\n" in text
+
+    async def nulls() -> set[bytes]:
+        return {r.key for r in await read_all(broker, topics.holds) if r.value is None}
+
+    # By the id as `hold list` shows it: the null goes under the hold's own key.
+    assert await _cli("hold", "release", *common, "case-\ufffd1") == 0
+    assert await nulls() == {keys["placed"]}
+    assert await _cli("hold", "release", *common, "--key-hex", keys["doubted"].hex()) == 0
+    assert await _cli("hold", "release", *common, "--key-hex", keys["long"].hex()) == 0
+    assert await nulls() == set(keys.values())
+    capsys.readouterr()
+    assert await _cli("hold", "list", *common) == 0
+    assert capsys.readouterr().out == "no active legal holds\n"
 
 
 async def _stamped_under_a_hold(

@@ -64,6 +64,10 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         (["replay", "--sample", "-1"], "at least 1"),
         (["hold", "release", ""], "argument ID: a hold id is 1 to 512 characters, got ''"),
         (["hold", "release", "h" * 513], "a hold id is 1 to 512 characters, got 'hhh"),
+        (["hold", "release", "--key-hex", "zz"], "--key-hex: expected a hold's key as hex"),
+        (["hold", "release", "--key-hex", ""], "--key-hex: expected a hold's key as hex"),
+        (["hold", "release"], "one of the arguments ID --key-hex is required"),
+        (["hold", "release", "h", "--key-hex", "68"], "not allowed with argument"),
         (
             ["hold", "place", "--org", "a", "--reason", "x", "--id", ""],
             "--id: a hold id is 1 to 512 characters, got '': leave --id out for a new random one",

@@ -1489,7 +1489,8 @@ def test_a_start_refuses_on_a_hold_id_in_doubt_naming_each_where_and_what_to_do(
     with pytest.raises(ConfigurationError) as refused:
         refuse_holds_in_doubt(book, "expiry.holds")
     # An id `hold release` cannot take: cut in the message, with the way out it has.
-    assert "a key of 600 characters, which no hold id can be: write a null under that key" in str(
-        refused.value
+    assert (
+        "a key of 600 characters, which no hold id can be: release it by its key, "
+        "`stream-expiry hold release --key-hex HEX`" in str(refused.value)
     )
     assert len(str(refused.value)) < 2_000
