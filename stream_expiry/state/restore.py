@@ -143,10 +143,19 @@ class PreparedRestore:
     to read, and how the stores group by changelog partition, can be asked before it
     runs (:mod:`stream_expiry.state.restore_workers` decides on workers from them)."""
 
-    def __init__(self, readers: list[_TopicRead], result: RestoreResult, started: float) -> None:
+    def __init__(
+        self,
+        readers: list[_TopicRead],
+        result: RestoreResult,
+        started: float,
+        stores: Mapping[Source, PartitionStore],
+        now_ms: int,
+    ) -> None:
         self._readers = readers
         self._result = result
         self._started = started
+        self._stores = stores
+        self._now_ms = now_ms
 
     @property
     def remaining(self) -> int:
@@ -162,6 +171,13 @@ class PreparedRestore:
         self, cons: AIOKafkaConsumer, progress: Callable[[RestoreReport], None] | None = None
     ) -> RestoreResult:
         result = self._result
+        # What each store holds due at the restore's now when it begins, counted by the
+        # process that runs it: a restore handed to worker processes is prepared here too,
+        # and counted at its preparation as well as in each worker, it scanned every
+        # store's due index twice (up to an outage's worth of records).
+        for source, store in self._stores.items():
+            result.stores[source].due = store.count_due(self._now_ms)
+        result.total.due = sum(report.due for report in result.stores.values())
         for reader, stamps in zip(self._readers, (True, False), strict=True):
             await reader.read(cons, stamps=stamps, progress=progress)
         total = result.total
@@ -182,12 +198,8 @@ async def prepare_restore(
     """The reads of both changelog topics for ``stores``, positioned, their ends known and
     what is left to read counted (one metadata look-up and one fetch of the ends)."""
     started = time.monotonic()
-    result = RestoreResult(
-        stores={
-            source: RestoreReport(due=store.count_due(now_ms)) for source, store in stores.items()
-        }
-    )
-    result.total.due = sum(report.due for report in result.stores.values())
+    # Each store's due records are counted when the restore runs (:meth:`PreparedRestore.run`).
+    result = RestoreResult(stores={source: RestoreReport() for source in stores})
     readers: list[_TopicRead] = []
     for topic in (stamped, tombstones):
         count = len(await partitions_of(cons, topic))
@@ -210,7 +222,7 @@ async def prepare_restore(
         reader.ends = {tp: ends[tp] for tp in reader.tps}
         await reader.check_positions(cons)
         result.total.remaining += sum(max(0, ends[tp] - reader.start[tp]) for tp in reader.tps)
-    return PreparedRestore(readers, result, started)
+    return PreparedRestore(readers, result, started, stores, now_ms)
 
 
 class _TopicRead:

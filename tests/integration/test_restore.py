@@ -1311,3 +1311,83 @@ async def test_the_service_says_how_many_restored_records_were_due(
     assert gauge == 0  # once restored: the due records are the overdue gauge's now
     said = [r.getMessage() for r in caplog.records if "from the changelog in" in r.getMessage()]
     assert any("(6 due when the restore began)" in line for line in said), said
+
+
+@pytest.mark.timeout(120)
+async def test_a_restore_in_workers_scans_each_due_index_once_and_says_the_same_due(
+    broker: str, topics: TopicSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept stores holding records due (an outage) and a changelog with more: restored in
+    this process and in two worker processes, stream_expiry_restoring_due_records ends at
+    the same count. With workers, this process only prepares the restore: it counted what
+    each store held due there, and each worker counted it again (a scan of the due index
+    up to now, twice). The workers count it; this process counts nothing."""
+    sources = [(topics.conversations, p) for p in (0, 1)]
+    async with producer(broker) as prod:
+        for n in range(6):
+            p = n % 2
+            expires = T0 + YEAR_MS if n == 5 else T0 - 100 - n  # 5 due, 1 not
+            key, value = _stamp("conversation", f"c{n}", expires)
+            headers = source_headers(topics.conversations, p)
+            await (await prod.send(topics.stamped, key=key, value=value, partition=p, headers=headers))  # fmt: skip
+
+    def kept(into: str) -> dict[tuple[str, int], str]:
+        """A store per source, each holding 2 records due, 1 not (their changelog lost)."""
+        paths = {s: str(tmp_path / into / f"{s[0]}-{s[1]}") for s in sources}
+        for (_, p), path in paths.items():
+            store = PartitionStore(RocksKV(path))
+            stamps = [
+                Stamp(
+                    Identity("acme", "_", "live", "conversation", f"k{p}-{n}"),
+                    T0 - 9,
+                    expires,
+                    4,
+                    "default",
+                )
+                for n, expires in enumerate((T0 - 5, T0 - 6, T0 + YEAR_MS))
+            ]
+            store.write([(None, stamp) for stamp in stamps], now_ms=T0 - 9)
+            store.close()
+        return paths
+
+    counted: list[int] = []  # the now of each count in this process
+    count_due = PartitionStore.count_due
+
+    def counting(store: PartitionStore, now_ms: int) -> int:
+        counted.append(now_ms)
+        return count_due(store, now_ms)
+
+    monkeypatch.setattr(PartitionStore, "count_due", counting)
+
+    async def restore(into: str, workers: int) -> list[float]:
+        metrics = ServiceMetrics(CollectorRegistry())
+        gauge: list[float] = []
+
+        def progress(report: Any) -> None:
+            metrics.restore_progress(partitions=len(sources), due=report.due)
+            value = metrics.registry.get_sample_value("stream_expiry_restoring_due_records")
+            assert value is not None
+            gauge.append(value)
+
+        counted.clear()
+        stores, result = await restore_stores(
+            kept(into),
+            bootstrap=broker,
+            stamped=topics.stamped,
+            tombstones=topics.tombstones,
+            now_ms=T0,
+            grace_ms=YEAR_MS,
+            workers=workers,
+            progress=progress,
+        )
+        for store in stores.values():
+            store.close()
+        assert result.total.due == 9  # 2 due in each kept store, 5 on the changelog
+        return gauge
+
+    alone = await restore("alone", workers=1)
+    assert counted == [T0, T0]  # each store once
+    shared = await restore("shared", workers=2)
+    assert counted == []  # the workers counted, each its own stores, once
+    assert alone[-1] == shared[-1] == 9
+    assert max(alone) == max(shared) == 9
