@@ -290,6 +290,9 @@ class Rekeyer:
         # Set by the command when it serves /metrics and the health endpoints.
         self.health: Health | None = None
         self.metrics: RekeyMetrics | None = None
+        # Set by the command: the watch of the process' own pauses (a stall is no outage).
+        self.stalls: Stalls | None = None
+        self._answered = False  # a fetch of the current session returned
         self._limit = 0  # the largest message to publish; known once the producer is
         # The partitions of the group's current assignment, between its listener's calls
         # (none while the group rebalances): those with a lag gauge.
@@ -313,7 +316,9 @@ class Rekeyer:
         limits = await self._ensure_targets()
         self._say_plan()
         await self._say_missing_sources()
+        outage = False  # the last session ended in one, and none answered since
         while True:
+            self._answered = False
             try:
                 with broker_errors("copying to the re-keyed topics"):
                     await self._session(stop, limits)
@@ -321,9 +326,13 @@ class Rekeyer:
             except BrokerError as exc:
                 if stop.is_set() or not self.ready.is_set() or not curable(exc):
                     raise
-                self.stats.outages += 1
+                outage = outage and not self._answered
                 if self.health is not None:
                     self.health.reconnecting()
+                if not outage and self._stall_excuses(exc):
+                    continue
+                outage = True
+                self.stats.outages += 1
                 log.warning(
                     "%s; starting again in %.0f s (what was not committed is copied again)",
                     exc,
@@ -333,6 +342,24 @@ class Rekeyer:
                     await stop.wait()
                 if stop.is_set():
                     return
+
+    def _stall_excuses(self, exc: BrokerError) -> bool:
+        """Whether the process not running explains the broker's failure ``exc`` (a
+        request in flight through a SIGSTOP timed out on resume), as ``run`` takes it:
+        said so, the session started again at once, and no outage counted or said (it
+        was: a warning of the broker's failure, and a second's wait, for a broker that
+        was fine). Once per stall (:meth:`Stalls.excuse`): a failure again is an outage,
+        and so is one while an outage lasts (no session answered since)."""
+        stall = self.stalls.excuse() if self.stalls is not None else None
+        if stall is None:
+            return False
+        log.warning(
+            "a Kafka request failed (%s) after %s: not a broker outage; the session is "
+            "started again, what was not committed is copied again",
+            exc,
+            stall.describe(),
+        )
+        return True
 
     async def _session(self, stop: anyio.Event, limits: Mapping[str, int]) -> None:
         # No linger: a batch is sent whole and its acks awaited before the commit.
@@ -364,6 +391,7 @@ class Rekeyer:
             while not stop.is_set():
                 batch = await cons.getmany(timeout_ms=200, max_records=_BATCH_RECORDS)
                 self.reading.set()
+                self._answered = True
                 if batch:
                     await self._forward(prod, cons, batch)
                 await self._observe_lag(cons)
@@ -632,7 +660,7 @@ async def serve_rekey(
 
     stop = anyio.Event()
     finished = False
-    stalls = stalls or Stalls()
+    stalls = rekeyer.stalls = stalls or Stalls()
     listener = None if metrics_port is None else await open_listener(metrics_port, metrics_host)
     with filtered(StallNote(stalls)):
         async with anyio.create_task_group() as tg:
