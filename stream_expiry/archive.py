@@ -84,8 +84,10 @@ from stream_expiry.config import Config
 from stream_expiry.errors import BrokerError, ConfigurationError, StoreError
 from stream_expiry.kafka import committed_offsets, consumer, ensure_config_topics, partitions_of
 from stream_expiry.kafka_settings import member_liveness
+from stream_expiry.logs import filtered
 from stream_expiry.model import decode_key
 from stream_expiry.parts import add_up
+from stream_expiry.stalls import StallNote, Stalls
 from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
 
 if TYPE_CHECKING:
@@ -450,37 +452,50 @@ async def serve_archive(
     group_id: str,
     session_ms: int,
     prepare: Callable[[], Awaitable[None]] | None = None,
+    stalls: Stalls | None = None,
 ) -> int:
     """``stream-expiry archive``: archive until SIGINT or SIGTERM, then stop after the batch
     in hand is written and committed (a second signal stops at once: nothing is lost, the
     uncommitted batch is re-delivered). ``prepare`` runs first, under the same signals
     (:func:`ensure_read_topics`: run before them, a signal while it connected ended the
     command without a word). ``session_ms``: the group's session, the config's
-    ``[service] session_timeout``."""
+    ``[service] session_timeout``.
+
+    ``stalls``: the watch of the process' own pauses (a new one by default; a test's
+    clocks), as ``run``, the sinks and ``rekey`` have it: a pause (SIGSTOP, a frozen VM) is
+    said in one WARNING, and the Kafka client's errors just after it say they are the
+    pause's. The archive serves no metrics, so the line is all there is; without it a
+    paused archive, and the service's purges waiting on it, went unexplained, and the
+    client's RequestTimedOutError on resume read as the broker's failure."""
+    from stream_expiry.endpoints import watch_process  # the HTTP side is not the archive's
+
+    stalls = stalls or Stalls()
     stop = anyio.Event()
     writer: ArchiveWriter | None = None  # none when a second signal stops it while it starts
-    async with anyio.create_task_group() as tg:
+    with filtered(StallNote(stalls)):
+        async with anyio.create_task_group() as tg:
 
-        async def on_signals() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    if stop.is_set():
-                        tg.cancel_scope.cancel()
-                    stop.set()
+            async def on_signals() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        if stop.is_set():
+                            tg.cancel_scope.cancel()
+                        stop.set()
 
-        tg.start_soon(on_signals)
-        if prepare is not None:
-            await prepare()
-        writer = await run_archive(
-            bootstrap_servers,
-            directory,
-            topic=topic,
-            tombstones=tombstones,
-            group_id=group_id,
-            stop=stop,
-            session_ms=session_ms,
-        )
-        tg.cancel_scope.cancel()
+            tg.start_soon(on_signals)
+            watch_process(tg, stalls)
+            if prepare is not None:
+                await prepare()
+            writer = await run_archive(
+                bootstrap_servers,
+                directory,
+                topic=topic,
+                tombstones=tombstones,
+                group_id=group_id,
+                stop=stop,
+                session_ms=session_ms,
+            )
+            tg.cancel_scope.cancel()
     if writer is None:
         log.info("archive stopped while it started (a second signal): nothing was written")
         return exits.INTERRUPTED

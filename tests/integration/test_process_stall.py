@@ -151,3 +151,46 @@ async def test_a_paused_command_says_it_did_not_run_and_no_broker_outage(
     assert after["stream_expiry_process_stalled_seconds_total"] == pytest.approx(seconds, abs=0.1)
     assert after["stream_expiry_process_longest_stall_seconds"] == pytest.approx(seconds, abs=0.1)
     assert svc.process.returncode == 0, svc.tail()
+
+
+@pytest.mark.timeout(120)
+async def test_a_paused_archive_says_it_did_not_run(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """``stream-expiry archive`` watched no pause of its own, where ``run``, the sinks and
+    ``rekey`` do: a paused archive (whose lag the service's purges wait on) said nothing,
+    and the Kafka client's timeouts on resume read as the broker's. It serves no metrics,
+    so the watch's one WARNING is what says it."""
+    cfg = tmp_path / "service.toml"
+    cfg.write_text(config_text(topics, str(tmp_path / "state")))
+    argv = ["archive", "--dir", str(tmp_path / "archive"), "--config", str(cfg)]
+    svc = await spawn_command(
+        [*argv, "--bootstrap-servers", broker, "--log-level", "INFO"], STARTED
+    )
+    pid = svc.process.pid
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(svc.follow_log)
+        with anyio.fail_after(30):
+            while not svc.log_has("archiving "):
+                assert svc.process.returncode is None, svc.tail()
+                await anyio.sleep(0.05)  # a poll interval: the log decides
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            # The stimulus: the length of the pause under test (no outcome is awaited).
+            await anyio.sleep(PAUSE_S)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        with anyio.fail_after(30):
+            while not svc.log_has("the process did not run for"):  # noqa: ASYNC110
+                await anyio.sleep(0.05)  # a poll interval: the log decides
+        os.kill(pid, signal.SIGINT)
+        with anyio.fail_after(30):
+            await svc.process.wait()
+        tg.cancel_scope.cancel()
+    said = [line for line in svc.lines if "the process did not run for" in line]
+    assert len(said) == 1, svc.tail()
+    assert "WARNING" in said[0]
+    assert "(paused, or starved of CPU); not a broker outage" in said[0]
+    seconds = float(re.search(r"did not run for ([\d.]+) s", said[0])[1])  # type: ignore[index]
+    assert PAUSE_S - 1 <= seconds <= PAUSE_S + 2, said[0]
+    assert svc.process.returncode == 0, svc.tail()
