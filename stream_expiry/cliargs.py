@@ -140,12 +140,21 @@ def hold_key_hex(text: str) -> bytes:
 def new_hold_id(text: str) -> str:
     """``hold place --id``: a hold id as :func:`hold_id` takes it, refused with a hint that
     fits placing (release's, "`hold list` shows the active holds' ids", sent a user who
-    mistyped a new id to look for it among the existing ones)."""
+    mistyped a new id to look for it among the existing ones). An argument that is not
+    UTF-8 (``$'case-\\xff'`` in bash) comes as surrogates, which no hold message can carry:
+    the place ended in a traceback once the hold was encoded."""
     if not 1 <= len(text) <= MAX_ID_CHARS:
         raise argparse.ArgumentTypeError(
             f"a hold id is 1 to {MAX_ID_CHARS} characters, got {quoted(text, 40)}: "
             "leave --id out for a new random one"
         )
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(
+            f"a hold id is text (UTF-8), got bytes that are not: {quoted(text, 40)}; "
+            "leave --id out for a new random one"
+        ) from None
     return text
 
 

@@ -72,6 +72,10 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
             ["hold", "place", "--org", "a", "--reason", "x", "--id", ""],
             "--id: a hold id is 1 to 512 characters, got '': leave --id out for a new random one",
         ),
+        (
+            ["hold", "place", "--org", "a", "--reason", "x", "--id", "case-\udcff"],
+            "--id: a hold id is text (UTF-8), got bytes that are not",
+        ),
         (["run", "--log-level", "LOUD"], "invalid choice: 'LOUD'"),
         (["sink", "sqlite", "--path", "x", "--metrics-port", "0"], "from 1 to 65535"),
     ],
