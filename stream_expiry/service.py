@@ -801,7 +801,7 @@ class Service:
             if self._reading.catching_up:
                 await self._reading.caught_up(cons)
             await self._reading.track_unread(cons, self.processors)
-            releasing = await self._release_held()
+            releasing = await self._release_held(control)
             self._housekeeping()
             if self._commits.due:
                 await self._commit(cons, every_store=False)
@@ -1134,9 +1134,14 @@ class Service:
                 if key in overdue and overdue[key] == expires_at:  # that life, not a next one
                     del overdue[key]
 
-    async def _release_held(self) -> bool:
+    async def _release_held(self, control: ControlTopics) -> bool:
         """After a hold's release, tombstone what it kept, a slice per loop turn; returns
         whether a release is still under way (the loop then does not wait for input).
+
+        Each slice is decided with the holds read to their end since a tick before, as
+        a firing is: the loop's consumer fetches each partition of the holds topic on
+        its own, and a hold placed on one before a release on another came after the
+        release; the slice then tombstoned records that hold kept (a review).
 
         A slice looks at ``RELEASE_BATCH`` held records at most, shared by the partitions
         releasing in turn. Each partition took 5,000 a turn: an org-wide hold over 300,000
@@ -1147,6 +1152,8 @@ class Service:
         acks = self._release_acks
         while len(acks) >= RELEASES_IN_FLIGHT:
             await settled_or_failed(acks.popleft())
+        if any(proc.releasing for proc in self.processors.values()):
+            await control.holds_read_since(self.clock() - self.config.tick_ms)
         async with self._deciding:
             return await self._release_held_slice()
 

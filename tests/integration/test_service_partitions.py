@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+    from stream_expiry.control import ControlTopics
     from stream_expiry.service import Service
     from stream_expiry.state.store import PartitionStore
     from tests.conftest import TopicSet
@@ -151,9 +152,9 @@ async def test_a_release_is_decided_in_slices_the_partitions_share(
         looked: list[int] = []  # per loop turn: the held records looked at
         release_held = service._release_held
 
-        async def counted() -> bool:
+        async def counted(control: ControlTopics) -> bool:
             before = service.stats.tombstones
-            more = await release_held()
+            more = await release_held(control)
             if service.stats.tombstones > before:
                 looked.append(service.stats.tombstones - before)
             return more
