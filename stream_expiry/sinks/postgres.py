@@ -48,9 +48,10 @@ Why it is shaped like this:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
@@ -89,6 +90,7 @@ if TYPE_CHECKING:
 
     import asyncpg
 
+    from stream_expiry.sinks._messages import Change
     from stream_expiry.sinks.store import PrunePosition, SweepPosition
 
 __all__ = ["DEFAULT_DSN", "DEFAULT_PARALLEL", "PostgresStore"]
@@ -454,9 +456,66 @@ class _Names:
         }
 
 
+_INSERT_ROWS: Final = f"INSERT INTO {{t}} ({_ROW_COLS}) {_ROWS_FROM_JSON}"
+_UPSERT_ROWS: Final = (
+    f"{_INSERT_ROWS} ON CONFLICT ({_KEY}) DO UPDATE SET created_at = excluded.created_at, "
+    "expires_at = excluded.expires_at, ttl_seconds = excluded.ttl_seconds, "
+    "ttl_source = excluded.ttl_source, data = excluded.data, "
+    "updated_at = excluded.updated_at, src_partition = excluded.src_partition, "
+    "src_offset = excluded.src_offset"
+)
+_INSERT_MARKERS: Final = f"INSERT INTO {{t}} ({_MARKER_COLS}) {_MARKERS_FROM_JSON}"
+_UPSERT_MARKERS: Final = (
+    f"{_INSERT_MARKERS} ON CONFLICT ({_KEY}) DO UPDATE SET "
+    "deleted_before = excluded.deleted_before, last_life = excluded.last_life, "
+    "deleted_at = excluded.deleted_at, pending = excluded.pending, "
+    "pending_since = excluded.pending_since, settled_at = excluded.settled_at"
+)
+
+
+class _Raced(StoreUnavailableError):
+    """A plain insert met a row another transaction inserted after this one looked for it
+    (see :class:`_PostgresTx`): the batch is applied again, with upserts only."""
+
+
+# Set while a batch is applied again after a plain insert met another's row (_Raced).
+_UPSERTS_ONLY: Final = contextvars.ContextVar("_UPSERTS_ONLY", default=False)
+
+_Written = TypeVar("_Written", Row, Marker)
+
+
+def _split(items: list[_Written], absent: set[Identity]) -> tuple[list[_Written], list[_Written]]:
+    """``items`` as those whose identity is in ``absent`` (inserted plainly) and the rest
+    (upserted), each in its order; no list is built when all fall on one side."""
+    if not absent:
+        return [], items
+    new = [x for x in items if x.identity in absent]
+    if len(new) == len(items):
+        return items, []
+    return new, ([x for x in items if x.identity not in absent] if new else items)
+
+
 class _PostgresTx(StoreTransaction):
-    def __init__(self, conn: asyncpg.Connection, names: _Names) -> None:
+    """One transaction's statements.
+
+    ``plain``: write the rows and markers this transaction found missing (its own
+    lookups said so) with a plain ``INSERT``, not ``INSERT ... ON CONFLICT DO UPDATE``.
+    PostgreSQL's upsert inserts speculatively (a probe of the key's index first, then the
+    insertion, then its confirmation), which costs a third more of the server's CPU a new
+    row: 5.4 against 7.7 us a marker (docs/BENCHMARKS.md, "Round 45"). Nothing locks a
+    row that is not there, so another transaction may insert one meanwhile (a second
+    instance of the store applying the same record from another topic's partition): the
+    insert then fails with a unique violation, raised as :class:`_Raced`, and
+    :meth:`PostgresStore._apply_one` applies the batch again with upserts only, as it
+    was before (nothing of the failed attempt was committed).
+    """
+
+    def __init__(self, conn: asyncpg.Connection, names: _Names, *, plain: bool = True) -> None:
         self._c, self._n = conn, names
+        self._plain = plain
+        # Identities whose row (marker) this transaction looked for and did not find.
+        self._no_row: set[Identity] = set()
+        self._no_marker: set[Identity] = set()
 
     async def _markers(
         self,
@@ -470,9 +529,13 @@ class _PostgresTx(StoreTransaction):
             f"SELECT {_MARKER_COLS} FROM {self._n.deletions} AS t JOIN {_KEYS} AS k "
             f"USING ({_KEY}) FOR UPDATE OF t"
         )
+        found: set[Identity] = set()
         for r in await self._c.fetch(q, keys):
             m = _marker(r, asked.get(tuple(r[:5])))
             slots.setdefault(m.identity, Slot()).marker = m
+            found.add(m.identity)
+        if self._plain:
+            self._no_marker.update(i for i in asked.values() if i not in found)
 
     async def load(
         self, identities: Sequence[Identity], *, data: bool = True
@@ -488,6 +551,8 @@ class _PostgresTx(StoreTransaction):
         for r in await self._c.fetch(q, keys):
             row = _row(r, asked.get(tuple(r[:5])))
             slots[row.identity] = Slot(row)
+        if self._plain:
+            self._no_row.update(i for i in identities if i not in slots)
         await self._markers(asked, keys, slots)
         return slots
 
@@ -510,7 +575,9 @@ class _PostgresTx(StoreTransaction):
         for r in await self._c.fetch(q, bounds):
             row = _row(r, asked.get(tuple(r[:5])))
             slots[row.identity] = Slot(row)
-        await self._markers(asked, _json(parts), slots)
+        # The same parameter: the lookup reads the key's five columns of each row, not
+        # its bound (one batch's keys written to JSON once, not twice).
+        await self._markers(asked, bounds, slots)
         return slots
 
     async def due(
@@ -542,32 +609,31 @@ class _PostgresTx(StoreTransaction):
                 _keys(p.deletes),
             )
         if p.upserts:
-            await c.execute(
-                f"INSERT INTO {n.records} ({_ROW_COLS}) {_ROWS_FROM_JSON} "
-                f"ON CONFLICT ({_KEY}) DO UPDATE SET created_at = excluded.created_at, "
-                "expires_at = excluded.expires_at, ttl_seconds = excluded.ttl_seconds, "
-                "ttl_source = excluded.ttl_source, data = excluded.data, "
-                "updated_at = excluded.updated_at, src_partition = excluded.src_partition, "
-                "src_offset = excluded.src_offset",
-                _json(
-                    (*r.identity.parts(), r.created_at, r.expires_at, r.ttl_seconds,
-                     r.ttl_source, r.data, r.updated_at, r.src_partition, r.src_offset)
-                    for r in p.upserts
-                ),
-            )  # fmt: skip
+            new, old = _split(p.upserts, self._no_row)
+            for rows, sql in ((new, _INSERT_ROWS), (old, _UPSERT_ROWS)):
+                if rows:
+                    await self._insert(
+                        sql.format(t=n.records),
+                        _json(
+                            (*r.identity.parts(), r.created_at, r.expires_at, r.ttl_seconds,
+                             r.ttl_source, r.data, r.updated_at, r.src_partition, r.src_offset)
+                            for r in rows
+                        ),
+                        plain=rows is new,
+                    )  # fmt: skip
         if p.markers:
-            await c.execute(
-                f"INSERT INTO {n.deletions} ({_MARKER_COLS}) {_MARKERS_FROM_JSON} "
-                f"ON CONFLICT ({_KEY}) DO UPDATE SET deleted_before = excluded.deleted_before, "
-                "last_life = excluded.last_life, deleted_at = excluded.deleted_at, "
-                "pending = excluded.pending, pending_since = excluded.pending_since, "
-                "settled_at = excluded.settled_at",
-                _json(
-                    (*m.identity.parts(), m.deleted_before, m.last_life, m.deleted_at,
-                     encode_pending(m.pending), m.pending_since, m.settled_at)
-                    for m in p.markers
-                ),
-            )  # fmt: skip
+            new_m, old_m = _split(p.markers, self._no_marker)
+            for markers, sql in ((new_m, _INSERT_MARKERS), (old_m, _UPSERT_MARKERS)):
+                if markers:
+                    await self._insert(
+                        sql.format(t=n.deletions),
+                        _json(
+                            (*m.identity.parts(), m.deleted_before, m.last_life, m.deleted_at,
+                             encode_pending(m.pending), m.pending_since, m.settled_at)
+                            for m in markers
+                        ),
+                        plain=markers is new_m,
+                    )  # fmt: skip
         if p.receipts:
             await c.execute(
                 f"WITH r AS (INSERT INTO {n.receipts} ({_RECEIPT_COLS}) {_RECEIPTS_FROM_JSON} "
@@ -579,6 +645,19 @@ class _PostgresTx(StoreTransaction):
                     for r in p.receipts
                 ),
             )  # fmt: skip
+
+    async def _insert(self, sql: str, rows: str, *, plain: bool) -> None:
+        """Run one of :meth:`write`'s inserts; a plain one that meets a row another
+        transaction inserted meanwhile raises :class:`_Raced`."""
+        if not plain:
+            await self._c.execute(sql, rows)
+            return
+        import asyncpg
+
+        try:
+            await self._c.execute(sql, rows)
+        except asyncpg.UniqueViolationError as exc:
+            raise _Raced(f"another transaction inserted the same record at once: {exc}") from exc
 
     async def prune(
         self, settled_before: int, limit: int, after: PrunePosition | None = None
@@ -769,7 +848,7 @@ class PostgresStore(Store):
             except errors as exc:
                 raise self._failure(exc, "cannot begin") from exc
             try:
-                yield _PostgresTx(conn, self._n)
+                yield _PostgresTx(conn, self._n, plain=not _UPSERTS_ONLY.get())
             except BaseException as exc:
                 with anyio.CancelScope(shield=True), contextlib.suppress(*errors):
                     await tx.rollback()
@@ -782,6 +861,8 @@ class PostgresStore(Store):
                 # A lost connection leaves the commit's outcome unknown: the batch is
                 # applied again, which changes nothing where it was applied.
                 raise self._failure(exc, "could not commit") from exc
+        except _Raced:
+            raise  # the connection is fine: the insert failed, the server answered
         except StoreUnavailableError:
             lost = True
             raise
@@ -796,6 +877,24 @@ class PostgresStore(Store):
 
     def transaction(self) -> contextlib.AbstractAsyncContextManager[StoreTransaction]:
         return self._tx()
+
+    async def _apply_one(
+        self, changes: Sequence[Change], *, now_ms: int, published: Sequence[str], living: bool
+    ) -> Plan:
+        """:meth:`Store.apply`'s transaction, applied again with upserts only if a plain
+        insert met a row another transaction wrote meanwhile (:class:`_PostgresTx`)."""
+        try:
+            return await super()._apply_one(
+                changes, now_ms=now_ms, published=published, living=living
+            )
+        except _Raced:
+            token = _UPSERTS_ONLY.set(True)  # this task's, not the other lanes'
+            try:
+                return await super()._apply_one(
+                    changes, now_ms=now_ms, published=published, living=living
+                )
+            finally:
+                _UPSERTS_ONLY.reset(token)
 
     async def _fetch(self, sql: str, *params: Any) -> list[Any]:
         try:
