@@ -484,15 +484,15 @@ _UPSERTS_ONLY: Final = contextvars.ContextVar("_UPSERTS_ONLY", default=False)
 _Written = TypeVar("_Written", Row, Marker)
 
 
-def _split(items: list[_Written], absent: set[Identity]) -> tuple[list[_Written], list[_Written]]:
-    """``items`` as those whose identity is in ``absent`` (inserted plainly) and the rest
-    (upserted), each in its order; no list is built when all fall on one side."""
+def _split(items: list[_Written], absent: set[str]) -> tuple[list[_Written], list[_Written]]:
+    """``items`` as those whose identity's key is in ``absent`` (inserted plainly) and the
+    rest (upserted), each in its order; no second list is built when all fall on one side."""
     if not absent:
         return [], items
-    new = [x for x in items if x.identity in absent]
+    new = [x for x in items if x.identity.key in absent]
     if len(new) == len(items):
         return items, []
-    return new, ([x for x in items if x.identity not in absent] if new else items)
+    return new, ([x for x in items if x.identity.key not in absent] if new else items)
 
 
 class _PostgresTx(StoreTransaction):
@@ -513,9 +513,10 @@ class _PostgresTx(StoreTransaction):
     def __init__(self, conn: asyncpg.Connection, names: _Names, *, plain: bool = True) -> None:
         self._c, self._n = conn, names
         self._plain = plain
-        # Identities whose row (marker) this transaction looked for and did not find.
-        self._no_row: set[Identity] = set()
-        self._no_marker: set[Identity] = set()
+        # Keys of the identities whose row (marker) this transaction looked for and did
+        # not find: by key, a str, whose hash is C's (Identity.__hash__ is a Python call).
+        self._no_row: set[str] = set()
+        self._no_marker: set[str] = set()
 
     async def _markers(
         self,
@@ -529,13 +530,13 @@ class _PostgresTx(StoreTransaction):
             f"SELECT {_MARKER_COLS} FROM {self._n.deletions} AS t JOIN {_KEYS} AS k "
             f"USING ({_KEY}) FOR UPDATE OF t"
         )
-        found: set[Identity] = set()
+        found: set[str] = set()
         for r in await self._c.fetch(q, keys):
             m = _marker(r, asked.get(tuple(r[:5])))
             slots.setdefault(m.identity, Slot()).marker = m
-            found.add(m.identity)
+            found.add(m.identity.key)
         if self._plain:
-            self._no_marker.update(i for i in asked.values() if i not in found)
+            self._no_marker.update([k for i in asked.values() if (k := i.key) not in found])
 
     async def load(
         self, identities: Sequence[Identity], *, data: bool = True
@@ -548,11 +549,13 @@ class _PostgresTx(StoreTransaction):
             f"JOIN {_KEYS} AS k USING ({_KEY}) FOR UPDATE OF t"
         )
         asked = dict(zip(parts, identities, strict=True))  # reuse them: no key to build again
+        got: set[str] = set()
         for r in await self._c.fetch(q, keys):
             row = _row(r, asked.get(tuple(r[:5])))
             slots[row.identity] = Slot(row)
+            got.add(row.identity.key)
         if self._plain:
-            self._no_row.update(i for i in identities if i not in slots)
+            self._no_row.update([k for i in identities if (k := i.key) not in got])
         await self._markers(asked, keys, slots)
         return slots
 
