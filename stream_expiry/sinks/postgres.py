@@ -41,6 +41,10 @@ Why it is shaped like this:
   locks, and the server executes one while the sink plans another. Measured through
   Kafka on 500k records (bench_sinks ``--parallel 1,2,1,2``): 16.7k and 15.7k records/s
   end to end with one transaction per batch, 19.3k and 18.4k with two.
+* Rows and markers the transaction's own lookups found missing are written with a plain
+  ``INSERT``, the others with ``INSERT ... ON CONFLICT DO UPDATE``, whose speculative
+  insertion cost the server a third more a new row (:class:`_PostgresTx`; a row another
+  transaction inserted in between makes the batch apply again, with upserts).
 * asyncpg is imported when the store opens, so the package works without the
   ``postgres`` extra until a PostgreSQL store is actually used.
 """
