@@ -90,12 +90,12 @@ from stream_expiry.sinks.store import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 
     import asyncpg
 
     from stream_expiry.sinks._messages import Change
-    from stream_expiry.sinks.store import PrunePosition, SweepPosition
+    from stream_expiry.sinks.store import PrunePosition, SweepPage, SweepPosition
 
 __all__ = ["DEFAULT_DSN", "DEFAULT_PARALLEL", "PostgresStore"]
 
@@ -484,6 +484,23 @@ class _Raced(StoreUnavailableError):
 
 # Set while a batch is applied again after a plain insert met another's row (_Raced).
 _UPSERTS_ONLY: Final = contextvars.ContextVar("_UPSERTS_ONLY", default=False)
+
+_Result = TypeVar("_Result")
+
+
+async def _again_if_raced(attempt: Callable[[], Awaitable[_Result]]) -> _Result:
+    """Run ``attempt`` (one transaction); if a plain insert of it met a row another
+    transaction inserted meanwhile (:class:`_Raced`, nothing committed), run it again with
+    upserts only, in this task (a contextvar: not the other lanes')."""
+    try:
+        return await attempt()
+    except _Raced:
+        token = _UPSERTS_ONLY.set(True)
+        try:
+            return await attempt()
+        finally:
+            _UPSERTS_ONLY.reset(token)
+
 
 _Written = TypeVar("_Written", Row, Marker)
 
@@ -890,18 +907,16 @@ class PostgresStore(Store):
     ) -> Plan:
         """:meth:`Store.apply`'s transaction, applied again with upserts only if a plain
         insert met a row another transaction wrote meanwhile (:class:`_PostgresTx`)."""
-        try:
-            return await super()._apply_one(
-                changes, now_ms=now_ms, published=published, living=living
-            )
-        except _Raced:
-            token = _UPSERTS_ONLY.set(True)  # this task's, not the other lanes'
-            try:
-                return await super()._apply_one(
-                    changes, now_ms=now_ms, published=published, living=living
-                )
-            finally:
-                _UPSERTS_ONLY.reset(token)
+        apply = super()._apply_one
+        return await _again_if_raced(
+            lambda: apply(changes, now_ms=now_ms, published=published, living=living)
+        )
+
+    async def sweep(self, **page: Any) -> SweepPage:
+        """:meth:`Store.sweep`, done again with upserts only after a race (as
+        :meth:`_apply_one`)."""
+        sweep = super().sweep
+        return await _again_if_raced(lambda: sweep(**page))
 
     async def _fetch(self, sql: str, *params: Any) -> list[Any]:
         try:

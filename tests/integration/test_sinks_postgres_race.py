@@ -35,7 +35,7 @@ from tests.integration.sink_helpers import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
     from pathlib import Path
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
@@ -72,10 +72,13 @@ async def _state(store: PostgresStore) -> tuple[Any, ...]:
 
 
 async def _raced(
-    store: PostgresStore, other_sql: str, other_args: tuple[Any, ...], change: Change
+    store: PostgresStore,
+    other_sql: str,
+    other_args: tuple[Any, ...],
+    run: Callable[[], Coroutine[Any, Any, object]],
 ) -> None:
-    """Apply ``change`` while another transaction holds X's row (marker) inserted, and
-    commit that one once the batch waits for it."""
+    """Run ``run`` (a batch, a sweep) while another transaction holds X's row (marker)
+    inserted, and commit that one once the batch waits for it."""
     import asyncpg
 
     conn = await asyncpg.connect(PG_DSN)
@@ -95,7 +98,7 @@ async def _raced(
             )
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: store.apply([change], now_ms=T0 + 20 * MINUTE))
+            tg.start_soon(run)
             await wait_until(waits, what="the batch's insert to wait for the other's row")
             await tx.commit()
     finally:
@@ -103,7 +106,10 @@ async def _raced(
 
 
 async def _sequential(
-    store: PostgresStore, other_sql: str, other_args: tuple[Any, ...], change: Change
+    store: PostgresStore,
+    other_sql: str,
+    other_args: tuple[Any, ...],
+    run: Callable[[], Coroutine[Any, Any, object]],
 ) -> None:
     import asyncpg
 
@@ -112,7 +118,7 @@ async def _sequential(
         await conn.execute(other_sql.format(s=f'"{store.schema}"'), *X.parts(), *other_args)
     finally:
         await conn.close()
-    await store.apply([change], now_ms=T0 + 20 * MINUTE)
+    await run()
 
 
 @pytest.mark.asyncio
@@ -140,7 +146,38 @@ async def test_a_plain_insert_that_meets_another_transactions_row_applies_again(
         assert isinstance(raced, PostgresStore)
         assert isinstance(sequential, PostgresStore)
         with anyio.fail_after(60):
-            await _raced(raced, other_sql, other_args, change())
-        await _sequential(sequential, other_sql, other_args, change())
+            await _raced(raced, other_sql, other_args, _applying(raced, change()))
+        await _sequential(sequential, other_sql, other_args, _applying(sequential, change()))
         assert await _state(raced) == await _state(sequential)
         assert (await _state(raced))[1 if change is _tombstone else 0] is not None
+
+
+def _applying(store: PostgresStore, change: Change) -> Callable[[], Coroutine[Any, Any, object]]:
+    return lambda: store.apply([change], now_ms=T0 + 20 * MINUTE)
+
+
+@pytest.mark.asyncio
+async def test_a_sweep_whose_marker_meets_another_transactions_does_it_again(
+    tmp_path: Path,
+) -> None:
+    """The sweep deletes X's expired row and inserts its marker plainly (its lookup found
+    none) while another instance's marker for X waits uncommitted."""
+    name = f"race{uuid.uuid4().hex[:8]}"
+    async with (
+        open_store("postgres", tmp_path, name=name) as raced,
+        open_store("postgres", tmp_path, name=name + "s") as sequential,
+    ):
+        assert isinstance(raced, PostgresStore)
+        assert isinstance(sequential, PostgresStore)
+        marker_args = (T0 + 5 * MINUTE, T0, T0 + 11 * MINUTE)
+        for store in (raced, sequential):
+            await store.apply([decode_stamped(*stamped_msg(stamp(X)))], now_ms=T0)
+
+        def sweeping(store: PostgresStore) -> Callable[[], Coroutine[Any, Any, object]]:
+            return lambda: store.sweep(cutoff_ms=T0 + 20 * MINUTE, now_ms=T0 + 20 * MINUTE)
+
+        with anyio.fail_after(60):
+            await _raced(raced, OTHER_MARKER, marker_args, sweeping(raced))
+        await _sequential(sequential, OTHER_MARKER, marker_args, sweeping(sequential))
+        assert await _state(raced) == await _state(sequential)
+        assert (await _state(raced))[1] is not None
