@@ -545,6 +545,7 @@ async def history(config: Config, brokers: Brokers, identity: Identity) -> Histo
                         found.events.append(_dead_letter(rec, t.dlq) | {"named_as": named_as})
     found.events = _in_order(found.events)
     found.events = _one_per_receipt(found.events)
+    _mark_rows_replaced(found.events)
     _mark_holds_that_kept_nothing(found.events)
     holds = await read_holds(config, brokers)
     found.holds = [h.as_dict() for h in sorted(holds.holding(identity), key=lambda h: h.hold_id)]
@@ -571,6 +572,34 @@ def _in_order(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 _HOLD_EVENTS: Final = ("hold_placed", "hold_released")
+
+
+def _mark_rows_replaced(events: list[dict[str, Any]]) -> None:
+    """Mark (``replaced_by_next_life``: the next life's ``created_at``, and ``held``,
+    whether a legal hold deferred the life's deletion) each receipt of a
+    life whose row a store lost to the record's next life before the life's tombstone
+    came: a store keeps one row per record, so the stamp of a life begun while a legal
+    hold kept the one before replaced that one's row, and the held life's receipt,
+    written at the release, says ``deleted_at`` the time of that write, inside the hold.
+    Shown as a plain receipt, it read as a deletion while the hold was active (a trial).
+    A store deletes on a tombstone or a null, each written once the tombstone is
+    decided, so a receipt dated before its tombstone's ``emitted_at`` is such a
+    replacement; the next life is the first stamp of a later creation."""
+    for e in events:
+        if e["kind"] != "receipt" or e.get("rows_deleted") != 1:
+            continue
+        created, deleted, emitted = e.get("created_at"), e.get("deleted_at"), e.get("emitted_at")
+        if not (created and deleted and emitted) or parse_ts(deleted) >= parse_ts(emitted):
+            continue
+        for later in events:
+            life = later.get("created_at") if later["kind"] == "stamp" else None
+            if life and parse_ts(life) > parse_ts(created):
+                held = any(
+                    d["kind"] == "deletion_deferred" and d.get("expires_at") == e.get("expires_at")
+                    for d in events
+                )
+                e["replaced_by_next_life"] = {"created_at": life, "held": held}
+                break
 
 
 def _mark_holds_that_kept_nothing(events: list[dict[str, Any]]) -> None:
@@ -664,6 +693,7 @@ def _summary(e: dict[str, Any]) -> str:
             f"{e.get('rows_deleted')}, deleted {e.get('deleted_at')}"
             + _by_request(e)
             + _late(e)
+            + _replaced(e)
             + (f" (published {copies} times, one receipt)" if copies > 1 else "")
         )
     if kind == "dead_letter":
@@ -709,6 +739,23 @@ def _summary(e: dict[str, Any]) -> str:
             + (f" (written {copies} times, one deferral)" if copies > 1 else "")
         )
     return ", ".join(f"{k} {v}" for k, v in e.items() if k not in ("at", "topic", "kind"))
+
+
+def _replaced(e: dict[str, Any]) -> str:
+    """A receipt's row replaced by the record's next life (:func:`_mark_rows_replaced`)."""
+    replaced = e.get("replaced_by_next_life")
+    if not isinstance(replaced, dict):
+        return ""
+    text = (
+        f"; its row was replaced at {e.get('deleted_at')} by the record's next life "
+        f"(created {replaced.get('created_at')}): a store keeps one row per record"
+    )
+    if replaced.get("held"):
+        return text + (
+            "; the hold kept this life in the service until its release, and this receipt "
+            "is written at it"
+        )
+    return text + "; this life's tombstone came after"
 
 
 def _held_lives(lives: Any) -> str:

@@ -16,6 +16,7 @@ from stream_expiry.history import history, text_lines
 from stream_expiry.logs import record_ref
 from stream_expiry.model import Identity
 from stream_expiry.service import wall_clock_ms
+from stream_expiry.timeutil import format_ts
 from tests.conftest import TopicSet, read_topic, wait_for
 from tests.integration.service_helpers import (
     archive_running,
@@ -25,7 +26,7 @@ from tests.integration.service_helpers import (
     produce,
     running_service,
 )
-from tests.integration.sink_helpers import open_store, running_sink, sink_config
+from tests.integration.sink_helpers import open_store, running_sink, sink_config, wait_until
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -289,3 +290,61 @@ async def test_history_of_a_hold_placed_after_an_erasure_says_the_archive_kept_i
     (placed,) = [e for e in orjson.loads(capsys.readouterr().out)["events"]
                  if e["kind"] == "hold_placed"]  # fmt: skip
     assert (placed["kept_a_life"], placed["erased_before"]) == (False, True)
+
+
+@pytest.mark.timeout(120)
+async def test_history_says_a_held_lifes_row_was_replaced_by_its_next_life(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A life a legal hold kept, then the record's next life: a store keeps one row per
+    record, so the next life's stamp replaced the held life's row, and the held life's
+    receipt (written at the release) says ``deleted_at`` the time of that write, inside
+    the hold. `history` showed it as a plain deletion of the held life while the hold was
+    active, and an auditor asked to show that nothing under a hold was deleted read it as
+    one (a trial). It says the row was replaced by the next life (JSON
+    ``replaced_by_next_life``), and a receipt deleted after its tombstone says nothing."""
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(config_text(topics, str(tmp_path / "state"), SETTINGS))
+    common = ("--config", str(cfg), "--bootstrap-servers", broker)
+    config = config_for(topics, str(tmp_path / "state"), SETTINGS)
+    assert await _cli("hold", "place", *common, "--org", "acme", "--record-id", "r1",
+                      "--reason", "case 9", "--id", "case-9") == 0  # fmt: skip
+    identity = Identity("acme", "_", "live", "conversation", "r1")
+    t0 = wall_clock_ms()
+    async with (
+        open_store("sqlite", tmp_path, name="store-a") as store,
+        running_sink(store, sink_config(broker, topics)),
+        running_service(config, broker),
+    ):
+        # Due on arrival (created two hours ago, kept an hour): the hold defers it.
+        held = event("conversation", "r1", ts=t0 - 2 * 3_600_000, data={"n": 1})
+        other = event("conversation", "r2", ts=t0, data={"n": 1})
+        erased = event("conversation", "r2", ts=t0 + 1, op="delete")
+        await produce(broker, [(topics.conversations, *m) for m in (held, other, erased)])
+        await read_topic(broker, topics.audit, until=lambda r: len(r) >= 2)  # placed, deferred
+        await produce(broker, [(topics.conversations, *event("conversation", "r1", ts=t0))])
+
+        async def next_life_written() -> bool:
+            row = await store.get(identity)
+            return row is not None and row.created_at == t0
+
+        await wait_until(next_life_written, what="the next life's row")
+        assert await _cli("hold", "release", *common, "case-9") == 0
+        await read_topic(broker, topics.receipts, until=lambda r: len(r) >= 2)
+    found = await history(config, broker, identity)
+    (receipt,) = [e for e in found.events if e["kind"] == "receipt"]
+    assert receipt["created_at"] == format_ts(t0 - 2 * 3_600_000)
+    assert receipt["deleted_at"] < receipt["emitted_at"]  # the row went before the release
+    assert receipt["replaced_by_next_life"] == {"created_at": format_ts(t0), "held": True}
+    lines = text_lines(found.as_dict())
+    (said,) = [line for line in lines if "  receipt  " in line]
+    assert said.endswith(
+        f"; its row was replaced at {receipt['deleted_at']} by the record's next life "
+        f"(created {format_ts(t0)}): a store keeps one row per record; the hold kept this "
+        "life in the service until its release, and this receipt is written at it"
+    )
+    erased_receipt = await history(
+        config, broker, Identity("acme", "_", "live", "conversation", "r2")
+    )
+    (plain,) = [e for e in erased_receipt.events if e["kind"] == "receipt"]
+    assert "replaced_by_next_life" not in plain
