@@ -11,7 +11,10 @@ Rules this module keeps:
   are copied; everything else in the result is shared with the input (callers must not mutate
   it either, which the service never does: it encodes and forgets).
 * A path is split on ``.``; each segment names a key of a JSON object. A key that itself
-  contains a ``.`` cannot be named: redact its parent instead.
+  contains ``.`` is named by the segments it spells: ``user.email`` removes a flattened
+  ``{"user.email": ...}`` as well as ``{"user": {"email": ...}}`` (a producer that
+  flattens its payload left the field on the stamp, and the stamp said nothing was
+  removed: a compliance trial).
 * A segment matches keys whatever their case (``str.casefold``): producers' SDKs differ in
   key case (``User.Email``, ``user.EMAIL``), and for a privacy rule removing too much is
   safer than leaking. Every key of an object that matches is followed or removed, not only
@@ -64,6 +67,16 @@ def fold_path(path: _Path) -> _Path:
     return tuple(segment.casefold() for segment in path)
 
 
+def _spelt(folded: str, path: _Path, depth: int) -> int:
+    """Where ``path`` goes on after a key (case-folded) that contains dots, when its
+    segments spell ``path[depth:]``'s next ones (``"user.email"`` for ``user.email``),
+    else ``depth``. A producer that flattens its payload sends such keys; left alone,
+    the field the rule names was kept, and the stamp said nothing was removed."""
+    segments = tuple(folded.split("."))
+    end = depth + len(segments)
+    return end if path[depth:end] == segments else depth
+
+
 def _remove(value: Any, path: _Path, depth: int, at: _Path, found: dict[_Path, None]) -> Any:
     """``value`` without what the folded ``path[depth:]`` names; each removed field's path
     as found in the data (``at``: the keys that led to ``value``) is added to ``found``.
@@ -82,19 +95,23 @@ def _remove(value: Any, path: _Path, depth: int, at: _Path, found: dict[_Path, N
     if not isinstance(value, dict):
         return value
     head = path[depth]
-    last = depth + 1 == len(path)
     copy: dict[str, Any] | None = None
     for key in value:
-        if key.casefold() != head:  # keys of decoded JSON are strings
+        folded = key.casefold()  # keys of decoded JSON are strings
+        if folded == head:
+            after = depth + 1
+        elif "." in key and (after := _spelt(folded, path, depth)) > depth:
+            pass  # a flattened key, "user.email": the field the path names
+        else:
             continue
-        if last:
+        if after == len(path):
             if copy is None:
                 copy = dict(value)
             del copy[key]
             found[(*at, key)] = None
             continue
         child = value[key]
-        new = _remove(child, path, depth + 1, (*at, key), found)
+        new = _remove(child, path, after, (*at, key), found)
         if new is not child:
             if copy is None:
                 copy = dict(value)
@@ -146,4 +163,5 @@ class Redactor:
             data = _remove(data, path, 0, (), found)
         if not found:
             return data, ()
-        return data, tuple(".".join(p) for p in found)
+        # One entry per path as spelt: a flattened "user.email" and a nested one read alike.
+        return data, tuple(dict.fromkeys(".".join(p) for p in found))

@@ -125,6 +125,35 @@ def test_nested_fields_and_lists() -> None:
     assert out["transcript"][2] is data["transcript"][2]  # type: ignore[index]
 
 
+def test_a_key_with_dots_that_spells_the_path_is_removed() -> None:
+    """A producer that flattens its payload sends ``{"user.email": ...}``: the rule
+    ``user.email`` left it on the stamp, in the stores and the archive, and the stamp
+    listed nothing redacted, so nobody was told (a compliance trial). A key whose dotted
+    segments spell the next segments of a path is that path's field, whatever its case,
+    at any depth and for the rest of the path; a key with dots that spells something else
+    stays."""
+    data = {
+        "user.email": "flat@x",
+        "User.EMAIL": "flat2@x",
+        "user": {"email": "nested@x", "name": "n"},
+        "transcript": [{"msg.text": "hi", "msg.ts": 1}],
+        "a.b": {"c": "deep@x", "d": 1},
+        "user.emails": "kept",
+        "x.user.email": "kept too",
+    }
+    rules = ["user.email", "transcript.msg.text", "a.b.c"]
+    out, removed = Redactor.from_config({"conversation": rules}).redact("conversation", data)
+    assert out == {
+        "user": {"name": "n"},
+        "transcript": [{"msg.ts": 1}],
+        "a.b": {"d": 1},
+        "user.emails": "kept",
+        "x.user.email": "kept too",
+    }
+    assert "@x" not in orjson.dumps(out).decode()
+    assert removed == ("user.email", "User.EMAIL", "transcript.msg.text", "a.b.c")
+
+
 def test_paths_match_keys_whatever_their_case() -> None:
     """Producers' SDKs differ in key case: ``user.email`` left ``{"User": {"Email": ...}}``
     on the stamp, in the stores and the archive (a compliance trial). Every key equal to a
