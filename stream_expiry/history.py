@@ -584,7 +584,8 @@ def _mark_rows_replaced(events: list[dict[str, Any]]) -> None:
     Shown as a plain receipt, it read as a deletion while the hold was active (a trial).
     A store deletes on a tombstone or a null, each written once the tombstone is
     decided, so a receipt dated before its tombstone's ``emitted_at`` is such a
-    replacement; the next life is the first stamp of a later creation."""
+    replacement; the next life is the first stamp of a later creation written before that
+    tombstone was decided."""
     for e in events:
         if e["kind"] != "receipt" or e.get("rows_deleted") != 1:
             continue
@@ -593,7 +594,10 @@ def _mark_rows_replaced(events: list[dict[str, Any]]) -> None:
             continue
         for later in events:
             life = later.get("created_at") if later["kind"] == "stamp" else None
-            if life and parse_ts(life) > parse_ts(created):
+            # Stamped before the tombstone was decided (both the service's clock): a life
+            # begun after an ordinary deletion is stamped after it, however the sink's
+            # clock is set.
+            if life and parse_ts(life) > parse_ts(created) and later["at"] < emitted:
                 held = any(
                     d["kind"] == "deletion_deferred" and d.get("expires_at") == e.get("expires_at")
                     for d in events
