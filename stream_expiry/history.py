@@ -694,7 +694,10 @@ def _summary(e: dict[str, Any]) -> str:
         copies = e.get("copies", 1)
         return (
             f"store {e.get('store')}: reason {e.get('reason')}, rows deleted "
-            f"{e.get('rows_deleted')}, deleted {e.get('deleted_at')}"
+            f"{e.get('rows_deleted')}"
+            # Which life: a record's lives each get a receipt from every store (a trial).
+            + (f" of the life created {e['created_at']}" if e.get("created_at") else "")
+            + f", deleted {e.get('deleted_at')}"
             + _by_request(e)
             + _late(e)
             + _replaced(e)

@@ -524,3 +524,18 @@ def test_a_late_erasure_says_why_in_words_of_an_erasure() -> None:
     assert "; late (hold: a legal hold deferred it until its release)" in lines[1]
     assert "; late (catch_up: the service read the request late" in lines[2]
     assert "; late (late_event: the event that made it due came after its expiry)" in lines[3]
+
+
+def test_a_receipt_names_the_life_it_deleted() -> None:
+    """A record with two lives (a life a hold kept and the next one, or a record created
+    again after an erasure) has a receipt for each from every store: the text said the
+    store, the reason and when, not which life, so an auditor could not tell whether the
+    held life's deletion was among them (a trial; the JSON has ``created_at``). A receipt
+    that names no life (an erasure of a record never seen) says nothing of one."""
+    later = "2026-12-05T06:00:00.000Z"
+    receipt = {"at": AT, "kind": "receipt", "store": "sq", "reason": "ttl", "rows_deleted": 0,
+               "deleted_at": later}  # fmt: skip
+    lines = text_lines(_history(receipt | {"created_at": AT}, receipt | {"created_at": None}))
+    assert lines[1].endswith(f"store sq: reason ttl, rows deleted 0 of the life created {AT}, "
+                             f"deleted {later}")  # fmt: skip
+    assert lines[2].endswith(f"store sq: reason ttl, rows deleted 0, deleted {later}")
