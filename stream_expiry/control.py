@@ -27,7 +27,7 @@ import logging
 import os
 import time
 import zlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
@@ -329,6 +329,8 @@ class ControlTopics:
                 else:
                     self._stats.policy_updates += 1
                     log.log(self._each_at, "policy update applied: %s", result.describe())
+                    if not self._catching_up:
+                        _warn_back_dated(rec, result.key, result.effective_from)
                     for note in result.notes:
                         log.warning(
                             "policy update %s at %s[%d]@%d: %s",
@@ -555,6 +557,40 @@ def _dropped_name(rec: Any, update: PolicyUpdate) -> tuple[object, ...]:
     failed one is one; another at the same offset of a topic made again is another)."""
     crc = zlib.crc32(rec.value or b"", zlib.crc32(rec.key or b""))
     return rec.topic, rec.partition, rec.offset, crc, update.dropped
+
+
+# An update whose effective_from is further than this before its Kafka timestamp is
+# back-dated: records created in between may be stamped already.
+BACK_DATED_AFTER_MS: Final = 60_000
+
+
+def _ago(ms: int) -> str:
+    """``ms`` rounded for a person: minutes, hours, or days."""
+    minutes = round(ms / 60_000)
+    if minutes < 120:
+        return f"{minutes} min"
+    hours = round(ms / 3_600_000)
+    return f"{hours} h" if hours < 48 else f"{round(ms / 86_400_000)} days"
+
+
+def _warn_back_dated(rec: Any, key: str, effective_from: int) -> None:
+    """An update read while the service runs whose ``effective_from`` is well before it
+    was sent governs records created from then on, but those already stamped keep the
+    TTL they were given (a stamp is made at creation; only ``replay`` moves it). Nothing
+    said so: a record created after the date kept the older TTL, which `explain --at`
+    contradicted, and an update that lengthens retention let such records go early (a
+    trial). At a start, which reads every update, older ones are history, not news."""
+    if rec.timestamp is None or rec.timestamp - effective_from <= BACK_DATED_AFTER_MS:
+        return
+    before = rec.timestamp - effective_from
+    since = format_ts(effective_from)
+    log.warning(
+        "policy update %s at %s[%d]@%d applies from %s, %s before it was sent: records "
+        "created since then that the service had stamped already keep the TTL they were "
+        "given (a TTL is fixed when a record is stamped); `stream-expiry replay --since %s` "
+        "re-derives them under it",
+        key, rec.topic, rec.partition, rec.offset, since, _ago(before), since,
+    )  # fmt: skip
 
 
 def _warn_dropped(rec: Any, key: str, categories: tuple[str, ...]) -> None:

@@ -22,7 +22,7 @@ from stream_expiry.model import Identity
 from stream_expiry.policy import scope_key
 from stream_expiry.service import wall_clock_ms
 from stream_expiry.sinks import BatchReport, Sink, SinkConfig, SQLiteStore
-from stream_expiry.timeutil import parse_ts
+from stream_expiry.timeutil import format_ts, parse_ts
 from tests.conftest import TopicSet, make_topic_set, read_all, read_topic, wait_for
 from tests.integration.service_helpers import (
     ArrivalLog,
@@ -702,3 +702,34 @@ async def test_the_assignment_line_counts_the_timers_the_restore_loaded(
     # (The group may assign the partitions in more than one step.)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("assigned ")]
     assert any(": 1 timers within the horizon loaded; reading " in line for line in lines)
+
+
+async def test_a_back_dated_policy_update_says_the_records_stamped_since_keep_their_ttl(
+    broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A policy update whose ``effective_from`` is well before it was sent (a legal
+    decision "30 days from the 1st", entered a week later) governs records created from
+    then on, but those the service stamped before it read the update keep the TTL they
+    were given (a stamp is made at creation): a record created after ``effective_from``
+    kept 60 s under an update saying 30 s, while `explain --at` gave 30 s, and nothing
+    said so (a trial). The service warns, naming the update and the `replay --since` that
+    re-derives them; an update sent with no ``effective_from`` says nothing of it."""
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    t0 = wall_clock_ms()
+    key = scope_key("org", "acme").encode()
+    back = t0 - 600_000
+    dated = orjson.dumps(
+        {"scope": "org", "org": "acme", "ttl": {"conversation": "30m"}, "effective_from": back}
+    )
+    now = orjson.dumps({"scope": "org", "org": "acme", "ttl": {"conversation": "20m"}})
+    with caplog.at_level(logging.WARNING, logger="stream_expiry"):
+        async with running_service(config, broker) as service:
+            await produce(broker, [(topics.conversations, *event("conversation", "r1", ts=t0))])
+            await wait_for(lambda: service.stats.stamped >= 1)
+            await produce(broker, [(topics.policies, key, dated), (topics.policies, key, now)])
+            await wait_for(lambda: service.stats.policy_updates >= 2)
+    said = [r.getMessage() for r in caplog.records if "replay --since" in r.getMessage()]
+    (warning,) = said
+    assert "policy update org/acme at " in warning
+    assert f"applies from {format_ts(back)}, 10 min before it was sent" in warning
+    assert f"`stream-expiry replay --since {format_ts(back)}`" in warning
