@@ -457,9 +457,30 @@ def _named_as(rec: Any, identity: Identity) -> dict[str, str] | None:
     ):
         values["category"] = identity.category
         said["category"] = category
+    if _error_of(rec) == "invalid_field":
+        _ill_typed_as(values, identity, said)
     if not said:
         return None
     return said if _parts_given(values) == identity.parts() else None
+
+
+def _ill_typed_as(values: dict[str, Any], identity: Identity, said: dict[str, str]) -> None:
+    """Read, in ``values`` (a rejected event's fields), an identity field the service
+    refused (``invalid_field``) as the record's part it stands for: a number whose JSON
+    text is that part (``"record_id": 123``), an ``env`` that is the record's but for
+    case (``"Live"``). Erasure requests so sent were carried out nowhere, and `history`
+    of the record showed neither (a trial). Each one read is added to ``said``."""
+    for name, want in zip(_IDENTITY_FIELDS, identity.parts(), strict=True):
+        value = values.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            text = means = orjson.dumps(value).decode()
+        elif name == "env" and isinstance(value, str):
+            text, means = value, value.lower()
+        else:
+            continue
+        if means == want and value != want:
+            values[name] = want
+            said[name] = text
 
 
 def _error_of(rec: Any) -> str | None:

@@ -539,3 +539,32 @@ def test_a_receipt_names_the_life_it_deleted() -> None:
     assert lines[1].endswith(f"store sq: reason ttl, rows deleted 0 of the life created {AT}, "
                              f"deleted {later}")  # fmt: skip
     assert lines[2].endswith(f"store sq: reason ttl, rows deleted 0, deleted {later}")
+
+
+def test_an_erasure_rejected_for_an_id_of_another_type_or_an_env_in_capitals_is_the_records() -> (
+    None
+):
+    """Erasure requests with ``"record_id": 123`` (a number) or ``"env": "Live"`` are
+    dead-lettered (``invalid_field``) and carried out nowhere; `history` of record
+    ``123`` showed neither, so the record read as one never asked to be erased (a
+    trial). Each is the record's, with how it named it (``named_as``): a number whose
+    JSON text is the id, an env that is the record's but for case. Another id, a
+    ``true`` for ``1``, or an env rejected for something else, is not."""
+    from stream_expiry.history import _named_as
+
+    record = Identity("acme", "_", "live", "conversation", "123")
+
+    def letter(error: str, **body: object) -> SimpleNamespace:
+        value = {"org": "acme", "category": "conversation", "op": "delete", "ts": 1} | body
+        return SimpleNamespace(value=orjson.dumps(value), headers=[(codec.H_ERROR, error.encode())])
+
+    assert _named_as(letter("invalid_field", record_id=123), record) == {"record_id": "123"}
+    assert _named_as(letter("invalid_field", record_id="123", env="Live"), record) == {
+        "env": "Live"
+    }
+    assert _named_as(letter("invalid_field", record_id=124), record) is None
+    one = Identity("acme", "_", "live", "conversation", "1")
+    assert _named_as(letter("invalid_field", record_id=True), one) is None
+    assert _named_as(letter("invalid_field", record_id="123", env="Draft"), record) is None
+    assert _named_as(letter("unknown_op", record_id=123), record) is None
+    assert _named_as(letter("invalid_field", record_id="123", env=1), record) is None
