@@ -93,9 +93,9 @@ class History:
 
 def open_life(events: list[dict[str, Any]], now_ms: int) -> dict[str, Any] | None:
     """The record's life that no null on the changelog has ended, from its latest stamp:
-    ``created_at``, ``due_at`` (its deferred erasure, else its expiry; null: never
-    expires), ``erasure`` (whether ``due_at`` is that erasure's: an erasure waits for no
-    archive), ``as_of`` (``now_ms``) and ``overdue``; None when its last life is deleted
+    ``created_at``, ``due_at`` (the earlier of its deferred erasure and its expiry; null:
+    neither, it never expires), ``erasure`` (whether an erasure of it is asked: an
+    erasure waits for no archive), ``as_of`` (``now_ms``) and ``overdue``; None when its last life is deleted
     or it has none. A record past its expiry that a hold or the archive kept, or that a
     stopped service had not deleted yet, read as one whose deletion was simply not listed:
     `history` said nothing of it (a trial: a record waiting for the archive)."""
@@ -109,8 +109,10 @@ def open_life(events: list[dict[str, Any]], now_ms: int) -> dict[str, Any] | Non
                 latest = None
     if latest is None:
         return None
-    erasure = latest.get("erase_requested_at")
-    due = erasure or latest.get("expires_at")
+    erasure, expires = latest.get("erase_requested_at"), latest.get("expires_at")
+    # The earlier: a life a hold kept past its expiry and then asked to be erased is due
+    # since its expiry (said since the request, a hold's delay read shorter: a trial).
+    due = min((t for t in (erasure, expires) if t), key=parse_ts, default=None)
     return {
         "created_at": latest.get("created_at"),
         "due_at": due,

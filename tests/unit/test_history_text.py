@@ -568,3 +568,21 @@ def test_an_erasure_rejected_for_an_id_of_another_type_or_an_env_in_capitals_is_
     assert _named_as(letter("invalid_field", record_id="123", env="Draft"), record) is None
     assert _named_as(letter("unknown_op", record_id=123), record) is None
     assert _named_as(letter("invalid_field", record_id="123", env=1), record) is None
+
+
+def test_a_life_due_before_the_erasure_asked_of_it_is_due_since_its_expiry() -> None:
+    """A life a hold kept past its expiry, then asked to be erased: `history` said it was
+    due since the erasure request, not since its expiry, so an auditor asking how long a
+    hold had kept a record past its deletion got the shorter answer (a trial, by the
+    time between the two: 24 s there, months where a request comes late). Its
+    ``due_at`` is the earlier of the two; ``erasure`` still says an erasure is asked,
+    which waits for no archive."""
+    created = "2027-01-15T08:00:00.000Z"
+    stamp: dict[str, Any] = {"at": created, "kind": "stamp", "created_at": created}
+    stamp |= {"expires_at": "2027-01-15T08:00:30.000Z"}
+    erased = stamp | {"erase_requested_at": "2027-01-15T08:01:00.000Z"}
+    life = open_life([stamp, erased], 1_800_000_090_000)  # 08:01:30
+    assert life is not None
+    assert (life["due_at"], life["erasure"], life["overdue"]) == (
+        "2027-01-15T08:00:30.000Z", True, True,
+    )  # fmt: skip
