@@ -217,6 +217,31 @@ class _Round:
         return not self.wrapped or (self.stop is not None and key <= self.stop)
 
 
+def _deferred_lives(held: model.Stamp) -> list[model.Stamp]:
+    """What a hold keeps of ``held``, one state per deletion deferred, as the audit entry
+    written when each was deferred named it: each earlier life a hold kept past its end
+    (``held_lives``, oldest first), then the running life if it is held. An entry written
+    from the running state alone, when one of two holds was released, named the next
+    life's expiry (not due yet) in place of the held life's (a trial). A state whose
+    erasure names no life keeps the life that had ended before it apart
+    (:attr:`~stream_expiry.model.Stamp.ended_life`): it is one deferral, of that erasure."""
+    if held.ended_life is not None or not held.held_lives:
+        return [held]
+    lives = [
+        held._replace(
+            created_at=life[0],
+            expires_at=life[1],
+            ttl_ms=life[2],
+            ttl_source=life[3],
+            erase_at=life[4],
+            held=True,
+            held_lives=(),
+        )
+        for life in held.held_lives
+    ]
+    return [*lives, held] if held.held else lives
+
+
 class PartitionProcessor:
     """Owns one input partition (``topic``, ``partition``) and its store."""
 
@@ -1339,15 +1364,10 @@ class PartitionProcessor:
             if self.holds.is_held(held.identity):
                 if any(index.any_matches(held.identity) for index in let_go):
                     # Let go by one hold, kept by another: the audit says which now.
-                    erased = (
-                        held.erase_at
-                        if held.held
-                        else next(
-                            (life[4] for life in held.held_lives if life[4] is not None), None
-                        )
-                    )
                     ids = [h.hold_id for h in self.holds.holding(held.identity)]
-                    effects.deferred.append((held, "ttl" if erased is None else "explicit", ids))
+                    for kept in _deferred_lives(held):
+                        reason = "ttl" if kept.erase_at is None else "explicit"
+                        effects.deferred.append((kept, reason, ids))
                 continue
             if not self._archive_lets_go(held):
                 self._waits_for_archive(held)

@@ -1494,3 +1494,27 @@ def test_a_start_refuses_on_a_hold_id_in_doubt_naming_each_where_and_what_to_do(
         "`stream-expiry hold release --key-hex HEX`" in str(refused.value)
     )
     assert len(str(refused.value)) < 2_000
+
+
+def test_a_held_life_another_hold_takes_over_is_named_on_the_audit_trail_not_the_next() -> None:
+    """A session a hold kept past its expiry came back (its next life runs beside it);
+    one of its two holds released, the other keeps the held life: the audit entry gave
+    the next life's ``expires_at`` (not due yet) and no erasure, so it read as a deferral
+    of a deletion not yet due, and not of the held life's (a trial). It names the held
+    life, as the entry written at its expiry did; the next life is not deferred."""
+    p = Partition()
+    p.holds.place(hold("h-all"))
+    p.holds.place(hold("h-s", record_id="s"))
+    p.event("s", "create", T0, category="session")
+    p.tick(T0 + TTL)  # expired, kept
+    p.event("s", "touch", T0 + 3 * TTL, category="session")  # the next life
+    p.holds.release("h-all")
+    p.proc.extend_horizon(T0 + 3 * TTL + 10)
+    p._take(p.proc.fire_due(T0 + 3 * TTL + 10), T0 + 3 * TTL + 10)
+    taken_over = []
+    while p.proc.releasing:
+        effects = p._take(p.proc.release_due(T0 + 3 * TTL + 10, budget=100), T0 + 3 * TTL + 10)
+        taken_over += effects.deferred
+    assert [(s.created_at, s.expires_at, s.erase_at, r, ids) for s, r, ids in taken_over] == [
+        (T0, T0 + TTL, None, "ttl", ["h-s"])
+    ]
