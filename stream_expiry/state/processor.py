@@ -1367,6 +1367,13 @@ class PartitionProcessor:
                     ids = [h.hold_id for h in self.holds.holding(held.identity)]
                     for kept in _deferred_lives(held):
                         reason = "ttl" if kept.erase_at is None else "explicit"
+                        if kept.erase_at is not None:
+                            # Its request, as the first entry named it: without it the
+                            # entry read "the erasure request unknown" (a trial).
+                            erasure = (kept.erase_at, kept.created_at is not None)
+                            known = self._known_requests(held.identity.key).get(erasure)
+                            if known is not None:
+                                effects.deferred_requests[len(effects.deferred)] = known
                         effects.deferred.append((kept, reason, ids))
                 continue
             if not self._archive_lets_go(held):

@@ -1518,3 +1518,29 @@ def test_a_held_life_another_hold_takes_over_is_named_on_the_audit_trail_not_the
     assert [(s.created_at, s.expires_at, s.erase_at, r, ids) for s, r, ids in taken_over] == [
         (T0, T0 + TTL, None, "ttl", ["h-s"])
     ]
+
+
+def test_an_erasure_another_hold_takes_over_names_its_request_on_the_audit_trail() -> None:
+    """An erasure request two holds deferred; one released, the other keeps it: the new
+    audit entry carried no request, so `history` said of it "the erasure request unknown
+    (... an earlier version ...)", though the request was on the first entry (a trial).
+    It names the request the first entry named."""
+    p = Partition()
+    p.holds.place(hold("h-all"))
+    p.holds.place(hold("h-e", record_id="e"))
+    p.event("e", "create", T0)
+    first = p.event("e", "delete", T0 + 10, event_id="gdpr-7")
+    [(index, request)] = first.deferred_requests.items()
+    assert first.deferred[index][1] == "explicit"
+    p.holds.release("h-all")
+    now = T0 + 20
+    taken_over: list[object] = []
+    while p.proc.releasing or not taken_over:
+        effects = p._take(p.proc.release_due(now, budget=100), now)
+        taken_over += [
+            (s.erase_at, r, ids, effects.deferred_requests.get(i))
+            for i, (s, r, ids) in enumerate(effects.deferred)
+        ]
+        if not p.proc.releasing:
+            break
+    assert taken_over == [(T0 + 10, "explicit", ["h-e"], request)]
