@@ -89,6 +89,11 @@ class Status:
     overdue: int = 0
     oldest_overdue: int | None = None  # the earliest due time among the overdue
     held: Counter[str] = field(default_factory=Counter)  # records held, by hold id
+    # Of those, the records that wait with an erasure request, and the oldest request
+    # among them, by hold id: an erasure has a deadline, and "N records held" did not say
+    # which erasures a hold kept waiting, nor since when (a trial).
+    erasures_held: Counter[str] = field(default_factory=Counter)
+    oldest_erasure_held: dict[str, int] = field(default_factory=dict)
     # Records each hold matches, pending ones too: a hold placed on records not due yet
     # held none, alike a hold with a typo in its record id (a trial), until they fell due.
     matched: Counter[str] = field(default_factory=Counter)
@@ -133,6 +138,8 @@ class Status:
                 h
                 | {
                     "records_held": self.held.get(h["hold_id"], 0),
+                    "erasures_held": self.erasures_held.get(h["hold_id"], 0),
+                    "oldest_erasure_held": _ts_or_none(self.oldest_erasure_held.get(h["hold_id"])),
                     "records_matched": self.matched.get(h["hold_id"], 0),
                 }
                 for h in self.holds
@@ -156,6 +163,10 @@ class Status:
         }
 
 
+def _ts_or_none(ms: int | None) -> str | None:
+    return None if ms is None else format_ts(ms)
+
+
 def _gone_dict(topic: str, partitions: int, gone: dict[int, Counter[str]]) -> dict[str, Any]:
     """A retired topic's records of partitions it no longer has, as ``--json`` gives them:
     its partitions now, as many as its stamps need (``needed``, what to give it), and the
@@ -175,10 +186,12 @@ def _gone_dict(topic: str, partitions: int, gone: dict[int, Counter[str]]) -> di
 # What status keeps of a record, and no more (its counts need no data, and a scratch store
 # holding every stamp's data put every user's data on disk while it ran): the partition and
 # offset of its latest stamp (what ``[archive] required`` compares with the archive's
-# commits), its due time (_NEVER: none), two flags, and the input topic its stamp names, as
-# an index into :class:`_Sources` (0: an input of the config, or none named). The key,
+# commits), its due time (_NEVER: none), two flags, the input topic its stamp names, as
+# an index into :class:`_Sources` (0: an input of the config, or none named), and its
+# oldest erasure request a hold keeps waiting, of its own life or of a held one (_NEVER:
+# none). The key,
 # which names the record, is the store's key: a hold matches records by their ids.
-_AT = struct.Struct(">iqqBH")
+_AT = struct.Struct(">iqqBHq")
 _NEVER = -(2**63)
 _ERASURE = 1  # the due time is an erasure request's: it never waits for the archive
 _HELD_LIVES = 2  # it keeps earlier lives a hold kept
@@ -246,7 +259,11 @@ def _folding(sources: _Sources | None) -> Fold:
             _HELD_LIVES if stamp.held_lives else 0
         )
         source = 0 if sources is None else sources.index(headers)
-        return _AT.pack(partition, offset, _NEVER if due is None else due, flags, source)
+        erasures = [life[4] for life in stamp.held_lives if life[4] is not None]
+        if stamp.erase_at is not None:
+            erasures.append(stamp.erase_at)
+        erased = min(erasures, default=_NEVER)
+        return _AT.pack(partition, offset, _NEVER if due is None else due, flags, source, erased)
 
     return fold
 
@@ -269,7 +286,7 @@ def _count(
     if archived is not None:
         result.archive_waiting = 0
     for key, raw in kv.scan(b"", b"\xff" * 8):
-        partition, offset, due_or_never, flags, source = _AT.unpack(raw)
+        partition, offset, due_or_never, flags, source, erased = _AT.unpack(raw)
         identity = decode_key(key.decode())
         due = None if due_or_never == _NEVER else due_or_never
         overdue = due is not None and due <= now
@@ -292,6 +309,10 @@ def _count(
         holding = matching if overdue or flags & _HELD_LIVES else []
         for h in holding:
             result.held[h.hold_id] += 1
+            if erased != _NEVER:
+                result.erasures_held[h.hold_id] += 1
+                old = result.oldest_erasure_held.get(h.hold_id)
+                result.oldest_erasure_held[h.hold_id] = erased if old is None else min(old, erased)
         if overdue and not holding:
             assert due is not None
             result.overdue += 1
@@ -545,9 +566,16 @@ def text_lines(d: dict[str, Any]) -> list[str]:
     lines += _partitions_gone_lines(d.get("retired_partitions_gone") or {})
     for h in d["holds"]:
         n, matched = h["records_held"], h.get("records_matched", 0)
+        erasures = h.get("erasures_held") or 0
+        waiting = (
+            f", {erasures:,} of them {'an erasure request' if erasures == 1 else 'erasure requests'}"
+            f" waiting since {h.get('oldest_erasure_held')}"
+            if erasures
+            else ""
+        )
         said = (
-            f"{h['hold_id']}: {n:,} record{'' if n == 1 else 's'} held, {matched:,} matched "
-            f"({h['reason']})"
+            f"{h['hold_id']}: {n:,} record{'' if n == 1 else 's'} held{waiting}, "
+            f"{matched:,} matched ({h['reason']})"
         )
         lines.append(f"    {printable(said)}")
     lines += _in_doubt_lines(d.get("holds_in_doubt") or [])

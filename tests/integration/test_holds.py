@@ -1538,3 +1538,43 @@ async def test_a_start_whose_hold_id_has_only_an_unreadable_message_is_refused(
             )
             assert svc.stats.tombstones == 0
     assert len(await read_all(broker, topics.tombstones)) == (3 if settled_by == "release" else 0)
+
+
+@pytest.mark.timeout(120)
+async def test_status_says_how_many_erasure_requests_each_hold_keeps_waiting(
+    broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An erasure request has a deadline, and a hold that defers one keeps the requester
+    waiting: status said "N records held" for a hold, whether they were expiries or
+    erasure requests, so a compliance officer could not see which erasures waited on
+    which hold, nor since when (a trial). Each hold says how many of the records it
+    keeps wait with an erasure request, and the oldest request among them (JSON
+    ``erasures_held``, ``oldest_erasure_held``)."""
+    common, config = _setup(broker, topics, tmp_path, '[retention.defaults]\nconversation = "1h"\n')
+    assert await _cli("hold", "place", *common, "--org", "acme",
+                      "--reason", "case 12", "--id", "case-12") == 0  # fmt: skip
+    t0 = wall_clock_ms()
+    async with running_service(config, broker) as service:
+        await produce(
+            broker,
+            [
+                (topics.conversations, *event("conversation", "c1", ts=t0 - 2 * 3_600_000)),
+                (topics.conversations, *event("conversation", "c2", ts=t0)),
+                (topics.conversations, *event("conversation", "c2", ts=t0 + 5, op="delete")),
+            ],
+        )
+        await wait_for(
+            lambda: sum(p.store.counts.held for p in service.processors.values()) == 2,
+            timeout_s=15,
+        )
+    capsys.readouterr()
+    assert await _cli("status", *common, "--json") == 0
+    (held,) = orjson.loads(capsys.readouterr().out)["holds"]
+    assert (held["records_held"], held["erasures_held"]) == (2, 1)
+    assert held["oldest_erasure_held"] == format_ts(t0 + 5)
+    assert await _cli("status", *common) == 0
+    text = capsys.readouterr().out
+    assert (
+        f"case-12: 2 records held, 1 of them an erasure request waiting since "
+        f"{format_ts(t0 + 5)}, 2 matched (case 12)"
+    ) in text
