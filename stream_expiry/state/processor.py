@@ -1114,6 +1114,13 @@ class PartitionProcessor:
                 fired = fired._replace(request=request)
             else:
                 fired = _if_late(fired, cause)
+                if fired.late_cause == "archive" and self._was_due_on_arrival(
+                    current, self._arrived_due.get(current.identity.key)
+                ):
+                    # Due when its event came: the event made it late, the archive only
+                    # added its moment (said "archive", a deletion 56 years after its
+                    # expiry read as the archive's fault: a trial).
+                    fired = fired._replace(late_cause="late_event")
                 if fired.reason == "explicit":  # deferred: named as it was read
                     names_life = held.created_at is not None
                     named = self._deferred_request(held.identity.key, held.erase_at, names_life)

@@ -1544,3 +1544,21 @@ def test_an_erasure_another_hold_takes_over_names_its_request_on_the_audit_trail
         if not p.proc.releasing:
             break
     assert taken_over == [(T0 + 10, "explicit", ["h-e"], request)]
+
+
+def test_a_life_due_on_arrival_that_waits_for_the_archive_is_late_for_its_event() -> None:
+    """``[archive] required``, a create dated long before it arrived (a producer sending
+    epoch seconds reads as 1970): its life is due on arrival, waits a moment for the
+    archive, and its tombstone said ``late: archive, it waited for the archive``, so an
+    auditor read a deletion 56 years after the expiry as the archive's fault (a trial).
+    It says ``late_event``: the event made it due, the archive added the moment."""
+    archive = ArchiveGate(partitions=1)
+    p = Partition(archive=archive)
+    arrived = T0 + 200 * TTL  # TTL after T0 plus minutes: due when read
+    p.event("c", "create", T0, now=arrived)
+    p.tick(arrived + 10)
+    assert p.tombstones == []  # waits for the archive
+    archive.update({0: 100})
+    p.tick(arrived + 50)
+    [fired] = p.fired
+    assert (fired.reason, fired.late_cause) == ("ttl", "late_event")
