@@ -287,6 +287,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         PolicyBook,
         apply_updates,
         render_explain_table,
+        unset_variables,
         updates_left_out,
     )
     from stream_expiry.timeutil import wall_clock_ms
@@ -326,6 +327,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             print(left_out, file=sys.stderr)
     else:
         print(render_explain_table(result))
+        unset = unset_variables(args.category, result)
+        if unset is not None:
+            print(unset)
         if left_out is not None:
             print(left_out)
     return 0

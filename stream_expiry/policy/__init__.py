@@ -7,7 +7,12 @@ cached) and :mod:`.explain` (the human table).
 """
 
 from stream_expiry.policy.book import DEFAULT_CACHE_SIZE, PolicyBook, UnknownCategory
-from stream_expiry.policy.explain import apply_updates, render_explain_table, updates_left_out
+from stream_expiry.policy.explain import (
+    apply_updates,
+    render_explain_table,
+    unset_variables,
+    updates_left_out,
+)
 from stream_expiry.policy.presets import PRESETS
 from stream_expiry.policy.resolution import NEVER, Explanation, Resolution
 from stream_expiry.policy.sources import (
@@ -49,5 +54,6 @@ __all__ = [
     "parse_scope_key",
     "render_explain_table",
     "scope_key",
+    "unset_variables",
     "updates_left_out",
 ]

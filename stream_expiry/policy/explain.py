@@ -10,13 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Final
 
 from stream_expiry.durations import format_duration
+from stream_expiry.policy.sources import ENV_VARIABLES
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
     from stream_expiry.policy.book import PolicyBook
 
-__all__ = ["apply_updates", "render_explain_table", "updates_left_out"]
+__all__ = ["apply_updates", "render_explain_table", "unset_variables", "updates_left_out"]
 
 _PRIMARY: Final = ("org", "bot", "env")
 _HEADERS: Final = ("source", "name", "ttl", "verdict")
@@ -99,6 +100,18 @@ def render_explain_table(explanation: Mapping[str, Any]) -> str:
             f"effective TTL: {format_duration(int(ttl) * 1000)} ({ttl} s) from {source} ({name}): {why}"
         )
     return "\n".join(lines) + "\n"
+
+
+def unset_variables(category: str, explanation: Mapping[str, Any]) -> str | None:
+    """The line naming the TTL variables ``category`` reads that give it no candidate, or
+    None when it reads none or each gives one. The table lists only the variables that are
+    set, and the warning about a misspelt one sends the reader here to find the name meant
+    (a preset's value for an unset variable is a candidate of that name too)."""
+    given = {str(c.get("name")).rpartition(": ")[2] for c in explanation.get("candidates") or []}
+    unset = [name for name in ENV_VARIABLES.get(category, ()) if name not in given]
+    if not unset:
+        return None
+    return f"TTL variables {category} reads, not set: {', '.join(unset)}"
 
 
 def updates_left_out(topic: str, *, offline: bool) -> str:

@@ -234,6 +234,41 @@ def test_explain_names_the_bot_a_misspelt_one_is_close_to(
     assert "of org 'acme' names bot 'B1'" in err
 
 
+def test_explain_lists_the_ttl_variables_of_the_category_that_none_sets(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A misspelt TTL variable (``MAX_CONVERSATIONS_TTL_IN_MINUTES``) is warned about with
+    "`stream-expiry explain` lists the TTL variables each category reads", but explain
+    listed only the variables that were set: the one meant, unset, was nowhere in its
+    answer ("no value is configured for this record anywhere", a newcomer's trial). The
+    table now ends with the category's variables that give it no candidate; the JSON stays
+    the contract's, and a category no variable sets (``error``) gets no line."""
+    monkeypatch.delenv("STREAM_EXPIRY_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.setenv("MAX_CONVERSATIONS_TTL_IN_MINUTES", "60")
+    monkeypatch.delenv("MAX_CONVERSATION_TTL_IN_MINUTES", raising=False)
+    monkeypatch.delenv("INSIGHTS_MAX_CONVERSATIONS_TTL_IN_MINUTES", raising=False)
+    base = ["explain", "--offline", "--org", "acme"]
+    assert main([*base, "--category", "conversation"]) == 0
+    out = capsys.readouterr()
+    assert "`stream-expiry explain` lists the TTL variables each category reads" in out.err
+    assert (
+        "TTL variables conversation reads, not set: MAX_CONVERSATION_TTL_IN_MINUTES, "
+        "INSIGHTS_MAX_CONVERSATIONS_TTL_IN_MINUTES"
+    ) in out.out
+    # One set: it is in the table, the other is still named.
+    monkeypatch.setenv("MAX_CONVERSATION_TTL_IN_MINUTES", "60")
+    assert main([*base, "--category", "conversation"]) == 0
+    out = capsys.readouterr()
+    assert "env     MAX_CONVERSATION_TTL_IN_MINUTES" in out.out
+    assert (
+        "TTL variables conversation reads, not set: INSIGHTS_MAX_CONVERSATIONS_TTL_IN_MINUTES"
+    ) in out.out
+    assert main([*base, "--category", "conversation", "--json"]) == 0
+    assert set(orjson.loads(capsys.readouterr().out)) == {"ttl_seconds", "source", "candidates"}
+    assert main([*base, "--category", "error"]) == 0
+    assert "TTL variables" not in capsys.readouterr().out
+
+
 def test_explain_and_hold_place_name_the_org_given_in_another_case(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
