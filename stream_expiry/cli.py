@@ -620,7 +620,18 @@ def _parser_hold(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "(the entry's reason stays the placement's)",
     )
     _add_by(release, "releases")
-    listing = verbs.add_parser("list", help="the active holds, and the ids in doubt")
+    listing = verbs.add_parser(
+        "list",
+        help="the active holds, and the ids in doubt",
+        formatter_class=_WholeWords,
+        description="Read expiry.holds whole and print a line per active legal hold (its id, "
+        "what it matches, when it was placed and why) and per hold id in doubt: one whose "
+        "latest message cannot be read, which stops the service's start until the id is "
+        "placed again (hold place --id) or released. A hold whose message key its id cannot "
+        "be typed as is shown with that key as hex, which `hold release --key-hex` takes. A "
+        "holds topic the cluster does not have stops it (exit status 2) rather than reading "
+        "as no hold. Example: stream-expiry hold list --config expiry.toml",
+    )
     _add_common(listing)
     listing.add_argument("--json", action="store_true", help="one JSON array")
     hold.set_defaults(func=_cmd_hold)

@@ -694,6 +694,31 @@ def test_explain_help_says_0_is_no_value_as_the_code_resolves_it(
     assert (answer["ttl_seconds"], answer["source"]) == (30 * 86400, "default")
 
 
+def _leaf_parsers(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every command a user runs (``hold list``, ``sink sqlite``) with its parser."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield path, parser
+    for sub in subs:
+        for name, child in sub.choices.items():
+            yield from _leaf_parsers(child, (*path, name))
+
+
+def test_every_command_help_says_what_it_does() -> None:
+    """``hold list --help`` showed its options and not a word of what it prints (the ids
+    in doubt, the keys to release by hex) nor that it stops on a missing holds topic, where
+    every other command's help says what it does: a newcomer's trial."""
+    bare = [" ".join(path) for path, leaf in _leaf_parsers(build_parser()) if not leaf.description]
+    assert bare == []
+    listing = dict(_leaf_parsers(build_parser()))[("hold", "list")]
+    said = " ".join(listing.format_help().split())
+    assert "in doubt" in said
+    assert "--key-hex" in said
+    assert "Example: stream-expiry hold list --config expiry.toml" in said
+
+
 def test_an_audited_reason_or_name_is_1_to_512_characters() -> None:
     """An empty --reason or --by for a release would say nothing on the evidence."""
     assert audit_text("case closed") == "case closed"
