@@ -5,6 +5,8 @@ with the CLI, the lock file equal to what is installed and tested, schemas in th
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -19,6 +21,7 @@ from stream_expiry.kafka_settings import topic_configs
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "kubernetes"
+BASE = K8S / "base"  # what deploy/kubernetes applies, and its rekey overlay takes
 
 
 def _docs(path: Path) -> list[dict[str, Any]]:
@@ -27,7 +30,7 @@ def _docs(path: Path) -> list[dict[str, Any]]:
 
 def _resources() -> list[dict[str, Any]]:
     return [
-        d for p in sorted(K8S.glob("*.yaml")) if p.name != "kustomization.yaml" for d in _docs(p)
+        d for p in sorted(BASE.glob("*.yaml")) if p.name != "kustomization.yaml" for d in _docs(p)
     ]
 
 
@@ -39,8 +42,9 @@ def test_every_manifest_is_valid_kubernetes(resource: dict[str, Any]) -> None:
 
 
 def test_kustomization_lists_every_manifest() -> None:
-    listed = set(_docs(K8S / "kustomization.yaml")[0]["resources"])
-    assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    listed = set(_docs(BASE / "kustomization.yaml")[0]["resources"])
+    assert listed == {p.name for p in BASE.glob("*.yaml")} - {"kustomization.yaml"}
+    assert _docs(K8S / "kustomization.yaml")[0]["resources"] == ["base"]
 
 
 def _by_kind(kind: str) -> list[dict[str, Any]]:
@@ -233,7 +237,7 @@ def test_the_rekey_overlay_is_valid_and_the_service_reads_what_rekey_writes() ->
     ``--from`` topics (each plus ``.by-record``, the default suffix)."""
     overlay = K8S / "rekey"
     kustomization = _docs(overlay / "kustomization.yaml")[0]
-    assert kustomization["resources"] == ["../", "rekey.yaml"]
+    assert kustomization["resources"] == ["../base", "rekey.yaml"]
     (deployment,) = _docs(overlay / "rekey.yaml")
     kubernetes_validate.validate(deployment, kubernetes_validate.latest_version(), strict=True)
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -259,6 +263,42 @@ def test_the_rekey_overlay_is_valid_and_the_service_reads_what_rekey_writes() ->
     assert env["STREAM_EXPIRY_TOPICS_RETIRED"] == ",".join(sources)
     # The base's inputs are the producers' topics rekey reads.
     assert sources == list(parse_config("").topics.inputs)
+
+
+def _kustomizations() -> list[Path]:
+    return sorted(K8S.rglob("kustomization.yaml"))
+
+
+def test_no_kustomization_takes_a_directory_that_holds_its_own() -> None:
+    """``kubectl apply -k deploy/kubernetes/rekey`` stopped at once: its ``resources``
+    named ``../``, the base, whose directory holds the overlay's, which kustomize refuses
+    ("cycle detected: candidate root ... contains visited root ...", by design:
+    kubernetes-sigs/kustomize#851, #5975). The README's command could never run; the
+    test only read the files. Every directory a kustomization takes lies beside or below
+    its own."""
+    for kustomization in _kustomizations():
+        here = kustomization.parent.resolve()
+        for entry in _docs(kustomization)[0]["resources"]:
+            target = (here / entry).resolve()
+            if target.is_dir():
+                assert not here.is_relative_to(target), f"{kustomization}: {entry}"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl (its kustomize)")
+@pytest.mark.parametrize("directory", ["", "rekey"])
+def test_kubectl_builds_each_kustomization_the_readme_applies(directory: str) -> None:
+    """What ``kubectl apply -k`` builds first, without a cluster: ``kubectl kustomize``."""
+    built = subprocess.run(
+        ["kubectl", "kustomize", str(K8S / directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    kinds = [d["kind"] for d in yaml.safe_load_all(built.stdout) if d]
+    assert "StatefulSet" in kinds
+    assert kinds.count("Deployment") == (2 if directory == "rekey" else 1)
 
 
 def test_the_compose_rekey_profile_retires_the_producers_topics() -> None:
