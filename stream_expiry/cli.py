@@ -22,7 +22,6 @@ import logging
 import os
 import signal
 import sys
-import textwrap
 import threading
 from functools import partial
 from typing import TYPE_CHECKING, NoReturn, cast
@@ -33,6 +32,7 @@ import orjson
 from stream_expiry import exits
 from stream_expiry.cliargs import (
     BOOTSTRAP_ENV,
+    WholeWords,
     add_log_options,
     add_metrics_options,
     audit_text,
@@ -83,20 +83,6 @@ Start here:
                                           which TTL applies to a record, and why
   stream-expiry run --config expiry.toml  the service
 """
-
-
-class _WholeWords(argparse.HelpFormatter):
-    """argparse's help, with a description never broken at a hyphen: an example command
-    in it was printed as ``stream-`` and ``expiry hold place ...`` on the next line."""
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        return textwrap.fill(
-            " ".join(text.split()),
-            width,
-            initial_indent=indent,
-            subsequent_indent=indent,
-            break_on_hyphens=False,
-        )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -260,7 +246,9 @@ def _parser_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="run the service",
         description="Consume the input topics with a consumer group, stamp every record with its "
         "expiry and publish tombstones when they are due. Run several with one group_id to scale "
-        "out; Ctrl-C or SIGTERM stops within seconds with everything processed committed.",
+        "out; Ctrl-C or SIGTERM stops within seconds with everything processed committed. "
+        "Example: stream-expiry run --config expiry.toml --metrics-port 9400",
+        formatter_class=WholeWords,
     )
     _add_common(run)
     run.add_argument(
@@ -424,7 +412,9 @@ def _parser_explain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "on expiry.policies whenever the brokers are known (--bootstrap-servers, else the "
         "config file's bootstrap_servers, else $STREAM_EXPIRY_BOOTSTRAP_SERVERS); brokers that "
         "cannot be read are an error (exit status 3), never an answer without the updates. "
-        "--offline answers without them, and says so.",
+        "--offline answers without them, and says so. Example: stream-expiry explain "
+        "--config expiry.toml --org acme --bot support-bot --env draft --category conversation",
+        formatter_class=WholeWords,
     )
     _add_common(explain, kafka=False)
     kafka = explain.add_mutually_exclusive_group()
@@ -491,7 +481,10 @@ def _parser_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--dry-run, publish the changed stamps on expiry.stamped. A service picks them up "
         "when it (re)starts or takes a partition over (roll the instances after a replay): "
         "it tombstones the records now due at once and the others at their new times. "
-        "Memory stays bounded: the stamps are streamed through a temporary on-disk store.",
+        "Memory stays bounded: the stamps are streamed through a temporary on-disk store. "
+        "Stop the instances first, or read the README's After replay. "
+        "Example: stream-expiry replay --config new.toml --dry-run",
+        formatter_class=WholeWords,
     )
     _add_common(replay)
     replay.add_argument(
@@ -555,7 +548,7 @@ def _parser_hold(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     place = verbs.add_parser(
         "place",
         help="place a hold; prints its id",
-        formatter_class=_WholeWords,
+        formatter_class=WholeWords,
         description="Place a legal hold: every record whose fields equal all those given "
         "(--org, and any of --bot, --env, --category, --record-id) is kept from deletion, at "
         "its expiry and on an erasure request, until the hold is released. The hold is "
@@ -583,7 +576,7 @@ def _parser_hold(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     release = verbs.add_parser(
         "release",
         help="release a hold by its id",
-        formatter_class=_WholeWords,
+        formatter_class=WholeWords,
         description="Release an active legal hold: its id is nulled on expiry.holds, and a "
         "hold_released entry (the hold's id, fields, reason and placing time; the time of the "
         "release, why and by whom) is written to expiry.audit. Within a second the service "
@@ -623,7 +616,7 @@ def _parser_hold(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     listing = verbs.add_parser(
         "list",
         help="the active holds, and the ids in doubt",
-        formatter_class=_WholeWords,
+        formatter_class=WholeWords,
         description="Read expiry.holds whole and print a line per active legal hold (its id, "
         "what it matches, when it was placed and why) and per hold id in doubt: one whose "
         "latest message cannot be read, which stops the service's start until the id is "
@@ -665,7 +658,8 @@ def _parser_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "tombstones; and the "
         "lag of every input partition. It answers for the whole deployment, from Kafka alone; "
         "expiry.stamped is streamed through a temporary on-disk store (a few seconds per "
-        "million records).",
+        "million records). Example: stream-expiry status --config expiry.toml",
+        formatter_class=WholeWords,
     )
     _add_common(status)
     status.add_argument("--json", action="store_true", help="print one JSON object")
@@ -694,7 +688,9 @@ def _parser_history(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "it was published), the deletions a legal hold deferred, the holds placed and "
         "released on it, and its rejected input events (an erasure request dead-lettered is "
         "not carried out); then the active holds that match it. For an audit: each topic is "
-        "read from its beginning.",
+        "read from its beginning. Example: stream-expiry history --config expiry.toml "
+        "--org acme --bot support --category conversation --record-id c-981",
+        formatter_class=WholeWords,
     )
     _add_common(history)
     history.add_argument("--org", required=True, help="the organisation (required)")
@@ -725,7 +721,9 @@ def _parser_archive(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "nothing is purged before this command has archived it. 'archive purge --dir DIR' removes the erased "
         "records from the files, and the erasure markers once no erased data can come back "
         "(give it the service's --config: its marker_grace, [topics] and [archive] "
-        "marker_margin decide when). See README: Archive.",
+        "marker_margin decide when); run it on a schedule. See README: Archive. "
+        "Example: stream-expiry archive --dir /srv/expiry-archive --config expiry.toml",
+        formatter_class=WholeWords,
     )
     archive.add_argument("action", nargs="?", choices=["run", "purge"], default="run")
     archive.add_argument("--dir", required=True, metavar="DIR", help="the archive directory")
@@ -855,7 +853,9 @@ def _parser_rekey(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "Offsets are committed once every message of a batch is acknowledged: a crash sends "
         "events again, which changes nothing downstream, and loses none. Run as many as you "
         "like with one --group-id: they share the partitions. Stops on SIGINT or SIGTERM. "
-        "See README: Producers that do not key by record.",
+        "See README: Producers that do not key by record. Example: stream-expiry rekey "
+        "--config expiry.toml --from conversations --from sessions --from errors",
+        formatter_class=WholeWords,
     )
     _add_common(rekey)
     rekey.add_argument(
@@ -896,7 +896,9 @@ def _parser_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         description="Starts an in-memory broker, the service, a traffic generator (several orgs "
         "and bots, the three categories, TTLs of a few seconds) and a SQLite store, shows live "
         "progress, and ends with a summary: counts, expiry lag, and early deletions (must be 0). "
-        "Ctrl-C ends it early, with the summary of what happened so far.",
+        "Ctrl-C ends it early, with the summary of what happened so far. "
+        "Example: stream-expiry demo --duration 60 --rate 500",
+        formatter_class=WholeWords,
     )
     demo.add_argument(
         "--duration",

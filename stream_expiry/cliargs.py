@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import textwrap
 from typing import TYPE_CHECKING
 
 from stream_expiry.errors import ConfigurationError, quoted, suggestion
@@ -24,6 +25,7 @@ __all__ = [
     "BOOTSTRAP_ENV",
     "METRICS_HOST_ENV",
     "METRICS_PORT_ENV",
+    "WholeWords",
     "add_log_options",
     "add_metrics_options",
     "bootstrap_from",
@@ -43,6 +45,20 @@ METRICS_HOST_ENV = "STREAM_EXPIRY_METRICS_HOST"
 # manifests and docker-compose.yml rely on it. A host shared with others restricts it.
 DEFAULT_METRICS_HOST = "0.0.0.0"
 BOOTSTRAP_ENV = "STREAM_EXPIRY_BOOTSTRAP_SERVERS"
+
+
+class WholeWords(argparse.HelpFormatter):
+    """argparse's help, with a description never broken at a hyphen: an example command
+    in it was printed as ``stream-`` and ``expiry hold place ...`` on the next line."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(
+            " ".join(text.split()),
+            width,
+            initial_indent=indent,
+            subsequent_indent=indent,
+            break_on_hyphens=False,
+        )
 
 
 def port(text: str) -> int:

@@ -25,6 +25,7 @@ import anyio
 from stream_expiry import exits
 from stream_expiry.cliargs import (
     BOOTSTRAP_ENV,
+    WholeWords,
     add_log_options,
     add_metrics_options,
     bootstrap_from,
@@ -263,7 +264,11 @@ def add_sink_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         "sqlite",
         parents=[common],
         help="a SQLite file (WAL mode)",
-        description="Run the sink into a SQLite database file, created if missing.",
+        description="Run the sink into a SQLite database file, created if missing (its "
+        "directory must exist). Give it the service's config, so that its topics, Kafka "
+        "security and marker grace are the service's. Example: stream-expiry sink sqlite "
+        "--config expiry.toml --path /var/lib/expiry-sink/sink.db --sweep-interval 5m",
+        formatter_class=WholeWords,
     )
     sqlite.add_argument("--path", required=True, metavar="FILE", help="the SQLite database file")
     sqlite.set_defaults(func=run_command)
@@ -271,7 +276,12 @@ def add_sink_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         "postgres",
         parents=[common],
         help="a PostgreSQL database",
-        description="Run the sink into PostgreSQL; the schema and tables are created if missing.",
+        description="Run the sink into PostgreSQL; the schema and tables are created if "
+        "missing. Give it the service's config, so that its topics, Kafka security and "
+        "marker grace are the service's, and the password in PGPASSWORD, not in the DSN "
+        "(ps shows a command line). Example: stream-expiry sink postgres --config "
+        "expiry.toml --dsn postgresql://expiry@db:5432/expiry --schema expiry",
+        formatter_class=WholeWords,
     )
     pg.add_argument(
         "--dsn",
