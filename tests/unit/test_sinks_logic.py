@@ -117,6 +117,20 @@ def test_tombstone_deletes_its_record_and_leaves_one_receipt() -> None:
     assert (r.ttl_seconds, r.ttl_source, r.emitted_at, r.store) == (600, "org", T0 + 10 * MIN, "s")
 
 
+def test_a_store_behind_its_topics_gives_1_to_a_life_read_whole_in_one_batch() -> None:
+    """What the README's ``rows_deleted`` says of a store that starts behind its topics (it
+    said 0 here, where a trial's SQLite sink, started after the events, gave 1): a life
+    whose stamp and end come in one batch is written and deleted within that batch's
+    transaction, never on disk, and its receipt says 1; the end alone of a life whose stamp
+    compaction removed says 0."""
+    w, s = World(), life()
+    p = w.apply([st_change(s, {"text": "hi"}), tomb(s)])
+    assert (p.upserts, p.deletes) == ([], [])
+    assert [r.rows_deleted for r in p.receipts] == [1]
+    gone = life(i=Identity("acme", "_", "live", "conversation", "r2"))
+    assert [r.rows_deleted for r in w.apply([tomb(gone)]).receipts] == [0]
+
+
 def test_duplicate_tombstone_changes_nothing_and_leaves_no_second_receipt() -> None:
     w, s = World(), life()
     w.apply([st_change(s)])
