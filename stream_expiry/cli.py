@@ -434,7 +434,9 @@ def _parser_explain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     explain.add_argument("--category", required=True, help="e.g. conversation, session, error")
     explain.add_argument("--org", required=True, help="organisation id")
     explain.add_argument("--bot", default="_", help="bot id (default: _)")
-    explain.add_argument("--env", default="live", choices=["live", "draft"])
+    explain.add_argument(
+        "--env", default="live", choices=["live", "draft"], help="environment (default: live)"
+    )
     explain.add_argument(
         "--at",
         metavar="TS",
@@ -725,7 +727,14 @@ def _parser_archive(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "Example: stream-expiry archive --dir /srv/expiry-archive --config expiry.toml",
         formatter_class=WholeWords,
     )
-    archive.add_argument("action", nargs="?", choices=["run", "purge"], default="run")
+    archive.add_argument(
+        "action",
+        nargs="?",
+        choices=["run", "purge"],
+        default="run",
+        help="run (the default): keep archiving until SIGINT or SIGTERM; purge: remove the "
+        "erased records and the markers past their time from --dir, once, and exit",
+    )
     archive.add_argument("--dir", required=True, metavar="DIR", help="the archive directory")
     archive.add_argument(
         "--without-holds",

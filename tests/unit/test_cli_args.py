@@ -720,6 +720,18 @@ def test_every_command_help_says_what_it_does() -> None:
     assert "Example: stream-expiry hold list --config expiry.toml" in said
 
 
+def test_every_option_and_argument_of_every_command_says_what_it_is() -> None:
+    """``explain --env {live,draft}`` said nothing, not even its default, and ``archive``'s
+    ``{run,purge}`` neither what each does nor which one runs when none is given."""
+    silent = [
+        f"{' '.join(path)} {'/'.join(action.option_strings) or action.dest}"
+        for path, leaf in _leaf_parsers(build_parser())
+        for action in leaf._actions
+        if action.help is None and not isinstance(action, argparse._HelpAction)
+    ]
+    assert silent == []
+
+
 def test_every_command_help_ends_with_an_example_that_parses() -> None:
     """A newcomer copies the example of a command's help. Only ``hold place`` and ``hold
     release`` gave one (a trial): each command's help now ends with at least one, and each
