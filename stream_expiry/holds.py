@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
@@ -64,6 +64,10 @@ __all__ = [
     "parse_hold",
     "rejected_fate",
 ]
+
+# The longest key ``hold release --key-hex`` can take: its hex is one argument of a command
+# line, which Linux caps at 128 KiB (MAX_ARG_STRLEN).
+MAX_HEX_KEY_BYTES: Final = 60_000
 
 _FIELDS = ("org", "bot", "env", "category", "record_id")
 # Which of bot, env, category and record_id a hold gives; its match key has None elsewhere.
@@ -139,11 +143,15 @@ class InDoubt:
         said = f"{quoted(self.hold_id, 80)} at {self.where(topic)}: {self.why.code} ({self.why.detail})"
         if len(self.hold_id) > MAX_ID_CHARS:
             # `hold release ID` cannot name it, and no valid message can be keyed so.
-            said += (
-                f" (a key of {len(self.hold_id):,} characters, which no hold id can be: "
+            # Its hex must fit in one argument of a command line (Linux: 128 KiB).
+            how = (
                 "release it by its key, `stream-expiry hold release --key-hex HEX`, HEX as "
-                "`hold list` shows it)"
+                "`hold list` shows it"
+                if len(self.hold_id.encode(errors="replace")) <= MAX_HEX_KEY_BYTES
+                else "write a null under that key with your Kafka tooling (its hex is too long "
+                "for `hold release --key-hex`)"
             )
+            said += f" (a key of {len(self.hold_id):,} characters, which no hold id can be: {how})"
         return said
 
 
