@@ -164,6 +164,25 @@ async def test_duplicate_tombstones_leave_one_receipt(store: Store) -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_a_row_written_again_moves_to_its_new_position(store: Store) -> None:
+    """A row written again by a later stamp keeps that stamp's position on
+    ``expiry.stamped`` (rule 3: a message at or before it is already applied; the sweep's
+    archive check reads it too): an earlier message read again is skipped, not written
+    over the newer data. A mutant of SQLite's upsert that left ``src_offset`` as the first
+    stamp wrote it passed the suite; there the re-read message at offset 7 wrote its older
+    data over offset 9's."""
+    s = stamp(ident("moved"))
+    await store.apply([put(s, {"v": 1}, offset=5)], now_ms=T0)
+    await store.apply([put(s, {"v": 3}, offset=9)], now_ms=T0 + 1)
+    newest = await store.get(s.identity)
+    assert newest is not None
+    assert (newest.src_partition, newest.src_offset) == (0, 9)
+    await store.apply([put(s, {"v": 2}, offset=7)], now_ms=T0 + 2)
+    assert await store.get(s.identity) == newest
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
 async def test_an_erasure_dated_after_the_expiry_leaves_one_receipt(store: Store) -> None:
     """What the service sends for a delete dated after the record's expiry: the ttl
     tombstone (its life's last instant in ``expiry-deleted-at``), then an explicit one

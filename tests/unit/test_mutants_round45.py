@@ -1,0 +1,39 @@
+"""Tests that kill mutants the suite let through in modules earlier passes reached least:
+the SQLite store (:mod:`stream_expiry.sinks.sqlite`), what replay and status keep of
+``expiry.stamped`` (:mod:`stream_expiry.changelog`) and the stored record state
+(:mod:`stream_expiry.state.codec`). Each passes on the code and fails on the mutant named
+in its docstring (a one-token change: a comparison flipped, a condition or a statement
+dropped, a constant moved by one)."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import pytest
+
+from stream_expiry.sinks.sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+# --- the SQLite store ------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_an_in_memory_sqlite_store_leaves_no_file_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``:memory:`` is SQLite's name for a database in memory, not a file: the store does
+    not create one of that name first to make it private. Mutant ``path == ":memory:" and
+    path.startswith("file:")`` in ``_create_private``: a file named ``:memory:`` was left
+    in the working directory."""
+    monkeypatch.chdir(tmp_path)
+    store = SQLiteStore(":memory:")
+    await store.open()
+    try:
+        assert await store.is_empty()
+    finally:
+        await store.close()
+    assert os.listdir(tmp_path) == []
