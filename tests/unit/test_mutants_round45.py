@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from stream_expiry.changelog import Current, Latest
+from stream_expiry.codec import source_headers
 from stream_expiry.sinks.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
@@ -37,3 +39,18 @@ async def test_an_in_memory_sqlite_store_leaves_no_file_behind(
     finally:
         await store.close()
     assert os.listdir(tmp_path) == []
+
+
+# --- what replay keeps of expiry.stamped ------------------------------------------------------
+
+
+def test_a_stamp_of_input_partition_0_keeps_its_source() -> None:
+    """Partition 0 of an input topic is a source like any other: a stamp replay publishes
+    in its place names it, as the service's did (the restore puts the record back on that
+    partition's processor). ``-1`` stands for no source. Mutant ``src_p > 0`` in
+    ``Current.unpack``: a stamp of partition 0 was kept as naming no input partition."""
+    headers = source_headers("conversations", 0)
+    assert Current.unpack(Current.pack(2, headers, b"{}")) == Latest(
+        2, ("conversations", 0), b"{}", None, None
+    )
+    assert Current.unpack(Current.pack(2, headers, None)).source == ("conversations", 0)
