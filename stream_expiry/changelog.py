@@ -26,7 +26,7 @@ from stream_expiry.fetch import read_ranges
 from stream_expiry.kafka import consumer, partitions_of
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterator
+    from collections.abc import Collection
 
     from stream_expiry.kafka_settings import Brokers
     from stream_expiry.state import KeyValue, RocksKV
@@ -99,23 +99,6 @@ class Current:
 
     def get(self, key: bytes) -> bytes | None:
         return self.kv.multi_get([key])[0]
-
-    def items(self) -> Iterator[tuple[bytes, bytes]]:
-        return self.kv.scan(b"", b"\xff" * 8)
-
-    def records(self) -> Iterator[tuple[bytes, int, tuple[str, int] | None, bytes | None]]:
-        """Every key with its :meth:`unpack`-ed value, in key order. The head (partition and
-        source) repeats for a whole partition: it is decoded once per distinct head."""
-        heads: dict[bytes, tuple[int, tuple[str, int] | None]] = {}
-        size = _SOURCE.size
-        for key, raw in self.kv.scan(b"", b"\xff" * 8):
-            cut = size + raw[4] * 256 + raw[5] + 4  # >iH: the topic name's length at 4..5
-            head = raw[:cut]
-            known = heads.get(head)
-            if known is None:
-                partition, source, *_ = Current.unpack(head + _NULL)
-                known = heads[head] = (partition, source)
-            yield key, known[0], known[1], _tail(raw[cut:])[0]
 
 
 def _lead(headers: list[tuple[str, bytes]]) -> bytes:
