@@ -164,6 +164,17 @@ async def test_duplicate_tombstones_leave_one_receipt(store: Store) -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_a_store_is_empty_until_it_holds_something(store: Store) -> None:
+    """What the sink asks before it warns of a group that committed offsets while its
+    store holds nothing (:meth:`Store.is_empty`). A mutant of the memory store's answer
+    (``not`` dropped: empty once it held something) passed the suite."""
+    assert await store.is_empty()
+    await store.apply([put(stamp(ident("held")), {"v": 1}, offset=0)], now_ms=T0)
+    assert not await store.is_empty()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
 async def test_a_row_written_again_moves_to_its_new_position(store: Store) -> None:
     """A row written again by a later stamp keeps that stamp's position on
     ``expiry.stamped`` (rule 3: a message at or before it is already applied; the sweep's

@@ -1,9 +1,11 @@
 """Tests that kill mutants the suite let through in modules earlier passes reached least:
-the SQLite store (:mod:`stream_expiry.sinks.sqlite`), what replay and status keep of
-``expiry.stamped`` (:mod:`stream_expiry.changelog`) and the stored record state
-(:mod:`stream_expiry.state.codec`). Each passes on the code and fails on the mutant named
-in its docstring (a one-token change: a comparison flipped, a condition or a statement
-dropped, a constant moved by one)."""
+the SQLite store (:mod:`stream_expiry.sinks.sqlite`), the store layer
+(:mod:`stream_expiry.sinks.store`) and what replay keeps of ``expiry.stamped``
+(:mod:`stream_expiry.changelog`). Each passes on the code and fails on the mutant named in
+its docstring (a one-token change: a comparison flipped, a condition or a statement
+dropped). Two more are in the store suite (``tests/integration/test_sinks_stores.py``):
+a row written again moves to its new position, and a store is empty until it holds
+something."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pytest
 
 from stream_expiry.changelog import Current, Latest
 from stream_expiry.codec import source_headers
+from stream_expiry.errors import StoreError
 from stream_expiry.sinks.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
@@ -39,6 +42,21 @@ async def test_an_in_memory_sqlite_store_leaves_no_file_behind(
     finally:
         await store.close()
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.asyncio
+async def test_a_store_used_as_a_context_opens_and_closes(tmp_path: Path) -> None:
+    """``async with`` a store opens it, and closes it on the way out (the integration tests
+    read a sink's SQLite file so). Mutants of ``Store.__aenter__`` without its ``open()`` (the
+    store was not open inside) and of ``__aexit__`` without its ``close()`` (the
+    connection stayed open) passed the unit and store suites."""
+    async with SQLiteStore(tmp_path / "sink.db") as store:
+        assert await store.is_empty()
+    try:
+        with pytest.raises(StoreError, match="not open"):
+            await store.is_empty()
+    finally:
+        await store.close()  # a no-op once closed; under the mutant, the test ends
 
 
 # --- what replay keeps of expiry.stamped ------------------------------------------------------
