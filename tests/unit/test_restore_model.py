@@ -10,6 +10,7 @@ and writing (``_apply_stamps``, ``_apply_tombstones``), fed the messages in log 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -328,6 +329,19 @@ hold_steps = _steps(
     after=[],
     kept=None,
 )
+# Found by random runs (two helpers' suites): an error held past its expiry, its hold
+# released before a restore from the changelog, which cannot know it was held: "catch_up"
+# there, "hold" in the original (documented; see _check_restore).
+@example(
+    before=[
+        ("event", "error", "b", "create", 0),
+        ("hold", "b"),
+        ("advance", 62000),
+        ("release", "b"),
+    ],
+    after=[],
+    kept=None,
+)
 # Found by a random run (seed 1012): a session due on arrival, a hold placed before the
 # firing took it, released before the restore: the original said "hold" at the release, the
 # restored processor "late_event" from the stamp's header. The first cause is said now.
@@ -411,14 +425,47 @@ def _check_restore(before: list[Step], after: list[Step], kept: int | None = Non
     # that come first for records still held: the table test below.)
     steps = [("advance", 0), *after, ("release", "a"), ("release", "b"), ("advance", 10**7)]
     in_all: tuple[list[object], list[object]] = ([], list(ahead))
+    # A record whose hold was released before a restore from the changelog alone is not
+    # known there as held (its stamp does not say it; the README, "Why a deletion was
+    # late"): fired late, it says catch_up where the original, which held it, says hold.
+    # Only that: every other late cause, and every tombstone and stamp, must agree.
+    released = _released_before(before) if kept is None else set()
     for step in [*steps, ("advance", 1)]:
         mine, theirs = play(step)
+        mine = _as_restored_knows(mine, released)
         if not ahead:
             assert _stamps(theirs) == _stamps(mine), step
             assert _tombstones(theirs) == _tombstones(mine), step
         in_all[0].extend(_decided([mine]))
         in_all[1].extend(_decided([theirs]))
     assert sorted(in_all[1], key=repr) == sorted(in_all[0], key=repr)
+
+
+def _released_before(before: list[Step]) -> set[str]:
+    """The record ids whose hold's last step in ``before`` released it."""
+    last: dict[str, str] = {}
+    for step in before:
+        if step[0] in ("hold", "release"):
+            last[str(step[1])] = str(step[0])
+    return {rid for rid, what in last.items() if what == "release"}
+
+
+def _as_restored_knows(effects: Effects, released: set[str]) -> Effects:
+    """``effects`` with the late cause ``hold`` said as ``catch_up`` for the records of
+    ``released`` (see :func:`_check_restore`)."""
+    if not released or not any(
+        f.late_cause == "hold" and f.before.identity.record_id in released
+        for f in effects.tombstones
+    ):
+        return effects
+    copy = dataclasses.replace(effects)
+    copy.tombstones = [
+        f._replace(late_cause="catch_up")
+        if f.late_cause == "hold" and f.before.identity.record_id in released
+        else f
+        for f in effects.tombstones
+    ]
+    return copy
 
 
 @dataclass
