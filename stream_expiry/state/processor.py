@@ -1114,16 +1114,22 @@ class PartitionProcessor:
                 fired = fired._replace(request=request)
             else:
                 fired = _if_late(fired, cause)
-                if fired.late_cause in ("archive", "hold") and self._was_due_on_arrival(
-                    current, self._arrived_due.get(current.identity.key)
+                if (
+                    fired.reason == "ttl"
+                    and fired.late_cause in ("archive", "hold")
+                    and self._was_due_on_arrival(
+                        current, self._arrived_due.get(current.identity.key)
+                    )
                 ):
-                    # Due when its event came: the event made it late, the archive or a
-                    # hold placed before its firing only kept it on (said "archive", a
-                    # deletion 56 years after its expiry read as the archive's fault: a
-                    # trial). The first cause is the one said, as a restore says it: the
-                    # stamp's header tells it the life was due on arrival, and a hold
-                    # released before the restore is gone (a random run of the restore
-                    # property said "hold" before the restore, "late_event" after it).
+                    # An expiry due when its event came: the event made it late, the
+                    # archive or a hold placed before its firing only kept it on (said
+                    # "archive", a deletion 56 years after its expiry read as the
+                    # archive's fault: a trial). The first cause is the one said, as a
+                    # restore says it: the stamp's header tells it the life was due on
+                    # arrival, and a hold released before the restore is gone (a random
+                    # run of the restore property said "hold" before the restore,
+                    # "late_event" after it). An erasure a hold deferred is late for the
+                    # hold, as its stamp says, however its life began.
                     fired = fired._replace(late_cause="late_event")
                 if fired.reason == "explicit":  # deferred: named as it was read
                     names_life = held.created_at is not None
