@@ -1,6 +1,6 @@
 """SIGKILL the service at random moments while events flow, then check the promise.
 
-The harness behind ``tests/integration/test_crash.py`` (20 kills) and
+The harness behind ``tests/integration/test_crash.py`` (8 kills) and
 ``python -m bench.soak_kill`` (100 or more). Every run of the service is a real process in
 the same consumer group, so each restart resumes at the group's committed offsets after the
 killed member's session ran out; the state directory is kept, as on a real host.
