@@ -26,7 +26,13 @@ from stream_expiry.policy import PolicyBook
 from stream_expiry.service import ASSIGNORS, Service, wall_clock_ms
 from stream_expiry.timeutil import parse_ts
 from tests.conftest import TopicSet, make_topic_set, read_topic, wait_for
-from tests.integration.service_helpers import config_for, event, produce, running_service
+from tests.integration.service_helpers import (
+    GROUP_MEMBER,
+    config_for,
+    event,
+    produce,
+    running_service,
+)
 from tests.log_capture import captured_logs
 
 if TYPE_CHECKING:
@@ -50,8 +56,10 @@ async def test_two_instances_share_the_work_and_one_takes_over_when_the_other_le
     b = config_for(topics, str(tmp_path / "b"), RETENTION)
     first = [(topics.conversations, *event("conversation", f"c{i}")) for i in range(40)]
     first += [(topics.errors, *event("error", f"keep{i}")) for i in range(10)]
-    async with running_service(b, broker, fast_join=False) as svc_b:
-        async with running_service(a, broker, fast_join=False) as svc_a:
+    async with running_service(b, broker, fast_join=False, consumer_options=GROUP_MEMBER) as svc_b:
+        async with running_service(
+            a, broker, fast_join=False, consumer_options=GROUP_MEMBER
+        ) as svc_a:
             # Both own partitions once the group has rebalanced around the second member.
             await wait_for(lambda: bool(svc_a.owned) and bool(svc_b.owned), timeout_s=30)
             assert not (svc_a.owned & svc_b.owned)
@@ -117,8 +125,8 @@ async def test_an_instance_owns_the_same_partition_numbers_of_every_input_topic(
     aiokafka's default, gives two instances numbers of both with three partitions a topic."""
     topics, a, b = await _three_partition_topics(broker, tmp_path)
     async with (
-        running_service(b, broker, fast_join=False) as svc_b,
-        running_service(a, broker, fast_join=False) as svc_a,
+        running_service(b, broker, fast_join=False, consumer_options=GROUP_MEMBER) as svc_b,
+        running_service(a, broker, fast_join=False, consumer_options=GROUP_MEMBER) as svc_a,
     ):
         await wait_for(_shared_once(svc_a, svc_b, partitions=9), timeout_s=30)
         numbers = [{p for _, p in svc.owned} for svc in (svc_a, svc_b)]
@@ -134,10 +142,10 @@ async def test_an_instance_of_the_round_robin_version_still_joins_the_group(
     """A rolling upgrade: an instance that offers only round-robin (the earlier versions)
     and one that prefers range agree on round-robin, and share the partitions."""
     topics, a, b = await _three_partition_topics(broker, tmp_path)
-    old = {"partition_assignment_strategy": (RoundRobinPartitionAssignor,)}
+    old = {**GROUP_MEMBER, "partition_assignment_strategy": (RoundRobinPartitionAssignor,)}
     async with (
         running_service(b, broker, fast_join=False, consumer_options=old) as svc_b,
-        running_service(a, broker, fast_join=False) as svc_a,
+        running_service(a, broker, fast_join=False, consumer_options=GROUP_MEMBER) as svc_a,
     ):
         await wait_for(_shared_once(svc_a, svc_b, partitions=9), timeout_s=30)
         await produce(
