@@ -277,8 +277,11 @@ async def test_a_password_the_broker_stops_taking_stops_run_and_sink_with_status
         conn = _plain(proxy.address, "good")
         await ensure_topics(conn, topics.all, partitions=2)
         cfg = tmp_path / "service.toml"
+        # run and the sink are each alone in their group: a 2 s session, for a join the
+        # test broker holds 1 s, not 3.
+        text = config_text(topics, str(tmp_path / "state"))
         cfg.write_text(
-            config_text(topics, str(tmp_path / "state"))
+            text.replace("[service]\n", '[service]\nsession_timeout = "2s"\n', 1)
             + '[kafka]\nsecurity_protocol = "SASL_PLAINTEXT"\nsasl_mechanism = "PLAIN"\n'
             + 'sasl_username = "svc"\nsasl_password = "good"\n'
         )

@@ -546,7 +546,9 @@ async def test_replay_leaves_a_null_an_instance_wrote_after_its_read_the_latest_
     minute = 60_000
     state = tmp_path / "state"
     cfg = tmp_path / "service.toml"
-    cfg.write_text(config_text(topics, str(state), '[retention.defaults]\nconversation = "10m"\n'))
+    text = config_text(topics, str(state), '[retention.defaults]\nconversation = "10m"\n')
+    # Alone in its group: a 2 s session, for a join the test broker holds 1 s, not 3.
+    cfg.write_text(text.replace("[service]\n", '[service]\nsession_timeout = "2s"\n', 1))
     now = wall_clock_ms()
     gone, _ = event("conversation", "gone")
     kept, _ = event("conversation", "kept")
