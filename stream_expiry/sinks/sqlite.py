@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import urllib.parse
 from typing import TYPE_CHECKING, Any, Final
 
 import aiosqlite
@@ -339,8 +340,17 @@ def _create_private(path: str) -> None:
     """Create a missing database file readable and writable by its owner only (0600): it
     holds the records' personal data, and SQLite would make it 0644 under the usual umask,
     readable by every user of the machine. SQLite gives its ``-wal`` and ``-shm`` files the
-    database file's permissions. An existing file keeps the permissions it has."""
-    if path == ":memory:" or path.startswith("file:"):
+    database file's permissions. An existing file keeps the permissions it has. A
+    ``file:`` URI names its file too (this SQLite reads one even unasked): its path, not
+    an in-memory database's."""
+    if path.startswith("file:"):
+        target, _, query = path[len("file:") :].partition("?")
+        if target.startswith("//"):  # file://host/path: the host is empty or localhost
+            target = "/" + target[2:].partition("/")[2]
+        if "mode=memory" in query:
+            return
+        path = urllib.parse.unquote(target)
+    if path in ("", ":memory:"):
         return
     with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))

@@ -1444,6 +1444,24 @@ async def test_sqlite_files_are_readable_by_their_owner_only(tmp_path: Path) -> 
     assert modes == {"": 0o600, "-wal": 0o600, "-shm": 0o600}
 
 
+@pytest.mark.asyncio
+async def test_a_sqlite_uri_path_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """``--path file:...`` is a URI to this SQLite (a build that reads URIs without being
+    asked): the file was left to SQLite, 0644 under the usual umask (a mutation pass)."""
+    old = os.umask(0o022)
+    try:
+        store = SQLiteStore(f"file:{tmp_path / 'u.db'}?cache=private")
+        await store.open()
+        try:
+            await store.apply([put(stamp(ident("r1")), {"email": "a@b.c"})], now_ms=T0 + 1)
+            modes = _modes_of(tmp_path, "u.db")
+        finally:
+            await store.close()
+    finally:
+        os.umask(old)
+    assert modes == {"": 0o600, "-wal": 0o600, "-shm": 0o600}
+
+
 def _modes_of(directory: Path, db: str) -> dict[str, int]:
     """The permissions of a SQLite database's files, by suffix ("", "-wal", "-shm")."""
     return {
