@@ -23,6 +23,10 @@ Rules kept here (../shared/CONTRACT.md, "Semantics"):
   and a delete at or before it erases the lives before, never the running one. Nor, once
   it ended, that life: an erasure dated before an ended life's creation names no life and
   ends at its own time.
+* An erasure dated within a life its expiry ended, read after that life's ``ttl``
+  tombstone, still goes out (naming no life), and the marker keeps its deletion time,
+  except for a create: one dated after the erasure starts the next life, with the
+  erasure as its floor, as it would have read in time (:func:`_erased_at`).
 * Never early: a ``ttl`` tombstone's ``emitted_at`` (the clock) is >= ``expires_at``.
 """
 
@@ -81,6 +85,19 @@ class Fired(NamedTuple):
     # an erasure after its request; None when it is on time. The outbox gives it in the
     # ``expiry-late-cause`` header.
     late_cause: str | None = None
+    # Where an erasure that ends the record ends the lives, when that is not ``after``'s
+    # deletion: an erasure dated within a life its expiry ended, read after its ``ttl``
+    # tombstone (:meth:`Engine._erase_ended`), ends them at its own time, and the next
+    # life may begin after it (:func:`_erased_at`). None: at ``after.deleted_at``.
+    erased_until: int | None = None
+
+    @property
+    def deleted_until(self) -> int | None:
+        """The ``expiry-deleted-at`` of a tombstone followed by a null (:attr:`has_null`),
+        and of its null: the stores and the archive erase the lives created up to there
+        (and a restore rebuilds the erasure's time from the null,
+        :func:`stream_expiry.model.deletion_from_tombstone`)."""
+        return self.after.deleted_at if self.erased_until is None else self.erased_until
 
     @property
     def has_null(self) -> bool:
@@ -173,6 +190,31 @@ def _fire_timer(key: str, packed: bytes, now_ms: int) -> Fired:
     return Fired(before, after, "ttl", now_ms)
 
 
+def _erased_at(marker: Stamp, ended: int) -> int:
+    """Where ``marker``'s life ended for a create: at the erasure :meth:`Engine._erase_ended`
+    recorded on it (a life its expiry had ended, and the request, dated within that life,
+    read after the ``ttl`` tombstone), else at ``ended``, its deletion.
+
+    Read in time, that request ended the life at its own time and a create after it
+    started the next life (the contract: "a create with ts > d starts a new life"); read
+    late, the create, dated before the expiry, was dropped as stale, and the next life
+    was never stamped nor tombstoned (a review). Events are read late for many reasons (a
+    producer's late send, a paused reader), so the decision must not depend on it. Only
+    such a marker has an erasure within its life (``created_at <= erase_at < deleted_at``):
+    an explicit delete's ends at ``max(d, created_at)`` (``erase_at < deleted_at`` only
+    for a request dated before the life's creation), and a marker restored from a null
+    knows one time only (``erase_at == deleted_at``). A marker with no creation time (an
+    erasure a legal hold deferred, released; a restore without the ``ttl`` tombstone)
+    keeps its deletion: nothing says the request was dated within the life it ended.
+    Only a create: a ``touch`` before a tombstoned life's expiry changes nothing (the
+    contract), and a later erasure dated within the life stays stale, as before (the
+    first erased the life's data)."""
+    erase, created = marker.erase_at, marker.created_at
+    if erase is not None and created is not None and created <= erase < ended:
+        return erase
+    return ended
+
+
 class Engine(Generic[S]):
     """Decides each event's effect and keeps the timers due before ``horizon_end``."""
 
@@ -231,11 +273,14 @@ class Engine(Generic[S]):
         t, op = event.ts, event.op
         if prior is not None and not prior.live:
             assert prior.deleted_at is not None
-            if t <= prior.deleted_at:
+            ended = prior.deleted_at
+            if op == "create":
+                ended = _erased_at(prior, ended)
+            if t <= ended:
                 if op == "delete" and prior.erase_at is None:
                     return self._erase_ended(prior, t, now_ms)
                 return Outcome(Verdict.STALE, None, False)
-            floor = prior.deleted_at  # the new life remembers it
+            floor = ended  # the new life remembers it
             prior = None  # a new life, or a new erasure request
             new_life = True
         else:
@@ -322,8 +367,10 @@ class Engine(Generic[S]):
         """An erasure request for a life its expiry ended first, read late (a backlog, a
         takeover): that life's ``ttl`` tombstone told an archive to keep its data, so the
         erasure still goes out, once. The marker keeps its deletion time (events up to it
-        stay stale) and remembers the erasure in ``erase_at``: a redelivery of the
-        request changes nothing. (Under a legal hold the processor defers it instead.)
+        stay stale, but a create after the request starts the next life, as read in
+        time: :func:`_erased_at`) and remembers the erasure in ``erase_at``: a
+        redelivery of the request changes nothing. (Under a legal hold the processor
+        defers it instead.)
 
         A request dated before the ended life's creation is not that life's (a create after
         a deletion starts a new life: the request that ended the life before it, read
@@ -338,9 +385,13 @@ class Engine(Generic[S]):
             fired = Fired(earlier, marker, "explicit", now_ms, False)
             return Outcome(Verdict.DELETED, None, False, (fired,))
         after = marker._replace(erase_at=requested_at)
-        # It names no life, as an erasure of a record never seen: a marker restored from
-        # its null knows the deletion's time only (the header bounds the lives it ends).
-        fired = Fired(Stamp(marker.identity, None, None, None, None), after, "explicit", now_ms)
+        # It names no life, as an erasure of a record never seen. Its header (and its
+        # null's) says the request's time, where it ends the lives: a create after it
+        # starts the next life (:func:`_erased_at`), which no store, nor the archive, may
+        # take for one this erasure ended; and a restore rebuilds the marker's ``erase_at``
+        # from it, with the ended life's ``ttl`` tombstone.
+        nobody = Stamp(marker.identity, None, None, None, None)
+        fired = Fired(nobody, after, "explicit", now_ms, erased_until=requested_at)
         return Outcome(Verdict.DELETED, after, False, (fired,))
 
     @staticmethod

@@ -697,6 +697,29 @@ def deletion_from_tombstone(value: bytes | None, prior: Stamp | None) -> Stamp |
                     ttl_ms=None if ttl_s is None else ttl_s * 1000,
                     ttl_source=body.get("ttl_source"),
                 )
+            if (
+                body["reason"] == "ttl"
+                and created is not None
+                and prior.created_at is None
+                and prior.erase_at == prior.deleted_at
+                and created <= prior.deleted_at < deleted_at
+            ):
+                # The marker an erasure's null restored (its time: the request's), the
+                # erasure dated within this life and read after its expiry ended it (the
+                # engine's ``_erase_ended``): this life's end, with the erasure kept, as
+                # the original's marker has them. Events up to that end stay stale, but a
+                # create after the erasure starts the next life (the engine's
+                # ``_erased_at``); taken for this life's end alone, the marker forgot the
+                # erasure, and such a create was dropped after a restore.
+                return Stamp(
+                    ident,
+                    created,
+                    expires,
+                    None if ttl_s is None else ttl_s * 1000,
+                    body.get("ttl_source"),
+                    deleted_at,
+                    prior.erase_at,
+                )
             if prior.deleted_at >= deleted_at:
                 return None
             if body["reason"] != "ttl" and (created is None or created <= prior.deleted_at):

@@ -541,7 +541,7 @@ class Outbox:
             # Both say when the record was deleted: an explicit delete's own time, which the
             # contract's event body does not carry; a sink bounding the lives it ends by
             # emitted_at instead took a life created between the two for the old one.
-            deleted_at = (codec.H_DELETED_AT, str(fired.after.deleted_at).encode())
+            deleted_at = (codec.H_DELETED_AT, str(fired.deleted_until).encode())
             request = fired.request or ()
             if fired.late_cause is not None:  # why it is late: the null says it too
                 request = (*request, (codec.H_LATE_CAUSE, fired.late_cause.encode()))

@@ -203,6 +203,9 @@ class RefRecord:
     deleted: int | None = None
     floor: int | None = None  # the deletion of the life before: events up to it are stale
     erased: bool = False  # its life ended by an erasure request (not by its expiry)
+    # An erasure dated within the life its expiry ended, read after: a create after it
+    # starts the next life, as it would have read in time.
+    erased_within: int | None = None
 
 
 class Reference:
@@ -314,15 +317,20 @@ class Reference:
             self._unschedule(key)
         floor = None
         if rec and rec.deleted is not None:
-            if t <= rec.deleted:
+            ended = rec.deleted
+            if op == "create" and rec.erased_within is not None:
+                ended = rec.erased_within
+            if t <= ended:
                 if op == "delete" and not rec.erased:
                     # an erasure read after the expiry ended the life: it still goes out
                     out.append((key, "explicit", self.now, None))  # naming no life
                     # one dated before that life's creation is for the lives before it:
                     # an erasure of the ended life, read late, still goes out after it
                     rec.erased = rec.created is None or t >= rec.created
+                    if rec.created is not None and t >= rec.created:
+                        rec.erased_within = t
                 return out
-            floor, rec = rec.deleted, None
+            floor, rec = ended, None
         if op == "delete" and rec is not None and rec.floor is not None and t <= rec.floor:
             # an erasure of the lives before this one (re-delivered, or read late): it
             # goes out naming no life, and this life runs on
@@ -633,6 +641,23 @@ steps = st.lists(
     ],
     horizon=5000,
     lag=0,
+    policy=constant_policy,
+)
+# An erasure and a create dated within a life, both read after its expiry: the create
+# starts the next life, as read in time (it was dropped as stale: a review); a create of
+# the first life, read again, stays stale.
+@example(
+    steps=[
+        ("event", "conversation", "a", "create", 0),
+        ("advance", 700),
+        ("advance", 300),
+        ("event", "conversation", "a", "delete", -400),
+        ("event", "conversation", "a", "create", -300),
+        ("event", "conversation", "a", "create", -400),
+        ("advance", 700),
+    ],
+    horizon=5000,
+    lag=1,
     policy=constant_policy,
 )
 def test_processor_matches_reference_model(
@@ -1180,3 +1205,57 @@ def test_a_timer_an_event_took_out_of_a_sliced_firing_stays_out_after_a_clock_st
     assert h.fire_some(6_300, limit=5) == [(b.identity.key, "ttl", 6_300, 6_300)]
     assert h.fire_some(7_300, limit=5) == []  # c's old expiry
     assert h.fire_some(7_500, limit=5) == [(c.identity.key, "ttl", 7_500, 7_500)]
+
+
+def test_a_create_after_an_erasure_both_read_after_the_expiry_starts_the_next_life() -> None:
+    """A conversation created at 0 (ttl 1,000: expires at 1,000), an erasure dated 200 and
+    a create dated 400, both read after the life's ``ttl`` tombstone went out (a producer's
+    late send, a paused reader). Read in time, the erasure ended the first life and the
+    create started the next one, stamped and tombstoned at its own expiry (1,400). Read
+    late, the erasure still goes out, naming no life, and the create was dropped as stale
+    (dated before the first life's deletion, 999): the next life was never stamped nor
+    tombstoned (a review). It starts now, with the erasure as its floor: a redelivered
+    create of the first life stays stale, and a redelivered erasure erases the lives
+    before it only."""
+    h = Harness(horizon_ms=5000)
+    first = ev("conversation", "x", "create", 0)
+    key = first.identity.key
+    h.feed(first)
+    assert h.advance(1_000) == [(key, "ttl", 1_000, 1_000)]
+    h.now = 1_100
+    assert h.feed(ev("conversation", "x", "delete", 200)) == [(key, "explicit", 1_100, None)]
+    effects = h.process(ev("conversation", "x", "create", 400))
+    assert effects.verdicts == {"recreated": 1}
+    [(stamp, _)] = effects.stamps
+    assert (stamp.created_at, stamp.expires_at) == (BASE + 400, BASE + 1_400)
+    assert stamp.previous_deleted_at == BASE + 200
+    assert h.process(ev("conversation", "x", "create", 0)).verdicts == {"stale": 1}
+    assert h.process(ev("conversation", "x", "create", 200)).verdicts == {"stale": 1}
+    [again] = h.process(ev("conversation", "x", "delete", 200)).tombstones
+    assert (again.before.created_at, again.before.erased_until) == (None, BASE + 200)
+    assert again.after.live  # the running life stays
+    h.check_changelog()
+    assert h.advance(1_399) == []
+    assert h.advance(1_400) == [(key, "ttl", 1_400, 1_400)]
+    assert h.advance(10_000) == []
+
+
+def test_a_touch_or_a_second_erasure_after_a_late_erasure_starts_nothing() -> None:
+    """Only a create dated after an erasure read after its life's expiry starts the next
+    life: a touch dated before a tombstoned life's expiry changes nothing (the contract),
+    and a second erasure dated within that life stays stale. An explicit delete's marker
+    (a request dated before the life's creation ends the life at that creation) keeps
+    ignoring a create up to its deletion."""
+    h = Harness(horizon_ms=5000)
+    session = ev("session", "s", "create", 0)  # ttl 300, sliding
+    h.feed(session)
+    assert len(h.advance(300)) == 1
+    h.now = 350
+    assert len(h.feed(ev("session", "s", "delete", 100))) == 1
+    assert h.process(ev("session", "s", "touch", 200)).verdicts == {"stale": 1}
+    assert h.process(ev("session", "s", "delete", 250)).verdicts == {"stale": 1}
+    assert h.process(ev("session", "s", "create", 200)).verdicts == {"recreated": 1}
+    h.feed(ev("error", "e", "create", 400))  # read at 350: created ahead of the clock
+    assert len(h.feed(ev("error", "e", "delete", 380))) == 1  # ends the life at 400
+    assert h.process(ev("error", "e", "create", 390)).verdicts == {"stale": 1}
+    assert h.process(ev("error", "e", "create", 400)).verdicts == {"stale": 1}

@@ -97,7 +97,7 @@ class Changelog:
                     continue  # an earlier life a hold kept (the record lives on), or no life
                 deleted = [
                     *SOURCE,
-                    (codec.H_DELETED_AT, str(fired.after.deleted_at).encode()),
+                    (codec.H_DELETED_AT, str(fired.deleted_until).encode()),
                     (codec.H_REASON, fired.reason.encode()),
                 ]
                 self._add(self.stamped, key, None, at, deleted)
@@ -576,6 +576,38 @@ def test_a_new_life_restored_still_ignores_its_previous_lifes_create() -> None:
     assert (state.created_at, state.previous_deleted_at) == (BASE + 6_000, BASE + 5_999)
 
 
+def test_an_erasure_read_after_its_lifes_expiry_is_restored_with_its_own_time() -> None:
+    """A conversation created at 0 (expires at 20 s), fired; its erasure dated 5 s read
+    after that (a late send, a paused reader): the marker keeps the life's end (19,999 ms)
+    and remembers the erasure, so that a create dated after it, read next, starts the next
+    life, as it would have read in time. Restored between the two, the store rebuilt a
+    marker with one time, the erasure forgotten (the null said the life's end): the create
+    was dropped, and the next life never stamped nor tombstoned. The null says the
+    request's time now, and the life's ``ttl`` tombstone gives back the life's end."""
+    original = harness(PartitionStore(MemoryKV()), 0)
+    log = Changelog()
+    first = ev("conversation", "a", "create", 0)
+    log.write(original.process(first), BASE)
+    log.write(_Stepper(original).step_advance(20_000), BASE + 20_000)
+    original.now = 21_000
+    erased = original.process(ev("conversation", "a", "delete", 5_000))
+    log.write(erased, BASE + 21_000)
+    assert [_deleted_until(f) for f in erased.tombstones] == [BASE + 5_000]
+    restored = harness(log.restore(BASE + 21_000), 21_000)
+    for h in (original, restored):
+        state = h.proc.state_of(first.identity.key)
+        assert state is not None
+        assert (state.created_at, state.deleted_at, state.erase_at) == (
+            BASE, BASE + 19_999, BASE + 5_000,
+        )  # fmt: skip
+    for h in (original, restored):
+        again = h.process(ev("conversation", "a", "delete", 5_000))  # a redelivery
+        assert (again.tombstones, again.verdicts) == ([], {"stale": 1})
+        assert h.process(ev("conversation", "a", "create", 0)).verdicts == {"stale": 1}
+        effects = h.process(ev("conversation", "a", "create", 8_000))
+        assert _stamps(effects) == [(first.identity.key, BASE + 8_000, BASE + 28_000)]
+
+
 def test_a_life_an_event_ended_is_restored_as_the_new_life_it_started() -> None:
     """An event at or after a record's expiry, before its timer fired, ends that life and
     starts the next in one batch: on ``expiry.stamped`` the old life's null must come
@@ -701,7 +733,7 @@ def _deleted_until(fired: Fired) -> int | None:
     """The ``expiry-deleted-at`` header the service gives ``fired``'s tombstone
     (``Outbox._put_tombstones``): where the stores and the archive stop erasing."""
     if fired.has_null:
-        return fired.after.deleted_at
+        return fired.deleted_until
     return fired.before.erased_until if fired.reason == "explicit" else None
 
 
@@ -735,10 +767,11 @@ def test_an_erasure_read_again_after_the_next_life_expired_never_erases_that_lif
         assert until is not None
         assert until <= BASE + 2_000 < second
         # An erasure of the second life itself, read late, still goes out, once: it
-        # ends that life (its null erases the archive's lines before it).
+        # ends that life (its null erases the archive's lines before it), at its own
+        # time (a create after it starts the next life, as read in time).
         (late,) = h.process(ev("conversation", "k", "delete", 10_000)).tombstones
         assert late.has_null
-        assert _deleted_until(late) == BASE + 23_999
+        assert _deleted_until(late) == BASE + 10_000
         assert h.process(ev("conversation", "k", "delete", 10_000)).tombstones == []
 
 
@@ -801,10 +834,10 @@ def test_an_erasure_read_again_under_a_hold_after_the_next_life_expired_never_er
         # No explicit null: it would erase every archived line of the key before it.
         assert [f.reason for f in effects.tombstones if f.has_null] in ([], ["ttl"])
         # An erasure of the second life itself, read late, still goes out, once: it ends
-        # that life (its null erases the archive's lines before it).
+        # that life (its null erases the archive's lines before it), at its own time.
         (late,) = h.process(ev("conversation", "k", "delete", 10_000)).tombstones
         assert late.has_null
-        assert _deleted_until(late) == BASE + 23_999
+        assert _deleted_until(late) == BASE + 10_000
         assert h.process(ev("conversation", "k", "delete", 10_000)).tombstones == []
 
 
@@ -942,7 +975,7 @@ def test_two_old_erasures_read_under_a_hold_both_go_out_restored_or_not(restore:
         ]
     for h in pair:  # the second life's own erasure, read late, still goes out, once
         (late,) = h.process(ev("conversation", "k", "delete", 10_000)).tombstones
-        assert (late.has_null, _deleted_until(late)) == (True, BASE + 23_999)
+        assert (late.has_null, _deleted_until(late)) == (True, BASE + 10_000)  # its time
 
 
 def test_an_erasure_read_again_behind_a_parked_create_is_a_repeat_not_a_new_decision() -> None:
