@@ -6,6 +6,7 @@ Nothing but names isolates tests on one broker (../shared/BROKER.md), so every t
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -23,6 +24,7 @@ from aiokafka.record.memory_records import MemoryRecords
 
 from stream_expiry.broker import EmbeddedBroker
 from stream_expiry.kafka import consumer, ensure_topics, partitions_of, read_to_end
+from stream_expiry.logs import _HANDLER_NAME as _LOG_HANDLER
 from stream_expiry.policy.sources import ENV_VARIABLES
 
 if TYPE_CHECKING:
@@ -51,6 +53,26 @@ def _no_user_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             name.startswith("STREAM_EXPIRY_") and not name.startswith("STREAM_EXPIRY_TEST_")
         ):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """Every test leaves logging as it found it: a test that runs a command's
+    ``configure_logging`` (``--log-level ERROR``, say) left the root logger at that level,
+    and a later test on the same worker that waited for a WARNING of the service's in
+    ``caplog`` never saw it (the clean-stop outage test, 90 s then failed, in full runs
+    only: aiokafka's own level is set apart, so its errors were all it captured)."""
+    root = logging.getLogger()
+    named = ("aiokafka", "aiosqlite", "stream_expiry")
+    levels = (root.level, [logging.getLogger(n).level for n in named])
+    handlers = list(root.handlers)
+    yield
+    root.setLevel(levels[0])
+    for name, level in zip(named, levels[1], strict=True):
+        logging.getLogger(name).setLevel(level)
+    for handler in list(root.handlers):  # ours (pytest's own it removes itself)
+        if handler not in handlers and handler.get_name() == _LOG_HANDLER:
+            root.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")
