@@ -68,6 +68,7 @@ from stream_expiry.kafka import (
 )
 from stream_expiry.kafka_settings import as_connection, member_liveness, role_configs
 from stream_expiry.model import Rejection, parse_event
+from stream_expiry.outage import SessionOutage
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping, Sequence
@@ -99,6 +100,7 @@ DEFAULT_SUFFIX: Final = REKEYED_SUFFIX
 DEFAULT_GROUP: Final = "stream-expiry-rekey"
 PROGRESS_EVERY_S: Final = 10.0
 RETRY_S: Final = 1.0
+_REDONE: Final = "what was not committed is copied again"  # by a session after an outage
 _BATCH_RECORDS: Final = 5_000
 # Within this of the limit a copy is measured exactly (aiokafka's estimate costs more than
 # the rest of its way); its header and a record key are far smaller.
@@ -292,7 +294,8 @@ class Rekeyer:
         self.metrics: RekeyMetrics | None = None
         # Set by the command: the watch of the process' own pauses (a stall is no outage).
         self.stalls: Stalls | None = None
-        self._answered = False  # a fetch of the current session returned
+        # The outage the sessions are in, if any (run's; said to end at a fetch's answer).
+        self._outage = SessionOutage(None, _REDONE, retry_s=RETRY_S, logger=log)
         self._limit = 0  # the largest message to publish; known once the producer is
         # The partitions of the group's current assignment, between its listener's calls
         # (none while the group rebalances): those with a lag gauge.
@@ -311,55 +314,30 @@ class Rekeyer:
         """Until ``stop``. A broker that cannot be reached at the start is an error (the
         command's one line, status 3); one lost afterwards is waited out: the clients are
         made again every :data:`RETRY_S` seconds and what was not committed is copied
-        again, as the service rides out an outage."""
+        again, as the service rides out an outage (:mod:`stream_expiry.outage`)."""
         self._refuse_service_topics()
         limits = await self._ensure_targets()
         self._say_plan()
         await self._say_missing_sources()
-        outage = False  # the last session ended in one, and none answered since
+        outage = self._outage
         while True:
-            self._answered = False
             try:
                 with broker_errors("copying to the re-keyed topics"):
                     await self._session(stop, limits)
                 return
             except BrokerError as exc:
-                if stop.is_set() or not self.ready.is_set() or not curable(exc):
+                if not self.ready.is_set():
                     raise
-                outage = outage and not self._answered
-                if self.health is not None:
+                if self.health is not None and curable(exc) and not stop.is_set():
                     self.health.reconnecting()
-                if not outage and self._stall_excuses(exc):
+                outage.stalls = self.stalls  # the command's watch, perhaps given since
+                again = await outage.wait_out(exc, stop)
+                self.stats.outages = outage.outages
+                if again:
                     continue
-                outage = True
-                self.stats.outages += 1
-                log.warning(
-                    "%s; starting again in %.0f s (what was not committed is copied again)",
-                    exc,
-                    RETRY_S,
-                )
-                with anyio.move_on_after(RETRY_S):
-                    await stop.wait()
-                if stop.is_set():
+                if outage.stopped_in(exc, stop):
                     return
-
-    def _stall_excuses(self, exc: BrokerError) -> bool:
-        """Whether the process not running explains the broker's failure ``exc`` (a
-        request in flight through a SIGSTOP timed out on resume), as ``run`` takes it:
-        said so, the session started again at once, and no outage counted or said (it
-        was: a warning of the broker's failure, and a second's wait, for a broker that
-        was fine). Once per stall (:meth:`Stalls.excuse`): a failure again is an outage,
-        and so is one while an outage lasts (no session answered since)."""
-        stall = self.stalls.excuse() if self.stalls is not None else None
-        if stall is None:
-            return False
-        log.warning(
-            "a Kafka request failed (%s) after %s: not a broker outage; the session is "
-            "started again, what was not committed is copied again",
-            exc,
-            stall.describe(),
-        )
-        return True
+                raise
 
     async def _session(self, stop: anyio.Event, limits: Mapping[str, int]) -> None:
         # No linger: a batch is sent whole and its acks awaited before the commit.
@@ -391,7 +369,7 @@ class Rekeyer:
             while not stop.is_set():
                 batch = await cons.getmany(timeout_ms=200, max_records=_BATCH_RECORDS)
                 self.reading.set()
-                self._answered = True
+                self._outage.answered()
                 if batch:
                     await self._forward(prod, cons, batch)
                 await self._observe_lag(cons)

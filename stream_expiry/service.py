@@ -82,6 +82,7 @@ from stream_expiry.kafka import (
 )
 from stream_expiry.kafka_settings import REBALANCE_TIMEOUT_MS, member_liveness
 from stream_expiry.logs import counted, named
+from stream_expiry.outage import SessionOutage, describe, stall_excuses
 from stream_expiry.outbox import Outbox, settled_or_failed
 from stream_expiry.oversize import producer_limit
 from stream_expiry.policy import PolicyBook
@@ -138,8 +139,6 @@ _MISSPELT_SAID_MAX = 100  # distinct names of events said to stand for a field, 
 # group's current protocol). The service joins with the same two by name, each carrying its
 # policy digest (stream_expiry.instances.assignors).
 ASSIGNORS: Final = (RangePartitionAssignor, RoundRobinPartitionAssignor)
-OUTAGE_RETRY_S = 2.0  # between two sessions while the broker is away
-OUTAGE_REPEAT_S = 30.0  # how often a lasting outage is said again (each retry: debug)
 JOIN_SAID_EVERY_S = 30.0  # how often a join that has not ended is said
 ENDS_FAILED_SAID_EVERY_S = 30.0  # how often the firing says it could not ask the ends
 PRUNE_EVERY_S = 5.0  # and every turn while markers are left due: pruning keeps up
@@ -153,9 +152,7 @@ def _first_error(exc: BaseException) -> str:
     return str(first) or type(first).__name__
 
 
-def _describe(exc: BaseException) -> str:
-    return "; ".join(str(leaf) or type(leaf).__name__ for leaf in leaves(exc))
-
+_REDONE: Final = "what was not committed is read again"  # by a session after an outage
 
 # What Kafka keeps a topic's messages for unless the topic or the broker says otherwise
 # (log.retention.hours = 168): assumed for an input the broker describes no retention of.
@@ -314,7 +311,7 @@ class Service:
         self._ends_lock = asyncio.Lock()
         self._ends_failed_said = -ENDS_FAILED_SAID_EVERY_S  # when that failing was last said
         self._dead_lettered = DeadLettered(None)  # in the state directory once it is known
-        self._commits = OffsetCommits(self.processors, _describe)
+        self._commits = OffsetCommits(self.processors, describe)
         # A release's slices: the partition the next one starts at (its index among the
         # processors), and the acks of those sent, oldest first.
         self._release_next = 0
@@ -329,10 +326,8 @@ class Service:
         self._restore_wanted = anyio.Event()
         self._restore_scope: anyio.CancelScope | None = None
         self._restore_done = anyio.Event()
-        # A broker outage: since when (None: none), sessions tried, last said (monotonic)
-        self._outage_since: float | None = None
-        self._outage_tries = 0
-        self._outage_said = 0.0
+        # A broker outage the sessions are in (since: None when none)
+        self._outage_now = SessionOutage(None, _REDONE, logger=log)
         self._stop: anyio.Event | None = None  # run's
         self._polling: anyio.CancelScope | None = None  # the loop's wait for a batch
         # The earliest expiry pending in the stores when last seen (ms), kept while an
@@ -395,16 +390,10 @@ class Service:
             except Exception as exc:
                 if self._damaged_while_running(exc, stop) or await self._outage(exc, stop):
                     continue
-                if stop.is_set() and self.ready.is_set() and curable(exc):
-                    # Stopped in an outage: the broker's failure is the outage's, not the
-                    # stop's, and nothing is lost (a trial: SIGTERM while the session was
-                    # started again ended run with exit 3, "cannot reach Kafka", 4 of 4).
-                    log.warning(
-                        "stopped while the broker fails (%s): the last offsets not "
-                        "committed; the next start reads those events again, and nothing "
-                        "is lost",
-                        _describe(exc),
-                    )
+                # Stopped in an outage: the broker's failure is the outage's, not the stop's,
+                # and nothing is lost (a trial: SIGTERM while the session was started again
+                # ended run with exit 3, "cannot reach Kafka", 4 of 4).
+                if self.ready.is_set() and self._outage_now.stopped_in(exc, stop):
                     return
                 raise
 
@@ -636,57 +625,20 @@ class Service:
         flight is done again, exactly as after a crash: the stores hold only what the broker
         acked, and the partitions are restored and resume at the committed offsets when the
         group is joined again. The first failure after the process itself did not run is
-        the stall's (:meth:`_stall_excuses`): its session starts again at once, and no
+        the stall's (:func:`~stream_expiry.outage.stall_excuses`): its session starts again at once, and no
         outage is said or counted. Returns False when ``exc`` is to be raised.
         """
         if stop.is_set() or not self.ready.is_set() or not curable(exc):
             return False
         self.health.reconnecting()
-        if self._outage_since is None and self._stall_excuses(exc):
+        outage = self._outage_now
+        if outage.since is None and stall_excuses(self.stalls, exc, _REDONE, log):
             self._forget_session()
             return True
         self.health.broker_unreachable(_first_error(exc))
-        now = time.monotonic()
-        if self._outage_since is None:
-            self._outage_since = self._outage_said = now
-            self._outage_tries = 1
-            log.warning(
-                "the broker failed (%s); the session is closed and started again every %.0f "
-                "s until it answers, what was not committed is read again",
-                _describe(exc),
-                OUTAGE_RETRY_S,
-            )
-        else:
-            self._outage_tries += 1
-            lasting = now - self._outage_said >= OUTAGE_REPEAT_S
-            if lasting:
-                self._outage_said = now
-            log.log(
-                logging.WARNING if lasting else logging.DEBUG,
-                "the broker still fails (%s), for %.0f s and %d sessions; trying again",
-                _describe(exc),
-                now - self._outage_since,
-                self._outage_tries,
-            )
+        outage.failed(exc)
         self._forget_session()
-        with anyio.move_on_after(OUTAGE_RETRY_S):
-            await stop.wait()
-        return not stop.is_set()
-
-    def _stall_excuses(self, exc: Exception) -> bool:
-        """Whether the process not running explains the broker's failure ``exc`` (a request
-        in flight through a SIGSTOP timed out on resume): said so, and not counted as an
-        outage. Once per stall (:meth:`Stalls.excuse`): a failure again is an outage."""
-        stall = self.stalls.excuse() if self.stalls is not None else None
-        if stall is None:
-            return False
-        log.warning(
-            "a Kafka request failed (%s) after %s: not a broker outage; the session is "
-            "started again, what was not committed is read again",
-            _describe(exc),
-            stall.describe(),
-        )
-        return True
+        return await outage.pause(stop)
 
     def _damaged_while_running(self, exc: Exception, stop: anyio.Event) -> bool:
         """After a store of an owned partition was found damaged while the service ran
@@ -906,7 +858,7 @@ class Service:
             if self.stats.archive_waiting and waiting is not None:
                 dues.append(waiting)  # due, kept for the archive ([archive] required): late
             self._oldest_due = min(dues) if dues else None
-        elif self._outage_since is None:
+        elif self._outage_now.since is None:
             self._oldest_due = None  # none owned: another instance has the records
         now = self.clock()
         oldest = self._oldest_due
@@ -915,7 +867,7 @@ class Service:
         metrics = self.metrics
         if metrics is None:
             return
-        if watched or self._outage_since is None:
+        if watched or self._outage_now.since is None:
             # The stores it holds, the revoked ones during a rebalance as for the oldest
             # overdue; none (its partitions gone to others, or a restore of others under
             # way): 0. Left at its last counts, an instance whose partitions all went
@@ -1412,13 +1364,7 @@ class Service:
         """Every assigned partition is restored and positioned: ready."""
         self.health.running()
         self.health.broker_reachable()  # the group answered: whatever failed before works
-        if self._outage_since is not None:
-            log.info(
-                "the broker answers again, after %.0f s and %d sessions",
-                time.monotonic() - self._outage_since,
-                self._outage_tries,
-            )
-            self._outage_since = None
+        self._outage_now.answered()
         # The gauges of what it owns now, before /readyz says 200: a second's refresh
         # showed the records of the partitions it had before the rebalance.
         self._observe_said()
