@@ -81,17 +81,26 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from stream_expiry import exits
 from stream_expiry.codec import deleted_at_of, reason_of
 from stream_expiry.config import Config
-from stream_expiry.errors import BrokerError, ConfigurationError, StoreError
+from stream_expiry.errors import (
+    BrokerError,
+    BrokerUnavailableError,
+    ConfigurationError,
+    StoreError,
+)
+from stream_expiry.health import Health
 from stream_expiry.kafka import committed_offsets, consumer, ensure_config_topics, partitions_of
-from stream_expiry.kafka_settings import member_liveness
+from stream_expiry.kafka_settings import as_connection, member_liveness
 from stream_expiry.logs import filtered
 from stream_expiry.model import decode_key
+from stream_expiry.outage import OUTAGE_RETRY_S, SessionOutage
 from stream_expiry.parts import add_up
 from stream_expiry.stalls import StallNote, Stalls
 from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+
+    from aiokafka import AIOKafkaConsumer
 
     from stream_expiry.holds import HoldBook
     from stream_expiry.kafka_settings import Brokers
@@ -351,10 +360,23 @@ async def run_archive(
     max_records: int = 5000,
     after_write: Callable[[], Awaitable[None]] | None = None,
     session_ms: int = Config.session_timeout_ms,
+    stalls: Stalls | None = None,
+    health: Health | None = None,
+    retry_s: float = OUTAGE_RETRY_S,
     **consumer_options: Any,
 ) -> ArchiveWriter:
     """Archive ``topic`` (the stamps) and the erasures on ``tombstones`` until ``stop`` is
     set (or forever): write a batch, fsync, then commit.
+
+    A broker that cannot be reached at the start is an error (status 3); one lost once a
+    session has started is waited out (:mod:`stream_expiry.outage`): the session is closed
+    and started again every ``retry_s`` seconds, and what was not committed is read and
+    written again (a line twice, as after a crash: readers take the highest offset). It
+    exited instead, and with ``[archive] required`` the service's purges waited on an
+    archive that no supervisor restarted. ``stalls``: a failure just after the process
+    did not run is the stall's, no outage. ``health``: what the broker probe finds
+    (:func:`~stream_expiry.endpoints.watch_connection`, run by the caller); the broker
+    found unreachable ends the session as a Kafka failure does.
 
     ``after_write`` runs between the durable write and the commit (tests use it to die there).
     ``session_ms``: the group's session (``[service] session_timeout``, see
@@ -362,56 +384,130 @@ async def run_archive(
     """
     writer = ArchiveWriter(directory)
     stop = stop or anyio.Event()
-    stack = contextlib.AsyncExitStack()
-    options = _group_options(session_ms, consumer_options)
-    cons = await stack.enter_async_context(
-        consumer(bootstrap_servers, topic, tombstones, group_id=group_id, **options)
+    session = _Session(
+        bootstrap_servers,
+        (topic, tombstones),
+        group_id,
+        _group_options(session_ms, consumer_options),
+        SessionOutage(stalls, _REDONE, retry_s=retry_s, logger=log),
+        health,
     )
-    try:
-        log.info(
-            "archiving %s, and the erasures on %s, into %s (group %s)",
-            topic,
-            tombstones,
-            directory,
-            group_id,
-        )
-        while not stop.is_set():
-            try:
-                batch = await cons.getmany(timeout_ms=200, max_records=max_records)
-            except KafkaError as exc:
-                raise BrokerError(f"cannot read {topic} for the archive: {exc!r}") from exc
-            if not batch:
+    log.info(
+        "archiving %s, and the erasures on %s, into %s (group %s)",
+        topic,
+        tombstones,
+        directory,
+        group_id,
+    )
+    while True:
+        try:
+            await session.run(writer, stop, max_records, after_write)
+            return writer
+        except BrokerError as exc:
+            if session.started and await session.outage.wait_out(exc, stop):
                 continue
-            entries = [
-                Entry(
-                    r.key,
-                    r.value,
-                    tp.partition,
-                    r.offset,
-                    r.timestamp,
-                    reason_of(r.headers),
-                    tombstones if tp.topic == tombstones else None,
-                    deleted_at_of(r.headers),
-                )
-                for tp, records in batch.items()
-                for r in records
-            ]
-            await anyio.to_thread.run_sync(writer.write, entries)
-            if after_write is not None:
-                await after_write()
-            offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
-            try:
-                await cons.commit(offsets)
-            except CommitFailedError as exc:  # a rebalance took the partitions: re-delivered
-                log.warning("archive commit failed after a rebalance (lines may repeat): %s", exc)
-            except KafkaError as exc:
-                raise BrokerError(f"cannot commit the archive's offsets: {exc!r}") from exc
-    finally:
-        # Even when cancelled, leave the group (shielded, bounded): a member that vanishes
-        # without leaving holds its partitions until the session times out.
-        with anyio.move_on_after(STOP_TIMEOUT_S, shield=True):
-            await stack.aclose()
-    return writer
+            if session.started and session.outage.stopped_in(exc, stop):
+                return writer
+            raise
+
+
+_REDONE: Final = "what was not committed is archived again"
+
+
+@dataclass
+class _Session:
+    """One consumer of the archive's group at a time, made again after a broker outage.
+    ``started``: a consumer has been made once (a failure before is the start's)."""
+
+    brokers: Brokers
+    topics: tuple[str, str]  # the stamps', the tombstones'
+    group_id: str
+    options: dict[str, Any]
+    outage: SessionOutage
+    health: Health | None  # the broker probe's findings (None: not probed)
+    started: bool = False
+
+    async def run(
+        self,
+        writer: ArchiveWriter,
+        stop: anyio.Event,
+        max_records: int,
+        after_write: Callable[[], Awaitable[None]] | None,
+    ) -> None:
+        """Until ``stop``: read a batch, write it durably, then commit its offsets. Raises
+        :class:`BrokerUnavailableError` when the broker probe finds the broker gone: the
+        client's own retries hide an outage (a fetch returns nothing, a commit waits for
+        the broker's return), and a cut of minutes went by without a word."""
+        topic, tombstones = self.topics
+        stack = contextlib.AsyncExitStack()
+        lost: list[str] = []
+        try:
+            cons = await stack.enter_async_context(
+                consumer(self.brokers, topic, tombstones, group_id=self.group_id, **self.options)
+            )
+            self.started = True
+            self.outage.answered()  # the consumer's bootstrap had the broker's metadata
+            async with anyio.create_task_group() as tg:
+                health = self.health
+                if health is not None:
+                    health.broker_reachable()  # as the consumer found it
+
+                    async def watch() -> None:
+                        lost.append(await health.broker_lost())
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(watch)
+                while not stop.is_set():
+                    try:
+                        batch = await cons.getmany(timeout_ms=200, max_records=max_records)
+                    except KafkaError as exc:
+                        msg = f"cannot read {topic} for the archive: {exc!r}"
+                        raise BrokerError(msg) from exc
+                    if batch:
+                        await _archive_batch(cons, writer, batch, tombstones, after_write)
+                tg.cancel_scope.cancel()
+        finally:
+            # Even when cancelled, leave the group (shielded, bounded): a member that
+            # vanishes without leaving holds its partitions until the session times out.
+            with anyio.move_on_after(STOP_TIMEOUT_S, shield=True):
+                await stack.aclose()
+        if lost:
+            raise BrokerUnavailableError(f"Kafka unreachable: {lost[0]}")
+
+
+async def _archive_batch(
+    cons: AIOKafkaConsumer,
+    writer: ArchiveWriter,
+    batch: Mapping[Any, list[Any]],
+    tombstones: str,
+    after_write: Callable[[], Awaitable[None]] | None,
+) -> None:
+    """Write ``batch`` durably, then commit its offsets. A commit the broker fails leaves
+    the batch to be read and written again by the next session."""
+    entries = [
+        Entry(
+            r.key,
+            r.value,
+            tp.partition,
+            r.offset,
+            r.timestamp,
+            reason_of(r.headers),
+            tombstones if tp.topic == tombstones else None,
+            deleted_at_of(r.headers),
+        )
+        for tp, records in batch.items()
+        for r in records
+    ]
+    await anyio.to_thread.run_sync(writer.write, entries)
+    if after_write is not None:
+        await after_write()
+    offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+    try:
+        await cons.commit(offsets)
+    except CommitFailedError as exc:  # a rebalance took the partitions: re-delivered
+        log.warning("archive commit failed after a rebalance (lines may repeat): %s", exc)
+    except KafkaError as exc:
+        raise BrokerError(f"cannot commit the archive's offsets: {exc!r}") from exc
 
 
 def _group_options(session_ms: int, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -470,6 +566,7 @@ async def serve_archive(
     from stream_expiry.endpoints import watch_process  # the HTTP side is not the archive's
 
     stalls = stalls or Stalls()
+    health = Health(stalls=stalls)
     stop = anyio.Event()
     writer: ArchiveWriter | None = None  # none when a second signal stops it while it starts
     with filtered(StallNote(stalls)):
@@ -483,7 +580,7 @@ async def serve_archive(
                         stop.set()
 
             tg.start_soon(on_signals)
-            watch_process(tg, stalls)
+            watch_process(tg, stalls, health=health, conn=as_connection(bootstrap_servers))
             if prepare is not None:
                 await prepare()
             writer = await run_archive(
@@ -494,6 +591,8 @@ async def serve_archive(
                 group_id=group_id,
                 stop=stop,
                 session_ms=session_ms,
+                stalls=stalls,
+                health=health,
             )
             tg.cancel_scope.cancel()
     if writer is None:

@@ -31,6 +31,8 @@ import enum
 import time
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -72,6 +74,7 @@ class Health:
         pauses it counts do) instead of ``clock``."""
         self.phase = Phase.STOPPED
         self.broker_error: str | None = None
+        self._broker_waiters: list[anyio.Event] = []  # tasks in broker_lost
         self.watches_store = watches_store
         self.store_error: str | None = None
         self._stall_after_s = stall_after_s
@@ -126,6 +129,19 @@ class Health:
 
     def broker_unreachable(self, reason: str) -> None:
         self.broker_error = reason
+        waiting, self._broker_waiters = self._broker_waiters, []
+        for event in waiting:
+            event.set()
+
+    async def broker_lost(self) -> str:
+        """Once the broker is marked unreachable (at once if it is): why. For ``archive``,
+        a consumer alone, whose client retries every failure itself: the probe is what
+        tells it an outage (its fetches return nothing, its commit waits for the broker)."""
+        while self.broker_error is None:
+            event = anyio.Event()
+            self._broker_waiters.append(event)
+            await event.wait()
+        return self.broker_error
 
     def broker_reachable(self) -> None:
         self.broker_error = None
