@@ -371,10 +371,11 @@ async def run_archive(
     A broker that cannot be reached at the start is an error (status 3); one lost once a
     session has started is waited out (:mod:`stream_expiry.outage`): the session is closed
     and started again every ``retry_s`` seconds, and what was not committed is read and
-    written again (a line twice, as after a crash: readers take the highest offset). It
-    exited instead, and with ``[archive] required`` the service's purges waited on an
-    archive that no supervisor restarted. ``stalls``: a failure just after the process
-    did not run is the stall's, no outage. ``health``: what the broker probe finds
+    written again (a line twice, as after a crash: readers take the highest offset).
+    Before, an outage went by without a word (the client waits for the broker on its own,
+    a commit too) and a Kafka error that reached it ended it, while with ``[archive]
+    required`` the service's purges waited on it. ``stalls``: a failure just after the
+    process did not run is the stall's, no outage. ``health``: what the broker probe finds
     (:func:`~stream_expiry.endpoints.watch_connection`, run by the caller); the broker
     found unreachable ends the session as a Kafka failure does.
 
