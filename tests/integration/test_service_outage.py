@@ -119,7 +119,13 @@ async def test_sigterm_during_an_outage_stops_the_service_and_a_sink_cleanly(
     tails = "\n".join(p.tail() for p in procs.values())
     assert codes == {"run": 0, "sink": 0}, tails
     assert not any("interrupted" in line for p in procs.values() for line in p.lines), tails
-    assert procs["run"].log_has("stream_expiry.service: stopped:"), tails
+    # A clean stop either way: the session ended at the stop ("stopped: ..."), or the
+    # service had said the outage first (its fetch failing within a second of the cut,
+    # before the readiness probe's 503) and stopped in it, said as such. Either came first
+    # on the same code (it failed 1 run of 3 on round 44's).
+    assert procs["run"].log_has("stream_expiry.service: stopped:") or procs["run"].log_has(
+        "stream_expiry.service: stopped while the broker fails"
+    ), tails
 
 
 @pytest.mark.timeout(OUTAGE_S + 150)
