@@ -1240,6 +1240,23 @@ def test_a_create_after_an_erasure_both_read_after_the_expiry_starts_the_next_li
     assert h.advance(10_000) == []
 
 
+def test_a_late_erasure_dated_at_its_lifes_creation_lets_a_create_after_it_start_a_life() -> None:
+    """The boundary of the rule above: an erasure dated at the very creation of the life
+    its expiry ended (created 0, erased at 0) is that life's, and a create after it (400)
+    starts the next life, as read in time (a mutation check: ``created < erase`` there
+    dropped it)."""
+    h = Harness(horizon_ms=5000)
+    first = ev("conversation", "x", "create", 0)
+    h.feed(first)
+    assert h.advance(1_000) == [(first.identity.key, "ttl", 1_000, 1_000)]
+    h.now = 1_100
+    h.feed(ev("conversation", "x", "delete", 0))
+    effects = h.process(ev("conversation", "x", "create", 400))
+    assert effects.verdicts == {"recreated": 1}
+    [(stamp, _)] = effects.stamps
+    assert (stamp.created_at, stamp.previous_deleted_at) == (BASE + 400, BASE)
+
+
 def test_a_touch_or_a_second_erasure_after_a_late_erasure_starts_nothing() -> None:
     """Only a create dated after an erasure read after its life's expiry starts the next
     life: a touch dated before a tombstoned life's expiry changes nothing (the contract),

@@ -591,7 +591,10 @@ def test_a_new_life_restored_still_ignores_its_previous_lifes_create() -> None:
     assert (state.created_at, state.previous_deleted_at) == (BASE + 6_000, BASE + 5_999)
 
 
-def test_an_erasure_read_after_its_lifes_expiry_is_restored_with_its_own_time() -> None:
+@pytest.mark.parametrize("erased", [5_000, 0])  # 0: at the life's creation (a boundary)
+def test_an_erasure_read_after_its_lifes_expiry_is_restored_with_its_own_time(
+    erased: int,
+) -> None:
     """A conversation created at 0 (expires at 20 s), fired; its erasure dated 5 s read
     after that (a late send, a paused reader): the marker keeps the life's end (19,999 ms)
     and remembers the erasure, so that a create dated after it, read next, starts the next
@@ -605,18 +608,18 @@ def test_an_erasure_read_after_its_lifes_expiry_is_restored_with_its_own_time() 
     log.write(original.process(first), BASE)
     log.write(_Stepper(original).step_advance(20_000), BASE + 20_000)
     original.now = 21_000
-    erased = original.process(ev("conversation", "a", "delete", 5_000))
-    log.write(erased, BASE + 21_000)
-    assert [_deleted_until(f) for f in erased.tombstones] == [BASE + 5_000]
+    done = original.process(ev("conversation", "a", "delete", erased))
+    log.write(done, BASE + 21_000)
+    assert [_deleted_until(f) for f in done.tombstones] == [BASE + erased]
     restored = harness(log.restore(BASE + 21_000), 21_000)
     for h in (original, restored):
         state = h.proc.state_of(first.identity.key)
         assert state is not None
         assert (state.created_at, state.deleted_at, state.erase_at) == (
-            BASE, BASE + 19_999, BASE + 5_000,
+            BASE, BASE + 19_999, BASE + erased,
         )  # fmt: skip
     for h in (original, restored):
-        again = h.process(ev("conversation", "a", "delete", 5_000))  # a redelivery
+        again = h.process(ev("conversation", "a", "delete", erased))  # a redelivery
         assert (again.tombstones, again.verdicts) == ([], {"stale": 1})
         assert h.process(ev("conversation", "a", "create", 0)).verdicts == {"stale": 1}
         effects = h.process(ev("conversation", "a", "create", 8_000))
