@@ -678,8 +678,10 @@ def deletion_from_tombstone(value: bytes | None, prior: Stamp | None) -> Stamp |
             emitted = parse_ts(body["emitted_at"])
             deleted_at = emitted if created is None or created <= emitted else created
         ttl_s = body.get("ttl_seconds")
+        ttl_ms = None if ttl_s is None else ttl_s * 1000
     except (KeyError, TypeError, ValueError, orjson.JSONDecodeError):
         return None
+    erase_at = None if body["reason"] == "ttl" else deleted_at  # an erasure went out
     if prior is not None:
         if prior.deleted_at is not None:
             if (
@@ -694,7 +696,7 @@ def deletion_from_tombstone(value: bytes | None, prior: Stamp | None) -> Stamp |
                 return prior._replace(
                     created_at=created,
                     expires_at=expires,
-                    ttl_ms=None if ttl_s is None else ttl_s * 1000,
+                    ttl_ms=ttl_ms,
                     ttl_source=body.get("ttl_source"),
                 )
             if (
@@ -711,27 +713,11 @@ def deletion_from_tombstone(value: bytes | None, prior: Stamp | None) -> Stamp |
                 # create after the erasure starts the next life (the engine's
                 # ``_erased_at``); taken for this life's end alone, the marker forgot the
                 # erasure, and such a create was dropped after a restore.
-                return Stamp(
-                    ident,
-                    created,
-                    expires,
-                    None if ttl_s is None else ttl_s * 1000,
-                    body.get("ttl_source"),
-                    deleted_at,
-                    prior.erase_at,
-                )
-            if prior.deleted_at >= deleted_at:
+                erase_at = prior.erase_at
+            elif prior.deleted_at >= deleted_at:
                 return None
-            if body["reason"] != "ttl" and (created is None or created <= prior.deleted_at):
+            elif body["reason"] != "ttl" and (created is None or created <= prior.deleted_at):
                 return None  # the same life's deletion, whose time the marker has exactly
         if prior.live and prior.created_at is not None and prior.created_at > deleted_at:
             return None  # the index holds a newer life
-    return Stamp(
-        ident,
-        created,
-        expires,
-        None if ttl_s is None else ttl_s * 1000,
-        body.get("ttl_source"),
-        deleted_at,
-        None if body["reason"] == "ttl" else deleted_at,  # an erasure went out
-    )
+    return Stamp(ident, created, expires, ttl_ms, body.get("ttl_source"), deleted_at, erase_at)
