@@ -633,31 +633,19 @@ class _PostgresTx(StoreTransaction):
                 _keys(p.deletes),
             )
         if p.upserts:
-            new, old = _split(p.upserts, self._no_row)
-            for rows, sql in ((new, _INSERT_ROWS), (old, _UPSERT_ROWS)):
-                if rows:
-                    await self._insert(
-                        sql.format(t=n.records),
-                        _json(
-                            (*r.identity.parts(), r.created_at, r.expires_at, r.ttl_seconds,
-                             r.ttl_source, r.data, r.updated_at, r.src_partition, r.src_offset)
-                            for r in rows
-                        ),
-                        plain=rows is new,
-                    )  # fmt: skip
+            await self._write_split(
+                p.upserts, self._no_row, n.records, _INSERT_ROWS, _UPSERT_ROWS,
+                lambda rows: ((*r.identity.parts(), r.created_at, r.expires_at, r.ttl_seconds,
+                               r.ttl_source, r.data, r.updated_at, r.src_partition, r.src_offset)
+                              for r in rows),
+            )  # fmt: skip
         if p.markers:
-            new_m, old_m = _split(p.markers, self._no_marker)
-            for markers, sql in ((new_m, _INSERT_MARKERS), (old_m, _UPSERT_MARKERS)):
-                if markers:
-                    await self._insert(
-                        sql.format(t=n.deletions),
-                        _json(
-                            (*m.identity.parts(), m.deleted_before, m.last_life, m.deleted_at,
-                             encode_pending(m.pending), m.pending_since, m.settled_at)
-                            for m in markers
-                        ),
-                        plain=markers is new_m,
-                    )  # fmt: skip
+            await self._write_split(
+                p.markers, self._no_marker, n.deletions, _INSERT_MARKERS, _UPSERT_MARKERS,
+                lambda markers: ((*m.identity.parts(), m.deleted_before, m.last_life,
+                                  m.deleted_at, encode_pending(m.pending), m.pending_since,
+                                  m.settled_at) for m in markers),
+            )  # fmt: skip
         if p.receipts:
             await c.execute(
                 f"WITH r AS (INSERT INTO {n.receipts} ({_RECEIPT_COLS}) {_RECEIPTS_FROM_JSON} "
@@ -669,6 +657,25 @@ class _PostgresTx(StoreTransaction):
                     for r in p.receipts
                 ),
             )  # fmt: skip
+
+    async def _write_split(
+        self,
+        items: list[_Written],
+        absent: set[str],
+        table: str,
+        insert: str,
+        upsert: str,
+        columns: Callable[[list[_Written]], Iterable[tuple[Any, ...]]],
+    ) -> None:
+        """Write ``items`` to ``table``: those this transaction found missing (``absent``)
+        with the plain ``insert``, the rest with the ``upsert`` (:class:`_PostgresTx`).
+        ``columns``: each item's row of parameters, a generator over a list (no call a
+        row)."""
+        new, old = _split(items, absent)
+        for written, sql, plain in ((new, insert, True), (old, upsert, False)):
+            if written:
+                rows = _json(columns(written))
+                await self._insert(sql.format(t=table), rows, plain=plain)
 
     async def _insert(self, sql: str, rows: str, *, plain: bool) -> None:
         """Run one of :meth:`write`'s inserts; a plain one that meets a row another
