@@ -657,14 +657,25 @@ def _parser_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "active legal holds with how many due records each keeps; the records left of each "
         "topic of [topics] retired (none: it can be removed from retired), and those stamped "
         "from topics [topics] lists neither in inputs nor in retired, which no instance "
-        "tombstones; and the "
-        "lag of every input partition. It answers for the whole deployment, from Kafka alone; "
+        "tombstones; the lag of every input partition; and how far each downstream store "
+        "(sink group) is behind: tombstones not applied, since when the oldest waits, and "
+        "stamps not written. It answers for the whole deployment, from Kafka alone; "
         "expiry.stamped is streamed through a temporary on-disk store (a few seconds per "
-        "million records). Example: stream-expiry status --config expiry.toml",
+        "million records). Example: stream-expiry status --config expiry.toml "
+        "--sink-group stream-expiry-sink-postgres",
         formatter_class=WholeWords,
     )
     _add_common(status)
     status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.add_argument(
+        "--sink-group",
+        action="append",
+        metavar="GROUP",
+        help="a downstream store's consumer group (a sink's --group-id), to say how many "
+        "tombstones it has not applied yet and since when the oldest waits; repeat for each "
+        "store (default: the sinks' default groups, stream-expiry-sink-sqlite and "
+        "stream-expiry-sink-postgres, where they have committed offsets)",
+    )
     status.set_defaults(func=_cmd_status)
 
 

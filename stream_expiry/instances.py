@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CLIENT_ID",
     "POLICY_FORM",
+    "SINK_STORES",
     "Group",
     "Member",
     "assignors",
@@ -53,6 +54,7 @@ __all__ = [
     "earlier_digests",
     "mixed_policies",
     "parse_description",
+    "sink_group",
 ]
 
 log = logging.getLogger("stream_expiry.service")
@@ -60,6 +62,15 @@ log = logging.getLogger("stream_expiry.service")
 #: The client id of the service's group consumer: each member's id starts with it, so a
 #: member of the service's group is told from another client by its name.
 CLIENT_ID: Final = "stream-expiry"
+
+#: The stores ``stream-expiry sink`` writes to, each a consumer group of its own by default.
+SINK_STORES: Final = ("sqlite", "postgres")
+
+
+def sink_group(store: str) -> str:
+    """The consumer group ``stream-expiry sink STORE`` joins unless given ``--group-id``:
+    ``status`` looks for these when it is named no sink group."""
+    return f"stream-expiry-sink-{store}"
 
 
 #: The form of the policy digest this version joins with: 2, the SHA-256 of

@@ -31,6 +31,7 @@ import logging
 import os
 import struct
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -45,10 +46,12 @@ from stream_expiry.hold_command import doubt_as_dict, doubt_line, read_holds
 from stream_expiry.instances import (
     CLIENT_ID,
     POLICY_FORM,
+    SINK_STORES,
     Group,
     describe_group,
     earlier_digests,
     mixed_policies,
+    sink_group,
 )
 from stream_expiry.kafka import (
     committed_offsets,
@@ -66,14 +69,14 @@ from stream_expiry.timeutil import format_ts
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Callable, Collection, Mapping
+    from collections.abc import Callable, Collection, Mapping, Sequence
 
     from stream_expiry.changelog import Fold
     from stream_expiry.config import Config
     from stream_expiry.holds import HoldBook
     from stream_expiry.kafka_settings import Brokers
 
-__all__ = ["Status", "run_status", "status", "text_lines"]
+__all__ = ["Status", "StoreProgress", "run_status", "status", "text_lines"]
 
 log = logging.getLogger("stream_expiry.status")
 
@@ -121,6 +124,12 @@ class Status:
     # partitions, so none tombstones them; and how many partitions each topic has now.
     partitions_gone: dict[str, dict[int, Counter[str]]] = field(default_factory=dict)
     retired_partitions: dict[str, int] = field(default_factory=dict)
+    # The downstream stores: by sink group, what it has not applied yet of expiry.stamped
+    # and expiry.tombstones. A tombstone on time in Kafka is data still held until its
+    # store applies it, and nothing else here said how far behind the stores were.
+    stores: dict[str, StoreProgress] = field(default_factory=dict)
+    # The groups looked for: those named (--sink-group), else the sinks' default ones.
+    sink_groups: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -160,6 +169,40 @@ class Status:
                 topic: _gone_dict(topic, self.retired_partitions.get(topic, 0), gone)
                 for topic, gone in sorted(self.partitions_gone.items())
             },
+            "stores": {group: p.as_dict(self.at) for group, p in self.stores.items()},
+            "sink_groups": list(self.sink_groups),
+        }
+
+
+@dataclass
+class StoreProgress:
+    """How far one sink group (a downstream store) is behind the service's outputs."""
+
+    # Every partition of expiry.stamped and expiry.tombstones: "topic[p]" -> end, committed
+    # and lag, as the input partitions' lag.
+    partitions: dict[str, dict[str, int | None]]
+    stamps_behind: int = 0  # stamps (and nulls) not written to the store yet
+    tombstones_behind: int = 0  # deletions the store has not made yet
+    # The Kafka timestamp of the oldest tombstone not applied: since when a deletion is due
+    # in the store and the row is still there (None: none waits).
+    oldest_tombstone_waiting: int | None = None
+
+    @property
+    def committed(self) -> bool:
+        """Whether the group committed anything: a group that never did is no sink (a name
+        mistyped, or a store that never ran), and its "lag" would be every message."""
+        return any(p["committed"] is not None for p in self.partitions.values())
+
+    def as_dict(self, at: int) -> dict[str, Any]:
+        oldest = self.oldest_tombstone_waiting
+        return {
+            "committed": self.committed,
+            "stamps_behind": self.stamps_behind,
+            "tombstones_behind": self.tombstones_behind,
+            "oldest_tombstone_waiting": _ts_or_none(oldest),
+            # How late the store's deletions are: status's time less that tombstone's.
+            "tombstones_waiting_s": None if oldest is None else max(0, at - oldest) / 1000,
+            "partitions": self.partitions,
         }
 
 
@@ -336,30 +379,92 @@ def _count(
             result.archive_waiting = (result.archive_waiting or 0) + 1
 
 
-async def _lag(config: Config, brokers: Brokers) -> dict[str, dict[str, int | None]]:
-    out: dict[str, dict[str, int | None]] = {}
-    async with consumer(brokers, group_id=config.group_id) as cons:
-        tps = [
-            TopicPartition(t, p)
-            for t in config.topics.inputs
-            for p in sorted(await partitions_of(cons, t))
-        ]
+async def _offsets(
+    brokers: Brokers, group_id: str, topics: Collection[str]
+) -> dict[TopicPartition, dict[str, int | None]]:
+    """Each partition of ``topics``: its end, the group's committed offset (None: never
+    committed) and the lag between them (from 0 where none is committed)."""
+    out: dict[TopicPartition, dict[str, int | None]] = {}
+    async with consumer(brokers, group_id=group_id) as cons:
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(await partitions_of(cons, t))]
         if not tps:
             return out
         cons.assign(tps)
         ends = await stable_ends(cons, tps)
         for tp, committed in (await committed_offsets(cons, tps)).items():
-            out[f"{tp.topic}[{tp.partition}]"] = {
-                "end": ends[tp],
-                "committed": committed,
-                "lag": ends[tp] - (committed or 0),
-            }
+            out[tp] = {"end": ends[tp], "committed": committed, "lag": ends[tp] - (committed or 0)}
+    return out
+
+
+def _named(
+    parts: Mapping[TopicPartition, dict[str, int | None]],
+) -> dict[str, dict[str, int | None]]:
+    return {f"{tp.topic}[{tp.partition}]": v for tp, v in parts.items()}
+
+
+async def _lag(config: Config, brokers: Brokers) -> dict[str, dict[str, int | None]]:
+    return _named(await _offsets(brokers, config.group_id, config.topics.inputs))
+
+
+async def _oldest_message(brokers: Brokers, at: Mapping[TopicPartition, int]) -> int | None:
+    """The Kafka timestamp of the oldest of the first messages at or after each offset of
+    ``at`` (None when none is read within 10 s): a plain reader, which commits nothing."""
+    if not at:
+        return None
+    found: dict[TopicPartition, int] = {}
+    async with consumer(brokers) as reader:
+        reader.assign(list(at))
+        for tp, offset in at.items():
+            reader.seek(tp, offset)
+        deadline = time.monotonic() + 10
+        while len(found) < len(at) and time.monotonic() < deadline:
+            for tp, records in (await reader.getmany(timeout_ms=500)).items():
+                if records and tp not in found:
+                    found[tp] = records[0].timestamp
+                    reader.pause(tp)
+    return min(found.values(), default=None)
+
+
+async def _stores(
+    config: Config, brokers: Brokers, groups: Collection[str], *, named: bool
+) -> dict[str, StoreProgress]:
+    """What each sink group has not applied yet of the service's outputs. Groups looked
+    for by their default names (``named`` False) are left out when they committed nothing:
+    no such store runs here."""
+    t = config.topics
+    out: dict[str, StoreProgress] = {}
+    for group in groups:
+        parts = await _offsets(brokers, group, (t.stamped, t.tombstones))
+        progress = StoreProgress(_named(parts))
+        if not progress.committed:
+            if named:
+                out[group] = progress
+            continue
+        waiting: dict[TopicPartition, int] = {}
+        for tp, p in parts.items():
+            behind = max(0, p["lag"] or 0)
+            if tp.topic == t.tombstones:
+                progress.tombstones_behind += behind
+                if behind:
+                    waiting[tp] = p["committed"] or 0
+            else:
+                progress.stamps_behind += behind
+        progress.oldest_tombstone_waiting = await _oldest_message(brokers, waiting)
+        out[group] = progress
     return out
 
 
 async def status(
-    config: Config, brokers: Brokers, *, now_ms: int | None = None, clock: Callable[[], int]
+    config: Config,
+    brokers: Brokers,
+    *,
+    now_ms: int | None = None,
+    clock: Callable[[], int],
+    sink_groups: Sequence[str] = (),
 ) -> Status:
+    """``sink_groups``: the downstream stores' consumer groups to report on; none named,
+    the sinks' default groups (:func:`~stream_expiry.instances.sink_group`) that have
+    committed offsets."""
     result = Status(at=clock() if now_ms is None else now_ms)
     t = config.topics
     said = {t.stamped: "no record is counted", t.holds: "no hold is shown"}
@@ -398,13 +503,16 @@ async def status(
     result.lag = await _lag(config, brokers)
     result.group = config.group_id
     result.instances = await describe_group(brokers, config.group_id)
+    groups = tuple(dict.fromkeys(sink_groups)) or tuple(sink_group(s) for s in SINK_STORES)
+    result.sink_groups = groups
+    result.stores = await _stores(config, brokers, groups, named=bool(sink_groups))
     return result
 
 
 async def run_status(config: Config, brokers: Brokers, args: argparse.Namespace) -> int:
     from stream_expiry.service import wall_clock_ms
 
-    result = await status(config, brokers, clock=wall_clock_ms)
+    result = await status(config, brokers, clock=wall_clock_ms, sink_groups=args.sink_group or ())
     if args.json:
         sys.stdout.write(orjson.dumps(result.as_dict()).decode() + "\n")
         return 0
@@ -534,6 +642,35 @@ def _partitions_gone_lines(gone: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _store_lines(stores: dict[str, dict[str, Any]], groups: list[str]) -> list[str]:
+    """The downstream stores, by sink group: the stamps not written and the tombstones not
+    applied yet, and since when the oldest of those waits (its rows are still there)."""
+    if not groups:  # a Status from before stores were reported
+        return []
+    if not stores:
+        return [
+            "  downstream stores: no sink group with committed offsets under the default names "
+            f"({', '.join(groups)}): name each store's with --sink-group GROUP"
+        ]
+    lines = ["  downstream stores (by sink group: what each has not applied yet)"]
+    for group, p in stores.items():
+        if not p["committed"]:
+            said = (
+                f"{group}: has committed no offset on the stamped or the tombstones topic: not "
+                "a sink's --group-id, or its sink never ran"
+            )
+        else:
+            said = f"{group}: {counted(p['tombstones_behind'], 'tombstone')} not applied"
+            if p["oldest_tombstone_waiting"] is not None:
+                said += (
+                    f", the oldest from {p['oldest_tombstone_waiting']} "
+                    f"({p['tombstones_waiting_s']:,.1f} s: its rows are still in the store)"
+                )
+            said += f"; {counted(p['stamps_behind'], 'stamp')} not written"
+        lines.append(printable(f"    {said}"))
+    return lines
+
+
 def text_lines(d: dict[str, Any]) -> list[str]:
     """``status`` for a person, from :meth:`Status.as_dict`. The figures form one column
     right of the longest name (a category such as ``training_expression``, an input
@@ -606,4 +743,5 @@ def text_lines(d: dict[str, Any]) -> list[str]:
             f"{'it creates or ends is' if unread == 1 else 'they create or end is'} not in "
             "the counts above (a lag that stays or grows: is the service running?)"
         )
+    lines += _store_lines(d.get("stores") or {}, d.get("sink_groups") or [])
     return lines

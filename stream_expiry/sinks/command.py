@@ -43,6 +43,7 @@ from stream_expiry.errors import (
     suggestion,
 )
 from stream_expiry.health import Health
+from stream_expiry.instances import sink_group
 from stream_expiry.kafka_settings import security_from_environment
 from stream_expiry.key_template import KeyTemplate
 from stream_expiry.logs import filtered, say_failure
@@ -358,7 +359,7 @@ def build_sink(
     check_sink_topics(topics, stamped, tombstones, receipts, holds, audit, compacted)
     config = SinkConfig(
         bootstrap_servers=bootstrap,
-        group_id=args.group_id or f"stream-expiry-sink-{store.name}",
+        group_id=args.group_id or sink_group(store.name),
         stamped_topic=stamped,
         tombstones_topic=tombstones,
         receipts_topic=receipts,
