@@ -161,7 +161,9 @@ def _no_values(
             said += f"; {name}: give it after the command it belongs to"
             continue
         if name in elsewhere:
-            said += f"; {name} is an option of {' and '.join(elsewhere[name])}"
+            *first, last = elsewhere[name]
+            owners = f"{', '.join(first)} and {last}" if first else last
+            said += f"; {name} is an option of {owners}"
             continue
         close = difflib.get_close_matches(name, [o for o in options if o.startswith("--")], n=1)
         if close:
@@ -719,6 +721,52 @@ def _parser_history(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     history.set_defaults(func=_cmd_history)
 
 
+# -- deletions ----------------------------------------------------------------------------
+
+
+def _cmd_deletions(args: argparse.Namespace) -> int:
+    from stream_expiry.deletions import run_deletions
+
+    config = load(args)
+    with _interrupt_at_once(), _library_quiet():
+        return anyio.run(run_deletions, config, connection_from(args, config), args)
+
+
+def _parser_deletions(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    deletions = sub.add_parser(
+        "deletions",
+        help="what the stores deleted in a period, under which rule, and how late",
+        description="Reads expiry.receipts whole (every store's receipt of every deletion, "
+        "each receipt_id counted once however many times it was published) and prints, by "
+        "store, the rows deleted in the period by rule (ttl, explicit: an erasure request, "
+        "sweep: the store's safety net) and by category; how long after its due time each "
+        "row went (p50, p99 and the longest, with its record key: the due time is the "
+        "expiry, or the tombstone's time for an erasure); the late ones by the cause the "
+        "service gave (catch_up, late_event, hold, archive); and the tombstones of records "
+        "a store never held. For an audit of many records (history tells one record's "
+        "whole story). Example: stream-expiry deletions --config expiry.toml --org acme "
+        "--since 2026-11-01T00:00:00Z --until 2026-12-01T00:00:00Z",
+        formatter_class=WholeWords,
+    )
+    _add_common(deletions)
+    for part in ("org", "bot", "env", "category"):
+        deletions.add_argument(f"--{part}", help=f"only the records of this {part}")
+    deletions.add_argument(
+        "--since", metavar="TS", type=timestamp, help="only rows deleted at or after TS"
+    )
+    deletions.add_argument(
+        "--until", metavar="TS", type=timestamp, help="only rows deleted before TS"
+    )
+    out = deletions.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print one JSON object")
+    out.add_argument(
+        "--receipts",
+        action="store_true",
+        help="print the receipts counted, one JSON object a line (an export), not the counts",
+    )
+    deletions.set_defaults(func=_cmd_deletions)
+
+
 # -- archive ------------------------------------------------------------------------------
 
 
@@ -963,6 +1011,7 @@ def build_parser() -> argparse.ArgumentParser:
     _parser_hold(sub)
     _parser_status(sub)
     _parser_history(sub)
+    _parser_deletions(sub)
     _parser_rekey(sub)
     _parser_demo(sub)
     from stream_expiry.sinks.command import add_sink_parser

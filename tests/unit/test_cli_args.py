@@ -595,8 +595,8 @@ def test_an_unknown_option_is_named_without_what_was_typed_after_it(
         (
             ["status", "--org", "acme"],
             "stream-expiry status: unrecognized arguments: --org ... (values not shown); "
-            "--org is an option of stream-expiry explain and stream-expiry history (see "
-            "stream-expiry status --help)",
+            "--org is an option of stream-expiry explain, stream-expiry history and "
+            "stream-expiry deletions (see stream-expiry status --help)",
         ),
         # An option of the sub-command given before it (a review).
         (
@@ -1043,7 +1043,7 @@ def test_the_readme_gives_each_command_the_options_it_takes_and_names_them_all()
     ``history`` take ``--config``, which the README never gave them). The replay row of the
     Commands table was cut over four lines, which Markdown shows as four rows."""
     readme, options = README.read_text(), _parser_options()
-    assert len(options) == 13  # hold and sink have 3 and 2
+    assert len(options) == 14  # hold and sink have 3 and 2
     assert _option_drift(readme, options) == []
     # What the check sees: an option renamed in the README, one added to the parser.
     renamed = readme.replace("[--sample N]", "[--samples N]")

@@ -1,0 +1,278 @@
+"""``stream-expiry deletions``: what the stores deleted in a period, when and why, for an audit.
+
+A compliance officer asks "what did we delete for acme in November, under which rule, and
+was any of it late?". ``history`` answers for one record; this answers for many, from the
+receipts every store publishes on ``expiry.receipts`` (one per deletion, never the
+payload), read whole: the topic keeps them 400 days by default, and reading it is seconds
+per million receipts. Receipts are published at least once, so each ``receipt_id`` counts
+once.
+
+For each store: its deletions by rule (``ttl``, ``explicit``, ``sweep``) and by category,
+how long after its due time each row went (the expiry for ``ttl`` and ``sweep``, the
+tombstone's time for an erasure), the late ones by the cause the service gave, and the
+tombstones that found nothing to delete (``rows_deleted`` 0: the store never held the
+record). ``--receipts`` prints the receipts themselves, one JSON object a line, for an
+export.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+from stream_expiry import codec
+from stream_expiry.errors import ConfigurationError
+from stream_expiry.kafka import consumer, missing_topics, read_to_end
+from stream_expiry.logs import counted, printable
+from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Iterable, Mapping
+
+    from stream_expiry.config import Config
+    from stream_expiry.kafka_settings import Brokers
+
+__all__ = ["Deletions", "Filter", "deletions", "run_deletions", "text_lines"]
+
+log = logging.getLogger("stream_expiry.deletions")
+
+#: The record's parts a report may be narrowed to, as the receipt names them.
+PARTS: Final = ("org", "bot", "env", "category")
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which receipts count: those naming these parts (None: any), deleted in
+    ``[since, until)`` (epoch ms; None: unbounded)."""
+
+    parts: Mapping[str, str]
+    since: int | None = None
+    until: int | None = None
+
+    def admits(self, receipt: Mapping[str, Any], deleted_at: int) -> bool:
+        if any(receipt.get(name) != value for name, value in self.parts.items()):
+            return False
+        if self.since is not None and deleted_at < self.since:
+            return False
+        return self.until is None or deleted_at < self.until
+
+
+@dataclass
+class StoreDeletions:
+    """One store's receipts in the period."""
+
+    by_reason: Counter[str] = field(default_factory=Counter)
+    by_category: Counter[str] = field(default_factory=Counter)
+    found_nothing: int = 0  # receipts with rows_deleted 0
+    late_causes: Counter[str] = field(default_factory=Counter)
+    # Of each row deleted, how long after its due time (ms, 0 when before it), with its key.
+    after_due: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def deleted(self) -> int:
+        return sum(self.by_reason.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        waits = sorted(self.after_due)
+        return {
+            "deleted": self.deleted,
+            "by_reason": dict(sorted(self.by_reason.items())),
+            "by_category": dict(sorted(self.by_category.items())),
+            "found_nothing": self.found_nothing,
+            "late_causes": dict(sorted(self.late_causes.items())),
+            "after_due_s": None
+            if not waits
+            else {
+                "p50": _nearest_rank(waits, 0.50)[0] / 1000,
+                "p99": _nearest_rank(waits, 0.99)[0] / 1000,
+                "max": waits[-1][0] / 1000,
+                "max_key": waits[-1][1],
+            },
+        }
+
+
+def _nearest_rank(ordered: list[tuple[int, str]], q: float) -> tuple[int, str]:
+    """The ``q`` quantile of ``ordered`` (sorted, not empty) by the nearest-rank method:
+    always a value that occurred."""
+    return ordered[max(0, math.ceil(len(ordered) * q) - 1)]
+
+
+@dataclass
+class Deletions:
+    """The report: by store, and how many receipts were read to make it."""
+
+    filter: Filter
+    stores: dict[str, StoreDeletions] = field(default_factory=dict)
+    receipts: int = 0  # distinct receipts that passed the filter
+    copies: int = 0  # publications of a receipt already counted (at-least-once)
+    unreadable: int = 0  # messages that are no receipt (not JSON, fields missing)
+    matched: list[dict[str, Any]] = field(default_factory=list)  # kept for --receipts
+
+    def as_dict(self) -> dict[str, Any]:
+        f = self.filter
+        return {
+            "since": None if f.since is None else format_ts(f.since),
+            "until": None if f.until is None else format_ts(f.until),
+            **{name: f.parts.get(name) for name in PARTS},
+            "receipts": self.receipts,
+            "copies": self.copies,
+            "unreadable": self.unreadable,
+            "stores": {name: s.as_dict() for name, s in sorted(self.stores.items())},
+        }
+
+    def add(self, receipt: dict[str, Any], headers: Iterable[tuple[str, bytes]]) -> None:
+        """Count one receipt (first publication of its id) that passed the filter."""
+        store = self.stores.setdefault(str(receipt.get("store")), StoreDeletions())
+        self.receipts += 1
+        if receipt.get("rows_deleted") != 1:
+            store.found_nothing += 1
+            return
+        reason = str(receipt.get("reason"))
+        store.by_reason[reason] += 1
+        store.by_category[str(receipt.get("category"))] += 1
+        cause = codec.late_cause_of(list(headers))
+        if cause is not None:
+            store.late_causes[cause] += 1
+        due = _due_at(receipt)
+        if due is not None:
+            deleted_at = parse_ts(receipt["deleted_at"])
+            store.after_due.append((max(0, deleted_at - due), str(receipt.get("key"))))
+
+
+def _due_at(receipt: Mapping[str, Any]) -> int | None:
+    """When the row was due to go: its expiry (``ttl``, ``sweep``), else the tombstone's
+    time (an erasure: the service decided it then; its late cause says when that was late
+    after the request). None when the receipt does not say."""
+    said = receipt.get("emitted_at") if receipt.get("reason") == "explicit" else None
+    said = said or receipt.get("expires_at")
+    try:
+        return None if said is None else parse_ts(said)
+    except InvalidTimestamp:
+        return None
+
+
+def _receipt(value: bytes | None) -> tuple[dict[str, Any], int] | None:
+    """The receipt and its ``deleted_at`` (ms), or None when the message is none."""
+    if value is None:
+        return None
+    try:
+        body = orjson.loads(value)
+        if not isinstance(body, dict) or not isinstance(body.get("receipt_id"), str):
+            return None
+        return body, parse_ts(body["deleted_at"])
+    except (orjson.JSONDecodeError, KeyError, InvalidTimestamp):
+        return None
+
+
+async def deletions(config: Config, brokers: Brokers, wanted: Filter) -> Deletions:
+    """Read ``expiry.receipts`` whole and count what ``wanted`` admits."""
+    topic = config.topics.receipts
+    if await missing_topics(brokers, [topic]):
+        # Read as empty, it answered "nothing deleted": an audit told a clean period by a
+        # config that named another deployment's topics (as history and replay refuse).
+        raise ConfigurationError(
+            f"the receipts topic {topic!r} does not exist on the cluster: give deletions the "
+            "service's --config (its [topics]), or run a store (stream-expiry sink) first"
+        )
+    report = Deletions(wanted)
+    seen: set[str] = set()
+    async with consumer(brokers) as cons:
+        async for batch in read_to_end(cons, topic):
+            for records in batch.values():
+                for rec in records:
+                    found = _receipt(rec.value)
+                    if found is None:
+                        report.unreadable += 1
+                        continue
+                    receipt, deleted_at = found
+                    if not wanted.admits(receipt, deleted_at):
+                        continue
+                    if receipt["receipt_id"] in seen:
+                        report.copies += 1
+                        continue
+                    seen.add(receipt["receipt_id"])
+                    report.add(receipt, rec.headers or ())
+                    report.matched.append(receipt)
+    if report.unreadable:
+        log.warning(
+            "%s on %s are not receipts (not JSON, or no receipt_id or deleted_at): left out",
+            counted(report.unreadable, "message"),
+            topic,
+        )
+    return report
+
+
+def _counts(counter: Mapping[str, int]) -> str:
+    return ", ".join(f"{name} {n:,}" for name, n in counter.items()) or "-"
+
+
+def text_lines(d: dict[str, Any]) -> list[str]:
+    """The report for a person, from :meth:`Deletions.as_dict`."""
+    scope = ", ".join(f"{name} {d[name]}" for name in PARTS if d.get(name) is not None)
+    period = f"{d['since'] or 'the beginning'} to {d['until'] or 'now'}"
+    copies = (
+        f", {counted(d['copies'], 'copy', 'copies')} of them counted once" if d["copies"] else ""
+    )
+    lines = [
+        printable(
+            f"deletions{' of ' + scope if scope else ''}, {period} (by deleted_at): "
+            f"{counted(d['receipts'], 'receipt')}{copies}"
+        )
+    ]
+    if not d["stores"]:
+        lines.append("  no store deleted anything in that period")
+    for name, s in d["stores"].items():
+        lines.append(printable(f"  store {name}: {counted(s['deleted'], 'row')} deleted"))
+        if s["deleted"]:
+            lines.append(printable(f"    by rule: {_counts(s['by_reason'])}"))
+            lines.append(printable(f"    by category: {_counts(s['by_category'])}"))
+        waits = s["after_due_s"]
+        if waits is not None:
+            lines.append(
+                printable(
+                    f"    after its due time: p50 {waits['p50']:,.3f} s, p99 "
+                    f"{waits['p99']:,.3f} s, max {waits['max']:,.3f} s ({waits['max_key']})"
+                )
+            )
+        if s["late_causes"]:
+            lines.append(
+                printable(f"    late, by the service's cause: {_counts(s['late_causes'])}")
+            )
+        if s["found_nothing"]:
+            lines.append(
+                f"    {counted(s['found_nothing'], 'tombstone')} of records it never held "
+                "(rows_deleted 0)"
+            )
+    return lines
+
+
+def filter_from(args: argparse.Namespace) -> Filter:
+    """The report's filter from the command line (times already checked by argparse)."""
+    parts = {name: getattr(args, name) for name in PARTS if getattr(args, name) is not None}
+    since = None if args.since is None else parse_ts(args.since)
+    until = None if args.until is None else parse_ts(args.until)
+    if since is not None and until is not None and until <= since:
+        raise ConfigurationError(f"--until {args.until} is not after --since {args.since}")
+    return Filter(parts, since, until)
+
+
+async def run_deletions(config: Config, brokers: Brokers, args: argparse.Namespace) -> int:
+    report = await deletions(config, brokers, filter_from(args))
+    if args.receipts:
+        out = sys.stdout.buffer
+        for receipt in report.matched:
+            out.write(orjson.dumps(receipt) + b"\n")
+        return 0
+    if args.json:
+        sys.stdout.write(orjson.dumps(report.as_dict()).decode() + "\n")
+        return 0
+    for line in text_lines(report.as_dict()):
+        print(line)
+    return 0

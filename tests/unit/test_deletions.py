@@ -1,0 +1,64 @@
+"""``stream-expiry deletions``' counting, without a broker: due times, quantiles, filter."""
+
+from __future__ import annotations
+
+from stream_expiry.deletions import Deletions, Filter, _due_at, text_lines
+from stream_expiry.timeutil import format_ts
+
+T = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+def _receipt(n: int, **fields: object) -> dict[str, object]:
+    return {
+        "receipt_id": f"r{n}",
+        "store": "pg",
+        "key": f"acme/_/live/conversation/c{n}",
+        "org": "acme",
+        "bot": "_",
+        "env": "live",
+        "category": "conversation",
+        "record_id": f"c{n}",
+        "reason": "ttl",
+        "rows_deleted": 1,
+        "expires_at": format_ts(T),
+        "emitted_at": format_ts(T + 100),
+        "deleted_at": format_ts(T + 1_000 * n),
+    } | fields
+
+
+def test_an_erasure_is_due_at_its_tombstone_an_expiry_at_itself() -> None:
+    erasure = _receipt(1, reason="explicit", expires_at=format_ts(T + 600_000))
+    assert _due_at(erasure) == T + 100
+    assert _due_at(_receipt(1)) == T
+    assert _due_at(_receipt(1, reason="sweep", emitted_at=None)) == T
+    assert _due_at(_receipt(1, expires_at=None)) is None  # never expiring: no due time
+    assert _due_at(_receipt(1, expires_at="yesterday")) is None
+
+
+def test_quantiles_are_waits_that_occurred_and_the_longest_names_its_record() -> None:
+    report = Deletions(Filter({}))
+    for n in range(1, 101):  # deleted 1 s .. 100 s after the expiry
+        report.add(_receipt(n), ())
+    waits = report.as_dict()["stores"]["pg"]["after_due_s"]
+    assert waits == {
+        "p50": 50.0,
+        "p99": 99.0,
+        "max": 100.0,
+        "max_key": "acme/_/live/conversation/c100",
+    }
+
+
+def test_the_filter_takes_parts_and_a_half_open_period() -> None:
+    f = Filter({"org": "acme", "category": "conversation"}, since=T, until=T + 10)
+    r = _receipt(1)
+    assert [f.admits(r, at) for at in (T - 1, T, T + 9, T + 10)] == [False, True, True, False]
+    assert not f.admits(r | {"org": "globex"}, T)
+    assert Filter({}).admits(r | {"org": "globex"}, 0)
+
+
+def test_the_text_says_a_period_with_nothing_deleted() -> None:
+    lines = text_lines(Deletions(Filter({"org": "acme"}, since=T)).as_dict())
+    assert lines == [
+        f"deletions of org acme, {format_ts(T)} to now (by deleted_at): 0 receipts",
+        "  no store deleted anything in that period",
+    ]
