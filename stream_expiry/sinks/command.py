@@ -59,7 +59,7 @@ from stream_expiry.sinks.framework import (
     SinkConfig,
 )
 from stream_expiry.sinks.postgres import DEFAULT_DSN, DEFAULT_PARALLEL, PostgresStore
-from stream_expiry.sinks.sqlite import SQLiteStore, sqlite_file_in
+from stream_expiry.sinks.sqlite import SQLiteStore, missing_directory, sqlite_file_in
 from stream_expiry.stalls import StallNote, Stalls
 
 if TYPE_CHECKING:
@@ -392,12 +392,20 @@ def build_sink(
 
 
 def _check_sqlite_path(path: str) -> None:
-    """Refuse a directory as ``--path`` before Kafka is asked anything: SQLite said only
-    "unable to open database file" of it, with status 4 (a trial)."""
+    """Refuse a directory as ``--path``, or a file in a directory that is missing, before
+    Kafka is asked anything: SQLite said only "unable to open database file" of either, and
+    the sink stopped with status 4, a store that failed, for what the user gave wrong (two
+    trials)."""
     if os.path.isdir(path):
         raise ConfigurationError(
             f"--path {path} is a directory, not a SQLite database file: give --path a file, "
             f"e.g. {sqlite_file_in(path)} (created if missing)"
+        )
+    missing = missing_directory(path)
+    if missing is not None:
+        raise ConfigurationError(
+            f"--path {path}: {missing}; the database file is created if missing, its "
+            "directory is not"
         )
 
 

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
     from stream_expiry.sinks.store import PrunePosition, SweepPosition
 
-__all__ = ["SQLiteStore", "sqlite_file_in"]
+__all__ = ["SQLiteStore", "missing_directory", "sqlite_file_in", "sqlite_file_of"]
 
 _KEY: Final = "org, bot, env, category, record_id"
 # Ties in the sweep's order are broken by the identity (BINARY: Python's string order).
@@ -336,24 +336,47 @@ def sqlite_file_in(directory: str) -> str:
     return os.path.join(directory, "sink.db")
 
 
-def _create_private(path: str) -> None:
-    """Create a missing database file readable and writable by its owner only (0600): it
-    holds the records' personal data, and SQLite would make it 0644 under the usual umask,
-    readable by every user of the machine. SQLite gives its ``-wal`` and ``-shm`` files the
-    database file's permissions. An existing file keeps the permissions it has. A
-    ``file:`` URI names its file too (this SQLite reads one even unasked): its path, not
-    an in-memory database's."""
+def sqlite_file_of(path: str) -> str | None:
+    """The file ``path`` names: itself, or a ``file:`` URI's path (this SQLite reads one
+    even unasked); None for an in-memory database, which has no file."""
     if path.startswith("file:"):
         target, _, query = path[len("file:") :].partition("?")
         if target.startswith("//"):  # file://host/path: the host is empty or localhost
             target = "/" + target[2:].partition("/")[2]
         if "mode=memory" in query:
-            return
+            return None
         path = urllib.parse.unquote(target)
     if path in ("", ":memory:"):
+        return None
+    return path
+
+
+def missing_directory(path: str) -> str | None:
+    """Why the database file ``path`` names cannot be made, if its directory is missing (or
+    is a file): SQLite creates the file, not its directory, and says only "unable to open
+    database file". None when the directory is there, or there is no file."""
+    file = sqlite_file_of(path)
+    if file is None:
+        return None
+    parent = os.path.dirname(os.path.abspath(file))
+    if os.path.isdir(parent):
+        return None
+    if os.path.exists(parent):
+        return f"{parent} is a file, not a directory"
+    return f"the directory {parent} does not exist (create it first)"
+
+
+def _create_private(path: str) -> None:
+    """Create a missing database file readable and writable by its owner only (0600): it
+    holds the records' personal data, and SQLite would make it 0644 under the usual umask,
+    readable by every user of the machine. SQLite gives its ``-wal`` and ``-shm`` files the
+    database file's permissions. An existing file keeps the permissions it has. A
+    ``file:`` URI names its file too: its path, not an in-memory database's."""
+    file = sqlite_file_of(path)
+    if file is None:
         return
     with contextlib.suppress(FileExistsError):
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.close(os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 class SQLiteStore(Store):
@@ -434,10 +457,7 @@ class SQLiteStore(Store):
             return (
                 f"it is a directory, not a database file (give a file, e.g. {sqlite_file_in(path)})"
             )
-        parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(parent):
-            return f"the directory {parent} does not exist (create it first)"
-        return str(exc)
+        return missing_directory(path) or str(exc)
 
     async def _upgrade(self, conn: aiosqlite.Connection) -> None:
         """Bring a store made by an earlier version up to date, in one transaction: add

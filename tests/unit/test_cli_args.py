@@ -395,6 +395,26 @@ def test_a_directory_as_a_sinks_sqlite_path_is_said_before_kafka(
     )
 
 
+@pytest.mark.parametrize("uri", [False, True], ids=["path", "file-uri"])
+def test_a_sinks_sqlite_path_in_a_missing_directory_is_said_before_kafka(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], uri: bool
+) -> None:
+    """A trial: ``--path /no/such/dir/x.db`` stopped with status 4 (a store that failed)
+    once the sink opened its store, for what the user gave wrong. Nothing listens on the
+    broker's port: the directory is found first, and named (a ``file:`` URI's too, not the
+    working directory with the URI under it)."""
+    missing = tmp_path / "no" / "such"
+    path = f"file:{missing / 'x.db'}" if uri else str(missing / "x.db")
+    code = main(["sink", "sqlite", "--path", path, "--bootstrap-servers", "127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert code == exits.USAGE
+    assert err == (
+        f"stream-expiry sink: --path {path}: the directory {missing} does not exist (create "
+        "it first); the database file is created if missing, its directory is not\n"
+    )
+    assert not missing.exists()
+
+
 def test_a_state_directory_run_makes_is_its_owners_only(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
