@@ -503,8 +503,29 @@ async def _archive_batch(
     if after_write is not None:
         await after_write()
     offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+    await _commit_mine(cons, offsets)
+
+
+async def _commit_mine(cons: AIOKafkaConsumer, offsets: Mapping[Any, int]) -> None:
+    """Commit the offsets of the partitions the archive still has; those a rebalance took
+    while the batch was written are left to their new owner, which reads them again from
+    the last commit and archives them again (a line twice, as after a crash: readers take
+    the highest offset). aiokafka refuses a commit that names a partition not assigned
+    (``IllegalStateError``, no retrying cures it): the archive stopped with status 3 at an
+    instance joining or leaving its group, a group's normal life (as the sinks do,
+    :meth:`~stream_expiry.sinks.framework.Sink._finish`)."""
+    assigned = cons.assignment()
+    mine = {tp: o for tp, o in offsets.items() if tp in assigned}
+    if len(mine) < len(offsets):
+        log.info(
+            "the archive's group rebalanced while a batch was written: %s left to their "
+            "new owner, which archives those messages again (a line may repeat)",
+            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(set(offsets) - set(mine))),
+        )
+    if not mine:
+        return
     try:
-        await cons.commit(offsets)
+        await cons.commit(mine)
     except CommitFailedError as exc:  # a rebalance took the partitions: re-delivered
         log.warning("archive commit failed after a rebalance (lines may repeat): %s", exc)
     except KafkaError as exc:
