@@ -129,6 +129,12 @@ ERASURES: Final = "erasures.jsonl.gz"
 UNKNOWN_ORG: Final = "_unknown"  # a key that is not a record key of ours
 UNDATED: Final = "undated"  # a stamp without a readable created_at
 STOP_TIMEOUT_S: Final = 10.0  # to leave the consumer group on the way out
+# Probes in a row (5 s apart) that must find the broker unreachable before the session is
+# closed: one probe whose answer was late (3 s: a busy broker or machine) or whose
+# connection failed once closed it, left the group (a rebalance for the other members) and
+# archived the uncommitted batch again, with the broker fine, while ``run`` only answered
+# ``/readyz`` 503 until the next probe. Two add one probe's interval to an outage's notice.
+LOST_AFTER_PROBES: Final = 2
 _MAX_NAME: Final = 200  # bytes; file systems allow 255
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _EXPLICIT: Final = b'"reason":"explicit"'
@@ -377,7 +383,8 @@ async def run_archive(
     required`` the service's purges waited on it. ``stalls``: a failure just after the
     process did not run is the stall's, no outage. ``health``: what the broker probe finds
     (:func:`~stream_expiry.endpoints.watch_connection`, run by the caller); the broker
-    found unreachable ends the session as a Kafka failure does.
+    found unreachable by :data:`LOST_AFTER_PROBES` probes in a row ends the session as a
+    Kafka failure does.
 
     ``after_write`` runs between the durable write and the commit (tests use it to die there).
     ``session_ms``: the group's session (``[service] session_timeout``, see
@@ -436,7 +443,8 @@ class _Session:
         after_write: Callable[[], Awaitable[None]] | None,
     ) -> None:
         """Until ``stop``: read a batch, write it durably, then commit its offsets. Raises
-        :class:`BrokerUnavailableError` when the broker probe finds the broker gone: the
+        :class:`BrokerUnavailableError` when the broker probe finds the broker gone
+        (:data:`LOST_AFTER_PROBES` probes in a row): the
         client's own retries hide an outage (a fetch returns nothing, a commit waits for
         the broker's return), and a cut of minutes went by without a word."""
         topic, tombstones = self.topics
@@ -454,7 +462,7 @@ class _Session:
                     health.broker_reachable()  # as the consumer found it
 
                     async def watch() -> None:
-                        lost.append(await health.broker_lost())
+                        lost.append(await health.broker_lost(LOST_AFTER_PROBES))
                         tg.cancel_scope.cancel()
 
                     tg.start_soon(watch)

@@ -74,6 +74,7 @@ class Health:
         pauses it counts do) instead of ``clock``."""
         self.phase = Phase.STOPPED
         self.broker_error: str | None = None
+        self.broker_failures = 0  # probes in a row that found the broker unreachable
         self._broker_waiters: list[anyio.Event] = []  # tasks in broker_lost
         self.watches_store = watches_store
         self.store_error: str | None = None
@@ -129,15 +130,17 @@ class Health:
 
     def broker_unreachable(self, reason: str) -> None:
         self.broker_error = reason
+        self.broker_failures += 1
         waiting, self._broker_waiters = self._broker_waiters, []
         for event in waiting:
             event.set()
 
-    async def broker_lost(self) -> str:
-        """Once the broker is marked unreachable (at once if it is): why. For ``archive``,
-        a consumer alone, whose client retries every failure itself: the probe is what
-        tells it an outage (its fetches return nothing, its commit waits for the broker)."""
-        while self.broker_error is None:
+    async def broker_lost(self, probes: int = 1) -> str:
+        """Once the broker is marked unreachable ``probes`` times in a row (at once if it
+        is): why. For ``archive``, a consumer alone, whose client retries every failure
+        itself: the probe is what tells it an outage (its fetches return nothing, its
+        commit waits for the broker)."""
+        while self.broker_error is None or self.broker_failures < probes:
             event = anyio.Event()
             self._broker_waiters.append(event)
             await event.wait()
@@ -145,6 +148,7 @@ class Health:
 
     def broker_reachable(self) -> None:
         self.broker_error = None
+        self.broker_failures = 0
 
     def store_unreachable(self, reason: str) -> None:
         self.store_error = reason
