@@ -702,7 +702,9 @@ def _parser_history(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "each life and why, its tombstones, every store's receipt (once, however many times "
         "it was published), the deletions a legal hold deferred, the holds placed and "
         "released on it, and its rejected input events (an erasure request dead-lettered is "
-        "not carried out); then the active holds that match it. For an audit: each topic is "
+        "not carried out), and those the service has not read yet (an erasure request still "
+        "waiting on an input topic); then the active holds that match it. For an audit: each "
+        "evidence topic is "
         "read from its beginning. Example: stream-expiry history --config expiry.toml "
         "--org acme --bot support --category conversation --record-id c-981",
         formatter_class=WholeWords,

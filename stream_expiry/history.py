@@ -6,8 +6,10 @@ did every store delete it (their receipts). The answers are on five topics, all 
 the record key: ``expiry.stamped`` (stamps, and the null that ends a life, with its reason),
 ``expiry.tombstones``, ``expiry.receipts`` and ``expiry.audit``, and the active holds on
 ``expiry.holds``; and the record's input events that were rejected, on ``expiry.dlq`` (an
-erasure request with a bad timestamp was never carried out: an auditor must see it). This
-command reads them and prints the record's messages in time order.
+erasure request with a bad timestamp was never carried out: an auditor must see it); and
+its input events past the service group's committed offsets, which the service has not
+read yet (an erasure request waiting there is carried out nowhere yet). This command reads
+them and prints the record's messages in time order.
 
 Receipts are published at least once: one published again (same ``receipt_id``) is shown
 once, with how many copies there were; so is a deferral the service wrote again (after a
@@ -26,13 +28,20 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
+from aiokafka import TopicPartition
 
 from stream_expiry import codec
 from stream_expiry.cliargs import check_category, check_ids
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.event_fields import misspelt_fields
 from stream_expiry.hold_command import read_holds
-from stream_expiry.kafka import consumer, missing_topics, read_to_end
+from stream_expiry.kafka import (
+    committed_offsets,
+    consumer,
+    missing_topics,
+    partitions_of,
+    read_to_end,
+)
 from stream_expiry.logs import printable, record_ref
 from stream_expiry.model import DEFAULT_BOT, Identity, decode_key
 from stream_expiry.replay import H_REPLAY
@@ -522,12 +531,57 @@ def _dead_letter(rec: Any, topic: str) -> dict[str, Any]:
     return _event(rec, topic, "dead_letter", found)
 
 
+async def _unread_input(
+    brokers: Brokers, group_id: str, topics: list[str], identity: Identity
+) -> list[dict[str, Any]]:
+    """The record's input events that the service has not read yet: those past its
+    group's committed offset on each input partition (every event of a partition where it
+    committed none). An erasure request waiting there was carried out nowhere, and
+    `history` showed nothing of it, nor why (a compliance trial): it is not late in the
+    service's eyes until read. Only what they ask is shown (op, time, event id, where),
+    never their data; an event is the record's when its fields name it (as a dead
+    letter's), whatever its key."""
+    async with consumer(brokers, group_id=group_id) as cons:
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(await partitions_of(cons, t))]
+        committed = await committed_offsets(cons, tps)
+    found: list[dict[str, Any]] = []
+    for topic in topics:
+        start = {
+            tp.partition: offset
+            for tp, offset in committed.items()
+            if tp.topic == topic and offset is not None
+        }
+        async with consumer(brokers) as cons:
+            async for batch in read_to_end(cons, topic, start=start):
+                for records in batch.values():
+                    found.extend(
+                        _unread(rec, topic, start.get(rec.partition))
+                        for rec in records
+                        if _names(rec, identity)
+                    )
+    return found
+
+
+def _unread(rec: Any, topic: str, committed: int | None) -> dict[str, Any]:
+    """An input event not read by the service yet: what it asks, and where it waits."""
+    body = _body(rec.value) or {}
+    said: dict[str, Any] = {
+        "op": body.get("op", "create"),
+        "ts": body.get("ts"),
+        "source": f"{topic}[{rec.partition}]@{rec.offset}",
+        "group_offset": committed,
+    }
+    if body.get("event_id") is not None:
+        said["event_id"] = body["event_id"]
+    return _event(rec, topic, "unread_input", said)
+
+
 async def history(config: Config, brokers: Brokers, identity: Identity) -> History:
     """Every message of ``identity``'s key on the evidence topics, and the holds on it."""
     key = identity.key.encode()
     t = config.topics
     evidence = [t.stamped, t.tombstones, t.receipts, t.audit, t.dlq, t.holds]
-    missing = await missing_topics(brokers, evidence)
+    missing = await missing_topics(brokers, [*evidence, *t.inputs])
     if t.stamped in missing:
         # Read as empty, it answered "nothing on the evidence topics for this key": an
         # audit told a record was clean by a config that named another deployment's topics.
@@ -566,6 +620,8 @@ async def history(config: Config, brokers: Brokers, identity: Identity) -> Histo
                         found.events.append(_dead_letter(rec, t.dlq))
                     elif (named_as := _named_as(rec, identity)) is not None:
                         found.events.append(_dead_letter(rec, t.dlq) | {"named_as": named_as})
+    inputs = [topic for topic in t.inputs if topic not in missing]
+    found.events += await _unread_input(brokers, config.group_id, inputs, identity)
     found.events = _in_order(found.events)
     found.events = _one_per_receipt(found.events)
     _mark_rows_replaced(found.events)
@@ -740,6 +796,17 @@ def _summary(e: dict[str, Any]) -> str:
             f" ({e.get('detail')})"
             + (f" (dead-lettered {copies} times, one event)" if copies > 1 else "")
             + (f"; it names this record as {as_said}" if as_said else "")
+        )
+    if kind == "unread_input":
+        op = str(e.get("op"))
+        what = "an erasure request" if op == "delete" else f"a {op} event"
+        event_id = f", event_id {e['event_id']!r}" if e.get("event_id") is not None else ""
+        offset = e.get("group_offset")
+        where = "none" if offset is None else f"{offset:,}"
+        return (
+            f"{what} (ts {e.get('ts')}{event_id}) at {e.get('source')}, not read by the "
+            f"service yet (its group's committed offset there: {where}): nothing it asks is "
+            "done until the service reads it; `stream-expiry status` shows the lag"
         )
     if kind in _HOLD_EVENTS:
         if kind == "hold_placed":

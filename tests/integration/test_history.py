@@ -348,3 +348,45 @@ async def test_history_says_a_held_lifes_row_was_replaced_by_its_next_life(
     )
     (plain,) = [e for e in erased_receipt.events if e["kind"] == "receipt"]
     assert "replaced_by_next_life" not in plain
+
+
+@pytest.mark.timeout(90)
+async def test_history_shows_an_erasure_request_the_service_has_not_read_yet(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """An erasure request still on an input topic (the service stopped or behind) was in
+    no evidence topic, and history said nothing of it: a compliance officer who sent it
+    could not tell "not read yet" from "lost" (a trial). Now history lists the record's
+    unread input events, what each asks and where it waits, never its data; once the
+    service reads them they are evidence like any other, and no longer listed as unread."""
+    config = config_for(topics, str(tmp_path / "state"), SETTINGS)
+    r1 = Identity("acme", "_", "live", "conversation", "r1")
+    t0 = wall_clock_ms()
+    async with running_service(config, broker):
+        await produce(broker, [(topics.conversations, *event("conversation", "r1", ts=t0))])
+        await read_topic(broker, topics.stamped, until=lambda r: len(r) >= 1)
+    # The service stopped (its offsets committed): an erasure and another record's event.
+    erase = event("conversation", "r1", ts=t0 + 1, op="delete", event_id="gdpr-7")
+    other = event("conversation", "r2", ts=t0 + 2, data={"user": {"email": SECRET}})
+    await produce(broker, [(topics.conversations, *m) for m in (erase, other)])
+    found = await history(config, broker, r1)
+    unread = [e for e in found.events if e["kind"] == "unread_input"]
+    assert len(unread) == 1, found.events
+    (u,) = unread
+    assert (u["op"], u["event_id"], u["source"].startswith(f"{topics.conversations}[")) == (
+        "delete",
+        "gdpr-7",
+        True,
+    )
+    assert u["group_offset"] is not None  # the service read this partition before
+    text = "\n".join(text_lines(found.as_dict()))
+    assert "an erasure request (ts " in text
+    assert "event_id 'gdpr-7') at " in text
+    assert "not read by the service yet" in text
+    assert SECRET not in orjson.dumps(found.as_dict()).decode()
+    # Read by the service, it is carried out, and no longer unread.
+    async with running_service(config, broker):
+        await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 1)
+    found = await history(config, broker, r1)
+    assert [e for e in found.events if e["kind"] == "unread_input"] == []
+    assert any(e["kind"] == "tombstone" for e in found.events)
