@@ -166,17 +166,31 @@ class TombstoneChange:
     def bound(self) -> int:
         """Exclusive upper bound on the ``created_at`` of the lives this tombstone ends.
 
-        A ``ttl`` tombstone ends the life that expired at ``expires_at``; the contract starts
-        a new life only at or after that expiry, so ``created_at < expires_at`` is the old
-        life. An ``explicit`` delete at time d ends everything created at or before d. The
+        An ``explicit`` delete at time d ends everything created at or before d. The
         contract's event body does not carry d; the service's ``expiry-deleted-at`` header
         does (``deleted_at``: the engine's "events at or before this are ignored"), which
         makes the bound exact. Without it (events of earlier versions) ``emitted_at`` (d or
         later) stands in, and a new life created between d and ``emitted_at`` (a delete
         that waited in a backlog) is taken for the old one.
+
+        A ``ttl`` tombstone ends the life created at ``created_at`` and the lives before it,
+        not every life created before its expiry: an erasure dated within that life and a
+        create dated after the erasure, both read after the expiry fired, end the life at
+        the erasure and start the next one at the create, before that expiry (the engine's
+        ``_erased_at``), as read in time. Bounded by the expiry (its header says a
+        millisecond before it), the tombstone deleted that next life's row when it came
+        after the row, and kept its stamp out when it came first. A stamp of the same life
+        from before a create moved its creation back (``created_at`` later than the
+        tombstone's) is not deleted by the tombstone: the null that follows the life's
+        last stamp on ``expiry.stamped`` deletes it. A ``ttl`` tombstone without the header
+        (an earlier version's, which never started a life before an ended life's expiry,
+        or a held life's, tombstoned at the release while the record lives on: its next
+        life began at or after that expiry) keeps the expiry as its bound.
         """
         created = self.created_at
         if self.deleted_at is not None:
+            if self.reason == "ttl" and created is not None:
+                return created + 1
             end = self.deleted_at + 1
         elif self.reason == "ttl" and self.expires_at is not None:
             end = self.expires_at
@@ -620,7 +634,8 @@ def decode_tombstone(
     partition: int | None = None,
 ) -> TombstoneChange:
     """Decode one tombstone event of ``expiry.tombstones``; its ``expiry-deleted-at`` header
-    (the service's, since round 19) makes :attr:`TombstoneChange.bound` exact.
+    (the service's, since round 19) makes :attr:`TombstoneChange.bound` exact (an
+    erasure's time; for a ``ttl`` one, that the life it names is the last it ends).
 
     ``timestamp``: the message's Kafka timestamp (a negative one, Kafka's "none", is
     unknown); ``topic`` and ``partition``: where it was read from. Every argument may be

@@ -265,15 +265,18 @@ def record_history(draw: st.DrawFn, n: int) -> Record:
             t = d + 1 + draw(st.integers(0, 2)) * MIN
         if end == "ttl" and draw(st.integers(0, 3)) == 0:
             # An erasure request read late, after the expiry ended the life
-            # (engine._erase_ended): dated within the life, it names no life, ends where
-            # the expiry did, and a null follows; dated before it, no null and its own
-            # time.
+            # (engine._erase_ended): dated within the life, it names no life, ends at its
+            # own time, and a null follows, and a create dated after it, read late too,
+            # starts the next life there, before the ended life's expiry (engine.
+            # _erased_at); dated before it, no null and its own time.
             assert s.expires_at is not None
             d = draw(st.integers(c - 2 * MIN, s.expires_at - 1))
             at = s.expires_at + draw(st.integers(1, 3))
             if d >= c:
-                tombstone(nobody, "explicit", at, s.expires_at - 1, None)
-                null(s.expires_at - 1, "explicit", None)
+                tombstone(nobody, "explicit", at, d, None)
+                null(d, "explicit", None)
+                floor = d
+                t = draw(st.integers(d + 1, t))
             elif draw(st.booleans()):
                 tombstone(nobody, "explicit", at, d, None)
             else:

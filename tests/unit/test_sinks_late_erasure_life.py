@@ -1,0 +1,210 @@
+"""A store keeps the life an erasure read late let begin before the last life's expiry.
+
+The service (engine ``_erased_at``): a conversation created at 0 (expires at 20 s) is
+tombstoned at its expiry (``ttl``); an erasure dated 5 s and a create dated 8 s, both read
+after that, end the first life at 5 s and start the next one at 8 s, as read in time. So
+the next life is created before the first life's expiry, and a store that took every row
+created before that expiry for the first life's deleted the next life's row when the first
+life's ``ttl`` tombstone came after its stamp (or again, re-delivered), and dropped its
+stamp when that tombstone came first: a live record the store never held.
+
+The messages are the service's own: the processor's decisions, written by the outbox's
+code (``Outbox._put_tombstones``: the tombstone event and the null with their headers),
+read by the sink in every order Kafka may deliver the two topics in.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+
+from stream_expiry import codec, model
+from stream_expiry.outbox import Outbox
+from stream_expiry.sinks._messages import (
+    Change,
+    NullChange,
+    StampChange,
+    TombstoneChange,
+    decode_stamped,
+    decode_tombstone,
+)
+from stream_expiry.sinks.store import MemoryStore
+from stream_expiry.state import Effects, MemoryKV, PartitionStore
+from tests.unit.test_engine import BASE, ev
+from tests.unit.test_restore_model import _Stepper, harness
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+SOURCE = codec.source_headers("in", 0)
+STAMPED, TOMBS = ("expiry.stamped", 0), ("expiry.tombstones", 0)
+
+
+class _Written:
+    """What the outbox adds to its batches, per topic, in order (``_Batches.try_add``)."""
+
+    def __init__(self) -> None:
+        self.msgs: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, Any]]] = {
+            STAMPED: [],
+            TOMBS: [],
+        }
+        self.after_tombstones = False
+
+    def try_add(
+        self,
+        slot: tuple[str, int],
+        key: bytes | None,
+        value: bytes | None,
+        timestamp_ms: int | None,
+        headers: list[tuple[str, bytes]],
+    ) -> bool:
+        self.msgs[slot].append((key, value, list(headers)))
+        return True
+
+
+def _write(out: _Written, effects: Effects) -> None:
+    """The messages the service publishes for ``effects``: stamps as the outbox encodes
+    them, tombstone events and nulls by the outbox's own code."""
+    for stamps, tombstones in effects.runs():
+        for state, data in stamps:
+            key = state.identity.key.encode()
+            out.try_add(STAMPED, key, model.encode_stamp(state, data), None, SOURCE)
+        if tombstones:
+            put = Outbox._put_tombstones
+            anyio.run(put, None, out, tombstones, TOMBS, STAMPED, SOURCE)  # type: ignore[arg-type]
+
+
+Stamped = list[StampChange | NullChange]
+
+
+def _read(out: _Written) -> tuple[Stamped, list[TombstoneChange]]:
+    """What the outbox wrote, decoded as the sink decodes it (with the stamps' offsets)."""
+    stamped = [
+        decode_stamped(k, v, 0, n, headers) for n, (k, v, headers) in enumerate(out.msgs[STAMPED])
+    ]
+    tombs = [decode_tombstone(k, v, headers) for k, v, headers in out.msgs[TOMBS]]
+    return stamped, tombs
+
+
+def _service_messages(*, to_the_end: bool = False) -> tuple[Stamped, list[TombstoneChange]]:
+    """The record's messages on ``expiry.stamped`` and ``expiry.tombstones``, up to the
+    next life's stamp (``to_the_end``: and its expiry's tombstone and null)."""
+    h = harness(PartitionStore(MemoryKV()), 0)
+    out = _Written()
+    _write(out, h.process(ev("conversation", "a", "create", 0)))
+    _write(out, _Stepper(h).step_advance(20_000))  # the first life's ttl tombstone
+    h.now = 21_000
+    _write(out, h.process(ev("conversation", "a", "delete", 5_000)))  # read late
+    _write(out, h.process(ev("conversation", "a", "create", 8_000)))  # likewise
+    if to_the_end:
+        _write(out, _Stepper(h).step_advance(28_000))
+    return _read(out)
+
+
+def _apply(batches: Sequence[Sequence[Change]]) -> MemoryStore:
+    ids = (f"r{n}" for n in itertools.count())
+    store = MemoryStore("m", new_id=lambda: next(ids))
+
+    async def run() -> None:
+        for n, batch in enumerate(batches):
+            await store.apply(list(batch), now_ms=BASE + 22_000 + n)
+
+    anyio.run(run)
+    return store
+
+
+def test_the_service_starts_the_next_life_before_the_first_lifes_expiry() -> None:
+    """The premise: what the service publishes for the scenario."""
+    stamped, tombs = _service_messages()
+    lives = [(c.created_at, c.expires_at) for c in stamped if isinstance(c, StampChange)]
+    assert lives == [(BASE, BASE + 20_000), (BASE + 8_000, BASE + 28_000)]
+    assert [(t.reason, t.created_at, t.deleted_at) for t in tombs] == [
+        ("ttl", BASE, BASE + 19_999),
+        ("explicit", None, BASE + 5_000),
+    ]
+
+
+def _orders() -> list[tuple[str, list[list[Change]], int]]:
+    """How the store may read the messages: (name, batches, the ``rows_deleted`` of the
+    first life's receipt: 0 when its tombstone came before its stamp, which then stays
+    out, as for any life)."""
+    read = _service_messages()
+    stamped: list[Change] = list(read[0])
+    tombs: list[Change] = list(read[1])
+    ttl, erasure = tombs
+    before, nxt = stamped[:-1], stamped[-1]  # the next life's stamp is the last
+    return [
+        ("stamps first", [stamped, tombs], 1),
+        ("tombstones first", [tombs, stamped], 0),
+        ("ttl tombstone between", [before, [ttl], [nxt], [erasure]], 1),
+        ("all in one batch, tombstones last", [[*stamped, *tombs]], 1),
+        ("all in one batch, tombstones first", [[*tombs, *stamped]], 0),
+        ("re-delivered", [stamped, tombs, tombs, [ttl]], 1),
+        ("re-delivered after a rewind", [stamped, tombs, stamped, tombs], 1),
+    ]
+
+
+@pytest.mark.parametrize(("order", "batches", "rows"), _orders(), ids=[o for o, _, _ in _orders()])
+def test_the_first_lifes_tombstone_never_deletes_nor_drops_the_next_life(
+    order: str, batches: list[list[Change]], rows: int
+) -> None:
+    """Whatever the order the store reads the two topics in, and read again: the next
+    life's row stays (its own tombstone has not come), and the first life has its one
+    ``ttl`` receipt; the erasure, which names no life, is covered by it."""
+    store = _apply(batches)
+    a = ev("conversation", "a", "create", 0).identity
+    row = store.rows.get(a)
+    assert row is not None, f"{order}: the next life's row is gone"
+    assert (row.created_at, row.expires_at) == (BASE + 8_000, BASE + 28_000)
+    assert [(r.reason, r.created_at, r.rows_deleted) for r in store.outbox] == [
+        ("ttl", BASE, rows)
+    ], order
+
+
+def test_a_stamp_from_before_a_backdating_create_goes_with_its_lifes_null() -> None:
+    """The rule's other side: a conversation created at 5 s, then a create dated 1 s
+    (read late: the life's creation moves back), expired at 21 s. Its ``ttl`` tombstone
+    names the life created at 1 s; the row of its first stamp (created at 5 s), if the
+    store reads the tombstone before the second stamp, is not the tombstone's to delete:
+    the null after the second stamp deletes it. In every order, nothing of the life is
+    left, and it has its ``ttl`` receipt."""
+    h = harness(PartitionStore(MemoryKV()), 0)
+    out = _Written()
+    _write(out, h.process(ev("conversation", "a", "create", 5_000)))
+    _write(out, h.process(ev("conversation", "a", "create", 1_000)))
+    _write(out, _Stepper(h).step_advance(21_000))
+    stamped, (ttl,) = _read(out)
+    first, second, null = stamped
+    assert isinstance(first, StampChange)
+    assert isinstance(second, StampChange)
+    assert (first.created_at, second.created_at, ttl.created_at) == (
+        BASE + 5_000, BASE + 1_000, BASE + 1_000,
+    )  # fmt: skip
+    orders: list[list[list[Change]]] = [
+        [[first, second, null], [ttl]],
+        [[ttl], [first, second, null]],
+        [[first], [ttl], [second], [null]],
+        [[first, second], [ttl], [null]],
+    ]
+    for batches in orders:
+        store = _apply(batches)
+        assert store.rows == {}, batches
+        assert {(r.reason, r.created_at) for r in store.outbox} == {("ttl", BASE + 1_000)}
+
+
+@pytest.mark.parametrize("tombstones_first", [False, True])
+def test_the_next_lifes_own_tombstone_still_ends_it(tombstones_first: bool) -> None:
+    """At the next life's expiry its ``ttl`` tombstone and null end it, whatever the
+    order: no row is left, and each life has its ``ttl`` receipt."""
+    stamped, tombs = _service_messages(to_the_end=True)
+    assert [(t.reason, t.created_at) for t in tombs][-1] == ("ttl", BASE + 8_000)
+    batches: list[list[Change]] = [list(stamped), list(tombs)]
+    store = _apply(batches[::-1] if tombstones_first else batches)
+    assert store.rows == {}
+    assert sorted((r.reason, r.created_at) for r in store.outbox) == [
+        ("ttl", BASE),
+        ("ttl", BASE + 8_000),
+    ]
