@@ -6,8 +6,9 @@ The README's "Consuming `expiry.tombstones` in your own service", as code to sta
 * a consumer group of its own, from the earliest offset, auto-commit off: a batch's offsets
   are committed once the store has committed its deletions and the receipts are sent;
 * a tombstone deletes the lives it ends, not the record id: those created at or before its
-  header ``expiry-deleted-at`` (epoch ms), or before its ``expires_at`` without that header
-  (a held life let go while the record lives on); matched by the five ids as the tombstone
+  header ``expiry-deleted-at`` (epoch ms) for an erasure, at or before its ``created_at``
+  for an expiry, or before its ``expires_at`` without that header (a held life let go
+  while the record lives on); matched by the five ids as the tombstone
   gives them (``bot`` ``_`` and ``env`` ``live`` when the event gave none);
 * one receipt per deletion on ``expiry.receipts``, keyed by the record key, its id derived
   from the deletion (store, key, reason, created_at, the bound), so a re-sent tombstone
@@ -69,8 +70,13 @@ def rfc3339(ms: int) -> str:
 
 
 def last_creation_ended(body: dict[str, Any], headers: dict[str, str]) -> int:
-    """The latest creation time (epoch ms) of the lives the tombstone ends."""
+    """The latest creation time (epoch ms) of the lives the tombstone ends. A ``ttl`` one
+    ends its own life (``created_at``) and those before, not every life created before
+    its expiry: a create dated after an erasure, both read after the expiry fired, starts
+    the next life before that expiry."""
     if "expiry-deleted-at" in headers:
+        if body["reason"] == "ttl" and body["created_at"] is not None:
+            return epoch_ms(body["created_at"])
         return int(headers["expiry-deleted-at"])
     return epoch_ms(body["expires_at"]) - 1  # a held life: those created before its expiry
 

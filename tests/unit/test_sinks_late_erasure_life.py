@@ -15,10 +15,13 @@ read by the sink in every order Kafka may deliver the two topics in.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import orjson
 import pytest
 
 from stream_expiry import codec, model
@@ -208,3 +211,29 @@ def test_the_next_lifes_own_tombstone_still_ends_it(tombstones_first: bool) -> N
         ("ttl", BASE),
         ("ttl", BASE + 8_000),
     ]
+
+
+def test_the_example_consumer_ends_the_same_lives_as_the_stores() -> None:
+    """examples/tombstone_consumer.py (the README's rule for a store of your own) deletes
+    the lives created at or before the time it computes; for each tombstone of the
+    scenario, the stores' bound less one. It took the ``ttl`` tombstone's header (a
+    millisecond before the expiry), and deleted the next life."""
+    path = Path(__file__).resolve().parents[2] / "examples" / "tombstone_consumer.py"
+    spec = importlib.util.spec_from_file_location("tombstone_consumer", path)
+    assert spec is not None
+    assert spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    h = harness(PartitionStore(MemoryKV()), 0)
+    out = _Written()
+    _write(out, h.process(ev("conversation", "a", "create", 0)))
+    _write(out, _Stepper(h).step_advance(20_000))
+    h.now = 21_000
+    _write(out, h.process(ev("conversation", "a", "delete", 5_000)))
+    ends = []
+    for key, value, headers in out.msgs[TOMBS]:
+        assert value is not None
+        text = {name: v.decode() for name, v in headers}
+        ended = example.last_creation_ended(orjson.loads(value), text)
+        ends.append((ended, decode_tombstone(key, value, headers).bound - 1))
+    assert ends == [(BASE, BASE), (BASE + 5_000, BASE + 5_000)]
