@@ -61,6 +61,8 @@ class Proxy:
         self.accepted = 0  # connections forwarded to the target since start
         self._probes_released: asyncio.Event | None = None  # see hold_probes
         self._probe_held = asyncio.Event()
+        self._held_keys: frozenset[int] = frozenset()  # see hold_requests
+        self._requests_released = asyncio.Event()
         self.refused = 0  # connections dropped while cut (or before a target was set)
 
     @property
@@ -104,6 +106,18 @@ class Proxy:
         if self._probes_released is not None:
             self._probes_released.set()
             self._probes_released = None
+
+    def hold_requests(self, *api_keys: int) -> None:
+        """Hold every request of these Kafka API keys (Heartbeat: 12, say) here, and what
+        its connection sends after it, until :meth:`release_requests`: a group coordinator
+        that does not answer a member for as long as a test wants."""
+        self._held_keys = frozenset(api_keys)
+        self._requests_released = asyncio.Event()
+
+    def release_requests(self) -> None:
+        """Forward the held requests, and those to come, at once."""
+        self._held_keys = frozenset()
+        self._requests_released.set()
 
     def restore(self) -> None:
         """Forward new connections again (clients reconnect on their own)."""
@@ -165,7 +179,7 @@ class Proxy:
                     writer.transport.abort()
                 return
         pipes = [
-            asyncio.create_task(_pipe(client_r, upstream_w)),
+            asyncio.create_task(self._forward_requests(client_r, upstream_w)),
             asyncio.create_task(_pipe(upstream_r, client_w)),
         ]
         try:
@@ -179,6 +193,21 @@ class Proxy:
             for writer in (client_w, upstream_w):
                 self._open.discard(writer)
                 writer.transport.abort()
+
+    async def _forward_requests(
+        self, client_r: asyncio.StreamReader, upstream_w: asyncio.StreamWriter
+    ) -> None:
+        """Copy a client's requests, one frame at a time, holding those
+        :meth:`hold_requests` names; until either side closes or resets."""
+        with contextlib.suppress(
+            asyncio.IncompleteReadError, ConnectionError, OSError, ssl.SSLError
+        ):
+            while True:
+                request = await _read_frame(client_r)
+                if len(request) >= 2 and struct.unpack_from(">h", request)[0] in self._held_keys:
+                    await self._requests_released.wait()
+                upstream_w.write(_framed(request))
+                await upstream_w.drain()
 
     async def _maybe_hold_probe(
         self, client_r: asyncio.StreamReader, upstream_w: asyncio.StreamWriter
