@@ -50,9 +50,13 @@ class OffsetCommits:
         self,
         processors: Mapping[Slot, PartitionProcessor],
         describe: Callable[[BaseException], str] = str,
+        on_rebalance: Callable[[str], None] | None = None,
     ) -> None:
         self._processors = processors
         self._describe = describe
+        # Told when a commit was refused because the group rebalanced: the partitions may
+        # be another member's already (stream_expiry.fence).
+        self._on_rebalance = on_rebalance
         self.committed_at = 0.0  # monotonic
         self._checkpointed_at = 0.0  # every store's positions (monotonic)
         # Per input partition: the next offset after each slice decided -> the key and
@@ -170,6 +174,8 @@ class OffsetCommits:
             # Its text is several lines of advice about slow processing; here the group
             # moved on (a rebalance, or the broker was away).
             failed = "the group rebalanced meanwhile"
+            if self._on_rebalance is not None:
+                self._on_rebalance("an offset commit was refused: the group rebalanced")
         except KafkaError as exc:
             failed = self._describe(exc)
         except TimeoutError:

@@ -89,8 +89,11 @@ class Firing:
         unread: Mapping[tuple[str, int], int] | None = None,
         catching_up: Mapping[tuple[str, int], object] | None = None,
         read_since: Callable[[int], Awaitable[None]] | None = None,
+        fenced: Callable[[], bool] | None = None,
     ) -> None:
         self._processors = processors
+        # Whether the partitions may be another member's now: nothing fires meanwhile.
+        self._fenced = fenced
         self._read_since = read_since
         # How long before a record's expiry a hold (or a touch) must be acknowledged to
         # count: a tick, which lets them be read ahead, while the task waits, not after the
@@ -172,6 +175,8 @@ class Firing:
         trial: 24 of 24 records erased and created again during a rebalance, and 199
         erasures recorded as expiries). Left in the wheels, their timers keep the
         processors' bounds on what is loaded."""
+        if self._fenced is not None and self._fenced():
+            return ()  # the partitions may be another member's (stream_expiry.fence)
         catching_up = self._catching_up
         if not catching_up:  # nearly always: the mapping itself, no copy a tick
             return self._processors.items()

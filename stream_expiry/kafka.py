@@ -95,6 +95,7 @@ __all__ = [
     "producer",
     "read_to_end",
     "readable_end",
+    "request_rejoin",
     "size_limits",
     "stable_end",
     "stable_ends",
@@ -553,6 +554,17 @@ async def _finish_consumer_stop(cons: AIOKafkaConsumer) -> None:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
     await cons._client.close()
+
+
+def request_rejoin(cons: AIOKafkaConsumer) -> None:
+    """Have the group consumer ``cons`` join its group again at its coordinator's next
+    turn: revocation, JoinGroup, SyncGroup, assignment. aiokafka does so itself once a
+    request of the member is refused (a heartbeat, a commit); a member that may have been
+    dropped asks first (:class:`~stream_expiry.fence.WriteFence`). Private API of
+    aiokafka 0.14 (its upper bound in pyproject.toml); a consumer with no group: nothing."""
+    coordinator = getattr(cons, "_coordinator", None)
+    if isinstance(coordinator, GroupCoordinator):
+        coordinator.request_rejoin()
 
 
 async def abandon_join(cons: AIOKafkaConsumer) -> bool:

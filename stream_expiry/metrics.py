@@ -155,6 +155,13 @@ class _StatsCollector(Collector):
             "kept open) instead of restored.",
             value=s.resumed_partitions,
         )
+        yield CounterMetricFamily(
+            f"{p}_writes_fenced",
+            "Times this instance stopped firing and writing for its partitions until its group "
+            "assigned them again, as they may have been another member's (a stall as long as "
+            "the session timeout, an offset commit refused by a rebalance).",
+            value=s.writes_fenced,
+        )
         yield GaugeMetricFamily(
             f"{p}_assigned_partitions",
             "Partitions of the input and retired topics this instance owns now (0 while it "

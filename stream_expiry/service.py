@@ -18,7 +18,10 @@ Partitions come and go with the consumer group. An assigned partition gets a sto
 RocksDB directory under the state directory) brought up to date from the changelog, and a
 processor; it resumes at the group's committed offset (from its beginning when there is
 none, or when that offset lies past the partition's end: the topic was recreated). A
-revoked partition is settled, committed, and dropped alone.
+revoked partition is settled, committed, and dropped alone. From the moment the group may
+have given the partitions to another member (a stall as long as the session, a commit
+refused by a rebalance) until its next assignment, nothing fires nor is decided
+(:mod:`stream_expiry.fence`).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from stream_expiry.errors import (
     leaves,
 )
 from stream_expiry.event_fields import DEFAULTS
+from stream_expiry.fence import WriteFence
 from stream_expiry.fetch import ends_and_highs
 from stream_expiry.firing import Firing
 from stream_expiry.health import Health, Phase
@@ -75,6 +79,7 @@ from stream_expiry.kafka import (
     ensure_config_topics,
     mapped,
     producer,
+    request_rejoin,
     size_limits,
     stable_end,
     topic_config_values,
@@ -311,7 +316,18 @@ class Service:
         self._ends_lock = asyncio.Lock()
         self._ends_failed_said = -ENDS_FAILED_SAID_EVERY_S  # when that failing was last said
         self._dead_lettered = DeadLettered(None)  # in the state directory once it is known
-        self._commits = OffsetCommits(self.processors, describe)
+        # Closed from the moment the group may have given the partitions to another member
+        # (a stall as long as the session, a commit refused by a rebalance) until its next
+        # assignment: nothing fires nor is decided for them meanwhile (stream_expiry.fence).
+        member = self._group_options()
+        self._fence = WriteFence(
+            stalls,
+            session_ms=member["session_timeout_ms"],
+            heartbeat_ms=member["heartbeat_interval_ms"],
+            owned=lambda: len(self.processors),
+            rejoin=self._rejoin,
+        )
+        self._commits = OffsetCommits(self.processors, describe, on_rebalance=self._fence.close)
         # A release's slices: the partition the next one starts at (its index among the
         # processors), and the acks of those sent, oldest first.
         self._release_next = 0
@@ -521,6 +537,7 @@ class Service:
                     unread=self._reading.unread,
                     catching_up=self._reading.catching_up,
                     read_since=partial(self._read_since, control, cons),
+                    fenced=self._fence.closed,
                 )
                 try:
                     async with anyio.create_task_group() as timers:
@@ -681,6 +698,14 @@ class Service:
         self._to_restore = []
         self._overdue_on_arrival.clear()
         self.rebalance_error = None
+        self._fence.open()  # the next session joins afresh
+
+    def _rejoin(self) -> None:
+        """The partitions may be another member's (:class:`~stream_expiry.fence.WriteFence`
+        closed): counted, and the group asked for a new assignment."""
+        self.stats.writes_fenced += 1
+        if self._consumer is not None:
+            request_rejoin(self._consumer)
 
     def _retired_counts(self) -> dict[str, int]:
         """How many partitions each retired topic has, as the group's consumer knows it
@@ -745,6 +770,9 @@ class Service:
             self.health.beat()
             if self.rebalance_error is not None:
                 raise self.rebalance_error
+            if self._fence.closed():
+                releasing = False  # nothing decided nor committed until the group assigns
+                continue
             # Policy updates and holds sent before these records apply to them.
             await control.poll(max(r[-1].timestamp for r in batch.values()) if batch else None)
             if batch:
@@ -952,8 +980,8 @@ class Service:
         assert self._firing is not None
         items: list[tuple[PartitionProcessor, Effects]] = []
         async with self._deciding:
-            if self._outbox is None:
-                return  # the session ended meanwhile
+            if self._outbox is None or self._fence.closed():
+                return  # the session ended meanwhile, or the partitions may be another's
             # One time for the decisions and their messages: stamps timestamped at the send,
             # tombstones at the decision, put a record's stamp after its own null (a late
             # create and its erasure read together), and `history` listed it so (a trial).
@@ -1111,6 +1139,8 @@ class Service:
 
     async def _release_held_slice(self) -> bool:
         assert self._outbox is not None
+        if self._fence.closed():
+            return False  # the partitions may be another member's: the release waits
         now = self.clock()
         released: list[tuple[PartitionProcessor, Effects]] = []
         procs = list(self.processors.values())
@@ -1173,6 +1203,7 @@ class Service:
             )
             return
         self.stats.assignments += 1
+        self._fence.open()  # the group has said which partitions are this member's
         self._close_suspended(keep=((tp.topic, tp.partition) for tp in assigned))
         fresh = [tp for tp in assigned if (tp.topic, tp.partition) not in self.processors]
         if not fresh:

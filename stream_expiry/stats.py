@@ -38,6 +38,9 @@ class ServiceStats:
     assignments: int = 0  # assignments received from the group (the first one included)
     resumed_partitions: int = 0  # given back by a rebalance and resumed without a restore
     assigned_partitions: int = 0  # input and retired partitions this instance owns now
+    # Times it stopped firing and writing until the group assigned again: its partitions
+    # may have been another member's (stream_expiry.fence)
+    writes_fenced: int = 0
     archive_waiting_since: int | None = None  # the earliest due time among them (epoch ms)
     # How late the oldest due record not yet tombstoned is (ms; 0: none), as the gauge
     # stream_expiry_oldest_overdue_seconds says, for the progress line.

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, cast
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError
 
 from stream_expiry.commits import OffsetCommits
 from stream_expiry.state.store import input_position_name, position_marks
@@ -243,3 +244,28 @@ def test_a_commit_never_goes_past_the_offset_settled() -> None:
     commits.decided(SLOT, _Rec(29, b"k29", 29))
     assert commit_at(30) == 30
     assert commits.marked(SLOT, 25) == 25
+
+
+class _RefusingConsumer:
+    """A group consumer whose commit the group refuses: it rebalanced meanwhile."""
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        raise CommitFailedError("the group has already rebalanced")
+
+
+@pytest.mark.asyncio
+async def test_a_commit_refused_by_a_rebalance_says_the_partitions_may_be_anothers() -> None:
+    """aiokafka calls the revocation back only after its next round trips; meanwhile the
+    partitions may be another member's, and the service must stop writing for them
+    (stream_expiry.fence). The offsets wait for the next commit, as before."""
+    told: list[str] = []
+    proc = _Processor()
+    commits = OffsetCommits(
+        cast("dict[tuple[str, int], PartitionProcessor]", {SLOT: proc}), on_rebalance=told.append
+    )
+    outbox = _SettledOutbox({SLOT: 25})
+    assert not await commits.commit(
+        cast("AIOKafkaConsumer", _RefusingConsumer()), cast("Outbox", outbox)
+    )
+    assert told == ["an offset commit was refused: the group rebalanced"]
+    assert outbox.committable == {SLOT: 25}

@@ -459,3 +459,32 @@ async def test_a_task_whose_partitions_all_read_their_backlog_sleeps_until_woken
         tg.cancel_scope.cancel()
     assert outbox.sent == [["o/_/live/error/due"]]
     assert reads != []  # read before the firing, as for any due timer
+
+
+@pytest.mark.asyncio
+async def test_nothing_fires_while_the_partitions_may_be_another_members() -> None:
+    """A member paused past its group session resumes with its timers due: the group may
+    have given their partitions to another member, which has read what they did since (an
+    erasure and a next life, say). While the fence is closed (stream_expiry.fence) nothing
+    fires; once the group has assigned them back, what is due fires."""
+    clock = _Clock()
+    proc = _processor(clock)
+    _create(proc, "r0", clock.now - TTL_MS, clock)
+    outbox = _Outbox()
+    fenced = [True]
+    task = Firing(
+        {("in", 0): proc},
+        cast("Outbox", outbox),
+        anyio.Lock(),
+        clock=clock,
+        on_fired=lambda _f: None,
+        tick_ms=0,
+        fenced=lambda: fenced[0],
+    )
+    assert await task.fire_due() == ([], False)
+    assert outbox.sent == []
+    assert proc.next_due_ms() == clock.now  # still held, for the assignment to say
+    fenced[0] = False
+    acks, _ = await task.fire_due()
+    assert len(acks) == 1
+    assert outbox.sent == [["o/_/live/error/r0"]]

@@ -168,7 +168,7 @@ def test_sink_metrics_read_the_sink_counters_and_observe_deletion_lag() -> None:
 def test_every_gauge_and_counter_of_the_stats_reads_its_own_value() -> None:
     stats = ServiceStats(
         policy_updates=4, pending_in_wheel=11, archive_waiting=6, assignments=3,
-        assigned_partitions=9, resumed_partitions=2,
+        assigned_partitions=9, resumed_partitions=2, writes_fenced=7,
     )  # fmt: skip
     stats.verdicts.update({"created": 5, "extended": 2})
     metrics = ServiceMetrics()
@@ -180,6 +180,7 @@ def test_every_gauge_and_counter_of_the_stats_reads_its_own_value() -> None:
     assert got[("stream_expiry_rebalances_total", ())] == 3
     assert got[("stream_expiry_assigned_partitions", ())] == 9
     assert got[("stream_expiry_partitions_resumed_total", ())] == 2
+    assert got[("stream_expiry_writes_fenced_total", ())] == 7
     assert got[("stream_expiry_verdicts_total", (("verdict", "created"),))] == 5
     assert got[("stream_expiry_verdicts_total", (("verdict", "extended"),))] == 2
 
