@@ -89,3 +89,22 @@ async def test_a_revocation_whose_commit_is_taken_says_committed(
     (said,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("revoked")]
     assert said.endswith("committed and handed over")
     assert consumer.committed == {SLOT: 42}
+
+
+@pytest.mark.asyncio
+async def test_a_revocation_whose_commit_is_refused_still_takes_the_partition_from_the_timers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A refused commit does not keep a revoked partition firing: its processor leaves the
+    mapping the timer task fires from (set aside until the assignment says whether it
+    comes back), and the refusal closes the write fence until that assignment."""
+    service = _service()
+    with caplog.at_level(logging.WARNING, logger="stream_expiry.fence"):
+        await service.revoke([TopicPartition(*SLOT)])
+    assert service.processors == {}
+    assert SLOT in service._suspended
+    assert service._fence.why == "an offset commit was refused: the group rebalanced"
+    assert service.stats.writes_fenced == 1
+    assert len([r for r in caplog.records if r.name == "stream_expiry.fence"]) == 1
+    await service.assign([])  # the group's next assignment (none here)
+    assert service._fence.why is None
