@@ -339,3 +339,24 @@ def test_the_compose_rekey_profile_retires_the_producers_topics() -> None:
 
 def _compose_text() -> str:
     return (ROOT / "docker-compose.yml").read_text()
+
+
+def test_compose_makes_every_topic_with_the_partitions_the_topics_container_gives() -> None:
+    """The ``topics`` container makes every topic with 6 partitions, but the topics the
+    service, ``rekey`` or the sink make (rekey's ``.by-record`` copies, which the service
+    makes when it starts before rekey) got ``[topics] partitions``' default, 4: the copies
+    had fewer partitions than the producers' topics they copy, and a fourth or sixth
+    instance had none to take. Each stream-expiry container must say the same count."""
+    compose = yaml.safe_load(_compose_text())
+    services = compose["services"]
+    counts = set(re.findall(r"--partitions (\d+)", services["topics"]["command"][0]))
+    assert len(counts) == 1, counts
+    (count,) = counts
+    ours = [name for name, svc in services.items() if svc.get("build") == "."]
+    assert {"stream-expiry", "rekey", "sink-postgres"} <= set(ours)
+    for name in ours:
+        env = services[name]["environment"]
+        assert env.get("STREAM_EXPIRY_TOPICS_PARTITIONS") == count, name
+    # The variable is the one the config reads (README, Settings from the environment).
+    env_config = load_config(None, environ={"STREAM_EXPIRY_TOPICS_PARTITIONS": count})
+    assert env_config.topic_settings.partitions == int(count)
