@@ -78,6 +78,7 @@ from stream_expiry.kafka import (
     curable,
     ensure_config_topics,
     mapped,
+    missing_topics,
     producer,
     request_rejoin,
     size_limits,
@@ -251,6 +252,30 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._service.assign(assigned)
         except Exception as exc:
             self._service.rebalance_error = exc
+
+
+def created_input_said(topic: str, *, source_exists: bool) -> str:
+    """The warning for an input topic the service had to make. A rekey copy
+    (``X.by-record``) of a topic the cluster has is made so whenever the service starts
+    before ``rekey`` (every first start of docker-compose.yml with the rekey profile): "check
+    the name" read as a mistake there, where what to check is that rekey runs, or X's
+    events are never read. Any other is likely a typo in ``[topics] inputs``."""
+    if source_exists:
+        source = topic.removesuffix(REKEYED_SUFFIX)
+        return (
+            f"created input topic {topic}, which did not exist yet: it is the copy "
+            f"`stream-expiry rekey --from {source}` writes (made here when the service starts "
+            f"before rekey); check that rekey runs, or the events producers write to {source} "
+            "are never read"
+        )
+    said = (
+        f"created input topic {topic}, which did not exist: check the name if producers "
+        "write elsewhere"
+    )
+    if topic.endswith(REKEYED_SUFFIX):
+        source = topic.removesuffix(REKEYED_SUFFIX)
+        said += f" (or start `stream-expiry rekey --from {source}`, which writes it)"
+    return said
 
 
 class Service:
@@ -620,19 +645,14 @@ class Service:
         created = await ensure_config_topics(self.bootstrap, self.config)
         # A mistyped name in [topics] inputs made an empty topic and the service idled on
         # it without a word: a new input topic is probably not where producers write.
-        for topic in created:
-            if topic in self.config.topics.inputs:
-                source = topic.removesuffix(REKEYED_SUFFIX)
-                log.warning(
-                    "created input topic %s, which did not exist: check the name if "
-                    "producers write elsewhere"
-                    + (
-                        f" (or start `stream-expiry rekey --from {source}`, which writes it)"
-                        if source != topic
-                        else ""
-                    ),
-                    topic,
-                )
+        made = [topic for topic in created if topic in self.config.topics.inputs]
+        copies = [t.removesuffix(REKEYED_SUFFIX) for t in made if t.endswith(REKEYED_SUFFIX)]
+        gone = set(await missing_topics(self.bootstrap, copies)) if copies else set()
+        for topic in made:
+            source = topic.removesuffix(REKEYED_SUFFIX)
+            log.warning(
+                created_input_said(topic, source_exists=source != topic and source not in gone)
+            )
 
     async def _outage(self, exc: Exception, stop: anyio.Event) -> bool:
         """After the broker failed a running service: forget the session, wait, go on.

@@ -15,6 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from stream_expiry import commits as commits_module
 from stream_expiry import service as service_module
 from stream_expiry.codec import H_DELETED_AT, H_DETAIL, H_ERROR, H_REASON, H_TOPIC
+from stream_expiry.config import parse_config
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.holds import Hold, encode_hold
 from stream_expiry.kafka import ensure_topics
@@ -27,6 +28,7 @@ from tests.conftest import TopicSet, make_topic_set, read_all, read_topic, wait_
 from tests.integration.service_helpers import (
     ArrivalLog,
     config_for,
+    config_text,
     event,
     live_expiries,
     produce,
@@ -536,6 +538,37 @@ async def test_an_input_topic_the_service_creates_is_said(
         f"created input topic {topics.sessions}, which did not exist: check the name if "
         "producers write elsewhere"
     ]
+
+
+async def test_a_rekey_copy_the_service_creates_before_rekey_says_what_to_check(
+    broker: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Started before ``rekey`` (every first start of docker-compose.yml with the rekey
+    profile), the service makes the copies it reads, and warned "which did not exist: check
+    the name", which read as a mistake of the user's. Where the producers' topic exists,
+    the name is right: the warning says the copy is rekey's, and to check that rekey runs;
+    a copy of a topic the cluster lacks is still a name to check."""
+    topics = make_topic_set()
+    await ensure_topics(broker, topics.all, partitions=2)
+    copy, orphan = f"{topics.sessions}.by-record", f"{topics.prefix}.gone.by-record"
+    text = config_text(topics, str(tmp_path / "state")).replace(
+        f'"{topics.sessions}", "{topics.errors}"]', f'"{copy}", "{orphan}"]'
+    )
+    caplog.set_level(logging.WARNING, "stream_expiry.service")
+    async with running_service(parse_config(text, path="<test>"), broker):
+        pass
+    warned = sorted(r.getMessage() for r in caplog.records if "created input" in r.getMessage())
+    assert warned == sorted(
+        [
+            f"created input topic {copy}, which did not exist yet: it is the copy "
+            f"`stream-expiry rekey --from {topics.sessions}` writes (made here when the service "
+            f"starts before rekey); check that rekey runs, or the events producers write to "
+            f"{topics.sessions} are never read",
+            f"created input topic {orphan}, which did not exist: check the name if producers "
+            f"write elsewhere (or start `stream-expiry rekey --from {topics.prefix}.gone`, "
+            "which writes it)",
+        ]
+    )
 
 
 async def test_a_marker_grace_shorter_than_the_inputs_keep_events_is_said(
