@@ -675,8 +675,9 @@ def _parser_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         metavar="GROUP",
         help="a downstream store's consumer group (a sink's --group-id), to say how many "
         "tombstones it has not applied yet and since when the oldest waits; repeat for each "
-        "store (default: the sinks' default groups, stream-expiry-sink-sqlite and "
-        "stream-expiry-sink-postgres, where they have committed offsets)",
+        "store (default: the sinks' default groups, stream-expiry-sink-NAME for every "
+        "--name, stream-expiry-sink-sqlite and -postgres without one, where they have "
+        "committed offsets)",
     )
     status.set_defaults(func=_cmd_status)
 

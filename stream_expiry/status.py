@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from stream_expiry import codec
 from stream_expiry.archive import archived_offsets
@@ -54,6 +55,7 @@ from stream_expiry.instances import (
     sink_group,
 )
 from stream_expiry.kafka import (
+    admin_client,
     committed_offsets,
     consumer,
     missing_topics,
@@ -454,6 +456,29 @@ async def _stores(
     return out
 
 
+async def _sink_groups(brokers: Brokers) -> tuple[str, ...]:
+    """The groups a sink joins unless given ``--group-id``: ``stream-expiry-sink-NAME``,
+    NAME its ``--name`` (else its store type). The two store types' first, then every
+    other such group the cluster lists: a store given ``--name eu`` (its receipts say
+    ``store eu`` to ``deletions``) was left out without a word, only the two type names
+    were looked for. A broker that will not list its groups leaves the two."""
+    defaults = [sink_group(store) for store in SINK_STORES]
+    prefix = sink_group("")
+    try:
+        async with admin_client(brokers) as admin:
+            listed = await admin.list_consumer_groups()
+    except KafkaError as exc:
+        log.warning(
+            "the broker did not list its consumer groups (%r): sink groups other "
+            "than %s are not looked for",
+            exc,
+            " and ".join(defaults),
+        )
+        listed = []
+    named = sorted({str(g[0]) for g in listed if str(g[0]).startswith(prefix)} - set(defaults))
+    return (*defaults, *named)
+
+
 async def status(
     config: Config,
     brokers: Brokers,
@@ -463,8 +488,8 @@ async def status(
     sink_groups: Sequence[str] = (),
 ) -> Status:
     """``sink_groups``: the downstream stores' consumer groups to report on; none named,
-    the sinks' default groups (:func:`~stream_expiry.instances.sink_group`) that have
-    committed offsets."""
+    the sinks' default groups (:func:`~stream_expiry.instances.sink_group`, of every
+    ``--name``) that have committed offsets on this config's topics."""
     result = Status(at=clock() if now_ms is None else now_ms)
     t = config.topics
     said = {t.stamped: "no record is counted", t.holds: "no hold is shown"}
@@ -503,7 +528,7 @@ async def status(
     result.lag = await _lag(config, brokers)
     result.group = config.group_id
     result.instances = await describe_group(brokers, config.group_id)
-    groups = tuple(dict.fromkeys(sink_groups)) or tuple(sink_group(s) for s in SINK_STORES)
+    groups = tuple(dict.fromkeys(sink_groups)) or await _sink_groups(brokers)
     result.sink_groups = groups
     result.stores = await _stores(config, brokers, groups, named=bool(sink_groups))
     return result
@@ -649,8 +674,9 @@ def _store_lines(stores: dict[str, dict[str, Any]], groups: list[str]) -> list[s
         return []
     if not stores:
         return [
-            "  downstream stores: no sink group with committed offsets under the default names "
-            f"({', '.join(groups)}): name each store's with --sink-group GROUP"
+            "  downstream stores: no sink group with committed offsets under the sinks' default "
+            f"names ({sink_group('NAME')}: {', '.join(groups)}): name each store's with "
+            "--sink-group GROUP"
         ]
     lines = ["  downstream stores (by sink group: what each has not applied yet)"]
     for group, p in stores.items():

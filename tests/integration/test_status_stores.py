@@ -114,7 +114,39 @@ async def test_status_says_what_each_store_has_not_applied_and_since_when(
     # Named no group, status looks for the sinks' default groups: none ran on these topics.
     default = (await status(config, broker, now_ms=now, clock=wall_clock_ms)).as_dict()
     assert default["stores"] == {}
-    assert default["sink_groups"] == ["stream-expiry-sink-sqlite", "stream-expiry-sink-postgres"]
-    assert "no sink group with committed offsets under the default names" in "\n".join(
+    assert default["sink_groups"][:2] == [
+        "stream-expiry-sink-sqlite",
+        "stream-expiry-sink-postgres",
+    ]
+    assert "no sink group with committed offsets under the sinks' default names" in "\n".join(
         text_lines(default)
     )
+
+
+@pytest.mark.asyncio
+async def test_status_finds_the_group_of_a_store_given_a_name(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A sink given ``--name eu`` joins ``stream-expiry-sink-eu`` and its receipts say
+    ``store eu`` (``deletions`` counts them so), but ``status`` looked only for the groups
+    of the two store types: the store fell behind with no line about it. Named no group,
+    status takes every ``stream-expiry-sink-*`` group that committed on its topics."""
+    config = _config(topics)
+    now = wall_clock_ms()
+    stamps = [stamp(ident(f"r{i}"), created_at=now - 2 * MINUTE, ttl_ms=MINUTE) for i in range(2)]
+    group = f"stream-expiry-sink-{topics.prefix}-eu"
+    sink = sink_config(broker, topics, group_id=group)
+    async with open_store("sqlite", tmp_path) as store, running_sink(store, sink):
+        await produce(broker, topics.stamped, [stamped_msg(s) for s in stamps])
+        await produce(broker, topics.tombstones, [tombstone_msg(stamps[0])])
+        await wait_until(
+            lambda: _all_committed(broker, group, [topics.stamped, topics.tombstones]),
+            what="the sink to commit what it applied",
+        )
+    await produce(broker, topics.tombstones, [tombstone_msg(stamps[1])])
+
+    d = (await status(config, broker, now_ms=now, clock=wall_clock_ms)).as_dict()
+    assert group in d["sink_groups"]
+    assert list(d["stores"]) == [group]  # the others committed nothing on these topics
+    assert (d["stores"][group]["tombstones_behind"], d["stores"][group]["stamps_behind"]) == (1, 0)
+    assert f"    {group}: 1 tombstone not applied" in "\n".join(text_lines(d))
