@@ -17,6 +17,7 @@ export.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import sys
@@ -34,12 +35,12 @@ from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Mapping, Sequence
 
     from stream_expiry.config import Config
     from stream_expiry.kafka_settings import Brokers
 
-__all__ = ["Deletions", "Filter", "deletions", "run_deletions", "text_lines"]
+__all__ = ["Deletions", "Filter", "deletions", "exported", "run_deletions", "text_lines"]
 
 log = logging.getLogger("stream_expiry.deletions")
 
@@ -114,6 +115,24 @@ class Deletions:
     copies: int = 0  # publications of a receipt already counted (at-least-once)
     unreadable: int = 0  # messages that are no receipt (not JSON, fields missing)
     matched: list[dict[str, Any]] = field(default_factory=list)  # kept for --receipts
+    # Of the parts the filter names (--org ...), the values every receipt read names, of
+    # any period: a part's value no receipt names is a typo (``Acme``), not a clean record.
+    named: dict[str, set[str]] = field(default_factory=dict)
+
+    def never_named(self) -> dict[str, dict[str, str | None]]:
+        """Each part of the filter whose value no receipt on the topic names, whatever its
+        time, with the value closest to it that one names (None: none close). Alone, an
+        ``--org Acme`` read "no store deleted anything in that period": an audit's clean
+        answer for an org whose records carry ``acme``."""
+        out: dict[str, dict[str, str | None]] = {}
+        for name, value in self.filter.parts.items():
+            seen = self.named.get(name, set())
+            if value not in seen:
+                close = difflib.get_close_matches(value, sorted(seen), n=1)
+                folded = [v for v in sorted(seen) if v.casefold() == value.casefold()]
+                meant = folded or close
+                out[name] = {"given": value, "closest": meant[0] if meant else None}
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         f = self.filter
@@ -124,6 +143,7 @@ class Deletions:
             "receipts": self.receipts,
             "copies": self.copies,
             "unreadable": self.unreadable,
+            "never_named": self.never_named(),
             "stores": {name: s.as_dict() for name, s in sorted(self.stores.items())},
         }
 
@@ -156,6 +176,20 @@ def _due_at(receipt: Mapping[str, Any]) -> int | None:
         return None if said is None else parse_ts(said)
     except InvalidTimestamp:
         return None
+
+
+def exported(receipt: dict[str, Any], headers: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
+    """A receipt as ``--receipts`` prints it: its value, and what its message's headers say,
+    as the stores' receipts tables have it: ``request`` and ``request_event_id``, the
+    erasure request it carried out, and ``late_cause`` (null when the header is absent).
+    The value alone left an export of erasures without the requests they answered, which
+    an audit matches them to, and without why the late ones were late."""
+    request, event_id = codec.request_of(headers)
+    return receipt | {
+        "request": request,
+        "request_event_id": event_id,
+        "late_cause": codec.late_cause_of(headers),
+    }
 
 
 def _receipt(value: bytes | None) -> tuple[dict[str, Any], int] | None:
@@ -192,14 +226,17 @@ async def deletions(config: Config, brokers: Brokers, wanted: Filter) -> Deletio
                         report.unreadable += 1
                         continue
                     receipt, deleted_at = found
+                    for name in wanted.parts:
+                        report.named.setdefault(name, set()).add(str(receipt.get(name)))
                     if not wanted.admits(receipt, deleted_at):
                         continue
                     if receipt["receipt_id"] in seen:
                         report.copies += 1
                         continue
                     seen.add(receipt["receipt_id"])
-                    report.add(receipt, rec.headers or ())
-                    report.matched.append(receipt)
+                    headers = list(rec.headers or ())
+                    report.add(receipt, headers)
+                    report.matched.append(exported(receipt, headers))
     if report.unreadable:
         log.warning(
             "%s on %s are not receipts (not JSON, or no receipt_id or deleted_at): left out",
@@ -211,6 +248,21 @@ async def deletions(config: Config, brokers: Brokers, wanted: Filter) -> Deletio
 
 def _counts(counter: Mapping[str, int]) -> str:
     return ", ".join(f"{name} {n:,}" for name, n in counter.items()) or "-"
+
+
+def _never_named_lines(never: Mapping[str, Mapping[str, str | None]]) -> list[str]:
+    """A line for each part of the filter no receipt names (:meth:`Deletions.never_named`):
+    a typo in ``--org`` read as a clean period."""
+    lines = []
+    for name, said in never.items():
+        meant = f": did you mean {said['closest']!r}?" if said["closest"] is not None else ""
+        lines.append(
+            printable(
+                f"  no receipt of any time names {name} {said['given']!r}{meant} (ids are "
+                "case-sensitive)"
+            )
+        )
+    return lines
 
 
 def text_lines(d: dict[str, Any]) -> list[str]:
@@ -226,6 +278,7 @@ def text_lines(d: dict[str, Any]) -> list[str]:
             f"{counted(d['receipts'], 'receipt')}{copies}"
         )
     ]
+    lines += _never_named_lines(d.get("never_named") or {})
     if not d["stores"]:
         lines.append("  no store deleted anything in that period")
     for name, s in d["stores"].items():
@@ -241,6 +294,12 @@ def text_lines(d: dict[str, Any]) -> list[str]:
                     f"{waits['p99']:,.3f} s, max {waits['max']:,.3f} s ({waits['max_key']})"
                 )
             )
+            if s["by_reason"].get("explicit"):
+                # Read as the requests' wait, an erasure a hold deferred a week was "0.1 s".
+                lines.append(
+                    "      (an erasure from its tombstone's time, not its request's: those sent "
+                    "over a minute after their request have a late cause)"
+                )
         if s["late_causes"]:
             lines.append(
                 printable(f"    late, by the service's cause: {_counts(s['late_causes'])}")
@@ -266,6 +325,8 @@ def filter_from(args: argparse.Namespace) -> Filter:
 async def run_deletions(config: Config, brokers: Brokers, args: argparse.Namespace) -> int:
     report = await deletions(config, brokers, filter_from(args))
     if args.receipts:
+        for line in _never_named_lines(report.never_named()):  # the export says nothing
+            log.warning("%s", line.strip())
         out = sys.stdout.buffer
         for receipt in report.matched:
             out.write(orjson.dumps(receipt) + b"\n")

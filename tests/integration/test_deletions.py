@@ -74,7 +74,9 @@ async def test_deletions_counts_each_stores_receipts_by_rule_category_and_latene
             late = [(codec.H_LATE_CAUSE, b"catch_up")]
             await (await prod.send(topics.tombstones, value, key=key, headers=late))
         key, value = tombstone_msg(session, reason="explicit", emitted_at=now)
-        await produce(broker, topics.tombstones, [(key, value)])
+        request = [(codec.H_REQUEST, b"sessions[0]@7"), (codec.H_REQUEST_EVENT_ID, b"ev-1")]
+        async with producer(broker) as prod:
+            await (await prod.send(topics.tombstones, value, key=key, headers=request))
         published = await _receipts_published(broker, topics, 6)
     # A receipt published twice (a sink that crashed after publishing): counted once.
     again = next(r for r in published if r["record_id"] == "c0" and r["org"] == "acme")
@@ -102,6 +104,8 @@ async def test_deletions_counts_each_stores_receipts_by_rule_category_and_latene
     assert "  store archive-db: 4 rows deleted" in text
     assert "    by rule: explicit 1, ttl 3" in text
     assert "    late, by the service's cause: catch_up 1" in text
+    # Its erasure is timed from its tombstone: the text says so, not the request's wait.
+    assert "      (an erasure from its tombstone's time, not its request's" in text
     assert "    1 tombstone of records it never held (rows_deleted 0)" in text
 
     # The receipts themselves, for an export; and a period after them all has none.
@@ -109,6 +113,10 @@ async def test_deletions_counts_each_stores_receipts_by_rule_category_and_latene
     lines = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert sorted(r["record_id"] for r in lines) == ["c0", "c1", "c2", "ghost", "s1"]
     assert all("data" not in r for r in lines)
+    # With what the receipt's headers say: the erasure's request, the late one's cause.
+    by_id = {r["record_id"]: r for r in lines}
+    assert (by_id["s1"]["request"], by_id["s1"]["request_event_id"]) == ("sessions[0]@7", "ev-1")
+    assert (by_id["c2"]["late_cause"], by_id["c1"]["late_cause"]) == ("catch_up", None)
     later = format_ts(wall_clock_ms() + MINUTE)
     assert await anyio.to_thread.run_sync(main, [*common, "--since", later, "--json"]) == 0
     assert orjson.loads(capsys.readouterr().out)["stores"] == {}

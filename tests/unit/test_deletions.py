@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from stream_expiry.deletions import Deletions, Filter, _due_at, text_lines
+from stream_expiry import codec
+from stream_expiry.deletions import Deletions, Filter, _due_at, exported, text_lines
 from stream_expiry.timeutil import format_ts
 
 T = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -57,8 +58,53 @@ def test_the_filter_takes_parts_and_a_half_open_period() -> None:
 
 
 def test_the_text_says_a_period_with_nothing_deleted() -> None:
-    lines = text_lines(Deletions(Filter({"org": "acme"}, since=T)).as_dict())
+    report = Deletions(Filter({"org": "acme"}, since=T))
+    report.named = {"org": {"acme"}}  # receipts of acme, all before the period
+    lines = text_lines(report.as_dict())
     assert lines == [
         f"deletions of org acme, {format_ts(T)} to now (by deleted_at): 0 receipts",
         "  no store deleted anything in that period",
     ]
+
+
+def test_an_org_no_receipt_names_is_said_with_the_one_meant() -> None:
+    """``--org Acme`` (the records carry ``acme``) answered "0 receipts ... no store
+    deleted anything in that period": an audit's clean period for a typo. The values
+    every receipt names, of any time, tell it: said in the text and the JSON."""
+    report = Deletions(Filter({"org": "Acme", "env": "live", "bot": "zzz"}))
+    report.named = {"org": {"acme", "globex"}, "env": {"live"}, "bot": {"support"}}
+    d = report.as_dict()
+    assert d["never_named"] == {
+        "org": {"given": "Acme", "closest": "acme"},
+        "bot": {"given": "zzz", "closest": None},
+    }
+    lines = text_lines(d)
+    assert lines[1:] == [
+        "  no receipt of any time names org 'Acme': did you mean 'acme'? (ids are case-sensitive)",
+        "  no receipt of any time names bot 'zzz' (ids are case-sensitive)",
+        "  no store deleted anything in that period",
+    ]
+
+
+def test_an_exported_receipt_says_the_request_it_carried_out_and_why_it_was_late() -> None:
+    """``--receipts`` printed the value alone: an erasure's export lacked the request it
+    carried out (``expiry-request``, ``expiry-request-event-id``) and a late deletion's
+    cause (``expiry-late-cause``), which the receipt message carries as headers and the
+    stores' receipts tables as columns."""
+    erasure = _receipt(1, reason="explicit")
+    headers = [
+        (codec.H_REQUEST, b"conversations[2]@1041"),
+        (codec.H_REQUEST_EVENT_ID, b"ev-7"),
+        (codec.H_LATE_CAUSE, b"hold"),
+    ]
+    assert exported(erasure, headers) == erasure | {
+        "request": "conversations[2]@1041",
+        "request_event_id": "ev-7",
+        "late_cause": "hold",
+    }
+    plain = _receipt(2)
+    assert exported(plain, []) == plain | {
+        "request": None,
+        "request_event_id": None,
+        "late_cause": None,
+    }
