@@ -188,6 +188,10 @@ class StoreProgress:
     # The Kafka timestamp of the oldest tombstone not applied: since when a deletion is due
     # in the store and the row is still there (None: none waits).
     oldest_tombstone_waiting: int | None = None
+    # The group's members as the broker describes it (None: it would not say): a store
+    # behind with none is a sink that is not running, not one too slow; the SRE's first
+    # question, and nothing here answered it.
+    running: int | None = None
 
     @property
     def committed(self) -> bool:
@@ -199,6 +203,7 @@ class StoreProgress:
         oldest = self.oldest_tombstone_waiting
         return {
             "committed": self.committed,
+            "running": self.running,
             "stamps_behind": self.stamps_behind,
             "tombstones_behind": self.tombstones_behind,
             "oldest_tombstone_waiting": _ts_or_none(oldest),
@@ -452,6 +457,8 @@ async def _stores(
             else:
                 progress.stamps_behind += behind
         progress.oldest_tombstone_waiting = await _oldest_message(brokers, waiting)
+        described = await describe_group(brokers, group)
+        progress.running = None if described.error else len(described.members)
         out[group] = progress
     return out
 
@@ -667,6 +674,18 @@ def _partitions_gone_lines(gone: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _sink_running(running: int | None, *, behind: bool) -> str:
+    """Whether a sink reads for the group: with tombstones waiting, a group with no member
+    is a stopped sink (start it), not a slow one. -1: a Status from before it was said."""
+    if running is None:
+        return "; the broker did not describe the group (whether a sink runs is unknown)"
+    if running == 0:
+        return "; no sink is running in the group" + (": start it" if behind else "")
+    if running > 0:
+        return f"; {counted(running, 'member')} in the group"
+    return ""
+
+
 def _store_lines(stores: dict[str, dict[str, Any]], groups: list[str]) -> list[str]:
     """The downstream stores, by sink group: the stamps not written and the tombstones not
     applied yet, and since when the oldest of those waits (its rows are still there)."""
@@ -693,6 +712,7 @@ def _store_lines(stores: dict[str, dict[str, Any]], groups: list[str]) -> list[s
                     f"({p['tombstones_waiting_s']:,.1f} s: its rows are still in the store)"
                 )
             said += f"; {counted(p['stamps_behind'], 'stamp')} not written"
+            said += _sink_running(p.get("running", -1), behind=bool(p["tombstones_behind"]))
         lines.append(printable(f"    {said}"))
     return lines
 

@@ -143,6 +143,9 @@ async def test_status_finds_the_group_of_a_store_given_a_name(
             lambda: _all_committed(broker, group, [topics.stamped, topics.tombstones]),
             what="the sink to commit what it applied",
         )
+        # While it runs, its group has it as a member: what a stopped sink lacks.
+        running = (await status(config, broker, clock=wall_clock_ms)).as_dict()["stores"]
+        assert running[group]["running"] == 1
     await produce(broker, topics.tombstones, [tombstone_msg(stamps[1])])
 
     d = (await status(config, broker, now_ms=now, clock=wall_clock_ms)).as_dict()

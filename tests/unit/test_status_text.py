@@ -124,3 +124,39 @@ def test_input_events_not_read_yet_are_said_to_be_in_no_count() -> None:
     assert text_lines(STATUS | {"lag": one})[-1].startswith("    1 input event not read")
     level = {"conversations[0]": {"end": 4, "committed": 4, "lag": 0}}
     assert "not read" not in text_lines(STATUS | {"lag": level})[-1]
+
+
+def _store(running: int | None, tombstones: int) -> dict[str, object]:
+    return {
+        "committed": True,
+        "running": running,
+        "stamps_behind": 0,
+        "tombstones_behind": tombstones,
+        "oldest_tombstone_waiting": "2025-12-31T23:00:00.000Z" if tombstones else None,
+        "tombstones_waiting_s": 3_600.0 if tombstones else None,
+        "partitions": {},
+    }
+
+
+def test_a_store_behind_says_whether_a_sink_runs_in_its_group() -> None:
+    """An SRE whose PostgreSQL store fell behind asks first whether its sink runs at all:
+    the line said what waited and since when, never whether anyone read for the group (a
+    stopped sink and a slow one looked the same)."""
+    stores = {
+        "stream-expiry-sink-postgres": _store(0, 5),
+        "stream-expiry-sink-sqlite": _store(2, 0),
+        "stream-expiry-sink-eu": _store(None, 0),
+    }
+    lines = text_lines(STATUS | {"stores": stores, "sink_groups": list(stores)})
+    said = lines[
+        lines.index("  downstream stores (by sink group: what each has not applied yet)") :
+    ]
+    assert said[1:] == [
+        "    stream-expiry-sink-postgres: 5 tombstones not applied, the oldest from "
+        "2025-12-31T23:00:00.000Z (3,600.0 s: its rows are still in the store); 0 stamps not "
+        "written; no sink is running in the group: start it",
+        "    stream-expiry-sink-sqlite: 0 tombstones not applied; 0 stamps not written; "
+        "2 members in the group",
+        "    stream-expiry-sink-eu: 0 tombstones not applied; 0 stamps not written; the broker "
+        "did not describe the group (whether a sink runs is unknown)",
+    ]
