@@ -12,6 +12,8 @@ import pytest
 
 from stream_expiry import codec
 from stream_expiry.cli import main
+from stream_expiry.config import parse_config
+from stream_expiry.deletions import Filter, deletions
 from stream_expiry.kafka import producer
 from stream_expiry.timeutil import format_ts, wall_clock_ms
 from tests.conftest import read_topic
@@ -117,6 +119,14 @@ async def test_deletions_counts_each_stores_receipts_by_rule_category_and_latene
     by_id = {r["record_id"]: r for r in lines}
     assert (by_id["s1"]["request"], by_id["s1"]["request_event_id"]) == ("sessions[0]@7", "ev-1")
     assert (by_id["c2"]["late_cause"], by_id["c1"]["late_cause"]) == ("catch_up", None)
+    # The export is handed each receipt as it is read; the report keeps none of them (it
+    # kept every one, an export or not: 2 GB a million receipts).
+    handed: list[dict[str, object]] = []
+    config = parse_config(cfg.read_text(), path=str(cfg))
+    report = await deletions(config, broker, Filter({"org": "acme"}), handed.append)
+    assert sorted(str(r["record_id"]) for r in handed) == ["c0", "c1", "c2", "ghost", "s1"]
+    assert report.receipts == len(handed)
+    assert not hasattr(report, "matched")
     later = format_ts(wall_clock_ms() + MINUTE)
     assert await anyio.to_thread.run_sync(main, [*common, "--since", later, "--json"]) == 0
     assert orjson.loads(capsys.readouterr().out)["stores"] == {}
