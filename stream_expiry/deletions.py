@@ -272,6 +272,12 @@ async def deletions(
     return report
 
 
+def _many(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` with thousands separators, and its noun: the counts by rule and category
+    had them and the totals above them did not (``200000 receipts``, ``ttl 100,000``)."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
 def _counts(counter: Mapping[str, int]) -> str:
     return ", ".join(f"{name} {n:,}" for name, n in counter.items()) or "-"
 
@@ -295,20 +301,18 @@ def text_lines(d: dict[str, Any]) -> list[str]:
     """The report for a person, from :meth:`Deletions.as_dict`."""
     scope = ", ".join(f"{name} {d[name]}" for name in PARTS if d.get(name) is not None)
     period = f"{d['since'] or 'the beginning'} to {d['until'] or 'now'}"
-    copies = (
-        f", {counted(d['copies'], 'copy', 'copies')} of them counted once" if d["copies"] else ""
-    )
+    copies = f", {_many(d['copies'], 'copy', 'copies')} of them counted once" if d["copies"] else ""
     lines = [
         printable(
             f"deletions{' of ' + scope if scope else ''}, {period} (by deleted_at): "
-            f"{counted(d['receipts'], 'receipt')}{copies}"
+            f"{_many(d['receipts'], 'receipt')}{copies}"
         )
     ]
     lines += _never_named_lines(d.get("never_named") or {})
     if not d["stores"]:
         lines.append("  no store deleted anything in that period")
     for name, s in d["stores"].items():
-        lines.append(printable(f"  store {name}: {counted(s['deleted'], 'row')} deleted"))
+        lines.append(printable(f"  store {name}: {_many(s['deleted'], 'row')} deleted"))
         if s["deleted"]:
             lines.append(printable(f"    by rule: {_counts(s['by_reason'])}"))
             lines.append(printable(f"    by category: {_counts(s['by_category'])}"))
@@ -332,7 +336,7 @@ def text_lines(d: dict[str, Any]) -> list[str]:
             )
         if s["found_nothing"]:
             lines.append(
-                f"    {counted(s['found_nothing'], 'tombstone')} of records it never held "
+                f"    {_many(s['found_nothing'], 'tombstone')} of records it never held "
                 "(rows_deleted 0)"
             )
     return lines

@@ -108,3 +108,15 @@ def test_an_exported_receipt_says_the_request_it_carried_out_and_why_it_was_late
         "request_event_id": None,
         "late_cause": None,
     }
+
+
+def test_the_totals_have_thousands_separators_as_the_counts_under_them() -> None:
+    """``200000 receipts`` and ``store pg: 100000 rows deleted`` stood over ``ttl
+    100,000``: a total and its parts in two forms (a trial of 200,000 receipts)."""
+    report = Deletions(Filter({}))
+    for n in range(1, 1_202):
+        report.add(_receipt(n, rows_deleted=0 if n > 1_200 else 1), ())
+    lines = text_lines(report.as_dict())
+    assert lines[0] == "deletions, the beginning to now (by deleted_at): 1,201 receipts"
+    assert lines[1:3] == ["  store pg: 1,200 rows deleted", "    by rule: ttl 1,200"]
+    assert lines[-1] == "    1 tombstone of records it never held (rows_deleted 0)"
