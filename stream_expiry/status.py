@@ -674,6 +674,12 @@ def _partitions_gone_lines(gone: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _many(n: int, noun: str) -> str:
+    """``n`` with thousands separators and its noun, as the figures above the stores have
+    them (a store behind by 1234567 tombstones read beside ``pending 1,234,567``)."""
+    return f"{n:,} {noun if n == 1 else noun + 's'}"
+
+
 def _sink_running(running: int | None, *, behind: bool) -> str:
     """Whether a sink reads for the group: with tombstones waiting, a group with no member
     is a stopped sink (start it), not a slow one. -1: a Status from before it was said."""
@@ -705,13 +711,13 @@ def _store_lines(stores: dict[str, dict[str, Any]], groups: list[str]) -> list[s
                 "a sink's --group-id, or its sink never ran"
             )
         else:
-            said = f"{group}: {counted(p['tombstones_behind'], 'tombstone')} not applied"
+            said = f"{group}: {_many(p['tombstones_behind'], 'tombstone')} not applied"
             if p["oldest_tombstone_waiting"] is not None:
                 said += (
                     f", the oldest from {p['oldest_tombstone_waiting']} "
                     f"({p['tombstones_waiting_s']:,.1f} s: its rows are still in the store)"
                 )
-            said += f"; {counted(p['stamps_behind'], 'stamp')} not written"
+            said += f"; {_many(p['stamps_behind'], 'stamp')} not written"
             said += _sink_running(p.get("running", -1), behind=bool(p["tombstones_behind"]))
         lines.append(printable(f"    {said}"))
     return lines

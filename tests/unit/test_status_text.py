@@ -160,3 +160,11 @@ def test_a_store_behind_says_whether_a_sink_runs_in_its_group() -> None:
         "    stream-expiry-sink-eu: 0 tombstones not applied; 0 stamps not written; the broker "
         "did not describe the group (whether a sink runs is unknown)",
     ]
+
+
+def test_a_store_far_behind_has_thousands_separators_as_the_figures_above() -> None:
+    stores = {"g": _store(1, 1_234_567) | {"stamps_behind": 2_000}}
+    lines = text_lines(STATUS | {"stores": stores, "sink_groups": ["g"]})
+    (line,) = [line for line in lines if line.startswith("    g: ")]
+    assert line.startswith("    g: 1,234,567 tombstones not applied, ")
+    assert "; 2,000 stamps not written; 1 member in the group" in line
