@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import textwrap
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from stream_expiry.errors import ConfigurationError, quoted, suggestion
 from stream_expiry.kafka_settings import check_bootstrap
@@ -93,18 +94,28 @@ def seconds(text: str) -> float:
     return value
 
 
+#: ``YYYY-MM-DD``: a date alone, which :func:`timestamp` takes as its midnight UTC.
+_DATE_ALONE: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
 def timestamp(text: str) -> str:
-    """An RFC 3339 time with an offset, or epoch milliseconds; kept as given (the commands
-    parse it again), checked here so that a typo is one line, not a traceback: the value
-    given, what is wrong with it, the two forms taken and an example of each."""
+    """An RFC 3339 time with an offset, a date alone (its midnight UTC, given back as that
+    time), or epoch milliseconds; kept as given otherwise (the commands parse it again),
+    checked here so that a typo is one line, not a traceback: the value given, what is
+    wrong with it, the forms taken and an example of each. A date alone was refused, and it
+    is what a compliance officer types for a period (``deletions --since 2026-11-01``)."""
     from stream_expiry.timeutil import InvalidTimestamp, format_ts
 
+    given = text
+    if _DATE_ALONE.fullmatch(text):
+        text += "T00:00:00Z"
     try:
         ms = ts_ms(text)
     except InvalidTimestamp as exc:
         raise argparse.ArgumentTypeError(
-            f"{quoted(text, 40)} is {exc.reason}: give an RFC 3339 time with an offset or "
-            "epoch milliseconds, e.g. 2026-01-31T12:00:00Z or 1769860800000"
+            f"{quoted(given, 40)} is {exc.reason}: give an RFC 3339 time with an offset, a "
+            "date (its midnight UTC) or epoch milliseconds, e.g. 2026-01-31T12:00:00Z, "
+            "2026-01-31 or 1769860800000"
         ) from None
     if ms is not None and 0 < ms < SECONDS_LIKE_BEFORE_MS and text.isdecimal():
         # Epoch seconds (or a year) read as milliseconds: January 1970. ``replay --since

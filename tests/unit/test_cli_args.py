@@ -93,8 +93,8 @@ def test_a_bad_argument_is_one_line_and_status_2(
 
 
 _FORMS = (
-    ": give an RFC 3339 time with an offset or epoch milliseconds, "
-    "e.g. 2026-01-31T12:00:00Z or 1769860800000"
+    ": give an RFC 3339 time with an offset, a date (its midnight UTC) or epoch milliseconds, "
+    "e.g. 2026-01-31T12:00:00Z, 2026-01-31 or 1769860800000"
 )
 
 
@@ -815,6 +815,16 @@ def test_a_time_that_reads_as_epoch_seconds_or_a_year_is_refused(given: str) -> 
 @pytest.mark.parametrize("given", ["0", "100000000000", "1796369399000"])
 def test_zero_and_times_from_1973_on_are_taken_as_epoch_milliseconds(given: str) -> None:
     assert timestamp(given) == given
+
+
+def test_a_date_alone_is_its_midnight_utc_and_a_bad_one_is_said_as_given() -> None:
+    """``deletions --since 2026-11-01`` was refused: a compliance officer's period is
+    days (a trial). A date alone is its midnight UTC; one that is no date is said as
+    typed, not with the time added to it."""
+    assert timestamp("2026-11-01") == "2026-11-01T00:00:00Z"
+    with pytest.raises(argparse.ArgumentTypeError) as exc:
+        timestamp("2026-02-30")
+    assert str(exc.value).startswith("'2026-02-30' is not a real date and time")
 
 
 def test_run_help_names_the_state_directory_it_falls_back_to(
