@@ -693,8 +693,10 @@ def _sink_running(running: int | None, *, behind: bool) -> str:
 
 
 def _store_lines(stores: dict[str, dict[str, Any]], groups: list[str]) -> list[str]:
-    """The downstream stores, by sink group: the stamps not written and the tombstones not
-    applied yet, and since when the oldest of those waits (its rows are still there)."""
+    """The downstream stores, by sink group: the tombstones not applied yet and since when
+    the oldest waits (a deletion due that long is not made in that store, or, for a record
+    it never held, not on its record), and the changelog messages (stamps and nulls) not
+    applied."""
     if not groups:  # a Status from before stores were reported
         return []
     if not stores:
@@ -715,9 +717,9 @@ def _store_lines(stores: dict[str, dict[str, Any]], groups: list[str]) -> list[s
             if p["oldest_tombstone_waiting"] is not None:
                 said += (
                     f", the oldest from {p['oldest_tombstone_waiting']} "
-                    f"({p['tombstones_waiting_s']:,.1f} s: its rows are still in the store)"
+                    f"({p['tombstones_waiting_s']:,.1f} s: deletions due that long are not made in it yet)"
                 )
-            said += f"; {_many(p['stamps_behind'], 'stamp')} not written"
+            said += f"; {_many(p['stamps_behind'], 'changelog message')} not applied"
             said += _sink_running(p.get("running", -1), behind=bool(p["tombstones_behind"]))
         lines.append(printable(f"    {said}"))
     return lines

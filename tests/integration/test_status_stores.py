@@ -106,8 +106,8 @@ async def test_status_says_what_each_store_has_not_applied_and_since_when(
     lines = "\n".join(text_lines(d))
     assert (
         f"    {sink.group_id}: 3 tombstones not applied, the oldest from "
-        f"{format_ts(waiting_since)} (30.0 s: its rows are still in the store); "
-        "1 stamp not written"
+        f"{format_ts(waiting_since)} (30.0 s: deletions due that long are not made in it yet); "
+        "1 changelog message not applied"
     ) in lines
     assert f"    {never}: has committed no offset" in lines
 

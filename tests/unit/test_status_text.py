@@ -153,11 +153,11 @@ def test_a_store_behind_says_whether_a_sink_runs_in_its_group() -> None:
     ]
     assert said[1:] == [
         "    stream-expiry-sink-postgres: 5 tombstones not applied, the oldest from "
-        "2025-12-31T23:00:00.000Z (3,600.0 s: its rows are still in the store); 0 stamps not "
-        "written; no sink is running in the group: start it",
-        "    stream-expiry-sink-sqlite: 0 tombstones not applied; 0 stamps not written; "
+        "2025-12-31T23:00:00.000Z (3,600.0 s: deletions due that long are not made in it yet); 0 changelog messages not "
+        "applied; no sink is running in the group: start it",
+        "    stream-expiry-sink-sqlite: 0 tombstones not applied; 0 changelog messages not applied; "
         "2 members in the group",
-        "    stream-expiry-sink-eu: 0 tombstones not applied; 0 stamps not written; the broker "
+        "    stream-expiry-sink-eu: 0 tombstones not applied; 0 changelog messages not applied; the broker "
         "did not describe the group (whether a sink runs is unknown)",
     ]
 
@@ -167,4 +167,4 @@ def test_a_store_far_behind_has_thousands_separators_as_the_figures_above() -> N
     lines = text_lines(STATUS | {"stores": stores, "sink_groups": ["g"]})
     (line,) = [line for line in lines if line.startswith("    g: ")]
     assert line.startswith("    g: 1,234,567 tombstones not applied, ")
-    assert "; 2,000 stamps not written; 1 member in the group" in line
+    assert "; 2,000 changelog messages not applied; 1 member in the group" in line
