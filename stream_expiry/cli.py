@@ -661,7 +661,7 @@ def _parser_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "from topics [topics] lists neither in inputs nor in retired, which no instance "
         "tombstones; the lag of every input partition; and how far each downstream store "
         "(sink group) is behind: tombstones not applied, since when the oldest waits, and "
-        "stamps not written. It answers for the whole deployment, from Kafka alone; "
+        "changelog messages not applied. It answers for the whole deployment, from Kafka alone; "
         "expiry.stamped is streamed through a temporary on-disk store (a few seconds per "
         "million records). Example: stream-expiry status --config expiry.toml "
         "--sink-group stream-expiry-sink-postgres",
