@@ -115,6 +115,18 @@ Rules kept here (why: tombstones are at-least-once, and ``expiry.stamped`` and
    messages keep their first dates) is a first reading however old its date: under one
    bound for the whole store, such a topic's erasures were taken for re-reads and left
    no receipt.
+8. **A life a legal hold keeps keeps its data.** The service keeps such a life past its
+   expiry or its erasure, and when the record is created or touched again its next life
+   starts beside it: that life's stamp names the held ones (``held_lives``,
+   :attr:`StampChange.held`). A store keeps one row per record, so the next life's row
+   replaces the held life's; the replaced row, data and all, then goes to the store's held
+   lives (:attr:`Plan.held`, one row per record and ``created_at``: what a compliance
+   officer reads while the hold is in force), and its deletion waits in the marker as a
+   ``kept`` pending deletion. The held life's tombstone, at the release, deletes it there
+   (:attr:`Plan.released`) and writes its receipt, ``deleted_at`` the time it did; the
+   next life's row stays. A replaced row that no stamp names held (a life whose null was
+   compacted away before the sink read it, or a stamp of an earlier version) is replaced
+   as before, and its receipt waits for its tombstone all the same.
 """
 
 from __future__ import annotations
@@ -190,6 +202,13 @@ class Plan:
     before (rule 7), so a store that did not pass ``pruned_before`` to :func:`plan` reads
     them and plans again (it seldom has to). Messages of unknown source or time are not
     listed: no bound applies to them."""
+    held: list[Row] = field(default_factory=list)
+    """Rows of earlier lives a legal hold keeps, which the record's next life replaced:
+    kept aside, data and all, in the store's held lives (one row per record and
+    ``created_at``) until that life's tombstone (rule 8)."""
+    released: list[tuple[Identity, int]] = field(default_factory=list)
+    """Held lives whose tombstone came, by record and ``created_at``: deleted from the
+    store's held lives, each with its receipt (rule 8)."""
     living: list[Identity] = field(default_factory=list)
     """Identities with a receipt in this plan whose record still has a row afterwards: a
     later life than the one deleted (a held life's next one, or a record created again
@@ -373,22 +392,28 @@ class _Planner:
         )  # fmt: skip
         if old is None or not old.same_content(new):
             if old is not None and life(c.created_at) > life(old.created_at):
-                self._superseded(slot, old)
+                self._superseded(slot, old, c.held)
             slot.row = new
             self.out.written += 1
 
-    def _superseded(self, slot: Slot, old: Row) -> None:
+    def _superseded(self, slot: Slot, old: Row, held: tuple[int, ...]) -> None:
         """The next life's stamp replaces a row no deletion ended: normally that life's null
         comes first, so this is a life a legal hold kept (its tombstone comes at the release)
-        or one whose null was compacted away. Its tombstone gets the receipt, with the time
-        its row was replaced; nothing else about the marker changes."""
+        or one whose null was compacted away. Its tombstone gets the receipt; nothing else
+        about the marker changes. A life the stamp names among those a hold keeps (``held``)
+        keeps its data aside until then (rule 8); another's data goes with the row, and its
+        receipt says when."""
+        kept = bool(held) and old.created_at in held
         gone = Pending(
-            old.created_at, old.expires_at, old.ttl_seconds, old.ttl_source, self.now, True
-        )
+            old.created_at, old.expires_at, old.ttl_seconds, old.ttl_source, self.now, True,
+            kept=kept,
+        )  # fmt: skip
+        if kept:
+            self.out.held.append(old)
         m = slot.marker
         before = NEVER_CREATED if m is None else m.deleted_before
-        held = () if m is None else m.pending
-        self.remember(slot, old.identity, before, None, (*held, gone), old.expires_at)
+        waiting = () if m is None else m.pending
+        self.remember(slot, old.identity, before, None, (*waiting, gone), old.expires_at)
 
     def tombstone(self, slot: Slot, t: TombstoneChange) -> None:
         """Delete the life the tombstone ends, and write the receipt of every deletion of it.
@@ -427,8 +452,12 @@ class _Planner:
             # The erasure's null names the request when its tombstone event does not.
             by = p if t.request is None and t.reason == "explicit" else t
             late = t.late_cause if t.late_cause is not None else p.late_cause  # likewise
+            deleted_at = p.deleted_at
+            if p.kept:  # a held life's data, kept aside: it goes now (rule 8)
+                deleted_at = self.now
+                self._release(t.identity, p.created_at)
             self.receipt(
-                t.identity, t.reason, 1 - p.rowless, src, t.emitted_at, p.deleted_at, by, late
+                t.identity, t.reason, 1 - p.rowless, src, t.emitted_at, deleted_at, by, late
             )
         rest = tuple(p for p in pending if p not in claimed) if claimed else None
         ended = t.expires_at
@@ -448,6 +477,17 @@ class _Planner:
             if self.read_before(t.topic, t.partition, t.timestamp):
                 return
             self.receipt(t.identity, t.reason, 0, t, t.emitted_at, self.now, t, t.late_cause)
+
+    def _release(self, ident: Identity, created_at: int | None) -> None:
+        """Delete a held life's row from the store's held lives; one kept aside in this
+        same plan is not written at all."""
+        assert created_at is not None  # only a row with a creation time is kept aside
+        held = self.out.held
+        for n, row in enumerate(held):
+            if row.identity == ident and row.created_at == created_at:
+                del held[n]
+                break
+        self.out.released.append((ident, created_at))
 
     def null(self, slot: Slot, c: NullChange) -> None:
         """Delete the row; its receipt waits for the tombstone event, which names the rule.

@@ -130,6 +130,10 @@ class StampChange:
     data: str | None
     partition: int | None = None
     offset: int | None = None
+    # The ``created_at`` of each earlier life the stamp says a legal hold keeps
+    # (``held_lives``; nearly always none): a row of such a life that this stamp replaces
+    # keeps its data aside, in the store's held lives, until that life's tombstone.
+    held: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +331,11 @@ class Pending:
     # Why the null's deletion was late (``expiry-late-cause``), for the receipt: the
     # tombstone's own, when it comes and says one, is the one its receipt says.
     late_cause: str | None = None
+    # A life a legal hold keeps, its row replaced by the record's next life: its data was
+    # kept aside, in the store's held lives (``superseded`` too), and its tombstone deletes
+    # it there; its receipt says when that was. False: the data went with the row (a stamp
+    # that named no held life, or a store of an earlier version), and the receipt says when.
+    kept: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,10 +378,10 @@ def encode_pending(pending: tuple[Pending, ...]) -> str | None:
         [
             [p.created_at, p.expires_at, p.ttl_seconds, p.ttl_source, p.deleted_at]
             # What earlier versions wrote, unless superseded, with a reason, rowless,
-            # naming a request or late.
+            # naming a request or late, or kept aside.
             + (
                 [p.superseded, p.reason, p.rowless, p.request, p.request_event_id, p.late_cause]
-                if p.late_cause is not None
+                if p.late_cause is not None or p.kept
                 else [p.superseded, p.reason, p.rowless, p.request, p.request_event_id]
                 if p.request is not None
                 else [p.superseded, p.reason, True]
@@ -383,6 +392,7 @@ def encode_pending(pending: tuple[Pending, ...]) -> str | None:
                 if p.superseded
                 else []
             )
+            + ([True] if p.kept else [])
             for p in pending
         ]
     ).decode("utf-8")
@@ -622,7 +632,19 @@ def decode_stamped(
         None if data is None else orjson.dumps(data).decode("utf-8"),
         partition,
         offset,
+        # Only under a legal hold: a test for the key, not a lookup (a call) per stamp.
+        _held_lives(obj["held_lives"]) if "held_lives" in obj else (),
     )
+
+
+def _held_lives(lives: Any) -> tuple[int, ...]:
+    """The ``created_at`` of each life a stamp's ``held_lives`` names (an erasure that
+    names no life has none: it has no row to keep)."""
+    if lives is None:
+        return ()
+    if not isinstance(lives, list) or not all(isinstance(life, dict) for life in lives):
+        raise InvalidMessage("field 'held_lives' must be a list of objects")
+    return tuple(c for life in lives if (c := _time(life, "created_at")) is not None)
 
 
 def decode_tombstone(

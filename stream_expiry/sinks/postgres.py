@@ -270,6 +270,14 @@ CREATE TABLE IF NOT EXISTS {records} (
 );
 CREATE INDEX IF NOT EXISTS {idx_expiry} ON {records} (expires_at)
     WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS {held_lives} (
+    org text COLLATE "C" NOT NULL, bot text COLLATE "C" NOT NULL,
+    env text COLLATE "C" NOT NULL, category text COLLATE "C" NOT NULL,
+    record_id text COLLATE "C" NOT NULL,
+    created_at bigint NOT NULL, expires_at bigint, ttl_seconds bigint, ttl_source text,
+    data text, updated_at bigint NOT NULL, src_partition integer, src_offset bigint,
+    PRIMARY KEY (org, bot, env, category, record_id, created_at)
+);
 CREATE TABLE IF NOT EXISTS {deletions} (
     org text COLLATE "C" NOT NULL, bot text COLLATE "C" NOT NULL,
     env text COLLATE "C" NOT NULL, category text COLLATE "C" NOT NULL,
@@ -426,6 +434,10 @@ class _Names:
         return self._q("records")
 
     @property
+    def held_lives(self) -> str:
+        return self._q("held_lives")
+
+    @property
     def deletions(self) -> str:
         return self._q("deletions")
 
@@ -447,6 +459,7 @@ class _Names:
             "lock_name": f"'{self.schema}.{p}'",  # checked identifiers hold no quote
             "s": f'"{self.schema}"',
             "records": self.records,
+            "held_lives": self.held_lives,
             "deletions": self.deletions,
             "receipts": self.receipts,
             "outbox": self.outbox,
@@ -646,6 +659,8 @@ class _PostgresTx(StoreTransaction):
                                   m.deleted_at, encode_pending(m.pending), m.pending_since,
                                   m.settled_at) for m in markers),
             )  # fmt: skip
+        if p.held or p.released:
+            await self._write_held(p)
         if p.receipts:
             await c.execute(
                 f"WITH r AS (INSERT INTO {n.receipts} ({_RECEIPT_COLS}) {_RECEIPTS_FROM_JSON} "
@@ -657,6 +672,33 @@ class _PostgresTx(StoreTransaction):
                     for r in p.receipts
                 ),
             )  # fmt: skip
+
+    async def _write_held(self, p: Plan) -> None:
+        """Keep aside the rows of lives a legal hold keeps, then delete those released
+        (rule 8 of :mod:`~stream_expiry.sinks._logic`), each in one statement: rare, so
+        apart from :meth:`write`."""
+        c, t = self._c, self._n.held_lives
+        if p.held:
+            await c.execute(
+                f"{_INSERT_ROWS.format(t=t)} ON CONFLICT ({_KEY}, created_at) DO UPDATE SET "
+                "expires_at = excluded.expires_at, ttl_seconds = excluded.ttl_seconds, "
+                "ttl_source = excluded.ttl_source, data = excluded.data, "
+                "updated_at = excluded.updated_at, src_partition = excluded.src_partition, "
+                "src_offset = excluded.src_offset",
+                _json(
+                    (*r.identity.parts(), r.created_at, r.expires_at, r.ttl_seconds,
+                     r.ttl_source, r.data, r.updated_at, r.src_partition, r.src_offset)
+                    for r in p.held
+                ),
+            )  # fmt: skip
+        if p.released:
+            kept = _from_json(*_KEY_TYPES, "bigint", names=(*_KEY_NAMES, "created_at"))
+            await c.execute(
+                f"DELETE FROM {t} AS h USING ({kept}) AS k "
+                "WHERE (h.org, h.bot, h.env, h.category, h.record_id, h.created_at) "
+                "= (k.org, k.bot, k.env, k.category, k.record_id, k.created_at)",
+                _json((*i.parts(), created) for i, created in p.released),
+            )
 
     async def _write_split(
         self,
@@ -733,7 +775,7 @@ class PostgresStore(Store):
     """Records, deletion markers and receipts in PostgreSQL.
 
     ``dsn``: a libpq connection URI or key/value string. ``schema``: created if missing. ``table_prefix``:
-    prepended to the table names ``records``, ``deletions``, ``receipts``,
+    prepended to the table names ``records``, ``held_lives``, ``deletions``, ``receipts``,
     ``receipts_outbox`` and ``pruned``.
     ``parallel``: transactions a batch is split into (:meth:`Store.apply`), each on its
     own connection; the pool holds them and one more, for readers.
@@ -952,6 +994,16 @@ class PostgresStore(Store):
             return None
         r = await self._one(_ROW_COLS, self._n.records, identity)
         return None if r is None else _row(r)
+
+    async def held_lives(self, identity: Identity) -> list[Row]:
+        if not self.holds(identity):
+            return []
+        rows = await self._fetch(
+            f"SELECT {_ROW_COLS} FROM {self._n.held_lives} "
+            f"WHERE ({_KEY}) = ($1, $2, $3, $4, $5) ORDER BY created_at",
+            *identity.parts(),
+        )
+        return [_row(r) for r in rows]
 
     async def marker(self, identity: Identity) -> Marker | None:
         if not self.holds(identity):

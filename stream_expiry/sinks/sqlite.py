@@ -76,6 +76,13 @@ CREATE TABLE IF NOT EXISTS {p}records (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS {p}records_by_expiry ON {p}records (expires_at)
     WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS {p}held_lives (
+    org TEXT NOT NULL, bot TEXT NOT NULL, env TEXT NOT NULL, category TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL, expires_at INTEGER, ttl_seconds INTEGER, ttl_source TEXT,
+    data TEXT, updated_at INTEGER NOT NULL, src_partition INTEGER, src_offset INTEGER,
+    PRIMARY KEY (org, bot, env, category, record_id, created_at)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS {p}deletions (
     org TEXT NOT NULL, bot TEXT NOT NULL, env TEXT NOT NULL, category TEXT NOT NULL,
     record_id TEXT NOT NULL,
@@ -240,11 +247,38 @@ class _SQLiteTx(StoreTransaction):
                     for m in p.markers
                 ],
             )
+        if p.held or p.released:
+            await self._write_held(p)
         if p.receipts:
             await c.executemany(
                 f"INSERT INTO {t}receipts ({_RECEIPT_COLS}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [_receipt_params(r) for r in p.receipts],
+            )
+
+    async def _write_held(self, p: Plan) -> None:
+        """Keep aside the rows of lives a legal hold keeps, then delete those released
+        (rule 8 of :mod:`~stream_expiry.sinks._logic`): rare, so apart from :meth:`write`."""
+        c, t = self._c, self._p
+        if p.held:
+            await c.executemany(
+                f"INSERT INTO {t}held_lives ({_ROW_COLS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                f"ON CONFLICT ({_KEY}, created_at) DO UPDATE SET "
+                "expires_at = excluded.expires_at, ttl_seconds = excluded.ttl_seconds, "
+                "ttl_source = excluded.ttl_source, data = excluded.data, "
+                "updated_at = excluded.updated_at, src_partition = excluded.src_partition, "
+                "src_offset = excluded.src_offset",
+                [
+                    (*r.identity.parts(), r.created_at, r.expires_at, r.ttl_seconds, r.ttl_source,
+                     r.data, r.updated_at, r.src_partition, r.src_offset)
+                    for r in p.held
+                ],
+            )  # fmt: skip
+        if p.released:
+            await c.executemany(
+                f"DELETE FROM {t}held_lives WHERE {_KEY_MATCH} AND created_at = ?",
+                [(*i.parts(), created) for i, created in p.released],
             )
 
     async def prune(
@@ -396,8 +430,8 @@ class SQLiteStore(Store):
     receipt twice; such a store is brought over when it opens.
 
     ``path``: the database file (created if missing). ``table_prefix``: prepended to the
-    table names ``records``, ``deletions``, ``receipts``, ``receipts_outbox`` and
-    ``pruned``, so several stores can share a file. ``synchronous``: ``FULL`` (default,
+    table names ``records``, ``held_lives``, ``deletions``, ``receipts``,
+    ``receipts_outbox`` and ``pruned``, so several stores can share a file. ``synchronous``: ``FULL`` (default,
     see the module notes) or ``NORMAL``.
     """
 
@@ -585,6 +619,13 @@ class SQLiteStore(Store):
         sql = f"SELECT {_ROW_COLS} FROM {self.prefix}records WHERE {_KEY_MATCH}"
         rows = await self._fetch(sql, identity.parts())
         return _row(rows[0]) if rows else None
+
+    async def held_lives(self, identity: Identity) -> list[Row]:
+        sql = (
+            f"SELECT {_ROW_COLS} FROM {self.prefix}held_lives WHERE {_KEY_MATCH} "
+            "ORDER BY created_at"
+        )
+        return [_row(r) for r in await self._fetch(sql, identity.parts())]
 
     async def marker(self, identity: Identity) -> Marker | None:
         sql = f"SELECT {_MARKER_COLS} FROM {self.prefix}deletions WHERE {_KEY_MATCH}"

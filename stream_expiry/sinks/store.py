@@ -202,7 +202,8 @@ class StoreTransaction(abc.ABC):
 
     @abc.abstractmethod
     async def write(self, p: Plan) -> None:
-        """Write the plan's upserts, deletes, markers and receipts (receipts unpublished)."""
+        """Write the plan's upserts, deletes, markers and receipts (receipts unpublished),
+        and its held lives: those kept aside (:attr:`Plan.held`), then those released."""
 
     @abc.abstractmethod
     async def prune(
@@ -483,6 +484,12 @@ class Store(abc.ABC):
         """The row held for an identity, if any."""
 
     @abc.abstractmethod
+    async def held_lives(self, identity: Identity) -> list[Row]:
+        """The rows of earlier lives of a record that a legal hold keeps, oldest first:
+        each kept aside when the record's next life replaced it, until that life's
+        tombstone (rule 8 of :mod:`~stream_expiry.sinks._logic`)."""
+
+    @abc.abstractmethod
     async def marker(self, identity: Identity) -> Marker | None:
         """The deletion memory held for an identity, if any."""
 
@@ -610,6 +617,11 @@ class _MemoryTx(StoreTransaction):
                 s.rows[row.identity] = row
             for m in p.markers:
                 s.markers[m.identity] = m
+            for row in p.held:
+                assert row.created_at is not None
+                s.held[row.identity, row.created_at] = row
+            for kept in p.released:
+                s.held.pop(kept, None)
             s.outbox.extend(p.receipts)
         for ident in self._forgotten:
             del s.markers[ident]
@@ -624,6 +636,8 @@ class MemoryStore(Store):
         super().__init__(name, new_id=new_id)
         self.rows: dict[Identity, Row] = {}
         self.markers: dict[Identity, Marker] = {}
+        # Rows of lives a legal hold keeps, by record and created_at (Plan.held).
+        self.held: dict[tuple[Identity, int], Row] = {}
         self.outbox: list[Receipt] = []
         self.published: dict[str, int] = {}
         self.pruned_before: dict[Source, int] = {}  # see StoreTransaction.pruned_before
@@ -651,6 +665,9 @@ class MemoryStore(Store):
 
     async def marker(self, identity: Identity) -> Marker | None:
         return self.markers.get(identity)
+
+    async def held_lives(self, identity: Identity) -> list[Row]:
+        return [self.held[k] for k in sorted(k for k in self.held if k[0] == identity)]
 
     async def receipts(self) -> list[Receipt]:
         return list(self.outbox)
