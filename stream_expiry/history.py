@@ -657,8 +657,10 @@ def _mark_rows_replaced(events: list[dict[str, Any]]) -> None:
     """Mark (``replaced_by_next_life``: the next life's ``created_at``, and ``held``,
     whether a legal hold deferred the life's deletion) each receipt of a
     life whose row a store lost to the record's next life before the life's tombstone
-    came: a store keeps one row per record, so the stamp of a life begun while a legal
-    hold kept the one before replaced that one's row, and the held life's receipt,
+    came: a store of an earlier version kept one row per record and no held lives aside
+    (as stores keep them now, rule 8 of :mod:`~stream_expiry.sinks._logic`), so the stamp
+    of a life begun while a legal hold kept the one before replaced that one's row (and a
+    store now still does so for a life the stamp does not name held), and its receipt,
     written at the release, says ``deleted_at`` the time of that write, inside the hold.
     Shown as a plain receipt, it read as a deletion while the hold was active (a trial).
     A store deletes on a tombstone or a null, each written once the tombstone is
