@@ -27,6 +27,7 @@ from stream_expiry.outbox import Outbox
 from stream_expiry.sinks._logic import Plan, Slot, plan
 from stream_expiry.sinks._messages import (
     Change,
+    InvalidMessage,
     Pending,
     Row,
     StampChange,
@@ -273,3 +274,23 @@ def test_a_kept_pending_deletion_is_stored_and_read_back() -> None:
     assert decode_pending(encode_pending((replace(kept, kept=False),))) == (
         replace(kept, kept=False),
     )
+
+
+def test_a_stamps_held_lives_are_read_as_the_contract_writes_them() -> None:
+    """The lives a stamp names held, by ``created_at``; an erasure that names no life has
+    none; a ``held_lives`` that is not the contract's makes the stamp invalid, as any
+    other field does (the sink counts it and goes on)."""
+    body = orjson.loads(_stamp_value(T0 + 2 * TTL, None))
+    body["held_lives"] = [
+        {"created_at": "2027-01-15T08:00:00.000Z", "expires_at": None, "ttl_seconds": None,
+         "ttl_source": None, "erase_requested_at": None},
+        {"created_at": None, "expires_at": None, "ttl_seconds": None, "ttl_source": None,
+         "erase_requested_at": "2027-01-15T09:00:00.000Z"},
+    ]  # fmt: skip
+    c = decode_stamped(A.key.encode(), orjson.dumps(body))
+    assert isinstance(c, StampChange)
+    assert c.held == (1_800_000_000_000,)  # 2027-01-15T08:00:00Z
+    for bad in ({"created_at": "yesterday"}, ["2027-01-15T08:00:00.000Z"], "none"):
+        body["held_lives"] = bad if isinstance(bad, str) else [bad]
+        with pytest.raises(InvalidMessage):
+            decode_stamped(A.key.encode(), orjson.dumps(body))
