@@ -37,22 +37,33 @@ from typing import TYPE_CHECKING
 
 from stream_expiry.codec import source_of
 from stream_expiry.errors import StoreError
-from stream_expiry.kafka import consumer, ensure_topics, partition_counts, read_to_end
+from stream_expiry.kafka import (
+    consumer,
+    ensure_topics,
+    key_partition,
+    partition_counts,
+    read_to_end,
+)
 from stream_expiry.kafka_settings import topic_configs
 from stream_expiry.logs import counted, named
 from stream_expiry.state.kv import RocksKV, partition_stores
 from stream_expiry.state.store import PartitionStore
+from stream_expiry.state.succession import UNREAD
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterable, Mapping
+    from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
     from aiokafka import TopicPartition
 
     from stream_expiry.config import Config
     from stream_expiry.kafka_settings import Brokers
+    from stream_expiry.model import Stamp
+    from stream_expiry.state.processor import PartitionProcessor
+    from stream_expiry.state.succession import _Unread
 
 __all__ = [
     "PartitionsGone",
+    "Successors",
     "create_missing_retired",
     "partitions_stamped_from",
     "read_and_retired",
@@ -212,6 +223,58 @@ class PartitionsGone:
             topic,
             needed,
         )
+
+
+class Successors:
+    """Where a retired partition's record lives on, as far as this instance sees
+    (:class:`~stream_expiry.state.succession.Successor`): the partition of each input
+    topic that ``rekey`` copies the record to, the CRC-32 of its key modulo the topic's
+    partitions (:func:`~stream_expiry.kafka.key_partition`, as ``rekey`` produces), if
+    this instance holds it. A record the copies hold in several topics (two producers'
+    topics copied, one record's events in both) follows the latest expiry; :data:`UNREAD`
+    while any of those partitions has input not read yet (``unread``, the reading's
+    :attr:`~stream_expiry.reading.InputReading.unread`: a backlog being caught up, or a
+    touch sent before the expiry). A partition another instance holds is not seen: its
+    record fires as before (README: Changing the input topics)."""
+
+    def __init__(
+        self,
+        processors: Mapping[tuple[str, int], PartitionProcessor],
+        unread: Mapping[tuple[str, int], int],
+        inputs: Sequence[str],
+        partitions: Callable[[str], int],
+    ) -> None:
+        self._processors = processors
+        self._unread = unread
+        self._inputs = inputs
+        self._partitions = partitions
+
+    def __call__(self, key: str) -> Stamp | _Unread | None:
+        raw = key.encode()
+        latest: Stamp | None = None
+        for topic in self._inputs:
+            count = self._partitions(topic)
+            if count <= 0:
+                continue
+            slot = (topic, key_partition(raw, count))
+            if slot in self._unread:  # assigned here, restoring, catching up, or lagging
+                return UNREAD
+            proc = self._processors.get(slot)
+            if proc is None:
+                continue
+            state = proc.state_of(key)
+            if state is not None and (latest is None or _later(state, latest)):
+                latest = state
+        return latest
+
+
+def _later(state: Stamp, than: Stamp) -> bool:
+    """Whether ``state`` is live and ends after ``than`` (never counts as latest)."""
+    if not state.live:
+        return False
+    if not than.live or state.expires_at is None:
+        return True
+    return than.expires_at is not None and state.expires_at > than.expires_at
 
 
 def say_created(topic: str, partitions: int, stamps: int) -> None:

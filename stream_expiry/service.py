@@ -96,6 +96,7 @@ from stream_expiry.reading import END_UNKNOWN, InputReading, resume_point
 from stream_expiry.redact import Redactor
 from stream_expiry.retired import (
     PartitionsGone,
+    Successors,
     create_missing_retired,
     read_and_retired,
     say_unlisted_stores,
@@ -334,6 +335,10 @@ class Service:
         # timer task: the outbox gets them in the order the processors made them.
         self._deciding = anyio.Lock()
         self._reading = InputReading(self._let_go, self._seek)
+        # Where a retired partition's session lives on (rekey's copy): it follows that.
+        self._successors = Successors(
+            self.processors, self._reading.unread, self.config.topics.inputs, self._input_partitions
+        )
         # The service clock's time just before the inputs' ends were last asked for
         # (learn_ends): the firing fires a sliding record due at T once they were since
         # T less a tick, as it does with the legal holds.
@@ -726,6 +731,12 @@ class Service:
         self.stats.writes_fenced += 1
         if self._consumer is not None:
             request_rejoin(self._consumer)
+
+    def _input_partitions(self, topic: str) -> int:
+        """How many partitions an input topic has, as the group's consumer knows it (0
+        outside a session)."""
+        cons = self._consumer
+        return 0 if cons is None else len(cons.partitions_for_topic(topic) or ())
 
     def _retired_counts(self) -> dict[str, int]:
         """How many partitions each retired topic has, as the group's consumer knows it
@@ -1597,8 +1608,9 @@ class Service:
     ) -> dict[tuple[str, int], PartitionProcessor]:
         """A processor for each restored store, its timers loaded; on an error every store
         is closed (a damaged one is moved aside and all are restored again)."""
+        retired = self.config.topics.retired
         try:
-            return {
+            procs = {
                 (topic, partition): PartitionProcessor.from_config(
                     topic,
                     partition,
@@ -1611,6 +1623,10 @@ class Service:
                 )
                 for (topic, partition), store in stores.items()
             }
+            for (topic, _partition), proc in procs.items():
+                if topic in retired and self.config.sliding:
+                    proc.successor = self._successors
+            return procs
         except BaseException:
             for store in stores.values():
                 with contextlib.suppress(StoreError):

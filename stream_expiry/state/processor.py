@@ -30,6 +30,7 @@ from stream_expiry import codec, model
 from stream_expiry.engine import Engine, Fired, timer
 from stream_expiry.holds import HoldBook, HoldIndex
 from stream_expiry.state.store import position_marks
+from stream_expiry.state.succession import RETRY_MS, UNREAD, followed
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from stream_expiry.outbox import Run
     from stream_expiry.policy import PolicyBook
     from stream_expiry.state.store import PartitionStore
+    from stream_expiry.state.succession import Successor
 
 __all__ = ["Effects", "InputRecord", "PartitionProcessor"]
 
@@ -341,6 +343,15 @@ class PartitionProcessor:
         # The last load stopped at its limit: the horizon ends before a whole horizon
         # ahead, and the store holds timers due from its end on.
         self._horizon_short = False
+        # Set by the shell on a retired topic's partition: where a sliding record due here
+        # may live on (``rekey``'s copy), which it then follows (:mod:`.succession`).
+        self.successor: Successor | None = None
+        # Its due records whose successor's partition had input unread, taken out of the
+        # wheel, and when they are asked about again (put back at their own due time, not
+        # at a later one: the wheel's bound keeps the earliest timers, and the store's
+        # index, which reloads those it dropped, holds them at that time).
+        self._awaiting_successor: dict[str, None] = {}
+        self._successor_retry_at: int | None = None
         self.load_timers()
 
     @classmethod
@@ -734,6 +745,9 @@ class PartitionProcessor:
         """
         if self._horizon_short and self._engine.horizon_end <= now_ms:
             self.extend_horizon(now_ms)  # the next slice of stored timers is due
+        retry = self._successor_retry_at
+        if retry is not None and retry <= now_ms:
+            self._ask_successor_again()
         due = self._engine.advance(now_ms, limit)
         if due and (unread_until is not None or self._cleared):
             due = self._set_aside_sliding(due, unread_until)
@@ -748,9 +762,12 @@ class PartitionProcessor:
         arrived = self._arrived_due
         late_before = now_ms - codec.LATE_AFTER_MS
         unnoted: list[int] = []  # late ones this processor noted nothing of: the store says
+        successor = self.successor
         for fired, _ in due:
             before = fired.before
             key = before.identity.key
+            if successor is not None and self._follows(fired, successor, now_ms, effects):
+                continue
             on_arrival = arrived.pop(key, None) if arrived else None
             holding = holds.holding(before.identity) if holds is not None else None
             if holding:
@@ -792,6 +809,38 @@ class PartitionProcessor:
         if unnoted:
             self._late_events_stored(tombstones, unnoted)
         return effects
+
+    def _follows(self, fired: Fired, successor: Successor, now_ms: int, effects: Effects) -> bool:
+        """Whether a retired partition's due record waits for its successor instead of
+        firing (:mod:`.succession`): rescheduled at the successor's later expiry (its state
+        written with it, no message: the changelog keeps its own), or asked about again
+        after ``RETRY_MS`` while the successor's partition has input unread. Sliding
+        categories only: nothing else is extended by an event this partition did not read."""
+        before = fired.before
+        if fired.reason != "ttl" or before.identity.category not in self._sliding:
+            return False
+        found = successor(before.identity.key)
+        if found is UNREAD:
+            self._awaiting_successor[before.identity.key] = None
+            if self._successor_retry_at is None:
+                self._successor_retry_at = now_ms + RETRY_MS
+            return True
+        after = followed(before, found)
+        if after is None:
+            return False
+        key = before.identity.key
+        effects.writes[key] = (before, after)
+        self._overlay[key] = (effects.seq, after)
+        self._engine.load([(after, None)])
+        return True
+
+    def _ask_successor_again(self) -> None:
+        """Put the records that waited for their successor's input back into the wheel,
+        from their state now, due as they were: the next ``advance`` asks again."""
+        keys, self._awaiting_successor = self._awaiting_successor, {}
+        self._successor_retry_at = None
+        states = [s for key in keys if (s := self.state_of(key)) is not None and s.live]
+        self._engine.load((s, None) for s in states)
 
     def _late_events_stored(self, tombstones: list[Fired], unnoted: list[int]) -> None:
         """Those of ``tombstones`` (at the indexes ``unnoted``, late, said ``catch_up``)
@@ -1474,6 +1523,9 @@ class PartitionProcessor:
         """The earliest due timer, or the horizon's end when the last load stopped short
         of it (the store's next timers are due from there: time to load them)."""
         due = self._engine.next_due_ms()
+        retry = self._successor_retry_at
+        if retry is not None and (due is None or retry < due):
+            due = retry
         if self._horizon_short:
             end = self._engine.horizon_end
             return end if due is None or end < due else due

@@ -19,6 +19,7 @@ from stream_expiry.kafka import (
     committed_offsets,
     consumer,
     ensure_topics,
+    key_partition,
     producer,
     topic_names,
 )
@@ -558,3 +559,72 @@ async def test_a_broker_lost_before_rekey_first_reads_is_its_error_not_waited_ou
             await rekeyer.run(anyio.Event())
     assert str(raised.value).startswith(f"cannot reach Kafka at {broker} (producer: ")
     assert rekeyer.stats.outages == 0
+
+
+class _ShiftedClock:
+    """The service's clock: the wall clock's milliseconds, ``ahead_ms`` ahead."""
+
+    def __init__(self) -> None:
+        self.ahead_ms = 0
+
+    def __call__(self) -> int:
+        return wall_clock_ms() + self.ahead_ms
+
+
+@pytest.mark.timeout(120)
+async def test_a_session_touched_after_the_switch_to_the_copies_is_not_deleted_early(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """The README's switch: the service stamped a session from the producers' topic, then
+    reads rekey's copy with the producers' topic retired. rekey copies the create, so the
+    session is stamped again from the copy's partition, and a touch read after the switch
+    extends that state only. Before, the retired partition's state fired at the session's
+    old expiry, a ttl tombstone naming the life's creation: every store deleted the session
+    ten minutes early. It now follows the copy's state and fires beside it."""
+    source = f"{topics.prefix}.chat"
+    target = targets_for([source])[source]
+    await ensure_topics(broker, [source], partitions=SOURCE_PARTITIONS)
+    base = config_for(topics, str(tmp_path / "state"), '[retention.defaults]\nsession = "10m"\n')
+    before = dataclasses.replace(base, topics=dataclasses.replace(base.topics, inputs=(source,)))
+    after = dataclasses.replace(
+        base, topics=dataclasses.replace(base.topics, inputs=(target,), retired=(source,))
+    )
+    key = Identity("acme", "_", "live", "session", "s1").key
+    created = wall_clock_ms()
+    old_expiry, new_expiry = created + 10 * 60_000, created + 15 * 60_000
+    async with running_service(before, broker) as service:
+        await _send(broker, source, [(1, b"acme", _body("session", "s1", created))])
+        await wait_for(lambda: service.stats.stamped == 1)
+    clock = _ShiftedClock()
+    async with (
+        running_rekey(after, broker, [source]),
+        running_service(after, broker, clock=clock) as service,
+    ):
+        # After the switch: a touch, five minutes in, copied and read from the copy only.
+        await _send(
+            broker, source, [(3, b"acme", _body("session", "s1", created + 5 * 60_000, "touch"))]
+        )
+        copy = service.processors[(target, key_partition(key.encode(), 2))]
+        retired = service.processors[(source, 1)]
+        await wait_for(lambda: (s := copy.state_of(key)) is not None and s.expires_at == new_expiry)
+        clock.ahead_ms = old_expiry + 1_000 - wall_clock_ms()  # past the old expiry
+        # The retired state either follows the copy's (now) or is tombstoned (before).
+        await wait_for(
+            lambda: (
+                (s := retired.state_of(key)) is not None
+                and (not s.live or s.expires_at == new_expiry)
+            )
+        )
+        state = retired.state_of(key)
+        assert state is not None
+        assert state.live, "tombstoned at the session's old expiry"
+        clock.ahead_ms = new_expiry + 1_000 - wall_clock_ms()
+        tombstones = await read_topic(
+            broker, topics.tombstones, until=lambda recs: len(recs) >= 2, timeout_s=30
+        )
+    said = [orjson.loads(r.value) for r in tombstones]
+    assert [r.key.decode() for r in tombstones] == [key, key]  # the copy's and the retired one's
+    for body in said:
+        assert body["reason"] == "ttl"
+        assert parse_ts(body["expires_at"]) == new_expiry
+        assert parse_ts(body["emitted_at"]) >= new_expiry
