@@ -23,6 +23,25 @@ assigned), the record waits (``UNREAD``) and is asked about again after
 :data:`RETRY_MS`: late rather than early.
 
 Pure: no IO, no clock; the shell's look-up sees only the partitions this instance holds.
+
+Not yet: a copy's partition another instance holds (the group assigns partition n of a
+retired topic with partition n of the inputs; the copy's partition of a record is the
+CRC-32 of its key, so with N instances about (N-1)/N of the records' copies are
+elsewhere). That record fires at its old expiry as before (the README says so; a strict
+xfail test holds it). ``expiry.stamped`` cannot carry the answer: the service writes a
+record's stamps beside their input partition (:func:`stream_expiry.codec.output_partition`,
+not the key's CRC-32), so the retired stamp and the copy's sit on two partitions that
+compaction never compares, and any extra message there (a stamp, a null) is a change the
+stores apply. A design: the copy's processor, stamping a sliding record whose event
+``rekey`` copied from a retired partition (``expiry-rekeyed-from``) at an offset below the
+service group's committed offset there (read once at the assignment: only records the
+retired partition may hold pay), also writes a note (its life's creation and expiry, or
+its end) to a compacted internal topic, keyed by the record, on the retired partition's
+changelog partition; each instance follows the notes of the retired partitions it holds
+(a small stream; read to its end a tick before a firing, as the holds are) and restores
+them with the changelog, and the retired processor asks its note instead of this look-up.
+The note of an erasure would also let the retired state end at once, its stamp and data
+gone from ``expiry.stamped``, which today stay until its old expiry.
 """
 
 from __future__ import annotations
