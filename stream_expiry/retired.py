@@ -46,6 +46,7 @@ from stream_expiry.kafka import (
 )
 from stream_expiry.kafka_settings import topic_configs
 from stream_expiry.logs import counted, named
+from stream_expiry.reading import END_UNKNOWN
 from stream_expiry.state.kv import RocksKV, partition_stores
 from stream_expiry.state.store import PartitionStore
 from stream_expiry.state.succession import UNREAD
@@ -234,7 +235,12 @@ class Successors:
     topics copied, one record's events in both) follows the latest expiry; :data:`UNREAD`
     while any of those partitions has input not read yet (``unread``, the reading's
     :attr:`~stream_expiry.reading.InputReading.unread`: a backlog being caught up, or a
-    touch sent before the expiry). A partition another instance holds is not seen: its
+    touch sent before the expiry), up to the end noted when the record was first asked
+    about: once that partition's processor has decided its input up to there
+    (:attr:`~stream_expiry.state.processor.PartitionProcessor.decided_to`; the reading's
+    position moves before the records it took are decided), the record is decided,
+    whatever was sent since (waiting for no input unread at all, a partition never idle
+    kept it waiting for ever). A partition another instance holds is not seen: its
     record fires as before (README: Changing the input topics)."""
 
     def __init__(
@@ -248,6 +254,9 @@ class Successors:
         self._unread = unread
         self._inputs = inputs
         self._partitions = partitions
+        # (record key, partition) -> the offset that partition must read up to before the
+        # record is decided: its end when the record was first asked about.
+        self._targets: dict[tuple[str, tuple[str, int]], int] = {}
 
     def __call__(self, key: str) -> Stamp | _Unread | None:
         raw = key.encode()
@@ -257,15 +266,38 @@ class Successors:
             if count <= 0:
                 continue
             slot = (topic, key_partition(raw, count))
-            if slot in self._unread:  # assigned here, restoring, catching up, or lagging
-                return UNREAD
             proc = self._processors.get(slot)
+            if self._waits(key, slot, proc):  # assigned, restoring, catching up, or lagging
+                return UNREAD
             if proc is None:
                 continue
             state = proc.state_of(key)
             if state is not None and (latest is None or _later(state, latest)):
                 latest = state
         return latest
+
+    def _waits(self, key: str, slot: tuple[str, int], proc: PartitionProcessor | None) -> bool:
+        """Whether ``slot`` (``proc``: None while it is restored) has not decided yet what
+        was sent to it before ``key`` was first asked about (an end not known yet,
+        ``END_UNKNOWN``, is taken once it is)."""
+        end = self._unread.get(slot)
+        if end is None:
+            self._targets.pop((key, slot), None)
+            return False
+        noted = self._targets.get((key, slot))
+        target = end if noted is None or noted == END_UNKNOWN else noted
+        if proc is not None and proc.decided_to >= target:
+            self._targets.pop((key, slot), None)
+            return False
+        self._targets[(key, slot)] = target
+        while len(self._targets) > _TARGETS_MAX:  # left by partitions revoked meanwhile
+            del self._targets[next(iter(self._targets))]
+        return True
+
+
+# Records waiting for a successor's input remembered at most (the oldest dropped: asked
+# again, such a record waits for the end noted then).
+_TARGETS_MAX = 100_000
 
 
 def _later(state: Stamp, than: Stamp) -> bool:

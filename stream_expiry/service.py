@@ -337,7 +337,10 @@ class Service:
         self._reading = InputReading(self._let_go, self._seek)
         # Where a retired partition's session lives on (rekey's copy): it follows that.
         self._successors = Successors(
-            self.processors, self._reading.unread, self.config.topics.inputs, self._input_partitions
+            self.processors,
+            self._reading.unread,
+            self.config.topics.inputs,
+            self._input_partitions,
         )
         # The service clock's time just before the inputs' ends were last asked for
         # (learn_ends): the firing fires a sliding record due at T once they were since

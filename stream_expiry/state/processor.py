@@ -1689,6 +1689,12 @@ class PartitionProcessor:
         return known[1] if known is not None else self.store.get(key)
 
     @property
+    def decided_to(self) -> int:
+        """The offset after the last input record decided (0: none yet): what the
+        partition's reading position says only once the records it took are decided."""
+        return self._decided_to
+
+    @property
     def unsettled(self) -> int:
         return len(self._overlay)
 

@@ -77,10 +77,12 @@ def _processor(topic: str, partition: int, clock: _Clock) -> PartitionProcessor:
     )
 
 
-def _read(proc: PartitionProcessor, clock: _Clock, record_id: str, ts: int, op: str) -> str:
+def _read(
+    proc: PartitionProcessor, clock: _Clock, record_id: str, ts: int, op: str, offset: int = 0
+) -> str:
     """One event of session ``record_id`` read and settled; returns the record key."""
     body = {"category": "session", "record_id": record_id, "org": "o", "ts": ts, "op": op}
-    rec = type("Rec", (), {"offset": 0, "key": None, "value": orjson.dumps(body)})()
+    rec = type("Rec", (), {"offset": offset, "key": None, "value": orjson.dumps(body)})()
     effects = proc.process([rec], clock.now)
     proc.settle(effects, clock.now)
     return effects.stamps[0][0].identity.key if effects.stamps else ""
@@ -167,6 +169,26 @@ async def test_a_retired_session_waits_while_its_copys_partition_has_input_unrea
     assert await sw.fire_at(BASE + 1_899) == []
     fired = await sw.fire_at(BASE + 1_900)
     assert sorted(topic for topic, _f in fired) == [RETIRED, COPY]
+
+
+@pytest.mark.asyncio
+async def test_a_retired_session_waits_for_what_was_unread_when_due_not_for_an_idle_copy() -> None:
+    """A copy's partition that is never idle (its end moves on as it reads) always has
+    input unread: the retired record waits for the end noted when it fell due, then is
+    decided. Waiting for no input unread at all, it waited for ever."""
+    clock = _Clock()
+    sw = _Switched(clock, "s6")
+    slot = (COPY, sw.partition)
+    clock.now = BASE + 500
+    _read(sw.copy, clock, "s6", BASE, "create", offset=4)
+    sw.unread[slot] = 7  # the end when it fell due: offsets 5 and 6 unread
+    assert await sw.fire_at(BASE + TTL_MS) == []
+    _read(sw.copy, clock, "s6", BASE + 800, "touch", offset=6)  # sent before the expiry
+    sw.unread[slot] = 9  # decided up to the end noted; more sent since
+    assert await sw.fire_at(BASE + TTL_MS + RETRY_MS) == []
+    state = sw.retired.state_of(sw.key)
+    assert state is not None
+    assert state.expires_at == BASE + 1_800  # decided: it follows the touch
 
 
 @pytest.mark.asyncio
