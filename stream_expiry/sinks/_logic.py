@@ -11,8 +11,9 @@ Rules kept here (why: tombstones are at-least-once, and ``expiry.stamped`` and
 1. **Idempotent.** Applying a change twice changes nothing the second time and writes no
    second receipt.
 2. **A tombstone wins whatever the order.** It deletes the row only if the row belongs to a
-   life it ends (``created_at < bound``), and leaves a :class:`Marker`; a stamp of a deleted
-   life arriving later is not written. A stamp of a newer life is written.
+   life it ends (``created_at < bound``, or within a ``ttl`` tombstone's window:
+   :func:`ended_by`), and leaves a :class:`Marker`; a stamp of a deleted life arriving later
+   is not written. A stamp of a newer life is written.
 3. **The latest stamp wins** (``expiry.stamped`` is ordered per key), except that a null
    ``data`` (a touch re-stamp) keeps the data already held for the same life. A message of
    ``expiry.stamped`` at or before the position the row was written from is already
@@ -152,15 +153,41 @@ if TYPE_CHECKING:
 
     from stream_expiry.model import Identity
 
-__all__ = ["NEVER_CREATED", "Plan", "Slot", "Source", "archived", "life", "plan", "prunable"]
+__all__ = [
+    "NEVER_CREATED",
+    "UNKNOWN_PREVIOUS",
+    "Plan",
+    "Reach",
+    "Slot",
+    "Source",
+    "Window",
+    "archived",
+    "ended_by",
+    "life",
+    "plan",
+    "prunable",
+]
 
 #: Stands for an unknown ``created_at``: such a row belongs to every deleted life. It is the
 #: smallest BIGINT, so the stores keep it as a plain integer.
 NEVER_CREATED = -(2**63) + 1
 
+#: The ``previous_deleted_at`` of a row written before the store kept it (the SQL stores'
+#: column default, the largest BIGINT): unknown, so no ``ttl`` tombstone's window takes the
+#: row in (:func:`ended_by`), only its bound, as before. Such a row may be a next life's, begun
+#: before the tombstone's expiry.
+UNKNOWN_PREVIOUS = 2**63 - 1
+
 #: A topic and a partition a message was read from: the pruning's bound for telling a
 #: re-read message is kept per source (rule 7).
 Source = tuple[str, int]
+
+#: A ``ttl`` tombstone's window (:attr:`TombstoneChange.window`), None for others.
+Window = tuple[int, int] | None
+
+#: What a tombstone ends: its bound and its window (:func:`ended_by`), as a store's
+#: ``take`` gets them.
+Reach = tuple[int, Window]
 
 
 @dataclass(slots=True)
@@ -225,6 +252,30 @@ def merge_plans(plans: Iterable[Plan]) -> Plan:
 def life(created_at: int | None) -> int:
     """A row's life for comparisons: its ``created_at``, or before every life when unknown."""
     return NEVER_CREATED if created_at is None else created_at
+
+
+def ended_by(
+    created_at: int | None, previous_deleted_at: int | None, bound: int, window: Window
+) -> bool:
+    """Whether a tombstone of ``bound`` and ``window`` (:attr:`TombstoneChange.bound`,
+    :attr:`TombstoneChange.window`) ends the life of a row or stamp created at
+    ``created_at`` that began after the deletion at ``previous_deleted_at``: created
+    before the bound, or before the window's expiry with no deletion known before it,
+    or one before the window's creation (the tombstone's life, or an earlier one; a life
+    begun after that life ended is the next, whenever it was created)."""
+    return life(created_at) < bound or (
+        window is not None and _within(created_at, previous_deleted_at, *window)
+    )
+
+
+def _within(
+    created_at: int | None, previous_deleted_at: int | None, before: int, floor: int
+) -> bool:
+    """Whether a life created at ``created_at``, begun after ``previous_deleted_at``, is
+    within a ``ttl`` tombstone's window ``(before, floor)`` (:func:`ended_by`)."""
+    return life(created_at) < before and (
+        previous_deleted_at is None or previous_deleted_at < floor
+    )
 
 
 def archived(row: Row, offsets: Mapping[int, int] | None) -> bool:
@@ -343,20 +394,31 @@ class _Planner:
         lived: int | None,
         pending: tuple[Pending, ...] | None = None,
         ended: int | None = None,
+        window: Window = None,
     ) -> None:
-        """Raise the slot's marker to cover ``before`` and ``lived``; never lower it.
+        """Raise the slot's marker to cover ``before``, ``lived`` and ``window``; never
+        lower it.
 
         ``pending`` replaces the marker's pending deletions when given. ``ended``: the
         latest expiry of the lives this deletion ended (None: none known, or they never
         expire); ``settled_at`` rises to it, and to now when anything else changed
-        (rule 7).
+        (rule 7). ``window``: a ``ttl`` tombstone's; the marker keeps the latest expiry
+        and creation of those it applied, which take in the lives each takes in, and
+        otherwise only lives between theirs (ended: a later life's tombstone came), or
+        a stamp of a later life from before a create moved its creation back over
+        another's expiry (none: the engine moves a creation back only to where its life
+        ends after that stamp's creation, ``_backdate``).
         """
         m = slot.marker
         new_before = before if m is None else max(m.deleted_before, before)
         new_last = lived if m is None else _max2(m.last_life, lived)
         new_pending = (() if m is None else m.pending) if pending is None else pending
-        changed = m is None or (new_before, new_last, new_pending) != (
-            m.deleted_before, m.last_life, m.pending,
+        ttl_before, ttl_floor = (None, None) if m is None else (m.ttl_before, m.ttl_floor)
+        if window is not None:
+            ttl_before = _max2(ttl_before, window[0])
+            ttl_floor = _max2(ttl_floor, window[1])
+        changed = m is None or (new_before, new_last, new_pending, ttl_before, ttl_floor) != (
+            m.deleted_before, m.last_life, m.pending, m.ttl_before, m.ttl_floor,
         )  # fmt: skip
         # A marker of an earlier version knows only when it last changed (the stores'
         # upgrade starts its settled_at there).
@@ -365,7 +427,9 @@ class _Planner:
         if changed:  # now too: two values at a time, no list (a deletion calls this)
             now = self.now
             settled = now if settled is None or settled < now else settled
-            slot.marker = Marker(ident, new_before, new_last, now, new_pending, settled)
+            slot.marker = Marker(
+                ident, new_before, new_last, now, new_pending, settled, ttl_before, ttl_floor
+            )
         elif m is not None and settled != m.settled_at:
             slot.marker = replace(m, settled_at=settled)
 
@@ -377,7 +441,14 @@ class _Planner:
             # deletion the receipt counted as one.
             return
         m = slot.marker
-        if m is not None and life(c.created_at) < m.deleted_before:
+        if m is not None and (
+            life(c.created_at) < m.deleted_before
+            or (
+                m.ttl_before is not None
+                and m.ttl_floor is not None
+                and _within(c.created_at, c.previous_deleted_at, m.ttl_before, m.ttl_floor)
+            )
+        ):
             self.out.stale += 1
             return
         old = slot.row
@@ -388,7 +459,7 @@ class _Planner:
             data = old.data  # a touch re-stamp (or an earlier re-delivered create): same life
         new = Row(
             c.identity, c.created_at, c.expires_at, c.ttl_seconds, c.ttl_source, data, self.now,
-            c.partition, c.offset,
+            c.partition, c.offset, c.previous_deleted_at,
         )  # fmt: skip
         if old is None or not old.same_content(new):
             if old is not None and life(c.created_at) > life(old.created_at):
@@ -422,9 +493,11 @@ class _Planner:
         receipt was waiting for this rule. Fields come from the tombstone (what the service
         decided), or from the deleted row when the tombstone knows nothing of the life.
         """
-        bound = t.bound
+        bound, window = t.bound, t.window
         row = slot.row
-        deleted = row is not None and life(row.created_at) < bound
+        deleted = row is not None and ended_by(
+            row.created_at, row.previous_deleted_at, bound, window
+        )
         m = slot.marker
         covered = m is not None and (
             m.deleted_before >= bound
@@ -437,7 +510,10 @@ class _Planner:
             assert row is not None
             slot.row = None
             self.out.deleted += 1
-            lived = _max2(lived, row.created_at)
+            if window is None:
+                # Within a window, a row created after ``lived`` is a stamp of that life
+                # from before its creation moved back: the life is the tombstone's.
+                lived = _max2(lived, row.created_at)
             src: Row | Pending | TombstoneChange = t if t.created_at is not None else row
             self.receipt(t.identity, t.reason, 1, src, t.emitted_at, self.now, t, t.late_cause)
         # An erasure's null that found no row (``rowless``) and a row this tombstone deleted
@@ -466,7 +542,7 @@ class _Planner:
             ended = _max2(ended, row.expires_at)
         for p in claimed:
             ended = _max2(ended, p.expires_at)
-        self.remember(slot, t.identity, bound, lived, rest, ended)
+        self.remember(slot, t.identity, bound, lived, rest, ended, window)
         if not deleted and not claimed and not covered:
             # An erasure request for a row this store never held: still on record. Unless
             # it is dated at or before the bound of the store's pruning for its partition:

@@ -134,6 +134,11 @@ class StampChange:
     # (``held_lives``; nearly always none): a row of such a life that this stamp replaces
     # keeps its data aside, in the store's held lives, until that life's tombstone.
     held: tuple[int, ...] = ()
+    # The end of the record's previous life when this life began after a deletion (the
+    # stamp's ``previous_deleted_at``; None: none, or a version that did not say it): a
+    # ``ttl`` tombstone of a life created at or before it does not end this life (see
+    # :attr:`TombstoneChange.window`).
+    previous_deleted_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,19 +182,18 @@ class TombstoneChange:
         later) stands in, and a new life created between d and ``emitted_at`` (a delete
         that waited in a backlog) is taken for the old one.
 
-        A ``ttl`` tombstone ends the life created at ``created_at`` and the lives before it,
-        not every life created before its expiry: an erasure dated within that life and a
-        create dated after the erasure, both read after the expiry fired, end the life at
-        the erasure and start the next one at the create, before that expiry (the engine's
-        ``_erased_at``), as read in time. Bounded by the expiry (its header says a
-        millisecond before it), the tombstone deleted that next life's row when it came
-        after the row, and kept its stamp out when it came first. A stamp of the same life
-        from before a create moved its creation back (``created_at`` later than the
-        tombstone's) is not deleted by the tombstone: the null that follows the life's
-        last stamp on ``expiry.stamped`` deletes it. A ``ttl`` tombstone without the header
-        (an earlier version's, which never started a life before an ended life's expiry,
-        or a held life's, tombstoned at the release while the record lives on: its next
-        life began at or after that expiry) keeps the expiry as its bound.
+        A ``ttl`` tombstone with the header and a ``created_at`` ends every life created at
+        or before its ``created_at`` (this bound), and more: the lives its :attr:`window`
+        takes in. Bounded by the expiry alone (its header says a millisecond before it),
+        it ended a life begun before that expiry: an erasure dated within the tombstone's
+        life and a create dated after the erasure, both read after the expiry fired, end
+        the life at the erasure and start the next one at the create (the engine's
+        ``_erased_at``), as read in time; the tombstone deleted that next life's row when
+        it came after the row, and kept its stamp out when it came first. A ``ttl``
+        tombstone without the header (an earlier version's, which never started a life
+        before an ended life's expiry, or a held life's, tombstoned at the release while
+        the record lives on: its next life began at or after that expiry) keeps the expiry
+        as its bound, and has no window.
         """
         created = self.created_at
         if self.deleted_at is not None:
@@ -201,6 +205,28 @@ class TombstoneChange:
         else:
             end = self.emitted_at + 1
         return end if created is None else max(end, created + 1)
+
+    @property
+    def window(self) -> tuple[int, int] | None:
+        """The lives a ``ttl`` tombstone with the header and a ``created_at`` ends besides
+        those :attr:`bound` takes: ``(before, floor)``, a life created before ``before`` (its
+        expiry) whose ``previous_deleted_at`` is unknown or before ``floor`` (its
+        ``created_at``). None for every other tombstone.
+
+        Its own life's stamps include those written before a create moved its creation
+        back (the engine's ``_backdate``: ``created_at`` later than the tombstone's, before
+        its expiry), and they carry its ``previous_deleted_at``, before its creation. A
+        life begun after it ended (the engine's floor, ``previous_deleted_at``: that end,
+        at or after its creation, whether an expiry or an erasure read late) is the next,
+        even when created before this expiry (``_erased_at``). Bounded by ``created_at``
+        alone, the tombstone left such a stamp's row for the life's null, which then
+        deleted it when the tombstone had come first: a receipt of nothing, and a deletion
+        left waiting for a tombstone that had come (with the sweep, a second receipt).
+        """
+        created, deleted = self.created_at, self.deleted_at
+        if self.reason != "ttl" or deleted is None or created is None:
+            return None
+        return deleted + 1, created
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +288,10 @@ class Row:
     ``src_partition`` and ``src_offset``: where on ``expiry.stamped`` the row was last
     written from (None when not known), as quix-streams keeps the changelog offset with the
     data: a message at or before that position is already applied.
+
+    ``previous_deleted_at``: its stamp's (see :attr:`TombstoneChange.window`); in a row
+    written before the store kept it, :data:`~stream_expiry.sinks._logic.UNKNOWN_PREVIOUS`,
+    which no window takes in.
     """
 
     identity: Identity
@@ -273,6 +303,7 @@ class Row:
     updated_at: int
     src_partition: int | None = None
     src_offset: int | None = None
+    previous_deleted_at: int | None = None
 
     def applied(self, partition: int | None, offset: int | None) -> bool:
         """Whether the message at (partition, offset) of ``expiry.stamped`` is already in."""
@@ -292,6 +323,7 @@ class Row:
             and self.ttl_seconds == other.ttl_seconds
             and self.ttl_source == other.ttl_source
             and self.data == other.data
+            and self.previous_deleted_at == other.previous_deleted_at
         )
 
 
@@ -352,6 +384,10 @@ class Marker:
     be forgotten a grace after it once nothing is pending (see
     :func:`~stream_expiry.sinks._logic.prunable`). None: written by a version that did
     not keep it, and never forgotten until a change of the marker sets it.
+    ``ttl_before`` and ``ttl_floor``: the :attr:`TombstoneChange.window` of the ``ttl``
+    tombstones applied (the latest expiry and creation of their lives; None: none had
+    one): a stamp created before ``ttl_before`` whose ``previous_deleted_at`` is unknown
+    or before ``ttl_floor`` belongs to a deleted life too.
     """
 
     identity: Identity
@@ -360,6 +396,8 @@ class Marker:
     deleted_at: int
     pending: tuple[Pending, ...] = ()
     settled_at: int | None = None
+    ttl_before: int | None = None
+    ttl_floor: int | None = None
 
     @property
     def pending_since(self) -> int | None:
@@ -634,6 +672,7 @@ def decode_stamped(
         offset,
         # Only under a legal hold: a test for the key, not a lookup (a call) per stamp.
         _held_lives(obj["held_lives"]) if "held_lives" in obj else (),
+        _time(obj, "previous_deleted_at"),
     )
 
 
@@ -657,7 +696,7 @@ def decode_tombstone(
 ) -> TombstoneChange:
     """Decode one tombstone event of ``expiry.tombstones``; its ``expiry-deleted-at`` header
     (the service's, since round 19) makes :attr:`TombstoneChange.bound` exact (an
-    erasure's time; for a ``ttl`` one, that the life it names is the last it ends).
+    erasure's time; for a ``ttl`` one, the :attr:`TombstoneChange.window` of its life).
 
     ``timestamp``: the message's Kafka timestamp (a negative one, Kafka's "none", is
     unknown); ``topic`` and ``partition``: where it was read from. Every argument may be

@@ -63,7 +63,7 @@ import orjson
 
 from stream_expiry.errors import ConfigurationError, StoreError
 from stream_expiry.model import Identity
-from stream_expiry.sinks._logic import NEVER_CREATED, Plan, Slot, Source
+from stream_expiry.sinks._logic import NEVER_CREATED, UNKNOWN_PREVIOUS, Plan, Reach, Slot, Source
 from stream_expiry.sinks._messages import (
     Marker,
     Receipt,
@@ -137,7 +137,7 @@ _KEY_TYPES: Final = ("text",) * 5
 _KEYS: Final = f"({_from_json(*_KEY_TYPES, names=_KEY_NAMES)})"
 _ROW_COLS: Final = (
     f"{_KEY}, created_at, expires_at, ttl_seconds, ttl_source, data, updated_at, "
-    "src_partition, src_offset"
+    "src_partition, src_offset, previous_deleted_at"
 )
 # The same columns with NULL for data: a batch without stamps does not read payloads.
 _ROW_COLS_NO_DATA: Final = _ROW_COLS.replace(" data,", " NULL::text,")
@@ -146,13 +146,23 @@ _TAKEN_COLS: Final = ", ".join(
     f"r.{c}" if c != "data" else "NULL::text" for c in _ROW_COLS.split(", ")
 )
 _MARKER_COLS: Final = (
-    f"{_KEY}, deleted_before, last_life, deleted_at, pending, pending_since, settled_at"
+    f"{_KEY}, deleted_before, last_life, deleted_at, pending, pending_since, settled_at, "
+    "ttl_before, ttl_floor"
 )
 _ROWS_FROM_JSON: Final = _from_json(
-    *_KEY_TYPES, "bigint", "bigint", "bigint", "text", "text", "bigint", "integer", "bigint"
+    *_KEY_TYPES,
+    "bigint",
+    "bigint",
+    "bigint",
+    "text",
+    "text",
+    "bigint",
+    "integer",
+    "bigint",
+    "bigint",
 )
 _MARKERS_FROM_JSON: Final = _from_json(
-    *_KEY_TYPES, "bigint", "bigint", "bigint", "text", "bigint", "bigint"
+    *_KEY_TYPES, "bigint", "bigint", "bigint", "text", "bigint", "bigint", "bigint", "bigint"
 )
 _RECEIPTS_FROM_JSON: Final = _from_json(
     "text", "text", *_KEY_TYPES, "text", "integer", "bigint", "bigint", "bigint", "text",
@@ -266,8 +276,21 @@ CREATE TABLE IF NOT EXISTS {records} (
     record_id text COLLATE "C" NOT NULL,
     created_at bigint, expires_at bigint, ttl_seconds bigint, ttl_source text,
     data text, updated_at bigint NOT NULL, src_partition integer, src_offset bigint,
+    previous_deleted_at bigint DEFAULT {unknown_previous},
     PRIMARY KEY (org, bot, env, category, record_id)
 );
+DO $previous$
+BEGIN
+    -- Where a row's life began: unknown in the rows written before (the default, which
+    -- no ttl tombstone's window takes in; see _logic.UNKNOWN_PREVIOUS). Looked up first,
+    -- as below: an ALTER TABLE locks the table even when it adds nothing.
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{records}'::regclass
+                   AND attname = 'previous_deleted_at' AND NOT attisdropped) THEN
+        ALTER TABLE {records} ADD COLUMN previous_deleted_at bigint
+            DEFAULT {unknown_previous};
+    END IF;
+END
+$previous$;
 CREATE INDEX IF NOT EXISTS {idx_expiry} ON {records} (expires_at)
     WHERE expires_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {held_lives} (
@@ -276,6 +299,7 @@ CREATE TABLE IF NOT EXISTS {held_lives} (
     record_id text COLLATE "C" NOT NULL,
     created_at bigint NOT NULL, expires_at bigint, ttl_seconds bigint, ttl_source text,
     data text, updated_at bigint NOT NULL, src_partition integer, src_offset bigint,
+    previous_deleted_at bigint DEFAULT {unknown_previous},
     PRIMARY KEY (org, bot, env, category, record_id, created_at)
 );
 CREATE TABLE IF NOT EXISTS {deletions} (
@@ -284,6 +308,7 @@ CREATE TABLE IF NOT EXISTS {deletions} (
     record_id text COLLATE "C" NOT NULL,
     deleted_before bigint NOT NULL, last_life bigint, deleted_at bigint NOT NULL,
     pending text, pending_since bigint, settled_at bigint,
+    ttl_before bigint, ttl_floor bigint,
     PRIMARY KEY (org, bot, env, category, record_id)
 );
 ALTER TABLE {deletions} ADD COLUMN IF NOT EXISTS pending text,
@@ -298,6 +323,12 @@ BEGIN
                    AND attname = 'settled_at' AND NOT attisdropped) THEN
         ALTER TABLE {deletions} ADD COLUMN settled_at bigint;
         UPDATE {deletions} SET settled_at = deleted_at;
+    END IF;
+    -- A marker's ttl window (NULL: none, as in the markers written before).
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{deletions}'::regclass
+                   AND attname = 'ttl_floor' AND NOT attisdropped) THEN
+        ALTER TABLE {deletions} ADD COLUMN IF NOT EXISTS ttl_before bigint,
+            ADD COLUMN IF NOT EXISTS ttl_floor bigint;
     END IF;
 END
 $settle$;
@@ -408,11 +439,13 @@ def _keys(idents: Iterable[Identity]) -> str:
 
 
 def _row(r: Any, ident: Identity | None = None) -> Row:
-    return Row(ident or Identity(*r[:5]), *r[5:13])
+    return Row(ident or Identity(*r[:5]), *r[5:14])
 
 
 def _marker(r: Any, ident: Identity | None = None) -> Marker:
-    return Marker(ident or Identity(*r[:5]), r[5], r[6], r[7], decode_pending(r[8]), r[10])
+    return Marker(
+        ident or Identity(*r[:5]), r[5], r[6], r[7], decode_pending(r[8]), r[10], r[11], r[12]
+    )
 
 
 def _receipt(r: Any) -> Receipt:
@@ -470,6 +503,7 @@ class _Names:
             "fn": self._q("receipts_append_only"),
             "trigger": f'"{p}receipts_append_only"',
             "trigger_truncate": f'"{p}receipts_no_truncate"',
+            "unknown_previous": str(UNKNOWN_PREVIOUS),
         }
 
 
@@ -479,14 +513,15 @@ _UPSERT_ROWS: Final = (
     "expires_at = excluded.expires_at, ttl_seconds = excluded.ttl_seconds, "
     "ttl_source = excluded.ttl_source, data = excluded.data, "
     "updated_at = excluded.updated_at, src_partition = excluded.src_partition, "
-    "src_offset = excluded.src_offset"
+    "src_offset = excluded.src_offset, previous_deleted_at = excluded.previous_deleted_at"
 )
 _INSERT_MARKERS: Final = f"INSERT INTO {{t}} ({_MARKER_COLS}) {_MARKERS_FROM_JSON}"
 _UPSERT_MARKERS: Final = (
     f"{_INSERT_MARKERS} ON CONFLICT ({_KEY}) DO UPDATE SET "
     "deleted_before = excluded.deleted_before, last_life = excluded.last_life, "
     "deleted_at = excluded.deleted_at, pending = excluded.pending, "
-    "pending_since = excluded.pending_since, settled_at = excluded.settled_at"
+    "pending_since = excluded.pending_since, settled_at = excluded.settled_at, "
+    "ttl_before = excluded.ttl_before, ttl_floor = excluded.ttl_floor"
 )
 
 
@@ -593,22 +628,34 @@ class _PostgresTx(StoreTransaction):
         await self._markers(asked, keys, slots)
         return slots
 
-    async def take(self, ends: Mapping[Identity, int]) -> dict[Identity, Slot]:
+    async def take(self, ends: Mapping[Identity, Reach]) -> dict[Identity, Slot]:
         """One ``DELETE ... RETURNING`` instead of a locking read and a delete: the row is
         locked, read and deleted in one pass. The markers are read after it, so a second
-        sink instance deleting the same row waits for this one and then sees its marker."""
+        sink instance deleting the same row waits for this one and then sees its marker.
+        A tombstone without a window sends NULL for it: the window's test is then NULL,
+        and the bound's alone decides (:func:`~stream_expiry.sinks._logic.ended_by`)."""
         identities = list(ends)
         parts = [i.parts() for i in identities]  # once: the statements' keys and the lookup
-        bounded = _from_json(*_KEY_TYPES, "bigint", names=(*_KEY_NAMES, "bound"))
+        bounded = _from_json(
+            *_KEY_TYPES, "bigint", "bigint", "bigint", names=(*_KEY_NAMES, "bound", "b", "f")
+        )
+        created = f"COALESCE(r.created_at, {NEVER_CREATED})"
         q = (
             f"DELETE FROM {self._n.records} AS r USING ({bounded}) AS k "
             "WHERE (r.org, r.bot, r.env, r.category, r.record_id) "
             "= (k.org, k.bot, k.env, k.category, k.record_id) "
-            f"AND COALESCE(r.created_at, {NEVER_CREATED}) < k.bound RETURNING {_TAKEN_COLS}"
+            f"AND ({created} < k.bound OR ({created} < k.b "
+            f"AND COALESCE(r.previous_deleted_at, {NEVER_CREATED}) < k.f)) "
+            f"RETURNING {_TAKEN_COLS}"
         )
         slots: dict[Identity, Slot] = {}
         asked = dict(zip(parts, identities, strict=True))
-        bounds = _json([(*k, b) for k, b in zip(parts, ends.values(), strict=True)])
+        bounds = _json(
+            [
+                (*k, b, None, None) if w is None else (*k, b, *w)
+                for k, (b, w) in zip(parts, ends.values(), strict=True)
+            ]
+        )
         for r in await self._c.fetch(q, bounds):
             row = _row(r, asked.get(tuple(r[:5])))
             slots[row.identity] = Slot(row)
@@ -649,7 +696,8 @@ class _PostgresTx(StoreTransaction):
             await self._write_split(
                 p.upserts, self._no_row, n.records, _INSERT_ROWS, _UPSERT_ROWS,
                 lambda rows: ((*r.identity.parts(), r.created_at, r.expires_at, r.ttl_seconds,
-                               r.ttl_source, r.data, r.updated_at, r.src_partition, r.src_offset)
+                               r.ttl_source, r.data, r.updated_at, r.src_partition, r.src_offset,
+                               r.previous_deleted_at)
                               for r in rows),
             )  # fmt: skip
         if p.markers:
@@ -657,7 +705,7 @@ class _PostgresTx(StoreTransaction):
                 p.markers, self._no_marker, n.deletions, _INSERT_MARKERS, _UPSERT_MARKERS,
                 lambda markers: ((*m.identity.parts(), m.deleted_before, m.last_life,
                                   m.deleted_at, encode_pending(m.pending), m.pending_since,
-                                  m.settled_at) for m in markers),
+                                  m.settled_at, m.ttl_before, m.ttl_floor) for m in markers),
             )  # fmt: skip
         if p.held or p.released:
             await self._write_held(p)
@@ -684,10 +732,12 @@ class _PostgresTx(StoreTransaction):
                 "expires_at = excluded.expires_at, ttl_seconds = excluded.ttl_seconds, "
                 "ttl_source = excluded.ttl_source, data = excluded.data, "
                 "updated_at = excluded.updated_at, src_partition = excluded.src_partition, "
-                "src_offset = excluded.src_offset",
+                "src_offset = excluded.src_offset, "
+                "previous_deleted_at = excluded.previous_deleted_at",
                 _json(
                     (*r.identity.parts(), r.created_at, r.expires_at, r.ttl_seconds,
-                     r.ttl_source, r.data, r.updated_at, r.src_partition, r.src_offset)
+                     r.ttl_source, r.data, r.updated_at, r.src_partition, r.src_offset,
+                     r.previous_deleted_at)
                     for r in p.held
                 ),
             )  # fmt: skip

@@ -24,7 +24,7 @@ import anyio
 
 from stream_expiry.errors import StoreError
 from stream_expiry.model import Identity
-from stream_expiry.sinks._logic import Plan, Slot, Source
+from stream_expiry.sinks._logic import UNKNOWN_PREVIOUS, Plan, Slot, Source
 from stream_expiry.sinks._messages import (
     Marker,
     Receipt,
@@ -54,12 +54,13 @@ _KEY_MATCH: Final = "org = ? AND bot = ? AND env = ? AND category = ? AND record
 _CHUNK: Final = 400  # identities per lookup: 5 parameters each, far below SQLite's limit
 _ROW_COLS: Final = (
     f"{_KEY}, created_at, expires_at, ttl_seconds, ttl_source, data, updated_at, "
-    "src_partition, src_offset"
+    "src_partition, src_offset, previous_deleted_at"
 )
 # The same columns with NULL for data: a batch without stamps does not read payloads.
 _ROW_COLS_NO_DATA: Final = _ROW_COLS.replace(" data,", " NULL,")
 _MARKER_COLS: Final = (
-    f"{_KEY}, deleted_before, last_life, deleted_at, pending, pending_since, settled_at"
+    f"{_KEY}, deleted_before, last_life, deleted_at, pending, pending_since, settled_at, "
+    "ttl_before, ttl_floor"
 )
 _RECEIPT_COLS: Final = (
     f"receipt_id, store, {_KEY}, reason, rows_deleted, created_at, expires_at, ttl_seconds, "
@@ -72,6 +73,7 @@ CREATE TABLE IF NOT EXISTS {p}records (
     record_id TEXT NOT NULL,
     created_at INTEGER, expires_at INTEGER, ttl_seconds INTEGER, ttl_source TEXT,
     data TEXT, updated_at INTEGER NOT NULL, src_partition INTEGER, src_offset INTEGER,
+    previous_deleted_at INTEGER DEFAULT {unknown},
     PRIMARY KEY (org, bot, env, category, record_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS {p}records_by_expiry ON {p}records (expires_at)
@@ -81,6 +83,7 @@ CREATE TABLE IF NOT EXISTS {p}held_lives (
     record_id TEXT NOT NULL,
     created_at INTEGER NOT NULL, expires_at INTEGER, ttl_seconds INTEGER, ttl_source TEXT,
     data TEXT, updated_at INTEGER NOT NULL, src_partition INTEGER, src_offset INTEGER,
+    previous_deleted_at INTEGER DEFAULT {unknown},
     PRIMARY KEY (org, bot, env, category, record_id, created_at)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS {p}deletions (
@@ -88,6 +91,7 @@ CREATE TABLE IF NOT EXISTS {p}deletions (
     record_id TEXT NOT NULL,
     deleted_before INTEGER NOT NULL, last_life INTEGER, deleted_at INTEGER NOT NULL,
     pending TEXT, pending_since INTEGER, settled_at INTEGER,
+    ttl_before INTEGER, ttl_floor INTEGER,
     PRIMARY KEY (org, bot, env, category, record_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS {p}deletions_pending ON {p}deletions (pending_since)
@@ -126,15 +130,22 @@ _ADDED: Final = (
     ("receipts", "request_event_id", "TEXT"),
     # Why the deletion was late (NULL: on time, and in the receipts written before).
     ("receipts", "late_cause", "TEXT"),
+    # Where the row's life began (rows written before: unknown, so no ttl tombstone's
+    # window takes them in), and the markers' ttl window (NULL: none, as before).
+    ("records", "previous_deleted_at", f"INTEGER DEFAULT {UNKNOWN_PREVIOUS}"),
+    ("deletions", "ttl_before", "INTEGER"),
+    ("deletions", "ttl_floor", "INTEGER"),
 )
 
 
 def _row(r: Sequence[Any], ident: Identity | None = None) -> Row:
-    return Row(ident or Identity(*r[:5]), *r[5:13])
+    return Row(ident or Identity(*r[:5]), *r[5:14])
 
 
 def _marker(r: Sequence[Any], ident: Identity | None = None) -> Marker:
-    return Marker(ident or Identity(*r[:5]), r[5], r[6], r[7], decode_pending(r[8]), r[10])
+    return Marker(
+        ident or Identity(*r[:5]), r[5], r[6], r[7], decode_pending(r[8]), r[10], r[11], r[12]
+    )
 
 
 def _receipt(r: Sequence[Any]) -> Receipt:
@@ -214,26 +225,29 @@ class _SQLiteTx(StoreTransaction):
             )
         if p.upserts:
             await c.executemany(
-                f"INSERT INTO {t}records ({_ROW_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO {t}records ({_ROW_COLS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 f"ON CONFLICT ({_KEY}) DO UPDATE SET created_at = excluded.created_at, "
                 "expires_at = excluded.expires_at, ttl_seconds = excluded.ttl_seconds, "
                 "ttl_source = excluded.ttl_source, data = excluded.data, "
                 "updated_at = excluded.updated_at, src_partition = excluded.src_partition, "
-                "src_offset = excluded.src_offset",
+                "src_offset = excluded.src_offset, "
+                "previous_deleted_at = excluded.previous_deleted_at",
                 [
                     (*r.identity.parts(), r.created_at, r.expires_at, r.ttl_seconds, r.ttl_source,
-                     r.data, r.updated_at, r.src_partition, r.src_offset)
+                     r.data, r.updated_at, r.src_partition, r.src_offset, r.previous_deleted_at)
                     for r in p.upserts
                 ],
             )  # fmt: skip
         if p.markers:
             await c.executemany(
                 f"INSERT INTO {t}deletions ({_MARKER_COLS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 f"ON CONFLICT ({_KEY}) DO UPDATE SET deleted_before = excluded.deleted_before, "
                 "last_life = excluded.last_life, deleted_at = excluded.deleted_at, "
                 "pending = excluded.pending, pending_since = excluded.pending_since, "
-                "settled_at = excluded.settled_at",
+                "settled_at = excluded.settled_at, ttl_before = excluded.ttl_before, "
+                "ttl_floor = excluded.ttl_floor",
                 [
                     (
                         *m.identity.parts(),
@@ -243,6 +257,8 @@ class _SQLiteTx(StoreTransaction):
                         encode_pending(m.pending),
                         m.pending_since,
                         m.settled_at,
+                        m.ttl_before,
+                        m.ttl_floor,
                     )
                     for m in p.markers
                 ],
@@ -263,15 +279,16 @@ class _SQLiteTx(StoreTransaction):
         if p.held:
             await c.executemany(
                 f"INSERT INTO {t}held_lives ({_ROW_COLS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 f"ON CONFLICT ({_KEY}, created_at) DO UPDATE SET "
                 "expires_at = excluded.expires_at, ttl_seconds = excluded.ttl_seconds, "
                 "ttl_source = excluded.ttl_source, data = excluded.data, "
                 "updated_at = excluded.updated_at, src_partition = excluded.src_partition, "
-                "src_offset = excluded.src_offset",
+                "src_offset = excluded.src_offset, "
+                "previous_deleted_at = excluded.previous_deleted_at",
                 [
                     (*r.identity.parts(), r.created_at, r.expires_at, r.ttl_seconds, r.ttl_source,
-                     r.data, r.updated_at, r.src_partition, r.src_offset)
+                     r.data, r.updated_at, r.src_partition, r.src_offset, r.previous_deleted_at)
                     for r in p.held
                 ],
             )  # fmt: skip
@@ -476,7 +493,7 @@ class SQLiteStore(Store):
             # places of the records, deletions and receipts B-trees.
             await conn.execute("PRAGMA cache_size=-65536")
             await self._upgrade(conn)
-            await conn.executescript(_SCHEMA.format(p=self.prefix))
+            await conn.executescript(_SCHEMA.format(p=self.prefix, unknown=UNKNOWN_PREVIOUS))
         except sqlite3.Error as exc:
             await conn.close()
             raise StoreError(f"cannot create the sink schema in {self.path}: {exc}") from exc

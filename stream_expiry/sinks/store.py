@@ -29,7 +29,16 @@ from typing import TYPE_CHECKING, Final, Self
 import anyio
 
 from stream_expiry.errors import ConfigurationError, StoreError, leaves
-from stream_expiry.sinks._logic import Plan, Slot, Source, life, merge_plans, plan, prunable
+from stream_expiry.sinks._logic import (
+    Plan,
+    Reach,
+    Slot,
+    Source,
+    ended_by,
+    merge_plans,
+    plan,
+    prunable,
+)
 from stream_expiry.sinks._messages import (
     Change,
     Marker,
@@ -172,20 +181,19 @@ class StoreTransaction(abc.ABC):
         stamps then does not read the payloads it is about to delete.
         """
 
-    async def take(self, ends: Mapping[Identity, int]) -> dict[Identity, Slot]:
-        """Delete now the row of each identity whose life ends before its bound
-        (``life(created_at) < bound``), and return each identity's slot as it was before.
+    async def take(self, ends: Mapping[Identity, Reach]) -> dict[Identity, Slot]:
+        """Delete now the row of each identity whose life its tombstone's bound and window
+        end (:func:`~stream_expiry.sinks._logic.ended_by`), and return each identity's
+        slot as it was before.
 
         Called for the identities whose batch holds exactly one tombstone and nothing
         else: :func:`~stream_expiry.sinks._logic.plan` then deletes exactly these rows, so
         a store may delete them while it reads them (PostgreSQL: ``DELETE ... RETURNING``,
         one statement where a locking read and a delete were two). Rows come without
-        ``data``. This default reads, then deletes what the bound ends.
+        ``data``. This default reads, then deletes what the tombstone ends.
         """
         slots = await self.load(list(ends), data=False)
-        gone = [
-            i for i, s in slots.items() if s.row is not None and life(s.row.created_at) < ends[i]
-        ]
+        gone = [i for i, s in slots.items() if s.row is not None and _taken(s.row, ends[i])]
         if gone:
             await self.write(Plan(deletes=gone))
         return slots
@@ -339,7 +347,7 @@ class Store(abc.ABC):
         """:meth:`apply` in one transaction."""
         # Identities whose batch holds one tombstone and nothing else (the common case of
         # a deletion) are read and deleted in one step; the others are read whole.
-        ends: dict[Identity, int] = {}
+        ends: dict[Identity, Reach] = {}
         others: dict[Identity, None] = {}
         stamped = False
         for c in changes:
@@ -349,7 +357,7 @@ class Store(abc.ABC):
             if others and ident in others:  # (an empty dict still hashes the identity)
                 continue
             if type(c) is TombstoneChange and ident not in ends:
-                ends[ident] = c.bound
+                ends[ident] = (c.bound, c.window)
             else:
                 others[ident] = None
                 ends.pop(ident, None)
@@ -376,10 +384,10 @@ class Store(abc.ABC):
                 planned = set(out.deletes)
                 gone = {
                     i
-                    for i, bound in ends.items()
+                    for i, reach in ends.items()
                     if (slot := state.get(i)) is not None
                     and slot.row is not None
-                    and life(slot.row.created_at) < bound
+                    and _taken(slot.row, reach)
                 }
                 # Without others, every planned deletion is of a taken identity.
                 if gone != (planned & ends.keys() if others else planned):
@@ -523,8 +531,13 @@ class Store(abc.ABC):
         await self.close()
 
 
+def _taken(row: Row, reach: Reach) -> bool:
+    """Whether the tombstone of ``reach`` ends ``row``'s life."""
+    return ended_by(row.created_at, row.previous_deleted_at, *reach)
+
+
 async def _outlived(
-    tx: StoreTransaction, ends: Mapping[Identity, int], state: Mapping[Identity, Slot], out: Plan
+    tx: StoreTransaction, ends: Mapping[Identity, Reach], state: Mapping[Identity, Slot], out: Plan
 ) -> list[Identity]:
     """Of the identities :meth:`StoreTransaction.take` handled, those with a receipt whose
     record still has a row: ``take`` returns only the rows it deleted (PostgreSQL), so a

@@ -167,35 +167,129 @@ def test_the_first_lifes_tombstone_never_deletes_nor_drops_the_next_life(
     ], order
 
 
-def test_a_stamp_from_before_a_backdating_create_goes_with_its_lifes_null() -> None:
-    """The rule's other side: a conversation created at 5 s, then a create dated 1 s
-    (read late: the life's creation moves back), expired at 21 s. Its ``ttl`` tombstone
-    names the life created at 1 s; the row of its first stamp (created at 5 s), if the
-    store reads the tombstone before the second stamp, is not the tombstone's to delete:
-    the null after the second stamp deletes it. In every order, nothing of the life is
-    left, and it has its ``ttl`` receipt."""
+def _moved_back(*, erased_late: bool = False) -> tuple[Stamped, list[TombstoneChange]]:
+    """A conversation created at 5 s, then a create dated 1 s (read late: the life's
+    creation moves back, its stamps say 5 s, then 1 s), expired at 21 s. ``erased_late``:
+    then an erasure dated 3 s and a create dated 4 s, both read after that expiry: the next
+    life begins at 4 s (after the erasure, ``previous_deleted_at`` 3 s), before the
+    first stamp's creation and the first life's expiry, and expires at 24 s."""
     h = harness(PartitionStore(MemoryKV()), 0)
     out = _Written()
     _write(out, h.process(ev("conversation", "a", "create", 5_000)))
     _write(out, h.process(ev("conversation", "a", "create", 1_000)))
     _write(out, _Stepper(h).step_advance(21_000))
-    stamped, (ttl,) = _read(out)
-    first, second, null = stamped
-    assert isinstance(first, StampChange)
-    assert isinstance(second, StampChange)
-    assert (first.created_at, second.created_at, ttl.created_at) == (
-        BASE + 5_000, BASE + 1_000, BASE + 1_000,
-    )  # fmt: skip
+    if erased_late:
+        h.now = 22_000
+        _write(out, h.process(ev("conversation", "a", "delete", 3_000)))
+        _write(out, h.process(ev("conversation", "a", "create", 4_000)))
+        _write(out, _Stepper(h).step_advance(24_000))
+    return _read(out)
+
+
+def _interleavings(a: Sequence[Change], b: Sequence[Change]) -> list[list[Change]]:
+    """Every order Kafka may deliver two topics in: each topic's own order kept."""
+    if not a or not b:
+        return [[*a, *b]]
+    return [[a[0], *rest] for rest in _interleavings(a[1:], b)] + [
+        [b[0], *rest] for rest in _interleavings(a, b[1:])
+    ]
+
+
+def _reads(stamped: Sequence[Change], tombs: Sequence[Change]) -> list[list[list[Change]]]:
+    """Each interleaving as one batch a message, and as one batch of all."""
+    reads: list[list[list[Change]]] = []
+    for order in _interleavings(stamped, tombs):
+        reads += [[[c] for c in order], [order]]
+    return reads
+
+
+def _swept_after(store: MemoryStore) -> list[Any]:
+    """What a sweep long after the scenario writes (the receipts of deletions left
+    waiting for a tombstone, had any been)."""
+
+    async def run() -> list[Any]:
+        page = await store.sweep(cutoff_ms=BASE + 10**9, now_ms=BASE + 10**9)
+        return page.plan.receipts
+
+    return anyio.run(run)
+
+
+def test_the_service_stamps_a_moved_back_life_and_the_next_as_the_rule_needs() -> None:
+    """The premise of the rule (``TombstoneChange.window``): a life's stamps from before
+    its creation moved back have a later ``created_at`` than its ``ttl`` tombstone names,
+    before its expiry, and no ``previous_deleted_at``; the next life, begun after an
+    erasure read late, is created before both and says where the first life ended."""
+    stamped, tombs = _moved_back(erased_late=True)
+    said = [
+        (c.created_at, c.expires_at, c.previous_deleted_at)
+        for c in stamped
+        if isinstance(c, StampChange)
+    ]
+    assert said == [
+        (BASE + 5_000, BASE + 25_000, None),
+        (BASE + 1_000, BASE + 21_000, None),
+        (BASE + 4_000, BASE + 24_000, BASE + 3_000),
+    ]
+    assert [(t.reason, t.created_at, t.window) for t in tombs] == [
+        ("ttl", BASE + 1_000, (BASE + 21_000, BASE + 1_000)),
+        ("explicit", None, None),
+        ("ttl", BASE + 4_000, (BASE + 24_000, BASE + 4_000)),
+    ]
+
+
+@pytest.mark.parametrize("batches", _reads(*_moved_back()))
+def test_a_moved_back_lifes_tombstone_ends_its_stamps_from_before_the_move(
+    batches: list[list[Change]],
+) -> None:
+    """Whatever the order, nothing of the life is left, and it has one ``ttl`` receipt:
+    of its row when the store held one (``rows_deleted`` 1), else of nothing (the
+    tombstone came first, and its stamps stay out). The tombstone, bounded by its
+    ``created_at``, left the row of the stamp of 5 s: a receipt of nothing, then the
+    null deleted that row and its deletion waited for a tombstone that had come (the
+    sweep's second receipt)."""
+    store = _apply(batches)
+    assert store.rows == {}
+    read = [c for b in batches for c in b]
+    rows = 0 if isinstance(read[0], TombstoneChange) else 1  # else the stamp of 5 s came first
+    assert [(r.reason, r.created_at, r.rows_deleted) for r in store.outbox] == [
+        ("ttl", BASE + 1_000, rows)
+    ]
+    assert [m.pending for m in store.markers.values()] == [()]
+    assert _swept_after(store) == []
+
+
+@pytest.mark.parametrize("batches", _reads(*_moved_back(erased_late=True)))
+def test_a_moved_back_lifes_tombstone_ends_it_and_never_the_next_life(
+    batches: list[list[Change]],
+) -> None:
+    """With the next life begun after an erasure read late, before the moved-back life's
+    expiry and its first stamp's creation: each life has one ``ttl`` receipt (the
+    erasure, which names no life, is covered), nothing is left waiting, and the next
+    life's row stays until its own tombstone and null come."""
+    store = _apply(batches)
+    assert store.rows == {}
+    said = sorted((r.reason, r.created_at) for r in store.outbox)
+    assert said == [("ttl", BASE + 1_000), ("ttl", BASE + 4_000)]
+    assert [m.pending for m in store.markers.values()] == [()]
+    assert _swept_after(store) == []
+
+
+def test_the_next_life_stays_while_the_moved_back_lifes_tombstone_comes_again() -> None:
+    """The next life (created at 4 s, begun after the erasure at 3 s) read before the
+    moved-back life's ``ttl`` tombstone, which comes again, alone (a store's ``take``),
+    and its stamp again too: its row stays."""
+    stamped, (ttl, erasure, _) = _moved_back(erased_late=True)
+    s1, s2, n1, n_erased, s3, _ = stamped
+    read: list[Change] = [s1, s2, n1, n_erased, s3]
     orders: list[list[list[Change]]] = [
-        [[first, second, null], [ttl]],
-        [[ttl], [first, second, null]],
-        [[first], [ttl], [second], [null]],
-        [[first, second], [ttl], [null]],
+        [read, [ttl, erasure]],
+        [read, [ttl, erasure], [ttl], [s3], [ttl]],
     ]
     for batches in orders:
         store = _apply(batches)
-        assert store.rows == {}, batches
-        assert {(r.reason, r.created_at) for r in store.outbox} == {("ttl", BASE + 1_000)}
+        row = store.rows.get(s3.identity)
+        assert row is not None, batches
+        assert (row.created_at, row.previous_deleted_at) == (BASE + 4_000, BASE + 3_000)
 
 
 @pytest.mark.parametrize("tombstones_first", [False, True])
