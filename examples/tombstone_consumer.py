@@ -6,10 +6,12 @@ The README's "Consuming `expiry.tombstones` in your own service", as code to sta
 * a consumer group of its own, from the earliest offset, auto-commit off: a batch's offsets
   are committed once the store has committed its deletions and the receipts are sent;
 * a tombstone deletes the lives it ends, not the record id: those created at or before its
-  header ``expiry-deleted-at`` (epoch ms) for an erasure, at or before its ``created_at``
-  for an expiry, or before its ``expires_at`` without that header (a held life let go
-  while the record lives on); matched by the five ids as the tombstone
-  gives them (``bot`` ``_`` and ``env`` ``live`` when the event gave none);
+  header ``expiry-deleted-at`` (epoch ms) for an erasure; for an expiry, those created at
+  or before its ``created_at``, and those created before its expiry (the header plus one)
+  that did not begin after an end of its life (their ``previous_deleted_at`` none, or
+  before its ``created_at``); before its ``expires_at`` without that header (a held life
+  let go while the record lives on); matched by the five ids as the tombstone gives them
+  (``bot`` ``_`` and ``env`` ``live`` when the event gave none);
 * one receipt per deletion on ``expiry.receipts``, keyed by the record key, its id derived
   from the deletion (store, key, reason, created_at, the bound), so a re-sent tombstone
   (the service sends again after a crash, with a new ``emitted_at``) is the same receipt;
@@ -20,7 +22,9 @@ The README's "Consuming `expiry.tombstones` in your own service", as code to sta
   headers passed on with the receipt, where ``stream-expiry history`` reads them.
 
 Your store here is one SQLite table, ``lives``: a row per life of a record, with its
-creation time (the ``ts`` of the event that started it, epoch ms). Put your own in its place.
+creation time (the ``ts`` of the event that started it, epoch ms) and the
+``previous_deleted_at`` of its stamp on ``expiry.stamped`` (epoch ms; NULL when the stamp has
+none). Put your own in its place.
 
     python examples/tombstone_consumer.py --bootstrap-servers 127.0.0.1:9092 --db app.db
 """
@@ -44,7 +48,7 @@ IDS = "org = ? AND bot = ? AND env = ? AND category = ? AND record_id = ?"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS lives (org TEXT, bot TEXT, env TEXT, category TEXT,
-    record_id TEXT, created_at INTEGER, data TEXT,
+    record_id TEXT, created_at INTEGER, data TEXT, previous_deleted_at INTEGER,
     PRIMARY KEY (org, bot, env, category, record_id, created_at));
 CREATE TABLE IF NOT EXISTS receipts (receipt_id TEXT PRIMARY KEY, key BLOB, org TEXT,
     bot TEXT, env TEXT, category TEXT, record_id TEXT, body TEXT, headers TEXT,
@@ -70,15 +74,29 @@ def rfc3339(ms: int) -> str:
 
 
 def last_creation_ended(body: dict[str, Any], headers: dict[str, str]) -> int:
-    """The latest creation time (epoch ms) of the lives the tombstone ends. A ``ttl`` one
-    ends its own life (``created_at``) and those before, not every life created before
-    its expiry: a create dated after an erasure, both read after the expiry fired, starts
-    the next life before that expiry."""
+    """The latest creation time (epoch ms) of the lives the tombstone ends whatever else
+    they say. A ``ttl`` one ends its own life (``created_at``) and those before, and of the
+    lives created before its expiry only those :func:`ttl_window` takes in: a create dated
+    after an erasure, both read after the expiry fired, starts the next life before that
+    expiry."""
     if "expiry-deleted-at" in headers:
         if body["reason"] == "ttl" and body["created_at"] is not None:
             return epoch_ms(body["created_at"])
         return int(headers["expiry-deleted-at"])
     return epoch_ms(body["expires_at"]) - 1  # a held life: those created before its expiry
+
+
+def ttl_window(body: dict[str, Any], headers: dict[str, str]) -> tuple[int, int] | None:
+    """The other lives a ``ttl`` tombstone with the header ends, as ``(before, floor)``: those
+    created before its expiry (``before``) whose ``previous_deleted_at`` is none or before
+    its ``created_at`` (``floor``). They are its own life's too: a create dated before a
+    life's creation, read late, moves that creation back, so data you wrote for the life's
+    first create is dated after the ``created_at`` the tombstone names. A life that began
+    after an end of its life (an erasure read late, dated within it) says that end, at or
+    after its ``created_at``, in its stamp's ``previous_deleted_at``: the next life."""
+    if body["reason"] != "ttl" or body["created_at"] is None or "expiry-deleted-at" not in headers:
+        return None
+    return int(headers["expiry-deleted-at"]) + 1, epoch_ms(body["created_at"])
 
 
 def apply(db: sqlite3.Connection, key: bytes, value: bytes, raw: list[tuple[str, bytes]]) -> None:
@@ -89,7 +107,12 @@ def apply(db: sqlite3.Connection, key: bytes, value: bytes, raw: list[tuple[str,
     bound = last_creation_ended(body, headers)
     deletion = [STORE, key.decode(), body["reason"], body["created_at"], bound]
     receipt_id = hashlib.sha256(json.dumps(deletion).encode()).hexdigest()[:32]
-    rows = db.execute(f"DELETE FROM lives WHERE {IDS} AND created_at <= ?", (*ids, bound))
+    before, floor = ttl_window(body, headers) or (bound, bound)  # no window: nothing more
+    rows = db.execute(
+        f"DELETE FROM lives WHERE {IDS} AND (created_at <= ? OR (created_at < ? "
+        "AND (previous_deleted_at IS NULL OR previous_deleted_at < ?)))",
+        (*ids, bound, before, floor),
+    )
     if db.execute("SELECT 1 FROM receipts WHERE receipt_id = ?", (receipt_id,)).fetchone():
         return  # a re-sent tombstone: its receipt, from the first reading, stands
     deleted = 1 if rows.rowcount else 0

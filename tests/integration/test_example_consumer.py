@@ -47,7 +47,9 @@ def load_example() -> ModuleType:
 def write_life(db_path: Path, ids: tuple[str, str, str, str, str], created_at: int) -> None:
     """The platform's own write of a life, with the ``ts`` its create event carried."""
     with sqlite3.connect(db_path) as db:
-        db.execute("INSERT INTO lives VALUES (?, ?, ?, ?, ?, ?, 'payload')", (*ids, created_at))
+        db.execute(
+            "INSERT INTO lives VALUES (?, ?, ?, ?, ?, ?, 'payload', NULL)", (*ids, created_at)
+        )
 
 
 def lives(db_path: Path) -> set[tuple[str, int]]:

@@ -26,6 +26,7 @@ import pytest
 
 from stream_expiry import codec, model
 from stream_expiry.outbox import Outbox
+from stream_expiry.sinks._logic import ended_by
 from stream_expiry.sinks._messages import (
     Change,
     NullChange,
@@ -173,6 +174,11 @@ def _moved_back(*, erased_late: bool = False) -> tuple[Stamped, list[TombstoneCh
     then an erasure dated 3 s and a create dated 4 s, both read after that expiry: the next
     life begins at 4 s (after the erasure, ``previous_deleted_at`` 3 s), before the
     first stamp's creation and the first life's expiry, and expires at 24 s."""
+    return _read(_moved_back_written(erased_late=erased_late))
+
+
+def _moved_back_written(*, erased_late: bool = False) -> _Written:
+    """:func:`_moved_back`'s messages as the outbox wrote them."""
     h = harness(PartitionStore(MemoryKV()), 0)
     out = _Written()
     _write(out, h.process(ev("conversation", "a", "create", 5_000)))
@@ -183,7 +189,7 @@ def _moved_back(*, erased_late: bool = False) -> tuple[Stamped, list[TombstoneCh
         _write(out, h.process(ev("conversation", "a", "delete", 3_000)))
         _write(out, h.process(ev("conversation", "a", "create", 4_000)))
         _write(out, _Stepper(h).step_advance(24_000))
-    return _read(out)
+    return out
 
 
 def _interleavings(a: Sequence[Change], b: Sequence[Change]) -> list[list[Change]]:
@@ -307,17 +313,55 @@ def test_the_next_lifes_own_tombstone_still_ends_it(tombstones_first: bool) -> N
     ]
 
 
-def test_the_example_consumer_ends_the_same_lives_as_the_stores() -> None:
-    """examples/tombstone_consumer.py (the README's rule for a store of your own) deletes
-    the lives created at or before the time it computes; for each tombstone of the
-    scenario, the stores' bound less one. It took the ``ttl`` tombstone's header (a
-    millisecond before the expiry), and deleted the next life."""
+def _example() -> Any:
+    """examples/tombstone_consumer.py, loaded as a module."""
     path = Path(__file__).resolve().parents[2] / "examples" / "tombstone_consumer.py"
     spec = importlib.util.spec_from_file_location("tombstone_consumer", path)
     assert spec is not None
     assert spec.loader is not None
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
+    return example
+
+
+def test_the_example_consumer_deletes_the_lives_the_stores_end() -> None:
+    """The example's store, holding a life per stamp of the moved-back life and of the next
+    life (begun after an erasure read late, created before both the first stamp and the
+    first life's expiry), with each stamp's ``previous_deleted_at``: after each tombstone,
+    the lives left are those no tombstone so far ends by the stores' rule
+    (``ended_by``). Bounded by the ``ttl`` tombstone's ``created_at``, it kept the life of
+    the first stamp (5 s) for good: your store gets no null."""
+    example = _example()
+    out = _moved_back_written(erased_late=True)
+    stamps = [c for c in _read(out)[0] if isinstance(c, StampChange)]
+    db = example.open_store(":memory:")
+    ids = stamps[0].identity.parts()
+    held = [(s.created_at, s.previous_deleted_at) for s in stamps]
+    db.executemany(
+        "INSERT INTO lives (org, bot, env, category, record_id, created_at, data, "
+        "previous_deleted_at) VALUES (?, ?, ?, ?, ?, ?, 'payload', ?)",
+        [(*ids, *life) for life in held],
+    )
+    read: list[TombstoneChange] = []
+    left = []
+    for key, value, headers in out.msgs[TOMBS]:
+        assert key is not None
+        assert value is not None
+        example.apply(db, key, value, headers)
+        read.append(decode_tombstone(key, value, headers))
+        kept = {c for c, p in held if not any(ended_by(c, p, t.bound, t.window) for t in read)}
+        have = {c for (c,) in db.execute("SELECT created_at FROM lives")}
+        assert have == kept, read[-1]
+        left.append(sorted(have))
+    assert left == [[BASE + 4_000], [BASE + 4_000], []]
+
+
+def test_the_example_consumer_ends_the_same_lives_as_the_stores() -> None:
+    """examples/tombstone_consumer.py (the README's rule for a store of your own) deletes
+    the lives created at or before the time it computes; for each tombstone of the
+    scenario, the stores' bound less one. It took the ``ttl`` tombstone's header (a
+    millisecond before the expiry), and deleted the next life."""
+    example = _example()
     h = harness(PartitionStore(MemoryKV()), 0)
     out = _Written()
     _write(out, h.process(ev("conversation", "a", "create", 0)))
