@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import pytest_asyncio
 
+from stream_expiry.codec import H_DELETED_AT
 from stream_expiry.errors import StoreError
 from stream_expiry.logs import configure_logging
 from stream_expiry.model import Identity, Stamp
-from stream_expiry.sinks._logic import Plan, plan
+from stream_expiry.sinks._logic import UNKNOWN_PREVIOUS, Plan, plan
 from stream_expiry.sinks._messages import (
     Change,
     NullChange,
@@ -1137,6 +1138,64 @@ async def test_a_lone_tombstone_deletes_only_the_life_it_ends(store: Store) -> N
     assert kept.data == '{"keep":1}'  # read without its data, never written back
 
 
+def expired(s: Stamp) -> Change:
+    """The ``ttl`` tombstone of ``s`` as the service sends it: its ``expiry-deleted-at`` a
+    millisecond before the expiry."""
+    key, value = tombstone_msg(s)
+    assert s.expires_at is not None
+    headers = [(H_DELETED_AT, b"%d" % (s.expires_at - 1))]
+    return decode_tombstone(key, value, headers, topic=TOMBS, partition=0)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_a_ttl_tombstone_ends_its_lifes_stamps_from_before_a_move_never_the_next_life(
+    store: Store,
+) -> None:
+    """A ``ttl`` tombstone read alone (``take``: PostgreSQL's ``DELETE ... RETURNING``)
+    deletes its life's row written from a stamp before a create moved the life's creation
+    back (created after the tombstone's ``created_at``, before its expiry), and leaves the
+    next life begun after an erasure read late (created before that expiry, its
+    ``previous_deleted_at`` at or after the ended life's creation). Read before the
+    stamps, its marker keeps the moved life's out and lets the next life's in. As the
+    plain path decides; the rows and markers read back as written."""
+    reference = PlainMemoryStore(name=store.name)
+    moved, nxt, first = ident("moved"), ident("next"), ident("tombstone-first")
+    after_erasure = T0 + MINUTE  # an erasure within the first life, read after its expiry
+
+    def next_life(i: Identity) -> Stamp:
+        return stamp(i, created_at=T0 + 2 * MINUTE)._replace(previous_deleted_at=after_erasure)
+
+    writes = [put(stamp(moved, created_at=T0 + MINUTE), {"n": 1}, offset=1)]
+    writes.append(put(next_life(nxt), {"keep": 1}, offset=2))
+    later = [
+        put(stamp(first, created_at=T0 + MINUTE), {"n": 3}, offset=3),
+        put(stamp(first), {"n": 4}, offset=4),
+        put(next_life(first), {"keep": 2}, offset=5),
+    ]
+    kills = [expired(stamp(i)) for i in (moved, nxt, first)]
+    plans = []
+    for s in (store, reference):
+        await s.apply(writes, now_ms=T0)
+        plans.append(await s.apply(kills, now_ms=T0 + 11 * MINUTE))
+        plans.append(await s.apply(later, now_ms=T0 + 12 * MINUTE))
+    for a, b in ((plans[0], plans[2]), (plans[1], plans[3])):
+        assert (a.deleted, a.written, a.stale) == (b.deleted, b.written, b.stale)
+    assert (plans[0].deleted, plans[1].written, plans[1].stale) == (1, 1, 2)
+    got = sorted((r.identity.record_id, r.rows_deleted, r.created_at) for r in plans[0].receipts)
+    assert got == [("moved", 1, T0), ("next", 0, T0), ("tombstone-first", 0, T0)]
+    for i in (moved, nxt, first):
+        assert await store.get(i) == await reference.get(i), i
+        assert await store.marker(i) == await reference.marker(i), i
+    for i in (nxt, first):
+        row = await store.get(i)
+        assert row is not None
+        assert (row.created_at, row.previous_deleted_at) == (T0 + 2 * MINUTE, after_erasure)
+    marker = await store.marker(first)
+    assert marker is not None
+    assert (marker.ttl_before, marker.ttl_floor) == (T0 + 10 * MINUTE, T0)
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("store", store_params(["postgres"]), indirect=True)
 async def test_postgres_keys_compare_bytewise(store: Store) -> None:
@@ -1369,6 +1428,49 @@ async def test_a_store_made_before_receipts_said_why_a_deletion_was_late_is_brou
     await store.open()  # once: a second opening changes nothing
     said = [(r.identity, r.late_cause) for r in await store.pending_receipts()]
     assert said == [(old.identity, None), (new.identity, "catch_up")]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(SQL_KINDS), indirect=True)
+async def test_a_store_made_before_rows_said_where_their_life_began_is_brought_up_to_date(
+    store: Store,
+) -> None:
+    """Reopening a store whose rows lack ``previous_deleted_at`` (and markers their ``ttl``
+    window) adds them: a row written before says it does not know (``UNKNOWN_PREVIOUS``),
+    so a ``ttl`` tombstone takes it only by its ``created_at`` bound, as before (it may be a
+    next life begun before that tombstone's expiry); a marker's window is kept from then
+    on, and the row's stamp read again tells where its life began."""
+    old = stamp(ident("old"), created_at=T0 + MINUTE)._replace(previous_deleted_at=T0 + 1)
+    await store.apply([put(old, {"n": 1}, offset=0)], now_ms=T0)
+    conn: Any = getattr(store, "_conn", None) or store._pool  # type: ignore[attr-defined]
+    if isinstance(store, SQLiteStore):
+        p = store.prefix
+        await conn.execute(f"ALTER TABLE {p}records DROP COLUMN previous_deleted_at")
+        for column in ("ttl_before", "ttl_floor"):
+            await conn.execute(f"ALTER TABLE {p}deletions DROP COLUMN {column}")
+        await conn.commit()
+    else:
+        n = store._n  # type: ignore[attr-defined]
+        await conn.execute(f"ALTER TABLE {n.records} DROP COLUMN previous_deleted_at")
+        await conn.execute(
+            f"ALTER TABLE {n.deletions} DROP COLUMN ttl_before, DROP COLUMN ttl_floor"
+        )
+    await store.close()
+    await store.open()
+    await store.close()
+    await store.open()  # once: a second opening changes nothing
+    row = await store.get(old.identity)
+    assert row is not None
+    assert row.previous_deleted_at == UNKNOWN_PREVIOUS
+    out = await store.apply([expired(stamp(old.identity))], now_ms=T0 + 11 * MINUTE)
+    assert (out.deleted, [r.rows_deleted for r in out.receipts]) == (0, [0])
+    marker = await store.marker(old.identity)
+    assert marker is not None
+    assert (marker.ttl_before, marker.ttl_floor) == (T0 + 10 * MINUTE, T0)
+    await store.apply([put(old, {"n": 1}, offset=1)], now_ms=T0 + 12 * MINUTE)
+    row = await store.get(old.identity)
+    assert row is not None
+    assert row.previous_deleted_at == T0 + 1
 
 
 @pytest.mark.asyncio
