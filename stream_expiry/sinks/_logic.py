@@ -166,6 +166,7 @@ __all__ = [
     "life",
     "plan",
     "prunable",
+    "within",
 ]
 
 #: Stands for an unknown ``created_at``: such a row belongs to every deleted life. It is the
@@ -264,11 +265,11 @@ def ended_by(
     or one before the window's creation (the tombstone's life, or an earlier one; a life
     begun after that life ended is the next, whenever it was created)."""
     return life(created_at) < bound or (
-        window is not None and _within(created_at, previous_deleted_at, *window)
+        window is not None and within(created_at, previous_deleted_at, *window)
     )
 
 
-def _within(
+def within(
     created_at: int | None, previous_deleted_at: int | None, before: int, floor: int
 ) -> bool:
     """Whether a life created at ``created_at``, begun after ``previous_deleted_at``, is
@@ -413,13 +414,17 @@ class _Planner:
         new_before = before if m is None else max(m.deleted_before, before)
         new_last = lived if m is None else _max2(m.last_life, lived)
         new_pending = (() if m is None else m.pending) if pending is None else pending
-        ttl_before, ttl_floor = (None, None) if m is None else (m.ttl_before, m.ttl_floor)
-        if window is not None:
-            ttl_before = _max2(ttl_before, window[0])
-            ttl_floor = _max2(ttl_floor, window[1])
-        changed = m is None or (new_before, new_last, new_pending, ttl_before, ttl_floor) != (
-            m.deleted_before, m.last_life, m.pending, m.ttl_before, m.ttl_floor,
-        )  # fmt: skip
+        if m is None:
+            ttl_before, ttl_floor = (None, None) if window is None else window
+            changed = True
+        else:
+            ttl_before, ttl_floor = m.ttl_before, m.ttl_floor
+            if window is not None:
+                ttl_before = _max2(ttl_before, window[0])
+                ttl_floor = _max2(ttl_floor, window[1])
+            changed = (new_before, new_last, new_pending, ttl_before, ttl_floor) != (
+                m.deleted_before, m.last_life, m.pending, m.ttl_before, m.ttl_floor,
+            )  # fmt: skip
         # A marker of an earlier version knows only when it last changed (the stores'
         # upgrade starts its settled_at there).
         known = None if m is None else (m.deleted_at if m.settled_at is None else m.settled_at)
@@ -446,7 +451,7 @@ class _Planner:
             or (
                 m.ttl_before is not None
                 and m.ttl_floor is not None
-                and _within(c.created_at, c.previous_deleted_at, m.ttl_before, m.ttl_floor)
+                and within(c.created_at, c.previous_deleted_at, m.ttl_before, m.ttl_floor)
             )
         ):
             self.out.stale += 1
@@ -493,10 +498,12 @@ class _Planner:
         receipt was waiting for this rule. Fields come from the tombstone (what the service
         decided), or from the deleted row when the tombstone knows nothing of the life.
         """
-        bound, window = t.bound, t.window
+        bound, window = t.reach
         row = slot.row
-        deleted = row is not None and ended_by(
-            row.created_at, row.previous_deleted_at, bound, window
+        # ended_by, its common case (no window, or within the bound) without a call more
+        deleted = row is not None and (
+            life(row.created_at) < bound
+            or (window is not None and within(row.created_at, row.previous_deleted_at, *window))
         )
         m = slot.marker
         covered = m is not None and (

@@ -195,16 +195,7 @@ class TombstoneChange:
         the record lives on: its next life began at or after that expiry) keeps the expiry
         as its bound, and has no window.
         """
-        created = self.created_at
-        if self.deleted_at is not None:
-            if self.reason == "ttl" and created is not None:
-                return created + 1
-            end = self.deleted_at + 1
-        elif self.reason == "ttl" and self.expires_at is not None:
-            end = self.expires_at
-        else:
-            end = self.emitted_at + 1
-        return end if created is None else max(end, created + 1)
+        return self.reach[0]
 
     @property
     def window(self) -> tuple[int, int] | None:
@@ -223,10 +214,22 @@ class TombstoneChange:
         deleted it when the tombstone had come first: a receipt of nothing, and a deletion
         left waiting for a tombstone that had come (with the sweep, a second receipt).
         """
+        return self.reach[1]
+
+    @property
+    def reach(self) -> tuple[int, tuple[int, int] | None]:
+        """:attr:`bound` and :attr:`window` at once: what a store asks of each tombstone,
+        twice (its ``take``, then the plan), one property call each time."""
         created, deleted = self.created_at, self.deleted_at
-        if self.reason != "ttl" or deleted is None or created is None:
-            return None
-        return deleted + 1, created
+        if deleted is not None:
+            if self.reason == "ttl" and created is not None:
+                return created + 1, (deleted + 1, created)
+            end = deleted + 1
+        elif self.reason == "ttl" and self.expires_at is not None:
+            end = self.expires_at
+        else:
+            end = self.emitted_at + 1
+        return (end if created is None else max(end, created + 1)), None
 
 
 @dataclass(frozen=True, slots=True)
@@ -659,6 +662,8 @@ def decode_stamped(
         )
     obj = _load_object(value)
     data = obj.get("data")
+    # Nearly always absent: a lookup, not a call of _time, for the common stamp.
+    floor = None if obj.get("previous_deleted_at") is None else _time(obj, "previous_deleted_at")
     # Positional, in the fields' order: keywords cost the generated __init__ about twice
     # as much (see _slot_init).
     return StampChange(
@@ -672,7 +677,7 @@ def decode_stamped(
         offset,
         # Only under a legal hold: a test for the key, not a lookup (a call) per stamp.
         _held_lives(obj["held_lives"]) if "held_lives" in obj else (),
-        _time(obj, "previous_deleted_at"),
+        floor,
     )
 
 

@@ -34,7 +34,9 @@ from stream_expiry.sinks._logic import (
     Reach,
     Slot,
     Source,
+    Window,
     ended_by,
+    life,
     merge_plans,
     plan,
     prunable,
@@ -193,7 +195,14 @@ class StoreTransaction(abc.ABC):
         ``data``. This default reads, then deletes what the tombstone ends.
         """
         slots = await self.load(list(ends), data=False)
-        gone = [i for i, s in slots.items() if s.row is not None and _taken(s.row, ends[i])]
+        gone = []
+        for i, s in slots.items():
+            row = s.row
+            if row is None:
+                continue
+            bound, window = ends[i]
+            if life(row.created_at) < bound or (window is not None and _taken(row, bound, window)):
+                gone.append(i)
         if gone:
             await self.write(Plan(deletes=gone))
         return slots
@@ -357,7 +366,7 @@ class Store(abc.ABC):
             if others and ident in others:  # (an empty dict still hashes the identity)
                 continue
             if type(c) is TombstoneChange and ident not in ends:
-                ends[ident] = (c.bound, c.window)
+                ends[ident] = c.reach
             else:
                 others[ident] = None
                 ends.pop(ident, None)
@@ -384,10 +393,13 @@ class Store(abc.ABC):
                 planned = set(out.deletes)
                 gone = {
                     i
-                    for i, reach in ends.items()
+                    for i, (bound, window) in ends.items()
                     if (slot := state.get(i)) is not None
-                    and slot.row is not None
-                    and _taken(slot.row, reach)
+                    and (row := slot.row) is not None
+                    and (
+                        life(row.created_at) < bound
+                        or (window is not None and _taken(row, bound, window))
+                    )
                 }
                 # Without others, every planned deletion is of a taken identity.
                 if gone != (planned & ends.keys() if others else planned):
@@ -531,9 +543,9 @@ class Store(abc.ABC):
         await self.close()
 
 
-def _taken(row: Row, reach: Reach) -> bool:
-    """Whether the tombstone of ``reach`` ends ``row``'s life."""
-    return ended_by(row.created_at, row.previous_deleted_at, *reach)
+def _taken(row: Row, bound: int, window: Window) -> bool:
+    """Whether a tombstone of ``bound`` and ``window`` ends ``row``'s life."""
+    return ended_by(row.created_at, row.previous_deleted_at, bound, window)
 
 
 async def _outlived(
