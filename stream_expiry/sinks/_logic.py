@@ -405,10 +405,10 @@ class _Planner:
         expire); ``settled_at`` rises to it, and to now when anything else changed
         (rule 7). ``window``: a ``ttl`` tombstone's; the marker keeps the latest expiry
         and creation of those it applied, which take in the lives each takes in, and
-        otherwise only lives between theirs (ended: a later life's tombstone came), or
-        a stamp of a later life from before a create moved its creation back over
-        another's expiry (none: the engine moves a creation back only to where its life
-        ends after that stamp's creation, ``_backdate``).
+        otherwise only stamps of lives begun after the earlier one's life ended and
+        before the later one's began (their ``previous_deleted_at`` between the two
+        creations): lives that ended before the later one's tombstone came, or that
+        life's own.
         """
         m = slot.marker
         new_before = before if m is None else max(m.deleted_before, before)
