@@ -48,8 +48,13 @@ class Proxy:
         port: int = 0,
         server_ssl: ssl.SSLContext | None = None,
         logins: dict[str, str] | None = None,
+        kafka: bool = False,
     ) -> None:
         self.target = target
+        # Whether clients speak Kafka's protocol, whose requests :meth:`hold_requests` can
+        # hold (read frame by frame); else bytes are copied as they come (a PostgreSQL
+        # client's startup message is no Kafka frame: read as one, it was never forwarded).
+        self.kafka = kafka
         self.logins = logins  # user -> password taken (None: logins go to the broker)
         self.logins_accepted = 0
         self.logins_refused = 0
@@ -110,7 +115,10 @@ class Proxy:
     def hold_requests(self, *api_keys: int) -> None:
         """Hold every request of these Kafka API keys (Heartbeat: 12, say) here, and what
         its connection sends after it, until :meth:`release_requests`: a group coordinator
-        that does not answer a member for as long as a test wants."""
+        that does not answer a member for as long as a test wants. Only for a proxy made
+        with ``kafka=True`` (as :func:`proxied_broker`'s is)."""
+        if not self.kafka:
+            raise ValueError("hold_requests needs a Proxy(kafka=True): its clients' frames")
         self._held_keys = frozenset(api_keys)
         self._requests_released = asyncio.Event()
 
@@ -179,7 +187,11 @@ class Proxy:
                     writer.transport.abort()
                 return
         pipes = [
-            asyncio.create_task(self._forward_requests(client_r, upstream_w)),
+            asyncio.create_task(
+                self._forward_requests(client_r, upstream_w)
+                if self.kafka
+                else _pipe(client_r, upstream_w)
+            ),
             asyncio.create_task(_pipe(upstream_r, client_w)),
         ]
         try:
@@ -312,7 +324,7 @@ async def proxied_broker(
     ``server_ssl`` is given); ``proxy.cut()`` is a broker outage for all of them. With
     ``logins``, clients log in with SASL PLAIN at the proxy (:class:`Proxy`).
     """
-    async with Proxy(server_ssl=server_ssl, logins=logins) as proxy:
+    async with Proxy(server_ssl=server_ssl, logins=logins, kafka=True) as proxy:
         broker = EmbeddedBroker(advertised=proxy.address, authentication=authentication)
         proxy.target = await asyncio.to_thread(broker.start)
         try:
