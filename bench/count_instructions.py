@@ -9,13 +9,19 @@ runs at two sizes and the difference is divided by the difference in events.
 Workloads (the service's core without Kafka, on the memory store, as ``bench_engine``'s
 ``processor`` passes): ``mixed``, the ingest mix (creates, touches, deletes) in slices of
 500, each settled; ``fire``, error records ingested then every one fired and its tombstone
-encoded. ``sink``: a store sink's Python without Kafka or a database (``bench_sinks``'
+encoded; ``send``, the same firing through the service's :class:`~stream_expiry.outbox.Outbox`
+(each tombstone and its null on ``expiry.stamped`` with their headers, appended to aiokafka's
+record batches, the batches handed to a producer that acknowledges them at once, the
+settler's settle), which ``fire`` leaves out; ``due``, those records ingested and
+nothing fired: ``fire`` or ``send`` less ``due`` is the firing's own count a tombstone.
+``sink``: a store sink's Python without Kafka or a database (``bench_sinks``'
 records on the memory store): each record's stamp, then its tombstone, decoded as the
 sink reads them and applied in batches of 5,000, and each receipt encoded and queued for
 its partition as the sink publishes it; "an event" is then a record (its stamp and its
 tombstone).
 
     python -m bench.count_instructions                  # both workloads, 4,000 and 12,000
+    python -m bench.count_instructions --kinds due,fire,send  # the firing, and through the outbox
     python -m bench.count_instructions --kinds mixed --sizes 2000,6000
 
 To compare two commits, run it in each (a ``git worktree`` or ``git archive`` copy; it
@@ -44,6 +50,12 @@ def workload(kind: str, n: int) -> None:
     """Run ``kind`` over ``n`` events, in this process (what callgrind counts)."""
     if kind == "sink":
         sink_workload(n)
+        return
+    if kind == "send":
+        send_workload(n)
+        return
+    if kind == "due":
+        _primed(n)
         return
     from bench.bench_engine import (
         FIRE_AFTER_MS,
@@ -79,6 +91,78 @@ def workload(kind: str, n: int) -> None:
             for f in effects.tombstones:
                 encode_tombstone(f.before, reason=f.reason, emitted_at=now)
             proc.settle(effects, now)
+
+
+def send_workload(n: int) -> None:
+    """The ``send`` workload: ``fire``'s records ingested, then fired in the same slices,
+    each slice through :meth:`Outbox.send` and its settler, to a producer that does not
+    connect: its ``send_batch`` acknowledges each batch at once (aiokafka's own batch
+    builder makes the batches). The changelog's linger is taken out of play (the next send,
+    or the last, empty one, releases the nulls): its 10 ms would run out under callgrind
+    at times, and the count would move with them."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.structs import RecordMetadata
+
+    from bench.bench_engine import FIRE_AFTER_MS, FIRE_SLICE, NOW
+    from stream_expiry import outbox as outbox_module
+    from stream_expiry.config import Topics
+
+    proc = _primed(n)
+    now = NOW + FIRE_AFTER_MS
+    outbox_module.CHANGELOG_LINGER_S = 3600.0
+    counted: dict[str, int] = {}
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        prod = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9")  # never started
+        ends: dict[tuple[str, int], int] = {}
+
+        async def send_batch(batch: Any, topic: str, *, partition: int) -> Any:
+            batch.close()
+            base = ends.get((topic, partition), 0)
+            ends[(topic, partition)] = base + batch.record_count()
+            ack = loop.create_future()
+            ack.set_result(RecordMetadata(topic, partition, None, base, -1, -1, -1))
+            return ack
+
+        prod.send_batch = send_batch
+        topics = Topics()
+        box = outbox_module.Outbox(prod, topics, {t: 4 for t in topics.owned().values()})
+        settler = asyncio.create_task(box.run())
+        while effects := proc.fire_due(now, FIRE_SLICE):
+            await box.send([(proc, effects)], now)
+        await box.send([], now)  # the last slice's nulls go with it
+        await box.drain()
+        box.close()
+        await settler
+        prod._closed = True  # never started: no "Unclosed AIOKafkaProducer" at exit
+        counted["tombstones"] = ends.get((topics.tombstones, 0), 0)
+        counted["nulls"] = ends.get((topics.stamped, 0), 0)
+
+    asyncio.run(run())
+    if counted != {"tombstones": n, "nulls": n}:
+        raise RuntimeError(f"the send workload sent {counted}, not {n} of each")
+
+
+def _primed(n: int) -> Any:
+    """``fire``'s processor: ``n`` error records due soon, ingested and settled."""
+    from bench.bench_engine import NOW, Bench, Rec, new_processor
+    from bench.bench_engine import _due_soon as due_soon
+    from bench.e2e_expiry import event_value, record_identity
+    from stream_expiry.policy import PolicyBook
+    from stream_expiry.state import MemoryKV
+
+    bench = Bench(n, 1, 1000)
+    proc = new_processor(bench, PolicyBook(bench.config, {}), MemoryKV())
+    values = [
+        event_value(record_identity(i, "error"), ts, "create") for i, ts in enumerate(due_soon(n))
+    ]
+    records = [Rec(i, None, v) for i, v in enumerate(values)]
+    for lo in range(0, len(records), 500):
+        proc.settle(proc.process(records[lo : lo + 500], NOW), NOW)
+    return proc
 
 
 def sink_workload(n: int) -> None:
