@@ -19,7 +19,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from stream_expiry.engine import Engine, _fire_timer, _pack_timer, _unpack_timer, timer
-from stream_expiry.model import Identity, InputEvent, Stamp, last_activity
+from stream_expiry.model import HeldLife, Identity, InputEvent, Stamp, last_activity
 from stream_expiry.policy import Resolution
 from stream_expiry.state import Effects, MemoryKV, PartitionProcessor, PartitionStore
 
@@ -956,6 +956,8 @@ _times = st.one_of(st.none(), st.integers(min_value=0, max_value=2**62))
     erase=_times,
     offset=_times,
     floor=_times,
+    record_id=st.sampled_from(["r1", "r/1", "r%1", "r\u00e9"]),
+    lives=st.sampled_from([(), ((1, 2, 3, "default", None),), ((None, 5, None, None, 4),)]),
 )
 def test_a_packed_timer_fires_as_the_stamp_it_packed_would(
     created: int | None,
@@ -965,15 +967,21 @@ def test_a_packed_timer_fires_as_the_stamp_it_packed_would(
     erase: int | None,
     offset: int | None,
     floor: int | None,
+    record_id: str,
+    lives: tuple[HeldLife, ...],
 ) -> None:
     """``_fire_timer`` builds the tombstone straight from the packed fields; it must give
-    exactly what unpacking the stamp and firing it gives, erasures included."""
-    identity = Identity("o", "b", "live", "error", "r/1")
-    stamp = Stamp(identity, created, expires, ttl, source, None, erase, False, offset, floor)
+    exactly what unpacking the stamp and firing it gives, erasures included, for a plain
+    key (decoded inline) as for a quoted one, and a tail with a previous deletion or held
+    lives as for the ttl source alone."""
+    identity = Identity("o", "b", "live", "error", record_id)
+    stamp = Stamp(identity, created, expires, ttl, source, None, erase, False, offset, floor, lives)
     packed = _pack_timer(stamp)
     fused = _fire_timer(identity.key, packed, 7)
     assert fused == Engine._fire(_unpack_timer(identity.key, packed), "ttl", 7)
     assert fused.before == stamp
+    assert fused.before.identity.parts() == identity.parts()
+    assert fused.after.identity.parts() == identity.parts()
     assert fused.reason == ("ttl" if erase is None else "explicit")
 
 
