@@ -124,3 +124,13 @@ def test_the_last_activity_is_what_set_the_expiry(stamp: Stamp, active: int | No
     assert last_activity(stamp) == active
     written = orjson.loads(encode_stamp(stamp))["last_activity_at"]
     assert written == (None if active is None else format_ts(active))
+
+
+def test_each_tombstone_says_its_own_emission_time_whatever_came_before() -> None:
+    """``encode_tombstone`` formats a run of one ``emitted_at`` once (a memo of the last):
+    a tombstone emitted at another time, or at an earlier one again, says its own."""
+    stamp = Stamp(Identity("o", "b", "live", "error", "r1"), 1_000, 61_000, 60_000, "default")
+    for at in (61_005, 61_005, 72_250, 61_005, 0, 1_796_000_612_345, 72_250):
+        body = orjson.loads(encode_tombstone(stamp, reason="ttl", emitted_at=at))
+        assert body["emitted_at"] == format_ts(at)
+        assert body["expires_at"] == format_ts(61_000)
