@@ -37,6 +37,7 @@ from stream_expiry.sinks._messages import (
     decode_tombstone,
     encode_pending,
 )
+from tests.unit.fake_batches import AppendsLikeBatches
 from tests.unit.test_holds import T0, TTL, Partition, _Rec, hold
 
 if TYPE_CHECKING:
@@ -47,13 +48,14 @@ TOMBS, STAMPED = "expiry.tombstones", "expiry.stamped"
 A = Identity("acme", "b1", "live", "conversation", "c1")
 
 
-class _Wire:
+class _Wire(AppendsLikeBatches):
     """What the outbox adds to its batches, in order, as (topic, key, value, headers,
     timestamp): the messages a sink reads."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]], int]] = []
         self.after_tombstones = False
+        self.held_keys: list[bytes] = []
 
     def try_add(
         self,

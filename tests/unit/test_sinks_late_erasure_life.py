@@ -37,6 +37,7 @@ from stream_expiry.sinks._messages import (
 )
 from stream_expiry.sinks.store import MemoryStore
 from stream_expiry.state import Effects, MemoryKV, PartitionStore
+from tests.unit.fake_batches import AppendsLikeBatches
 from tests.unit.test_engine import BASE, ev
 from tests.unit.test_restore_model import _Stepper, harness
 
@@ -47,7 +48,7 @@ SOURCE = codec.source_headers("in", 0)
 STAMPED, TOMBS = ("expiry.stamped", 0), ("expiry.tombstones", 0)
 
 
-class _Written:
+class _Written(AppendsLikeBatches):
     """What the outbox adds to its batches, per topic, in order (``_Batches.try_add``)."""
 
     def __init__(self) -> None:
@@ -56,6 +57,7 @@ class _Written:
             TOMBS: [],
         }
         self.after_tombstones = False
+        self.held_keys: list[bytes] = []
 
     def try_add(
         self,
