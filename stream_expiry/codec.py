@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from stream_expiry.model import HeldLife, Identity, Stamp, decode_key
+from stream_expiry.model import HeldLife, Identity, ReadAt, Stamp, decode_key
 from stream_expiry.timeutil import MAX_TS_MS, MIN_TS_MS, format_ts, parse_ts
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ __all__ = [
     "H_DELETED_AT",
     "H_DETAIL",
     "H_DUE_AT_INGEST",
+    "H_ERASURE_READ_AT",
     "H_ERROR",
     "H_LATE_CAUSE",
     "H_OFFSET",
@@ -58,6 +59,8 @@ __all__ = [
     "encode_deferral",
     "encode_deferred_requests",
     "encode_hold_audit",
+    "encode_read_at",
+    "erasure_read_at_of",
     "header_text",
     "late_cause_of",
     "output_partition",
@@ -123,6 +126,14 @@ LATE_CAUSE_MAX: Final = 64
 # that lost the disk, a takeover) restores it with the stamp, and its tombstone says
 # ``late_event`` too, where it said ``catch_up``.
 H_DUE_AT_INGEST: Final = "expiry-due-at-ingest"
+# On an erasure's tombstone event and its null, when the marker it leaves ends lives the
+# record had: where the service read the request (``model.ReadAt``: ``offset``, or
+# ``offset@produced`` with the time it reached the broker, epoch ms), on the input
+# partition the headers above name. A restore keeps it on the marker, so that the events
+# a restart reads again from before the request (the committed offset stays behind a
+# parked create) are taken for what they are, events of the lives it erased, and never
+# start a life the service never had. Older versions neither write nor read it.
+H_ERASURE_READ_AT: Final = "expiry-erasure-read-at"
 # Where rekey read an event it copied (``stream_expiry.rekey``): ``topic[partition]@offset``.
 H_REKEYED_FROM: Final = "expiry-rekeyed-from"
 # On every copy rekey makes: when the producer's event reached the broker (its Kafka
@@ -341,6 +352,25 @@ def reason_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
 
 def deleted_at_of(headers: Sequence[tuple[str, bytes]]) -> int | None:
     return _int_header(headers, H_DELETED_AT)
+
+
+def encode_read_at(read_at: ReadAt) -> bytes:
+    """:data:`H_ERASURE_READ_AT`'s value."""
+    offset, produced = read_at
+    return b"%d" % offset if produced is None else b"%d@%d" % (offset, produced)
+
+
+def erasure_read_at_of(headers: Sequence[tuple[str, bytes]]) -> ReadAt | None:
+    """Where an erasure's :data:`H_ERASURE_READ_AT` says it was read; None when it says
+    nothing readable (an older version's message: the marker knows nothing of it)."""
+    for name, value in headers:
+        if name == H_ERASURE_READ_AT:
+            try:
+                offset, at, produced = bytes(value).partition(b"@")
+                return int(offset), int(produced) if at else None
+            except (TypeError, ValueError):
+                return None
+    return None
 
 
 def due_at_ingest_of(headers: Sequence[tuple[str, bytes]]) -> int | None:

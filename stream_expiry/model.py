@@ -39,6 +39,7 @@ __all__ = [
     "Identity",
     "InputEvent",
     "Op",
+    "ReadAt",
     "Reason",
     "Rejection",
     "Stamp",
@@ -451,6 +452,12 @@ def _validate(
 # ttl_source, erase_at)``. Its tombstone goes out at the release of the hold, before the
 # new life's; what the tombstone says is all that is kept of it.
 HeldLife = tuple[int | None, int | None, int | None, str | None, int | None]
+
+# Where an event was read: its offset on the input partition, and when it reached the
+# broker (``codec.produced_at``; None: the record does not say). The time tells an offset
+# read again from one the partition had before it was made again (offsets restart at 0,
+# the events are newer).
+ReadAt = tuple[int, int | None]
 
 
 class Stamp(NamedTuple):

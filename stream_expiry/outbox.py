@@ -31,7 +31,7 @@ from stream_expiry.logs import record_ref
 from stream_expiry.state.store import position_name
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable
+    from collections.abc import Awaitable, Callable, Iterable, Mapping
 
     from aiokafka import AIOKafkaProducer
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from stream_expiry.engine import Fired
     from stream_expiry.redact import Redactor
     from stream_expiry.state import Effects, PartitionProcessor
+    from stream_expiry.state.store import ErasureRead
     from stream_expiry.stats import ServiceStats
 
 __all__ = ["Outbox", "Run", "all_acked", "settled_or_failed"]
@@ -510,7 +511,9 @@ class Outbox:
             if stamps:
                 await self._put_stamps(out, stamps, stamped, source, effects, now_ms)
             if tombstones:
-                await self._put_tombstones(out, tombstones, tombs, stamped, source)
+                await self._put_tombstones(
+                    out, tombstones, tombs, stamped, source, effects.erasures_read
+                )
         if effects.deferred:
             audit = (t.audit, codec.output_partition(proc.partition, self._partitions[t.audit]))
             requests = effects.deferred_requests
@@ -586,6 +589,7 @@ class Outbox:
         tombs: tuple[str, int],
         stamped: tuple[str, int],
         source: codec.Headers,
+        erasures_read: Mapping[str, ErasureRead] | None = None,
     ) -> None:
         """Each tombstone's event on ``tombs`` and the Kafka-native null that compacts its
         stamp away on ``stamped``, in the order of ``tombstones`` on each.
@@ -641,6 +645,10 @@ class Outbox:
                 request = fired.request
                 if fired.late_cause is not None:  # why it is late: the null says it too
                     request = (*(request or ()), (codec.H_LATE_CAUSE, fired.late_cause.encode()))
+                if erasures_read and fired.request is not None:
+                    read_at = _erasure_read_at(fired, erasures_read)
+                    if read_at is not None:  # where the erasure was read: a restore keeps it
+                        request = (*(request or ()), read_at)
                 if request:
                     event_headers = [*source, deleted_at, *request]
                     deleted = [*source, deleted_at, reasons[fired.reason], *request]
@@ -729,6 +737,18 @@ class Outbox:
 
     def close(self) -> None:
         self._send.close()
+
+
+def _erasure_read_at(
+    fired: Fired, erasures_read: Mapping[str, ErasureRead]
+) -> tuple[str, bytes] | None:
+    """The header that says where the erasure ``fired`` carries out was read
+    (:data:`codec.H_ERASURE_READ_AT`), when it left the marker the effects noted it for
+    (``Effects.erasures_read``: the same erasure's time); None otherwise."""
+    noted = erasures_read.get(fired.before.identity.key)
+    if noted is None or fired.after.deleted_at is None or noted[0] != fired.after.erase_at:
+        return None
+    return codec.H_ERASURE_READ_AT, codec.encode_read_at(noted[1])
 
 
 def _stamp_headers(

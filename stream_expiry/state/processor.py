@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from stream_expiry import codec, model
 from stream_expiry.engine import Engine, Fired, timer
 from stream_expiry.holds import HoldBook, HoldIndex
-from stream_expiry.state.store import position_marks
+from stream_expiry.state.store import ErasureRead, position_marks
 from stream_expiry.state.succession import RETRY_MS, UNREAD, followed
 
 if TYPE_CHECKING:
@@ -110,6 +110,25 @@ def _erasure_if_late(fired: Fired, rec: InputRecord, requested_at: int) -> Fired
     return fired._replace(late_cause="late_event" if late else "catch_up")
 
 
+def _read_before(rec: InputRecord, read_at: model.ReadAt) -> bool:
+    """Whether ``rec`` was read before the erasure request read at ``read_at``, the one
+    that left the record's deletion marker: an earlier offset of the input partition,
+    read again (a restart resumes at the committed offset, which a create parked for its
+    life's expiry keeps back, or a crash came between the settle and the commit). The
+    original decided it before the erasure, in the lives that erasure ended; read again
+    against the marker, a create or a touch dated after the erasure started a life the
+    original never had (and a later create then stamped nothing where the original starts
+    that life). Decided again, an event read before the erasure must change nothing: it
+    is a repeat. (Not an event of a topic made again, whose offsets start over: it
+    reached the broker after the request did.)"""
+    if rec.offset >= read_at[0]:
+        return False
+    if read_at[1] is None:
+        return True
+    produced = codec.produced_at(rec)
+    return produced is not None and produced <= read_at[1]
+
+
 def wheel_phase(topic: str, partition: int) -> int:
     """The ticks by which a partition's timing wheel shifts its blocks (see above)."""
     return zlib.crc32(topic.encode()) + partition * _PHASE_STEP
@@ -169,6 +188,13 @@ class Effects:
     # store, so that a tombstone decided again after a crash or on another instance says
     # ``late_event`` as this one's would.
     due_on_arrival: dict[str, codec.ArrivedLife] = field(default_factory=dict)
+    # Erasures read now that left a deletion marker: record key -> the erasure's time and
+    # where its request was read (``store.ErasureRead``). The settle keeps them in the
+    # store (``PartitionStore.erasure_read_at``), the erasure's tombstone and null say
+    # them (``codec.H_ERASURE_READ_AT``, which a restore reads): events read again from
+    # before the request are repeats (``_read_before``). None while empty, as
+    # ``held_requests``.
+    erasures_read: dict[str, ErasureRead] | None = None
     # Accepted events whose ts, as epoch milliseconds, is before 1973: epoch seconds, most
     # likely, which the contract reads as January 1970 and so tombstones at once. The
     # shell warns about each (the event itself is valid and goes on as the contract says).
@@ -300,6 +326,9 @@ class PartitionProcessor:
         # Erasures a hold deferred, read by this processor: key -> erasure -> request,
         # until the release (the store has them from the settle on; these, before it too).
         self._held_requests: dict[str, dict[codec.DeferredErasure, codec.Request]] = {}
+        # Where the erasures read were read (``Effects.erasures_read``), until the settle
+        # writes them: key -> (seq of the effects that noted it last, the erasure's entry).
+        self._erasures_unsettled: dict[str, tuple[int, ErasureRead]] = {}
         self.set_aside = 0  # times a due sliding timer waited for unread input
         # Whether the partition may hold records of a sliding category: its store holds
         # records (it may have them), or it has read an event of one since. The firing asks
@@ -418,8 +447,11 @@ class PartitionProcessor:
         parsed: Sequence[tuple[InputRecord, model.InputEvent | model.Rejection]],
         now_ms: int,
         effects: Effects,
+        *,
+        parked: bool = False,
     ) -> None:
-        """Each event's effects, in order, into ``effects``."""
+        """Each event's effects, in order, into ``effects``. ``parked``: events read
+        before and parked (:meth:`_park`), decided only now: none is a repeat."""
         overlay = self._overlay
         misses: dict[str, model.Identity] = {}
         for _, ev in parsed:
@@ -430,7 +462,8 @@ class PartitionProcessor:
         stored: dict[str, model.Stamp | None] = dict(
             zip(misses, self.store.get_many(list(misses.values())), strict=True)
         )
-        parked = self._parked
+        repeats = not parked  # events read now may have been read before (:meth:`_read_before`)
+        waiting_for = self._parked
         ending: set[str] = set()  # parked records whose running life an event may end
         writes = effects.writes
         seq = effects.seq
@@ -459,10 +492,10 @@ class PartitionProcessor:
                 # touch after the erasure started a life of its own, and the parked create
                 # was then taken for its re-delivery (a mutation-testing helper).
                 self._unpark_ended({key}, now_ms, effects)
-            if parked and key in parked:
+            if waiting_for and key in waiting_for:
                 if ev.ts >= self._parked_due[key]:
                     # After the running life, as the parked create: it waits behind it.
-                    waiting = parked[key]
+                    waiting = waiting_for[key]
                     if rec.offset > waiting[-1][0].offset:  # not read again (a rebalance)
                         waiting.append((rec, ev))
                     continue
@@ -470,6 +503,16 @@ class PartitionProcessor:
                 ending.add(key)
             known = overlay.get(key)
             prior = known[1] if known is not None else stored.get(key)
+            if (
+                prior is not None
+                and prior.erase_at is not None
+                and prior.deleted_at is not None
+                and repeats
+                and (read_at := self._erasure_read_at(prior)) is not None
+                and _read_before(rec, read_at)
+            ):
+                verdicts["stale"] += 1  # read again: it was decided before the erasure
+                continue
             if prior is not None and ev.op == "create" and self._park(rec, ev, prior, now_ms):
                 verdicts["parked"] += 1
                 continue
@@ -511,6 +554,8 @@ class PartitionProcessor:
                 continue
             outcome = feed(ev, prior, now_ms, None)
             verdicts[outcome.verdict.value] += 1
+            if request is not None and outcome.state is not None and not outcome.state.live:
+                self._note_erasure_read(outcome.state, rec, effects)
             new = prior
             for fired in outcome.fired:
                 if request is not None and fired.reason == "explicit":
@@ -540,6 +585,32 @@ class PartitionProcessor:
                 overlay[key] = (seq, new)
         if ending:
             self._unpark_ended(ending, now_ms, effects)
+
+    def _note_erasure_read(self, marker: model.Stamp, rec: InputRecord, effects: Effects) -> None:
+        """Note where the erasure request that left ``marker`` was read (``rec``), in
+        ``effects``: the settle keeps it in the store, and the outbox says it on the
+        erasure's tombstone and null (:data:`codec.H_ERASURE_READ_AT`). Not for a marker
+        without an erasure's time (nothing would look it up)."""
+        erase_at = marker.erase_at
+        if erase_at is None:
+            return
+        noted = (erase_at, (rec.offset, codec.produced_at(rec)))
+        if effects.erasures_read is None:
+            effects.erasures_read = {}
+        key = marker.identity.key
+        effects.erasures_read[key] = noted
+        self._erasures_unsettled[key] = (effects.seq, noted)
+
+    def _erasure_read_at(self, marker: model.Stamp) -> model.ReadAt | None:
+        """Where the erasure that left ``marker`` was read: as noted and not yet settled,
+        else as the store keeps it (one look-up, for an event of an erased record only).
+        None: not known (an entry of another erasure counts for none)."""
+        unsettled = self._erasures_unsettled.get(marker.identity.key)
+        if unsettled is not None:
+            erase_at, read_at = unsettled[1]
+            if erase_at == marker.erase_at:
+                return read_at
+        return self.store.erasure_read_at(marker)
 
     @staticmethod
     def _time_erasure(
@@ -638,7 +709,7 @@ class PartitionProcessor:
                 heapq.heappush(self._parked_order, (due, key))
         if ready:
             ready.sort(key=lambda parked: parked[0].offset)
-            self._decide_events(ready, now_ms, effects)
+            self._decide_events(ready, now_ms, effects, parked=True)
 
     def _park(
         self, rec: InputRecord, ev: model.InputEvent, prior: model.Stamp, now_ms: int
@@ -713,7 +784,7 @@ class PartitionProcessor:
         ready.sort(key=lambda parked: parked[0].offset)
         self._seq += 1
         effects = Effects(self._seq)
-        self._decide_events(ready, now_ms, effects)
+        self._decide_events(ready, now_ms, effects, parked=True)
         floor = self._parked_floor() if self._parked else self._decided_to
         effects.next_offset = min(self._decided_to, floor)
         self._bound_wheel()
@@ -1620,12 +1691,19 @@ class PartitionProcessor:
                 now_ms=now_ms,
                 arrived=effects.due_on_arrival or None,
                 requests=effects.held_requests,
+                erasures_read=effects.erasures_read,
             )
         overlay, seq = self._overlay, effects.seq
         for key in effects.writes:
             known = overlay.get(key)
             if known is not None and known[0] == seq:
                 del overlay[key]
+        if effects.erasures_read:
+            unsettled = self._erasures_unsettled
+            for key in effects.erasures_read:
+                noted = unsettled.get(key)
+                if noted is not None and noted[0] == seq:
+                    del unsettled[key]
 
     def checkpoint(self, runs: Mapping[str, Sequence[Run]]) -> None:
         """Move the store's changelog positions over this instance's own settled messages

@@ -38,6 +38,7 @@ from stream_expiry.codec import (
     deferred_requests_in,
     deleted_at_of,
     due_at_ingest_of,
+    erasure_read_at_of,
     output_partition,
     reason_of,
     request_in,
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
 
     from aiokafka import AIOKafkaConsumer
 
-    from stream_expiry.state.store import PartitionStore, RestoredRow
+    from stream_expiry.state.store import ErasureRead, PartitionStore, RestoredRow
 
 __all__ = [
     "Mark",
@@ -485,6 +486,7 @@ def _apply_stamps(
     rows: dict[bytes, RestoredRow] = {}
     arrived: dict[bytes, ArrivedLife] = {}
     requests: dict[bytes, dict[DeferredErasure, Request]] = {}
+    erasures_read: dict[bytes, ErasureRead] = {}
     categories: dict[bytes, str] = {}
     for rec in latest.values():
         found = _key_of(rec.key, categories)
@@ -501,6 +503,9 @@ def _apply_stamps(
             # without the header) lets an erasure request read late go out again.
             erased = deleted_at if reason_of(rec.headers) == "explicit" else None
             rows[key] = (key, cat, None, None, None, None, deleted_at, erased, None, None, ())
+            if erased is not None and (read := erasure_read_at_of(rec.headers)) is not None:
+                # And where the erasure was read: events read again from before it are its.
+                erasures_read[key] = (erased, read)
             continue
         try:
             created, expires, ttl, source, erase, floor, older = stamp_fields(value)
@@ -518,7 +523,12 @@ def _apply_stamps(
             if kept:
                 requests[key] = kept
     lives, markers, due = store.write_restored(
-        list(rows.values()), now_ms=now_ms, meta=meta, arrived=arrived, requests=requests
+        list(rows.values()),
+        now_ms=now_ms,
+        meta=meta,
+        arrived=arrived,
+        requests=requests,
+        erasures_read=erasures_read,
     )
     report.stamps += lives
     report.markers += markers
@@ -571,11 +581,12 @@ def _apply_tombstones(
         keyed.append((identity.key, rec))
     current = dict(zip(identities, store.get_many(list(identities.values())), strict=True))
     first: dict[str, model.Stamp | None] = {}
+    erasures_read: dict[str, ErasureRead] = {}
     for key, rec in keyed:
-        marker = model.deletion_from_tombstone(rec.value, current[key])
+        prior = current[key]
+        marker = model.deletion_from_tombstone(rec.value, prior)
         if marker is None:
             continue
-        prior = current[key]
         if prior is not None and prior.live:
             # expiry.stamped still holds this life: the service stopped after the broker
             # acked the tombstone event and before it acked the null. Left live, the record
@@ -585,7 +596,12 @@ def _apply_tombstones(
             continue
         first.setdefault(key, prior)
         current[key] = marker
+        if marker.erase_at is not None and (read := erasure_read_at_of(rec.headers)):
+            # An erasure's tombstone event, its null compacted away (or read first): where
+            # it was read, as its null says (``_apply_stamps``). A ttl tombstone says none:
+            # a marker that keeps its prior's erasure keeps that erasure's entry.
+            erasures_read[key] = (marker.erase_at, read)
         if prior is None or prior.deleted_at != marker.deleted_at:
             report.markers += 1  # (not a marker that only learnt its life's creation)
     changes = [(old, new) for k, old in first.items() if (new := current[k]) is not None]
-    store.write(changes, now_ms=now_ms, meta=meta)
+    store.write(changes, now_ms=now_ms, meta=meta, erasures_read=erasures_read or None)

@@ -35,6 +35,15 @@ Layout (byte keys in one ordered key-value engine, quix-streams' ``ttl_codec`` i
   all in one value, whose time is :data:`_SEVERAL` (no erasure's: a version before this
   one finds none there, as for an erasure it did not keep, and its tombstone names
   none), then each as a kind byte and the length of that erasure's own value;
+* ``e`` + record key -> an erasure's time and where its request was read (its input
+  offset and Kafka timestamp, 8 bytes each, :data:`~stream_expiry.model.ReadAt`): of the
+  deletion marker that erasure left (:meth:`PartitionStore.erasure_read_at`), so that an
+  event read again from before the request (a restart resumes at the committed offset,
+  which a parked create keeps back) is taken for a repeat. Few (erasures only), read only
+  for an event of a record whose state is an erasure's marker, dropped with the marker; an
+  entry whose time is not the marker's erasure's is stale (an older version, rolled back
+  to, erased the record again or pruned its marker without it), and ignored. Ignored by
+  older versions as ``a`` is: the marker's own value is unchanged, so the format stays 1;
 * ``~`` + name -> an integer: counters and changelog positions, written in the same batch
   as the states they describe; ``~format``, the store's format (:data:`STORE_FORMAT`).
 
@@ -71,7 +80,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from stream_expiry.errors import NewerStoreError
-from stream_expiry.model import HeldLife, Identity, Stamp, identity_of_key
+from stream_expiry.model import HeldLife, Identity, ReadAt, Stamp, identity_of_key
 from stream_expiry.state.codec import (
     decode_state,
     encode_fields,
@@ -91,6 +100,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_GRACE_MS",
     "STORE_FORMAT",
+    "ErasureRead",
     "PartitionStore",
     "RestoredRow",
     "StoreCounts",
@@ -141,9 +151,12 @@ _TIME = struct.Struct(">Q")
 _INT = struct.Struct(">q")
 _BIAS = 1 << 63  # signed times sort as unsigned big-endian bytes
 _STATE, _DUE, _MARKER, _HELD, _META = b"s", b"x", b"m", b"h", b"~"
-_ARRIVED, _ARRIVED_BEFORE, _REQUEST = b"l", b"a", b"r"
+_ARRIVED, _ARRIVED_BEFORE, _REQUEST, _ERASURE_READ = b"l", b"a", b"r", b"e"
 _LIFE = struct.Struct(">qq")  # an ``l`` entry's value: the life's creation, its expiry
 _NO_CREATION = -(1 << 63)  # a life without a creation time (none is stamped so)
+# An ``e`` entry's value: the erasure's time, the request's input offset and its Kafka
+# timestamp (:data:`_NO_CREATION` for none).
+_READ = struct.Struct(">qqq")
 _PENDING_PREFIX = "pending/"
 _FORMAT = _META + b"format"
 
@@ -164,6 +177,12 @@ RestoredRow = tuple[
     int | None,
     tuple[HeldLife, ...],
 ]
+
+
+# Where the erasure request that left a record's deletion marker was read: the erasure's
+# time (the marker's ``erase_at``, which the entry must name) and the request's
+# :data:`~stream_expiry.model.ReadAt`, as :meth:`PartitionStore.write` takes it.
+ErasureRead = tuple[int, ReadAt]
 
 
 _NONE_LATER = 1 << 62  # a floor above every time: the index was found empty
@@ -231,6 +250,8 @@ class PartitionStore:
         self._arrived_any = self._arrived_any or self._arrived_before
         # Likewise for deferred erasures' requests (looked up at a release only).
         self._requests_any = any(True for _ in self.kv.scan(_REQUEST, _REQUEST + b"\xff"))
+        # And for where erasures were read (looked up for an event of an erased record only).
+        self._erasures_any = any(True for _ in self.kv.scan(_ERASURE_READ, _ERASURE_READ + b"\xff"))
         for name, value in self._scan_meta():
             if name.startswith(_PENDING_PREFIX):
                 self.counts.pending[name[len(_PENDING_PREFIX) :]] = value
@@ -374,6 +395,22 @@ class PartitionStore:
                 found.add(life.identity.key)
         return found
 
+    def erasure_read_at(self, marker: Stamp) -> ReadAt | None:
+        """Where the erasure request that left ``marker`` (a deletion marker with an
+        erasure's time, ``erase_at``) was read, as written with it (:meth:`write`'s
+        ``erasures_read``); None when the store keeps none for that erasure (a ttl
+        marker, an erasure an older version made or restored, an entry of another
+        erasure). No look-up when the store holds no such entry."""
+        if not self._erasures_any or marker.erase_at is None:
+            return None
+        value = self.kv.multi_get([_ERASURE_READ + marker.identity.key.encode()])[0]
+        if value is None:
+            return None
+        erase_at, offset, produced = _READ.unpack(value)
+        if erase_at != marker.erase_at:
+            return None
+        return offset, None if produced == _NO_CREATION else produced
+
     def deferred_request(self, key: str, erasure: DeferredErasure) -> Request | None:
         """The headers of the request of ``erasure``, deferred by a legal hold for
         ``key`` (written with the state, :meth:`write`'s ``requests``); None when the store
@@ -418,6 +455,7 @@ class PartitionStore:
         meta: Mapping[str, int] | None = None,
         arrived: Mapping[str, ArrivedLife] | None = None,
         requests: Mapping[str, Mapping[DeferredErasure, Request]] | None = None,
+        erasures_read: Mapping[str, ErasureRead] | None = None,
     ) -> None:
         """Replace each ``(stored, new)`` pair's stored state by the new one, atomically.
 
@@ -426,7 +464,9 @@ class PartitionStore:
         key -> the life (its creation and expiry) that was due already when the event that
         set it arrived (:meth:`due_on_arrival`), kept in the same batch; ``requests``, record key -> every
         erasure a legal hold deferred that the record keeps, with its request's headers
-        (:meth:`deferred_requests`: these replace the record's), likewise.
+        (:meth:`deferred_requests`: these replace the record's), likewise; ``erasures_read``,
+        record key -> the erasure's time and where its request was read, for the marker it
+        left (:meth:`erasure_read_at`), likewise.
         """
         puts: dict[bytes, bytes] = {}
         deletes: list[bytes] = []
@@ -485,6 +525,8 @@ class PartitionStore:
             self._put_arrived({k.encode(): life for k, life in arrived.items()}, puts, deletes)
         if requests:
             self._put_requests({k.encode(): kept for k, kept in requests.items()}, puts)
+        if erasures_read:
+            self._put_erasures_read({k.encode(): r for k, r in erasures_read.items()}, puts)
         self._put_counts(puts)
         # A key both deleted and put (an index entry that did not move) must stay.
         self.kv.apply(puts, [d for d in deletes if d not in puts])
@@ -497,9 +539,10 @@ class PartitionStore:
         meta: Mapping[str, int],
         arrived: Mapping[bytes, ArrivedLife] | None = None,
         requests: Mapping[bytes, Mapping[DeferredErasure, Request]] | None = None,
+        erasures_read: Mapping[bytes, ErasureRead] | None = None,
     ) -> tuple[int, int, int]:
         """Make each row the stored state of its key, atomically with ``meta`` (and
-        ``arrived`` and ``requests``, as :meth:`write` takes them, by store key: the
+        ``arrived``, ``requests`` and ``erasures_read``, as :meth:`write` takes them, by store key: the
         erasure requests a stamp names, its own erasure's and those of the others its
         record keeps); returns how many live states and deletion markers changed, and by
         how much the live records already due at ``now_ms`` changed (:meth:`count_due`:
@@ -520,6 +563,8 @@ class PartitionStore:
             self._put_arrived(arrived, puts, deletes)
         if requests:
             self._put_requests(requests, puts)
+        if erasures_read:
+            self._put_erasures_read(erasures_read, puts)
         olds = self.kv.multi_get([_STATE + row[0] for row in rows])
         counts = self.counts
         pending = counts.pending
@@ -610,6 +655,15 @@ class PartitionStore:
         for key, kept in requests.items():
             puts[_REQUEST + key] = _encode_requests(kept)
 
+    def _put_erasures_read(
+        self, erasures_read: Mapping[bytes, ErasureRead], puts: dict[bytes, bytes]
+    ) -> None:
+        self._erasures_any = True
+        for key, (erase_at, (offset, produced)) in erasures_read.items():
+            puts[_ERASURE_READ + key] = _READ.pack(
+                erase_at, offset, _NO_CREATION if produced is None else produced
+            )
+
     def _unindex(self, old: Stamp, key: bytes, deletes: list[bytes], now_ms: int) -> None:
         counts = self.counts
         if old.deleted_at is None:
@@ -682,6 +736,8 @@ class PartitionStore:
                         arrived.append(_ARRIVED_BEFORE + key)
                 if self._requests_any:  # and so does a deferred erasure's request
                     arrived.append(_REQUEST + key)
+                if self._erasures_any:  # and where its erasure was read
+                    arrived.append(_ERASURE_READ + key)
         if arrived:
             found = self.kv.multi_get(arrived)
             deletes += [a for a, v in zip(arrived, found, strict=True) if v is not None]

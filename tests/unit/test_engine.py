@@ -9,6 +9,7 @@ dict and a sorted list, written straight from the contract's prose.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -60,11 +61,18 @@ def resolver(policy: Callable[[str, int], int | None]) -> Callable[[Identity, in
 BASE = 1_700_000_000_000  # the harness's time 0, in epoch milliseconds
 
 
+# The offsets of the one input partition every harness reads: a harness made later (a
+# processor restored from another's changelog) reads the partition's later events after
+# the events the first one read, as a restarted service does, not from offset 1 again.
+_PARTITION_OFFSETS = itertools.count(1)
+
+
 @dataclass
 class _Rec:
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp: int | None = None  # when it reached the broker (Kafka's timestamp)
 
 
 def _sent(fired: Iterable[Fired]) -> list[Tomb]:
@@ -131,7 +139,14 @@ class Harness:
         while len(self.unsettled) > self.settle_lag:
             self.proc.settle(self.unsettled.popleft(), BASE + self.now)
 
-    def process(self, ev: InputEvent) -> Effects:
+    def process(self, ev: InputEvent, read_at: tuple[int, int] | None = None) -> Effects:
+        """``ev`` read as the next message of the partition, produced now; or read again
+        where it was read before (``read_at``: its offset and Kafka timestamp)."""
+        if read_at is None:
+            self.offset = next(_PARTITION_OFFSETS)
+            read_at = (self.offset, BASE + self.now)
+        else:
+            self.offset = max(self.offset, read_at[0])
         body = {
             "category": ev.identity.category,
             "record_id": ev.identity.record_id,
@@ -141,8 +156,8 @@ class Harness:
             "op": ev.op,
             "ts": BASE + ev.ts,
         }
-        self.offset += 1
-        effects = self.proc.process([_Rec(self.offset, None, orjson.dumps(body))], BASE + self.now)
+        rec = _Rec(read_at[0], None, orjson.dumps(body), read_at[1])
+        effects = self.proc.process([rec], BASE + self.now)
         self._settle(effects)
         return effects
 

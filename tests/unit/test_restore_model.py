@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from stream_expiry import codec, model
 from stream_expiry.engine import Fired
 from stream_expiry.holds import Hold, HoldBook
-from stream_expiry.outbox import _stamp_headers
+from stream_expiry.outbox import _erasure_read_at, _stamp_headers
 from stream_expiry.policy import Resolution
 from stream_expiry.state import Effects, MemoryKV, PartitionProcessor, PartitionStore
 from stream_expiry.state.restore import RestoreReport, _apply_stamps, _apply_tombstones
@@ -90,15 +90,19 @@ class Changelog:
                 self._add(self.stamped, state.identity.key, value, now_ms, headers)
             for fired in tombstones:
                 key, at = fired.before.identity.key, fired.emitted_at
+                # Where an erasure ending a life was read: on its tombstone and its null.
+                said = fired.has_null and _erasure_read_at(fired, effects.erasures_read or {})
+                read_at = [said] if said else []
                 if not fired.null_only:  # else its tombstone event went out before
                     event = model.encode_tombstone(fired.before, reason=fired.reason, emitted_at=at)
-                    self._add(self.tombstones, key, event, at, SOURCE)
+                    self._add(self.tombstones, key, event, at, [*SOURCE, *read_at])
                 if not fired.has_null:
                     continue  # an earlier life a hold kept (the record lives on), or no life
                 deleted = [
                     *SOURCE,
                     (codec.H_DELETED_AT, str(fired.deleted_until).encode()),
                     (codec.H_REASON, fired.reason.encode()),
+                    *read_at,
                 ]
                 self._add(self.stamped, key, None, at, deleted)
 
@@ -438,7 +442,11 @@ def _check_restore(before: list[Step], after: list[Step], kept: int | None = Non
     # processor does both when the create finds the life due). Then the steps cannot be
     # compared one by one: what each decided, in all, is (each life ended once, by the same
     # rule, and each stamp written), after a last turn for the original's unparking.
-    ahead = [x for x in _decided(restored.process(e) for o, e in pair[0].fed if o >= pair[0].resume)
+    # It reads them where they were, at their offsets (and Kafka timestamps).
+    again = [
+        restored.process(e, read_at) for read_at, e in pair[0].fed if read_at[0] >= pair[0].resume
+    ]
+    ahead = [x for x in _decided(again)
              if x not in earlier and not _repeats_an_erasure(x, earlier)]  # fmt: skip
     pair = (_Stepper(original), _Stepper(restored))
     # The first step after the restore fires what is overdue, as a restarted service's
@@ -502,12 +510,13 @@ class _Stepper:
     """One harness, each step's effects returned (the harness keeps only tombstones)."""
 
     h: Harness
-    fed: list[tuple[int, model.InputEvent]] = field(default_factory=list)  # (offset, event)
+    # ((offset, Kafka timestamp), event): where each event was read
+    fed: list[tuple[tuple[int, int], model.InputEvent]] = field(default_factory=list)
     resume: int = 0  # where a restart reads the input from: the last decision's offset
 
     def process(self, event: model.InputEvent) -> Effects:
         effects = self.h.process(event)
-        self.fed.append((self.h.offset, event))
+        self.fed.append(((self.h.offset, BASE + self.h.now), event))
         if effects.next_offset is not None:
             self.resume = effects.next_offset
         return effects
@@ -1013,20 +1022,15 @@ def test_an_erasure_read_again_behind_a_parked_create_is_a_repeat_not_a_new_deci
     _check_restore(before, [], kept=None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known, not fixed (round 45): a restart reads its input again from the committed "
-    "offset, which stays before a create parked for its life's expiry; a record's create, "
-    "backdating create and erasure read again after that erasure decide otherwise",
-)
 def test_events_read_again_after_an_erasure_decide_as_the_first_time() -> None:
-    """Found by a random run of the legal-hold restore property (seed 5038; it fails on
+    """Found by a random run of the legal-hold restore property (seed 5038; it failed on
     round 44's code too). ``b`` created at 17 s, a create of 16 s moving it back, erased at
     16 s; 'a' holds the committed offset back (a create parked for its expiry), so the
-    restored processor reads b's three events again: its create of 17 s, read now after
-    the erasure of 16 s, starts a life the original never had, and a later create of 17 s
-    stamps nothing there, where the original starts that life. Strict: it fails once fixed,
-    so the mark comes off."""
+    restored processor reads b's three events again: its create of 17 s, read again after
+    the erasure of 16 s, started a life the original never had, and a later create of 17 s
+    stamped nothing there, where the original starts that life. The marker says where the
+    erasure was read (restored from its null's header): events read before it are
+    repeats."""
     a = ("event", "conversation", "a", "create", 0)
     before: list[Step] = [
         a,
@@ -1038,3 +1042,43 @@ def test_events_read_again_after_an_erasure_decide_as_the_first_time() -> None:
         ("event", "conversation", "b", "delete", 0),
     ]
     _check_restore(before, [("event", "conversation", "b", "create", 1000)], kept=None)
+
+
+def test_a_touch_read_again_after_an_erasure_starts_no_life_the_original_never_had() -> None:
+    """The same with a sliding touch: ``b``'s session created at 16 s, touched at 18 s (its
+    expiry slid to 24 s), erased at 16 s, all read behind ``a``'s parked create. Read again
+    against the marker (deleted at 16 s), the touch of 18 s started a new life at 18 s,
+    stamped and tombstoned, which the original never had."""
+    before: list[Step] = [
+        ("event", "conversation", "a", "create", 0),
+        ("advance", 16000),
+        ("event", "conversation", "a", "create", 4000),  # at a's expiry: parked
+        ("event", "session", "b", "create", 0),
+        ("event", "session", "b", "touch", 2000),
+        ("event", "session", "b", "delete", 0),
+    ]
+    _check_restore(before, [], kept=None)
+
+
+def test_an_event_is_a_repeat_only_at_an_earlier_offset_and_no_later_on_the_broker() -> None:
+    """What tells an event read again from before an erasure (``_read_before``): a lower
+    offset of the partition, and a Kafka timestamp no later than the request's. At a lower
+    offset but later on the broker, it is an event of a topic made again (its offsets
+    start over), decided as new: a create after the erasure's time starts a life. At the
+    erasure's own offset or later, it was read after it."""
+    t = BASE + 16_000
+    h = harness(PartitionStore(MemoryKV()), 16_000)
+    h.process(ev("conversation", "b", "create", 17_000), (10, t))
+    h.process(ev("conversation", "b", "create", 16_000), (11, t))  # moves it back
+    h.process(ev("conversation", "b", "delete", 16_000), (12, t))
+    later = ev("conversation", "b", "create", 17_000)
+    assert _stamps(h.process(later, (10, t))) == []  # read again: a repeat
+    marker = h.proc.state_of(later.identity.key)
+    assert marker is not None
+    assert h.proc.store.erasure_read_at(marker) == (12, t)  # kept beside the marker
+    new_life = [(later.identity.key, BASE + 17_000, BASE + 37_000)]
+    assert _stamps(h.process(later, (10, t + 1))) == new_life  # a topic made again
+    h = harness(PartitionStore(MemoryKV()), 16_000)
+    h.process(ev("conversation", "b", "create", 16_000), (20, t))
+    h.process(ev("conversation", "b", "delete", 16_000), (21, t))
+    assert _stamps(h.process(later, (22, t))) == new_life  # read after the erasure

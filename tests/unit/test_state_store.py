@@ -931,3 +931,41 @@ def test_first_due_and_prune_agree_with_a_full_scan_whatever_came_before(
         want = int(struct.unpack_from(">Q", due[0], 1)[0]) - (1 << 63) if due else None
         assert store.first_due_ms() == want
         store.close()
+
+
+@pytest.mark.parametrize("engine", ["rocksdb", "memory"])
+def test_where_an_erasure_was_read_is_kept_beside_its_marker_and_goes_with_it(
+    engine: str, tmp_path: Path
+) -> None:
+    """Where the erasure request that left a marker was read is an entry of its own (``e``),
+    written with the marker and by a restore: the marker's value is the one a store of
+    format 1 holds (an older version reads it unchanged, and skips the entry), the entry
+    counts only for that erasure (an entry of another erasure, an older version's marker
+    after a rollback, is none), survives a reopen, and goes when the marker is pruned."""
+    kv: KeyValue = RocksKV(str(tmp_path / "db")) if engine == "rocksdb" else MemoryKV()
+    store = PartitionStore(kv, grace_ms=GRACE)
+    a = live("a", T0 + 5)
+    store.write([(None, a)], now_ms=T0)
+    assert store.erasure_read_at(a._replace(deleted_at=T0 + 4, erase_at=T0 + 4)) is None
+    erased = a._replace(deleted_at=T0 + 4, erase_at=T0 + 4)
+    read = {erased.identity.key: (T0 + 4, (12, T0 + 3))}
+    store.write([(a, erased)], now_ms=T0 + 10, erasures_read=read)
+    assert store.meta("format") == STORE_FORMAT == 1
+    raw = kv.multi_get([b"s" + erased.identity.key.encode()])[0]
+    assert raw == encode_state(erased, T0 + 10 + GRACE)  # the marker as before
+    b = ident("b").key.encode()
+    row = (b, "conversation", T0, T0 + 5, 1000, "default", T0 + 4, T0 + 4, None, None, ())
+    store.write_restored([row], now_ms=T0 + 10, meta={}, erasures_read={b: (T0 + 4, (7, None))})
+    if engine == "rocksdb":
+        store.close()
+        kv = RocksKV(str(tmp_path / "db"))
+    store = PartitionStore(kv, grace_ms=GRACE)  # reopened: it finds it has such entries
+    assert store.erasure_read_at(erased) == (12, T0 + 3)
+    assert store.erasure_read_at(erased._replace(erase_at=T0 + 3)) is None  # another erasure
+    restored = store.get(b.decode())
+    assert restored is not None
+    assert store.erasure_read_at(restored) == (7, None)
+    assert store.prune(T0 + 10 + GRACE) == 2
+    assert [k for k, _ in kv.scan(b"e", b"e\xff")] == []
+    assert store.erasure_read_at(erased) is None
+    store.close()
