@@ -75,7 +75,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import orjson
-from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from stream_expiry import exits
@@ -88,7 +87,12 @@ from stream_expiry.errors import (
     StoreError,
 )
 from stream_expiry.health import Health
-from stream_expiry.kafka import committed_offsets, consumer, ensure_config_topics, partitions_of
+from stream_expiry.kafka import (
+    committed_offsets,
+    consumer,
+    ensure_config_topics,
+    topic_partitions,
+)
 from stream_expiry.kafka_settings import as_connection, member_liveness
 from stream_expiry.logs import filtered
 from stream_expiry.model import decode_key
@@ -651,8 +655,7 @@ async def archived_offsets(
     """
     try:
         async with consumer(bootstrap_servers, group_id=group_id) as cons:
-            parts = sorted(await partitions_of(cons, topic))
-            committed = await committed_offsets(cons, [TopicPartition(topic, p) for p in parts])
+            committed = await committed_offsets(cons, await topic_partitions(cons, [topic]))
     except KafkaError as exc:
         raise BrokerError(
             f"cannot read the committed offsets of group {group_id!r} at {bootstrap_servers}: "

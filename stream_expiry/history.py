@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
-from aiokafka import TopicPartition
 
 from stream_expiry import codec
 from stream_expiry.cliargs import check_category, check_ids
@@ -39,8 +38,8 @@ from stream_expiry.kafka import (
     committed_offsets,
     consumer,
     missing_topics,
-    partitions_of,
     read_to_end,
+    topic_partitions,
 )
 from stream_expiry.logs import printable, record_ref
 from stream_expiry.model import DEFAULT_BOT, Identity, decode_key
@@ -542,8 +541,7 @@ async def _unread_input(
     never their data; an event is the record's when its fields name it (as a dead
     letter's), whatever its key."""
     async with consumer(brokers, group_id=group_id) as cons:
-        tps = [TopicPartition(t, p) for t in topics for p in sorted(await partitions_of(cons, t))]
-        committed = await committed_offsets(cons, tps)
+        committed = await committed_offsets(cons, await topic_partitions(cons, topics))
     found: list[dict[str, Any]] = []
     for topic in topics:
         start = {

@@ -102,6 +102,7 @@ __all__ = [
     "topic_config_values",
     "topic_ends",
     "topic_names",
+    "topic_partitions",
 ]
 
 DEFAULT_PARTITIONS = 4
@@ -934,6 +935,12 @@ async def committed_offsets(
     return out
 
 
+async def topic_partitions(cons: AIOKafkaConsumer, topics: Iterable[str]) -> list[TopicPartition]:
+    """Every partition of ``topics``, in order (topic, then partition): what a command
+    assigns, or asks the committed offsets or ends of (:func:`partitions_of`)."""
+    return [TopicPartition(t, p) for t in topics for p in sorted(await partitions_of(cons, t))]
+
+
 async def partitions_of(cons: AIOKafkaConsumer, topic: str) -> set[int]:
     """The partitions of any topic, also one the consumer neither subscribed nor assigned
     (its own metadata only covers those)."""
@@ -993,7 +1000,7 @@ async def topic_ends(brokers: Brokers, topics: Iterable[str]) -> dict[str, int]:
     ends = dict.fromkeys(topics, 0)
     async with consumer(brokers) as cons:
         with broker_errors("reading the ends of topics"):
-            tps = [TopicPartition(t, p) for t in ends for p in sorted(await partitions_of(cons, t))]
+            tps = await topic_partitions(cons, ends)
             if tps:
                 cons.assign(tps)
                 for tp, end in (await stable_ends(cons, tps)).items():
@@ -1017,7 +1024,7 @@ async def read_to_end(
     came with the last batches are yielded too (dropped, the consumer being past them, they
     were lost: a policy update sent while a service started, say).
     """
-    tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(cons, topic))]
+    tps = await topic_partitions(cons, [topic])
     if not tps:
         return
     cons.assign(tps)

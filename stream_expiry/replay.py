@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
-from aiokafka import TopicPartition
 
 from stream_expiry import codec, model, oversize
 from stream_expiry.changelog import Current, read_current, read_latest
@@ -52,6 +51,7 @@ from stream_expiry.kafka import (
     producer,
     read_to_end,
     stable_ends,
+    topic_partitions,
 )
 from stream_expiry.logs import record_ref
 from stream_expiry.outbox import all_acked
@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
-    from aiokafka import AIOKafkaConsumer
+    from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from stream_expiry.changelog import Progress
     from stream_expiry.config import Config
@@ -831,7 +831,7 @@ async def _input_ends(
             topics.stamped,
         )
     for topic in (*topics.inputs, *topics.retired):
-        tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(cons, topic))]
+        tps = await topic_partitions(cons, [topic])
         if not tps:
             continue
         cons.assign(tps)

@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from stream_expiry import codec
@@ -60,8 +59,8 @@ from stream_expiry.kafka import (
     consumer,
     missing_topics,
     partition_counts,
-    partitions_of,
     stable_ends,
+    topic_partitions,
 )
 from stream_expiry.logs import counted, printable
 from stream_expiry.model import decode_key
@@ -72,6 +71,8 @@ from stream_expiry.timeutil import format_ts
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable, Collection, Mapping, Sequence
+
+    from aiokafka import TopicPartition
 
     from stream_expiry.changelog import Fold
     from stream_expiry.config import Config
@@ -393,7 +394,7 @@ async def _offsets(
     committed) and the lag between them (from 0 where none is committed)."""
     out: dict[TopicPartition, dict[str, int | None]] = {}
     async with consumer(brokers, group_id=group_id) as cons:
-        tps = [TopicPartition(t, p) for t in topics for p in sorted(await partitions_of(cons, t))]
+        tps = await topic_partitions(cons, topics)
         if not tps:
             return out
         cons.assign(tps)

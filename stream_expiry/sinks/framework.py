@@ -68,10 +68,10 @@ from stream_expiry.kafka import (
     ensure_topics,
     key_partition,
     message_limits,
-    partitions_of,
     producer,
     read_to_end,
     stable_end,
+    topic_partitions,
 )
 from stream_expiry.kafka_settings import (
     REBALANCE_TIMEOUT_MS,
@@ -580,11 +580,7 @@ class Sink:
             return
         cfg = self.config
         with broker_errors(f"reading the committed offsets of {cfg.group_id}"):
-            tps = [
-                TopicPartition(topic, p)
-                for topic in (cfg.stamped_topic, cfg.tombstones_topic)
-                for p in sorted(await partitions_of(cons, topic))
-            ]
+            tps = await topic_partitions(cons, (cfg.stamped_topic, cfg.tombstones_topic))
             committed = await committed_offsets(cons, tps)
         if any(offset for offset in committed.values()):
             log.warning(
@@ -1212,8 +1208,7 @@ class Sink:
             return None
         topic = cfg.stamped_topic
         with broker_errors(f"reading the committed offsets of the archive ({cfg.archive_group})"):
-            parts = sorted(await partitions_of(reader, topic))
-            committed = await committed_offsets(reader, [TopicPartition(topic, p) for p in parts])
+            committed = await committed_offsets(reader, await topic_partitions(reader, [topic]))
         return {tp.partition: o for tp, o in committed.items() if o is not None}
 
     def _say_kept_for_archive(self, kept: int) -> None:
