@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from aiokafka import TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 
 from stream_expiry.state.store import input_position_name, position_marks
 
@@ -50,12 +50,13 @@ class OffsetCommits:
         self,
         processors: Mapping[Slot, PartitionProcessor],
         describe: Callable[[BaseException], str] = str,
-        on_rebalance: Callable[[str], None] | None = None,
+        on_rebalance: Callable[[str, bool], None] | None = None,
     ) -> None:
         self._processors = processors
         self._describe = describe
         # Told when a commit was refused because the group rebalanced: the partitions may
-        # be another member's already (stream_expiry.fence).
+        # be another member's already (stream_expiry.fence). The flag: routine, the group
+        # is rebalancing with this member in it (not dropped from it).
         self._on_rebalance = on_rebalance
         self.committed_at = 0.0  # monotonic
         self._checkpointed_at = 0.0  # every store's positions (monotonic)
@@ -164,18 +165,24 @@ class OffsetCommits:
         """Commit ``owned``; on a failure keep the offsets for the next commit, say so and
         return False."""
         failed: str | None = None
+        level = logging.WARNING
         try:
             # Bounded: aiokafka retries a commit without end while the cluster does not know
             # the topic (one rebuilt after a loss), and the loop, a revocation and a stop
             # all waited on it while /readyz said ready.
             with anyio.fail_after(COMMIT_TIMEOUT_S):
                 await cons.commit(owned)
-        except CommitFailedError:
+        except CommitFailedError as exc:
             # Its text is several lines of advice about slow processing; here the group
-            # moved on (a rebalance, or the broker was away).
-            failed = "the group rebalanced meanwhile"
+            # moved on. aiokafka raises it from the group's answer: RebalanceInProgressError
+            # while a rebalance this member is in goes on (an instance added or leaving),
+            # routine; UnknownMemberIdError or IllegalGenerationError once the group has
+            # dropped the member or gone on without it (a zombie: it did not heartbeat).
+            routine = isinstance(exc.__cause__, RebalanceInProgressError)
+            failed = "the group is rebalancing" if routine else "the group rebalanced meanwhile"
+            level = logging.INFO if routine else logging.WARNING
             if self._on_rebalance is not None:
-                self._on_rebalance("an offset commit was refused: the group rebalanced")
+                self._on_rebalance(f"an offset commit was refused: {failed}", routine)
         except KafkaError as exc:
             failed = self._describe(exc)
         except TimeoutError:
@@ -183,7 +190,7 @@ class OffsetCommits:
         if failed is None:
             return True
         # Only re-reading is at stake: the offsets come again with the next commit.
-        log.warning("offset commit failed, retried with the next one: %s", failed)
+        log.log(level, "offset commit failed, retried with the next one: %s", failed)
         committable = outbox.committable
         for tp, offset in owned.items():
             slot = (tp.topic, tp.partition)

@@ -37,6 +37,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import orjson
+from aiokafka.errors import RebalanceInProgressError
 
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.timeutil import format_ts
@@ -271,9 +272,29 @@ _ROUTINE: Final = frozenset(
 )
 
 
+# aiokafka's ERROR when the group refuses an offset commit; with RebalanceInProgressError
+# (its second argument) that is a rebalance this member is in, routine: an instance added
+# or leaving put an ERROR in every other instance's log. The service says it at INFO
+# (stream_expiry.commits, stream_expiry.fence); a member dropped by the group
+# (UnknownMemberIdError, IllegalGenerationError) still shows, beside the service's warning.
+_COMMIT_REFUSED: Final = (
+    "aiokafka.consumer.group_coordinator",
+    "OffsetCommit failed for group %s due to group error (%s), will rejoin",
+)
+
+
 def _not_routine(record: logging.LogRecord) -> bool:
-    """Drops the Kafka client's warnings about routine group steps (:data:`_ROUTINE`)."""
-    return (record.name, record.msg) not in _ROUTINE
+    """Drops the Kafka client's warnings about routine group steps (:data:`_ROUTINE`), and
+    its error for a commit refused by a rebalance this member is in (:data:`_COMMIT_REFUSED`)."""
+    said = (record.name, record.msg)
+    if said == _COMMIT_REFUSED:
+        args = record.args
+        return not (
+            isinstance(args, tuple)
+            and len(args) == 2
+            and isinstance(args[1], RebalanceInProgressError)
+        )
+    return said not in _ROUTINE
 
 
 # Libraries whose DEBUG lines print what the records hold. aiosqlite writes each statement

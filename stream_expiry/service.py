@@ -359,6 +359,7 @@ class Service:
             heartbeat_ms=member["heartbeat_interval_ms"],
             owned=lambda: len(self.processors),
             rejoin=self._rejoin,
+            fenced=self._count_fenced,
         )
         self._commits = OffsetCommits(self.processors, describe, on_rebalance=self._fence.close)
         # A release's slices: the partition the next one starts at (its index among the
@@ -728,10 +729,14 @@ class Service:
         self.rebalance_error = None
         self._fence.open()  # the next session joins afresh
 
-    def _rejoin(self) -> None:
-        """The partitions may be another member's (:class:`~stream_expiry.fence.WriteFence`
-        closed): counted, and the group asked for a new assignment."""
+    def _count_fenced(self) -> None:
+        """The partitions may be another member's: the member may have been dropped
+        (:class:`~stream_expiry.fence.WriteFence` closed, not for a routine rebalance)."""
         self.stats.writes_fenced += 1
+
+    def _rejoin(self) -> None:
+        """The :class:`~stream_expiry.fence.WriteFence` closed: the group asked for a new
+        assignment."""
         if self._consumer is not None:
             request_rejoin(self._consumer)
 

@@ -15,6 +15,15 @@ Rules this module keeps:
   meanwhile, of at least ``threshold_s``. A loop blocked by the process' own work (a long
   synchronous restore, a garbage collection) used that CPU, so it is not a stall: the
   process ran, and its work is its own to explain.
+* The group does not care why: a loop that did not turn, paused or busy with the process'
+  own work, ran none of the Kafka client's heartbeats. So a turn late by at least
+  :data:`LATE_KEPT_S`, CPU time included, is kept too until taken (:meth:`Stalls.take_late`,
+  a :class:`Late`), for :class:`~stream_expiry.fence.WriteFence`: a loop blocked as long as
+  the group session has lost its partitions as surely as a process paused (with only the
+  stalls, the fence stayed open until the next commit the group refused, and the timers
+  fired meanwhile wrote for partitions perhaps another member's). It is neither counted
+  nor said as a stall. Kept is the longest such turn since the last take, so a shorter one
+  noticed before the fence asks does not hide it.
 * Time is measured on ``CLOCK_BOOTTIME`` where there is one (Linux), which goes on while the
   machine sleeps, as the broker's clocks do; ``time.monotonic`` (the event loop's) stops
   then, so a machine that slept is told apart from a process that was paused.
@@ -36,7 +45,7 @@ import anyio
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["STALL_THRESHOLD_S", "Stall", "StallNote", "Stalls"]
+__all__ = ["LATE_KEPT_S", "STALL_THRESHOLD_S", "Late", "Stall", "StallNote", "Stalls"]
 
 log = logging.getLogger("stream_expiry.stalls")
 
@@ -44,6 +53,10 @@ log = logging.getLogger("stream_expiry.stalls")
 # request miss; longer than the loop's worst turns under load (a full garbage collection
 # of 150 ms, runner.tune_gc) and than the scheduler's delays on a busy 2-core machine.
 STALL_THRESHOLD_S: Final = 2.0
+# A turn late by this much or more, CPU time included, is kept for the write fence: below
+# the shortest session less a heartbeat it may have to see (a 1 s session, a 333 ms
+# heartbeat: 0.67 s), above a loop's turn under load (100-300 ms).
+LATE_KEPT_S: Final = 0.5
 TICK_S: Final = 0.25  # between two turns of the watch: a task waking 4 times a second
 # The Kafka client's lines this soon after a stall was noticed are its requests that timed
 # out on resume (they time out in the loop's first turns after it).
@@ -77,6 +90,22 @@ class Stall:
         return f"the process did not run for {self.seconds:.1f} s ({why})"
 
 
+@dataclass(frozen=True)
+class Late:
+    """A turn of the loop ``seconds`` later than its tick (:func:`_wall_clock`), CPU time
+    included, noticed at ``noticed_at``; ``stall``: the part of it off the CPU, when that
+    was a stall, else the process' own work blocked the loop."""
+
+    seconds: float
+    noticed_at: float
+    stall: Stall | None
+
+    def describe(self) -> str:
+        if self.stall is not None and self.stall.seconds >= self.seconds / 2:
+            return self.stall.describe()
+        return f"the event loop was blocked for {self.seconds:.1f} s (the process' own work)"
+
+
 class Stalls:
     """The stalls of this process: counted, the longest kept, each said once in the log."""
 
@@ -84,6 +113,7 @@ class Stalls:
         self,
         *,
         threshold_s: float = STALL_THRESHOLD_S,
+        late_s: float = LATE_KEPT_S,
         tick_s: float = TICK_S,
         wall: Callable[[], float] = _wall_clock,
         monotonic: Callable[[], float] = time.monotonic,
@@ -93,6 +123,8 @@ class Stalls:
         self.seconds = 0.0  # all stalls together
         self.longest_s = 0.0
         self.last: Stall | None = None
+        self._late: Late | None = None  # the longest late turn not taken (take_late)
+        self._late_s = late_s
         self._threshold_s = threshold_s
         self._tick_s = tick_s
         self._wall, self._monotonic, self._cpu = wall, monotonic, cpu
@@ -114,6 +146,7 @@ class Stalls:
         late = (wall - last_wall) - self._tick_s
         off_cpu = late - max(0.0, cpu - last_cpu)
         if off_cpu < self._threshold_s:
+            self._keep_late(late, wall, None)  # the process' own work: for the fence, unsaid
             return None
         slept = (wall - last_wall) - (mono - last_mono) >= self._threshold_s
         stall = Stall(seconds=off_cpu, after=last_wall, noticed_at=wall, slept=slept)
@@ -121,12 +154,25 @@ class Stalls:
         self.seconds += off_cpu
         self.longest_s = max(self.longest_s, off_cpu)
         self.last = stall
+        self._keep_late(late, wall, stall)
         log.warning(
             "%s; not a broker outage: requests in flight may time out now, and what fell "
             "due meanwhile is late by as much",
             stall.describe(),
         )
         return stall
+
+    def _keep_late(self, late: float, wall: float, stall: Stall | None) -> None:
+        kept = self._late
+        if late >= self._late_s and (kept is None or late >= kept.seconds):
+            self._late = Late(seconds=late, noticed_at=wall, stall=stall)
+
+    def take_late(self) -> Late | None:
+        """The longest turn late by :data:`LATE_KEPT_S` or more (CPU time included: paused
+        or blocked) since the last take, noticed now perhaps; forgotten once taken."""
+        self.check()
+        late, self._late = self._late, None
+        return late
 
     def now(self) -> float:
         """The clock stalls are measured on, for :meth:`overlaps`' ``since``."""

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
 
 from stream_expiry.commits import OffsetCommits
 from stream_expiry.state.store import input_position_name, position_marks
@@ -247,10 +253,14 @@ def test_a_commit_never_goes_past_the_offset_settled() -> None:
 
 
 class _RefusingConsumer:
-    """A group consumer whose commit the group refuses: it rebalanced meanwhile."""
+    """A group consumer whose commit the group refuses: it rebalanced meanwhile. aiokafka
+    0.14 raises CommitFailedError from the group's answer (``cause``)."""
+
+    def __init__(self, cause: Exception | None = None) -> None:
+        self._cause = cause
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        raise CommitFailedError("the group has already rebalanced")
+        raise CommitFailedError("the group has already rebalanced") from self._cause
 
 
 @pytest.mark.asyncio
@@ -258,14 +268,48 @@ async def test_a_commit_refused_by_a_rebalance_says_the_partitions_may_be_anothe
     """aiokafka calls the revocation back only after its next round trips; meanwhile the
     partitions may be another member's, and the service must stop writing for them
     (stream_expiry.fence). The offsets wait for the next commit, as before."""
-    told: list[str] = []
+    told: list[tuple[str, bool]] = []
     proc = _Processor()
     commits = OffsetCommits(
-        cast("dict[tuple[str, int], PartitionProcessor]", {SLOT: proc}), on_rebalance=told.append
+        cast("dict[tuple[str, int], PartitionProcessor]", {SLOT: proc}),
+        on_rebalance=lambda why, routine: told.append((why, routine)),
     )
     outbox = _SettledOutbox({SLOT: 25})
     assert not await commits.commit(
         cast("AIOKafkaConsumer", _RefusingConsumer()), cast("Outbox", outbox)
     )
-    assert told == ["an offset commit was refused: the group rebalanced"]
+    assert told == [("an offset commit was refused: the group rebalanced meanwhile", False)]
+    assert outbox.committable == {SLOT: 25}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("cause", "why", "routine", "level"),
+    [
+        (RebalanceInProgressError("g"), "the group is rebalancing", True, logging.INFO),
+        (UnknownMemberIdError("g"), "the group rebalanced meanwhile", False, logging.WARNING),
+        (IllegalGenerationError("g"), "the group rebalanced meanwhile", False, logging.WARNING),
+    ],
+)
+async def test_a_commit_refused_during_a_rebalance_it_is_in_is_routine(
+    cause: Exception, why: str, routine: bool, level: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The group's answer tells a rebalance this member takes part in (an instance added:
+    RebalanceInProgressError) from a member the group dropped or went on without
+    (UnknownMemberIdError, IllegalGenerationError): only the second is a zombie's, to
+    warn of. Both were said as a warning and fenced as a zombie's."""
+    told: list[tuple[str, bool]] = []
+    commits = OffsetCommits(
+        cast("dict[tuple[str, int], PartitionProcessor]", {SLOT: _Processor()}),
+        on_rebalance=lambda why, routine: told.append((why, routine)),
+    )
+    outbox = _SettledOutbox({SLOT: 25})
+    with caplog.at_level(logging.INFO, logger="stream_expiry.commits"):
+        assert not await commits.commit(
+            cast("AIOKafkaConsumer", _RefusingConsumer(cause)), cast("Outbox", outbox)
+        )
+    assert told == [(f"an offset commit was refused: {why}", routine)]
+    [said] = [r for r in caplog.records if r.name == "stream_expiry.commits"]
+    assert said.levelno == level
+    assert said.getMessage() == f"offset commit failed, retried with the next one: {why}"
     assert outbox.committable == {SLOT: 25}

@@ -149,6 +149,23 @@ def test_the_kafka_clients_warning_at_every_rebalance_is_not_shown() -> None:
     assert "Marking the coordinator dead" in lines[0]
 
 
+def test_the_kafka_clients_error_for_a_commit_refused_by_a_routine_rebalance_is_not_shown() -> None:
+    """An instance added: aiokafka logs an ERROR in every other instance when the group
+    refuses a commit with RebalanceInProgressError, beside the service's INFO line (a
+    rebalance this member is in). A member the group dropped still shows it."""
+    from aiokafka.errors import RebalanceInProgressError, UnknownMemberIdError
+
+    def emit(_ours: logging.Logger) -> None:
+        coordinator = logging.getLogger("aiokafka.consumer.group_coordinator")
+        said = "OffsetCommit failed for group %s due to group error (%s), will rejoin"
+        coordinator.error(said, "g", RebalanceInProgressError("g"))
+        coordinator.error(said, "g", UnknownMemberIdError("g"))
+
+    lines = _emit("text", emit)
+    assert len(lines) == 1, lines
+    assert "UnknownMemberIdError" in lines[0]
+
+
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_a_sasl_login_is_not_written_to_a_debug_log(fmt: str) -> None:
     """aiokafka logs every request at DEBUG: a PLAIN login carries the password in clear

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, RebalanceInProgressError, UnknownMemberIdError
 
 from stream_expiry.config import parse_config
 from stream_expiry.service import Service
@@ -36,7 +36,16 @@ class _DroppedConsumer:
     """A member the group dropped (paused past its session timeout): commits are refused."""
 
     async def commit(self, offsets: object) -> None:
-        raise CommitFailedError("UnknownMemberId")
+        # as aiokafka 0.14 raises it from the group's answer
+        raise CommitFailedError("rebalanced") from UnknownMemberIdError("group")
+
+
+class _RebalancingConsumer:
+    """A member in a rebalance another member started (an instance added): the group
+    refuses commits until it has assigned the partitions again."""
+
+    async def commit(self, offsets: object) -> None:
+        raise CommitFailedError("rebalanced") from RebalanceInProgressError("group")
 
 
 def _service() -> Service:
@@ -103,8 +112,29 @@ async def test_a_revocation_whose_commit_is_refused_still_takes_the_partition_fr
         await service.revoke([TopicPartition(*SLOT)])
     assert service.processors == {}
     assert SLOT in service._suspended
-    assert service._fence.why == "an offset commit was refused: the group rebalanced"
+    assert service._fence.why == "an offset commit was refused: the group rebalanced meanwhile"
     assert service.stats.writes_fenced == 1
     assert len([r for r in caplog.records if r.name == "stream_expiry.fence"]) == 1
     await service.assign([])  # the group's next assignment (none here)
     assert service._fence.why is None
+
+
+@pytest.mark.asyncio
+async def test_a_commit_refused_by_a_routine_rebalance_fences_without_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An operator adding an instance: the group rebalances with this member in it, and a
+    commit meanwhile is refused with RebalanceInProgressError. The fence closes all the
+    same (the partitions may move before the revocation is called back), but that is no
+    zombie: said at INFO, not counted in stream_expiry_writes_fenced_total (it warned and
+    counted as if the member had been dropped)."""
+    service = _service()
+    service._consumer = _RebalancingConsumer()
+    with caplog.at_level(logging.INFO, logger="stream_expiry"):
+        await service.revoke([TopicPartition(*SLOT)])
+    assert service._fence.why == "an offset commit was refused: the group is rebalancing"
+    assert service.stats.writes_fenced == 0
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    [said] = [r for r in caplog.records if r.name == "stream_expiry.fence"]
+    assert said.levelno == logging.INFO
+    assert "wait for the group's new assignment" in said.getMessage()

@@ -61,6 +61,50 @@ def test_regular_turns_and_late_ones_below_the_threshold_are_no_stall() -> None:
     assert (stalls.count, stalls.seconds, stalls.longest_s) == (0, 0.0, 0.0)
 
 
+def test_a_turn_late_on_the_cpu_is_kept_as_late_not_as_a_stall(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The loop blocked 8 s by the process' own work: no stall (the process ran, nothing
+    said or counted), but the late turn is kept for the write fence, since the Kafka
+    client's heartbeats did not run either. A pause is late too, described as a stall."""
+    clocks = _Clocks()
+    stalls = clocks.stalls()
+    clocks.run(0.25 + 0.3, cpu=0.3)  # a turn 300 ms late under load: not kept
+    with caplog.at_level(logging.WARNING, logger="stream_expiry.stalls"):
+        assert stalls.check() is None
+        assert stalls.take_late() is None
+        clocks.run(0.25 + 8.0, cpu=7.9)
+        assert stalls.check() is None
+    assert caplog.records == []
+    assert stalls.count == 0
+    late = stalls.take_late()
+    assert late is not None
+    assert late.seconds == pytest.approx(8.0)
+    assert late.stall is None
+    assert late.describe() == "the event loop was blocked for 8.0 s (the process' own work)"
+    assert stalls.take_late() is None  # taken
+    clocks.run(0.25 + 5.0)  # SIGSTOP
+    stall = stalls.check()
+    late = stalls.take_late()
+    assert late is not None
+    assert late.stall is stall
+    assert late.describe() == "the process did not run for 5.0 s (paused, or starved of CPU)"
+
+
+def test_the_longest_late_turn_is_kept_until_taken() -> None:
+    """A block of 6 s, then one of 1 s before anyone asked: the 6 s one is what the fence
+    must see, not the last."""
+    clocks = _Clocks()
+    stalls = clocks.stalls()
+    clocks.run(0.25 + 6.0, cpu=6.0)
+    stalls.check()
+    clocks.run(0.25 + 1.0, cpu=1.0)
+    stalls.check()
+    late = stalls.take_late()
+    assert late is not None
+    assert late.seconds == pytest.approx(6.0)
+
+
 def test_a_pause_is_one_stall_said_once(caplog: pytest.LogCaptureFixture) -> None:
     """SIGSTOP for 10.2 s: the turn comes 10.2 s late, with no CPU used meanwhile."""
     clocks = _Clocks()
