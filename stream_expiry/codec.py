@@ -33,6 +33,7 @@ __all__ = [
     "H_DETAIL",
     "H_DUE_AT_INGEST",
     "H_ERASURE_READ_AT",
+    "H_ERASURE_REQUESTED_AT",
     "H_ERROR",
     "H_LATE_CAUSE",
     "H_OFFSET",
@@ -61,6 +62,7 @@ __all__ = [
     "encode_hold_audit",
     "encode_read_at",
     "erasure_read_at_of",
+    "erasure_requested_at_of",
     "header_text",
     "late_cause_of",
     "output_partition",
@@ -134,6 +136,17 @@ H_DUE_AT_INGEST: Final = "expiry-due-at-ingest"
 # parked create) are taken for what they are, events of the lives it erased, and never
 # start a life the service never had. Older versions neither write nor read it.
 H_ERASURE_READ_AT: Final = "expiry-erasure-read-at"
+# On every erasure's (``explicit``) tombstone event and its null: when the erasure was
+# requested, the delete event's own ``ts`` as the service read it (epoch ms as decimal
+# text; the ``erase_at`` of the engine's state and of the ``e`` entry beside a marker),
+# also when a legal hold deferred it and its release sends it days later, and for an
+# erasure of lives ended already. The stores' receipts say it (``requested_at``), and
+# ``stream-expiry deletions`` times an erasure from it to the store's deletion. Not
+# :data:`H_ERASURE_READ_AT`'s value made longer: older versions parse that one whole, and
+# read a longer one as nothing (their restore would lose the read position); and a
+# released erasure has a request time but no read position. Older versions neither write
+# nor read it (their tombstones: unknown).
+H_ERASURE_REQUESTED_AT: Final = "expiry-erasure-requested-at"
 # Where rekey read an event it copied (``stream_expiry.rekey``): ``topic[partition]@offset``.
 H_REKEYED_FROM: Final = "expiry-rekeyed-from"
 # On every copy rekey makes: when the producer's event reached the broker (its Kafka
@@ -371,6 +384,12 @@ def erasure_read_at_of(headers: Sequence[tuple[str, bytes]]) -> ReadAt | None:
             except (TypeError, ValueError):
                 return None
     return None
+
+
+def erasure_requested_at_of(headers: Sequence[tuple[str, bytes]]) -> int | None:
+    """When the erasure a tombstone or null carries out was requested
+    (:data:`H_ERASURE_REQUESTED_AT`); None when not said (a ``ttl`` one, an older version's)."""
+    return _int_header(headers, H_ERASURE_REQUESTED_AT)
 
 
 def due_at_ingest_of(headers: Sequence[tuple[str, bytes]]) -> int | None:

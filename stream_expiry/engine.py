@@ -90,6 +90,24 @@ class Fired(NamedTuple):
     # tombstone (:meth:`Engine._erase_ended`), ends them at its own time, and the next
     # life may begin after it (:func:`_erased_at`). None: at ``after.deleted_at``.
     erased_until: int | None = None
+    # When the erasure was requested, when that is not the ``erase_at`` of the state the
+    # tombstone ends (:attr:`requested`): an erasure dated before the running life's
+    # previous deletion names that deletion's time (:meth:`Engine._erase_before`).
+    requested_at: int | None = None
+
+    @property
+    def requested(self) -> int | None:
+        """When an erasure's (``explicit``) tombstone's request was made: the delete
+        event's own ``ts`` as read (``codec.H_ERASURE_REQUESTED_AT``). The engine keeps it
+        as ``erase_at``: of the marker the tombstone leaves (the state after), or, for a
+        tombstone that ends no life of the changelog's (a held earlier life, an erasure
+        naming no life), of the life it names (the state before). None for an expiry."""
+        if self.reason != "explicit":
+            return None
+        if self.requested_at is not None:
+            return self.requested_at
+        after = self.after.erase_at
+        return after if after is not None and self.has_null else self.before.erase_at
 
     @property
     def deleted_until(self) -> int | None:
@@ -306,7 +324,7 @@ class Engine(Generic[S]):
         if op == "delete":
             before = None if prior is None else prior.previous_deleted_at
             if prior is not None and before is not None and t <= before:
-                return self._erase_before(prior, now_ms)
+                return self._erase_before(prior, t, now_ms)
             return self._delete(event, prior, now_ms)
         if prior is None:
             if op == "touch" and event.identity.category not in self._sliding:
@@ -412,7 +430,7 @@ class Engine(Generic[S]):
         return Outcome(Verdict.DELETED, after, False, (fired,))
 
     @staticmethod
-    def _erase_before(live: Stamp, now_ms: int) -> Outcome:
+    def _erase_before(live: Stamp, requested_at: int, now_ms: int) -> Outcome:
         """An erasure request dated at or before the deletion that ended the record's
         previous life, read while its next life runs: re-delivered (the request that ended
         that life, read again after a crash before its offset was committed), or read late
@@ -427,7 +445,8 @@ class Engine(Generic[S]):
         floor = live.previous_deleted_at
         assert floor is not None
         earlier = Stamp(live.identity, None, None, None, None, None, floor)  # erase_at: floor
-        return Outcome(Verdict.DELETED, None, False, (Fired(earlier, live, "explicit", now_ms),))
+        fired = Fired(earlier, live, "explicit", now_ms, requested_at=requested_at)
+        return Outcome(Verdict.DELETED, None, False, (fired,))
 
     def _stamp(self, identity: Identity, created_at: int, floor: int | None = None) -> Stamp:
         res = self._resolve(identity, created_at)

@@ -631,6 +631,8 @@ class Outbox:
                     )
                     if fired.request is not None:
                         held = [*held, *fired.request]
+                    if fired.reason == "explicit":
+                        held = [*held, *_requested_at(fired)]
                     if fired.late_cause is not None:  # an earlier life a hold kept
                         held = [*held, (codec.H_LATE_CAUSE, fired.late_cause.encode())]
                     if not events.try_add(key, event, at, held):
@@ -645,10 +647,12 @@ class Outbox:
                 request = fired.request
                 if fired.late_cause is not None:  # why it is late: the null says it too
                     request = (*(request or ()), (codec.H_LATE_CAUSE, fired.late_cause.encode()))
-                if erasures_read and fired.request is not None:
-                    read_at = _erasure_read_at(fired, erasures_read)
-                    if read_at is not None:  # where the erasure was read: a restore keeps it
-                        request = (*(request or ()), read_at)
+                if fired.reason == "explicit":  # when it was requested: the receipts say it
+                    request = (*(request or ()), *_requested_at(fired))
+                    if erasures_read and fired.request is not None:
+                        read_at = _erasure_read_at(fired, erasures_read)
+                        if read_at is not None:  # where the erasure was read: a restore keeps it
+                            request = (*request, read_at)
                 if request:
                     event_headers = [*source, deleted_at, *request]
                     deleted = [*source, deleted_at, reasons[fired.reason], *request]
@@ -737,6 +741,16 @@ class Outbox:
 
     def close(self) -> None:
         self._send.close()
+
+
+def _requested_at(fired: Fired) -> tuple[tuple[str, bytes], ...]:
+    """The header that says when the erasure ``fired`` carries out was requested
+    (:data:`codec.H_ERASURE_REQUESTED_AT`, from :attr:`Fired.requested`), none when the
+    state does not know (never for an erasure the engine decided)."""
+    requested = fired.requested
+    if requested is None:
+        return ()
+    return ((codec.H_ERASURE_REQUESTED_AT, b"%d" % requested),)
 
 
 def _erasure_read_at(

@@ -374,16 +374,19 @@ class _Planner:
         late: str | None = None,
     ) -> None:
         """Write a receipt; ``by``: the tombstone event or the null (its pending deletion)
-        that deleted the record, whose erasure request the receipt names, if it names one;
+        that deleted the record, whose erasure request (and its time) the receipt names, if
+        it names one;
         ``late``: why that deletion was late (``expiry-late-cause``), if it was."""
-        request, event_id = (None, None) if by is None else (by.request, by.request_event_id)
+        request, event_id, requested = (
+            (None, None, None) if by is None else (by.request, by.request_event_id, by.requested_at)
+        )
         # Positional, in the fields' order: one a deletion, and keywords cost the
         # receipt's __init__ about twice as much (see _messages._slot_init).
         self.out.receipts.append(
             Receipt(
                 self.new_id(), self.store, ident, reason, rows, src.created_at,
                 src.expires_at, src.ttl_seconds, src.ttl_source, emitted_at, deleted_at,
-                request, event_id, late,
+                request, event_id, late, requested,
             )
         )  # fmt: skip
 
@@ -590,6 +593,7 @@ class _Planner:
             nothing = Pending(
                 None, None, None, None, self.now, reason=c.reason, rowless=True,
                 request=c.request, request_event_id=c.request_event_id,
+                requested_at=c.requested_at,
             )  # fmt: skip
             self.remember(slot, c.identity, NEVER_CREATED, None, (nothing,))
             return
@@ -601,7 +605,7 @@ class _Planner:
         waiting = Pending(
             row.created_at, row.expires_at, row.ttl_seconds, row.ttl_source, self.now,
             reason=c.reason, request=c.request, request_event_id=c.request_event_id,
-            late_cause=c.late_cause,
+            late_cause=c.late_cause, requested_at=c.requested_at,
         )  # fmt: skip
         held = () if slot.marker is None else slot.marker.pending
         self.remember(

@@ -28,6 +28,7 @@ from stream_expiry.codec import (
     H_REQUEST,
     H_REQUEST_EVENT_ID,
     deleted_at_of,
+    erasure_requested_at_of,
     late_cause_of,
     reason_of,
     request_of,
@@ -170,6 +171,9 @@ class TombstoneChange:
     # Why it came more than a minute after its expiry, or an erasure's after its request
     # (``expiry-late-cause``; None: on time, or not said): its receipts say it too.
     late_cause: str | None = None
+    # When the erasure it carries out was requested (``expiry-erasure-requested-at``, epoch
+    # ms; None: not an erasure's, or an older version's): its receipts say it.
+    requested_at: int | None = None
 
     @property
     def bound(self) -> int:
@@ -260,6 +264,8 @@ class NullChange:
     request_event_id: str | None = None
     # Why the deletion was late, as its headers say (see TombstoneChange).
     late_cause: str | None = None
+    # When the erasure it carries out was requested (see TombstoneChange).
+    requested_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,6 +377,9 @@ class Pending:
     # it there; its receipt says when that was. False: the data went with the row (a stamp
     # that named no held life, or a store of an earlier version), and the receipt says when.
     kept: bool = False
+    # When the erasure the null carried out was requested, for the receipt (the
+    # tombstone's own, when it comes and names the request, is the one its receipt says).
+    requested_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,7 +431,7 @@ def encode_pending(pending: tuple[Pending, ...]) -> str | None:
             # naming a request or late, or kept aside.
             + (
                 [p.superseded, p.reason, p.rowless, p.request, p.request_event_id, p.late_cause]
-                if p.late_cause is not None or p.kept
+                if p.late_cause is not None or p.kept or p.requested_at is not None
                 else [p.superseded, p.reason, p.rowless, p.request, p.request_event_id]
                 if p.request is not None
                 else [p.superseded, p.reason, True]
@@ -433,7 +442,7 @@ def encode_pending(pending: tuple[Pending, ...]) -> str | None:
                 if p.superseded
                 else []
             )
-            + ([True] if p.kept else [])
+            + ([p.kept, p.requested_at] if p.requested_at is not None else [True] if p.kept else [])
             for p in pending
         ]
     ).decode("utf-8")
@@ -462,6 +471,10 @@ class Receipt:
     erasure's, after its request), as the tombstone event (else its null) said it
     (``expiry-late-cause``, published as that header); None for a deletion on time, and
     for the store's own (``sweep``).
+
+    ``requested_at``: when the erasure the deletion carried out was requested, as the
+    tombstone event (else its null) said it (``expiry-erasure-requested-at``); None for
+    every other deletion, and for an erasure whose tombstone an older version sent.
     """
 
     receipt_id: str
@@ -478,6 +491,7 @@ class Receipt:
     request: str | None = None
     request_event_id: str | None = None
     late_cause: str | None = None
+    requested_at: int | None = None
 
 
 # Built by the thousand per batch: see _slot_init.
@@ -496,7 +510,7 @@ def encode_receipt(r: Receipt) -> bytes:
     not by a helper: a call each, three a receipt.
     """
     i = r.identity
-    created, expires, emitted = r.created_at, r.expires_at, r.emitted_at
+    created, expires, emitted, requested = r.created_at, r.expires_at, r.emitted_at, r.requested_at
     value = orjson.dumps(
         {
             "receipt_id": r.receipt_id,
@@ -515,6 +529,7 @@ def encode_receipt(r: Receipt) -> bytes:
             "ttl_source": r.ttl_source,
             "emitted_at": None if emitted is None else format_ts(emitted),
             "deleted_at": format_ts(r.deleted_at),
+            "requested_at": None if requested is None else format_ts(requested),
         }
     )
     return memoryview(value).tobytes()
@@ -657,9 +672,11 @@ def decode_stamped(
         at = timestamp if timestamp is not None and timestamp >= 0 else None
         request, event_id = request_of(headers) if known == "explicit" else (None, None)
         late = late_cause_of(headers) if known is not None else None
+        requested = erasure_requested_at_of(headers) if known == "explicit" else None
         return NullChange(
-            _key_identity(key), partition, offset, known, at, topic, request, event_id, late
-        )
+            _key_identity(key), partition, offset, known, at, topic, request, event_id, late,
+            requested,
+        )  # fmt: skip
     obj = _load_object(value)
     data = obj.get("data")
     # Nearly always absent: a lookup, not a call of _time, for the common stamp.
@@ -718,7 +735,11 @@ def decode_tombstone(
     emitted_at = _time(obj, "emitted_at")
     if emitted_at is None:
         raise InvalidMessage("field 'emitted_at' is required")
-    request, event_id = request_of(headers) if reason == "explicit" else (None, None)
+    request, event_id, requested = (
+        (*request_of(headers), erasure_requested_at_of(headers))
+        if reason == "explicit"
+        else (None, None, None)
+    )
     late = late_cause_of(headers) if headers else None
     # Positional, in the fields' order, as the stamp's above.
     return TombstoneChange(
@@ -736,4 +757,5 @@ def decode_tombstone(
         request,
         event_id,
         late,
+        requested,
     )

@@ -166,11 +166,11 @@ _MARKERS_FROM_JSON: Final = _from_json(
 )
 _RECEIPTS_FROM_JSON: Final = _from_json(
     "text", "text", *_KEY_TYPES, "text", "integer", "bigint", "bigint", "bigint", "text",
-    "bigint", "bigint", "text", "text", "text",
+    "bigint", "bigint", "text", "text", "text", "bigint",
 )  # fmt: skip
 _RECEIPT_COLS: Final = (
     f"receipt_id, store, {_KEY}, reason, rows_deleted, created_at, expires_at, ttl_seconds, "
-    "ttl_source, emitted_at, deleted_at, request, request_event_id, late_cause"
+    "ttl_source, emitted_at, deleted_at, request, request_event_id, late_cause, requested_at"
 )
 # Every statement planned for the tables as they are now. asyncpg prepares each statement,
 # and after five runs PostgreSQL may keep a generic plan for good; made while the tables
@@ -340,7 +340,7 @@ CREATE TABLE IF NOT EXISTS {receipts} (
     reason text NOT NULL, rows_deleted integer NOT NULL,
     created_at bigint, expires_at bigint, ttl_seconds bigint, ttl_source text,
     emitted_at bigint, deleted_at bigint NOT NULL,
-    request text, request_event_id text, late_cause text
+    request text, request_event_id text, late_cause text, requested_at bigint
 );
 DO $request$
 BEGIN
@@ -355,6 +355,12 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{receipts}'::regclass
                    AND attname = 'late_cause' AND NOT attisdropped) THEN
         ALTER TABLE {receipts} ADD COLUMN IF NOT EXISTS late_cause text;
+    END IF;
+    -- When the erasure a receipt carried out was requested (NULL: not an erasure, an
+    -- older version's tombstone, and the receipts written before).
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{receipts}'::regclass
+                   AND attname = 'requested_at' AND NOT attisdropped) THEN
+        ALTER TABLE {receipts} ADD COLUMN IF NOT EXISTS requested_at bigint;
     END IF;
 END
 $request$;
@@ -716,7 +722,8 @@ class _PostgresTx(StoreTransaction):
                 _json(
                     (r.receipt_id, r.store, *r.identity.parts(), r.reason, r.rows_deleted,
                      r.created_at, r.expires_at, r.ttl_seconds, r.ttl_source, r.emitted_at,
-                     r.deleted_at, r.request, r.request_event_id, r.late_cause)
+                     r.deleted_at, r.request, r.request_event_id, r.late_cause,
+                     r.requested_at)
                     for r in p.receipts
                 ),
             )  # fmt: skip

@@ -64,7 +64,7 @@ _MARKER_COLS: Final = (
 )
 _RECEIPT_COLS: Final = (
     f"receipt_id, store, {_KEY}, reason, rows_deleted, created_at, expires_at, ttl_seconds, "
-    "ttl_source, emitted_at, deleted_at, request, request_event_id, late_cause"
+    "ttl_source, emitted_at, deleted_at, request, request_event_id, late_cause, requested_at"
 )
 
 _SCHEMA: Final = """
@@ -104,7 +104,7 @@ CREATE TABLE IF NOT EXISTS {p}receipts (
     reason TEXT NOT NULL, rows_deleted INTEGER NOT NULL,
     created_at INTEGER, expires_at INTEGER, ttl_seconds INTEGER, ttl_source TEXT,
     emitted_at INTEGER, deleted_at INTEGER NOT NULL,
-    request TEXT, request_event_id TEXT, late_cause TEXT
+    request TEXT, request_event_id TEXT, late_cause TEXT, requested_at INTEGER
 );
 CREATE TABLE IF NOT EXISTS {p}receipts_outbox (seq INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS {p}pruned (
@@ -130,6 +130,9 @@ _ADDED: Final = (
     ("receipts", "request_event_id", "TEXT"),
     # Why the deletion was late (NULL: on time, and in the receipts written before).
     ("receipts", "late_cause", "TEXT"),
+    # When the erasure a receipt carried out was requested (NULL: not an erasure, an older
+    # version's tombstone, and the receipts written before).
+    ("receipts", "requested_at", "INTEGER"),
     # Where the row's life began (rows written before: unknown, so no ttl tombstone's
     # window takes them in), and the markers' ttl window (NULL: none, as before).
     ("records", "previous_deleted_at", f"INTEGER DEFAULT {UNKNOWN_PREVIOUS}"),
@@ -156,7 +159,7 @@ def _receipt_params(r: Receipt) -> tuple[Any, ...]:
     return (
         r.receipt_id, r.store, *r.identity.parts(), r.reason, r.rows_deleted, r.created_at,
         r.expires_at, r.ttl_seconds, r.ttl_source, r.emitted_at, r.deleted_at, r.request,
-        r.request_event_id, r.late_cause,
+        r.request_event_id, r.late_cause, r.requested_at,
     )  # fmt: skip
 
 
@@ -268,7 +271,7 @@ class _SQLiteTx(StoreTransaction):
         if p.receipts:
             await c.executemany(
                 f"INSERT INTO {t}receipts ({_RECEIPT_COLS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [_receipt_params(r) for r in p.receipts],
             )
 

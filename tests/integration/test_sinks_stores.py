@@ -12,10 +12,11 @@ import random
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import pytest
 import pytest_asyncio
 
-from stream_expiry.codec import H_DELETED_AT
+from stream_expiry.codec import H_DELETED_AT, H_ERASURE_REQUESTED_AT
 from stream_expiry.errors import StoreError
 from stream_expiry.logs import configure_logging
 from stream_expiry.model import Identity, Stamp
@@ -26,6 +27,7 @@ from stream_expiry.sinks._messages import (
     TombstoneChange,
     decode_stamped,
     decode_tombstone,
+    encode_receipt,
 )
 from stream_expiry.sinks.postgres import MAX_KEY_BYTES, PostgresStore
 from stream_expiry.sinks.postgres import prune_sql as postgres_prune_sql
@@ -33,6 +35,7 @@ from stream_expiry.sinks.sqlite import SQLiteStore
 from stream_expiry.sinks.sqlite import prune_end_sql as sqlite_prune_end_sql
 from stream_expiry.sinks.sqlite import prune_sql as sqlite_prune_sql
 from stream_expiry.sinks.store import REREAD_MARGIN_MS, MemoryStore, Store, SweepPosition
+from stream_expiry.timeutil import format_ts
 from tests.integration.sink_helpers import (
     MINUTE,
     SQL_KINDS,
@@ -510,6 +513,82 @@ async def test_an_erasures_receipt_names_its_request_however_it_was_deleted(
     assert {x.receipt_id: x for x in await store.receipts()} == {
         x.receipt_id: x for x in said.values()
     }
+
+
+# An erasure requested a week before its tombstone (a legal hold deferred it).
+ASKED = T0 - 7 * 24 * 60 * MINUTE
+WHEN = [*NAMED, (H_ERASURE_REQUESTED_AT, b"%d" % ASKED)]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+@pytest.mark.parametrize(
+    "case", ["tombstone-first", "null-first", "null-only-swept", "never-seen",
+             "said-by-the-null-only"],
+)  # fmt: skip
+async def test_an_erasures_receipt_says_when_it_was_requested_however_it_was_deleted(
+    store: Store, case: str
+) -> None:
+    """The tombstone event and the null of an erasure say when it was requested (header
+    expiry-erasure-requested-at); the receipt keeps it (``requested_at``), in the store's
+    receipts table and in its value on expiry.receipts, whichever of the two deleted the
+    row, also when the sweep writes it and for a record the store never held. An
+    expiry's receipt, and an erasure whose tombstone an older version sent, say none."""
+    i, expired, old = ident("erased"), stamp(ident("expired")), stamp(ident("old"))
+    s = Stamp(i, None, None, None, None) if case == "never-seen" else stamp(i)
+    if case != "never-seen":
+        await store.apply([put(s, offset=0)], now_ms=T0)
+    await store.apply(
+        [put(expired, offset=1), kill(expired), put(old, offset=3), erase(old)], now_ms=T0 + 1
+    )
+    tomb = erase(s, () if case == "said-by-the-null-only" else WHEN)
+    if case in ("tombstone-first", "never-seen"):
+        await store.apply([tomb], now_ms=T0 + MINUTE)
+        await store.apply([erased(i, 2, WHEN)], now_ms=T0 + MINUTE + 1)
+    else:
+        await store.apply([erased(i, 2, WHEN)], now_ms=T0 + MINUTE)
+        if case.endswith("swept"):
+            page = await store.sweep(cutoff_ms=T0 + 2 * MINUTE, now_ms=T0 + 2 * MINUTE)
+            assert [r.reason for r in page.plan.receipts] == ["explicit"]
+        else:
+            await store.apply([tomb], now_ms=T0 + MINUTE + 1)
+    await store.close()
+    await store.open()  # kept by the store, not only by the plan
+    said = {r.identity: r for r in await store.pending_receipts()}
+    assert set(said) == {i, expired.identity, old.identity}
+    r = said[i]
+    assert (r.reason, r.rows_deleted, r.requested_at) == (
+        "explicit", 0 if case == "never-seen" else 1, ASKED,
+    )  # fmt: skip
+    assert orjson.loads(encode_receipt(r))["requested_at"] == format_ts(ASKED)
+    assert (said[expired.identity].reason, said[expired.identity].requested_at) == ("ttl", None)
+    assert said[old.identity].requested_at is None
+    assert orjson.loads(encode_receipt(said[old.identity]))["requested_at"] is None
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(SQL_KINDS), indirect=True)
+async def test_a_store_made_before_receipts_said_when_an_erasure_was_requested_is_brought_up_to_date(
+    store: Store,
+) -> None:
+    """Reopening a store whose receipts table lacks ``requested_at`` adds it: the receipts
+    already there say none, and an erasure's receipt says its request's time from then on."""
+    old = stamp(ident("old"))
+    await store.apply([put(old, offset=0), erase(old, WHEN)], now_ms=T0)
+    conn: Any = getattr(store, "_conn", None) or store._pool  # type: ignore[attr-defined]
+    sqlite = isinstance(store, SQLiteStore)
+    receipts = f"{store.prefix}receipts" if sqlite else store._n.receipts  # type: ignore[attr-defined]
+    await conn.execute(f"ALTER TABLE {receipts} DROP COLUMN requested_at")
+    if sqlite:
+        await conn.commit()
+    await store.close()
+    await store.open()
+    new = stamp(ident("new"))
+    await store.apply([put(new, offset=1), erase(new, WHEN)], now_ms=T0 + 1)
+    await store.close()
+    await store.open()  # once: a second opening changes nothing
+    said = [(r.identity, r.requested_at) for r in await store.pending_receipts()]
+    assert said == [(old.identity, None), (new.identity, ASKED)]
 
 
 @pytest.mark.asyncio

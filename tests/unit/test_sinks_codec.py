@@ -251,6 +251,10 @@ def test_receipts_match_their_schema_and_never_carry_data(reason: str) -> None:
         "2026-01-01T00:00:00.000Z",
         "2026-01-01T00:00:00.001Z",
     )
+    asked = dataclasses.replace(r, reason="explicit", requested_at=T0 - 1)  # when it was asked
+    body = orjson.loads(encode_receipt(asked))
+    validator("receipt.schema.json").validate(body)
+    assert body["requested_at"] == "2025-12-31T23:59:59.999Z"
 
 
 def test_a_receipt_says_what_was_deleted_when_and_by_which_rule() -> None:
@@ -274,6 +278,7 @@ def test_a_receipt_says_what_was_deleted_when_and_by_which_rule() -> None:
         "ttl_source": "org",
         "emitted_at": "2026-01-01T00:01:00.004Z",
         "deleted_at": "2026-01-01T00:01:00.010Z",
+        "requested_at": None,  # not an erasure
     }
 
 
