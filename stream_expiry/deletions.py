@@ -11,7 +11,9 @@ once.
 
 For each store: its deletions by rule (``ttl``, ``explicit``, ``sweep``) and by category,
 how long after its due time each row went (the expiry for ``ttl`` and ``sweep``, the
-tombstone's time for an erasure), the late ones by the cause the service gave, and the
+tombstone's time for an erasure), how long after its request each erasure went (the
+receipt's ``requested_at``: a legal hold that deferred it a week shows as a week, where
+the tombstone's time showed ~0 s), the late ones by the cause the service gave, and the
 tombstones that found nothing to delete (``rows_deleted`` 0: the store never held the
 record). ``--receipts`` prints the receipts themselves, one JSON object a line, for an
 export.
@@ -80,29 +82,41 @@ class StoreDeletions:
     # row (a tuple with its key was ~150, 150 MB a million rows); the longest keeps its key.
     after_due: array[int] = field(default_factory=lambda: array("q"))
     longest: tuple[int, str] | None = None
+    # Of each row an erasure deleted, how long after its request (ms, 0 when before it),
+    # likewise; and the erasures whose receipt says no request time (an older version's
+    # tombstone or store): left out of those times, counted.
+    after_request: array[int] = field(default_factory=lambda: array("q"))
+    longest_request: tuple[int, str] | None = None
+    request_unknown: int = 0
 
     @property
     def deleted(self) -> int:
         return sum(self.by_reason.values())
 
     def as_dict(self) -> dict[str, Any]:
-        waits = sorted(self.after_due)
-        longest = self.longest
         return {
             "deleted": self.deleted,
             "by_reason": dict(sorted(self.by_reason.items())),
             "by_category": dict(sorted(self.by_category.items())),
             "found_nothing": self.found_nothing,
             "late_causes": dict(sorted(self.late_causes.items())),
-            "after_due_s": None
-            if not waits or longest is None
-            else {
-                "p50": _nearest_rank(waits, 0.50) / 1000,
-                "p99": _nearest_rank(waits, 0.99) / 1000,
-                "max": longest[0] / 1000,
-                "max_key": longest[1],
-            },
+            "after_due_s": _waits(self.after_due, self.longest),
+            "after_request_s": _waits(self.after_request, self.longest_request),
+            "request_unknown": self.request_unknown,
         }
+
+
+def _waits(waits: array[int], longest: tuple[int, str] | None) -> dict[str, Any] | None:
+    """p50, p99 and max (with its key) of ``waits`` (ms) in seconds; None when empty."""
+    if not waits or longest is None:
+        return None
+    ordered = sorted(waits)
+    return {
+        "p50": _nearest_rank(ordered, 0.50) / 1000,
+        "p99": _nearest_rank(ordered, 0.99) / 1000,
+        "max": longest[0] / 1000,
+        "max_key": longest[1],
+    }
 
 
 def _nearest_rank(ordered: list[int], q: float) -> int:
@@ -182,6 +196,27 @@ class Deletions:
             store.after_due.append(wait)
             if store.longest is None or wait > store.longest[0]:
                 store.longest = (wait, str(receipt.get("key")))
+        if reason == "explicit":
+            requested = _time_or_none(receipt.get("requested_at"))
+            if requested is None:
+                store.request_unknown += 1
+                return
+            if deleted_at is None:
+                deleted_at = parse_ts(receipt["deleted_at"])
+            wait = max(0, deleted_at - requested)
+            store.after_request.append(wait)
+            if store.longest_request is None or wait > store.longest_request[0]:
+                store.longest_request = (wait, str(receipt.get("key")))
+
+
+def _time_or_none(said: Any) -> int | None:
+    """A receipt's optional time in ms; None when absent or unreadable."""
+    if not isinstance(said, str):
+        return None
+    try:
+        return parse_ts(said)
+    except InvalidTimestamp:
+        return None
 
 
 def _due_at(receipt: Mapping[str, Any]) -> int | None:
@@ -199,11 +234,13 @@ def _due_at(receipt: Mapping[str, Any]) -> int | None:
 def exported(receipt: dict[str, Any], headers: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
     """A receipt as ``--receipts`` prints it: its value, and what its message's headers say,
     as the stores' receipts tables have it: ``request`` and ``request_event_id``, the
-    erasure request it carried out, and ``late_cause`` (null when the header is absent).
+    erasure request it carried out, and ``late_cause`` (null when the header is absent);
+    and ``requested_at`` always (null in a receipt an older store wrote without it).
     The value alone left an export of erasures without the requests they answered, which
     an audit matches them to, and without why the late ones were late."""
     request, event_id = codec.request_of(headers)
     return receipt | {
+        "requested_at": receipt.get("requested_at"),
         "request": request,
         "request_event_id": event_id,
         "late_cause": codec.late_cause_of(headers),
@@ -327,9 +364,21 @@ def text_lines(d: dict[str, Any]) -> list[str]:
             if s["by_reason"].get("explicit"):
                 # Read as the requests' wait, an erasure a hold deferred a week was "0.1 s".
                 lines.append(
-                    "      (an erasure from its tombstone's time, not its request's: those sent "
-                    "over a minute after their request have a late cause)"
+                    "      (an erasure from its tombstone's time, not its request's: see below)"
                 )
+        asked = s.get("after_request_s")
+        if asked is not None:
+            lines.append(
+                printable(
+                    f"    erasures, request to deletion: p50 {asked['p50']:,.3f} s, p99 "
+                    f"{asked['p99']:,.3f} s, max {asked['max']:,.3f} s ({asked['max_key']})"
+                )
+            )
+        if s.get("request_unknown"):
+            lines.append(
+                f"    {_many(s['request_unknown'], 'erasure')} whose receipt says no request "
+                "time (sent or stored by an older version): not in those times"
+            )
         if s["late_causes"]:
             lines.append(
                 printable(f"    late, by the service's cause: {_counts(s['late_causes'])}")

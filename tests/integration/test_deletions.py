@@ -15,9 +15,10 @@ from stream_expiry.cli import main
 from stream_expiry.config import parse_config
 from stream_expiry.deletions import Filter, deletions
 from stream_expiry.kafka import producer
-from stream_expiry.timeutil import format_ts, wall_clock_ms
-from tests.conftest import read_topic
-from tests.integration.service_helpers import config_text
+from stream_expiry.timeutil import format_ts, parse_ts, wall_clock_ms
+from tests.conftest import read_topic, wait_for
+from tests.integration.service_helpers import config_for, config_text, event, running_service
+from tests.integration.service_helpers import produce as service_produce
 from tests.integration.sink_helpers import (
     MINUTE,
     ident,
@@ -137,3 +138,62 @@ async def test_deletions_counts_each_stores_receipts_by_rule_category_and_latene
     args = [*common, "--since", later, "--until", format_ts(now)]
     assert await anyio.to_thread.run_sync(main, args) == 2
     assert "--until" in capsys.readouterr().err
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(120)
+async def test_an_erasure_a_hold_deferred_is_timed_from_its_request(
+    broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An erasure requested while a legal hold kept the record goes out at the release: its
+    tombstone says when it was requested (expiry-erasure-requested-at), the store's receipt
+    keeps it (``requested_at``, before the release), and ``deletions`` times the erasure
+    from it, where from its tombstone's time it was ~0 s (a compliance audit's "without
+    undue delay")."""
+    cfg = tmp_path / "expiry.toml"
+    retention = '[retention.defaults]\nconversation = "1h"\n'
+    cfg.write_text(config_text(topics, str(tmp_path / "state"), retention))
+    common = ["--config", str(cfg), "--bootstrap-servers", broker]
+    config = config_for(topics, str(tmp_path / "state"), retention)
+    place = ["hold", "place", *common, "--org", "acme", "--record-id", "c-1"]
+    assert await anyio.to_thread.run_sync(main, [*place, "--reason", "case 11", "--id", "h"]) == 0
+    asked = wall_clock_ms() - 10 * MINUTE  # the request's own time: ten minutes ago
+    async with (
+        open_store("sqlite", tmp_path, name="crm") as store,
+        running_sink(store, sink_config(broker, topics)),
+        running_service(config, broker) as service,
+    ):
+        await wait_for(lambda: len(service.holds) == 1)
+        created = event("conversation", "c-1", ts=asked - MINUTE)
+        erased = event("conversation", "c-1", op="delete", ts=asked, event_id="gdpr-11")
+        await service_produce(broker, [(topics.conversations, *created)])
+        await service_produce(broker, [(topics.conversations, *erased)])
+        await wait_for(lambda: service.stats.verdicts["held"] >= 1)
+        released_at = wall_clock_ms()
+        assert await anyio.to_thread.run_sync(main, ["hold", "release", *common, "h"]) == 0
+        [receipt] = await _receipts_published(broker, topics, 1)
+    [tomb] = await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 1)
+    assert codec.erasure_requested_at_of(tomb.headers) == asked
+    assert (receipt["reason"], receipt["rows_deleted"]) == ("explicit", 1)
+    assert receipt["requested_at"] == format_ts(asked)  # the request's time, not the release's
+    assert asked < released_at <= parse_ts(str(receipt["emitted_at"]))
+    waited = (parse_ts(str(receipt["deleted_at"])) - asked) / 1000
+    assert waited >= 10 * MINUTE / 1000
+
+    capsys.readouterr()
+    assert await anyio.to_thread.run_sync(main, ["deletions", *common, "--json"]) == 0
+    crm = orjson.loads(capsys.readouterr().out)["stores"]["crm"]
+    assert crm["by_reason"] == {"explicit": 1}
+    assert crm["after_due_s"]["max"] < 60  # from its tombstone: no delay to speak of
+    assert crm["after_request_s"] == {
+        "p50": waited, "p99": waited, "max": waited, "max_key": created[0].decode(),
+    }  # fmt: skip
+    assert crm["request_unknown"] == 0
+    assert await anyio.to_thread.run_sync(main, ["deletions", *common]) == 0
+    text = capsys.readouterr().out
+    assert f"    erasures, request to deletion: p50 {waited:,.3f} s, p99 {waited:,.3f} s" in text
+    assert await anyio.to_thread.run_sync(main, ["deletions", *common, "--receipts"]) == 0
+    [exported_] = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (exported_["requested_at"], exported_["request_event_id"]) == (
+        format_ts(asked), "gdpr-11",
+    )  # fmt: skip

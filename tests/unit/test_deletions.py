@@ -98,12 +98,14 @@ def test_an_exported_receipt_says_the_request_it_carried_out_and_why_it_was_late
         (codec.H_LATE_CAUSE, b"hold"),
     ]
     assert exported(erasure, headers) == erasure | {
+        "requested_at": None,  # an older store's receipt: said null
         "request": "conversations[2]@1041",
         "request_event_id": "ev-7",
         "late_cause": "hold",
     }
     plain = _receipt(2)
     assert exported(plain, []) == plain | {
+        "requested_at": None,
         "request": None,
         "request_event_id": None,
         "late_cause": None,
@@ -120,3 +122,36 @@ def test_the_totals_have_thousands_separators_as_the_counts_under_them() -> None
     assert lines[0] == "deletions, the beginning to now (by deleted_at): 1,201 receipts"
     assert lines[1:3] == ["  store pg: 1,200 rows deleted", "    by rule: ttl 1,200"]
     assert lines[-1] == "    1 tombstone of records it never held (rows_deleted 0)"
+
+
+def test_an_erasure_is_timed_from_its_request_too() -> None:
+    """An erasure a legal hold deferred a week went out a week after its request: timed from
+    its tombstone (``after_due_s``) it was 0.1 s, the delay an audit asks about nowhere.
+    The receipt's ``requested_at`` times it; one without (an older version's) is counted
+    apart, never as 0 s; an expiry is in neither."""
+    week = 7 * 24 * 3600 * 1000
+    report = Deletions(Filter({}))
+    report.add(_receipt(1, reason="explicit", requested_at=format_ts(T - week)), ())
+    report.add(_receipt(2, reason="explicit", requested_at=format_ts(T)), ())
+    report.add(_receipt(3, reason="explicit"), ())  # an older store's receipt
+    report.add(_receipt(4, requested_at=None), ())
+    pg = report.as_dict()["stores"]["pg"]
+    assert pg["after_request_s"] == {
+        "p50": 2.0,
+        "p99": week / 1000 + 1,
+        "max": week / 1000 + 1,
+        "max_key": "acme/_/live/conversation/c1",
+    }
+    assert pg["request_unknown"] == 1
+    lines = text_lines(report.as_dict())
+    assert (
+        "    erasures, request to deletion: p50 2.000 s, p99 604,801.000 s, max 604,801.000 s "
+        "(acme/_/live/conversation/c1)"
+    ) in lines
+    assert (
+        "    1 erasure whose receipt says no request time (sent or stored by an older "
+        "version): not in those times"
+    ) in lines
+    exported_ = exported(_receipt(1, reason="explicit", requested_at=format_ts(T)), [])
+    assert exported_["requested_at"] == format_ts(T)
+    assert Deletions(Filter({})).as_dict()["stores"] == {}
