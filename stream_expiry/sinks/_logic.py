@@ -536,7 +536,11 @@ class _Planner:
                 continue
             src = t if t.created_at is not None else p
             # The erasure's null names the request when its tombstone event does not.
-            by = p if t.request is None and t.reason == "explicit" else t
+            by: TombstoneChange | Pending = p if t.request is None and t.reason == "explicit" else t
+            if by is p and p.requested_at is None and t.requested_at is not None:
+                # The tombstone alone says when (a release of an erasure an earlier
+                # version deferred: its request unknown, its time the state's own).
+                by = replace(p, requested_at=t.requested_at)
             late = t.late_cause if t.late_cause is not None else p.late_cause  # likewise
             deleted_at = p.deleted_at
             if p.kept:  # a held life's data, kept aside: it goes now (rule 8)

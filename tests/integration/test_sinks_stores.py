@@ -524,7 +524,7 @@ WHEN = [*NAMED, (H_ERASURE_REQUESTED_AT, b"%d" % ASKED)]
 @pytest.mark.parametrize("store", store_params(), indirect=True)
 @pytest.mark.parametrize(
     "case", ["tombstone-first", "null-first", "null-only-swept", "never-seen",
-             "said-by-the-null-only"],
+             "said-by-the-null-only", "time-said-by-the-tombstone-only"],
 )  # fmt: skip
 async def test_an_erasures_receipt_says_when_it_was_requested_however_it_was_deleted(
     store: Store, case: str
@@ -542,11 +542,15 @@ async def test_an_erasures_receipt_says_when_it_was_requested_however_it_was_del
         [put(expired, offset=1), kill(expired), put(old, offset=3), erase(old)], now_ms=T0 + 1
     )
     tomb = erase(s, () if case == "said-by-the-null-only" else WHEN)
+    null = erased(i, 2, WHEN)
+    if case == "time-said-by-the-tombstone-only":  # the request unknown to the tombstone
+        tomb = erase(s, [(H_ERASURE_REQUESTED_AT, b"%d" % ASKED)])
+        null = erased(i, 2, NAMED)
     if case in ("tombstone-first", "never-seen"):
         await store.apply([tomb], now_ms=T0 + MINUTE)
-        await store.apply([erased(i, 2, WHEN)], now_ms=T0 + MINUTE + 1)
+        await store.apply([null], now_ms=T0 + MINUTE + 1)
     else:
-        await store.apply([erased(i, 2, WHEN)], now_ms=T0 + MINUTE)
+        await store.apply([null], now_ms=T0 + MINUTE)
         if case.endswith("swept"):
             page = await store.sweep(cutoff_ms=T0 + 2 * MINUTE, now_ms=T0 + 2 * MINUTE)
             assert [r.reason for r in page.plan.receipts] == ["explicit"]
