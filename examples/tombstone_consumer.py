@@ -7,10 +7,13 @@ The README's "Consuming `expiry.tombstones` in your own service", as code to sta
   are committed once the store has committed its deletions and the receipts are sent;
 * a tombstone deletes the lives it ends, not the record id: those created at or before its
   header ``expiry-deleted-at`` (epoch ms) for an erasure; for an expiry, those created at
-  or before its ``created_at``, and those created before its expiry (the header plus one)
-  that did not begin after an end of its life (their ``previous_deleted_at`` none, or
-  before its ``created_at``); before its ``expires_at`` without that header (a held life
-  let go while the record lives on); matched by the five ids as the tombstone gives them
+  or before its ``created_at``; and, for both, when the tombstone names a life with an
+  expiry, those created before that expiry (an expiry's header plus one, an erasure's
+  ``expires_at``, when it says ``expiry-erasure-read-at``) that did not begin after an
+  end of its life (their
+  ``previous_deleted_at`` none, or before its ``created_at``); before its ``expires_at``
+  without that header (a held life let go while the record lives on); matched by the
+  five ids as the tombstone gives them
   (``bot`` ``_`` and ``env`` ``live`` when the event gave none);
 * one receipt per deletion on ``expiry.receipts``, keyed by the record key, its id derived
   from the deletion (store, key, reason, created_at, the bound), so a re-sent tombstone
@@ -76,7 +79,7 @@ def rfc3339(ms: int) -> str:
 def last_creation_ended(body: dict[str, Any], headers: dict[str, str]) -> int:
     """The latest creation time (epoch ms) of the lives the tombstone ends whatever else
     they say. A ``ttl`` one ends its own life (``created_at``) and those before, and of the
-    lives created before its expiry only those :func:`ttl_window` takes in: a create dated
+    lives created before its expiry only those :func:`life_window` takes in: a create dated
     after an erasure, both read after the expiry fired, starts the next life before that
     expiry."""
     if "expiry-deleted-at" in headers:
@@ -86,17 +89,24 @@ def last_creation_ended(body: dict[str, Any], headers: dict[str, str]) -> int:
     return epoch_ms(body["expires_at"]) - 1  # a held life: those created before its expiry
 
 
-def ttl_window(body: dict[str, Any], headers: dict[str, str]) -> tuple[int, int] | None:
-    """The other lives a ``ttl`` tombstone with the header ends, as ``(before, floor)``: those
-    created before its expiry (``before``) whose ``previous_deleted_at`` is none or before
+def life_window(body: dict[str, Any], headers: dict[str, str]) -> tuple[int, int] | None:
+    """The other lives a tombstone with the header that names a life with an expiry ends, as
+    ``(before, floor)``: those created before its expiry (``before``: a ``ttl`` one's header
+    plus one, an erasure's ``expires_at``, when it says ``expiry-erasure-read-at``: the
+    versions that write it say every next life's floor) whose ``previous_deleted_at`` is none or before
     its ``created_at`` (``floor``). They are its own life's too: a create dated before a
     life's creation, read late, moves that creation back, so data you wrote for the life's
-    first create is dated after the ``created_at`` the tombstone names. A life that began
-    after an end of its life (an erasure read late, dated within it) says that end, at or
-    after its ``created_at``, in its stamp's ``previous_deleted_at``: the next life."""
-    if body["reason"] != "ttl" or body["created_at"] is None or "expiry-deleted-at" not in headers:
+    first create is dated after the ``created_at`` the tombstone names, and after an
+    erasure's time when the erasure came between the two. A life that began after an end
+    of its life (an erasure, read late or not) says that end, at or after its
+    ``created_at``, in its stamp's ``previous_deleted_at``: the next life."""
+    if body["created_at"] is None or "expiry-deleted-at" not in headers:
         return None
-    return int(headers["expiry-deleted-at"]) + 1, epoch_ms(body["created_at"])
+    if body["reason"] == "ttl":
+        return int(headers["expiry-deleted-at"]) + 1, epoch_ms(body["created_at"])
+    if body["expires_at"] is None or "expiry-erasure-read-at" not in headers:
+        return None  # an earlier version's erasure: its next life may not say its floor
+    return epoch_ms(body["expires_at"]), epoch_ms(body["created_at"])
 
 
 def apply(db: sqlite3.Connection, key: bytes, value: bytes, raw: list[tuple[str, bytes]]) -> None:
@@ -107,7 +117,7 @@ def apply(db: sqlite3.Connection, key: bytes, value: bytes, raw: list[tuple[str,
     bound = last_creation_ended(body, headers)
     deletion = [STORE, key.decode(), body["reason"], body["created_at"], bound]
     receipt_id = hashlib.sha256(json.dumps(deletion).encode()).hexdigest()[:32]
-    before, floor = ttl_window(body, headers) or (bound, bound)  # no window: nothing more
+    before, floor = life_window(body, headers) or (bound, bound)  # no window: nothing more
     rows = db.execute(
         f"DELETE FROM lives WHERE {IDS} AND (created_at <= ? OR (created_at < ? "
         "AND (previous_deleted_at IS NULL OR previous_deleted_at < ?)))",

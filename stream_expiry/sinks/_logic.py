@@ -11,7 +11,8 @@ Rules kept here (why: tombstones are at-least-once, and ``expiry.stamped`` and
 1. **Idempotent.** Applying a change twice changes nothing the second time and writes no
    second receipt.
 2. **A tombstone wins whatever the order.** It deletes the row only if the row belongs to a
-   life it ends (``created_at < bound``, or within a ``ttl`` tombstone's window:
+   life it ends (``created_at < bound``, or within its window (a ``ttl`` tombstone's, an
+   erasure's of a life with an expiry):
    :func:`ended_by`), and leaves a :class:`Marker`; a stamp of a deleted life arriving later
    is not written. A stamp of a newer life is written.
 3. **The latest stamp wins** (``expiry.stamped`` is ordered per key), except that a null
@@ -183,7 +184,8 @@ UNKNOWN_PREVIOUS = 2**63 - 1
 #: re-read message is kept per source (rule 7).
 Source = tuple[str, int]
 
-#: A ``ttl`` tombstone's window (:attr:`TombstoneChange.window`), None for others.
+#: A tombstone's window (:attr:`TombstoneChange.window`: a ``ttl`` one's, or an erasure's
+#: of a life with an expiry), or a null's (the row it deleted); None for others.
 Window = tuple[int, int] | None
 
 #: What a tombstone ends: its bound and its window (:func:`ended_by`), as a store's
@@ -520,9 +522,15 @@ class _Planner:
             assert row is not None
             slot.row = None
             self.out.deleted += 1
-            if window is None:
-                # Within a window, a row created after ``lived`` is a stamp of that life
-                # from before its creation moved back: the life is the tombstone's.
+            if lived is None or (t.deleted_at is None and t.reason == "explicit"):
+                # A row created after ``lived`` is a later life only under a header-less
+                # erasure's bound (its ``emitted_at``): the marker names that life. Under
+                # every other bound or window it is a stamp of the tombstone's own life
+                # from before a create moved its creation back (engine._backdate; a
+                # header-less ttl tombstone's next life begins at or after its expiry):
+                # the life is the tombstone's, whatever the order read (a held life's
+                # tombstone named the row's when read after that stamp, the life's when
+                # read after the life's own).
                 lived = _max2(lived, row.created_at)
             src: Row | Pending | TombstoneChange = t if t.created_at is not None else row
             self.receipt(t.identity, t.reason, 1, src, t.emitted_at, self.now, t, t.late_cause)
@@ -612,10 +620,21 @@ class _Planner:
             late_cause=c.late_cause, requested_at=c.requested_at,
         )  # fmt: skip
         held = () if slot.marker is None else slot.marker.pending
+        created, expires = row.created_at, row.expires_at
+        # The life's window, as its tombstone's: its stamps from before a create moved its
+        # creation back (created before its expiry, begun before it), read again after this
+        # null (a rewound group), stay out; written, the null read again deleted the row
+        # once more and left a second deletion waiting for a tombstone that had come. For
+        # an expiry's null, or an erasure's that says where it was read (a version that
+        # writes every next life's previous_deleted_at; see TombstoneChange.window).
+        window = (
+            (expires, created)
+            if created is not None and expires is not None and (c.reason == "ttl" or c.erasure_read)
+            else None
+        )
         self.remember(
-            slot, c.identity, life(row.created_at) + 1, row.created_at, (*held, waiting),
-            row.expires_at,
-        )  # fmt: skip
+            slot, c.identity, life(created) + 1, created, (*held, waiting), expires, window
+        )
 
     def sweep(self, slot: Slot, c: SweepChange) -> None:
         """The safety net: rows past their expiry get their receipt with reason ``sweep``,

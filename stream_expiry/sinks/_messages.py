@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import orjson
 
 from stream_expiry.codec import (
+    H_ERASURE_READ_AT,
     H_LATE_CAUSE,
     H_REQUEST,
     H_REQUEST_EVENT_ID,
@@ -174,6 +175,10 @@ class TombstoneChange:
     # When the erasure it carries out was requested (``expiry-erasure-requested-at``, epoch
     # ms; None: not an erasure's, or an older version's): its receipts say it.
     requested_at: int | None = None
+    # An erasure's that says where its request was read (``expiry-erasure-read-at``): a
+    # version that writes it writes ``previous_deleted_at`` on every stamp of a life begun
+    # after a deletion, so its :attr:`window` may take in a stamp without one.
+    erasure_read: bool = False
 
     @property
     def bound(self) -> int:
@@ -203,10 +208,12 @@ class TombstoneChange:
 
     @property
     def window(self) -> tuple[int, int] | None:
-        """The lives a ``ttl`` tombstone with the header and a ``created_at`` ends besides
-        those :attr:`bound` takes: ``(before, floor)``, a life created before ``before`` (its
-        expiry) whose ``previous_deleted_at`` is unknown or before ``floor`` (its
-        ``created_at``). None for every other tombstone.
+        """The lives a tombstone with the header and a ``created_at`` ends besides those
+        :attr:`bound` takes: ``(before, floor)``, a life created before ``before`` (its
+        expiry: a ``ttl`` one's header plus one, an erasure's ``expires_at``) whose
+        ``previous_deleted_at`` is unknown or before ``floor`` (its ``created_at``). None
+        for every other tombstone (an erasure of a life that never expires, or without
+        ``expiry-erasure-read-at``, among them).
 
         Its own life's stamps include those written before a create moved its creation
         back (the engine's ``_backdate``: ``created_at`` later than the tombstone's, before
@@ -217,6 +224,11 @@ class TombstoneChange:
         alone, the tombstone left such a stamp's row for the life's null, which then
         deleted it when the tombstone had come first: a receipt of nothing, and a deletion
         left waiting for a tombstone that had come (with the sweep, a second receipt).
+        An erasure's bound, its time, left such a stamp's row alike when the erasure was
+        dated between the two creates. Only for an erasure that says where its request
+        was read (``expiry-erasure-read-at``): a version before it may have written a next
+        life's stamps without ``previous_deleted_at``, and that life, begun after the
+        erasure and created before this expiry, was then taken in.
         """
         return self.reach[1]
 
@@ -226,8 +238,15 @@ class TombstoneChange:
         twice (its ``take``, then the plan), one property call each time."""
         created, deleted = self.created_at, self.deleted_at
         if deleted is not None:
-            if self.reason == "ttl" and created is not None:
-                return created + 1, (deleted + 1, created)
+            if created is not None:
+                if self.reason == "ttl":
+                    return created + 1, (deleted + 1, created)
+                if self.erasure_read and (expires := self.expires_at) is not None:
+                    # An erasure of a life with an expiry: its stamps from before a create
+                    # moved its creation back are created before that expiry, maybe after
+                    # the erasure's time (the bound).
+                    end = deleted + 1
+                    return (end if end > created else created + 1), (expires, created)
             end = deleted + 1
         elif self.reason == "ttl" and self.expires_at is not None:
             end = self.expires_at
@@ -266,6 +285,9 @@ class NullChange:
     late_cause: str | None = None
     # When the erasure it carries out was requested (see TombstoneChange).
     requested_at: int | None = None
+    # An erasure's null saying where its request was read (see TombstoneChange): the
+    # deleted row's window may then take in stamps without ``previous_deleted_at``.
+    erasure_read: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,10 +418,11 @@ class Marker:
     be forgotten a grace after it once nothing is pending (see
     :func:`~stream_expiry.sinks._logic.prunable`). None: written by a version that did
     not keep it, and never forgotten until a change of the marker sets it.
-    ``ttl_before`` and ``ttl_floor``: the :attr:`TombstoneChange.window` of the ``ttl``
-    tombstones applied (the latest expiry and creation of their lives; None: none had
-    one): a stamp created before ``ttl_before`` whose ``previous_deleted_at`` is unknown
-    or before ``ttl_floor`` belongs to a deleted life too.
+    ``ttl_before`` and ``ttl_floor``: the :attr:`TombstoneChange.window` of the tombstones
+    applied, and the like window of the rows nulls deleted (the latest expiry and
+    creation of their lives; None: none had one; named for the ``ttl`` tombstones that
+    first kept one): a stamp created before ``ttl_before`` whose ``previous_deleted_at``
+    is unknown or before ``ttl_floor`` belongs to a deleted life too.
     """
 
     identity: Identity
@@ -673,9 +696,10 @@ def decode_stamped(
         request, event_id = request_of(headers) if known == "explicit" else (None, None)
         late = late_cause_of(headers) if known is not None else None
         requested = erasure_requested_at_of(headers) if known == "explicit" else None
+        read = known == "explicit" and _says(headers, H_ERASURE_READ_AT)
         return NullChange(
             _key_identity(key), partition, offset, known, at, topic, request, event_id, late,
-            requested,
+            requested, read,
         )  # fmt: skip
     obj = _load_object(value)
     data = obj.get("data")
@@ -696,6 +720,11 @@ def decode_stamped(
         _held_lives(obj["held_lives"]) if "held_lives" in obj else (),
         floor,
     )
+
+
+def _says(headers: Sequence[tuple[str, bytes]], header: str) -> bool:
+    """Whether ``headers`` carry ``header`` (an erasure's: nearly never asked)."""
+    return any(name == header for name, _ in headers)
 
 
 def _held_lives(lives: Any) -> tuple[int, ...]:
@@ -741,6 +770,7 @@ def decode_tombstone(
         else (None, None, None)
     )
     late = late_cause_of(headers) if headers else None
+    read = reason == "explicit" and _says(headers, H_ERASURE_READ_AT)
     # Positional, in the fields' order, as the stamp's above.
     return TombstoneChange(
         _identity(obj),
@@ -758,4 +788,5 @@ def decode_tombstone(
         event_id,
         late,
         requested,
+        read,
     )

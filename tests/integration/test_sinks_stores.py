@@ -16,7 +16,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from stream_expiry.codec import H_DELETED_AT, H_ERASURE_REQUESTED_AT
+from stream_expiry.codec import H_DELETED_AT, H_ERASURE_READ_AT, H_ERASURE_REQUESTED_AT
 from stream_expiry.errors import StoreError
 from stream_expiry.logs import configure_logging
 from stream_expiry.model import Identity, Stamp
@@ -1277,6 +1277,101 @@ async def test_a_ttl_tombstone_ends_its_lifes_stamps_from_before_a_move_never_th
     marker = await store.marker(first)
     assert marker is not None
     assert (marker.ttl_before, marker.ttl_floor) == (T0 + 10 * MINUTE, T0)
+
+
+def erased_at(s: Stamp, d: int) -> Change:
+    """The erasure's tombstone of ``s`` at ``d`` as the service sends it: its time
+    (``expiry-deleted-at``) and where its request was read (``expiry-erasure-read-at``)."""
+    key, value = tombstone_msg(s, reason="explicit", emitted_at=d + 1)
+    headers = [(H_DELETED_AT, b"%d" % d), (H_ERASURE_READ_AT, b"1041")]
+    return decode_tombstone(key, value, headers, topic=TOMBS, partition=0)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+@pytest.mark.parametrize("order", ["tombstone-between", "tombstone-first", "null-then-rewind"])
+async def test_an_erasure_ends_its_lifes_stamps_from_before_a_move_read_in_any_order(
+    store: Store, order: str
+) -> None:
+    """A life created at T0 (ttl 10 min) whose create was read after one dated T0 + 1 min
+    (engine._backdate: that one's stamp first), erased at T0 + 30 s, before that first
+    stamp's creation. Its tombstone's bound (the erasure's time) does not reach that
+    stamp: read between the two stamps it left the row of T0 + 1 min to the null (a
+    receipt of nothing, a deletion left waiting), read first it let that stamp in; and
+    with the null read first, the first stamp read again (a rewound group) came back, and
+    the null read again left a second deletion waiting. Now the tombstone's window (its
+    expiry, its creation) and the null's (the row's) keep the life's stamps out; the next
+    life, begun after the erasure (``previous_deleted_at`` its time), is written. As the
+    plain path decides, on every store."""
+    reference = PlainMemoryStore(name=store.name)
+    i = ident("moved-erased")
+    d = T0 + 30_000
+    life = stamp(i)
+    first = put(stamp(i, created_at=T0 + MINUTE), {"n": 9}, offset=1)
+    own = put(life, {"n": 0}, offset=2)
+    null = decode_stamped(
+        i.key.encode(), None, partition=0, offset=3,
+        headers=[(H_DELETED_AT, b"%d" % d), ("expiry-reason", b"explicit"),
+                 (H_ERASURE_READ_AT, b"1041")], topic=STAMPED,
+    )  # fmt: skip
+    nxt = put(
+        stamp(i, created_at=T0 + 2 * MINUTE)._replace(previous_deleted_at=d), {"keep": 1}, offset=4
+    )
+    t = erased_at(life, d)
+    batches: list[list[Change]] = {
+        "tombstone-between": [[first], [t], [own, null], [first, own, null], [nxt]],
+        "tombstone-first": [[t], [first, own, null], [nxt], [first, own, null, nxt]],
+        "null-then-rewind": [[first, own, null], [first, own, null], [t], [nxt], [first]],
+    }[order]
+    for s in (store, reference):
+        for n, b in enumerate(batches):
+            await s.apply(b, now_ms=T0 + 3 * MINUTE + n)
+    got = [(r.reason, r.rows_deleted, r.created_at) for r in await store.receipts()]
+    # Read first, the tombstone found no row: none of the life's was ever written.
+    assert got == [("explicit", 0 if order == "tombstone-first" else 1, T0)]
+    assert [(r.reason, r.rows_deleted, r.created_at) for r in await reference.receipts()] == got
+    row = await store.get(i)
+    assert row is not None
+    assert (row.created_at, row.data) == (T0 + 2 * MINUTE, '{"keep":1}')
+    assert row == await reference.get(i)
+    marker = await store.marker(i)
+    assert marker is not None
+    assert marker.pending == ()
+    assert (marker.last_life, marker.ttl_before, marker.ttl_floor) == (T0, T0 + 10 * MINUTE, T0)
+    assert marker == await reference.marker(i)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+@pytest.mark.parametrize("order", ["tombstone-between", "tombstone-after"])
+async def test_a_held_lifes_tombstone_names_its_life_not_its_stamp_from_before_a_move(
+    store: Store, order: str
+) -> None:
+    """A held life's ``ttl`` tombstone (no header: its bound is the expiry) deleting the
+    row of the life's stamp from before a create moved its creation back named that
+    stamp's creation as the marker's ``last_life`` (read after the life's own stamp: the
+    life's): the marker depended on the order read. The row's ``previous_deleted_at``
+    (none, or before the tombstone's ``created_at``) says it is the tombstone's life."""
+    reference = PlainMemoryStore(name=store.name)
+    i = ident("moved-held")
+    life = stamp(i)
+    first = put(stamp(i, created_at=T0 + MINUTE), {"n": 9}, offset=1)
+    own = put(life, {"n": 0}, offset=2)
+    key, value = tombstone_msg(life)
+    t = decode_tombstone(key, value, [], topic=TOMBS, partition=0)
+    batches: list[list[Change]] = (
+        [[first], [t], [own]] if order == "tombstone-between" else [[first, own], [t]]
+    )
+    for s in (store, reference):
+        for n, b in enumerate(batches):
+            await s.apply(b, now_ms=T0 + 11 * MINUTE + n)
+    assert await store.get(i) is None
+    got = [(r.reason, r.rows_deleted, r.created_at) for r in await store.receipts()]
+    assert got == [("ttl", 1, T0)]
+    marker = await store.marker(i)
+    assert marker is not None
+    assert (marker.deleted_before, marker.last_life) == (T0 + 10 * MINUTE, T0)
+    assert marker == await reference.marker(i)
 
 
 @pytest.mark.asyncio
