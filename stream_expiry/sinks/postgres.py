@@ -90,7 +90,15 @@ from stream_expiry.sinks.store import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+    from collections.abc import (
+        AsyncIterator,
+        Awaitable,
+        Callable,
+        Iterable,
+        Iterator,
+        Mapping,
+        Sequence,
+    )
 
     import asyncpg
 
@@ -448,6 +456,17 @@ def _row(r: Any, ident: Identity | None = None) -> Row:
     return Row(ident or Identity(*r[:5]), *r[5:14])
 
 
+def _rows_params(rows: Iterable[Row]) -> Iterator[tuple[Any, ...]]:
+    """Each row's parameters in ``_ROW_COLS``' order, for records and held_lives alike: a
+    generator over the batch (no call a row: the records' upsert is on every batch's path),
+    which :func:`_json` sends as one parameter."""
+    return (
+        (*r.identity.parts(), r.created_at, r.expires_at, r.ttl_seconds, r.ttl_source, r.data,
+         r.updated_at, r.src_partition, r.src_offset, r.previous_deleted_at)
+        for r in rows
+    )  # fmt: skip
+
+
 def _marker(r: Any, ident: Identity | None = None) -> Marker:
     return Marker(
         ident or Identity(*r[:5]), r[5], r[6], r[7], decode_pending(r[8]), r[10], r[11], r[12]
@@ -514,12 +533,17 @@ class _Names:
 
 
 _INSERT_ROWS: Final = f"INSERT INTO {{t}} ({_ROW_COLS}) {_ROWS_FROM_JSON}"
-_UPSERT_ROWS: Final = (
-    f"{_INSERT_ROWS} ON CONFLICT ({_KEY}) DO UPDATE SET created_at = excluded.created_at, "
+# What an upsert of a row sets, but the key and created_at: records add created_at; in
+# held_lives it is part of the key (one row per life).
+_SET_ROW_BUT_CREATED: Final = (
     "expires_at = excluded.expires_at, ttl_seconds = excluded.ttl_seconds, "
     "ttl_source = excluded.ttl_source, data = excluded.data, "
     "updated_at = excluded.updated_at, src_partition = excluded.src_partition, "
     "src_offset = excluded.src_offset, previous_deleted_at = excluded.previous_deleted_at"
+)
+_UPSERT_ROWS: Final = (
+    f"{_INSERT_ROWS} ON CONFLICT ({_KEY}) DO UPDATE SET created_at = excluded.created_at, "
+    f"{_SET_ROW_BUT_CREATED}"
 )
 _INSERT_MARKERS: Final = f"INSERT INTO {{t}} ({_MARKER_COLS}) {_MARKERS_FROM_JSON}"
 _UPSERT_MARKERS: Final = (
@@ -700,12 +724,8 @@ class _PostgresTx(StoreTransaction):
             )
         if p.upserts:
             await self._write_split(
-                p.upserts, self._no_row, n.records, _INSERT_ROWS, _UPSERT_ROWS,
-                lambda rows: ((*r.identity.parts(), r.created_at, r.expires_at, r.ttl_seconds,
-                               r.ttl_source, r.data, r.updated_at, r.src_partition, r.src_offset,
-                               r.previous_deleted_at)
-                              for r in rows),
-            )  # fmt: skip
+                p.upserts, self._no_row, n.records, _INSERT_ROWS, _UPSERT_ROWS, _rows_params
+            )
         if p.markers:
             await self._write_split(
                 p.markers, self._no_marker, n.deletions, _INSERT_MARKERS, _UPSERT_MARKERS,
@@ -735,19 +755,10 @@ class _PostgresTx(StoreTransaction):
         c, t = self._c, self._n.held_lives
         if p.held:
             await c.execute(
-                f"{_INSERT_ROWS.format(t=t)} ON CONFLICT ({_KEY}, created_at) DO UPDATE SET "
-                "expires_at = excluded.expires_at, ttl_seconds = excluded.ttl_seconds, "
-                "ttl_source = excluded.ttl_source, data = excluded.data, "
-                "updated_at = excluded.updated_at, src_partition = excluded.src_partition, "
-                "src_offset = excluded.src_offset, "
-                "previous_deleted_at = excluded.previous_deleted_at",
-                _json(
-                    (*r.identity.parts(), r.created_at, r.expires_at, r.ttl_seconds,
-                     r.ttl_source, r.data, r.updated_at, r.src_partition, r.src_offset,
-                     r.previous_deleted_at)
-                    for r in p.held
-                ),
-            )  # fmt: skip
+                f"{_INSERT_ROWS.format(t=t)} ON CONFLICT ({_KEY}, created_at) "
+                f"DO UPDATE SET {_SET_ROW_BUT_CREATED}",
+                _json(_rows_params(p.held)),
+            )
         if p.released:
             kept = _from_json(*_KEY_TYPES, "bigint", names=(*_KEY_NAMES, "created_at"))
             await c.execute(

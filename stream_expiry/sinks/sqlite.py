@@ -58,6 +58,16 @@ _ROW_COLS: Final = (
 )
 # The same columns with NULL for data: a batch without stamps does not read payloads.
 _ROW_COLS_NO_DATA: Final = _ROW_COLS.replace(" data,", " NULL,")
+# After INSERT INTO records or held_lives: a row's columns and a parameter for each.
+_ROW_VALUES: Final = f"({_ROW_COLS}) VALUES ({', '.join(['?'] * len(_ROW_COLS.split(', ')))})"
+# What an upsert of a row sets, but the key and created_at: records add created_at; in
+# held_lives it is part of the key (one row per life).
+_SET_ROW_BUT_CREATED: Final = (
+    "expires_at = excluded.expires_at, ttl_seconds = excluded.ttl_seconds, "
+    "ttl_source = excluded.ttl_source, data = excluded.data, "
+    "updated_at = excluded.updated_at, src_partition = excluded.src_partition, "
+    "src_offset = excluded.src_offset, previous_deleted_at = excluded.previous_deleted_at"
+)
 _MARKER_COLS: Final = (
     f"{_KEY}, deleted_before, last_life, deleted_at, pending, pending_since, settled_at, "
     "ttl_before, ttl_floor"
@@ -155,6 +165,16 @@ def _receipt(r: Sequence[Any]) -> Receipt:
     return Receipt(r[0], r[1], Identity(*r[2:7]), *r[7:])
 
 
+def _rows_params(rows: Sequence[Row]) -> list[tuple[Any, ...]]:
+    """Each row's parameters in ``_ROW_COLS``' order, for records and held_lives alike: one
+    call a batch, not one a row (the records' upsert is on every batch's path)."""
+    return [
+        (*r.identity.parts(), r.created_at, r.expires_at, r.ttl_seconds, r.ttl_source, r.data,
+         r.updated_at, r.src_partition, r.src_offset, r.previous_deleted_at)
+        for r in rows
+    ]  # fmt: skip
+
+
 def _receipt_params(r: Receipt) -> tuple[Any, ...]:
     return (
         r.receipt_id, r.store, *r.identity.parts(), r.reason, r.rows_deleted, r.created_at,
@@ -228,20 +248,11 @@ class _SQLiteTx(StoreTransaction):
             )
         if p.upserts:
             await c.executemany(
-                f"INSERT INTO {t}records ({_ROW_COLS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO {t}records {_ROW_VALUES} "
                 f"ON CONFLICT ({_KEY}) DO UPDATE SET created_at = excluded.created_at, "
-                "expires_at = excluded.expires_at, ttl_seconds = excluded.ttl_seconds, "
-                "ttl_source = excluded.ttl_source, data = excluded.data, "
-                "updated_at = excluded.updated_at, src_partition = excluded.src_partition, "
-                "src_offset = excluded.src_offset, "
-                "previous_deleted_at = excluded.previous_deleted_at",
-                [
-                    (*r.identity.parts(), r.created_at, r.expires_at, r.ttl_seconds, r.ttl_source,
-                     r.data, r.updated_at, r.src_partition, r.src_offset, r.previous_deleted_at)
-                    for r in p.upserts
-                ],
-            )  # fmt: skip
+                f"{_SET_ROW_BUT_CREATED}",
+                _rows_params(p.upserts),
+            )
         if p.markers:
             await c.executemany(
                 f"INSERT INTO {t}deletions ({_MARKER_COLS}) "
@@ -281,20 +292,10 @@ class _SQLiteTx(StoreTransaction):
         c, t = self._c, self._p
         if p.held:
             await c.executemany(
-                f"INSERT INTO {t}held_lives ({_ROW_COLS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                f"ON CONFLICT ({_KEY}, created_at) DO UPDATE SET "
-                "expires_at = excluded.expires_at, ttl_seconds = excluded.ttl_seconds, "
-                "ttl_source = excluded.ttl_source, data = excluded.data, "
-                "updated_at = excluded.updated_at, src_partition = excluded.src_partition, "
-                "src_offset = excluded.src_offset, "
-                "previous_deleted_at = excluded.previous_deleted_at",
-                [
-                    (*r.identity.parts(), r.created_at, r.expires_at, r.ttl_seconds, r.ttl_source,
-                     r.data, r.updated_at, r.src_partition, r.src_offset, r.previous_deleted_at)
-                    for r in p.held
-                ],
-            )  # fmt: skip
+                f"INSERT INTO {t}held_lives {_ROW_VALUES} "
+                f"ON CONFLICT ({_KEY}, created_at) DO UPDATE SET {_SET_ROW_BUT_CREATED}",
+                _rows_params(p.held),
+            )
         if p.released:
             await c.executemany(
                 f"DELETE FROM {t}held_lives WHERE {_KEY_MATCH} AND created_at = ?",
