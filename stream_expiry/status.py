@@ -72,7 +72,7 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable, Collection, Mapping, Sequence
 
-    from aiokafka import TopicPartition
+    from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from stream_expiry.changelog import Fold
     from stream_expiry.config import Config
@@ -387,21 +387,32 @@ def _count(
             result.archive_waiting = (result.archive_waiting or 0) + 1
 
 
+async def _ends(cons: AIOKafkaConsumer, topics: Collection[str]) -> dict[TopicPartition, int]:
+    """The end of each partition of ``topics``, which ``cons`` is assigned to fetch them."""
+    tps = await topic_partitions(cons, topics)
+    if not tps:
+        return {}
+    cons.assign(tps)
+    return await stable_ends(cons, tps)
+
+
 async def _offsets(
-    brokers: Brokers, group_id: str, topics: Collection[str]
+    brokers: Brokers,
+    group_id: str,
+    topics: Collection[str],
+    ends: Mapping[TopicPartition, int] | None = None,
 ) -> dict[TopicPartition, dict[str, int | None]]:
     """Each partition of ``topics``: its end, the group's committed offset (None: never
-    committed) and the lag between them (from 0 where none is committed)."""
-    out: dict[TopicPartition, dict[str, int | None]] = {}
+    committed) and the lag between them (from 0 where none is committed). ``ends``: the
+    topics' ends read already, for another group (:func:`_stores`), else read here."""
     async with consumer(brokers, group_id=group_id) as cons:
-        tps = await topic_partitions(cons, topics)
-        if not tps:
-            return out
-        cons.assign(tps)
-        ends = await stable_ends(cons, tps)
-        for tp, committed in (await committed_offsets(cons, tps)).items():
-            out[tp] = {"end": ends[tp], "committed": committed, "lag": ends[tp] - (committed or 0)}
-    return out
+        if ends is None:
+            ends = await _ends(cons, topics)
+        committed = await committed_offsets(cons, ends)
+    return {
+        tp: {"end": ends[tp], "committed": c, "lag": ends[tp] - (c or 0)}
+        for tp, c in committed.items()
+    }
 
 
 def _named(
@@ -441,8 +452,17 @@ async def _stores(
     no such store runs here."""
     t = config.topics
     out: dict[str, StoreProgress] = {}
-    for group in groups:
-        parts = await _offsets(brokers, group, (t.stamped, t.tombstones))
+    if not groups:
+        return out
+    outputs = (t.stamped, t.tombstones)
+    # Every group against the same ends, read once (each group's consumer fetched them
+    # again: one fetch a group, for the same topics), by a plain reader. Every group's
+    # committed offsets then, before the slower lookups below: a sink that runs commits
+    # on, and later than the ends it would seem to have gone past them.
+    async with consumer(brokers) as reader:
+        ends = await _ends(reader, outputs)
+    offsets = {group: await _offsets(brokers, group, outputs, ends) for group in groups}
+    for group, parts in offsets.items():
         progress = StoreProgress(_named(parts))
         if not progress.committed:
             if named:
