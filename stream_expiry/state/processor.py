@@ -120,7 +120,10 @@ def _read_before(rec: InputRecord, read_at: model.ReadAt) -> bool:
     original never had (and a later create then stamped nothing where the original starts
     that life). Decided again, an event read before the erasure must change nothing: it
     is a repeat. (Not an event of a topic made again, whose offsets start over: it
-    reached the broker after the request did.)"""
+    reached the broker after the request did.) Not at the request's own offset either: an
+    offset holds one message, the request itself read again (stale by the engine's own rule,
+    its marker remembers it) or, in a topic made again, a new event (one that reached the
+    broker in the request's millisecond would pass the time test)."""
     if rec.offset >= read_at[0]:
         return False
     if read_at[1] is None:

@@ -1082,3 +1082,26 @@ def test_an_event_is_a_repeat_only_at_an_earlier_offset_and_no_later_on_the_brok
     h.process(ev("conversation", "b", "create", 16_000), (20, t))
     h.process(ev("conversation", "b", "delete", 16_000), (21, t))
     assert _stamps(h.process(later, (22, t))) == new_life  # read after the erasure
+
+
+def test_an_event_at_the_erasures_own_offset_is_not_a_repeat() -> None:
+    """The boundary of ``_read_before``: one offset of a partition holds one message, so an
+    event read at the erasure's own offset is the erasure itself, read again (which the
+    engine finds stale by its own rule: its marker remembers it), or an event of a topic
+    made again, whose offsets start over, and never one decided before the erasure. Such
+    a create, which reached the broker in the same millisecond as the request, dated
+    after the erasure, starts a life as any new event does. Taken as read before (mutant
+    ``rec.offset > read_at[0]``), it was dropped as stale: a live record never stamped,
+    so never tombstoned."""
+    t = BASE + 16_000
+    h = harness(PartitionStore(MemoryKV()), 16_000)
+    h.process(ev("conversation", "b", "create", 16_000), (20, t))
+    erasure = ev("conversation", "b", "delete", 16_000)
+    h.process(erasure, (21, t))
+    again = h.process(erasure, (21, t))  # the request itself, read again
+    assert (again.verdicts, again.tombstones, _stamps(again)) == ({"stale": 1}, [], [])
+    later = ev("conversation", "b", "create", 17_000)
+    made_again = h.process(later, (21, t))
+    assert made_again.verdicts == {"recreated": 1}
+    assert _stamps(made_again) == [(later.identity.key, BASE + 17_000, BASE + 37_000)]
+
