@@ -92,7 +92,9 @@ class RestoreReport:
     markers: int = 0  # deletion markers restored (nulls and tombstone events)
     unreadable: int = 0  # messages of ours that could not be decoded (skipped, logged)
     remaining: int = 0  # changelog messages still to read
-    nulls_owed: int = 0  # tombstone events whose null never reached expiry.stamped
+    # records whose running life has a tombstone event and no null on expiry.stamped
+    # (once each; no log line or metric shows it)
+    nulls_owed: int = 0
     # stamps whose expiry-deferred-requests could not be read (logged): the erasures it
     # names go out at the release naming no request
     requests_unreadable: int = 0
@@ -582,6 +584,7 @@ def _apply_tombstones(
     current = dict(zip(identities, store.get_many(list(identities.values())), strict=True))
     first: dict[str, model.Stamp | None] = {}
     erasures_read: dict[str, ErasureRead] = {}
+    owed: set[str] = set()
     for key, rec in keyed:
         prior = current[key]
         marker = model.deletion_from_tombstone(rec.value, prior)
@@ -591,8 +594,14 @@ def _apply_tombstones(
             # expiry.stamped still holds this life: the service stopped after the broker
             # acked the tombstone event and before it acked the null. Left live, the record
             # is tombstoned again (it is due, or its delete is read again: nothing of it was
-            # committed), and this time its null is written.
-            report.nulls_owed += 1
+            # committed), and this time its null is written. Or the event owes no null: it
+            # names no life (an erasure of the lives before this one, read again while it
+            # runs) or another life (an earlier one's erasure a hold deferred, sent at the
+            # release while this one runs): left live all the same, but not counted. Nor
+            # twice, a tombstone event the producer sent twice.
+            if marker.created_at == prior.created_at and key not in owed:
+                owed.add(key)
+                report.nulls_owed += 1
             continue
         first.setdefault(key, prior)
         current[key] = marker

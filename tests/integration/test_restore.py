@@ -48,7 +48,7 @@ from stream_expiry.state.cluster_mark import CLUSTER_FILE
 from stream_expiry.state.restore import RestoreResult, position_name, restore_partitions
 from stream_expiry.state.restore_workers import restore_stores
 from stream_expiry.state.store import STORE_FORMAT
-from stream_expiry.timeutil import parse_ts
+from stream_expiry.timeutil import format_ts, parse_ts
 from tests.conftest import TopicSet, read_all, read_topic, wait_for
 from tests.integration.service_helpers import (
     ArrivalLog,
@@ -464,8 +464,8 @@ async def test_input_partitions_sharing_a_changelog_partition_are_restored_in_on
         (c3[0], None, deleted),  # c3 deleted: a marker
     ]
     await _send(broker, topics.stamped, stamped)
-    # s2's tombstone event without its null (nulls_owed: s2 stays live); s3 was tombstoned
-    # and never stamped here: a marker.
+    # s2's tombstone event, of its life, without its null (nulls_owed: s2 stays live); s3
+    # was tombstoned and never stamped here: a marker.
     tomb = {"org": "acme", "bot": "_", "env": "live", "category": "session"}
     events = [
         (
@@ -476,8 +476,8 @@ async def test_input_partitions_sharing_a_changelog_partition_are_restored_in_on
                     "record_id": "s2",
                     "reason": "explicit",
                     "emitted_at": "2027-01-15T08:00:00Z",
-                    "created_at": None,
-                    "expires_at": None,
+                    "created_at": format_ts(T0),
+                    "expires_at": format_ts(T0 + YEAR_MS + 2),
                 }
             ),
             h_sess,

@@ -125,3 +125,33 @@ def test_a_marker_that_learns_its_lifes_creation_is_counted_once() -> None:
     assert (state.live, state.created_at, state.deleted_at) == (False, NOW, NOW + 59_999)
     assert report.markers == 1
     assert store.counts.markers == 1
+
+
+def test_only_a_tombstone_event_of_the_running_life_is_owed_its_null_once() -> None:
+    """A record live on the changelog while ``expiry.tombstones`` holds tombstone events for
+    it that owe no null: an erasure of the lives before the running one, read again while it
+    runs (the engine's ``_erase_before``: it names no life, and no null follows it), and an
+    erasure a legal hold deferred of an earlier life, sent at the release while the next
+    life runs (the record lives on: no null). Neither is the running life's, and each was
+    counted in ``nulls_owed``; so was a tombstone event the producer sent twice (the broker
+    keeps both copies), once each. Only the running life's own tombstone event owes a null,
+    once: the record is left live all the same, and tombstoned again."""
+    store, report = PartitionStore(MemoryKV()), RestoreReport()
+    _apply_stamps(store, [stamp_message(0, "a", NOW + 100), stamp_message(1, "b")], NOW, {},
+                  report)  # fmt: skip
+    a, b = (store.get(identity(rid).key) for rid in "ab")
+    assert a is not None
+    assert b is not None
+    earlier = model.Stamp(a.identity, None, None, None, None, None, NOW + 50)  # names no life
+    held = model.Stamp(a.identity, NOW - 5_000, NOW + 55_000, 60_000, "org", None, NOW - 10)
+    events = [
+        model.encode_tombstone(earlier, reason="explicit", emitted_at=NOW + 1_000),
+        model.encode_tombstone(held, reason="explicit", emitted_at=NOW + 1_000),
+    ]
+    owed = model.encode_tombstone(b, reason="ttl", emitted_at=NOW + 60_001)
+    messages = [Message(n, a.identity.key.encode(), e, NOW + 1_000, SOURCE)
+                for n, e in enumerate(events)]  # fmt: skip
+    messages += [Message(n, b.identity.key.encode(), owed, NOW + 60_001, SOURCE) for n in (2, 3)]
+    _apply_tombstones(store, messages, NOW + 60_001, {}, report)
+    assert report.nulls_owed == 1
+    assert (store.get(a.identity.key), store.get(b.identity.key)) == (a, b)
