@@ -441,13 +441,20 @@ def parse_own_ts(text: Any) -> int | None:
 
 
 StampFields = tuple[
-    int | None, int | None, int | None, str | None, int | None, int | None, tuple[HeldLife, ...]
+    int | None,
+    int | None,
+    int | None,
+    str | None,
+    int | None,
+    int | None,
+    tuple[HeldLife, ...],
+    int | None,
 ]
 
 
 def stamp_fields(value: bytes) -> StampFields:
     """What the state store keeps of a stamp message: ``(created_at, expires_at, ttl_ms,
-    ttl_source, erase_at, previous_deleted_at, held_lives)``, without building an identity or a
+    ttl_source, erase_at, previous_deleted_at, held_lives, first_created_at)``, without building an identity or a
     :class:`Stamp` (restore reads millions). Raises ValueError when the value is not a
     stamp."""
     return stamp_body_fields(orjson.loads(value))  # orjson's decode error is a ValueError
@@ -464,6 +471,7 @@ def stamp_body_fields(body: Any) -> StampFields:
         erase = get("erase_requested_at")  # absent from nearly every stamp
         floor = get("previous_deleted_at")  # and this one too
         lives = get("held_lives")  # and this one: only under a legal hold
+        first = get("first_created_at")  # only once a create moved the life back
         return (
             parse_own_ts(get("created_at")),
             parse_own_ts(get("expires_at")),
@@ -472,6 +480,7 @@ def stamp_body_fields(body: Any) -> StampFields:
             None if erase is None else parse_own_ts(erase),
             None if floor is None else parse_own_ts(floor),
             () if lives is None else _held_lives(lives),
+            None if first is None else parse_own_ts(first),
         )
     except (AttributeError, TypeError) as exc:
         raise ValueError(f"not a stamp: {exc}") from exc
@@ -515,6 +524,7 @@ def decode_stamp(key: bytes | str, value: bytes, identity: Identity | None = Non
             erase_at=parse_own_ts(body.get("erase_requested_at")),
             previous_deleted_at=parse_own_ts(body.get("previous_deleted_at")),
             held_lives=_held_lives(body.get("held_lives") or []),
+            first_created_at=parse_own_ts(body.get("first_created_at")),
         )
     except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
         raise ValueError(f"not a stamp: {exc}") from exc

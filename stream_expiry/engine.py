@@ -38,7 +38,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 from stream_expiry.model import HeldLife, Identity, InputEvent, Reason, Stamp, identity_of_key
-from stream_expiry.packed import pack_tail, unpack_tail
+from stream_expiry.packed import first_created, pack_tail, unpack_tail
 from stream_expiry.wheel import TimingWheel
 
 if TYPE_CHECKING:
@@ -147,20 +147,21 @@ Resolver = Callable[[Identity, int], "Resolution"]
 _TIMER = struct.Struct(">qqqqq")
 _TIMER_SIZE = _TIMER.size
 _NONE = -(1 << 63)
-# The first byte of a packed tail that holds more than the ttl source (held lives 0xFE, a
-# previous deletion 0xFF: :mod:`stream_expiry.packed`); UTF-8 text never starts so.
-_TAIL_MARKS = 0xFE
+# The first byte of a packed tail that holds more than the ttl source (a life's first
+# creation 0xFD, held lives 0xFE, a previous deletion 0xFF: :mod:`stream_expiry.packed`);
+# UTF-8 text never starts so.
+_TAIL_MARKS = 0xFD
 
 
 def _pack_timer(stamp: Stamp) -> bytes:
-    _, created, expires, ttl, source, _, erase, _, offset, floor, lives = stamp
+    _, created, expires, ttl, source, _, erase, _, offset, floor, lives, first = stamp
     return _TIMER.pack(
         _NONE if created is None else created,
         _NONE if expires is None else expires,
         _NONE if ttl is None else ttl,
         _NONE if erase is None else erase,
         _NONE if offset is None else offset,
-    ) + pack_tail(source, floor, lives)
+    ) + pack_tail(source, floor, lives, first)
 
 
 Timer = tuple[str, int, bytes]
@@ -192,6 +193,7 @@ def _unpack_timer(key: str, packed: bytes) -> Stamp:
         None if offset == _NONE else offset,
         floor,
         lives,
+        first_created(packed, _TIMER.size),
     )
 
 
@@ -208,9 +210,11 @@ def _fire_timer(key: str, packed: bytes, now_ms: int) -> Fired:
         return Engine._fire(_unpack_timer(key, packed), "ttl", now_ms)
     floor: int | None = None
     lives: tuple[HeldLife, ...] = ()
+    first: int | None = None
     if "%" in key or (len(packed) > _TIMER_SIZE and packed[_TIMER_SIZE] >= _TAIL_MARKS):
         identity = identity_of_key(key)
         source, floor, lives = unpack_tail(packed, _TIMER_SIZE)
+        first = first_created(packed, _TIMER_SIZE)
     else:
         parts = key.split("/")  # five: a key without '%' has its parts as they are
         identity = Identity.__new__(Identity)
@@ -220,7 +224,7 @@ def _fire_timer(key: str, packed: bytes, now_ms: int) -> Fired:
     c = None if created == _NONE else created
     t = None if ttl == _NONE else ttl
     o = None if offset == _NONE else offset
-    before = Stamp(identity, c, expires, t, source, None, None, False, o, floor, lives)
+    before = Stamp(identity, c, expires, t, source, None, None, False, o, floor, lives, first)
     after = Stamp(identity, c, expires, t, source, expires - 1, None, False, o)
     return Fired(before, after, "ttl", now_ms)
 
@@ -358,7 +362,22 @@ class Engine(Generic[S]):
         end the life later (or never): a redelivery never extends a life, so it then changes
         nothing. A stamp always re-derives to its own expiry (``replay`` under the same
         policy moves nothing); keeping the old expiry under the new TTL did not (a replay
-        then extended the record, or made it never expire)."""
+        then extended the record, or made it never expire).
+
+        Nor may it end the life at or before a creation any stamp of the life said: the
+        latest is the first stamp's (``first_created_at``, kept on the moved stamp), not
+        the running one's. Such a create is an earlier life's, which would have ended before
+        this one began; it moves nothing. Checked against the running stamp's creation
+        alone, creates read one after another, each earlier than the last and overlapping
+        it (an error record, ttl 50: created 100, then 60, then 20), moved the life back
+        twice, to an expiry (70) before its first stamp's creation (100). The life's ``ttl``
+        tombstone ends the stamps created before its expiry (the stores' window,
+        ``TombstoneChange.window``), so a store that held the first stamp's row left it
+        and wrote a receipt of nothing; the null then deleted the row, its deletion
+        waiting for a tombstone that had come (the sweep's second receipt); and the data
+        of 100 was deleted at 70, before its creation, where read in order (20, 60, 100)
+        the life of 100 runs to 150. The life a create moves back still ends after every
+        stamp written for it, so its tombstone is never early for any of them."""
         fresh = self._stamp(event.identity, event.ts, floor)
         expires, ttl = fresh.expires_at, fresh.ttl_ms
         old_expires, old_ttl = prior.expires_at, prior.ttl_ms
@@ -375,7 +394,8 @@ class Engine(Generic[S]):
             expires = max(expires, old_expires - old_ttl + ttl)
         if old_expires is not None and (expires is None or expires > old_expires):
             return Outcome(Verdict.REDELIVERED, None, False)
-        if expires is not None and prior.created_at is not None and expires <= prior.created_at:
+        began = prior.created_at if prior.first_created_at is None else prior.first_created_at
+        if expires is not None and began is not None and expires <= began:
             # Not this life's create: its life would have ended by the time this one began
             # (read first, this one is a later life, as a create at or after an expiry
             # is). Moved back over it, this life ended at that earlier expiry, before its
@@ -384,7 +404,9 @@ class Engine(Generic[S]):
             # order, kept both lives). The record's running life stays; nothing moves.
             return Outcome(Verdict.REDELIVERED, None, False)
         # Lives a legal hold keeps stay with the record whatever its creation time.
-        moved = fresh._replace(expires_at=expires, held_lives=prior.held_lives)
+        moved = fresh._replace(
+            expires_at=expires, held_lives=prior.held_lives, first_created_at=began
+        )
         return Outcome(Verdict.BACKDATED, moved, True)
 
     def _delete(self, event: InputEvent, prior: Stamp | None, now_ms: int) -> Outcome:
@@ -472,7 +494,7 @@ class Engine(Generic[S]):
             stamp = stamp._replace(held=False)
         # The constructor, not ``_replace``: this runs once per tombstone, and ``_replace``
         # (a keyword call, a dict and ``_make``) costs three times as much.
-        identity, created, _, ttl, source, _, _, _, offset, _, _ = stamp
+        identity, created, _, ttl, source, _, _, _, offset, _, _, _ = stamp
         after = Stamp(identity, created, expires, ttl, source, expires - 1, None, False, offset)
         return Fired(stamp, after, reason, now_ms)
 

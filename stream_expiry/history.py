@@ -67,6 +67,7 @@ _STAMP_FIELDS = (
     "last_activity_at",
     "erase_requested_at",
     "previous_deleted_at",
+    "first_created_at",
     "held_lives",
     "redacted",
 )

@@ -701,7 +701,7 @@ async def _from_stamps(config: Config, book: PolicyBook, kv: RocksKV, verdicts: 
             continue
         try:
             body = orjson.loads(value)
-            created, old, _ttl, _source, _erase, floor, lives = codec.stamp_body_fields(body)
+            created, old, _ttl, _source, _erase, floor, lives, first = codec.stamp_body_fields(body)
             if created is None or not verdicts.wanted(created):
                 continue
             expires, ttl_ms, ttl_source = rederive.expiry(key, body, created)
@@ -716,6 +716,7 @@ async def _from_stamps(config: Config, book: PolicyBook, kv: RocksKV, verdicts: 
             ttl_source,
             previous_deleted_at=floor,
             held_lives=lives,  # ended: a new policy does not move them
+            first_created_at=first,
         )
         await verdicts.record(
             new,
@@ -900,7 +901,7 @@ async def _compare_input_state(
         # the record is still live on expiry.stamped: that life is due now, and is
         # stamped so (a restarted service tombstones it at once), unless the current
         # stamp is of a life the inputs do not show ending (created after it ended).
-        created, _, _, _, _, floor, lives = codec.stamp_body_fields(body)
+        created, _, _, _, _, floor, lives, _ = codec.stamp_body_fields(body)
         assert state.deleted_at is not None
         if created is None or created > state.deleted_at:
             return

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 
 from stream_expiry.model import HeldLife, Identity, Stamp
-from stream_expiry.packed import pack_tail, unpack_tail
+from stream_expiry.packed import first_created, pack_tail, unpack_tail
 
 __all__ = ["decode_state", "encode_fields", "encode_state", "timer_bytes", "timer_of_state"]
 
@@ -23,16 +23,18 @@ def encode_state(stamp: Stamp, prune_at: int | None) -> bytes:
     # Unpacked once, the fields tested inline (encode_fields): this runs for every state
     # written, each event's and each tombstone's, and a helper call per field was a third
     # of it.
-    _, created, expires, ttl, source, deleted, erase, held, offset, floor, lives = stamp
+    _, created, expires, ttl, source, deleted, erase, held, offset, floor, lives, first = stamp
     return encode_fields(
-        created, expires, ttl, deleted, prune_at, erase, offset, source, held, floor, lives
+        created, expires, ttl, deleted, prune_at, erase, offset, source, held, floor, lives, first
     )
 
 
 def decode_state(identity: Identity, value: bytes) -> tuple[Stamp, int | None]:
     """The stored state and its marker's prune time (None for a live record)."""
     created, expires, ttl, deleted, prune, erase, offset, held = _FIXED.unpack_from(value)
-    source, floor, lives = unpack_tail(value, _FIXED.size)
+    size = _FIXED.size
+    source, floor, lives = unpack_tail(value, size)
+    first = first_created(value, size) if len(value) > size and value[size] == 0xFD else None
     stamp = Stamp(
         identity,
         None if created == _NONE else created,
@@ -45,6 +47,7 @@ def decode_state(identity: Identity, value: bytes) -> tuple[Stamp, int | None]:
         None if offset == _NONE else offset,
         floor,
         lives,
+        first,
     )
     return stamp, None if prune == _NONE else prune
 
@@ -82,6 +85,7 @@ def encode_fields(
     held: bool = False,
     previous_deleted_at: int | None = None,
     held_lives: tuple[HeldLife, ...] = (),
+    first_created_at: int | None = None,
 ) -> bytes:
     """:func:`encode_state` from a state's fields (what a restore has at hand, without
     building a :class:`Stamp` first). Same bytes."""
@@ -95,4 +99,4 @@ def encode_fields(
         n if erase is None else erase,
         n if offset is None else offset,
         held,
-    ) + pack_tail(source, previous_deleted_at, held_lives)
+    ) + pack_tail(source, previous_deleted_at, held_lives, first_created_at)

@@ -504,18 +504,20 @@ def _apply_stamps(
             # An erasure's marker remembers it went out; a ttl marker (or an older null
             # without the header) lets an erasure request read late go out again.
             erased = deleted_at if reason_of(rec.headers) == "explicit" else None
-            rows[key] = (key, cat, None, None, None, None, deleted_at, erased, None, None, ())
+            rows[key] = (
+                key, cat, None, None, None, None, deleted_at, erased, None, None, (), None
+            )  # fmt: skip
             if erased is not None and (read := erasure_read_at_of(rec.headers)) is not None:
                 # And where the erasure was read: events read again from before it are its.
                 erasures_read[key] = (erased, read)
             continue
         try:
-            created, expires, ttl, source, erase, floor, older = stamp_fields(value)
+            created, expires, ttl, source, erase, floor, older, first = stamp_fields(value)
         except ValueError:
             report.unreadable += 1
             continue
         rows[key] = (
-            key, cat, created, expires, ttl, source, None, erase, rec.offset, floor, older
+            key, cat, created, expires, ttl, source, None, erase, rec.offset, floor, older, first
         )  # fmt: skip
         headers = rec.headers
         if len(headers) > 2:  # (the service's stamps have two headers, nearly all)

@@ -162,8 +162,8 @@ _FORMAT = _META + b"format"
 
 # A state read back from the changelog, as :meth:`PartitionStore.write_restored` takes it:
 # (record key, category, created_at, expires_at, ttl_ms, ttl_source, deleted_at, erase_at,
-# stamp_offset, previous_deleted_at, held_lives). A tuple, not a Stamp: a restore writes
-# millions.
+# stamp_offset, previous_deleted_at, held_lives, first_created_at). A tuple, not a Stamp: a
+# restore writes millions.
 RestoredRow = tuple[
     bytes,
     str,
@@ -176,6 +176,7 @@ RestoredRow = tuple[
     int | None,
     int | None,
     tuple[HeldLife, ...],
+    int | None,
 ]
 
 
@@ -572,14 +573,17 @@ class PartitionStore:
         due_floor, marker_floor = self._due_floor, self._marker_floor
         lives = markers = due_now = 0
         for row, raw in zip(rows, olds, strict=True):
-            key, cat, created, expires, ttl, source, deleted, erase, offset, floor, older = row
+            key, cat, created, expires, ttl, source, deleted, erase, offset, floor, older, first = (
+                row
+            )
             prune_at = None if deleted is None else _prune_time(deleted, expires, now_ms, grace)
             # A stamp with an erasure request is a record a legal hold keeps (only a hold
             # defers an erasure): held, as it was, until the release scan lets it go.
             held = erase is not None and deleted is None
             value = encode_fields(
-                created, expires, ttl, deleted, prune_at, erase, offset, source, held, floor, older
-            )
+                created, expires, ttl, deleted, prune_at, erase, offset, source, held, floor,
+                older, first,
+            )  # fmt: skip
             if raw is not None:
                 if raw == value:
                     continue
@@ -596,6 +600,7 @@ class PartitionStore:
                     offset,
                     floor,
                     older,
+                    first,
                 )
                 if old == new:
                     continue  # a marker: only its prune time differs

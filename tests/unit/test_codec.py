@@ -75,6 +75,7 @@ stamps = st.builds(
     stamp_offset=st.none(),  # where the stamp sits: not in it either
     previous_deleted_at=_MAYBE,
     held_lives=_LIVES,
+    first_created_at=_MAYBE,
 )
 
 
@@ -104,6 +105,7 @@ def test_a_stamp_reads_back_as_it_was_written(stamp: Stamp) -> None:
         expected.erase_at,
         expected.previous_deleted_at,
         lives,
+        expected.first_created_at,
     )
     body = orjson.loads(value)
     for life, written in zip(stamp.held_lives, body.get("held_lives", []), strict=True):
@@ -176,7 +178,7 @@ def test_a_stamp_an_earlier_version_wrote_restores(record_id: str) -> None:
     value = _OLD_STAMPS[record_id]
     created = 1_796_384_153_022 if record_id == "c-1" else 1_796_384_153_019
     floor = 1_796_384_149_019 if record_id == "r-1" else None
-    fields = (created, created + 20_000, 20_000, "default", None, floor, ())
+    fields = (created, created + 20_000, 20_000, "default", None, floor, (), None)
     assert codec.stamp_fields(value) == fields
     identity = Identity("acme", "_", "live", "conversation", record_id)
     assert codec.decode_stamp(identity.key, value) == Stamp(

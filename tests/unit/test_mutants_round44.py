@@ -332,7 +332,9 @@ def test_a_pause_whose_clocks_part_by_exactly_the_threshold_is_a_sleep() -> None
 
 def _restored_row(key: str, expires: int) -> RestoredRow:
     """A live stamp of ``key`` as a restore reads it: created at T0, expiring at ``expires``."""
-    return (key.encode(), "conversation", T0, expires, 1000, "default", None, None, 7, None, ())
+    return (
+        key.encode(), "conversation", T0, expires, 1000, "default", None, None, 7, None, (), None
+    )  # fmt: skip
 
 
 def test_a_record_due_at_exactly_the_restore_s_now_is_due() -> None:

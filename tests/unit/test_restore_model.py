@@ -1105,3 +1105,17 @@ def test_an_event_at_the_erasures_own_offset_is_not_a_repeat() -> None:
     assert made_again.verdicts == {"recreated": 1}
     assert _stamps(made_again) == [(later.identity.key, BASE + 17_000, BASE + 37_000)]
 
+
+def test_a_life_moved_back_remembers_its_first_creation_across_a_restore() -> None:
+    """A conversation (ttl 20 s) created at 30 s and moved back to 15 s by a create read
+    late; restored from the changelog, a create of 5 s (its life would end at 25 s, before
+    30 s) moves nothing, as on the original: the stamp says the first creation
+    (``first_created_at``), which the restore keeps. Restored without it, the restored
+    processor moved the life back to 5 s, and its tombstone at 25 s left the stamp of
+    30 s in the stores."""
+    before: list[Step] = [
+        ("event", "conversation", "a", "create", 30_000),
+        ("event", "conversation", "a", "create", 15_000),
+    ]
+    after: list[Step] = [("event", "conversation", "a", "create", 5_000), ("advance", 60_000)]
+    _check_restore(before, after, kept=None)

@@ -266,6 +266,48 @@ def test_a_moved_back_lifes_tombstone_ends_its_stamps_from_before_the_move(
     assert _swept_after(store) == []
 
 
+def _moved_back_twice() -> tuple[Stamped, list[TombstoneChange]]:
+    """A conversation created at 30 s (expiry 50 s), then a create dated 15 s read late
+    (the life moves back: expiry 35 s, after 30 s), then one dated 5 s, read later still:
+    its life would end at 25 s, after 15 s but before 30 s, the creation the first stamp
+    said. Everything then expires."""
+    h = harness(PartitionStore(MemoryKV()), 0)
+    out = _Written()
+    for created in (30_000, 15_000, 5_000):
+        _write(out, h.process(ev("conversation", "a", "create", created)))
+    _write(out, _Stepper(h).step_advance(60_000))
+    return _read(out)
+
+
+def test_a_life_moved_back_twice_still_ends_after_its_first_stamps_creation() -> None:
+    """The service (the engine's ``_backdate``): the create of 5 s is an earlier life's,
+    and moves nothing; the life ends at 35 s, after every stamp of it."""
+    stamped, tombs = _moved_back_twice()
+    said = [(c.created_at, c.expires_at) for c in stamped if isinstance(c, StampChange)]
+    assert said == [(BASE + 30_000, BASE + 50_000), (BASE + 15_000, BASE + 35_000)]
+    assert [(t.reason, t.created_at, t.window) for t in tombs] == [
+        ("ttl", BASE + 15_000, (BASE + 35_000, BASE + 15_000))
+    ]
+
+
+@pytest.mark.parametrize("batches", _reads(*_moved_back_twice()))
+def test_a_life_moved_back_twice_has_one_receipt_whatever_the_order(
+    batches: list[list[Change]],
+) -> None:
+    """Whatever the order the store reads the two topics in, nothing of the life is left,
+    it has one ``ttl`` receipt, and nothing waits for a sweep. Moved back to 5 s (expiry
+    25 s), the tombstone left the row of the stamp of 30 s when read after it: a receipt
+    of nothing, then the null deleted the row, its deletion waiting for a tombstone that
+    had come, and the sweep wrote a second receipt (4 of the 10 reads)."""
+    store = _apply(batches)
+    assert store.rows == {}
+    read = [c for b in batches for c in b]
+    rows = 0 if isinstance(read[0], TombstoneChange) else 1
+    assert [(r.reason, r.rows_deleted) for r in store.outbox] == [("ttl", rows)]
+    assert [m.pending for m in store.markers.values()] == [()]
+    assert _swept_after(store) == []
+
+
 @pytest.mark.parametrize("batches", _reads(*_moved_back(erased_late=True)))
 def test_a_moved_back_lifes_tombstone_ends_it_and_never_the_next_life(
     batches: list[list[Change]],

@@ -261,6 +261,7 @@ _STATES = st.builds(
     _TIME,  # stamp_offset
     _TIME,  # previous_deleted_at
     _LIVES,
+    _TIME,  # first_created_at
 )
 
 
@@ -345,7 +346,7 @@ def test_due_timers_always_match_the_stored_states(
                 [
                     (
                         key.encode(), new.identity.category, new.created_at, new.expires_at,
-                        new.ttl_ms, new.ttl_source, new.deleted_at, None, offset, None, (),
+                        new.ttl_ms, new.ttl_source, new.deleted_at, None, offset, None, (), None,
                     )
                 ],
                 now_ms=T0,
@@ -402,7 +403,7 @@ def test_a_restore_counts_the_live_records_already_due_as_the_store_holds_them(
         erase = now - 100 if erased and not deleted else None
         row = (
             key.encode(), "conversation", T0, expires_at, 1000, "default",
-            now - 10 if deleted else None, erase, 7, None, (),
+            now - 10 if deleted else None, erase, 7, None, (), None,
         )  # fmt: skip
         due += store.write_restored([row], now_ms=now, meta={})[2]
         assert due == truth() == store.count_due(now)
@@ -555,7 +556,7 @@ def test_every_field_of_a_state_survives_the_store(
 
 def test_a_restored_state_keeps_its_previous_lifes_deletion(store: PartitionStore) -> None:
     key = ident("r").key.encode()
-    row = (key, "conversation", T0, T0 + 1000, 1000, "default", None, None, 7, T0 - 5, ())
+    row = (key, "conversation", T0, T0 + 1000, 1000, "default", None, None, 7, T0 - 5, (), None)
     assert store.write_restored([row], now_ms=T0, meta={}) == (1, 0, 0)  # due later
     assert store.get(ident("r").key) == Stamp(
         ident("r"), T0, T0 + 1000, 1000, "default", None, None, False, 7, T0 - 5
@@ -616,7 +617,10 @@ def test_an_erased_life_keeps_its_marker_until_its_own_expiry_and_the_grace(
     store.write([(a, erased)], now_ms=T0 + 4)
     # The same erasure restored from the changelog.
     b = ident("b").key.encode()
-    row = (b, "conversation", T0, T0 + 10 * GRACE, 1000, "default", T0 + 4, T0 + 4, None, None, ())
+    row = (
+        b, "conversation", T0, T0 + 10 * GRACE, 1000, "default", T0 + 4, T0 + 4, None, None, (),
+        None,
+    )  # fmt: skip
     assert store.write_restored([row], now_ms=T0, meta={}) == (0, 1, 0)
     assert store.prune(T0 + 4 + 2 * GRACE) == 0
     assert store.prune(T0 + 10 * GRACE + GRACE - 1) == 0
@@ -954,7 +958,7 @@ def test_where_an_erasure_was_read_is_kept_beside_its_marker_and_goes_with_it(
     raw = kv.multi_get([b"s" + erased.identity.key.encode()])[0]
     assert raw == encode_state(erased, T0 + 10 + GRACE)  # the marker as before
     b = ident("b").key.encode()
-    row = (b, "conversation", T0, T0 + 5, 1000, "default", T0 + 4, T0 + 4, None, None, ())
+    row = (b, "conversation", T0, T0 + 5, 1000, "default", T0 + 4, T0 + 4, None, None, (), None)
     store.write_restored([row], now_ms=T0 + 10, meta={}, erasures_read={b: (T0 + 4, (7, None))})
     if engine == "rocksdb":
         store.close()
