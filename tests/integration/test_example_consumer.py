@@ -44,11 +44,18 @@ def load_example() -> ModuleType:
     return module
 
 
-def write_life(db_path: Path, ids: tuple[str, str, str, str, str], created_at: int) -> None:
-    """The platform's own write of a life, with the ``ts`` its create event carried."""
+def write_life(
+    db_path: Path,
+    ids: tuple[str, str, str, str, str],
+    created_at: int,
+    previous_deleted_at: int | None = None,
+) -> None:
+    """The platform's own write of a life, with the ``ts`` its create event carried and the
+    ``previous_deleted_at`` its stamp on ``expiry.stamped`` says (the example's table)."""
     with sqlite3.connect(db_path) as db:
         db.execute(
-            "INSERT INTO lives VALUES (?, ?, ?, ?, ?, ?, 'payload', NULL)", (*ids, created_at)
+            "INSERT INTO lives VALUES (?, ?, ?, ?, ?, ?, 'payload', ?)",
+            (*ids, created_at, previous_deleted_at),
         )
 
 
@@ -77,7 +84,9 @@ async def test_the_example_consumer_deletes_the_lives_each_tombstone_ends(
         event("error", "e-again", ts=now),
     ]
     write_life(db_path, ("acme", "_", "live", "error", "e-again"), now - 2_000)
-    write_life(db_path, ("acme", "_", "live", "error", "e-again"), now)
+    # The next life's stamp says the erasure that ended the one before (checked below):
+    # the example's table keeps it, which keeps the next life out of the erasure's window.
+    write_life(db_path, ("acme", "_", "live", "error", "e-again"), now, now - 1_000)
     never = event("conversation", "c-never", op="delete", ts=now, event_id="gdpr-2")
     await produce(
         broker,
@@ -114,6 +123,9 @@ async def test_the_example_consumer_deletes_the_lives_each_tombstone_ends(
         stop.set()
 
     assert lives(db_path) == {("e-again", now)}
+    stamps = [orjson.loads(r.value) for r in await read_all(broker, topics.stamped) if r.value]
+    again = [s for s in stamps if s["record_id"] == "e-again" and s["created_at"] is not None]
+    assert [s.get("previous_deleted_at") is not None for s in again] == [False, True]
     by_id = {orjson.loads(r.value)["record_id"]: (orjson.loads(r.value), dict(r.headers)) for r in receipts}  # fmt: skip
     assert sorted(by_id) == ["c-never", "c-ttl", "e-again"]
     assert by_id["c-ttl"][0]["rows_deleted"] == 1
