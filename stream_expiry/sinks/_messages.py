@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 
 __all__ = [
+    "NEVER_ENDS",
     "REASONS",
     "Change",
     "InvalidMessage",
@@ -62,6 +63,12 @@ __all__ = [
     "encode_receipt",
     "receipt_headers",
 ]
+
+#: The ``before`` of the window of an erasure of a life that never expires (the largest
+#: BIGINT, so the SQL stores compare it as they compare an expiry): its stamps from before a
+#: create moved its creation back may be created at any time after that creation, as no
+#: expiry bounds them (:attr:`TombstoneChange.window`).
+NEVER_ENDS = 2**63 - 1
 
 #: The rule that deleted a record: the tombstone event's own reason, or the store's
 #: safety-net sweep. A null value on ``expiry.stamped`` deletes a row too, but it names no
@@ -210,10 +217,11 @@ class TombstoneChange:
     def window(self) -> tuple[int, int] | None:
         """The lives a tombstone with the header and a ``created_at`` ends besides those
         :attr:`bound` takes: ``(before, floor)``, a life created before ``before`` (its
-        expiry: a ``ttl`` one's header plus one, an erasure's ``expires_at``) whose
+        expiry: a ``ttl`` one's header plus one, an erasure's ``expires_at``, or
+        :data:`NEVER_ENDS` for an erasure of a life that never expires) whose
         ``previous_deleted_at`` is unknown or before ``floor`` (its ``created_at``). None
-        for every other tombstone (an erasure of a life that never expires, or without
-        ``expiry-erasure-read-at``, among them).
+        for every other tombstone (an erasure without ``expiry-erasure-read-at`` among
+        them).
 
         Its own life's stamps include those written before a create moved its creation
         back (the engine's ``_backdate``: ``created_at`` later than the tombstone's, before
@@ -225,7 +233,9 @@ class TombstoneChange:
         deleted it when the tombstone had come first: a receipt of nothing, and a deletion
         left waiting for a tombstone that had come (with the sweep, a second receipt).
         An erasure's bound, its time, left such a stamp's row alike when the erasure was
-        dated between the two creates. Only for an erasure that says where its request
+        dated between the two creates, and, of a life that never expires (moved back
+        all the same: no expiry keeps its first stamp's creation from any time after its
+        own), whenever the erasure was dated. Only for an erasure that says where its request
         was read (``expiry-erasure-read-at``): a version before it may have written a next
         life's stamps without ``previous_deleted_at``, and that life, begun after the
         erasure and created before this expiry, was then taken in.
@@ -241,12 +251,16 @@ class TombstoneChange:
             if created is not None:
                 if self.reason == "ttl":
                     return created + 1, (deleted + 1, created)
-                if self.erasure_read and (expires := self.expires_at) is not None:
-                    # An erasure of a life with an expiry: its stamps from before a create
-                    # moved its creation back are created before that expiry, maybe after
-                    # the erasure's time (the bound).
+                if self.erasure_read:
+                    # An erasure of a life: its stamps from before a create moved its
+                    # creation back are created before its expiry (any time, for a life
+                    # that never expires), maybe after the erasure's time (the bound).
+                    expires = self.expires_at
                     end = deleted + 1
-                    return (end if end > created else created + 1), (expires, created)
+                    return (end if end > created else created + 1), (
+                        NEVER_ENDS if expires is None else expires,
+                        created,
+                    )
             end = deleted + 1
         elif self.reason == "ttl" and self.expires_at is not None:
             end = self.expires_at

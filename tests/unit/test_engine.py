@@ -25,10 +25,11 @@ from stream_expiry.policy import Resolution
 from stream_expiry.state import Effects, MemoryKV, PartitionProcessor, PartitionStore
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
 
     from stream_expiry.engine import Fired
     from stream_expiry.holds import HoldBook
+    from stream_expiry.state.store import ErasureRead
 
 TTL = {"conversation": 1000, "session": 300, "error": 50, "analytics": None}
 # The policy from POLICY_CHANGE on, for the runs with a changing policy: every category's
@@ -1310,56 +1311,96 @@ def test_a_touch_or_a_second_erasure_after_a_late_erasure_starts_nothing() -> No
 
 class _Recording(Harness):
     """The harness, keeping what goes out on ``expiry.stamped`` and ``expiry.tombstones``
-    in the order the outbox writes it (:meth:`Effects.runs`)."""
+    in the order the outbox writes it (:meth:`Effects.runs`): each stamp, and each
+    tombstone with whether the outbox says where its erasure was read on it
+    (``expiry-erasure-read-at``)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.written: list[Stamp | Fired] = []
+        self.written: list[Stamp | tuple[Fired, bool]] = []
 
     def _settle(self, effects: Effects) -> None:
+        read = effects.erasures_read
         for stamps, tombstones in effects.runs():
             self.written += [stamp for stamp, _ in stamps]
-            self.written += tombstones
+            self.written += [(fired, _says_erasure_read(fired, read)) for fired in tombstones]
         super()._settle(effects)
 
 
-def _uncovered(written: list[Stamp | Fired]) -> list[tuple[int | None, Fired]]:
-    """The stamps a store could hold that the ``ttl`` tombstone ending their life leaves:
-    each life's stamps (those written since the record's last life ended) against it, as a
-    store judges them (:func:`ended_by` of the tombstone's :attr:`TombstoneChange.reach`,
-    its ``expiry-deleted-at`` header the engine's :attr:`Fired.deleted_until`).
+def _says_erasure_read(fired: Fired, read: Mapping[str, ErasureRead] | None) -> bool:
+    """Whether the outbox puts ``expiry-erasure-read-at`` on ``fired``'s tombstone event
+    (``Outbox._send_tombstones``): an erasure's that ends the running life (a null
+    follows), carrying the request it was read for, whose marker the effects noted
+    (:func:`stream_expiry.outbox._erasure_read_at`)."""
+    from stream_expiry.outbox import _erasure_read_at
 
-    Not yet an erasure's: one dated before the first stamp's creation of a life a create
-    moved back (created 50, moved back to 0, erased at 0) ends at ``max(d, created_at)``,
-    which that stamp is not before, and an explicit tombstone has no window (round 47,
-    left: see the report)."""
+    return (
+        fired.reason == "explicit"
+        and not fired.null_only
+        and fired.ends_life
+        and fired.after.deleted_at is not None
+        and bool(read)
+        and fired.request is not None
+        and _erasure_read_at(fired, read or {}) is not None
+    )
+
+
+def _misjudged(written: list[Stamp | tuple[Fired, bool]]) -> list[tuple[str, int | None, Fired]]:
+    """What a store judges wrongly of the stamps, by each tombstone the service wrote (as
+    :class:`TombstoneChange` reads it: its ``expiry-deleted-at`` the engine's
+    :attr:`Fired.deleted_until`, and ``expiry-erasure-read-at`` as the outbox says it), by
+    :func:`ended_by` of its :attr:`TombstoneChange.reach`: a stamp of the life it ends
+    that it leaves (``left``: the life's stamps, those written since the record's last
+    life ended), or a stamp of a life after it that it ends (``later``), or, for a
+    tombstone followed by no null, of the life running when it goes out (``running``:
+    an erasure of lives ended already leaves the record's running life)."""
     from stream_expiry.sinks._logic import ended_by
     from stream_expiry.sinks._messages import TombstoneChange
 
-    left: list[tuple[int | None, Fired]] = []
+    wrong: list[tuple[str, int | None, Fired]] = []
     life: list[Stamp] = []
-    for item in written:
+    for n, item in enumerate(written):
         if isinstance(item, Stamp):
             life.append(item)
             continue
-        if not item.has_null:  # ends no running life: the record's stamps stay
+        fired, erasure_read = item
+        if fired.null_only:  # its tombstone event went out before: only a null now
             continue
-        if item.reason != "ttl":
-            life = []
-            continue
-        before = item.before
+        before = fired.before
+        # Followed by no null, an erasure's tombstone says where the lives it ends ended
+        # (``before.erased_until``), an expiry's (a held earlier life's) nothing.
+        until = (
+            fired.deleted_until
+            if fired.has_null
+            else before.erased_until
+            if fired.reason == "explicit"
+            else None
+        )
         tomb = TombstoneChange(
-            before.identity, before.created_at, before.expires_at, item.emitted_at,
-            item.reason, None, None, item.deleted_until,
+            before.identity, before.created_at, before.expires_at, fired.emitted_at,
+            fired.reason, None, None, until, erasure_read=erasure_read,
         )  # fmt: skip
         bound, window = tomb.reach
-        left += [
-            (s.created_at, item)
+        later = [s for s in written[n + 1 :] if isinstance(s, Stamp)]
+        wrong += [
+            ("later", s.created_at, fired)
+            for s in later
+            if ended_by(s.created_at, s.previous_deleted_at, bound, window)
+        ]
+        if not fired.has_null:  # ends no running life: the record's stamps stay
+            wrong += [
+                ("running", s.created_at, fired)
+                for s in life
+                if ended_by(s.created_at, s.previous_deleted_at, bound, window)
+            ]
+            continue
+        wrong += [
+            ("left", s.created_at, fired)
             for s in life
             if not ended_by(s.created_at, s.previous_deleted_at, bound, window)
         ]
         life = []
-    return left
+    return wrong
 
 
 one_record_steps = st.lists(
@@ -1393,15 +1434,34 @@ one_record_steps = st.lists(
     category="error",
     policy=constant_policy,
 )
+# A life created at 50 (a conversation, ttl 1000), moved back to 0 by a create read late,
+# erased at 0: the erasure ends it at max(0, 0), which the first stamp (50) is not before;
+# its window (the life's expiry, with expiry-erasure-read-at) takes that stamp in.
+@example(
+    steps=[("event", "create", 50), ("event", "create", 0), ("event", "delete", 0)],
+    category="conversation",
+    policy=constant_policy,
+)
+# The same of a life that never expires (an error record, after the policy's change): 250,
+# moved back to 200, erased at 0 (it ends at 200). Its erasure had no window, and left the
+# stamp of 250 to the null: a receipt of nothing, a deletion waiting for a tombstone that
+# had come.
+@example(
+    steps=[("event", "create", 250), ("event", "create", 200), ("event", "delete", 0)],
+    category="error",
+    policy=changing_policy,
+)
 def test_a_lifes_tombstone_ends_every_stamp_written_for_it(
     steps: list[tuple[object, ...]],
     category: str,
     policy: Callable[[str, int], int | None],
 ) -> None:
     """Whatever the order one record's creates, touches and erasures are read in, the
-    ``ttl`` tombstone that ends a life ends, in the stores, every stamp the service wrote
-    for that life (created before its bound, or within its window), and never goes out
-    before its expiry."""
+    tombstone that ends a life (``ttl``, or ``explicit`` with the headers the outbox puts
+    on it) ends, in the stores, every stamp the service wrote for that life (created
+    before its bound, or within its window) and none of a later life's, an erasure of
+    lives ended already none of the running life's either, and a ``ttl`` one never goes
+    out before its expiry."""
     h = _Recording(horizon_ms=5000, policy=policy)
     now = 0
     for step in steps:
@@ -1413,4 +1473,4 @@ def test_a_lifes_tombstone_ends_every_stamp_written_for_it(
             _, op, dt = step
             h.feed(ev(category, "a", str(op), max(0, now + int(dt))))  # type: ignore[call-overload]
     h.advance(now + 10**7)
-    assert _uncovered(h.written) == []
+    assert _misjudged(h.written) == []

@@ -895,3 +895,40 @@ def test_an_erasures_null_read_before_the_stamp_of_a_life_it_ends_leaves_one_rec
     w.apply([tomb(Stamp(A, None, None, None, None), reason="explicit", emitted_at=T0 + MIN)])
     assert w.row() is None
     assert [(r.reason, r.rows_deleted, r.created_at) for r in w.receipts] == [("explicit", 1, T0)]
+
+
+def test_an_erasure_of_a_moved_back_life_that_never_expires_ends_its_first_stamp() -> None:
+    """A life that never expires, first stamped at ``f``, moved back to ``c`` by a create
+    read late, erased at a time before ``f``: its tombstone (``expiry-erasure-read-at``)
+    ends at ``c``, and its window takes in the stamp of ``f`` (no expiry bounds it; a next
+    life's stamp would say a deletion at or after ``c``). Read between the two stamps, it
+    left that row for the null: a receipt of nothing, then a deletion waiting for a
+    tombstone that had come. Its null likewise keeps that stamp out, read again (a
+    rewound group)."""
+    c, f = T0, T0 + 2 * MIN
+    first = Stamp(A, f, None, None, None)
+    moved = Stamp(A, c, None, None, None, first_created_at=f)
+    erasure = TombstoneChange(
+        A, c, None, T0 + 3 * MIN, "explicit", None, None, deleted_at=c, topic=TOMBS,
+        partition=0, erasure_read=True,
+    )  # fmt: skip
+    null = NullChange(A, 0, 2, reason="explicit", erasure_read=True)
+    w = World()
+    w.apply([st_change(first, {"n": 1}, offset=0)])
+    w.apply([erasure])
+    assert w.row() is None
+    w.apply([st_change(moved, offset=1), null])
+    assert [(r.created_at, r.rows_deleted) for r in w.receipts] == [(c, 1)]
+    marker = w.state[A].marker
+    assert marker is not None
+    assert marker.pending == ()
+
+    w = World()
+    w.apply([st_change(first, {"n": 1}, offset=0), st_change(moved, offset=1), null])
+    w.apply([st_change(first, {"n": 1}, offset=0)])  # read again: the group rewound
+    assert w.row() is None
+    next_life = Stamp(A, c + MIN, None, None, None, previous_deleted_at=c)
+    w.apply([st_change(next_life, {"n": 2}, offset=3)])  # begun after the erasure: written
+    row = w.row()
+    assert row is not None
+    assert row.created_at == c + MIN
