@@ -10,7 +10,8 @@ The README's "Consuming `expiry.tombstones` in your own service", as code to sta
   or before its ``created_at``; and, for both, when the tombstone names a life with an
   expiry, those created before that expiry (an expiry's header plus one, an erasure's
   ``expires_at``, when it says ``expiry-erasure-read-at``; for such an erasure of a life
-  that never expires, those created at any time) that did not begin after an end of its
+  that never expires, its header ``expiry-first-created-at`` plus one, when it has it)
+  that did not begin after an end of its
   life (their
   ``previous_deleted_at`` none, or before its ``created_at``); before its ``expires_at``
   without that header (a held life let go while the record lives on); matched by the
@@ -49,9 +50,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 STORE = "my-store"
 PASSED_ON = ("expiry-request", "expiry-request-event-id", "expiry-late-cause")
 IDS = "org = ? AND bot = ? AND env = ? AND category = ? AND record_id = ?"
-# The window's end of an erasure of a life that never expires (the largest integer SQLite
-# keeps): a stamp of that life from before a create moved it back is created at any time.
-NEVER_ENDS = 2**63 - 1
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS lives (org TEXT, bot TEXT, env TEXT, category TEXT,
@@ -110,8 +108,9 @@ def life_window(body: dict[str, Any], headers: dict[str, str]) -> tuple[int, int
         return int(headers["expiry-deleted-at"]) + 1, epoch_ms(body["created_at"])
     if "expiry-erasure-read-at" not in headers:
         return None  # an earlier version's erasure: its next life may not say its floor
-    if body["expires_at"] is None:  # a life that never expires: created at any time
-        return NEVER_ENDS, epoch_ms(body["created_at"])
+    if body["expires_at"] is None:  # a life that never expires: up to its first stamp
+        first = headers.get("expiry-first-created-at")  # only if a create moved it back
+        return None if first is None else (int(first) + 1, epoch_ms(body["created_at"]))
     return epoch_ms(body["expires_at"]), epoch_ms(body["created_at"])
 
 

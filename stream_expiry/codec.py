@@ -35,6 +35,7 @@ __all__ = [
     "H_ERASURE_READ_AT",
     "H_ERASURE_REQUESTED_AT",
     "H_ERROR",
+    "H_FIRST_CREATED_AT",
     "H_LATE_CAUSE",
     "H_OFFSET",
     "H_PARTITION",
@@ -63,6 +64,7 @@ __all__ = [
     "encode_read_at",
     "erasure_read_at_of",
     "erasure_requested_at_of",
+    "first_created_at_of",
     "header_text",
     "late_cause_of",
     "output_partition",
@@ -147,6 +149,13 @@ H_ERASURE_READ_AT: Final = "expiry-erasure-read-at"
 # released erasure has a request time but no read position. Older versions neither write
 # nor read it (their tombstones: unknown).
 H_ERASURE_REQUESTED_AT: Final = "expiry-erasure-requested-at"
+# On an erasure's tombstone event and its null that carry :data:`H_ERASURE_READ_AT`, only
+# when a create read late moved the erased life's creation back: the creation its first
+# stamp said (the engine's ``first_created_at``, the latest creation any stamp of the life
+# said; epoch ms as decimal text). A life that never expires has no expiry bounding the
+# stamps written for it; this does: the stores end those created up to it (their window),
+# and no later life's created after it. Older versions neither write nor read it.
+H_FIRST_CREATED_AT: Final = "expiry-first-created-at"
 # Where rekey read an event it copied (``stream_expiry.rekey``): ``topic[partition]@offset``.
 H_REKEYED_FROM: Final = "expiry-rekeyed-from"
 # On every copy rekey makes: when the producer's event reached the broker (its Kafka
@@ -390,6 +399,12 @@ def erasure_requested_at_of(headers: Sequence[tuple[str, bytes]]) -> int | None:
     """When the erasure a tombstone or null carries out was requested
     (:data:`H_ERASURE_REQUESTED_AT`); None when not said (a ``ttl`` one, an older version's)."""
     return _int_header(headers, H_ERASURE_REQUESTED_AT)
+
+
+def first_created_at_of(headers: Sequence[tuple[str, bytes]]) -> int | None:
+    """The creation an erasure's :data:`H_FIRST_CREATED_AT` says its life's first stamp had;
+    None when it says none (a life never moved back, an older version's, or unreadable)."""
+    return _int_header(headers, H_FIRST_CREATED_AT)
 
 
 def due_at_ingest_of(headers: Sequence[tuple[str, bytes]]) -> int | None:

@@ -652,7 +652,7 @@ class Outbox:
                     if erasures_read and fired.request is not None:
                         read_at = _erasure_read_at(fired, erasures_read)
                         if read_at is not None:  # where the erasure was read: a restore keeps it
-                            request = (*request, read_at)
+                            request = (*request, read_at, *_first_created_at(fired))
                 if request:
                     event_headers = [*source, deleted_at, *request]
                     deleted = [*source, deleted_at, reasons[fired.reason], *request]
@@ -763,6 +763,17 @@ def _erasure_read_at(
     if noted is None or fired.after.deleted_at is None or noted[0] != fired.after.erase_at:
         return None
     return codec.H_ERASURE_READ_AT, codec.encode_read_at(noted[1])
+
+
+def _first_created_at(fired: Fired) -> tuple[tuple[str, bytes], ...]:
+    """The header that says the latest creation any stamp of the life ``fired`` erases
+    said (:data:`codec.H_FIRST_CREATED_AT`), only when a create read late moved it back
+    (``first_created_at``; nearly never): the stores' window of an erasure of a life that
+    never expires ends there, where no expiry bounds it."""
+    first = fired.before.first_created_at
+    if first is None:
+        return ()
+    return ((codec.H_FIRST_CREATED_AT, b"%d" % first),)
 
 
 def _stamp_headers(

@@ -12,7 +12,7 @@ Rules kept here (why: tombstones are at-least-once, and ``expiry.stamped`` and
    second receipt.
 2. **A tombstone wins whatever the order.** It deletes the row only if the row belongs to a
    life it ends (``created_at < bound``, or within its window (a ``ttl`` tombstone's, an
-   erasure's of a life):
+   erasure's of a life with an expiry or moved back):
    :func:`ended_by`), and leaves a :class:`Marker`; a stamp of a deleted life arriving later
    is not written. A stamp of a newer life is written.
 3. **The latest stamp wins** (``expiry.stamped`` is ordered per key), except that a null
@@ -138,7 +138,6 @@ from typing import TYPE_CHECKING
 
 from stream_expiry.parts import add_up
 from stream_expiry.sinks._messages import (
-    NEVER_ENDS,
     Change,
     Marker,
     NullChange,
@@ -186,7 +185,7 @@ UNKNOWN_PREVIOUS = 2**63 - 1
 Source = tuple[str, int]
 
 #: A tombstone's window (:attr:`TombstoneChange.window`: a ``ttl`` one's, or an erasure's
-#: of a life), or a null's (the row it deleted); None for others.
+#: of a life with an expiry or moved back), or a null's (the row it deleted); None for others.
 Window = tuple[int, int] | None
 
 #: What a tombstone ends: its bound and its window (:func:`ended_by`), as a store's
@@ -628,11 +627,15 @@ class _Planner:
         # once more and left a second deletion waiting for a tombstone that had come. For
         # an expiry's null, or an erasure's that says where it was read (a version that
         # writes every next life's previous_deleted_at; see TombstoneChange.window: for a
-        # life that never expires, its stamps created at any time after its creation).
+        # life that never expires, its stamps created up to its first stamp's creation,
+        # when the null says one: none else, never an unbounded window).
         window: Window = None
         if created is not None:
             if c.erasure_read:
-                window = (NEVER_ENDS if expires is None else expires, created)
+                if expires is not None:
+                    window = (expires, created)
+                elif (first := c.first_created_at) is not None:
+                    window = (first + 1, created)
             elif expires is not None and c.reason == "ttl":
                 window = (expires, created)
         self.remember(

@@ -30,6 +30,7 @@ from stream_expiry.codec import (
     H_REQUEST_EVENT_ID,
     deleted_at_of,
     erasure_requested_at_of,
+    first_created_at_of,
     late_cause_of,
     reason_of,
     request_of,
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 
 __all__ = [
-    "NEVER_ENDS",
     "REASONS",
     "Change",
     "InvalidMessage",
@@ -63,12 +63,6 @@ __all__ = [
     "encode_receipt",
     "receipt_headers",
 ]
-
-#: The ``before`` of the window of an erasure of a life that never expires (the largest
-#: BIGINT, so the SQL stores compare it as they compare an expiry): its stamps from before a
-#: create moved its creation back may be created at any time after that creation, as no
-#: expiry bounds them (:attr:`TombstoneChange.window`).
-NEVER_ENDS = 2**63 - 1
 
 #: The rule that deleted a record: the tombstone event's own reason, or the store's
 #: safety-net sweep. A null value on ``expiry.stamped`` deletes a row too, but it names no
@@ -186,6 +180,10 @@ class TombstoneChange:
     # version that writes it writes ``previous_deleted_at`` on every stamp of a life begun
     # after a deletion, so its :attr:`window` may take in a stamp without one.
     erasure_read: bool = False
+    # With it, of a life a create read late moved back: the latest creation any stamp of
+    # the life said (``expiry-first-created-at``, epoch ms; None: it never moved, or not
+    # said), the end of the :attr:`window` of a life that never expires.
+    first_created_at: int | None = None
 
     @property
     def bound(self) -> int:
@@ -217,11 +215,12 @@ class TombstoneChange:
     def window(self) -> tuple[int, int] | None:
         """The lives a tombstone with the header and a ``created_at`` ends besides those
         :attr:`bound` takes: ``(before, floor)``, a life created before ``before`` (its
-        expiry: a ``ttl`` one's header plus one, an erasure's ``expires_at``, or
-        :data:`NEVER_ENDS` for an erasure of a life that never expires) whose
+        expiry: a ``ttl`` one's header plus one, an erasure's ``expires_at``, or, for an
+        erasure of a life that never expires, its :attr:`first_created_at` plus one) whose
         ``previous_deleted_at`` is unknown or before ``floor`` (its ``created_at``). None
         for every other tombstone (an erasure without ``expiry-erasure-read-at`` among
-        them).
+        them, and one of a life that never expires and never moved back: every stamp of
+        it is created at its ``created_at``, which the bound takes).
 
         Its own life's stamps include those written before a create moved its creation
         back (the engine's ``_backdate``: ``created_at`` later than the tombstone's, before
@@ -235,7 +234,10 @@ class TombstoneChange:
         An erasure's bound, its time, left such a stamp's row alike when the erasure was
         dated between the two creates, and, of a life that never expires (moved back
         all the same: no expiry keeps its first stamp's creation from any time after its
-        own), whenever the erasure was dated. Only for an erasure that says where its request
+        own), whenever the erasure was dated: its window ends after the latest creation
+        its stamps said, not never (a record erased, its marker in the service pruned,
+        then created again, its stamp saying no ``previous_deleted_at``, was kept out
+        of a store that still had this tombstone's marker). Only for an erasure that says where its request
         was read (``expiry-erasure-read-at``): a version before it may have written a next
         life's stamps without ``previous_deleted_at``, and that life, begun after the
         erasure and created before this expiry, was then taken in.
@@ -253,14 +255,15 @@ class TombstoneChange:
                     return created + 1, (deleted + 1, created)
                 if self.erasure_read:
                     # An erasure of a life: its stamps from before a create moved its
-                    # creation back are created before its expiry (any time, for a life
-                    # that never expires), maybe after the erasure's time (the bound).
-                    expires = self.expires_at
-                    end = deleted + 1
-                    return (end if end > created else created + 1), (
-                        NEVER_ENDS if expires is None else expires,
-                        created,
-                    )
+                    # creation back are created before its expiry (for a life that never
+                    # expires, at or before its first stamp's creation), maybe after the
+                    # erasure's time (the bound).
+                    before = self.expires_at
+                    if before is None and (first := self.first_created_at) is not None:
+                        before = first + 1
+                    if before is not None:
+                        end = deleted + 1
+                        return (end if end > created else created + 1), (before, created)
             end = deleted + 1
         elif self.reason == "ttl" and self.expires_at is not None:
             end = self.expires_at
@@ -302,6 +305,9 @@ class NullChange:
     # An erasure's null saying where its request was read (see TombstoneChange): the
     # deleted row's window may then take in stamps without ``previous_deleted_at``.
     erasure_read: bool = False
+    # With it, the latest creation the erased life's stamps said, once a create read late
+    # moved it back (``expiry-first-created-at``; see TombstoneChange).
+    first_created_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -713,7 +719,7 @@ def decode_stamped(
         read = known == "explicit" and _says(headers, H_ERASURE_READ_AT)
         return NullChange(
             _key_identity(key), partition, offset, known, at, topic, request, event_id, late,
-            requested, read,
+            requested, read, first_created_at_of(headers) if read else None,
         )  # fmt: skip
     obj = _load_object(value)
     data = obj.get("data")
@@ -803,4 +809,5 @@ def decode_tombstone(
         late,
         requested,
         read,
+        first_created_at_of(headers) if read else None,
     )

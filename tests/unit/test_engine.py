@@ -1348,12 +1348,15 @@ def _says_erasure_read(fired: Fired, read: Mapping[str, ErasureRead] | None) -> 
 def _misjudged(written: list[Stamp | tuple[Fired, bool]]) -> list[tuple[str, int | None, Fired]]:
     """What a store judges wrongly of the stamps, by each tombstone the service wrote (as
     :class:`TombstoneChange` reads it: its ``expiry-deleted-at`` the engine's
-    :attr:`Fired.deleted_until`, and ``expiry-erasure-read-at`` as the outbox says it), by
+    :attr:`Fired.deleted_until`, ``expiry-erasure-read-at`` and ``expiry-first-created-at``
+    as the outbox says them), by
     :func:`ended_by` of its :attr:`TombstoneChange.reach`: a stamp of the life it ends
     that it leaves (``left``: the life's stamps, those written since the record's last
     life ended), or a stamp of a life after it that it ends (``later``), or, for a
     tombstone followed by no null, of the life running when it goes out (``running``:
     an erasure of lives ended already leaves the record's running life)."""
+    from stream_expiry import codec
+    from stream_expiry.outbox import _first_created_at
     from stream_expiry.sinks._logic import ended_by
     from stream_expiry.sinks._messages import TombstoneChange
 
@@ -1376,9 +1379,13 @@ def _misjudged(written: list[Stamp | tuple[Fired, bool]]) -> list[tuple[str, int
             if fired.reason == "explicit"
             else None
         )
+        # With expiry-erasure-read-at, expiry-first-created-at as the outbox adds it (a
+        # life a create moved back): the window's end of a life that never expires.
+        first = _first_created_at(fired) if erasure_read else ()
         tomb = TombstoneChange(
             before.identity, before.created_at, before.expires_at, fired.emitted_at,
             fired.reason, None, None, until, erasure_read=erasure_read,
+            first_created_at=codec.first_created_at_of(first),
         )  # fmt: skip
         bound, window = tomb.reach
         later = [s for s in written[n + 1 :] if isinstance(s, Stamp)]

@@ -899,9 +899,10 @@ def test_an_erasures_null_read_before_the_stamp_of_a_life_it_ends_leaves_one_rec
 
 def test_an_erasure_of_a_moved_back_life_that_never_expires_ends_its_first_stamp() -> None:
     """A life that never expires, first stamped at ``f``, moved back to ``c`` by a create
-    read late, erased at a time before ``f``: its tombstone (``expiry-erasure-read-at``)
-    ends at ``c``, and its window takes in the stamp of ``f`` (no expiry bounds it; a next
-    life's stamp would say a deletion at or after ``c``). Read between the two stamps, it
+    read late, erased at a time before ``f``: its tombstone (``expiry-erasure-read-at``,
+    and ``expiry-first-created-at`` ``f``) ends at ``c``, and its window takes in the
+    stamp of ``f`` (created up to ``f``; a next life's stamp would say a deletion at or
+    after ``c``). Read between the two stamps, it
     left that row for the null: a receipt of nothing, then a deletion waiting for a
     tombstone that had come. Its null likewise keeps that stamp out, read again (a
     rewound group)."""
@@ -910,9 +911,9 @@ def test_an_erasure_of_a_moved_back_life_that_never_expires_ends_its_first_stamp
     moved = Stamp(A, c, None, None, None, first_created_at=f)
     erasure = TombstoneChange(
         A, c, None, T0 + 3 * MIN, "explicit", None, None, deleted_at=c, topic=TOMBS,
-        partition=0, erasure_read=True,
+        partition=0, erasure_read=True, first_created_at=f,
     )  # fmt: skip
-    null = NullChange(A, 0, 2, reason="explicit", erasure_read=True)
+    null = NullChange(A, 0, 2, reason="explicit", erasure_read=True, first_created_at=f)
     w = World()
     w.apply([st_change(first, {"n": 1}, offset=0)])
     w.apply([erasure])
@@ -932,3 +933,59 @@ def test_an_erasure_of_a_moved_back_life_that_never_expires_ends_its_first_stamp
     row = w.row()
     assert row is not None
     assert row.created_at == c + MIN
+
+
+@pytest.mark.parametrize("first", [None, T0 + 2 * MIN])
+def test_an_erasure_of_a_life_that_never_expires_keeps_out_no_record_created_after_it(
+    first: int | None,
+) -> None:
+    """An erasure (``expiry-erasure-read-at``) of a life that never expires, created at
+    ``c``, with or without ``expiry-first-created-at`` (a create read late moved it back
+    from ``first``), then the record created again a day later: the service's marker
+    pruned after its grace, the new stamp says no ``previous_deleted_at``. The store,
+    its tombstone's marker (or its null's) not yet pruned, writes it: the erasure's
+    window ends after ``first`` (no window without it). With a window that never ended
+    (round 47's first fix) the new record's data never reached the store."""
+    c = T0
+    erasure = TombstoneChange(
+        A, c, None, T0 + 3 * MIN, "explicit", None, None, deleted_at=c, topic=TOMBS,
+        partition=0, erasure_read=True, first_created_at=first,
+    )  # fmt: skip
+    null = NullChange(A, 0, 1, reason="explicit", erasure_read=True, first_created_at=first)
+    again = Stamp(A, c + 24 * 60 * MIN, None, None, None)  # no previous_deleted_at
+    erasures: list[list[Change]] = [[erasure], [null, erasure]]
+    for erased in erasures:
+        w = World()
+        w.apply([st_change(Stamp(A, c, None, None, None), {"n": 1}, offset=0)])
+        w.apply(erased)
+        assert w.row() is None
+        w.apply([st_change(again, {"n": 2}, offset=2)])
+        row = w.row()
+        assert row is not None
+        assert row.created_at == again.created_at
+
+
+def test_an_erasures_first_creation_header_reads_back_on_its_tombstone_and_null() -> None:
+    """``expiry-first-created-at``, as the outbox writes it beside
+    ``expiry-erasure-read-at``, reaches the stores' changes; without the latter it is not
+    read (no window without it)."""
+    from stream_expiry import codec
+
+    f = T0 + 2 * MIN
+    said = [
+        (codec.H_FIRST_CREATED_AT, b"%d" % f),
+        (codec.H_DELETED_AT, b"%d" % T0),
+        (codec.H_REASON, b"explicit"),  # a null's only: the tombstone ignores it
+        (codec.H_ERASURE_READ_AT, b"7"),
+    ]
+    value = encode_tombstone(Stamp(A, T0, None, None, None), reason="explicit", emitted_at=T0 + MIN)
+    t = decode_tombstone(None, value, said)
+    assert (t.first_created_at, t.window) == (f, (f + 1, T0))
+    null = decode_stamped(A.key.encode(), None, 0, 3, said)
+    assert isinstance(null, NullChange)
+    assert null.first_created_at == f
+    alone = said[:3]
+    assert decode_tombstone(None, value, alone).window is None
+    null = decode_stamped(A.key.encode(), None, 0, 3, alone)
+    assert isinstance(null, NullChange)
+    assert null.first_created_at is None
