@@ -562,7 +562,11 @@ deliveries = st.builds(
 )
 
 
-@settings(max_examples=1000)
+# 400 draws, not 1,000: the suite's longest test (83 s of 17 minutes in round 47, near its
+# 120 s timeout under load). The same draws every run (the suite's profile); with the last
+# round's fix to the stores undone, the first 400 still fail. More with
+# STREAM_EXPIRY_TEST_HYPOTHESIS=random, new draws each run.
+@settings(max_examples=400)
 @given(
     h=histories(),
     how=deliveries,
