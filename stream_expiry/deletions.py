@@ -71,6 +71,33 @@ class Filter:
 
 
 @dataclass
+class Waits:
+    """How long rows waited to be deleted (ms, 0 when before the time waited from): 8 bytes a
+    row (a tuple with its key was ~150, 150 MB a million rows); the longest keeps its key."""
+
+    ms: array[int] = field(default_factory=lambda: array("q"))
+    longest: tuple[int, str] | None = None
+
+    def add(self, wait: int, key: str) -> None:
+        self.ms.append(wait)
+        if self.longest is None or wait > self.longest[0]:
+            self.longest = (wait, key)
+
+    def summary(self) -> dict[str, Any] | None:
+        """p50, p99 and max (with its key) in seconds; None when none waited."""
+        longest = self.longest
+        if not self.ms or longest is None:
+            return None
+        ordered = sorted(self.ms)
+        return {
+            "p50": _nearest_rank(ordered, 0.50) / 1000,
+            "p99": _nearest_rank(ordered, 0.99) / 1000,
+            "max": longest[0] / 1000,
+            "max_key": longest[1],
+        }
+
+
+@dataclass
 class StoreDeletions:
     """One store's receipts in the period."""
 
@@ -78,15 +105,11 @@ class StoreDeletions:
     by_category: Counter[str] = field(default_factory=Counter)
     found_nothing: int = 0  # receipts with rows_deleted 0
     late_causes: Counter[str] = field(default_factory=Counter)
-    # Of each row deleted, how long after its due time (ms, 0 when before it): 8 bytes a
-    # row (a tuple with its key was ~150, 150 MB a million rows); the longest keeps its key.
-    after_due: array[int] = field(default_factory=lambda: array("q"))
-    longest: tuple[int, str] | None = None
-    # Of each row an erasure deleted, how long after its request (ms, 0 when before it),
-    # likewise; and the erasures whose receipt says no request time (an older version's
-    # tombstone or store): left out of those times, counted.
-    after_request: array[int] = field(default_factory=lambda: array("q"))
-    longest_request: tuple[int, str] | None = None
+    # Of each row deleted, how long after its due time; of each row an erasure deleted,
+    # how long after its request; and the erasures whose receipt says no request time (an
+    # older version's tombstone or store): left out of those times, counted.
+    after_due: Waits = field(default_factory=Waits)
+    after_request: Waits = field(default_factory=Waits)
     request_unknown: int = 0
 
     @property
@@ -100,23 +123,10 @@ class StoreDeletions:
             "by_category": dict(sorted(self.by_category.items())),
             "found_nothing": self.found_nothing,
             "late_causes": dict(sorted(self.late_causes.items())),
-            "after_due_s": _waits(self.after_due, self.longest),
-            "after_request_s": _waits(self.after_request, self.longest_request),
+            "after_due_s": self.after_due.summary(),
+            "after_request_s": self.after_request.summary(),
             "request_unknown": self.request_unknown,
         }
-
-
-def _waits(waits: array[int], longest: tuple[int, str] | None) -> dict[str, Any] | None:
-    """p50, p99 and max (with its key) of ``waits`` (ms) in seconds; None when empty."""
-    if not waits or longest is None:
-        return None
-    ordered = sorted(waits)
-    return {
-        "p50": _nearest_rank(ordered, 0.50) / 1000,
-        "p99": _nearest_rank(ordered, 0.99) / 1000,
-        "max": longest[0] / 1000,
-        "max_key": longest[1],
-    }
 
 
 def _nearest_rank(ordered: list[int], q: float) -> int:
@@ -189,24 +199,18 @@ class Deletions:
         if cause is not None:
             store.late_causes[cause] += 1
         due = _due_at(receipt)
+        requested = _time_or_none(receipt.get("requested_at")) if reason == "explicit" else None
+        if reason == "explicit" and requested is None:
+            store.request_unknown += 1
+        if due is None and requested is None:
+            return
+        if deleted_at is None:
+            deleted_at = parse_ts(receipt["deleted_at"])
+        key = str(receipt.get("key"))
         if due is not None:
-            if deleted_at is None:
-                deleted_at = parse_ts(receipt["deleted_at"])
-            wait = max(0, deleted_at - due)
-            store.after_due.append(wait)
-            if store.longest is None or wait > store.longest[0]:
-                store.longest = (wait, str(receipt.get("key")))
-        if reason == "explicit":
-            requested = _time_or_none(receipt.get("requested_at"))
-            if requested is None:
-                store.request_unknown += 1
-                return
-            if deleted_at is None:
-                deleted_at = parse_ts(receipt["deleted_at"])
-            wait = max(0, deleted_at - requested)
-            store.after_request.append(wait)
-            if store.longest_request is None or wait > store.longest_request[0]:
-                store.longest_request = (wait, str(receipt.get("key")))
+            store.after_due.add(max(0, deleted_at - due), key)
+        if requested is not None:
+            store.after_request.add(max(0, deleted_at - requested), key)
 
 
 def _time_or_none(said: Any) -> int | None:
