@@ -20,9 +20,9 @@ Plans, i.e. which invocations a module gets:
 - ``once``: once, ``--rate 0 --seconds S --pending N`` (throughput-style: ingest, replay).
 
 Sizes: the default run (rates 1k, 10k, 50k; 10 s windows; 5 s grace; 1 M pending, 1 M
-events for ingest, replay and memory, a 5-minute soak) takes about 25 minutes on 2 cores
-(24 in round 43); ``--quick`` (same rates; 1 s windows; 1 s grace; 100k everywhere; a
-1-minute soak) about 4; ``--targets`` the sizes issues 10 and 11 state their targets at: 10 M
+events for ingest, replay and memory, a 5-minute soak) takes 24-30 minutes on 2 cores
+(24 in round 43, 29 in round 47); ``--quick`` (same rates; 1 s windows; 1 s grace; 100k
+everywhere; a 1-minute soak) about 4; ``--targets`` the sizes issues 10 and 11 state their targets at: 10 M
 events for ingest, replay and memory, a 30-minute soak (several hours).
 """
 
