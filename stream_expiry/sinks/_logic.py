@@ -147,6 +147,7 @@ from stream_expiry.sinks._messages import (
     StampChange,
     SweepChange,
     TombstoneChange,
+    erased_life_before,
 )
 
 if TYPE_CHECKING:
@@ -632,10 +633,8 @@ class _Planner:
         window: Window = None
         if created is not None:
             if c.erasure_read:
-                if expires is not None:
-                    window = (expires, created)
-                elif (first := c.first_created_at) is not None:
-                    window = (first + 1, created)
+                before = erased_life_before(expires, c.first_created_at)
+                window = None if before is None else (before, created)
             elif expires is not None and c.reason == "ttl":
                 window = (expires, created)
         self.remember(

@@ -61,6 +61,7 @@ __all__ = [
     "decode_tombstone",
     "encode_pending",
     "encode_receipt",
+    "erased_life_before",
     "receipt_headers",
 ]
 
@@ -255,12 +256,8 @@ class TombstoneChange:
                     return created + 1, (deleted + 1, created)
                 if self.erasure_read:
                     # An erasure of a life: its stamps from before a create moved its
-                    # creation back are created before its expiry (for a life that never
-                    # expires, at or before its first stamp's creation), maybe after the
-                    # erasure's time (the bound).
-                    before = self.expires_at
-                    if before is None and (first := self.first_created_at) is not None:
-                        before = first + 1
+                    # creation back, maybe created after the erasure's time (the bound).
+                    before = erased_life_before(self.expires_at, self.first_created_at)
                     if before is not None:
                         end = deleted + 1
                         return (end if end > created else created + 1), (before, created)
@@ -270,6 +267,17 @@ class TombstoneChange:
         else:
             end = self.emitted_at + 1
         return (end if created is None else max(end, created + 1)), None
+
+
+def erased_life_before(expires_at: int | None, first_created_at: int | None) -> int | None:
+    """Before when every stamp of a life an erasure ends was created (the ``before`` of the
+    erasure's window, and of its null's): the life's expiry; for a life that never expires,
+    just after its first stamp's creation (``expiry-first-created-at``) when a create read
+    late moved it back; None else (never an unbounded window: a record created again
+    after the markers' grace says no ``previous_deleted_at``)."""
+    if expires_at is not None:
+        return expires_at
+    return None if first_created_at is None else first_created_at + 1
 
 
 @dataclass(frozen=True, slots=True)
