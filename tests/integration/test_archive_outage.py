@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
-from stream_expiry.archive import read_lines
+from stream_expiry.archive import archived_offsets, read_lines
 from stream_expiry.kafka import ensure_topics, producer
 from stream_expiry.model import Identity, Stamp, encode_stamp
 from stream_expiry.testing.processes import ServiceProcess, spawn_command
@@ -94,6 +94,17 @@ async def _archived(proc: ServiceProcess, directory: Path, record_id: str) -> No
             await anyio.sleep(0.1)  # a poll interval: the files decide
 
 
+async def _committed(broker: str, topic: str, stamps: int) -> None:
+    """Wait until the archive's group has committed ``stamps`` stamps of ``topic``: a stamp in
+    the files whose commit the cut then fails is archived again after the outage (at least
+    once, by design), and the count this test checks would be one more."""
+    with anyio.fail_after(30):
+        while True:
+            if sum((await archived_offsets(broker, topic=topic)).values()) >= stamps:
+                return
+            await anyio.sleep(0.1)  # a poll interval: the committed offsets decide
+
+
 async def _said(proc: ServiceProcess, text: str, timeout_s: float) -> None:
     """Wait until the archive's log has ``text``; fail at once if it exits."""
     with anyio.fail_after(timeout_s):
@@ -118,6 +129,7 @@ async def _archive_cut_off(
             tg.start_soon(proc.follow_log)
             await _produce(proxy.address, topics.stamped, "before")
             await _archived(proc, directory, "before")
+            await _committed(proxy.address, topics.stamped, 1)
             proxy.cut()
             await _said(proc, "the broker failed", OUTAGE_S + 30)
             yield proxy, proc, directory, topics.stamped
