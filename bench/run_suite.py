@@ -17,13 +17,16 @@ default plan (``lag`` per rate, then ``memory``).
 Plans, i.e. which invocations a module gets:
 - ``lag``: once per rate, ``--rate R --seconds S --pending 0`` (expect ``lag`` in the JSON);
 - ``memory``: once, ``--rate 0 --seconds S --pending N`` (expect ``memory``), first variant only;
-- ``once``: once, ``--rate 0 --seconds S --pending N`` (throughput-style: ingest, replay).
+- ``once``: once, ``--rate 0 --seconds S --pending N`` (throughput-style: ingest, replay);
+- ``own``: once, with the entry's own arguments only (a benchmark with flags of its own:
+  ``bench.bench_sinks``, the stores' deletes/s end to end through Kafka).
 
 Sizes: the default run (rates 1k, 10k, 50k; 10 s windows; 5 s grace; 1 M pending, 1 M
-events for ingest, replay and memory, a 5-minute soak) takes 24-30 minutes on 2 cores
-(24 in round 43, 29 in round 47); ``--quick`` (same rates; 1 s windows; 1 s grace; 100k
-everywhere; a 1-minute soak) about 4; ``--targets`` the sizes issues 10 and 11 state their targets at: 10 M
-events for ingest, replay and memory, a 30-minute soak (several hours).
+events for ingest, replay and memory, a 5-minute soak, 500k records through each store)
+takes 27-33 minutes on 2 cores (24 in round 43 and 29 in round 47 without the stores);
+``--quick`` (same rates; 1 s windows; 1 s grace; 100k everywhere; a 1-minute soak; 50k
+records through each store) about 5; ``--targets`` the sizes issues 10 and 11 state their
+targets at: 10 M events for ingest, replay and memory, a 30-minute soak (several hours).
 """
 
 from __future__ import annotations
@@ -65,8 +68,8 @@ class Entry:
 
 
 REGISTRY: list[Entry] = [
-    # stream-expiry end to end on the real broker. {pending}, {big} and {soak_minutes} are
-    # the suite's sizes (see FULL, QUICK and TARGETS below).
+    # stream-expiry end to end on the real broker. {pending}, {big}, {soak_minutes} and
+    # {sink_records} are the suite's sizes (see FULL, QUICK and TARGETS below).
     Entry("bench.e2e_expiry", ("lag", "memory"), what="stream-expiry tombstone lag and RSS"),
     Entry(
         "bench.e2e_expiry",
@@ -129,6 +132,13 @@ REGISTRY: list[Entry] = [
         what="stream-expiry soak: 5k/s in and out, RSS, disk and lag over time",
     ),
     Entry(
+        "bench.bench_sinks",
+        ("own",),
+        ("--stores", "sqlite,postgres", "--batches", "", "--kafka-records", "{sink_records}"),
+        what="the stores (SQLite, PostgreSQL) end to end through Kafka: each record's stamp "
+        "written, its tombstone read, its row deleted, the receipt published, offsets committed",
+    ),
+    Entry(
         "bench.bench_transport",
         ("lag",),
         ("--tick-ms", "10", "--linger-ms", "0"),
@@ -180,7 +190,8 @@ REGISTRY: list[Entry] = [
 ]
 
 # Sizes. {big} is the count of the 10 M targets of issue 10 (ingest, replay, memory) and
-# {soak_minutes} the soak's length; the default run keeps both at a size that fits in half an hour.
+# {soak_minutes} the soak's length; the default run keeps both at a size that fits in half an
+# hour. {sink_records}: the records each store takes end to end (issue 11: at least 500k).
 FULL = {
     "rates": [1000, 10_000, 50_000],
     "seconds": 10.0,
@@ -188,6 +199,7 @@ FULL = {
     "grace": 5.0,
     "big": 1_000_000,
     "soak_minutes": 5,
+    "sink_records": 500_000,
 }
 QUICK = {
     "rates": [1000, 10_000, 50_000],
@@ -196,6 +208,7 @@ QUICK = {
     "grace": 1.0,
     "big": 100_000,
     "soak_minutes": 1,
+    "sink_records": 50_000,
 }
 # --targets: the sizes issues 10 and 11 state their targets at (several hours on 2 cores).
 TARGETS = {**FULL, "big": 10_000_000, "soak_minutes": 30}
@@ -251,6 +264,7 @@ def plan_invocations(entry: Entry, cfg: dict[str, Any]) -> list[Invocation]:
         a.replace("{pending}", str(cfg["pending"]))
         .replace("{big}", str(cfg["big"]))
         .replace("{soak_minutes}", f"{cfg['soak_minutes']:g}")
+        .replace("{sink_records}", str(cfg["sink_records"]))
         for a in entry.args
     )
     tag = f"-{variant_tag(extra)}" if extra else ""
@@ -260,6 +274,8 @@ def plan_invocations(entry: Entry, cfg: dict[str, Any]) -> list[Invocation]:
                 args = ("--rate", str(rate), "--pending", "0", *common, *extra)
                 name = f"{short}{tag}-lag-{human_count(rate)}.json"
                 out.append(Invocation(entry, plan, args, name, rate))
+        elif plan == "own":
+            out.append(Invocation(entry, plan, extra, f"{short}.json", None))
         elif plan in ("memory", "once"):
             args = ("--rate", "0", "--pending", str(cfg["pending"]), *common, *extra)
             out.append(Invocation(entry, plan, args, f"{short}{tag}-{plan}.json", None))
