@@ -67,7 +67,7 @@ from stream_expiry.fetch import ends_and_highs
 from stream_expiry.firing import Firing
 from stream_expiry.health import Health, Phase
 from stream_expiry.holds import HoldBook
-from stream_expiry.housekeeping import Tidying
+from stream_expiry.housekeeping import Tidying, budget_for
 from stream_expiry.instances import CLIENT_ID, assignors
 from stream_expiry.kafka import (
     BATCH_BYTES,
@@ -367,6 +367,7 @@ class Service:
         self._release_next = 0
         self._release_acks: collections.deque[list[Any]] = collections.deque()
         self._pruned_at = time.monotonic()
+        self._tidied_at = self._pruned_at  # the last turn's housekeeping: its budget follows
         self._tidying = Tidying()  # horizons and markers, a budget a turn
         self._restore_seen = 0  # changelog messages of the running restore already counted
         self._restore_said = 0.0  # when its progress was last logged (monotonic)
@@ -1205,10 +1206,15 @@ class Service:
 
     def _housekeeping(self) -> None:
         """Horizons and markers, within one budget a turn (:mod:`stream_expiry.housekeeping`)."""
-        prune = time.monotonic() - self._pruned_at >= PRUNE_EVERY_S
+        now = time.monotonic()
+        prune = now - self._pruned_at >= PRUNE_EVERY_S
         if prune:
-            self._pruned_at = time.monotonic()
-        _, pruned = self._tidying.turn(list(self.processors.values()), self.clock(), prune=prune)
+            self._pruned_at = now
+        budget = budget_for(now - self._tidied_at)
+        self._tidied_at = now
+        _, pruned = self._tidying.turn(
+            list(self.processors.values()), self.clock(), prune=prune, budget=budget
+        )
         if pruned:
             log.debug("pruned %d deletion markers past their grace", pruned)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from stream_expiry.housekeeping import Tidying
+from stream_expiry.housekeeping import BUDGET, MOST, RATE, Tidying, budget_for
 from stream_expiry.model import Identity, Stamp
 from stream_expiry.policy import Resolution
 from stream_expiry.state import MemoryKV, PartitionProcessor, PartitionStore
@@ -37,11 +37,11 @@ def _partition(n: int, fill: Callable[[PartitionStore, int], None]) -> Partition
     )
 
 
-def _stamps(partition: int, count: int, expires: int) -> list[Stamp]:
+def _stamps(partition: int, count: int, expires: int, tag: str = "") -> list[Stamp]:
     """``count`` records due a millisecond apart from ``expires``."""
     return [
         Stamp(
-            Identity("o", "_", "live", "conversation", f"p{partition}-{i}"),
+            Identity("o", "_", "live", "conversation", f"p{partition}-{tag}{i}"),
             T0,
             expires + i,
             HOUR,
@@ -100,3 +100,56 @@ def test_horizons_are_loaded_a_budget_a_turn_and_then_markers_with_what_is_left(
         total += loaded
     assert sum(p.timers for p in procs) == 18_000
     assert tidy.turn(procs, now, prune=False, budget=2_500) == (0, 0)
+
+
+def _due_and_deleted(store: PartitionStore, partition: int) -> None:
+    """Both at once, as under steady load: 3,000 timers to load and 3,000 markers due."""
+    _due_next_hour(store, partition)
+    lives = _stamps(partition, 3_000, T0 - 10_000, tag="gone-")
+    store.write([(None, s) for s in lives], now_ms=T0)
+    store.write([(s, s._replace(deleted_at=T0)) for s in lives], now_ms=T0)
+
+
+def test_markers_due_get_half_the_budget_while_horizons_load() -> None:
+    """Round 48's soak (5,000 events/s in and out): the loads went first and took every
+    turn's whole budget, and markers were pruned at less than half the rate they fell due.
+    Now the loads take half first while markers are due, the markers the other half; once
+    the markers are gone the loads get the whole budget again."""
+    procs = [_partition(n, _due_and_deleted) for n in range(6)]
+    tidy = Tidying()
+    now = T0 + 30 * 60_000  # past the markers' grace, and the next horizon to load
+    loaded, pruned = tidy.turn(procs, now, prune=True, budget=2_000)
+    assert (loaded, pruned) == (1_000, 1_000)
+    assert tidy.pruning
+    markers, timers = 1_000, 1_000
+    while tidy.pruning:
+        loaded, pruned = tidy.turn(procs, now, prune=False, budget=2_000)
+        assert loaded + pruned <= 2_000
+        assert pruned >= 1_000 or not tidy.pruning
+        markers, timers = markers + pruned, timers + loaded
+    assert markers == 18_000
+    assert sum(p.store.counts.markers for p in procs) == 0
+    while timers < 18_000:  # the horizons alone again: the whole budget a turn
+        loaded, pruned = tidy.turn(procs, now, prune=False, budget=2_000)
+        assert (loaded, pruned) == (min(2_000, 18_000 - timers), 0)
+        timers += loaded
+    assert sum(p.timers for p in procs) == 18_000
+
+
+def test_markers_left_below_their_half_leave_the_rest_to_the_horizons() -> None:
+    procs = [_partition(n, _due_next_hour) for n in range(6)]
+    for proc in procs:  # one marker due in each store
+        life = _stamps(proc.partition, 1, T0 - 10_000, tag="gone-")[0]
+        proc.store.write([(None, life)], now_ms=T0)
+        proc.store.write([(life, life._replace(deleted_at=T0))], now_ms=T0)
+    loaded, pruned = Tidying().turn(procs, T0 + 30 * 60_000, prune=True, budget=2_000)
+    assert pruned == 6
+    assert loaded == 2_000 - 6  # the six markers' share, the rest loaded
+
+
+def test_a_turns_budget_follows_the_time_since_the_last() -> None:
+    """A loop turning five times a second or more gets BUDGET a turn; one slowed by its
+    input gets RATE a second since its last turn, up to MOST (what a timer may wait)."""
+    assert budget_for(0.0) == budget_for(0.2) == BUDGET
+    assert BUDGET < budget_for(0.3) == int(0.3 * RATE) < MOST
+    assert budget_for(0.5) == budget_for(60.0) == MOST
