@@ -7,10 +7,10 @@ The README's "Consuming `expiry.tombstones` in your own service", as code to sta
   are committed once the store has committed its deletions and the receipts are sent;
 * a tombstone deletes the lives it ends, not the record id: those created at or before its
   header ``expiry-deleted-at`` (epoch ms) for an erasure; for an expiry, those created at
-  or before its ``created_at``; and, for both, when the tombstone names a life with an
-  expiry, those created before that expiry (an expiry's header plus one, an erasure's
-  ``expires_at``, when it says ``expiry-erasure-read-at``; for such an erasure of a life
-  that never expires, its header ``expiry-first-created-at`` plus one, when it has it)
+  or before its ``created_at``; and, when the tombstone names a life, for an expiry
+  those created before that expiry (its header plus one), for an erasure that says
+  ``expiry-erasure-read-at`` those created up to its header ``expiry-first-created-at``
+  (a life a create read late moved back; none more without it),
   that did not begin after an end of its
   life (their
   ``previous_deleted_at`` none, or before its ``created_at``); before its ``expires_at``
@@ -92,11 +92,14 @@ def last_creation_ended(body: dict[str, Any], headers: dict[str, str]) -> int:
 
 
 def life_window(body: dict[str, Any], headers: dict[str, str]) -> tuple[int, int] | None:
-    """The other lives a tombstone with the header that names a life with an expiry ends, as
-    ``(before, floor)``: those created before its expiry (``before``: a ``ttl`` one's header
-    plus one, an erasure's ``expires_at``, when it says ``expiry-erasure-read-at``: the
-    versions that write it say every next life's floor) whose ``previous_deleted_at`` is none or before
-    its ``created_at`` (``floor``). They are its own life's too: a create dated before a
+    """The other lives a tombstone with the header that names a life ends, as ``(before,
+    floor)``: those created before ``before`` (a ``ttl`` one's expiry, its header plus one;
+    an erasure's ``expiry-first-created-at`` plus one, when it says that and
+    ``expiry-erasure-read-at``: the versions that write it say every next life's floor)
+    whose ``previous_deleted_at`` is none or before its ``created_at`` (``floor``). Not an
+    erasure's ``expires_at``: a record created again after the service forgot the
+    erasure (a grace after that expiry), by a create dated before it, says no floor, and
+    is live. They are its own life's too: a create dated before a
     life's creation, read late, moves that creation back, so data you wrote for the life's
     first create is dated after the ``created_at`` the tombstone names, and after an
     erasure's time when the erasure came between the two. A life that began after an end
@@ -108,10 +111,8 @@ def life_window(body: dict[str, Any], headers: dict[str, str]) -> tuple[int, int
         return int(headers["expiry-deleted-at"]) + 1, epoch_ms(body["created_at"])
     if "expiry-erasure-read-at" not in headers:
         return None  # an earlier version's erasure: its next life may not say its floor
-    if body["expires_at"] is None:  # a life that never expires: up to its first stamp
-        first = headers.get("expiry-first-created-at")  # only if a create moved it back
-        return None if first is None else (int(first) + 1, epoch_ms(body["created_at"]))
-    return epoch_ms(body["expires_at"]), epoch_ms(body["created_at"])
+    first = headers.get("expiry-first-created-at")  # only if a create moved it back
+    return None if first is None else (int(first) + 1, epoch_ms(body["created_at"]))
 
 
 def apply(db: sqlite3.Connection, key: bytes, value: bytes, raw: list[tuple[str, bytes]]) -> None:

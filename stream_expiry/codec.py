@@ -152,9 +152,10 @@ H_ERASURE_REQUESTED_AT: Final = "expiry-erasure-requested-at"
 # On an erasure's tombstone event and its null that carry :data:`H_ERASURE_READ_AT`, only
 # when a create read late moved the erased life's creation back: the creation its first
 # stamp said (the engine's ``first_created_at``, the latest creation any stamp of the life
-# said; epoch ms as decimal text). A life that never expires has no expiry bounding the
-# stamps written for it; this does: the stores end those created up to it (their window),
-# and no later life's created after it. Older versions neither write nor read it.
+# said; epoch ms as decimal text). The stores end those stamps created up to it (their
+# window), and no later life's created after it: not up to the life's expiry, which a
+# life created again once the service forgot the erasure may be created before. Older
+# versions neither write nor read it.
 H_FIRST_CREATED_AT: Final = "expiry-first-created-at"
 # Where rekey read an event it copied (``stream_expiry.rekey``): ``topic[partition]@offset``.
 H_REKEYED_FROM: Final = "expiry-rekeyed-from"

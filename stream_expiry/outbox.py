@@ -768,8 +768,8 @@ def _erasure_read_at(
 def _first_created_at(fired: Fired) -> tuple[tuple[str, bytes], ...]:
     """The header that says the latest creation any stamp of the life ``fired`` erases
     said (:data:`codec.H_FIRST_CREATED_AT`), only when a create read late moved it back
-    (``first_created_at``; nearly never): the stores' window of an erasure of a life that
-    never expires ends there, where no expiry bounds it."""
+    (``first_created_at``; nearly never): the stores' window of the erasure ends there
+    (``sinks._messages.erased_life_before``)."""
     first = fired.before.first_created_at
     if first is None:
         return ()

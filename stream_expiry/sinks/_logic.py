@@ -12,7 +12,7 @@ Rules kept here (why: tombstones are at-least-once, and ``expiry.stamped`` and
    second receipt.
 2. **A tombstone wins whatever the order.** It deletes the row only if the row belongs to a
    life it ends (``created_at < bound``, or within its window (a ``ttl`` tombstone's, an
-   erasure's of a life with an expiry or moved back):
+   erasure's of a life moved back):
    :func:`ended_by`), and leaves a :class:`Marker`; a stamp of a deleted life arriving later
    is not written. A stamp of a newer life is written.
 3. **The latest stamp wins** (``expiry.stamped`` is ordered per key), except that a null
@@ -186,7 +186,7 @@ UNKNOWN_PREVIOUS = 2**63 - 1
 Source = tuple[str, int]
 
 #: A tombstone's window (:attr:`TombstoneChange.window`: a ``ttl`` one's, or an erasure's
-#: of a life with an expiry or moved back), or a null's (the row it deleted); None for others.
+#: of a life moved back), or a null's (the row it deleted); None for others.
 Window = tuple[int, int] | None
 
 #: What a tombstone ends: its bound and its window (:func:`ended_by`), as a store's
@@ -626,14 +626,15 @@ class _Planner:
         # creation back (created before its expiry, begun before it), read again after this
         # null (a rewound group), stay out; written, the null read again deleted the row
         # once more and left a second deletion waiting for a tombstone that had come. For
-        # an expiry's null, or an erasure's that says where it was read (a version that
-        # writes every next life's previous_deleted_at; see TombstoneChange.window: for a
-        # life that never expires, its stamps created up to its first stamp's creation,
-        # when the null says one: none else, never an unbounded window).
+        # an expiry's null (up to its expiry), or an erasure's that says where it was read
+        # (a version that writes every next life's previous_deleted_at; see
+        # TombstoneChange.window: its stamps created up to its first stamp's creation,
+        # when the null says one; none else, not up to its expiry: a record created again
+        # after the service forgot the erasure is a later life).
         window: Window = None
         if created is not None:
             if c.erasure_read:
-                before = erased_life_before(expires, c.first_created_at)
+                before = erased_life_before(c.first_created_at)
                 window = None if before is None else (before, created)
             elif expires is not None and c.reason == "ttl":
                 window = (expires, created)

@@ -183,7 +183,7 @@ class TombstoneChange:
     erasure_read: bool = False
     # With it, of a life a create read late moved back: the latest creation any stamp of
     # the life said (``expiry-first-created-at``, epoch ms; None: it never moved, or not
-    # said), the end of the :attr:`window` of a life that never expires.
+    # said), the end of the erasure's :attr:`window`.
     first_created_at: int | None = None
 
     @property
@@ -215,13 +215,12 @@ class TombstoneChange:
     @property
     def window(self) -> tuple[int, int] | None:
         """The lives a tombstone with the header and a ``created_at`` ends besides those
-        :attr:`bound` takes: ``(before, floor)``, a life created before ``before`` (its
-        expiry: a ``ttl`` one's header plus one, an erasure's ``expires_at``, or, for an
-        erasure of a life that never expires, its :attr:`first_created_at` plus one) whose
-        ``previous_deleted_at`` is unknown or before ``floor`` (its ``created_at``). None
-        for every other tombstone (an erasure without ``expiry-erasure-read-at`` among
-        them, and one of a life that never expires and never moved back: every stamp of
-        it is created at its ``created_at``, which the bound takes).
+        :attr:`bound` takes: ``(before, floor)``, a life created before ``before`` (a
+        ``ttl`` one's expiry, its header plus one; an erasure's :attr:`first_created_at`
+        plus one) whose ``previous_deleted_at`` is unknown or before ``floor`` (its
+        ``created_at``). None for every other tombstone (an erasure without
+        ``expiry-erasure-read-at`` among them, and one of a life that never moved back:
+        every stamp of it is created at its ``created_at``, which the bound takes).
 
         Its own life's stamps include those written before a create moved its creation
         back (the engine's ``_backdate``: ``created_at`` later than the tombstone's, before
@@ -235,13 +234,16 @@ class TombstoneChange:
         An erasure's bound, its time, left such a stamp's row alike when the erasure was
         dated between the two creates, and, of a life that never expires (moved back
         all the same: no expiry keeps its first stamp's creation from any time after its
-        own), whenever the erasure was dated: its window ends after the latest creation
-        its stamps said, not never (a record erased, its marker in the service pruned,
-        then created again, its stamp saying no ``previous_deleted_at``, was kept out
-        of a store that still had this tombstone's marker). Only for an erasure that says where its request
-        was read (``expiry-erasure-read-at``): a version before it may have written a next
-        life's stamps without ``previous_deleted_at``, and that life, begun after the
-        erasure and created before this expiry, was then taken in.
+        own), whenever the erasure was dated. Its window ends just after the latest
+        creation its life's stamps said (:func:`erased_life_before`), not at its expiry
+        nor never: a record erased, its marker in the service pruned a grace after the
+        erased life's expiry, then created again by a create dated after the erasure and
+        before that expiry, read late, is stamped saying no ``previous_deleted_at``; it
+        is live in the service, and it was kept out of a store that still had this
+        tombstone's marker (its own pruning comes after the service's), or its row
+        deleted by this tombstone read after it. Only for an erasure that says where its
+        request was read (``expiry-erasure-read-at``): a version before it may have
+        written a next life's stamps without ``previous_deleted_at``.
         """
         return self.reach[1]
 
@@ -257,7 +259,7 @@ class TombstoneChange:
                 if self.erasure_read:
                     # An erasure of a life: its stamps from before a create moved its
                     # creation back, maybe created after the erasure's time (the bound).
-                    before = erased_life_before(self.expires_at, self.first_created_at)
+                    before = erased_life_before(self.first_created_at)
                     if before is not None:
                         end = deleted + 1
                         return (end if end > created else created + 1), (before, created)
@@ -269,14 +271,24 @@ class TombstoneChange:
         return (end if created is None else max(end, created + 1)), None
 
 
-def erased_life_before(expires_at: int | None, first_created_at: int | None) -> int | None:
+def erased_life_before(first_created_at: int | None) -> int | None:
     """Before when every stamp of a life an erasure ends was created (the ``before`` of the
-    erasure's window, and of its null's): the life's expiry; for a life that never expires,
-    just after its first stamp's creation (``expiry-first-created-at``) when a create read
-    late moved it back; None else (never an unbounded window: a record created again
-    after the markers' grace says no ``previous_deleted_at``)."""
-    if expires_at is not None:
-        return expires_at
+    erasure's window, and of its null's), beyond its creation: just after its first
+    stamp's creation (``expiry-first-created-at``) when a create read late moved the life
+    back; None else (every stamp of the life says its creation, which the bound takes).
+
+    Not the life's expiry: each stamp of a life says a creation some event of it had,
+    the first stamp's the latest (the engine moves a life back only to earlier creates,
+    and keeps that first one, ``first_created_at``). An expiry reached past them, to
+    stamps of a later life created after the erasure and before that expiry: a record
+    created again once the service had forgotten the erasure (its marker pruned a grace
+    after that expiry, before the store's) says no ``previous_deleted_at``, and the store
+    kept it out. Nor the erasure's request time, which a life's first stamp may be
+    created after (created at 50, moved back to 0, erased at 0). The outbox writes the
+    header beside ``expiry-erasure-read-at`` whenever the life moved back (round 47 on):
+    without it, a life moved back by a version that did not keep its first creation
+    leaves that first stamp to its null, as an erasure without
+    ``expiry-erasure-read-at`` does."""
     return None if first_created_at is None else first_created_at + 1
 
 

@@ -85,7 +85,8 @@ async def test_the_example_consumer_deletes_the_lives_each_tombstone_ends(
     ]
     write_life(db_path, ("acme", "_", "live", "error", "e-again"), now - 2_000)
     # The next life's stamp says the erasure that ended the one before (checked below):
-    # the example's table keeps it, which keeps the next life out of the erasure's window.
+    # the example's table keeps it, which keeps a next life out of an erasure's window
+    # (that of a life a create read late moved back; this one has none).
     write_life(db_path, ("acme", "_", "live", "error", "e-again"), now, now - 1_000)
     never = event("conversation", "c-never", op="delete", ts=now, event_id="gdpr-2")
     await produce(

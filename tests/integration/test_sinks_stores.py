@@ -16,7 +16,12 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from stream_expiry.codec import H_DELETED_AT, H_ERASURE_READ_AT, H_ERASURE_REQUESTED_AT
+from stream_expiry.codec import (
+    H_DELETED_AT,
+    H_ERASURE_READ_AT,
+    H_ERASURE_REQUESTED_AT,
+    H_FIRST_CREATED_AT,
+)
 from stream_expiry.errors import StoreError
 from stream_expiry.logs import configure_logging
 from stream_expiry.model import Identity, Stamp
@@ -1279,12 +1284,22 @@ async def test_a_ttl_tombstone_ends_its_lifes_stamps_from_before_a_move_never_th
     assert (marker.ttl_before, marker.ttl_floor) == (T0 + 10 * MINUTE, T0)
 
 
-def erased_at(s: Stamp, d: int) -> Change:
-    """The erasure's tombstone of ``s`` at ``d`` as the service sends it: its time
-    (``expiry-deleted-at``) and where its request was read (``expiry-erasure-read-at``)."""
+def erasure_headers(d: int, first: int | None = None) -> list[tuple[str, bytes]]:
+    """What the service says on an erasure's tombstone event and its null, requested and
+    ending at ``d``: its time (``expiry-deleted-at``), when it was requested
+    (``expiry-erasure-requested-at``), where its request was read
+    (``expiry-erasure-read-at``) and, of a life a create read late moved back, the
+    creation its first stamp said (``expiry-first-created-at``, ``first``)."""
+    headers = [(H_DELETED_AT, b"%d" % d), (H_ERASURE_REQUESTED_AT, b"%d" % d)]
+    headers.append((H_ERASURE_READ_AT, b"1041"))
+    return headers if first is None else [*headers, (H_FIRST_CREATED_AT, b"%d" % first)]
+
+
+def erased_at(s: Stamp, d: int, first: int | None = None) -> Change:
+    """The erasure's tombstone of ``s`` at ``d`` as the service sends it
+    (:func:`erasure_headers`)."""
     key, value = tombstone_msg(s, reason="explicit", emitted_at=d + 1)
-    headers = [(H_DELETED_AT, b"%d" % d), (H_ERASURE_READ_AT, b"1041")]
-    return decode_tombstone(key, value, headers, topic=TOMBS, partition=0)
+    return decode_tombstone(key, value, erasure_headers(d, first), topic=TOMBS, partition=0)
 
 
 @pytest.mark.asyncio
@@ -1299,10 +1314,11 @@ async def test_an_erasure_ends_its_lifes_stamps_from_before_a_move_read_in_any_o
     stamp: read between the two stamps it left the row of T0 + 1 min to the null (a
     receipt of nothing, a deletion left waiting), read first it let that stamp in; and
     with the null read first, the first stamp read again (a rewound group) came back, and
-    the null read again left a second deletion waiting. Now the tombstone's window (its
-    expiry, its creation) and the null's (the row's) keep the life's stamps out; the next
-    life, begun after the erasure (``previous_deleted_at`` its time), is written. As the
-    plain path decides, on every store."""
+    the null read again left a second deletion waiting. Now the tombstone's window (up to
+    that first stamp's creation, its ``expiry-first-created-at``; its own creation) and
+    the null's keep the life's stamps out; the next life, begun after the erasure
+    (``previous_deleted_at`` its time), is written. As the plain path decides, on every
+    store."""
     reference = PlainMemoryStore(name=store.name)
     i = ident("moved-erased")
     d = T0 + 30_000
@@ -1311,13 +1327,12 @@ async def test_an_erasure_ends_its_lifes_stamps_from_before_a_move_read_in_any_o
     own = put(life, {"n": 0}, offset=2)
     null = decode_stamped(
         i.key.encode(), None, partition=0, offset=3,
-        headers=[(H_DELETED_AT, b"%d" % d), ("expiry-reason", b"explicit"),
-                 (H_ERASURE_READ_AT, b"1041")], topic=STAMPED,
+        headers=[("expiry-reason", b"explicit"), *erasure_headers(d, T0 + MINUTE)], topic=STAMPED,
     )  # fmt: skip
     nxt = put(
         stamp(i, created_at=T0 + 2 * MINUTE)._replace(previous_deleted_at=d), {"keep": 1}, offset=4
     )
-    t = erased_at(life, d)
+    t = erased_at(life, d, T0 + MINUTE)
     batches: list[list[Change]] = {
         "tombstone-between": [[first], [t], [own, null], [first, own, null], [nxt]],
         "tombstone-first": [[t], [first, own, null], [nxt], [first, own, null, nxt]],
@@ -1337,8 +1352,67 @@ async def test_an_erasure_ends_its_lifes_stamps_from_before_a_move_read_in_any_o
     marker = await store.marker(i)
     assert marker is not None
     assert marker.pending == ()
-    assert (marker.last_life, marker.ttl_before, marker.ttl_floor) == (T0, T0 + 10 * MINUTE, T0)
+    assert (marker.last_life, marker.ttl_before, marker.ttl_floor) == (T0, T0 + MINUTE + 1, T0)
     assert marker == await reference.marker(i)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+@pytest.mark.parametrize("order", ["tombstone-first", "null-first", "tombstone-last"])
+@pytest.mark.parametrize("moved", [False, True], ids=["created-once", "moved-back"])
+async def test_a_record_created_again_after_the_services_marker_went_is_written(
+    store: Store, order: str, moved: bool
+) -> None:
+    """A life with a TTL longer than the markers' grace (30 days; 7 by default), erased a
+    minute after its creation (``expiry-erasure-read-at``, requested at ``d``), or the same
+    life moved back by a create read late from its first stamp at ``d`` + 1 min. The
+    service forgets its marker a grace after the erased life's expiry; a create of the
+    record dated before that expiry (10 days after the erasure) read after it starts a new
+    life, its stamp saying no ``previous_deleted_at``. This store, its own marker not yet
+    pruned (it prunes after the service: its grace counts from when it deleted and how far
+    it has read), must write that life: it is live in the service. The erasure's window
+    reached to the erased life's expiry and took the new stamp for a late one of the
+    erased life: not written (``stale``), and, read after it, the tombstone deleted its
+    row; the record's data was missing from the store for the rest of that life. The
+    window ends after the erased life's stamps, at the creation its first stamp said:
+    the moved-back life's first stamp still goes with it."""
+    i = ident("again-unremembered")
+    ttl = 30 * 24 * 60 * MINUTE
+    d = T0 + MINUTE
+    life = stamp(i, ttl_ms=ttl)
+    first = T0 + 2 * MINUTE if moved else None
+    stamps = [put(life, {"v": 1}, offset=2)]
+    if first is not None:
+        stamps.insert(0, put(stamp(i, created_at=first, ttl_ms=ttl), {"v": 0}, offset=1))
+    null = decode_stamped(
+        i.key.encode(), None, partition=0, offset=3,
+        headers=[("expiry-reason", b"explicit"), *erasure_headers(d, first)], topic=STAMPED,
+    )  # fmt: skip
+    t = erased_at(life, d, first)
+    assert isinstance(t, TombstoneChange)
+    assert t.requested_at == d
+    created = d + 10 * 24 * 60 * MINUTE
+    assert life.expires_at is not None
+    assert created < life.expires_at
+    again = put(stamp(i, created_at=created, ttl_ms=ttl), {"v": 2}, offset=4)
+    orders: dict[str, list[list[Change]]] = {
+        "tombstone-first": [[*stamps], [t], [null], [again]],
+        "null-first": [[*stamps, null], [t], [again]],
+        "tombstone-last": [[*stamps, null], [again], [t]],
+    }
+    plans = [await store.apply(b, now_ms=created + n) for n, b in enumerate(orders[order])]
+    assert (sum(p.written for p in plans), sum(p.stale for p in plans)) == (len(stamps) + 1, 0)
+    row = await store.get(i)
+    assert row is not None
+    assert (row.created_at, row.previous_deleted_at, row.data) == (created, None, '{"v":2}')
+    got = [(r.reason, r.rows_deleted, r.created_at) for r in await store.receipts()]
+    assert got == [("explicit", 1, T0)]
+    # The erased life's own stamps, read again (a rewound group), stay out.
+    out = await store.apply(stamps, now_ms=created + 10)
+    assert (out.written, out.stale) == (0, len(stamps))
+    row = await store.get(i)
+    assert row is not None
+    assert row.created_at == created
 
 
 @pytest.mark.asyncio

@@ -1348,16 +1348,20 @@ def _says_erasure_read(fired: Fired, read: Mapping[str, ErasureRead] | None) -> 
 def _misjudged(written: list[Stamp | tuple[Fired, bool]]) -> list[tuple[str, int | None, Fired]]:
     """What a store judges wrongly of the stamps, by each tombstone the service wrote (as
     :class:`TombstoneChange` reads it: its ``expiry-deleted-at`` the engine's
-    :attr:`Fired.deleted_until`, ``expiry-erasure-read-at`` and ``expiry-first-created-at``
-    as the outbox says them), by
+    :attr:`Fired.deleted_until`, ``expiry-erasure-requested-at``, ``expiry-erasure-read-at``
+    and ``expiry-first-created-at`` as the outbox says them), by
     :func:`ended_by` of its :attr:`TombstoneChange.reach`: a stamp of the life it ends
     that it leaves (``left``: the life's stamps, those written since the record's last
     life ended), or a stamp of a life after it that it ends (``later``), or, for a
     tombstone followed by no null, of the life running when it goes out (``running``:
-    an erasure of lives ended already leaves the record's running life)."""
+    an erasure of lives ended already leaves the record's running life), or, for an
+    erasure, a stamp of a later life created after every stamp of the erased one that
+    it ends once that stamp says no ``previous_deleted_at`` (``forgotten``: the service
+    forgets its marker before the stores do)."""
     from stream_expiry import codec
     from stream_expiry.outbox import _first_created_at
     from stream_expiry.sinks._logic import ended_by
+    from stream_expiry.sinks._logic import life as life_
     from stream_expiry.sinks._messages import TombstoneChange
 
     wrong: list[tuple[str, int | None, Fired]] = []
@@ -1380,12 +1384,12 @@ def _misjudged(written: list[Stamp | tuple[Fired, bool]]) -> list[tuple[str, int
             else None
         )
         # With expiry-erasure-read-at, expiry-first-created-at as the outbox adds it (a
-        # life a create moved back): the window's end of a life that never expires.
+        # life a create moved back): the end of the erasure's window.
         first = _first_created_at(fired) if erasure_read else ()
         tomb = TombstoneChange(
             before.identity, before.created_at, before.expires_at, fired.emitted_at,
-            fired.reason, None, None, until, erasure_read=erasure_read,
-            first_created_at=codec.first_created_at_of(first),
+            fired.reason, None, None, until, requested_at=fired.requested,
+            erasure_read=erasure_read, first_created_at=codec.first_created_at_of(first),
         )  # fmt: skip
         bound, window = tomb.reach
         later = [s for s in written[n + 1 :] if isinstance(s, Stamp)]
@@ -1406,6 +1410,20 @@ def _misjudged(written: list[Stamp | tuple[Fired, bool]]) -> list[tuple[str, int
             for s in life
             if not ended_by(s.created_at, s.previous_deleted_at, bound, window)
         ]
+        if fired.reason == "explicit" and life:
+            # A later life created after every stamp of the erased one, stamped once the
+            # service forgot the erasure (its marker pruned a grace after the erased
+            # life's expiry; the create, dated before it, read after): no
+            # previous_deleted_at. It is live in the service; a store that still keeps
+            # the erasure's marker (it prunes after the service) must not end it.
+            last = max(life_(s.created_at) for s in life)
+            wrong += [
+                ("forgotten", s.created_at, fired)
+                for s in later
+                if s.created_at is not None
+                and s.created_at > last
+                and ended_by(s.created_at, None, bound, window)
+            ]
         life = []
     return wrong
 
@@ -1443,9 +1461,19 @@ one_record_steps = st.lists(
 )
 # A life created at 50 (a conversation, ttl 1000), moved back to 0 by a create read late,
 # erased at 0: the erasure ends it at max(0, 0), which the first stamp (50) is not before;
-# its window (the life's expiry, with expiry-erasure-read-at) takes that stamp in.
+# its window (up to that stamp's creation: expiry-first-created-at, beside
+# expiry-erasure-read-at) takes that stamp in. Not the erasure's request time (0): a
+# window ending there left it.
 @example(
     steps=[("event", "create", 50), ("event", "create", 0), ("event", "delete", 0)],
+    category="conversation",
+    policy=constant_policy,
+)
+# A conversation (ttl 1000) created at 0, erased at 50, created again at 100: the next
+# life's stamp, once the service forgot the erasure, says no previous_deleted_at. The
+# erasure's window reached to the erased life's expiry (1000) and ended that life too.
+@example(
+    steps=[("event", "create", 0), ("event", "delete", 50), ("event", "create", 100)],
     category="conversation",
     policy=constant_policy,
 )

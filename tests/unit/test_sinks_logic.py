@@ -965,6 +965,45 @@ def test_an_erasure_of_a_life_that_never_expires_keeps_out_no_record_created_aft
         assert row.created_at == again.created_at
 
 
+@pytest.mark.parametrize("order", ["tombstone-first", "null-first", "tombstone-last"])
+def test_an_erasure_of_a_life_with_an_expiry_keeps_out_no_record_created_after_it(
+    order: str,
+) -> None:
+    """An erasure (``expiry-erasure-read-at``) of a life that never moved back, with a TTL
+    longer than the markers' grace (30 days), then the record created again 10 days after
+    the erasure, before the erased life's expiry: read once the service had forgotten
+    the erasure (its marker pruned a grace after that expiry), the new stamp says no
+    ``previous_deleted_at``. The store, its marker not yet pruned, writes it, and the
+    tombstone read after it leaves it. The window reached to the erased life's expiry:
+    the stamp was not written (``stale``), or its row deleted by the tombstone."""
+    ttl, d = 30 * 24 * 60 * MIN, T0 + MIN
+    erased = life(ttl=ttl)
+    erasure = TombstoneChange(
+        A, T0, erased.expires_at, T0 + 2 * MIN, "explicit", None, None, deleted_at=d,
+        topic=TOMBS, partition=0, requested_at=d, erasure_read=True,
+    )  # fmt: skip
+    null = NullChange(A, 0, 1, reason="explicit", requested_at=d, erasure_read=True)
+    again = life(d + 10 * 24 * 60 * MIN, ttl)  # no previous_deleted_at
+    assert again.created_at is not None
+    assert erased.expires_at is not None
+    assert again.created_at < erased.expires_at
+    first: Change = st_change(erased, {"n": 1}, offset=0)
+    new: Change = st_change(again, {"n": 2}, offset=2)
+    orders: dict[str, list[list[Change]]] = {
+        "tombstone-first": [[first], [erasure], [null], [new]],
+        "null-first": [[first, null], [erasure], [new]],
+        "tombstone-last": [[first, null], [new], [erasure]],
+    }
+    w = World()
+    for batch in orders[order]:
+        w.apply(batch)
+    row = w.row()
+    assert row is not None
+    assert (row.created_at, row.data) == (again.created_at, '{"n":2}')
+    assert [(r.created_at, r.rows_deleted) for r in w.receipts] == [(T0, 1)]
+    assert erasure.window is None  # every stamp of that life said its creation: the bound
+
+
 def test_an_erasures_first_creation_header_reads_back_on_its_tombstone_and_null() -> None:
     """``expiry-first-created-at``, as the outbox writes it beside
     ``expiry-erasure-read-at``, reaches the stores' changes; without the latter it is not

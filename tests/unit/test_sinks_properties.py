@@ -34,7 +34,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_expiry.codec import H_DELETED_AT, H_ERASURE_READ_AT, H_REASON
+from stream_expiry.codec import H_DELETED_AT, H_ERASURE_READ_AT, H_FIRST_CREATED_AT, H_REASON
 from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
 from stream_expiry.sinks._messages import (
     Change,
@@ -144,6 +144,12 @@ def _deleted_at(at: int) -> tuple[str, bytes]:
     return (H_DELETED_AT, str(at).encode())
 
 
+def _erasure_read(first: int | None) -> tuple[tuple[str, bytes], ...]:
+    """An erasure's headers as the outbox writes them on an erasure it read: where, and
+    of a life a create read late moved back, its first stamp's creation."""
+    return (READ_AT,) if first is None else (READ_AT, (H_FIRST_CREATED_AT, b"%d" % first))
+
+
 def _data(record: int, life: int, n: int) -> dict[str, int]:
     return {"rec": record, "life": life, "n": n}
 
@@ -165,17 +171,20 @@ def record_history(draw: st.DrawFn, n: int) -> Record:
         out.append(Msg("stamped", ident, encode_stamp(s, data), SRC))
 
     def tombstone(
-        s: Stamp, reason: Reason, at: int, header: int | None, ends: int | None, read: bool = False
-    ) -> None:
+        s: Stamp, reason: Reason, at: int, header: int | None, ends: int | None, read: bool = False,
+        first: int | None = None,
+    ) -> None:  # fmt: skip
         hs: tuple[tuple[str, bytes], ...] = SRC if header is None else (*SRC, _deleted_at(header))
-        hs = (*hs, READ_AT) if read else hs
+        hs = (*hs, *_erasure_read(first)) if read else hs
         out.append(
             Msg("tombstones", ident, encode_tombstone(s, reason=reason, emitted_at=at), hs, ends)
         )
 
-    def null(header: int, reason: str, ends: int | None, read: bool = False) -> None:
+    def null(
+        header: int, reason: str, ends: int | None, read: bool = False, first: int | None = None
+    ) -> None:
         hs: tuple[tuple[str, bytes], ...] = (*SRC, _deleted_at(header), (H_REASON, reason.encode()))
-        hs = (*hs, READ_AT) if read else hs
+        hs = (*hs, *_erasure_read(first)) if read else hs
         out.append(Msg("stamped", ident, None, hs, ends))
 
     nobody = Stamp(ident, None, None, None, None)
@@ -193,6 +202,10 @@ def record_history(draw: st.DrawFn, n: int) -> Record:
     # Lives a legal hold keeps (their state, reason, header), oldest first; each gets its
     # tombstone at the release, with no null: the record lives on.
     held: list[tuple[Stamp, Reason, int | None, Life]] = []
+    # Where the windows of the tombstones and nulls so far end (a ttl one's expiry, an
+    # erasure's of a moved-back life its first stamp's creation plus one), and whether the
+    # last life ended by an erasure the service wrote as read (its headers).
+    reach, erased = T0, False
     for k in range(count):
         last = k == count - 1
         # The hold is released while this life runs (always, by the last life), or it
@@ -208,8 +221,16 @@ def record_history(draw: st.DrawFn, n: int) -> Record:
         end = draw(st.sampled_from(ends))
         c = t
         lives = tuple(h[0].as_held_life() for h in held)
+        if erased and not held and c >= reach and draw(st.integers(0, 3)) == 0:
+            # Created again once the service forgot the erasure (its marker pruned a grace
+            # after the erased life's expiry; the create, dated before that expiry, read
+            # after it): the stamps say no previous_deleted_at, and the stores, which
+            # forget after the service, must still take this life for a later one.
+            floor = None
         s = Stamp(ident, c, None if ttl is None else c + ttl, ttl, None if ttl is None else "org",
                   previous_deleted_at=floor, held_lives=lives)  # fmt: skip
+        erased = False
+        moved_from: int | None = None
         data = _data(n, k, 0)
         life = Life(c, s.expires_at, _json(data))
         rec.lives.append(life)
@@ -226,6 +247,7 @@ def record_history(draw: st.DrawFn, n: int) -> Record:
             stamped(s._replace(created_at=first, expires_at=first + ttl), _data(n, k, 9))
             out[-1].life = c
             rec.moved[first, floor] = c
+            moved_from = first
         stamped(s, data)
         now = c
         if release:
@@ -270,6 +292,7 @@ def record_history(draw: st.DrawFn, n: int) -> Record:
                 life.emitted_at = emitted
                 tombstone(s, "ttl", emitted, e - 1, c)
                 null(e - 1, "ttl", c)
+                reach = max(reach, e)
             else:
                 held.append((s, "ttl", None, life))  # no header: before its expiry
             t = e + draw(st.integers(0, 2)) * MIN
@@ -281,9 +304,13 @@ def record_history(draw: st.DrawFn, n: int) -> Record:
             if end == "explicit":
                 emitted = d + draw(st.integers(0, 3))
                 life.emitted_at = emitted
-                # As the service writes an erasure it read: saying where.
-                tombstone(s, "explicit", emitted, d, c, read=True)
-                null(d, "explicit", c, read=True)
+                # As the service writes an erasure it read: saying where, and of a life
+                # moved back, its first stamp's creation.
+                tombstone(s, "explicit", emitted, d, c, read=True, first=moved_from)
+                null(d, "explicit", c, read=True, first=moved_from)
+                erased = True
+                if moved_from is not None:
+                    reach = max(reach, moved_from + 1)
             else:
                 # Erased under the hold: kept, stamped with the request, no data.
                 s = s._replace(erase_at=d, held=True)
