@@ -136,7 +136,11 @@ H_DUE_AT_INGEST: Final = "expiry-due-at-ingest"
 # partition the headers above name. A restore keeps it on the marker, so that the events
 # a restart reads again from before the request (the committed offset stays behind a
 # parked create) are taken for what they are, events of the lives it erased, and never
-# start a life the service never had. Older versions neither write nor read it.
+# start a life the service never had. Also on those a legal hold's release sends for an
+# erasure it deferred, and, until then, on the record's stamp that keeps that erasure as
+# its own (``erase_requested_at``), beside its request's headers: a restore keeps it with
+# the deferred erasure. Older versions neither write nor read it (nor did they at a
+# release: their held erasures' tombstones, and stamps, say none).
 H_ERASURE_READ_AT: Final = "expiry-erasure-read-at"
 # On every erasure's (``explicit``) tombstone event and its null: when the erasure was
 # requested, the delete event's own ``ts`` as the service read it (epoch ms as decimal

@@ -551,6 +551,7 @@ class Outbox:
         unsent = self._held_unsent
         arrived = effects.due_on_arrival
         named = effects.held_requests
+        read = effects.erasures_read
         for state, data in stamps:
             removed: tuple[str, ...] = ()
             if redactor is not None and data is not None:
@@ -560,7 +561,7 @@ class Outbox:
                 out.after_held = True  # a message of the record waits: this one goes after
             headers = source
             if arrived or named:  # (rare: a late event's stamp, or erasures a hold deferred)
-                headers = _stamp_headers(state, source, arrived, named)
+                headers = _stamp_headers(state, source, arrived, named, read)
             value, dropped = oversize.stamp_within(limit, state, data, removed, key, headers)
             if dropped:
                 self._say_dropped(state, codec.source_of(source))
@@ -781,14 +782,18 @@ def _stamp_headers(
     source: codec.Headers,
     arrived: dict[str, codec.ArrivedLife],
     named: dict[str, dict[codec.DeferredErasure, codec.Request]] | None,
+    read: Mapping[str, ErasureRead] | None = None,
 ) -> codec.Headers:
     """A stamp's headers when its life was due on arrival (``codec.H_DUE_AT_INGEST``: a
     restore of the changelog knows its late cause) or its record keeps erasures a legal
     hold deferred (their requests: a restore knows what each tombstone of the release
     names). The stamp's own erasure's (``erase_requested_at``) in the two request headers,
-    as before; the others the record keeps (an erased life beside the next, erasures
-    naming no life) in ``codec.H_DEFERRED_REQUESTS``, only when there are any: a restore
-    reads a record's latest stamp alone, whichever erasure it records."""
+    as before, and where it was read (``codec.H_ERASURE_READ_AT``, from ``read``, the
+    effects' ``erasures_read``, when it names that erasure): the release's tombstone and
+    null say it, restored or not; the others the record keeps (an erased life beside the
+    next, erasures naming no life) in ``codec.H_DEFERRED_REQUESTS``, only when there are
+    any: a restore reads a record's latest stamp alone, whichever erasure it records.
+    (Their tombstones at the release have no null, and say no read position.)"""
     headers = source
     key = state.identity.key
     life = arrived.get(key)
@@ -803,6 +808,9 @@ def _stamp_headers(
         request = kept.get(own)
         if request is not None:
             headers = [*headers, *request]
+        noted = read.get(key) if read else None
+        if noted is not None and noted[0] == state.erase_at:
+            headers = [*headers, (codec.H_ERASURE_READ_AT, codec.encode_read_at(noted[1]))]
     if state.held_lives:  # the others wait in the lives the record keeps, if anywhere
         waiting = codec.deferred_erasures(state)
         others = {e: r for e, r in kept.items() if e != own and e in waiting}

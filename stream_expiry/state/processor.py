@@ -191,12 +191,13 @@ class Effects:
     # store, so that a tombstone decided again after a crash or on another instance says
     # ``late_event`` as this one's would.
     due_on_arrival: dict[str, codec.ArrivedLife] = field(default_factory=dict)
-    # Erasures read now that left a deletion marker: record key -> the erasure's time and
-    # where its request was read (``store.ErasureRead``). The settle keeps them in the
-    # store (``PartitionStore.erasure_read_at``), the erasure's tombstone and null say
-    # them (``codec.H_ERASURE_READ_AT``, which a restore reads): events read again from
-    # before the request are repeats (``_read_before``). None while empty, as
-    # ``held_requests``.
+    # Erasures read now that left a deletion marker, or that a legal hold keeps for the
+    # release (the record's own), and those a release carries out now: record key -> the
+    # erasure's time and where its request was read (``store.ErasureRead``). The settle
+    # keeps them in the store (``PartitionStore.erasure_read_at``), the erasure's
+    # tombstone and null say them (``codec.H_ERASURE_READ_AT``, which a restore reads), as
+    # does the stamp of a deferred one: events read again from before the request are
+    # repeats (``_read_before``). None while empty, as ``held_requests``.
     erasures_read: dict[str, ErasureRead] | None = None
     # Accepted events whose ts, as epoch milliseconds, is before 1973: epoch seconds, most
     # likely, which the contract reads as January 1970 and so tombstones at once. The
@@ -509,7 +510,9 @@ class PartitionProcessor:
             if (
                 prior is not None
                 and prior.erase_at is not None
-                and prior.deleted_at is not None
+                # The erasure's marker, or a hold keeping its erasure for the release: an
+                # event read before the request was decided before either.
+                and (prior.deleted_at is not None or prior.held)
                 and repeats
                 and (read_at := self._erasure_read_at(prior)) is not None
                 and _read_before(rec, read_at)
@@ -550,6 +553,10 @@ class PartitionProcessor:
             if kept is not None:
                 if request is not None:  # an erasure read now, let go at once, or kept
                     self._time_erasure(effects, request, rec, ev.ts)
+                    if kept is not prior and kept.erase_at == ev.ts:
+                        # The record's own erasure now, kept for the release or carried
+                        # out: where it was read, as an erasure read without a hold.
+                        self._note_erasure_read(kept, rec, effects)
                 if kept is not prior:
                     first = writes.get(key)
                     writes[key] = (prior if first is None else first[0], kept)
@@ -593,21 +600,41 @@ class PartitionProcessor:
         """Note where the erasure request that left ``marker`` was read (``rec``), in
         ``effects``: the settle keeps it in the store, and the outbox says it on the
         erasure's tombstone and null (:data:`codec.H_ERASURE_READ_AT`). Not for a marker
-        without an erasure's time (nothing would look it up)."""
+        without an erasure's time (nothing would look it up). ``marker`` may also be the
+        state of a record a legal hold keeps with that erasure for the release: its stamp
+        says it too, so that the release's tombstone and null say it, restored or not."""
         erase_at = marker.erase_at
         if erase_at is None:
             return
-        noted = (erase_at, (rec.offset, codec.produced_at(rec)))
+        self._note_read(
+            marker.identity.key, (erase_at, (rec.offset, codec.produced_at(rec))), effects
+        )
+
+    def _note_deferred_read(self, marker: model.Stamp, effects: Effects) -> None:
+        """Note, in ``effects``, where the erasure a legal hold deferred and its release
+        carries out now (leaving ``marker``) was read, as kept since the deferral
+        (:meth:`_erasure_read_at`): its tombstone and null say it as an erasure's read
+        without a hold does (a store then ends the stamps of a life a create read late
+        moved back, by the header's window), and the settle keeps it beside the marker.
+        Nothing when it is not known (deferred by an earlier version, or restored from
+        its stamp without the header)."""
+        read_at = self._erasure_read_at(marker)
+        if read_at is None or marker.erase_at is None:
+            return
+        self._note_read(marker.identity.key, (marker.erase_at, read_at), effects)
+
+    def _note_read(self, key: str, noted: ErasureRead, effects: Effects) -> None:
+        """``noted`` in ``effects.erasures_read``, and here until the settle writes it."""
         if effects.erasures_read is None:
             effects.erasures_read = {}
-        key = marker.identity.key
         effects.erasures_read[key] = noted
         self._erasures_unsettled[key] = (effects.seq, noted)
 
     def _erasure_read_at(self, marker: model.Stamp) -> model.ReadAt | None:
-        """Where the erasure that left ``marker`` was read: as noted and not yet settled,
-        else as the store keeps it (one look-up, for an event of an erased record only).
-        None: not known (an entry of another erasure counts for none)."""
+        """Where the erasure that left ``marker`` (or that a hold keeps for the release
+        in it) was read: as noted and not yet settled, else as the store keeps it (one
+        look-up, for an event of an erased record only, and at a release). None: not
+        known (an entry of another erasure counts for none)."""
         unsettled = self._erasures_unsettled.get(marker.identity.key)
         if unsettled is not None:
             erase_at, read_at = unsettled[1]
@@ -1259,6 +1286,7 @@ class PartitionProcessor:
                     named = self._deferred_request(held.identity.key, held.erase_at, names_life)
                     if named is not None:
                         fired = fired._replace(request=named)
+                    self._note_deferred_read(fired.after, effects)
             effects.tombstones.append(fired)
             new = fired.after
         else:

@@ -481,7 +481,8 @@ def _apply_stamps(
     (``PartitionStore.due_on_arrival``): its tombstone, late, says ``late_event``; one
     that records an erasure a legal hold deferred keeps its request's headers
     (``PartitionStore.deferred_requests``), which the release's tombstone names, and
-    those of the others its record keeps (``codec.H_DEFERRED_REQUESTS``)."""
+    those of the others its record keeps (``codec.H_DEFERRED_REQUESTS``), and where its
+    own was read (``codec.H_ERASURE_READ_AT``, ``PartitionStore.erasure_read_at``)."""
     latest: dict[bytes | None, Any] = {}
     for rec in records:
         latest[rec.key] = rec
@@ -526,6 +527,11 @@ def _apply_stamps(
             kept = _requests_of(headers, erase, created is not None, key, report)
             if kept:
                 requests[key] = kept
+            if erase is not None and (read := erasure_read_at_of(headers)) is not None:
+                # Where the erasure a hold keeps was read (an earlier version's stamp says
+                # nothing): the release's tombstone and null say it, and events read again
+                # from before it are repeats.
+                erasures_read[key] = (erase, read)
     lives, markers, due = store.write_restored(
         list(rows.values()),
         now_ms=now_ms,

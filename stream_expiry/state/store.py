@@ -37,10 +37,13 @@ Layout (byte keys in one ordered key-value engine, quix-streams' ``ttl_codec`` i
   none), then each as a kind byte and the length of that erasure's own value;
 * ``e`` + record key -> an erasure's time and where its request was read (its input
   offset and Kafka timestamp, 8 bytes each, :data:`~stream_expiry.model.ReadAt`): of the
-  deletion marker that erasure left (:meth:`PartitionStore.erasure_read_at`), so that an
-  event read again from before the request (a restart resumes at the committed offset,
-  which a parked create keeps back) is taken for a repeat. Few (erasures only), read only
-  for an event of a record whose state is an erasure's marker, dropped with the marker; an
+  deletion marker that erasure left (:meth:`PartitionStore.erasure_read_at`), or of the
+  erasure a legal hold keeps in the record's state for the release (written at the
+  deferral; the release's tombstone and null say it), so that an event read again from
+  before the request (a restart resumes at the committed offset, which a parked create
+  keeps back) is taken for a repeat. Few (erasures only), read only for an event of a
+  record whose state is an erasure's marker or a held erasure, and at a release, dropped
+  with the marker; an
   entry whose time is not the marker's erasure's is stale (an older version, rolled back
   to, erased the record again or pruned its marker without it), and ignored. Ignored by
   older versions as ``a`` is: the marker's own value is unchanged, so the format stays 1;
@@ -398,7 +401,8 @@ class PartitionStore:
 
     def erasure_read_at(self, marker: Stamp) -> ReadAt | None:
         """Where the erasure request that left ``marker`` (a deletion marker with an
-        erasure's time, ``erase_at``) was read, as written with it (:meth:`write`'s
+        erasure's time, ``erase_at``, or the state of a record a legal hold keeps with
+        that erasure) was read, as written with it (:meth:`write`'s
         ``erasures_read``); None when the store keeps none for that erasure (a ttl
         marker, an erasure an older version made or restored, an entry of another
         erasure). No look-up when the store holds no such entry."""

@@ -52,6 +52,9 @@ from tests.integration.sink_helpers import (
     store_params,
     tombstone_msg,
 )
+from tests.unit.test_engine import BASE as HELD_AT
+from tests.unit.test_held_erasure_read_at import A as HELD
+from tests.unit.test_held_erasure_read_at import _messages as held_erasure_messages
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -1354,6 +1357,42 @@ async def test_an_erasure_ends_its_lifes_stamps_from_before_a_move_read_in_any_o
     assert marker.pending == ()
     assert (marker.last_life, marker.ttl_before, marker.ttl_floor) == (T0, T0 + MINUTE + 1, T0)
     assert marker == await reference.marker(i)
+
+
+@pytest.fixture(scope="module")
+def held_erasure() -> tuple[list[Change], list[Change]]:
+    """:func:`held_erasure_messages`, made once (by the processor and the outbox, outside
+    the tests' event loop)."""
+    stamped, tombstones = held_erasure_messages()
+    return list(stamped), list(tombstones)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+@pytest.mark.parametrize("stamps_before", [0, 1, 4], ids=["first", "between", "last"])
+async def test_a_moved_back_life_erased_under_a_hold_leaves_nothing_in_any_store(
+    store: Store, stamps_before: int, held_erasure: tuple[list[Change], list[Change]]
+) -> None:
+    """The service's own messages for a life moved back (created 5 s, a create of 1 s read
+    late), erased at 3 s under a legal hold and released
+    (tests/unit/test_held_erasure_read_at.py), one a batch, the release's tombstone read
+    after ``stamps_before`` of the four on ``expiry.stamped``. The release says where the
+    erasure was read now, so its window keeps the stamp of 5 s out: no row is left and
+    nothing waits. Without it, read first or between the two creates' stamps, the null
+    deleted that stamp's row and its deletion waited for a tombstone that had come."""
+    stamped, (tombstone,) = held_erasure
+    order: list[Change] = [*stamped[:stamps_before], tombstone, *stamped[stamps_before:]]
+    reference = PlainMemoryStore(name=store.name)
+    for s in (store, reference):
+        for n, change in enumerate(order):
+            await s.apply([change], now_ms=HELD_AT + 22_000 + n)
+    assert await store.get(HELD) is None
+    got = [(r.reason, r.created_at) for r in await store.receipts()]
+    assert got == [("explicit", HELD_AT + 1_000)]
+    marker = await store.marker(HELD)
+    assert marker is not None
+    assert marker.pending == ()
+    assert marker == await reference.marker(HELD)
 
 
 @pytest.mark.asyncio

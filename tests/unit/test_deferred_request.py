@@ -16,6 +16,7 @@ import pytest
 
 from stream_expiry.codec import (
     H_DEFERRED_REQUESTS,
+    H_ERASURE_READ_AT,
     H_PARTITION,
     H_REQUEST,
     H_REQUEST_EVENT_ID,
@@ -342,14 +343,15 @@ def test_a_store_keeps_several_deferred_requests_of_a_record_in_one_entry() -> N
 
 def test_a_stamp_naming_its_own_erasure_alone_carries_no_other_header() -> None:
     """The common path unchanged: a stamp of a record that keeps no erasure but its own
-    names it in the two request headers alone, and a stamp of no deferred erasure carries
-    its two source headers alone (what a restore reads no further than)."""
+    names it in the two request headers and where it was read alone (no
+    ``expiry-deferred-requests``), and a stamp of no deferred erasure carries its two
+    source headers alone (what a restore reads no further than)."""
     log = Changelog()
     _deferred(log)
     names = [[name for name, _ in m.headers] for m in log.stamped]
     assert names == [
         [H_TOPIC, H_PARTITION],
-        [H_TOPIC, H_PARTITION, H_REQUEST, H_REQUEST_EVENT_ID],
+        [H_TOPIC, H_PARTITION, H_REQUEST, H_REQUEST_EVENT_ID, H_ERASURE_READ_AT],
     ]
 
 

@@ -83,9 +83,14 @@ class Changelog:
         for stamps, tombstones in effects.runs():
             for state, data in stamps:
                 value = model.encode_stamp(state, data)
-                # As the outbox writes them: due on arrival, the deferred erasures' requests.
+                # As the outbox writes them: due on arrival, the deferred erasures' requests
+                # (and where the stamp's own was read).
                 headers = _stamp_headers(
-                    state, SOURCE, effects.due_on_arrival, effects.held_requests
+                    state,
+                    SOURCE,
+                    effects.due_on_arrival,
+                    effects.held_requests,
+                    effects.erasures_read,
                 )
                 self._add(self.stamped, state.identity.key, value, now_ms, headers)
             for fired in tombstones:
@@ -541,6 +546,8 @@ class _Stepper:
             h._settle(released)
             effects.stamps += released.stamps
             effects.tombstones += released.tombstones
+            if released.erasures_read:  # where the erasures released were read
+                effects.erasures_read = {**(effects.erasures_read or {}), **released.erasures_read}
         return effects
 
 
