@@ -25,6 +25,7 @@ import anyio
 import pytest
 
 from stream_expiry import codec
+from stream_expiry.archive_gate import ArchiveGate
 from stream_expiry.config import Topics
 from stream_expiry.holds import Hold, HoldBook
 from stream_expiry.outbox import Outbox, _erasure_read_at
@@ -32,6 +33,8 @@ from stream_expiry.sinks._messages import Change, StampChange, TombstoneChange, 
 from stream_expiry.state import MemoryKV, PartitionStore
 from stream_expiry.state.restore import RestoreReport, _apply_stamps
 from tests.unit.test_engine import BASE, Harness, ev
+from tests.unit.test_holds import T0, TTL, Partition
+from tests.unit.test_late_cause import _timed
 from tests.unit.test_restore_model import Changelog, Message, _check_restore, _Stepper, harness
 from tests.unit.test_sinks_late_erasure_life import (
     STAMPED,
@@ -270,3 +273,21 @@ def test_events_read_again_while_a_hold_keeps_the_erasure_are_repeats(kept: int 
         ("event", "conversation", "b", "create", 1000),
     ]
     _check_restore(_BEHIND_A_PARKED_CREATE, after, kept=kept)
+
+
+def test_an_erasure_of_a_record_the_archive_keeps_says_where_it_was_read() -> None:
+    """The same path without a hold: a record kept for the archive only, let go at once by
+    an erasure (which never waits for the archive), leaves its marker with that erasure.
+    Its tombstone and null say where the request was read, as any erasure read now, and
+    the store keeps it beside the marker. Before, they said none."""
+    p = Partition(archive=ArchiveGate(partitions=1))
+    p.event("c", "create", T0)
+    p.tick(T0 + TTL)
+    assert p.fired == []  # kept for the archive
+    effects = _timed(p, "c", "delete", T0 + TTL + 10, T0 + TTL + 20, T0 + TTL + 30)
+    (fired,) = effects.tombstones
+    assert (fired.reason, fired.has_null) == ("explicit", True)
+    read_at = (p.offset, T0 + TTL + 20)
+    header = _erasure_read_at(fired, effects.erasures_read or {})
+    assert header == (codec.H_ERASURE_READ_AT, codec.encode_read_at(read_at))
+    assert p.proc.store.erasure_read_at(fired.after) == read_at
