@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 
+import orjson
 import pytest
 
 from stream_expiry.config import parse_config
@@ -147,6 +148,19 @@ def test_the_environment_values_of_a_category_in_either_variable_name_alike() ->
     }
     assert _digest(BASE, one) == _digest(BASE, other)
     assert _digest(BASE, one) != _digest(BASE, {"MAX_CONVERSATION_TTL_IN_MINUTES": "60"})
+
+
+def test_a_categorys_environment_values_are_listed_null_last_in_the_document() -> None:
+    """The canonical order of a category's environment values (``PolicyBook.canonical``):
+    by ``ttl_ms``, a null (a value not positive, or not a duration) last. Another order
+    names the same policy differently on instances of another version."""
+    for environ in (
+        {"MAX_CONVERSATION_TTL_IN_MINUTES": "x", "INSIGHTS_MAX_CONVERSATIONS_TTL_IN_MINUTES": "90"},
+        {"MAX_CONVERSATION_TTL_IN_MINUTES": "90", "INSIGHTS_MAX_CONVERSATIONS_TTL_IN_MINUTES": "x"},
+    ):
+        book, sliding = _book(BASE, environ)
+        env = orjson.loads(book.canonical(sliding))["env"]
+        assert env["conversation"] == [[5_400_000, True], [None, False]], environ
 
 
 CHANGED: dict[str, tuple[str, dict[str, str]]] = {

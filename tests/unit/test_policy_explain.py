@@ -169,6 +169,38 @@ def test_the_org_meant_is_found_whatever_the_case_of_the_org_given() -> None:
     assert alike.org_meant("ACME") == "Acme"
 
 
+def test_the_bot_meant_is_one_of_that_orgs_bots_whatever_the_case_of_the_bot_given() -> None:
+    """As :meth:`PolicyBook.org_meant`, for the bots an org's bot scopes name: a bot of
+    another org is never meant, a bot named is none misspelt, and one close to none gives
+    None."""
+    book = make_book(
+        '[retention.bots.acme.b1.live]\nerror = "1d"\n'
+        '[retention.bots.acme.support-bot.draft]\nerror = "1d"\n'
+        '[retention.bots.globex.sales-bot.live]\nerror = "1d"\n'
+    )
+    assert book.bot_meant("acme", "B1") == "b1"
+    assert book.bot_meant("acme", "suport-bot") == "support-bot"
+    assert book.bot_meant("acme", "b1") is None
+    assert book.bot_meant("acme", "sales-bot") is None  # globex's
+    assert book.bot_meant("globex", "Sales-Bot") == "sales-bot"
+    assert book.bot_meant("initech", "b1") is None
+
+
+def test_candidates_are_every_value_found_in_the_contracts_order() -> None:
+    book = make_book(
+        FULL.replace('preset = "cognigy"', ""), {"MAX_CONVERSATION_TTL_IN_MINUTES": "60"}
+    )
+    found = book.candidates(category="conversation", org="acme corp", bot="b1")
+    assert [(c.source, c.ttl_ms) for c in found] == [
+        ("org", 30 * 86_400_000),
+        ("bot", None),
+        ("env", 3_600_000),
+        ("cap", 730 * 86_400_000),
+        ("cap", 400 * 86_400_000),
+        ("default", 365 * 86_400_000),
+    ]
+
+
 def test_explain_says_an_update_giving_a_key_twice_is_ignored_naming_the_key() -> None:
     """``explain`` and ``replay`` apply the topic's updates as the service does and print
     what it warns of: an update with ``ttl.conversation`` twice was applied with its last

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,9 +14,6 @@ from stream_expiry.model import Identity
 from stream_expiry.policy import PolicyBook, PolicyUpdate, Resolution, history, scope_key
 from stream_expiry.policy.history import AFTER_ALL, BEFORE_ALL, ScopeHistory
 from stream_expiry.policy.sources import Candidate, TtlMap
-
-if TYPE_CHECKING:
-    import pytest
 
 MIN = 60_000
 DAY = 1440 * MIN
@@ -160,7 +158,7 @@ def test_cache_is_bounded() -> None:
     book = make_book("", cache_size=10)
     for i in range(100):
         book.resolve(Identity(f"o{i}", "_", "live", "conversation", "r"), 0)
-    assert len(book._cache) <= 10
+        assert len(book._cache) <= 10
     assert book.resolve(Identity("o1", "_", "live", "conversation", "r"), 0).ttl_ms is None
 
 
@@ -370,3 +368,98 @@ def test_a_history_in_force_is_what_recomputing_every_version_gives(
             before = history._in_force(values, before)
             if j + 1 == len(placed) or placed[j + 1][0] != f:  # the last of its time wins
                 assert h.at(f)[0] == before
+
+
+def test_a_new_bot_scope_invalidates_a_cached_absence() -> None:
+    """As a new org's: an answer cached while no scope named the bot must not outlive the
+    update that names it (found by mutation testing: the bot's branch could drop its bump
+    of the global generation unseen)."""
+    book = make_book("")
+    ident = Identity("new-org", "b9", "live", "conversation", "r")
+    assert book.resolve(ident, 0).ttl_ms is None
+    key = scope_key("bot", "new-org", "b9", "live")
+    body = {"scope": "bot", "org": "new-org", "bot": "b9", "ttl": {"conversation": 5}}
+    send(book, 1, key, body)
+    assert book.resolve(ident, 1) == Resolution(5 * MIN, "bot")
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "expected"),
+    [
+        ("org", "cap", Resolution(5 * MIN, "org")),
+        ("bot", "cap", Resolution(7 * MIN, "bot")),
+        ("cap", "bot", Resolution(7 * MIN, "bot")),
+    ],
+)
+def test_a_cached_answer_never_comes_back_once_later_updates_changed_it(
+    first: str, second: str, expected: Resolution
+) -> None:
+    """Each update that invalidates every cached answer (a new org or bot scope, a cap or
+    default update) moves the book to a generation it was never at: an answer cached
+    before two of them is not taken for current after them (a generation stepped back by
+    one and forward by the next was)."""
+    book = make_book('[retention.defaults]\nconversation = "90d"\n')
+    ident = Identity("new-org", "b9", "live", "conversation", "r")
+    assert book.resolve(ident, 0) == Resolution(90 * DAY, "default")
+    updates = {
+        "org": ("org/new-org", {"scope": "org", "org": "new-org", "ttl": {"conversation": 5}}),
+        "bot": (
+            scope_key("bot", "new-org", "b9", "live"),
+            {"scope": "bot", "org": "new-org", "bot": "b9", "ttl": {"conversation": 7}},
+        ),
+        "cap": ("cap", {"scope": "cap", "ttl": {"max": "1d"}}),
+    }
+    for n, kind in enumerate((first, second), start=1):
+        send(book, n, *updates[kind])
+    assert book.resolve(ident, 3) == expected
+
+
+def test_a_bot_update_keeps_the_config_files_version_before_it() -> None:
+    """An update for a bot the config file names adds a version to that bot's history:
+    before the update's effective time the file's value still holds (a new, empty history
+    in its place lost it)."""
+    book = make_book(CONFIG + '[retention.bots.acme.b1.live]\nconversation = "1h"\n')
+    body = {"scope": "bot", "org": "acme", "bot": "b1", "ttl": {"conversation": "2h"}}
+    send(book, 100, "bot/acme/b1/live", {**body, "effective_from": 10 * DAY})
+    assert book.resolve(ACME, 0) == Resolution(60 * MIN, "bot")
+    assert book.resolve(ACME, 10 * DAY) == Resolution(120 * MIN, "bot")
+
+
+def test_the_default_cache_size_caches() -> None:
+    book = PolicyBook(parse_config(CONFIG), {})
+    for t in range(3):
+        book.resolve(ACME, t)
+    assert book.cache_misses == 1
+
+
+@pytest.mark.parametrize(("cache_size", "misses"), [(0, 3), (1, 1)])
+def test_a_cache_of_no_keys_keeps_nothing_and_one_of_one_key_keeps_it(
+    cache_size: int, misses: int
+) -> None:
+    book = make_book(cache_size=cache_size)
+    for t in range(3):
+        book.resolve(ACME, t)
+    assert (book.cache_misses, len(book._cache)) == (misses, min(cache_size, 1))
+
+
+def test_cache_hits_hold_for_a_bots_record_from_the_first_millisecond_of_a_version() -> None:
+    """A hit needs the entry's own scopes unchanged and its creation time within the
+    version: from its first millisecond (the interval is closed below), with a bot scope
+    as without, and with other keys cached beside it."""
+    book = make_book(CONFIG + '[retention.bots.acme.b1.live]\nconversation = "1h"\n')
+    send(book, 1, "org/acme", org_update({"conversation": "1d"}, effective_from=5 * DAY))
+    other = Identity("globex", "_", "live", "conversation", "r")
+    for t in (5 * DAY, 5 * DAY, 5 * DAY + 1, 6 * DAY):
+        assert book.resolve(ACME, t) == Resolution(60 * MIN, "bot")
+        assert book.resolve(other, t) == Resolution(90 * DAY, "default")
+    assert book.cache_misses == 2
+
+
+def test_equal_answers_are_one_shared_resolution() -> None:
+    """Misses allocate nothing new: records of different orgs with the same answer share
+    one :class:`Resolution`, whatever the cache holds."""
+    book = make_book(cache_size=0)
+    first = book.resolve(Identity("o1", "_", "live", "conversation", "r"), 0)
+    second = book.resolve(Identity("o2", "_", "live", "conversation", "r"), 0)
+    assert first == Resolution(90 * DAY, "default")
+    assert second is first

@@ -307,6 +307,37 @@ def test_what_an_update_took_away_is_still_missing_until_a_later_version_gives_i
     assert book.still_dropped(took) == ()
 
 
+def test_a_clear_mends_what_an_update_took_away_even_where_the_file_lacks_it() -> None:
+    """A newest clear gives the scope the config file's values back, the file's absence
+    of a category included: nothing is still missing then, though the file never had the
+    category the update took away. A book that never saw the update's scope says nothing
+    is missing either."""
+    toml = '[retention.orgs.acme]\nconversation = "1d"\n'
+    book = PolicyBook(parse_config(toml), {})
+
+    def apply(value: Any, at: int) -> PolicyUpdate:
+        result = book.apply_update(b"org/acme", None if value is None else orjson.dumps(value), at)
+        assert isinstance(result, PolicyUpdate)
+        return result
+
+    apply({"scope": "org", "org": "acme", "ttl": {"conversation": "3m", "session": "1h"}}, T)
+    took = apply({"scope": "org", "org": "acme", "ttl": {"conversation": "3m"}}, T + 1)
+    assert book.still_dropped(took) == took.dropped == ("session",)
+    apply(None, T + 2)
+    assert book.still_dropped(took) == ()
+    assert PolicyBook(parse_config(""), {}).still_dropped(took) == ()
+
+
+def test_the_book_counts_the_updates_it_applied() -> None:
+    book = PolicyBook(parse_config(""), {})
+    body = orjson.dumps({"scope": "org", "org": "acme", "ttl": {"conversation": "1d"}})
+    for n in range(3):
+        assert isinstance(book.apply_update(b"org/acme", body, T + n), PolicyUpdate)
+    assert isinstance(book.apply_update(b"org/acme", b"[]", T + 3), Rejection)
+    assert isinstance(book.apply_update(b"org/acme", None, T + 4), PolicyUpdate)
+    assert book.updates_applied == 4
+
+
 def test_a_bot_or_cap_update_says_the_values_of_its_own_scope_it_takes_away() -> None:
     """A bot's update is judged against that bot's newest version (not another bot's, not
     its org's), and a cap update against the cap (not the defaults): each scope kind finds
