@@ -265,6 +265,55 @@ def test_a_prune_keeps_the_live_timers_waiting_in_the_overflow() -> None:
     assert checked_advance(wheel, 5_000) == [(3, "near2", 12), (1_000, "far", 1)]
 
 
+def test_a_cancelled_timer_behind_a_live_one_in_the_overflow_never_fires() -> None:
+    """The overflow's live head brings its top-level block into the wheel, and with it a
+    cancelled timer of that block queued behind it: dropped there and counted as dropped,
+    never placed in the wheel (where, uncounted, a whole bucket fired it)."""
+    wheel = make(tick_ms=1, slots=4, levels=1)  # 4 ticks in the wheel
+    wheel.schedule("live", 20, 1)  # overflow
+    wheel.schedule("gone", 21, 2)  # overflow, behind "live"
+    assert wheel.cancel("gone")
+    assert checked_advance(wheel, 25) == [(20, "live", 1)]
+    assert checked_advance(wheel, 10_000) == []
+    assert len(wheel) == 0
+
+
+def test_timers_due_alike_keep_their_order_through_the_overflow() -> None:
+    """Invariant 3 beyond the levels too: timers with one due time that waited in the
+    overflow fire in the order they were scheduled, not in the order of their keys."""
+    wheel = make(tick_ms=1, slots=4, levels=1)  # 4 ticks in the wheel
+    for key in ("c", "a", "b"):
+        wheel.schedule(key, 1_000, ord(key))  # overflow
+    assert checked_advance(wheel, 1_000) == [(1_000, "c", 99), (1_000, "a", 97), (1_000, "b", 98)]
+
+
+def test_an_overflow_timer_moves_in_when_time_enters_its_block_without_firing() -> None:
+    """An advance that enters the top-level block of a timer waiting in the overflow moves
+    it into the wheel even when nothing fires on the way: a timer scheduled next in that
+    block, and due after it, must not keep it from firing on time."""
+    wheel = make(tick_ms=1, slots=4, levels=1)  # top-level blocks of 4 ticks
+    assert checked_advance(wheel, 1) == []
+    wheel.schedule("waits", 17, 1)  # overflow: block 4
+    assert checked_advance(wheel, 16) == []  # block 4 entered, "waits" not due yet
+    wheel.schedule("next", 18, 2)
+    assert checked_advance(wheel, 17) == [(17, "waits", 1)]
+    assert checked_advance(wheel, 18) == [(18, "next", 2)]
+
+
+def test_a_prune_keeps_the_overflow_in_due_order() -> None:
+    """A prune rebuilds the overflow heap from its live timers: the list filtered is no
+    heap, and a timer left behind a later one waited for it (fired 16 ms late)."""
+    wheel = make(tick_ms=1, slots=4, levels=1)  # 4 ticks in the wheel: all overflow
+    wheel._prune_min = 0
+    for i, due in enumerate([53, 31, 7, 21, 37, 36]):
+        wheel.schedule(f"k{i}", due, i)
+    for i in (3, 2, 5, 1):  # 4 cancelled > 2 live: prune
+        assert wheel.cancel(f"k{i}")
+    assert wheel._stale == 0
+    fired = [(now, checked_advance(wheel, now)) for now in range(60)]
+    assert [(now, f) for now, f in fired if f] == [(37, [(37, "k4", 4)]), (53, [(53, "k0", 0)])]
+
+
 def test_next_due_is_exact_after_cancelling_the_earliest() -> None:
     wheel = make(tick_ms=10)
     wheel.schedule("a", 3_600_000, 1)
