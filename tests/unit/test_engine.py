@@ -19,7 +19,14 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from stream_expiry.engine import Engine, _fire_timer, _pack_timer, _unpack_timer, timer
+from stream_expiry.engine import (
+    Engine,
+    Verdict,
+    _fire_timer,
+    _pack_timer,
+    _unpack_timer,
+    timer,
+)
 from stream_expiry.model import HeldLife, Identity, InputEvent, Stamp, last_activity
 from stream_expiry.policy import Resolution
 from stream_expiry.state import Effects, MemoryKV, PartitionProcessor, PartitionStore
@@ -438,6 +445,17 @@ def test_redelivered_create_never_extends() -> None:
     assert [t[3] for t in h.advance(50)] == [50]
 
 
+def test_a_create_redelivered_with_its_own_time_moves_nothing() -> None:
+    """The create read again exactly as first read (same ``ts``): a redelivery, which
+    moves nothing and publishes nothing, not a create moved back to where it is."""
+    h = Harness()
+    h.feed(ev("error", "a", "create", 0))
+    effects = h.process(ev("error", "a", "create", 0))
+    assert effects.verdicts == {"redelivered": 1}
+    assert not effects.stamps
+    assert [t[3] for t in h.advance(50)] == [50]
+
+
 def test_earlier_create_moves_creation_back() -> None:
     h = Harness()
     h.now = 100
@@ -479,6 +497,17 @@ def test_touch_slides_sessions_only() -> None:
     assert h.process(ev("conversation", "c", "touch", 200)).verdicts == {"touch_ignored": 1}
     assert h.advance(499) == []
     assert sorted(t[3] or 0 for t in h.advance(1000)) == [500, 1000]
+
+
+def test_a_touch_that_slides_a_session_to_its_own_expiry_changes_nothing() -> None:
+    """A touch extends only to a later expiry: one that slides the record to the expiry
+    it has is ignored and publishes no stamp."""
+    h = Harness()
+    h.feed(ev("session", "s", "create", 0))
+    effects = h.process(ev("session", "s", "touch", 0))  # slides to 0 + 300: its expiry
+    assert effects.verdicts == {"touch_ignored": 1}
+    assert not effects.stamps
+    assert [t[3] for t in h.advance(300)] == [300]
 
 
 def test_late_touch_changes_nothing_and_touch_after_expiry_starts_new_life() -> None:
@@ -1018,6 +1047,21 @@ def _timers(now: int, dues: list[int], name: str = "r") -> list[tuple[str, int, 
         assert found is not None
         out.append(found)
     return out
+
+
+def test_a_first_life_is_created_and_a_life_after_a_tombstone_recreated() -> None:
+    """The verdicts the shell counts: a never-seen record's create (or sliding touch)
+    starts its first life, ``created``; only a life after a deletion is ``recreated``."""
+    engine = _engine_at(BASE)
+    first = engine.feed(ev("error", "a", "create", BASE), None, BASE, "p")
+    assert (first.verdict, first.publish) == (Verdict.CREATED, True)
+    touched = engine.feed(ev("session", "s", "touch", BASE), None, BASE, "p")
+    assert touched.verdict == Verdict.CREATED
+    assert first.state is not None
+    deleted = engine.feed(ev("error", "a", "delete", BASE + 10), first.state, BASE, "p")
+    assert deleted.state is not None
+    again = engine.feed(ev("error", "a", "create", BASE + 20), deleted.state, BASE, "p")
+    assert again.verdict == Verdict.RECREATED
 
 
 def test_loaded_timers_fire_with_the_slot_they_were_loaded_for() -> None:
