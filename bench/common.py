@@ -249,6 +249,14 @@ def record_key(i: int) -> str:
 # --------------------------------------------------------------------------- machine and RSS
 
 
+def ratio(end: float | None, ref: float | None) -> float | None:
+    """end / ref, rounded, for a soak's end sample against its reference (None when either
+    is unknown or the reference is 0)."""
+    if end is None or not ref:
+        return None
+    return round(end / ref, 3)
+
+
 def utc_now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

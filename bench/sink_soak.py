@@ -54,7 +54,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from bench.common import emit_result, envelope, log, rss_bytes, utc_now_iso
+from bench.bench_sinks import dispose, make_store
+from bench.common import emit_result, envelope, log, ratio, rss_bytes, utc_now_iso
 from stream_expiry.durations import parse_duration
 from stream_expiry.sinks.postgres import DEFAULT_DSN, PostgresStore
 from stream_expiry.sinks.sqlite import SQLiteStore
@@ -87,13 +88,6 @@ def split_sizes(sizes: Mapping[str, int]) -> tuple[int, int]:
     their outbox, their indexes), whose growth is by design."""
     receipts = sum(v for k, v in sizes.items() if "receipts" in k)
     return receipts, sum(sizes.values()) - receipts
-
-
-def ratio(end: float | None, ref: float | None) -> float | None:
-    """end / ref, rounded (None when either is unknown or the reference is 0)."""
-    if end is None or not ref:
-        return None
-    return round(end / ref, 3)
 
 
 def reference_and_end(
@@ -203,7 +197,6 @@ class Probe:
 
     kind: str
     store: Store
-    path: Path | None = None  # SQLite's database file
     pg: Any = None  # PostgreSQL: an asyncpg connection
 
     async def vacuum(self) -> None:
@@ -224,8 +217,8 @@ class Probe:
 
     async def sample(self) -> dict[str, Any]:
         if isinstance(self.store, SQLiteStore):
-            assert self.path is not None
-            return await anyio.to_thread.run_sync(self._sqlite, self.path, self.store.prefix)
+            path = Path(self.store.path)
+            return await anyio.to_thread.run_sync(self._sqlite, path, self.store.prefix)
         return await self._postgres()
 
     @staticmethod
@@ -278,16 +271,6 @@ class Probe:
         }  # fmt: skip
 
 
-def make_store(kind: str, workdir: Path, dsn: str) -> tuple[Store, Path | None]:
-    unique = f"s{uuid.uuid4().hex[:10]}"
-    if kind == "sqlite":
-        path = workdir / f"{unique}.db"
-        return SQLiteStore(path, name=kind), path
-    if kind == "postgres":
-        return PostgresStore(dsn, name=kind, schema=unique), None
-    raise SystemExit(f"unknown store {kind!r}: use sqlite or postgres")
-
-
 def summarise(
     samples: list[dict[str, Any]], settled_s: float, steady_end_s: float
 ) -> dict[str, Any]:
@@ -330,12 +313,12 @@ async def run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
     autovacuum: str | None = None
     with tempfile.TemporaryDirectory(prefix="sink-soak-") as tmp:
         for kind in kinds:
-            store, path = make_store(kind, Path(tmp), args.dsn)
+            store = make_store(kind, Path(tmp), args.dsn)
             await store.open()
             pg = await asyncpg.connect(args.dsn) if kind == "postgres" else None
             if pg is not None:
                 autovacuum = str(await pg.fetchval("SHOW autovacuum"))
-            probes[kind] = Probe(kind, store, path, pg)
+            probes[kind] = Probe(kind, store, pg)
             config = SinkConfig(
                 bootstrap_servers=bootstrap, group_id=f"{tag}.{kind}", stamped_topic=stamped,
                 tombstones_topic=tombs, receipts_topic=f"{tag}.receipts.{kind}",
@@ -410,9 +393,7 @@ async def run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
             for probe in probes.values():
                 if probe.pg is not None:
                     await probe.pg.close()
-                if isinstance(probe.store, PostgresStore):
-                    await probe.store.drop_schema()
-                await probe.store.close()
+                await dispose(probe.store)
     elapsed = time.perf_counter() - t0
     settled_s = grace_s + args.prune_every
     steady_end_s = duration_s - args.lead

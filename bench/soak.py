@@ -48,6 +48,7 @@ from bench.common import (
     emit_result,
     envelope,
     log,
+    ratio,
     rss_bytes,
     summarize,
     utc_now_iso,
@@ -168,11 +169,6 @@ def store_counts(service: Service) -> tuple[int, int]:
     return pending, markers
 
 
-def within(end: float, ref: float) -> float | None:
-    """end / ref (None when there is no reference)."""
-    return round(end / ref, 3) if ref else None
-
-
 async def run(args: Any, bootstrap: str) -> dict[str, Any]:
     started = utc_now_iso()
     topics = BenchTopics.fresh()
@@ -257,8 +253,8 @@ async def run(args: Any, bootstrap: str) -> dict[str, Any]:
     ref_t = min(300.0, max((duration_s - args.lead) / 6, settled_s))
     ref = next((s for s in steady if s["t_s"] >= ref_t), steady[-1] if steady else None)
     end = steady[-1] if steady else None
-    rss_ratio = within(end["rss_bytes"], ref["rss_bytes"]) if ref and end else None
-    disk_ratio = within(end["disk_bytes"], ref["disk_bytes"]) if ref and end else None
+    rss_ratio = ratio(end["rss_bytes"], ref["rss_bytes"]) if ref and end else None
+    disk_ratio = ratio(end["disk_bytes"], ref["disk_bytes"]) if ref and end else None
     windows = res["windows"]
     log(
         f"soak: {res['delivered']:,}/{count:,} tombstones, p50 {summary.p50} ms, p99 "

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from bench.common import ratio
 from bench.sink_soak import (
     due_count,
     parse_args,
-    ratio,
     reference_and_end,
     split_sizes,
     summarise,
