@@ -27,7 +27,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 __all__ = [
     "NS_PER_MS",
@@ -247,6 +247,27 @@ def record_key(i: int) -> str:
 
 
 # --------------------------------------------------------------------------- machine and RSS
+
+
+def reference_and_end(
+    samples: Sequence[Mapping[str, Any]],
+    settled_s: float,
+    steady_end_s: float,
+    *,
+    or_all: bool = False,
+) -> tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]:
+    """A soak's reference and end samples: the steady state's first sample at or after
+    ``settled_s`` and its last one (the steady state: ``0 <= t_s <= steady_end_s``); the
+    last steady sample for both when none comes after ``settled_s``. With no steady sample,
+    None for both, or with ``or_all`` every sample taken as the steady state (``bench.soak``
+    still reports a run cut short before its first due time)."""
+    steady = [s for s in samples if 0 <= s["t_s"] <= steady_end_s] or (
+        list(samples) if or_all else []
+    )
+    if not steady:
+        return None, None
+    ref = next((s for s in steady if s["t_s"] >= settled_s), steady[-1])
+    return ref, steady[-1]
 
 
 def ratio(end: float | None, ref: float | None) -> float | None:

@@ -55,13 +55,21 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from bench.bench_sinks import dispose, make_store
-from bench.common import emit_result, envelope, log, ratio, rss_bytes, utc_now_iso
+from bench.common import (
+    emit_result,
+    envelope,
+    log,
+    ratio,
+    reference_and_end,
+    rss_bytes,
+    utc_now_iso,
+)
 from stream_expiry.durations import parse_duration
 from stream_expiry.sinks.postgres import DEFAULT_DSN, PostgresStore
 from stream_expiry.sinks.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Mapping
     from multiprocessing.sharedctypes import Synchronized
 
     from stream_expiry.sinks.framework import Sink
@@ -88,19 +96,6 @@ def split_sizes(sizes: Mapping[str, int]) -> tuple[int, int]:
     their outbox, their indexes), whose growth is by design."""
     receipts = sum(v for k, v in sizes.items() if "receipts" in k)
     return receipts, sum(sizes.values()) - receipts
-
-
-def reference_and_end(
-    samples: Sequence[Mapping[str, Any]], settled_s: float, steady_end_s: float
-) -> tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]:
-    """The steady state's first sample at or after ``settled_s`` and its last one (the
-    steady state: ``0 <= t_s <= steady_end_s``); the last steady sample for both when none
-    comes after ``settled_s``, None when there is no steady sample."""
-    steady = [s for s in samples if 0 <= s["t_s"] <= steady_end_s]
-    if not steady:
-        return None, None
-    ref = next((s for s in steady if s["t_s"] >= settled_s), steady[-1])
-    return ref, steady[-1]
 
 
 def _stamp_of(tag: str, i: int, due_ms: int, lead_ms: int) -> Any:

@@ -49,6 +49,7 @@ from bench.common import (
     envelope,
     log,
     ratio,
+    reference_and_end,
     rss_bytes,
     summarize,
     utc_now_iso,
@@ -246,13 +247,11 @@ async def run(args: Any, bootstrap: str) -> dict[str, Any]:
     lags.frombytes(res["lags"])
     summary = summarize(lags)
     # Steady state: from t = 0 to t = duration - lead, rate in and rate out; then only out.
-    steady = [s for s in samples if 0 <= s["t_s"] <= duration_s - args.lead] or samples
     # The reference waits for the stores' steady state too: markers pile up for a grace
     # before the first is pruned (a short run's sixth came before that, and read growth).
     settled_s = parse_duration(args.marker_grace) / 1000 + args.prune_every
     ref_t = min(300.0, max((duration_s - args.lead) / 6, settled_s))
-    ref = next((s for s in steady if s["t_s"] >= ref_t), steady[-1] if steady else None)
-    end = steady[-1] if steady else None
+    ref, end = reference_and_end(samples, ref_t, duration_s - args.lead, or_all=True)
     rss_ratio = ratio(end["rss_bytes"], ref["rss_bytes"]) if ref and end else None
     disk_ratio = ratio(end["disk_bytes"], ref["disk_bytes"]) if ref and end else None
     windows = res["windows"]

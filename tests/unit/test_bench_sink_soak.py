@@ -8,11 +8,10 @@ from typing import Any
 
 import pytest
 
-from bench.common import ratio
+from bench.common import ratio, reference_and_end
 from bench.sink_soak import (
     due_count,
     parse_args,
-    reference_and_end,
     split_sizes,
     summarise,
 )
@@ -67,6 +66,19 @@ def test_a_run_shorter_than_the_grace_takes_its_last_steady_sample_for_both() ->
     assert end is not None
     assert ref["t_s"] == end["t_s"] == 15
     assert reference_and_end(_samples([-5, 25]), settled_s=70, steady_end_s=20) == (None, None)
+
+
+def test_with_no_steady_sample_the_soak_takes_every_sample_as_its_steady_state() -> None:
+    """``bench.soak`` still reports a run cut short before its first due time (or_all)."""
+    ref, end = reference_and_end(
+        _samples([-25, -15, -5]), settled_s=-20, steady_end_s=20, or_all=True
+    )
+    assert ref is not None
+    assert end is not None
+    assert (ref["t_s"], end["t_s"]) == (-15, -5)
+    assert reference_and_end(
+        _samples([5, 15]), settled_s=-20, steady_end_s=20, or_all=True
+    ) == reference_and_end(_samples([5, 15]), settled_s=-20, steady_end_s=20)
 
 
 @pytest.mark.parametrize("flag", ["--rate", "--minutes", "--lead", "--prune-every"])
