@@ -270,8 +270,6 @@ class Engine(Generic[S]):
         self._resolve = resolve
         self._sliding = sliding
         self._horizon_ms = horizon_ms
-        self._tick_ms = tick_ms
-        self._phase = phase
         self._wheel: TimingWheel[str, tuple[bytes, S]] = TimingWheel(
             tick_ms=tick_ms, start_ms=now_ms, phase=phase
         )
@@ -658,17 +656,6 @@ class Engine(Generic[S]):
     def wheel_size(self) -> int:
         """Timers in the wheel (not counting those due and not fired yet)."""
         return len(self._wheel)
-
-    def reset_timers(self) -> int:
-        """Drop every timer (on a partition revocation: the shell reloads the slots it still
-        owns from the index). Returns how many were dropped. Rebalances are rare, and one
-        index scan of the horizon is cheaper than tracking every timer's slot."""
-        dropped = len(self._wheel) + len(self._overdue_live)
-        self._wheel = TimingWheel(
-            tick_ms=self._tick_ms, start_ms=self._wheel.now_ms, phase=self._phase
-        )
-        self._overdue, self._overdue_at, self._overdue_live = [], 0, {}
-        return dropped
 
     @property
     def pending_in_wheel(self) -> int:
