@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Mutation testing of the pure core: do the unit tests fail when its code is wrong?
 #
-#   bash scripts/mutation.sh                                  # engine.py, ~20 min on 2 cores
+#   bash scripts/mutation.sh                                  # engine.py: 539 mutants, over an hour
 #   bash scripts/mutation.sh stream_expiry/state/processor.py stream_expiry/holds.py
+#   (round 49, 2 cores shared: a mutant that makes a test hang costs up to minutes; in the
+#   folder it prints, `mutmut run "stream_expiry.engine.x_NAME*"` runs one function's only)
 #
 # mutmut changes one operator, constant or argument at a time and runs the unit tests that
 # cover it (tests/unit: the integration tests need a broker and take minutes a run); a
