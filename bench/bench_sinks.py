@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import tempfile
 import time
 import uuid
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from bench.common import emit_result, envelope, log, throughput_entry, utc_now_iso
 from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
 from stream_expiry.sinks._messages import Change, decode_stamped, decode_tombstone
+from stream_expiry.sinks.command import tune_gc
 from stream_expiry.sinks.postgres import DEFAULT_DSN, PostgresStore
 from stream_expiry.sinks.sqlite import SQLiteStore
 
@@ -234,11 +234,9 @@ async def sink_phase(
 
     sink = Sink(store, config, on_batch=on_batch)
     stop = anyio.Event()
-    # As the sink's command does (stream_expiry.sinks.command._tune_gc): what is alive
-    # now, the harness's included, is frozen out of the cyclic collector's walks.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
+    # As the sink's command does: what is alive now, the harness's included, is frozen
+    # out of the cyclic collector's walks.
+    tune_gc()
     async with anyio.create_task_group() as tg:
         tg.start_soon(sink.run, stop)
         tg.start_soon(watch)

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import multiprocessing as mp
 import os
 import sqlite3
@@ -65,6 +64,7 @@ from bench.common import (
     utc_now_iso,
 )
 from stream_expiry.durations import parse_duration
+from stream_expiry.sinks.command import tune_gc
 from stream_expiry.sinks.postgres import DEFAULT_DSN, PostgresStore
 from stream_expiry.sinks.sqlite import SQLiteStore
 
@@ -105,54 +105,39 @@ def _stamp_of(tag: str, i: int, due_ms: int, lead_ms: int) -> Any:
     return Stamp(ident, due_ms - lead_ms, due_ms, lead_ms, "org")
 
 
+@dataclass(frozen=True)
+class Flow:
+    """What the producer child sends: record i's stamp at ``start + i / rate - lead``, its
+    tombstone and null at ``start + i / rate``, on topics ``stamped`` and ``tombstones``."""
+
+    bootstrap: str
+    stamped: str
+    tombstones: str
+    tag: str
+    rate: float
+    count: int
+    start_ns: int
+    lead_s: float
+
+
 def _producer_main(
-    bootstrap: str,
-    stamped: str,
-    tombstones: str,
-    tag: str,
-    rate: float,
-    count: int,
-    start_ns: int,
-    lead_s: float,
-    sent_stamped: Synchronized[int],
-    sent_tombstones: Synchronized[int],
+    flow: Flow, sent_stamped: Synchronized[int], sent_tombstones: Synchronized[int]
 ) -> None:
-    asyncio.run(
-        _produce(
-            bootstrap,
-            stamped,
-            tombstones,
-            tag,
-            rate,
-            count,
-            start_ns,
-            lead_s,
-            sent_stamped,
-            sent_tombstones,
-        )
-    )
+    asyncio.run(_produce(flow, sent_stamped, sent_tombstones))
 
 
 async def _produce(
-    bootstrap: str,
-    stamped: str,
-    tombstones: str,
-    tag: str,
-    rate: float,
-    count: int,
-    start_ns: int,
-    lead_s: float,
-    sent_stamped: Synchronized[int],
-    sent_tombstones: Synchronized[int],
+    flow: Flow, sent_stamped: Synchronized[int], sent_tombstones: Synchronized[int]
 ) -> None:
-    """Record i's stamp at ``start + i / rate - lead``, its tombstone and null at
-    ``start + i / rate`` (its due time), each wake's messages acknowledged before the
-    counters move (what the sinks can read)."""
+    """Send ``flow``, each wake's messages acknowledged before the counters move (what the
+    sinks can read)."""
     from stream_expiry import codec
     from stream_expiry.kafka import key_partition, producer
     from stream_expiry.model import encode_stamp, encode_tombstone
     from stream_expiry.sinks._publish import BatchPublisher
 
+    bootstrap, stamped, tombstones, tag = flow.bootstrap, flow.stamped, flow.tombstones, flow.tag
+    rate, count, start_ns, lead_s = flow.rate, flow.count, flow.start_ns, flow.lead_s
     lead_ms = int(lead_s * 1000)
     start_ms = start_ns // 1_000_000
     null_headers = [(codec.H_REASON, b"ttl")]
@@ -323,17 +308,17 @@ async def run(args: argparse.Namespace, bootstrap: str) -> dict[str, Any]:
             )  # fmt: skip
             await ensure_topics(bootstrap, [config.receipts_topic or ""], partitions=PARTITIONS)
             sinks[kind] = Sink(store, config)
-        # As the sink's command does (stream_expiry.sinks.command._tune_gc).
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(50_000, 50, 100)
+        tune_gc()  # as the sink's command does
         ctx = mp.get_context("spawn")
         sent_stamped, sent_tombs = ctx.Value("q", 0), ctx.Value("q", 0)
         start_ns = time.time_ns() + int((args.lead + 5) * 1e9)
         child = ctx.Process(
             target=_producer_main,
-            args=(bootstrap, stamped, tombs, tag, args.rate, count, start_ns, args.lead,
-                  sent_stamped, sent_tombs),
+            args=(
+                Flow(bootstrap, stamped, tombs, tag, args.rate, count, start_ns, args.lead),
+                sent_stamped,
+                sent_tombs,
+            ),
             daemon=True,
         )  # fmt: skip
         stop = anyio.Event()

@@ -579,7 +579,7 @@ async def _serve(
     return error
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """What :func:`stream_expiry.runner.tune_gc` does for the service, without importing the
     service: objects alive after start-up frozen out of collection, fewer collections."""
     gc.collect()
@@ -599,7 +599,7 @@ def run_command(args: argparse.Namespace) -> int:
         # As the service does: a sink allocates tens of thousands of short-lived objects
         # per batch, and the default thresholds made full collections ~10 % of its time
         # (bench.bench_sinks, 5,000-message batches).
-        _tune_gc()
+        tune_gc()
         http_host = metrics_host(args.metrics_host, os.environ)
         error = anyio.run(_serve, sink, metrics, http_port, http_host, backend="asyncio")
     except ConfigurationError as exc:
