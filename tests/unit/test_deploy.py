@@ -4,9 +4,11 @@ with the CLI, the lock file equal to what is installed and tested, schemas in th
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -195,6 +197,33 @@ def test_the_dockerfile_pins_declares_state_and_checks_health() -> None:
     assert "pip install -r requirements.lock" in text
     assert "--constraint requirements.lock --no-deps" in text
     assert re.search(r"^USER \d+:\d+$", text, re.M)
+
+
+def test_the_image_preloads_jemalloc_through_the_link_it_makes(tmp_path: Path) -> None:
+    """The image runs on jemalloc (README, "Memory allocator"): the library is installed,
+    linked to one path whatever the architecture, and that path is what LD_PRELOAD names.
+    The Dockerfile's own link command is run here, into a scratch directory, and a Python
+    that preloads the link must have jemalloc mapped: a wrong glob, a link to nothing or a
+    path the ENV does not name fails."""
+    text = (ROOT / "Dockerfile").read_text()
+    assert "apt-get install -y --no-install-recommends libjemalloc2" in text
+    link = re.search(r'&& (ln -s "\$\(ls [^)]+\)" (\S+))$', text, re.M)
+    assert link is not None, "no ln -s of the library in the Dockerfile"
+    command, path = link.groups()
+    preload = re.search(r"^ENV LD_PRELOAD=(\S+)$", text, re.M)
+    assert preload is not None and preload.group(1) == path
+    if not list(Path("/usr/lib").glob("*-linux-gnu/libjemalloc.so.2")):
+        pytest.skip("jemalloc is not installed here (Debian: apt-get install libjemalloc2)")
+    scratch = tmp_path / "libjemalloc.so.2"
+    subprocess.run(["sh", "-c", command.replace(path, str(scratch))], check=True)
+    maps = subprocess.run(
+        [sys.executable, "-c", "import rocksdict; print(open('/proc/self/maps').read())"],
+        env={**os.environ, "LD_PRELOAD": str(scratch)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "libjemalloc.so.2" in maps.stdout
 
 
 def test_the_lock_file_pins_every_runtime_dependency_within_its_declared_range() -> None:
