@@ -38,9 +38,9 @@ import anyio
 from bench.common import (
     NS_PER_MS,
     base_parser,
-    emit_result,
     envelope,
     log,
+    on_embedded_broker,
     rss_bytes,
     utc_now_iso,
 )
@@ -58,7 +58,6 @@ from bench.e2e_expiry import (
     temp_state_dir,
 )
 from stream_expiry import service as service_module
-from stream_expiry.broker import EmbeddedBroker
 from stream_expiry.kafka import ensure_topics
 
 if TYPE_CHECKING:
@@ -284,11 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.records <= 0 or args.rate <= 0:
         parser.error("--records and --rate must be positive")
     quiet_logging()
-    with EmbeddedBroker() as broker:
-        log(f"bench_disk: embedded broker on {broker.bootstrap_servers}")
-        result = anyio.run(run, args, broker.bootstrap_servers)
-    emit_result(result)
-    return 0
+    return on_embedded_broker("bench_disk", lambda servers: anyio.run(run, args, servers))
 
 
 if __name__ == "__main__":

@@ -29,14 +29,13 @@ from aiokafka import TopicPartition
 from bench.changelog import fresh_changelog
 from bench.common import (
     base_parser,
-    emit_result,
     envelope,
     log,
+    on_embedded_broker,
     throughput_entry,
     utc_now_iso,
 )
 from bench.e2e_expiry import quiet_logging
-from stream_expiry.broker import EmbeddedBroker
 from stream_expiry.fetch import read_ranges
 from stream_expiry.kafka import consumer, partitions_of, read_to_end
 
@@ -111,11 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="reads of each kind")
     args = parser.parse_args(argv)
     quiet_logging()
-    with EmbeddedBroker() as broker:
-        log(f"bench_fetch: embedded broker on {broker.bootstrap_servers}")
-        result = anyio.run(run, args, broker.bootstrap_servers)
-    emit_result(result)
-    return 0
+    return on_embedded_broker("bench_fetch", lambda servers: anyio.run(run, args, servers))
 
 
 if __name__ == "__main__":

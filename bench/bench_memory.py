@@ -43,11 +43,11 @@ from typing import TYPE_CHECKING, Any
 from bench.common import (
     NS_PER_MS,
     base_parser,
-    emit_result,
     envelope,
     human_count,
     log,
     memory_point,
+    on_embedded_broker,
     rss_bytes,
     throughput_entry,
     utc_now_iso,
@@ -60,7 +60,6 @@ from bench.e2e_expiry import (
     record_identity,
     temp_state_dir,
 )
-from stream_expiry.broker import EmbeddedBroker
 from stream_expiry.kafka import ensure_topics, key_partition
 from stream_expiry.model import Stamp
 from stream_expiry.state import PartitionStore, RocksKV
@@ -350,11 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.with_10m:
         counts.append(10_000_000)
     counts = sorted(set(counts))
-    with EmbeddedBroker() as broker:
-        log(f"bench_memory: embedded broker on {broker.bootstrap_servers}")
-        result = run(args, broker.bootstrap_servers, counts)
-    emit_result(result)
-    return 0
+    return on_embedded_broker("bench_memory", lambda servers: run(args, servers, counts))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,14 @@ from typing import Any
 
 import anyio
 
-from bench.common import base_parser, emit_result, envelope, log, throughput_entry, utc_now_iso
+from bench.common import (
+    base_parser,
+    envelope,
+    log,
+    on_embedded_broker,
+    throughput_entry,
+    utc_now_iso,
+)
 from bench.e2e_expiry import (
     PARTITIONS,
     BenchTopics,
@@ -37,7 +44,6 @@ from bench.e2e_expiry import (
     temp_state_dir,
 )
 from bench.e2e_ingest import passthrough
-from stream_expiry.broker import EmbeddedBroker
 from stream_expiry.kafka import ensure_topics
 from stream_expiry.rekey import Rekeyer, targets_for
 
@@ -134,11 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.events <= 0:
         parser.error("--events must be positive")
     quiet_logging()
-    with EmbeddedBroker() as broker:
-        log(f"bench rekey: embedded broker on {broker.bootstrap_servers}")
-        result = anyio.run(run, args, broker.bootstrap_servers, args.events)
-    emit_result(result)
-    return 0
+    return on_embedded_broker(
+        "bench rekey", lambda servers: anyio.run(run, args, servers, args.events)
+    )
 
 
 if __name__ == "__main__":

@@ -74,10 +74,10 @@ from bench.common import (
     NS_PER_MS,
     NS_PER_S,
     base_parser,
-    emit_result,
     envelope,
     human_count,
     log,
+    on_embedded_broker,
     rss_bytes,
     utc_now_iso,
 )
@@ -90,7 +90,6 @@ from bench.e2e_expiry import (
     temp_state_dir,
     tombstone_reader,
 )
-from stream_expiry.broker import EmbeddedBroker
 from stream_expiry.codec import output_partition
 from stream_expiry.kafka import ensure_topics
 from stream_expiry.service import ASSIGNORS
@@ -321,11 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not args.modes or any(m not in MODES for m in args.modes):
         parser.error(f"--modes takes {', '.join(MODES)} (comma-separated)")
-    with EmbeddedBroker() as broker:
-        log(f"bench_restart: embedded broker on {broker.bootstrap_servers}")
-        result = anyio.run(run, args, broker.bootstrap_servers)
-    emit_result(result)
-    return 0
+    return on_embedded_broker("bench_restart", lambda servers: anyio.run(run, args, servers))
 
 
 if __name__ == "__main__":

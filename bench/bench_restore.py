@@ -39,9 +39,9 @@ from bench.changelog import fresh_changelog
 from bench.common import (
     NS_PER_MS,
     base_parser,
-    emit_result,
     envelope,
     log,
+    on_embedded_broker,
     rss_bytes,
     throughput_entry,
     utc_now_iso,
@@ -54,7 +54,6 @@ from bench.e2e_expiry import (
     quiet_logging,
     temp_state_dir,
 )
-from stream_expiry.broker import EmbeddedBroker
 from stream_expiry.policy import PolicyBook
 from stream_expiry.state import PartitionProcessor
 from stream_expiry.state.restore_workers import restore_stores
@@ -237,11 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     if stamps <= 0:
         parser.error("--stamps must be positive")
     quiet_logging()
-    with EmbeddedBroker() as broker:
-        log(f"bench_restore: embedded broker on {broker.bootstrap_servers}")
-        result = anyio.run(run, args, broker.bootstrap_servers, stamps)
-    emit_result(result)
-    return 0
+    return on_embedded_broker(
+        "bench_restore", lambda servers: anyio.run(run, args, servers, stamps)
+    )
 
 
 if __name__ == "__main__":

@@ -244,6 +244,11 @@ async def sink_phase(
             await done.wait()
         stop.set()
     counted = expect - int(marks["skip"])
+    if counted <= 0:
+        raise SystemExit(
+            f"the sink's first batch took all {expect} records, and the first batch is not "
+            "timed: give --kafka-records several times --kafka-batch"
+        )
     seconds = marks["end"] - marks["first"]
     return {
         "metrics": dict(sink.metrics),
@@ -453,7 +458,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="PostgreSQL's Kafka pass once per value (comma-separated) of the store's "
         "parallel transactions per batch (default: the store's default)",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.kafka_batch < 1:
+        p.error("--kafka-batch must be at least 1")
+    if 0 < args.kafka_records <= args.kafka_batch:
+        # Each phase is timed from its first batch's commit, so a backlog one batch holds
+        # leaves nothing to time (it stopped on a ZeroDivisionError).
+        p.error(
+            f"--kafka-records {args.kafka_records} fits in one batch of --kafka-batch "
+            f"{args.kafka_batch}, and the first batch is not timed: give more records than "
+            "that (ten batches or more for a steady figure)"
+        )
+    return args
 
 
 if __name__ == "__main__":

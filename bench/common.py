@@ -420,6 +420,19 @@ def emit_result(result: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def on_embedded_broker(name: str, measure: Callable[[str], dict[str, Any]]) -> int:
+    """Every broker bench's ``main`` ends so: ``measure`` runs against a fresh embedded
+    broker (its bootstrap address the argument), stopped before the result is printed, so
+    the one JSON line on stdout is all there is once the broker's own output is gone."""
+    from stream_expiry.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        log(f"{name}: embedded broker on {broker.bootstrap_servers}")
+        result = measure(broker.bootstrap_servers)
+    emit_result(result)
+    return 0
+
+
 def log(msg: str) -> None:
     """Progress for a person, on stderr with a timestamp."""
     sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {msg}\n")

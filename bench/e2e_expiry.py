@@ -71,19 +71,18 @@ from bench.common import (
     NS_PER_S,
     RateSchedule,
     base_parser,
-    emit_result,
     envelope,
     fmt_ms,
     human_count,
     lag_windows,
     log,
     memory_point,
+    on_embedded_broker,
     percentile,
     rss_bytes,
     summarize,
     utc_now_iso,
 )
-from stream_expiry.broker import EmbeddedBroker
 from stream_expiry.config import Config, parse_config
 from stream_expiry.model import Identity
 from stream_expiry.service import Service
@@ -1150,11 +1149,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.background < 0 or args.ingest_rate < 0:
         parser.error("--background and --ingest-rate must be >= 0")
     quiet_logging()
-    with EmbeddedBroker() as broker:
-        log(f"e2e: embedded broker on {broker.bootstrap_servers}")
-        result = anyio.run(run, args, broker.bootstrap_servers)
-    emit_result(result)
-    return 0
+    return on_embedded_broker("e2e", lambda servers: anyio.run(run, args, servers))
 
 
 if __name__ == "__main__":

@@ -57,9 +57,9 @@ import anyio
 from bench.common import (
     NS_PER_MS,
     base_parser,
-    emit_result,
     envelope,
     log,
+    on_embedded_broker,
     rss_bytes,
     throughput_entry,
     utc_now_iso,
@@ -80,7 +80,6 @@ from bench.e2e_expiry import (
     temp_state_dir,
     wait_for,
 )
-from stream_expiry.broker import EmbeddedBroker
 from stream_expiry.kafka import consumer, ensure_topics, producer
 
 if TYPE_CHECKING:
@@ -457,11 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.instances > 1 and args.profile:
         parser.error("--profile profiles the in-process service: use --instances 1")
     quiet_logging()
-    with EmbeddedBroker() as broker:
-        log(f"e2e ingest: embedded broker on {broker.bootstrap_servers}")
-        result = anyio.run(run, args, broker.bootstrap_servers, events)
-    emit_result(result)
-    return 0
+    return on_embedded_broker("e2e ingest", lambda servers: anyio.run(run, args, servers, events))
 
 
 if __name__ == "__main__":

@@ -50,9 +50,9 @@ from bench.cgroup import CgroupUnavailable, MemoryCgroup, open_cgroup
 from bench.changelog import fresh_changelog
 from bench.common import (
     base_parser,
-    emit_result,
     envelope,
     log,
+    on_embedded_broker,
     throughput_entry,
     utc_now_iso,
 )
@@ -66,7 +66,6 @@ from bench.e2e_expiry import (
     stop_child,
     temp_state_dir,
 )
-from stream_expiry.broker import EmbeddedBroker
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -271,11 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     if records <= 0:
         parser.error("--records must be positive")
     quiet_logging()
-    with EmbeddedBroker() as broker:
-        log(f"e2e replay: embedded broker on {broker.bootstrap_servers}")
-        result = anyio.run(run, args, broker.bootstrap_servers, records)
-    emit_result(result)
-    return 0
+    return on_embedded_broker("e2e replay", lambda servers: anyio.run(run, args, servers, records))
 
 
 if __name__ == "__main__":

@@ -55,9 +55,9 @@ import anyio
 
 from bench.bench_sinks import dispose, make_store
 from bench.common import (
-    emit_result,
     envelope,
     log,
+    on_embedded_broker,
     ratio,
     reference_and_end,
     rss_bytes,
@@ -458,14 +458,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stream_expiry.broker import EmbeddedBroker
 
     args = parse_args(argv)
-    with EmbeddedBroker() as broker:
-        log(f"sink soak: embedded broker on {broker.bootstrap_servers}")
-        result = anyio.run(run, args, broker.bootstrap_servers)
-    emit_result(result)
-    return 0
+    return on_embedded_broker("sink soak", lambda servers: anyio.run(run, args, servers))
 
 
 if __name__ == "__main__":

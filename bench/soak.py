@@ -48,9 +48,9 @@ from bench.common import (
     NS_PER_S,
     RateSchedule,
     base_parser,
-    emit_result,
     envelope,
     log,
+    on_embedded_broker,
     ratio,
     reference_and_end,
     rss_bytes,
@@ -74,7 +74,6 @@ from bench.e2e_expiry import (
     temp_state_dir,
 )
 from stream_expiry import service as service_module
-from stream_expiry.broker import EmbeddedBroker
 from stream_expiry.durations import parse_duration
 from stream_expiry.kafka import ensure_topics
 
@@ -367,11 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rate <= 0 or args.minutes <= 0 or args.lead <= 0 or args.sample_every <= 0:
         parser.error("--rate, --minutes, --lead and --sample-every must be positive")
     quiet_logging()
-    with EmbeddedBroker() as broker:
-        log(f"soak: embedded broker on {broker.bootstrap_servers}")
-        result = anyio.run(run, args, broker.bootstrap_servers)
-    emit_result(result)
-    return 0
+    return on_embedded_broker("soak", lambda servers: anyio.run(run, args, servers))
 
 
 if __name__ == "__main__":

@@ -161,3 +161,18 @@ def test_a_module_run_with_its_own_flags_gets_only_those_and_parses_them() -> No
         assert parsed.stores == "sqlite,postgres"
         assert parsed.batches == ""
     assert FULL["sink_records"] == 500_000  # issue 11: sustained over at least 500k records
+
+
+@pytest.mark.parametrize("records", ["5000", "1"])
+def test_bench_sinks_refuses_a_backlog_its_first_untimed_batch_would_hold(
+    records: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each phase is timed after its first batch: a backlog one batch holds left nothing
+    to time, and the run stopped on a ZeroDivisionError after minutes of producing."""
+    from bench.bench_sinks import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--kafka-records", records, "--kafka-batch", "5000"])
+    assert "fits in one batch of --kafka-batch 5000" in capsys.readouterr().err
+    assert parse_args(["--kafka-records", "5001", "--kafka-batch", "5000"]).kafka_records == 5001
+    assert parse_args([]).kafka_records == 0  # the default: sized by --scale
