@@ -211,7 +211,8 @@ def test_the_image_preloads_jemalloc_through_the_link_it_makes(tmp_path: Path) -
     assert link is not None, "no ln -s of the library in the Dockerfile"
     command, path = link.groups()
     preload = re.search(r"^ENV LD_PRELOAD=(\S+)$", text, re.M)
-    assert preload is not None and preload.group(1) == path
+    assert preload is not None
+    assert preload.group(1) == path
     if not list(Path("/usr/lib").glob("*-linux-gnu/libjemalloc.so.2")):
         pytest.skip("jemalloc is not installed here (Debian: apt-get install libjemalloc2)")
     scratch = tmp_path / "libjemalloc.so.2"
