@@ -26,6 +26,8 @@ from stream_expiry.errors import CorruptStoreError, StoreError
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping, Sequence
 
+    from rocksdict import Options, Rdict
+
 __all__ = [
     "ASIDE",
     "CORRUPT",
@@ -314,6 +316,43 @@ class _Shared:
         cls.open_stores = max(0, cls.open_stores - 1)
 
 
+def _open_whole(rdict: type[Rdict], path: str, options: Options) -> Rdict:
+    """The database at ``path`` opened with ``options``; one whose write-ahead log is cut
+    short or damaged is said in a WARNING, and opened as it was before the damage.
+
+    RocksDB's default recovery (point in time) replays a log up to its first damaged
+    record and drops the rest, saying so only in the store's own LOG file: a machine that
+    crashed before the log's pages reached the disk (writes skip the fsync) left a store
+    short of its last batches without a word. Nothing is lost (the store is as it was at
+    that point, its changelog positions with it, and the restore reads the rest again),
+    but an operator is told of the crash and the disk. So the log is first replayed in
+    full or not at all (absolute consistency: a damaged record is an error); a
+    ``Corruption`` there is the log's alone if the usual recovery opens the store, which
+    it does, dropping the damaged part. A store damaged elsewhere (its table files, its
+    ``MANIFEST``) fails both, and the second error is raised, as before. A whole log
+    costs one opening, as before."""
+    from rocksdict import DBRecoveryMode
+
+    options.set_wal_recovery_mode(DBRecoveryMode.absolute_consistency())
+    try:
+        return rdict(path, options)
+    except Exception as exc:  # rocksdict raises plain Exception, RocksDB's status first
+        if not str(exc).startswith("Corruption"):
+            raise
+        damage = str(exc)
+    options.set_wal_recovery_mode(DBRecoveryMode.point_in_time())
+    db = rdict(path, options)
+    log.warning(
+        "the state store %s: its write-ahead log is cut short or damaged (%s), as a "
+        "machine crash before the log reached the disk leaves it: opened as it was before "
+        "the damage, what the log held after it dropped; the changelog has it, and the "
+        "store's restore reads it again",
+        path,
+        damage,
+    )
+    return db
+
+
 class RocksKV:
     """One RocksDB database in a directory of its own (one per input partition).
 
@@ -421,7 +460,7 @@ class RocksKV:
             )
         try:
             os.makedirs(path, exist_ok=True)
-            self._db = Rdict(path, options)
+            self._db = _open_whole(Rdict, path, options)
         except Exception as exc:  # rocksdict raises plain Exception for IO errors
             raise _store_error("cannot open the state store in", path, exc) from exc
         _Shared.opened()

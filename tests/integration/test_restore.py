@@ -1432,12 +1432,12 @@ def _rocksdb_log(store: str) -> str:
 
 @pytest.mark.timeout(150)
 async def test_a_store_whose_write_ahead_log_a_crash_tore_loses_no_record(
-    broker: str, topics: TopicSet, tmp_path: Path
+    broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """RocksDB opens a store whose write-ahead log ends in a torn record by dropping the
     log from there (point-in-time recovery: the batches before it are whole, and a batch
-    holds the changelog positions its states reached), and says so only in the store's own
-    LOG file. The
+    holds the changelog positions its states reached), and says so in the store's own
+    LOG file; the opening says it in a warning (it said nothing). The
     changelog has what was dropped, and the restore reads it from the store's position:
     no record is lost, and the restore's line says what it read. (A review asked whether
     such a store loses records without a word: it loses none.)"""
@@ -1461,10 +1461,15 @@ async def test_a_store_whose_write_ahead_log_a_crash_tore_loses_no_record(
         torn = _tear_write_ahead_logs(str(state))
         assert torn
         # Opened, the torn stores lack records: RocksDB dropped the rest of each log, and
-        # wrote so in the store's LOG file alone.
-        dropped = live_expiries(str(state))
+        # wrote so in the store's LOG file; the opening warns of each.
+        with caplog.at_level(logging.WARNING, logger="stream_expiry.state.kv"):
+            dropped = live_expiries(str(state))
         assert len(dropped) < len(ids)
         assert all("Corruption: truncated record" in _rocksdb_log(store) for store in torn)
+        said = [r.getMessage() for r in caplog.records if "write-ahead log" in r.getMessage()]
+        assert sorted(m.partition(":")[0] for m in said) == sorted(
+            f"the state store {store}" for store in set(torn)
+        )
         second = await _start(tg, broker, tmp_path, "second", text)
         second.process.send_signal(signal.SIGTERM)
         with anyio.fail_after(40):

@@ -3,11 +3,15 @@ RocksDB, which the service runs, and the in-memory engine the unit tests use."""
 
 from __future__ import annotations
 
+import glob
 import itertools
 import logging
 import os
 import pickle
+import shutil
 import struct
+import subprocess
+import sys
 import tempfile
 import zlib
 from dataclasses import dataclass, field
@@ -660,6 +664,52 @@ def test_a_damaged_block_is_an_error_of_the_store_not_the_end_of_a_scan(tmp_path
         assert pickle.loads(pickle.dumps(caught.value)).path == path
     finally:
         kv.close()
+
+
+_WRITE_AND_DIE = """
+import os, sys
+from stream_expiry.state import RocksKV
+kv = RocksKV(sys.argv[1])
+for batch in range(40):
+    kv.apply({b"k%02d-%03d" % (batch, i): b"v" * 100 for i in range(20)}, [])
+os._exit(0)  # as a crash: nothing flushed, the batches in the write-ahead log alone
+"""
+
+
+def _keys(path: str) -> int:
+    kv = RocksKV(path)
+    try:
+        return sum(1 for _ in kv.scan(b"", b"\xff"))
+    finally:
+        kv.close()
+
+
+def test_a_write_ahead_log_cut_short_is_said_and_the_store_opened_as_before_the_cut(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RocksDB's point-in-time recovery drops a write-ahead log from its first torn record
+    (a machine crash before the log's pages reached the disk) and said so only in the
+    store's LOG file: the store opened short of its last batches without a word. The
+    drop stays (the changelog restores it); a WARNING names the store. A process that
+    died with its log whole is no warning."""
+    whole = str(tmp_path / "whole")
+    subprocess.run([sys.executable, "-c", _WRITE_AND_DIE, whole], check=True, timeout=60)
+    [wal] = [w for w in glob.glob(os.path.join(whole, "*.log")) if os.path.getsize(w) > 0]
+    torn = str(tmp_path / "torn")
+    shutil.copytree(whole, torn)
+    os.truncate(os.path.join(torn, os.path.basename(wal)), os.path.getsize(wal) // 2 + 7)
+    with caplog.at_level(logging.WARNING, logger="stream_expiry.state.kv"):
+        assert _keys(whole) == 800
+        assert not caplog.records
+        left = _keys(torn)
+    assert 0 < left < 800  # the batches before the cut, not the rest
+    [said] = [r.getMessage() for r in caplog.records]
+    assert said.startswith(f"the state store {torn}: its write-ahead log is cut short")
+    assert "Corruption: truncated record" in said
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="stream_expiry.state.kv"):
+        assert _keys(torn) == left  # said once: opened, the store is whole again
+    assert not caplog.records
 
 
 def test_a_store_whose_scan_failed_lets_go_of_its_directory_when_closed(tmp_path: Path) -> None:
