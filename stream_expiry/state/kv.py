@@ -68,6 +68,8 @@ def _store_error(what: str, path: str, exc: Exception) -> StoreError:
 # RocksDB's words for a file system the store cannot write to, and for a full one.
 _UNWRITABLE = ("Permission denied", "Operation not permitted", "Read-only file system")
 _FULL = "No space left on device"
+# RocksDB's words for a flush refused because the database is closing
+_SHUTDOWN = "Shutdown in progress"
 
 
 def _what_to_do(text: str, path: str) -> str:
@@ -373,6 +375,8 @@ class RocksKV:
     MIN_TABLE_FILES = 10  # RocksDB's floor: a max_open_files of 20 less its own 10
     OWN_FILES = 6  # what a store holds open besides its table files
     OTHER_FILES = 200  # the rest of the process: sockets, its own logs, Python
+    # room a flush needs besides its table: the manifest's record, blocks rounded up
+    _FLUSH_SLACK = 1024 * 1024
 
     @classmethod
     @contextlib.contextmanager
@@ -465,6 +469,7 @@ class RocksKV:
             raise _store_error("cannot open the state store in", path, exc) from exc
         _Shared.opened()
         self._closed = False
+        self._durable = durable
         self._write_options = WriteOptions()
         self._write_options.sync = False
         # A property at run time, whatever rocksdict's stubs say.
@@ -552,10 +557,43 @@ class RocksKV:
             return
         self._closed = True
         _Shared.closed()
+        skip_flush = self._flush_cannot_fit()
         try:
+            if skip_flush:  # closing now: rocksdict's close syncs the log, its flush refused
+                self._db.cancel_all_background(False)
             self._db.close()
         except Exception as exc:
-            raise _store_error("cannot close the state store", self.path, exc) from exc
+            text = str(exc)
+            if skip_flush and text.startswith(_SHUTDOWN):
+                # the flush refused, as asked; what follows is the log's own sync, if any
+                text = text.partition("; ")[2]
+                if not text:
+                    return
+            raise _store_error("cannot close the state store", self.path, Exception(text)) from exc
+
+    def _flush_cannot_fit(self) -> bool:
+        """Whether the close is to skip its flush of the memtables: a durable store's
+        memtables whose bytes (more than the table a flush writes: a skip list, and a
+        Bloom filter that is not written) its file system has no room for.
+
+        Why: a flush that fails leaves RocksDB's flush thread asleep for a second (a fixed
+        ``SleepForMicroseconds(1000000)`` after a background flush error, no option sets
+        it), and the close waits for that thread. On a full disk each store took 1.0 s to
+        close (measured on a 4 MiB tmpfs: 1.00-1.04 s a store, with its write-ahead log or
+        without), and a stop of dozens of partitions as many seconds, with the GIL held
+        (24 stores: 24.0 s; 0.002 s without the flush).
+        Nothing is lost by skipping it: the close still syncs the write-ahead log, which
+        holds every write the memtables do (a durable store writes through it), and the
+        next open replays it; on a full disk the flush would have failed all the same. A
+        store without the log (``durable=False``) flushes, or loses its writes."""
+        if not self._durable:
+            return False
+        try:
+            held = self._db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
+            fs = os.statvfs(self.path)
+        except Exception:  # a directory gone, a property not known: close as before
+            return False
+        return fs.f_bavail * fs.f_frsize < held + self._FLUSH_SLACK
 
     @staticmethod
     def destroy(path: str) -> None:

@@ -3,6 +3,7 @@ RocksDB, which the service runs, and the in-memory engine the unit tests use."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import logging
@@ -13,6 +14,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 import zlib
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -781,6 +783,81 @@ def test_a_store_that_cannot_be_written_says_what_to_do(rocksdb_said: str, advic
     assert type(error) is StoreError
     assert advice.format(path=path) in str(error)
     assert str(error).endswith("nothing is lost, and what was not written is read again")
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs to fill: a real ``No space left on device``, which an error made up
+    in a test does not give (the slow close was RocksDB's flush thread, not its words).
+    Skipped where no tmpfs can be mounted: that needs Linux, root (CAP_SYS_ADMIN) and the
+    ``mount`` command."""
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("a full disk is a tmpfs mounted here, which needs Linux and root")
+    where = tmp_path / "full"
+    where.mkdir()
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except FileNotFoundError:
+        pytest.skip("a full disk is a tmpfs mounted here, and there is no mount command")
+    if mounted.returncode != 0:
+        pytest.skip(f"mount refused a tmpfs (CAP_SYS_ADMIN missing?): {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "--lazy", str(where)], check=False)
+
+
+def test_stores_on_a_full_disk_close_at_once_and_lose_nothing(full_disk: Path) -> None:
+    """On a full disk each store took a second to close (a stop of dozens of partitions,
+    as many seconds): its flush at close failed, and RocksDB's flush thread sleeps a fixed
+    second after a failed flush, which the close waited out. A store now closes without a
+    flush its disk has no room for, and every write it took is there once there is room:
+    its write-ahead log held them, and the open after reads it again."""
+    paths = [str(full_disk / f"conversations-{n}") for n in range(3)]
+    with RocksKV.opening(len(paths)):
+        stores = [RocksKV(path) for path in paths]
+    # each memtable holds all the disk does: no flush while writing, which fails and sleeps
+    assert all(kv.sizes.write_buffer > 4 * 1024 * 1024 for kv in stores)
+    written: list[dict[bytes, bytes]] = [{} for _ in stores]
+    said = ""
+    for n in itertools.count():  # in turn, until the disk is full
+        failed, puts = stores[n % 3], {os.urandom(16): os.urandom(1000) for _ in range(100)}
+        try:
+            failed.apply(puts, [])
+        except StoreError as exc:
+            said = str(exc)
+            break
+        written[n % 3].update(puts)
+    assert "No space left on device" in said
+    start = time.monotonic()
+    with contextlib.suppress(StoreError):  # its log, which the full disk cut, refuses a sync
+        failed.close()
+    for kv in stores:
+        if kv is not failed:
+            kv.close()  # no flush tried: no "No space left on device" of a table file
+    # a second each before, asleep; a few milliseconds now
+    assert time.monotonic() - start < 1.0
+    grown = subprocess.run(["mount", "-o", "remount,size=64m", str(full_disk)], check=False)
+    assert grown.returncode == 0
+    for path, wrote in zip(paths, written, strict=True):
+        again = RocksKV(path)
+        assert again.multi_get(list(wrote)) == list(wrote.values())
+        again.close()
+
+
+def test_a_store_with_room_flushes_at_close(tmp_path: Path) -> None:
+    """The close skips its flush on a full disk only: with room, the memtable is written
+    to a table file, and the next open has no log to read again."""
+    kv = RocksKV(str(tmp_path / "s"))
+    kv.apply({b"k": b"v"}, [])
+    assert not any(name.endswith(".sst") for name in os.listdir(kv.path))
+    kv.close()
+    assert any(name.endswith(".sst") for name in os.listdir(kv.path))
 
 
 def test_closing_a_store_twice_is_one_close(tmp_path: Path) -> None:
