@@ -1006,8 +1006,9 @@ def _given(
     readme: str, options: Mapping[Command, frozenset[str]]
 ) -> Iterator[tuple[list[Command], str, str]]:
     """``(commands, option, where)`` for each option the README gives a command: in a usage
-    (``hold release ID --reason TEXT``, ``sink --stamped-topic``) or in the Commands table's
-    row of the command (given to any of the row's commands)."""
+    (``hold release ID --reason TEXT``, ``sink --stamped-topic``), in the Commands table's
+    row of the command (given to any of the row's commands) or in the command's own
+    subsection under it (``#### `stream-expiry history```, given to each of its commands)."""
     for span in _spans(readme):
         if (command := _command(span, options)) is not None:
             yield from (([command], flag, repr(span)) for flag in _FLAG.findall(span))
@@ -1016,6 +1017,13 @@ def _given(
         commands = [c for u in re.findall(r"`([^`]+)`", usages) if (c := _command(u, options))]
         yield from (
             (commands, flag, f"the row of {commands[0][0]}") for flag in _FLAG.findall(text)
+        )
+    subsections = r"^#### `(stream-expiry [^`]+)`\n(.*?)(?=^#{1,4} )"
+    for usage, text in re.findall(subsections, readme, re.M | re.S):
+        command = _command(usage, options)
+        assert command is not None, usage
+        yield from (
+            ([command], flag, f"the details of {command[0]}") for flag in _FLAG.findall(text)
         )
 
 
@@ -1080,6 +1088,11 @@ def test_the_readme_gives_each_command_the_options_it_takes_and_names_them_all()
     assert _option_drift(renamed, options) == [
         "'stream-expiry replay [--config FILE] [--since TS] [--dry-run] [--from-inputs] "
         "[--workers N] [--samples N] [--json]': replay has no --samples"
+    ]
+    # An option a command does not take, in that command's subsection under the table.
+    misplaced = readme.replace("so a left-out `--bot` is", "so a left-out `--sink-group` is")
+    assert _option_drift(misplaced, options) == [
+        "the details of history: history has no --sink-group"
     ]
     stray = readme + "\nA `--dry-runs` that no command takes.\n"
     assert _option_drift(stray, options) == ["'--dry-runs': no command has --dry-runs"]
