@@ -14,7 +14,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 import zlib
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -834,14 +833,14 @@ def test_stores_on_a_full_disk_close_at_once_and_lose_nothing(full_disk: Path) -
             break
         written[n % 3].update(puts)
     assert "No space left on device" in said
-    start = time.monotonic()
     with contextlib.suppress(StoreError):  # its log, which the full disk cut, refuses a sync
         failed.close()
     for kv in stores:
         if kv is not failed:
-            kv.close()  # no flush tried: no "No space left on device" of a table file
-    # a second each before, asleep; a few milliseconds now
-    assert time.monotonic() - start < 1.0
+            # No flush tried: before, each raised "No space left on device" of a table file
+            # after its flush thread's second of sleep (the time is not asserted here: a
+            # test does not time; the error is the flush's own mark).
+            kv.close()
     grown = subprocess.run(["mount", "-o", "remount,size=64m", str(full_disk)], check=False)
     assert grown.returncode == 0
     for path, wrote in zip(paths, written, strict=True):
