@@ -44,7 +44,7 @@ from stream_expiry.kafka import (
 from stream_expiry.logs import printable, record_ref
 from stream_expiry.model import DEFAULT_BOT, Identity, decode_key
 from stream_expiry.replay import H_REPLAY
-from stream_expiry.timeutil import format_ts, parse_ts, wall_clock_ms
+from stream_expiry.timeutil import MAX_TS_MS, MIN_TS_MS, format_ts, parse_ts, wall_clock_ms
 
 if TYPE_CHECKING:
     import argparse
@@ -169,6 +169,7 @@ def _describe(config: Config, topic: str, rec: Any) -> dict[str, Any]:
                 "ends_lives_created_by": None if deleted_at is None else format_ts(deleted_at),
             }
             | _request_of(headers)
+            | _requested_at_of(headers)
             | _late_cause_of(headers)
             | _replay_of(headers),
         )
@@ -186,6 +187,8 @@ def _describe(config: Config, topic: str, rec: Any) -> dict[str, Any]:
     rest = {k: v for k, v in body.items() if k not in _IDENTITY and k not in ("type", "data")}
     if kind in ("tombstone", "receipt"):
         rest |= _request_of(headers) | _late_cause_of(headers)
+    if kind == "tombstone":
+        rest |= _requested_at_of(headers)
     elif kind == "deletion_deferred":
         rest |= _request_of(headers)  # an erasure's, as its release's tombstone names it
     return _event(rec, topic, kind, rest)
@@ -200,6 +203,18 @@ def _request_of(headers: list[tuple[str, bytes]]) -> dict[str, str]:
     if request is None:
         return {}
     return {"request": request} | ({} if event_id is None else {"request_event_id": event_id})
+
+
+def _requested_at_of(headers: list[tuple[str, bytes]]) -> dict[str, str]:
+    """``{"requested_at": ...}`` when an erasure's tombstone or null says when the erasure
+    was requested (:data:`codec.H_ERASURE_REQUESTED_AT`, as the stores read it), else
+    ``{}``. An erasure read after its life's expiry had ended that life (a backlog, a
+    takeover) names no life: its request's time was said nowhere in `history`, and its
+    tombstone read as "a record never seen, or an ended life" with nothing to tell which."""
+    at = codec.erasure_requested_at_of(headers)
+    if at is None or not MIN_TS_MS <= at <= MAX_TS_MS:
+        return {}
+    return {"requested_at": format_ts(at)}
 
 
 def _late_cause_of(headers: list[tuple[str, bytes]]) -> dict[str, str]:
@@ -624,6 +639,7 @@ async def history(config: Config, brokers: Brokers, identity: Identity) -> Histo
     found.events = _in_order(found.events)
     found.events = _one_per_receipt(found.events)
     _mark_rows_replaced(found.events)
+    _mark_erasures_of_deleted_lives(found.events)
     _mark_holds_that_kept_nothing(found.events)
     holds = await read_holds(config, brokers)
     found.holds = [h.as_dict() for h in sorted(holds.holding(identity), key=lambda h: h.hold_id)]
@@ -650,6 +666,50 @@ def _in_order(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 _HOLD_EVENTS: Final = ("hold_placed", "hold_released")
+
+
+def _mark_erasures_of_deleted_lives(events: list[dict[str, Any]]) -> None:
+    """Mark (``already_deleted_by``: the bound of the nulls before it) an erasure's null,
+    and its tombstone when that names no life, when an earlier null had already ended
+    every life the erasure reaches: an erasure read after the life's expiry had ended it
+    (a backlog, a takeover), whose tombstone names no life and whose null ends the lives
+    created up to the request; or a null sent again. Shown as they were, that null said
+    the lives "are deleted" as if it had deleted them, after the expiry's null that had,
+    and its tombstone "a record never seen, or an ended life", not which. A null reaches
+    the lives created at or before its bound, in the changelog's order (one partition);
+    a tombstone is its null's, by request and request time (without both said, an
+    earlier version's, or its null compacted away, it is not marked)."""
+    deleted: int | None = None  # the latest bound of the nulls so far
+    erasures: dict[tuple[Any, Any], Any] = {}  # (request, requested_at) -> its null's mark
+    for e in events:
+        if e["kind"] != "deleted":
+            continue
+        bound = e.get("ends_lives_created_by")
+        if e.get("reason") == "explicit":
+            if bound and deleted is not None and parse_ts(bound) <= deleted:
+                e["already_deleted_by"] = format_ts(deleted)
+            erasures.setdefault(
+                (e.get("request"), e.get("requested_at")), e.get("already_deleted_by")
+            )
+        deleted = _later(deleted, bound)
+    for e in events:
+        if (
+            e["kind"] == "tombstone"
+            and e.get("reason") == "explicit"
+            and not e.get("created_at")
+            and e.get("requested_at")
+        ):
+            mark = erasures.get((e.get("request"), e["requested_at"]))
+            if mark:
+                e["already_deleted_by"] = mark
+
+
+def _later(bound: int | None, at: Any) -> int | None:
+    """The later of ``bound`` and the time ``at`` (RFC 3339; None: none)."""
+    if not at:
+        return bound
+    ms = parse_ts(at)
+    return ms if bound is None else max(bound, ms)
 
 
 def _mark_rows_replaced(events: list[dict[str, Any]]) -> None:
@@ -758,6 +818,8 @@ def _summary(e: dict[str, Any]) -> str:
         return (
             f"null on the changelog (reason {e['reason'] or '-'}): the lives created at or "
             f"before {e['ends_lives_created_by'] or '-'} are deleted"
+            + _already_deleted(e)
+            + _asked_at(e)
             + _by_request(e)
             + _late(e)
             + _by_replay(e)
@@ -766,7 +828,12 @@ def _summary(e: dict[str, Any]) -> str:
         return (
             f"reason {e.get('reason')}, emitted {e.get('emitted_at')}, expires_at "
             f"{e.get('expires_at') or '-'}, created_at {e.get('created_at') or '-'}"
-            + ("" if e.get("created_at") else " (a record never seen, or an ended life)")
+            + (
+                ""
+                if e.get("created_at")
+                else _already_deleted(e) or " (a record never seen, or an ended life)"
+            )
+            + _asked_at(e)
             + _by_request(e)
             + _late(e)
         )
@@ -878,6 +945,22 @@ def _held_lives(lives: Any) -> str:
         return ""
     noun = "life" if len(said) == 1 else "lives"
     return f"; a legal hold keeps its earlier {noun}: " + "; ".join(said)
+
+
+def _asked_at(e: dict[str, Any]) -> str:
+    """When the erasure a tombstone or null carries out was requested, as it says."""
+    return f", erasure asked at {e['requested_at']}" if e.get("requested_at") else ""
+
+
+def _already_deleted(e: dict[str, Any]) -> str:
+    """What :func:`_mark_erasures_of_deleted_lives` found of an erasure: every life it
+    reaches had been deleted by an earlier null."""
+    if not e.get("already_deleted_by"):
+        return ""
+    return (
+        f" (every life it erases was deleted before it: a null above ended the lives "
+        f"created at or before {e['already_deleted_by']})"
+    )
 
 
 def _by_replay(e: dict[str, Any]) -> str:
