@@ -94,3 +94,56 @@ def test_an_erasure_of_a_record_never_seen_reads_as_before() -> None:
     assert "already_deleted_by" not in tomb
     (line,) = [ln for ln in text_lines(History("k", events).as_dict()) if "tombstone" in ln]
     assert "(a record never seen, or an ended life), erasure asked at " in line
+
+
+def test_a_late_erasure_dated_at_the_expirys_own_bound_was_deleted_before_too() -> None:
+    """The boundary: an erasure dated 19.999 s reaches the lives created by then, exactly
+    those the expiry's null (created by 19.999 s) had ended: already deleted as well."""
+    h = harness(PartitionStore(MemoryKV()), 0)
+    out = _Written()
+    _write(out, h.process(ev("conversation", "c", "create", 0)))
+    _write(out, _Stepper(h).step_advance(20_000))
+    h.now = 21_000
+    _write(out, h.process(ev("conversation", "c", "delete", 19_999)))
+    events = _history_of(out)
+    late = [e for e in events if e.get("requested_at") == format_ts(BASE + 19_999)]
+    assert sorted(e["kind"] for e in late) == ["deleted", "tombstone"]
+    assert all(e["already_deleted_by"] == format_ts(BASE + 19_999) for e in late)
+
+
+def _null(reason: str, bound_ms: int, request: str | None = None) -> dict[str, Any]:
+    at = format_ts(BASE + bound_ms)
+    said = {} if request is None else {"request": request, "requested_at": at}
+    return {"kind": "deleted", "reason": reason, "ends_lives_created_by": at} | said
+
+
+def _tombstone(request: str, at_ms: int, created_at: str | None = None) -> dict[str, Any]:
+    at = format_ts(BASE + at_ms)
+    return {"kind": "tombstone", "reason": "explicit", "request": request, "requested_at": at} | (
+        {} if created_at is None else {"created_at": created_at}
+    )
+
+
+def test_the_marking_takes_the_latest_bound_and_marks_erasures_only() -> None:
+    """The marking alone, on events as `history` describes them: the bound kept is the
+    latest of the nulls before (an erasure's null below it does not lower it), only
+    erasures are marked (a `ttl` null under an earlier bound is a life's own end), and a
+    tombstone that names a life is that life's deletion, whatever its null says."""
+    expiry = format_ts(BASE + 19_999)
+    events = [
+        _null("ttl", 19_999),
+        _null("explicit", 5_000, "req-a"),
+        _null("explicit", 10_000, "req-b"),
+        _tombstone("req-b", 10_000),
+        _tombstone("req-a", 5_000, created_at=format_ts(BASE)),
+        _null("ttl", 3_000),
+    ]
+    _mark_erasures_of_deleted_lives(events)
+    assert [e.get("already_deleted_by") for e in events] == [
+        None,
+        expiry,
+        expiry,  # 10 s is under 19.999 s, the latest bound, not under 5 s, the last
+        expiry,
+        None,  # it names a life
+        None,  # not an erasure
+    ]
