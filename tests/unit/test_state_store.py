@@ -859,6 +859,36 @@ def test_a_store_with_room_flushes_at_close(tmp_path: Path) -> None:
     assert any(name.endswith(".sst") for name in os.listdir(kv.path))
 
 
+@pytest.mark.parametrize(
+    ("durable", "room", "flushed"),
+    [
+        (True, 0, False),  # a full disk: the log holds it, no flush tried
+        (True, 512 * 1024, False),  # room for the memtable, not for its flush's slack
+        (True, 64 * 1024 * 1024, True),
+        (False, 0, True),  # no log to hold it: flushed, or its writes are lost
+    ],
+)
+def test_the_close_skips_its_flush_only_for_a_logged_store_without_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool, room: int, flushed: bool
+) -> None:
+    """The rule of the full-disk close, on the free space the file system reports (made
+    up here: the real full disk is the test above): a flush is skipped only where the
+    write-ahead log holds what it would write, and only when the memtables and a flush's
+    slack do not fit; whatever was skipped is there after the next open."""
+    kv = RocksKV(str(tmp_path / "s"), durable=durable)
+    kv.apply({b"k%d" % n: b"v" * 100 for n in range(100)}, [])
+    held = kv._db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
+    assert held > 0
+    free = SimpleNamespace(f_bavail=held + room, f_frsize=1)
+    monkeypatch.setattr("stream_expiry.state.kv.os.statvfs", lambda _path: free)
+    kv.close()
+    monkeypatch.undo()
+    assert any(name.endswith(".sst") for name in os.listdir(kv.path)) is flushed
+    again = RocksKV(kv.path, durable=durable)
+    assert again.multi_get([b"k0", b"k99"]) == [b"v" * 100] * 2
+    again.close()
+
+
 def test_closing_a_store_twice_is_one_close(tmp_path: Path) -> None:
     """The service's stop and its session's end both close every store: the second close
     raised ``DbClosedError: DB instance already closed`` over the first one's error."""
