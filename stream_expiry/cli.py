@@ -257,7 +257,9 @@ def _parser_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--embedded-broker",
         action="store_true",
         help="start a local in-memory broker (Tansu) and use it: on the port of "
-        "--bootstrap-servers 127.0.0.1:PORT if given, else on a free one (the log names it)",
+        "--bootstrap-servers 127.0.0.1:PORT, else of the config file's bootstrap_servers, "
+        "else of $STREAM_EXPIRY_BOOTSTRAP_SERVERS, if given, else on a free one (the log "
+        "names it)",
     )
     run.add_argument(
         "--state-dir",

@@ -16,7 +16,7 @@ import anyio
 
 from stream_expiry import exits
 from stream_expiry.broker import EmbeddedBroker
-from stream_expiry.cliargs import metrics_host, metrics_port
+from stream_expiry.cliargs import known_bootstrap, metrics_host, metrics_port
 from stream_expiry.endpoints import open_listener, serve_http, watch_process
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.health import Health
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from stream_expiry.config import Config
 
-__all__ = ["embedded_port", "run_service", "stop_on_signals"]
+__all__ = ["embedded_port", "embedded_port_for", "run_service", "stop_on_signals"]
 
 log = logging.getLogger("stream_expiry.run")
 
@@ -130,28 +130,49 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
-def embedded_port(bootstrap_servers: str | None) -> int | None:
-    """The port ``run --embedded-broker`` listens on: that of ``--bootstrap-servers``
-    when given (one loopback address), so producers, sinks and ``explain`` keep one
-    address across restarts; else None, a free port (the log names it).
+def embedded_port(bootstrap_servers: str | None, source: str = "--bootstrap-servers") -> int | None:
+    """The port ``run --embedded-broker`` listens on: that of the brokers given
+    (``--bootstrap-servers``, else the config file's ``bootstrap_servers``, else
+    ``STREAM_EXPIRY_BOOTSTRAP_SERVERS``, ``source`` naming which: one loopback address), so
+    producers, sinks and ``explain`` keep one address across restarts, and the other
+    commands given the same config file find the broker; else None, a free port (the log
+    names it).
 
     Raises ConfigurationError for anything else: the broker listens on 127.0.0.1 only, and
     an address it would not serve, silently replaced by a random port, left the user's
-    other clients pointing at nothing."""
+    other clients pointing at nothing (the config file's address was so replaced: a trial
+    whose ``status --config`` and ``sink --config`` then reached nothing)."""
     if bootstrap_servers is None or not bootstrap_servers.strip():
         return None
     host, sep, port = bootstrap_servers.strip().rpartition(":")
     if sep and host in ("127.0.0.1", "localhost") and port.isdigit() and 0 < int(port) < 65536:
-        _check_free(int(port))
+        _check_free(int(port), source)
         return int(port)
     raise ConfigurationError(
-        f"--bootstrap-servers {bootstrap_servers!r} with --embedded-broker: the embedded "
+        f"{source} {bootstrap_servers!r} with --embedded-broker: the embedded "
         "broker listens on 127.0.0.1 only; give 127.0.0.1:PORT to choose its port, or "
-        "leave the flag out for a free one"
+        f"{_leave_out(source)} for a free one"
     )
 
 
-def _check_free(port: int) -> None:
+def embedded_port_for(args: argparse.Namespace, config: Config) -> int | None:
+    """:func:`embedded_port` of the brokers ``run`` was given, from where every command
+    takes them (the flag, else the config file, else the environment), so that ``status``,
+    ``hold`` and ``sink`` given the same config file reach the broker ``run`` started."""
+    given = known_bootstrap(args, config)
+    return None if given is None else embedded_port(*given)
+
+
+def _leave_out(source: str) -> str:
+    """How to let the broker take a free port, for the source of its address."""
+    if source.startswith("--"):
+        return "leave the flag out"
+    if source.startswith("bootstrap_servers"):
+        return "remove bootstrap_servers from the config file"
+    return f"unset {source}"
+
+
+def _check_free(port: int, source: str = "--bootstrap-servers") -> None:
     """Raise ConfigurationError when another process listens on 127.0.0.1:``port``: the
     broker then failed after its start with "did not start on port P (is it in use?) (exit
     code 0)" and status 3, as if Kafka were unreachable (a trial); a port in use is the
@@ -164,9 +185,9 @@ def _check_free(port: int) -> None:
             probe.bind(("127.0.0.1", port))
         except OSError as exc:
             raise ConfigurationError(
-                f"--bootstrap-servers 127.0.0.1:{port} with --embedded-broker: cannot listen "
+                f"{source} 127.0.0.1:{port} with --embedded-broker: cannot listen "
                 f"on port {port} ({exc.strerror or exc}): is another process using it? choose "
-                "a free port, or leave --bootstrap-servers out for one"
+                f"a free port, or {_leave_out(source)} for one"
             ) from None
 
 
@@ -182,7 +203,7 @@ async def run_service(config: Config, args: argparse.Namespace) -> int:
         )
     with contextlib.ExitStack() as stack:
         if getattr(args, "embedded_broker", False):
-            port = embedded_port(getattr(args, "bootstrap_servers", None))
+            port = embedded_port_for(args, config)
             broker = stack.enter_context(EmbeddedBroker(port))
             conn = Connection(broker.bootstrap_servers)
             log.info(

@@ -28,11 +28,12 @@ from stream_expiry.cliargs import (
     seconds,
     timestamp,
 )
+from stream_expiry.config import parse_config
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.kafka_settings import check_bootstrap
 from stream_expiry.logs import configure_logging
 from stream_expiry.metrics import version
-from stream_expiry.runner import embedded_port
+from stream_expiry.runner import embedded_port, embedded_port_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -542,6 +543,33 @@ def test_the_embedded_broker_listens_where_bootstrap_servers_says(given: str | N
     port = free_port()
     expected = port if given else None
     assert embedded_port(None if given is None else given.format(port=port)) == expected
+
+
+def test_the_embedded_broker_listens_where_the_config_file_or_environment_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`run --config F --embedded-broker` with `bootstrap_servers = "127.0.0.1:P"` in F
+    listens on P, as every other command given F connects there: it took a free port, so a
+    first trial's `status --config F`, `hold --config F` and `sink --config F` reached
+    nothing (a user trial). The flag beats the file, the file the environment."""
+    port, other = free_port(), free_port()
+    run = argparse.Namespace(bootstrap_servers=None, embedded_broker=True)
+    in_file = parse_config(f'bootstrap_servers = "127.0.0.1:{port}"')
+    assert embedded_port_for(run, in_file) == port
+    flag = argparse.Namespace(bootstrap_servers=f"localhost:{other}", embedded_broker=True)
+    assert embedded_port_for(flag, in_file) == other
+    monkeypatch.setenv("STREAM_EXPIRY_BOOTSTRAP_SERVERS", f"127.0.0.1:{other}")
+    assert embedded_port_for(run, parse_config("")) == other
+    assert embedded_port_for(run, in_file) == port
+    monkeypatch.delenv("STREAM_EXPIRY_BOOTSTRAP_SERVERS")
+    assert embedded_port_for(run, parse_config("")) is None
+    with pytest.raises(ConfigurationError) as refused:
+        embedded_port_for(run, parse_config('bootstrap_servers = "kafka:9092"'))
+    assert str(refused.value).startswith(
+        "bootstrap_servers in the config file 'kafka:9092' with --embedded-broker: the "
+        "embedded broker listens on 127.0.0.1 only; give 127.0.0.1:PORT to choose its port, "
+        "or remove bootstrap_servers from the config file for a free one"
+    )
 
 
 def test_a_port_in_use_for_the_embedded_broker_is_the_arguments_matter() -> None:
