@@ -115,8 +115,9 @@ def life_window(body: dict[str, Any], headers: dict[str, str]) -> tuple[int, int
     return None if first is None else (int(first) + 1, epoch_ms(body["created_at"]))
 
 
-def apply(db: sqlite3.Connection, key: bytes, value: bytes, raw: list[tuple[str, bytes]]) -> None:
-    """Delete the lives one tombstone ends and record its receipt, in the open transaction."""
+def apply(db: sqlite3.Connection, key: bytes, value: bytes, raw: list[tuple[str, bytes]]) -> str:
+    """Delete the lives one tombstone ends and record its receipt, in the open transaction;
+    return a line that says what it did, for the consumer's output."""
     body = json.loads(value)
     headers = {name: v.decode("utf-8", "replace") for name, v in raw}
     ids = (body["org"], body["bot"], body["env"], body["category"], body["record_id"])
@@ -129,12 +130,14 @@ def apply(db: sqlite3.Connection, key: bytes, value: bytes, raw: list[tuple[str,
         "AND (previous_deleted_at IS NULL OR previous_deleted_at < ?)))",
         (*ids, bound, before, floor),
     )
+    said = f"{key.decode()}: {body['reason']} tombstone emitted {body['emitted_at']}"
     if db.execute("SELECT 1 FROM receipts WHERE receipt_id = ?", (receipt_id,)).fetchone():
-        return  # a re-sent tombstone: its receipt, from the first reading, stands
+        return f"{said}: read again, its receipt stands"  # from the first reading
     deleted = 1 if rows.rowcount else 0
     on_record = db.execute(f"SELECT 1 FROM receipts WHERE {IDS}", ids).fetchone()
     if not deleted and body["created_at"] is None and on_record:
-        return  # an erasure after the life's end, which this store deleted already
+        # an erasure after the life's end, which this store deleted already
+        return f"{said}: deleted already, no receipt"
     receipt = {
         "receipt_id": receipt_id, "store": STORE, "key": key.decode(),
         **{f: body[f] for f in ("org", "bot", "env", "category", "record_id", "reason")},
@@ -148,6 +151,7 @@ def apply(db: sqlite3.Connection, key: bytes, value: bytes, raw: list[tuple[str,
         " headers) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (receipt_id, key, *ids, json.dumps(receipt), json.dumps(passed)),
     )
+    return f"{said}: {rows.rowcount} row(s) deleted, receipt {receipt_id}"
 
 
 async def publish_receipts(db: sqlite3.Connection, producer: AIOKafkaProducer, topic: str) -> None:
@@ -190,7 +194,7 @@ async def run(
             batch = await consumer.getmany(timeout_ms=500)
             for messages in batch.values():
                 for m in messages:
-                    apply(db, m.key, m.value, list(m.headers))
+                    print(apply(db, m.key, m.value, list(m.headers)), flush=True)
             db.commit()
             await publish_receipts(db, producer, receipts)
             if batch:

@@ -419,3 +419,33 @@ def test_the_example_consumer_ends_the_same_lives_as_the_stores() -> None:
         ended = example.last_creation_ended(orjson.loads(value), text)
         ends.append((ended, decode_tombstone(key, value, headers).bound - 1))
     assert ends == [(BASE, BASE), (BASE + 5_000, BASE + 5_000)]
+
+
+def test_the_example_consumer_says_what_each_tombstone_did() -> None:
+    """examples/tombstone_consumer.py printed nothing: a user who ran it as the README says,
+    to watch the tombstones, saw no line (a user trial). Each tombstone it reads is now a
+    line: its key and reason, the rows it deleted and the receipt; read again, that its
+    receipt stands."""
+    example = _example()
+    db = example.open_store(":memory:")
+    created = BASE + 1_000
+    db.execute(
+        "INSERT INTO lives (org, bot, env, category, record_id, created_at, data, "
+        "previous_deleted_at) VALUES ('acme', '_', 'live', 'error', 'e-1', ?, 'x', NULL)",
+        (created,),
+    )
+    key = b"acme/_/live/error/e-1"
+    body = {
+        "org": "acme", "bot": "_", "env": "live", "category": "error", "record_id": "e-1",
+        "created_at": example.rfc3339(created), "expires_at": example.rfc3339(created + 30_000),
+        "emitted_at": example.rfc3339(created + 30_004), "reason": "ttl", "ttl_seconds": 30,
+        "ttl_source": "default",
+    }  # fmt: skip
+    value = orjson.dumps(body)
+    headers = [("expiry-deleted-at", str(created + 29_999).encode())]
+    first = example.apply(db, key, value, headers)
+    (receipt_id,) = db.execute("SELECT receipt_id FROM receipts").fetchone()
+    said = f"acme/_/live/error/e-1: ttl tombstone emitted {body['emitted_at']}"
+    assert first == f"{said}: 1 row(s) deleted, receipt {receipt_id}"
+    assert db.execute("SELECT count(*) FROM lives").fetchone() == (0,)
+    assert example.apply(db, key, value, headers) == f"{said}: read again, its receipt stands"
