@@ -211,7 +211,10 @@ def main() -> None:
     parser.add_argument("--db", required=True, help="the SQLite file of your store")
     parser.add_argument("--group-id", default="my-store")
     args = parser.parse_args()
-    asyncio.run(run(args.bootstrap_servers, args.db, group=args.group_id))
+    try:
+        asyncio.run(run(args.bootstrap_servers, args.db, group=args.group_id))
+    except KeyboardInterrupt:  # Ctrl-C: run() closed its clients and the store; no traceback
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -449,3 +449,25 @@ def test_the_example_consumer_says_what_each_tombstone_did() -> None:
     assert first == f"{said}: 1 row(s) deleted, receipt {receipt_id}"
     assert db.execute("SELECT count(*) FROM lives").fetchone() == (0,)
     assert example.apply(db, key, value, headers) == f"{said}: read again, its receipt stands"
+
+
+def test_the_example_consumer_stops_on_ctrl_c_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C, the way to stop the example, ended it with two tracebacks (CancelledError,
+    KeyboardInterrupt; a user trial): it exits 130 now, as every command does, after run()
+    closed its clients."""
+    example = _example()
+
+    def interrupted(main: Any) -> None:
+        main.close()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(example.asyncio, "run", interrupted)
+    monkeypatch.setattr(
+        "sys.argv", ["tombstone_consumer.py", "--bootstrap-servers", "h:1", "--db", ":memory:"]
+    )
+    with pytest.raises((SystemExit, KeyboardInterrupt)) as stopped:  # it was the latter
+        example.main()
+    assert isinstance(stopped.value, SystemExit), stopped.value
+    assert stopped.value.code == 130
