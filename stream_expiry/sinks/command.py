@@ -208,7 +208,8 @@ def _common_options() -> argparse.ArgumentParser:
     store.add_argument(
         "--table-prefix",
         default="expiry_",
-        help="prefix of the tables records, deletions and receipts (default: %(default)s)",
+        help="prefix of the six tables the sink creates (records, held_lives, deletions, "
+        "receipts, receipts_outbox, pruned; default: %(default)s)",
     )
     store.add_argument(
         "--sweep-interval",
