@@ -108,6 +108,36 @@ class Topics:
     # group is assigned their partitions, whose stores are restored and fired, and never
     # reads them (stream_expiry.retired). Last, so the fields before keep their positions.
     retired: tuple[str, ...] = ()
+    # Where each name given came from, by its [topics] key: "environment variable
+    # STREAM_EXPIRY_TOPICS_HOLDS" or "FILE line N"; a key not here has its default. For a
+    # message about a name the cluster lacks: the cause may be a variable, not --config.
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def origin(self, key: str, path: str | None) -> tuple[str, str]:
+        """Where ``[topics] key`` came from, and how to give it another name: ``path``
+        is the config file's (None: no --config). Said beside a topic the cluster lacks."""
+        where = self.origins.get(key)
+        env = ENV_PREFIX + f"TOPICS_{key}".upper()
+        if where is None:
+            if path is None:
+                return (
+                    f"the default: no --config given, no ${env}",
+                    f"give the command the services' --config (their [topics] {key})",
+                )
+            return (
+                f"the default: {path} has no [topics] {key}",
+                f"give the command the services' --config (their [topics] {key})",
+            )
+        if where.startswith("environment variable "):
+            return (
+                f"from {where}",
+                f"set ${env} to the services' [topics] {key}, or unset it to use --config's",
+            )
+        return (
+            f"from {where}, [topics] {key}",
+            f"set [topics] {key} there to the services' one, or give the command the "
+            "services' --config",
+        )
 
     def owned(self) -> dict[str, str]:
         """The service's own topics (not the inputs), by their ``[topics]`` key: what no
@@ -654,7 +684,12 @@ class _Reader:
                     f"{seen[name]!r}; give every topic its own name",
                 )
             seen[name] = key
-        return Topics(inputs=inputs, retired=retired, **outputs)
+        origins: dict[str, str] = {
+            key: self.locate((*where, key))
+            for key in (*_TOPIC_KEYS, _TOPIC_RETIRED)
+            if key in table
+        }
+        return Topics(inputs=inputs, retired=retired, **outputs, origins=origins)
 
     def retired(self, table: Mapping[str, object], inputs: tuple[str, ...]) -> tuple[str, ...]:
         """``[topics] retired``: none by default. A topic also among the inputs is refused:

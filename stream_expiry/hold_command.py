@@ -81,10 +81,12 @@ async def _read_keyed(
     topic = config.topics.holds
     async with consumer(brokers) as cons:
         if must_exist and not await partitions_of(cons, topic):
+            # Where the name came from: a mistyped $STREAM_EXPIRY_TOPICS_HOLDS beside a right
+            # --config was told to give the --config it had been given (a user trial).
+            source, fix = config.topics.origin("holds", config.path)
             raise ConfigurationError(
-                f"the holds topic {topic!r} does not exist on the cluster, so the legal holds "
-                "cannot be read: give the command the services' --config (their [topics] "
-                f"holds){otherwise}"
+                f"the holds topic {topic!r} ({source}) does not exist on the cluster, so the "
+                f"legal holds cannot be read: {fix}{otherwise}"
             )
         # Rejected messages still the latest of their id on their partition: said once read.
         rejected: dict[tuple[bytes | None, int, int], tuple[Any, Rejection]] = {}
