@@ -185,6 +185,11 @@ class StoreProgress:
     # and lag, as the input partitions' lag.
     partitions: dict[str, dict[str, int | None]]
     stamps_behind: int = 0  # stamps (and nulls) not written to the store yet
+    # False: the group committed tombstones and no offset on a changelog partition that has
+    # messages: a consumer of the tombstones alone (examples/tombstone_consumer.py), whose
+    # "changelog messages not applied" were every message, a count that never went down (a
+    # user trial). Its stamps_behind is then not counted (null in the JSON).
+    reads_changelog: bool = True
     tombstones_behind: int = 0  # deletions the store has not made yet
     # The Kafka timestamp of the oldest tombstone not applied: since when a deletion is due
     # in the store and the row is still there (None: none waits).
@@ -205,7 +210,8 @@ class StoreProgress:
         return {
             "committed": self.committed,
             "running": self.running,
-            "stamps_behind": self.stamps_behind,
+            "stamps_behind": self.stamps_behind if self.reads_changelog else None,
+            "reads_changelog": self.reads_changelog,
             "tombstones_behind": self.tombstones_behind,
             "oldest_tombstone_waiting": _ts_or_none(oldest),
             # How late the store's deletions are: status's time less that tombstone's.
@@ -468,6 +474,10 @@ async def _stores(
             if named:
                 out[group] = progress
             continue
+        changelog = [p for tp, p in parts.items() if tp.topic == t.stamped]
+        progress.reads_changelog = any(p["committed"] is not None for p in changelog) or not any(
+            p["end"] for p in changelog
+        )
         waiting: dict[TopicPartition, int] = {}
         for tp, p in parts.items():
             behind = max(0, p["lag"] or 0)
@@ -740,7 +750,13 @@ def _store_lines(stores: dict[str, dict[str, Any]], groups: list[str]) -> list[s
                     f", the oldest from {p['oldest_tombstone_waiting']} "
                     f"({p['tombstones_waiting_s']:,.1f} s: deletions due that long are not made in it yet)"
                 )
-            said += f"; {_many(p['stamps_behind'], 'changelog message')} not applied"
+            if p.get("reads_changelog", True):
+                said += f"; {_many(p['stamps_behind'], 'changelog message')} not applied"
+            else:
+                said += (
+                    "; reads no changelog (no offset committed on the stamped topic): its "
+                    "changelog messages are not counted"
+                )
             said += _sink_running(p.get("running", -1), behind=bool(p["tombstones_behind"]))
         lines.append(printable(f"    {said}"))
     return lines

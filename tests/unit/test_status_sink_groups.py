@@ -33,6 +33,8 @@ COMMITTED = {
         TopicPartition(TOMBSTONES, 0): 3,
     },
     "never": {},
+    # A consumer of the tombstones alone (examples/tombstone_consumer.py): no changelog.
+    "tombstones_only": {TopicPartition(TOMBSTONES, 0): 3},
 }
 
 
@@ -101,3 +103,32 @@ async def test_two_sink_groups_are_measured_against_ends_read_once(
     assert behind.partitions[f"{STAMPED}[0]"] == {"end": 7, "committed": 6, "lag": 1}
     assert never.partitions[f"{TOMBSTONES}[0]"] == {"end": 3, "committed": None, "lag": 3}
     assert not never.committed
+
+
+@pytest.mark.asyncio
+async def test_a_group_with_no_offset_on_the_changelog_is_said_not_to_read_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its "changelog messages not applied" were every message of expiry.stamped, a count
+    that never went down (a user trial, the example consumer's group my-store)."""
+    broker = _Broker()
+
+    @contextlib.asynccontextmanager
+    async def consumer(_: Any, *__: str, group_id: str | None = None) -> AsyncIterator[_Consumer]:
+        yield _Consumer(broker, group_id)
+
+    async def describe_group(_: Any, group_id: str) -> Group:
+        return Group(group_id, "Stable", ())
+
+    monkeypatch.setattr(status, "consumer", consumer)
+    monkeypatch.setattr(status, "describe_group", describe_group)
+    stores = await status._stores(Config(), "k:1", ["behind", "tombstones_only"], named=True)
+
+    only = stores["tombstones_only"].as_dict(0)
+    assert (only["reads_changelog"], only["stamps_behind"], only["tombstones_behind"]) == (
+        False,
+        None,
+        0,
+    )
+    behind = stores["behind"].as_dict(0)
+    assert (behind["reads_changelog"], behind["stamps_behind"]) == (True, 2)

@@ -168,3 +168,16 @@ def test_a_store_far_behind_has_thousands_separators_as_the_figures_above() -> N
     (line,) = [line for line in lines if line.startswith("    g: ")]
     assert line.startswith("    g: 1,234,567 tombstones not applied, ")
     assert "; 2,000 changelog messages not applied; 1 member in the group" in line
+
+
+def test_a_group_that_reads_no_changelog_gets_no_changelog_backlog() -> None:
+    """A consumer of the tombstones alone (examples/tombstone_consumer.py, group my-store)
+    was said to have "15 changelog messages not applied", a count that never went down (a
+    user trial): it never reads expiry.stamped."""
+    stores = {"my-store": _store(1, 0) | {"stamps_behind": None, "reads_changelog": False}}
+    lines = text_lines(STATUS | {"stores": stores, "sink_groups": ["my-store"]})
+    (line,) = [line for line in lines if line.startswith("    my-store: ")]
+    assert line == (
+        "    my-store: 0 tombstones not applied; reads no changelog (no offset committed on the "
+        "stamped topic): its changelog messages are not counted; 1 member in the group"
+    )
