@@ -1,0 +1,91 @@
+"""The sink's progress line, driven by the sink itself over a real SQLite store (a scripted
+consumer and producer, no broker). It is said once a batch's store transaction committed,
+before that batch's receipts are published: "receipts 7 (6 published)" after the last batch
+while nothing was left to publish a moment later (a user trial)."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from stream_expiry.metrics import SinkMetrics
+from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
+from stream_expiry.sinks import command
+from stream_expiry.sinks.framework import BatchReport, Sink, SinkConfig
+from stream_expiry.sinks.sqlite import SQLiteStore
+from tests.log_capture import captured_logs
+from tests.unit.test_sinks_framework import TP, FakeProducer, Journal, Rec
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+T0 = 1_767_225_600_000
+LINE = re.compile(r"receipts (\d+) \((.*)\)")
+
+
+class _Consumer:
+    def assignment(self) -> set[TP]:
+        return {TP("st", 0), TP("tb", 0)}
+
+    async def commit(self, offsets: dict[TP, int]) -> None:
+        del offsets
+
+
+def _batch(n: int) -> dict[Any, list[Rec]]:
+    """The stamp of record rN and its tombstone: one deletion, one receipt."""
+    s = Stamp(
+        Identity("acme", "_", "live", "conversation", f"r{n}"), T0, T0 + 60_000, 60_000, "org"
+    )
+    key = s.identity.key.encode()
+    tombstone = encode_tombstone(s, reason="ttl", emitted_at=T0 + 60_000)
+    return {
+        TP("st", 0): [Rec("st", 0, n, key, encode_stamp(s, {"x": 1}))],
+        TP("tb", 0): [Rec("tb", 0, n, key, tombstone)],
+    }
+
+
+async def _lines(tmp_path: Path, receipts_topic: str) -> tuple[list[str], dict[str, int]]:
+    """The progress lines of three batches (each said: ten seconds had passed), and the
+    sink's counters after the last batch's publish."""
+    config = SinkConfig("unused:1", "g", "st", "tb", receipts_topic=receipts_topic)
+    async with SQLiteStore(tmp_path / "sink.db") as store:
+        progress = command._Progress(SinkMetrics("sqlite"), {})
+
+        def on_batch(report: BatchReport) -> None:
+            progress._last -= command.PROGRESS_EVERY_S  # ten seconds have passed
+            progress(report)
+
+        sink = Sink(store, config, clock=lambda: T0 + 120_000, on_batch=on_batch)
+        progress.counters = sink.metrics
+        progress.publishes = bool(config.receipts_topic or config.compacted)
+        with captured_logs() as logs:
+            for n in range(3):
+                await sink._handle(_batch(n), FakeProducer(Journal()), _Consumer())
+    lines = [line for line in logs.text.getvalue().splitlines() if LINE.search(line)]
+    return lines, dict(sink.metrics)
+
+
+@pytest.mark.asyncio
+async def test_the_receipts_of_the_batch_just_written_are_said_to_be_being_published(
+    tmp_path: Path,
+) -> None:
+    lines, after = await _lines(tmp_path, "rc")
+    said = [found for line in lines for found in LINE.findall(line)]
+    assert said == [
+        ("1", "0 published, 1 being published"),
+        ("2", "1 published, 1 being published"),
+        ("3", "2 published, 1 being published"),
+    ]
+    # A moment later, the last batch's receipt is published: none was left behind.
+    assert (after["receipts_total"], after["published_total"]) == (3, 3)
+
+
+@pytest.mark.asyncio
+async def test_without_a_receipts_topic_the_receipts_are_said_to_stay_in_the_store(
+    tmp_path: Path,
+) -> None:
+    lines, after = await _lines(tmp_path, "")
+    assert lines[-1].endswith("receipts 3 (kept in the store only)")
+    assert (after["receipts_total"], after["published_total"]) == (3, 0)
