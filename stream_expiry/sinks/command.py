@@ -522,17 +522,31 @@ async def watch_store(
     deadline passed, as the broker probe's did) is asked again at once instead."""
     while True:
         started = stalls.now() if stalls is not None else 0.0
+        reason: str | None = None
         try:
             with anyio.fail_after(every_s):
                 await store.ping()
         except StoreError as exc:  # unavailable, or refusing (a password rotated): unready
-            health.store_unreachable(str(exc))
+            reason = str(exc)
         except TimeoutError:
             if stalls is not None and stalls.overlaps(started):
                 log.info("the store ping timed out while the process did not run: asking again")
                 continue
-            health.store_unreachable(f"store {store.name!r} did not answer within {every_s:g} s")
+            reason = f"store {store.name!r} did not answer within {every_s:g} s"
+        # Said once each way, as the broker probe says "Kafka unreachable": an idle sink
+        # writes nothing, so its loop never said why /readyz was 503 (a trial).
+        if reason is not None:
+            if health.store_error is None:
+                log.warning(
+                    "store unreachable (/readyz answers 503 until it answers): %s; the sink "
+                    "waits and loses nothing: check that the store's server is up and "
+                    "reachable from here",
+                    reason,
+                )
+            health.store_unreachable(reason)
         else:
+            if health.store_error is not None:
+                log.info("the store answers again")
             health.store_reachable()
         await anyio.sleep(every_s)
 

@@ -4,6 +4,7 @@ state machine behind them, and the broker probe."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import urllib.error
 import urllib.request
@@ -443,3 +444,43 @@ async def test_the_store_probe_asks_once_a_period_not_in_a_loop() -> None:
         assert store.pings == 1
         assert health.report()["store"] == "ok"
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.asyncio
+async def test_the_store_probe_says_in_the_log_when_the_store_stops_and_starts_answering(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An idle sink whose store went away answered 503 on /readyz with nothing in its log
+    until it next wrote (a trial: PostgreSQL behind a proxy that was stopped, readyz 503 and
+    no line for 15 s; without a sweep and without traffic, never), while the broker probe
+    says "Kafka unreachable" at once. The store probe says it once, with what to do, and
+    says when the store answers again."""
+    from stream_expiry.errors import StoreError
+    from stream_expiry.sinks.command import watch_store
+    from stream_expiry.sinks.store import MemoryStore
+    from tests.conftest import wait_for
+
+    class Flaky(MemoryStore):
+        refusal: StoreError | None = StoreError("store 'pg' failed: connection refused")
+        pings = 0
+
+        async def ping(self) -> None:
+            self.pings += 1
+            if self.refusal is not None:
+                raise self.refusal
+
+    health, store = Health(watches_store=True), Flaky("pg")
+    caplog.set_level(logging.INFO, logger="stream_expiry.sinks.command")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: watch_store(health, store, every_s=0.02))
+        await wait_for(lambda: store.pings >= 3)
+        down = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(down) == 1, [r.getMessage() for r in caplog.records]
+        assert "store 'pg' failed: connection refused" in down[0].getMessage()
+        assert "/readyz" in down[0].getMessage()
+        assert "check that the store's server is up" in down[0].getMessage()
+        store.refusal = None
+        await wait_for(lambda: health.store_error is None)
+        tg.cancel_scope.cancel()
+    up = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert up == ["the store answers again"]
