@@ -35,6 +35,8 @@ COMMITTED = {
     "never": {},
     # A consumer of the tombstones alone (examples/tombstone_consumer.py): no changelog.
     "tombstones_only": {TopicPartition(TOMBSTONES, 0): 3},
+    # A sink that has committed on one changelog partition, not yet on the other.
+    "one_stamped": {TopicPartition(STAMPED, 0): 6, TopicPartition(TOMBSTONES, 0): 3},
 }
 
 
@@ -122,7 +124,9 @@ async def test_a_group_with_no_offset_on_the_changelog_is_said_not_to_read_it(
 
     monkeypatch.setattr(status, "consumer", consumer)
     monkeypatch.setattr(status, "describe_group", describe_group)
-    stores = await status._stores(Config(), "k:1", ["behind", "tombstones_only"], named=True)
+    stores = await status._stores(
+        Config(), "k:1", ["behind", "tombstones_only", "one_stamped"], named=True
+    )
 
     only = stores["tombstones_only"].as_dict(0)
     assert (only["reads_changelog"], only["stamps_behind"], only["tombstones_behind"]) == (
@@ -132,3 +136,7 @@ async def test_a_group_with_no_offset_on_the_changelog_is_said_not_to_read_it(
     )
     behind = stores["behind"].as_dict(0)
     assert (behind["reads_changelog"], behind["stamps_behind"]) == (True, 2)
+    # One changelog offset is enough: it reads the changelog, the other partition's
+    # messages all behind (a group taken for a tombstones-only one hid a sink's backlog).
+    one = stores["one_stamped"].as_dict(0)
+    assert (one["reads_changelog"], one["stamps_behind"]) == (True, 1 + 5)
