@@ -82,10 +82,9 @@ class _Consumer:
         return COMMITTED[self._group_id].get(tp)
 
 
-@pytest.mark.asyncio
-async def test_two_sink_groups_are_measured_against_ends_read_once(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def _on_fake_broker(monkeypatch: pytest.MonkeyPatch) -> _Broker:
+    """``status`` reading ``ENDS`` and ``COMMITTED`` through :class:`_Consumer`; every
+    group stable with no member."""
     broker = _Broker()
 
     @contextlib.asynccontextmanager
@@ -97,6 +96,14 @@ async def test_two_sink_groups_are_measured_against_ends_read_once(
 
     monkeypatch.setattr(status, "consumer", consumer)
     monkeypatch.setattr(status, "describe_group", describe_group)
+    return broker
+
+
+@pytest.mark.asyncio
+async def test_two_sink_groups_are_measured_against_ends_read_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    broker = _on_fake_broker(monkeypatch)
     stores = await status._stores(Config(), "k:1", ["behind", "never"], named=True)
 
     assert broker.fetches == 1
@@ -113,17 +120,7 @@ async def test_a_group_with_no_offset_on_the_changelog_is_said_not_to_read_it(
 ) -> None:
     """Its "changelog messages not applied" were every message of expiry.stamped, a count
     that never went down (a user trial, the example consumer's group my-store)."""
-    broker = _Broker()
-
-    @contextlib.asynccontextmanager
-    async def consumer(_: Any, *__: str, group_id: str | None = None) -> AsyncIterator[_Consumer]:
-        yield _Consumer(broker, group_id)
-
-    async def describe_group(_: Any, group_id: str) -> Group:
-        return Group(group_id, "Stable", ())
-
-    monkeypatch.setattr(status, "consumer", consumer)
-    monkeypatch.setattr(status, "describe_group", describe_group)
+    _on_fake_broker(monkeypatch)
     stores = await status._stores(
         Config(), "k:1", ["behind", "tombstones_only", "one_stamped"], named=True
     )
