@@ -619,8 +619,10 @@ async def test_hold_list_on_a_holds_topic_that_does_not_exist_says_so(
     said = capsys.readouterr()
     assert said.out == ""
     assert said.err.startswith(
-        f"stream-expiry hold: the holds topic '{topics.holds}.typo' does not exist on the "
-        "cluster, so the legal holds cannot be read"
+        f"stream-expiry hold: the holds topic '{topics.holds}.typo' (from environment "
+        "variable STREAM_EXPIRY_TOPICS_HOLDS) does not exist on the cluster, so the legal "
+        "holds cannot be read: set $STREAM_EXPIRY_TOPICS_HOLDS to the services' [topics] "
+        "holds, or unset it"
     )
     assert await missing_topics(broker, [f"{topics.holds}.typo"]) == [f"{topics.holds}.typo"]
     monkeypatch.delenv("STREAM_EXPIRY_TOPICS_HOLDS")
@@ -970,7 +972,10 @@ async def test_archive_purge_reads_the_holds_and_keeps_what_they_match(
     monkeypatch.setenv("STREAM_EXPIRY_TOPICS_HOLDS", f"{topics.holds}.typo")
     capsys.readouterr()
     assert await _cli(*purge_argv) == 2
-    assert f"the holds topic '{topics.holds}.typo' does not exist" in capsys.readouterr().err
+    assert (
+        f"the holds topic '{topics.holds}.typo' (from environment variable "
+        "STREAM_EXPIRY_TOPICS_HOLDS) does not exist"
+    ) in capsys.readouterr().err
 
 
 async def test_archive_purge_refuses_while_a_hold_id_is_in_doubt(
