@@ -139,6 +139,16 @@ class Topics:
             "services' --config",
         )
 
+    def lacked(self, key: str, path: str | None, *, so: str = "", otherwise: str = "") -> str:
+        """The sentence of a command refusing for ``[topics] key``'s topic, which the
+        cluster lacks: its name, where that came from and the fix (:meth:`origin`), between
+        ``so`` (what is lost, ", so ...") and ``otherwise`` (another way out, ", or ...")."""
+        source, fix = self.origin(key, path)
+        return (
+            f"the {key} topic {getattr(self, key)!r} ({source}) does not exist on the "
+            f"cluster{so}: {fix}{otherwise}"
+        )
+
     def owned(self) -> dict[str, str]:
         """The service's own topics (not the inputs), by their ``[topics]`` key: what no
         other command's option may name in another role (a sink's, rekey's ``--from``)."""

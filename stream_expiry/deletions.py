@@ -278,8 +278,11 @@ async def deletions(
         # Read as empty, it answered "nothing deleted": an audit told a clean period by a
         # config that named another deployment's topics (as history and replay refuse).
         raise ConfigurationError(
-            f"the receipts topic {topic!r} does not exist on the cluster: give deletions the "
-            "service's --config (its [topics]), or run a store (stream-expiry sink) first"
+            config.topics.lacked(
+                "receipts",
+                config.path,
+                otherwise=", or run a store (stream-expiry sink) first",
+            )
         )
     report = Deletions(wanted)
     seen: set[str] = set()

@@ -600,9 +600,9 @@ async def history(config: Config, brokers: Brokers, identity: Identity) -> Histo
         # Read as empty, it answered "nothing on the evidence topics for this key": an
         # audit told a record was clean by a config that named another deployment's topics.
         raise ConfigurationError(
-            f"the stamped topic {t.stamped!r} does not exist on the cluster, so this "
-            "cluster holds no evidence of that config's: give history the service's "
-            "--config (its [topics])"
+            t.lacked(
+                "stamped", config.path, so=", so this cluster holds no evidence of that config's"
+            )
         )
     for topic in missing:
         log.warning(

@@ -83,10 +83,13 @@ async def _read_keyed(
         if must_exist and not await partitions_of(cons, topic):
             # Where the name came from: a mistyped $STREAM_EXPIRY_TOPICS_HOLDS beside a right
             # --config was told to give the --config it had been given (a user trial).
-            source, fix = config.topics.origin("holds", config.path)
             raise ConfigurationError(
-                f"the holds topic {topic!r} ({source}) does not exist on the cluster, so the "
-                f"legal holds cannot be read: {fix}{otherwise}"
+                config.topics.lacked(
+                    "holds",
+                    config.path,
+                    so=", so the legal holds cannot be read",
+                    otherwise=otherwise,
+                )
             )
         # Rejected messages still the latest of their id on their partition: said once read.
         rejected: dict[tuple[bytes | None, int, int], tuple[Any, Rejection]] = {}

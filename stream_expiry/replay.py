@@ -489,10 +489,14 @@ async def replay(
     """
     topics = config.topics
     if await missing_topics(bootstrap, [topics.stamped]):
+        # Where the name came from: a variable's, not --config's, was told to give --config.
         raise ConfigurationError(
-            f"the stamped topic {topics.stamped!r} does not exist on the cluster, so there is "
-            "nothing to re-derive: give replay the service's --config (its [topics] stamped), "
-            "or start the service once first (it creates its topics)"
+            topics.lacked(
+                "stamped",
+                config.path,
+                so=", so there is nothing to re-derive",
+                otherwise=", or start the service once first (it creates its topics)",
+            )
         )
     share = Share(
         config=config,

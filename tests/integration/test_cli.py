@@ -156,7 +156,12 @@ def test_replay_history_and_status_say_a_topic_the_cluster_does_not_have(
     cfg.write_text(config_text(topics, str(tmp_path / "state"), ""))
     common = ["--config", str(cfg), "--bootstrap-servers", broker]
     who = ["--org", "acme", "--category", "conversation", "--record-id", "c1"]
-    said = f"the stamped topic {topics.stamped!r} does not exist on the cluster"
+    # With where the name came from (the config file's line) and what to do there.
+    line = cfg.read_text().splitlines().index(f'stamped = "{topics.stamped}"') + 1
+    said = (
+        f"the stamped topic {topics.stamped!r} (from {cfg} line {line}, [topics] stamped) "
+        "does not exist on the cluster"
+    )
     assert main(["replay", *common, "--dry-run", "--json"]) == 2
     out = capsys.readouterr()
     assert (out.out, said in out.err) == ("", True)
