@@ -104,6 +104,11 @@ class RestoreReport:
     # which: PartitionStore.write_restored). A record whose null is still ahead counts
     # until it is read, so before the end it is at most the truth.
     due: int = 0
+    # stores kept from before (PartitionStore.was_kept: a restart that kept its state
+    # directory), caught up from their positions: 1 or 0 for a store, their count in a
+    # whole read's total. The others were made anew, empty, and read from the beginning.
+    # (Restored in worker processes, the stores' own processes say what the workers found.)
+    kept: int = 0
     seconds: float = 0.0
 
 
@@ -202,7 +207,12 @@ async def prepare_restore(
     what is left to read counted (one metadata look-up and one fetch of the ends)."""
     started = time.monotonic()
     # Each store's due records are counted when the restore runs (:meth:`PreparedRestore.run`).
-    result = RestoreResult(stores={source: RestoreReport() for source in stores})
+    result = RestoreResult(
+        stores={
+            source: RestoreReport(kept=int(store.was_kept())) for source, store in stores.items()
+        }
+    )
+    result.total.kept = sum(report.kept for report in result.stores.values())
     readers: list[_TopicRead] = []
     for topic in (stamped, tombstones):
         count = len(await partitions_of(cons, topic))

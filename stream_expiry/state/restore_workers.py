@@ -175,6 +175,8 @@ async def restore_stores(
                 reader, stores, stamped=stamped, tombstones=tombstones, now_ms=now_ms
             )
             groups, backlog = prepared.groups(), prepared.remaining
+            # Which were kept, as opened here: the workers open them again, stamped.
+            kept = {source: int(store.was_kept()) for source, store in stores.items()}
             n = worker_count(workers, len(groups), backlog)
             n = n if max_workers is None else min(n, max_workers)
             if n == 1:
@@ -222,6 +224,9 @@ async def restore_stores(
         hint="; [service] workers = 1 restores in the service's own process, with less memory",
     )
     merged = merge_results(results)
+    for source, report in merged.stores.items():
+        report.kept = kept[source]
+    merged.total.kept = sum(kept.values())
     merged.total.seconds = time.monotonic() - started
     for report in merged.stores.values():
         report.seconds = merged.total.seconds

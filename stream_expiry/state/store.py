@@ -271,6 +271,7 @@ class PartitionStore:
         none: every layout before the format was kept reads as format 1); refuse one of a
         newer format."""
         raw = self.kv.multi_get([_FORMAT])[0]
+        self.existed = raw is not None
         found = None if raw is None else int(_INT.unpack(raw)[0])
         if found == STORE_FORMAT:
             return
@@ -429,6 +430,14 @@ class PartitionStore:
             return {}
         value = self.kv.multi_get([_REQUEST + key.encode()])[0]
         return {} if value is None else _decode_requests(value)
+
+    def was_kept(self) -> bool:
+        """Whether the store was there before this opening (an earlier one stamped its
+        format) or holds something (a position, a counter: one of a version before the
+        format was kept). False for a store made anew: a new or lost state directory, one
+        moved aside. Once opened, a store made anew is stamped: opened again (by a restore's
+        worker process), it would say it was kept."""
+        return self.existed or any(name != "format" for name, _ in self._scan_meta())
 
     def meta(self, name: str) -> int | None:
         value = self.kv.multi_get([_META + name.encode()])[0]

@@ -57,10 +57,10 @@ class _GatedService(Service):
         self.gate = anyio.Event()
         self.restores_begun = 0
 
-    async def _restore(self, tps: list[TopicPartition]) -> None:
+    async def _restore(self, tps: list[TopicPartition]) -> int:
         self.restores_begun += 1
         await self.gate.wait()
-        await super()._restore(tps)
+        return await super()._restore(tps)
 
 
 class _Unpositioned(Service):
@@ -94,11 +94,11 @@ class _Reassigned(Service):
             await self.taken.wait()
         await super().assign(assigned)
 
-    async def _restore(self, tps: list[TopicPartition]) -> None:
+    async def _restore(self, tps: list[TopicPartition]) -> int:
         if self.stats.assignments >= 2:
             self.at_restored.set()
             await self.restored.wait()
-        await super()._restore(tps)
+        return await super()._restore(tps)
 
 
 def _get(url: str) -> tuple[int, str]:

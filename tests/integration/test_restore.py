@@ -607,7 +607,12 @@ async def test_stores_restored_by_worker_processes_end_as_one_process_leaves_the
                 s: (
                     list(store.items()),
                     store.counts,
-                    (result.stores[s].read, result.stores[s].stamps, result.stores[s].markers),
+                    (
+                        result.stores[s].read,
+                        result.stores[s].stamps,
+                        result.stores[s].markers,
+                        result.stores[s].kept,  # 0 in workers too: new stores, made here
+                    ),
                 )
                 for s, store in stores.items()
             }
@@ -642,11 +647,13 @@ async def test_stores_restored_by_worker_processes_end_as_one_process_leaves_the
 
 @pytest.mark.timeout(120)
 async def test_a_kept_state_dir_reads_only_what_another_instance_wrote_since(
-    broker: str, topics: TopicSet, tmp_path: Path
+    broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An instance that gets its partitions back with its store (a restart, or a handoff
     and back) restores exactly the changelog written since it stopped: the messages another
-    instance wrote meanwhile, none of its own again, none skipped."""
+    instance wrote meanwhile, none of its own again, none skipped. Its assignment line says
+    its stores were kept, where a new instance's says it rebuilt them from empty (both
+    said only "restored from the changelog": an SRE trial read a restart as a lost disk)."""
     hour = '[retention.defaults]\nconversation = "1h"\nsession = "1h"\n'
     first_dir, second_dir = str(tmp_path / "first"), str(tmp_path / "second")
     first_cfg = config_for(topics, first_dir, hour)
@@ -676,16 +683,37 @@ async def test_a_kept_state_dir_reads_only_what_another_instance_wrote_since(
     later = [conversation(f"c{i}", op="delete") for i in range(5)]
     later += [session(f"s{i}", op="touch", ts=touched_at) for i in range(5)]
     later += [conversation(f"n{i}", ts=t0) for i in range(5)]
+
+    def kept_and_rebuilt() -> tuple[int, int]:
+        """The kept stores and those rebuilt from empty, of the first assignment line
+        since the last call (a later one may resume stores kept open)."""
+        said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("assigned ")]
+        caplog.clear()
+        assert said, "no assignment line"
+        m = re.search(
+            r"\((\d+) kept stores caught up from their positions, (\d+) rebuilt from empty\)",
+            said[0],
+        )
+        assert m, said[0]
+        return int(m[1]), int(m[2])
+
+    caplog.set_level(logging.INFO, logger="stream_expiry.service")
+    caplog.clear()
     async with running_service(second_cfg, broker) as second:
         assert second.stats.restored == mine  # an empty store reads everything
+        partitions = second.stats.assigned_partitions
         await produce(broker, later)
         await wait_for(lambda: second.stats.events >= len(later))
+    assert kept_and_rebuilt() == (0, partitions)
     theirs = await changelog_size() - mine
     assert theirs >= len(later)
 
+    caplog.clear()
     async with running_service(first_cfg, broker) as again:
         restored = again.stats.restored
     assert restored == theirs, f"read {restored} changelog messages, {theirs} were new"
+    # Every store kept, those of partitions that never had a record too.
+    assert kept_and_rebuilt() == (partitions, 0)
 
     def key(category: str, rid: str) -> str:
         return Identity("acme", "_", "live", category, rid).key

@@ -245,7 +245,8 @@ async def test_an_assignment_says_its_partitions_in_summaries_however_many_they_
         restored, positioned, assigned, read = lines  # in the order they happen
         assert re.fullmatch(
             r"assigned 12 partitions \((\S+\[\d\], ){8}and 4 more\), 0 resumed as they were and "
-            r"12 restored from the changelog: 0 timers within the horizon loaded; reading .*",
+            r"12 restored from the changelog \(0 kept stores caught up from their positions, "
+            r"12 rebuilt from empty\): 0 timers within the horizon loaded; reading .*",
             assigned,
         ), assigned
         assert restored.startswith("restored 12 partitions from the changelog in "), restored
