@@ -183,7 +183,8 @@ async def test_partitions_given_back_by_a_rebalance_resume_without_a_restore(
     protocol) and the instance gets back those it keeps. Those resume as they were (the
     same processors, their timers in them), the others are restored; every record is
     tombstoned once, at or after its expiry, from whichever. The assignment's line counts
-    the partitions resumed and those restored."""
+    the partitions resumed and those restored, these into the stores they had when the
+    instance owned them before the member joined (kept, not rebuilt)."""
     config = config_for(topics, str(tmp_path / "a"), '[retention.defaults]\nconversation = "20s"\n')
     records = [(topics.conversations, *event("conversation", f"c{i}")) for i in range(30)]
     with captured_logs() as logs:
@@ -192,7 +193,8 @@ async def test_partitions_given_back_by_a_rebalance_resume_without_a_restore(
     assigned = [line for line in said if line.startswith("assigned ")]
     assert re.fullmatch(
         r"assigned 6 partitions \((\S+\[\d\], ){5}\S+\[\d\]\), 3 resumed as they were and 3 "
-        r"restored from the changelog: \d+ timers within the horizon loaded; reading .*",
+        r"restored from the changelog \(3 kept stores caught up from their positions, 0 "
+        r"rebuilt from empty\): \d+ timers within the horizon loaded; reading .*",
         assigned[-1],
     ), assigned
     assert any(line.startswith("resumed 3 partitions as they were") for line in said), said
