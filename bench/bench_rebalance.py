@@ -42,9 +42,13 @@ from stream_expiry.service import ASSIGNORS
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+# The service's assignment line (Service._on_assigned); ``kept``: of those restored, the
+# stores kept from before (absent when none was restored).
 READING = re.compile(
-    r"assigned (\d+) partitions? \(.*\), (\d+) resumed as they were and (\d+) restored from "
-    r"the changelog: (\d+) timers within the horizon loaded; reading ([\d.]+) s after"
+    r"assigned (?P<partitions>\d+) partitions? \(.*\), (?P<resumed>\d+) resumed as they were "
+    r"and (?P<restored>\d+) restored from the changelog(?: \((?P<kept>\d+) kept stores caught "
+    r"up from their positions, \d+ rebuilt from empty\))?: (?P<timers>\d+) timers within the "
+    r"horizon loaded; reading (?P<after>[\d.]+) s after"
 )
 
 
@@ -72,11 +76,12 @@ def rebalances(log_path: str, since: int) -> tuple[list[dict[str, Any]], int]:
         if m := READING.search(line):
             found.append(
                 {
-                    "partitions": int(m.group(1)),
-                    "timers": int(m.group(4)),
-                    "reading_after_assignment_s": float(m.group(5)),
-                    "resumed": int(m.group(2)),
-                    "restored": int(m.group(3)),
+                    "partitions": int(m["partitions"]),
+                    "timers": int(m["timers"]),
+                    "reading_after_assignment_s": float(m["after"]),
+                    "resumed": int(m["resumed"]),
+                    "restored": int(m["restored"]),
+                    "restored_into_kept_stores": int(m["kept"] or 0),
                 }
             )
     return found, len(text)

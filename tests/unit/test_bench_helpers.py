@@ -176,3 +176,24 @@ def test_bench_sinks_refuses_a_backlog_its_first_untimed_batch_would_hold(
     assert "fits in one batch of --kafka-batch 5000" in capsys.readouterr().err
     assert parse_args(["--kafka-records", "5001", "--kafka-batch", "5000"]).kafka_records == 5001
     assert parse_args([]).kafka_records == 0  # the default: sized by --scale
+
+
+@pytest.mark.parametrize(("restored", "kept"), [(3, 3), (12, 0), (0, 0)])
+def test_bench_rebalance_reads_the_services_assignment_line(restored: int, kept: int) -> None:
+    """bench_rebalance reads the service's log: the line's count of restored partitions
+    grew its kept stores (round 50), and the bench's pattern, written for the old line,
+    matched nothing. The restored part is the service's own wording."""
+    from bench.bench_rebalance import READING
+    from stream_expiry.service import _restored_from_changelog
+
+    line = (
+        f"assigned 6 partitions (t.conversations[0], and 5 more), 2 resumed as they were and "
+        f"{_restored_from_changelog(restored, kept)}: 40 timers within the horizon loaded; "
+        "reading 0.55 s after the assignment"
+    )
+    m = READING.search(line)
+    assert m is not None, line
+    assert (m["partitions"], m["resumed"], m["restored"], m["timers"], m["after"]) == (
+        "6", "2", str(restored), "40", "0.55"
+    )  # fmt: skip
+    assert int(m["kept"] or 0) == kept
