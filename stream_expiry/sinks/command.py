@@ -505,6 +505,11 @@ class _Progress:
 
 
 STORE_PING_EVERY_S: Final = 5.0  # as often as the broker is asked (watch_connection)
+# What to do about a store that does not answer: said by the warning and by /readyz's
+# "store" reason alike (an SRE trial: the probe's body said why, not what to do).
+STORE_UNREACHABLE_ADVICE: Final = (
+    "the sink waits and loses nothing: check that the store's server is up and reachable from here"
+)
 
 
 async def watch_store(
@@ -536,13 +541,9 @@ async def watch_store(
         # Said once each way, as the broker probe says "Kafka unreachable": an idle sink
         # writes nothing, so its loop never said why /readyz was 503 (a trial).
         if reason is not None:
+            reason = f"{reason}; {STORE_UNREACHABLE_ADVICE}"
             if health.store_error is None:
-                log.warning(
-                    "store unreachable (/readyz answers 503 until it answers): %s; the sink "
-                    "waits and loses nothing: check that the store's server is up and "
-                    "reachable from here",
-                    reason,
-                )
+                log.warning("store unreachable (/readyz answers 503 until it answers): %s", reason)
             health.store_unreachable(reason)
         else:
             if health.store_error is not None:

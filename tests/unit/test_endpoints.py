@@ -376,7 +376,7 @@ async def test_the_store_probe_marks_a_store_that_refuses_and_its_return() -> No
     """Any store error makes the sink unready, not only a lost connection: a password the
     server stopped taking escaped the probe and stopped the sink (a review)."""
     from stream_expiry.errors import StoreError
-    from stream_expiry.sinks.command import watch_store
+    from stream_expiry.sinks.command import STORE_UNREACHABLE_ADVICE, watch_store
     from stream_expiry.sinks.store import MemoryStore
     from tests.conftest import wait_for
 
@@ -391,7 +391,9 @@ async def test_the_store_probe_marks_a_store_that_refuses_and_its_return() -> No
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: watch_store(health, store, every_s=0.02))
         await wait_for(lambda: health.store_error is not None)
-        assert health.report()["store"] == "unreachable: store 'pg' failed: password authentication"
+        assert health.report()["store"] == (
+            f"unreachable: store 'pg' failed: password authentication; {STORE_UNREACHABLE_ADVICE}"
+        )
         store.refusal = None
         await wait_for(lambda: health.store_error is None)
         tg.cancel_scope.cancel()
@@ -402,7 +404,7 @@ async def test_the_store_probe_takes_a_store_that_does_not_answer_for_unreachabl
     """A server behind a dropped network answers nothing, not an error: a ping that takes
     longer than the probe's period marks the store unreachable, saying so, and one that
     answers again marks it reachable."""
-    from stream_expiry.sinks.command import watch_store
+    from stream_expiry.sinks.command import STORE_UNREACHABLE_ADVICE, watch_store
     from stream_expiry.sinks.store import MemoryStore
     from tests.conftest import wait_for
 
@@ -416,7 +418,9 @@ async def test_the_store_probe_takes_a_store_that_does_not_answer_for_unreachabl
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: watch_store(health, store, every_s=0.05))
         await wait_for(lambda: health.store_error is not None)
-        assert health.report()["store"] == "unreachable: store 'pg' did not answer within 0.05 s"
+        assert health.report()["store"] == (
+            f"unreachable: store 'pg' did not answer within 0.05 s; {STORE_UNREACHABLE_ADVICE}"
+        )
         store.answers.set()
         await wait_for(lambda: health.store_error is None)
         tg.cancel_scope.cancel()
@@ -479,8 +483,41 @@ async def test_the_store_probe_says_in_the_log_when_the_store_stops_and_starts_a
         assert "store 'pg' failed: connection refused" in down[0].getMessage()
         assert "/readyz" in down[0].getMessage()
         assert "check that the store's server is up" in down[0].getMessage()
+        # the same reason, advice included, as /readyz's "store" says
+        assert down[0].getMessage().endswith(f": {health.store_error}")
         store.refusal = None
         await wait_for(lambda: health.store_error is None)
         tg.cancel_scope.cancel()
     up = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert up == ["the store answers again"]
+
+
+@pytest.mark.asyncio
+async def test_readyz_says_what_to_do_about_a_store_that_does_not_answer() -> None:
+    """An SRE trial: a sink's /readyz, 503 while PostgreSQL was down, said why under "store"
+    ("unreachable: PostgreSQL store 'postgres' failed: [Errno 111] Connect call failed")
+    but not what to do, which only the log's warning said. The probe's body says it too,
+    the same words as the warning's."""
+    from stream_expiry.errors import StoreError
+    from stream_expiry.sinks.command import watch_store
+    from stream_expiry.sinks.store import MemoryStore
+    from tests.conftest import wait_for
+
+    class Refusing(MemoryStore):
+        async def ping(self) -> None:
+            raise StoreError("PostgreSQL store 'pg' failed: connection refused")
+
+    health, store = Health(watches_store=True), Refusing("pg")
+    health.starting()
+    health.running()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: watch_store(health, store, every_s=0.02))
+            await wait_for(lambda: health.store_error is not None)
+            status, content_type, body = route(b"GET", b"/readyz", lambda: b"", health)
+            tg.cancel_scope.cancel()
+    assert (status, content_type) == (503, "application/json")
+    assert orjson.loads(body)["store"] == (
+        "unreachable: PostgreSQL store 'pg' failed: connection refused; the sink waits and "
+        "loses nothing: check that the store's server is up and reachable from here"
+    )
