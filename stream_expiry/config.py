@@ -139,6 +139,18 @@ class Topics:
             "services' --config",
         )
 
+    def key_of(self, name: str) -> str:
+        """The ``[topics]`` key that names topic ``name`` (``inputs`` or ``retired`` for
+        one of those), for :meth:`origin` of a topic met by name: a warning of one missing."""
+        for key, topic in self.owned().items():
+            if topic == name:
+                return key
+        if name in self.inputs:
+            return "inputs"
+        if name in self.retired:
+            return _TOPIC_RETIRED
+        raise KeyError(f"{name!r} is no topic of [topics]")
+
     def lacked(self, key: str, path: str | None, *, so: str = "", otherwise: str = "") -> str:
         """The sentence of a command refusing for ``[topics] key``'s topic, which the
         cluster lacks: its name, where that came from and the fix (:meth:`origin`), between

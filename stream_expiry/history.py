@@ -605,10 +605,15 @@ async def history(config: Config, brokers: Brokers, identity: Identity) -> Histo
             )
         )
     for topic in missing:
+        # Where the name came from, as the refusal above: "is it the service's [topics] of
+        # --config?" also to a run given it, whose STREAM_EXPIRY_TOPICS_* was the cause.
+        source, fix = t.origin(t.key_of(topic), config.path)
         log.warning(
-            "%s does not exist on the cluster: nothing of it is in this history (is it the "
-            "service's [topics] of --config?)",
+            "%s (%s) does not exist on the cluster: nothing of it is in this history (if "
+            "that is not the services' name: %s)",
             topic,
+            source,
+            fix,
         )
     found = History(identity.key)
     near = _SameId(identity)

@@ -534,11 +534,16 @@ async def status(
     for topic in await missing_topics(brokers, [t.stamped, t.holds, *t.inputs]):
         # Read as empty, a mistyped or left-out [topics] gave "pending 0" and no lag lines,
         # which look like an idle deployment; and "legal holds 0" (a compliance trial).
+        # Where the name came from: "is it the service's [topics] of --config?" was also
+        # said to a run given it, whose STREAM_EXPIRY_TOPICS_* variable was the cause.
+        source, fix = t.origin(t.key_of(topic), config.path)
         log.warning(
-            "%s does not exist on the cluster: %s (is it the service's [topics] of "
-            "--config? the service creates its topics at its first start)",
+            "%s (%s) does not exist on the cluster: %s (if that is not the services' name: "
+            "%s; else the service creates its topics at its first start)",
             topic,
+            source,
             said.get(topic, "no lag is shown for it"),
+            fix,
         )
     holds = await read_holds(config, brokers)
     result.holds = [h.as_dict() for h in sorted(holds, key=lambda h: h.hold_id)]

@@ -170,10 +170,16 @@ def test_replay_history_and_status_say_a_topic_the_cluster_does_not_have(
     assert (out.out, said in out.err) == ("", True)
     assert main(["status", *common, "--json"]) == 0
     err = capsys.readouterr().err
-    assert f"{topics.stamped} does not exist on the cluster: no record is counted" in err
-    assert f"{topics.sessions} does not exist on the cluster: no lag is shown for it" in err
+
+    def lacks(name: str, key: str) -> str:
+        """A warning's start: the topic, where its name came from (the file's line)."""
+        line = [t.split(" = ")[0] for t in cfg.read_text().splitlines()].index(key) + 1
+        return f"{name} (from {cfg} line {line}, [topics] {key}) does not exist on the cluster"
+
+    assert f"{lacks(topics.stamped, 'stamped')}: no record is counted" in err
+    assert f"{lacks(topics.sessions, 'inputs')}: no lag is shown for it" in err
     # "legal holds 0" under a mistyped holds topic read as no hold at all (a compliance trial)
-    assert f"{topics.holds} does not exist on the cluster: no hold is shown" in err
+    assert f"{lacks(topics.holds, 'holds')}: no hold is shown" in err
     # Asked without creating them (a broker that auto-creates topics would otherwise make
     # the stamped topic uncompacted).
     assert anyio.run(lambda: missing_topics(broker, absent)) == list(absent)
@@ -182,8 +188,8 @@ def test_replay_history_and_status_say_a_topic_the_cluster_does_not_have(
     assert main(["history", *common, *who]) == 0
     out = capsys.readouterr()
     assert "nothing on the evidence topics for this key" in out.out
-    assert f"{topics.receipts} does not exist on the cluster: nothing of it is in" in out.err
-    assert f"{topics.holds} does not exist on the cluster: nothing of it is in" in out.err
+    assert f"{lacks(topics.receipts, 'receipts')}: nothing of it is in" in out.err
+    assert f"{lacks(topics.holds, 'holds')}: nothing of it is in" in out.err
 
 
 def test_an_address_without_a_port_is_said_to_be_looked_for_on_9092(
