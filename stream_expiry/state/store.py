@@ -243,7 +243,7 @@ class PartitionStore:
         # last seek. Lowered by every write of an earlier entry, raised by each seek.
         self._due_floor: int | None = None
         self._marker_floor: int | None = None
-        self._adopt_format()
+        formatted = self._adopt_format()
         # Whether the store may hold entries of lives due on arrival: nearly never, and a
         # tombstone that goes out late then looks up nothing (a catch-up fires thousands).
         self._arrived_any = any(True for _ in self.kv.scan(_ARRIVED, _ARRIVED + b"\xff"))
@@ -256,7 +256,11 @@ class PartitionStore:
         self._requests_any = any(True for _ in self.kv.scan(_REQUEST, _REQUEST + b"\xff"))
         # And for where erasures were read (looked up for an event of an erased record only).
         self._erasures_any = any(True for _ in self.kv.scan(_ERASURE_READ, _ERASURE_READ + b"\xff"))
+        # Kept from before this opening (was_kept): a format an earlier opening stamped, or
+        # any other meta (a position, a counter: a store of a version before the format).
+        self._kept = formatted
         for name, value in self._scan_meta():
+            self._kept = self._kept or name != "format"
             if name.startswith(_PENDING_PREFIX):
                 self.counts.pending[name[len(_PENDING_PREFIX) :]] = value
             elif name == "never":
@@ -266,15 +270,14 @@ class PartitionStore:
             elif name == "held":
                 self.counts.held = value
 
-    def _adopt_format(self) -> None:
+    def _adopt_format(self) -> bool:
         """Stamp this version's format on a store of it or of an older one (format 1, or
         none: every layout before the format was kept reads as format 1); refuse one of a
-        newer format."""
+        newer format. Whether a format was there already (an earlier opening's)."""
         raw = self.kv.multi_get([_FORMAT])[0]
-        self.existed = raw is not None
         found = None if raw is None else int(_INT.unpack(raw)[0])
         if found == STORE_FORMAT:
-            return
+            return True
         if found is not None and found > STORE_FORMAT:
             raise NewerStoreError(
                 f"a newer version of stream-expiry wrote this state store (store format "
@@ -282,6 +285,7 @@ class PartitionStore:
                 found,
             )
         self.kv.apply({_FORMAT: _INT.pack(STORE_FORMAT)}, ())
+        return found is not None
 
     def _scan_meta(self) -> Iterator[tuple[str, int]]:
         for key, value in self.kv.scan(_META, _META + b"\xff"):
@@ -437,7 +441,7 @@ class PartitionStore:
         format was kept). False for a store made anew: a new or lost state directory, one
         moved aside. Once opened, a store made anew is stamped: opened again (by a restore's
         worker process), it would say it was kept."""
-        return self.existed or any(name != "format" for name, _ in self._scan_meta())
+        return self._kept
 
     def meta(self, name: str) -> int | None:
         value = self.kv.multi_get([_META + name.encode()])[0]
