@@ -318,7 +318,7 @@ class _Shared:
         cls.open_stores = max(0, cls.open_stores - 1)
 
 
-def _open_whole(rdict: type[Rdict], path: str, options: Options) -> Rdict:
+def _open_whole(path: str, options: Options) -> Rdict:
     """The database at ``path`` opened with ``options``; one whose write-ahead log is cut
     short or damaged is said in a WARNING, and opened as it was before the damage.
 
@@ -333,17 +333,17 @@ def _open_whole(rdict: type[Rdict], path: str, options: Options) -> Rdict:
     it does, dropping the damaged part. A store damaged elsewhere (its table files, its
     ``MANIFEST``) fails both, and the second error is raised, as before. A whole log
     costs one opening, as before."""
-    from rocksdict import DBRecoveryMode
+    from rocksdict import DBRecoveryMode, Rdict
 
     options.set_wal_recovery_mode(DBRecoveryMode.absolute_consistency())
     try:
-        return rdict(path, options)
+        return Rdict(path, options)
     except Exception as exc:  # rocksdict raises plain Exception, RocksDB's status first
         if not str(exc).startswith("Corruption"):
             raise
         damage = str(exc)
     options.set_wal_recovery_mode(DBRecoveryMode.point_in_time())
-    db = rdict(path, options)
+    db = Rdict(path, options)
     log.warning(
         "the state store %s: its write-ahead log is cut short or damaged (%s), as a "
         "machine crash before the log reached the disk leaves it: opened as it was before "
@@ -411,7 +411,6 @@ class RocksKV:
             BlockBasedOptions,
             DBCompressionType,
             Options,
-            Rdict,
             WriteBatch,
             WriteOptions,
         )
@@ -464,7 +463,7 @@ class RocksKV:
             )
         try:
             os.makedirs(path, exist_ok=True)
-            self._db = _open_whole(Rdict, path, options)
+            self._db = _open_whole(path, options)
         except Exception as exc:  # rocksdict raises plain Exception for IO errors
             raise _store_error("cannot open the state store in", path, exc) from exc
         _Shared.opened()
