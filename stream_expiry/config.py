@@ -119,13 +119,11 @@ class Topics:
         where = self.origins.get(key)
         env = ENV_PREFIX + f"TOPICS_{key}".upper()
         if where is None:
-            if path is None:
-                return (
-                    f"the default: no --config given, no ${env}",
-                    f"give the command the services' --config (their [topics] {key})",
-                )
+            given = (
+                f"no --config given, no ${env}" if path is None else f"{path} has no [topics] {key}"
+            )
             return (
-                f"the default: {path} has no [topics] {key}",
+                f"the default: {given}",
                 f"give the command the services' --config (their [topics] {key})",
             )
         if where.startswith("environment variable "):

@@ -187,8 +187,8 @@ def _describe(config: Config, topic: str, rec: Any) -> dict[str, Any]:
     rest = {k: v for k, v in body.items() if k not in _IDENTITY and k not in ("type", "data")}
     if kind in ("tombstone", "receipt"):
         rest |= _request_of(headers) | _late_cause_of(headers)
-    if kind == "tombstone":
-        rest |= _requested_at_of(headers)
+        if kind == "tombstone":  # a receipt's body says its own requested_at
+            rest |= _requested_at_of(headers)
     elif kind == "deletion_deferred":
         rest |= _request_of(headers)  # an erasure's, as its release's tombstone names it
     return _event(rec, topic, kind, rest)
