@@ -26,8 +26,8 @@ from stream_expiry.history import (
 from stream_expiry.state import MemoryKV, PartitionStore
 from stream_expiry.timeutil import format_ts
 from tests.unit.test_engine import BASE, ev
-from tests.unit.test_restore_model import _Stepper, harness
-from tests.unit.test_sinks_late_erasure_life import STAMPED, TOMBS, _write, _Written
+from tests.unit.test_restore_model import harness
+from tests.unit.test_sinks_late_erasure_life import STAMPED, TOMBS, _write, _Written, erased_late
 
 
 def _history_of(written: _Written) -> list[dict[str, Any]]:
@@ -47,12 +47,7 @@ def _history_of(written: _Written) -> list[dict[str, Any]]:
 
 
 def _late_erasure_then_next_life_erased() -> _Written:
-    h = harness(PartitionStore(MemoryKV()), 0)
-    out = _Written()
-    _write(out, h.process(ev("conversation", "a", "create", 0)))
-    _write(out, _Stepper(h).step_advance(20_000))  # the life's ttl tombstone and null
-    h.now = 21_000
-    _write(out, h.process(ev("conversation", "a", "delete", 5_000)))  # read late
+    h, out = erased_late("a", 5_000)
     _write(out, h.process(ev("conversation", "a", "create", 30_000)))  # the next life
     h.now = 31_000
     _write(out, h.process(ev("conversation", "a", "delete", 31_000)))  # erased in time
@@ -99,12 +94,7 @@ def test_an_erasure_of_a_record_never_seen_reads_as_before() -> None:
 def test_a_late_erasure_dated_at_the_expirys_own_bound_was_deleted_before_too() -> None:
     """The boundary: an erasure dated 19.999 s reaches the lives created by then, exactly
     those the expiry's null (created by 19.999 s) had ended: already deleted as well."""
-    h = harness(PartitionStore(MemoryKV()), 0)
-    out = _Written()
-    _write(out, h.process(ev("conversation", "c", "create", 0)))
-    _write(out, _Stepper(h).step_advance(20_000))
-    h.now = 21_000
-    _write(out, h.process(ev("conversation", "c", "delete", 19_999)))
+    _h, out = erased_late("c", 19_999)
     events = _history_of(out)
     late = [e for e in events if e.get("requested_at") == format_ts(BASE + 19_999)]
     assert sorted(e["kind"] for e in late) == ["deleted", "tombstone"]

@@ -44,6 +44,8 @@ from tests.unit.test_restore_model import _Stepper, harness
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from tests.unit.test_engine import Harness
+
 SOURCE = codec.source_headers("in", 0)
 STAMPED, TOMBS = ("expiry.stamped", 0), ("expiry.tombstones", 0)
 
@@ -95,16 +97,24 @@ def _read(out: _Written) -> tuple[Stamped, list[TombstoneChange]]:
     return stamped, tombs
 
 
+def erased_late(record: str, dated_ms: int) -> tuple[Harness, _Written]:
+    """The late erasure's scenario (the service's own messages): conversation ``record``
+    created at 0 s, tombstoned at its expiry (20 s), then an erasure dated ``dated_ms``
+    read at 21 s. The harness, to go on with, and what it wrote."""
+    h = harness(PartitionStore(MemoryKV()), 0)
+    out = _Written()
+    _write(out, h.process(ev("conversation", record, "create", 0)))
+    _write(out, _Stepper(h).step_advance(20_000))  # the life's ttl tombstone and null
+    h.now = 21_000
+    _write(out, h.process(ev("conversation", record, "delete", dated_ms)))  # read late
+    return h, out
+
+
 def _service_messages(*, to_the_end: bool = False) -> tuple[Stamped, list[TombstoneChange]]:
     """The record's messages on ``expiry.stamped`` and ``expiry.tombstones``, up to the
     next life's stamp (``to_the_end``: and its expiry's tombstone and null)."""
-    h = harness(PartitionStore(MemoryKV()), 0)
-    out = _Written()
-    _write(out, h.process(ev("conversation", "a", "create", 0)))
-    _write(out, _Stepper(h).step_advance(20_000))  # the first life's ttl tombstone
-    h.now = 21_000
-    _write(out, h.process(ev("conversation", "a", "delete", 5_000)))  # read late
-    _write(out, h.process(ev("conversation", "a", "create", 8_000)))  # likewise
+    h, out = erased_late("a", 5_000)
+    _write(out, h.process(ev("conversation", "a", "create", 8_000)))  # read late too
     if to_the_end:
         _write(out, _Stepper(h).step_advance(28_000))
     return _read(out)
@@ -406,12 +416,7 @@ def test_the_example_consumer_ends_the_same_lives_as_the_stores() -> None:
     scenario, the stores' bound less one. It took the ``ttl`` tombstone's header (a
     millisecond before the expiry), and deleted the next life."""
     example = _example()
-    h = harness(PartitionStore(MemoryKV()), 0)
-    out = _Written()
-    _write(out, h.process(ev("conversation", "a", "create", 0)))
-    _write(out, _Stepper(h).step_advance(20_000))
-    h.now = 21_000
-    _write(out, h.process(ev("conversation", "a", "delete", 5_000)))
+    _h, out = erased_late("a", 5_000)
     ends = []
     for key, value, headers in out.msgs[TOMBS]:
         assert value is not None
