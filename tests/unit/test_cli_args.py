@@ -570,6 +570,15 @@ def test_the_embedded_broker_listens_where_the_config_file_or_environment_says(
         "embedded broker listens on 127.0.0.1 only; give 127.0.0.1:PORT to choose its port, "
         "or remove bootstrap_servers from the config file for a free one"
     )
+    # The way to a free port follows the address's source (runner._leave_out reads it).
+    remote = argparse.Namespace(bootstrap_servers="kafka:9092", embedded_broker=True)
+    with pytest.raises(ConfigurationError, match="or leave the flag out for a free one"):
+        embedded_port_for(remote, parse_config(""))
+    monkeypatch.setenv("STREAM_EXPIRY_BOOTSTRAP_SERVERS", "kafka:9092")
+    with pytest.raises(
+        ConfigurationError, match="or unset STREAM_EXPIRY_BOOTSTRAP_SERVERS for a free one"
+    ):
+        embedded_port_for(run, parse_config(""))
 
 
 def test_a_port_in_use_for_the_embedded_broker_is_the_arguments_matter() -> None:
