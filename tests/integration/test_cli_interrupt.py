@@ -25,8 +25,8 @@ def _interrupted(args: list[str], *signals: signal.Signals) -> tuple[int, str]:
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "stream_expiry", *args, "--bootstrap-servers",
-             f"127.0.0.1:{port}"],
+            [sys.executable, "-X", "faulthandler", "-m", "stream_expiry", *args,
+             "--bootstrap-servers", f"127.0.0.1:{port}"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )  # fmt: skip
@@ -38,19 +38,35 @@ def _interrupted(args: list[str], *signals: signal.Signals) -> tuple[int, str]:
                 assert accepted.recv(4)  # its first request: it waits for the answer now
                 for sig in signals:
                     proc.send_signal(sig)
-                _, err = proc.communicate(timeout=20)
-    return proc.returncode, err.decode()
+                err = _stderr_once_ended(proc, within_s=20)
+    return proc.returncode, err
+
+
+def _stderr_once_ended(proc: subprocess.Popen[bytes], within_s: float) -> str:
+    """``proc``'s stderr once it has ended; one still running after ``within_s`` fails
+    the test with where each of its threads was (SIGABRT, which its ``-X faulthandler``
+    answers with their tracebacks): a CI run once saw ``explain`` outlive a SIGTERM by
+    20 s, and its stderr had nothing to say why."""
+    try:
+        _, err = proc.communicate(timeout=within_s)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        _, err = proc.communicate(timeout=10)
+        pytest.fail(f"still running {within_s} s after the signal; its threads:\n{err.decode()}")
+    return err.decode()
 
 
 @contextlib.contextmanager
 def _reaped(proc: subprocess.Popen[bytes]) -> Iterator[None]:
-    """Kill and wait for ``proc`` if it still runs when the block ends (a failed test)."""
-    try:
-        yield
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    """Kill and wait for ``proc`` if it still runs when the block ends (a failed test),
+    and close its pipe: left open, the garbage collector found it during a later test of
+    the same worker and failed that one ("unclosed file", a CI run)."""
+    with proc:
+        try:
+            yield
+        finally:
+            if proc.poll() is None:
+                proc.kill()
 
 
 @pytest.mark.timeout(60)
@@ -114,8 +130,8 @@ def test_a_signal_while_the_command_loads_is_a_quiet_stop(sig: signal.Signals) -
 
     with socket.create_server(("127.0.0.1", 0)) as silent:  # the command must not end first
         proc = subprocess.Popen(
-            [sys.executable, "-m", "stream_expiry", "status", "--bootstrap-servers",
-             f"127.0.0.1:{silent.getsockname()[1]}"],
+            [sys.executable, "-X", "faulthandler", "-m", "stream_expiry", "status",
+             "--bootstrap-servers", f"127.0.0.1:{silent.getsockname()[1]}"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )  # fmt: skip
@@ -126,5 +142,5 @@ def test_a_signal_while_the_command_loads_is_a_quiet_stop(sig: signal.Signals) -
                 assert time.monotonic() < deadline, "no handler set within 20 s"
                 time.sleep(0.001)  # polling another process's state, not a wait for time
             proc.send_signal(sig)
-            _, err = proc.communicate(timeout=20)
-    assert (proc.returncode, "Traceback" in err.decode()) == (130, False), err
+            err = _stderr_once_ended(proc, within_s=20)
+    assert (proc.returncode, "Traceback" in err) == (130, False), err
