@@ -131,10 +131,11 @@ class Topics:
                 f"from {where}",
                 f"set ${env} to the services' [topics] {key}, or unset it to use --config's",
             )
+        listed = key in ("inputs", _TOPIC_RETIRED)  # arrays: "the services' one" read oddly
         return (
             f"from {where}, [topics] {key}",
-            f"set [topics] {key} there to the services' one, or give the command the "
-            "services' --config",
+            f"set [topics] {key} there to the services' {'list' if listed else 'one'}, or "
+            "give the command the services' --config",
         )
 
     def key_of(self, name: str) -> str:

@@ -105,7 +105,8 @@ async def test_a_name_from_the_file_is_said_with_its_line(
     cfg.write_text(f'group_id = "g"\n[topics]\n{key} = {_toml(key, name)}\n')
     said = await _warned(caplog, run, load_config(cfg, environ={}))
     assert f"{name} (from {cfg} line 3, [topics] {key}) does not exist" in said
-    assert f"set [topics] {key} there to the services' one" in said
+    one = "list" if key == "inputs" else "one"  # [topics] inputs is an array (a trial)
+    assert f"set [topics] {key} there to the services' {one}, or give" in said
     assert kept in said
 
 
@@ -128,3 +129,18 @@ async def test_the_default_name_is_said_to_be_the_default(
     assert kept in said
     said = await _warned(caplog, run, load_config(None, environ={}))
     assert f"(the default: no --config given, no $STREAM_EXPIRY_TOPICS_{key.upper()})" in said
+
+
+def test_the_fix_for_a_list_of_topics_asks_for_the_services_list(tmp_path: Path) -> None:
+    """``inputs`` and ``retired`` are arrays: their fix asks for the services' list, a
+    single topic's for the services' one ("set [topics] inputs there to the services'
+    one" read oddly, a trial)."""
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text('[topics]\ninputs = ["a"]\nretired = ["b"]\nholds = "h"\n')
+    topics = load_config(cfg, environ={}).topics
+    fixes = {key: topics.origin(key, str(cfg))[1] for key in ("inputs", "retired", "holds")}
+    assert fixes == {
+        key: f"set [topics] {key} there to the services' {one}, or give the command the "
+        "services' --config"
+        for key, one in (("inputs", "list"), ("retired", "list"), ("holds", "one"))
+    }
