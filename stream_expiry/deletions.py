@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from stream_expiry import codec
+from stream_expiry.cliargs import case_note
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.kafka import consumer, missing_topics, read_to_end
 from stream_expiry.logs import counted, printable
@@ -328,16 +329,17 @@ def _counts(counter: Mapping[str, int]) -> str:
 
 def _never_named_lines(never: Mapping[str, Mapping[str, str | None]]) -> list[str]:
     """A line for each part of the filter no receipt names (:meth:`Deletions.never_named`):
-    a typo in ``--org`` read as a clean period."""
+    a typo in ``--org`` read as a clean period. The note that ids are case-sensitive comes
+    only where case is the difference (``Acme`` for ``acme``), as the other commands say
+    it: after ``sessions`` for ``session``, or a value close to none, it sent the reader
+    looking for a case slip that was not there."""
     lines = []
     for name, said in never.items():
-        meant = f": did you mean {said['closest']!r}?" if said["closest"] is not None else ""
-        lines.append(
-            printable(
-                f"  no receipt of any time names {name} {said['given']!r}{meant} (ids are "
-                "case-sensitive)"
-            )
-        )
+        given, closest = said["given"] or "", said["closest"]
+        meant = ""
+        if closest is not None:
+            meant = f": did you mean {closest!r}?{case_note(name, given, closest)}"
+        lines.append(printable(f"  no receipt of any time names {name} {given!r}{meant}"))
     return lines
 
 

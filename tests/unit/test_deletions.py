@@ -80,8 +80,23 @@ def test_an_org_no_receipt_names_is_said_with_the_one_meant() -> None:
     }
     lines = text_lines(d)
     assert lines[1:] == [
-        "  no receipt of any time names org 'Acme': did you mean 'acme'? (ids are case-sensitive)",
-        "  no receipt of any time names bot 'zzz' (ids are case-sensitive)",
+        "  no receipt of any time names org 'Acme': did you mean 'acme'? (org ids are "
+        "case-sensitive)",
+        "  no receipt of any time names bot 'zzz'",
+        "  no store deleted anything in that period",
+    ]
+
+
+def test_a_value_close_but_for_more_than_case_gets_no_case_note() -> None:
+    """``--category sessions`` for ``session`` was answered "did you mean 'session'? (ids
+    are case-sensitive)": a plural, not a case slip, and every line said the note, also
+    one naming no close value. The note is for a value that differs only in case."""
+    report = Deletions(Filter({"category": "sessions", "env": "Live"}))
+    report.named = {"category": {"session", "conversation"}, "env": {"live"}}
+    assert text_lines(report.as_dict())[1:] == [
+        "  no receipt of any time names category 'sessions': did you mean 'session'?",
+        "  no receipt of any time names env 'Live': did you mean 'live'? (env ids are "
+        "case-sensitive)",
         "  no store deleted anything in that period",
     ]
 
