@@ -31,6 +31,7 @@ import orjson
 
 from stream_expiry import codec
 from stream_expiry.cliargs import check_category, check_ids
+from stream_expiry.durations import format_duration
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.event_fields import misspelt_fields
 from stream_expiry.hold_command import read_holds
@@ -794,6 +795,17 @@ def _mark_kept(*events: dict[str, Any] | None, kept: bool, erased: bool) -> None
                 ev["erased_before"] = erased
 
 
+def _ttl_text(seconds: object) -> str:
+    """A stamp's TTL as the config and ``explain`` write it, then in seconds (``30d,
+    2592000 s,`` before ``from default``): an auditor read ``ttl 2592000 s from default``
+    (a trial) and had to work out that it was the 30 days the policy says; ``90 s`` alone
+    when seconds are its unit."""
+    if not isinstance(seconds, int) or isinstance(seconds, bool) or seconds <= 0:
+        return f"{seconds} s"
+    short = format_duration(seconds * 1000)
+    return f"{seconds} s" if short == f"{seconds}s" else f"{short}, {seconds} s,"
+
+
 def _summary(e: dict[str, Any]) -> str:
     kind = e["kind"]
     if kind == "stamp":
@@ -804,7 +816,7 @@ def _summary(e: dict[str, Any]) -> str:
         else:
             text = (
                 f"created {e['created_at']}, expires {e['expires_at']}"
-                f" (ttl {e.get('ttl_seconds')} s from {e.get('ttl_source')})"
+                f" (ttl {_ttl_text(e.get('ttl_seconds'))} from {e.get('ttl_source')})"
             )
         if e.get("erase_requested_at"):
             text += f", erasure asked at {e['erase_requested_at']} (deferred)"

@@ -163,7 +163,7 @@ def test_a_stamp_or_null_a_replay_published_says_so() -> None:
     ]
     assert [e.get("replay") for e in events] == ["run1", "run1", None]
     lines = text_lines(_history(*events))
-    assert lines[1].endswith("(ttl 60 s from cap), published by replay run1")
+    assert lines[1].endswith("(ttl 1m, 60 s, from cap), published by replay run1")
     assert lines[2].endswith("are deleted, published by replay run1")
     assert "replay" not in lines[3]
 
@@ -191,7 +191,8 @@ def test_a_stamp_due_on_arrival_says_so_as_a_restore_reads_it() -> None:
     assert [e.get("due_at_ingest") for e in events] == [AT, None, None]
     lines = text_lines(_history(*events))
     assert lines[1].endswith(
-        "(ttl 60 s from cap), due on arrival: its life's expiry had passed when the event was read"
+        "(ttl 1m, 60 s, from cap), due on arrival: its life's expiry had passed when the event "
+        "was read"
     )
     assert "due on arrival" not in "\n".join(lines[2:])
 
@@ -420,8 +421,8 @@ def test_a_stamp_says_the_earlier_lives_a_hold_keeps_beside_the_running_one() ->
     )
     line = text_lines(_history(_stamped(running)))[1]
     assert line.endswith(
-        "created 2027-01-15T08:01:30.000Z, expires 2027-01-15T08:02:30.000Z (ttl 60 s from "
-        "default); a legal hold keeps its earlier lives: created 2027-01-15T08:00:00.000Z, "
+        "created 2027-01-15T08:01:30.000Z, expires 2027-01-15T08:02:30.000Z (ttl 1m, 60 s, "
+        "from default); a legal hold keeps its earlier lives: created 2027-01-15T08:00:00.000Z, "
         "expires 2027-01-15T08:01:00.000Z; created 2027-01-15T08:01:10.000Z, expires "
         "2027-01-15T08:02:10.000Z, erasure asked at 2027-01-15T08:01:11.000Z; an erasure "
         "asked at 2027-01-15T08:01:12.000Z"
@@ -586,3 +587,20 @@ def test_a_life_due_before_the_erasure_asked_of_it_is_due_since_its_expiry() -> 
     assert (life["due_at"], life["erasure"], life["overdue"]) == (
         "2027-01-15T08:00:30.000Z", True, True,
     )  # fmt: skip
+
+
+def test_a_stamps_ttl_reads_as_the_policy_writes_it() -> None:
+    """``ttl 2592000 s from default`` (a trial): an auditor asking what TTL a record got had
+    to divide to see the 30 days the policy and ``explain`` say. The unit comes first, the
+    seconds beside it; a TTL of whole seconds alone reads as it did."""
+
+    def line(ttl: int) -> str:
+        stamp = {"created_at": AT, "expires_at": AT, "ttl_seconds": ttl, "ttl_source": "org"}
+        rec = SimpleNamespace(
+            timestamp=0, partition=0, offset=1, key=KEY, value=orjson.dumps(stamp), headers=[]
+        )
+        return text_lines(_history(_describe(CONFIG, "expiry.stamped", rec)))[1]
+
+    assert line(2_592_000).endswith("(ttl 30d, 2592000 s, from org)")
+    assert line(180).endswith("(ttl 3m, 180 s, from org)")
+    assert line(90).endswith("(ttl 90 s from org)")

@@ -233,7 +233,7 @@ def test_a_stamps_line_shows_its_erasure_request_and_redacted_paths() -> None:
         }
     )
     assert lines[1].endswith(
-        "(ttl 86400 s from default), erasure asked at 2026-12-05T06:00:00.000Z (deferred),"
+        "(ttl 1d, 86400 s, from default), erasure asked at 2026-12-05T06:00:00.000Z (deferred),"
         " redacted user.email, user.phone"
     )
 
