@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from stream_expiry import codec
+from stream_expiry.archive import archived_offsets
 from stream_expiry.cliargs import check_category, check_ids
 from stream_expiry.durations import format_duration
 from stream_expiry.errors import ConfigurationError
@@ -650,7 +651,28 @@ async def history(config: Config, brokers: Brokers, identity: Identity) -> Histo
     holds = await read_holds(config, brokers)
     found.holds = [h.as_dict() for h in sorted(holds.holding(identity), key=lambda h: h.hold_id)]
     found.open_life = open_life(found.events, wall_clock_ms())
+    if found.open_life is not None:
+        found.open_life["archive"] = await _archive_of(config, brokers, found)
     return found
+
+
+async def _archive_of(config: Config, brokers: Brokers, found: History) -> dict[str, Any] | None:
+    """Whether the archive has the open life's latest stamp, when that is what may keep an
+    overdue record (``[archive] required``, no active hold, no erasure asked, which waits for
+    no archive): ``{"group": ..., "written": bool}``, from the archive group's committed
+    offset on the stamp's partition as the service reads it; else None. "The archive has not
+    written its latest stamp yet, or the service is stopped or behind" (a trial) left an
+    auditor asking "why is it still there?" to find which in ``status``, whose count of
+    records waiting for the archive names none."""
+    life = found.open_life
+    if not (config.archive.required and life and life["overdue"]) or life["erasure"]:
+        return None
+    if found.holds:
+        return None
+    stamp = next(e for e in reversed(found.events) if e["kind"] == "stamp")
+    group = config.archive.group_id
+    committed = await archived_offsets(brokers, group, config.topics.stamped)
+    return {"group": group, "written": stamp["offset"] < committed.get(stamp["partition"], 0)}
 
 
 def _in_order(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -1032,11 +1054,23 @@ def _open_life_text(life: dict[str, Any], held: bool) -> str:
             "no active hold keeps it, and an erasure waits for no archive: the service is "
             "stopped or behind; `stream-expiry status` says which (overdue, lag)"
         )
-    else:
+    elif "archive" not in life:  # the JSON of an earlier version
         why = (
             "no active hold keeps it: the archive has not written its latest stamp yet "
             "([archive] required), or the service is stopped or behind; `stream-expiry "
             "status` says which (overdue, waiting for the archive, lag)"
+        )
+    elif life["archive"] is not None and not life["archive"]["written"]:
+        why = (
+            f"no active hold keeps it: it waits for the archive (group "
+            f"{life['archive']['group']!r}), which has not written its latest stamp yet "
+            "([archive] required): check that `stream-expiry archive` runs"
+        )
+    else:
+        archive = "no archive is required" if life["archive"] is None else "the archive has it"
+        why = (
+            f"no active hold keeps it and {archive}: the service is stopped or behind; "
+            "`stream-expiry status` says which (overdue, lag)"
         )
     return f"not deleted, due since {life['due_at']} (as of {life['as_of']}): {why}"
 

@@ -4,15 +4,17 @@ release, the null and the tombstone, and the store's receipt, in time order."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
 import pytest
+from aiokafka import TopicPartition
 
 from stream_expiry.archive import read_lines
 from stream_expiry.cli import main
 from stream_expiry.history import history, text_lines
+from stream_expiry.kafka import consumer, producer
 from stream_expiry.logs import record_ref
 from stream_expiry.model import Identity
 from stream_expiry.service import wall_clock_ms
@@ -394,3 +396,60 @@ async def test_history_shows_an_erasure_request_the_service_has_not_read_yet(
     found = await history(config, broker, r1)
     assert [e for e in found.events if e["kind"] == "unread_input"] == []
     assert any(e["kind"] == "tombstone" for e in found.events)
+
+
+@pytest.mark.timeout(60)
+async def test_history_of_an_overdue_record_says_whether_the_archive_has_its_stamp(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """Why is an overdue record still there? With ``[archive] required`` history said "the
+    archive has not written its latest stamp yet, or the service is stopped or behind"
+    (a trial), for ``status`` to tell which, where a count of records waiting for the
+    archive names none. The archive group's committed offset on the stamp's partition
+    says it: not written until the group has committed past the stamp, then the service."""
+    group = f"{topics.prefix}-archive"
+    settings = f'[archive]\nrequired = true\ngroup_id = "{group}"\n'
+    config = config_for(topics, str(tmp_path / "state"), settings)
+    identity = Identity("acme", "b1", "live", "conversation", "r1")
+    stamp: dict[str, Any] = {"org": "acme", "bot": "b1", "env": "live", "category": "conversation"}
+    stamp |= {"record_id": "r1", "created_at": "2026-12-01T00:00:00.000Z"}
+    stamp |= {"expires_at": "2026-12-01T01:00:00.000Z", "ttl_seconds": 3600}
+    stamp["ttl_source"] = "default"
+    async with producer(broker) as prod:
+        await prod.send_and_wait(
+            topics.stamped, orjson.dumps(stamp), identity.key.encode(), partition=1
+        )
+        ack = await prod.send_and_wait(
+            topics.stamped, orjson.dumps(stamp), identity.key.encode(), partition=1
+        )
+    waiting = await history(config, broker, identity)
+    assert waiting.open_life is not None
+    assert waiting.open_life["archive"] == {"group": group, "written": False}
+    assert text_lines(waiting.as_dict())[-2].endswith(
+        f"no active hold keeps it: it waits for the archive (group '{group}'), which has not "
+        "written its latest stamp yet ([archive] required): check that `stream-expiry "
+        "archive` runs"
+    )
+    tp = TopicPartition(topics.stamped, 1)
+    async with consumer(broker, group_id=group) as cons:
+        cons.assign([tp])
+        await cons.commit({tp: ack.offset})  # the first stamp written, not the latest
+        first = (await history(config, broker, identity)).open_life
+        assert first is not None
+        assert first["archive"]["written"] is False
+        await cons.commit({tp: ack.offset + 1})
+    written = await history(config, broker, identity)
+    assert written.open_life is not None
+    assert written.open_life["archive"] == {"group": group, "written": True}
+    assert text_lines(written.as_dict())[-2].endswith(
+        "no active hold keeps it and the archive has it: the service is stopped or behind; "
+        "`stream-expiry status` says which (overdue, lag)"
+    )
+    # Without [archive] required the archive is not asked, and not named as a cause.
+    plain = await history(config_for(topics, str(tmp_path / "state")), broker, identity)
+    assert plain.open_life is not None
+    assert plain.open_life["archive"] is None
+    assert (
+        "no archive is required: the service is stopped or behind"
+        in text_lines(plain.as_dict())[-2]
+    )
