@@ -84,9 +84,10 @@ class History:
     events: list[dict[str, Any]] = field(default_factory=list)
     holds: list[dict[str, Any]] = field(default_factory=list)
     # The same org, category and record id under another bot or env, on expiry.stamped:
-    # ``{"bot": ..., "env": ...}`` each, sorted. An auditor who left out --bot read
+    # ``{"bot": ..., "env": ..., "erased": bool}`` each, sorted (``erased``: an erasure
+    # ended a life under that key, see :class:`_SameId`). An auditor who left out --bot read
     # "nothing on the evidence topics" for a record that was there under its bot (a trial).
-    elsewhere: list[dict[str, str]] = field(default_factory=list)
+    elsewhere: list[dict[str, Any]] = field(default_factory=list)
     # The record's life that no null has ended, as of when history was asked (None: none);
     # see :func:`open_life`.
     open_life: dict[str, Any] | None = None
@@ -398,7 +399,10 @@ def _same_as(e: dict[str, Any]) -> object:
 
 class _SameId:
     """The keys on ``expiry.stamped`` of ``identity``'s org, category and record id under
-    another bot or env: where a record is when history was asked about the wrong bot."""
+    another bot or env: where a record is when history was asked about the wrong bot; and
+    whether an erasure ended a life there (an explicit null), as an erasure request that
+    named the wrong bot or env does: the record asked about lives on, and its own history
+    said only "another record" beside it (a trial)."""
 
     def __init__(self, identity: Identity) -> None:
         self._identity = identity
@@ -408,6 +412,7 @@ class _SameId:
         self._head = (parts[0] + "/").encode()
         self._tail = ("/" + parts[4]).encode()
         self._seen: set[tuple[str, str]] = set()
+        self._erased: set[tuple[str, str]] = set()
 
     def look(self, records: list[Any]) -> None:
         me = self._identity
@@ -427,9 +432,14 @@ class _SameId:
                 me.record_id,
             ):
                 self._seen.add((other.bot, other.env))
+                if rec.value is None and codec.reason_of(list(rec.headers or ())) == "explicit":
+                    self._erased.add((other.bot, other.env))
 
-    def found(self) -> list[dict[str, str]]:
-        return [{"bot": bot, "env": env} for bot, env in sorted(self._seen)]
+    def found(self) -> list[dict[str, Any]]:
+        return [
+            {"bot": bot, "env": env, "erased": (bot, env) in self._erased}
+            for bot, env in sorted(self._seen)
+        ]
 
 
 def _names(rec: Any, identity: Identity) -> bool:
@@ -1019,10 +1029,16 @@ def text_lines(d: dict[str, Any]) -> list[str]:
             + " (check --org, --bot, --env, --category and --record-id)"
         )
     for other in d.get("same_id_elsewhere", ()):
+        erased = (
+            ", erased there on request (an erasure under another bot or env does not "
+            "erase this one: check the ids the request gave)"
+            if other.get("erased")
+            else ""
+        )
         lines.append(
             printable(
                 f"  this org, category and record id are also on the changelog under "
-                f"--bot {other['bot']!r} --env {other['env']!r}: another record"
+                f"--bot {other['bot']!r} --env {other['env']!r}: another record{erased}"
             )
         )
     for e in d["events"]:

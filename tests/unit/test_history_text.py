@@ -14,7 +14,7 @@ import pytest
 from stream_expiry import codec
 from stream_expiry.config import parse_config
 from stream_expiry.errors import ConfigurationError
-from stream_expiry.history import _describe, checked_identity, open_life, text_lines
+from stream_expiry.history import _describe, _SameId, checked_identity, open_life, text_lines
 from stream_expiry.model import MAX_ID_CHARS, Identity, Stamp, encode_stamp, encode_tombstone
 from stream_expiry.sinks._messages import (
     Receipt,
@@ -604,3 +604,32 @@ def test_a_stamps_ttl_reads_as_the_policy_writes_it() -> None:
     assert line(2_592_000).endswith("(ttl 30d, 2592000 s, from org)")
     assert line(180).endswith("(ttl 3m, 180 s, from org)")
     assert line(90).endswith("(ttl 90 s from org)")
+
+
+def test_an_erasure_under_another_bot_is_said_beside_the_record_it_did_not_erase() -> None:
+    """An erasure request that left out the bot (``bot`` ``_``) went out as a tombstone
+    naming no life and deleted nothing, while the record of bot ``b1`` lived on; that
+    record's history said only "also on the changelog under --bot '_': another record"
+    (a trial), an auditor left to guess that the request meant it. The explicit null under
+    the other key says an erasure was asked there; an expiry's null does not."""
+    me = Identity("acme", "b1", "live", "conversation", "c-q")
+    near = _SameId(me)
+
+    def null(bot: str, reason: bytes) -> SimpleNamespace:
+        other = Identity("acme", bot, "live", "conversation", "c-q").key.encode()
+        return SimpleNamespace(key=other, value=None, headers=[(codec.H_REASON, reason)])
+
+    near.look([null("_", b"explicit"), null("b2", b"ttl")])
+    found = near.found()
+    assert found == [
+        {"bot": "_", "env": "live", "erased": True},
+        {"bot": "b2", "env": "live", "erased": False},
+    ]
+    lines = text_lines(_history() | {"same_id_elsewhere": found})
+    assert lines[2:4] == [
+        "  this org, category and record id are also on the changelog under --bot '_' --env "
+        "'live': another record, erased there on request (an erasure under another bot or env "
+        "does not erase this one: check the ids the request gave)",
+        "  this org, category and record id are also on the changelog under --bot 'b2' --env "
+        "'live': another record",
+    ]
