@@ -479,17 +479,32 @@ class _Progress:
     while nothing was left to publish a moment later (a user trial). ``publishes``: whether
     the sink has a receipts or a compacted topic; without one, receipts stay in the store."""
 
-    def __init__(self, sink_metrics: SinkMetrics, counters: dict[str, int]) -> None:
+    def __init__(
+        self,
+        sink_metrics: SinkMetrics,
+        counters: dict[str, int],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._metrics = sink_metrics
         self.counters = counters
         self.publishes = True
-        self._last = time.monotonic()
+        self._clock = clock
+        self._last = clock()
+        self._unsaid = False  # batches since the last line
 
     def __call__(self, report: BatchReport) -> None:
         self._metrics.on_batch(report)
-        now = time.monotonic()
-        if now - self._last >= PROGRESS_EVERY_S:
-            self._last = now
+        self._unsaid = True
+        self.tick()
+
+    def tick(self) -> None:
+        """The line, if batches came since the last one and ten seconds have passed. Said
+        on a batch alone, the last batches of a burst went unsaid until the next batch:
+        a sink's log read "deleted 0" for minutes after it had deleted an erasure's rows
+        (a trial); :func:`_say_progress` asks it every second, idle or not."""
+        now = self._clock()
+        if self._unsaid and now - self._last >= PROGRESS_EVERY_S:
+            self._last, self._unsaid = now, False
             c = self.counters
             receipts, published = c["receipts_total"], c["published_total"]
             fate = (
@@ -502,6 +517,13 @@ class _Progress:
                 c["messages_total"], c["written_total"], c["deleted_total"],
                 c["swept_total"], receipts, fate,
             )  # fmt: skip
+
+
+async def _say_progress(progress: _Progress) -> None:
+    """:meth:`_Progress.tick` every second, so the last batches of a burst are said."""
+    while True:
+        await anyio.sleep(1.0)
+        progress.tick()
 
 
 STORE_PING_EVERY_S: Final = 5.0  # as often as the broker is asked (watch_connection)
@@ -559,9 +581,11 @@ async def _serve(
     metrics_host: str,
     *,
     stalls: Stalls | None = None,
+    progress: _Progress | None = None,
 ) -> StreamExpiryError | None:
     """Run until a signal; a failure is returned, not raised, so no exception group wraps it.
-    ``stalls``: the watch of the process' pauses (a new one by default; a test's clocks)."""
+    ``stalls``: the watch of the process' pauses (a new one by default; a test's clocks);
+    ``progress``: the progress line, said also between batches."""
     stop = anyio.Event()
     error: StreamExpiryError | None = None
     health = Health(watches_store=True)
@@ -584,6 +608,8 @@ async def _serve(
             if listener is not None:
                 tg.start_soon(serve_http, listener, metrics.exposition, health)
             watch_process(tg, stalls, health=health, conn=sink.config.connection)
+            if progress is not None:
+                tg.start_soon(_say_progress, progress)
             try:
                 failure: StreamExpiryError | None = None
                 async with sink.store, anyio.create_task_group() as store_tasks:
@@ -631,7 +657,14 @@ def run_command(args: argparse.Namespace) -> int:
         # (bench.bench_sinks, 5,000-message batches).
         tune_gc()
         http_host = metrics_host(args.metrics_host, os.environ)
-        error = anyio.run(_serve, sink, metrics, http_port, http_host, backend="asyncio")
+        error = anyio.run(
+            partial(_serve, progress=progress),
+            sink,
+            metrics,
+            http_port,
+            http_host,
+            backend="asyncio",
+        )
     except ConfigurationError as exc:
         error = exc
     if error is not None:

@@ -89,3 +89,35 @@ async def test_without_a_receipts_topic_the_receipts_are_said_to_stay_in_the_sto
     lines, after = await _lines(tmp_path, "")
     assert lines[-1].endswith("receipts 3 (kept in the store only)")
     assert (after["receipts_total"], after["published_total"]) == (3, 0)
+
+
+@pytest.mark.asyncio
+async def test_the_last_batches_of_a_burst_are_said_once_ten_seconds_have_passed(
+    tmp_path: Path,
+) -> None:
+    """Said on a batch alone, a batch within ten seconds of the line before went unsaid
+    until the next batch: a trial's sink logged "deleted 0" for three minutes after it had
+    deleted an erasure's rows. The tick between batches says it, once; an idle sink with
+    nothing new says nothing."""
+    now = [0.0]
+    config = SinkConfig("unused:1", "g", "st", "tb", receipts_topic="")
+    async with SQLiteStore(tmp_path / "sink.db") as store:
+        progress = command._Progress(SinkMetrics("sqlite"), {}, clock=lambda: now[0])
+        sink = Sink(store, config, clock=lambda: T0 + 120_000, on_batch=progress)
+        progress.counters = sink.metrics
+        progress.publishes = False
+        with captured_logs() as logs:
+            now[0] = 10.0
+            await sink._handle(_batch(0), FakeProducer(Journal()), _Consumer())  # said
+            now[0] = 15.0
+            await sink._handle(_batch(1), FakeProducer(Journal()), _Consumer())  # too soon
+            progress.tick()
+            said_early = logs.text.getvalue().count("receipts ")
+            now[0] = 20.0
+            progress.tick()
+            now[0] = 40.0
+            progress.tick()  # nothing new since
+    lines = [line for line in logs.text.getvalue().splitlines() if LINE.search(line)]
+    assert said_early == 1
+    assert len(lines) == 2
+    assert "deleted 2," in lines[-1]
