@@ -303,16 +303,17 @@ def _say_a_bot_meant(book: PolicyBook, org: str, bot: str) -> None:
     """Warn of a ``--bot`` that no bot setting of ``org`` names and that is close to one
     that does (``B1`` for ``b1``): a hold on it keeps nothing, and was placed without a
     word where a misspelt ``--org`` was said (a trial). Placed all the same: a bot no
-    setting names may be meant."""
+    setting names may be meant. The note that bot ids are case-sensitive comes only where
+    case is the difference, as for ``--org``: ``suport`` for ``support`` was told it too."""
     bot_meant = book.bot_meant(org, bot)
     if bot_meant is None:
         return
     shown = printable(repr(bot))
     say_warning(
         f"no bot setting of the config file for org {printable(repr(org))} names bot "
-        f"{shown}: did you mean {printable(repr(bot_meant))}? The hold keeps the records of "
-        f"bot {shown} only (bot ids are case-sensitive); release it if that is not what you "
-        "meant"
+        f"{shown}: did you mean {printable(repr(bot_meant))}?"
+        f"{case_note('bot', bot, bot_meant)} The hold keeps the records of bot {shown} only; "
+        "release it if that is not what you meant"
     )
 
 

@@ -964,12 +964,18 @@ def test_hold_place_names_the_bot_a_misspelt_one_is_close_to(
     )
     base = ["hold", "place", "--config", str(cfg), "--bootstrap-servers", "127.0.0.1:1"]
     place = [*base, "--org", "acme", "--reason", "case 7"]
-    for bot, meant in (("B1", "b1"), ("suport-bot", "support-bot"), ("Support-Bot", "support-bot")):
+    # The case note only where case is the difference (it followed 'suport-bot' too).
+    case = " (bot ids are case-sensitive)"
+    for bot, meant, note in (
+        ("B1", "b1", case),
+        ("suport-bot", "support-bot", ""),
+        ("Support-Bot", "support-bot", case),
+    ):
         assert main([*place, "--bot", bot]) == 3
         err = capsys.readouterr().err
         assert (
             f"no bot setting of the config file for org 'acme' names bot {bot!r}: did you "
-            f"mean {meant!r}? The hold keeps the records of bot {bot!r} only"
+            f"mean {meant!r}?{note} The hold keeps the records of bot {bot!r} only; release"
         ) in err
     assert main([*place, "--bot", "b1"]) == 3
     assert "did you mean" not in capsys.readouterr().err
