@@ -323,6 +323,18 @@ def _many(n: int, noun: str, plural: str | None = None) -> str:
     return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
 
 
+def _wait(seconds: float) -> str:
+    """A wait in seconds, and from an hour up in hours or days beside it: a hold's week read
+    ``604,801.000 s``, and an auditor had to divide to see the week (a trial: a day-old
+    event's deletion, ``101,759.057 s``)."""
+    said = f"{seconds:,.3f} s"
+    if seconds >= 86_400:
+        return f"{said} ({seconds / 86_400:,.1f} d)"
+    if seconds >= 3_600:
+        return f"{said} ({seconds / 3_600:.1f} h)"
+    return said
+
+
 def _counts(counter: Mapping[str, int]) -> str:
     return ", ".join(f"{name} {n:,}" for name, n in counter.items()) or "-"
 
@@ -366,8 +378,8 @@ def text_lines(d: dict[str, Any]) -> list[str]:
         if waits is not None:
             lines.append(
                 printable(
-                    f"    after its due time: p50 {waits['p50']:,.3f} s, p99 "
-                    f"{waits['p99']:,.3f} s, max {waits['max']:,.3f} s ({waits['max_key']})"
+                    f"    after its due time: p50 {_wait(waits['p50'])}, p99 "
+                    f"{_wait(waits['p99'])}, max {_wait(waits['max'])}: {waits['max_key']}"
                 )
             )
             if s["by_reason"].get("explicit"):
@@ -379,8 +391,8 @@ def text_lines(d: dict[str, Any]) -> list[str]:
         if asked is not None:
             lines.append(
                 printable(
-                    f"    erasures, request to deletion: p50 {asked['p50']:,.3f} s, p99 "
-                    f"{asked['p99']:,.3f} s, max {asked['max']:,.3f} s ({asked['max_key']})"
+                    f"    erasures, request to deletion: p50 {_wait(asked['p50'])}, p99 "
+                    f"{_wait(asked['p99'])}, max {_wait(asked['max'])}: {asked['max_key']}"
                 )
             )
         if s.get("request_unknown"):
