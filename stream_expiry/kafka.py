@@ -513,11 +513,38 @@ async def _stop(client: AIOKafkaProducer | AIOKafkaConsumer, failing: bool) -> N
     if not failing:
         await _stop_now(client, failing=False)
         return
-    with anyio.move_on_after(STOP_TIMEOUT_S, shield=True):
+    with anyio.move_on_after(_close_timeout(), shield=True):
         await _stop_now(client, failing=True)
 
 
 STOP_TIMEOUT_S = 5.0  # each client's close in a forced or failing stop (runner)
+
+
+class _Closing:
+    """When the closes of a stop forced by a signal's grace end (anyio's clock), if one is
+    under way."""
+
+    by: float | None = None
+
+
+_CLOSING = _Closing()
+
+
+def close_clients_by(deadline: float | None) -> None:
+    """Every Kafka client closed in a failing stop from now on ends its close by
+    ``deadline`` (anyio's clock), instead of having :data:`STOP_TIMEOUT_S` each; None ends
+    that. The runner sets it at a stop signal: its clients close one after another (the
+    group's consumer inside the session's producer, inside the control topics' readers),
+    and with a broker that does not answer each took its whole 5 s, so a stop said
+    "forced after 10 s" ended 15 s after the signal in a trial, and could take 30 s, the
+    whole grace an orchestrator gives before its SIGKILL."""
+    _CLOSING.by = deadline
+
+
+def _close_timeout() -> float:
+    if _CLOSING.by is None:
+        return STOP_TIMEOUT_S
+    return max(0.0, min(STOP_TIMEOUT_S, _CLOSING.by - anyio.current_time()))
 
 
 async def _stop_now(client: AIOKafkaProducer | AIOKafkaConsumer, failing: bool) -> None:

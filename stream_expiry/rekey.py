@@ -57,6 +57,7 @@ from stream_expiry.kafka import (
     OwnedPartitions,
     batch_bytes,
     broker_errors,
+    close_clients_by,
     consumer,
     curable,
     ensure_topics,
@@ -656,6 +657,7 @@ async def serve_rekey(
                 await rekeyer.run(stop)
                 finished = True
             finally:
+                close_clients_by(None)  # its clients are closed: the next run's own
                 if rekeyer.health is not None:
                     rekeyer.health.stopped()
                 tg.cancel_scope.cancel()

@@ -20,6 +20,7 @@ from stream_expiry.cliargs import known_bootstrap, metrics_host, metrics_port
 from stream_expiry.endpoints import open_listener, serve_http, watch_process
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.health import Health
+from stream_expiry.kafka import STOP_TIMEOUT_S, close_clients_by
 from stream_expiry.kafka_settings import Connection
 from stream_expiry.logs import filtered
 from stream_expiry.metrics import ServiceMetrics
@@ -36,12 +37,14 @@ __all__ = ["embedded_port", "embedded_port_for", "run_service", "stop_on_signals
 log = logging.getLogger("stream_expiry.run")
 
 PROGRESS_EVERY_S = 10.0
-# A stop forced after this grace still closes each Kafka client, for at most
-# kafka.STOP_TIMEOUT_S (5 s) more: the producer's close waits for its batches, which a broker
-# that is away never takes. In a trial only the producer's took long (a 20 s grace was
-# 25 s); should all four clients' closes hang (a partition where connects hang), the stop
-# takes 30 s, the 30 s an orchestrator allows (deploy/, docker-compose.yml).
+# A stop forced after this grace still closes the Kafka clients, for at most
+# kafka.STOP_TIMEOUT_S (5 s) more, all of them together (kafka.close_clients_by): the
+# producer's close waits for its batches, which a broker that is away never takes. Each
+# client had 5 s of its own, one after another: a stop said "forced after 10 s" took 15 s
+# in a trial, and all four clients' closes hanging (a partition where connects hang) took
+# 30 s, the whole 30 s an orchestrator allows (deploy/, docker-compose.yml).
 STOP_GRACE_S = 10.0
+STOPPED_WITHIN_S = STOP_GRACE_S + STOP_TIMEOUT_S
 STALL_AFTER_S = 120.0  # a running loop silent this long is not live (/healthz 503)
 
 
@@ -59,19 +62,24 @@ async def stop_on_signals(
             name = signal.Signals(signum).name
             if stop.is_set():
                 log.warning("received %s, a second stop signal: stopping now", name)
+                close_clients_by(anyio.current_time() + STOP_TIMEOUT_S)
                 scope.cancel()
                 return
             stop.set()
             if started is not None and not started.is_set():
                 log.info("received %s while starting: stopping now", name)
+                close_clients_by(anyio.current_time() + STOP_TIMEOUT_S)
                 scope.cancel()
                 return
             log.info(
-                "received %s: finishing the current batch and stopping (forced after %.0f s)",
+                "received %s: finishing the current batch and stopping (forced after %.0f s; "
+                "stopped within %.0f s at most)",
                 name,
                 STOP_GRACE_S,
+                STOPPED_WITHIN_S,
             )
             scope.deadline = min(scope.deadline, anyio.current_time() + STOP_GRACE_S)
+            close_clients_by(scope.deadline + STOP_TIMEOUT_S)
 
 
 class _ProgressLog:
@@ -245,6 +253,7 @@ async def run_service(config: Config, args: argparse.Namespace) -> int:
                 tg.cancel_scope.cancel()
         finally:
             health.stopped()
+            close_clients_by(None)  # the next run in this process (tests) has its own
             if listener is not None:
                 await listener.aclose()
         if not finished and not service.ready.is_set():
