@@ -18,7 +18,7 @@ from stream_expiry.archive import run_archive
 from stream_expiry.config import Config, parse_config
 from stream_expiry.kafka import producer
 from stream_expiry.model import Identity
-from stream_expiry.service import Service, wall_clock_ms
+from stream_expiry.service import Service, ServiceStats, wall_clock_ms
 from stream_expiry.state import PartitionStore, RocksKV
 from stream_expiry.state.kv import ASIDE
 from stream_expiry.testing.processes import ArrivalLog, ServiceProcess, spawn_service
@@ -131,10 +131,12 @@ async def running_service(
     producer_options: Mapping[str, Any] | None = None,
     clock: Callable[[], int] | None = None,
     metrics: ServiceMetrics | None = None,
+    on_progress: Callable[[ServiceStats], None] | None = None,
 ) -> AsyncIterator[Service]:
     """The service in a task; stopped (cleanly) when the block ends. ``clock``: the
     service's, instead of the wall clock's milliseconds; ``producer_options``: over its
-    producer's (``max_request_size``, say); ``metrics``: the gauges it sets."""
+    producer's (``max_request_size``, say); ``metrics``: the gauges it sets;
+    ``on_progress``: what ``run``'s progress line is given."""
     # A short session makes a lone member's (re)join fast on the test broker, which holds a
     # join until the old members time out; with several members it causes rebalance storms,
     # because the broker holds every JoinGroup ~3 s, longer than that session.
@@ -147,6 +149,7 @@ async def running_service(
         producer_options=producer_options,
         clock=clock or wall_clock_ms,
         metrics=metrics,
+        on_progress=on_progress,
     )
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
