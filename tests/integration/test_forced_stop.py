@@ -93,8 +93,10 @@ async def test_a_stop_forced_by_a_broker_that_does_not_answer_ends_when_it_says(
     said = max(int(n) for n in re.findall(r"(\d+) s\b", line))
     assert code == exits.INTERRUPTED, svc.tail()
     assert svc.log_has("forced stop"), svc.tail()
-    # Within what it said, with a second for the process' own exit on a busy machine.
-    assert took < said + 1, f"stopped {took:.1f} s after SIGTERM, said {said} s\n{svc.tail()}"
+    # Within what it said, with 3 s for the process' own exit on a busy machine (the
+    # interpreter's shutdown, a coverage run's data written): each client closing in 5 s of
+    # its own, one after another, took 15 s under a line saying 10, 30 s with every close hung.
+    assert took < said + 3, f"stopped {took:.1f} s after SIGTERM, said {said} s\n{svc.tail()}"
 
 
 class _Leaving(Exception):
@@ -127,4 +129,5 @@ async def test_the_clients_closed_in_a_forced_stop_share_its_deadline() -> None:
         finally:
             close_clients_by(None)
             proxy.release_requests()
-    assert took < 2.0, f"the close took {took:.1f} s, its deadline was 1 s away"
+    # 5 s (its own timeout) without the deadline; 2 s of slack for a busy machine.
+    assert took < 3.0, f"the close took {took:.1f} s, its deadline was 1 s away"
