@@ -677,7 +677,7 @@ def read_lines(path: str) -> list[dict[str, Any]]:
 class PurgeResult:
     files_rewritten: int
     lines_removed: int
-    lines_kept: int
+    lines_kept: int  # left in the rewritten files, not in those the purge did not touch
     markers_dropped: int = 0  # past their time (:class:`MarkerTerms`)
     markers_kept: int = 0
     lines_held: int = 0  # erased lines kept because a legal hold matches their record
@@ -864,8 +864,11 @@ def _purge_org(
                 keep.append(line)
                 held.add(line["key"])
                 lines_held += 1
-        kept += len(keep)
         if len(keep) < len(lines):
+            # Counted in the files purged only: the summary says what is left in them. The
+            # org's other files in the count read as "3 lines kept" of a purged file that
+            # held 2 (a trial).
+            kept += len(keep)
             removed += len(lines) - len(keep)
             _rewrite(path, keep)
             rewritten += 1

@@ -836,7 +836,8 @@ def _cmd_archive(args: argparse.Namespace) -> int:
         print(
             f"purged {counted(result.lines_removed, 'erased line')} from "
             f"{counted(result.files_rewritten, 'file')}; {counted(result.lines_kept, 'line')} "
-            f"kept; {counted(result.markers_dropped, 'erasure marker')} past "
+            f"left in {'it' if result.files_rewritten == 1 else 'them'}; "
+            f"{counted(result.markers_dropped, 'erasure marker')} past "
             f"{'its' if result.markers_dropped == 1 else 'their'} time dropped, "
             f"{result.markers_kept} kept{held}"
         )

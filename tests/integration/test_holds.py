@@ -964,7 +964,9 @@ async def test_archive_purge_reads_the_holds_and_keeps_what_they_match(
     assert await _cli("hold", "release", *common, "h-lit") == 0
     capsys.readouterr()
     assert await _cli(*purge_argv) == 0
-    assert capsys.readouterr().out.startswith("purged 1 erased line from 1 file; 0 lines kept")
+    assert capsys.readouterr().out.startswith(
+        "purged 1 erased line from 1 file; 0 lines left in it"
+    )
     unreachable = ("--config", common[1], "--bootstrap-servers", "127.0.0.1:1")
     assert await _cli("archive", "purge", "--dir", str(archive_dir), *unreachable) == 3
     # A holds topic the cluster does not have (another config's name, a typo) is not "no

@@ -161,7 +161,8 @@ def test_purge_removes_erased_lines_and_keeps_later_lives(tmp_path: Path) -> Non
     w.write([erasure("acme", "1", 6), stamp_entry("other", "1", DAY1, 7)])
     w.write([stamp_entry("acme", "1", DAY2, 9)])  # a new life after the delete
     result = purge(str(tmp_path), now_ms=NOW)
-    assert (result.files_rewritten, result.lines_removed, result.lines_kept) == (1, 2, 2)
+    # Kept: what is left in the file purged, not the org's untouched file (DAY2's).
+    assert (result.files_rewritten, result.lines_removed, result.lines_kept) == (1, 2, 1)
     left = read_lines(str(tmp_path / "acme" / "2026-11-18.jsonl.gz"))
     assert [x["stamp"]["record_id"] for x in left] == ["2"]
     assert read_lines(str(tmp_path / "acme" / "2026-11-19.jsonl.gz"))[0]["offset"] == 9
@@ -197,7 +198,22 @@ def test_purge_keeps_what_a_legal_hold_matches_until_its_release(tmp_path: Path)
 def test_purge_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ArchiveWriter(str(tmp_path)).write([stamp_entry("o", "1", DAY1, 0), erasure("o", "1", 1)])
     assert main(["archive", "purge", "--dir", str(tmp_path), "--without-holds"]) == 0
-    assert "purged 1 erased line from 1 file; 0 lines kept" in capsys.readouterr().out
+    assert "purged 1 erased line from 1 file; 0 lines left in it;" in capsys.readouterr().out
+
+
+def test_purge_command_counts_the_lines_left_in_the_files_it_purged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trial's purge said "purged 2 erased lines from 1 file; 3 lines kept" of a file left
+    with 2 lines: the org's file it did not touch was counted too."""
+    w = ArchiveWriter(str(tmp_path))
+    w.write([stamp_entry("o", str(i), DAY1, i) for i in range(4)])
+    w.write([stamp_entry("o", "9", DAY2, 4)])  # another file of the org, untouched
+    w.write([erasure("o", "0", 5), erasure("o", "1", 6)])
+    assert main(["archive", "purge", "--dir", str(tmp_path), "--without-holds"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("purged 2 erased lines from 1 file; 2 lines left in it;")
+    assert len(read_lines(str(tmp_path / "o" / "2026-11-18.jsonl.gz"))) == 2
     assert main(["archive", "purge", "--dir", str(tmp_path / "missing"), "--without-holds"]) == 2
     assert "no archive directory" in capsys.readouterr().err
 
@@ -400,7 +416,7 @@ def test_explicit_tombstones_are_life_markers_and_purge_erases_up_to_the_request
         "2026-11-18T11:06:40.000Z",
     ]
     result = purge(str(tmp_path), now_ms=NOW)
-    assert (result.lines_removed, result.lines_kept) == (4, 4)
+    assert (result.lines_removed, result.lines_kept) == (4, 1)  # left in the one file purged
     left = read_lines(str(tmp_path / "acme" / "2026-11-18.jsonl.gz"))
     assert [x["stamp"]["record_id"] for x in left] == ["2"]
     next_lives = read_lines(str(tmp_path / "acme" / "2026-11-19.jsonl.gz"))
