@@ -49,6 +49,22 @@ def test_quantiles_are_waits_that_occurred_and_the_longest_names_its_record() ->
     }
 
 
+def test_of_rows_that_waited_longest_alike_the_smallest_key_is_named_in_any_order() -> None:
+    """Two rows tied for the longest wait: the first read was named, and partitions are
+    read in no fixed order, so two runs named ``s-bob`` and ``c-bob`` (a trial)."""
+    named = []
+    for order in (("s-bob", "c-bob"), ("c-bob", "s-bob")):
+        report = Deletions(Filter({}))
+        for rid in order:
+            erasure = _receipt(
+                1, reason="explicit", key=f"acme/_/live/conversation/{rid}", receipt_id=rid
+            )
+            report.add(erasure | {"requested_at": format_ts(T - 5_000)}, ())
+        pg = report.as_dict()["stores"]["pg"]
+        named.append((pg["after_due_s"]["max_key"], pg["after_request_s"]["max_key"]))
+    assert named == [("acme/_/live/conversation/c-bob",) * 2] * 2
+
+
 def test_the_filter_takes_parts_and_a_half_open_period() -> None:
     f = Filter({"org": "acme", "category": "conversation"}, since=T, until=T + 10)
     r = _receipt(1)
