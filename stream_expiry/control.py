@@ -280,11 +280,12 @@ class ControlTopics:
         self._complete_at = self._holds_complete_at = started
         if self._stats.policy_updates > applied:
             log.info(
-                "%d policy updates applied from %s (each one at debug level)",
-                self._stats.policy_updates - applied, self._topics.policies,
-            )  # fmt: skip
+                "%s applied from %s (each one at debug level)",
+                counted(self._stats.policy_updates - applied, "policy update"),
+                self._topics.policies,
+            )
         if len(self._holds):
-            log.info("%d legal holds active (each one at debug level)", len(self._holds))
+            log.info("%s active (each one at debug level)", counted(len(self._holds), "legal hold"))
 
     async def poll(self, sent_until_ms: int | None = None) -> None:
         """Whatever arrived since the last look, without waiting; and when input records

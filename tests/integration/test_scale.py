@@ -67,3 +67,21 @@ async def test_a_start_counts_the_policies_and_holds_it_reads_and_says_later_one
             await produce(broker, [(topics.policies, *_policy("late", "3d"))])
             await wait_for(lambda: service.stats.policy_updates == POLICIES + 1)
             assert _lines(caplog, "policy update applied: scope org/late", logging.INFO) == 1
+
+
+@pytest.mark.timeout(120)
+async def test_one_policy_and_one_hold_read_at_a_start_are_counted_in_the_singular(
+    broker: str, topics: TopicSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A trial's start said "1 policy updates applied"."""
+    hold = Hold("h0", "org0", None, None, None, None, "case", None)
+    await produce(
+        broker,
+        [(topics.policies, *_policy("org0", "1d")), (topics.holds, b"h0", encode_hold(hold))],
+    )
+    config = config_for(topics, str(tmp_path / "state"))
+    with caplog.at_level(logging.INFO, logger="stream_expiry"):
+        async with running_service(config, broker):
+            said = f"1 policy update applied from {topics.policies} (each one at debug level)"
+            assert _lines(caplog, said, logging.INFO) == 1
+            assert _lines(caplog, "1 legal hold active (each one", logging.INFO) == 1
