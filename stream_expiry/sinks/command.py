@@ -57,6 +57,7 @@ from stream_expiry.sinks.framework import (
     BatchReport,
     Sink,
     SinkConfig,
+    StoreOutage,
 )
 from stream_expiry.sinks.postgres import DEFAULT_DSN, DEFAULT_PARALLEL, PostgresStore
 from stream_expiry.sinks.sqlite import SQLiteStore, missing_directory, sqlite_file_in
@@ -540,13 +541,17 @@ async def watch_store(
     *,
     every_s: float = STORE_PING_EVERY_S,
     stalls: Stalls | None = None,
+    outage: StoreOutage | None = None,
 ) -> None:
     """Ask the store whether it answers every ``every_s``, for ``/readyz``: the sink's own
     loop finds an outage only when it next writes, and an idle sink never does. A store
     that takes longer than ``every_s`` to answer counts as not answering: a server behind
     a dropped network answers nothing, not an error. With ``stalls``, a ping that timed
     out while the process itself did not run (its answer waited in the socket while its
-    deadline passed, as the broker probe's did) is asked again at once instead."""
+    deadline passed, as the broker probe's did) is asked again at once instead. ``outage``:
+    the sink's (:attr:`Sink.store_outage`), so that the store's return is said once, by
+    the probe or the sink's loop, whichever gets an answer first."""
+    outage = outage or StoreOutage()
     while True:
         started = stalls.now() if stalls is not None else 0.0
         reason: str | None = None
@@ -567,9 +572,9 @@ async def watch_store(
             if health.store_error is None:
                 log.warning("store unreachable (/readyz answers 503 until it answers): %s", reason)
             health.store_unreachable(reason)
+            outage.failed()
         else:
-            if health.store_error is not None:
-                log.info("the store answers again")
+            outage.answered()
             health.store_reachable()
         await anyio.sleep(every_s)
 
@@ -616,7 +621,11 @@ async def _serve(
                     # Ready once the store is open and the group gave the sink its
                     # partitions, and while the store answers: asked only while it is open
                     # (a review: a ping after the close stopped the sink).
-                    store_tasks.start_soon(partial(watch_store, health, sink.store, stalls=stalls))
+                    store_tasks.start_soon(
+                        partial(
+                            watch_store, health, sink.store, stalls=stalls, outage=sink.store_outage
+                        )
+                    )
                     sink.observe(on_ready=health.running, lag=metrics)
                     try:
                         await sink.run(stop)

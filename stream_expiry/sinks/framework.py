@@ -109,7 +109,7 @@ if TYPE_CHECKING:
     from stream_expiry.sinks._logic import Plan
     from stream_expiry.sinks.store import PrunePosition, Store, SweepPosition
 
-__all__ = ["BatchReport", "Sink", "SinkConfig", "run_sink", "wall_clock_ms"]
+__all__ = ["BatchReport", "Sink", "SinkConfig", "StoreOutage", "run_sink", "wall_clock_ms"]
 
 log = logging.getLogger("stream_expiry.sinks")
 
@@ -172,12 +172,40 @@ def _behind(ends: Mapping[Any, int], applied: Mapping[Any, int]) -> int:
     return sum(max(0, end - applied.get(tp, 0)) for tp, end in ends.items())
 
 
+class StoreOutage:
+    """When the store was first found not answering, by the sink's loop or by its probe
+    (:func:`~stream_expiry.sinks.command.watch_store`), and the one line that says its end,
+    by whichever of the two gets an answer first: each said it, and a trial's sink said
+    one PostgreSQL outage's end twice ("the store answers again, 2 s after the sink's first
+    try that failed" at WARNING, "the store answers again" at INFO). At INFO, as the
+    service says the broker's return: the end of a trouble is no trouble."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def failed(self) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+
+    def answered(self) -> None:
+        if self.since is not None:
+            log.info(
+                "the store answers again, %.0f s after it was first found not answering",
+                time.monotonic() - self.since,
+            )
+            self.since = None
+
+
 class _Outage:
     """A broker or store the sink waits for: counted at each failed try, said when it
-    starts failing and when it answers again."""
+    starts failing and when it answers again (``ended``: the store's end is said there,
+    once with the store probe's)."""
 
-    def __init__(self, what: str, metrics: dict[str, int], counter: str) -> None:
+    def __init__(
+        self, what: str, metrics: dict[str, int], counter: str, ended: StoreOutage | None = None
+    ) -> None:
         self.what, self._metrics, self._counter = what, metrics, counter
+        self._ended = ended
         self.since: float | None = None
 
     def failed(self, exc: BaseException) -> None:
@@ -185,16 +213,21 @@ class _Outage:
         if self.since is None:
             self.since = time.monotonic()
             log.warning("%s; retrying until the %s answers", exc, self.what)
+            if self._ended is not None:
+                self._ended.failed()
 
     def answered(self) -> None:
         if self.since is not None:
-            # Counted from the first try that failed: a broker's outage may start well
-            # before (a fetch returns nothing while it is away; a commit is what fails),
-            # and "answers again after 6 s" was said of a 62 s outage (a trial).
-            log.warning(
-                "the %s answers again, %.0f s after the sink's first try that failed",
-                self.what, time.monotonic() - self.since,
-            )  # fmt: skip
+            if self._ended is not None:
+                self._ended.answered()  # unless the probe said it already
+            else:
+                # Counted from the first try that failed: a broker's outage may start well
+                # before (a fetch returns nothing while it is away; a commit is what fails),
+                # and "answers again after 6 s" was said of a 62 s outage (a trial).
+                log.warning(
+                    "the %s answers again, %.0f s after the sink's first try that failed",
+                    self.what, time.monotonic() - self.since,
+                )  # fmt: skip
             self.since = None
 
 
@@ -356,6 +389,8 @@ class Sink:
     ) -> None:
         self.store = store
         self.config = config
+        # The store's outage, whose end the loop and the store probe say once between them.
+        self.store_outage = StoreOutage()
         # Ready once the group gave this sink its partitions (not merely once the store is
         # open); the lag of each it owns is reported at most once a second.
         self._on_ready = on_ready
@@ -598,7 +633,7 @@ class Sink:
         cfg = self.config
         next_sweep = next_prune = time.monotonic()
         broker = _Outage("broker", self.metrics, "broker_errors_total")
-        store = _Outage("store", self.metrics, "store_errors_total")
+        store = _Outage("store", self.metrics, "store_errors_total", self.store_outage)
         while not stop.is_set():
             self.malformed.tick()
             try:

@@ -57,7 +57,7 @@ from tests.integration.sink_helpers import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from stream_expiry.sinks.framework import Sink
     from stream_expiry.sinks.store import Store
@@ -566,6 +566,7 @@ async def test_a_postgres_sink_rides_out_a_lost_connection(
     the pool's tracebacks). The PostgreSQL server itself is never stopped: other tests use it."""
     import asyncpg
 
+    caplog.set_level(logging.INFO, logger="stream_expiry.sinks")  # the end is said at INFO
     target = urlsplit(PG_DSN)
     schema = f"t{uuid.uuid4().hex[:12]}"
     now = wall_clock_ms()
@@ -1091,6 +1092,94 @@ async def test_the_sink_command_is_not_ready_while_its_store_does_not_answer(
             await left.drop_schema()
             await left.close()
     assert proc.returncode == 0, err
+
+
+@pytest.mark.asyncio
+@pytest.mark.postgres
+@pytest.mark.timeout(120)
+async def test_the_sink_command_says_once_that_its_store_answers_again(
+    broker: str, topics: TopicSet
+) -> None:
+    """A PostgreSQL outage found by both the sink's loop (it had stamps to write) and its
+    store probe: a trial's sink said its end twice, "the store answers again, 9 s after
+    the sink's first try that failed" at WARNING and "the store answers again" at INFO. One
+    line, at INFO, with how long the store did not answer."""
+    import urllib.error
+    import urllib.request
+
+    from stream_expiry.broker import free_port
+
+    target = urlsplit(PG_DSN)
+    schema = f"t{uuid.uuid4().hex[:12]}"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    stamps = [stamp(ident(f"o{n}"), created_at=wall_clock_ms(), ttl_ms=HOUR) for n in range(20)]
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(base + path, timeout=5) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as refused:
+            return refused.code, refused.read().decode()
+        except OSError:
+            return 0, ""  # not listening yet
+
+    async def answered(path: str, status: int, text: str) -> bool:
+        if proc.poll() is not None:
+            said = proc.stderr.read() if proc.stderr is not None else ""
+            pytest.fail(f"the sink exited early with {proc.returncode}: {said}")
+        code, body = await anyio.to_thread.run_sync(get, path)
+        return code == status and text in body
+
+    def counter(name: str, at_least: int) -> Callable[[], Awaitable[bool]]:
+        async def reached() -> bool:
+            _, body = await anyio.to_thread.run_sync(get, "/metrics")
+            values = [
+                float(line.rsplit(" ", 1)[1])
+                for line in body.splitlines()
+                if line.startswith(f"stream_expiry_sink_{name}_total{{")
+            ]
+            return bool(values) and values[0] >= at_least
+
+        return reached
+
+    async with Proxy(f"{target.hostname}:{target.port or 5432}") as proxy:
+        argv = [
+            sys.executable, "-m", "stream_expiry", "sink", "postgres",
+            "--dsn", target._replace(netloc=proxy.address).geturl(), "--schema", schema,
+            "--bootstrap-servers", broker, "--group-id", f"{topics.prefix}.again",
+            "--stamped-topic", topics.stamped, "--tombstones-topic", topics.tombstones,
+            "--receipts-topic", topics.receipts, "--metrics-port", str(port),
+            "--metrics-host", "127.0.0.1",
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)  # noqa: ASYNC220
+        try:
+            await wait_until(lambda: answered("/readyz", 200, "ok"), what="the sink ready")
+            proxy.cut()
+            await produce(broker, topics.stamped, [stamped_msg(s) for s in stamps])
+            await wait_until(counter("store_errors", 2), what="the sink's loop retrying")
+            await wait_until(
+                lambda: answered("/readyz", 503, "unreachable: PostgreSQL store"),
+                what="the store probe finding it",
+            )
+            proxy.restore()
+            await wait_until(counter("messages", len(stamps)), what="the stamps applied")
+            await wait_until(lambda: answered("/readyz", 200, "ok"), what="ready again")
+        finally:
+            proxy.restore()
+            proc.send_signal(signal.SIGINT)
+            _, err = await anyio.to_thread.run_sync(lambda: proc.communicate(timeout=15))
+            left = PostgresStore(PG_DSN, name="cleanup", schema=schema)
+            await left.open()
+            await left.drop_schema()
+            await left.close()
+    assert proc.returncode == 0, err
+    again = [line for line in err.splitlines() if "answers again" in line]
+    assert len(again) == 1, err
+    assert "the store answers again, " in again[0], err
+    assert " s after " in again[0], err
+    assert "WARNING" not in again[0], err
 
 
 @pytest.mark.asyncio

@@ -474,7 +474,7 @@ async def test_the_store_probe_says_in_the_log_when_the_store_stops_and_starts_a
                 raise self.refusal
 
     health, store = Health(watches_store=True), Flaky("pg")
-    caplog.set_level(logging.INFO, logger="stream_expiry.sinks.command")
+    caplog.set_level(logging.INFO, logger="stream_expiry.sinks")
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: watch_store(health, store, every_s=0.02))
         await wait_for(lambda: store.pings >= 3)
@@ -489,7 +489,7 @@ async def test_the_store_probe_says_in_the_log_when_the_store_stops_and_starts_a
         await wait_for(lambda: health.store_error is None)
         tg.cancel_scope.cancel()
     up = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
-    assert up == ["the store answers again"]
+    assert up == ["the store answers again, 0 s after it was first found not answering"]
 
 
 @pytest.mark.asyncio
