@@ -34,7 +34,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 from aiokafka.errors import KafkaError
@@ -603,6 +603,10 @@ def _past_end(part: dict[str, int | None]) -> str:
     )
 
 
+#: The states of a group whose members read: settled, or rebalancing (which ends by itself).
+WORKING_STATES: Final = ("Stable", "PreparingRebalance", "CompletingRebalance")
+
+
 def _instance_lines(inst: dict[str, Any] | None) -> list[str]:
     """Whether the service runs, and where: its group's members (:mod:`~stream_expiry.instances`),
     each with its host and partitions where the broker says them. A member whose client id
@@ -621,6 +625,14 @@ def _instance_lines(inst: dict[str, Any] | None) -> list[str]:
     lines = [
         f"  instances running: {len(inst['members'])} (group {group}, {printable(inst['state'])})"
     ]
+    if inst["state"] not in WORKING_STATES:
+        # Members listed in a group that is not working (Dead, Empty, or a state the
+        # client cannot name, Unknown) were shown as if they ran, without a word (a trial).
+        lines.append(
+            f"    not a working group (the broker says {printable(inst['state'])}, not Stable "
+            "or rebalancing): these members may read nothing; check each instance's /readyz "
+            "and log, restart those that do not answer, and run status again"
+        )
     for m in inst["members"]:
         said = m["member_id"]
         if m["client_id"] and m["client_id"] != CLIENT_ID:

@@ -137,6 +137,23 @@ def test_status_text_says_when_no_instance_runs_and_when_it_cannot_tell() -> Non
     assert not [line for line in text_lines(_status(None)) if "instances" in line]
 
 
+def test_status_text_flags_members_of_a_group_that_is_not_working() -> None:
+    """A trial's status listed a group whose state was Unknown, its members as if they ran,
+    without a word: a state other than Stable or a rebalance says so, and what to do."""
+    member = (Member("stream-expiry-a", CLIENT_ID, "10.0.0.5", ("conversations[0]",)),)
+    for state in ("Unknown", "Dead", "Empty"):
+        lines = text_lines(_status(Group(GROUP, state, member)))
+        at = lines.index(f"  instances running: 1 (group 'stream-expiry', {state})")
+        assert lines[at + 1] == (
+            f"    not a working group (the broker says {state}, not Stable or rebalancing): "
+            "these members may read nothing; check each instance's /readyz and log, restart "
+            "those that do not answer, and run status again"
+        )
+    for state in ("Stable", "PreparingRebalance", "CompletingRebalance"):
+        lines = text_lines(_status(Group(GROUP, state, member)))
+        assert not [line for line in lines if "not a working group" in line], lines
+
+
 # -- the policy each instance joins with ---------------------------------------------------
 
 
