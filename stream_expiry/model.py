@@ -203,6 +203,25 @@ class Rejection:
             object.__setattr__(self, "detail", self.detail[: DETAIL_MAX - 3] + "...")
 
 
+#: JSON Schema's names of the types a JSON reader gives (schemas/ uses them): a dead
+#: letter's detail is read by a producer's team, whatever language it writes JSON from, so
+#: it says "integer" and "null", not Python's "int" and "NoneType".
+_JSON_TYPES: Final[dict[type, str]] = {
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+    list: "array",
+    dict: "object",
+    type(None): "null",
+}
+
+
+def json_type(value: object) -> str:
+    """The JSON Schema name of a parsed JSON value's type, for a dead letter's detail."""
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
 def _text(
     obj: dict[str, Any], name: str, *, required: bool, default: str | None = None
 ) -> str | Rejection:
@@ -214,7 +233,7 @@ def _text(
     value = obj[name]
     if not isinstance(value, str):
         return Rejection(
-            "invalid_field", f"field {name!r} must be a string, got {type(value).__name__}"
+            "invalid_field", f"field {name!r} must be a string, got {json_type(value)}"
         )
     if not 1 <= len(value) <= MAX_ID_CHARS:
         return Rejection(
@@ -242,9 +261,7 @@ def parse_event(
     except orjson.JSONDecodeError as exc:
         return Rejection("invalid_json", not_json(value, exc))
     if type(obj) is not dict:
-        return Rejection(
-            "not_an_object", f"the value is a JSON {type(obj).__name__}, not an object"
-        )
+        return Rejection("not_an_object", f"the value is a JSON {json_type(obj)}, not an object")
     if _NINETEEN_DIGITS in value.translate(_DIGITS_AS_ZERO):  # rare, and cheap to rule out
         beyond = _beyond_64_bits(value)
         if beyond is not None:
@@ -422,7 +439,7 @@ def _validate(
     if not isinstance(raw_ts, (int, str)) or isinstance(raw_ts, bool):
         return Rejection(
             "invalid_field",
-            f"field 'ts' must be a string or an integer, got {type(raw_ts).__name__}",
+            f"field 'ts' must be a string or an integer, got {json_type(raw_ts)}",
         )
     try:
         ts = parse_ts(raw_ts)

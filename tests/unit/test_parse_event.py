@@ -193,6 +193,33 @@ def test_each_bad_event_gets_the_contracts_dead_letter_code(
     assert code(value) == expected
 
 
+@pytest.mark.parametrize(
+    ("value", "detail"),
+    [
+        (b"[1, 2]", "the value is a JSON array, not an object"),
+        (b'"conversation"', "the value is a JSON string, not an object"),
+        (b"null", "the value is a JSON null, not an object"),
+        (b"42", "the value is a JSON integer, not an object"),
+        (b"4.2", "the value is a JSON number, not an object"),
+        (b"true", "the value is a JSON boolean, not an object"),
+        (event(org=42), "field 'org' must be a string, got integer"),
+        (event(bot=["b"]), "field 'bot' must be a string, got array"),
+        (event(record_id={"id": 1}), "field 'record_id' must be a string, got object"),
+        (event(env=False), "field 'env' must be a string, got boolean"),
+        (event(ts=1.5), "field 'ts' must be a string or an integer, got number"),
+        (event(ts=True), "field 'ts' must be a string or an integer, got boolean"),
+        (event(ts=[NOW]), "field 'ts' must be a string or an integer, got array"),
+    ],
+)
+def test_a_wrong_type_is_named_as_json_names_it(value: bytes, detail: str) -> None:
+    """A user trial: the producer's team read "the value is a JSON NoneType", "got int",
+    "got bool", "JSON str": Python's names, which a team producing JSON from another
+    language must translate. They are JSON Schema's names (schemas/ uses them)."""
+    result = parse(value)
+    assert isinstance(result, Rejection)
+    assert result.detail == detail
+
+
 def test_the_details_name_what_is_wrong() -> None:
     details = {
         parse(v).detail  # type: ignore[union-attr]
