@@ -36,6 +36,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
+import orjson
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
@@ -293,6 +294,45 @@ def created_input_said(topic: str, *, source_exists: bool) -> str:
         source = topic.removesuffix(REKEYED_SUFFIX)
         said += f" (or start `stream-expiry rekey --from {source}`, which writes it)"
     return said
+
+
+def _say_early_ts(early: list[tuple[Any, int]]) -> None:
+    """Events dated before 1973, one line a batch for each form of ``ts``, not one an
+    event: a producer with such a fault sends nothing else, and a line per event would
+    bury every other line of the log. An integer is most likely epoch seconds; an RFC 3339
+    string cannot be, so it is quoted as sent, most likely an unset date (a trial's
+    ``0001-01-01T00:00:00+00:00`` was said as "ts -62135596800000 ... seconds?"). Rare,
+    so reading the event's ``ts`` again here costs the hot path nothing."""
+    integers: list[tuple[Any, int, object]] = []
+    strings: list[tuple[Any, int, object]] = []
+    for rec, ts in early:
+        raw = orjson.loads(rec.value).get("ts")
+        (strings if isinstance(raw, str) else integers).append((rec, ts, raw))
+    if integers:
+        rec, ts, _ = integers[0]
+        log.warning(
+            "%d events with a ts before 1973 as epoch milliseconds, e.g. %s[%d]@%d: ts %d "
+            "is %s: does the producer send seconds? Such records with a TTL are long "
+            "expired, so they are tombstoned at once",
+            len(integers),
+            rec.topic,
+            rec.partition,
+            rec.offset,
+            ts,
+            format_ts(ts),
+        )
+    if strings:
+        rec, _, raw = strings[0]
+        log.warning(
+            "%d events with an RFC 3339 ts before 1973, e.g. %s[%d]@%d: ts %r: does the "
+            "producer send an unset date (a default such as .NET's DateTimeOffset.MinValue)? "
+            "Such records with a TTL are long expired, so they are tombstoned at once",
+            len(strings),
+            rec.topic,
+            rec.partition,
+            rec.offset,
+            raw,
+        )
 
 
 class Service:
@@ -1069,20 +1109,7 @@ class Service:
                 why.detail,
             )
         if effects.seconds_like:
-            # One line a batch, not one an event: a producer sending seconds sends nothing
-            # else, and a line per event would bury every other line of the log.
-            rec, ts = effects.seconds_like[0]
-            log.warning(
-                "%d events with a ts before 1973 as epoch milliseconds, e.g. %s[%d]@%d: ts %d "
-                "is %s: does the producer send seconds? Such records with a TTL are long "
-                "expired, so they are tombstoned at once",
-                len(effects.seconds_like),
-                rec.topic,
-                rec.partition,
-                rec.offset,
-                ts,
-                format_ts(ts),
-            )
+            _say_early_ts(effects.seconds_like)
         for rec, pairs in effects.misspelt:
             self._say_misspelt(rec, pairs)
         if effects.unkeyed is not None:

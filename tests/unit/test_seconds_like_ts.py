@@ -58,3 +58,42 @@ def test_a_ts_in_epoch_seconds_is_taken_as_the_contract_says_and_warned_about(
         "is 1970-01-21T18:59:29.399Z: does the producer send seconds? Such records with a "
         "TTL are long expired, so they are tombstoned at once"
     ]  # one line a batch, whatever the number of such events
+
+
+def test_a_ts_string_dated_before_1973_is_not_taken_for_seconds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A user trial: ``"ts": "0001-01-01T00:00:00+00:00"`` (.NET's DateTimeOffset.MinValue,
+    a producer's unset date) was warned of as "ts -62135596800000 ... does the producer send
+    seconds?", a number the producer never sent and a cause it could not have: an RFC 3339
+    string is no count of seconds. The line quotes the string and asks about an unset date;
+    integers keep their own line."""
+    proc = PartitionProcessor(
+        "errors",
+        2,
+        PartitionStore(MemoryKV()),
+        resolve=lambda _i, _t: Resolution(30 * DAY_MS, "org"),
+        sliding=frozenset(),
+        categories=frozenset({"error"}),
+        max_skew_ms=300_000,
+        now_ms=NOW,
+    )
+    unset = SimpleNamespace(
+        topic="errors", partition=2, offset=7, key=b"e-unset",
+        value=orjson.dumps({"category": "error", "org": "platco", "record_id": "e-unset",
+                            "ts": "0001-01-01T00:00:00+00:00"}),
+    )  # fmt: skip
+    effects = proc.process([_record(5, "e-seconds", NOW // 1000), unset], NOW)
+    service = Service(parse_config(""), bootstrap_servers="k:1", environ={})
+    with caplog.at_level(logging.WARNING, logger="stream_expiry.service"):
+        service._count(effects)
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "1 events with a ts before 1973 as epoch milliseconds, e.g. errors[2]@5: ts 1796369399 "
+        "is 1970-01-21T18:59:29.399Z: does the producer send seconds? Such records with a "
+        "TTL are long expired, so they are tombstoned at once",
+        "1 events with an RFC 3339 ts before 1973, e.g. errors[2]@7: ts "
+        "'0001-01-01T00:00:00+00:00': does the producer send an unset date (a default such as "
+        ".NET's DateTimeOffset.MinValue)? Such records with a TTL are long expired, so they "
+        "are tombstoned at once",
+    ]
