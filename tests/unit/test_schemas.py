@@ -13,6 +13,7 @@ import pytest
 
 from stream_expiry.codec import stamp_fields
 from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone, parse_event
+from stream_expiry.timeutil import MAX_TS_MS, MIN_TS_MS
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 ROOT = SCHEMAS.parent
@@ -78,6 +79,8 @@ def test_a_stamp_without_its_data_for_its_size_matches_the_schema_and_says_why()
             "op": None,
             "event_id": None,
         },
+        # the earliest epoch milliseconds the parser takes (year 1)
+        {"category": "conversation", "record_id": "1", "org": "a", "ts": MIN_TS_MS},
     ],
 )
 def test_events_the_parser_accepts_match_the_input_schema(event: dict[str, Any]) -> None:
@@ -99,6 +102,9 @@ def test_events_the_parser_accepts_match_the_input_schema(event: dict[str, Any])
         {"category": "conversation", "record_id": "1", "org": "a", "ts": 1, "op": "explode"},
         {"category": "conversation", "record_id": "1", "org": "a", "ts": 1, "env": "prod"},
         {"category": "conversation", "record_id": "1", "org": "a", "ts": True},
+        # epoch milliseconds out of years 1 to 9999 (a trial's 10**20 was valid by the schema)
+        {"category": "conversation", "record_id": "1", "org": "a", "ts": MIN_TS_MS - 1},
+        {"category": "conversation", "record_id": "1", "org": "a", "ts": MAX_TS_MS + 1},
     ],
 )
 def test_events_the_schema_rejects_are_dead_lettered(event: dict[str, Any]) -> None:
