@@ -255,7 +255,13 @@ def parse_event(
     it is not sure of goes through :func:`_validate`, which finds the precise reason.
     """
     if value is None:
-        return Rejection("invalid_json", "the message has no value (null)")
+        # A producer used to compacted topics may send a Kafka tombstone to erase: say
+        # what this service takes instead, or the erasure it meant is silently not done.
+        return Rejection(
+            "invalid_json",
+            "the message has no value (null); a null is no erasure request on an input "
+            'topic: to erase a record, send an event with "op": "delete"',
+        )
     try:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as exc:

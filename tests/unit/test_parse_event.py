@@ -220,6 +220,20 @@ def test_a_wrong_type_is_named_as_json_names_it(value: bytes, detail: str) -> No
     assert result.detail == detail
 
 
+def test_a_null_value_says_how_to_ask_for_an_erasure() -> None:
+    """A user trial: a producer used to compacted topics sends a null value (a Kafka
+    tombstone) to erase a record; the dead letter said only "the message has no value
+    (null)", and the erasure the producer meant was never carried out. The detail says
+    what this service takes instead."""
+    result = parse(None)
+    assert isinstance(result, Rejection)
+    assert result.code == "invalid_json"
+    assert result.detail == (
+        "the message has no value (null); a null is no erasure request on an input topic: "
+        'to erase a record, send an event with "op": "delete"'
+    )
+
+
 def test_the_details_name_what_is_wrong() -> None:
     details = {
         parse(v).detail  # type: ignore[union-attr]
