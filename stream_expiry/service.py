@@ -311,10 +311,10 @@ def _say_early_ts(early: list[tuple[Any, int]]) -> None:
     if integers:
         rec, ts, _ = integers[0]
         log.warning(
-            "%d events with a ts before 1973 as epoch milliseconds, e.g. %s[%d]@%d: ts %d "
+            "%s with a ts before 1973 as epoch milliseconds, e.g. %s[%d]@%d: ts %d "
             "is %s: does the producer send seconds? Such records with a TTL are long "
             "expired, so they are tombstoned at once",
-            len(integers),
+            counted(len(integers), "event"),
             rec.topic,
             rec.partition,
             rec.offset,
@@ -324,10 +324,10 @@ def _say_early_ts(early: list[tuple[Any, int]]) -> None:
     if strings:
         rec, _, raw = strings[0]
         log.warning(
-            "%d events with an RFC 3339 ts before 1973, e.g. %s[%d]@%d: ts %r: does the "
+            "%s with an RFC 3339 ts before 1973, e.g. %s[%d]@%d: ts %r: does the "
             "producer send an unset date (a default such as .NET's DateTimeOffset.MinValue)? "
             "Such records with a TTL are long expired, so they are tombstoned at once",
-            len(strings),
+            counted(len(strings), "event"),
             rec.topic,
             rec.partition,
             rec.offset,

@@ -1027,6 +1027,20 @@ async def test_sink_command_runs_until_sigint_and_exits_zero(
     assert "1 receipts" in err
 
 
+def _pg_sink_argv(
+    broker: str, topics: TopicSet, dsn: str, schema: str, group: str, port: int
+) -> list[str]:
+    """``stream-expiry sink postgres`` on ``dsn`` (a proxy's, to cut), in group
+    ``<prefix>.<group>``, its endpoints on 127.0.0.1:``port``."""
+    return [
+        sys.executable, "-m", "stream_expiry", "sink", "postgres", "--dsn", dsn,
+        "--schema", schema, "--bootstrap-servers", broker, "--group-id",
+        f"{topics.prefix}.{group}", "--stamped-topic", topics.stamped,
+        "--tombstones-topic", topics.tombstones, "--receipts-topic", topics.receipts,
+        "--metrics-port", str(port), "--metrics-host", "127.0.0.1",
+    ]  # fmt: skip
+
+
 @pytest.mark.asyncio
 @pytest.mark.postgres
 async def test_the_sink_command_is_not_ready_while_its_store_does_not_answer(
@@ -1063,14 +1077,9 @@ async def test_the_sink_command_is_not_ready_while_its_store_does_not_answer(
         return code == status and str(body.get("store", "")).startswith(store)
 
     async with Proxy(f"{target.hostname}:{target.port or 5432}") as proxy:
-        argv = [
-            sys.executable, "-m", "stream_expiry", "sink", "postgres",
-            "--dsn", target._replace(netloc=proxy.address).geturl(), "--schema", schema,
-            "--bootstrap-servers", broker, "--group-id", f"{topics.prefix}.ready",
-            "--stamped-topic", topics.stamped, "--tombstones-topic", topics.tombstones,
-            "--receipts-topic", topics.receipts, "--metrics-port", str(port),
-            "--metrics-host", "127.0.0.1",
-        ]  # fmt: skip
+        argv = _pg_sink_argv(
+            broker, topics, target._replace(netloc=proxy.address).geturl(), schema, "ready", port
+        )
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
         proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)  # noqa: ASYNC220
         try:
@@ -1144,14 +1153,9 @@ async def test_the_sink_command_says_once_that_its_store_answers_again(
         return reached
 
     async with Proxy(f"{target.hostname}:{target.port or 5432}") as proxy:
-        argv = [
-            sys.executable, "-m", "stream_expiry", "sink", "postgres",
-            "--dsn", target._replace(netloc=proxy.address).geturl(), "--schema", schema,
-            "--bootstrap-servers", broker, "--group-id", f"{topics.prefix}.again",
-            "--stamped-topic", topics.stamped, "--tombstones-topic", topics.tombstones,
-            "--receipts-topic", topics.receipts, "--metrics-port", str(port),
-            "--metrics-host", "127.0.0.1",
-        ]  # fmt: skip
+        argv = _pg_sink_argv(
+            broker, topics, target._replace(netloc=proxy.address).geturl(), schema, "again", port
+        )
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
         proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)  # noqa: ASYNC220
         try:

@@ -29,10 +29,9 @@ def _record(offset: int, record_id: str, ts: int) -> SimpleNamespace:
     )  # fmt: skip
 
 
-def test_a_ts_in_epoch_seconds_is_taken_as_the_contract_says_and_warned_about(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    proc = PartitionProcessor(
+def _processor() -> PartitionProcessor:
+    """Partition 2 of ``errors``, every record given 30 days."""
+    return PartitionProcessor(
         "errors",
         2,
         PartitionStore(MemoryKV()),
@@ -42,6 +41,12 @@ def test_a_ts_in_epoch_seconds_is_taken_as_the_contract_says_and_warned_about(
         max_skew_ms=300_000,
         now_ms=NOW,
     )
+
+
+def test_a_ts_in_epoch_seconds_is_taken_as_the_contract_says_and_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proc = _processor()
     seconds, millis = _record(5, "e-seconds", NOW // 1000), _record(6, "e-millis", NOW)
     effects = proc.process([seconds, millis], NOW)
     # The contract's reading is kept: a valid event of January 1970, due at once.
@@ -54,7 +59,7 @@ def test_a_ts_in_epoch_seconds_is_taken_as_the_contract_says_and_warned_about(
         service._count(effects)
     said = [r.getMessage() for r in caplog.records]
     assert said == [
-        "1 events with a ts before 1973 as epoch milliseconds, e.g. errors[2]@5: ts 1796369399 "
+        "1 event with a ts before 1973 as epoch milliseconds, e.g. errors[2]@5: ts 1796369399 "
         "is 1970-01-21T18:59:29.399Z: does the producer send seconds? Such records with a "
         "TTL are long expired, so they are tombstoned at once"
     ]  # one line a batch, whatever the number of such events
@@ -68,16 +73,7 @@ def test_a_ts_string_dated_before_1973_is_not_taken_for_seconds(
     seconds?", a number the producer never sent and a cause it could not have: an RFC 3339
     string is no count of seconds. The line quotes the string and asks about an unset date;
     integers keep their own line."""
-    proc = PartitionProcessor(
-        "errors",
-        2,
-        PartitionStore(MemoryKV()),
-        resolve=lambda _i, _t: Resolution(30 * DAY_MS, "org"),
-        sliding=frozenset(),
-        categories=frozenset({"error"}),
-        max_skew_ms=300_000,
-        now_ms=NOW,
-    )
+    proc = _processor()
     unset = SimpleNamespace(
         topic="errors", partition=2, offset=7, key=b"e-unset",
         value=orjson.dumps({"category": "error", "org": "platco", "record_id": "e-unset",
@@ -89,11 +85,23 @@ def test_a_ts_string_dated_before_1973_is_not_taken_for_seconds(
         service._count(effects)
     said = [r.getMessage() for r in caplog.records]
     assert said == [
-        "1 events with a ts before 1973 as epoch milliseconds, e.g. errors[2]@5: ts 1796369399 "
+        "1 event with a ts before 1973 as epoch milliseconds, e.g. errors[2]@5: ts 1796369399 "
         "is 1970-01-21T18:59:29.399Z: does the producer send seconds? Such records with a "
         "TTL are long expired, so they are tombstoned at once",
-        "1 events with an RFC 3339 ts before 1973, e.g. errors[2]@7: ts "
+        "1 event with an RFC 3339 ts before 1973, e.g. errors[2]@7: ts "
         "'0001-01-01T00:00:00+00:00': does the producer send an unset date (a default such as "
         ".NET's DateTimeOffset.MinValue)? Such records with a TTL are long expired, so they "
         "are tombstoned at once",
     ]
+
+
+def test_the_lines_count_events_in_the_number_they_take(caplog: pytest.LogCaptureFixture) -> None:
+    """ "1 events with a ts before 1973" (a trial's nit, as "1 policy updates applied"):
+    one event is said in the singular, two in the plural."""
+    effects = _processor().process(
+        [_record(5, "e-one", NOW // 1000), _record(6, "e-two", NOW // 1000)], NOW
+    )
+    service = Service(parse_config(""), bootstrap_servers="k:1", environ={})
+    with caplog.at_level(logging.WARNING, logger="stream_expiry.service"):
+        service._count(effects)
+    assert [r.getMessage().split(" with ")[0] for r in caplog.records] == ["2 events"]
