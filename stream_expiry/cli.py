@@ -60,6 +60,7 @@ from stream_expiry.logs import (
     say_warning,
 )
 from stream_expiry.metrics import version
+from stream_expiry.wakeup import run_woken
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -367,7 +368,7 @@ def _policy_updates(
     topic = config.topics.policies
     try:
         with _interrupt_at_once(), _library_quiet():
-            return anyio.run(policy_updates, connection_from(args, config), topic)
+            return run_woken(policy_updates, connection_from(args, config), topic)
     except (BrokerError, KafkaError, OSError) as exc:
         raise BrokerError(
             f"cannot read the runtime policy updates on {topic} (brokers from {origin}), so "
@@ -460,7 +461,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     config = load(args)
     try:
         with _interrupt_at_once(), _library_quiet():
-            return anyio.run(run_replay, config, connection_from(args, config), args)
+            return run_woken(run_replay, config, connection_from(args, config), args)
     except KeyboardInterrupt:
         # Stopped while it read or published, it said nothing, and what it had published
         # (and what it had not) was left to guess (a trial).
@@ -529,7 +530,7 @@ def _cmd_hold(args: argparse.Namespace) -> int:
 
     config = load(args)
     with _interrupt_at_once(), _library_quiet():
-        return anyio.run(run_hold, config, connection_from(args, config), args)
+        return run_woken(run_hold, config, connection_from(args, config), args)
 
 
 def _add_by(verb: argparse.ArgumentParser, does: str) -> None:
@@ -644,7 +645,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     config = load(args)
     with _interrupt_at_once(), _library_quiet():
-        return anyio.run(run_status, config, connection_from(args, config), args)
+        return run_woken(run_status, config, connection_from(args, config), args)
 
 
 def _parser_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -692,7 +693,7 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
     config = load(args)
     with _interrupt_at_once(), _library_quiet():
-        return anyio.run(run_history, config, connection_from(args, config), args)
+        return run_woken(run_history, config, connection_from(args, config), args)
 
 
 def _parser_history(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -734,7 +735,7 @@ def _cmd_deletions(args: argparse.Namespace) -> int:
 
     config = load(args)
     with _interrupt_at_once(), _library_quiet():
-        return anyio.run(run_deletions, config, connection_from(args, config), args)
+        return run_woken(run_deletions, config, connection_from(args, config), args)
 
 
 def _parser_deletions(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -871,7 +872,7 @@ def _purge_holds(args: argparse.Namespace, config: Config) -> HoldBook:
 
     brokers = connection_from(args, config)
     with _library_quiet():
-        holds = anyio.run(
+        holds = run_woken(
             partial(
                 read_holds,
                 config,
