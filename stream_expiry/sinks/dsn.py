@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "UnknownKey",
+    "UnreadableFile",
     "as_uri",
+    "check_files",
     "hide_secrets",
     "hosts",
     "is_local",
@@ -257,6 +259,37 @@ def as_uri(dsn: str) -> str:
         query.append((key, value))
     _check_ports([value for key, value in query if key == "port"])
     return "postgresql://?" + urlencode(query)
+
+
+# The keys whose value is a file the client reads before it connects. One that is missing
+# or unreadable failed inside asyncpg as an OSError (``FileNotFoundError(2, 'No such file or
+# directory')``, no name), which read as a server that does not answer: status 4 and "is
+# the server running?" for a typo in a path (a security trial).
+_FILE_KEYS: Final = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
+
+
+class UnreadableFile(ValueError):
+    """Raised by :func:`check_files` for a file the DSN names that the client cannot read:
+    the message names the key and the path, what the operator corrects."""
+
+
+def check_files(uri: str) -> None:
+    """Raises :class:`UnreadableFile` naming the key and the path when a file the DSN's query
+    names (:data:`_FILE_KEYS`; ``uri`` as :func:`as_uri` returns it) is not a readable file,
+    before any connection is tried. ``passfile`` is not checked: libpq ignores a missing
+    one, and so does asyncpg."""
+    query = parse_qs(urlsplit(uri).query)
+    for key in _FILE_KEYS:
+        for path in query.get(key, []):
+            if not os.path.exists(path):
+                problem = "does not exist"
+            elif not os.path.isfile(path):
+                problem = "is not a file"
+            elif not os.access(path, os.R_OK):
+                problem = "cannot be read by this user"
+            else:
+                continue
+            raise UnreadableFile(f"its {key} {path!r} {problem} (relative paths start at the cwd)")
 
 
 def _check_query_keys(keys: list[str]) -> None:

@@ -73,7 +73,9 @@ from stream_expiry.sinks._messages import (
 )
 from stream_expiry.sinks.dsn import (
     UnknownKey,
+    UnreadableFile,
     as_uri,
+    check_files,
     hide_secrets,
     is_local,
     meant_key,
@@ -223,7 +225,7 @@ def _connect_failure(dsn: str, exc: BaseException) -> StoreError | Configuration
 
     shown = redact(dsn)
     why = hide_secrets(str(exc), dsn)  # a parser's message may quote a piece of a password
-    if isinstance(exc, UnknownKey):  # what to do is in the words: no list of forms after
+    if isinstance(exc, UnknownKey | UnreadableFile):  # the words say what to do: no forms
         return ConfigurationError(f"the PostgreSQL DSN {shown} cannot be used: {why}")
     setting = _unknown_setting(dsn, exc)
     if setting is not None:
@@ -937,8 +939,10 @@ class PostgresStore(Store):
             # needs one and kept while they work. With a floor, asyncpg reconnects in the
             # background whenever one is lost, and while the server is away it logged a
             # traceback a second ("Failed to restore the pool connection floor").
+            uri = as_uri(self.dsn)
+            check_files(uri)  # a path's typo is a setting to correct, not an outage
             pool = await asyncpg.create_pool(
-                as_uri(self.dsn),
+                uri,
                 min_size=0,
                 max_size=self._pool_size,
                 timeout=self._timeout,

@@ -3,7 +3,7 @@ passwords kept out of messages, and whether the server is this machine."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from asyncpg.connect_utils import _parse_connect_dsn_and_args
@@ -11,6 +11,9 @@ from asyncpg.connect_utils import _parse_connect_dsn_and_args
 from stream_expiry.errors import ConfigurationError, StoreError
 from stream_expiry.sinks.dsn import UnknownKey, as_uri, hide_secrets, is_local, redact
 from stream_expiry.sinks.postgres import PostgresStore
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def parsed(dsn: str) -> tuple[Any, Any]:
@@ -240,3 +243,35 @@ async def test_a_dsn_the_client_cannot_use_is_said_without_its_password(dsn: str
 )
 def test_local_means_every_host_is_this_machine(dsn: str, local: bool) -> None:
     assert is_local(dsn, environ={}) is local
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ("sslmode=verify-full&sslrootcert={missing}", "its sslrootcert '{missing}' does not exist"),
+        ("sslmode=verify-full&sslrootcert={dir}", "its sslrootcert '{dir}' is not a file"),
+        (
+            "sslmode=require&sslcert={cert}&sslkey={missing}",
+            "its sslkey '{missing}' does not exist",
+        ),
+    ],
+)
+@pytest.mark.asyncio
+async def test_a_tls_file_the_dsn_names_that_cannot_be_read_is_a_setting_to_correct(
+    tmp_path: Path, query: str, says: str
+) -> None:
+    """A security trial: a typo in ``sslrootcert`` stopped the sink with status 4 and
+    "PostgreSQL is not reachable ... FileNotFoundError(2, 'No such file or directory'); is
+    the server running?", naming neither the key nor the file, against a server that was up
+    (PostgreSQL at 127.0.0.1:5432). It is a setting (status 2), said with the key and path,
+    before any connection is tried; the password stays hidden."""
+    cert = tmp_path / "client.pem"
+    cert.write_text("not read: the key is missing first\n")
+    names = {"missing": str(tmp_path / "nope.pem"), "dir": str(tmp_path), "cert": str(cert)}
+    dsn = "postgresql://u:S3cr3tPW@127.0.0.1:5432/test?" + query.format(**names)
+    with pytest.raises(ConfigurationError) as failed:
+        await PostgresStore(dsn, connect_timeout_s=2).open()
+    said = str(failed.value)
+    assert says.format(**names) in said, said
+    assert "S3cr3tPW" not in said
+    assert "is the server running" not in said
