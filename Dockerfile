@@ -35,8 +35,11 @@ COPY stream_expiry ./stream_expiry
 RUN pip install --constraint requirements.lock --no-deps ".[postgres]" \
     && pip check
 
+# The state directory holds record ids: its user's only (0700), as `run` makes one; a Docker
+# volume takes this directory's mode, and mkdir's 0755 left the state readable to all.
 RUN mkdir -p /var/lib/stream-expiry /etc/stream-expiry \
-    && chown 10001:10001 /var/lib/stream-expiry
+    && chown 10001:10001 /var/lib/stream-expiry \
+    && chmod 0700 /var/lib/stream-expiry
 USER 10001:10001
 VOLUME ["/var/lib/stream-expiry"]
 EXPOSE 9400

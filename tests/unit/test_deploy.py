@@ -94,6 +94,25 @@ def test_every_pod_with_a_read_only_root_has_a_writable_tmp() -> None:
                 _writable_tmp(pod, container)
 
 
+def test_no_pod_is_given_a_kubernetes_api_token() -> None:
+    """A security review: no command talks to the Kubernetes API, yet every pod had the
+    namespace's default service-account token mounted, which anyone who gets code to run in
+    a pod holding personal data could use. Checked over the base and the rekey overlay."""
+    overlay = [d for p in sorted((K8S / "rekey").glob("*.yaml")) for d in _docs(p)]
+    pods = [
+        r["spec"]["template"]["spec"]
+        for r in [*_resources(), *overlay]
+        if r.get("kind") in ("StatefulSet", "Deployment") and "selector" in r["spec"]
+    ]  # not the overlay's patch of the StatefulSet (no selector): the base's pod has it
+    assert len(pods) == 3  # the service, the sink, rekey
+    for pod in pods:
+        assert pod.get("automountServiceAccountToken") is False, pod["containers"][0]["name"]
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"]["drop"] == ["ALL"]
+
+
 def test_the_configmap_holds_a_valid_config() -> None:
     (cm,) = _by_kind("ConfigMap")
     config = parse_config(cm["data"]["expiry.toml"], path="configmap")
@@ -197,6 +216,11 @@ def test_the_dockerfile_pins_declares_state_and_checks_health() -> None:
     assert "pip install -r requirements.lock" in text
     assert "--constraint requirements.lock --no-deps" in text
     assert re.search(r"^USER \d+:\d+$", text, re.M)
+    # The state directory holds record ids (and a Docker volume takes the image directory's
+    # mode): its user's only, as `run` makes one (0700), not mkdir's 0755.
+    made = re.search(r"mkdir -p /var/lib/stream-expiry.*?(?=^RUN|^USER)", text, re.M | re.S)
+    assert made is not None
+    assert "chmod 0700 /var/lib/stream-expiry" in made.group(), made.group()
 
 
 def test_the_image_preloads_jemalloc_through_the_link_it_makes(tmp_path: Path) -> None:
