@@ -48,6 +48,7 @@ from stream_expiry.kafka_settings import security_from_environment
 from stream_expiry.key_template import KeyTemplate
 from stream_expiry.logs import filtered, say_failure
 from stream_expiry.metrics import SinkMetrics
+from stream_expiry.sinks.dsn import has_password
 from stream_expiry.sinks.framework import (
     DEFAULT_AUDIT,
     DEFAULT_HOLDS,
@@ -346,6 +347,11 @@ def build_sink(
     if args.sink_store == "sqlite":
         store = SQLiteStore(args.path, name=args.name or "sqlite", table_prefix=args.table_prefix)
     else:
+        if has_password(args.dsn):
+            log.warning(
+                "the --dsn holds a password, which every user of this machine can read on "
+                "the command line (ps); give it in PGPASSWORD (or a passfile) instead"
+            )
         store = PostgresStore(
             args.dsn,
             name=args.name or "postgres",

@@ -23,6 +23,7 @@ __all__ = [
     "UnreadableFile",
     "as_uri",
     "check_files",
+    "has_password",
     "hide_secrets",
     "hosts",
     "is_local",
@@ -290,6 +291,19 @@ def check_files(uri: str) -> None:
             else:
                 continue
             raise UnreadableFile(f"its {key} {path!r} {problem} (relative paths start at the cwd)")
+
+
+def has_password(dsn: str) -> bool:
+    """Whether ``dsn`` carries a password (``user:PW@`` of a URI, or a ``password`` key of
+    its query or of key/value pairs): on a command line, every user of the machine reads it
+    with ``ps``, so the sink warns (PGPASSWORD keeps it off). A DSN that cannot be parsed is
+    judged by its text, as the connection then fails with a message of its own."""
+    if _SCHEME.match(dsn) is not None:
+        parts = urlsplit(dsn)
+        if ":" in parts.netloc.rpartition("@")[0]:
+            return True
+        return "password" in {k.lower() for k in parse_qs(parts.query)}
+    return any(key.lower() == "password" for key, _ in _KV.findall(dsn))
 
 
 def _check_query_keys(keys: list[str]) -> None:

@@ -3,6 +3,9 @@ passwords kept out of messages, and whether the server is this machine."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -275,3 +278,35 @@ async def test_a_tls_file_the_dsn_names_that_cannot_be_read_is_a_setting_to_corr
     assert says.format(**names) in said, said
     assert "S3cr3tPW" not in said
     assert "is the server running" not in said
+
+
+@pytest.mark.parametrize(
+    ("dsn", "holds"),
+    [
+        ("postgresql://u:S3cr3tPW@127.0.0.1:1/test", True),
+        ("postgresql://u:@127.0.0.1:1/test", True),
+        ("postgresql://127.0.0.1:1/test?user=u&password=S3cr3tPW", True),
+        ("host=127.0.0.1 port=1 user=u password = S3cr3tPW", True),
+        ("postgresql://u@127.0.0.1:1/test?sslpassword=k3y&sslmode=require", False),
+        ("postgresql://u@127.0.0.1:1/test", False),
+        ("host=127.0.0.1 port=1 user=u", False),
+    ],
+)
+def test_a_password_on_the_command_line_is_warned_of_without_showing_it(
+    dsn: str, holds: bool
+) -> None:
+    """A security trial: ``sink postgres --dsn postgresql://u:PW@...`` ran without a word,
+    while ``ps`` showed the password to every user of the machine (the help says to use
+    PGPASSWORD, but nothing said so to one who did not read it)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "stream_expiry", "sink", "postgres", "--dsn", dsn],
+        capture_output=True,
+        text=True,
+        timeout=45,
+        check=False,
+        env={**os.environ, "STREAM_EXPIRY_BOOTSTRAP_SERVERS": "127.0.0.1:1"},
+    )
+    assert done.returncode == 4, done.stderr  # port 1: PostgreSQL not reachable
+    warned = "the --dsn holds a password" in done.stderr
+    assert warned is holds, done.stderr
+    assert "S3cr3tPW" not in done.stderr
