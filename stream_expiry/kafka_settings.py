@@ -19,6 +19,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import ssl
 from dataclasses import dataclass, field, replace
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from stream_expiry.config import Config, Topics
+
+_log = logging.getLogger("stream_expiry.kafka_settings")
 
 __all__ = [
     "ENV_PREFIX",
@@ -221,6 +224,15 @@ def security_from_environment(base: KafkaSecurity, environ: Mapping[str, str]) -
         origins[key] = f"${name}"
     merged = replace(base, **changes, origins=origins) if changes else base
     merged.check()
+    if merged.security_protocol == "SASL_PLAINTEXT" and merged.sasl_mechanism == "PLAIN":
+        # Allowed (a broker on a private network may be set up so), but PLAIN sends the
+        # password as it is: without TLS anyone on the path reads it (Kafka's documentation:
+        # SASL/PLAIN only with TLS). A security trial found it accepted without a word.
+        _log.warning(
+            "%s: SASL PLAIN over SASL_PLAINTEXT sends the password unencrypted to the brokers; "
+            "use SASL_SSL, or SCRAM-SHA-512, which never sends it",
+            merged.origin("security_protocol"),
+        )
     return merged
 
 

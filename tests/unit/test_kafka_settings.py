@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import logging
 import os
 import ssl
 from dataclasses import replace
@@ -549,3 +550,26 @@ def _encrypted_copy(key_file: str, to: Path) -> Path:
         )
     )
     return to
+
+
+@pytest.mark.parametrize(
+    ("protocol", "mechanism", "warned"),
+    [
+        ("SASL_PLAINTEXT", "PLAIN", True),
+        ("SASL_PLAINTEXT", "SCRAM-SHA-512", False),
+        ("SASL_SSL", "PLAIN", False),
+    ],
+)
+def test_plain_without_tls_is_warned_of_once_without_the_password(
+    protocol: str, mechanism: str, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A security trial: ``SASL_PLAINTEXT`` with ``PLAIN`` puts the password on the wire as
+    it is (Kafka's documentation: SASL/PLAIN only over TLS), and was taken without a word.
+    It stays allowed (a private network), with a warning naming where it was set."""
+    base = KafkaSecurity(security_protocol=protocol, sasl_mechanism=mechanism, sasl_username="u")
+    env = {"STREAM_EXPIRY_KAFKA_SASL_PASSWORD": "S3cr3tPW"}
+    with caplog.at_level(logging.WARNING, logger="stream_expiry.kafka_settings"):
+        security_from_environment(base, env)
+    said = [r.getMessage() for r in caplog.records]
+    assert len([s for s in said if "sends the password unencrypted" in s]) == int(warned), said
+    assert not [s for s in said if "S3cr3tPW" in s]
