@@ -305,6 +305,7 @@ def load_config(
     try:
         with open(name, "rb") as f:
             raw = f.read()
+            mode = os.fstat(f.fileno()).st_mode
     except OSError as exc:
         raise ConfigError(
             f"{name}: cannot read the config file ({exc.strerror}); check the --config path"
@@ -318,7 +319,17 @@ def load_config(
     # A byte-order mark, which Windows editors write at the start of UTF-8 files: the TOML
     # parser took it for a statement ("line 1, column 1: invalid TOML: Invalid statement",
     # nothing anyone could see in the file). It is not part of the text; lines stay as they are.
-    return parse_config(text.removeprefix("\ufeff"), path=name, environ=environ)
+    config = parse_config(text.removeprefix("\ufeff"), path=name, environ=environ)
+    if config.kafka.sasl_password is not None and mode & 0o077:
+        # A security trial: the README says to keep the password out of the file, but a
+        # file that holds it was read without a word whoever else could read it too.
+        log.warning(
+            "%s holds [kafka] sasl_password and other users can read it (mode %04o): "
+            "chmod 600 it, or set STREAM_EXPIRY_KAFKA_SASL_PASSWORD instead",
+            name,
+            mode & 0o777,
+        )
+    return config
 
 
 # Read by the commands themselves (cliargs, logs), or by the test harness.

@@ -649,3 +649,27 @@ def test_retired_topics_are_read_and_none_may_be_an_input() -> None:
         parse_config(both, path="x.toml")
     with pytest.raises(ConfigError, match=r"also used by 'retired'"):
         parse_config('[topics]\nretired = ["expiry.dlq"]\n')
+
+
+@pytest.mark.parametrize(("mode", "password", "warned"), [
+    (0o644, True, True),
+    (0o640, True, True),
+    (0o600, True, False),
+    (0o644, False, False),
+])  # fmt: skip
+def test_a_password_in_a_file_others_can_read_is_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int, password: bool, warned: bool
+) -> None:
+    """A security trial: a config file holding ``sasl_password`` at the usual 0644 was
+    read without a word, though every user of the machine could read the password."""
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(
+        '[kafka]\nsecurity_protocol = "SASL_SSL"\nsasl_mechanism = "SCRAM-SHA-512"\n'
+        'sasl_username = "svc"\n' + ('sasl_password = "S3cr3tPW"\n' if password else "")
+    )
+    cfg.chmod(mode)
+    with caplog.at_level(logging.WARNING, logger="stream_expiry.config"):
+        load_config(cfg, environ={})
+    said = [r.getMessage() for r in caplog.records]
+    assert len([s for s in said if "other users can read it" in s]) == int(warned), said
+    assert not [s for s in said if "S3cr3tPW" in s]
