@@ -159,3 +159,29 @@ def test_timers_due_at_the_clocks_time_left_by_a_slice_fire_in_the_next_slice_th
         [],
     ]
     assert engine.pending_in_wheel == 0
+
+
+def test_a_timer_due_at_the_horizons_end_waits_in_the_store() -> None:
+    """The horizon is half-open: ``load_timers`` schedules the timers due *before* its end
+    (``start_horizon``: "every one due before ``end``"), as tracking a new state does; one
+    due exactly at the end belongs to the next slice, which loads it from the store. Kept
+    in the wheel too, the wheel held more than its slices say (``shrink_horizon``'s bound)."""
+    engine = _engine_at(BASE)
+    engine.start_horizon(BASE + 1_000, _timers(BASE, [BASE + 999, BASE + 1_000]), "p")
+    assert engine.wheel_size == 1
+    assert [f.before.expires_at for f, _ in engine.advance(BASE + 2_000)] == [BASE + 999]
+
+
+def test_a_horizon_extended_to_an_earlier_end_keeps_its_end() -> None:
+    """``extend_horizon`` only moves the end forward: a slice that ends before the end the
+    wheel has (loaded late, after a larger one) must not shorten it, or a record created
+    then, due between the two ends, got no timer in the wheel although the slices that
+    cover its expiry were loaded already."""
+    engine: Engine[str] = Engine(resolver(constant_policy), SLIDING, now_ms=BASE, horizon_ms=400)
+    engine.extend_horizon(BASE + 200, [], "p")
+    assert engine.horizon_end == BASE + 400
+    _created(engine, "a", BASE + 100)  # error, ttl 50: due at 150, before either end
+    created = engine.feed(ev("session", "s", "create", BASE), None, BASE, "p")
+    assert created.state is not None
+    assert created.state.expires_at == BASE + 300  # between the slice's end and the wheel's
+    assert engine.wheel_size == 2
