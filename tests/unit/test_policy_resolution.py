@@ -155,6 +155,14 @@ RULES = [
         "org",
     ),
     (
+        "tie of cap and default goes to the cap, listed first",
+        DEFAULT_90D + '[retention.cap]\nmax = "90d"\n',
+        {},
+        "_",
+        90 * DAY,
+        "cap",
+    ),
+    (
         "all non-positive: never",
         ORG_30D.replace('"30d"', "0") + "[retention.cap]\nmax = 0\n",
         {CONV: "0"},
