@@ -201,6 +201,13 @@ def test_draft_and_live_are_separate() -> None:
     )
     assert resolve(b, bot="b1", env="draft").ttl_ms == DAY
     assert resolve(b, bot="b1", env="live").ttl_ms == 9 * DAY
+    # explain answers for the env asked about, as resolve does
+    for env, seconds in (("draft", DAY // 1000), ("live", 9 * DAY // 1000)):
+        e = b.explain(category="conversation", org="acme", bot="b1", env=env)
+        assert e["ttl_seconds"] == seconds
+        assert [c["name"] for c in e["candidates"]] == [
+            f"retention.bots.acme.b1.{env}.conversation"
+        ]
 
 
 def test_other_org_gets_nothing_from_acme() -> None:
