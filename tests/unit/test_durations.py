@@ -91,6 +91,8 @@ def test_zero_negative_and_empty_are_valid_but_not_positive(value: object, ms: i
         10**40,
         "7001y",
         "9000y",
+        "-7001y",  # too long is no duration whatever its sign, not a negative to ignore
+        -(10**40),
         "9" * 70,
     ],
 )
