@@ -334,3 +334,15 @@ def test_order_of_equal_sources_does_not_change_the_ttl(cands: list[Candidate]) 
     b = choose(_ordered(list(reversed(cands)))).resolution
     assert a.ttl_ms == b.ttl_ms
     assert a.source == b.source
+
+
+def test_equal_ttls_from_different_sources_each_name_their_own_source() -> None:
+    """The tombstone's ``ttl_source`` is the winning source of *that* record: two records
+    whose TTLs are equal but come from different scopes (acme's org value, the cap for
+    everyone else) must not share one answer, whichever is resolved first."""
+    b = book(
+        ORG_30D + '[retention.cap]\nmax = "30d"\n' + '[retention.orgs.globex]\nsession = "1d"\n'
+    )
+    assert resolve(b, org="acme") == Resolution(30 * DAY, "org")
+    assert resolve(b, org="globex") == Resolution(30 * DAY, "cap")
+    assert resolve(b, org="initech") == Resolution(30 * DAY, "cap")
