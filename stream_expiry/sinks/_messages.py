@@ -36,7 +36,7 @@ from stream_expiry.codec import (
     request_of,
 )
 from stream_expiry.errors import InputError, not_json
-from stream_expiry.model import Identity, decode_key
+from stream_expiry.model import Identity, decode_key, json_type
 from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
 
 if TYPE_CHECKING:
@@ -617,7 +617,7 @@ def _load_object(value: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         raise InvalidMessage(not_json(value, exc)) from None
     if not isinstance(obj, dict):
-        raise InvalidMessage(f"the value is a JSON {type(obj).__name__}, not an object")
+        raise InvalidMessage(f"the value is a JSON {json_type(obj)}, not an object")
     return obj
 
 

@@ -604,7 +604,7 @@ def test_a_nulls_request_is_read_for_an_erasure_only() -> None:
     ("value", "words"),
     [
         (None, "a tombstone event must have a value"),
-        (b"[1]", "the value is a JSON list, not an object"),
+        (b"[1]", "the value is a JSON array, not an object"),
         (b"emitted", "emitted_at"),
         (b"ttl_source", "field 'ttl_source' must be a string or null"),
     ],

@@ -84,14 +84,14 @@ def test_each_topic_is_said_on_its_own_and_a_stranger_is_not_called_an_input(
     report = MalformedReport({"bot-events": TOMBSTONES}, clock=clock)
     caplog.set_level(logging.WARNING, logger="stream_expiry.sinks")
     report.skipped("bot-events", 0, 7, WHY, b'{"reason": "gone"}')
-    report.skipped("other", 2, 3, "the value is a JSON list, not an object", b"[]")
-    report.skipped("other", 2, 4, "the value is a JSON list, not an object", b"[]")
+    report.skipped("other", 2, 3, "the value is a JSON array, not an object", b"[]")
+    report.skipped("other", 2, 4, "the value is a JSON array, not an object", b"[]")
     first, other = said(caplog)
     assert first.startswith(
         f"skipping a malformed message at bot-events[0]@7: {WHY}; the sink reads bot-events"
     )
     assert other == (
-        "skipping a malformed message at other[2]@3: the value is a JSON list, not an object. "
+        "skipping a malformed message at other[2]@3: the value is a JSON array, not an object. "
         "More malformed messages on other are counted and said at most once every 60 s"
     )
     clock.now += 60
