@@ -183,6 +183,10 @@ class InputEvent(NamedTuple):
     # does not have, with that field (``event_fields``): the shell says so; the event goes
     # on as the contract says, without them.
     misspelt: tuple[tuple[str, str], ...] = ()
+    # ``ts`` as sent when it was an RFC 3339 string dated before 1973 (an unset date, most
+    # likely, not epoch seconds): the shell quotes it in its warning, which read every such
+    # event's JSON again to find it. None otherwise; only the slow path sets it.
+    early_ts_text: str | None = None
 
 
 # The longest ``Rejection.detail``: it goes into a log line and a dead letter's header, and
@@ -467,6 +471,7 @@ def _validate(
         ts,
         None if event_id is None else str(event_id),
         obj.get("data"),
+        early_ts_text=raw_ts if type(raw_ts) is str and ts < SECONDS_LIKE_BEFORE_MS else None,
     )
 
 

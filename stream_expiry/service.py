@@ -36,7 +36,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
-import orjson
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
@@ -296,20 +295,16 @@ def created_input_said(topic: str, *, source_exists: bool) -> str:
     return said
 
 
-def _say_early_ts(early: list[tuple[Any, int]]) -> None:
+def _say_early_ts(early: list[tuple[Any, int, str | None]]) -> None:
     """Events dated before 1973, one line a batch for each form of ``ts``, not one an
     event: a producer with such a fault sends nothing else, and a line per event would
     bury every other line of the log. An integer is most likely epoch seconds; an RFC 3339
     string cannot be, so it is quoted as sent, most likely an unset date (a trial's
-    ``0001-01-01T00:00:00+00:00`` was said as "ts -62135596800000 ... seconds?"). Rare,
-    so reading the event's ``ts`` again here costs the hot path nothing."""
-    integers: list[tuple[Any, int, object]] = []
-    strings: list[tuple[Any, int, object]] = []
-    for rec, ts in early:
-        raw = orjson.loads(rec.value).get("ts")
-        (strings if isinstance(raw, str) else integers).append((rec, ts, raw))
+    ``0001-01-01T00:00:00+00:00`` was said as "ts -62135596800000 ... seconds?")."""
+    integers = [(rec, ts) for rec, ts, text in early if text is None]
+    strings = [(rec, text) for rec, _, text in early if text is not None]
     if integers:
-        rec, ts, _ = integers[0]
+        rec, ts = integers[0]
         log.warning(
             "%s with a ts before 1973 as epoch milliseconds, e.g. %s[%d]@%d: ts %d "
             "is %s: does the producer send seconds? Such records with a TTL are long "
@@ -322,7 +317,7 @@ def _say_early_ts(early: list[tuple[Any, int]]) -> None:
             format_ts(ts),
         )
     if strings:
-        rec, _, raw = strings[0]
+        rec, raw = strings[0]
         log.warning(
             "%s with an RFC 3339 ts before 1973, e.g. %s[%d]@%d: ts %r: does the "
             "producer send an unset date (a default such as .NET's DateTimeOffset.MinValue)? "

@@ -201,8 +201,9 @@ class Effects:
     erasures_read: dict[str, ErasureRead] | None = None
     # Accepted events whose ts, as epoch milliseconds, is before 1973: epoch seconds, most
     # likely, which the contract reads as January 1970 and so tombstones at once. The
-    # shell warns about each (the event itself is valid and goes on as the contract says).
-    seconds_like: list[tuple[Any, int]] = field(default_factory=list)
+    # shell warns about each (the event itself is valid and goes on as the contract says),
+    # with its ``ts`` as sent if that was text (``InputEvent.early_ts_text``).
+    seconds_like: list[tuple[Any, int, str | None]] = field(default_factory=list)
     # Accepted events with a name that most likely stands for an optional field they do
     # not have (``InputEvent.misspelt``): the shell says each such name once.
     misspelt: list[tuple[Any, tuple[tuple[str, str], ...]]] = field(default_factory=list)
@@ -483,7 +484,7 @@ class PartitionProcessor:
             if sliding is not None and ev.identity.category in sliding:
                 self.may_slide, sliding = True, None
             if ev.ts < model.SECONDS_LIKE_BEFORE_MS:
-                effects.seconds_like.append((rec, ev.ts))
+                effects.seconds_like.append((rec, ev.ts, ev.early_ts_text))
             if ev.misspelt:
                 effects.misspelt.append((rec, ev.misspelt))
             if rec.key is None and effects.unkeyed is None:

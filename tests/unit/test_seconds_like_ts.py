@@ -53,7 +53,7 @@ def test_a_ts_in_epoch_seconds_is_taken_as_the_contract_says_and_warned_about(
     due = {st.identity.record_id: st.expires_at for st, _data in effects.stamps}
     assert due == {"e-seconds": NOW // 1000 + 30 * DAY_MS, "e-millis": NOW + 30 * DAY_MS}
     assert proc.next_due_ms() == NOW // 1000 + 30 * DAY_MS
-    assert effects.seconds_like == [(seconds, NOW // 1000)]
+    assert effects.seconds_like == [(seconds, NOW // 1000, None)]
     service = Service(parse_config(""), bootstrap_servers="k:1", environ={})
     with caplog.at_level(logging.WARNING, logger="stream_expiry.service"):
         service._count(effects)
@@ -105,3 +105,41 @@ def test_the_lines_count_events_in_the_number_they_take(caplog: pytest.LogCaptur
     with caplog.at_level(logging.WARNING, logger="stream_expiry.service"):
         service._count(effects)
     assert [r.getMessage().split(" with ")[0] for r in caplog.records] == ["2 events"]
+
+
+def test_the_event_carries_its_ts_as_sent_only_when_that_was_text_before_1973() -> None:
+    """The warning quotes an early RFC 3339 ``ts`` from the event itself: it read every
+    early event's JSON again to learn its form, which a producer sending seconds made a
+    second parse of every event it sent."""
+    from stream_expiry.model import InputEvent, parse_event
+
+    def early_text(ts: object) -> str | None:
+        body = {"category": "error", "org": "platco", "record_id": "e", "ts": ts}
+        ev = parse_event(
+            orjson.dumps(body), categories=frozenset({"error"}), now_ms=NOW, max_skew_ms=0
+        )
+        assert isinstance(ev, InputEvent)
+        return ev.early_ts_text
+
+    assert early_text("0001-01-01T00:00:00+00:00") == "0001-01-01T00:00:00+00:00"
+    assert early_text("1973-03-03T09:46:39.999Z") == "1973-03-03T09:46:39.999Z"
+    assert early_text("1973-03-03T09:46:40Z") is None  # SECONDS_LIKE_BEFORE_MS itself
+    assert early_text("2026-12-04T07:29:59Z") is None
+    assert early_text(NOW // 1000) is None  # seconds: an integer, said as such
+    assert early_text(NOW) is None
+
+
+def test_the_warning_needs_no_second_read_of_the_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The records the warning names are not parsed again: one whose value is gone (as
+    after a batch's bytes are released) is said all the same."""
+    from stream_expiry.service import _say_early_ts
+
+    gone = SimpleNamespace(topic="errors", partition=2, offset=9, key=b"e", value=None)
+    with caplog.at_level(logging.WARNING, logger="stream_expiry.service"):
+        _say_early_ts([(gone, NOW // 1000, None), (gone, -62_135_596_800_000, "0001-01-01Z")])
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2
+    assert "ts 1796369399 is 1970-01-21T18:59:29.399Z" in said[0]
+    assert "ts '0001-01-01Z'" in said[1]
