@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import ssl
 from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
@@ -277,8 +278,8 @@ class UnreadableFile(ValueError):
 def check_files(uri: str) -> None:
     """Raises :class:`UnreadableFile` naming the key and the path when a file the DSN's query
     names (:data:`_FILE_KEYS`; ``uri`` as :func:`as_uri` returns it) is not a readable file,
-    before any connection is tried. ``passfile`` is not checked: libpq ignores a missing
-    one, and so does asyncpg."""
+    or is one the client cannot load, before any connection is tried. ``passfile`` is not
+    checked: libpq ignores a missing one, and so does asyncpg."""
     query = parse_qs(urlsplit(uri).query)
     for key in _FILE_KEYS:
         for path in query.get(key, []):
@@ -291,6 +292,52 @@ def check_files(uri: str) -> None:
             else:
                 continue
             raise UnreadableFile(f"its {key} {path!r} {problem} (relative paths start at the cwd)")
+    _check_loads(query)
+
+
+# The TLS modes in which asyncpg loads the DSN's files, in its order (``sslmode``'s default
+# is prefer): CA and CRL files from require on, the client's certificate from allow on.
+_SSL_MODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _check_loads(query: dict[str, list[str]]) -> None:
+    """Loads each TLS file of the DSN's query as asyncpg will. One that exists but is no
+    certificate (a key given as the CA, a file cut short) failed inside asyncpg's own
+    reading of the DSN as an ``SSLError``, which read as a server that does not answer:
+    status 4 and "is the server running?" (a security trial)."""
+    mode = (query.get("sslmode") or [os.environ.get("PGSSLMODE") or "prefer"])[-1]
+    level = _SSL_MODES.index(mode) if mode in _SSL_MODES else 0  # asyncpg judges a typo
+    if level < 1:
+        return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if level >= _SSL_MODES.index("require"):
+        for key, holds in (("sslrootcert", "CA certificates"), ("sslcrl", "a revocation list")):
+            for path in query.get(key, [])[-1:]:
+                try:
+                    context.load_verify_locations(cafile=path)
+                except ssl.SSLError as exc:
+                    raise UnreadableFile(
+                        f"its {key} {path!r} could not be loaded as {holds} in PEM form "
+                        f"({_reason(exc)})"
+                    ) from None
+    certs, keys = query.get("sslcert", []), query.get("sslkey", [])
+    if certs:
+        password = (query.get("sslpassword") or [""])[-1]
+        try:
+            # A callable, as asyncpg gives it: never a prompt on the terminal for a key's
+            # passphrase, which a service has no one to answer.
+            context.load_cert_chain(certs[-1], keys[-1] if keys else None, lambda: password)
+        except ssl.SSLError as exc:
+            key = f" and its sslkey {keys[-1]!r}" if keys else ""
+            raise UnreadableFile(
+                f"its sslcert {certs[-1]!r}{key} could not be loaded as a client certificate "
+                f"and its key in PEM form ({_reason(exc)}): check that the key belongs to the "
+                "certificate, and the sslpassword if the key is encrypted"
+            ) from None
+
+
+def _reason(exc: ssl.SSLError) -> str:
+    return exc.reason or str(exc)  # OpenSSL's own word for it, NO_CERTIFICATE_OR_CRL_FOUND
 
 
 def has_password(dsn: str) -> bool:

@@ -12,7 +12,14 @@ import pytest
 from asyncpg.connect_utils import _parse_connect_dsn_and_args
 
 from stream_expiry.errors import ConfigurationError, StoreError
-from stream_expiry.sinks.dsn import UnknownKey, as_uri, hide_secrets, is_local, redact
+from stream_expiry.sinks.dsn import (
+    UnknownKey,
+    as_uri,
+    check_files,
+    hide_secrets,
+    is_local,
+    redact,
+)
 from stream_expiry.sinks.postgres import PostgresStore
 
 if TYPE_CHECKING:
@@ -278,6 +285,89 @@ async def test_a_tls_file_the_dsn_names_that_cannot_be_read_is_a_setting_to_corr
     assert says.format(**names) in said, said
     assert "S3cr3tPW" not in said
     assert "is the server running" not in said
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        (
+            "sslmode=verify-full&sslrootcert={client_key}",
+            "its sslrootcert '{client_key}' could not be loaded as CA certificates in PEM form "
+            "(NO_CERTIFICATE_OR_CRL_FOUND)",
+        ),
+        (
+            "sslmode=verify-ca&sslcrl={garbage}",
+            "its sslcrl '{garbage}' could not be loaded as a revocation list in PEM form",
+        ),
+        (
+            "sslmode=require&sslcert={client_cert}&sslkey={server_key}",
+            "its sslcert '{client_cert}' and its sslkey '{server_key}' could not be loaded as a "
+            "client certificate and its key in PEM form (KEY_VALUES_MISMATCH): check that the "
+            "key belongs to the certificate",
+        ),
+        (
+            "sslcert={client_cert}&sslkey={encrypted}&sslpassword=wrong",  # prefer: loaded
+            "and the sslpassword if the key is encrypted",
+        ),
+    ],
+)
+@pytest.mark.asyncio
+async def test_a_tls_file_the_client_cannot_load_is_a_setting_to_correct(
+    tmp_path: Path, query: str, says: str
+) -> None:
+    """A security trial: a CA file that exists but holds no certificate (a key given for
+    the CA) stopped the sink with status 4 and "PostgreSQL is not reachable ... SSLError(136,
+    '[X509: NO_CERTIFICATE_OR_CRL_FOUND] ...'); is the server running and listening there?",
+    against a server that was up: asyncpg loads the DSN's files before it connects. It is a
+    setting (status 2), said with the key and the path, and never a prompt for a key's
+    passphrase."""
+    from stream_expiry.testing.tls import make_pki
+
+    from .test_kafka_settings import _encrypted_copy
+
+    pki = make_pki(tmp_path)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not PEM\n")
+    names = {
+        "client_key": pki.client_key, "client_cert": pki.client_cert,
+        "server_key": pki.server_key, "garbage": str(garbage),
+        "encrypted": str(_encrypted_copy(pki.client_key, tmp_path / "encrypted.key")),
+    }  # fmt: skip
+    dsn = "postgresql://u:S3cr3tPW@127.0.0.1:5432/test?" + query.format(**names)
+    with pytest.raises(ConfigurationError) as failed:
+        await PostgresStore(dsn, connect_timeout_s=2).open()
+    said = str(failed.value)
+    assert says.format(**names) in said, said
+    assert "S3cr3tPW" not in said
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "sslmode=prefer&sslrootcert={garbage}",  # a CA file is read from require on
+        "sslmode=disable&sslcert={garbage}",  # no TLS: no file read
+        "sslmode=verify-full&sslrootcert={ca}&sslcert={client_cert}&sslkey={client_key}",
+        "sslmode=require&sslcert={client_cert}&sslkey={encrypted}&sslpassword=s3cret",
+    ],
+)
+def test_tls_files_the_client_would_not_read_or_reads_well_pass_the_check(
+    tmp_path: Path, query: str
+) -> None:
+    """The check reads what asyncpg reads, in the modes it reads them: a DSN that connects
+    is not refused for a file its mode never loads."""
+    from stream_expiry.testing.tls import make_pki
+
+    from .test_kafka_settings import _encrypted_copy
+
+    pki = make_pki(tmp_path)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not PEM\n")
+    names = {
+        "ca": pki.ca, "client_key": pki.client_key, "client_cert": pki.client_cert,
+        "garbage": str(garbage),
+        "encrypted": str(_encrypted_copy(pki.client_key, tmp_path / "encrypted.key")),
+    }  # fmt: skip
+    check_files(as_uri("postgresql://127.0.0.1:5432/test?" + query.format(**names)))
 
 
 @pytest.mark.parametrize(
