@@ -73,6 +73,9 @@ _TOMBSTONE_REASONS: Final = frozenset({"ttl", "explicit"})
 _IDENTITY_FIELDS: Final = ("org", "bot", "env", "category", "record_id")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MS: Final = timedelta(milliseconds=1)
+# The range of the stores' integer columns (SQLite INTEGER, PostgreSQL bigint).
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
 
 
 def _slot_init(cls: type[_T]) -> type[_T]:
@@ -689,11 +692,18 @@ def _time(obj: dict[str, Any], name: str) -> int | None:
 
 
 def _opt_int(obj: dict[str, Any], name: str) -> int | None:
+    """An integer field that every store keeps in a 64-bit column (SQLite ``INTEGER``,
+    PostgreSQL ``bigint``). One beyond that range was decoded, then refused by the store:
+    SQLite raised OverflowError (a traceback, status 1) and PostgreSQL "out of range for
+    type bigint" (status 4), each again at every start, as the sink reads the message
+    again; so it is invalid here, counted and skipped, as a field that is no integer is."""
     value = obj.get(name)
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidMessage(f"field {name!r} must be an integer or null")
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise InvalidMessage(f"field {name!r} is {value}, beyond a 64-bit integer")
     return value
 
 

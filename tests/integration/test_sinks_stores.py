@@ -623,6 +623,28 @@ async def test_a_request_without_an_event_id_and_odd_bytes_are_kept_as_text(stor
     ]  # fmt: skip
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_the_largest_ttl_the_decoder_takes_is_held_by_every_store(store: Store) -> None:
+    """The decoders refuse a ``ttl_seconds`` beyond a 64-bit integer (one such message
+    stopped a sink at every start: tests/unit/test_sinks_codec.py); the largest they take
+    is one every store holds, in its row and in its receipt."""
+    s = stamp(ident("long"))
+    largest = 2**63 - 1
+    key, value = stamped_msg(s)
+    change = decode_stamped(key, orjson.dumps({**orjson.loads(value), "ttl_seconds": largest}))
+    await store.apply([change], now_ms=T0)
+    row = await store.get(s.identity)
+    assert row is not None
+    assert row.ttl_seconds == largest
+    key, value = tombstone_msg(s)
+    await store.apply(
+        [decode_tombstone(key, orjson.dumps({**orjson.loads(value), "ttl_seconds": largest}))],
+        now_ms=T0 + 1,
+    )
+    assert [r.ttl_seconds for r in await store.receipts()] == [largest]
+
+
 # What the service puts on a ttl tombstone event and its null emitted more than a minute
 # after the expiry (codec.H_LATE_CAUSE).
 LATE = [("expiry-late-cause", b"catch_up")]

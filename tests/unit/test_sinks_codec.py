@@ -715,3 +715,28 @@ def test_a_tombstone_whose_reason_is_no_string_is_an_invalid_message(reason: Any
     }  # fmt: skip
     with pytest.raises(InvalidMessage, match="field 'reason' must be 'ttl' or 'explicit'"):
         decode_tombstone(None, orjson.dumps(body))
+
+
+@pytest.mark.parametrize("ttl_seconds", [2**63, 2**64 - 1])  # JSON decodes larger ones as floats
+def test_a_ttl_beyond_a_64_bit_integer_is_an_invalid_message(ttl_seconds: int) -> None:
+    """Every store keeps ``ttl_seconds`` in a 64-bit column: one beyond it was decoded and
+    then refused by the store (SQLite: OverflowError, a traceback and status 1; PostgreSQL:
+    "out of range for type bigint", status 4), again at every start as the sink read the
+    message again. It is invalid, counted and skipped, as a ``ttl_seconds`` that is no
+    integer is; the largest 64-bit one is taken (tests/integration/test_sinks_stores.py:
+    every store holds it)."""
+    s = Stamp(HOSTILE, T0, T0 + 60_000, 60_000, "org")
+    stamp = {**orjson.loads(encode_stamp(s, None)), "ttl_seconds": ttl_seconds}
+    tomb = {
+        **orjson.loads(encode_tombstone(s, reason="ttl", emitted_at=T0 + 60_000)),
+        "ttl_seconds": ttl_seconds,
+    }
+    said = f"field 'ttl_seconds' is {ttl_seconds}, beyond a 64-bit integer"
+    with pytest.raises(InvalidMessage, match=said):
+        decode_stamped(b"k", orjson.dumps(stamp))
+    with pytest.raises(InvalidMessage, match=said):
+        decode_tombstone(None, orjson.dumps(tomb))
+    largest = 2**63 - 1
+    taken = decode_stamped(b"k", orjson.dumps({**stamp, "ttl_seconds": largest}))
+    assert isinstance(taken, StampChange)
+    assert taken.ttl_seconds == largest
