@@ -708,12 +708,17 @@ def _opt_int(obj: dict[str, Any], name: str) -> int | None:
 
 
 def _opt_str(obj: dict[str, Any], name: str) -> str | None:
+    """A text field, U+0000 kept as U+FFFD, as the headers' text is
+    (:func:`~stream_expiry.codec.header_text`): PostgreSQL text cannot hold U+0000, and
+    one stamp or tombstone that said it stopped a PostgreSQL sink at every start ("\\u0000
+    cannot be converted to text", status 4) while SQLite kept it. One form in every store;
+    the record is still written, and its deletion still done."""
     value = obj.get(name)
     if value is None:
         return None
     if not isinstance(value, str):
         raise InvalidMessage(f"field {name!r} must be a string or null")
-    return value
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
 
 def _key_identity(key: bytes | None) -> Identity:

@@ -645,6 +645,27 @@ async def test_the_largest_ttl_the_decoder_takes_is_held_by_every_store(store: S
     assert [r.ttl_seconds for r in await store.receipts()] == [largest]
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_a_ttl_source_holding_u0000_is_kept_as_text_in_every_store(store: Store) -> None:
+    """PostgreSQL text cannot hold U+0000: one stamp whose ``ttl_source`` said it stopped a
+    PostgreSQL sink at every start ("\\u0000 cannot be converted to text", status 4),
+    while SQLite kept it. Every store keeps U+FFFD in its place, as it does in a request's
+    event id, and the record is written and deleted as any other."""
+    s = stamp(ident("odd-source"))
+    key, value = stamped_msg(s, {"note": "a\x00b"})  # in data, JSON escapes it: no harm
+    odd = {**orjson.loads(value), "ttl_source": "o\x00rg"}
+    await store.apply([decode_stamped(key, orjson.dumps(odd), partition=0, offset=0)], now_ms=T0)
+    row = await store.get(s.identity)
+    assert row is not None
+    assert (row.ttl_source, row.data) == ("o\ufffdrg", '{"note":"a\\u0000b"}')
+    key, value = tombstone_msg(s)
+    odd = {**orjson.loads(value), "ttl_source": "o\x00rg"}
+    out = await store.apply([decode_tombstone(key, orjson.dumps(odd))], now_ms=T0 + 1)
+    assert out.deleted == 1
+    assert [r.ttl_source for r in await store.receipts()] == ["o\ufffdrg"]
+
+
 # What the service puts on a ttl tombstone event and its null emitted more than a minute
 # after the expiry (codec.H_LATE_CAUSE).
 LATE = [("expiry-late-cause", b"catch_up")]
