@@ -56,9 +56,9 @@ from stream_expiry.sinks.framework import (
     DEFAULT_STAMPED,
     DEFAULT_TOMBSTONES,
     BatchReport,
+    Outage,
     Sink,
     SinkConfig,
-    StoreOutage,
 )
 from stream_expiry.sinks.postgres import DEFAULT_DSN, DEFAULT_PARALLEL, PostgresStore
 from stream_expiry.sinks.sqlite import SQLiteStore, missing_directory, sqlite_file_in
@@ -547,7 +547,7 @@ async def watch_store(
     *,
     every_s: float = STORE_PING_EVERY_S,
     stalls: Stalls | None = None,
-    outage: StoreOutage | None = None,
+    outage: Outage | None = None,
 ) -> None:
     """Ask the store whether it answers every ``every_s``, for ``/readyz``: the sink's own
     loop finds an outage only when it next writes, and an idle sink never does. A store
@@ -557,7 +557,7 @@ async def watch_store(
     deadline passed, as the broker probe's did) is asked again at once instead. ``outage``:
     the sink's (:attr:`Sink.store_outage`), so that the store's return is said once, by
     the probe or the sink's loop, whichever gets an answer first."""
-    outage = outage or StoreOutage()
+    outage = outage or Outage()
     while True:
         started = stalls.now() if stalls is not None else 0.0
         reason: str | None = None

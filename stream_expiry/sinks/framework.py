@@ -109,7 +109,7 @@ if TYPE_CHECKING:
     from stream_expiry.sinks._logic import Plan
     from stream_expiry.sinks.store import PrunePosition, Store, SweepPosition
 
-__all__ = ["BatchReport", "Sink", "SinkConfig", "StoreOutage", "run_sink", "wall_clock_ms"]
+__all__ = ["BatchReport", "Outage", "Sink", "SinkConfig", "run_sink", "wall_clock_ms"]
 
 log = logging.getLogger("stream_expiry.sinks")
 
@@ -172,15 +172,23 @@ def _behind(ends: Mapping[Any, int], applied: Mapping[Any, int]) -> int:
     return sum(max(0, end - applied.get(tp, 0)) for tp, end in ends.items())
 
 
-class StoreOutage:
-    """When the store was first found not answering, by the sink's loop or by its probe
-    (:func:`~stream_expiry.sinks.command.watch_store`), and the one line that says its end,
-    by whichever of the two gets an answer first: each said it, and a trial's sink said
-    one PostgreSQL outage's end twice ("the store answers again, 2 s after the sink's first
-    try that failed" at WARNING, "the store answers again" at INFO). At INFO, as the
-    service says the broker's return: the end of a trouble is no trouble."""
+class Outage:
+    """When a broker or the store was first found not answering, and the one line that
+    says its end (``end``, given the seconds it lasted, at ``level``).
 
-    def __init__(self) -> None:
+    The store's (:attr:`Sink.store_outage`) is shared by the sink's loop and its probe
+    (:func:`~stream_expiry.sinks.command.watch_store`), and its end is said by whichever
+    of the two gets an answer first: each said it, and a trial's sink said one PostgreSQL
+    outage's end twice ("the store answers again, 2 s after the sink's first try that
+    failed" at WARNING, "the store answers again" at INFO). At INFO, as the service says
+    the broker's return: the end of a trouble is no trouble."""
+
+    def __init__(
+        self,
+        end: str = "the store answers again, %.0f s after it was first found not answering",
+        level: int = logging.INFO,
+    ) -> None:
+        self._end, self._level = end, level
         self.since: float | None = None
 
     def failed(self) -> None:
@@ -189,46 +197,32 @@ class StoreOutage:
 
     def answered(self) -> None:
         if self.since is not None:
-            log.info(
-                "the store answers again, %.0f s after it was first found not answering",
-                time.monotonic() - self.since,
-            )
+            log.log(self._level, self._end, time.monotonic() - self.since)
             self.since = None
 
 
-class _Outage:
-    """A broker or store the sink waits for: counted at each failed try, said when it
-    starts failing and when it answers again (``ended``: the store's end is said there,
-    once with the store probe's)."""
+class _Retrying:
+    """The sink loop's side of an outage of ``what``: each failed try counted, a warning
+    when its tries start failing, and the end said (by ``outage``, once) when they answer
+    again. ``failing`` is the loop's own state, not the outage's: the store probe may have
+    seen the store answer while the loop has yet to try it again (see :meth:`Sink._loop`)."""
 
-    def __init__(
-        self, what: str, metrics: dict[str, int], counter: str, ended: StoreOutage | None = None
-    ) -> None:
+    def __init__(self, what: str, metrics: dict[str, int], counter: str, outage: Outage) -> None:
         self.what, self._metrics, self._counter = what, metrics, counter
-        self._ended = ended
-        self.since: float | None = None
+        self._outage = outage
+        self.failing = False
 
     def failed(self, exc: BaseException) -> None:
         self._metrics[self._counter] += 1
-        if self.since is None:
-            self.since = time.monotonic()
+        if not self.failing:
+            self.failing = True
             log.warning("%s; retrying until the %s answers", exc, self.what)
-            if self._ended is not None:
-                self._ended.failed()
+            self._outage.failed()
 
     def answered(self) -> None:
-        if self.since is not None:
-            if self._ended is not None:
-                self._ended.answered()  # unless the probe said it already
-            else:
-                # Counted from the first try that failed: a broker's outage may start well
-                # before (a fetch returns nothing while it is away; a commit is what fails),
-                # and "answers again after 6 s" was said of a 62 s outage (a trial).
-                log.warning(
-                    "the %s answers again, %.0f s after the sink's first try that failed",
-                    self.what, time.monotonic() - self.since,
-                )  # fmt: skip
-            self.since = None
+        if self.failing:
+            self.failing = False
+            self._outage.answered()  # the store's: unless its probe said it already
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,7 +384,7 @@ class Sink:
         self.store = store
         self.config = config
         # The store's outage, whose end the loop and the store probe say once between them.
-        self.store_outage = StoreOutage()
+        self.store_outage = Outage()
         # Ready once the group gave this sink its partitions (not merely once the store is
         # open); the lag of each it owns is reported at most once a second.
         self._on_ready = on_ready
@@ -632,14 +626,21 @@ class Sink:
     ) -> None:
         cfg = self.config
         next_sweep = next_prune = time.monotonic()
-        broker = _Outage("broker", self.metrics, "broker_errors_total")
-        store = _Outage("store", self.metrics, "store_errors_total", self.store_outage)
+        # Counted from the first try that failed: a broker's outage may start well before
+        # (a fetch returns nothing while it is away; a commit is what fails), and "answers
+        # again after 6 s" was said of a 62 s outage (a trial).
+        broker_outage = Outage(
+            "the broker answers again, %.0f s after the sink's first try that failed",
+            logging.WARNING,
+        )
+        broker = _Retrying("broker", self.metrics, "broker_errors_total", broker_outage)
+        store = _Retrying("store", self.metrics, "store_errors_total", self.store_outage)
         while not stop.is_set():
             self.malformed.tick()
             try:
-                if store.since is not None:  # said to answer again only once it does
+                if store.failing:  # said to answer again only once it does
                     await self.store.ping()
-                if broker.since is not None or store.since is not None:
+                if broker.failing or store.failing:
                     # Receipts of a batch whose publish failed; or of one the store
                     # committed while it said it had not (COMMIT's answer lost): applied
                     # again, that batch makes none, and its receipts waited for a restart.

@@ -1241,3 +1241,31 @@ async def test_a_rebalance_is_said_again_after_a_commit_that_went_through() -> N
     assert commits(j) == [{TP("tb", 0): 2}]  # B's
     lines = [line for line in logs.json_lines() if "rebalanced" in str(line["msg"])]
     assert [line["level"] for line in lines] == ["INFO", "INFO"]
+
+
+def test_a_store_outage_has_one_start_and_its_end_said_once_by_the_loop_or_the_probe() -> None:
+    """The sink's loop and its store probe share the store's outage (``Sink.store_outage``):
+    its start is the first failure either finds, and its end is said once, at INFO, by
+    whichever gets an answer first. The loop keeps only whether its own tries fail: it
+    pings the store and publishes the outbox again until it has seen the store answer,
+    even once the probe has."""
+    from stream_expiry.sinks.framework import Outage, _Retrying
+
+    metrics = {"store_errors_total": 0}
+    shared = Outage()
+    loop = _Retrying("store", metrics, "store_errors_total", shared)
+    with captured_logs() as logs:
+        shared.failed()  # the probe finds it first
+        started = shared.since
+        loop.failed(StoreError("connection refused"))
+        loop.failed(StoreError("connection refused"))
+        assert (shared.since, loop.failing, metrics["store_errors_total"]) == (started, True, 2)
+        shared.answered()  # the probe gets the first answer, and says it
+        assert loop.failing  # the loop has not tried again yet
+        loop.answered()  # its own answer: nothing more to say
+        assert not loop.failing
+    said = [(line["level"], line["msg"]) for line in logs.json_lines()]
+    assert said == [
+        ("WARNING", "connection refused; retrying until the store answers"),
+        ("INFO", "the store answers again, 0 s after it was first found not answering"),
+    ]
