@@ -88,6 +88,7 @@ __all__ = [
     "ensure_topics",
     "key_partition",
     "mapped",
+    "mark_seen",
     "message_limits",
     "missing_topics",
     "partition_counts",
@@ -96,6 +97,7 @@ __all__ = [
     "read_to_end",
     "readable_end",
     "request_rejoin",
+    "seen",
     "size_limits",
     "stable_end",
     "stable_ends",
@@ -469,6 +471,23 @@ def broker_errors(what: str) -> Iterator[None]:
         yield
     except KafkaError as exc:
         raise mapped(exc, f"{what} failed") from exc
+
+
+def mark_seen(acks: Iterable[object]) -> None:
+    """Mark acks that will not be awaited (after the first one failed, or a cancellation)
+    as seen once they are done. aiokafka fails every message of a batch with one
+    exception, and asyncio logs each future whose exception nobody retrieved with a
+    traceback when it is collected ("Future exception was never retrieved"): one per
+    partition of every publish in flight, after every outage."""
+    for ack in acks:
+        if isinstance(ack, asyncio.Future):
+            ack.add_done_callback(seen)
+
+
+def seen(future: asyncio.Future[Any]) -> None:
+    """A done callback that retrieves ``future``'s exception (see :func:`mark_seen`)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def transient(exc: KafkaError) -> bool:

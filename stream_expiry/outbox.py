@@ -27,6 +27,7 @@ from aiokafka.errors import KafkaError
 
 from stream_expiry import codec, model, oversize
 from stream_expiry.errors import BrokerError
+from stream_expiry.kafka import mark_seen, seen
 from stream_expiry.logs import record_ref
 from stream_expiry.state.store import position_name
 
@@ -85,10 +86,10 @@ async def all_acked(acks: Iterable[Awaitable[Any]]) -> None:
         for ack in pending:
             await ack
     except KafkaError as exc:
-        _seen(pending)
+        mark_seen(pending)
         raise BrokerError(f"the broker did not acknowledge an output message: {exc!r}") from exc
     except BaseException:
-        _seen(pending)
+        mark_seen(pending)
         raise
 
 
@@ -97,17 +98,6 @@ async def settled_or_failed(acks: list[Any]) -> None:
     the session). For the firing task's group commit and the release's slices in flight."""
     if acks:
         await asyncio.wait(acks)
-
-
-def _seen(acks: list[Awaitable[Any]]) -> None:
-    for ack in acks:
-        if isinstance(ack, asyncio.Future):
-            ack.add_done_callback(_retrieve)
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 def _forget(counts: collections.Counter[bytes], keys: list[bytes]) -> None:
@@ -493,7 +483,7 @@ class Outbox:
         self._changelog = task
         self._waiting.add(task)
         task.add_done_callback(self._waiting.discard)
-        task.add_done_callback(_retrieve)
+        task.add_done_callback(seen)
         task.add_done_callback(lambda _: _forget(unsent, held))
         return task
 

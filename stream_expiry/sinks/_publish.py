@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from stream_expiry.kafka import mark_seen
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -52,7 +54,8 @@ class BatchPublisher:
     async def flush(self) -> None:
         """Send everything added so far and wait until the broker acknowledged all of it.
 
-        Raises aiokafka's ``KafkaError`` as it comes: the caller maps it at its edge.
+        Raises aiokafka's ``KafkaError`` as it comes: the caller maps it at its edge. The
+        other acks are marked seen then (:func:`~stream_expiry.kafka.mark_seen`).
         """
         pending, self._pending, self.count = self._pending, {}, 0
         futures: list[asyncio.Future[Any]] = []
@@ -67,5 +70,9 @@ class BatchPublisher:
                         raise ValueError(f"a message for {topic} is larger than a record batch")
             if batch.record_count():
                 futures.append(await self._prod.send_batch(batch, topic, partition=partition))
-        for f in futures:
-            await f
+        try:
+            for f in futures:
+                await f
+        except BaseException:
+            mark_seen(futures)  # failed alike, or left by a cancellation
+            raise

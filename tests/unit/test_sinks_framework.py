@@ -1269,3 +1269,47 @@ def test_a_store_outage_has_one_start_and_its_end_said_once_by_the_loop_or_the_p
         ("WARNING", "connection refused; retrying until the store answers"),
         ("INFO", "the store answers again, 0 s after it was first found not answering"),
     ]
+
+
+class _TimedOutProducer(FakeProducer):
+    """A broker that took the batches and never acknowledged them: aiokafka fails every
+    batch's ack with one error once its request timeout passes."""
+
+    async def send_batch(
+        self, batch: FakeBatch, topic: str, *, partition: int
+    ) -> asyncio.Future[None]:
+        from aiokafka.errors import KafkaTimeoutError
+
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_exception(KafkaTimeoutError())
+        return fut
+
+
+@pytest.mark.asyncio
+async def test_a_publish_that_fails_leaves_no_ack_unretrieved() -> None:
+    """The first failed ack is raised (the sink waits for the broker and publishes again);
+    the others of that publish, failed alike, are marked seen. Left alone, asyncio logged
+    each with a traceback when it was collected ("Future exception was never retrieved"),
+    one per partition of every publish in flight, into the sink's log after an outage, as
+    the service's outbox marks its own (``outbox.all_acked``)."""
+    import gc
+
+    from aiokafka.errors import KafkaTimeoutError
+
+    from stream_expiry.sinks._publish import BatchPublisher
+
+    loop = asyncio.get_running_loop()
+    unretrieved: list[str] = []
+    before = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context["message"]))
+    try:
+        out = BatchPublisher(_TimedOutProducer(Journal()))
+        for partition in range(4):
+            out.add("rc", partition, b"k", b"v")
+        with pytest.raises(KafkaTimeoutError):
+            await out.flush()
+        await asyncio.sleep(0)  # the callbacks of acks done already run on the next turn
+        gc.collect()
+    finally:
+        loop.set_exception_handler(before)
+    assert unretrieved == []
