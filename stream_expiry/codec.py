@@ -378,7 +378,7 @@ def reason_of(headers: Sequence[tuple[str, bytes]]) -> str | None:
 
 
 def deleted_at_of(headers: Sequence[tuple[str, bytes]]) -> int | None:
-    return _int_header(headers, H_DELETED_AT)
+    return _time_header(headers, H_DELETED_AT)
 
 
 def encode_read_at(read_at: ReadAt) -> bytes:
@@ -403,28 +403,35 @@ def erasure_read_at_of(headers: Sequence[tuple[str, bytes]]) -> ReadAt | None:
 def erasure_requested_at_of(headers: Sequence[tuple[str, bytes]]) -> int | None:
     """When the erasure a tombstone or null carries out was requested
     (:data:`H_ERASURE_REQUESTED_AT`); None when not said (a ``ttl`` one, an older version's)."""
-    return _int_header(headers, H_ERASURE_REQUESTED_AT)
+    return _time_header(headers, H_ERASURE_REQUESTED_AT)
 
 
 def first_created_at_of(headers: Sequence[tuple[str, bytes]]) -> int | None:
     """The creation an erasure's :data:`H_FIRST_CREATED_AT` says its life's first stamp had;
     None when it says none (a life never moved back, an older version's, or unreadable)."""
-    return _int_header(headers, H_FIRST_CREATED_AT)
+    return _time_header(headers, H_FIRST_CREATED_AT)
 
 
 def due_at_ingest_of(headers: Sequence[tuple[str, bytes]]) -> int | None:
     """The expiry a stamp's :data:`H_DUE_AT_INGEST` says its life had when its event
     arrived; None when it says none (or nothing readable)."""
-    return _int_header(headers, H_DUE_AT_INGEST)
+    return _time_header(headers, H_DUE_AT_INGEST)
 
 
-def _int_header(headers: Sequence[tuple[str, bytes]], wanted: str) -> int | None:
+def _time_header(headers: Sequence[tuple[str, bytes]], wanted: str) -> int | None:
+    """The epoch milliseconds ``headers`` say in ``wanted``; None when not said, or not
+    readable as a time: not a number, a header without a value, or a number outside the
+    times a timestamp can say (years 1 to 9999, as :func:`~stream_expiry.timeutil.parse_ts`
+    takes). Read as any integer, one header of another producer's beyond 64 bits went
+    into a sink's store and stopped it at every start (SQLite: OverflowError; PostgreSQL:
+    "Integer exceeds 64-bit range")."""
     for name, value in headers:
         if name == wanted:
             try:
-                return int(value)
+                ms = int(value)
             except (TypeError, ValueError):  # not a number, or a header without a value
                 return None
+            return ms if MIN_TS_MS <= ms <= MAX_TS_MS else None
     return None
 
 

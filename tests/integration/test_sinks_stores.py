@@ -666,6 +666,27 @@ async def test_a_ttl_source_holding_u0000_is_kept_as_text_in_every_store(store: 
     assert [r.ttl_source for r in await store.receipts()] == ["o\ufffdrg"]
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store", store_params(), indirect=True)
+async def test_time_headers_beyond_any_time_are_read_as_not_said_in_every_store(
+    store: Store,
+) -> None:
+    """An erasure whose ``expiry-deleted-at`` and ``expiry-erasure-requested-at`` say a
+    number beyond any time (another producer's): read as an integer, it stopped every SQL
+    store at every start (SQLite: OverflowError; PostgreSQL: "Integer exceeds 64-bit
+    range", a traceback). Read as not said, the erasure deletes its row as an earlier
+    version's did, by its ``emitted_at``, and its receipt says no request time."""
+    s = stamp(ident("odd-headers"))
+    await store.apply([put(s, offset=0)], now_ms=T0)
+    beyond = str(10**20).encode()
+    headers = [*NAMED, (H_DELETED_AT, beyond), (H_ERASURE_REQUESTED_AT, beyond)]
+    out = await store.apply([erase(s, headers)], now_ms=T0 + 1)
+    assert out.deleted == 1
+    assert [(r.reason, r.rows_deleted, r.request, r.requested_at) for r in out.receipts] == [
+        ("explicit", 1, REQUEST, None)
+    ]
+
+
 # What the service puts on a ttl tombstone event and its null emitted more than a minute
 # after the expiry (codec.H_LATE_CAUSE).
 LATE = [("expiry-late-cause", b"catch_up")]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 import pytest
@@ -15,6 +16,10 @@ from hypothesis import strategies as st
 from stream_expiry import codec, oversize, replay
 from stream_expiry.config import Topics
 from stream_expiry.model import Identity, Stamp, encode_stamp
+from stream_expiry.timeutil import MAX_TS_MS, MIN_TS_MS
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 IDENT = Identity("acme", "support", "live", "conversation", "c/1 %é")
 
@@ -268,3 +273,28 @@ def test_the_readme_names_the_headers_and_topics_the_code_uses() -> None:
     assert _named(wrong, r"expiry-[a-z]+(?:-[a-z]+)*") ^ _header_names() == {
         "expiry-late-cause", "expiry-late-reason"
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("read", "name"),
+    [
+        (codec.deleted_at_of, codec.H_DELETED_AT),
+        (codec.erasure_requested_at_of, codec.H_ERASURE_REQUESTED_AT),
+        (codec.first_created_at_of, codec.H_FIRST_CREATED_AT),
+        (codec.due_at_ingest_of, codec.H_DUE_AT_INGEST),
+    ],
+)
+def test_a_time_header_beyond_the_times_a_timestamp_says_is_not_read(
+    read: Callable[[Sequence[tuple[str, bytes]]], int | None], name: str
+) -> None:
+    """These headers are epoch milliseconds. One beyond a 64-bit integer, from another
+    producer, went into a sink's store and stopped it at every start (SQLite:
+    OverflowError; PostgreSQL: "Integer exceeds 64-bit range"), and so did one just below
+    2**63, an erasure's bound one more. A number outside years 1 to 9999 is read as
+    nothing, as one that is no number is (tests/integration/test_sinks_stores.py: such a
+    tombstone applies in every store)."""
+    for beyond in (10**20, 2**63 - 1, MAX_TS_MS + 1, MIN_TS_MS - 1, -(10**20)):
+        assert read([(name, str(beyond).encode())]) is None, beyond
+    for inside in (MAX_TS_MS, MIN_TS_MS, 0, 1_767_225_600_000):
+        assert read([(name, str(inside).encode())]) == inside
+    assert read([(name, b"soon")]) is None
