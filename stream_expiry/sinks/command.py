@@ -664,7 +664,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         sink = build_sink(args, on_batch=progress)
         progress.counters = sink.metrics
-        progress.publishes = bool(sink.config.receipts_topic or sink.config.compacted)
+        progress.publishes = sink.publishes
         # aiokafka, asyncpg: asyncio only
         http_port = metrics_port(args.metrics_port, os.environ)
         # As the service does: a sink allocates tens of thousands of short-lived objects

@@ -1284,7 +1284,7 @@ class Sink:
         to publish them, take them out of the outbox instead: they are kept in the store
         only, as the sink's own are (see :meth:`_publish`), and would otherwise be
         published by the next run that has a topic, however long after."""
-        if not self._publishes:
+        if not self.publishes:
             kept = 0
             while pending := await self.store.pending_receipts(1000):
                 ids = [r.receipt_id for r in pending]
@@ -1324,7 +1324,10 @@ class Sink:
         return [i for i in asked if await self.store.get(i) is not None]
 
     @property
-    def _publishes(self) -> bool:
+    def publishes(self) -> bool:
+        """Whether receipts leave the store: a receipts topic, or a compacted topic for
+        their nulls. Without either, receipts are kept in the store only (none waits in
+        its outbox), and the progress line says so."""
         return bool(self.config.receipts_topic or self.config.compacted)
 
     async def _publish(
@@ -1344,7 +1347,7 @@ class Sink:
         """
         if not receipts:
             return
-        if not self._publishes:
+        if not self.publishes:
             # Kept in the store only (no receipts topic, no compacted topic): nothing is
             # left to publish, so they leave the outbox at once. Left there, they piled up
             # (every receipt of a trial), and a later run with a topic published them all
