@@ -414,3 +414,105 @@ def test_compose_makes_every_topic_with_the_partitions_the_topics_container_give
     # The variable is the one the config reads (README, Settings from the environment).
     env_config = load_config(None, environ={"STREAM_EXPIRY_TOPICS_PARTITIONS": count})
     assert env_config.topic_settings.partitions == int(count)
+
+
+def _compose_services() -> dict[str, dict[str, Any]]:
+    services: dict[str, dict[str, Any]] = yaml.safe_load(_compose_text())["services"]
+    return services
+
+
+def _bytes(size: str) -> int:
+    """A Compose memory size ("512m", "1g", "1536m") in bytes."""
+    match = re.fullmatch(r"(\d+)([bkmg]?)", size.lower())
+    assert match is not None, size
+    number, unit = match.groups()
+    scale: int = 1024 ** "bkmg".index(unit or "b")
+    return int(number) * scale
+
+
+# Images of others that run as a user of their own (their Dockerfile's USER), so that the
+# compose file needs no `user:` for them.
+_NON_ROOT_IMAGES = {"apache/kafka": "appuser"}
+
+
+def test_every_compose_container_runs_without_capabilities_or_privilege_gain() -> None:
+    """A security review: every container ran with Docker's default capabilities (chown,
+    setuid, net_raw, ...) and could gain privileges through setuid binaries, while none
+    needs either: the service, the sink and rekey run as user 10001, Kafka's image as its
+    own user, and PostgreSQL, whose entrypoint needs root's capabilities to change owners
+    and switch user, is started as its own user from the start."""
+    dockerfile_user = re.search(r"^USER (\d+)", (ROOT / "Dockerfile").read_text(), re.M)
+    assert dockerfile_user is not None
+    assert int(dockerfile_user.group(1)) != 0
+    for name, service in _compose_services().items():
+        assert service.get("cap_drop") == ["ALL"], name
+        assert "cap_add" not in service, name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert not service.get("privileged"), name
+        image = str(service.get("image", "")).split(":")[0]
+        user = service.get("user")
+        assert (
+            (user is not None and user not in ("root", "0") and not user.startswith("0:"))
+            or (user is None and service.get("build") == ".")
+            or (user is None and image in _NON_ROOT_IMAGES)
+        ), f"{name} may start as root, which needs the capabilities dropped"
+
+
+def test_every_compose_container_has_memory_and_cpu_limits() -> None:
+    """Without limits one container (a restore's worker processes, a JVM's heap) could take
+    the host's memory from the others. The service's are the StatefulSet's: its CPU limit
+    bounds the restore's worker processes (one per CPU it may use, ~100 MiB each), as
+    STREAM_EXPIRY_SERVICE_WORKERS does there, and its memory limit is the pod's."""
+    services = _compose_services()
+    for name, service in services.items():
+        limits = service.get("deploy", {}).get("resources", {}).get("limits", {})
+        assert float(limits.get("cpus", 0)) > 0, name
+        assert _bytes(str(limits.get("memory", "0"))) > 0, name
+    # The broker's heap is 1 GiB unless KAFKA_HEAP_OPTS says otherwise; the JVM needs more.
+    kafka = services["kafka"]
+    assert "KAFKA_HEAP_OPTS" not in kafka["environment"]
+    assert _bytes(kafka["deploy"]["resources"]["limits"]["memory"]) >= 1536 * 1024**2
+    (sts,) = _by_kind("StatefulSet")
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    limits = services["stream-expiry"]["deploy"]["resources"]["limits"]
+    assert float(limits["cpus"]) == int(env["STREAM_EXPIRY_SERVICE_WORKERS"])
+    k8s_memory = container["resources"]["limits"]["memory"]
+    assert _bytes(limits["memory"]) == _bytes(k8s_memory.removesuffix("i").lower())
+
+
+def test_compose_runs_the_stream_expiry_containers_on_a_read_only_root() -> None:
+    """The service, the sink and rekey run on a read-only root file system, as in
+    deploy/kubernetes (readOnlyRootFilesystem): what they write goes to the service's
+    state volume, and to a tmpfs on /tmp in the containers where `status` and `replay`
+    are run (their working store), the same containers that mount an emptyDir there in
+    Kubernetes. Tried for real on a read-only root with a tmpfs on /tmp: the service (a
+    warm start, and a cold restore in 2 worker processes), `status`, `replay`, the sink
+    and rekey all ran; no bytecode is written (PYTHONDONTWRITEBYTECODE)."""
+    assert re.search(r"^ENV PYTHONDONTWRITEBYTECODE=1", (ROOT / "Dockerfile").read_text(), re.M)
+    services = _compose_services()
+    ours = {name: svc for name, svc in services.items() if svc.get("build") == "."}
+    assert set(ours) == {"stream-expiry", "rekey", "sink-postgres"}
+    # Which command mounts a writable /tmp in Kubernetes: run and sink (rekey: none).
+    overlay = [d for p in sorted((K8S / "rekey").glob("*.yaml")) for d in _docs(p)]
+    k8s_tmp = {}
+    for r in [*_resources(), *overlay]:
+        if r.get("kind") in ("StatefulSet", "Deployment") and "selector" in r["spec"]:
+            (c,) = r["spec"]["template"]["spec"]["containers"]
+            k8s_tmp[c["args"][0]] = any(m["mountPath"] == "/tmp" for m in c["volumeMounts"])
+    assert k8s_tmp == {"run": True, "sink": True, "rekey": False}
+    for name, service in ours.items():
+        assert service.get("read_only") is True, name
+        tmpfs = [t.split(":")[0] for t in service.get("tmpfs", [])]
+        assert ("/tmp" in tmpfs) is k8s_tmp[service["command"][0]], name
+        for size in re.findall(r"size=(\w+)", " ".join(service.get("tmpfs", []))):
+            # A tmpfs takes from the container's memory: it must leave the process room.
+            limit = _bytes(service["deploy"]["resources"]["limits"]["memory"])
+            assert _bytes(size) <= limit // 2, name
+    # The service's state directory is a named volume, writable.
+    service = ours["stream-expiry"]
+    state = service["environment"]["STREAM_EXPIRY_STATE_DIR"]
+    mounts = [v.split(":") for v in service["volumes"]]
+    (volume,) = [m for m in mounts if m[1] == state]
+    assert volume[0] in yaml.safe_load(_compose_text())["volumes"]
+    assert len(volume) == 2 or volume[2] != "ro"
