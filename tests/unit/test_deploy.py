@@ -516,3 +516,93 @@ def test_compose_runs_the_stream_expiry_containers_on_a_read_only_root() -> None
     (volume,) = [m for m in mounts if m[1] == state]
     assert volume[0] in yaml.safe_load(_compose_text())["volumes"]
     assert len(volume) == 2 or volume[2] != "ro"
+
+
+def _workloads() -> list[dict[str, Any]]:
+    """The StatefulSet and the Deployments of the base and the rekey overlay (not the
+    overlay's patch of the StatefulSet, which has no selector)."""
+    overlay = [d for p in sorted((K8S / "rekey").glob("*.yaml")) for d in _docs(p)]
+    return [
+        r
+        for r in [*_resources(), *overlay]
+        if r.get("kind") in ("StatefulSet", "Deployment") and "selector" in r["spec"]
+    ]
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, selector  # what this evaluator reads
+    return bool(selector) and selector["matchLabels"].items() <= labels.items()
+
+
+def _policies_of(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The specs of the NetworkPolicies that select the workload's pods."""
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    return [
+        p["spec"] for p in _by_kind("NetworkPolicy") if _selects(p["spec"]["podSelector"], labels)
+    ]
+
+
+def _ports(rules: list[dict[str, Any]]) -> set[tuple[int | str, str]]:
+    return {(p["port"], p.get("protocol", "TCP")) for r in rules for p in r.get("ports", [])}
+
+
+@pytest.mark.parametrize("workload", _workloads(), ids=lambda w: w["metadata"]["name"])
+def test_a_network_policy_admits_only_prometheus_to_the_metrics_port(
+    workload: dict[str, Any],
+) -> None:
+    """A security review: every pod serves /metrics, /healthz and /readyz without
+    authentication on every interface, and no NetworkPolicy isolated any pod, so every pod
+    of the cluster could reach them (and anything else of the pod). Each pod is isolated
+    for ingress; the only port opened is its metrics port (the container port named http,
+    the one --metrics-port gives), and only to Prometheus' pods in one namespace. The
+    kubelet's probes come from the node, which NetworkPolicies always allow."""
+    policies = _policies_of(workload)
+    assert any("Ingress" in p["policyTypes"] for p in policies), "not isolated for ingress"
+    rules = [rule for p in policies for rule in p.get("ingress", [])]
+    assert rules
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    (named,) = [p for p in container["ports"] if p["name"] == "http"]
+    args = container["args"]
+    assert named["containerPort"] == int(args[args.index("--metrics-port") + 1])
+    for rule in rules:
+        assert _ports([rule]) == {("http", "TCP")}, rule
+        assert rule.get("from"), "a rule without `from` admits every source"
+        for peer in rule["from"]:
+            assert "ipBlock" not in peer, peer
+            # Both selectors in one peer: these pods of that namespace (either alone would
+            # admit every pod of the namespace, or these labels in every namespace).
+            assert peer["namespaceSelector"]["matchLabels"], peer
+            assert peer["podSelector"]["matchLabels"], peer
+
+
+@pytest.mark.parametrize("workload", _workloads(), ids=lambda w: w["metadata"]["name"])
+def test_a_network_policy_lets_pods_reach_only_dns_kafka_and_their_store(
+    workload: dict[str, Any],
+) -> None:
+    """Isolated for egress too: a pod reaches DNS (the cluster's, in kube-system), Kafka on
+    the port its bootstrap servers name, and the sink PostgreSQL on its --dsn's port;
+    nothing else (the service and rekey not PostgreSQL). Every pod of the base and the
+    rekey overlay is selected."""
+    policies = _policies_of(workload)
+    assert any("Egress" in p["policyTypes"] for p in policies), "not isolated for egress"
+    rules = [rule for p in policies for rule in p.get("egress", [])]
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    kafka_ports = {
+        int(b.rsplit(":", 1)[1]) for b in env["STREAM_EXPIRY_BOOTSTRAP_SERVERS"].split(",")
+    }
+    expected: set[tuple[int | str, str]] = {(53, "UDP"), (53, "TCP")}
+    expected |= {(port, "TCP") for port in kafka_ports}
+    args = container["args"]
+    if "--dsn" in args:
+        from urllib.parse import urlsplit
+
+        expected.add((urlsplit(args[args.index("--dsn") + 1]).port or 5432, "TCP"))
+    assert _ports(rules) == expected
+    (dns,) = [r for r in rules if (53, "UDP") in _ports([r])]
+    assert _ports([dns]) == {(53, "UDP"), (53, "TCP")}
+    for peer in dns["to"]:  # the cluster's DNS only, not port 53 anywhere
+        assert peer["namespaceSelector"]["matchLabels"] == {
+            "kubernetes.io/metadata.name": "kube-system"
+        }
+        assert peer["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
