@@ -72,7 +72,11 @@ def test_the_statefulset_has_a_volume_per_pod_probes_and_a_numeric_user() -> Non
     assert pod["securityContext"]["runAsUser"] == int(user.group(1))
     assert {m["name"] for m in container["volumeMounts"]} == {"state", "config", "tmp"}
     _writable_tmp(pod, container)
-    (pdb,) = _by_kind("PodDisruptionBudget")
+    (pdb,) = [
+        p
+        for p in _by_kind("PodDisruptionBudget")
+        if p["metadata"]["name"] == sts["metadata"]["name"]
+    ]
     assert pdb["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
 
 
@@ -291,7 +295,7 @@ def test_the_rekey_overlay_is_valid_and_the_service_reads_what_rekey_writes() ->
     ``--from`` topics (each plus ``.by-record``, the default suffix)."""
     overlay = K8S / "rekey"
     kustomization = _docs(overlay / "kustomization.yaml")[0]
-    assert kustomization["resources"] == ["../base", "rekey.yaml"]
+    assert kustomization["resources"] == ["../base", "rekey.yaml", "pdb.yaml"]
     (deployment,) = _docs(overlay / "rekey.yaml")
     kubernetes_validate.validate(deployment, kubernetes_validate.latest_version(), strict=True)
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -606,3 +610,28 @@ def test_a_network_policy_lets_pods_reach_only_dns_kafka_and_their_store(
             "kubernetes.io/metadata.name": "kube-system"
         }
         assert peer["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+
+
+@pytest.mark.parametrize("workload", _workloads(), ids=lambda w: w["metadata"]["name"])
+def test_every_workload_of_several_pods_is_disrupted_one_pod_at_a_time(
+    workload: dict[str, Any],
+) -> None:
+    """Only the service had a PodDisruptionBudget: a node drain could evict both pods of
+    the sink (or of rekey) at once, and no tombstone reached PostgreSQL (no event was
+    copied) until their successors started elsewhere. Each workload of several pods has
+    one budget, over exactly its pods, that lets one go at a time. The sink's and
+    rekey's let a pod that is not ready go too (it does no work): a database or broker
+    outage does not hold drains back; the service's does, on purpose (README: Running it
+    for real)."""
+    overlay = [d for p in sorted((K8S / "rekey").glob("*.yaml")) for d in _docs(p)]
+    budgets = [r for r in [*_resources(), *overlay] if r.get("kind") == "PodDisruptionBudget"]
+    for budget in overlay:
+        if budget.get("kind") == "PodDisruptionBudget":
+            kubernetes_validate.validate(budget, kubernetes_validate.latest_version(), strict=True)
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    assert workload["spec"]["replicas"] > 1
+    (budget,) = [b for b in budgets if _selects(b["spec"]["selector"], labels)]
+    assert budget["spec"]["selector"] == workload["spec"]["selector"]
+    assert budget["spec"]["maxUnavailable"] == 1
+    policy = budget["spec"].get("unhealthyPodEvictionPolicy", "IfHealthyBudget")
+    assert policy == ("IfHealthyBudget" if workload["kind"] == "StatefulSet" else "AlwaysAllow")
