@@ -29,6 +29,7 @@ import difflib
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -634,8 +635,9 @@ async def serve_rekey(
     from stream_expiry.health import Health
     from stream_expiry.logs import filtered
     from stream_expiry.metrics import RekeyMetrics
-    from stream_expiry.runner import STALL_AFTER_S, stop_on_signals
+    from stream_expiry.runner import STALL_AFTER_S
     from stream_expiry.stalls import StallNote, Stalls
+    from stream_expiry.stopping import stop_on_signals
 
     stop = anyio.Event()
     finished = False
@@ -643,7 +645,7 @@ async def serve_rekey(
     listener = None if metrics_port is None else await open_listener(metrics_port, metrics_host)
     with filtered(StallNote(stalls)):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(stop_on_signals, stop, tg.cancel_scope, rekeyer.reading)
+            tg.start_soon(partial(stop_on_signals, stop, tg.cancel_scope, rekeyer.reading, log=log))
             if listener is not None:
                 health = rekeyer.health = Health(stall_after_s=STALL_AFTER_S, stalls=stalls)
                 metrics = rekeyer.metrics = RekeyMetrics()

@@ -7,9 +7,9 @@ import contextlib
 import gc
 import logging
 import os
-import signal
 import socket
 import time
+from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
@@ -20,66 +20,25 @@ from stream_expiry.cliargs import known_bootstrap, metrics_host, metrics_port
 from stream_expiry.endpoints import open_listener, serve_http, watch_process
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.health import Health
-from stream_expiry.kafka import STOP_TIMEOUT_S, close_clients_by
+from stream_expiry.kafka import close_clients_by
 from stream_expiry.kafka_settings import Connection
 from stream_expiry.logs import filtered
 from stream_expiry.metrics import ServiceMetrics
 from stream_expiry.service import Service, ServiceStats
 from stream_expiry.stalls import StallNote, Stalls
+from stream_expiry.stopping import stop_on_signals
 
 if TYPE_CHECKING:
     import argparse
 
     from stream_expiry.config import Config
 
-__all__ = ["embedded_port", "embedded_port_for", "run_service", "stop_on_signals"]
+__all__ = ["embedded_port", "embedded_port_for", "run_service"]
 
 log = logging.getLogger("stream_expiry.run")
 
 PROGRESS_EVERY_S = 10.0
-# A stop forced after this grace still closes the Kafka clients, for at most
-# kafka.STOP_TIMEOUT_S (5 s) more, all of them together (kafka.close_clients_by): the
-# producer's close waits for its batches, which a broker that is away never takes. Each
-# client had 5 s of its own, one after another: a stop said "forced after 10 s" took 15 s
-# in a trial, and all four clients' closes hanging (a partition where connects hang) took
-# 30 s, the whole 30 s an orchestrator allows (deploy/, docker-compose.yml).
-STOP_GRACE_S = 10.0
-STOPPED_WITHIN_S = STOP_GRACE_S + STOP_TIMEOUT_S
 STALL_AFTER_S = 120.0  # a running loop silent this long is not live (/healthz 503)
-
-
-async def stop_on_signals(
-    stop: anyio.Event, scope: anyio.CancelScope, started: anyio.Event | None = None
-) -> None:
-    """On SIGINT or SIGTERM, set ``stop``: the service finishes its batch and commits.
-
-    If it has not started its loop yet (still joining or recovering), or does not stop within
-    ``STOP_GRACE_S`` (a broker that stopped answering), or a second signal comes, ``scope`` is
-    cancelled: the index is transactional, so a forced stop loses nothing either.
-    """
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if stop.is_set():
-                log.warning("received %s, a second stop signal: stopping now", name)
-                close_clients_by(anyio.current_time() + STOP_TIMEOUT_S)
-                scope.cancel()
-                return
-            stop.set()
-            if started is not None and not started.is_set():
-                log.info("received %s while starting: stopping now", name)
-                close_clients_by(anyio.current_time() + STOP_TIMEOUT_S)
-                scope.cancel()
-                return
-            log.info(
-                "received %s: finishing the current batch and stopping (forced after %.0f s; "
-                "stopped within %.0f s at most)",
-                name,
-                STOP_GRACE_S,
-                STOPPED_WITHIN_S,
-            )
-            scope.deadline = min(scope.deadline, anyio.current_time() + STOP_GRACE_S)
-            close_clients_by(scope.deadline + STOP_TIMEOUT_S)
 
 
 class _ProgressLog:
@@ -242,7 +201,9 @@ async def run_service(config: Config, args: argparse.Namespace) -> int:
         stack.enter_context(filtered(StallNote(stalls)))
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(stop_on_signals, stop, tg.cancel_scope, service.ready)
+                tg.start_soon(
+                    partial(stop_on_signals, stop, tg.cancel_scope, service.ready, log=log)
+                )
                 if listener is not None:
                     tg.start_soon(serve_http, listener, metrics.exposition, health)
                     listener = None  # served (and closed) by the task now

@@ -14,7 +14,6 @@ import gc
 import logging
 import math
 import os
-import signal
 import sys
 import time
 from functools import partial
@@ -44,6 +43,7 @@ from stream_expiry.errors import (
 )
 from stream_expiry.health import Health
 from stream_expiry.instances import sink_group
+from stream_expiry.kafka import close_clients_by
 from stream_expiry.kafka_settings import security_from_environment
 from stream_expiry.key_template import KeyTemplate
 from stream_expiry.logs import filtered, say_failure
@@ -63,6 +63,7 @@ from stream_expiry.sinks.framework import (
 from stream_expiry.sinks.postgres import DEFAULT_DSN, DEFAULT_PARALLEL, PostgresStore
 from stream_expiry.sinks.sqlite import SQLiteStore, missing_directory, sqlite_file_in
 from stream_expiry.stalls import StallNote, Stalls
+from stream_expiry.stopping import stop_on_signals
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -593,12 +594,18 @@ async def _serve(
     *,
     stalls: Stalls | None = None,
     progress: _Progress | None = None,
-) -> StreamExpiryError | None:
-    """Run until a signal; a failure is returned, not raised, so no exception group wraps it.
-    ``stalls``: the watch of the process' pauses (a new one by default; a test's clocks);
-    ``progress``: the progress line, said also between batches."""
-    stop = anyio.Event()
+) -> StreamExpiryError | int:
+    """Run until a signal; the exit status, or a failure, returned, not raised, so no
+    exception group wraps it. ``stalls``: the watch of the process' pauses (a new one by
+    default; a test's clocks); ``progress``: the progress line, said also between batches.
+
+    A signal lets the batch being applied finish and commit; one the store or the broker
+    keeps from finishing (a table another session locked) is cancelled after
+    :data:`~stream_expiry.stopping.STOP_GRACE_S`, as ``run`` does: its transaction is rolled
+    back and its messages are read again at the next start (status 130)."""
+    stop, ready = anyio.Event(), anyio.Event()
     error: StreamExpiryError | None = None
+    finished = False
     health = Health(watches_store=True)
     stalls = stalls or Stalls()  # a process paused is not a broker outage: it says so
     metrics.watch_counters(sink.metrics)
@@ -606,16 +613,14 @@ async def _serve(
     metrics.watch_stalls(stalls)
     listener = None if metrics_port is None else await open_listener(metrics_port, metrics_host)
 
-    async def watch_signals() -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _ in signals:
-                stop.set()
-                return
+    def on_ready() -> None:
+        health.running()
+        ready.set()
 
     health.starting()
     with filtered(StallNote(stalls)):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(watch_signals)
+            tg.start_soon(partial(stop_on_signals, stop, tg.cancel_scope, ready, log=log))
             if listener is not None:
                 tg.start_soon(serve_http, listener, metrics.exposition, health)
             watch_process(tg, stalls, health=health, conn=sink.config.connection)
@@ -632,9 +637,10 @@ async def _serve(
                             watch_store, health, sink.store, stalls=stalls, outage=sink.store_outage
                         )
                     )
-                    sink.observe(on_ready=health.running, lag=metrics)
+                    sink.observe(on_ready=on_ready, lag=metrics)
                     try:
                         await sink.run(stop)
+                        finished = True
                     except StreamExpiryError as exc:  # raised below as it is, not in a group
                         failure = exc
                     store_tasks.cancel_scope.cancel()
@@ -645,8 +651,17 @@ async def _serve(
                 metrics.failed("broker" if isinstance(exc, BrokerError) else "store")
             finally:
                 health.stopped()
+                close_clients_by(None)  # the next run in this process (tests) has its own
                 tg.cancel_scope.cancel()
-    return error
+    if error is not None:
+        return error
+    if finished or not ready.is_set():  # stopped while starting: nothing applied yet
+        return exits.OK
+    log.warning(
+        "forced stop: the batch being applied was rolled back, and what was read since the "
+        "last committed offsets is read again on restart (nothing is lost)"
+    )
+    return exits.INTERRUPTED
 
 
 def tune_gc() -> None:
@@ -672,7 +687,7 @@ def run_command(args: argparse.Namespace) -> int:
         # (bench.bench_sinks, 5,000-message batches).
         tune_gc()
         http_host = metrics_host(args.metrics_host, os.environ)
-        error = anyio.run(
+        outcome = anyio.run(
             partial(_serve, progress=progress),
             sink,
             metrics,
@@ -681,14 +696,14 @@ def run_command(args: argparse.Namespace) -> int:
             backend="asyncio",
         )
     except ConfigurationError as exc:
-        error = exc
-    if error is not None:
-        say_failure(f"stream-expiry sink: {error}")
-        return exits.status_of(error)
+        outcome = exc
+    if isinstance(outcome, StreamExpiryError):
+        say_failure(f"stream-expiry sink: {outcome}")
+        return exits.status_of(outcome)
     m = sink.metrics
     print(
         f"stream-expiry sink: stopped after {m['messages_total']} messages, "
         f"{m['deleted_total']} deleted, {m['swept_total']} swept, {m['receipts_total']} receipts",
         file=sys.stderr,
     )
-    return exits.OK
+    return outcome

@@ -963,6 +963,12 @@ class PostgresStore(Store):
             await pool.release(conn)
             await pool.close()
             raise StoreError(f"cannot create the sink schema {self.schema!r}: {exc}") from exc
+        except BaseException:
+            # Cancelled (a stop while the script waits on a lock another session holds):
+            # the connections go at once. Left to the loop's end, the one cut mid-script
+            # logged asyncio's "Future exception was never retrieved" at ERROR.
+            pool.terminate()
+            raise
         await pool.release(conn)
         self._pool = pool
 
