@@ -46,7 +46,7 @@ from stream_expiry.instances import sink_group
 from stream_expiry.kafka import close_clients_by
 from stream_expiry.kafka_settings import security_from_environment
 from stream_expiry.key_template import KeyTemplate
-from stream_expiry.logs import filtered, say_failure
+from stream_expiry.logs import counted, filtered, say_failure
 from stream_expiry.metrics import SinkMetrics
 from stream_expiry.sinks.dsn import has_password
 from stream_expiry.sinks.framework import (
@@ -76,6 +76,7 @@ __all__ = ["add_sink_parser", "build_sink", "run_command"]
 log = logging.getLogger("stream_expiry.sinks.command")
 
 PROGRESS_EVERY_S: Final = 10.0
+SLOW_BATCH_S: Final = 30.0  # a store transaction this long is warned of (_Progress)
 
 
 def _category_topic(text: str) -> tuple[str, str]:
@@ -499,6 +500,10 @@ class _Progress:
         self._clock = clock
         self._last = clock()
         self._unsaid = False  # batches since the last line
+        # The sink's transaction in flight, as :attr:`Sink.applying` says (its start on
+        # ``clock``, its messages), and the start of the one warned of as slow.
+        self.applying: Callable[[], tuple[float, int] | None] = lambda: None
+        self._slow: float | None = None
 
     def __call__(self, report: BatchReport) -> None:
         self._metrics.on_batch(report)
@@ -511,6 +516,7 @@ class _Progress:
         a sink's log read "deleted 0" for minutes after it had deleted an erasure's rows
         (a trial); :func:`_say_progress` asks it every second, idle or not."""
         now = self._clock()
+        self._watch_slow(now)
         if self._unsaid and now - self._last >= PROGRESS_EVERY_S:
             self._last, self._unsaid = now, False
             c = self.counters
@@ -525,6 +531,24 @@ class _Progress:
                 c["messages_total"], c["written_total"], c["deleted_total"],
                 c["swept_total"], receipts, fate,
             )  # fmt: skip
+
+    def _watch_slow(self, now: float) -> None:
+        """A batch the store has been applying for :data:`SLOW_BATCH_S`, said once, and
+        its end: nothing else is said while a sink waits on a lock."""
+        applying = self.applying()
+        if self._slow is not None and (applying is None or applying[0] != self._slow):
+            log.info("the store finished the slow batch after %.0f s", now - self._slow)
+            self._slow = None
+        if applying is not None and self._slow is None and now - applying[0] >= SLOW_BATCH_S:
+            self._slow, messages = applying
+            log.warning(
+                "the store has been applying one batch (%s) for %.0f s: another session "
+                "may hold a lock on the sink's tables (PostgreSQL: pg_locks, "
+                "pg_stat_activity), or the server is overloaded; the sink waits for it, "
+                "and a stop meanwhile is forced after 10 s (nothing is lost)",
+                counted(messages, "message"),
+                now - applying[0],
+            )
 
 
 async def _say_progress(progress: _Progress) -> None:
@@ -680,6 +704,7 @@ def run_command(args: argparse.Namespace) -> int:
         sink = build_sink(args, on_batch=progress)
         progress.counters = sink.metrics
         progress.publishes = sink.publishes
+        progress.applying = lambda: sink.applying
         # aiokafka, asyncpg: asyncio only
         http_port = metrics_port(args.metrics_port, os.environ)
         # As the service does: a sink allocates tens of thousands of short-lived objects

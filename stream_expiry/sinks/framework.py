@@ -403,6 +403,11 @@ class Sink:
         self._read_to_now = read_to_now
         # Held while a batch's transaction runs; a revocation waits for it (_revoked).
         self._applying = anyio.Lock()
+        # When the store transaction in flight began (time.monotonic) and the messages it
+        # applies; None between them. The progress line warns of one that takes long: a
+        # table another session had locked held a sink's batch for minutes, and its log
+        # said nothing (a review; its ping, ``SELECT 1``, took no lock and answered).
+        self.applying: tuple[float, int] | None = None
         # Counts the revocations: a batch read before the last one is not applied.
         self._generation = 0
         # The applied batch whose receipts are being published and offsets committed,
@@ -893,6 +898,7 @@ class Sink:
             if batch.generation != self._generation:
                 return None
             acked, self._acked = self._acked, []
+            self.applying = (time.monotonic(), len(batch.changes))
             try:
                 out = await self.store.apply(
                     batch.changes,
@@ -903,6 +909,8 @@ class Sink:
             except BaseException:
                 self._acked = acked + self._acked
                 raise
+            finally:
+                self.applying = None
         # The store holds the batch now: re-reading it after a restart is harmless.
         self._uncommitted.update(batch.offsets)
         self._count(batch, out)

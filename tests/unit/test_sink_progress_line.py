@@ -121,3 +121,56 @@ async def test_the_last_batches_of_a_burst_are_said_once_ten_seconds_have_passed
     assert said_early == 1
     assert len(lines) == 2
     assert "deleted 2," in lines[-1]
+
+
+def test_a_batch_the_store_takes_long_to_apply_is_warned_of_once_and_its_end_said() -> None:
+    """A review: a table another session had locked held a sink's batch for minutes, and
+    nothing was said (no batch ended, so no progress line; the store's ping, ``SELECT 1``,
+    took no lock and answered). Said once at :data:`command.SLOW_BATCH_S`, and its end."""
+    clock = [100.0]
+    applying: list[tuple[float, int] | None] = [None]
+    progress = command._Progress(SinkMetrics("postgres"), {}, clock=lambda: clock[0])
+    progress.applying = lambda: applying[0]
+    with captured_logs() as logs:
+        progress.tick()  # idle
+        applying[0] = (100.0, 2)
+        for now in (101.0, 100.0 + command.SLOW_BATCH_S - 0.5):
+            clock[0] = now
+            progress.tick()
+        assert logs.text.getvalue() == ""  # not slow yet
+        for now in (100.0 + command.SLOW_BATCH_S, 140.0, 170.0):
+            clock[0] = now
+            progress.tick()
+        applying[0] = (171.0, 5)  # the next batch: not slow
+        clock[0] = 172.0
+        progress.tick()
+        applying[0] = None
+        clock[0] = 173.0
+        progress.tick()
+    said = logs.text.getvalue().splitlines()
+    assert len(said) == 2, said
+    assert "WARNING" in said[0]
+    assert "the store has been applying one batch (2 messages) for 30 s" in said[0]
+    assert "INFO" in said[1]
+    assert said[1].endswith("the store finished the slow batch after 72 s")
+
+
+@pytest.mark.asyncio
+async def test_the_sink_says_which_batch_its_store_is_applying(tmp_path: Path) -> None:
+    """:attr:`Sink.applying` while the store's transaction runs, and None after."""
+    config = SinkConfig("unused:1", "g", "st", "tb", receipts_topic="rc")
+    seen: list[tuple[float, int] | None] = []
+    async with SQLiteStore(tmp_path / "sink.db") as store:
+        sink = Sink(store, config, clock=lambda: T0 + 120_000)
+        apply = store.apply
+
+        async def watched(*args: Any, **kwargs: Any) -> Any:
+            seen.append(sink.applying)
+            return await apply(*args, **kwargs)
+
+        store.apply = watched  # type: ignore[method-assign]
+        await sink._handle(_batch(0), FakeProducer(Journal()), _Consumer())
+    assert len(seen) == 1
+    assert seen[0] is not None
+    assert seen[0][1] == 2  # the stamp and its tombstone
+    assert sink.applying is None
