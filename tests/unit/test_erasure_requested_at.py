@@ -106,3 +106,29 @@ def test_an_expiry_says_none() -> None:
     [r] = store.apply(expired, T0 + TTL + 1).receipts
     assert r.requested_at is None
     assert orjson.loads(encode_receipt(r))["requested_at"] is None
+
+
+def test_a_held_erased_life_says_its_own_time_when_the_next_life_is_erased_too() -> None:
+    """Two erasures deferred by one hold, the record created in between: at the release the
+    earlier life's tombstone (no null: it names ``current``, still a life) says its own
+    request's time, not the later erasure's that ``current`` carries as ``erase_at``. (A
+    ``Fired.requested`` taking the state after's ``erase_at`` whether or not a null follows
+    gave both tombstones, and both receipts, the later time.)"""
+    svc, store = Service(), Store()
+    store.apply(svc.event("create", T0), T0 + 1)
+    svc.p.holds.place(hold())
+    store.apply(svc.event("delete", T0 + 100), T0 + 101)
+    store.apply(svc.event("create", T0 + 200), T0 + 201)
+    store.apply(svc.event("delete", T0 + 300), T0 + 301)
+    svc.p.holds.release("h1")
+    released = svc.tick(T0 + 400)
+    assert _said(released) == [
+        ("TombstoneChange", "explicit", T0 + 100),
+        ("TombstoneChange", "explicit", T0 + 300),
+        ("NullChange", "explicit", T0 + 300),
+    ]
+    receipts = store.apply(released, T0 + 401).receipts
+    assert [(r.created_at, r.requested_at) for r in receipts] == [
+        (T0, T0 + 100),
+        (T0 + 200, T0 + 300),
+    ]
