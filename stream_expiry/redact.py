@@ -14,7 +14,9 @@ Rules this module keeps:
   contains ``.`` is named by the segments it spells: ``user.email`` removes a flattened
   ``{"user.email": ...}`` as well as ``{"user": {"email": ...}}`` (a producer that
   flattens its payload left the field on the stamp, and the stamp said nothing was
-  removed: a compliance trial).
+  removed: a compliance trial). A key whose segments go on past the path is a field
+  within the one the path names, and goes with it: ``user`` removes ``{"user.email":
+  ...}`` as well as ``{"user": {...}}``.
 * A segment matches keys whatever their case (``str.casefold``): producers' SDKs differ in
   key case (``User.Email``, ``user.EMAIL``), and for a privacy rule removing too much is
   safer than leaking. Every key of an object that matches is followed or removed, not only
@@ -70,9 +72,15 @@ def fold_path(path: _Path) -> _Path:
 def _spelt(folded: str, path: _Path, depth: int) -> int:
     """Where ``path`` goes on after a key (case-folded) that contains dots, when its
     segments spell ``path[depth:]``'s next ones (``"user.email"`` for ``user.email``),
-    else ``depth``. A producer that flattens its payload sends such keys; left alone,
-    the field the rule names was kept, and the stamp said nothing was removed."""
+    else ``depth``; ``len(path)`` (the key goes) when they spell all of them and go on,
+    a field inside the one the path names (``"user.email"`` for ``user``). A producer
+    that flattens its payload sends such keys; left alone, the field the rule names was
+    kept, and the stamp said nothing was removed (for a rule naming an object, every
+    flattened field of it stayed: ``user`` kept ``{"user.email": ...}``)."""
     segments = tuple(folded.split("."))
+    rest = len(path) - depth
+    if len(segments) >= rest:  # the rest of the path, or a field within it
+        return len(path) if segments[:rest] == path[depth:] else depth
     end = depth + len(segments)
     return end if path[depth:end] == segments else depth
 

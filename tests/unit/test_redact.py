@@ -284,3 +284,31 @@ def test_config_errors_name_the_line(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(text)
     assert message in str(err.value)
+
+
+def test_a_flattened_key_within_the_field_a_path_names_goes_with_it() -> None:
+    """A rule naming an object (``user``) removed ``{"user": {...}}`` but kept the
+    flattened ``{"user.email": ...}`` of a producer that flattens its payload, an email on
+    the stamp, in the stores and the archive, under a rule written to drop all of
+    ``user``, and the stamp said only ``user`` was removed. A key whose segments spell the
+    rest of a path and go on is a field within it, at any depth and whatever its case; a
+    key that only begins like the path (``username``) or spells something else stays."""
+    data = {
+        "user.email": "flat@x",
+        "User.Phone.Home": "flat2@x",
+        "user": {"email": "nested@x"},
+        "a": {"b.c": "deep@x", "bx.c": "kept"},
+        "username": "kept",
+        "x.user": "kept too",
+        "users.email": "kept three",
+    }
+    r = Redactor.from_config({"conversation": ["user", "a.b"]})
+    out, removed = r.redact("conversation", data)
+    assert out == {
+        "a": {"bx.c": "kept"},
+        "username": "kept",
+        "x.user": "kept too",
+        "users.email": "kept three",
+    }
+    assert "@x" not in orjson.dumps(out).decode()
+    assert removed == ("user.email", "User.Phone.Home", "user", "a.b.c")
