@@ -312,3 +312,25 @@ def test_a_flattened_key_within_the_field_a_path_names_goes_with_it() -> None:
     }
     assert "@x" not in orjson.dumps(out).decode()
     assert removed == ("user.email", "User.Phone.Home", "user", "a.b.c")
+
+
+def test_a_path_names_fields_from_the_top_of_data_only() -> None:
+    """A key with dots that spells nothing of the path is not followed with the path as
+    it stands: ``user.email`` names ``data.user.email``, not one under another key.
+    (Mutant ``_spelt(...) >= depth``: the path was matched again inside every dotted key,
+    removing ``{"meta.x": {"user": {"email": ...}}}``'s field, which no rule names.)"""
+    data = {"meta.x": {"user": {"email": "kept"}}, "user": {"email": "gone"}}
+    out, removed = Redactor.from_config({"conversation": ["user.email"]}).redact(
+        "conversation", data
+    )
+    assert out == {"meta.x": {"user": {"email": "kept"}}, "user": {}}
+    assert removed == ("user.email",)
+
+
+def test_a_category_with_no_paths_has_no_rules() -> None:
+    """``conversation = []`` removes nothing: the redactor has no rules and is false, so
+    the replay does not call it for every stamp. (Mutant keeping an empty rule list: it
+    was true, and ``rules`` named the category.)"""
+    r = Redactor.from_config({"conversation": []})
+    assert not r
+    assert r.rules == {}
