@@ -13,6 +13,7 @@ from stream_expiry.durations import (
     UNITS_MS,
     InvalidDuration,
     format_duration,
+    is_duration_like,
     parse_duration,
 )
 from stream_expiry.timeutil import format_ts, parse_ts
@@ -202,3 +203,14 @@ def test_the_longest_duration_from_a_creation_up_to_the_year_2999_can_be_written
     assert format_ts(created + MAX_DURATION_MS) == "9995-05-09T23:59:59.999Z"
     with pytest.raises(InvalidDuration, match="longer than 7,000 years"):
         parse_duration("8000y")
+
+
+@pytest.mark.parametrize(
+    ("value", "like"),
+    [(30, True), (1.5, True), ("30d", True), ("soon", True), (True, False), (None, False)],
+)
+def test_a_boolean_has_no_type_a_duration_can_have(value: object, like: bool) -> None:
+    """A boolean is an ``int`` to Python, but TOML and JSON write it apart and
+    :func:`parse_duration` refuses it as such. (Mutant without ``not isinstance(value,
+    bool)``: ``true`` was taken for a number.)"""
+    assert is_duration_like(value) is like

@@ -36,7 +36,7 @@ def test_render_puts_raw_values_in_utf8(template: str, key: str) -> None:
         ("{org.x}", "unknown placeholder"),
         ("{0}", "unknown placeholder {0}"),
         ("{}", "unknown placeholder {}"),
-        ("{record_id", "literal brace"),
+        ("{record_id", "write a literal brace as {{ or }}"),
         ("fixed", "no placeholder"),
         ("", "non-empty"),
     ],
