@@ -664,3 +664,55 @@ def test_an_identity_part_that_is_not_a_string_is_refused(name: str) -> None:
     body[name] = 5
     with pytest.raises(InvalidMessage, match=rf"^field '{name}' must be a non-empty string$"):
         decode_tombstone(None, orjson.dumps(body))
+
+
+# --- found in a later hand-made sweep --------------------------------------------------------
+
+
+def test_a_stamp_without_data_of_an_earlier_creation_keeps_the_lifes_data() -> None:
+    """A stamp whose ``data`` is null for the row's life moved back (an earlier create
+    re-delivered, its data not carried) is the same life: the row keeps its data.
+    Mutant ``life(c.created_at) == life(old.created_at)``: only a stamp of the very same
+    creation kept it, and the moved-back row lost the record's data."""
+    w, s = World(), life()
+    w.apply([_stamp(s, 1)])
+    earlier = life(created=T0 - MIN)
+    p = w.apply([st_change(earlier, None, 2)])
+    row = w.row()
+    assert row is not None
+    assert (row.created_at, row.data, p.written) == (T0 - MIN, orjson.dumps({"n": 1}).decode(), 1)
+
+
+def test_an_erasure_the_sweep_answered_for_a_record_never_held_is_covered_when_it_comes() -> None:
+    """An erasure's null for a record the store knew nothing of waits for its tombstone
+    (rowless); a life of unknown creation is then written and nulled; the sweep writes
+    both receipts, the erasure's with ``rows_deleted`` 0. The erasure's tombstone, come at
+    last, is covered: no second receipt for one request. Mutant ``all(p.rowless ...)``
+    (for ``any``): with a rowful deletion among them, the marker forgot that a deletion
+    naming no life was answered, and the tombstone wrote a second receipt."""
+    w = World()
+    w.apply([NullChange(A, 0, 1, reason="explicit")])
+    w.apply([st_change(Stamp(A, None, None, None, None), {"x": 1}, 2)])
+    w.apply([NullChange(A, 0, 3, reason="ttl")])
+    swept = w.apply([SweepChange(A, T0 + 10**9)])
+    assert [(r.reason, r.rows_deleted) for r in swept.receipts] == [("explicit", 0), ("ttl", 1)]
+    erasure = tomb(Stamp(A, None, None, None, None, None, T0), "explicit")
+    assert w.apply([erasure]).receipts == []
+
+
+def test_a_ttl_tombstone_claiming_an_erasures_null_names_no_request() -> None:
+    """A life ended by its expiry, then an erasure read late (``Engine._erase_ended``):
+    compaction kept the erasure's null, not the expiry's, so the null that deleted the row
+    names the request. The life's ``ttl`` tombstone writes the receipt, of an expiry: it
+    names no request and no request time (the erasure's own tombstone, naming no life, is
+    covered by it). Mutant ``p if t.request is None else t`` (without ``t.reason ==
+    "explicit"``): the ``ttl`` receipt named the erasure's request."""
+    w, s = World(), life()
+    w.apply([_stamp(s, 1)])
+    erased = NullChange(
+        A, 0, 2, reason="explicit", request="req-7", request_event_id="ev-7", requested_at=T0
+    )
+    w.apply([erased])
+    [r] = w.apply([_ttl_tomb(s)]).receipts
+    assert (r.reason, r.rows_deleted, r.created_at) == ("ttl", 1, T0)
+    assert (r.request, r.request_event_id, r.requested_at) == (None, None, None)
