@@ -488,3 +488,171 @@ async def test_nothing_fires_while_the_partitions_may_be_another_members() -> No
     acks, _ = await task.fire_due()
     assert len(acks) == 1
     assert outbox.sent == [["o/_/live/error/r0"]]
+
+
+# --- the holds read before a firing (``read_since``) --------------------------------------
+
+
+class _Reads:
+    """The service's ``read_since`` as the task sees it: records each ``since`` it is
+    asked to read the holds (and the inputs' ends) from; ``then``: where the clock is
+    once the read is done (the time it took)."""
+
+    def __init__(self, clock: _Clock, then: int | None = None) -> None:
+        self.clock, self.then = clock, then
+        self.since: list[int] = []
+        self.called = anyio.Event()
+
+    async def __call__(self, since: int) -> None:
+        self.since.append(since)
+        if self.then is not None:
+            self.clock.now = self.then
+        self.called.set()
+        self.called = anyio.Event()
+
+
+def _reading(
+    proc: PartitionProcessor, outbox: _Outbox, clock: _Clock, reads: _Reads, tick_ms: int
+) -> Firing:
+    return Firing(
+        {("in", 0): proc},
+        cast("Outbox", outbox),
+        anyio.Lock(),
+        clock=clock,
+        on_fired=lambda _f: None,
+        tick_ms=tick_ms,
+        read_since=reads,
+    )
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("tick_ms", "ahead"), [(10, 10), (0, 1)])
+async def test_before_a_firing_the_holds_are_read_to_a_tick_before_now(
+    tick_ms: int, ahead: int
+) -> None:
+    """A record due right now: the holds are read first, up to a tick before now (a hold
+    acknowledged that long before the expiry keeps it), a millisecond with no tick.
+    Mutants: ``first < now`` (a record due exactly now fired without the read), ``holds(
+    now)`` (the read waited for holds acknowledged after the expiry), ``ahead = tick_ms``
+    (with no tick, the same)."""
+    clock = _Clock()
+    proc = _processor(clock)
+    _create(proc, "r1", clock.now - TTL_MS, clock)  # due exactly now
+    outbox, reads = _Outbox(), _Reads(clock)
+    task = _reading(proc, outbox, clock, reads, tick_ms)
+    await task.fire_due()
+    assert reads.since == [BASE - ahead]
+    assert outbox.sent == [["o/_/live/error/r1"]]
+
+
+@pytest.mark.asyncio
+async def test_after_a_read_what_fires_is_what_was_due_before_it() -> None:
+    """The read takes time; what falls due meanwhile was not covered by it, and waits for
+    the next firing (and its read). Mutant re-reading the clock after the read: r2, due
+    during the read, went out unread-for."""
+    clock = _Clock()
+    proc = _processor(clock)
+    _create(proc, "r1", clock.now - TTL_MS, clock)
+    _create(proc, "r2", clock.now - TTL_MS + 300, clock)
+    outbox, reads = _Outbox(), _Reads(clock, then=BASE + 500)
+    task = _reading(proc, outbox, clock, reads, 10)
+    _, behind = await task.fire_due()
+    assert (outbox.sent, outbox.times) == ([["o/_/live/error/r1"]], [BASE])
+    assert (behind, proc.next_due_ms()) == (False, BASE + 300)  # r2: the next firing's
+
+
+@pytest.mark.asyncio
+async def test_without_a_read_the_firing_takes_what_is_due_once_it_has_the_lock() -> None:
+    """The lock may be held while the loop decides input: what fell due meanwhile goes out
+    with the rest. Mutant keeping the time from before the lock: r2 waited for the next
+    firing."""
+    clock = _Clock()
+    proc = _processor(clock)
+    _create(proc, "r1", clock.now - TTL_MS, clock)
+    _create(proc, "r2", clock.now - TTL_MS + 300, clock)
+    outbox, deciding = _Outbox(), anyio.Lock()
+    task = Firing(
+        {("in", 0): proc}, cast("Outbox", outbox), deciding, clock=clock, on_fired=lambda _f: None
+    )
+    async with anyio.create_task_group() as tg:
+        await deciding.acquire()
+        tg.start_soon(task.fire_due)
+        await wait_all_tasks_blocked()
+        clock.now += 300
+        deciding.release()
+    assert (outbox.sent, outbox.times) == (
+        [["o/_/live/error/r1", "o/_/live/error/r2"]],
+        [BASE + 300],
+    )
+
+
+@pytest.mark.asyncio
+async def test_the_holds_are_read_ahead_while_waiting_for_a_due_time_within_a_tick(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A record due within a tick: the task reads the holds up to a tick before its due
+    time while it waits, then fires. Mutants: ``first <= now`` for ``first - ahead <= now``
+    (it never read ahead, and, its clock still, never fired), ``holds(first)`` (a read up
+    to the expiry itself)."""
+    monkeypatch.setattr(firing, "IDLE_S", 3600.0)
+    clock = _Clock()
+    proc = _processor(clock)
+    _create(proc, "r1", clock.now - TTL_MS + 5, clock)  # due in 5 ms
+    outbox, reads = _Outbox(), _Reads(clock, then=BASE + 5)  # the read takes the 5 ms
+    task = _reading(proc, outbox, clock, reads, 10)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(task.run)
+        with anyio.fail_after(2):
+            await outbox.arrived.wait()
+        tg.cancel_scope.cancel()
+    assert reads.since[0] == BASE - 5
+    assert outbox.sent == [["o/_/live/error/r1"]]
+
+
+@pytest.mark.asyncio
+async def test_the_task_wakes_a_tick_before_a_due_time_to_read_the_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With holds to read, the task sleeps until a tick before the next due time, so the
+    read is done by then. Mutant sleeping until the due time itself: every tombstone waited
+    for a read after its expiry."""
+    monkeypatch.setattr(firing, "IDLE_S", 3600.0)
+    clock = _Clock()
+    proc = _processor(clock)
+    _create(proc, "r1", clock.now - TTL_MS + 100_000, clock)  # due in 100 s
+    outbox, reads = _Outbox(), _Reads(clock)
+    task = _reading(proc, outbox, clock, reads, 10)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(task.run)
+        await wait_all_tasks_blocked()
+        asleep_until = task._sleeping_until
+        tg.cancel_scope.cancel()
+    assert asleep_until == BASE + 100_000 - 10
+    assert reads.since == []
+
+
+@pytest.mark.asyncio
+async def test_after_the_acks_the_holds_are_read_for_what_falls_due_within_the_tick(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Group commit: once a firing's acks are in, the holds are read to now when the next
+    record falls due within the tick. Mutant ``first <= now``: no read then, the next
+    firing's waited for its own."""
+    monkeypatch.setattr(firing, "IDLE_S", 3600.0)
+    clock = _Clock()
+    proc = _processor(clock)
+    _create(proc, "r1", clock.now - TTL_MS, clock)
+    _create(proc, "r2", clock.now - TTL_MS + 5, clock)  # due 5 ms later, within the tick
+    outbox, reads = _Outbox(), _Reads(clock)
+    task = _reading(proc, outbox, clock, reads, 10)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(task.run)
+        with anyio.fail_after(2):
+            await outbox.arrived.wait()
+        assert reads.since == [BASE - 10]  # before r1 fired
+        called = reads.called
+        outbox.acks[0].set_result(None)
+        with anyio.fail_after(2):
+            await called.wait()
+        tg.cancel_scope.cancel()
+    assert reads.since[1] == BASE
