@@ -40,7 +40,8 @@ import orjson
 
 from stream_expiry import codec, model, oversize
 from stream_expiry.changelog import Current, read_current, read_latest
-from stream_expiry.errors import ConfigurationError
+from stream_expiry.errors import BrokerError, ConfigurationError
+from stream_expiry.instances import describe_group
 from stream_expiry.kafka import (
     batch_bytes,
     committed_offsets,
@@ -53,7 +54,7 @@ from stream_expiry.kafka import (
     stable_ends,
     topic_partitions,
 )
-from stream_expiry.logs import record_ref
+from stream_expiry.logs import counted, record_ref
 from stream_expiry.outbox import all_acked
 from stream_expiry.policy import PolicyBook, apply_updates
 from stream_expiry.redact import Redactor
@@ -928,6 +929,28 @@ async def _compare_input_state(
     )
 
 
+async def _say_instances_running(config: Config, bootstrap: Brokers) -> None:
+    """After an applied replay that changed stamps, say on stderr whether the service's
+    group has members: a running instance reads none of replay's stamps until it restarts,
+    fires at the old expiries meanwhile (a record the new policy keeps longer is deleted
+    then) and undoes the replay for each record it reads an event of. The only hint was
+    "a service picks the new stamps up when it (re)starts", in the text output alone: a
+    replay run by mistake beside a running service (a trial) said nothing of it."""
+    try:
+        group = await describe_group(bootstrap, config.group_id)
+    except BrokerError:
+        return  # replay itself is done; whether instances run is `status`'s to say
+    if group.error or not group.members:
+        return
+    sys.stderr.write(
+        f"replay: the service's group '{config.group_id}' has "
+        f"{counted(len(group.members), 'member')} (instances running): until restarted, each "
+        "fires at the old expiries and undoes the replay for the records it reads events "
+        "of; restart (roll) them now, then check with `replay --dry-run` (README: After "
+        "replay)\n"
+    )
+
+
 async def run_replay(config: Config, bootstrap: Brokers, args: argparse.Namespace) -> int:
     give_back_freed_memory()  # this process does nothing else: memory before a few % of speed
     since = (
@@ -965,6 +988,8 @@ async def run_replay(config: Config, bootstrap: Brokers, args: argparse.Namespac
             "after replay read them (deleted, or moved by an event): they keep the "
             "instance's message, published again after replay's stamp\n"
         )
+    if not args.dry_run and report.records - report.unchanged:
+        await _say_instances_running(config, bootstrap)
     if args.json:
         sys.stdout.write(orjson.dumps(report.counts()).decode() + "\n")
         return 0
