@@ -27,6 +27,7 @@ changelog and sees all.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import struct
@@ -198,6 +199,9 @@ class StoreProgress:
     # behind with none is a sink that is not running, not one too slow; the SRE's first
     # question, and nothing here answered it.
     running: int | None = None
+    # A group named that committed nothing: the listed group closest to its name that has
+    # committed on these topics (a mistyped --sink-group; None: none is close).
+    did_you_mean: str | None = None
 
     @property
     def committed(self) -> bool:
@@ -217,6 +221,7 @@ class StoreProgress:
             # How late the store's deletions are: status's time less that tombstone's.
             "tombstones_waiting_s": None if oldest is None else max(0, at - oldest) / 1000,
             "partitions": self.partitions,
+            "did_you_mean": self.did_you_mean,
         }
 
 
@@ -472,6 +477,7 @@ async def _stores(
         progress = StoreProgress(_named(parts))
         if not progress.committed:
             if named:
+                progress.did_you_mean = await _closest_sink(brokers, group, outputs, ends)
                 out[group] = progress
             continue
         changelog = [p for tp, p in parts.items() if tp.topic == t.stamped]
@@ -492,6 +498,26 @@ async def _stores(
         progress.running = None if described.error else len(described.members)
         out[group] = progress
     return out
+
+
+async def _closest_sink(
+    brokers: Brokers, group: str, outputs: Collection[str], ends: Mapping[TopicPartition, int]
+) -> str | None:
+    """The group the cluster lists whose name is closest to ``group``'s, among those that
+    committed offsets on ``outputs``: a ``--sink-group`` mistyped by a letter was said to
+    be "not a sink's --group-id, or its sink never ran", and nothing named the group meant
+    (a trial), as every other misspelt name here is answered."""
+    try:
+        async with admin_client(brokers) as admin:
+            listed = await admin.list_consumer_groups()
+    except KafkaError:
+        return None  # the suggestion is a help, not the answer
+    names = sorted({str(g[0]) for g in listed} - {group})
+    for close in difflib.get_close_matches(group, names, n=3):
+        parts = await _offsets(brokers, close, outputs, ends)
+        if any(p["committed"] is not None for p in parts.values()):
+            return close
+    return None
 
 
 async def _sink_groups(brokers: Brokers) -> tuple[str, ...]:
@@ -760,6 +786,8 @@ def _store_lines(stores: dict[str, dict[str, Any]], groups: list[str]) -> list[s
                 f"{group}: has committed no offset on the stamped or the tombstones topic: not "
                 "a sink's --group-id, or its sink never ran"
             )
+            if p.get("did_you_mean"):
+                said += f"; did you mean --sink-group {p['did_you_mean']}?"
         else:
             said = f"{group}: {_many(p['tombstones_behind'], 'tombstone')} not applied"
             if p["oldest_tombstone_waiting"] is not None:

@@ -92,8 +92,9 @@ async def test_status_says_what_each_store_has_not_applied_and_since_when(
         assert await store.get(later[0].identity) is not None  # still there: not applied
 
     never = f"{topics.prefix}.no-such-sink"
+    typo = sink.group_id[:-1]  # a letter left out: the group meant is named
     said = await status(
-        config, broker, now_ms=now, clock=wall_clock_ms, sink_groups=[sink.group_id, never]
+        config, broker, now_ms=now, clock=wall_clock_ms, sink_groups=[sink.group_id, never, typo]
     )
     d = said.as_dict()
     mine = d["stores"][sink.group_id]
@@ -110,6 +111,8 @@ async def test_status_says_what_each_store_has_not_applied_and_since_when(
         "1 changelog message not applied"
     ) in lines
     assert f"    {never}: has committed no offset" in lines
+    assert d["stores"][typo]["did_you_mean"] == sink.group_id
+    assert f"never ran; did you mean --sink-group {sink.group_id}?" in lines
 
     # Named no group, status looks for the sinks' default groups: none ran on these topics.
     default = (await status(config, broker, now_ms=now, clock=wall_clock_ms)).as_dict()
