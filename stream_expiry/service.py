@@ -53,6 +53,7 @@ from stream_expiry.control import (
     refuse_a_lost_holds_topic,
     refuse_holds_in_doubt,
 )
+from stream_expiry.dead_letter_log import DeadLetterLog
 from stream_expiry.durations import format_duration
 from stream_expiry.errors import (
     BrokerError,
@@ -372,6 +373,9 @@ class Service:
         self._consumer_options = dict(consumer_options or {})
         self._misspelt_said: set[str] = set()  # names of events said to stand for a field
         self._unkeyed_said: set[str] = set()  # input topics said to carry events without a key
+        # The dead letters of input events, said one by one up to a bound a window, then
+        # counted (a producer gone wrong is wrong for every event it sends).
+        self._dead_letter_log = DeadLetterLog(log, config.topics.dlq)
         # aiokafka options of the producer over the service's (``max_request_size``: the
         # size limit outputs are held to, see stream_expiry.oversize)
         self._producer_options = dict(producer_options or {})
@@ -643,6 +647,7 @@ class Service:
                     await outbox.drain()
                 committed = await self._commit(cons)
                 self._close_all()
+                self._dead_letter_log.flush(final=True)
                 log.info(
                     "stopped: %s; %d events, %d stamped, %d tombstones ttl + %d explicit, "
                     "%d dead letters",
@@ -942,6 +947,7 @@ class Service:
         for 19-26 s of an outage in a trial, when its oldest overdue is read."""
         while True:
             self._observe_said()
+            self._dead_letter_log.flush()
             if self._on_progress is not None:
                 result = self._on_progress(self.stats)
                 if result is not None:
@@ -1095,14 +1101,7 @@ class Service:
         for rec, why in effects.dead_letters:
             stats.dead_letters += 1
             stats.dead_letter_codes[why.code] += 1
-            log.warning(
-                "dead letter %s[%d]@%d: %s (%s)",
-                rec.topic,
-                rec.partition,
-                rec.offset,
-                why.code,
-                why.detail,
-            )
+            self._dead_letter_log.say(rec.topic, rec.partition, rec.offset, why.code, why.detail)
         if effects.seconds_like:
             _say_early_ts(effects.seconds_like)
         for rec, pairs in effects.misspelt:
