@@ -276,6 +276,7 @@ def _parser_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
+    from stream_expiry.durations import format_duration
     from stream_expiry.policy import (
         PolicyBook,
         apply_updates,
@@ -320,6 +321,15 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             print(left_out, file=sys.stderr)
     else:
         print(render_explain_table(result))
+        ttl = result.get("ttl_seconds")
+        if ttl is not None and args.category in config.sliding:
+            # The TTL alone read as the record's life: a session touched all day lived
+            # all day under "effective TTL: 30m", and nothing here said why (a trial).
+            print(
+                f"{args.category} slides ([categories] sliding): each touch moves its expiry "
+                f"to the touch's time + {format_duration(int(ttl) * 1000)}, the TTL fixed "
+                "at its creation"
+            )
         unset = unset_variables(args.category, result)
         if unset is not None:
             print(unset)

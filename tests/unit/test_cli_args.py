@@ -1175,3 +1175,26 @@ def test_the_readme_gives_every_exit_status_and_the_commands_that_fail_with_1() 
     failing = sorted(p.stem for p in package.rglob("*.py") if "exits.FAILED" in p.read_text())
     assert failing == sorted(_FAILS)
     assert [_FAILS[m] for m in failing if _FAILS[m] not in readme[exits.FAILED]] == []
+
+
+def test_explain_says_a_sliding_category_s_touches_move_its_expiry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "effective TTL: 30m" read as a session's life, and a session touched all day lives
+    all day: the table now says that a sliding category's touches move its expiry by the
+    TTL (a trial). A category that does not slide, one that never expires, and the JSON
+    (the contract's) get no such line."""
+    monkeypatch.delenv("STREAM_EXPIRY_BOOTSTRAP_SERVERS", raising=False)
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text('[retention.defaults]\nsession = "30m"\nconversation = "7d"\n')
+    base = ["explain", "--config", str(cfg), "--offline", "--org", "acme"]
+    assert main([*base, "--category", "session"]) == 0
+    assert (
+        "session slides ([categories] sliding): each touch moves its expiry to the touch's "
+        "time + 30m, the TTL fixed at its creation"
+    ) in capsys.readouterr().out
+    for category in ("conversation", "error"):  # error: no value, never expires
+        assert main([*base, "--category", category]) == 0
+        assert "slides" not in capsys.readouterr().out
+    assert main([*base, "--category", "session", "--json"]) == 0
+    assert "slides" not in capsys.readouterr().out
