@@ -1036,6 +1036,11 @@ class Sink:
             with broker_errors(f"reading {topic}"):
                 await self._read_to_now(reader, collect)
         placed: dict[str, Hold] = {}
+        # The holds said to be spared before this read: a release of one is said too (the
+        # log said "the sweep spares" and never that it stopped); a hold placed and
+        # released within one read (a start reads the topic whole) was never said.
+        said = {hold.hold_id: hold for hold in self.holds}
+        released: dict[str, Hold] = {}
         now = self._clock()
         for batch in batches:
             for tp, records in batch.items():
@@ -1054,6 +1059,17 @@ class Sink:
         for hold in placed.values():  # said once read: not the holds released since
             if self.holds.get(hold.hold_id) is not None:
                 log.info("legal hold %s: the sweep spares %s", hold.hold_id, hold.scope())
+        for hold_id, hold in said.items():
+            if self.holds.get(hold_id) is None:
+                released[hold_id] = hold
+        for hold in released.values():
+            log.info(
+                "legal hold %s released: the sweep spares %s no more (unless another hold "
+                "matches it) once the service's tombstones have had %g s to come",
+                hold.hold_id,
+                hold.scope(),
+                self.config.sweep_grace_s,
+            )
 
     async def read_complete_ms(self, cons: AIOKafkaConsumer) -> int | None:
         """The read-complete time W: every message on the stamped and tombstone topics

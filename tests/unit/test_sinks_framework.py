@@ -642,6 +642,26 @@ async def test_the_sink_names_only_the_holds_still_active_once_read(
     spared = [r.getMessage() for r in caplog.records if "the sweep spares" in r.getMessage()]
     assert spared == ["legal hold h-live: the sweep spares org=acme"]
     assert sink.holds.get("h-old") is None
+    assert not [r for r in caplog.records if "released" in r.getMessage()]  # never said
+
+
+@pytest.mark.asyncio
+async def test_the_sink_says_a_release_of_a_hold_it_said_it_spares(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The sink said "legal hold h: the sweep spares ..." and nothing at its release: an
+    operator reading its log took the rows for spared still (a trial)."""
+    held = Hold("h-1", "acme", None, None, "conversation", None, "case", T0)
+    sink = sink_for(MemoryStore(), [])
+    _HoldsReader([Rec("holds", 0, 0, b"h-1", encode_hold(held))]).read_by(sink)
+    await sink._read_holds()
+    _HoldsReader([Rec("holds", 0, 1, b"h-1", None)]).read_by(sink)
+    with caplog.at_level(logging.INFO, logger="stream_expiry.sinks"):
+        await sink._read_holds()
+    assert [r.getMessage() for r in caplog.records] == [
+        "legal hold h-1 released: the sweep spares org=acme category=conversation no more "
+        "(unless another hold matches it) once the service's tombstones have had 60 s to come"
+    ]
 
 
 @pytest.mark.asyncio
