@@ -141,7 +141,13 @@ def apply_updates(
     for key, value, timestamp in updates:
         applied = book.apply_update(key, value, timestamp)
         if isinstance(applied, Rejection):
-            said.append(f"a policy update on {topic} is ignored: {applied.code} ({applied.detail})")
+            # Its key said, as the service's warning says it: which scope to publish again
+            # ("ttl key 'conversaton' is not a configured category" named no scope).
+            named = "no key" if key is None else f"key {key.decode(errors='replace')!r}"
+            said.append(
+                f"a policy update on {topic} ({named}) is ignored: {applied.code} "
+                f"({applied.detail})"
+            )
         elif (why := applied.ignored_rejection()) is not None:
             said.append(f"policy update {applied.key} on {topic}: {why.detail}")
     return said

@@ -209,9 +209,14 @@ def test_explain_says_an_update_giving_a_key_twice_is_ignored_naming_the_key() -
     twice = b'{"scope": "org", "org": "acme", "ttl": {"conversation": "30d", "conversation": "1d"}}'
     said = apply_updates(book, [(b"org/acme", twice, 0)], "expiry.policies")
     assert said == [
-        "a policy update on expiry.policies is ignored: invalid_field (key 'conversation' is "
+        "a policy update on expiry.policies (key 'org/acme') is ignored: invalid_field (key "
+        "'conversation' is "
         "given twice (at 'ttl.conversation'): which of its values was meant is unknown, so "
         "the document is refused; give each key once)"
     ]
+    # A message without a key is said so (the service rejects it for that).
+    assert apply_updates(book, [(None, twice, 0)], "expiry.policies")[0].startswith(
+        "a policy update on expiry.policies (no key) is ignored: "
+    )
     resolved = book.resolve(Identity("acme", "_", "live", "conversation", "r"), 1)
     assert resolved.ttl_ms == 7 * 86_400_000
