@@ -345,7 +345,9 @@ def _summary(
         f"  events produced     {sum(counts.values())} ({counts['create']} create, {counts['touch']} touch, "
         f"{counts['delete']} delete, {counts['malformed']} malformed)",
         f"  events in           {s.events}; dead letters {s.dead_letters}",
-        f"  records stamped     {s.stamped}",
+        # Stamps, not records: a touch that moves a session's expiry stamps it again, and
+        # "records stamped 1790" beside 1693 creates read as records from nowhere (a trial).
+        f"  stamps published    {s.stamped} (each create's, and each touch's that moved an expiry)",
         f"  tombstones          {watch.ttl} ttl, {watch.explicit} explicit",
         *(
             [
