@@ -292,8 +292,16 @@ class ServiceMetrics(_BaseMetrics):
         r = self.registry
         self._pending = Gauge(
             f"{_PREFIX}_pending_records",
-            "Records with a finite expiry not yet tombstoned, per category (owned partitions).",
+            "Records waiting for their expiry (finite, not yet tombstoned; those a legal hold "
+            "keeps past it are in stream_expiry_held_records), per category (owned partitions).",
             ["category"],
+            registry=r,
+        )
+        self._held = Gauge(
+            f"{_PREFIX}_held_records",
+            "Records a legal hold keeps past their expiry or their erasure request, or whose "
+            "earlier lives it keeps (owned partitions): tombstoned within a second of the "
+            "release of their last hold.",
             registry=r,
         )
         self._oldest_overdue = Gauge(
@@ -330,6 +338,12 @@ class ServiceMetrics(_BaseMetrics):
 
     def set_pending(self, category: str, records: int) -> None:
         self._pending.labels(category).set(records)
+
+    def set_held(self, records: int) -> None:
+        """Records the legal holds keep (``StoreCounts.held`` of the owned stores): they
+        are in neither the pending records nor the oldest overdue, and a release that
+        frees thousands showed in no metric, only in ``status`` (a trial)."""
+        self._held.set(records)
 
     def set_oldest_overdue_seconds(self, seconds: float) -> None:
         """Now minus the earliest ``expires_at`` not yet tombstoned; 0 when nothing is due."""

@@ -1005,6 +1005,7 @@ class Service:
                     pending[category] = pending.get(category, 0) + n
             for category, n in pending.items():
                 metrics.set_pending(category, n)
+            metrics.set_held(sum(proc.store.counts.held for proc in watched))
         metrics.set_oldest_overdue_seconds(overdue / 1000)
 
     # -- ingest -----------------------------------------------------------------------------

@@ -197,3 +197,42 @@ def test_the_pending_gauges_count_what_the_instance_holds_and_nothing_once_it_ho
     service._suspended.clear()  # given to another instance, which counts it now
     service._observe()
     assert pending() == 0
+
+
+def test_the_held_gauge_counts_what_the_legal_holds_keep_in_the_stores_owned() -> None:
+    """Records a hold keeps past their expiry left ``stream_expiry_pending_records`` and were
+    in no metric: 5,000 held conversations showed as 0 pending and 0 overdue, and only
+    ``status`` said a hold kept them (a trial). ``stream_expiry_held_records`` says it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from stream_expiry.metrics import ServiceMetrics
+    from stream_expiry.state import MemoryKV, PartitionProcessor, PartitionStore
+
+    metrics = ServiceMetrics()
+    service = Service(
+        parse_config(""), bootstrap_servers="k:1", environ={}, clock=lambda: NOW, metrics=metrics
+    )
+
+    def held() -> float:
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(metrics.exposition().decode())
+            for s in family.samples
+            if s.name == "stream_expiry_held_records"
+        )
+
+    for partition, count in ((0, 3), (1, 2)):
+        store = PartitionStore(MemoryKV())
+        store.counts.held = count  # what the store's writes keep exact
+        proc = PartitionProcessor(
+            "conversations", partition, store,
+            resolve=lambda i, t: None,  # type: ignore[arg-type,return-value]
+            sliding=frozenset(), categories=frozenset({"conversation"}), max_skew_ms=0,
+            now_ms=NOW,
+        )  # fmt: skip
+        service.processors[("conversations", partition)] = proc
+    service._observe()
+    assert held() == 5
+    service.processors.clear()  # given to another instance, which counts them now
+    service._observe()
+    assert held() == 0
