@@ -43,6 +43,7 @@ from aiokafka.errors import KafkaError
 from stream_expiry import codec
 from stream_expiry.archive import archived_offsets
 from stream_expiry.changelog import read_latest
+from stream_expiry.errors import BrokerError
 from stream_expiry.hold_command import doubt_as_dict, doubt_line, read_holds
 from stream_expiry.instances import (
     CLIENT_ID,
@@ -510,7 +511,7 @@ async def _closest_sink(
     try:
         async with admin_client(brokers) as admin:
             listed = await admin.list_consumer_groups()
-    except KafkaError:
+    except (KafkaError, BrokerError):  # the admin client's own failures come as BrokerError
         return None  # the suggestion is a help, not the answer
     names = sorted({str(g[0]) for g in listed} - {group})
     for close in difflib.get_close_matches(group, names, n=3):
