@@ -399,46 +399,51 @@ def _same_as(e: dict[str, Any]) -> object:
 
 class _SameId:
     """The keys on ``expiry.stamped`` of ``identity``'s org, category and record id under
-    another bot or env: where a record is when history was asked about the wrong bot; and
-    whether an erasure ended a life there (an explicit null), as an erasure request that
-    named the wrong bot or env does: the record asked about lives on, and its own history
-    said only "another record" beside it (a trial)."""
+    another bot or env, or under its org spelt in another case: where a record is when
+    history was asked about the wrong bot (or ``--org Omega`` for ``omega``: ids are
+    case-sensitive, and a trial's wrong case said only "nothing on the evidence topics");
+    and whether an erasure ended a life there (an explicit null), as an erasure request
+    that named the wrong bot or env does: the record asked about lives on, and its own
+    history said only "another record" beside it (a trial)."""
 
     def __init__(self, identity: Identity) -> None:
         self._identity = identity
         self._key = identity.key.encode()
         parts = identity.key.split("/")
-        # Cheap tests on the raw key before it is decoded: the quoted org and record id.
-        self._head = (parts[0] + "/").encode()
+        # Cheap tests on the raw key before it is decoded: the quoted org, in any case,
+        # and the quoted record id.
+        self._head = (parts[0] + "/").encode().lower()
         self._tail = ("/" + parts[4]).encode()
-        self._seen: set[tuple[str, str]] = set()
-        self._erased: set[tuple[str, str]] = set()
+        self._seen: set[tuple[str, str, str]] = set()
+        self._erased: set[tuple[str, str, str]] = set()
 
     def look(self, records: list[Any]) -> None:
         me = self._identity
+        org = me.org.casefold()
         for rec in records:
             raw = rec.key
-            if raw is None or raw == self._key or not raw.startswith(self._head):
+            if raw is None or raw == self._key or not raw.endswith(self._tail):
                 continue
-            if not raw.endswith(self._tail):
+            if raw[: len(self._head)].lower() != self._head:
                 continue
             try:
                 other = decode_key(raw.decode())
             except (UnicodeDecodeError, ValueError):
                 continue
-            if (other.org, other.category, other.record_id) == (
-                me.org,
+            if (other.org.casefold(), other.category, other.record_id) == (
+                org,
                 me.category,
                 me.record_id,
             ):
-                self._seen.add((other.bot, other.env))
+                where = (other.org, other.bot, other.env)
+                self._seen.add(where)
                 if rec.value is None and codec.reason_of(list(rec.headers or ())) == "explicit":
-                    self._erased.add((other.bot, other.env))
+                    self._erased.add(where)
 
     def found(self) -> list[dict[str, Any]]:
         return [
-            {"bot": bot, "env": env, "erased": (bot, env) in self._erased}
-            for bot, env in sorted(self._seen)
+            {"org": org, "bot": bot, "env": env, "erased": (org, bot, env) in self._erased}
+            for org, bot, env in sorted(self._seen)
         ]
 
 
@@ -1028,18 +1033,25 @@ def text_lines(d: dict[str, Any]) -> list[str]:
             + (" but holds whose scope matches it" if d["events"] else "")
             + " (check --org, --bot, --env, --category and --record-id)"
         )
-    for other in d.get("same_id_elsewhere", ()):
+    elsewhere = d.get("same_id_elsewhere") or ()
+    asked = decode_key(d["key"]).org if elsewhere else None
+    for other in elsewhere:
         erased = (
             ", erased there on request (an erasure under another bot or env does not "
             "erase this one: check the ids the request gave)"
             if other.get("erased")
             else ""
         )
-        lines.append(
-            printable(
-                f"  this org, category and record id are also on the changelog under "
-                f"--bot {other['bot']!r} --env {other['env']!r}: another record{erased}"
+        where = f"--bot {other['bot']!r} --env {other['env']!r}"
+        said = "this org, category and record id are"
+        if other.get("org", asked) != asked:  # the org in another case
+            where = f"--org {other['org']!r} {where}"
+            said = (
+                "this category and record id are, with the org in another case (ids are "
+                "case-sensitive),"
             )
+        lines.append(
+            printable(f"  {said} also on the changelog under {where}: another record{erased}")
         )
     for e in d["events"]:
         lines.append(f"  {e['at']}  {e['kind']:<17} {_summary(e)}")

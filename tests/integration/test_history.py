@@ -201,7 +201,9 @@ async def test_history_of_the_wrong_bot_names_where_the_record_id_is(
         await read_topic(broker, topics.stamped, until=lambda r: len(r) >= 1)
     found = await history(config, broker, Identity("acme", "_", "live", "conversation", "r9"))
     assert found.events == []
-    assert found.as_dict()["same_id_elsewhere"] == [{"bot": "b1", "env": "live", "erased": False}]
+    assert found.as_dict()["same_id_elsewhere"] == [
+        {"org": "acme", "bot": "b1", "env": "live", "erased": False}
+    ]
     lines = text_lines(found.as_dict())
     assert "under --bot 'b1' --env 'live'" in "\n".join(lines)
     right = await history(config, broker, Identity("acme", "b1", "live", "conversation", "r9"))

@@ -622,8 +622,8 @@ def test_an_erasure_under_another_bot_is_said_beside_the_record_it_did_not_erase
     near.look([null("_", b"explicit"), null("b2", b"ttl")])
     found = near.found()
     assert found == [
-        {"bot": "_", "env": "live", "erased": True},
-        {"bot": "b2", "env": "live", "erased": False},
+        {"org": "acme", "bot": "_", "env": "live", "erased": True},
+        {"org": "acme", "bot": "b2", "env": "live", "erased": False},
     ]
     lines = text_lines(_history() | {"same_id_elsewhere": found})
     assert lines[2:4] == [
@@ -633,3 +633,25 @@ def test_an_erasure_under_another_bot_is_said_beside_the_record_it_did_not_erase
         "  this org, category and record id are also on the changelog under --bot 'b2' --env "
         "'live': another record",
     ]
+
+
+def test_the_same_record_id_under_the_org_in_another_case_is_named() -> None:
+    """A trial: ``history --org Omega`` of a record of ``omega`` said only "nothing on the
+    evidence topics": ids are case-sensitive, and the hint named other bots and envs of
+    the same org only. An org in another case is named too; another org is not."""
+    me = Identity("Omega", "_", "live", "conversation", "c-1")
+    near = _SameId(me)
+
+    def stamp_of(org: str, record_id: str = "c-1") -> SimpleNamespace:
+        key = Identity(org, "_", "live", "conversation", record_id).key.encode()
+        return SimpleNamespace(key=key, value=b"{}", headers=[])
+
+    near.look([stamp_of("omega"), stamp_of("other"), stamp_of("omega", "c-2")])
+    found = near.found()
+    assert found == [{"org": "omega", "bot": "_", "env": "live", "erased": False}]
+    history = _history() | {"key": me.key, "same_id_elsewhere": found}
+    assert text_lines(history)[2] == (
+        "  this category and record id are, with the org in another case (ids are "
+        "case-sensitive), also on the changelog under --org 'omega' --bot '_' --env 'live': "
+        "another record"
+    )
