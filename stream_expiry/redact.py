@@ -24,7 +24,9 @@ Rules this module keeps:
   one ``casefold`` per key of each object a path reaches, not one dict lookup as before.
 * Lists are transparent: when a segment meets a list, the rest of the path applies inside
   every element of the list (``"transcript.text"`` drops ``text`` from every message of a
-  transcript list; ``"transcript"`` drops the whole list). Lists nested in lists likewise.
+  transcript list; ``"transcript"`` drops the whole list). Lists nested in lists likewise,
+  and so are the indices of a flattened key: ``"transcript.text"`` removes
+  ``{"transcript.0.text": ...}`` too.
 * A path that meets anything else (a string, a number, null, a missing key) matches nothing
   there and is ignored: events differ in shape, and a redaction rule is not a schema.
 * The removed paths are reported as found in the data (``User.Email`` for the rule
@@ -78,6 +80,17 @@ def _spelt(folded: str, path: _Path, depth: int) -> int:
     kept, and the stamp said nothing was removed (for a rule naming an object, every
     flattened field of it stayed: ``user`` kept ``{"user.email": ...}``)."""
     segments = tuple(folded.split("."))
+    after = _spelt_by(segments, path, depth)
+    if after == depth and any(s.isdigit() for s in segments):
+        # "transcript.0.text": a flattened list's index, which the path does not name
+        # (lists are transparent, as in nested data); tried after the key as it is, which
+        # a path naming an object's digit key ("scores.2024") matches.
+        after = _spelt_by(tuple(s for s in segments if not s.isdigit()), path, depth)
+    return after
+
+
+def _spelt_by(segments: _Path, path: _Path, depth: int) -> int:
+    """:func:`_spelt` for a key's segments."""
     rest = len(path) - depth
     if len(segments) >= rest:  # the rest of the path, or a field within it
         return len(path) if segments[:rest] == path[depth:] else depth

@@ -334,3 +334,23 @@ def test_a_category_with_no_paths_has_no_rules() -> None:
     r = Redactor.from_config({"conversation": []})
     assert not r
     assert r.rules == {}
+
+
+def test_a_flattened_key_with_list_indices_is_named_as_nested_lists_are() -> None:
+    """Lists are transparent to a path (``transcript.text`` drops ``text`` from every
+    message of a transcript list), but a producer flattening that list sent
+    ``{"transcript.0.text": ...}``, which the rule kept (a mutation-testing helper). Its
+    indices are read as the list they stand for; a path naming an object's digit key
+    (``scores.2024``) still matches that key as it is."""
+    data = {
+        "transcript.0.text": "hello, I am x@y",
+        "Transcript.1.Text": "my card is 4111",
+        "transcript.0.at": "kept",
+        "transcript.0.texts": "kept too",
+        "scores.2024": 3,
+        "scores.2025": 4,
+    }
+    r = Redactor.from_config({"conversation": ["transcript.text", "scores.2024"]})
+    out, removed = r.redact("conversation", data)
+    assert out == {"transcript.0.at": "kept", "transcript.0.texts": "kept too", "scores.2025": 4}
+    assert removed == ("transcript.0.text", "Transcript.1.Text", "scores.2024")
