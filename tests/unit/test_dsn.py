@@ -287,6 +287,23 @@ async def test_a_tls_file_the_dsn_names_that_cannot_be_read_is_a_setting_to_corr
     assert "is the server running" not in said
 
 
+def _tls_files(tmp_path: Path) -> dict[str, str]:
+    """Throwaway certificates and keys, a key encrypted with the passphrase ``s3cret``,
+    and a file that is no PEM, by the names the DSNs below give them."""
+    from stream_expiry.testing.tls import make_pki
+
+    from .test_kafka_settings import _encrypted_copy
+
+    pki = make_pki(tmp_path)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not PEM\n")
+    return {
+        "ca": pki.ca, "client_key": pki.client_key, "client_cert": pki.client_cert,
+        "server_key": pki.server_key, "garbage": str(garbage),
+        "encrypted": str(_encrypted_copy(pki.client_key, tmp_path / "encrypted.key")),
+    }  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("query", "says"),
     [
@@ -321,18 +338,7 @@ async def test_a_tls_file_the_client_cannot_load_is_a_setting_to_correct(
     against a server that was up: asyncpg loads the DSN's files before it connects. It is a
     setting (status 2), said with the key and the path, and never a prompt for a key's
     passphrase."""
-    from stream_expiry.testing.tls import make_pki
-
-    from .test_kafka_settings import _encrypted_copy
-
-    pki = make_pki(tmp_path)
-    garbage = tmp_path / "garbage.pem"
-    garbage.write_text("not PEM\n")
-    names = {
-        "client_key": pki.client_key, "client_cert": pki.client_cert,
-        "server_key": pki.server_key, "garbage": str(garbage),
-        "encrypted": str(_encrypted_copy(pki.client_key, tmp_path / "encrypted.key")),
-    }  # fmt: skip
+    names = _tls_files(tmp_path)
     dsn = "postgresql://u:S3cr3tPW@127.0.0.1:5432/test?" + query.format(**names)
     with pytest.raises(ConfigurationError) as failed:
         await PostgresStore(dsn, connect_timeout_s=2).open()
@@ -355,18 +361,7 @@ def test_tls_files_the_client_would_not_read_or_reads_well_pass_the_check(
 ) -> None:
     """The check reads what asyncpg reads, in the modes it reads them: a DSN that connects
     is not refused for a file its mode never loads."""
-    from stream_expiry.testing.tls import make_pki
-
-    from .test_kafka_settings import _encrypted_copy
-
-    pki = make_pki(tmp_path)
-    garbage = tmp_path / "garbage.pem"
-    garbage.write_text("not PEM\n")
-    names = {
-        "ca": pki.ca, "client_key": pki.client_key, "client_cert": pki.client_cert,
-        "garbage": str(garbage),
-        "encrypted": str(_encrypted_copy(pki.client_key, tmp_path / "encrypted.key")),
-    }  # fmt: skip
+    names = _tls_files(tmp_path)
     check_files(as_uri("postgresql://127.0.0.1:5432/test?" + query.format(**names)))
 
 
