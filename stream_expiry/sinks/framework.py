@@ -1040,7 +1040,6 @@ class Sink:
         # log said "the sweep spares" and never that it stopped); a hold placed and
         # released within one read (a start reads the topic whole) was never said.
         said = {hold.hold_id: hold for hold in self.holds}
-        released: dict[str, Hold] = {}
         now = self._clock()
         for batch in batches:
             for tp, records in batch.items():
@@ -1061,15 +1060,13 @@ class Sink:
                 log.info("legal hold %s: the sweep spares %s", hold.hold_id, hold.scope())
         for hold_id, hold in said.items():
             if self.holds.get(hold_id) is None:
-                released[hold_id] = hold
-        for hold in released.values():
-            log.info(
-                "legal hold %s released: the sweep spares %s no more (unless another hold "
-                "matches it) once the service's tombstones have had %g s to come",
-                hold.hold_id,
-                hold.scope(),
-                self.config.sweep_grace_s,
-            )
+                log.info(
+                    "legal hold %s released: the sweep spares %s no more (unless another "
+                    "hold matches it) once the service's tombstones have had %g s to come",
+                    hold_id,
+                    hold.scope(),
+                    self.config.sweep_grace_s,
+                )
 
     async def read_complete_ms(self, cons: AIOKafkaConsumer) -> int | None:
         """The read-complete time W: every message on the stamped and tombstone topics
