@@ -137,10 +137,13 @@ class InputReading:
         self.unread[slot] = end
         return f"; due timers wait until the {backlog} events before {end} are read"
 
-    def take(self, tp: TopicPartition, records: list[Any], seeks_before: int) -> list[Any]:
+    def take(
+        self, tp: TopicPartition, records: list[Any], seeks_before: int, end: int | None = None
+    ) -> list[Any]:
         """The records of a fetched batch to decide (none: skip them), the partition's next
         offset moved past them. ``seeks_before`` is :attr:`seeks` when the batch was asked
-        for."""
+        for; ``end`` is where the partition ends as the consumer's last fetch said (None:
+        not known)."""
         slot = (tp.topic, tp.partition)
         expected = self.next_offset.get(slot)
         if expected is None:
@@ -151,12 +154,41 @@ class InputReading:
             # them would skip what lies between. Read again from the new one.
             self._seek(tp, expected)
             return []
+        if records[0].offset < expected and end is not None and end < expected:
+            # The partition now ends before where this instance had read it: the topic was
+            # deleted and made again (or its log cut) while the service ran, and Kafka
+            # answered the fetch "offset out of range", on which the consumer goes back to
+            # the beginning (auto_offset_reset). Those are new events: dropped as records
+            # read again, each create, touch and erasure of the new topic went undecided,
+            # without a word, until its offsets passed the old ones.
+            self._reset(tp, records[0].offset, expected, end)
+            expected = records[0].offset
         # A fetch started before a seek hands back records again after it.
         if records[0].offset < expected:
             records = [rec for rec in records if rec.offset >= expected]
         if records:
             self.next_offset[slot] = records[-1].offset + 1
         return records
+
+    def _reset(self, tp: TopicPartition, start: int, was: int, end: int) -> None:
+        """Say that ``tp`` is read again from ``start``, its end ``end`` now before the
+        offset ``was`` this instance had read to, and let go its sliding records that
+        waited for offsets of the old log: nothing of it is left to read."""
+        slot = (tp.topic, tp.partition)
+        log.warning(
+            "%s[%d] now ends at offset %d, before offset %d this instance had read it to "
+            "(was the topic deleted and made again, or its log cut, while the service ran?): "
+            "reading it from offset %d, so that its events are decided, not skipped; check "
+            "that producers still write to the topic you meant",
+            *slot,
+            end,
+            was,
+            start,
+        )
+        self.next_offset[slot] = start
+        self.catching_up.pop(slot, None)
+        self.unread.pop(slot, None)
+        self._let_go(slot, END_UNKNOWN)
 
     async def caught_up(self, cons: AIOKafkaConsumer) -> None:
         """Let go the sliding records of the partitions that have read their backlog, or
@@ -214,7 +246,19 @@ class InputReading:
             read = self.next_offset.get(slot)
             if slot in self.catching_up or read is None:
                 continue
-            high = stable_end(cons, TopicPartition(*slot))
+            tp = TopicPartition(*slot)
+            if (ends_at := cons.highwater(tp)) is not None and ends_at < read:
+                # Made again while read: Kafka answers the fetch "offset out of range"
+                # (the consumer goes back to the beginning: see take), a broker may also
+                # answer it empty and wait there, until the new log passes the old
+                # offsets, skipping what lies before (a trial on Tansu: every event of
+                # the new topic, 102 creates in 30 s, never stamped, and no word said).
+                self._reset(tp, 0, read, ends_at)
+                self._seek(tp, 0)
+                self.seeks += 1
+                self._seeked_at[slot] = self.seeks
+                continue
+            high = stable_end(cons, tp)
             # An end learnt since (learn_ends) may be beyond the consumer's last fetch.
             target = max(high or 0, self.unread.get(slot, 0))
             position = read if not target else await _read_up_to(cons, slot, read, target)

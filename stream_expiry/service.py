@@ -1039,7 +1039,10 @@ class Service:
         proc = self.processors.get((tp.topic, tp.partition))
         if proc is None:
             return None  # fetched before our assignment callback took the partition
-        records = self._reading.take(tp, records, seeks_before)
+        # The high watermark, not the stable end: a partition whose end falls below what
+        # this instance read was made again (reading.InputReading.take).
+        end = None if self._consumer is None else self._consumer.highwater(tp)
+        records = self._reading.take(tp, records, seeks_before, end)
         return (proc, records) if records else None
 
     async def _decide(

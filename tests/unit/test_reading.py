@@ -91,6 +91,36 @@ def test_records_before_the_position_are_dropped_and_the_position_moves_past_the
     assert seeks == [(TP, 5)]
 
 
+def test_a_partition_made_again_while_read_is_read_from_its_new_beginning_and_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The topic deleted and made again while the service ran: the consumer meets "offset
+    out of range" and goes back to the beginning, and the batch it hands over starts below
+    the position, the partition's end below it too. Those are new events, not records read
+    again: dropped, each create, touch and erasure went undecided without a word (a trial:
+    337 sessions never stamped). The records waiting for the old log's offsets go too."""
+    reading, _, let_go = _reading()
+    reading.positioned(TP, 340, 350)
+    reading.unread[SLOT] = 350  # a sliding record waits for the old log's offset 349
+    taken = reading.take(TP, [Rec(0), Rec(1), Rec(2)], reading.seeks, end=45)
+    assert [r.offset for r in taken] == [0, 1, 2]
+    assert reading.next_offset[SLOT] == 3
+    assert SLOT not in reading.unread
+    assert SLOT not in reading.catching_up
+    assert let_go[-1] == (SLOT, END_UNKNOWN)
+    assert "conversations[3] now ends at offset 45, before offset 340" in caplog.text
+    assert "reading it from offset 0" in caplog.text
+
+
+def test_records_read_again_below_the_position_are_dropped_while_the_end_is_beyond_it() -> None:
+    reading, _, let_go = _reading()
+    reading.positioned(TP, 5, 5)
+    taken = reading.take(TP, [Rec(3), Rec(4), Rec(5)], reading.seeks, end=9)
+    assert [r.offset for r in taken] == [5]
+    assert reading.next_offset[SLOT] == 6
+    assert let_go == [(SLOT, END_UNKNOWN)]  # the positioning's, no reset's
+
+
 def test_a_batch_fetched_before_a_seek_is_left_and_read_again_from_the_new_position() -> None:
     reading, seeks, _ = _reading()
     reading.positioned(TP, 5, 5)
@@ -170,12 +200,56 @@ async def test_an_end_learnt_while_the_reading_is_tracked_is_kept(
         def assignment(self) -> set[TopicPartition]:
             return {TP}
 
+        def highwater(self, tp: TopicPartition) -> int:
+            return 12
+
         async def position(self, tp: TopicPartition) -> int:
             reading.unread[SLOT] = 20  # learn_ends, run by the firing meanwhile
             return 12
 
     await reading.track_unread(Consumer(), [SLOT])
     assert reading.unread == {SLOT: 20}
+
+
+@pytest.mark.asyncio
+async def test_a_partition_whose_end_falls_below_its_position_is_read_from_the_start_and_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The topic deleted and made again while the service ran, on a broker that answers a
+    fetch past the end with nothing (Tansu) rather than "offset out of range": the consumer
+    waited at the old offset, and every event of the new topic before it went undecided,
+    without a word (a trial: 102 creates in 30 s, none stamped, so none ever tombstoned).
+    The end the consumer's last fetch gave, below the position, says it: the partition is
+    read again from offset 0, with a warning, and the records that waited for the old
+    log's offsets go."""
+    reading, seeks, let_go = _reading()
+    reading.positioned(TP, 332, 332)
+    reading.next_offset[SLOT] = 340
+    reading.unread[SLOT] = 345
+
+    class Consumer:
+        def highwater(self, tp: TopicPartition) -> int:
+            return 15
+
+        def last_stable_offset(self, tp: TopicPartition) -> None:
+            return None
+
+        def assignment(self) -> set[TopicPartition]:
+            return {TP}
+
+        async def position(self, tp: TopicPartition) -> int:
+            return 340
+
+    before = reading.seeks
+    await reading.track_unread(Consumer(), [SLOT])
+    assert seeks[-1] == (TP, 0)
+    assert reading.next_offset[SLOT] == 0
+    assert SLOT not in reading.unread
+    assert let_go[-1] == (SLOT, END_UNKNOWN)
+    assert "conversations[3] now ends at offset 15, before offset 340" in caplog.text
+    # A batch fetched from the old position before the seek is read again, from 0.
+    assert reading.take(TP, [Rec(340)], before) == []
+    assert [r.offset for r in reading.take(TP, [Rec(0), Rec(1)], reading.seeks)] == [0, 1]
 
 
 @pytest.mark.asyncio
