@@ -31,6 +31,7 @@ import collections
 import contextlib
 import logging
 import os
+import socket
 import time
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
@@ -69,7 +70,7 @@ from stream_expiry.firing import Firing
 from stream_expiry.health import Health, Phase
 from stream_expiry.holds import HoldBook
 from stream_expiry.housekeeping import Tidying, budget_for
-from stream_expiry.instances import CLIENT_ID, assignors
+from stream_expiry.instances import CLIENT_ID, assignors, instance_name
 from stream_expiry.kafka import (
     BATCH_BYTES,
     batch_bytes,
@@ -824,7 +825,9 @@ class Service:
             "rebalance_timeout_ms": max(session_ms, REBALANCE_TIMEOUT_MS),
             "max_poll_records": MAX_BATCH,
             "enable_auto_commit": False,
-            "partition_assignment_strategy": assignors(self.policy_digest),
+            "partition_assignment_strategy": assignors(
+                self.policy_digest, instance_name(socket.gethostname(), self.config.state_dir)
+            ),
             **self._consumer_options,
         }
 
