@@ -297,6 +297,38 @@ def created_input_said(topic: str, *, source_exists: bool) -> str:
     return said
 
 
+def partition_counts_said(before: Mapping[str, int], now: Mapping[str, int]) -> list[str]:
+    """Warnings for the input topics' partition counts at an assignment: a topic whose
+    count changed since the last assignment of this process (partitions added while the
+    service runs, which Kafka allows and the group follows with a rebalance, and nothing
+    said), and counts that differ among the inputs (said when they change). ``before`` is
+    empty at a process' first assignment; a count of 0 is a topic not known yet."""
+    said = []
+    for topic, count in now.items():
+        was = before.get(topic)
+        if was and count and count != was:
+            said.append(
+                f"input topic {topic} has {count} partitions, {was} at the last assignment: "
+                "producers' keys now go to other partitions, so a later touch or erasure of "
+                "a record alive now may reach another partition than the one that holds its "
+                "life, which then still ends at its old expiry (a session deleted despite "
+                "its user's activity, an erased record's stamp and data kept on the "
+                "changelog until then); nothing undoes it (README: Sizing, under Running it "
+                "for real): check with `stream-expiry history` the records that must not "
+                "wait, and give every input topic the same count"
+            )
+    counts = {t: c for t, c in now.items() if c}
+    if len(set(counts.values())) > 1 and counts != {t: c for t, c in before.items() if c}:
+        said.append(
+            "the input topics have different partition counts ("
+            + ", ".join(f"{t} {c}" for t, c in sorted(counts.items()))
+            + "): partition n of each no longer goes to one instance, so a changelog "
+            "partition gets several writers and a restart or a rebalance reads more of it; "
+            "give them one count, one your instance counts divide"
+        )
+    return said
+
+
 def _say_early_ts(early: list[tuple[Any, int, str | None]]) -> None:
     """Events dated before 1973, one line a batch for each form of ``ts``, not one an
     event: a producer with such a fault sends nothing else, and a line per event would
@@ -449,6 +481,9 @@ class Service:
         # ControlTopics of its own, finds nothing taken away and says them from here.
         self._unsaid_drops: UnsaidDrops = {}
         self._state_path = config.state_dir  # made absolute by run
+        # Each input topic's partition count at the last assignment (a count that changes
+        # while the service runs is said: partition_counts_said).
+        self._input_counts: dict[str, int] = {}
         for warning in self.book.env_warnings:
             log.warning("%s", warning)
 
@@ -1294,6 +1329,10 @@ class Service:
             return
         self.stats.assignments += 1
         self._fence.open()  # the group has said which partitions are this member's
+        counts = {t: self._input_partitions(t) for t in self.config.topics.inputs}
+        for warning in partition_counts_said(self._input_counts, counts):
+            log.warning("%s", warning)
+        self._input_counts = counts
         self._close_suspended(keep=((tp.topic, tp.partition) for tp in assigned))
         fresh = [tp for tp in assigned if (tp.topic, tp.partition) not in self.processors]
         if not fresh:
