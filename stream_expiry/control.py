@@ -589,7 +589,9 @@ def _warn_back_dated(rec: Any, key: str, effective_from: int) -> None:
         "policy update %s at %s[%d]@%d applies from %s, %s before it was sent: records "
         "created since then that the service had stamped already keep the TTL they were "
         "given (a TTL is fixed when a record is stamped); `stream-expiry replay --since %s` "
-        "re-derives them under it",
+        "re-derives them under it: stop the instances first, or roll them after it, as a "
+        "running instance fires them at their old expiries until it restarts (README: "
+        "After replay)",
         key, rec.topic, rec.partition, rec.offset, since, _ago(before), since,
     )  # fmt: skip
 

@@ -1010,5 +1010,12 @@ async def run_replay(config: Config, bootstrap: Brokers, args: argparse.Namespac
         for change in report.sample:
             print(f"  {change.line()}")
     if not args.dry_run and report.records - report.unchanged:
-        print("a service picks the new stamps up when it (re)starts or takes a partition over")
+        # An instruction, not a remark: a running instance does not read these stamps, and
+        # fires the changed records at their old expiries (the due_now ones too, late
+        # for as long as it runs: a trial) until it restarts or takes a partition over.
+        print(
+            "roll the instances now (restart each; README: After replay): a running "
+            "instance picks the new stamps up only when it (re)starts or takes a partition "
+            "over, and until then fires these records at their old expiries"
+        )
     return 0
