@@ -1,5 +1,5 @@
-"""The ``stream-expiry`` command line: run, explain, replay, hold, status, history, archive,
-rekey, demo, sink.
+"""The ``stream-expiry`` command line: run, explain, replay, hold, policy, status, history,
+archive, rekey, demo, sink.
 
 Every command that talks to Kafka finds its brokers in ``--bootstrap-servers``, else the
 config file, else ``STREAM_EXPIRY_BOOTSTRAP_SERVERS`` (the contract's order); every other
@@ -647,6 +647,122 @@ def _parser_hold(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     hold.set_defaults(func=_cmd_hold)
 
 
+# -- policy -------------------------------------------------------------------------------
+
+
+def _cmd_policy(args: argparse.Namespace) -> int:
+    from stream_expiry.policy_command import run_policy
+
+    config = load(args)
+    with _interrupt_at_once(), _library_quiet():
+        return run_woken(run_policy, config, connection_from(args, config), args)
+
+
+def _add_scope(verb: argparse.ArgumentParser) -> None:
+    verb.add_argument(
+        "--scope",
+        required=True,
+        choices=["org", "bot", "cap", "default"],
+        help="the scope: an org's values, a bot's (in one env), the cap, or the defaults",
+    )
+    verb.add_argument("--org", help="the organisation (scopes org and bot)")
+    verb.add_argument("--bot", help="the bot (scope bot)")
+    verb.add_argument(
+        "--env", choices=["live", "draft"], help="the bot's environment (scope bot; default: live)"
+    )
+
+
+def _parser_policy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from stream_expiry.policy_command import ttl_pair
+
+    policy = sub.add_parser(
+        "policy",
+        help="publish, clear and list the runtime policy updates",
+        description="A policy update on the compacted expiry.policies topic gives one scope "
+        "(an org, a bot in one env, the cap or the defaults) new TTLs for the records created "
+        "from its effective_from on; every instance of the service follows the topic. These "
+        "commands key each update by its scope, check it as the service does before anything "
+        "is written, and read the topic as the service reads it.",
+    )
+    verbs = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    setting = verbs.add_parser(
+        "set",
+        help="publish an update of one scope's TTLs",
+        formatter_class=WholeWords,
+        description="Publish a policy update: its value as the contract says, keyed by its "
+        "scope (org/ORG, bot/ORG/BOT/ENV, cap, default). One the service would reject, or "
+        "apply without a value (not a duration) or with a warning (1M, which is minutes), is "
+        "refused with the service's reason (exit status 2) and nothing is written. An update "
+        "replaces its scope's whole ttl map: the topic is read first, and an update that "
+        "leaves out a category the scope has a value for (the config file's included) is "
+        "refused unless --keep-others (send those values again unchanged) or --drop-others "
+        "(take them away) says what is meant. It applies to records created from "
+        "--effective-from (default: now) on; records already stamped keep their expiry "
+        "(`replay --since TS` re-derives them). Example: stream-expiry policy set --scope org "
+        "--org acme --ttl conversation=14d --ttl session=1d",
+    )
+    _add_common(setting)
+    _add_scope(setting)
+    setting.add_argument(
+        "--ttl",
+        action="append",
+        required=True,
+        type=ttl_pair,
+        metavar="CATEGORY=DURATION",
+        help="a category's TTL (30d, 12h, 90m; 0: no value from this scope), once per "
+        "category; the cap also takes max=DURATION",
+    )
+    setting.add_argument(
+        "--effective-from",
+        dest="effective_from",
+        metavar="TS",
+        type=timestamp,
+        help="the creation time from which it applies: RFC 3339, a date, or epoch "
+        "milliseconds (default: the message's Kafka timestamp, now)",
+    )
+    others = setting.add_mutually_exclusive_group()
+    others.add_argument(
+        "--keep-others",
+        dest="keep_others",
+        action="store_true",
+        help="send again, unchanged, the scope's values of the categories not given",
+    )
+    others.add_argument(
+        "--drop-others",
+        dest="drop_others",
+        action="store_true",
+        help="take away the scope's values of the categories not given",
+    )
+    setting.add_argument("--json", action="store_true", help="one JSON object: what was published")
+    clear = verbs.add_parser(
+        "clear",
+        help="clear a scope back to the config file's values",
+        formatter_class=WholeWords,
+        description="Publish the null that clears a scope: from the null's Kafka timestamp on, "
+        "the scope has the config file's values again, as after a restart once compaction "
+        "removed its updates. A scope with no update on the topic (or one cleared already) "
+        "changes nothing (exit status 1). Example: stream-expiry policy clear --scope bot "
+        "--org acme --bot support-bot --env draft",
+    )
+    _add_common(clear)
+    _add_scope(clear)
+    clear.add_argument("--json", action="store_true", help="one JSON object: what was cleared")
+    listing = verbs.add_parser(
+        "list",
+        help="the latest update of each scope, and those the service ignores",
+        formatter_class=WholeWords,
+        description="Read expiry.policies whole and print, per key, its latest message: the "
+        "scope, its ttl map and effective_from, or that it is cleared, and, for a message the "
+        "service ignores (a key that names no scope, a value it rejects), why: running "
+        "services keep what the scope had before, but once the topic is compacted that "
+        "message is all that is left of the scope. A policies topic the cluster does not have "
+        "stops it (exit status 2). Example: stream-expiry policy list --config expiry.toml",
+    )
+    _add_common(listing)
+    listing.add_argument("--json", action="store_true", help="one JSON array")
+    policy.set_defaults(func=_cmd_policy)
+
+
 # -- status -------------------------------------------------------------------------------
 
 
@@ -1026,6 +1142,7 @@ def build_parser() -> argparse.ArgumentParser:
     _parser_explain(sub)
     _parser_replay(sub)
     _parser_hold(sub)
+    _parser_policy(sub)
     _parser_status(sub)
     _parser_history(sub)
     _parser_deletions(sub)

@@ -3,7 +3,7 @@
 | status | meaning |
 |---|---|
 | 0 | done, or stopped by SIGINT/SIGTERM after a clean stop |
-| 1 | the command ran and found a problem (``demo``: an early deletion; ``hold release``: no such active hold) |
+| 1 | the command ran and found a problem (``demo``: an early deletion; ``hold release``: no such active hold; ``policy clear``: no update of that scope) |
 | 2 | bad arguments, config file or environment value (what the user gave is wrong) |
 | 3 | Kafka unreachable or refusing a request |
 | 4 | the state directory or a downstream store failed |

@@ -324,6 +324,14 @@ class PolicyBook:
         newest = history.at(None)[0]
         return tuple(c for c in update.dropped if c not in newest)
 
+    def newest_of(self, scope: Scope) -> TtlMap:
+        """The values in force in ``scope``'s newest version (the config file's where no
+        update named it; an invalid value replaced by the one kept in its place): what
+        :meth:`dropped_by` compares an update with, and what ``policy set --keep-others``
+        sends again for the categories it is not given."""
+        history = self._history_of(scope)
+        return _EMPTY if history is None else history.at(None)[0]
+
     def _history_of(self, scope: Scope) -> ScopeHistory | None:
         """The history of ``scope``, or None for an org or bot no update has named."""
         if scope.kind == "org":

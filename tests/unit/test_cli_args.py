@@ -1124,7 +1124,7 @@ def test_the_readme_gives_each_command_the_options_it_takes_and_names_them_all()
     ``history`` take ``--config``, which the README never gave them). The replay row of the
     Commands table was cut over four lines, which Markdown shows as four rows."""
     readme, options = README.read_text(), _parser_options()
-    assert len(options) == 14  # hold and sink have 3 and 2
+    assert len(options) == 17  # hold, policy and sink have 3, 3 and 2
     assert _option_drift(readme, options) == []
     # What the check sees: an option renamed in the README, one added to the parser.
     renamed = readme.replace("[--sample N]", "[--samples N]")
@@ -1152,7 +1152,11 @@ def test_the_readme_gives_each_command_the_options_it_takes_and_names_them_all()
 # --- the README's exit statuses against exits.py ----------------------------------------------
 
 # The commands that exit FAILED on their own (not by an error's kind), by their module.
-_FAILS: dict[str, str] = {"demo": "`demo`", "hold_command": "`hold release`"}
+_FAILS: dict[str, str] = {
+    "demo": "`demo`",
+    "hold_command": "`hold release`",
+    "policy_command": "`policy clear`",
+}
 
 
 def _status_rows(text: str) -> dict[int, str]:

@@ -1,0 +1,112 @@
+"""``stream-expiry policy`` end to end, the real CLI as a process against the test broker: an
+update set is applied by a running service to the next record created (its stamp's TTL and
+``ttl_source``), listed as the service reads it, refused when it would take the config
+file's values away, and cleared back to the config file's values."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import orjson
+import pytest
+
+from tests.conftest import TopicSet, read_topic
+from tests.integration.service_helpers import (
+    config_for,
+    config_text,
+    event,
+    produce,
+    running_service,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+RETENTION = '[retention.defaults]\nconversation = "30d"\nsession = "1d"\n'
+DAY_S = 86_400
+
+
+async def _policy(common: tuple[str, ...], *argv: str) -> tuple[int, str, str]:
+    """``python -m stream_expiry policy ARGV`` as a process: status, stdout, stderr."""
+    done = await anyio.run_process(
+        [sys.executable, "-m", "stream_expiry", "policy", *argv, *common], check=False
+    )
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+async def _stamp_of(broker: str, topic: str, record_id: str) -> dict[str, Any]:
+    """The stamp of ``record_id`` on ``topic``, once the service has published it."""
+
+    def ids(records: list[Any]) -> set[str]:
+        return {orjson.loads(r.value)["record_id"] for r in records if r.value}
+
+    stamped = await read_topic(broker, topic, until=lambda r: record_id in ids(r))
+    [body] = [
+        b
+        for b in (orjson.loads(r.value) for r in stamped if r.value)
+        if b["record_id"] == record_id
+    ]
+    return dict(body)
+
+
+@pytest.mark.timeout(90)
+async def test_set_list_and_clear_a_scope_with_a_service_running(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(config_text(topics, str(tmp_path / "state"), RETENTION))
+    common = ("--config", str(cfg), "--bootstrap-servers", broker)
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    async with running_service(config, broker):
+        # A default update for conversations alone would take the config file's session
+        # default away: refused, nothing written, until it is said what is meant.
+        status, out, err = await _policy(
+            common, "set", "--scope", "default", "--ttl", "conversation=20d"
+        )
+        assert status == 2, err
+        assert "scope default has a value for session=1d, which this one leaves out" in err
+        assert "nothing was published" in err
+        status, out, err = await _policy(
+            common, "set", "--scope", "org", "--org", "acme", "--ttl", "conversaton=2d"
+        )
+        assert status == 2, err
+        assert "did you mean 'conversation'?" in err
+
+        status, out, err = await _policy(
+            common, "set", "--scope", "org", "--org", "acme", "--ttl", "conversation=2d", "--json"
+        )
+        assert status == 0, err
+        published = orjson.loads(out)
+        assert published["key"] == "org/acme"
+        assert published["value"] == {"scope": "org", "org": "acme", "ttl": {"conversation": "2d"}}
+        # Sent after the update was acknowledged: decided with it.
+        await produce(broker, [(topics.conversations, *event("conversation", "c1"))])
+        stamp = await _stamp_of(broker, topics.stamped, "c1")
+        assert (stamp["ttl_seconds"], stamp["ttl_source"]) == (2 * DAY_S, "org")
+
+        status, out, err = await _policy(common, "list", "--json")
+        assert status == 0, err
+        [entry] = orjson.loads(out)
+        assert entry["key"] == "org/acme"
+        assert entry["ttl_seconds"] == {"conversation": 2 * DAY_S}
+        assert entry["effective_from"] == published["effective_from"]
+        assert entry["ignored"] is None
+
+        status, out, err = await _policy(common, "clear", "--scope", "org", "--org", "acme")
+        assert status == 0, err
+        assert out.startswith("cleared org/acme on ")
+        await produce(broker, [(topics.conversations, *event("conversation", "c2"))])
+        stamp = await _stamp_of(broker, topics.stamped, "c2")
+        assert (stamp["ttl_seconds"], stamp["ttl_source"]) == (30 * DAY_S, "default")
+
+        # Nothing left to clear: status 1, as `hold release` of an unknown id.
+        status, out, err = await _policy(common, "clear", "--scope", "org", "--org", "acme")
+        assert status == 1
+        assert "scope org/acme is cleared already" in err
+        status, out, err = await _policy(common, "list")
+        assert status == 0, err
+        assert out.startswith("org/acme  cleared (the config file's values) from ")

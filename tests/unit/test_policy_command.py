@@ -1,0 +1,298 @@
+"""``stream-expiry policy``: the update built as the contract says, checked by the service's
+own parser before anything is written, and the policies topic listed as the service reads it
+(a user trial: operators wrote their own producer, guessed the key, and learnt of a typo only
+from the service's log, while the bad update replaced the good one on the compacted topic)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from stream_expiry import exits
+from stream_expiry.cli import main
+from stream_expiry.config import Config, parse_config
+from stream_expiry.errors import ConfigurationError
+from stream_expiry.policy import PolicyBook, PolicyUpdate, Scope
+from stream_expiry.policy.updates import parse_update
+from stream_expiry.policy_command import (
+    Message,
+    TopicView,
+    build_update,
+    kept_values,
+    listed,
+    policy_lines,
+    stamped_note,
+)
+from stream_expiry.timeutil import parse_ts
+
+NOW = parse_ts("2026-12-07T12:00:00Z")
+DAY = 86_400_000
+
+CONFIG_TEXT = """
+[retention.defaults]
+conversation = "30d"
+session = "1d"
+error = "7d"
+
+[retention.orgs.acme]
+conversation = "14d"
+"""
+
+
+@pytest.fixture
+def config() -> Config:
+    return parse_config(CONFIG_TEXT, path="<test>")
+
+
+@pytest.mark.parametrize(
+    ("flags", "key", "fields"),
+    [
+        ({"scope": "org", "org": "acme"}, "org/acme", {"org": "acme"}),
+        ({"scope": "org", "org": "acme corp/eu"}, "org/acme%20corp%2Feu", {"org": "acme corp/eu"}),
+        (
+            {"scope": "bot", "org": "acme", "bot": "b1"},
+            "bot/acme/b1/live",  # the contract's default env
+            {"org": "acme", "bot": "b1", "env": "live"},
+        ),
+        (
+            {"scope": "bot", "org": "acme", "bot": "b1", "env": "draft"},
+            "bot/acme/b1/draft",
+            {"org": "acme", "bot": "b1", "env": "draft"},
+        ),
+        ({"scope": "cap"}, "cap", {}),
+        ({"scope": "default"}, "default", {}),
+    ],
+)
+def test_the_update_is_keyed_by_its_scope_and_read_by_the_service_as_built(
+    config: Config, flags: dict[str, Any], key: str, fields: dict[str, str]
+) -> None:
+    built = build_update(config, **flags, ttl=[("conversation", "14d")], now_ms=NOW)
+    assert built.key == key.encode()
+    assert orjson.loads(built.value) == {
+        "scope": flags["scope"],
+        **fields,
+        "ttl": {"conversation": "14d"},
+    }
+    # What the service makes of the message: the scope and value the flags named.
+    again = parse_update(built.key, built.value, NOW, config.categories)
+    assert isinstance(again, PolicyUpdate)
+    assert again.key == key
+    assert again.effective_from == NOW  # no effective_from: the Kafka timestamp
+    assert again.ttl is not None
+    assert again.ttl["conversation"].ttl_ms == 14 * DAY
+
+
+def test_effective_from_is_sent_as_rfc_3339_and_a_zero_is_no_value(config: Config) -> None:
+    at = parse_ts("2027-01-01T00:00:00Z")
+    built = build_update(
+        config,
+        scope="default",
+        ttl=[("conversation", "30d"), ("session", "0"), ("error", "7d")],
+        effective_from=at,
+        now_ms=NOW,
+    )
+    assert orjson.loads(built.value)["effective_from"] == "2027-01-01T00:00:00.000Z"
+    assert built.update.effective_from == at
+    assert built.update.ttl is not None
+    assert built.update.ttl["session"].ttl_ms is None  # valid, "no value from this scope"
+
+
+@pytest.mark.parametrize(
+    ("flags", "ttl", "says"),
+    [
+        # The service's own reason, with its did-you-mean.
+        (
+            {"scope": "org", "org": "acme"},
+            [("conversaton", "3d")],
+            "the service would reject this update (invalid_field): ttl key 'conversaton' is "
+            "not a configured category; did you mean 'conversation'?",
+        ),
+        ({"scope": "cap"}, [("mx", "90d")], "did you mean 'max'?"),
+        (
+            {"scope": "org", "org": "acme"},
+            [("session", "banana")],
+            "--ttl session=banana: the service would ignore it (ttl.session: 'banana' is not a "
+            "duration",
+        ),
+        ({"scope": "org", "org": "acme"}, [("session", "true")], "would ignore it"),
+        ({"scope": "org", "org": "acme"}, [("session", "1M")], "'1M' means 1 minute(s)"),
+        ({"scope": "org", "org": "acme"}, [("session", "8000y")], "would ignore it"),
+        ({"scope": "org"}, [("session", "1d")], "--scope org: scope 'org' needs --org"),
+        ({"scope": "org", "org": ""}, [("session", "1d")], "needs --org, 1 to 512 characters"),
+        (
+            {"scope": "org", "org": "acme", "env": "live"},
+            [("session", "1d")],
+            "scope 'org' takes no --env",
+        ),
+        ({"scope": "bot", "org": "acme"}, [("session", "1d")], "scope 'bot' needs --bot"),
+        (
+            {"scope": "cap", "org": "acme"},
+            [("max", "1d")],
+            "scope 'cap' takes no --org, --bot or --env",
+        ),
+        (
+            {"scope": "org", "org": "acme"},
+            [("session", "1d"), ("session", "2d")],
+            "--ttl session= is given twice ('1d', '2d')",
+        ),
+    ],
+)
+def test_what_the_service_would_reject_or_ignore_is_refused_with_its_reason(
+    config: Config, flags: dict[str, Any], ttl: list[tuple[str, str]], says: str
+) -> None:
+    with pytest.raises(ConfigurationError) as exc:
+        build_update(config, **flags, ttl=ttl, now_ms=NOW)
+    assert says in str(exc.value)
+    if "would" in says:
+        assert str(exc.value).endswith("nothing was published")
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--scope", "org", "--org", "acme", "--ttl", "conversaton=3d"], "did you mean"),
+        (["--scope", "org", "--ttl", "conversation=3d"], "needs --org"),
+        (["--scope", "org", "--org", "a", "--ttl", "session=1M"], "'1M' means 1 minute(s)"),
+    ],
+)
+def test_a_refused_update_is_status_2_before_any_broker_is_asked(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Port 1: nothing listens there, so a command that asked a broker would fail otherwise.
+    assert main(["policy", "set", "--bootstrap-servers", "127.0.0.1:1", *argv]) == exits.USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("stream-expiry policy: ")
+    assert says in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("given", ["conversation", "=3d", "conversation=", " = "])
+def test_a_ttl_that_is_not_category_equals_duration_is_one_line_and_status_2(
+    given: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["policy", "set", "--scope", "cap", "--ttl", given])
+    assert exc.value.code == exits.USAGE
+    err = capsys.readouterr().err
+    assert "argument --ttl: expected CATEGORY=DURATION" in err
+    assert err.count("\n") == 1
+
+
+def test_an_update_that_leaves_categories_out_drops_them_and_keep_others_sends_them_again(
+    config: Config,
+) -> None:
+    """An update replaces the scope's whole map: a ``default`` update for conversations
+    alone takes the config file's session and error defaults away (the trial the service's
+    warning comes from). ``--keep-others`` sends the scope's newest values again."""
+    book = PolicyBook(config, {})
+    built = build_update(config, scope="default", ttl=[("conversation", "20d")], now_ms=NOW)
+    assert book.dropped_by(built.update) == ("session", "error")
+    assert kept_values(book, built.update) == {"session": "1d", "error": "7d"}
+    # From the topic's newest version too, not only the config file's.
+    newer = build_update(config, scope="org", org="acme", ttl=[("session", "2d")], now_ms=NOW)
+    assert book.dropped_by(newer.update) == ("conversation",)
+    book.apply(newer.update)
+    assert {c: v.ttl_ms for c, v in book.newest_of(Scope("org", "acme")).items()} == {
+        "session": 2 * DAY
+    }
+    again = build_update(config, scope="org", org="acme", ttl=[("error", "1d")], now_ms=NOW)
+    assert kept_values(book, again.update) == {"session": "2d"}
+    # A scope no update nor the config file names has nothing to drop.
+    fresh = build_update(config, scope="org", org="new", ttl=[("error", "1d")], now_ms=NOW)
+    assert book.dropped_by(fresh.update) == ()
+    assert book.newest_of(fresh.update.scope) == {}
+
+
+def _view(config: Config, messages: list[tuple[bytes | None, bytes | None]]) -> TopicView:
+    """The view :func:`read_policies` builds, from messages on partition 0 in this order."""
+    view = TopicView(PolicyBook(config, {}))
+    for offset, (key, value) in enumerate(messages):
+        msg = Message(key, value, NOW + offset, 0, offset)
+        slot: bytes | tuple[int, int] = key if key is not None else (0, offset)
+        view.latest.pop(slot, None)
+        view.latest[slot] = (msg, view.book.apply_update(key, value, msg.timestamp))
+        if key is not None:
+            view.partitions.setdefault(key, set()).add(0)
+    return view
+
+
+def test_list_shows_each_keys_latest_message_and_why_the_service_ignores_one(
+    config: Config,
+) -> None:
+    good = orjson.dumps({"scope": "org", "org": "acme", "ttl": {"conversation": "14d"}})
+    view = _view(
+        config,
+        [
+            (b"org/acme", good),
+            (b"org/acme", b"not json"),  # replaces the good one on the compacted topic
+            (b"org/a c", orjson.dumps({"scope": "org", "org": "a c", "ttl": {}})),
+            (b"default", orjson.dumps({"scope": "default", "ttl": {"session": "banana"}})),
+            (b"cap", orjson.dumps({"scope": "cap", "ttl": {"max": "90d"}})),
+            (b"cap", None),
+        ],
+    )
+    entries = {e["key"]: e for e in listed(view, "expiry.policies")}
+    assert list(entries) == ["cap", "default", "org/a c", "org/acme"]
+    assert entries["cap"]["cleared"] is True
+    assert entries["cap"]["offset"] == 5
+    assert entries["org/acme"]["ignored"]["error"] == "invalid_json"
+    assert entries["org/acme"]["offset"] == 1
+    assert (
+        "not percent-encoded canonically; use 'org/a%20c'"
+        in (entries["org/a c"]["ignored"]["detail"])
+    )
+    assert entries["default"]["ttl"] == {"session": "banana"}
+    assert entries["default"]["ignored_values"][0]["category"] == "session"
+    lines = policy_lines(listed(view, "expiry.policies"), "expiry.policies")
+    text = "\n".join(lines)
+    assert "cap  cleared (the config file's values) from " in text
+    assert "org/acme  IGNORED by the service: invalid_json" in text
+    # A bad value under a scope's key is all compaction leaves of the scope.
+    assert "once the topic is compacted this message is all that is left of the scope" in text
+    # A bad key names no scope: it replaces nothing.
+    assert "org/a c  IGNORED by the service: invalid_field" in text
+    assert "it changes no scope" in text
+    assert "session=invalid (ignored)" in text
+    assert lines[-1] == "2 of 4 keys' latest message is ignored by the service (IGNORED above)"
+
+
+def test_list_of_an_empty_topic_says_the_config_files_values_apply(config: Config) -> None:
+    assert policy_lines(listed(_view(config, []), "p"), "p") == [
+        "no policy updates on p: the config file's values apply"
+    ]
+
+
+def test_the_json_entry_has_the_scope_the_ttl_as_sent_and_in_seconds(config: Config) -> None:
+    value = orjson.dumps(
+        {"scope": "bot", "org": "acme", "bot": "b1", "ttl": {"conversation": "2d"}}
+    )
+    [entry] = listed(_view(config, [(b"bot/acme/b1/live", value)]), "p")
+    assert entry == {
+        "key": "bot/acme/b1/live",
+        "topic": "p",
+        "partition": 0,
+        "offset": 0,
+        "partitions": [0],
+        "scope": "bot",
+        "org": "acme",
+        "bot": "b1",
+        "env": "live",
+        "ttl": {"conversation": "2d"},
+        "ttl_seconds": {"conversation": 172_800},
+        "effective_from": "2026-12-07T12:00:00.000Z",
+        "cleared": False,
+        "ignored": None,
+        "ignored_values": [],
+        "notes": [],
+    }
+
+
+def test_what_is_said_of_records_already_stamped() -> None:
+    assert "keep the expiry they were given" in stamped_note(NOW, NOW)
+    assert "replay" not in stamped_note(NOW, NOW)
+    back = stamped_note(NOW - DAY, NOW)
+    assert "`stream-expiry replay --since 2026-12-06T12:00:00.000Z` re-derives them" in back
+    ahead = stamped_note(NOW + DAY, NOW)
+    assert ahead.startswith("records created before 2026-12-08T12:00:00.000Z keep")
