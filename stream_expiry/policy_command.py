@@ -201,7 +201,8 @@ class TopicView:
     latest: dict[bytes | tuple[int, int], tuple[Message, PolicyUpdate | Rejection]] = field(
         default_factory=dict
     )
-    partitions: dict[bytes, set[int]] = field(default_factory=dict)
+    # Per key, the value of its latest message on each partition it has messages on.
+    partitions: dict[bytes, dict[int, bytes | None]] = field(default_factory=dict)
     count: int = 0
 
 
@@ -229,7 +230,7 @@ async def read_policies(config: Config, brokers: Brokers, *, must_exist: bool) -
                     view.latest.pop(slot, None)  # in the order read
                     view.latest[slot] = (msg, got)
                     if rec.key is not None:
-                        view.partitions.setdefault(rec.key, set()).add(tp.partition)
+                        view.partitions.setdefault(rec.key, {})[tp.partition] = rec.value
                     view.count += 1
     return view
 
@@ -286,10 +287,13 @@ def listed(view: TopicView, topic: str) -> list[dict[str, Any]]:
             "ignored": None,
             "ignored_values": [],
             "notes": [],
-            "partitions": sorted(view.partitions.get(slot, {msg.partition}))
-            if isinstance(slot, bytes)
-            else [msg.partition],
+            "partitions": [msg.partition],
+            "partitions_differ": False,
         }
+        if isinstance(slot, bytes):
+            latest_of = view.partitions.get(slot, {msg.partition: msg.value})
+            entry["partitions"] = sorted(latest_of)
+            entry["partitions_differ"] = len(set(latest_of.values())) > 1
         if isinstance(got, Rejection):
             entry["ignored"] = {"error": got.code, "detail": got.detail}
         else:
@@ -339,11 +343,12 @@ def _line(entry: dict[str, Any]) -> str:
         )
     for note in entry["notes"]:
         said += f"; note: {note}"
-    if len(entry["partitions"]) > 1:
+    if entry["partitions_differ"]:
         parts = ", ".join(str(p) for p in entry["partitions"])
         said += (
-            f"; WARNING: this key has messages on partitions {parts}: the services apply them "
-            "in the order they read them, and compaction keeps one on each"
+            f"; WARNING: the latest messages of this key on partitions {parts} differ: the "
+            "services apply them in the order they read them, and compaction keeps one on "
+            "each (stream-expiry policy set writes the update to every one of them)"
         )
     return said
 
@@ -483,8 +488,19 @@ async def _run_set(config: Config, brokers: Brokers, args: argparse.Namespace) -
             "is meant; nothing was published"
         )
     await _ensure(config, brokers)
-    [meta] = await _send(brokers, topic, [(built.key, built.value, None)], now)
+    # The key's partition (murmur2), and every other one where the key has messages (sent
+    # by another producer's partitioner): services read a key's partitions in no set
+    # order, and compaction keeps its latest message on each, so the one left behind
+    # would win now and then, and after a restart.
+    elsewhere = sorted(view.partitions.get(built.key, {}))
+    meta, *copies = await _send(
+        brokers,
+        topic,
+        [(built.key, built.value, None), *((built.key, built.value, p) for p in elsewhere)],
+        now,
+    )
     update = built.update
+    replaced = view.latest.get(built.key)
     effective_from = effective if effective is not None else _published_at(meta, now)
     said = {
         "key": update.key,
@@ -493,6 +509,7 @@ async def _run_set(config: Config, brokers: Brokers, args: argparse.Namespace) -
         "offset": meta.offset,
         "value": orjson.loads(built.value),
         "effective_from": format_ts(effective_from),
+        "partitions": [meta.partition, *(m.partition for m in copies)],
         "kept": sorted(kept),
         "dropped": list(dropped),
     }
@@ -504,6 +521,20 @@ async def _run_set(config: Config, brokers: Brokers, args: argparse.Namespace) -
             printable(f"published {update.key} on {topic}[{meta.partition}]@{meta.offset}: ")
             + printable(values or "an empty map (no value from this scope for any category)")
         )
+        if copies:
+            print(
+                "also on partition(s) "
+                + ", ".join(str(m.partition) for m in copies)
+                + ", where the key has earlier messages, so that no partition keeps an older one"
+            )
+        if replaced is not None and isinstance(replaced[1], Rejection):
+            old = replaced[0]
+            print(
+                printable(
+                    f"it replaces the latest message of the key, at {topic}[{old.partition}]"
+                    f"@{old.offset}, which the service ignores ({replaced[1].code})"
+                )
+            )
         if kept:
             again = ", ".join(f"{c}={v}" for c, v in sorted(kept.items()))
             print(f"sent again unchanged (--keep-others), the scope's values: {again}")
@@ -541,7 +572,7 @@ async def _run_clear(config: Config, brokers: Brokers, args: argparse.Namespace)
         )
         return exits.FAILED
     now = wall_clock_ms()
-    where = sorted(view.partitions.get(key, set()))
+    where = sorted(view.partitions.get(key, {}))
     # The key's partition first (None: murmur2), then every other one a message of it is
     # on: compaction keeps a key's latest message on each partition.
     metas = await _send(brokers, topic, [(key, None, None), *((key, None, p) for p in where)], now)

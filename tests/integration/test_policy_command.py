@@ -12,7 +12,10 @@ import anyio
 import orjson
 import pytest
 
-from tests.conftest import TopicSet, read_topic
+from stream_expiry.kafka import producer
+from stream_expiry.murmur2 import partition_for
+from stream_expiry.outbox import all_acked
+from tests.conftest import TopicSet, read_all, read_topic
 from tests.integration.service_helpers import (
     config_for,
     config_text,
@@ -110,3 +113,51 @@ async def test_set_list_and_clear_a_scope_with_a_service_running(
         status, out, err = await _policy(common, "list")
         assert status == 0, err
         assert out.startswith("org/acme  cleared (the config file's values) from ")
+
+        # Said what is meant: the scope's other values are sent again, unchanged.
+        status, out, err = await _policy(
+            common,
+            "set",
+            "--scope",
+            "default",
+            "--ttl",
+            "conversation=20d",
+            "--keep-others",
+            "--json",
+        )
+        assert status == 0, err
+        assert orjson.loads(out)["value"]["ttl"] == {"conversation": "20d", "session": "1d"}
+
+
+@pytest.mark.timeout(60)
+async def test_a_key_on_another_partition_gets_the_update_and_the_null_there_too(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """Another producer's partitioner put the scope's update on a partition murmur2 does not
+    pick: services read a key's partitions in no set order, and compaction keeps its latest
+    message on each, so an update or a null on one partition alone lost now and then."""
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(config_text(topics, str(tmp_path / "state"), RETENTION))
+    common = ("--config", str(cfg), "--bootstrap-servers", broker)
+    key = b"org/acme"
+    other = 1 - partition_for(key, 2)  # the topics have 2 partitions
+    old = orjson.dumps({"scope": "org", "org": "acme", "ttl": {"conversation": "9d"}})
+    async with producer(broker) as prod:
+        await all_acked([await prod.send(topics.policies, key=key, value=old, partition=other)])
+
+    status, out, err = await _policy(
+        common, "set", "--scope", "org", "--org", "acme", "--ttl", "conversation=2d", "--json"
+    )
+    assert status == 0, err
+    assert sorted(orjson.loads(out)["partitions"]) == [0, 1]
+    latest = {r.partition: r.value for r in await read_all(broker, topics.policies)}
+    assert {p: orjson.loads(v)["ttl"] for p, v in latest.items()} == {
+        0: {"conversation": "2d"},
+        1: {"conversation": "2d"},
+    }
+
+    status, out, err = await _policy(common, "clear", "--scope", "org", "--org", "acme", "--json")
+    assert status == 0, err
+    assert orjson.loads(out)["partitions"] == [0, 1]
+    latest = {r.partition: r.value for r in await read_all(broker, topics.policies)}
+    assert latest == {0: None, 1: None}

@@ -214,7 +214,7 @@ def _view(config: Config, messages: list[tuple[bytes | None, bytes | None]]) -> 
         view.latest.pop(slot, None)
         view.latest[slot] = (msg, view.book.apply_update(key, value, msg.timestamp))
         if key is not None:
-            view.partitions.setdefault(key, set()).add(0)
+            view.partitions.setdefault(key, {})[0] = value
     return view
 
 
@@ -275,6 +275,7 @@ def test_the_json_entry_has_the_scope_the_ttl_as_sent_and_in_seconds(config: Con
         "partition": 0,
         "offset": 0,
         "partitions": [0],
+        "partitions_differ": False,
         "scope": "bot",
         "org": "acme",
         "bot": "b1",
@@ -296,3 +297,22 @@ def test_what_is_said_of_records_already_stamped() -> None:
     assert "`stream-expiry replay --since 2026-12-06T12:00:00.000Z` re-derives them" in back
     ahead = stamped_note(NOW + DAY, NOW)
     assert ahead.startswith("records created before 2026-12-08T12:00:00.000Z keep")
+
+
+def test_a_key_whose_partitions_disagree_is_said(config: Config) -> None:
+    """Another producer's partitioner put a scope's messages on two partitions: the
+    services apply them in the order they read them, so which one wins is not fixed."""
+    old = orjson.dumps({"scope": "org", "org": "acme", "ttl": {"conversation": "9d"}})
+    new = orjson.dumps({"scope": "org", "org": "acme", "ttl": {"conversation": "2d"}})
+    view = _view(config, [(b"org/acme", new)])
+    view.partitions[b"org/acme"][1] = old
+    [entry] = listed(view, "p")
+    assert (entry["partitions"], entry["partitions_differ"]) == ([0, 1], True)
+    assert (
+        "WARNING: the latest messages of this key on partitions 0, 1 differ"
+        in (policy_lines([entry], "p")[0])
+    )
+    view.partitions[b"org/acme"][1] = new  # what `policy set` writes to both
+    [entry] = listed(view, "p")
+    assert (entry["partitions"], entry["partitions_differ"]) == ([0, 1], False)
+    assert "WARNING" not in policy_lines([entry], "p")[0]
