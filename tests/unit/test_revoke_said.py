@@ -39,6 +39,11 @@ class _DroppedConsumer:
         # as aiokafka 0.14 raises it from the group's answer
         raise CommitFailedError("rebalanced") from UnknownMemberIdError("group")
 
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        """No metadata of ``topic`` (the assignment's counts are read from it)."""
+        del topic
+        return None
+
 
 class _RebalancingConsumer:
     """A member in a rebalance another member started (an instance added): the group
