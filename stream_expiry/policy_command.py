@@ -43,8 +43,7 @@ from stream_expiry.murmur2 import partition_for
 from stream_expiry.outbox import all_acked
 from stream_expiry.policy import PolicyBook, PolicyUpdate, Scope, parse_scope_key
 from stream_expiry.policy.updates import parse_update, scope_key
-from stream_expiry.service import wall_clock_ms
-from stream_expiry.timeutil import format_ts
+from stream_expiry.timeutil import format_ts, wall_clock_ms
 
 if TYPE_CHECKING:
     import argparse
