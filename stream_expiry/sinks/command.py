@@ -63,7 +63,7 @@ from stream_expiry.sinks.framework import (
 from stream_expiry.sinks.postgres import DEFAULT_DSN, DEFAULT_PARALLEL, PostgresStore
 from stream_expiry.sinks.sqlite import SQLiteStore, missing_directory, sqlite_file_in
 from stream_expiry.stalls import StallNote, Stalls
-from stream_expiry.stopping import stop_on_signals
+from stream_expiry.stopping import STOP_GRACE_S, stop_on_signals
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -545,9 +545,10 @@ class _Progress:
                 "the store has been applying one batch (%s) for %.0f s: another session "
                 "may hold a lock on the sink's tables (PostgreSQL: pg_locks, "
                 "pg_stat_activity), or the server is overloaded; the sink waits for it, "
-                "and a stop meanwhile is forced after 10 s (nothing is lost)",
+                "and a stop meanwhile is forced after %.0f s (nothing is lost)",
                 counted(messages, "message"),
                 now - applying[0],
+                STOP_GRACE_S,
             )
 
 
