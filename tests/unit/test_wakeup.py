@@ -10,6 +10,7 @@ gives the loop the signal's byte to wake on.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
@@ -55,26 +56,29 @@ except KeyboardInterrupt:
 """
 
 
-def _interrupted(runner: str, within_s: float) -> int | None:
+def _interrupted(runner: str, within_s: float) -> tuple[int | None, str]:
     """The exit status of the script run by ``runner`` (None: still running ``within_s``
-    after its start), once it said it sent the signal."""
-    with subprocess.Popen([sys.executable, "-c", _SCRIPT, runner], stdout=subprocess.PIPE) as proc:
+    after its start), once it said it sent the signal, and its stderr (a stack dumped by
+    ``faulthandler`` when it is still running: where a woken run slept)."""
+    argv = [sys.executable, "-X", "faulthandler", "-c", _SCRIPT, runner]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
         try:
             status: int | None = proc.wait(timeout=within_s)
         except subprocess.TimeoutExpired:
             status = None
-            proc.kill()
-        said = proc.communicate()[0]
-    assert said == b"sent\n", said
-    return status
+            proc.send_signal(signal.SIGABRT)  # faulthandler dumps every thread's stack
+        said, errors = proc.communicate()
+    assert said == b"sent\n", (said, errors)
+    return status, errors.decode(errors="replace")
 
 
 def test_a_signal_no_system_call_saw_wakes_the_command() -> None:
-    assert _interrupted("woken", within_s=30) == 130
+    status, errors = _interrupted("woken", within_s=30)
+    assert status == 130, errors
 
 
 def test_without_it_the_loop_sleeps_through_the_signal() -> None:
     """What the wakeup is for, so that a Python that mends its ``asyncio.run`` says so:
     the plain run is still asleep 3 s after its start, the signal sent (an hour's sleep,
     no timer before)."""
-    assert _interrupted("plain", within_s=3) is None
+    assert _interrupted("plain", within_s=3)[0] is None
