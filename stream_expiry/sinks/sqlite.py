@@ -501,6 +501,14 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             await conn.close()
             raise StoreError(f"cannot create the sink schema in {self.path}: {exc}") from exc
+        except BaseException:
+            # Cancelled (a stop while a lock another process holds keeps the open waiting):
+            # closed all the same, as close() does. aiosqlite's thread is no daemon: left
+            # waiting for requests, it kept the process from ending after its stop. The
+            # close waits for the statement under way, at most its busy timeout (10 s).
+            with anyio.CancelScope(shield=True):
+                await conn.close()
+            raise
         self._conn = conn
 
     def _why(self, exc: BaseException) -> str:
