@@ -437,7 +437,8 @@ class SinkMetrics(_BaseMetrics):
                 self._deletion_lag.labels(self._store).observe(lag_s)
 
     def failed(self, cause: str) -> None:
-        """A batch failed with a ``broker`` or ``store`` error."""
+        """A batch or the start failed: ``broker``, ``store``, or ``config`` (a setting the
+        store refused)."""
         self._failures.labels(self._store, cause).inc()
 
 

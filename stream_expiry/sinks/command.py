@@ -611,6 +611,17 @@ async def watch_store(
         await anyio.sleep(every_s)
 
 
+def failure_cause(exc: StreamExpiryError) -> str:
+    """The ``cause`` label of ``stream_expiry_sink_failures_total``: a setting the store
+    refused (a DSN's TLS file that does not load, say) is no store failure, and an alert on
+    ``cause="store"`` sent someone to a database that was up (a review)."""
+    if isinstance(exc, BrokerError):
+        return "broker"
+    if isinstance(exc, ConfigurationError):
+        return "config"
+    return "store"
+
+
 async def _serve(
     sink: Sink,
     metrics: SinkMetrics,
@@ -673,7 +684,7 @@ async def _serve(
                     raise failure
             except StreamExpiryError as exc:
                 error = exc
-                metrics.failed("broker" if isinstance(exc, BrokerError) else "store")
+                metrics.failed(failure_cause(exc))
             finally:
                 health.stopped()
                 close_clients_by(None)  # the next run in this process (tests) has its own

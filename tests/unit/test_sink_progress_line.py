@@ -174,3 +174,12 @@ async def test_the_sink_says_which_batch_its_store_is_applying(tmp_path: Path) -
     assert seen[0] is not None
     assert seen[0][1] == 2  # the stamp and its tombstone
     assert sink.applying is None
+
+
+def test_a_failure_is_labelled_by_what_failed() -> None:
+    """A setting the store refused is ``config``, not ``store`` (a review)."""
+    from stream_expiry.errors import BrokerError, ConfigurationError, StoreError
+
+    assert command.failure_cause(BrokerError("away")) == "broker"
+    assert command.failure_cause(ConfigurationError("its sslrootcert ...")) == "config"
+    assert command.failure_cause(StoreError("disk full")) == "store"
