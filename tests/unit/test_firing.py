@@ -21,7 +21,7 @@ from stream_expiry.policy import Resolution
 from stream_expiry.state import MemoryKV, PartitionProcessor, PartitionStore
 
 if TYPE_CHECKING:
-    from collections.abc import ItemsView
+    from collections.abc import Awaitable, Callable, ItemsView
 
     from stream_expiry.model import Identity
     from stream_expiry.outbox import Outbox
@@ -90,8 +90,15 @@ def _create(
     return effects
 
 
-def _firing(proc: PartitionProcessor, outbox: _Outbox, clock: _Clock, tick_ms: int = 0) -> Firing:
-    """No tick unless asked: what a test sees waits for acks or a due time, not a pause."""
+def _firing(
+    proc: PartitionProcessor,
+    outbox: _Outbox,
+    clock: _Clock,
+    tick_ms: int = 0,
+    read_since: Callable[[int], Awaitable[None]] | None = None,
+) -> Firing:
+    """No tick unless asked: what a test sees waits for acks or a due time, not a pause.
+    ``read_since``: the service's read of the holds before a firing (none by default)."""
     return Firing(
         {("in", 0): proc},
         cast("Outbox", outbox),
@@ -99,6 +106,7 @@ def _firing(proc: PartitionProcessor, outbox: _Outbox, clock: _Clock, tick_ms: i
         clock=clock,
         on_fired=lambda _f: None,
         tick_ms=tick_ms,
+        read_since=read_since,
     )
 
 
@@ -511,20 +519,6 @@ class _Reads:
         self.called = anyio.Event()
 
 
-def _reading(
-    proc: PartitionProcessor, outbox: _Outbox, clock: _Clock, reads: _Reads, tick_ms: int
-) -> Firing:
-    return Firing(
-        {("in", 0): proc},
-        cast("Outbox", outbox),
-        anyio.Lock(),
-        clock=clock,
-        on_fired=lambda _f: None,
-        tick_ms=tick_ms,
-        read_since=reads,
-    )
-
-
 @pytest.mark.asyncio
 @pytest.mark.parametrize(("tick_ms", "ahead"), [(10, 10), (0, 1)])
 async def test_before_a_firing_the_holds_are_read_to_a_tick_before_now(
@@ -539,7 +533,7 @@ async def test_before_a_firing_the_holds_are_read_to_a_tick_before_now(
     proc = _processor(clock)
     _create(proc, "r1", clock.now - TTL_MS, clock)  # due exactly now
     outbox, reads = _Outbox(), _Reads(clock)
-    task = _reading(proc, outbox, clock, reads, tick_ms)
+    task = _firing(proc, outbox, clock, tick_ms, reads)
     await task.fire_due()
     assert reads.since == [BASE - ahead]
     assert outbox.sent == [["o/_/live/error/r1"]]
@@ -555,7 +549,7 @@ async def test_after_a_read_what_fires_is_what_was_due_before_it() -> None:
     _create(proc, "r1", clock.now - TTL_MS, clock)
     _create(proc, "r2", clock.now - TTL_MS + 300, clock)
     outbox, reads = _Outbox(), _Reads(clock, then=BASE + 500)
-    task = _reading(proc, outbox, clock, reads, 10)
+    task = _firing(proc, outbox, clock, 10, reads)
     _, behind = await task.fire_due()
     assert (outbox.sent, outbox.times) == ([["o/_/live/error/r1"]], [BASE])
     assert (behind, proc.next_due_ms()) == (False, BASE + 300)  # r2: the next firing's
@@ -599,7 +593,7 @@ async def test_the_holds_are_read_ahead_while_waiting_for_a_due_time_within_a_ti
     proc = _processor(clock)
     _create(proc, "r1", clock.now - TTL_MS + 5, clock)  # due in 5 ms
     outbox, reads = _Outbox(), _Reads(clock, then=BASE + 5)  # the read takes the 5 ms
-    task = _reading(proc, outbox, clock, reads, 10)
+    task = _firing(proc, outbox, clock, 10, reads)
     async with anyio.create_task_group() as tg:
         tg.start_soon(task.run)
         with anyio.fail_after(2):
@@ -621,7 +615,7 @@ async def test_the_task_wakes_a_tick_before_a_due_time_to_read_the_holds(
     proc = _processor(clock)
     _create(proc, "r1", clock.now - TTL_MS + 100_000, clock)  # due in 100 s
     outbox, reads = _Outbox(), _Reads(clock)
-    task = _reading(proc, outbox, clock, reads, 10)
+    task = _firing(proc, outbox, clock, 10, reads)
     async with anyio.create_task_group() as tg:
         tg.start_soon(task.run)
         await wait_all_tasks_blocked()
@@ -644,7 +638,7 @@ async def test_after_the_acks_the_holds_are_read_for_what_falls_due_within_the_t
     _create(proc, "r1", clock.now - TTL_MS, clock)
     _create(proc, "r2", clock.now - TTL_MS + 5, clock)  # due 5 ms later, within the tick
     outbox, reads = _Outbox(), _Reads(clock)
-    task = _reading(proc, outbox, clock, reads, 10)
+    task = _firing(proc, outbox, clock, 10, reads)
     async with anyio.create_task_group() as tg:
         tg.start_soon(task.run)
         with anyio.fail_after(2):
