@@ -32,7 +32,15 @@ COPY requirements.lock ./
 RUN pip install -r requirements.lock
 COPY pyproject.toml README.md LICENSE ./
 COPY stream_expiry ./stream_expiry
-RUN pip install --constraint requirements.lock --no-deps ".[postgres]" \
+# The compiled codec (stream_expiry/_native.c) needs a C compiler to build and not after:
+# installed for this step and removed within it. The import fails the build if it did not
+# compile (the package would otherwise install without it, and run slower unannounced).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install --constraint requirements.lock --no-deps ".[postgres]" \
+    && python -c "import stream_expiry._native" \
+    && apt-get purge -y --auto-remove gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/* \
     && pip check
 
 # The state directory holds record ids: its user's only (0700), as `run` makes one; a Docker

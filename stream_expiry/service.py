@@ -42,6 +42,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError
 
+from stream_expiry import native
 from stream_expiry.archive_follower import ArchiveFollower
 from stream_expiry.archive_gate import ArchiveGate
 from stream_expiry.codec import REKEYED_SUFFIX
@@ -504,7 +505,11 @@ class Service:
     async def _run_in(self, state_dir: anyio.Path, stop: anyio.Event) -> None:
         self._state_path = str(state_dir)
         self._dead_lettered = DeadLettered(str(state_dir / DEAD_LETTERED_FILE))
-        log.info("state directory %s", state_dir)
+        log.info(
+            "state directory %s; events read and written by the %s codec",
+            state_dir,
+            native.describe(),
+        )
         _say_moved_aside(str(state_dir))
         say_unlisted_stores(str(state_dir), self.config.topics.inputs, self.config.topics.retired)
         failure: Exception | None = None

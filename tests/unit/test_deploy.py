@@ -219,6 +219,11 @@ def test_the_dockerfile_pins_declares_state_and_checks_health() -> None:
     # and the image's ``pip check`` would have failed), and the package itself only under it.
     assert "pip install -r requirements.lock" in text
     assert "--constraint requirements.lock --no-deps" in text
+    # The compiled codec is built (a compiler for that step) and checked, not left out.
+    steps = text.replace("\\\n", " ").splitlines()  # one line a step
+    install = next(step for step in steps if "--no-deps" in step)
+    assert "gcc" in install
+    assert 'python -c "import stream_expiry._native"' in install
     assert re.search(r"^USER \d+:\d+$", text, re.M)
     # The state directory holds record ids (and a Docker volume takes the image directory's
     # mode): its user's only, as `run` makes one (0700), not mkdir's 0755.

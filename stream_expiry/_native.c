@@ -1,0 +1,682 @@
+/*
+ * stream_expiry._native: the per-record path's codec, compiled.
+ *
+ * Why: an ingested event cost ~25 us of Python CPU against the passthrough's ~3, and a
+ * quarter of it was reading the event's fields and writing its stamp (docs/BENCHMARKS.md,
+ * round 53). Each function here is a drop-in for the common case of a Python function in
+ * stream_expiry/model.py or timeutil.py, and answers None for anything else: the Python
+ * code then takes the message as before, so the rules live in one place (Python) and this
+ * file only repeats the fast path's checks. tests/unit/test_native.py compares the two on
+ * generated inputs: where this answers, it answers exactly what the Python code does.
+ *
+ * Nothing here keeps state but the types and callables bind() was given once.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <string.h>
+
+/* timeutil.MIN_TS_MS / MAX_TS_MS: years 1 to 9999. */
+#define MIN_TS_MS (-62135596800000LL)
+#define MAX_TS_MS (253402300799999LL)
+#define MAX_ID_CHARS 512   /* model.MAX_ID_CHARS */
+#define MAX_DATA_DEPTH 200 /* model.MAX_DATA_DEPTH */
+#define RUN_OF_DIGITS 19   /* model._NINETEEN_DIGITS */
+
+/* What bind() was given: model's classes and orjson.dumps. */
+static PyTypeObject *identity_type = NULL;
+static PyTypeObject *input_event_type = NULL;
+static PyTypeObject *stamp_type = NULL;
+static PyObject *dumps = NULL;
+static PyObject *misspelt_default = NULL;   /* InputEvent's default ``misspelt`` */
+static PyObject *early_default = NULL;      /* InputEvent's default ``early_ts_text`` */
+
+/* Offsets of Identity's slots, read from its member descriptors by bind(). */
+enum { ORG, BOT, ENV, CATEGORY, RECORD_ID, KEY, IDENTITY_SLOTS };
+static const char *const slot_names[IDENTITY_SLOTS] = {
+    "org", "bot", "env", "category", "record_id", "key"};
+static Py_ssize_t slot_offset[IDENTITY_SLOTS];
+
+/* Field names of the parsed event, interned once. */
+static PyObject *s_category, *s_record_id, *s_org, *s_ts, *s_bot, *s_env, *s_op,
+    *s_event_id, *s_data;
+/* The optional fields' defaults (model.DEFAULT_BOT, "live", "create"). */
+static PyObject *default_bot, *default_env, *default_op;
+
+#define SLOT(obj, i) (*(PyObject **)((char *)(obj) + slot_offset[i]))
+
+/* ------------------------------------------------------------------------------------ */
+/* A growing byte buffer for the JSON written below.                                     */
+
+typedef struct {
+    char *p;
+    Py_ssize_t len, cap;
+    char small[512];
+} Buf;
+
+static void buf_init(Buf *b) {
+    b->p = b->small;
+    b->len = 0;
+    b->cap = (Py_ssize_t)sizeof b->small;
+}
+
+static void buf_free(Buf *b) {
+    if (b->p != b->small) PyMem_Free(b->p);
+}
+
+static int buf_reserve(Buf *b, Py_ssize_t more) {
+    if (b->len + more <= b->cap) return 0;
+    Py_ssize_t cap = b->cap;
+    while (cap < b->len + more) cap *= 2;
+    char *p = PyMem_Malloc((size_t)cap);
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(p, b->p, (size_t)b->len);
+    if (b->p != b->small) PyMem_Free(b->p);
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static int buf_put(Buf *b, const char *s, Py_ssize_t n) {
+    if (buf_reserve(b, n) < 0) return -1;
+    memcpy(b->p + b->len, s, (size_t)n);
+    b->len += n;
+    return 0;
+}
+
+#define PUT_LITERAL(b, lit) buf_put((b), (lit), (Py_ssize_t)(sizeof(lit) - 1))
+
+/* ------------------------------------------------------------------------------------ */
+/* Times: timeutil.format_ts, "YYYY-MM-DDTHH:MM:SS.mmmZ" in UTC.                         */
+
+#define TS_CHARS 24
+
+static long long floor_div(long long a, long long b) {
+    long long q = a / b;
+    return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+/* Writes the 24 characters of ``ms`` (within MIN_TS_MS..MAX_TS_MS) to ``out``. The
+ * calendar is proleptic Gregorian, as Python's datetime (H. Hinnant's civil_from_days). */
+static void format_ts_into(long long ms, char *out) {
+    long long days = floor_div(ms, 86400000LL);
+    long long in_day = ms - days * 86400000LL;
+    long long z = days + 719468;
+    long long era = floor_div(z, 146097);
+    long long doe = z - era * 146097;
+    long long yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    long long year = yoe + era * 400;
+    long long doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    long long mp = (5 * doy + 2) / 153;
+    long long day = doy - (153 * mp + 2) / 5 + 1;
+    long long month = mp < 10 ? mp + 3 : mp - 9;
+    year += month <= 2;
+    int hour = (int)(in_day / 3600000), minute = (int)(in_day / 60000 % 60),
+        second = (int)(in_day / 1000 % 60), milli = (int)(in_day % 1000);
+    int y = (int)year;
+    out[0] = (char)('0' + y / 1000);
+    out[1] = (char)('0' + y / 100 % 10);
+    out[2] = (char)('0' + y / 10 % 10);
+    out[3] = (char)('0' + y % 10);
+    out[4] = '-';
+    out[5] = (char)('0' + month / 10);
+    out[6] = (char)('0' + month % 10);
+    out[7] = '-';
+    out[8] = (char)('0' + day / 10);
+    out[9] = (char)('0' + day % 10);
+    out[10] = 'T';
+    out[11] = (char)('0' + hour / 10);
+    out[12] = (char)('0' + hour % 10);
+    out[13] = ':';
+    out[14] = (char)('0' + minute / 10);
+    out[15] = (char)('0' + minute % 10);
+    out[16] = ':';
+    out[17] = (char)('0' + second / 10);
+    out[18] = (char)('0' + second % 10);
+    out[19] = '.';
+    out[20] = (char)('0' + milli / 100);
+    out[21] = (char)('0' + milli / 10 % 10);
+    out[22] = (char)('0' + milli % 10);
+    out[23] = 'Z';
+}
+
+/* An exact int within the range of times, into ``*ms``: 1; anything else: 0 (no error set). */
+static int as_time(PyObject *obj, long long *ms) {
+    if (!PyLong_CheckExact(obj)) return 0;
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (overflow || (v == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (v < MIN_TS_MS || v > MAX_TS_MS) return 0;
+    *ms = v;
+    return 1;
+}
+
+static PyObject *native_format_ts(PyObject *Py_UNUSED(module), PyObject *arg) {
+    long long ms;
+    if (!as_time(arg, &ms)) Py_RETURN_NONE;
+    char text[TS_CHARS];
+    format_ts_into(ms, text);
+    return PyUnicode_FromStringAndSize(text, TS_CHARS);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* JSON values as orjson writes them.                                                    */
+
+static const char HEX[] = "0123456789abcdef";
+
+/* A str as orjson writes it: UTF-8, with '"', '\\' and the control characters escaped
+ * (\b \t \n \f \r short, the others \u00XX). 0: not an exact str, or not encodable
+ * (a lone surrogate: orjson refuses it, and the Python path says so). */
+static int put_str(Buf *b, PyObject *obj) {
+    if (!PyUnicode_CheckExact(obj)) return 0;
+    Py_ssize_t n;
+    const char *s;
+    PyObject *utf8 = NULL; /* not the str's own cached UTF-8: it would stay with the str */
+    if (PyUnicode_IS_ASCII(obj)) {
+        s = (const char *)PyUnicode_1BYTE_DATA(obj);
+        n = PyUnicode_GET_LENGTH(obj);
+    } else {
+        utf8 = PyUnicode_AsUTF8String(obj);
+        if (utf8 == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+        s = PyBytes_AS_STRING(utf8);
+        n = PyBytes_GET_SIZE(utf8);
+    }
+    if (buf_reserve(b, n * 6 + 2) < 0) {
+        Py_XDECREF(utf8);
+        return -1;
+    }
+    char *o = b->p + b->len;
+    *o++ = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *o++ = (char)c;
+            continue;
+        }
+        *o++ = '\\';
+        switch (c) {
+        case '"': *o++ = '"'; break;
+        case '\\': *o++ = '\\'; break;
+        case '\b': *o++ = 'b'; break;
+        case '\t': *o++ = 't'; break;
+        case '\n': *o++ = 'n'; break;
+        case '\f': *o++ = 'f'; break;
+        case '\r': *o++ = 'r'; break;
+        default:
+            *o++ = 'u';
+            *o++ = '0';
+            *o++ = '0';
+            *o++ = HEX[c >> 4];
+            *o++ = HEX[c & 15];
+        }
+    }
+    *o++ = '"';
+    b->len = o - b->p;
+    Py_XDECREF(utf8);
+    return 1;
+}
+
+/* A str or None. */
+static int put_opt_str(Buf *b, PyObject *obj) {
+    if (obj == Py_None) return PUT_LITERAL(b, "null") < 0 ? -1 : 1;
+    return put_str(b, obj);
+}
+
+/* A time (epoch ms) as its quoted text. 0: out of range. */
+static int put_time(Buf *b, long long ms) {
+    if (ms < MIN_TS_MS || ms > MAX_TS_MS) return 0;
+    if (buf_reserve(b, TS_CHARS + 2) < 0) return -1;
+    b->p[b->len] = '"';
+    format_ts_into(ms, b->p + b->len + 1);
+    b->p[b->len + TS_CHARS + 1] = '"';
+    b->len += TS_CHARS + 2;
+    return 1;
+}
+
+/* A time (epoch ms) as its text, or None as null. 0: neither. */
+static int put_opt_time(Buf *b, PyObject *obj) {
+    if (obj == Py_None) return PUT_LITERAL(b, "null") < 0 ? -1 : 1;
+    long long ms;
+    if (!as_time(obj, &ms)) return 0;
+    return put_time(b, ms);
+}
+
+/* ``ms // 1000`` of an int, or null. 0: neither, or beyond 64 bits. */
+static int put_opt_seconds(Buf *b, PyObject *obj) {
+    if (obj == Py_None) return PUT_LITERAL(b, "null") < 0 ? -1 : 1;
+    if (!PyLong_CheckExact(obj)) return 0;
+    int overflow = 0;
+    long long ms = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (overflow || (ms == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    char text[32];
+    int n = snprintf(text, sizeof text, "%lld", floor_div(ms, 1000));
+    return buf_put(b, text, n) < 0 ? -1 : 1;
+}
+
+/* The five parts of an Identity, each as "name":"value", with their commas. */
+static int put_identity(Buf *b, PyObject *ident) {
+    static const char *const names[] = {
+        "{\"org\":", ",\"bot\":", ",\"env\":", ",\"category\":", ",\"record_id\":"};
+    if (Py_TYPE(ident) != identity_type) return 0;
+    for (int i = ORG; i <= RECORD_ID; i++) {
+        if (buf_put(b, names[i], (Py_ssize_t)strlen(names[i])) < 0) return -1;
+        PyObject *part = SLOT(ident, i);
+        if (part == NULL) return 0;
+        int r = put_str(b, part);
+        if (r != 1) return r;
+    }
+    return 1;
+}
+
+/* ``data`` as orjson writes it inside an object: dumps([data]) less its brackets, so that
+ * orjson's own nesting limit counts the level the stamp adds, as encode_stamp's does. */
+static int put_data(Buf *b, PyObject *data) {
+    if (data == Py_None) return PUT_LITERAL(b, "null") < 0 ? -1 : 1;
+    PyObject *wrapped = PyList_New(1);
+    if (wrapped == NULL) return -1;
+    Py_INCREF(data);
+    PyList_SET_ITEM(wrapped, 0, data);
+    PyObject *out = PyObject_CallOneArg(dumps, wrapped);
+    Py_DECREF(wrapped);
+    if (out == NULL) {
+        PyErr_Clear(); /* the Python path raises it again, as it always did */
+        return 0;
+    }
+    int r = 0;
+    if (PyBytes_CheckExact(out) && PyBytes_GET_SIZE(out) >= 2)
+        r = buf_put(b, PyBytes_AS_STRING(out) + 1, PyBytes_GET_SIZE(out) - 2) < 0 ? -1 : 1;
+    Py_DECREF(out);
+    return r;
+}
+
+static PyObject *finish(Buf *b, int r) {
+    PyObject *out = NULL;
+    if (r == 1) out = PyBytes_FromStringAndSize(b->p, b->len);
+    buf_free(b);
+    if (r == 0) Py_RETURN_NONE;
+    return out; /* NULL with the error set when r < 0 or the bytes failed */
+}
+
+#define STEP(expr)                   \
+    do {                             \
+        r = (expr);                  \
+        if (r != 1) return finish(&b, r); \
+    } while (0)
+
+/* Stamp's fields, by position (model.Stamp). */
+enum {
+    F_IDENTITY, F_CREATED, F_EXPIRES, F_TTL, F_SOURCE, F_DELETED, F_ERASE, F_HELD, F_OFFSET,
+    F_PREVIOUS, F_HELD_LIVES, F_FIRST_CREATED, STAMP_FIELDS
+};
+
+/* model.encode_stamp(stamp, data) for a stamp with none of the optional fields (no
+ * erasure waiting, no previous deletion, no held lives, no first creation). */
+static PyObject *native_stamp(PyObject *Py_UNUSED(module), PyObject *const *args,
+                              Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "stamp(stamp, data)");
+        return NULL;
+    }
+    PyObject *stamp = args[0], *data = args[1];
+    if (Py_TYPE(stamp) != stamp_type) Py_RETURN_NONE;
+    PyObject *const *f = ((PyTupleObject *)stamp)->ob_item;
+    if (f[F_ERASE] != Py_None || f[F_PREVIOUS] != Py_None || f[F_FIRST_CREATED] != Py_None)
+        Py_RETURN_NONE;
+    if (!PyTuple_CheckExact(f[F_HELD_LIVES]) || PyTuple_GET_SIZE(f[F_HELD_LIVES]) != 0)
+        Py_RETURN_NONE;
+    /* model.last_activity: the creation, or the touch that slid the expiry to its place. */
+    long long created = 0, active = 0;
+    int has_active = f[F_CREATED] != Py_None;
+    if (has_active && !as_time(f[F_CREATED], &created)) Py_RETURN_NONE;
+    active = created;
+    if (has_active && f[F_EXPIRES] != Py_None && f[F_TTL] != Py_None) {
+        long long expires, ttl, start;
+        int overflow = 0;
+        if (!as_time(f[F_EXPIRES], &expires) || !PyLong_CheckExact(f[F_TTL])) Py_RETURN_NONE;
+        ttl = PyLong_AsLongLongAndOverflow(f[F_TTL], &overflow);
+        if (overflow || (ttl == -1 && PyErr_Occurred()) ||
+            __builtin_sub_overflow(expires, ttl, &start)) {
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+        if (start > created) active = start;
+    }
+    Buf b;
+    buf_init(&b);
+    int r;
+    STEP(put_identity(&b, f[F_IDENTITY]));
+    STEP(PUT_LITERAL(&b, ",\"created_at\":") < 0 ? -1 : 1);
+    STEP(put_opt_time(&b, f[F_CREATED]));
+    STEP(PUT_LITERAL(&b, ",\"expires_at\":") < 0 ? -1 : 1);
+    STEP(put_opt_time(&b, f[F_EXPIRES]));
+    STEP(PUT_LITERAL(&b, ",\"ttl_seconds\":") < 0 ? -1 : 1);
+    STEP(put_opt_seconds(&b, f[F_TTL]));
+    STEP(PUT_LITERAL(&b, ",\"ttl_source\":") < 0 ? -1 : 1);
+    STEP(put_opt_str(&b, f[F_SOURCE]));
+    STEP(PUT_LITERAL(&b, ",\"last_activity_at\":") < 0 ? -1 : 1);
+    STEP(has_active ? put_time(&b, active) : (PUT_LITERAL(&b, "null") < 0 ? -1 : 1));
+    STEP(PUT_LITERAL(&b, ",\"data\":") < 0 ? -1 : 1);
+    STEP(put_data(&b, data));
+    STEP(PUT_LITERAL(&b, "}") < 0 ? -1 : 1);
+    return finish(&b, 1);
+}
+
+/* model.encode_tombstone(stamp, reason=reason, emitted_at=emitted_at). */
+static PyObject *native_tombstone(PyObject *Py_UNUSED(module), PyObject *const *args,
+                                  Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "tombstone(stamp, reason, emitted_at)");
+        return NULL;
+    }
+    PyObject *stamp = args[0], *reason = args[1], *emitted = args[2];
+    if (Py_TYPE(stamp) != stamp_type) Py_RETURN_NONE;
+    PyObject *const *f = ((PyTupleObject *)stamp)->ob_item;
+    Buf b;
+    buf_init(&b);
+    int r;
+    STEP(put_identity(&b, f[F_IDENTITY]));
+    STEP(PUT_LITERAL(&b, ",\"created_at\":") < 0 ? -1 : 1);
+    STEP(put_opt_time(&b, f[F_CREATED]));
+    STEP(PUT_LITERAL(&b, ",\"expires_at\":") < 0 ? -1 : 1);
+    STEP(put_opt_time(&b, f[F_EXPIRES]));
+    STEP(PUT_LITERAL(&b, ",\"emitted_at\":") < 0 ? -1 : 1);
+    STEP(emitted == Py_None ? 0 : put_opt_time(&b, emitted));
+    STEP(PUT_LITERAL(&b, ",\"reason\":") < 0 ? -1 : 1);
+    STEP(put_str(&b, reason));
+    STEP(PUT_LITERAL(&b, ",\"ttl_seconds\":") < 0 ? -1 : 1);
+    STEP(put_opt_seconds(&b, f[F_TTL]));
+    STEP(PUT_LITERAL(&b, ",\"ttl_source\":") < 0 ? -1 : 1);
+    STEP(put_opt_str(&b, f[F_SOURCE]));
+    STEP(PUT_LITERAL(&b, "}") < 0 ? -1 : 1);
+    return finish(&b, 1);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Reading an event: model.parse_event's fast path.                                      */
+
+/* A part of a record's key that needs no quoting: 1 to MAX_ID_CHARS characters of
+ * [A-Za-z0-9_.~-] (model._PLAIN). 1: plain; 0: not (or not an exact str). */
+static int plain_part(PyObject *s) {
+    if (!PyUnicode_CheckExact(s) || !PyUnicode_IS_ASCII(s)) return 0;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    if (n < 1 || n > MAX_ID_CHARS) return 0;
+    const unsigned char *c = PyUnicode_1BYTE_DATA(s);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char x = c[i];
+        if (!((x >= 'a' && x <= 'z') || (x >= 'A' && x <= 'Z') || (x >= '0' && x <= '9') ||
+              x == '_' || x == '.' || x == '~' || x == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* Whether the message has a run of RUN_OF_DIGITS ASCII digits (an integer orjson may
+ * have read as a float), or more '[' and '{' than MAX_DATA_DEPTH (data that may nest too
+ * deep): the Python path looks at both closely. */
+static int needs_a_closer_look(const char *s, Py_ssize_t n) {
+    Py_ssize_t run = 0, brackets = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c >= '0' && c <= '9') {
+            if (++run >= RUN_OF_DIGITS) return 1;
+            continue;
+        }
+        run = 0;
+        if ((c == '[' || c == '{') && ++brackets > MAX_DATA_DEPTH) return 1;
+    }
+    return 0;
+}
+
+static int is_ascii_literal(PyObject *s, const char *lit) {
+    return PyUnicode_CheckExact(s) && PyUnicode_CompareWithASCIIString(s, lit) == 0;
+}
+
+/* An Identity of five plain parts, key included (model.Identity.__init__'s plain case). */
+static PyObject *make_identity(PyObject *org, PyObject *bot, PyObject *env,
+                               PyObject *category, PyObject *record_id) {
+    PyObject *parts[5] = {org, bot, env, category, record_id};
+    Py_ssize_t len = 4;
+    for (int i = 0; i < 5; i++) len += PyUnicode_GET_LENGTH(parts[i]);
+    PyObject *key = PyUnicode_New(len, 127);
+    if (key == NULL) return NULL;
+    Py_UCS1 *k = PyUnicode_1BYTE_DATA(key);
+    for (int i = 0; i < 5; i++) {
+        Py_ssize_t n = PyUnicode_GET_LENGTH(parts[i]);
+        memcpy(k, PyUnicode_1BYTE_DATA(parts[i]), (size_t)n);
+        k += n;
+        if (i < 4) *k++ = '/';
+    }
+    PyObject *ident = identity_type->tp_alloc(identity_type, 0);
+    if (ident == NULL) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    for (int i = 0; i < 5; i++) SLOT(ident, i) = Py_NewRef(parts[i]);
+    SLOT(ident, KEY) = key;
+    return ident;
+}
+
+/* model.parse_event(value, ...) after orjson read ``obj`` from ``value``, for an event the
+ * fast path takes whole: its fields of the right types and sizes, a plain key, nothing
+ * but its fields, no run of digits orjson may have rounded and no data that may nest too
+ * deep. None for any other event: the Python path reads it. */
+static PyObject *native_event(PyObject *Py_UNUSED(module), PyObject *const *args,
+                              Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "event(obj, value, categories, max_ts)");
+        return NULL;
+    }
+    PyObject *obj = args[0], *value = args[1], *categories = args[2];
+    long long max_ts;
+    if (!PyDict_CheckExact(obj) || !PyBytes_CheckExact(value) || !PyLong_Check(args[3]))
+        Py_RETURN_NONE;
+    {
+        int overflow = 0;
+        max_ts = PyLong_AsLongLongAndOverflow(args[3], &overflow);
+        if (overflow || (max_ts == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+    }
+    if (needs_a_closer_look(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value)))
+        Py_RETURN_NONE;
+    /* Borrowed references from the dict: it outlives this call. */
+    PyObject *category = PyDict_GetItemWithError(obj, s_category);
+    PyObject *record_id = category ? PyDict_GetItemWithError(obj, s_record_id) : NULL;
+    PyObject *org = record_id ? PyDict_GetItemWithError(obj, s_org) : NULL;
+    PyObject *ts = org ? PyDict_GetItemWithError(obj, s_ts) : NULL;
+    if (ts == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_NONE;
+    }
+    PyObject *bot = PyDict_GetItemWithError(obj, s_bot);
+    PyObject *env = bot || !PyErr_Occurred() ? PyDict_GetItemWithError(obj, s_env) : NULL;
+    PyObject *op = env || !PyErr_Occurred() ? PyDict_GetItemWithError(obj, s_op) : NULL;
+    PyObject *event_id = op || !PyErr_Occurred() ? PyDict_GetItemWithError(obj, s_event_id) : NULL;
+    PyObject *data = event_id || !PyErr_Occurred() ? PyDict_GetItemWithError(obj, s_data) : NULL;
+    if (PyErr_Occurred()) return NULL;
+    Py_ssize_t given = 4 + (bot != NULL) + (env != NULL) + (op != NULL) +
+                       (event_id != NULL && event_id != Py_None) +
+                       (data != NULL && data != Py_None);
+    if (PyDict_GET_SIZE(obj) > given) Py_RETURN_NONE; /* other names: the Python path says */
+    long long ts_ms;
+    if (!as_time(ts, &ts_ms) || ts_ms > max_ts) Py_RETURN_NONE;
+    if (!plain_part(org) || !plain_part(record_id) || !plain_part(category)) Py_RETURN_NONE;
+    if (bot != NULL && !plain_part(bot)) Py_RETURN_NONE;
+    if (env != NULL && !(is_ascii_literal(env, "live") || is_ascii_literal(env, "draft")))
+        Py_RETURN_NONE;
+    if (op != NULL && !(is_ascii_literal(op, "create") || is_ascii_literal(op, "touch") ||
+                        is_ascii_literal(op, "delete")))
+        Py_RETURN_NONE;
+    int known = PySequence_Contains(categories, category);
+    if (known < 0) return NULL;
+    if (!known) Py_RETURN_NONE;
+    PyObject *event_text = NULL;
+    if (event_id != NULL && event_id != Py_None) {
+        if (PyUnicode_CheckExact(event_id))
+            event_text = Py_NewRef(event_id);
+        else if (PyLong_CheckExact(event_id))
+            event_text = PyObject_Str(event_id);
+        else
+            Py_RETURN_NONE;
+        if (event_text == NULL) return NULL;
+    }
+    PyObject *result = NULL;
+    PyObject *ident = make_identity(org, bot ? bot : default_bot, env ? env : default_env,
+                                    category, record_id);
+    if (ident != NULL) {
+        result = input_event_type->tp_alloc(input_event_type, 7);
+        if (result == NULL) {
+            Py_DECREF(ident);
+        } else {
+            PyTuple_SET_ITEM(result, 0, ident);
+            PyTuple_SET_ITEM(result, 1, Py_NewRef(op ? op : default_op));
+            PyTuple_SET_ITEM(result, 2, Py_NewRef(ts));
+            PyTuple_SET_ITEM(result, 3, event_text ? Py_NewRef(event_text) : Py_NewRef(Py_None));
+            PyTuple_SET_ITEM(result, 4, Py_NewRef(data ? data : Py_None));
+            PyTuple_SET_ITEM(result, 5, Py_NewRef(misspelt_default));
+            PyTuple_SET_ITEM(result, 6, Py_NewRef(early_default));
+        }
+    }
+    Py_XDECREF(event_text);
+    return result;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* bind(Identity, InputEvent, Stamp, dumps): checked once, at model's import.           */
+
+/* 1: ``type`` is a named tuple of exactly these fields; 0 with TypeError set; -1. */
+static int has_fields(PyTypeObject *type, PyObject *expected) {
+    if (expected == NULL) return -1;
+    if (!PyType_IsSubtype(type, &PyTuple_Type)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a named tuple", type->tp_name);
+        return 0;
+    }
+    PyObject *fields = PyObject_GetAttrString((PyObject *)type, "_fields");
+    int same = fields ? PyObject_RichCompareBool(fields, expected, Py_EQ) : -1;
+    Py_XDECREF(fields);
+    if (same == 0)
+        PyErr_Format(PyExc_TypeError, "%s's fields are not those _native.c reads and writes",
+                     type->tp_name);
+    return same;
+}
+
+static PyObject *native_bind(PyObject *Py_UNUSED(module), PyObject *const *args,
+                             Py_ssize_t nargs) {
+    if (nargs != 4 || !PyType_Check(args[0]) || !PyType_Check(args[1]) ||
+        !PyType_Check(args[2]) || !PyCallable_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "bind(Identity, InputEvent, Stamp, orjson.dumps)");
+        return NULL;
+    }
+    PyTypeObject *ident = (PyTypeObject *)args[0], *event = (PyTypeObject *)args[1],
+                 *stamp = (PyTypeObject *)args[2];
+    PyObject *event_fields = Py_BuildValue("(sssssss)", "identity", "op", "ts", "event_id",
+                                           "data", "misspelt", "early_ts_text");
+    int ok = has_fields(event, event_fields);
+    Py_XDECREF(event_fields);
+    if (ok != 1) return NULL;
+    PyObject *stamp_fields = Py_BuildValue(
+        "(ssssssssssss)", "identity", "created_at", "expires_at", "ttl_ms", "ttl_source",
+        "deleted_at", "erase_at", "held", "stamp_offset", "previous_deleted_at", "held_lives",
+        "first_created_at");
+    ok = has_fields(stamp, stamp_fields);
+    Py_XDECREF(stamp_fields);
+    if (ok != 1) return NULL;
+    PyObject *defaults = PyObject_GetAttrString((PyObject *)event, "_field_defaults");
+    if (defaults == NULL) return NULL;
+    PyObject *misspelt = PyDict_Check(defaults) ? PyDict_GetItemString(defaults, "misspelt") : NULL;
+    PyObject *early = PyDict_Check(defaults) ? PyDict_GetItemString(defaults, "early_ts_text") : NULL;
+    if (misspelt == NULL || early == NULL) {
+        Py_DECREF(defaults);
+        PyErr_SetString(PyExc_TypeError, "InputEvent has no default misspelt or early_ts_text");
+        return NULL;
+    }
+    Py_ssize_t offsets[IDENTITY_SLOTS];
+    for (int i = 0; i < IDENTITY_SLOTS; i++) {
+        PyObject *descr = PyDict_GetItemString(ident->tp_dict, slot_names[i]);
+        if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type) ||
+            ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
+            Py_DECREF(defaults);
+            PyErr_Format(PyExc_TypeError, "Identity has no object slot %s", slot_names[i]);
+            return NULL;
+        }
+        offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+    }
+    if (ident->tp_dictoffset != 0 || ident->tp_basicsize <= (Py_ssize_t)sizeof(PyObject)) {
+        Py_DECREF(defaults);
+        PyErr_SetString(PyExc_TypeError, "Identity must have __slots__ and no __dict__");
+        return NULL;
+    }
+    memcpy(slot_offset, offsets, sizeof offsets);
+    Py_XSETREF(misspelt_default, Py_NewRef(misspelt));
+    Py_XSETREF(early_default, Py_NewRef(early));
+    Py_DECREF(defaults);
+    Py_XSETREF(identity_type, (PyTypeObject *)Py_NewRef(ident));
+    Py_XSETREF(input_event_type, (PyTypeObject *)Py_NewRef(event));
+    Py_XSETREF(stamp_type, (PyTypeObject *)Py_NewRef(stamp));
+    Py_XSETREF(dumps, Py_NewRef(args[3]));
+    Py_RETURN_NONE;
+}
+
+/* Every function but bind() and format_ts() needs bind() first. */
+#define NEEDS_BIND(fn)                                                                   \
+    static PyObject *fn##_bound(PyObject *m, PyObject *const *args, Py_ssize_t nargs) { \
+        if (identity_type == NULL) {                                                   \
+            PyErr_SetString(PyExc_RuntimeError, "stream_expiry._native: bind() first"); \
+            return NULL;                                                               \
+        }                                                                              \
+        return fn(m, args, nargs);                                                     \
+    }
+NEEDS_BIND(native_event)
+NEEDS_BIND(native_stamp)
+NEEDS_BIND(native_tombstone)
+
+static PyMethodDef methods[] = {
+    {"bind", (PyCFunction)(void (*)(void))native_bind, METH_FASTCALL,
+     "bind(Identity, InputEvent, Stamp, dumps): the classes and the JSON writer to use."},
+    {"event", (PyCFunction)(void (*)(void))native_event_bound, METH_FASTCALL,
+     "event(obj, value, categories, max_ts) -> InputEvent | None"},
+    {"stamp", (PyCFunction)(void (*)(void))native_stamp_bound, METH_FASTCALL,
+     "stamp(stamp, data) -> bytes | None"},
+    {"tombstone", (PyCFunction)(void (*)(void))native_tombstone_bound, METH_FASTCALL,
+     "tombstone(stamp, reason, emitted_at) -> bytes | None"},
+    {"format_ts", native_format_ts, METH_O, "format_ts(ms) -> str | None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "stream_expiry._native",
+    "The per-record path's codec, compiled: see stream_expiry/native.py.", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__native(void) {
+#define INTERN(var, text) \
+    if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+    INTERN(s_category, "category");
+    INTERN(s_record_id, "record_id");
+    INTERN(s_org, "org");
+    INTERN(s_ts, "ts");
+    INTERN(s_bot, "bot");
+    INTERN(s_env, "env");
+    INTERN(s_op, "op");
+    INTERN(s_event_id, "event_id");
+    INTERN(s_data, "data");
+    INTERN(default_bot, "_");
+    INTERN(default_env, "live");
+    INTERN(default_op, "create");
+#undef INTERN
+    return PyModule_Create(&module);
+}

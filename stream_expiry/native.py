@@ -1,0 +1,80 @@
+"""The per-record path's codec, compiled, when the package was built with it.
+
+Reading an event's fields and writing its stamp and tombstone cost a quarter of an
+ingested event's CPU in Python (docs/BENCHMARKS.md, round 53). ``_native.c`` does the
+common case of each in C and answers None for anything else, so the rules stay in
+:mod:`stream_expiry.model`, in Python, and the C code only repeats the fast path's checks:
+where it answers, it answers what the Python code does (``tests/unit/test_native.py``
+checks that on generated inputs).
+
+The extension is optional: without a C compiler at install time the package installs
+without it, and :data:`compiled` is None. ``STREAM_EXPIRY_PURE_PYTHON=1`` turns it off at
+run time (to compare, or to rule it out when something looks wrong).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection
+
+    from stream_expiry.model import Identity, InputEvent, Stamp
+
+__all__ = ["PURE_PYTHON_ENV", "Codec", "compiled", "describe"]
+
+PURE_PYTHON_ENV = "STREAM_EXPIRY_PURE_PYTHON"
+
+
+class Codec(Protocol):
+    """What ``_native.c`` offers. Each answer of None means "not the common case": the
+    Python code takes the input as it always did."""
+
+    def bind(
+        self,
+        identity: type[Identity],
+        input_event: type[InputEvent],
+        stamp: type[Stamp],
+        dumps: Callable[[Any], bytes],
+        /,
+    ) -> None:
+        """The classes to build and read, and the JSON writer for ``data``: once, at
+        :mod:`stream_expiry.model`'s import (it raises if their shape is not the one the C
+        code was written for)."""
+
+    def event(
+        self, obj: dict[str, Any], value: bytes, categories: Collection[str], max_ts: int, /
+    ) -> InputEvent | None:
+        """``model.parse_event``'s result for ``value``, which orjson read as ``obj``."""
+
+    def stamp(self, stamp: Stamp, data: Any, /) -> bytes | None:
+        """``model.encode_stamp(stamp, data)``."""
+
+    def tombstone(self, stamp: Stamp, reason: str, emitted_at: int, /) -> bytes | None:
+        """``model.encode_tombstone(stamp, reason=reason, emitted_at=emitted_at)``."""
+
+    def format_ts(self, ms: int, /) -> str | None:
+        """``timeutil.format_ts(ms)``, None out of range."""
+
+
+def _load() -> Codec | None:
+    if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0"):
+        return None
+    try:
+        return cast("Codec", importlib.import_module("stream_expiry._native"))
+    except ImportError:
+        return None
+
+
+compiled: Codec | None = _load()
+
+
+def describe() -> str:
+    """Which codec runs, for the start's log line and ``--version``."""
+    if compiled is not None:
+        return "compiled"
+    if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0"):
+        return f"pure Python ({PURE_PYTHON_ENV} is set)"
+    return "pure Python (the compiled codec was not built: a C compiler at install time builds it)"

@@ -1,0 +1,368 @@
+"""The compiled codec (``stream_expiry/_native.c``) against the Python code it stands in for.
+
+Where the C code answers, it must answer exactly what :mod:`stream_expiry.model` answers
+with it turned off: the same event (parts, key, types), the same bytes. Where it does not
+(None), the Python code takes the input, so None is always safe; the tests also check that
+the common inputs do get a C answer, or the codec would be built and never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stream_expiry import model, native
+from stream_expiry.model import (
+    Identity,
+    InputEvent,
+    Rejection,
+    Stamp,
+    encode_stamp,
+    encode_tombstone,
+    parse_event,
+)
+from stream_expiry.timeutil import MAX_TS_MS, MIN_TS_MS, format_ts
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+CATEGORIES = frozenset({"conversation", "session", "error"})
+NOW = 1_795_000_000_000
+SKEW = 300_000
+
+
+def _codec() -> native.Codec:
+    if native.compiled is None:
+        if os.environ.get(native.PURE_PYTHON_ENV, "") not in ("", "0"):
+            pytest.skip(f"{native.PURE_PYTHON_ENV} is set: the compiled codec is off")
+        pytest.fail(
+            "the compiled codec (stream_expiry/_native.c) is not built: install the package "
+            "with a C compiler and Python's headers (`pip install -e .`), or set "
+            f"{native.PURE_PYTHON_ENV}=1 to test the Python code alone"
+        )
+    return native.compiled
+
+
+@contextlib.contextmanager
+def pure_python() -> Iterator[None]:
+    """model's functions without the compiled codec, as where it is not built."""
+    saved = model._native
+    model._native = None
+    try:
+        yield
+    finally:
+        model._native = saved
+
+
+def test_the_compiled_codec_is_built_and_used() -> None:
+    codec = _codec()
+    assert model._native is codec
+    assert native.describe() == "compiled"
+    value = b'{"category":"session","record_id":"r-1","org":"acme","ts":1794999999000}'
+    event = parse_event(value, categories=CATEGORIES, now_ms=NOW, max_skew_ms=SKEW)
+    assert codec.event(orjson.loads(value), value, CATEGORIES, NOW + SKEW) == event
+
+
+# --- reading events ----------------------------------------------------------------------
+
+PLAIN = st.text("abcXYZ019_.~-", min_size=1, max_size=12)
+ODD_TEXT = st.one_of(
+    st.just(""),
+    st.text(min_size=1, max_size=6),  # any code point: '/', '%', non-ASCII, controls
+    st.text("a/%é", min_size=1, max_size=4),
+    st.just("x" * 512),
+    st.just("x" * 513),
+)
+TEXT = st.one_of(PLAIN, PLAIN, ODD_TEXT)
+NOT_TEXT = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False, allow_infinity=False)
+)
+JSON_LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+)
+JSON = st.recursive(
+    JSON_LEAVES,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+TIMES = st.one_of(
+    st.integers(NOW - 10**12, NOW + 2 * SKEW),
+    st.sampled_from([MIN_TS_MS, MIN_TS_MS - 1, MAX_TS_MS, 0, -1, NOW + SKEW, NOW + SKEW + 1]),
+    st.integers(-(2**63), 2**63 - 1),
+    st.just("2026-11-30T10:00:00.000Z"),
+    st.booleans(),
+    st.none(),
+)
+
+FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
+    "category": st.one_of(st.sampled_from(sorted(CATEGORIES)), st.just("analytics"), TEXT),
+    "record_id": st.one_of(TEXT, NOT_TEXT),
+    "org": st.one_of(TEXT, NOT_TEXT),
+    "bot": st.one_of(TEXT, NOT_TEXT, st.just("_")),
+    "env": st.one_of(st.sampled_from(["live", "draft", "Live", "prod"]), NOT_TEXT),
+    "op": st.one_of(st.sampled_from(["create", "touch", "delete", "remove"]), NOT_TEXT),
+    "ts": TIMES,
+    "event_id": st.one_of(
+        st.none(), st.text(max_size=5), st.integers(-(2**70), 2**70), st.booleans()
+    ),
+    "data": st.one_of(st.none(), JSON, st.just("1" * 19), st.just(10**20)),
+}
+REQUIRED = ("category", "record_id", "org", "ts")
+
+
+@st.composite
+def events(draw: st.DrawFn) -> dict[str, Any]:
+    """An event's object: the required fields nearly always, each optional one sometimes,
+    now and then a name that is no field (a misspelling or another)."""
+    body: dict[str, Any] = {}
+    for name, values in FIELD_VALUES.items():
+        if draw(st.integers(0, 9)) < (9 if name in REQUIRED else 4):
+            body[name] = draw(values)
+    if draw(st.integers(0, 9)) == 0:
+        body[draw(st.sampled_from(["recordId", "extra", "Org", "evnt_id"]))] = draw(JSON_LEAVES)
+    return body
+
+
+def _encoded(body: dict[str, Any]) -> bytes:
+    """The message a producer would send (the standard library's writer: it writes the
+    integers beyond 64 bits that orjson refuses)."""
+    return json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8", "surrogatepass")
+
+
+def _same_event(got: InputEvent, want: InputEvent | Rejection) -> None:
+    assert type(want) is InputEvent, want
+    assert type(got) is InputEvent
+    assert type(got.identity) is Identity
+    assert got.identity.parts() == want.identity.parts()
+    assert got.identity.key == want.identity.key
+    assert got == want
+    for mine, theirs in zip(got, want, strict=True):
+        assert type(mine) is type(theirs)
+    assert got.data == want.data
+
+
+@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])
+@given(events())
+def test_an_event_read_in_c_is_the_one_python_reads(body: dict[str, Any]) -> None:
+    codec = _codec()
+    value = _encoded(body)
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return  # the Python path's rejection; the codec is never asked
+    if type(obj) is not dict:
+        return
+    got = codec.event(obj, value, CATEGORIES, NOW + SKEW)
+    with pure_python():
+        want = parse_event(value, categories=CATEGORIES, now_ms=NOW, max_skew_ms=SKEW)
+    if got is not None:
+        _same_event(got, want)
+
+
+@settings(max_examples=500)
+@given(
+    org=PLAIN,
+    record_id=PLAIN,
+    bot=st.one_of(st.none(), PLAIN),
+    env=st.sampled_from([None, "live", "draft"]),
+    op=st.sampled_from([None, "create", "touch", "delete"]),
+    category=st.sampled_from(sorted(CATEGORIES)),
+    ts=st.integers(NOW - 10**11, NOW + SKEW),
+    event_id=st.one_of(st.none(), st.text(max_size=5), st.integers(-(2**63), 2**63)),
+    data=st.one_of(st.none(), JSON),
+)
+def test_the_common_event_is_read_in_c(
+    org: str,
+    record_id: str,
+    bot: str | None,
+    env: str | None,
+    op: str | None,
+    category: str,
+    ts: int,
+    event_id: str | int | None,
+    data: Any,
+) -> None:
+    body: dict[str, Any] = {"category": category, "record_id": record_id, "org": org, "ts": ts}
+    for name, given_value in (("bot", bot), ("env", env), ("op", op), ("event_id", event_id)):
+        if given_value is not None:
+            body[name] = given_value
+    if data is not None:
+        body["data"] = data
+    value = orjson.dumps(body)
+    if b"0" * 19 in value.translate(model._DIGITS_AS_ZERO):
+        return  # a run of 19 digits: left to the Python path on purpose
+    got = _codec().event(orjson.loads(value), value, CATEGORIES, NOW + SKEW)
+    assert got is not None, body
+    with pure_python():
+        _same_event(got, parse_event(value, categories=CATEGORIES, now_ms=NOW, max_skew_ms=SKEW))
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        ({"category": "session", "record_id": "a/b", "org": "o", "ts": NOW}, "a '/' is quoted"),
+        ({"category": "session", "record_id": "é", "org": "o", "ts": NOW}, "not ASCII"),
+        ({"category": "session", "record_id": "r", "org": "o", "ts": NOW, "Op": "x"}, "a name"),
+        ({"category": "session", "record_id": "r", "org": "o", "ts": NOW + SKEW + 1}, "future"),
+        ({"category": "session", "record_id": "r", "org": "o", "ts": 1.5e12}, "a float"),
+        ({"category": "session", "record_id": "r", "org": "o", "ts": True}, "a boolean"),
+        ({"category": "chat", "record_id": "r", "org": "o", "ts": NOW}, "not configured"),
+        ({"category": "session", "record_id": "r", "org": "o", "ts": NOW, "bot": None}, "null"),
+        ({"category": "session", "record_id": "r", "ts": NOW}, "missing"),
+        ({"category": "session", "record_id": "r", "org": "o", "ts": NOW, "data": 10**19}, "19"),
+        ({"category": "session", "record_id": "r", "org": "o", "ts": NOW, "data": [[]] * 201}, "["),
+    ],
+)
+def test_the_python_path_reads_what_is_not_common(body: dict[str, Any], why: str) -> None:
+    value = _encoded(body)
+    assert _codec().event(orjson.loads(value), value, CATEGORIES, NOW + SKEW) is None, why
+
+
+# --- writing stamps and tombstones -------------------------------------------------------
+
+ANY_TEXT = st.one_of(
+    PLAIN, st.text(max_size=6), st.sampled_from(['"', "\\", "\x00\x1f\x7f", "é\u2028"])
+)
+OPT_TIME = st.one_of(
+    st.none(),
+    st.integers(NOW - 10**12, NOW + 10**12),
+    st.sampled_from([MIN_TS_MS, MAX_TS_MS, MIN_TS_MS - 1, MAX_TS_MS + 1, 0, -1, -999]),
+)
+OPT_TTL = st.one_of(st.none(), st.integers(-(10**12), 10**13), st.sampled_from([0, 999, 1000, -1]))
+
+
+@st.composite
+def stamps(draw: st.DrawFn) -> Stamp:
+    ident = Identity(*(draw(ANY_TEXT) for _ in range(5)))
+    optional = draw(st.integers(0, 5)) == 0  # now and then one of the rarer fields
+    return Stamp(
+        ident,
+        draw(OPT_TIME),
+        draw(OPT_TIME),
+        draw(OPT_TTL),
+        draw(st.one_of(st.none(), ANY_TEXT, st.just("\ud800"))),  # a lone surrogate: refused
+        deleted_at=draw(OPT_TIME),
+        erase_at=draw(OPT_TIME) if optional else None,
+        held=draw(st.booleans()),
+        stamp_offset=draw(st.one_of(st.none(), st.integers(0, 10**6))),
+        previous_deleted_at=draw(OPT_TIME) if optional else None,
+        held_lives=((NOW, NOW + 1000, 1000, "x", None),) if optional else (),
+        first_created_at=draw(OPT_TIME) if optional else None,
+    )
+
+
+def _outcome(fn: Any, *args: Any, **kwargs: Any) -> bytes | str:
+    """What the Python code writes, or the name of what it raises."""
+    with pure_python():
+        try:
+            written: bytes = fn(*args, **kwargs)
+        except Exception as exc:  # the codec must then answer None
+            return type(exc).__name__
+    return written
+
+
+@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])
+@given(stamps(), st.one_of(st.none(), JSON, st.just([[[]]] * 2)))
+def test_a_stamp_written_in_c_is_the_one_python_writes(stamp: Stamp, data: Any) -> None:
+    got = _codec().stamp(stamp, data)
+    want = _outcome(encode_stamp, stamp, data)
+    if got is not None:
+        assert got == want
+
+
+@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])
+@given(stamps(), st.sampled_from(["ttl", "explicit", 'q"']), OPT_TIME)
+def test_a_tombstone_written_in_c_is_the_one_python_writes(
+    stamp: Stamp, reason: str, emitted_at: int | None
+) -> None:
+    got = _codec().tombstone(stamp, reason, emitted_at)  # type: ignore[arg-type]
+    want = _outcome(encode_tombstone, stamp, reason=reason, emitted_at=emitted_at)
+    if got is not None:
+        assert got == want
+
+
+@settings(max_examples=300)
+@given(
+    PLAIN,
+    PLAIN,
+    st.integers(NOW - 10**11, NOW),
+    st.integers(1000, 10**10),
+    st.integers(0, 10**9),
+    st.one_of(st.none(), JSON),
+)
+def test_the_common_stamp_and_tombstone_are_written_in_c(
+    org: str, record_id: str, created: int, ttl: int, slid: int, data: Any
+) -> None:
+    codec = _codec()
+    stamp = Stamp(
+        Identity(org, "_", "live", "session", record_id),
+        created,
+        created + slid + ttl,
+        ttl,
+        "defaults",
+    )
+    written = codec.stamp(stamp, data)
+    assert written is not None
+    assert written == _outcome(encode_stamp, stamp, data)
+    assert orjson.loads(written)["last_activity_at"] == format_ts(created + slid)
+    tombstone = codec.tombstone(stamp, "ttl", created + slid + ttl)
+    assert tombstone is not None
+    assert tombstone == _outcome(
+        encode_tombstone, stamp, reason="ttl", emitted_at=created + slid + ttl
+    )
+
+
+def test_model_writes_through_the_codec_and_keeps_its_own_fields() -> None:
+    """encode_stamp's rarer arguments stay with the Python code, which writes them."""
+    _codec()
+    stamp = Stamp(Identity("o", "_", "live", "session", "r"), NOW, NOW + 1000, 1000, "defaults")
+    redacted = orjson.loads(encode_stamp(stamp, {"a": 1}, ["data.email"]))
+    assert redacted["redacted"] == ["data.email"]
+    dropped = orjson.loads(encode_stamp(stamp, None, data_dropped="too large"))
+    assert dropped["data_dropped"] == "too large"
+
+
+@settings(max_examples=3000)
+@given(
+    st.one_of(
+        st.integers(MIN_TS_MS, MAX_TS_MS),
+        st.sampled_from([MIN_TS_MS, MAX_TS_MS, 0, -1, 951_782_400_000]),
+    )
+)
+def test_times_are_written_as_python_writes_them(ms: int) -> None:
+    assert _codec().format_ts(ms) == format_ts(ms)
+
+
+@pytest.mark.parametrize("ms", [MIN_TS_MS - 1, MAX_TS_MS + 1, 2**63, -(2**64), True, 1.0, None])
+def test_a_time_out_of_range_is_left_to_python(ms: Any) -> None:
+    assert _codec().format_ts(ms) is None
+
+
+def test_bind_refuses_classes_of_another_shape_and_keeps_the_ones_it_has() -> None:
+    codec = _codec()
+
+    class Other(NamedTuple):
+        identity: Identity
+        op: str
+
+    with pytest.raises(TypeError, match="fields"):
+        codec.bind(Identity, Other, Stamp, orjson.dumps)  # type: ignore[arg-type]
+    value = b'{"category":"session","record_id":"r","org":"o","ts":1794999999000}'
+    event = codec.event(orjson.loads(value), value, CATEGORIES, NOW + SKEW)
+    assert type(event) is InputEvent
+    assert isinstance(
+        parse_event(b"[]", categories=CATEGORIES, now_ms=NOW, max_skew_ms=SKEW), Rejection
+    )
