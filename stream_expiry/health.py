@@ -12,7 +12,8 @@ it. Rules it keeps (the contract's words):
   ``/healthz`` was asked before the loop's first turn, and after a pause over
   ``stall_after_s`` said 503, so a liveness probe killed a process that was fine.
 * **Ready** (``/readyz`` 200) only when live, in :attr:`Phase.RUNNING` (partitions assigned and
-  restored) and with the broker reachable. Before that, during a rebalance (from the
+  restored) and with the broker reachable. Before that (:attr:`Phase.JOINING` once
+  subscribed, until the group assigns partitions), during a rebalance (from the
   revocation, :attr:`Phase.REBALANCING`, until the next assignment is restored,
   :attr:`Phase.RESTORING`) and while the broker is unreachable: 503. A member between a
   revocation and its next assignment owns nothing: saying ready then was saying it works
@@ -44,7 +45,8 @@ __all__ = ["Health", "Phase"]
 class Phase(enum.Enum):
     """Where a process is in its life; the order below is the usual one."""
 
-    STARTING = "starting"  # connecting, creating topics, joining the group
+    STARTING = "starting"  # connecting, creating topics, reading the control topics
+    JOINING = "joining"  # subscribed, the group's first assignment not here yet
     RECONNECTING = "reconnecting"  # the broker failed; the session is started again
     REBALANCING = "rebalancing"  # partitions revoked, the next assignment not here yet
     RESTORING = "restoring"  # partitions assigned, state being restored
@@ -54,7 +56,14 @@ class Phase(enum.Enum):
 
 
 _LIVE = frozenset(
-    {Phase.STARTING, Phase.RECONNECTING, Phase.REBALANCING, Phase.RESTORING, Phase.RUNNING}
+    {
+        Phase.STARTING,
+        Phase.JOINING,
+        Phase.RECONNECTING,
+        Phase.REBALANCING,
+        Phase.RESTORING,
+        Phase.RUNNING,
+    }
 )
 
 
@@ -89,6 +98,12 @@ class Health:
     def starting(self) -> None:
         self.phase = Phase.STARTING
         self._last_beat = None
+
+    def joining(self) -> None:
+        """A session subscribed and waits for the group to assign it partitions: not ready.
+        "starting" said so through the whole join (a trial), and an operator could not tell
+        a process still connecting from one the group coordinator keeps waiting."""
+        self.phase = Phase.JOINING
 
     def reconnecting(self) -> None:
         """The broker failed a running process, which starts its session again until the

@@ -650,6 +650,7 @@ class Service:
                 self._consumer = cons
                 # Retired topics too: their partitions are assigned, fired, never read.
                 cons.subscribe([*t.inputs, *t.retired], listener=_Rebalance(self))
+                self.health.joining()  # the broker answered; the group's turn now
                 log.info(
                     "joining group %r on %s for %s%s, with policy %s",
                     self.config.group_id,
@@ -951,7 +952,7 @@ class Service:
         """Say every ``every_s`` while the group has given this member no assignment since
         it asked to join (``assignments``, the count then). A join that never ended (a
         trial: the test broker's group stuck after every member left) showed "joining
-        group" and then nothing at all, /readyz 503 "starting"."""
+        group" and then nothing at all, /readyz 503 "starting" (now "joining")."""
         started = time.monotonic()
         while True:
             await anyio.sleep(every_s)

@@ -328,6 +328,59 @@ async def test_readyz_is_503_from_a_revocation_until_the_next_assignment_is_rest
         server.cancel_scope.cancel()
 
 
+class _FirstAssignmentHeld(Service):
+    """The service whose first assignment waits at ``taken``: the group answered the join,
+    and the member has taken nothing yet."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.taken, self.at_taken = anyio.Event(), anyio.Event()
+
+    async def assign(self, assigned: list[TopicPartition]) -> None:
+        if self.stats.assignments == 0:
+            self.at_taken.set()
+            await self.taken.wait()
+        await super().assign(assigned)
+
+
+async def test_readyz_says_joining_until_the_group_assigns_partitions(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """From the subscription until the group's first assignment is taken, ``/readyz`` (over
+    HTTP) says 503, phase ``joining``: it said ``starting`` through the whole join (a
+    trial), and an operator could not tell a member still connecting from one the group
+    coordinator keeps waiting for its partitions. Then ``restoring``, then 200."""
+    health = Health()
+    metrics = ServiceMetrics()
+    service = _FirstAssignmentHeld(
+        config_for(topics, str(tmp_path / "state")),
+        bootstrap_servers=broker,
+        environ={},
+        health=health,
+        metrics=metrics,
+    )
+    metrics.watch_health(health)
+    listener = await open_listener(free_port(), "127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    readyz = f"http://127.0.0.1:{port}/readyz"
+    stop = anyio.Event()
+    async with anyio.create_task_group() as server:
+        server.start_soon(serve_http, listener, metrics.exposition, health)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(service.run, stop)
+            try:
+                with anyio.fail_after(30):
+                    await service.at_taken.wait()
+                assert await _readyz(readyz) == (503, "joining")
+            finally:
+                service.taken.set()
+            with anyio.fail_after(30):
+                await service.ready.wait()
+            assert await _readyz(readyz) == (200, "running")
+            stop.set()
+        server.cancel_scope.cancel()
+
+
 async def test_a_stop_while_joining_is_prompt_and_takes_nothing(
     broker: str, topics: TopicSet, tmp_path: Path
 ) -> None:

@@ -179,6 +179,7 @@ def test_a_running_loop_that_stops_beating_is_not_live() -> None:
 def test_every_phase_answers_as_the_contract_says() -> None:
     expected = {
         Phase.STARTING: (True, False),
+        Phase.JOINING: (True, False),
         Phase.RECONNECTING: (True, False),
         Phase.REBALANCING: (True, False),
         Phase.RESTORING: (True, False),
@@ -186,6 +187,7 @@ def test_every_phase_answers_as_the_contract_says() -> None:
         Phase.STOPPING: (False, False),
         Phase.STOPPED: (False, False),
     }
+    assert set(expected) == set(Phase)  # a phase added is given its answer here
     for phase, (live, ready) in expected.items():
         health = Health()
         health.phase = phase
