@@ -66,7 +66,7 @@ from stream_expiry.errors import (
 )
 from stream_expiry.event_fields import DEFAULTS
 from stream_expiry.fence import WriteFence
-from stream_expiry.fetch import ends_and_highs
+from stream_expiry.fetch import end_offsets, ends_and_highs
 from stream_expiry.firing import Firing
 from stream_expiry.health import Health, Phase
 from stream_expiry.holds import HoldBook
@@ -136,6 +136,9 @@ SLICE = 200  # events decided at once: the longest a due timer waits for ingest
 RELEASE_BATCH = 2_000  # held records a release slice looks at, over the partitions releasing
 RELEASES_IN_FLIGHT = 2  # release slices sent and not acknowledged, at most
 GAUGES_EVERY_S = 1.0
+# How long the gauges' task waits for the ends of paused partitions: it goes on without
+# them (an outage's gauges are read then) and asks again at its next turn.
+PAUSED_ENDS_WAIT_S = 1.0
 OVERDUE_NOTED = 100_000  # records stamped already expired, kept out of the lag at once
 IDLE_WAIT_MS = 200
 _MISSPELT_SAID_MAX = 100  # distinct names of events said to stand for a field, per run
@@ -975,20 +978,48 @@ class Service:
         if self._polling is not None:
             self._polling.cancel()
 
-    def _observe_lag(self, cons: AIOKafkaConsumer) -> None:
+    def _observe_lag(
+        self, cons: AIOKafkaConsumer, paused_ends: Mapping[TopicPartition, int] | None = None
+    ) -> None:
         """The consumer lag gauges, after a commit and once a second (:meth:`_watch_gauges`):
         the consumer knows the high watermarks from its fetches. Only after a commit, a
         gauge stood still while the loop committed nothing: a partition that stopped being
         read showed a lag of 0 while `status` counted 55 events unread (a trial). Only the
         partitions assigned now: between a revocation and the reading's own, the consumer
-        knows nothing of the others."""
+        knows nothing of the others. A paused partition (positioned, not resumed yet) is
+        fetched nothing, so the end its last fetch gave stood still and its gauge said 0
+        over events sent since: its end is ``paused_ends``' (:meth:`_paused_ends`), and
+        without one its gauge is left as it is."""
         if self.metrics is None:
             return
-        assigned = cons.assignment()
+        assigned, paused = cons.assignment(), cons.paused()
         for (topic, partition), position in self._reading.next_offset.items():
             tp = TopicPartition(topic, partition)
-            if tp in assigned and (high := stable_end(cons, tp)) is not None:
+            if tp not in assigned:
+                continue
+            high = (paused_ends or {}).get(tp) if tp in paused else stable_end(cons, tp)
+            if high is not None:
                 self.metrics.set_lag(topic, partition, max(0, high - position))
+
+    async def _paused_ends(self, cons: AIOKafkaConsumer) -> dict[TopicPartition, int]:
+        """Where the paused partitions that have a position end now, from one Fetch per
+        leader (:func:`~stream_expiry.fetch.end_offsets`: ListOffsets is wrong on some
+        brokers); none asked when none is paused (the usual case: no request). Nothing
+        when the broker does not answer within :data:`PAUSED_ENDS_WAIT_S`."""
+        paused = cons.paused()
+        at = {
+            tp: offset
+            for slot, offset in self._reading.next_offset.items()
+            if (tp := TopicPartition(*slot)) in paused
+        }
+        if not at:
+            return {}
+        with anyio.move_on_after(PAUSED_ENDS_WAIT_S):
+            try:
+                return await end_offsets(cons, at)
+            except BrokerError as exc:
+                log.debug("the paused partitions' lag not updated: %s", exc)
+        return {}
 
     async def _watch_gauges(self) -> None:
         """:meth:`_observe` once a second, whatever the loop waits on, and the progress
@@ -997,8 +1028,11 @@ class Service:
         for 19-26 s of an outage in a trial, when its oldest overdue is read."""
         while True:
             self._observe_said()
-            if self._consumer is not None:
-                self._observe_lag(self._consumer)
+            cons = self._consumer
+            if cons is not None:
+                paused_ends = await self._paused_ends(cons)
+                if self._consumer is cons:  # the session not torn down meanwhile
+                    self._observe_lag(cons, paused_ends)
             self._dead_letter_log.flush()
             if self._on_progress is not None:
                 result = self._on_progress(self.stats)

@@ -631,3 +631,63 @@ async def test_the_partition_gauges_are_those_of_the_assignment_when_it_is_ready
         assert shared.timers == shared.timers_in_wheels
         stop.set()
         stop_other.set()
+
+
+class _PositionedPaused(Service):
+    """The service whose partitions, once positioned, stay paused until ``gate``: the
+    consumer fetches nothing for them meanwhile."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate, self.positioned = anyio.Event(), anyio.Event()
+
+    async def _position(self, tps: list[TopicPartition]) -> None:
+        await super()._position(tps)
+        self.positioned.set()
+        await self.gate.wait()
+
+
+async def test_a_paused_partitions_lag_follows_its_end(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """The lag gauge of a partition positioned and paused counts the events sent to it
+    since: the consumer fetches nothing for a paused partition, so the end its last fetch
+    gave (or the positioning's) stood still, and the gauge showed a lag of 0 over events
+    unread. Its end is asked of the broker once a second while it is paused."""
+    registry = CollectorRegistry()
+    service = _PositionedPaused(
+        config_for(topics, str(tmp_path / "state")),
+        bootstrap_servers=broker,
+        environ={},
+        metrics=ServiceMetrics(registry),
+    )
+
+    def lag() -> float:
+        return sum(
+            sample.value
+            for family in registry.collect()
+            if family.name == "stream_expiry_consumer_lag"
+            for sample in family.samples
+            if sample.labels["topic"] == topics.conversations
+        )
+
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(service.run, stop)
+        try:
+            with anyio.fail_after(30):
+                await service.positioned.wait()
+            assert lag() == 0
+            await produce(
+                broker,
+                [(topics.conversations, *event("conversation", f"c{i}")) for i in range(4)],
+            )
+            try:
+                await wait_for(lambda: lag() == 4, timeout_s=10)
+            except TimeoutError:
+                pytest.fail(f"the paused partitions' lag stayed at {lag()}, not 4")
+        finally:
+            service.gate.set()
+        await wait_for(lambda: service.stats.events == 4, timeout_s=30)
+        await wait_for(lambda: lag() == 0, timeout_s=10)
+        stop.set()

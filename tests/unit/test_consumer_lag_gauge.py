@@ -22,6 +22,9 @@ class _Consumer:
     def assignment(self) -> set[TopicPartition]:
         return {TopicPartition(TOPIC, 0)}
 
+    def paused(self) -> set[TopicPartition]:
+        return set()  # read: its end is its last fetch's
+
     def highwater(self, tp: TopicPartition) -> int:
         assert tp == TopicPartition(TOPIC, 0), f"{tp} is not assigned"  # as aiokafka asserts
         return 12
