@@ -601,7 +601,9 @@ async def watch_store(
         # writes nothing, so its loop never said why /readyz was 503 (a trial).
         if reason is not None:
             reason = f"{reason}; {STORE_UNREACHABLE_ADVICE}"
-            if health.store_error is None:
+            # A new outage also when the loop said the last one's end, which this probe
+            # missed: the second outage of a flapping store went unsaid.
+            if health.store_error is None or outage.since is None:
                 log.warning("store unreachable (/readyz answers 503 until it answers): %s", reason)
             health.store_unreachable(reason)
             outage.failed()

@@ -213,8 +213,11 @@ class _Retrying:
         self.failing = False
 
     def failed(self, exc: BaseException) -> None:
+        """A try that failed: said when it starts an outage, the loop's (its tries were
+        answered) or the shared one's (the probe said its end while the loop waited to try
+        again: a flapping store's second outage went unsaid, and its end with it)."""
         self._metrics[self._counter] += 1
-        if not self.failing:
+        if not self.failing or self._outage.since is None:
             self.failing = True
             log.warning("%s; retrying until the %s answers", exc, self.what)
             self._outage.failed()

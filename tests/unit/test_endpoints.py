@@ -495,6 +495,45 @@ async def test_the_store_probe_says_in_the_log_when_the_store_stops_and_starts_a
 
 
 @pytest.mark.asyncio
+async def test_the_store_probe_says_a_second_outage_after_the_loop_said_the_first_ended(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The probe and the sink's loop share the store's outage (``Sink.store_outage``). The
+    loop said the first one's end (its write went through between two pings), and the
+    store failed again before the probe's next ping: the probe, which had not seen it
+    answer, took that for the same outage and said nothing, and the second outage's end
+    came in the log without its start (a flapping store's trial)."""
+    from stream_expiry.errors import StoreError
+    from stream_expiry.sinks.command import watch_store
+    from stream_expiry.sinks.framework import Outage
+    from stream_expiry.sinks.store import MemoryStore
+    from tests.conftest import wait_for
+
+    class Refusing(MemoryStore):
+        pings = 0
+
+        async def ping(self) -> None:
+            self.pings += 1
+            raise StoreError("store 'pg' failed: connection refused")
+
+    health, store, shared = Health(watches_store=True), Refusing("pg"), Outage()
+    caplog.set_level(logging.INFO, logger="stream_expiry.sinks")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: watch_store(health, store, every_s=0.02, outage=shared))
+        await wait_for(lambda: store.pings >= 1)
+        shared.answered()  # the loop's write went through: it says the end
+        pinged = store.pings
+        await wait_for(lambda: store.pings > pinged)  # the probe finds it down again
+        tg.cancel_scope.cancel()
+    said = [(r.levelname, r.getMessage().split(":")[0]) for r in caplog.records]
+    assert said == [
+        ("WARNING", "store unreachable (/readyz answers 503 until it answers)"),
+        ("INFO", "the store answers again, 0 s after it was first found not answering"),
+        ("WARNING", "store unreachable (/readyz answers 503 until it answers)"),
+    ]
+
+
+@pytest.mark.asyncio
 async def test_readyz_says_what_to_do_about_a_store_that_does_not_answer() -> None:
     """An SRE trial: a sink's /readyz, 503 while PostgreSQL was down, said why under "store"
     ("unreachable: PostgreSQL store 'postgres' failed: [Errno 111] Connect call failed")

@@ -1291,6 +1291,32 @@ def test_a_store_outage_has_one_start_and_its_end_said_once_by_the_loop_or_the_p
     ]
 
 
+def test_a_flapping_stores_second_outage_is_said_and_its_end_too() -> None:
+    """An outage, its end said by the probe while the loop waited to try again, then a
+    second outage the loop finds first: its start is said (WARNING) and its end (INFO), as
+    the first's were. The loop said nothing of it: its tries had never stopped failing by
+    its own count, and the shared outage, ended, was not started again, so the second
+    outage's end went unsaid too (a flapping store's trial)."""
+    from stream_expiry.sinks.framework import Outage, _Retrying
+
+    metrics = {"store_errors_total": 0}
+    shared = Outage()
+    loop = _Retrying("store", metrics, "store_errors_total", shared)
+    with captured_logs() as logs:
+        loop.failed(StoreError("connection refused"))
+        shared.answered()  # the probe gets the first answer, and says it
+        loop.failed(StoreError("connection reset"))  # down again before the loop's retry
+        assert shared.since is not None
+        loop.answered()
+    said = [(line["level"], line["msg"]) for line in logs.json_lines()]
+    assert said == [
+        ("WARNING", "connection refused; retrying until the store answers"),
+        ("INFO", "the store answers again, 0 s after it was first found not answering"),
+        ("WARNING", "connection reset; retrying until the store answers"),
+        ("INFO", "the store answers again, 0 s after it was first found not answering"),
+    ]
+
+
 class _TimedOutProducer(FakeProducer):
     """A broker that took the batches and never acknowledged them: aiokafka fails every
     batch's ack with one error once its request timeout passes."""
