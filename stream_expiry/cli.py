@@ -571,7 +571,12 @@ def _parser_hold(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "its expiry and on an erasure request, until the hold is released. The hold is "
         "written to expiry.holds, which every instance of the service follows, and a "
         "hold_placed entry to expiry.audit (the hold's id, its fields, the reason, who placed "
-        "it and the time). Prints the hold's id, which `hold release` takes. Example: "
+        "it and the time). Prints the hold's id, which `hold release` takes. Org ids are "
+        "case-sensitive (a hold on Beta keeps nothing of beta): a warning names the org a "
+        "config setting or policy update names close to --org or in another case, or an "
+        "active hold names in another case, and the hold is placed all the same. The records "
+        "themselves are not read (a scan of expiry.stamped), so an org only records name is "
+        "not checked: `stream-expiry status` shows how many records each hold matches. Example: "
         "stream-expiry hold place --org acme --category conversation --reason 'case 2024-117' "
         "--id case-117 --by 'j.doe (legal)'",
     )

@@ -317,6 +317,50 @@ def _say_a_bot_meant(book: PolicyBook, org: str, bot: str) -> None:
     )
 
 
+async def _say_an_org_in_another_case(
+    config: Config, brokers: Brokers, holds: HoldBook, org: str
+) -> None:
+    """Warn of an ``--org`` that the policy updates, or the active holds, name only in
+    another case (``Beta`` where they say ``beta``), when the config file's settings did
+    not already say it (:func:`_checked_hold`): org ids are case-sensitive, and a hold
+    placed under the wrong case keeps nothing, silently (a trial: ``hold place --org
+    Beta`` of ``beta``'s records said nothing). Both are compacted topics this command
+    reads whole cheaply; the records themselves are not read (a scan of
+    ``expiry.stamped``, as ``status`` makes), so an org that only records name is not
+    found here: ``status`` shows how many records each hold matches."""
+    from stream_expiry.policy import apply_updates
+    from stream_expiry.replay import policy_updates
+
+    book = PolicyBook(config, os.environ)
+    if book.org_meant(org) is not None:
+        return  # said already, from the config file
+    topic = config.topics.policies
+    apply_updates(book, await policy_updates(brokers, topic), topic)  # its warnings: explain's
+    meant = book.org_meant(org)
+    if meant is not None:
+        say_warning(
+            f"no org or bot setting (config file, policy update) names org "
+            f"{printable(repr(org))}: did you mean {printable(repr(meant))}?"
+            f"{case_note('org', org, meant)} The hold keeps the records of "
+            f"{printable(repr(org))} only; release it if that is not what you meant"
+        )
+        return
+    if org in book.named_orgs or any(h.org == org for h in holds):
+        return
+    folded = org.casefold()
+    other = min(
+        (h for h in holds if h.org.casefold() == folded), key=lambda h: h.hold_id, default=None
+    )
+    if other is not None:
+        say_warning(
+            f"no setting and no active hold names org {printable(repr(org))}, but the "
+            f"active hold {printable(repr(other.hold_id))} is on org "
+            f"{printable(repr(other.org))}: did you mean {printable(repr(other.org))}?"
+            f"{case_note('org', org, other.org)} The hold keeps the records of "
+            f"{printable(repr(org))} only; release it if that is not what you meant"
+        )
+
+
 def _by(args: argparse.Namespace) -> str | None:
     """Who places or releases a hold, for the audit entry: ``--by``, else the account
     running the command (what an auditor can trace), else nobody named."""
@@ -347,8 +391,11 @@ async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -
     async with producer(brokers) as prod:
         home = partial(partition_for, partitions=len(await prod.partitions_for(t.holds)))
         if hold is not None:
-            book = await read_holds(config, brokers) if args.id is not None else HoldBook()
+            # Read with or without --id: the active holds' orgs tell an org given in
+            # another case (below), and the topic is compacted and small.
+            book = await read_holds(config, brokers)
             _refuse_replacing(book, args.id)
+            await _say_an_org_in_another_case(config, brokers, book, args.org)
             key = hold.hold_id.encode()
             acks = [
                 await prod.send(t.holds, key=key, value=encode_hold(hold), partition=home(key)),

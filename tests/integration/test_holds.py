@@ -580,6 +580,33 @@ async def test_hold_place_refuses_what_the_service_would_and_a_live_id(
     )
 
 
+async def test_hold_place_names_the_org_a_policy_update_or_a_hold_spells_in_another_case(
+    broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trial: ``hold place --org Beta`` of ``beta``'s records said nothing, and the hold
+    kept nothing (org ids are case-sensitive). The config file names no org here; a policy
+    update naming ``beta``, or an active hold on ``gamma``, is what the command can read
+    cheaply: each is named. The hold is placed all the same."""
+    common, _ = _setup(broker, topics, tmp_path, RETENTION)
+    update = {"scope": "org", "org": "beta", "ttl": {"conversation": "1h"}}
+    await produce(broker, [(topics.policies, b"org/beta", orjson.dumps(update))])
+    assert await _cli("hold", "place", *common, "--org", "Beta", "--reason", "case 8") == 0
+    assert (
+        "warning: no org or bot setting (config file, policy update) names org 'Beta': did "
+        "you mean 'beta'? (org ids are case-sensitive) The hold keeps the records of 'Beta' "
+        "only; release it if that is not what you meant"
+    ) in capsys.readouterr().err
+    assert await _cli("hold", "place", *common, "--org", "gamma", "--reason", "case 9",
+                      "--id", "h-gamma") == 0  # fmt: skip
+    assert "warning" not in capsys.readouterr().err
+    assert await _cli("hold", "place", *common, "--org", "GAMMA", "--reason", "case 9") == 0
+    assert (
+        "warning: no setting and no active hold names org 'GAMMA', but the active hold "
+        "'h-gamma' is on org 'gamma': did you mean 'gamma'? (org ids are case-sensitive)"
+    ) in capsys.readouterr().err
+    assert len(await read_all(broker, topics.holds)) == 3  # placed all the same
+
+
 async def test_hold_place_says_when_it_created_the_holds_topic(
     broker: str,
     topics: TopicSet,
