@@ -131,6 +131,44 @@ def test_a_store_behind_its_topics_gives_1_to_a_life_read_whole_in_one_batch() -
     assert [r.rows_deleted for r in w.apply([tomb(gone)]).receipts] == [0]
 
 
+def test_two_stores_give_one_erasure_rows_deleted_by_what_each_held() -> None:
+    """A trial: a SQLite and a PostgreSQL sink gave one erasure ``rows_deleted`` 1 and 0.
+    ``rows_deleted`` is each store's own count (the README's receipts section): a store
+    that read the life's stamp before the erasure's tombstone event held the row and
+    deleted it (1), one that read the tombstone event first refused the stamp that came
+    after it and never held the row (0). The contract asks one receipt per deletion, the
+    same whatever order the tombstone event and the null come in, and that holds for
+    each store; it does not make the count one across stores. Everything else on the two
+    receipts agrees, and neither store holds anything of the life."""
+    s = life()
+    erase = replace(
+        tomb(s, "explicit", emitted_at=T0 + MIN), request="conversations[0]@7",
+        request_event_id="gdpr-7",
+    )  # fmt: skip
+    stamp = st_change(s, {"text": "hi"}, 0)
+    got = {}
+    for order in itertools.permutations(("stamp", "null", "erase")):
+        # The null before the stamp: the delete keyed apart from the create, on another
+        # partition of expiry.stamped.
+        where = (0, 1) if order.index("stamp") < order.index("null") else (1, 0)
+        null = NullChange(A, *where, reason="explicit", request="conversations[0]@7")
+        changes: dict[str, Change] = {"stamp": stamp, "null": null, "erase": erase}
+        w = World()
+        for name in order:
+            w.apply([changes[name]])
+        assert w.row() is None
+        [r] = w.receipts
+        got[order] = r.rows_deleted
+        assert (r.reason, r.created_at, r.expires_at, r.request, r.request_event_id) == (
+            "explicit", T0, T0 + 10 * MIN, "conversations[0]@7", "gdpr-7",
+        )  # fmt: skip
+    # 1 where the stamp came before the tombstone event, whatever the null's place; 0 where
+    # the tombstone event came first and the stamp after it was refused: no row held.
+    assert got == {order: int(order.index("stamp") < order.index("erase")) for order in got}
+    assert got[("stamp", "erase", "null")] == got[("stamp", "null", "erase")] == 1
+    assert got[("erase", "stamp", "null")] == got[("erase", "null", "stamp")] == 0
+
+
 def test_duplicate_tombstone_changes_nothing_and_leaves_no_second_receipt() -> None:
     w, s = World(), life()
     w.apply([st_change(s)])
