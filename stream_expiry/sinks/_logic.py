@@ -29,8 +29,12 @@ Rules kept here (why: tombstones are at-least-once, and ``expiry.stamped`` and
    covers that life: an erasure request that reaches a store is always on record, a
    duplicate never is. A tombstone that names no life (the service knew no live one: an
    erasure dated after the record's expiry, or read after it) is covered by any deletion
-   of a life the store held: that deletion's receipt is the record's, and a second one,
-   ``rows_deleted=0``, said an erasure found something to do where it found nothing.
+   of a life the store held, or whose tombstone event it read first: that deletion's
+   receipt is the record's, and a second one, ``rows_deleted=0``, said an erasure found
+   something to do where it found nothing. So such an erasure is named on no receipt,
+   also where compaction left the store only its null (the life's ``ttl`` tombstone event
+   claims that null's deletion, ``rows_deleted=0``): the contract's receipt is one per
+   deletion, naming the rule that deleted the record, and the expiry did (the README).
    An erasure's receipt names the request it carried out as the tombstone event's
    headers name it (else its null's, kept pending with it): a receipt is matched to its
    request by id, not by times. A late deletion's receipt says why likewise

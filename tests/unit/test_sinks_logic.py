@@ -211,6 +211,48 @@ def test_an_erasure_dated_after_the_expiry_leaves_the_expirys_receipt_alone() ->
     assert w.apply([st_change(life(created=T0 + 15 * MIN), {"text": "back"})]).stale == 1
 
 
+def test_an_erasure_after_the_expiry_is_on_no_receipt_where_compaction_kept_its_null() -> None:
+    """A trial's question: an erasure read after the life's expiry, in a store that started
+    after compaction of expiry.stamped had kept only the erasure's null of the key, was
+    named on no receipt (the life's ``ttl`` tombstone event claimed the null's deletion).
+    As in a store that read everything in time, in either order of the topics: one
+    receipt, the expiry's; the contract's receipt is one per deletion, naming the rule
+    that deleted the record (the README). Only a store that never reads the ``ttl``
+    tombstone event names the erasure, ``rows_deleted`` 0."""
+    s = life()
+    ttl = replace(tomb(s), deleted_at=T0 + 10 * MIN - 1)
+    erased_at = T0 + 20 * MIN
+    request, event_id = "conversations[0]@7", "gdpr-7"
+    erase = replace(
+        tomb(Stamp(A, None, None, None, None), "explicit", emitted_at=erased_at),
+        deleted_at=erased_at, request=request, request_event_id=event_id,
+    )  # fmt: skip
+    erase_null = NullChange(A, 0, 2, reason="explicit", request=request, request_event_id=event_id)
+    stamp, ttl_null = st_change(s, {"text": "hi"}, 0), NullChange(A, 0, 1, reason="ttl")
+    orders: dict[str, list[Change]] = {
+        "in time": [stamp, ttl_null, ttl, erase_null, erase],
+        "tombstones first": [ttl, erase, stamp, ttl_null, erase_null],
+        "compacted": [erase_null, ttl, erase],
+        "compacted, tombstones first": [ttl, erase, erase_null],
+    }
+    got = {}
+    for name, order in orders.items():
+        w = World()
+        for change in order:
+            w.apply([change])
+        got[name] = [(r.reason, r.rows_deleted, r.created_at, r.request) for r in w.receipts]
+    assert got == {
+        "in time": [("ttl", 1, T0, None)],
+        "tombstones first": [("ttl", 0, T0, None)],
+        "compacted": [("ttl", 0, T0, None)],
+        "compacted, tombstones first": [("ttl", 0, T0, None)],
+    }
+    w = World()  # the ttl tombstone event never read (the topic's retention.ms)
+    for change in (erase_null, erase):
+        w.apply([change])
+    assert [(r.reason, r.rows_deleted, r.request) for r in w.receipts] == [("explicit", 0, request)]
+
+
 def test_an_erasure_naming_no_life_after_a_swept_row_leaves_the_sweeps_receipt_alone() -> None:
     w, s = World(), life()
     w.apply([st_change(s, {"text": "hi"}, offset=0)])
