@@ -36,7 +36,7 @@ from stream_expiry import __version__
 from stream_expiry.kafka import admin_client
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
     from aiokafka.cluster import ClusterMetadata
     from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
@@ -190,13 +190,19 @@ async def describe_group(brokers: Brokers, group_id: str) -> Group:
 # -- what each instance says of itself when it joins ---------------------------------------
 
 
-def member_data(policy: str, instance: str | None = None) -> bytes:
+def member_data(
+    policy: str, instance: str | None = None, partitions: Mapping[str, int] | None = None
+) -> bytes:
     """The user data of the service's subscription: its policy digest, the digest's form,
     its version and, when given, the name of the instance that stays the same across its
-    restarts (:func:`instance_name`), which the leader orders members by."""
+    restarts (:func:`instance_name`), which the leader orders members by, and the partition
+    counts of the subscribed topics as the member knows them when it joins (see
+    :func:`assignors`)."""
     said: dict[str, Any] = {"policy": policy, "policy_form": POLICY_FORM, "version": __version__}
     if instance is not None:
         said["instance"] = instance
+    if partitions is not None:
+        said["partitions"] = dict(sorted(partitions.items()))
     return orjson.dumps(said)
 
 
@@ -312,25 +318,39 @@ def earlier_digests(policies: Mapping[str, str | None], forms: Mapping[str, int]
 
 
 def assignors(
-    policy: str, instance: str | None = None
+    policy: str,
+    instance: str | None = None,
+    partitions: Callable[[Iterable[str]], Mapping[str, int]] | None = None,
 ) -> tuple[type[AbstractPartitionAssignor], ...]:
     """The service's assignors (range, then roundrobin: their names, hence the group's
     protocol, unchanged), joining with ``policy`` and ``instance`` in their user data; the
-    leader warns at each assignment when the members' policies differ."""
-    data = member_data(policy, instance)
+    leader warns at each assignment when the members' policies differ.
+
+    ``partitions``: the subscribed topics' partition counts as the member's consumer knows
+    them, said in the user data of each join. The leader joins again when its metadata
+    shows partitions added to a subscribed topic; Kafka rebalances at any join of the
+    leader, but a broker may keep a formed group as it is for a member whose join says
+    what its last one said (Tansu: the same generation, and the assignment before, not the
+    leader's new one), and the new partitions stayed unassigned, their events unread, until
+    a member came or went. A join that says the new count is a changed member there too."""
+
+    def data(topics: Iterable[str]) -> bytes:
+        return member_data(policy, instance, None if partitions is None else partitions(topics))
+
     return tuple(
         _carrying(base, data) for base in (RangePartitionAssignor, RoundRobinPartitionAssignor)
     )
 
 
-def _carrying(base: Any, data: bytes) -> type[AbstractPartitionAssignor]:
-    """``base`` (an aiokafka assignor, untyped here), joining with ``data`` as its user
-    data and warning of differing policies before it assigns."""
+def _carrying(base: Any, data: Callable[[Iterable[str]], bytes]) -> type[AbstractPartitionAssignor]:
+    """``base`` (an aiokafka assignor, untyped here), joining with ``data(topics)`` as its
+    user data and warning of differing policies before it assigns."""
 
     class Carrying(base):  # type: ignore[misc]  # aiokafka is untyped here
         @classmethod
         def metadata(cls, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
-            return ConsumerProtocolMemberMetadata(cls.version, list(topics), data)
+            topics = list(topics)
+            return ConsumerProtocolMemberMetadata(cls.version, topics, data(topics))
 
         @classmethod
         def assign(

@@ -848,6 +848,11 @@ class Service:
         cons = self._consumer
         return 0 if cons is None else len(cons.partitions_for_topic(topic) or ())
 
+    def _partition_counts_known(self, topics: Iterable[str]) -> dict[str, int]:
+        """How many partitions each of ``topics`` has, as the group's consumer knows it
+        (0: not known): what each join of the group says (:func:`assignors`)."""
+        return {t: self._input_partitions(t) for t in topics}
+
     def _retired_counts(self) -> dict[str, int]:
         """How many partitions each retired topic has, as the group's consumer knows it
         (it subscribes them: no request)."""
@@ -870,7 +875,9 @@ class Service:
             "max_poll_records": MAX_BATCH,
             "enable_auto_commit": False,
             "partition_assignment_strategy": assignors(
-                self.policy_digest, instance_name(socket.gethostname(), self.config.state_dir)
+                self.policy_digest,
+                instance_name(socket.gethostname(), self.config.state_dir),
+                self._partition_counts_known,
             ),
             **self._consumer_options,
         }

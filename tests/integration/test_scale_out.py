@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import anyio
 import orjson
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
@@ -20,7 +21,7 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
 from stream_expiry.codec import source_headers
 from stream_expiry.errors import BrokerError, leaves
 from stream_expiry.instances import assignors
-from stream_expiry.kafka import consumer, ensure_topics, producer
+from stream_expiry.kafka import consumer, ensure_topics, partition_counts, producer
 from stream_expiry.model import Identity, Stamp, encode_stamp
 from stream_expiry.policy import PolicyBook
 from stream_expiry.service import ASSIGNORS, Service, wall_clock_ms
@@ -353,3 +354,39 @@ def _joining_with(user_data: bytes) -> tuple[type[RangePartitionAssignor], ...]:
             return ConsumerProtocolMemberMetadata(cls.version, list(topics), user_data)
 
     return (Earlier,)
+
+
+@pytest.mark.timeout(120)
+async def test_partitions_added_to_an_input_topic_while_it_runs_are_assigned_and_read(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """The group's leader sees the new count in its metadata and joins again; the test
+    broker answered that join with the old generation and the old assignment, ignoring the
+    leader's new one (Tansu keeps a formed group as it is for a member that rejoins with
+    unchanged metadata), so the new partitions stayed unassigned and their events unread
+    until another member came or went (a trial: 10 minutes). The test broker cannot add
+    partitions (no CreatePartitions): the topic is deleted and made again with 4, the count
+    it would get if the service's metadata request made it first. A metadata age of 1 s
+    stands for Kafka's 5 minutes."""
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    async with running_service(
+        config, broker, consumer_options={"metadata_max_age_ms": 1000}
+    ) as svc:
+        await wait_for(lambda: len(svc.processors) == 6, timeout_s=30)
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker)
+        await admin.start()
+        try:
+            await admin.delete_topics([topics.sessions])
+        finally:
+            await admin.close()
+        await ensure_topics(broker, [topics.sessions], partitions=4)
+        assert (await partition_counts(broker, [topics.sessions]))[topics.sessions] == 4
+        key, value = event("session", "s-new")
+        async with producer(broker) as prod:
+            await (await prod.send(topics.sessions, key=key, value=value, partition=3))
+        await wait_for(lambda: (topics.sessions, 3) in svc.processors, timeout_s=30)
+        stamps = await read_topic(
+            broker, topics.stamped, until=lambda got: any(r.key == key for r in got)
+        )
+    (stamp,) = [r for r in stamps if r.key == key]
+    assert set(source_headers(topics.sessions, 3)) <= set(stamp.headers)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import orjson
 from aiokafka.cluster import ClusterMetadata
 from aiokafka.coordinator.protocol import (
     ConsumerProtocolMemberAssignment,
@@ -34,7 +35,7 @@ from stream_expiry.policy import PolicyBook
 from stream_expiry.status import text_lines
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
 
 GROUP = "stream-expiry"
 
@@ -329,3 +330,28 @@ def test_an_instance_restarted_gets_its_partitions_back_whatever_its_new_member_
         instance_of(member_data("p1", instance_name("pod-0", "/var/lib/x"))) == "pod-0:/var/lib/x"
     )
     assert instance_of(member_data("p1")) is None
+
+
+def test_a_join_says_the_partition_counts_its_consumer_knows_then() -> None:
+    """The leader joins again when its metadata shows partitions added; the test broker
+    keeps a formed group as it is (the same generation, the assignment before) for a member
+    whose join says what its last one said, so the new partitions stayed unassigned. A join
+    that says the new count differs from the last one; the rest of what it says is read as
+    before (an earlier version reads the policy and the instance name alone)."""
+    counts = {"conversations": 2, "sessions": 2}
+    asked: list[list[str]] = []
+
+    def known(topics: Iterable[str]) -> dict[str, int]:
+        asked.append(list(topics))
+        return {t: counts[t] for t in topics}
+
+    (range_assignor, roundrobin) = assignors("p1", "h:/s/a", known)
+    before = range_assignor.metadata(frozenset(counts))
+    assert sorted(before.subscription) == sorted(counts) == sorted(asked[0])
+    counts["sessions"] = 4
+    after = roundrobin.metadata(frozenset(counts))
+    assert after.user_data != before.user_data
+    assert orjson.loads(after.user_data)["partitions"] == {"conversations": 2, "sessions": 4}
+    assert (policy_of(after.user_data), instance_of(after.user_data)) == ("p1", "h:/s/a")
+    # Without a source of counts (a command, a test's member) nothing of them is said.
+    assert "partitions" not in orjson.loads(assignors("p1")[0].metadata(["t"]).user_data)
