@@ -714,8 +714,9 @@ def _parser_policy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         required=True,
         type=ttl_pair,
         metavar="CATEGORY=DURATION",
-        help="a category's TTL (30d, 12h, 90m; 0: no value from this scope), once per "
-        "category; the cap also takes max=DURATION",
+        help="a category's TTL with its unit (30d, 12h, 90m, 6mo, 2y; a number alone is "
+        "refused; 0: no value from this scope), once per category; the cap also takes "
+        "max=DURATION",
     )
     setting.add_argument(
         "--effective-from",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -34,7 +35,7 @@ import orjson
 from stream_expiry import exits
 from stream_expiry.cliargs import ts_ms
 from stream_expiry.control import BACK_DATED_AFTER_MS
-from stream_expiry.durations import format_duration
+from stream_expiry.durations import InvalidDuration, format_duration, is_negative, parse_duration
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.kafka import consumer, ensure_config_topics, partitions_of, producer, read_to_end
 from stream_expiry.logs import printable, say_failure, say_warning
@@ -80,6 +81,37 @@ def ttl_pair(text: str) -> tuple[str, str]:
             f"scope), got {text!r}"
         )
     return category.strip(), duration.strip()
+
+
+# A number without a unit: minutes to the service, as in the config file and the platform's
+# variables, but on a command line a slip for days (or hours) as likely.
+_BARE_NUMBER = re.compile(r"^\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)\s*$")
+
+
+def _unit_or_zero(category: str, duration: str) -> None:
+    """Refuse (status 2) a ``--ttl`` the service would take without a word, and likely not as
+    meant: below zero (taken as 0, no value from the scope) or a number alone other than 0
+    (minutes: ``conversation=14`` kept conversations 14 minutes, not days). A trial
+    published both with status 0; the values came back as 14m and 0 only in the output."""
+    if is_negative(duration):
+        raise ConfigurationError(
+            f"--ttl {category}={duration} is below zero, which the service takes as 0, no "
+            f"value from this scope: write {category}=0 if that is meant; nothing was "
+            "published"
+        )
+    if _BARE_NUMBER.match(duration) is None:
+        return
+    try:
+        ms = parse_duration(duration)
+    except InvalidDuration:
+        return  # said by the service's parser, with the rest of the update
+    if ms != 0:
+        number = duration.strip().lstrip("+")
+        raise ConfigurationError(
+            f"--ttl {category}={duration}: a number alone is minutes ({format_duration(ms)} "
+            f"here): write {number}m if minutes are meant, {number}d for days; nothing was "
+            "published"
+        )
 
 
 @dataclass(frozen=True)
@@ -146,6 +178,7 @@ def build_update(
                 "give each category once"
             )
         given[category] = duration
+        _unit_or_zero(category, duration)
     value = orjson.dumps(_value(where, given, effective_from))
     key = where.key.encode()
     update = parse_update(key, value, now_ms, config.categories)

@@ -150,11 +150,51 @@ def test_what_the_service_would_reject_or_ignore_is_refused_with_its_reason(
 
 
 @pytest.mark.parametrize(
+    ("duration", "says"),
+    [
+        # A number alone is minutes to the service (the config file's and the platform
+        # variables' unit): "14" meant as days would delete those records after 14 minutes.
+        (
+            "14",
+            "--ttl session=14: a number alone is minutes (14m here): write 14m if minutes are "
+            "meant, 14d for days; nothing was published",
+        ),
+        ("1.5", "--ttl session=1.5: a number alone is minutes (90s here)"),
+        ("+7", "--ttl session=+7: a number alone is minutes"),
+        # Below zero the service takes it as 0, no value from this scope, without a word.
+        (
+            "-1d",
+            "--ttl session=-1d is below zero, which the service takes as 0, no value from this "
+            "scope: write session=0 if that is meant; nothing was published",
+        ),
+        ("-30", "--ttl session=-30 is below zero"),
+    ],
+)
+def test_a_number_without_a_unit_or_below_zero_is_refused(
+    config: Config, duration: str, says: str
+) -> None:
+    """A trial: ``--ttl conversation=14`` was published as 14 minutes, and ``-1d`` as no
+    value, with exit status 0 and the values shown as 14m and 0 only after the fact."""
+    with pytest.raises(ConfigurationError) as exc:
+        build_update(config, scope="org", org="acme", ttl=[("session", duration)], now_ms=NOW)
+    assert says in str(exc.value)
+    assert str(exc.value).endswith("nothing was published")
+
+
+@pytest.mark.parametrize("zero", ["0", "0d", " 0 ", "0.0"])
+def test_zero_with_or_without_a_unit_is_no_value_from_the_scope(config: Config, zero: str) -> None:
+    built = build_update(config, scope="org", org="acme", ttl=[("session", zero)], now_ms=NOW)
+    assert built.update.ttl is not None
+    assert built.update.ttl["session"].ttl_ms is None
+
+
+@pytest.mark.parametrize(
     ("argv", "says"),
     [
         (["--scope", "org", "--org", "acme", "--ttl", "conversaton=3d"], "did you mean"),
         (["--scope", "org", "--ttl", "conversation=3d"], "needs --org"),
         (["--scope", "org", "--org", "a", "--ttl", "session=1M"], "'1M' means 1 minute(s)"),
+        (["--scope", "org", "--org", "a", "--ttl", "session=14"], "a number alone is minutes"),
     ],
 )
 def test_a_refused_update_is_status_2_before_any_broker_is_asked(
