@@ -26,6 +26,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import shlex
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from stream_expiry import exits
-from stream_expiry.cliargs import ts_ms
+from stream_expiry.cliargs import case_note, ts_ms
 from stream_expiry.control import BACK_DATED_AFTER_MS
 from stream_expiry.durations import InvalidDuration, format_duration, is_negative, parse_duration
 from stream_expiry.errors import ConfigurationError
@@ -406,26 +407,43 @@ def policy_lines(entries: list[dict[str, Any]], topic: str) -> list[str]:
     return lines
 
 
+def _clear_command(scope: Scope) -> str:
+    """The ``policy clear`` that takes ``scope``'s update away, flags quoted for a shell."""
+    flags = ["--scope", scope.kind]
+    for name in ("org", "bot", "env"):
+        part = getattr(scope, name)
+        if part is not None:
+            flags += [f"--{name}", part]
+    return "stream-expiry policy clear " + shlex.join(flags)
+
+
 def _check_names(book: PolicyBook, scope: Scope) -> None:
     """Warn of an ``--org`` (``--bot``) that no scope names and that is close to one that
     does, case aside, as ``hold place`` does: an update for a misspelt org changes the
-    retention of no record."""
+    retention of no record, and stays on the topic until cleared: the warning says how."""
     if scope.org is None:
         return
     meant = book.org_meant(scope.org)
     if meant is not None:
         say_warning(
-            f"no org or bot setting (config file, policy update) names org "
-            f"{printable(repr(scope.org))}: did you mean {printable(repr(meant))}? The update "
-            f"is published for {printable(repr(scope.org))} only"
+            printable(
+                f"no org or bot setting (config file, policy update) names org "
+                f"{scope.org!r}: did you mean {meant!r}?{case_note('org', scope.org, meant)} "
+                f"The update is published for {scope.org!r} only: if {meant!r} was meant, "
+                f"clear it ({_clear_command(scope)}) and set {meant!r}"
+            )
         )
     if scope.bot is not None:
-        bot_meant = book.bot_meant(meant or scope.org, scope.bot)
+        of = meant or scope.org
+        bot_meant = book.bot_meant(of, scope.bot)
         if bot_meant is not None:
             say_warning(
-                f"no bot setting of org {printable(repr(meant or scope.org))} names bot "
-                f"{printable(repr(scope.bot))}: did you mean {printable(repr(bot_meant))}? "
-                f"The update is published for {printable(repr(scope.bot))} only"
+                printable(
+                    f"no bot setting of org {of!r} names bot {scope.bot!r}: did you mean "
+                    f"{bot_meant!r}?{case_note('bot', scope.bot, bot_meant)} The update is "
+                    f"published for {scope.bot!r} only: if {bot_meant!r} was meant, clear it "
+                    f"({_clear_command(scope)}) and set {bot_meant!r}"
+                )
             )
 
 
