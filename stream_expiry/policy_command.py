@@ -513,6 +513,18 @@ async def _run_set(config: Config, brokers: Brokers, args: argparse.Namespace) -
     fields = {"scope": args.scope, "org": args.org, "bot": args.bot, "env": args.env}
     effective = ts_ms(args.effective_from)
     built = build_update(config, **fields, ttl=args.ttl, effective_from=effective, now_ms=now)
+    if config.path is None:
+        # The check of what the update takes away knows the config file's values only from
+        # the file: without it, an update dropped them with status 0 and no word (a trial).
+        say_warning(
+            printable(
+                f"no --config given: the update is checked against the built-in settings, "
+                f"so the values the services' config file gives scope {built.update.key} "
+                "(which an update replaces, and which set refuses to take away unless told) "
+                "and the categories it names are not known here; pass the services' config "
+                "file (--config FILE)"
+            )
+        )
     view = await read_policies(config, brokers, must_exist=False)
     _check_names(view.book, built.update.scope)
     dropped = view.book.dropped_by(built.update)

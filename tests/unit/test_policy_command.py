@@ -396,3 +396,34 @@ def test_a_misspelt_org_or_bot_is_warned_of_with_how_to_undo_it(
     scope = Scope(kind="bot" if bot else "org", org=org, bot=bot, env="draft" if bot else None)
     _check_names(PolicyBook(config, {}), scope)
     assert says in capsys.readouterr().err
+
+
+def test_set_without_a_config_file_warns_that_the_services_values_are_not_checked(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trial: `policy set --bootstrap-servers B --scope org --org acme --ttl session=1d`,
+    without --config, was published with status 0 and nothing said, though the services'
+    config gave acme conversation=7d: the update took it away (acme's conversations got the
+    30d default), the refusal that the same command with --config gives never came. The
+    warning is said before any broker is asked (port 1: nothing listens)."""
+    monkeypatch.delenv("STREAM_EXPIRY_BOOTSTRAP_SERVERS", raising=False)
+    argv = ["--scope", "org", "--org", "acme", "--ttl", "session=1d"]
+    assert main(["policy", "set", "--bootstrap-servers", "127.0.0.1:1", *argv]) == exits.BROKER
+    err = capsys.readouterr().err
+    first = err.splitlines()[0]
+    assert first.startswith("warning: no --config given: ")
+    assert "values the services' config file gives scope org/acme" in first
+    assert "pass the services' config file (--config FILE)" in first
+
+
+def test_set_with_a_config_file_says_nothing_of_it(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(CONFIG_TEXT)
+    argv = ["--scope", "org", "--org", "acme", "--ttl", "conversation=1d"]
+    code = main(
+        ["policy", "set", "--config", str(cfg), "--bootstrap-servers", "127.0.0.1:1", *argv]
+    )
+    assert code == exits.BROKER
+    assert "--config" not in capsys.readouterr().err.splitlines()[0]
