@@ -527,6 +527,65 @@ def test_compose_runs_the_stream_expiry_containers_on_a_read_only_root() -> None
     assert len(volume) == 2 or volume[2] != "ro"
 
 
+# What each image of others writes while it runs, from its own start scripts and docs (no
+# Docker engine here to try them): apache/kafka's run/configure/launch write server.properties
+# and the log4j files into /opt/kafka/config at every start (and exit if it is not
+# writable), kafka-run-class.sh makes kafka.logs.dir (/opt/kafka/logs), the JVM writes /tmp
+# (and the compression codecs unpack native libraries there, then load them: exec);
+# postgres puts its socket and lock file in /var/run/postgresql and its entrypoint's
+# here-documents in /tmp (docker-library/postgres#154). Their data goes to a named volume.
+_WRITABLE = {
+    "kafka": {"/opt/kafka/config", "/opt/kafka/logs", "/tmp", "/var/lib/kafka/data"},
+    "topics": {"/tmp"},
+    "postgres": {"/var/run/postgresql", "/tmp", "/var/lib/postgresql/data"},
+}
+
+
+def _pids_limit(service: dict[str, Any]) -> Any:
+    limits = service.get("deploy", {}).get("resources", {}).get("limits", {})
+    # Compose takes either; both, with different values, is an error of its own.
+    assert not ("pids" in limits and "pids_limit" in service), service
+    return limits.get("pids", service.get("pids_limit"))
+
+
+def test_every_compose_container_runs_on_a_read_only_root_with_a_pids_limit() -> None:
+    """Every container, the images of others included, runs on a read-only root file system,
+    writing only to its volumes and to sized tmpfs mounts, with a limit on its processes and
+    threads: a compromised or runaway one can neither change its image's files (binaries,
+    scripts, configuration) nor take the host's process table. Kafka and PostgreSQL kept
+    writable roots and no service had a pids limit before round 53."""
+    services = _compose_services()
+    for name, service in services.items():
+        assert service.get("read_only") is True, f"{name}: a writable root file system"
+        pids = _pids_limit(service)
+        assert isinstance(pids, int), f"{name}: no pids limit"
+        assert not isinstance(pids, bool), name
+        assert 0 < pids <= 4096, name  # -1 or 0 is "unlimited"
+        tmpfs = {t.split(":")[0]: t for t in service.get("tmpfs", [])}
+        volumes = [v.split(":") for v in service.get("volumes", [])]
+        mounts = {v[1] for v in volumes}
+        writable = set(tmpfs) | {v[1] for v in volumes if v[2:] != ["ro"]}
+        assert _WRITABLE.get(name, set()) <= writable, (name, writable)
+        assert not set(tmpfs) & mounts, name
+        memory = _bytes(service["deploy"]["resources"]["limits"]["memory"])
+        sizes = []
+        for path, spec in tmpfs.items():
+            # Unsized, a tmpfs may take half the host's memory, all of it from the container's.
+            size = re.search(r"size=(\w+)", spec)
+            assert size is not None, (name, path)
+            sizes.append(_bytes(size.group(1)))
+        assert sum(sizes) <= memory // 2, name
+    kafka = services["kafka"]
+    assert "exec" in kafka["tmpfs"][[t.split(":")[0] for t in kafka["tmpfs"]].index("/tmp")]
+    # The broker's GC log (10 files of 100 MiB in kafka.logs.dir by default) goes to its
+    # output, not into a tmpfs; with no writable directory for it the JVM would not start.
+    gc = kafka["environment"]["KAFKA_GC_LOG_OPTS"]
+    assert gc.startswith("-Xlog:gc")
+    assert "file=" not in gc
+    assert kafka["environment"]["KAFKA_LOG_DIRS"] in {v.split(":")[1] for v in kafka["volumes"]}
+    assert services["postgres"]["user"] == "postgres"  # the tmpfs is world-writable anyway
+
+
 def _workloads() -> list[dict[str, Any]]:
     """The StatefulSet and the Deployments of the base and the rekey overlay (not the
     overlay's patch of the StatefulSet, which has no selector)."""
