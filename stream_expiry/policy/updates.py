@@ -43,7 +43,7 @@ from urllib.parse import quote, unquote
 
 import orjson
 
-from stream_expiry.durations import InvalidDuration
+from stream_expiry.durations import InvalidDuration, format_duration
 from stream_expiry.errors import misspelt, not_json, suggestion
 from stream_expiry.model import ENVS, MAX_ID_CHARS, SECONDS_LIKE_BEFORE_MS, Rejection
 from stream_expiry.policy.sources import (
@@ -180,7 +180,8 @@ class PolicyUpdate:
         )
 
     def describe(self) -> str:
-        """One line for a person: ``scope org=acme: conversation=30d, session=never from ...``.
+        """One line for a person: ``scope org/acme: conversation=30d, session=0 (no value),
+        effective from ...``.
 
         An empty map is said in words (it read ``scope cap: , effective from ...``): it is
         not a clear; the scope gives no value for any category from then on, not even the
@@ -200,9 +201,11 @@ class PolicyUpdate:
 
 
 def _shown(c: Candidate) -> str:
+    """A value as ``policy set`` and ``policy list`` print it (``14d``, ``0 (no value)``):
+    an operator reads this log line beside their output."""
     if not c.valid:
         return "invalid (ignored)"
-    return "none" if c.ttl_ms is None else f"{c.ttl_ms // 1000}s"
+    return "0 (no value)" if c.ttl_ms is None else format_duration(c.ttl_ms)
 
 
 def _json_type(value: object) -> str:

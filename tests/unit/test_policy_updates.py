@@ -784,3 +784,22 @@ def test_an_update_giving_a_key_twice_is_rejected_whole_naming_it(raw: bytes, na
     assert book.resolve(ident, T) == before
     assert book.resolve(other, T) == other_before
     assert book.updates_applied == 0
+
+
+def test_an_update_is_described_in_the_units_policy_set_prints() -> None:
+    """The service's "policy update applied" line, read after `policy set` printed
+    conversation=14d: it said conversation=1209600s, and a zero (no value from the scope)
+    as "none", which reads as "kept forever" in a retention service's log."""
+    update = parse_update(
+        b"org/acme",
+        orjson.dumps(
+            {"scope": "org", "org": "acme", "ttl": {"conversation": "14d", "session": "0"}}
+        ),
+        T,
+        DEFAULT_CATEGORIES,
+    )
+    assert isinstance(update, PolicyUpdate)
+    assert update.describe() == (
+        "scope org/acme: conversation=14d, session=0 (no value), effective from "
+        "2023-11-14T22:13:20.000Z"
+    )
