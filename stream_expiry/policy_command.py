@@ -466,6 +466,32 @@ def stamped_note(effective_from: int, now: int) -> str:
     )
 
 
+def _say_replaced_ahead(
+    config: Config, replaced: PolicyUpdate | Rejection, effective: int, now: int
+) -> None:
+    """Warn that an update dated ahead replaces, on the compacted topic, the scope's update
+    in force now: running services keep applying that one to the records created until
+    ``effective``, but compaction leaves this one alone, and a start (or ``replay``) then
+    gives those records the config file's values. A trial read "records created before
+    2030-01-01 keep the scope's values in force before it" and took it as lasting."""
+    if isinstance(replaced, Rejection) or replaced.ttl is None or replaced.effective_from > now:
+        return  # a null, or an update not in force yet: the config file's values apply now
+    values = ", ".join(f"{c}={_shown(v)}" for c, v in sorted(replaced.ttl.items()))
+    base = PolicyBook(config, os.environ).newest_of(replaced.scope)
+    config_values = ", ".join(f"{c}={_shown(v)}" for c, v in sorted(base.items()))
+    say_warning(
+        printable(
+            f"scope {replaced.key} has an update in force now ({values or 'an empty map'}, "
+            f"from {format_ts(replaced.effective_from)}), which this one replaces on the "
+            "compacted topic: running services go on applying it to records created before "
+            f"{format_ts(effective)}, but once the topic is compacted it is gone, and a "
+            "service that starts, and `replay`, give those records the config file's values "
+            f"({config_values or 'none for this scope: the other scopes decide'}); to keep "
+            "them, publish this update when it is due rather than ahead"
+        )
+    )
+
+
 async def _ensure(config: Config, brokers: Brokers) -> None:
     """Create the policies topic where missing, as the service would, and say so: a name
     mistyped, or a ``--config`` left out, publishes where no service reads."""
@@ -549,6 +575,9 @@ async def _run_set(config: Config, brokers: Brokers, args: argparse.Namespace) -
             "--keep-others to send them again unchanged, or --drop-others if taking them away "
             "is meant; nothing was published"
         )
+    replaced = view.latest.get(built.key)
+    if effective is not None and effective > now and replaced is not None:
+        _say_replaced_ahead(config, replaced[1], effective, now)
     await _ensure(config, brokers)
     # The key's partition (murmur2), and every other one where the key has messages (sent
     # by another producer's partitioner): services read a key's partitions in no set
@@ -562,7 +591,6 @@ async def _run_set(config: Config, brokers: Brokers, args: argparse.Namespace) -
         now,
     )
     update = built.update
-    replaced = view.latest.get(built.key)
     effective_from = effective if effective is not None else _published_at(meta, now)
     said = {
         "key": update.key,

@@ -161,3 +161,53 @@ async def test_a_key_on_another_partition_gets_the_update_and_the_null_there_too
     assert orjson.loads(out)["partitions"] == [0, 1]
     latest = {r.partition: r.value for r in await read_all(broker, topics.policies)}
     assert latest == {0: None, 1: None}
+
+
+@pytest.mark.timeout(60)
+async def test_a_future_update_over_one_in_force_says_compaction_will_take_that_one(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """A trial: `set --effective-from 2030-01-01` over the scope's update in force now said
+    "records created before 2030-01-01 keep the scope's values in force before it", and `list`
+    then showed the 2030 update alone. True of the running services only: the topic keeps one
+    message per scope, so once it is compacted a service that starts, and `replay`, give
+    those records the config file's values. Nothing is said where the scope had no update:
+    the config file's values before then are what the services apply anyway."""
+    cfg = tmp_path / "expiry.toml"
+    retention = RETENTION + '[retention.orgs.acme]\nconversation = "7d"\n'
+    cfg.write_text(config_text(topics, str(tmp_path / "state"), retention))
+    common = ("--config", str(cfg), "--bootstrap-servers", broker)
+    org = ("set", "--scope", "org", "--org", "acme")
+    status, out, err = await _policy(common, *org, "--ttl", "conversation=5d")
+    assert (status, err) == (0, "")
+    future = ("--ttl", "conversation=2d", "--effective-from", "2099-01-01")
+    status, out, err = await _policy(common, *org, *future)
+    assert status == 0, err
+    assert out.startswith("published org/acme on ")
+    assert err.startswith(
+        "warning: scope org/acme has an update in force now (conversation=5d, from "
+    )
+    assert (
+        "which this one replaces on the compacted topic: running services go on applying it "
+        "to records created before 2099-01-01T00:00:00.000Z, but once the topic is compacted "
+        "it is gone, and a service that starts, and `replay`, give those records the config "
+        "file's values (conversation=7d); to keep them, publish this update when it is due "
+        "rather than ahead\n"
+    ) in err
+    # A future update over a future one, or over no update at all: no word.
+    status, out, err = await _policy(common, *org, *future)
+    assert (status, err) == (0, "")
+    status, out, err = await _policy(
+        common,
+        "set",
+        "--scope",
+        "org",
+        "--org",
+        "beta",
+        "--ttl",
+        "conversation=1d",
+        "--effective-from",
+        "2099-01-01",
+    )
+    assert status == 0, err
+    assert "in force now" not in err
