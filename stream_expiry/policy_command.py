@@ -45,7 +45,7 @@ from stream_expiry.murmur2 import partition_for
 from stream_expiry.outbox import all_acked
 from stream_expiry.policy import PolicyBook, PolicyUpdate, Scope, parse_scope_key
 from stream_expiry.policy.updates import parse_update, scope_key
-from stream_expiry.timeutil import format_ts, wall_clock_ms
+from stream_expiry.timeutil import format_ts, parse_ts, wall_clock_ms
 
 if TYPE_CHECKING:
     import argparse
@@ -348,7 +348,7 @@ def listed(view: TopicView, topic: str) -> list[dict[str, Any]]:
     return out
 
 
-def _line(entry: dict[str, Any]) -> str:
+def _line(entry: dict[str, Any], now_ms: int | None = None) -> str:
     """One listed key for a person (:func:`listed`'s entry)."""
     where = f"{entry['topic']}[{entry['partition']}]@{entry['offset']}"
     key = "(no key)" if entry["key"] is None else entry["key"]
@@ -359,6 +359,9 @@ def _line(entry: dict[str, Any]) -> str:
             f"{_fate(entry)}  at {where}"
         )
     since = f"from {entry['effective_from']}"
+    if now_ms is not None and parse_ts(entry["effective_from"]) > now_ms:
+        # Listed as the key's latest, it read as what the scope has now (a trial).
+        since += " (not in force yet)"
     if entry["cleared"]:
         return f"{key}  cleared (the config file's values) {since}  at {where}"
     if not entry["ttl_seconds"]:
@@ -392,12 +395,14 @@ def _shown_seconds(seconds: int | None, invalid: bool) -> str:
     return "0 (no value)" if seconds is None else format_duration(seconds * 1000)
 
 
-def policy_lines(entries: list[dict[str, Any]], topic: str) -> list[str]:
+def policy_lines(
+    entries: list[dict[str, Any]], topic: str, *, now_ms: int | None = None
+) -> list[str]:
     """``policy list``'s text: a line per key (:func:`listed`), and how many of them the
-    service ignores."""
+    service ignores; with ``now_ms``, an update dated after it is said not in force yet."""
     if not entries:
         return [f"no policy updates on {printable(topic)}: the config file's values apply"]
-    lines = [printable(_line(entry)) for entry in entries]
+    lines = [printable(_line(entry, now_ms)) for entry in entries]
     ignored = sum(1 for e in entries if e["ignored"] is not None)
     if ignored:
         lines.append(
@@ -698,5 +703,5 @@ async def run_policy(config: Config, brokers: Brokers, args: argparse.Namespace)
     if args.json:
         sys.stdout.write(orjson.dumps(entries).decode() + "\n")
     else:
-        print("\n".join(policy_lines(entries, topic)))
+        print("\n".join(policy_lines(entries, topic, now_ms=wall_clock_ms())))
     return exits.OK

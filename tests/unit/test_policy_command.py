@@ -427,3 +427,24 @@ def test_set_with_a_config_file_says_nothing_of_it(
     )
     assert code == exits.BROKER
     assert "--config" not in capsys.readouterr().err.splitlines()[0]
+
+
+def test_list_says_which_update_is_not_in_force_yet(config: Config) -> None:
+    """A trial: after `set --effective-from 2030-01-01`, `list` showed that update as the
+    scope's, which read as what the scope has now; until then the services apply what it
+    had before (set warns, when there was an update in force, that compaction takes it)."""
+    ahead = orjson.dumps(
+        {
+            "scope": "org",
+            "org": "acme",
+            "ttl": {"conversation": "9d"},
+            "effective_from": "2030-01-01T00:00:00Z",
+        }
+    )
+    now = orjson.dumps({"scope": "org", "org": "beta", "ttl": {"conversation": "2d"}})
+    entries = listed(_view(config, [(b"org/acme", ahead), (b"org/beta", now)]), "p")
+    acme, beta = policy_lines(entries, "p", now_ms=NOW + 10)
+    assert acme == (
+        "org/acme  conversation=9d  from 2030-01-01T00:00:00.000Z (not in force yet)  at p[0]@0"
+    )
+    assert beta == "org/beta  conversation=2d  from 2026-12-07T12:00:00.001Z  at p[0]@1"
