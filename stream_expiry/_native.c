@@ -14,6 +14,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <limits.h>
 #include <string.h>
 
 /* timeutil.MIN_TS_MS / MAX_TS_MS: years 1 to 9999. */
@@ -404,6 +405,139 @@ static PyObject *native_tombstone(PyObject *Py_UNUSED(module), PyObject *const *
 }
 
 /* ------------------------------------------------------------------------------------ */
+/* Packing a state for the store and a timer for the wheel (state/codec.encode_state,     */
+/* engine._pack_timer): big-endian 64-bit fields, INT64_MIN for None, then the tail.       */
+
+/* An optional int field as struct's ">q" packs it, None as the sentinel. 0: another type,
+ * or beyond 64 bits (struct raises: the Python function says so). */
+static int put_q(unsigned char **o, PyObject *obj) {
+    long long v;
+    if (obj == Py_None) {
+        v = LLONG_MIN;
+    } else {
+        if (!PyLong_CheckExact(obj)) return 0;
+        int overflow = 0;
+        v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+        if (overflow || (v == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    unsigned long long u = (unsigned long long)v;
+    for (int i = 7; i >= 0; i--) {
+        (*o)[i] = (unsigned char)(u & 0xff);
+        u >>= 8;
+    }
+    *o += 8;
+    return 1;
+}
+
+/* The tail packed.pack_tail writes for a state with nothing but its ttl source (None and
+ * "" alike: nothing); 0 when the state has more, or a source that is not plain UTF-8. The
+ * source's bytes in ``*text``/``*n``, a new reference in ``*owner`` when made here. */
+static int plain_tail(PyObject *const *f, const char **text, Py_ssize_t *n, PyObject **owner) {
+    *owner = NULL;
+    if (f[F_PREVIOUS] != Py_None || f[F_FIRST_CREATED] != Py_None) return 0;
+    if (!PyTuple_CheckExact(f[F_HELD_LIVES]) || PyTuple_GET_SIZE(f[F_HELD_LIVES]) != 0) return 0;
+    PyObject *source = f[F_SOURCE];
+    if (source == Py_None) {
+        *text = "";
+        *n = 0;
+        return 1;
+    }
+    if (!PyUnicode_CheckExact(source)) return 0;
+    if (PyUnicode_IS_ASCII(source)) {
+        *text = (const char *)PyUnicode_1BYTE_DATA(source);
+        *n = PyUnicode_GET_LENGTH(source);
+        return 1;
+    }
+    *owner = PyUnicode_AsUTF8String(source);
+    if (*owner == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    *text = PyBytes_AS_STRING(*owner);
+    *n = PyBytes_GET_SIZE(*owner);
+    return 1;
+}
+
+/* ``fields`` (positions in the stamp; -1: the prune time argument) packed, then ``held``
+ * as a byte when asked, then the tail; the Python function ``fallback`` for any other
+ * state. */
+static PyObject *pack(PyObject *fallback, PyObject *stamp, PyObject *prune_at,
+                      const int *fields, int count, int with_held, PyObject *const *args,
+                      Py_ssize_t nargs) {
+    if (Py_TYPE(stamp) != stamp_type) goto slow;
+    PyObject *const *f = ((PyTupleObject *)stamp)->ob_item;
+    if (with_held && f[F_HELD] != Py_True && f[F_HELD] != Py_False) goto slow;
+    const char *text;
+    Py_ssize_t n;
+    PyObject *owner;
+    if (!plain_tail(f, &text, &n, &owner)) goto slow;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, 8 * count + with_held + n);
+    if (out == NULL) {
+        Py_XDECREF(owner);
+        return NULL;
+    }
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
+    for (int i = 0; i < count; i++) {
+        if (!put_q(&o, fields[i] < 0 ? prune_at : f[fields[i]])) {
+            Py_DECREF(out);
+            Py_XDECREF(owner);
+            goto slow;
+        }
+    }
+    if (with_held) *o++ = f[F_HELD] == Py_True;
+    memcpy(o, text, (size_t)n);
+    Py_XDECREF(owner);
+    return out;
+slow:
+    return PyObject_Vectorcall(fallback, args, (size_t)nargs, NULL);
+}
+
+/* encode_state(stamp, prune_at): created, expires, ttl, deleted, prune, erase, offset, held. */
+static PyObject *pack_state(PyObject *fallback, PyObject *const *args, Py_ssize_t nargs) {
+    static const int fields[] = {F_CREATED, F_EXPIRES, F_TTL, F_DELETED, -1, F_ERASE, F_OFFSET};
+    if (nargs != 2 || identity_type == NULL)
+        return PyObject_Vectorcall(fallback, args, (size_t)nargs, NULL);
+    return pack(fallback, args[0], args[1], fields, 7, 1, args, nargs);
+}
+
+/* _pack_timer(stamp): created, expires, ttl, erase, offset. */
+static PyObject *pack_timer(PyObject *fallback, PyObject *const *args, Py_ssize_t nargs) {
+    static const int fields[] = {F_CREATED, F_EXPIRES, F_TTL, F_ERASE, F_OFFSET};
+    if (nargs != 1 || identity_type == NULL)
+        return PyObject_Vectorcall(fallback, args, (size_t)nargs, NULL);
+    return pack(fallback, args[0], NULL, fields, 5, 0, args, nargs);
+}
+
+static PyMethodDef pack_state_def = {
+    "encode_state", (PyCFunction)(void (*)(void))pack_state, METH_FASTCALL,
+    "encode_state(stamp, prune_at) -> bytes: compiled, the Python function for a rare state"};
+static PyMethodDef pack_timer_def = {
+    "pack_timer", (PyCFunction)(void (*)(void))pack_timer, METH_FASTCALL,
+    "pack_timer(stamp) -> bytes: compiled, the Python function for a rare state"};
+
+/* state_packer(fallback) / timer_packer(fallback): the compiled function, which calls
+ * ``fallback`` (the Python one) for what it does not pack itself. A builtin bound to its
+ * fallback: no Python frame between the caller and the C code. */
+static PyObject *native_state_packer(PyObject *Py_UNUSED(module), PyObject *fallback) {
+    if (!PyCallable_Check(fallback)) {
+        PyErr_SetString(PyExc_TypeError, "state_packer(fallback): a callable");
+        return NULL;
+    }
+    return PyCFunction_New(&pack_state_def, fallback);
+}
+
+static PyObject *native_timer_packer(PyObject *Py_UNUSED(module), PyObject *fallback) {
+    if (!PyCallable_Check(fallback)) {
+        PyErr_SetString(PyExc_TypeError, "timer_packer(fallback): a callable");
+        return NULL;
+    }
+    return PyCFunction_New(&pack_timer_def, fallback);
+}
+
+/* ------------------------------------------------------------------------------------ */
 /* Reading an event: model.parse_event's fast path.                                      */
 
 /* A part of a record's key that needs no quoting: 1 to MAX_ID_CHARS characters of
@@ -653,6 +787,10 @@ static PyMethodDef methods[] = {
     {"tombstone", (PyCFunction)(void (*)(void))native_tombstone_bound, METH_FASTCALL,
      "tombstone(stamp, reason, emitted_at) -> bytes | None"},
     {"format_ts", native_format_ts, METH_O, "format_ts(ms) -> str | None"},
+    {"state_packer", native_state_packer, METH_O,
+     "state_packer(fallback): encode_state compiled, fallback for a rare state"},
+    {"timer_packer", native_timer_packer, METH_O,
+     "timer_packer(fallback): engine._pack_timer compiled, fallback for a rare state"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -37,6 +37,7 @@ from collections.abc import Callable, Hashable, Iterable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
+from stream_expiry import native
 from stream_expiry.model import HeldLife, Identity, InputEvent, Reason, Stamp, identity_of_key
 from stream_expiry.packed import first_created, pack_tail, unpack_tail
 from stream_expiry.wheel import TimingWheel
@@ -153,7 +154,7 @@ _NONE = -(1 << 63)
 _TAIL_MARKS = 0xFD
 
 
-def _pack_timer(stamp: Stamp) -> bytes:
+def _pack_timer_py(stamp: Stamp) -> bytes:
     _, created, expires, ttl, source, _, erase, _, offset, floor, lives, first = stamp
     return _TIMER.pack(
         _NONE if created is None else created,
@@ -162,6 +163,13 @@ def _pack_timer(stamp: Stamp) -> bytes:
         _NONE if erase is None else erase,
         _NONE if offset is None else offset,
     ) + pack_tail(source, floor, lives, first)
+
+
+# Compiled where stream_expiry.native is built: the common timer packed in C, the rest by
+# the function above.
+_pack_timer: Callable[[Stamp], bytes] = (
+    _pack_timer_py if native.compiled is None else native.compiled.timer_packer(_pack_timer_py)
+)
 
 
 Timer = tuple[str, int, bytes]

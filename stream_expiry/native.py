@@ -58,6 +58,15 @@ class Codec(Protocol):
     def format_ts(self, ms: int, /) -> str | None:
         """``timeutil.format_ts(ms)``, None out of range."""
 
+    def state_packer(
+        self, fallback: Callable[[Stamp, int | None], bytes], /
+    ) -> Callable[[Stamp, int | None], bytes]:
+        """``state.codec.encode_state`` compiled: ``fallback`` (the Python function) packs
+        the states it does not (those with more than a ttl source in their tail)."""
+
+    def timer_packer(self, fallback: Callable[[Stamp], bytes], /) -> Callable[[Stamp], bytes]:
+        """``engine._pack_timer`` compiled, likewise."""
+
 
 def _load() -> Codec | None:
     if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0"):

@@ -9,7 +9,9 @@ previous life's deletion) is :mod:`stream_expiry.packed`'s.
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING
 
+from stream_expiry import native
 from stream_expiry.model import HeldLife, Identity, Stamp
 from stream_expiry.packed import first_created, pack_tail, unpack_tail
 
@@ -19,7 +21,7 @@ _FIXED = struct.Struct(">qqqqqqqB")
 _NONE = -(1 << 63)
 
 
-def encode_state(stamp: Stamp, prune_at: int | None) -> bytes:
+def _encode_state(stamp: Stamp, prune_at: int | None) -> bytes:
     # Unpacked once, the fields tested inline (encode_fields): this runs for every state
     # written, each event's and each tombstone's, and a helper call per field was a third
     # of it.
@@ -27,6 +29,17 @@ def encode_state(stamp: Stamp, prune_at: int | None) -> bytes:
     return encode_fields(
         created, expires, ttl, deleted, prune_at, erase, offset, source, held, floor, lives, first
     )
+
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+encode_state: Callable[[Stamp, int | None], bytes] = (
+    _encode_state if native.compiled is None else native.compiled.state_packer(_encode_state)
+)
+"""A state as the store keeps it, with its marker's prune time (None: a live record). Compiled
+where :mod:`stream_expiry.native` is built (it packs what has no tail but its ttl source,
+nearly every state, and calls the Python function for the rest)."""
 
 
 def decode_state(identity: Identity, value: bytes) -> tuple[Stamp, int | None]:

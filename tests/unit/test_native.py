@@ -366,3 +366,95 @@ def test_bind_refuses_classes_of_another_shape_and_keeps_the_ones_it_has() -> No
     assert isinstance(
         parse_event(b"[]", categories=CATEGORIES, now_ms=NOW, max_skew_ms=SKEW), Rejection
     )
+
+
+# --- packing states and timers -----------------------------------------------------------
+
+INT64 = st.one_of(
+    st.none(),
+    st.integers(NOW - 10**12, NOW + 10**12),
+    st.sampled_from([-(2**63), 2**63 - 1, -(2**63) - 1, 2**63, 0, -1, True]),
+)
+
+
+@st.composite
+def states(draw: st.DrawFn) -> Stamp:
+    """States as the store keeps them: any 64-bit field, now and then one beyond 64 bits or
+    of another type, a tail of the ttl source alone nearly always."""
+
+    def rarely(values: st.SearchStrategy[Any], otherwise: Any) -> Any:
+        return draw(values) if draw(st.integers(0, 5)) == 0 else otherwise
+
+    return Stamp(
+        Identity("o", "_", "live", "session", "r"),
+        draw(INT64),
+        draw(INT64),
+        draw(INT64),
+        draw(st.one_of(st.none(), st.just(""), ANY_TEXT, st.just("\ud800"))),
+        deleted_at=draw(INT64),
+        erase_at=draw(INT64),
+        held=draw(st.one_of(st.booleans(), st.just(1))),  # type: ignore[arg-type]  # 1: left to Python
+        stamp_offset=draw(INT64),
+        previous_deleted_at=rarely(INT64, None),
+        held_lives=rarely(st.just(((NOW, NOW + 1000, 1000, "x", None),)), ()),
+        first_created_at=rarely(INT64, None),
+    )
+
+
+def _packed(fn: Any, *args: Any) -> bytes | str:
+    """What the Python function packs, or the name of what it raises."""
+    try:
+        packed: bytes = fn(*args)
+    except Exception as exc:
+        return type(exc).__name__
+    return packed
+
+
+@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])
+@given(states(), INT64)
+def test_a_state_and_its_timer_packed_in_c_are_those_python_packs(
+    state: Stamp, prune_at: int | None
+) -> None:
+    from stream_expiry.engine import _pack_timer_py
+    from stream_expiry.state.codec import _encode_state
+
+    codec = _codec()
+    asked: list[tuple[Any, ...]] = []
+
+    def left_to_python(*args: Any) -> bytes:
+        asked.append(args)
+        return b"python"
+
+    packed = _packed(codec.state_packer(left_to_python), state, prune_at)
+    if not asked:
+        assert packed == _packed(_encode_state, state, prune_at)
+    else:
+        assert asked == [(state, prune_at)]
+        assert packed == b"python"
+    asked.clear()
+    timer = _packed(codec.timer_packer(left_to_python), state)
+    if not asked:
+        assert timer == _packed(_pack_timer_py, state)
+    else:
+        assert asked == [(state,)]
+
+
+def test_the_common_state_and_timer_are_packed_in_c_and_used() -> None:
+    from stream_expiry import engine
+    from stream_expiry.state import codec as state_codec
+
+    codec = _codec()
+    state = Stamp(Identity("o", "_", "live", "session", "r"), NOW, NOW + 1000, 1000, "orgs.acme")
+
+    def left_to_python(*args: Any) -> bytes:
+        raise AssertionError(f"packed by the Python function: {args}")
+
+    assert codec.state_packer(left_to_python)(state, None) == state_codec._encode_state(state, None)
+    marker = state._replace(deleted_at=NOW + 1000, held=True, ttl_source=None)
+    assert codec.state_packer(left_to_python)(marker, NOW + 5000) == state_codec._encode_state(
+        marker, NOW + 5000
+    )
+    assert codec.timer_packer(left_to_python)(state) == engine._pack_timer_py(state)
+    # And the modules use them.
+    assert type(state_codec.encode_state).__name__ == "builtin_function_or_method"
+    assert type(engine._pack_timer).__name__ == "builtin_function_or_method"
