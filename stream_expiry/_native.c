@@ -44,6 +44,9 @@ static PyObject *s_category, *s_record_id, *s_org, *s_ts, *s_bot, *s_env, *s_op,
 /* The optional fields' defaults (model.DEFAULT_BOT, "live", "create"). */
 static PyObject *default_bot, *default_env, *default_op;
 
+static int has_fields(PyTypeObject *type, PyObject *expected);
+static int is_ascii_literal(PyObject *s, const char *lit);
+
 #define SLOT(obj, i) (*(PyObject **)((char *)(obj) + slot_offset[i]))
 
 /* ------------------------------------------------------------------------------------ */
@@ -538,6 +541,193 @@ static PyObject *native_timer_packer(PyObject *Py_UNUSED(module), PyObject *fall
 }
 
 /* ------------------------------------------------------------------------------------ */
+/* Firing a timer: engine._fire_timer's common case (an expiry, no erasure deferred, a    */
+/* key with nothing quoted, a tail of the ttl source alone).                              */
+
+static PyObject *s_ttl; /* the reason "ttl" */
+
+/* A big-endian signed 64-bit field. */
+static long long get_q(const unsigned char *p) {
+    unsigned long long u = 0;
+    for (int i = 0; i < 8; i++) u = (u << 8) | p[i];
+    return (long long)u;
+}
+
+/* An optional time from a packed field (INT64_MIN: None). A new reference. */
+static PyObject *opt_int(long long v) {
+    if (v == LLONG_MIN) return Py_NewRef(Py_None);
+    return PyLong_FromLongLong(v);
+}
+
+/* A Stamp of these twelve fields (new references, stolen; NULL ones fail the whole). */
+static PyObject *make_stamp(PyObject *items[STAMP_FIELDS]) {
+    PyObject *stamp = NULL;
+    int ok = 1;
+    for (int i = 0; i < STAMP_FIELDS; i++) ok &= items[i] != NULL;
+    if (ok) stamp = stamp_type->tp_alloc(stamp_type, STAMP_FIELDS);
+    if (stamp == NULL) {
+        for (int i = 0; i < STAMP_FIELDS; i++) Py_XDECREF(items[i]);
+        return NULL;
+    }
+    for (int i = 0; i < STAMP_FIELDS; i++) PyTuple_SET_ITEM(stamp, i, items[i]);
+    return stamp;
+}
+
+/* The Identity of a key with four '/' and nothing quoted (no '%'), ASCII: its parts as
+ * they are (model.identity_of_key). NULL without an error: not such a key. */
+static PyObject *identity_of_plain_key(PyObject *key) {
+    if (!PyUnicode_CheckExact(key) || !PyUnicode_IS_ASCII(key)) return NULL;
+    const char *k = (const char *)PyUnicode_1BYTE_DATA(key);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(key), cut[6] = {0, 0, 0, 0, 0, n + 1};
+    int slashes = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (k[i] == '%') return NULL;
+        if (k[i] == '/') {
+            if (++slashes > 4) return NULL;
+            cut[slashes] = i + 1;
+        }
+    }
+    if (slashes != 4) return NULL;
+    PyObject *ident = identity_type->tp_alloc(identity_type, 0);
+    if (ident == NULL) return NULL;
+    for (int i = 0; i < 5; i++) {
+        PyObject *part = PyUnicode_FromStringAndSize(k + cut[i], cut[i + 1] - cut[i] - 1);
+        if (part == NULL) {
+            Py_DECREF(ident);
+            return NULL;
+        }
+        SLOT(ident, i) = part;
+    }
+    SLOT(ident, KEY) = Py_NewRef(key);
+    return ident;
+}
+
+/* fire_timer(key, packed, now_ms) -> Fired; self is (fallback, Fired, the defaults of
+ * Fired's fields after emitted_at). */
+static PyObject *fire_timer(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *fallback = PyTuple_GET_ITEM(self, 0);
+    PyTypeObject *fired_type = (PyTypeObject *)PyTuple_GET_ITEM(self, 1);
+    if (nargs != 3 || identity_type == NULL || !PyBytes_CheckExact(args[1])) goto slow;
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[1]);
+    if (size < 40 || (size > 40 && p[40] >= 0xFD)) goto slow; /* a tail with more */
+    long long created = get_q(p), expires = get_q(p + 8), ttl = get_q(p + 16),
+              erase = get_q(p + 24), offset = get_q(p + 32);
+    if (erase != LLONG_MIN || expires == LLONG_MIN) goto slow;
+    PyObject *source = Py_None;
+    if (size > 40) {
+        source = PyUnicode_DecodeUTF8((const char *)p + 40, size - 40, NULL);
+        if (source == NULL) {
+            PyErr_Clear(); /* the Python function raises it */
+            goto slow;
+        }
+    } else {
+        Py_INCREF(source);
+    }
+    PyObject *ident = identity_of_plain_key(args[0]);
+    if (ident == NULL) {
+        Py_DECREF(source);
+        if (PyErr_Occurred()) return NULL;
+        goto slow;
+    }
+    PyObject *before_items[STAMP_FIELDS] = {
+        Py_NewRef(ident), opt_int(created), PyLong_FromLongLong(expires), opt_int(ttl),
+        Py_NewRef(source), Py_NewRef(Py_None), Py_NewRef(Py_None), Py_NewRef(Py_False),
+        opt_int(offset), Py_NewRef(Py_None), PyTuple_New(0), Py_NewRef(Py_None)};
+    PyObject *before = make_stamp(before_items);
+    PyObject *after = NULL;
+    if (before != NULL) {
+        PyObject *const *b = ((PyTupleObject *)before)->ob_item;
+        PyObject *after_items[STAMP_FIELDS] = {
+            Py_NewRef(ident), Py_NewRef(b[F_CREATED]), Py_NewRef(b[F_EXPIRES]),
+            Py_NewRef(b[F_TTL]), Py_NewRef(source), PyLong_FromLongLong(expires - 1),
+            Py_NewRef(Py_None), Py_NewRef(Py_False), Py_NewRef(b[F_OFFSET]),
+            Py_NewRef(Py_None), PyTuple_New(0), Py_NewRef(Py_None)};
+        after = make_stamp(after_items);
+    }
+    Py_DECREF(ident);
+    Py_DECREF(source);
+    if (after == NULL) {
+        Py_XDECREF(before);
+        return NULL;
+    }
+    Py_ssize_t rest = PyTuple_GET_SIZE(self) - 2; /* the fields after emitted_at */
+    PyObject *fired = fired_type->tp_alloc(fired_type, 4 + rest);
+    if (fired == NULL) {
+        Py_DECREF(before);
+        Py_DECREF(after);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(fired, 0, before);
+    PyTuple_SET_ITEM(fired, 1, after);
+    PyTuple_SET_ITEM(fired, 2, Py_NewRef(s_ttl));
+    PyTuple_SET_ITEM(fired, 3, Py_NewRef(args[2]));
+    for (Py_ssize_t i = 0; i < rest; i++)
+        PyTuple_SET_ITEM(fired, 4 + i, Py_NewRef(PyTuple_GET_ITEM(self, 2 + i)));
+    return fired;
+slow:
+    return PyObject_Vectorcall(fallback, args, (size_t)nargs, NULL);
+}
+
+static PyMethodDef fire_timer_def = {
+    "fire_timer", (PyCFunction)(void (*)(void))fire_timer, METH_FASTCALL,
+    "fire_timer(key, packed, now_ms) -> Fired: compiled, the Python function for a rare timer"};
+
+/* timer_firer(fallback, Fired): engine._fire_timer compiled, bound to the Python function,
+ * to the Fired class (checked: before, after, reason, emitted_at first) and to the
+ * defaults of its other fields, which a fired expiry keeps. */
+static PyObject *native_timer_firer(PyObject *Py_UNUSED(module), PyObject *const *args,
+                                    Py_ssize_t nargs) {
+    if (nargs != 2 || !PyCallable_Check(args[0]) || !PyType_Check(args[1]) ||
+        !PyType_IsSubtype((PyTypeObject *)args[1], &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "timer_firer(fallback, Fired): a named tuple");
+        return NULL;
+    }
+    if (stamp_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "stream_expiry._native: bind() first");
+        return NULL;
+    }
+    static const char *const first[] = {"before", "after", "reason", "emitted_at"};
+    PyObject *fields = PyObject_GetAttrString(args[1], "_fields");
+    PyObject *defaults = fields ? PyObject_GetAttrString(args[1], "_field_defaults") : NULL;
+    PyObject *self = NULL;
+    if (defaults == NULL) goto done;
+    if (!PyTuple_Check(fields) || PyTuple_GET_SIZE(fields) < 4 || !PyDict_Check(defaults)) {
+        PyErr_SetString(PyExc_TypeError, "Fired must be a named tuple");
+        goto done;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(fields);
+    for (int i = 0; i < 4; i++) {
+        if (!is_ascii_literal(PyTuple_GET_ITEM(fields, i), first[i])) {
+            PyErr_Format(PyExc_TypeError, "Fired's field %d is not %s", i, first[i]);
+            goto done;
+        }
+    }
+    self = PyTuple_New(2 + n - 4);
+    if (self == NULL) goto done;
+    PyTuple_SET_ITEM(self, 0, Py_NewRef(args[0]));
+    PyTuple_SET_ITEM(self, 1, Py_NewRef(args[1]));
+    for (Py_ssize_t i = 4; i < n; i++) {
+        PyObject *value = PyDict_GetItemWithError(defaults, PyTuple_GET_ITEM(fields, i));
+        if (value == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_TypeError, "Fired's field %R has no default",
+                             PyTuple_GET_ITEM(fields, i));
+            Py_CLEAR(self);
+            goto done;
+        }
+        PyTuple_SET_ITEM(self, 2 + i - 4, Py_NewRef(value));
+    }
+done:
+    Py_XDECREF(fields);
+    Py_XDECREF(defaults);
+    if (self == NULL) return NULL;
+    PyObject *fn = PyCFunction_New(&fire_timer_def, self);
+    Py_DECREF(self);
+    return fn;
+}
+
+/* ------------------------------------------------------------------------------------ */
 /* Reading an event: model.parse_event's fast path.                                      */
 
 /* A part of a record's key that needs no quoting: 1 to MAX_ID_CHARS characters of
@@ -789,6 +979,8 @@ static PyMethodDef methods[] = {
     {"format_ts", native_format_ts, METH_O, "format_ts(ms) -> str | None"},
     {"state_packer", native_state_packer, METH_O,
      "state_packer(fallback): encode_state compiled, fallback for a rare state"},
+    {"timer_firer", (PyCFunction)(void (*)(void))native_timer_firer, METH_FASTCALL,
+     "timer_firer(fallback, Fired): engine._fire_timer compiled, fallback for a rare timer"},
     {"timer_packer", native_timer_packer, METH_O,
      "timer_packer(fallback): engine._pack_timer compiled, fallback for a rare state"},
     {NULL, NULL, 0, NULL},
@@ -813,6 +1005,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     INTERN(s_event_id, "event_id");
     INTERN(s_data, "data");
     INTERN(default_bot, "_");
+    INTERN(s_ttl, "ttl");
     INTERN(default_env, "live");
     INTERN(default_op, "create");
 #undef INTERN

@@ -205,7 +205,7 @@ def _unpack_timer(key: str, packed: bytes) -> Stamp:
     )
 
 
-def _fire_timer(key: str, packed: bytes, now_ms: int) -> Fired:
+def _fire_timer_py(key: str, packed: bytes, now_ms: int) -> Fired:
     """The tombstone of a timer ``_pack_timer`` packed, now due: ``_unpack_timer`` then
     ``Engine._fire`` in one step for the common case (an expiry, no erasure deferred),
     which builds both states straight from the packed fields. Once per tombstone.
@@ -235,6 +235,15 @@ def _fire_timer(key: str, packed: bytes, now_ms: int) -> Fired:
     before = Stamp(identity, c, expires, t, source, None, None, False, o, floor, lives, first)
     after = Stamp(identity, c, expires, t, source, expires - 1, None, False, o)
     return Fired(before, after, "ttl", now_ms)
+
+
+# Compiled where stream_expiry.native is built: the commonest timer fired in C (its
+# Identity, both states and the Fired built there), any other by the function above.
+_fire_timer: Callable[[str, bytes, int], Fired] = (
+    _fire_timer_py
+    if native.compiled is None
+    else native.compiled.timer_firer(_fire_timer_py, Fired)
+)
 
 
 def _erased_at(marker: Stamp, ended: int) -> int:

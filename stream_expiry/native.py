@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection
 
+    from stream_expiry.engine import Fired
     from stream_expiry.model import Identity, InputEvent, Stamp
 
 __all__ = ["PURE_PYTHON_ENV", "Codec", "compiled", "describe"]
@@ -66,6 +67,13 @@ class Codec(Protocol):
 
     def timer_packer(self, fallback: Callable[[Stamp], bytes], /) -> Callable[[Stamp], bytes]:
         """``engine._pack_timer`` compiled, likewise."""
+
+    def timer_firer(
+        self, fallback: Callable[[str, bytes, int], Fired], fired: type[Fired], /
+    ) -> Callable[[str, bytes, int], Fired]:
+        """``engine._fire_timer`` compiled: the commonest timer (an expiry, a key with
+        nothing quoted, a tail of the ttl source alone) fired in C, any other by
+        ``fallback``."""
 
 
 def _load() -> Codec | None:

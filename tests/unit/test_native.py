@@ -458,3 +458,67 @@ def test_the_common_state_and_timer_are_packed_in_c_and_used() -> None:
     # And the modules use them.
     assert type(state_codec.encode_state).__name__ == "builtin_function_or_method"
     assert type(engine._pack_timer).__name__ == "builtin_function_or_method"
+
+
+# --- firing timers -------------------------------------------------------------------------
+
+
+def _fired_outcome(fn: Any, *args: Any) -> Any:
+    """What the function fires, as plain values (each Identity by its parts and key), or
+    the name of what it raises."""
+    try:
+        fired = fn(*args)
+    except Exception as exc:
+        return type(exc).__name__
+
+    def plain(stamp: Stamp) -> tuple[Any, ...]:
+        return (type(stamp), stamp.identity.parts(), stamp.identity.key, *stamp[1:])
+
+    return (type(fired), plain(fired.before), plain(fired.after), *fired[2:])
+
+
+KEYS = st.one_of(
+    st.builds(lambda i: i.key, st.builds(Identity, PLAIN, PLAIN, PLAIN, PLAIN, PLAIN)),
+    st.builds(lambda i: i.key, st.builds(Identity, TEXT, TEXT, TEXT, TEXT, TEXT)),
+    st.sampled_from(["a/b/c/d", "a/b/c/d/e/f", "é/b/c/d/e", "a//c/d/e", ""]),
+)
+
+
+@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])
+@given(KEYS, states(), st.integers(NOW, NOW + 10**9), st.sampled_from([b"", b"\xff\xfe", b"x"]))
+def test_a_timer_fired_in_c_is_the_one_python_fires(
+    key: str, state: Stamp, now: int, junk: bytes
+) -> None:
+    from stream_expiry.engine import Fired, _fire_timer_py, _pack_timer_py
+
+    packed = _packed(_pack_timer_py, state)
+    if not isinstance(packed, bytes):
+        return
+    packed = packed + junk if junk != b"x" else packed[:39]  # undecodable, or cut short
+    asked: list[tuple[Any, ...]] = []
+
+    def left_to_python(*args: Any) -> Fired:
+        asked.append(args)
+        return _fire_timer_py(*args)
+
+    got = _fired_outcome(_codec().timer_firer(left_to_python, Fired), key, packed, now)
+    assert got == _fired_outcome(_fire_timer_py, key, packed, now)
+
+
+def test_the_common_timer_is_fired_in_c_and_used() -> None:
+    from stream_expiry import engine
+
+    codec = _codec()
+    state = Stamp(Identity("o", "_", "live", "session", "r"), NOW, NOW + 1000, 1000, "orgs.acme")
+
+    def left_to_python(*args: Any) -> engine.Fired:
+        raise AssertionError(f"fired by the Python function: {args}")
+
+    firer = codec.timer_firer(left_to_python, engine.Fired)
+    for source in ("orgs.acme", None, "é"):
+        packed = engine._pack_timer_py(state._replace(ttl_source=source))
+        key = state.identity.key
+        assert _fired_outcome(firer, key, packed, NOW + 1000) == _fired_outcome(
+            engine._fire_timer_py, key, packed, NOW + 1000
+        )
+    assert type(engine._fire_timer).__name__ == "builtin_function_or_method"
