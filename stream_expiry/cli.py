@@ -882,18 +882,36 @@ def _parser_deletions(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "expiry, or the tombstone's time for an erasure); the late ones by the cause the "
         "service gave (catch_up, late_event, hold, archive); and the tombstones of records "
         "a store never held. For an audit of many records (history tells one record's "
-        "whole story). Example: stream-expiry deletions --config expiry.toml --org acme "
-        "--since 2026-11-01T00:00:00Z --until 2026-12-01T00:00:00Z",
+        "whole story). With --rejected it reads expiry.dlq instead and lists the erasure "
+        "requests the service rejected (an op delete event dead-lettered for a bad "
+        "timestamp, an unknown category ...: carried out nowhere, so no receipt names "
+        "them), each with its error code and detail, the record as far as the event can be "
+        "read, its ts, event_id and where it was produced. Example: stream-expiry deletions "
+        "--config expiry.toml --org acme --since 2026-11-01T00:00:00Z --until "
+        "2026-12-01T00:00:00Z Example: stream-expiry deletions --config expiry.toml --org "
+        "acme --since 2026-11-01 --until 2026-12-01 --rejected",
         formatter_class=WholeWords,
     )
     _add_common(deletions)
     for part in ("org", "bot", "env", "category"):
         deletions.add_argument(f"--{part}", help=f"only the records of this {part}")
     deletions.add_argument(
-        "--since", metavar="TS", type=timestamp, help="only rows deleted at or after TS"
+        "--since",
+        metavar="TS",
+        type=timestamp,
+        help="only rows deleted at or after TS (--rejected: dead-lettered at or after TS)",
     )
     deletions.add_argument(
-        "--until", metavar="TS", type=timestamp, help="only rows deleted before TS"
+        "--until",
+        metavar="TS",
+        type=timestamp,
+        help="only rows deleted before TS (--rejected: dead-lettered before TS)",
+    )
+    deletions.add_argument(
+        "--rejected",
+        action="store_true",
+        help="list the erasure requests (op delete) the service dead-lettered to expiry.dlq "
+        "in the period, with why, not the deletions; --json prints them as one JSON object",
     )
     out = deletions.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print one JSON object")

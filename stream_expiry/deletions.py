@@ -17,6 +17,12 @@ the tombstone's time showed ~0 s), the late ones by the cause the service gave, 
 tombstones that found nothing to delete (``rows_deleted`` 0: the store never held the
 record). ``--receipts`` prints the receipts themselves, one JSON object a line, for an
 export.
+
+``--rejected`` answers the other half of "was every erasure request honoured?": an
+``op: delete`` event the service dead-lettered (a bad timestamp, an unknown category) is
+carried out nowhere, so no receipt names it, and an officer who read the receipts found
+no trace of it. It lists them from ``expiry.dlq`` (read whole: the contract's headers say
+why), with the record as far as the event can be read, never its data.
 """
 
 from __future__ import annotations
@@ -35,8 +41,11 @@ import orjson
 from stream_expiry import codec
 from stream_expiry.cliargs import case_note
 from stream_expiry.errors import ConfigurationError
+from stream_expiry.event_fields import misspelt_fields
+from stream_expiry.history import dead_letter_event, same_as
 from stream_expiry.kafka import consumer, missing_topics, read_to_end
 from stream_expiry.logs import counted, printable
+from stream_expiry.model import DEFAULT_BOT
 from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
 
 if TYPE_CHECKING:
@@ -46,7 +55,16 @@ if TYPE_CHECKING:
     from stream_expiry.config import Config
     from stream_expiry.kafka_settings import Brokers
 
-__all__ = ["Deletions", "Filter", "deletions", "exported", "run_deletions", "text_lines"]
+__all__ = [
+    "Deletions",
+    "Filter",
+    "Rejected",
+    "deletions",
+    "exported",
+    "rejected",
+    "run_deletions",
+    "text_lines",
+]
 
 log = logging.getLogger("stream_expiry.deletions")
 
@@ -66,9 +84,13 @@ class Filter:
     def admits(self, receipt: Mapping[str, Any], deleted_at: int) -> bool:
         if any(receipt.get(name) != value for name, value in self.parts.items()):
             return False
-        if self.since is not None and deleted_at < self.since:
+        return self.within(deleted_at)
+
+    def within(self, at: int) -> bool:
+        """Whether ``at`` (epoch ms) is in the period."""
+        if self.since is not None and at < self.since:
             return False
-        return self.until is None or deleted_at < self.until
+        return self.until is None or at < self.until
 
 
 @dataclass
@@ -415,6 +437,174 @@ def text_lines(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+# -- --rejected: the erasure requests the service dead-lettered --------------------------------
+
+#: The fields that name the record an input event is about, as ``--rejected`` shows them.
+_NAMING: Final = ("org", "bot", "env", "category", "record_id")
+
+
+@dataclass
+class Rejected:
+    """The erasure requests on ``expiry.dlq`` dead-lettered in the period (by the dead
+    letter's time) that ``filter`` admits, oldest first; and of the period's dead letters,
+    how many were read and how many are no JSON object (their op cannot be read)."""
+
+    filter: Filter
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: int = 0
+    copies: int = 0  # letters of a request already listed (dead-lettered again)
+    unreadable: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        f = self.filter
+        return {
+            "since": None if f.since is None else format_ts(f.since),
+            "until": None if f.until is None else format_ts(f.until),
+            **{name: f.parts.get(name) for name in PARTS},
+            "dead_letters": self.dead_letters,
+            "copies": self.copies,
+            "unreadable": self.unreadable,
+            "rejected": self.requests,
+        }
+
+
+def _read_as(body: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The op and the record an event names, as far as it can be read (bot and env left
+    out: their defaults, as the service reads them), a field given under a misspelt name
+    (``recordId``, ``operation``: maybe why it was rejected) read as the field; and those
+    misspelt names with their values."""
+    wanted = ("op", *_NAMING)
+    read = {name: body.get(name) for name in wanted}
+    named_as: dict[str, Any] = {}
+    for name, meant in misspelt_fields(body):
+        if meant in wanted and read[meant] is None:
+            read[meant] = named_as[name] = body[name]
+    read["bot"] = DEFAULT_BOT if read["bot"] is None else read["bot"]
+    read["env"] = "live" if read["env"] is None else read["env"]
+    return read, named_as
+
+
+def _asks_erasure(op: Any) -> bool:
+    """An op that asks an erasure: ``delete``, also in another case (``DELETE``, rejected
+    as ``unknown_op``: its producer asked an erasure all the same)."""
+    return isinstance(op, str) and op.strip().lower() == "delete"
+
+
+def _admitted(wanted: Filter, request: Mapping[str, Any]) -> bool:
+    """Whether ``wanted``'s parts admit a rejected request. A category rejected as
+    unknown counts as the one it stands for but for case or a plural ``s``
+    (``Conversations`` for ``conversation``), as ``history`` reads it: the request is that
+    category's records' and names none of its own."""
+    category = wanted.parts.get("category")
+    said = request.get("category")
+    if (
+        category is not None
+        and request.get("error") == "unknown_category"
+        and isinstance(said, str)
+        and said.lower().removesuffix("s") == category.lower().removesuffix("s")
+    ):
+        request = {**request, "category": category}
+    return all(request.get(name) == value for name, value in wanted.parts.items())
+
+
+def _body(value: bytes | None) -> dict[str, Any] | None:
+    try:
+        body = None if value is None else orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return body if type(body) is dict else None
+
+
+async def rejected(config: Config, brokers: Brokers, wanted: Filter) -> Rejected:
+    """Read ``expiry.dlq`` whole and list the erasure requests in it that ``wanted``
+    admits: each with why it was rejected (the contract's headers), what it asked and
+    where it was produced (:func:`history.dead_letter_event`), the record as far as it can
+    be read, and the dead letter's key; one entry per request however many times it was
+    dead-lettered (``copies``)."""
+    topic = config.topics.dlq
+    if await missing_topics(brokers, [topic]):
+        # Read as empty, it answered "no erasure request rejected": a clean audit.
+        raise ConfigurationError(
+            config.topics.lacked(
+                "dlq", config.path, so=", so the rejected erasure requests cannot be read"
+            )
+        )
+    report = Rejected(wanted)
+    first: dict[object, dict[str, Any]] = {}
+    async with consumer(brokers) as cons:
+        async for batch in read_to_end(cons, topic):
+            for records in batch.values():
+                for rec in records:
+                    if not wanted.within(rec.timestamp):
+                        continue
+                    report.dead_letters += 1
+                    body = _body(rec.value)
+                    if body is None:
+                        report.unreadable += 1
+                        continue
+                    read, named_as = _read_as(body)
+                    if not _asks_erasure(read["op"]):
+                        continue
+                    found = dead_letter_event(rec, topic)
+                    request = {k: v for k, v in found.items() if k != "kind"} | read
+                    request["key"] = None if rec.key is None else rec.key.decode(errors="replace")
+                    if named_as:
+                        request["named_as"] = named_as
+                    if not _admitted(wanted, request):
+                        continue
+                    same = same_as(found)
+                    if same in first:
+                        first[same]["copies"] += 1
+                        report.copies += 1
+                        continue
+                    request["copies"] = 1
+                    if same is not None:
+                        first[same] = request
+                    report.requests.append(request)
+    report.requests.sort(key=lambda r: (r["at"], r["partition"], r["offset"]))
+    return report
+
+
+def rejected_lines(d: dict[str, Any]) -> list[str]:
+    """``--rejected`` for a person, from :meth:`Rejected.as_dict`: a line per request."""
+    scope = ", ".join(f"{name} {d[name]}" for name in PARTS if d.get(name) is not None)
+    period = f"{d['since'] or 'the beginning'} to {d['until'] or 'now'}"
+    copies = f", {_many(d['copies'], 'copy', 'copies')} of them counted once" if d["copies"] else ""
+    lines = [
+        printable(
+            f"rejected erasure requests{' of ' + scope if scope else ''}, {period} (by the "
+            f"time dead-lettered): {len(d['rejected']):,} of "
+            f"{_many(d['dead_letters'], 'dead letter')}{copies}: never carried out"
+        )
+    ]
+    if not d["rejected"]:
+        lines.append("  none: no erasure request was dead-lettered in that period")
+    for r in d["rejected"]:
+        named = " ".join(
+            f"{name}={'(missing)' if r[name] is None else r[name]}" for name in _NAMING
+        )
+        misspelt = ", ".join(f"{name} {value!r}" for name, value in r.get("named_as", {}).items())
+        said = [f"ts {r['ts']!r}"]
+        said += [f"event_id {r['event_id']!r}"] if r.get("event_id") is not None else []
+        said += [f"at {r['source']}"] if r.get("source") else []
+        lines.append(
+            printable(
+                f"  {r['at']}  {r['error']} ({r['detail']}): {named}"
+                + (f" (given as {misspelt})" if misspelt else "")
+                + f"; {', '.join(said)}"
+                + (f" (dead-lettered {r['copies']} times, one request)" if r["copies"] > 1 else "")
+            )
+        )
+    if d["unreadable"]:
+        n = d["unreadable"]
+        lines.append(
+            f"  {_many(n, 'dead letter')} of that period {'is' if n == 1 else 'are'} not a "
+            "JSON object (not JSON, or cut to fit the topic): whether "
+            f"{'it' if n == 1 else 'they'} asked an erasure cannot be read"
+        )
+    return lines
+
+
 def filter_from(args: argparse.Namespace) -> Filter:
     """The report's filter from the command line (times already checked by argparse)."""
     parts = {name: getattr(args, name) for name in PARTS if getattr(args, name) is not None}
@@ -426,6 +616,18 @@ def filter_from(args: argparse.Namespace) -> Filter:
 
 
 async def run_deletions(config: Config, brokers: Brokers, args: argparse.Namespace) -> int:
+    if args.rejected:
+        if args.receipts:
+            raise ConfigurationError(
+                "--rejected lists the erasure requests rejected, --receipts exports the "
+                "receipts of deletions: give one of them"
+            )
+        found = (await rejected(config, brokers, filter_from(args))).as_dict()
+        if args.json:
+            sys.stdout.write(orjson.dumps(found).decode() + "\n")
+        else:
+            print("\n".join(rejected_lines(found)))
+        return 0
     if args.receipts:
         out = sys.stdout.buffer
 

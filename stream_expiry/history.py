@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from stream_expiry.kafka_settings import Brokers
     from stream_expiry.model import Stamp
 
-__all__ = ["History", "history", "run_history", "text_lines"]
+__all__ = ["History", "dead_letter_event", "history", "run_history", "same_as", "text_lines"]
 
 log = logging.getLogger("stream_expiry.history")
 
@@ -364,7 +364,7 @@ def _one_per_receipt(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     first: dict[object, dict[str, Any]] = {}
     out: list[dict[str, Any]] = []
     for e in events:
-        same = _same_as(e)
+        same = same_as(e)
         if same is None:
             out.append(e)
         elif same in first:
@@ -375,7 +375,7 @@ def _one_per_receipt(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _same_as(e: dict[str, Any]) -> object:
+def same_as(e: dict[str, Any]) -> object:
     """What makes two events one (a receipt's id, a deferral's what and why), or None."""
     if e["kind"] == "receipt":
         return e.get("receipt_id")
@@ -533,7 +533,7 @@ def _error_of(rec: Any) -> str | None:
     return None
 
 
-def _dead_letter(rec: Any, topic: str) -> dict[str, Any]:
+def dead_letter_event(rec: Any, topic: str) -> dict[str, Any]:
     """A rejected input event: why, and what it asked (its op and time), never its data;
     its ``event_id`` and where it was produced (``source``, ``topic[partition]@offset``),
     so that a rejected erasure request is found by the id its tombstone would have named."""
@@ -653,9 +653,9 @@ async def history(config: Config, brokers: Brokers, identity: Identity) -> Histo
             for records in batch.values():
                 for rec in records:
                     if _names(rec, identity):
-                        found.events.append(_dead_letter(rec, t.dlq))
+                        found.events.append(dead_letter_event(rec, t.dlq))
                     elif (named_as := _named_as(rec, identity)) is not None:
-                        found.events.append(_dead_letter(rec, t.dlq) | {"named_as": named_as})
+                        found.events.append(dead_letter_event(rec, t.dlq) | {"named_as": named_as})
     inputs = [topic for topic in t.inputs if topic not in missing]
     found.events += await _unread_input(brokers, config.group_id, inputs, identity)
     found.events = _in_order(found.events)

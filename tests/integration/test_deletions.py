@@ -197,3 +197,98 @@ async def test_an_erasure_a_hold_deferred_is_timed_from_its_request(
     assert (exported_["requested_at"], exported_["request_event_id"]) == (
         format_ts(asked), "gdpr-11",
     )  # fmt: skip
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(120)
+async def test_rejected_lists_the_erasure_requests_the_service_dead_lettered(
+    broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An officer who must show that every erasure request was honoured has to find those
+    that were not: an ``op: delete`` event the service dead-lettered (a bad timestamp, an
+    unknown category) is carried out nowhere, and no receipt names it. ``deletions
+    --rejected`` lists them from ``expiry.dlq``, with the reason and the record as far as
+    the event can be read; an accepted erasure and a dead-lettered create are not in it,
+    and a letter that is no JSON object (whose op cannot be read) is counted."""
+    cfg = tmp_path / "expiry.toml"
+    retention = '[retention.defaults]\nconversation = "1h"\n'
+    cfg.write_text(config_text(topics, str(tmp_path / "state"), retention))
+    config = config_for(topics, str(tmp_path / "state"), retention)
+    common = ["deletions", "--config", str(cfg), "--bootstrap-servers", broker]
+    before = wall_clock_ms()
+    accepted = event("conversation", "c-ok", op="delete", event_id="gdpr-1")
+    bad_ts = event("conversation", "c-ts", op="delete", ts="yesterday", event_id="gdpr-2")
+    bad_category = event("Conversations", "c-cat", op="delete", bot="b1")
+    bad_create = event("conversation", "c-new", ts="yesterday")
+    async with running_service(config, broker):
+        await service_produce(
+            broker,
+            [
+                (topics.conversations, *m)
+                for m in (accepted, bad_ts, bad_category, bad_create, (b"k", b"not json"))
+            ],
+        )
+        letters = await read_topic(broker, topics.dlq, until=lambda r: len(r) >= 4)
+        await read_topic(broker, topics.tombstones, until=lambda r: len(r) >= 1)
+    assert len(letters) == 4
+    # A dead letter published twice (rekey sends a batch again after a crash): one request.
+    again = next(r for r in letters if r.value == bad_ts[1])
+    async with producer(broker) as prod:
+        headers = list(again.headers)
+        await (await prod.send(topics.dlq, again.value, key=again.key, headers=headers))
+
+    capsys.readouterr()
+    assert await anyio.to_thread.run_sync(main, [*common, "--rejected", "--json"]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    assert (report["dead_letters"], report["copies"], report["unreadable"]) == (5, 1, 1)
+    listed = {r["record_id"]: r for r in report["rejected"]}
+    assert sorted(listed) == ["c-cat", "c-ts"]  # not the accepted erasure, not the create
+    ts = listed["c-ts"]
+    assert (ts["error"], ts["org"], ts["bot"], ts["env"], ts["category"]) == (
+        "bad_timestamp", "acme", "_", "live", "conversation",
+    )  # fmt: skip
+    assert (ts["ts"], ts["event_id"], ts["copies"]) == ("yesterday", "gdpr-2", 2)
+    assert ts["detail"]
+    said = {name: value.decode() for name, value in headers}
+    where = f"[{said[codec.H_PARTITION]}]@{said[codec.H_OFFSET]}"
+    assert ts["source"] == f"{topics.conversations}{where}"
+    assert ts["key"] == bad_ts[0].decode()
+    assert before <= parse_ts(ts["at"]) <= wall_clock_ms()
+    assert (listed["c-cat"]["error"], listed["c-cat"]["category"]) == (
+        "unknown_category", "Conversations",
+    )  # fmt: skip
+
+    # The text, oldest first; narrowed like the report (an unknown category is found by
+    # the category it stands for, as `history` finds it).
+    assert await anyio.to_thread.run_sync(main, [*common, "--rejected"]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[0] == (
+        "rejected erasure requests, the beginning to now (by the time dead-lettered): "
+        "2 of 5 dead letters, 1 copy of them counted once: never carried out"
+    )
+    assert (
+        f"  {ts['at']}  bad_timestamp ({ts['detail']}): org=acme bot=_ env=live "
+        "category=conversation record_id=c-ts; ts 'yesterday', event_id 'gdpr-2', at "
+        f"{ts['source']} (dead-lettered 2 times, one request)" in text[1:3]
+    )
+    cat = listed["c-cat"]
+    assert (
+        f"  {cat['at']}  unknown_category ({cat['detail']}): org=acme bot=b1 env=live "
+        f"category=Conversations record_id=c-cat; ts {cat['ts']!r}, at {cat['source']}" in text[1:3]
+    )
+    assert text[-1] == (
+        "  1 dead letter of that period is not a JSON object (not JSON, or cut to fit the "
+        "topic): whether it asked an erasure cannot be read"
+    )
+    narrowed = [*common, "--rejected", "--json", "--category", "conversation", "--bot", "b1"]
+    assert await anyio.to_thread.run_sync(main, narrowed) == 0
+    [only] = orjson.loads(capsys.readouterr().out)["rejected"]
+    assert only["record_id"] == "c-cat"
+    later = format_ts(wall_clock_ms() + MINUTE)
+    assert await anyio.to_thread.run_sync(main, [*common, "--rejected", "--since", later]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "  none: no erasure request was dead-lettered in that period"
+    ]
+    # An export of receipts and a listing of rejected requests are two outputs: refused.
+    assert await anyio.to_thread.run_sync(main, [*common, "--rejected", "--receipts"]) == 2
+    assert "--rejected" in capsys.readouterr().err

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from stream_expiry import codec
-from stream_expiry.deletions import Deletions, Filter, _due_at, _wait, exported, text_lines
+from stream_expiry.deletions import (
+    Deletions,
+    Filter,
+    _admitted,
+    _asks_erasure,
+    _due_at,
+    _read_as,
+    _wait,
+    exported,
+    text_lines,
+)
 from stream_expiry.timeutil import format_ts
 
 T = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -194,3 +204,25 @@ def test_a_wait_of_an_hour_or_more_is_said_in_hours_or_days_too() -> None:
     assert _wait(599.5) == "599.500 s"
     assert _wait(101_759.057) == "101,759.057 s (1.2 d)"
     assert _wait(5_400) == "5,400.000 s (1.5 h)"
+
+
+def test_a_rejected_erasure_is_read_as_far_as_it_can_be_and_matched_as_meant() -> None:
+    """``--rejected``: a request sent with ``recordId`` (dead-lettered, missing_field) or
+    ``DELETE`` (unknown_op) is an erasure request of its record all the same; one whose
+    category was unknown counts under the category it stands for, not under another."""
+    body = {"org": "acme", "category": "conversation", "recordId": "c-9", "op": "DELETE"}
+    read, named_as = _read_as(body)
+    assert read == {
+        "op": "DELETE", "org": "acme", "bot": "_", "env": "live",
+        "category": "conversation", "record_id": "c-9",
+    }  # fmt: skip
+    assert named_as == {"recordId": "c-9"}
+    assert _asks_erasure(read["op"])
+    assert not _asks_erasure("create")
+    assert not _asks_erasure(None)
+    conversations = {**read, "category": "Conversations", "error": "unknown_category"}
+    assert _admitted(Filter({"category": "conversation", "org": "acme"}), conversations)
+    assert not _admitted(Filter({"category": "session"}), conversations)
+    # Only a category rejected as unknown: a known one is the record's own.
+    assert not _admitted(Filter({"category": "conversation"}), {**conversations, "error": "x"})
+    assert not _admitted(Filter({"org": "Acme"}), read)  # ids are case-sensitive

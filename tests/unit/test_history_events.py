@@ -9,11 +9,11 @@ import orjson
 
 from stream_expiry.codec import H_REKEYED_FROM, dead_letter_headers
 from stream_expiry.history import (
-    _dead_letter,
     _in_order,
     _mark_holds_that_kept_nothing,
     _names,
     _one_per_receipt,
+    dead_letter_event,
     text_lines,
 )
 from stream_expiry.model import Identity, Rejection
@@ -67,7 +67,7 @@ def _letter(body: dict[str, Any], *, rekeyed_from: str | None = None) -> dict[st
     letter = SimpleNamespace(
         timestamp=0, partition=1, offset=0, value=orjson.dumps(body), headers=headers
     )
-    return _dead_letter(letter, "expiry.dlq")
+    return dead_letter_event(letter, "expiry.dlq")
 
 
 def test_a_rejected_erasure_request_names_its_event_id_and_where_it_was_produced() -> None:
