@@ -27,11 +27,13 @@ import zlib
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import anyio
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import create_conn
 from aiokafka.consumer.group_coordinator import GroupCoordinator
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
 from aiokafka.errors import (
     CommitFailedError,
     IllegalGenerationError,
@@ -66,7 +68,9 @@ from stream_expiry.kafka_settings import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+    from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+
+    from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
 
     from stream_expiry.config import Config
 
@@ -83,6 +87,7 @@ __all__ = [
     "client_options",
     "cluster_id",
     "consumer",
+    "counting_partitions",
     "crc32_partitioner",
     "ensure_config_topics",
     "ensure_topics",
@@ -901,6 +906,35 @@ async def stable_ends(
     for tp, pos in positions.items():
         cons.seek(tp, pos)
     return ends
+
+
+def counting_partitions(
+    base: Any, member: Callable[[], AIOKafkaConsumer | None]
+) -> type[AbstractPartitionAssignor]:
+    """``base`` (an aiokafka assignor, untyped here), each join of which says in its user
+    data (empty before) the subscribed topics' partition counts as ``member()``, the group's
+    consumer, knows them (0: not known, or no consumer yet): for rekey and the sinks, as the
+    service's assignors do (:func:`stream_expiry.instances.assignors`). The leader joins
+    again when its metadata shows partitions added to a subscribed topic; Kafka rebalances
+    at any join of the leader, but the test broker (Tansu) keeps a formed group as it is for
+    a member whose join says what its last one said (the same generation, the assignment
+    before), and the new partitions stayed unassigned, their messages unread, until a member
+    came or went (a trial). The name, hence the group's protocol, is ``base``'s, whose
+    assignment reads no user data: a member of an earlier version in the group is no matter."""
+
+    class Counting(base):  # type: ignore[misc]  # aiokafka is untyped here
+        @classmethod
+        def metadata(cls, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
+            topics = list(topics)
+            cons = member()
+            counts = {
+                t: 0 if cons is None else len(cons.partitions_for_topic(t) or ()) for t in topics
+            }
+            said = orjson.dumps({"partitions": dict(sorted(counts.items()))})
+            return ConsumerProtocolMemberMetadata(cls.version, topics, said)
+
+    Counting.__name__ = Counting.__qualname__ = f"PartitionCounting{base.__name__}"
+    return Counting
 
 
 class LagGauges(Protocol):

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import orjson
 from aiokafka import ConsumerRebalanceListener
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import (
     CommitFailedError,
     IllegalGenerationError,
@@ -60,6 +61,7 @@ from stream_expiry.kafka import (
     broker_errors,
     close_clients_by,
     consumer,
+    counting_partitions,
     curable,
     ensure_topics,
     message_limits,
@@ -75,6 +77,7 @@ from stream_expiry.outage import SessionOutage
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping, Sequence
 
+    from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import TopicPartition
 
     from stream_expiry.config import Config
@@ -302,6 +305,8 @@ class Rekeyer:
         # The partitions of the group's current assignment, between its listener's calls
         # (none while the group rebalances): those with a lag gauge.
         self.owned = OwnedPartitions()
+        # The session's group consumer: its partition counts are said at each join.
+        self._consumer: AIOKafkaConsumer | None = None
 
     def _refuse_service_topics(self) -> None:
         """A ``--from`` that is one of the service's own topics (``expiry.dlq``: rekey's
@@ -361,6 +366,7 @@ class Rekeyer:
             # offsets go with a deleted topic (Kafka and the test broker alike), and the
             # consumer starts a topic made again from its beginning.
             self.owned.clear()  # a session after an outage: its group gives them anew
+            self._consumer = cons
             cons.subscribe(list(self.targets), listener=_Assignment(self))
             self._limit = oversize.output_limit(prod, min(limits.values(), default=None))
             self.ready.set()
@@ -389,8 +395,17 @@ class Rekeyer:
     def _group_options(self) -> dict[str, Any]:
         """The service's session (``[service] session_timeout``): a rekey killed, even
         while it joins, holds its partitions, and the join of the one restarted in its
-        place, until the session runs out; the caller's options win."""
-        return {**member_liveness(self.config.session_timeout_ms), **self._consumer_options}
+        place, until the session runs out; aiokafka's assignor (roundrobin), each join saying
+        the sources' partition counts (:func:`~stream_expiry.kafka.counting_partitions`:
+        partitions added to a source were never assigned on the test broker); the caller's
+        options win."""
+        return {
+            **member_liveness(self.config.session_timeout_ms),
+            "partition_assignment_strategy": (
+                counting_partitions(RoundRobinPartitionAssignor, lambda: self._consumer),
+            ),
+            **self._consumer_options,
+        }
 
     def _say_plan(self) -> None:
         """Each source and its target, and what the config's ``[topics] inputs`` still

@@ -65,6 +65,7 @@ from stream_expiry.kafka import (
     broker_errors,
     committed_offsets,
     consumer,
+    counting_partitions,
     ensure_topics,
     key_partition,
     message_limits,
@@ -428,6 +429,8 @@ class Sink:
         self._let_go = HoldBook()
         self._let_go_at: dict[str, int] = {}
         self._holds_reader: AIOKafkaConsumer | None = None
+        # The group's consumer: the partition counts it knows are said at each join.
+        self._consumer: AIOKafkaConsumer | None = None
         # Reads the archive group's committed offsets ([archive] required), and when the
         # sink last said that its sweep keeps rows for the archive.
         self._archive_reader: AIOKafkaConsumer | None = None
@@ -518,6 +521,7 @@ class Sink:
                 producer(conn, max_batch_size=batch_bytes(limits.values()))
             )
             cons = await stack.enter_async_context(consumer(conn, **options))
+            self._consumer = cons
             cons.subscribe([cfg.stamped_topic, cfg.tombstones_topic], listener=_HandOver(self))
             if follow_holds:
                 # Every hold is known before the first sweep, as the service knows them
@@ -571,14 +575,18 @@ class Sink:
 
     def _group_options(self) -> dict[str, Any]:
         """The group consumer's options: the range assignor (a record's stamp and its
-        tombstone meet in one sink), the service's session (a sink killed holds the one
+        tombstone meet in one sink), each join saying the topics' partition counts
+        (:func:`~stream_expiry.kafka.counting_partitions`: partitions added to them were
+        never assigned on the test broker), the service's session (a sink killed holds the one
         restarted in its place until it runs out), and a rebalance timeout that covers
         the store transaction a revocation waits for (:meth:`_revoked`; aiokafka's
         default is the session). The caller's ``consumer_options`` win."""
         cfg = self.config
         return {
             "group_id": cfg.group_id,
-            "partition_assignment_strategy": (RangePartitionAssignor,),
+            "partition_assignment_strategy": (
+                counting_partitions(RangePartitionAssignor, lambda: self._consumer),
+            ),
             **member_liveness(cfg.session_timeout_ms),
             "rebalance_timeout_ms": max(cfg.session_timeout_ms, REBALANCE_TIMEOUT_MS),
             **cfg.consumer_options,

@@ -628,3 +628,29 @@ async def test_a_session_touched_after_the_switch_to_the_copies_is_not_deleted_e
         assert body["reason"] == "ttl"
         assert parse_ts(body["expires_at"]) == new_expiry
         assert parse_ts(body["emitted_at"]) >= new_expiry
+
+
+@pytest.mark.timeout(120)
+async def test_partitions_added_to_a_source_while_it_runs_are_assigned_and_copied(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """As the service's (test_scale_out): the group's leader sees the new count in its
+    metadata and joins again, and the test broker answered that join, which said what the
+    last one said, with the old generation and the old assignment, so the new partitions
+    stayed unassigned and their events uncopied until another member came or went. The
+    test broker cannot add partitions (no CreatePartitions): the source is deleted and
+    made again with 4. A metadata age of 1 s stands for Kafka's 5 minutes."""
+    source = f"{topics.prefix}.chat"
+    target = targets_for([source])[source]
+    await ensure_topics(broker, [source], partitions=2)
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    options = {"metadata_max_age_ms": 1000}
+    async with running_rekey(config, broker, [source], consumer_options=options) as rekeyer:
+        await wait_for(lambda: len(list(rekeyer.owned)) == 2, timeout_s=30)
+        async with admin_client(broker) as admin:
+            await admin.delete_topics([source])
+        await ensure_topics(broker, [source], partitions=4)
+        await _send(broker, source, [(3, None, _body("conversation", "c-new", wall_clock_ms()))])
+        await wait_for(lambda: TopicPartition(source, 3) in rekeyer.owned, timeout_s=30)
+        copies = await read_topic(broker, target, until=lambda recs: len(recs) >= 1)
+    assert [orjson.loads(r.value)["record_id"] for r in copies] == ["c-new"]

@@ -28,7 +28,7 @@ from stream_expiry.codec import encode_hold_audit
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.history import history, text_lines
 from stream_expiry.holds import Hold, encode_hold
-from stream_expiry.kafka import ensure_topics, missing_topics, producer
+from stream_expiry.kafka import admin_client, ensure_topics, missing_topics, producer
 from stream_expiry.metrics import SinkMetrics
 from stream_expiry.model import Identity, Stamp
 from stream_expiry.sinks._messages import NullChange, decode_stamped, decode_tombstone
@@ -1655,3 +1655,32 @@ async def test_an_erasures_receipt_message_names_its_request_in_its_headers(
     lines = text_lines(found.as_dict())
     said = [line for line in lines if "; late (late_event: the event that made it due" in line]
     assert len(said) == 3  # the tombstone, its null and the receipt
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(120)
+async def test_partitions_added_to_the_stamped_topic_while_it_runs_are_assigned_and_read(
+    broker: str, topics: TopicSet
+) -> None:
+    """As the service's (test_scale_out): the group's leader sees the new count in its
+    metadata and joins again, and the test broker answered that join, which said what the
+    last one said, with the old generation and the old assignment, so the new partitions
+    stayed unassigned and their stamps unread until another member came or went. The test
+    broker cannot add partitions (no CreatePartitions): the topic is deleted and made again
+    with 4. A metadata age of 1 s stands for Kafka's 5 minutes."""
+    from aiokafka import TopicPartition
+
+    store = MemoryStore()
+    options = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500}
+    config = sink_config(broker, topics, consumer_options={**options, "metadata_max_age_ms": 1000})
+    async with running_sink(store, config) as sink:
+        await wait_for(lambda: len(list(sink._owned)) == 4, timeout_s=30)
+        async with admin_client(broker) as admin:
+            await admin.delete_topics([topics.stamped])
+        await ensure_topics(broker, [topics.stamped], partitions=4)
+        s = stamp(ident("on-3"), created_at=wall_clock_ms(), ttl_ms=HOUR)
+        key, value = stamped_msg(s)
+        async with producer(broker) as prod:
+            await (await prod.send(topics.stamped, value, key=key, partition=3))
+        await wait_for(lambda: TopicPartition(topics.stamped, 3) in sink._owned, timeout_s=30)
+        await wait_until(lambda: present(store, [s.identity]), what="the stamp on partition 3")
