@@ -258,6 +258,7 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka 
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self._rekeyer.owned.assigned(assigned)
+        self._rekeyer._assigned = True
         # Which partitions this member copies: two processes in one group could not tell.
         log.info(
             "rekey assigned %s",
@@ -307,6 +308,8 @@ class Rekeyer:
         self.owned = OwnedPartitions()
         # The session's group consumer: its partition counts are said at each join.
         self._consumer: AIOKafkaConsumer | None = None
+        # Whether the session's group has given it an assignment (none: still joining).
+        self._assigned = False
 
     def _refuse_service_topics(self) -> None:
         """A ``--from`` that is one of the service's own topics (``expiry.dlq``: rekey's
@@ -366,13 +369,13 @@ class Rekeyer:
             # offsets go with a deleted topic (Kafka and the test broker alike), and the
             # consumer starts a topic made again from its beginning.
             self.owned.clear()  # a session after an outage: its group gives them anew
-            self._consumer = cons
+            self._consumer, self._assigned = cons, False
             cons.subscribe(list(self.targets), listener=_Assignment(self))
             self._limit = oversize.output_limit(prod, min(limits.values(), default=None))
             self.ready.set()
             health = self.health
             if health is not None:
-                health.rebalancing()  # ready once the group gave it partitions
+                health.joining()  # ready once the group gave it partitions
             said_at = time.monotonic()
             while not stop.is_set():
                 batch = await cons.getmany(timeout_ms=200, max_records=_BATCH_RECORDS)
@@ -385,8 +388,10 @@ class Rekeyer:
                     health.beat()
                     if cons.assignment():
                         health.running()
-                    else:  # the group gave it nothing (more members than partitions)
+                    elif self._assigned:  # the group gave it nothing (more members than partitions)
                         health.rebalancing()
+                    else:  # its first assignment not here yet ("rebalancing" said so, as if revoked)
+                        health.joining()
                 if time.monotonic() - said_at >= PROGRESS_EVERY_S:
                     said_at = time.monotonic()
                     self._say_progress()

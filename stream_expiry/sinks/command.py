@@ -675,7 +675,7 @@ async def _serve(
                             watch_store, health, sink.store, stalls=stalls, outage=sink.store_outage
                         )
                     )
-                    sink.observe(on_ready=on_ready, lag=metrics)
+                    sink.observe(on_joining=health.joining, on_ready=on_ready, lag=metrics)
                     try:
                         await sink.run(stop)
                         finished = True

@@ -392,6 +392,7 @@ class Sink:
         # Ready once the group gave this sink its partitions (not merely once the store is
         # open); the lag of each it owns is reported at most once a second.
         self._on_ready = on_ready
+        self._on_joining: Callable[[], object] | None = None
         self._lag = lag
         self._lag_at = 0.0
         self._owned = OwnedPartitions()  # the group's assignment, as its listener says
@@ -551,6 +552,8 @@ class Sink:
             # A batch decoded by an earlier run belongs to that run's consumer: its
             # offsets were not committed, so this one reads it again.
             self._ready = None
+            if self._on_ready is not None and self._on_joining is not None:
+                self._on_joining()  # started; the group's first assignment not taken yet
             try:
                 await self._loop(stop, prod, cons)
                 await self._settle()
@@ -708,11 +711,14 @@ class Sink:
     def observe(
         self,
         *,
+        on_joining: Callable[[], object] | None = None,
         on_ready: Callable[[], object] | None = None,
         lag: LagGauges | None = None,
     ) -> None:
-        """Be told when the group gave this sink its partitions, and each one's lag."""
-        self._on_ready, self._lag = on_ready, lag
+        """Be told when the sink has started and waits for its group's first assignment
+        (it said "starting" through the whole join), when the group gave this
+        sink its partitions, and each one's lag."""
+        self._on_joining, self._on_ready, self._lag = on_joining, on_ready, lag
 
     def _observe(self, cons: AIOKafkaConsumer, batch: Mapping[Any, list[Any]]) -> None:
         assignment = cons.assignment()

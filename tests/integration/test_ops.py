@@ -360,7 +360,7 @@ def test_rekey_stopped_while_joining_stops_at_once_cleanly(broker: str, topics: 
     try:
         _read_until(proc, "rekeying", said)
         deadline = time.monotonic() + 30
-        while b'"phase":"rebalancing"' not in _poll(proc, base + "/healthz", 200):
+        while b'"phase":"joining"' not in _poll(proc, base + "/healthz", 200):
             assert time.monotonic() < deadline, "never joining"
             time.sleep(0.05)  # polling for the join, with a deadline
         # Subscribed, its first fetch waiting for the join the test broker holds ~6 s.

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import urllib.error
+import urllib.request
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -12,8 +14,11 @@ import orjson
 import pytest
 from aiokafka import TopicPartition
 
+from stream_expiry.broker import free_port
 from stream_expiry.config import Topics
+from stream_expiry.endpoints import open_listener, serve_http
 from stream_expiry.errors import BrokerError
+from stream_expiry.health import Health
 from stream_expiry.kafka import (
     admin_client,
     committed_offsets,
@@ -654,3 +659,67 @@ async def test_partitions_added_to_a_source_while_it_runs_are_assigned_and_copie
         await wait_for(lambda: TopicPartition(source, 3) in rekeyer.owned, timeout_s=30)
         copies = await read_topic(broker, target, until=lambda recs: len(recs) >= 1)
     assert [orjson.loads(r.value)["record_id"] for r in copies] == ["c-new"]
+
+
+class _FirstAssignmentHeld(Rekeyer):
+    """Rekey whose loop waits at ``taken`` once the group gave it partitions: the group
+    answered the join, and rekey has taken nothing yet."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.taken, self.at_taken = anyio.Event(), anyio.Event()
+
+    async def _observe_lag(self, cons: Any) -> None:
+        if cons.assignment() and not self.taken.is_set():
+            self.at_taken.set()
+            await self.taken.wait()
+        await super()._observe_lag(cons)
+
+
+def _readyz(port: int) -> tuple[int, str]:
+    """``/readyz``'s status and the phase it gives, over HTTP."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
+            return answer.status, orjson.loads(answer.read())["phase"]
+    except urllib.error.HTTPError as refused:
+        return refused.code, orjson.loads(refused.read())["phase"]
+
+
+@pytest.mark.timeout(90)
+async def test_readyz_says_joining_until_the_group_assigns_partitions(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """From the subscription until the group's first assignment is taken, ``/readyz`` (over
+    HTTP) says 503, phase ``joining``, as ``run``'s does; it said ``rebalancing``, as if
+    partitions had been taken away, while the member had never had any. Then 200."""
+    source = f"{topics.prefix}.chat"
+    await ensure_topics(broker, [source], partitions=2)
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    rekeyer = _FirstAssignmentHeld(
+        config,
+        broker,
+        targets_for([source]),
+        group_id=f"{config.group_id}-rekey",
+        consumer_options={"session_timeout_ms": 2000, "heartbeat_interval_ms": 500},
+    )
+    health = rekeyer.health = Health()
+    metrics = rekeyer.metrics = RekeyMetrics()
+    metrics.watch_health(health)
+    health.starting()
+    listener = await open_listener(free_port(), "127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    stop = anyio.Event()
+    async with anyio.create_task_group() as server:
+        server.start_soon(serve_http, listener, metrics.exposition, health)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(rekeyer.run, stop)
+            try:
+                with anyio.fail_after(30):
+                    await rekeyer.at_taken.wait()
+                assert await anyio.to_thread.run_sync(_readyz, port) == (503, "joining")
+            finally:
+                rekeyer.taken.set()
+            await wait_for(lambda: health.ready, timeout_s=30)
+            assert await anyio.to_thread.run_sync(_readyz, port) == (200, "running")
+            stop.set()
+        server.cancel_scope.cancel()

@@ -1684,3 +1684,58 @@ async def test_partitions_added_to_the_stamped_topic_while_it_runs_are_assigned_
             await (await prod.send(topics.stamped, value, key=key, partition=3))
         await wait_for(lambda: TopicPartition(topics.stamped, 3) in sink._owned, timeout_s=30)
         await wait_until(lambda: present(store, [s.identity]), what="the stamp on partition 3")
+
+
+class _FirstAssignmentHeld(SinkRunner):
+    """The sink whose loop waits at ``taken`` once the group gave it partitions: the group
+    answered the join, and the sink has taken nothing yet."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.taken, self.at_taken = anyio.Event(), anyio.Event()
+
+    async def _loop(self, stop: anyio.Event, prod: Any, cons: Any) -> None:
+        await wait_for(lambda: bool(cons.assignment()), timeout_s=30)
+        self.at_taken.set()
+        await self.taken.wait()
+        await super()._loop(stop, prod, cons)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(90)
+async def test_the_sink_command_s_readyz_says_joining_until_its_group_assigns_partitions(
+    broker: str, topics: TopicSet
+) -> None:
+    """``sink --metrics-port``: from its start's end until its group's first assignment is
+    taken, ``/readyz`` (over HTTP) says 503, phase ``joining``, as ``run``'s does; it said
+    ``starting`` through the whole join, and an operator could not tell a sink still
+    connecting from one its group coordinator keeps waiting. Then 200, ``running``."""
+    import urllib.error
+    import urllib.request
+
+    from stream_expiry.broker import free_port
+    from stream_expiry.sinks.command import _serve
+
+    def readyz() -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
+                return answer.status, orjson.loads(answer.read())["phase"]
+        except urllib.error.HTTPError as refused:
+            return refused.code, orjson.loads(refused.read())["phase"]
+
+    port = free_port()
+    sink = _FirstAssignmentHeld(MemoryStore(), sink_config(broker, topics))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_serve, sink, SinkMetrics("memory"), port, "127.0.0.1")
+        try:
+            with anyio.fail_after(30):
+                await sink.at_taken.wait()
+            assert await anyio.to_thread.run_sync(readyz) == (503, "joining")
+        finally:
+            sink.taken.set()
+
+        async def running() -> bool:
+            return await anyio.to_thread.run_sync(readyz) == (200, "running")
+
+        await wait_until(running, timeout_s=30, what="/readyz 200, running")
+        signal.raise_signal(signal.SIGINT)  # _serve's own receiver takes it: a clean stop
