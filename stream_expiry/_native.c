@@ -1,15 +1,20 @@
 /*
- * stream_expiry._native: the per-record path's codec, compiled.
+ * stream_expiry._native: the per-record path's common cases, compiled.
  *
  * Why: an ingested event cost ~25 us of Python CPU against the passthrough's ~3, and a
- * quarter of it was reading the event's fields and writing its stamp (docs/BENCHMARKS.md,
- * round 53). Each function here is a drop-in for the common case of a Python function in
- * stream_expiry/model.py or timeutil.py, and answers None for anything else: the Python
- * code then takes the message as before, so the rules live in one place (Python) and this
- * file only repeats the fast path's checks. tests/unit/test_native.py compares the two on
- * generated inputs: where this answers, it answers exactly what the Python code does.
+ * quarter of it was reading the event's fields and writing its stamp; a fired timer
+ * spent a quarter building its states (docs/BENCHMARKS.md, round 53). Each function here
+ * stands in for the common case of one Python function and leaves every other input to
+ * it, so the rules live in one place (Python) and this file only repeats the fast path's
+ * checks. Two forms:
+ *   - event, stamp, tombstone, format_ts answer None for what they leave, and
+ *     stream_expiry/model.py then reads or writes it itself;
+ *   - state_packer, timer_packer, timer_firer return a builtin bound to the Python
+ *     function, which it calls for what it leaves (no Python frame in between).
+ * tests/unit/test_native.py compares each with its Python function on generated inputs:
+ * where this answers, it answers exactly what the Python code does.
  *
- * Nothing here keeps state but the types and callables bind() was given once.
+ * Nothing here keeps state but the classes and callables bind() was given once.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
