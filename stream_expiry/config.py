@@ -332,9 +332,10 @@ def load_config(
     return config
 
 
-# Read by the commands themselves (cliargs, logs), or by the test harness.
+# Read by the commands themselves (cliargs, logs, native: the compiled codec turned off), or
+# by the test harness.
 _OTHER_VARIABLES: Final = frozenset(
-    {"BOOTSTRAP_SERVERS", "METRICS_PORT", "METRICS_HOST", "LOG_LEVEL", "LOG_FORMAT"}
+    {"BOOTSTRAP_SERVERS", "METRICS_PORT", "METRICS_HOST", "LOG_LEVEL", "LOG_FORMAT", "PURE_PYTHON"}
 )
 _TEST_PREFIX: Final = "STREAM_EXPIRY_TEST_"
 
