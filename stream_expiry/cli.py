@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, NoReturn, cast
 import anyio
 import orjson
 
-from stream_expiry import exits
+from stream_expiry import exits, native
 from stream_expiry.cliargs import (
     BOOTSTRAP_ENV,
     WholeWords,
@@ -1157,7 +1157,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"stream-expiry {version()}")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"stream-expiry {version()}, {native.describe()}",
+    )
     sub = cast(
         "argparse._SubParsersAction[argparse.ArgumentParser]",  # of _Parser, whose error() is ours
         parser.add_subparsers(dest="command", required=True, metavar="COMMAND"),

@@ -36,6 +36,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from stream_expiry import native
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
@@ -244,11 +246,11 @@ class _BaseMetrics:
         self._prefix = prefix
         info = Gauge(
             f"{_PREFIX}_build_info",
-            "Always 1; the version is in the label.",
-            ["version"],
+            "Always 1; the version is in the label, and whether the compiled codec runs.",
+            ["version", "codec"],
             registry=self.registry,
         )
-        info.labels(version()).set(1)
+        info.labels(version(), "compiled" if native.compiled is not None else "python").set(1)
         self._lag = Gauge(
             f"{prefix}_consumer_lag",
             "Records not yet read, per input partition (high watermark minus position).",

@@ -1,11 +1,11 @@
-"""The per-record path's codec, compiled, when the package was built with it.
+"""The per-record path's common cases, compiled, when the package was built with them.
 
-Reading an event's fields and writing its stamp and tombstone cost a quarter of an
-ingested event's CPU in Python (docs/BENCHMARKS.md, round 53). ``_native.c`` does the
-common case of each in C and answers None for anything else, so the rules stay in
-:mod:`stream_expiry.model`, in Python, and the C code only repeats the fast path's checks:
-where it answers, it answers what the Python code does (``tests/unit/test_native.py``
-checks that on generated inputs).
+Reading an event's fields and writing its stamp cost a quarter of an ingested event's CPU
+in Python, building a fired timer's states a quarter of a tombstone's (docs/BENCHMARKS.md,
+round 53). ``_native.c`` does the common case of each in C and leaves every other input
+to the Python function it stands in for, so the rules stay in Python and the C code only
+repeats the fast path's checks: where it answers, it answers what the Python code does
+(``tests/unit/test_native.py`` checks that on generated inputs).
 
 The extension is optional: without a C compiler at install time the package installs
 without it, and :data:`compiled` is None. ``STREAM_EXPIRY_PURE_PYTHON=1`` turns it off at
@@ -89,9 +89,9 @@ compiled: Codec | None = _load()
 
 
 def describe() -> str:
-    """Which codec runs, for the start's log line and ``--version``."""
+    """Which codec runs, for ``run``'s first line and ``--version``."""
     if compiled is not None:
-        return "compiled"
+        return "compiled codec"
     if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0"):
-        return f"pure Python ({PURE_PYTHON_ENV} is set)"
-    return "pure Python (the compiled codec was not built: a C compiler at install time builds it)"
+        return f"pure-Python codec ({PURE_PYTHON_ENV} is set)"
+    return "pure-Python codec (the compiled one was not built: a C compiler at install builds it)"

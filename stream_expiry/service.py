@@ -509,7 +509,7 @@ class Service:
         self._state_path = str(state_dir)
         self._dead_lettered = DeadLettered(str(state_dir / DEAD_LETTERED_FILE))
         log.info(
-            "state directory %s; events read and written by the %s codec",
+            "state directory %s; events read and written by the %s",
             state_dir,
             native.describe(),
         )

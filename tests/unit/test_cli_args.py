@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
-from stream_expiry import exits
+from stream_expiry import exits, native
 from stream_expiry.broker import free_port
 from stream_expiry.cli import build_parser, main
 from stream_expiry.cliargs import (
@@ -48,7 +48,7 @@ def _exit_status(argv: list[str]) -> int:
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert _exit_status(["--version"]) == 0
-    assert capsys.readouterr().out == f"stream-expiry {version()}\n"
+    assert capsys.readouterr().out == f"stream-expiry {version()}, {native.describe()}\n"
 
 
 @pytest.mark.parametrize(

@@ -64,7 +64,7 @@ def pure_python() -> Iterator[None]:
 def test_the_compiled_codec_is_built_and_used() -> None:
     codec = _codec()
     assert model._native is codec
-    assert native.describe() == "compiled"
+    assert native.describe() == "compiled codec"
     value = b'{"category":"session","record_id":"r-1","org":"acme","ts":1794999999000}'
     event = parse_event(value, categories=CATEGORIES, now_ms=NOW, max_skew_ms=SKEW)
     assert codec.event(orjson.loads(value), value, CATEGORIES, NOW + SKEW) == event
