@@ -330,6 +330,12 @@ enum {
     F_PREVIOUS, F_HELD_LIVES, F_FIRST_CREATED, STAMP_FIELDS
 };
 
+/* A Stamp with its twelve fields. tuple.__new__(Stamp, ...) makes one of any length,
+ * whose fields below would be read past its end (a segfault, checked in the tests). */
+static int whole_stamp(PyObject *stamp) {
+    return Py_TYPE(stamp) == stamp_type && PyTuple_GET_SIZE(stamp) == STAMP_FIELDS;
+}
+
 /* model.encode_stamp(stamp, data) for a stamp with none of the optional fields (no
  * erasure waiting, no previous deletion, no held lives, no first creation). */
 static PyObject *native_stamp(PyObject *Py_UNUSED(module), PyObject *const *args,
@@ -339,7 +345,7 @@ static PyObject *native_stamp(PyObject *Py_UNUSED(module), PyObject *const *args
         return NULL;
     }
     PyObject *stamp = args[0], *data = args[1];
-    if (Py_TYPE(stamp) != stamp_type) Py_RETURN_NONE;
+    if (!whole_stamp(stamp)) Py_RETURN_NONE;
     PyObject *const *f = ((PyTupleObject *)stamp)->ob_item;
     if (f[F_ERASE] != Py_None || f[F_PREVIOUS] != Py_None || f[F_FIRST_CREATED] != Py_None)
         Py_RETURN_NONE;
@@ -390,7 +396,7 @@ static PyObject *native_tombstone(PyObject *Py_UNUSED(module), PyObject *const *
         return NULL;
     }
     PyObject *stamp = args[0], *reason = args[1], *emitted = args[2];
-    if (Py_TYPE(stamp) != stamp_type) Py_RETURN_NONE;
+    if (!whole_stamp(stamp)) Py_RETURN_NONE;
     PyObject *const *f = ((PyTupleObject *)stamp)->ob_item;
     Buf b;
     buf_init(&b);
@@ -797,6 +803,11 @@ static PyObject *make_identity(PyObject *org, PyObject *bot, PyObject *env,
     return ident;
 }
 
+/* The event's fields, in the order they are read: the four required ones first. */
+enum {
+    E_CATEGORY, E_RECORD_ID, E_ORG, E_TS, E_BOT, E_ENV, E_OP, E_EVENT_ID, E_DATA, EVENT_FIELDS
+};
+
 /* model.parse_event(value, ...) after orjson read ``obj`` from ``value``, for an event the
  * fast path takes whole: its fields of the right types and sizes, a plain key, nothing
  * but its fields, no run of digits orjson may have rounded and no data that may nest too
@@ -821,64 +832,83 @@ static PyObject *native_event(PyObject *Py_UNUSED(module), PyObject *const *args
     }
     if (needs_a_closer_look(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value)))
         Py_RETURN_NONE;
-    /* Borrowed references from the dict: it outlives this call. */
-    PyObject *category = PyDict_GetItemWithError(obj, s_category);
-    PyObject *record_id = category ? PyDict_GetItemWithError(obj, s_record_id) : NULL;
-    PyObject *org = record_id ? PyDict_GetItemWithError(obj, s_org) : NULL;
-    PyObject *ts = org ? PyDict_GetItemWithError(obj, s_ts) : NULL;
-    if (ts == NULL) {
-        if (PyErr_Occurred()) return NULL;
-        Py_RETURN_NONE;
+    /* Strong references to the fields, not the dict's borrowed ones: Python code may run
+     * below and take a value out of the dict, whose reference was often the only one (a
+     * category's __eq__ in PySequence_Contains, or a finalizer the garbage collector runs
+     * from tp_alloc). With borrowed ones that was a use after free (a segfault, checked in
+     * tests/unit/test_native.py). event_id, data and the count of names are read after
+     * the category's check, as the Python path reads them. */
+    PyObject *const names[EVENT_FIELDS] = {s_category, s_record_id, s_org, s_ts, s_bot,
+                                           s_env, s_op, s_event_id, s_data};
+    PyObject *v[EVENT_FIELDS] = {NULL};
+    PyObject *result = NULL, *event_text = NULL;
+#define ANSWER_NONE                  \
+    do {                             \
+        result = Py_NewRef(Py_None); \
+        goto done;                   \
+    } while (0)
+    for (int i = 0; i < E_EVENT_ID; i++) {
+        v[i] = PyDict_GetItemWithError(obj, names[i]);
+        if (v[i] != NULL)
+            Py_INCREF(v[i]);
+        else if (PyErr_Occurred())
+            goto done;
+        else if (i <= E_TS)
+            ANSWER_NONE; /* a required field missing: the Python path says which */
     }
-    PyObject *bot = PyDict_GetItemWithError(obj, s_bot);
-    PyObject *env = bot || !PyErr_Occurred() ? PyDict_GetItemWithError(obj, s_env) : NULL;
-    PyObject *op = env || !PyErr_Occurred() ? PyDict_GetItemWithError(obj, s_op) : NULL;
-    PyObject *event_id = op || !PyErr_Occurred() ? PyDict_GetItemWithError(obj, s_event_id) : NULL;
-    PyObject *data = event_id || !PyErr_Occurred() ? PyDict_GetItemWithError(obj, s_data) : NULL;
-    if (PyErr_Occurred()) return NULL;
+    PyObject *category = v[E_CATEGORY], *record_id = v[E_RECORD_ID], *org = v[E_ORG],
+             *ts = v[E_TS], *bot = v[E_BOT], *env = v[E_ENV], *op = v[E_OP];
+    long long ts_ms;
+    if (!as_time(ts, &ts_ms) || ts_ms > max_ts) ANSWER_NONE;
+    if (!plain_part(org) || !plain_part(record_id) || !plain_part(category)) ANSWER_NONE;
+    if (bot != NULL && !plain_part(bot)) ANSWER_NONE;
+    if (env != NULL && !(is_ascii_literal(env, "live") || is_ascii_literal(env, "draft")))
+        ANSWER_NONE;
+    if (op != NULL && !(is_ascii_literal(op, "create") || is_ascii_literal(op, "touch") ||
+                        is_ascii_literal(op, "delete")))
+        ANSWER_NONE;
+    int known = PySequence_Contains(categories, category);
+    if (known < 0) goto done;
+    if (!known) ANSWER_NONE;
+    for (int i = E_EVENT_ID; i < EVENT_FIELDS; i++) {
+        v[i] = PyDict_GetItemWithError(obj, names[i]);
+        if (v[i] != NULL)
+            Py_INCREF(v[i]);
+        else if (PyErr_Occurred())
+            goto done;
+    }
+    PyObject *event_id = v[E_EVENT_ID], *data = v[E_DATA];
     Py_ssize_t given = 4 + (bot != NULL) + (env != NULL) + (op != NULL) +
                        (event_id != NULL && event_id != Py_None) +
                        (data != NULL && data != Py_None);
-    if (PyDict_GET_SIZE(obj) > given) Py_RETURN_NONE; /* other names: the Python path says */
-    long long ts_ms;
-    if (!as_time(ts, &ts_ms) || ts_ms > max_ts) Py_RETURN_NONE;
-    if (!plain_part(org) || !plain_part(record_id) || !plain_part(category)) Py_RETURN_NONE;
-    if (bot != NULL && !plain_part(bot)) Py_RETURN_NONE;
-    if (env != NULL && !(is_ascii_literal(env, "live") || is_ascii_literal(env, "draft")))
-        Py_RETURN_NONE;
-    if (op != NULL && !(is_ascii_literal(op, "create") || is_ascii_literal(op, "touch") ||
-                        is_ascii_literal(op, "delete")))
-        Py_RETURN_NONE;
-    int known = PySequence_Contains(categories, category);
-    if (known < 0) return NULL;
-    if (!known) Py_RETURN_NONE;
-    PyObject *event_text = NULL;
+    if (PyDict_GET_SIZE(obj) > given) ANSWER_NONE; /* other names: the Python path says */
     if (event_id != NULL && event_id != Py_None) {
         if (PyUnicode_CheckExact(event_id))
             event_text = Py_NewRef(event_id);
         else if (PyLong_CheckExact(event_id))
             event_text = PyObject_Str(event_id);
         else
-            Py_RETURN_NONE;
-        if (event_text == NULL) return NULL;
+            ANSWER_NONE;
+        if (event_text == NULL) goto done;
     }
-    PyObject *result = NULL;
     PyObject *ident = make_identity(org, bot ? bot : default_bot, env ? env : default_env,
                                     category, record_id);
-    if (ident != NULL) {
-        result = input_event_type->tp_alloc(input_event_type, 7);
-        if (result == NULL) {
-            Py_DECREF(ident);
-        } else {
-            PyTuple_SET_ITEM(result, 0, ident);
-            PyTuple_SET_ITEM(result, 1, Py_NewRef(op ? op : default_op));
-            PyTuple_SET_ITEM(result, 2, Py_NewRef(ts));
-            PyTuple_SET_ITEM(result, 3, event_text ? Py_NewRef(event_text) : Py_NewRef(Py_None));
-            PyTuple_SET_ITEM(result, 4, Py_NewRef(data ? data : Py_None));
-            PyTuple_SET_ITEM(result, 5, Py_NewRef(misspelt_default));
-            PyTuple_SET_ITEM(result, 6, Py_NewRef(early_default));
-        }
+    if (ident == NULL) goto done;
+    result = input_event_type->tp_alloc(input_event_type, 7);
+    if (result == NULL) {
+        Py_DECREF(ident);
+        goto done;
     }
+    PyTuple_SET_ITEM(result, 0, ident);
+    PyTuple_SET_ITEM(result, 1, Py_NewRef(op ? op : default_op));
+    PyTuple_SET_ITEM(result, 2, Py_NewRef(ts));
+    PyTuple_SET_ITEM(result, 3, event_text ? Py_NewRef(event_text) : Py_NewRef(Py_None));
+    PyTuple_SET_ITEM(result, 4, Py_NewRef(data ? data : Py_None));
+    PyTuple_SET_ITEM(result, 5, Py_NewRef(misspelt_default));
+    PyTuple_SET_ITEM(result, 6, Py_NewRef(early_default));
+#undef ANSWER_NONE
+done:
+    for (int i = 0; i < EVENT_FIELDS; i++) Py_XDECREF(v[i]);
     Py_XDECREF(event_text);
     return result;
 }

@@ -11,6 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
+import sys
+import textwrap
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
@@ -229,6 +232,75 @@ def test_the_common_event_is_read_in_c(
 def test_the_python_path_reads_what_is_not_common(body: dict[str, Any], why: str) -> None:
     value = _encoded(body)
     assert _codec().event(orjson.loads(value), value, CATEGORIES, NOW + SKEW) is None, why
+
+
+def _run_with_debug_malloc(script: str) -> str:
+    """``script``'s output, run by a Python whose allocator fills freed memory and guards
+    each block's ends (PYTHONMALLOC=debug): a read of freed memory or past an object's end
+    then crashes it, where it could go unseen in this process."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(model.__file__)))
+    env = {**os.environ, "PYTHONMALLOC": "debug", "PYTHONPATH": root}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    return done.stdout
+
+
+def test_an_event_emptied_while_it_is_read_is_read_as_python_reads_it() -> None:
+    """The C code holds the fields it read from the event's dict: a category whose __eq__
+    empties the dict (Python code runs there, as in a finalizer the garbage collector
+    calls) freed them while it still used them, and it crashed. It reads event_id and data
+    after the category's check, as the Python path does, so both read the same event."""
+    _codec()
+    out = _run_with_debug_malloc(
+        textwrap.dedent(
+            """
+            import sys
+            from stream_expiry import model
+
+            class Emptying(str):
+                __hash__ = str.__hash__
+
+                def __eq__(self, other):
+                    sys._getframe(1).f_locals["obj"].clear()  # parse_event's dict
+                    return str.__eq__(self, other)
+
+            value = (
+                b'{"category":"session","record_id":"rec","org":"acme","ts":1794999999000,'
+                b'"op":"touch","event_id":"e","data":{"a":"' + b"x" * 100 + b'"}}'
+            )
+            def read():
+                categories = (Emptying("session"),)
+                return model.parse_event(
+                    value, categories=categories, now_ms=1795000000000, max_skew_ms=0
+                )
+            compiled = read()
+            model._native = None
+            print(repr(compiled) == repr(read()), repr(compiled))
+            """
+        )
+    )
+    assert out.startswith("True InputEvent("), out
+    assert "op='touch'" in out
+    assert "data=None" in out
+
+
+def test_a_stamp_of_another_length_is_left_to_python() -> None:
+    """tuple.__new__ makes a Stamp of any length: the C code read its fields past its end."""
+    _codec()
+    out = _run_with_debug_malloc(
+        textwrap.dedent(
+            """
+            from stream_expiry import native
+            from stream_expiry.model import Identity, Stamp
+
+            short = tuple.__new__(Stamp, (Identity("o", "_", "live", "session", "r"), 1, 2))
+            print(native.compiled.stamp(short, None), native.compiled.tombstone(short, "ttl", 5))
+            """
+        )
+    )
+    assert out == "None None\n"
 
 
 # --- writing stamps and tombstones -------------------------------------------------------
