@@ -115,8 +115,11 @@ FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "record_id": st.one_of(TEXT, NOT_TEXT),
     "org": st.one_of(TEXT, NOT_TEXT),
     "bot": st.one_of(TEXT, NOT_TEXT, st.just("_")),
-    "env": st.one_of(st.sampled_from(["live", "draft", "Live", "prod"]), NOT_TEXT),
-    "op": st.one_of(st.sampled_from(["create", "touch", "delete", "remove"]), NOT_TEXT),
+    # ... and names that begin or end as one does: the C code compares them whole.
+    "env": st.one_of(st.sampled_from(["live", "draft", "Live", "prod", "lived", "liv"]), NOT_TEXT),
+    "op": st.one_of(
+        st.sampled_from(["create", "touch", "delete", "remove", "created", "touc"]), NOT_TEXT
+    ),
     "ts": TIMES,
     "event_id": st.one_of(
         st.none(), st.text(max_size=5), st.integers(-(2**70), 2**70), st.booleans()
@@ -213,6 +216,20 @@ def test_the_common_event_is_read_in_c(
         _same_event(got, parse_event(value, categories=CATEGORIES, now_ms=NOW, max_skew_ms=SKEW))
 
 
+def _nested_lists(levels: int) -> Any:
+    data: Any = None
+    for _ in range(levels):
+        data = [data]
+    return data
+
+
+def _nested_objects(levels: int) -> Any:
+    data: Any = None
+    for _ in range(levels):
+        data = {"a": data}
+    return data
+
+
 @pytest.mark.parametrize(
     ("body", "why"),
     [
@@ -227,11 +244,50 @@ def test_the_common_event_is_read_in_c(
         ({"category": "session", "record_id": "r", "ts": NOW}, "missing"),
         ({"category": "session", "record_id": "r", "org": "o", "ts": NOW, "data": 10**19}, "19"),
         ({"category": "session", "record_id": "r", "org": "o", "ts": NOW, "data": [[]] * 201}, "["),
+        # Each kind of bracket counts: data nested 201 levels deep in objects alone.
+        (
+            {
+                "category": "session",
+                "record_id": "r",
+                "org": "o",
+                "ts": NOW,
+                "data": _nested_objects(201),
+            },
+            "{",
+        ),
+        # 19 digits: an integer just below -2**63, which orjson reads as a rounded float.
+        (
+            {"category": "session", "record_id": "r", "org": "o", "ts": NOW, "data": -(2**63) - 1},
+            "-",
+        ),
+        # What the key quotes, and a part one character too long for the contract.
+        ({"category": "session", "record_id": "a%41", "org": "o", "ts": NOW}, "a '%' is quoted"),
+        ({"category": "session", "record_id": "a b", "org": "o", "ts": NOW}, "a ' ' is quoted"),
+        ({"category": "session", "record_id": "r" * 513, "org": "o", "ts": NOW}, "513"),
+        ({"category": "session", "record_id": "r", "org": "o" * 513, "ts": NOW}, "513"),
+        ({"category": "session", "record_id": "r", "org": "o", "ts": NOW, "bot": "b" * 513}, "513"),
+        ({"category": "session", "record_id": "r", "org": "o", "ts": NOW, "env": "lived"}, "env"),
+        ({"category": "session", "record_id": "r", "org": "o", "ts": NOW, "op": "deleted"}, "op"),
     ],
 )
 def test_the_python_path_reads_what_is_not_common(body: dict[str, Any], why: str) -> None:
     value = _encoded(body)
     assert _codec().event(orjson.loads(value), value, CATEGORIES, NOW + SKEW) is None, why
+
+
+@pytest.mark.parametrize("nested", [_nested_lists, _nested_objects])
+@pytest.mark.parametrize("levels", [198, 199, 200, 201, 202])
+def test_data_at_the_depth_bound_is_read_as_python_reads_it(nested: Any, levels: int) -> None:
+    """The C code counts the message's brackets against MAX_DATA_DEPTH as _too_deep does:
+    data 200 levels deep is taken, 201 is refused (by the Python path)."""
+    body = {"category": "session", "record_id": "r", "org": "o", "ts": NOW, "data": nested(levels)}
+    value = _encoded(body)
+    got = _codec().event(orjson.loads(value), value, CATEGORIES, NOW + SKEW)
+    with pure_python():
+        want = parse_event(value, categories=CATEGORIES, now_ms=NOW, max_skew_ms=SKEW)
+    assert (type(want) is InputEvent) == (levels <= model.MAX_DATA_DEPTH)
+    if got is not None:
+        _same_event(got, want)
 
 
 def _run_with_debug_malloc(script: str) -> str:
@@ -313,13 +369,20 @@ OPT_TIME = st.one_of(
     st.integers(NOW - 10**12, NOW + 10**12),
     st.sampled_from([MIN_TS_MS, MAX_TS_MS, MIN_TS_MS - 1, MAX_TS_MS + 1, 0, -1, -999]),
 )
-OPT_TTL = st.one_of(st.none(), st.integers(-(10**12), 10**13), st.sampled_from([0, 999, 1000, -1]))
+OPT_TTL = st.one_of(
+    st.none(),
+    st.integers(-(10**12), 10**13),
+    st.sampled_from([0, 999, 1000, -1, -(2**63), 2**63 - 1]),
+)
 
 
 @st.composite
 def stamps(draw: st.DrawFn) -> Stamp:
     ident = Identity(*(draw(ANY_TEXT) for _ in range(5)))
-    optional = draw(st.integers(0, 5)) == 0  # now and then one of the rarer fields
+
+    def sometimes(value: Any) -> Any:  # each of the rarer fields now and then, on its own
+        return value if draw(st.integers(0, 7)) == 0 else None
+
     return Stamp(
         ident,
         draw(OPT_TIME),
@@ -327,12 +390,12 @@ def stamps(draw: st.DrawFn) -> Stamp:
         draw(OPT_TTL),
         draw(st.one_of(st.none(), ANY_TEXT, st.just("\ud800"))),  # a lone surrogate: refused
         deleted_at=draw(OPT_TIME),
-        erase_at=draw(OPT_TIME) if optional else None,
+        erase_at=sometimes(draw(OPT_TIME)),
         held=draw(st.booleans()),
         stamp_offset=draw(st.one_of(st.none(), st.integers(0, 10**6))),
-        previous_deleted_at=draw(OPT_TIME) if optional else None,
-        held_lives=((NOW, NOW + 1000, 1000, "x", None),) if optional else (),
-        first_created_at=draw(OPT_TIME) if optional else None,
+        previous_deleted_at=sometimes(draw(OPT_TIME)),
+        held_lives=sometimes(((NOW, NOW + 1000, 1000, "x", None),)) or (),
+        first_created_at=sometimes(draw(OPT_TIME)),
     )
 
 
@@ -395,6 +458,71 @@ def test_the_common_stamp_and_tombstone_are_written_in_c(
     assert tombstone == _outcome(
         encode_tombstone, stamp, reason="ttl", emitted_at=created + slid + ttl
     )
+
+
+@pytest.mark.parametrize(
+    "rarer",
+    [
+        {"erase_at": NOW + 5},
+        {"previous_deleted_at": NOW - 5},
+        {"held_lives": ((NOW - 9, NOW - 5, 4, "defaults", None),)},
+        {"first_created_at": NOW + 1},
+    ],
+)
+def test_a_stamp_with_a_rarer_field_is_written_by_python(rarer: dict[str, Any]) -> None:
+    """The C code writes none of them: each alone sends the stamp to the Python code."""
+    stamp = Stamp(Identity("o", "_", "live", "session", "r"), NOW, NOW + 1000, 1000, "defaults")
+    stamp = stamp._replace(**rarer)
+    assert _codec().stamp(stamp, None) is None
+    assert encode_stamp(stamp) == _outcome(encode_stamp, stamp)
+
+
+# Text that escapes to up to six times its size (controls, quotes) or takes up to four bytes
+# a character, long enough to grow a buffer that starts at 512 bytes in any of the fields.
+LONG_TEXT = st.text(
+    st.sampled_from(["\x00", "\x1f", '"', "\\", "\n", "a", "\x7f", "é", "\u2028", "𝄞"]),
+    min_size=90,
+    max_size=700,
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(LONG_TEXT, min_size=6, max_size=6),
+    st.one_of(st.none(), st.lists(st.text(max_size=300), max_size=12)),
+)
+def test_long_text_is_written_as_python_writes_it(texts: list[str], data: Any) -> None:
+    codec = _codec()
+    stamp = Stamp(Identity(*texts[:5]), NOW, NOW + 1000, 1000, texts[5])
+    written = codec.stamp(stamp, data)
+    assert written is not None
+    assert written == _outcome(encode_stamp, stamp, data)
+    tombstone = codec.tombstone(stamp, texts[5], NOW)
+    assert tombstone is not None
+    assert tombstone == _outcome(encode_tombstone, stamp, reason=texts[5], emitted_at=NOW)
+
+
+@pytest.mark.parametrize("levels", range(model._ORJSON_WRITES - 3, model._ORJSON_WRITES + 1))
+def test_data_at_orjsons_limit_is_written_as_python_writes_it(levels: int) -> None:
+    """orjson writes 254 levels: data as deep as a stamp can hold is written, and one
+    level more is refused by both (the C code writes it inside a list for that)."""
+    stamp = Stamp(Identity("o", "_", "live", "session", "r"), NOW, NOW + 1000, 1000, "defaults")
+    data = _nested_lists(levels)
+    got = _codec().stamp(stamp, data)
+    want = _outcome(encode_stamp, stamp, data)
+    assert isinstance(want, bytes) == (levels < model._ORJSON_WRITES)
+    assert got == (want if isinstance(want, bytes) else None)
+
+
+@pytest.mark.parametrize("ttl", [-(2**63), -(2**63) + 1, 2**63 - 1])
+@pytest.mark.parametrize("expires", [MIN_TS_MS, -1, NOW, MAX_TS_MS])
+def test_a_ttl_at_64_bits_bounds_is_written_as_python_writes_it(ttl: int, expires: int) -> None:
+    """``expires_at - ttl_ms`` (the last activity) overflows 64 bits there: the C code must
+    see it, not write the wrapped time."""
+    stamp = Stamp(Identity("o", "_", "live", "session", "r"), MIN_TS_MS, expires, ttl, "d")
+    got = _codec().stamp(stamp, None)
+    want = _outcome(encode_stamp, stamp)
+    assert got is None or got == want
 
 
 def test_model_writes_through_the_codec_and_keeps_its_own_fields() -> None:
