@@ -481,7 +481,7 @@ static int plain_tail(PyObject *const *f, const char **text, Py_ssize_t *n, PyOb
 static PyObject *pack(PyObject *fallback, PyObject *stamp, PyObject *prune_at,
                       const int *fields, int count, int with_held, PyObject *const *args,
                       Py_ssize_t nargs) {
-    if (Py_TYPE(stamp) != stamp_type) goto slow;
+    if (!whole_stamp(stamp)) goto slow;
     PyObject *const *f = ((PyTupleObject *)stamp)->ob_item;
     if (with_held && f[F_HELD] != Py_True && f[F_HELD] != Py_False) goto slow;
     const char *text;

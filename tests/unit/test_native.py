@@ -160,7 +160,7 @@ def _same_event(got: InputEvent, want: InputEvent | Rejection) -> None:
     assert got.data == want.data
 
 
-@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
 @given(events())
 def test_an_event_read_in_c_is_the_one_python_reads(body: dict[str, Any]) -> None:
     codec = _codec()
@@ -353,10 +353,13 @@ def test_a_stamp_of_another_length_is_left_to_python() -> None:
 
             short = tuple.__new__(Stamp, (Identity("o", "_", "live", "session", "r"), 1, 2))
             print(native.compiled.stamp(short, None), native.compiled.tombstone(short, "ttl", 5))
+            python = lambda *args: b"python"  # the packers' fallback
+            print(native.compiled.state_packer(python)(short, None))
+            print(native.compiled.timer_packer(python)(short))
             """
         )
     )
-    assert out == "None None\n"
+    assert out == "None None\nb'python'\nb'python'\n"
 
 
 # --- writing stamps and tombstones -------------------------------------------------------
@@ -409,7 +412,7 @@ def _outcome(fn: Any, *args: Any, **kwargs: Any) -> bytes | str:
     return written
 
 
-@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
 @given(stamps(), st.one_of(st.none(), JSON, st.just([[[]]] * 2)))
 def test_a_stamp_written_in_c_is_the_one_python_writes(stamp: Stamp, data: Any) -> None:
     got = _codec().stamp(stamp, data)
@@ -418,7 +421,7 @@ def test_a_stamp_written_in_c_is_the_one_python_writes(stamp: Stamp, data: Any) 
         assert got == want
 
 
-@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
 @given(stamps(), st.sampled_from(["ttl", "explicit", 'q"']), OPT_TIME)
 def test_a_tombstone_written_in_c_is_the_one_python_writes(
     stamp: Stamp, reason: str, emitted_at: int | None
@@ -535,7 +538,7 @@ def test_model_writes_through_the_codec_and_keeps_its_own_fields() -> None:
     assert dropped["data_dropped"] == "too large"
 
 
-@settings(max_examples=3000)
+@settings(max_examples=1500)
 @given(
     st.one_of(
         st.integers(MIN_TS_MS, MAX_TS_MS),
@@ -610,7 +613,7 @@ def _packed(fn: Any, *args: Any) -> bytes | str:
     return packed
 
 
-@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
 @given(states(), INT64)
 def test_a_state_and_its_timer_packed_in_c_are_those_python_packs(
     state: Stamp, prune_at: int | None
@@ -684,7 +687,7 @@ KEYS = st.one_of(
 )
 
 
-@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
 @given(KEYS, states(), st.integers(NOW, NOW + 10**9), st.sampled_from([b"", b"\xff\xfe", b"x"]))
 def test_a_timer_fired_in_c_is_the_one_python_fires(
     key: str, state: Stamp, now: int, junk: bytes
