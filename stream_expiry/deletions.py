@@ -380,11 +380,18 @@ def _never_named_lines(never: Mapping[str, Mapping[str, str | None]]) -> list[st
     return lines
 
 
-def text_lines(d: dict[str, Any]) -> list[str]:
-    """The report for a person, from :meth:`Deletions.as_dict`."""
+def _heading(d: dict[str, Any]) -> tuple[str, str, str]:
+    """The scope, the period and the copies counted once, as a report's first line says
+    them (the receipts' and the rejected requests' alike)."""
     scope = ", ".join(f"{name} {d[name]}" for name in PARTS if d.get(name) is not None)
     period = f"{d['since'] or 'the beginning'} to {d['until'] or 'now'}"
     copies = f", {_many(d['copies'], 'copy', 'copies')} of them counted once" if d["copies"] else ""
+    return scope, period, copies
+
+
+def text_lines(d: dict[str, Any]) -> list[str]:
+    """The report for a person, from :meth:`Deletions.as_dict`."""
+    scope, period, copies = _heading(d)
     lines = [
         printable(
             f"deletions{' of ' + scope if scope else ''}, {period} (by deleted_at): "
@@ -567,9 +574,7 @@ async def rejected(config: Config, brokers: Brokers, wanted: Filter) -> Rejected
 
 def rejected_lines(d: dict[str, Any]) -> list[str]:
     """``--rejected`` for a person, from :meth:`Rejected.as_dict`: a line per request."""
-    scope = ", ".join(f"{name} {d[name]}" for name in PARTS if d.get(name) is not None)
-    period = f"{d['since'] or 'the beginning'} to {d['until'] or 'now'}"
-    copies = f", {_many(d['copies'], 'copy', 'copies')} of them counted once" if d["copies"] else ""
+    scope, period, copies = _heading(d)
     lines = [
         printable(
             f"rejected erasure requests{' of ' + scope if scope else ''}, {period} (by the "
