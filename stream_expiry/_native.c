@@ -97,6 +97,8 @@ static int buf_put(Buf *b, const char *s, Py_ssize_t n) {
 }
 
 #define PUT_LITERAL(b, lit) buf_put((b), (lit), (Py_ssize_t)(sizeof(lit) - 1))
+/* The next member's name, after a comma: 1, or -1 on an error (as the put_ functions). */
+#define PUT_NAME(b, name) (PUT_LITERAL((b), ",\"" name "\":") < 0 ? -1 : 1)
 
 /* ------------------------------------------------------------------------------------ */
 /* Times: timeutil.format_ts, "YYYY-MM-DDTHH:MM:SS.mmmZ" in UTC.                         */
@@ -336,6 +338,17 @@ static int whole_stamp(PyObject *stamp) {
     return Py_TYPE(stamp) == stamp_type && PyTuple_GET_SIZE(stamp) == STAMP_FIELDS;
 }
 
+/* What a stamp and a tombstone begin with: the record's five parts, then its life's
+ * creation and expiry. */
+static int put_life(Buf *b, PyObject *const *f) {
+    int r = put_identity(b, f[F_IDENTITY]);
+    if (r == 1) r = PUT_NAME(b, "created_at");
+    if (r == 1) r = put_opt_time(b, f[F_CREATED]);
+    if (r == 1) r = PUT_NAME(b, "expires_at");
+    if (r == 1) r = put_opt_time(b, f[F_EXPIRES]);
+    return r;
+}
+
 /* model.encode_stamp(stamp, data) for a stamp with none of the optional fields (no
  * erasure waiting, no previous deletion, no held lives, no first creation). */
 static PyObject *native_stamp(PyObject *Py_UNUSED(module), PyObject *const *args,
@@ -371,18 +384,14 @@ static PyObject *native_stamp(PyObject *Py_UNUSED(module), PyObject *const *args
     Buf b;
     buf_init(&b);
     int r;
-    STEP(put_identity(&b, f[F_IDENTITY]));
-    STEP(PUT_LITERAL(&b, ",\"created_at\":") < 0 ? -1 : 1);
-    STEP(put_opt_time(&b, f[F_CREATED]));
-    STEP(PUT_LITERAL(&b, ",\"expires_at\":") < 0 ? -1 : 1);
-    STEP(put_opt_time(&b, f[F_EXPIRES]));
-    STEP(PUT_LITERAL(&b, ",\"ttl_seconds\":") < 0 ? -1 : 1);
+    STEP(put_life(&b, f));
+    STEP(PUT_NAME(&b, "ttl_seconds"));
     STEP(put_opt_seconds(&b, f[F_TTL]));
-    STEP(PUT_LITERAL(&b, ",\"ttl_source\":") < 0 ? -1 : 1);
+    STEP(PUT_NAME(&b, "ttl_source"));
     STEP(put_opt_str(&b, f[F_SOURCE]));
-    STEP(PUT_LITERAL(&b, ",\"last_activity_at\":") < 0 ? -1 : 1);
+    STEP(PUT_NAME(&b, "last_activity_at"));
     STEP(has_active ? put_time(&b, active) : (PUT_LITERAL(&b, "null") < 0 ? -1 : 1));
-    STEP(PUT_LITERAL(&b, ",\"data\":") < 0 ? -1 : 1);
+    STEP(PUT_NAME(&b, "data"));
     STEP(put_data(&b, data));
     STEP(PUT_LITERAL(&b, "}") < 0 ? -1 : 1);
     return finish(&b, 1);
@@ -401,18 +410,14 @@ static PyObject *native_tombstone(PyObject *Py_UNUSED(module), PyObject *const *
     Buf b;
     buf_init(&b);
     int r;
-    STEP(put_identity(&b, f[F_IDENTITY]));
-    STEP(PUT_LITERAL(&b, ",\"created_at\":") < 0 ? -1 : 1);
-    STEP(put_opt_time(&b, f[F_CREATED]));
-    STEP(PUT_LITERAL(&b, ",\"expires_at\":") < 0 ? -1 : 1);
-    STEP(put_opt_time(&b, f[F_EXPIRES]));
-    STEP(PUT_LITERAL(&b, ",\"emitted_at\":") < 0 ? -1 : 1);
+    STEP(put_life(&b, f));
+    STEP(PUT_NAME(&b, "emitted_at"));
     STEP(emitted == Py_None ? 0 : put_opt_time(&b, emitted));
-    STEP(PUT_LITERAL(&b, ",\"reason\":") < 0 ? -1 : 1);
+    STEP(PUT_NAME(&b, "reason"));
     STEP(put_str(&b, reason));
-    STEP(PUT_LITERAL(&b, ",\"ttl_seconds\":") < 0 ? -1 : 1);
+    STEP(PUT_NAME(&b, "ttl_seconds"));
     STEP(put_opt_seconds(&b, f[F_TTL]));
-    STEP(PUT_LITERAL(&b, ",\"ttl_source\":") < 0 ? -1 : 1);
+    STEP(PUT_NAME(&b, "ttl_source"));
     STEP(put_opt_str(&b, f[F_SOURCE]));
     STEP(PUT_LITERAL(&b, "}") < 0 ? -1 : 1);
     return finish(&b, 1);
