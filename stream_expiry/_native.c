@@ -557,6 +557,151 @@ static PyObject *native_timer_packer(PyObject *Py_UNUSED(module), PyObject *fall
 }
 
 /* ------------------------------------------------------------------------------------ */
+/* Reading a stamp back (codec.stamp_body_fields): restore and replay read millions.      */
+
+/* The epoch day of a proleptic Gregorian date (H. Hinnant's days_from_civil). */
+static long long days_from_civil(long long y, int m, int d) {
+    y -= m <= 2;
+    long long era = floor_div(y, 400);
+    long long yoe = y - era * 400;
+    long long doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    long long doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+static int two(const unsigned char *c) { return (c[0] - '0') * 10 + (c[1] - '0'); }
+
+/* codec.parse_own_ts of the service's own form, "YYYY-MM-DDTHH:MM:SS.mmmZ", a real date
+ * and time of years 1 to 9999, into ``*ms``: 1. 0 for any other text (no error set): the
+ * Python function reads it (another form, a leap second, an impossible date). */
+static int own_time(PyObject *text, long long *ms) {
+    static const char shape[] = "dddd-dd-ddTdd:dd:dd.dddZ";
+    if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_ASCII(text) ||
+        PyUnicode_GET_LENGTH(text) != TS_CHARS)
+        return 0;
+    const unsigned char *c = PyUnicode_1BYTE_DATA(text);
+    for (int i = 0; i < TS_CHARS; i++) {
+        if (shape[i] == 'd' ? (c[i] < '0' || c[i] > '9') : c[i] != (unsigned char)shape[i])
+            return 0;
+    }
+    static const int month_days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int year = two(c) * 100 + two(c + 2), month = two(c + 5), day = two(c + 8);
+    int hour = two(c + 11), minute = two(c + 14), second = two(c + 17);
+    int milli = (c[20] - '0') * 100 + two(c + 21);
+    if (year < 1 || month < 1 || month > 12 || day < 1 || hour > 23 || minute > 59 ||
+        second > 59)
+        return 0;
+    int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    if (day > month_days[month - 1] + (month == 2 && leap)) return 0;
+    *ms = (((days_from_civil(year, month, day) * 24 + hour) * 60 + minute) * 60 + second) * 1000 +
+          milli;
+    return 1;
+}
+
+/* An optional time of a stamp's body: a new reference (None, or an int), NULL without an
+ * error when the Python function must read it. */
+static PyObject *own_opt_time(PyObject *body, PyObject *name) {
+    PyObject *text = PyDict_GetItemWithError(body, name); /* borrowed: no Python runs below */
+    if (text == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    if (text == Py_None) return Py_NewRef(Py_None);
+    long long ms;
+    if (!own_time(text, &ms)) return NULL;
+    return PyLong_FromLongLong(ms);
+}
+
+static PyObject *s_created_at, *s_expires_at, *s_ttl_seconds, *s_ttl_source,
+    *s_erase_requested_at, *s_previous_deleted_at, *s_held_lives, *s_first_created_at;
+
+/* stamp_body_fields(body) -> (created, expires, ttl_ms, source, erase, floor, lives,
+ * first), bound to the Python function, which reads any stamp but the commonest: one
+ * whose rare fields (an erasure waiting, a previous deletion, held lives, a first
+ * creation) are absent or null, its times in the service's own form, its ttl an int. */
+static PyObject *stamp_reader(PyObject *fallback, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 1 || !PyDict_CheckExact(args[0])) goto slow;
+    PyObject *body = args[0];
+    PyObject *const rare[] = {s_erase_requested_at, s_previous_deleted_at, s_held_lives,
+                              s_first_created_at};
+    for (int i = 0; i < 4; i++) {
+        PyObject *v = PyDict_GetItemWithError(body, rare[i]);
+        if (v != NULL && v != Py_None) goto slow;
+        if (v == NULL && PyErr_Occurred()) return NULL;
+    }
+    PyObject *source = PyDict_GetItemWithError(body, s_ttl_source);
+    if (source == NULL && PyErr_Occurred()) return NULL;
+    if (source == NULL) source = Py_None;
+    if (source != Py_None && !PyUnicode_CheckExact(source)) goto slow;
+    /* Held from here: the tuples made below may start the garbage collector, whose
+     * finalizers could take it out of the dict (as in native_event). */
+    Py_INCREF(source);
+    PyObject *ttl_s = PyDict_GetItemWithError(body, s_ttl_seconds);
+    if (ttl_s == NULL && PyErr_Occurred()) return NULL;
+    long long ttl_ms = 0;
+    if (ttl_s != NULL && ttl_s != Py_None) {
+        int overflow = 0;
+        if (!PyLong_CheckExact(ttl_s)) goto slow;
+        long long seconds = PyLong_AsLongLongAndOverflow(ttl_s, &overflow);
+        if (overflow || (seconds == -1 && PyErr_Occurred()) ||
+            __builtin_mul_overflow(seconds, 1000LL, &ttl_ms)) {
+            PyErr_Clear();
+            Py_DECREF(source);
+            goto slow;
+        }
+    }
+    int has_ttl = ttl_s != NULL && ttl_s != Py_None;
+    /* The times are read before anything is made that could start the collector. */
+    PyObject *created = own_opt_time(body, s_created_at);
+    PyObject *expires = created ? own_opt_time(body, s_expires_at) : NULL;
+    if (expires == NULL) {
+        Py_XDECREF(created);
+        Py_DECREF(source);
+        if (PyErr_Occurred()) return NULL;
+        goto slow;
+    }
+    PyObject *ttl = has_ttl ? PyLong_FromLongLong(ttl_ms) : Py_NewRef(Py_None);
+    PyObject *lives = ttl ? PyTuple_New(0) : NULL;
+    PyObject *out = lives ? PyTuple_New(8) : NULL;
+    if (out == NULL) {
+        Py_DECREF(created);
+        Py_DECREF(expires);
+        Py_XDECREF(ttl);
+        Py_XDECREF(lives);
+        Py_DECREF(source);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(out, 0, created);
+    PyTuple_SET_ITEM(out, 1, expires);
+    PyTuple_SET_ITEM(out, 2, ttl);
+    PyTuple_SET_ITEM(out, 3, source);
+    PyTuple_SET_ITEM(out, 4, Py_NewRef(Py_None));
+    PyTuple_SET_ITEM(out, 5, Py_NewRef(Py_None));
+    PyTuple_SET_ITEM(out, 6, lives);
+    PyTuple_SET_ITEM(out, 7, Py_NewRef(Py_None));
+    return out;
+slow:
+    return PyObject_Vectorcall(fallback, args, (size_t)nargs, NULL);
+}
+
+static PyMethodDef stamp_reader_def = {
+    "stamp_body_fields", (PyCFunction)(void (*)(void))stamp_reader, METH_FASTCALL,
+    "stamp_body_fields(body) -> tuple: compiled, the Python function for a rare stamp"};
+
+/* stamp_reader(fallback): codec.stamp_body_fields compiled, bound to the Python one. */
+static PyObject *native_stamp_reader(PyObject *Py_UNUSED(module), PyObject *fallback) {
+    if (!PyCallable_Check(fallback)) {
+        PyErr_SetString(PyExc_TypeError, "stamp_reader(fallback): a callable");
+        return NULL;
+    }
+    return PyCFunction_New(&stamp_reader_def, fallback);
+}
+
+/* own_time(text) -> int | None: for the tests. */
+static PyObject *native_own_time(PyObject *Py_UNUSED(module), PyObject *text) {
+    long long ms;
+    if (!own_time(text, &ms)) Py_RETURN_NONE;
+    return PyLong_FromLongLong(ms);
+}
+
+/* ------------------------------------------------------------------------------------ */
 /* Firing a timer: engine._fire_timer's common case (an expiry, no erasure deferred, a    */
 /* key with nothing quoted, a tail of the ttl source alone).                              */
 
@@ -1017,6 +1162,9 @@ static PyMethodDef methods[] = {
     {"tombstone", (PyCFunction)(void (*)(void))native_tombstone_bound, METH_FASTCALL,
      "tombstone(stamp, reason, emitted_at) -> bytes | None"},
     {"format_ts", native_format_ts, METH_O, "format_ts(ms) -> str | None"},
+    {"stamp_reader", native_stamp_reader, METH_O,
+     "stamp_reader(fallback): codec.stamp_body_fields compiled, fallback for a rare stamp"},
+    {"own_time", native_own_time, METH_O, "own_time(text) -> int | None: codec.parse_own_ts"},
     {"state_packer", native_state_packer, METH_O,
      "state_packer(fallback): encode_state compiled, fallback for a rare state"},
     {"timer_firer", (PyCFunction)(void (*)(void))native_timer_firer, METH_FASTCALL,
@@ -1046,6 +1194,14 @@ PyMODINIT_FUNC PyInit__native(void) {
     INTERN(s_data, "data");
     INTERN(default_bot, "_");
     INTERN(s_ttl, "ttl");
+    INTERN(s_created_at, "created_at");
+    INTERN(s_expires_at, "expires_at");
+    INTERN(s_ttl_seconds, "ttl_seconds");
+    INTERN(s_ttl_source, "ttl_source");
+    INTERN(s_erase_requested_at, "erase_requested_at");
+    INTERN(s_previous_deleted_at, "previous_deleted_at");
+    INTERN(s_held_lives, "held_lives");
+    INTERN(s_first_created_at, "first_created_at");
     INTERN(default_env, "live");
     INTERN(default_op, "create");
 #undef INTERN

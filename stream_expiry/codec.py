@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+from stream_expiry import native
 from stream_expiry.model import HeldLife, Identity, ReadAt, Stamp, decode_key
 from stream_expiry.timeutil import MAX_TS_MS, MIN_TS_MS, format_ts, parse_ts
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from stream_expiry.model import Rejection
 
@@ -487,7 +488,7 @@ def stamp_fields(value: bytes) -> StampFields:
     return stamp_body_fields(orjson.loads(value))  # orjson's decode error is a ValueError
 
 
-def stamp_body_fields(body: Any) -> StampFields:
+def _stamp_body_fields(body: Any) -> StampFields:
     """:func:`stamp_fields` of a stamp already parsed (``replay`` needs the body too)."""
     try:
         get = body.get
@@ -511,6 +512,16 @@ def stamp_body_fields(body: Any) -> StampFields:
         )
     except (AttributeError, TypeError) as exc:
         raise ValueError(f"not a stamp: {exc}") from exc
+
+
+stamp_body_fields: Callable[[Any], StampFields] = (
+    _stamp_body_fields
+    if native.compiled is None
+    else native.compiled.stamp_reader(_stamp_body_fields)
+)
+""":func:`stamp_fields` of a stamp already parsed (``replay`` needs the body too). Compiled
+where :mod:`stream_expiry.native` is built: the commonest stamp (its times in the service's
+own form, no rare field) read in C, any other by the Python function."""
 
 
 def _held_lives(lives: Any) -> tuple[HeldLife, ...]:

@@ -68,6 +68,13 @@ class Codec(Protocol):
     def timer_packer(self, fallback: Callable[[Stamp], bytes], /) -> Callable[[Stamp], bytes]:
         """``engine._pack_timer`` compiled, likewise."""
 
+    def stamp_reader(self, fallback: Callable[[Any], Any], /) -> Callable[[Any], Any]:
+        """``codec.stamp_body_fields`` compiled: the commonest stamp read back in C (restore
+        and replay read millions), any other by ``fallback``."""
+
+    def own_time(self, text: Any, /) -> int | None:
+        """``codec.parse_own_ts`` of the service's own form, None for any other text."""
+
     def timer_firer(
         self, fallback: Callable[[str, bytes, int], Fired], fired: type[Fired], /
     ) -> Callable[[str, bytes, int], Fired]:

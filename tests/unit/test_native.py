@@ -725,3 +725,124 @@ def test_the_common_timer_is_fired_in_c_and_used() -> None:
             engine._fire_timer_py, key, packed, NOW + 1000
         )
     assert type(engine._fire_timer).__name__ == "builtin_function_or_method"
+
+
+# --- reading stamps back -----------------------------------------------------------------
+
+OWN_TIMES = st.builds(format_ts, st.integers(MIN_TS_MS, MAX_TS_MS))
+ODD_TIME_TEXTS = (
+    "2026-02-29T00:00:00.000Z",  # not a leap year
+    "2100-02-29T00:00:00.000Z",  # a century, not a leap year
+    "2026-04-31T00:00:00.000Z",
+    "2026-12-31T23:59:60.000Z",  # a leap second
+    "0000-01-01T00:00:00.000Z",
+    "2026-12-01t00:00:00.000Z",
+    "2026-12-01T00:00:00.000z",
+    "2026-12-01 00:00:00.000Z",
+    "2026-12-01T00:00:00,000Z",
+    "2026-12-01T24:00:00.000Z",
+    "2026-13-01T00:00:00.000Z",
+    "2026-12-01T00:00:00.000+00:00",
+    "2026-12-01T00:00:00Z",
+    "\uff12026-12-01T00:00:00.000Z",  # a fullwidth digit two
+    "",
+)
+ODD_TIMES = st.one_of(
+    st.sampled_from(ODD_TIME_TEXTS),
+    st.integers(-(2**63), 2**63),
+    st.booleans(),
+    st.floats(allow_nan=False),
+)
+
+
+@st.composite
+def stamp_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """A stamp as orjson reads it back: nearly always the service's own, now and then a
+    field of another form or a rarer field, or a field left out."""
+
+    def field(name: str, common: st.SearchStrategy[Any], odd: st.SearchStrategy[Any]) -> None:
+        pick = draw(st.integers(0, 9))
+        if pick == 0:
+            return  # absent
+        body[name] = draw(odd if pick == 1 else common)
+
+    body: dict[str, Any] = {"org": "o", "bot": "_", "env": "live", "category": "session"}
+    field("created_at", st.one_of(OWN_TIMES, st.none()), ODD_TIMES)
+    field("expires_at", st.one_of(OWN_TIMES, st.none()), ODD_TIMES)
+    field(
+        "ttl_seconds",
+        st.one_of(st.integers(0, 10**10), st.none()),
+        st.one_of(st.integers(-(2**70), 2**70), st.floats(allow_nan=False), st.booleans()),
+    )
+    field("ttl_source", st.one_of(ANY_TEXT, st.none()), st.one_of(st.integers(), st.lists(PLAIN)))
+    for rare in ("erase_requested_at", "previous_deleted_at", "first_created_at"):
+        if draw(st.integers(0, 7)) == 0:
+            body[rare] = draw(st.one_of(st.none(), OWN_TIMES, ODD_TIMES))
+    if draw(st.integers(0, 7)) == 0:
+        body["held_lives"] = draw(
+            st.one_of(st.none(), st.just([]), st.just([{"created_at": format_ts(NOW)}]))
+        )
+    body["data"] = draw(st.one_of(st.none(), JSON))
+    return body
+
+
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@given(stamp_bodies())
+def test_a_stamp_read_back_in_c_is_the_one_python_reads(body: dict[str, Any]) -> None:
+    from stream_expiry.codec import _stamp_body_fields
+
+    asked: list[Any] = []
+
+    def left_to_python(got: Any) -> Any:
+        asked.append(got)
+        return _stamp_body_fields(got)
+
+    got = _packed(_codec().stamp_reader(left_to_python), body)
+    want = _packed(_stamp_body_fields, body)
+    assert got == want
+    if not isinstance(want, str):
+        assert [type(v) for v in got] == [type(v) for v in want]
+    assert asked in ([], [body])
+
+
+@settings(max_examples=1500)
+@given(st.integers(MIN_TS_MS, MAX_TS_MS))
+def test_the_services_own_times_are_read_as_python_reads_them(ms: int) -> None:
+    from stream_expiry.codec import parse_own_ts
+
+    text = format_ts(ms)
+    assert _codec().own_time(text) == parse_own_ts(text) == ms
+
+
+@pytest.mark.parametrize("text", ODD_TIME_TEXTS)
+def test_a_time_of_another_form_is_left_to_python(text: str) -> None:
+    assert _codec().own_time(text) is None
+
+
+@pytest.mark.parametrize("text", ["2024-02-29T23:59:59.999Z", "2000-02-29T00:00:00.000Z"])
+def test_a_leap_day_is_read_in_c(text: str) -> None:
+    from stream_expiry.codec import parse_own_ts
+
+    assert _codec().own_time(text) == parse_own_ts(text)
+
+
+def test_the_common_stamp_is_read_back_in_c_and_used() -> None:
+    from stream_expiry import codec
+
+    body = orjson.loads(
+        encode_stamp(
+            Stamp(Identity("o", "_", "live", "session", "r"), NOW, NOW + 1000, 1000, "defaults"),
+            {"a": 1},
+        )
+    )
+
+    def left_to_python(got: Any) -> Any:
+        raise AssertionError(f"read by the Python function: {got}")
+
+    fields = _codec().stamp_reader(left_to_python)(body)
+    assert (
+        fields
+        == codec._stamp_body_fields(body)
+        == (NOW, NOW + 1000, 1000, "defaults", None, None, (), None)
+    )
+    assert type(codec.stamp_body_fields).__name__ == "builtin_function_or_method"
