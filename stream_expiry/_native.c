@@ -9,8 +9,8 @@
  * checks. Two forms:
  *   - event, stamp, tombstone, format_ts answer None for what they leave, and
  *     stream_expiry/model.py then reads or writes it itself;
- *   - state_packer, timer_packer, timer_firer return a builtin bound to the Python
- *     function, which it calls for what it leaves (no Python frame in between).
+ *   - state_packer, timer_packer, timer_firer, stamp_reader return a builtin bound to
+ *     the Python function, which it calls for what it leaves (no Python frame between).
  * tests/unit/test_native.py compares each with its Python function on generated inputs:
  * where this answers, it answers exactly what the Python code does.
  *
