@@ -92,6 +92,7 @@ __all__ = [
     "ensure_config_topics",
     "ensure_topics",
     "key_partition",
+    "known_partition_counts",
     "mapped",
     "mark_seen",
     "message_limits",
@@ -908,6 +909,12 @@ async def stable_ends(
     return ends
 
 
+def known_partition_counts(cons: AIOKafkaConsumer | None, topics: Iterable[str]) -> dict[str, int]:
+    """How many partitions each of ``topics`` has, as ``cons`` (a group's consumer) knows it
+    from its metadata, with no request (0: not known, or no consumer)."""
+    return {t: 0 if cons is None else len(cons.partitions_for_topic(t) or ()) for t in topics}
+
+
 def counting_partitions(
     base: Any, member: Callable[[], AIOKafkaConsumer | None]
 ) -> type[AbstractPartitionAssignor]:
@@ -926,10 +933,7 @@ def counting_partitions(
         @classmethod
         def metadata(cls, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
             topics = list(topics)
-            cons = member()
-            counts = {
-                t: 0 if cons is None else len(cons.partitions_for_topic(t) or ()) for t in topics
-            }
+            counts = known_partition_counts(member(), topics)
             said = orjson.dumps({"partitions": dict(sorted(counts.items()))})
             return ConsumerProtocolMemberMetadata(cls.version, topics, said)
 

@@ -80,6 +80,7 @@ from stream_expiry.kafka import (
     consumer,
     curable,
     ensure_config_topics,
+    known_partition_counts,
     mapped,
     missing_topics,
     producer,
@@ -845,20 +846,18 @@ class Service:
     def _input_partitions(self, topic: str) -> int:
         """How many partitions an input topic has, as the group's consumer knows it (0
         outside a session)."""
-        cons = self._consumer
-        return 0 if cons is None else len(cons.partitions_for_topic(topic) or ())
+        return known_partition_counts(self._consumer, (topic,))[topic]
 
     def _partition_counts_known(self, topics: Iterable[str]) -> dict[str, int]:
         """How many partitions each of ``topics`` has, as the group's consumer knows it
         (0: not known): what each join of the group says (:func:`assignors`)."""
-        return {t: self._input_partitions(t) for t in topics}
+        return known_partition_counts(self._consumer, topics)
 
     def _retired_counts(self) -> dict[str, int]:
         """How many partitions each retired topic has, as the group's consumer knows it
         (it subscribes them: no request)."""
-        cons = self._consumer
-        assert cons is not None
-        return {t: len(cons.partitions_for_topic(t) or ()) for t in self.config.topics.retired}
+        assert self._consumer is not None
+        return known_partition_counts(self._consumer, self.config.topics.retired)
 
     def _store_path(self, topic: str, partition: int) -> str:
         return os.path.join(self.config.state_dir, f"{topic}-{partition}")
@@ -1384,7 +1383,7 @@ class Service:
             return
         self.stats.assignments += 1
         self._fence.open()  # the group has said which partitions are this member's
-        counts = {t: self._input_partitions(t) for t in self.config.topics.inputs}
+        counts = self._partition_counts_known(self.config.topics.inputs)
         for warning in partition_counts_said(self._input_counts, counts):
             log.warning("%s", warning)
         self._input_counts = counts
