@@ -92,6 +92,15 @@ class Filter:
             return False
         return self.until is None or at < self.until
 
+    def as_dict(self) -> dict[str, Any]:
+        """The period and the parts, as a report's JSON begins (the receipts' and the
+        rejected requests' alike)."""
+        return {
+            "since": None if self.since is None else format_ts(self.since),
+            "until": None if self.until is None else format_ts(self.until),
+            **{name: self.parts.get(name) for name in PARTS},
+        }
+
 
 @dataclass
 class Waits:
@@ -190,11 +199,8 @@ class Deletions:
         return out
 
     def as_dict(self) -> dict[str, Any]:
-        f = self.filter
         return {
-            "since": None if f.since is None else format_ts(f.since),
-            "until": None if f.until is None else format_ts(f.until),
-            **{name: f.parts.get(name) for name in PARTS},
+            **self.filter.as_dict(),
             "receipts": self.receipts,
             "copies": self.copies,
             "unreadable": self.unreadable,
@@ -463,11 +469,8 @@ class Rejected:
     unreadable: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        f = self.filter
         return {
-            "since": None if f.since is None else format_ts(f.since),
-            "until": None if f.until is None else format_ts(f.until),
-            **{name: f.parts.get(name) for name in PARTS},
+            **self.filter.as_dict(),
             "dead_letters": self.dead_letters,
             "copies": self.copies,
             "unreadable": self.unreadable,
