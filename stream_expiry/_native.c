@@ -540,20 +540,22 @@ static PyMethodDef pack_timer_def = {
 /* state_packer(fallback) / timer_packer(fallback): the compiled function, which calls
  * ``fallback`` (the Python one) for what it does not pack itself. A builtin bound to its
  * fallback: no Python frame between the caller and the C code. */
-static PyObject *native_state_packer(PyObject *Py_UNUSED(module), PyObject *fallback) {
+/* The builtin ``def`` bound to ``fallback``, the Python function it calls for what it
+ * leaves (its ``self``). */
+static PyObject *bound_to(PyMethodDef *def, PyObject *fallback) {
     if (!PyCallable_Check(fallback)) {
-        PyErr_SetString(PyExc_TypeError, "state_packer(fallback): a callable");
+        PyErr_Format(PyExc_TypeError, "%s's fallback must be a callable", def->ml_name);
         return NULL;
     }
-    return PyCFunction_New(&pack_state_def, fallback);
+    return PyCFunction_New(def, fallback);
+}
+
+static PyObject *native_state_packer(PyObject *Py_UNUSED(module), PyObject *fallback) {
+    return bound_to(&pack_state_def, fallback);
 }
 
 static PyObject *native_timer_packer(PyObject *Py_UNUSED(module), PyObject *fallback) {
-    if (!PyCallable_Check(fallback)) {
-        PyErr_SetString(PyExc_TypeError, "timer_packer(fallback): a callable");
-        return NULL;
-    }
-    return PyCFunction_New(&pack_timer_def, fallback);
+    return bound_to(&pack_timer_def, fallback);
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -687,11 +689,7 @@ static PyMethodDef stamp_reader_def = {
 
 /* stamp_reader(fallback): codec.stamp_body_fields compiled, bound to the Python one. */
 static PyObject *native_stamp_reader(PyObject *Py_UNUSED(module), PyObject *fallback) {
-    if (!PyCallable_Check(fallback)) {
-        PyErr_SetString(PyExc_TypeError, "stamp_reader(fallback): a callable");
-        return NULL;
-    }
-    return PyCFunction_New(&stamp_reader_def, fallback);
+    return bound_to(&stamp_reader_def, fallback);
 }
 
 /* own_time(text) -> int | None: for the tests. */
