@@ -23,6 +23,7 @@ import os
 import re
 import sys
 import uuid
+from contextlib import aclosing
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,7 @@ from stream_expiry.murmur2 import partition_for
 from stream_expiry.outbox import all_acked
 from stream_expiry.policy import PolicyBook
 from stream_expiry.service import wall_clock_ms
+from stream_expiry.timeutil import InvalidTimestamp, format_ts, parse_ts
 
 if TYPE_CHECKING:
     import argparse
@@ -164,11 +166,72 @@ def _untypable(hold_id: str, key: bytes) -> bool:
     return key != hold_id.encode() or printable(hold_id) != hold_id or len(hold_id) > MAX_ID_CHARS
 
 
-def _listed(book: HoldBook, topic: str, keys: dict[str, set[bytes]]) -> list[dict[str, Any]]:
+async def _placed_by(
+    config: Config, brokers: Brokers, book: HoldBook
+) -> dict[tuple[str, str], str]:
+    """Who placed each active hold, by (hold id, ``placed_at`` as listed), as its
+    ``hold_placed`` entry on ``expiry.audit`` says (``hold place --by``, else the account
+    that ran it).
+
+    The hold's own message has the contract's fields, which do not include who placed it
+    (docs/CONTRACT.md, "Legal holds"), so the audit trail is where it is. An entry is the
+    hold's when it names the same id and was written at its ``placed_at`` (``hold place``
+    writes both from one clock reading): an earlier placement of the id, released since,
+    is not taken for it. A hold with no ``placed_at``, or whose entry is missing (a tool
+    that wrote the holds topic alone), names nobody, or a trail that does not exist: not
+    in the answer, and ``hold list`` says unknown. Only entries keyed by an active hold's
+    id are parsed (not the deletions holds deferred, keyed by record), and the reading
+    stops once every hold's entry is found: the trail is read up to the newest hold's
+    placement, whole only when an entry is missing (expired after ``evidence_retention``,
+    400 days by default)."""
+    wanted = {(h.hold_id, format_ts(h.placed_at)) for h in book if h.placed_at is not None}
+    ids = {hold_id.encode() for hold_id, _ in wanted}
+    found: dict[tuple[str, str], str] = {}
+    topic = config.topics.audit
+    if not wanted:
+        return found
+    async with consumer(brokers) as cons:
+        if not await partitions_of(cons, topic):
+            return found
+        async with aclosing(read_to_end(cons, topic)) as batches:
+            async for batch in batches:
+                for records in batch.values():
+                    for rec in records:
+                        if rec.key in ids and rec.value is not None:
+                            _note_placer(rec.key.decode(), rec.value, wanted, found)
+                if len(found) == len(wanted):
+                    break
+    return found
+
+
+def _note_placer(
+    hold_id: str, value: bytes, wanted: set[tuple[str, str]], found: dict[tuple[str, str], str]
+) -> None:
+    """Note in ``found`` who placed ``hold_id`` when ``value`` is the ``hold_placed`` entry
+    of a placement in ``wanted`` that names someone; any other entry, or one that cannot be
+    read, changes nothing (the hold is listed as placed by someone unknown)."""
+    try:
+        entry = orjson.loads(value)
+        if type(entry) is not dict or entry.get("type") != "hold_placed":
+            return
+        at, by = format_ts(parse_ts(entry["at"])), entry.get("by")
+    except (orjson.JSONDecodeError, KeyError, TypeError, InvalidTimestamp):
+        return
+    if isinstance(by, str) and (hold_id, at) in wanted:
+        found[hold_id, at] = by
+
+
+def _listed(
+    book: HoldBook,
+    topic: str,
+    keys: dict[str, set[bytes]],
+    placers: dict[tuple[str, str], str] | None = None,
+) -> list[dict[str, Any]]:
     """``hold list --json``: every active hold, and every id in doubt (its latest message
     cannot be read) with no active hold, by id; each with ``in_doubt``, where the messages
-    that cannot be read are (empty for a hold placed as its latest message says), and
-    ``key_hex``, its message key as hex (what ``hold release --key-hex`` takes)."""
+    that cannot be read are (empty for a hold placed as its latest message says),
+    ``key_hex``, its message key as hex (what ``hold release --key-hex`` takes), and
+    ``by``, who placed it (:func:`_placed_by`; null when unknown)."""
     doubts: dict[str, list[dict[str, Any]]] = {}
     for doubt in book.in_doubt():
         doubts.setdefault(doubt.hold_id, []).append(doubt_as_dict(topic, doubt))
@@ -178,7 +241,12 @@ def _listed(book: HoldBook, topic: str, keys: dict[str, set[bytes]]) -> list[dic
     listed += [{"hold_id": hold_id, **empty} for hold_id in unplaced]
     listed.sort(key=lambda h: h["hold_id"])
     return [
-        h | {"in_doubt": doubts.get(h["hold_id"], []), "key_hex": _key_of(h["hold_id"], keys).hex()}
+        h
+        | {
+            "in_doubt": doubts.get(h["hold_id"], []),
+            "key_hex": _key_of(h["hold_id"], keys).hex(),
+            "by": (placers or {}).get((h["hold_id"], h["placed_at"])),
+        }
         for h in listed
     ]
 
@@ -198,7 +266,10 @@ def _print_listed(listed: list[dict[str, Any]]) -> None:
             else ""
         )
         if h["org"] is not None:
-            said = f"{h['hold_id']}  {_scope(h)}  placed {h['placed_at'] or '-'}  reason: {h['reason']}"
+            said = (
+                f"{h['hold_id']}  {_scope(h)}  placed {h['placed_at'] or '-'} by "
+                f"{h['by'] or '(unknown)'}  reason: {h['reason']}"
+            )
             print(printable(said) + hexed)
         kept = (
             "the services keep the hold placed before while they run, and "
@@ -378,7 +449,7 @@ async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -
         # A holds topic the cluster does not have is an error, not "no active legal holds":
         # under a mistyped name an officer read the holds as none (a trial).
         book, keys = await _read_keyed(config, brokers, must_exist=True)
-        listed = _listed(book, t.holds, keys)
+        listed = _listed(book, t.holds, keys, await _placed_by(config, brokers, book))
         if args.json:
             sys.stdout.write(orjson.dumps(listed).decode() + "\n")
         else:

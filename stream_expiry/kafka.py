@@ -68,7 +68,14 @@ from stream_expiry.kafka_settings import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+    from collections.abc import (
+        AsyncGenerator,
+        AsyncIterator,
+        Callable,
+        Iterable,
+        Iterator,
+        Mapping,
+    )
 
     from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
 
@@ -1099,8 +1106,10 @@ async def read_to_end(
     start: Mapping[int, int] | None = None,
     max_records: int = 5000,
     then_follow: bool = False,
-) -> AsyncIterator[dict[TopicPartition, list[Any]]]:
+) -> AsyncGenerator[dict[TopicPartition, list[Any]], None]:
     """Assign every partition of ``topic`` to ``cons`` and yield batches up to its current end.
+    (A generator: a reader that stops early, ``hold list`` once it has found what it
+    looks for, closes it with :func:`contextlib.aclosing`.)
 
     ``start`` maps partitions to the offset to start from (default: the beginning). Used for
     the compacted topics read whole at start (policies, tombstones) and by ``replay``.

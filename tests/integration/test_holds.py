@@ -15,6 +15,7 @@ import anyio
 import orjson
 import pytest
 
+from stream_expiry import codec
 from stream_expiry import service as service_module
 from stream_expiry import status as status_module
 from stream_expiry.archive import (
@@ -689,6 +690,45 @@ async def test_a_hold_acknowledged_before_a_records_expiry_keeps_it(
         assert held() == 1
 
 
+async def test_hold_list_says_who_placed_each_hold_and_unknown_where_nothing_says(
+    broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A compliance officer listing the holds asks who placed each one: ``hold place``
+    takes ``--by`` and writes it on expiry.audit, and ``hold list`` did not show it. The
+    hold's own message (the contract's fields) does not carry it, so ``hold list`` reads it
+    from the hold's ``hold_placed`` entry (the latest placement, not one released before);
+    a hold whose entry names nobody (an older version's) or that has none (a tool that
+    wrote expiry.holds alone) is listed as placed by someone unknown, not refused."""
+    common, _config = _setup(broker, topics, tmp_path, RETENTION)
+    place = ("hold", "place", *common, "--org", "acme", "--reason", "case 1")
+    assert await _cli(*place, "--id", "case-1", "--by", "Jane Roe") == 0
+    assert await _cli("hold", "release", *common, "case-1") == 0
+    assert await _cli(*place, "--id", "case-1", "--by", "Ann Lee") == 0  # placed again
+    t0 = wall_clock_ms()
+    older = Hold("case-2", "acme", None, None, None, None, "case 2", t0)
+    bare = Hold("case-3", "acme", "b1", None, None, None, "case 3", t0)
+    async with producer(broker) as prod:
+        for hold in (older, bare):
+            key = hold.hold_id.encode()
+            await prod.send_and_wait(topics.holds, encode_hold(hold), key=key)
+        # An older version's entry: no `by`.
+        said = codec.encode_hold_audit("hold_placed", older.as_dict(), t0)
+        await prod.send_and_wait(topics.audit, said, key=b"case-2")
+    capsys.readouterr()
+    assert await _cli("hold", "list", *common, "--json") == 0
+    listed = {h["hold_id"]: h for h in orjson.loads(capsys.readouterr().out)}
+    assert {hold_id: h["by"] for hold_id, h in listed.items()} == {
+        "case-1": "Ann Lee", "case-2": None, "case-3": None,
+    }  # fmt: skip
+    assert list(listed["case-1"])[-1] == "by"  # after the keys it had, in their order
+    assert await _cli("hold", "list", *common) == 0
+    lines = capsys.readouterr().out.splitlines()
+    placed_1 = listed["case-1"]["placed_at"]
+    assert lines[0] == f"case-1  org=acme  placed {placed_1} by Ann Lee  reason: case 1"
+    assert lines[1] == f"case-2  org=acme  placed {format_ts(t0)} by (unknown)  reason: case 2"
+    assert lines[2].startswith(f"case-3  org=acme bot=b1  placed {format_ts(t0)} by (unknown)")
+
+
 async def test_hold_list_prints_what_a_producer_chose_without_driving_the_terminal(
     broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -703,7 +743,7 @@ async def test_hold_list_prints_what_a_producer_chose_without_driving_the_termin
     # The id as printed cannot be typed back: its key as hex, which `hold release` takes.
     hexed = b"h\x1b[31m".hex()
     assert re.fullmatch(
-        r"h\\x1b\[31m  org=acme\\x1b\]0;title\\x07  placed \S+  reason: x\\x1b\[2J\\nfake line"
+        r"h\\x1b\[31m  org=acme\\x1b\]0;title\\x07  placed \S+ by \S+  reason: x\\x1b\[2J\\nfake line"
         f"  key {hexed} \\(hold release --key-hex {hexed}\\)\n",
         out,
     ), out
