@@ -22,7 +22,13 @@ export.
 ``op: delete`` event the service dead-lettered (a bad timestamp, an unknown category) is
 carried out nowhere, so no receipt names it, and an officer who read the receipts found
 no trace of it. It lists them from ``expiry.dlq`` (read whole: the contract's headers say
-why), with the record as far as the event can be read, never its data.
+why), with the record as far as the event can be read, never its data. The report of the
+receipts says how many such requests there were in its period and scope, and points to
+``--rejected``: without it, an officer who did not know the option read a report of
+receipts as every request honoured. Counting them reads ``expiry.dlq`` whole too, as
+``--rejected`` does, so that the count is the number it lists: that topic keeps dead letters
+for ``[topics] retention`` (7 days by default) against the receipts' 400, so it adds a
+fraction of the read of the receipts.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ __all__ = [
     "deletions",
     "exported",
     "rejected",
+    "rejected_count",
     "run_deletions",
     "text_lines",
 ]
@@ -182,6 +189,9 @@ class Deletions:
     # Of the parts the filter names (--org ...), the values every receipt read names, of
     # any period: a part's value no receipt names is a typo (``Acme``), not a clean record.
     named: dict[str, set[str]] = field(default_factory=dict)
+    # The erasure requests of the period and scope the service dead-lettered (what
+    # ``--rejected`` lists); None when not counted (no dlq topic, an export).
+    rejected_requests: int | None = None
 
     def never_named(self) -> dict[str, dict[str, str | None]]:
         """Each part of the filter whose value no receipt on the topic names, whatever its
@@ -206,6 +216,7 @@ class Deletions:
             "unreadable": self.unreadable,
             "never_named": self.never_named(),
             "stores": {name: s.as_dict() for name, s in sorted(self.stores.items())},
+            "rejected_requests": self.rejected_requests,
         }
 
     def add(
@@ -447,6 +458,13 @@ def text_lines(d: dict[str, Any]) -> list[str]:
                 f"    {_many(s['found_nothing'], 'tombstone')} of records it never held "
                 "(rows_deleted 0)"
             )
+    refused = d.get("rejected_requests")
+    if refused:
+        lines.append(
+            f"  {_many(refused, 'erasure request')} of that period "
+            f"{'was' if refused == 1 else 'were'} rejected (dead-lettered, never carried out): "
+            "see stream-expiry deletions --rejected"
+        )
     return lines
 
 
@@ -575,6 +593,19 @@ async def rejected(config: Config, brokers: Brokers, wanted: Filter) -> Rejected
     return report
 
 
+async def rejected_count(config: Config, brokers: Brokers, wanted: Filter) -> int | None:
+    """How many erasure requests :func:`rejected` lists for ``wanted``, for the report of
+    the receipts; None, said on stderr, when the dlq topic does not exist: the report of
+    the receipts answered without it before, and does not stop for it now."""
+    if await missing_topics(brokers, [config.topics.dlq]):
+        log.warning(
+            "the dlq topic %r does not exist: the erasure requests rejected are not counted",
+            config.topics.dlq,
+        )
+        return None
+    return len((await rejected(config, brokers, wanted)).requests)
+
+
 def rejected_lines(d: dict[str, Any]) -> list[str]:
     """``--rejected`` for a person, from :meth:`Rejected.as_dict`: a line per request."""
     scope, period, copies = _heading(d)
@@ -647,7 +678,9 @@ async def run_deletions(config: Config, brokers: Brokers, args: argparse.Namespa
         for line in _never_named_lines(report.never_named()):  # the export says nothing
             log.warning("%s", line.strip())
         return 0
-    report = await deletions(config, brokers, filter_from(args))
+    wanted = filter_from(args)
+    report = await deletions(config, brokers, wanted)
+    report.rejected_requests = await rejected_count(config, brokers, wanted)
     if args.json:
         sys.stdout.write(orjson.dumps(report.as_dict()).decode() + "\n")
         return 0

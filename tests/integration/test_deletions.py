@@ -292,3 +292,51 @@ async def test_rejected_lists_the_erasure_requests_the_service_dead_lettered(
     # An export of receipts and a listing of rejected requests are two outputs: refused.
     assert await anyio.to_thread.run_sync(main, [*common, "--rejected", "--receipts"]) == 2
     assert "--rejected" in capsys.readouterr().err
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(120)
+async def test_the_report_says_how_many_erasure_requests_were_rejected_in_its_period(
+    broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The report of the receipts said nothing of the erasure requests the service
+    dead-lettered: an officer who did not know ``--rejected`` read a period with no
+    erasure carried out, or every one carried out, as every request honoured. It now says
+    how many were rejected in the period and the scope (as ``--rejected`` lists them) and
+    points to ``--rejected``; JSON ``rejected_requests``, after the keys it had."""
+    cfg = tmp_path / "expiry.toml"
+    cfg.write_text(config_text(topics, str(tmp_path / "state"), ""))
+    common = ["deletions", "--config", str(cfg), "--bootstrap-servers", broker]
+    where = [(codec.H_TOPIC, topics.conversations.encode()), (codec.H_PARTITION, b"0")]
+    letters = [
+        (event("conversation", "c-ts", op="delete", ts="yesterday"), b"bad_timestamp"),
+        (event("conversation", "c-b2", op="delete", ts="yesterday", bot="b2"), b"bad_timestamp"),
+        (event("conversation", "c-new", ts="yesterday"), b"bad_timestamp"),  # not an erasure
+    ]
+    async with producer(broker) as prod:
+        for i, ((key, value), error) in enumerate(letters):
+            headers = [(codec.H_ERROR, error), *where, (codec.H_OFFSET, str(i).encode())]
+            await (await prod.send(topics.dlq, value, key=key, headers=headers))
+
+    assert await anyio.to_thread.run_sync(main, [*common, "--json"]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    keys = list(report)
+    assert keys[-2:] == ["stores", "rejected_requests"]  # the keys before, in their order
+    assert report["rejected_requests"] == 2
+    assert await anyio.to_thread.run_sync(main, common) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[-1] == (
+        "  2 erasure requests of that period were rejected (dead-lettered, never carried "
+        "out): see stream-expiry deletions --rejected"
+    )
+    # Narrowed as --rejected narrows them; none in the period: nothing said, 0 in JSON.
+    assert await anyio.to_thread.run_sync(main, [*common, "--bot", "b2"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "  1 erasure request of that period was rejected (dead-lettered, never carried "
+        "out): see stream-expiry deletions --rejected"
+    )
+    later = format_ts(wall_clock_ms() + MINUTE)
+    assert await anyio.to_thread.run_sync(main, [*common, "--since", later]) == 0
+    assert "rejected" not in capsys.readouterr().out
+    assert await anyio.to_thread.run_sync(main, [*common, "--since", later, "--json"]) == 0
+    assert orjson.loads(capsys.readouterr().out)["rejected_requests"] == 0
