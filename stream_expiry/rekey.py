@@ -64,6 +64,7 @@ from stream_expiry.kafka import (
     counting_partitions,
     curable,
     ensure_topics,
+    known_partition_counts,
     message_limits,
     producer,
     stable_end,
@@ -257,12 +258,24 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka 
         self._rekeyer.owned.revoked(revoked, self._rekeyer.metrics)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        self._rekeyer.owned.assigned(assigned)
-        self._rekeyer._assigned = True
+        rekeyer = self._rekeyer
+        rekeyer.owned.assigned(assigned)
+        rekeyer._assigned = True  # even nothing: the join is over (see Rekeyer._session)
         # Which partitions this member copies: two processes in one group could not tell.
+        if assigned:
+            log.info(
+                "rekey assigned %s",
+                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)),
+            )
+            return
+        counts = known_partition_counts(rekeyer._consumer, sorted(rekeyer.targets))
         log.info(
-            "rekey assigned %s",
-            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)) or "nothing",
+            "rekey assigned no partitions: the group %s has more members than %s %s "
+            "partitions; this rekey waits as a standby (ready, copying nothing) until a "
+            "member leaves",
+            rekeyer.group_id,
+            " and ".join(f"{t} ({n})" for t, n in counts.items()),
+            "has" if len(counts) == 1 else "have",
         )
 
 
@@ -375,7 +388,7 @@ class Rekeyer:
             self.ready.set()
             health = self.health
             if health is not None:
-                health.joining()  # ready once the group gave it partitions
+                health.joining()  # ready once the group answers (partitions, or none)
             said_at = time.monotonic()
             while not stop.is_set():
                 batch = await cons.getmany(timeout_ms=200, max_records=_BATCH_RECORDS)
@@ -386,10 +399,12 @@ class Rekeyer:
                 await self._observe_lag(cons)
                 if health is not None:
                     health.beat()
-                    if cons.assignment():
+                    # Ready once the group answered the join, with nothing too: a member
+                    # given nothing (more members than partitions) is a standby; it said
+                    # "rebalancing" for good (/readyz 503), and an orchestrator held back
+                    # or restarted a healthy instance.
+                    if self._assigned:
                         health.running()
-                    elif self._assigned:  # the group gave it nothing (more members than partitions)
-                        health.rebalancing()
                     else:  # its first assignment not here yet ("rebalancing" said so, as if revoked)
                         health.joining()
                 if time.monotonic() - said_at >= PROGRESS_EVERY_S:

@@ -68,6 +68,7 @@ from stream_expiry.kafka import (
     counting_partitions,
     ensure_topics,
     key_partition,
+    known_partition_counts,
     message_limits,
     producer,
     read_to_end,
@@ -366,6 +367,7 @@ class _HandOver(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self._sink._owned.assigned(assigned)
+        self._sink._given(assigned)
 
 
 class Sink:
@@ -389,8 +391,9 @@ class Sink:
         self.config = config
         # The store's outage, whose end the loop and the store probe say once between them.
         self.store_outage = Outage()
-        # Ready once the group gave this sink its partitions (not merely once the store is
-        # open); the lag of each it owns is reported at most once a second.
+        # Ready once the group gave this sink its partitions, or none (a standby), not
+        # merely once the store is open; the lag of each it owns is reported at most once
+        # a second.
         self._on_ready = on_ready
         self._on_joining: Callable[[], object] | None = None
         self._lag = lag
@@ -432,6 +435,10 @@ class Sink:
         self._holds_reader: AIOKafkaConsumer | None = None
         # The group's consumer: the partition counts it knows are said at each join.
         self._consumer: AIOKafkaConsumer | None = None
+        # Whether the group answered this run's join (an empty assignment too), and whether
+        # its last assignment was empty (said once, not at each rebalance that keeps it so).
+        self._joined = False
+        self._standby = False
         # Reads the archive group's committed offsets ([archive] required), and when the
         # sink last said that its sweep keeps rows for the archive.
         self._archive_reader: AIOKafkaConsumer | None = None
@@ -522,7 +529,7 @@ class Sink:
                 producer(conn, max_batch_size=batch_bytes(limits.values()))
             )
             cons = await stack.enter_async_context(consumer(conn, **options))
-            self._consumer = cons
+            self._consumer, self._joined, self._standby = cons, False, False
             cons.subscribe([cfg.stamped_topic, cfg.tombstones_topic], listener=_HandOver(self))
             if follow_holds:
                 # Every hold is known before the first sweep, as the service knows them
@@ -717,12 +724,32 @@ class Sink:
     ) -> None:
         """Be told when the sink has started and waits for its group's first assignment
         (it said "starting" through the whole join), when the group gave this
-        sink its partitions, and each one's lag."""
+        sink its partitions (or none: a standby, see :meth:`_given`), and each one's lag."""
         self._on_joining, self._on_ready, self._lag = on_joining, on_ready, lag
+
+    def _given(self, assigned: Collection[Any]) -> None:
+        """The group's assignment, as the listener gets it: even an empty one ends the join.
+        A member given nothing (the group has more members than the topics have
+        partitions) is a standby, ready, idle until a member leaves and the group hands
+        it partitions; it waited for partitions, said "joining" for good, and /readyz never
+        said 200, so an orchestrator held back or restarted a healthy instance."""
+        self._joined = True
+        was_standby, self._standby = self._standby, not assigned
+        if self._standby and not was_standby:
+            cfg = self.config
+            topics = (cfg.stamped_topic, cfg.tombstones_topic)
+            counts = known_partition_counts(self._consumer, topics)
+            log.info(
+                "sink %s assigned no partitions: the group %s has more members than %s have "
+                "partitions; this sink waits as a standby (ready, reading nothing) until a "
+                "member leaves",
+                self.store.name, cfg.group_id,
+                " and ".join(f"{t} ({counts[t]})" for t in topics),
+            )  # fmt: skip
 
     def _observe(self, cons: AIOKafkaConsumer, batch: Mapping[Any, list[Any]]) -> None:
         assignment = cons.assignment()
-        if self._on_ready is not None and assignment:
+        if self._on_ready is not None and self._joined:  # a standby given nothing too
             self._on_ready()
             self._on_ready = None
         for tp, records in batch.items():

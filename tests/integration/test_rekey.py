@@ -723,3 +723,48 @@ async def test_readyz_says_joining_until_the_group_assigns_partitions(
             assert await anyio.to_thread.run_sync(_readyz, port) == (200, "running")
             stop.set()
         server.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(90)
+async def test_a_rekey_the_group_gives_no_partitions_is_a_ready_standby(
+    broker: str, topics: TopicSet, tmp_path: Path
+) -> None:
+    """Two rekeys in one group on a source of one partition, started together: the group
+    gives it to one and nothing to the other, which is a standby, ready (phase
+    ``running``), and says so once at INFO. It said ``rebalancing`` for good: an
+    orchestrator held back, or restarted, a healthy instance."""
+    source = f"{topics.prefix}.chat"
+    await ensure_topics(broker, [source], partitions=1)
+    config = config_for(topics, str(tmp_path / "state"), RETENTION)
+    rekeyers = [
+        Rekeyer(
+            config,
+            broker,
+            targets_for([source]),
+            group_id=f"{config.group_id}-rekey",
+            consumer_options={"session_timeout_ms": 2000, "heartbeat_interval_ms": 500},
+        )
+        for _ in range(2)
+    ]
+    healths = [Health(), Health()]
+    for rekeyer, health in zip(rekeyers, healths, strict=True):
+        rekeyer.health = health
+        health.starting()
+    stop = anyio.Event()
+    with captured_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            for rekeyer in rekeyers:  # together: both in the group's first assignment
+                tg.start_soon(rekeyer.run, stop)
+            try:
+                await wait_for(lambda: all(h.ready for h in healths), timeout_s=40)
+                owned = sorted((list(rekeyer.owned) for rekeyer in rekeyers), key=len)
+                assert owned == [[], [TopicPartition(source, 0)]], owned
+            finally:
+                stop.set()
+    said = [line for line in logs.json_lines() if "assigned no partitions" in str(line["msg"])]
+    assert [line["level"] for line in said] == ["INFO"], said
+    assert said[0]["msg"] == (
+        f"rekey assigned no partitions: the group {config.group_id}-rekey has more members "
+        f"than {source} (1) has partitions; this rekey waits as a standby (ready, copying "
+        "nothing) until a member leaves"
+    )

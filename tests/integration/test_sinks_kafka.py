@@ -55,6 +55,7 @@ from tests.integration.sink_helpers import (
     tombstone_msg,
     wait_until,
 )
+from tests.log_capture import captured_logs
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -1739,3 +1740,44 @@ async def test_the_sink_command_s_readyz_says_joining_until_its_group_assigns_pa
 
         await wait_until(running, timeout_s=30, what="/readyz 200, running")
         signal.raise_signal(signal.SIGINT)  # _serve's own receiver takes it: a clean stop
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(90)
+async def test_a_sink_the_group_gives_no_partitions_is_a_ready_standby(broker: str) -> None:
+    """Two sinks in one group on topics of one partition each, started together: the
+    group gives both partitions to one and nothing to the other, which is a standby,
+    ready (phase ``running``), and says so once at INFO. It waited for partitions and said
+    ``joining`` for good: an orchestrator held back, or restarted, a healthy instance."""
+    from aiokafka import TopicPartition
+
+    from stream_expiry.health import Health
+
+    topics = make_topic_set()
+    await ensure_topics(broker, topics.all, partitions=1)
+    config = sink_config(broker, topics)
+    sinks = [SinkRunner(MemoryStore(name), config) for name in ("first", "second")]
+    healths = [Health(), Health()]
+    for sink, health in zip(sinks, healths, strict=True):
+        health.starting()
+        sink.observe(on_joining=health.joining, on_ready=health.running)
+    stop = anyio.Event()
+    with captured_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            for sink in sinks:  # together: both in the group's first assignment
+                tg.start_soon(sink.run, stop)
+            try:
+                await wait_for(lambda: all(h.ready for h in healths), timeout_s=40)
+                owned = sorted((list(sink._owned) for sink in sinks), key=len)
+                both = sorted(TopicPartition(t, 0) for t in (topics.stamped, topics.tombstones))
+                assert owned == [[], both], owned
+            finally:
+                stop.set()
+    standby = next(sink for sink in sinks if not list(sink._owned))
+    said = [line for line in logs.json_lines() if "assigned no partitions" in str(line["msg"])]
+    assert [line["level"] for line in said] == ["INFO"], said
+    assert said[0]["msg"] == (
+        f"sink {standby.store.name} assigned no partitions: the group {config.group_id} has "
+        f"more members than {topics.stamped} (1) and {topics.tombstones} (1) have partitions; "
+        "this sink waits as a standby (ready, reading nothing) until a member leaves"
+    )

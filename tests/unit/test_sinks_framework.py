@@ -25,7 +25,14 @@ from stream_expiry.sinks._messages import (
     decode_stamped,
     decode_tombstone,
 )
-from stream_expiry.sinks.framework import BatchReport, Sink, SinkConfig, _Decoded, archived_by
+from stream_expiry.sinks.framework import (
+    BatchReport,
+    Sink,
+    SinkConfig,
+    _Decoded,
+    _HandOver,
+    archived_by,
+)
 from stream_expiry.sinks.postgres import PostgresStore
 from stream_expiry.sinks.store import MemoryStore, StoreUnavailableError
 from tests.log_capture import captured_logs
@@ -1359,3 +1366,47 @@ async def test_a_publish_that_fails_leaves_no_ack_unretrieved() -> None:
     finally:
         loop.set_exception_handler(before)
     assert unretrieved == []
+
+
+class _GivenNothing:
+    """The group consumer of a member the group gave nothing; each topic has one
+    partition."""
+
+    def assignment(self) -> set[TP]:
+        return set()
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0}
+
+
+@pytest.mark.asyncio
+async def test_an_empty_assignment_ends_the_join_a_standby_said_once() -> None:
+    """The group's answer to the join, an empty assignment too (more members than the
+    topics have partitions), makes the sink ready: a standby, said once at INFO, not again
+    at a rebalance that gives it nothing again. It waited for partitions, "joining" for
+    good, and an orchestrator held back or restarted a healthy instance. As the rebalance
+    listener calls it (the broker's part: tests/integration/test_sinks_kafka.py)."""
+    ready: list[str] = []
+    sink = sink_for(MemoryStore(), [])
+    sink.observe(on_joining=lambda: None, on_ready=lambda: ready.append("ready"))
+    cons = _GivenNothing()
+    sink._consumer = cons
+    listener = _HandOver(sink)
+    sink._observe(cons, {})
+    assert ready == []  # the group has not answered: still joining
+    with captured_logs() as logs:
+        await listener.on_partitions_assigned(set())
+        sink._observe(cons, {})
+        await listener.on_partitions_revoked(set())
+        await listener.on_partitions_assigned(set())
+        sink._observe(cons, {})
+    assert ready == ["ready"]
+    said = [line for line in logs.json_lines() if "assigned no partitions" in str(line["msg"])]
+    assert [(line["level"], line["msg"]) for line in said] == [
+        (
+            "INFO",
+            "sink memory assigned no partitions: the group g has more members than st (1) "
+            "and tb (1) have partitions; this sink waits as a standby (ready, reading "
+            "nothing) until a member leaves",
+        )
+    ]
