@@ -12,13 +12,20 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.protocol.admin import CreateTopicsResponse_v3
 
 from stream_expiry import archive
 from stream_expiry.commits import COMMIT_TIMEOUT_S
 from stream_expiry.config import ConfigError, parse_config
 from stream_expiry.errors import BrokerError, ConfigurationError
-from stream_expiry.kafka import PRODUCER_REQUEST_TIMEOUT_MS, check_created, client_options
+from stream_expiry.kafka import (
+    PRODUCER_REQUEST_TIMEOUT_MS,
+    check_created,
+    client_options,
+    counting_partitions,
+)
 from stream_expiry.kafka_settings import (
     MAX_MESSAGE_BYTES,
     Connection,
@@ -431,6 +438,42 @@ def test_the_archive_s_group_takes_the_service_s_session_timeout() -> None:
     assert default == parse_config("").session_timeout_ms
     mine = archive._group_options(3_000, {"session_timeout_ms": 2_000})
     assert mine["session_timeout_ms"] == 2_000  # the caller's win
+
+
+class _Metadata:
+    """A group consumer as its metadata knows the topics (None: a topic it does not know)."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.counts = counts
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        return set(range(self.counts[topic])) if topic in self.counts else None
+
+
+@pytest.mark.parametrize("base", [RangePartitionAssignor, RoundRobinPartitionAssignor])
+def test_rekey_s_and_a_sink_s_joins_say_the_partition_counts_their_consumer_knows(
+    base: Any,
+) -> None:
+    """Each join of a rekey or a sink says the subscribed topics' partition counts as its
+    consumer knows them then, sorted by topic, 0 for one it does not know or before the
+    consumer is made: the test broker kept a formed group as it was for a leader whose
+    join said what its last one said, and partitions added to a topic stayed unassigned.
+    The group's protocol (``name``) and the assignment stay the base's: a member of an
+    earlier version in the group is no matter."""
+    member: list[Any] = [None]
+    counting = counting_partitions(base, lambda: member[0])
+    assert counting.__name__ == counting.__qualname__ == f"PartitionCounting{base.__name__}"
+    assert counting.name == base.name
+    assert counting.assign.__func__ is base.assign.__func__
+    said = counting.metadata(["b", "a"])  # no consumer yet
+    assert (said.version, said.subscription) == (base.version, ["b", "a"])
+    assert said.user_data == b'{"partitions":{"a":0,"b":0}}'
+    member[0] = _Metadata({"b": 3, "a": 2})
+    said = counting.metadata(iter(["c", "b", "a"]))  # read once, as any iterable
+    assert said.subscription == ["c", "b", "a"]
+    assert said.user_data == b'{"partitions":{"a":2,"b":3,"c":0}}'
+    member[0].counts["c"] = 4  # learnt since: the next join says it
+    assert counting.metadata(["c"]).user_data == b'{"partitions":{"c":4}}'
 
 
 def test_the_callers_consumer_options_reach_the_group_consumer() -> None:
