@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from stream_expiry.config import Config
     from stream_expiry.kafka_settings import Brokers
 
-__all__ = ["doubt_as_dict", "doubt_line", "read_holds", "run_hold"]
+__all__ = ["doubt_as_dict", "doubt_line", "placed_by", "read_holds", "run_hold"]
 
 
 async def read_holds(
@@ -166,9 +166,7 @@ def _untypable(hold_id: str, key: bytes) -> bool:
     return key != hold_id.encode() or printable(hold_id) != hold_id or len(hold_id) > MAX_ID_CHARS
 
 
-async def _placed_by(
-    config: Config, brokers: Brokers, book: HoldBook
-) -> dict[tuple[str, str], str]:
+async def placed_by(config: Config, brokers: Brokers, book: HoldBook) -> dict[tuple[str, str], str]:
     """Who placed each active hold, by (hold id, ``placed_at`` as listed), as its
     ``hold_placed`` entry on ``expiry.audit`` says (``hold place --by``, else the account
     that ran it).
@@ -179,11 +177,11 @@ async def _placed_by(
     writes both from one clock reading): an earlier placement of the id, released since,
     is not taken for it. A hold with no ``placed_at``, or whose entry is missing (a tool
     that wrote the holds topic alone), names nobody, or a trail that does not exist: not
-    in the answer, and ``hold list`` says unknown. Only entries keyed by an active hold's
-    id are parsed (not the deletions holds deferred, keyed by record), and the reading
-    stops once every hold's entry is found: the trail is read up to the newest hold's
-    placement, whole only when an entry is missing (expired after ``evidence_retention``,
-    400 days by default)."""
+    in the answer, and ``hold list`` and ``status`` (which both show it) say unknown. Only
+    entries keyed by an active hold's id are parsed (not the deletions holds deferred,
+    keyed by record), and the reading stops once every hold's entry is found: the trail is
+    read up to the newest hold's placement, whole only when an entry is missing (expired
+    after ``evidence_retention``, 400 days by default)."""
     wanted = {(h.hold_id, format_ts(h.placed_at)) for h in book if h.placed_at is not None}
     ids = {hold_id.encode() for hold_id, _ in wanted}
     found: dict[tuple[str, str], str] = {}
@@ -231,7 +229,7 @@ def _listed(
     cannot be read) with no active hold, by id; each with ``in_doubt``, where the messages
     that cannot be read are (empty for a hold placed as its latest message says),
     ``key_hex``, its message key as hex (what ``hold release --key-hex`` takes), and
-    ``by``, who placed it (:func:`_placed_by`; null when unknown)."""
+    ``by``, who placed it (:func:`placed_by`; null when unknown)."""
     doubts: dict[str, list[dict[str, Any]]] = {}
     for doubt in book.in_doubt():
         doubts.setdefault(doubt.hold_id, []).append(doubt_as_dict(topic, doubt))
@@ -449,7 +447,7 @@ async def run_hold(config: Config, brokers: Brokers, args: argparse.Namespace) -
         # A holds topic the cluster does not have is an error, not "no active legal holds":
         # under a mistyped name an officer read the holds as none (a trial).
         book, keys = await _read_keyed(config, brokers, must_exist=True)
-        listed = _listed(book, t.holds, keys, await _placed_by(config, brokers, book))
+        listed = _listed(book, t.holds, keys, await placed_by(config, brokers, book))
         if args.json:
             sys.stdout.write(orjson.dumps(listed).decode() + "\n")
         else:

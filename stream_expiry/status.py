@@ -44,7 +44,7 @@ from stream_expiry import codec
 from stream_expiry.archive import archived_offsets
 from stream_expiry.changelog import read_latest
 from stream_expiry.errors import BrokerError
-from stream_expiry.hold_command import doubt_as_dict, doubt_line, read_holds
+from stream_expiry.hold_command import doubt_as_dict, doubt_line, placed_by, read_holds
 from stream_expiry.instances import (
     CLIENT_ID,
     POLICY_FORM,
@@ -106,6 +106,10 @@ class Status:
     # held none, alike a hold with a typo in its record id (a trial), until they fell due.
     matched: Counter[str] = field(default_factory=Counter)
     holds: list[dict[str, Any]] = field(default_factory=list)
+    # Who placed each hold, by hold id, as its hold_placed entry on expiry.audit says
+    # (hold_command.placed_by): the hold's message does not carry it, and an officer
+    # reading status asked who to turn to about a hold; absent, unknown.
+    placers: dict[str, str] = field(default_factory=dict)
     # Hold ids whose latest message on a partition cannot be read: a start refuses for
     # them, and left out they looked like ids that hold nothing.
     holds_in_doubt: list[dict[str, Any]] = field(default_factory=list)
@@ -155,6 +159,7 @@ class Status:
                     "erasures_held": self.erasures_held.get(h["hold_id"], 0),
                     "oldest_erasure_held": _ts_or_none(self.oldest_erasure_held.get(h["hold_id"])),
                     "records_matched": self.matched.get(h["hold_id"], 0),
+                    "by": self.placers.get(h["hold_id"]),
                 }
                 for h in self.holds
             ],
@@ -574,6 +579,12 @@ async def status(
         )
     holds = await read_holds(config, brokers)
     result.holds = [h.as_dict() for h in sorted(holds, key=lambda h: h.hold_id)]
+    placers = await placed_by(config, brokers, holds)
+    result.placers = {
+        h["hold_id"]: placers[key]
+        for h in result.holds
+        if (key := (h["hold_id"], h["placed_at"])) in placers
+    }
     result.holds_in_doubt = [
         {"hold_id": d.hold_id, **doubt_as_dict(t.holds, d)} for d in holds.in_doubt()
     ]
@@ -849,7 +860,7 @@ def text_lines(d: dict[str, Any]) -> list[str]:
         )
         said = (
             f"{h['hold_id']}: {n:,} record{'' if n == 1 else 's'} held{waiting}, "
-            f"{matched:,} matched ({h['reason']})"
+            f"{matched:,} matched ({h['reason']}), placed by {h.get('by') or '(unknown)'}"
         )
         lines.append(f"    {printable(said)}")
     lines += _in_doubt_lines(d.get("holds_in_doubt") or [])

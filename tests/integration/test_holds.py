@@ -729,6 +729,34 @@ async def test_hold_list_says_who_placed_each_hold_and_unknown_where_nothing_say
     assert lines[2].startswith(f"case-3  org=acme bot=b1  placed {format_ts(t0)} by (unknown)")
 
 
+async def test_status_says_who_placed_each_hold_and_unknown_where_nothing_says(
+    broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``status`` lists the active holds, and an officer reading it asked who placed each,
+    which only ``hold list`` said: it reads the same ``hold_placed`` entry on expiry.audit
+    (the latest placement of the id), and says unknown for a hold whose entry names nobody
+    or that has none; JSON ``by``, the last key of each hold entry."""
+    common, _config = _setup(broker, topics, tmp_path, RETENTION)
+    place = ("hold", "place", *common, "--org", "acme", "--reason", "case 1")
+    assert await _cli(*place, "--id", "case-1", "--by", "Jane Roe") == 0
+    assert await _cli("hold", "release", *common, "case-1") == 0
+    assert await _cli(*place, "--id", "case-1", "--by", "Ann Lee") == 0  # placed again
+    bare = Hold("case-2", "acme", None, None, None, None, "case 2", wall_clock_ms())
+    async with producer(broker) as prod:
+        await prod.send_and_wait(topics.holds, encode_hold(bare), key=b"case-2")
+    capsys.readouterr()
+    assert await _cli("status", *common, "--json") == 0
+    holds = {h["hold_id"]: h for h in orjson.loads(capsys.readouterr().out)["holds"]}
+    assert {hold_id: h["by"] for hold_id, h in holds.items()} == {
+        "case-1": "Ann Lee", "case-2": None,
+    }  # fmt: skip
+    assert list(holds["case-1"])[-2:] == ["records_matched", "by"]
+    assert await _cli("status", *common) == 0
+    text = capsys.readouterr().out
+    assert "case-1: 0 records held, 0 matched (case 1), placed by Ann Lee\n" in text
+    assert "case-2: 0 records held, 0 matched (case 2), placed by (unknown)\n" in text
+
+
 async def test_hold_list_prints_what_a_producer_chose_without_driving_the_terminal(
     broker: str, topics: TopicSet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

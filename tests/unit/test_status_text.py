@@ -68,7 +68,8 @@ def test_a_hold_from_the_bus_cannot_drive_the_terminal_or_forge_a_line() -> None
     lines = text_lines(STATUS | {"holds": [hostile]})
     (line,) = [line for line in lines if line.startswith("    h")]
     assert line == (
-        "    h\\x1b[31m: 2 records held, 5 matched (x\\x1b]0;title\\x07\\r\\nfake \\u202e)"
+        "    h\\x1b[31m: 2 records held, 5 matched (x\\x1b]0;title\\x07\\r\\nfake \\u202e), "
+        "placed by (unknown)"
     )
     assert not any(c < " " or c == "\u202e" for c in "".join(lines))
 
