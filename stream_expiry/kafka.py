@@ -114,6 +114,7 @@ __all__ = [
     "size_limits",
     "stable_end",
     "stable_ends",
+    "standby_said",
     "topic_config_values",
     "topic_ends",
     "topic_names",
@@ -920,6 +921,21 @@ def known_partition_counts(cons: AIOKafkaConsumer | None, topics: Iterable[str])
     """How many partitions each of ``topics`` has, as ``cons`` (a group's consumer) knows it
     from its metadata, with no request (0: not known, or no consumer)."""
     return {t: 0 if cons is None else len(cons.partitions_for_topic(t) or ()) for t in topics}
+
+
+def standby_said(member: str, group: str, counts: Mapping[str, int], *, doing: str) -> str:
+    """What a member its group gave no partitions says (INFO, once a stretch): the group has
+    more members than ``counts``' topics have partitions, and ``member`` (``this sink``,
+    ``this rekey``, ``this instance``) waits ready, ``doing`` nothing, until one leaves.
+    Ready and silent, a standby could not be told from a member stuck joining; the service,
+    the sinks and rekey say it in one wording, kept here."""
+    named = [f"{topic} ({n})" for topic, n in counts.items()]
+    topics = f"{', '.join(named[:-1])} and {named[-1]}" if len(named) > 1 else "".join(named)
+    return (
+        f"assigned no partitions: the group {group} has more members than {topics} "
+        f"{'has' if len(named) == 1 else 'have'} partitions; {member} waits as a standby "
+        f"(ready, {doing} nothing) until a member leaves"
+    )
 
 
 def counting_partitions(

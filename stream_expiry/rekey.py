@@ -68,6 +68,7 @@ from stream_expiry.kafka import (
     message_limits,
     producer,
     stable_end,
+    standby_said,
     topic_ends,
     topic_names,
 )
@@ -269,14 +270,7 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka 
             )
             return
         counts = known_partition_counts(rekeyer._consumer, sorted(rekeyer.targets))
-        log.info(
-            "rekey assigned no partitions: the group %s has more members than %s %s "
-            "partitions; this rekey waits as a standby (ready, copying nothing) until a "
-            "member leaves",
-            rekeyer.group_id,
-            " and ".join(f"{t} ({n})" for t, n in counts.items()),
-            "has" if len(counts) == 1 else "have",
-        )
+        log.info("rekey %s", standby_said("this rekey", rekeyer.group_id, counts, doing="copying"))
 
 
 class Rekeyer:

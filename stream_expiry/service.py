@@ -87,6 +87,7 @@ from stream_expiry.kafka import (
     request_rejoin,
     size_limits,
     stable_end,
+    standby_said,
     topic_config_values,
     topic_ends,
 )
@@ -489,6 +490,9 @@ class Service:
         # Each input topic's partition count at the last assignment (a count that changes
         # while the service runs is said: partition_counts_said).
         self._input_counts: dict[str, int] = {}
+        # Whether the group's last assignment gave this instance nothing (a standby): said
+        # once a stretch, not at each rebalance that keeps it so.
+        self._standby = False
         for warning in self.book.env_warnings:
             log.warning("%s", warning)
 
@@ -651,7 +655,7 @@ class Service:
                 await archive.once()
                 tg.start_soon(archive.run, stop)
             async with consumer(self.bootstrap, **self._group_options()) as cons:
-                self._consumer = cons
+                self._consumer, self._standby = cons, False  # a standby said again in a new session
                 # Retired topics too: their partitions are assigned, fired, never read.
                 cons.subscribe([*t.inputs, *t.retired], listener=_Rebalance(self))
                 self.health.joining()  # the broker answered; the group's turn now
@@ -1387,6 +1391,13 @@ class Service:
         for warning in partition_counts_said(self._input_counts, counts):
             log.warning("%s", warning)
         self._input_counts = counts
+        was_standby, self._standby = self._standby, not assigned
+        if self._standby and not was_standby:
+            # More instances than the inputs have partitions: ready (below), and it said
+            # nothing, so an operator could not tell a standby from one stuck joining.
+            log.info(
+                "%s", standby_said("this instance", self.config.group_id, counts, doing="reading")
+            )
         self._close_suspended(keep=((tp.topic, tp.partition) for tp in assigned))
         fresh = [tp for tp in assigned if (tp.topic, tp.partition) not in self.processors]
         if not fresh:

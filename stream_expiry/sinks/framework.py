@@ -73,6 +73,7 @@ from stream_expiry.kafka import (
     producer,
     read_to_end,
     stable_end,
+    standby_said,
     topic_partitions,
 )
 from stream_expiry.kafka_settings import (
@@ -739,13 +740,8 @@ class Sink:
             cfg = self.config
             topics = (cfg.stamped_topic, cfg.tombstones_topic)
             counts = known_partition_counts(self._consumer, topics)
-            log.info(
-                "sink %s assigned no partitions: the group %s has more members than %s have "
-                "partitions; this sink waits as a standby (ready, reading nothing) until a "
-                "member leaves",
-                self.store.name, cfg.group_id,
-                " and ".join(f"{t} ({counts[t]})" for t in topics),
-            )  # fmt: skip
+            said = standby_said("this sink", cfg.group_id, counts, doing="reading")
+            log.info("sink %s %s", self.store.name, said)
 
     def _observe(self, cons: AIOKafkaConsumer, batch: Mapping[Any, list[Any]]) -> None:
         assignment = cons.assignment()

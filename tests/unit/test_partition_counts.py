@@ -66,3 +66,35 @@ async def test_an_assignment_after_partitions_were_added_warns(
         await service.assign([TopicPartition("sessions", 0), TopicPartition("sessions", 6)])
     said = [r.getMessage() for r in caplog.records]
     assert any(s.startswith("input topic sessions has 8 partitions, 6 at") for s in said), said
+
+
+@pytest.mark.asyncio
+async def test_an_instance_given_no_partitions_says_it_is_a_standby_once_a_stretch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An instance beyond the inputs' partition count is given nothing by its group: it is
+    ready, and said nothing, so an operator could not tell a standby from an instance
+    stuck joining (the sinks and rekey say it). Said once at INFO with the inputs'
+    partition counts, not again at each rebalance that keeps it empty; again once it had
+    partitions and lost them."""
+    service = Service(parse_config(""), bootstrap_servers="k:1", environ={})
+    service._consumer = _Consumer({"conversations": 1, "sessions": 1, "errors": 1})
+    standby = (
+        "assigned no partitions: the group stream-expiry has more members than "
+        "conversations (1), sessions (1) and errors (1) have partitions; this instance "
+        "waits as a standby (ready, reading nothing) until a member leaves"
+    )
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "no partitions" in r.getMessage()]
+
+    with caplog.at_level(logging.INFO, logger="stream_expiry"):
+        await service.assign([])
+        assert said() == [standby]
+        assert service.ready.is_set()
+        await service.assign([])  # a rebalance that keeps it empty
+        assert said() == [standby]
+        await service.assign([TopicPartition("sessions", 0)])
+        assert said() == [standby]
+        await service.assign([])
+    assert said() == [standby, standby]
