@@ -8,9 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stream_expiry.config import parse_config
-from stream_expiry.model import Identity
+from stream_expiry.model import Identity, Stamp, encode_stamp
 from stream_expiry.policy import PolicyBook
-from stream_expiry.replay import _Rederive
+from stream_expiry.redact import Redactor
+from stream_expiry.replay import UNCHANGED, _Rederive, _Verdict
 from stream_expiry.timeutil import format_ts
 
 DAY = 86_400_000
@@ -73,3 +74,43 @@ def test_every_answer_is_the_books_own(steps: list[tuple[str, str, str, int, int
         assert res.ttl_ms is not None
         want = (base + res.ttl_ms, res.ttl_ms, res.source)
         assert rederive.expiry(identity.key.encode(), body, created) == want
+        assert rederive.expires_at(identity.key.encode(), body, created) == want[0]
+
+
+def test_the_verdict_on_each_message_keeps_a_byte_for_an_unchanged_stamp_only() -> None:
+    """What replay keeps of each message of ``expiry.stamped`` (:class:`_Verdict`): one
+    empty value for a stamp whose expiry the policy leaves as it is, the message for one it
+    changes, and nothing for an erasure a hold deferred; a stamp that remembers the deletion
+    of the record's previous life is judged like any other."""
+    rederive = _Rederive(PolicyBook(parse_config(CONFIG), {}), frozenset({"session"}))
+    verdict = _Verdict(rederive, since_ms=None, keep_states=False)
+    headers = [("expiry-source-topic", b"t")]
+
+    def judged(stamp: Stamp) -> bytes | None:
+        return verdict(0, 7, headers, stamp.identity.key.encode(), encode_stamp(stamp))
+
+    conv = Identity("acme", "b1", "live", "conversation", "c1")
+    same = Stamp(conv, DAY, DAY + 90 * DAY, 90 * DAY, "default")
+    assert judged(same) == UNCHANGED
+    assert judged(same._replace(previous_deleted_at=DAY - 5)) == UNCHANGED
+    changed = same._replace(expires_at=DAY + 30 * DAY, ttl_ms=30 * DAY)
+    assert judged(changed) not in (None, UNCHANGED)
+    assert judged(same._replace(erase_at=2 * DAY)) is None  # held erasure: ends at release
+    session = Identity("acme", "b1", "live", "session", "s1")
+    slid = Stamp(session, DAY, 3 * DAY + DAY, DAY, "default")  # last activity at 3 days
+    body = orjson.loads(encode_stamp(slid))
+    body["last_activity_at"] = format_ts(3 * DAY)
+    assert verdict(0, 7, headers, session.key.encode(), orjson.dumps(body)) == UNCHANGED
+    assert verdict(0, 7, headers, session.key.encode(), None) is None  # a null: dropped
+    # Kept whole, unchanged or not: the states asked for, or data the replay's rules redact.
+    keeping = _Verdict(rederive, since_ms=None, keep_states=True)
+    assert keeping(0, 7, headers, conv.key.encode(), encode_stamp(same)) not in (None, UNCHANGED)
+    redacting = _Verdict(
+        rederive,
+        since_ms=None,
+        keep_states=False,
+        redactor=Redactor.from_config({"conversation": ["email"]}),
+    )
+    value = encode_stamp(same, {"email": "a@example.com"})
+    assert redacting(0, 7, headers, conv.key.encode(), value) not in (None, UNCHANGED)
+    assert redacting(0, 7, headers, conv.key.encode(), encode_stamp(same, {"x": 1})) == UNCHANGED
