@@ -39,7 +39,9 @@ def interrupt_when_the_loop_sleeps() -> None:
     while not waiting():
         time.sleep(0.001)  # polling another thread's state, not a wait for time
     os.kill(os.getpid(), signal.SIGINT)  # taken by this thread: the main one blocks it
-    print("sent", flush=True)
+    # One write(2): a print wrote "sent" and its newline apart, and a command woken at
+    # once exited between the two (a daemon thread), which read as never sent.
+    os.write(1, b"sent\\n")
 
 
 async def command() -> None:
