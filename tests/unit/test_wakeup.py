@@ -21,6 +21,13 @@ import anyio
 
 from stream_expiry.wakeup import run_woken
 
+# SIGINT as a new program has it: a process inherits an ignored SIGINT and a blocked one
+# across exec, and the pytest worker that starts this had, at times, one or the other
+# (from a test before this one): the signal was never taken, and the woken command slept
+# its 30 s out (two CI runs in a row; either state, set by hand, hangs it the same way).
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
 blocked = threading.Event()
 main = threading.get_native_id()
 
