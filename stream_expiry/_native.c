@@ -537,11 +537,8 @@ static PyMethodDef pack_timer_def = {
     "pack_timer", (PyCFunction)(void (*)(void))pack_timer, METH_FASTCALL,
     "pack_timer(stamp) -> bytes: compiled, the Python function for a rare state"};
 
-/* state_packer(fallback) / timer_packer(fallback): the compiled function, which calls
- * ``fallback`` (the Python one) for what it does not pack itself. A builtin bound to its
- * fallback: no Python frame between the caller and the C code. */
 /* The builtin ``def`` bound to ``fallback``, the Python function it calls for what it
- * leaves (its ``self``). */
+ * leaves (its ``self``): no Python frame between the caller and the C code. */
 static PyObject *bound_to(PyMethodDef *def, PyObject *fallback) {
     if (!PyCallable_Check(fallback)) {
         PyErr_Format(PyExc_TypeError, "%s's fallback must be a callable", def->ml_name);
@@ -550,6 +547,8 @@ static PyObject *bound_to(PyMethodDef *def, PyObject *fallback) {
     return PyCFunction_New(def, fallback);
 }
 
+/* state_packer(fallback) / timer_packer(fallback): the compiled function, which calls
+ * ``fallback`` (the Python one) for what it does not pack itself. */
 static PyObject *native_state_packer(PyObject *Py_UNUSED(module), PyObject *fallback) {
     return bound_to(&pack_state_def, fallback);
 }
@@ -632,9 +631,6 @@ static PyObject *stamp_reader(PyObject *fallback, PyObject *const *args, Py_ssiz
     if (source == NULL && PyErr_Occurred()) return NULL;
     if (source == NULL) source = Py_None;
     if (source != Py_None && !PyUnicode_CheckExact(source)) goto slow;
-    /* Held from here: the tuples made below may start the garbage collector, whose
-     * finalizers could take it out of the dict (as in native_event). */
-    Py_INCREF(source);
     PyObject *ttl_s = PyDict_GetItemWithError(body, s_ttl_seconds);
     if (ttl_s == NULL && PyErr_Occurred()) return NULL;
     long long ttl_ms = 0;
@@ -645,11 +641,15 @@ static PyObject *stamp_reader(PyObject *fallback, PyObject *const *args, Py_ssiz
         if (overflow || (seconds == -1 && PyErr_Occurred()) ||
             __builtin_mul_overflow(seconds, 1000LL, &ttl_ms)) {
             PyErr_Clear();
-            Py_DECREF(source);
             goto slow;
         }
     }
     int has_ttl = ttl_s != NULL && ttl_s != Py_None;
+    /* Held from here, once nothing is left that may go slow without it: the tuples made
+     * below may start the garbage collector, whose finalizers could take it out of the
+     * dict (as in native_event). (Held before the ttl's checks, a ttl left to Python
+     * kept a reference to it for good.) */
+    Py_INCREF(source);
     /* The times are read before anything is made that could start the collector. */
     PyObject *created = own_opt_time(body, s_created_at);
     PyObject *expires = created ? own_opt_time(body, s_expires_at) : NULL;

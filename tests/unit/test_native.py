@@ -846,3 +846,17 @@ def test_the_common_stamp_is_read_back_in_c_and_used() -> None:
         == (NOW, NOW + 1000, 1000, "defaults", None, None, (), None)
     )
     assert type(codec.stamp_body_fields).__name__ == "builtin_function_or_method"
+
+
+@pytest.mark.parametrize("ttl_seconds", [1.5, True, 2**70, -(2**70)])
+def test_a_stamp_left_to_python_for_its_ttl_keeps_no_hold_on_its_source(ttl_seconds: Any) -> None:
+    """The C reader holds the ``ttl_source`` it read while it reads on; a ``ttl_seconds``
+    it leaves to the Python function (not an int, or beyond 64 bits) must let go of it:
+    each such read kept one reference more, and the text was never freed."""
+    source = "".join(["org-", "source"])  # a string of its own, not an interned one
+    body = {"created_at": format_ts(NOW), "ttl_seconds": ttl_seconds, "ttl_source": source}
+    reader = _codec().stamp_reader(lambda got: None)
+    held = sys.getrefcount(source)
+    for _ in range(10):
+        reader(body)
+    assert sys.getrefcount(source) == held
