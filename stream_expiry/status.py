@@ -106,10 +106,11 @@ class Status:
     # held none, alike a hold with a typo in its record id (a trial), until they fell due.
     matched: Counter[str] = field(default_factory=Counter)
     holds: list[dict[str, Any]] = field(default_factory=list)
-    # Who placed each hold, by hold id, as its hold_placed entry on expiry.audit says
-    # (hold_command.placed_by): the hold's message does not carry it, and an officer
-    # reading status asked who to turn to about a hold; absent, unknown.
-    placers: dict[str, str] = field(default_factory=dict)
+    # Who placed each hold, by (hold id, placed_at), as its hold_placed entry on
+    # expiry.audit says (hold_command.placed_by, as `hold list` reads it): the hold's
+    # message does not carry it, and an officer reading status asked who to turn to
+    # about a hold; absent, unknown.
+    placers: dict[tuple[str, str], str] = field(default_factory=dict)
     # Hold ids whose latest message on a partition cannot be read: a start refuses for
     # them, and left out they looked like ids that hold nothing.
     holds_in_doubt: list[dict[str, Any]] = field(default_factory=list)
@@ -159,7 +160,7 @@ class Status:
                     "erasures_held": self.erasures_held.get(h["hold_id"], 0),
                     "oldest_erasure_held": _ts_or_none(self.oldest_erasure_held.get(h["hold_id"])),
                     "records_matched": self.matched.get(h["hold_id"], 0),
-                    "by": self.placers.get(h["hold_id"]),
+                    "by": self.placers.get((h["hold_id"], h["placed_at"])),
                 }
                 for h in self.holds
             ],
@@ -579,12 +580,7 @@ async def status(
         )
     holds = await read_holds(config, brokers)
     result.holds = [h.as_dict() for h in sorted(holds, key=lambda h: h.hold_id)]
-    placers = await placed_by(config, brokers, holds)
-    result.placers = {
-        h["hold_id"]: placers[key]
-        for h in result.holds
-        if (key := (h["hold_id"], h["placed_at"])) in placers
-    }
+    result.placers = await placed_by(config, brokers, holds)
     result.holds_in_doubt = [
         {"hold_id": d.hold_id, **doubt_as_dict(t.holds, d)} for d in holds.in_doubt()
     ]
