@@ -575,12 +575,9 @@ static int two(const unsigned char *c) { return (c[0] - '0') * 10 + (c[1] - '0')
 /* codec.parse_own_ts of the service's own form, "YYYY-MM-DDTHH:MM:SS.mmmZ", a real date
  * and time of years 1 to 9999, into ``*ms``: 1. 0 for any other text (no error set): the
  * Python function reads it (another form, a leap second, an impossible date). */
-static int own_time(PyObject *text, long long *ms) {
+static int own_time_chars(const unsigned char *c, Py_ssize_t n, long long *ms) {
     static const char shape[] = "dddd-dd-ddTdd:dd:dd.dddZ";
-    if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_ASCII(text) ||
-        PyUnicode_GET_LENGTH(text) != TS_CHARS)
-        return 0;
-    const unsigned char *c = PyUnicode_1BYTE_DATA(text);
+    if (n != TS_CHARS) return 0;
     for (int i = 0; i < TS_CHARS; i++) {
         if (shape[i] == 'd' ? (c[i] < '0' || c[i] > '9') : c[i] != (unsigned char)shape[i])
             return 0;
@@ -597,6 +594,11 @@ static int own_time(PyObject *text, long long *ms) {
     *ms = (((days_from_civil(year, month, day) * 24 + hour) * 60 + minute) * 60 + second) * 1000 +
           milli;
     return 1;
+}
+
+static int own_time(PyObject *text, long long *ms) {
+    if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_ASCII(text)) return 0;
+    return own_time_chars(PyUnicode_1BYTE_DATA(text), PyUnicode_GET_LENGTH(text), ms);
 }
 
 /* An optional time of a stamp's body: a new reference (None, or an int), NULL without an
@@ -697,6 +699,369 @@ static PyObject *native_own_time(PyObject *Py_UNUSED(module), PyObject *text) {
     long long ms;
     if (!own_time(text, &ms)) Py_RETURN_NONE;
     return PyLong_FromLongLong(ms);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Reading a stamp's bytes without building its dict (codec.stamp_fields): restore reads
+ * millions, and orjson built a dict of every field, ``data`` included, for the four it
+ * keeps (a tenth of a restored stamp's CPU, round 55). The scan below checks the JSON as
+ * it goes, strictly: whatever it is not sure orjson reads the same way (an exponent, a
+ * long number, a \u escape of a surrogate, deep nesting, a key it wants escaped or given
+ * twice, anything malformed) it leaves to the Python function, which reads it with orjson
+ * and raises what orjson raises. So it never takes what orjson refuses. */
+
+#define SCAN_DEPTH 64 /* deeper data goes to Python (orjson reads 1,024 levels) */
+
+static const unsigned char *skip_ws(const unsigned char *p, const unsigned char *end) {
+    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) p++;
+    return p;
+}
+
+static int hex4(const unsigned char *p, unsigned *out) {
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned char c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= c - '0';
+        else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
+        else return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+/* Past a string starting at its opening quote, checked (escapes, no control character,
+ * well-formed UTF-8), or NULL; ``*escaped`` says whether it held an escape. */
+static const unsigned char *skip_string(const unsigned char *p, const unsigned char *end,
+                                        int *escaped) {
+    p++;
+    *escaped = 0;
+    while (p < end) {
+        unsigned char c = *p;
+        if (c == '"') return p + 1;
+        if (c < 0x20) return NULL;
+        if (c == '\\') {
+            if (p + 1 >= end) return NULL;
+            unsigned char e = p[1];
+            *escaped = 1;
+            if (e == 'u') {
+                unsigned u;
+                if (end - p < 6 || !hex4(p + 2, &u) || (u >= 0xD800 && u <= 0xDFFF)) return NULL;
+                p += 6;
+            } else if (e == '"' || e == '\\' || e == '/' || e == 'b' || e == 'f' || e == 'n' ||
+                       e == 'r' || e == 't') {
+                p += 2;
+            } else {
+                return NULL;
+            }
+            continue;
+        }
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        /* UTF-8: no overlong form, no surrogate, nothing past U+10FFFF. */
+        int more;
+        unsigned char lo = 0x80, hi = 0xBF;
+        if (c >= 0xC2 && c <= 0xDF) more = 1;
+        else if (c >= 0xE0 && c <= 0xEF) {
+            more = 2;
+            if (c == 0xE0) lo = 0xA0;
+            if (c == 0xED) hi = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            more = 3;
+            if (c == 0xF0) lo = 0x90;
+            if (c == 0xF4) hi = 0x8F;
+        } else {
+            return NULL;
+        }
+        if (end - p <= more) return NULL;
+        if (p[1] < lo || p[1] > hi) return NULL;
+        for (int i = 2; i <= more; i++)
+            if (p[i] < 0x80 || p[i] > 0xBF) return NULL;
+        p += more + 1;
+    }
+    return NULL;
+}
+
+/* Past a number (JSON's grammar without an exponent, at most 18 digits before the point),
+ * or NULL. */
+static const unsigned char *skip_number(const unsigned char *p, const unsigned char *end) {
+    if (p < end && *p == '-') p++;
+    const unsigned char *digits = p;
+    while (p < end && *p >= '0' && *p <= '9') p++;
+    Py_ssize_t n = p - digits;
+    if (n == 0 || n > 18 || (n > 1 && *digits == '0')) return NULL;
+    if (p < end && *p == '.') {
+        const unsigned char *frac = ++p;
+        while (p < end && *p >= '0' && *p <= '9') p++;
+        if (p == frac) return NULL;
+    }
+    return p; /* an exponent's 'e' is left where nothing may follow: the caller refuses it */
+}
+
+static const unsigned char *skip_value(const unsigned char *p, const unsigned char *end,
+                                       int depth) {
+    if (p >= end) return NULL;
+    int escaped;
+    switch (*p) {
+    case '"':
+        return skip_string(p, end, &escaped);
+    case 't':
+        return end - p >= 4 && memcmp(p, "true", 4) == 0 ? p + 4 : NULL;
+    case 'f':
+        return end - p >= 5 && memcmp(p, "false", 5) == 0 ? p + 5 : NULL;
+    case 'n':
+        return end - p >= 4 && memcmp(p, "null", 4) == 0 ? p + 4 : NULL;
+    case '[':
+    case '{': {
+        unsigned char close = *p == '[' ? ']' : '}';
+        int object = *p == '{';
+        if (depth >= SCAN_DEPTH) return NULL;
+        p = skip_ws(p + 1, end);
+        if (p < end && *p == close) return p + 1;
+        for (;;) {
+            if (object) {
+                if (p >= end || *p != '"') return NULL;
+                p = skip_string(p, end, &escaped);
+                if (p == NULL) return NULL;
+                p = skip_ws(p, end);
+                if (p >= end || *p != ':') return NULL;
+                p = skip_ws(p + 1, end);
+            }
+            p = skip_value(p, end, depth + 1);
+            if (p == NULL) return NULL;
+            p = skip_ws(p, end);
+            if (p >= end) return NULL;
+            if (*p == close) return p + 1;
+            if (*p != ',') return NULL;
+            p = skip_ws(p + 1, end);
+        }
+    }
+    default:
+        return skip_number(p, end);
+    }
+}
+
+enum { K_CREATED, K_EXPIRES, K_TTL, K_SOURCE, K_RARE, K_OTHER };
+
+/* Which of the fields stamp_fields reads a key (its text without the quotes) names. */
+static int stamp_key(const unsigned char *k, Py_ssize_t n) {
+#define IS(lit) (n == (Py_ssize_t)sizeof(lit) - 1 && memcmp(k, lit, n) == 0)
+    if (IS("created_at")) return K_CREATED;
+    if (IS("expires_at")) return K_EXPIRES;
+    if (IS("ttl_seconds")) return K_TTL;
+    if (IS("ttl_source")) return K_SOURCE;
+    if (IS("erase_requested_at") || IS("previous_deleted_at") || IS("held_lives") ||
+        IS("first_created_at"))
+        return K_RARE;
+    return K_OTHER;
+#undef IS
+}
+
+/* A stamp's fields (as stamp_reader answers them) read from its bytes: 1, 0 to leave it
+ * to Python. Times are the service's own form or null, the ttl an int of at most 15
+ * digits or null, the source a string without escapes or null; the rare fields absent or
+ * null. ``source`` is set to the span of the source's text, or its start to NULL. */
+typedef struct {
+    int has_created, has_expires, has_ttl;
+    long long created, expires, ttl_ms;
+    const unsigned char *source;
+    Py_ssize_t source_len;
+} Scanned;
+
+static int scan_stamp(const unsigned char *p, const unsigned char *end, Scanned *out) {
+    memset(out, 0, sizeof *out);
+    if (p >= end || *p != '{') return 0;
+    p = skip_ws(p + 1, end);
+    if (p < end && *p == '}') return skip_ws(p + 1, end) == end;
+    for (;;) {
+        int escaped;
+        if (p >= end || *p != '"') return 0;
+        const unsigned char *k = p + 1;
+        p = skip_string(p, end, &escaped);
+        if (p == NULL) return 0;
+        int which = escaped ? -1 : stamp_key(k, p - 1 - k);
+        if (which == -1) return 0; /* an escaped key may name a field: Python reads it */
+        p = skip_ws(p, end);
+        if (p >= end || *p != ':') return 0;
+        p = skip_ws(p + 1, end);
+        const unsigned char *v = p;
+        p = skip_value(p, end, 1);
+        if (p == NULL) return 0;
+        if (which != K_OTHER) { /* a field given twice: the last wins, as in orjson */
+            int null = p - v == 4 && memcmp(v, "null", 4) == 0;
+            switch (which) {
+            case K_RARE:
+                if (!null) return 0;
+                break;
+            case K_CREATED:
+            case K_EXPIRES:
+                if (!null) {
+                    long long ms;
+                    if (*v != '"' || !own_time_chars(v + 1, p - v - 2, &ms)) return 0;
+                    if (which == K_CREATED) out->has_created = 1, out->created = ms;
+                    else out->has_expires = 1, out->expires = ms;
+                } else if (which == K_CREATED) {
+                    out->has_created = 0;
+                } else {
+                    out->has_expires = 0;
+                }
+                break;
+            case K_TTL:
+                out->has_ttl = 0;
+                if (!null) {
+                    const unsigned char *d = v + (*v == '-');
+                    if (d == p || p - d > 15 || *v == '"') return 0;
+                    long long s = 0;
+                    for (; d < p; d++) {
+                        if (*d < '0' || *d > '9') return 0;
+                        s = s * 10 + (*d - '0');
+                    }
+                    out->has_ttl = 1;
+                    out->ttl_ms = (*v == '-' ? -s : s) * 1000;
+                }
+                break;
+            case K_SOURCE:
+                out->source = NULL;
+                if (!null) {
+                    int esc;
+                    if (*v != '"' || skip_string(v, p, &esc) != p || esc) return 0;
+                    out->source = v + 1;
+                    out->source_len = p - v - 2;
+                }
+                break;
+            }
+        }
+        p = skip_ws(p, end);
+        if (p >= end) return 0;
+        if (*p == '}') return skip_ws(p + 1, end) == end;
+        if (*p != ',') return 0;
+        p = skip_ws(p + 1, end);
+    }
+}
+
+static PyObject *empty_tuple_ = NULL;
+
+/* stamp_fields(value) -> (created, expires, ttl_ms, source, None, None, (), None), bound
+ * to the Python function, which reads every stamp this does not. */
+static PyObject *stamp_scanner(PyObject *fallback, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 1 || !PyBytes_CheckExact(args[0])) goto slow;
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Scanned f;
+    if (!scan_stamp(p, p + PyBytes_GET_SIZE(args[0]), &f)) goto slow;
+    PyObject *items[8] = {NULL};
+    items[0] = f.has_created ? PyLong_FromLongLong(f.created) : Py_NewRef(Py_None);
+    items[1] = f.has_expires ? PyLong_FromLongLong(f.expires) : Py_NewRef(Py_None);
+    items[2] = f.has_ttl ? PyLong_FromLongLong(f.ttl_ms) : Py_NewRef(Py_None);
+    items[3] = f.source ? PyUnicode_DecodeUTF8((const char *)f.source, f.source_len, NULL)
+                        : Py_NewRef(Py_None);
+    items[4] = Py_NewRef(Py_None);
+    items[5] = Py_NewRef(Py_None);
+    items[6] = Py_NewRef(empty_tuple_);
+    items[7] = Py_NewRef(Py_None);
+    PyObject *out = NULL;
+    for (int i = 0; i < 4; i++)
+        if (items[i] == NULL) goto done;
+    out = PyTuple_New(8);
+    if (out == NULL) goto done;
+    for (int i = 0; i < 8; i++) {
+        PyTuple_SET_ITEM(out, i, items[i]);
+        items[i] = NULL;
+    }
+done:
+    for (int i = 0; i < 8; i++) Py_XDECREF(items[i]);
+    return out;
+slow:
+    return PyObject_Vectorcall(fallback, args, (size_t)nargs, NULL);
+}
+
+static PyMethodDef stamp_scanner_def = {
+    "stamp_fields", (PyCFunction)(void (*)(void))stamp_scanner, METH_FASTCALL,
+    "stamp_fields(value) -> tuple: compiled, the Python function for a rare stamp"};
+
+/* stamp_scanner(fallback): codec.stamp_fields compiled, bound to the Python one. */
+static PyObject *native_stamp_scanner(PyObject *Py_UNUSED(module), PyObject *fallback) {
+    return bound_to(&stamp_scanner_def, fallback);
+}
+
+/* key_category(key) -> bytes | None: the fourth of a key's five parts when each is made
+ * of [A-Za-z0-9_.~-] only (restore's plain key, re.fullmatch of restore._PLAIN_KEY), or
+ * None. */
+static PyObject *native_key_category(PyObject *Py_UNUSED(module), PyObject *key) {
+    if (!PyBytes_CheckExact(key)) Py_RETURN_NONE;
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(key);
+    Py_ssize_t n = PyBytes_GET_SIZE(key), start = 0, stop = 0;
+    int slashes = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = p[i];
+        if (c == '/') {
+            if (++slashes > 4) Py_RETURN_NONE;
+            if (slashes == 3) start = i + 1;
+            if (slashes == 4) stop = i;
+        } else if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                     c == '_' || c == '.' || c == '~' || c == '-')) {
+            Py_RETURN_NONE;
+        }
+    }
+    if (slashes != 4) Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize((const char *)p + start, stop - start);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* A restore's filter of the keys it wrote (state.key_filter): a store restored from
+ * empty looked every stamp's key up in RocksDB before writing it, to find the state it
+ * replaces, and a tenth of a restored stamp's CPU went to those look-ups, though nearly
+ * all found nothing (round 55). */
+
+/* seen_keys(bits, keys) -> list[int]: the indexes of the keys whose two bits in ``bits``
+ * (a bytearray of a power of two bytes) were both set, by an earlier key or an earlier
+ * call; sets every key's bits. The bits are those of key_filter._seen_in_python, from
+ * each key's hash(). */
+static PyObject *native_seen_keys(PyObject *Py_UNUSED(module), PyObject *const *args,
+                                  Py_ssize_t nargs) {
+    if (nargs != 2 || !PyByteArray_CheckExact(args[0]) || !PyList_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "seen_keys(bits: bytearray, keys: list)");
+        return NULL;
+    }
+    Py_ssize_t size = PyByteArray_GET_SIZE(args[0]);
+    if (size < 1 || (size & (size - 1)) != 0) {
+        PyErr_SetString(PyExc_ValueError, "seen_keys: bits must be a power of two bytes");
+        return NULL;
+    }
+    PyObject *found = PyList_New(0);
+    if (found == NULL) return NULL;
+    Py_uhash_t mask = (Py_uhash_t)size * 8 - 1;
+    /* The list may be changed by nothing here: hash() of a bytes object runs no Python. */
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(args[1]); i++) {
+        PyObject *key = PyList_GET_ITEM(args[1], i);
+        if (!PyBytes_CheckExact(key)) {
+            Py_DECREF(found);
+            PyErr_SetString(PyExc_TypeError, "seen_keys: keys must be bytes");
+            return NULL;
+        }
+        Py_hash_t h = PyObject_Hash(key);
+        if (h == -1 && PyErr_Occurred()) {
+            Py_DECREF(found);
+            return NULL;
+        }
+        unsigned char *b = (unsigned char *)PyByteArray_AS_STRING(args[0]);
+        Py_uhash_t one = (Py_uhash_t)h & mask, two = (Py_uhash_t)(h >> 32) & mask;
+        unsigned char bit1 = (unsigned char)(1u << (one & 7)), bit2 = (unsigned char)(1u << (two & 7));
+        if ((b[one >> 3] & bit1) && (b[two >> 3] & bit2)) {
+            PyObject *index = PyLong_FromSsize_t(i);
+            if (index == NULL || PyList_Append(found, index) < 0) {
+                Py_XDECREF(index);
+                Py_DECREF(found);
+                return NULL;
+            }
+            Py_DECREF(index);
+        }
+        b[one >> 3] |= bit1;
+        b[two >> 3] |= bit2;
+    }
+    return found;
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -1163,6 +1528,12 @@ static PyMethodDef methods[] = {
     {"stamp_reader", native_stamp_reader, METH_O,
      "stamp_reader(fallback): codec.stamp_body_fields compiled, fallback for a rare stamp"},
     {"own_time", native_own_time, METH_O, "own_time(text) -> int | None: codec.parse_own_ts"},
+    {"stamp_scanner", native_stamp_scanner, METH_O,
+     "stamp_scanner(fallback): codec.stamp_fields compiled, fallback for a rare stamp"},
+    {"seen_keys", (PyCFunction)(void (*)(void))native_seen_keys, METH_FASTCALL,
+     "seen_keys(bits, keys) -> list[int]: state.key_filter's test and set"},
+    {"key_category", native_key_category, METH_O,
+     "key_category(key) -> bytes | None: the category of a key of plain parts"},
     {"state_packer", native_state_packer, METH_O,
      "state_packer(fallback): encode_state compiled, fallback for a rare state"},
     {"timer_firer", (PyCFunction)(void (*)(void))native_timer_firer, METH_FASTCALL,
@@ -1203,5 +1574,6 @@ PyMODINIT_FUNC PyInit__native(void) {
     INTERN(default_env, "live");
     INTERN(default_op, "create");
 #undef INTERN
+    if ((empty_tuple_ = PyTuple_New(0)) == NULL) return NULL;
     return PyModule_Create(&module);
 }

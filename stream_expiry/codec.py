@@ -480,11 +480,11 @@ StampFields = tuple[
 ]
 
 
-def stamp_fields(value: bytes) -> StampFields:
+def _stamp_fields(value: bytes) -> StampFields:
     """What the state store keeps of a stamp message: ``(created_at, expires_at, ttl_ms,
-    ttl_source, erase_at, previous_deleted_at, held_lives, first_created_at)``, without building an identity or a
-    :class:`Stamp` (restore reads millions). Raises ValueError when the value is not a
-    stamp."""
+    ttl_source, erase_at, previous_deleted_at, held_lives, first_created_at)``, without
+    building an identity or a :class:`Stamp` (restore reads millions). Raises ValueError
+    when the value is not a stamp."""
     return stamp_body_fields(orjson.loads(value))  # orjson's decode error is a ValueError
 
 
@@ -522,6 +522,15 @@ stamp_body_fields: Callable[[Any], StampFields] = (
 """:func:`stamp_fields` of a stamp already parsed (``replay`` needs the body too). Compiled
 where :mod:`stream_expiry.native` is built: the commonest stamp (its times in the service's
 own form, no rare field) read in C, any other by the Python function."""
+
+stamp_fields: Callable[[bytes], StampFields] = (
+    _stamp_fields if native.compiled is None else native.compiled.stamp_scanner(_stamp_fields)
+)
+"""What the state store keeps of a stamp message (:func:`_stamp_fields`). Compiled where
+:mod:`stream_expiry.native` is built: the commonest stamp is read from its bytes in C,
+without the dict of every field (``data`` too) orjson builds (a tenth of a restored
+stamp's CPU, round 55); the C scan leaves anything it is not sure orjson reads alike to
+the Python function."""
 
 
 def _held_lives(lives: Any) -> tuple[HeldLife, ...]:

@@ -72,6 +72,18 @@ class Codec(Protocol):
         """``codec.stamp_body_fields`` compiled: the commonest stamp read back in C (restore
         and replay read millions), any other by ``fallback``."""
 
+    def stamp_scanner(self, fallback: Callable[[bytes], Any], /) -> Callable[[bytes], Any]:
+        """``codec.stamp_fields`` compiled: the commonest stamp's fields read from its
+        bytes without parsing the rest into objects (restore reads millions), any other
+        (or anything the scan is not sure of) by ``fallback``."""
+
+    def seen_keys(self, bits: bytearray, keys: list[bytes], /) -> list[int]:
+        """``state.key_filter._seen_in_python``: the same bits, the same answer."""
+
+    def key_category(self, key: bytes, /) -> bytes | None:
+        """The fourth of a key's five parts, when every part is of ``[A-Za-z0-9_.~-]``
+        only (``state.restore._PLAIN_KEY``'s match), else None."""
+
     def own_time(self, text: Any, /) -> int | None:
         """``codec.parse_own_ts`` of the service's own form, None for any other text."""
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiokafka import TopicPartition
 
-from stream_expiry import model
+from stream_expiry import model, native
 from stream_expiry.codec import (
     H_DEFERRED_REQUESTS,
     ArrivedLife,
@@ -186,6 +186,12 @@ class PreparedRestore:
         for source, store in self._stores.items():
             result.stores[source].due = store.count_due(self._now_ms)
         result.total.due = sum(report.due for report in result.stores.values())
+        stamps_read = self._readers[0]
+        for tp in stamps_read.tps:
+            for source in stamps_read.members[tp]:
+                # A store restored from empty skips the look-ups of keys it never wrote.
+                to_read = stamps_read.ends[tp] - stamps_read.own[source]
+                self._stores[source].start_key_filter(max(0, to_read))
         for reader, stamps in zip(self._readers, (True, False), strict=True):
             await reader.read(cons, stamps=stamps, progress=progress)
         total = result.total
@@ -451,6 +457,18 @@ _PLAIN_KEY = re.compile(
 )
 
 
+def _plain_category_matched(key: bytes) -> bytes | None:
+    m = _PLAIN_KEY.fullmatch(key)
+    return None if m is None else m.group(1)
+
+
+_plain_category: Callable[[bytes], bytes | None] = (
+    _plain_category_matched if native.compiled is None else native.compiled.key_category
+)
+"""The category part of a key of plain parts, else None; in C where it is built (the
+regular expression took 6 % of a restored stamp's CPU, round 55)."""
+
+
 def _key_of(key: bytes | None, categories: dict[bytes, str]) -> tuple[bytes, str] | None:
     """A changelog key as the store keys it, and its category (None: not a record key).
 
@@ -459,9 +477,8 @@ def _key_of(key: bytes | None, categories: dict[bytes, str]) -> tuple[bytes, str
     identity's key is canonical."""
     if key is None:
         return None
-    m = _PLAIN_KEY.fullmatch(key)
-    if m is not None:
-        raw = m.group(1)
+    raw = _plain_category(key)
+    if raw is not None:
         cat = categories.get(raw)
         if cat is None:
             cat = categories[raw] = raw.decode()

@@ -91,6 +91,7 @@ from stream_expiry.state.codec import (
     timer_bytes,
     timer_of_state,
 )
+from stream_expiry.state.key_filter import KeyFilter
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -243,6 +244,9 @@ class PartitionStore:
         # last seek. Lowered by every write of an earlier entry, raised by each seek.
         self._due_floor: int | None = None
         self._marker_floor: int | None = None
+        # The keys a restore into this store, empty when it began, has written
+        # (start_key_filter); None: any key may be here.
+        self._written: KeyFilter | None = None
         formatted = self._adopt_format()
         # Whether the store may hold entries of lives due on arrival: nearly never, and a
         # tombstone that goes out late then looks up nothing (a catch-up fires thousands).
@@ -465,6 +469,15 @@ class PartitionStore:
 
     # -- writes ---------------------------------------------------------------------------
 
+    def start_key_filter(self, expected: int) -> bool:
+        """If the store holds no state, note the keys :meth:`write_restored` writes from
+        now on (about ``expected`` of them), so that it looks up only those it may have
+        written (:mod:`.key_filter`); any :meth:`write` ends it. Whether it started."""
+        if any(True for _ in self.kv.scan(_STATE, _STATE + b"\xff")):
+            return False
+        self._written = KeyFilter(expected)
+        return True
+
     def write(
         self,
         changes: Iterable[tuple[Stamp | None, Stamp]],
@@ -486,6 +499,7 @@ class PartitionStore:
         record key -> the erasure's time and where its request was read, for the marker it
         left (:meth:`erasure_read_at`), likewise.
         """
+        self._written = None  # states written without the filter knowing their keys
         puts: dict[bytes, bytes] = {}
         deletes: list[bytes] = []
         counts = self.counts
@@ -583,7 +597,7 @@ class PartitionStore:
             self._put_requests(requests, puts)
         if erasures_read:
             self._put_erasures_read(erasures_read, puts)
-        olds = self.kv.multi_get([_STATE + row[0] for row in rows])
+        olds = self._stored([row[0] for row in rows])
         counts = self.counts
         pending = counts.pending
         grace = self.grace_ms
@@ -654,6 +668,20 @@ class PartitionStore:
         self._put_counts(puts)
         self.kv.apply(puts, [d for d in deletes if d not in puts])
         return lives, markers, due_now
+
+    def _stored(self, keys: list[bytes]) -> list[bytes | None]:
+        """The stored states of ``keys``: looked up, but for those the key filter says no
+        restore wrote (:meth:`start_key_filter`)."""
+        written = self._written
+        if written is None:
+            return self.kv.multi_get([_STATE + key for key in keys])
+        found: list[bytes | None] = [None] * len(keys)
+        maybe = written.seen(keys)
+        if maybe:
+            looked = self.kv.multi_get([_STATE + keys[i] for i in maybe])
+            for i, raw in zip(maybe, looked, strict=True):
+                found[i] = raw
+        return found
 
     def _put_arrived(
         self, arrived: Mapping[bytes, ArrivedLife], puts: dict[bytes, bytes], deletes: list[bytes]

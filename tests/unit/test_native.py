@@ -860,3 +860,142 @@ def test_a_stamp_left_to_python_for_its_ttl_keeps_no_hold_on_its_source(ttl_seco
     for _ in range(10):
         reader(body)
     assert sys.getrefcount(source) == held
+
+
+# --- reading a stamp from its bytes (restore) ----------------------------------------------
+
+ODD_JSON_TEXTS = (
+    b'{"created_at": 1e3}',  # an exponent
+    b'{"data": 1E400}',  # orjson: infinity, refused
+    b'{"data": 123456789012345678901234567890}',  # orjson: a float
+    b'{"data": "\\ud800"}',  # a lone surrogate, refused
+    b'{"data": "\\ud83d\\ude00"}',  # a pair, read
+    b'{"data": "\xed\xa0\x80"}',  # a surrogate in UTF-8, refused
+    b'{"data": "\xc0\xaf"}',  # an overlong form, refused
+    b'{"data": "\xf4\x90\x80\x80"}',  # past U+10FFFF, refused
+    b'{"data": "a\x01"}',  # a control character, refused
+    b'{"data": 01}',
+    b'{"data": -}',
+    b'{"data": 1.}',
+    b'{"data": .5}',
+    b'{"data": tru}',
+    b'{"data": [1,]}',
+    b'{"data": {"a" 1}}',
+    b'{"data": NaN}',
+    b'{"ttl_seconds": 5, "ttl_seconds": 6}',  # the last wins
+    b'{"ttl_seconds": 5.0}',
+    b'{"ttl_seconds": -0}',
+    b'{"ttl_seconds": 1234567890123456}',
+    b'{"ttl_s\\u0065conds": 7}',  # an escaped name of a field
+    b'{"ttl_source": "a\\"b"}',
+    b'{"ttl_source": "\xc3\xa9"}',
+    b'{"held_lives": []}',
+    b'{"held_lives": null, "erase_requested_at": null}',
+    b' {"created_at": null}',
+    b'{"created_at": null} ',
+    b'{"created_at": null}x',
+    b"{}",
+    b"[]",
+    b"null",
+    b"",
+    b"{",
+    b'{"a":' + b"[" * 70 + b"]" * 70 + b"}",  # deeper than the scan goes
+    b'{"a":' + b"[" * 2000 + b"]" * 2000 + b"}",  # deeper than orjson goes
+)
+
+
+def _stamp_texts(body: dict[str, Any], spaced: bool, ascii_only: bool) -> bytes:
+    if not spaced and not ascii_only:
+        with contextlib.suppress(TypeError):  # an int past 64 bits: json writes it
+            return orjson.dumps(body)
+    return json.dumps(body, ensure_ascii=ascii_only, indent=1 if spaced else None).encode()
+
+
+def _scanned(value: bytes) -> tuple[Any, list[bytes]]:
+    """What the compiled scan answers for ``value``, and what it left to Python."""
+    from stream_expiry.codec import _stamp_fields
+
+    asked: list[bytes] = []
+
+    def left_to_python(got: bytes) -> Any:
+        asked.append(got)
+        return _stamp_fields(got)
+
+    return _packed(_codec().stamp_scanner(left_to_python), value), asked
+
+
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@given(stamp_bodies(), st.booleans(), st.booleans(), st.data())
+def test_a_stamp_read_from_its_bytes_in_c_is_the_one_python_reads(
+    body: dict[str, Any], spaced: bool, ascii_only: bool, data: st.DataObject
+) -> None:
+    from stream_expiry.codec import _stamp_fields
+
+    value = _stamp_texts(body, spaced, ascii_only)
+    if data.draw(st.integers(0, 4)) == 0:  # now and then a byte changed or the end cut off
+        at = data.draw(st.integers(0, len(value)))
+        value = value[:at] + data.draw(st.binary(max_size=2)) + value[at + 1 :]
+    got, asked = _scanned(value)
+    want = _packed(_stamp_fields, value)
+    assert got == want
+    if not isinstance(want, str):
+        assert [type(v) for v in got] == [type(v) for v in want]
+    assert asked in ([], [value])
+
+
+@pytest.mark.parametrize("value", ODD_JSON_TEXTS)
+def test_json_the_scan_is_not_sure_of_is_read_as_python_reads_it(value: bytes) -> None:
+    from stream_expiry.codec import _stamp_fields
+
+    assert _scanned(value)[0] == _packed(_stamp_fields, value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"data": 1e3}',
+        b'{"data": "\\ud800"}',
+        b'{"data": 01}',
+        b'{"a":' + b"[" * 70 + b"]" * 70 + b"}",
+    ],
+)
+def test_json_the_scan_is_not_sure_of_is_left_to_python(value: bytes) -> None:
+    assert _scanned(value)[1] == [value]
+
+
+@given(st.binary(max_size=40))
+def test_any_bytes_are_read_as_python_reads_them(value: bytes) -> None:
+    from stream_expiry.codec import _stamp_fields
+
+    assert _scanned(value)[0] == _packed(_stamp_fields, value)
+
+
+def test_the_common_stamp_is_read_from_its_bytes_in_c_and_used() -> None:
+    from stream_expiry import codec
+
+    value = encode_stamp(
+        Stamp(Identity("o", "_", "live", "session", "r"), NOW, NOW + 1000, 1000, "defaults"),
+        {"text": "a long transcript é\n" * 50, "turns": [1, 2.5, None, True, {"x": []}]},
+    )
+    got, asked = _scanned(value)
+    assert asked == []
+    assert (
+        got
+        == codec._stamp_fields(value)
+        == (NOW, NOW + 1000, 1000, "defaults", None, None, (), None)
+    )
+    assert type(codec.stamp_fields).__name__ == "builtin_function_or_method"
+
+
+@settings(max_examples=1500)
+@given(
+    st.one_of(
+        KEYS.map(str.encode),
+        st.binary(max_size=12),
+        st.text("ab/_.~-é", max_size=10).map(str.encode),
+    )
+)
+def test_a_keys_category_is_found_in_c_as_the_pattern_finds_it(key: bytes) -> None:
+    from stream_expiry.state.restore import _plain_category_matched
+
+    assert _codec().key_category(key) == _plain_category_matched(key)

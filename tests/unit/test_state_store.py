@@ -330,13 +330,16 @@ def test_due_timers_of_index_entries_an_earlier_version_wrote_come_from_the_stat
         max_size=40,
     ),
     restored=st.booleans(),
+    filtered=st.booleans(),
 )
 def test_due_timers_always_match_the_stored_states(
-    ops: list[tuple[int, int | None, int | None, int | None, bool]], restored: bool
+    ops: list[tuple[int, int | None, int | None, int | None, bool]], restored: bool, filtered: bool
 ) -> None:
-    """Whatever was written, by events or by a restore: each due index entry's timer is
-    the one its state's gives."""
+    """Whatever was written, by events or by a restore (into an empty store, with its key
+    filter, or not): each due index entry's timer is the one its state's gives."""
     store = PartitionStore(MemoryKV(), grace_ms=GRACE)
+    if filtered:
+        assert store.start_key_filter(len(ops))
     current: dict[str, Stamp] = {}
     for n, expires, erase, offset, deleted in ops:
         new = live(f"r{n}", None if expires is None else T0 + expires)
@@ -400,6 +403,8 @@ def test_a_restore_counts_the_live_records_already_due_as_the_store_holds_them(
             and state.due_at <= now
         )  # fmt: skip
 
+    # A store that holds states looks each key up; an empty one only the keys it wrote.
+    assert store.start_key_filter(len(rows)) == (not before)
     due = store.count_due(now)
     assert due == truth()
     for n, expires, erased, deleted in rows:
