@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.common import emit_result, envelope, log, throughput_entry, utc_now_iso
+from stream_expiry.collection import tune_gc
 from stream_expiry.model import Identity, Stamp, encode_stamp, encode_tombstone
 from stream_expiry.sinks._messages import Change, decode_stamped, decode_tombstone
-from stream_expiry.sinks.command import tune_gc
 from stream_expiry.sinks.postgres import DEFAULT_DSN, PostgresStore
 from stream_expiry.sinks.sqlite import SQLiteStore
 

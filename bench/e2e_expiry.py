@@ -9,7 +9,7 @@ window opens, so what is measured is the service's timers, not its ingest.
 Setup: an embedded Tansu broker (``stream_expiry.broker.EmbeddedBroker``), topics with unique
 names, a fresh state directory, and :class:`stream_expiry.service.Service` run in THIS process
 under anyio, with the default tick (10 ms) and horizon (1 h), and the GC tuned as
-``stream-expiry run`` tunes it (``stream_expiry.runner.tune_gc``; ``extra.gc`` reports its
+``stream-expiry run`` tunes it (``stream_expiry.collection.tune_gc``; ``extra.gc`` reports its
 pauses). In-process rather than
 ``python -m stream_expiry run``: it is the same code path (the CLI only adds signal handling
 and a progress log line), it lets the benchmark see ``service.stats`` (so it knows when ingest
@@ -741,12 +741,12 @@ async def running_service(
     """The service in a task of this process, ready (partitions assigned, timers loaded).
 
     The garbage collector is tuned as ``stream-expiry run`` tunes it
-    (``stream_expiry.runner.tune_gc``), so the in-process service collects as the real one
+    (``stream_expiry.collection.tune_gc``), so the in-process service collects as the real one
     does; :data:`GC` counts the collections' time from here on.
     """
     import gc
 
-    from stream_expiry.runner import tune_gc
+    from stream_expiry.collection import tune_gc
 
     tune_gc()
     if GC not in gc.callbacks:

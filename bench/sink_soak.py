@@ -63,8 +63,8 @@ from bench.common import (
     rss_bytes,
     utc_now_iso,
 )
+from stream_expiry.collection import tune_gc
 from stream_expiry.durations import parse_duration
-from stream_expiry.sinks.command import tune_gc
 from stream_expiry.sinks.postgres import DEFAULT_DSN, PostgresStore
 from stream_expiry.sinks.sqlite import SQLiteStore
 

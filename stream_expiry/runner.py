@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import socket
@@ -17,6 +16,7 @@ import anyio
 from stream_expiry import exits
 from stream_expiry.broker import EmbeddedBroker
 from stream_expiry.cliargs import known_bootstrap, metrics_host, metrics_port
+from stream_expiry.collection import tune_gc
 from stream_expiry.endpoints import open_listener, serve_http, watch_process
 from stream_expiry.errors import ConfigurationError
 from stream_expiry.health import Health
@@ -79,22 +79,6 @@ def _overdue(stats: ServiceStats) -> str:
             said += f", where {stats.restoring_due} records read so far were due"
         said += ")"
     return said
-
-
-def tune_gc() -> None:
-    """Fewer, cheaper cyclic collections for a long-running service.
-
-    Per-event objects are named tuples and plain slots classes, freed by reference counting;
-    with the default thresholds, full collections over the objects held in the timing wheel
-    paused the loop for 50-140 ms at a time (measured by bench.e2e_expiry at 10k/s). The
-    wheel now holds its timers as plain tuples of bytes, which the collector stops tracking
-    (``stream_expiry.engine``: 528k timers, the longest gen-0 pause 65 -> 13 ms, a full
-    collection 1,034 -> 150 ms). Objects alive after start-up are frozen out of collection
-    altogether.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
 
 
 def embedded_port(bootstrap_servers: str | None, source: str = "--bootstrap-servers") -> int | None:

@@ -51,7 +51,7 @@ log = logging.getLogger("stream_expiry.stalls")
 
 # Shorter than the broker probe's 3 s timeout, the shortest deadline a stall can make a
 # request miss; longer than the loop's worst turns under load (a full garbage collection
-# of 150 ms, runner.tune_gc) and than the scheduler's delays on a busy 2-core machine.
+# of 150 ms, collection.tune_gc) and than the scheduler's delays on a busy 2-core machine.
 STALL_THRESHOLD_S: Final = 2.0
 # A turn late by this much or more, CPU time included, is kept for the write fence: below
 # the shortest session less a heartbeat it may have to see (a 1 s session, a 333 ms

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
 
+from stream_expiry.collection import tune_gc
 from stream_expiry.errors import StreamExpiryError
 
 if TYPE_CHECKING:
@@ -199,6 +200,7 @@ def _worker(
 ) -> None:
     """A worker process: one job, its result (or its error) to the parent."""
     _die_with(parent)
+    tune_gc()
     try:
         conn.send(("done", target(job, Reporter(conn))))
     except BaseException as exc:  # every error goes to the parent, to be raised there

@@ -10,7 +10,6 @@ With ``--metrics-port`` it serves ``/metrics``, ``/healthz`` and ``/readyz`` lik
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import math
 import os
@@ -31,6 +30,7 @@ from stream_expiry.cliargs import (
     metrics_host,
     metrics_port,
 )
+from stream_expiry.collection import tune_gc
 from stream_expiry.config import load_config
 from stream_expiry.durations import InvalidDuration, parse_duration, without_hint
 from stream_expiry.endpoints import open_listener, serve_http, watch_process
@@ -700,14 +700,6 @@ async def _serve(
         "last committed offsets is read again on restart (nothing is lost)"
     )
     return exits.INTERRUPTED
-
-
-def tune_gc() -> None:
-    """What :func:`stream_expiry.runner.tune_gc` does for the service, without importing the
-    service: objects alive after start-up frozen out of collection, fewer collections."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
 
 
 def run_command(args: argparse.Namespace) -> int:
