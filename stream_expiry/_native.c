@@ -844,7 +844,7 @@ static const unsigned char *skip_value(const unsigned char *p, const unsigned ch
     }
 }
 
-enum { K_CREATED, K_EXPIRES, K_TTL, K_SOURCE, K_RARE, K_OTHER };
+enum { K_CREATED, K_EXPIRES, K_TTL, K_SOURCE, K_RARE, K_ACTIVITY, K_OTHER };
 
 /* Which of the fields stamp_fields reads a key (its text without the quotes) names. */
 static int stamp_key(const unsigned char *k, Py_ssize_t n) {
@@ -856,6 +856,7 @@ static int stamp_key(const unsigned char *k, Py_ssize_t n) {
     if (IS("erase_requested_at") || IS("previous_deleted_at") || IS("held_lives") ||
         IS("first_created_at"))
         return K_RARE;
+    if (IS("last_activity_at")) return K_ACTIVITY;
     return K_OTHER;
 #undef IS
 }
@@ -865,13 +866,14 @@ static int stamp_key(const unsigned char *k, Py_ssize_t n) {
  * digits or null, the source a string without escapes or null; the rare fields absent or
  * null. ``source`` is set to the span of the source's text, or its start to NULL. */
 typedef struct {
-    int has_created, has_expires, has_ttl;
-    long long created, expires, ttl_ms;
+    int has_created, has_expires, has_ttl, has_activity;
+    long long created, expires, ttl_ms, activity;
     const unsigned char *source;
     Py_ssize_t source_len;
 } Scanned;
 
-static int scan_stamp(const unsigned char *p, const unsigned char *end, Scanned *out) {
+static int scan_stamp(const unsigned char *p, const unsigned char *end, Scanned *out,
+                      int activity) {
     memset(out, 0, sizeof *out);
     if (p >= end || *p != '{') return 0;
     p = skip_ws(p + 1, end);
@@ -883,6 +885,7 @@ static int scan_stamp(const unsigned char *p, const unsigned char *end, Scanned 
         p = skip_string(p, end, &escaped);
         if (p == NULL) return 0;
         int which = escaped ? -1 : stamp_key(k, p - 1 - k);
+        if (which == K_ACTIVITY && !activity) which = K_OTHER;
         if (which == -1) return 0; /* an escaped key may name a field: Python reads it */
         p = skip_ws(p, end);
         if (p >= end || *p != ':') return 0;
@@ -898,17 +901,17 @@ static int scan_stamp(const unsigned char *p, const unsigned char *end, Scanned 
                 break;
             case K_CREATED:
             case K_EXPIRES:
-                if (!null) {
-                    long long ms;
-                    if (*v != '"' || !own_time_chars(v + 1, p - v - 2, &ms)) return 0;
-                    if (which == K_CREATED) out->has_created = 1, out->created = ms;
-                    else out->has_expires = 1, out->expires = ms;
-                } else if (which == K_CREATED) {
-                    out->has_created = 0;
-                } else {
-                    out->has_expires = 0;
-                }
+            case K_ACTIVITY: {
+                int *has = which == K_CREATED   ? &out->has_created
+                           : which == K_EXPIRES ? &out->has_expires
+                                                : &out->has_activity;
+                long long *ms = which == K_CREATED   ? &out->created
+                                : which == K_EXPIRES ? &out->expires
+                                                     : &out->activity;
+                *has = !null;
+                if (!null && (*v != '"' || !own_time_chars(v + 1, p - v - 2, ms))) return 0;
                 break;
+            }
             case K_TTL:
                 out->has_ttl = 0;
                 if (!null) {
@@ -950,7 +953,7 @@ static PyObject *stamp_scanner(PyObject *fallback, PyObject *const *args, Py_ssi
     if (nargs != 1 || !PyBytes_CheckExact(args[0])) goto slow;
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(args[0]);
     Scanned f;
-    if (!scan_stamp(p, p + PyBytes_GET_SIZE(args[0]), &f)) goto slow;
+    if (!scan_stamp(p, p + PyBytes_GET_SIZE(args[0]), &f, 0)) goto slow;
     PyObject *items[8] = {NULL};
     items[0] = f.has_created ? PyLong_FromLongLong(f.created) : Py_NewRef(Py_None);
     items[1] = f.has_expires ? PyLong_FromLongLong(f.expires) : Py_NewRef(Py_None);
@@ -984,6 +987,28 @@ static PyMethodDef stamp_scanner_def = {
 /* stamp_scanner(fallback): codec.stamp_fields compiled, bound to the Python one. */
 static PyObject *native_stamp_scanner(PyObject *Py_UNUSED(module), PyObject *fallback) {
     return bound_to(&stamp_scanner_def, fallback);
+}
+
+/* replay_fields(value) -> (created, expires, last_activity) | None: what replay's verdict
+ * reads of a stamp (replay.py, _Verdict) when its creation is a time, its rare fields
+ * absent or null and its last activity absent, null or a time of the service's own form,
+ * its ttl and source as stamp_fields reads them; else None, and the verdict reads the
+ * stamp with orjson. */
+static PyObject *native_replay_fields(PyObject *Py_UNUSED(module), PyObject *value) {
+    if (!PyBytes_CheckExact(value)) Py_RETURN_NONE;
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(value);
+    Scanned f;
+    if (!scan_stamp(p, p + PyBytes_GET_SIZE(value), &f, 1) || !f.has_created) Py_RETURN_NONE;
+    PyObject *created = PyLong_FromLongLong(f.created);
+    PyObject *expires = f.has_expires ? PyLong_FromLongLong(f.expires) : Py_NewRef(Py_None);
+    PyObject *active = f.has_activity ? PyLong_FromLongLong(f.activity) : Py_NewRef(Py_None);
+    PyObject *out = NULL;
+    if (created != NULL && expires != NULL && active != NULL)
+        out = PyTuple_Pack(3, created, expires, active);
+    Py_XDECREF(created);
+    Py_XDECREF(expires);
+    Py_XDECREF(active);
+    return out;
 }
 
 /* key_category(key) -> bytes | None: the fourth of a key's five parts when each is made
@@ -1532,6 +1557,8 @@ static PyMethodDef methods[] = {
      "stamp_scanner(fallback): codec.stamp_fields compiled, fallback for a rare stamp"},
     {"seen_keys", (PyCFunction)(void (*)(void))native_seen_keys, METH_FASTCALL,
      "seen_keys(bits, keys) -> list[int]: state.key_filter's test and set"},
+    {"replay_fields", native_replay_fields, METH_O,
+     "replay_fields(value) -> (created, expires, last_activity) | None: replay's verdict"},
     {"key_category", native_key_category, METH_O,
      "key_category(key) -> bytes | None: the category of a key of plain parts"},
     {"state_packer", native_state_packer, METH_O,

@@ -80,6 +80,11 @@ class Codec(Protocol):
     def seen_keys(self, bits: bytearray, keys: list[bytes], /) -> list[int]:
         """``state.key_filter._seen_in_python``: the same bits, the same answer."""
 
+    def replay_fields(self, value: bytes, /) -> tuple[int, int | None, int | None] | None:
+        """What ``replay``'s verdict reads of a stamp, ``(created_at, expires_at,
+        last_activity_at)``, for the commonest stamp (a creation time, no rare field, as
+        ``stamp_scanner`` reads it); None for any other, which it reads with orjson."""
+
     def key_category(self, key: bytes, /) -> bytes | None:
         """The fourth of a key's five parts, when every part is of ``[A-Za-z0-9_.~-]``
         only (``state.restore._PLAIN_KEY``'s match), else None."""

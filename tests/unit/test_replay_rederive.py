@@ -114,3 +114,65 @@ def test_the_verdict_on_each_message_keeps_a_byte_for_an_unchanged_stamp_only() 
     value = encode_stamp(same, {"email": "a@example.com"})
     assert redacting(0, 7, headers, conv.key.encode(), value) not in (None, UNCHANGED)
     assert redacting(0, 7, headers, conv.key.encode(), encode_stamp(same, {"x": 1})) == UNCHANGED
+
+
+_TIMES = st.one_of(
+    st.none(),
+    st.integers(min_value=-DAY, max_value=30 * DAY).map(format_ts),
+    st.sampled_from(["2026-12-01T00:00:00Z", "1970-01-02", "soon", ""]),  # other forms
+    st.integers(-5, 5),
+)
+
+
+@st.composite
+def _stamp_messages(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    """A key and a stamp's value, nearly always the service's own, now and then with a
+    field of another form, a rare field, or none of some."""
+    category = draw(st.sampled_from(["conversation", "session"]))
+    record_id = draw(st.sampled_from(["r1", "a/b", "50%"]))
+    body: dict[str, object] = {"org": "acme", "category": category, "data": {"n": 1}}
+    for name in ("created_at", "expires_at", "last_activity_at"):
+        if draw(st.integers(0, 5)):
+            body[name] = draw(_TIMES)
+    if draw(st.integers(0, 3)):
+        body["ttl_seconds"] = draw(st.one_of(st.sampled_from([86_400, 7_776_000]), st.none()))
+        body["ttl_source"] = draw(st.sampled_from(["default", None, 5]))
+    for rare in ("erase_requested_at", "previous_deleted_at"):
+        if draw(st.integers(0, 6)) == 0:
+            body[rare] = draw(_TIMES)
+    key = Identity("acme", "b1", "live", category, record_id).key.encode()
+    return draw(st.sampled_from([key, b"not/a/key"])), orjson.dumps(body)
+
+
+@given(
+    st.lists(_stamp_messages(), max_size=8),
+    st.one_of(st.none(), st.integers(0, 10 * DAY)),
+    st.booleans(),
+)
+def test_a_verdict_read_from_the_stamps_bytes_is_the_one_read_from_its_dict(
+    messages: list[tuple[bytes, bytes]], since_ms: int | None, keep_states: bool
+) -> None:
+    """The verdict on a stamp read by the compiled scan (its fields without orjson's dict)
+    is the one read by orjson, whatever the stamp holds."""
+    rederive = _Rederive(PolicyBook(parse_config(CONFIG), {}), frozenset({"session"}))
+    scanning = _Verdict(rederive, since_ms=since_ms, keep_states=keep_states)
+    parsing = _Verdict(rederive, since_ms=since_ms, keep_states=keep_states)
+    parsing._scan = None
+    for key_bytes, value in messages:
+        assert scanning(1, 7, [], key_bytes, value) == parsing(1, 7, [], key_bytes, value)
+
+
+def test_the_common_stamp_is_judged_from_its_bytes() -> None:
+    import pytest
+
+    from stream_expiry import native
+
+    if native.compiled is None:
+        pytest.skip("the compiled codec is not built (or turned off)")
+    rederive = _Rederive(PolicyBook(parse_config(CONFIG), {}), frozenset({"session"}))
+    verdict = _Verdict(rederive, since_ms=None, keep_states=False)
+    stamp = Stamp(Identity("acme", "b1", "live", "session", "s"), DAY, 3 * DAY, DAY, "default")
+    value = encode_stamp(stamp, {"text": "hello"})
+    assert verdict._scan is not None
+    assert verdict._scan(value) == (DAY, 3 * DAY, 2 * DAY)
+    assert verdict(0, 7, [], stamp.identity.key.encode(), value) == UNCHANGED
