@@ -491,11 +491,16 @@ class RocksKV:
         return found
 
     def apply(self, puts: Mapping[bytes, bytes], deletes: Iterable[bytes]) -> None:
+        # In key order: the memtable, a skip list, inserts each key from where the one
+        # before it went, so keys in order skip the descent from its top that a random
+        # key makes (cache misses at each level). 20,000-entry batches of random 41-byte
+        # keys: 0.8-0.9 us an entry to write in order against 2.3-3.8 us as they came,
+        # for 0.3-0.4 us more to sort them (round 55). Deletes first, as they were.
         batch = self._write_batch(raw_mode=True)
-        for key in deletes:
+        for key in sorted(deletes):
             batch.delete(key)
-        for key, value in puts.items():
-            batch.put(key, value)
+        for key in sorted(puts):
+            batch.put(key, puts[key])
         try:
             self._db.write(batch, self._write_options)
         except Exception as exc:
