@@ -134,7 +134,9 @@ __all__ = ["Service", "ServiceStats", "wall_clock_ms"]
 log = logging.getLogger("stream_expiry.service")
 
 MAX_BATCH = 5000
-SLICE = 200  # events decided at once: the longest a due timer waits for ingest
+SLICE = 200  # events decided as one outbox entry at most (a produce, acks, a settle)
+# Events decided at once: an entry is cut there when a timer waits (Firing.wants_the_lock).
+STEP = 50
 RELEASE_BATCH = 2_000  # held records a release slice looks at, over the partitions releasing
 RELEASES_IN_FLIGHT = 2  # release slices sent and not acknowledged, at most
 GAUGES_EVERY_S = 1.0
@@ -1109,7 +1111,8 @@ class Service:
     async def _ingest(self, batch: Mapping[TopicPartition, list[Any]], seeks_before: int) -> None:
         """Decide a batch in slices of ``SLICE`` events, each slice one outbox entry over
         as many partitions as it takes: a batch spread over 144 partitions was one entry
-        (a produce, a wait for acks, a settle) per partition, 16 in flight at most."""
+        (a produce, a wait for acks, a settle) per partition, 16 in flight at most. A
+        slice is decided ``STEP`` events at a time, and ends early when a timer waits."""
         group: list[tuple[tuple[str, int], PartitionProcessor, list[Any]]] = []
         size = 0
         for tp, records in batch.items():
@@ -1118,8 +1121,8 @@ class Service:
                 continue
             proc, records = taken
             slot = (tp.topic, tp.partition)
-            for i in range(0, len(records), SLICE):
-                chunk = records[i : i + SLICE]
+            for i in range(0, len(records), STEP):
+                chunk = records[i : i + STEP]
                 group.append((slot, proc, chunk))
                 size += len(chunk)
                 if size >= SLICE:
@@ -1145,16 +1148,32 @@ class Service:
         self, group: list[tuple[tuple[str, int], PartitionProcessor, list[Any]]]
     ) -> None:
         """Decide consecutive records of one or more partitions and send their effects
-        as one outbox entry."""
+        as one outbox entry; or as several, when a timer waits for the lock
+        (:meth:`Firing.wants_the_lock`): what is decided is sent, and the firing goes
+        first. Nothing is decided twice or skipped: the rest is decided after it."""
+        firing, clock = self._firing, self.clock
+        while group:
+            taken = 0
 
-        def decide(now: int) -> Iterator[tuple[PartitionProcessor, Effects]]:
-            for slot, proc, chunk in group:
-                if self.processors.get(slot) is not proc:
-                    continue  # revoked meanwhile: its owner reads on
-                self._commits.decided(slot, chunk[-1])
-                yield proc, proc.process(chunk, now)
+            def decide(
+                now: int, todo: list[tuple[tuple[str, int], PartitionProcessor, list[Any]]] = group
+            ) -> Iterator[tuple[PartitionProcessor, Effects]]:
+                nonlocal taken
+                for slot, proc, chunk in todo:
+                    if taken and firing is not None and firing.wants_the_lock(clock()):
+                        return  # the rest after the firing
+                    taken += 1
+                    if self.processors.get(slot) is not proc:
+                        continue  # revoked meanwhile: its owner reads on
+                    self._commits.decided(slot, chunk[-1])
+                    yield proc, proc.process(chunk, now)
 
-        await self._send_decided(decide)
+            await self._send_decided(decide)
+            if taken == 0:
+                return  # the session ended, or the partitions may be another's: as before
+            group = group[taken:]
+            if group:
+                await anyio.lowlevel.checkpoint()  # the firing takes the lock
 
     async def _unpark(self) -> None:
         """Decide the creates parked until their record's running life expired, whose

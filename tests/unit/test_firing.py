@@ -650,3 +650,39 @@ async def test_after_the_acks_the_holds_are_read_for_what_falls_due_within_the_t
             await called.wait()
         tg.cancel_scope.cancel()
     assert reads.since[1] == BASE
+
+
+@pytest.mark.asyncio
+async def test_the_task_wants_the_lock_once_its_sleep_is_over_or_while_it_waits_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the ingest loop asks before each step of a slice (Firing.wants_the_lock): a
+    task asleep until a due time wants it from that time on, one waiting for the lock
+    wants it, one waiting for its acks does not."""
+    monkeypatch.setattr(firing, "IDLE_S", 3600.0)
+    clock = _Clock()
+    proc = _processor(clock)
+    outbox = _Outbox()
+    task = _firing(proc, outbox, clock)
+    lock = task._deciding
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(task.run)
+        _create(proc, "r1", clock.now - TTL_MS + 500, clock)  # due in 500 ms
+        task.due_at(proc.next_due_ms())
+        await wait_all_tasks_blocked()
+        assert not task.wants_the_lock(clock.now)
+        assert not task.wants_the_lock(clock.now + 499)
+        assert task.wants_the_lock(clock.now + 500)  # its sleep is over: it would fire
+        await lock.acquire()  # the ingest loop decides
+        clock.now += 500
+        task.wake()
+        await wait_all_tasks_blocked()
+        assert task.wants_the_lock(clock.now - 10_000)  # queued for the lock, whatever the time
+        assert outbox.sent == []
+        lock.release()
+        with anyio.fail_after(5):
+            await outbox.arrived.wait()
+        await wait_all_tasks_blocked()
+        assert not task.wants_the_lock(clock.now + 10_000)  # waiting for its acks
+        tg.cancel_scope.cancel()
+    assert outbox.sent == [["o/_/live/error/r1"]]
