@@ -7,10 +7,12 @@
  * stands in for the common case of one Python function and leaves every other input to
  * it, so the rules live in one place (Python) and this file only repeats the fast path's
  * checks. Two forms:
- *   - event, stamp, tombstone, format_ts answer None for what they leave, and
- *     stream_expiry/model.py then reads or writes it itself;
- *   - state_packer, timer_packer, timer_firer, stamp_reader return a builtin bound to
- *     the Python function, which it calls for what it leaves (no Python frame between).
+ *   - event, stamp, tombstone, format_ts, replay_fields, key_category answer None for
+ *     what they leave, and the Python code then reads or writes it itself;
+ *   - state_packer, timer_packer, timer_firer, stamp_reader, stamp_scanner return a
+ *     builtin bound to the Python function, which it calls for what it leaves (no
+ *     Python frame between).
+ * seen_keys is state/key_filter.py's test-and-set, the same bits as its Python one.
  * tests/unit/test_native.py compares each with its Python function on generated inputs:
  * where this answers, it answers exactly what the Python code does.
  *
