@@ -188,12 +188,18 @@ class PreparedRestore:
         result.total.due = sum(report.due for report in result.stores.values())
         stamps_read = self._readers[0]
         for tp in stamps_read.tps:
-            for source in stamps_read.members[tp]:
-                # A store restored from empty skips the look-ups of keys it never wrote.
+            members = stamps_read.members[tp]
+            for source in members:
+                # A store restored from empty skips the look-ups of keys it never wrote;
+                # the partition's messages are shared by its members' stores.
                 to_read = stamps_read.ends[tp] - stamps_read.own[source]
-                self._stores[source].start_key_filter(max(0, to_read))
-        for reader, stamps in zip(self._readers, (True, False), strict=True):
-            await reader.read(cons, stamps=stamps, progress=progress)
+                self._stores[source].start_key_filter(max(0, to_read) // len(members))
+        try:
+            for reader, stamps in zip(self._readers, (True, False), strict=True):
+                await reader.read(cons, stamps=stamps, progress=progress)
+        finally:
+            for store in self._stores.values():
+                store.stop_key_filter()  # its memory back (up to 16 MiB a store)
         total = result.total
         total.seconds = time.monotonic() - self._started
         for report in result.stores.values():

@@ -478,6 +478,10 @@ class PartitionStore:
         self._written = KeyFilter(expected)
         return True
 
+    def stop_key_filter(self) -> None:
+        """The restore is over: every key is looked up again, and the filter freed."""
+        self._written = None
+
     def write(
         self,
         changes: Iterable[tuple[Stamp | None, Stamp]],

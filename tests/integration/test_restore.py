@@ -439,6 +439,8 @@ async def _restore(
             tombstones=topics.tombstones,
             now_ms=T0,
         )
+    for store in stores.values():  # the key filter's memory given back once it is over
+        assert store._written is None
     return result, reader.fetched
 
 
