@@ -250,16 +250,14 @@ class PartitionStore:
         formatted = self._adopt_format()
         # Whether the store may hold entries of lives due on arrival: nearly never, and a
         # tombstone that goes out late then looks up nothing (a catch-up fires thousands).
-        self._arrived_any = any(True for _ in self.kv.scan(_ARRIVED, _ARRIVED + b"\xff"))
+        self._arrived_any = self._holds_any(_ARRIVED)
         # Those the version before this one kept (by expiry alone): read while any may be.
-        self._arrived_before = any(
-            True for _ in self.kv.scan(_ARRIVED_BEFORE, _ARRIVED_BEFORE + b"\xff")
-        )
+        self._arrived_before = self._holds_any(_ARRIVED_BEFORE)
         self._arrived_any = self._arrived_any or self._arrived_before
         # Likewise for deferred erasures' requests (looked up at a release only).
-        self._requests_any = any(True for _ in self.kv.scan(_REQUEST, _REQUEST + b"\xff"))
+        self._requests_any = self._holds_any(_REQUEST)
         # And for where erasures were read (looked up for an event of an erased record only).
-        self._erasures_any = any(True for _ in self.kv.scan(_ERASURE_READ, _ERASURE_READ + b"\xff"))
+        self._erasures_any = self._holds_any(_ERASURE_READ)
         # Kept from before this opening (was_kept): a format an earlier opening stamped, or
         # any other meta (a position, a counter: a store of a version before the format).
         self._kept = formatted
@@ -273,6 +271,10 @@ class PartitionStore:
                 self.counts.markers = value
             elif name == "held":
                 self.counts.held = value
+
+    def _holds_any(self, prefix: bytes) -> bool:
+        """Whether any key begins with ``prefix`` (one seek)."""
+        return any(True for _ in self.kv.scan(prefix, prefix + b"\xff"))
 
     def _adopt_format(self) -> bool:
         """Stamp this version's format on a store of it or of an older one (format 1, or
@@ -473,7 +475,7 @@ class PartitionStore:
         """If the store holds no state, note the keys :meth:`write_restored` writes from
         now on (about ``expected`` of them), so that it looks up only those it may have
         written (:mod:`.key_filter`); any :meth:`write` ends it. Whether it started."""
-        if any(True for _ in self.kv.scan(_STATE, _STATE + b"\xff")):
+        if self._holds_any(_STATE):
             return False
         self._written = KeyFilter(expected)
         return True
