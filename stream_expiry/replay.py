@@ -697,39 +697,37 @@ class _Verdict:
     ) -> bytes | None:
         if value is None:
             return None  # deleted: not counted, not resurrected
-        if self._scan is not None and (scanned := self._scan(value)) is not None:
-            # created (never None here), expires_at, last_activity_at; no erasure waiting
-            made = scanned[0]
-            if self.since_ms is not None and made < self.since_ms:
-                return None
-            try:
-                expires = self.rederive.expires_after(key, scanned[2], made)
-            except ValueError:
-                return None  # not a record key
-            if expires == scanned[1] and not self.keep_states:
-                return UNCHANGED
-            return Current.pack(partition, headers, value)
+        scanned = None if self._scan is None else self._scan(value)
+        body = None
+        created: int | None
         try:
-            body = orjson.loads(value)
-            # By index, not unpacked: ``*_`` made a list for every message (with the
-            # tuple of ``expiry``, 0.44 us of the verdict's 3.6: docs/BENCHMARKS.md,
-            # round 54).
-            fields = codec.stamp_body_fields(body)
-            created = fields[0]
-            if created is None:
-                return None  # without a creation time: not a stamp of ours
-            if fields[4] is not None:  # erase_requested_at
-                # An erasure a legal hold deferred ends the record at the release, whatever
-                # its expiry: not counted, not stamped again (as replay from the inputs,
-                # whose processors know no holds, sees it: erased).
-                return None
+            if scanned is not None:
+                # Read in C: a creation time, no erasure waiting (_native.replay_fields).
+                created, old, active = scanned
+            else:
+                body = orjson.loads(value)
+                # By index, not unpacked: ``*_`` made a list for every message (with the
+                # tuple of ``expiry``, 0.44 us of the verdict's 3.6: docs/BENCHMARKS.md,
+                # round 54).
+                fields = codec.stamp_body_fields(body)
+                created, old = fields[0], fields[1]
+                if created is None:
+                    return None  # without a creation time: not a stamp of ours
+                if fields[4] is not None:  # erase_requested_at
+                    # An erasure a legal hold deferred ends the record at the release,
+                    # whatever its expiry: not counted, not stamped again (as replay from
+                    # the inputs, whose processors know no holds, sees it: erased).
+                    return None
             if self.since_ms is not None and created < self.since_ms:
                 return None
-            expires = self.rederive.expires_at(key, body, created)
+            if body is None:
+                expires = self.rederive.expires_after(key, active, created)
+            else:
+                expires = self.rederive.expires_at(key, body, created)
         except ValueError:
             return None  # not a stamp of ours
         if (
-            expires == fields[1]  # the stamp's expires_at
+            expires == old
             and not self.keep_states
             and (self.redactor is None or not redacts(self.redactor, body))
         ):
